@@ -1,0 +1,30 @@
+"""The exceptions llm-ledger raises, all under one root.
+
+    LedgerError
+    ├── ConfigError          bad arguments to configure() / LLMCallMonitor, or bad environment variables
+    │   └── PriceFileError   a user price file that cannot be used (names file, line and key)
+    └── CassetteError        a cassette file that cannot be loaded safely (the pytest plugin)
+
+Errors inside the monitor while it watches a call are never raised to the caller: they are
+reported on the ``llm_ledger.internal`` logger instead.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CassetteError", "ConfigError", "LedgerError", "PriceFileError"]
+
+
+class LedgerError(Exception):
+    """Root of every exception raised by llm-ledger."""
+
+
+class ConfigError(LedgerError, ValueError):
+    """An option or environment variable has a value llm-ledger cannot use."""
+
+
+class PriceFileError(ConfigError):
+    """A price file is missing, is not valid YAML, or has an unknown key or a bad value."""
+
+
+class CassetteError(LedgerError):
+    """A cassette file is malformed or unsafe to load."""
