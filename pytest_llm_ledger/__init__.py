@@ -1,0 +1,11 @@
+"""pytest plugin for llm-ledger: replay OpenAI calls from cassettes, enforce budgets, report cost.
+
+Loaded through the ``pytest11`` entry point (``pytest_llm_ledger.plugin``). Everything lives in
+private modules: ``plugin`` (options, hooks, fixtures), ``_cassette`` (matching and replay on
+vcrpy's transport patches), ``_format`` (the cassette file), ``_naming`` (cassette paths),
+``_budgets`` (budgets.yaml) and ``_report`` (session totals, report JSON, terminal tables).
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

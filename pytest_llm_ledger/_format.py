@@ -1,0 +1,346 @@
+"""The cassette file format: readable YAML that is safe to load and diffs well.
+
+A cassette is ``{version: 1, interactions: [{request: ..., response: ...}, ...]}``. A request
+holds ``method``, ``url``, allow-listed ``headers`` and at most one body key; a response holds
+``status``, allow-listed ``headers`` and at most one body key. Body keys:
+
+* ``json``: the parsed JSON document (requests and non-streamed responses);
+* ``sse``: a server-sent event stream as a list of events, each ``{data: ...}`` with optional
+  ``event`` and ``id``; JSON ``data`` is parsed;
+* ``text``: any other UTF-8 body, written as a literal block when it spans lines;
+* ``base64``: bytes that are not UTF-8 (or compressed with an encoding we cannot undo).
+
+Headers are kept only when allow-listed, so credentials, cookies, organisation and project ids
+and the SDK's ``x-stainless-*`` headers never reach the file, whatever a server sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llm_ledger._errors import CassetteError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "REQUEST_HEADERS",
+    "RESPONSE_HEADERS",
+    "body_bytes",
+    "decode_body",
+    "dump_cassette",
+    "load_cassette",
+    "write_atomic",
+]
+
+FORMAT_VERSION = 1
+# Allow-lists, not deny-lists: a header nobody thought of stays out of the file.
+REQUEST_HEADERS = frozenset({"content-type"})
+RESPONSE_HEADERS = frozenset({"content-type"})
+_BODY_KEYS = ("json", "sse", "text", "base64")
+_REQUEST_KEYS = frozenset({"method", "url", "headers", *_BODY_KEYS})
+_RESPONSE_KEYS = frozenset({"status", "headers", *_BODY_KEYS})
+
+Body = tuple[str, Any]  # (kind, value); kind is "" for an empty body
+
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_SafeDumper):  # type: ignore[valid-type,misc]
+    """Safe dumper that writes multi-line strings as literal blocks, so prompts diff by line."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+# -- bodies -------------------------------------------------------------------------------------
+
+
+def _decompress(raw: bytes, encoding: str) -> bytes | None:
+    """Undo a Content-Encoding; None when the encoding is not one this interpreter can decode."""
+    encodings = [e.strip().lower() for e in encoding.split(",") if e.strip()]
+    data = raw
+    for enc in reversed(encodings):
+        if enc == "identity":
+            continue
+        if enc in ("gzip", "x-gzip"):
+            data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
+        elif enc == "deflate":
+            try:
+                data = zlib.decompress(data)
+            except zlib.error:
+                data = zlib.decompress(data, -zlib.MAX_WBITS)
+        elif enc == "br":
+            try:
+                import brotli  # type: ignore[import-not-found]
+            except ImportError:
+                return None
+            data = brotli.decompress(data)
+        elif enc == "zstd":
+            try:
+                import zstandard  # type: ignore[import-not-found]
+            except ImportError:
+                return None
+            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        else:
+            return None
+    return data
+
+
+def _parse_sse(text: str) -> list[dict[str, Any]] | None:
+    """Split an event stream into events; None when it holds anything the list form cannot keep."""
+    events: list[dict[str, Any]] = []
+    blocks = text.replace("\r\n", "\n").split("\n\n")
+    if blocks and blocks[-1] == "":
+        blocks.pop()
+    else:
+        return None  # a stream that does not end with a blank line: keep it verbatim
+    for block in blocks:
+        event: dict[str, Any] = {}
+        for line in block.split("\n"):
+            field, sep, value = line.partition(":")
+            if not sep or field not in ("event", "data", "id") or field in event:
+                return None  # comments, retry:, multi-line data: not representable, keep as text
+            value = value.removeprefix(" ")
+            if field == "data":
+                # JSON data is stored parsed: replay re-serialises it compactly, which SSE clients
+                # parse the same; anything else stays a string
+                try:
+                    parsed = json.loads(value)
+                except ValueError:
+                    parsed = None
+                event["data"] = parsed if isinstance(parsed, dict | list) else value
+            else:
+                event[field] = value
+        if "data" not in event:
+            return None
+        events.append(event)
+    return events
+
+
+def _dump_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_body(raw: bytes, content_type: str) -> Body:
+    """The structured form of a (decompressed) body, chosen from its content type and content."""
+    if not raw:
+        return ("", None)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ("base64", base64.b64encode(raw).decode("ascii"))
+    ctype = content_type.lower()
+    if ctype.startswith("text/event-stream"):
+        events = _parse_sse(text)
+        return ("sse", events) if events is not None else ("text", text)
+    if "json" in ctype or (not ctype and text[:1] in "{["):
+        try:
+            return ("json", json.loads(text))
+        except ValueError:
+            pass
+    return ("text", text)
+
+
+def body_bytes(body: Body) -> bytes:
+    """The bytes a structured body is replayed as."""
+    kind, value = body
+    if kind == "json":
+        return _dump_json(value)
+    if kind == "sse":
+        out: list[bytes] = []
+        for event in value:
+            for field in ("event", "id"):
+                if field in event:
+                    out.append(f"{field}: {event[field]}\n".encode())
+            data = event["data"]
+            out.append(b"data: " + (data.encode() if isinstance(data, str) else _dump_json(data)) + b"\n\n")
+        return b"".join(out)
+    if kind == "text":
+        return str(value).encode()
+    if kind == "base64":
+        return base64.b64decode(value)
+    return b""
+
+
+def response_body(raw: bytes, headers: Mapping[str, list[str]]) -> tuple[Body, dict[str, str]]:
+    """Decompress and structure a recorded response body; returns it with the headers to keep."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    kept = {k: lowered[k][0] for k in sorted(RESPONSE_HEADERS) if lowered.get(k)}
+    encoding = (lowered.get("content-encoding") or [""])[0]
+    if encoding and raw:
+        decoded = _decompress(raw, encoding)
+        if decoded is None:  # cannot undo it here: keep the bytes and the header that explains them
+            kept["content-encoding"] = encoding
+            return ("base64", base64.b64encode(raw).decode("ascii")), kept
+        raw = decoded
+    return decode_body(raw, kept.get("content-type", "")), kept
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def _body_to_yaml(body: Body, into: dict[str, Any]) -> None:
+    kind, value = body
+    if kind:
+        into[kind] = value
+
+
+def dump_cassette(interactions: list[dict[str, Any]], header: str) -> str:
+    """The YAML text of a cassette; ``header`` becomes leading comment lines."""
+    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    doc = {"version": FORMAT_VERSION, "interactions": interactions}
+    text: str = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    return comment + text
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash or a parallel reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Where:
+    """Builds CassetteError messages that name the file and the place inside it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, place: str, problem: str) -> CassetteError:
+        return CassetteError(
+            f"{self.path}: {place}: {problem}. The file is not a valid llm-ledger cassette; fix it, "
+            "or delete it and re-record with --llm-record-mode=once"
+        )
+
+
+def _body_from_yaml(node: Mapping[str, Any], where: _Where, place: str) -> Body:
+    kinds = [k for k in _BODY_KEYS if k in node]
+    if len(kinds) > 1:
+        raise where.error(place, f"has several bodies {kinds!r}; keep one of {list(_BODY_KEYS)!r}")
+    if not kinds:
+        return ("", None)
+    kind = kinds[0]
+    value = node[kind]
+    if kind == "sse":
+        if not isinstance(value, list) or not all(isinstance(e, dict) and "data" in e for e in value):
+            raise where.error(f"{place}.sse", "must be a list of events, each a mapping with a 'data' key")
+    elif kind in ("text", "base64") and not isinstance(value, str):
+        raise where.error(f"{place}.{kind}", f"must be a string, not {type(value).__name__}")
+    if kind == "base64":
+        try:
+            base64.b64decode(value, validate=True)
+        except ValueError:
+            raise where.error(f"{place}.base64", "is not valid base64") from None
+    return (kind, value)
+
+
+def _headers_from_yaml(node: Any, where: _Where, place: str) -> dict[str, str]:
+    if node is None:
+        return {}
+    if not isinstance(node, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in node.items()
+    ):
+        raise where.error(f"{place}.headers", "must map header names to strings")
+    return dict(node)
+
+
+def _check_keys(node: Any, allowed: frozenset[str], where: _Where, place: str) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        raise where.error(place, f"must be a mapping, not {type(node).__name__}")
+    unknown = sorted(str(k) for k in node if k not in allowed)
+    if unknown:
+        raise where.error(place, f"unknown key(s) {unknown!r}; valid keys are {sorted(allowed)!r}")
+    return node
+
+
+def load_cassette(path: Path) -> list[dict[str, Any]]:
+    """Load and validate a cassette with a safe loader; each item is ``{"request": .., "response": ..}``
+    with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
+    where = _Where(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise where.error(f"byte {exc.start}", "is not UTF-8") from None
+    try:
+        doc = yaml.load(text, Loader=_SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f"line {mark.line + 1}" if mark is not None else "somewhere"
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise where.error(line, f"is not valid YAML ({problem})") from None
+    except yaml.YAMLError as exc:
+        raise where.error("document", f"is not valid YAML ({exc})") from None
+    doc = _check_keys(doc, frozenset({"version", "interactions"}), where, "top level")
+    if doc.get("version") != FORMAT_VERSION:
+        raise where.error("version", f"is {doc.get('version')!r}, expected {FORMAT_VERSION}")
+    raw_interactions = doc.get("interactions")
+    if not isinstance(raw_interactions, list):
+        raise where.error("interactions", "must be a list")
+    loaded: list[dict[str, Any]] = []
+    for index, item in enumerate(raw_interactions):
+        place = f"interactions[{index}]"
+        item = _check_keys(item, frozenset({"request", "response"}), where, place)
+        if "request" not in item or "response" not in item:
+            raise where.error(place, "needs both 'request' and 'response'")
+        req = _check_keys(item["request"], _REQUEST_KEYS, where, f"{place}.request")
+        resp = _check_keys(item["response"], _RESPONSE_KEYS, where, f"{place}.response")
+        for key, node in (("method", req), ("url", req)):
+            if not isinstance(node.get(key), str) or not node[key]:
+                raise where.error(
+                    f"{place}.request.{key}", f"must be a non-empty string, not {node.get(key)!r}"
+                )
+        status = resp.get("status")
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise where.error(f"{place}.response.status", f"must be an HTTP status code, not {status!r}")
+        loaded.append(
+            {
+                "request": {
+                    "method": req["method"].upper(),
+                    "url": req["url"],
+                    "headers": _headers_from_yaml(req.get("headers"), where, f"{place}.request"),
+                    "body": _body_from_yaml(req, where, f"{place}.request"),
+                },
+                "response": {
+                    "status": status,
+                    "headers": _headers_from_yaml(resp.get("headers"), where, f"{place}.response"),
+                    "body": _body_from_yaml(resp, where, f"{place}.response"),
+                },
+            }
+        )
+    return loaded
+
+
+def interaction_to_yaml(
+    method: str, url: str, req_headers: Mapping[str, str], req_body: Body, status: int,
+    resp_headers: Mapping[str, str], resp_body: Body,
+) -> dict[str, Any]:  # fmt: skip
+    """The mapping one interaction is written as (keys in reading order)."""
+    request: dict[str, Any] = {"method": method, "url": url}
+    if req_headers:
+        request["headers"] = dict(req_headers)
+    _body_to_yaml(req_body, request)
+    response: dict[str, Any] = {"status": status}
+    if resp_headers:
+        response["headers"] = dict(resp_headers)
+    _body_to_yaml(resp_body, response)
+    return {"request": request, "response": response}
