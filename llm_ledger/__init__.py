@@ -1,0 +1,78 @@
+"""llm-ledger: what each OpenAI call and each unit of work (a *lens*) costs.
+
+.. code-block:: python
+
+    import llm_ledger, openai
+
+    llm_ledger.configure(log_dir="logs")                  # JSON lines in logs/llm_calls.jsonl
+    client = llm_ledger.instrument(openai.AsyncOpenAI())  # the same client, now monitored
+    with llm_ledger.lens("default_summary", source_id=sid, service="RunnerService") as run:
+        ...
+    run.summary                                           # the per-lens aggregate
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from ._config import Settings, configure, get_monitor
+from ._context import LensRun, TrackedContext
+from ._errors import CassetteError, ConfigError, LedgerError, PriceFileError
+from ._jsonl import JsonlFileHandler, LedgerJsonFormatter, flush_all
+from ._monitor import LLMCallMonitor, Redactor, Sink
+from ._pricing import Cost, PriceTable, Rates, price
+from ._records import CallRecord, LensRecord, LensSummary
+
+__all__ = [
+    "CallRecord",
+    "CassetteError",
+    "ConfigError",
+    "Cost",
+    "JsonlFileHandler",
+    "LLMCallMonitor",
+    "LedgerError",
+    "LedgerJsonFormatter",
+    "LensRecord",
+    "LensRun",
+    "LensSummary",
+    "PriceFileError",
+    "PriceTable",
+    "Rates",
+    "Redactor",
+    "Settings",
+    "Sink",
+    "TrackedContext",
+    "configure",
+    "flush",
+    "get_monitor",
+    "instrument",
+    "lens",
+    "price",
+    "track_llm_call",
+]
+
+C = TypeVar("C")
+
+
+def instrument(client: C) -> C:
+    """Instrument an OpenAI / AsyncOpenAI / AzureOpenAI / AsyncAzureOpenAI client in place.
+
+    Returns the same object. Idempotent; clients derived with ``.with_options()`` / ``.copy()``
+    stay instrumented.
+    """
+    return get_monitor().instrument(client)
+
+
+def lens(lens_key: str, *, source_id: Any = None, service: str | None = None, **context: Any) -> LensRun:
+    """Open a lens run (``with``, ``async with`` or decorator); ``run.summary`` after it ends."""
+    return get_monitor().lens(lens_key, source_id=source_id, service=service, **context)
+
+
+def track_llm_call(**context: Any) -> TrackedContext:
+    """Add context (``service=``, ``source_id=``, any other key) to every call inside."""
+    return get_monitor().track_llm_call(**context)
+
+
+def flush() -> None:
+    """Return once every record so far is written to the JSONL file."""
+    flush_all()

@@ -1,0 +1,189 @@
+"""``configure()``: one validated, frozen set of settings for the default monitor and its JSONL file.
+
+Each setting comes from the argument when given, else from its environment variable, else from
+the default, so an operator can change them without touching code:
+
+=============================  ==============================  ==========================
+setting                        environment variable            default
+=============================  ==============================  ==========================
+``log_dir``                    ``LLM_LEDGER_LOG_DIR``          ``logs``
+``price_file``                 ``LLM_LEDGER_PRICE_FILE``       none (genai-prices only)
+``capture_content``            ``LLM_LEDGER_CAPTURE_CONTENT``  ``false``
+``stream_usage``               ``LLM_LEDGER_STREAM_USAGE``     ``true``
+=============================  ==============================  ==========================
+
+``LLM_LEDGER_LOG_DIR=off`` (or ``log_dir=None``) writes no file; records still reach the
+``llm_monitor`` logger's other handlers and every sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from ._errors import ConfigError
+from ._jsonl import JsonlFileHandler
+from ._monitor import LLMCallMonitor, Redactor
+from ._pricing import PriceTable
+from ._records import LOGGER_NAME
+
+__all__ = ["LOG_FILE_NAME", "Settings", "configure", "get_monitor"]
+
+LOG_FILE_NAME: Final = "llm_calls.jsonl"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Final = _Unset()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What ``configure()`` resolved; equal settings mean a repeated call changes nothing."""
+
+    log_dir: Path | None
+    price_file: Path | None
+    capture_content: bool
+    stream_usage: bool
+    redact: Redactor | None
+
+
+def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"environment variable {name}={raw!r} is not a boolean; use one of 1, 0, true, false")
+
+
+def _path(name: str, value: Any) -> Path:
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        if "\x00" in str(value):
+            raise ConfigError(f"{name} must not contain a NUL character, got {value!r}")
+        return Path(value)
+    raise ConfigError(f"{name} must be a non-empty path (str or os.PathLike), got {value!r}")
+
+
+def resolve(
+    *,
+    log_dir: Any = UNSET,
+    price_file: Any = UNSET,
+    capture_content: Any = UNSET,
+    stream_usage: Any = UNSET,
+    redact: Any = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``)."""
+    env = os.environ if env is None else env
+    if log_dir is UNSET:
+        raw = env.get("LLM_LEDGER_LOG_DIR", "logs")
+        resolved_dir = None if raw.strip().lower() in ("off", "none") else _path("LLM_LEDGER_LOG_DIR", raw)
+    else:
+        resolved_dir = None if log_dir is None else _path("log_dir", log_dir)
+    if price_file is UNSET:
+        raw_price = env.get("LLM_LEDGER_PRICE_FILE")
+        resolved_prices = _path("LLM_LEDGER_PRICE_FILE", raw_price) if raw_price else None
+    else:
+        resolved_prices = None if price_file is None else _path("price_file", price_file)
+    if capture_content is UNSET:
+        capture = _env_bool("LLM_LEDGER_CAPTURE_CONTENT", env, False)
+    elif isinstance(capture_content, bool):
+        capture = capture_content
+    else:
+        raise ConfigError(f"capture_content must be True or False, got {capture_content!r}")
+    if stream_usage is UNSET:
+        usage = _env_bool("LLM_LEDGER_STREAM_USAGE", env, True)
+    elif isinstance(stream_usage, bool):
+        usage = stream_usage
+    else:
+        raise ConfigError(f"stream_usage must be True or False, got {stream_usage!r}")
+    if redact is not None and not callable(redact):
+        raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
+    return Settings(resolved_dir, resolved_prices, capture, usage, redact)
+
+
+_lock = threading.Lock()
+_monitor: LLMCallMonitor | None = None
+_settings: Settings | None = None
+_handler: JsonlFileHandler | None = None
+
+
+def get_monitor() -> LLMCallMonitor:
+    """The default monitor behind ``llm_ledger.instrument``, ``lens`` and ``track_llm_call``."""
+    global _monitor
+    if _monitor is None:
+        with _lock:
+            if _monitor is None:
+                _monitor = LLMCallMonitor()
+    return _monitor
+
+
+def configure(
+    *,
+    log_dir: str | os.PathLike[str] | _Unset | None = UNSET,
+    price_file: str | os.PathLike[str] | _Unset | None = UNSET,
+    capture_content: bool | _Unset = UNSET,
+    stream_usage: bool | _Unset = UNSET,
+    redact: Redactor | None = None,
+) -> Settings:
+    """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
+
+    Calling it again with the same settings changes nothing; a new ``log_dir`` switches file
+    (after writing out what was queued for the old one). Raises ``ConfigError`` or
+    ``PriceFileError`` naming the bad value, and changes nothing in that case.
+    """
+    global _settings, _handler
+    settings = resolve(
+        log_dir=log_dir,
+        price_file=price_file,
+        capture_content=capture_content,
+        stream_usage=stream_usage,
+        redact=redact,
+    )
+    with _lock:
+        if settings == _settings:
+            return settings
+        monitor = get_monitor()
+        prices = (
+            PriceTable.from_file(settings.price_file) if settings.price_file is not None else PriceTable()
+        )
+        logger = logging.getLogger(LOGGER_NAME)
+        if _settings is None or settings.log_dir != _settings.log_dir:
+            new_handler = None
+            if settings.log_dir is not None:
+                try:
+                    new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot write the log file in log_dir={str(settings.log_dir)!r}: "
+                        f"{exc.strerror or exc}; "
+                        "choose a writable directory (or LLM_LEDGER_LOG_DIR=off to write no file)"
+                    ) from exc
+            old, _handler = _handler, new_handler
+            if new_handler is not None:
+                logger.addHandler(new_handler)
+            if old is not None:
+                logger.removeHandler(old)
+                old.close()
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        monitor.prices = prices
+        monitor.capture_content = settings.capture_content
+        monitor.stream_usage = settings.stream_usage
+        monitor.redact = settings.redact
+        _settings = settings
+        return settings

@@ -1,0 +1,199 @@
+"""Read the shape of a request body and of an SDK response, without copying content.
+
+Request bodies are the JSON-ready mappings the SDK is about to send; responses are the SDK's
+pydantic objects (read by attribute, never ``model_dump``-ed: that would cost more than the
+whole ledger's budget per call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._records import RequestShape, ResponseShape, Usage
+
+__all__ = ["OPERATIONS", "request_shape", "response_shape", "usage_of"]
+
+# SDK request path -> operation name (OpenTelemetry's gen_ai.operation.name where one exists)
+OPERATIONS: dict[str, str] = {
+    "/chat/completions": "chat",
+    "/embeddings": "embeddings",
+    "/responses": "responses",
+}
+
+_IMAGE_PARTS = frozenset({"image_url", "input_image"})
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+def _given(value: Any) -> Any:
+    """``None`` for a parameter the caller did not pass (the SDK's NotGiven / Omit sentinels)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return None if type(value).__name__ in ("NotGiven", "Omit") else value
+
+
+def _text_and_images(content: Any) -> tuple[int, int]:
+    if isinstance(content, str):
+        return len(content), 0
+    chars = images = 0
+    if isinstance(content, (list, tuple)):
+        for part in content:
+            if not isinstance(part, Mapping):
+                continue
+            kind = part.get("type")
+            if kind in _TEXT_PARTS:
+                text = part.get("text")
+                if isinstance(text, str):
+                    chars += len(text)
+            elif kind in _IMAGE_PARTS:
+                images += 1
+    return chars, images
+
+
+def _count(value: Any) -> int:
+    value = _given(value)
+    return len(value) if isinstance(value, (list, tuple)) else 0
+
+
+def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> RequestShape:
+    """Counts and parameters of one request; text is measured in characters, never copied."""
+    system = user = images = 0
+    messages_count: int | None = None
+    if operation == "chat":
+        messages = _given(body.get("messages"))
+        if isinstance(messages, (list, tuple)):
+            messages_count = len(messages)
+            for message in messages:
+                if not isinstance(message, Mapping):
+                    continue
+                chars, found = _text_and_images(message.get("content"))
+                images += found
+                role = message.get("role")
+                if role in _SYSTEM_ROLES:
+                    system += chars
+                elif role == "user":
+                    user += chars
+        max_tokens = _given(body.get("max_completion_tokens")) or _given(body.get("max_tokens"))
+    elif operation == "responses":
+        instructions = _given(body.get("instructions"))
+        if isinstance(instructions, str):
+            system += len(instructions)
+        items = _given(body.get("input"))
+        if isinstance(items, str):
+            messages_count, user = 1, len(items)
+        elif isinstance(items, (list, tuple)):
+            messages_count = 0
+            for item in items:
+                if not isinstance(item, Mapping) or "role" not in item:
+                    continue
+                messages_count += 1
+                chars, found = _text_and_images(item.get("content"))
+                images += found
+                if item["role"] in _SYSTEM_ROLES:
+                    system += chars
+                elif item["role"] == "user":
+                    user += chars
+        max_tokens = _given(body.get("max_output_tokens"))
+    else:  # embeddings
+        items = _given(body.get("input"))
+        if isinstance(items, str):
+            user = len(items)
+        elif isinstance(items, (list, tuple)):
+            user = sum(len(item) for item in items if isinstance(item, str))
+        max_tokens = None
+    return {
+        "model": _given(body.get("model")),
+        "temperature": _given(body.get("temperature")),
+        "max_tokens": max_tokens,
+        "messages_count": messages_count,
+        "system_prompt_length": system,
+        "user_prompt_length": user,
+        "has_images": images > 0,
+        "image_count": images,
+        "stream": stream,
+        "tools_count": _count(body.get("tools")),
+    }
+
+
+def _details(obj: Any, name: str, field: str) -> int | None:
+    details = getattr(obj, name, None)
+    value = getattr(details, field, None) if details is not None else None
+    return value if isinstance(value, int) else None
+
+
+def usage_of(operation: str, usage: Any) -> Usage:
+    """Normalise a chat / embeddings / responses ``usage`` object to the record's names."""
+    if usage is None:
+        return {
+            "prompt_tokens": None,
+            "completion_tokens": None,
+            "total_tokens": None,
+            "cached_tokens": None,
+            "reasoning_tokens": None,
+        }
+    if operation == "responses":
+        prompt = getattr(usage, "input_tokens", None)
+        completion = getattr(usage, "output_tokens", None)
+        cached = _details(usage, "input_tokens_details", "cached_tokens")
+        reasoning = _details(usage, "output_tokens_details", "reasoning_tokens")
+    else:
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if operation == "embeddings" and completion is None:
+            completion = 0
+        cached = _details(usage, "prompt_tokens_details", "cached_tokens")
+        reasoning = _details(usage, "completion_tokens_details", "reasoning_tokens")
+    total = getattr(usage, "total_tokens", None)
+    if total is None and isinstance(prompt, int) and isinstance(completion, int):
+        total = prompt + completion
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "cached_tokens": cached if cached is not None else 0,
+        "reasoning_tokens": reasoning if reasoning is not None else 0,
+    }
+
+
+def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
+    """The response's shape and its raw ``usage`` object (``None`` when absent)."""
+    content_length: int | None = None
+    finish_reason: str | None = None
+    tool_calls: int | None = None
+    if operation == "chat":
+        choices = getattr(response, "choices", None) or ()
+        content_length = tool_calls = 0
+        for choice in choices:
+            message = choice.message
+            text = message.content
+            if text:
+                content_length += len(text)
+            if message.tool_calls:
+                tool_calls += len(message.tool_calls)
+        if choices:
+            finish_reason = choices[0].finish_reason
+    elif operation == "responses":
+        content_length = tool_calls = 0
+        for item in getattr(response, "output", None) or ():
+            kind = getattr(item, "type", None)
+            if kind == "message":
+                for part in item.content:
+                    text = getattr(part, "text", None)
+                    if isinstance(text, str):
+                        content_length += len(text)
+            elif kind == "function_call":
+                tool_calls += 1
+        incomplete = getattr(response, "incomplete_details", None)
+        finish_reason = getattr(incomplete, "reason", None) or getattr(response, "status", None)
+    return (
+        {
+            "model": getattr(response, "model", None),
+            "id": getattr(response, "id", None),
+            "request_id": getattr(response, "_request_id", None),
+            "content_length": content_length,
+            "finish_reason": finish_reason,
+            "tool_calls_count": tool_calls,
+        },
+        getattr(response, "usage", None),
+    )

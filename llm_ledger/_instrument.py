@@ -1,0 +1,205 @@
+"""Instrumenting one OpenAI client instance (never the library as a whole).
+
+The seam is the client's public ``request`` method, which every resource goes through
+(``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``,
+``responses.create``, and their ``with_raw_response`` variants). The instance gets its own
+``request``; ``copy`` / ``with_options`` are extended so derived clients stay instrumented.
+Other endpoints pass straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._extract import OPERATIONS, response_shape
+from ._streams import watch_stream
+
+if TYPE_CHECKING:
+    from ._monitor import LLMCallMonitor, _Call
+    from ._records import Status
+
+__all__ = ["instrument_client"]
+
+C = TypeVar("C")
+
+_MONITOR_ATTR = "_llm_ledger_monitor"
+_HOOKED_ATTR = "_llm_ledger_hooked"
+_RAW_HEADER = "X-Stainless-Raw-Response"
+
+# the call whose HTTP exchange is in flight in this context (read by the httpx response hook)
+_active: ContextVar[_Call | None] = ContextVar("llm_ledger_active_call", default=None)
+
+
+def _on_response(response: Any) -> None:
+    call = _active.get()
+    if call is not None:
+        retries = response.request.headers.get("x-stainless-retry-count")
+        if retries is not None and retries.isdigit():
+            call.retries = int(retries)
+        call.request_id = response.headers.get("x-request-id")
+
+
+async def _on_response_async(response: Any) -> None:
+    _on_response(response)
+
+
+def _hook_http_client(client: Any, is_async: bool) -> None:
+    """Learn retries and request ids from the HTTP layer (best effort; absent hooks cost nothing)."""
+    http = getattr(client, "_client", None)
+    hooks = getattr(http, "event_hooks", None)
+    if http is None or not isinstance(hooks, Mapping) or getattr(http, _HOOKED_ATTR, False):
+        return
+    hook = _on_response_async if is_async else _on_response
+    http.event_hooks = {**hooks, "response": [*hooks.get("response", ()), hook]}
+    setattr(http, _HOOKED_ATTR, True)
+
+
+def _secret(client: Any) -> str | None:
+    key = getattr(client, "api_key", None)
+    return key if isinstance(key, str) and len(key) >= 8 else None
+
+
+def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> tuple[_Call | None, Any]:
+    """Start watching a call; returns the call (None if not watched) and the options to send."""
+    operation = OPERATIONS.get(options.url)
+    if operation is None or options.method != "post":
+        return None, options
+    try:
+        body = options.json_data
+        if not isinstance(body, Mapping):
+            return None, options
+        call = monitor._begin(operation, body, stream, _secret(client))
+        headers = options.headers
+        raw = headers.get(_RAW_HEADER) if isinstance(headers, Mapping) else None
+        if raw == "stream":
+            call.hide_usage = False  # the caller reads the HTTP body itself: send the request unchanged
+        elif stream and operation == "chat" and monitor.stream_usage:
+            stream_options = body.get("stream_options")
+            asked = isinstance(stream_options, Mapping) and stream_options.get("include_usage") is True
+            if not asked:
+                options = options.model_copy()
+                options.json_data = {
+                    **body,
+                    "stream_options": {
+                        **(stream_options if isinstance(stream_options, Mapping) else {}),
+                        "include_usage": True,
+                    },
+                }
+                call.hide_usage = True
+        return call, options
+    except Exception as exc:
+        monitor._report("reading the request", exc)
+        return None, options
+
+
+def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
+    try:
+        status: Status = (
+            "interrupted" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) else "error"
+        )
+        # parse() errors such as LengthFinishReasonError carry the billed completion
+        completion = getattr(exc, "completion", None)
+        if completion is not None:
+            shape, usage = response_shape(call.operation, completion)
+            monitor._finish(call, status, shape, usage, error=exc)
+        else:
+            monitor._finish(call, status, None, None, error=exc)
+    except Exception as inner:
+        monitor._report("recording a failed call", inner)
+
+
+def _succeed(monitor: LLMCallMonitor, call: _Call, options: Any, result: Any, is_async: bool) -> None:
+    try:
+        target = result
+        if hasattr(result, "http_response") and hasattr(result, "parse"):  # with_raw_response
+            headers = options.headers
+            if isinstance(headers, Mapping) and headers.get(_RAW_HEADER) == "stream":
+                monitor._finish(call, "ok", None, None)  # body not read yet: shape unknown
+                return
+            target = result.parse()  # cached by the SDK: the caller's parse() gets the same object
+            if inspect.isawaitable(target):
+                # async raw responses parse lazily; the caller will await it, we must not
+                getattr(target, "close", lambda: None)()
+                monitor._finish(call, "ok", None, None)
+                return
+        if call.request["stream"] and hasattr(target, "_iterator"):
+            watch_stream(monitor, call, target, is_async=is_async)
+            return
+        shape, usage = response_shape(call.operation, target)
+        output = None
+        if call.content is not None and call.operation == "chat":
+            output = "".join(c.message.content or "" for c in getattr(target, "choices", ()) or ())
+        elif call.content is not None and call.operation == "responses":
+            output = getattr(target, "output_text", None)
+        monitor._finish(call, "ok", shape, usage, output_text=output)
+    except Exception as exc:
+        monitor._report("recording a call", exc)
+
+
+def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
+    """Instrument ``client`` in place for ``monitor`` and return the same object."""
+    instance: Any = client
+    cls = type(instance)
+    if not (callable(getattr(cls, "request", None)) and callable(getattr(cls, "copy", None))):
+        raise TypeError(
+            "instrument() expects an openai client (OpenAI, AsyncOpenAI, AzureOpenAI or AsyncAzureOpenAI), "
+            f"got {cls.__module__}.{cls.__qualname__}"
+        )
+    if instance.__dict__.get(_MONITOR_ATTR) is monitor:
+        return client
+    original = cls.request.__get__(instance)
+    is_async = inspect.iscoroutinefunction(original)
+
+    if is_async:
+
+        async def arequest(
+            cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+        ) -> Any:
+            call, options = _begin(monitor, instance, options, stream)
+            if call is None:
+                return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
+            token = _active.set(call)
+            try:
+                result = await original(cast_to, options, stream=stream, stream_cls=stream_cls)
+            except BaseException as exc:
+                _fail(monitor, call, exc)
+                raise
+            finally:
+                _active.reset(token)
+            _succeed(monitor, call, options, result, True)
+            return result
+
+        instance.request = arequest
+    else:
+
+        def request(cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
+            call, options = _begin(monitor, instance, options, stream)
+            if call is None:
+                return original(cast_to, options, stream=stream, stream_cls=stream_cls)
+            token = _active.set(call)
+            try:
+                result = original(cast_to, options, stream=stream, stream_cls=stream_cls)
+            except BaseException as exc:
+                _fail(monitor, call, exc)
+                raise
+            finally:
+                _active.reset(token)
+            _succeed(monitor, call, options, result, False)
+            return result
+
+        instance.request = request
+
+    class_copy = cls.copy
+
+    def copy(*args: Any, **kwargs: Any) -> Any:
+        return instrument_client(monitor, class_copy(instance, *args, **kwargs))
+
+    instance.copy = copy
+    instance.with_options = copy
+    setattr(instance, _MONITOR_ATTR, monitor)
+    _hook_http_client(instance, is_async)
+    return client

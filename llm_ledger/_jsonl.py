@@ -1,0 +1,207 @@
+"""The JSON-lines file: formatting and writing off the caller's path, losing nothing.
+
+``JsonlFileHandler`` is a ``logging.Handler``: the caller's thread only appends the LogRecord to
+a queue; a writer thread formats records with python-json-logger and appends whole lines with
+single ``os.write`` calls on an ``O_APPEND`` descriptor, so several processes can share one file
+without interleaving lines. The file is reopened when it is moved away (logrotate's ``create``
+mode) or deleted, and its directory recreated if removed. A failed write (full disk) is reported
+on ``llm_ledger.internal`` and retried; ``flush()`` returns once everything queued so far is
+written, and interpreter exit flushes every handler.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+__all__ = ["JsonlFileHandler", "LedgerJsonFormatter", "flush_all"]
+
+internal_log = logging.getLogger("llm_ledger.internal")
+
+_MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
+_WAKE_S = 0.2
+_handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
+
+
+class LedgerJsonFormatter(JsonFormatter):
+    """python-json-logger formatter that writes a record dict exactly as built, keys in order.
+
+    Plain-string log messages (e.g. from other code logging to ``llm_monitor``) keep
+    python-json-logger's default shape.
+    """
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        if isinstance(record.msg, dict):
+            log_data.update(message_dict)
+        else:
+            super().add_fields(log_data, record, message_dict)
+
+
+class JsonlFileHandler(logging.Handler):
+    """Append each record as one JSON line to ``path``, written by a background thread."""
+
+    def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.setFormatter(formatter or LedgerJsonFormatter(json_ensure_ascii=False))
+        self._queue: collections.deque[logging.LogRecord | threading.Event] = collections.deque()
+        self._wake = threading.Event()
+        self._pending: list[bytes] = []  # formatted lines not yet written (after a failed write)
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        self._closed = False
+        self._lost = 0
+        self._open()  # fail early, in configure(), on a path that can never work
+        self._thread = threading.Thread(target=self._run, name=f"llm-ledger-writer:{self.path}", daemon=True)
+        self._thread.start()
+        _handlers.add(self)
+
+    # -- caller side ------------------------------------------------------------------------------
+
+    def emit(self, record: logging.LogRecord) -> None:
+        queue = self._queue
+        wake = not queue
+        queue.append(record)
+        if wake:
+            self._wake.set()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # no handler lock and no filters: the writer thread does the formatting
+        self.emit(record)
+        return True
+
+    def flush(self, timeout: float | None = 10.0) -> None:
+        """Block until every record emitted before this call is written (or ``timeout`` passes)."""
+        if self._closed or not self._thread.is_alive():
+            self._drain()
+            return
+        done = threading.Event()
+        self._queue.append(done)
+        self._wake.set()
+        done.wait(timeout)
+
+    def close(self) -> None:
+        if not self._closed:
+            self.flush()
+            self._closed = True
+            self._wake.set()
+            self._thread.join(timeout=5)
+            self._drain()
+            if self._fd is not None:
+                try:
+                    os.close(self._fd)
+                except OSError:
+                    pass
+                self._fd = None
+        super().close()
+
+    # -- writer side --------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd = fd
+        st = os.fstat(fd)
+        self._inode = (st.st_dev, st.st_ino)
+
+    def _reopen_if_moved(self) -> None:
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._inode
+        except FileNotFoundError:
+            moved = True
+        if moved or self._fd is None:
+            self._open()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(_WAKE_S)
+            self._wake.clear()
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        events: list[threading.Event] = []
+        lines = self._pending
+        queue = self._queue
+        formatter = self.formatter
+        assert formatter is not None
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, threading.Event):
+                events.append(item)
+                continue
+            try:
+                lines.append((formatter.format(item) + "\n").encode("utf-8", "backslashreplace"))
+            except Exception as exc:
+                internal_log.warning("llm-ledger could not format a record: %s: %s", type(exc).__name__, exc)
+        if lines:
+            self._write(lines)
+        for event in events:
+            event.set()
+
+    def _write(self, lines: list[bytes]) -> None:
+        try:
+            self._reopen_if_moved()
+            assert self._fd is not None
+            # several lines per write: each write is whole lines, so concurrent writers never split one
+            batch = b"".join(lines)
+            view = memoryview(batch)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            lines.clear()
+        except Exception as exc:
+            if len(lines) > _MAX_PENDING_LINES:
+                dropped = len(lines) - _MAX_PENDING_LINES
+                del lines[:dropped]
+                self._lost += dropped
+            _report_write_failure(self.path, exc, len(lines), self._lost)
+            if not self._closed:
+                time.sleep(0.05)
+
+
+_last_failure = 0.0
+
+
+def _report_write_failure(path: Path, exc: BaseException, pending: int, lost: int) -> None:
+    global _last_failure
+    now = time.monotonic()
+    if now - _last_failure >= 60:
+        _last_failure = now
+        internal_log.error(
+            "llm-ledger cannot write %s (%s: %s); %d records kept for retry, %d dropped so far",
+            path,
+            type(exc).__name__,
+            exc,
+            pending,
+            lost,
+        )
+
+
+def flush_all() -> None:
+    """Write out every record queued in every JSONL handler of this process."""
+    for handler in list(_handlers):
+        try:
+            handler.flush()
+        except Exception:  # pragma: no cover - exit must not fail because of the ledger
+            pass
+
+
+atexit.register(flush_all)

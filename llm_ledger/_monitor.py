@@ -1,0 +1,341 @@
+"""``LLMCallMonitor``: turns watched SDK calls into records, rolls them up per lens, emits them.
+
+The monitor never breaks the call it watches: every failure inside it is caught and reported on
+the ``llm_ledger.internal`` logger, and the caller gets exactly what the SDK gave.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from typing import Any, TypeVar, cast
+
+from ._context import LensRun, TrackedContext, current_context, current_lenses
+from ._errors import ConfigError
+from ._extract import usage_of
+from ._pricing import PriceTable
+from ._records import (
+    LOGGER_NAME,
+    CallRecord,
+    ErrorShape,
+    LensSummary,
+    RequestShape,
+    ResponseShape,
+    Status,
+    Usage,
+    call_record,
+    lens_record,
+)
+
+__all__ = ["LLMCallMonitor", "Redactor", "Sink"]
+
+Sink = Callable[[Mapping[str, Any]], None]
+"""Receives every record a monitor emits, synchronously, on the thread that finished the call."""
+
+Redactor = Callable[[str], str]
+"""Applied to every captured string (message text, output text, error messages) before it is recorded."""
+
+C = TypeVar("C")
+
+internal_log = logging.getLogger("llm_ledger.internal")
+_LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+_REPORT_INTERVAL_S = 60.0
+
+
+class _Call:
+    """What the monitor knows about one call in flight."""
+
+    __slots__ = (
+        "content",
+        "context",
+        "done",
+        "hide_usage",
+        "lenses",
+        "operation",
+        "request",
+        "request_id",
+        "retries",
+        "secret",
+        "start_epoch",
+        "start_perf",
+        "ttft",
+    )
+
+    def __init__(self, operation: str, request: RequestShape, secret: str | None) -> None:
+        self.operation = operation
+        self.request = request
+        self.context = dict(current_context())
+        self.lenses = current_lenses()
+        self.secret = secret
+        self.retries: int | None = None
+        self.request_id: str | None = None
+        self.ttft: float | None = None
+        self.hide_usage = False
+        self.done = False
+        self.content: dict[str, Any] | None = None
+        self.start_epoch = time.time()
+        self.start_perf = time.perf_counter()
+
+
+def _safe_error_message(exc: BaseException) -> str | None:
+    """A message that quotes nothing from the request or response (used when content capture is off)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        parts = [f"HTTP {status}"]
+        for attr in ("type", "code"):
+            value = getattr(exc, attr, None)
+            if isinstance(value, str) and value:
+                parts.append(value)
+        return " ".join(parts)
+    name = type(exc).__name__
+    if name in ("APIConnectionError", "APITimeoutError"):
+        return str(exc)  # the SDK's fixed wording: "Connection error." / "Request timed out."
+    return None
+
+
+class LLMCallMonitor:
+    """Watches OpenAI clients, prices their calls, and emits one record per call and per lens run.
+
+    The module-level functions (``llm_ledger.instrument``, ``lens``, ``track_llm_call``) use a
+    default monitor; build your own for a separate price table or separate sinks.
+
+    Args:
+        prices: a :class:`PriceTable`, or the path of a YAML price file layered over genai-prices.
+        capture_content: record message text, output text and error messages (off by default).
+        redact: applied to every captured string before it is recorded.
+        stream_usage: ask streamed chat calls for usage (``stream_options.include_usage``) when
+            the caller did not, and hide the extra usage chunk from the caller.
+        logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only.
+        sinks: callables receiving every record dict.
+    """
+
+    def __init__(
+        self,
+        *,
+        prices: PriceTable | str | os.PathLike[str] | None = None,
+        capture_content: bool = False,
+        redact: Redactor | None = None,
+        stream_usage: bool = True,
+        logger: str | None = LOGGER_NAME,
+        sinks: Iterable[Sink] = (),
+    ) -> None:
+        if not isinstance(capture_content, bool):
+            raise ConfigError(f"capture_content must be True or False, got {capture_content!r}")
+        if not isinstance(stream_usage, bool):
+            raise ConfigError(f"stream_usage must be True or False, got {stream_usage!r}")
+        if redact is not None and not callable(redact):
+            raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
+        if logger is not None and not isinstance(logger, str):
+            raise ConfigError(f"logger must be a logger name or None, got {logger!r}")
+        self.prices = self._price_table(prices)
+        self.capture_content = capture_content
+        self.redact = redact
+        self.stream_usage = stream_usage
+        self._logger = logging.getLogger(logger) if logger is not None else None
+        self._sinks: tuple[Sink, ...] = tuple(sinks)
+        self._sinks_lock = threading.Lock()
+        self._unpriced: set[str] = set()
+        self._last_report: dict[str, float] = {}
+
+    @staticmethod
+    def _price_table(prices: PriceTable | str | os.PathLike[str] | None) -> PriceTable:
+        if prices is None:
+            return PriceTable()
+        if isinstance(prices, PriceTable):
+            return prices
+        if isinstance(prices, (str, os.PathLike)):
+            return PriceTable.from_file(prices)
+        raise ConfigError(f"prices must be a PriceTable or the path of a price file, got {prices!r}")
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def instrument(self, client: C) -> C:
+        """Instrument an ``OpenAI`` / ``AsyncOpenAI`` / Azure client in place and return it."""
+        from ._instrument import instrument_client
+
+        return instrument_client(self, client)
+
+    def lens(
+        self, lens_key: str, *, source_id: Any = None, service: str | None = None, **context: Any
+    ) -> LensRun:
+        """Open a lens run: every call inside counts toward its summary (see ``LensRun``)."""
+        return LensRun(self, lens_key, {"source_id": source_id, "service": service, **context})
+
+    def track_llm_call(self, **context: Any) -> TrackedContext:
+        """Add context (``service``, ``source_id``, ``user_id``...) to every call inside."""
+        return TrackedContext(context)
+
+    def add_sink(self, sink: Sink) -> None:
+        """Send every record to ``sink`` as well (it must be quick and must not block)."""
+        with self._sinks_lock:
+            self._sinks = (*self._sinks, sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        """Stop sending records to ``sink``; a sink never added is ignored."""
+        with self._sinks_lock:
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
+
+    # -- used by the instrumentation ----------------------------------------------------------------
+
+    def _report(self, where: str, exc: BaseException) -> None:
+        """Report a failure inside the ledger, at most once a minute per place and kind."""
+        try:
+            key = f"{where}:{type(exc).__name__}"
+            now = time.monotonic()
+            if now - self._last_report.get(key, -_REPORT_INTERVAL_S) >= _REPORT_INTERVAL_S:
+                self._last_report[key] = now
+                internal_log.warning(
+                    "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
+                    where,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+        except Exception:  # pragma: no cover - reporting must never raise either
+            pass
+
+    def _scrub(self, text: str, call: _Call) -> str:
+        if call.secret and call.secret in text:
+            text = text.replace(call.secret, "[REDACTED]")
+        return self.redact(text) if self.redact is not None else text
+
+    def _capture_request(self, call: _Call, body: Mapping[str, Any]) -> None:
+        def strings(value: Any) -> Any:
+            if isinstance(value, str):
+                return self._scrub(value, call)
+            if isinstance(value, Mapping):
+                return {str(k): strings(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [strings(v) for v in value]
+            if value is None or isinstance(value, (int, float, bool)):
+                return value
+            return None
+
+        keys = ("messages", "input", "instructions", "tools")
+        call.content = {k: strings(body[k]) for k in keys if k in body and body[k] is not None}
+
+    def _begin(self, operation: str, body: Mapping[str, Any], stream: bool, secret: str | None) -> _Call:
+        from ._extract import request_shape
+
+        call = _Call(operation, request_shape(operation, body, stream=stream), secret)
+        if self.capture_content:
+            self._capture_request(call, body)
+        return call
+
+    def _error_shape(self, call: _Call, exc: BaseException) -> ErrorShape:
+        status = getattr(exc, "status_code", None)
+        message = self._scrub(str(exc), call) if self.capture_content else _safe_error_message(exc)
+        return {
+            "type": type(exc).__name__,
+            "status_code": status if isinstance(status, int) else None,
+            "message": message,
+        }
+
+    def _finish(
+        self,
+        call: _Call,
+        status: Status,
+        response: ResponseShape | None,
+        usage_obj: Usage | Any,
+        *,
+        error: BaseException | None = None,
+        output_text: str | None = None,
+    ) -> None:
+        """Build, roll up and emit the record of a finished call (exactly once per call)."""
+        if call.done:
+            return
+        call.done = True
+        duration = time.perf_counter() - call.start_perf
+        usage = cast(Usage, usage_obj) if isinstance(usage_obj, dict) else usage_of(call.operation, usage_obj)
+        if response is None:
+            response = {
+                "model": None,
+                "id": None,
+                "request_id": call.request_id,
+                "content_length": None,
+                "finish_reason": None,
+                "tool_calls_count": None,
+            }
+        elif response["request_id"] is None:
+            response["request_id"] = call.request_id
+        prompt_cost = completion_cost = None
+        total_cost: Decimal | None = None
+        if usage["prompt_tokens"] is not None:
+            model = response["model"] or call.request["model"]
+            cost = self._cost(model, call.request["model"], usage)
+            if cost is not None:
+                prompt_cost, completion_cost, total_cost = (
+                    cost.prompt_cost_usd,
+                    cost.completion_cost_usd,
+                    cost.total_cost_usd,
+                )
+        content = call.content
+        if content is not None and output_text is not None:
+            content["output"] = self._scrub(output_text, call)
+        record = call_record(
+            call_id=uuid.uuid4().hex,
+            status=status,
+            operation=call.operation,
+            context=call.context,
+            request=call.request,
+            response=response,
+            usage=usage,
+            start_epoch=call.start_epoch,
+            duration_s=duration,
+            ttft_s=call.ttft,
+            prompt_cost=prompt_cost,
+            completion_cost=completion_cost,
+            retries=call.retries,
+            error=None if error is None else self._error_shape(call, error),
+            content=content,
+        )
+        for totals in call.lenses:
+            totals.add(record, total_cost)
+        self._emit(record)
+
+    def _cost(self, served: str | None, requested: str | None, usage: Usage) -> Any:
+        prompt = usage["prompt_tokens"] or 0
+        completion = usage["completion_tokens"] or 0
+        cached = usage["cached_tokens"] or 0
+        for model in (served, requested):
+            if model:
+                cost = self.prices.cost(
+                    model, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+                )
+                if cost is not None:
+                    return cost
+        name = requested or served or "<none>"
+        if name not in self._unpriced:
+            self._unpriced.add(name)
+            internal_log.warning(
+                "no price known for model %r: its calls are recorded with null cost. "
+                "Add it to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...)).",
+                name,
+            )
+        return None
+
+    def _emit(self, record: CallRecord | Mapping[str, Any]) -> None:
+        logger = self._logger
+        if logger is not None:
+            level = _LEVELNO[record["level"]]
+            if logger.isEnabledFor(level):
+                try:
+                    logger.log(level, record)
+                except Exception as exc:
+                    self._report("a log handler", exc)
+        for sink in self._sinks:
+            try:
+                sink(record)
+            except Exception as exc:
+                self._report(f"sink {sink!r}", exc)
+
+    def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
+        try:
+            self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
+        except Exception as exc:
+            self._report("the lens summary", exc)

@@ -1,0 +1,291 @@
+"""The one place that defines the shape of every record llm-ledger emits.
+
+Two events exist:
+
+* ``llm_api_call``: one per monitored SDK call (built by :func:`call_record`);
+* ``lens_summary``: one per lens run (built by :func:`lens_record` from a :class:`LensTotals`).
+
+Everything else (the JSONL file, the pytest plugin, ``llm-ledger report``, exporters) consumes
+these dicts; none of them defines its own copy of the schema. Records are plain JSON-ready dicts
+(str, int, float, bool, None, list, dict) so any sink can serialise them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+from typing import Any, Literal, TypedDict
+
+__all__ = [
+    "CALL_EVENT",
+    "LENS_EVENT",
+    "LOGGER_NAME",
+    "CallRecord",
+    "LensRecord",
+    "LensSummary",
+    "LensTotals",
+    "Status",
+    "call_record",
+    "iso_timestamp",
+    "lens_record",
+]
+
+LOGGER_NAME = "llm_monitor"
+CALL_EVENT = "llm_api_call"
+LENS_EVENT = "lens_summary"
+
+Status = Literal["ok", "error", "interrupted"]
+_LEVELS: dict[str, str] = {"ok": "INFO", "error": "ERROR", "interrupted": "WARNING"}
+
+
+class RequestShape(TypedDict):
+    model: str | None
+    temperature: float | None
+    max_tokens: int | None
+    messages_count: int | None
+    system_prompt_length: int
+    user_prompt_length: int
+    has_images: bool
+    image_count: int
+    stream: bool
+    tools_count: int
+
+
+class ResponseShape(TypedDict):
+    model: str | None
+    id: str | None
+    request_id: str | None
+    content_length: int | None
+    finish_reason: str | None
+    tool_calls_count: int | None
+
+
+class Usage(TypedDict):
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+
+
+class Timing(TypedDict):
+    duration_ms: float
+    start_time: str
+    end_time: str
+    time_to_first_token_ms: float | None
+
+
+class CostShape(TypedDict):
+    prompt_cost_usd: float | None
+    completion_cost_usd: float | None
+    total_cost_usd: float | None
+
+
+class ErrorShape(TypedDict):
+    type: str
+    status_code: int | None
+    message: str | None
+
+
+class CallRecord(TypedDict, total=False):
+    timestamp: str
+    level: str
+    logger: str
+    event: str
+    call_id: str
+    status: Status
+    operation: str
+    context: dict[str, Any]
+    request: RequestShape
+    response: ResponseShape
+    usage: Usage
+    timing: Timing
+    cost: CostShape
+    retries: int | None
+    error: ErrorShape | None
+    content: dict[str, Any]  # only with capture_content=True
+
+
+class LensSummary(TypedDict):
+    total_api_calls: int
+    total_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_cost_usd: float
+    avg_duration_ms: float | None
+    models_used: list[str]
+    errors: int
+    cached_tokens: int
+    reasoning_tokens: int
+    duration_ms: float
+    cost_complete: bool
+
+
+class LensRecord(TypedDict):
+    timestamp: str
+    level: str
+    logger: str
+    event: str
+    context: dict[str, Any]
+    summary: LensSummary
+
+
+_ts_lock = threading.Lock()
+_ts_cache: tuple[int, str] = (-1, "")
+
+
+def iso_timestamp(epoch: float) -> str:
+    """UTC ISO-8601 with milliseconds and a ``Z``: ``2025-02-14T10:30:45.123Z``."""
+    global _ts_cache
+    seconds = int(epoch)
+    millis = int((epoch - seconds) * 1000)
+    cached_seconds, prefix = _ts_cache
+    if cached_seconds != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        with _ts_lock:
+            _ts_cache = (seconds, prefix)
+    return f"{prefix}.{millis:03d}Z"
+
+
+def _usd(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def call_record(
+    *,
+    call_id: str,
+    status: Status,
+    operation: str,
+    context: dict[str, Any],
+    request: RequestShape,
+    response: ResponseShape,
+    usage: Usage,
+    start_epoch: float,
+    duration_s: float,
+    ttft_s: float | None,
+    prompt_cost: Decimal | None,
+    completion_cost: Decimal | None,
+    retries: int | None,
+    error: ErrorShape | None,
+    content: dict[str, Any] | None = None,
+) -> CallRecord:
+    """Build one ``llm_api_call`` record."""
+    end_epoch = start_epoch + duration_s
+    end = iso_timestamp(end_epoch)
+    total_cost = None if prompt_cost is None or completion_cost is None else prompt_cost + completion_cost
+    record: CallRecord = {
+        "timestamp": end,
+        "level": _LEVELS[status],
+        "logger": LOGGER_NAME,
+        "event": CALL_EVENT,
+        "call_id": call_id,
+        "status": status,
+        "operation": operation,
+        "context": context,
+        "request": request,
+        "response": response,
+        "usage": usage,
+        "timing": {
+            "duration_ms": round(duration_s * 1000, 3),
+            "start_time": iso_timestamp(start_epoch),
+            "end_time": end,
+            "time_to_first_token_ms": None if ttft_s is None else round(ttft_s * 1000, 3),
+        },
+        "cost": {
+            "prompt_cost_usd": _usd(prompt_cost),
+            "completion_cost_usd": _usd(completion_cost),
+            "total_cost_usd": _usd(total_cost),
+        },
+        "retries": retries,
+        "error": error,
+    }
+    if content is not None:
+        record["content"] = content
+    return record
+
+
+class LensTotals:
+    """Running totals of one lens run; thread-safe, since a lens may fan out to threads and tasks."""
+
+    __slots__ = (
+        "_lock",
+        "cached_tokens",
+        "calls",
+        "completion_tokens",
+        "cost",
+        "cost_complete",
+        "duration_s",
+        "errors",
+        "models",
+        "prompt_tokens",
+        "reasoning_tokens",
+        "total_tokens",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.errors = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.total_tokens = 0
+        self.cached_tokens = 0
+        self.reasoning_tokens = 0
+        self.cost = Decimal(0)
+        self.cost_complete = True
+        self.duration_s = 0.0
+        self.models: set[str] = set()
+
+    def add(self, record: CallRecord, total_cost: Decimal | None) -> None:
+        """Count one finished call (failed and interrupted calls count too)."""
+        usage = record["usage"]
+        model = record["request"]["model"]
+        with self._lock:
+            self.calls += 1
+            if record["status"] == "error":
+                self.errors += 1
+            self.prompt_tokens += usage["prompt_tokens"] or 0
+            self.completion_tokens += usage["completion_tokens"] or 0
+            self.total_tokens += usage["total_tokens"] or 0
+            self.cached_tokens += usage["cached_tokens"] or 0
+            self.reasoning_tokens += usage["reasoning_tokens"] or 0
+            if total_cost is None:
+                # an ok call without a price, or a failed call we know nothing about
+                if record["status"] != "error" or usage["total_tokens"]:
+                    self.cost_complete = False
+            else:
+                self.cost += total_cost
+            self.duration_s += record["timing"]["duration_ms"] / 1000
+            if model:
+                self.models.add(model)
+
+    def summary(self, wall_s: float) -> LensSummary:
+        """The aggregate dict an application stores in ``SourceLog.extra_data``."""
+        with self._lock:
+            return {
+                "total_api_calls": self.calls,
+                "total_tokens": self.total_tokens,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_cost_usd": float(self.cost),
+                "avg_duration_ms": round(self.duration_s * 1000 / self.calls, 3) if self.calls else None,
+                "models_used": sorted(self.models),
+                "errors": self.errors,
+                "cached_tokens": self.cached_tokens,
+                "reasoning_tokens": self.reasoning_tokens,
+                "duration_ms": round(wall_s * 1000, 3),
+                "cost_complete": self.cost_complete,
+            }
+
+
+def lens_record(*, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> LensRecord:
+    """Build one ``lens_summary`` record."""
+    return {
+        "timestamp": iso_timestamp(end_epoch),
+        "level": "INFO",
+        "logger": LOGGER_NAME,
+        "event": LENS_EVENT,
+        "context": context,
+        "summary": summary,
+    }

@@ -1,0 +1,269 @@
+"""Watching streams: counters only, never the chunks.
+
+The SDK's ``Stream`` / ``AsyncStream`` object the caller receives stays the same object; only
+its chunk iterator is wrapped and its ``close`` extended, so the caller gets exactly the chunks
+it would get without the ledger (minus the usage chunk the ledger asked for on its behalf).
+The record is written when the stream ends, when it is closed early, or when it is abandoned
+and collected (status ``interrupted``).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._extract import response_shape
+
+if TYPE_CHECKING:
+    from ._monitor import LLMCallMonitor, _Call
+
+__all__ = ["watch_stream"]
+
+
+class _StreamState:
+    __slots__ = (
+        "__weakref__",
+        "call",
+        "chars",
+        "finish_reason",
+        "id",
+        "model",
+        "monitor",
+        "text",
+        "tool_calls",
+        "usage",
+    )
+
+    def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
+        self.monitor = monitor
+        self.call = call
+        self.chars = 0
+        self.tool_calls = 0
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+        self.model: str | None = None
+        self.id: str | None = None
+        self.text: list[str] | None = [] if call.content is not None else None
+
+    def finish(self, status: str, error: BaseException | None = None) -> None:
+        call = self.call
+        if call.done:
+            return
+        try:
+            response = {
+                "model": self.model,
+                "id": self.id,
+                "request_id": call.request_id,
+                "content_length": self.chars,
+                "finish_reason": self.finish_reason,
+                "tool_calls_count": self.tool_calls,
+            }
+            self.monitor._finish(
+                call,
+                status,  # type: ignore[arg-type]
+                response,  # type: ignore[arg-type]
+                self.usage,
+                error=error,
+                output_text="".join(self.text) if self.text is not None else None,
+            )
+        except Exception as exc:
+            self.monitor._report("recording a stream", exc)
+
+    def abandon(self) -> None:
+        self.finish("interrupted")
+
+    # -- chat completions ---------------------------------------------------------------------------
+
+    def chat_chunk(self, chunk: Any) -> bool:
+        """Count one chunk; True when it is the finish of the last choice and usage is still to come."""
+        call = self.call
+        if self.id is None:
+            self.model = chunk.model
+            self.id = chunk.id
+        finished = False
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta is not None:
+                text = delta.content
+                if text:
+                    if call.ttft is None:
+                        call.ttft = time.perf_counter() - call.start_perf
+                    self.chars += len(text)
+                    if self.text is not None:
+                        self.text.append(text)
+                if delta.tool_calls:
+                    for tool_call in delta.tool_calls:
+                        if tool_call.id:
+                            self.tool_calls += 1
+            if choice.finish_reason:
+                self.finish_reason = self.finish_reason or choice.finish_reason
+                finished = True
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage = usage
+        return finished and self.usage is None
+
+    # -- responses ------------------------------------------------------------------------------------
+
+    def response_event(self, event: Any) -> None:
+        kind = event.type
+        call = self.call
+        if kind == "response.output_text.delta":
+            if call.ttft is None:
+                call.ttft = time.perf_counter() - call.start_perf
+            self.chars += len(event.delta)
+            if self.text is not None:
+                self.text.append(event.delta)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = event.response
+            shape, usage = response_shape("responses", response)
+            shape["request_id"] = call.request_id
+            if self.text is not None:
+                self.text = ["".join(self.text)]
+            error = _ResponseFailed(getattr(response, "error", None)) if kind == "response.failed" else None
+            try:
+                self.monitor._finish(call, "error" if error else "ok", shape, usage, error=error)
+            except Exception as exc:
+                self.monitor._report("recording a stream", exc)
+
+
+class _ResponseFailed(Exception):
+    """Stands for a ``response.failed`` event in the record's ``error``."""
+
+    def __init__(self, detail: Any) -> None:
+        super().__init__(getattr(detail, "message", None) or "response.failed")
+        self.code = getattr(detail, "code", None)
+
+
+def _is_usage_chunk(chunk: Any) -> bool:
+    return not chunk.choices and getattr(chunk, "usage", None) is not None
+
+
+def _chat_sync(state: _StreamState, chunks: Iterator[Any], hide_usage: bool) -> Iterator[Any]:
+    try:
+        for chunk in chunks:
+            if state.chat_chunk(chunk):
+                # Read the usage chunk before handing over the last content chunk: a caller that
+                # stops reading there still gets its usage recorded.
+                following = next(chunks, None)
+                if following is not None:
+                    state.chat_chunk(following)
+                    if _is_usage_chunk(following):
+                        state.finish("ok")
+                    yield chunk
+                    if not (hide_usage and _is_usage_chunk(following)):
+                        yield following
+                    continue
+            if _is_usage_chunk(chunk):
+                state.finish("ok")
+                if hide_usage:
+                    continue
+            yield chunk
+    except GeneratorExit:
+        state.finish("interrupted")
+        raise
+    except BaseException as exc:
+        state.finish("error", exc)
+        raise
+    state.finish("ok")
+
+
+async def _chat_async(
+    state: _StreamState, chunks: AsyncIterator[Any], hide_usage: bool
+) -> AsyncIterator[Any]:
+    try:
+        async for chunk in chunks:
+            if state.chat_chunk(chunk):
+                # Read the usage chunk before handing over the last content chunk: a caller that
+                # stops reading there still gets its usage recorded.
+                following = await anext(chunks, None)
+                if following is not None:
+                    state.chat_chunk(following)
+                    if _is_usage_chunk(following):
+                        state.finish("ok")
+                    yield chunk
+                    if not (hide_usage and _is_usage_chunk(following)):
+                        yield following
+                    continue
+            if _is_usage_chunk(chunk):
+                state.finish("ok")
+                if hide_usage:
+                    continue
+            yield chunk
+    except GeneratorExit:
+        state.finish("interrupted")
+        raise
+    except BaseException as exc:
+        state.finish("error", exc)
+        raise
+    state.finish("ok")
+
+
+def _events_sync(state: _StreamState, events: Iterator[Any]) -> Iterator[Any]:
+    try:
+        for event in events:
+            state.response_event(event)
+            yield event
+    except GeneratorExit:
+        state.finish("interrupted")
+        raise
+    except BaseException as exc:
+        state.finish("error", exc)
+        raise
+    state.finish("interrupted")  # ended without response.completed
+
+
+async def _events_async(state: _StreamState, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        async for event in events:
+            state.response_event(event)
+            yield event
+    except GeneratorExit:
+        state.finish("interrupted")
+        raise
+    except BaseException as exc:
+        state.finish("error", exc)
+        raise
+    state.finish("interrupted")
+
+
+def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async: bool) -> None:
+    """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
+    state = _StreamState(monitor, call)
+    iterator = stream._iterator
+    if call.operation == "responses":
+        stream._iterator = _events_async(state, iterator) if is_async else _events_sync(state, iterator)
+    else:
+        hide = call.hide_usage
+        stream._iterator = (
+            _chat_async(state, iterator, hide) if is_async else _chat_sync(state, iterator, hide)
+        )
+    # extend close() without a reference cycle, so an abandoned stream is collected promptly
+    class_close = type(stream).close
+    ref = weakref.ref(stream)
+    if is_async:
+
+        async def aclose() -> None:
+            try:
+                target = ref()
+                if target is not None:
+                    await class_close(target)
+            finally:
+                state.abandon()
+
+        stream.close = aclose
+    else:
+
+        def close() -> None:
+            try:
+                target = ref()
+                if target is not None:
+                    class_close(target)
+            finally:
+                state.abandon()
+
+        stream.close = close
+    # an abandoned stream: record it when the SDK object is collected
+    weakref.finalize(stream, state.abandon)

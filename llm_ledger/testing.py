@@ -1,0 +1,57 @@
+"""Helpers for testing code that uses llm-ledger: collect records in memory, no file, no network.
+
+.. code-block:: python
+
+    from llm_ledger.testing import capture
+
+    with capture() as records:
+        await run_lens(...)
+    assert records.lenses[0]["summary"]["total_api_calls"] == 2
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from ._config import get_monitor
+from ._monitor import LLMCallMonitor
+from ._records import CALL_EVENT, LENS_EVENT
+
+__all__ = ["Captured", "capture"]
+
+
+class Captured:
+    """Records emitted while a :func:`capture` block was open, in emission order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.records.append(dict(record))
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """The ``llm_api_call`` records."""
+        return [r for r in self.records if r.get("event") == CALL_EVENT]
+
+    @property
+    def lenses(self) -> list[dict[str, Any]]:
+        """The ``lens_summary`` records."""
+        return [r for r in self.records if r.get("event") == LENS_EVENT]
+
+
+@contextmanager
+def capture(monitor: LLMCallMonitor | None = None) -> Iterator[Captured]:
+    """Collect every record ``monitor`` (default: the default monitor) emits inside the block."""
+    target = monitor or get_monitor()
+    captured = Captured()
+    target.add_sink(captured)
+    try:
+        yield captured
+    finally:
+        target.remove_sink(captured)
