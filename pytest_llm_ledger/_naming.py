@@ -1,0 +1,67 @@
+"""Where a test's cassette lives: ``<dir>/<test file relative to rootdir, no .py>/<name>.yaml``.
+
+``tests/test_x.py::test_y`` gives ``tests/test_x/test_y.yaml``; a method of a class gives
+``TestCls.test_y.yaml``. Parametrized tests are named from their parameter *values* sorted by
+argument name, not from pytest's generated ids (those depend on parameter order and on pytest's
+id rules, which have changed between versions): primitives appear as themselves, anything else
+as a short hash of its repr with memory addresses removed. Characters outside a portable set
+become ``-``, and names longer than :data:`MAX_STEM` are cut and suffixed with a short hash.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["MAX_STEM", "cassette_path", "cassette_stem"]
+
+MAX_STEM = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    if value is None or isinstance(value, str | int | float | bool):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("ascii", "backslashreplace")
+    return _hash(_ADDRESS.sub("", repr(value)))
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("-", text).strip("-.") or "_"
+
+
+def cassette_stem(item: pytest.Item) -> str:
+    """The file name (without ``.yaml``) of ``item``'s cassette."""
+    owners = [node.name for node in item.listchain() if isinstance(node, pytest.Class)]
+    name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params:
+        params = ",".join(f"{arg}={_value_text(callspec.params[arg])}" for arg in sorted(callspec.params))
+        name = f"{name}[{params}]"
+    full = _safe(".".join([*owners, name]))
+    if len(full) > MAX_STEM:
+        full = f"{full[: MAX_STEM - 9]}-{_hash(full)}"
+    return full
+
+
+def cassette_path(item: pytest.Item, directory: Path) -> Path:
+    """The cassette file of ``item`` under ``directory``."""
+    try:
+        relative = item.path.relative_to(item.config.rootpath)
+    except ValueError:
+        relative = Path(item.path.name)
+    parts = [_safe(part) for part in relative.with_suffix("").parts]
+    return directory.joinpath(*parts, cassette_stem(item) + ".yaml")
