@@ -1,0 +1,69 @@
+"""Shared fixtures: a loopback OpenAI-compatible server and real SDK clients pointed at it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import openai
+import pytest
+import pytest_asyncio
+
+import llm_ledger
+from llm_ledger.testing import Captured, capture
+from tests.fake_openai import FakeOpenAI
+
+pytest_plugins = ["pytester"]
+
+FAKE_KEY = "sk-test-LEAKCHECK-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def _fake_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_openai(_fake_server: FakeOpenAI) -> FakeOpenAI:
+    """The loopback server, with no recorded requests and no queued failures."""
+    _fake_server.reset()
+    return _fake_server
+
+
+@pytest.fixture
+def monitor() -> llm_ledger.LLMCallMonitor:
+    """A fresh monitor with no logger, so tests see only their own records."""
+    return llm_ledger.LLMCallMonitor(logger=None)
+
+
+@pytest.fixture
+def records(monitor: llm_ledger.LLMCallMonitor) -> Iterator[Captured]:
+    """Every record the test's monitor emits."""
+    with capture(monitor) as captured:
+        yield captured
+
+
+@pytest.fixture
+def client(fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor) -> Iterator[openai.OpenAI]:
+    """A sync client on the loopback server, instrumented by the test's monitor."""
+    raw = openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
+    with raw:
+        yield monitor.instrument(raw)
+
+
+@pytest_asyncio.fixture
+async def aclient(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """An async client on the loopback server, instrumented by the test's monitor."""
+    raw = openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
+    async with raw:
+        yield monitor.instrument(raw)
+
+
+@pytest.fixture
+def internal_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Captures what the ledger reports about its own failures."""
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    return caplog

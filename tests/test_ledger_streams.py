@@ -1,0 +1,245 @@
+"""Streams: the caller gets exactly the bare SDK's chunks; the ledger keeps counters and records once."""
+
+from __future__ import annotations
+
+import gc
+import json
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+import llm_ledger.testing
+from llm_ledger.testing import Captured
+from tests.conftest import FAKE_KEY
+from tests.fake_openai import FakeOpenAI
+
+MESSAGES: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Stream me a story"}]
+
+
+def _dump(chunks: list[Any]) -> list[Any]:
+    """Chunks without the per-call random parts (ids and timestamps differ between two calls)."""
+    out = []
+    for chunk in chunks:
+        data = chunk.model_dump(exclude={"id", "created"})
+        out.append(data)
+    return out
+
+
+def _bare_chunks(fake_openai: FakeOpenAI, **kwargs: Any) -> list[Any]:
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        return list(bare.chat.completions.create(**kwargs))
+
+
+def test_caller_gets_the_bare_sdk_chunks_and_usage_is_recorded(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+) -> None:
+    """Without include_usage the caller sees no usage chunk, yet the record has usage and cost."""
+    kwargs: Any = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    expected = _bare_chunks(fake_openai, **kwargs)
+    got = list(client.chat.completions.create(**kwargs))
+    assert _dump(got) == _dump(expected)
+    assert all(chunk.choices for chunk in got)
+    [record] = records.calls
+    assert record["status"] == "ok" and record["request"]["stream"] is True
+    assert record["usage"]["total_tokens"] and record["cost"]["total_cost_usd"]
+    text = "".join(c.choices[0].delta.content or "" for c in got)
+    assert record["response"]["content_length"] == len(text)
+    assert record["response"]["finish_reason"] == "stop"
+    assert record["timing"]["time_to_first_token_ms"] is not None
+    assert 0 < record["timing"]["time_to_first_token_ms"] <= record["timing"]["duration_ms"]
+
+
+def test_caller_that_asked_for_usage_gets_it(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+) -> None:
+    """With include_usage the caller gets the usage chunk exactly as without the ledger."""
+    kwargs: Any = {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    expected = _bare_chunks(fake_openai, **kwargs)
+    got = list(client.chat.completions.create(**kwargs))
+    assert _dump(got) == _dump(expected)
+    assert got[-1].usage is not None
+    [record] = records.calls
+    assert record["usage"]["total_tokens"] == got[-1].usage.total_tokens
+
+
+def test_request_sent_by_the_caller_is_not_changed_in_place(client: openai.OpenAI, records: Captured) -> None:
+    """Asking for usage on the caller's behalf does not mutate the caller's stream_options."""
+    stream_options: Any = {"include_usage": False}
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options=stream_options
+        )
+    )
+    assert stream_options == {"include_usage": False}
+    assert records.calls[0]["usage"]["total_tokens"]
+
+
+def test_stop_after_last_content_chunk_still_records_usage(client: openai.OpenAI, records: Captured) -> None:
+    """A caller that stops at finish_reason and keeps the stream open still gets a complete record."""
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            break
+    [record] = records.calls  # written before the caller closed or dropped the stream
+    assert record["status"] == "ok" and record["usage"]["total_tokens"]
+    stream.close()
+    assert len(records.calls) == 1
+
+
+def test_stream_closed_early_is_interrupted(client: openai.OpenAI, records: Captured) -> None:
+    """close() in the middle of a stream writes one interrupted record with what was seen."""
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": "10"}
+    )
+    first = [next(stream), next(stream), next(stream)]
+    stream.close()
+    [record] = records.calls
+    assert record["status"] == "interrupted" and record["level"] == "WARNING"
+    seen = sum(len(c.choices[0].delta.content or "") for c in first)
+    assert record["response"]["content_length"] == seen
+    assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
+
+
+def test_stream_used_as_context_manager_and_left_early(client: openai.OpenAI, records: Captured) -> None:
+    """Leaving a `with stream:` block early records the call as interrupted."""
+    with client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": "10"}
+    ) as stream:
+        next(stream)
+    assert [r["status"] for r in records.calls] == ["interrupted"]
+
+
+def test_abandoned_stream_is_recorded_when_collected(client: openai.OpenAI, records: Captured) -> None:
+    """A stream the caller drops without closing is recorded as interrupted once collected."""
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": "10"}
+    )
+    next(stream)
+    del stream
+    gc.collect()
+    assert [r["status"] for r in records.calls] == ["interrupted"]
+
+
+def test_stream_cut_by_the_server_is_an_error_record(client: openai.OpenAI, records: Captured) -> None:
+    """A connection reset mid-stream raises the SDK's error to the caller and records an error."""
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - whatever httpx2 raises, unchanged
+        list(
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-fault": "reset"}
+            )
+        )
+    [record] = records.calls
+    assert record["status"] == "error" and record["error"]["type"] == type(raised.value).__name__
+
+
+def test_tool_call_stream_is_counted(client: openai.OpenAI, records: Captured) -> None:
+    """Tool calls in a stream are counted from their deltas."""
+    tools: Any = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, tools=tools, tool_choice="required"
+        )
+    )
+    [record] = records.calls
+    assert record["response"]["tool_calls_count"] == 1 and record["response"]["finish_reason"] == "tool_calls"
+
+
+def test_stream_helper_is_recorded(client: openai.OpenAI, records: Captured) -> None:
+    """The SDK's chat.completions.stream() helper works on top of the watched stream."""
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content
+    [record] = records.calls
+    assert record["status"] == "ok" and record["usage"]["total_tokens"]
+
+
+@pytest.mark.asyncio
+async def test_async_stream_matches_the_bare_sdk(
+    fake_openai: FakeOpenAI, aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """Async streams give the bare SDK's chunks and one complete record."""
+    kwargs: Any = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url) as bare:
+        expected = [c async for c in await bare.chat.completions.create(**kwargs)]
+    got = [c async for c in await aclient.chat.completions.create(**kwargs)]
+    assert _dump(got) == _dump(expected)
+    [record] = records.calls
+    assert record["status"] == "ok" and record["usage"]["total_tokens"]
+
+
+@pytest.mark.asyncio
+async def test_async_stream_closed_early_is_interrupted(aclient: openai.AsyncOpenAI, records: Captured) -> None:
+    """Closing an async stream early records it as interrupted."""
+    stream = await aclient.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": "10"}
+    )
+    await stream.__anext__()
+    await stream.close()
+    assert [r["status"] for r in records.calls] == ["interrupted"]
+
+
+@pytest.mark.asyncio
+async def test_async_stop_after_last_content_chunk_records_usage(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """An async caller breaking at finish_reason still gets usage recorded."""
+    stream = await aclient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            break
+    assert records.calls[0]["status"] == "ok" and records.calls[0]["usage"]["total_tokens"]
+    await stream.close()
+
+
+def test_responses_stream_is_recorded(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+) -> None:
+    """responses.create(stream=True) passes every event through and records the completed usage."""
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url) as bare:
+        expected = [e.type for e in bare.responses.create(model="gpt-4o-mini", input="hi", stream=True)]
+    events = list(client.responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    assert [e.type for e in events] == expected
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    [record] = records.calls
+    assert record["status"] == "ok" and record["operation"] == "responses"
+    assert completed.response.usage is not None
+    assert record["usage"]["total_tokens"] == completed.response.usage.total_tokens
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert record["response"]["content_length"] == len(deltas)
+    assert record["timing"]["time_to_first_token_ms"] is not None
+
+
+@pytest.mark.asyncio
+async def test_async_responses_stream_closed_early(aclient: openai.AsyncOpenAI, records: Captured) -> None:
+    """An async responses stream closed before completion is interrupted."""
+    stream = await aclient.responses.create(model="gpt-4o-mini", input="hi", stream=True)
+    await stream.__anext__()
+    await stream.close()
+    assert [r["status"] for r in records.calls] == ["interrupted"]
+
+
+def test_stream_usage_can_be_switched_off(fake_openai: FakeOpenAI, records: Captured) -> None:
+    """stream_usage=False sends the request unchanged; the record then has no usage."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, stream_usage=False)
+    with llm_ledger.testing.capture(monitor) as mine:
+        client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url))
+        with client:
+            list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert "stream_options" not in (fake_openai.requests[-1].json or {})
+    assert mine.calls[0]["usage"]["total_tokens"] is None
+    assert mine.calls[0]["status"] == "ok"
+
+
+def test_stream_record_never_holds_content(client: openai.OpenAI, records: Captured) -> None:
+    """Streamed text is counted, never stored, when content capture is off."""
+    list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    dumped = json.dumps(records.calls[0])
+    assert "story" not in dumped and "Summary" not in dumped and "content" not in records.calls[0]
