@@ -164,7 +164,12 @@ class LLMCallMonitor:
         self, lens_key: str, *, source_id: Any = None, service: str | None = None, **context: Any
     ) -> LensRun:
         """Open a lens run: every call inside counts toward its summary (see ``LensRun``)."""
-        return LensRun(self, lens_key, {"source_id": source_id, "service": service, **context})
+        # unset keys inherit from an enclosing lens / track_llm_call block
+        if source_id is not None:
+            context["source_id"] = source_id
+        if service is not None:
+            context["service"] = service
+        return LensRun(self, lens_key, context)
 
     def track_llm_call(self, **context: Any) -> TrackedContext:
         """Add context (``service``, ``source_id``, ``user_id``...) to every call inside."""

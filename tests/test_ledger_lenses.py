@@ -1,0 +1,223 @@
+"""Lens runs and context: aggregates, nesting, decorators, and isolation under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+import llm_ledger.testing
+from llm_ledger.testing import Captured
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def test_summary_has_the_seed_keys_and_sums_the_calls(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """run.summary equals the sums of the lens's call records, with the seed's keys and the extras."""
+    with monitor.lens("default_summary", source_id="src-1", service="RunnerService") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "longer " * 50}])
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    calls = records.calls
+    summary = run.summary
+    assert summary is not None
+    assert summary["total_api_calls"] == 3
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"):
+        assert summary[key] == sum(c["usage"][key] for c in calls), key
+    assert summary["total_cost_usd"] == pytest.approx(sum(c["cost"]["total_cost_usd"] for c in calls))
+    assert summary["avg_duration_ms"] == pytest.approx(
+        sum(c["timing"]["duration_ms"] for c in calls) / 3, abs=0.01
+    )
+    assert summary["models_used"] == ["gpt-4o", "gpt-4o-mini"]
+    assert summary["errors"] == 0 and summary["cost_complete"] is True
+    assert summary["duration_ms"] >= sum(c["timing"]["duration_ms"] for c in calls) * 0.99
+    [lens_record] = records.lenses
+    assert lens_record["event"] == "lens_summary" and lens_record["logger"] == "llm_monitor"
+    assert lens_record["summary"] == summary
+    assert lens_record["context"]["lens_key"] == "default_summary"
+    assert lens_record["context"]["source_id"] == "src-1"
+    assert lens_record["context"]["service"] == "RunnerService"
+    for call in calls:
+        assert call["context"]["lens_key"] == "default_summary"
+        assert call["context"]["lens_run_id"] == lens_record["context"]["lens_run_id"] == run.run_id
+
+
+def test_failed_calls_and_unknown_prices_show_in_the_summary(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """Failed calls count in total_api_calls and errors; an unpriced model makes cost_complete false."""
+    with monitor.lens("mixed") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "500"}
+            )
+        client.chat.completions.create(model="house-model-7", messages=HI)
+    assert run.summary is not None
+    assert run.summary["total_api_calls"] == 3 and run.summary["errors"] == 1
+    assert run.summary["cost_complete"] is False
+    assert run.summary["total_cost_usd"] > 0  # the known costs are still summed
+    assert run.summary["models_used"] == ["gpt-4o-mini", "house-model-7"]
+
+
+def test_empty_lens_reports_zeroes(monitor: llm_ledger.LLMCallMonitor, records: Captured) -> None:
+    """A lens with no call still emits a summary, with zero totals and no average."""
+    with monitor.lens("nothing") as run:
+        pass
+    assert run.summary is not None and run.summary["total_api_calls"] == 0
+    assert run.summary["avg_duration_ms"] is None and run.summary["total_cost_usd"] == 0
+    assert len(records.lenses) == 1
+
+
+def test_lens_summary_is_emitted_when_the_block_raises(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An exception leaving the lens still emits its summary and propagates unchanged."""
+    with pytest.raises(KeyError), monitor.lens("boom") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        raise KeyError("business error")
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert len(records.lenses) == 1
+
+
+def test_nested_lenses_count_a_call_in_each(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A call counts in every enclosing lens; its context names the innermost lens."""
+    with monitor.lens("outer", source_id="s") as outer:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with monitor.lens("inner") as inner:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert outer.summary is not None and inner.summary is not None
+    assert outer.summary["total_api_calls"] == 2 and inner.summary["total_api_calls"] == 1
+    assert [c["context"]["lens_key"] for c in records.calls] == ["outer", "inner"]
+    assert records.calls[1]["context"]["source_id"] == "s"  # inherited from the outer lens
+    assert [r["context"]["lens_key"] for r in records.lenses] == ["inner", "outer"]
+
+
+def test_track_llm_call_adds_context(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """track_llm_call adds its keys to every call inside, and only inside."""
+    with monitor.track_llm_call(service="GeneratorService", source_id="s-9", user_id="u-1"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    inside, outside = records.calls
+    assert inside["context"] == {
+        "lens_key": None,
+        "source_id": "s-9",
+        "service": "GeneratorService",
+        "user_id": "u-1",
+    }
+    assert outside["context"] == {"lens_key": None, "source_id": None, "service": None}
+
+
+def test_decorators_open_a_new_block_per_call(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """As decorators, lens and track_llm_call give each invocation its own run."""
+
+    @monitor.lens("decorated", service="Svc")
+    @monitor.track_llm_call(step="generate")
+    def work(n: int) -> int:
+        for _ in range(n):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        return n
+
+    assert work(1) == 1 and work(2) == 2
+    assert [r["summary"]["total_api_calls"] for r in records.lenses] == [1, 2]
+    assert len({r["context"]["lens_run_id"] for r in records.lenses}) == 2
+    assert all(c["context"]["step"] == "generate" for c in records.calls)
+
+
+@pytest.mark.asyncio
+async def test_async_decorator_and_async_with(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """lens works with `async with` and on `async def`."""
+
+    @monitor.lens("async_decorated")
+    async def work() -> None:
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    await work()
+    async with monitor.lens("async_with") as run:
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert [r["context"]["lens_key"] for r in records.lenses] == ["async_decorated", "async_with"]
+
+
+@pytest.mark.asyncio
+async def test_forty_concurrent_lenses_see_only_their_own_calls(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """40 lenses under asyncio.gather, each fanning out its own calls, never mix."""
+
+    async def run_lens(i: int) -> tuple[int, Any]:
+        async with monitor.lens(f"lens-{i}", source_id=i) as run:
+            calls = [
+                aclient.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * i}]
+                )
+                for _ in range(1 + i % 3)
+            ]
+            await asyncio.gather(*calls)
+        return i, run.summary
+
+    results = await asyncio.gather(*(run_lens(i) for i in range(40)))
+    for i, summary in results:
+        mine = [c for c in records.calls if c["context"]["lens_key"] == f"lens-{i}"]
+        assert summary["total_api_calls"] == 1 + i % 3 == len(mine)
+        assert summary["prompt_tokens"] == sum(c["usage"]["prompt_tokens"] for c in mine)
+        assert all(c["context"]["source_id"] == i for c in mine)
+
+
+def test_forty_lenses_in_a_thread_pool_do_not_mix(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """40 lenses run in 8 threads each count exactly their own calls."""
+
+    def run_lens(i: int) -> Any:
+        with monitor.lens(f"t-{i}") as run:
+            for _ in range(1 + i % 2):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * i}]
+                )
+        return run.summary
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        summaries = list(pool.map(run_lens, range(40)))
+    for i, summary in enumerate(summaries):
+        mine = [c for c in records.calls if c["context"]["lens_key"] == f"t-{i}"]
+        assert summary["total_api_calls"] == len(mine) == 1 + i % 2
+        assert summary["total_tokens"] == sum(c["usage"]["total_tokens"] for c in mine)
+
+
+def test_a_lens_object_cannot_be_entered_twice(monitor: llm_ledger.LLMCallMonitor) -> None:
+    """Re-entering an active lens object is a clear error rather than a corrupted stack."""
+    run = monitor.lens("once")
+    with run, pytest.raises(RuntimeError, match="already active"):
+        run.__enter__()
+
+
+def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor) -> None:
+    """A missing or non-string lens key is rejected with the value shown."""
+    with pytest.raises(TypeError, match="lens_key must be a non-empty string"):
+        monitor.lens("")
+
+
+def test_module_level_functions_use_the_default_monitor(client: openai.OpenAI) -> None:
+    """llm_ledger.lens / track_llm_call / instrument work through the default monitor."""
+    with llm_ledger.testing.capture() as captured:
+        llm_ledger.instrument(client)
+        with llm_ledger.lens("module_level") as run, llm_ledger.track_llm_call(service="S"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert captured.calls[0]["context"]["service"] == "S"
+    assert llm_ledger.get_monitor() is llm_ledger.get_monitor()
