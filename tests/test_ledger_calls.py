@@ -38,7 +38,7 @@ SEED_KEYS = {
     "cost": {"prompt_cost_usd", "completion_cost_usd", "total_cost_usd"},
 }
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+IMAGE: Any = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 
 
 def _only(records: Captured) -> dict[str, Any]:
@@ -60,7 +60,9 @@ def test_record_has_the_seed_keys_and_the_extras(client: openai.OpenAI, records:
     assert "time_to_first_token_ms" in record["timing"]
     assert record["status"] == "ok" and record["error"] is None and record["retries"] == 0
     assert re.fullmatch(r"[0-9a-f]{32}", record["call_id"])
-    assert record["logger"] == "llm_monitor" and record["event"] == "llm_api_call" and record["level"] == "INFO"
+    assert (
+        record["logger"] == "llm_monitor" and record["event"] == "llm_api_call" and record["level"] == "INFO"
+    )
     for stamp in (record["timestamp"], record["timing"]["start_time"], record["timing"]["end_time"]):
         assert ISO.match(stamp), stamp
     json.dumps(record)  # JSON-ready as it is
@@ -215,7 +217,9 @@ def test_parse_is_recorded(client: openai.OpenAI, records: Captured) -> None:
     assert record["status"] == "ok" and record["usage"]["total_tokens"]
 
 
-def test_failed_parse_raises_unchanged_and_records_no_content(client: openai.OpenAI, records: Captured) -> None:
+def test_failed_parse_raises_unchanged_and_records_no_content(
+    client: openai.OpenAI, records: Captured
+) -> None:
     """A parse() validation failure reaches the caller as the SDK raises it; the record quotes nothing."""
     with pytest.raises(pydantic.ValidationError):
         client.chat.completions.parse(
@@ -324,10 +328,16 @@ def test_connection_error_is_recorded(monitor: llm_ledger.LLMCallMonitor, record
     with client, pytest.raises(openai.APIConnectionError):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     record = _only(records)
-    assert record["error"] == {"type": "APIConnectionError", "status_code": None, "message": "Connection error."}
+    assert record["error"] == {
+        "type": "APIConnectionError",
+        "status_code": None,
+        "message": "Connection error.",
+    }
 
 
-def test_instrumenting_with_another_monitor_moves_the_client(client: openai.OpenAI, records: Captured) -> None:
+def test_instrumenting_with_another_monitor_moves_the_client(
+    client: openai.OpenAI, records: Captured
+) -> None:
     """instrument() by a second monitor returns the same client, which then reports to that monitor only."""
     other = llm_ledger.LLMCallMonitor(logger=None)
     with llm_ledger.testing.capture(other) as other_records:
@@ -387,7 +397,9 @@ def test_other_endpoints_pass_through(client: openai.OpenAI, records: Captured) 
 
 
 @pytest.mark.parametrize("client_class", [openai.AzureOpenAI, openai.AsyncAzureOpenAI])
-def test_azure_clients_can_be_instrumented(client_class: type[Any], monitor: llm_ledger.LLMCallMonitor) -> None:
+def test_azure_clients_can_be_instrumented(
+    client_class: type[Any], monitor: llm_ledger.LLMCallMonitor
+) -> None:
     """Azure clients are accepted and their derived clients stay instrumented."""
     azure = client_class(api_key=FAKE_KEY, api_version="2024-10-21", azure_endpoint="http://127.0.0.1:9")
     assert monitor.instrument(azure) is azure

@@ -79,9 +79,15 @@ def test_lens_summary_is_emitted_when_the_block_raises(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """An exception leaving the lens still emits its summary and propagates unchanged."""
-    with pytest.raises(KeyError), monitor.lens("boom") as run:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-        raise KeyError("business error")
+    run = monitor.lens("boom")
+
+    def business() -> None:
+        with run:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            raise KeyError("business error")
+
+    with pytest.raises(KeyError, match="business error"):
+        business()
     assert run.summary is not None and run.summary["total_api_calls"] == 1
     assert len(records.lenses) == 1
 

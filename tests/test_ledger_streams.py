@@ -175,7 +175,9 @@ async def test_async_stream_matches_the_bare_sdk(
 
 
 @pytest.mark.asyncio
-async def test_async_stream_closed_early_is_interrupted(aclient: openai.AsyncOpenAI, records: Captured) -> None:
+async def test_async_stream_closed_early_is_interrupted(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
     """Closing an async stream early records it as interrupted."""
     stream = await aclient.chat.completions.create(
         model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": "10"}
