@@ -1,0 +1,289 @@
+"""Session totals: per test, per lens and overall; budget checks; the report JSON; terminal tables.
+
+Costs are summed as integer pico-dollars, so totals do not depend on the order records arrive in
+(a serial run and an xdist run give identical numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ._budgets import METRIC_OF, Budgets, Limits
+
+__all__ = [
+    "REPORT_SCHEMA",
+    "REPORT_VERSION",
+    "Breach",
+    "SessionLedger",
+    "Totals",
+    "format_cost",
+    "render_breaches",
+    "render_lens_table",
+]
+
+REPORT_SCHEMA: Final = "llm-ledger-report"
+REPORT_VERSION: Final = 1
+SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
+_PICO: Final = 10**12
+_INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _picos(cost: Any) -> int | None:
+    if isinstance(cost, int | float) and not isinstance(cost, bool):
+        return round(cost * _PICO)
+    return None
+
+
+@dataclass(slots=True)
+class Totals:
+    """Calls, tokens and cost of a call, a lens run, a test, a lens or the session."""
+
+    api_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    errors: int = 0
+    cost_pusd: int = 0  # pico-dollars, so sums are exact
+    cost_complete: bool = True
+
+    @property
+    def cost_usd(self) -> float:
+        return self.cost_pusd / _PICO
+
+    def metric(self, name: str) -> float:
+        return self.cost_usd if name == "cost_usd" else float(getattr(self, name))
+
+    def add(self, other: Totals) -> None:
+        for name in _INTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.cost_pusd += other.cost_pusd
+        self.cost_complete = self.cost_complete and other.cost_complete
+
+    @classmethod
+    def of_call(cls, record: Mapping[str, Any]) -> Totals:
+        usage = record.get("usage") or {}
+        cost = _picos((record.get("cost") or {}).get("total_cost_usd"))
+        return cls(
+            api_calls=1,
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+            total_tokens=_int(usage.get("total_tokens")),
+            errors=int(record.get("status", "ok") != "ok"),
+            cost_pusd=cost or 0,
+            cost_complete=cost is not None,
+        )
+
+    @classmethod
+    def of_lens(cls, record: Mapping[str, Any]) -> Totals:
+        summary = record.get("summary") or {}
+        cost = _picos(summary.get("total_cost_usd"))
+        return cls(
+            api_calls=_int(summary.get("total_api_calls")),
+            prompt_tokens=_int(summary.get("prompt_tokens")),
+            completion_tokens=_int(summary.get("completion_tokens")),
+            total_tokens=_int(summary.get("total_tokens")),
+            errors=_int(summary.get("errors")),
+            cost_pusd=cost or 0,
+            cost_complete=bool(summary.get("cost_complete", True)) and cost is not None,
+        )
+
+    def to_wire(self) -> list[Any]:
+        return [*(getattr(self, n) for n in _INTS), self.cost_pusd, self.cost_complete]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> Totals:
+        *ints, pusd, complete = data
+        return cls(**dict(zip(_INTS, ints, strict=True)), cost_pusd=pusd, cost_complete=complete)
+
+    def to_report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in _INTS}
+        out["cost_usd"] = self.cost_usd
+        out["cost_complete"] = self.cost_complete
+        return out
+
+
+@dataclass(slots=True)
+class LensTotals:
+    runs: int = 0
+    sum: Totals = field(default_factory=Totals)
+    # metric -> (worst value, node id of the test with that run)
+    worst: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """One limit exceeded: where (lens/test/total and its name), which limit, by how much."""
+
+    scope: str
+    name: str
+    limit_key: str
+    limit: float
+    actual: float
+    worst_test: str
+    runs_over: int = 1
+
+
+class SessionLedger:
+    """Everything the session's records add up to; mergeable across xdist workers."""
+
+    def __init__(self) -> None:
+        self.tests: dict[str, Totals] = {}
+        self.lens_runs: list[tuple[str, str, Totals]] = []  # (lens key, node id, run totals)
+
+    def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
+        self.tests.setdefault(nodeid, Totals()).add(Totals.of_call(record))
+
+    def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
+        lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")
+        self.lens_runs.append((lens_key, nodeid, Totals.of_lens(record)))
+        self.tests.setdefault(nodeid, Totals())
+
+    # -- xdist -----------------------------------------------------------------------------------
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "tests": {nodeid: t.to_wire() for nodeid, t in self.tests.items()},
+            "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
+        }
+
+    def merge_wire(self, data: Mapping[str, Any]) -> None:
+        for nodeid, wire in data.get("tests", {}).items():
+            self.tests.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
+        for key, nodeid, wire in data.get("lens_runs", []):
+            self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
+
+    # -- aggregates ------------------------------------------------------------------------------
+
+    def total(self) -> Totals:
+        out = Totals()
+        for totals in self.tests.values():
+            out.add(totals)
+        return out
+
+    def lenses(self) -> dict[str, LensTotals]:
+        out: dict[str, LensTotals] = {}
+        for key, nodeid, run in sorted(self.lens_runs, key=lambda r: (r[0], r[1])):
+            agg = out.setdefault(key, LensTotals())
+            agg.runs += 1
+            agg.sum.add(run)
+            for metric in METRIC_OF.values():
+                value = run.metric(metric)
+                if metric not in agg.worst or value > agg.worst[metric][0]:
+                    agg.worst[metric] = (value, nodeid)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1)."""
+        lens_runs: dict[str, int] = {}
+        for _, nodeid, _ in self.lens_runs:
+            lens_runs[nodeid] = lens_runs.get(nodeid, 0) + 1
+        return {
+            "schema": REPORT_SCHEMA,
+            "version": REPORT_VERSION,
+            "lenses": {
+                key: {"runs": agg.runs, **agg.sum.to_report()} for key, agg in sorted(self.lenses().items())
+            },
+            "tests": {
+                nodeid: {**totals.to_report(), "lens_runs": lens_runs.get(nodeid, 0)}
+                for nodeid, totals in sorted(self.tests.items())
+            },
+            "total": {**self.total().to_report(), "tests": len(self.tests)},
+        }
+
+    # -- budgets ---------------------------------------------------------------------------------
+
+    def check(self, budgets: Budgets) -> list[Breach]:
+        """Every limit in ``budgets`` this session exceeds, worst run first within each limit."""
+        breaches: list[Breach] = []
+        runs_by_lens: dict[str, list[tuple[str, Totals]]] = {}
+        for key, nodeid, run in sorted(self.lens_runs, key=lambda r: (r[0], r[1])):
+            runs_by_lens.setdefault(key, []).append((nodeid, run))
+        for key, runs in sorted(runs_by_lens.items()):
+            limits = budgets.for_lens(key)
+            if limits is not None:
+                breaches.extend(_check_runs("lens", key, limits, runs))
+        for nodeid, limits in sorted(budgets.tests.items()):
+            if nodeid in self.tests:
+                breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
+        if budgets.total is not None:
+            worst = max(self.tests.items(), key=lambda kv: kv[1].cost_pusd, default=("", Totals()))[0]
+            for breach in _check_runs("total", "session", budgets.total, [(worst, self.total())]):
+                breaches.append(breach)
+        return breaches
+
+
+def _check_runs(scope: str, name: str, limits: Limits, runs: Iterable[tuple[str, Totals]]) -> list[Breach]:
+    runs = list(runs)
+    out = []
+    for limit_key, limit in limits.items():
+        metric = METRIC_OF[limit_key]
+        over = [(run.metric(metric), nodeid) for nodeid, run in runs if run.metric(metric) > limit]
+        if over:
+            actual, nodeid = max(over, key=lambda pair: pair[0])
+            out.append(Breach(scope, name, limit_key, limit, actual, nodeid, len(over)))
+    return out
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def format_cost(usd: float, complete: bool = True) -> str:
+    """Dollars with enough digits to see sub-cent amounts; ``*`` marks a cost missing some prices."""
+    text = f"${usd:.6f}" if abs(usd) < 100 else f"${usd:,.2f}"
+    return text if complete else text + "*"
+
+
+def _format_value(limit_key: str, value: float) -> str:
+    return format_cost(value) if limit_key == "max_cost_usd" else f"{int(value):,}"
+
+
+def table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
+    """Plain fixed-width table lines; columns in ``right`` are right-aligned."""
+    right = right if right is not None else set(range(1, len(headers)))
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(cells)
+        ).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+
+
+def render_lens_table(ledger: SessionLedger) -> list[str]:
+    rows = []
+    incomplete = False
+    named = [(key, str(agg.runs), agg.sum) for key, agg in sorted(ledger.lenses().items())]
+    for name, runs, s in [*named, ("(session total)", "", ledger.total())]:
+        incomplete |= not s.cost_complete
+        rows.append(
+            [name, runs, str(s.api_calls), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}",
+             f"{s.total_tokens:,}", format_cost(s.cost_usd, s.cost_complete)]
+        )  # fmt: skip
+    lines = table(["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"], rows)
+    if incomplete:
+        lines.append("* some calls used a model with no known price: the cost shown leaves them out")
+    return lines
+
+
+def render_breaches(breaches: list[Breach]) -> list[str]:
+    rows = []
+    for b in breaches:
+        where = f"{b.scope} {b.name}" if b.scope != "total" else "total"
+        worst = b.worst_test + (f" (+{b.runs_over - 1} more runs)" if b.runs_over > 1 else "")
+        rows.append(
+            [
+                where,
+                b.limit_key,
+                _format_value(b.limit_key, b.limit),
+                _format_value(b.limit_key, b.actual),
+                worst,
+            ]
+        )
+    return table(["lens / test / total", "limit", "max", "actual", "worst run (test id)"], rows, right={2, 3})

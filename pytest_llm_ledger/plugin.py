@@ -1,0 +1,429 @@
+"""The pytest plugin: options, hooks and fixtures.
+
+Settings come in two layers, the command line over the ini file:
+
+=========================  ======================  ======================================
+command line               ini                     default
+=========================  ======================  ======================================
+``--llm-record-mode``      ``llm_record_mode``     ``none`` (replay only, offline)
+``--llm-cassette-dir``     ``llm_cassette_dir``    ``cassettes`` under the rootdir
+``--llm-budget``           (none)                  off: totals are reported, never enforced
+``--llm-budget-file``      ``llm_budget_file``     ``budgets.yaml`` under the rootdir
+``--llm-report PATH``      (none)                  no file
+``--llm-baseline PATH``    (none)                  no diff
+=========================  ======================  ======================================
+
+``--llm-ledger-budget`` is an alias of ``--llm-budget`` that stays available when another plugin
+(pytest-llm-cost) owns ``--llm-budget``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import sys
+import threading
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from llm_ledger._errors import CassetteError
+
+from ._budgets import BudgetError, Budgets, load_budgets
+from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate
+from ._naming import cassette_path
+from ._report import SESSION_BUCKET, Breach, SessionLedger, Totals, render_breaches, render_lens_table
+
+__all__ = ["LedgerRecords"]
+
+PLACEHOLDER_API_KEY: Final = "sk-llm-ledger-replay-placeholder"
+_BUDGET_FLAG: Final = "--llm-budget"
+_CONFLICTING_DISTS: Final = frozenset({"pytest-llm-cost"})
+_STATE = pytest.StashKey["_LedgerState"]()
+_CASSETTE = pytest.StashKey[LedgerCassette]()
+_REPORTED_MISSES = pytest.StashKey[int]()
+_PASSED = pytest.StashKey[bool]()
+# who owns --llm-budget, found in pytest_addoption, read in pytest_configure (keyed by plugin manager)
+_flag_owner: dict[int, str] = {}
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+def _budget_flag_owner(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> str | None:
+    """Who already owns ``--llm-budget``: a plugin registered before us, or one that will be."""
+    for group in getattr(parser, "_groups", ()):
+        for option in getattr(group, "options", ()):
+            if _BUDGET_FLAG in option.names():
+                return "another plugin loaded before llm-ledger"
+    try:
+        entry_points = importlib.metadata.entry_points(group="pytest11")
+    except Exception:  # a broken environment must not break every test run
+        return None
+    for ep in entry_points:
+        dist = ep.dist.name.lower().replace("_", "-") if ep.dist is not None else ""
+        if dist in _CONFLICTING_DISTS and not pluginmanager.is_blocked(ep.name):
+            return f"{dist} (plugin {ep.name!r})"
+    return None
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    group = parser.getgroup(
+        "llm-ledger", "llm-ledger: replay LLM calls from cassettes, budgets, cost reports"
+    )
+    group.addoption(
+        "--llm-record-mode",
+        choices=RECORD_MODES,
+        default=None,
+        help="cassettes of tests marked llm: none (replay only, the default), once (record missing "
+        "cassettes), new_episodes (record unmatched requests), all (re-record every request, keep the "
+        "rest), rewrite (replace each cassette).",
+    )
+    group.addoption(
+        "--llm-cassette-dir", default=None, help="cassette directory (default: <rootdir>/cassettes)."
+    )
+    owner = _budget_flag_owner(parser, pluginmanager)
+    help_budget = "fail the run when a limit in the budgets file is exceeded."
+    flags = ["--llm-ledger-budget"] if owner else [_BUDGET_FLAG, "--llm-ledger-budget"]
+    try:
+        group.addoption(
+            *flags, action="store_true", default=False, dest="llm_ledger_budget", help=help_budget
+        )
+    except (ValueError, argparse.ArgumentError):
+        owner = owner or "another plugin"
+        group.addoption(
+            "--llm-ledger-budget",
+            action="store_true",
+            default=False,
+            dest="llm_ledger_budget",
+            help=help_budget,
+        )
+    _flag_owner[id(pluginmanager)] = owner or "llm-ledger"
+    group.addoption("--llm-budget-file", default=None, help="budgets file (default: <rootdir>/budgets.yaml).")
+    group.addoption("--llm-report", default=None, metavar="PATH", help="write per-lens totals as JSON.")
+    group.addoption(
+        "--llm-baseline",
+        default=None,
+        metavar="PATH",
+        help="show the cost diff against an --llm-report file.",
+    )
+    parser.addini(
+        "llm_record_mode", "record mode for tests marked llm (see --llm-record-mode)", default="none"
+    )
+    parser.addini("llm_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
+    parser.addini("llm_budget_file", "budgets file, relative to the rootdir", default="budgets.yaml")
+
+
+# -- session state ------------------------------------------------------------------------------
+
+
+class LedgerRecords:
+    """The llm-ledger records emitted during the current test (the ``llm_ledger`` fixture)."""
+
+    def __init__(self, nodeid: str) -> None:
+        self.nodeid = nodeid
+        self.calls: list[dict[str, Any]] = []
+        self.lenses: list[dict[str, Any]] = []
+
+    def lens(self, lens_key: str) -> list[dict[str, Any]]:
+        """The ``lens_summary`` records of ``lens_key``, in the order the runs ended."""
+        return [r for r in self.lenses if (r.get("context") or {}).get("lens_key") == lens_key]
+
+    def totals(self) -> Totals:
+        out = Totals()
+        for record in self.calls:
+            out.add(Totals.of_call(record))
+        return out
+
+    @property
+    def api_calls(self) -> int:
+        return len(self.calls)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.totals().prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.totals().completion_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.totals().total_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        return self.totals().cost_usd
+
+
+class _LedgerState:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.mode = _record_mode(config)
+        self.cassette_dir = _path_option(config, "llm_cassette_dir")
+        self.budget_file = _path_option(config, "llm_budget_file")
+        self.enforce = bool(config.getoption("llm_ledger_budget"))
+        self.flag_owner = _flag_owner.get(id(config.pluginmanager), "llm-ledger")
+        self.is_worker = hasattr(config, "workerinput")
+        self.budgets: Budgets | None = None
+        self.ledger = SessionLedger()
+        self.breaches: list[Breach] = []
+        self._lock = threading.Lock()
+        self._current: LedgerRecords | None = None
+        self._monitor: Any = None
+        self._placeholder_key = False
+
+    # records from llm_ledger's monitor, called synchronously on the emitting thread
+    def sink(self, record: Mapping[str, Any]) -> None:
+        event = record.get("event")
+        if event not in ("llm_api_call", "lens_summary"):
+            return
+        with self._lock:
+            current = self._current
+            nodeid = current.nodeid if current is not None else SESSION_BUCKET
+            if event == "llm_api_call":
+                self.ledger.add_call(nodeid, record)
+                if current is not None:
+                    current.calls.append(dict(record))
+            else:
+                self.ledger.add_lens(nodeid, record)
+                if current is not None:
+                    current.lenses.append(dict(record))
+
+    def attach(self) -> None:
+        """Listen to llm_ledger's default monitor once the code under test has imported it."""
+        if self._monitor is None and "llm_ledger" in sys.modules:
+            import llm_ledger
+
+            self._monitor = llm_ledger.get_monitor()
+            self._monitor.add_sink(self.sink)
+
+    def detach(self) -> None:
+        if self._monitor is not None:
+            self._monitor.remove_sink(self.sink)
+            self._monitor = None
+
+    @contextmanager
+    def test(self, nodeid: str) -> Iterator[LedgerRecords]:
+        records = LedgerRecords(nodeid)
+        with self._lock:
+            self._current = records
+            self.ledger.tests.setdefault(nodeid, Totals())
+        try:
+            yield records
+        finally:
+            with self._lock:
+                self._current = None
+
+    def current(self) -> LedgerRecords | None:
+        return self._current
+
+
+def _record_mode(config: pytest.Config) -> str:
+    mode = config.getoption("llm_record_mode") or config.getini("llm_record_mode")
+    if mode not in RECORD_MODES:
+        raise pytest.UsageError(
+            f"llm_record_mode = {mode!r} in {config.inipath or 'the ini file'} is not a record mode; "
+            f"use one of {', '.join(RECORD_MODES)}"
+        )
+    return str(mode)
+
+
+def _path_option(config: pytest.Config, name: str) -> Path:
+    value = config.getoption(name)
+    if value:  # command line: relative to where pytest was started
+        return Path(config.invocation_params.dir, value).resolve()
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    return Path(base, str(config.getini(name))).resolve()
+
+
+def _display(config: pytest.Config, path: Path) -> str:
+    try:
+        return str(path.relative_to(config.rootpath))
+    except ValueError:
+        return str(path)
+
+
+# -- hooks --------------------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "llm: run the test inside its cassette (cassettes/<test file>/<test name>.yaml); replay only "
+        "unless --llm-record-mode says otherwise",
+    )
+    state = _LedgerState(config)
+    if state.enforce and not state.is_worker:
+        try:
+            state.budgets = load_budgets(state.budget_file)
+        except BudgetError as exc:
+            raise pytest.UsageError(f"llm-ledger: {exc}") from None
+    if state.mode == "none" and not os.environ.get("OPENAI_API_KEY"):
+        # replay needs no key, but the SDK refuses to build a client without one
+        os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
+        state._placeholder_key = True
+    config.stash[_STATE] = state
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(state), "llm_ledger_xdist")
+    state.attach()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    state.detach()
+    if state._placeholder_key and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
+        del os.environ["OPENAI_API_KEY"]
+    del config.stash[_STATE]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash[_STATE]
+    budget = _display(config, state.budget_file)
+    flag = "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
+    enforced = "enforced" if state.enforce else f"not enforced (add {flag})"
+    lines = [
+        f"llm-ledger: record mode {state.mode!r}, cassettes {_display(config, state.cassette_dir)}, "
+        f"budgets {budget} {enforced}"
+    ]
+    if state.flag_owner != "llm-ledger":
+        lines.append(
+            f"llm-ledger: --llm-budget belongs to {state.flag_owner} in this environment, so it is not "
+            "llm-ledger's switch; use --llm-ledger-budget to enforce the budgets file"
+        )
+    return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    state = item.config.stash[_STATE]
+    state.attach()
+    with state.test(item.nodeid):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report: pytest.TestReport = yield
+    cassette = item.stash.get(_CASSETTE, None)
+    if call.when == "call":
+        item.stash[_PASSED] = report.passed
+    if cassette is None:
+        return report
+    done = item.stash.get(_REPORTED_MISSES, 0)
+    misses = cassette.misses[done:]
+    if misses:
+        # one clear message, whether the exception propagated, was wrapped or was swallowed
+        item.stash[_REPORTED_MISSES] = len(cassette.misses)
+        report.outcome = "failed"
+        report.longrepr = "\n\n".join(misses)
+    elif call.excinfo is not None and call.excinfo.errisinstance(CassetteMissError):
+        report.longrepr = str(call.excinfo.value)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
+    item = request.node
+    if not isinstance(item, pytest.Item) or item.get_closest_marker("llm") is None:
+        yield
+        return
+    state = request.config.stash[_STATE]
+    path = cassette_path(item, state.cassette_dir)
+    try:
+        cassette = LedgerCassette(path, state.mode, item.nodeid)
+    except CassetteError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    item.stash[_CASSETTE] = cassette
+    with activate(cassette):
+        yield
+    cassette.save(test_passed=item.stash.get(_PASSED, False) and not cassette.misses)
+
+
+@pytest.fixture
+def llm_ledger(request: pytest.FixtureRequest) -> LedgerRecords:
+    """The llm-ledger records (calls and lens summaries) emitted so far during this test."""
+    state = request.config.stash[_STATE]
+    state.attach()
+    current = state.current()
+    assert current is not None, "the llm_ledger fixture works only inside a running test"
+    return current
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
+    state = session.config.stash.get(_STATE, None)
+    if state is None:
+        return
+    if state.is_worker:
+        session.config.workeroutput["llm_ledger"] = json.dumps(state.ledger.to_wire())  # type: ignore[attr-defined]
+        return
+    if state.budgets is not None:
+        state.breaches = state.ledger.check(state.budgets)
+        if state.breaches and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    report_path = session.config.getoption("llm_report")
+    if report_path:
+        path = Path(session.config.invocation_params.dir, report_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None or state.is_worker:
+        return
+    tr = terminalreporter
+    ledger = state.ledger
+    if ledger.lens_runs or ledger.total().api_calls:
+        tr.write_sep("-", "llm-ledger: per-lens totals")
+        for line in render_lens_table(ledger):
+            tr.write_line(line)
+    baseline = config.getoption("llm_baseline")
+    if baseline:
+        _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)
+    if state.breaches:
+        tr.write_sep("=", f"llm-ledger: {len(state.breaches)} budget limit(s) exceeded", red=True, bold=True)
+        for line in render_breaches(state.breaches):
+            tr.write_line(line)
+        tr.write_line(f"limits from {_display(config, state.budget_file)}")
+    elif state.budgets is not None:
+        tr.write_line(f"llm-ledger: every budget in {_display(config, state.budget_file)} was met")
+    report_path = config.getoption("llm_report")
+    if report_path:
+        tr.write_line(f"llm-ledger: report written to {report_path}")
+
+
+def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: SessionLedger) -> None:
+    from llm_ledger import _diff
+
+    tr.write_sep("-", f"llm-ledger: cost diff against {_display(config, path)}")
+    try:
+        base = _diff.load_report(path)
+    except Exception as exc:
+        tr.write_line(f"cannot read the baseline: {exc}", red=True)
+        return
+    for line in _diff.render(_diff.diff_reports(base, ledger.report()), "text").splitlines():
+        tr.write_line(line)
+
+
+class _XdistHooks:
+    """Registered only when pytest-xdist is present (its hooks are unknown otherwise)."""
+
+    def __init__(self, state: _LedgerState) -> None:
+        self.state = state
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        data = getattr(node, "workeroutput", {}).get("llm_ledger")
+        if data:
+            self.state.ledger.merge_wire(json.loads(data))

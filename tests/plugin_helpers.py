@@ -1,0 +1,127 @@
+"""Shared pieces of the pytest plugin's tests: a running fake server and inner test projects.
+
+The plugin tests run real pytest sessions with ``pytester`` against a loopback OpenAI-compatible
+server (``tests/fake_openai.py``), then again with the server stopped to prove replay is offline.
+Inner test files read the server's URL from ``LEDGER_TEST_BASE_URL``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fake_openai import FakeOpenAI
+
+# When the package is installed its pytest11 entry point loads the plugin; loading it a second
+# time with -p would be an error, so pass -p only when it is not installed (the scratch venv).
+_INSTALLED = any(ep.value == "pytest_llm_ledger.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
+PLUGIN_ARGS: list[str] = [] if _INSTALLED else ["-p", "pytest_llm_ledger.plugin"]
+
+INI = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+"""
+
+# An inner test module: sync, async and streaming calls through an instrumented client.
+CHAT_TESTS = '''
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def client():
+    return ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+
+
+def aclient():
+    return ledger.instrument(openai.AsyncOpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+
+
+PROMPT = os.environ.get("LEDGER_TEST_PROMPT", "Summarise the quarterly report in one line")
+
+
+@pytest.mark.llm
+def test_chat(llm_ledger):
+    with ledger.lens("summary", source_id="doc-1"):
+        reply = client().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+        )
+    assert reply.choices[0].message.content.startswith("Summary:")
+    assert llm_ledger.api_calls == 1
+    assert llm_ledger.total_tokens == reply.usage.total_tokens > 0
+    assert llm_ledger.lens("summary")[0]["summary"]["total_api_calls"] == 1
+
+
+@pytest.mark.llm
+def test_stream(llm_ledger):
+    with ledger.lens("digest"):
+        stream = client().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Stream the weekly digest please"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text.startswith("Summary:")
+    assert llm_ledger.total_tokens > 0
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_async(llm_ledger):
+    async with ledger.lens("summary", source_id="doc-2"):
+        reply = await aclient().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Async hello there"}]
+        )
+    assert reply.usage.total_tokens > 0
+    assert llm_ledger.lens("summary")[0]["summary"]["total_tokens"] == reply.usage.total_tokens
+'''
+
+
+def write_project(pytester: pytest.Pytester, tests: str = CHAT_TESTS, name: str = "test_app") -> Path:
+    """An inner project: the ini and one test module at ``tests/<name>.py``."""
+    pytester.makefile(".ini", pytest=INI)
+    path = pytester.path / "tests" / f"{name}.py"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(textwrap.dedent(tests))
+    return path
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """An in-process pytest session with the plugin loaded."""
+    return pytester.runpytest(*PLUGIN_ARGS, "-p", "no:cacheprovider", *args)
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """A running fake OpenAI server; inner tests find it through LEDGER_TEST_BASE_URL."""
+    with FakeOpenAI() as srv:
+        monkeypatch.setenv("LEDGER_TEST_BASE_URL", srv.base_url)
+        yield srv
+
+
+@pytest.fixture
+def no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OPENAI_API_KEY, as in CI."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture
+def with_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A (fake) OPENAI_API_KEY, as when recording."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-key-1234")
