@@ -69,15 +69,17 @@ class Totals:
     def of_call(cls, record: Mapping[str, Any]) -> Totals:
         usage = record.get("usage") or {}
         cost = _picos((record.get("cost") or {}).get("total_cost_usd"))
-        return cls(
+        totals = cls(
             api_calls=1,
             prompt_tokens=_int(usage.get("prompt_tokens")),
             completion_tokens=_int(usage.get("completion_tokens")),
             total_tokens=_int(usage.get("total_tokens")),
             errors=int(record.get("status", "ok") != "ok"),
             cost_pusd=cost or 0,
-            cost_complete=cost is not None,
         )
+        # no cost is a gap only when tokens were used (a failed call without usage costs nothing)
+        totals.cost_complete = cost is not None or not (totals.total_tokens or totals.prompt_tokens)
+        return totals
 
     @classmethod
     def of_lens(cls, record: Mapping[str, Any]) -> Totals:

@@ -2,7 +2,8 @@
 
 The plugin tests run real pytest sessions with ``pytester`` against a loopback OpenAI-compatible
 server (``tests/fake_openai.py``), then again with the server stopped to prove replay is offline.
-Inner test files read the server's URL from ``LEDGER_TEST_BASE_URL``.
+Inner test files read the server's URL from ``LEDGER_TEST_BASE_URL``. Test modules import the
+fixtures by their function names (``server_fixture``...); pytest knows them by ``name=``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from tests.fake_openai import FakeOpenAI
 
 # When the package is installed its pytest11 entry point loads the plugin; loading it a second
 # time with -p would be an error, so pass -p only when it is not installed (the scratch venv).
-_INSTALLED = any(ep.value == "pytest_llm_ledger.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
+_INSTALLED = any(
+    ep.value == "pytest_llm_ledger.plugin" for ep in importlib.metadata.entry_points(group="pytest11")
+)
 PLUGIN_ARGS: list[str] = [] if _INSTALLED else ["-p", "pytest_llm_ledger.plugin"]
 
 INI = """
@@ -31,7 +34,7 @@ filterwarnings = error
 """
 
 # An inner test module: sync, async and streaming calls through an instrumented client.
-CHAT_TESTS = '''
+CHAT_TESTS = """
 import os
 
 import openai
@@ -53,10 +56,8 @@ PROMPT = os.environ.get("LEDGER_TEST_PROMPT", "Summarise the quarterly report in
 
 @pytest.mark.llm
 def test_chat(llm_ledger):
-    with ledger.lens("summary", source_id="doc-1"):
-        reply = client().chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
-        )
+    with client() as c, ledger.lens("summary", source_id="doc-1"):
+        reply = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
     assert reply.choices[0].message.content.startswith("Summary:")
     assert llm_ledger.api_calls == 1
     assert llm_ledger.total_tokens == reply.usage.total_tokens > 0
@@ -65,8 +66,8 @@ def test_chat(llm_ledger):
 
 @pytest.mark.llm
 def test_stream(llm_ledger):
-    with ledger.lens("digest"):
-        stream = client().chat.completions.create(
+    with client() as c, ledger.lens("digest"):
+        stream = c.chat.completions.create(
             model="gpt-4o-mini",
             messages=[{"role": "user", "content": "Stream the weekly digest please"}],
             stream=True,
@@ -80,13 +81,13 @@ def test_stream(llm_ledger):
 @pytest.mark.llm
 @pytest.mark.asyncio
 async def test_async(llm_ledger):
-    async with ledger.lens("summary", source_id="doc-2"):
-        reply = await aclient().chat.completions.create(
+    async with aclient() as c, ledger.lens("summary", source_id="doc-2"):
+        reply = await c.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Async hello there"}]
         )
     assert reply.usage.total_tokens > 0
     assert llm_ledger.lens("summary")[0]["summary"]["total_tokens"] == reply.usage.total_tokens
-'''
+"""
 
 
 def write_project(pytester: pytest.Pytester, tests: str = CHAT_TESTS, name: str = "test_app") -> Path:
@@ -98,30 +99,34 @@ def write_project(pytester: pytest.Pytester, tests: str = CHAT_TESTS, name: str 
     return path
 
 
+# hypothesis' plugin costs ~0.8 s per in-process session and inner projects do not use it
+FAST_ARGS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
+
+
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """An in-process pytest session with the plugin loaded."""
-    return pytester.runpytest(*PLUGIN_ARGS, "-p", "no:cacheprovider", *args)
+    return pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, *args)
 
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+@pytest.fixture(name="server")
+def server_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
     """A running fake OpenAI server; inner tests find it through LEDGER_TEST_BASE_URL."""
     with FakeOpenAI() as srv:
         monkeypatch.setenv("LEDGER_TEST_BASE_URL", srv.base_url)
         yield srv
 
 
-@pytest.fixture
-def no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(name="no_key")
+def no_key_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
     """No OPENAI_API_KEY, as in CI."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
-@pytest.fixture
-def with_key(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(name="with_key")
+def with_key_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
     """A (fake) OPENAI_API_KEY, as when recording."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-key-1234")

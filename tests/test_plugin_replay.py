@@ -1,0 +1,343 @@
+"""The pytest plugin's cassettes as users meet them: record, replay offline, misses, modes, safety."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# imported here so in-process inner sessions reuse them instead of importing them again each time
+import openai  # noqa: F401
+import pytest
+import vcr  # noqa: F401
+
+import llm_ledger  # noqa: F401
+from tests.fake_openai import FakeOpenAI
+from tests.plugin_helpers import (
+    INI,
+    load_yaml,
+    no_key_fixture,
+    run,
+    server_fixture,
+    with_key_fixture,
+    write_project,
+)
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (no_key_fixture, server_fixture, with_key_fixture)  # used by name
+
+CASSETTES = Path("cassettes", "tests", "test_app")
+
+REPEAT_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def client():
+    return ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+
+
+def ask(c, text):
+    return c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
+
+
+@pytest.mark.llm
+def test_repeat():
+    with client() as c:
+        for _ in range(int(os.environ.get("LEDGER_TEST_TIMES", "1"))):
+            ask(c, "same")
+
+
+@pytest.mark.llm
+def test_swallowed():
+    with client() as c:
+        try:
+            ask(c, os.environ.get("LEDGER_TEST_PROMPT", "a"))
+        except Exception:
+            pass  # code under test that hides errors must not hide a cassette miss
+"""
+
+
+def assert_lines_in(result: pytest.RunResult, *fragments: str) -> None:
+    """Each fragment appears in the output (plain substrings: messages contain [0] and $)."""
+    out = result.stdout.str()
+    for fragment in fragments:
+        assert fragment in out, f"{fragment!r} not in output:\n{out}"
+
+
+def record(pytester: pytest.Pytester, *args: str) -> None:
+    result = run(pytester, "--llm-record-mode=once", *args)
+    assert result.ret == 0, result.stdout.str()
+
+
+@pytest.mark.usefixtures("with_key")
+def test_record_then_replay_offline_without_key(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sync, async and streamed calls recorded once replay with the server stopped and no API key."""
+    write_project(pytester)
+    record(pytester)
+    assert sorted(p.name for p in (pytester.path / CASSETTES).iterdir()) == [
+        "test_async.yaml",
+        "test_chat.yaml",
+        "test_stream.yaml",
+    ]
+    seen = len(server.requests)
+    server.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+
+    result = run(pytester, "-v")
+
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: record mode 'none', cassettes cassettes, budgets budgets.yaml*"]
+    )
+    assert len(server.requests) == seen
+    assert "OPENAI_API_KEY" not in os.environ  # the placeholder is gone after the session
+
+
+@pytest.mark.usefixtures("with_key")
+def test_changed_prompt_fails_with_a_clear_message(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request no longer in the cassette fails the test naming the file, mode, JSON diff and fix."""
+    write_project(pytester)
+    record(pytester, "-k", "test_chat")
+    server.stop()
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "Summarise the annual report")
+
+    result = run(pytester, "-k", "test_chat")
+
+    result.assert_outcomes(failed=1, deselected=2)
+    assert_lines_in(
+        result,
+        "llm-ledger: request not found in cassette ",
+        "cassettes/tests/test_app/test_chat.yaml (record mode 'none')",
+        "  request: POST 127.0.0.1/v1/chat/completions",
+        "  closest recorded request: interactions[0], the body differs at 1 place(s):",
+        "    $.messages[0].content: recorded 'Summarise the quarterly report in one line', "
+        "requested 'Summarise the annual report'",
+        "    pytest tests/test_app.py::test_chat --llm-record-mode=rewrite",
+    )
+    assert "APIConnectionError" not in result.stdout.str()
+
+
+@pytest.mark.usefixtures("with_key")
+def test_an_extra_identical_call_is_a_miss(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each recorded interaction plays once: a second identical call fails instead of repeating."""
+    write_project(pytester, REPEAT_TESTS)
+    record(pytester, "-k", "test_repeat")
+    server.stop()
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "2")
+
+    result = run(pytester, "-k", "test_repeat")
+
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*the cassette holds 1 identical request(s), all already played*"])
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_swallowed_miss_still_fails_the_test(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Code that catches every exception cannot hide a miss: the test fails with the miss message."""
+    write_project(pytester, REPEAT_TESTS)
+    record(pytester, "-k", "test_swallowed")
+    server.stop()
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "b")
+
+    result = run(pytester, "-k", "test_swallowed")
+
+    result.assert_outcomes(failed=1, deselected=1)
+    assert_lines_in(result, "    $.messages[0].content: recorded 'a', requested 'b'")
+
+
+@pytest.mark.usefixtures("no_key")
+def test_never_recorded_test_fails_offline_with_the_record_command(pytester: pytest.Pytester) -> None:
+    """In none mode a test without a cassette fails at its first call and says how to record it."""
+    write_project(pytester)
+    os.environ["LEDGER_TEST_BASE_URL"] = "http://127.0.0.1:9/v1"  # nothing listens there
+    try:
+        result = run(pytester, "-k", "test_chat")
+    finally:
+        del os.environ["LEDGER_TEST_BASE_URL"]
+
+    result.assert_outcomes(failed=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*the cassette file does not exist: this test has never been recorded",
+            "*pytest tests/test_app.py::test_chat --llm-record-mode=once",
+        ]
+    )
+    assert not (pytester.path / CASSETTES).exists()
+
+
+@pytest.mark.usefixtures("with_key")
+def test_rewrite_replaces_and_new_episodes_appends(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rewrite keeps only this run's interactions; new_episodes adds unmatched ones; once refuses."""
+    write_project(pytester)
+    cassette = pytester.path / CASSETTES / "test_chat.yaml"
+
+    def prompts() -> list[str]:
+        return [i["request"]["json"]["messages"][0]["content"] for i in load_yaml(cassette)["interactions"]]
+
+    record(pytester, "-k", "test_chat")
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "second prompt")
+    assert run(pytester, "-k", "test_chat", "--llm-record-mode=once").ret == 1  # exists: replay strictly
+    assert run(pytester, "-k", "test_chat", "--llm-record-mode=rewrite").ret == 0
+    assert prompts() == ["second prompt"]
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "third prompt")
+    assert run(pytester, "-k", "test_chat", "--llm-record-mode=new_episodes").ret == 0
+    assert prompts() == ["second prompt", "third prompt"]
+    assert run(pytester, "-k", "test_chat", "--llm-record-mode=all").ret == 0
+    assert prompts() == ["second prompt", "third prompt"]  # re-recorded in place, not appended
+
+
+SECRETS = (
+    *("sk-test-secret", "org-fake-secret", "proj_fake", "fake-secret-cookie", "x-stainless", "authorization"),
+    *("x-request-id", "set-cookie", "openai-organization", "openai-project", "user-agent", "cookie"),
+)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_cassettes_hold_no_secrets_and_readable_bodies(pytester: pytest.Pytester, server: FakeOpenAI) -> None:
+    """Keys, cookies, organisation/project ids and x-stainless headers never reach the files."""
+    write_project(pytester)
+    record(pytester)
+    texts = {p.name: p.read_text() for p in (pytester.path / CASSETTES).iterdir()}
+    for text in texts.values():
+        lowered = text.lower()
+        for secret in SECRETS:
+            assert secret not in lowered
+    stream = load_yaml(pytester.path / CASSETTES / "test_stream.yaml")["interactions"][0]
+    assert stream["request"]["headers"] == {"content-type": "application/json"}
+    assert set(stream["response"]["headers"]) == {"content-type"}
+    events = stream["response"]["sse"]
+    assert events[-1] == {"data": "[DONE]"}
+    assert events[-2]["data"]["usage"]["total_tokens"] > 0  # parsed JSON, not an escaped string
+    chat = load_yaml(pytester.path / CASSETTES / "test_chat.yaml")["interactions"][0]
+    assert chat["response"]["json"]["choices"][0]["message"]["content"].startswith("Summary:")
+
+
+RETRY_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+@pytest.mark.llm
+def test_retried():
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=3) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "retry"}])
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_throttled_and_server_errors_are_not_recorded(pytester: pytest.Pytester, server: FakeOpenAI) -> None:
+    """429 and 5xx answers are dropped at record time, so replay never sleeps through retries."""
+    write_project(pytester, RETRY_TESTS)
+    server.fail_next(429, 1)
+    server.fail_next(503, 1)
+    record(pytester)
+    interactions = load_yaml(pytester.path / CASSETTES / "test_retried.yaml")["interactions"]
+    assert [i["response"]["status"] for i in interactions] == [200]
+    server.stop()
+    run(pytester).assert_outcomes(passed=1)
+
+
+MALFORMED = {
+    "truncated": "version: 1\ninteractions:\n- request: {method: POST, url: 'http://x/v1\n",
+    "missing response": "version: 1\ninteractions:\n- request: {method: POST, url: 'http://x/v1'}\n",
+    "python tag": "version: 1\ninteractions: !!python/object/apply:os.system ['touch pwned']\n",
+    "wrong version": "version: 7\ninteractions: []\n",
+    "bad status": "version: 1\ninteractions:\n- request: {method: GET, url: 'http://x'}\n"
+    "  response: {status: 1}",
+}
+
+
+@pytest.mark.parametrize("content", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_cassette_is_a_clear_error(pytester: pytest.Pytester, content: str) -> None:
+    """A truncated, incomplete or hostile cassette fails its test naming the file, and runs nothing."""
+    write_project(pytester)
+    cassette = pytester.path / CASSETTES / "test_chat.yaml"
+    cassette.parent.mkdir(parents=True)
+    cassette.write_text(content)
+
+    result = run(pytester, "-k", "test_chat")
+
+    result.assert_outcomes(errors=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        ["*cassettes/tests/test_app/test_chat.yaml: *not a valid llm-ledger cassette*"]
+    )
+    assert not (pytester.path / "pwned").exists()
+
+
+NAMING_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+def call(text):
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("lang", ["en", "fr/be"])
+@pytest.mark.parametrize("n", [1])
+def test_param(n, lang):
+    call(f"{n} {lang}")
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("text", ["x" * 300])
+def test_long(text):
+    call(text[:10])
+
+
+class TestGroup:
+    @pytest.mark.llm
+    def test_method(self):
+        call("method")
+
+
+@pytest.mark.llm
+def test_no_calls():
+    pass
+"""
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_cassette_names_are_stable_and_filesystem_safe(pytester: pytest.Pytester) -> None:
+    """Names come from sorted parameter values, classes prefix methods, long names get a hash."""
+    write_project(pytester, NAMING_TESTS)
+    record(pytester, "--llm-cassette-dir=recorded")
+    names = sorted(p.name for p in (pytester.path / "recorded" / "tests" / "test_app").iterdir())
+    assert len(names) == 4  # test_no_calls recorded nothing, so it has no file
+    assert names[0] == "TestGroup.test_method.yaml"
+    assert names[1].startswith("test_long[text=xxxx")
+    assert len(names[1]) == 100 + len(".yaml")
+    assert names[2:] == ["test_param[lang=en,n=1].yaml", "test_param[lang=fr-be,n=1].yaml"]
+
+
+def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """An unknown llm_record_mode names the value, the ini file and the valid modes."""
+    write_project(pytester)
+    pytester.makefile(".ini", pytest=INI + "llm_record_mode = never\n")
+
+    result = run(pytester)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*llm_record_mode = 'never' in *pytest.ini is not a record mode; use one of none, once, *"]
+    )
