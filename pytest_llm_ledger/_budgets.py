@@ -205,15 +205,16 @@ def parse_budgets(text: str | bytes, source: str = "budgets.yaml") -> Budgets:
         ) from None
 
 
-def load_budgets(path: Path) -> Budgets:
-    """Read and parse ``path``; a missing file is a :class:`BudgetError` too."""
+def load_budgets(path: Path, name: str | None = None) -> Budgets:
+    """Read and parse ``path`` (called ``name`` in messages); a missing file is a :class:`BudgetError` too."""
+    name = name or str(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise BudgetError(
-            f"{path}: budgets file not found; create it (sections: {', '.join(_SECTIONS)}), "
+            f"{name}: budgets file not found; create it (sections: {', '.join(_SECTIONS)}), "
             "point --llm-budget-file / ini llm_budget_file at it, or drop --llm-budget"
         ) from None
     except OSError as exc:
-        raise BudgetError(f"{path}: cannot read the budgets file: {exc.strerror or exc}") from None
-    return parse_budgets(data, str(path))
+        raise BudgetError(f"{name}: cannot read the budgets file: {exc.strerror or exc}") from None
+    return parse_budgets(data, name)

@@ -48,19 +48,14 @@ _STATE = pytest.StashKey["_LedgerState"]()
 _CASSETTE = pytest.StashKey[LedgerCassette]()
 _REPORTED_MISSES = pytest.StashKey[int]()
 _PASSED = pytest.StashKey[bool]()
-# who owns --llm-budget, found in pytest_addoption, read in pytest_configure (keyed by plugin manager)
-_flag_owner: dict[int, str] = {}
+_FLAG_OWNER = pytest.StashKey[str]()
 
 
 # -- options ------------------------------------------------------------------------------------
 
 
-def _budget_flag_owner(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> str | None:
-    """Who already owns ``--llm-budget``: a plugin registered before us, or one that will be."""
-    for group in getattr(parser, "_groups", ()):
-        for option in getattr(group, "options", ()):
-            if _BUDGET_FLAG in option.names():
-                return "another plugin loaded before llm-ledger"
+def _llm_cost_installed(pluginmanager: pytest.PytestPluginManager) -> str | None:
+    """The name of an installed, enabled plugin known to define --llm-budget, to name it in messages."""
     try:
         entry_points = importlib.metadata.entry_points(group="pytest11")
     except Exception:  # a broken environment must not break every test run
@@ -68,11 +63,11 @@ def _budget_flag_owner(parser: pytest.Parser, pluginmanager: pytest.PytestPlugin
     for ep in entry_points:
         dist = ep.dist.name.lower().replace("_", "-") if ep.dist is not None else ""
         if dist in _CONFLICTING_DISTS and not pluginmanager.is_blocked(ep.name):
-            return f"{dist} (plugin {ep.name!r})"
+            return dist
     return None
 
 
-def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup(
         "llm-ledger", "llm-ledger: replay LLM calls from cassettes, budgets, cost reports"
     )
@@ -87,23 +82,6 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption(
         "--llm-cassette-dir", default=None, help="cassette directory (default: <rootdir>/cassettes)."
     )
-    owner = _budget_flag_owner(parser, pluginmanager)
-    help_budget = "fail the run when a limit in the budgets file is exceeded."
-    flags = ["--llm-ledger-budget"] if owner else [_BUDGET_FLAG, "--llm-ledger-budget"]
-    try:
-        group.addoption(
-            *flags, action="store_true", default=False, dest="llm_ledger_budget", help=help_budget
-        )
-    except (ValueError, argparse.ArgumentError):
-        owner = owner or "another plugin"
-        group.addoption(
-            "--llm-ledger-budget",
-            action="store_true",
-            default=False,
-            dest="llm_ledger_budget",
-            help=help_budget,
-        )
-    _flag_owner[id(pluginmanager)] = owner or "llm-ledger"
     group.addoption("--llm-budget-file", default=None, help="budgets file (default: <rootdir>/budgets.yaml).")
     group.addoption("--llm-report", default=None, metavar="PATH", help="write per-lens totals as JSON.")
     group.addoption(
@@ -117,6 +95,29 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     )
     parser.addini("llm_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
     parser.addini("llm_budget_file", "budgets file, relative to the rootdir", default="budgets.yaml")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    # The budget switch is added here rather than in pytest_addoption: every installed plugin has
+    # registered its options by now, so a plugin that owns --llm-budget (pytest-llm-cost) keeps it
+    # whichever loaded first, and llm-ledger falls back to --llm-ledger-budget and says so.
+    group = parser.getgroup("llm-ledger")
+    attrs: dict[str, Any] = {
+        "action": "store_true",
+        "default": False,
+        "dest": "llm_ledger_budget",
+        "help": "fail the run when a limit in the budgets file is exceeded.",
+    }
+    owner = "llm-ledger"
+    try:
+        group.addoption(_BUDGET_FLAG, "--llm-ledger-budget", **attrs)
+    except (ValueError, argparse.ArgumentError):
+        owner = _llm_cost_installed(early_config.pluginmanager) or "another plugin"
+        group.addoption("--llm-ledger-budget", **attrs)
+    early_config.stash[_FLAG_OWNER] = owner
 
 
 # -- session state ------------------------------------------------------------------------------
@@ -167,8 +168,8 @@ class _LedgerState:
         self.mode = _record_mode(config)
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.budget_file = _path_option(config, "llm_budget_file")
-        self.enforce = bool(config.getoption("llm_ledger_budget"))
-        self.flag_owner = _flag_owner.get(id(config.pluginmanager), "llm-ledger")
+        self.enforce = bool(config.getoption("llm_ledger_budget", False))
+        self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
         self.budgets: Budgets | None = None
         self.ledger = SessionLedger()
@@ -261,7 +262,7 @@ def pytest_configure(config: pytest.Config) -> None:
     state = _LedgerState(config)
     if state.enforce and not state.is_worker:
         try:
-            state.budgets = load_budgets(state.budget_file)
+            state.budgets = load_budgets(state.budget_file, _display(config, state.budget_file))
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
     if state.mode == "none" and not os.environ.get("OPENAI_API_KEY"):
@@ -295,8 +296,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
     if state.flag_owner != "llm-ledger":
         lines.append(
-            f"llm-ledger: --llm-budget belongs to {state.flag_owner} in this environment, so it is not "
-            "llm-ledger's switch; use --llm-ledger-budget to enforce the budgets file"
+            f"llm-ledger: --llm-budget is defined by {state.flag_owner}, so it is not llm-ledger's switch "
+            "here; use --llm-ledger-budget to enforce the budgets file"
         )
     return lines
 

@@ -1,0 +1,210 @@
+"""budgets.yaml as users meet it: enforced with --llm-budget, clear errors, a breach table."""
+
+from __future__ import annotations
+
+import textwrap
+
+import openai  # noqa: F401  (kept imported across in-process sessions)
+import pytest
+import vcr  # noqa: F401
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llm_ledger  # noqa: F401
+from pytest_llm_ledger._budgets import BudgetError, Limits, parse_budgets
+from tests.fake_openai import FakeOpenAI
+from tests.plugin_helpers import (
+    FAST_ARGS,
+    INI,
+    PLUGIN_ARGS,
+    run,
+    server_fixture,
+    with_key_fixture,
+    write_project,
+)
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+
+
+@pytest.fixture
+def recorded(pytester: pytest.Pytester, server: FakeOpenAI, with_key: None) -> pytest.Pytester:
+    """An inner project whose three tests are recorded, with the server then stopped."""
+    write_project(pytester)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    return pytester
+
+
+def budgets(pytester: pytest.Pytester, text: str, name: str = "budgets.yaml") -> None:
+    pytester.path.joinpath(name).write_text(textwrap.dedent(text))
+
+
+def test_budgets_met_pass(recorded: pytest.Pytester) -> None:
+    """A session within every limit passes and says so."""
+    budgets(
+        recorded, "lenses:\n  summary: {max_api_calls: 1, max_cost_usd: 0.01}\ntotal: {max_api_calls: 3}\n"
+    )
+
+    result = run(recorded, "--llm-budget")
+
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
+
+
+def test_breach_fails_a_green_run_with_a_table(recorded: pytest.Pytester) -> None:
+    """Exceeded limits make pytest exit 1 although every test passed, and the table names the worst run."""
+    budgets(
+        recorded,
+        """
+        lenses:
+          summary: {max_total_tokens: 5}
+        default: {max_api_calls: 0}
+        tests:
+          "tests/test_app.py::test_stream": {max_completion_tokens: 1}
+        total: {max_cost_usd: 0.0000001}
+        """,
+    )
+
+    result = run(recorded, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: 4 budget limit(s) exceeded*",
+            "lens / test / total *limit *max *actual *worst run (test id)",
+            "lens digest *max_api_calls *0 *1 *tests/test_app.py::test_stream",
+            "lens summary *max_total_tokens *5 *2? *tests/test_app.py::test_* (+1 more runs)",
+            "test tests/test_app.py::test_stream *max_completion_tokens *1 *10 *test_app.py::test_stream",
+            "total *max_cost_usd *$0.000000 *$0.0000* *tests/test_app.py::test_*",
+            "limits from budgets.yaml",
+        ]
+    )
+
+
+def test_without_the_flag_budgets_never_fail(recorded: pytest.Pytester) -> None:
+    """Without --llm-budget the totals are summarised but a breach does not fail the run."""
+    budgets(recorded, "total: {max_api_calls: 0}\n")
+
+    result = run(recorded)
+
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: record mode 'none', cassettes cassettes, budgets budgets.yaml not enforced (add *)",
+            "*llm-ledger: per-lens totals*",
+            "lens *runs *calls *prompt *completion *tokens *cost",
+            "digest *1 *1 *12 *10 *22 *$0.0000*",
+            "summary *2 *2 *",
+            "(session total) *3 *",
+        ]
+    )
+    assert "exceeded" not in result.stdout.str()
+
+
+BAD_BUDGETS = {
+    "unknown key": ("lenses:\n  summary:\n    max_cost: 1\n",
+                    "budgets.yaml, line 3 (lenses.summary.max_cost): unknown key 'max_cost'; "
+                    "valid keys: max_api_calls, max_completion_tokens, max_cost_usd, *"),
+    "wrong type": ("total:\n  max_api_calls: many\n", "budgets.yaml, line 2 (total.max_api_calls): "
+                   "must be a whole number, not 'many'"),
+    "negative": ("default: {max_cost_usd: -0.5}\n", "budgets.yaml, line 1 (default.max_cost_usd): "
+                 "must not be negative, got -0.5"),
+    "unknown section": ("limits: {}\n", "budgets.yaml, line 1 (limits): unknown section 'limits'; "
+                        "valid sections: default, lenses, tests, total"),
+    "not yaml": ("total: {max_api_calls: 1\n", "budgets.yaml, line 2: not valid YAML: *"),
+    "not a mapping": ("- total\n", "budgets.yaml, line 1: the top level must be a mapping, not a list"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_BUDGETS.values(), ids=BAD_BUDGETS.keys())
+def test_malformed_budgets_are_a_usage_error(pytester: pytest.Pytester, text: str, message: str) -> None:
+    """Each kind of bad budgets file stops the run with the file, line, key path and valid keys."""
+    write_project(pytester)
+    budgets(pytester, text)
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*llm-ledger: {message}"])
+
+
+def test_missing_budgets_file_with_the_flag_is_an_error(pytester: pytest.Pytester) -> None:
+    """--llm-budget without a budgets file is an error, not a silent pass."""
+    write_project(pytester)
+
+    result = run(pytester, "--llm-budget", "--llm-budget-file=ci/limits.yaml")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ci/limits.yaml: budgets file not found; create it*"])
+
+
+def test_budget_file_from_ini(recorded: pytest.Pytester) -> None:
+    """ini llm_budget_file points at the budgets, relative to the ini file."""
+    recorded.makefile(".ini", pytest=INI + "llm_budget_file = ci/budgets.yaml\n")
+    recorded.path.joinpath("ci").mkdir()
+    budgets(recorded, "total: {max_api_calls: 1}\n", "ci/budgets.yaml")
+
+    result = run(recorded, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["total *max_api_calls *1 *3 *", "limits from ci/budgets.yaml"])
+
+
+FAKE_LLM_COST = """
+def pytest_addoption(parser):
+    parser.addoption("--llm-budget", type=float, default=None, dest="llm_cost_budget", help="USD")
+"""
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["other-plugin-first", "llm-ledger-first"])
+def test_a_plugin_owning_llm_budget_gets_a_clear_message(recorded: pytest.Pytester, first: bool) -> None:
+    """When another plugin owns --llm-budget the header says so and --llm-ledger-budget still works."""
+    budgets(recorded, "total: {max_api_calls: 0}\n")
+    recorded.makepyfile(fake_llm_cost=FAKE_LLM_COST)  # stands in for pytest-llm-cost
+    recorded.syspathinsert()
+    other = ["-p", "fake_llm_cost"]
+    order = [*other, *PLUGIN_ARGS] if first else [*PLUGIN_ARGS, *other]
+
+    result = recorded.runpytest(*order, *FAST_ARGS, "--llm-budget", "0.5", "--llm-ledger-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: --llm-budget is defined by another plugin, so it is not llm-ledger's switch here; "
+            "use --llm-ledger-budget to enforce the budgets file",
+            "total *max_api_calls *0 *3 *",
+        ]
+    )
+
+
+def test_parse_budgets_outside_pytest() -> None:
+    """parse_budgets is a plain function: limits per lens, the default, tests and the total."""
+    parsed = parse_budgets(
+        "lenses: {s: {max_cost_usd: 0.25, max_api_calls: 2}}\ndefault: {max_total_tokens: 1_000}\n"
+        "tests: {'t.py::x': {max_prompt_tokens: 5}}\ntotal: {max_cost_usd: 1}\n",
+        "b.yaml",
+    )
+    assert parsed.for_lens("s") == Limits(max_cost_usd=0.25, max_api_calls=2)
+    assert parsed.for_lens("other") == Limits(max_total_tokens=1000)
+    assert parsed.tests == {"t.py::x": Limits(max_prompt_tokens=5)}
+    assert parsed.total == Limits(max_cost_usd=1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+        ["lenses", "default", "tests", "total", "max_cost_usd", "max_api_calls", "x"]) | st.text(max_size=5),
+        inner, max_size=3),
+    max_leaves=12,
+).map(repr)))  # fmt: skip
+def test_any_input_ends_in_budgets_or_a_clear_error(text: str | bytes) -> None:
+    """Whatever the bytes, parse_budgets returns budgets or raises BudgetError naming the file."""
+    error: BudgetError | None = None
+    try:
+        parse_budgets(text, "fuzz.yaml")
+    except BudgetError as exc:
+        error = exc
+    assert error is None or str(error).startswith("fuzz.yaml")
