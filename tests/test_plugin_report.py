@@ -1,0 +1,169 @@
+"""Per-lens reports: the --llm-report JSON, `llm-ledger diff`, --llm-baseline and xdist totals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import openai  # noqa: F401  (kept imported across in-process sessions)
+import pytest
+import vcr  # noqa: F401
+
+import llm_ledger  # noqa: F401
+from llm_ledger._cli import main as cli_main
+from tests.fake_openai import FakeOpenAI
+from tests.plugin_helpers import FAST_ARGS, PLUGIN_ARGS, run, server_fixture, with_key_fixture, write_project
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+
+
+@pytest.fixture
+def recorded(pytester: pytest.Pytester, server: FakeOpenAI, with_key: None) -> pytest.Pytester:
+    """An inner project whose three tests are recorded, with the server then stopped."""
+    write_project(pytester)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    return pytester
+
+
+def report(totals: dict[str, dict[str, Any]], total: dict[str, Any]) -> dict[str, Any]:
+    return {"schema": "llm-ledger-report", "version": 1, "lenses": totals, "tests": {}, "total": total}
+
+
+def test_report_json_has_lenses_tests_and_total(recorded: pytest.Pytester) -> None:
+    """--llm-report writes the versioned per-lens, per-test and session aggregates."""
+    result = run(recorded, "--llm-report=out/report.json")
+
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["llm-ledger: report written to out/report.json"])
+    data = json.loads((recorded.path / "out" / "report.json").read_text())
+    assert (data["schema"], data["version"]) == ("llm-ledger-report", 1)
+    assert set(data["lenses"]) == {"digest", "summary"}
+    summary = data["lenses"]["summary"]
+    assert (summary["runs"], summary["api_calls"], summary["errors"], summary["cost_complete"]) == (
+        2,
+        2,
+        0,
+        True,
+    )
+    assert summary["total_tokens"] == summary["prompt_tokens"] + summary["completion_tokens"] > 0
+    assert 0 < summary["cost_usd"] < 0.01
+    assert set(data["tests"]) == {
+        f"tests/test_app.py::{name}" for name in ("test_chat", "test_stream", "test_async")
+    }
+    assert data["tests"]["tests/test_app.py::test_chat"]["lens_runs"] == 1
+    assert data["total"]["api_calls"] == 3
+    assert data["total"]["tests"] == 3
+    assert data["total"]["total_tokens"] == sum(t["total_tokens"] for t in data["tests"].values())
+
+
+BASE = report(
+    {
+        "summary": {"runs": 2, "api_calls": 2, "total_tokens": 100, "cost_usd": 0.0004},
+        "gone": {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.00001},
+    },
+    {"api_calls": 3, "total_tokens": 110, "cost_usd": 0.00041},
+)
+HEAD = report(
+    {
+        "summary": {"runs": 2, "api_calls": 3, "total_tokens": 150, "cost_usd": 0.0006},
+        "fresh": {"runs": 1, "api_calls": 1, "total_tokens": 20, "cost_usd": 0.00002},
+    },
+    {"api_calls": 4, "total_tokens": 170, "cost_usd": 0.00062},
+)
+
+
+@pytest.fixture
+def reports(tmp_path: Path) -> tuple[str, str]:
+    base, head = tmp_path / "base.json", tmp_path / "head.json"
+    base.write_text(json.dumps(BASE))
+    head.write_text(json.dumps(HEAD))
+    return str(base), str(head)
+
+
+def test_diff_markdown_table_per_lens(reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm-ledger diff` prints base, head, delta and % per lens, marking new and removed lenses."""
+    assert cli_main(["diff", *reports]) == 0
+    out = capsys.readouterr().out
+    assert "## llm-ledger: cost diff" in out
+    assert "### `fresh` (new)" in out
+    assert "### `gone` (removed)" in out
+    section = out.split("### `summary`")[1].split("###")[0]
+    assert "| metric | base | head | delta | % |" in section
+    assert "| calls | 2 | 3 | +1 | +50.0% |" in section
+    assert "| tokens | 100 | 150 | +50 | +50.0% |" in section
+    assert "| cost (USD) | $0.000400 | $0.000600 | +$0.000200 | +50.0% |" in section
+    assert "| calls | — | 1 | — | — |" in out.split("### `fresh`")[1]
+    assert "| cost (USD) | $0.000410 | $0.000620 | +$0.000210 | +51.2% |" in out.split("### Total")[1]
+
+
+def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--format text is aligned plain text; --format json is the machine-readable diff."""
+    assert cli_main(["diff", *reports, "--format", "text"]) == 0
+    text = capsys.readouterr().out
+    assert "lens gone (removed)" in text
+    assert any(line.split() == ["calls", "2", "3", "+1", "+50.0%"] for line in text.splitlines())
+    assert cli_main(["diff", *reports, "--format=json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["lenses"]["fresh"]["status"] == "new"
+    assert data["lenses"]["summary"]["metrics"]["api_calls"] == {
+        "base": 2,
+        "head": 3,
+        "delta": 1,
+        "pct": 50.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "not JSON"),
+        ('{"schema": "other"}', "not an llm-ledger report"),
+        ('{"schema": "llm-ledger-report", "version": 9, "lenses": {}, "total": {}}', "report version 9"),
+    ],
+    ids=["not-json", "wrong-schema", "future-version"],
+)
+def test_diff_rejects_bad_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    """A file that is not a supported report exits 2 with a message naming the file."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert cli_main(["diff", str(bad), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"llm-ledger diff: error: {bad}: {message}" in err
+
+
+def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
+    """--llm-baseline shows the per-lens diff between a saved report and this session."""
+    base = report(
+        {"summary": {"runs": 2, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0}},
+        {"api_calls": 1, "total_tokens": 10, "cost_usd": 0.0},
+    )
+    recorded.path.joinpath("base.json").write_text(json.dumps(base))
+
+    result = run(recorded, "--llm-baseline=base.json")
+
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: cost diff against base.json*",
+            "lens digest (new)",
+            "*",
+            "lens summary",
+            "*calls *1 *2 *+1 *+100.0%",
+        ]
+    )
+
+
+def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
+    """With -n 2 the workers' records are merged on the controller: the same report as a serial run."""
+    assert run(recorded, "--llm-report=serial.json").ret == 0
+    result = recorded.runpytest_subprocess(*PLUGIN_ARGS, *FAST_ARGS, "-n", "2", "--llm-report=parallel.json")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*llm-ledger: per-lens totals*", "summary *2 *2 *"])
+    serial = json.loads((recorded.path / "serial.json").read_text())
+    parallel = json.loads((recorded.path / "parallel.json").read_text())
+    assert parallel == serial
