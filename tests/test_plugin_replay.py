@@ -341,3 +341,37 @@ def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> N
     result.stderr.fnmatch_lines(
         ["*llm_record_mode = 'never' in *pytest.ini is not a record mode; use one of none, once, *"]
     )
+
+
+OTHER_ENDPOINTS = """
+import os
+
+import openai
+import pytest
+
+
+@pytest.mark.llm
+def test_responses_stream_and_embeddings():
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        with client.responses.stream(model="gpt-4o-mini", input="Describe the plan") as stream:
+            text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+            final = stream.get_final_response()
+        vectors = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert text == final.output_text != ""
+    assert final.usage.total_tokens > 0
+    assert len(vectors.data) == 2
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_responses_streams_and_embeddings_replay(pytester: pytest.Pytester, server: FakeOpenAI) -> None:
+    """Named SSE events (Responses API) and base64 embeddings replay offline, stored readably."""
+    write_project(pytester, OTHER_ENDPOINTS)
+    record(pytester)
+    server.stop()
+    run(pytester).assert_outcomes(passed=1)
+    cassette = load_yaml(pytester.path / CASSETTES / "test_responses_stream_and_embeddings.yaml")
+    events = cassette["interactions"][0]["response"]["sse"]
+    assert events[0]["event"] == "response.created"
+    assert events[-1]["event"] == "response.completed"
+    assert events[-1]["data"]["response"]["usage"]["total_tokens"] > 0

@@ -1,0 +1,104 @@
+"""The cassette engine without pytest sessions: replay cost, play order, file format round trips."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pytest_llm_ledger import _cassette, _format
+from pytest_llm_ledger._cassette import CassetteMissError, LedgerCassette
+
+URL = "https://api.openai.com/v1/chat/completions"
+
+
+def body(i: int) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"question {i}"}]}
+
+
+def write(path: Path, n: int) -> None:
+    interactions = [
+        _format.interaction_to_yaml(
+            "POST", URL, {"content-type": "application/json"}, ("json", body(i)),
+            200, {"content-type": "application/json"}, ("json", {"answer": i}),
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    _format.write_atomic(path, _format.dump_cassette(interactions, "test"))
+
+
+def request(payload: Any, *, compact: bool = False) -> SimpleNamespace:
+    """What vcrpy's httpx stub hands the cassette."""
+    separators = (",", ":") if compact else (", ", ": ")
+    return SimpleNamespace(method="POST", uri=URL, body=json.dumps(payload, separators=separators).encode())
+
+
+def test_replay_computes_one_key_per_request_whatever_the_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replayed call is one canonical key and a dict lookup: no scan of the recorded interactions."""
+    path = tmp_path / "big.yaml"
+    write(path, 2000)
+    cassette = LedgerCassette(path, "none", "t.py::t")
+    calls = 0
+    real = _cassette.canonical_key
+
+    def counting(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    monkeypatch.setattr(_cassette, "canonical_key", counting)
+    req = request(body(1999))
+    assert cassette.can_play_response_for(req)
+    assert json.loads(cassette.play_response(req)["body"]["string"]) == {"answer": 1999}
+    assert calls == 1
+
+
+def test_json_bodies_match_whatever_their_key_order_and_spacing(tmp_path: Path) -> None:
+    """Key order and whitespace in the JSON body do not matter; values do."""
+    path = tmp_path / "c.yaml"
+    write(path, 1)
+    cassette = LedgerCassette(path, "none", "t.py::t")
+    reordered = {"messages": body(0)["messages"], "model": "gpt-4o-mini"}
+    assert cassette.can_play_response_for(request(reordered, compact=True))
+    with pytest.raises(CassetteMissError, match="all already played"):
+        cassette.can_play_response_for(request(body(0)))
+
+
+def test_identical_requests_play_in_recorded_order(tmp_path: Path) -> None:
+    """Two recorded answers to the same request come back first, then second."""
+    path = tmp_path / "c.yaml"
+    same = ("json", body(0))
+    interactions = [
+        _format.interaction_to_yaml("POST", URL, {}, same, 200, {}, ("json", {"answer": n})) for n in (1, 2)
+    ]
+    _format.write_atomic(path, _format.dump_cassette(interactions, "test"))
+    cassette = LedgerCassette(path, "none", "t.py::t")
+    answers = []
+    for _ in range(2):
+        req = request(body(0))
+        assert cassette.can_play_response_for(req)
+        answers.append(json.loads(cassette.play_response(req)["body"]["string"])["answer"])
+    assert answers == [1, 2]
+
+
+def test_compressed_responses_are_stored_decoded() -> None:
+    """A gzip body is stored as readable JSON and the content-encoding header is dropped."""
+    raw = gzip.compress(b'{"ok": true}')
+    stored, headers = _format.response_body(
+        raw, {"Content-Type": ["application/json"], "Content-Encoding": ["gzip"], "Set-Cookie": ["s=1"]}
+    )
+    assert stored == ("json", {"ok": True})
+    assert headers == {"content-type": "application/json"}
+
+
+def test_unusual_event_streams_are_kept_verbatim() -> None:
+    """A stream with comments or multi-line data is stored as text, so replay gives the same bytes."""
+    raw = ': keep-alive\ndata: {"a": 1}\n\n'
+    assert _format.decode_body(raw.encode(), "text/event-stream") == ("text", raw)
+    assert _format.body_bytes(("text", raw)) == raw.encode()
