@@ -49,6 +49,9 @@ _CASSETTE = pytest.StashKey[LedgerCassette]()
 _REPORTED_MISSES = pytest.StashKey[int]()
 _PASSED = pytest.StashKey[bool]()
 _FLAG_OWNER = pytest.StashKey[str]()
+# Sessions configured in this process, innermost last: a session run in-process by pytester
+# inside another gets the records, not the outer session that happens to share the monitor.
+_active: list[_LedgerState] = []
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ class _LedgerState:
     # records from llm_ledger's monitor, called synchronously on the emitting thread
     def sink(self, record: Mapping[str, Any]) -> None:
         event = record.get("event")
-        if event not in ("llm_api_call", "lens_summary"):
+        if event not in ("llm_api_call", "lens_summary") or (_active and _active[-1] is not self):
             return
         with self._lock:
             current = self._current
@@ -270,6 +273,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
         state._placeholder_key = True
     config.stash[_STATE] = state
+    _active.append(state)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(state), "llm_ledger_xdist")
     state.attach()
@@ -280,6 +284,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if state is None:
         return
     state.detach()
+    if state in _active:
+        _active.remove(state)
     if state._placeholder_key and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
         del os.environ["OPENAI_API_KEY"]
     del config.stash[_STATE]
