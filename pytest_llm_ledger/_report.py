@@ -237,7 +237,10 @@ def _check_runs(scope: str, name: str, limits: Limits, runs: Iterable[tuple[str,
 
 def format_cost(usd: float, complete: bool = True) -> str:
     """Dollars with enough digits to see sub-cent amounts; ``*`` marks a cost missing some prices."""
-    text = f"${usd:.6f}" if abs(usd) < 100 else f"${usd:,.2f}"
+    if usd and abs(usd) < 0.000001:  # below a micro-dollar: show the digits instead of $0.000000
+        text = f"${usd:.12f}".rstrip("0")
+    else:
+        text = f"${usd:.6f}" if abs(usd) < 100 else f"${usd:,.2f}"
     return text if complete else text + "*"
 
 
