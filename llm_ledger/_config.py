@@ -116,7 +116,7 @@ def resolve(
     return Settings(resolved_dir, resolved_prices, capture, usage, redact)
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: configure() holds it while calling get_monitor()
 _monitor: LLMCallMonitor | None = None
 _settings: Settings | None = None
 _handler: JsonlFileHandler | None = None
