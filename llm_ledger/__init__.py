@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any as _Any
+from typing import TypeVar as _TypeVar
 
 from ._config import Settings, configure, get_monitor
 from ._context import LensRun, TrackedContext
 from ._errors import CassetteError, ConfigError, LedgerError, PriceFileError
-from ._jsonl import JsonlFileHandler, LedgerJsonFormatter, flush_all
+from ._jsonl import JsonlFileHandler, LedgerJsonFormatter
+from ._jsonl import flush_all as _flush_all
 from ._monitor import LLMCallMonitor, Redactor, Sink
 from ._pricing import Cost, PriceTable, Rates, price
 from ._records import CallRecord, LensRecord, LensSummary
@@ -51,10 +53,10 @@ __all__ = [
     "track_llm_call",
 ]
 
-C = TypeVar("C")
+_C = _TypeVar("_C")
 
 
-def instrument(client: C) -> C:
+def instrument(client: _C) -> _C:
     """Instrument an OpenAI / AsyncOpenAI / AzureOpenAI / AsyncAzureOpenAI client in place.
 
     Returns the same object. Idempotent; clients derived with ``.with_options()`` / ``.copy()``
@@ -63,16 +65,16 @@ def instrument(client: C) -> C:
     return get_monitor().instrument(client)
 
 
-def lens(lens_key: str, *, source_id: Any = None, service: str | None = None, **context: Any) -> LensRun:
+def lens(lens_key: str, *, source_id: _Any = None, service: str | None = None, **context: _Any) -> LensRun:
     """Open a lens run (``with``, ``async with`` or decorator); ``run.summary`` after it ends."""
     return get_monitor().lens(lens_key, source_id=source_id, service=service, **context)
 
 
-def track_llm_call(**context: Any) -> TrackedContext:
+def track_llm_call(**context: _Any) -> TrackedContext:
     """Add context (``service=``, ``source_id=``, any other key) to every call inside."""
     return get_monitor().track_llm_call(**context)
 
 
 def flush() -> None:
     """Return once every record so far is written to the JSONL file."""
-    flush_all()
+    _flush_all()

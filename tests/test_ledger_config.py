@@ -1,0 +1,215 @@
+"""configure(), the JSONL file, environment variables and content capture."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+import llm_ledger.testing
+from llm_ledger import _config
+from tests.conftest import FAKE_KEY
+from tests.fake_openai import FakeOpenAI
+
+HI: Any = [{"role": "user", "content": "PRIVATE-USER-TEXT"}]
+
+
+@pytest.fixture
+def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A default monitor and llm_monitor logger as on a fresh import, restored afterwards."""
+    logger = logging.getLogger("llm_monitor")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    for name in (
+        "LLM_LEDGER_LOG_DIR",
+        "LLM_LEDGER_PRICE_FILE",
+        "LLM_LEDGER_CAPTURE_CONTENT",
+        "LLM_LEDGER_STREAM_USAGE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_config, "_monitor", None)
+    monkeypatch.setattr(_config, "_settings", None)
+    monkeypatch.setattr(_config, "_handler", None)
+    yield
+    handler = _config._handler
+    if handler is not None:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def default_client(fake_openai: FakeOpenAI, fresh_config: None) -> Iterator[openai.OpenAI]:
+    """A client instrumented by the default monitor."""
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as client:
+        yield llm_ledger.instrument(client)
+
+
+def test_records_are_written_as_json_lines(default_client: openai.OpenAI, tmp_path: Path) -> None:
+    """configure(log_dir) writes each record as one JSON line, identical to the emitted dict."""
+    llm_ledger.configure(log_dir=tmp_path)
+    with llm_ledger.testing.capture() as captured, llm_ledger.lens("summary", source_id="s1"):
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    lines = _lines(tmp_path / "llm_calls.jsonl")
+    assert lines == captured.records
+    assert [line["event"] for line in lines] == ["llm_api_call", "lens_summary"]
+    assert list(lines[0])[:6] == ["timestamp", "level", "logger", "event", "call_id", "status"]
+
+
+def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """The same arguments keep the same handler; a new log_dir moves writing to the new file."""
+    first = tmp_path / "a"
+    llm_ledger.configure(log_dir=first)
+    handler = _config._handler
+    llm_ledger.configure(log_dir=first)
+    assert _config._handler is handler
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.configure(log_dir=tmp_path / "b")
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    assert len(_lines(first / "llm_calls.jsonl")) == 1
+    assert len(_lines(tmp_path / "b" / "llm_calls.jsonl")) == 1
+    assert len(logging.getLogger("llm_monitor").handlers) == 1
+
+
+def test_environment_variables_configure_without_code(
+    default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLM_LEDGER_LOG_DIR, LLM_LEDGER_PRICE_FILE and LLM_LEDGER_CAPTURE_CONTENT apply when not passed."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("version: 1\nmodels:\n  gpt-4o-mini:\n    input: 1000\n    output: 1000\n")
+    monkeypatch.setenv("LLM_LEDGER_LOG_DIR", str(tmp_path / "env-logs"))
+    monkeypatch.setenv("LLM_LEDGER_PRICE_FILE", str(prices))
+    monkeypatch.setenv("LLM_LEDGER_CAPTURE_CONTENT", "true")
+    settings = llm_ledger.configure()
+    assert settings.capture_content is True
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    [line] = _lines(tmp_path / "env-logs" / "llm_calls.jsonl")
+    usage = line["usage"]
+    assert line["cost"]["total_cost_usd"] == pytest.approx(usage["total_tokens"] * 1000 / 1e6)
+    assert line["content"]["messages"][0]["content"] == "PRIVATE-USER-TEXT"
+
+
+def test_arguments_win_over_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
+) -> None:
+    """An explicit argument overrides its environment variable."""
+    monkeypatch.setenv("LLM_LEDGER_CAPTURE_CONTENT", "1")
+    assert llm_ledger.configure(log_dir=None, capture_content=False).capture_content is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "message"),
+    [
+        ({"log_dir": 42}, {}, "log_dir must be a non-empty path"),
+        ({"log_dir": ""}, {}, "log_dir must be a non-empty path"),
+        ({"capture_content": "yes"}, {}, "capture_content must be True or False, got 'yes'"),
+        ({"stream_usage": 1}, {}, "stream_usage must be True or False"),
+        ({"redact": "nope"}, {}, "redact must be a callable"),
+        ({}, {"LLM_LEDGER_CAPTURE_CONTENT": "maybe"}, "LLM_LEDGER_CAPTURE_CONTENT='maybe' is not a boolean"),
+        ({"log_dir": None, "price_file": "/nonexistent/prices.yaml"}, {}, "/nonexistent/prices.yaml"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(
+    kwargs: dict[str, Any],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_config: None,
+) -> None:
+    """Each bad argument or variable raises a ConfigError naming it, and changes nothing."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(llm_ledger.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        llm_ledger.configure(**kwargs)
+    assert _config._settings is None
+
+
+def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None) -> None:
+    """A log_dir that cannot hold the file raises ConfigError at configure(), not at the first call."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(llm_ledger.ConfigError, match="cannot write the log file"):
+        llm_ledger.configure(log_dir=blocker / "logs")
+
+
+def test_content_capture_records_text_with_redaction_and_never_the_key(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """capture_content=True records messages and output through the redact hook; the API key never."""
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, capture_content=True, redact=lambda text: text.replace("PRIVATE", "[P]")
+    )
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with llm_ledger.testing.capture(monitor) as captured, client:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"PRIVATE text with key {FAKE_KEY}"}]
+        )
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    ok, failed = captured.calls
+    assert ok["content"]["messages"][0]["content"] == "[P] text with key [REDACTED]"
+    assert ok["content"]["output"].startswith("Summary:")
+    assert failed["error"]["message"].startswith("Error code: 400")
+    assert FAKE_KEY not in json.dumps(captured.records)
+
+
+def test_content_is_off_by_default_on_every_record_kind(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """With default settings no prompt or output text appears in any record."""
+    with llm_ledger.testing.capture(monitor) as captured, monitor.lens("k"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
+        client.embeddings.create(model="text-embedding-3-small", input="PRIVATE-USER-TEXT")
+        client.responses.create(model="gpt-4o-mini", input="PRIVATE-USER-TEXT")
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    dumped = json.dumps(captured.records)
+    assert "PRIVATE" not in dumped and "Summary:" not in dumped and FAKE_KEY not in dumped
+    assert len(captured.calls) == 5 and len(captured.lenses) == 1
+
+
+def test_records_are_written_at_interpreter_exit(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """A process that exits without flush() still leaves every record in the file."""
+    script = textwrap.dedent(
+        f"""
+        import openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        with llm_ledger.lens("exit_test"):
+            for _ in range(50):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    lines = _lines(tmp_path / "llm_calls.jsonl")
+    assert len(lines) == 51 and lines[-1]["summary"]["total_api_calls"] == 50
+
+
+def test_public_api_is_complete_and_sorted() -> None:
+    """__all__ lists every public name of the package, sorted."""
+    public = {name for name in dir(llm_ledger) if not name.startswith("_")} - {"annotations", "testing"}
+    assert set(llm_ledger.__all__) == public
+    assert list(llm_ledger.__all__) == sorted(llm_ledger.__all__)
