@@ -198,9 +198,10 @@ def test_records_are_written_at_interpreter_exit(fake_openai: FakeOpenAI, tmp_pa
         import openai, llm_ledger
         llm_ledger.configure(log_dir={str(tmp_path)!r})
         client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
         with llm_ledger.lens("exit_test"):
             for _ in range(50):
-                client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
