@@ -1,0 +1,888 @@
+"""A small OpenAI-compatible HTTP server for tests (stdlib only).
+
+It speaks real HTTP/1.1 (keep-alive, ``Content-Length`` or chunked bodies) and real server-sent events, so
+the real ``openai`` SDK can be pointed at it with ``base_url=server.base_url`` and exercised end to end::
+
+    with FakeOpenAI() as server:
+        client = openai.OpenAI(api_key="sk-test", base_url=server.base_url)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert server.requests[-1].path == "/v1/chat/completions"
+
+Standalone (e.g. to record demo cassettes): ``python tests/fake_openai.py --port 8123`` serves until Ctrl-C.
+
+Endpoints
+---------
+``POST /v1/chat/completions``
+    ChatCompletion JSON, or with ``stream: true`` SSE ``data: {chunk}`` lines: a role chunk, N content
+    chunks, a chunk with ``finish_reason``, then (only with ``stream_options.include_usage``) a chunk with
+    ``choices: []`` and ``usage`` (all earlier chunks then carry ``"usage": null``), then ``data: [DONE]``.
+    Content is "Summary: " + the first 8 words of the last user message; ``response_format`` json_schema
+    yields a JSON object valid for the schema (so ``chat.completions.parse()`` works) and ``json_object``
+    yields ``{"summary": ...}``.  ``n`` > 1 gives n identical choices.  ``max_tokens`` /
+    ``max_completion_tokens`` truncate the content (``finish_reason: "length"``).  With ``tools`` and
+    ``tool_choice: "required"`` (or a named function) one tool call is returned (``finish_reason:
+    "tool_calls"``, arguments valid for the tool's parameter schema), also in streams.
+``POST /v1/embeddings``
+    ``input`` str / list of str / token lists; ``encoding_format`` "float" (default when absent) or
+    "base64" (little-endian float32, what the SDK asks for by default); deterministic unit vectors of
+    ``dimensions`` (default 8) floats derived from a hash of each input.
+``POST /v1/responses``
+    A Response object (``output_text`` works; ``text.format`` json_schema supported for
+    ``responses.parse()``), or with ``stream: true`` the real event sequence: response.created,
+    response.in_progress, response.output_item.added, response.content_part.added, N x
+    response.output_text.delta, response.output_text.done, response.content_part.done,
+    response.output_item.done, response.completed (full response with usage), each as
+    ``event: <type>`` + ``data: {...}`` with ``sequence_number``.
+Anything else: 404 with an OpenAI error body.  A body that is not a JSON object, or a missing ``model``,
+gives 400.
+
+Token accounting (deterministic)
+--------------------------------
+prompt/input tokens = ceil(characters of all text parts / 4) + 4 per message + 85 per image part
+(+ ceil(len(json(tools)) / 4) when tools are sent; ``instructions`` count as one message), raised to at
+least the cached tokens.  completion/output tokens = ceil(len(content) / 4) per choice (tool calls:
+ceil(len(name + arguments) / 4) each) + reasoning tokens.  Embeddings: ceil(chars / 4) per text input,
+len(list) per token input.
+
+Every answer carries ``content-type``, ``x-request-id: req_<n>``, ``openai-processing-ms``,
+``openai-organization: org-fake-secret``, ``openai-project: proj_fake``, ``openai-version`` and
+``set-cookie: __cf_bm=fake-secret-cookie; path=/`` (to check that secrets never leak into cassettes/logs).
+
+Control headers (request)
+-------------------------
+``x-fake-chunks: N``               number of content delta chunks/events in streams (default 5)
+``x-fake-completion-words: N``     content = N words of lorem ipsum
+``x-fake-content: TEXT``           content verbatim (e.g. invalid JSON to make ``parse()`` fail)
+``x-fake-cached-tokens: N``        usage cached_tokens
+``x-fake-reasoning-tokens: N``     usage reasoning_tokens (added to completion/output tokens)
+``x-fake-tool-calls: N``           N tool calls (needs ``tools``; 0 disables the tool_choice default)
+``x-fake-served-model: NAME``      ``model`` in the answer (``dated`` = requested model + "-2024-07-18")
+``x-fake-status: CODE``            answer this error status (OpenAI error body) for this request
+``x-fake-delay-ms: N``             delay for the ``slow`` fault (default 50)
+``x-fake-transfer: close``         stream close-delimited (``Connection: close``) instead of chunked
+``x-fake-fault: F[,F...]``         fault injection:
+    ``cut-stream``  send part of the body/stream, then close without ``[DONE]`` / terminating chunk
+    ``reset``       send part of the body/stream, then reset the connection (SO_LINGER 0 + close)
+    ``not-json``    200 with content-type application/json and body ``<html>oops</html>``
+    ``no-usage``    the answer has no ``usage`` (streams: no usage chunk)
+    ``slow``        sleep x-fake-delay-ms before answering and between stream chunks
+
+``fail_next(status, times)`` queues error answers for the next requests to any endpoint; injected errors
+carry ``retry-after-ms: 1`` (so SDK retries are instant) unless ``headers`` overrides it (``"0"`` restores
+the SDK's own backoff).  The SDK's ``x-stainless-retry-count`` is kept in ``RecordedRequest.retry_count``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import itertools
+import json
+import math
+import os
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["FakeOpenAI", "RecordedRequest", "error_body"]
+
+JSONDict = dict[str, Any]
+
+DEFAULT_CHUNKS = 5
+DEFAULT_DELAY_MS = 50
+DEFAULT_EMBEDDING_DIMENSIONS = 8
+CREATED = 1_700_000_000
+SYSTEM_FINGERPRINT = "fp_fake0001"
+SNAPSHOT_SUFFIX = "-2024-07-18"
+_LOREM_TEXT = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et "
+    "dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco laboris nisi"
+)
+LOREM = _LOREM_TEXT.split()
+RESPONSE_HEADERS = {
+    "openai-organization": "org-fake-secret",
+    "openai-project": "proj_fake",
+    "openai-version": "2020-10-01",
+    "set-cookie": "__cf_bm=fake-secret-cookie; path=/",
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-remaining-requests": "9999",
+}
+_ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Bad request (fake)."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided (fake)."),
+    403: ("permission_error", "unsupported_country_region_territory", "Forbidden (fake)."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist (fake)."),
+    409: ("invalid_request_error", None, "Conflict (fake)."),
+    422: ("invalid_request_error", None, "Unprocessable entity (fake)."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached (fake)."),
+}
+
+
+def error_body(status: int, message: str | None = None) -> JSONDict:
+    """The OpenAI error JSON for ``status``."""
+    kind, code, default = _ERROR_KINDS.get(
+        status, ("server_error", None, "The server had an error while processing your request (fake).")
+    )
+    return {"error": {"message": message or default, "type": kind, "param": None, "code": code}}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as received: lower-case header names, the JSON body (None if absent or invalid)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    raw_body: bytes = b""
+    retry_count: int | None = None  # from the SDK's x-stainless-retry-count header
+
+    @property
+    def json(self) -> Any:
+        return self.body
+
+
+@dataclass
+class _Failure:
+    status: int
+    remaining: int
+    body: JSONDict | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _StreamReply:
+    events: list[bytes]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pure helpers: text, tokens, schema samples
+
+
+def _int_header(headers: dict[str, str], name: str, default: int) -> int:
+    try:
+        return int(headers[name])
+    except (KeyError, ValueError):
+        return default
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text")
+        )
+    return ""
+
+
+def _count_message(content: Any) -> tuple[int, int]:
+    """(characters of text parts, number of image parts)."""
+    if isinstance(content, str):
+        return len(content), 0
+    chars = images = 0
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") in ("text", "input_text", "output_text"):
+                chars += len(str(part.get("text", "")))
+            elif part.get("type") in ("image_url", "input_image"):
+                images += 1
+    return chars, images
+
+
+def _prompt_tokens(messages: list[Any], tools: Any) -> int:
+    chars = images = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else message
+        c, i = _count_message(content)
+        chars += c
+        images += i
+    tokens = math.ceil(chars / 4) + 4 * len(messages) + 85 * images
+    if tools:
+        tokens += math.ceil(len(json.dumps(tools)) / 4)
+    return tokens
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def _reply_text(user_text: str, headers: dict[str, str]) -> str:
+    if "x-fake-content" in headers:
+        return headers["x-fake-content"]
+    words = _int_header(headers, "x-fake-completion-words", -1)
+    if words >= 0:
+        text = " ".join(itertools.islice(itertools.cycle(LOREM), words))
+        return text[:1].upper() + text[1:] + ("." if text else "")
+    head = user_text.split()[:8]
+    return "Summary: " + " ".join(head) if head else "Hello! How can I help you today?"
+
+
+def _sample(schema: Any, root: JSONDict, key: str, depth: int = 0) -> Any:
+    """A value valid for a simple JSON schema (objects, arrays, scalars, enums, $ref, anyOf)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _sample(target, root, key, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        options = schema.get(combinator)
+        if isinstance(options, list) and options:
+            non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+            return _sample((non_null or options)[0], root, key, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        props = schema.get("properties") or {}
+        return {name: _sample(sub, root, name, depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems", 2)), 0)
+        count = min(count, int(schema.get("maxItems", count)))
+        return [_sample(schema.get("items", {}), root, key, depth + 1) for _ in range(count)]
+    if kind == "integer":
+        return int(min(max(42, schema.get("minimum", 42)), schema.get("maximum", 42)))
+    if kind == "number":
+        return float(min(max(0.5, schema.get("minimum", 0.5)), schema.get("maximum", 0.5)))
+    if kind == "boolean":
+        return True
+    if kind == "string":
+        fmt = schema.get("format")
+        if fmt == "date-time":
+            return "2024-01-01T00:00:00Z"
+        if fmt == "date":
+            return "2024-01-01"
+        return f"fake {key}"
+    return None
+
+
+def _split(text: str, parts: int) -> list[str]:
+    """``text`` cut into at most ``parts`` non-empty pieces (one empty piece for empty text)."""
+    parts = max(1, min(parts, len(text)))
+    size, extra = divmod(len(text), parts)
+    pieces, pos = [], 0
+    for i in range(parts):
+        end = pos + size + (1 if i < extra else 0)
+        pieces.append(text[pos:end])
+        pos = end
+    return pieces
+
+
+def _served_model(model: str, headers: dict[str, str]) -> str:
+    served = headers.get("x-fake-served-model")
+    if not served:
+        return model
+    return model + SNAPSHOT_SUFFIX if served == "dated" else served
+
+
+def _sse(payload: JSONDict, event: str | None = None) -> bytes:
+    data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"event: " + event.encode() + b"\n" + data if event else data
+
+
+# --------------------------------------------------------------------------------------------------------
+# Endpoints
+
+
+def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return _error(400, "Missing required parameter: 'messages'.")
+    model = _served_model(str(body["model"]), headers)
+    tools = body.get("tools") or []
+    tool_choice = body.get("tool_choice")
+    cached = _int_header(headers, "x-fake-cached-tokens", 0)
+    reasoning = _int_header(headers, "x-fake-reasoning-tokens", 0)
+    prompt = max(_prompt_tokens(messages, tools or None), cached)
+    choices_n = max(1, int(body.get("n") or 1))
+
+    forced = None  # tool_choice {"type": "function", "function": {"name": ...}}
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        forced = (tool_choice.get("function") or {}).get("name")
+    default_calls = 1 if tools and (tool_choice == "required" or forced) else 0
+    n_calls = _int_header(headers, "x-fake-tool-calls", default_calls) if tools else 0
+    tool_calls: list[JSONDict] = []
+    for i in range(n_calls):
+        function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
+        if forced:
+            function = next(
+                (t["function"] for t in tools if t.get("function", {}).get("name") == forced), function
+            )
+        params = function.get("parameters") or {"type": "object", "properties": {}}
+        arguments = json.dumps(_sample(params, params, "arg"))
+        tool_calls.append(
+            {
+                "id": f"call_fake{num}x{i}",
+                "type": "function",
+                "function": {"name": str(function.get("name", "tool")), "arguments": arguments},
+            }
+        )
+
+    content: str | None
+    finish = "stop"
+    if tool_calls:
+        content, finish = None, "tool_calls"
+        completion_one = sum(
+            math.ceil(len(c["function"]["name"] + c["function"]["arguments"]) / 4) for c in tool_calls
+        )
+    else:
+        fmt = body.get("response_format") or {}
+        if "x-fake-content" not in headers and fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+            content = json.dumps(_sample(schema, schema, "value"))
+        elif "x-fake-content" not in headers and fmt.get("type") == "json_object":
+            content = json.dumps({"summary": _reply_text(_last_user_text(messages), headers)})
+        else:
+            content = _reply_text(_last_user_text(messages), headers)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and math.ceil(len(content) / 4) > limit:
+            content, finish = content[: limit * 4], "length"
+        completion_one = math.ceil(len(content) / 4)
+    completion = choices_n * completion_one + reasoning
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+    base: JSONDict = {"id": f"chatcmpl-{num}", "created": CREATED, "model": model}
+    with_usage = "no-usage" not in faults
+
+    if not body.get("stream"):
+        message: JSONDict = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        completion_json: JSONDict = {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                for i in range(choices_n)
+            ],
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        if with_usage:
+            completion_json["usage"] = usage
+        return _json_reply(completion_json)
+
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and with_usage
+    chunk_base: JSONDict = {
+        **base,
+        "object": "chat.completion.chunk",
+        "service_tier": "default",
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+    def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
+        payload: JSONDict = {
+            **chunk_base,
+            "choices": [
+                {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                for i in range(choices_n)
+            ],
+        }
+        if include_usage:
+            payload["usage"] = None
+        return _sse(payload)
+
+    chunks = max(1, _int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS))
+    events = [chunk({"role": "assistant", "content": None if tool_calls else "", "refusal": None})]
+    for index, call in enumerate(tool_calls):
+        head = {"index": index, "id": call["id"], "type": "function"}
+        name = call["function"]["name"]
+        events.append(chunk({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]}))
+        for piece in _split(call["function"]["arguments"], chunks):
+            events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+    if content is not None:
+        events += [chunk({"content": piece}) for piece in _split(content, chunks) if piece]
+    events.append(chunk({}, finish))
+    if include_usage:
+        events.append(_sse({**chunk_base, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    return _StreamReply(events)
+
+
+def _embedding_vector(item: Any, dimensions: int) -> list[float]:
+    seed = json.dumps(item).encode()
+    raw: list[float] = []
+    counter = 0
+    while len(raw) < dimensions:
+        digest = hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
+        raw += [(b - 127.5) / 127.5 for b in digest]
+        counter += 1
+    vector = raw[:dimensions]
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    # round-trip through float32 so that "float" and "base64" answers carry the same values
+    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in vector))))
+
+
+def _embeddings(body: JSONDict, headers: dict[str, str], faults: set[str]) -> _Reply:
+    raw_input = body.get("input")
+    if isinstance(raw_input, str) or (
+        isinstance(raw_input, list) and raw_input and all(isinstance(t, int) for t in raw_input)
+    ):
+        inputs: list[Any] = [raw_input]
+    elif isinstance(raw_input, list) and raw_input:
+        inputs = raw_input
+    else:
+        return _error(400, "'input' must be a non-empty string or array.")
+    dimensions = int(body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS)
+    b64 = body.get("encoding_format") == "base64"
+    data: list[JSONDict] = []
+    tokens = 0
+    for index, item in enumerate(inputs):
+        tokens += math.ceil(len(item) / 4) if isinstance(item, str) else len(item)
+        vector = _embedding_vector(item, dimensions)
+        embedding: Any = (
+            base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii") if b64 else vector
+        )
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    answer: JSONDict = {"object": "list", "data": data, "model": body["model"]}
+    if "no-usage" not in faults:
+        answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return _json_reply(answer)
+
+
+def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
+    raw_input = body.get("input")
+    items: list[Any] = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else []
+    if isinstance(raw_input, list):
+        items = [i for i in raw_input if isinstance(i, dict)]
+    instructions = body.get("instructions")
+    counted = items + ([{"content": instructions}] if isinstance(instructions, str) else [])
+    tools = body.get("tools") or []
+    cached = _int_header(headers, "x-fake-cached-tokens", 0)
+    reasoning = _int_header(headers, "x-fake-reasoning-tokens", 0)
+    input_tokens = max(_prompt_tokens(counted, tools or None), cached)
+
+    text_format = (body.get("text") or {}).get("format") or {"type": "text"}
+    if "x-fake-content" not in headers and text_format.get("type") == "json_schema":
+        schema = text_format.get("schema") or {}
+        text = json.dumps(_sample(schema, schema, "value"))
+    else:
+        text = _reply_text(_last_user_text(items), headers)
+    output_tokens = math.ceil(len(text) / 4) + reasoning
+    usage = {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input_tokens + output_tokens,
+    }
+    msg_id = f"msg_fake{num}"
+    part_done = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    item_done = {
+        "id": msg_id,
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [part_done],
+    }
+
+    def response(status: str, output: list[JSONDict], final: bool) -> JSONDict:
+        answer: JSONDict = {
+            "id": f"resp_{num}",
+            "object": "response",
+            "created_at": CREATED,
+            "status": status,
+            "background": False,
+            "completed_at": CREATED + 1 if final else None,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": instructions,
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": None,
+            "model": _served_model(str(body["model"]), headers),
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": body.get("previous_response_id"),
+            "prompt_cache_key": None,
+            "reasoning": {"effort": None, "summary": None},
+            "safety_identifier": None,
+            "service_tier": "default",
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": text_format, "verbosity": "medium"},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": tools,
+            "top_logprobs": 0,
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "user": None,
+            "metadata": body.get("metadata") or {},
+        }
+        if final and "no-usage" not in faults:
+            answer["usage"] = usage
+        elif not final:
+            answer["usage"] = None
+        return answer
+
+    if not body.get("stream"):
+        return _json_reply(response("completed", [item_done], True))
+
+    sequence = itertools.count()
+    where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
+
+    def event(kind: str, **payload: Any) -> bytes:
+        return _sse({"type": kind, "sequence_number": next(sequence), **payload}, kind)
+
+    pieces = _split(text, max(1, _int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS)))
+    return _StreamReply(
+        [
+            event("response.created", response=response("in_progress", [], False)),
+            event("response.in_progress", response=response("in_progress", [], False)),
+            event(
+                "response.output_item.added",
+                output_index=0,
+                item={**item_done, "status": "in_progress", "content": []},
+            ),
+            event("response.content_part.added", **where, part={**part_done, "text": ""}),
+            *(event("response.output_text.delta", **where, delta=p, logprobs=[]) for p in pieces if p),
+            event("response.output_text.done", **where, text=text, logprobs=[]),
+            event("response.content_part.done", **where, part=part_done),
+            event("response.output_item.done", output_index=0, item=item_done),
+            event("response.completed", response=response("completed", [item_done], True)),
+        ]
+    )
+
+
+def _json_reply(payload: JSONDict, status: int = 200, headers: dict[str, str] | None = None) -> _Reply:
+    return _Reply(status, json.dumps(payload).encode(), headers=dict(headers or {}))
+
+
+def _error(
+    status: int,
+    message: str | None = None,
+    body: JSONDict | None = None,
+    headers: dict[str, str] | None = None,
+) -> _Reply:
+    return _json_reply(body if body is not None else error_body(status, message), status, headers)
+
+
+_ROUTES = {
+    "/v1/chat/completions": _chat,
+    "/v1/responses": _responses,
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# HTTP plumbing
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 2048
+
+    def __init__(self, address: tuple[str, int], fake: FakeOpenAI) -> None:
+        self.fake = fake
+        self.connections: set[socket.socket] = set()
+        self.connections_cv = threading.Condition()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind() calls socket.getfqdn(), which can stall on a reverse DNS lookup.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # client went away, reset, server stopping: not news
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # small writes (headers, then body or SSE chunks) must not wait for delayed ACKs (Nagle)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.connections_cv:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.connections_cv:
+                self.server.connections.discard(self.connection)
+                self.server.connections_cv.notify_all()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.fake.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            data = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(data)
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self) -> None:
+        self._started = time.monotonic()
+        fake = self.server.fake
+        raw = self._read_body()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        path = urlsplit(self.path).path
+        retry = headers.get("x-stainless-retry-count", "")
+        num = fake._record(
+            RecordedRequest(
+                method=self.command,
+                path=path,
+                headers=headers,
+                body=body,
+                raw_body=raw,
+                retry_count=int(retry) if retry.isdigit() else None,
+            )
+        )
+        self._num = num
+        faults = {f.strip() for f in headers.get("x-fake-fault", "").split(",") if f.strip()}
+        self._delay = (
+            _int_header(headers, "x-fake-delay-ms", DEFAULT_DELAY_MS) / 1000 if "slow" in faults else 0
+        )
+        if self._delay:
+            time.sleep(self._delay)
+
+        try:
+            reply = self._answer(path, headers, body, num, faults)
+        except Exception as exc:  # a request the fake does not understand: answer like a server bug would
+            reply = _error(500, f"fake server error: {exc!r}")
+        if isinstance(reply, _StreamReply):
+            self._send_stream(reply, faults, headers.get("x-fake-transfer", "").lower() == "close")
+        else:
+            self._send(reply, faults)
+
+    def _answer(
+        self, path: str, headers: dict[str, str], body: Any, num: int, faults: set[str]
+    ) -> _Reply | _StreamReply:
+        failure = self.server.fake._take_failure()
+        if failure is not None:
+            return _error(failure.status, body=failure.body, headers=failure.headers)
+        status = _int_header(headers, "x-fake-status", 0)
+        if status >= 400:
+            return _error(status, headers={"retry-after-ms": "1"})
+        if "not-json" in faults:
+            return _Reply(200, b"<html>oops</html>")
+        if self.command != "POST" or path not in (*_ROUTES, "/v1/embeddings"):
+            return _error(404, f"Invalid URL ({self.command} {path})")
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request (fake).")
+        if not isinstance(body.get("model"), str):
+            return _error(400, "You must provide a model parameter.")
+        if path == "/v1/embeddings":
+            return _embeddings(body, headers, faults)
+        return _ROUTES[path](body, headers, num, faults)
+
+    def _send_head(self, status: int, content_type: str, extra: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("x-request-id", f"req_{self._num}")
+        self.send_header("openai-processing-ms", str(int((time.monotonic() - self._started) * 1000)))
+        for name, value in {**RESPONSE_HEADERS, **extra}.items():
+            self.send_header(name, value)
+
+    def _send(self, reply: _Reply, faults: set[str]) -> None:
+        self._send_head(reply.status, reply.content_type, {**reply.headers})
+        self.send_header("content-length", str(len(reply.body)))
+        self.end_headers()
+        if "cut-stream" in faults or "reset" in faults:
+            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self._abort(reset="reset" in faults)
+            return
+        self.wfile.write(reply.body)
+
+    def _send_stream(self, reply: _StreamReply, faults: set[str], close_delimited: bool) -> None:
+        extra = {"cache-control": "no-cache"}
+        if close_delimited:
+            extra["connection"] = "close"
+        else:
+            extra["transfer-encoding"] = "chunked"
+        self._send_head(200, "text/event-stream; charset=utf-8", extra)
+        self.end_headers()
+        cut = len(reply.events) // 2 if {"cut-stream", "reset"} & faults else len(reply.events)
+        for index, event in enumerate(reply.events[:cut]):
+            if index and self._delay:
+                time.sleep(self._delay)
+            self.wfile.write(event if close_delimited else b"%x\r\n%s\r\n" % (len(event), event))
+        if cut < len(reply.events):
+            self._abort(reset="reset" in faults)
+        elif not close_delimited:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _abort(self, reset: bool) -> None:
+        """Close the connection now: FIN (truncated body) or, with ``reset``, RST."""
+        self.close_connection = True
+        if reset:
+            time.sleep(0.02)  # let the client read what was sent before the RST
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # detach() leaves the socket object (still used by rfile/wfile/finish()) closed and inert
+            os.close(self.connection.detach())
+
+
+class FakeOpenAI:
+    """The fake server; ``start()`` (or ``with``) runs it in a daemon thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> None:
+        self.host = host
+        self.port = port
+        self.verbose = verbose
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._counter = itertools.count(1)
+        self._failures: list[_Failure] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        if self._server is None:
+            self._server = _Server((self.host, self.port), self)
+            self.port = int(self._server.server_address[1])
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        server.shutdown()
+        with server.connections_cv:
+            for connection in list(server.connections):  # wake handlers idling on keep-alive connections
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            server.connections_cv.wait_for(lambda: not server.connections, timeout=5)
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def fail_next(
+        self,
+        status: int,
+        times: int = 1,
+        *,
+        body: JSONDict | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """The next ``times`` requests (any endpoint) answer ``status`` with an OpenAI error body."""
+        if times <= 0:
+            return
+        with self._lock:
+            self._failures.append(_Failure(status, times, body, {"retry-after-ms": "1", **(headers or {})}))
+
+    def reset(self) -> None:
+        """Forget recorded requests and queued failures."""
+        with self._lock:
+            self.requests.clear()
+            self._failures.clear()
+
+    def _record(self, request: RecordedRequest) -> int:
+        with self._lock:
+            self.requests.append(request)
+            return next(self._counter)
+
+    def _take_failure(self) -> _Failure | None:
+        with self._lock:
+            if not self._failures:
+                return None
+            failure = self._failures[0]
+            failure.remaining -= 1
+            if failure.remaining <= 0:
+                self._failures.pop(0)
+            return failure
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible server for tests and demos.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    args = parser.parse_args(argv)
+    server = FakeOpenAI(args.host, args.port, verbose=not args.quiet).start()
+    print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,569 @@
+"""The fake OpenAI server, exercised end to end through the real ``openai`` SDK (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pydantic
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.fake_openai import FakeOpenAI, error_body
+
+MODEL = "gpt-4o-mini"
+USER_TEXT = "Please summarise the quarterly report for the board"
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": USER_TEXT}]
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+    tags: list[str]
+    nickname: str | None
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake: FakeOpenAI) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=2) as sdk:
+        yield sdk
+
+
+def async_client(fake: FakeOpenAI, max_retries: int = 2) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=max_retries)
+
+
+# -- chat completions ----------------------------------------------------------------------------------
+
+
+def test_chat_non_stream(fake: FakeOpenAI, client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model=MODEL, messages=USER)
+
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.object == "chat.completion"
+    assert completion.model == MODEL
+    assert completion.system_fingerprint
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "Summary: Please summarise the quarterly report for the board"
+    usage = completion.usage
+    assert usage is not None
+    assert usage.prompt_tokens == math.ceil(len(USER_TEXT) / 4) + 4
+    assert usage.completion_tokens == math.ceil(len(choice.message.content) / 4)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 0
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 0
+
+    [request] = fake.requests
+    assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+    assert request.headers["authorization"] == "Bearer sk-test"
+    assert request.body["messages"] == USER
+    assert request.retry_count == 0
+
+
+def test_chat_usage_and_content_control_headers(client: openai.OpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            ],
+        },
+    ]
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        n=3,
+        extra_headers={
+            "x-fake-completion-words": "7",
+            "x-fake-cached-tokens": "2",
+            "x-fake-reasoning-tokens": "11",
+            "x-fake-served-model": "dated",
+        },
+    )
+    assert completion.model == f"{MODEL}-2024-07-18"
+    assert len(completion.choices) == 3
+    content = completion.choices[0].message.content
+    assert content is not None
+    assert len(content.split()) == 7
+    assert {c.message.content for c in completion.choices} == {content}
+    usage = completion.usage
+    assert usage is not None
+    assert usage.prompt_tokens == math.ceil((9 + 24) / 4) + 2 * 4 + 85
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 2
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 11
+    assert usage.completion_tokens == 3 * math.ceil(len(content) / 4) + 11
+
+
+def test_chat_max_tokens_truncates(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        max_completion_tokens=2,
+        extra_headers={"x-fake-content": "x" * 40},
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].message.content == "x" * 8
+
+
+def test_chat_stream_without_usage(client: openai.OpenAI) -> None:
+    expected = client.chat.completions.create(model=MODEL, messages=USER)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            stream=True,
+            extra_headers={"x-fake-chunks": "3"},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    deltas = [c.choices[0].delta.content for c in chunks[1:-1]]
+    assert len(deltas) == 3
+    assert "".join(d or "" for d in deltas) == expected.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.choices for c in chunks)
+    assert all("usage" not in c.model_fields_set for c in chunks)
+    assert {c.id for c in chunks} == {chunks[0].id}
+
+
+def test_chat_stream_include_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    with stream:
+        chunks = list(stream)
+    assert len(chunks) == 1 + 5 + 1 + 1
+    *body, last = chunks
+    assert all("usage" in c.model_fields_set and c.usage is None for c in body)
+    assert body[-1].choices[0].finish_reason == "stop"
+    assert last.choices == []
+    assert last.usage is not None
+    text = "".join(c.choices[0].delta.content or "" for c in body)
+    assert last.usage.completion_tokens == math.ceil(len(text) / 4)
+
+
+@pytest.mark.asyncio
+async def test_chat_async_stream_and_create(fake: FakeOpenAI) -> None:
+    async with async_client(fake) as sdk:
+        completion = await sdk.chat.completions.create(model=MODEL, messages=USER)
+        stream = await sdk.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage == completion.usage
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == completion.choices[0].message.content
+    assert fake.requests[-1].headers["x-stainless-async"].startswith("async")
+
+
+def test_tool_calls(client: openai.OpenAI) -> None:
+    tools = [openai.pydantic_function_tool(Person)]
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        tools=tools,
+        tool_choice="required",
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    [call] = choice.message.tool_calls
+    assert call.type == "function"
+    assert call.function.name == "Person"
+    Person.model_validate_json(call.function.arguments)
+
+    two = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        tools=tools,
+        extra_headers={"x-fake-tool-calls": "2"},
+    )
+    assert two.choices[0].message.tool_calls is not None
+    assert len(two.choices[0].message.tool_calls) == 2
+    plain = client.chat.completions.create(model=MODEL, messages=USER, tools=tools)
+    assert plain.choices[0].message.tool_calls is None
+
+    named = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        tools=[*tools, openai.pydantic_function_tool(Weather)],
+        tool_choice={"type": "function", "function": {"name": "Weather"}},
+    )
+    assert named.choices[0].message.tool_calls is not None
+    [forced] = named.choices[0].message.tool_calls
+    assert forced.type == "function"
+    assert forced.function.name == "Weather"
+    assert Weather.model_validate_json(forced.function.arguments).city == "fake city"
+
+
+def test_tool_calls_stream(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        tools=[openai.pydantic_function_tool(Person)],
+        stream=True,
+        extra_headers={"x-fake-tool-calls": "2"},
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        for delta in choice.delta.tool_calls or []:
+            call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += delta.id or ""
+            if delta.function is not None:
+                call["name"] += delta.function.name or ""
+                call["arguments"] += delta.function.arguments or ""
+    assert finish == "tool_calls"
+    assert sorted(calls) == [0, 1]
+    for call in calls.values():
+        assert call["id"].startswith("call_")
+        assert call["name"] == "Person"
+        Person.model_validate_json(call["arguments"])
+
+
+def test_parse_with_pydantic_model(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.parse(
+        model=MODEL,
+        messages=USER,
+        response_format=Person,
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Person)
+    assert parsed.age == 42
+
+    with pytest.raises(pydantic.ValidationError):
+        client.chat.completions.parse(
+            model=MODEL,
+            messages=USER,
+            response_format=Person,
+            extra_headers={"x-fake-content": '{"name": "no age"}'},
+        )
+
+
+# -- embeddings ----------------------------------------------------------------------------------------
+
+
+def test_embeddings_base64_default_and_float(fake: FakeOpenAI, client: openai.OpenAI) -> None:
+    default = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta gamma"])
+    assert fake.requests[-1].body["encoding_format"] == "base64"
+    floats = client.embeddings.create(
+        model="text-embedding-3-small", input=["alpha", "beta gamma"], encoding_format="float"
+    )
+    assert isinstance(json.loads(fake.requests[-1].raw_body)["input"], list)
+    assert [d.embedding for d in default.data] == [d.embedding for d in floats.data]
+    assert [d.index for d in default.data] == [0, 1]
+    assert len(default.data[0].embedding) == 8
+    assert default.data[0].embedding != default.data[1].embedding
+    assert math.isclose(sum(v * v for v in default.data[0].embedding), 1.0, rel_tol=1e-5)
+    assert default.usage.prompt_tokens == default.usage.total_tokens == 2 + 3
+
+    single = client.embeddings.create(model="text-embedding-3-small", input="alpha", dimensions=4)
+    assert len(single.data) == 1
+    assert len(single.data[0].embedding) == 4
+
+
+@pytest.mark.asyncio
+async def test_embeddings_async(fake: FakeOpenAI) -> None:
+    async with async_client(fake) as sdk:
+        result = await sdk.embeddings.create(model="text-embedding-3-small", input="hello")
+    assert result.model == "text-embedding-3-small"
+    assert len(result.data[0].embedding) == 8
+
+
+# -- responses -----------------------------------------------------------------------------------------
+
+
+def test_responses_non_stream(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL,
+        input="Tell me about the fake server",
+        instructions="Be brief.",
+        extra_headers={"x-fake-cached-tokens": "1", "x-fake-reasoning-tokens": "3"},
+    )
+    assert response.id.startswith("resp_")
+    assert response.status == "completed"
+    assert response.output_text == "Summary: Tell me about the fake server"
+    usage = response.usage
+    assert usage is not None
+    assert usage.input_tokens == math.ceil((29 + 9) / 4) + 2 * 4
+    assert usage.input_tokens_details.cached_tokens == 1
+    assert usage.output_tokens == math.ceil(len(response.output_text) / 4) + 3
+    assert usage.output_tokens_details.reasoning_tokens == 3
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+
+
+def test_responses_parse(client: openai.OpenAI) -> None:
+    response = client.responses.parse(model=MODEL, input="who?", text_format=Person)
+    assert isinstance(response.output_parsed, Person)
+
+
+def test_responses_stream(client: openai.OpenAI) -> None:
+    with client.responses.create(
+        model=MODEL, input="stream me please", stream=True, extra_headers={"x-fake-chunks": "4"}
+    ) as stream:
+        events = list(stream)
+    kinds = [e.type for e in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * 4,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    assert completed.response.output_text == deltas == "Summary: stream me please"
+    assert completed.response.usage is not None
+    assert completed.response.usage.output_tokens == math.ceil(len(deltas) / 4)
+
+
+@pytest.mark.asyncio
+async def test_responses_async(fake: FakeOpenAI) -> None:
+    async with async_client(fake) as sdk:
+        response = await sdk.responses.create(model=MODEL, input="hi")
+        stream = await sdk.responses.create(model=MODEL, input="hi", stream=True)
+        events = [event async for event in stream]
+    assert response.output_text == "Summary: hi"
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == response.output_text
+
+
+# -- errors, retries, faults ---------------------------------------------------------------------------
+
+
+def test_fail_next_then_success_retries(fake: FakeOpenAI, client: openai.OpenAI) -> None:
+    fake.fail_next(500)
+    completion = client.chat.completions.create(model=MODEL, messages=USER)
+    assert completion.choices[0].message.content
+    assert [r.retry_count for r in fake.requests] == [0, 1]
+
+    fake.reset()
+    assert fake.requests == []
+    fake.fail_next(429, times=3, body={"error": {"message": "slow down", "type": "requests", "code": None}})
+    with pytest.raises(openai.RateLimitError) as excinfo:
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+    assert excinfo.value.message.endswith("slow down")
+    assert [r.retry_count for r in fake.requests] == [0, 1, 2]
+    assert excinfo.value.response.headers["x-request-id"].startswith("req_")
+
+
+@pytest.mark.asyncio
+async def test_fail_next_async(fake: FakeOpenAI) -> None:
+    fake.fail_next(503, times=2)
+    async with async_client(fake) as sdk:
+        response = await sdk.responses.create(model=MODEL, input="hi")
+    assert response.output_text
+    assert [r.retry_count for r in fake.requests] == [0, 1, 2]
+
+
+def test_status_header_and_unknown_path(fake: FakeOpenAI, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            extra_headers={"x-fake-status": "400"},
+        )
+    assert excinfo.value.body == error_body(400)["error"]
+    assert len(fake.requests) == 1  # 4xx are not retried
+
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.post("/nope", cast_to=object, body={})
+    assert "Invalid URL (POST /v1/nope)" in not_found.value.message
+
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages="not a list")  # type: ignore[arg-type]
+
+
+def test_response_headers(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=USER)
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert raw.headers["openai-organization"] == "org-fake-secret"
+    assert raw.headers["openai-project"] == "proj_fake"
+    assert raw.headers["set-cookie"].startswith("__cf_bm=fake-secret-cookie")
+    assert int(raw.headers["openai-processing-ms"]) >= 0
+    assert raw.headers["content-type"] == "application/json"
+    assert raw.parse().choices
+
+
+@pytest.mark.parametrize("fault", ["cut-stream", "reset"])
+def test_stream_faults_raise(fake: FakeOpenAI, client: openai.OpenAI, fault: str) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        stream=True,
+        extra_headers={"x-fake-fault": fault},
+    )
+    received: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        received.extend(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert 0 < len(received) < 7
+    assert len(fake.requests) == 1  # mid-stream errors are not retried
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fault", ["cut-stream", "reset"])
+async def test_stream_faults_raise_async(fake: FakeOpenAI, fault: str) -> None:
+    async with async_client(fake) as sdk:
+        stream = await sdk.responses.create(
+            model=MODEL, input="hi", stream=True, extra_headers={"x-fake-fault": fault}
+        )
+        kinds: list[str] = []
+
+        async def drain() -> None:
+            async for event in stream:
+                kinds.append(event.type)
+
+        with pytest.raises(openai.APIConnectionError):
+            await drain()
+    assert kinds
+    assert "response.completed" not in kinds
+
+
+def test_cut_close_delimited_stream_ends_early(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            stream=True,
+            extra_headers={"x-fake-fault": "cut-stream", "x-fake-transfer": "close"},
+        )
+    )
+    assert 0 < len(chunks) < 7
+    assert all(c.choices[0].finish_reason is None for c in chunks)
+
+    whole = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            stream=True,
+            extra_headers={"x-fake-transfer": "close"},
+        )
+    )
+    assert whole[-1].choices[0].finish_reason == "stop"
+
+
+def test_reset_non_stream_is_a_connection_error(fake: FakeOpenAI) -> None:
+    with (
+        openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0) as sdk,
+        pytest.raises(openai.APIConnectionError),
+    ):
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            extra_headers={"x-fake-fault": "reset"},
+        )
+
+
+def test_not_json_no_usage_and_slow(client: openai.OpenAI) -> None:
+    with pytest.raises(ValueError, match="Expecting value"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            extra_headers={"x-fake-fault": "not-json"},
+        )
+
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        extra_headers={"x-fake-fault": "no-usage"},
+    )
+    assert completion.usage is None
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-fake-fault": "no-usage"},
+    )
+    assert all(chunk.choices for chunk in stream)
+
+    start = time.monotonic()
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            stream=True,
+            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "20", "x-fake-chunks": "2"},
+        )
+    )
+    # 20 ms before answering + 20 ms between each of the 4 chunks
+    assert time.monotonic() - start >= 0.08
+    assert len(chunks) == 4
+
+
+@pytest.mark.asyncio
+async def test_concurrent_async_calls(fake: FakeOpenAI) -> None:
+    async with async_client(fake) as sdk:
+        results = await asyncio.gather(
+            *(
+                sdk.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": f"call number {i}"}],
+                )
+                for i in range(200)
+            )
+        )
+    assert sorted(r.choices[0].message.content or "" for r in results) == sorted(
+        f"Summary: call number {i}" for i in range(200)
+    )
+    assert len({r.id for r in results}) == 200
+    assert len(fake.requests) == 200
+
+
+def test_standalone_main() -> None:
+    script = Path(__file__).with_name("fake_openai.py")
+    with subprocess.Popen(
+        [sys.executable, str(script), "--port", "0", "--quiet"], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            banner = proc.stdout.readline()
+            base_url = banner.split(" on ")[1].split()[0]
+            with openai.OpenAI(api_key="sk-test", base_url=base_url, max_retries=0) as sdk:
+                completion = sdk.chat.completions.create(model=MODEL, messages=USER)
+            assert completion.choices[0].message.content
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=5)
+            proc.stdout.close()
+    assert proc.returncode == 0
