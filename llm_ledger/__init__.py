@@ -18,7 +18,7 @@ from typing import TypeVar as _TypeVar
 
 from ._config import Settings, configure, get_monitor
 from ._context import LensRun, TrackedContext
-from ._errors import CassetteError, ConfigError, LedgerError, PriceFileError
+from ._errors import BudgetError, CassetteError, CassetteMissError, ConfigError, LedgerError, PriceFileError
 from ._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from ._jsonl import flush_all as _flush_all
 from ._monitor import LLMCallMonitor, Redactor, Sink
@@ -26,8 +26,10 @@ from ._pricing import Cost, PriceTable, Rates, price
 from ._records import CallRecord, LensRecord, LensSummary
 
 __all__ = [
+    "BudgetError",
     "CallRecord",
     "CassetteError",
+    "CassetteMissError",
     "ConfigError",
     "Cost",
     "JsonlFileHandler",

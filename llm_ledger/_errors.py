@@ -2,8 +2,10 @@
 
     LedgerError
     ├── ConfigError          bad arguments to configure() / LLMCallMonitor, or bad environment variables
-    │   └── PriceFileError   a user price file that cannot be used (names file, line and key)
-    └── CassetteError        a cassette file that cannot be loaded safely (the pytest plugin)
+    │   ├── PriceFileError   a user price file that cannot be used (names file, line and key)
+    │   └── BudgetError      a budgets.yaml that cannot be used (names file, line and key)
+    ├── CassetteError        a cassette file that cannot be loaded safely (the pytest plugin)
+    └── CassetteMissError    a request with no unplayed match in its cassette, (replay-only mode)
 
 Errors inside the monitor while it watches a call are never raised to the caller: they are
 reported on the ``llm_ledger.internal`` logger instead.
@@ -11,7 +13,14 @@ reported on the ``llm_ledger.internal`` logger instead.
 
 from __future__ import annotations
 
-__all__ = ["CassetteError", "ConfigError", "LedgerError", "PriceFileError"]
+__all__ = [
+    "BudgetError",
+    "CassetteError",
+    "CassetteMissError",
+    "ConfigError",
+    "LedgerError",
+    "PriceFileError",
+]
 
 
 class LedgerError(Exception):
@@ -28,3 +37,11 @@ class PriceFileError(ConfigError):
 
 class CassetteError(LedgerError):
     """A cassette file is malformed or unsafe to load."""
+
+
+class BudgetError(ConfigError):
+    """A budgets file that cannot be used: not YAML, an unknown key, a wrong type or a negative limit."""
+
+
+class CassetteMissError(LedgerError):
+    """A request reached a cassette that holds no unplayed match and may not record it."""

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import yaml
 
-from llm_ledger._errors import ConfigError
+from llm_ledger._errors import BudgetError
 
 __all__ = ["LIMIT_KEYS", "METRIC_OF", "BudgetError", "Budgets", "Limits", "load_budgets", "parse_budgets"]
 
@@ -46,10 +46,6 @@ _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _STR_TAG = "tag:yaml.org,2002:str"
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class BudgetError(ConfigError):
-    """A budgets file that cannot be used: not YAML, an unknown key, a wrong type or a negative limit."""
 
 
 @dataclass(frozen=True)

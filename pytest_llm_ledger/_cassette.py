@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from llm_ledger._errors import LedgerError
+from llm_ledger._errors import CassetteMissError
 
 from . import _format
 from ._format import Body
@@ -39,10 +39,6 @@ _MAX_DIFFS = 8
 _MAX_VALUE = 120
 
 Key = tuple[str, str, str, str | bytes]
-
-
-class CassetteMissError(LedgerError):
-    """A request reached a cassette that holds no unplayed match and may not record it."""
 
 
 def _canonical_body(raw: bytes | None) -> str | bytes:
