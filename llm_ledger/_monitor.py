@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 from ._context import LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
-from ._extract import usage_of
+from ._extract import request_shape, usage_of
 from ._pricing import PriceTable
 from ._records import (
     LOGGER_NAME,
@@ -137,6 +137,9 @@ class LLMCallMonitor:
         self.redact = redact
         self.stream_usage = stream_usage
         self._logger = logging.getLogger(logger) if logger is not None else None
+        if self._logger is not None and self._logger.level == logging.NOTSET:
+            # records are INFO; without this the root logger's default WARNING would drop them
+            self._logger.setLevel(logging.INFO)
         self._sinks: tuple[Sink, ...] = tuple(sinks)
         self._sinks_lock = threading.Lock()
         self._unpriced: set[str] = set()
@@ -225,8 +228,6 @@ class LLMCallMonitor:
         call.content = {k: strings(body[k]) for k in keys if k in body and body[k] is not None}
 
     def _begin(self, operation: str, body: Mapping[str, Any], stream: bool, secret: str | None) -> _Call:
-        from ._extract import request_shape
-
         call = _Call(operation, request_shape(operation, body, stream=stream), secret)
         if self.capture_content:
             self._capture_request(call, body)
@@ -270,9 +271,13 @@ class LLMCallMonitor:
             response["request_id"] = call.request_id
         prompt_cost = completion_cost = None
         total_cost: Decimal | None = None
-        if usage["prompt_tokens"] is not None:
+        if usage["prompt_tokens"] is not None and usage["completion_tokens"] is not None:
             model = response["model"] or call.request["model"]
-            cost = self._cost(model, call.request["model"], usage)
+            try:
+                cost = self._cost(model, call.request["model"], usage)
+            except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
+                self._report("pricing a call", exc)
+                cost = None  # the call is still recorded, with a null cost
             if cost is not None:
                 prompt_cost, completion_cost, total_cost = (
                     cost.prompt_cost_usd,

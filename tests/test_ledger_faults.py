@@ -1,0 +1,191 @@
+"""Never break the caller: failures injected inside the ledger never change what the SDK gives."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+import llm_ledger._instrument
+import llm_ledger._monitor as monitor_module
+import llm_ledger.testing
+from llm_ledger import _jsonl
+from llm_ledger.testing import Captured
+from tests.fake_openai import FakeOpenAI
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def _boom(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("injected fault")
+
+
+def test_a_sink_that_raises_is_reported_and_the_call_returns(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """A failing sink does not stop the call, the other sinks, or later calls."""
+    monitor.add_sink(_boom)
+    response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert response.choices[0].message.content
+    assert len(records.calls) == 1
+    assert any("injected fault" in r.getMessage() for r in internal_log.records)
+    monitor.remove_sink(_boom)
+
+
+def test_a_log_handler_that_raises_is_reported(
+    fake_openai: FakeOpenAI, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """A handler on the llm_monitor logger that raises never reaches the caller."""
+
+    class Broken(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise OSError("handler down")
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            raise OSError("handler down")
+
+    logger = logging.getLogger("test_broken_handler")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(Broken())
+    monitor = llm_ledger.LLMCallMonitor(logger="test_broken_handler")
+    client = monitor.instrument(openai.OpenAI(api_key="sk-x-12345678", base_url=fake_openai.base_url))
+    with client:
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=HI).id
+    assert any("a log handler" in r.getMessage() for r in internal_log.records)
+
+
+def test_a_fault_reading_the_request_leaves_the_call_alone(
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """If the ledger cannot read a request, the request is sent unchanged and its result returned."""
+    monkeypatch.setattr(monitor_module, "request_shape", _boom)
+    response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert response.choices[0].message.content
+    assert any("reading the request" in r.getMessage() for r in internal_log.records)
+
+
+def test_a_fault_reading_usage_leaves_the_call_alone(
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """If the ledger cannot read a response's usage, the caller still gets the response."""
+    monkeypatch.setattr(monitor_module, "usage_of", _boom)
+    response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert response.choices[0].message.content
+    assert any("recording a call" in r.getMessage() for r in internal_log.records)
+
+
+def test_a_fault_reading_a_bad_response_shape_is_contained(
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """A response the ledger does not understand is reported, and the caller still gets it."""
+    monkeypatch.setattr(llm_ledger._instrument, "response_shape", _boom)
+    response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert response.usage is not None
+    assert any("recording a call" in r.getMessage() for r in internal_log.records)
+
+
+def test_a_fault_while_watching_a_stream_does_not_change_the_chunks(
+    client: openai.OpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """A failure recording a stream is reported; the caller still gets every chunk."""
+    monkeypatch.setattr(monitor_module, "usage_of", _boom)
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert any("recording a stream" in r.getMessage() for r in internal_log.records)
+
+
+def test_a_full_disk_keeps_records_for_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """ENOSPC is reported, the records are kept, and they are written once the disk has room."""
+    handler = _jsonl.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    logger = logging.getLogger("test_full_disk")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    real_write = os.write
+    full = True
+
+    def write(fd: int, data: Any) -> int:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    try:
+        for i in range(5):
+            logger.info({"event": "llm_api_call", "n": i})
+        handler.flush()
+        assert (tmp_path / "llm_calls.jsonl").read_text() == ""
+        assert any("No space left" in r.getMessage() for r in internal_log.records)
+        full = False
+        logger.info({"event": "llm_api_call", "n": 5})
+        handler.flush()
+        lines = [json.loads(line) for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+        assert [line["n"] for line in lines] == [0, 1, 2, 3, 4, 5]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_a_removed_log_directory_is_recreated(tmp_path: Path) -> None:
+    """Deleting the log directory while running loses nothing written afterwards."""
+    import shutil
+
+    log_dir = tmp_path / "logs"
+    handler = _jsonl.JsonlFileHandler(log_dir / "llm_calls.jsonl")
+    logger = logging.getLogger("test_removed_dir")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.info({"n": 1})
+        handler.flush()
+        shutil.rmtree(log_dir)
+        logger.info({"n": 2})
+        handler.flush()
+        assert [json.loads(x)["n"] for x in (log_dir / "llm_calls.jsonl").read_text().splitlines()] == [2]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_a_response_without_usage_is_recorded_with_null_usage(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """A server that omits usage gives null tokens and cost, not zeros, and the call returns."""
+    response = client.chat.completions.create(
+        model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-fault": "no-usage"}
+    )
+    assert response.usage is None
+    [record] = records.calls
+    assert record["status"] == "ok"
+    assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
+
+
+def test_a_body_that_is_not_json_raises_what_the_sdk_raises(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+) -> None:
+    """A 200 with a non-JSON body raises the same exception as the bare SDK, and an error record."""
+    kwargs: Any = {"model": "gpt-4o-mini", "messages": HI, "extra_headers": {"x-fake-fault": "not-json"}}
+    bare = openai.OpenAI(api_key="sk-x-12345678", base_url=fake_openai.base_url, max_retries=0)
+    with bare, pytest.raises(Exception) as expected:  # noqa: PT011 - whatever the SDK raises
+        bare.chat.completions.create(**kwargs)
+    with pytest.raises(type(expected.value)) as got:
+        client.chat.completions.create(**kwargs)
+    assert str(got.value) == str(expected.value)
+    assert records.calls[0]["status"] == "error"
