@@ -1,0 +1,1 @@
+"""Runnable examples of llm-ledger (not part of the installed package)."""

@@ -1,0 +1,7 @@
+"""``python -m examples.lens_app``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

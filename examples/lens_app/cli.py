@@ -1,0 +1,236 @@
+"""``python -m examples.lens_app``: run every lens over every sample source and print what each cost."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import llm_ledger
+
+from .app import Mode, RunResult, make_client, open_cassettes, run_lenses
+from .cassettes import CASSETTE_DIR, CassetteMissError
+from .lenses import LENSES
+from .services import RunnerService
+from .sources import SOURCES_DIR, load_sources
+from .store import Store
+
+__all__ = ["build_parser", "main", "render_table"]
+
+DEFAULT_DB = "lens_app.sqlite3"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.lens_app",
+        description=(
+            "Run the example lenses over the sample articles, monitored by llm-ledger: per-call records "
+            "go to <log-dir>/llm_calls.jsonl, each lens run to the source_logs and artifacts tables. "
+            "By default the calls are replayed offline from the committed cassettes."
+        ),
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--live", action="store_true", help="call the OpenAI API for real (needs OPENAI_API_KEY; costs money)"
+    )
+    mode.add_argument(
+        "--record",
+        action="store_true",
+        help="call the API (or the server at --base-url) and rewrite the cassettes of the lenses run",
+    )
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="OpenAI-compatible API base URL for --live / --record, e.g. http://127.0.0.1:8123/v1",
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra HTTP header on every request with --live / --record (repeatable; never in cassettes)",
+    )
+    parser.add_argument(
+        "--lens",
+        action="append",
+        choices=sorted(LENSES),
+        metavar="KEY",
+        help=f"run only these lenses: {', '.join(LENSES)}",
+    )
+    parser.add_argument("--source", action="append", metavar="SLUG", help="run only over these sources")
+    parser.add_argument(
+        "--db", default=DEFAULT_DB, metavar="PATH", help=f"SQLite database (default: {DEFAULT_DB})"
+    )
+    parser.add_argument(
+        "--log-dir", default="logs", metavar="DIR", help="where llm_calls.jsonl goes (default: logs)"
+    )
+    parser.add_argument(
+        "--cassette-dir",
+        type=Path,
+        default=CASSETTE_DIR,
+        metavar="DIR",
+        help="cassette directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sources-dir", type=Path, default=SOURCES_DIR, metavar="DIR", help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def _headers(parser: argparse.ArgumentParser, raw: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for item in raw:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            parser.error(f"--header {item!r} is not 'NAME: VALUE'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _cost(usd: float, complete: bool = True) -> str:
+    return f"${usd:.6f}" + ("" if complete else "+")
+
+
+def _duration(ms: float) -> str:
+    return f"{ms:,.0f} ms" if ms < 10_000 else f"{ms / 1000:,.1f} s"
+
+
+def render_table(results: Sequence[RunResult]) -> list[str]:
+    """The per-lens-run table: lens, source, calls, tokens, cost (sub-cent digits) and duration."""
+    header = ["lens", "source", "calls", "tokens", "cost (USD)", "duration"]
+    rows: list[list[str]] = []
+    calls = tokens = 0
+    cost = 0.0
+    complete = True
+    for result in results:
+        if result.artifact is None:
+            rows.append(
+                [result.lens_key, result.source.slug, "-", "-", "-", f"FAILED: {type(result.error).__name__}"]
+            )
+            continue
+        usage = result.artifact.usage
+        calls += usage["api_calls"]
+        tokens += usage["total_tokens"]
+        cost += usage["total_cost_usd"]
+        complete = complete and usage["cost_complete"]
+        rows.append(
+            [
+                result.lens_key,
+                result.source.slug,
+                str(usage["api_calls"]),
+                f"{usage['total_tokens']:,}",
+                _cost(usage["total_cost_usd"], usage["cost_complete"]),
+                _duration(usage["duration_ms"]),
+            ]
+        )
+    rows.append(["total", f"{len(results)} lens runs", str(calls), f"{tokens:,}", _cost(cost, complete), ""])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    right = {2, 3, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return [line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])]
+
+
+def _mode(args: argparse.Namespace) -> Mode:
+    return "live" if args.live else "record" if args.record else "replay"
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the demo; returns the exit status (1 when a lens run failed, 2 on a usage error)."""
+    out = out or sys.stdout
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    mode = _mode(args)
+    api_key = os.environ.get("OPENAI_API_KEY") or None
+    if mode == "live" and not api_key:
+        parser.error(
+            "--live calls the OpenAI API and needs OPENAI_API_KEY in the environment; "
+            "set it, or drop --live to replay the committed cassettes offline"
+        )
+    if mode == "record" and not api_key and not args.base_url:
+        parser.error(
+            "--record calls the OpenAI API and needs OPENAI_API_KEY; or record from a local "
+            "OpenAI-compatible server: `python tests/fake_openai.py --port 8123` and "
+            "--base-url http://127.0.0.1:8123/v1"
+        )
+    if mode == "replay" and (args.base_url or args.header):
+        parser.error(
+            "--base-url and --header apply to --live and --record; replay answers from the cassettes"
+        )
+    headers = _headers(parser, args.header)
+
+    sources = load_sources(args.sources_dir)
+    if args.source:
+        unknown = sorted(set(args.source) - {s.slug for s in sources})
+        if unknown:
+            parser.error(f"unknown source(s) {unknown}; choose from {[s.slug for s in sources]}")
+        sources = [s for s in sources if s.slug in args.source]
+    lens_keys = [key for key in LENSES if not args.lens or key in args.lens]
+
+    cassettes = open_cassettes(mode, lens_keys, args.cassette_dir)
+    missing = [c for c in cassettes.values() if mode == "replay" and not c.existed]
+    if missing:
+        names = ", ".join(str(c.path) for c in missing)
+        parser.error(f"no cassette {names}; record it with: {missing[0].rerecord_command('rewrite')}")
+
+    llm_ledger.configure(log_dir=args.log_dir)
+    log_file = Path(args.log_dir) / "llm_calls.jsonl"
+    where = {
+        "replay": f"replaying cassettes from {_shown(args.cassette_dir)} (offline; --live calls the API)",
+        "live": f"calling {args.base_url or os.environ.get('OPENAI_BASE_URL') or 'the OpenAI API'} (live)",
+        "record": f"recording into {_shown(args.cassette_dir)} from {args.base_url or 'the OpenAI API'}",
+    }[mode]
+    print(f"lens_app: {len(lens_keys)} lenses over {len(sources)} sources, {where}\n", file=out)
+
+    with Store(args.db) as store:
+
+        async def go() -> list[RunResult]:
+            client = make_client(
+                mode, cassettes=cassettes, base_url=args.base_url, api_key=api_key, headers=headers
+            )
+            async with client:
+                return await run_lenses(RunnerService(client, store), lens_keys, sources, cassettes)
+
+        results = asyncio.run(go())
+    llm_ledger.flush()
+
+    for row in render_table(results):
+        print(row, file=out)
+    print(
+        f"\nper-call records appended to {log_file}; lens summaries in {args.db} "
+        "(source_logs.extra_data, artifacts.usage)",
+        file=out,
+    )
+    print(f"summarise the log with: {_report_command()} {log_file} --by model", file=out)
+    failures = [r for r in results if r.error is not None]
+    for result in failures:
+        print(f"\n{result.lens_key} on {result.source.slug} failed:", file=out)
+        if isinstance(result.error, CassetteMissError):
+            print(str(result.error), file=out)
+        else:
+            print(f"  {type(result.error).__name__}: {result.error}", file=out)
+    return 1 if failures else 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _report_command() -> str:
+    script = Path(sys.executable).parent / "llm-ledger"  # the venv's console script, if installed
+    if script.is_file():
+        return f"{_shown(script)} report"
+    return "python -m llm_ledger._cli report"
