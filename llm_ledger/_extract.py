@@ -122,6 +122,10 @@ def _details(obj: Any, name: str, field: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _tokens(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
 def usage_of(operation: str, usage: Any) -> Usage:
     """Normalise a chat / embeddings / responses ``usage`` object to the record's names."""
     if usage is None:
@@ -144,7 +148,9 @@ def usage_of(operation: str, usage: Any) -> Usage:
             completion = 0
         cached = _details(usage, "prompt_tokens_details", "cached_tokens")
         reasoning = _details(usage, "completion_tokens_details", "reasoning_tokens")
-    total = getattr(usage, "total_tokens", None)
+    # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
+    prompt, completion, cached, reasoning = (_tokens(v) for v in (prompt, completion, cached, reasoning))
+    total = _tokens(getattr(usage, "total_tokens", None))
     if total is None and isinstance(prompt, int) and isinstance(completion, int):
         total = prompt + completion
     return {
