@@ -167,7 +167,8 @@ def _chat_sync(state: _StreamState, chunks: Iterator[Any], hide_usage: bool) -> 
     except BaseException as exc:
         state.finish("error", exc)
         raise
-    state.finish("ok")
+    # no finish_reason: the connection closed mid-stream without an error (close-delimited body)
+    state.finish("ok" if state.finish_reason is not None else "interrupted")
 
 
 async def _chat_async(
@@ -198,7 +199,8 @@ async def _chat_async(
     except BaseException as exc:
         state.finish("error", exc)
         raise
-    state.finish("ok")
+    # no finish_reason: the connection closed mid-stream without an error (close-delimited body)
+    state.finish("ok" if state.finish_reason is not None else "interrupted")
 
 
 def _events_sync(state: _StreamState, events: Iterator[Any]) -> Iterator[Any]:
