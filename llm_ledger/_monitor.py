@@ -6,11 +6,11 @@ the ``llm_ledger.internal`` logger, and the caller gets exactly what the SDK gav
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar, cast
@@ -43,6 +43,26 @@ Redactor = Callable[[str], str]
 C = TypeVar("C")
 
 internal_log = logging.getLogger("llm_ledger.internal")
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(10).hex()
+    _id_counter = itertools.count(1)
+
+
+_id_prefix = ""
+_id_counter = itertools.count(1)
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
+def _next_call_id() -> str:
+    """32 hex digits, unique across processes: a random per-process prefix and a counter.
+
+    Much cheaper than ``uuid4()``, which makes a system call per id.
+    """
+    return f"{_id_prefix}{next(_id_counter):012x}"
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 _REPORT_INTERVAL_S = 60.0
 
@@ -288,7 +308,7 @@ class LLMCallMonitor:
         if content is not None and output_text is not None:
             content["output"] = self._scrub(output_text, call)
         record = call_record(
-            call_id=uuid.uuid4().hex,
+            call_id=_next_call_id(),
             status=status,
             operation=call.operation,
             context=call.context,
@@ -335,7 +355,8 @@ class LLMCallMonitor:
             level = _LEVELNO[record["level"]]
             if logger.isEnabledFor(level):
                 try:
-                    logger.log(level, record)
+                    # a LogRecord built directly: logger.log() would walk the stack to find the caller
+                    logger.handle(logging.LogRecord(logger.name, level, "", 0, record, None, None))
                 except Exception as exc:
                     self._report("a log handler", exc)
         for sink in self._sinks:
