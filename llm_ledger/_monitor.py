@@ -63,6 +63,8 @@ def _next_call_id() -> str:
     Much cheaper than ``uuid4()``, which makes a system call per id.
     """
     return f"{_id_prefix}{next(_id_counter):012x}"
+
+
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 _REPORT_INTERVAL_S = 60.0
 
