@@ -410,3 +410,17 @@ def test_instrumenting_something_else_is_a_clear_error(monitor: llm_ledger.LLMCa
     """instrument() on an object that is not an OpenAI client names what it expected."""
     with pytest.raises(TypeError, match="expects an openai client"):
         monitor.instrument(object())
+
+
+@pytest.mark.asyncio
+async def test_async_retries_and_request_id_are_recorded(
+    fake_openai: FakeOpenAI, aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """The async client's records also carry the SDK's retry count and the request id."""
+    fake_openai.fail_next(503)
+    await aclient.with_options(max_retries=2).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    record = _only(records)
+    assert record["retries"] == 1
+    assert record["response"]["request_id"].startswith("req_")

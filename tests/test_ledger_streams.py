@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -245,3 +249,34 @@ def test_stream_record_never_holds_content(client: openai.OpenAI, records: Captu
     list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
     dumped = json.dumps(records.calls[0])
     assert "story" not in dumped and "Summary" not in dumped and "content" not in records.calls[0]
+
+
+@pytest.mark.asyncio
+async def test_async_abandoned_stream_is_recorded_when_collected(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """An async stream dropped without close() is recorded as interrupted once collected."""
+    stream = await aclient.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": "10"}
+    )
+    await stream.__anext__()
+    del stream
+    gc.collect()
+    assert [r["status"] for r in records.calls] == ["interrupted"]
+
+
+def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """A stream still open when the interpreter exits is written as interrupted, not lost."""
+    script = textwrap.dedent(
+        f"""
+        import openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        kept = client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)
+        next(kept)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    [line] = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert line["status"] == "interrupted"
