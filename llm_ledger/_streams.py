@@ -94,6 +94,8 @@ class _StreamState:
                     if self.text is not None:
                         self.text.append(text)
                 if delta.tool_calls:
+                    if call.ttft is None:
+                        call.ttft = time.perf_counter() - call.start_perf
                     for tool_call in delta.tool_calls:
                         if tool_call.id:
                             self.tool_calls += 1

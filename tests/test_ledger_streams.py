@@ -153,6 +153,7 @@ def test_tool_call_stream_is_counted(client: openai.OpenAI, records: Captured) -
     )
     [record] = records.calls
     assert record["response"]["tool_calls_count"] == 1 and record["response"]["finish_reason"] == "tool_calls"
+    assert record["timing"]["time_to_first_token_ms"] is not None
 
 
 def test_stream_helper_is_recorded(client: openai.OpenAI, records: Captured) -> None:
