@@ -438,6 +438,8 @@ def _load_price_file(path: str | os.PathLike[str]) -> dict[str, Rates]:
         raise PriceFileError(f"{name}:{line}: invalid YAML: {exc.reason}") from None
     except yaml.YAMLError as exc:
         raise PriceFileError(f"{name}: invalid YAML: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise PriceFileError(f"{name}: invalid YAML: nested too deeply to be a price file") from None
     return _parse_price_document(root, name)
 
 
