@@ -1,0 +1,366 @@
+"""``llm-ledger scrub CASSETTE...``: remove credentials and identifiers from existing cassettes.
+
+For teams moving from plain vcrpy, whose cassettes often hold ``Authorization`` headers, cookies and
+organisation ids. Reads vcrpy cassettes (YAML or JSON serializer) and llm-ledger's own, always with
+a safe loader (YAML tags that would build Python objects are refused), and rewrites each file in
+place atomically (temporary file + rename, file mode kept). What it removes:
+
+* every header not on the plugin's allow-list (``content-type``; ``content-encoding`` is kept on
+  responses so a compressed body stays readable): ``Authorization``, ``api-key``, cookies,
+  ``OpenAI-Organization`` / ``OpenAI-Project``, ``x-stainless-*``, ``user-agent``...;
+* the values of query parameters named like credentials (``api_key``, ``key``, ``token``...);
+* the values of JSON body fields named like credentials (``api_key``, ``access_token``...),
+  in request and response bodies, SSE events included;
+* anything shaped like an OpenAI secret key (``sk-...``) left in a URL or a body.
+
+``--check`` changes nothing and exits 1 when a file would change, listing what (never the secret
+values), so CI can refuse cassettes that leak. Exit status: 0 clean or scrubbed, 1 ``--check``
+found something, 2 a file could not be read safely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ._errors import CassetteError
+
+__all__ = ["register", "scrub_document", "scrub_file"]
+
+REDACTED: Final = "REDACTED"
+# names compared lower-case with "-" read as "_"
+_SECRET_QUERY: Final = frozenset(
+    {"api_key", "apikey", "key", "access_token", "token", "client_secret", "secret", "password", "sig",
+     "signature", "auth", "authorization"}
+)  # fmt: skip
+_SECRET_FIELDS: Final = frozenset(
+    {"api_key", "apikey", "openai_api_key", "x_api_key", "access_token", "refresh_token", "id_token",
+     "client_secret", "secret", "password", "authorization", "api_token", "auth_token"}
+)  # fmt: skip
+_KEY_SHAPE: Final = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
+_KEY_REPLACEMENT: Final = "sk-" + REDACTED
+_EXTRA_RESPONSE_HEADERS: Final = frozenset({"content-encoding"})
+
+
+def _normal(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def _allow_lists() -> tuple[frozenset[str], frozenset[str]]:
+    """The plugin's header allow-lists, so recording and scrubbing keep the same headers."""
+    from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS
+
+    return frozenset(REQUEST_HEADERS), frozenset(RESPONSE_HEADERS) | _EXTRA_RESPONSE_HEADERS
+
+
+class _Scrubber:
+    def __init__(self) -> None:
+        self.findings: list[str] = []
+        self.request_headers, self.response_headers = _allow_lists()
+        self._seen: set[int] = set()  # YAML aliases share objects: visit each once (no alias bombs)
+
+    def note(self, place: str, what: str) -> None:
+        self.findings.append(f"{place}: {what}")
+
+    def first_visit(self, value: Any) -> bool:
+        if id(value) in self._seen:
+            return False
+        self._seen.add(id(value))
+        return True
+
+    # -- strings, JSON, URLs ------------------------------------------------------------------------
+
+    def text(self, value: str, place: str) -> str:
+        scrubbed, count = _KEY_SHAPE.subn(_KEY_REPLACEMENT, value)
+        if count:
+            self.note(place, f"{count} secret key(s) shaped sk-... redacted")
+        return scrubbed
+
+    def json(self, value: Any, place: str, path: str = "$") -> Any:
+        if isinstance(value, dict):
+            if self.first_visit(value):
+                for key in list(value):
+                    sub = f"{path}.{key}"
+                    if (
+                        isinstance(key, str)
+                        and _normal(key) in _SECRET_FIELDS
+                        and value[key] not in (REDACTED, None)
+                    ):
+                        value[key] = REDACTED
+                        self.note(place, f"JSON field {sub} redacted")
+                    else:
+                        value[key] = self.json(value[key], place, sub)
+            return value
+        if isinstance(value, list):
+            if self.first_visit(value):
+                for index, item in enumerate(value):
+                    value[index] = self.json(item, place, f"{path}[{index}]")
+            return value
+        if isinstance(value, str):
+            return self.text(value, place)
+        return value
+
+    def url(self, value: str, place: str) -> str:
+        parts = urlsplit(value)
+        if parts.query:
+            pairs = parse_qsl(parts.query, keep_blank_values=True)
+            secret = [name for name, v in pairs if _normal(name) in _SECRET_QUERY and v != REDACTED]
+            if secret:
+                for name in secret:
+                    self.note(place, f"query parameter {name!r} redacted")
+                query = urlencode([(n, REDACTED if n in secret else v) for n, v in pairs])
+                value = urlunsplit(parts._replace(query=query))
+        return self.text(value, place)
+
+    # -- headers and bodies ------------------------------------------------------------------------
+
+    def headers(self, node: dict[str, Any], allowed: frozenset[str], place: str) -> None:
+        headers = node.get("headers")
+        if headers is None:
+            return
+        if not isinstance(headers, dict):
+            raise ValueError(
+                f"{place}.headers must be a mapping of header names, not {type(headers).__name__}"
+            )
+        dropped = sorted(str(name) for name in headers if str(name).lower() not in allowed)
+        for name in dropped:
+            del headers[name]
+        if dropped:
+            self.note(f"{place}.headers", f"dropped {', '.join(dropped)}")
+
+    def raw_body(self, value: Any, place: str, node: dict[str, Any]) -> Any:
+        """A vcrpy body: a string, bytes (``!!binary``), possibly compressed, possibly JSON."""
+        if isinstance(value, bytes):
+            encoding = _header(node, "content-encoding")
+            try:
+                plain = _decompress(value, encoding) if encoding else value
+                text = plain.decode("utf-8")
+            except (UnicodeDecodeError, zlib.error, ValueError):
+                return value  # binary we cannot read: nothing text-shaped to scrub
+            scrubbed = self.raw_body(text, place, node)
+            if scrubbed == text:
+                return value
+            if encoding:  # stored decoded from now on: the header would lie about it
+                _drop_header(node, "content-encoding")
+            return scrubbed
+        if not isinstance(value, str):
+            return value
+        if value.lstrip()[:1] in ("{", "["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, (dict, list)):
+                before = len(self.findings)
+                parsed = self.json(parsed, place)
+                if len(self.findings) == before:
+                    return value
+                return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)
+        if "data:" in value:  # an SSE body: scrub each JSON event
+            lines = []
+            for line in value.split("\n"):
+                if line.startswith("data:") and line[5:].strip()[:1] in ("{", "["):
+                    line = "data: " + self.raw_body(line[5:].strip(), place, node)
+                lines.append(line)
+            value = "\n".join(lines)
+        return self.text(value, place)
+
+    def message(self, node: Any, place: str, allowed: frozenset[str]) -> None:
+        if not isinstance(node, dict):
+            raise ValueError(f"{place} must be a mapping, not {type(node).__name__}")
+        self.headers(node, allowed, place)
+        for key in ("uri", "url"):
+            if isinstance(node.get(key), str):
+                node[key] = self.url(node[key], f"{place}.{key}")
+        body = node.get("body")
+        if isinstance(body, dict) and "string" in body:  # vcrpy response
+            body["string"] = self.raw_body(body["string"], f"{place}.body", node)
+        elif body is not None:  # vcrpy request
+            node["body"] = self.raw_body(body, f"{place}.body", node)
+        if "json" in node:  # llm-ledger cassette bodies
+            node["json"] = self.json(node["json"], f"{place}.json")
+        if isinstance(node.get("sse"), list):
+            node["sse"] = self.json(node["sse"], f"{place}.sse")
+        if isinstance(node.get("text"), str):
+            node["text"] = self.text(node["text"], f"{place}.text")
+
+
+def _header(node: dict[str, Any], name: str) -> str:
+    for key, value in (node.get("headers") or {}).items():
+        if str(key).lower() == name:
+            return str(value[0] if isinstance(value, list) and value else value)
+    return ""
+
+
+def _drop_header(node: dict[str, Any], name: str) -> None:
+    headers = node.get("headers") or {}
+    for key in [k for k in headers if str(k).lower() == name]:
+        del headers[key]
+
+
+def _decompress(data: bytes, encoding: str) -> bytes:
+    for enc in reversed([e.strip().lower() for e in encoding.split(",") if e.strip()]):
+        if enc in ("gzip", "x-gzip"):
+            data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
+        elif enc == "deflate":
+            try:
+                data = zlib.decompress(data)
+            except zlib.error:
+                data = zlib.decompress(data, -zlib.MAX_WBITS)
+        elif enc != "identity":
+            raise ValueError(f"cannot decode content-encoding {enc!r}")
+    return data
+
+
+def scrub_document(doc: Any) -> list[str]:
+    """Scrub a loaded cassette in place; returns what changed (places and names, never values).
+
+    Raises ``ValueError`` naming the place when the document is not a cassette.
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("interactions"), list):
+        raise ValueError("the top level must be a mapping with an 'interactions' list")
+    scrubber = _Scrubber()
+    for index, interaction in enumerate(doc["interactions"]):
+        place = f"interactions[{index}]"
+        if not isinstance(interaction, dict):
+            raise ValueError(f"{place} must be a mapping, not {type(interaction).__name__}")
+        if not scrubber.first_visit(interaction):
+            continue
+        for part, allowed in (("request", scrubber.request_headers), ("response", scrubber.response_headers)):
+            if part in interaction:
+                scrubber.message(interaction[part], f"{place}.{part}", allowed)
+    return scrubber.findings
+
+
+def _load(path: Path) -> tuple[Any, str, bool]:
+    """The cassette document, the comment lines heading the file, and whether it is JSON."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CassetteError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CassetteError(f"{path}: is a directory, expected a cassette file") from None
+    except UnicodeDecodeError as exc:
+        raise CassetteError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    as_json = path.suffix.lower() == ".json"
+    try:
+        if as_json:
+            return json.loads(text), "", True
+        loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        doc = yaml.load(text, Loader=loader)
+    except ValueError as exc:  # json.JSONDecodeError
+        raise CassetteError(f"{path}: not valid JSON ({exc})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        why = "; tags that would build Python objects are refused" if "tag" in problem else ""
+        raise CassetteError(f"{path}: {line}not valid YAML ({problem}){why}") from None
+    except yaml.YAMLError as exc:
+        raise CassetteError(f"{path}: not valid YAML ({exc})") from None
+    except RecursionError:
+        raise CassetteError(f"{path}: nested too deeply to be a cassette") from None
+    lines = text.splitlines(True)
+    top = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    return doc, "".join(lines[:top]), False  # the comment block heading the file is kept
+
+
+def _dump(doc: Any, header: str, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(doc, indent=4, ensure_ascii=False) + "\n"
+    import yaml
+
+    dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return header + yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def scrub_file(path: Path, *, check: bool = False) -> list[str]:
+    """Scrub one cassette in place (or only report, with ``check``); returns what changed.
+
+    Raises :class:`~llm_ledger.CassetteError` naming the file for anything that cannot be read safely.
+    """
+    doc, header, as_json = _load(path)
+    try:
+        findings = scrub_document(doc)
+    except ValueError as exc:
+        raise CassetteError(f"{path}: not a cassette: {exc}") from None
+    except RecursionError:
+        raise CassetteError(f"{path}: nested too deeply to be a cassette") from None
+    if findings and not check:
+        _write_atomic(path, _dump(doc, header, as_json))
+    return findings
+
+
+def _run(args: argparse.Namespace) -> int:
+    failed = changed = 0
+    for name in args.cassettes:
+        path = Path(name)
+        try:
+            findings = scrub_file(path, check=args.check)
+        except CassetteError as exc:
+            print(f"llm-ledger scrub: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except OSError as exc:
+            print(f"llm-ledger scrub: error: {path}: cannot rewrite: {exc.strerror or exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if findings:
+            changed += 1
+            verb = "would scrub" if args.check else "scrubbed"
+            print(f"{path}: {verb} {len(findings)} item(s)")
+            for finding in findings:
+                print(f"  {finding}")
+    if args.check and changed:
+        files = " ".join(_quote(n) for n in args.cassettes)
+        print(f"{changed} cassette(s) hold credentials or identifiers; fix with: llm-ledger scrub {files}")
+    if failed:
+        return 2
+    return 1 if args.check and changed else 0
+
+
+def _quote(name: str) -> str:
+    import shlex
+
+    return shlex.quote(name)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``scrub`` to the ``llm-ledger`` console script."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "scrub",
+        help="remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    parser.add_argument("cassettes", nargs="+", metavar="CASSETTE", help="cassette files (.yaml or .json)")
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 listing what would be scrubbed (for CI)"
+    )
+    parser.set_defaults(func=_run)

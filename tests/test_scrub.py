@@ -1,0 +1,270 @@
+"""`llm-ledger scrub`: credentials and identifiers leave existing cassettes, which still replay."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import vcr
+import yaml
+
+from llm_ledger import _scrub
+from llm_ledger._cli import build_parser, main
+from tests.fake_openai import FakeOpenAI
+from tests.reliability_helpers import FAKE_KEY
+
+pytestmark = pytest.mark.reliability
+
+# every value a recording against the fake server (or a careless team) can leak
+SECRETS = (
+    FAKE_KEY,
+    "LEAKCHECK",
+    "org-fake-secret",
+    "proj_fake",
+    "fake-secret-cookie",
+    "Bearer",
+    "x-stainless",
+    "user-agent",
+)
+
+
+def _record(server: FakeOpenAI, path: Path, serializer: str, *, leaky_body: bool = True) -> list[Any]:
+    """Record a plain vcrpy cassette the way teams without llm-ledger do; returns what the calls gave."""
+    extra_body = {"api_key": FAKE_KEY} if leaky_body else None
+    query = {"api_key": FAKE_KEY} if leaky_body else None
+    results: list[Any] = []
+    with (
+        vcr.use_cassette(str(path), serializer=serializer, record_mode="all"),
+        openai.OpenAI(
+            api_key=FAKE_KEY,
+            organization="org-LEAKCHECK",
+            project="proj_LEAKCHECK",
+            base_url=server.base_url,
+            default_headers={"Cookie": "session=LEAKCHECK"},
+            default_query=query,
+            max_retries=0,
+        ) as client,
+    ):
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi there"}], extra_body=extra_body
+        )
+        results.append(answer.choices[0].message.content)
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "stream please"}], stream=True
+        )
+        results.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    return results
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = main(["scrub", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize("serializer", ["yaml", "json"])
+def test_check_lists_what_would_go_and_changes_nothing(
+    fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str], serializer: str
+) -> None:
+    """--check exits 1 naming each header, query parameter and JSON field, without printing a secret."""
+    path = tmp_path / f"cassette.{serializer}"
+    _record(fake_openai, path, serializer)
+    before = path.read_bytes()
+    status, out, err = _run(capsys, "--check", str(path))
+    assert status == 1, err
+    assert path.read_bytes() == before
+    assert "dropped" in out and "authorization" in out and "set-cookie" in out
+    assert "query parameter 'api_key' redacted" in out
+    assert "JSON field $.api_key redacted" in out
+    assert "llm-ledger scrub" in out  # the command that fixes it
+    assert FAKE_KEY not in out and "LEAKCHECK" not in out and "fake-secret" not in out
+
+
+@pytest.mark.parametrize("serializer", ["yaml", "json"])
+def test_scrub_removes_every_secret_and_is_idempotent(
+    fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str], serializer: str
+) -> None:
+    """After scrub no key, cookie, org/project id or SDK header is left; a second --check finds nothing."""
+    path = tmp_path / f"cassette.{serializer}"
+    _record(fake_openai, path, serializer)
+    status, out, err = _run(capsys, str(path))
+    assert status == 0, err
+    assert "scrubbed" in out
+    text = path.read_text()
+    for secret in SECRETS:
+        assert secret.lower() not in text.lower(), secret
+    assert "content-type" in text  # the allow-list keeps what replay needs
+    assert _run(capsys, "--check", str(path))[0] == 0
+
+
+def test_scrubbed_vcrpy_cassette_still_replays(
+    fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scrubbed vcrpy cassette replays offline to the same answers (plain and streamed)."""
+    path = tmp_path / "cassette.yaml"
+    recorded = _record(fake_openai, path, "yaml", leaky_body=False)
+    assert _run(capsys, str(path))[0] == 0
+    fake_openai.reset()
+    replayed: list[Any] = []
+    with (
+        vcr.use_cassette(str(path), record_mode="none"),
+        openai.OpenAI(
+            api_key="sk-other-key-for-replay", base_url=fake_openai.base_url, max_retries=0
+        ) as client,
+    ):
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi there"}]
+        )
+        replayed.append(answer.choices[0].message.content)
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "stream please"}], stream=True
+        )
+        replayed.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    assert replayed == recorded
+    assert fake_openai.requests == []  # served from the cassette
+
+
+def _vcr_doc(request_body: Any, response_body: Any, response_headers: dict[str, list[str]]) -> dict[str, Any]:
+    return {
+        "interactions": [
+            {
+                "request": {
+                    "body": request_body,
+                    "headers": {
+                        "Authorization": [f"Bearer {FAKE_KEY}"],
+                        "Content-Type": ["application/json"],
+                    },
+                    "method": "POST",
+                    "uri": f"https://api.openai.com/v1/embeddings?key={FAKE_KEY}&api-version=2024-10-21",
+                },
+                "response": {
+                    "body": {"string": response_body},
+                    "headers": response_headers,
+                    "status": {"code": 200, "message": "OK"},
+                },
+            }
+        ],
+        "version": 1,
+    }
+
+
+def test_compressed_and_sse_bodies_are_scrubbed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Secrets inside a gzip body and inside SSE events are found; the gzip body is stored decoded."""
+    leaky = json.dumps({"data": [], "echo": {"access_token": "tok-LEAKCHECK", "note": f"key {FAKE_KEY}"}})
+    path = tmp_path / "gz.yaml"
+    doc = _vcr_doc(
+        f"data: {json.dumps({'api_key': FAKE_KEY})}\n\ndata: [DONE]\n\n",
+        gzip.compress(leaky.encode()),
+        {"Content-Encoding": ["gzip"], "Content-Type": ["application/json"]},
+    )
+    path.write_text(yaml.safe_dump(doc))
+    status, out, err = _run(capsys, str(path))
+    assert status == 0, err
+    text = path.read_text()
+    assert "LEAKCHECK" not in text and FAKE_KEY not in text
+    assert "api-version=2024-10-21" in text  # a query parameter that is not a credential stays
+    scrubbed = yaml.safe_load(text)["interactions"][0]
+    assert "Content-Encoding" not in scrubbed["response"]["headers"]
+    assert json.loads(scrubbed["response"]["body"]["string"])["echo"]["access_token"] == "REDACTED"
+    assert "query parameter 'key' redacted" in out
+
+
+def test_llm_ledger_cassettes_keep_their_header_comment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """llm-ledger's own cassettes are scrubbed too (json and sse bodies) and keep their leading comments."""
+    path = tmp_path / "ledger.yaml"
+    path.write_text(
+        "# llm-ledger cassette for tests/test_x.py::test_y\n# re-record: pytest ...\n"
+        "version: 1\ninteractions:\n- request:\n    method: POST\n    url: https://api.openai.com/v1/responses\n"
+        "    headers: {content-type: application/json, x-api-key: secret}\n"
+        f"    json: {{model: gpt-4o-mini, input: hi, api_key: {FAKE_KEY}}}\n"
+        "  response:\n    status: 200\n    headers: {content-type: text/event-stream}\n"
+        f"    sse:\n    - {{event: response.created, data: {{type: response.created, note: {FAKE_KEY}}}}}\n"
+    )
+    assert _run(capsys, str(path))[0] == 0
+    text = path.read_text()
+    assert text.startswith("# llm-ledger cassette for tests/test_x.py::test_y\n# re-record: pytest ...\n")
+    assert FAKE_KEY not in text and "x-api-key" not in text
+    assert yaml.safe_load(text)["interactions"][0]["request"]["json"]["api_key"] == "REDACTED"
+
+
+def test_rewrite_is_atomic_and_keeps_the_file_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed rewrite leaves the original file and no temporary file; a good one keeps the mode."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_vcr_doc("{}", "{}", {"Set-Cookie": ["a=b"]})))
+    path.chmod(0o640)
+    before = path.read_bytes()
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", refuse)  # only scrub writes while patched
+        status, _, err = _run(capsys, str(path))
+    assert status == 2
+    assert "cannot rewrite" in err and "No space left on device" in err
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.yaml"]
+    assert _run(capsys, str(path))[0] == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert os.listdir(tmp_path) == ["c.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("interactions: [\n", "not valid YAML"),
+        ("version: 1\n", "'interactions' list"),
+        ("interactions: [1]\n", "interactions[0] must be a mapping"),
+        ("interactions:\n- request: [1]\n", "interactions[0].request must be a mapping"),
+        ("interactions:\n- request: {headers: [a]}\n", "headers must be a mapping"),
+        ("[" * 5000, "nest"),
+        ("!!python/object/apply:os.getcwd []", "not valid YAML"),
+    ],
+)
+def test_unreadable_cassettes_fail_clearly_and_others_still_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, problem: str
+) -> None:
+    """A malformed cassette gives exit 2 and an error naming file and problem; other files still run."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(_vcr_doc("{}", "{}", {"Set-Cookie": ["a=b"]})))
+    status, out, err = _run(capsys, str(bad), str(good))
+    assert status == 2
+    assert err.startswith(f"llm-ledger scrub: error: {bad}") and problem in err, err
+    assert "Traceback" not in err
+    assert bad.read_text() == content
+    assert "Set-Cookie" not in good.read_text() and f"{good}: scrubbed" in out
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A path that does not exist is named in a one-line error with exit status 2."""
+    status, _, err = _run(capsys, str(tmp_path / "nope.yaml"))
+    assert status == 2
+    assert err == f"llm-ledger scrub: error: {tmp_path / 'nope.yaml'}: no such file\n"
+
+
+def test_scrub_is_a_subcommand_of_the_console_script() -> None:
+    """`llm-ledger scrub` is registered and requires at least one cassette."""
+    parser = build_parser()
+    args = parser.parse_args(["scrub", "--check", "a.yaml", "b.json"])
+    assert args.cassettes == ["a.yaml", "b.json"] and args.check
+    with pytest.raises(SystemExit):
+        parser.parse_args(["scrub"])
+
+
+def test_allow_list_is_the_plugins() -> None:
+    """Scrub keeps exactly the headers the plugin records (plus content-encoding for compressed bodies)."""
+    from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS
+
+    assert _scrub._allow_lists() == (REQUEST_HEADERS, RESPONSE_HEADERS | {"content-encoding"})
