@@ -29,6 +29,10 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _WAKE_S = 0.2
+# after a wake-up the writer lets records gather this long before writing them: one wake-up, one
+# format pass and one write per batch instead of a thread switch and a system call per record
+# (flush() and close() cut the wait short)
+_BATCH_S = 0.02
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 
 
@@ -57,6 +61,7 @@ class JsonlFileHandler(logging.Handler):
         self.setFormatter(formatter or LedgerJsonFormatter(json_ensure_ascii=False))
         self._queue: collections.deque[logging.LogRecord | threading.Event] = collections.deque()
         self._wake = threading.Event()
+        self._urgent = threading.Event()  # set by flush() / close(): write now, do not gather a batch
         self._pending: list[bytes] = []  # formatted lines not yet written (after a failed write)
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
@@ -88,6 +93,7 @@ class JsonlFileHandler(logging.Handler):
             return
         done = threading.Event()
         self._queue.append(done)
+        self._urgent.set()
         self._wake.set()
         done.wait(timeout)
 
@@ -95,6 +101,7 @@ class JsonlFileHandler(logging.Handler):
         if not self._closed:
             self.flush()
             self._closed = True
+            self._urgent.set()
             self._wake.set()
             self._thread.join(timeout=5)
             self._drain()
@@ -133,6 +140,8 @@ class JsonlFileHandler(logging.Handler):
         while not self._closed:
             self._wake.wait(_WAKE_S)
             self._wake.clear()
+            if self._queue and self._urgent.wait(_BATCH_S):
+                self._urgent.clear()
             self._drain()
         self._drain()
 
