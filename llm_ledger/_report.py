@@ -1,0 +1,662 @@
+"""``llm-ledger report LOG.jsonl``: calls, errors, tokens, cost and latency per lens, model, source...
+
+One streaming pass over the file in fixed-size chunks with bounded memory (one small row per group
+key), fast enough for logs of many gigabytes:
+
+* **fast path**: the key order of a record is fixed by :mod:`llm_ledger._records`, so the fields a
+  report needs are read with two short anchored regular expressions and one ``bytes.find``
+  (no JSON parsing), and their numbers are converted in bulk once per chunk;
+* **slow path**: a line the fast path does not recognise (another writer's key order, escaped
+  characters in a key, nested context values) is parsed as JSON (orjson when installed, the
+  ``fast`` extra, else the json module) and read by key;
+* a line that is not a JSON object is counted as malformed and reported with its line number;
+  JSON objects of other events (plain log messages) are counted as skipped.
+
+Calls are grouped by the model they *asked* for (``request.model``, else the served model).
+Errors are calls with status ``error`` (as in the lens summary). Lens runs come from the
+``lens_summary`` records; by model, a run counts once under each model it used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import operator
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from ._errors import ConfigError
+from ._records import CALL_EVENT, LENS_EVENT
+
+__all__ = ["FORMATS", "GROUPS", "Report", "Row", "register", "render", "summarise"]
+
+GROUPS: Final = ("lens", "model", "source_id", "service", "day")
+FORMATS: Final = ("text", "json", "markdown")
+CHUNK_BYTES: Final = 4 << 20
+PROGRESS_INTERVAL_S: Final = 0.5
+_MAX_MALFORMED_SHOWN: Final = 5
+_CONTEXT_KEY: Final = {"lens": "lens_key", "source_id": "source_id", "service": "service"}
+
+_loads: Callable[[bytes], Any]
+try:  # the optional "fast" extra
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - exercised only without orjson
+    _loads = json.loads
+
+# -- the fast path ------------------------------------------------------------------------------
+# Anchors in the fixed key order of _records.call_record / lens_record. A successful call ends with
+# `"error": null}` (no captured content follows it), so everything after its usage anchor is scalars
+# and timestamps: the last usage anchor of the line is the record's own, and the rest of the line up
+# to its error member splits on ", " into exactly _TAIL_PARTS parts.
+_NULL_ERROR: Final = b'"error": null}'
+_LENS_CONTEXT: Final = b'"event": "lens_summary", "context": {"lens_key": '
+_CONTEXT: Final = b'"context": {"lens_key": '
+_SOURCE_ID: Final = b', "source_id": '
+_SERVICE: Final = b', "service": '
+_NEXT_KEY: Final = b', "'
+_REQUEST: Final = b'}, "request": {"model": '
+_TEMPERATURE: Final = b', "temperature": '
+_SUMMARY: Final = b'}, "summary": {'
+_USAGE: Final = b'"usage": {"prompt_tokens": '
+_MODELS_USED: Final = b'"models_used": ['
+_TIMESTAMP: Final = b'{"timestamp": "'
+_SCALAR_START: Final = b'"n-0123456789tf'  # first byte of a JSON string, null, number or boolean
+_TAIL_PARTS: Final = 13
+# part of the tail -> the key text before its number (prompt_tokens' is cut off with the anchor)
+_TAIL_COLUMNS: Final = (
+    (0, b""),
+    (1, b'"completion_tokens": '),
+    (2, b'"total_tokens": '),
+    (5, b'"timing": {"duration_ms": '),
+    (11, b'"total_cost_usd": '),
+)
+_BY_CODE: Final = {"lens": 0, "source_id": 1, "service": 2, "model": 3, "day": 4}
+_not_none = partial(operator.is_not, None)
+
+
+@dataclass(slots=True)
+class Row:
+    """The totals of one group key."""
+
+    key: Any
+    lens_runs: int = 0
+    calls: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_calls: int = 0  # successful calls recorded without a cost (model missing from the price table)
+    duration_ms_total: float = 0.0
+
+    @property
+    def avg_duration_ms(self) -> float | None:
+        return self.duration_ms_total / self.calls if self.calls else None
+
+    def add(self, other: Row) -> None:
+        self.lens_runs += other.lens_runs
+        self.calls += other.calls
+        self.errors += other.errors
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        self.cost_usd += other.cost_usd
+        self.unpriced_calls += other.unpriced_calls
+        self.duration_ms_total += other.duration_ms_total
+
+    def to_json(self) -> dict[str, Any]:
+        avg = self.avg_duration_ms
+        return {
+            "key": self.key,
+            "lens_runs": self.lens_runs,
+            "calls": self.calls,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": round(self.cost_usd, 9),
+            "cost_complete": self.unpriced_calls == 0,
+            "avg_duration_ms": None if avg is None else round(avg, 3),
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    """What one pass over a log file found."""
+
+    path: str
+    group_by: str
+    lines: int = 0
+    malformed: int = 0
+    malformed_lines: list[int] = field(default_factory=list)  # the first few, 1-based
+    skipped: int = 0  # JSON objects that are neither calls nor lens summaries
+    seconds: float = 0.0
+    rows: dict[bytes, Row] = field(default_factory=dict)
+
+    def sorted_rows(self) -> list[Row]:
+        rows = list(self.rows.values())
+        if self.group_by == "day":
+            return sorted(rows, key=lambda r: _sort_text(r.key))
+        return sorted(rows, key=lambda r: (-r.cost_usd, -r.calls, -r.lens_runs, _sort_text(r.key)))
+
+    def total(self) -> Row:
+        total = Row("total")
+        for row in self.rows.values():
+            total.add(row)
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        total = self.total()
+        return {
+            "file": self.path,
+            "group_by": self.group_by,
+            "lines": self.lines,
+            "calls": total.calls,
+            "lens_runs": total.lens_runs,
+            "malformed_lines": self.malformed,
+            "first_malformed_lines": self.malformed_lines,
+            "skipped_lines": self.skipped,
+            "rows": [row.to_json() for row in self.sorted_rows()],
+            "total": {k: v for k, v in total.to_json().items() if k != "key"},
+        }
+
+
+def _sort_text(key: Any) -> str:
+    return key if isinstance(key, str) else json.dumps(key, sort_keys=True)
+
+
+def _key_value(by: str, raw: bytes) -> Any:
+    """The display value of a group key kept as raw bytes (a JSON token, or a plain day)."""
+    if by == "day":
+        return raw.decode("utf-8", "replace")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8", "replace")
+
+
+class _Summariser:
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.by = report.group_by
+        self.code = _BY_CODE[self.by]
+        # group key -> [line offset, tail, line offset, tail, ...] of the chunk's successful calls
+        self.buckets: dict[bytes, list[Any]] = {}
+        self.lens_runs: dict[bytes, int] = {}
+
+    def row(self, key: bytes) -> Row:
+        row = self.report.rows.get(key)
+        if row is None:
+            row = self.report.rows[key] = Row(_key_value(self.by, key))
+        return row
+
+    # -- per chunk ----------------------------------------------------------------------------------
+
+    def chunk(self, buf: bytes, number: int) -> int:
+        """Count the lines of ``buf`` that end with a newline; they follow line ``number`` of the file.
+
+        Returns the number of the last line counted. Deliberately one flat loop of ``find`` calls
+        on the chunk itself: no per-line objects (lines of a few hundred bytes are allocated outside
+        Python's small-object allocator, which costs more than reading them), no function calls on
+        the common paths, and the numbers of successful calls kept as text until :meth:`flush`
+        converts a whole column at once.
+        """
+        find = buf.find
+        rfind = buf.rfind
+        endswith = buf.endswith
+        code = self.code
+        buckets = self.buckets
+        lens_runs = self.lens_runs
+        scalar = _SCALAR_START
+        pos = 0
+        while (nl := find(b"\n", pos)) >= 0:
+            start = pos
+            pos = nl + 1
+            if endswith(_NULL_ERROR, start, nl):  # a successful call without captured content
+                c = find(_CONTEXT, start + 100, nl)
+                if c > 0 and buf[c + 24] in scalar:
+                    if code == 0:
+                        e = find(_SOURCE_ID, c, nl)
+                        key = buf[c + 24 : e] if e > 0 else b""
+                    else:
+                        key = self._key_at(buf, start, c, nl, _REQUEST)
+                    u = rfind(_USAGE, c, nl)
+                    if key and u > 0:
+                        bucket = buckets.get(key)
+                        if bucket is None:
+                            bucket = buckets[key] = []
+                        bucket.append(buf[u + 27 : nl - 16])  # without `, "error": null}`
+                        continue
+            else:
+                c = find(_LENS_CONTEXT, start + 40, start + 140) + 25
+                if c > 25 and buf[c + 24] in scalar:
+                    if code == 0:
+                        e = find(_SOURCE_ID, c, nl)
+                        if e > 0:
+                            key = buf[c + 24 : e]
+                            lens_runs[key] = lens_runs.get(key, 0) + 1
+                            continue
+                    elif code == 3:
+                        if self._models_used(buf, c, nl):
+                            continue
+                    else:
+                        key = self._key_at(buf, start, c, nl, _SUMMARY)
+                        if key:
+                            lens_runs[key] = lens_runs.get(key, 0) + 1
+                            continue
+            self._slow(buf, start, nl, number)
+        self.flush(number)
+        return number + buf.count(b"\n")
+
+    def _key_at(self, buf: bytes, start: int, context: int, end: int, after: bytes) -> bytes:
+        """The group key other than lens_key, as raw bytes; b"" when the fast path cannot tell."""
+        code = self.code
+        if code == 4:
+            return buf[start + 15 : start + 25] if buf.startswith(_TIMESTAMP, start) else b""
+        if code == 3:
+            r = buf.find(after, context, end)
+            # only with no "{" in the context can no nested object fake the anchor
+            if r < 0 or buf.find(b"{", context + 12, r) >= 0:
+                return b""
+            e = buf.find(_TEMPERATURE, r, end)
+            # a call without request.model is grouped by its served model, on the slow path
+            return buf[r + 24 : e] if e > 0 and buf[r + 24] == 0x22 else b""  # 0x22: '"'
+        return self._context_value(buf, context, end)
+
+    def _context_value(self, buf: bytes, context: int, end: int) -> bytes:
+        """source_id or service as its raw JSON token; b"" unless every value before it is a scalar."""
+        s = buf.find(_SOURCE_ID, context, end)
+        if s < 0 or buf[s + 15] not in _SCALAR_START:
+            return b""
+        v = buf.find(_SERVICE, s, end)
+        if v < 0:
+            return b""
+        if self.code == 1:
+            return buf[s + 15 : v]
+        if buf[v + 13] not in _SCALAR_START:
+            return b""
+        n = buf.find(_NEXT_KEY, v + 13, end)  # the next key, or the `, "request"` after the context
+        if n < 0:
+            return b""
+        return buf[v + 13 : n - 1 if buf[n - 1] == 0x7D else n]  # 0x7D: the "}" closing the context
+
+    def _models_used(self, buf: bytes, start: int, end: int) -> bool:
+        begin = buf.find(_MODELS_USED, start, end)
+        close = buf.find(b"]", begin, end)
+        if begin < 0 or close < 0:
+            return False
+        try:
+            models = json.loads(buf[begin + len(_MODELS_USED) - 1 : close + 1])
+        except ValueError:
+            return False
+        if not isinstance(models, list):
+            return False
+        for model in models or [None]:
+            key = _encode(model)
+            self.lens_runs[key] = self.lens_runs.get(key, 0) + 1
+        return True
+
+    def flush(self, number: int) -> None:
+        """Fold the chunk's successful calls and lens runs into the rows, converting numbers in bulk.
+
+        A bucket whose tails do not have the expected shape is read again tail by tail.
+        """
+        for key, tails in self.buckets.items():
+            count = len(tails)
+            try:
+                parts = b", ".join(tails).split(b", ")
+                if len(parts) != _TAIL_PARTS * count:
+                    raise ValueError("unexpected tail")
+                columns = []
+                for index, label in _TAIL_COLUMNS:
+                    text = b",".join(parts[index::_TAIL_PARTS])
+                    if label:
+                        text = text.replace(label, b"")
+                    if index == 11:
+                        text = text.replace(b"}", b"")
+                    columns.append(_loads(b"[" + text + b"]"))
+                prompt, completion, total, duration, cost = columns
+                tokens = [sum(filter(_not_none, column)) for column in (prompt, completion, total)]
+                if len(duration) != count or any(type(t) is not int for t in tokens):
+                    raise ValueError("unexpected numbers")
+                duration_ms = math.fsum(duration)
+                priced = list(filter(_not_none, cost))
+                cost_usd = math.fsum(priced)
+            except (ValueError, TypeError):
+                for tail in tails:
+                    self._tail(key, tail, number)
+                continue
+            row = self.row(key)
+            row.calls += count
+            row.prompt_tokens += tokens[0]
+            row.completion_tokens += tokens[1]
+            row.total_tokens += tokens[2]
+            row.duration_ms_total += duration_ms
+            row.cost_usd += cost_usd
+            row.unpriced_calls += count - len(priced)
+        self.buckets.clear()
+        for key, runs in self.lens_runs.items():
+            self.row(key).lens_runs += runs
+        self.lens_runs.clear()
+
+    def _tail(self, key: bytes, tail: bytes, number: int) -> None:
+        """One successful call whose tail the bulk conversion could not read."""
+        try:
+            record = _loads(b"{" + _USAGE + tail + b"}")
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            self._add_call(self.row(key), {**record, "status": "ok"})
+        else:  # the line ended like a record but is not JSON; its number is no longer known
+            self.report.malformed += 1
+
+    # -- the slow path ------------------------------------------------------------------------------
+
+    def _slow(self, buf: bytes, start: int, end: int, number: int) -> None:
+        """Read the line ``buf[start:end]`` as JSON (it follows line ``number`` of the chunk's start)."""
+        line = buf[start:end]
+        if not line.strip():
+            return
+        try:
+            record = _loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            self._malformed(number + buf.count(b"\n", 0, start) + 1)
+            return
+        event = record.get("event")
+        if event not in (CALL_EVENT, LENS_EVENT):
+            self.report.skipped += 1
+            return
+        context = _dict(record.get("context"))
+        if event == LENS_EVENT:
+            if self.by == "model":
+                models = _dict(record.get("summary")).get("models_used")
+                keys = [_encode(m) for m in models] if isinstance(models, list) and models else [b"null"]
+            else:
+                keys = [self._key(record, context)]
+            for key in keys:
+                self.lens_runs[key] = self.lens_runs.get(key, 0) + 1
+            return
+        self._add_call(self.row(self._key(record, context)), record)
+
+    @staticmethod
+    def _add_call(row: Row, record: dict[str, Any]) -> None:
+        usage = _dict(record.get("usage"))
+        cost = _float(_dict(record.get("cost")).get("total_cost_usd"))
+        row.calls += 1
+        row.prompt_tokens += _int(usage.get("prompt_tokens"))
+        row.completion_tokens += _int(usage.get("completion_tokens"))
+        row.total_tokens += _int(usage.get("total_tokens"))
+        row.duration_ms_total += _float(_dict(record.get("timing")).get("duration_ms")) or 0.0
+        status = record.get("status")
+        if status == "error":
+            row.errors += 1
+        if cost is not None:
+            row.cost_usd += cost
+        elif status == "ok":
+            row.unpriced_calls += 1
+
+    def _key(self, record: dict[str, Any], context: dict[str, Any]) -> bytes:
+        by = self.by
+        if by == "day":
+            stamp = record.get("timestamp")
+            return stamp[:10].encode("utf-8", "replace") if isinstance(stamp, str) else b"null"
+        if by == "model":
+            model = _dict(record.get("request")).get("model")
+            if model is None:
+                model = _dict(record.get("response")).get("model")
+            return _encode(model)
+        return _encode(context.get(_CONTEXT_KEY[by]))
+
+    def _malformed(self, number: int) -> None:
+        self.report.malformed += 1
+        if len(self.report.malformed_lines) < _MAX_MALFORMED_SHOWN:
+            self.report.malformed_lines.append(number)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _merge_equal_keys(report: Report) -> None:
+    """One row per key value: the fast path keeps raw JSON tokens, which can spell a value two ways."""
+    merged: dict[bytes, Row] = {}
+    for row in report.rows.values():
+        canonical = json.dumps(row.key, sort_keys=True).encode()  # JSON objects are unordered
+        if canonical in merged:
+            merged[canonical].add(row)
+        else:
+            merged[canonical] = row
+    report.rows = merged
+
+
+def summarise(
+    path: str | os.PathLike[str], by: str = "lens", *, progress: Callable[[int, int], None] | None = None
+) -> Report:
+    """Summarise a JSONL log in one pass; ``progress(bytes_read, total_bytes)`` is called per chunk.
+
+    Raises :class:`ConfigError` when the file cannot be read.
+    """
+    if by not in GROUPS:
+        raise ConfigError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+    path = Path(path)
+    started = time.perf_counter()
+    report = Report(str(path), by)
+    summariser = _Summariser(report)
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            done = 0
+            number = 0
+            carry = b""
+            while chunk := file.read(CHUNK_BYTES):
+                done += len(chunk)
+                buf = carry + chunk if carry else chunk
+                number = summariser.chunk(buf, number)  # every line that ends in this chunk
+                carry = buf[buf.rfind(b"\n") + 1 :]
+                if progress is not None:
+                    progress(done, size)
+            if carry:  # a last line without a newline
+                number = summariser.chunk(carry + b"\n", number)
+            report.lines = number
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{str(path)!r}: no such file; the ledger writes <log_dir>/llm_calls.jsonl "
+            "(log_dir is 'logs' unless configure(log_dir=...) or LLM_LEDGER_LOG_DIR says otherwise)"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{str(path)!r} is a directory; pass the llm_calls.jsonl file inside it") from None
+    except OSError as exc:
+        raise ConfigError(f"{str(path)!r}: cannot read: {exc.strerror or exc}") from None
+    _merge_equal_keys(report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# -- output -------------------------------------------------------------------------------------
+
+_HEADERS: Final = (
+    "lens runs",
+    "calls",
+    "errors",
+    "prompt tokens",
+    "completion tokens",
+    "total tokens",
+    "cost (USD)",
+    "avg ms",
+)
+
+
+def _label(key: Any) -> str:
+    if key is None:
+        return "(none)"
+    return key if isinstance(key, str) else json.dumps(key, ensure_ascii=False)
+
+
+def _cells(row: Row) -> list[str]:
+    avg = row.avg_duration_ms
+    cost = f"${row.cost_usd:,.6f}" + ("" if row.unpriced_calls == 0 else "+")
+    return [
+        f"{row.lens_runs:,}",
+        f"{row.calls:,}",
+        f"{row.errors:,}",
+        f"{row.prompt_tokens:,}",
+        f"{row.completion_tokens:,}",
+        f"{row.total_tokens:,}",
+        cost,
+        "-" if avg is None else f"{avg:,.0f}",
+    ]
+
+
+def _footer(report: Report) -> list[str]:
+    total = report.total()
+    lines = [
+        f"{report.path}: {report.lines:,} lines, {total.calls:,} calls, {total.lens_runs:,} lens runs, "
+        f"{report.malformed:,} malformed, {report.skipped:,} skipped, read in {report.seconds:.2f} s"
+    ]
+    if total.unpriced_calls:
+        lines.append(
+            f"+ {total.unpriced_calls:,} successful calls have no price (model unknown to the price table): "
+            "their cost is not included"
+        )
+    return lines
+
+
+def _text(report: Report) -> str:
+    header = [report.group_by, *_HEADERS]
+    body = [[_label(row.key), *_cells(row)] for row in report.sorted_rows()]
+    total = ["total", *_cells(report.total())]
+    widths = [max(len(r[i]) for r in [header, *body, total]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+    rule = "  ".join("-" * w for w in widths)
+    out = [line(header), rule, *(line(r) for r in body), rule, line(total), "", *_footer(report)]
+    return "\n".join(out) + "\n"
+
+
+def _markdown(report: Report) -> str:
+    def escape(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    header = [report.group_by, *_HEADERS]
+    rows = [[escape(_label(row.key)), *_cells(row)] for row in report.sorted_rows()]
+    total = [f"**{c}**" for c in ["total", *_cells(report.total())]]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---", *["---:"] * len(_HEADERS)]) + "|",
+        *("| " + " | ".join(r) + " |" for r in [*rows, total]),
+        "",
+        *_footer(report),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def render(report: Report, fmt: str = "text") -> str:
+    """The report as a text table, a Markdown table or JSON."""
+    if fmt == "json":
+        return json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+    if fmt == "markdown":
+        return _markdown(report)
+    if fmt == "text":
+        return _text(report)
+    raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Percent of bytes read, rewritten in place on stderr at most every half second."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL_S:
+            return
+        self.last = now
+        percent = 100.0 * done / total if total else 100.0
+        self.stream.write(f"\rllm-ledger report: {percent:5.1f}% of {total / 1e6:,.0f} MB")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``report`` subcommand to the ``llm-ledger`` parser."""
+    parser = subparsers.add_parser(
+        "report",
+        help="summarise an llm_calls.jsonl log: calls, errors, tokens, cost, latency per group",
+        description=(
+            "Summarise an llm-ledger JSONL log in one streaming pass: per group, the lens runs, calls, "
+            "errors, prompt/completion/total tokens, cost and average call duration."
+        ),
+    )
+    parser.add_argument("path", help="the log file, e.g. logs/llm_calls.jsonl")
+    parser.add_argument(
+        "--by", choices=GROUPS, default="lens", help="group rows by this field (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default="text", dest="fmt", help="output format (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: only when stderr is a terminal)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run ``llm-ledger report``; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    show = args.progress if args.progress is not None else err.isatty()
+    progress = _Progress(err) if show else None
+    try:
+        report = summarise(args.path, args.by, progress=progress)
+    finally:
+        if progress is not None:
+            progress.clear()
+    out.write(render(report, args.fmt))
+    if report.malformed:
+        where = ", ".join(map(str, report.malformed_lines))
+        more = ", ..." if report.malformed > len(report.malformed_lines) else ""
+        err.write(
+            f"llm-ledger report: skipped {report.malformed:,} malformed line(s) (line {where}{more}); "
+            "the other lines are counted\n"
+        )
+    return 0
