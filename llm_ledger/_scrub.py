@@ -357,7 +357,13 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "scrub",
         help="remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=(
+            "Remove credentials, cookies and organisation/project ids from cassettes recorded by vcrpy "
+            "(YAML or JSON) or by llm-ledger: keep only allow-listed headers, redact credential-named "
+            "query parameters and JSON fields and anything shaped like an OpenAI key, and rewrite each "
+            "file atomically. YAML is loaded safely; tags that would build Python objects are refused."
+        ),
+        epilog="exit status: 0 clean or scrubbed, 1 --check found something, 2 a file could not be used",
     )
     parser.add_argument("cassettes", nargs="+", metavar="CASSETTE", help="cassette files (.yaml or .json)")
     parser.add_argument(

@@ -375,6 +375,6 @@ def test_billion_laughs_cassette_is_refused_quickly_by_the_plugin(tmp_path: Path
         "except Exception as e:\n    print(type(e))\n"
     )
     try:
-        subprocess.run([sys.executable, "-c", code, str(path)], env=child_env(), timeout=5, check=True)
+        subprocess.run([sys.executable, "-c", code, str(path)], env=child_env(), timeout=3, check=True)
     except subprocess.TimeoutExpired:
-        pytest.fail("loading the cassette did not finish in 5 s")
+        pytest.fail("loading the cassette did not finish in 3 s")
