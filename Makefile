@@ -28,8 +28,11 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv
+	test -x bench/out/venv/bin/python || $(PYTHON) -m venv bench/out/venv
+	bench/out/venv/bin/python -m pip install --quiet --upgrade pip
+	bench/out/venv/bin/python -m pip install --quiet -e '.[fast]' -r bench/requirements.txt
+	bench/out/venv/bin/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) logs .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,239 @@
+"""Sections 1 and 2: what the ledger adds to a non-streamed call and to each stream chunk.
+
+Variants, interleaved in one process (A B C ..., then reversed, every round):
+
+* ``bare``: the OpenAI SDK alone;
+* ``ledger``: the same SDK client instrumented by the default monitor after
+  ``llm_ledger.configure(log_dir=<tmp>)`` (JSONL on); every batch ends with ``llm_ledger.flush()``
+  inside the timing, so the writer thread's formatting and writing are counted too;
+* ``ledger, no file``: a monitor with no logger and no sink (record building only);
+* ``ledger in a lens``: calls inside one open lens (the per-call roll-up);
+* ``ledger, a lens per call``: a lens opened and closed around every call (worst case: one lens
+  summary record per call as well).
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+
+import llm_ledger
+
+from . import _payloads
+from ._server import LoopbackServer
+from ._table import Table, verdict
+from ._timing import Batch, Timings, interleave
+
+API_KEY = "sk-bench-0123456789abcdef"
+TARGET_CALL_US = 30.0
+TARGET_LENS_US = 10.0
+TARGET_CHUNK_US = 2.0
+
+
+@dataclass
+class Sizes:
+    calls: int = 200  # calls per variant per round (in-process transport)
+    loopback_calls: int = 100
+    streams: int = 40  # streams per variant per round
+    rounds: int = 15
+    chunks: tuple[int, int] = (10, 100)  # two stream lengths: the slope is the cost per chunk
+
+
+def client(transport: httpx2.BaseTransport | None = None, base_url: str = "https://api.openai.com/v1") -> Any:
+    http = httpx2.Client(transport=transport) if transport is not None else httpx2.Client()
+    return openai.OpenAI(api_key=API_KEY, base_url=base_url, http_client=http, max_retries=0)
+
+
+@contextmanager
+def configured_ledger() -> Iterator[Path]:
+    """The default monitor, configured as an application would: JSONL on, in a temporary directory."""
+    log_dir = Path(tempfile.mkdtemp(prefix="llm-ledger-bench-"))
+    try:
+        llm_ledger.configure(log_dir=log_dir)
+        yield log_dir
+    finally:
+        llm_ledger.flush()
+        llm_ledger.configure(log_dir=None)
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def call_variants(make_client: Callable[[], Any]) -> dict[str, Batch]:
+    """The five non-streamed variants, each on its own client built by ``make_client``."""
+    bare = make_client()
+    ledgered = llm_ledger.instrument(make_client())
+    nofile = llm_ledger.LLMCallMonitor(logger=None).instrument(make_client())
+    kwargs = _payloads.chat_kwargs()
+
+    def run(sdk: Any) -> Batch:
+        create = sdk.chat.completions.create
+
+        def batch(n: int) -> None:
+            for _ in range(n):
+                create(**kwargs)
+
+        return batch
+
+    def flushed(inner: Batch) -> Batch:
+        def batch(n: int) -> None:
+            inner(n)
+            llm_ledger.flush()
+
+        return batch
+
+    def in_lens(n: int) -> None:
+        create = ledgered.chat.completions.create
+        with llm_ledger.lens("bench", source_id=1, service="bench"):
+            for _ in range(n):
+                create(**kwargs)
+        llm_ledger.flush()
+
+    def lens_per_call(n: int) -> None:
+        create = ledgered.chat.completions.create
+        for i in range(n):
+            with llm_ledger.lens("bench", source_id=i, service="bench"):
+                create(**kwargs)
+        llm_ledger.flush()
+
+    return {
+        "bare": run(bare),
+        "ledger": flushed(run(ledgered)),
+        "ledger, no file": run(nofile),
+        "ledger in a lens": in_lens,
+        "ledger, a lens per call": lens_per_call,
+    }
+
+
+def _call_rows(table: Table, where: str, t: Timings) -> None:
+    for name in t.names:
+        row = [where, name, t.median_us(name), t.spread_us(name)]
+        if name == "bare":
+            row += ["", "", t.median_us(name, "wall"), ""]
+        else:
+            row += [t.added_us(name, "bare"), f"{t.ratio(name, 'bare'):.3f}", t.median_us(name, "wall"),
+                    t.added_us(name, "bare", "wall")]  # fmt: skip
+        table.add(*row)
+
+
+def non_streamed(sizes: Sizes) -> tuple[Table, dict[str, float]]:
+    """Section 1: non-streamed ``chat.completions.create``, in-process transport and loopback HTTP."""
+    table = Table(
+        "Non-streamed chat.completions.create: µs per call (median of rounds) and what the ledger adds",
+        [
+            "transport",
+            "variant",
+            "CPU µs/call",
+            "± (IQR/2)",
+            "added CPU µs",
+            "ratio to bare",
+            "wall µs/call",
+            "added wall µs",
+        ],
+    )
+    headline: dict[str, float] = {}
+    with configured_ledger():
+        transport = _payloads.mock_transport()
+        mock = interleave(call_variants(lambda: client(transport)), calls=sizes.calls, rounds=sizes.rounds)
+        _call_rows(table, "MockTransport", mock)
+        with LoopbackServer() as server:
+            loop = interleave(
+                call_variants(lambda: client(base_url=server.base_url)),
+                calls=sizes.loopback_calls,
+                rounds=sizes.rounds,
+            )
+        _call_rows(table, "loopback HTTP", loop)
+    added = mock.added_us("ledger", "bare")
+    lens = mock.added_us("ledger in a lens", "ledger")
+    lens_per_call = mock.added_us("ledger, a lens per call", "ledger")
+    headline.update(
+        bare_us=mock.median_us("bare"),
+        ledger_added_us=added,
+        ledger_ratio=mock.ratio("ledger", "bare"),
+        lens_added_us=lens,
+        lens_per_call_added_us=lens_per_call,
+        loopback_bare_us=loop.median_us("bare"),
+        loopback_added_us=loop.added_us("ledger", "bare"),
+        loopback_ratio=loop.ratio("ledger", "bare"),
+    )
+    table.notes += [
+        f"target: the ledger adds ≤ {TARGET_CALL_US:.0f} µs per call (MockTransport, JSONL on, writer "
+        f"thread's work included): {added:.1f} µs, {verdict(added <= TARGET_CALL_US)}",
+        f"target: a lens adds ≤ {TARGET_LENS_US:.0f} µs: {lens:.1f} µs per call inside an open lens "
+        f"({verdict(lens <= TARGET_LENS_US)}); {lens_per_call:.1f} µs for a lens opened and closed "
+        f"around each call, its summary record included ({verdict(lens_per_call <= TARGET_LENS_US)})",
+        "loopback HTTP: the server runs in its own process; its answers are the same bytes",
+    ]
+    return table, headline
+
+
+def stream_variants(make_client: Callable[[], Any], caller_asks_usage: bool) -> dict[str, Batch]:
+    bare = make_client()
+    ledgered = llm_ledger.instrument(make_client())
+    extra: dict[str, Any] = {"stream": True}
+    if caller_asks_usage:
+        extra["stream_options"] = {"include_usage": True}
+    kwargs = _payloads.chat_kwargs(**extra)
+
+    def run(sdk: Any, flush: bool) -> Batch:
+        create = sdk.chat.completions.create
+
+        def batch(n: int) -> None:
+            for _ in range(n):
+                for _chunk in create(**kwargs):
+                    pass
+            if flush:
+                llm_ledger.flush()
+
+        return batch
+
+    return {"bare": run(bare, False), "ledger": run(ledgered, True)}
+
+
+def streamed(sizes: Sizes) -> tuple[Table, dict[str, float]]:
+    """Section 2: streamed calls of two lengths; the slope of the added time is the cost per chunk."""
+    table = Table(
+        "Streamed chat.completions.create (MockTransport): µs per stream and per chunk",
+        ["caller asks usage", "content chunks", "bare µs/stream", "ledger µs/stream", "added µs/stream",
+         "added µs/chunk (naive)", "ratio"],
+    )  # fmt: skip
+    headline: dict[str, float] = {}
+    short, long = sizes.chunks
+    with configured_ledger():
+        for asks in (True, False):
+            added: dict[int, float] = {}
+            for chunks in (short, long):
+                transport = _payloads.mock_transport(chunks)
+                t = interleave(
+                    stream_variants(functools.partial(client, transport), asks),
+                    calls=sizes.streams,
+                    rounds=sizes.rounds,
+                )
+                added[chunks] = t.added_us("ledger", "bare")
+                table.add("yes" if asks else "no (the ledger asks and hides it)", chunks,
+                          t.median_us("bare"), t.median_us("ledger"), added[chunks],
+                          added[chunks] / (chunks + 2), f"{t.ratio('ledger', 'bare'):.3f}")  # fmt: skip
+            slope = (added[long] - added[short]) / (long - short)
+            fixed = added[short] - slope * short
+            key = "asks" if asks else "default"
+            headline[f"chunk_us_{key}"] = slope
+            headline[f"stream_fixed_us_{key}"] = fixed
+            headline[f"stream_added_us_{key}_{long}"] = added[long]
+    per_chunk = headline["chunk_us_asks"]
+    table.notes += [
+        f"per chunk (slope between {short} and {long} chunks, caller asks usage): {per_chunk:.2f} µs; "
+        f"fixed per stream: {headline['stream_fixed_us_asks']:.1f} µs; "
+        f"target ≤ {TARGET_CHUNK_US:.0f} µs per chunk: {verdict(per_chunk <= TARGET_CHUNK_US)}",
+        f"when the caller does not ask for usage the ledger asks on its behalf (the request is copied and "
+        f"one more chunk is parsed by the SDK, then hidden): per chunk {headline['chunk_us_default']:.2f} µs,"
+        f" fixed per stream {headline['stream_fixed_us_default']:.1f} µs",
+        "naive per chunk = added per stream / (content chunks + role and finish chunks)",
+    ]
+    return table, headline

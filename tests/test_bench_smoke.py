@@ -1,0 +1,48 @@
+"""The benchmark scripts still run: ``python -m bench --quick`` once, at tiny sizes (measures nothing).
+
+Peers are optional: a peer not installed is a row saying so, never a failure of this test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
+    """All five sections run in one quick pass and write their tables and headline figures."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-m",
+            "bench",
+            "--quick",
+            "--report-lines",
+            "300",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    titles = [table["title"] for table in result["tables"]]
+    assert len(titles) == 5 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
+    headline = result["headline"]
+    for key in ("ledger_added_us", "lens_added_us", "chunk_us_asks", "replay_ratio_12", "report_lines_per_s"):
+        assert isinstance(headline[key], float), key
+    [peers] = [table for table in result["tables"] if "Peers" in table["title"]]
+    names = {row["monitor"] for row in peers["rows"]}
+    assert {"otel-openai-v2", "langfuse", "openllmetry", "langsmith"} <= names
+    assert result["machine"]["packages"]["openai"]
+    assert "| MockTransport | bare |" in proc.stdout
