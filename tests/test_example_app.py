@@ -1,0 +1,275 @@
+"""The example application end to end, replayed from cassettes by the pytest plugin.
+
+Tests marked ``llm`` replay ``cassettes/tests/test_example_app/<test>.yaml``; re-record them from the
+loopback fake server (no key, no network) with
+``pytest tests/test_example_app.py --llm-record-mode=rewrite``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import pytest_asyncio
+
+from examples.lens_app import cli
+from examples.lens_app.app import run_lenses
+from examples.lens_app.lenses import LENSES
+from examples.lens_app.services import RunnerService, artifact_usage
+from examples.lens_app.sources import Source, load_sources
+from examples.lens_app.store import Store
+from llm_ledger import _config, instrument
+from pytest_llm_ledger.plugin import LedgerRecords
+from tests.conftest import FAKE_KEY
+from tests.fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[1]
+# what the fake server answers: 60 words of lorem ipsum, about as long as a real summary
+RECORDING_HEADERS = {"x-fake-completion-words": "60"}
+
+
+def _client(server: FakeOpenAI, **headers: str) -> openai.AsyncOpenAI:
+    raw = openai.AsyncOpenAI(
+        api_key=FAKE_KEY,
+        base_url=server.base_url,
+        max_retries=0,
+        default_headers={**RECORDING_HEADERS, **headers},
+    )
+    return instrument(raw)
+
+
+@pytest_asyncio.fixture
+async def client(fake_openai: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The application's instrumented AsyncOpenAI client, pointed at the fake server (replayed in tests)."""
+    async with _client(fake_openai) as instrumented:
+        yield instrumented
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "app.sqlite3") as db:
+        yield db
+
+
+@pytest.fixture
+def sources() -> dict[str, Source]:
+    return {source.slug: source for source in load_sources()}
+
+
+def only_lens(records: LedgerRecords, lens_key: str) -> dict[str, Any]:
+    (record,) = records.lens(lens_key)
+    return record
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_default_summary_lands_in_source_logs_and_artifacts(
+    client: openai.AsyncOpenAI, store: Store, sources: dict[str, Source], llm_ledger: LedgerRecords
+) -> None:
+    """One call; its lens summary is stored on source_logs.extra_data and its usage on artifacts.usage."""
+    source = sources["heat-pumps-cold-climates"]
+    artifact = await RunnerService(client, store).run_lens(source, "default_summary")
+
+    record = only_lens(llm_ledger, "default_summary")
+    summary = record["summary"]
+    assert summary["total_api_calls"] == 1
+    assert summary["models_used"] == ["gpt-4o-mini"]
+    assert summary["prompt_tokens"] > 300  # the whole article went in
+    assert summary["total_tokens"] == summary["prompt_tokens"] + summary["completion_tokens"]
+    assert 0 < summary["total_cost_usd"] < 0.001
+    assert summary["cost_complete"] is True
+    assert record["context"]["source_id"] == source.id
+    assert record["context"]["service"] == "RunnerService"
+
+    (log,) = store.source_logs()
+    assert (log.source_id, log.lens_key, log.level) == (source.id, "default_summary", "INFO")
+    assert log.extra_data == {**summary, "lens_run_id": record["context"]["lens_run_id"]}
+    assert store.artifacts() == [artifact]
+    assert artifact.usage == artifact_usage(summary)
+    assert artifact.usage["api_calls"] == 1
+    assert artifact.content
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_deep_dive_fans_out_per_section_and_counts_every_call(
+    client: openai.AsyncOpenAI, store: Store, sources: dict[str, Source], llm_ledger: LedgerRecords
+) -> None:
+    """deep_dive: one call per section via asyncio.gather plus a synthesis, all in one lens summary."""
+    source = sources["bakery-food-waste"]
+    artifact = await RunnerService(client, store).run_lens(source, "deep_dive")
+
+    record = only_lens(llm_ledger, "deep_dive")
+    summary = record["summary"]
+    assert summary["total_api_calls"] == len(source.sections) + 1 == 5
+    assert summary["models_used"] == ["gpt-4o", "gpt-4o-mini"]
+    run_id = record["context"]["lens_run_id"]
+    assert {c["context"]["lens_run_id"] for c in llm_ledger.calls} == {run_id}
+    assert sum(c["usage"]["total_tokens"] for c in llm_ledger.calls) == summary["total_tokens"]
+    assert sum(c["cost"]["total_cost_usd"] for c in llm_ledger.calls) == pytest.approx(
+        summary["total_cost_usd"]
+    )
+    assert [c["request"]["model"] for c in llm_ledger.calls].count("gpt-4o") == 1  # the synthesis
+    assert artifact.usage["api_calls"] == 5
+    assert store.source_logs()[0].extra_data["total_api_calls"] == 5
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_image_lens_sends_the_chart_as_an_image_part(
+    client: openai.AsyncOpenAI, store: Store, sources: dict[str, Source], llm_ledger: LedgerRecords
+) -> None:
+    """image_description sends a data: URL image part; the call record counts it without its bytes."""
+    source = sources["bike-share-ridership"]
+    await RunnerService(client, store).run_lens(source, "image_description")
+
+    (call,) = llm_ledger.calls
+    assert call["request"]["has_images"] is True
+    assert call["request"]["image_count"] == 1
+    assert call["request"]["model"] == "gpt-4o"
+    assert "base64" not in str(call)
+    summary = only_lens(llm_ledger, "image_description")["summary"]
+    assert store.artifacts()[0].usage["total_cost_usd"] == summary["total_cost_usd"] > 0
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_generator_calls_count_toward_the_lens_with_their_own_service(
+    client: openai.AsyncOpenAI, store: Store, sources: dict[str, Source], llm_ledger: LedgerRecords
+) -> None:
+    """headline: GeneratorService._call_llm drafts and refines; both calls say GeneratorService, one lens."""
+    source = sources["heat-pumps-cold-climates"]
+    await RunnerService(client, store).run_lens(source, "headline")
+
+    assert [c["context"]["service"] for c in llm_ledger.calls] == ["GeneratorService", "GeneratorService"]
+    assert {c["context"]["source_id"] for c in llm_ledger.calls} == {source.id}
+    record = only_lens(llm_ledger, "headline")
+    assert record["context"]["service"] == "RunnerService"
+    assert record["summary"]["total_api_calls"] == 2
+    assert record["summary"]["models_used"] == ["gpt-4.1-mini", "gpt-4o-mini"]
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_failed_lens_run_is_logged_with_its_summary(
+    fake_openai: FakeOpenAI, store: Store, sources: dict[str, Source], llm_ledger: LedgerRecords
+) -> None:
+    """A call rejected by the API: the error propagates, source_logs gets an ERROR row, no artifact."""
+    async with _client(fake_openai, **{"x-fake-status": "400"}) as failing:
+        with pytest.raises(openai.BadRequestError):
+            await RunnerService(failing, store).run_lens(sources["bakery-food-waste"], "key_points")
+
+    (log,) = store.source_logs()
+    assert log.level == "ERROR"
+    assert log.message.startswith("BadRequestError:")
+    assert log.extra_data["errors"] == 1
+    assert log.extra_data["total_api_calls"] == 1
+    assert log.extra_data["total_tokens"] == 0
+    assert store.artifacts() == []
+    assert llm_ledger.calls[0]["status"] == "error"
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_every_lens_over_every_source(
+    client: openai.AsyncOpenAI, store: Store, llm_ledger: LedgerRecords
+) -> None:
+    """The demo's workload: 14 lens runs, each with a source log whose summary matches its calls."""
+    results = await run_lenses(RunnerService(client, store), list(LENSES), load_sources(), {})
+
+    assert [r.error for r in results] == [None] * 14
+    logs = store.source_logs()
+    assert len(logs) == len(store.artifacts()) == 14
+    assert sum(log.extra_data["total_api_calls"] for log in logs) == llm_ledger.api_calls == 29
+    for log in logs:
+        calls = [c for c in llm_ledger.calls if c["context"]["lens_run_id"] == log.extra_data["lens_run_id"]]
+        assert sum(c["usage"]["total_tokens"] for c in calls) == log.extra_data["total_tokens"]
+        assert log.extra_data["cost_complete"] is True
+
+
+def test_image_lens_refuses_a_source_without_images(store: Store, sources: dict[str, Source]) -> None:
+    """A lens that needs images does not apply to an article without any (and makes no call)."""
+    runner = RunnerService(openai.AsyncOpenAI(api_key=FAKE_KEY), store)
+    assert runner.applies("image_description", sources["bakery-food-waste"]) is False
+    assert runner.applies("image_description", sources["bike-share-ridership"]) is True
+
+
+# -- the demo command ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_ledger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """configure() as on a fresh import, and the llm_monitor logger restored afterwards."""
+    logger = logging.getLogger("llm_monitor")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    monkeypatch.setattr(_config, "_monitor", None)
+    monkeypatch.setattr(_config, "_settings", None)
+    monkeypatch.setattr(_config, "_handler", None)
+    yield
+    handler = _config._handler
+    if handler is not None:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
+def test_demo_replays_the_committed_cassettes_offline(tmp_path: Path, fresh_ledger: None) -> None:
+    """`make demo`: every lens replayed from cassettes/examples/lens_app; a table, the log, the database."""
+    out = io.StringIO()
+    status = cli.main(["--db", str(tmp_path / "demo.sqlite3"), "--log-dir", str(tmp_path / "logs")], out=out)
+    text = out.getvalue()
+    assert status == 0, text
+    rows = [line for line in text.splitlines() if line.split()[:1] and line.split()[0] in LENSES]
+    assert len(rows) == 14
+    assert re.search(r"^total\s+14 lens runs\s+29\s+[\d,]+\s+\$0\.\d{6}\s*$", text, re.MULTILINE), text
+    log = (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()
+    assert sum('"event": "llm_api_call"' in line for line in log) == 29
+    assert sum('"event": "lens_summary"' in line for line in log) == 14
+    with Store(tmp_path / "demo.sqlite3") as db:
+        assert len(db.source_logs()) == 14
+        assert all(log.extra_data["total_cost_usd"] > 0 for log in db.source_logs())
+
+
+def test_live_mode_refuses_to_start_without_a_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--live without OPENAI_API_KEY exits 2 with what to set, before anything runs."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--live"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--live calls the OpenAI API and needs OPENAI_API_KEY" in err
+    assert "drop --live to replay the committed cassettes offline" in err
+
+
+def test_record_mode_needs_a_key_or_a_local_server(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--record without OPENAI_API_KEY or --base-url exits 2 and shows how to record from the fake server."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["--record"])
+    assert "python tests/fake_openai.py --port 8123" in capsys.readouterr().err
+
+
+def test_committed_cassettes_hold_no_credentials() -> None:
+    """No key, auth header, cookie, organisation/project id or x-stainless header in the app's cassettes."""
+    forbidden = re.compile(
+        r"authorization|api-key|sk-[A-Za-z0-9_-]{16,}|set-cookie|openai-organization|openai-project|x-stainless",
+        re.IGNORECASE,
+    )
+    files = [
+        *(ROOT / "cassettes" / "examples" / "lens_app").glob("*.yaml"),
+        *(ROOT / "cassettes" / "tests" / "test_example_app").glob("*.yaml"),
+    ]
+    assert len(files) >= 5
+    for path in files:
+        assert not forbidden.search(path.read_text()), path
