@@ -20,8 +20,10 @@ Errors are calls with status ``error`` (as in the lens summary). Lens runs come 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import multiprocessing
 import operator
 import os
 import sys
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, BinaryIO, Final, TextIO
 
 from ._errors import ConfigError
 from ._records import CALL_EVENT, LENS_EVENT
@@ -40,6 +42,7 @@ __all__ = ["FORMATS", "GROUPS", "Report", "Row", "register", "render", "summaris
 GROUPS: Final = ("lens", "model", "source_id", "service", "day")
 FORMATS: Final = ("text", "json", "markdown")
 CHUNK_BYTES: Final = 4 << 20
+PARALLEL_MIN_BYTES: Final = 64 << 20  # below this, starting processes costs more than it saves
 PROGRESS_INTERVAL_S: Final = 0.5
 _MAX_MALFORMED_SHOWN: Final = 5
 _CONTEXT_KEY: Final = {"lens": "lens_key", "source_id": "source_id", "service": "service"}
@@ -183,7 +186,12 @@ def _key_value(by: str, raw: bytes) -> Any:
 
 
 def _encode(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8", "replace")
+    """A key value as a JSON token (spellings may differ from the file's: keys are merged at the end)."""
+    if isinstance(value, str) and value.isprintable() and '"' not in value and "\\" not in value:
+        return b'"' + value.encode("utf-8", "replace") + b'"'  # the common case, without json.dumps
+    if value is None:
+        return b"null"
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "replace")
 
 
 class _Summariser:
@@ -233,10 +241,10 @@ class _Summariser:
                         key = self._key_at(buf, start, c, nl, _REQUEST)
                     u = rfind(_USAGE, c, nl)
                     if key and u > 0:
-                        bucket = buckets.get(key)
-                        if bucket is None:
-                            bucket = buckets[key] = []
-                        bucket.append(buf[u + 27 : nl - 16])  # without `, "error": null}`
+                        try:
+                            buckets[key].append(buf[u + 27 : nl - 16])  # without `, "error": null}`
+                        except KeyError:
+                            buckets[key] = [buf[u + 27 : nl - 16]]
                         continue
             else:
                 c = find(_LENS_CONTEXT, start + 40, start + 140) + 25
@@ -452,35 +460,133 @@ def _merge_equal_keys(report: Report) -> None:
     report.rows = merged
 
 
-def summarise(
-    path: str | os.PathLike[str], by: str = "lens", *, progress: Callable[[int, int], None] | None = None
-) -> Report:
-    """Summarise a JSONL log in one pass; ``progress(bytes_read, total_bytes)`` is called per chunk.
+def _scan(path: Path, by: str, start: int, end: int, progress: Callable[[int], None] | None = None) -> Report:
+    """Summarise the lines in bytes ``[start, end)`` of ``path`` (both on line boundaries)."""
+    report = Report(str(path), by)
+    summariser = _Summariser(report)
+    with path.open("rb") as file:
+        file.seek(start)
+        left = end - start
+        number = 0
+        carry = b""
+        while left > 0 and (chunk := file.read(min(CHUNK_BYTES, left))):
+            left -= len(chunk)
+            buf = carry + chunk if carry else chunk
+            number = summariser.chunk(buf, number)  # every line that ends in this chunk
+            carry = buf[buf.rfind(b"\n") + 1 :]
+            if progress is not None:
+                progress(end - start - left)
+        if carry:  # a last line without a newline
+            number = summariser.chunk(carry + b"\n", number)
+    report.lines = number
+    return report
 
-    Raises :class:`ConfigError` when the file cannot be read.
+
+def _line_start(file: BinaryIO, offset: int) -> int:
+    """The offset of the first line starting at or after ``offset``."""
+    if offset == 0:
+        return 0
+    file.seek(offset - 1)
+    while block := file.read(1 << 16):
+        newline = block.find(b"\n")
+        if newline >= 0:
+            return file.tell() - len(block) + newline + 1
+    return file.tell()
+
+
+def _worker(path: str, by: str, start: int, end: int, done: Any, slot: int, conn: Any) -> None:
+    """Summarise one byte range in a child process; send the report (or the error) back."""
+
+    def progress(read: int) -> None:
+        done[slot] = read
+
+    try:
+        conn.send(_scan(Path(path), by, start, end, progress))
+    except BaseException as exc:  # the parent turns it into a ConfigError
+        conn.send(exc if isinstance(exc, OSError) else OSError(f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _parallel(
+    path: Path, by: str, size: int, jobs: int, progress: Callable[[int, int], None] | None
+) -> Report:
+    """Split the file at line boundaries, summarise the parts in ``jobs`` processes, add them up."""
+    with path.open("rb") as file:
+        cuts = sorted({_line_start(file, size * i // jobs) for i in range(jobs)} | {size})
+    ctx = multiprocessing.get_context("spawn")  # no fork: safe whatever threads the caller runs
+    done = ctx.Array("q", len(cuts) - 1, lock=False)
+    workers = []
+    for slot, (start, end) in enumerate(itertools.pairwise(cuts)):
+        receive, send = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=_worker,
+            args=(str(path), by, start, end, done, slot, send),
+            name=f"llm-ledger-report-{slot}",
+        )
+        process.start()
+        send.close()
+        workers.append((process, receive))
+    parts: list[Report | BaseException] = []
+    try:
+        for process, receive in workers:
+            while not receive.poll(PROGRESS_INTERVAL_S / 2):
+                if progress is not None:
+                    progress(sum(done), size)
+                if not process.is_alive() and not receive.poll():
+                    raise OSError(f"a report worker exited with status {process.exitcode}")
+            parts.append(receive.recv())
+            process.join()
+    finally:
+        for process, _ in workers:
+            if process.is_alive():
+                process.terminate()
+                process.join()
+    report = Report(str(path), by)
+    for part in parts:
+        if isinstance(part, BaseException):
+            raise part
+        for number in part.malformed_lines:  # worker line numbers count from its own first line
+            if len(report.malformed_lines) < _MAX_MALFORMED_SHOWN:
+                report.malformed_lines.append(report.lines + number)
+        report.lines += part.lines
+        report.malformed += part.malformed
+        report.skipped += part.skipped
+        for key, row in part.rows.items():
+            if key in report.rows:
+                report.rows[key].add(row)
+            else:
+                report.rows[key] = row
+    return report
+
+
+def summarise(
+    path: str | os.PathLike[str],
+    by: str = "lens",
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    jobs: int = 1,
+) -> Report:
+    """Summarise a JSONL log in one pass; ``progress(bytes_read, total_bytes)`` is called as it goes.
+
+    With ``jobs`` > 1 a file of at least :data:`PARALLEL_MIN_BYTES` is cut at line boundaries and
+    its parts are read by that many processes. Raises :class:`ConfigError` when the file cannot be
+    read.
     """
     if by not in GROUPS:
         raise ConfigError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs!r}")
     path = Path(path)
     started = time.perf_counter()
-    report = Report(str(path), by)
-    summariser = _Summariser(report)
     try:
-        with path.open("rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            done = 0
-            number = 0
-            carry = b""
-            while chunk := file.read(CHUNK_BYTES):
-                done += len(chunk)
-                buf = carry + chunk if carry else chunk
-                number = summariser.chunk(buf, number)  # every line that ends in this chunk
-                carry = buf[buf.rfind(b"\n") + 1 :]
-                if progress is not None:
-                    progress(done, size)
-            if carry:  # a last line without a newline
-                number = summariser.chunk(carry + b"\n", number)
-            report.lines = number
+        size = path.stat().st_size
+        if path.is_dir():
+            raise IsADirectoryError
+        if jobs > 1 and size >= PARALLEL_MIN_BYTES:
+            report = _parallel(path, by, size, jobs, progress)
+        else:
+            report = _scan(path, by, 0, size, None if progress is None else lambda read: progress(read, size))
     except FileNotFoundError:
         raise ConfigError(
             f"{str(path)!r}: no such file; the ledger writes <log_dir>/llm_calls.jsonl "
@@ -632,6 +738,13 @@ def register(subparsers: Any) -> None:
         "--format", choices=FORMATS, default="text", dest="fmt", help="output format (default: %(default)s)"
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes reading a large file (>= 64 MB) in parallel (default: the number of CPUs, at most 8)",
+    )
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -647,7 +760,8 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     show = args.progress if args.progress is not None else err.isatty()
     progress = _Progress(err) if show else None
     try:
-        report = summarise(args.path, args.by, progress=progress)
+        jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 8)
+        report = summarise(args.path, args.by, progress=progress, jobs=jobs)
     finally:
         if progress is not None:
             progress.clear()

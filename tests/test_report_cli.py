@@ -367,3 +367,36 @@ def test_fast_path_agrees_with_full_json_parsing(tmp_path: Path, specs: list[tup
         a, b = _report.summarise(fast, by), _report.summarise(slow, by)
         assert [r.to_json() for r in a.sorted_rows()] == [r.to_json() for r in b.sorted_rows()], by
         assert (a.lines, a.malformed, a.skipped) == (b.lines, b.malformed, b.skipped)
+
+
+def test_ledger_written_lines_take_the_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Successful calls and lens summaries as the JSONL writer formats them are never parsed as JSON."""
+    parsed: list[bytes] = []
+
+    def loads(raw: bytes) -> Any:
+        parsed.append(raw)
+        return json.loads(raw)
+
+    monkeypatch.setattr(_report, "_loads", loads)
+    calls = [call(), call(lens="deep_dive", model="gpt-4o", extra={"lens_run_id": "r1", "user": 7})]
+    records = [*calls, lens_run(calls), call(source=42, service=None)]
+    path = write(tmp_path / "log.jsonl", records)
+    for by in _report.GROUPS:
+        report = _report.summarise(path, by)
+        assert report.total().calls == 3
+        # the numbers of a chunk's calls are parsed in bulk: one JSON array per column and group
+        assert all(raw.startswith(b"[") for raw in parsed), by
+        parsed.clear()
+
+
+def test_parallel_jobs_give_the_same_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--jobs splits a large file at line boundaries; totals and absolute malformed line numbers match."""
+    calls = [call(lens=f"lens-{i % 3}", prompt=100 + i, epoch=EPOCH + i * 3600) for i in range(60)]
+    path = write(tmp_path / "log.jsonl", [*calls, lens_run(calls[:5])], extra_lines=("{oops",))
+    with path.open("a") as file:
+        file.write("".join(line(c) + "\n" for c in calls[:7]) + "not json\n" + line(calls[0]) + "\n")
+    monkeypatch.setattr(_report, "PARALLEL_MIN_BYTES", 0)
+    single = _report.summarise(path, "day")
+    parallel = _report.summarise(path, "day", jobs=3)
+    assert parallel.to_json() == single.to_json()
+    assert single.malformed_lines == [62, 70]
