@@ -20,6 +20,7 @@ Errors are calls with status ``error`` (as in the lens summary). Lens runs come 
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import json
 import math
@@ -47,11 +48,17 @@ PROGRESS_INTERVAL_S: Final = 0.5
 _MAX_MALFORMED_SHOWN: Final = 5
 _CONTEXT_KEY: Final = {"lens": "lens_key", "source_id": "source_id", "service": "service"}
 
-_loads: Callable[[bytes], Any]
-try:  # the optional "fast" extra
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - exercised only without orjson
-    _loads = json.loads
+
+def _json_loads() -> Callable[[bytes], Any]:
+    """orjson's loads when the optional "fast" extra is installed, else the json module's."""
+    try:
+        loads: Callable[[bytes], Any] = importlib.import_module("orjson").loads
+    except ImportError:  # pragma: no cover - exercised only without orjson
+        return json.loads
+    return loads
+
+
+_loads = _json_loads()
 
 # -- the fast path ------------------------------------------------------------------------------
 # Anchors in the fixed key order of _records.call_record / lens_record. A successful call ends with
