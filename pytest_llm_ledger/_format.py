@@ -57,6 +57,9 @@ _SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumpe
 class _Dumper(_SafeDumper):  # type: ignore[valid-type,misc]
     """Safe dumper that writes multi-line strings as literal blocks, so prompts diff by line."""
 
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # a cassette never uses anchors: they hurt review, and loading refuses them
+
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     style = "|" if "\n" in value else None
@@ -282,6 +285,14 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         raise where.error(f"byte {exc.start}", "is not UTF-8") from None
     try:
+        if "&" in text:  # an alias needs an anchor: only then look for one (an alias bomb)
+            for event in yaml.parse(text, Loader=_SafeLoader):
+                if isinstance(event, yaml.AliasEvent):
+                    raise where.error(
+                        f"line {event.start_mark.line + 1}",
+                        "uses a YAML alias; llm-ledger cassettes never contain anchors or aliases "
+                        "(re-record it, or run `llm-ledger scrub` on a converted one)",
+                    )
         doc = yaml.load(text, Loader=_SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
