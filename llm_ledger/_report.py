@@ -75,6 +75,7 @@ _REQUEST: Final = b'}, "request": {"model": '
 _TEMPERATURE: Final = b', "temperature": '
 _SUMMARY: Final = b'}, "summary": {'
 _USAGE: Final = b'"usage": {"prompt_tokens": '
+_ERROR_OBJECT: Final = b', "error": {"type": '
 _MODELS_USED: Final = b'"models_used": ['
 _TIMESTAMP: Final = b'{"timestamp": "'
 _SCALAR_START: Final = b'"n-0123456789tf'  # first byte of a JSON string, null, number or boolean
@@ -207,7 +208,8 @@ class _Summariser:
         self.by = report.group_by
         self.code = _BY_CODE[self.by]
         # group key -> [line offset, tail, line offset, tail, ...] of the chunk's successful calls
-        self.buckets: dict[bytes, list[Any]] = {}
+        self.buckets: dict[bytes, list[bytes]] = {}
+        self.failed: dict[bytes, list[bytes]] = {}  # the same for calls with status "error"
         self.lens_runs: dict[bytes, int] = {}
 
     def row(self, key: bytes) -> Row:
@@ -270,9 +272,31 @@ class _Summariser:
                         if key:
                             lens_runs[key] = lens_runs.get(key, 0) + 1
                             continue
+            if endswith(b"}}", start, nl) and self._failed_call(buf, start, nl):
+                continue
             self._slow(buf, start, nl, number)
         self.flush(number)
         return number + buf.count(b"\n")
+
+    def _failed_call(self, buf: bytes, start: int, end: int) -> bool:
+        """A call with status error and no captured content: its tail goes to ``self.failed``."""
+        find = buf.find
+        s = find(b'"status": "error", "operation": "', start + 60, start + 260)
+        c = find(_CONTEXT, s, end) if s > 0 else -1
+        e = buf.rfind(_ERROR_OBJECT, c, end) if c > 0 else -1
+        # the error message is a string (quotes escaped), so an unescaped content key is the member
+        if e < 0 or buf[c + 24] not in _SCALAR_START or find(b'"content": ', e, end) >= 0:
+            return False
+        if self.code == 0:
+            s = find(_SOURCE_ID, c, end)
+            key = buf[c + 24 : s] if s > 0 else b""
+        else:
+            key = self._key_at(buf, start, c, end, _REQUEST)
+        u = buf.rfind(_USAGE, c, e)
+        if not key or u < 0:
+            return False
+        self.failed.setdefault(key, []).append(buf[u + 27 : e])
+        return True
 
     def _key_at(self, buf: bytes, start: int, context: int, end: int, after: bytes) -> bytes:
         """The group key other than lens_key, as raw bytes; b"" when the fast path cannot tell."""
@@ -323,56 +347,61 @@ class _Summariser:
         return True
 
     def flush(self, number: int) -> None:
-        """Fold the chunk's successful calls and lens runs into the rows, converting numbers in bulk.
-
-        A bucket whose tails do not have the expected shape is read again tail by tail.
-        """
-        for key, tails in self.buckets.items():
-            count = len(tails)
-            try:
-                parts = b", ".join(tails).split(b", ")
-                if len(parts) != _TAIL_PARTS * count:
-                    raise ValueError("unexpected tail")
-                columns = []
-                for index, label in _TAIL_COLUMNS:
-                    text = b",".join(parts[index::_TAIL_PARTS])
-                    if label:
-                        text = text.replace(label, b"")
-                    if index == 11:
-                        text = text.replace(b"}", b"")
-                    columns.append(_loads(b"[" + text + b"]"))
-                prompt, completion, total, duration, cost = columns
-                tokens = [sum(filter(_not_none, column)) for column in (prompt, completion, total)]
-                if len(duration) != count or any(type(t) is not int for t in tokens):
-                    raise ValueError("unexpected numbers")
-                duration_ms = math.fsum(duration)
-                priced = list(filter(_not_none, cost))
-                cost_usd = math.fsum(priced)
-            except (ValueError, TypeError):
-                for tail in tails:
-                    self._tail(key, tail, number)
-                continue
-            row = self.row(key)
-            row.calls += count
-            row.prompt_tokens += tokens[0]
-            row.completion_tokens += tokens[1]
-            row.total_tokens += tokens[2]
-            row.duration_ms_total += duration_ms
-            row.cost_usd += cost_usd
-            row.unpriced_calls += count - len(priced)
-        self.buckets.clear()
+        """Fold the chunk's calls and lens runs into the rows, converting numbers a column at a time."""
+        for status, buckets in (("ok", self.buckets), ("error", self.failed)):
+            for key, tails in buckets.items():
+                self._fold(key, tails, status)
+            buckets.clear()
         for key, runs in self.lens_runs.items():
             self.row(key).lens_runs += runs
         self.lens_runs.clear()
 
-    def _tail(self, key: bytes, tail: bytes, number: int) -> None:
-        """One successful call whose tail the bulk conversion could not read."""
+    def _fold(self, key: bytes, tails: list[bytes], status: str) -> None:
+        """Add the calls of one group (their tails from the usage on); odd tails are read one by one."""
+        count = len(tails)
+        try:
+            parts = b", ".join(tails).split(b", ")
+            if len(parts) != _TAIL_PARTS * count:
+                raise ValueError("unexpected tail")
+            columns = []
+            for index, label in _TAIL_COLUMNS:
+                text = b",".join(parts[index::_TAIL_PARTS])
+                if label:
+                    text = text.replace(label, b"")
+                if index == 11:
+                    text = text.replace(b"}", b"")
+                columns.append(_loads(b"[" + text + b"]"))
+            prompt, completion, total, duration, cost = columns
+            tokens = [sum(filter(_not_none, column)) for column in (prompt, completion, total)]
+            if len(duration) != count or any(type(t) is not int for t in tokens):
+                raise ValueError("unexpected numbers")
+            duration_ms = math.fsum(duration)
+            priced = list(filter(_not_none, cost))
+            cost_usd = math.fsum(priced)
+        except (ValueError, TypeError):
+            for tail in tails:
+                self._tail(key, tail, status)
+            return
+        row = self.row(key)
+        row.calls += count
+        row.prompt_tokens += tokens[0]
+        row.completion_tokens += tokens[1]
+        row.total_tokens += tokens[2]
+        row.duration_ms_total += duration_ms
+        row.cost_usd += cost_usd
+        if status == "ok":
+            row.unpriced_calls += count - len(priced)
+        else:
+            row.errors += count
+
+    def _tail(self, key: bytes, tail: bytes, status: str) -> None:
+        """One call whose tail the bulk conversion could not read."""
         try:
             record = _loads(b"{" + _USAGE + tail + b"}")
         except ValueError:
             record = None
         if isinstance(record, dict):
-            self._add_call(self.row(key), {**record, "status": "ok"})
+            self._add_call(self.row(key), {**record, "status": status})
         else:  # the line ended like a record but is not JSON; its number is no longer known
             self.report.malformed += 1
 
