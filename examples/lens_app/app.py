@@ -21,7 +21,7 @@ import openai
 
 import llm_ledger
 
-from .cassettes import LensCassette, activate, recorded_base_url
+from .cassettes import LensCassette, activate
 from .services import RunnerService
 from .sources import Source
 from .store import Artifact
@@ -54,16 +54,17 @@ def open_cassettes(mode: Mode, lens_keys: Sequence[str], directory: Path) -> dic
 def make_client(
     mode: Mode,
     *,
-    cassettes: Mapping[str, LensCassette],
     base_url: str | None = None,
     api_key: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> openai.AsyncOpenAI:
-    """The application's AsyncOpenAI client for ``mode``, instrumented by llm-ledger."""
+    """The application's AsyncOpenAI client for ``mode``, instrumented by llm-ledger.
+
+    For replay, ``base_url`` is the one the cassettes were recorded from (:func:`recorded_base_url`).
+    """
     client: openai.AsyncOpenAI
     if mode == "replay":
-        url = recorded_base_url(cassettes.values())
-        client = openai.AsyncOpenAI(api_key=REPLAY_API_KEY, base_url=url, max_retries=0)
+        client = openai.AsyncOpenAI(api_key=REPLAY_API_KEY, base_url=base_url, max_retries=0)
     elif mode == "live":
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, default_headers=headers)
     else:

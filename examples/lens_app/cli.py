@@ -13,7 +13,7 @@ from typing import TextIO
 import llm_ledger
 
 from .app import Mode, RunResult, make_client, open_cassettes, run_lenses
-from .cassettes import CASSETTE_DIR, CassetteMissError
+from .cassettes import CASSETTE_DIR, CassetteMissError, recorded_base_url
 from .lenses import LENSES
 from .services import RunnerService
 from .sources import SOURCES_DIR, load_sources
@@ -108,9 +108,7 @@ def render_table(results: Sequence[RunResult]) -> list[str]:
     complete = True
     for result in results:
         if result.artifact is None:
-            rows.append(
-                [result.lens_key, result.source.slug, "-", "-", "-", f"FAILED: {type(result.error).__name__}"]
-            )
+            rows.append([result.lens_key, result.source.slug, "-", "-", "-", "FAILED"])
             continue
         usage = result.artifact.usage
         calls += usage["api_calls"]
@@ -183,6 +181,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         names = ", ".join(str(c.path) for c in missing)
         parser.error(f"no cassette {names}; record it with: {missing[0].rerecord_command('rewrite')}")
 
+    base_url = args.base_url
+    if mode == "replay":
+        try:
+            base_url = recorded_base_url(cassettes.values())
+        except ValueError as exc:
+            parser.error(f"{exc}; re-record them together with --record")
+
     llm_ledger.configure(log_dir=args.log_dir)
     log_file = Path(args.log_dir) / "llm_calls.jsonl"
     where = {
@@ -195,9 +200,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     with Store(args.db) as store:
 
         async def go() -> list[RunResult]:
-            client = make_client(
-                mode, cassettes=cassettes, base_url=args.base_url, api_key=api_key, headers=headers
-            )
+            client = make_client(mode, base_url=base_url, api_key=api_key, headers=headers)
             async with client:
                 return await run_lenses(RunnerService(client, store), lens_keys, sources, cassettes)
 
