@@ -237,6 +237,32 @@ def test_demo_replays_the_committed_cassettes_offline(tmp_path: Path, fresh_ledg
         assert all(log.extra_data["total_cost_usd"] > 0 for log in db.source_logs())
 
 
+def test_record_then_replay_from_a_local_server(
+    tmp_path: Path, fresh_ledger: None, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--record --base-url writes a clean cassette per lens; replaying it gives the same numbers offline."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    common = ["--lens", "headline", "--db", str(tmp_path / "db.sqlite3"), "--log-dir", str(tmp_path / "logs")]
+    common += ["--cassette-dir", str(tmp_path / "cassettes")]
+    recorded = io.StringIO()
+    args = ["--record", "--base-url", fake_openai.base_url, "--header", "x-fake-completion-words: 30"]
+    assert cli.main([*args, *common], out=recorded) == 0, recorded.getvalue()
+    assert len(fake_openai.requests) == 6
+    cassette = (tmp_path / "cassettes" / "headline.yaml").read_text()
+    assert "re-record: python -m examples.lens_app --record --lens headline" in cassette
+    assert not re.search(
+        r"authorization|set-cookie|openai-organization|openai-project|x-stainless|x-fake", cassette, re.I
+    )
+    replayed = io.StringIO()
+    assert cli.main(common, out=replayed) == 0, replayed.getvalue()
+    assert len(fake_openai.requests) == 6  # nothing reached the server
+
+    def totals(text: str) -> str:
+        return next(line for line in text.splitlines() if line.startswith("total "))
+
+    assert totals(replayed.getvalue()) == totals(recorded.getvalue())
+
+
 def test_live_mode_refuses_to_start_without_a_key(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
