@@ -288,8 +288,9 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
         if "&" in text:  # an alias needs an anchor: only then look for one (an alias bomb)
             for event in yaml.parse(text, Loader=_SafeLoader):
                 if isinstance(event, yaml.AliasEvent):
+                    mark = event.start_mark
                     raise where.error(
-                        f"line {event.start_mark.line + 1}",
+                        f"line {mark.line + 1}" if mark is not None else "an alias",
                         "uses a YAML alias; llm-ledger cassettes never contain anchors or aliases "
                         "(re-record it, or run `llm-ledger scrub` on a converted one)",
                     )
