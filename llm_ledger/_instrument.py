@@ -112,10 +112,29 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
         monitor._report("recording a failed call", inner)
 
 
+_CLASS_HAS_RAW: dict[type, bool] = {}  # response class -> does a class in its MRO define http_response
+
+
+def _maybe_raw(result: Any) -> bool:
+    """Could ``result`` be a ``with_raw_response`` object (``http_response`` is set in its ``__init__``)?
+
+    Spares the ``hasattr`` miss on a parsed pydantic model, which costs microseconds (pydantic's
+    ``__getattr__`` builds an AttributeError message) on every monitored call.
+    """
+    attrs = getattr(result, "__dict__", None)
+    if attrs is None or "http_response" in attrs:
+        return True
+    cls = type(result)
+    known = _CLASS_HAS_RAW.get(cls)
+    if known is None:
+        known = _CLASS_HAS_RAW[cls] = any("http_response" in klass.__dict__ for klass in cls.__mro__)
+    return known
+
+
 def _succeed(monitor: LLMCallMonitor, call: _Call, options: Any, result: Any, is_async: bool) -> None:
     try:
         target = result
-        if hasattr(result, "http_response") and hasattr(result, "parse"):  # with_raw_response
+        if _maybe_raw(result) and hasattr(result, "http_response") and hasattr(result, "parse"):
             headers = options.headers
             if isinstance(headers, Mapping) and headers.get(_RAW_HEADER) == "stream":
                 monitor._finish(call, "ok", None, None)  # body not read yet: shape unknown
