@@ -42,7 +42,7 @@ __all__ = ["FORMATS", "GROUPS", "Report", "Row", "register", "render", "summaris
 
 GROUPS: Final = ("lens", "model", "source_id", "service", "day")
 FORMATS: Final = ("text", "json", "markdown")
-CHUNK_BYTES: Final = 4 << 20
+CHUNK_BYTES: Final = 128 << 10  # small enough for a chunk and its slices to stay in the CPU cache
 PARALLEL_MIN_BYTES: Final = 64 << 20  # below this, starting processes costs more than it saves
 PROGRESS_INTERVAL_S: Final = 0.5
 _MAX_MALFORMED_SHOWN: Final = 5
