@@ -43,7 +43,7 @@ __all__ = ["FORMATS", "GROUPS", "Report", "Row", "register", "render", "summaris
 GROUPS: Final = ("lens", "model", "source_id", "service", "day")
 FORMATS: Final = ("text", "json", "markdown")
 CHUNK_BYTES: Final = 128 << 10  # small enough for a chunk and its slices to stay in the CPU cache
-PARALLEL_MIN_BYTES: Final = 64 << 20  # below this, starting processes costs more than it saves
+PARALLEL_MIN_BYTES: Final = 256 << 20  # below this, starting processes costs more than it saves
 PROGRESS_INTERVAL_S: Final = 0.5
 _MAX_MALFORMED_SHOWN: Final = 5
 _CONTEXT_KEY: Final = {"lens": "lens_key", "source_id": "source_id", "service": "service"}
@@ -571,7 +571,11 @@ def _parallel(
                     progress(sum(done), size)
                 if not process.is_alive() and not receive.poll():
                     raise OSError(f"a report worker exited with status {process.exitcode}")
-            parts.append(receive.recv())
+            try:
+                parts.append(receive.recv())
+            except EOFError:  # the worker died without a word (killed, or failed to start)
+                process.join()
+                raise OSError(f"a report worker exited with status {process.exitcode}") from None
             process.join()
     finally:
         for process, _ in workers:
@@ -606,8 +610,9 @@ def summarise(
     """Summarise a JSONL log in one pass; ``progress(bytes_read, total_bytes)`` is called as it goes.
 
     With ``jobs`` > 1 a file of at least :data:`PARALLEL_MIN_BYTES` is cut at line boundaries and
-    its parts are read by that many processes. Raises :class:`ConfigError` when the file cannot be
-    read.
+    its parts are read by that many processes, started with ``spawn`` (so, as with any
+    multiprocessing code, call it from an ``if __name__ == "__main__":`` block). Raises
+    :class:`ConfigError` when the file cannot be read.
     """
     if by not in GROUPS:
         raise ConfigError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
@@ -778,7 +783,7 @@ def register(subparsers: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="processes reading a large file (>= 64 MB) in parallel (default: the number of CPUs, at most 8)",
+        help="processes reading a file of 256 MiB or more in parallel (default: the CPUs, at most 8)",
     )
     parser.add_argument(
         "--progress",
