@@ -74,7 +74,9 @@ class Totals:
             prompt_tokens=_int(usage.get("prompt_tokens")),
             completion_tokens=_int(usage.get("completion_tokens")),
             total_tokens=_int(usage.get("total_tokens")),
-            errors=int(record.get("status", "ok") != "ok"),
+            errors=int(
+                record.get("status") == "error"
+            ),  # as in the lens summary: interrupted is not an error
             cost_pusd=cost or 0,
         )
         # no cost is a gap only when tokens were used (a failed call without usage costs nothing)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -102,3 +104,13 @@ def test_unusual_event_streams_are_kept_verbatim() -> None:
     raw = ': keep-alive\ndata: {"a": 1}\n\n'
     assert _format.decode_body(raw.encode(), "text/event-stream") == ("text", raw)
     assert _format.body_bytes(("text", raw)) == raw.encode()
+
+
+def test_cassettes_are_written_with_the_ordinary_file_mode(tmp_path: Path) -> None:
+    """A written cassette gets 0666 less the umask (so 0644 under 022), not mkstemp's private 0600."""
+    old = os.umask(0o022)
+    try:
+        _format.write_atomic(tmp_path / "c.yaml", "version: 1\ninteractions: []\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c.yaml").stat().st_mode) == 0o644
