@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="tiny sizes: proves the scripts work, measures nothing"
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="rounds per measurement (default 15; quick 2)"
+        "--rounds", type=int, default=None, help="rounds per measurement (default 21; quick 2)"
     )
     parser.add_argument(
         "--report-lines", type=int, default=None, help="lines of the generated JSONL (1,000,000)"
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(","))
     if args.no_peers:
         only.discard("peers")
-    rounds = args.rounds or (2 if args.quick else 15)
+    rounds = args.rounds or (2 if args.quick else 21)
     if args.quick:
         sizes = calls.Sizes(calls=3, loopback_calls=3, streams=2, rounds=rounds, chunks=(2, 6))
         replay_sizes, vcr_sample, report_lines = [3, 12], 3, args.report_lines or 1_000

@@ -42,6 +42,10 @@ class Timings:
         pairs = zip(self._series(name, clock), self._series(base, clock), strict=True)
         return statistics.median(a - b for a, b in pairs) * 1e6
 
+    def added_min_us(self, name: str, base: str, clock: Clock = "cpu") -> float:
+        """Fastest round of the variant minus fastest round of the base, in µs (noise only adds time)."""
+        return (min(self._series(name, clock)) - min(self._series(base, clock))) * 1e6
+
     def ratio(self, name: str, base: str, clock: Clock = "cpu") -> float:
         return self.median_us(name, clock) / self.median_us(base, clock)
 
