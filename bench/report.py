@@ -31,7 +31,7 @@ _SERVICES = ("RunnerService", "GeneratorService", "SearchService")
 
 
 def _lines() -> list[bytes]:
-    formatter = LedgerJsonFormatter(json_ensure_ascii=False)
+    formatter = LedgerJsonFormatter()
     lines: list[bytes] = []
     totals = LensTotals()
     for i in range(_DISTINCT):

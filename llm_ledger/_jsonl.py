@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import json
 import logging
 import os
 import threading
@@ -21,7 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 __all__ = ["JsonlFileHandler", "LedgerJsonFormatter", "flush_all"]
 
@@ -36,11 +37,13 @@ _BATCH_S = 0.02
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 
 
-class LedgerJsonFormatter(JsonFormatter):
+class LedgerJsonFormatter(OrjsonFormatter):
     """python-json-logger formatter that writes a record dict exactly as built, keys in order.
 
-    Plain-string log messages (e.g. from other code logging to ``llm_monitor``) keep
-    python-json-logger's default shape.
+    It serialises with orjson (about 1 µs a record instead of 10 µs with the json module: the
+    writer thread shares the GIL with the application), falling back to the json module for
+    values orjson refuses, such as integers beyond 64 bits. Plain-string log messages (e.g. from
+    other code logging to ``llm_monitor``) keep python-json-logger's default shape.
     """
 
     def add_fields(
@@ -51,6 +54,12 @@ class LedgerJsonFormatter(JsonFormatter):
         else:
             super().add_fields(log_data, record, message_dict)
 
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        try:
+            return super().jsonify_log_record(log_data)
+        except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+            return json.dumps(log_data, default=str, ensure_ascii=False)
+
 
 class JsonlFileHandler(logging.Handler):
     """Append each record as one JSON line to ``path``, written by a background thread."""
@@ -58,7 +67,7 @@ class JsonlFileHandler(logging.Handler):
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
         self.path = Path(path)
-        self.setFormatter(formatter or LedgerJsonFormatter(json_ensure_ascii=False))
+        self.setFormatter(formatter or LedgerJsonFormatter())
         self._queue: collections.deque[logging.LogRecord | threading.Event] = collections.deque()
         self._wake = threading.Event()
         self._urgent = threading.Event()  # set by flush() / close(): write now, do not gather a batch

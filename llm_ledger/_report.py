@@ -7,8 +7,7 @@ key), fast enough for logs of many gigabytes:
   report needs are read with two short anchored regular expressions and one ``bytes.find``
   (no JSON parsing), and their numbers are converted in bulk once per chunk;
 * **slow path**: a line the fast path does not recognise (another writer's key order, escaped
-  characters in a key, nested context values) is parsed as JSON (orjson when installed, the
-  ``fast`` extra, else the json module) and read by key;
+  characters in a key, nested context values) is parsed as JSON (orjson) and read by key;
 * a line that is not a JSON object is counted as malformed and reported with its line number;
   JSON objects of other events (plain log messages) are counted as skipped.
 
@@ -20,7 +19,6 @@ Errors are calls with status ``error`` (as in the lens summary). Lens runs come 
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import json
 import math
@@ -34,6 +32,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TextIO
+
+import orjson
 
 from ._errors import ConfigError
 from ._records import CALL_EVENT, LENS_EVENT
@@ -49,44 +49,46 @@ _MAX_MALFORMED_SHOWN: Final = 5
 _CONTEXT_KEY: Final = {"lens": "lens_key", "source_id": "source_id", "service": "service"}
 
 
-def _json_loads() -> Callable[[bytes], Any]:
-    """orjson's loads when the optional "fast" extra is installed, else the json module's."""
-    try:
-        loads: Callable[[bytes], Any] = importlib.import_module("orjson").loads
-    except ImportError:  # pragma: no cover - exercised only without orjson
-        return json.loads
-    return loads
-
-
-_loads = _json_loads()
+_loads: Callable[[bytes], Any] = orjson.loads
 
 # -- the fast path ------------------------------------------------------------------------------
-# Anchors in the fixed key order of _records.call_record / lens_record. A successful call ends with
-# `"error": null}` (no captured content follows it), so everything after its usage anchor is scalars
-# and timestamps: the last usage anchor of the line is the record's own, and the rest of the line up
-# to its error member splits on ", " into exactly _TAIL_PARTS parts.
-_NULL_ERROR: Final = b'"error": null}'
-_LENS_CONTEXT: Final = b'"event": "lens_summary", "context": {"lens_key": '
-_CONTEXT: Final = b'"context": {"lens_key": '
-_SOURCE_ID: Final = b', "source_id": '
-_SERVICE: Final = b', "service": '
-_NEXT_KEY: Final = b', "'
-_REQUEST: Final = b'}, "request": {"model": '
-_TEMPERATURE: Final = b', "temperature": '
-_SUMMARY: Final = b'}, "summary": {'
-_USAGE: Final = b'"usage": {"prompt_tokens": '
-_ERROR_OBJECT: Final = b', "error": {"type": '
-_MODELS_USED: Final = b'"models_used": ['
-_TIMESTAMP: Final = b'{"timestamp": "'
+# Anchors in the fixed key order of _records.call_record / lens_record, as the JSONL writer spells
+# them (orjson: no space after "," and ":"; lines in another spelling take the slow path). A
+# successful call ends with `"error":null}` (no captured content follows it), so everything after
+# its usage anchor is scalars and timestamps: the last usage anchor of the line is the record's own,
+# and the rest of the line up to its error member splits on "," into exactly _TAIL_PARTS parts.
+_TAIL_END: Final = b',"error":null}'
+_NULL_ERROR: Final = _TAIL_END[1:]
+_LENS_EVENT: Final = b'"event":"lens_summary",'
+_CONTEXT_OPEN: Final = b'"context":{'
+_CONTEXT: Final = _CONTEXT_OPEN + b'"lens_key":'
+_LENS_CONTEXT: Final = _LENS_EVENT + _CONTEXT
+_SOURCE_ID: Final = b',"source_id":'
+_SERVICE: Final = b',"service":'
+_NEXT_KEY: Final = b',"'
+_REQUEST: Final = b'},"request":{"model":'
+_TEMPERATURE: Final = b',"temperature":'
+_SUMMARY: Final = b'},"summary":{'
+_USAGE: Final = b'"usage":{"prompt_tokens":'
+_ERROR_OBJECT: Final = b',"error":{"type":'
+_FAILED: Final = b'"status":"error","operation":"'
+_CONTENT: Final = b'"content":'
+_MODELS_USED: Final = b'"models_used":['
+_TIMESTAMP: Final = b'{"timestamp":"'
+_SEP: Final = b","
+_L_CONTEXT: Final = len(_CONTEXT)
+_L_USAGE: Final = len(_USAGE)
+_L_LENS_EVENT: Final = len(_LENS_EVENT)
+_L_TAIL_END: Final = len(_TAIL_END)
 _SCALAR_START: Final = b'"n-0123456789tf'  # first byte of a JSON string, null, number or boolean
 _TAIL_PARTS: Final = 13
 # part of the tail -> the key text before its number (prompt_tokens' is cut off with the anchor)
 _TAIL_COLUMNS: Final = (
     (0, b""),
-    (1, b'"completion_tokens": '),
-    (2, b'"total_tokens": '),
-    (5, b'"timing": {"duration_ms": '),
-    (11, b'"total_cost_usd": '),
+    (1, b'"completion_tokens":'),
+    (2, b'"total_tokens":'),
+    (5, b'"timing":{"duration_ms":'),
+    (11, b'"total_cost_usd":'),
 )
 _BY_CODE: Final = {"lens": 0, "source_id": 1, "service": 2, "model": 3, "day": 4}
 _not_none = partial(operator.is_not, None)
@@ -242,26 +244,26 @@ class _Summariser:
             pos = nl + 1
             if endswith(_NULL_ERROR, start, nl):  # a successful call without captured content
                 c = find(_CONTEXT, start + 100, nl)
-                if c > 0 and buf[c + 24] in scalar:
+                if c > 0 and buf[c + _L_CONTEXT] in scalar:
                     if code == 0:
                         e = find(_SOURCE_ID, c, nl)
-                        key = buf[c + 24 : e] if e > 0 else b""
+                        key = buf[c + _L_CONTEXT : e] if e > 0 else b""
                     else:
                         key = self._key_at(buf, start, c, nl, _REQUEST)
                     u = rfind(_USAGE, c, nl)
                     if key and u > 0:
                         try:
-                            buckets[key].append(buf[u + 27 : nl - 16])  # without `, "error": null}`
+                            buckets[key].append(buf[u + _L_USAGE : nl - _L_TAIL_END])  # without the error
                         except KeyError:
-                            buckets[key] = [buf[u + 27 : nl - 16]]
+                            buckets[key] = [buf[u + _L_USAGE : nl - _L_TAIL_END]]
                         continue
             else:
-                c = find(_LENS_CONTEXT, start + 40, start + 140) + 25
-                if c > 25 and buf[c + 24] in scalar:
+                c = find(_LENS_CONTEXT, start + 40, start + 140) + _L_LENS_EVENT
+                if c > _L_LENS_EVENT and buf[c + _L_CONTEXT] in scalar:
                     if code == 0:
                         e = find(_SOURCE_ID, c, nl)
                         if e > 0:
-                            key = buf[c + 24 : e]
+                            key = buf[c + _L_CONTEXT : e]
                             lens_runs[key] = lens_runs.get(key, 0) + 1
                             continue
                     elif code == 3:
@@ -281,54 +283,57 @@ class _Summariser:
     def _failed_call(self, buf: bytes, start: int, end: int) -> bool:
         """A call with status error and no captured content: its tail goes to ``self.failed``."""
         find = buf.find
-        s = find(b'"status": "error", "operation": "', start + 60, start + 260)
+        s = find(_FAILED, start + 60, start + 260)
         c = find(_CONTEXT, s, end) if s > 0 else -1
         e = buf.rfind(_ERROR_OBJECT, c, end) if c > 0 else -1
         # the error message is a string (quotes escaped), so an unescaped content key is the member
-        if e < 0 or buf[c + 24] not in _SCALAR_START or find(b'"content": ', e, end) >= 0:
+        if e < 0 or buf[c + _L_CONTEXT] not in _SCALAR_START or find(_CONTENT, e, end) >= 0:
             return False
         if self.code == 0:
             s = find(_SOURCE_ID, c, end)
-            key = buf[c + 24 : s] if s > 0 else b""
+            key = buf[c + _L_CONTEXT : s] if s > 0 else b""
         else:
             key = self._key_at(buf, start, c, end, _REQUEST)
         u = buf.rfind(_USAGE, c, e)
         if not key or u < 0:
             return False
-        self.failed.setdefault(key, []).append(buf[u + 27 : e])
+        self.failed.setdefault(key, []).append(buf[u + _L_USAGE : e])
         return True
 
     def _key_at(self, buf: bytes, start: int, context: int, end: int, after: bytes) -> bytes:
         """The group key other than lens_key, as raw bytes; b"" when the fast path cannot tell."""
         code = self.code
         if code == 4:
-            return buf[start + 15 : start + 25] if buf.startswith(_TIMESTAMP, start) else b""
+            day = start + len(_TIMESTAMP)
+            return buf[day : day + 10] if buf.startswith(_TIMESTAMP, start) else b""
         if code == 3:
             r = buf.find(after, context, end)
             # only with no "{" in the context can no nested object fake the anchor
-            if r < 0 or buf.find(b"{", context + 12, r) >= 0:
+            if r < 0 or buf.find(b"{", context + len(_CONTEXT_OPEN), r) >= 0:
                 return b""
             e = buf.find(_TEMPERATURE, r, end)
             # a call without request.model is grouped by its served model, on the slow path
-            return buf[r + 24 : e] if e > 0 and buf[r + 24] == 0x22 else b""  # 0x22: '"'
+            m = r + len(after)
+            return buf[m:e] if e > 0 and buf[m] == 0x22 else b""  # 0x22: '"'
         return self._context_value(buf, context, end)
 
     def _context_value(self, buf: bytes, context: int, end: int) -> bytes:
         """source_id or service as its raw JSON token; b"" unless every value before it is a scalar."""
         s = buf.find(_SOURCE_ID, context, end)
-        if s < 0 or buf[s + 15] not in _SCALAR_START:
+        if s < 0 or buf[s + len(_SOURCE_ID)] not in _SCALAR_START:
             return b""
         v = buf.find(_SERVICE, s, end)
         if v < 0:
             return b""
         if self.code == 1:
-            return buf[s + 15 : v]
-        if buf[v + 13] not in _SCALAR_START:
+            return buf[s + len(_SOURCE_ID) : v]
+        value = v + len(_SERVICE)
+        if buf[value] not in _SCALAR_START:
             return b""
-        n = buf.find(_NEXT_KEY, v + 13, end)  # the next key, or the `, "request"` after the context
+        n = buf.find(_NEXT_KEY, value, end)  # the next key, or the `,"request"` after the context
         if n < 0:
             return b""
-        return buf[v + 13 : n - 1 if buf[n - 1] == 0x7D else n]  # 0x7D: the "}" closing the context
+        return buf[value : n - 1 if buf[n - 1] == 0x7D else n]  # 0x7D: the "}" closing the context
 
     def _models_used(self, buf: bytes, start: int, end: int) -> bool:
         begin = buf.find(_MODELS_USED, start, end)
@@ -360,7 +365,7 @@ class _Summariser:
         """Add the calls of one group (their tails from the usage on); odd tails are read one by one."""
         count = len(tails)
         try:
-            parts = b", ".join(tails).split(b", ")
+            parts = _SEP.join(tails).split(_SEP)
             if len(parts) != _TAIL_PARTS * count:
                 raise ValueError("unexpected tail")
             columns = []

@@ -189,3 +189,20 @@ def test_a_body_that_is_not_json_raises_what_the_sdk_raises(
         client.chat.completions.create(**kwargs)
     assert str(got.value) == str(expected.value)
     assert records.calls[0]["status"] == "error"
+
+
+def test_a_value_orjson_refuses_is_still_written(tmp_path: Path) -> None:
+    """A context value orjson cannot encode (an int beyond 64 bits) falls back to the json module."""
+    handler = _jsonl.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    logger = logging.getLogger("test_big_int")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.info({"event": "llm_api_call", "context": {"source_id": 2**70}})
+        handler.flush()
+        [line] = (tmp_path / "llm_calls.jsonl").read_text().splitlines()
+        assert json.loads(line) == {"event": "llm_api_call", "context": {"source_id": 2**70}}
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

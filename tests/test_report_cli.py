@@ -17,7 +17,7 @@ from llm_ledger._cli import main
 from llm_ledger._jsonl import LedgerJsonFormatter
 from llm_ledger._records import LensTotals, call_record, lens_record
 
-_FORMATTER = LedgerJsonFormatter(json_ensure_ascii=False)
+_FORMATTER = LedgerJsonFormatter()
 EPOCH = 1_764_000_000.0  # 2025-11-24T16:00:00Z
 
 
