@@ -1,6 +1,7 @@
 """``python -m bench``: run the benchmarks and print markdown tables (``--json`` also writes the figures).
 
-Sections: ``calls`` (non-streamed, in-process and loopback), ``streams`` (per chunk), ``peers``
+Sections: ``calls`` (non-streamed, in-process and loopback), ``instructions`` (the same call counted
+under callgrind, repeatable on a busy machine), ``streams`` (per chunk), ``peers``
 (each in its own subprocess), ``replay`` (cassettes of several sizes, plain vcrpy beside),
 ``report`` (``llm-ledger report`` over a generated JSONL file). ``--quick`` shrinks every size so
 the whole run takes seconds (what ``tests/test_bench_smoke.py`` runs).
@@ -19,10 +20,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import calls, peers, replay, report
+from . import calls, instructions, peers, replay, report
 from ._table import Table
 
-SECTIONS = ("calls", "streams", "peers", "replay", "report")
+SECTIONS = ("calls", "instructions", "streams", "peers", "replay", "report")
 _PACKAGES = (
     *("llm-ledger", "openai", "httpx2", "pydantic", "python-json-logger", "genai-prices", "vcrpy"),
     *("orjson", "duckdb", *(dist for dist, _ in peers.PEERS.values()), "opentelemetry-sdk"),
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "calls" in only:
         show(*calls.non_streamed(sizes))
+    if "instructions" in only:
+        show(*instructions.measure(quick=args.quick))
     if "streams" in only:
         show(*calls.streamed(sizes))
     if "peers" in only:

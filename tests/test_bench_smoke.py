@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
-    """All five sections run in one quick pass and write their tables and headline figures."""
+    """All six sections run in one quick pass and write their tables and headline figures."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
@@ -37,7 +37,8 @@ def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     titles = [table["title"] for table in result["tables"]]
-    assert len(titles) == 5 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
+    assert len(titles) == 6 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
+    assert any("callgrind" in t for t in titles)
     headline = result["headline"]
     for key in ("ledger_added_us", "lens_added_us", "chunk_us_asks", "replay_ratio_12", "report_lines_per_s"):
         assert isinstance(headline[key], float), key

@@ -1,0 +1,111 @@
+"""Instructions per call under callgrind: what the ledger adds, repeatable on a shared machine.
+
+Wall and CPU time on these 2-core VMs move by ±10-20 % from round to round, more than the ledger
+adds. valgrind's callgrind counts instructions, which do not depend on what else the machine is
+doing. Each variant runs in a child process twice, with a small and a large number of calls; the
+difference divided by the difference in calls is the cost of one call, start-up excluded. All
+threads are counted, so the JSONL writer thread's formatting and writing are included.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from ._table import Table
+
+VARIANTS = ("bare", "ledger, no file", "ledger", "ledger in a lens", "ledger, a lens per call")
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    import httpx2, openai, llm_ledger
+    variant, n = sys.argv[1], int(sys.argv[2])
+    body = json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello " * 100},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
+    }).encode()
+    def handler(request):
+        return httpx2.Response(200, content=body, headers={"content-type": "application/json"})
+    client = openai.OpenAI(api_key="sk-bench-0000000000", base_url="http://bench.invalid/v1",
+                           http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    if variant != "bare":
+        llm_ledger.instrument(client)
+    if variant not in ("bare", "ledger, no file"):
+        llm_ledger.configure(log_dir=tempfile.mkdtemp())
+    messages = [{"role": "system", "content": "s" * 500}, {"role": "user", "content": "u" * 3000}]
+    def call():
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=0.2)
+    if variant == "ledger in a lens":
+        with llm_ledger.lens("bench"):
+            for _ in range(n):
+                call()
+    elif variant == "ledger, a lens per call":
+        for _ in range(n):
+            with llm_ledger.lens("bench"):
+                call()
+    else:
+        for _ in range(n):
+            call()
+    llm_ledger.flush()
+    """
+)
+
+
+def _instructions(script: Path, variant: str, calls: int) -> int:
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, str(script), variant,
+         str(calls)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    for line in done.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1].strip())
+    raise RuntimeError(f"callgrind printed no instruction count:\n{done.stderr[-2000:]}")
+
+
+def measure(small: int = 20, large: int = 70, *, quick: bool = False) -> tuple[Table, dict[str, float]]:
+    """Instructions per non-streamed call (MockTransport) for each variant, and what the ledger adds.
+
+    ``quick`` runs each variant's child once without valgrind (a callgrind run takes ~20 s of
+    interpreter start-up alone), proving the children work and measuring nothing.
+    """
+    table = Table(
+        "Instructions per non-streamed call (callgrind, all threads): what the ledger adds",
+        ["variant", "instructions per call", "added", "added, % of bare"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "child.py"
+        script.write_text(_CHILD)
+        if quick:
+            for variant in VARIANTS:
+                subprocess.run([sys.executable, str(script), variant, "2"], check=True, capture_output=True)
+            table.notes.append("--quick: each variant's child ran once without valgrind; nothing measured")
+            return table, {}
+        if shutil.which("valgrind") is None:
+            table.notes.append("valgrind is not installed (`apt-get install valgrind`): nothing counted")
+            return table, {}
+        per_call = {
+            v: (_instructions(script, v, large) - _instructions(script, v, small)) / (large - small)
+            for v in VARIANTS
+        }
+    bare = per_call["bare"]
+    figures: dict[str, float] = {}
+    for variant, count in per_call.items():
+        if variant == "bare":
+            table.add(variant, count, "", "")
+            continue
+        added = count - bare
+        table.add(variant, count, added, 100 * added / bare)
+        figures[f"instructions_added_pct_{variant}"] = 100 * added / bare
+    table.notes.append(
+        f"{small} and {large} calls per child; the difference over {large - small} calls cancels "
+        "start-up. In time: added % x the bare call's µs from the calls table."
+    )
+    return table, figures
