@@ -59,11 +59,9 @@ _CHILD = textwrap.dedent(
 
 
 def _instructions(script: Path, variant: str, calls: int) -> int:
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, str(script), variant,
-         str(calls)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    command += [sys.executable, str(script), variant, str(calls)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
     for line in done.stderr.splitlines():
         if "Collected :" in line:
             return int(line.rsplit(":", 1)[1].strip())
