@@ -10,13 +10,12 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ._records import LensSummary, LensTotals
+from ._records import LensSummary, LensTotals, new_id
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor
@@ -140,7 +139,7 @@ class LensRun(_Scope):
         return LensRun(self._monitor, self.lens_key, extra)
 
     def __enter__(self) -> LensRun:
-        self.run_id = uuid.uuid4().hex
+        self.run_id = new_id()
         self._extra = {**self._extra, "lens_run_id": self.run_id}
         self._enter()
         self._totals = LensTotals()

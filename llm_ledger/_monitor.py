@@ -6,7 +6,6 @@ the ``llm_ledger.internal`` logger, and the caller gets exactly what the SDK gav
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
@@ -30,6 +29,7 @@ from ._records import (
     Usage,
     call_record,
     lens_record,
+    new_id,
 )
 
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
@@ -43,26 +43,6 @@ Redactor = Callable[[str], str]
 C = TypeVar("C")
 
 internal_log = logging.getLogger("llm_ledger.internal")
-
-
-def _new_id_prefix() -> None:
-    global _id_prefix, _id_counter
-    _id_prefix = os.urandom(10).hex()
-    _id_counter = itertools.count(1)
-
-
-_id_prefix = ""
-_id_counter = itertools.count(1)
-_new_id_prefix()
-os.register_at_fork(after_in_child=_new_id_prefix)
-
-
-def _next_call_id() -> str:
-    """32 hex digits, unique across processes: a random per-process prefix and a counter.
-
-    Much cheaper than ``uuid4()``, which makes a system call per id.
-    """
-    return f"{_id_prefix}{next(_id_counter):012x}"
 
 
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
@@ -310,7 +290,7 @@ class LLMCallMonitor:
         if content is not None and output_text is not None:
             content["output"] = self._scrub(output_text, call)
         record = call_record(
-            call_id=_next_call_id(),
+            call_id=new_id(),
             status=status,
             operation=call.operation,
             context=call.context,

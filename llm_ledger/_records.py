@@ -12,6 +12,8 @@ these dicts; none of them defines its own copy of the schema. Records are plain 
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 from decimal import Decimal
@@ -29,6 +31,7 @@ __all__ = [
     "call_record",
     "iso_timestamp",
     "lens_record",
+    "new_id",
 ]
 
 LOGGER_NAME = "llm_monitor"
@@ -129,6 +132,27 @@ class LensRecord(TypedDict):
     event: str
     context: dict[str, Any]
     summary: LensSummary
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(10).hex()
+    _id_counter = itertools.count(1)
+
+
+_id_prefix = ""
+_id_counter = itertools.count(1)
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
+def new_id() -> str:
+    """32 hex digits (``call_id``, ``lens_run_id``), unique across processes and forks.
+
+    A random per-process prefix and a counter: much cheaper than ``uuid4()``, which makes a
+    system call per id.
+    """
+    return f"{_id_prefix}{next(_id_counter):012x}"
 
 
 _ts_lock = threading.Lock()
