@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 import llm_ledger
+from llm_ledger import _config
 from llm_ledger.testing import Captured, capture
 from tests.fake_openai import FakeOpenAI
 
@@ -67,3 +68,27 @@ def internal_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Captures what the ledger reports about its own failures."""
     caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
     return caplog
+
+
+@pytest.fixture
+def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A default monitor and llm_monitor logger as on a fresh import, restored afterwards."""
+    logger = logging.getLogger("llm_monitor")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    for name in (
+        "LLM_LEDGER_LOG_DIR",
+        "LLM_LEDGER_PRICE_FILE",
+        "LLM_LEDGER_CAPTURE_CONTENT",
+        "LLM_LEDGER_STREAM_USAGE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_config, "_monitor", None)
+    monkeypatch.setattr(_config, "_settings", None)
+    monkeypatch.setattr(_config, "_handler", None)
+    yield
+    handler = _config._handler
+    if handler is not None:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])

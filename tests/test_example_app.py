@@ -8,7 +8,7 @@ loopback fake server (no key, no network) with
 from __future__ import annotations
 
 import io
-import logging
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +24,7 @@ from examples.lens_app.lenses import LENSES
 from examples.lens_app.services import RunnerService, artifact_usage
 from examples.lens_app.sources import Source, load_sources
 from examples.lens_app.store import Store
-from llm_ledger import _config, instrument
+from llm_ledger import instrument
 from pytest_llm_ledger.plugin import LedgerRecords
 from tests.conftest import FAKE_KEY
 from tests.fake_openai import FakeOpenAI
@@ -203,24 +203,7 @@ def test_image_lens_refuses_a_source_without_images(store: Store, sources: dict[
 # -- the demo command ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_ledger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """configure() as on a fresh import, and the llm_monitor logger restored afterwards."""
-    logger = logging.getLogger("llm_monitor")
-    saved = (logger.handlers[:], logger.propagate, logger.level)
-    monkeypatch.setattr(_config, "_monitor", None)
-    monkeypatch.setattr(_config, "_settings", None)
-    monkeypatch.setattr(_config, "_handler", None)
-    yield
-    handler = _config._handler
-    if handler is not None:
-        logger.removeHandler(handler)
-        handler.close()
-    logger.handlers[:], logger.propagate = saved[0], saved[1]
-    logger.setLevel(saved[2])
-
-
-def test_demo_replays_the_committed_cassettes_offline(tmp_path: Path, fresh_ledger: None) -> None:
+def test_demo_replays_the_committed_cassettes_offline(tmp_path: Path, fresh_config: None) -> None:
     """`make demo`: every lens replayed from cassettes/examples/lens_app; a table, the log, the database."""
     out = io.StringIO()
     status = cli.main(["--db", str(tmp_path / "demo.sqlite3"), "--log-dir", str(tmp_path / "logs")], out=out)
@@ -230,15 +213,16 @@ def test_demo_replays_the_committed_cassettes_offline(tmp_path: Path, fresh_ledg
     assert len(rows) == 14
     assert re.search(r"^total\s+14 lens runs\s+29\s+[\d,]+\s+\$0\.\d{6}\s*$", text, re.MULTILINE), text
     log = (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()
-    assert sum('"event": "llm_api_call"' in line for line in log) == 29
-    assert sum('"event": "lens_summary"' in line for line in log) == 14
+    events = [json.loads(line)["event"] for line in log]
+    assert events.count("llm_api_call") == 29
+    assert events.count("lens_summary") == 14
     with Store(tmp_path / "demo.sqlite3") as db:
         assert len(db.source_logs()) == 14
         assert all(log.extra_data["total_cost_usd"] > 0 for log in db.source_logs())
 
 
 def test_record_then_replay_from_a_local_server(
-    tmp_path: Path, fresh_ledger: None, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fresh_config: None, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--record --base-url writes a clean cassette per lens; replaying it gives the same numbers offline."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -23,30 +23,6 @@ from tests.fake_openai import FakeOpenAI
 HI: Any = [{"role": "user", "content": "PRIVATE-USER-TEXT"}]
 
 
-@pytest.fixture
-def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A default monitor and llm_monitor logger as on a fresh import, restored afterwards."""
-    logger = logging.getLogger("llm_monitor")
-    saved = (logger.handlers[:], logger.propagate, logger.level)
-    for name in (
-        "LLM_LEDGER_LOG_DIR",
-        "LLM_LEDGER_PRICE_FILE",
-        "LLM_LEDGER_CAPTURE_CONTENT",
-        "LLM_LEDGER_STREAM_USAGE",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(_config, "_monitor", None)
-    monkeypatch.setattr(_config, "_settings", None)
-    monkeypatch.setattr(_config, "_handler", None)
-    yield
-    handler = _config._handler
-    if handler is not None:
-        logger.removeHandler(handler)
-        handler.close()
-    logger.handlers[:], logger.propagate = saved[0], saved[1]
-    logger.setLevel(saved[2])
-
-
 def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
