@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS, decompress
+
 from ._errors import CassetteError
 
 __all__ = ["register", "scrub_document", "scrub_file"]
@@ -56,8 +58,6 @@ def _normal(name: str) -> str:
 
 def _allow_lists() -> tuple[frozenset[str], frozenset[str]]:
     """The plugin's header allow-lists, so recording and scrubbing keep the same headers."""
-    from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS
-
     return frozenset(REQUEST_HEADERS), frozenset(RESPONSE_HEADERS) | _EXTRA_RESPONSE_HEADERS
 
 
@@ -141,7 +141,9 @@ class _Scrubber:
         if isinstance(value, bytes):
             encoding = _header(node, "content-encoding")
             try:
-                plain = _decompress(value, encoding) if encoding else value
+                plain = decompress(value, encoding) if encoding else value
+                if plain is None:
+                    return value  # an encoding this interpreter cannot decode: nothing to scrub
                 text = plain.decode("utf-8")
             except (UnicodeDecodeError, zlib.error, ValueError):
                 return value  # binary we cannot read: nothing text-shaped to scrub
@@ -204,20 +206,6 @@ def _drop_header(node: dict[str, Any], name: str) -> None:
     headers = node.get("headers") or {}
     for key in [k for k in headers if str(k).lower() == name]:
         del headers[key]
-
-
-def _decompress(data: bytes, encoding: str) -> bytes:
-    for enc in reversed([e.strip().lower() for e in encoding.split(",") if e.strip()]):
-        if enc in ("gzip", "x-gzip"):
-            data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
-        elif enc == "deflate":
-            try:
-                data = zlib.decompress(data)
-            except zlib.error:
-                data = zlib.decompress(data, -zlib.MAX_WBITS)
-        elif enc != "identity":
-            raise ValueError(f"cannot decode content-encoding {enc!r}")
-    return data
 
 
 def scrub_document(doc: Any) -> list[str]:

@@ -72,7 +72,7 @@ _Dumper.add_representer(str, _represent_str)
 # -- bodies -------------------------------------------------------------------------------------
 
 
-def _decompress(raw: bytes, encoding: str) -> bytes | None:
+def decompress(raw: bytes, encoding: str) -> bytes | None:
     """Undo a Content-Encoding; None when the encoding is not one this interpreter can decode."""
     encodings = [e.strip().lower() for e in encoding.split(",") if e.strip()]
     data = raw
@@ -185,7 +185,7 @@ def response_body(raw: bytes, headers: Mapping[str, list[str]]) -> tuple[Body, d
     kept = {k: lowered[k][0] for k in sorted(RESPONSE_HEADERS) if lowered.get(k)}
     encoding = (lowered.get("content-encoding") or [""])[0]
     if encoding and raw:
-        decoded = _decompress(raw, encoding)
+        decoded = decompress(raw, encoding)
         if decoded is None:  # cannot undo it here: keep the bytes and the header that explains them
             kept["content-encoding"] = encoding
             return ("base64", base64.b64encode(raw).decode("ascii")), kept
