@@ -405,6 +405,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"limits from {_display(config, state.budget_file)}")
     elif state.budgets is not None:
         tr.write_line(f"llm-ledger: every budget in {_display(config, state.budget_file)} was met")
+    if state.budgets is not None:
+        # a budget for a test that did not run checks nothing: say so (a subset run, or a typo)
+        idle = sorted(set(state.budgets.tests) - set(ledger.tests))
+        if idle:
+            shown = ", ".join(idle[:5]) + (f" and {len(idle) - 5} more" if len(idle) > 5 else "")
+            tr.write_line(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {shown}")
     report_path = config.getoption("llm_report")
     if report_path:
         tr.write_line(f"llm-ledger: report written to {report_path}")

@@ -52,6 +52,18 @@ def test_budgets_met_pass(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
 
 
+def test_a_budget_for_a_test_that_did_not_run_is_named(recorded: pytest.Pytester) -> None:
+    """A test budget whose node id never ran (a typo, or a subset run) is listed as not checked."""
+    budgets(recorded, 'tests:\n  "tests/test_app.py::test_typo": {max_api_calls: 1}\n')
+
+    result = run(recorded, "--llm-budget")
+
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: no run of 1 test(s) with a budget, not checked: tests/test_app.py::test_typo"]
+    )
+
+
 def test_breach_fails_a_green_run_with_a_table(recorded: pytest.Pytester) -> None:
     """Exceeded limits make pytest exit 1 although every test passed, and the table names the worst run."""
     budgets(
