@@ -139,6 +139,7 @@ class SessionLedger:
     def __init__(self) -> None:
         self.tests: dict[str, Totals] = {}
         self.lens_runs: list[tuple[str, str, Totals]] = []  # (lens key, node id, run totals)
+        self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         self.tests.setdefault(nodeid, Totals()).add(Totals.of_call(record))
@@ -154,6 +155,7 @@ class SessionLedger:
         return {
             "tests": {nodeid: t.to_wire() for nodeid, t in self.tests.items()},
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
+            "unplayed": self.unplayed,
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -161,6 +163,7 @@ class SessionLedger:
             self.tests.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
         for key, nodeid, wire in data.get("lens_runs", []):
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
+        self.unplayed.update(data.get("unplayed", {}))
 
     # -- aggregates ------------------------------------------------------------------------------
 

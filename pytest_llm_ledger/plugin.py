@@ -354,7 +354,13 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     item.stash[_CASSETTE] = cassette
     with activate(cassette):
         yield
-    cassette.save(test_passed=item.stash.get(_PASSED, False) and not cassette.misses)
+    passed = item.stash.get(_PASSED, False) and not cassette.misses
+    cassette.save(test_passed=passed)
+    unplayed = len(cassette.loaded) - cassette.played
+    if passed and cassette.write_protected and unplayed > 0:
+        # the code now makes fewer calls than were recorded: the cassette (and its cost) is stale
+        with state._lock:
+            state.ledger.unplayed[item.nodeid] = unplayed
 
 
 @pytest.fixture
@@ -405,6 +411,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"limits from {_display(config, state.budget_file)}")
     elif state.budgets is not None:
         tr.write_line(f"llm-ledger: every budget in {_display(config, state.budget_file)} was met")
+    if ledger.unplayed:
+        stale = sorted(ledger.unplayed.items())
+        shown = ", ".join(f"{nodeid} ({count})" for nodeid, count in stale[:5])
+        more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
+        tr.write_line(
+            f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
+            f"{shown}{more}; re-record them with --llm-record-mode=rewrite"
+        )
     if state.budgets is not None:
         # a budget for a test that did not run checks nothing: say so (a subset run, or a typo)
         idle = sorted(set(state.budgets.tests) - set(ledger.tests))

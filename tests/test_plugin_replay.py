@@ -142,6 +142,27 @@ def test_an_extra_identical_call_is_a_miss(
 
 
 @pytest.mark.usefixtures("with_key")
+def test_fewer_calls_than_recorded_are_reported_as_stale(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A passing test that plays only part of its cassette is named, with the re-record command."""
+    write_project(pytester, REPEAT_TESTS)
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "3")
+    record(pytester, "-k", "test_repeat")
+    server.stop()
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "1")
+
+    result = run(pytester, "-k", "test_repeat")
+
+    result.assert_outcomes(passed=1, deselected=1)
+    assert_lines_in(
+        result,
+        "llm-ledger: 1 cassette(s) hold interactions their test no longer makes: "
+        "tests/test_app.py::test_repeat (2); re-record them with --llm-record-mode=rewrite",
+    )
+
+
+@pytest.mark.usefixtures("with_key")
 def test_a_swallowed_miss_still_fails_the_test(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
