@@ -1,4 +1,4 @@
-"""``llm-ledger scrub CASSETTE...``: remove credentials and identifiers from existing cassettes.
+"""``llm-ledger scrub CASSETTE|DIR...``: remove credentials and identifiers from existing cassettes.
 
 For teams moving from plain vcrpy, whose cassettes often hold ``Authorization`` headers, cookies and
 organisation ids. Reads vcrpy cassettes (YAML or JSON serializer) and llm-ledger's own, always with
@@ -306,10 +306,24 @@ def scrub_file(path: Path, *, check: bool = False) -> list[str]:
     return findings
 
 
+_SUFFIXES: Final = (".yaml", ".yml", ".json")
+
+
+def _expand(names: list[str]) -> list[Path]:
+    """Files as given; a directory stands for every .yaml / .yml / .json file below it, sorted."""
+    paths: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file()))
+        else:
+            paths.append(path)
+    return paths
+
+
 def _run(args: argparse.Namespace) -> int:
     failed = changed = 0
-    for name in args.cassettes:
-        path = Path(name)
+    for path in _expand(args.cassettes):
         try:
             findings = scrub_file(path, check=args.check)
         except CassetteError as exc:
@@ -353,7 +367,12 @@ def register(subparsers: Any) -> None:
         ),
         epilog="exit status: 0 clean or scrubbed, 1 --check found something, 2 a file could not be used",
     )
-    parser.add_argument("cassettes", nargs="+", metavar="CASSETTE", help="cassette files (.yaml or .json)")
+    parser.add_argument(
+        "cassettes",
+        nargs="+",
+        metavar="CASSETTE",
+        help="cassette files (.yaml, .yml or .json), or directories to scrub every such file below",
+    )
     parser.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 listing what would be scrubbed (for CI)"
     )
