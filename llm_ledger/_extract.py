@@ -172,11 +172,12 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         content_length = tool_calls = 0
         for choice in choices:
             message = choice.message
-            text = message.content
+            text = getattr(message, "content", None)
             if text:
                 content_length += len(text)
-            if message.tool_calls:
-                tool_calls += len(message.tool_calls)
+            calls = getattr(message, "tool_calls", None)
+            if calls:
+                tool_calls += len(calls)
         if choices:
             finish_reason = choices[0].finish_reason
     elif operation == "responses":

@@ -13,7 +13,10 @@ import asyncio
 import inspect
 from collections.abc import Mapping
 from contextvars import ContextVar
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
 
 from ._extract import OPERATIONS, response_shape
 from ._streams import watch_stream
@@ -41,6 +44,7 @@ def _on_response(response: Any) -> None:
         if retries is not None and retries.isdigit():
             call.retries = int(retries)
         call.request_id = response.headers.get("x-request-id")
+        call.http_response = response
 
 
 async def _on_response_async(response: Any) -> None:
@@ -97,12 +101,15 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
 
 
 def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
+    status: Status = (
+        "interrupted" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) else "error"
+    )
     try:
-        status: Status = (
-            "interrupted" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) else "error"
-        )
-        # parse() errors such as LengthFinishReasonError carry the billed completion
+        # parse() errors such as LengthFinishReasonError carry the billed completion; others (a
+        # pydantic ValidationError) come after a 2xx body the SDK has read: its usage was billed
         completion = getattr(exc, "completion", None)
+        if completion is None:
+            completion = _read_body(call)
         if completion is not None:
             shape, usage = response_shape(call.operation, completion)
             monitor._finish(call, status, shape, usage, error=exc)
@@ -110,6 +117,36 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
             monitor._finish(call, status, None, None, error=exc)
     except Exception as inner:
         monitor._report("recording a failed call", inner)
+        _record_bare(monitor, call, status, exc)
+
+
+def _record_bare(monitor: LLMCallMonitor, call: _Call, status: Status, exc: BaseException | None) -> None:
+    """After a failure reading a call: record it with what is known for sure (never twice)."""
+    try:
+        monitor._finish(call, status, None, None, error=exc)
+    except Exception as inner:  # pragma: no cover - _finish already falls back internally
+        monitor._report("recording a call", inner)
+
+
+def _read_body(call: _Call) -> Any:
+    """The 2xx JSON body of a failed call, if the SDK already read it (as an attribute namespace)."""
+    response = call.http_response
+    if response is None or not 200 <= response.status_code < 300 or call.request["stream"]:
+        return None
+    try:
+        data = orjson.loads(response.content)  # raises if the body was never read: then we do not read it
+    except Exception:
+        return None
+    return _namespace(data) if isinstance(data, dict) else None
+
+
+def _namespace(value: Any) -> Any:
+    """JSON objects as attribute namespaces, so response_shape() reads them like SDK models."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{str(k): _namespace(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_namespace(v) for v in value]
+    return value
 
 
 _CLASS_HAS_RAW: dict[type, bool] = {}  # response class -> does a class in its MRO define http_response
@@ -157,6 +194,7 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, options: Any, result: Any, is
         monitor._finish(call, "ok", shape, usage, output_text=output)
     except Exception as exc:
         monitor._report("recording a call", exc)
+        _record_bare(monitor, call, "ok", None)
 
 
 def instrument_client(monitor: LLMCallMonitor, client: C) -> C:

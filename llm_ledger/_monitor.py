@@ -57,6 +57,7 @@ class _Call:
         "context",
         "done",
         "hide_usage",
+        "http_response",
         "lenses",
         "operation",
         "request",
@@ -76,6 +77,7 @@ class _Call:
         self.secret = secret
         self.retries: int | None = None
         self.request_id: str | None = None
+        self.http_response: Any = None  # the last HTTP response, set by the client's response hook
         self.ttft: float | None = None
         self.hide_usage = False
         self.done = False
@@ -254,12 +256,45 @@ class LLMCallMonitor:
         error: BaseException | None = None,
         output_text: str | None = None,
     ) -> None:
-        """Build, roll up and emit the record of a finished call (exactly once per call)."""
+        """Build, roll up and emit the record of a finished call (exactly once per call).
+
+        A result the ledger cannot read is reported and the call is still recorded, without it.
+        """
         if call.done:
             return
         call.done = True
         duration = time.perf_counter() - call.start_perf
-        usage = cast(Usage, usage_obj) if isinstance(usage_obj, dict) else usage_of(call.operation, usage_obj)
+        try:
+            record, total_cost = self._build(call, status, response, usage_obj, error, output_text, duration)
+        except Exception as exc:
+            self._report("reading a call's result", exc)
+            record, total_cost = self._build(call, status, None, None, error, None, duration)
+        for totals in call.lenses:
+            totals.add(record, total_cost)
+        self._emit(record)
+
+    def _build(
+        self,
+        call: _Call,
+        status: Status,
+        response: ResponseShape | None,
+        usage_obj: Usage | Any,
+        error: BaseException | None,
+        output_text: str | None,
+        duration: float,
+    ) -> tuple[CallRecord, Decimal | None]:
+        if usage_obj is None:  # no usage (and the fallback path): nothing that could fail to read
+            usage: Usage = {
+                "prompt_tokens": None,
+                "completion_tokens": None,
+                "total_tokens": None,
+                "cached_tokens": None,
+                "reasoning_tokens": None,
+            }
+        elif isinstance(usage_obj, dict):
+            usage = cast(Usage, usage_obj)
+        else:
+            usage = usage_of(call.operation, usage_obj)
         if response is None:
             response = {
                 "model": None,
@@ -306,9 +341,7 @@ class LLMCallMonitor:
             error=None if error is None else self._error_shape(call, error),
             content=content,
         )
-        for totals in call.lenses:
-            totals.add(record, total_cost)
-        self._emit(record)
+        return record, total_cost
 
     def _cost(self, served: str | None, requested: str | None, usage: Usage) -> Any:
         prompt = usage["prompt_tokens"] or 0

@@ -232,6 +232,9 @@ def test_failed_parse_raises_unchanged_and_records_no_content(
     assert record["status"] == "error" and record["level"] == "ERROR"
     assert record["error"]["type"] == "ValidationError"
     assert "CONFIDENTIAL" not in json.dumps(record)
+    # the answer was billed: its usage and cost are read from the body the SDK received
+    assert record["usage"]["total_tokens"] and record["cost"]["total_cost_usd"]
+    assert record["response"]["finish_reason"] == "stop"
 
 
 def test_length_limited_parse_keeps_its_usage(client: openai.OpenAI, records: Captured) -> None:

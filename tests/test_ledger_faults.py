@@ -76,23 +76,33 @@ def test_a_fault_reading_the_request_leaves_the_call_alone(
 
 
 def test_a_fault_reading_usage_leaves_the_call_alone(
-    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
+    client: openai.OpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
 ) -> None:
-    """If the ledger cannot read a response's usage, the caller still gets the response."""
+    """If the ledger cannot read a response's usage, the caller still gets it and the call is recorded."""
     monkeypatch.setattr(monitor_module, "usage_of", _boom)
     response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert response.choices[0].message.content
-    assert any("recording a call" in r.getMessage() for r in internal_log.records)
+    assert any("reading a call's result" in r.getMessage() for r in internal_log.records)
+    [record] = records.calls  # nothing lost: recorded without what could not be read
+    assert record["status"] == "ok" and record["usage"]["total_tokens"] is None
 
 
 def test_a_fault_reading_a_bad_response_shape_is_contained(
-    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
+    client: openai.OpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
 ) -> None:
-    """A response the ledger does not understand is reported, and the caller still gets it."""
+    """A response the ledger does not understand is reported; the caller gets it; the call is recorded."""
     monkeypatch.setattr(llm_ledger._instrument, "response_shape", _boom)
     response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert response.usage is not None
     assert any("recording a call" in r.getMessage() for r in internal_log.records)
+    [record] = records.calls
+    assert record["status"] == "ok" and record["response"]["content_length"] is None
 
 
 def test_a_fault_while_watching_a_stream_does_not_change_the_chunks(
@@ -101,11 +111,13 @@ def test_a_fault_while_watching_a_stream_does_not_change_the_chunks(
     records: Captured,
     internal_log: pytest.LogCaptureFixture,
 ) -> None:
-    """A failure recording a stream is reported; the caller still gets every chunk."""
+    """A failure recording a stream is reported; the caller still gets every chunk; the call is recorded."""
     monkeypatch.setattr(monitor_module, "usage_of", _boom)
     chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
     assert chunks[-1].choices[0].finish_reason == "stop"
-    assert any("recording a stream" in r.getMessage() for r in internal_log.records)
+    assert any("reading a call's result" in r.getMessage() for r in internal_log.records)
+    [record] = records.calls
+    assert record["status"] == "ok" and record["usage"]["total_tokens"] is None
 
 
 def test_a_full_disk_keeps_records_for_retry(
