@@ -5,7 +5,8 @@
 argument name, not from pytest's generated ids (those depend on parameter order and on pytest's
 id rules, which have changed between versions): primitives appear as themselves, anything else
 as a short hash of its repr with memory addresses removed. Characters outside a portable set
-become ``-``, and names longer than :data:`MAX_STEM` are cut and suffixed with a short hash.
+become ``-`` and the name then gets a short hash of the original (so ``a/b`` and ``a:b`` differ),
+and names longer than :data:`MAX_STEM` are cut and suffixed with a short hash.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ def cassette_stem(item: pytest.Item) -> str:
     if callspec is not None and callspec.params:
         params = ",".join(f"{arg}={_value_text(callspec.params[arg])}" for arg in sorted(callspec.params))
         name = f"{name}[{params}]"
-    full = _safe(".".join([*owners, name]))
+    raw = ".".join([*owners, name])
+    full = _safe(raw)
+    if full != raw:
+        # two names that differ only in unsafe characters ("a/b" and "a:b") must not share a file
+        full = f"{full}-{_hash(raw)}"
     if len(full) > MAX_STEM:
         full = f"{full[: MAX_STEM - 9]}-{_hash(full)}"
     return full
