@@ -44,7 +44,10 @@ def _on_response(response: Any) -> None:
         if retries is not None and retries.isdigit():
             call.retries = int(retries)
         call.request_id = response.headers.get("x-request-id")
-        call.http_response = response
+        if not call.request["stream"]:
+            # kept to read the usage of a body the SDK then failed to parse; never for a stream,
+            # whose call outlives the request (an abandoned stream's finalizer would keep it alive)
+            call.http_response = response
 
 
 async def _on_response_async(response: Any) -> None:
