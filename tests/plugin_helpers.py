@@ -130,3 +130,12 @@ def no_key_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
 def with_key_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
     """A (fake) OPENAI_API_KEY, as when recording."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-key-1234")
+
+
+@pytest.fixture(name="recorded")
+def recorded_fixture(pytester: pytest.Pytester, server: FakeOpenAI, with_key: None) -> pytest.Pytester:
+    """An inner project whose three tests are recorded, with the server then stopped."""
+    write_project(pytester)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    return pytester

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 import llm_ledger  # noqa: F401
 from pytest_llm_ledger._budgets import BudgetError, Limits, parse_budgets
-from tests.fake_openai import FakeOpenAI
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
     PLUGIN_ARGS,
+    recorded_fixture,
     run,
     server_fixture,
     with_key_fixture,
@@ -24,16 +24,7 @@ from tests.plugin_helpers import (
 )
 
 pytest_plugins = ["pytester"]
-_FIXTURES = (server_fixture, with_key_fixture)  # used by name
-
-
-@pytest.fixture
-def recorded(pytester: pytest.Pytester, server: FakeOpenAI, with_key: None) -> pytest.Pytester:
-    """An inner project whose three tests are recorded, with the server then stopped."""
-    write_project(pytester)
-    assert run(pytester, "--llm-record-mode=once").ret == 0
-    server.stop()
-    return pytester
+_FIXTURES = (recorded_fixture, server_fixture, with_key_fixture)  # used by name
 
 
 def budgets(pytester: pytest.Pytester, text: str, name: str = "budgets.yaml") -> None:

@@ -12,20 +12,17 @@ import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
-from tests.fake_openai import FakeOpenAI
-from tests.plugin_helpers import FAST_ARGS, PLUGIN_ARGS, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import (
+    FAST_ARGS,
+    PLUGIN_ARGS,
+    recorded_fixture,
+    run,
+    server_fixture,
+    with_key_fixture,
+)
 
 pytest_plugins = ["pytester"]
-_FIXTURES = (server_fixture, with_key_fixture)  # used by name
-
-
-@pytest.fixture
-def recorded(pytester: pytest.Pytester, server: FakeOpenAI, with_key: None) -> pytest.Pytester:
-    """An inner project whose three tests are recorded, with the server then stopped."""
-    write_project(pytester)
-    assert run(pytester, "--llm-record-mode=once").ret == 0
-    server.stop()
-    return pytester
+_FIXTURES = (recorded_fixture, server_fixture, with_key_fixture)  # used by name
 
 
 def report(totals: dict[str, dict[str, Any]], total: dict[str, Any]) -> dict[str, Any]:
