@@ -81,7 +81,7 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
             return None, options
         call = monitor._begin(operation, body, stream, _secret(client))
         headers = options.headers
-        raw = headers.get(_RAW_HEADER) if isinstance(headers, Mapping) else None
+        raw = call.raw = headers.get(_RAW_HEADER) if isinstance(headers, Mapping) else None
         if raw == "stream":
             call.hide_usage = False  # the caller reads the HTTP body itself: send the request unchanged
         elif stream and operation == "chat" and monitor.stream_usage:
@@ -152,31 +152,11 @@ def _namespace(value: Any) -> Any:
     return value
 
 
-_CLASS_HAS_RAW: dict[type, bool] = {}  # response class -> does a class in its MRO define http_response
-
-
-def _maybe_raw(result: Any) -> bool:
-    """Could ``result`` be a ``with_raw_response`` object (``http_response`` is set in its ``__init__``)?
-
-    Spares the ``hasattr`` miss on a parsed pydantic model, which costs microseconds (pydantic's
-    ``__getattr__`` builds an AttributeError message) on every monitored call.
-    """
-    attrs = getattr(result, "__dict__", None)
-    if attrs is None or "http_response" in attrs:
-        return True
-    cls = type(result)
-    known = _CLASS_HAS_RAW.get(cls)
-    if known is None:
-        known = _CLASS_HAS_RAW[cls] = any("http_response" in klass.__dict__ for klass in cls.__mro__)
-    return known
-
-
-def _succeed(monitor: LLMCallMonitor, call: _Call, options: Any, result: Any, is_async: bool) -> None:
+def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) -> None:
     try:
         target = result
-        if _maybe_raw(result) and hasattr(result, "http_response") and hasattr(result, "parse"):
-            headers = options.headers
-            if isinstance(headers, Mapping) and headers.get(_RAW_HEADER) == "stream":
+        if call.raw is not None and hasattr(result, "parse"):  # with_raw_response / with_streaming_response
+            if call.raw == "stream":
                 monitor._finish(call, "ok", None, None)  # body not read yet: shape unknown
                 return
             target = result.parse()  # cached by the SDK: the caller's parse() gets the same object
@@ -230,7 +210,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
                 raise
             finally:
                 _active.reset(token)
-            _succeed(monitor, call, options, result, True)
+            _succeed(monitor, call, result, True)
             return result
 
         instance.request = arequest
@@ -248,7 +228,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
                 raise
             finally:
                 _active.reset(token)
-            _succeed(monitor, call, options, result, False)
+            _succeed(monitor, call, result, False)
             return result
 
         instance.request = request

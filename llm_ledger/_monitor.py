@@ -60,6 +60,7 @@ class _Call:
         "http_response",
         "lenses",
         "operation",
+        "raw",
         "request",
         "request_id",
         "retries",
@@ -77,6 +78,7 @@ class _Call:
         self.secret = secret
         self.retries: int | None = None
         self.request_id: str | None = None
+        self.raw: str | None = None  # the SDK's raw-response header: "true" or "stream" (with_*_response)
         self.http_response: Any = None  # the last HTTP response, set by the client's response hook
         self.ttft: float | None = None
         self.hide_usage = False

@@ -427,3 +427,18 @@ async def test_async_retries_and_request_id_are_recorded(
     record = _only(records)
     assert record["retries"] == 1
     assert record["response"]["request_id"].startswith("req_")
+
+
+def test_streaming_response_is_recorded_without_reading_the_body(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """with_streaming_response leaves the body to the caller: one ok record, usage unknown."""
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    ) as response:
+        assert response.http_response.status_code == 200
+        completion = response.parse()
+    assert completion.choices[0].message.content
+    record = _only(records)
+    assert record["status"] == "ok" and record["usage"]["total_tokens"] is None
+    assert record["response"]["request_id"] is not None
