@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["watch_stream"]
 
+# what one chat chunk is (_StreamState.chat_chunk)
+ORDINARY, FINISHED, USAGE_ONLY = 0, 1, 2
+
 
 class _StreamState:
     __slots__ = (
@@ -76,14 +79,22 @@ class _StreamState:
 
     # -- chat completions ---------------------------------------------------------------------------
 
-    def chat_chunk(self, chunk: Any) -> bool:
-        """Count one chunk; True when it is the finish of the last choice and usage is still to come."""
-        call = self.call
+    def chat_chunk(self, chunk: Any) -> int:
+        """Count one chunk: ORDINARY, FINISHED (the last choice finished and usage is still to
+        come) or USAGE_ONLY (the final chunk with no choices and the usage)."""
         if self.id is None:
             self.model = chunk.model
             self.id = chunk.id
+        choices = chunk.choices
+        if not choices:
+            usage = getattr(chunk, "usage", None)
+            if usage is None:
+                return ORDINARY
+            self.usage = usage
+            return USAGE_ONLY
+        call = self.call
         finished = False
-        for choice in chunk.choices:
+        for choice in choices:
             delta = choice.delta
             if delta is not None:
                 text = delta.content
@@ -103,9 +114,9 @@ class _StreamState:
                 self.finish_reason = self.finish_reason or choice.finish_reason
                 finished = True
         usage = getattr(chunk, "usage", None)
-        if usage is not None:
+        if usage is not None:  # some compatible servers send usage on the last content chunk
             self.usage = usage
-        return finished and self.usage is None
+        return FINISHED if finished and self.usage is None else ORDINARY
 
     # -- responses ------------------------------------------------------------------------------------
 
@@ -139,30 +150,27 @@ class _ResponseFailed(Exception):
         self.code = getattr(detail, "code", None)
 
 
-def _is_usage_chunk(chunk: Any) -> bool:
-    return not chunk.choices and getattr(chunk, "usage", None) is not None
-
-
 def _chat_sync(state: _StreamState, chunks: Iterator[Any], hide_usage: bool) -> Iterator[Any]:
+    count = state.chat_chunk
     try:
         for chunk in chunks:
-            if state.chat_chunk(chunk):
-                # Read the usage chunk before handing over the last content chunk: a caller that
-                # stops reading there still gets its usage recorded.
-                following = next(chunks, None)
-                if following is not None:
-                    state.chat_chunk(following)
-                    if _is_usage_chunk(following):
-                        state.finish("ok")
-                    yield chunk
-                    if not (hide_usage and _is_usage_chunk(following)):
-                        yield following
-                    continue
-            if _is_usage_chunk(chunk):
+            kind = count(chunk)
+            if kind == ORDINARY:
+                yield chunk
+            elif kind == USAGE_ONLY:
                 state.finish("ok")
-                if hide_usage:
-                    continue
-            yield chunk
+                if not hide_usage:
+                    yield chunk
+            else:
+                # FINISHED: read the usage chunk before handing over the last content chunk, so a
+                # caller that stops reading there still gets its usage recorded
+                following = next(chunks, None)
+                following_kind = ORDINARY if following is None else count(following)
+                if following_kind == USAGE_ONLY:
+                    state.finish("ok")
+                yield chunk
+                if following is not None and not (hide_usage and following_kind == USAGE_ONLY):
+                    yield following
     except GeneratorExit:
         state.finish("interrupted")
         raise
@@ -176,25 +184,26 @@ def _chat_sync(state: _StreamState, chunks: Iterator[Any], hide_usage: bool) -> 
 async def _chat_async(
     state: _StreamState, chunks: AsyncIterator[Any], hide_usage: bool
 ) -> AsyncIterator[Any]:
+    count = state.chat_chunk
     try:
         async for chunk in chunks:
-            if state.chat_chunk(chunk):
-                # Read the usage chunk before handing over the last content chunk: a caller that
-                # stops reading there still gets its usage recorded.
-                following = await anext(chunks, None)
-                if following is not None:
-                    state.chat_chunk(following)
-                    if _is_usage_chunk(following):
-                        state.finish("ok")
-                    yield chunk
-                    if not (hide_usage and _is_usage_chunk(following)):
-                        yield following
-                    continue
-            if _is_usage_chunk(chunk):
+            kind = count(chunk)
+            if kind == ORDINARY:
+                yield chunk
+            elif kind == USAGE_ONLY:
                 state.finish("ok")
-                if hide_usage:
-                    continue
-            yield chunk
+                if not hide_usage:
+                    yield chunk
+            else:
+                # FINISHED: read the usage chunk before handing over the last content chunk, so a
+                # caller that stops reading there still gets its usage recorded
+                following = await anext(chunks, None)
+                following_kind = ORDINARY if following is None else count(following)
+                if following_kind == USAGE_ONLY:
+                    state.finish("ok")
+                yield chunk
+                if following is not None and not (hide_usage and following_kind == USAGE_ONLY):
+                    yield following
     except GeneratorExit:
         state.finish("interrupted")
         raise
