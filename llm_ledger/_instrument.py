@@ -38,24 +38,25 @@ _active: ContextVar[_Call | None] = ContextVar("llm_ledger_active_call", default
 
 
 def _on_response(response: Any) -> None:
+    # only kept: its headers are read when the result does not carry them (errors, streams) and
+    # its body when the SDK fails to parse a billed 2xx answer
     call = _active.get()
     if call is not None:
-        retries = response.request.headers.get("x-stainless-retry-count")
-        if retries is not None and retries.isdigit():
-            call.retries = int(retries)
-        call.request_id = response.headers.get("x-request-id")
-        if not call.request["stream"]:
-            # kept to read the usage of a body the SDK then failed to parse; never for a stream,
-            # whose call outlives the request (an abandoned stream's finalizer would keep it alive)
-            call.http_response = response
+        call.http_response = response
 
 
 async def _on_response_async(response: Any) -> None:
     _on_response(response)
 
 
+def _count_retry() -> None:
+    call = _active.get()
+    if call is not None and call.retries is not None:
+        call.retries += 1
+
+
 def _hook_http_client(client: Any, is_async: bool) -> None:
-    """Learn retries and request ids from the HTTP layer (best effort; absent hooks cost nothing)."""
+    """See each HTTP response of a call, retries included (best effort; absent hooks cost nothing)."""
     http = getattr(client, "_client", None)
     hooks = getattr(http, "event_hooks", None)
     if http is None or not isinstance(hooks, Mapping) or getattr(http, _HOOKED_ATTR, False):
@@ -166,6 +167,8 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
                 monitor._finish(call, "ok", None, None)
                 return
         if call.request["stream"] and hasattr(target, "_iterator"):
+            call.response_request_id()
+            call.http_response = None  # the call outlives its request (an abandoned stream's finalizer)
             watch_stream(monitor, call, target, is_async=is_async)
             return
         shape, usage = response_shape(call.operation, target)
@@ -178,6 +181,29 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
     except Exception as exc:
         monitor._report("recording a call", exc)
         _record_bare(monitor, call, "ok", None)
+
+
+def _count_retries(instance: Any, is_async: bool) -> bool:
+    """Count the SDK's retries of a call by extending its retry sleep; False if it has none."""
+    sleep = getattr(type(instance), "_sleep_for_retry", None)
+    if not callable(sleep):
+        return False
+    original = sleep.__get__(instance)
+    if is_async:
+
+        async def asleep_for_retry(*args: Any, **kwargs: Any) -> Any:
+            _count_retry()
+            return await original(*args, **kwargs)
+
+        instance._sleep_for_retry = asleep_for_retry
+    else:
+
+        def sleep_for_retry(*args: Any, **kwargs: Any) -> Any:
+            _count_retry()
+            return original(*args, **kwargs)
+
+        instance._sleep_for_retry = sleep_for_retry
+    return True
 
 
 def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
@@ -193,6 +219,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
         return client
     original = cls.request.__get__(instance)
     is_async = inspect.iscoroutinefunction(original)
+    counts_retries = _count_retries(instance, is_async)
 
     if is_async:
 
@@ -202,6 +229,8 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
             call, options = _begin(monitor, instance, options, stream)
             if call is None:
                 return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
+            if not counts_retries:
+                call.retries = None
             token = _active.set(call)
             try:
                 result = await original(cast_to, options, stream=stream, stream_cls=stream_cls)
@@ -220,6 +249,8 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
             call, options = _begin(monitor, instance, options, stream)
             if call is None:
                 return original(cast_to, options, stream=stream, stream_cls=stream_cls)
+            if not counts_retries:
+                call.retries = None
             token = _active.set(call)
             try:
                 result = original(cast_to, options, stream=stream, stream_cls=stream_cls)

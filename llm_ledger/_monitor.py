@@ -76,8 +76,8 @@ class _Call:
         self.context = dict(current_context())
         self.lenses = current_lenses()
         self.secret = secret
-        self.retries: int | None = None
-        self.request_id: str | None = None
+        self.retries: int | None = 0  # None when the client's retries cannot be counted
+        self.request_id: str | None = None  # from the last HTTP response, read when needed
         self.raw: str | None = None  # the SDK's raw-response header: "true" or "stream" (with_*_response)
         self.http_response: Any = None  # the last HTTP response, set by the client's response hook
         self.ttft: float | None = None
@@ -86,6 +86,15 @@ class _Call:
         self.content: dict[str, Any] | None = None
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
+
+    def response_request_id(self) -> str | None:
+        """The request id of the last HTTP response (for results that do not carry one)."""
+        if self.request_id is None and self.http_response is not None:
+            try:
+                self.request_id = self.http_response.headers.get("x-request-id")
+            except Exception:
+                pass  # a response without readable headers: no request id
+        return self.request_id
 
 
 def _safe_error_message(exc: BaseException) -> str | None:
@@ -301,13 +310,13 @@ class LLMCallMonitor:
             response = {
                 "model": None,
                 "id": None,
-                "request_id": call.request_id,
+                "request_id": call.response_request_id(),
                 "content_length": None,
                 "finish_reason": None,
                 "tool_calls_count": None,
             }
         elif response["request_id"] is None:
-            response["request_id"] = call.request_id
+            response["request_id"] = call.response_request_id()
         prompt_cost = completion_cost = None
         total_cost: Decimal | None = None
         if usage["prompt_tokens"] is not None and usage["completion_tokens"] is not None:
