@@ -61,19 +61,23 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
     system = user = images = 0
     messages_count: int | None = None
     if operation == "chat":
-        messages = _given(body.get("messages"))
+        messages = body.get("messages")
         if isinstance(messages, (list, tuple)):
             messages_count = len(messages)
             for message in messages:
-                if not isinstance(message, Mapping):
+                if type(message) is not dict and not isinstance(message, Mapping):
                     continue
-                chars, found = _text_and_images(message.get("content"))
-                images += found
+                content = message.get("content")
+                if type(content) is str:  # the common case, without a call
+                    chars = len(content)
+                else:
+                    chars, found = _text_and_images(content)
+                    images += found
                 role = message.get("role")
-                if role in _SYSTEM_ROLES:
-                    system += chars
-                elif role == "user":
+                if role == "user":
                     user += chars
+                elif role in _SYSTEM_ROLES:
+                    system += chars
         max_tokens = _given(body.get("max_completion_tokens")) or _given(body.get("max_tokens"))
     elif operation == "responses":
         instructions = _given(body.get("instructions"))
@@ -122,10 +126,6 @@ def _details(obj: Any, name: str, field: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _tokens(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
-
-
 def usage_of(operation: str, usage: Any) -> Usage:
     """Normalise a chat / embeddings / responses ``usage`` object to the record's names."""
     if usage is None:
@@ -148,17 +148,20 @@ def usage_of(operation: str, usage: Any) -> Usage:
             completion = 0
         cached = _details(usage, "prompt_tokens_details", "cached_tokens")
         reasoning = _details(usage, "completion_tokens_details", "reasoning_tokens")
+    total = getattr(usage, "total_tokens", None)
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
-    prompt, completion, cached, reasoning = (_tokens(v) for v in (prompt, completion, cached, reasoning))
-    total = _tokens(getattr(usage, "total_tokens", None))
-    if total is None and isinstance(prompt, int) and isinstance(completion, int):
-        total = prompt + completion
+    if not (type(prompt) is int and prompt >= 0):
+        prompt = None
+    if not (type(completion) is int and completion >= 0):
+        completion = None
+    if not (type(total) is int and total >= 0):
+        total = None if prompt is None or completion is None else prompt + completion
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": total,
-        "cached_tokens": cached if cached is not None else 0,
-        "reasoning_tokens": reasoning if reasoning is not None else 0,
+        "cached_tokens": cached if type(cached) is int and cached >= 0 else 0,
+        "reasoning_tokens": reasoning if type(reasoning) is int and reasoning >= 0 else 0,
     }
 
 

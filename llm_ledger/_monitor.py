@@ -317,21 +317,16 @@ class LLMCallMonitor:
             }
         elif response["request_id"] is None:
             response["request_id"] = call.response_request_id()
-        prompt_cost = completion_cost = None
-        total_cost: Decimal | None = None
+        prompt_cost = completion_cost = total_cost = None
         if usage["prompt_tokens"] is not None and usage["completion_tokens"] is not None:
-            model = response["model"] or call.request["model"]
             try:
-                cost = self._cost(model, call.request["model"], usage)
+                costs = self._cost(response["model"], call.request["model"], usage)
             except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
                 self._report("pricing a call", exc)
-                cost = None  # the call is still recorded, with a null cost
-            if cost is not None:
-                prompt_cost, completion_cost, total_cost = (
-                    cost.prompt_cost_usd,
-                    cost.completion_cost_usd,
-                    cost.total_cost_usd,
-                )
+                costs = None  # the call is still recorded, with a null cost
+            if costs is not None:
+                prompt_cost, completion_cost = costs
+                total_cost = prompt_cost + completion_cost
         content = call.content
         if content is not None and output_text is not None:
             content["output"] = self._scrub(output_text, call)
@@ -354,17 +349,22 @@ class LLMCallMonitor:
         )
         return record, total_cost
 
-    def _cost(self, served: str | None, requested: str | None, usage: Usage) -> Any:
+    def _cost(
+        self, served: str | None, requested: str | None, usage: Usage
+    ) -> tuple[Decimal, Decimal] | None:
+        """(prompt cost, completion cost) at the served model's price, else the requested one's."""
         prompt = usage["prompt_tokens"] or 0
         completion = usage["completion_tokens"] or 0
         cached = usage["cached_tokens"] or 0
-        for model in (served, requested):
-            if model:
-                cost = self.prices.cost(
-                    model, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
-                )
-                if cost is not None:
-                    return cost
+        prices = self.prices
+        if served:
+            costs = prices._costs(served, prompt, completion, cached)
+            if costs is not None:
+                return costs
+        if requested and requested != served:
+            costs = prices._costs(requested, prompt, completion, cached)
+            if costs is not None:
+                return costs
         name = requested or served or "<none>"
         if name not in self._unpriced:
             self._unpriced.add(name)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import yaml
 
@@ -183,10 +183,20 @@ class PriceTable:
         ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
         are counted inside ``completion_tokens`` and must not be added again.
         """
+        costs = self._costs(model, prompt_tokens, completion_tokens, cached_tokens)
+        if costs is None:
+            return None
+        prompt_cost, completion_cost = costs
+        return Cost(prompt_cost, completion_cost, _add(prompt_cost, completion_cost))
+
+    def _costs(
+        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int
+    ) -> tuple[Decimal, Decimal] | None:
+        """``cost()`` on the monitor's path: (prompt cost, completion cost), without a Cost object."""
         entry = self._cache.get(model, _MISSING)
         if entry is _MISSING:
             entry = self._resolve_and_cache(model)
-        if not isinstance(entry, _Entry):
+        if entry is None:
             return None
         if not 0 <= cached_tokens <= prompt_tokens or completion_tokens < 0:
             raise ValueError(
@@ -194,14 +204,14 @@ class PriceTable:
                 f"got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
                 f"completion_tokens={completion_tokens!r}"
             )
-        inp, cached, out = entry.base
-        for start, per_token in entry.tiers_desc:
+        priced = cast(_Entry, entry)
+        inp, cached, out = priced.base
+        for start, per_token in priced.tiers_desc:
             if prompt_tokens > start:
                 inp, cached, out = per_token
                 break
         prompt_cost = _add(_mul(prompt_tokens - cached_tokens, inp), _mul(cached_tokens, cached))
-        completion_cost = _mul(completion_tokens, out)
-        return Cost(prompt_cost, completion_cost, _add(prompt_cost, completion_cost))
+        return prompt_cost, _mul(completion_tokens, out)
 
     def _resolve_and_cache(self, model: str) -> _Entry | None:
         rates = self._resolve(model)

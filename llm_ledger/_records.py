@@ -172,10 +172,6 @@ def iso_timestamp(epoch: float) -> str:
     return f"{prefix}.{millis:03d}Z"
 
 
-def _usd(value: Decimal | None) -> float | None:
-    return None if value is None else float(value)
-
-
 def call_record(
     *,
     call_id: str,
@@ -197,7 +193,6 @@ def call_record(
     """Build one ``llm_api_call`` record."""
     end_epoch = start_epoch + duration_s
     end = iso_timestamp(end_epoch)
-    total_cost = None if prompt_cost is None or completion_cost is None else prompt_cost + completion_cost
     record: CallRecord = {
         "timestamp": end,
         "level": _LEVELS[status],
@@ -217,9 +212,11 @@ def call_record(
             "time_to_first_token_ms": None if ttft_s is None else round(ttft_s * 1000, 3),
         },
         "cost": {
-            "prompt_cost_usd": _usd(prompt_cost),
-            "completion_cost_usd": _usd(completion_cost),
-            "total_cost_usd": _usd(total_cost),
+            "prompt_cost_usd": None if prompt_cost is None else float(prompt_cost),
+            "completion_cost_usd": None if completion_cost is None else float(completion_cost),
+            "total_cost_usd": None
+            if prompt_cost is None or completion_cost is None
+            else float(prompt_cost + completion_cost),
         },
         "retries": retries,
         "error": error,
