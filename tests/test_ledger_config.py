@@ -46,6 +46,55 @@ def test_records_are_written_as_json_lines(default_client: openai.OpenAI, tmp_pa
     assert list(lines[0])[:6] == ["timestamp", "level", "logger", "event", "call_id", "status"]
 
 
+def test_handlers_on_the_logger_get_log_records_like_logging_builds(
+    default_client: openai.OpenAI,
+) -> None:
+    """An operator's own handler on ``llm_monitor`` gets the record as msg, with the usual attributes."""
+    import os
+    import threading
+    import time
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("llm_monitor")
+    logger.addHandler(handler)
+    try:
+        before = time.time()
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        worker = threading.Thread(
+            target=lambda: default_client.chat.completions.create(model="gpt-4o-mini", messages=HI),
+            name="lens-worker",
+        )
+        worker.start()
+        worker.join()
+        after = time.time()
+    finally:
+        logger.removeHandler(handler)
+    assert len(seen) == 2
+    expected = logging.LogRecord("llm_monitor", logging.INFO, "", 0, {}, None, None)
+    for record, thread_name in zip(seen, ("MainThread", "lens-worker"), strict=True):
+        assert set(vars(expected)) <= set(vars(record))  # formatters add "message"
+        assert isinstance(record.msg, dict) and record.msg["event"] == "llm_api_call"
+        assert (record.name, record.levelno, record.levelname) == ("llm_monitor", logging.INFO, "INFO")
+        assert record.threadName == thread_name and record.process == os.getpid()
+        assert before <= record.created <= after
+        assert record.msecs == int((record.created % 1) * 1000)
+        assert (
+            abs(
+                record.relativeCreated - expected.relativeCreated - (record.created - expected.created) * 1000
+            )
+            < 1
+        )
+    assert seen[0].thread != seen[1].thread
+    line = logging.Formatter("%(levelname)s %(name)s %(threadName)s %(message)s").format(seen[1])
+    assert line.startswith("INFO llm_monitor lens-worker {")
+
+
 def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
