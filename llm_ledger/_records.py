@@ -155,21 +155,23 @@ def new_id() -> str:
     return f"{_id_prefix}{next(_id_counter):012x}"
 
 
-_ts_lock = threading.Lock()
-_ts_cache: tuple[int, str] = (-1, "")
+_second_prefixes: dict[int, str] = {}  # whole epoch seconds -> "YYYY-MM-DDTHH:MM:SS"
 
 
 def iso_timestamp(epoch: float) -> str:
-    """UTC ISO-8601 with milliseconds and a ``Z``: ``2025-02-14T10:30:45.123Z``."""
-    global _ts_cache
+    """UTC ISO-8601 with milliseconds and a ``Z``: ``2025-02-14T10:30:45.123Z``.
+
+    The text of each second is cached for a few dozen seconds: ``strftime`` costs more than the rest
+    of a record, and the start and end of one call (or of calls on several threads) often fall in
+    different seconds.
+    """
     seconds = int(epoch)
-    millis = int((epoch - seconds) * 1000)
-    cached_seconds, prefix = _ts_cache
-    if cached_seconds != seconds:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        with _ts_lock:
-            _ts_cache = (seconds, prefix)
-    return f"{prefix}.{millis:03d}Z"
+    prefix = _second_prefixes.get(seconds)
+    if prefix is None:
+        if len(_second_prefixes) >= 64:
+            _second_prefixes.clear()
+        prefix = _second_prefixes[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{prefix}.{int((epoch - seconds) * 1000):03d}Z"
 
 
 def call_record(

@@ -442,3 +442,19 @@ def test_streaming_response_is_recorded_without_reading_the_body(
     record = _only(records)
     assert record["status"] == "ok" and record["usage"]["total_tokens"] is None
     assert record["response"]["request_id"] is not None
+
+
+@pytest.mark.parametrize(
+    "epoch",
+    [0.0, 0.9995, 59.001, 86399.999, 86400.0, 951_782_400.5, 1_732_000_000.25, 4_102_444_799.999],
+)
+def test_timestamps_are_utc_iso_with_milliseconds(epoch: float) -> None:
+    """Record timestamps read like strftime's UTC text, whatever seconds were formatted before."""
+    import time
+
+    from llm_ledger._records import iso_timestamp
+
+    for other in (epoch + 1.5, epoch + 3601.0, epoch):  # a call's start and end in other seconds
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(other)))
+        assert iso_timestamp(other) == f"{expected}.{int((other - int(other)) * 1000):03d}Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", iso_timestamp(epoch))
