@@ -78,7 +78,9 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
                     user += chars
                 elif role in _SYSTEM_ROLES:
                     system += chars
-        max_tokens = _given(body.get("max_completion_tokens")) or _given(body.get("max_tokens"))
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if max_tokens is not None and type(max_tokens) is not int:
+            max_tokens = _given(max_tokens)
     elif operation == "responses":
         instructions = _given(body.get("instructions"))
         if isinstance(instructions, str):
@@ -106,9 +108,14 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         elif isinstance(items, (list, tuple)):
             user = sum(len(item) for item in items if isinstance(item, str))
         max_tokens = None
+    model = body.get("model")
+    temperature = body.get("temperature")
+    tools = body.get("tools")
     return {
-        "model": _given(body.get("model")),
-        "temperature": _given(body.get("temperature")),
+        "model": model if model is None or type(model) is str else _given(model),
+        "temperature": temperature
+        if temperature is None or type(temperature) is float
+        else _given(temperature),
         "max_tokens": max_tokens,
         "messages_count": messages_count,
         "system_prompt_length": system,
@@ -116,7 +123,7 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         "has_images": images > 0,
         "image_count": images,
         "stream": stream,
-        "tools_count": _count(body.get("tools")),
+        "tools_count": 0 if tools is None else _count(tools),
     }
 
 
@@ -146,8 +153,10 @@ def usage_of(operation: str, usage: Any) -> Usage:
         completion = getattr(usage, "completion_tokens", None)
         if operation == "embeddings" and completion is None:
             completion = 0
-        cached = _details(usage, "prompt_tokens_details", "cached_tokens")
-        reasoning = _details(usage, "completion_tokens_details", "reasoning_tokens")
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = None if details is None else getattr(details, "cached_tokens", None)
+        details = getattr(usage, "completion_tokens_details", None)
+        reasoning = None if details is None else getattr(details, "reasoning_tokens", None)
     total = getattr(usage, "total_tokens", None)
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
     if not (type(prompt) is int and prompt >= 0):
