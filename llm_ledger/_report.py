@@ -43,9 +43,13 @@ __all__ = ["FORMATS", "GROUPS", "Report", "Row", "register", "render", "summaris
 GROUPS: Final = ("lens", "model", "source_id", "service", "day")
 FORMATS: Final = ("text", "json", "markdown")
 CHUNK_BYTES: Final = 128 << 10  # small enough for a chunk and its slices to stay in the CPU cache
+# calls whose numbers are converted together: enough for every group of a many-valued key (source_id)
+# to have several calls in a batch, few enough for their tails (~250 bytes each) to stay small
+FLUSH_LINES: Final = 8192
 PARALLEL_MIN_BYTES: Final = 256 << 20  # below this, starting processes costs more than it saves
 PROGRESS_INTERVAL_S: Final = 0.5
 _MAX_MALFORMED_SHOWN: Final = 5
+_COST_DIGITS: Final = 9  # decimals of a cost in JSON output
 _CONTEXT_KEY: Final = {"lens": "lens_key", "source_id": "source_id", "service": "service"}
 
 
@@ -80,6 +84,16 @@ _L_CONTEXT: Final = len(_CONTEXT)
 _L_USAGE: Final = len(_USAGE)
 _L_LENS_EVENT: Final = len(_LENS_EVENT)
 _L_TAIL_END: Final = len(_TAIL_END)
+_L_CONTEXT_OPEN: Final = len(_CONTEXT_OPEN)
+_L_SOURCE_ID: Final = len(_SOURCE_ID)
+_L_REQUEST: Final = len(_REQUEST)
+_L_TIMESTAMP: Final = len(_TIMESTAMP)
+_L_DAY: Final = _L_TIMESTAMP + len("2025-01-01")
+# calls converted together, ~10 kB a column: bytes.replace searches afresh after each match, and in
+# a text of 30,000 bytes or more CPython 3.11 searches with the two-way algorithm, which analyses the
+# label again each time (much slower than the simple search on a short text)
+_TAILS_PER_TEXT: Final = 512
+_MODELS_CACHED: Final = 1024  # distinct models_used lists remembered (their group keys)
 _SCALAR_START: Final = b'"n-0123456789tf'  # first byte of a JSON string, null, number or boolean
 _TAIL_PARTS: Final = 13
 # part of the tail -> the key text before its number (prompt_tokens' is cut off with the anchor)
@@ -134,7 +148,7 @@ class Row:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
-            "cost_usd": round(self.cost_usd, 9),
+            "cost_usd": round(self.cost_usd, _COST_DIGITS),
             "cost_complete": self.unpriced_calls == 0,
             "avg_duration_ms": None if avg is None else round(avg, 3),
         }
@@ -157,7 +171,10 @@ class Report:
         rows = list(self.rows.values())
         if self.group_by == "day":
             return sorted(rows, key=lambda r: _sort_text(r.key))
-        return sorted(rows, key=lambda r: (-r.cost_usd, -r.calls, -r.lens_runs, _sort_text(r.key)))
+        # costs as shown (rounded): equal ones tie whatever order their calls were added in
+        return sorted(
+            rows, key=lambda r: (-round(r.cost_usd, _COST_DIGITS), -r.calls, -r.lens_runs, _sort_text(r.key))
+        )
 
     def total(self) -> Row:
         total = Row("total")
@@ -213,6 +230,8 @@ class _Summariser:
         self.buckets: dict[bytes, list[bytes]] = {}
         self.failed: dict[bytes, list[bytes]] = {}  # the same for calls with status "error"
         self.lens_runs: dict[bytes, int] = {}
+        self.flushed = 0  # the line number of the last flush
+        self.models_used: dict[bytes, list[bytes]] = {}  # a models_used list as written -> its keys
 
     def row(self, key: bytes) -> Row:
         row = self.report.rows.get(key)
@@ -226,30 +245,54 @@ class _Summariser:
         """Count the lines of ``buf`` that end with a newline; they follow line ``number`` of the file.
 
         Returns the number of the last line counted. Deliberately one flat loop of ``find`` calls
-        on the chunk itself: no per-line objects (lines of a few hundred bytes are allocated outside
-        Python's small-object allocator, which costs more than reading them), no function calls on
-        the common paths, and the numbers of successful calls kept as text until :meth:`flush`
-        converts a whole column at once.
+        on the chunk itself: no per-line objects but the tail of a call (lines of a few hundred bytes
+        are allocated outside Python's small-object allocator, which costs more than reading them),
+        no function calls on the common paths (a call's key is read inline but by service), lines
+        counted by the loop (``bytes.count`` reads a chunk slower than the loop's ``find``), and the
+        numbers of calls kept as text until :meth:`flush` converts them a column at a time, every
+        :data:`FLUSH_LINES` lines.
         """
         find = buf.find
         rfind = buf.rfind
         endswith = buf.endswith
+        startswith = buf.startswith
         code = self.code
         buckets = self.buckets
         lens_runs = self.lens_runs
         scalar = _SCALAR_START
         pos = 0
+        lines = 0
         while (nl := find(b"\n", pos)) >= 0:
             start = pos
             pos = nl + 1
+            lines += 1
             if endswith(_NULL_ERROR, start, nl):  # a successful call without captured content
                 c = find(_CONTEXT, start + 100, nl)
                 if c > 0 and buf[c + _L_CONTEXT] in scalar:
-                    if code == 0:
+                    if code == 0:  # lens_key: the first context value
                         e = find(_SOURCE_ID, c, nl)
                         key = buf[c + _L_CONTEXT : e] if e > 0 else b""
+                    elif code == 3:  # request.model, as _key_at reads it
+                        r = find(_REQUEST, c, nl)
+                        e = find(_TEMPERATURE, r, nl)
+                        m = r + _L_REQUEST
+                        key = (
+                            buf[m:e]
+                            if r > 0 and e > 0 and buf[m] == 0x22 and find(b"{", c + _L_CONTEXT_OPEN, r) < 0
+                            else b""
+                        )
+                    elif code == 4:  # the day of the timestamp
+                        key = (
+                            buf[start + _L_TIMESTAMP : start + _L_DAY]
+                            if startswith(_TIMESTAMP, start)
+                            else b""
+                        )
+                    elif code == 1:  # source_id: the second context value, after a scalar lens_key
+                        s = find(_SOURCE_ID, c, nl) + _L_SOURCE_ID
+                        e = find(_SERVICE, s, nl)
+                        key = buf[s:e] if s > _L_SOURCE_ID and e > 0 and buf[s] in scalar else b""
                     else:
-                        key = self._key_at(buf, start, c, nl, _REQUEST)
+                        key = self._context_value(buf, c, nl)
                     u = rfind(_USAGE, c, nl)
                     if key and u > 0:
                         try:
@@ -276,9 +319,11 @@ class _Summariser:
                             continue
             if endswith(b"}}", start, nl) and self._failed_call(buf, start, nl):
                 continue
-            self._slow(buf, start, nl, number)
-        self.flush(number)
-        return number + buf.count(b"\n")
+            self._slow(buf[start:nl], number + lines)
+        number += lines
+        if number - self.flushed >= FLUSH_LINES:
+            self.flush(number)
+        return number
 
     def _failed_call(self, buf: bytes, start: int, end: int) -> bool:
         """A call with status error and no captured content: its tail goes to ``self.failed``."""
@@ -336,68 +381,77 @@ class _Summariser:
         return buf[value : n - 1 if buf[n - 1] == 0x7D else n]  # 0x7D: the "}" closing the context
 
     def _models_used(self, buf: bytes, start: int, end: int) -> bool:
+        """Count a lens run once under each model it used; False if the fast path cannot tell them."""
         begin = buf.find(_MODELS_USED, start, end)
         close = buf.find(b"]", begin, end)
         if begin < 0 or close < 0:
             return False
-        try:
-            models = json.loads(buf[begin + len(_MODELS_USED) - 1 : close + 1])
-        except ValueError:
-            return False
-        if not isinstance(models, list):
-            return False
-        for model in models or [None]:
-            key = _encode(model)
-            self.lens_runs[key] = self.lens_runs.get(key, 0) + 1
+        raw = buf[begin + len(_MODELS_USED) - 1 : close + 1]
+        keys = self.models_used.get(raw)  # a log repeats a few lists: each is parsed once
+        if keys is None:
+            try:
+                models = json.loads(raw)
+            except ValueError:
+                return False
+            if not isinstance(models, list):
+                return False
+            keys = [_encode(model) for model in models or [None]]
+            if len(self.models_used) >= _MODELS_CACHED:
+                self.models_used.clear()
+            self.models_used[raw] = keys
+        lens_runs = self.lens_runs
+        for key in keys:
+            lens_runs[key] = lens_runs.get(key, 0) + 1
         return True
 
     def flush(self, number: int) -> None:
-        """Fold the chunk's calls and lens runs into the rows, converting numbers a column at a time."""
+        """Fold the calls and lens runs read up to line ``number`` into the rows."""
         for status, buckets in (("ok", self.buckets), ("error", self.failed)):
-            for key, tails in buckets.items():
-                self._fold(key, tails, status)
-            buckets.clear()
+            if buckets:
+                self._fold(list(buckets.items()), status)
+                buckets.clear()
         for key, runs in self.lens_runs.items():
             self.row(key).lens_runs += runs
         self.lens_runs.clear()
+        self.flushed = number
 
-    def _fold(self, key: bytes, tails: list[bytes], status: str) -> None:
-        """Add the calls of one group (their tails from the usage on); odd tails are read one by one."""
-        count = len(tails)
+    def _fold(self, groups: list[tuple[bytes, list[bytes]]], status: str) -> None:
+        """Add the calls of ``groups`` (key, tails from the usage on), each column of numbers of all
+        of them converted at once; if a tail is odd, group by group, then its group tail by tail."""
+        sums = []  # per group: key, calls, tokens, duration, cost, priced calls
         try:
-            parts = _SEP.join(tails).split(_SEP)
-            if len(parts) != _TAIL_PARTS * count:
-                raise ValueError("unexpected tail")
-            columns = []
-            for index, label in _TAIL_COLUMNS:
-                text = b",".join(parts[index::_TAIL_PARTS])
-                if label:
-                    text = text.replace(label, b"")
-                if index == 11:
-                    text = text.replace(b"}", b"")
-                columns.append(_loads(b"[" + text + b"]"))
-            prompt, completion, total, duration, cost = columns
-            tokens = [sum(filter(_not_none, column)) for column in (prompt, completion, total)]
-            if len(duration) != count or any(type(t) is not int for t in tokens):
-                raise ValueError("unexpected numbers")
-            duration_ms = math.fsum(duration)
-            priced = list(filter(_not_none, cost))
-            cost_usd = math.fsum(priced)
-        except (ValueError, TypeError):
-            for tail in tails:
-                self._tail(key, tail, status)
+            prompt, completion, total, duration, cost = _columns([tails for _, tails in groups])
+            unpriced = None in cost
+            start = 0
+            for key, tails in groups:  # the tails of a group are consecutive in the columns
+                end = start + len(tails)
+                priced = list(filter(_not_none, cost[start:end])) if unpriced else cost[start:end]
+                tokens = (sum(prompt[start:end]), sum(completion[start:end]), sum(total[start:end]))
+                sums.append(
+                    (key, end - start, tokens, math.fsum(duration[start:end]), math.fsum(priced), len(priced))
+                )
+                start = end
+        except (ValueError, TypeError, OverflowError):
+            if len(groups) > 1:
+                for group in groups:
+                    self._fold([group], status)
+            else:
+                key, tails = groups[0]
+                for tail in tails:
+                    self._tail(key, tail, status)
             return
-        row = self.row(key)
-        row.calls += count
-        row.prompt_tokens += tokens[0]
-        row.completion_tokens += tokens[1]
-        row.total_tokens += tokens[2]
-        row.duration_ms_total += duration_ms
-        row.cost_usd += cost_usd
-        if status == "ok":
-            row.unpriced_calls += count - len(priced)
-        else:
-            row.errors += count
+        for key, calls, tokens, duration_ms, cost_usd, priced_calls in sums:
+            row = self.row(key)
+            row.calls += calls
+            row.prompt_tokens += tokens[0]
+            row.completion_tokens += tokens[1]
+            row.total_tokens += tokens[2]
+            row.duration_ms_total += duration_ms
+            row.cost_usd += cost_usd
+            if status == "ok":
+                row.unpriced_calls += calls - priced_calls
+            else:
+                row.errors += calls
 
     def _tail(self, key: bytes, tail: bytes, status: str) -> None:
         """One call whose tail the bulk conversion could not read."""
@@ -412,9 +466,8 @@ class _Summariser:
 
     # -- the slow path ------------------------------------------------------------------------------
 
-    def _slow(self, buf: bytes, start: int, end: int, number: int) -> None:
-        """Read the line ``buf[start:end]`` as JSON (it follows line ``number`` of the chunk's start)."""
-        line = buf[start:end]
+    def _slow(self, line: bytes, number: int) -> None:
+        """Read ``line`` (line ``number`` of the file, counted from 1) as JSON."""
         if not line.strip():
             return
         try:
@@ -422,7 +475,7 @@ class _Summariser:
         except ValueError:
             record = None
         if not isinstance(record, dict):
-            self._malformed(number + buf.count(b"\n", 0, start) + 1)
+            self._malformed(number)
             return
         event = record.get("event")
         if event not in (CALL_EVENT, LENS_EVENT):
@@ -475,6 +528,37 @@ class _Summariser:
             self.report.malformed_lines.append(number)
 
 
+def _columns(groups: list[list[bytes]]) -> list[list[Any]]:
+    """The prompt, completion and total tokens (int; unknown: 0), duration (ms) and cost (USD, None
+    when unpriced) of the calls whose tails are ``groups``, in order, read a column at a time.
+
+    Raises ValueError or TypeError when a tail is not a call's as the ledger writes it.
+    """
+    tails = list(itertools.chain.from_iterable(groups))
+    columns: list[list[Any]] = [[] for _ in _TAIL_COLUMNS]
+    for first in range(0, len(tails), _TAILS_PER_TEXT):
+        some = tails[first : first + _TAILS_PER_TEXT]
+        parts = _SEP.join(some).split(_SEP)
+        if len(parts) != _TAIL_PARTS * len(some):
+            raise ValueError("unexpected tail")
+        for column, (index, label) in zip(columns, _TAIL_COLUMNS, strict=True):
+            text = b",".join(parts[index::_TAIL_PARTS])
+            if label:
+                text = text.replace(label, b"")
+            if index == 11:
+                text = text.replace(b"}", b"")
+            values = _loads(b"[" + text + b"]")
+            if len(values) != len(some):
+                raise ValueError("unexpected numbers")
+            column += values
+    for index in range(3):  # tokens
+        if None in columns[index]:
+            columns[index] = [0 if tokens is None else tokens for tokens in columns[index]]
+        if type(sum(columns[index])) is not int:
+            raise ValueError("unexpected tokens")
+    return columns
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -519,6 +603,7 @@ def _scan(path: Path, by: str, start: int, end: int, progress: Callable[[int], N
                 progress(end - start - left)
         if carry:  # a last line without a newline
             number = summariser.chunk(carry + b"\n", number)
+    summariser.flush(number)
     report.lines = number
     return report
 

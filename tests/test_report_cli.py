@@ -400,3 +400,50 @@ def test_parallel_jobs_give_the_same_report(tmp_path: Path, monkeypatch: pytest.
     parallel = _report.summarise(path, "day", jobs=3)
     assert parallel.to_json() == single.to_json()
     assert single.malformed_lines == [62, 70]
+
+
+def test_calls_read_in_batches_agree_with_full_json_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Numbers converted a batch at a time across chunks and groups, with odd calls among them
+    (another writer's usage key order, a fractional token count), give full JSON parsing's totals."""
+    monkeypatch.setattr(_report, "CHUNK_BYTES", 3000)
+    monkeypatch.setattr(_report, "FLUSH_LINES", 7)
+    monkeypatch.setattr(_report, "_TAILS_PER_TEXT", 3)
+    calls = [
+        call(
+            lens=f"lens-{i % 4}",
+            source=i % 5,
+            service=("RunnerService", "GeneratorService")[i % 2],
+            model=("gpt-4o", "gpt-4o-mini", "o3-mini")[i % 3],
+            status="error" if i % 9 == 0 else "ok",
+            prompt=None if i % 9 == 0 else 100 + i,
+            completion=None if i % 9 == 0 else 20 + i,
+            cost=None if i % 9 == 0 or i % 6 == 0 else f"0.000{i % 7 + 1}",
+            duration_s=0.25 * (i % 5 + 1),
+            epoch=EPOCH + i * 7200,
+        )
+        for i in range(45)
+    ]
+    calls[11]["usage"] = {
+        **{"prompt_tokens": 7, "total_tokens": 9, "completion_tokens": 2},
+        **{"cached_tokens": 0, "reasoning_tokens": 0},
+    }
+    calls[23]["usage"] = {**calls[23]["usage"], "prompt_tokens": 1.5}
+    records = [*calls[:20], lens_run(calls[:20]), *calls[20:], lens_run(calls[20:])]
+    fast = write(tmp_path / "fast.jsonl", records)
+    slow = tmp_path / "slow.jsonl"
+    slow.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    for by in _report.GROUPS:
+        a, b = _report.summarise(fast, by), _report.summarise(slow, by)
+        assert a.to_json()["rows"] == b.to_json()["rows"], by
+        assert (a.lines, a.total().calls, a.total().errors, a.malformed) == (47, 45, 5, 0)
+
+
+def test_rows_of_equal_cost_sort_by_key_whatever_order_their_costs_were_added_in() -> None:
+    """0.1 + 0.2 and 0.15 + 0.15 are the same cost as shown: the order does not hang on float rounding."""
+    rows = {
+        b'"b"': _report.Row("b", calls=2, cost_usd=0.1 + 0.2),
+        b'"a"': _report.Row("a", calls=2, cost_usd=0.15 + 0.15),
+    }
+    assert [row.key for row in _report.Report("log", "lens", rows=rows).sorted_rows()] == ["a", "b"]
