@@ -13,7 +13,6 @@ import logging
 import subprocess
 import sys
 import tempfile
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +51,12 @@ def _lines() -> list[bytes]:
             usage={"prompt_tokens": prompt, "completion_tokens": completion,
                    "total_tokens": prompt + completion, "cached_tokens": 0, "reasoning_tokens": 0},
             start_epoch=start, duration_s=0.4 + (i % 100) / 50, ttft_s=None if i % 4 else 0.2,
-            prompt_cost=Decimal(prompt) * Decimal("0.00000015"),
-            completion_cost=Decimal(completion) * Decimal("0.0000006"), retries=0,
+            prompt_cost_units=prompt * 150_000_000_000_000_000,  # $0.15 and $0.60 per 1M tokens
+            completion_cost_units=completion * 600_000_000_000_000_000, retries=0,
             error={"type": "RateLimitError", "status_code": 429, "message": "HTTP 429 rate_limit_exceeded"}
             if status == "error" else None,
         )  # fmt: skip
-        totals.add(record, Decimal("0.0003"))
+        totals.add(record, 300 * 10**18)  # $0.0003
         lines.append(_format(formatter, record))
         if i % 10 == 9:
             lines.append(

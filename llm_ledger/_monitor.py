@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from ._context import LensRun, TrackedContext, current_context, current_lenses
@@ -331,7 +330,7 @@ class LLMCallMonitor:
         error: BaseException | None,
         output_text: str | None,
         duration: float,
-    ) -> tuple[CallRecord, Decimal | None]:
+    ) -> tuple[CallRecord, int | None]:
         if usage_obj is None:  # no usage (and the fallback path): nothing that could fail to read
             usage: Usage = {
                 "prompt_tokens": None,
@@ -355,7 +354,7 @@ class LLMCallMonitor:
             }
         elif response["request_id"] is None:
             response["request_id"] = call.response_request_id()
-        prompt_cost = completion_cost = total_cost = None
+        prompt_cost = completion_cost = total_cost = None  # in 10**-24 USD
         if usage["prompt_tokens"] is not None and usage["completion_tokens"] is not None:
             try:
                 costs = self._cost(response["model"], call.request["model"], usage)
@@ -379,18 +378,16 @@ class LLMCallMonitor:
             start_epoch=call.start_epoch,
             duration_s=duration,
             ttft_s=call.ttft,
-            prompt_cost=prompt_cost,
-            completion_cost=completion_cost,
+            prompt_cost_units=prompt_cost,
+            completion_cost_units=completion_cost,
             retries=call.retries,
             error=None if error is None else self._error_shape(call, error),
             content=content,
         )
         return record, total_cost
 
-    def _cost(
-        self, served: str | None, requested: str | None, usage: Usage
-    ) -> tuple[Decimal, Decimal] | None:
-        """(prompt cost, completion cost) at the served model's price, else the requested one's."""
+    def _cost(self, served: str | None, requested: str | None, usage: Usage) -> tuple[int, int] | None:
+        """(prompt, completion) cost in 10**-24 USD at the served model's price, else the requested one's."""
         prompt = usage["prompt_tokens"] or 0
         completion = usage["completion_tokens"] or 0
         cached = usage["cached_tokens"] or 0

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final, cast
 import yaml
 
 from llm_ledger._errors import ConfigError, PriceFileError
+from llm_ledger._records import USD_UNIT_DIGITS
 
 if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, TieredPrices
@@ -97,13 +98,14 @@ class Cost:
 
 _MISSING: Final = object()
 # Our own context, so the caller's decimal context (a low precision, traps) cannot round or break prices;
-# 60 digits keep every product of an int token count and a rate exact.
+# 60 digits keep every conversion between rates, units and USD exact.
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
-_mul: Final = _CONTEXT.multiply
-_add: Final = _CONTEXT.add
 
-# (input, cached input, output) in USD per single token; the cached rate is already defaulted.
-_PerToken = tuple[Decimal, Decimal, Decimal]
+# Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
+# 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
+# at a fraction of its cost on the path of every call.
+# (input, cached input, output) in units per token; the cached rate is already defaulted.
+_PerToken = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +115,24 @@ class _Entry:
     tiers_desc: tuple[tuple[int, _PerToken], ...]  # highest start first, so the first hit is the tier
 
 
+def _units(rate_per_mtok: Decimal) -> int:
+    # rates with more than 18 decimals per 1M tokens round to the nearest 10**-24 USD per token
+    return int(_CONTEXT.scaleb(rate_per_mtok, USD_UNIT_DIGITS - 6).to_integral_value(context=_CONTEXT))
+
+
 def _per_token(rates: Rates) -> _PerToken:
-    # Shifting the exponent divides by 10**6 exactly; our context keeps the caller's from rounding it.
-    inp = _CONTEXT.scaleb(rates.input, -6)
-    cached = inp if rates.cached_input is None else _CONTEXT.scaleb(rates.cached_input, -6)
-    return inp, cached, _CONTEXT.scaleb(rates.output, -6)
+    inp = _units(rates.input)
+    cached = inp if rates.cached_input is None else _units(rates.cached_input)
+    return inp, cached, _units(rates.output)
 
 
 def _compile(rates: Rates) -> _Entry:
     tiers = tuple((start, _per_token(tier)) for start, tier in reversed(rates.tiers))
     return _Entry(rates, _per_token(rates), tiers)
+
+
+def _usd(units: int) -> Decimal:
+    return _CONTEXT.scaleb(Decimal(units), -USD_UNIT_DIGITS)
 
 
 class PriceTable:
@@ -187,12 +197,12 @@ class PriceTable:
         if costs is None:
             return None
         prompt_cost, completion_cost = costs
-        return Cost(prompt_cost, completion_cost, _add(prompt_cost, completion_cost))
+        return Cost(_usd(prompt_cost), _usd(completion_cost), _usd(prompt_cost + completion_cost))
 
     def _costs(
         self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int
-    ) -> tuple[Decimal, Decimal] | None:
-        """``cost()`` on the monitor's path: (prompt cost, completion cost), without a Cost object."""
+    ) -> tuple[int, int] | None:
+        """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar), or ``None``."""
         entry = self._cache.get(model, _MISSING)
         if entry is _MISSING:
             entry = self._resolve_and_cache(model)
@@ -210,8 +220,7 @@ class PriceTable:
             if prompt_tokens > start:
                 inp, cached, out = per_token
                 break
-        prompt_cost = _add(_mul(prompt_tokens - cached_tokens, inp), _mul(cached_tokens, cached))
-        return prompt_cost, _mul(completion_tokens, out)
+        return (prompt_tokens - cached_tokens) * inp + cached_tokens * cached, completion_tokens * out
 
     def _resolve_and_cache(self, model: str) -> _Entry | None:
         rates = self._resolve(model)

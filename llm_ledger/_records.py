@@ -16,13 +16,14 @@ import itertools
 import os
 import threading
 import time
-from decimal import Decimal
 from typing import Any, Literal, TypedDict
 
 __all__ = [
     "CALL_EVENT",
     "LENS_EVENT",
     "LOGGER_NAME",
+    "USD_UNITS",
+    "USD_UNIT_DIGITS",
     "CallRecord",
     "LensRecord",
     "LensSummary",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 LOGGER_NAME = "llm_monitor"
+# money inside the ledger: integers of 10**-24 USD, exact for any rate the price table holds
+USD_UNIT_DIGITS = 24
+USD_UNITS = 10**USD_UNIT_DIGITS
 CALL_EVENT = "llm_api_call"
 LENS_EVENT = "lens_summary"
 
@@ -186,15 +190,22 @@ def call_record(
     start_epoch: float,
     duration_s: float,
     ttft_s: float | None,
-    prompt_cost: Decimal | None,
-    completion_cost: Decimal | None,
+    prompt_cost_units: int | None,
+    completion_cost_units: int | None,
     retries: int | None,
     error: ErrorShape | None,
     content: dict[str, Any] | None = None,
 ) -> CallRecord:
-    """Build one ``llm_api_call`` record."""
+    """Build one ``llm_api_call`` record; costs are in 10**-24 USD (``USD_UNITS`` per dollar)."""
     end_epoch = start_epoch + duration_s
     end = iso_timestamp(end_epoch)
+    prompt_usd = completion_usd = total_usd = None
+    if prompt_cost_units is not None:
+        prompt_usd = prompt_cost_units / USD_UNITS
+    if completion_cost_units is not None:
+        completion_usd = completion_cost_units / USD_UNITS
+        if prompt_cost_units is not None:
+            total_usd = (prompt_cost_units + completion_cost_units) / USD_UNITS
     record: CallRecord = {
         "timestamp": end,
         "level": _LEVELS[status],
@@ -214,11 +225,9 @@ def call_record(
             "time_to_first_token_ms": None if ttft_s is None else round(ttft_s * 1000, 3),
         },
         "cost": {
-            "prompt_cost_usd": None if prompt_cost is None else float(prompt_cost),
-            "completion_cost_usd": None if completion_cost is None else float(completion_cost),
-            "total_cost_usd": None
-            if prompt_cost is None or completion_cost is None
-            else float(prompt_cost + completion_cost),
+            "prompt_cost_usd": prompt_usd,
+            "completion_cost_usd": completion_usd,
+            "total_cost_usd": total_usd,
         },
         "retries": retries,
         "error": error,
@@ -236,8 +245,8 @@ class LensTotals:
         "cached_tokens",
         "calls",
         "completion_tokens",
-        "cost",
         "cost_complete",
+        "cost_units",
         "duration_s",
         "errors",
         "models",
@@ -255,13 +264,13 @@ class LensTotals:
         self.total_tokens = 0
         self.cached_tokens = 0
         self.reasoning_tokens = 0
-        self.cost = Decimal(0)
+        self.cost_units = 0
         self.cost_complete = True
         self.duration_s = 0.0
         self.models: set[str] = set()
 
-    def add(self, record: CallRecord, total_cost: Decimal | None) -> None:
-        """Count one finished call (failed and interrupted calls count too)."""
+    def add(self, record: CallRecord, total_cost_units: int | None) -> None:
+        """Count one finished call (failed and interrupted calls count too); cost in 10**-24 USD."""
         usage = record["usage"]
         model = record["request"]["model"]
         with self._lock:
@@ -273,12 +282,12 @@ class LensTotals:
             self.total_tokens += usage["total_tokens"] or 0
             self.cached_tokens += usage["cached_tokens"] or 0
             self.reasoning_tokens += usage["reasoning_tokens"] or 0
-            if total_cost is None:
+            if total_cost_units is None:
                 # an ok call without a price, or a failed call we know nothing about
                 if record["status"] != "error" or usage["total_tokens"]:
                     self.cost_complete = False
             else:
-                self.cost += total_cost
+                self.cost_units += total_cost_units
             self.duration_s += record["timing"]["duration_ms"] / 1000
             if model:
                 self.models.add(model)
@@ -291,7 +300,7 @@ class LensTotals:
                 "total_tokens": self.total_tokens,
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
-                "total_cost_usd": float(self.cost),
+                "total_cost_usd": self.cost_units / USD_UNITS,
                 "avg_duration_ms": round(self.duration_s * 1000 / self.calls, 3) if self.calls else None,
                 "models_used": sorted(self.models),
                 "errors": self.errors,

@@ -498,3 +498,50 @@ def test_python_object_tag_executes_nothing(tmp_path: Path) -> None:
         ):
             PriceTable.from_file(write(tmp_path, text))
     assert not marker.exists()
+
+
+def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
+    """Each record's USD floats and a lens's total are the exact Decimal costs, rounded once to float."""
+    from llm_ledger._records import LensTotals, call_record
+
+    table = PriceTable({"m": Rates("m", Decimal("0.1"), Decimal("0.3"), Decimal("0.07"), "test")})
+    totals = LensTotals()
+    exact_total = Decimal(0)
+    float_sum = 0.0
+    usages = [(7, 3, 0), (1_000_003, 17, 999_999), (3, 1_000_000, 1)] * 50
+    for prompt, completion, cached in usages:
+        units = table._costs("m", prompt, completion, cached)
+        exact = table.cost("m", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+        assert units is not None and exact is not None
+        record = call_record(
+            call_id="0" * 32,
+            status="ok",
+            operation="chat",
+            context={},
+            request={"model": "m"},  # type: ignore[typeddict-item]
+            response={"model": "m"},  # type: ignore[typeddict-item]
+            usage={
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "cached_tokens": cached,
+                "reasoning_tokens": 0,
+            },
+            start_epoch=1_732_000_000.0,
+            duration_s=0.25,
+            ttft_s=None,
+            prompt_cost_units=units[0],
+            completion_cost_units=units[1],
+            retries=0,
+            error=None,
+        )
+        assert record["cost"] == {
+            "prompt_cost_usd": float(exact.prompt_cost_usd),
+            "completion_cost_usd": float(exact.completion_cost_usd),
+            "total_cost_usd": float(exact.total_cost_usd),
+        }
+        totals.add(record, units[0] + units[1])
+        exact_total += exact.total_cost_usd
+        float_sum += float(exact.total_cost_usd)
+    assert totals.summary(1.0)["total_cost_usd"] == float(exact_total)
+    assert float_sum != float(exact_total)  # what summing the records' floats would have drifted to

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from llm_ledger import _report
 from llm_ledger._cli import main
 from llm_ledger._jsonl import LedgerJsonFormatter
-from llm_ledger._records import LensTotals, call_record, lens_record
+from llm_ledger._records import USD_UNIT_DIGITS, LensTotals, call_record, lens_record
 
 _FORMATTER = LedgerJsonFormatter()
 EPOCH = 1_764_000_000.0  # 2025-11-24T16:00:00Z
@@ -73,12 +73,17 @@ def call(
         start_epoch=epoch,
         duration_s=duration_s,
         ttft_s=None,
-        prompt_cost=None if cost is None else Decimal(cost) / 2,
-        completion_cost=None if cost is None else Decimal(cost) / 2,
+        prompt_cost_units=None if cost is None else _units(cost) // 2,
+        completion_cost_units=None if cost is None else _units(cost) - _units(cost) // 2,
         retries=0,
         error={"type": "RateLimitError", "status_code": 429, "message": "HTTP 429"} if failed else None,
     )
     return dict(record)
+
+
+def _units(usd: str) -> int:
+    """USD as the ledger's integer units of 10**-24 USD."""
+    return int(Decimal(usd).scaleb(USD_UNIT_DIGITS))
 
 
 def lens_run(calls: list[dict[str, Any]], *, epoch: float = EPOCH) -> dict[str, Any]:
@@ -86,7 +91,7 @@ def lens_run(calls: list[dict[str, Any]], *, epoch: float = EPOCH) -> dict[str, 
     totals = LensTotals()
     for record in calls:
         cost = record["cost"]["total_cost_usd"]
-        totals.add(record, None if cost is None else Decimal(str(cost)))  # type: ignore[arg-type]
+        totals.add(record, None if cost is None else _units(str(cost)))  # type: ignore[arg-type]
     return dict(lens_record(context=calls[0]["context"], summary=totals.summary(1.0), end_epoch=epoch))
 
 
