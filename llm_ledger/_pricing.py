@@ -100,6 +100,7 @@ _MISSING: Final = object()
 # Our own context, so the caller's decimal context (a low precision, traps) cannot round or break prices;
 # 60 digits keep every conversion between rates, units and USD exact.
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
+_ONE: Final = Decimal(1)
 
 # Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
 # 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
@@ -132,7 +133,10 @@ def _compile(rates: Rates) -> _Entry:
 
 
 def _usd(units: int) -> Decimal:
-    return _CONTEXT.scaleb(Decimal(units), -USD_UNIT_DIGITS)
+    # the exact value, written with no trailing zeros: Decimal('0.017'), Decimal('100')
+    usd = _CONTEXT.scaleb(Decimal(units), -USD_UNIT_DIGITS).normalize(_CONTEXT)
+    exponent = usd.as_tuple().exponent
+    return usd.quantize(_ONE, context=_CONTEXT) if isinstance(exponent, int) and exponent > 0 else usd
 
 
 class PriceTable:
