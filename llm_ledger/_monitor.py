@@ -67,7 +67,7 @@ os.register_at_fork(after_in_child=_forget_templates)
 
 
 def _log_record(name: str, level: int, msg: Mapping[str, Any]) -> logging.LogRecord:
-    """The LogRecord ``logging.LogRecord(name, level, "", 0, msg, None, None)`` would build, 4x faster.
+    """The LogRecord ``logging.LogRecord(name, level, "", 0, msg, None, None)`` builds, twice as fast.
 
     The thread and process attributes are the same for every record of a thread, so they are read
     once (``LogRecord()`` reads them on each call: the process id is a system call).
