@@ -86,6 +86,7 @@ _L_LENS_EVENT: Final = len(_LENS_EVENT)
 _L_TAIL_END: Final = len(_TAIL_END)
 _L_CONTEXT_OPEN: Final = len(_CONTEXT_OPEN)
 _L_SOURCE_ID: Final = len(_SOURCE_ID)
+_L_SERVICE: Final = len(_SERVICE)
 _L_REQUEST: Final = len(_REQUEST)
 _L_TIMESTAMP: Final = len(_TIMESTAMP)
 _L_DAY: Final = _L_TIMESTAMP + len("2025-01-01")
@@ -247,9 +248,9 @@ class _Summariser:
         Returns the number of the last line counted. Deliberately one flat loop of ``find`` calls
         on the chunk itself: no per-line objects but the tail of a call (lines of a few hundred bytes
         are allocated outside Python's small-object allocator, which costs more than reading them),
-        no function calls on the common paths (a call's key is read inline but by service), lines
-        counted by the loop (``bytes.count`` reads a chunk slower than the loop's ``find``), and the
-        numbers of calls kept as text until :meth:`flush` converts them a column at a time, every
+        no function calls on the common paths (a call's key is read inline), lines counted by the
+        loop (``bytes.count`` reads a chunk slower than the loop's ``find``), and the numbers of calls
+        kept as text until :meth:`flush` converts them a column at a time, every
         :data:`FLUSH_LINES` lines.
         """
         find = buf.find
@@ -291,8 +292,13 @@ class _Summariser:
                         s = find(_SOURCE_ID, c, nl) + _L_SOURCE_ID
                         e = find(_SERVICE, s, nl)
                         key = buf[s:e] if s > _L_SOURCE_ID and e > 0 and buf[s] in scalar else b""
-                    else:
-                        key = self._context_value(buf, c, nl)
+                    else:  # service: the third context value, after scalar lens_key and source_id
+                        s = find(_SOURCE_ID, c, nl) + _L_SOURCE_ID
+                        v = find(_SERVICE, s, nl) + _L_SERVICE
+                        e = find(_NEXT_KEY, v, nl)  # the next key, or the `,"request"` after the context
+                        scalars = buf[s] in scalar and buf[v] in scalar
+                        found = s > _L_SOURCE_ID and v > _L_SERVICE and e > 0 and scalars
+                        key = buf[v : e - 1 if buf[e - 1] == 0x7D else e] if found else b""  # 0x7D: "}"
                     u = rfind(_USAGE, c, nl)
                     if key and u > 0:
                         try:
