@@ -18,6 +18,7 @@ from typing import Any
 
 from llm_ledger._jsonl import LedgerJsonFormatter
 from llm_ledger._records import LensTotals, call_record, lens_record
+from llm_ledger._report import GROUPS
 
 from ._server import REPO, child_env
 from ._table import Table, verdict
@@ -134,7 +135,7 @@ def measure(n_lines: int, references: bool = True) -> tuple[Table, dict[str, flo
         size = generate(path, n_lines)
         mb = size / 1e6
         results: list[tuple[str, float, int, str]] = []
-        for by, jobs in (("lens", ()), ("model", ()), ("lens", ("--jobs", "1"))):
+        for by, jobs in [*((by, ()) for by in GROUPS), ("lens", ("--jobs", "1"))]:
             command = [sys.executable, "-m", "llm_ledger._cli", "report", str(path), "--by", by, *jobs]
             wall, rss, _ = _run_measured([*command, "--format", "json"])
             results.append((" ".join(["llm-ledger report --by", by, *jobs]), wall, rss, ""))
@@ -153,12 +154,13 @@ def measure(n_lines: int, references: bool = True) -> tuple[Table, dict[str, flo
                 table.add(name, wall, n_lines / wall, mb / wall, rss / 1e6, "")
         wall, rss = results[0][1], results[0][2]
         headline.update(report_lines_per_s=n_lines / wall, report_peak_rss_mb=rss / 1e6, report_file_mb=mb)
-        rate = n_lines / wall
+        slowest, slowest_wall, _, _ = max(results[: len(GROUPS)], key=lambda result: result[1])
+        rate = n_lines / slowest_wall
         table.notes += [
             f"file: {mb:,.0f} MB, {n_lines:,} lines ({size / n_lines:.0f} bytes a line), in a temporary "
             "directory",
-            f"target ≥ {TARGET_LINES_PER_S:,} lines/s: {rate:,.0f} lines/s, "
-            f"{verdict(rate >= TARGET_LINES_PER_S)}; peak RSS {rss / 1e6:.0f} MB "
+            f"target ≥ {TARGET_LINES_PER_S:,} lines/s for every group-by: the slowest ({slowest}) "
+            f"{rate:,.0f} lines/s, {verdict(rate >= TARGET_LINES_PER_S)}; peak RSS {rss / 1e6:.0f} MB "
             "(the interpreter alone is ~10 MB)",
             "seconds are wall time of the whole subprocess, interpreter start-up included",
             "peak RSS is the largest single process's: a report reading in parallel (its default on a "
