@@ -9,6 +9,7 @@ threads are counted, so the JSONL writer thread's formatting and writing are inc
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,12 @@ _CHILD = textwrap.dedent(
     messages = [{"role": "system", "content": "s" * 500}, {"role": "user", "content": "u" * 3000}]
     def call():
         client.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=0.2)
+    # warm (first-call imports and caches) and collected, so both runs start from the same heap
+    import gc
+    for _ in range(5):
+        call()
+    llm_ledger.flush()
+    gc.collect()
     if variant == "ledger in a lens":
         with llm_ledger.lens("bench"):
             for _ in range(n):
@@ -68,7 +75,7 @@ def _instructions(script: Path, variant: str, calls: int) -> int:
     raise RuntimeError(f"callgrind printed no instruction count:\n{done.stderr[-2000:]}")
 
 
-def measure(small: int = 20, large: int = 70, *, quick: bool = False) -> tuple[Table, dict[str, float]]:
+def measure(small: int = 30, large: int = 130, *, quick: bool = False) -> tuple[Table, dict[str, float]]:
     """Instructions per non-streamed call (MockTransport) for each variant, and what the ledger adds.
 
     ``quick`` runs each variant's child once without valgrind (a callgrind run takes ~20 s of
@@ -89,10 +96,14 @@ def measure(small: int = 20, large: int = 70, *, quick: bool = False) -> tuple[T
         if shutil.which("valgrind") is None:
             table.notes.append("valgrind is not installed (`apt-get install valgrind`): nothing counted")
             return table, {}
-        per_call = {
-            v: (_instructions(script, v, large) - _instructions(script, v, small)) / (large - small)
-            for v in VARIANTS
-        }
+        # two children at a time (instruction counts do not depend on what else runs)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            counts = {
+                (v, n): pool.submit(_instructions, script, v, n) for v in VARIANTS for n in (small, large)
+            }
+            per_call = {
+                v: (counts[v, large].result() - counts[v, small].result()) / (large - small) for v in VARIANTS
+            }
     bare = per_call["bare"]
     figures: dict[str, float] = {}
     for variant, count in per_call.items():
@@ -103,7 +114,9 @@ def measure(small: int = 20, large: int = 70, *, quick: bool = False) -> tuple[T
         table.add(variant, count, added, 100 * added / bare)
         figures[f"instructions_added_pct_{variant}"] = 100 * added / bare
     table.notes.append(
-        f"{small} and {large} calls per child; the difference over {large - small} calls cancels "
-        "start-up. In time: added % x the bare call's µs from the calls table."
+        f"{small} and {large} calls per child after 5 warm-up calls and a full collection; the "
+        f"difference over {large - small} calls cancels start-up (a garbage collection falling in "
+        "one run and not the other still moves a figure by a few thousand instructions). In time: "
+        "added % x the bare call's µs from the calls table."
     )
     return table, figures
