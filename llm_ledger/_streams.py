@@ -81,7 +81,10 @@ class _StreamState:
 
     def chat_chunk(self, chunk: Any) -> int:
         """Count one chunk: ORDINARY, FINISHED (the last choice finished and usage is still to
-        come) or USAGE_ONLY (the final chunk with no choices and the usage)."""
+        come) or USAGE_ONLY (the final chunk with no choices and the usage).
+
+        Most chunks skip this: ``_chat_sync`` / ``_chat_async`` count a plain text chunk inline (the
+        short path), which must stay what this method does with such a chunk."""
         if self.id is None:
             self.model = chunk.model
             self.id = chunk.id
@@ -150,11 +153,40 @@ class _ResponseFailed(Exception):
         self.code = getattr(detail, "code", None)
 
 
+def _warm(state: _StreamState, chunk: Any) -> bool:
+    """Whether the chunks after ``chunk`` may take the short path: the first token and the id are
+    known (chat_chunk has nothing more to set once), and the chunks have a ``usage`` field."""
+    return state.call.ttft is not None and state.id is not None and hasattr(chunk, "usage")
+
+
 def _chat_sync(state: _StreamState, chunks: Iterator[Any], hide_usage: bool) -> Iterator[Any]:
     count = state.chat_chunk
+    text = state.text
+    warm = False  # the id and the first token are known: plain text chunks take the short path
     try:
         for chunk in chunks:
+            if warm:
+                # the short path (nearly every chunk): one choice, not finished, no tool call, no
+                # usage; what chat_chunk would do with it, without its call and its checks
+                choices = chunk.choices
+                if len(choices) == 1:
+                    choice = choices[0]
+                    delta = choice.delta
+                    if (
+                        delta is not None
+                        and choice.finish_reason is None
+                        and not delta.tool_calls
+                        and chunk.usage is None
+                    ):
+                        content = delta.content
+                        if content:
+                            state.chars += len(content)
+                            if text is not None:
+                                text.append(content)
+                        yield chunk
+                        continue
             kind = count(chunk)
+            warm = _warm(state, chunk)
             if kind == ORDINARY:
                 yield chunk
             elif kind == USAGE_ONLY:
@@ -185,9 +217,32 @@ async def _chat_async(
     state: _StreamState, chunks: AsyncIterator[Any], hide_usage: bool
 ) -> AsyncIterator[Any]:
     count = state.chat_chunk
+    text = state.text
+    warm = False  # the id and the first token are known: plain text chunks take the short path
     try:
         async for chunk in chunks:
+            if warm:
+                # the short path (nearly every chunk): one choice, not finished, no tool call, no
+                # usage; what chat_chunk would do with it, without its call and its checks
+                choices = chunk.choices
+                if len(choices) == 1:
+                    choice = choices[0]
+                    delta = choice.delta
+                    if (
+                        delta is not None
+                        and choice.finish_reason is None
+                        and not delta.tool_calls
+                        and chunk.usage is None
+                    ):
+                        content = delta.content
+                        if content:
+                            state.chars += len(content)
+                            if text is not None:
+                                text.append(content)
+                        yield chunk
+                        continue
             kind = count(chunk)
+            warm = _warm(state, chunk)
             if kind == ORDINARY:
                 yield chunk
             elif kind == USAGE_ONLY:

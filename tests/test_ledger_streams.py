@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
@@ -281,3 +282,158 @@ def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: 
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
     [line] = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert line["status"] == "interrupted"
+
+
+# -- unusual chunk sequences: the short path for plain text chunks counts what the full one does -----
+
+
+def _chunk(choices: list[Any], usage: Any = None, chunk_id: str | None = "chatcmpl-1") -> dict[str, Any]:
+    return {"id": chunk_id, "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini-x",
+            "choices": choices, "usage": usage}  # fmt: skip
+
+
+def _choice(finish: str | None = None, *, index: int = 0, **delta: Any) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "finish_reason": finish}
+
+
+def _usage(completion: int) -> dict[str, int]:
+    return {"prompt_tokens": 10, "completion_tokens": completion, "total_tokens": 10 + completion}
+
+
+def _tool(call_id: str | None, arguments: str) -> list[dict[str, Any]]:
+    function = {"name": "f", "arguments": arguments}
+    return [{"index": 0, "id": call_id, "type": "function", "function": function}]
+
+
+_WORDS = ["Once ", "upon ", "a ", "time ", "there ", "was ", "a ", "ledger."]
+_SEQUENCES: dict[str, list[dict[str, Any]]] = {
+    "two choices in every chunk": [
+        _chunk([_choice(role="assistant", content=""), _choice(index=1, role="assistant", content="")]),
+        *(_chunk([_choice(content=w), _choice(index=1, content=w.upper())]) for w in _WORDS),
+        _chunk([_choice("stop"), _choice("length", index=1)]),
+        _chunk([], _usage(16)),
+    ],
+    "text, then tool calls": [
+        _chunk([_choice(role="assistant", content="")]),
+        *(_chunk([_choice(content=w)]) for w in _WORDS),
+        _chunk([_choice(tool_calls=_tool("call_1", ""))]),
+        _chunk([_choice(tool_calls=_tool(None, '{"a":'))]),
+        _chunk([_choice(tool_calls=_tool("call_2", "1}"))]),
+        _chunk([_choice(content="after ")]),
+        _chunk([_choice("tool_calls")]),
+        _chunk([], _usage(12)),
+    ],
+    "usage on the last content chunk": [
+        _chunk([_choice(role="assistant", content="")]),
+        *(_chunk([_choice(content=w)]) for w in _WORDS),
+        _chunk([_choice("stop", content="end.")], _usage(9)),
+    ],
+    "usage on every chunk": [
+        _chunk([_choice(role="assistant", content="")], _usage(0)),
+        *(_chunk([_choice(content=w)], _usage(i + 1)) for i, w in enumerate(_WORDS)),
+        _chunk([_choice("stop")], _usage(8)),
+        _chunk([], _usage(8)),
+    ],
+    "no id on the first chunks, empty and null deltas": [
+        _chunk([_choice(role="assistant", content="")], chunk_id=None),
+        _chunk([_choice(content="first ")], chunk_id=None),
+        *(_chunk([_choice(content=w)], chunk_id="chatcmpl-2") for w in _WORDS),  # the first id wins
+        _chunk([{"index": 0, "delta": None, "finish_reason": None}]),
+        _chunk([_choice(content=None)]),
+        _chunk([_choice(content="")]),
+        _chunk([_choice("stop")]),
+        _chunk([], _usage(9)),
+    ],
+}
+
+
+def _expected(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the record of a stream of ``chunks`` must say, computed from the wire format."""
+    choices = [choice for chunk in chunks for choice in chunk["choices"]]
+    deltas = [choice["delta"] or {} for choice in choices]
+    texts = [delta.get("content") or "" for delta in deltas]
+    usages = [chunk["usage"] for chunk in chunks if chunk["usage"] is not None]
+    finishes = [choice["finish_reason"] for choice in choices if choice["finish_reason"]]
+    return {
+        "id": next(chunk["id"] for chunk in chunks if chunk["id"] is not None),
+        "content_length": sum(map(len, texts)),
+        "output": "".join(texts),
+        "tool_calls_count": sum(1 for d in deltas for call in d.get("tool_calls") or () if call["id"]),
+        "finish_reason": finishes[0] if finishes else None,
+        "total_tokens": usages[-1]["total_tokens"] if usages else None,
+    }
+
+
+def _sse_client(chunks: list[dict[str, Any]], *, is_async: bool = False) -> Any:
+    """A real SDK client whose every request is answered with ``chunks`` as a stream."""
+    body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body.encode())
+
+    transport = httpx2.MockTransport(handler)
+    if is_async:
+        return openai.AsyncOpenAI(api_key=FAKE_KEY, http_client=httpx2.AsyncClient(transport=transport))
+    return openai.OpenAI(api_key=FAKE_KEY, http_client=httpx2.Client(transport=transport))
+
+
+def _as_recorded(record: dict[str, Any]) -> dict[str, Any]:
+    response = record["response"]
+    return {
+        "id": response["id"],
+        "content_length": response["content_length"],
+        "output": record["content"]["output"],
+        "tool_calls_count": response["tool_calls_count"],
+        "finish_reason": response["finish_reason"],
+        "total_tokens": record["usage"]["total_tokens"],
+    }
+
+
+_STREAM_KWARGS: Any = {
+    "model": "gpt-4o-mini",
+    "messages": MESSAGES,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+
+
+@pytest.mark.parametrize("name", list(_SEQUENCES))
+def test_unusual_chunk_sequences_are_counted_in_full(name: str) -> None:
+    """Several choices, tool calls after text, usage on content chunks, a late id, null deltas."""
+    chunks = _SEQUENCES[name]
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    with llm_ledger.testing.capture(monitor) as mine, _sse_client(chunks) as raw:
+        got = list(monitor.instrument(raw).chat.completions.create(**_STREAM_KWARGS))
+    assert [chunk.model_dump(exclude_unset=True) for chunk in got] == chunks
+    [record] = mine.calls
+    assert record["status"] == "ok"
+    assert _as_recorded(record) == _expected(chunks)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", list(_SEQUENCES))
+async def test_unusual_chunk_sequences_are_counted_in_full_async(name: str) -> None:
+    """The same sequences through an async client."""
+    chunks = _SEQUENCES[name]
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    with llm_ledger.testing.capture(monitor) as mine:
+        async with _sse_client(chunks, is_async=True) as raw:
+            got = [c async for c in await monitor.instrument(raw).chat.completions.create(**_STREAM_KWARGS)]
+    assert [chunk.model_dump(exclude_unset=True) for chunk in got] == chunks
+    [record] = mine.calls
+    assert _as_recorded(record) == _expected(chunks)
+
+
+@pytest.mark.parametrize("seen", [2, 4, 7])
+def test_usage_seen_mid_stream_is_kept_when_the_stream_is_closed(seen: int) -> None:
+    """A server sending usage on every chunk: a stream closed early records the last usage seen."""
+    chunks = _SEQUENCES["usage on every chunk"]
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    with llm_ledger.testing.capture(monitor) as mine, _sse_client(chunks) as raw:
+        stream = monitor.instrument(raw).chat.completions.create(**_STREAM_KWARGS)
+        for _ in range(seen):
+            next(stream)
+        stream.close()
+    [record] = mine.calls
+    assert record["status"] == "interrupted"
+    assert _as_recorded(record) == _expected(chunks[:seen])
