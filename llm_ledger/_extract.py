@@ -127,10 +127,26 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
     }
 
 
-def _details(obj: Any, name: str, field: str) -> int | None:
-    details = getattr(obj, name, None)
-    value = getattr(details, field, None) if details is not None else None
-    return value if isinstance(value, int) else None
+class _Attributes:
+    """``.get()`` by attribute, for an object without a ``__dict__``."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self._obj, name, default)
+
+
+def _fields(obj: Any) -> Any:
+    """An SDK object's field values, read by ``.get(name)`` after one attribute lookup.
+
+    Each attribute read on the SDK's pydantic models goes through pydantic's ``__getattr__`` hook
+    (about 420 instructions, a plain attribute 60); their ``__dict__`` holds every declared field.
+    """
+    fields = getattr(obj, "__dict__", None)
+    return fields if type(fields) is dict else _Attributes(obj)
 
 
 def usage_of(operation: str, usage: Any) -> Usage:
@@ -143,21 +159,26 @@ def usage_of(operation: str, usage: Any) -> Usage:
             "cached_tokens": None,
             "reasoning_tokens": None,
         }
+    fields = _fields(usage)
     if operation == "responses":
-        prompt = getattr(usage, "input_tokens", None)
-        completion = getattr(usage, "output_tokens", None)
-        cached = _details(usage, "input_tokens_details", "cached_tokens")
-        reasoning = _details(usage, "output_tokens_details", "reasoning_tokens")
+        prompt = fields.get("input_tokens")
+        completion = fields.get("output_tokens")
+        input_details, output_details = (
+            fields.get("input_tokens_details"),
+            fields.get("output_tokens_details"),
+        )
+        cached = None if input_details is None else _fields(input_details).get("cached_tokens")
+        reasoning = None if output_details is None else _fields(output_details).get("reasoning_tokens")
     else:
-        prompt = getattr(usage, "prompt_tokens", None)
-        completion = getattr(usage, "completion_tokens", None)
+        prompt = fields.get("prompt_tokens")
+        completion = fields.get("completion_tokens")
         if operation == "embeddings" and completion is None:
             completion = 0
-        details = getattr(usage, "prompt_tokens_details", None)
-        cached = None if details is None else getattr(details, "cached_tokens", None)
-        details = getattr(usage, "completion_tokens_details", None)
-        reasoning = None if details is None else getattr(details, "reasoning_tokens", None)
-    total = getattr(usage, "total_tokens", None)
+        details = fields.get("prompt_tokens_details")
+        cached = None if details is None else _fields(details).get("cached_tokens")
+        details = fields.get("completion_tokens_details")
+        reasoning = None if details is None else _fields(details).get("reasoning_tokens")
+    total = fields.get("total_tokens")
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
     if not (type(prompt) is int and prompt >= 0):
         prompt = None
@@ -179,19 +200,20 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
     content_length: int | None = None
     finish_reason: str | None = None
     tool_calls: int | None = None
+    fields = _fields(response)
     if operation == "chat":
-        choices = getattr(response, "choices", None) or ()
+        choices = fields.get("choices") or ()
         content_length = tool_calls = 0
         for choice in choices:
-            message = choice.message
-            text = getattr(message, "content", None)
+            message = _fields(_fields(choice).get("message"))
+            text = message.get("content")
             if text:
                 content_length += len(text)
-            calls = getattr(message, "tool_calls", None)
+            calls = message.get("tool_calls")
             if calls:
                 tool_calls += len(calls)
         if choices:
-            finish_reason = choices[0].finish_reason
+            finish_reason = _fields(choices[0]).get("finish_reason")
     elif operation == "responses":
         content_length = tool_calls = 0
         for item in getattr(response, "output", None) or ():
@@ -207,12 +229,12 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         finish_reason = getattr(incomplete, "reason", None) or getattr(response, "status", None)
     return (
         {
-            "model": getattr(response, "model", None),
-            "id": getattr(response, "id", None),
+            "model": fields.get("model"),
+            "id": fields.get("id"),
             "request_id": getattr(response, "_request_id", None),
             "content_length": content_length,
             "finish_reason": finish_reason,
             "tool_calls_count": tool_calls,
         },
-        getattr(response, "usage", None),
+        fields.get("usage"),
     )
