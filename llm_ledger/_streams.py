@@ -168,17 +168,21 @@ def _chat_sync(state: _StreamState, chunks: Iterator[Any], hide_usage: bool) -> 
             if warm:
                 # the short path (nearly every chunk): one choice, not finished, no tool call, no
                 # usage; what chat_chunk would do with it, without its call and its checks
-                choices = chunk.choices
-                if len(choices) == 1:
-                    choice = choices[0]
-                    delta = choice.delta
+                # fields read from the models' __dict__: an attribute read on them goes through
+                # pydantic's __getattr__ hook, ~7x the cost of a dict lookup
+                fields = getattr(chunk, "__dict__", None)
+                choices = (
+                    fields.get("choices") if type(fields) is dict and fields.get("usage") is None else None
+                )
+                if choices and len(choices) == 1:
+                    choice = getattr(choices[0], "__dict__", None)
+                    delta = getattr(choice.get("delta"), "__dict__", None) if type(choice) is dict else None
                     if (
-                        delta is not None
-                        and choice.finish_reason is None
-                        and not delta.tool_calls
-                        and chunk.usage is None
+                        type(delta) is dict
+                        and choice.get("finish_reason") is None  # type: ignore[union-attr]
+                        and not delta.get("tool_calls")
                     ):
-                        content = delta.content
+                        content = delta.get("content")
                         if content:
                             state.chars += len(content)
                             if text is not None:
@@ -224,17 +228,21 @@ async def _chat_async(
             if warm:
                 # the short path (nearly every chunk): one choice, not finished, no tool call, no
                 # usage; what chat_chunk would do with it, without its call and its checks
-                choices = chunk.choices
-                if len(choices) == 1:
-                    choice = choices[0]
-                    delta = choice.delta
+                # fields read from the models' __dict__: an attribute read on them goes through
+                # pydantic's __getattr__ hook, ~7x the cost of a dict lookup
+                fields = getattr(chunk, "__dict__", None)
+                choices = (
+                    fields.get("choices") if type(fields) is dict and fields.get("usage") is None else None
+                )
+                if choices and len(choices) == 1:
+                    choice = getattr(choices[0], "__dict__", None)
+                    delta = getattr(choice.get("delta"), "__dict__", None) if type(choice) is dict else None
                     if (
-                        delta is not None
-                        and choice.finish_reason is None
-                        and not delta.tool_calls
-                        and chunk.usage is None
+                        type(delta) is dict
+                        and choice.get("finish_reason") is None  # type: ignore[union-attr]
+                        and not delta.get("tool_calls")
                     ):
-                        content = delta.content
+                        content = delta.get("content")
                         if content:
                             state.chars += len(content)
                             if text is not None:
