@@ -78,11 +78,13 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
         return None, options
     try:
         body = options.json_data
-        if not isinstance(body, Mapping):
+        if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed
             return None, options
         call = monitor._begin(operation, body, stream, _secret(client))
         headers = options.headers
-        raw = call.raw = headers.get(_RAW_HEADER) if isinstance(headers, Mapping) else None
+        raw = call.raw = (
+            headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
+        )
         if raw == "stream":
             call.hide_usage = False  # the caller reads the HTTP body itself: send the request unchanged
         elif stream and operation == "chat" and monitor.stream_usage:
