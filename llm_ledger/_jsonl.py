@@ -1,14 +1,16 @@
 """The JSON-lines file: whole lines appended in batches, off the caller's path, losing nothing.
 
 ``JsonlFileHandler`` is a ``logging.Handler``. On the caller's thread it only serialises the record
-(orjson, about 1.5 µs) and queues the bytes; a writer thread appends queued lines with single
-``os.write`` calls on an ``O_APPEND`` descriptor, so several processes can share one file without
-interleaving lines. Like OpenTelemetry's batch log processor it writes once a second, or as soon as
-512 lines wait: each wake-up of the writer costs a thread switch and a share of the GIL, which on a
-busy process costs more than the formatting itself. The file is reopened when it is moved away
-(logrotate's ``create`` mode) or deleted, and its directory recreated if removed. A failed write
-(full disk) is reported on ``llm_ledger.internal`` and retried; ``flush()`` returns once everything
-queued so far is written, and interpreter exit flushes every handler.
+(orjson, about 1.5 µs) and queues the bytes; where it is the only handler of the ledger's logger,
+the monitor hands it the record dict without building a ``LogRecord`` (``emit_dict``). A writer
+thread appends queued lines with single ``os.write`` calls on an ``O_APPEND`` descriptor, so several
+processes can share one file without interleaving lines. Like OpenTelemetry's batch log processor it
+writes once a second, or as soon as 512 lines wait: each wake-up of the writer costs a thread switch
+and a share of the GIL, which on a busy process costs more than the formatting itself. The file is
+reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its directory recreated
+if removed. A failed write (full disk) is reported on ``llm_ledger.internal`` and retried;
+``flush()`` returns once everything queued so far is written, and interpreter exit flushes every
+handler.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +77,17 @@ class LedgerJsonFormatter(OrjsonFormatter):
         """
         msg = record.msg
         if self._plain and type(msg) is dict and not record.exc_info and not record.stack_info:
-            try:
-                return orjson.dumps(msg, default=self.json_default, option=_ORJSON_OPTIONS)
-            except (TypeError, ValueError):
-                pass  # the json fallback below
+            line = self.dict_line(msg)
+            if line is not None:
+                return line
         return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+
+    def dict_line(self, msg: dict[str, Any]) -> bytes | None:
+        """The line of a dict message with the default fields; None where only ``format()`` can."""
+        try:
+            return orjson.dumps(msg, default=self.json_default, option=_ORJSON_OPTIONS)
+        except (TypeError, ValueError):
+            return None  # e.g. an integer beyond 64 bits: format() falls back to the json module
 
 
 def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> bytes:
@@ -94,6 +103,7 @@ class JsonlFileHandler(logging.Handler):
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
         self.path = Path(path)
+        self._plain: LedgerJsonFormatter | None = None  # the formatter, when it is a default one
         self.setFormatter(formatter or LedgerJsonFormatter())
         self._queue: collections.deque[bytes | threading.Event] = collections.deque()
         self._wake = threading.Event()
@@ -108,6 +118,34 @@ class JsonlFileHandler(logging.Handler):
         _handlers.add(self)
 
     # -- caller side ------------------------------------------------------------------------------
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        super().setFormatter(fmt)
+        self._plain = fmt if isinstance(fmt, LedgerJsonFormatter) and fmt._plain else None
+
+    def emit_dict(self, record: Mapping[str, Any], level: int) -> bool:
+        """Queue a ledger record without a ``LogRecord``; False if ``handle()`` is needed instead.
+
+        The line is the one ``handle()`` writes for a LogRecord carrying ``record``: taken only
+        with the default formatter, no filters and a level that lets ``level`` through.
+        """
+        formatter = self._plain
+        if (
+            formatter is None
+            or formatter is not self.formatter
+            or self.filters
+            or level < self.level
+            or type(record) is not dict
+        ):
+            return False
+        line = formatter.dict_line(record)
+        if line is None:
+            return False
+        queue = self._queue
+        queue.append(line)
+        if len(queue) >= _BATCH_LINES and not self._wake.is_set():
+            self._wake.set()
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         # formatted here: bytes are cheap to keep, a record dict held until the next write is not

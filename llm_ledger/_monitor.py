@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 from ._context import LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import request_shape, usage_of
+from ._jsonl import JsonlFileHandler
 from ._pricing import PriceTable
 from ._records import (
     LOGGER_NAME,
@@ -416,8 +417,18 @@ class LLMCallMonitor:
             level = _LEVELNO[record["level"]]
             if logger.isEnabledFor(level):
                 try:
-                    # a LogRecord built directly: logger.log() would walk the stack to find the caller
-                    logger.handle(_log_record(logger.name, level, record))
+                    handlers = logger.handlers
+                    # where the ledger's own file is the only place a record goes, it takes the dict
+                    # (the same line, without a LogRecord); else a LogRecord built directly, since
+                    # logger.log() would walk the stack to find the caller
+                    if not (
+                        len(handlers) == 1
+                        and not logger.propagate
+                        and not logger.filters
+                        and type(handlers[0]) is JsonlFileHandler
+                        and handlers[0].emit_dict(record, level)
+                    ):
+                        logger.handle(_log_record(logger.name, level, record))
                 except Exception as exc:
                     self._report("a log handler", exc)
         for sink in self._sinks:

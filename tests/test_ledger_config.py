@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 import pytest
+from pythonjsonlogger.json import JsonFormatter
 
 import llm_ledger
 import llm_ledger.testing
@@ -93,6 +94,63 @@ def test_handlers_on_the_logger_get_log_records_like_logging_builds(
     assert seen[0].thread != seen[1].thread
     line = logging.Formatter("%(levelname)s %(name)s %(threadName)s %(message)s").format(seen[1])
     assert line.startswith("INFO llm_monitor lens-worker {")
+
+
+def test_the_file_honours_handler_filters_levels_formatters_and_other_handlers(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """Where the file is the only handler it takes the record dict directly: the same line as via a
+    LogRecord, and a filter, a level or a formatter set on the handler still applies."""
+    llm_ledger.configure(log_dir=tmp_path)
+    handler = _config._handler
+    assert handler is not None
+    path = tmp_path / "llm_calls.jsonl"
+    logger = logging.getLogger("llm_monitor")
+
+    def call() -> dict[str, Any]:
+        before = path.read_text().count("\n")
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        llm_ledger.flush()
+        lines = _lines(path)
+        assert len(lines) == before + 1, "one call, one line"
+        return lines[-1]
+
+    def same(record: dict[str, Any]) -> dict[str, Any]:
+        varying = ("timestamp", "call_id", "timing")
+        return {k: v for k, v in record.items() if k not in varying} | {"response": {}}
+
+    alone = call()
+    other = logging.NullHandler()
+    logger.addHandler(other)  # now every record is a LogRecord, for both handlers
+    try:
+        shared = call()
+    finally:
+        logger.removeHandler(other)
+    assert list(alone) == list(shared) and same(alone) == same(shared)
+
+    def reject(record: logging.LogRecord) -> bool:
+        return False
+
+    handler.addFilter(reject)
+    try:
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        handler.removeFilter(reject)
+    handler.setLevel(logging.WARNING)
+    try:
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        handler.setLevel(logging.NOTSET)
+    llm_ledger.flush()
+    assert len(_lines(path)) == 2, "a filtered record and one below the handler's level are not written"
+
+    handler.setFormatter(JsonFormatter("{levelname}", style="{"))  # an operator's own fields
+    try:
+        formatted = call()
+    finally:
+        handler.setFormatter(llm_ledger.LedgerJsonFormatter())
+    assert formatted["levelname"] == "INFO" and formatted["event"] == "llm_api_call"
+    assert call()["event"] == "llm_api_call" and "levelname" not in _lines(path)[-1]
 
 
 def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
