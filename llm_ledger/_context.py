@@ -30,14 +30,11 @@ _context: ContextVar[dict[str, Any]] = ContextVar("llm_ledger_context", default=
 _lenses: ContextVar[tuple[LensTotals, ...]] = ContextVar("llm_ledger_lenses", default=())
 
 
-def current_context() -> dict[str, Any]:
-    """The merged context of the enclosing ``lens`` / ``track_llm_call`` blocks (do not mutate)."""
-    return _context.get()
-
-
-def current_lenses() -> tuple[LensTotals, ...]:
-    """Totals of every open lens run, outermost first."""
-    return _lenses.get()
+# read on every call: the ContextVars' own methods, without a Python frame in between
+current_context: Callable[[], dict[str, Any]] = _context.get
+"""The merged context of the enclosing ``lens`` / ``track_llm_call`` blocks (do not mutate)."""
+current_lenses: Callable[[], tuple[LensTotals, ...]] = _lenses.get
+"""Totals of every open lens run, outermost first."""
 
 
 class _Scope:

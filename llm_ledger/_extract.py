@@ -159,7 +159,10 @@ def usage_of(operation: str, usage: Any) -> Usage:
             "cached_tokens": None,
             "reasoning_tokens": None,
         }
-    fields = _fields(usage)
+    try:
+        fields = usage.__dict__
+    except AttributeError:
+        fields = _Attributes(usage)
     if operation == "responses":
         prompt = fields.get("input_tokens")
         completion = fields.get("output_tokens")
@@ -200,12 +203,18 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
     content_length: int | None = None
     finish_reason: str | None = None
     tool_calls: int | None = None
-    fields = _fields(response)
+    try:  # the SDK's models: their __dict__ holds every declared field (see _fields)
+        fields = response.__dict__
+    except AttributeError:
+        fields = _Attributes(response)
     if operation == "chat":
         choices = fields.get("choices") or ()
         content_length = tool_calls = 0
         for choice in choices:
-            message = _fields(_fields(choice).get("message"))
+            try:
+                message = choice.__dict__["message"].__dict__
+            except (AttributeError, KeyError):  # not one of the SDK's models
+                message = _fields(_fields(choice).get("message"))
             text = message.get("content")
             if text:
                 content_length += len(text)
@@ -231,7 +240,7 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         {
             "model": fields.get("model"),
             "id": fields.get("id"),
-            "request_id": getattr(response, "_request_id", None),
+            "request_id": fields.get("_request_id"),
             "content_length": content_length,
             "finish_reason": finish_reason,
             "tool_calls_count": tool_calls,

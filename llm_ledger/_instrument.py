@@ -66,11 +66,6 @@ def _hook_http_client(client: Any, is_async: bool) -> None:
     setattr(http, _HOOKED_ATTR, True)
 
 
-def _secret(client: Any) -> str | None:
-    key = getattr(client, "api_key", None)
-    return key if isinstance(key, str) and len(key) >= 8 else None
-
-
 def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> tuple[_Call | None, Any]:
     """Start watching a call; returns the call (None if not watched) and the options to send."""
     operation = OPERATIONS.get(options.url)
@@ -80,7 +75,7 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
         body = options.json_data
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed
             return None, options
-        call = monitor._begin(operation, body, stream, _secret(client))
+        call = monitor._begin(operation, body, stream, client)
         headers = options.headers
         raw = call.raw = (
             headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None

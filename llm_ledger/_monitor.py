@@ -135,6 +135,12 @@ class _Call:
         return self.request_id
 
 
+def _secret(client: Any) -> str | None:
+    """The client's API key, scrubbed from captured text (read only when content is captured)."""
+    key = getattr(client, "api_key", None)
+    return key if isinstance(key, str) and len(key) >= 8 else None
+
+
 def _safe_error_message(exc: BaseException) -> str | None:
     """A message that quotes nothing from the request or response (used when content capture is off)."""
     status = getattr(exc, "status_code", None)
@@ -280,15 +286,18 @@ class LLMCallMonitor:
         keys = ("messages", "input", "instructions", "tools")
         call.content = {k: strings(body[k]) for k in keys if k in body and body[k] is not None}
 
-    def _begin(self, operation: str, body: Mapping[str, Any], stream: bool, secret: str | None) -> _Call:
-        call = _Call(operation, request_shape(operation, body, stream=stream), secret)
+    def _begin(self, operation: str, body: Mapping[str, Any], stream: bool, client: Any) -> _Call:
         if self.capture_content:
+            call = _Call(operation, request_shape(operation, body, stream=stream), _secret(client))
             self._capture_request(call, body)
+        else:
+            call = _Call(operation, request_shape(operation, body, stream=stream), None)
         return call
 
     def _error_shape(self, call: _Call, exc: BaseException) -> ErrorShape:
         status = getattr(exc, "status_code", None)
-        message = self._scrub(str(exc), call) if self.capture_content else _safe_error_message(exc)
+        # decided when the call began (with its key known for scrubbing), like its content
+        message = self._scrub(str(exc), call) if call.content is not None else _safe_error_message(exc)
         return {
             "type": type(exc).__name__,
             "status_code": status if isinstance(status, int) else None,

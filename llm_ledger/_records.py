@@ -160,6 +160,7 @@ def new_id() -> str:
 
 
 _second_prefixes: dict[int, str] = {}  # whole epoch seconds -> "YYYY-MM-DDTHH:MM:SS"
+_MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def iso_timestamp(epoch: float) -> str:
@@ -167,7 +168,7 @@ def iso_timestamp(epoch: float) -> str:
 
     The text of each second is cached for a few dozen seconds: ``strftime`` costs more than the rest
     of a record, and the start and end of one call (or of calls on several threads) often fall in
-    different seconds.
+    different seconds. The milliseconds come from a table (formatting them costs ~0.3 µs).
     """
     seconds = int(epoch)
     prefix = _second_prefixes.get(seconds)
@@ -175,7 +176,12 @@ def iso_timestamp(epoch: float) -> str:
         if len(_second_prefixes) >= 64:
             _second_prefixes.clear()
         prefix = _second_prefixes[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{prefix}.{int((epoch - seconds) * 1000):03d}Z"
+    return prefix + _MILLISECONDS[int((epoch - seconds) * 1000)]
+
+
+def _ms(seconds: float) -> float:
+    """Seconds as milliseconds rounded to 3 decimals (``round(x, 3)`` costs ~3x as much)."""
+    return int(seconds * 1_000_000 + 0.5) / 1000
 
 
 def call_record(
@@ -219,10 +225,10 @@ def call_record(
         "response": response,
         "usage": usage,
         "timing": {
-            "duration_ms": round(duration_s * 1000, 3),
+            "duration_ms": _ms(duration_s),
             "start_time": iso_timestamp(start_epoch),
             "end_time": end,
-            "time_to_first_token_ms": None if ttft_s is None else round(ttft_s * 1000, 3),
+            "time_to_first_token_ms": None if ttft_s is None else _ms(ttft_s),
         },
         "cost": {
             "prompt_cost_usd": prompt_usd,

@@ -458,3 +458,17 @@ def test_timestamps_are_utc_iso_with_milliseconds(epoch: float) -> None:
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(other)))
         assert iso_timestamp(other) == f"{expected}.{int((other - int(other)) * 1000):03d}Z"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", iso_timestamp(epoch))
+
+
+def test_durations_are_milliseconds_rounded_like_round() -> None:
+    """duration_ms and time_to_first_token_ms read as round(seconds * 1000, 3) would give."""
+    import random
+
+    from llm_ledger._records import _ms
+
+    rng = random.Random(7)
+    for scale in (1e-6, 1e-3, 1.0, 60.0, 3600.0):
+        for _ in range(20_000):
+            seconds = rng.random() * scale
+            assert _ms(seconds) == round(seconds * 1000, 3), seconds
+    assert (_ms(0.0), _ms(0.0123456), _ms(1.5)) == (0.0, 12.346, 1500.0)
