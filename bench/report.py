@@ -42,7 +42,7 @@ def _lines() -> list[bytes]:
         prompt, completion = 800 + i % 700, 0 if status == "error" else 120 + i % 300
         start = 1_732_000_000 + i * 37.123
         record = call_record(
-            call_id=f"{i:032x}", status=status, operation="chat", context=context,  # type: ignore[arg-type]
+            status=status, operation="chat", context=context,  # type: ignore[arg-type]
             request={"model": model, "temperature": 0.2, "max_tokens": 400, "messages_count": 2,
                      "system_prompt_length": 1093, "user_prompt_length": 3049 + i % 50, "has_images": False,
                      "image_count": 0, "stream": i % 4 == 0, "tools_count": 0},
@@ -57,6 +57,7 @@ def _lines() -> list[bytes]:
             error={"type": "RateLimitError", "status_code": 429, "message": "HTTP 429 rate_limit_exceeded"}
             if status == "error" else None,
         )  # fmt: skip
+        record["call_id"] = f"{i:032x}"
         totals.add(record, 300 * 10**18)  # $0.0003
         lines.append(_format(formatter, record))
         if i % 10 == 9:

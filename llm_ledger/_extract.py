@@ -142,8 +142,8 @@ class _Attributes:
 def _fields(obj: Any) -> Any:
     """An SDK object's field values, read by ``.get(name)`` after one attribute lookup.
 
-    Each attribute read on the SDK's pydantic models goes through pydantic's ``__getattr__`` hook
-    (about 420 instructions, a plain attribute 60); their ``__dict__`` holds every declared field.
+    The SDK's pydantic models keep every declared field in their ``__dict__``; reading a name they
+    lack by attribute goes through pydantic's ``__getattr__`` hook (about 420 instructions).
     """
     fields = getattr(obj, "__dict__", None)
     return fields if type(fields) is dict else _Attributes(obj)
@@ -170,17 +170,15 @@ def usage_of(operation: str, usage: Any) -> Usage:
             fields.get("input_tokens_details"),
             fields.get("output_tokens_details"),
         )
-        cached = None if input_details is None else _fields(input_details).get("cached_tokens")
-        reasoning = None if output_details is None else _fields(output_details).get("reasoning_tokens")
+        cached = getattr(input_details, "cached_tokens", None)
+        reasoning = getattr(output_details, "reasoning_tokens", None)
     else:
         prompt = fields.get("prompt_tokens")
         completion = fields.get("completion_tokens")
         if operation == "embeddings" and completion is None:
             completion = 0
-        details = fields.get("prompt_tokens_details")
-        cached = None if details is None else _fields(details).get("cached_tokens")
-        details = fields.get("completion_tokens_details")
-        reasoning = None if details is None else _fields(details).get("reasoning_tokens")
+        cached = getattr(fields.get("prompt_tokens_details"), "cached_tokens", None)
+        reasoning = getattr(fields.get("completion_tokens_details"), "reasoning_tokens", None)
     total = fields.get("total_tokens")
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
     if not (type(prompt) is int and prompt >= 0):
@@ -222,7 +220,7 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
             if calls:
                 tool_calls += len(calls)
         if choices:
-            finish_reason = _fields(choices[0]).get("finish_reason")
+            finish_reason = getattr(choices[0], "finish_reason", None)
     elif operation == "responses":
         content_length = tool_calls = 0
         for item in getattr(response, "output", None) or ():

@@ -2,7 +2,7 @@
 
 ``JsonlFileHandler`` is a ``logging.Handler``. On the caller's thread it only serialises the record
 (orjson, about 1.5 µs) and queues the bytes; where it is the only handler of the ledger's logger,
-the monitor hands it the record dict without building a ``LogRecord`` (``emit_dict``). A writer
+the monitor hands it the record dict without building a ``LogRecord`` (``_emit_dict``). A writer
 thread appends queued lines with single ``os.write`` calls on an ``O_APPEND`` descriptor, so several
 processes can share one file without interleaving lines. Like OpenTelemetry's batch log processor it
 writes once a second, or as soon as 512 lines wait: each wake-up of the writer costs a thread switch
@@ -38,7 +38,9 @@ _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writ
 _INTERVAL_S = 1.0  # the writer wakes at least this often while lines wait
 _BATCH_LINES = 512  # ... and as soon as this many lines wait
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
-_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+_ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
+# python-json-logger's option; it costs ~75% more per record, so it is only tried when needed
+_NON_STR_KEYS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
 class LedgerJsonFormatter(OrjsonFormatter):
@@ -77,17 +79,14 @@ class LedgerJsonFormatter(OrjsonFormatter):
         """
         msg = record.msg
         if self._plain and type(msg) is dict and not record.exc_info and not record.stack_info:
-            line = self.dict_line(msg)
-            if line is not None:
-                return line
+            try:
+                return orjson.dumps(msg, default=self.json_default, option=_ORJSON_OPTIONS)
+            except (TypeError, ValueError):
+                try:  # e.g. a context value that is a dict with integer keys
+                    return orjson.dumps(msg, default=self.json_default, option=_NON_STR_KEYS_OPTIONS)
+                except (TypeError, ValueError):
+                    pass  # the json fallback below
         return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-
-    def dict_line(self, msg: dict[str, Any]) -> bytes | None:
-        """The line of a dict message with the default fields; None where only ``format()`` can."""
-        try:
-            return orjson.dumps(msg, default=self.json_default, option=_ORJSON_OPTIONS)
-        except (TypeError, ValueError):
-            return None  # e.g. an integer beyond 64 bits: format() falls back to the json module
 
 
 def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> bytes:
@@ -100,10 +99,12 @@ def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> 
 class JsonlFileHandler(logging.Handler):
     """Append each record as one JSON line to ``path``; a background thread does the writing."""
 
+    _plain: LedgerJsonFormatter | None  # the formatter, when it is a default one (see formatter)
+    _formatter: logging.Formatter | None
+
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
         self.path = Path(path)
-        self._plain: LedgerJsonFormatter | None = None  # the formatter, when it is a default one
         self.setFormatter(formatter or LedgerJsonFormatter())
         self._queue: collections.deque[bytes | threading.Event] = collections.deque()
         self._wake = threading.Event()
@@ -119,28 +120,29 @@ class JsonlFileHandler(logging.Handler):
 
     # -- caller side ------------------------------------------------------------------------------
 
-    def setFormatter(self, fmt: logging.Formatter | None) -> None:
-        super().setFormatter(fmt)
+    @property
+    def formatter(self) -> logging.Formatter | None:
+        return self._formatter
+
+    @formatter.setter
+    def formatter(self, fmt: logging.Formatter | None) -> None:
+        self._formatter = fmt
+        # with a default LedgerJsonFormatter the line of a ledger record is its dict as JSON
         self._plain = fmt if isinstance(fmt, LedgerJsonFormatter) and fmt._plain else None
 
-    def emit_dict(self, record: Mapping[str, Any], level: int) -> bool:
-        """Queue a ledger record without a ``LogRecord``; False if ``handle()`` is needed instead.
+    def _emit_dict(self, record: Mapping[str, Any], level: int) -> bool:
+        """Queue a ledger record dict without a ``LogRecord``; False if ``handle()`` is needed instead.
 
         The line is the one ``handle()`` writes for a LogRecord carrying ``record``: taken only
-        with the default formatter, no filters and a level that lets ``level`` through.
+        with a default formatter, no filters and a level that lets ``level`` through.
         """
         formatter = self._plain
-        if (
-            formatter is None
-            or formatter is not self.formatter
-            or self.filters
-            or level < self.level
-            or type(record) is not dict
-        ):
+        if formatter is None or self.filters or level < self.level:
             return False
-        line = formatter.dict_line(record)
-        if line is None:
-            return False
+        try:
+            line = orjson.dumps(record, default=formatter.json_default, option=_ORJSON_OPTIONS)
+        except (TypeError, ValueError):
+            return False  # e.g. non-str keys or an integer beyond 64 bits: handle() knows what to do
         queue = self._queue
         queue.append(line)
         if len(queue) >= _BATCH_LINES and not self._wake.is_set():

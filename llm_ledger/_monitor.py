@@ -29,7 +29,6 @@ from ._records import (
     Usage,
     call_record,
     lens_record,
-    new_id,
 )
 
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
@@ -341,18 +340,18 @@ class LLMCallMonitor:
         output_text: str | None,
         duration: float,
     ) -> tuple[CallRecord, int | None]:
-        if usage_obj is None:  # no usage (and the fallback path): nothing that could fail to read
-            usage: Usage = {
+        if type(usage_obj) is dict:  # a stream's usage, already read
+            usage = cast(Usage, usage_obj)
+        elif usage_obj is not None:
+            usage = usage_of(call.operation, usage_obj)
+        else:  # no usage (and the fallback path): nothing that could fail to read
+            usage = {
                 "prompt_tokens": None,
                 "completion_tokens": None,
                 "total_tokens": None,
                 "cached_tokens": None,
                 "reasoning_tokens": None,
             }
-        elif isinstance(usage_obj, dict):
-            usage = cast(Usage, usage_obj)
-        else:
-            usage = usage_of(call.operation, usage_obj)
         if response is None:
             response = {
                 "model": None,
@@ -365,9 +364,19 @@ class LLMCallMonitor:
         elif response["request_id"] is None:
             response["request_id"] = call.response_request_id()
         prompt_cost = completion_cost = total_cost = None  # in 10**-24 USD
-        if usage["prompt_tokens"] is not None and usage["completion_tokens"] is not None:
+        prompt_tokens = usage["prompt_tokens"]
+        completion_tokens = usage["completion_tokens"]
+        if prompt_tokens is not None and completion_tokens is not None:
+            served = response["model"]
             try:
-                costs = self._cost(response["model"], call.request["model"], usage)
+                # the served model's price (resolved once per name), else the requested model's
+                costs = None
+                if served:
+                    costs = self.prices._costs(
+                        served, prompt_tokens, completion_tokens, usage["cached_tokens"] or 0
+                    )
+                if costs is None:
+                    costs = self._cost(served, call.request["model"], usage)
             except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
                 self._report("pricing a call", exc)
                 costs = None  # the call is still recorded, with a null cost
@@ -378,7 +387,6 @@ class LLMCallMonitor:
         if content is not None and output_text is not None:
             content["output"] = self._scrub(output_text, call)
         record = call_record(
-            call_id=new_id(),
             status=status,
             operation=call.operation,
             context=call.context,
@@ -397,17 +405,15 @@ class LLMCallMonitor:
         return record, total_cost
 
     def _cost(self, served: str | None, requested: str | None, usage: Usage) -> tuple[int, int] | None:
-        """(prompt, completion) cost in 10**-24 USD at the served model's price, else the requested one's."""
-        prompt = usage["prompt_tokens"] or 0
-        completion = usage["completion_tokens"] or 0
-        cached = usage["cached_tokens"] or 0
-        prices = self.prices
-        if served:
-            costs = prices._costs(served, prompt, completion, cached)
-            if costs is not None:
-                return costs
+        """(prompt, completion) cost in 10**-24 USD at the requested model's price, when the served
+        model (tried first by ``_build``) has none; None, and a warning once per name, without."""
         if requested and requested != served:
-            costs = prices._costs(requested, prompt, completion, cached)
+            costs = self.prices._costs(
+                requested,
+                usage["prompt_tokens"] or 0,
+                usage["completion_tokens"] or 0,
+                usage["cached_tokens"] or 0,
+            )
             if costs is not None:
                 return costs
         name = requested or served or "<none>"
@@ -435,7 +441,7 @@ class LLMCallMonitor:
                         and not logger.propagate
                         and not logger.filters
                         and type(handlers[0]) is JsonlFileHandler
-                        and handlers[0].emit_dict(record, level)
+                        and handlers[0]._emit_dict(record, level)
                     ):
                         logger.handle(_log_record(logger.name, level, record))
                 except Exception as exc:

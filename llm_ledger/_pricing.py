@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 import yaml
 
@@ -210,7 +210,7 @@ class PriceTable:
         entry = self._cache.get(model, _MISSING)
         if entry is _MISSING:
             entry = self._resolve_and_cache(model)
-        if entry is None:
+        if not isinstance(entry, _Entry):
             return None
         if not 0 <= cached_tokens <= prompt_tokens or completion_tokens < 0:
             raise ValueError(
@@ -218,9 +218,8 @@ class PriceTable:
                 f"got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
                 f"completion_tokens={completion_tokens!r}"
             )
-        priced = cast(_Entry, entry)
-        inp, cached, out = priced.base
-        for start, per_token in priced.tiers_desc:
+        inp, cached, out = entry.base
+        for start, per_token in entry.tiers_desc:
             if prompt_tokens > start:
                 inp, cached, out = per_token
                 break

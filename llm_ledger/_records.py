@@ -186,7 +186,6 @@ def _ms(seconds: float) -> float:
 
 def call_record(
     *,
-    call_id: str,
     status: Status,
     operation: str,
     context: dict[str, Any],
@@ -217,7 +216,7 @@ def call_record(
         "level": _LEVELS[status],
         "logger": LOGGER_NAME,
         "event": CALL_EVENT,
-        "call_id": call_id,
+        "call_id": f"{_id_prefix}{next(_id_counter):012x}",  # new_id(), without a call
         "status": status,
         "operation": operation,
         "context": context,

@@ -144,13 +144,35 @@ def test_the_file_honours_handler_filters_levels_formatters_and_other_handlers(
     llm_ledger.flush()
     assert len(_lines(path)) == 2, "a filtered record and one below the handler's level are not written"
 
-    handler.setFormatter(JsonFormatter("{levelname}", style="{"))  # an operator's own fields
+    handler.formatter = JsonFormatter("{levelname}", style="{")  # an operator's own fields
     try:
         formatted = call()
     finally:
         handler.setFormatter(llm_ledger.LedgerJsonFormatter())
     assert formatted["levelname"] == "INFO" and formatted["event"] == "llm_api_call"
     assert call()["event"] == "llm_api_call" and "levelname" not in _lines(path)[-1]
+
+
+def test_context_values_json_cannot_hold_directly_are_still_written(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """Integer dict keys, integers beyond 64 bits and objects such as UUIDs reach the file as JSON."""
+    import uuid
+
+    llm_ledger.configure(log_dir=tmp_path)
+    source = uuid.UUID(int=7)
+    contexts: list[dict[str, Any]] = [
+        {"source_id": source},
+        {"source_id": "s", "pages": {1: "intro", 2: "body"}},
+        {"source_id": 2**70},
+    ]
+    for context in contexts:
+        with llm_ledger.track_llm_call(**context):
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    written = [line["context"] for line in _lines(tmp_path / "llm_calls.jsonl")]
+    assert [c["source_id"] for c in written] == [str(source), "s", 2**70]
+    assert written[1]["pages"] == {"1": "intro", "2": "body"}
 
 
 def test_configure_again_changes_nothing_and_a_new_dir_switches_file(

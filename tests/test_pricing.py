@@ -514,7 +514,6 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
         exact = table.cost("m", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
         assert units is not None and exact is not None
         record = call_record(
-            call_id="0" * 32,
             status="ok",
             operation="chat",
             context={},

@@ -39,7 +39,6 @@ def call(
     failed = status != "ok"
     total = None if prompt is None or completion is None else prompt + completion
     record = call_record(
-        call_id="0" * 32,
         status=status,  # type: ignore[arg-type]
         operation="chat",
         context={"lens_key": lens, "source_id": source, "service": service, **(extra or {})},
