@@ -58,9 +58,9 @@ def _count(value: Any) -> int:
 
 def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> RequestShape:
     """Counts and parameters of one request; text is measured in characters, never copied."""
-    system = user = images = 0
-    messages_count: int | None = None
-    if operation == "chat":
+    if operation == "chat":  # the common case first and compact: this runs cold on every call
+        system = user = images = 0
+        messages_count: int | None = None
         messages = body.get("messages")
         if isinstance(messages, (list, tuple)):
             messages_count = len(messages)
@@ -68,7 +68,7 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
                 if type(message) is not dict and not isinstance(message, Mapping):
                     continue
                 content = message.get("content")
-                if type(content) is str:  # the common case, without a call
+                if type(content) is str:
                     chars = len(content)
                 else:
                     chars, found = _text_and_images(content)
@@ -81,7 +81,32 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if max_tokens is not None and type(max_tokens) is not int:
             max_tokens = _given(max_tokens)
-    elif operation == "responses":
+    else:
+        messages_count, system, user, images, max_tokens = _input_shape(operation, body)
+    model = body.get("model")
+    temperature = body.get("temperature")
+    tools = body.get("tools")
+    return {
+        "model": model if model is None or type(model) is str else _given(model),
+        "temperature": temperature
+        if temperature is None or type(temperature) is float
+        else _given(temperature),
+        "max_tokens": max_tokens,
+        "messages_count": messages_count,
+        "system_prompt_length": system,
+        "user_prompt_length": user,
+        "has_images": images > 0,
+        "image_count": images,
+        "stream": stream,
+        "tools_count": 0 if tools is None else _count(tools),
+    }
+
+
+def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, int, int, int, Any]:
+    """(messages_count, system chars, user chars, images, max_tokens) of a responses / embeddings body."""
+    system = user = images = 0
+    messages_count: int | None = None
+    if operation == "responses":
         instructions = _given(body.get("instructions"))
         if isinstance(instructions, str):
             system += len(instructions)
@@ -100,31 +125,13 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
                     system += chars
                 elif item["role"] == "user":
                     user += chars
-        max_tokens = _given(body.get("max_output_tokens"))
-    else:  # embeddings
-        items = _given(body.get("input"))
-        if isinstance(items, str):
-            user = len(items)
-        elif isinstance(items, (list, tuple)):
-            user = sum(len(item) for item in items if isinstance(item, str))
-        max_tokens = None
-    model = body.get("model")
-    temperature = body.get("temperature")
-    tools = body.get("tools")
-    return {
-        "model": model if model is None or type(model) is str else _given(model),
-        "temperature": temperature
-        if temperature is None or type(temperature) is float
-        else _given(temperature),
-        "max_tokens": max_tokens,
-        "messages_count": messages_count,
-        "system_prompt_length": system,
-        "user_prompt_length": user,
-        "has_images": images > 0,
-        "image_count": images,
-        "stream": stream,
-        "tools_count": 0 if tools is None else _count(tools),
-    }
+        return messages_count, system, user, images, _given(body.get("max_output_tokens"))
+    items = _given(body.get("input"))  # embeddings
+    if isinstance(items, str):
+        user = len(items)
+    elif isinstance(items, (list, tuple)):
+        user = sum(len(item) for item in items if isinstance(item, str))
+    return messages_count, system, user, images, None
 
 
 class _Attributes:

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ._extract import OPERATIONS, response_shape
+from ._extract import OPERATIONS, request_shape, response_shape
+from ._monitor import _Call, _secret
 from ._streams import watch_stream
 
 if TYPE_CHECKING:
-    from ._monitor import LLMCallMonitor, _Call
+    from ._monitor import LLMCallMonitor
     from ._records import Status
 
 __all__ = ["instrument_client"]
@@ -75,7 +76,11 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
         body = options.json_data
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed
             return None, options
-        call = monitor._begin(operation, body, stream, client)
+        if monitor.capture_content:
+            call = _Call(operation, request_shape(operation, body, stream=stream), _secret(client))
+            monitor._capture_request(call, body)
+        else:
+            call = _Call(operation, request_shape(operation, body, stream=stream), None)
         headers = options.headers
         raw = call.raw = (
             headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None

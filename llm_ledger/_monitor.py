@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 from ._context import LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
-from ._extract import request_shape, usage_of
+from ._extract import usage_of
 from ._jsonl import JsonlFileHandler
 from ._pricing import PriceTable
 from ._records import (
@@ -284,14 +284,6 @@ class LLMCallMonitor:
 
         keys = ("messages", "input", "instructions", "tools")
         call.content = {k: strings(body[k]) for k in keys if k in body and body[k] is not None}
-
-    def _begin(self, operation: str, body: Mapping[str, Any], stream: bool, client: Any) -> _Call:
-        if self.capture_content:
-            call = _Call(operation, request_shape(operation, body, stream=stream), _secret(client))
-            self._capture_request(call, body)
-        else:
-            call = _Call(operation, request_shape(operation, body, stream=stream), None)
-        return call
 
     def _error_shape(self, call: _Call, exc: BaseException) -> ErrorShape:
         status = getattr(exc, "status_code", None)

@@ -69,7 +69,7 @@ def test_a_fault_reading_the_request_leaves_the_call_alone(
     client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
 ) -> None:
     """If the ledger cannot read a request, the request is sent unchanged and its result returned."""
-    monkeypatch.setattr(monitor_module, "request_shape", _boom)
+    monkeypatch.setattr(llm_ledger._instrument, "request_shape", _boom)
     response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert response.choices[0].message.content
     assert any("reading the request" in r.getMessage() for r in internal_log.records)
