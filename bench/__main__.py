@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "calls" in only:
         show(*calls.non_streamed(sizes))
+        show(*calls.per_call(sizes))
     if "instructions" in only:
         show(*instructions.measure(quick=args.quick))
     if "streams" in only:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import functools
 import shutil
+import statistics
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,6 +178,81 @@ def non_streamed(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         "added (min rounds): fastest round minus fastest round, steadier when other work shares the cores",
     ]
     return table, headline
+
+
+def _writer_cpu_ns() -> int:
+    """CPU time used so far by the JSONL writer threads of this process, in ns."""
+    total = 0
+    for thread in threading.enumerate():
+        if thread.name.startswith("llm-ledger-writer") and thread.ident is not None:
+            total += time.clock_gettime_ns(time.pthread_getcpuclockid(thread.ident))
+    return total
+
+
+def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
+    """Section 1, steadier: the variants interleaved call by call, CPU time of each call.
+
+    Rounds of 200 calls move by ±10-20 µs a call on a shared VM (another guest's burst lands in
+    one variant's round); timing each call on the calling thread and comparing medians over
+    thousands of calls is not moved by such bursts. The JSONL writer thread's CPU time and the
+    caller's flushes are measured over the whole run and added per record, so nothing is left out.
+    """
+    table = Table(
+        "Non-streamed chat.completions.create (MockTransport), interleaved call by call: CPU µs per call",
+        ["variant", "calls", "median µs", "q1 µs", "q3 µs", "writer + flush µs/call", "added µs", "ratio"],
+    )
+    with configured_ledger():
+        transport = _payloads.mock_transport()
+        sdks = {
+            "bare": client(transport),
+            "ledger": llm_ledger.instrument(client(transport)),
+            "ledger, no file": llm_ledger.LLMCallMonitor(logger=None).instrument(client(transport)),
+        }
+        creates = {name: sdk.chat.completions.create for name, sdk in sdks.items()}
+        kwargs = _payloads.chat_kwargs()
+        for create in creates.values():
+            for _ in range(20):
+                create(**kwargs)
+        llm_ledger.flush()
+        samples: dict[str, list[int]] = {name: [] for name in creates}
+        items = list(creates.items())
+        n = sizes.calls * sizes.rounds
+        clock = time.thread_time_ns
+        flush_ns = 0
+        writer_start = _writer_cpu_ns()
+        for index in range(n):
+            for name, create in items if index % 2 == 0 else items[::-1]:
+                started = clock()
+                create(**kwargs)
+                samples[name].append(clock() - started)
+            if index % 200 == 199 or index == n - 1:  # as the calls table: a flush per batch
+                started = clock()
+                llm_ledger.flush()
+                flush_ns += clock() - started
+        writer_ns = _writer_cpu_ns() - writer_start
+    medians = {name: statistics.median(values) / 1000 for name, values in samples.items()}
+    overhead = {"bare": 0.0, "ledger": (writer_ns + flush_ns) / n / 1000, "ledger, no file": 0.0}
+    added = {name: medians[name] + overhead[name] - medians["bare"] for name in samples}
+    for name, values in samples.items():
+        q = statistics.quantiles(values, n=4)
+        table.add(
+            name, n, medians[name], q[0] / 1000, q[2] / 1000, overhead[name],
+            "" if name == "bare" else added[name],
+            "" if name == "bare" else f"{(medians[name] + overhead[name]) / medians['bare']:.3f}",
+        )  # fmt: skip
+    table.notes += [
+        f"target: the ledger adds ≤ {TARGET_CALL_US:.0f} µs per call (JSONL on, writer thread's work "
+        f"included): {added['ledger']:.1f} µs, {verdict(added['ledger'] <= TARGET_CALL_US)}",
+        "median µs: CPU time of the calling thread per call (time.thread_time_ns around each call), variants "
+        "interleaved call by call (A B C, then C B A); added = median - bare's median + writer and flush",
+        "writer + flush: the JSONL writer thread's CPU time over the run, plus the caller's flush() every "
+        "200 calls, divided by the ledger's calls",
+    ]
+    return table, {
+        "per_call_bare_us": medians["bare"],
+        "per_call_added_us": added["ledger"],
+        "per_call_nofile_added_us": added["ledger, no file"],
+    }
 
 
 def stream_variants(make_client: Callable[[], Any], caller_asks_usage: bool) -> dict[str, Batch]:

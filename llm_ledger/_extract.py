@@ -171,18 +171,11 @@ def usage_of(operation: str, usage: Any) -> Usage:
     except AttributeError:
         fields = _Attributes(usage)
     if operation == "responses":
-        prompt = fields.get("input_tokens")
-        completion = fields.get("output_tokens")
-        input_details, output_details = (
-            fields.get("input_tokens_details"),
-            fields.get("output_tokens_details"),
-        )
-        cached = getattr(input_details, "cached_tokens", None)
-        reasoning = getattr(output_details, "reasoning_tokens", None)
+        prompt, completion, cached, reasoning = _responses_usage(fields)
     else:
         prompt = fields.get("prompt_tokens")
         completion = fields.get("completion_tokens")
-        if operation == "embeddings" and completion is None:
+        if completion is None and operation == "embeddings":
             completion = 0
         cached = getattr(fields.get("prompt_tokens_details"), "cached_tokens", None)
         reasoning = getattr(fields.get("completion_tokens_details"), "reasoning_tokens", None)
@@ -203,16 +196,25 @@ def usage_of(operation: str, usage: Any) -> Usage:
     }
 
 
+def _responses_usage(fields: Any) -> tuple[Any, Any, Any, Any]:
+    """(prompt, completion, cached, reasoning) of a Responses API usage object, unchecked."""
+    return (
+        fields.get("input_tokens"),
+        fields.get("output_tokens"),
+        getattr(fields.get("input_tokens_details"), "cached_tokens", None),
+        getattr(fields.get("output_tokens_details"), "reasoning_tokens", None),
+    )
+
+
 def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
     """The response's shape and its raw ``usage`` object (``None`` when absent)."""
-    content_length: int | None = None
-    finish_reason: str | None = None
-    tool_calls: int | None = None
     try:  # the SDK's models: their __dict__ holds every declared field (see _fields)
         fields = response.__dict__
     except AttributeError:
         fields = _Attributes(response)
-    if operation == "chat":
+    content_length: int | None
+    tool_calls: int | None
+    if operation == "chat":  # the common case first and compact: this runs cold on every call
         choices = fields.get("choices") or ()
         content_length = tool_calls = 0
         for choice in choices:
@@ -226,21 +228,11 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
             calls = message.get("tool_calls")
             if calls:
                 tool_calls += len(calls)
-        if choices:
-            finish_reason = getattr(choices[0], "finish_reason", None)
+        finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
     elif operation == "responses":
-        content_length = tool_calls = 0
-        for item in getattr(response, "output", None) or ():
-            kind = getattr(item, "type", None)
-            if kind == "message":
-                for part in item.content:
-                    text = getattr(part, "text", None)
-                    if isinstance(text, str):
-                        content_length += len(text)
-            elif kind == "function_call":
-                tool_calls += 1
-        incomplete = getattr(response, "incomplete_details", None)
-        finish_reason = getattr(incomplete, "reason", None) or getattr(response, "status", None)
+        content_length, tool_calls, finish_reason = _responses_output(response)
+    else:
+        content_length = tool_calls = finish_reason = None
     return (
         {
             "model": fields.get("model"),
@@ -251,4 +243,24 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
             "tool_calls_count": tool_calls,
         },
         fields.get("usage"),
+    )
+
+
+def _responses_output(response: Any) -> tuple[int, int, Any]:
+    """(content length, tool calls, finish reason) of a Responses API result."""
+    content_length = tool_calls = 0
+    for item in getattr(response, "output", None) or ():
+        kind = getattr(item, "type", None)
+        if kind == "message":
+            for part in item.content:
+                text = getattr(part, "text", None)
+                if isinstance(text, str):
+                    content_length += len(text)
+        elif kind == "function_call":
+            tool_calls += 1
+    incomplete = getattr(response, "incomplete_details", None)
+    return (
+        content_length,
+        tool_calls,
+        getattr(incomplete, "reason", None) or getattr(response, "status", None),
     )
