@@ -37,10 +37,18 @@ def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     titles = [table["title"] for table in result["tables"]]
-    assert len(titles) == 6 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
+    assert len(titles) == 7 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
     assert any("callgrind" in t for t in titles)
     headline = result["headline"]
-    for key in ("ledger_added_us", "lens_added_us", "chunk_us_asks", "replay_ratio_12", "report_lines_per_s"):
+    assert any("call by call" in t for t in titles)
+    for key in (
+        "ledger_added_us",
+        "per_call_added_us",
+        "lens_added_us",
+        "chunk_us_asks",
+        "replay_ratio_12",
+        "report_lines_per_s",
+    ):
         assert isinstance(headline[key], float), key
     [peers] = [table for table in result["tables"] if "Peers" in table["title"]]
     names = {row["monitor"] for row in peers["rows"]}
