@@ -19,6 +19,7 @@ from ._extract import usage_of
 from ._jsonl import JsonlFileHandler
 from ._pricing import PriceTable
 from ._records import (
+    _LEVELS,
     LOGGER_NAME,
     CallRecord,
     ErrorShape,
@@ -45,6 +46,7 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+_STATUS_LEVELS = {status: _LEVELNO[name] for status, name in _LEVELS.items()}
 _REPORT_INTERVAL_S = 60.0
 
 
@@ -313,14 +315,56 @@ class LLMCallMonitor:
             return
         call.done = True
         duration = time.perf_counter() - call.start_perf
-        try:
-            record, total_cost = self._build(call, status, response, usage_obj, error, output_text, duration)
-        except Exception as exc:
-            self._report("reading a call's result", exc)
-            record, total_cost = self._build(call, status, None, None, error, None, duration)
+        prices = self.prices
+        if error is None and call.content is None and not call.lenses and not self._sinks:
+            try:
+                # nothing needs the record now: the file's writer builds it, in a batch
+                file = self._own_file(_STATUS_LEVELS[status])
+                if file is not None:
+                    if usage_obj is not None and type(usage_obj) is not dict:
+                        usage_obj = usage_of(call.operation, usage_obj)  # no SDK object is kept
+                    call.response_request_id()
+                    call.http_response = None
+                    file._emit_later(self._built, (call, status, response, usage_obj, duration, prices))
+                    return
+            except Exception as exc:
+                self._report("reading a call's result", exc)
+        record, total_cost = self._record(
+            call, status, response, usage_obj, error, output_text, duration, prices
+        )
         for totals in call.lenses:
             totals.add(record, total_cost)
         self._emit(record)
+
+    def _built(
+        self,
+        call: _Call,
+        status: Status,
+        response: ResponseShape | None,
+        usage: Usage | None,
+        duration: float,
+        prices: PriceTable,
+    ) -> CallRecord:
+        """The record of a call whose building was left to the JSONL writer (see ``_finish``)."""
+        return self._record(call, status, response, usage, None, None, duration, prices)[0]
+
+    def _record(
+        self,
+        call: _Call,
+        status: Status,
+        response: ResponseShape | None,
+        usage_obj: Usage | Any,
+        error: BaseException | None,
+        output_text: str | None,
+        duration: float,
+        prices: PriceTable,
+    ) -> tuple[CallRecord, int | None]:
+        """The call's record and its cost; a result it cannot read is reported and left out."""
+        try:
+            return self._build(call, status, response, usage_obj, error, output_text, duration, prices)
+        except Exception as exc:
+            self._report("reading a call's result", exc)
+            return self._build(call, status, None, None, error, None, duration, prices)
 
     def _build(
         self,
@@ -331,6 +375,7 @@ class LLMCallMonitor:
         error: BaseException | None,
         output_text: str | None,
         duration: float,
+        prices: PriceTable,
     ) -> tuple[CallRecord, int | None]:
         if type(usage_obj) is dict:  # a stream's usage, already read
             usage = cast(Usage, usage_obj)
@@ -364,11 +409,11 @@ class LLMCallMonitor:
                 # the served model's price (resolved once per name), else the requested model's
                 costs = None
                 if served:
-                    costs = self.prices._costs(
+                    costs = prices._costs(
                         served, prompt_tokens, completion_tokens, usage["cached_tokens"] or 0
                     )
                 if costs is None:
-                    costs = self._cost(served, call.request["model"], usage)
+                    costs = self._cost(prices, served, call.request["model"], usage)
             except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
                 self._report("pricing a call", exc)
                 costs = None  # the call is still recorded, with a null cost
@@ -396,11 +441,13 @@ class LLMCallMonitor:
         )
         return record, total_cost
 
-    def _cost(self, served: str | None, requested: str | None, usage: Usage) -> tuple[int, int] | None:
+    def _cost(
+        self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage
+    ) -> tuple[int, int] | None:
         """(prompt, completion) cost in 10**-24 USD at the requested model's price, when the served
         model (tried first by ``_build``) has none; None, and a warning once per name, without."""
         if requested and requested != served:
-            costs = self.prices._costs(
+            costs = prices._costs(
                 requested,
                 usage["prompt_tokens"] or 0,
                 usage["completion_tokens"] or 0,
@@ -418,26 +465,30 @@ class LLMCallMonitor:
             )
         return None
 
+    def _own_file(self, level: int) -> JsonlFileHandler | None:
+        """The ledger's JSONL file when a record of ``level`` goes there and nowhere else, and may be
+        given as a dict (the same line, without a ``LogRecord``)."""
+        logger = self._logger
+        if logger is None or not logger.isEnabledFor(level):
+            return None
+        handlers = logger.handlers
+        if len(handlers) == 1 and not logger.propagate and not logger.filters:
+            handler = handlers[0]
+            if type(handler) is JsonlFileHandler and handler._takes_dicts(level):
+                return handler
+        return None
+
     def _emit(self, record: CallRecord | Mapping[str, Any]) -> None:
         logger = self._logger
         if logger is not None:
             level = _LEVELNO[record["level"]]
-            if logger.isEnabledFor(level):
-                try:
-                    handlers = logger.handlers
-                    # where the ledger's own file is the only place a record goes, it takes the dict
-                    # (the same line, without a LogRecord); else a LogRecord built directly, since
-                    # logger.log() would walk the stack to find the caller
-                    if not (
-                        len(handlers) == 1
-                        and not logger.propagate
-                        and not logger.filters
-                        and type(handlers[0]) is JsonlFileHandler
-                        and handlers[0]._emit_dict(record, level)
-                    ):
-                        logger.handle(_log_record(logger.name, level, record))
-                except Exception as exc:
-                    self._report("a log handler", exc)
+            try:
+                file = self._own_file(level)
+                if (file is None or not file._emit_dict(record)) and logger.isEnabledFor(level):
+                    # a LogRecord built directly: logger.log() would walk the stack to find the caller
+                    logger.handle(_log_record(logger.name, level, record))
+            except Exception as exc:
+                self._report("a log handler", exc)
         for sink in self._sinks:
             try:
                 sink(record)
