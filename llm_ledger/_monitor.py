@@ -30,6 +30,7 @@ from ._records import (
     Usage,
     call_record,
     lens_record,
+    rounded_ms,
 )
 
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
@@ -134,6 +135,16 @@ class _Call:
             except Exception:
                 pass  # a response without readable headers: no request id
         return self.request_id
+
+
+def _no_usage() -> Usage:
+    return {
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "total_tokens": None,
+        "cached_tokens": None,
+        "reasoning_tokens": None,
+    }
 
 
 def _secret(client: Any) -> str | None:
@@ -316,25 +327,52 @@ class LLMCallMonitor:
         call.done = True
         duration = time.perf_counter() - call.start_perf
         prices = self.prices
-        if error is None and call.content is None and not call.lenses and not self._sinks:
+        file = None
+        if error is None and call.content is None and not self._sinks:
             try:
                 # nothing needs the record now: the file's writer builds it, in a batch
                 file = self._own_file(_STATUS_LEVELS[status])
                 if file is not None:
-                    if usage_obj is not None and type(usage_obj) is not dict:
-                        usage_obj = usage_of(call.operation, usage_obj)  # no SDK object is kept
+                    usage: Usage
+                    if usage_obj is None:
+                        usage = _no_usage()
+                    elif type(usage_obj) is dict:  # a stream's usage, already read
+                        usage = cast(Usage, usage_obj)
+                    else:
+                        usage = usage_of(call.operation, usage_obj)  # no SDK object is kept
                     call.response_request_id()
                     call.http_response = None
-                    file._emit_later(self._built, (call, status, response, usage_obj, duration, prices))
-                    return
             except Exception as exc:
                 self._report("reading a call's result", exc)
+                file = None
+        if file is not None:
+            if call.lenses:  # their totals are read when a lens ends: counted now
+                self._count(call, status, response, usage, duration, prices)
+            file._emit_later(self._built, (call, status, response, usage, duration, prices))
+            return
         record, total_cost = self._record(
             call, status, response, usage_obj, error, output_text, duration, prices
         )
         for totals in call.lenses:
             totals.add(record, total_cost)
         self._emit(record)
+
+    def _count(
+        self,
+        call: _Call,
+        status: Status,
+        response: ResponseShape | None,
+        usage: Usage,
+        duration: float,
+        prices: PriceTable,
+    ) -> None:
+        """Count a call in its open lenses, from the parts its record will be built from."""
+        model = None if response is None else response["model"]
+        costs = self._price(prices, model, call.request["model"], usage)
+        total = None if costs is None else costs[0] + costs[1]
+        duration_ms = rounded_ms(duration)
+        for totals in call.lenses:
+            totals.count(status, usage, call.request["model"], total, duration_ms)
 
     def _built(
         self,
@@ -382,13 +420,7 @@ class LLMCallMonitor:
         elif usage_obj is not None:
             usage = usage_of(call.operation, usage_obj)
         else:  # no usage (and the fallback path): nothing that could fail to read
-            usage = {
-                "prompt_tokens": None,
-                "completion_tokens": None,
-                "total_tokens": None,
-                "cached_tokens": None,
-                "reasoning_tokens": None,
-            }
+            usage = _no_usage()
         if response is None:
             response = {
                 "model": None,
@@ -401,25 +433,10 @@ class LLMCallMonitor:
         elif response["request_id"] is None:
             response["request_id"] = call.response_request_id()
         prompt_cost = completion_cost = total_cost = None  # in 10**-24 USD
-        prompt_tokens = usage["prompt_tokens"]
-        completion_tokens = usage["completion_tokens"]
-        if prompt_tokens is not None and completion_tokens is not None:
-            served = response["model"]
-            try:
-                # the served model's price (resolved once per name), else the requested model's
-                costs = None
-                if served:
-                    costs = prices._costs(
-                        served, prompt_tokens, completion_tokens, usage["cached_tokens"] or 0
-                    )
-                if costs is None:
-                    costs = self._cost(prices, served, call.request["model"], usage)
-            except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
-                self._report("pricing a call", exc)
-                costs = None  # the call is still recorded, with a null cost
-            if costs is not None:
-                prompt_cost, completion_cost = costs
-                total_cost = prompt_cost + completion_cost
+        costs = self._price(prices, response["model"], call.request["model"], usage)
+        if costs is not None:
+            prompt_cost, completion_cost = costs
+            total_cost = prompt_cost + completion_cost
         content = call.content
         if content is not None and output_text is not None:
             content["output"] = self._scrub(output_text, call)
@@ -440,6 +457,26 @@ class LLMCallMonitor:
             content=content,
         )
         return record, total_cost
+
+    def _price(
+        self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage
+    ) -> tuple[int, int] | None:
+        """(prompt, completion) cost in 10**-24 USD, or None: no usage, no price, or unreadable."""
+        prompt_tokens = usage["prompt_tokens"]
+        completion_tokens = usage["completion_tokens"]
+        if prompt_tokens is None or completion_tokens is None:
+            return None
+        try:
+            # the served model's price (resolved once per name), else the requested model's
+            costs = None
+            if served:
+                costs = prices._costs(served, prompt_tokens, completion_tokens, usage["cached_tokens"] or 0)
+            if costs is None:
+                costs = self._cost(prices, served, requested, usage)
+            return costs
+        except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
+            self._report("pricing a call", exc)
+            return None  # the call is still recorded, with a null cost
 
     def _cost(
         self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage

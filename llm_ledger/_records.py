@@ -33,6 +33,7 @@ __all__ = [
     "iso_timestamp",
     "lens_record",
     "new_id",
+    "rounded_ms",
 ]
 
 LOGGER_NAME = "llm_monitor"
@@ -184,7 +185,7 @@ def iso_timestamp(epoch: float) -> str:
     return prefix + _MILLISECONDS[int((epoch - seconds) * 1000)]
 
 
-def _ms(seconds: float) -> float:
+def rounded_ms(seconds: float) -> float:
     """Seconds as milliseconds rounded to 3 decimals (``round(x, 3)`` costs ~3x as much)."""
     return int(seconds * 1_000_000 + 0.5) / 1000
 
@@ -229,10 +230,10 @@ def call_record(
         "response": response,
         "usage": usage,
         "timing": {
-            "duration_ms": _ms(duration_s),
+            "duration_ms": rounded_ms(duration_s),
             "start_time": iso_timestamp(start_epoch),
             "end_time": end,
-            "time_to_first_token_ms": None if ttft_s is None else _ms(ttft_s),
+            "time_to_first_token_ms": None if ttft_s is None else rounded_ms(ttft_s),
         },
         "cost": {
             "prompt_cost_usd": prompt_usd,
@@ -280,12 +281,27 @@ class LensTotals:
         self.models: set[str] = set()
 
     def add(self, record: CallRecord, total_cost_units: int | None) -> None:
-        """Count one finished call (failed and interrupted calls count too); cost in 10**-24 USD."""
-        usage = record["usage"]
-        model = record["request"]["model"]
+        """Count one finished call from its record (failed and interrupted calls count too)."""
+        self.count(
+            record["status"],
+            record["usage"],
+            record["request"]["model"],
+            total_cost_units,
+            record["timing"]["duration_ms"],
+        )
+
+    def count(
+        self,
+        status: Status,
+        usage: Usage,
+        model: str | None,
+        total_cost_units: int | None,
+        duration_ms: float,
+    ) -> None:
+        """Count one finished call; cost in 10**-24 USD, duration as its record gives it."""
         with self._lock:
             self.calls += 1
-            if record["status"] == "error":
+            if status == "error":
                 self.errors += 1
             self.prompt_tokens += usage["prompt_tokens"] or 0
             self.completion_tokens += usage["completion_tokens"] or 0
@@ -294,11 +310,11 @@ class LensTotals:
             self.reasoning_tokens += usage["reasoning_tokens"] or 0
             if total_cost_units is None:
                 # an ok call without a price, or a failed call we know nothing about
-                if record["status"] != "error" or usage["total_tokens"]:
+                if status != "error" or usage["total_tokens"]:
                     self.cost_complete = False
             else:
                 self.cost_units += total_cost_units
-            self.duration_s += record["timing"]["duration_ms"] / 1000
+            self.duration_s += duration_ms / 1000
             if model:
                 self.models.add(model)
 

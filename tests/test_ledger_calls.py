@@ -464,7 +464,7 @@ def test_durations_are_milliseconds_rounded_like_round() -> None:
     """duration_ms and time_to_first_token_ms read as round(seconds * 1000, 3) would give."""
     import random
 
-    from llm_ledger._records import _ms
+    from llm_ledger._records import rounded_ms as _ms
 
     rng = random.Random(7)
     for scale in (1e-6, 1e-3, 1.0, 60.0, 3600.0):

@@ -224,6 +224,37 @@ def test_records_left_to_the_writer_are_the_records_a_sink_gets(
     assert sum("my-private-model" in r.getMessage() for r in internal_log.records) == 1
 
 
+def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """A lens counts its calls when they end whether their records are built then (a sink is
+    attached) or later by the file's writer."""
+    llm_ledger.configure(log_dir=tmp_path)
+
+    def run() -> dict[str, Any]:
+        with llm_ledger.lens("totals", source_id="s") as run:
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            default_client.chat.completions.create(model="my-private-model", messages=HI)
+            with pytest.raises(openai.APIStatusError):
+                default_client.chat.completions.create(
+                    model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "500"}
+                )
+        assert run.summary is not None
+        return {k: v for k, v in run.summary.items() if "duration" not in k}
+
+    left_to_writer = run()
+    with llm_ledger.testing.capture():
+        built_at_once = run()
+    assert left_to_writer == built_at_once
+    assert left_to_writer["total_api_calls"] == 3 and left_to_writer["errors"] == 1
+    assert left_to_writer["total_cost_usd"] > 0 and left_to_writer["cost_complete"] is False
+    llm_ledger.flush()
+    lines = _lines(tmp_path / "llm_calls.jsonl")
+    assert [line["event"] for line in lines] == ["llm_api_call"] * 3 + ["lens_summary"] + (
+        ["llm_api_call"] * 3 + ["lens_summary"]
+    )
+
+
 def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
