@@ -6,6 +6,7 @@ the ``llm_ledger.internal`` logger, and the caller gets exactly what the SDK gav
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -366,13 +367,20 @@ class LLMCallMonitor:
         duration: float,
         prices: PriceTable,
     ) -> None:
-        """Count a call in its open lenses, from the parts its record will be built from."""
-        model = None if response is None else response["model"]
-        costs = self._price(prices, model, call.request["model"], usage)
-        total = None if costs is None else costs[0] + costs[1]
+        """Count a call in its open lenses, from the parts its record will be built from (its cost
+        is worked out when a lens ends, with the others: cheaper than between the caller's work)."""
+        served = None if response is None else response["model"]
+        requested = call.request["model"]
+        cost_later = functools.partial(self._total_cost, prices, served, requested, usage)
         duration_ms = rounded_ms(duration)
         for totals in call.lenses:
-            totals.count(status, usage, call.request["model"], total, duration_ms)
+            totals.count(status, usage, requested, None, duration_ms, cost_later)
+
+    def _total_cost(
+        self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage
+    ) -> int | None:
+        costs = self._price(prices, served, requested, usage)
+        return None if costs is None else costs[0] + costs[1]
 
     def _built(
         self,

@@ -16,6 +16,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal, TypedDict
 
 __all__ = [
@@ -248,6 +249,9 @@ def call_record(
     return record
 
 
+_PRICE_BATCH = 256  # calls a lens prices at once (see LensTotals.count)
+
+
 class LensTotals:
     """Running totals of one lens run; thread-safe, since a lens may fan out to threads and tasks."""
 
@@ -261,6 +265,7 @@ class LensTotals:
         "duration_s",
         "errors",
         "models",
+        "priced_later",
         "prompt_tokens",
         "reasoning_tokens",
         "total_tokens",
@@ -279,6 +284,8 @@ class LensTotals:
         self.cost_complete = True
         self.duration_s = 0.0
         self.models: set[str] = set()
+        # (cost in 10**-24 USD or None, whether a None makes the cost incomplete), priced at summary()
+        self.priced_later: list[tuple[Callable[[], int | None], bool]] = []
 
     def add(self, record: CallRecord, total_cost_units: int | None) -> None:
         """Count one finished call from its record (failed and interrupted calls count too)."""
@@ -297,8 +304,12 @@ class LensTotals:
         model: str | None,
         total_cost_units: int | None,
         duration_ms: float,
+        cost_later: Callable[[], int | None] | None = None,
     ) -> None:
-        """Count one finished call; cost in 10**-24 USD, duration as its record gives it."""
+        """Count one finished call; cost in 10**-24 USD, duration as its record gives it.
+
+        ``cost_later`` gives the cost when the summary is made (pricing in a batch is cheaper).
+        """
         with self._lock:
             self.calls += 1
             if status == "error":
@@ -308,19 +319,33 @@ class LensTotals:
             self.total_tokens += usage["total_tokens"] or 0
             self.cached_tokens += usage["cached_tokens"] or 0
             self.reasoning_tokens += usage["reasoning_tokens"] or 0
-            if total_cost_units is None:
-                # an ok call without a price, or a failed call we know nothing about
-                if status != "error" or usage["total_tokens"]:
-                    self.cost_complete = False
-            else:
+            # without a cost: an ok call without a price, or a failed call we know nothing about
+            incomplete_without = status != "error" or bool(usage["total_tokens"])
+            if cost_later is not None:
+                self.priced_later.append((cost_later, incomplete_without))
+                if len(self.priced_later) >= _PRICE_BATCH:  # a long lens holds a bounded backlog
+                    self._price_pending()
+            elif total_cost_units is not None:
                 self.cost_units += total_cost_units
+            elif incomplete_without:
+                self.cost_complete = False
             self.duration_s += duration_ms / 1000
             if model:
                 self.models.add(model)
 
+    def _price_pending(self) -> None:
+        for cost_later, incomplete_without in self.priced_later:
+            units = cost_later()
+            if units is not None:
+                self.cost_units += units
+            elif incomplete_without:
+                self.cost_complete = False
+        self.priced_later.clear()
+
     def summary(self, wall_s: float) -> LensSummary:
         """The aggregate dict an application stores in ``SourceLog.extra_data``."""
         with self._lock:
+            self._price_pending()
             return {
                 "total_api_calls": self.calls,
                 "total_tokens": self.total_tokens,

@@ -227,3 +227,31 @@ def test_module_level_functions_use_the_default_monitor(client: openai.OpenAI) -
     assert run.summary is not None and run.summary["total_api_calls"] == 1
     assert captured.calls[0]["context"]["service"] == "S"
     assert llm_ledger.get_monitor() is llm_ledger.get_monitor()
+
+
+def test_costs_priced_when_the_lens_ends_add_up_and_the_backlog_stays_bounded() -> None:
+    """Costs left for later are summed exactly at summary time; a long lens prices them in batches."""
+    from llm_ledger._records import USD_UNITS, LensTotals
+
+    totals = LensTotals()
+    usage: Any = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cached_tokens": 0,
+                  "reasoning_tokens": 0}  # fmt: skip
+    priced: list[int] = []
+
+    def cost(units: int | None) -> Any:
+        def price() -> int | None:
+            priced.append(1)
+            return units
+
+        return price
+
+    for _ in range(1000):
+        totals.count("ok", usage, "m", None, 1.0, cost(7 * USD_UNITS // 10**6))
+        assert len(totals.priced_later) < 256
+    no_tokens: Any = {**usage, "total_tokens": 0}
+    totals.count("error", no_tokens, "m", None, 1.0, cost(None))  # no tokens: complete
+    summary = totals.summary(1.0)
+    assert len(priced) == 1001 and not totals.priced_later
+    assert summary["total_cost_usd"] == 1000 * 7 / 10**6 and summary["cost_complete"] is True
+    totals.count("ok", usage, "m", None, 1.0, cost(None))  # an ok call without a price
+    assert totals.summary(1.0)["cost_complete"] is False
