@@ -114,7 +114,7 @@ class _Call:
     def __init__(self, operation: str, request: RequestShape, secret: str | None) -> None:
         self.operation = operation
         self.request = request
-        self.context = dict(current_context())
+        self.context = current_context()  # never changed in place: copied into the record
         self.lenses = current_lenses()
         self.secret = secret
         self.retries: int | None = 0  # None when the client's retries cannot be counted
@@ -451,7 +451,7 @@ class LLMCallMonitor:
         record = call_record(
             status=status,
             operation=call.operation,
-            context=call.context,
+            context=dict(call.context),
             request=call.request,
             response=response,
             usage=usage,

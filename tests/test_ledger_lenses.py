@@ -255,3 +255,20 @@ def test_costs_priced_when_the_lens_ends_add_up_and_the_backlog_stays_bounded() 
     assert summary["total_cost_usd"] == 1000 * 7 / 10**6 and summary["cost_complete"] is True
     totals.count("ok", usage, "m", None, 1.0, cost(None))  # an ok call without a price
     assert totals.summary(1.0)["cost_complete"] is False
+
+
+def test_a_sink_changing_a_records_context_changes_no_other_record(
+    monitor: llm_ledger.LLMCallMonitor, client: openai.OpenAI
+) -> None:
+    """Each record gets its own copy of the context, whatever a sink does with it."""
+    seen: list[dict[str, Any]] = []
+
+    def meddle(record: Any) -> None:
+        seen.append(dict(record["context"]))
+        record["context"]["lens_key"] = "changed by a sink"
+
+    monitor.add_sink(meddle)
+    with monitor.lens("mine", source_id="s"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert [c["lens_key"] for c in seen] == ["mine", "mine", "mine"]  # two calls, then the summary
