@@ -1,16 +1,17 @@
 """The JSON-lines file: whole lines appended in batches, off the caller's path, losing nothing.
 
 ``JsonlFileHandler`` is a ``logging.Handler``. On the caller's thread it only serialises the record
-(orjson, about 1.5 µs) and queues the bytes; where it is the only handler of the ledger's logger,
-the monitor hands it the record dict without building a ``LogRecord`` (``_emit_dict``). A writer
-thread appends queued lines with single ``os.write`` calls on an ``O_APPEND`` descriptor, so several
-processes can share one file without interleaving lines. Like OpenTelemetry's batch log processor it
-writes once a second, or as soon as 512 lines wait: each wake-up of the writer costs a thread switch
-and a share of the GIL, which on a busy process costs more than the formatting itself. The file is
-reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its directory recreated
-if removed. A failed write (full disk) is reported on ``llm_ledger.internal`` and retried;
-``flush()`` returns once everything queued so far is written, and interpreter exit flushes every
-handler.
+(orjson, about 1 µs) and queues the bytes. Where it is the only handler of the ledger's logger, the
+monitor hands it the record dict without building a ``LogRecord`` (``_emit_dict``), or, for a call
+nothing else needs the record of, what the record is built from (``_emit_later``): the writer thread
+then builds it, in a batch. The writer thread appends queued lines with single ``os.write`` calls on
+an ``O_APPEND`` descriptor, so several processes can share one file without interleaving lines. Like
+OpenTelemetry's batch log processor it writes once a second, or as soon as 512 lines wait: each
+wake-up of the writer costs a thread switch and a share of the GIL, which on a busy process costs
+more than the formatting itself. The file is reopened when it is moved away (logrotate's ``create``
+mode) or deleted, and its directory recreated if removed. A failed write (full disk) is reported on
+``llm_ledger.internal`` and retried; ``flush()`` returns once everything queued so far is written,
+and interpreter exit flushes every handler.
 """
 
 from __future__ import annotations
