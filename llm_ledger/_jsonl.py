@@ -11,7 +11,9 @@ wake-up of the writer costs a thread switch and a share of the GIL, which on a b
 more than the formatting itself. The file is reopened when it is moved away (logrotate's ``create``
 mode) or deleted, and its directory recreated if removed. A failed write (full disk) is reported on
 ``llm_ledger.internal`` and retried; ``flush()`` returns once everything queued so far is written,
-and interpreter exit flushes every handler.
+and interpreter exit flushes every handler. A forked child (a prefork server's worker, a
+multiprocessing pool) starts its own writer and leaves what its parent had queued to the parent;
+multiprocessing's children, which leave through ``os._exit()``, flush through its finalizers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import collections
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -117,9 +120,21 @@ class JsonlFileHandler(logging.Handler):
         self._closed = False
         self._lost = 0
         self._open()  # fail early, in configure(), on a path that can never work
-        self._thread = threading.Thread(target=self._run, name=f"llm-ledger-writer:{self.path}", daemon=True)
-        self._thread.start()
+        self._thread = self._start_writer()
         _handlers.add(self)
+
+    def _start_writer(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name=f"llm-ledger-writer:{self.path}", daemon=True)
+        thread.start()
+        return thread
+
+    def _after_fork_in_child(self) -> None:
+        # what the parent queued is the parent's to write; the writer thread did not survive the fork
+        self._queue = collections.deque()
+        self._pending = []
+        self._wake = threading.Event()
+        if not self._closed:
+            self._thread = self._start_writer()
 
     # -- caller side ------------------------------------------------------------------------------
 
@@ -339,3 +354,31 @@ def flush_all() -> None:
 
 
 atexit.register(flush_all)
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_handlers):
+        handler._after_fork_in_child()
+
+
+class _ForkHook:
+    registered = False
+
+
+_fork_hook = _ForkHook()
+
+
+def _before_fork() -> None:
+    # multiprocessing's forked children leave through os._exit(), past atexit: they flush through
+    # one of its finalizers instead, registered in each child by its after-fork hook
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and not _ForkHook.registered:
+        _ForkHook.registered = True
+        util.register_after_fork(_fork_hook, _flush_at_multiprocessing_exit)
+
+
+def _flush_at_multiprocessing_exit(_: object) -> None:
+    sys.modules["multiprocessing.util"].Finalize(None, flush_all, exitpriority=0)
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,41 @@ def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
     assert [line["event"] for line in lines] == ["llm_api_call"] * 3 + ["lens_summary"] + (
         ["llm_api_call"] * 3 + ["lens_summary"]
     )
+
+
+def _calls_in_a_child(base_url: str, calls: int) -> None:
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=base_url, max_retries=0) as client:
+        instrumented = llm_ledger.instrument(client)
+        for _ in range(calls):
+            instrumented.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    # no flush(): multiprocessing's children leave through os._exit(), past atexit
+
+
+def test_a_forked_child_writes_its_own_records_and_not_its_parents(
+    fake_openai: FakeOpenAI, tmp_path: Path, fresh_config: None
+) -> None:
+    """A child forked with records still queued (e.g. a prefork server's worker, a multiprocessing
+    pool) writes its own records, even leaving through os._exit(), and never its parent's again."""
+    import multiprocessing
+
+    llm_ledger.configure(log_dir=tmp_path)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as client:
+        llm_ledger.instrument(client).chat.completions.create(model="gpt-4o-mini", messages=HI)
+        children = [
+            multiprocessing.get_context("fork").Process(
+                target=_calls_in_a_child, args=(fake_openai.base_url, 2)
+            )
+            for _ in range(2)
+        ]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(60)
+        assert [child.exitcode for child in children] == [0, 0]
+    llm_ledger.flush()
+    lines = _lines(tmp_path / "llm_calls.jsonl")
+    processes = Counter(line["call_id"][:20] for line in lines)  # a process's ids share a prefix
+    assert len(lines) == 5 and sorted(processes.values()) == [1, 2, 2]
 
 
 def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
