@@ -387,7 +387,7 @@ class LLMCallMonitor:
         call: _Call,
         status: Status,
         response: ResponseShape | None,
-        usage: Usage | None,
+        usage: Usage,
         duration: float,
         prices: PriceTable,
     ) -> CallRecord:
@@ -490,7 +490,7 @@ class LLMCallMonitor:
         self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage
     ) -> tuple[int, int] | None:
         """(prompt, completion) cost in 10**-24 USD at the requested model's price, when the served
-        model (tried first by ``_build``) has none; None, and a warning once per name, without."""
+        model (tried first by ``_price``) has none; None, and a warning once per name, without."""
         if requested and requested != served:
             costs = prices._costs(
                 requested,
