@@ -8,11 +8,11 @@ whole ledger's budget per call).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._records import RequestShape, ResponseShape, Usage
 
-__all__ = ["OPERATIONS", "request_shape", "response_shape", "usage_of"]
+__all__ = ["OPERATIONS", "no_usage", "request_shape", "response_shape", "usage_of"]
 
 # SDK request path -> operation name (OpenTelemetry's gen_ai.operation.name where one exists)
 OPERATIONS: dict[str, str] = {
@@ -156,16 +156,26 @@ def _fields(obj: Any) -> Any:
     return fields if type(fields) is dict else _Attributes(obj)
 
 
+def no_usage() -> Usage:
+    """The usage of a call whose counts are unknown."""
+    return {
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "total_tokens": None,
+        "cached_tokens": None,
+        "reasoning_tokens": None,
+    }
+
+
 def usage_of(operation: str, usage: Any) -> Usage:
-    """Normalise a chat / embeddings / responses ``usage`` object to the record's names."""
+    """Normalise a chat / embeddings / responses ``usage`` object to the record's names.
+
+    A dict is taken as a usage already read (a stream's); ``None`` gives a usage of unknowns.
+    """
+    if type(usage) is dict:
+        return cast(Usage, usage)
     if usage is None:
-        return {
-            "prompt_tokens": None,
-            "completion_tokens": None,
-            "total_tokens": None,
-            "cached_tokens": None,
-            "reasoning_tokens": None,
-        }
+        return no_usage()
     try:
         fields = usage.__dict__
     except AttributeError:

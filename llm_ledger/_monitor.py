@@ -12,11 +12,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from ._context import LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
-from ._extract import usage_of
+from ._extract import no_usage, usage_of
 from ._jsonl import JsonlFileHandler
 from ._pricing import PriceTable
 from ._records import (
@@ -136,16 +136,6 @@ class _Call:
             except Exception:
                 pass  # a response without readable headers: no request id
         return self.request_id
-
-
-def _no_usage() -> Usage:
-    return {
-        "prompt_tokens": None,
-        "completion_tokens": None,
-        "total_tokens": None,
-        "cached_tokens": None,
-        "reasoning_tokens": None,
-    }
 
 
 def _secret(client: Any) -> str | None:
@@ -335,12 +325,7 @@ class LLMCallMonitor:
                 file = self._own_file(_STATUS_LEVELS[status])
                 if file is not None:
                     usage: Usage
-                    if usage_obj is None:
-                        usage = _no_usage()
-                    elif type(usage_obj) is dict:  # a stream's usage, already read
-                        usage = cast(Usage, usage_obj)
-                    else:
-                        usage = usage_of(call.operation, usage_obj)  # no SDK object is kept
+                    usage = usage_of(call.operation, usage_obj)  # no SDK object is kept
                     call.response_request_id()
                     call.http_response = None
             except Exception as exc:
@@ -407,28 +392,15 @@ class LLMCallMonitor:
     ) -> tuple[CallRecord, int | None]:
         """The call's record and its cost; a result it cannot read is reported and left out."""
         try:
-            return self._build(call, status, response, usage_obj, error, output_text, duration, prices)
+            usage = usage_of(call.operation, usage_obj)
+            if response is not None and response["request_id"] is None:
+                response["request_id"] = call.response_request_id()
+            content = call.content
+            if content is not None and output_text is not None:
+                content["output"] = self._scrub(output_text, call)
         except Exception as exc:
             self._report("reading a call's result", exc)
-            return self._build(call, status, None, None, error, None, duration, prices)
-
-    def _build(
-        self,
-        call: _Call,
-        status: Status,
-        response: ResponseShape | None,
-        usage_obj: Usage | Any,
-        error: BaseException | None,
-        output_text: str | None,
-        duration: float,
-        prices: PriceTable,
-    ) -> tuple[CallRecord, int | None]:
-        if type(usage_obj) is dict:  # a stream's usage, already read
-            usage = cast(Usage, usage_obj)
-        elif usage_obj is not None:
-            usage = usage_of(call.operation, usage_obj)
-        else:  # no usage (and the fallback path): nothing that could fail to read
-            usage = _no_usage()
+            usage, response = no_usage(), None
         if response is None:
             response = {
                 "model": None,
@@ -438,16 +410,11 @@ class LLMCallMonitor:
                 "finish_reason": None,
                 "tool_calls_count": None,
             }
-        elif response["request_id"] is None:
-            response["request_id"] = call.response_request_id()
         prompt_cost = completion_cost = total_cost = None  # in 10**-24 USD
         costs = self._price(prices, response["model"], call.request["model"], usage)
         if costs is not None:
             prompt_cost, completion_cost = costs
             total_cost = prompt_cost + completion_cost
-        content = call.content
-        if content is not None and output_text is not None:
-            content["output"] = self._scrub(output_text, call)
         record = call_record(
             status=status,
             operation=call.operation,
@@ -462,7 +429,7 @@ class LLMCallMonitor:
             completion_cost_units=completion_cost,
             retries=call.retries,
             error=None if error is None else self._error_shape(call, error),
-            content=content,
+            content=call.content,
         )
         return record, total_cost
 
