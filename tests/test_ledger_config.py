@@ -264,6 +264,7 @@ def _calls_in_a_child(base_url: str, calls: int) -> None:
     # no flush(): multiprocessing's children leave through os._exit(), past atexit
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # 3.12+
 def test_a_forked_child_writes_its_own_records_and_not_its_parents(
     fake_openai: FakeOpenAI, tmp_path: Path, fresh_config: None
 ) -> None:
