@@ -332,8 +332,15 @@ class LLMCallMonitor:
                 self._report("reading a call's result", exc)
                 file = None
         if file is not None:
-            if call.lenses:  # their totals are read when a lens ends: counted now
-                self._count(call, status, response, usage, duration, prices)
+            if call.lenses:
+                # counted now (a lens's totals are read when it ends); the cost is worked out when
+                # the lens ends, with the others: cheaper than between the caller's own work
+                served = None if response is None else response["model"]
+                requested = call.request["model"]
+                cost_later = functools.partial(self._total_cost, prices, served, requested, usage)
+                duration_ms = rounded_ms(duration)
+                for totals in call.lenses:
+                    totals.count(status, usage, requested, None, duration_ms, cost_later)
             file._emit_later(self._built, (call, status, response, usage, duration, prices))
             return
         record, total_cost = self._record(
@@ -342,24 +349,6 @@ class LLMCallMonitor:
         for totals in call.lenses:
             totals.add(record, total_cost)
         self._emit(record)
-
-    def _count(
-        self,
-        call: _Call,
-        status: Status,
-        response: ResponseShape | None,
-        usage: Usage,
-        duration: float,
-        prices: PriceTable,
-    ) -> None:
-        """Count a call in its open lenses, from the parts its record will be built from (its cost
-        is worked out when a lens ends, with the others: cheaper than between the caller's work)."""
-        served = None if response is None else response["model"]
-        requested = call.request["model"]
-        cost_later = functools.partial(self._total_cost, prices, served, requested, usage)
-        duration_ms = rounded_ms(duration)
-        for totals in call.lenses:
-            totals.count(status, usage, requested, None, duration_ms, cost_later)
 
     def _total_cost(
         self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage
