@@ -1,19 +1,27 @@
-"""The JSON-lines file: whole lines appended in batches, off the caller's path, losing nothing.
+"""The JSON-lines file: whole lines appended in batches, losing nothing.
 
 ``JsonlFileHandler`` is a ``logging.Handler``. On the caller's thread it only serialises the record
 (orjson, about 1 µs) and queues the bytes. Where it is the only handler of the ledger's logger, the
 monitor hands it the record dict without building a ``LogRecord`` (``_emit_dict``), or, for a call
-nothing else needs the record of, what the record is built from (``_emit_later``): the writer thread
-then builds it, in a batch. The writer thread appends queued lines with single ``os.write`` calls on
-an ``O_APPEND`` descriptor, so several processes can share one file without interleaving lines. Like
-OpenTelemetry's batch log processor it writes once a second, or as soon as 512 lines wait: each
-wake-up of the writer costs a thread switch and a share of the GIL, which on a busy process costs
-more than the formatting itself. The file is reopened when it is moved away (logrotate's ``create``
-mode) or deleted, and its directory recreated if removed. A failed write (full disk) is reported on
-``llm_ledger.internal`` and retried; ``flush()`` returns once everything queued so far is written,
-and interpreter exit flushes every handler. A forked child (a prefork server's worker, a
-multiprocessing pool) starts its own writer and leaves what its parent had queued to the parent;
-multiprocessing's children, which leave through ``os._exit()``, flush through its finalizers.
+nothing else needs the record of, what the record is built from (``_emit_later``), built later in a
+batch. Lines are appended with single ``os.write`` calls on an ``O_APPEND`` descriptor, so several
+processes can share one file without interleaving lines.
+
+Who writes: the call that queues the 512th line, or a line while the oldest has waited a second,
+writes the batch (one write into the page cache, about 0.2 ms for 512 lines); a writer thread writes
+what callers leave when they stop. A background thread woken on a timer is what most monitors use,
+but it needs the GIL each time it wakes, and while the application's threads keep the GIL busy a
+thread waiting for it is woken at each brief release and rarely wins it: measured with a busy
+caller, that cost more CPU than building the records (bench/RESULTS.md). So the writer thread checks
+less and less often while callers keep up, and sleeps without a timer once nothing comes. A write
+slower than 0.1 s (a slow network file system) hands all writing to the writer thread for good.
+
+The file is reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its
+directory recreated if removed. A failed write (full disk) is reported on ``llm_ledger.internal`` and
+retried by the writer thread; ``flush()`` returns once everything queued so far is written, and
+interpreter exit flushes every handler. A forked child (a prefork server's worker, a multiprocessing
+pool) starts its own writer and leaves what its parent had queued to the parent; multiprocessing's
+children, which leave through ``os._exit()``, flush through its finalizers.
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ internal_log = logging.getLogger("llm_ledger.internal")
 _Deferred = tuple[Callable[..., Mapping[str, Any]], tuple[Any, ...]]
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
-_INTERVAL_S = 1.0  # the writer wakes at least this often while lines wait
-_BATCH_LINES = 512  # ... and as soon as this many lines wait
+_BATCH_LINES = 512  # a batch is written as soon as this many lines wait
+_INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
+_MAX_INTERVAL_S = 4.0  # the writer thread checks at least this often while lines wait
+_SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 # python-json-logger's option; it costs ~75% more per record, so it is only tried when needed
@@ -113,7 +123,11 @@ class JsonlFileHandler(logging.Handler):
         self.setFormatter(formatter or LedgerJsonFormatter())
         # lines, records to build (see _emit_later) and flush() markers, in the order they came
         self._queue: collections.deque[bytes | _Deferred | threading.Event] = collections.deque()
-        self._wake = threading.Event()
+        self._queued = threading.Event()  # cleared while the writer is idle (see _run)
+        self._wake = threading.Event()  # write now: a flush, or close
+        self._draining = threading.Lock()  # held by whoever writes: lines leave in queue order
+        self._started: float | None = None  # when the first line now queued came (monotonic)
+        self._callers_write = True  # see _put and _write
         self._pending: list[bytes] = []  # lines not yet written (after a failed write)
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
@@ -132,7 +146,9 @@ class JsonlFileHandler(logging.Handler):
         # what the parent queued is the parent's to write; the writer thread did not survive the fork
         self._queue = collections.deque()
         self._pending = []
+        self._queued = threading.Event()
         self._wake = threading.Event()
+        self._draining = threading.Lock()
         if not self._closed:
             self._thread = self._start_writer()
 
@@ -158,10 +174,7 @@ class JsonlFileHandler(logging.Handler):
         line = self._dict_line(record)
         if line is None:
             return False
-        queue = self._queue
-        queue.append(line)
-        if len(queue) >= _BATCH_LINES and not self._wake.is_set():
-            self._wake.set()
+        self._put(line)
         return True
 
     def _emit_later(self, build: Callable[..., Mapping[str, Any]], args: tuple[Any, ...]) -> None:
@@ -170,10 +183,7 @@ class JsonlFileHandler(logging.Handler):
         In a batch, a record and its line cost about 10 µs of CPU, against about 17 µs built between
         the caller's own work, where the ledger's code and data have gone cold (bench/RESULTS.md).
         """
-        queue = self._queue
-        queue.append((build, args))
-        if len(queue) >= _BATCH_LINES and not self._wake.is_set():
-            self._wake.set()
+        self._put((build, args))
 
     def _dict_line(self, record: Mapping[str, Any]) -> bytes | None:
         formatter = self._plain
@@ -205,10 +215,26 @@ class JsonlFileHandler(logging.Handler):
         except Exception as exc:
             _report_format_failure(self.path, exc)
             return
+        self._put(line)
+
+    def _put(self, item: bytes | _Deferred) -> None:
         queue = self._queue
-        queue.append(line)
-        if len(queue) >= _BATCH_LINES and not self._wake.is_set():
-            self._wake.set()
+        queue.append(item)
+        started = self._started
+        if started is None:  # the first line of a batch
+            self._started = time.monotonic()
+            if not self._queued.is_set():  # the writer thread had gone idle: start its timer
+                self._queued.set()
+        elif (
+            (len(queue) >= _BATCH_LINES or time.monotonic() - started >= _INTERVAL_S)
+            and self._callers_write
+            and not self._pending  # the writer thread retries failed writes
+            and self._draining.acquire(blocking=False)  # else another thread is writing
+        ):
+            try:
+                self._drain()
+            finally:
+                self._draining.release()
 
     def handle(self, record: logging.LogRecord) -> bool:
         # no handler lock: emit() only appends to a thread-safe deque (filters still apply)
@@ -220,10 +246,12 @@ class JsonlFileHandler(logging.Handler):
     def flush(self, timeout: float | None = 10.0) -> None:
         """Block until every record emitted before this call is written (or ``timeout`` passes)."""
         if self._closed or not self._thread.is_alive():
-            self._drain()
+            with self._draining:
+                self._drain()
             return
         done = threading.Event()
         self._queue.append(done)
+        self._queued.set()
         self._wake.set()
         done.wait(timeout)
 
@@ -231,9 +259,11 @@ class JsonlFileHandler(logging.Handler):
         if not self._closed:
             self.flush()
             self._closed = True
+            self._queued.set()
             self._wake.set()
             self._thread.join(timeout=5)
-            self._drain()
+            with self._draining:
+                self._drain()
             if self._fd is not None:
                 try:
                     os.close(self._fd)
@@ -266,50 +296,99 @@ class JsonlFileHandler(logging.Handler):
             self._open()
 
     def _run(self) -> None:
+        # wakes for a flush or close at once; otherwise writes what callers left (see _put) and
+        # checks less often while they keep up or nothing comes, then sleeps without a timer
+        queue = self._queue
+        interval = _INTERVAL_S
         while not self._closed:
-            self._wake.wait(_INTERVAL_S)
-            self._wake.clear()
+            if self._wake.wait(interval):
+                self._wake.clear()
+            elif queue or self._pending:
+                started = self._started
+                # callers write lines an interval old: older than two, they have stopped (no start:
+                # a caller is writing them now)
+                young = started is None or time.monotonic() - started < 2 * _INTERVAL_S
+                if young and self._callers_write and not self._pending:
+                    interval = min(interval * 2, _MAX_INTERVAL_S)  # callers are writing
+                    continue
+                interval = _INTERVAL_S
+            elif interval < _MAX_INTERVAL_S:
+                interval = min(interval * 2, _MAX_INTERVAL_S)
+                continue
+            else:
+                self._queued.clear()
+                if not queue:  # else a line came before the clear, and its caller saw the flag set
+                    self._queued.wait()
+                interval = _INTERVAL_S
+                continue
+            with self._draining:
+                self._drain()
+            if self._pending and not self._closed:
+                time.sleep(0.05)  # a write failed: not again at once
+        with self._draining:
             self._drain()
-        self._drain()
 
     def _drain(self) -> None:
         events: list[threading.Event] = []
-        lines = self._pending
+        # the lines go into one buffer: a few hundred kB of separate lines, freed together after the
+        # write, went back to the system and were faulted in again for the next batch, page by page,
+        # which cost about as much as building the records (bench/RESULTS.md)
+        batch = bytearray()
+        self._started = None
         queue = self._queue
         while queue:
             item = queue.popleft()
             if isinstance(item, bytes):
-                lines.append(item)
+                batch += item
             elif isinstance(item, tuple):
                 line = self._built_line(*item)
                 if line is not None:
-                    lines.append(line)
+                    batch += line
             else:
                 events.append(item)
-        if lines:
-            self._write(lines)
+        if batch or self._pending:
+            self._write(batch)
         for event in events:
             event.set()
 
-    def _write(self, lines: list[bytes]) -> None:
+    def _write(self, batch: bytearray) -> None:
+        """Append the lines a failed write left, then ``batch``; what cannot be written is kept."""
+        pending = self._pending
+        if pending:
+            batch[:0] = b"".join(pending)
+        view = memoryview(batch)
+        started = time.monotonic()
         try:
             self._reopen_if_moved()
             assert self._fd is not None
             # several lines per write: each write is whole lines, so concurrent writers never split one
-            batch = b"".join(lines)
-            view = memoryview(batch)
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
-            lines.clear()
+            pending.clear()
+            if self._callers_write and time.monotonic() - started > _SLOW_WRITE_S:
+                self._callers_write = False
+                internal_log.warning(
+                    "llm-ledger: writing %s took %.1f s; the writer thread writes it from now on, "
+                    "so that calls never wait for it",
+                    self.path,
+                    time.monotonic() - started,
+                )
         except Exception as exc:
-            if len(lines) > _MAX_PENDING_LINES:
-                dropped = len(lines) - _MAX_PENDING_LINES
-                del lines[:dropped]
+            pending[:] = _lines(view)
+            view.release()
+            if len(pending) > _MAX_PENDING_LINES:
+                dropped = len(pending) - _MAX_PENDING_LINES
+                del pending[:dropped]
                 self._lost += dropped
-            _report_write_failure(self.path, exc, len(lines), self._lost)
-            if not self._closed:
-                time.sleep(0.05)
+            _report_write_failure(self.path, exc, len(pending), self._lost)
+
+
+def _lines(data: memoryview) -> list[bytes]:
+    """``data`` as lines, each with its newline (the last one may lack it)."""
+    lines = bytes(data).split(b"\n")
+    last = lines.pop()
+    return [line + b"\n" for line in lines] + ([last] if last else [])
 
 
 _last_failure = 0.0

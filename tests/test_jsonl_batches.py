@@ -1,0 +1,164 @@
+"""Who writes the JSONL file, and when: callers write full batches, the writer thread what they leave."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_ledger import _jsonl
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _wait_for(condition: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
+
+
+@pytest.fixture
+def intervals(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Set the batch interval and the writer thread's longest interval (before making a handler)."""
+
+    def set_intervals(interval: float, longest: float) -> None:
+        monkeypatch.setattr(_jsonl, "_INTERVAL_S", interval)
+        monkeypatch.setattr(_jsonl, "_MAX_INTERVAL_S", longest)
+
+    return set_intervals
+
+
+@pytest.fixture
+def handler(tmp_path: Path, intervals: Any) -> Iterator[Callable[[], _jsonl.JsonlFileHandler]]:
+    """Makes the handler (after ``intervals``), closed at the end."""
+    made: list[_jsonl.JsonlFileHandler] = []
+
+    def make() -> _jsonl.JsonlFileHandler:
+        made.append(_jsonl.JsonlFileHandler(tmp_path / "llm_calls.jsonl"))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def _emit(handler: _jsonl.JsonlFileHandler, n: int) -> None:
+    message = {"event": "llm_api_call", "n": n}
+    handler.handle(logging.LogRecord("llm_monitor", logging.INFO, "", 0, message, None, None))
+
+
+def test_the_call_that_fills_a_batch_writes_it_at_once(intervals: Any, handler: Any, tmp_path: Path) -> None:
+    intervals(60.0, 60.0)  # the writer thread would wait a minute
+    h = handler()
+    for n in range(_jsonl._BATCH_LINES - 1):
+        _emit(h, n)
+    assert (tmp_path / "llm_calls.jsonl").read_text() == ""
+    _emit(h, _jsonl._BATCH_LINES - 1)
+    assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(_jsonl._BATCH_LINES))
+
+
+def test_a_line_that_waited_an_interval_is_written_by_the_next_call(
+    intervals: Any, handler: Any, tmp_path: Path
+) -> None:
+    intervals(60.0, 60.0)
+    h = handler()
+    time.sleep(0.05)  # its writer thread has started: it will not look for a minute
+    _emit(h, 0)
+    intervals(0.05, 60.0)
+    time.sleep(0.1)
+    assert (tmp_path / "llm_calls.jsonl").read_text() == ""
+    _emit(h, 1)
+    assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == [0, 1]
+
+
+def test_the_writer_thread_writes_what_callers_leave_when_they_stop(
+    intervals: Any, handler: Any, tmp_path: Path
+) -> None:
+    intervals(0.05, 0.2)
+    h = handler()
+    for n in range(100):  # calls for about half a second, then none
+        _emit(h, n)
+        time.sleep(0.005)
+    assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 100, timeout=2 * 0.2 + 1.0)
+    assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(100))
+
+
+def test_the_writer_thread_stays_asleep_while_callers_keep_up(
+    intervals: Any, handler: Any, tmp_path: Path
+) -> None:
+    """Each wake-up of the writer thread costs a busy application CPU (it waits for the GIL)."""
+    intervals(0.05, 0.2)
+    h = handler()
+    writer_drains = 0
+    drain = h._drain
+
+    def counted() -> None:
+        nonlocal writer_drains
+        if threading.current_thread() is h._thread:
+            writer_drains += 1
+        drain()
+
+    h._drain = counted
+    deadline = time.monotonic() + 1.0
+    n = 0
+    while time.monotonic() < deadline:
+        _emit(h, n)
+        n += 1
+        time.sleep(0.0005)
+    h.flush()  # the flush is the writer thread's one drain
+    assert writer_drains <= 3  # it would be 20 if it woke to write every interval
+    assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(n))
+
+
+def test_an_idle_writer_thread_sleeps_without_a_timer_and_wakes_for_a_line(
+    intervals: Any, handler: Any, tmp_path: Path
+) -> None:
+    intervals(0.02, 0.05)
+    h = handler()
+    _emit(h, 0)
+    assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 1, timeout=1.0)
+    assert _wait_for(lambda: not h._queued.is_set(), timeout=1.0)  # nothing queued: no timer
+    _emit(h, 1)
+    assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 2, timeout=1.0)
+
+
+def test_a_slow_write_leaves_all_writing_to_the_writer_thread(
+    intervals: Any,
+    handler: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """A slow file system (NFS) stalls a call that writes once, and never again."""
+    intervals(0.05, 0.2)
+    h = handler()
+    real_write = os.write
+    writers: list[threading.Thread] = []
+
+    def write(fd: int, data: Any) -> int:
+        writers.append(threading.current_thread())
+        if len(writers) == 1:
+            time.sleep(_jsonl._SLOW_WRITE_S + 0.05)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    for n in range(3 * _jsonl._BATCH_LINES):
+        _emit(h, n)
+    h.flush()
+    assert writers[0] is threading.current_thread()  # the first full batch, written by its caller
+    assert all(thread is h._thread for thread in writers[1:])
+    assert any("writer thread writes it from now on" in r.getMessage() for r in internal_log.records)
+    written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
+    assert written == list(range(3 * _jsonl._BATCH_LINES))
