@@ -326,7 +326,8 @@ class LLMCallMonitor:
                 if file is not None:
                     usage: Usage
                     usage = usage_of(call.operation, usage_obj)  # no SDK object is kept
-                    call.response_request_id()
+                    if response is None or response["request_id"] is None:
+                        call.response_request_id()  # its headers (a lookup costs ~2 µs)
                     call.http_response = None
             except Exception as exc:
                 self._report("reading a call's result", exc)
