@@ -182,7 +182,7 @@ def test_records_left_to_the_writer_are_the_records_a_sink_gets(
     internal_log: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With the file as the only destination, the writer thread builds a call's record from what the
+    """With the file as the only destination, a call's record is built with its batch from what the
     call left: the record a sink would get, priced with the table in force when the call ended."""
     llm_ledger.configure(log_dir=tmp_path)
     handler = _config._handler
