@@ -12,15 +12,7 @@ from typing import Any, cast
 
 from ._records import RequestShape, ResponseShape, Usage
 
-__all__ = [
-    "OPERATIONS",
-    "no_usage",
-    "request_shape",
-    "requested_model",
-    "response_shape",
-    "unread_request",
-    "usage_of",
-]
+__all__ = ["OPERATIONS", "no_usage", "request_shape", "response_shape", "usage_of"]
 
 # SDK request path -> operation name (OpenTelemetry's gen_ai.operation.name where one exists)
 OPERATIONS: dict[str, str] = {
@@ -64,32 +56,6 @@ def _count(value: Any) -> int:
     return len(value) if isinstance(value, (list, tuple)) else 0
 
 
-def requested_model(body: Mapping[str, Any]) -> str | None:
-    """The model a request body asks for."""
-    model = body.get("model")
-    return model if model is None or type(model) is str else _given(model)
-
-
-def unread_request(body: Any, stream: bool) -> RequestShape:
-    """The shape of a request the ledger could not read: its model if it can tell, no counts."""
-    try:
-        model = requested_model(body)
-    except Exception:
-        model = None
-    return {
-        "model": model if isinstance(model, str) else None,
-        "temperature": None,
-        "max_tokens": None,
-        "messages_count": None,
-        "system_prompt_length": None,
-        "user_prompt_length": None,
-        "has_images": None,
-        "image_count": None,
-        "stream": stream,
-        "tools_count": None,
-    }
-
-
 def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> RequestShape:
     """Counts and parameters of one request; text is measured in characters, never copied."""
     if operation == "chat":  # the common case first and compact: this runs cold on every call
@@ -117,10 +83,11 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
             max_tokens = _given(max_tokens)
     else:
         messages_count, system, user, images, max_tokens = _input_shape(operation, body)
+    model = body.get("model")
     temperature = body.get("temperature")
     tools = body.get("tools")
     return {
-        "model": requested_model(body),
+        "model": model if model is None or type(model) is str else _given(model),
         "temperature": temperature
         if temperature is None or type(temperature) is float
         else _given(temperature),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ._extract import OPERATIONS, response_shape
+from ._extract import OPERATIONS, request_shape, response_shape
 from ._monitor import _Call, _secret
 from ._streams import watch_stream
 
@@ -77,10 +77,10 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed
             return None, options
         if monitor.capture_content:
-            call = _Call(operation, body, stream, _secret(client))
+            call = _Call(operation, request_shape(operation, body, stream=stream), _secret(client))
             monitor._capture_request(call, body)
         else:
-            call = _Call(operation, body, stream, None)
+            call = _Call(operation, request_shape(operation, body, stream=stream), None)
         headers = options.headers
         raw = call.raw = (
             headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
@@ -137,7 +137,7 @@ def _record_bare(monitor: LLMCallMonitor, call: _Call, status: Status, exc: Base
 def _read_body(call: _Call) -> Any:
     """The 2xx JSON body of a failed call, if the SDK already read it (as an attribute namespace)."""
     response = call.http_response
-    if response is None or not 200 <= response.status_code < 300 or call.stream:
+    if response is None or not 200 <= response.status_code < 300 or call.request["stream"]:
         return None
     try:
         data = orjson.loads(response.content)  # raises if the body was never read: then we do not read it
@@ -168,7 +168,7 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
                 getattr(target, "close", lambda: None)()
                 monitor._finish(call, "ok", None, None)
                 return
-        if call.stream and hasattr(target, "_iterator"):
+        if call.request["stream"] and hasattr(target, "_iterator"):
             call.response_request_id()
             call.http_response = None  # the call outlives its request (an abandoned stream's finalizer)
             watch_stream(monitor, call, target, is_async=is_async)

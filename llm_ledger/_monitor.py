@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from ._context import LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
-from ._extract import no_usage, request_shape, requested_model, unread_request, usage_of
+from ._extract import no_usage, usage_of
 from ._jsonl import JsonlFileHandler
 from ._pricing import PriceTable
 from ._records import (
@@ -94,7 +94,6 @@ class _Call:
     """What the monitor knows about one call in flight."""
 
     __slots__ = (
-        "body",
         "content",
         "context",
         "done",
@@ -109,16 +108,12 @@ class _Call:
         "secret",
         "start_epoch",
         "start_perf",
-        "stream",
         "ttft",
     )
 
-    def __init__(self, operation: str, body: Mapping[str, Any], stream: bool, secret: str | None) -> None:
+    def __init__(self, operation: str, request: RequestShape, secret: str | None) -> None:
         self.operation = operation
-        # the body the SDK sends, read when the record is built (see request_shape())
-        self.body: Mapping[str, Any] | None = body
-        self.request: RequestShape | None = None
-        self.stream = stream
+        self.request = request
         self.context = current_context()  # never changed in place: copied into the record
         self.lenses = current_lenses()
         self.secret = secret
@@ -132,22 +127,6 @@ class _Call:
         self.content: dict[str, Any] | None = None
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
-
-    def request_shape(self) -> RequestShape:
-        """The request's shape, read once from its body (which is then let go), when the record is built.
-
-        The body is the SDK's own copy of what the caller passed (its request transform builds new
-        lists and dicts), so a caller changing its messages or inputs after the call does not change
-        what is read (``tests/test_ledger_config.py`` holds the SDK to that).
-        """
-        request = self.request
-        if request is None:
-            request = self.request = request_shape(self.operation, self.body or {}, stream=self.stream)
-            self.body = None
-        return request
-
-    def requested_model(self) -> str | None:
-        return self.request["model"] if self.request is not None else requested_model(self.body or {})
 
     def response_request_id(self) -> str | None:
         """The request id of the last HTTP response (for results that do not carry one)."""
@@ -358,7 +337,7 @@ class LLMCallMonitor:
                 # counted now (a lens's totals are read when it ends); the cost is worked out when
                 # the lens ends, with the others: cheaper than between the caller's own work
                 served = None if response is None else response["model"]
-                requested = call.requested_model()
+                requested = call.request["model"]
                 cost_later = functools.partial(self._total_cost, prices, served, requested, usage)
                 duration_ms = rounded_ms(duration)
                 for totals in call.lenses:
@@ -401,13 +380,7 @@ class LLMCallMonitor:
         duration: float,
         prices: PriceTable,
     ) -> tuple[CallRecord, int | None]:
-        """The call's record and its cost; a request or result it cannot read is reported and left out."""
-        try:
-            request = call.request_shape()
-        except Exception as exc:
-            self._report("reading the request", exc)
-            request = call.request = unread_request(call.body, call.stream)
-            call.body = None
+        """The call's record and its cost; a result it cannot read is reported and left out."""
         try:
             usage = usage_of(call.operation, usage_obj)
             if response is not None and response["request_id"] is None:
@@ -428,7 +401,7 @@ class LLMCallMonitor:
                 "tool_calls_count": None,
             }
         prompt_cost = completion_cost = total_cost = None  # in 10**-24 USD
-        costs = self._price(prices, response["model"], request["model"], usage)
+        costs = self._price(prices, response["model"], call.request["model"], usage)
         if costs is not None:
             prompt_cost, completion_cost = costs
             total_cost = prompt_cost + completion_cost
@@ -436,7 +409,7 @@ class LLMCallMonitor:
             status=status,
             operation=call.operation,
             context=dict(call.context),
-            request=request,
+            request=call.request,
             response=response,
             usage=usage,
             start_epoch=call.start_epoch,

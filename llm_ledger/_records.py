@@ -49,18 +49,16 @@ _LEVELS: dict[str, str] = {"ok": "INFO", "error": "ERROR", "interrupted": "WARNI
 
 
 class RequestShape(TypedDict):
-    """Counts and parameters of a request; the counts are None when the ledger could not read it."""
-
     model: str | None
     temperature: float | None
     max_tokens: int | None
     messages_count: int | None
-    system_prompt_length: int | None
-    user_prompt_length: int | None
-    has_images: bool | None
-    image_count: int | None
+    system_prompt_length: int
+    user_prompt_length: int
+    has_images: bool
+    image_count: int
     stream: bool
-    tools_count: int | None
+    tools_count: int
 
 
 class ResponseShape(TypedDict):

@@ -66,19 +66,13 @@ def test_a_log_handler_that_raises_is_reported(
 
 
 def test_a_fault_reading_the_request_leaves_the_call_alone(
-    client: openai.OpenAI,
-    monkeypatch: pytest.MonkeyPatch,
-    internal_log: pytest.LogCaptureFixture,
-    records: Captured,
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
 ) -> None:
-    """If the ledger cannot read a request, its result is returned and the call recorded without counts."""
-    monkeypatch.setattr(monitor_module, "request_shape", _boom)
+    """If the ledger cannot read a request, the request is sent unchanged and its result returned."""
+    monkeypatch.setattr(llm_ledger._instrument, "request_shape", _boom)
     response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert response.choices[0].message.content
     assert any("reading the request" in r.getMessage() for r in internal_log.records)
-    (record,) = records.calls
-    assert record["request"]["model"] == "gpt-4o-mini" and record["request"]["messages_count"] is None
-    assert record["usage"]["total_tokens"] and record["cost"]["total_cost_usd"]
 
 
 def test_a_fault_reading_usage_leaves_the_call_alone(
