@@ -45,7 +45,7 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 __all__ = ["JsonlFileHandler", "LedgerJsonFormatter", "flush_all"]
 
 internal_log = logging.getLogger("llm_ledger.internal")
-_Deferred = tuple[Callable[..., Mapping[str, Any]], tuple[Any, ...]]
+_Deferred = Callable[[], Mapping[str, Any]]  # builds a record when its batch is written
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
@@ -177,14 +177,13 @@ class JsonlFileHandler(logging.Handler):
         self._put(line)
         return True
 
-    def _emit_later(self, build: Callable[..., Mapping[str, Any]], args: tuple[Any, ...]) -> None:
-        """Queue a ledger record that ``build(*args)`` makes when its batch is written (see
-        ``_takes_dicts``).
+    def _emit_later(self, build: _Deferred) -> None:
+        """Queue a ledger record that ``build()`` makes when its batch is written (see ``_takes_dicts``).
 
         In a batch, a record and its line cost about 7 µs of CPU, against about 17 µs built between
         the caller's own work, where the ledger's code and data have gone cold (bench/RESULTS.md).
         """
-        self._put((build, args))
+        self._put(build)
 
     def _dict_line(self, record: Mapping[str, Any]) -> bytes | None:
         formatter = self._plain
@@ -195,12 +194,12 @@ class JsonlFileHandler(logging.Handler):
         except (TypeError, ValueError):
             return None  # e.g. non-str keys or an integer beyond 64 bits: the formatter knows what to do
 
-    def _built_line(self, build: Callable[..., Mapping[str, Any]], args: tuple[Any, ...]) -> bytes | None:
+    def _built_line(self, build: _Deferred) -> bytes | None:
         try:
-            record = build(*args)
+            record = build()
             line = self._dict_line(record)
             if line is None:  # the formatter changed since, or the record needs its fallbacks
-                level = logging.getLevelName(record["level"])
+                level = logging.getLevelNamesMapping().get(record["level"], logging.INFO)
                 log_record = logging.LogRecord(record["logger"], level, "", 0, record, None, None)
                 line = _line_of(self.formatter, log_record)
             return line
@@ -341,12 +340,12 @@ class JsonlFileHandler(logging.Handler):
             item = queue.popleft()
             if isinstance(item, bytes):
                 batch += item
-            elif isinstance(item, tuple):
-                line = self._built_line(*item)
+            elif isinstance(item, threading.Event):
+                events.append(item)
+            else:
+                line = self._built_line(item)
                 if line is not None:
                     batch += line
-            else:
-                events.append(item)
         if batch or self._pending:
             self._write(batch)
         for event in events:

@@ -97,19 +97,32 @@ class _Call:
         "content",
         "context",
         "done",
+        "duration",
         "hide_usage",
         "http_response",
         "lenses",
+        "monitor",
         "operation",
+        "prices",
         "raw",
         "request",
         "request_id",
+        "response",
         "retries",
         "secret",
         "start_epoch",
         "start_perf",
+        "status",
         "ttft",
+        "usage",
     )
+    # set when the call's record is left to its batch (see __call__)
+    monitor: LLMCallMonitor
+    status: Status
+    response: ResponseShape | None
+    usage: Usage
+    duration: float
+    prices: PriceTable
 
     def __init__(self, operation: str, request: RequestShape, secret: str | None) -> None:
         self.operation = operation
@@ -127,6 +140,17 @@ class _Call:
         self.content: dict[str, Any] | None = None
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
+
+    def __call__(self) -> CallRecord:
+        """The record of a call whose building was left to its batch (see ``LLMCallMonitor._finish``).
+
+        The call itself waits in the file's queue, with what its record is built from: one object
+        for the garbage collector to visit per waiting call, where a tuple of arguments and a bound
+        method made three more (each collection visits, and promotes, what is still waiting).
+        """
+        return self.monitor._record(
+            self, self.status, self.response, self.usage, None, None, self.duration, self.prices
+        )[0]
 
     def response_request_id(self) -> str | None:
         """The request id of the last HTTP response (for results that do not carry one)."""
@@ -342,7 +366,9 @@ class LLMCallMonitor:
                 duration_ms = rounded_ms(duration)
                 for totals in call.lenses:
                     totals.count(status, usage, requested, None, duration_ms, cost_later)
-            file._emit_later(self._built, (call, status, response, usage, duration, prices))
+            call.monitor, call.status, call.response, call.usage = self, status, response, usage
+            call.duration, call.prices = duration, prices
+            file._emit_later(call)
             return
         record, total_cost = self._record(
             call, status, response, usage_obj, error, output_text, duration, prices
@@ -356,18 +382,6 @@ class LLMCallMonitor:
     ) -> int | None:
         costs = self._price(prices, served, requested, usage)
         return None if costs is None else costs[0] + costs[1]
-
-    def _built(
-        self,
-        call: _Call,
-        status: Status,
-        response: ResponseShape | None,
-        usage: Usage,
-        duration: float,
-        prices: PriceTable,
-    ) -> CallRecord:
-        """The record of a call whose building was left to the JSONL writer (see ``_finish``)."""
-        return self._record(call, status, response, usage, None, None, duration, prices)[0]
 
     def _record(
         self,

@@ -176,6 +176,30 @@ def test_context_values_json_cannot_hold_directly_are_still_written(
     assert written[1]["pages"] == {"1": "intro", "2": "body"}
 
 
+def test_a_caller_changing_its_request_after_the_call_does_not_change_the_record(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """A record reads the request as the SDK sent it, not the caller's lists as changed since (a chat
+    loop appends to its messages; a batching loop clears its embeddings input)."""
+    llm_ledger.configure(log_dir=tmp_path)
+    messages: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    messages[1]["content"] = "x" * 1000
+    messages.append({"role": "assistant", "content": "hi"})
+    inputs = ["first text", "second"]
+    default_client.embeddings.create(model="text-embedding-3-small", input=inputs)
+    inputs.clear()
+    items: Any = [{"role": "user", "content": [{"type": "input_text", "text": "four"}]}]
+    default_client.responses.create(model="gpt-4o-mini", input=items)
+    items[0]["content"][0]["text"] = "changed"
+    items.append({"role": "user", "content": "more"})
+    llm_ledger.flush()
+    chat, embeddings, responses = (line["request"] for line in _lines(tmp_path / "llm_calls.jsonl"))
+    assert (chat["messages_count"], chat["system_prompt_length"], chat["user_prompt_length"]) == (2, 8, 11)
+    assert embeddings["user_prompt_length"] == len("first text") + len("second")
+    assert (responses["messages_count"], responses["user_prompt_length"]) == (1, 4)
+
+
 def test_records_left_to_the_writer_are_the_records_a_sink_gets(
     default_client: openai.OpenAI,
     tmp_path: Path,
@@ -187,12 +211,12 @@ def test_records_left_to_the_writer_are_the_records_a_sink_gets(
     llm_ledger.configure(log_dir=tmp_path)
     handler = _config._handler
     assert handler is not None
-    left: list[tuple[Any, ...]] = []
+    left: list[Any] = []
     emit_later = handler._emit_later
 
-    def counted(build: Any, args: tuple[Any, ...]) -> None:
-        left.append(args)
-        emit_later(build, args)
+    def counted(build: Any) -> None:
+        left.append(build)
+        emit_later(build)
 
     monkeypatch.setattr(handler, "_emit_later", counted)
 
