@@ -210,7 +210,8 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
             "median µs",
             "q1 µs",
             "q3 µs",
-            "batches + writer µs/call",
+            "batches µs/call",
+            "writer thread µs/call",
             "gc µs/call",
             "added µs",
             "ratio",
@@ -239,12 +240,12 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         batches_ns = 0  # batches written on the calling thread
         drain = handler._drain
 
-        def timed_drain() -> None:
+        def timed_drain(on_caller: bool = False) -> None:
             nonlocal batches_ns
             if threading.current_thread() is not caller:
-                return drain()
+                return drain(on_caller)
             started = clock()
-            drain()
+            drain(on_caller)
             batches_ns += clock() - started
 
         gc_ns = 0
@@ -276,12 +277,16 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
             del handler._drain
     medians = {name: statistics.median(values) / 1000 for name, values in samples.items()}
     collections = {"bare": 0.0, "ledger": gc_ns / n / 1000, "ledger, no file": 0.0}
-    overhead = {"bare": 0.0, "ledger": (writer_ns + batches_ns) / n / 1000, "ledger, no file": 0.0}
-    added = {name: medians[name] + overhead[name] + collections[name] - medians["bare"] for name in samples}
+    batches = {"bare": 0.0, "ledger": batches_ns / n / 1000, "ledger, no file": 0.0}
+    writer = {"bare": 0.0, "ledger": writer_ns / n / 1000, "ledger, no file": 0.0}
+    added = {
+        name: medians[name] + batches[name] + writer[name] + collections[name] - medians["bare"]
+        for name in samples
+    }
     for name, values in samples.items():
         q = statistics.quantiles(values, n=4)
         table.add(
-            name, n, medians[name], q[0] / 1000, q[2] / 1000, overhead[name], collections[name],
+            name, n, medians[name], q[0] / 1000, q[2] / 1000, batches[name], writer[name], collections[name],
             "" if name == "bare" else added[name],
             "" if name == "bare" else f"{1 + added[name] / medians['bare']:.3f}",
         )  # fmt: skip
@@ -290,10 +295,9 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         f"lines included): {added['ledger']:.1f} µs, {verdict(added['ledger'] <= TARGET_CALL_US)}",
         "median µs: CPU time of the calling thread per call (time.thread_time_ns around each call, less any "
         "batch it wrote), variants interleaved call by call (A B C, then C B A); added = median - bare's "
-        "median + batches and writer + gc",
-        "batches + writer: the batches of lines the calls wrote (building the records left to them, one "
-        "write each 512) and the final flush, plus the JSONL writer thread's CPU time, over the ledger's "
-        "calls",
+        "median + batches + writer thread + gc",
+        "batches: the batches of lines the calls wrote (building the records left to them, one write each "
+        "512) and the final flush; writer thread: its CPU time; both over the ledger's calls",
         "gc: the garbage collector's time over the run (all of it counted against the ledger, whose calls "
         "keep their records' inputs alive until their batch), over the ledger's calls",
     ]

@@ -12,9 +12,11 @@ writes the batch (one write into the page cache, about 0.2 ms for 512 lines); a 
 what callers leave when they stop. A background thread woken on a timer is what most monitors use,
 but it needs the GIL each time it wakes, and while the application's threads keep the GIL busy a
 thread waiting for it is woken at each brief release and rarely wins it: measured with a busy
-caller, that cost more CPU than building the records (bench/RESULTS.md). So the writer thread checks
-less and less often while callers keep up, and sleeps without a timer once nothing comes. A write
-slower than 0.1 s (a slow network file system) hands all writing to the writer thread for good.
+caller, that cost more CPU than building the records (bench/RESULTS.md). So a caller writing a
+batch wakes the writer thread while the write has the GIL released (which costs next to nothing),
+and the writer only writes the lines callers leave when they stop (two intervals without a batch),
+and sleeps without a timer while nothing is queued. A write slower than 0.1 s (a slow network file
+system) hands all writing to the writer thread for good.
 
 The file is reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its
 directory recreated if removed. A failed write (full disk) is reported on ``llm_ledger.internal`` and
@@ -50,7 +52,6 @@ _Deferred = Callable[[], Mapping[str, Any]]  # builds a record when its batch is
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
 _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
-_MAX_INTERVAL_S = 4.0  # the writer thread checks at least this often while lines wait
 _SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
@@ -124,7 +125,8 @@ class JsonlFileHandler(logging.Handler):
         # lines, records to build (see _emit_later) and flush() markers, in the order they came
         self._queue: collections.deque[bytes | _Deferred | threading.Event] = collections.deque()
         self._queued = threading.Event()  # cleared while the writer is idle (see _run)
-        self._wake = threading.Event()  # write now: a flush, or close
+        self._wake = threading.Event()  # a flush, close, or a caller writing a batch
+        self._flushing = False
         self._draining = threading.Lock()  # held by whoever writes: lines leave in queue order
         self._started: float | None = None  # when the first line now queued came (monotonic)
         self._callers_write = True  # see _put and _write
@@ -232,7 +234,7 @@ class JsonlFileHandler(logging.Handler):
             and self._draining.acquire(blocking=False)  # else another thread is writing
         ):
             try:
-                self._drain()
+                self._drain(on_caller=True)
             finally:
                 self._draining.release()
 
@@ -251,6 +253,7 @@ class JsonlFileHandler(logging.Handler):
             return
         done = threading.Event()
         self._queue.append(done)
+        self._flushing = True
         self._queued.set()
         self._wake.set()
         done.wait(timeout)
@@ -296,30 +299,22 @@ class JsonlFileHandler(logging.Handler):
             self._open()
 
     def _run(self) -> None:
-        # wakes for a flush or close at once; otherwise writes what callers left (see _put) and
-        # checks less often while they keep up or nothing comes, then sleeps without a timer
+        # A caller writing a batch wakes the writer just before its write, while the write has the
+        # GIL released: waking then costs next to nothing, and the writer sleeps again. So the writer
+        # writes only when no caller has written for two intervals (they stopped: their last lines),
+        # for a flush or close, and sleeps without a timer while nothing is queued.
         queue = self._queue
-        interval = _INTERVAL_S
         while not self._closed:
-            if self._wake.wait(interval):
-                self._wake.clear()
-            elif queue or self._pending:
-                started = self._started
-                # callers write lines an interval old: older than two, they have stopped (no start:
-                # a caller is writing them now)
-                young = started is None or time.monotonic() - started < 2 * _INTERVAL_S
-                if young and self._callers_write and not self._pending:
-                    interval = min(interval * 2, _MAX_INTERVAL_S)  # callers are writing
-                    continue
-                interval = _INTERVAL_S
-            elif interval < _MAX_INTERVAL_S:
-                interval = min(interval * 2, _MAX_INTERVAL_S)
-                continue
-            else:
+            woken = self._wake.wait(2 * _INTERVAL_S)
+            self._wake.clear()
+            if self._flushing or self._closed:
+                self._flushing = False
+            elif woken and self._callers_write and not self._pending:
+                continue  # a caller is writing
+            elif not queue and not self._pending:
                 self._queued.clear()
                 if not queue:  # else a line came before the clear, and its caller saw the flag set
                     self._queued.wait()
-                interval = _INTERVAL_S
                 continue
             with self._draining:
                 self._drain()
@@ -328,7 +323,7 @@ class JsonlFileHandler(logging.Handler):
         with self._draining:
             self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self, on_caller: bool = False) -> None:
         events: list[threading.Event] = []
         # the lines go into one buffer: a few hundred kB of separate lines, freed together after the
         # write, went back to the system and were faulted in again for the next batch, page by page,
@@ -346,6 +341,8 @@ class JsonlFileHandler(logging.Handler):
                 line = self._built_line(item)
                 if line is not None:
                     batch += line
+        if on_caller:
+            self._wake.set()  # the writer wakes while the write below has the GIL released (see _run)
         if batch or self._pending:
             self._write(batch)
         for event in events:

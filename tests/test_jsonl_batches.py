@@ -30,19 +30,18 @@ def _wait_for(condition: Any, timeout: float) -> bool:
 
 
 @pytest.fixture
-def intervals(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Set the batch interval and the writer thread's longest interval (before making a handler)."""
+def interval(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Set the batch interval (a writer thread waiting already keeps its wait)."""
 
-    def set_intervals(interval: float, longest: float) -> None:
-        monkeypatch.setattr(_jsonl, "_INTERVAL_S", interval)
-        monkeypatch.setattr(_jsonl, "_MAX_INTERVAL_S", longest)
+    def set_interval(seconds: float) -> None:
+        monkeypatch.setattr(_jsonl, "_INTERVAL_S", seconds)
 
-    return set_intervals
+    return set_interval
 
 
 @pytest.fixture
-def handler(tmp_path: Path, intervals: Any) -> Iterator[Callable[[], _jsonl.JsonlFileHandler]]:
-    """Makes the handler (after ``intervals``), closed at the end."""
+def handler(tmp_path: Path, interval: Any) -> Iterator[Callable[[], _jsonl.JsonlFileHandler]]:
+    """Makes the handler (after ``interval``), closed at the end."""
     made: list[_jsonl.JsonlFileHandler] = []
 
     def make() -> _jsonl.JsonlFileHandler:
@@ -59,8 +58,8 @@ def _emit(handler: _jsonl.JsonlFileHandler, n: int) -> None:
     handler.handle(logging.LogRecord("llm_monitor", logging.INFO, "", 0, message, None, None))
 
 
-def test_the_call_that_fills_a_batch_writes_it_at_once(intervals: Any, handler: Any, tmp_path: Path) -> None:
-    intervals(60.0, 60.0)  # the writer thread would wait a minute
+def test_the_call_that_fills_a_batch_writes_it_at_once(interval: Any, handler: Any, tmp_path: Path) -> None:
+    interval(60.0)  # the writer thread would wait a minute
     h = handler()
     for n in range(_jsonl._BATCH_LINES - 1):
         _emit(h, n)
@@ -70,13 +69,13 @@ def test_the_call_that_fills_a_batch_writes_it_at_once(intervals: Any, handler: 
 
 
 def test_a_line_that_waited_an_interval_is_written_by_the_next_call(
-    intervals: Any, handler: Any, tmp_path: Path
+    interval: Any, handler: Any, tmp_path: Path
 ) -> None:
-    intervals(60.0, 60.0)
+    interval(60.0)
     h = handler()
     time.sleep(0.05)  # its writer thread has started: it will not look for a minute
     _emit(h, 0)
-    intervals(0.05, 60.0)
+    interval(0.05)
     time.sleep(0.1)
     assert (tmp_path / "llm_calls.jsonl").read_text() == ""
     _emit(h, 1)
@@ -84,31 +83,31 @@ def test_a_line_that_waited_an_interval_is_written_by_the_next_call(
 
 
 def test_the_writer_thread_writes_what_callers_leave_when_they_stop(
-    intervals: Any, handler: Any, tmp_path: Path
+    interval: Any, handler: Any, tmp_path: Path
 ) -> None:
-    intervals(0.05, 0.2)
+    interval(0.05)
     h = handler()
     for n in range(100):  # calls for about half a second, then none
         _emit(h, n)
         time.sleep(0.005)
-    assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 100, timeout=2 * 0.2 + 1.0)
+    assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 100, timeout=2 * 0.05 + 1.0)
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(100))
 
 
 def test_the_writer_thread_stays_asleep_while_callers_keep_up(
-    intervals: Any, handler: Any, tmp_path: Path
+    interval: Any, handler: Any, tmp_path: Path
 ) -> None:
     """Each wake-up of the writer thread costs a busy application CPU (it waits for the GIL)."""
-    intervals(0.05, 0.2)
+    interval(0.05)
     h = handler()
     writer_drains = 0
     drain = h._drain
 
-    def counted() -> None:
+    def counted(on_caller: bool = False) -> None:
         nonlocal writer_drains
         if threading.current_thread() is h._thread:
             writer_drains += 1
-        drain()
+        drain(on_caller)
 
     h._drain = counted
     deadline = time.monotonic() + 1.0
@@ -118,14 +117,14 @@ def test_the_writer_thread_stays_asleep_while_callers_keep_up(
         n += 1
         time.sleep(0.0005)
     h.flush()  # the flush is the writer thread's one drain
-    assert writer_drains <= 3  # it would be 20 if it woke to write every interval
+    assert writer_drains <= 3  # it would be 10 if it woke to write every other interval
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(n))
 
 
 def test_an_idle_writer_thread_sleeps_without_a_timer_and_wakes_for_a_line(
-    intervals: Any, handler: Any, tmp_path: Path
+    interval: Any, handler: Any, tmp_path: Path
 ) -> None:
-    intervals(0.02, 0.05)
+    interval(0.02)
     h = handler()
     _emit(h, 0)
     assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 1, timeout=1.0)
@@ -135,14 +134,14 @@ def test_an_idle_writer_thread_sleeps_without_a_timer_and_wakes_for_a_line(
 
 
 def test_a_slow_write_leaves_all_writing_to_the_writer_thread(
-    intervals: Any,
+    interval: Any,
     handler: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     internal_log: pytest.LogCaptureFixture,
 ) -> None:
     """A slow file system (NFS) stalls a call that writes once, and never again."""
-    intervals(0.05, 0.2)
+    interval(0.05)
     h = handler()
     real_write = os.write
     writers: list[threading.Thread] = []
