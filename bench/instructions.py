@@ -10,6 +10,7 @@ threads are counted, so the JSONL writer thread's formatting and writing are inc
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,9 @@ _CHILD = textwrap.dedent(
 def _instructions(script: Path, variant: str, calls: int) -> int:
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     command += [sys.executable, str(script), variant, str(calls)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    # a fixed hash seed: string hashes decide dict and set layouts, and so the instructions they take
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     for line in done.stderr.splitlines():
         if "Collected :" in line:
             return int(line.rsplit(":", 1)[1].strip())
