@@ -148,9 +148,11 @@ class JsonlFileHandler(logging.Handler):
         # what the parent queued is the parent's to write; the writer thread did not survive the fork
         self._queue = collections.deque()
         self._pending = []
+        self._started = None
+        self._flushing = False
         self._queued = threading.Event()
         self._wake = threading.Event()
-        self._draining = threading.Lock()
+        self._draining = threading.Lock()  # another thread may have held it at the fork
         if not self._closed:
             self._thread = self._start_writer()
 
