@@ -333,16 +333,27 @@ class JsonlFileHandler(logging.Handler):
         batch = bytearray()
         self._started = None
         queue = self._queue
-        while queue:
-            item = queue.popleft()
-            if isinstance(item, bytes):
-                batch += item
-            elif isinstance(item, threading.Event):
-                events.append(item)
-            else:
-                line = self._built_line(item)
-                if line is not None:
-                    batch += line
+        item: bytes | _Deferred | threading.Event | None = None
+        try:
+            while queue:
+                item = queue.popleft()
+                if isinstance(item, bytes):
+                    batch += item
+                elif isinstance(item, threading.Event):
+                    events.append(item)
+                else:
+                    line = self._built_line(item)
+                    if line is not None:
+                        batch += line
+                item = None
+        except BaseException:
+            # an interrupt (Ctrl-C) on a caller's thread: what was taken is written next time
+            if item is not None:
+                queue.appendleft(item)
+            queue.extendleft(reversed(events))
+            if batch:
+                self._pending.append(bytes(batch))
+            raise
         if on_caller:
             self._wake.set()  # the writer wakes while the write below has the GIL released (see _run)
         if batch or self._pending:

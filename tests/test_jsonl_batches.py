@@ -53,7 +53,7 @@ def handler(tmp_path: Path, interval: Any) -> Iterator[Callable[[], _jsonl.Jsonl
         h.close()
 
 
-def _emit(handler: _jsonl.JsonlFileHandler, n: int) -> None:
+def _emit(handler: _jsonl.JsonlFileHandler, n: int | str) -> None:
     message = {"event": "llm_api_call", "n": n}
     handler.handle(logging.LogRecord("llm_monitor", logging.INFO, "", 0, message, None, None))
 
@@ -161,3 +161,31 @@ def test_a_slow_write_leaves_all_writing_to_the_writer_thread(
     assert any("writer thread writes it from now on" in r.getMessage() for r in internal_log.records)
     written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
     assert written == list(range(3 * _jsonl._BATCH_LINES))
+
+
+def test_an_interrupt_while_a_call_writes_its_batch_loses_nothing(
+    interval: Any, handler: Any, tmp_path: Path
+) -> None:
+    """Ctrl-C reaches the caller as it would without the ledger; the batch it interrupted is written."""
+    interval(60.0)
+    h = handler()
+    interrupted = False
+
+    def record() -> dict[str, Any]:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+        return {"event": "llm_api_call", "n": "built"}
+
+    for n in range(100):
+        _emit(h, n)
+    h._emit_later(record)
+    for n in range(100, _jsonl._BATCH_LINES - 2):
+        _emit(h, n)
+    with pytest.raises(KeyboardInterrupt):
+        _emit(h, _jsonl._BATCH_LINES - 2)  # fills the batch: this call writes it
+    _emit(h, "after")
+    h.flush()
+    written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
+    assert written == [*range(100), "built", *range(100, _jsonl._BATCH_LINES - 1), "after"]
