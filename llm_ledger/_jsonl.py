@@ -8,15 +8,15 @@ batch. Lines are appended with single ``os.write`` calls on an ``O_APPEND`` desc
 processes can share one file without interleaving lines.
 
 Who writes: the call that queues the 512th line, or a line while the oldest has waited a second,
-writes the batch (one write into the page cache, about 0.2 ms for 512 lines); a writer thread writes
-what callers leave when they stop. A background thread woken on a timer is what most monitors use,
-but it needs the GIL each time it wakes, and while the application's threads keep the GIL busy a
-thread waiting for it is woken at each brief release and rarely wins it: measured with a busy
-caller, that cost more CPU than building the records (bench/RESULTS.md). So a caller writing a
-batch wakes the writer thread while the write has the GIL released (which costs next to nothing),
-and the writer only writes the lines callers leave when they stop (two intervals without a batch),
-and sleeps without a timer while nothing is queued. A write slower than 0.1 s (a slow network file
-system) hands all writing to the writer thread for good.
+writes the batch (about 4 ms for 512 records: building them, then one write into the page cache);
+a writer thread writes what callers leave when they stop. A background thread woken on a timer is
+what most monitors use, but it needs the GIL each time it wakes, and while the application's
+threads keep the GIL busy a thread waiting for it is woken at each brief release and rarely wins
+it: measured with a busy caller, that cost more CPU than building the records (bench/RESULTS.md).
+So a caller writing a batch wakes the writer thread while the write has the GIL released (which
+costs next to nothing), the writer only writes the lines callers leave when they stop (two
+intervals without a batch), and it sleeps without a timer while nothing is queued. A write slower
+than 0.1 s (a slow network file system) hands all writing to the writer thread for good.
 
 The file is reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its
 directory recreated if removed. A failed write (full disk) is reported on ``llm_ledger.internal`` and
