@@ -223,7 +223,7 @@ def call_record(
         "level": _LEVELS[status],
         "logger": LOGGER_NAME,
         "event": CALL_EVENT,
-        "call_id": _id_prefix + hex(next(_id_counter))[3:],  # new_id(), without a call
+        "call_id": new_id(),
         "status": status,
         "operation": operation,
         "context": context,
