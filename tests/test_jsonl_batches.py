@@ -189,3 +189,60 @@ def test_an_interrupt_while_a_call_writes_its_batch_loses_nothing(
     h.flush()
     written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
     assert written == [*range(100), "built", *range(100, _jsonl._BATCH_LINES - 1), "after"]
+
+
+def test_flush_writes_on_the_calling_thread(
+    interval: Any, handler: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flushing thread waits anyway: it writes, and the writer thread is not woken."""
+    interval(60.0)
+    h = handler()
+    real_write = os.write
+    writers: list[threading.Thread] = []
+
+    def write(fd: int, data: Any) -> int:
+        writers.append(threading.current_thread())
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    for n in range(10):
+        _emit(h, n)
+    h.flush()
+    assert writers == [threading.current_thread()]
+    assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(10))
+
+
+def test_a_flush_while_another_thread_writes_waits_for_its_own_lines(
+    interval: Any, handler: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interval(60.0)
+    h = handler()
+    real_write = os.write
+    in_write, release = threading.Event(), threading.Event()
+
+    def write(fd: int, data: Any) -> int:
+        if threading.current_thread().name == "batch-writer":
+            in_write.set()
+            release.wait(5)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+    def fill_a_batch() -> None:
+        for n in range(_jsonl._BATCH_LINES):
+            _emit(h, n)
+
+    batch = threading.Thread(target=fill_a_batch, name="batch-writer")
+    batch.start()
+    assert in_write.wait(5)  # that thread is writing its batch
+    _emit(h, "mine")
+    flushed = threading.Thread(target=h.flush)
+    flushed.start()
+    flushed.join(0.2)
+    assert flushed.is_alive()  # its line waits behind the batch being written
+    release.set()
+    flushed.join(5)
+    batch.join(5)
+    assert not flushed.is_alive()
+    written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
+    assert written == [*range(_jsonl._BATCH_LINES), "mine"]
