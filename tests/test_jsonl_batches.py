@@ -246,3 +246,32 @@ def test_a_flush_while_another_thread_writes_waits_for_its_own_lines(
     assert not flushed.is_alive()
     written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
     assert written == [*range(_jsonl._BATCH_LINES), "mine"]
+
+
+def test_callers_that_flush_keep_the_writer_thread_asleep(
+    interval: Any, handler: Any, tmp_path: Path
+) -> None:
+    """A flush is a caller writing: the writer thread leaves the lines queued after it to the callers."""
+    interval(0.02)
+    h = handler()
+    writer_drains = 0
+    drain = h._drain
+
+    def counted(on_caller: bool = False) -> None:
+        nonlocal writer_drains
+        if threading.current_thread() is h._thread:
+            writer_drains += 1
+        drain(on_caller)
+
+    h._drain = counted
+    deadline = time.monotonic() + 0.5
+    n = 0
+    while time.monotonic() < deadline:
+        _emit(h, n)
+        n += 1
+        time.sleep(0.001)
+        if n % 10 == 0:
+            h.flush()
+    h.flush()
+    assert writer_drains <= 2  # about 12 if it took each flush's silence for callers that stopped
+    assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(n))
