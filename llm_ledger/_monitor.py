@@ -6,7 +6,6 @@ the ``llm_ledger.internal`` logger, and the caller gets exactly what the SDK gav
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -96,6 +95,7 @@ class _Call:
     __slots__ = (
         "content",
         "context",
+        "costs",
         "done",
         "duration",
         "hide_usage",
@@ -103,6 +103,7 @@ class _Call:
         "lenses",
         "monitor",
         "operation",
+        "priced",
         "prices",
         "raw",
         "request",
@@ -138,6 +139,8 @@ class _Call:
         self.hide_usage = False
         self.done = False
         self.content: dict[str, Any] | None = None
+        self.priced = False  # costs worked out (see total_cost)
+        self.costs: tuple[int, int] | None = None
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
 
@@ -151,6 +154,19 @@ class _Call:
         return self.monitor._record(
             self, self.status, self.response, self.usage, None, None, self.duration, self.prices
         )[0]
+
+    def total_cost(self) -> int | None:
+        """The cost of a call left to its batch, in 10**-24 USD, for the lenses it counts in.
+
+        Worked out once: the first of its lenses' summaries and its record to need it prices it
+        (see ``LLMCallMonitor._record``).
+        """
+        if not self.priced:
+            served = None if self.response is None else self.response["model"]
+            self.costs = self.monitor._price(self.prices, served, self.request["model"], self.usage)
+            self.priced = True
+        costs = self.costs
+        return None if costs is None else costs[0] + costs[1]
 
     def response_request_id(self) -> str | None:
         """The request id of the last HTTP response (for results that do not carry one)."""
@@ -357,17 +373,15 @@ class LLMCallMonitor:
                 self._report("reading a call's result", exc)
                 file = None
         if file is not None:
+            call.monitor, call.status, call.response, call.usage = self, status, response, usage
+            call.duration, call.prices = duration, prices
             if call.lenses:
                 # counted now (a lens's totals are read when it ends); the cost is worked out when
                 # the lens ends, with the others: cheaper than between the caller's own work
-                served = None if response is None else response["model"]
                 requested = call.request["model"]
-                cost_later = functools.partial(self._total_cost, prices, served, requested, usage)
                 duration_ms = rounded_ms(duration)
                 for totals in call.lenses:
-                    totals.count(status, usage, requested, None, duration_ms, cost_later)
-            call.monitor, call.status, call.response, call.usage = self, status, response, usage
-            call.duration, call.prices = duration, prices
+                    totals.count(status, usage, requested, None, duration_ms, call.total_cost)
             file._emit_later(call)
             return
         record, total_cost = self._record(
@@ -376,12 +390,6 @@ class LLMCallMonitor:
         for totals in call.lenses:
             totals.add(record, total_cost)
         self._emit(record)
-
-    def _total_cost(
-        self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage
-    ) -> int | None:
-        costs = self._price(prices, served, requested, usage)
-        return None if costs is None else costs[0] + costs[1]
 
     def _record(
         self,
@@ -415,7 +423,10 @@ class LLMCallMonitor:
                 "tool_calls_count": None,
             }
         prompt_cost = completion_cost = total_cost = None  # in 10**-24 USD
-        costs = self._price(prices, response["model"], call.request["model"], usage)
+        if not call.priced:  # else by a lens it counts in (see _Call.total_cost)
+            call.costs = self._price(prices, response["model"], call.request["model"], usage)
+            call.priced = True
+        costs = call.costs
         if costs is not None:
             prompt_cost, completion_cost = costs
             total_cost = prompt_cost + completion_cost

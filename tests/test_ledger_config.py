@@ -250,15 +250,25 @@ def test_records_left_to_the_writer_are_the_records_a_sink_gets(
 
 
 def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
-    default_client: openai.OpenAI, tmp_path: Path
+    default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lens counts its calls when they end whether their records are built then (a sink is
-    attached) or later by the file's writer."""
+    attached) or later by the file's writer; each call is priced once, for its lens and its record."""
     llm_ledger.configure(log_dir=tmp_path)
+    pricings = 0
+    price = llm_ledger.LLMCallMonitor._price
+
+    def counted(*args: Any) -> Any:
+        nonlocal pricings
+        pricings += 1
+        return price(*args)
+
+    monkeypatch.setattr(llm_ledger.LLMCallMonitor, "_price", counted)
 
     def run() -> dict[str, Any]:
         with llm_ledger.lens("totals", source_id="s") as run:
             default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            llm_ledger.flush()  # this call's record is priced before its lens ends, the next one's after
             default_client.chat.completions.create(model="my-private-model", messages=HI)
             with pytest.raises(openai.APIStatusError):
                 default_client.chat.completions.create(
@@ -268,6 +278,8 @@ def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
         return {k: v for k, v in run.summary.items() if "duration" not in k}
 
     left_to_writer = run()
+    llm_ledger.flush()
+    assert pricings == 3
     with llm_ledger.testing.capture():
         built_at_once = run()
     assert left_to_writer == built_at_once
@@ -278,6 +290,8 @@ def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
     assert [line["event"] for line in lines] == ["llm_api_call"] * 3 + ["lens_summary"] + (
         ["llm_api_call"] * 3 + ["lens_summary"]
     )
+    written = sum(line["cost"]["total_cost_usd"] or 0 for line in lines[:3])
+    assert written == pytest.approx(lines[3]["summary"]["total_cost_usd"])
 
 
 def _calls_in_a_child(base_url: str, calls: int) -> None:
