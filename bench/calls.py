@@ -6,7 +6,8 @@ Variants, interleaved in one process (A B C ..., then reversed, every round):
 * ``ledger``: the same SDK client instrumented by the default monitor after
   ``llm_ledger.configure(log_dir=<tmp>)`` (JSONL on); every batch ends with ``llm_ledger.flush()``
   inside the timing, so the writer thread's formatting and writing are counted too;
-* ``ledger, no file``: a monitor with no logger and no sink (record building only);
+* ``ledger, no file``: a monitor with no logger and a sink that drops each record (building the
+  records on the caller's thread, as for any sink);
 * ``ledger in a lens``: calls inside one open lens (the per-call roll-up);
 * ``ledger, a lens per call``: a lens opened and closed around every call (worst case: one lens
   summary record per call as well).
@@ -53,6 +54,10 @@ class Sizes:
     chunks: tuple[int, int] = (10, 200)  # two stream lengths: the slope is the cost per chunk
 
 
+def _discard(record: Any) -> None:
+    """A sink that keeps nothing (without any sink, a monitor with no logger builds no records)."""
+
+
 def client(transport: httpx2.BaseTransport | None = None, base_url: str = "https://api.openai.com/v1") -> Any:
     http = httpx2.Client(transport=transport) if transport is not None else httpx2.Client()
     return openai.OpenAI(api_key=API_KEY, base_url=base_url, http_client=http, max_retries=0)
@@ -75,7 +80,7 @@ def call_variants(make_client: Callable[[], Any]) -> dict[str, Batch]:
     """The five non-streamed variants, each on its own client built by ``make_client``."""
     bare = make_client()
     ledgered = llm_ledger.instrument(make_client())
-    nofile = llm_ledger.LLMCallMonitor(logger=None).instrument(make_client())
+    nofile = llm_ledger.LLMCallMonitor(logger=None, sinks=[_discard]).instrument(make_client())
     kwargs = _payloads.chat_kwargs()
 
     def run(sdk: Any) -> Batch:
@@ -224,7 +229,9 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         sdks = {
             "bare": client(transport),
             "ledger": llm_ledger.instrument(client(transport)),
-            "ledger, no file": llm_ledger.LLMCallMonitor(logger=None).instrument(client(transport)),
+            "ledger, no file": llm_ledger.LLMCallMonitor(logger=None, sinks=[_discard]).instrument(
+                client(transport)
+            ),
         }
         creates = {name: sdk.chat.completions.create for name, sdk in sdks.items()}
         kwargs = _payloads.chat_kwargs()

@@ -212,7 +212,8 @@ class LLMCallMonitor:
         redact: applied to every captured string before it is recorded.
         stream_usage: ask streamed chat calls for usage (``stream_options.include_usage``) when
             the caller did not, and hide the extra usage chunk from the caller.
-        logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only.
+        logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only (with
+            no sink either, no call record is built: lenses still sum their calls).
         sinks: callables receiving every record dict.
     """
 
@@ -359,20 +360,23 @@ class LLMCallMonitor:
         duration = time.perf_counter() - call.start_perf
         prices = self.prices
         file = None
+        later = False
         if error is None and call.content is None and not self._sinks:
             try:
-                # nothing needs the record now: the file's writer builds it, in a batch
+                # nothing needs the record now: the file's writer builds it, in a batch; or nothing
+                # ever does (no logger, no sink), and only the lenses the call counts in need its counts
                 file = self._own_file(_STATUS_LEVELS[status])
-                if file is not None:
+                if file is not None or self._logger is None:
+                    later = True
                     usage: Usage
                     usage = usage_of(call.operation, usage_obj)  # no SDK object is kept
-                    if response is None or response["request_id"] is None:
+                    if file is not None and (response is None or response["request_id"] is None):
                         call.response_request_id()  # its headers (a lookup costs ~2 µs)
                     call.http_response = None
             except Exception as exc:
                 self._report("reading a call's result", exc)
-                file = None
-        if file is not None:
+                file, later = None, False
+        if later:
             call.monitor, call.status, call.response, call.usage = self, status, response, usage
             call.duration, call.prices = duration, prices
             if call.lenses:
@@ -382,7 +386,8 @@ class LLMCallMonitor:
                 duration_ms = rounded_ms(duration)
                 for totals in call.lenses:
                     totals.count(status, usage, requested, None, duration_ms, call.total_cost)
-            file._emit_later(call)
+            if file is not None:
+                file._emit_later(call)
             return
         record, total_cost = self._record(
             call, status, response, usage_obj, error, output_text, duration, prices
