@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmarks and print markdown tables (``--json`` also writes the figures).
 
-Sections: ``calls`` (non-streamed, in-process and loopback), ``instructions`` (the same call counted
-under callgrind, repeatable on a busy machine), ``streams`` (per chunk), ``peers``
+Sections: ``calls`` (non-streamed, in-process and loopback), ``instructions`` (the same call, and a
+stream chunk, counted under callgrind: repeatable on a busy machine), ``streams`` (per chunk), ``peers``
 (each in its own subprocess), ``replay`` (cassettes of several sizes, plain vcrpy beside),
 ``report`` (``llm-ledger report`` over a generated JSONL file). ``--quick`` shrinks every size so
 the whole run takes seconds (what ``tests/test_bench_smoke.py`` runs).
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         show(*calls.per_call(sizes))
     if "instructions" in only:
         show(*instructions.measure(quick=args.quick))
+        show(*instructions.per_chunk(quick=args.quick))
     if "streams" in only:
         show(*calls.streamed(sizes))
     if "peers" in only:

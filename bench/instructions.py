@@ -1,10 +1,12 @@
-"""Instructions per call under callgrind: what the ledger adds, repeatable on a shared machine.
+"""Instructions per call and per stream chunk under callgrind: what the ledger adds, repeatable on
+a shared machine.
 
 Wall and CPU time on these 2-core VMs move by ±10-20 % from round to round, more than the ledger
 adds. valgrind's callgrind counts instructions, which do not depend on what else the machine is
-doing. Each variant runs in a child process twice, with a small and a large number of calls; the
-difference divided by the difference in calls is the cost of one call, start-up excluded. All
-threads are counted, so the JSONL writer thread's formatting and writing are included.
+doing. Each variant runs in a child process twice, with a small and a large number of calls (or
+of chunks a stream); the difference divided by the difference in calls (or in chunks) is the cost
+of one, start-up excluded. All threads are counted, so the JSONL writer thread's formatting and
+writing are included.
 """
 
 from __future__ import annotations
@@ -66,9 +68,53 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _instructions(script: Path, variant: str, calls: int) -> int:
+# streams of `chunks` content chunks, the caller asking for usage (both variants get the same bytes)
+_STREAM_CHILD = textwrap.dedent(
+    """
+    import gc, json, sys, tempfile
+    import httpx2, openai, llm_ledger
+    variant, streams, chunks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    def event(choices, **extra):
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                 "model": "gpt-4o-mini-2024-07-18", "choices": choices, **extra}
+        return b"data: " + json.dumps(chunk).encode() + b"\\n\\n"
+    def delta(content, finish=None):
+        return [{"index": 0, "delta": content, "finish_reason": finish}]
+    body = b"".join([
+        event(delta({"role": "assistant", "content": ""})),
+        *(event(delta({"content": "Hello "})) for _ in range(chunks)),
+        event(delta({}, "stop")),
+        event([], usage={"prompt_tokens": 1000, "completion_tokens": chunks, "total_tokens": 1000 + chunks}),
+        b"data: [DONE]\\n\\n",
+    ])
+    def handler(request):
+        return httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    client = openai.OpenAI(api_key="sk-bench-0000000000", base_url="http://bench.invalid/v1",
+                           http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    if variant != "bare":
+        llm_ledger.instrument(client)
+        llm_ledger.configure(log_dir=tempfile.mkdtemp())
+    messages = [{"role": "user", "content": "u" * 300}]
+    def stream():
+        for _ in client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
+        ):
+            pass
+    for _ in range(3):
+        stream()
+    llm_ledger.flush()
+    gc.collect()
+    for _ in range(streams):
+        stream()
+    llm_ledger.flush()
+    """
+)
+STREAM_VARIANTS = ("bare", "ledger")
+
+
+def _instructions(script: Path, variant: str, *args: int) -> int:
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    command += [sys.executable, str(script), variant, str(calls)]
+    command += [sys.executable, str(script), variant, *map(str, args)]
     # a fixed hash seed: string hashes decide dict and set layouts, and so the instructions they take
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
@@ -123,3 +169,51 @@ def measure(small: int = 30, large: int = 130, *, quick: bool = False) -> tuple[
         "added % x the bare call's µs from the calls table."
     )
     return table, figures
+
+
+def per_chunk(
+    streams: int = 5, chunks: tuple[int, int] = (10, 200), *, quick: bool = False
+) -> tuple[Table, dict[str, float]]:
+    """Instructions per stream chunk, bare and instrumented: the slope between two stream lengths."""
+    small, large = chunks
+    table = Table(
+        "Instructions per stream chunk (callgrind, all threads): what the ledger adds",
+        ["variant", "instructions per chunk", "added", "added, % of bare"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "stream_child.py"
+        script.write_text(_STREAM_CHILD)
+        if quick:
+            for variant in STREAM_VARIANTS:
+                subprocess.run(
+                    [sys.executable, str(script), variant, "1", "3"], check=True, capture_output=True
+                )
+            table.notes.append("--quick: each variant's child ran once without valgrind; nothing measured")
+            return table, {}
+        if shutil.which("valgrind") is None:
+            table.notes.append("valgrind is not installed (`apt-get install valgrind`): nothing counted")
+            return table, {}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            counts = {
+                (v, n): pool.submit(_instructions, script, v, streams, n)
+                for v in STREAM_VARIANTS
+                for n in (small, large)
+            }
+            slope = {
+                v: (counts[v, large].result() - counts[v, small].result()) / ((large - small) * streams)
+                for v in STREAM_VARIANTS
+            }
+    bare = slope["bare"]
+    table.add("bare", bare, "", "")
+    added = slope["ledger"] - bare
+    table.add("ledger", slope["ledger"], added, 100 * added / bare)
+    table.notes.append(
+        f"{streams} streams of {small} and of {large} content chunks per child (the caller asks for "
+        f"usage), after 3 warm-up streams and a full collection; the difference over "
+        f"{large - small} chunks a stream is the cost of one chunk. In time: added % x the bare "
+        "per-chunk µs from the streams table."
+    )
+    return table, {
+        "instructions_added_per_chunk": added,
+        "instructions_added_pct_per_chunk": 100 * added / bare,
+    }
