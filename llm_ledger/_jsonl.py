@@ -54,6 +54,7 @@ _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writ
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
 _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
 _SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread
+_EXIT_TIMEOUT_S = 10.0  # what a file system that hangs writes may add to each step of an exit
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 # python-json-logger's option; it costs ~75% more per record, so it is only tried when needed
@@ -254,10 +255,6 @@ class JsonlFileHandler(logging.Handler):
         The calling thread writes them itself, unless another thread is writing or writes have been
         slow (see ``_write``): then it waits for the writer thread, at most ``timeout`` seconds.
         """
-        if self._closed or not self._thread.is_alive():
-            with self._draining:
-                self._drain()
-            return
         if self._callers_write and not self._pending and self._draining.acquire(blocking=False):
             # the caller would wait anyway: writing here spares a thread switch, and the records are
             # built on the core that queued them (on the writer's, each costs ~50 % more)
@@ -265,6 +262,17 @@ class JsonlFileHandler(logging.Handler):
                 self._drain(on_caller=True)
             finally:
                 self._draining.release()
+            return
+        self._flush_by_writer(timeout)
+
+    def _flush_by_writer(self, timeout: float | None) -> None:
+        """Have the writer thread write everything queued so far; wait at most ``timeout`` seconds."""
+        if self._closed or not self._thread.is_alive():
+            if self._draining.acquire(timeout=-1 if timeout is None else timeout):
+                try:
+                    self._drain()
+                finally:
+                    self._draining.release()
             return
         done = threading.Event()
         self._queue.append(done)
@@ -274,14 +282,19 @@ class JsonlFileHandler(logging.Handler):
         done.wait(timeout)
 
     def close(self) -> None:
+        # bounded waits: close() runs at exit (logging.shutdown), where a file system that hangs a
+        # write must delay the exit, not stop it
         if not self._closed:
-            self.flush()
+            self._flush_by_writer(_EXIT_TIMEOUT_S)
             self._closed = True
             self._queued.set()
             self._wake.set()
-            self._thread.join(timeout=5)
-            with self._draining:
-                self._drain()
+            self._thread.join(timeout=_EXIT_TIMEOUT_S)
+            if self._draining.acquire(timeout=_EXIT_TIMEOUT_S):  # else a write hangs, holding it
+                try:
+                    self._drain()
+                finally:
+                    self._draining.release()
             if self._fd is not None:
                 try:
                     os.close(self._fd)
@@ -416,15 +429,22 @@ def _lines(data: memoryview) -> list[bytes]:
     return [line + b"\n" for line in lines] + ([last] if last else [])
 
 
-_last_failure = 0.0
-_last_format_failure = 0.0
+# when each file's last failure was reported: a file's reports are rate-limited, not another's
+_last_failure: dict[Path, float] = {}
+_last_format_failure: dict[Path, float] = {}
+
+
+def _due(last: dict[Path, float], path: Path) -> bool:
+    """Whether a failure on ``path`` is reported now (once a minute per file and kind)."""
+    now = time.monotonic()
+    if now - last.get(path, float("-inf")) < 60:
+        return False
+    last[path] = now
+    return True
 
 
 def _report_format_failure(path: Path, exc: BaseException) -> None:
-    global _last_format_failure
-    now = time.monotonic()
-    if now - _last_format_failure >= 60:
-        _last_format_failure = now
+    if _due(_last_format_failure, path):
         internal_log.warning(
             "llm-ledger could not format a record for %s, so it was not written (%s: %s)",
             path,
@@ -434,10 +454,7 @@ def _report_format_failure(path: Path, exc: BaseException) -> None:
 
 
 def _report_write_failure(path: Path, exc: BaseException, pending: int, lost: int) -> None:
-    global _last_failure
-    now = time.monotonic()
-    if now - _last_failure >= 60:
-        _last_failure = now
+    if _due(_last_failure, path):
         internal_log.error(
             "llm-ledger cannot write %s (%s: %s); %d records kept for retry, %d dropped so far",
             path,
@@ -453,11 +470,21 @@ def flush_all() -> None:
     for handler in list(_handlers):
         try:
             handler.flush()
+        except Exception:  # pragma: no cover - flushing must not fail because of the ledger
+            pass
+
+
+def _flush_at_exit() -> None:
+    """``flush_all()`` by the writer threads: a file system that hangs a write delays exit by at
+    most each flush's timeout, never for good."""
+    for handler in list(_handlers):
+        try:
+            handler._flush_by_writer(_EXIT_TIMEOUT_S)
         except Exception:  # pragma: no cover - exit must not fail because of the ledger
             pass
 
 
-atexit.register(flush_all)
+atexit.register(_flush_at_exit)
 
 
 def _after_fork_in_child() -> None:
@@ -482,7 +509,7 @@ def _before_fork() -> None:
 
 
 def _flush_at_multiprocessing_exit(_: object) -> None:
-    sys.modules["multiprocessing.util"].Finalize(None, flush_all, exitpriority=0)
+    sys.modules["multiprocessing.util"].Finalize(None, _flush_at_exit, exitpriority=0)
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

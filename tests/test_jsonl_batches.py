@@ -275,3 +275,33 @@ def test_callers_that_flush_keep_the_writer_thread_asleep(
     h.flush()
     assert writer_drains <= 2  # about 12 if it took each flush's silence for callers that stopped
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(n))
+
+
+def test_a_file_system_that_hangs_writes_delays_exit_but_never_stops_it(
+    interval: Any, handler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At exit (the ledger's flush, then logging's close), each wait on a hung write is bounded."""
+    interval(60.0)
+    monkeypatch.setattr(_jsonl, "_EXIT_TIMEOUT_S", 0.2)
+    h = handler()
+    answers = threading.Event()  # a hard-mounted NFS server that stopped answering
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        answers.wait(10)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    _emit(h, 0)
+
+    def exit_() -> None:
+        _jsonl._flush_at_exit()
+        h.close()
+
+    exiting = threading.Thread(target=exit_)
+    exiting.start()
+    exiting.join(5)
+    stuck = exiting.is_alive()
+    answers.set()
+    exiting.join(5)
+    assert not stuck

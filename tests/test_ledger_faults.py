@@ -154,6 +154,30 @@ def test_a_full_disk_keeps_records_for_retry(
         handler.close()
 
 
+def test_write_failures_of_each_file_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """Reports are limited to one a minute per file: a failing file never hides another's failure."""
+
+    def write(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    handlers = [_jsonl.JsonlFileHandler(tmp_path / name / "llm_calls.jsonl") for name in ("a", "b")]
+    monkeypatch.setattr(os, "write", write)
+    try:
+        for _ in range(2):
+            for handler in handlers:
+                handler.handle(logging.LogRecord("t", logging.INFO, "", 0, {"event": "x"}, None, None))
+                handler.flush()
+    finally:
+        monkeypatch.undo()
+        for handler in handlers:
+            handler.close()
+    reports = [r.getMessage() for r in internal_log.records if "No space left" in r.getMessage()]
+    assert len(reports) == 2
+    assert str(tmp_path / "a") in reports[0] and str(tmp_path / "b") in reports[1]
+
+
 def test_a_removed_log_directory_is_recreated(tmp_path: Path) -> None:
     """Deleting the log directory while running loses nothing written afterwards."""
     import shutil

@@ -332,7 +332,6 @@ def test_full_disk_keeps_records_for_retry_and_reports_it(
     )
     fake_os.write = write
     monkeypatch.setattr(_jsonl, "os", fake_os)
-    monkeypatch.setattr(_jsonl, "_last_failure", float("-inf"))  # the report is rate-limited per process
     handler = _jsonl.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
     try:
         _emit(handler, 0, 500)
@@ -357,8 +356,8 @@ def test_dev_full_never_blocks_or_raises(monkeypatch: pytest.MonkeyPatch) -> Non
     """A log file that can never be written (/dev/full) costs the caller nothing; records reach sinks."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
-    # the write-failure report is rate-limited per process: leave the limiter as other tests found it
-    monkeypatch.setattr(_jsonl, "_last_failure", _jsonl._last_failure)
+    # write failures are reported once a minute per file: leave the limiter as other tests found it
+    monkeypatch.setattr(_jsonl, "_last_failure", {})
     monitor = llm_ledger.LLMCallMonitor(logger="llm_monitor.reliability.devfull")
     logger = logging.getLogger("llm_monitor.reliability.devfull")
     logger.propagate = False
