@@ -701,11 +701,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._delay = (
             _int_header(headers, "x-fake-delay-ms", DEFAULT_DELAY_MS) / 1000 if "slow" in faults else 0
         )
+        # a queued failure goes to the request that arrives next, not to whichever finishes its delay
+        # first (a slow request outliving its test's timeout took the next test's failure)
+        failure = fake._take_failure()
         if self._delay:
             time.sleep(self._delay)
 
         try:
-            reply = self._answer(path, headers, body, num, faults)
+            reply = self._answer(path, headers, body, num, faults, failure)
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
             reply = _error(500, f"fake server error: {exc!r}")
         if isinstance(reply, _StreamReply):
@@ -714,9 +717,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply, faults)
 
     def _answer(
-        self, path: str, headers: dict[str, str], body: Any, num: int, faults: set[str]
+        self,
+        path: str,
+        headers: dict[str, str],
+        body: Any,
+        num: int,
+        faults: set[str],
+        failure: _Failure | None,
     ) -> _Reply | _StreamReply:
-        failure = self.server.fake._take_failure()
         if failure is not None:
             return _error(failure.status, body=failure.body, headers=failure.headers)
         status = _int_header(headers, "x-fake-status", 0)

@@ -387,6 +387,19 @@ def test_fail_next_then_success_retries(fake: FakeOpenAI, client: openai.OpenAI)
     assert excinfo.value.response.headers["x-request-id"].startswith("req_")
 
 
+def test_a_queued_failure_goes_to_the_next_request_to_arrive(fake: FakeOpenAI) -> None:
+    """A slow request that outlives its client's timeout never takes a failure queued after it came."""
+    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "300"}
+    timing_out = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0, timeout=0.05)
+    with timing_out as sdk, pytest.raises(openai.APITimeoutError):
+        sdk.chat.completions.create(model=MODEL, messages=USER, extra_headers=slow)
+    fake.fail_next(401)
+    time.sleep(0.4)  # the slow request's handler has finished its delay
+    client = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0)
+    with client as sdk, pytest.raises(openai.AuthenticationError):
+        sdk.chat.completions.create(model=MODEL, messages=USER)
+
+
 @pytest.mark.asyncio
 async def test_fail_next_async(fake: FakeOpenAI) -> None:
     fake.fail_next(503, times=2)
