@@ -50,6 +50,24 @@ _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.E
 _STATUS_LEVELS = {status: _LEVELNO[name] for status, name in _LEVELS.items()}
 _REPORT_INTERVAL_S = 60.0
 
+# sinks of every monitor in the process (the pytest plugin's, testing.capture(every_monitor=True))
+_global_sinks: tuple[Sink, ...] = ()
+_global_sinks_lock = threading.Lock()
+
+
+def add_global_sink(sink: Sink) -> None:
+    """Send every record of every monitor, those made later included, to ``sink`` as well."""
+    global _global_sinks
+    with _global_sinks_lock:
+        _global_sinks = (*_global_sinks, sink)
+
+
+def remove_global_sink(sink: Sink) -> None:
+    """Undo ``add_global_sink(sink)``; a sink never added is ignored."""
+    global _global_sinks
+    with _global_sinks_lock:
+        _global_sinks = tuple(s for s in _global_sinks if s is not sink)
+
 
 class _Templates(threading.local):
     """Per thread: the attributes a LogRecord of (logger, level) gets, except its message and time."""
@@ -361,7 +379,7 @@ class LLMCallMonitor:
         prices = self.prices
         file = None
         later = False
-        if error is None and call.content is None and not self._sinks:
+        if error is None and call.content is None and not self._sinks and not _global_sinks:
             try:
                 # nothing needs the record now: the file's writer builds it, in a batch; or nothing
                 # ever does (no logger, no sink), and only the lenses the call counts in need its counts
@@ -521,7 +539,7 @@ class LLMCallMonitor:
                     logger.handle(_log_record(logger.name, level, record))
             except Exception as exc:
                 self._report("a log handler", exc)
-        for sink in self._sinks:
+        for sink in (*self._sinks, *_global_sinks) if _global_sinks else self._sinks:
             try:
                 sink(record)
             except Exception as exc:

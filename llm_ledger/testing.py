@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._config import get_monitor
-from ._monitor import LLMCallMonitor
+from ._monitor import LLMCallMonitor, add_global_sink, remove_global_sink
 from ._records import CALL_EVENT, LENS_EVENT
 
 __all__ = ["Captured", "capture"]
@@ -46,10 +46,20 @@ class Captured:
 
 
 @contextmanager
-def capture(monitor: LLMCallMonitor | None = None) -> Iterator[Captured]:
-    """Collect every record ``monitor`` (default: the default monitor) emits inside the block."""
-    target = monitor or get_monitor()
+def capture(monitor: LLMCallMonitor | None = None, *, every_monitor: bool = False) -> Iterator[Captured]:
+    """Collect every record ``monitor`` (default: the default monitor) emits inside the block;
+    with ``every_monitor=True``, every record of every monitor in the process (yours included)."""
     captured = Captured()
+    if every_monitor:
+        if monitor is not None:
+            raise TypeError("capture() takes a monitor or every_monitor=True, not both")
+        add_global_sink(captured)
+        try:
+            yield captured
+        finally:
+            remove_global_sink(captured)
+        return
+    target = monitor or get_monitor()
     target.add_sink(captured)
     try:
         yield captured

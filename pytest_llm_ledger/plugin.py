@@ -179,7 +179,7 @@ class _LedgerState:
         self.breaches: list[Breach] = []
         self._lock = threading.Lock()
         self._current: LedgerRecords | None = None
-        self._monitor: Any = None
+        self._attached = False
         self._placeholder_key = False
 
     # records from llm_ledger's monitor, called synchronously on the emitting thread
@@ -200,17 +200,20 @@ class _LedgerState:
                     current.lenses.append(dict(record))
 
     def attach(self) -> None:
-        """Listen to llm_ledger's default monitor once the code under test has imported it."""
-        if self._monitor is None and "llm_ledger" in sys.modules:
-            import llm_ledger
+        """Listen to every llm_ledger monitor (the default one and the application's own) once the
+        code under test has imported llm_ledger."""
+        if not self._attached and "llm_ledger" in sys.modules:
+            from llm_ledger import _monitor
 
-            self._monitor = llm_ledger.get_monitor()
-            self._monitor.add_sink(self.sink)
+            _monitor.add_global_sink(self.sink)
+            self._attached = True
 
     def detach(self) -> None:
-        if self._monitor is not None:
-            self._monitor.remove_sink(self.sink)
-            self._monitor = None
+        if self._attached:
+            from llm_ledger import _monitor
+
+            _monitor.remove_global_sink(self.sink)
+            self._attached = False
 
     @contextmanager
     def test(self, nodeid: str) -> Iterator[LedgerRecords]:

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 import llm_ledger
-from llm_ledger import _config
+from llm_ledger import _config, _monitor
 from llm_ledger.testing import Captured, capture
 from tests.fake_openai import FakeOpenAI
 
@@ -32,8 +32,19 @@ def fake_openai(_fake_server: FakeOpenAI) -> FakeOpenAI:
     return _fake_server
 
 
+@pytest.fixture(autouse=True)
+def _only_llm_tests_count_in_this_sessions_report(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This suite's own llm-ledger plugin hears every monitor: only the ``llm`` tests (the example
+    app's lenses, replayed from cassettes) count toward its report and budgets.yaml; the others test
+    the ledger itself, with monitors, lens keys and calls of their own."""
+    if request.node.get_closest_marker("llm") is None:
+        monkeypatch.setattr(_monitor, "_global_sinks", ())
+
+
 @pytest.fixture
-def monitor() -> llm_ledger.LLMCallMonitor:
+def monitor(monkeypatch: pytest.MonkeyPatch) -> llm_ledger.LLMCallMonitor:
     """A fresh monitor with no logger, so tests see only their own records."""
     return llm_ledger.LLMCallMonitor(logger=None)
 

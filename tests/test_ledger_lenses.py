@@ -305,3 +305,21 @@ def test_a_monitor_without_logger_or_sink_builds_no_records_and_still_sums_its_l
     assert built == 2 and len(captured.calls) == 2
     assert unheard == heard
     assert unheard["total_api_calls"] == 2 and unheard["total_cost_usd"] > 0
+
+
+def test_capture_of_every_monitor_sees_monitors_made_later(fake_openai: Any) -> None:
+    """capture(every_monitor=True) hears the default monitor and any other, made before or after."""
+    from tests.conftest import FAKE_KEY
+
+    with llm_ledger.testing.capture(every_monitor=True) as captured:
+        mine = llm_ledger.LLMCallMonitor(logger=None)
+        with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+            client = mine.instrument(raw)
+            with mine.lens("mine"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        mine.instrument(raw).chat.completions.create(model="gpt-4o-mini", messages=HI)  # after the block
+    assert [r["event"] for r in captured.records] == ["llm_api_call", "lens_summary"]
+    assert captured.lenses[0]["context"]["lens_key"] == "mine"
+    with pytest.raises(TypeError, match="not both"), llm_ledger.testing.capture(mine, every_monitor=True):
+        pass

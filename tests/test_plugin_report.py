@@ -19,6 +19,7 @@ from tests.plugin_helpers import (
     run,
     server_fixture,
     with_key_fixture,
+    write_project,
 )
 
 pytest_plugins = ["pytester"]
@@ -164,3 +165,35 @@ def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
     serial = json.loads((recorded.path / "serial.json").read_text())
     parallel = json.loads((recorded.path / "parallel.json").read_text())
     assert parallel == serial
+
+
+OWN_MONITOR_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+MONITOR = ledger.LLMCallMonitor(logger=None)  # the application's own, e.g. for its own price table
+
+
+@pytest.mark.llm
+def test_own_monitor(llm_ledger):
+    client = MONITOR.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, MONITOR.lens("own", source_id="doc-1"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    assert llm_ledger.api_calls == 1 and llm_ledger.lens("own")[0]["summary"]["total_api_calls"] == 1
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_calls_of_the_applications_own_monitor_count_too(pytester: pytest.Pytester, server: Any) -> None:
+    """Budgets and reports see every monitor, not only the default one (else they would pass on 0)."""
+    write_project(pytester, OWN_MONITOR_TESTS)
+    result = run(pytester, "--llm-record-mode=once", "--llm-report=out/report.json")
+
+    result.assert_outcomes(passed=1)
+    data = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert data["lenses"]["own"]["api_calls"] == 1 and data["total"]["api_calls"] == 1
+    assert data["lenses"]["own"]["cost_usd"] > 0
