@@ -252,7 +252,7 @@ def test_callers_that_flush_keep_the_writer_thread_asleep(
     interval: Any, handler: Any, tmp_path: Path
 ) -> None:
     """A flush is a caller writing: the writer thread leaves the lines queued after it to the callers."""
-    interval(0.02)
+    interval(0.05)
     h = handler()
     writer_drains = 0
     drain = h._drain
@@ -264,7 +264,7 @@ def test_callers_that_flush_keep_the_writer_thread_asleep(
         drain(on_caller)
 
     h._drain = counted
-    deadline = time.monotonic() + 0.5
+    deadline = time.monotonic() + 1.0
     n = 0
     while time.monotonic() < deadline:
         _emit(h, n)
@@ -273,7 +273,7 @@ def test_callers_that_flush_keep_the_writer_thread_asleep(
         if n % 10 == 0:
             h.flush()
     h.flush()
-    assert writer_drains <= 2  # about 12 if it took each flush's silence for callers that stopped
+    assert writer_drains <= 2  # about 10 if it took each flush's silence for callers that stopped
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(n))
 
 
