@@ -231,16 +231,19 @@ class JsonlFileHandler(logging.Handler):
             self._started = time.monotonic()
             if not self._queued.is_set():  # the writer thread had gone idle: start its timer
                 self._queued.set()
-        elif (
-            (len(queue) >= _BATCH_LINES or time.monotonic() - started >= _INTERVAL_S)
-            and self._callers_write
-            and not self._pending  # the writer thread retries failed writes
-            and self._draining.acquire(blocking=False)  # else another thread is writing
-        ):
-            try:
-                self._drain(on_caller=True)
-            finally:
-                self._draining.release()
+        elif len(queue) >= _BATCH_LINES or time.monotonic() - started >= _INTERVAL_S:
+            self._write_here()
+
+    def _write_here(self) -> bool:
+        """Write what is queued on this thread; False when the writer thread must (writes have been
+        slow, or failed writes wait for its retry) or another thread is writing."""
+        if not self._callers_write or self._pending or not self._draining.acquire(blocking=False):
+            return False
+        try:
+            self._drain(on_caller=True)
+        finally:
+            self._draining.release()
+        return True
 
     def handle(self, record: logging.LogRecord) -> bool:
         # no handler lock: emit() only appends to a thread-safe deque (filters still apply)
@@ -255,15 +258,10 @@ class JsonlFileHandler(logging.Handler):
         The calling thread writes them itself, unless another thread is writing or writes have been
         slow (see ``_write``): then it waits for the writer thread, at most ``timeout`` seconds.
         """
-        if self._callers_write and not self._pending and self._draining.acquire(blocking=False):
-            # the caller would wait anyway: writing here spares a thread switch, and the records are
-            # built on the core that queued them (on the writer's, each costs ~50 % more)
-            try:
-                self._drain(on_caller=True)
-            finally:
-                self._draining.release()
-            return
-        self._flush_by_writer(timeout)
+        # the caller would wait anyway: writing here spares a thread switch, and the records are
+        # built on the core that queued them (on the writer's, each costs ~50 % more)
+        if not self._write_here():
+            self._flush_by_writer(timeout)
 
     def _flush_by_writer(self, timeout: float | None) -> None:
         """Have the writer thread write everything queued so far; wait at most ``timeout`` seconds."""
