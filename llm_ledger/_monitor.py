@@ -157,7 +157,7 @@ class _Call:
         self.hide_usage = False
         self.done = False
         self.content: dict[str, Any] | None = None
-        self.priced = False  # costs worked out (see total_cost)
+        self.priced = False  # costs worked out (see priced_costs)
         self.costs: tuple[int, int] | None = None
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
@@ -173,17 +173,20 @@ class _Call:
             self, self.status, self.response, self.usage, None, None, self.duration, self.prices
         )[0]
 
-    def total_cost(self) -> int | None:
-        """The cost of a call left to its batch, in 10**-24 USD, for the lenses it counts in.
-
-        Worked out once: the first of its lenses' summaries and its record to need it prices it
-        (see ``LLMCallMonitor._record``).
-        """
+    def priced_costs(
+        self, monitor: LLMCallMonitor, prices: PriceTable, served: str | None, usage: Usage
+    ) -> tuple[int, int] | None:
+        """(prompt, completion) cost in 10**-24 USD, worked out once: by the first of the call's
+        lens summaries and its record to need it."""
         if not self.priced:
-            served = None if self.response is None else self.response["model"]
-            self.costs = self.monitor._price(self.prices, served, self.request["model"], self.usage)
+            self.costs = monitor._price(prices, served, self.request["model"], usage)
             self.priced = True
-        costs = self.costs
+        return self.costs
+
+    def total_cost(self) -> int | None:
+        """The cost of a call left to its batch, in 10**-24 USD, for the lenses it counts in."""
+        served = None if self.response is None else self.response["model"]
+        costs = self.priced_costs(self.monitor, self.prices, served, self.usage)
         return None if costs is None else costs[0] + costs[1]
 
     def response_request_id(self) -> str | None:
@@ -446,10 +449,7 @@ class LLMCallMonitor:
                 "tool_calls_count": None,
             }
         prompt_cost = completion_cost = total_cost = None  # in 10**-24 USD
-        if not call.priced:  # else by a lens it counts in (see _Call.total_cost)
-            call.costs = self._price(prices, response["model"], call.request["model"], usage)
-            call.priced = True
-        costs = call.costs
+        costs = call.priced_costs(self, prices, response["model"], usage)
         if costs is not None:
             prompt_cost, completion_cost = costs
             total_cost = prompt_cost + completion_cost
