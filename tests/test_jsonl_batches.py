@@ -58,6 +58,21 @@ def _emit(handler: _jsonl.JsonlFileHandler, n: int | str) -> None:
     handler.handle(logging.LogRecord("llm_monitor", logging.INFO, "", 0, message, None, None))
 
 
+def _count_writer_drains(h: _jsonl.JsonlFileHandler) -> Callable[[], int]:
+    """Count the batches ``h``'s writer thread writes from now on; returns the count's reader."""
+    drains = 0
+    drain = h._drain
+
+    def counted(on_caller: bool = False) -> None:
+        nonlocal drains
+        if threading.current_thread() is h._thread:
+            drains += 1
+        drain(on_caller)
+
+    h._drain = counted  # type: ignore[method-assign]
+    return lambda: drains
+
+
 def test_the_call_that_fills_a_batch_writes_it_at_once(interval: Any, handler: Any, tmp_path: Path) -> None:
     interval(60.0)  # the writer thread would wait a minute
     h = handler()
@@ -100,16 +115,7 @@ def test_the_writer_thread_stays_asleep_while_callers_keep_up(
     """Each wake-up of the writer thread costs a busy application CPU (it waits for the GIL)."""
     interval(0.05)
     h = handler()
-    writer_drains = 0
-    drain = h._drain
-
-    def counted(on_caller: bool = False) -> None:
-        nonlocal writer_drains
-        if threading.current_thread() is h._thread:
-            writer_drains += 1
-        drain(on_caller)
-
-    h._drain = counted
+    writer_drains = _count_writer_drains(h)
     deadline = time.monotonic() + 1.0
     n = 0
     while time.monotonic() < deadline:
@@ -117,7 +123,7 @@ def test_the_writer_thread_stays_asleep_while_callers_keep_up(
         n += 1
         time.sleep(0.0005)
     h.flush()  # the flush is the writer thread's one drain
-    assert writer_drains <= 3  # it would be 10 if it woke to write every other interval
+    assert writer_drains() <= 3  # it would be 10 if it woke to write every other interval
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(n))
 
 
@@ -254,16 +260,7 @@ def test_callers_that_flush_keep_the_writer_thread_asleep(
     """A flush is a caller writing: the writer thread leaves the lines queued after it to the callers."""
     interval(0.05)
     h = handler()
-    writer_drains = 0
-    drain = h._drain
-
-    def counted(on_caller: bool = False) -> None:
-        nonlocal writer_drains
-        if threading.current_thread() is h._thread:
-            writer_drains += 1
-        drain(on_caller)
-
-    h._drain = counted
+    writer_drains = _count_writer_drains(h)
     deadline = time.monotonic() + 1.0
     n = 0
     while time.monotonic() < deadline:
@@ -273,7 +270,7 @@ def test_callers_that_flush_keep_the_writer_thread_asleep(
         if n % 10 == 0:
             h.flush()
     h.flush()
-    assert writer_drains <= 2  # about 10 if it took each flush's silence for callers that stopped
+    assert writer_drains() <= 2  # about 10 if it took each flush's silence for callers that stopped
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(n))
 
 
