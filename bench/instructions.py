@@ -124,6 +124,51 @@ def _instructions(script: Path, variant: str, *args: int) -> int:
     raise RuntimeError(f"callgrind printed no instruction count:\n{done.stderr[-2000:]}")
 
 
+def _per_unit(
+    table: Table,
+    source: str,
+    variants: tuple[str, ...],
+    args: tuple[tuple[int, ...], tuple[int, ...]],
+    units: int,
+    quick: tuple[int, ...] | None,
+) -> dict[str, float] | None:
+    """Instructions per unit of each variant: its child run with the small and the large ``args``
+    under callgrind, the difference divided by ``units``. None when nothing was counted, with a note
+    saying why: ``quick`` (tiny args) runs each child once without valgrind; without valgrind nothing
+    runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "child.py"
+        script.write_text(source)
+        if quick is not None:
+            for variant in variants:
+                command = [sys.executable, str(script), variant, *map(str, quick)]
+                subprocess.run(command, check=True, capture_output=True)
+            table.notes.append("--quick: each variant's child ran once without valgrind; nothing measured")
+            return None
+        if shutil.which("valgrind") is None:
+            table.notes.append("valgrind is not installed (`apt-get install valgrind`): nothing counted")
+            return None
+        # two children at a time (instruction counts do not depend on what else runs)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            counts = {(v, a): pool.submit(_instructions, script, v, *a) for v in variants for a in args}
+            small, large = args
+            return {v: (counts[v, large].result() - counts[v, small].result()) / units for v in variants}
+
+
+def _added_rows(table: Table, per_unit: dict[str, float]) -> dict[str, float]:
+    """A row per variant, with what it adds to ``bare``; the added % of each variant but bare."""
+    bare = per_unit["bare"]
+    added_pct: dict[str, float] = {}
+    for variant, count in per_unit.items():
+        if variant == "bare":
+            table.add(variant, count, "", "")
+            continue
+        added = count - bare
+        table.add(variant, count, added, 100 * added / bare)
+        added_pct[variant] = 100 * added / bare
+    return added_pct
+
+
 def measure(small: int = 30, large: int = 130, *, quick: bool = False) -> tuple[Table, dict[str, float]]:
     """Instructions per non-streamed call (MockTransport) for each variant, and what the ledger adds.
 
@@ -134,41 +179,19 @@ def measure(small: int = 30, large: int = 130, *, quick: bool = False) -> tuple[
         "Instructions per non-streamed call (callgrind, all threads): what the ledger adds",
         ["variant", "instructions per call", "added", "added, % of bare"],
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "child.py"
-        script.write_text(_CHILD)
-        if quick:
-            for variant in VARIANTS:
-                subprocess.run([sys.executable, str(script), variant, "2"], check=True, capture_output=True)
-            table.notes.append("--quick: each variant's child ran once without valgrind; nothing measured")
-            return table, {}
-        if shutil.which("valgrind") is None:
-            table.notes.append("valgrind is not installed (`apt-get install valgrind`): nothing counted")
-            return table, {}
-        # two children at a time (instruction counts do not depend on what else runs)
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            counts = {
-                (v, n): pool.submit(_instructions, script, v, n) for v in VARIANTS for n in (small, large)
-            }
-            per_call = {
-                v: (counts[v, large].result() - counts[v, small].result()) / (large - small) for v in VARIANTS
-            }
-    bare = per_call["bare"]
-    figures: dict[str, float] = {}
-    for variant, count in per_call.items():
-        if variant == "bare":
-            table.add(variant, count, "", "")
-            continue
-        added = count - bare
-        table.add(variant, count, added, 100 * added / bare)
-        figures[f"instructions_added_pct_{variant}"] = 100 * added / bare
+    per_call = _per_unit(
+        table, _CHILD, VARIANTS, ((small,), (large,)), large - small, (2,) if quick else None
+    )
+    if per_call is None:
+        return table, {}
+    added_pct = _added_rows(table, per_call)
     table.notes.append(
         f"{small} and {large} calls per child after 5 warm-up calls and a full collection; the "
         f"difference over {large - small} calls cancels start-up (a garbage collection falling in "
         "one run and not the other still moves a figure by a few thousand instructions). In time: "
         "added % x the bare call's µs from the calls table."
     )
-    return table, figures
+    return table, {f"instructions_added_pct_{v}": pct for v, pct in added_pct.items()}
 
 
 def per_chunk(
@@ -180,33 +203,12 @@ def per_chunk(
         "Instructions per stream chunk (callgrind, all threads): what the ledger adds",
         ["variant", "instructions per chunk", "added", "added, % of bare"],
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "stream_child.py"
-        script.write_text(_STREAM_CHILD)
-        if quick:
-            for variant in STREAM_VARIANTS:
-                subprocess.run(
-                    [sys.executable, str(script), variant, "1", "3"], check=True, capture_output=True
-                )
-            table.notes.append("--quick: each variant's child ran once without valgrind; nothing measured")
-            return table, {}
-        if shutil.which("valgrind") is None:
-            table.notes.append("valgrind is not installed (`apt-get install valgrind`): nothing counted")
-            return table, {}
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            counts = {
-                (v, n): pool.submit(_instructions, script, v, streams, n)
-                for v in STREAM_VARIANTS
-                for n in (small, large)
-            }
-            slope = {
-                v: (counts[v, large].result() - counts[v, small].result()) / ((large - small) * streams)
-                for v in STREAM_VARIANTS
-            }
-    bare = slope["bare"]
-    table.add("bare", bare, "", "")
-    added = slope["ledger"] - bare
-    table.add("ledger", slope["ledger"], added, 100 * added / bare)
+    args = ((streams, small), (streams, large))
+    units = (large - small) * streams
+    per_chunk = _per_unit(table, _STREAM_CHILD, STREAM_VARIANTS, args, units, (1, 3) if quick else None)
+    if per_chunk is None:
+        return table, {}
+    added_pct = _added_rows(table, per_chunk)
     table.notes.append(
         f"{streams} streams of {small} and of {large} content chunks per child (the caller asks for "
         f"usage), after 3 warm-up streams and a full collection; the difference over "
@@ -214,6 +216,6 @@ def per_chunk(
         "per-chunk µs from the streams table."
     )
     return table, {
-        "instructions_added_per_chunk": added,
-        "instructions_added_pct_per_chunk": 100 * added / bare,
+        "instructions_added_per_chunk": per_chunk["ledger"] - per_chunk["bare"],
+        "instructions_added_pct_per_chunk": added_pct["ledger"],
     }
