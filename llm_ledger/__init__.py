@@ -17,7 +17,7 @@ from typing import Any as _Any
 from typing import TypeVar as _TypeVar
 
 from ._config import Settings, configure, get_monitor
-from ._context import LensRun, TrackedContext
+from ._context import LensRun, TrackedContext, propagate
 from ._errors import BudgetError, CassetteError, CassetteMissError, ConfigError, LedgerError, PriceFileError
 from ._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from ._jsonl import flush_all as _flush_all
@@ -52,6 +52,7 @@ __all__ = [
     "instrument",
     "lens",
     "price",
+    "propagate",
     "track_llm_call",
 ]
 

@@ -2,7 +2,8 @@
 
 contextvars give each thread its own stack and each asyncio task a copy of its parent's, so
 concurrent lenses never see each other's calls while tasks fanned out inside one lens (e.g.
-``asyncio.gather``) all count toward it.
+``asyncio.gather``, ``asyncio.to_thread``) all count toward it. A thread started by hand, or by
+an executor, starts in an empty context: ``propagate(fn)`` carries the current one into it.
 """
 
 from __future__ import annotations
@@ -10,31 +11,32 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable
-from contextvars import ContextVar, Token
+import types
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ._records import LensSummary, LensTotals, new_id
+from ._records import CallRecord, LensSummary, LensTotals, new_id
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor
 
-__all__ = ["LensRun", "TrackedContext", "current_context", "current_lenses"]
+__all__ = ["LensRun", "TrackedContext", "current_context", "current_lenses", "propagate"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _BASE: dict[str, Any] = {"lens_key": None, "source_id": None, "service": None}
 _context: ContextVar[dict[str, Any]] = ContextVar("llm_ledger_context", default=_BASE)
-_lenses: ContextVar[tuple[LensTotals, ...]] = ContextVar("llm_ledger_lenses", default=())
+_lenses: ContextVar[tuple[LensRun, ...]] = ContextVar("llm_ledger_lenses", default=())
 
 
 # read on every call: the ContextVars' own methods, without a Python frame in between
 current_context: Callable[[], dict[str, Any]] = _context.get
 """The merged context of the enclosing ``lens`` / ``track_llm_call`` blocks (do not mutate)."""
-current_lenses: Callable[[], tuple[LensTotals, ...]] = _lenses.get
-"""Totals of every open lens run, outermost first."""
+current_lenses: Callable[[], tuple[LensRun, ...]] = _lenses.get
+"""Every open lens run, outermost first."""
 
 
 class _Scope:
@@ -78,22 +80,132 @@ class _Scope:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        """Use as a decorator: each call of ``func`` runs in a new block of its own."""
-        if inspect.iscoroutinefunction(func):
+        """Use as a decorator: each call of ``func`` runs in a new block of its own.
 
-            @functools.wraps(func)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+        A generator or async generator keeps its block open from its first item to its end (or
+        its ``close()``); its steps run in a context of their own, so the code iterating over it
+        is never inside the block.
+        """
+        wrapper: Callable[..., Any]
+        if inspect.isasyncgenfunction(func):
+
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                async for item in _async_generator_in(self._fresh(), func, args, kwargs):
+                    yield item
+
+        elif inspect.isgeneratorfunction(func):
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return (yield from _generator_in(self._fresh(), func, args, kwargs))
+
+        elif inspect.iscoroutinefunction(func):
+
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 async with self._fresh():
                     return await func(*args, **kwargs)
 
-            return async_wrapper  # type: ignore[return-value]
+        else:
 
-        @functools.wraps(func)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with self._fresh():
-                return func(*args, **kwargs)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self._fresh():
+                    return func(*args, **kwargs)
 
-        return wrapper
+        return functools.wraps(func)(wrapper)
+
+
+def _generator_in(
+    scope: _Scope, func: Callable[..., Any], args: Any, kwargs: Any
+) -> Generator[Any, Any, Any]:
+    """Run the generator ``func(*args, **kwargs)`` inside ``scope``, each step in the scope's own context."""
+    context = copy_context()
+    context.run(scope.__enter__)
+    error: BaseException | None = None
+    try:
+        generator = context.run(func, *args, **kwargs)
+        step: Callable[[Any], Any] = generator.send
+        value: Any = None
+        while True:
+            try:
+                item = context.run(step, value)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                value, step = (yield item), generator.send
+            except GeneratorExit:
+                context.run(generator.close)
+                raise
+            except BaseException as exc:  # thrown in by the caller: into the generator with it
+                value, step = exc, generator.throw
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        context.run(scope.__exit__, type(error) if error else None, error, None)
+
+
+async def _async_generator_in(
+    scope: _Scope, func: Callable[..., Any], args: Any, kwargs: Any
+) -> AsyncGenerator[Any, None]:
+    """Run the async generator ``func(*args, **kwargs)`` inside ``scope``, each step in the scope's
+    own context (an asyncio task's context is its caller's: the steps are driven here)."""
+    context = copy_context()
+    context.run(scope.__enter__)
+    error: BaseException | None = None
+    generator = context.run(func, *args, **kwargs)
+    try:
+        while True:
+            try:
+                item = await _stepped_in(context, generator.__anext__())
+            except StopAsyncIteration:
+                return
+            yield item
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        try:
+            await _stepped_in(context, generator.aclose())
+        finally:
+            context.run(scope.__exit__, type(error) if error else None, error, None)
+
+
+@types.coroutine
+def _stepped_in(context: Context, awaitable: Awaitable[Any]) -> Generator[Any, Any, Any]:
+    """Await ``awaitable`` with each of its steps run in ``context``."""
+    steps = awaitable.__await__()
+    sent: Any = None
+    thrown: BaseException | None = None
+    while True:
+        try:
+            yielded = context.run(steps.send, sent) if thrown is None else context.run(steps.throw, thrown)
+        except StopIteration as stop:
+            return stop.value
+        sent, thrown = None, None
+        try:
+            sent = yield yielded
+        except BaseException as exc:  # e.g. a task's cancellation: into the awaitable with it
+            thrown = exc
+
+
+def propagate(func: Callable[P, R]) -> Callable[P, R]:
+    """``func``, run in the context it is wrapped in: its lenses and ``track_llm_call`` context.
+
+    For work handed to other threads, which start in an empty context::
+
+        executor.submit(llm_ledger.propagate(summarise), doc)
+        threading.Thread(target=llm_ledger.propagate(worker)).start()
+        await loop.run_in_executor(None, llm_ledger.propagate(summarise), doc)
+
+    Each run gets its own copy of that context, so one wrapped function may run on several
+    threads at once. ``asyncio.to_thread`` and tasks copy the context already.
+    """
+    context = copy_context()
+
+    @functools.wraps(func)
+    def in_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        return context.copy().run(func, *args, **kwargs)
+
+    return in_context
 
 
 class TrackedContext(_Scope):
@@ -110,7 +222,10 @@ class TrackedContext(_Scope):
 class LensRun(_Scope):
     """One run of a lens; ``summary`` holds its aggregate once the block has ended.
 
-    Returned by :func:`llm_ledger.lens`. Lenses nest: a call counts in every enclosing lens.
+    Returned by :func:`llm_ledger.lens`. Lenses nest: a call counts in every enclosing lens. A call
+    started inside counts even if it ends after the block (a stream read later, a thread still
+    running): ``summary`` then shows it in ``open_calls`` (and ``cost_complete`` is false) until
+    the last such call ends, when ``summary`` is replaced by the whole run's and its record emitted.
     """
 
     def __init__(self, monitor: LLMCallMonitor, lens_key: str, context: dict[str, Any]) -> None:
@@ -119,10 +234,12 @@ class LensRun(_Scope):
         super().__init__({**context, "lens_key": lens_key})
         self.lens_key = lens_key
         self._monitor = monitor
-        self._totals: LensTotals | None = None
-        self._lens_token: Token[tuple[LensTotals, ...]] | None = None
+        self._totals = LensTotals()
+        self._lens_token: Token[tuple[LensRun, ...]] | None = None
         self._started = 0.0
         self._started_perf = 0.0
+        self._wall = 0.0
+        self._record_context: dict[str, Any] = {}
         self.run_id: str | None = None
         self.summary: LensSummary | None = None
 
@@ -136,12 +253,14 @@ class LensRun(_Scope):
         return LensRun(self._monitor, self.lens_key, extra)
 
     def __enter__(self) -> LensRun:
+        if self._token is None and self.run_id is not None:
+            raise RuntimeError(
+                f"lens run {self.lens_key!r} has already run; call lens() again for each block"
+            )
         self.run_id = new_id()
         self._extra = {**self._extra, "lens_run_id": self.run_id}
         self._enter()
-        self._totals = LensTotals()
-        self._lens_token = _lenses.set((*_lenses.get(), self._totals))
-        self.summary = None
+        self._lens_token = _lenses.set((*_lenses.get(), self))
         self._started = time.time()
         self._started_perf = time.perf_counter()
         return self
@@ -149,16 +268,30 @@ class LensRun(_Scope):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        wall = time.perf_counter() - self._started_perf
-        token, self._lens_token = self._lens_token, None
-        if token is not None:
-            try:
-                _lenses.reset(token)
-            except ValueError:
-                pass
-        context = {**_context.get(), **self._extra}
-        self._exit()
-        totals = self._totals
-        if totals is not None:
-            self.summary = totals.summary(wall)
-            self._monitor._emit_lens(context, self.summary, self._started + wall)
+        try:
+            self._wall = time.perf_counter() - self._started_perf
+            token, self._lens_token = self._lens_token, None
+            if token is not None:
+                try:
+                    _lenses.reset(token)
+                except ValueError:
+                    pass
+            self._record_context = {**_context.get(), **self._extra}
+            self._exit()
+            self.summary, due = self._totals.close(self._wall)
+            if due:
+                self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)
+        except Exception as error:  # never into the application's with block
+            self._monitor._report("ending a lens", error)
+
+    # -- used by the monitor ---------------------------------------------------------------------
+
+    def _begin_call(self) -> bool:
+        """A call starts inside this run; False once the run has ended (the call counts in no lens)."""
+        return self._totals.begin()
+
+    def _end_call(self, record: CallRecord, cost_units: int | None) -> None:
+        """A call that began inside this run ended; the last to end after the block emits its record."""
+        if self._totals.add(record, cost_units):
+            self.summary = self._totals.summary(self._wall)
+            self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)

@@ -87,7 +87,7 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
     temperature = body.get("temperature")
     tools = body.get("tools")
     return {
-        "model": model if model is None or type(model) is str else _given(model),
+        "model": model if type(model) is str else None,  # a number or dict is the server's to refuse
         "temperature": temperature
         if temperature is None or type(temperature) is float
         else _given(temperature),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from ._extract import OPERATIONS, request_shape, response_shape
-from ._monitor import _Call, _secret
+from ._monitor import _Call
 from ._streams import watch_stream
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed
             return None, options
         if monitor.capture_content:
-            call = _Call(operation, request_shape(operation, body, stream=stream), _secret(client))
+            call = _Call(operation, request_shape(operation, body, stream=stream), client)
             monitor._capture_request(call, body)
         else:
             call = _Call(operation, request_shape(operation, body, stream=stream), None)

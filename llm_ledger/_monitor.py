@@ -13,16 +13,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+import orjson
+
 from ._context import LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, usage_of
-from ._jsonl import JsonlFileHandler
 from ._pricing import PriceTable
 from ._records import (
     _LEVELS,
     LOGGER_NAME,
     CallRecord,
     ErrorShape,
+    LensRecord,
     LensSummary,
     RequestShape,
     ResponseShape,
@@ -30,7 +32,6 @@ from ._records import (
     Usage,
     call_record,
     lens_record,
-    rounded_ms,
 )
 
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
@@ -87,6 +88,17 @@ def _forget_templates() -> None:
 os.register_at_fork(after_in_child=_forget_templates)
 
 
+class _LedgerLogRecord(logging.LogRecord):
+    """A ledger record as a ``LogRecord``: its message is the record dict, shown as JSON by
+    handlers that format it as text (a root handler, logging's last resort), not as a dict repr."""
+
+    def getMessage(self) -> str:
+        msg = self.msg
+        if type(msg) is dict:
+            return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        return super().getMessage()
+
+
 def _log_record(name: str, level: int, msg: Mapping[str, Any]) -> logging.LogRecord:
     """The LogRecord ``logging.LogRecord(name, level, "", 0, msg, None, None)`` builds, twice as fast.
 
@@ -97,7 +109,7 @@ def _log_record(name: str, level: int, msg: Mapping[str, Any]) -> logging.LogRec
     template = by_key.get((name, level))
     if template is None:
         template = by_key[(name, level)] = vars(logging.LogRecord(name, level, "", 0, None, None, None))
-    record = logging.LogRecord.__new__(logging.LogRecord)
+    record = _LedgerLogRecord.__new__(_LedgerLogRecord)
     record.__dict__ = attrs = template.copy()
     now = time.time()
     attrs["msg"] = msg
@@ -111,44 +123,31 @@ class _Call:
     """What the monitor knows about one call in flight."""
 
     __slots__ = (
+        "client",
         "content",
         "context",
-        "costs",
         "done",
-        "duration",
         "hide_usage",
         "http_response",
         "lenses",
-        "monitor",
         "operation",
-        "priced",
-        "prices",
         "raw",
         "request",
         "request_id",
-        "response",
         "retries",
-        "secret",
         "start_epoch",
         "start_perf",
-        "status",
         "ttft",
-        "usage",
     )
-    # set when the call's record is left to its batch (see __call__)
-    monitor: LLMCallMonitor
-    status: Status
-    response: ResponseShape | None
-    usage: Usage
-    duration: float
-    prices: PriceTable
 
-    def __init__(self, operation: str, request: RequestShape, secret: str | None) -> None:
+    def __init__(self, operation: str, request: RequestShape, client: Any) -> None:
         self.operation = operation
         self.request = request
         self.context = current_context()  # never changed in place: copied into the record
-        self.lenses = current_lenses()
-        self.secret = secret
+        lenses = current_lenses()
+        # the lens runs this call counts in (a run that has ended counts no new call)
+        self.lenses = tuple(run for run in lenses if run._begin_call()) if lenses else ()
+        self.client = client  # only with content capture: its API key is scrubbed from the text
         self.retries: int | None = 0  # None when the client's retries cannot be counted
         self.request_id: str | None = None  # from the last HTTP response, read when needed
         self.raw: str | None = None  # the SDK's raw-response header: "true" or "stream" (with_*_response)
@@ -156,38 +155,9 @@ class _Call:
         self.ttft: float | None = None
         self.hide_usage = False
         self.done = False
-        self.content: dict[str, Any] | None = None
-        self.priced = False  # costs worked out (see priced_costs)
-        self.costs: tuple[int, int] | None = None
+        self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
-
-    def __call__(self) -> CallRecord:
-        """The record of a call whose building was left to its batch (see ``LLMCallMonitor._finish``).
-
-        The call itself waits in the file's queue, with what its record is built from: one object
-        for the garbage collector to visit per waiting call, where a tuple of arguments and a bound
-        method made three more (each collection visits, and promotes, what is still waiting).
-        """
-        return self.monitor._record(
-            self, self.status, self.response, self.usage, None, None, self.duration, self.prices
-        )[0]
-
-    def priced_costs(
-        self, monitor: LLMCallMonitor, prices: PriceTable, served: str | None, usage: Usage
-    ) -> tuple[int, int] | None:
-        """(prompt, completion) cost in 10**-24 USD, worked out once: by the first of the call's
-        lens summaries and its record to need it."""
-        if not self.priced:
-            self.costs = monitor._price(prices, served, self.request["model"], usage)
-            self.priced = True
-        return self.costs
-
-    def total_cost(self) -> int | None:
-        """The cost of a call left to its batch, in 10**-24 USD, for the lenses it counts in."""
-        served = None if self.response is None else self.response["model"]
-        costs = self.priced_costs(self.monitor, self.prices, served, self.usage)
-        return None if costs is None else costs[0] + costs[1]
 
     def response_request_id(self) -> str | None:
         """The request id of the last HTTP response (for results that do not carry one)."""
@@ -261,9 +231,14 @@ class LLMCallMonitor:
         self.redact = redact
         self.stream_usage = stream_usage
         self._logger = logging.getLogger(logger) if logger is not None else None
-        if self._logger is not None and self._logger.level == logging.NOTSET:
-            # records are INFO; without this the root logger's default WARNING would drop them
-            self._logger.setLevel(logging.INFO)
+        if self._logger is not None:
+            if self._logger.level == logging.NOTSET:
+                # records are INFO; without this the root logger's default WARNING would drop them
+                self._logger.setLevel(logging.INFO)
+            if not self._logger.handlers:
+                # a library's logger: nothing printed by logging's last resort when the application
+                # configured no logging (records still propagate to the handlers it configures)
+                self._logger.addHandler(logging.NullHandler())
         self._sinks: tuple[Sink, ...] = tuple(sinks)
         self._sinks_lock = threading.Lock()
         self._unpriced: set[str] = set()
@@ -331,30 +306,66 @@ class LLMCallMonitor:
         except Exception:  # pragma: no cover - reporting must never raise either
             pass
 
-    def _scrub(self, text: str, call: _Call) -> str:
-        if call.secret and call.secret in text:
-            text = text.replace(call.secret, "[REDACTED]")
-        return self.redact(text) if self.redact is not None else text
+    def _scrub(self, text: str, secret: str | None) -> str:
+        """``text`` without the API key, through the ``redact`` hook; never raises, never leaks:
+        a hook that fails gives a placeholder (and is reported)."""
+        if secret and secret in text:
+            text = text.replace(secret, "[REDACTED]")
+        redact = self.redact
+        if redact is None:
+            return text
+        try:
+            redacted = redact(text)
+            if type(redacted) is not str:
+                raise TypeError(f"redact returned {type(redacted).__name__}, not str")
+            return redacted
+        except Exception as exc:
+            self._report("the redact hook", exc)
+            return "[REDACTION FAILED]"
 
     def _capture_request(self, call: _Call, body: Mapping[str, Any]) -> None:
-        def strings(value: Any) -> Any:
-            if isinstance(value, str):
-                return self._scrub(value, call)
-            if isinstance(value, Mapping):
-                return {str(k): strings(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [strings(v) for v in value]
-            if value is None or isinstance(value, (int, float, bool)):
+        """Keep a JSON-ready copy of the request's content; it is scrubbed when the call is recorded
+        (the client's key may only be known then: an API-key provider runs inside the request)."""
+
+        def copy(value: Any) -> Any:
+            if isinstance(value, str) or value is None or isinstance(value, (int, float, bool)):
                 return value
+            if isinstance(value, Mapping):
+                return {str(k): copy(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [copy(v) for v in value]
             return None
 
         keys = ("messages", "input", "instructions", "tools")
-        call.content = {k: strings(body[k]) for k in keys if k in body and body[k] is not None}
+        call.content = {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
+
+    def _scrubbed_content(self, call: _Call, output_text: str | None) -> dict[str, Any] | None:
+        content = call.content
+        if content is None:
+            return None
+        secret = _secret(call.client)
+
+        def scrub(value: Any) -> Any:
+            if type(value) is str:
+                return self._scrub(value, secret)
+            if type(value) is dict:
+                return {k: scrub(v) for k, v in value.items()}
+            if type(value) is list:
+                return [scrub(v) for v in value]
+            return value
+
+        scrubbed: dict[str, Any] = scrub(content)
+        if output_text is not None:
+            scrubbed["output"] = self._scrub(output_text, secret)
+        return scrubbed
 
     def _error_shape(self, call: _Call, exc: BaseException) -> ErrorShape:
         status = getattr(exc, "status_code", None)
-        # decided when the call began (with its key known for scrubbing), like its content
-        message = self._scrub(str(exc), call) if call.content is not None else _safe_error_message(exc)
+        # quoted only with content capture on (decided when the call began), scrubbed like content
+        if call.content is not None:
+            message: str | None = self._scrub(str(exc), _secret(call.client))
+        else:
+            message = _safe_error_message(exc)
         return {
             "type": type(exc).__name__,
             "status_code": status if isinstance(status, int) else None,
@@ -371,7 +382,8 @@ class LLMCallMonitor:
         error: BaseException | None = None,
         output_text: str | None = None,
     ) -> None:
-        """Build, roll up and emit the record of a finished call (exactly once per call).
+        """Record a call that ended (exactly once per call): its record, built now, goes to the
+        logger and the sinks, then counts in the lens runs it began in.
 
         A result the ledger cannot read is reported and the call is still recorded, without it.
         """
@@ -379,43 +391,13 @@ class LLMCallMonitor:
             return
         call.done = True
         duration = time.perf_counter() - call.start_perf
-        prices = self.prices
-        file = None
-        later = False
-        if error is None and call.content is None and not self._sinks and not _global_sinks:
-            try:
-                # nothing needs the record now: the file's writer builds it, in a batch; or nothing
-                # ever does (no logger, no sink), and only the lenses the call counts in need its counts
-                file = self._own_file(_STATUS_LEVELS[status])
-                if file is not None or self._logger is None:
-                    later = True
-                    usage: Usage
-                    usage = usage_of(call.operation, usage_obj)  # no SDK object is kept
-                    if file is not None and (response is None or response["request_id"] is None):
-                        call.response_request_id()  # its headers (a lookup costs ~2 µs)
-                    call.http_response = None
-            except Exception as exc:
-                self._report("reading a call's result", exc)
-                file, later = None, False
-        if later:
-            call.monitor, call.status, call.response, call.usage = self, status, response, usage
-            call.duration, call.prices = duration, prices
-            if call.lenses:
-                # counted now (a lens's totals are read when it ends); the cost is worked out when
-                # the lens ends, with the others: cheaper than between the caller's own work
-                requested = call.request["model"]
-                duration_ms = rounded_ms(duration)
-                for totals in call.lenses:
-                    totals.count(status, usage, requested, None, duration_ms, call.total_cost)
-            if file is not None:
-                file._emit_later(call)
-            return
-        record, total_cost = self._record(
-            call, status, response, usage_obj, error, output_text, duration, prices
-        )
-        for totals in call.lenses:
-            totals.add(record, total_cost)
+        record, cost_units = self._record(call, status, response, usage_obj, error, output_text, duration)
         self._emit(record)
+        for run in call.lenses:
+            try:
+                run._end_call(record, cost_units)
+            except Exception as exc:  # pragma: no cover - counting only reads the record
+                self._report("counting a call in its lens", exc)
 
     def _record(
         self,
@@ -426,33 +408,37 @@ class LLMCallMonitor:
         error: BaseException | None,
         output_text: str | None,
         duration: float,
-        prices: PriceTable,
     ) -> tuple[CallRecord, int | None]:
-        """The call's record and its cost; a result it cannot read is reported and left out."""
+        """The call's record and its cost in 10**-24 USD; what it cannot read is reported and left out."""
         try:
             usage = usage_of(call.operation, usage_obj)
-            if response is not None and response["request_id"] is None:
-                response["request_id"] = call.response_request_id()
-            content = call.content
-            if content is not None and output_text is not None:
-                content["output"] = self._scrub(output_text, call)
         except Exception as exc:
             self._report("reading a call's result", exc)
-            usage, response = no_usage(), None
+            usage = no_usage()
         if response is None:
             response = {
                 "model": None,
                 "id": None,
-                "request_id": call.response_request_id(),
+                "request_id": None,
                 "content_length": None,
                 "finish_reason": None,
                 "tool_calls_count": None,
             }
-        prompt_cost = completion_cost = total_cost = None  # in 10**-24 USD
-        costs = call.priced_costs(self, prices, response["model"], usage)
+        elif type(response["model"]) is not str:
+            response["model"] = None  # e.g. a compatible server answering with a number
+        if response["request_id"] is None:
+            response["request_id"] = call.response_request_id()
+        call.http_response = None  # not kept: the call may outlive its request (a stream)
+        prompt_cost = completion_cost = total_cost = None
+        costs = self._price(response["model"], call.request["model"], usage)
         if costs is not None:
             prompt_cost, completion_cost = costs
             total_cost = prompt_cost + completion_cost
+        try:
+            error_shape = None if error is None else self._error_shape(call, error)
+        except Exception as exc:
+            self._report("reading a call's error", exc)
+            error_shape = {"type": type(error).__name__, "status_code": None, "message": None}
         record = call_record(
             status=status,
             operation=call.operation,
@@ -466,45 +452,29 @@ class LLMCallMonitor:
             prompt_cost_units=prompt_cost,
             completion_cost_units=completion_cost,
             retries=call.retries,
-            error=None if error is None else self._error_shape(call, error),
-            content=call.content,
+            error=error_shape,
+            content=self._scrubbed_content(call, output_text),
         )
         return record, total_cost
 
-    def _price(
-        self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage
-    ) -> tuple[int, int] | None:
-        """(prompt, completion) cost in 10**-24 USD, or None: no usage, no price, or unreadable."""
+    def _price(self, served: str | None, requested: str | None, usage: Usage) -> tuple[int, int] | None:
+        """(prompt, completion) cost in 10**-24 USD at the served model's price, else at the requested
+        one's; None without usage or price (a warning once per name) or when the counts do not fit."""
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
         if prompt_tokens is None or completion_tokens is None:
             return None
+        cached = usage["cached_tokens"] or 0
+        prices = self.prices
         try:
-            # the served model's price (resolved once per name), else the requested model's
-            costs = None
-            if served:
-                costs = prices._costs(served, prompt_tokens, completion_tokens, usage["cached_tokens"] or 0)
-            if costs is None:
-                costs = self._cost(prices, served, requested, usage)
-            return costs
+            for name in (served, requested):
+                if name:
+                    costs = prices._costs(name, prompt_tokens, completion_tokens, cached)
+                    if costs is not None:
+                        return costs
         except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
             self._report("pricing a call", exc)
             return None  # the call is still recorded, with a null cost
-
-    def _cost(
-        self, prices: PriceTable, served: str | None, requested: str | None, usage: Usage
-    ) -> tuple[int, int] | None:
-        """(prompt, completion) cost in 10**-24 USD at the requested model's price, when the served
-        model (tried first by ``_price``) has none; None, and a warning once per name, without."""
-        if requested and requested != served:
-            costs = prices._costs(
-                requested,
-                usage["prompt_tokens"] or 0,
-                usage["completion_tokens"] or 0,
-                usage["cached_tokens"] or 0,
-            )
-            if costs is not None:
-                return costs
         name = requested or served or "<none>"
         if name not in self._unpriced:
             self._unpriced.add(name)
@@ -515,30 +485,17 @@ class LLMCallMonitor:
             )
         return None
 
-    def _own_file(self, level: int) -> JsonlFileHandler | None:
-        """The ledger's JSONL file when a record of ``level`` goes there and nowhere else, and may be
-        given as a dict (the same line, without a ``LogRecord``)."""
-        logger = self._logger
-        if logger is None or not logger.isEnabledFor(level):
-            return None
-        handlers = logger.handlers
-        if len(handlers) == 1 and not logger.propagate and not logger.filters:
-            handler = handlers[0]
-            if type(handler) is JsonlFileHandler and handler._takes_dicts(level):
-                return handler
-        return None
-
-    def _emit(self, record: CallRecord | Mapping[str, Any]) -> None:
+    def _emit(self, record: CallRecord | LensRecord) -> None:
+        """Hand a record to the logger (whose handlers include the JSONL file) and to every sink."""
         logger = self._logger
         if logger is not None:
             level = _LEVELNO[record["level"]]
-            try:
-                file = self._own_file(level)
-                if (file is None or not file._emit_dict(record)) and logger.isEnabledFor(level):
+            if logger.isEnabledFor(level):
+                try:
                     # a LogRecord built directly: logger.log() would walk the stack to find the caller
                     logger.handle(_log_record(logger.name, level, record))
-            except Exception as exc:
-                self._report("a log handler", exc)
+                except Exception as exc:
+                    self._report("a log handler", exc)
         for sink in (*self._sinks, *_global_sinks) if _global_sinks else self._sinks:
             try:
                 sink(record)

@@ -16,7 +16,6 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Literal, TypedDict
 
 __all__ = [
@@ -128,6 +127,7 @@ class LensSummary(TypedDict):
     cached_tokens: int
     reasoning_tokens: int
     duration_ms: float
+    open_calls: int
     cost_complete: bool
 
 
@@ -249,23 +249,27 @@ def call_record(
     return record
 
 
-_PRICE_BATCH = 256  # calls a lens prices at once (see LensTotals.count)
-
-
 class LensTotals:
-    """Running totals of one lens run; thread-safe, since a lens may fan out to threads and tasks."""
+    """Running totals of one lens run; thread-safe, since a lens may fan out to threads and tasks.
+
+    A call counts from the moment it starts (``begin``) to the moment it ends (``add``). A lens
+    that ends while calls it started are still open (a stream read after the block, a thread
+    still running) reports them as ``open_calls``; its record is then emitted by the last of
+    them to end (``add`` returns True), so the log always carries the whole run.
+    """
 
     __slots__ = (
         "_lock",
         "cached_tokens",
         "calls",
+        "closed",
         "completion_tokens",
         "cost_complete",
         "cost_units",
         "duration_s",
         "errors",
         "models",
-        "priced_later",
+        "open",
         "prompt_tokens",
         "reasoning_tokens",
         "total_tokens",
@@ -274,6 +278,8 @@ class LensTotals:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.calls = 0
+        self.open = 0
+        self.closed = False
         self.errors = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -284,34 +290,26 @@ class LensTotals:
         self.cost_complete = True
         self.duration_s = 0.0
         self.models: set[str] = set()
-        # (cost in 10**-24 USD or None, whether a None makes the cost incomplete), priced at summary()
-        self.priced_later: list[tuple[Callable[[], int | None], bool]] = []
 
-    def add(self, record: CallRecord, total_cost_units: int | None) -> None:
-        """Count one finished call from its record (failed and interrupted calls count too)."""
-        self.count(
-            record["status"],
-            record["usage"],
-            record["request"]["model"],
-            total_cost_units,
-            record["timing"]["duration_ms"],
-        )
+    def begin(self) -> bool:
+        """Count a call that starts now; False once the lens has ended (it counts in no lens)."""
+        with self._lock:
+            if self.closed:
+                return False
+            self.open += 1
+            return True
 
-    def count(
-        self,
-        status: Status,
-        usage: Usage,
-        model: str | None,
-        total_cost_units: int | None,
-        duration_ms: float,
-        cost_later: Callable[[], int | None] | None = None,
-    ) -> None:
-        """Count one finished call; cost in 10**-24 USD, duration as its record gives it.
+    def add(self, record: CallRecord, total_cost_units: int | None) -> bool:
+        """Count one ended call (failed and interrupted calls count too); cost in 10**-24 USD.
 
-        ``cost_later`` gives the cost when the summary is made (pricing in a batch is cheaper).
+        True when it was the last open call of a lens that has already ended: its record is due.
         """
+        status = record["status"]
+        usage = record["usage"]
+        model = record["request"]["model"]
         with self._lock:
             self.calls += 1
+            self.open -= 1
             if status == "error":
                 self.errors += 1
             self.prompt_tokens += usage["prompt_tokens"] or 0
@@ -319,47 +317,43 @@ class LensTotals:
             self.total_tokens += usage["total_tokens"] or 0
             self.cached_tokens += usage["cached_tokens"] or 0
             self.reasoning_tokens += usage["reasoning_tokens"] or 0
-            # without a cost: an ok call without a price, or a failed call we know nothing about
-            incomplete_without = status != "error" or bool(usage["total_tokens"])
-            if cost_later is not None:
-                self.priced_later.append((cost_later, incomplete_without))
-                if len(self.priced_later) >= _PRICE_BATCH:  # a long lens holds a bounded backlog
-                    self._price_pending()
-            elif total_cost_units is not None:
+            if total_cost_units is not None:
                 self.cost_units += total_cost_units
-            elif incomplete_without:
+            elif status != "error" or usage["total_tokens"]:
+                # without a cost: an ok call without a price, or a failed call that was billed
                 self.cost_complete = False
-            self.duration_s += duration_ms / 1000
-            if model:
+            self.duration_s += record["timing"]["duration_ms"] / 1000
+            if type(model) is str:
                 self.models.add(model)
+            return self.closed and self.open == 0
 
-    def _price_pending(self) -> None:
-        for cost_later, incomplete_without in self.priced_later:
-            units = cost_later()
-            if units is not None:
-                self.cost_units += units
-            elif incomplete_without:
-                self.cost_complete = False
-        self.priced_later.clear()
+    def close(self, wall_s: float) -> tuple[LensSummary, bool]:
+        """End the run: its summary now, and whether its record is due now (no call still open)."""
+        with self._lock:
+            self.closed = True
+            return self._summary(wall_s), self.open == 0
 
     def summary(self, wall_s: float) -> LensSummary:
         """The aggregate dict an application stores in ``SourceLog.extra_data``."""
         with self._lock:
-            self._price_pending()
-            return {
-                "total_api_calls": self.calls,
-                "total_tokens": self.total_tokens,
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_cost_usd": self.cost_units / USD_UNITS,
-                "avg_duration_ms": round(self.duration_s * 1000 / self.calls, 3) if self.calls else None,
-                "models_used": sorted(self.models),
-                "errors": self.errors,
-                "cached_tokens": self.cached_tokens,
-                "reasoning_tokens": self.reasoning_tokens,
-                "duration_ms": round(wall_s * 1000, 3),
-                "cost_complete": self.cost_complete,
-            }
+            return self._summary(wall_s)
+
+    def _summary(self, wall_s: float) -> LensSummary:
+        return {
+            "total_api_calls": self.calls,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_cost_usd": self.cost_units / USD_UNITS,
+            "avg_duration_ms": round(self.duration_s * 1000 / self.calls, 3) if self.calls else None,
+            "models_used": sorted(self.models),
+            "errors": self.errors,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "duration_ms": round(wall_s * 1000, 3),
+            "open_calls": self.open,
+            "cost_complete": self.cost_complete and self.open == 0,
+        }
 
 
 def lens_record(*, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> LensRecord:

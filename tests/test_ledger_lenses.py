@@ -229,34 +229,6 @@ def test_module_level_functions_use_the_default_monitor(client: openai.OpenAI) -
     assert llm_ledger.get_monitor() is llm_ledger.get_monitor()
 
 
-def test_costs_priced_when_the_lens_ends_add_up_and_the_backlog_stays_bounded() -> None:
-    """Costs left for later are summed exactly at summary time; a long lens prices them in batches."""
-    from llm_ledger._records import USD_UNITS, LensTotals
-
-    totals = LensTotals()
-    usage: Any = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cached_tokens": 0,
-                  "reasoning_tokens": 0}  # fmt: skip
-    priced: list[int] = []
-
-    def cost(units: int | None) -> Any:
-        def price() -> int | None:
-            priced.append(1)
-            return units
-
-        return price
-
-    for _ in range(1000):
-        totals.count("ok", usage, "m", None, 1.0, cost(7 * USD_UNITS // 10**6))
-        assert len(totals.priced_later) < 256
-    no_tokens: Any = {**usage, "total_tokens": 0}
-    totals.count("error", no_tokens, "m", None, 1.0, cost(None))  # no tokens: complete
-    summary = totals.summary(1.0)
-    assert len(priced) == 1001 and not totals.priced_later
-    assert summary["total_cost_usd"] == 1000 * 7 / 10**6 and summary["cost_complete"] is True
-    totals.count("ok", usage, "m", None, 1.0, cost(None))  # an ok call without a price
-    assert totals.summary(1.0)["cost_complete"] is False
-
-
 def test_a_sink_changing_a_records_context_changes_no_other_record(
     monitor: llm_ledger.LLMCallMonitor, client: openai.OpenAI
 ) -> None:
@@ -274,21 +246,10 @@ def test_a_sink_changing_a_records_context_changes_no_other_record(
     assert [c["lens_key"] for c in seen] == ["mine", "mine", "mine"]  # two calls, then the summary
 
 
-def test_a_monitor_without_logger_or_sink_builds_no_records_and_still_sums_its_lenses(
-    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, monkeypatch: pytest.MonkeyPatch
+def test_a_monitor_without_logger_or_sink_still_sums_its_lenses(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
 ) -> None:
-    """Records nobody would receive are not built; lens summaries are the same as with a sink."""
-    from llm_ledger import _monitor, _records
-
-    built = 0
-    call_record = _records.call_record
-
-    def counted(**fields: Any) -> Any:
-        nonlocal built
-        built += 1
-        return call_record(**fields)
-
-    monkeypatch.setattr(_monitor, "call_record", counted)
+    """Lens summaries are the same whether anything hears the call records or not."""
 
     def run() -> dict[str, Any]:
         with monitor.lens("quiet") as run:
@@ -298,11 +259,9 @@ def test_a_monitor_without_logger_or_sink_builds_no_records_and_still_sums_its_l
         return {k: v for k, v in run.summary.items() if "duration" not in k}
 
     unheard = run()
-    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # in no lens: nothing to do
-    assert built == 0
     with llm_ledger.testing.capture(monitor) as captured:
         heard = run()
-    assert built == 2 and len(captured.calls) == 2
+    assert len(captured.calls) == 2
     assert unheard == heard
     assert unheard["total_api_calls"] == 2 and unheard["total_cost_usd"] > 0
 

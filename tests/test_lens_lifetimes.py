@@ -1,0 +1,265 @@
+"""Every call counts in the lens it began in: streams read after the block, threads, generators;
+and nothing a call carries makes a lens or a record fail."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+from llm_ledger.testing import Captured
+from tests.conftest import FAKE_KEY
+from tests.fake_openai import FakeOpenAI
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def _sums(calls: list[dict[str, Any]]) -> tuple[int, int, float]:
+    return (
+        len(calls),
+        sum(c["usage"]["total_tokens"] for c in calls),
+        sum(c["cost"]["total_cost_usd"] for c in calls),
+    )
+
+
+def test_a_stream_read_after_its_lens_ended_counts_in_it(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A stream opened in a lens and read after it (a web handler's streaming response) shows as
+    open in the summary at the block's end; the lens record, written when it ends, counts it."""
+    with monitor.lens("handler") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+    assert run.summary is not None
+    at_exit = run.summary
+    assert at_exit["open_calls"] == 1 and at_exit["total_api_calls"] == 1
+    assert at_exit["cost_complete"] is False
+    assert records.lenses == []  # not written yet: it would be missing the stream
+    for _ in stream:
+        pass
+    (lens,) = records.lenses
+    calls = records.calls
+    assert all(c["context"]["lens_run_id"] == run.run_id for c in calls)
+    summary = lens["summary"]
+    assert (summary["total_api_calls"], summary["total_tokens"]) == _sums(calls)[:2]
+    assert summary["total_cost_usd"] == pytest.approx(_sums(calls)[2])
+    assert summary["open_calls"] == 0 and summary["cost_complete"] is True
+    assert run.summary == summary and lens["context"]["lens_run_id"] == run.run_id
+
+
+@pytest.mark.asyncio
+async def test_an_async_stream_closed_after_its_lens_ended_counts_in_it(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An async stream left open by the block and closed later ends the lens run as interrupted."""
+    async with monitor.lens("handler") as run:
+        stream = await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+    assert run.summary is not None and run.summary["open_calls"] == 1
+    await stream.close()
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 1 and lens["summary"]["open_calls"] == 0
+    assert records.calls[0]["status"] == "interrupted"
+
+
+def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Work a lens handed to a thread that only starts its call after the lens ended is not
+    counted in it (its record still carries the lens's context)."""
+    started = threading.Event()
+
+    def late_call() -> None:
+        started.wait(5)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    with monitor.lens("fan_out") as run:
+        worker = threading.Thread(target=llm_ledger.propagate(late_call))
+        worker.start()
+    started.set()
+    worker.join(5)
+    assert run.summary is not None and run.summary["total_api_calls"] == 0
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 0
+    assert records.calls[0]["context"]["lens_run_id"] == run.run_id
+
+
+def test_propagate_carries_the_lens_into_threads_and_executors(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """``ThreadPoolExecutor.submit``, ``threading.Thread`` and ``run_in_executor`` count in the lens
+    with ``propagate``; without it, a thread starts in an empty context and counts in none."""
+
+    def call() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    async def in_executor() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, llm_ledger.propagate(call))
+
+    with ThreadPoolExecutor(4) as pool, monitor.lens("threads", source_id="doc-1") as run:
+        wrapped = llm_ledger.propagate(call)
+        futures = [pool.submit(wrapped) for _ in range(4)]  # one wrapped function on 4 threads at once
+        for future in futures:
+            future.result()
+        thread = threading.Thread(target=llm_ledger.propagate(call))
+        thread.start()
+        thread.join()
+        asyncio.run(in_executor())
+        pool.submit(call).result()  # not propagated
+    assert run.summary is not None and run.summary["total_api_calls"] == 6
+    mine = [c for c in records.calls if c["context"].get("lens_run_id") == run.run_id]
+    assert len(mine) == 6 and all(c["context"]["source_id"] == "doc-1" for c in mine)
+    assert [c["context"]["lens_key"] for c in records.calls].count(None) == 1
+
+
+def test_a_decorated_generator_keeps_its_lens_open_for_its_life(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Calls made between the items of a ``@lens`` generator count in one run; the code iterating
+    over it is not inside the lens."""
+
+    @monitor.lens("pages")
+    def pages(n: int) -> Iterator[str]:
+        for _ in range(n):
+            yield client.chat.completions.create(model="gpt-4o-mini", messages=HI).id
+
+    seen = []
+    for page in pages(3):
+        seen.append(page)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the caller's own call
+    (lens,) = records.lenses
+    assert len(seen) == 3 and lens["summary"]["total_api_calls"] == 3
+    callers = [c for c in records.calls if c["context"]["lens_key"] is None]
+    assert len(callers) == 3
+
+
+def test_a_decorated_generator_closed_early_ends_its_lens(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Breaking out of a ``@lens`` generator ends its run with the calls made so far."""
+
+    @monitor.lens("pages")
+    def pages() -> Generator[int, None, None]:
+        while True:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            yield 1
+
+    generator = pages()
+    next(generator)
+    next(generator)
+    generator.close()
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 2
+
+
+@pytest.mark.asyncio
+async def test_a_decorated_async_generator_keeps_its_lens_open_for_its_life(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """The same for ``@lens`` on an async generator, including fan-out inside it."""
+
+    @monitor.lens("pages")
+    async def pages(n: int) -> AsyncIterator[int]:
+        for _ in range(n):
+            await asyncio.gather(
+                aclient.chat.completions.create(model="gpt-4o-mini", messages=HI),
+                aclient.chat.completions.create(model="gpt-4o-mini", messages=HI),
+            )
+            yield 2
+
+    total = 0
+    async for count in pages(3):
+        total += count
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the caller's own
+    (lens,) = records.lenses
+    assert total == 6 and lens["summary"]["total_api_calls"] == 6
+    assert sum(c["context"]["lens_key"] is None for c in records.calls) == 3
+
+
+def test_odd_model_values_never_raise_into_the_lens(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A number or a dict as ``model`` (the server answers 400) is recorded and counted; the lens
+    block ends normally with the string model in ``models_used``."""
+    with monitor.lens("odd") as run:
+        for model in (123, {"name": "gpt-4o"}):
+            with pytest.raises(openai.BadRequestError):
+                client.chat.completions.create(model=model, messages=HI)  # type: ignore[call-overload]
+        client.chat.completions.create(model="gpt-4o", messages=HI)
+    assert run.summary is not None
+    assert run.summary["total_api_calls"] == 3 and run.summary["errors"] == 2
+    assert run.summary["models_used"] == ["gpt-4o"]
+    assert [c["request"]["model"] for c in records.calls] == [None, None, "gpt-4o"]
+    assert len(records.lenses) == 1
+
+
+def test_a_redact_hook_that_raises_leaves_the_record_and_leaks_nothing(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """A ``redact`` hook that fails costs the captured text (a placeholder), never the record,
+    the lens count or the caller's result; the failure is reported."""
+
+    def broken(text: str) -> str:
+        raise ValueError("redactor down")
+
+    monitor.capture_content = True
+    monitor.redact = broken
+    with monitor.lens("hooked") as run:
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert answer.choices[0].message.content
+    (call,) = records.calls
+    assert call["status"] == "ok" and call["usage"]["total_tokens"]
+    assert call["content"]["messages"][0]["content"] == "[REDACTION FAILED]"
+    assert call["content"]["output"] == "[REDACTION FAILED]"
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert any("redact hook" in r.getMessage() for r in internal_log.records)
+
+
+def test_a_key_from_an_api_key_provider_is_redacted_from_the_first_call(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """With content capture on, the key an API-key provider function returns is scrubbed from the
+    captured text of the very first call (the provider runs inside the request)."""
+    monitor.capture_content = True
+    with openai.OpenAI(api_key=lambda: FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = monitor.instrument(raw)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": FAKE_KEY}])
+    (call,) = records.calls
+    assert FAKE_KEY not in str(call) and "[REDACTED]" in str(call["content"])
+
+
+def test_without_configure_an_error_record_is_not_printed_as_a_dict(fake_openai: FakeOpenAI) -> None:
+    """An application that never calls ``configure()`` gets no dict reprs on stderr from failed
+    calls; with its own root handler, records read as JSON."""
+    script = f"""
+import logging, sys, openai, llm_ledger
+if sys.argv[1] == "root":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+raw = openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}, max_retries=0)
+client = llm_ledger.instrument(raw)
+try:
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}],
+                                   extra_headers={{"x-fake-status": "400"}})
+except openai.BadRequestError:
+    pass
+"""
+    bare = subprocess.run([sys.executable, "-c", script, "bare"], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 0, bare.stderr
+    assert "{'timestamp'" not in bare.stderr and "llm_api_call" not in bare.stderr
+    rooted = subprocess.run(
+        [sys.executable, "-c", script, "root"], capture_output=True, text=True, timeout=60
+    )
+    assert rooted.returncode == 0, rooted.stderr
+    assert '"event":"llm_api_call"' in rooted.stderr and "{'timestamp'" not in rooted.stderr
