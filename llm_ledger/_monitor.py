@@ -88,6 +88,22 @@ def _forget_templates() -> None:
 os.register_at_fork(after_in_child=_forget_templates)
 
 
+def _heard(logger: logging.Logger, level: int) -> bool:
+    """Whether logging would hand a record of ``level`` to a handler that keeps it: the handlers
+    ``Logger.callHandlers`` would reach, less ``NullHandler``s. Not building a ``LogRecord`` nobody
+    hears saves most of the logger's cost, and never wakes logging's last resort (stderr) in an
+    application that configured no logging."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if level >= handler.level and type(handler) is not logging.NullHandler:
+                return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
 class _LedgerLogRecord(logging.LogRecord):
     """A ledger record as a ``LogRecord``: its message is the record dict, shown as JSON by
     handlers that format it as text (a root handler, logging's last resort), not as a dict repr."""
@@ -231,14 +247,9 @@ class LLMCallMonitor:
         self.redact = redact
         self.stream_usage = stream_usage
         self._logger = logging.getLogger(logger) if logger is not None else None
-        if self._logger is not None:
-            if self._logger.level == logging.NOTSET:
-                # records are INFO; without this the root logger's default WARNING would drop them
-                self._logger.setLevel(logging.INFO)
-            if not self._logger.handlers:
-                # a library's logger: nothing printed by logging's last resort when the application
-                # configured no logging (records still propagate to the handlers it configures)
-                self._logger.addHandler(logging.NullHandler())
+        if self._logger is not None and self._logger.level == logging.NOTSET:
+            # records are INFO; without this the root logger's default WARNING would drop them
+            self._logger.setLevel(logging.INFO)
         self._sinks: tuple[Sink, ...] = tuple(sinks)
         self._sinks_lock = threading.Lock()
         self._unpriced: set[str] = set()
@@ -490,12 +501,12 @@ class LLMCallMonitor:
         logger = self._logger
         if logger is not None:
             level = _LEVELNO[record["level"]]
-            if logger.isEnabledFor(level):
-                try:
+            try:
+                if logger.isEnabledFor(level) and _heard(logger, level):
                     # a LogRecord built directly: logger.log() would walk the stack to find the caller
                     logger.handle(_log_record(logger.name, level, record))
-                except Exception as exc:
-                    self._report("a log handler", exc)
+            except Exception as exc:
+                self._report("a log handler", exc)
         for sink in (*self._sinks, *_global_sinks) if _global_sinks else self._sinks:
             try:
                 sink(record)
