@@ -12,7 +12,15 @@ from typing import Any, cast
 
 from ._records import RequestShape, ResponseShape, Usage
 
-__all__ = ["OPERATIONS", "no_usage", "request_shape", "response_shape", "usage_of"]
+__all__ = [
+    "OPERATIONS",
+    "JsonView",
+    "no_usage",
+    "output_text",
+    "request_shape",
+    "response_shape",
+    "usage_of",
+]
 
 # SDK request path -> operation name (OpenTelemetry's gen_ai.operation.name where one exists)
 OPERATIONS: dict[str, str] = {
@@ -146,6 +154,30 @@ class _Attributes:
         return getattr(self._obj, name, default)
 
 
+class JsonView:
+    """A JSON object read by attribute, as the SDK's models are (nested objects wrapped when read).
+
+    A body the ledger parses itself (raw and streamed responses) is read by the same functions as
+    the SDK's objects; only what they read is wrapped (an embeddings body's vectors never are).
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        if type(value) is dict:
+            return JsonView(value)
+        if type(value) is list:
+            return [JsonView(v) if type(v) is dict else v for v in value]
+        return value
+
+
 def _fields(obj: Any) -> Any:
     """An SDK object's field values, read by ``.get(name)`` after one attribute lookup.
 
@@ -254,6 +286,28 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         },
         fields.get("usage"),
     )
+
+
+def output_text(operation: str, response: Any) -> str | None:
+    """The text of a chat / responses answer (captured only when content capture is on)."""
+    if operation == "chat":
+        return "".join(
+            getattr(getattr(c, "message", None), "content", None) or "" for c in _list(response, "choices")
+        )
+    if operation == "responses":
+        parts = [
+            getattr(part, "text", None) or ""
+            for item in _list(response, "output")
+            if getattr(item, "type", None) == "message"
+            for part in _list(item, "content")
+            if getattr(part, "type", None) == "output_text"
+        ]
+        return "".join(parts)
+    return None
+
+
+def _list(obj: Any, name: str) -> Any:
+    return getattr(obj, name, None) or ()
 
 
 def _responses_output(response: Any) -> tuple[int, int, Any]:

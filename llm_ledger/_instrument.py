@@ -2,9 +2,9 @@
 
 The seam is the client's public ``request`` method, which every resource goes through
 (``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``,
-``responses.create``, and their ``with_raw_response`` variants). The instance gets its own
-``request``; ``copy`` / ``with_options`` are extended so derived clients stay instrumented.
-Other endpoints pass straight through.
+``responses.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
+The instance gets its own ``request``; ``copy`` / ``with_options`` are extended so derived
+clients stay instrumented. Other endpoints pass straight through.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import asyncio
 import inspect
 from collections.abc import Mapping
 from contextvars import ContextVar
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ._extract import OPERATIONS, request_shape, response_shape
+from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
 from ._monitor import _Call
-from ._streams import watch_stream
+from ._streams import finish_body, tap_body, watch_stream
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor
@@ -67,7 +66,9 @@ def _hook_http_client(client: Any, is_async: bool) -> None:
     setattr(http, _HOOKED_ATTR, True)
 
 
-def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> tuple[_Call | None, Any]:
+def _begin(
+    monitor: LLMCallMonitor, client: Any, options: Any, stream: bool, counts_retries: bool
+) -> tuple[_Call | None, Any]:
     """Start watching a call; returns the call (None if not watched) and the options to send."""
     operation = OPERATIONS.get(options.url)
     if operation is None or options.method != "post":
@@ -81,16 +82,18 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
             monitor._capture_request(call, body)
         else:
             call = _Call(operation, request_shape(operation, body, stream=stream), None)
+        if not counts_retries:
+            call.retries = None
         headers = options.headers
         raw = call.raw = (
             headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
         )
-        if raw == "stream":
-            call.hide_usage = False  # the caller reads the HTTP body itself: send the request unchanged
-        elif stream and operation == "chat" and monitor.stream_usage:
+        # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
+        # (only the SDK's parsed chunks can hide the extra usage chunk) or said include_usage: False
+        if stream and operation == "chat" and monitor.stream_usage and raw in (None, "true"):
             stream_options = body.get("stream_options")
-            asked = isinstance(stream_options, Mapping) and stream_options.get("include_usage") is True
-            if not asked:
+            said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
+            if said is None:
                 options = options.model_copy()
                 options.json_data = {
                     **body,
@@ -107,6 +110,7 @@ def _begin(monitor: LLMCallMonitor, client: Any, options: Any, stream: bool) -> 
 
 
 def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
+    """Record a call whose request raised ``exc`` (``interrupted`` for a cancelled task or Ctrl-C)."""
     status: Status = (
         "interrupted" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) else "error"
     )
@@ -135,7 +139,7 @@ def _record_bare(monitor: LLMCallMonitor, call: _Call, status: Status, exc: Base
 
 
 def _read_body(call: _Call) -> Any:
-    """The 2xx JSON body of a failed call, if the SDK already read it (as an attribute namespace)."""
+    """The 2xx JSON body of a failed call, if the SDK already read it (read by attribute)."""
     response = call.http_response
     if response is None or not 200 <= response.status_code < 300 or call.request["stream"]:
         return None
@@ -143,46 +147,43 @@ def _read_body(call: _Call) -> Any:
         data = orjson.loads(response.content)  # raises if the body was never read: then we do not read it
     except Exception:
         return None
-    return _namespace(data) if isinstance(data, dict) else None
-
-
-def _namespace(value: Any) -> Any:
-    """JSON objects as attribute namespaces, so response_shape() reads them like SDK models."""
-    if isinstance(value, dict):
-        return SimpleNamespace(**{str(k): _namespace(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return [_namespace(v) for v in value]
-    return value
+    return JsonView(data) if type(data) is dict else None
 
 
 def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) -> None:
     try:
-        target = result
-        if call.raw is not None and hasattr(result, "parse"):  # with_raw_response / with_streaming_response
-            if call.raw == "stream":
-                monitor._finish(call, "ok", None, None)  # body not read yet: shape unknown
-                return
-            target = result.parse()  # cached by the SDK: the caller's parse() gets the same object
-            if inspect.isawaitable(target):
-                # async raw responses parse lazily; the caller will await it, we must not
-                getattr(target, "close", lambda: None)()
-                monitor._finish(call, "ok", None, None)
-                return
-        if call.request["stream"] and hasattr(target, "_iterator"):
-            call.response_request_id()
-            call.http_response = None  # the call outlives its request (an abandoned stream's finalizer)
-            watch_stream(monitor, call, target, is_async=is_async)
+        raw = call.raw
+        if raw is not None and hasattr(result, "http_response"):  # with_raw / with_streaming_response
+            http_response = result.http_response
+            if call.request["stream"] and raw == "true":
+                # with_raw_response: parse() is cached by the SDK and not a coroutine, even on async
+                # clients: the caller's parse() gets the stream watched here
+                _watch(monitor, call, result.parse(), is_async)
+            elif call.request["stream"] or raw == "stream":
+                # the body is not read yet, and the caller may read it any way: watch its bytes
+                call.response_request_id()
+                call.http_response = None
+                tap_body(monitor, call, http_response, is_async=is_async)
+            else:
+                # the SDK read the body: read it as create() would, without the caller's parse()
+                headers = http_response.headers
+                finish_body(monitor, call, http_response.content, headers.get("content-type") or "")
             return
-        shape, usage = response_shape(call.operation, target)
-        output = None
-        if call.content is not None and call.operation == "chat":
-            output = "".join(c.message.content or "" for c in getattr(target, "choices", ()) or ())
-        elif call.content is not None and call.operation == "responses":
-            output = getattr(target, "output_text", None)
+        if call.request["stream"] and hasattr(result, "_iterator"):
+            _watch(monitor, call, result, is_async)
+            return
+        shape, usage = response_shape(call.operation, result)
+        output = output_text(call.operation, result) if call.content is not None else None
         monitor._finish(call, "ok", shape, usage, output_text=output)
     except Exception as exc:
         monitor._report("recording a call", exc)
         _record_bare(monitor, call, "ok", None)
+
+
+def _watch(monitor: LLMCallMonitor, call: _Call, stream: Any, is_async: bool) -> None:
+    call.response_request_id()
+    call.http_response = None  # the call outlives its request (an abandoned stream's finalizer)
+    watch_stream(monitor, call, stream, is_async=is_async)
 
 
 def _count_retries(instance: Any, is_async: bool) -> bool:
@@ -223,16 +224,15 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     is_async = inspect.iscoroutinefunction(original)
     counts_retries = _count_retries(instance, is_async)
 
+    # thin shells around _begin / _succeed / _fail: the one difference is the await
     if is_async:
 
         async def arequest(
             cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
         ) -> Any:
-            call, options = _begin(monitor, instance, options, stream)
+            call, options = _begin(monitor, instance, options, stream, counts_retries)
             if call is None:
                 return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
-            if not counts_retries:
-                call.retries = None
             token = _active.set(call)
             try:
                 result = await original(cast_to, options, stream=stream, stream_cls=stream_cls)
@@ -248,11 +248,9 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     else:
 
         def request(cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
-            call, options = _begin(monitor, instance, options, stream)
+            call, options = _begin(monitor, instance, options, stream, counts_retries)
             if call is None:
                 return original(cast_to, options, stream=stream, stream_cls=stream_cls)
-            if not counts_retries:
-                call.retries = None
             token = _active.set(call)
             try:
                 result = original(cast_to, options, stream=stream, stream_cls=stream_cls)

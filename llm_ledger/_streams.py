@@ -1,47 +1,69 @@
-"""Watching streams: counters only, never the chunks.
+"""Watching streams and bodies the caller reads itself: counters only, never the chunks.
 
-The SDK's ``Stream`` / ``AsyncStream`` object the caller receives stays the same object; only
-its chunk iterator is wrapped and its ``close`` extended, so the caller gets exactly the chunks
-it would get without the ledger (minus the usage chunk the ledger asked for on its behalf).
-The record is written when the stream ends, when it is closed early, or when it is abandoned
-and collected (status ``interrupted``).
+One state machine (``_StreamState``) reads each chat chunk or Responses event as a field dict: an
+SDK object's ``__dict__``, or the JSON object itself. Two kinds of thin shells drive it, each in a
+sync and an async form of a few lines:
+
+- an SDK ``Stream`` / ``AsyncStream`` keeps its identity; only its chunk iterator is wrapped and
+  its ``close`` extended. Each chunk reaches the caller as soon as it arrives, exactly as the bare
+  SDK gives it (minus the usage chunk the ledger asked for on the caller's behalf);
+- a body the caller reads itself (``with_streaming_response``) is tapped at its HTTP byte stream,
+  so whichever way it is read (``parse()``, ``iter_lines()``, ``read()``, ``json()``...) the same
+  bytes pass through an incremental SSE / JSON reader feeding the same state machine.
+
+The record is written when the answer is complete (the usage chunk, ``response.completed``), when
+the body ends, fails or is closed, or when an abandoned stream is collected.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._extract import response_shape
+import httpx2
+import orjson
+
+from ._extract import JsonView, output_text, response_shape
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor, _Call
+    from ._records import Status
 
-__all__ = ["watch_stream"]
+__all__ = ["finish_body", "tap_body", "watch_stream"]
 
-# what one chat chunk is (_StreamState.chat_chunk)
-ORDINARY, FINISHED, USAGE_ONLY = 0, 1, 2
+
+def _fields(obj: Any) -> Any:
+    """The field dict of a JSON object or of an SDK model (its ``__dict__``); None otherwise."""
+    return obj if type(obj) is dict else getattr(obj, "__dict__", None)
 
 
 class _StreamState:
+    """What one stream has shown so far, and its record, written once."""
+
     __slots__ = (
         "__weakref__",
         "call",
         "chars",
         "finish_reason",
+        "hide_usage",
         "id",
         "model",
         "monitor",
         "text",
         "tool_calls",
         "usage",
+        "warm",
     )
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
         self.monitor = monitor
         self.call = call
+        self.hide_usage = call.hide_usage
         self.chars = 0
         self.tool_calls = 0
         self.finish_reason: str | None = None
@@ -49,8 +71,142 @@ class _StreamState:
         self.model: str | None = None
         self.id: str | None = None
         self.text: list[str] | None = [] if call.content is not None else None
+        self.warm = False  # the id and the first token are known: plain text chunks take the short path
 
-    def finish(self, status: str, error: BaseException | None = None) -> None:
+    # -- chat completions ---------------------------------------------------------------------------
+
+    def chat_model(self, chunk: Any) -> bool:
+        """Count one SDK chunk; whether the caller gets it."""
+        fields = getattr(chunk, "__dict__", None)
+        if type(fields) is not dict:
+            return True  # not one of the SDK's models: handed on unread
+        if self.hide_usage and fields.get("usage") is None:
+            # the server sends "usage": null on every chunk once usage is asked for: the bare SDK's
+            # chunk has no such field set (to_dict() / model_dump(exclude_unset=True) show it)
+            chunk.__pydantic_fields_set__.discard("usage")
+        return self.chat(fields)
+
+    def chat(self, fields: dict[str, Any]) -> bool:
+        """Count one chunk (its field dict); False for the usage chunk the caller did not ask for."""
+        if self.warm and fields.get("usage") is None:
+            # the short path (nearly every chunk): one choice, not finished, no tool call, no usage;
+            # what _chat does with such a chunk, without its checks. Fields are read from the models'
+            # __dict__: an attribute read on them goes through pydantic's __getattr__ hook, ~7x the
+            # cost of a dict lookup
+            choices = fields.get("choices")
+            if choices and len(choices) == 1:
+                choice = choices[0]
+                choice = choice if type(choice) is dict else getattr(choice, "__dict__", None)
+                if type(choice) is dict and choice.get("finish_reason") is None:
+                    delta = choice.get("delta")
+                    delta = delta if type(delta) is dict else getattr(delta, "__dict__", None)
+                    if type(delta) is dict and not delta.get("tool_calls"):
+                        content = delta.get("content")
+                        if content:
+                            self.chars += len(content)
+                            if self.text is not None:
+                                self.text.append(content)
+                        return True
+        return self._chat(fields)
+
+    def _chat(self, fields: dict[str, Any]) -> bool:
+        call = self.call
+        if self.id is None:
+            self.model = fields.get("model")
+            self.id = fields.get("id")
+        usage = fields.get("usage")
+        if type(usage) is dict:
+            usage = JsonView(usage)
+        choices = fields.get("choices")
+        if not choices:
+            if usage is None:
+                return True
+            # the usage chunk closes the answer: recorded now, before the caller decides to stop
+            self.usage = usage
+            self._finish("ok")
+            return not self.hide_usage
+        for choice in choices:
+            choice = _fields(choice) or {}
+            delta = _fields(choice.get("delta"))
+            if delta:
+                text = delta.get("content")
+                if text:
+                    if call.ttft is None:
+                        call.ttft = time.perf_counter() - call.start_perf
+                    self.chars += len(text)
+                    if self.text is not None:
+                        self.text.append(text)
+                tool_calls = delta.get("tool_calls")
+                if tool_calls:
+                    if call.ttft is None:
+                        call.ttft = time.perf_counter() - call.start_perf
+                    self.tool_calls += sum(1 for t in tool_calls if (_fields(t) or {}).get("id"))
+            if choice.get("finish_reason") and self.finish_reason is None:
+                self.finish_reason = choice["finish_reason"]
+        if usage is not None:  # some compatible servers send usage on content chunks
+            self.usage = usage
+        self.warm = call.ttft is not None and self.id is not None
+        return True
+
+    # -- responses ------------------------------------------------------------------------------------
+
+    def event_model(self, event: Any) -> bool:
+        """Count one SDK Responses event; the caller gets every one."""
+        fields = getattr(event, "__dict__", None)
+        if type(fields) is dict:
+            self.event(fields)
+        return True
+
+    def event(self, fields: dict[str, Any]) -> bool:
+        """Count one Responses event (its field dict)."""
+        kind = fields.get("type")
+        call = self.call
+        if kind == "response.output_text.delta":
+            delta = fields.get("delta") or ""
+            if call.ttft is None:
+                call.ttft = time.perf_counter() - call.start_perf
+            self.chars += len(delta)
+            if self.text is not None:
+                self.text.append(delta)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = fields.get("response")
+            if type(response) is dict:
+                response = JsonView(response)
+            try:
+                shape, usage = response_shape("responses", response)
+                shape["request_id"] = call.request_id
+                error = None
+                if kind == "response.failed":
+                    error = _ResponseFailed(getattr(response, "error", None))
+                text = "".join(self.text) if self.text is not None else None
+                self.monitor._finish(
+                    call, "error" if error else "ok", shape, usage, error=error, output_text=text
+                )
+            except Exception as exc:
+                self.monitor._report("recording a stream", exc)
+                self._finish("ok")
+        return True
+
+    # -- the end ----------------------------------------------------------------------------------------
+
+    def end(self) -> None:
+        """The stream ended, or the caller stopped reading (close, collected, break after the answer).
+
+        The call is ``ok`` once the answer finished (a finish_reason seen), with the usage seen so
+        far: null when the caller stopped before a separate usage chunk. Before that: ``interrupted``.
+        """
+        self._finish("ok" if self.finish_reason is not None else "interrupted")
+
+    def fail(self, exc: BaseException) -> None:
+        """The stream raised ``exc``: ``error``, or as ``end()`` for a cancelled task or Ctrl-C."""
+        if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+            self._finish("error", exc)
+        elif self.finish_reason is not None:
+            self._finish("ok")
+        else:
+            self._finish("interrupted", exc)
+
+    def _finish(self, status: Status, error: BaseException | None = None) -> None:
         call = self.call
         if call.done:
             return
@@ -63,86 +219,10 @@ class _StreamState:
                 "finish_reason": self.finish_reason,
                 "tool_calls_count": self.tool_calls,
             }
-            self.monitor._finish(
-                call,
-                status,  # type: ignore[arg-type]
-                response,  # type: ignore[arg-type]
-                self.usage,
-                error=error,
-                output_text="".join(self.text) if self.text is not None else None,
-            )
+            text = "".join(self.text) if self.text is not None else None
+            self.monitor._finish(call, status, response, self.usage, error=error, output_text=text)  # type: ignore[arg-type]
         except Exception as exc:
             self.monitor._report("recording a stream", exc)
-
-    def abandon(self) -> None:
-        self.finish("interrupted")
-
-    # -- chat completions ---------------------------------------------------------------------------
-
-    def chat_chunk(self, chunk: Any) -> int:
-        """Count one chunk: ORDINARY, FINISHED (the last choice finished and usage is still to
-        come) or USAGE_ONLY (the final chunk with no choices and the usage).
-
-        Most chunks skip this: ``_chat_sync`` / ``_chat_async`` count a plain text chunk inline (the
-        short path), which must stay what this method does with such a chunk."""
-        if self.id is None:
-            self.model = chunk.model
-            self.id = chunk.id
-        choices = chunk.choices
-        if not choices:
-            usage = getattr(chunk, "usage", None)
-            if usage is None:
-                return ORDINARY
-            self.usage = usage
-            return USAGE_ONLY
-        call = self.call
-        finished = False
-        for choice in choices:
-            delta = choice.delta
-            if delta is not None:
-                text = delta.content
-                if text:
-                    if call.ttft is None:
-                        call.ttft = time.perf_counter() - call.start_perf
-                    self.chars += len(text)
-                    if self.text is not None:
-                        self.text.append(text)
-                if delta.tool_calls:
-                    if call.ttft is None:
-                        call.ttft = time.perf_counter() - call.start_perf
-                    for tool_call in delta.tool_calls:
-                        if tool_call.id:
-                            self.tool_calls += 1
-            if choice.finish_reason:
-                self.finish_reason = self.finish_reason or choice.finish_reason
-                finished = True
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:  # some compatible servers send usage on the last content chunk
-            self.usage = usage
-        return FINISHED if finished and self.usage is None else ORDINARY
-
-    # -- responses ------------------------------------------------------------------------------------
-
-    def response_event(self, event: Any) -> None:
-        kind = event.type
-        call = self.call
-        if kind == "response.output_text.delta":
-            if call.ttft is None:
-                call.ttft = time.perf_counter() - call.start_perf
-            self.chars += len(event.delta)
-            if self.text is not None:
-                self.text.append(event.delta)
-        elif kind in ("response.completed", "response.incomplete", "response.failed"):
-            response = event.response
-            shape, usage = response_shape("responses", response)
-            shape["request_id"] = call.request_id
-            if self.text is not None:
-                self.text = ["".join(self.text)]
-            error = _ResponseFailed(getattr(response, "error", None)) if kind == "response.failed" else None
-            try:
-                self.monitor._finish(call, "error" if error else "ok", shape, usage, error=error)
-            except Exception as exc:
-                self.monitor._report("recording a stream", exc)
 
 
 class _ResponseFailed(Exception):
@@ -153,169 +233,55 @@ class _ResponseFailed(Exception):
         self.code = getattr(detail, "code", None)
 
 
-def _warm(state: _StreamState, chunk: Any) -> bool:
-    """Whether the chunks after ``chunk`` may take the short path: the first token and the id are
-    known (chat_chunk has nothing more to set once), and the chunks have a ``usage`` field."""
-    return state.call.ttft is not None and state.id is not None and hasattr(chunk, "usage")
+# -- SDK streams: the chunk iterator wrapped in place ------------------------------------------------
 
 
-def _chat_sync(state: _StreamState, chunks: Iterator[Any], hide_usage: bool) -> Iterator[Any]:
-    count = state.chat_chunk
-    text = state.text
-    warm = False  # the id and the first token are known: plain text chunks take the short path
+def _sdk_sync(state: _StreamState, chunks: Iterator[Any], see: Callable[[Any], bool]) -> Iterator[Any]:
     try:
         for chunk in chunks:
-            if warm:
-                # the short path (nearly every chunk): one choice, not finished, no tool call, no
-                # usage; what chat_chunk would do with it, without its call and its checks
-                # fields read from the models' __dict__: an attribute read on them goes through
-                # pydantic's __getattr__ hook, ~7x the cost of a dict lookup
-                fields = getattr(chunk, "__dict__", None)
-                choices = (
-                    fields.get("choices") if type(fields) is dict and fields.get("usage") is None else None
-                )
-                if choices and len(choices) == 1:
-                    choice = getattr(choices[0], "__dict__", None)
-                    delta = getattr(choice.get("delta"), "__dict__", None) if type(choice) is dict else None
-                    if (
-                        type(delta) is dict
-                        and choice.get("finish_reason") is None  # type: ignore[union-attr]
-                        and not delta.get("tool_calls")
-                    ):
-                        content = delta.get("content")
-                        if content:
-                            state.chars += len(content)
-                            if text is not None:
-                                text.append(content)
-                        yield chunk
-                        continue
-            kind = count(chunk)
-            warm = _warm(state, chunk)
-            if kind == ORDINARY:
+            try:
+                show = see(chunk)
+            except Exception as exc:  # a fault in the ledger: the caller still gets the chunk
+                state.monitor._report("watching a stream", exc)
+                show = True
+            if show:
                 yield chunk
-            elif kind == USAGE_ONLY:
-                state.finish("ok")
-                if not hide_usage:
-                    yield chunk
-            else:
-                # FINISHED: read the usage chunk before handing over the last content chunk, so a
-                # caller that stops reading there still gets its usage recorded
-                following = next(chunks, None)
-                following_kind = ORDINARY if following is None else count(following)
-                if following_kind == USAGE_ONLY:
-                    state.finish("ok")
-                yield chunk
-                if following is not None and not (hide_usage and following_kind == USAGE_ONLY):
-                    yield following
     except GeneratorExit:
-        state.finish("interrupted")
+        state.end()
         raise
     except BaseException as exc:
-        state.finish("error", exc)
+        state.fail(exc)
         raise
-    # no finish_reason: the connection closed mid-stream without an error (close-delimited body)
-    state.finish("ok" if state.finish_reason is not None else "interrupted")
+    state.end()
 
 
-async def _chat_async(
-    state: _StreamState, chunks: AsyncIterator[Any], hide_usage: bool
+async def _sdk_async(
+    state: _StreamState, chunks: AsyncIterator[Any], see: Callable[[Any], bool]
 ) -> AsyncIterator[Any]:
-    count = state.chat_chunk
-    text = state.text
-    warm = False  # the id and the first token are known: plain text chunks take the short path
     try:
         async for chunk in chunks:
-            if warm:
-                # the short path (nearly every chunk): one choice, not finished, no tool call, no
-                # usage; what chat_chunk would do with it, without its call and its checks
-                # fields read from the models' __dict__: an attribute read on them goes through
-                # pydantic's __getattr__ hook, ~7x the cost of a dict lookup
-                fields = getattr(chunk, "__dict__", None)
-                choices = (
-                    fields.get("choices") if type(fields) is dict and fields.get("usage") is None else None
-                )
-                if choices and len(choices) == 1:
-                    choice = getattr(choices[0], "__dict__", None)
-                    delta = getattr(choice.get("delta"), "__dict__", None) if type(choice) is dict else None
-                    if (
-                        type(delta) is dict
-                        and choice.get("finish_reason") is None  # type: ignore[union-attr]
-                        and not delta.get("tool_calls")
-                    ):
-                        content = delta.get("content")
-                        if content:
-                            state.chars += len(content)
-                            if text is not None:
-                                text.append(content)
-                        yield chunk
-                        continue
-            kind = count(chunk)
-            warm = _warm(state, chunk)
-            if kind == ORDINARY:
+            try:
+                show = see(chunk)
+            except Exception as exc:  # a fault in the ledger: the caller still gets the chunk
+                state.monitor._report("watching a stream", exc)
+                show = True
+            if show:
                 yield chunk
-            elif kind == USAGE_ONLY:
-                state.finish("ok")
-                if not hide_usage:
-                    yield chunk
-            else:
-                # FINISHED: read the usage chunk before handing over the last content chunk, so a
-                # caller that stops reading there still gets its usage recorded
-                following = await anext(chunks, None)
-                following_kind = ORDINARY if following is None else count(following)
-                if following_kind == USAGE_ONLY:
-                    state.finish("ok")
-                yield chunk
-                if following is not None and not (hide_usage and following_kind == USAGE_ONLY):
-                    yield following
     except GeneratorExit:
-        state.finish("interrupted")
+        state.end()
         raise
     except BaseException as exc:
-        state.finish("error", exc)
+        state.fail(exc)
         raise
-    # no finish_reason: the connection closed mid-stream without an error (close-delimited body)
-    state.finish("ok" if state.finish_reason is not None else "interrupted")
-
-
-def _events_sync(state: _StreamState, events: Iterator[Any]) -> Iterator[Any]:
-    try:
-        for event in events:
-            state.response_event(event)
-            yield event
-    except GeneratorExit:
-        state.finish("interrupted")
-        raise
-    except BaseException as exc:
-        state.finish("error", exc)
-        raise
-    state.finish("interrupted")  # ended without response.completed
-
-
-async def _events_async(state: _StreamState, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    try:
-        async for event in events:
-            state.response_event(event)
-            yield event
-    except GeneratorExit:
-        state.finish("interrupted")
-        raise
-    except BaseException as exc:
-        state.finish("error", exc)
-        raise
-    state.finish("interrupted")
+    state.end()
 
 
 def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async: bool) -> None:
     """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
     state = _StreamState(monitor, call)
-    iterator = stream._iterator
-    if call.operation == "responses":
-        stream._iterator = _events_async(state, iterator) if is_async else _events_sync(state, iterator)
-    else:
-        hide = call.hide_usage
-        stream._iterator = (
-            _chat_async(state, iterator, hide) if is_async else _chat_sync(state, iterator, hide)
-        )
+    see = state.event_model if call.operation == "responses" else state.chat_model
+    shell = _sdk_async if is_async else _sdk_sync
+    stream._iterator = shell(state, stream._iterator, see)
     # extend close() without a reference cycle, so an abandoned stream is collected promptly
     class_close = type(stream).close
     ref = weakref.ref(stream)
@@ -327,7 +293,7 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
                 if target is not None:
                     await class_close(target)
             finally:
-                state.abandon()
+                state.end()
 
         stream.close = aclose
     else:
@@ -338,8 +304,183 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
                 if target is not None:
                     class_close(target)
             finally:
-                state.abandon()
+                state.end()
 
         stream.close = close
     # an abandoned stream: record it when the SDK object is collected
-    weakref.finalize(stream, state.abandon)
+    weakref.finalize(stream, state.end)
+
+
+# -- bodies the caller reads itself: the HTTP byte stream tapped -------------------------------------
+
+
+def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_type: str) -> None:
+    """Record a call from its whole JSON body, as ``create()`` records the SDK's reading of it."""
+    try:
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            try:
+                data = json.loads(content)  # what the SDK's parse() uses: its exception, if it fails
+            except ValueError as exc:
+                if content_type.split(";")[0].strip().endswith("json"):
+                    monitor._finish(call, "error", None, None, error=exc)
+                else:
+                    monitor._finish(call, "ok", None, None)  # the SDK hands such a body over as text
+                return
+        if type(data) is not dict:
+            monitor._finish(call, "ok", None, None)
+            return
+        view = JsonView(data)
+        shape, usage = response_shape(call.operation, view)
+        text = output_text(call.operation, view) if call.content is not None else None
+        monitor._finish(call, "ok", shape, usage, output_text=text)
+    except Exception as exc:
+        monitor._report("recording a call", exc)
+        monitor._finish(call, "ok", None, None)
+
+
+class _Body:
+    """Reads a body as its bytes pass to the caller: SSE events into the state, or JSON at its end."""
+
+    __slots__ = ("__weakref__", "buffer", "content_type", "data", "decoder", "parts", "sse", "state")
+
+    def __init__(self, state: _StreamState, headers: Any, sse: bool) -> None:
+        self.state = state
+        self.sse = sse
+        self.content_type = headers.get("content-type") or ""
+        self.buffer = b""
+        self.data: list[bytes] = []
+        self.parts: list[bytes] | None = []
+        encoding = (headers.get("content-encoding") or "identity").strip().lower()
+        self.decoder: Any = None
+        if encoding == "gzip":
+            self.decoder = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        elif encoding == "deflate":
+            self.decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)
+        elif encoding != "identity":
+            self.parts = None  # an encoding the ledger does not read: only the body's end is seen
+
+    def feed(self, raw: bytes) -> None:
+        if self.parts is None:
+            return
+        try:
+            data = self.decoder.decompress(raw) if self.decoder is not None else raw
+            if self.sse:
+                self._lines(data)
+            else:
+                self.parts.append(data)
+        except Exception as exc:
+            self.parts = None
+            self.state.monitor._report("reading a streamed body", exc)
+
+    def _lines(self, data: bytes) -> None:
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self.data.append(value[1:] if value.startswith(b" ") else value)
+        elif not line and self.data:
+            payload = b"\n".join(self.data)
+            self.data = []
+            if payload.startswith(b"[DONE]"):
+                return
+            fields = orjson.loads(payload)
+            if type(fields) is dict:
+                if self.state.call.operation == "responses":
+                    self.state.event(fields)
+                else:
+                    self.state.chat(fields)
+
+    def end(self) -> None:
+        """The whole body was read."""
+        state = self.state
+        if self.parts is not None:
+            try:
+                rest = self.decoder.flush() if self.decoder is not None else b""
+                if self.sse:
+                    self._lines(rest + b"\n\n")  # an event not closed by a blank line ends with the body
+                else:
+                    finish_body(state.monitor, state.call, b"".join(self.parts) + rest, self.content_type)
+            except Exception as exc:
+                state.monitor._report("reading a streamed body", exc)
+        # no-ops once recorded; a body the ledger could not read ended, so it is complete
+        if self.sse and self.parts is not None:
+            state.end()
+        else:
+            state._finish("ok")
+
+    def stop(self) -> None:
+        """The body was closed before its end."""
+        if self.sse and self.parts is not None:
+            self.state.end()
+        else:
+            self.state._finish("interrupted")
+
+
+class _SyncTap(httpx2.SyncByteStream):
+    def __init__(self, body: _Body, stream: Any) -> None:
+        self._body = body
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        body = self._body
+        try:
+            for raw in self._stream:
+                body.feed(raw)
+                yield raw
+        except GeneratorExit:
+            body.stop()
+            raise
+        except BaseException as exc:
+            body.state.fail(exc)
+            raise
+        body.end()
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._body.stop()
+
+
+class _AsyncTap(httpx2.AsyncByteStream):
+    def __init__(self, body: _Body, stream: Any) -> None:
+        self._body = body
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        body = self._body
+        try:
+            async for raw in self._stream:
+                body.feed(raw)
+                yield raw
+        except GeneratorExit:
+            body.stop()
+            raise
+        except BaseException as exc:
+            body.state.fail(exc)
+            raise
+        body.end()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._body.stop()
+
+
+def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool) -> None:
+    """Read ``http_response``'s body as the caller reads it, and record the call when it ends."""
+    state = _StreamState(monitor, call)
+    body = _Body(state, http_response.headers, sse=call.request["stream"])
+    tap = _AsyncTap if is_async else _SyncTap
+    http_response.stream = tap(body, http_response.stream)
+    # a body never read nor closed: record it when the response is collected
+    weakref.finalize(http_response, body.stop)

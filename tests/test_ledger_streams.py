@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import subprocess
@@ -76,26 +77,49 @@ def test_caller_that_asked_for_usage_gets_it(
 
 def test_request_sent_by_the_caller_is_not_changed_in_place(client: openai.OpenAI, records: Captured) -> None:
     """Asking for usage on the caller's behalf does not mutate the caller's stream_options."""
-    stream_options: Any = {"include_usage": False}
+    stream_options: Any = {}
     list(
         client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options=stream_options
         )
     )
-    assert stream_options == {"include_usage": False}
+    assert stream_options == {}
     assert records.calls[0]["usage"]["total_tokens"]
 
 
-def test_stop_after_last_content_chunk_still_records_usage(client: openai.OpenAI, records: Captured) -> None:
-    """A caller that stops at finish_reason and keeps the stream open still gets a complete record."""
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].finish_reason:
-            break
-    [record] = records.calls  # written before the caller closed or dropped the stream
-    assert record["status"] == "ok" and record["usage"]["total_tokens"]
-    stream.close()
-    assert len(records.calls) == 1
+def test_explicit_include_usage_false_is_respected(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+) -> None:
+    """stream_options={"include_usage": False} is sent as written; the record then has null usage."""
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": False}
+        )
+    )
+    assert (fake_openai.requests[-1].json or {})["stream_options"] == {"include_usage": False}
+    [record] = records.calls
+    assert record["status"] == "ok" and record["response"]["finish_reason"] == "stop"
+    assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
+
+
+def test_stop_after_the_finish_chunk_records_ok_without_usage(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A caller that stops after the finish chunk, before the usage chunk: ok, null usage, lens incomplete.
+
+    No chunk is read ahead of the caller, so the usage chunk it never asked for is never read.
+    """
+    with monitor.lens("stops-early") as run:
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].finish_reason:
+                break
+        assert records.calls == []  # the stream is still open: the usage chunk may still be read
+        stream.close()
+    [record] = records.calls
+    assert record["status"] == "ok" and record["response"]["finish_reason"] == "stop"
+    assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
+    assert run.summary is not None and run.summary["cost_complete"] is False
 
 
 def test_stream_closed_early_is_interrupted(client: openai.OpenAI, records: Captured) -> None:
@@ -194,16 +218,18 @@ async def test_async_stream_closed_early_is_interrupted(
 
 
 @pytest.mark.asyncio
-async def test_async_stop_after_last_content_chunk_records_usage(
+async def test_async_stop_after_the_finish_chunk_records_ok_without_usage(
     aclient: openai.AsyncOpenAI, records: Captured
 ) -> None:
-    """An async caller breaking at finish_reason still gets usage recorded."""
+    """An async caller breaking at finish_reason and closing: ok, null usage."""
     stream = await aclient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].finish_reason:
             break
-    assert records.calls[0]["status"] == "ok" and records.calls[0]["usage"]["total_tokens"]
     await stream.close()
+    [record] = records.calls
+    assert record["status"] == "ok" and record["response"]["finish_reason"] == "stop"
+    assert record["usage"]["total_tokens"] is None
 
 
 def test_responses_stream_is_recorded(
@@ -437,3 +463,223 @@ def test_usage_seen_mid_stream_is_kept_when_the_stream_is_closed(seen: int) -> N
     [record] = mine.calls
     assert record["status"] == "interrupted"
     assert _as_recorded(record) == _expected(chunks[:seen])
+
+
+# -- what the caller sees: the bare SDK's chunks, as they arrive ---------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("include_usage", [None, True, False], ids=["usage unasked", "asked", "refused"])
+async def test_chunks_are_the_bare_sdks_chunk_for_chunk(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, is_async: bool, include_usage: bool | None
+) -> None:
+    """The same request through a bare and an instrumented client gives equal to_dict() chunks."""
+    kwargs: Any = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    if include_usage is not None:
+        kwargs["stream_options"] = {"include_usage": include_usage}
+    dumps = []
+    for instrumented in (False, True):
+        if is_async:
+            async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url) as aio:
+                if instrumented:
+                    monitor.instrument(aio)
+                chunks = [c async for c in await aio.chat.completions.create(**kwargs)]
+        else:
+            with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url) as sync:
+                if instrumented:
+                    monitor.instrument(sync)
+                chunks = list(sync.chat.completions.create(**kwargs))
+        dumps.append([{k: v for k, v in c.to_dict().items() if k not in ("id", "created")} for c in chunks])
+    bare, watched = dumps
+    assert watched == bare and len(bare) > 3
+    if include_usage is not True:  # no "usage": null added to any chunk, no usage chunk shown
+        assert not [c for c in watched if "usage" in c]
+
+
+def _scripted_client(events: list[bytes], after: Any = None, *, is_async: bool = False) -> Any:
+    """A real SDK client whose stream sends ``events`` one network read each, then calls ``after``
+    (which may raise, as a connection failing there would)."""
+
+    class Body(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+        def __iter__(self) -> Any:
+            yield from events
+            if after is not None:
+                after()
+
+        async def __aiter__(self) -> Any:
+            for event in events:
+                yield event
+            if after is not None:
+                after()
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=Body())
+
+    transport = httpx2.MockTransport(handler)
+    if is_async:
+        return openai.AsyncOpenAI(
+            api_key=FAKE_KEY, max_retries=0, http_client=httpx2.AsyncClient(transport=transport)
+        )
+    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=httpx2.Client(transport=transport))
+
+
+def _events(chunks: list[dict[str, Any]]) -> list[bytes]:
+    return [f"data: {json.dumps(chunk)}\n\n".encode() for chunk in chunks]
+
+
+_ANSWER = [
+    _chunk([_choice(role="assistant", content="")], None),
+    *(_chunk([_choice(content=w)], None) for w in _WORDS),
+    _chunk([_choice("stop")], None),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_finish_chunk_reaches_the_caller_before_a_failure_after_it(is_async: bool) -> None:
+    """A connection failing right after the finish chunk: the caller gets that chunk, then the error,
+    exactly as without the ledger (nothing is read ahead); the call is recorded as an error."""
+
+    def fail() -> None:
+        raise httpx2.RemoteProtocolError("peer closed connection")
+
+    outcomes = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    for instrumented in (False, True):
+        seen: list[Any] = []
+        with llm_ledger.testing.capture(monitor) as mine:
+            client = _scripted_client(_events(_ANSWER), fail, is_async=is_async)
+            if instrumented:
+                monitor.instrument(client)
+            try:
+                if is_async:
+                    async with client:
+                        async for c in await client.chat.completions.create(**_STREAM_KWARGS):
+                            seen.append(c.to_dict())
+                else:
+                    with client:
+                        seen.extend(c.to_dict() for c in client.chat.completions.create(**_STREAM_KWARGS))
+            except openai.APIConnectionError as exc:
+                outcomes.append((seen, type(exc).__name__))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][0][-1]["choices"][0]["finish_reason"] == "stop"
+    [record] = mine.calls
+    assert record["status"] == "error" and record["error"]["type"] == "APIConnectionError"
+    assert record["response"]["finish_reason"] == "stop"
+
+
+def test_each_chunk_reaches_the_caller_before_the_next_is_read() -> None:
+    """The finish chunk is handed over before the (separate) usage chunk is read from the network."""
+    handed: list[int] = []
+    read_when: list[int] = []
+    events = _events(_ANSWER)
+    usage_event = _events([_chunk([], _usage(8))])[0]
+
+    def note_read() -> Any:
+        read_when.append(len(handed))
+        return usage_event
+
+    class Lazy(list[bytes]):
+        def __iter__(self) -> Any:
+            yield from events
+            yield note_read()
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    with llm_ledger.testing.capture(monitor) as mine, _scripted_client(Lazy()) as raw:
+        for _ in monitor.instrument(raw).chat.completions.create(**_STREAM_KWARGS):
+            handed.append(1)
+    assert read_when == [len(_ANSWER)]  # every earlier chunk, the finish chunk included, was handed over
+    [record] = mine.calls
+    assert record["status"] == "ok" and record["usage"]["total_tokens"] == 18
+
+
+# -- interrupted, not error ---------------------------------------------------------------------------
+
+
+def test_ctrl_c_mid_stream_is_interrupted() -> None:
+    """KeyboardInterrupt while a stream is read reaches the caller; the call is recorded interrupted."""
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    seen: list[Any] = []
+
+    def read(client: openai.OpenAI) -> None:
+        seen.extend(client.chat.completions.create(**_STREAM_KWARGS))
+
+    with llm_ledger.testing.capture(monitor) as mine, _scripted_client(_events(_ANSWER[:4]), ctrl_c) as raw:
+        monitor.instrument(raw)
+        with pytest.raises(KeyboardInterrupt):
+            read(raw)
+    assert len(seen) == 4
+    [record] = mine.calls
+    assert record["status"] == "interrupted" and record["error"]["type"] == "KeyboardInterrupt"
+    assert record["response"]["content_length"] == len("".join(_WORDS[:3]))
+
+
+def test_ctrl_c_mid_request_is_interrupted(monitor: llm_ledger.LLMCallMonitor, records: Captured) -> None:
+    """KeyboardInterrupt before the answer arrives reaches the caller; the call is recorded interrupted."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        raise KeyboardInterrupt
+
+    http = httpx2.Client(transport=httpx2.MockTransport(handler))
+    with (
+        openai.OpenAI(api_key=FAKE_KEY, http_client=http, max_retries=0) as raw,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        monitor.instrument(raw).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    [record] = records.calls
+    assert record["status"] == "interrupted" and record["error"]["type"] == "KeyboardInterrupt"
+
+
+@pytest.mark.asyncio
+async def test_cancelled_task_mid_stream_is_interrupted(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """A task cancelled while it reads a slow stream is recorded interrupted, with what it had seen."""
+    seen: list[Any] = []
+    two_seen = asyncio.Event()
+
+    async def read() -> None:
+        stream = await aclient.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "200", "x-fake-chunks": "20"},
+        )
+        async for chunk in stream:
+            seen.append(chunk)
+            if len(seen) == 2:
+                two_seen.set()
+
+    task = asyncio.create_task(read())
+    await two_seen.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = records.calls
+    assert record["status"] == "interrupted" and record["error"]["type"] == "CancelledError"
+    assert record["response"]["content_length"] == sum(len(c.choices[0].delta.content or "") for c in seen)
+
+
+@pytest.mark.asyncio
+async def test_cancelled_task_mid_request_is_interrupted(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """A task cancelled while it waits for a slow answer is recorded interrupted."""
+    task = asyncio.create_task(
+        aclient.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "2000"},
+        )
+    )
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = records.calls
+    assert record["status"] == "interrupted" and record["error"]["type"] == "CancelledError"
