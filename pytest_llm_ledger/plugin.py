@@ -26,6 +26,7 @@ deliberate live test instead (no cassette: its requests go to the network in eve
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.metadata
 import json
 import logging
@@ -47,7 +48,15 @@ from ._budgets import BudgetError, Budgets, load_budgets
 from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate
 from ._naming import cassette_path
 from ._network import BlockedRequestError, Guard
-from ._report import SESSION_BUCKET, Breach, SessionLedger, Totals, render_breaches, render_lens_table
+from ._report import (
+    SESSION_BUCKET,
+    Breach,
+    SessionLedger,
+    Totals,
+    cost_notice,
+    render_breaches,
+    render_lens_table,
+)
 
 __all__ = ["LedgerRecords"]
 
@@ -247,6 +256,7 @@ class _LedgerState:
         self.ledger = SessionLedger()
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
+        self.collected_cassettes: set[Path] = set()  # of the collected tests marked llm (not live)
         self._lock = threading.Lock()
         self._current: LedgerRecords | None = None
         self._attached = False
@@ -438,9 +448,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[_STATE]
     for item in items:
         marker = item.get_closest_marker("llm")
-        if marker is None or (not marker.args and not marker.kwargs):
+        if marker is None:
+            continue
+        if not marker.args and not marker.kwargs:
+            state.collected_cassettes.add(cassette_path(item, state.cassette_dir))
             continue
         live = marker.kwargs.get("live")
         if marker.args or set(marker.kwargs) - {"live"} or not isinstance(live, bool):
@@ -564,13 +578,63 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         return
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
-        if state.breaches and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    state.notices = _notices(state)
+    if (state.breaches or (state.strict and state.notices)) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report_path = session.config.getoption("llm_report")
     if report_path:
         path = Path(session.config.invocation_params.dir, report_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _notices(state: _LedgerState) -> list[str]:
+    """What the session could not check or found out of date; --llm-strict fails the run on any."""
+    ledger = state.ledger
+    notices = []
+    if ledger.unplayed:
+        stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
+        notices.append(
+            f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
+            f"{_listed(stale)}; re-record them with --llm-record-mode=rewrite"
+        )
+    notices.extend(_orphan_cassette_notices(state))
+    unknown_cost = cost_notice(ledger)
+    if unknown_cost is not None:
+        notices.append(unknown_cost)
+    if state.budgets is not None:
+        # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
+        idle = sorted(set(state.budgets.tests) - set(ledger.tests))
+        if idle:
+            notices.append(
+                f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {_listed(idle)}"
+            )
+        ran = sorted({key for key, _, _ in ledger.lens_runs})
+        idle_lenses = []
+        for key in sorted(set(state.budgets.lenses) - set(ran)):
+            close = difflib.get_close_matches(key, ran, n=1)
+            idle_lenses.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if idle_lenses:
+            notices.append(
+                f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
+                f"{_listed(idle_lenses)}; lens keys that ran: {_listed(ran) or 'none'}"
+            )
+    return notices
+
+
+def _orphan_cassette_notices(state: _LedgerState) -> list[str]:
+    """Hook for orphan cassettes (files no collected test owns), so --llm-strict fails on them too.
+
+    Empty until `llm-ledger cassettes` lands: its orphan finder goes here, given
+    ``state.cassette_dir`` and ``state.collected_cassettes`` (the cassette paths of the collected
+    tests marked llm; under xdist they are collected on the workers, so they would travel with the
+    ledger as ``unplayed`` does). Only a run that collected the whole suite can name orphans.
+    """
+    return []
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -586,27 +650,24 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     baseline = config.getoption("llm_baseline")
     if baseline:
         _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)
+    budget_file = _display(config, state.budget_file)
     if state.breaches:
         tr.write_sep("=", f"llm-ledger: {len(state.breaches)} budget limit(s) exceeded", red=True, bold=True)
         for line in render_breaches(state.breaches):
             tr.write_line(line)
-        tr.write_line(f"limits from {_display(config, state.budget_file)}")
+        tr.write_line(f"limits from {budget_file}")
     elif state.budgets is not None:
-        tr.write_line(f"llm-ledger: every budget in {_display(config, state.budget_file)} was met")
-    if ledger.unplayed:
-        stale = sorted(ledger.unplayed.items())
-        shown = ", ".join(f"{nodeid} ({count})" for nodeid, count in stale[:5])
-        more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
+        checked = " that ran" if any("with a budget, not checked" in n for n in state.notices) else ""
+        tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
+    for notice in state.notices:
+        tr.write_line(notice, red=state.strict)
+    if state.strict and state.notices:
         tr.write_line(
-            f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
-            f"{shown}{more}; re-record them with --llm-record-mode=rewrite"
+            f"llm-ledger: strict mode (--llm-strict / ini llm_strict): {len(state.notices)} notice(s) "
+            "above fail the run",
+            red=True,
+            bold=True,
         )
-    if state.budgets is not None:
-        # a budget for a test that did not run checks nothing: say so (a subset run, or a typo)
-        idle = sorted(set(state.budgets.tests) - set(ledger.tests))
-        if idle:
-            shown = ", ".join(idle[:5]) + (f" and {len(idle) - 5} more" if len(idle) > 5 else "")
-            tr.write_line(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {shown}")
     report_path = config.getoption("llm_report")
     if report_path:
         tr.write_line(f"llm-ledger: report written to {report_path}")
