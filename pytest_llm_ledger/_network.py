@@ -43,11 +43,14 @@ class Guard:
     def installed(self) -> bool:
         return bool(self._saved)
 
-    def install(self) -> None:
-        """Wrap the transports, once httpx2 is imported (the plugin never imports it itself)."""
-        if self._saved or "httpx2" not in sys.modules:
+    def install(self, *, load: bool = False) -> None:
+        """Wrap the transports; with ``load``, import httpx2 first (else wait until someone has)."""
+        if self._saved or ("httpx2" not in sys.modules and not load):
             return
-        import httpx2
+        try:
+            import httpx2
+        except ImportError:  # no httpx2, no OpenAI SDK: nothing to guard
+            return
 
         send = httpx2.HTTPTransport.handle_request
         asend = httpx2.AsyncHTTPTransport.handle_async_request

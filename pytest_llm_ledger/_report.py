@@ -6,6 +6,7 @@ Costs are summed as integer pico-dollars, so totals do not depend on the order r
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -18,8 +19,8 @@ __all__ = [
     "Breach",
     "SessionLedger",
     "Totals",
-    "cost_notice",
     "format_cost",
+    "notices",
     "render_breaches",
     "render_lens_table",
 ]
@@ -367,12 +368,42 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     return lines
 
 
-def cost_notice(ledger: SessionLedger) -> str | None:
-    """The notice for calls whose cost is unknown (they count as $0 in every total), or None."""
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], bool]:
+    """What the session could not check or found out of date (--llm-strict fails the run on any),
+    and whether a budget checked nothing."""
+    out = []
+    if ledger.unplayed:
+        stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
+        out.append(
+            f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
+            f"{_listed(stale)}; re-record them with --llm-record-mode=rewrite"
+        )
     total = ledger.total()
-    if total.cost_complete:
-        return None
-    return f"llm-ledger: calls with no known cost count as $0: {total.cost_gaps()}; {total.cost_fixes()}"
+    if not total.cost_complete:
+        out.append(
+            f"llm-ledger: calls with no known cost count as $0: {total.cost_gaps()}; {total.cost_fixes()}"
+        )
+    if budgets is None:
+        return out, False
+    # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
+    idle = sorted(set(budgets.tests) - set(ledger.tests))
+    if idle:
+        out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {_listed(idle)}")
+    ran = sorted({key for key, _, _ in ledger.lens_runs})
+    idle_lenses = []
+    for key in sorted(set(budgets.lenses) - set(ran)):
+        close = difflib.get_close_matches(key, ran, n=1)
+        idle_lenses.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if idle_lenses:
+        out.append(
+            f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
+            f"{_listed(idle_lenses)}; lens keys that ran: {_listed(ran) or 'none'}"
+        )
+    return out, bool(idle or idle_lenses)
 
 
 def render_breaches(breaches: list[Breach]) -> list[str]:

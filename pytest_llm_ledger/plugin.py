@@ -26,7 +26,6 @@ deliberate live test instead (no cassette: its requests go to the network in eve
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib.metadata
 import json
 import logging
@@ -53,7 +52,7 @@ from ._report import (
     Breach,
     SessionLedger,
     Totals,
-    cost_notice,
+    notices,
     render_breaches,
     render_lens_table,
 )
@@ -256,6 +255,7 @@ class _LedgerState:
         self.ledger = SessionLedger()
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
+        self.unchecked_budgets = False  # a budget whose test or lens never ran
         self.collected_cassettes: set[Path] = set()  # of the collected tests marked llm (not live)
         self._lock = threading.Lock()
         self._current: LedgerRecords | None = None
@@ -410,6 +410,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _active.append(state)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(state), "llm_ledger_xdist")
+    if state.guard is not None:
+        # now, not at the first test: a test that imports openai in its body is guarded too
+        state.guard.install(load=True)
     state.attach()
 
 
@@ -453,10 +456,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("llm")
         if marker is None:
             continue
-        if not marker.args and not marker.kwargs:
+        live = marker.kwargs.get("live", False)
+        if not live:
             state.collected_cassettes.add(cassette_path(item, state.cassette_dir))
-            continue
-        live = marker.kwargs.get("live")
         if marker.args or set(marker.kwargs) - {"live"} or not isinstance(live, bool):
             path, line, _ = item.location
             given = ", ".join([*map(repr, marker.args), *(f"{k}={v!r}" for k, v in marker.kwargs.items())])
@@ -578,7 +580,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         return
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
-    state.notices = _notices(state)
+    state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets)
+    state.notices[1:1] = _orphan_cassette_notices(state)
     if (state.breaches or (state.strict and state.notices)) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report_path = session.config.getoption("llm_report")
@@ -586,44 +589,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         path = Path(session.config.invocation_params.dir, report_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-
-
-def _listed(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
-def _notices(state: _LedgerState) -> list[str]:
-    """What the session could not check or found out of date; --llm-strict fails the run on any."""
-    ledger = state.ledger
-    notices = []
-    if ledger.unplayed:
-        stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
-        notices.append(
-            f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
-            f"{_listed(stale)}; re-record them with --llm-record-mode=rewrite"
-        )
-    notices.extend(_orphan_cassette_notices(state))
-    unknown_cost = cost_notice(ledger)
-    if unknown_cost is not None:
-        notices.append(unknown_cost)
-    if state.budgets is not None:
-        # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
-        idle = sorted(set(state.budgets.tests) - set(ledger.tests))
-        if idle:
-            notices.append(
-                f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {_listed(idle)}"
-            )
-        ran = sorted({key for key, _, _ in ledger.lens_runs})
-        idle_lenses = []
-        for key in sorted(set(state.budgets.lenses) - set(ran)):
-            close = difflib.get_close_matches(key, ran, n=1)
-            idle_lenses.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        if idle_lenses:
-            notices.append(
-                f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
-                f"{_listed(idle_lenses)}; lens keys that ran: {_listed(ran) or 'none'}"
-            )
-    return notices
 
 
 def _orphan_cassette_notices(state: _LedgerState) -> list[str]:
@@ -657,7 +622,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(line)
         tr.write_line(f"limits from {budget_file}")
     elif state.budgets is not None:
-        checked = " that ran" if any("with a budget, not checked" in n for n in state.notices) else ""
+        checked = " that ran" if state.unchecked_budgets else ""
         tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
     for notice in state.notices:
         tr.write_line(notice, red=state.strict)
