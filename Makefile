@@ -23,7 +23,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --llm-budget
+	$(BIN)/pytest -n 2 --llm-budget --llm-strict
 
 test: lint typecheck unit
 

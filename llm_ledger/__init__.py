@@ -18,7 +18,15 @@ from typing import TypeVar as _TypeVar
 
 from ._config import Settings, configure, get_monitor
 from ._context import LensRun, TrackedContext, propagate
-from ._errors import BudgetError, CassetteError, CassetteMissError, ConfigError, LedgerError, PriceFileError
+from ._errors import (
+    BlockedRequestError,
+    BudgetError,
+    CassetteError,
+    CassetteMissError,
+    ConfigError,
+    LedgerError,
+    PriceFileError,
+)
 from ._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from ._jsonl import flush_all as _flush_all
 from ._monitor import LLMCallMonitor, Redactor, Sink
@@ -26,6 +34,7 @@ from ._pricing import Cost, PriceTable, Rates, price
 from ._records import CallRecord, LensRecord, LensSummary
 
 __all__ = [
+    "BlockedRequestError",
     "BudgetError",
     "CallRecord",
     "CassetteError",

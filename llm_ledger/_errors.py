@@ -5,7 +5,8 @@
     │   ├── PriceFileError   a user price file that cannot be used (names file, line and key)
     │   └── BudgetError      a budgets.yaml that cannot be used (names file, line and key)
     ├── CassetteError        a cassette file that cannot be loaded safely (the pytest plugin)
-    └── CassetteMissError    a request with no unplayed match in its cassette, (replay-only mode)
+    ├── CassetteMissError    a request with no unplayed match in its cassette, (replay-only mode)
+    └── BlockedRequestError  an OpenAI API request of a test not marked llm, refused unsent (replay-only mode)
 
 Errors inside the monitor while it watches a call are never raised to the caller: they are
 reported on the ``llm_ledger.internal`` logger instead.
@@ -14,6 +15,7 @@ reported on the ``llm_ledger.internal`` logger instead.
 from __future__ import annotations
 
 __all__ = [
+    "BlockedRequestError",
     "BudgetError",
     "CassetteError",
     "CassetteMissError",
@@ -45,3 +47,7 @@ class BudgetError(ConfigError):
 
 class CassetteMissError(LedgerError):
     """A request reached a cassette that holds no unplayed match and may not record it."""
+
+
+class BlockedRequestError(LedgerError):
+    """An OpenAI API request of a test not marked ``llm``, refused before it was sent (replay-only mode)."""

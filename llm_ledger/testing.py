@@ -7,6 +7,7 @@
     with capture() as records:
         await run_lens(...)
     assert records.lenses[0]["summary"]["total_api_calls"] == 2
+    assert len(records) == 3 and [r["event"] for r in records][-1] == "lens_summary"
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ __all__ = ["Captured", "capture"]
 
 
 class Captured:
-    """Records emitted while a :func:`capture` block was open, in emission order."""
+    """Records emitted while a :func:`capture` block was open, in emission order.
+
+    * ``records``: every record (``llm_api_call`` and ``lens_summary`` dicts, as in the README's
+      "The records"), copied when emitted;
+    * ``calls``: the ``llm_api_call`` records; ``lenses``: the ``lens_summary`` records;
+    * ``len(captured)`` and ``for record in captured`` work on ``records``.
+
+    Records from other threads and tasks count too (a sink is called on the thread that ended the
+    call); the lists are snapshots, safe to read while calls are still running.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -34,15 +44,25 @@ class Captured:
         with self._lock:
             self.records.append(dict(record))
 
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            return iter(list(self.records))
+
+    def __repr__(self) -> str:
+        return f"<Captured {len(self.calls)} call(s), {len(self.lenses)} lens summary(ies)>"
+
     @property
     def calls(self) -> list[dict[str, Any]]:
         """The ``llm_api_call`` records."""
-        return [r for r in self.records if r.get("event") == CALL_EVENT]
+        return [r for r in self if r.get("event") == CALL_EVENT]
 
     @property
     def lenses(self) -> list[dict[str, Any]]:
         """The ``lens_summary`` records."""
-        return [r for r in self.records if r.get("event") == LENS_EVENT]
+        return [r for r in self if r.get("event") == LENS_EVENT]
 
 
 @contextmanager

@@ -2,8 +2,9 @@
 
 Loaded through the ``pytest11`` entry point (``pytest_llm_ledger.plugin``). Everything lives in
 private modules: ``plugin`` (options, hooks, fixtures), ``_cassette`` (matching and replay on
-vcrpy's transport patches), ``_format`` (the cassette file), ``_naming`` (cassette paths),
-``_budgets`` (budgets.yaml) and ``_report`` (session totals, report JSON, terminal tables).
+vcrpy's transport patches), ``_network`` (the replay-only guard for unmarked tests), ``_format``
+(the cassette file), ``_naming`` (cassette paths), ``_budgets`` (budgets.yaml) and ``_report``
+(session totals, budget checks, notices, report JSON, terminal tables).
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ class _Where:
     def error(self, place: str, problem: str) -> CassetteError:
         return CassetteError(
             f"{self.path}: {place}: {problem}. The file is not a valid llm-ledger cassette; fix it, "
-            "or delete it and re-record with --llm-record-mode=once"
+            "or replace it with a fresh recording (--llm-record-mode=rewrite)"
         )
 
 

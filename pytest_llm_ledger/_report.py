@@ -6,6 +6,7 @@ Costs are summed as integer pico-dollars, so totals do not depend on the order r
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -19,6 +20,7 @@ __all__ = [
     "SessionLedger",
     "Totals",
     "format_cost",
+    "notices",
     "render_breaches",
     "render_lens_table",
 ]
@@ -42,7 +44,12 @@ def _picos(cost: Any) -> int | None:
 
 @dataclass(slots=True)
 class Totals:
-    """Calls, tokens and cost of a call, a lens run, a test, a lens or the session."""
+    """Calls, tokens and cost of a call, a lens run, a test, a lens or the session.
+
+    A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
+    ``unpriced`` (tokens but no price) or ``no_usage`` (a call that was not refused but reported no
+    usage), so a budget that cannot be checked can say why.
+    """
 
     api_calls: int = 0
     prompt_tokens: int = 0
@@ -51,6 +58,8 @@ class Totals:
     errors: int = 0
     cost_pusd: int = 0  # pico-dollars, so sums are exact
     cost_complete: bool = True
+    unpriced: dict[str, int] = field(default_factory=dict)  # model -> calls with tokens but no price
+    no_usage: dict[str, int] = field(default_factory=dict)  # model -> calls that reported no usage
 
     @property
     def cost_usd(self) -> float:
@@ -64,6 +73,9 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cost_pusd += other.cost_pusd
         self.cost_complete = self.cost_complete and other.cost_complete
+        for mine, theirs in ((self.unpriced, other.unpriced), (self.no_usage, other.no_usage)):
+            for model, count in theirs.items():
+                mine[model] = mine.get(model, 0) + count
 
     @classmethod
     def of_call(cls, record: Mapping[str, Any]) -> Totals:
@@ -79,8 +91,13 @@ class Totals:
             ),  # as in the lens summary: interrupted is not an error
             cost_pusd=cost or 0,
         )
-        # no cost is a gap only when tokens were used (a failed call without usage costs nothing)
-        totals.cost_complete = cost is not None or not (totals.total_tokens or totals.prompt_tokens)
+        used = totals.total_tokens or totals.prompt_tokens or totals.completion_tokens
+        if cost is None and (used or record.get("status") != "error"):
+            # as in the lens summary: an ok or interrupted call without a cost, or a billed failure
+            # (a failed call without usage, e.g. refused or never sent, costs nothing)
+            totals.cost_complete = False
+            model = _model(record)
+            (totals.unpriced if used else totals.no_usage)[model] = 1
         return totals
 
     @classmethod
@@ -97,19 +114,67 @@ class Totals:
             cost_complete=bool(summary.get("cost_complete", True)) and cost is not None,
         )
 
+    def cost_gaps(self) -> str:
+        """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
+        parts = []
+        if self.unpriced:
+            parts.append(f"no known price for model {_models(self.unpriced)}")
+        if self.no_usage:
+            parts.append(f"no usage reported by calls to {_models(self.no_usage)}")
+        return "; ".join(parts) or "a call's cost is unknown"
+
+    def cost_fixes(self) -> str:
+        """What makes the missing costs known."""
+        fixes = [fix for gaps, fix in ((self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX)) if gaps]
+        return "; ".join(fixes or [PRICE_FIX])
+
     def to_wire(self) -> list[Any]:
-        return [*(getattr(self, n) for n in _INTS), self.cost_pusd, self.cost_complete]
+        return [
+            *(getattr(self, n) for n in _INTS),
+            self.cost_pusd,
+            self.cost_complete,
+            self.unpriced,
+            self.no_usage,
+        ]
 
     @classmethod
     def from_wire(cls, data: list[Any]) -> Totals:
-        *ints, pusd, complete = data
-        return cls(**dict(zip(_INTS, ints, strict=True)), cost_pusd=pusd, cost_complete=complete)
+        *ints, pusd, complete, unpriced, no_usage = data
+        return cls(
+            **dict(zip(_INTS, ints, strict=True)),
+            cost_pusd=pusd,
+            cost_complete=complete,
+            unpriced=dict(unpriced),
+            no_usage=dict(no_usage),
+        )
 
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in _INTS}
         out["cost_usd"] = self.cost_usd
         out["cost_complete"] = self.cost_complete
         return out
+
+
+def _model(record: Mapping[str, Any]) -> str:
+    for part in ("request", "response"):
+        model = (record.get(part) or {}).get("model")
+        if isinstance(model, str) and model:
+            return model
+    return "<no model>"
+
+
+def _models(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()))
+
+
+PRICE_FIX: Final = (
+    "add the model to a price file (USD per 1M tokens) and point LLM_LEDGER_PRICE_FILE at it (or "
+    "configure(price_file=...)); see the README's Prices section"
+)
+USAGE_FIX: Final = (
+    "re-record it with usage: streamed chat calls report it with stream_options include_usage "
+    "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0)"
+)
 
 
 @dataclass(slots=True)
@@ -131,6 +196,8 @@ class Breach:
     actual: float
     worst_test: str
     runs_over: int = 1
+    unknown: str = ""  # a cost limit that cannot be checked: why (the models with no known cost)
+    fix: str = ""  # and what makes the cost known
 
 
 class SessionLedger:
@@ -146,8 +213,14 @@ class SessionLedger:
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")
-        self.lens_runs.append((lens_key, nodeid, Totals.of_lens(record)))
-        self.tests.setdefault(nodeid, Totals())
+        run = Totals.of_lens(record)
+        test = self.tests.setdefault(nodeid, Totals())
+        if not run.cost_complete:
+            # the run's calls reached the test before its summary: name the run's models without a cost
+            models = set((record.get("summary") or {}).get("models_used") or ())
+            run.unpriced = {m: n for m, n in test.unpriced.items() if m in models}
+            run.no_usage = {m: n for m, n in test.no_usage.items() if m in models}
+        self.lens_runs.append((lens_key, nodeid, run))
 
     # -- xdist -----------------------------------------------------------------------------------
 
@@ -234,6 +307,18 @@ def _check_runs(scope: str, name: str, limits: Limits, runs: Iterable[tuple[str,
         if over:
             actual, nodeid = max(over, key=lambda pair: pair[0])
             out.append(Breach(scope, name, limit_key, limit, actual, nodeid, len(over)))
+        elif metric == "cost_usd":
+            # fail closed: a cost limit is met only by a cost that is known
+            unknown = [(nodeid, run) for nodeid, run in runs if not run.cost_complete]
+            if unknown:
+                nodeid, run = unknown[0]
+                gaps = Totals()
+                for _, each in unknown:
+                    gaps.add(each)
+                out.append(
+                    Breach(scope, name, limit_key, limit, run.cost_usd, nodeid, len(unknown),
+                           gaps.cost_gaps(), gaps.cost_fixes())
+                )  # fmt: skip
     return out
 
 
@@ -270,7 +355,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     rows = []
     incomplete = False
     named = [(key, str(agg.runs), agg.sum) for key, agg in sorted(ledger.lenses().items())]
-    for name, runs, s in [*named, ("(session total)", "", ledger.total())]:
+    total = ledger.total()
+    for name, runs, s in [*named, ("(session total)", "", total)]:
         incomplete |= not s.cost_complete
         rows.append(
             [name, runs, str(s.api_calls), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}",
@@ -278,8 +364,46 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
         )  # fmt: skip
     lines = table(["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"], rows)
     if incomplete:
-        lines.append("* some calls used a model with no known price: the cost shown leaves them out")
+        lines.append(f"* the cost shown leaves out calls with no known cost: {total.cost_gaps()}")
     return lines
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], bool]:
+    """What the session could not check or found out of date (--llm-strict fails the run on any),
+    and whether a budget checked nothing."""
+    out = []
+    if ledger.unplayed:
+        stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
+        out.append(
+            f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
+            f"{_listed(stale)}; re-record them with --llm-record-mode=rewrite"
+        )
+    total = ledger.total()
+    if not total.cost_complete:
+        out.append(
+            f"llm-ledger: calls with no known cost count as $0: {total.cost_gaps()}; {total.cost_fixes()}"
+        )
+    if budgets is None:
+        return out, False
+    # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
+    idle = sorted(set(budgets.tests) - set(ledger.tests))
+    if idle:
+        out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {_listed(idle)}")
+    ran = sorted({key for key, _, _ in ledger.lens_runs})
+    idle_lenses = []
+    for key in sorted(set(budgets.lenses) - set(ran)):
+        close = difflib.get_close_matches(key, ran, n=1)
+        idle_lenses.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if idle_lenses:
+        out.append(
+            f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
+            f"{_listed(idle_lenses)}; lens keys that ran: {_listed(ran) or 'none'}"
+        )
+    return out, bool(idle or idle_lenses)
 
 
 def render_breaches(breaches: list[Breach]) -> list[str]:
@@ -287,13 +411,13 @@ def render_breaches(breaches: list[Breach]) -> list[str]:
     for b in breaches:
         where = f"{b.scope} {b.name}" if b.scope != "total" else "total"
         worst = b.worst_test + (f" (+{b.runs_over - 1} more runs)" if b.runs_over > 1 else "")
-        rows.append(
-            [
-                where,
-                b.limit_key,
-                _format_value(b.limit_key, b.limit),
-                _format_value(b.limit_key, b.actual),
-                worst,
-            ]
-        )
-    return table(["lens / test / total", "limit", "max", "actual", "worst run (test id)"], rows, right={2, 3})
+        actual = "unknown" if b.unknown else _format_value(b.limit_key, b.actual)
+        rows.append([where, b.limit_key, _format_value(b.limit_key, b.limit), actual, worst])
+    lines = table(
+        ["lens / test / total", "limit", "max", "actual", "worst run (test id)"], rows, right={2, 3}
+    )
+    for b in breaches:
+        if b.unknown:
+            where = f"{b.scope} {b.name}" if b.scope != "total" else "total"
+            lines.append(f"{where}: {b.limit_key} cannot be checked: {b.unknown}; {b.fix}")
+    return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 import openai  # noqa: F401  (kept imported across in-process sessions)
 import pytest
@@ -211,3 +212,136 @@ def test_any_input_ends_in_budgets_or_a_clear_error(text: str | bytes) -> None:
     except BudgetError as exc:
         error = exc
     assert error is None or str(error).startswith("fuzz.yaml")
+
+
+UNKNOWN_COST_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def ask(model, **options):
+    client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(client) as c:
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **options)
+
+
+@pytest.mark.llm
+def test_local():
+    with ledger.lens("local"):
+        ask("acme-local-7b")
+
+
+@pytest.mark.llm
+def test_quiet():
+    with ledger.lens("quiet"):
+        ask("gpt-4o-mini", extra_headers={"x-fake-fault": "no-usage"})
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cost_limit_that_cannot_be_evaluated_is_a_breach(pytester: pytest.Pytester, server: Any) -> None:
+    """A model with no known price, or a call without usage, breaches max_cost_usd (never $0 that
+    passes), naming the model and the fix; the totals' footnote names them too."""
+    write_project(pytester, UNKNOWN_COST_TESTS)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(
+        pytester,
+        "lenses:\n  local: {max_cost_usd: 1}\n  quiet: {max_cost_usd: 1, max_api_calls: 1}\n"
+        "total: {max_cost_usd: 1}\n",
+    )
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: 3 budget limit(s) exceeded*",
+            "lens local *max_cost_usd *$1.000000 *unknown *tests/test_app.py::test_local",
+            "lens quiet *max_cost_usd *$1.000000 *unknown *tests/test_app.py::test_quiet",
+            "total *max_cost_usd *$1.000000 *unknown *tests/test_app.py::test_*",
+            "lens local: max_cost_usd cannot be checked: no known price for model 'acme-local-7b' (1 call); "
+            "add the model to a price file (USD per 1M tokens) and point LLM_LEDGER_PRICE_FILE at it*",
+            "lens quiet: max_cost_usd cannot be checked: no usage reported by calls to 'gpt-4o-mini' "
+            "(1 call); re-record it with usage*",
+            "total: max_cost_usd cannot be checked: no known price for model 'acme-local-7b' (1 call); "
+            "no usage reported by calls to 'gpt-4o-mini' (1 call); *",
+        ]
+    )
+    assert "every budget" not in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: calls with no known cost count as $0: no known price for model 'acme-local-7b'*"]
+    )
+
+
+def test_a_misspelt_lens_key_is_named(recorded: pytest.Pytester) -> None:
+    """A lens budget whose key never ran is a notice with the closest key that did run."""
+    budgets(recorded, "lenses:\n  summry: {max_api_calls: 1}\n")
+
+    result = run(recorded, "--llm-budget")
+
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: every budget in budgets.yaml that ran was met",
+            "llm-ledger: no run of 1 lens(es) with a budget, not checked: 'summry' (did you mean "
+            "'summary'?); lens keys that ran: digest, summary",
+        ]
+    )
+
+
+STRICT = {
+    "flag": ("", ["--llm-budget", "--llm-strict"]),
+    "ini": ("llm_budget = true\nllm_strict = true\n", []),
+}
+
+
+@pytest.mark.parametrize(("ini", "args"), STRICT.values(), ids=STRICT.keys())
+def test_strict_mode_fails_the_run_on_any_notice(
+    recorded: pytest.Pytester, ini: str, args: list[str]
+) -> None:
+    """--llm-strict (or ini llm_strict) turns notices into a failed run; ini llm_budget enforces
+    budgets.yaml without --llm-budget."""
+    recorded.makefile(".ini", pytest=INI + ini)
+    budgets(recorded, 'lenses:\n  summry: {max_api_calls: 1}\ntests:\n  "tests/test_app.py::gone": {}\n')
+
+    result = run(recorded, *args)
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: record mode 'none', cassettes cassettes, budgets budgets.yaml enforced, strict",
+            "*",
+            "llm-ledger: no run of 1 test(s) with a budget, not checked: tests/test_app.py::gone",
+            "llm-ledger: no run of 1 lens(es) with a budget, not checked: 'summry'*",
+            "llm-ledger: strict mode (--llm-strict / ini llm_strict): 2 notice(s) above fail the run",
+        ]
+    )
+
+
+def test_budgets_enforced_from_ini_alone(recorded: pytest.Pytester) -> None:
+    """ini llm_budget = true enforces the budgets file with no flag on the command line."""
+    recorded.makefile(".ini", pytest=INI + "llm_budget = true\n")
+    budgets(recorded, "total: {max_api_calls: 0}\n")
+
+    result = run(recorded)
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["total *max_api_calls *0 *3 *"])
+
+
+def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """llm_strict = maybe names the key, the value, the ini file and the valid values."""
+    write_project(pytester)
+    pytester.makefile(".ini", pytest=INI + "llm_strict = maybe\n")
+
+    result = run(pytester)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*llm_strict = 'maybe' in *pytest.ini is not a boolean; use true or false"])

@@ -297,8 +297,16 @@ def test_malformed_cassette_is_a_clear_error(pytester: pytest.Pytester, content:
 
     result.assert_outcomes(errors=1, deselected=2)
     result.stdout.fnmatch_lines(
-        ["*cassettes/tests/test_app/test_chat.yaml: *not a valid llm-ledger cassette*"]
+        [
+            "*cassettes/tests/test_app/test_chat.yaml: *not a valid llm-ledger cassette*"
+            "replace it with a fresh recording (--llm-record-mode=rewrite)",
+            "  to replace it with a fresh recording: "
+            "pytest tests/test_app.py::test_chat --llm-record-mode=rewrite",
+        ]
     )
+    out = result.stdout.str()
+    assert out.count("not a valid llm-ledger cassette") == 1  # not again as a chained exception
+    assert "During handling" not in out and "delete it" not in out
     assert not (pytester.path / "pwned").exists()
 
 
@@ -399,3 +407,46 @@ def test_responses_streams_and_embeddings_replay(pytester: pytest.Pytester, serv
     assert events[0]["event"] == "response.created"
     assert events[-1]["event"] == "response.completed"
     assert events[-1]["data"]["response"]["usage"]["total_tokens"] > 0
+
+
+CONCURRENT_TESTS = """
+import os
+import threading
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_fan_out():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens("fan_out"):
+        def ask(i):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": i}])
+
+        threads = [threading.Thread(target=ask, args=(t,)) for t in "abc"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+"""
+
+
+@pytest.mark.usefixtures("no_key")
+def test_concurrent_misses_print_one_message_and_no_ledger_records(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """Three concurrent calls that miss fail the test with one message and a count, and the
+    plugin's records (calls, lens summary) stay out of pytest's captured log."""
+    write_project(pytester, CONCURRENT_TESTS)
+
+    result = run(pytester, "--log-level=INFO")
+
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert out.count("llm-ledger: request not found in cassette") == 1
+    assert "llm-ledger: 2 more request(s) of this test failed the same way; the first is shown" in out
+    assert "llm_api_call" not in out and "lens_summary" not in out and "Captured log" not in out
+    assert server.requests == []

@@ -14,6 +14,7 @@ import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
 from tests.plugin_helpers import (
     FAST_ARGS,
+    INI,
     PLUGIN_ARGS,
     recorded_fixture,
     run,
@@ -197,3 +198,66 @@ def test_calls_of_the_applications_own_monitor_count_too(pytester: pytest.Pytest
     data = json.loads((pytester.path / "out" / "report.json").read_text())
     assert data["lenses"]["own"]["api_calls"] == 1 and data["total"]["api_calls"] == 1
     assert data["lenses"]["own"]["cost_usd"] > 0
+
+
+APP_CONFTEST = """
+import llm_ledger
+
+llm_ledger.configure()  # the application's start-up: log_dir from LLM_LEDGER_LOG_DIR, else logs/
+
+
+def pytest_sessionfinish():
+    llm_ledger.flush()
+"""
+
+
+@pytest.mark.usefixtures("fresh_config")
+def test_test_runs_stay_out_of_the_applications_log_unless_asked(recorded: pytest.Pytester) -> None:
+    """An application that configures llm-ledger at start-up writes no logs/llm_calls.jsonl during
+    a test run; ini llm_log_dir names a directory that gets the run's records instead."""
+    recorded.makeconftest(APP_CONFTEST)
+
+    assert run(recorded).ret == 0
+    assert not (recorded.path / "logs").exists()
+
+    recorded.makefile(".ini", pytest=INI + "llm_log_dir = test-logs\n")
+    assert run(recorded).ret == 0
+    assert not (recorded.path / "logs").exists()
+    lines = (recorded.path / "test-logs" / "llm_calls.jsonl").read_text().splitlines()
+    events = sorted(json.loads(line)["event"] for line in lines)
+    assert events == ["lens_summary"] * 3 + ["llm_api_call"] * 3
+
+
+DOCUMENTED_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+from llm_ledger.testing import capture
+
+
+@pytest.mark.llm
+def test_documented(llm_ledger):
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with capture(every_monitor=True) as captured, client, ledger.lens("doc"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert len(captured) == 2 and [r["event"] for r in captured] == ["llm_api_call", "lens_summary"]
+    assert captured.calls == [r for r in captured if r["event"] == "llm_api_call"] == llm_ledger.calls
+    assert captured.lenses == llm_ledger.lenses == llm_ledger.lens("doc") and llm_ledger.lens("x") == []
+    assert llm_ledger.nodeid == "tests/test_app.py::test_documented"
+    totals = llm_ledger.totals()
+    assert (llm_ledger.api_calls, llm_ledger.cost_complete, totals.api_calls) == (1, True, 1)
+    assert llm_ledger.prompt_tokens + llm_ledger.completion_tokens == llm_ledger.total_tokens > 0
+    assert 0 < llm_ledger.cost_usd == totals.cost_usd
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_fixture_and_capture_attributes_as_documented(pytester: pytest.Pytester, server: Any) -> None:
+    """Every documented attribute of the llm_ledger fixture and of capture()'s Captured (sized,
+    iterable) holds for one recorded call in a lens."""
+    write_project(pytester, DOCUMENTED_TESTS)
+
+    run(pytester, "--llm-record-mode=once").assert_outcomes(passed=1)

@@ -1,0 +1,113 @@
+"""Replay-only means offline: an unmarked test's OpenAI request fails its test and is never sent."""
+
+from __future__ import annotations
+
+import openai  # noqa: F401  (kept imported across in-process sessions)
+import pytest
+import vcr  # noqa: F401
+
+import llm_ledger  # noqa: F401
+from tests.fake_openai import FakeOpenAI
+from tests.plugin_helpers import INI, no_key_fixture, run, server_fixture, write_project
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (no_key_fixture, server_fixture)  # used by name
+
+UNMARKED_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+URL = os.environ["LEDGER_TEST_BASE_URL"]
+
+
+def ask(client, text):
+    return client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
+
+
+def test_unmarked():
+    with ledger.instrument(openai.OpenAI(base_url=URL, max_retries=0)) as client:
+        ask(client, "unmarked")
+
+
+@pytest.mark.asyncio
+async def test_unmarked_async_swallowed():
+    async with openai.AsyncOpenAI(base_url=URL, max_retries=2) as client:
+        try:
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "swallowed"}]
+            )
+        except Exception:
+            pass  # code under test that hides errors must not hide a refused request
+
+
+@pytest.mark.llm(live=True)
+def test_live():
+    with openai.OpenAI(base_url=URL, max_retries=0) as client:
+        assert ask(client, "live").choices[0].message.content.startswith("Summary:")
+"""
+
+
+def prompts(server: FakeOpenAI) -> list[str]:
+    return [r.body["messages"][0]["content"] for r in server.requests]
+
+
+@pytest.mark.usefixtures("no_key")
+def test_unmarked_requests_fail_their_test_and_are_never_sent(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """In none mode an unmarked test's call (sync or async, swallowed or not) fails naming the test
+    and the marker, and reaches no server; a test marked llm(live=True) calls the server."""
+    write_project(pytester, UNMARKED_TESTS)
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1, failed=2)
+    assert prompts(server) == ["live"]
+    out = result.stdout.str()
+    for name in ("test_unmarked", "test_unmarked_async_swallowed"):
+        nodeid = f"tests/test_app.py::{name}"
+        assert f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent" in out
+        assert f"    pytest {nodeid} --llm-record-mode=once" in out
+    result.stdout.fnmatch_lines(
+        [
+            "  request: POST 127.0.0.1/v1/chat/completions",
+            "*to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
+            "  for a deliberate live test: @pytest.mark.llm(live=True); for a local server: ini "
+            "llm_allowed_hosts = 127.0.0.1",
+        ]
+    )
+    assert out.count("is not marked llm") == 2  # once per test: no traceback, no retry, no repeat
+    assert "APIConnectionError" not in out and "Traceback" not in out
+
+
+@pytest.mark.usefixtures("no_key")
+def test_allowed_hosts_let_unmarked_tests_reach_a_local_server(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """ini llm_allowed_hosts (glob patterns) opens the guard for the hosts it names, only those."""
+    write_project(pytester, UNMARKED_TESTS)
+    pytester.makefile(".ini", pytest=INI + "llm_allowed_hosts = api.example.com 127.0.0.*\n")
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=3)
+    assert sorted(prompts(server)) == ["live", "swallowed", "unmarked"]
+
+
+def test_a_bad_llm_marker_argument_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """@pytest.mark.llm(liv=True) stops the run naming the file, line, test and the valid forms."""
+    write_project(pytester, "import pytest\n\n\n@pytest.mark.llm(liv=True)\ndef test_typo():\n    pass\n")
+
+    result = run(pytester)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*tests/test_app.py:4: tests/test_app.py::test_typo: @pytest.mark.llm(liv=True) is not a valid "
+            "llm marker; use @pytest.mark.llm (replay from a cassette) or @pytest.mark.llm(live=True)*"
+        ]
+    )
