@@ -11,6 +11,7 @@ command line               ini                     default
 ``--llm-budget-file``      ``llm_budget_file``     ``budgets.yaml`` under the rootdir
 ``--llm-report PATH``      (none)                  no file
 ``--llm-baseline PATH``    (none)                  no diff
+(marker ``match_host``)    ``llm_match_host``      off: match method, API path and body
 =========================  ======================  ======================================
 
 ``--llm-ledger-budget`` is an alias of ``--llm-budget`` that stays available when another plugin
@@ -29,6 +30,7 @@ from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -98,6 +100,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("llm_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
     parser.addini("llm_budget_file", "budgets file, relative to the rootdir", default="budgets.yaml")
+    parser.addini(
+        "llm_match_host",
+        "match cassette requests on the host too (default: method, API path and body only)",
+        type="bool",
+        default=False,
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -241,6 +249,13 @@ def _record_mode(config: pytest.Config) -> str:
     return str(mode)
 
 
+def _compatible_server() -> str | None:
+    """``OPENAI_BASE_URL`` when it names a server other than OpenAI's (a loopback or compatible one)."""
+    url = os.environ.get("OPENAI_BASE_URL", "").strip()
+    host = (urlsplit(url).hostname or "").lower()
+    return url if host and host != "api.openai.com" else None
+
+
 def _path_option(config: pytest.Config, name: str) -> Path:
     value = config.getoption(name)
     if value:  # command line: relative to where pytest was started
@@ -271,8 +286,9 @@ def pytest_configure(config: pytest.Config) -> None:
             state.budgets = load_budgets(state.budget_file, _display(config, state.budget_file))
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
-    if state.mode == "none" and not os.environ.get("OPENAI_API_KEY"):
-        # replay needs no key, but the SDK refuses to build a client without one
+    if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
+        # replay needs no key, nor does recording against a compatible server, but the SDK refuses
+        # to build a client without one; recording against OpenAI itself keeps the SDK's error
         os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
         state._placeholder_key = True
     config.stash[_STATE] = state
@@ -303,6 +319,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"llm-ledger: record mode {state.mode!r}, cassettes {_display(config, state.cassette_dir)}, "
         f"budgets {budget} {enforced}"
     ]
+    if state._placeholder_key and state.mode != "none":
+        lines.append(
+            f"llm-ledger: OPENAI_API_KEY is unset; recording against {_compatible_server()} with a "
+            "placeholder key"
+        )
     if state.flag_owner != "llm-ledger":
         lines.append(
             f"llm-ledger: --llm-budget is defined by {state.flag_owner}, so it is not llm-ledger's switch "
@@ -345,13 +366,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
     item = request.node
-    if not isinstance(item, pytest.Item) or item.get_closest_marker("llm") is None:
+    marker = item.get_closest_marker("llm") if isinstance(item, pytest.Item) else None
+    if marker is None:
         yield
         return
     state = request.config.stash[_STATE]
     path = cassette_path(item, state.cassette_dir)
+    match_host = marker.kwargs.get("match_host", request.config.getini("llm_match_host"))
+    if not isinstance(match_host, bool):
+        pytest.fail(
+            f"@pytest.mark.llm(match_host={match_host!r}): match_host must be True or False", pytrace=False
+        )
     try:
-        cassette = LedgerCassette(path, state.mode, item.nodeid)
+        cassette = LedgerCassette(path, state.mode, item.nodeid, match_host=match_host)
     except CassetteError as exc:
         pytest.fail(str(exc), pytrace=False)
     item.stash[_CASSETTE] = cassette

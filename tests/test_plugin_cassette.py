@@ -36,7 +36,9 @@ def write(path: Path, n: int) -> None:
 def request(payload: Any, *, compact: bool = False) -> SimpleNamespace:
     """What vcrpy's httpx stub hands the cassette."""
     separators = (",", ":") if compact else (", ", ": ")
-    return SimpleNamespace(method="POST", uri=URL, body=json.dumps(payload, separators=separators).encode())
+    return SimpleNamespace(
+        method="POST", uri=URL, body=json.dumps(payload, separators=separators).encode(), headers={}
+    )
 
 
 def test_replay_computes_one_key_per_request_whatever_the_size(
