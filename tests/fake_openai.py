@@ -33,9 +33,10 @@ Endpoints
     response.output_text.delta, response.output_text.done, response.content_part.done,
     response.output_item.done, response.completed (full response with usage), each as
     ``event: <type>`` + ``data: {...}`` with ``sequence_number``.
-Azure's deployment paths (``/openai/deployments/<name>/chat/completions``, also under ``/v1``) are
-served as the plain ones.  Anything else: 404 with an OpenAI error body.  A body that is not a JSON
-object, or a missing ``model``, gives 400.
+Azure's deployment paths (``/openai/deployments/<name>/chat/completions``, also under ``/v1``) and
+paths under a proxy's prefix (``/any/prefix/v1/chat/completions``) are served as the plain ones.
+Anything else: 404 with an OpenAI error body.  A body that is not a JSON object, or a missing
+``model``, gives 400.
 
 Token accounting (deterministic)
 --------------------------------
@@ -691,6 +692,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = None
         path = urlsplit(self.path).path
         route = _AZURE_DEPLOYMENT.sub("/v1", path)
+        route = route[route.find("/v1/") :] if route.find("/v1/") > 0 else route  # a proxy's prefix
         retry = headers.get("x-stainless-retry-count", "")
         num = fake._record(
             RecordedRequest(
