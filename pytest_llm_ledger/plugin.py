@@ -295,6 +295,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _active.append(state)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(state), "llm_ledger_xdist")
+    if not state.is_worker:
+        config.pluginmanager.register(_Outcomes(state), "llm_ledger_outcomes")
     state.attach()
 
 
@@ -471,6 +473,18 @@ def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: Ses
         return
     for line in _diff.render(_diff.diff_reports(base, ledger.report()), "text").splitlines():
         tr.write_line(line)
+
+
+class _Outcomes:
+    """Failed tests, for the report (on the controller, which hears every worker's reports)."""
+
+    def __init__(self, state: _LedgerState) -> None:
+        self.state = state
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.state.ledger.failed.add(report.nodeid)
 
 
 class _XdistHooks:
