@@ -134,3 +134,12 @@ def test_recording_against_openai_itself_gets_no_placeholder_key(
     run(pytester, "--llm-record-mode=once").assert_outcomes(passed=1)
     monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
     run(pytester, "--llm-record-mode=rewrite").assert_outcomes(passed=1)
+
+
+def test_a_bad_match_host_value_is_a_clear_failure(pytester: pytest.Pytester) -> None:
+    """match_host must be a bool: anything else fails the test naming the marker and the value."""
+    write_project(pytester, "import pytest\n\n@pytest.mark.llm(match_host='yes')\ndef test_x():\n    pass\n")
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*@pytest.mark.llm(match_host='yes'): match_host must be True or False*"])
+    assert "Traceback" not in result.stdout.str()
