@@ -3,25 +3,45 @@
 Reads two ``--llm-report`` files (schema ``llm-ledger-report``, version 1) written by the pytest
 plugin, typically one from the base branch and one from the pull request, and prints a table per
 lens with base, head, delta and percent change. Lenses only in HEAD are marked new, lenses only in
-BASE removed. ``--format markdown`` (the default) is fit for a PR comment or
-``$GITHUB_STEP_SUMMARY``; ``text`` is for terminals; ``json`` for other tools.
+BASE removed; each lens also shows its runs and its cost per run. ``--format markdown`` (the
+default) is fit for a PR comment or ``$GITHUB_STEP_SUMMARY``; ``text`` is for terminals; ``json`` for
+other tools.
+
+The diff says when its numbers cannot be trusted, at the top of the output and on stderr: a report
+with failed tests or failed calls (a base run whose cassettes missed), or unpriced calls. A missing
+BASE file is not an error: every lens is new, and a note says so (a base branch that does not run
+llm-ledger yet). ``--only-changed`` leaves out unchanged lenses. ``--fail-on-increase PCT`` exits 1
+when any lens's cost per run grew by more than PCT percent, naming each (a lens whose base cost was
+zero counts as grown without limit; new lenses do not count: they have no base).
+Costs keep at least three significant digits, so a non-zero cost never reads $0.000000.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any, Final
 
 from ._errors import ConfigError
 
-__all__ = ["DIFF_METRICS", "diff_reports", "load_report", "register", "render"]
+__all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
 REPORT_SCHEMA: Final = "llm-ledger-report"
 SUPPORTED_VERSIONS: Final = (1,)
-# metric in the report -> label in the tables
-DIFF_METRICS: Final = {"api_calls": "calls", "total_tokens": "tokens", "cost_usd": "cost (USD)"}
+# metric in the report -> label in the tables; cost_per_run is computed (cost_usd / runs)
+DIFF_METRICS: Final = {
+    "runs": "runs",
+    "api_calls": "calls",
+    "total_tokens": "tokens",
+    "cost_usd": "cost (USD)",
+    "cost_per_run": "cost per run",
+}
+LENS_METRICS: Final = tuple(DIFF_METRICS)
+TOTAL_METRICS: Final = ("api_calls", "total_tokens", "cost_usd")
+_COSTS: Final = frozenset({"cost_usd", "cost_per_run"})
 FORMATS: Final = ("markdown", "text", "json")
 
 
@@ -57,42 +77,110 @@ def load_report(path: str | Path) -> dict[str, Any]:
 def _number(entry: dict[str, Any] | None, metric: str) -> float | None:
     if entry is None:
         return None
+    if metric == "cost_per_run":
+        runs, cost = _number(entry, "runs"), _number(entry, "cost_usd")
+        return cost / runs if runs and cost is not None else None
     value = entry.get(metric, 0)
     return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
-def _row(base: dict[str, Any] | None, head: dict[str, Any] | None) -> dict[str, Any]:
+def _row(
+    base: dict[str, Any] | None, head: dict[str, Any] | None, metrics: tuple[str, ...]
+) -> dict[str, Any]:
     status = "new" if base is None else "removed" if head is None else "unchanged"
-    metrics: dict[str, dict[str, float | None]] = {}
-    for metric in DIFF_METRICS:
+    out: dict[str, dict[str, float | None]] = {}
+    for metric in metrics:
         b, h = _number(base, metric), _number(head, metric)
         delta = None if b is None or h is None else h - b
-        if metric == "cost_usd" and delta is not None:
+        if metric in _COSTS and delta is not None:
             delta = round(delta, 12)  # no float noise in a diff of equal costs
         pct = None if delta is None or not b else delta / b * 100
-        metrics[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
+        out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
-    return {"status": status, "metrics": metrics}
+    return {"status": status, "metrics": out}
 
 
-def diff_reports(base: dict[str, Any], head: dict[str, Any]) -> dict[str, Any]:
-    """The JSON form of the diff: per lens (and total) base, head, delta and percent per metric."""
+def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
+    """What makes a report's numbers untrustworthy: failed tests, failed calls, unpriced calls."""
+    out = []
+    failed = [t for t in report.get("failed_tests") or [] if isinstance(t, str)]
+    if failed:
+        shown = ", ".join(f"`{t}`" for t in failed[:5]) + (
+            f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        )
+        out.append(
+            f"the {name} report ({path}) has {len(failed)} failed test(s): {shown}; its numbers leave out "
+            "what those tests did not get to do"
+        )
+    errors = _number(report["total"], "errors") or 0
+    if errors:
+        out.append(
+            f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
+            "errors): calls that failed cost nothing and used no tokens"
+        )
+    if report["total"].get("cost_complete") is False:
+        out.append(
+            f"the {name} report ({path}) has calls to models with no known price: its costs leave them out"
+        )
+    return out
+
+
+def diff_reports(
+    base: dict[str, Any] | None, head: dict[str, Any], *, base_path: str = "base", head_path: str = "head"
+) -> dict[str, Any]:
+    """The JSON form of the diff: per lens (and total) base, head, delta and percent per metric.
+
+    ``base`` None stands for a missing base report: every lens is new, and a flag says why.
+    """
+    flags = []
+    if base is None:
+        flags.append(
+            f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
+            "llm-ledger yet, or its test run wrote no report)"
+        )
+        base = {"lenses": {}, "total": {}}
+    else:
+        flags += _flags("base", base_path, base)
+    flags += _flags("head", head_path, head)
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
     return {
         "schema": "llm-ledger-diff",
         "version": 1,
-        "lenses": {n: _row(base["lenses"].get(n), head["lenses"].get(n)) for n in names},
-        "total": _row(base["total"], head["total"]),
+        "flags": flags,
+        "lenses": {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names},
+        "total": _row(base["total"] or None, head["total"], TOTAL_METRICS),
     }
+
+
+def increases(diff: dict[str, Any], pct: float) -> list[str]:
+    """The lenses whose cost per run grew by more than ``pct`` percent (from zero counts as infinite)."""
+    out = []
+    for name, row in diff["lenses"].items():
+        m = row["metrics"]["cost_per_run"]
+        if m["base"] is None or m["head"] is None or not m["delta"] or m["delta"] < 0:
+            continue
+        if m["pct"] is None or m["pct"] > pct:
+            grown = "from nothing" if m["pct"] is None else f"{m['pct']:+.1f}%"
+            out.append(f"`{name}`: cost per run {_usd(m['base'])} -> {_usd(m['head'])} ({grown})")
+    return out
+
+
+def _usd(value: float, signed: bool = False) -> str:
+    """Dollars with at least six decimals and three significant digits: a non-zero cost never reads $0."""
+    digits = 6
+    if value and abs(value) < 0.001:
+        digits = min(12, max(6, 2 - math.floor(math.log10(abs(value)))))
+    sign = "-" if value < 0 else "+" if signed and value > 0 else ""
+    return f"{sign}${abs(value):.{digits}f}"
 
 
 def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
     if value is None:
         return "—"
+    if metric in _COSTS:
+        return _usd(value, signed)
     sign = "+" if signed and value > 0 else ""
-    if metric == "cost_usd":
-        return f"{sign}${value:.6f}" if value >= 0 or not signed else f"-${-value:.6f}"
     return f"{sign}{int(value):,}"
 
 
@@ -106,10 +194,9 @@ def _cells(diff: dict[str, Any]) -> list[tuple[str, str, list[list[str]]]]:
     sections = [*diff["lenses"].items(), ("TOTAL", diff["total"])]
     for name, row in sections:
         rows = []
-        for metric, label in DIFF_METRICS.items():
-            m = row["metrics"][metric]
+        for metric, m in row["metrics"].items():
             rows.append(
-                [label, _fmt(metric, m["base"]), _fmt(metric, m["head"]),
+                [DIFF_METRICS[metric], _fmt(metric, m["base"]), _fmt(metric, m["head"]),
                  _fmt(metric, m["delta"], signed=True), _pct(m["pct"])]
             )  # fmt: skip
         out.append((name, row["status"], rows))
@@ -121,18 +208,26 @@ _MARK: Final = {"new": " (new)", "removed": " (removed)", "changed": "", "unchan
 
 def _markdown(diff: dict[str, Any]) -> str:
     lines = ["## llm-ledger: cost diff", ""]
+    for flag in diff["flags"]:
+        lines += [f"> **Warning:** {flag}", ">"]
+    if diff["flags"]:
+        lines[-1] = ""
     changed = sum(1 for r in diff["lenses"].values() if r["status"] != "unchanged")
-    lines.append(f"{len(diff['lenses'])} lens(es), {changed} with changes.")
+    shown = " (only those are shown)" if diff.get("only_changed") else ""
+    lines.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
     for name, status, rows in _cells(diff):
         title = "Total" if name == "TOTAL" else f"`{name}`"
         lines += ["", f"### {title}{_MARK[status]}", "", "| metric | base | head | delta | % |"]
         lines.append("|---|---:|---:|---:|---:|")
         lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    if diff.get("increases"):
+        lines += ["", f"**Cost per run grew by more than {diff['fail_on_increase']:g}%:**", ""]
+        lines += [f"- {line}" for line in diff["increases"]]
     return "\n".join(lines) + "\n"
 
 
 def _text(diff: dict[str, Any]) -> str:
-    lines: list[str] = []
+    lines = [f"warning: {flag}" for flag in diff["flags"]]
     for name, status, rows in _cells(diff):
         lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[status])
         table = [["metric", "base", "head", "delta", "%"], *rows]
@@ -142,6 +237,9 @@ def _text(diff: dict[str, Any]) -> str:
                 "  "
                 + "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
             )
+    if diff.get("increases"):
+        lines.append(f"cost per run grew by more than {diff['fail_on_increase']:g}%:")
+        lines += [f"  {line}" for line in diff["increases"]]
     return "\n".join(lines) + "\n"
 
 
@@ -157,9 +255,36 @@ def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    diff = diff_reports(load_report(args.base), load_report(args.head))
+    base = None if not Path(args.base).exists() else load_report(args.base)
+    diff = diff_reports(base, load_report(args.head), base_path=args.base, head_path=args.head)
+    diff["lens_count"] = len(diff["lenses"])
+    if args.only_changed:
+        diff["only_changed"] = True
+        diff["lenses"] = {n: r for n, r in diff["lenses"].items() if r["status"] != "unchanged"}
+    if args.fail_on_increase is not None:
+        diff["fail_on_increase"] = args.fail_on_increase
+        diff["increases"] = increases(diff, args.fail_on_increase)
     print(render(diff, args.format), end="")
+    for flag in diff["flags"]:
+        print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
+    if diff.get("increases"):
+        names = ", ".join(line.split(":")[0] for line in diff["increases"])
+        print(
+            f"llm-ledger diff: cost per run grew by more than {args.fail_on_increase:g}% in {names}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a percentage, e.g. 20)") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a percentage of 0 or more, e.g. 20")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -168,10 +293,20 @@ def register(subparsers: Any) -> None:
         "diff",
         help="compare two pytest --llm-report files lens by lens",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
+        epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used",
     )
-    parser.add_argument("base", help="report of the base (e.g. the main branch)")
+    parser.add_argument(
+        "base", help="report of the base (e.g. the main branch); missing means every lens is new"
+    )
     parser.add_argument("head", help="report of the head (e.g. the pull request)")
     parser.add_argument(
         "--format", choices=FORMATS, default="markdown", help="output format (default: markdown)"
+    )
+    parser.add_argument("--only-changed", action="store_true", help="leave out lenses that did not change")
+    parser.add_argument(
+        "--fail-on-increase",
+        type=_percent,
+        metavar="PCT",
+        help="exit 1 when any lens's cost per run grows by more than PCT percent, naming it",
     )
     parser.set_defaults(func=_run)

@@ -8,14 +8,20 @@ place atomically (temporary file + rename, file mode kept). What it removes:
 * every header not on the plugin's allow-list (``content-type``; ``content-encoding`` is kept on
   responses so a compressed body stays readable): ``Authorization``, ``api-key``, cookies,
   ``OpenAI-Organization`` / ``OpenAI-Project``, ``x-stainless-*``, ``user-agent``...;
-* the values of query parameters named like credentials (``api_key``, ``key``, ``token``...);
+* the values of query parameters named like credentials (``api-key``, ``key``, ``token``,
+  ``subscription-key``, ``code``, ``sig``...);
 * the values of JSON body fields named like credentials (``api_key``, ``access_token``...),
   in request and response bodies, SSE events included;
-* anything shaped like an OpenAI secret key (``sk-...``) left in a URL or a body.
+* anything shaped like an OpenAI secret key (``sk-...``) left in a URL or a body, and the value of
+  a credential header the request carried wherever else it appears (a key echoed in a 401 body).
+
+The names are the plugin's (``llm_ledger._secrets``): the plugin records cassettes already
+redacted this way, so a fresh recording passes ``--check``.
 
 ``--check`` changes nothing and exits 1 when a file would change, listing what (never the secret
-values), so CI can refuse cassettes that leak. Exit status: 0 clean or scrubbed, 1 ``--check``
-found something, 2 a file could not be read safely.
+values), so CI can refuse cassettes that leak; when nothing would change it prints one summary
+line. Exit status: 0 clean or scrubbed, 1 ``--check`` found something, 2 a file could not be read
+safely.
 """
 
 from __future__ import annotations
@@ -23,37 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS, decompress
 
 from ._errors import CassetteError
+from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = ["register", "scrub_document", "scrub_file"]
 
-REDACTED: Final = "REDACTED"
-# names compared lower-case with "-" read as "_"
-_SECRET_QUERY: Final = frozenset(
-    {"api_key", "apikey", "key", "access_token", "token", "client_secret", "secret", "password", "sig",
-     "signature", "auth", "authorization"}
-)  # fmt: skip
-_SECRET_FIELDS: Final = frozenset(
-    {"api_key", "apikey", "openai_api_key", "x_api_key", "access_token", "refresh_token", "id_token",
-     "client_secret", "secret", "password", "authorization", "api_token", "auth_token"}
-)  # fmt: skip
-_KEY_SHAPE: Final = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
-_KEY_REPLACEMENT: Final = "sk-" + REDACTED
 _EXTRA_RESPONSE_HEADERS: Final = frozenset({"content-encoding"})
-
-
-def _normal(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
 
 
 def _allow_lists() -> tuple[frozenset[str], frozenset[str]]:
@@ -61,64 +50,10 @@ def _allow_lists() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(REQUEST_HEADERS), frozenset(RESPONSE_HEADERS) | _EXTRA_RESPONSE_HEADERS
 
 
-class _Scrubber:
+class _Scrubber(CredentialRedactor):
     def __init__(self) -> None:
-        self.findings: list[str] = []
+        super().__init__()
         self.request_headers, self.response_headers = _allow_lists()
-        self._seen: set[int] = set()  # YAML aliases share objects: visit each once (no alias bombs)
-
-    def note(self, place: str, what: str) -> None:
-        self.findings.append(f"{place}: {what}")
-
-    def first_visit(self, value: Any) -> bool:
-        if id(value) in self._seen:
-            return False
-        self._seen.add(id(value))
-        return True
-
-    # -- strings, JSON, URLs ------------------------------------------------------------------------
-
-    def text(self, value: str, place: str) -> str:
-        scrubbed, count = _KEY_SHAPE.subn(_KEY_REPLACEMENT, value)
-        if count:
-            self.note(place, f"{count} secret key(s) shaped sk-... redacted")
-        return scrubbed
-
-    def json(self, value: Any, place: str, path: str = "$") -> Any:
-        if isinstance(value, dict):
-            if self.first_visit(value):
-                for key in list(value):
-                    sub = f"{path}.{key}"
-                    if (
-                        isinstance(key, str)
-                        and _normal(key) in _SECRET_FIELDS
-                        and value[key] not in (REDACTED, None)
-                    ):
-                        value[key] = REDACTED
-                        self.note(place, f"JSON field {sub} redacted")
-                    else:
-                        value[key] = self.json(value[key], place, sub)
-            return value
-        if isinstance(value, list):
-            if self.first_visit(value):
-                for index, item in enumerate(value):
-                    value[index] = self.json(item, place, f"{path}[{index}]")
-            return value
-        if isinstance(value, str):
-            return self.text(value, place)
-        return value
-
-    def url(self, value: str, place: str) -> str:
-        parts = urlsplit(value)
-        if parts.query:
-            pairs = parse_qsl(parts.query, keep_blank_values=True)
-            secret = [name for name, v in pairs if _normal(name) in _SECRET_QUERY and v != REDACTED]
-            if secret:
-                for name in secret:
-                    self.note(place, f"query parameter {name!r} redacted")
-                query = urlencode([(n, REDACTED if n in secret else v) for n, v in pairs])
-                value = urlunsplit(parts._replace(query=query))
-        return self.text(value, place)
 
     # -- headers and bodies ------------------------------------------------------------------------
 
@@ -222,6 +157,16 @@ def scrub_document(doc: Any) -> list[str]:
             raise ValueError(f"{place} must be a mapping, not {type(interaction).__name__}")
         if not scrubber.first_visit(interaction):
             continue
+        # a credential the request carried (its Authorization header...) is redacted wherever else
+        # it appears in this interaction, e.g. echoed whole in a 401 body
+        request = interaction.get("request")
+        if isinstance(request, dict):
+            headers = request.get("headers")
+            url = request.get("uri") or request.get("url")
+            known = known_secrets(
+                headers if isinstance(headers, dict) else None, url if isinstance(url, str) else ""
+            )
+            scrubber.known = sorted(known, key=len, reverse=True)
         for part, allowed in (("request", scrubber.request_headers), ("response", scrubber.response_headers)):
             if part in interaction:
                 scrubber.message(interaction[part], f"{place}.{part}", allowed)
@@ -323,7 +268,9 @@ def _expand(names: list[str]) -> list[Path]:
 
 def _run(args: argparse.Namespace) -> int:
     failed = changed = 0
-    for path in _expand(args.cassettes):
+    paths = _expand(args.cassettes)
+    checked = len(paths)
+    for path in paths:
         try:
             findings = scrub_file(path, check=args.check)
         except CassetteError as exc:
@@ -343,6 +290,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.check and changed:
         files = " ".join(_quote(n) for n in args.cassettes)
         print(f"{changed} cassette(s) hold credentials or identifiers; fix with: llm-ledger scrub {files}")
+    elif not changed and not failed:
+        print(f"llm-ledger scrub: {checked} cassette(s) checked, no credentials or identifiers found")
     if failed:
         return 2
     return 1 if args.check and changed else 0

@@ -1,11 +1,22 @@
 """Record and replay HTTP interactions for one test, on top of vcrpy's transport patches.
 
 vcrpy intercepts the HTTP libraries (httpx2 for the OpenAI SDK); this module supplies the
-cassette object its stubs talk to. Matching is ours: method, host, path and the body compared as
-canonical JSON, never headers, scheme, port or query. Recorded interactions sit in a dict keyed
-by that canonical form, each key holding a queue of unplayed interactions, so a replayed call
-costs one parse of its own body and a dict lookup whatever the cassette's size. Each interaction
-plays once, in recorded order; an extra identical call is a miss.
+cassette object its stubs talk to. Matching is ours: the method, the *API path* and the body
+compared as canonical JSON; never headers, scheme, port or query, and the host only on request
+(``match_host``). The API path is the URL path after the client's base URL, found as the part after
+the last version segment (``v1``, ``v1beta``...): ``https://api.openai.com/v1/chat/completions``,
+``http://127.0.0.1:8123/v1/chat/completions`` and ``https://proxy.corp/openai/v1/chat/completions``
+are all ``/chat/completions``, so a cassette recorded through ``OPENAI_BASE_URL`` or a proxy replays
+in a CI without it. Ports are not stored, so re-recording on another port changes no ``url:`` line.
+
+Credentials are redacted before anything is stored, and each request is redacted the same way
+before it is matched (``llm_ledger._secrets``, the list ``llm-ledger scrub`` uses): a cassette holds
+no key, a scrubbed cassette still replays, and a miss message never shows a credential's value.
+
+Recorded interactions sit in a dict keyed by that canonical form, each key holding a queue of
+unplayed interactions, so a replayed call costs one parse of its own body and a dict lookup
+whatever the cassette's size. Each interaction plays once, in recorded order; an extra identical
+call is a miss.
 
 A miss raises :class:`CassetteMissError` from inside the transport (the OpenAI SDK lets exceptions
 it does not know propagate unchanged) and is also kept on the cassette, so the plugin fails the
@@ -16,6 +27,7 @@ from __future__ import annotations
 
 import http
 import json
+import re
 import shlex
 import threading
 from collections import deque
@@ -24,24 +36,35 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from llm_ledger._errors import CassetteMissError
+from llm_ledger._secrets import CredentialRedactor, known_secrets
 
 from . import _format
 from ._format import Body
 
-__all__ = ["RECORD_MODES", "CassetteMissError", "LedgerCassette", "activate", "canonical_key"]
+__all__ = ["RECORD_MODES", "CassetteMissError", "LedgerCassette", "activate", "api_path", "canonical_key"]
 
 RECORD_MODES: Final = ("none", "once", "new_episodes", "all", "rewrite")
 _PLAY_ATTR = "_llm_ledger_play"
 _MAX_DIFFS = 8
 _MAX_VALUE = 120
 
-Key = tuple[str, str, str, str | bytes]
+Key = tuple[str, str, str, str | bytes]  # method, host, API path, canonical body
+_VERSION_SEGMENT = re.compile(r"v\d+(?:(?:alpha|beta|preview)\d*)?", re.IGNORECASE)
 
 
-def _canonical_body(raw: bytes | None) -> str | bytes:
+def api_path(path: str) -> str:
+    """The path after the client's base URL: what follows the last version segment (``/v1``)."""
+    segments = path.split("/")
+    for index in range(len(segments) - 1, -1, -1):
+        if _VERSION_SEGMENT.fullmatch(segments[index]):
+            return "/" + "/".join(segments[index + 1 :])
+    return path or "/"
+
+
+def _canonical_body(raw: bytes | None, redactor: CredentialRedactor) -> str | bytes:
     if not raw:
         return ""
     if raw.lstrip()[:1] in (b"{", b"["):
@@ -49,14 +72,48 @@ def _canonical_body(raw: bytes | None) -> str | bytes:
             value = json.loads(raw)
         except ValueError:
             return raw
+        redactor.known = sorted(known_secrets(body=value) | set(redactor.known), key=len, reverse=True)
+        value = redactor.json(value, "body")
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return raw
+    try:
+        return redactor.text(raw.decode("utf-8"), "body").encode()
+    except UnicodeDecodeError:
+        return raw
 
 
-def canonical_key(method: str, url: str, body: bytes | None) -> Key:
-    """What two requests must share to match: method, host, path and the body as canonical JSON."""
+def canonical_key(method: str, url: str, body: bytes | None, headers: Any = None) -> Key:
+    """What two requests share to match: method, host, API path and the body as canonical JSON,
+    credentials redacted (those named like credentials, and the values ``headers`` carry)."""
     parts = urlsplit(url)
-    return (method.upper(), (parts.hostname or "").lower(), parts.path or "/", _canonical_body(body))
+    redactor = CredentialRedactor(known_secrets(headers, url))
+    return (
+        method.upper(),
+        (parts.hostname or "").lower(),
+        api_path(parts.path),
+        _canonical_body(body, redactor),
+    )
+
+
+def _hostless(key: Key) -> Key:
+    return (key[0], "", key[2], key[3])
+
+
+def stored_url(url: str, redactor: CredentialRedactor) -> str:
+    """The URL as written to a cassette: credentials redacted, the port dropped (a fake server's
+    ephemeral port would rewrite every ``url:`` line on each recording)."""
+    parts = urlsplit(redactor.url(url, "url"))
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redact_body(body: Body, redactor: CredentialRedactor) -> Body:
+    kind, value = body
+    if kind in ("json", "sse"):
+        return (kind, redactor.json(value, kind))
+    if kind == "text":
+        return (kind, redactor.text(value, kind))
+    return body  # base64: bytes we cannot read, nothing text-shaped to find
 
 
 @dataclass(slots=True)
@@ -95,12 +152,13 @@ class Interaction:
 class LedgerCassette:
     """The cassette of one test, in one record mode; duck-types what vcrpy's stubs call."""
 
-    def __init__(self, path: Path, mode: str, nodeid: str) -> None:
+    def __init__(self, path: Path, mode: str, nodeid: str, *, match_host: bool = False) -> None:
         if mode not in RECORD_MODES:
             raise ValueError(f"record mode {mode!r} is not one of {RECORD_MODES!r}")
         self.path = path
         self.mode = mode
         self.nodeid = nodeid
+        self.match_host = match_host
         # attributes vcrpy's patch builder and stubs read
         self._path = str(path)
         self.custom_patches: tuple[Any, ...] = ()
@@ -117,7 +175,7 @@ class LedgerCassette:
             self.loaded = [_interaction(item) for item in _format.load_cassette(path)]
         self._unplayed: dict[Key, deque[int]] = {}
         for index, interaction in enumerate(self.loaded):
-            self._unplayed.setdefault(interaction.key, deque()).append(index)
+            self._unplayed.setdefault(self._lookup(interaction.key), deque()).append(index)
         # once: replay an existing cassette strictly, or record a new one from scratch
         self.write_protected = mode == "none" or (mode == "once" and self.existed)
         self._plays = mode in ("none", "new_episodes") or self.write_protected
@@ -125,28 +183,32 @@ class LedgerCassette:
     def __len__(self) -> int:
         return len(self.loaded) + len(self.recorded)
 
+    def _lookup(self, key: Key) -> Key:
+        """The part of a key this cassette matches on: the host only with ``match_host``."""
+        return key if self.match_host else _hostless(key)
+
     # -- the interface vcrpy's stubs use ---------------------------------------------------------
 
     def can_play_response_for(self, request: Any) -> bool:
         if not self._plays:
             return False
-        key = canonical_key(request.method, request.uri, request.body)
+        key = canonical_key(request.method, request.uri, request.body, request.headers)
         with self._lock:
-            queue = self._unplayed.get(key)
+            queue = self._unplayed.get(self._lookup(key))
             if queue:
                 # reserve now, so a concurrent identical call cannot take the same interaction
                 setattr(request, _PLAY_ATTR, queue.popleft())
                 self.played += 1
                 return True
         if self.write_protected:
-            self._miss(request, key)
+            self._miss(request)
         return False
 
     def play_response(self, request: Any) -> dict[str, Any]:
         index: int | None = request.__dict__.pop(_PLAY_ATTR, None)
         if index is None:
             if not self.can_play_response_for(request):
-                self._miss(request, canonical_key(request.method, request.uri, request.body))
+                self._miss(request)
             index = request.__dict__.pop(_PLAY_ATTR)
             assert index is not None
         return self.loaded[index].replay
@@ -161,15 +223,20 @@ class LedgerCassette:
         req_headers = {
             k.lower(): v for k, v in request.headers.items() if k.lower() in _format.REQUEST_HEADERS
         }
+        req_body = _format.decode_body(request.body or b"", req_headers.get("content-type", ""))
+        # the credentials this request carried are looked for everywhere in the exchange (a key
+        # echoed in a 401 body), besides everything named or shaped like a credential
+        known = known_secrets(request.headers, request.uri, req_body[1] if req_body[0] == "json" else None)
+        redactor = CredentialRedactor(known)
         body, resp_headers = _format.response_body(response["body"]["string"] or b"", response["headers"])
         interaction = Interaction(
             method=request.method.upper(),
-            url=request.uri,
+            url=stored_url(request.uri, redactor),
             request_headers=req_headers,
-            request_body=_format.decode_body(request.body or b"", req_headers.get("content-type", "")),
+            request_body=_redact_body(req_body, redactor),
             status=status,
             response_headers=resp_headers,
-            response_body=body,
+            response_body=_redact_body(body, redactor),
         )
         with self._lock:
             self.recorded.append(interaction)
@@ -199,7 +266,7 @@ class LedgerCassette:
         header = (
             f"llm-ledger cassette for {self.nodeid}\n"
             f"re-record: {self.rerecord_command('rewrite')}\n"
-            "bodies are stored decoded; headers are allow-listed (no credentials or ids)"
+            "bodies are stored decoded; headers are allow-listed and credentials redacted"
         )
         _format.write_atomic(self.path, _format.dump_cassette([i.to_yaml() for i in interactions], header))
 
@@ -208,61 +275,86 @@ class LedgerCassette:
     def rerecord_command(self, mode: str) -> str:
         return f"pytest {shlex.quote(self.nodeid)} --llm-record-mode={mode}"
 
-    def _miss(self, request: Any, key: Key) -> None:
-        message = self.describe_miss(request.method, request.uri, request.body)
+    def _miss(self, request: Any) -> None:
+        message = self.describe_miss(request.method, request.uri, request.body, request.headers)
         with self._lock:
             self.misses.append(message)
         raise CassetteMissError(message)
 
-    def describe_miss(self, method: str, url: str, body: bytes | None) -> str:
-        """The failure text for a request with no unplayed match: what, where, why, and the fix."""
-        key = canonical_key(method, url, body)
+    def describe_miss(self, method: str, url: str, body: bytes | None, headers: Any = None) -> str:
+        """The failure text for a request with no unplayed match: what, where, which part differed,
+        and the fix. Values are shown redacted, as they are matched: never a credential."""
+        key = canonical_key(method, url, body, headers)
+        shown_url = CredentialRedactor(known_secrets(headers, url)).url(url, "url")
+        host_rule = "method, host, API path and body" if self.match_host else "method, API path and body"
         lines = [
             f"llm-ledger: request not found in cassette {self.path} (record mode {self.mode!r})",
-            f"  request: {key[0]} {key[1]}{key[2]}",
+            f"  request: {key[0]} {key[2]}  (API path of {shown_url}; matched on {host_rule})",
+        ]
+        fix = [
+            self.rerecord_command("rewrite"),
+            self.rerecord_command("new_episodes") + "  (keeps the rest)",
         ]
         if not self.existed:
             lines.append("  the cassette file does not exist: this test has never been recorded")
             fix = [self.rerecord_command("once")]
-        else:
-            same = [i for i in self.loaded if i.key == key]
-            if same:
-                lines.append(
-                    f"  the cassette holds {len(same)} identical request(s), all already played: each "
-                    "recorded interaction plays once, so the test now makes more identical calls "
-                    "than were recorded"
-                )
-            else:
-                lines.extend(self._closest(method, url, body))
-            fix = [
-                self.rerecord_command("rewrite"),
-                self.rerecord_command("new_episodes") + "  (keeps the rest)",
+        elif same := [i for i in self.loaded if self._lookup(i.key) == self._lookup(key)]:
+            lines.append(
+                f"  the cassette holds {len(same)} identical request(s), all already played: each "
+                "recorded interaction plays once, so the test now makes more identical calls "
+                "than were recorded"
+            )
+        elif self.match_host and (
+            other := [i for i in self.loaded if i.key[::2] + i.key[3:] == key[::2] + key[3:]]
+        ):
+            lines += [
+                f"  only the host differs: interactions[{self.loaded.index(other[0])}] has this method, API "
+                f"path and body, recorded against host {other[0].key[1]!r}; this request goes to {key[1]!r}",
+                "  host matching is on for this test (match_host=True on its llm marker, or llm_match_host "
+                "in the ini file); remove it to replay this cassette against any host, or record it "
+                "against this host:",
             ]
-        lines.append("  to record it again (needs network and OPENAI_API_KEY):")
+            lines.extend(f"    {cmd}" for cmd in fix)
+            return "\n".join(lines)
+        else:
+            lines.extend(self._closest(key))
+        lines.append(
+            "  to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a "
+            "compatible server):"
+        )
         lines.extend(f"    {cmd}" for cmd in fix)
         return "\n".join(lines)
 
-    def _closest(self, method: str, url: str, body: bytes | None) -> list[str]:
+    def _closest(self, key: Key) -> list[str]:
         if not self.loaded:
             return ["  the cassette holds no interactions"]
-        key = canonical_key(method, url, body)
-        requested = _parsed(body)
-        endpoint = [i for i in self.loaded if i.key[:3] == key[:3]]
+        requested = _parsed(key[3])
+        endpoint = [i for i in self.loaded if self._lookup(i.key)[:3] == self._lookup(key)[:3]]
         if not endpoint:
-            first = self.loaded[0]
+            elsewhere = sorted({i.key[1] for i in self.loaded if (i.key[0], i.key[2]) == (key[0], key[2])})
+            if self.match_host and elsewhere:
+                return [
+                    f"  the host differs (host matching is on): {key[0]} {key[2]} was recorded against "
+                    f"{', '.join(map(repr, elsewhere))}, this request goes to {key[1]!r}, and the body "
+                    "differs too"
+                ]
+            recorded = ", ".join(sorted({f"{i.key[0]} {i.key[2]}" for i in self.loaded}))
             return [
-                f"  no recorded request goes to {key[0]} {key[1]}{key[2]}; the first recorded one is "
-                f"{first.key[0]} {first.key[1]}{first.key[2]}"
+                f"  the method or API path differs: nothing was recorded for {key[0]} {key[2]}; the "
+                f"cassette holds {recorded}"
             ]
         best: tuple[int, int, list[str]] | None = None
         for interaction in endpoint:
-            diffs = list(_json_diff(_parsed(_format.body_bytes(interaction.request_body)), requested, "$"))
+            diffs = list(_json_diff(_parsed(interaction.key[3]), requested, "$"))
             index = self.loaded.index(interaction)
             if best is None or len(diffs) < len(best[2]):
                 best = (index, len(diffs), diffs)
         assert best is not None
         index, count, diffs = best
-        lines = [f"  closest recorded request: interactions[{index}], the body differs at {count} place(s):"]
+        lines = [
+            f"  closest recorded request: interactions[{index}] (same method and API path), the body "
+            f"differs at {count} place(s):"
+        ]
         lines.extend(f"    {d}" for d in diffs[:_MAX_DIFFS])
         if count > _MAX_DIFFS:
             lines.append(f"    ... and {count - _MAX_DIFFS} more")
@@ -282,13 +374,13 @@ def _interaction(item: dict[str, Any]) -> Interaction:
     )
 
 
-def _parsed(raw: bytes | None) -> Any:
+def _parsed(raw: str | bytes | None) -> Any:
     if not raw:
         return None
     try:
         return json.loads(raw)
     except ValueError:
-        return raw.decode("utf-8", "replace")
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
 _ABSENT = object()

@@ -207,6 +207,7 @@ class SessionLedger:
         self.tests: dict[str, Totals] = {}
         self.lens_runs: list[tuple[str, str, Totals]] = []  # (lens key, node id, run totals)
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
+        self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         self.tests.setdefault(nodeid, Totals()).add(Totals.of_call(record))
@@ -274,6 +275,9 @@ class SessionLedger:
                 for nodeid, totals in sorted(self.tests.items())
             },
             "total": {**self.total().to_report(), "tests": len(self.tests)},
+            # a report of a run whose tests failed (cassette misses...) does not describe the code:
+            # `llm-ledger diff` flags it
+            "failed_tests": sorted(self.failed),
         }
 
     # -- budgets ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ command line               ini                     default
 ``--llm-baseline PATH``    (none)                  no diff
 (none)                     ``llm_allowed_hosts``   none: unmarked tests send no OpenAI request
 (none)                     ``llm_log_dir``         none: test runs write no ``llm_calls.jsonl``
+(marker ``match_host``)    ``llm_match_host``      off: match method, API path and body
 =========================  ======================  ==============================================
 
 ``--llm-ledger-budget`` is an alias of ``--llm-budget`` that stays available when another plugin
@@ -38,6 +39,7 @@ from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -143,6 +145,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "directory of the llm_calls.jsonl the default monitor writes during the run, relative to the "
         "ini file (default: none, keeping test runs out of the application's own log)",
         default="",
+    )
+    parser.addini(
+        "llm_match_host",
+        "match cassette requests on the host too (default: method, API path and body only)",
+        type="bool",
+        default=False,
     )
 
 
@@ -372,6 +380,13 @@ def _record_mode(config: pytest.Config) -> str:
     return str(mode)
 
 
+def _compatible_server() -> str | None:
+    """``OPENAI_BASE_URL`` when it names a server other than OpenAI's (a loopback or compatible one)."""
+    url = os.environ.get("OPENAI_BASE_URL", "").strip()
+    host = (urlsplit(url).hostname or "").lower()
+    return url if host and host != "api.openai.com" else None
+
+
 def _path_option(config: pytest.Config, name: str) -> Path:
     value = config.getoption(name)
     if value:  # command line: relative to where pytest was started
@@ -402,8 +417,9 @@ def pytest_configure(config: pytest.Config) -> None:
             state.budgets = load_budgets(state.budget_file, _display(config, state.budget_file))
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
-    if state.mode == "none" and not os.environ.get("OPENAI_API_KEY"):
-        # replay needs no key, but the SDK refuses to build a client without one
+    if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
+        # replay needs no key, nor does recording against a compatible server, but the SDK refuses
+        # to build a client without one; recording against OpenAI itself keeps the SDK's error
         os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
         state._placeholder_key = True
     config.stash[_STATE] = state
@@ -413,6 +429,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if state.guard is not None:
         # now, not at the first test: a test that imports openai in its body is guarded too
         state.guard.install(load=True)
+    if not state.is_worker:
+        config.pluginmanager.register(_Outcomes(state), "llm_ledger_outcomes")
     state.attach()
 
 
@@ -459,13 +477,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         live = marker.kwargs.get("live", False)
         if not live:
             state.collected_cassettes.add(cassette_path(item, state.cassette_dir))
-        if marker.args or set(marker.kwargs) - {"live"} or not isinstance(live, bool):
+        match_host = marker.kwargs.get("match_host", False)
+        if (
+            marker.args
+            or set(marker.kwargs) - {"live", "match_host"}
+            or not isinstance(live, bool)
+            or not isinstance(match_host, bool)
+        ):
             path, line, _ = item.location
             given = ", ".join([*map(repr, marker.args), *(f"{k}={v!r}" for k, v in marker.kwargs.items())])
             raise pytest.UsageError(
                 f"{path}:{(line or 0) + 1}: {item.nodeid}: @pytest.mark.llm({given}) is not a valid llm "
-                "marker; use @pytest.mark.llm (replay from a cassette) or @pytest.mark.llm(live=True) "
-                "(a deliberate live test)"
+                "marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True) "
+                "(match the host too) or @pytest.mark.llm(live=True) (a deliberate live test)"
             )
 
 
@@ -484,6 +508,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"llm-ledger: record mode {state.mode!r}, cassettes {_display(config, state.cassette_dir)}, "
         f"budgets {budget} {enforced}{strict}"
     ]
+    if state._placeholder_key and state.mode != "none":
+        lines.append(
+            f"llm-ledger: OPENAI_API_KEY is unset; recording against {_compatible_server()} with a "
+            "placeholder key"
+        )
     if state.flag_owner != "llm-ledger":
         lines.append(
             f"llm-ledger: --llm-budget is defined by {state.flag_owner}, so it is not llm-ledger's switch "
@@ -536,14 +565,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
     item = request.node
-    if not isinstance(item, pytest.Item) or item.get_closest_marker("llm") is None or _is_live(item):
+    marker = item.get_closest_marker("llm") if isinstance(item, pytest.Item) else None
+    if marker is None or _is_live(item):
         yield
         return
     state = request.config.stash[_STATE]
     path = cassette_path(item, state.cassette_dir)
     error = None
+    match_host = marker.kwargs.get("match_host", request.config.getini("llm_match_host"))
     try:
-        cassette = LedgerCassette(path, state.mode, item.nodeid)
+        cassette = LedgerCassette(path, state.mode, item.nodeid, match_host=match_host)
     except CassetteError as exc:
         error = str(exc)
     if error is not None:  # raised outside the except block, so the message is not printed twice
@@ -649,6 +680,18 @@ def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: Ses
         return
     for line in _diff.render(_diff.diff_reports(base, ledger.report()), "text").splitlines():
         tr.write_line(line)
+
+
+class _Outcomes:
+    """Failed tests, for the report (on the controller, which hears every worker's reports)."""
+
+    def __init__(self, state: _LedgerState) -> None:
+        self.state = state
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.state.ledger.failed.add(report.nodeid)
 
 
 class _XdistHooks:

@@ -33,8 +33,10 @@ Endpoints
     response.output_text.delta, response.output_text.done, response.content_part.done,
     response.output_item.done, response.completed (full response with usage), each as
     ``event: <type>`` + ``data: {...}`` with ``sequence_number``.
-Anything else: 404 with an OpenAI error body.  A body that is not a JSON object, or a missing ``model``,
-gives 400.
+Azure's deployment paths (``/openai/deployments/<name>/chat/completions``, also under ``/v1``) and
+paths under a proxy's prefix (``/any/prefix/v1/chat/completions``) are served as the plain ones.
+Anything else: 404 with an OpenAI error body.  A body that is not a JSON object, or a missing
+``model``, gives 400.
 
 Token accounting (deterministic)
 --------------------------------
@@ -57,7 +59,8 @@ Control headers (request)
 ``x-fake-reasoning-tokens: N``     usage reasoning_tokens (added to completion/output tokens)
 ``x-fake-tool-calls: N``           N tool calls (needs ``tools``; 0 disables the tool_choice default)
 ``x-fake-served-model: NAME``      ``model`` in the answer (``dated`` = requested model + "-2024-07-18")
-``x-fake-status: CODE``            answer this error status (OpenAI error body) for this request
+``x-fake-status: CODE``            answer this error status (OpenAI error body) for this request; a 401
+                                   echoes the key it was sent, as some compatible servers do
 ``x-fake-delay-ms: N``             delay for the ``slow`` fault (default 50)
 ``x-fake-transfer: close``         stream close-delimited (``Connection: close``) instead of chunked
 ``x-fake-fault: F[,F...]``         fault injection:
@@ -82,6 +85,7 @@ import itertools
 import json
 import math
 import os
+import re
 import socket
 import socketserver
 import struct
@@ -146,6 +150,7 @@ class RecordedRequest:
     body: Any
     raw_body: bytes = b""
     retry_count: int | None = None  # from the SDK's x-stainless-retry-count header
+    query: str = ""  # the raw query string
 
     @property
     def json(self) -> Any:
@@ -598,6 +603,7 @@ def _error(
     return _json_reply(body if body is not None else error_body(status, message), status, headers)
 
 
+_AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)")
 _ROUTES = {
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
@@ -685,6 +691,8 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 body = None
         path = urlsplit(self.path).path
+        route = _AZURE_DEPLOYMENT.sub("/v1", path)
+        route = route[route.find("/v1/") :] if route.find("/v1/") > 0 else route  # a proxy's prefix
         retry = headers.get("x-stainless-retry-count", "")
         num = fake._record(
             RecordedRequest(
@@ -694,6 +702,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body=body,
                 raw_body=raw,
                 retry_count=int(retry) if retry.isdigit() else None,
+                query=urlsplit(self.path).query,
             )
         )
         self._num = num
@@ -708,7 +717,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self._delay)
 
         try:
-            reply = self._answer(path, headers, body, num, faults, failure)
+            reply = self._answer(route, headers, body, num, faults, failure)
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
             reply = _error(500, f"fake server error: {exc!r}")
         if isinstance(reply, _StreamReply):
@@ -728,6 +737,9 @@ class _Handler(BaseHTTPRequestHandler):
         if failure is not None:
             return _error(failure.status, body=failure.body, headers=failure.headers)
         status = _int_header(headers, "x-fake-status", 0)
+        if status == 401:
+            key = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+            return _error(401, f"Incorrect API key provided: {key}.", headers={"retry-after-ms": "1"})
         if status >= 400:
             return _error(status, headers={"retry-after-ms": "1"})
         if "not-json" in faults:

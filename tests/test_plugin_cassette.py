@@ -36,7 +36,9 @@ def write(path: Path, n: int) -> None:
 def request(payload: Any, *, compact: bool = False) -> SimpleNamespace:
     """What vcrpy's httpx stub hands the cassette."""
     separators = (",", ":") if compact else (", ", ": ")
-    return SimpleNamespace(method="POST", uri=URL, body=json.dumps(payload, separators=separators).encode())
+    return SimpleNamespace(
+        method="POST", uri=URL, body=json.dumps(payload, separators=separators).encode(), headers={}
+    )
 
 
 def test_replay_computes_one_key_per_request_whatever_the_size(
@@ -114,3 +116,41 @@ def test_cassettes_are_written_with_the_ordinary_file_mode(tmp_path: Path) -> No
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "c.yaml").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://api.openai.com/v1/chat/completions", "/chat/completions"),
+        ("http://127.0.0.1:8123/v1/chat/completions", "/chat/completions"),
+        ("https://proxy.corp/api/v2/openai/v1/embeddings", "/embeddings"),
+        ("http://0.0.0.0:4000/chat/completions", "/chat/completions"),  # a proxy served without /v1
+        ("https://g.googleapis.com/v1beta/openai/chat/completions", "/openai/chat/completions"),
+        ("https://r.azure.com/openai/deployments/d/embeddings?v=1", "/openai/deployments/d/embeddings"),
+    ],
+)  # fmt: skip
+def test_requests_match_on_the_path_after_the_clients_base(url: str, expected: str) -> None:
+    """The API path is what follows the last version segment: host, port and proxy prefix do not count."""
+    assert _cassette.canonical_key("post", url, b"{}")[::2] == ("POST", expected)
+
+
+def test_a_miss_on_another_endpoint_says_the_path_differs(tmp_path: Path) -> None:
+    """A request to an endpoint the cassette never saw names it and what the cassette holds instead."""
+    path = tmp_path / "c.yaml"
+    write(path, 2)
+    cassette = LedgerCassette(path, "none", "t.py::t")
+    req = SimpleNamespace(
+        method="POST", uri="http://localhost:1/v1/embeddings?key=sk-" + "k" * 20, body=b"{}", headers={}
+    )
+    with pytest.raises(CassetteMissError) as excinfo:
+        cassette.can_play_response_for(req)
+    message = str(excinfo.value)
+    assert (
+        "  request: POST /embeddings  (API path of http://localhost:1/v1/embeddings?key=REDACTED;" in message
+    )
+    assert (
+        "  the method or API path differs: nothing was recorded for POST /embeddings; the cassette holds "
+        "POST /chat/completions"
+    ) in message
+    assert "pytest t.py::t --llm-record-mode=rewrite" in message
+    assert "kkkk" not in message

@@ -261,3 +261,79 @@ def test_fixture_and_capture_attributes_as_documented(pytester: pytest.Pytester,
     write_project(pytester, DOCUMENTED_TESTS)
 
     run(pytester, "--llm-record-mode=once").assert_outcomes(passed=1)
+
+
+def test_diff_against_a_missing_base_shows_every_lens_as_new(
+    tmp_path: Path, reports: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base branch that wrote no report: exit 0, every lens new, and a note that says why."""
+    missing = str(tmp_path / "nowhere" / "base.json")
+    assert cli_main(["diff", missing, reports[1]]) == 0
+    out, err = capsys.readouterr()
+    assert f"> **Warning:** no base report at {missing}: every lens is shown as new" in out
+    assert "### `fresh` (new)" in out and "### `summary` (new)" in out and "### Total (new)" in out
+    assert f"llm-ledger diff: warning: no base report at {missing}" in err
+
+
+def test_diff_flags_reports_with_failed_tests_or_calls(
+    tmp_path: Path, reports: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base run whose tests failed (e.g. every changed prompt missed) is flagged, naming the tests."""
+    broken = {**BASE, "failed_tests": ["tests/test_a.py::test_x"], "total": {**BASE["total"], "errors": 2}}
+    base = tmp_path / "broken.json"
+    base.write_text(json.dumps(broken))
+    assert cli_main(["diff", str(base), reports[1], "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"warning: the base report ({base}) has 1 failed test(s): `tests/test_a.py::test_x`; its numbers "
+        "leave out what those tests did not get to do\n"
+        f"warning: the base report ({base}) counts 2 failed call(s) (cassette misses or API errors)"
+    )
+
+
+def test_diff_only_changed_and_fail_on_increase(
+    tmp_path: Path, reports: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--only-changed drops unchanged lenses; --fail-on-increase exits 1 naming the lens that grew."""
+    same = {"runs": 1, "api_calls": 1, "total_tokens": 5, "cost_usd": 0.00000045}
+    base, head = json.loads(Path(reports[0]).read_text()), json.loads(Path(reports[1]).read_text())
+    base["lenses"]["same"] = head["lenses"]["same"] = same
+    for path, data in zip(reports, (base, head), strict=True):
+        Path(path).write_text(json.dumps(data))
+
+    assert cli_main(["diff", *reports]) == 0
+    assert "| cost (USD) | $0.000000450 | $0.000000450 | $0.000000 | +0.0% |" in capsys.readouterr().out
+    assert cli_main(["diff", *reports, "--only-changed", "--fail-on-increase", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "4 lens(es), 3 with changes (only those are shown)." in out and "`same`" not in out
+
+    assert cli_main(["diff", *reports, "--fail-on-increase=49.5"]) == 1
+    out, err = capsys.readouterr()
+    assert "- `summary`: cost per run $0.000200 -> $0.000300 (+50.0%)" in out
+    assert err.strip() == "llm-ledger diff: cost per run grew by more than 49.5% in `summary`"
+
+    with pytest.raises(SystemExit) as excinfo:
+        cli_main(["diff", *reports, "--fail-on-increase", "ten"])
+    assert excinfo.value.code == 2
+    assert (
+        "argument --fail-on-increase: 'ten' is not a number (a percentage, e.g. 20)"
+        in capsys.readouterr().err
+    )
+
+
+FAILING_TESTS = """
+def test_ok():
+    pass
+
+
+def test_broken():
+    assert False
+"""
+
+
+def test_report_names_failed_tests(pytester: pytest.Pytester) -> None:
+    """--llm-report lists the failed tests, so a diff of that report can say its numbers are partial."""
+    write_project(pytester, FAILING_TESTS)
+    run(pytester, "--llm-report=r.json").assert_outcomes(passed=1, failed=1)
+    data = json.loads((pytester.path / "r.json").read_text())
+    assert data["failed_tests"] == ["tests/test_app.py::test_broken"]

@@ -285,3 +285,30 @@ def test_a_directory_scrubs_every_cassette_below_it(
     for path in (root / "tests" / "a.yaml", root / "tests" / "nested" / "b.json"):
         assert FAKE_KEY not in path.read_text()
     assert _run(capsys, "--check", str(root))[0] == 0
+
+
+def test_scrub_knows_the_recorders_names_and_finds_echoed_header_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """subscription-key, code and sig query values go, and a header key echoed in a body goes too."""
+    azure_key = "azureLEAKCHECK0123456789abcdef"  # not sk-shaped: found because the request sent it
+    doc = _vcr_doc(
+        "{}", json.dumps({"error": {"message": f"bad key {azure_key}", "code": "invalid_api_key"}}), {}
+    )
+    request = doc["interactions"][0]["request"]
+    request["headers"] = {"api-key": [azure_key]}
+    request["uri"] = (
+        "https://x.azure.com/openai/x?subscription-key=LEAKCHECK1&code=LEAKCHECK2&sig=LEAKCHECK3&v=1"
+    )
+    path = tmp_path / "azure.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert _run(capsys, str(path))[0] == 0
+    text = path.read_text()
+    assert "LEAKCHECK" not in text and "v=1" in text
+    body = json.loads(yaml.safe_load(text)["interactions"][0]["response"]["body"]["string"])
+    assert body["error"] == {"message": "bad key REDACTED", "code": "invalid_api_key"}
+    assert _run(capsys, "--check", str(path)) == (
+        0,
+        "llm-ledger scrub: 1 cassette(s) checked, no credentials or identifiers found\n",
+        "",
+    )

@@ -1,0 +1,169 @@
+"""What counts as a credential in a recorded HTTP exchange, and how it is redacted.
+
+One list, shared by the pytest plugin's recorder (cassettes are written redacted) and by
+``llm-ledger scrub`` (existing cassettes are cleaned and checked), so a freshly recorded cassette
+passes ``scrub --check`` and a scrubbed one still replays: both replace a credential the same way,
+and the plugin applies the same redaction to each request before matching it.
+
+Names are compared lower-case with ``-`` read as ``_``:
+
+* query parameters in :data:`QUERY_NAMES` (``api-key``, ``subscription-key``, ``code``, ``sig``,
+  ``token``...) have their values replaced by ``REDACTED``;
+* JSON fields in :data:`FIELD_NAMES` likewise, at any depth, in request and response bodies. The
+  short query names ``code``, ``token``, ``key`` and ``sig`` are not field names: ``code`` is the
+  error code of every OpenAI error body and ``token`` each logprob's token, so redacting them
+  would change what the SDK sees on replay;
+* anything shaped like an OpenAI secret key (``sk-`` and 16 or more key characters) becomes
+  ``sk-REDACTED`` wherever it appears: URL, request body, response body (a key echoed in an
+  error message);
+* the values of the credentials an exchange carried (its ``Authorization`` / ``api-key``
+  headers, credential-named query parameters and JSON fields), wherever else they appear, e.g.
+  echoed whole in a 401 body by a compatible server. Values shorter than
+  :data:`MIN_KNOWN_SECRET` are left alone (``EMPTY`` or ``ollama`` is a placeholder, and replacing
+  it would rewrite prompts).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+__all__ = [
+    "FIELD_NAMES",
+    "HEADER_NAMES",
+    "KEY_SHAPE",
+    "MIN_KNOWN_SECRET",
+    "QUERY_NAMES",
+    "REDACTED",
+    "CredentialRedactor",
+    "is_credential_field",
+    "is_credential_query",
+    "known_secrets",
+]
+
+REDACTED: Final = "REDACTED"
+KEY_REPLACEMENT: Final = "sk-" + REDACTED
+KEY_SHAPE: Final = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
+MIN_KNOWN_SECRET: Final = 12
+
+FIELD_NAMES: Final = frozenset(
+    {"api_key", "apikey", "openai_api_key", "x_api_key", "access_token", "refresh_token", "id_token",
+     "client_secret", "secret", "password", "authorization", "api_token", "auth_token",
+     "subscription_key", "ocp_apim_subscription_key"}
+)  # fmt: skip
+QUERY_NAMES: Final = FIELD_NAMES | frozenset({"key", "token", "code", "sig", "signature", "auth"})
+# request headers whose values are credentials (never stored: headers are allow-listed; their values
+# are looked for elsewhere in the exchange)
+HEADER_NAMES: Final = frozenset(
+    {"authorization", "proxy_authorization", "api_key", "x_api_key", "subscription_key",
+     "ocp_apim_subscription_key"}
+)  # fmt: skip
+
+
+def _normal(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def is_credential_query(name: str) -> bool:
+    return _normal(name) in QUERY_NAMES
+
+
+def is_credential_field(name: str) -> bool:
+    return _normal(name) in FIELD_NAMES
+
+
+def _header_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        value = value[0] if value else ""
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    scheme, _, rest = text.strip().partition(" ")
+    return rest.strip() if rest and scheme.lower() in ("bearer", "basic", "token") else text.strip()
+
+
+def known_secrets(headers: Mapping[str, Any] | None = None, url: str = "", body: Any = None) -> set[str]:
+    """The credential values one request carries: in its headers, its query and its JSON body."""
+    found: set[str] = set()
+    for name, value in (headers or {}).items():
+        if _normal(str(name)) in HEADER_NAMES:
+            found.add(_header_value(value))
+    if "?" in url:
+        found.update(v for n, v in parse_qsl(urlsplit(url).query) if is_credential_query(n))
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and is_credential_field(key) and isinstance(value, str):
+                    found.add(value)
+                else:
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return {s for s in found if len(s) >= MIN_KNOWN_SECRET and s not in (REDACTED, KEY_REPLACEMENT)}
+
+
+class CredentialRedactor:
+    """Replaces credentials in strings, JSON documents and URLs; notes what it replaced (never values).
+
+    ``known`` are credential values seen elsewhere in the same exchange, replaced wherever they occur.
+    Redaction is idempotent: redacting redacted data changes nothing.
+    """
+
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        self.findings: list[str] = []
+        self.known = sorted({k for k in known if len(k) >= MIN_KNOWN_SECRET}, key=len, reverse=True)
+        self._seen: set[int] = set()  # YAML aliases share objects: visit each once (no alias bombs)
+
+    def note(self, place: str, what: str) -> None:
+        self.findings.append(f"{place}: {what}")
+
+    def first_visit(self, value: Any) -> bool:
+        if id(value) in self._seen:
+            return False
+        self._seen.add(id(value))
+        return True
+
+    def text(self, value: str, place: str) -> str:
+        scrubbed, count = KEY_SHAPE.subn(KEY_REPLACEMENT, value)
+        if count:
+            self.note(place, f"{count} secret key(s) shaped sk-... redacted")
+        for secret in self.known:
+            if secret in scrubbed:
+                scrubbed = scrubbed.replace(secret, REDACTED)
+                self.note(place, "a credential sent with this request redacted")
+        return scrubbed
+
+    def json(self, value: Any, place: str, path: str = "$") -> Any:
+        if isinstance(value, dict):
+            if self.first_visit(value):
+                for key in list(value):
+                    sub = f"{path}.{key}"
+                    secret = isinstance(key, str) and is_credential_field(key)
+                    if secret and value[key] not in (REDACTED, None):
+                        value[key] = REDACTED
+                        self.note(place, f"JSON field {sub} redacted")
+                    else:
+                        value[key] = self.json(value[key], place, sub)
+            return value
+        if isinstance(value, list):
+            if self.first_visit(value):
+                for index, item in enumerate(value):
+                    value[index] = self.json(item, place, f"{path}[{index}]")
+            return value
+        if isinstance(value, str):
+            return self.text(value, place)
+        return value
+
+    def url(self, value: str, place: str) -> str:
+        parts = urlsplit(value)
+        if parts.query:
+            pairs = parse_qsl(parts.query, keep_blank_values=True)
+            secret = [name for name, v in pairs if is_credential_query(name) and v != REDACTED]
+            if secret:
+                for name in secret:
+                    self.note(place, f"query parameter {name!r} redacted")
+                query = urlencode([(n, REDACTED if n in secret else v) for n, v in pairs])
+                value = urlunsplit(parts._replace(query=query))
+        return self.text(value, place)

@@ -1,0 +1,146 @@
+"""Record anywhere, replay anywhere: cassettes match on the API path, not on where it was recorded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# imported here so in-process inner sessions reuse them instead of importing them again each time
+import openai  # noqa: F401
+import pytest
+import vcr  # noqa: F401
+
+import llm_ledger  # noqa: F401
+from tests.fake_openai import FakeOpenAI
+from tests.plugin_helpers import INI, no_key_fixture, run, write_project
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (no_key_fixture,)  # used by name
+
+CASSETTES = Path("cassettes", "tests", "test_env")
+
+# clients configured the way the README suggests: from OPENAI_BASE_URL, with no key of their own
+ENV_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+def ask(text):
+    with openai.OpenAI(max_retries=0) as client:
+        messages = [{"role": "user", "content": text}]
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert reply.choices[0].message.content == "Summary: " + text
+
+
+@pytest.mark.llm
+def test_free():
+    ask("anywhere")
+
+
+@pytest.mark.llm(match_host=True)
+def test_pinned():
+    ask("pinned")
+"""
+
+
+@pytest.fixture(name="recorded_via_base_url")
+def recorded_via_base_url_fixture(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, no_key: None
+) -> Path:
+    """ENV_TESTS recorded through OPENAI_BASE_URL (a proxy-style path prefix), with no OPENAI_API_KEY."""
+    write_project(pytester, ENV_TESTS, "test_env")
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url.replace("/v1", "/corp-proxy/v1"))
+        result = run(pytester, "--llm-record-mode=once")
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines(
+            ["llm-ledger: OPENAI_API_KEY is unset; recording against http://127.0.0.1:*/corp-proxy/v1 "
+             "with a placeholder key"]
+        )  # fmt: skip
+        assert all(r.path == "/corp-proxy/v1/chat/completions" for r in server.requests)
+        assert all(
+            r.headers["authorization"] == "Bearer sk-llm-ledger-replay-placeholder" for r in server.requests
+        )
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert "OPENAI_API_KEY" not in os.environ
+    return pytester.path / CASSETTES
+
+
+def test_recorded_through_a_base_url_replays_without_it(
+    pytester: pytest.Pytester, recorded_via_base_url: Path
+) -> None:
+    """A cassette recorded through OPENAI_BASE_URL (no key) replays in a CI that talks to OpenAI's host."""
+    result = run(pytester, "-k", "test_free")
+    result.assert_outcomes(passed=1, deselected=1)
+    text = (recorded_via_base_url / "test_free.yaml").read_text()
+    assert "url: http://127.0.0.1/corp-proxy/v1/chat/completions\n" in text  # no port stored
+
+
+def test_host_matching_on_request_names_the_host_and_the_fix(
+    pytester: pytest.Pytester, recorded_via_base_url: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """match_host=True (or llm_match_host) fails a replay against another host, says so and what to do;
+    the same host on another port still replays."""
+    result = run(pytester)
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert (
+        "  request: POST /chat/completions  (API path of https://api.openai.com/v1/chat/completions; "
+        "matched on method, host, API path and body)"
+    ) in out
+    assert (
+        "  only the host differs: interactions[0] has this method, API path and body, recorded against "
+        "host '127.0.0.1'; this request goes to 'api.openai.com'"
+    ) in out
+    assert "remove it to replay this cassette against any host, or record it against this host:" in out
+    assert "    pytest tests/test_env.py::test_pinned --llm-record-mode=rewrite" in out
+
+    pytester.makefile(".ini", pytest=INI + "llm_match_host = true\n")
+    run(pytester).assert_outcomes(failed=2)
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens: replay only
+    run(pytester).assert_outcomes(passed=2)
+
+
+def test_rerecording_on_another_port_rewrites_nothing(
+    pytester: pytest.Pytester, recorded_via_base_url: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-recording against the same kind of server on a new port leaves the cassette byte for byte."""
+    before = {p.name: p.read_text() for p in recorded_via_base_url.iterdir()}
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url.replace("/v1", "/corp-proxy/v1"))
+        run(pytester, "--llm-record-mode=rewrite").assert_outcomes(passed=2)
+        assert len(server.requests) == 2
+    assert {p.name: p.read_text() for p in recorded_via_base_url.iterdir()} == before
+
+
+KEY_CHECK = """
+import os
+
+
+def test_key():
+    assert "OPENAI_API_KEY" not in os.environ
+"""
+
+
+@pytest.mark.usefixtures("no_key")
+def test_recording_against_openai_itself_gets_no_placeholder_key(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without OPENAI_BASE_URL (or with OpenAI's own), recording keeps the SDK's missing-key error."""
+    write_project(pytester, KEY_CHECK)
+    run(pytester, "--llm-record-mode=once").assert_outcomes(passed=1)
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    run(pytester, "--llm-record-mode=rewrite").assert_outcomes(passed=1)
+
+
+def test_a_bad_match_host_value_is_a_clear_failure(pytester: pytest.Pytester) -> None:
+    """match_host must be a bool: anything else is a usage error naming the test, the marker and
+    the value."""
+    write_project(pytester, "import pytest\n\n@pytest.mark.llm(match_host='yes')\ndef test_x():\n    pass\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x: @pytest.mark.llm(match_host='yes') is not a valid llm marker*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()

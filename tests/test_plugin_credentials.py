@@ -1,0 +1,167 @@
+"""Cassettes are credential-free by construction: whatever carries a key, the recorded file does not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+# imported here so in-process inner sessions reuse them instead of importing them again each time
+import openai  # noqa: F401
+import pytest
+import vcr  # noqa: F401
+import yaml
+
+import llm_ledger  # noqa: F401
+from tests.fake_openai import FakeOpenAI
+from tests.plugin_helpers import load_yaml, run, server_fixture, with_key_fixture, write_project
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+
+CASSETTES = Path("cassettes", "tests", "test_keys")
+# one credential per route a key can take into a recording; none is the process's OPENAI_API_KEY
+QUERY_KEY = "sk-query-LEAKCHECK-0123456789"
+AZURE_KEY = "azureLEAKCHECK0123456789abcdef"  # not sk-shaped: found because the request carried it
+AZURE_QUERY_KEY = "azq-LEAKCHECK-0123456789abcdef"
+BODY_KEY = "sk-body-LEAKCHECK-0123456789"
+ECHOED_KEY = "sk-echo-LEAKCHECK-0123456789"
+SHORT_SECRETS = {"code": "fn-LEAKCHECK-code", "sig": "LEAKCHECKsig", "token": "LEAKCHECK-token"}
+
+KEY_TESTS = f"""
+import os
+
+import openai
+import pytest
+
+BASE = os.environ["LEDGER_TEST_BASE_URL"]
+ROOT = BASE.removesuffix("/v1")
+PROMPT = os.environ.get("LEDGER_TEST_PROMPT", "hello")
+BODY_KEY = os.environ.get("LEDGER_TEST_BODY_KEY", {BODY_KEY!r})
+
+
+def ask(client, **options):
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{{"role": "user", "content": PROMPT}}], **options
+    )
+    assert reply.choices[0].message.content.startswith("Summary:")
+
+
+@pytest.mark.llm
+def test_query_key():
+    query = {{"api-key": {QUERY_KEY!r}, "subscription-key": {QUERY_KEY!r}, **{SHORT_SECRETS!r}}}
+    with openai.OpenAI(base_url=BASE, default_query=query, max_retries=0) as client:
+        ask(client)
+
+
+@pytest.mark.llm
+def test_azure_key():
+    with openai.AzureOpenAI(
+        api_key={AZURE_KEY!r},
+        api_version="2024-10-21",
+        azure_endpoint=ROOT,
+        default_query={{"api-key": {AZURE_QUERY_KEY!r}}},
+        max_retries=0,
+    ) as client:
+        ask(client)
+        with pytest.raises(openai.AuthenticationError):  # the server echoes the api-key header
+            ask(client, extra_headers={{"x-fake-status": "401"}})
+
+
+@pytest.mark.llm
+def test_body_key():
+    with openai.OpenAI(base_url=BASE, max_retries=0) as client:
+        ask(client, extra_body={{"api_key": BODY_KEY, "metadata": {{"note": "key " + BODY_KEY}}}})
+
+
+@pytest.mark.llm
+def test_echoed_key():
+    with openai.OpenAI(api_key={ECHOED_KEY!r}, base_url=BASE, max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError, match="Incorrect API key"):
+            ask(client, extra_headers={{"x-fake-status": "401"}})
+"""
+SECRETS = (QUERY_KEY, AZURE_KEY, AZURE_QUERY_KEY, BODY_KEY, ECHOED_KEY, "LEAKCHECK")
+
+
+def scrub_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llm_ledger", "scrub", "--check", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.usefixtures("with_key")
+def test_recorded_cassettes_pass_scrub_check_and_replay_offline(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys in a query, Azure's header and query, a body field and a 401 echo never reach the file;
+    ``scrub --check`` passes with a one-line summary, and every test replays with the server stopped."""
+    write_project(pytester, KEY_TESTS, "test_keys")
+    recorded = run(pytester, "--llm-record-mode=once")
+    assert recorded.ret == 0, recorded.stdout.str()
+    sent = {f"{r.headers} {unquote(r.query)} {r.raw_body.decode()}" for r in server.requests}
+    assert all(any(secret in text for text in sent) for secret in SECRETS[:5])  # each key was really sent
+    assert any(r.path.startswith("/openai/deployments/") for r in server.requests)
+    directory = pytester.path / "cassettes"
+    files = sorted(directory.rglob("*.yaml"))
+    assert [f.name for f in files] == [
+        "test_azure_key.yaml",
+        "test_body_key.yaml",
+        "test_echoed_key.yaml",
+        "test_query_key.yaml",
+    ]
+    for file in files:
+        text = file.read_text()
+        assert [s for s in (*SECRETS, *SHORT_SECRETS.values()) if s in text] == [], file
+    query = load_yaml(directory / "tests" / "test_keys" / "test_query_key.yaml")["interactions"][0]
+    assert "api-key=REDACTED" in query["request"]["url"] and "code=REDACTED" in query["request"]["url"]
+    echoed = load_yaml(directory / "tests" / "test_keys" / "test_azure_key.yaml")["interactions"][1]
+    assert echoed["response"]["status"] == 401
+    assert echoed["response"]["json"]["error"]["message"] == "Incorrect API key provided: REDACTED."
+    assert echoed["response"]["json"]["error"]["code"] == "invalid_api_key"  # not a credential field
+
+    check = scrub_check(directory)
+    assert (check.returncode, check.stderr) == (0, "")
+    assert check.stdout == "llm-ledger scrub: 4 cassette(s) checked, no credentials or identifiers found\n"
+
+    server.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("LEDGER_TEST_BODY_KEY", "sk-another-key-in-ci-0123456789")  # redacted alike
+    run(pytester).assert_outcomes(passed=4)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_scrubbed_old_cassette_replays_and_misses_never_show_a_key(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cassette holding a body key (as older versions wrote it) replays before and after ``scrub``;
+    a miss diff shows the prompt that changed, never the key."""
+    write_project(pytester, KEY_TESTS, "test_keys")
+    assert run(pytester, "--llm-record-mode=once", "-k", "test_body_key").ret == 0
+    server.stop()
+    cassette = pytester.path / CASSETTES / "test_body_key.yaml"
+    doc = yaml.safe_load(cassette.read_text())
+    doc["interactions"][0]["request"]["json"]["api_key"] = BODY_KEY  # what the old recorder kept
+    cassette.write_text(yaml.safe_dump(doc))
+    assert scrub_check(cassette).returncode == 1
+    run(pytester, "-k", "test_body_key").assert_outcomes(passed=1, deselected=3)
+
+    scrubbed = subprocess.run(
+        [sys.executable, "-m", "llm_ledger", "scrub", str(cassette)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert scrubbed.returncode == 0 and BODY_KEY not in cassette.read_text()
+    run(pytester, "-k", "test_body_key").assert_outcomes(passed=1, deselected=3)
+
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "changed prompt")
+    missed = run(pytester, "-k", "test_body_key")
+    missed.assert_outcomes(failed=1, deselected=3)
+    out = missed.stdout.str()
+    assert "$.messages[0].content: recorded 'hello', requested 'changed prompt'" in out
+    assert "the body differs at 1 place(s)" in out  # api_key and the note match once redacted
+    assert BODY_KEY not in out and "LEAKCHECK" not in out

@@ -1,0 +1,227 @@
+"""The README's pull-request recipe, run as written on two git worktrees of a sample project, offline.
+
+The steps come from the README's workflow YAML and run in order under ``bash -eo pipefail`` as
+GitHub runs them (``continue-on-error`` and ``if: always()`` honoured); ``uses:`` steps are played
+by the test (a clone of the sample repository, an interpreter of its own). No step reaches a
+network: pip is told ``--no-index --no-deps`` and finds the dependencies through ``PYTHONPATH``;
+cassettes are recorded beforehand against the loopback server, which is stopped before the recipe
+runs; ``gh`` is a stub that keeps the comment it was asked to post.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.fake_openai import FakeOpenAI
+
+REPO = Path(__file__).resolve().parent.parent
+
+# an in-tree PEP 517 backend: pip builds the sample offline, with nothing to download
+BACKEND = """
+import base64, hashlib, os, zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DIST = "sample_app-0.1"
+METADATA = "Metadata-Version: 2.1\\nName: sample-app\\nVersion: 0.1\\nProvides-Extra: dev\\n"
+WHEEL = "Wheel-Version: 1.0\\nGenerator: sample\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+
+
+def _wheel(directory, files):
+    name = DIST + "-py3-none-any.whl"
+    files = [*files, (DIST + ".dist-info/METADATA", METADATA.encode())]
+    files.append((DIST + ".dist-info/WHEEL", WHEEL.encode()))
+    record = []
+    with zipfile.ZipFile(os.path.join(directory, name), "w") as whl:
+        for arc, data in files:
+            whl.writestr(arc, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{arc},sha256={digest},{len(data)}")
+        record.append(DIST + ".dist-info/RECORD,,")
+        whl.writestr(DIST + ".dist-info/RECORD", "\\n".join(record) + "\\n")
+    return name
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    src = ROOT / "src"
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in src.rglob("*.py")]
+    return _wheel(wheel_directory, files)
+
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    return _wheel(wheel_directory, [("sample_app.pth", f"{ROOT / 'src'}\\n".encode())])
+"""
+
+PYPROJECT = """
+[build-system]
+requires = []
+build-backend = "sample_backend"
+backend-path = ["_build"]
+
+[project]
+name = "sample-app"
+version = "0.1"
+optional-dependencies = {dev = ["llm-ledger", "pytest"]}
+"""
+
+APP = """
+import openai
+
+import llm_ledger as ledger
+
+PROMPT = {prompt!r}
+
+
+def triage(ticket):
+    client = ledger.instrument(openai.OpenAI(max_retries=0))  # OPENAI_BASE_URL when recording
+    with client, ledger.lens("triage", source_id=ticket):
+        answers = []
+        for prompt in PROMPT:
+            reply = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{{"role": "user", "content": prompt + ticket}}]
+            )
+            answers.append(reply.choices[0].message.content)
+    return answers
+"""
+
+TESTS = """
+import pytest
+
+from sample_app import triage
+
+
+@pytest.mark.llm
+def test_triage():
+    assert all(answer.startswith("Summary:") for answer in triage("the printer is on fire"))
+"""
+
+FILES = {
+    "pyproject.toml": PYPROJECT,
+    "_build/sample_backend.py": BACKEND,
+    "pytest.ini": "[pytest]\naddopts = -p no:hypothesispytest\nfilterwarnings = error\n"
+    "asyncio_default_fixture_loop_scope = function\n",
+    "budgets.yaml": "default: {max_cost_usd: 0.01}\n",
+    "tests/test_triage.py": TESTS,
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=cwd, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
+def commit_version(repo: Path, prompts: list[str], mode: str, server: FakeOpenAI, message: str) -> None:
+    """Write the app with these prompts, record its cassettes against the loopback server, commit."""
+    app = repo / "src" / "sample_app" / "__init__.py"
+    app.parent.mkdir(parents=True, exist_ok=True)
+    app.write_text(APP.format(prompt=prompts))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_"))}
+    env |= {"OPENAI_BASE_URL": server.base_url, "PYTHONPATH": str(repo / "src")}  # and no key
+    recorded = subprocess.run(
+        [sys.executable, "-m", "pytest", f"--llm-record-mode={mode}", "-p", "no:cacheprovider"],
+        cwd=repo, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def readme_workflow() -> dict[str, Any]:
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    (block,) = [b for b in blocks if b.startswith("# .github/workflows/llm-ledger.yml")]
+    workflow: dict[str, Any] = yaml.safe_load(block)
+    return workflow
+
+
+def run_steps(
+    steps: list[dict[str, Any]], cwd: Path, env: dict[str, str]
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run the ``run:`` steps as a GitHub runner does: a failed step skips the rest but ``if: always()``."""
+    results = []
+    failed = False
+    for step in steps:
+        if "run" not in step or (failed and step.get("if") != "always()"):
+            continue
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+            cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        results.append(done)
+        failed = failed or (done.returncode != 0 and not step.get("continue-on-error"))
+    return results
+
+
+def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> None:
+    """Base and head (changed prompt, one more call) replay offline; the base runs its own code, the
+    diff flags nothing, names the lens whose cost per run grew, and that diff is the posted comment."""
+    origin = tmp_path / "sample"
+    for name, text in FILES.items():
+        (origin / name).parent.mkdir(parents=True, exist_ok=True)
+        (origin / name).write_text(textwrap.dedent(text).lstrip())
+    git(origin, "init", "-q", "-b", "main")
+    with FakeOpenAI() as server:
+        commit_version(origin, ["Summarise: "], "once", server, "base")
+        git(origin, "checkout", "-q", "-b", "feature")
+        commit_version(origin, ["Summarise briefly: ", "Label: "], "rewrite", server, "head")
+    head = tmp_path / "ci" / "head"  # the runner's checkout of the pull request
+    git(tmp_path, "clone", "-q", "--branch", "feature", str(origin), str(head))
+
+    runner = tmp_path / "runner"  # setup-python: an interpreter whose installs land outside this suite
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(runner)], check=True)
+    stub = tmp_path / "stub-bin"
+    stub.mkdir()
+    (stub / "gh").write_text('#!/bin/sh\necho "$@" >> "$GH_LOG"\ncp diff.md "$GH_LOG.body"\n')
+    (stub / "gh").chmod(0o755)
+    workflow = readme_workflow()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_", "PIP_"))}
+    env |= {
+        **{k: v for k, v in workflow["jobs"]["lenses"]["env"].items() if "${{" not in v},
+        "BASE_REF": "main",
+        "PR_NUMBER": "7",
+        "GH_LOG": str(tmp_path / "gh.log"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+        "PATH": os.pathsep.join([str(runner / "bin"), str(stub), env["PATH"]]),
+        # the dependencies (openai, pytest, llm-ledger) as installed for this suite; pip offline
+        "PYTHONPATH": os.pathsep.join([sysconfig.get_paths()["purelib"], str(REPO)]),
+        "PIP_NO_INDEX": "1",
+        "PIP_NO_DEPS": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "HTTPS_PROXY": "http://127.0.0.1:9",  # anything that tried the network would fail here
+    }
+
+    base_run, head_run, diff_run = run_steps(workflow["jobs"]["lenses"]["steps"], head, env)
+
+    assert base_run.returncode == 0 and "::warning::" not in base_run.stdout, (
+        base_run.stdout + base_run.stderr
+    )
+    assert head_run.returncode == 0, head_run.stdout + head_run.stderr
+    base = json.loads((tmp_path / "ci" / "base.json").read_text())
+    # had the base imported the head's code, its changed prompt would have missed the base's cassettes
+    assert (base["failed_tests"], base["total"]["errors"], base["lenses"]["triage"]["api_calls"]) == (
+        [],
+        0,
+        1,
+    )
+    assert json.loads((head / "head.json").read_text())["lenses"]["triage"]["api_calls"] == 2
+
+    assert diff_run.returncode == 1, diff_run.stderr
+    assert "cost per run grew by more than 25% in `triage`" in diff_run.stderr
+    comment = (tmp_path / "gh.log.body").read_text()
+    assert comment == (tmp_path / "summary.md").read_text() == (head / "diff.md").read_text()
+    assert "Warning" not in comment  # neither report is flagged
+    assert "### `triage`" in comment and "| calls | 1 | 2 | +1 | +100.0% |" in comment
+    assert "**Cost per run grew by more than 25%:**" in comment
+    assert (tmp_path / "gh.log").read_text() == "pr comment 7 --body-file diff.md --edit-last\n"
