@@ -1,27 +1,23 @@
 """The JSON-lines file: whole lines appended in batches, losing nothing.
 
 ``JsonlFileHandler`` is a ``logging.Handler``. On the caller's thread it only serialises the record
-(orjson, about 1 µs) and queues the bytes. Where it is the only handler of the ledger's logger, the
-monitor hands it the record dict without building a ``LogRecord`` (``_emit_dict``), or, for a call
-nothing else needs the record of, what the record is built from (``_emit_later``), built later in a
-batch. Lines are appended with single ``os.write`` calls on an ``O_APPEND`` descriptor, so several
-processes can share one file without interleaving lines.
+(orjson, about 1 µs) and queues the bytes. Lines are appended with single ``os.write`` calls on an
+``O_APPEND`` descriptor, so several processes can share one file without interleaving lines.
 
 Who writes: the call that queues the 512th line, or a line while the oldest has waited a second,
-writes the batch (about 4 ms for 512 records: building them, then one write into the page cache);
-``flush()`` writes on its caller's thread; a writer thread writes what callers leave when they
-stop. A background thread woken on a timer is what most monitors use, but it needs the GIL each
-time it wakes, and while the application's threads keep the GIL busy a thread waiting for it is
-woken at each brief release and rarely wins it: measured with a busy caller, that cost more CPU
-than building the records (bench/RESULTS.md). So a caller writing a batch wakes the writer thread
-while the write has the GIL released (which costs next to nothing), the writer only writes the
-lines callers leave when they stop (two intervals without a batch), and it sleeps without a timer
-while nothing is queued. A write slower than 0.1 s (a slow network file system) hands all writing,
-flushes included, to the writer thread for good.
+writes the batch (one write into the page cache); ``flush()`` writes on its caller's thread; a
+writer thread writes what callers leave when they stop. A background thread woken on a timer is what
+most monitors use, but it needs the GIL each time it wakes, and while the application's threads keep
+the GIL busy a thread waiting for it is woken at each brief release and rarely wins it: measured
+with a busy caller, that cost more CPU than building the records (bench/RESULTS.md). So a caller
+writing a batch wakes the writer thread while the write has the GIL released (which costs next to
+nothing), the writer only writes the lines callers leave when they stop (two intervals without a
+batch), and it sleeps without a timer while nothing is queued. A write slower than 0.1 s (a slow
+network file system) hands all writing, flushes included, to the writer thread for good.
 
 The file is reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its
-directory recreated if removed. A failed write (full disk) is reported on ``llm_ledger.internal`` and
-retried by the writer thread; ``flush()`` returns once everything queued so far is written, and
+directory recreated if removed. A failed write (full disk) is reported on ``llm_ledger.internal``
+and retried by the writer thread; ``flush()`` returns once everything queued so far is written, and
 interpreter exit flushes every handler. A forked child (a prefork server's worker, a multiprocessing
 pool) starts its own writer and leaves what its parent had queued to the parent; multiprocessing's
 children, which leave through ``os._exit()``, flush through its finalizers.
@@ -38,7 +34,6 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +43,6 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 __all__ = ["JsonlFileHandler", "LedgerJsonFormatter", "flush_all"]
 
 internal_log = logging.getLogger("llm_ledger.internal")
-_Deferred = Callable[[], Mapping[str, Any]]  # builds a record when its batch is written
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
@@ -117,22 +111,20 @@ def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> 
 class JsonlFileHandler(logging.Handler):
     """Append each record as one JSON line to ``path``; a background thread does the writing."""
 
-    _plain: LedgerJsonFormatter | None  # the formatter, when it is a default one (see formatter)
-    _formatter: logging.Formatter | None
-
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.setFormatter(formatter or LedgerJsonFormatter())
-        # lines, records to build (see _emit_later) and flush() markers, in the order they came
-        self._queue: collections.deque[bytes | _Deferred | threading.Event] = collections.deque()
+        # lines and flush() markers, in the order they came
+        self._queue: collections.deque[bytes | threading.Event] = collections.deque()
         self._queued = threading.Event()  # cleared while the writer is idle (see _run)
         self._wake = threading.Event()  # a flush, close, or a caller writing a batch
         self._flushing = False
         self._draining = threading.Lock()  # held by whoever writes: lines leave in queue order
         self._started: float | None = None  # when the first line now queued came (monotonic)
         self._callers_write = True  # see _put and _write
-        self._pending: list[bytes] = []  # lines not yet written (after a failed write)
+        self._pending = bytearray()  # whole lines taken from the queue and not yet written
+        self._retrying = False  # a write failed: the writer thread retries (callers leave it the lines)
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
         self._closed = False
@@ -149,7 +141,8 @@ class JsonlFileHandler(logging.Handler):
     def _after_fork_in_child(self) -> None:
         # what the parent queued is the parent's to write; the writer thread did not survive the fork
         self._queue = collections.deque()
-        self._pending = []
+        self._pending = bytearray()
+        self._retrying = False
         self._started = None
         self._flushing = False
         self._queued = threading.Event()
@@ -159,59 +152,6 @@ class JsonlFileHandler(logging.Handler):
             self._thread = self._start_writer()
 
     # -- caller side ------------------------------------------------------------------------------
-
-    @property
-    def formatter(self) -> logging.Formatter | None:
-        return self._formatter
-
-    @formatter.setter
-    def formatter(self, fmt: logging.Formatter | None) -> None:
-        self._formatter = fmt
-        # with a default LedgerJsonFormatter the line of a ledger record is its dict as JSON
-        self._plain = fmt if isinstance(fmt, LedgerJsonFormatter) and fmt._plain else None
-
-    def _takes_dicts(self, level: int) -> bool:
-        """Whether a ledger record of ``level`` may skip the ``LogRecord``: the line ``handle()``
-        would write is then the record dict as JSON (a default formatter, no filters, level met)."""
-        return self._plain is not None and not self.filters and level >= self.level
-
-    def _emit_dict(self, record: Mapping[str, Any]) -> bool:
-        """Queue a ledger record dict (see ``_takes_dicts``); False where only ``handle()`` can."""
-        line = self._dict_line(record)
-        if line is None:
-            return False
-        self._put(line)
-        return True
-
-    def _emit_later(self, build: _Deferred) -> None:
-        """Queue a ledger record that ``build()`` makes when its batch is written (see ``_takes_dicts``).
-
-        In a batch, a record and its line cost about 7 µs of CPU, against about 17 µs built between
-        the caller's own work, where the ledger's code and data have gone cold (bench/RESULTS.md).
-        """
-        self._put(build)
-
-    def _dict_line(self, record: Mapping[str, Any]) -> bytes | None:
-        formatter = self._plain
-        if formatter is None:
-            return None
-        try:
-            return orjson.dumps(record, default=formatter.json_default, option=_ORJSON_OPTIONS)
-        except (TypeError, ValueError):
-            return None  # e.g. non-str keys or an integer beyond 64 bits: the formatter knows what to do
-
-    def _built_line(self, build: _Deferred) -> bytes | None:
-        try:
-            record = build()
-            line = self._dict_line(record)
-            if line is None:  # the formatter changed since, or the record needs its fallbacks
-                level = logging.getLevelNamesMapping().get(record["level"], logging.INFO)
-                log_record = logging.LogRecord(record["logger"], level, "", 0, record, None, None)
-                line = _line_of(self.formatter, log_record)
-            return line
-        except Exception as exc:
-            _report_format_failure(self.path, exc)
-            return None
 
     def emit(self, record: logging.LogRecord) -> None:
         # formatted here: bytes are cheap to keep, a record dict held until the next write is not
@@ -223,7 +163,7 @@ class JsonlFileHandler(logging.Handler):
             return
         self._put(line)
 
-    def _put(self, item: bytes | _Deferred) -> None:
+    def _put(self, item: bytes) -> None:
         queue = self._queue
         queue.append(item)
         started = self._started
@@ -237,7 +177,7 @@ class JsonlFileHandler(logging.Handler):
     def _write_here(self) -> bool:
         """Write what is queued on this thread; False when the writer thread must (writes have been
         slow, or failed writes wait for its retry) or another thread is writing."""
-        if not self._callers_write or self._pending or not self._draining.acquire(blocking=False):
+        if not self._callers_write or self._retrying or not self._draining.acquire(blocking=False):
             return False
         try:
             self._drain(on_caller=True)
@@ -259,7 +199,7 @@ class JsonlFileHandler(logging.Handler):
         slow (see ``_write``): then it waits for the writer thread, at most ``timeout`` seconds.
         """
         # the caller would wait anyway: writing here spares a thread switch, and the records are
-        # built on the core that queued them (on the writer's, each costs ~50 % more)
+        # written from the core that queued them
         if not self._write_here():
             self._flush_by_writer(timeout)
 
@@ -335,7 +275,7 @@ class JsonlFileHandler(logging.Handler):
             self._wake.clear()
             if self._flushing or self._closed:
                 self._flushing = False
-            elif woken and self._callers_write and not self._pending:
+            elif woken and self._callers_write and not self._retrying:
                 continue  # a caller is writing
             elif not queue and not self._pending:
                 self._queued.clear()
@@ -344,87 +284,83 @@ class JsonlFileHandler(logging.Handler):
                 continue
             with self._draining:
                 self._drain()
-            if self._pending and not self._closed:
+            if self._retrying and not self._closed:
                 time.sleep(0.05)  # a write failed: not again at once
         with self._draining:
             self._drain()
 
     def _drain(self, on_caller: bool = False) -> None:
         events: list[threading.Event] = []
-        # the lines go into one buffer: a few hundred kB of separate lines, freed together after the
-        # write, went back to the system and were faulted in again for the next batch, page by page,
-        # which cost about as much as building the records (bench/RESULTS.md)
-        batch = bytearray()
+        # the lines go into one buffer, kept until they are written (so an interrupt anywhere loses
+        # none): a few hundred kB of separate lines, freed together after the write, went back to the
+        # system and were faulted in again for the next batch, page by page (bench/RESULTS.md)
+        pending = self._pending
         self._started = None
         queue = self._queue
-        item: bytes | _Deferred | threading.Event | None = None
         try:
             while queue:
                 item = queue.popleft()
                 if isinstance(item, bytes):
-                    batch += item
-                elif isinstance(item, threading.Event):
-                    events.append(item)
+                    pending += item
                 else:
-                    line = self._built_line(item)
-                    if line is not None:
-                        batch += line
-                item = None
+                    events.append(item)
+            if pending:
+                if on_caller:
+                    # the writer wakes while the write has the GIL released: it sees callers writing,
+                    # so leaves the lines they queue next to them (see _run)
+                    self._wake.set()
+                self._write()
         except BaseException:
-            # an interrupt (Ctrl-C) on a caller's thread: what was taken is written next time
-            if item is not None:
-                queue.appendleft(item)
+            # an interrupt (Ctrl-C) on a caller's thread: its lines are written next time, and the
+            # flushes waiting on them still wait
             queue.extendleft(reversed(events))
-            if batch:
-                self._pending.append(bytes(batch))
             raise
-        if batch or self._pending:
-            if on_caller:
-                # the writer wakes while the write has the GIL released: it sees callers writing, so
-                # leaves the lines they queue next to them (see _run)
-                self._wake.set()
-            self._write(batch)
         for event in events:
             event.set()
 
-    def _write(self, batch: bytearray) -> None:
-        """Append the lines a failed write left, then ``batch``; what cannot be written is kept."""
+    def _write(self) -> None:
+        """Append the pending lines; what cannot be written stays pending."""
         pending = self._pending
-        if pending:
-            batch[:0] = b"".join(pending)
-        view = memoryview(batch)
+        written = 0
         started = time.monotonic()
         try:
             self._reopen_if_moved()
             assert self._fd is not None
             # several lines per write: each write is whole lines, so concurrent writers never split one
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            pending.clear()
-            if self._callers_write and time.monotonic() - started > _SLOW_WRITE_S:
-                self._callers_write = False
-                internal_log.warning(
-                    "llm-ledger: writing %s took %.1f s; the writer thread writes it from now on, "
-                    "so that calls never wait for it",
-                    self.path,
-                    time.monotonic() - started,
-                )
+            while written < len(pending):
+                # (a copy after a short write, rare: a view would pin the buffer to its size)
+                written += os.write(self._fd, pending[written:] if written else pending)
         except Exception as exc:
-            pending[:] = _lines(view)
-            view.release()
-            if len(pending) > _MAX_PENDING_LINES:
-                dropped = len(pending) - _MAX_PENDING_LINES
-                del pending[:dropped]
-                self._lost += dropped
-            _report_write_failure(self.path, exc, len(pending), self._lost)
+            del pending[:written]  # a short write, then an error (full disk): the rest waits
+            self._retrying = True
+            self._lost += _drop_oldest(pending, _MAX_PENDING_LINES)
+            _report_write_failure(self.path, exc, pending.count(b"\n"), self._lost)
+            return
+        except BaseException:
+            del pending[:written]  # an interrupt: what reached the file is not written again
+            raise
+        del pending[:]
+        self._retrying = False
+        if self._callers_write and time.monotonic() - started > _SLOW_WRITE_S:
+            self._callers_write = False
+            internal_log.warning(
+                "llm-ledger: writing %s took %.1f s; the writer thread writes it from now on, "
+                "so that calls never wait for it",
+                self.path,
+                time.monotonic() - started,
+            )
 
 
-def _lines(data: memoryview) -> list[bytes]:
-    """``data`` as lines, each with its newline (the last one may lack it)."""
-    lines = bytes(data).split(b"\n")
-    last = lines.pop()
-    return [line + b"\n" for line in lines] + ([last] if last else [])
+def _drop_oldest(lines: bytearray, keep: int) -> int:
+    """Drop the oldest lines of ``lines`` beyond the newest ``keep``; return how many were dropped."""
+    excess = lines.count(b"\n") - keep
+    if excess <= 0:
+        return 0
+    cut = 0
+    for _ in range(excess):
+        cut = lines.index(b"\n", cut) + 1
+    del lines[:cut]
+    return excess
 
 
 # when each file's last failure was reported: a file's reports are rate-limited, not another's

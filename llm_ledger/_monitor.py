@@ -16,10 +16,8 @@ from typing import Any, TypeVar
 from ._context import LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, usage_of
-from ._jsonl import JsonlFileHandler
 from ._pricing import PriceTable
 from ._records import (
-    _LEVELS,
     LOGGER_NAME,
     CallRecord,
     ErrorShape,
@@ -30,7 +28,6 @@ from ._records import (
     Usage,
     call_record,
     lens_record,
-    rounded_ms,
 )
 
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
@@ -47,7 +44,6 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
-_STATUS_LEVELS = {status: _LEVELNO[name] for status, name in _LEVELS.items()}
 _REPORT_INTERVAL_S = 60.0
 
 # sinks of every monitor in the process (the pytest plugin's, testing.capture(every_monitor=True))
@@ -115,33 +111,20 @@ class _Call:
         "context",
         "costs",
         "done",
-        "duration",
         "hide_usage",
         "http_response",
         "lenses",
-        "monitor",
         "operation",
         "priced",
-        "prices",
         "raw",
         "request",
         "request_id",
-        "response",
         "retries",
         "secret",
         "start_epoch",
         "start_perf",
-        "status",
         "ttft",
-        "usage",
     )
-    # set when the call's record is left to its batch (see __call__)
-    monitor: LLMCallMonitor
-    status: Status
-    response: ResponseShape | None
-    usage: Usage
-    duration: float
-    prices: PriceTable
 
     def __init__(self, operation: str, request: RequestShape, secret: str | None) -> None:
         self.operation = operation
@@ -162,17 +145,6 @@ class _Call:
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
 
-    def __call__(self) -> CallRecord:
-        """The record of a call whose building was left to its batch (see ``LLMCallMonitor._finish``).
-
-        The call itself waits in the file's queue, with what its record is built from: one object
-        for the garbage collector to visit per waiting call, where a tuple of arguments and a bound
-        method made three more (each collection visits, and promotes, what is still waiting).
-        """
-        return self.monitor._record(
-            self, self.status, self.response, self.usage, None, None, self.duration, self.prices
-        )[0]
-
     def priced_costs(
         self, monitor: LLMCallMonitor, prices: PriceTable, served: str | None, usage: Usage
     ) -> tuple[int, int] | None:
@@ -182,12 +154,6 @@ class _Call:
             self.costs = monitor._price(prices, served, self.request["model"], usage)
             self.priced = True
         return self.costs
-
-    def total_cost(self) -> int | None:
-        """The cost of a call left to its batch, in 10**-24 USD, for the lenses it counts in."""
-        served = None if self.response is None else self.response["model"]
-        costs = self.priced_costs(self.monitor, self.prices, served, self.usage)
-        return None if costs is None else costs[0] + costs[1]
 
     def response_request_id(self) -> str | None:
         """The request id of the last HTTP response (for results that do not carry one)."""
@@ -233,8 +199,7 @@ class LLMCallMonitor:
         redact: applied to every captured string before it is recorded.
         stream_usage: ask streamed chat calls for usage (``stream_options.include_usage``) when
             the caller did not, and hide the extra usage chunk from the caller.
-        logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only (with
-            no sink either, no call record is built: lenses still sum their calls).
+        logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only.
         sinks: callables receiving every record dict.
     """
 
@@ -380,36 +345,6 @@ class LLMCallMonitor:
         call.done = True
         duration = time.perf_counter() - call.start_perf
         prices = self.prices
-        file = None
-        later = False
-        if error is None and call.content is None and not self._sinks and not _global_sinks:
-            try:
-                # nothing needs the record now: the file's writer builds it, in a batch; or nothing
-                # ever does (no logger, no sink), and only the lenses the call counts in need its counts
-                file = self._own_file(_STATUS_LEVELS[status])
-                if file is not None or self._logger is None:
-                    later = True
-                    usage: Usage
-                    usage = usage_of(call.operation, usage_obj)  # no SDK object is kept
-                    if file is not None and (response is None or response["request_id"] is None):
-                        call.response_request_id()  # its headers (a lookup costs ~2 µs)
-                    call.http_response = None
-            except Exception as exc:
-                self._report("reading a call's result", exc)
-                file, later = None, False
-        if later:
-            call.monitor, call.status, call.response, call.usage = self, status, response, usage
-            call.duration, call.prices = duration, prices
-            if call.lenses:
-                # counted now (a lens's totals are read when it ends); the cost is worked out when
-                # the lens ends, with the others: cheaper than between the caller's own work
-                requested = call.request["model"]
-                duration_ms = rounded_ms(duration)
-                for totals in call.lenses:
-                    totals.count(status, usage, requested, None, duration_ms, call.total_cost)
-            if file is not None:
-                file._emit_later(call)
-            return
         record, total_cost = self._record(
             call, status, response, usage_obj, error, output_text, duration, prices
         )
@@ -515,26 +450,12 @@ class LLMCallMonitor:
             )
         return None
 
-    def _own_file(self, level: int) -> JsonlFileHandler | None:
-        """The ledger's JSONL file when a record of ``level`` goes there and nowhere else, and may be
-        given as a dict (the same line, without a ``LogRecord``)."""
-        logger = self._logger
-        if logger is None or not logger.isEnabledFor(level):
-            return None
-        handlers = logger.handlers
-        if len(handlers) == 1 and not logger.propagate and not logger.filters:
-            handler = handlers[0]
-            if type(handler) is JsonlFileHandler and handler._takes_dicts(level):
-                return handler
-        return None
-
     def _emit(self, record: CallRecord | Mapping[str, Any]) -> None:
         logger = self._logger
         if logger is not None:
             level = _LEVELNO[record["level"]]
             try:
-                file = self._own_file(level)
-                if (file is None or not file._emit_dict(record)) and logger.isEnabledFor(level):
+                if logger.isEnabledFor(level):
                     # a LogRecord built directly: logger.log() would walk the stack to find the caller
                     logger.handle(_log_record(logger.name, level, record))
             except Exception as exc:

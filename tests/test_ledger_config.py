@@ -100,8 +100,8 @@ def test_handlers_on_the_logger_get_log_records_like_logging_builds(
 def test_the_file_honours_handler_filters_levels_formatters_and_other_handlers(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
-    """Where the file is the only handler it takes the record dict directly: the same line as via a
-    LogRecord, and a filter, a level or a formatter set on the handler still applies."""
+    """The file writes the same line alone or beside another handler, and a filter, a level or a
+    formatter set on it applies."""
     llm_ledger.configure(log_dir=tmp_path)
     handler = _config._handler
     assert handler is not None
@@ -200,60 +200,11 @@ def test_a_caller_changing_its_request_after_the_call_does_not_change_the_record
     assert (responses["messages_count"], responses["user_prompt_length"]) == (1, 4)
 
 
-def test_records_left_to_the_writer_are_the_records_a_sink_gets(
-    default_client: openai.OpenAI,
-    tmp_path: Path,
-    internal_log: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With the file as the only destination, a call's record is built with its batch from what the
-    call left: the record a sink would get, priced with the table in force when the call ended."""
-    llm_ledger.configure(log_dir=tmp_path)
-    handler = _config._handler
-    assert handler is not None
-    left: list[Any] = []
-    emit_later = handler._emit_later
-
-    def counted(build: Any) -> None:
-        left.append(build)
-        emit_later(build)
-
-    monkeypatch.setattr(handler, "_emit_later", counted)
-
-    def comparable(record: dict[str, Any]) -> dict[str, Any]:
-        varying = ("timestamp", "call_id", "timing")
-        return {k: v for k, v in record.items() if k not in varying} | {
-            "response": {k: v for k, v in record["response"].items() if k not in ("id", "request_id")}
-        }
-
-    with llm_ledger.testing.capture() as captured:  # a sink: the record is built at once
-        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # left to the writer
-    default_client.chat.completions.create(model="my-private-model", messages=HI)
-    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    prices = tmp_path / "prices.yaml"
-    prices.write_text("version: 1\nmodels:\n  gpt-4o-mini: {input: 100, output: 100}\n")
-    llm_ledger.configure(log_dir=tmp_path, price_file=prices)  # the last call may not be built yet
-    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    llm_ledger.flush()
-    at_once, deferred, unpriced, before, after = _lines(tmp_path / "llm_calls.jsonl")
-    assert [at_once] == captured.calls and len(left) == 4, "all but the captured call left to the writer"
-    assert comparable(deferred) == comparable(at_once) and list(deferred) == list(at_once)
-    assert (
-        deferred["response"]["request_id"]
-        and deferred["response"]["request_id"] != at_once["response"]["request_id"]
-    )
-    assert deferred["cost"]["total_cost_usd"] > 0 and before["cost"] == deferred["cost"]
-    assert after["cost"]["total_cost_usd"] > 100 * deferred["cost"]["total_cost_usd"]
-    assert unpriced["cost"] == {"prompt_cost_usd": None, "completion_cost_usd": None, "total_cost_usd": None}
-    assert sum("my-private-model" in r.getMessage() for r in internal_log.records) == 1
-
-
-def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
+def test_lens_totals_are_the_same_with_or_without_a_sink(
     default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A lens counts its calls when they end whether their records are built then (a sink is
-    attached) or later by the file's writer; each call is priced once, for its lens and its record."""
+    """A lens sums its calls the same with only the file or with a sink attached; each call is
+    priced once, for its lens and its record."""
     llm_ledger.configure(log_dir=tmp_path)
     pricings = 0
     price = llm_ledger.LLMCallMonitor._price
@@ -268,7 +219,7 @@ def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
     def run() -> dict[str, Any]:
         with llm_ledger.lens("totals", source_id="s") as run:
             default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-            llm_ledger.flush()  # this call's record is priced before its lens ends, the next one's after
+            llm_ledger.flush()
             default_client.chat.completions.create(model="my-private-model", messages=HI)
             with pytest.raises(openai.APIStatusError):
                 default_client.chat.completions.create(
@@ -277,14 +228,14 @@ def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
         assert run.summary is not None
         return {k: v for k, v in run.summary.items() if "duration" not in k}
 
-    left_to_writer = run()
+    file_only = run()
     llm_ledger.flush()
     assert pricings == 3
     with llm_ledger.testing.capture():
-        built_at_once = run()
-    assert left_to_writer == built_at_once
-    assert left_to_writer["total_api_calls"] == 3 and left_to_writer["errors"] == 1
-    assert left_to_writer["total_cost_usd"] > 0 and left_to_writer["cost_complete"] is False
+        with_a_sink = run()
+    assert file_only == with_a_sink
+    assert file_only["total_api_calls"] == 3 and file_only["errors"] == 1
+    assert file_only["total_cost_usd"] > 0 and file_only["cost_complete"] is False
     llm_ledger.flush()
     lines = _lines(tmp_path / "llm_calls.jsonl")
     assert [line["event"] for line in lines] == ["llm_api_call"] * 3 + ["lens_summary"] + (

@@ -274,21 +274,10 @@ def test_a_sink_changing_a_records_context_changes_no_other_record(
     assert [c["lens_key"] for c in seen] == ["mine", "mine", "mine"]  # two calls, then the summary
 
 
-def test_a_monitor_without_logger_or_sink_builds_no_records_and_still_sums_its_lenses(
-    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, monkeypatch: pytest.MonkeyPatch
+def test_a_monitor_without_logger_or_sink_still_sums_its_lenses(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
 ) -> None:
-    """Records nobody would receive are not built; lens summaries are the same as with a sink."""
-    from llm_ledger import _monitor, _records
-
-    built = 0
-    call_record = _records.call_record
-
-    def counted(**fields: Any) -> Any:
-        nonlocal built
-        built += 1
-        return call_record(**fields)
-
-    monkeypatch.setattr(_monitor, "call_record", counted)
+    """Lens summaries are the same whether anything hears the call records or not."""
 
     def run() -> dict[str, Any]:
         with monitor.lens("quiet") as run:
@@ -298,11 +287,9 @@ def test_a_monitor_without_logger_or_sink_builds_no_records_and_still_sums_its_l
         return {k: v for k, v in run.summary.items() if "duration" not in k}
 
     unheard = run()
-    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # in no lens: nothing to do
-    assert built == 0
     with llm_ledger.testing.capture(monitor) as captured:
         heard = run()
-    assert built == 2 and len(captured.calls) == 2
+    assert len(captured.calls) == 2
     assert unheard == heard
     assert unheard["total_api_calls"] == 2 and unheard["total_cost_usd"] > 0
 
