@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import fcntl
 import json
 import logging
 import os
@@ -124,8 +125,11 @@ class JsonlFileHandler(logging.Handler):
         self._started: float | None = None  # when the first line now queued came (monotonic)
         self._callers_write = True  # see _put and _write
         self._pending = bytearray()  # whole lines taken from the queue and not yet written
-        self._retrying = False  # a write failed: the writer thread retries (callers leave it the lines)
+        # a write failed, or found another process writing: the writer thread writes the pending lines
+        self._retrying = False
         self._fd: int | None = None
+        self._readable = False  # whether the descriptor can read the file (see _whole_lines_end)
+        self._locks = True  # whether the file takes locks (see _lock)
         self._inode: tuple[int, int] | None = None
         self._closed = False
         self._lost = 0
@@ -148,6 +152,13 @@ class JsonlFileHandler(logging.Handler):
         self._queued = threading.Event()
         self._wake = threading.Event()
         self._draining = threading.Lock()  # another thread may have held it at the fork
+        if self._fd is not None:
+            # a descriptor of its own: one shared with the parent would share the parent's lock
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
         if not self._closed:
             self._thread = self._start_writer()
 
@@ -176,14 +187,14 @@ class JsonlFileHandler(logging.Handler):
 
     def _write_here(self) -> bool:
         """Write what is queued on this thread; False when the writer thread must (writes have been
-        slow, or failed writes wait for its retry) or another thread is writing."""
+        slow, failed writes wait for its retry, another process is writing the file) or another
+        thread is writing."""
         if not self._callers_write or self._retrying or not self._draining.acquire(blocking=False):
             return False
         try:
-            self._drain(on_caller=True)
+            return self._drain(on_caller=True)
         finally:
             self._draining.release()
-        return True
 
     def handle(self, record: logging.LogRecord) -> bool:
         # no handler lock: emit() only appends to a thread-safe deque (filters still apply)
@@ -245,7 +256,11 @@ class JsonlFileHandler(logging.Handler):
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_APPEND | os.O_CREAT
+        try:  # read access too: to find a partial last line (see _whole_lines_end)
+            fd, self._readable = os.open(self.path, os.O_RDWR | flags, 0o644), True
+        except PermissionError:  # a file others own that this process may only append to
+            fd, self._readable = os.open(self.path, os.O_WRONLY | flags, 0o644), False
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -289,7 +304,9 @@ class JsonlFileHandler(logging.Handler):
         with self._draining:
             self._drain()
 
-    def _drain(self, on_caller: bool = False) -> None:
+    def _drain(self, on_caller: bool = False) -> bool:
+        """Write the queued lines; False when they were left to the writer thread (a caller found
+        another process writing the file)."""
         events: list[threading.Event] = []
         # the lines go into one buffer, kept until they are written (so an interrupt anywhere loses
         # none): a few hundred kB of separate lines, freed together after the write, went back to the
@@ -297,6 +314,7 @@ class JsonlFileHandler(logging.Handler):
         pending = self._pending
         self._started = None
         queue = self._queue
+        done = True
         try:
             while queue:
                 item = queue.popleft()
@@ -309,33 +327,59 @@ class JsonlFileHandler(logging.Handler):
                     # the writer wakes while the write has the GIL released: it sees callers writing,
                     # so leaves the lines they queue next to them (see _run)
                     self._wake.set()
-                self._write()
+                done = self._write(wait=not on_caller)
         except BaseException:
-            # an interrupt (Ctrl-C) on a caller's thread: its lines are written next time, and the
-            # flushes waiting on them still wait
-            queue.extendleft(reversed(events))
+            done = False  # an interrupt (Ctrl-C) on a caller's thread: its lines are written next time
             raise
-        for event in events:
-            event.set()
+        finally:
+            if not done:  # the flushes waiting on these lines wait for the writer thread
+                queue.extendleft(reversed(events))
+        if done:
+            for event in events:
+                event.set()
+        return done
 
-    def _write(self) -> None:
-        """Append the pending lines; what cannot be written stays pending."""
+    def _write(self, wait: bool = True) -> bool:
+        """Append the pending lines, all of them or none; False when ``wait`` is false and another
+        process is writing the file (the writer thread then writes them).
+
+        Every ledger writer appends under an exclusive lock on the file (``flock``): while it holds
+        it, the file grows by its own writes alone, so it can take back the part of a batch a full
+        disk cut short, and cut a partial line a killed writer left, without touching another
+        process's lines. A failed write is reported, and what it could not write stays pending.
+        """
         pending = self._pending
         written = 0
         started = time.monotonic()
         try:
             self._reopen_if_moved()
-            assert self._fd is not None
-            # several lines per write: each write is whole lines, so concurrent writers never split one
-            while written < len(pending):
-                # (a copy after a short write, rare: a view would pin the buffer to its size)
-                written += os.write(self._fd, pending[written:] if written else pending)
+            fd = self._fd
+            assert fd is not None
+            locked = self._lock(fd, wait)
+            if locked is None:  # a call never waits for another process
+                self._retrying = True
+                self._wake.set()
+                return False
+            try:
+                end = self._whole_lines_end(fd) if locked else None
+                try:
+                    # several lines per write, each write whole lines (a copy after a short write, rare:
+                    # a view would pin the buffer to its size)
+                    while written < len(pending):
+                        written += os.write(fd, pending[written:] if written else pending)
+                except BaseException:
+                    if end is not None:
+                        written = _take_back(fd, end, len(pending))
+                    raise
+            finally:
+                if locked:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         except Exception as exc:
-            del pending[:written]  # a short write, then an error (full disk): the rest waits
+            del pending[:written]  # (without the lock, the part of a batch a short write wrote)
             self._retrying = True
             self._lost += _drop_oldest(pending, _MAX_PENDING_LINES)
             _report_write_failure(self.path, exc, pending.count(b"\n"), self._lost)
-            return
+            return True
         except BaseException:
             del pending[:written]  # an interrupt: what reached the file is not written again
             raise
@@ -349,6 +393,67 @@ class JsonlFileHandler(logging.Handler):
                 self.path,
                 time.monotonic() - started,
             )
+        return True
+
+    def _lock(self, fd: int, wait: bool) -> bool | None:
+        """Lock the file for a write: True when locked, None when another process holds the lock
+        and ``wait`` is false, False when the file takes no locks (then writing goes on without)."""
+        if not self._locks:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: some NFS and FUSE mounts
+            self._locks = False
+            internal_log.warning(
+                "llm-ledger cannot lock %s (%s: %s), so it writes it without the lock from now on: "
+                "lines stay whole, but a full disk or a writer killed while writing can leave part of "
+                "a line in the file; put the log on a local file system to keep that from happening",
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        return True
+
+    def _whole_lines_end(self, fd: int) -> int:
+        """The size of the file (locked), once a partial last line a killed writer left is cut."""
+        size = os.fstat(fd).st_size
+        if not size or not self._readable or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        end = _last_line_end(fd, size)
+        os.ftruncate(fd, end)
+        internal_log.warning(
+            "llm-ledger: %s ended with part of a line (%d bytes, left by a writer killed while "
+            "writing); cut it, so that the next line starts whole",
+            self.path,
+            size - end,
+        )
+        return end
+
+
+def _take_back(fd: int, end: int, size: int) -> int:
+    """How much of a batch of ``size`` bytes, written at ``end`` of the locked file, stays there: all
+    of it once it all reached the file, else none (a part is cut off again)."""
+    grown = os.fstat(fd).st_size - end
+    if grown >= size:
+        return size
+    if grown > 0:
+        os.ftruncate(fd, end)
+    return 0
+
+
+def _last_line_end(fd: int, size: int) -> int:
+    """The offset just past the last newline in the first ``size`` bytes of ``fd`` (0 if none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        at = os.pread(fd, end - start, start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
 
 
 def _drop_oldest(lines: bytearray, keep: int) -> int:

@@ -63,11 +63,11 @@ def _count_writer_drains(h: _jsonl.JsonlFileHandler) -> Callable[[], int]:
     drains = 0
     drain = h._drain
 
-    def counted(on_caller: bool = False) -> None:
+    def counted(on_caller: bool = False) -> bool:
         nonlocal drains
         if threading.current_thread() is h._thread:
             drains += 1
-        drain(on_caller)
+        return drain(on_caller)
 
     h._drain = counted  # type: ignore[method-assign]
     return lambda: drains
@@ -169,7 +169,7 @@ def test_a_slow_write_leaves_all_writing_to_the_writer_thread(
     assert written == list(range(3 * _jsonl._BATCH_LINES))
 
 
-@pytest.mark.parametrize("when", ["before the write"])
+@pytest.mark.parametrize("when", ["before the write", "after the write"])
 def test_an_interrupt_while_a_call_writes_its_batch_loses_nothing(
     interval: Any, handler: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
