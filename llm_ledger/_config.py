@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ._errors import ConfigError
-from ._jsonl import JsonlFileHandler
+from ._jsonl import JsonlFileHandler, NotRegularFileError
 from ._monitor import LLMCallMonitor, Redactor
 from ._pricing import PriceTable
 from ._records import LOGGER_NAME
@@ -167,6 +167,8 @@ def configure(
             if settings.log_dir is not None:
                 try:
                     new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
+                except NotRegularFileError as exc:
+                    raise ConfigError(f"cannot write the log file: {exc}") from exc
                 except OSError as exc:
                     raise ConfigError(
                         f"cannot write the log file in log_dir={str(settings.log_dir)!r}: "

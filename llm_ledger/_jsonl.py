@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import atexit
 import collections
+import errno
 import fcntl
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -41,7 +43,7 @@ from typing import Any
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-__all__ = ["JsonlFileHandler", "LedgerJsonFormatter", "flush_all"]
+__all__ = ["JsonlFileHandler", "LedgerJsonFormatter", "NotRegularFileError", "flush_all"]
 
 internal_log = logging.getLogger("llm_ledger.internal")
 
@@ -54,6 +56,28 @@ _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 # python-json-logger's option; it costs ~75% more per record, so it is only tried when needed
 _NON_STR_KEYS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+
+
+class NotRegularFileError(OSError):
+    """The log path is not a regular file: a FIFO would block the call writing to it, a device or
+    a socket would take records and keep none."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(
+            f"{str(path)!r} is a {kind}, not a regular file; remove it so that llm-ledger can create "
+            "the file there, or choose another log_dir (LLM_LEDGER_LOG_DIR=off writes no file)"
+        )
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_IFIFO: "FIFO (named pipe)",
+        stat.S_IFDIR: "directory",
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+        stat.S_IFSOCK: "socket",
+    }
+    return kinds.get(stat.S_IFMT(mode), "special file")
 
 
 class LedgerJsonFormatter(OrjsonFormatter):
@@ -250,24 +274,40 @@ class JsonlFileHandler(logging.Handler):
                 except OSError:
                     pass
                 self._fd = None
+            _handlers.discard(self)  # flush_all() and exit leave it alone from now on
         super().close()
 
     # -- writer side --------------------------------------------------------------------------------
 
     def _open(self) -> None:
+        """Open the file to append to (and read, where allowed: see ``_whole_lines_end``); raises
+        ``NotRegularFileError`` when the path is not a regular file, without blocking on a FIFO."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_APPEND | os.O_CREAT
-        try:  # read access too: to find a partial last line (see _whole_lines_end)
-            fd, self._readable = os.open(self.path, os.O_RDWR | flags, 0o644), True
-        except PermissionError:  # a file others own that this process may only append to
-            fd, self._readable = os.open(self.path, os.O_WRONLY | flags, 0o644), False
+        # O_NONBLOCK: opening a FIFO to write would wait for a reader; it is refused below instead
+        flags = os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+        try:
+            try:
+                fd, readable = os.open(self.path, os.O_RDWR | flags, 0o644), True
+            except PermissionError:  # a file others own that this process may only append to
+                fd, readable = os.open(self.path, os.O_WRONLY | flags, 0o644), False
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENXIO):  # ENXIO: a FIFO with no reader, a socket
+                raise
+            raise NotRegularFileError(self.path, _kind(os.stat(self.path).st_mode)) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFileError(self.path, _kind(st.st_mode))
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
         if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
-        self._fd = fd
-        st = os.fstat(fd)
+        self._fd, self._readable = fd, readable
         self._inode = (st.st_dev, st.st_ino)
 
     def _reopen_if_moved(self) -> None:

@@ -8,15 +8,18 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from llm_ledger import _jsonl
-from tests.reliability_helpers import child_env, read_lines, record_figures
+import llm_ledger
+from llm_ledger import _config, _jsonl
+from tests.reliability_helpers import child_env, mock_client, read_lines, record_figures
 
 pytestmark = pytest.mark.reliability
 
@@ -191,3 +194,77 @@ def test_a_forked_child_takes_the_lock_apart_from_its_parent(tmp_path: Path) -> 
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         handler.close()
+
+
+def _returns_within(seconds: float, function: Callable[[], object]) -> bool:
+    """Whether ``function()`` returns within ``seconds`` (run on a thread, so a hang fails the test)."""
+    thread = threading.Thread(target=function, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [("fifo", "FIFO (named pipe)"), ("directory", "directory"), ("device", "character device")],
+)
+def test_a_log_path_that_is_not_a_regular_file_is_refused_at_configure(
+    tmp_path: Path, kind: str, named: str, fresh_config: None
+) -> None:
+    """configure() refuses a FIFO (which would block the call writing to it), a directory or a device
+    (which would keep no record) at the log path, naming the path and the fix."""
+    path = tmp_path / "llm_calls.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/null")
+    refused: list[BaseException] = []
+
+    def configure() -> None:
+        try:
+            llm_ledger.configure(log_dir=tmp_path)
+        except llm_ledger.ConfigError as exc:
+            refused.append(exc)
+
+    assert _returns_within(5, configure)
+    [error] = refused
+    assert f"{str(path)!r} is a {named}, not a regular file" in str(error)
+    assert "remove it" in str(error) and "LLM_LEDGER_LOG_DIR=off" in str(error)
+    assert _config._settings is None  # nothing changed
+
+
+def test_a_log_file_replaced_by_a_fifo_never_blocks_a_call(
+    tmp_path: Path,
+    fresh_config: None,
+    internal_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A FIFO put at the log path while calls run: calls and flush() return at once, the failure is
+    reported, and every record is written once a regular file can be made there again."""
+    monkeypatch.setattr(_jsonl, "_last_failure", {})  # write failures are reported once a minute
+    llm_ledger.configure(log_dir=tmp_path)
+    path, rotated = tmp_path / "llm_calls.jsonl", tmp_path / "llm_calls.jsonl.1"
+    messages: Any = [{"role": "user", "content": "hi"}]
+    calls = _jsonl._BATCH_LINES + 100  # the call that fills a batch writes it
+    with mock_client() as raw:
+        client = llm_ledger.instrument(raw)
+        for _ in range(10):
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        llm_ledger.flush()
+        os.rename(path, rotated)
+        os.mkfifo(path)
+
+        def call_and_flush() -> None:
+            for _ in range(calls):
+                client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+            llm_ledger.flush()
+
+        assert _returns_within(10, call_and_flush)
+        reports = [r.getMessage() for r in internal_log.records if r.name == "llm_ledger.internal"]
+        assert any("FIFO (named pipe), not a regular file" in m and "kept for retry" in m for m in reports)
+        assert len(read_lines(rotated)) == 10
+        os.remove(path)
+        llm_ledger.flush()
+    assert len(read_lines(path)) == calls
