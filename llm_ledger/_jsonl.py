@@ -32,6 +32,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import stat
 import sys
 import threading
@@ -43,7 +44,13 @@ from typing import Any
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-__all__ = ["JsonlFileHandler", "LedgerJsonFormatter", "NotRegularFileError", "flush_all"]
+__all__ = [
+    "JsonlFileHandler",
+    "LedgerJsonFormatter",
+    "NotRegularFileError",
+    "flush_all",
+    "handle_sigterm_signal",
+]
 
 internal_log = logging.getLogger("llm_ledger.internal")
 
@@ -146,6 +153,7 @@ class JsonlFileHandler(logging.Handler):
         self._wake = threading.Event()  # a flush, close, or a caller writing a batch
         self._flushing = False
         self._draining = threading.Lock()  # held by whoever writes: lines leave in queue order
+        self._main_writes = False  # the main thread holds, or is taking, _draining (see _on_sigterm)
         self._started: float | None = None  # when the first line now queued came (monotonic)
         self._callers_write = True  # see _put and _write
         self._pending = bytearray()  # whole lines taken from the queue and not yet written
@@ -176,6 +184,7 @@ class JsonlFileHandler(logging.Handler):
         self._queued = threading.Event()
         self._wake = threading.Event()
         self._draining = threading.Lock()  # another thread may have held it at the fork
+        self._main_writes = False
         if self._fd is not None:
             # a descriptor of its own: one shared with the parent would share the parent's lock
             try:
@@ -213,12 +222,33 @@ class JsonlFileHandler(logging.Handler):
         """Write what is queued on this thread; False when the writer thread must (writes have been
         slow, failed writes wait for its retry, another process is writing the file) or another
         thread is writing."""
-        if not self._callers_write or self._retrying or not self._draining.acquire(blocking=False):
+        if not self._callers_write or self._retrying or not self._take(0):
             return False
         try:
             return self._drain(on_caller=True)
         finally:
-            self._draining.release()
+            self._give_back()
+
+    def _take(self, timeout: float) -> bool:
+        """Take the write lock, waiting at most ``timeout`` s (-1: for good). A SIGTERM handled on the
+        main thread while it takes or holds the lock waits for ``_give_back()`` (see _on_sigterm)."""
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main:
+            self._main_writes = True  # before the lock is taken: a signal may come at any bytecode
+        taken = False
+        try:
+            taken = self._draining.acquire(timeout=timeout)
+        finally:
+            if on_main and not taken:
+                self._main_writes = False
+                _sigterm_if_pending()
+        return taken
+
+    def _give_back(self) -> None:
+        self._draining.release()
+        if self._main_writes and threading.current_thread() is threading.main_thread():
+            self._main_writes = False
+            _sigterm_if_pending()
 
     def handle(self, record: logging.LogRecord) -> bool:
         # no handler lock: emit() only appends to a thread-safe deque (filters still apply)
@@ -241,11 +271,11 @@ class JsonlFileHandler(logging.Handler):
     def _flush_by_writer(self, timeout: float | None) -> None:
         """Have the writer thread write everything queued so far; wait at most ``timeout`` seconds."""
         if self._closed or not self._thread.is_alive():
-            if self._draining.acquire(timeout=-1 if timeout is None else timeout):
+            if self._take(-1 if timeout is None else timeout):
                 try:
                     self._drain()
                 finally:
-                    self._draining.release()
+                    self._give_back()
             return
         done = threading.Event()
         self._queue.append(done)
@@ -263,11 +293,11 @@ class JsonlFileHandler(logging.Handler):
             self._queued.set()
             self._wake.set()
             self._thread.join(timeout=_EXIT_TIMEOUT_S)
-            if self._draining.acquire(timeout=_EXIT_TIMEOUT_S):  # else a write hangs, holding it
+            if self._take(_EXIT_TIMEOUT_S):  # else a write hangs, holding it
                 try:
                     self._drain()
                 finally:
-                    self._draining.release()
+                    self._give_back()
             if self._fd is not None:
                 try:
                     os.close(self._fd)
@@ -566,7 +596,60 @@ def _flush_at_exit() -> None:
 atexit.register(_flush_at_exit)
 
 
+class _Sigterm:
+    pending = False  # a SIGTERM came while the main thread was writing: handled once it is done
+    stopping = False
+
+
+def handle_sigterm_signal(on: bool) -> None:
+    """With ``on``, install ``_on_sigterm`` for SIGTERM where it has its default action; else take
+    it out again where it is still installed. Only the main thread can do either (a warning says so)."""
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+        if on and current is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        elif not on and current is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread (or not the main interpreter)
+        if on and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            internal_log.warning(
+                "llm-ledger: configure() ran outside the main thread, so it could not install its "
+                "SIGTERM handler: a SIGTERM may lose the last records queued (up to 2 s of calls); "
+                "call configure() from the main thread, or llm_ledger.flush() in a SIGTERM handler "
+                "of your own"
+            )
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Write out every JSONL file, then die by SIGTERM, as the process would have without us."""
+    if _Sigterm.stopping:
+        return
+    if any(handler._main_writes for handler in list(_handlers)):
+        # the signal stopped the main thread while it writes a batch, holding the write lock:
+        # waiting for that lock here would wait for ever, so the signal waits for the write instead
+        _Sigterm.pending = True
+        return
+    _die_by_sigterm()
+
+
+def _sigterm_if_pending() -> None:
+    if _Sigterm.pending and not _Sigterm.stopping:
+        _die_by_sigterm()
+
+
+def _die_by_sigterm() -> None:
+    _Sigterm.stopping = True
+    for handler in list(_handlers):
+        try:
+            handler.flush(_EXIT_TIMEOUT_S)  # bounded, as at exit: a hung file system delays the end
+        except Exception:  # pragma: no cover - stopping must not fail because of the ledger
+            pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _after_fork_in_child() -> None:
+    _Sigterm.pending = _Sigterm.stopping = False
     for handler in list(_handlers):
         handler._after_fork_in_child()
 

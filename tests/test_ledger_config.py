@@ -333,6 +333,8 @@ def test_arguments_win_over_environment(
         ({"log_dir": ""}, {}, "log_dir must be a non-empty path"),
         ({"capture_content": "yes"}, {}, "capture_content must be True or False, got 'yes'"),
         ({"stream_usage": 1}, {}, "stream_usage must be True or False"),
+        ({"handle_sigterm": "no"}, {}, "handle_sigterm must be True or False, got 'no'"),
+        ({}, {"LLM_LEDGER_HANDLE_SIGTERM": "never"}, "LLM_LEDGER_HANDLE_SIGTERM='never' is not a boolean"),
         ({"redact": "nope"}, {}, "redact must be a callable"),
         ({}, {"LLM_LEDGER_CAPTURE_CONTENT": "maybe"}, "LLM_LEDGER_CAPTURE_CONTENT='maybe' is not a boolean"),
         ({"log_dir": None, "price_file": "/nonexistent/prices.yaml"}, {}, "/nonexistent/prices.yaml"),

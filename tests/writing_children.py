@@ -88,6 +88,92 @@ def append(log_dir: str, proc: str, lines: int) -> None:
         _line(proc=proc, i=i)
 
 
+def _calls_in_lenses(lenses: int, calls: int, start: int = 0) -> None:
+    """``lenses`` x ``calls`` chat calls through a real client (its HTTP answered in process)."""
+    import llm_ledger
+    from tests.reliability_helpers import mock_client
+
+    client = llm_ledger.instrument(mock_client())
+    messages: Any = [{"role": "user", "content": "count me"}]
+    for lens in range(lenses):
+        with llm_ledger.lens(f"lens-{lens}"):
+            for i in range(start + lens * calls, start + (lens + 1) * calls):
+                with llm_ledger.track_llm_call(i=i):
+                    client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+
+def _app_handler(signum: int, frame: object) -> None:
+    print("the application's handler ran", flush=True)
+    sys.exit(0)
+
+
+def stopped(log_dir: str, how: str) -> None:
+    """Make 200 calls in 20 lenses, say so, then wait for work as a service does, until stopped.
+
+    ``how``: ``default`` (configure() as it is), ``many`` (1,000 calls in 100 lenses), ``off``
+    (handle_sigterm=False), ``app-before`` / ``app-after`` (the application's own SIGTERM handler,
+    installed before / after configure()), ``while-writing`` (the signal comes while the main
+    thread writes a batch, holding its lock), ``forked`` (the calls are made in a child forked by
+    multiprocessing, which is then terminated).
+    """
+    import llm_ledger
+    from llm_ledger import _jsonl
+
+    if how == "app-before":
+        signal.signal(signal.SIGTERM, _app_handler)
+    if how == "off":
+        llm_ledger.configure(log_dir=log_dir, handle_sigterm=False)
+    else:
+        llm_ledger.configure(log_dir=log_dir)
+    if how == "app-after":
+        signal.signal(signal.SIGTERM, _app_handler)
+    if how == "while-writing":
+        _signal_while_writing()
+    if how == "forked":
+        _forked_and_terminated()
+        return
+    print("ours" if signal.getsignal(signal.SIGTERM) is _jsonl._on_sigterm else "not ours", flush=True)
+    _calls_in_lenses({"many": 100, "while-writing": 60}.get(how, 20), 10)
+    print("returned", flush=True)
+    while True:
+        time.sleep(1)
+
+
+def _signal_while_writing() -> None:
+    """SIGTERM this process as its main thread starts writing a batch (with the lock held)."""
+    from llm_ledger import _config
+
+    handler = _config._handler
+    assert handler is not None
+    write = handler._write
+
+    def signalled(wait: bool = True) -> bool:
+        handler._write = write  # type: ignore[method-assign]
+        os.kill(os.getpid(), signal.SIGTERM)  # its Python handler runs at the next bytecode: here
+        return write(wait)
+
+    handler._write = signalled  # type: ignore[method-assign]
+
+
+def _forked_and_terminated() -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    returned = context.Event()
+    child = context.Process(target=_calls_then_wait, args=(returned,))
+    child.start()
+    assert returned.wait(60)
+    child.terminate()  # SIGTERM
+    child.join(60)
+    print(f"child exit code {child.exitcode}", flush=True)
+
+
+def _calls_then_wait(returned: Any) -> None:
+    _calls_in_lenses(20, 10)
+    returned.set()
+    time.sleep(60)
+
+
 if __name__ == "__main__":
     kind, args = sys.argv[1], sys.argv[2:]
     if kind == "fill":
@@ -96,5 +182,7 @@ if __name__ == "__main__":
         killed_mid_write(args[0], int(args[1]))
     elif kind == "append":
         append(args[0], args[1], int(args[2]))
+    elif kind == "stopped":
+        stopped(args[0], args[1])
     else:
         raise SystemExit(f"unknown child {kind!r}")
