@@ -15,12 +15,21 @@ nothing), the writer only writes the lines callers leave when they stop (two int
 batch), and it sleeps without a timer while nothing is queued. A write slower than 0.1 s (a slow
 network file system) hands all writing, flushes included, to the writer thread for good.
 
+Each batch is appended whole or not at all, under an exclusive ``flock`` on the file that every
+ledger writer takes: a short write (full disk) is cut back and the batch kept for retry, and a
+partial last line a writer killed mid-write left is cut before the next append. A call never waits
+for another process's lock (the writer thread does). Where the file takes no locks (some NFS
+mounts), writing goes on without, reported once.
+
 The file is reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its
-directory recreated if removed. A failed write (full disk) is reported on ``llm_ledger.internal``
-and retried by the writer thread; ``flush()`` returns once everything queued so far is written, and
-interpreter exit flushes every handler. A forked child (a prefork server's worker, a multiprocessing
-pool) starts its own writer and leaves what its parent had queued to the parent; multiprocessing's
-children, which leave through ``os._exit()``, flush through its finalizers.
+directory recreated if removed; a path that is not a regular file (a FIFO, a directory, a device)
+is refused, never waited on. A failed write is reported on ``llm_ledger.internal`` and retried by
+the writer thread; ``flush()`` returns once everything queued so far is written. Interpreter exit
+flushes every handler, and so does SIGTERM where ``configure()`` installed its handler
+(``handle_sigterm_signal``), which then lets the process die by SIGTERM. A forked child (a prefork
+server's worker, a multiprocessing pool) opens the file anew, starts its own writer and leaves what
+its parent had queued to the parent; multiprocessing's children, which leave through
+``os._exit()``, flush through its finalizers. docs/RELIABILITY.md says what each case can lose.
 """
 
 from __future__ import annotations
