@@ -148,8 +148,13 @@ def _signal_while_writing() -> None:
     write = handler._write
 
     def signalled(wait: bool = True) -> bool:
-        handler._write = write  # type: ignore[method-assign]
-        os.kill(os.getpid(), signal.SIGTERM)  # its Python handler runs at the next bytecode: here
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            handler._write = write  # type: ignore[method-assign]
+            queued = handler.path.read_bytes().count(b"\n") + handler._pending.count(b"\n")
+            print(f"queued {queued + len(handler._queue)}", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)  # its Python handler runs at the next bytecode: here
         return write(wait)
 
     handler._write = signalled  # type: ignore[method-assign]
