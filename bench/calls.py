@@ -248,13 +248,14 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         batches_ns = 0  # batches written on the calling thread
         drain = handler._drain
 
-        def timed_drain(on_caller: bool = False) -> None:
+        def timed_drain(on_caller: bool = False) -> bool:
             nonlocal batches_ns
             if threading.current_thread() is not caller:
                 return drain(on_caller)
             started = clock()
-            drain(on_caller)
+            done = drain(on_caller)
             batches_ns += clock() - started
+            return done
 
         gc_ns = 0
         gc_started = 0

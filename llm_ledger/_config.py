@@ -10,10 +10,15 @@ setting                        environment variable            default
 ``price_file``                 ``LLM_LEDGER_PRICE_FILE``       none (genai-prices only)
 ``capture_content``            ``LLM_LEDGER_CAPTURE_CONTENT``  ``false``
 ``stream_usage``               ``LLM_LEDGER_STREAM_USAGE``     ``true``
+``handle_sigterm``             ``LLM_LEDGER_HANDLE_SIGTERM``   ``true``
 =============================  ==============================  ==========================
 
 ``LLM_LEDGER_LOG_DIR=off`` (or ``log_dir=None``) writes no file; records still reach the
 ``llm_monitor`` logger's other handlers and every sink.
+
+``handle_sigterm``: where the application has no SIGTERM handler of its own, the first
+``configure()`` that sets up a file installs one (from the main thread) that writes out every
+queued record, then lets the process die by SIGTERM as it would have (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ._errors import ConfigError
-from ._jsonl import JsonlFileHandler
+from ._jsonl import JsonlFileHandler, NotRegularFileError, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor
 from ._pricing import PriceTable
 from ._records import LOGGER_NAME
@@ -56,6 +61,7 @@ class Settings:
     capture_content: bool
     stream_usage: bool
     redact: Redactor | None
+    handle_sigterm: bool = True
 
 
 def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
@@ -85,6 +91,7 @@ def resolve(
     capture_content: Any = UNSET,
     stream_usage: Any = UNSET,
     redact: Any = None,
+    handle_sigterm: Any = UNSET,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``)."""
@@ -113,7 +120,13 @@ def resolve(
         raise ConfigError(f"stream_usage must be True or False, got {stream_usage!r}")
     if redact is not None and not callable(redact):
         raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
-    return Settings(resolved_dir, resolved_prices, capture, usage, redact)
+    if handle_sigterm is UNSET:
+        sigterm = _env_bool("LLM_LEDGER_HANDLE_SIGTERM", env, True)
+    elif isinstance(handle_sigterm, bool):
+        sigterm = handle_sigterm
+    else:
+        raise ConfigError(f"handle_sigterm must be True or False, got {handle_sigterm!r}")
+    return Settings(resolved_dir, resolved_prices, capture, usage, redact, sigterm)
 
 
 _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_monitor()
@@ -139,6 +152,7 @@ def configure(
     capture_content: bool | _Unset = UNSET,
     stream_usage: bool | _Unset = UNSET,
     redact: Redactor | None = None,
+    handle_sigterm: bool | _Unset = UNSET,
 ) -> Settings:
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
@@ -153,6 +167,7 @@ def configure(
         capture_content=capture_content,
         stream_usage=stream_usage,
         redact=redact,
+        handle_sigterm=handle_sigterm,
     )
     with _lock:
         if settings == _settings:
@@ -167,6 +182,8 @@ def configure(
             if settings.log_dir is not None:
                 try:
                     new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
+                except NotRegularFileError as exc:
+                    raise ConfigError(f"cannot write the log file: {exc}") from exc
                 except OSError as exc:
                     raise ConfigError(
                         f"cannot write the log file in log_dir={str(settings.log_dir)!r}: "
@@ -174,11 +191,16 @@ def configure(
                         "choose a writable directory (or LLM_LEDGER_LOG_DIR=off to write no file)"
                     ) from exc
             old, _handler = _handler, new_handler
-            if new_handler is not None:
-                logger.addHandler(new_handler)
+            # the file is the default monitor's first sink: it gets the record dict itself, and
+            # the logger stays free for the application's own handlers
+            monitor._replace_first_sink(
+                None if old is None else old.write_record,
+                None if new_handler is None else new_handler.write_record,
+            )
             if old is not None:
-                logger.removeHandler(old)
                 old.close()
+        if _handler is not None or not settings.handle_sigterm:
+            handle_sigterm_signal(settings.handle_sigterm)
         logger.setLevel(logging.INFO)
         logger.propagate = False
         monitor.prices = prices

@@ -1,54 +1,70 @@
 """The JSON-lines file: whole lines appended in batches, losing nothing.
 
 ``JsonlFileHandler`` is a ``logging.Handler``. On the caller's thread it only serialises the record
-(orjson, about 1 µs) and queues the bytes. Where it is the only handler of the ledger's logger, the
-monitor hands it the record dict without building a ``LogRecord`` (``_emit_dict``), or, for a call
-nothing else needs the record of, what the record is built from (``_emit_later``), built later in a
-batch. Lines are appended with single ``os.write`` calls on an ``O_APPEND`` descriptor, so several
-processes can share one file without interleaving lines.
+(orjson, about 1 µs) and queues the bytes. Lines are appended with single ``os.write`` calls on an
+``O_APPEND`` descriptor, so several processes can share one file without interleaving lines.
 
 Who writes: the call that queues the 512th line, or a line while the oldest has waited a second,
-writes the batch (about 4 ms for 512 records: building them, then one write into the page cache);
-``flush()`` writes on its caller's thread; a writer thread writes what callers leave when they
-stop. A background thread woken on a timer is what most monitors use, but it needs the GIL each
-time it wakes, and while the application's threads keep the GIL busy a thread waiting for it is
-woken at each brief release and rarely wins it: measured with a busy caller, that cost more CPU
-than building the records (bench/RESULTS.md). So a caller writing a batch wakes the writer thread
-while the write has the GIL released (which costs next to nothing), the writer only writes the
-lines callers leave when they stop (two intervals without a batch), and it sleeps without a timer
-while nothing is queued. A write slower than 0.1 s (a slow network file system) hands all writing,
-flushes included, to the writer thread for good.
+writes the batch (one write into the page cache); ``flush()`` writes on its caller's thread; a
+writer thread writes what callers leave when they stop. A background thread woken on a timer is what
+most monitors use, but it needs the GIL each time it wakes, and while the application's threads keep
+the GIL busy a thread waiting for it is woken at each brief release and rarely wins it: measured
+with a busy caller, that cost more CPU than building the records (bench/RESULTS.md). So a caller
+writing a batch wakes the writer thread while the write has the GIL released (which costs next to
+nothing), the writer only writes the lines callers leave when they stop (two intervals without a
+batch), and it sleeps without a timer while nothing is queued. A write slower than 0.1 s (a slow
+network file system) hands all writing, flushes included, to the writer thread for good.
+
+Each batch is appended whole or not at all, under an exclusive ``flock`` on the file that every
+ledger writer takes: a short write (full disk) is cut back and the batch kept for retry, and a
+partial last line a writer killed mid-write left is cut before the next append. A call never waits
+for another process's lock (the writer thread does). Where the file takes no locks (some NFS
+mounts), writing goes on without, reported once.
 
 The file is reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its
-directory recreated if removed. A failed write (full disk) is reported on ``llm_ledger.internal`` and
-retried by the writer thread; ``flush()`` returns once everything queued so far is written, and
-interpreter exit flushes every handler. A forked child (a prefork server's worker, a multiprocessing
-pool) starts its own writer and leaves what its parent had queued to the parent; multiprocessing's
-children, which leave through ``os._exit()``, flush through its finalizers.
+directory recreated if removed; a path that is not a regular file (a FIFO, a directory, a device)
+is refused, never waited on. A failed write is reported on ``llm_ledger.internal`` and retried by
+the writer thread; ``flush()`` returns once everything queued so far is written. Interpreter exit
+flushes every handler, and so does SIGTERM where ``configure()`` installed its handler
+(``handle_sigterm_signal``), which then lets the process die by SIGTERM. A forked child (a prefork
+server's worker, a multiprocessing pool) opens the file anew, starts its own writer and leaves what
+its parent had queued to the parent; multiprocessing's children, which leave through
+``os._exit()``, flush through its finalizers. docs/RELIABILITY.md says what each case can lose.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import errno
+import fcntl
 import json
 import logging
 import os
+import signal
+import stat
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-__all__ = ["JsonlFileHandler", "LedgerJsonFormatter", "flush_all"]
+from ._records import LOGGER_NAME
+
+__all__ = [
+    "JsonlFileHandler",
+    "LedgerJsonFormatter",
+    "NotRegularFileError",
+    "flush_all",
+    "handle_sigterm_signal",
+]
 
 internal_log = logging.getLogger("llm_ledger.internal")
-_Deferred = Callable[[], Mapping[str, Any]]  # builds a record when its batch is written
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
@@ -59,6 +75,28 @@ _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 # python-json-logger's option; it costs ~75% more per record, so it is only tried when needed
 _NON_STR_KEYS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+
+
+class NotRegularFileError(OSError):
+    """The log path is not a regular file: a FIFO would block the call writing to it, a device or
+    a socket would take records and keep none."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(
+            f"{str(path)!r} is a {kind}, not a regular file; remove it so that llm-ledger can create "
+            "the file there, or choose another log_dir (LLM_LEDGER_LOG_DIR=off writes no file)"
+        )
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_IFIFO: "FIFO (named pipe)",
+        stat.S_IFDIR: "directory",
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+        stat.S_IFSOCK: "socket",
+    }
+    return kinds.get(stat.S_IFMT(mode), "special file")
 
 
 class LedgerJsonFormatter(OrjsonFormatter):
@@ -97,14 +135,28 @@ class LedgerJsonFormatter(OrjsonFormatter):
         """
         msg = record.msg
         if self._plain and type(msg) is dict and not record.exc_info and not record.stack_info:
-            try:
-                return orjson.dumps(msg, default=self.json_default, option=_ORJSON_OPTIONS)
-            except (TypeError, ValueError):
-                try:  # e.g. a context value that is a dict with integer keys
-                    return orjson.dumps(msg, default=self.json_default, option=_NON_STR_KEYS_OPTIONS)
-                except (TypeError, ValueError):
-                    pass  # the json fallback below
+            line = self._dict_line(msg)
+            if line is not None:
+                return line
         return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+
+    def record_line(self, record: Mapping[str, Any]) -> bytes:
+        """The line of a ledger record dict: what ``format_line`` gives for it, without a ``LogRecord``."""
+        if self._plain:
+            line = self._dict_line(record)
+            if line is not None:
+                return line
+        log_record = logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, dict(record), None, None)
+        return (self.format(log_record) + "\n").encode("utf-8", "backslashreplace")
+
+    def _dict_line(self, record: Mapping[str, Any]) -> bytes | None:
+        try:
+            return orjson.dumps(record, default=self.json_default, option=_ORJSON_OPTIONS)
+        except (TypeError, ValueError):
+            try:  # e.g. a context value that is a dict with integer keys
+                return orjson.dumps(record, default=self.json_default, option=_NON_STR_KEYS_OPTIONS)
+            except (TypeError, ValueError):
+                return None  # the json module's fallback (format() -> jsonify_log_record)
 
 
 def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> bytes:
@@ -117,23 +169,25 @@ def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> 
 class JsonlFileHandler(logging.Handler):
     """Append each record as one JSON line to ``path``; a background thread does the writing."""
 
-    _plain: LedgerJsonFormatter | None  # the formatter, when it is a default one (see formatter)
-    _formatter: logging.Formatter | None
-
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.setFormatter(formatter or LedgerJsonFormatter())
-        # lines, records to build (see _emit_later) and flush() markers, in the order they came
-        self._queue: collections.deque[bytes | _Deferred | threading.Event] = collections.deque()
+        # lines and flush() markers, in the order they came
+        self._queue: collections.deque[bytes | threading.Event] = collections.deque()
         self._queued = threading.Event()  # cleared while the writer is idle (see _run)
         self._wake = threading.Event()  # a flush, close, or a caller writing a batch
         self._flushing = False
         self._draining = threading.Lock()  # held by whoever writes: lines leave in queue order
+        self._main_writes = False  # the main thread holds, or is taking, _draining (see _on_sigterm)
         self._started: float | None = None  # when the first line now queued came (monotonic)
         self._callers_write = True  # see _put and _write
-        self._pending: list[bytes] = []  # lines not yet written (after a failed write)
+        self._pending = bytearray()  # whole lines taken from the queue and not yet written
+        # a write failed, or found another process writing: the writer thread writes the pending lines
+        self._retrying = False
         self._fd: int | None = None
+        self._readable = False  # whether the descriptor can read the file (see _whole_lines_end)
+        self._locks = True  # whether the file takes locks (see _lock)
         self._inode: tuple[int, int] | None = None
         self._closed = False
         self._lost = 0
@@ -149,69 +203,25 @@ class JsonlFileHandler(logging.Handler):
     def _after_fork_in_child(self) -> None:
         # what the parent queued is the parent's to write; the writer thread did not survive the fork
         self._queue = collections.deque()
-        self._pending = []
+        self._pending = bytearray()
+        self._retrying = False
         self._started = None
         self._flushing = False
         self._queued = threading.Event()
         self._wake = threading.Event()
         self._draining = threading.Lock()  # another thread may have held it at the fork
+        self._main_writes = False
+        if self._fd is not None:
+            # a descriptor of its own: one shared with the parent would share the parent's lock
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
         if not self._closed:
             self._thread = self._start_writer()
 
     # -- caller side ------------------------------------------------------------------------------
-
-    @property
-    def formatter(self) -> logging.Formatter | None:
-        return self._formatter
-
-    @formatter.setter
-    def formatter(self, fmt: logging.Formatter | None) -> None:
-        self._formatter = fmt
-        # with a default LedgerJsonFormatter the line of a ledger record is its dict as JSON
-        self._plain = fmt if isinstance(fmt, LedgerJsonFormatter) and fmt._plain else None
-
-    def _takes_dicts(self, level: int) -> bool:
-        """Whether a ledger record of ``level`` may skip the ``LogRecord``: the line ``handle()``
-        would write is then the record dict as JSON (a default formatter, no filters, level met)."""
-        return self._plain is not None and not self.filters and level >= self.level
-
-    def _emit_dict(self, record: Mapping[str, Any]) -> bool:
-        """Queue a ledger record dict (see ``_takes_dicts``); False where only ``handle()`` can."""
-        line = self._dict_line(record)
-        if line is None:
-            return False
-        self._put(line)
-        return True
-
-    def _emit_later(self, build: _Deferred) -> None:
-        """Queue a ledger record that ``build()`` makes when its batch is written (see ``_takes_dicts``).
-
-        In a batch, a record and its line cost about 7 µs of CPU, against about 17 µs built between
-        the caller's own work, where the ledger's code and data have gone cold (bench/RESULTS.md).
-        """
-        self._put(build)
-
-    def _dict_line(self, record: Mapping[str, Any]) -> bytes | None:
-        formatter = self._plain
-        if formatter is None:
-            return None
-        try:
-            return orjson.dumps(record, default=formatter.json_default, option=_ORJSON_OPTIONS)
-        except (TypeError, ValueError):
-            return None  # e.g. non-str keys or an integer beyond 64 bits: the formatter knows what to do
-
-    def _built_line(self, build: _Deferred) -> bytes | None:
-        try:
-            record = build()
-            line = self._dict_line(record)
-            if line is None:  # the formatter changed since, or the record needs its fallbacks
-                level = logging.getLevelNamesMapping().get(record["level"], logging.INFO)
-                log_record = logging.LogRecord(record["logger"], level, "", 0, record, None, None)
-                line = _line_of(self.formatter, log_record)
-            return line
-        except Exception as exc:
-            _report_format_failure(self.path, exc)
-            return None
 
     def emit(self, record: logging.LogRecord) -> None:
         # formatted here: bytes are cheap to keep, a record dict held until the next write is not
@@ -223,7 +233,26 @@ class JsonlFileHandler(logging.Handler):
             return
         self._put(line)
 
-    def _put(self, item: bytes | _Deferred) -> None:
+    def write_record(self, record: Mapping[str, Any]) -> None:
+        """A sink (``monitor.add_sink(handler.write_record)``): queue a ledger record dict as one line.
+
+        ``configure()`` hands the default monitor's records to its file this way; as a logging
+        handler (``emit``) the file takes the same records from a ``LogRecord``.
+        """
+        formatter = self.formatter
+        try:
+            if isinstance(formatter, LedgerJsonFormatter):
+                line = formatter.record_line(record)
+            else:
+                line = _line_of(
+                    formatter, logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, record, None, None)
+                )
+        except Exception as exc:
+            _report_format_failure(self.path, exc)
+            return
+        self._put(line)
+
+    def _put(self, item: bytes) -> None:
         queue = self._queue
         queue.append(item)
         started = self._started
@@ -236,14 +265,35 @@ class JsonlFileHandler(logging.Handler):
 
     def _write_here(self) -> bool:
         """Write what is queued on this thread; False when the writer thread must (writes have been
-        slow, or failed writes wait for its retry) or another thread is writing."""
-        if not self._callers_write or self._pending or not self._draining.acquire(blocking=False):
+        slow, failed writes wait for its retry, another process is writing the file) or another
+        thread is writing."""
+        if not self._callers_write or self._retrying or not self._take(0):
             return False
         try:
-            self._drain(on_caller=True)
+            return self._drain(on_caller=True)
         finally:
-            self._draining.release()
-        return True
+            self._give_back()
+
+    def _take(self, timeout: float) -> bool:
+        """Take the write lock, waiting at most ``timeout`` s (-1: for good). A SIGTERM handled on the
+        main thread while it takes or holds the lock waits for ``_give_back()`` (see _on_sigterm)."""
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main:
+            self._main_writes = True  # before the lock is taken: a signal may come at any bytecode
+        taken = False
+        try:
+            taken = self._draining.acquire(timeout=timeout)
+        finally:
+            if on_main and not taken:
+                self._main_writes = False
+                _sigterm_if_pending()
+        return taken
+
+    def _give_back(self) -> None:
+        self._draining.release()
+        if self._main_writes and threading.current_thread() is threading.main_thread():
+            self._main_writes = False
+            _sigterm_if_pending()
 
     def handle(self, record: logging.LogRecord) -> bool:
         # no handler lock: emit() only appends to a thread-safe deque (filters still apply)
@@ -259,18 +309,18 @@ class JsonlFileHandler(logging.Handler):
         slow (see ``_write``): then it waits for the writer thread, at most ``timeout`` seconds.
         """
         # the caller would wait anyway: writing here spares a thread switch, and the records are
-        # built on the core that queued them (on the writer's, each costs ~50 % more)
+        # written from the core that queued them
         if not self._write_here():
             self._flush_by_writer(timeout)
 
     def _flush_by_writer(self, timeout: float | None) -> None:
         """Have the writer thread write everything queued so far; wait at most ``timeout`` seconds."""
         if self._closed or not self._thread.is_alive():
-            if self._draining.acquire(timeout=-1 if timeout is None else timeout):
+            if self._take(-1 if timeout is None else timeout):
                 try:
                     self._drain()
                 finally:
-                    self._draining.release()
+                    self._give_back()
             return
         done = threading.Event()
         self._queue.append(done)
@@ -288,31 +338,51 @@ class JsonlFileHandler(logging.Handler):
             self._queued.set()
             self._wake.set()
             self._thread.join(timeout=_EXIT_TIMEOUT_S)
-            if self._draining.acquire(timeout=_EXIT_TIMEOUT_S):  # else a write hangs, holding it
+            if self._take(_EXIT_TIMEOUT_S):  # else a write hangs, holding it
                 try:
                     self._drain()
                 finally:
-                    self._draining.release()
+                    self._give_back()
             if self._fd is not None:
                 try:
                     os.close(self._fd)
                 except OSError:
                     pass
                 self._fd = None
+            _handlers.discard(self)  # flush_all() and exit leave it alone from now on
         super().close()
 
     # -- writer side --------------------------------------------------------------------------------
 
     def _open(self) -> None:
+        """Open the file to append to (and read, where allowed: see ``_whole_lines_end``); raises
+        ``NotRegularFileError`` when the path is not a regular file, without blocking on a FIFO."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # O_NONBLOCK: opening a FIFO to write would wait for a reader; it is refused below instead
+        flags = os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+        try:
+            try:
+                fd, readable = os.open(self.path, os.O_RDWR | flags, 0o644), True
+            except PermissionError:  # a file others own that this process may only append to
+                fd, readable = os.open(self.path, os.O_WRONLY | flags, 0o644), False
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENXIO):  # ENXIO: a FIFO with no reader, a socket
+                raise
+            raise NotRegularFileError(self.path, _kind(os.stat(self.path).st_mode)) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFileError(self.path, _kind(st.st_mode))
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
         if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
-        self._fd = fd
-        st = os.fstat(fd)
+        self._fd, self._readable = fd, readable
         self._inode = (st.st_dev, st.st_ino)
 
     def _reopen_if_moved(self) -> None:
@@ -335,7 +405,7 @@ class JsonlFileHandler(logging.Handler):
             self._wake.clear()
             if self._flushing or self._closed:
                 self._flushing = False
-            elif woken and self._callers_write and not self._pending:
+            elif woken and self._callers_write and not self._retrying:
                 continue  # a caller is writing
             elif not queue and not self._pending:
                 self._queued.clear()
@@ -344,87 +414,173 @@ class JsonlFileHandler(logging.Handler):
                 continue
             with self._draining:
                 self._drain()
-            if self._pending and not self._closed:
+            if self._retrying and not self._closed:
                 time.sleep(0.05)  # a write failed: not again at once
         with self._draining:
             self._drain()
 
-    def _drain(self, on_caller: bool = False) -> None:
+    def _drain(self, on_caller: bool = False) -> bool:
+        """Write the queued lines; False when they were left to the writer thread (a caller found
+        another process writing the file)."""
         events: list[threading.Event] = []
-        # the lines go into one buffer: a few hundred kB of separate lines, freed together after the
-        # write, went back to the system and were faulted in again for the next batch, page by page,
-        # which cost about as much as building the records (bench/RESULTS.md)
-        batch = bytearray()
+        # the lines go into one buffer, kept until they are written (so an interrupt anywhere loses
+        # none): a few hundred kB of separate lines, freed together after the write, went back to the
+        # system and were faulted in again for the next batch, page by page (bench/RESULTS.md)
+        pending = self._pending
         self._started = None
         queue = self._queue
-        item: bytes | _Deferred | threading.Event | None = None
+        done = True
         try:
             while queue:
                 item = queue.popleft()
                 if isinstance(item, bytes):
-                    batch += item
-                elif isinstance(item, threading.Event):
-                    events.append(item)
+                    pending += item
                 else:
-                    line = self._built_line(item)
-                    if line is not None:
-                        batch += line
-                item = None
+                    events.append(item)
+            if pending:
+                if on_caller:
+                    # the writer wakes while the write has the GIL released: it sees callers writing,
+                    # so leaves the lines they queue next to them (see _run)
+                    self._wake.set()
+                done = self._write(wait=not on_caller)
         except BaseException:
-            # an interrupt (Ctrl-C) on a caller's thread: what was taken is written next time
-            if item is not None:
-                queue.appendleft(item)
-            queue.extendleft(reversed(events))
-            if batch:
-                self._pending.append(bytes(batch))
+            done = False  # an interrupt (Ctrl-C) on a caller's thread: its lines are written next time
             raise
-        if batch or self._pending:
-            if on_caller:
-                # the writer wakes while the write has the GIL released: it sees callers writing, so
-                # leaves the lines they queue next to them (see _run)
-                self._wake.set()
-            self._write(batch)
-        for event in events:
-            event.set()
+        finally:
+            if not done:  # the flushes waiting on these lines wait for the writer thread
+                queue.extendleft(reversed(events))
+        if done:
+            for event in events:
+                event.set()
+        return done
 
-    def _write(self, batch: bytearray) -> None:
-        """Append the lines a failed write left, then ``batch``; what cannot be written is kept."""
+    def _write(self, wait: bool = True) -> bool:
+        """Append the pending lines, all of them or none; False when ``wait`` is false and another
+        process is writing the file (the writer thread then writes them).
+
+        Every ledger writer appends under an exclusive lock on the file (``flock``): while it holds
+        it, the file grows by its own writes alone, so it can take back the part of a batch a full
+        disk cut short, and cut a partial line a killed writer left, without touching another
+        process's lines. A failed write is reported, and what it could not write stays pending.
+        """
         pending = self._pending
-        if pending:
-            batch[:0] = b"".join(pending)
-        view = memoryview(batch)
+        written = 0
         started = time.monotonic()
         try:
             self._reopen_if_moved()
-            assert self._fd is not None
-            # several lines per write: each write is whole lines, so concurrent writers never split one
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            pending.clear()
-            if self._callers_write and time.monotonic() - started > _SLOW_WRITE_S:
-                self._callers_write = False
-                internal_log.warning(
-                    "llm-ledger: writing %s took %.1f s; the writer thread writes it from now on, "
-                    "so that calls never wait for it",
-                    self.path,
-                    time.monotonic() - started,
-                )
+            fd = self._fd
+            assert fd is not None
+            locked = self._lock(fd, wait)
+            if locked is None:  # a call never waits for another process
+                self._retrying = True
+                self._wake.set()
+                return False
+            try:
+                end = self._whole_lines_end(fd) if locked else None
+                try:
+                    # several lines per write, each write whole lines (a copy after a short write, rare:
+                    # a view would pin the buffer to its size)
+                    while written < len(pending):
+                        written += os.write(fd, pending[written:] if written else pending)
+                except BaseException:
+                    if end is not None:
+                        written = _take_back(fd, end, len(pending))
+                    raise
+            finally:
+                if locked:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         except Exception as exc:
-            pending[:] = _lines(view)
-            view.release()
-            if len(pending) > _MAX_PENDING_LINES:
-                dropped = len(pending) - _MAX_PENDING_LINES
-                del pending[:dropped]
-                self._lost += dropped
-            _report_write_failure(self.path, exc, len(pending), self._lost)
+            del pending[:written]  # (without the lock, the part of a batch a short write wrote)
+            self._retrying = True
+            self._lost += _drop_oldest(pending, _MAX_PENDING_LINES)
+            _report_write_failure(self.path, exc, pending.count(b"\n"), self._lost)
+            return True
+        except BaseException:
+            del pending[:written]  # an interrupt: what reached the file is not written again
+            raise
+        del pending[:]
+        self._retrying = False
+        if self._callers_write and time.monotonic() - started > _SLOW_WRITE_S:
+            self._callers_write = False
+            internal_log.warning(
+                "llm-ledger: writing %s took %.1f s; the writer thread writes it from now on, "
+                "so that calls never wait for it",
+                self.path,
+                time.monotonic() - started,
+            )
+        return True
+
+    def _lock(self, fd: int, wait: bool) -> bool | None:
+        """Lock the file for a write: True when locked, None when another process holds the lock
+        and ``wait`` is false, False when the file takes no locks (then writing goes on without)."""
+        if not self._locks:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: some NFS and FUSE mounts
+            self._locks = False
+            internal_log.warning(
+                "llm-ledger cannot lock %s (%s: %s), so it writes it without the lock from now on: "
+                "lines stay whole, but a full disk or a writer killed while writing can leave part of "
+                "a line in the file; put the log on a local file system to keep that from happening",
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        return True
+
+    def _whole_lines_end(self, fd: int) -> int:
+        """The size of the file (locked), once a partial last line a killed writer left is cut."""
+        size = os.fstat(fd).st_size
+        if not size or not self._readable or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        end = _last_line_end(fd, size)
+        os.ftruncate(fd, end)
+        internal_log.warning(
+            "llm-ledger: %s ended with part of a line (%d bytes, left by a writer killed while "
+            "writing); cut it, so that the next line starts whole",
+            self.path,
+            size - end,
+        )
+        return end
 
 
-def _lines(data: memoryview) -> list[bytes]:
-    """``data`` as lines, each with its newline (the last one may lack it)."""
-    lines = bytes(data).split(b"\n")
-    last = lines.pop()
-    return [line + b"\n" for line in lines] + ([last] if last else [])
+def _take_back(fd: int, end: int, size: int) -> int:
+    """How much of a batch of ``size`` bytes, written at ``end`` of the locked file, stays there: all
+    of it once it all reached the file, else none (a part is cut off again)."""
+    grown = os.fstat(fd).st_size - end
+    if grown >= size:
+        return size
+    if grown > 0:
+        os.ftruncate(fd, end)
+    return 0
+
+
+def _last_line_end(fd: int, size: int) -> int:
+    """The offset just past the last newline in the first ``size`` bytes of ``fd`` (0 if none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        at = os.pread(fd, end - start, start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
+
+
+def _drop_oldest(lines: bytearray, keep: int) -> int:
+    """Drop the oldest lines of ``lines`` beyond the newest ``keep``; return how many were dropped."""
+    excess = lines.count(b"\n") - keep
+    if excess <= 0:
+        return 0
+    cut = 0
+    for _ in range(excess):
+        cut = lines.index(b"\n", cut) + 1
+    del lines[:cut]
+    return excess
 
 
 # when each file's last failure was reported: a file's reports are rate-limited, not another's
@@ -485,7 +641,60 @@ def _flush_at_exit() -> None:
 atexit.register(_flush_at_exit)
 
 
+class _Sigterm:
+    pending = False  # a SIGTERM came while the main thread was writing: handled once it is done
+    stopping = False
+
+
+def handle_sigterm_signal(on: bool) -> None:
+    """With ``on``, install ``_on_sigterm`` for SIGTERM where it has its default action; else take
+    it out again where it is still installed. Only the main thread can do either (a warning says so)."""
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+        if on and current is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        elif not on and current is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread (or not the main interpreter)
+        if on and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            internal_log.warning(
+                "llm-ledger: configure() ran outside the main thread, so it could not install its "
+                "SIGTERM handler: a SIGTERM may lose the last records queued (up to 2 s of calls); "
+                "call configure() from the main thread, or llm_ledger.flush() in a SIGTERM handler "
+                "of your own"
+            )
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Write out every JSONL file, then die by SIGTERM, as the process would have without us."""
+    if _Sigterm.stopping:
+        return
+    if any(handler._main_writes for handler in list(_handlers)):
+        # the signal stopped the main thread while it writes a batch, holding the write lock:
+        # waiting for that lock here would wait for ever, so the signal waits for the write instead
+        _Sigterm.pending = True
+        return
+    _die_by_sigterm()
+
+
+def _sigterm_if_pending() -> None:
+    if _Sigterm.pending and not _Sigterm.stopping:
+        _die_by_sigterm()
+
+
+def _die_by_sigterm() -> None:
+    _Sigterm.stopping = True
+    for handler in list(_handlers):
+        try:
+            handler.flush(_EXIT_TIMEOUT_S)  # bounded, as at exit: a hung file system delays the end
+        except Exception:  # pragma: no cover - stopping must not fail because of the ledger
+            pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _after_fork_in_child() -> None:
+    _Sigterm.pending = _Sigterm.stopping = False
     for handler in list(_handlers):
         handler._after_fork_in_child()
 

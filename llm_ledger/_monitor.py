@@ -20,7 +20,6 @@ from ._errors import ConfigError
 from ._extract import no_usage, usage_of
 from ._pricing import PriceTable
 from ._records import (
-    _LEVELS,
     LOGGER_NAME,
     CallRecord,
     ErrorShape,
@@ -48,7 +47,6 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
-_STATUS_LEVELS = {status: _LEVELNO[name] for status, name in _LEVELS.items()}
 _REPORT_INTERVAL_S = 60.0
 
 # sinks of every monitor in the process (the pytest plugin's, testing.capture(every_monitor=True))
@@ -219,8 +217,7 @@ class LLMCallMonitor:
         redact: applied to every captured string before it is recorded.
         stream_usage: ask streamed chat calls for usage (``stream_options.include_usage``) when
             the caller did not, and hide the extra usage chunk from the caller.
-        logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only (with
-            no sink either, no call record is built: lenses still sum their calls).
+        logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only.
         sinks: callables receiving every record dict.
     """
 
@@ -296,7 +293,13 @@ class LLMCallMonitor:
     def remove_sink(self, sink: Sink) -> None:
         """Stop sending records to ``sink``; a sink never added is ignored."""
         with self._sinks_lock:
-            self._sinks = tuple(s for s in self._sinks if s is not sink)
+            self._sinks = tuple(s for s in self._sinks if s != sink)  # != : a bound method is made anew
+
+    def _replace_first_sink(self, old: Sink | None, new: Sink | None) -> None:
+        """Put ``new`` first among the sinks, in place of ``old`` (``configure()``'s JSONL file)."""
+        with self._sinks_lock:
+            rest = tuple(s for s in self._sinks if s != old)
+            self._sinks = rest if new is None else (new, *rest)
 
     # -- used by the instrumentation ----------------------------------------------------------------
 
@@ -497,7 +500,8 @@ class LLMCallMonitor:
         return None
 
     def _emit(self, record: CallRecord | LensRecord) -> None:
-        """Hand a record to the logger (whose handlers include the JSONL file) and to every sink."""
+        """Hand a record to the ``llm_monitor`` logger and to every sink (``configure()``'s JSONL file
+        first), each failure caught and reported."""
         logger = self._logger
         if logger is not None:
             level = _LEVELNO[record["level"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import openai
@@ -86,11 +87,13 @@ def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A default monitor and llm_monitor logger as on a fresh import, restored afterwards."""
     logger = logging.getLogger("llm_monitor")
     saved = (logger.handlers[:], logger.propagate, logger.level)
+    sigterm = signal.getsignal(signal.SIGTERM)  # configure() may install its handler
     for name in (
         "LLM_LEDGER_LOG_DIR",
         "LLM_LEDGER_PRICE_FILE",
         "LLM_LEDGER_CAPTURE_CONTENT",
         "LLM_LEDGER_STREAM_USAGE",
+        "LLM_LEDGER_HANDLE_SIGTERM",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(_config, "_monitor", None)
@@ -103,3 +106,4 @@ def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         handler.close()
     logger.handlers[:], logger.propagate = saved[0], saved[1]
     logger.setLevel(saved[2])
+    signal.signal(signal.SIGTERM, sigterm)

@@ -63,11 +63,11 @@ def _count_writer_drains(h: _jsonl.JsonlFileHandler) -> Callable[[], int]:
     drains = 0
     drain = h._drain
 
-    def counted(on_caller: bool = False) -> None:
+    def counted(on_caller: bool = False) -> bool:
         nonlocal drains
         if threading.current_thread() is h._thread:
             drains += 1
-        drain(on_caller)
+        return drain(on_caller)
 
     h._drain = counted  # type: ignore[method-assign]
     return lambda: drains
@@ -169,32 +169,34 @@ def test_a_slow_write_leaves_all_writing_to_the_writer_thread(
     assert written == list(range(3 * _jsonl._BATCH_LINES))
 
 
+@pytest.mark.parametrize("when", ["before the write", "after the write"])
 def test_an_interrupt_while_a_call_writes_its_batch_loses_nothing(
-    interval: Any, handler: Any, tmp_path: Path
+    interval: Any, handler: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
-    """Ctrl-C reaches the caller as it would without the ledger; the batch it interrupted is written."""
+    """Ctrl-C reaches the caller as it would without the ledger; the batch it interrupted is written
+    once, in order, whether the interrupt came before its write or once the write had returned."""
     interval(60.0)
     h = handler()
+    real_write = os.write
     interrupted = False
 
-    def record() -> dict[str, Any]:
+    def write(fd: int, data: Any) -> int:
         nonlocal interrupted
-        if not interrupted:
-            interrupted = True
-            raise KeyboardInterrupt
-        return {"event": "llm_api_call", "n": "built"}
+        if interrupted:
+            return real_write(fd, data)
+        interrupted = True
+        written = real_write(fd, data) if when == "after the write" else 0
+        raise KeyboardInterrupt(written)  # as a signal handler raises between two bytecodes
 
-    for n in range(100):
-        _emit(h, n)
-    h._emit_later(record)
-    for n in range(100, _jsonl._BATCH_LINES - 2):
+    monkeypatch.setattr(os, "write", write)
+    for n in range(_jsonl._BATCH_LINES - 1):
         _emit(h, n)
     with pytest.raises(KeyboardInterrupt):
-        _emit(h, _jsonl._BATCH_LINES - 2)  # fills the batch: this call writes it
+        _emit(h, _jsonl._BATCH_LINES - 1)  # fills the batch: this call writes it
     _emit(h, "after")
     h.flush()
     written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
-    assert written == [*range(100), "built", *range(100, _jsonl._BATCH_LINES - 1), "after"]
+    assert written == [*range(_jsonl._BATCH_LINES), "after"]
 
 
 def test_flush_writes_on_the_calling_thread(

@@ -97,11 +97,11 @@ def test_handlers_on_the_logger_get_log_records_like_logging_builds(
     assert line.startswith("INFO llm_monitor lens-worker {")
 
 
-def test_the_file_honours_handler_filters_levels_formatters_and_other_handlers(
+def test_the_file_writes_the_same_line_beside_the_applications_handlers_and_honours_its_formatter(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
-    """Where the file is the only handler it takes the record dict directly: the same line as via a
-    LogRecord, and a filter, a level or a formatter set on the handler still applies."""
+    """The file writes the same line whether or not the application's own handler on ``llm_monitor``
+    gets the record too (as a JSON-message ``LogRecord``), and a formatter set on the file applies."""
     llm_ledger.configure(log_dir=tmp_path)
     handler = _config._handler
     assert handler is not None
@@ -121,29 +121,21 @@ def test_the_file_honours_handler_filters_levels_formatters_and_other_handlers(
         return {k: v for k, v in record.items() if k not in varying} | {"response": {}}
 
     alone = call()
-    other = logging.NullHandler()
-    logger.addHandler(other)  # now every record is a LogRecord, for both handlers
+    heard: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record)
+
+    other = Keep()
+    logger.addHandler(other)
     try:
         shared = call()
     finally:
         logger.removeHandler(other)
     assert list(alone) == list(shared) and same(alone) == same(shared)
-
-    def reject(record: logging.LogRecord) -> bool:
-        return False
-
-    handler.addFilter(reject)
-    try:
-        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    finally:
-        handler.removeFilter(reject)
-    handler.setLevel(logging.WARNING)
-    try:
-        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    finally:
-        handler.setLevel(logging.NOTSET)
-    llm_ledger.flush()
-    assert len(_lines(path)) == 2, "a filtered record and one below the handler's level are not written"
+    (record,) = heard
+    assert json.loads(record.getMessage())["call_id"] == shared["call_id"]
 
     handler.formatter = JsonFormatter("{levelname}", style="{")  # an operator's own fields
     try:
@@ -200,11 +192,11 @@ def test_a_caller_changing_its_request_after_the_call_does_not_change_the_record
     assert (responses["messages_count"], responses["user_prompt_length"]) == (1, 4)
 
 
-def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
+def test_lens_totals_are_the_same_with_or_without_a_sink(
     default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A lens counts its calls when they end whether their records are built then (a sink is
-    attached) or later by the file's writer; each call is priced once, for its lens and its record."""
+    """A lens sums its calls the same with only the file or with a sink attached; each call is
+    priced once, for its lens and its record."""
     llm_ledger.configure(log_dir=tmp_path)
     pricings = 0
     price = llm_ledger.LLMCallMonitor._price
@@ -219,7 +211,7 @@ def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
     def run() -> dict[str, Any]:
         with llm_ledger.lens("totals", source_id="s") as run:
             default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-            llm_ledger.flush()  # this call's record is priced before its lens ends, the next one's after
+            llm_ledger.flush()
             default_client.chat.completions.create(model="my-private-model", messages=HI)
             with pytest.raises(openai.APIStatusError):
                 default_client.chat.completions.create(
@@ -228,14 +220,14 @@ def test_lens_totals_are_the_same_when_records_are_left_to_the_writer(
         assert run.summary is not None
         return {k: v for k, v in run.summary.items() if "duration" not in k}
 
-    left_to_writer = run()
+    file_only = run()
     llm_ledger.flush()
     assert pricings == 3
     with llm_ledger.testing.capture():
-        built_at_once = run()
-    assert left_to_writer == built_at_once
-    assert left_to_writer["total_api_calls"] == 3 and left_to_writer["errors"] == 1
-    assert left_to_writer["total_cost_usd"] > 0 and left_to_writer["cost_complete"] is False
+        with_a_sink = run()
+    assert file_only == with_a_sink
+    assert file_only["total_api_calls"] == 3 and file_only["errors"] == 1
+    assert file_only["total_cost_usd"] > 0 and file_only["cost_complete"] is False
     llm_ledger.flush()
     lines = _lines(tmp_path / "llm_calls.jsonl")
     assert [line["event"] for line in lines] == ["llm_api_call"] * 3 + ["lens_summary"] + (
@@ -296,8 +288,10 @@ def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
     llm_ledger.flush()
     assert len(_lines(first / "llm_calls.jsonl")) == 1
     assert len(_lines(tmp_path / "b" / "llm_calls.jsonl")) == 1
-    handlers = logging.getLogger("llm_monitor").handlers
-    assert [type(h) for h in handlers if not isinstance(h, logging.NullHandler)] == [JsonlFileHandler]
+    sinks = llm_ledger.get_monitor()._sinks
+    files = [s for s in sinks if isinstance(getattr(s, "__self__", None), JsonlFileHandler)]
+    assert _config._handler is not None and files == [_config._handler.write_record]
+    assert not logging.getLogger("llm_monitor").handlers
 
 
 def test_environment_variables_configure_without_code(
@@ -334,6 +328,8 @@ def test_arguments_win_over_environment(
         ({"log_dir": ""}, {}, "log_dir must be a non-empty path"),
         ({"capture_content": "yes"}, {}, "capture_content must be True or False, got 'yes'"),
         ({"stream_usage": 1}, {}, "stream_usage must be True or False"),
+        ({"handle_sigterm": "no"}, {}, "handle_sigterm must be True or False, got 'no'"),
+        ({}, {"LLM_LEDGER_HANDLE_SIGTERM": "never"}, "LLM_LEDGER_HANDLE_SIGTERM='never' is not a boolean"),
         ({"redact": "nope"}, {}, "redact must be a callable"),
         ({}, {"LLM_LEDGER_CAPTURE_CONTENT": "maybe"}, "LLM_LEDGER_CAPTURE_CONTENT='maybe' is not a boolean"),
         ({"log_dir": None, "price_file": "/nonexistent/prices.yaml"}, {}, "/nonexistent/prices.yaml"),

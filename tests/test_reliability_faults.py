@@ -352,30 +352,6 @@ def test_full_disk_keeps_records_for_retry_and_reports_it(
     record_figures("fault: full disk (ENOSPC) then space again", records=1001, lines_lost=1001 - len(numbers))
 
 
-def test_dev_full_never_blocks_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A log file that can never be written (/dev/full) costs the caller nothing; records reach sinks."""
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full on this system")
-    # write failures are reported once a minute per file: leave the limiter as other tests found it
-    monkeypatch.setattr(_jsonl, "_last_failure", {})
-    monitor = llm_ledger.LLMCallMonitor(logger="llm_monitor.reliability.devfull")
-    logger = logging.getLogger("llm_monitor.reliability.devfull")
-    logger.propagate = False
-    handler = _jsonl.JsonlFileHandler("/dev/full")
-    logger.addHandler(handler)
-    try:
-        with mock_client() as client:
-            monitor.instrument(client)
-            with capture(monitor) as records:
-                for _ in range(20):
-                    assert _chat()(client).choices[0].message.content
-        handler.flush()
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-    assert len(records.calls) == 20
-
-
 def test_log_directory_removed_while_running_is_recreated(tmp_path: Path) -> None:
     """A log directory removed under a running writer is recreated and every later line lands in it."""
     log_dir = tmp_path / "logs"

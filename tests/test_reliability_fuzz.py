@@ -183,12 +183,13 @@ _ANY_VALUE = st.one_of(
     st.text(max_size=10).map(Path),
     st.sampled_from([str.upper, print, object(), "\x00", "logs\x00", " ", "", 0, 1.0]),
 )
-_ARGUMENTS = ("log_dir", "price_file", "capture_content", "stream_usage", "redact")
+_ARGUMENTS = ("log_dir", "price_file", "capture_content", "stream_usage", "redact", "handle_sigterm")
 _ENV_NAMES = (
     "LLM_LEDGER_LOG_DIR",
     "LLM_LEDGER_PRICE_FILE",
     "LLM_LEDGER_CAPTURE_CONTENT",
     "LLM_LEDGER_STREAM_USAGE",
+    "LLM_LEDGER_HANDLE_SIGTERM",
 )
 
 

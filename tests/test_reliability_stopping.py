@@ -1,0 +1,159 @@
+"""Stopping: SIGTERM loses nothing, SIGKILL at most a bounded window, forked children keep theirs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_ledger import _jsonl
+from tests.reliability_helpers import child_env, read_lines, record_figures
+
+pytestmark = pytest.mark.reliability
+
+CALLS, LENSES = 200, 20  # what a ``stopped`` child makes (``many``: 1,000 calls in 100 lenses)
+
+
+def _stopped(log_dir: Path, how: str, **env: str) -> subprocess.Popen[bytes]:
+    """A child that makes its calls, prints whose SIGTERM handler is installed and "returned", then waits."""
+    command = [sys.executable, "-m", "tests.writing_children", "stopped", str(log_dir), how]
+    return subprocess.Popen(command, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _said(child: subprocess.Popen[bytes]) -> str:
+    assert child.stdout is not None
+    line = child.stdout.readline().decode().strip()
+    if not line:
+        _, err = child.communicate(timeout=30)
+        raise AssertionError(f"the child said nothing; it exited {child.returncode}: {err.decode()}")
+    return line
+
+
+def _end(child: subprocess.Popen[bytes]) -> tuple[int, str]:
+    out, err = child.communicate(timeout=60)
+    assert child.returncode is not None
+    return child.returncode, out.decode() + err.decode()
+
+
+def _assert_every_record(lines: list[dict[str, Any]], calls: int = CALLS, lenses: int = LENSES) -> None:
+    assert sorted(line["context"]["i"] for line in lines if line["event"] == "llm_api_call") == list(
+        range(calls)
+    )
+    summaries = [line["summary"] for line in lines if line["event"] == "lens_summary"]
+    assert len(summaries) == lenses and {s["total_api_calls"] for s in summaries} == {calls // lenses}
+
+
+def test_sigterm_right_after_the_calls_loses_no_record(tmp_path: Path) -> None:
+    """A service stopped by SIGTERM (systemd, Kubernetes, supervisord, timeout) the moment its calls
+    return writes every record, and still dies by SIGTERM, as its supervisor expects."""
+    child = _stopped(tmp_path, "default")
+    assert _said(child) == "ours"
+    assert _said(child) == "returned"
+    signalled = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    status, output = _end(child)
+    assert status == -signal.SIGTERM, output
+    lines = read_lines(tmp_path / "llm_calls.jsonl")
+    _assert_every_record(lines)
+    record_figures(
+        "stopping: SIGTERM right after the calls",
+        records=CALLS + LENSES,
+        lines_lost=CALLS + LENSES - len(lines),
+        seconds_to_exit=round(time.monotonic() - signalled, 2),
+    )
+
+
+def test_sigterm_while_the_main_thread_writes_a_batch_loses_nothing_and_never_waits(tmp_path: Path) -> None:
+    """A SIGTERM handled while the main thread holds the write lock (it was writing a batch) waits for
+    that write, not for the lock: every line is written and the process dies at once."""
+    child = _stopped(tmp_path, "while-writing")
+    assert _said(child) == "ours"
+    queued = _said(child)  # it signals itself as its main thread starts writing a batch
+    started = time.monotonic()
+    status, output = _end(child)
+    assert status == -signal.SIGTERM, output
+    assert time.monotonic() - started < _jsonl._EXIT_TIMEOUT_S / 2  # no wait for the lock to time out
+    lines = read_lines(tmp_path / "llm_calls.jsonl")
+    assert queued == f"queued {len(lines)}"  # every line queued up to the signal, and no other
+    numbers = [line["context"]["i"] for line in lines if line["event"] == "llm_api_call"]
+    assert numbers == list(range(len(numbers)))
+
+
+@pytest.mark.parametrize("switch", ["argument", "environment"])
+def test_the_sigterm_handler_can_be_switched_off(tmp_path: Path, switch: str) -> None:
+    """configure(handle_sigterm=False) or LLM_LEDGER_HANDLE_SIGTERM=0 installs nothing: SIGTERM keeps
+    its default action (and records queued then may be lost, as before)."""
+    if switch == "argument":
+        child = _stopped(tmp_path, "off")
+    else:
+        child = _stopped(tmp_path, "default", LLM_LEDGER_HANDLE_SIGTERM="0")
+    assert _said(child) == "not ours"
+    assert _said(child) == "returned"
+    child.send_signal(signal.SIGTERM)
+    status, output = _end(child)
+    assert status == -signal.SIGTERM, output
+    record_figures(
+        f"stopping: SIGTERM with the handler off ({switch})",
+        records=CALLS + LENSES,
+        lines_lost=CALLS + LENSES - len(read_lines(tmp_path / "llm_calls.jsonl")),
+    )
+
+
+@pytest.mark.parametrize("when", ["app-before", "app-after"])
+def test_an_applications_own_sigterm_handler_keeps_working(tmp_path: Path, when: str) -> None:
+    """An application's SIGTERM handler, installed before configure() (then the ledger installs none)
+    or after it (it replaces the ledger's), runs as written; its sys.exit() writes every record."""
+    child = _stopped(tmp_path, when)
+    assert _said(child) == "not ours"
+    assert _said(child) == "returned"
+    child.send_signal(signal.SIGTERM)
+    status, output = _end(child)
+    assert status == 0 and "the application's handler ran" in output, output
+    _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"))
+
+
+def test_a_forked_child_terminated_by_sigterm_writes_its_records(tmp_path: Path) -> None:
+    """A multiprocessing child (fork) inherits the handler: terminate() (SIGTERM) right after its
+    calls loses none of its records, and its exit code stays -SIGTERM."""
+    child = _stopped(tmp_path, "forked")
+    assert _said(child) == "child exit code -15"
+    status, output = _end(child)
+    assert status == 0, output
+    _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"))
+
+
+def test_sigkill_loses_at_most_one_batch_and_two_intervals(tmp_path: Path) -> None:
+    """SIGKILL cannot be handled: killed right after its calls a process loses the lines queued since
+    its last batch (fewer than 512), and none that waited two batch intervals (2 s)."""
+    emitted = 1000 + 100  # a ``many`` child's records
+    at_once, later = _stopped(tmp_path / "at-once", "many"), _stopped(tmp_path / "later", "many")
+    assert _said(at_once) == "ours" and _said(at_once) == "returned"
+    at_once.kill()
+    assert _end(at_once)[0] == -signal.SIGKILL
+    kept = read_lines(tmp_path / "at-once" / "llm_calls.jsonl")
+    lost = emitted - len(kept)
+    assert 0 <= lost < _jsonl._BATCH_LINES
+    numbers = [line["context"]["i"] for line in kept if line["event"] == "llm_api_call"]
+    assert numbers == list(range(len(numbers)))  # the oldest lines are the ones written
+
+    assert _said(later) == "ours" and _said(later) == "returned"
+    returned = time.monotonic()
+    path = tmp_path / "later" / "llm_calls.jsonl"
+    while len(read_lines(path)) < emitted and time.monotonic() - returned < 10:
+        time.sleep(0.05)
+    window = time.monotonic() - returned
+    later.kill()
+    assert _end(later)[0] == -signal.SIGKILL
+    assert len(read_lines(path)) == emitted
+    assert window <= 2 * _jsonl._INTERVAL_S + 1.0  # a second of slack for a loaded machine
+    record_figures(
+        "stopping: SIGKILL right after the calls",
+        records=emitted,
+        lines_lost=lost,
+        seconds_until_all_written=round(window, 2),
+    )

@@ -1,0 +1,195 @@
+"""Child processes for ``tests/test_reliability_writing.py``: ``python -m tests.writing_children KIND ...``.
+
+Each child is a real process writing the ledger's file through ``configure()``, as an application
+would; the test in the parent kills it, fills its disk, or replaces its file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PAD = "x" * 1000  # about 1 kB a line: a small disk fills in a few hundred lines
+
+
+def _line(**fields: Any) -> None:
+    """One record through the default monitor's sinks (its JSONL file first), as a call's."""
+    import llm_ledger
+
+    record: Any = {"level": "INFO", "event": "llm_api_call", **fields}
+    llm_ledger.get_monitor()._emit(record)
+
+
+def _simulate_small_disk(quota: Path) -> None:
+    """Where no tmpfs can be mounted: writes past the size in ``quota`` fail as on a full disk
+    (a short write, then ENOSPC)."""
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        room = int(quota.read_text()) - os.fstat(fd).st_size
+        if room <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data[:room])
+
+    os.write = write
+
+
+def fill(log_dir: str, proc: int, lines: int) -> None:
+    """Write ``lines`` lines of about 1 kB to a disk too small for them, then, told that there is
+    room again, flush and exit."""
+    import llm_ledger
+
+    quota = os.environ.get("LEDGER_TEST_QUOTA")
+    if quota:
+        _simulate_small_disk(Path(quota))
+    llm_ledger.configure(log_dir=log_dir)
+    for i in range(lines):
+        _line(proc=proc, i=i, pad=PAD)
+        if i % 20 == 19:
+            llm_ledger.flush()
+    llm_ledger.flush()
+    print("emitted", flush=True)
+    sys.stdin.readline()  # the parent made room
+    llm_ledger.flush()
+
+
+def killed_mid_write(log_dir: str, lines: int) -> None:
+    """Write ``lines`` lines, then die by SIGKILL half-way through writing the next batch."""
+    import llm_ledger
+    from llm_ledger import _jsonl
+
+    llm_ledger.configure(log_dir=log_dir)
+    for i in range(lines):
+        _line(proc="killed", i=i)
+    llm_ledger.flush()
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        real_write(fd, data[: len(data) // 2 + 10])  # ten bytes into a line
+        os.kill(os.getpid(), signal.SIGKILL)  # the kernel ends the process within the write
+        time.sleep(10)
+        raise AssertionError("not killed")
+
+    os.write = write
+    for i in range(lines, lines + _jsonl._BATCH_LINES):
+        _line(proc="killed", i=i)
+    raise AssertionError("not killed")
+
+
+def append(log_dir: str, proc: str, lines: int) -> None:
+    """Write ``lines`` lines and exit."""
+    import llm_ledger
+
+    llm_ledger.configure(log_dir=log_dir)
+    for i in range(lines):
+        _line(proc=proc, i=i)
+
+
+def _calls_in_lenses(lenses: int, calls: int, start: int = 0) -> None:
+    """``lenses`` x ``calls`` chat calls through a real client (its HTTP answered in process)."""
+    import llm_ledger
+    from tests.reliability_helpers import mock_client
+
+    client = llm_ledger.instrument(mock_client())
+    messages: Any = [{"role": "user", "content": "count me"}]
+    for lens in range(lenses):
+        with llm_ledger.lens(f"lens-{lens}"):
+            for i in range(start + lens * calls, start + (lens + 1) * calls):
+                with llm_ledger.track_llm_call(i=i):
+                    client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+
+def _app_handler(signum: int, frame: object) -> None:
+    print("the application's handler ran", flush=True)
+    sys.exit(0)
+
+
+def stopped(log_dir: str, how: str) -> None:
+    """Make 200 calls in 20 lenses, say so, then wait for work as a service does, until stopped.
+
+    ``how``: ``default`` (configure() as it is), ``many`` (1,000 calls in 100 lenses), ``off``
+    (handle_sigterm=False), ``app-before`` / ``app-after`` (the application's own SIGTERM handler,
+    installed before / after configure()), ``while-writing`` (the signal comes while the main
+    thread writes a batch, holding its lock), ``forked`` (the calls are made in a child forked by
+    multiprocessing, which is then terminated).
+    """
+    import llm_ledger
+    from llm_ledger import _jsonl
+
+    if how == "app-before":
+        signal.signal(signal.SIGTERM, _app_handler)
+    if how == "off":
+        llm_ledger.configure(log_dir=log_dir, handle_sigterm=False)
+    else:
+        llm_ledger.configure(log_dir=log_dir)
+    if how == "app-after":
+        signal.signal(signal.SIGTERM, _app_handler)
+    if how == "while-writing":
+        _signal_while_writing()
+    if how == "forked":
+        _forked_and_terminated()
+        return
+    print("ours" if signal.getsignal(signal.SIGTERM) is _jsonl._on_sigterm else "not ours", flush=True)
+    _calls_in_lenses({"many": 100, "while-writing": 60}.get(how, 20), 10)
+    print("returned", flush=True)
+    while True:
+        time.sleep(1)
+
+
+def _signal_while_writing() -> None:
+    """SIGTERM this process as its main thread starts writing a batch (with the lock held)."""
+    from llm_ledger import _config
+
+    handler = _config._handler
+    assert handler is not None
+    write = handler._write
+
+    def signalled(wait: bool = True) -> bool:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            handler._write = write  # type: ignore[method-assign]
+            queued = handler.path.read_bytes().count(b"\n") + handler._pending.count(b"\n")
+            print(f"queued {queued + len(handler._queue)}", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)  # its Python handler runs at the next bytecode: here
+        return write(wait)
+
+    handler._write = signalled  # type: ignore[method-assign]
+
+
+def _forked_and_terminated() -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    returned = context.Event()
+    child = context.Process(target=_calls_then_wait, args=(returned,))
+    child.start()
+    assert returned.wait(60)
+    child.terminate()  # SIGTERM
+    child.join(60)
+    print(f"child exit code {child.exitcode}", flush=True)
+
+
+def _calls_then_wait(returned: Any) -> None:
+    _calls_in_lenses(20, 10)
+    returned.set()
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    kind, args = sys.argv[1], sys.argv[2:]
+    if kind == "fill":
+        fill(args[0], int(args[1]), int(args[2]))
+    elif kind == "killed":
+        killed_mid_write(args[0], int(args[1]))
+    elif kind == "append":
+        append(args[0], args[1], int(args[2]))
+    elif kind == "stopped":
+        stopped(args[0], args[1])
+    else:
+        raise SystemExit(f"unknown child {kind!r}")
