@@ -422,3 +422,23 @@ def test_public_api_is_complete_and_sorted() -> None:
     public = {name for name in dir(llm_ledger) if not name.startswith("_")} - {"annotations", "testing"}
     assert set(llm_ledger.__all__) == public
     assert list(llm_ledger.__all__) == sorted(llm_ledger.__all__)
+
+
+def test_a_monitor_of_its_own_writes_a_file_through_the_handlers_sink(
+    fake_openai: Any, tmp_path: Path
+) -> None:
+    """``LLMCallMonitor(sinks=[JsonlFileHandler(path).write_record])`` writes the same lines as
+    ``configure()``'s file: one per call and per lens run."""
+    handler = JsonlFileHandler(tmp_path / "own.jsonl")
+    try:
+        monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+        with openai.OpenAI(api_key="sk-test-own-monitor", base_url=fake_openai.base_url) as raw:
+            client = monitor.instrument(raw)
+            with monitor.lens("own"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        handler.flush()
+        lines = _lines(tmp_path / "own.jsonl")
+        assert [line["event"] for line in lines] == ["llm_api_call", "lens_summary"]
+        assert lines[0]["usage"]["total_tokens"] and lines[1]["summary"]["total_api_calls"] == 1
+    finally:
+        handler.close()
