@@ -1,35 +1,19 @@
 """The JSON-lines file: whole lines appended in batches, losing nothing.
 
-``JsonlFileHandler`` is a ``logging.Handler``. On the caller's thread it only serialises the record
-(orjson, about 1 µs) and queues the bytes. Lines are appended with single ``os.write`` calls on an
-``O_APPEND`` descriptor, so several processes can share one file without interleaving lines.
+``JsonlFileHandler`` takes ledger records as a sink (``write_record``) or as a logging handler
+(``emit``); on the caller's thread it only serialises the record and queues the line. The call that
+queues the 512th line, or finds the oldest a second old, appends the batch; ``flush()`` writes on its
+caller's thread; a writer thread writes what callers leave when they stop. A timer-driven background
+thread is what most monitors use, but while the application keeps the GIL busy such a thread costs
+the callers more than the writing itself (bench/RESULTS.md); so callers write, the writer thread
+sleeps without a timer while nothing is queued, and it takes over all writing after one slow write.
 
-Who writes: the call that queues the 512th line, or a line while the oldest has waited a second,
-writes the batch (one write into the page cache); ``flush()`` writes on its caller's thread; a
-writer thread writes what callers leave when they stop. A background thread woken on a timer is what
-most monitors use, but it needs the GIL each time it wakes, and while the application's threads keep
-the GIL busy a thread waiting for it is woken at each brief release and rarely wins it: measured
-with a busy caller, that cost more CPU than building the records (bench/RESULTS.md). So a caller
-writing a batch wakes the writer thread while the write has the GIL released (which costs next to
-nothing), the writer only writes the lines callers leave when they stop (two intervals without a
-batch), and it sleeps without a timer while nothing is queued. A write slower than 0.1 s (a slow
-network file system) hands all writing, flushes included, to the writer thread for good.
-
-Each batch is appended whole or not at all, under an exclusive ``flock`` on the file that every
-ledger writer takes: a short write (full disk) is cut back and the batch kept for retry, and a
-partial last line a writer killed mid-write left is cut before the next append. A call never waits
-for another process's lock (the writer thread does). Where the file takes no locks (some NFS
-mounts), writing goes on without, reported once.
-
-The file is reopened when it is moved away (logrotate's ``create`` mode) or deleted, and its
-directory recreated if removed; a path that is not a regular file (a FIFO, a directory, a device)
-is refused, never waited on. A failed write is reported on ``llm_ledger.internal`` and retried by
-the writer thread; ``flush()`` returns once everything queued so far is written. Interpreter exit
-flushes every handler, and so does SIGTERM where ``configure()`` installed its handler
-(``handle_sigterm_signal``), which then lets the process die by SIGTERM. A forked child (a prefork
-server's worker, a multiprocessing pool) opens the file anew, starts its own writer and leaves what
-its parent had queued to the parent; multiprocessing's children, which leave through
-``os._exit()``, flush through its finalizers. docs/RELIABILITY.md says what each case can lose.
+Each batch is one ``O_APPEND`` write of whole lines under an exclusive ``flock`` every ledger writer
+takes: a short write (full disk) is cut back and kept for retry, and a partial last line left by a
+writer killed mid-write is cut before the next append. The file is reopened after rotation or
+deletion; a path that is not a regular file is refused, never waited on. Exit, and SIGTERM where
+``configure()`` installed its handler, write everything queued. A forked child writes its own
+records only. docs/RELIABILITY.md says what each case can lose.
 """
 
 from __future__ import annotations

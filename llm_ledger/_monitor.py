@@ -68,24 +68,6 @@ def remove_global_sink(sink: Sink) -> None:
         _global_sinks = tuple(s for s in _global_sinks if s is not sink)
 
 
-class _Templates(threading.local):
-    """Per thread: the attributes a LogRecord of (logger, level) gets, except its message and time."""
-
-    def __init__(self) -> None:
-        self.by_key: dict[tuple[str, int], dict[str, Any]] = {}
-
-
-_templates = _Templates()
-
-
-def _forget_templates() -> None:
-    global _templates
-    _templates = _Templates()  # a forked child has another process id
-
-
-os.register_at_fork(after_in_child=_forget_templates)
-
-
 def _heard(logger: logging.Logger, level: int) -> bool:
     """Whether logging would hand a record of ``level`` to a handler that keeps it: the handlers
     ``Logger.callHandlers`` would reach, less ``NullHandler``s. Not building a ``LogRecord`` nobody
@@ -111,26 +93,6 @@ class _LedgerLogRecord(logging.LogRecord):
         if type(msg) is dict:
             return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
         return super().getMessage()
-
-
-def _log_record(name: str, level: int, msg: Mapping[str, Any]) -> logging.LogRecord:
-    """The LogRecord ``logging.LogRecord(name, level, "", 0, msg, None, None)`` builds, twice as fast.
-
-    The thread and process attributes are the same for every record of a thread, so they are read
-    once (``LogRecord()`` reads them on each call: the process id is a system call).
-    """
-    by_key = _templates.by_key
-    template = by_key.get((name, level))
-    if template is None:
-        template = by_key[(name, level)] = vars(logging.LogRecord(name, level, "", 0, None, None, None))
-    record = _LedgerLogRecord.__new__(_LedgerLogRecord)
-    record.__dict__ = attrs = template.copy()
-    now = time.time()
-    attrs["msg"] = msg
-    attrs["created"] = now
-    attrs["msecs"] = int((now - int(now)) * 1000) + 0.0
-    attrs["relativeCreated"] = template["relativeCreated"] + (now - template["created"]) * 1000
-    return record
 
 
 class _Call:
@@ -507,8 +469,8 @@ class LLMCallMonitor:
             level = _LEVELNO[record["level"]]
             try:
                 if logger.isEnabledFor(level) and _heard(logger, level):
-                    # a LogRecord built directly: logger.log() would walk the stack to find the caller
-                    logger.handle(_log_record(logger.name, level, record))
+                    # built directly: logger.log() would walk the stack to find the caller
+                    logger.handle(_LedgerLogRecord(logger.name, level, "", 0, record, None, None))
             except Exception as exc:
                 self._report("a log handler", exc)
         for sink in (*self._sinks, *_global_sinks) if _global_sinks else self._sinks:
