@@ -10,10 +10,15 @@ setting                        environment variable            default
 ``price_file``                 ``LLM_LEDGER_PRICE_FILE``       none (genai-prices only)
 ``capture_content``            ``LLM_LEDGER_CAPTURE_CONTENT``  ``false``
 ``stream_usage``               ``LLM_LEDGER_STREAM_USAGE``     ``true``
+``exporters``                  ``LLM_LEDGER_EXPORTERS``        none
 =============================  ==============================  ==========================
 
 ``LLM_LEDGER_LOG_DIR=off`` (or ``log_dir=None``) writes no file; records still reach the
 ``llm_monitor`` logger's other handlers and every sink.
+
+``exporters``: ``["prometheus", "otel"]`` (``LLM_LEDGER_EXPORTERS=prometheus,otel``) puts the exporter
+sinks on the default monitor; ``prometheus:9464`` also serves ``/metrics`` on that port
+(``llm_ledger/exporters``, docs/exporters.md).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ._jsonl import JsonlFileHandler
 from ._monitor import LLMCallMonitor, Redactor
 from ._pricing import PriceTable
 from ._records import LOGGER_NAME
+from .exporters import _setup as _exporters
 
 __all__ = ["LOG_FILE_NAME", "Settings", "configure", "get_monitor"]
 
@@ -56,6 +62,7 @@ class Settings:
     capture_content: bool
     stream_usage: bool
     redact: Redactor | None
+    exporters: tuple[str, ...] = ()
 
 
 def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
@@ -85,6 +92,7 @@ def resolve(
     capture_content: Any = UNSET,
     stream_usage: Any = UNSET,
     redact: Any = None,
+    exporters: Any = UNSET,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``)."""
@@ -113,7 +121,11 @@ def resolve(
         raise ConfigError(f"stream_usage must be True or False, got {stream_usage!r}")
     if redact is not None and not callable(redact):
         raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
-    return Settings(resolved_dir, resolved_prices, capture, usage, redact)
+    if exporters is UNSET:
+        specs = _exporters.parse(env.get("LLM_LEDGER_EXPORTERS", ""), "LLM_LEDGER_EXPORTERS", from_env=True)
+    else:
+        specs = _exporters.parse(exporters, "exporters")
+    return Settings(resolved_dir, resolved_prices, capture, usage, redact, specs)
 
 
 _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_monitor()
@@ -139,6 +151,7 @@ def configure(
     capture_content: bool | _Unset = UNSET,
     stream_usage: bool | _Unset = UNSET,
     redact: Redactor | None = None,
+    exporters: list[str] | tuple[str, ...] | _Unset = UNSET,
 ) -> Settings:
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
@@ -153,6 +166,7 @@ def configure(
         capture_content=capture_content,
         stream_usage=stream_usage,
         redact=redact,
+        exporters=exporters,
     )
     with _lock:
         if settings == _settings:
@@ -161,6 +175,9 @@ def configure(
         prices = (
             PriceTable.from_file(settings.price_file) if settings.price_file is not None else PriceTable()
         )
+        plan = None
+        if settings.exporters != (_settings.exporters if _settings is not None else ()):
+            plan = _exporters.prepare(settings.exporters)  # sinks built, ports bound; nothing changed yet
         logger = logging.getLogger(LOGGER_NAME)
         if _settings is None or settings.log_dir != _settings.log_dir:
             new_handler = None
@@ -168,6 +185,8 @@ def configure(
                 try:
                     new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
                 except OSError as exc:
+                    if plan is not None:
+                        plan.cancel()
                     raise ConfigError(
                         f"cannot write the log file in log_dir={str(settings.log_dir)!r}: "
                         f"{exc.strerror or exc}; "
@@ -185,5 +204,7 @@ def configure(
         monitor.capture_content = settings.capture_content
         monitor.stream_usage = settings.stream_usage
         monitor.redact = settings.redact
+        if plan is not None:
+            plan.commit(monitor)
         _settings = settings
         return settings

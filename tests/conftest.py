@@ -91,6 +91,7 @@ def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "LLM_LEDGER_PRICE_FILE",
         "LLM_LEDGER_CAPTURE_CONTENT",
         "LLM_LEDGER_STREAM_USAGE",
+        "LLM_LEDGER_EXPORTERS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(_config, "_monitor", None)
