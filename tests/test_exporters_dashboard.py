@@ -224,8 +224,10 @@ def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
     """`make demo DEMO_ARGS=--metrics`: the replayed lenses' metrics on /metrics, and the URL printed."""
     port = _free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "examples.lens_app", "--metrics", "--metrics-port", str(port)]
-        + ["--db", str(tmp_path / "demo.sqlite3"), "--log-dir", str(tmp_path / "logs")],
+        [
+            *(sys.executable, "-m", "examples.lens_app", "--metrics", "--metrics-port", str(port)),
+            *("--db", str(tmp_path / "demo.sqlite3"), "--log-dir", str(tmp_path / "logs")),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
