@@ -166,7 +166,8 @@ def test_every_panel_returns_data_from_a_real_prometheus(
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
-        f"  - job_name: lens_app\n    static_configs: [{{targets: ['127.0.0.1:{default_monitor_exports}']}}]\n"
+        "  - job_name: lens_app\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{default_monitor_exports}']}}]\n"
     )
     log = (tmp_path / "prometheus.log").open("w")
     server = subprocess.Popen(
