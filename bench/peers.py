@@ -48,11 +48,11 @@ class Setup:
 
 
 def _otel_provider(sink: str) -> Any:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
         OTLPSpanExporter,
     )
-    from opentelemetry.sdk.trace import TracerProvider  # type: ignore[import-not-found]
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # type: ignore[import-not-found]
+    from opentelemetry.sdk.trace import TracerProvider  # type: ignore[import-not-found,unused-ignore]
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # type: ignore[import-not-found,unused-ignore]
 
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{sink}/v1/traces")))
@@ -61,13 +61,13 @@ def _otel_provider(sink: str) -> Any:
 
 def setup_peer(name: str, sink: str, make_client: Callable[[], Any]) -> Setup:
     if name == "otel-openai-v2":
-        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor  # type: ignore[import-not-found]
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor  # type: ignore[import-not-found,unused-ignore]
 
         provider = _otel_provider(sink)
         OpenAIInstrumentor().instrument(tracer_provider=provider)
         return Setup(make_client(), lambda: provider.force_flush())
     if name == "openllmetry":
-        from opentelemetry.instrumentation.openai import (  # type: ignore[import-not-found]
+        from opentelemetry.instrumentation.openai import (  # type: ignore[import-not-found,unused-ignore]
             OpenAIInstrumentor as TraceloopInstrumentor,
         )
 
@@ -80,7 +80,7 @@ def setup_peer(name: str, sink: str, make_client: Callable[[], Any]) -> Setup:
             LANGFUSE_BASE_URL=sink,
         )  # fmt: skip
         importlib.import_module("langfuse.openai")  # patches openai's resources on import
-        from langfuse import get_client  # type: ignore[import-not-found]
+        from langfuse import get_client  # type: ignore[import-not-found,unused-ignore]
 
         langfuse = get_client()
         return Setup(make_client(), lambda: langfuse.flush())
@@ -89,8 +89,8 @@ def setup_peer(name: str, sink: str, make_client: Callable[[], Any]) -> Setup:
             LANGSMITH_TRACING="true", LANGSMITH_ENDPOINT=sink, LANGSMITH_API_KEY="lsv2-bench",
             LANGCHAIN_TRACING_V2="true",
         )  # fmt: skip
-        from langsmith import Client  # type: ignore[import-not-found]
-        from langsmith.wrappers import wrap_openai  # type: ignore[import-not-found]
+        from langsmith import Client  # type: ignore[import-not-found,unused-ignore]
+        from langsmith.wrappers import wrap_openai  # type: ignore[import-not-found,unused-ignore]
 
         ls_client = Client(api_url=sink, api_key="lsv2-bench")
         wrapped = wrap_openai(make_client(), tracing_extra={"client": ls_client})

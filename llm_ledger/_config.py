@@ -11,6 +11,7 @@ setting                        environment variable            default
 ``capture_content``            ``LLM_LEDGER_CAPTURE_CONTENT``  ``false``
 ``stream_usage``               ``LLM_LEDGER_STREAM_USAGE``     ``true``
 ``handle_sigterm``             ``LLM_LEDGER_HANDLE_SIGTERM``   ``true``
+``exporters``                  ``LLM_LEDGER_EXPORTERS``        none
 =============================  ==============================  ==========================
 
 ``LLM_LEDGER_LOG_DIR=off`` (or ``log_dir=None``) writes no file; records still reach the
@@ -19,6 +20,9 @@ setting                        environment variable            default
 ``handle_sigterm``: where the application has no SIGTERM handler of its own, the first
 ``configure()`` that sets up a file installs one (from the main thread) that writes out every
 queued record, then lets the process die by SIGTERM as it would have (docs/RELIABILITY.md).
+``exporters``: ``["prometheus", "otel"]`` (``LLM_LEDGER_EXPORTERS=prometheus,otel``) puts the exporter
+sinks on the default monitor; ``prometheus:9464`` also serves ``/metrics`` on that port
+(``llm_ledger/exporters``, docs/exporters.md).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ._jsonl import JsonlFileHandler, NotRegularFileError, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor
 from ._pricing import PriceTable
 from ._records import LOGGER_NAME
+from .exporters import _setup as _exporters
 
 __all__ = ["LOG_FILE_NAME", "Settings", "configure", "get_monitor"]
 
@@ -62,6 +67,7 @@ class Settings:
     stream_usage: bool
     redact: Redactor | None
     handle_sigterm: bool = True
+    exporters: tuple[str, ...] = ()
 
 
 def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
@@ -92,6 +98,7 @@ def resolve(
     stream_usage: Any = UNSET,
     redact: Any = None,
     handle_sigterm: Any = UNSET,
+    exporters: Any = UNSET,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``)."""
@@ -126,7 +133,11 @@ def resolve(
         sigterm = handle_sigterm
     else:
         raise ConfigError(f"handle_sigterm must be True or False, got {handle_sigterm!r}")
-    return Settings(resolved_dir, resolved_prices, capture, usage, redact, sigterm)
+    if exporters is UNSET:
+        specs = _exporters.parse(env.get("LLM_LEDGER_EXPORTERS", ""), "LLM_LEDGER_EXPORTERS", from_env=True)
+    else:
+        specs = _exporters.parse(exporters, "exporters")
+    return Settings(resolved_dir, resolved_prices, capture, usage, redact, sigterm, specs)
 
 
 _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_monitor()
@@ -153,6 +164,7 @@ def configure(
     stream_usage: bool | _Unset = UNSET,
     redact: Redactor | None = None,
     handle_sigterm: bool | _Unset = UNSET,
+    exporters: list[str] | tuple[str, ...] | _Unset = UNSET,
 ) -> Settings:
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
@@ -168,6 +180,7 @@ def configure(
         stream_usage=stream_usage,
         redact=redact,
         handle_sigterm=handle_sigterm,
+        exporters=exporters,
     )
     with _lock:
         if settings == _settings:
@@ -176,15 +189,20 @@ def configure(
         prices = (
             PriceTable.from_file(settings.price_file) if settings.price_file is not None else PriceTable()
         )
+        plan = None
+        if settings.exporters != (_settings.exporters if _settings is not None else ()):
+            plan = _exporters.prepare(settings.exporters)  # sinks built, ports bound; nothing changed yet
         logger = logging.getLogger(LOGGER_NAME)
         if _settings is None or settings.log_dir != _settings.log_dir:
             new_handler = None
             if settings.log_dir is not None:
                 try:
                     new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
-                except NotRegularFileError as exc:
-                    raise ConfigError(f"cannot write the log file: {exc}") from exc
                 except OSError as exc:
+                    if plan is not None:
+                        plan.cancel()
+                    if isinstance(exc, NotRegularFileError):
+                        raise ConfigError(f"cannot write the log file: {exc}") from exc
                     raise ConfigError(
                         f"cannot write the log file in log_dir={str(settings.log_dir)!r}: "
                         f"{exc.strerror or exc}; "
@@ -207,5 +225,7 @@ def configure(
         monitor.capture_content = settings.capture_content
         monitor.stream_usage = settings.stream_usage
         monitor.redact = settings.redact
+        if plan is not None:
+            plan.commit(monitor)
         _settings = settings
         return settings

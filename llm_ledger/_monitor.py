@@ -27,11 +27,13 @@ from ._records import (
     LensSummary,
     RequestShape,
     ResponseShape,
+    ServerShape,
     Status,
     Usage,
     call_record,
     lens_record,
 )
+from ._servers import server_of
 
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
 
@@ -111,6 +113,7 @@ class _Call:
         "request",
         "request_id",
         "retries",
+        "server",
         "start_epoch",
         "start_perf",
         "ttft",
@@ -132,17 +135,33 @@ class _Call:
         self.hide_usage = False
         self.done = False
         self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
+        self.server: ServerShape | None = None  # read from the last HTTP response, or the error's request
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
 
     def response_request_id(self) -> str | None:
-        """The request id of the last HTTP response (for results that do not carry one)."""
-        if self.request_id is None and self.http_response is not None:
-            try:
-                self.request_id = self.http_response.headers.get("x-request-id")
-            except Exception:
-                pass  # a response without readable headers: no request id
+        """The request id of the last HTTP response (for results that do not carry one); notes the
+        server it came from too (called before the response is let go)."""
+        if self.http_response is not None:
+            self.note_server(None)
+            if self.request_id is None:
+                try:
+                    self.request_id = self.http_response.headers.get("x-request-id")
+                except Exception:
+                    pass  # a response without readable headers: no request id
         return self.request_id
+
+    def note_server(self, error: BaseException | None) -> ServerShape:
+        """Where the call went: the URL of its last HTTP response's request, else of the request its
+        error names (a connection error has no response)."""
+        if self.server is None:
+            source = self.http_response if self.http_response is not None else error
+            try:
+                url = source.request.url  # type: ignore[union-attr]
+            except Exception:
+                url = None  # no response and no request known: the server stays unknown
+            self.server = server_of(url)
+        return self.server
 
 
 def _secret(client: Any) -> str | None:
@@ -404,6 +423,7 @@ class LLMCallMonitor:
             response["model"] = None  # e.g. a compatible server answering with a number
         if response["request_id"] is None:
             response["request_id"] = call.response_request_id()
+        server = call.note_server(error)
         call.http_response = None  # not kept: the call may outlive its request (a stream)
         prompt_cost = completion_cost = total_cost = None
         costs = self._price(response["model"], call.request["model"], usage)
@@ -418,6 +438,7 @@ class LLMCallMonitor:
         record = call_record(
             status=status,
             operation=call.operation,
+            server=server,
             context=dict(call.context),
             request=call.request,
             response=response,

@@ -28,6 +28,7 @@ __all__ = [
     "LensRecord",
     "LensSummary",
     "LensTotals",
+    "ServerShape",
     "Status",
     "call_record",
     "iso_timestamp",
@@ -69,6 +70,14 @@ class ResponseShape(TypedDict):
     tool_calls_count: int | None
 
 
+class ServerShape(TypedDict):
+    """Where the call went (the URL of its last HTTP request): host, port and OTel's provider name."""
+
+    address: str | None
+    port: int | None
+    provider: str
+
+
 class Usage(TypedDict):
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -104,6 +113,7 @@ class CallRecord(TypedDict, total=False):
     call_id: str
     status: Status
     operation: str
+    server: ServerShape
     context: dict[str, Any]
     request: RequestShape
     response: ResponseShape
@@ -207,8 +217,11 @@ def call_record(
     retries: int | None,
     error: ErrorShape | None,
     content: dict[str, Any] | None = None,
+    server: ServerShape | None = None,
 ) -> CallRecord:
-    """Build one ``llm_api_call`` record; costs are in 10**-24 USD (``USD_UNITS`` per dollar)."""
+    """Build one ``llm_api_call`` record; costs are in 10**-24 USD (``USD_UNITS`` per dollar).
+
+    ``server`` is where the call went; ``None`` when unknown (no address, the default provider)."""
     end_epoch = start_epoch + duration_s
     end = iso_timestamp(end_epoch)
     prompt_usd = completion_usd = total_usd = None
@@ -226,6 +239,7 @@ def call_record(
         "call_id": new_id(),
         "status": status,
         "operation": operation,
+        "server": server or {"address": None, "port": None, "provider": "openai"},
         "context": context,
         "request": request,
         "response": response,

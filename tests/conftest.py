@@ -94,6 +94,7 @@ def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "LLM_LEDGER_CAPTURE_CONTENT",
         "LLM_LEDGER_STREAM_USAGE",
         "LLM_LEDGER_HANDLE_SIGTERM",
+        "LLM_LEDGER_EXPORTERS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(_config, "_monitor", None)

@@ -6,14 +6,15 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 import llm_ledger
 
 from .app import Mode, RunResult, make_client, open_cassettes, run_lenses
-from .cassettes import CASSETTE_DIR, CassetteMissError, recorded_base_url
+from .cassettes import CASSETTE_DIR, CassetteMissError, LensCassette, recorded_base_url
 from .lenses import LENSES
 from .services import RunnerService
 from .sources import SOURCES_DIR, load_sources
@@ -77,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sources-dir", type=Path, default=SOURCES_DIR, metavar="DIR", help=argparse.SUPPRESS
+    )
+    metrics = parser.add_argument_group(
+        "metrics (needs the prometheus extra: pip install 'llm-ledger[prometheus]')"
+    )
+    metrics.add_argument(
+        "--metrics",
+        action="store_true",
+        help="export Prometheus metrics and keep serving /metrics after the run (Ctrl-C stops)",
+    )
+    metrics.add_argument(
+        "--metrics-port", type=int, default=9464, metavar="PORT", help="port of /metrics (default: 9464)"
+    )
+    metrics.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address /metrics listens on (default: 127.0.0.1; 0.0.0.0 in a container)",
+    )
+    metrics.add_argument(
+        "--repeat",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --metrics: run the lenses again every SECONDS (traffic for a dashboard)",
     )
     return parser
 
@@ -188,7 +213,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         except ValueError as exc:
             parser.error(f"{exc}; re-record them together with --record")
 
-    llm_ledger.configure(log_dir=args.log_dir)
+    if args.repeat is not None and (not args.metrics or args.repeat <= 0):
+        parser.error("--repeat SECONDS needs --metrics and a number of seconds above 0")
+    exporters = [f"prometheus:{args.metrics_addr}:{args.metrics_port}"] if args.metrics else []
+    try:
+        llm_ledger.configure(log_dir=args.log_dir, exporters=exporters)
+    except llm_ledger.ConfigError as exc:
+        parser.error(str(exc))
     log_file = Path(args.log_dir) / "llm_calls.jsonl"
     where = {
         "replay": f"replaying cassettes from {_shown(args.cassette_dir)} (offline; --live calls the API)",
@@ -197,14 +228,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     }[mode]
     print(f"lens_app: {len(lens_keys)} lenses over {len(sources)} sources, {where}\n", file=out)
 
-    with Store(args.db) as store:
-
-        async def go() -> list[RunResult]:
+    async def go(cassettes: dict[str, LensCassette]) -> list[RunResult]:
+        with Store(args.db) as store:
             client = make_client(mode, base_url=base_url, api_key=api_key, headers=headers)
             async with client:
                 return await run_lenses(RunnerService(client, store), lens_keys, sources, cassettes)
 
-        results = asyncio.run(go())
+    results = asyncio.run(go(cassettes))
     llm_ledger.flush()
 
     for row in render_table(results):
@@ -222,7 +252,28 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             print(str(result.error), file=out)
         else:
             print(f"  {type(result.error).__name__}: {result.error}", file=out)
+    if args.metrics:
+        _serve_metrics(args, out, lambda: asyncio.run(go(open_cassettes(mode, lens_keys, args.cassette_dir))))
     return 1 if failures else 0
+
+
+def _serve_metrics(args: argparse.Namespace, out: TextIO, again: Callable[[], object]) -> None:
+    """Keep /metrics up (configure() started it) until Ctrl-C, running the lenses every --repeat seconds."""
+    host = "127.0.0.1" if args.metrics_addr in ("0.0.0.0", "") else args.metrics_addr
+    every = f"; running the lenses again every {args.repeat:g} s" if args.repeat else ""
+    print(
+        f"metrics: scrape http://{host}:{args.metrics_port}/metrics{every} (Ctrl-C stops)",
+        file=out,
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(args.repeat or 3600)
+            if args.repeat:
+                again()
+                llm_ledger.flush()
+    except KeyboardInterrupt:
+        print("metrics: stopped", file=out)
 
 
 def _shown(path: Path) -> str:

@@ -1,0 +1,357 @@
+"""``OTelSink``: the call and lens records as OpenTelemetry GenAI spans and metrics.
+
+Names follow the GenAI semantic conventions v1.41.1; with
+``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` the metrics take the newest
+experimental names (``gen_ai.client.inference.*`` and ``gen_ai.client.embeddings.duration``).
+
+A record is built when its call ends, so every span is made after the fact with the record's own
+start and end times. A lens's record comes last, when the lens ends, yet its span must be the
+parent of its calls: the spans of calls made inside a lens therefore wait (by ``lens_run_id``)
+until the lens's record arrives, which emits the lens span (started at the lens's start) and then
+its calls as children. Calls outside any lens are emitted at once, in the application's current
+trace. See docs/exporters.md for the trade-offs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from .._errors import ConfigError
+from .._records import CALL_EVENT, LENS_EVENT
+from ._prometheus import DURATION_BUCKETS
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+__all__ = ["MAX_PENDING_CALLS", "TOKEN_BUCKETS", "OTelSink"]
+
+SCOPE: Final = "llm_ledger"
+# the GenAI conventions' advice for gen_ai.client.token.usage: 1, 4, 16 ... 67108864 (x4 steps)
+TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))
+# spans of calls waiting for their lens's record; past this, calls are emitted at once (no lens parent)
+MAX_PENDING_CALLS: Final = 10_000
+_EXTRA_HINT: Final = "pip install 'llm-ledger[otel]'"
+_OPERATIONS: Final = {"chat": "chat", "responses": "chat", "embeddings": "embeddings"}
+_API_TYPES: Final = {"chat": "chat_completions", "responses": "responses"}
+
+
+def _api() -> tuple[Any, Any, Any]:
+    try:
+        from opentelemetry import context, metrics, trace
+    except ImportError as exc:
+        raise ConfigError(f"the OpenTelemetry exporter needs opentelemetry-api: {_EXTRA_HINT}") from exc
+    return context, metrics, trace
+
+
+def _ns(iso: str) -> int:
+    """Epoch nanoseconds of a record's ``...Z`` timestamp (millisecond precision)."""
+    return int(datetime.fromisoformat(iso).timestamp() * 1000) * 1_000_000
+
+
+def latest_experimental() -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` asks for the newest experimental GenAI names."""
+    values = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
+    return "gen_ai_latest_experimental" in {v.strip() for v in values.split(",")}
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """Chat / Responses message content as the conventions' message parts."""
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    parts: list[dict[str, Any]] = []
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            if kind in ("text", "input_text", "output_text"):
+                parts.append({"type": "text", "content": part.get("text")})
+            elif kind in ("image_url", "input_image"):
+                parts.append({"type": "uri", "modality": "image"})  # the image itself is never exported
+    return parts
+
+
+def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
+    """The opt-in content attributes (JSON strings), from a record made with content capture on."""
+    content = record["content"]
+    inputs: list[dict[str, Any]] = []
+    system: list[dict[str, Any]] = []
+    messages = content.get("messages")
+    if messages is None and "input" in content:
+        raw = content["input"]
+        messages = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
+    if isinstance(content.get("instructions"), str):
+        system.append({"type": "text", "content": content["instructions"]})
+    for message in messages or ():
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role") or "user"
+        if role in ("system", "developer"):
+            system.extend(_parts(message.get("content")))
+        else:
+            inputs.append({"role": role, "parts": _parts(message.get("content"))})
+    attributes: dict[str, str] = {}
+    if inputs:
+        attributes["gen_ai.input.messages"] = orjson.dumps(inputs).decode()
+    if system:
+        attributes["gen_ai.system_instructions"] = orjson.dumps(system).decode()
+    if content.get("tools"):
+        attributes["gen_ai.tool.definitions"] = orjson.dumps(content["tools"]).decode()
+    output = content.get("output")
+    if output is not None:
+        message = {"role": "assistant", "parts": [{"type": "text", "content": output}]}
+        finish = record["response"]["finish_reason"]
+        if finish:
+            message["finish_reason"] = finish
+        attributes["gen_ai.output.messages"] = orjson.dumps([message]).decode()
+    return attributes
+
+
+class OTelSink:
+    """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans and metrics.
+
+    * one CLIENT span per call, named ``{gen_ai.operation.name} {gen_ai.request.model}``
+      (``chat gpt-4o-mini``), with the conventions' request, response, usage, ``error.type`` and
+      ``server.*`` attributes, ``gen_ai.usage.cost`` (USD) and ``llm_ledger.*`` (the record's context:
+      lens, run id, source, service, and ``llm_ledger.call_id``);
+    * one INTERNAL span per lens run, ``lens {lens_key}``, parent of its calls, carrying the lens
+      summary (tokens, ``gen_ai.usage.cost``, calls, errors, models, cost_complete);
+    * metrics ``gen_ai.client.token.usage``, ``gen_ai.client.operation.duration``,
+      ``gen_ai.client.operation.time_to_first_chunk`` (streams) with the conventions' bucket
+      advice, and the counter ``llm_ledger.cost`` ({USD});
+    * content (``gen_ai.input.messages``, ``gen_ai.output.messages``, ``gen_ai.system_instructions``,
+      ``gen_ai.tool.definitions``) only from records made with content capture on.
+
+    Args:
+        tracer_provider, meter_provider: default: the global ones (``opentelemetry.trace`` /
+            ``opentelemetry.metrics``), as an application or ``opentelemetry-instrument`` set them.
+    """
+
+    def __init__(
+        self, tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None
+    ) -> None:
+        context, metrics, trace = _api()
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ours: str | None = version("llm-ledger")
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree
+            ours = None
+        self._context = context
+        self._trace = trace
+        self._client_kind = trace.SpanKind.CLIENT
+        self._internal_kind = trace.SpanKind.INTERNAL
+        self._error_status = trace.Status(trace.StatusCode.ERROR)
+        self.tracer = trace.get_tracer(SCOPE, ours, tracer_provider)
+        meter = metrics.get_meter(SCOPE, ours, meter_provider)
+        self.latest = latest_experimental()
+        if self.latest:
+            self._usage = {
+                kind: meter.create_counter(f"gen_ai.client.inference.usage.{kind}", "{token}", f"{kind} used")
+                for kind in (
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read.input_tokens",
+                    "reasoning.output_tokens",
+                )
+            }
+            duration = "gen_ai.client.inference.duration"
+            first_chunk = "gen_ai.client.inference.time_to_first_chunk"
+            self._embeddings_duration = meter.create_histogram(
+                "gen_ai.client.embeddings.duration", "s", "Embeddings call duration",
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            )  # fmt: skip
+        else:
+            self._token_usage = meter.create_histogram(
+                "gen_ai.client.token.usage", "{token}", "Input and output tokens used",
+                explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            )  # fmt: skip
+            duration = "gen_ai.client.operation.duration"
+            first_chunk = "gen_ai.client.operation.time_to_first_chunk"
+        self._duration = meter.create_histogram(
+            duration, "s", "GenAI operation duration", explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+        )
+        self._first_chunk = meter.create_histogram(
+            first_chunk, "s", "Time to the first chunk of a stream",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )  # fmt: skip
+        self._cost = meter.create_counter(
+            "llm_ledger.cost", "{USD}", "Cost of GenAI calls, USD (llm-ledger prices)"
+        )
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[Mapping[str, Any]]] = {}
+        self._pending_count = 0
+
+    def __repr__(self) -> str:
+        return f"<OTelSink {'latest experimental' if self.latest else 'v1.41.1'} names>"
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        event = record["event"]
+        if event == CALL_EVENT:
+            self._metrics(record)
+            run_id = record["context"].get("lens_run_id")
+            if run_id is not None:
+                with self._lock:
+                    if self._pending_count < MAX_PENDING_CALLS:
+                        self._pending.setdefault(run_id, []).append(record)
+                        self._pending_count += 1
+                        return
+            self._call_span(record, None)
+        elif event == LENS_EVENT:
+            self._lens(record)
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def _metrics(self, record: Mapping[str, Any]) -> None:
+        operation = _OPERATIONS.get(record["operation"], record["operation"])
+        server = record.get("server") or {}
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": server.get("provider") or "openai",
+        }
+        for key, value in (
+            ("gen_ai.request.model", record["request"]["model"]),
+            ("gen_ai.response.model", record["response"]["model"]),
+            ("server.address", server.get("address")),
+            ("server.port", server.get("port")),
+            ("llm_ledger.lens", record["context"].get("lens_key")),
+        ):
+            if value is not None:
+                attributes[key] = value
+        usage = record["usage"]
+        if self.latest:
+            for kind, field in (
+                ("input_tokens", "prompt_tokens"),
+                ("output_tokens", "completion_tokens"),
+                ("cache_read.input_tokens", "cached_tokens"),
+                ("reasoning.output_tokens", "reasoning_tokens"),
+            ):
+                n = usage[field]
+                if n is not None:
+                    self._usage[kind].add(n, attributes)
+        else:
+            for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+                n = usage[field]
+                if n is not None:
+                    self._token_usage.record(n, {**attributes, "gen_ai.token.type": kind})
+        usd = record["cost"]["total_cost_usd"]
+        if usd is not None:
+            self._cost.add(usd, attributes)
+        error = record["error"]
+        timed = {**attributes, "error.type": error["type"]} if error else attributes
+        timing = record["timing"]
+        histogram = self._embeddings_duration if self.latest and operation == "embeddings" else self._duration
+        histogram.record(timing["duration_ms"] / 1000, timed)
+        first = timing["time_to_first_token_ms"]
+        if first is not None:
+            self._first_chunk.record(first / 1000, attributes)
+
+    # -- spans -------------------------------------------------------------------------------------
+
+    def _call_span(self, record: Mapping[str, Any], parent: Context | None) -> None:
+        request = record["request"]
+        response = record["response"]
+        usage = record["usage"]
+        server = record.get("server") or {}
+        operation = _OPERATIONS.get(record["operation"], record["operation"])
+        model = request["model"]
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": server.get("provider") or "openai",
+        }
+        optional = (
+            ("gen_ai.request.model", model),
+            ("gen_ai.request.temperature", request["temperature"]),
+            ("gen_ai.request.max_tokens", request["max_tokens"]),
+            ("gen_ai.request.stream", True if request["stream"] else None),
+            ("openai.api.type", _API_TYPES.get(record["operation"])),
+            ("gen_ai.response.model", response["model"]),
+            ("gen_ai.response.id", response["id"]),
+            (
+                "gen_ai.response.finish_reasons",
+                [response["finish_reason"]] if response["finish_reason"] else None,
+            ),
+            ("gen_ai.usage.input_tokens", usage["prompt_tokens"]),
+            ("gen_ai.usage.output_tokens", usage["completion_tokens"]),
+            ("gen_ai.usage.cache_read.input_tokens", usage["cached_tokens"]),
+            ("gen_ai.usage.reasoning.output_tokens", usage["reasoning_tokens"]),
+            ("gen_ai.usage.cost", record["cost"]["total_cost_usd"]),
+            ("server.address", server.get("address")),
+            ("server.port", server.get("port")),
+            ("llm_ledger.call_id", record["call_id"]),
+            ("llm_ledger.status", record["status"]),
+            ("llm_ledger.request_id", response["request_id"]),
+            ("llm_ledger.retries", record["retries"]),
+        )
+        for key, value in optional:
+            if value is not None:
+                attributes[key] = value
+        first = record["timing"]["time_to_first_token_ms"]
+        if first is not None:
+            attributes["gen_ai.response.time_to_first_chunk"] = first / 1000
+        self._context_attributes(record["context"], attributes)
+        error = record["error"]
+        if error:
+            attributes["error.type"] = error["type"]
+        if "content" in record:
+            attributes.update(_content_attributes(record))
+        start = _ns(record["timing"]["start_time"])
+        end = start + int(record["timing"]["duration_ms"] * 1_000_000)
+        span = self.tracer.start_span(
+            f"{operation} {model}" if model else operation,
+            context=parent,
+            kind=self._client_kind,
+            attributes=attributes,
+            start_time=start,
+        )
+        if error:
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error["message"]))
+        span.end(end_time=end)
+
+    @staticmethod
+    def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) -> None:
+        for key, value in context.items():
+            if value is not None and isinstance(value, (str, bool, int, float)):
+                attributes[f"llm_ledger.{key}"] = value
+
+    def _lens(self, record: Mapping[str, Any]) -> None:
+        context = record["context"]
+        summary = record["summary"]
+        with self._lock:
+            calls = self._pending.pop(context.get("lens_run_id"), [])
+            self._pending_count -= len(calls)
+        attributes: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": summary["prompt_tokens"],
+            "gen_ai.usage.output_tokens": summary["completion_tokens"],
+            "gen_ai.usage.cache_read.input_tokens": summary["cached_tokens"],
+            "gen_ai.usage.reasoning.output_tokens": summary["reasoning_tokens"],
+            "gen_ai.usage.cost": summary["total_cost_usd"],
+            "llm_ledger.lens.calls": summary["total_api_calls"],
+            "llm_ledger.lens.errors": summary["errors"],
+            "llm_ledger.lens.models": list(summary["models_used"]),
+            "llm_ledger.lens.cost_complete": summary["cost_complete"],
+        }
+        self._context_attributes(context, attributes)
+        end = _ns(record["timestamp"])
+        start = end - int(summary["duration_ms"] * 1_000_000)
+        lens_span = self.tracer.start_span(
+            f"lens {context.get('lens_key')}",
+            context=None,  # the application's current span when the lens ended
+            kind=self._internal_kind,
+            attributes=attributes,
+            start_time=start,
+        )
+        lens_context = self._trace.set_span_in_context(lens_span)
+        try:
+            for call in calls:
+                self._call_span(call, lens_context)
+        finally:
+            lens_span.end(end_time=max(end, start))

@@ -1,0 +1,327 @@
+"""``PrometheusSink``: the call and lens records as Prometheus metrics (prometheus-client).
+
+Every value comes from the records (``llm_ledger/_records.py``); nothing is read from the SDK. Labels
+are bounded: ``lens`` and ``model`` keep the first ``max_lenses`` / ``max_models`` distinct values
+and fold later ones into ``"other"``; ``provider``, ``operation``, ``status`` and ``token_type``
+come from small fixed vocabularies; user ids, source ids and run ids are never labels.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from .._errors import ConfigError
+from .._records import CALL_EVENT, LENS_EVENT
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "LENS_COST_BUCKETS",
+    "MAX_LENSES",
+    "MAX_MODELS",
+    "NO_LENS",
+    "OTHER",
+    "PrometheusSink",
+    "start_metrics_server",
+]
+
+# the GenAI semantic conventions' advice for gen_ai.client.operation.duration: 0.01 s doubling to 81.92 s
+DURATION_BUCKETS: Final = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+# USD per lens run: a hundredth of a cent to ten dollars
+LENS_COST_BUCKETS: Final = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+MAX_LENSES: Final = 200
+MAX_MODELS: Final = 100
+OTHER: Final = "other"  # a lens or model beyond the cap
+NO_LENS: Final = "none"  # a call made outside any lens
+UNKNOWN_MODEL: Final = "unknown"
+_CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
+_EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
+
+
+def _client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ConfigError(f"the Prometheus exporter needs prometheus-client: {_EXTRA_HINT}") from exc
+    return prometheus_client
+
+
+def _buckets(buckets: Sequence[float] | None) -> tuple[float, ...]:
+    if buckets is None:
+        return DURATION_BUCKETS
+    try:
+        values = tuple(float(b) for b in buckets)
+    except (TypeError, ValueError):
+        raise ConfigError(f"buckets must be a sequence of numbers (seconds), got {buckets!r}") from None
+    if (
+        not values
+        or any(not math.isfinite(v) or v <= 0 for v in values)
+        or any(a >= b for a, b in itertools.pairwise(values))
+    ):
+        raise ConfigError(f"buckets must be positive, finite and increasing (seconds), got {buckets!r}")
+    return values
+
+
+def _cap(name: str, value: Any) -> int:
+    if type(value) is not int or value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+class PrometheusSink:
+    """A sink (``monitor.add_sink(PrometheusSink())``) that keeps Prometheus metrics of the records.
+
+    Metrics (names as exposed):
+
+    * ``llm_ledger_calls_total`` {lens, model, provider, operation, status}
+    * ``llm_ledger_tokens_total`` {lens, model, provider, operation, token_type}: token_type is
+      ``input``, ``output``, ``cached`` (part of input) or ``reasoning`` (part of output)
+    * ``llm_ledger_cost_usd_total`` {lens, model, provider}
+    * ``llm_ledger_call_duration_seconds``, ``llm_ledger_time_to_first_token_seconds`` (streams)
+      histograms {lens, model, operation}
+    * ``llm_ledger_lens_runs_total`` {lens, status}, ``llm_ledger_lens_cost_usd`` histogram {lens}
+    * ``llm_ledger_unpriced_calls_total`` {model}: calls whose cost is unknown (no price for the
+      model, or no usage reported) though they may have been billed
+
+    Args:
+        registry: where the metrics are registered (default: prometheus-client's global
+            ``REGISTRY``). One sink per registry.
+        buckets: bucket bounds in seconds for the duration and time-to-first-token histograms
+            (default: the GenAI conventions' 0.01 ... 81.92 s).
+        max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
+            are counted under ``"other"``.
+
+    Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the registry
+    already holds these metrics.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        buckets: Sequence[float] | None = None,
+        max_lenses: int = MAX_LENSES,
+        max_models: int = MAX_MODELS,
+    ) -> None:
+        pc = _client()
+        self.registry = pc.REGISTRY if registry is None else registry
+        self.buckets = _buckets(buckets)
+        self.max_lenses = _cap("max_lenses", max_lenses)
+        self.max_models = _cap("max_models", max_models)
+        self._lock = threading.Lock()
+        self._lenses: set[str] = set()
+        self._models: set[str] = set()
+        self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._lens_children: dict[Any, tuple[Any, ...]] = {}
+        made: list[Any] = []
+
+        def metric(kind: Any, name: str, doc: str, labels: tuple[str, ...], **kwargs: Any) -> Any:
+            try:
+                made.append(kind(name, doc, labels, registry=self.registry, **kwargs))
+            except ValueError as exc:  # a name already registered: leave the registry as it was
+                for done in made:
+                    self.registry.unregister(done)
+                raise ConfigError(
+                    f"this registry already has llm-ledger's metrics ({exc}); use one PrometheusSink "
+                    "per registry (configure(exporters=['prometheus']) makes the one of the global REGISTRY)"
+                ) from None
+            return made[-1]
+
+        call_labels = ("lens", "model", "provider", "operation")
+        self.calls = metric(pc.Counter, "llm_ledger_calls", "LLM API calls", (*call_labels, "status"))
+        self.tokens = metric(
+            pc.Counter, "llm_ledger_tokens", "Tokens by type (cached within input, reasoning within output)",
+            (*call_labels, "token_type"),
+        )  # fmt: skip
+        self.cost = metric(
+            pc.Counter, "llm_ledger_cost_usd", "Cost of calls, USD", ("lens", "model", "provider")
+        )
+        self.duration = metric(
+            pc.Histogram, "llm_ledger_call_duration_seconds", "Call duration, seconds",
+            ("lens", "model", "operation"), buckets=self.buckets,
+        )  # fmt: skip
+        self.ttft = metric(
+            pc.Histogram, "llm_ledger_time_to_first_token_seconds", "Time to a stream's first chunk, seconds",
+            ("lens", "model", "operation"), buckets=self.buckets,
+        )  # fmt: skip
+        self.lens_runs = metric(pc.Counter, "llm_ledger_lens_runs", "Lens runs", ("lens", "status"))
+        self.lens_cost = metric(
+            pc.Histogram, "llm_ledger_lens_cost_usd", "Cost of one lens run, USD", ("lens",),
+            buckets=LENS_COST_BUCKETS,
+        )  # fmt: skip
+        self.unpriced = metric(
+            pc.Counter, "llm_ledger_unpriced_calls", "Calls whose cost is unknown", ("model",)
+        )
+
+    def __repr__(self) -> str:
+        lenses = f"{len(self._lenses)}/{self.max_lenses}"
+        return f"<PrometheusSink lenses={lenses} models={len(self._models)}/{self.max_models}>"
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        event = record["event"]
+        if event == CALL_EVENT:
+            self._call(record)
+        elif event == LENS_EVENT:
+            self._lens(record)
+
+    # -- labels ------------------------------------------------------------------------------------
+
+    def _fold(self, value: str, seen: set[str], cap: int) -> str:
+        if value in seen:
+            return value
+        with self._lock:
+            if len(seen) < cap:
+                seen.add(value)
+                return value
+        return OTHER
+
+    def _lens_label(self, lens: Any) -> str:
+        return NO_LENS if lens is None else self._fold(str(lens), self._lenses, self.max_lenses)
+
+    def _model_label(self, model: Any) -> str:
+        return UNKNOWN_MODEL if model is None else self._fold(str(model), self._models, self.max_models)
+
+    def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        raw_lens, raw_model, provider, operation, status = key
+        lens = self._lens_label(raw_lens)
+        model = self._model_label(raw_model)
+        tokens = self.tokens
+        children = (
+            self.calls.labels(lens, model, provider, operation, status),
+            tokens.labels(lens, model, provider, operation, "input"),
+            tokens.labels(lens, model, provider, operation, "output"),
+            tokens.labels(lens, model, provider, operation, "cached"),
+            tokens.labels(lens, model, provider, operation, "reasoning"),
+            self.cost.labels(lens, model, provider),
+            self.duration.labels(lens, model, operation),
+            self.ttft.labels(lens, model, operation),
+            self.unpriced.labels(model),
+        )
+        if len(self._children) >= _CACHE_LIMIT:
+            self._children.clear()  # only a cache: the metrics keep every series
+        self._children[key] = children
+        return children
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def _call(self, record: Mapping[str, Any]) -> None:
+        request = record["request"]
+        server = record.get("server")
+        status = record["status"]
+        key = (
+            record["context"].get("lens_key"),
+            request["model"] or record["response"]["model"],
+            server["provider"] if server else "openai",
+            record["operation"],
+            status,
+        )
+        children = self._children.get(key) or self._new_children(key)
+        calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
+        calls.inc()
+        usage = record["usage"]
+        n = usage["prompt_tokens"]
+        if n:
+            t_in.inc(n)
+        n = usage["completion_tokens"]
+        if n:
+            t_out.inc(n)
+        n = usage["cached_tokens"]
+        if n:
+            t_cached.inc(n)
+        n = usage["reasoning_tokens"]
+        if n:
+            t_reasoning.inc(n)
+        usd = record["cost"]["total_cost_usd"]
+        if usd is not None:
+            if usd:
+                cost.inc(usd)
+        elif status != "error" or usage["total_tokens"]:
+            # the lens's cost_complete rule: an ok call without a cost, or a failed call that was billed
+            unpriced.inc()
+        timing = record["timing"]
+        duration.observe(timing["duration_ms"] / 1000)
+        first = timing["time_to_first_token_ms"]
+        if first is not None:
+            ttft.observe(first / 1000)
+
+    def _lens(self, record: Mapping[str, Any]) -> None:
+        summary = record["summary"]
+        raw = record["context"].get("lens_key")
+        children = self._lens_children.get(raw)
+        if children is None:
+            lens = self._lens_label(raw)
+            children = (
+                self.lens_runs.labels(lens, "ok"),
+                self.lens_runs.labels(lens, "error"),
+                self.lens_cost.labels(lens),
+            )
+            if len(self._lens_children) >= _CACHE_LIMIT:
+                self._lens_children.clear()
+            self._lens_children[raw] = children
+        ok, failed, cost = children
+        (failed if summary["errors"] else ok).inc()
+        cost.observe(summary["total_cost_usd"])
+
+
+def _multiprocess_dir() -> str | None:
+    # prometheus-client also reads the older lower-case name
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
+
+
+def start_metrics_server(
+    port: int, addr: str = "0.0.0.0", *, registry: CollectorRegistry | None = None
+) -> WSGIServer:
+    """Serve ``/metrics`` on ``addr:port`` from a daemon thread (for services without a web server).
+
+    ``port=0`` picks a free port (``server.server_port``). With ``PROMETHEUS_MULTIPROC_DIR`` set
+    (gunicorn and other pre-fork servers, see docs/exporters.md) and no ``registry``, it serves the
+    sum over every process's files. Returns the server: ``server.shutdown()`` stops it. A port in
+    use, or an address that cannot be bound, is a ``ConfigError``.
+    """
+    pc = _client()
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be a whole number from 0 to 65535, got {port!r}")
+    if registry is None:
+        if _multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            registry = pc.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            registry = pc.REGISTRY
+    try:
+        server, _thread = pc.start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot serve metrics on {addr}:{port}: the port is already in use; choose another "
+                "port (e.g. LLM_LEDGER_EXPORTERS=prometheus:9465) or stop what listens there"
+            ) from None
+        raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
+    server_: WSGIServer = server
+    return server_

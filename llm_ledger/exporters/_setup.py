@@ -1,0 +1,158 @@
+"""``configure(exporters=[...])`` / ``LLM_LEDGER_EXPORTERS``: turning exporters on for the default monitor.
+
+An exporter is named ``otel``, ``prometheus``, or ``prometheus:PORT`` / ``prometheus:HOST:PORT`` (the
+Prometheus sink, and ``/metrics`` served on that port, by default on every interface). Names are
+checked when settings are resolved (:func:`parse`); sinks are built and ports bound by
+:func:`prepare`, which raises ``ConfigError`` before anything changes; :meth:`Plan.commit` then
+swaps the default monitor's exporter sinks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+from .._errors import ConfigError
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .._monitor import LLMCallMonitor, Sink
+
+__all__ = ["EXPORTER_NAMES", "Plan", "parse", "prepare"]
+
+EXPORTER_NAMES: Final = ("otel", "prometheus")
+DEFAULT_ADDR: Final = "0.0.0.0"
+
+_lock = threading.Lock()
+_default_sinks: dict[str, Any] = {}  # name -> the one sink of the process's global registry/providers
+_installed: list[Sink] = []  # the exporter sinks on the default monitor now
+_servers: dict[tuple[str, int], WSGIServer] = {}  # (addr, port) -> /metrics server started by configure
+
+
+def _one(item: Any, source: str) -> str:
+    if not isinstance(item, str):
+        raise ConfigError(f"exporters must be names (str), got {item!r} in {source}")
+    name, _, where = item.strip().partition(":")
+    name = name.strip().lower()
+    if name not in EXPORTER_NAMES:
+        raise ConfigError(
+            f"unknown exporter {item.strip()!r} in {source}; choose from {', '.join(EXPORTER_NAMES)} "
+            "(prometheus:PORT also serves /metrics on PORT)"
+        )
+    if not where:
+        return name
+    if name != "prometheus":
+        raise ConfigError(f"exporter {item.strip()!r} in {source} takes no port; only prometheus:PORT does")
+    host, _, port_text = where.rpartition(":")
+    host = host.strip().strip("[]") or DEFAULT_ADDR
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            f"exporter {item.strip()!r} in {source}: the port must be a number from 1 to 65535 "
+            "(prometheus:9464 or prometheus:127.0.0.1:9464)"
+        )
+    return f"prometheus:{host}:{port}"
+
+
+def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]:
+    """Validated exporter specs, normalised (``prometheus:HOST:PORT``), duplicates dropped.
+
+    ``value`` is a list of names; ``from_env`` a comma-separated string (empty items are ignored).
+    """
+    if from_env:
+        items: Iterable[Any] = [part for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        raise ConfigError(f"exporters must be a list of names such as ['prometheus', 'otel'], got {value!r}")
+    specs: list[str] = []
+    for item in items:
+        spec = _one(item, source)
+        if spec not in specs:
+            specs.append(spec)
+    if sum(s.startswith("prometheus") for s in specs) > 1 and "prometheus" in specs:
+        specs.remove("prometheus")  # prometheus:PORT includes the sink
+    return tuple(specs)
+
+
+def _default_sink(name: str) -> Sink:
+    """The process's one sink for ``name`` (global registry / providers): built once, reused."""
+    sink: Sink | None = _default_sinks.get(name)
+    if sink is None:
+        if name == "prometheus":
+            from ._prometheus import PrometheusSink
+
+            sink = PrometheusSink()
+        else:
+            from ._otel import OTelSink
+
+            sink = OTelSink()
+        _default_sinks[name] = sink
+    return sink
+
+
+class Plan:
+    """Sinks built and servers bound for one ``configure()``; ``commit()`` or ``cancel()`` it."""
+
+    def __init__(
+        self, sinks: list[Sink], wanted: set[tuple[str, int]], started: list[tuple[str, int]]
+    ) -> None:
+        self.sinks = sinks
+        self.wanted = wanted
+        self.started = started
+
+    def commit(self, monitor: LLMCallMonitor) -> None:
+        """Put the new exporter sinks on ``monitor`` in place of the old; stop servers no longer named."""
+        with _lock:
+            for sink in _installed:
+                monitor.remove_sink(sink)
+            for sink in self.sinks:
+                monitor.add_sink(sink)
+            _installed[:] = self.sinks
+            for key in [k for k in _servers if k not in self.wanted]:
+                _stop(_servers.pop(key))
+
+    def cancel(self) -> None:
+        """Undo ``prepare()``: stop the servers it started."""
+        with _lock:
+            for key in self.started:
+                server = _servers.pop(key, None)
+                if server is not None:
+                    _stop(server)
+
+
+def _stop(server: WSGIServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def prepare(specs: tuple[str, ...]) -> Plan:
+    """Build the sinks and bind the ports of ``specs`` (``ConfigError`` naming the fix, nothing changed)."""
+    sinks: list[Sink] = []
+    wanted: set[tuple[str, int]] = set()
+    started: list[tuple[str, int]] = []
+    try:
+        for spec in specs:
+            name, _, where = spec.partition(":")
+            sink = _default_sink(name)
+            if sink not in sinks:
+                sinks.append(sink)
+            if where:
+                addr, _, port = where.rpartition(":")
+                key = (addr, int(port))
+                wanted.add(key)
+                with _lock:
+                    if key not in _servers:
+                        from ._prometheus import start_metrics_server
+
+                        _servers[key] = start_metrics_server(key[1], key[0])
+                        started.append(key)
+    except BaseException:
+        Plan(sinks, wanted, started).cancel()
+        raise
+    return Plan(sinks, wanted, started)

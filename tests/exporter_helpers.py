@@ -1,0 +1,81 @@
+"""Shared by the exporter tests: a mixed workload through the real SDK, and reading Prometheus text."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import defaultdict
+from typing import Any
+
+import openai
+
+import llm_ledger
+from tests.conftest import FAKE_KEY
+from tests.fake_openai import FakeOpenAI
+
+UNPRICED_MODEL = "acme-local-7b"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def workload(monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI, *, lens_prefix: str = "") -> None:
+    """Every operation once or more: chat, a stream, responses, embeddings, a failed call, an
+    unpriced model; inside two lenses and outside any."""
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=server.base_url, max_retries=0))
+    hi: Any = [{"role": "user", "content": "hello there, summarise this"}]
+    with (
+        llm_ledger.track_llm_call(user_id="user-42"),
+        monitor.lens(lens_prefix + "summary", source_id="src-1"),
+    ):
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=hi, extra_headers={"x-fake-cached-tokens": "4"}
+        )
+        for _ in client.chat.completions.create(model="gpt-4o", messages=hi, stream=True):
+            pass
+    with monitor.lens(lens_prefix + "research", source_id="src-2"):
+        client.responses.create(
+            model="o3-mini", input="think", extra_headers={"x-fake-reasoning-tokens": "7"}
+        )
+        try:
+            client.chat.completions.create(
+                model="gpt-4o", messages=hi, extra_headers={"x-fake-status": "500"}
+            )
+        except openai.InternalServerError:
+            pass
+        client.chat.completions.create(model=UNPRICED_MODEL, messages=hi)
+    client.embeddings.create(model="text-embedding-3-small", input=["a", "bb"])
+    client.close()
+
+
+def samples(text: str) -> Samples:
+    """Prometheus text exposition read with prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return samples(response.read().decode())
+
+
+def total(found: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in found.items() if n == name and want <= ls)
+
+
+def label_names(found: Samples, name: str) -> set[frozenset[str]]:
+    return {frozenset(k for k, _ in ls) for (n, ls) in found if n == name}
+
+
+def by_labels(found: Samples, name: str, *keys: str) -> dict[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = defaultdict(float)
+    for (n, ls), v in found.items():
+        if n == name:
+            d = dict(ls)
+            out[tuple(d[k] for k in keys)] += v
+    return dict(out)

@@ -1,0 +1,411 @@
+"""OTelSink: GenAI spans and metrics from the records, checked against the records attribute by
+attribute: in memory for every operation, and over OTLP/HTTP to a receiver on loopback."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import llm_ledger
+from llm_ledger import ConfigError
+from llm_ledger.exporters import OTelSink, _setup
+from llm_ledger.exporters._otel import TOKEN_BUCKETS
+from llm_ledger.exporters._prometheus import DURATION_BUCKETS
+from llm_ledger.testing import Captured, capture
+from tests.conftest import FAKE_KEY
+from tests.exporter_helpers import workload
+from tests.fake_openai import FakeOpenAI
+
+HI: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+
+
+class Telemetry:
+    """An OTelSink on its own providers, with in-memory exporters; and a monitor feeding it."""
+
+    def __init__(self, server: FakeOpenAI, *, capture_content: bool = False) -> None:
+        self.spans_out = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans_out))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.sink = OTelSink(self.tracer_provider, self.meter_provider)
+        self.monitor = llm_ledger.LLMCallMonitor(
+            logger=None, sinks=[self.sink], capture_content=capture_content
+        )
+        raw = openai.OpenAI(api_key=FAKE_KEY, base_url=server.base_url, max_retries=0)
+        self.client = self.monitor.instrument(raw)
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.spans_out.get_finished_spans())
+
+    def metrics(self) -> dict[str, list[Any]]:
+        """metric name -> its data points."""
+        data = self.reader.get_metrics_data()
+        found: dict[str, list[Any]] = {}
+        assert data is not None
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                assert scope.scope.name == "llm_ledger"
+                for metric in scope.metrics:
+                    found.setdefault(metric.name, []).extend(metric.data.data_points)
+        return found
+
+
+@pytest.fixture
+def otel(fake_openai: FakeOpenAI) -> Iterator[Telemetry]:
+    telemetry = Telemetry(fake_openai)
+    yield telemetry
+    telemetry.client.close()
+
+
+def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
+    """What the conventions (and llm_ledger.*) put on a call's span, from its record."""
+    request, response, usage, server = call["request"], call["response"], call["usage"], call["server"]
+    want: dict[str, Any] = {
+        "gen_ai.operation.name": "embeddings" if call["operation"] == "embeddings" else "chat",
+        "gen_ai.provider.name": server["provider"],
+        "gen_ai.request.model": request["model"],
+        "gen_ai.request.temperature": request["temperature"],
+        "gen_ai.request.max_tokens": request["max_tokens"],
+        "gen_ai.request.stream": True if request["stream"] else None,
+        "openai.api.type": {"chat": "chat_completions", "responses": "responses"}.get(call["operation"]),
+        "gen_ai.response.model": response["model"],
+        "gen_ai.response.id": response["id"],
+        "gen_ai.response.finish_reasons": (response["finish_reason"],) if response["finish_reason"] else None,
+        "gen_ai.response.time_to_first_chunk": (
+            call["timing"]["time_to_first_token_ms"] / 1000
+            if call["timing"]["time_to_first_token_ms"]
+            else None
+        ),
+        "gen_ai.usage.input_tokens": usage["prompt_tokens"],
+        "gen_ai.usage.output_tokens": usage["completion_tokens"],
+        "gen_ai.usage.cache_read.input_tokens": usage["cached_tokens"],
+        "gen_ai.usage.reasoning.output_tokens": usage["reasoning_tokens"],
+        "gen_ai.usage.cost": call["cost"]["total_cost_usd"],
+        "error.type": call["error"]["type"] if call["error"] else None,
+        "server.address": server["address"],
+        "server.port": server["port"],
+        "llm_ledger.call_id": call["call_id"],
+        "llm_ledger.status": call["status"],
+        "llm_ledger.request_id": response["request_id"],
+        "llm_ledger.retries": call["retries"],
+    }
+    for key, value in call["context"].items():
+        want[f"llm_ledger.{key}"] = value
+    return {k: v for k, v in want.items() if v is not None}
+
+
+def _ns(iso: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso).timestamp() * 1000) * 1_000_000
+
+
+def check_call_span(span: ReadableSpan, call: dict[str, Any]) -> None:
+    assert span.kind is trace.SpanKind.CLIENT
+    model = call["request"]["model"]
+    assert span.name == f"{expected_call_attributes(call)['gen_ai.operation.name']} {model}"
+    assert dict(span.attributes or {}) == expected_call_attributes(call)
+    assert span.start_time == _ns(call["timing"]["start_time"])
+    assert span.end_time == span.start_time + int(call["timing"]["duration_ms"] * 1_000_000)
+    assert span.status.is_ok is (call["status"] != "error")
+
+
+def test_every_operation_becomes_a_client_span_with_the_records_values(otel: Telemetry) -> None:
+    """chat, a streamed chat, responses, embeddings and a failed call: one CLIENT span each, named
+    ``{operation} {model}``, attributes and times equal to its record."""
+    with capture(otel.monitor) as records:
+        otel.client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, temperature=0.3, max_tokens=50,
+            extra_headers={"x-fake-cached-tokens": "3"},
+        )  # fmt: skip
+        for _ in otel.client.chat.completions.create(model="gpt-4o", messages=HI, stream=True):
+            pass
+        otel.client.responses.create(
+            model="o3-mini", input="think", extra_headers={"x-fake-reasoning-tokens": "5"}
+        )
+        otel.client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+        with pytest.raises(openai.RateLimitError):
+            otel.client.chat.completions.create(
+                model="gpt-4o", messages=HI, extra_headers={"x-fake-status": "429"}
+            )
+    spans = otel.spans()
+    assert [s.name for s in spans] == [
+        "chat gpt-4o-mini", "chat gpt-4o", "chat o3-mini", "embeddings text-embedding-3-small", "chat gpt-4o",
+    ]  # fmt: skip
+    assert len(records.calls) == 5
+    for span, call in zip(spans, records.calls, strict=True):
+        check_call_span(span, call)
+    assert spans[0].attributes and spans[0].attributes["gen_ai.usage.cache_read.input_tokens"] == 3
+    assert spans[2].attributes and spans[2].attributes["gen_ai.usage.reasoning.output_tokens"] == 5
+    assert spans[1].attributes and float(spans[1].attributes["gen_ai.response.time_to_first_chunk"]) > 0  # type: ignore[arg-type]
+    assert spans[4].attributes and spans[4].attributes["error.type"] == "RateLimitError"
+    assert spans[4].status.description == records.calls[4]["error"]["message"]
+    assert str(spans[4].status.description).startswith("HTTP 429")
+    assert not any("gen_ai.input.messages" in (s.attributes or {}) for s in spans)  # capture is off
+
+
+def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: Telemetry) -> None:
+    """``lens {key}`` (INTERNAL) spans the lens's block, carries its summary, is a child of the span
+    current when the lens ended and the parent of its calls; calls outside a lens join the current trace."""
+    app = otel.tracer_provider.get_tracer("app")
+    with capture(otel.monitor) as records, app.start_as_current_span("request") as request_span:
+        with otel.monitor.lens("summary", source_id="src-9"):
+            otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            for _ in otel.client.chat.completions.create(model="gpt-4o", messages=HI, stream=True):
+                pass
+            assert not otel.spans()  # the calls wait for their lens
+        otel.client.embeddings.create(model="text-embedding-3-small", input="outside")
+    spans = {s.name: s for s in otel.spans()}
+    lens = spans["lens summary"]
+    (summary,) = records.lenses
+    trace_id = request_span.get_span_context().trace_id
+    assert lens.kind is trace.SpanKind.INTERNAL
+    assert lens.context is not None and lens.context.trace_id == trace_id
+    assert lens.parent is not None and lens.parent.span_id == request_span.get_span_context().span_id
+    assert dict(lens.attributes or {}) == {
+        "gen_ai.usage.input_tokens": summary["summary"]["prompt_tokens"],
+        "gen_ai.usage.output_tokens": summary["summary"]["completion_tokens"],
+        "gen_ai.usage.cache_read.input_tokens": 0,
+        "gen_ai.usage.reasoning.output_tokens": 0,
+        "gen_ai.usage.cost": summary["summary"]["total_cost_usd"],
+        "llm_ledger.lens.calls": 2,
+        "llm_ledger.lens.errors": 0,
+        "llm_ledger.lens.models": ("gpt-4o", "gpt-4o-mini"),
+        "llm_ledger.lens.cost_complete": True,
+        "llm_ledger.lens_key": "summary",
+        "llm_ledger.lens_run_id": summary["context"]["lens_run_id"],
+        "llm_ledger.source_id": "src-9",
+    }
+    assert lens.end_time == _ns(summary["timestamp"])
+    assert lens.start_time == lens.end_time - int(summary["summary"]["duration_ms"] * 1_000_000)
+    for name in ("chat gpt-4o-mini", "chat gpt-4o"):
+        call = spans[name]
+        assert call.parent is not None and call.parent.span_id == lens.context.span_id
+        assert call.context is not None and call.context.trace_id == trace_id
+        assert (
+            lens.start_time is not None and call.start_time is not None and lens.start_time <= call.start_time
+        )
+    outside = spans["embeddings text-embedding-3-small"]
+    assert outside.parent is not None and outside.parent.span_id == request_span.get_span_context().span_id
+    by_id = {(s.attributes or {}).get("llm_ledger.call_id"): s for s in otel.spans()}
+    for record in records.calls:
+        check_call_span(by_id[record["call_id"]], record)
+
+
+def test_metrics_follow_the_conventions_and_equal_the_records(
+    otel: Telemetry, fake_openai: FakeOpenAI
+) -> None:
+    """token.usage (input and output), operation.duration (error.type on failures), time_to_first_chunk
+    for streams, with the conventions' buckets; llm_ledger.cost sums the calls' costs."""
+    with capture(otel.monitor) as records:
+        workload(otel.monitor, fake_openai)
+    calls = records.calls
+    found = otel.metrics()
+    assert set(found) == {
+        "gen_ai.client.token.usage", "gen_ai.client.operation.duration",
+        "gen_ai.client.operation.time_to_first_chunk", "llm_ledger.cost",
+    }  # fmt: skip
+    for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+        points = [p for p in found["gen_ai.client.token.usage"] if p.attributes["gen_ai.token.type"] == kind]
+        assert sum(p.sum for p in points) == sum(c["usage"][field] or 0 for c in calls), kind
+        assert sum(p.count for p in points) == sum(c["usage"][field] is not None for c in calls), kind
+        assert all(tuple(p.explicit_bounds) == TOKEN_BUCKETS for p in points)
+    durations = found["gen_ai.client.operation.duration"]
+    assert sum(p.count for p in durations) == len(calls)
+    assert sum(p.sum for p in durations) == pytest.approx(
+        sum(c["timing"]["duration_ms"] for c in calls) / 1000
+    )
+    assert all(tuple(p.explicit_bounds) == DURATION_BUCKETS for p in durations)
+    failed = [p for p in durations if "error.type" in p.attributes]
+    assert [(p.attributes["error.type"], p.count) for p in failed] == [("InternalServerError", 1)]
+    (first,) = found["gen_ai.client.operation.time_to_first_chunk"]
+    assert first.count == 1 and first.attributes["gen_ai.request.model"] == "gpt-4o"
+    assert sum(p.value for p in found["llm_ledger.cost"]) == pytest.approx(
+        sum(c["cost"]["total_cost_usd"] or 0 for c in calls)
+    )
+    for point in durations:
+        assert {
+            "gen_ai.operation.name",
+            "gen_ai.provider.name",
+            "gen_ai.request.model",
+            "server.address",
+        } <= set(point.attributes)
+        assert "llm_ledger.user_id" not in point.attributes and "llm_ledger.source_id" not in point.attributes
+
+
+def test_latest_experimental_names_on_opt_in(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental: inference.* counters and durations."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, gen_ai_latest_experimental")
+    otel = Telemetry(fake_openai)
+    with capture(otel.monitor) as records:
+        workload(otel.monitor, fake_openai)
+    found = otel.metrics()
+    assert set(found) == {
+        "gen_ai.client.inference.usage.input_tokens", "gen_ai.client.inference.usage.output_tokens",
+        "gen_ai.client.inference.usage.cache_read.input_tokens",
+        "gen_ai.client.inference.usage.reasoning.output_tokens",
+        "gen_ai.client.inference.duration", "gen_ai.client.embeddings.duration",
+        "gen_ai.client.inference.time_to_first_chunk", "llm_ledger.cost",
+    }  # fmt: skip
+    assert sum(p.value for p in found["gen_ai.client.inference.usage.input_tokens"]) == sum(
+        c["usage"]["prompt_tokens"] or 0 for c in records.calls
+    )
+    assert sum(p.count for p in found["gen_ai.client.embeddings.duration"]) == 1
+
+
+def test_content_only_with_capture_on(fake_openai: FakeOpenAI) -> None:
+    """With capture_content the span carries the conventions' message attributes as JSON strings."""
+    otel = Telemetry(fake_openai, capture_content=True)
+    otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    (span,) = otel.spans()
+    attributes = span.attributes or {}
+    assert json.loads(str(attributes["gen_ai.system_instructions"])) == [
+        {"type": "text", "content": "be brief"}
+    ]
+    assert json.loads(str(attributes["gen_ai.input.messages"])) == [
+        {"role": "user", "parts": [{"type": "text", "content": "hello there"}]}
+    ]
+    [output] = json.loads(str(attributes["gen_ai.output.messages"]))
+    assert output["role"] == "assistant" and output["finish_reason"] == "stop"
+    assert output["parts"][0]["content"].startswith("Summary:")
+
+
+def test_without_opentelemetry_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without opentelemetry-api installed, building the sink says which extra to install."""
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    with pytest.raises(ConfigError, match=r"pip install 'llm-ledger\[otel\]'"):
+        OTelSink()
+
+
+@pytest.mark.usefixtures("fresh_config")
+def test_configure_puts_the_sink_on_the_default_monitor() -> None:
+    """configure(exporters=["otel"]) adds one OTelSink (global providers) to the default monitor."""
+    try:
+        llm_ledger.configure(log_dir=None, exporters=["otel"])
+        assert [type(s) for s in _setup._installed] == [OTelSink]
+        assert _setup._installed[0] in llm_ledger.get_monitor()._sinks
+    finally:
+        _setup.prepare(()).commit(llm_ledger.get_monitor())
+    assert not llm_ledger.get_monitor()._sinks
+
+
+# -- OTLP/HTTP to a receiver on loopback ----------------------------------------------------------
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """Collects OTLP/HTTP protobuf requests by path."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, list[bytes]] = {}
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        self.server.bodies.setdefault(self.path, []).append(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    assert kind is not None
+    if kind == "array_value":
+        return tuple(_value(v) for v in value.array_value.values)
+    return getattr(value, kind)
+
+
+def test_otlp_http_carries_every_attribute_of_the_records(fake_openai: FakeOpenAI) -> None:
+    """Spans and metrics exported over OTLP/HTTP, decoded with opentelemetry-proto: each call span's
+    attributes equal its record's; the lens spans parent their calls; the metrics arrive."""
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{receiver.server_port}"
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"))
+    )
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"), 60_000)
+    meter_provider = MeterProvider(metric_readers=[reader])
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[OTelSink(tracer_provider, meter_provider)])
+    try:
+        with capture(monitor) as records:
+            workload(monitor, fake_openai)
+        tracer_provider.force_flush()
+        meter_provider.force_flush()
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+        receiver.shutdown()
+        receiver.server_close()
+    spans = {}
+    for body in receiver.bodies["/v1/traces"]:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                assert scope.scope.name == "llm_ledger"
+                for span in scope.spans:
+                    attributes = {a.key: _value(a.value) for a in span.attributes}
+                    spans[attributes.get("llm_ledger.call_id") or span.name] = (span, attributes)
+    calls: Captured = records
+    assert len(spans) == len(calls.calls) + len(calls.lenses) == 9
+    for call in calls.calls:
+        span, attributes = spans[call["call_id"]]
+        assert attributes == expected_call_attributes(call)
+        assert span.kind == span.SPAN_KIND_CLIENT
+        assert span.start_time_unix_nano == _ns(call["timing"]["start_time"])
+        lens_key = call["context"]["lens_key"]
+        if lens_key is not None:
+            lens_span, _ = spans[f"lens {lens_key}"]
+            assert span.parent_span_id == lens_span.span_id and span.trace_id == lens_span.trace_id
+        else:
+            assert span.parent_span_id == b""
+    for lens in calls.lenses:
+        span, attributes = spans[f"lens {lens['context']['lens_key']}"]
+        assert span.kind == span.SPAN_KIND_INTERNAL
+        assert attributes["gen_ai.usage.cost"] == pytest.approx(lens["summary"]["total_cost_usd"])
+        assert attributes["llm_ledger.lens.calls"] == lens["summary"]["total_api_calls"]
+    names = set()
+    for body in receiver.bodies["/v1/metrics"]:
+        for resource in ExportMetricsServiceRequest.FromString(body).resource_metrics:
+            for scope in resource.scope_metrics:
+                names |= {m.name for m in scope.metrics}
+                for metric in scope.metrics:
+                    if metric.name == "gen_ai.client.operation.duration":
+                        points = metric.histogram.data_points
+                        assert sum(p.count for p in points) == len(calls.calls)
+                        assert all(tuple(p.explicit_bounds) == DURATION_BUCKETS for p in points)
+    assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "llm_ledger.cost"} <= names

@@ -1,0 +1,410 @@
+"""PrometheusSink: metric names and labels, values equal to the records, bounded labels, multiprocess
+mode, the metrics server, and configure(exporters=...) with its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import llm_ledger
+from llm_ledger import ConfigError, _config
+from llm_ledger.exporters import PrometheusSink, _setup, start_metrics_server
+from llm_ledger.testing import Captured, capture
+from tests.conftest import FAKE_KEY
+from tests.exporter_helpers import (
+    UNPRICED_MODEL,
+    Samples,
+    by_labels,
+    label_names,
+    samples,
+    scrape,
+    total,
+    workload,
+)
+from tests.fake_openai import FakeOpenAI
+
+REPO = Path(__file__).resolve().parents[1]
+CALL_LABELS = {"lens", "model", "provider", "operation"}
+EXPECTED_LABELS = {
+    "llm_ledger_calls_total": CALL_LABELS | {"status"},
+    "llm_ledger_tokens_total": CALL_LABELS | {"token_type"},
+    "llm_ledger_cost_usd_total": {"lens", "model", "provider"},
+    "llm_ledger_call_duration_seconds_count": {"lens", "model", "operation"},
+    "llm_ledger_time_to_first_token_seconds_count": {"lens", "model", "operation"},
+    "llm_ledger_lens_runs_total": {"lens", "status"},
+    "llm_ledger_lens_cost_usd_count": {"lens"},
+    "llm_ledger_unpriced_calls_total": {"model"},
+}
+
+
+def exposed(registry: CollectorRegistry) -> Samples:
+    return samples(generate_latest(registry).decode())
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def run(fake_openai: FakeOpenAI, registry: CollectorRegistry) -> tuple[Captured, Samples]:
+    """The mixed workload through a monitor with a PrometheusSink: its records and its metrics."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry)])
+    with capture(monitor) as records:
+        workload(monitor, fake_openai)
+    return records, exposed(registry)
+
+
+def _model(call: dict[str, Any]) -> str:
+    return str(call["request"]["model"] or call["response"]["model"])
+
+
+def test_every_metric_has_exactly_the_documented_labels(run: tuple[Captured, Samples]) -> None:
+    """Each metric family is exposed under its documented name with exactly its label names."""
+    _, found = run
+    for name, labels in EXPECTED_LABELS.items():
+        assert label_names(found, name) == {frozenset(labels)}, name
+    assert {"llm_ledger_call_duration_seconds_bucket", "llm_ledger_lens_cost_usd_sum"} <= {
+        n for n, _ in found
+    }
+
+
+def test_call_counts_tokens_and_cost_equal_the_records(run: tuple[Captured, Samples]) -> None:
+    """Counters per label set are the sums of the call records with those values."""
+    records, found = run
+    calls = records.calls
+    assert len(calls) == 7
+    expected = Counter(
+        (c["context"]["lens_key"] or "none", _model(c), c["server"]["provider"], c["operation"], c["status"])
+        for c in calls
+    )
+    assert by_labels(found, "llm_ledger_calls_total", "lens", "model", "provider", "operation", "status") == {
+        k: float(v) for k, v in expected.items()
+    }
+    for token_type, field in [
+        ("input", "prompt_tokens"),
+        ("output", "completion_tokens"),
+        ("cached", "cached_tokens"),
+        ("reasoning", "reasoning_tokens"),
+    ]:
+        want = sum(c["usage"][field] or 0 for c in calls)
+        assert want > 0, field  # the workload exercises every token type
+        assert total(found, "llm_ledger_tokens_total", token_type=token_type) == want, token_type
+    cost = sum(c["cost"]["total_cost_usd"] or 0 for c in calls)
+    assert total(found, "llm_ledger_cost_usd_total") == pytest.approx(cost, rel=1e-12)
+    assert total(found, "llm_ledger_cost_usd_total", lens="summary") == pytest.approx(
+        sum(c["cost"]["total_cost_usd"] for c in calls if c["context"]["lens_key"] == "summary"), rel=1e-12
+    )
+
+
+def test_histograms_count_every_call_and_streams_have_a_first_token(run: tuple[Captured, Samples]) -> None:
+    """Durations are observed once per call, in seconds; time to first token once per stream."""
+    records, found = run
+    calls = records.calls
+    assert total(found, "llm_ledger_call_duration_seconds_count") == len(calls)
+    assert total(found, "llm_ledger_call_duration_seconds_sum") == pytest.approx(
+        sum(c["timing"]["duration_ms"] for c in calls) / 1000
+    )
+    streams = [c for c in calls if c["timing"]["time_to_first_token_ms"] is not None]
+    assert len(streams) == 1
+    assert total(found, "llm_ledger_time_to_first_token_seconds_count", model="gpt-4o") == 1
+    buckets = sorted(
+        float(dict(ls)["le"]) for (n, ls) in found if n == "llm_ledger_call_duration_seconds_bucket"
+    )
+    assert min(buckets) == 0.01 and max(b for b in buckets if b != float("inf")) == 81.92
+
+
+def test_lens_runs_and_their_cost(run: tuple[Captured, Samples]) -> None:
+    """One lens run counted per summary record, ``error`` when a call of it failed; its cost observed."""
+    records, found = run
+    assert by_labels(found, "llm_ledger_lens_runs_total", "lens", "status") == {
+        ("summary", "ok"): 1.0,
+        ("summary", "error"): 0.0,
+        ("research", "ok"): 0.0,
+        ("research", "error"): 1.0,
+    }
+    for lens in records.lenses:
+        key = lens["context"]["lens_key"]
+        assert total(found, "llm_ledger_lens_cost_usd_sum", lens=key) == pytest.approx(
+            lens["summary"]["total_cost_usd"]
+        )
+
+
+def test_unpriced_calls_are_counted_by_model(run: tuple[Captured, Samples]) -> None:
+    """A call to a model without a price counts as unpriced; a failed call that was not billed does not."""
+    records, found = run
+    assert [c for c in records.calls if c["cost"]["total_cost_usd"] is None and c["status"] == "ok"]
+    counted = by_labels(found, "llm_ledger_unpriced_calls_total", "model")
+    assert {k: v for k, v in counted.items() if v} == {(UNPRICED_MODEL,): 1.0}
+    assert ("gpt-4o",) in counted  # series start at 0 (the failed gpt-4o call was not billed)
+
+
+def test_no_unbounded_value_becomes_a_label(run: tuple[Captured, Samples]) -> None:
+    """user_id, source_id, run ids and call ids never appear in any label."""
+    records, found = run
+    values = {v for _, ls in found for _, v in ls}
+    forbidden = {"user-42", "src-1", "src-2"}
+    forbidden |= {c["call_id"] for c in records.calls} | {c["context"]["lens_run_id"] for c in records.lenses}
+    assert not values & forbidden
+
+
+def test_lens_and_model_labels_fold_into_other_beyond_the_cap(
+    fake_openai: FakeOpenAI, registry: CollectorRegistry
+) -> None:
+    """The first max_lenses lens keys and max_models models keep their names; later ones count as "other"."""
+    sink = PrometheusSink(registry, max_lenses=2, max_models=2)
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    for lens, model in [("a", "m1"), ("b", "m2"), ("c", "m3"), ("d", "m1"), ("a", "m4")]:
+        with monitor.lens(lens):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    found = exposed(registry)
+    assert by_labels(found, "llm_ledger_calls_total", "lens") == {("a",): 2.0, ("b",): 1.0, ("other",): 2.0}
+    assert by_labels(found, "llm_ledger_calls_total", "model") == {
+        ("m1",): 2.0,
+        ("m2",): 1.0,
+        ("other",): 2.0,
+    }
+    assert by_labels(found, "llm_ledger_lens_runs_total", "lens") == {
+        ("a",): 2.0,
+        ("b",): 1.0,
+        ("other",): 2.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"buckets": [1, 0.5]}, "increasing"),
+        ({"buckets": ["x"]}, "sequence of numbers"),
+        ({"buckets": [0, 1]}, "positive"),
+        ({"max_models": 0}, "max_models must be a whole number"),
+        ({"max_lenses": "9"}, "max_lenses must be a whole number"),
+    ],
+)
+def test_bad_arguments_are_config_errors(
+    kwargs: dict[str, Any], message: str, registry: CollectorRegistry
+) -> None:
+    """Bad buckets or caps raise ConfigError naming the argument, and register nothing."""
+    with pytest.raises(ConfigError, match=message):
+        PrometheusSink(registry, **kwargs)
+    assert not exposed(registry)
+
+
+def test_custom_buckets_are_used(run: tuple[Captured, Samples]) -> None:
+    """buckets= sets the bounds of both latency histograms."""
+    records, _ = run
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry, buckets=[0.5, 2])
+    for record in records:
+        sink(record)
+    les = {dict(ls)["le"] for (n, ls) in exposed(registry) if n.endswith("_seconds_bucket")}
+    assert les == {"0.5", "2.0", "+Inf"}
+
+
+def test_a_second_sink_on_one_registry_is_a_config_error(registry: CollectorRegistry) -> None:
+    """Two sinks cannot share a registry; the failed one leaves the first one's metrics intact."""
+    first = PrometheusSink(registry)
+    with pytest.raises(ConfigError, match="one PrometheusSink per registry"):
+        PrometheusSink(registry)
+    assert first.calls is not None and "llm_ledger_calls" in registry._names_to_collectors
+
+
+def test_without_prometheus_client_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without prometheus-client installed, building the sink says which extra to install."""
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ConfigError, match=r"pip install 'llm-ledger\[prometheus\]'"):
+        PrometheusSink()
+
+
+# -- the metrics server ---------------------------------------------------------------------------
+
+
+def test_metrics_server_serves_the_registry(run: tuple[Captured, Samples]) -> None:
+    """start_metrics_server(0) picks a free port and serves the registry's metrics over HTTP."""
+    records, _ = run
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry)
+    for record in records:
+        sink(record)
+    server = start_metrics_server(0, "127.0.0.1", registry=registry)
+    try:
+        found = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert total(found, "llm_ledger_calls_total") == len(records.calls)
+
+
+def test_a_busy_port_is_a_config_error() -> None:
+    """A port something already listens on gives a ConfigError naming the port and the fix."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{port}: the port is already in use"):
+            start_metrics_server(port, "127.0.0.1", registry=CollectorRegistry())
+
+
+# -- multiprocess mode ----------------------------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from llm_ledger.exporters import PrometheusSink
+    sink = PrometheusSink()
+    for line in open(sys.argv[1]):
+        sink(json.loads(line))
+    """
+)
+EXPORTER = textwrap.dedent(
+    """
+    import sys, time
+    from llm_ledger.exporters import start_metrics_server
+    server = start_metrics_server(0, "127.0.0.1")
+    print(server.server_port, flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured, Samples]) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (gunicorn and other pre-fork servers), workers each write their
+    own files and start_metrics_server in another process serves the sum of all of them."""
+    records, single = run
+    lines = tmp_path / "records.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in records))
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc")}
+    (tmp_path / "multiproc").mkdir()
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", WORKER, str(lines)], env=env, cwd=REPO, check=True, timeout=60)
+    exporter = subprocess.Popen(
+        [sys.executable, "-c", EXPORTER],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert exporter.stdout is not None
+        port = int(exporter.stdout.readline())
+        found = scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        exporter.communicate("", timeout=30)
+    for name in ("llm_ledger_calls_total", "llm_ledger_tokens_total", "llm_ledger_lens_runs_total"):
+        assert total(found, name) == 3 * total(single, name) > 0, name
+    assert total(found, "llm_ledger_cost_usd_total") == pytest.approx(
+        3 * total(single, "llm_ledger_cost_usd_total")
+    )
+    assert total(found, "llm_ledger_call_duration_seconds_count") == 3 * len(records.calls)
+
+
+# -- configure(exporters=...) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_exporters(fresh_config: None) -> Iterator[None]:
+    """configure() as on a fresh import; afterwards no exporter sink stays on and no server runs."""
+    yield
+    _setup.prepare(()).commit(llm_ledger.get_monitor())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_configure_turns_the_exporter_on_for_the_default_monitor(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """exporters=["prometheus:HOST:PORT"] counts the default monitor's calls and serves them on PORT;
+    exporters=[] turns it off again and stops the server."""
+    port = _free_port()
+    settings = llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+    assert settings.exporters == (f"prometheus:127.0.0.1:{port}",)
+    url = f"http://127.0.0.1:{port}/metrics"
+    before = total(scrape(url), "llm_ledger_calls_total", lens="configured")
+    client = llm_ledger.instrument(
+        openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
+    )
+    with llm_ledger.lens("configured"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1
+    llm_ledger.configure(log_dir=None, exporters=[])
+    with pytest.raises(OSError, match="Connection refused"):
+        scrape(url)
+    with llm_ledger.lens("configured"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+    assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1  # off meanwhile
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_environment_variable_names_the_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLM_LEDGER_EXPORTERS=prometheus:PORT,... is read by configure(), normalised."""
+    port = _free_port()
+    monkeypatch.setenv("LLM_LEDGER_EXPORTERS", f" Prometheus:127.0.0.1:{port} , ")
+    assert llm_ledger.configure(log_dir=None).exporters == (f"prometheus:127.0.0.1:{port}",)
+    assert total(scrape(f"http://127.0.0.1:{port}/metrics"), "llm_ledger_calls_total") >= 0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (["promethus"], r"unknown exporter 'promethus' in exporters; choose from otel, prometheus"),
+        (["otel:4318"], r"'otel:4318' in exporters takes no port"),
+        (["prometheus:http"], r"the port must be a number from 1 to 65535"),
+        (["prometheus:70000"], r"the port must be a number from 1 to 65535"),
+        ("prometheus", r"exporters must be a list of names"),
+        ([9464], r"exporters must be names \(str\), got 9464"),
+    ],
+)
+@pytest.mark.usefixtures("fresh_exporters")
+def test_bad_exporter_names_are_config_errors(value: Any, message: str) -> None:
+    """An unknown name, a port where none is taken or a bad port is a ConfigError listing the choices."""
+    with pytest.raises(ConfigError, match=message):
+        llm_ledger.configure(log_dir=None, exporters=value)
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_bad_environment_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error names the variable."""
+    monkeypatch.setenv("LLM_LEDGER_EXPORTERS", "prometheus,statsd")
+    with pytest.raises(ConfigError, match=r"unknown exporter 'statsd' in LLM_LEDGER_EXPORTERS"):
+        llm_ledger.configure(log_dir=None)
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_missing_extra_and_busy_port_fail_at_configure_and_change_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Errors come from configure(), never from a call; the settings in force stay in force."""
+    first = llm_ledger.configure(log_dir=tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match="already in use"):
+            llm_ledger.configure(log_dir=tmp_path / "other", exporters=[f"prometheus:127.0.0.1:{port}"])
+    assert _config._settings == first
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    monkeypatch.setattr(_setup, "_default_sinks", {})
+    with pytest.raises(ConfigError, match=r"pip install 'llm-ledger\[prometheus\]'"):
+        llm_ledger.configure(log_dir=tmp_path, exporters=["prometheus"])
+    assert _config._settings == first
