@@ -16,6 +16,7 @@ from ._errors import LedgerError
 
 # subcommand -> module defining register(); kept lazy so `llm-ledger --help` stays fast
 _COMMANDS = {
+    "cassettes": "llm_ledger._cassettes_cli",
     "diff": "llm_ledger._diff",
     "report": "llm_ledger._report",
     "scrub": "llm_ledger._scrub",

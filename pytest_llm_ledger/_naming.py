@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,17 @@ def cassette_path(item: pytest.Item, directory: Path) -> Path:
         relative = Path(item.path.name)
     parts = [_safe(part) for part in relative.with_suffix("").parts]
     return directory.joinpath(*parts, cassette_stem(item) + ".yaml")
+
+
+def orphan_cassettes(directory: Path, owned: Iterable[str], keep: Iterable[str] = ()) -> list[Path]:
+    """The cassette files under ``directory`` that none of the ``owned`` paths names, sorted, less
+    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns)."""
+    mine = {Path(path) for path in owned}
+    patterns = tuple(keep)
+    return sorted(
+        path
+        for path in directory.rglob("*.yaml")
+        if path.is_file()
+        and path not in mine
+        and not any(fnmatchcase(path.relative_to(directory).as_posix(), p) for p in patterns)
+    )

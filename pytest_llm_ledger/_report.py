@@ -207,6 +207,7 @@ class SessionLedger:
         self.tests: dict[str, Totals] = {}
         self.lens_runs: list[tuple[str, str, Totals]] = []  # (lens key, node id, run totals)
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
+        self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
@@ -230,6 +231,7 @@ class SessionLedger:
             "tests": {nodeid: t.to_wire() for nodeid, t in self.tests.items()},
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
             "unplayed": self.unplayed,
+            "cassettes": sorted(self.cassettes),
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -238,6 +240,7 @@ class SessionLedger:
         for key, nodeid, wire in data.get("lens_runs", []):
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
         self.unplayed.update(data.get("unplayed", {}))
+        self.cassettes.update(data.get("cassettes", ()))
 
     # -- aggregates ------------------------------------------------------------------------------
 

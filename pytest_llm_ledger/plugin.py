@@ -47,7 +47,7 @@ from llm_ledger._errors import CassetteError
 
 from ._budgets import BudgetError, Budgets, load_budgets
 from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate
-from ._naming import cassette_path
+from ._naming import cassette_path, orphan_cassettes
 from ._network import BlockedRequestError, Guard
 from ._report import (
     SESSION_BUCKET,
@@ -114,6 +114,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm-budget-file", default=None, help="budgets file (default: <rootdir>/budgets.yaml).")
     group.addoption("--llm-report", default=None, metavar="PATH", help="write per-lens totals as JSON.")
     group.addoption(
+        "--llm-list-cassettes",
+        default=None,
+        metavar="PATH",
+        help="write the cassette paths of the collected tests as JSON (used by `llm-ledger cassettes`).",
+    )
+    group.addoption(
         "--llm-baseline",
         default=None,
         metavar="PATH",
@@ -130,6 +136,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "llm_record_mode", "record mode for tests marked llm (see --llm-record-mode)", default="none"
     )
     parser.addini("llm_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
+    parser.addini(
+        "llm_cassette_keep",
+        "cassettes no test owns that are not orphans (globs relative to the cassette directory, e.g. a "
+        "demo's own cassettes)",
+        type="args",
+        default=[],
+    )
     parser.addini("llm_budget_file", "budgets file, relative to the rootdir", default="budgets.yaml")
     parser.addini("llm_budget", "enforce the budgets file without --llm-budget (true/false)", default="false")
     parser.addini("llm_strict", "fail the run on any llm-ledger notice, as --llm-strict", default="false")
@@ -264,7 +277,6 @@ class _LedgerState:
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
-        self.collected_cassettes: set[Path] = set()  # of the collected tests marked llm (not live)
         self._lock = threading.Lock()
         self._current: LedgerRecords | None = None
         self._attached = False
@@ -476,7 +488,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         live = marker.kwargs.get("live", False)
         if not live:
-            state.collected_cassettes.add(cassette_path(item, state.cassette_dir))
+            state.ledger.cassettes.add(str(cassette_path(item, state.cassette_dir)))
         match_host = marker.kwargs.get("match_host", False)
         if (
             marker.args
@@ -612,7 +624,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
     state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets)
-    state.notices[1:1] = _orphan_cassette_notices(state)
+    state.notices[1:1] = _orphan_cassette_notices(state, session.config)
     if (state.breaches or (state.strict and state.notices)) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report_path = session.config.getoption("llm_report")
@@ -622,15 +634,44 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def _orphan_cassette_notices(state: _LedgerState) -> list[str]:
-    """Hook for orphan cassettes (files no collected test owns), so --llm-strict fails on them too.
+def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list[str]:
+    """Cassettes no collected test owns (a test renamed or deleted), named only by a run that
+    collected the whole suite; ``llm-ledger cassettes`` finds them for any selection."""
+    if not _whole_suite(config):
+        return []
+    orphans = orphan_cassettes(state.cassette_dir, state.ledger.cassettes, config.getini("llm_cassette_keep"))
+    if not orphans:
+        return []
+    shown = ", ".join(_display(config, path) for path in orphans[:5])
+    more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+    return [
+        f"llm-ledger: {len(orphans)} cassette(s) belong to no collected test (renamed or deleted): "
+        f"{shown}{more}; delete them with `llm-ledger cassettes --prune`"
+    ]
 
-    Empty until `llm-ledger cassettes` lands: its orphan finder goes here, given
-    ``state.cassette_dir`` and ``state.collected_cassettes`` (the cassette paths of the collected
-    tests marked llm; under xdist they are collected on the workers, so they would travel with the
-    ledger as ``unplayed`` does). Only a run that collected the whole suite can name orphans.
-    """
-    return []
+
+def _whole_suite(config: pytest.Config) -> bool:
+    """Whether this run collected every test: no paths or node ids given, nothing deselected."""
+    option = config.option
+    return (
+        config.args_source != pytest.Config.ArgsSource.ARGS
+        and not getattr(option, "keyword", "")
+        and not getattr(option, "markexpr", "")
+        and not getattr(option, "deselect", None)
+        and not getattr(option, "lf", False)
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    path = session.config.getoption("llm_list_cassettes", None)
+    state = session.config.stash.get(_STATE, None)
+    if path and state is not None:  # for `llm-ledger cassettes`
+        listing = {
+            "cassette_dir": str(state.cassette_dir),
+            "cassettes": sorted(state.ledger.cassettes),
+            "keep": list(session.config.getini("llm_cassette_keep")),
+        }
+        Path(path).write_text(json.dumps(listing), encoding="utf-8")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

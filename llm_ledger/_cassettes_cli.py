@@ -1,0 +1,88 @@
+"""``llm-ledger cassettes``: the cassettes no test owns any more (renamed or deleted tests).
+
+Which cassettes the tests own is asked of pytest itself (a collection with the plugin, nothing run),
+so the answer follows the project's own configuration: its ini, rootdir, cassette directory and
+test selection. Cassettes whose test no longer plays every interaction (stale ones) are named at the
+end of a test run, where ``--llm-strict`` fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "cassettes",
+        help="list cassettes no collected test owns (--prune deletes them)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--prune", action="store_true", help="delete the orphan cassettes")
+    parser.add_argument(
+        "pytest_args", nargs="*", metavar="PYTEST_ARG", help="passed to pytest's collection (after --)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="llm-ledger-cassettes-") as tmp:
+        listing = Path(tmp) / "cassettes.json"
+        command = [
+            sys.executable,
+            *("-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"),
+            f"--llm-list-cassettes={listing}",
+            *args.pytest_args,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode not in (0, 5) or not listing.exists():  # 5: no tests collected
+            print(done.stdout[-2000:] + done.stderr[-2000:], file=sys.stderr)
+            print(
+                f"llm-ledger cassettes: error: pytest could not collect the tests (exit {done.returncode}); "
+                "run `pytest --collect-only` to see why",
+                file=sys.stderr,
+            )
+            return 2
+        data = json.loads(listing.read_text(encoding="utf-8"))
+    from pytest_llm_ledger._naming import orphan_cassettes
+
+    directory = Path(data["cassette_dir"])
+    owned = data["cassettes"]
+    orphans = orphan_cassettes(directory, owned, data.get("keep", ())) if directory.is_dir() else []
+    never = sorted(path for path in owned if not Path(path).exists())
+    print(f"{len(owned)} collected test(s) replay from cassettes under {_shown(directory)}")
+    for path in never:
+        print(f"  never recorded: {_shown(Path(path))}")
+    if not orphans:
+        print("no orphan cassettes")
+        return 0
+    print(f"{len(orphans)} orphan cassette(s), owned by no collected test:")
+    for path in orphans:
+        print(f"  {_shown(path)}")
+    if not args.prune:
+        print("delete them with `llm-ledger cassettes --prune` (with the same pytest arguments)")
+        return 1
+    for path in orphans:
+        path.unlink()
+        parent = path.parent
+        while parent != directory and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    print(f"deleted {len(orphans)} orphan cassette(s)")
+    return 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)

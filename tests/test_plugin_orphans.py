@@ -1,0 +1,78 @@
+"""Orphan cassettes (a test renamed or deleted): named by a run of the whole suite (a failure under
+``--llm-strict``), listed and pruned by ``llm-ledger cassettes``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.plugin_helpers import INI, run, write_project
+
+TESTS = """
+import pytest
+
+
+@pytest.mark.llm
+def test_kept():
+    pass
+
+
+def test_unmarked():
+    pass
+"""
+
+
+def _project(pytester: pytest.Pytester) -> tuple[Path, Path, Path]:
+    write_project(pytester, TESTS)
+    pytester.makefile(".ini", pytest=INI + "llm_cassette_keep = demo/*\n")
+    owned = pytester.path / "cassettes" / "tests" / "test_app" / "test_kept.yaml"
+    orphan = pytester.path / "cassettes" / "tests" / "test_gone" / "test_renamed.yaml"
+    demo = pytester.path / "cassettes" / "demo" / "lens.yaml"
+    for path in (orphan, demo):  # the owned one is never recorded: the test makes no call
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("interactions: []\n")
+    return owned, orphan, demo
+
+
+def test_a_whole_suite_run_names_orphans_and_strict_fails_on_them(pytester: pytest.Pytester) -> None:
+    """A cassette no collected test owns is a notice naming it and the fix (a failure with
+    --llm-strict); a run of a selection (-k, a path) cannot tell, so it says nothing."""
+    _, orphan, _ = _project(pytester)
+
+    result = run(pytester, "--llm-strict")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*1 cassette(s) belong to no collected test*test_renamed.yaml*llm-ledger cassettes --prune*"]
+    )
+    assert "lens.yaml" not in result.stdout.str()
+
+    for selection in (["-k", "kept"], ["tests/test_app.py"]):
+        selected = run(pytester, "--llm-strict", *selection)
+        assert selected.ret == pytest.ExitCode.OK, selected.stdout.str()
+        assert "no collected test" not in selected.stdout.str()
+    assert orphan.exists()
+
+
+def test_llm_ledger_cassettes_lists_and_prunes_orphans(pytester: pytest.Pytester) -> None:
+    """``llm-ledger cassettes`` lists the orphans (exit 1), ``--prune`` deletes them and their empty
+    folders (exit 0); owned and kept cassettes stay."""
+    owned, orphan, demo = _project(pytester)
+
+    def cassettes(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "llm_ledger", "cassettes", *args]
+        return subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
+
+    listed = cassettes()
+    assert listed.returncode == 1, listed.stderr
+    assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout
+    assert "never recorded: cassettes/tests/test_app/test_kept.yaml" in listed.stdout
+    assert "lens.yaml" not in listed.stdout and orphan.exists()
+
+    pruned = cassettes("--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert not orphan.exists() and not orphan.parent.exists()
+    assert demo.exists() and not owned.exists()
+    assert cassettes().returncode == 0
