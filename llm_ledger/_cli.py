@@ -17,6 +17,7 @@ from ._errors import LedgerError
 # subcommand -> module defining register(); kept lazy so `llm-ledger --help` stays fast
 _COMMANDS = {
     "diff": "llm_ledger._diff",
+    "fake-server": "llm_ledger._fake_server",
     "report": "llm_ledger._report",
     "scrub": "llm_ledger._scrub",
 }
@@ -24,7 +25,8 @@ _COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llm-ledger", description="Summarise, compare and clean llm-ledger records and cassettes."
+        prog="llm-ledger",
+        description="Summarise, compare and clean llm-ledger records and cassettes; serve a fake OpenAI API.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in _COMMANDS.values():

@@ -1,7 +1,7 @@
 """Shared pieces of the pytest plugin's tests: a running fake server and inner test projects.
 
 The plugin tests run real pytest sessions with ``pytester`` against a loopback OpenAI-compatible
-server (``tests/fake_openai.py``), then again with the server stopped to prove replay is offline.
+server (``llm_ledger.testing.FakeOpenAI``), then again with the server stopped to prove replay is offline.
 Inner test files read the server's URL from ``LEDGER_TEST_BASE_URL``. Test modules import the
 fixtures by their function names (``server_fixture``...); pytest knows them by ``name=``.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import FakeOpenAI
 
 # When the package is installed its pytest11 entry point loads the plugin; loading it a second
 # time with -p would be an error, so pass -p only when it is not installed (the scratch venv).
