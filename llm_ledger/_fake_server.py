@@ -101,7 +101,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["FakeOpenAI", "RecordedRequest", "error_body"]
+__all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
 
 JSONDict = dict[str, Any]
 
@@ -158,6 +158,16 @@ class RecordedRequest:
     @property
     def json(self) -> Any:
         return self.body
+
+
+@dataclass(frozen=True)
+class RecordedAnswer:
+    """One answer as sent (``FakeOpenAI.answers``, in the order answers were built): the status and
+    the JSON body, or for a stream the list of its events' JSON (``[DONE]`` left out)."""
+
+    path: str
+    status: int
+    body: Any
 
 
 @dataclass
@@ -723,6 +733,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self._answer(route, headers, body, num, faults, failure)
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
             reply = _error(500, f"fake server error: {exc!r}")
+        fake._answered(route, reply)
         if isinstance(reply, _StreamReply):
             self._send_stream(reply, faults, headers.get("x-fake-transfer", "").lower() == "close")
         else:
@@ -811,6 +822,7 @@ class FakeOpenAI:
         self.port = port
         self.verbose = verbose
         self.requests: list[RecordedRequest] = []
+        self.answers: list[RecordedAnswer] = []
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._failures: list[_Failure] = []
@@ -869,15 +881,34 @@ class FakeOpenAI:
             self._failures.append(_Failure(status, times, body, {"retry-after-ms": "1", **(headers or {})}))
 
     def reset(self) -> None:
-        """Forget recorded requests and queued failures."""
+        """Forget recorded requests and answers, and queued failures."""
         with self._lock:
             self.requests.clear()
+            self.answers.clear()
             self._failures.clear()
 
     def _record(self, request: RecordedRequest) -> int:
         with self._lock:
             self.requests.append(request)
             return next(self._counter)
+
+    def _answered(self, path: str, reply: _Reply | _StreamReply) -> None:
+        if isinstance(reply, _StreamReply):
+            events = [
+                json.loads(line[6:])
+                for event in reply.events
+                for line in event.split(b"\n")
+                if line.startswith(b"data: {")
+            ]
+            answer = RecordedAnswer(path, 200, events)
+        else:
+            try:
+                body = json.loads(reply.body)
+            except ValueError:
+                body = None
+            answer = RecordedAnswer(path, reply.status, body)
+        with self._lock:
+            self.answers.append(answer)
 
     def _take_failure(self) -> _Failure | None:
         with self._lock:

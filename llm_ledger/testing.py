@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._config import get_monitor
-from ._fake_server import FakeOpenAI, RecordedRequest
+from ._fake_server import FakeOpenAI, RecordedAnswer, RecordedRequest
 from ._monitor import LLMCallMonitor, add_global_sink, remove_global_sink
 from ._records import CALL_EVENT, LENS_EVENT
 
-__all__ = ["Captured", "FakeOpenAI", "RecordedRequest", "capture"]
+__all__ = ["Captured", "FakeOpenAI", "RecordedAnswer", "RecordedRequest", "capture"]
 
 
 class Captured:

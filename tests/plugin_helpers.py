@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import textwrap
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +141,45 @@ def recorded_fixture(pytester: pytest.Pytester, server: FakeOpenAI, with_key: No
     assert run(pytester, "--llm-record-mode=once").ret == 0
     server.stop()
     return pytester
+
+
+class DataServer:
+    """A plain HTTP server that is not OpenAI: what a library downloads its data from on first import."""
+
+    def __init__(self) -> None:
+        hits: list[str] = []
+        self.hits = hits  # paths requested, in order
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                body = b"tokenizer data"
+                self.send_response(200)
+                self.send_header("content-type", "text/plain")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/nltk_data/punkt.zip"
+        self._stopped = False
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@pytest.fixture(name="data_server")
+def data_server_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[DataServer]:
+    """A non-OpenAI HTTP server; inner tests find its URL in LEDGER_TEST_DATA_URL."""
+    server = DataServer()
+    monkeypatch.setenv("LEDGER_TEST_DATA_URL", server.url)
+    yield server
+    server.stop()
