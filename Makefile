@@ -38,7 +38,7 @@ OPENAI_3 := 3.57.0
 EXTRAS_1 := dev
 EXTRAS_2 := dev,compat-openai2
 EXTRAS_3 := dev,compat-openai3
-LIBS_2 := langchain_openai litellm
+LIBS_2 := langchain_openai litellm instructor llama_index
 LIBS_3 := langchain_openai openai_agents pydantic_ai litellm
 
 $(COMPAT)/openai%/.installed: pyproject.toml
