@@ -106,8 +106,13 @@ FAST_ARGS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """An in-process pytest session with the plugin loaded."""
-    return pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, *args)
+    """An in-process pytest session with the plugin loaded, its output as on a developer's machine:
+    under CI=true pytest prints each failure's whole message in the short summary too, and the tests
+    count how often a message is printed."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("CI", raising=False)
+        patch.delenv("BUILD_NUMBER", raising=False)
+        return pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, *args)
 
 
 def load_yaml(path: Path) -> Any:
