@@ -18,6 +18,7 @@ from ._errors import LedgerError
 _COMMANDS = {
     "cassettes": "llm_ledger._cassettes_cli",
     "diff": "llm_ledger._diff",
+    "fake-server": "llm_ledger._fake_server",
     "report": "llm_ledger._report",
     "scrub": "llm_ledger._scrub",
 }
@@ -25,7 +26,8 @@ _COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llm-ledger", description="Summarise, compare and clean llm-ledger records and cassettes."
+        prog="llm-ledger",
+        description="Summarise, compare and clean llm-ledger records and cassettes; serve a fake OpenAI API.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in _COMMANDS.values():

@@ -6,7 +6,10 @@
     │   └── BudgetError      a budgets.yaml that cannot be used (names file, line and key)
     ├── CassetteError        a cassette file that cannot be loaded safely (the pytest plugin)
     ├── CassetteMissError    a request with no unplayed match in its cassette, (replay-only mode)
-    └── BlockedRequestError  an OpenAI API request of a test not marked llm, refused unsent (replay-only mode)
+    └── BlockedRequestError  an OpenAI API request of a test not marked llm (replay-only mode), or any
+                             other request of a marked test with network blocking on, refused unsent
+
+The two errors of a test's requests carry the ``nodeid`` of the test whose request raised them.
 
 Errors inside the monitor while it watches a call are never raised to the caller: they are
 reported on the ``llm_ledger.internal`` logger instead.
@@ -48,6 +51,15 @@ class BudgetError(ConfigError):
 class CassetteMissError(LedgerError):
     """A request reached a cassette that holds no unplayed match and may not record it."""
 
+    def __init__(self, message: str, nodeid: str | None = None) -> None:
+        super().__init__(message)
+        self.nodeid = nodeid  # the test whose request missed
+
 
 class BlockedRequestError(LedgerError):
-    """An OpenAI API request of a test not marked ``llm``, refused before it was sent (replay-only mode)."""
+    """A request refused before it was sent: an OpenAI API request of a test not marked ``llm``
+    (replay-only mode), or a request a cassette does not record while network blocking is on."""
+
+    def __init__(self, message: str, nodeid: str | None = None) -> None:
+        super().__init__(message)
+        self.nodeid = nodeid  # the test whose request was refused

@@ -10,7 +10,9 @@ clients stay instrumented. Other endpoints pass straight through.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
+import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -209,6 +211,22 @@ def _count_retries(instance: Any, is_async: bool) -> bool:
     return True
 
 
+def _settle_httpx2() -> None:
+    """Import httpx2 now, on the instrumenting thread, when the SDK peeks at it on every request.
+
+    openai 2.x (``openai._httpx2``) reads ``sys.modules["httpx2"]`` for each request; the ledger's
+    pricing imports genai-prices, hence httpx2, when the first call ends, on whichever thread ends it.
+    A request peeking while that import runs finds a partly initialised module and fails with
+    AttributeError (seen as lost calls with 8 threads on openai 2.54). Once httpx2 is imported, the
+    peek is safe. openai 3.x imports httpx2 itself; 1.x never looks at it.
+    """
+    if "httpx2" not in sys.modules and "openai._httpx2" in sys.modules:
+        try:
+            importlib.import_module("httpx2")
+        except ImportError:  # not installed: nothing can be half imported
+            pass
+
+
 def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     """Instrument ``client`` in place for ``monitor`` and return the same object."""
     instance: Any = client
@@ -220,6 +238,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
         )
     if instance.__dict__.get(_MONITOR_ATTR) is monitor:
         return client
+    _settle_httpx2()
     original = cls.request.__get__(instance)
     is_async = inspect.iscoroutinefunction(original)
     counts_retries = _count_retries(instance, is_async)

@@ -18,14 +18,15 @@ the body ends, fails or is closed, or when an abandoned stream is collected.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import sys
 import time
 import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import httpx2
 import orjson
 
 from ._extract import JsonView, output_text, response_shape
@@ -424,7 +425,9 @@ class _Body:
             self.state._finish("interrupted")
 
 
-class _SyncTap(httpx2.SyncByteStream):
+class _SyncTap:
+    """Mixed with the HTTP library's ``SyncByteStream`` (httpx or httpx2, see :func:`_tap_classes`)."""
+
     def __init__(self, body: _Body, stream: Any) -> None:
         self._body = body
         self._stream = stream
@@ -450,7 +453,9 @@ class _SyncTap(httpx2.SyncByteStream):
             self._body.stop()
 
 
-class _AsyncTap(httpx2.AsyncByteStream):
+class _AsyncTap:
+    """Mixed with the HTTP library's ``AsyncByteStream`` (httpx or httpx2)."""
+
     def __init__(self, body: _Body, stream: Any) -> None:
         self._body = body
         self._stream = stream
@@ -476,11 +481,23 @@ class _AsyncTap(httpx2.AsyncByteStream):
             self._body.stop()
 
 
+@functools.cache
+def _tap_classes(library: str) -> tuple[type, type]:
+    """The taps for one HTTP library: openai 1.x and 2.x send through httpx, 3.x through httpx2, and
+    each checks that a response's stream is its own ``SyncByteStream`` / ``AsyncByteStream``."""
+    module: Any = sys.modules[library]
+    return (
+        type("_SyncTap", (_SyncTap, module.SyncByteStream), {"__module__": __name__}),
+        type("_AsyncTap", (_AsyncTap, module.AsyncByteStream), {"__module__": __name__}),
+    )
+
+
 def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool) -> None:
     """Read ``http_response``'s body as the caller reads it, and record the call when it ends."""
     state = _StreamState(monitor, call)
     body = _Body(state, http_response.headers, sse=call.request["stream"])
-    tap = _AsyncTap if is_async else _SyncTap
+    sync_tap, async_tap = _tap_classes(type(http_response).__module__.partition(".")[0])
+    tap = async_tap if is_async else sync_tap
     http_response.stream = tap(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected
     weakref.finalize(http_response, body.stop)

@@ -1,4 +1,5 @@
-"""Helpers for testing code that uses llm-ledger: collect records in memory, no file, no network.
+"""Helpers for testing code that uses llm-ledger: collect records in memory, no file, no network;
+serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`) to point the real SDK at.
 
 .. code-block:: python
 
@@ -18,10 +19,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._config import get_monitor
+from ._fake_server import FakeOpenAI, RecordedAnswer, RecordedRequest
 from ._monitor import LLMCallMonitor, add_global_sink, remove_global_sink
 from ._records import CALL_EVENT, LENS_EVENT
 
-__all__ = ["Captured", "capture"]
+__all__ = ["Captured", "FakeOpenAI", "RecordedAnswer", "RecordedRequest", "capture"]
 
 
 class Captured:

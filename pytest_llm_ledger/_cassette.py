@@ -1,10 +1,16 @@
 """Record and replay HTTP interactions for one test, on top of vcrpy's transport patches.
 
-vcrpy intercepts the HTTP libraries (httpx2 for the OpenAI SDK); this module supplies the
-cassette object its stubs talk to. Matching is ours: the method, the *API path* and the body
-compared as canonical JSON; never headers, scheme, port or query, and the host only on request
-(``match_host``). The API path is the URL path after the client's base URL, found as the part after
-the last version segment (``v1``, ``v1beta``...): ``https://api.openai.com/v1/chat/completions``,
+vcrpy intercepts the HTTP libraries (httpx for openai 1.x/2.x, httpx2 for 3.x); this module
+supplies the cassette object its stubs talk to. A cassette owns the OpenAI SDK's requests (its
+``x-stainless-*`` / user-agent headers) and requests to ``api.openai.com``: anything else (a library
+downloading data when first imported, a test's own HTTP calls) goes out unrecorded, is never a miss,
+and is refused only with network blocking on; a test that also has a pytest-recording / vcrpy
+cassette (``@pytest.mark.vcr``) hands it to that cassette instead.
+
+Matching is ours: the method, the *API path* and the body compared as canonical JSON; never headers,
+scheme, port or query, and the host only on request (``match_host``). The API path is the URL path
+after the client's base URL, found as the part after the last version segment (``v1``,
+``v1beta``...): ``https://api.openai.com/v1/chat/completions``,
 ``http://127.0.0.1:8123/v1/chat/completions`` and ``https://proxy.corp/openai/v1/chat/completions``
 are all ``/chat/completions``, so a cassette recorded through ``OPENAI_BASE_URL`` or a proxy replays
 in a CI without it. Ports are not stored, so re-recording on another port changes no ``url:`` line.
@@ -34,17 +40,28 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from llm_ledger._errors import CassetteMissError
+from llm_ledger._errors import BlockedRequestError, CassetteMissError
 from llm_ledger._secrets import CredentialRedactor, known_secrets
 
 from . import _format
 from ._format import Body
+from ._network import is_openai_request
 
-__all__ = ["RECORD_MODES", "CassetteMissError", "LedgerCassette", "activate", "api_path", "canonical_key"]
+__all__ = [
+    "RECORD_MODES",
+    "CassetteMissError",
+    "LedgerCassette",
+    "activate",
+    "api_path",
+    "canonical_key",
+    "owns",
+    "vcrpy_problem",
+]
 
 RECORD_MODES: Final = ("none", "once", "new_episodes", "all", "rewrite")
 _PLAY_ATTR = "_llm_ledger_play"
@@ -79,6 +96,12 @@ def _canonical_body(raw: bytes | None, redactor: CredentialRedactor) -> str | by
         return redactor.text(raw.decode("utf-8"), "body").encode()
     except UnicodeDecodeError:
         return raw
+
+
+def owns(request: Any) -> bool:
+    """Whether a cassette records and replays ``request`` (a vcrpy request): the OpenAI SDK's
+    requests, wherever they go, and any request to OpenAI's API host."""
+    return is_openai_request(request) or (urlsplit(request.uri).hostname or "").lower() == "api.openai.com"
 
 
 def canonical_key(method: str, url: str, body: bytes | None, headers: Any = None) -> Key:
@@ -152,13 +175,26 @@ class Interaction:
 class LedgerCassette:
     """The cassette of one test, in one record mode; duck-types what vcrpy's stubs call."""
 
-    def __init__(self, path: Path, mode: str, nodeid: str, *, match_host: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        mode: str,
+        nodeid: str,
+        *,
+        match_host: bool = False,
+        block_network: bool = False,
+        allowed_hosts: tuple[str, ...] = (),
+        fallback: Any = None,
+    ) -> None:
         if mode not in RECORD_MODES:
             raise ValueError(f"record mode {mode!r} is not one of {RECORD_MODES!r}")
         self.path = path
         self.mode = mode
         self.nodeid = nodeid
         self.match_host = match_host
+        self.block_network = block_network  # refuse the requests this cassette does not own
+        self.allowed_hosts = allowed_hosts  # ... except to these hosts (glob patterns)
+        self.fallback = fallback  # the test's own vcrpy cassette (pytest-recording), for the rest
         # attributes vcrpy's patch builder and stubs read
         self._path = str(path)
         self.custom_patches: tuple[Any, ...] = ()
@@ -170,6 +206,7 @@ class LedgerCassette:
         self.loaded: list[Interaction] = []
         self.recorded: list[Interaction] = []
         self.misses: list[str] = []
+        self.blocked: list[str] = []
         self.played = 0
         if self.existed and mode != "rewrite":
             self.loaded = [_interaction(item) for item in _format.load_cassette(path)]
@@ -190,6 +227,8 @@ class LedgerCassette:
     # -- the interface vcrpy's stubs use ---------------------------------------------------------
 
     def can_play_response_for(self, request: Any) -> bool:
+        if not owns(request):
+            return self._others(request)
         if not self._plays:
             return False
         key = canonical_key(request.method, request.uri, request.body, request.headers)
@@ -205,6 +244,9 @@ class LedgerCassette:
         return False
 
     def play_response(self, request: Any) -> dict[str, Any]:
+        if not owns(request):
+            response: dict[str, Any] = self.fallback.play_response(request)
+            return response
         index: int | None = request.__dict__.pop(_PLAY_ATTR, None)
         if index is None:
             if not self.can_play_response_for(request):
@@ -214,9 +256,14 @@ class LedgerCassette:
         return self.loaded[index].replay
 
     def filter_request(self, request: Any) -> Any:
-        return request
+        # None tells vcrpy's stubs a request is not this cassette's to refuse: it is sent
+        return request if owns(request) else None
 
     def append(self, request: Any, response: dict[str, Any]) -> None:
+        if not owns(request):
+            if self.fallback is not None:
+                self.fallback.append(request, response)
+            return
         status = int(response["status"]["code"])
         if status == 429 or status >= 500:
             return  # throttling and server errors say nothing about the code under test
@@ -243,6 +290,35 @@ class LedgerCassette:
 
     def find_requests_with_most_matches(self, request: Any) -> list[Any]:
         return []
+
+    def _others(self, request: Any) -> bool:
+        """A request this cassette does not own: the test's vcrpy cassette plays, refuses or records
+        it as it would alone; without one it is sent (refused with network blocking on)."""
+        fallback = self.fallback
+        if fallback is not None:
+            if fallback.can_play_response_for(request):
+                return True
+            if fallback.write_protected and fallback.filter_request(request):
+                from vcr.errors import CannotOverwriteExistingCassetteException
+
+                raise CannotOverwriteExistingCassetteException(cassette=fallback, failed_request=request)
+            return False
+        host = (urlsplit(request.uri).hostname or "").lower()
+        if self.block_network and not any(fnmatchcase(host, p) for p in self.allowed_hosts):
+            url = CredentialRedactor(known_secrets(request.headers, request.uri)).url(request.uri, "url")
+            message = "\n".join(
+                [
+                    f"llm-ledger: {self.nodeid} sent a request its cassette does not record, refused "
+                    "because network blocking is on (--llm-block-network / ini llm_block_network)",
+                    f"  request: {request.method} {url}",
+                    "  cassettes record the OpenAI SDK's requests; to let this host through: ini "
+                    f"llm_allowed_hosts = {host}",
+                ]
+            )
+            with self._lock:
+                self.blocked.append(message)
+            raise BlockedRequestError(message, self.nodeid)
+        return False
 
     # -- saving ----------------------------------------------------------------------------------
 
@@ -279,7 +355,7 @@ class LedgerCassette:
         message = self.describe_miss(request.method, request.uri, request.body, request.headers)
         with self._lock:
             self.misses.append(message)
-        raise CassetteMissError(message)
+        raise CassetteMissError(message, self.nodeid)
 
     def describe_miss(self, method: str, url: str, body: bytes | None, headers: Any = None) -> str:
         """The failure text for a request with no unplayed match: what, where, which part differed,
@@ -410,9 +486,26 @@ def _json_diff(recorded: Any, requested: Any, path: str) -> Iterator[str]:
         yield f"{path}: recorded {_short(recorded)}, requested {_short(requested)}"
 
 
+_VCRPY_FLOOR: Final = (8, 2, 1)  # intercepts httpx2 (openai 3.x) and loads YAML safely
+
+
+def vcrpy_problem() -> str | None:
+    """Why cassettes cannot work in this environment (vcrpy missing or too old), or None."""
+    try:
+        import vcr  # lazy: only tests marked llm pay for vcrpy
+        from vcr.patch import CassettePatcherBuilder  # noqa: F401
+    except ImportError as exc:
+        return f"vcrpy cannot be imported ({exc})"
+    version = str(getattr(vcr, "__version__", "0"))
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if numbers < _VCRPY_FLOOR:
+        return f"vcrpy {version} is installed; llm-ledger needs vcrpy >= {'.'.join(map(str, _VCRPY_FLOOR))}"
+    return None
+
+
 @contextmanager
 def activate(cassette: LedgerCassette) -> Iterator[LedgerCassette]:
-    """Route every HTTP library vcrpy knows (httpx2 for the OpenAI SDK) through ``cassette``."""
+    """Route every HTTP library vcrpy knows (httpx or httpx2 for the OpenAI SDK) through ``cassette``."""
     from vcr.patch import CassettePatcherBuilder  # lazy: only tests marked llm pay for vcrpy
 
     with ExitStack() as stack:

@@ -2,12 +2,13 @@
 
 Tests marked ``llm`` run inside their cassette (vcrpy's transport patches). Any other test would
 reach the network silently, wherever its client points and with whatever key CI has. For the
-session, :class:`Guard` wraps httpx2's two network transports (``HTTPTransport`` and
-``AsyncHTTPTransport``: what every OpenAI client sends through, instrumented or not, unless it was
-given a custom transport that does not touch the network). A request that carries the OpenAI SDK's
-headers is handed to the plugin's ``refuse`` callback, which returns a message to raise
-:class:`BlockedRequestError` with before anything is sent, or ``None`` to let it through. Other
-httpx2 traffic, mock transports and the requests of marked tests are not touched.
+session, :class:`Guard` wraps the two network transports (``HTTPTransport`` and
+``AsyncHTTPTransport``) of httpx (openai 1.x and 2.x) and httpx2 (openai 3.x): what every OpenAI
+client sends through, instrumented or not, unless it was given a custom transport that does not
+touch the network. A request that carries the OpenAI SDK's headers is handed to the plugin's
+``refuse`` callback, which returns a message to raise :class:`BlockedRequestError` with before
+anything is sent, or ``None`` to let it through. Other traffic, mock transports and the requests of
+tests that have a cassette are not touched.
 
 Wrappers stay harmless once uninstalled: an HTTP library patch that saved one (vcrpy keeps the
 transport method it found at import) calls straight through it.
@@ -15,9 +16,10 @@ transport method it found at import) calls straight through it.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from llm_ledger._errors import BlockedRequestError
 
@@ -32,11 +34,15 @@ def is_openai_request(request: Any) -> bool:
     return headers.get("x-stainless-lang") is not None or "openai/" in headers.get("user-agent", "").lower()
 
 
+HTTP_LIBRARIES: Final = ("httpx2", "httpx")  # openai 3.x sends through httpx2, 1.x and 2.x through httpx
+
+
 class Guard:
-    """Wraps httpx2's network transports while installed; ``refuse`` decides per request."""
+    """Wraps the network transports of httpx and httpx2 while installed; ``refuse`` decides per request."""
 
     def __init__(self, refuse: Refuse) -> None:
         self._refuse = refuse
+        self._libraries: set[str] = set()
         self._saved: list[tuple[type, str, Any, Any]] = []  # (class, attribute, original, wrapper)
 
     @property
@@ -44,16 +50,20 @@ class Guard:
         return bool(self._saved)
 
     def install(self, *, load: bool = False) -> None:
-        """Wrap the transports; with ``load``, import httpx2 first (else wait until someone has)."""
-        if self._saved or ("httpx2" not in sys.modules and not load):
-            return
-        try:
-            import httpx2
-        except ImportError:  # no httpx2, no OpenAI SDK: nothing to guard
-            return
+        """Wrap the transports of each HTTP library imported so far; with ``load``, import them first."""
+        for name in HTTP_LIBRARIES:
+            if name in self._libraries or (name not in sys.modules and not load):
+                continue
+            try:
+                library = importlib.import_module(name)
+            except ImportError:  # not installed: nothing sends through it
+                continue
+            self._libraries.add(name)
+            self._wrap(library)
 
-        send = httpx2.HTTPTransport.handle_request
-        asend = httpx2.AsyncHTTPTransport.handle_async_request
+    def _wrap(self, library: Any) -> None:
+        send = library.HTTPTransport.handle_request
+        asend = library.AsyncHTTPTransport.handle_async_request
 
         def handle_request(transport: Any, request: Any) -> Any:
             self.check(request)
@@ -64,8 +74,8 @@ class Guard:
             return await asend(transport, request)
 
         for cls, name, original, wrapper in (
-            (httpx2.HTTPTransport, "handle_request", send, handle_request),
-            (httpx2.AsyncHTTPTransport, "handle_async_request", asend, handle_async_request),
+            (library.HTTPTransport, "handle_request", send, handle_request),
+            (library.AsyncHTTPTransport, "handle_async_request", asend, handle_async_request),
         ):
             setattr(cls, name, wrapper)
             self._saved.append((cls, name, original, wrapper))
@@ -76,6 +86,7 @@ class Guard:
             if cls.__dict__.get(name) is wrapper:
                 setattr(cls, name, original)
         self._saved.clear()
+        self._libraries.clear()
 
     def check(self, request: Any) -> None:
         if not self._saved or not is_openai_request(request):

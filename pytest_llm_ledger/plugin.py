@@ -10,9 +10,12 @@ command line               ini                     default
 ``--llm-budget``           ``llm_budget``          off: totals are reported, never enforced
 ``--llm-budget-file``      ``llm_budget_file``     ``budgets.yaml`` under the rootdir
 ``--llm-strict``           ``llm_strict``          off: notices are printed, never fail the run
+``--llm-block-network``    ``llm_block_network``   off: a marked test's requests that its cassette
+                                                   does not record (not the OpenAI SDK's) are sent
 ``--llm-report PATH``      (none)                  no file
 ``--llm-baseline PATH``    (none)                  no diff
-(none)                     ``llm_allowed_hosts``   none: unmarked tests send no OpenAI request
+(none)                     ``llm_allowed_hosts``   none: unmarked tests send no OpenAI request (and
+                                                   with network blocking, no host is let through)
 (none)                     ``llm_log_dir``         none: test runs write no ``llm_calls.jsonl``
 (marker ``match_host``)    ``llm_match_host``      off: match method, API path and body
 =========================  ======================  ==============================================
@@ -22,6 +25,14 @@ command line               ini                     default
 
 The ``llm`` marker runs a test inside its cassette; ``@pytest.mark.llm(live=True)`` marks a
 deliberate live test instead (no cassette: its requests go to the network in every mode).
+
+A cassette records and replays the OpenAI SDK's requests only. With pytest-recording installed, a
+test marked both ``vcr`` and ``llm`` keeps its vcrpy cassette for everything else (one interception,
+two files that never hold the same request); a test marked ``vcr`` alone is left to pytest-recording.
+
+Cassettes need vcrpy (``pip install 'llm-ledger[pytest]'``); without it the plugin still loads (its
+entry point is loaded by every pytest run of an environment with llm-ledger installed), and only the
+tests marked ``llm`` fail, with one message saying what to install.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ import pytest
 from llm_ledger._errors import CassetteError
 
 from ._budgets import BudgetError, Budgets, load_budgets
-from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate
+from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate, vcrpy_problem
 from ._naming import cassette_path, orphan_cassettes
 from ._network import BlockedRequestError, Guard
 from ._report import (
@@ -72,6 +83,7 @@ _FLAG_OWNER = pytest.StashKey[str]()
 _SAVED_LOG_DIR = pytest.StashKey["str | None"]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
+_REPORTED_CASSETTE_BLOCKED = pytest.StashKey[int]()
 _LOG_DIR_ENV: Final = "LLM_LEDGER_LOG_DIR"
 _TRUE: Final = ("true", "yes", "on", "1")
 _FALSE: Final = ("false", "no", "off", "0", "")
@@ -126,6 +138,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="show the cost diff against an --llm-report file.",
     )
     group.addoption(
+        "--llm-block-network",
+        action="store_true",
+        default=False,
+        help="refuse the requests of tests marked llm that their cassette does not record (hosts in ini "
+        "llm_allowed_hosts excepted); by default they are sent, unrecorded.",
+    )
+    group.addoption(
         "--llm-strict",
         action="store_true",
         default=False,
@@ -147,9 +166,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llm_budget", "enforce the budgets file without --llm-budget (true/false)", default="false")
     parser.addini("llm_strict", "fail the run on any llm-ledger notice, as --llm-strict", default="false")
     parser.addini(
+        "llm_block_network",
+        "refuse the requests of tests marked llm that their cassette does not record, as "
+        "--llm-block-network (true/false)",
+        default="false",
+    )
+    parser.addini(
         "llm_allowed_hosts",
         "hosts (glob patterns) that tests not marked llm may send OpenAI API requests to in record "
-        "mode none, e.g. 127.0.0.1 for a local server (default: none)",
+        "mode none, e.g. 127.0.0.1 for a local server, and that network blocking lets through "
+        "(default: none)",
         type="args",
         default=[],
     )
@@ -269,6 +295,9 @@ class _LedgerState:
         self.budget_file = _path_option(config, "llm_budget_file")
         self.enforce = bool(config.getoption("llm_ledger_budget", False)) or _ini_bool(config, "llm_budget")
         self.strict = bool(config.getoption("llm_strict", False)) or _ini_bool(config, "llm_strict")
+        self.block_network = bool(config.getoption("llm_block_network", False)) or _ini_bool(
+            config, "llm_block_network"
+        )
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -329,9 +358,11 @@ class _LedgerState:
         marker = item.get_closest_marker("llm")
         blocked: list[str] = []
         item.stash[_BLOCKED] = blocked
+        # a test with a cassette of its own (llm, or pytest-recording's vcr) is not guarded
+        owned = marker is not None or item.get_closest_marker("vcr") is not None
         with self._lock:
             self._current = records
-            self._guarded = item.nodeid if marker is None else None
+            self._guarded = None if owned else item.nodeid
             self._blocked = blocked
             self.ledger.tests.setdefault(item.nodeid, Totals())
         try:
@@ -516,6 +547,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     flag = "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
     enforced = "enforced" if state.enforce else f"not enforced (add {flag})"
     strict = ", strict" if state.strict else ""
+    strict += ", network blocked" if state.block_network else ""
     lines = [
         f"llm-ledger: record mode {state.mode!r}, cassettes {_display(config, state.cassette_dir)}, "
         f"budgets {budget} {enforced}{strict}"
@@ -559,6 +591,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # propagated, was wrapped or was swallowed, with one message (concurrent calls miss together)
     failures = _unreported(item, _REPORTED_BLOCKED, item.stash.get(_BLOCKED, []))
     if cassette is not None:
+        failures += _unreported(item, _REPORTED_CASSETTE_BLOCKED, cassette.blocked)
         failures += _unreported(item, _REPORTED_MISSES, cassette.misses)
     if failures:
         report.outcome = "failed"
@@ -568,9 +601,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if more
             else ""
         )
-    elif call.excinfo is not None and call.excinfo.errisinstance((CassetteMissError, BlockedRequestError)):
-        report.longrepr = str(call.excinfo.value)
+    elif call.excinfo is not None and (error := _ledger_error(call.excinfo.value)) is not None:
+        origin = getattr(error, "nodeid", None)
+        if origin is not None and origin != item.nodeid:
+            # a library kept the error of an earlier test's request (a failed start-up) and raised it again
+            report.longrepr = (
+                f"llm-ledger: {item.nodeid} raised an error that a request of another test, {origin}, "
+                "raised first (some library kept it and raised it again here); that test's error:\n"
+                + str(error)
+            )
+        else:
+            report.longrepr = str(error)
     return report
+
+
+def _ledger_error(exc: BaseException) -> BaseException | None:
+    """The miss or refusal behind ``exc``: itself, or its cause (openai 1.x/2.x wrap transport errors
+    in APIConnectionError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (CassetteMissError, BlockedRequestError)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @pytest.fixture(autouse=True)
@@ -582,11 +637,36 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     state = request.config.stash[_STATE]
+    problem = vcrpy_problem()
+    if problem is not None:
+        pytest.fail(
+            f"llm-ledger: {problem}; tests marked llm replay from cassettes, which needs the plugin's "
+            "extra: pip install 'llm-ledger[pytest]'",
+            pytrace=False,
+        )
     path = cassette_path(item, state.cassette_dir)
+    # pytest-recording's cassette of a test marked vcr too: set up first, so ours is the innermost
+    # interception and hands it every request it does not own
+    vcr_marked = item.get_closest_marker("vcr") is not None and "vcr" in request.fixturenames
+    fallback = request.getfixturevalue("vcr") if vcr_marked else None
+    if fallback is not None and Path(str(getattr(fallback, "_path", ""))).resolve() == path.resolve():
+        pytest.fail(
+            f"llm-ledger: {item.nodeid} is marked vcr and llm, and both cassettes would be {path}; give "
+            "llm-ledger another directory (ini llm_cassette_dir, or --llm-cassette-dir)",
+            pytrace=False,
+        )
     error = None
     match_host = marker.kwargs.get("match_host", request.config.getini("llm_match_host"))
     try:
-        cassette = LedgerCassette(path, state.mode, item.nodeid, match_host=match_host)
+        cassette = LedgerCassette(
+            path,
+            state.mode,
+            item.nodeid,
+            match_host=match_host,
+            block_network=state.block_network,
+            allowed_hosts=state.allowed_hosts,
+            fallback=fallback,
+        )
     except CassetteError as exc:
         error = str(exc)
     if error is not None:  # raised outside the except block, so the message is not printed twice

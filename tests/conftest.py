@@ -12,8 +12,7 @@ import pytest_asyncio
 
 import llm_ledger
 from llm_ledger import _config, _monitor
-from llm_ledger.testing import Captured, capture
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import Captured, FakeOpenAI, capture
 
 pytest_plugins = ["pytester"]
 

@@ -1,7 +1,7 @@
 """Shared pieces of the pytest plugin's tests: a running fake server and inner test projects.
 
 The plugin tests run real pytest sessions with ``pytester`` against a loopback OpenAI-compatible
-server (``tests/fake_openai.py``), then again with the server stopped to prove replay is offline.
+server (``llm_ledger.testing.FakeOpenAI``), then again with the server stopped to prove replay is offline.
 Inner test files read the server's URL from ``LEDGER_TEST_BASE_URL``. Test modules import the
 fixtures by their function names (``server_fixture``...); pytest knows them by ``name=``.
 """
@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import textwrap
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import FakeOpenAI
 
 # When the package is installed its pytest11 entry point loads the plugin; loading it a second
 # time with -p would be an error, so pass -p only when it is not installed (the scratch venv).
@@ -104,8 +106,13 @@ FAST_ARGS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """An in-process pytest session with the plugin loaded."""
-    return pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, *args)
+    """An in-process pytest session with the plugin loaded, its output as on a developer's machine:
+    under CI=true pytest prints each failure's whole message in the short summary too, and the tests
+    count how often a message is printed."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("CI", raising=False)
+        patch.delenv("BUILD_NUMBER", raising=False)
+        return pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, *args)
 
 
 def load_yaml(path: Path) -> Any:
@@ -139,3 +146,45 @@ def recorded_fixture(pytester: pytest.Pytester, server: FakeOpenAI, with_key: No
     assert run(pytester, "--llm-record-mode=once").ret == 0
     server.stop()
     return pytester
+
+
+class DataServer:
+    """A plain HTTP server that is not OpenAI: what a library downloads its data from on first import."""
+
+    def __init__(self) -> None:
+        hits: list[str] = []
+        self.hits = hits  # paths requested, in order
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                body = b"tokenizer data"
+                self.send_response(200)
+                self.send_header("content-type", "text/plain")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/nltk_data/punkt.zip"
+        self._stopped = False
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@pytest.fixture(name="data_server")
+def data_server_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[DataServer]:
+    """A non-OpenAI HTTP server; inner tests find its URL in LEDGER_TEST_DATA_URL."""
+    server = DataServer()
+    monkeypatch.setenv("LEDGER_TEST_DATA_URL", server.url)
+    yield server
+    server.stop()

@@ -15,8 +15,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-import httpx2
 import openai
+
+from tests.sdk import sdk_http
 
 __all__ = [
     "FAKE_KEY",
@@ -90,7 +91,7 @@ def read_lines(*paths: Path) -> list[dict[str, Any]]:
     return parsed
 
 
-# -- an in-process OpenAI endpoint (httpx2.MockTransport): no sockets, so the ledger is the bottleneck --
+# -- an in-process OpenAI endpoint (sdk_http.MockTransport): no sockets, so the ledger is the bottleneck --
 
 
 def chat_body(model: str, text: str, prompt_tokens: int) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def sse_chunks(model: str, count: int, *, usage: bool = True) -> Iterator[bytes]
     yield b"data: [DONE]\n\n"
 
 
-def chat_handler(request: httpx2.Request) -> httpx2.Response:
+def chat_handler(request: sdk_http.Request) -> sdk_http.Response:
     """Answer chat completions: prompt tokens = characters of the messages; ``x-mock-chunks`` streams."""
     body = json.loads(request.content)
     model = str(body.get("model"))
@@ -144,18 +145,18 @@ def chat_handler(request: httpx2.Request) -> httpx2.Response:
     status = int(request.headers.get("x-mock-status", "200"))
     if status != 200:
         error = {"error": {"message": "mock failure", "type": "server_error", "param": None, "code": None}}
-        return httpx2.Response(status, json=error)
+        return sdk_http.Response(status, json=error)
     if body.get("stream"):
         count = int(request.headers.get("x-mock-chunks", "5"))
-        return httpx2.Response(
+        return sdk_http.Response(
             200, headers={"content-type": "text/event-stream"}, content=sse_chunks(model, count)
         )
-    return httpx2.Response(200, json=chat_body(model, "ok " * (chars % 7 + 1), chars + 4))
+    return sdk_http.Response(200, json=chat_body(model, "ok " * (chars % 7 + 1), chars + 4))
 
 
 def mock_client(handler: Any = chat_handler) -> openai.OpenAI:
     """A sync client whose HTTP goes to ``handler`` in process (close it, or use ``with``)."""
-    http = httpx2.Client(transport=httpx2.MockTransport(handler))
+    http = sdk_http.Client(transport=sdk_http.MockTransport(handler))
     return openai.OpenAI(api_key=FAKE_KEY, base_url="http://mock.invalid/v1", http_client=http, max_retries=0)
 
 

@@ -25,9 +25,9 @@ from examples.lens_app.services import RunnerService, artifact_usage
 from examples.lens_app.sources import Source, load_sources
 from examples.lens_app.store import Store
 from llm_ledger import instrument
+from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger.plugin import LedgerRecords
 from tests.conftest import FAKE_KEY
-from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 # what the fake server answers: 60 words of lorem ipsum, about as long as a real summary
@@ -267,7 +267,7 @@ def test_record_mode_needs_a_key_or_a_local_server(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(SystemExit):
         cli.main(["--record"])
-    assert "python tests/fake_openai.py --port 8123" in capsys.readouterr().err
+    assert "llm-ledger fake-server --port 8123" in capsys.readouterr().err
 
 
 def test_committed_cassettes_hold_no_credentials() -> None:

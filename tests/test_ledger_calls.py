@@ -12,9 +12,8 @@ import pytest
 
 import llm_ledger
 import llm_ledger.testing
-from llm_ledger.testing import Captured
+from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
-from tests.fake_openai import FakeOpenAI
 
 SEED_KEYS = {
     "timestamp": None,

@@ -19,8 +19,8 @@ from pythonjsonlogger.json import JsonFormatter
 import llm_ledger
 import llm_ledger.testing
 from llm_ledger import JsonlFileHandler, _config
+from llm_ledger.testing import FakeOpenAI
 from tests.conftest import FAKE_KEY
-from tests.fake_openai import FakeOpenAI
 
 HI: Any = [{"role": "user", "content": "PRIVATE-USER-TEXT"}]
 

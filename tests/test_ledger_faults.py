@@ -17,8 +17,7 @@ import llm_ledger._instrument
 import llm_ledger._monitor as monitor_module
 import llm_ledger.testing
 from llm_ledger import _jsonl
-from llm_ledger.testing import Captured
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import Captured, FakeOpenAI
 
 HI: Any = [{"role": "user", "content": "hi"}]
 

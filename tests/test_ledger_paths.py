@@ -18,8 +18,7 @@ import pydantic
 import pytest
 
 import llm_ledger._streams
-from llm_ledger.testing import Captured
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import Captured, FakeOpenAI
 
 MESSAGES: Any = [{"role": "user", "content": "Tell me about the ledger of every path"}]
 CHAT: Any = {"model": "gpt-4o-mini", "messages": MESSAGES}

@@ -11,15 +11,14 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
 import llm_ledger
 import llm_ledger.testing
-from llm_ledger.testing import Captured
+from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
-from tests.fake_openai import FakeOpenAI
+from tests.sdk import STREAM_BREAKS, sdk_http
 
 MESSAGES: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Stream me a story"}]
 
@@ -394,13 +393,13 @@ def _sse_client(chunks: list[dict[str, Any]], *, is_async: bool = False) -> Any:
     """A real SDK client whose every request is answered with ``chunks`` as a stream."""
     body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body.encode())
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
+        return sdk_http.Response(200, headers={"content-type": "text/event-stream"}, content=body.encode())
 
-    transport = httpx2.MockTransport(handler)
+    transport = sdk_http.MockTransport(handler)
     if is_async:
-        return openai.AsyncOpenAI(api_key=FAKE_KEY, http_client=httpx2.AsyncClient(transport=transport))
-    return openai.OpenAI(api_key=FAKE_KEY, http_client=httpx2.Client(transport=transport))
+        return openai.AsyncOpenAI(api_key=FAKE_KEY, http_client=sdk_http.AsyncClient(transport=transport))
+    return openai.OpenAI(api_key=FAKE_KEY, http_client=sdk_http.Client(transport=transport))
 
 
 def _as_recorded(record: dict[str, Any]) -> dict[str, Any]:
@@ -501,7 +500,7 @@ def _scripted_client(events: list[bytes], after: Any = None, *, is_async: bool =
     """A real SDK client whose stream sends ``events`` one network read each, then calls ``after``
     (which may raise, as a connection failing there would)."""
 
-    class Body(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    class Body(sdk_http.SyncByteStream, sdk_http.AsyncByteStream):
         def __iter__(self) -> Any:
             yield from events
             if after is not None:
@@ -513,15 +512,15 @@ def _scripted_client(events: list[bytes], after: Any = None, *, is_async: bool =
             if after is not None:
                 after()
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=Body())
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
+        return sdk_http.Response(200, headers={"content-type": "text/event-stream"}, stream=Body())
 
-    transport = httpx2.MockTransport(handler)
+    transport = sdk_http.MockTransport(handler)
     if is_async:
         return openai.AsyncOpenAI(
-            api_key=FAKE_KEY, max_retries=0, http_client=httpx2.AsyncClient(transport=transport)
+            api_key=FAKE_KEY, max_retries=0, http_client=sdk_http.AsyncClient(transport=transport)
         )
-    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=httpx2.Client(transport=transport))
+    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=sdk_http.Client(transport=transport))
 
 
 def _events(chunks: list[dict[str, Any]]) -> list[bytes]:
@@ -542,7 +541,7 @@ async def test_finish_chunk_reaches_the_caller_before_a_failure_after_it(is_asyn
     exactly as without the ledger (nothing is read ahead); the call is recorded as an error."""
 
     def fail() -> None:
-        raise httpx2.RemoteProtocolError("peer closed connection")
+        raise sdk_http.RemoteProtocolError("peer closed connection")
 
     outcomes = []
     monitor = llm_ledger.LLMCallMonitor(logger=None)
@@ -560,12 +559,12 @@ async def test_finish_chunk_reaches_the_caller_before_a_failure_after_it(is_asyn
                 else:
                     with client:
                         seen.extend(c.to_dict() for c in client.chat.completions.create(**_STREAM_KWARGS))
-            except openai.APIConnectionError as exc:
+            except STREAM_BREAKS as exc:
                 outcomes.append((seen, type(exc).__name__))
     assert outcomes[0] == outcomes[1]
     assert outcomes[1][0][-1]["choices"][0]["finish_reason"] == "stop"
     [record] = mine.calls
-    assert record["status"] == "error" and record["error"]["type"] == "APIConnectionError"
+    assert record["status"] == "error" and record["error"]["type"] == outcomes[1][1]
     assert record["response"]["finish_reason"] == "stop"
 
 
@@ -622,10 +621,10 @@ def test_ctrl_c_mid_stream_is_interrupted() -> None:
 def test_ctrl_c_mid_request_is_interrupted(monitor: llm_ledger.LLMCallMonitor, records: Captured) -> None:
     """KeyboardInterrupt before the answer arrives reaches the caller; the call is recorded interrupted."""
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
         raise KeyboardInterrupt
 
-    http = httpx2.Client(transport=httpx2.MockTransport(handler))
+    http = sdk_http.Client(transport=sdk_http.MockTransport(handler))
     with (
         openai.OpenAI(api_key=FAKE_KEY, http_client=http, max_retries=0) as raw,
         pytest.raises(KeyboardInterrupt),

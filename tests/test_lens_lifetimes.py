@@ -15,9 +15,8 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger.testing import Captured
+from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
-from tests.fake_openai import FakeOpenAI
 
 HI: Any = [{"role": "user", "content": "hi"}]
 

@@ -14,7 +14,7 @@ import vcr  # noqa: F401
 import yaml
 
 import llm_ledger  # noqa: F401
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import load_yaml, run, server_fixture, with_key_fixture, write_project
 
 pytest_plugins = ["pytester"]

@@ -7,7 +7,7 @@ import pytest
 import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import INI, no_key_fixture, run, server_fixture, write_project
 
 pytest_plugins = ["pytester"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
 import llm_ledger
 from llm_ledger import _jsonl
-from llm_ledger.testing import capture
-from tests.fake_openai import FakeOpenAI, error_body
+from llm_ledger._fake_server import error_body
+from llm_ledger.testing import FakeOpenAI, capture
 from tests.reliability_helpers import FAKE_KEY, chat_body, mock_client, read_lines, record_figures
+from tests.sdk import STREAM_BREAKS, sdk_http
 
 pytestmark = pytest.mark.reliability
 
@@ -187,7 +187,7 @@ async def test_async_stream_fault_reaches_the_caller_unchanged(fake_openai: Fake
                     async for chunk in stream:
                         seen.append(_strip_ids(chunk.model_dump()))
                     outcomes.append(("returned", seen))
-                except openai.APIError as exc:
+                except STREAM_BREAKS as exc:
                     outcomes.append(("raised", type(exc).__name__, str(exc), seen))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == "raised"
@@ -269,11 +269,11 @@ def test_a_log_handler_or_sink_that_raises_never_reaches_the_caller(
     assert any("sink" in m and "sink exploded" in m for m in reports)
 
 
-def _usage_handler(usage: Any) -> Callable[[httpx2.Request], httpx2.Response]:
-    def handler(request: httpx2.Request) -> httpx2.Response:
+def _usage_handler(usage: Any) -> Callable[[sdk_http.Request], sdk_http.Response]:
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
         body = chat_body("gpt-4o-mini", "fine", 5)
         body["usage"] = usage
-        return httpx2.Response(200, json=body)
+        return sdk_http.Response(200, json=body)
 
     return handler
 

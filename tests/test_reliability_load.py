@@ -16,8 +16,7 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger.testing import capture
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import FakeOpenAI, capture
 from tests.reliability_helpers import FAKE_KEY, child_env, read_lines, record_figures, sized
 
 pytestmark = pytest.mark.reliability

@@ -6,12 +6,12 @@ import gc
 import tracemalloc
 from typing import Any
 
-import httpx2
 import pytest
 
 import llm_ledger
 from llm_ledger.testing import capture
 from tests.reliability_helpers import mock_client, record_figures, sized, sse_chunks
+from tests.sdk import sdk_http
 
 pytestmark = pytest.mark.reliability
 
@@ -40,8 +40,8 @@ def _stream_peak(chunks: int) -> tuple[int, int]:
     llm_ledger's allocations are sampled ``_SAMPLES`` times during the stream.
     """
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
+        return sdk_http.Response(
             200, headers={"content-type": "text/event-stream"}, content=sse_chunks("gpt-4o-mini", chunks)
         )
 

@@ -12,9 +12,9 @@ import openai
 import pytest
 
 import llm_ledger
+from llm_ledger._fake_server import error_body
 from llm_ledger._jsonl import JsonlFileHandler
-from llm_ledger.testing import capture
-from tests.fake_openai import FakeOpenAI, error_body
+from llm_ledger.testing import FakeOpenAI, capture
 from tests.plugin_helpers import run, write_project
 from tests.reliability_helpers import FAKE_KEY, read_lines, record_figures
 

@@ -16,7 +16,7 @@ import yaml
 
 from llm_ledger import _scrub
 from llm_ledger._cli import build_parser, main
-from tests.fake_openai import FakeOpenAI
+from llm_ledger.testing import FakeOpenAI
 from tests.reliability_helpers import FAKE_KEY
 
 pytestmark = pytest.mark.reliability

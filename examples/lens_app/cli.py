@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     if mode == "record" and not api_key and not args.base_url:
         parser.error(
             "--record calls the OpenAI API and needs OPENAI_API_KEY; or record from a local "
-            "OpenAI-compatible server: `python tests/fake_openai.py --port 8123` and "
+            "OpenAI-compatible server: `llm-ledger fake-server --port 8123` and "
             "--base-url http://127.0.0.1:8123/v1"
         )
     if mode == "replay" and (args.base_url or args.header):

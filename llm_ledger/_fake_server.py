@@ -1,4 +1,6 @@
-"""A small OpenAI-compatible HTTP server for tests (stdlib only).
+"""A small OpenAI-compatible HTTP server for tests and for recording without a key (stdlib only).
+
+Public as :class:`llm_ledger.testing.FakeOpenAI` and as ``llm-ledger fake-server``.
 
 It speaks real HTTP/1.1 (keep-alive, ``Content-Length`` or chunked bodies) and real server-sent events, so
 the real ``openai`` SDK can be pointed at it with ``base_url=server.base_url`` and exercised end to end::
@@ -8,7 +10,8 @@ the real ``openai`` SDK can be pointed at it with ``base_url=server.base_url`` a
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert server.requests[-1].path == "/v1/chat/completions"
 
-Standalone (e.g. to record demo cassettes): ``python tests/fake_openai.py --port 8123`` serves until Ctrl-C.
+Standalone (e.g. to record cassettes with no key): ``llm-ledger fake-server --port 8123`` (or
+``python -m llm_ledger fake-server``) serves until Ctrl-C.
 
 Endpoints
 ---------
@@ -98,7 +101,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["FakeOpenAI", "RecordedRequest", "error_body"]
+__all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
 
 JSONDict = dict[str, Any]
 
@@ -155,6 +158,16 @@ class RecordedRequest:
     @property
     def json(self) -> Any:
         return self.body
+
+
+@dataclass(frozen=True)
+class RecordedAnswer:
+    """One answer as sent (``FakeOpenAI.answers``, in the order answers were built): the status and
+    the JSON body, or for a stream the list of its events' JSON (``[DONE]`` left out)."""
+
+    path: str
+    status: int
+    body: Any
 
 
 @dataclass
@@ -720,6 +733,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self._answer(route, headers, body, num, faults, failure)
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
             reply = _error(500, f"fake server error: {exc!r}")
+        fake._answered(route, reply)
         if isinstance(reply, _StreamReply):
             self._send_stream(reply, faults, headers.get("x-fake-transfer", "").lower() == "close")
         else:
@@ -808,6 +822,7 @@ class FakeOpenAI:
         self.port = port
         self.verbose = verbose
         self.requests: list[RecordedRequest] = []
+        self.answers: list[RecordedAnswer] = []
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._failures: list[_Failure] = []
@@ -866,15 +881,34 @@ class FakeOpenAI:
             self._failures.append(_Failure(status, times, body, {"retry-after-ms": "1", **(headers or {})}))
 
     def reset(self) -> None:
-        """Forget recorded requests and queued failures."""
+        """Forget recorded requests and answers, and queued failures."""
         with self._lock:
             self.requests.clear()
+            self.answers.clear()
             self._failures.clear()
 
     def _record(self, request: RecordedRequest) -> int:
         with self._lock:
             self.requests.append(request)
             return next(self._counter)
+
+    def _answered(self, path: str, reply: _Reply | _StreamReply) -> None:
+        if isinstance(reply, _StreamReply):
+            events = [
+                json.loads(line[6:])
+                for event in reply.events
+                for line in event.split(b"\n")
+                if line.startswith(b"data: {")
+            ]
+            answer = RecordedAnswer(path, 200, events)
+        else:
+            try:
+                body = json.loads(reply.body)
+            except ValueError:
+                body = None
+            answer = RecordedAnswer(path, reply.status, body)
+        with self._lock:
+            self.answers.append(answer)
 
     def _take_failure(self) -> _Failure | None:
         with self._lock:
@@ -887,12 +921,24 @@ class FakeOpenAI:
             return failure
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible server for tests and demos.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8123)
+def register(subparsers: Any) -> None:
+    """Add ``fake-server`` to the ``llm-ledger`` console script."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "fake-server",
+        help="serve a loopback OpenAI-compatible API (record cassettes without a key, test offline)",
+        description=(
+            "Serve the OpenAI-compatible test server on HOST:PORT until Ctrl-C: chat completions, "
+            "responses and embeddings, streamed or not, with deterministic text and usage. Point a client "
+            "at it with OPENAI_BASE_URL=http://HOST:PORT/v1 and any OPENAI_API_KEY."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8123, help="port (default 8123; 0 picks a free one)")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
-    args = parser.parse_args(argv)
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
     server = FakeOpenAI(args.host, args.port, verbose=not args.quiet).start()
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
     try:
@@ -902,7 +948,4 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         server.stop()
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,0 +1,67 @@
+"""What a production install needs, what ships with it, and the plugin without its extra."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import llm_ledger.testing
+from tests.plugin_helpers import run, write_project
+
+pytest_plugins = ["pytester"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!\[; ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_a_production_install_needs_no_vcrpy_nor_pytest() -> None:
+    """vcrpy and pytest are in the pytest extra, not in the dependencies; dev installs that extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {"vcrpy", "pytest"}.isdisjoint(_name(d) for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert {"vcrpy", "pytest"} <= {_name(d) for d in extras["pytest"]}
+    assert "llm-ledger[pytest]" in extras["dev"]
+
+
+def test_the_fake_server_ships_with_the_package() -> None:
+    """llm_ledger.testing exports the loopback server that serves the real SDK."""
+    assert {"FakeOpenAI", "RecordedRequest"} <= set(llm_ledger.testing.__all__)
+    assert llm_ledger.testing.FakeOpenAI.__module__ == "llm_ledger._fake_server"
+
+
+NO_EXTRA_TESTS = """
+import pytest
+
+
+def test_plain():
+    assert True
+
+
+@pytest.mark.llm
+def test_marked():
+    assert True
+"""
+
+
+def test_without_vcrpy_only_marked_tests_fail_with_one_message(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No vcrpy: pytest starts, unmarked tests pass, each llm test fails saying what to install."""
+    monkeypatch.setitem(sys.modules, "vcr", None)  # `import vcr` now raises ImportError
+    monkeypatch.setitem(sys.modules, "vcr.patch", None)
+    write_project(pytester, NO_EXTRA_TESTS)
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=1)  # failed in its setup: the body never ran
+    out = result.stdout.str()
+    assert re.search(
+        r"llm-ledger: vcrpy cannot be imported \(.*\); tests marked llm replay from cassettes, which needs "
+        r"the plugin's extra: pip install 'llm-ledger\[pytest\]'",
+        out,
+    )
+    assert "Traceback" not in out and "INTERNALERROR" not in out and "ImportError:" not in out
