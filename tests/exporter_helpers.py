@@ -9,8 +9,8 @@ from typing import Any
 import openai
 
 import llm_ledger
+from llm_ledger.testing import FakeOpenAI
 from tests.conftest import FAKE_KEY
-from tests.fake_openai import FakeOpenAI
 
 UNPRICED_MODEL = "acme-local-7b"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -33,9 +33,9 @@ from examples.lens_app.services import RunnerService
 from examples.lens_app.sources import load_sources
 from examples.lens_app.store import Store
 from llm_ledger.exporters import _setup
+from llm_ledger.testing import FakeOpenAI
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import scrape, total, workload
-from tests.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "dashboards" / "llm-ledger.json"

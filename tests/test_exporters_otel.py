@@ -30,10 +30,9 @@ from llm_ledger import ConfigError
 from llm_ledger.exporters import OTelSink, _setup
 from llm_ledger.exporters._otel import TOKEN_BUCKETS
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
-from llm_ledger.testing import Captured, capture
+from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import workload
-from tests.fake_openai import FakeOpenAI
 
 HI: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
 

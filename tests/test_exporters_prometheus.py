@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import llm_ledger
 from llm_ledger import ConfigError, _config
 from llm_ledger.exporters import PrometheusSink, _setup, start_metrics_server
-from llm_ledger.testing import Captured, capture
+from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import (
     UNPRICED_MODEL,
@@ -33,7 +33,6 @@ from tests.exporter_helpers import (
     total,
     workload,
 )
-from tests.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 CALL_LABELS = {"lens", "model", "provider", "operation"}

@@ -10,9 +10,8 @@ import pytest
 
 import llm_ledger
 from llm_ledger._servers import server_of
-from llm_ledger.testing import Captured
+from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
-from tests.fake_openai import FakeOpenAI
 
 
 @pytest.mark.parametrize(
