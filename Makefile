@@ -35,9 +35,10 @@ COMPAT := .venv-compat
 OPENAI_1 := 1.109.1
 OPENAI_2 := 2.54.0
 OPENAI_3 := 3.57.0
-EXTRAS_1 := dev
+EXTRAS_1 := dev,compat-openai1
 EXTRAS_2 := dev,compat-openai2
 EXTRAS_3 := dev,compat-openai3
+LIBS_1 := llama_index
 LIBS_2 := langchain_openai litellm instructor llama_index
 LIBS_3 := langchain_openai openai_agents pydantic_ai litellm
 
@@ -48,7 +49,7 @@ $(COMPAT)/openai%/.installed: pyproject.toml
 	touch $@
 
 test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)/openai3/.installed
-	$(COMPAT)/openai1/bin/pytest -n 2 -q -m 'not sdk3'
+	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 -q -m 'not sdk3'
 	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 -q -m 'not sdk3'
 	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 -q tests/integration
 

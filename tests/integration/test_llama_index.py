@@ -1,5 +1,5 @@
 """llama-index-llms-openai's OpenAI LLM handed instrumented clients (``openai_client=`` and
-``async_openai_client=``). Runs in the openai 2.x venv: every release caps openai below 3."""
+``async_openai_client=``). Runs in the openai 1.x and 2.x venvs: every release caps openai below 3."""
 
 from __future__ import annotations
 
