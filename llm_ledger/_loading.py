@@ -3,7 +3,7 @@
 Every such file is read the same way and fails the same way:
 
 * only a regular file is read, and at most :data:`MAX_BYTES` of it (a FIFO, ``/dev/zero``, a directory
-  or a huge file is refused before anything is parsed);
+  or a huge file is refused before anything is parsed); :func:`read_file` reads the CLI's inputs too;
 * YAML is composed into nodes and never constructed, so no tag can run code, and only plain YAML tags
   are allowed;
 * numbers are read by one parser (:meth:`Document.number`): ``2.50``, ``1e-3``, ``1_000`` and ``7`` mean
@@ -24,7 +24,7 @@ from typing import Final
 
 import yaml
 
-__all__ = ["MAX_BYTES", "Document", "join", "read_regular_file", "shown"]
+__all__ = ["MAX_BYTES", "Document", "join", "printable", "read_file", "shown"]
 
 MAX_BYTES: Final = 1 << 20  # a price file or budgets.yaml of a megabyte is already absurd
 _TAG_PREFIX: Final = "tag:yaml.org,2002:"
@@ -59,6 +59,11 @@ def shown(value: object, *, key: bool = False) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (valid in JSON escapes, not in UTF-8) written as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def join(key_path: str, key: str) -> str:
     """``key_path.key`` for messages; a key that looks like a credential is not shown, a long one is cut."""
     if _SECRET_KEY.search(key):
@@ -68,18 +73,27 @@ def join(key_path: str, key: str) -> str:
     return f"{key_path}.{key}" if key_path else key
 
 
-def read_regular_file(
-    path: str, error: type[Exception], what: str, *, name: str | None = None, hint: str = ""
+def read_file(
+    path: str,
+    error: type[Exception],
+    what: str,
+    *,
+    name: str | None = None,
+    hint: str = "",
+    max_bytes: int = MAX_BYTES,
+    streams: bool = False,
 ) -> bytes:
-    """The bytes of ``path`` (``name`` in messages), a regular file of at most :data:`MAX_BYTES`.
+    """The bytes of ``path`` (``name`` in messages): at most ``max_bytes`` of a regular file.
 
     ``what`` ("price file") names the file in each ``error`` raised; ``hint`` follows "not found".
-    Opened non-blocking so a FIFO cannot hang us, and checked with ``fstat`` on the open file, so what is
-    checked is what is read.
+    Without ``streams`` only a regular file is read, opened non-blocking so a FIFO cannot hang us and
+    checked with ``fstat`` on the open file, so what is checked is what is read. With ``streams`` a pipe
+    (``<(command)``) is read too, still never past ``max_bytes`` (``/dev/zero`` ends in an error).
     """
     name = name or path
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if streams else os.O_NONBLOCK)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise error(f"{name}: {what} not found{hint}") from None
     except OSError as exc:
@@ -87,12 +101,13 @@ def read_regular_file(
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
-            raise error(f"{name}: is a directory, expected a YAML {what}")
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{name}: is not a regular file (a device, FIFO or socket), expected a YAML {what}")
-        data = b"".join(_chunks(fd)) if info.st_size <= MAX_BYTES else b""
-        if info.st_size > MAX_BYTES or len(data) > MAX_BYTES:
-            raise error(f"{name}: is over {MAX_BYTES:,} bytes, too big for a {what}")
+            raise error(f"{name}: is a directory, expected a {what}")
+        regular = stat.S_ISREG(info.st_mode)
+        if not (regular or streams):
+            raise error(f"{name}: is not a regular file (a device, FIFO or socket), expected a {what}")
+        data = b"".join(_chunks(fd, max_bytes + 1)) if not regular or info.st_size <= max_bytes else b""
+        if info.st_size > max_bytes or len(data) > max_bytes:
+            raise error(f"{name}: is over {max_bytes:,} bytes, too big for a {what}")
         return data
     except OSError as exc:
         raise error(f"{name}: cannot read the {what}: {exc.strerror or exc}") from None
@@ -100,13 +115,12 @@ def read_regular_file(
         os.close(fd)
 
 
-def _chunks(fd: int) -> list[bytes]:
-    """At most MAX_BYTES + 1 bytes of ``fd`` (one more than allowed, to tell a file that grew)."""
+def _chunks(fd: int, limit: int) -> list[bytes]:
+    """At most ``limit`` bytes of ``fd``."""
     chunks: list[bytes] = []
-    left = MAX_BYTES + 1
-    while left > 0 and (chunk := os.read(fd, left)):
+    while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
         chunks.append(chunk)
-        left -= len(chunk)
+        limit -= len(chunk)
     return chunks
 
 

@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
 from llm_ledger._errors import ConfigError, PriceFileError
-from llm_ledger._loading import Document, join, read_regular_file
+from llm_ledger._loading import Document, join, read_file
 from llm_ledger._records import USD_UNIT_DIGITS
 
 if TYPE_CHECKING:
@@ -328,7 +328,7 @@ _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
 def _load_price_file(path: str | os.PathLike[str]) -> dict[str, Rates]:
     name = os.fspath(path)
     doc = Document(name, PriceFileError, "a price file")
-    root = doc.compose(read_regular_file(name, PriceFileError, "price file"))
+    root = doc.compose(read_file(name, PriceFileError, "price file"))
     expected_top = "a mapping with keys 'version' and 'models'"
     if root is None:
         raise PriceFileError(f"{name}: the file is empty, expected {expected_top}")

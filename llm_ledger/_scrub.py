@@ -38,11 +38,13 @@ from typing import Any, Final
 from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS, decompress
 
 from ._errors import CassetteError
+from ._loading import read_file
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = ["register", "scrub_document", "scrub_file"]
 
 _EXTRA_RESPONSE_HEADERS: Final = frozenset({"content-encoding"})
+MAX_CASSETTE_BYTES: Final = 64 << 20  # far past any recording; /dev/zero must not fill memory
 
 
 def _allow_lists() -> tuple[frozenset[str], frozenset[str]]:
@@ -177,16 +179,11 @@ def _load(path: Path) -> tuple[Any, str, bool]:
     """The cassette document, the comment lines heading the file, and whether it is JSON."""
     import yaml
 
+    raw = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CassetteError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CassetteError(f"{path}: is a directory, expected a cassette file") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CassetteError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
     as_json = path.suffix.lower() == ".json"
     try:
         if as_json:

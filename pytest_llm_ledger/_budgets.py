@@ -29,7 +29,7 @@ from typing import Any, Final
 import yaml
 
 from llm_ledger._errors import BudgetError
-from llm_ledger._loading import Document, join, read_regular_file
+from llm_ledger._loading import Document, join, read_file
 
 __all__ = ["LIMIT_KEYS", "METRIC_OF", "BudgetError", "Budgets", "Limits", "load_budgets", "parse_budgets"]
 
@@ -120,6 +120,4 @@ def load_budgets(path: Path, name: str | None = None) -> Budgets:
         f"; create it (sections: {', '.join(_SECTIONS)}), "
         "point --llm-budget-file / ini llm_budget_file at it, or drop --llm-budget"
     )
-    return parse_budgets(
-        read_regular_file(str(path), BudgetError, "budgets file", name=name, hint=hint), name
-    )
+    return parse_budgets(read_file(str(path), BudgetError, "budgets file", name=name, hint=hint), name)

@@ -89,7 +89,7 @@ def test_devices_fifos_and_directories_are_refused_unread(tmp_path: Path, kind: 
     os.mkfifo(fifo)
     for path, message in ((Path("/dev/zero"), "is not a regular file"), (fifo, "is not a regular file"),
                           (tmp_path, "is a directory")):  # fmt: skip
-        with pytest.raises(error, match=f"^{path}: {message}.*expected a YAML {kind}$"):
+        with pytest.raises(error, match=f"^{path}: {message}.*expected a {kind}$"):
             load(path)
 
 
