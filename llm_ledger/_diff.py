@@ -307,11 +307,11 @@ def _percent(text: str) -> float:
     return value
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     """Add the ``diff`` subcommand to the ``llm-ledger`` console script."""
     parser = subparsers.add_parser(
         "diff",
-        help="compare two pytest --llm-report files lens by lens",
+        help=summary,
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used",
     )

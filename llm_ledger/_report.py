@@ -886,11 +886,11 @@ class _Progress:
             self.stream.flush()
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     """Add the ``report`` subcommand to the ``llm-ledger`` parser."""
     parser = subparsers.add_parser(
         "report",
-        help="summarise an llm_calls.jsonl log: calls, errors, tokens, cost, latency per group",
+        help=summary,
         description=(
             "Summarise an llm-ledger JSONL log in one streaming pass: per group, the lens runs, calls, "
             "errors, prompt/completion/total tokens, cost and average call duration."

@@ -300,11 +300,11 @@ def _quote(name: str) -> str:
     return shlex.quote(name)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     """Add ``scrub`` to the ``llm-ledger`` console script."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "scrub",
-        help="remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
+        help=summary,
         description=(
             "Remove credentials, cookies and organisation/project ids from cassettes recorded by vcrpy "
             "(YAML or JSON) or by llm-ledger: keep only allow-listed headers, redact credential-named "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -489,3 +492,26 @@ def test_devices_and_pipes_are_refused(capsys: pytest.CaptureFixture[str], tmp_p
     for path in ("/dev/zero", str(fifo)):
         assert main(["report", path]) == 2
         assert f"{path!r} is not a regular file; save the log to a file first" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm-ledger --version` prints the installed version and exits 0."""
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--version"])
+    assert excinfo.value.code == 0
+    assert capsys.readouterr().out == f"llm-ledger {importlib.metadata.version('llm-ledger')}\n"
+
+
+def test_help_imports_no_subcommand() -> None:
+    """`llm-ledger --help` lists every subcommand without importing any; running one imports only it."""
+    code = (
+        "import sys\nfrom llm_ledger._cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[-1] in ('_diff', '_report', '_scrub')))"
+    )
+    for argv, imported in ((["--help"], "[]"), (["diff", "--help"], "['llm_ledger._diff']")):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+        assert done.stdout.splitlines()[-1] == imported, done.stdout
+    assert all(name in done.stdout for name in ("--only-changed", "--fail-on-increase"))
+    done = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, check=True)
+    assert all(f"    {name} " in done.stdout for name in ("diff", "report", "scrub"))
