@@ -20,11 +20,11 @@ import re
 import stat
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import ClassVar, Final
 
 import yaml
 
-__all__ = ["MAX_BYTES", "Document", "join", "printable", "read_file", "shown"]
+__all__ = ["MAX_BYTES", "Document", "JsonLoader", "join", "printable", "read_file", "shown"]
 
 MAX_BYTES: Final = 1 << 20  # a price file or budgets.yaml of a megabyte is already absurd
 _TAG_PREFIX: Final = "tag:yaml.org,2002:"
@@ -122,6 +122,34 @@ def _chunks(fd: int, limit: int) -> list[bytes]:
         chunks.append(chunk)
         limit -= len(chunk)
     return chunks
+
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TIMESTAMP: Final = _TAG_PREFIX + "timestamp"
+
+
+class JsonLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """A safe YAML loader that builds only what JSON holds (cassettes are JSON bodies written as YAML).
+
+    An unquoted date stays the string it reads as; ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and
+    ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``.
+    """
+
+    yaml_implicit_resolvers: ClassVar = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]
+        for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
+    }
+
+
+def _not_json(loader: yaml.SafeLoader, node: yaml.Node) -> None:
+    tag = node.tag.replace(_TAG_PREFIX, "!!")
+    raise yaml.constructor.ConstructorError(
+        None, None, f"tag {tag!r} is not allowed: a body holds only what JSON can", node.start_mark
+    )
+
+
+for _tag in ("set", "binary", "omap", "pairs", "timestamp"):
+    JsonLoader.add_constructor(_TAG_PREFIX + _tag, _not_json)
 
 
 class Document:

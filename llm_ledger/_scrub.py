@@ -35,7 +35,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS, decompress
+from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, REQUEST_HEADERS, RESPONSE_HEADERS, decompress
 
 from ._errors import CassetteError
 from ._loading import read_file
@@ -44,7 +44,6 @@ from ._secrets import CredentialRedactor, known_secrets
 __all__ = ["register", "scrub_document", "scrub_file"]
 
 _EXTRA_RESPONSE_HEADERS: Final = frozenset({"content-encoding"})
-MAX_CASSETTE_BYTES: Final = 64 << 20  # far past any recording; /dev/zero must not fill memory
 
 
 def _allow_lists() -> tuple[frozenset[str], frozenset[str]]:
@@ -189,7 +188,7 @@ def _load(path: Path) -> tuple[Any, str, bool]:
         if as_json:
             return json.loads(text), "", True
         loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        doc = yaml.load(text, Loader=loader)
+        doc = yaml.load(text, Loader=loader)  # not JsonLoader: vcrpy writes compressed bodies as !!binary
     except ValueError as exc:  # json.JSONDecodeError
         raise CassetteError(f"{path}: not valid JSON ({exc})") from None
     except yaml.MarkedYAMLError as exc:

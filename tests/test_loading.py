@@ -1,7 +1,8 @@
-"""The one loader behind price files and budgets.yaml: same numbers, same errors, hostile files refused."""
+"""The one loader behind price files, budgets.yaml and cassettes: one number parser, one error shape."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from decimal import Decimal
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from llm_ledger import BudgetError, ConfigError, PriceFileError, PriceTable
+from llm_ledger import BudgetError, CassetteError, ConfigError, PriceFileError, PriceTable
+from llm_ledger._cli import main
 from llm_ledger._loading import MAX_BYTES
 from pytest_llm_ledger._budgets import Limits, load_budgets
+from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, body_bytes, load_cassette
 
 SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 3
 DOT_ENV = f'OPENAI_API_KEY={SECRET}\nexport OTHER_TOKEN="{SECRET}"\n'
@@ -109,3 +112,49 @@ def test_missing_required_keys_name_the_key_and_its_meaning(tmp_path: Path) -> N
     path.write_text("version: 1\nmodels:\n  m: {input: 1}\n", encoding="utf-8")
     with pytest.raises(PriceFileError, match=r"prices\.yaml:3: models\.m: missing required key 'output'"):
         load_prices(path)
+
+
+CASSETTE = """version: 1
+interactions:
+- request:
+    method: POST
+    url: https://api.openai.com/v1/chat/completions
+    json: {{model: gpt-4o, note: {value}}}
+  response:
+    status: 200
+    json: {{id: chatcmpl-1}}
+"""
+
+
+def test_hand_edited_cassette_dates_stay_strings(tmp_path: Path) -> None:
+    """An unquoted date in a hand-edited cassette body is the string it reads as (JSON has no dates)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(CASSETTE.format(value="2024-01-01"), encoding="utf-8")
+    [interaction] = load_cassette(path)
+    assert interaction["request"]["body"] == ("json", {"model": "gpt-4o", "note": "2024-01-01"})
+    assert json.loads(body_bytes(interaction["request"]["body"]))["note"] == "2024-01-01"
+
+
+@pytest.mark.parametrize(
+    "value", ["!!set {a, b}", "!!binary aGVsbG8=", "!!omap [{a: 1}]", "!!timestamp 2024-01-01"]
+)
+def test_cassette_tags_json_cannot_hold_are_a_cassette_error(tmp_path: Path, value: str) -> None:
+    """!!set, !!binary, !!omap, !!timestamp in a cassette: a CassetteError at the line, not a TypeError."""
+    path = tmp_path / "c.yaml"
+    path.write_text(CASSETTE.format(value=value), encoding="utf-8")
+    tag = value.split()[0]
+    with pytest.raises(CassetteError, match=f"c.yaml: line 6: .*tag '{tag}' is not allowed"):
+        load_cassette(path)
+
+
+def test_oversized_and_device_cassettes_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cassette past the size cap, or /dev/zero given to scrub, is refused after a bounded read."""
+    path = tmp_path / "big.yaml"
+    with path.open("wb") as file:
+        file.truncate(MAX_CASSETTE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(CassetteError, match=f"is over {MAX_CASSETTE_BYTES:,} bytes, too big for a cassette"):
+        load_cassette(path)
+    assert main(["scrub", "/dev/zero"]) == 2
+    assert "/dev/zero: is not a regular file" in capsys.readouterr().err
