@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from ._errors import ConfigError
 from ._loading import join, printable, read_file, shown
+from ._table import markdown_table, text_table
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -223,6 +224,7 @@ def _cells(diff: dict[str, Any]) -> list[tuple[str, str, list[list[str]]]]:
     return out
 
 
+_HEADERS: Final = ("metric", "base", "head", "delta", "%")
 _MARK: Final = {"new": " (new)", "removed": " (removed)", "changed": "", "unchanged": " (unchanged)"}
 
 
@@ -237,9 +239,7 @@ def _markdown(diff: dict[str, Any]) -> str:
     lines.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
     for name, status, rows in _cells(diff):
         title = "Total" if name == "TOTAL" else f"`{name}`"
-        lines += ["", f"### {title}{_MARK[status]}", "", "| metric | base | head | delta | % |"]
-        lines.append("|---|---:|---:|---:|---:|")
-        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        lines += ["", f"### {title}{_MARK[status]}", "", *markdown_table(_HEADERS, rows)]
     if diff.get("increases"):
         lines += ["", f"**Cost per run grew by more than {diff['fail_on_increase']:g}%:**", ""]
         lines += [f"- {line}" for line in diff["increases"]]
@@ -250,13 +250,7 @@ def _text(diff: dict[str, Any]) -> str:
     lines = [f"warning: {flag}" for flag in diff["flags"]]
     for name, status, rows in _cells(diff):
         lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[status])
-        table = [["metric", "base", "head", "delta", "%"], *rows]
-        widths = [max(len(r[i]) for r in table) for i in range(5)]
-        for r in table:
-            lines.append(
-                "  "
-                + "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
-            )
+        lines += text_table(_HEADERS, rows, indent="  ")
     if diff.get("increases"):
         lines.append(f"cost per run grew by more than {diff['fail_on_increase']:g}%:")
         lines += [f"  {line}" for line in diff["increases"]]

@@ -39,6 +39,7 @@ import orjson
 from ._errors import ConfigError
 from ._loading import printable
 from ._records import CALL_EVENT, LENS_EVENT
+from ._table import markdown_table, text_table
 
 __all__ = ["FORMATS", "GROUPS", "Report", "Row", "register", "render", "summarise"]
 
@@ -816,36 +817,19 @@ def _footer(report: Report) -> list[str]:
     return lines
 
 
+def _tables(report: Report) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    rows = [[_label(row.key), *_cells(row)] for row in report.sorted_rows()]
+    return [report.group_by, *_HEADERS], rows, [["total", *_cells(report.total())]]
+
+
 def _text(report: Report) -> str:
-    header = [report.group_by, *_HEADERS]
-    body = [[_label(row.key), *_cells(row)] for row in report.sorted_rows()]
-    total = ["total", *_cells(report.total())]
-    widths = [max(len(r[i]) for r in [header, *body, total]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
-
-    rule = "  ".join("-" * w for w in widths)
-    out = [line(header), rule, *(line(r) for r in body), rule, line(total), "", *_footer(report)]
-    return "\n".join(out) + "\n"
+    headers, rows, total = _tables(report)
+    return "\n".join([*text_table(headers, rows, total=total), "", *_footer(report)]) + "\n"
 
 
 def _markdown(report: Report) -> str:
-    def escape(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    header = [report.group_by, *_HEADERS]
-    rows = [[escape(_label(row.key)), *_cells(row)] for row in report.sorted_rows()]
-    total = [f"**{c}**" for c in ["total", *_cells(report.total())]]
-    out = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", *["---:"] * len(_HEADERS)]) + "|",
-        *("| " + " | ".join(r) + " |" for r in [*rows, total]),
-        "",
-        *_footer(report),
-    ]
-    return "\n".join(out) + "\n"
+    headers, rows, total = _tables(report)
+    return "\n".join([*markdown_table(headers, rows, total=total), "", *_footer(report)]) + "\n"
 
 
 def render(report: Report, fmt: str = "text") -> str:
