@@ -1,8 +1,8 @@
 """The ``llm-ledger`` console script.
 
-Each subcommand lives in its own module, imported only when it runs, and exposes
-``register(subparsers)`` which adds its parser and sets ``func`` to a callable taking the
-parsed arguments and returning the exit status.
+Each subcommand lives in its own module, imported only when it runs (``llm-ledger --help`` imports
+none of them), and exposes ``register(subparsers, summary)`` which adds its parser and sets ``func``
+to a callable taking the parsed arguments and returning the exit status.
 """
 
 from __future__ import annotations
@@ -11,38 +11,65 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._errors import LedgerError
 
-# subcommand -> module defining register(); kept lazy so `llm-ledger --help` stays fast
+# subcommand -> (module defining register(), its line in `llm-ledger --help`)
 _COMMANDS = {
-    "cassettes": "llm_ledger._cassettes_cli",
-    "diff": "llm_ledger._diff",
-    "fake-server": "llm_ledger._fake_server",
-    "report": "llm_ledger._report",
-    "scrub": "llm_ledger._scrub",
+    "cassettes": ("llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),
+    "diff": ("llm_ledger._diff", "compare two pytest --llm-report files lens by lens"),
+    "fake-server": ("llm_ledger._fake_server", "serve a fake OpenAI-compatible API on loopback"),
+    "report": (
+        "llm_ledger._report",
+        "summarise an llm_calls.jsonl log: calls, errors, tokens, cost, latency per group",
+    ),
+    "scrub": (
+        "llm_ledger._scrub",
+        "remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from importlib.metadata import version
+
+        print(f"llm-ledger {version('llm-ledger')}")
+        parser.exit()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's module is imported (the others are stubs)."""
     parser = argparse.ArgumentParser(
         prog="llm-ledger",
         description="Summarise, compare and clean llm-ledger records and cassettes; serve a fake OpenAI API.",
     )
+    parser.add_argument("--version", action=_Version)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in _COMMANDS.values():
+    for name, (module_name, summary) in _COMMANDS.items():
+        if only is not None and name != only:
+            subparsers.add_parser(name, help=summary, add_help=False)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name != module_name:
                 raise
             continue
-        module.register(subparsers)
+        module.register(subparsers, summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    parser = build_parser(command if command in _COMMANDS else "")
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)

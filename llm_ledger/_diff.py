@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ._errors import ConfigError
+from ._loading import join, printable, read_file, shown
+from ._table import markdown_table, text_table
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -43,34 +45,53 @@ LENS_METRICS: Final = tuple(DIFF_METRICS)
 TOTAL_METRICS: Final = ("api_calls", "total_tokens", "cost_usd")
 _COSTS: Final = frozenset({"cost_usd", "cost_per_run"})
 FORMATS: Final = ("markdown", "text", "json")
+_READ_METRICS: Final = ("runs", "api_calls", "total_tokens", "cost_usd", "errors")
+_MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would overflow a percentage
+MAX_REPORT_BYTES: Final = 64 << 20
+
+
+def _not_finite(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read and check an llm-ledger report; :class:`ConfigError` says what is wrong with it."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: report not found; write one with `pytest --llm-report {path}`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the report: {exc}") from None
-    except ValueError as exc:
+    name = str(path)
+    hint = f"; write one with `pytest --llm-report {name}`"
+    raw = read_file(name, ConfigError, "report", hint=hint, max_bytes=MAX_REPORT_BYTES, streams=True)
+    try:  # strict JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf
+        data = json.loads(raw, parse_constant=_not_finite, parse_float=_finite)
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply to be an llm-ledger report") from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
         raise ConfigError(
-            f"{path}: not JSON ({exc}); expected a file written by pytest --llm-report"
+            f"{name}: not JSON ({exc}); expected a file written by pytest --llm-report"
         ) from None
     if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
-        raise ConfigError(f'{path}: not an llm-ledger report (no "schema": {REPORT_SCHEMA!r})')
+        raise ConfigError(f'{name}: not an llm-ledger report (no "schema": {REPORT_SCHEMA!r})')
     if data.get("version") not in SUPPORTED_VERSIONS:
         raise ConfigError(
-            f"{path}: report version {data.get('version')!r} is not supported; this llm-ledger reads "
+            f"{name}: report version {shown(data.get('version'))} is not supported; this llm-ledger reads "
             f"version(s) {', '.join(map(str, SUPPORTED_VERSIONS))}"
         )
     for section in ("lenses", "total"):
         if not isinstance(data.get(section), dict):
-            raise ConfigError(f"{path}: {section!r} must be an object")
-    for name, entry in data["lenses"].items():
+            raise ConfigError(f"{name}: {section!r} must be an object")
+    entries = [(join("lenses", lens), entry) for lens, entry in data["lenses"].items()]
+    for where, entry in [*entries, ("total", data["total"])]:
         if not isinstance(entry, dict):
-            raise ConfigError(f"{path}: lenses.{name} must be an object")
+            raise ConfigError(f"{name}: {where} must be an object")
+        for metric in _READ_METRICS:
+            value = entry.get(metric, 0)
+            if not isinstance(value, int | float) or isinstance(value, bool) or abs(value) > _MAX_METRIC:
+                raise ConfigError(f"{name}: {where}.{metric}: expected a number, got {shown(value)}")
     return data
 
 
@@ -80,8 +101,8 @@ def _number(entry: dict[str, Any] | None, metric: str) -> float | None:
     if metric == "cost_per_run":
         runs, cost = _number(entry, "runs"), _number(entry, "cost_usd")
         return cost / runs if runs and cost is not None else None
-    value = entry.get(metric, 0)
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    value: float = entry.get(metric, 0)  # a number: load_report checked it
+    return value
 
 
 def _row(
@@ -203,6 +224,7 @@ def _cells(diff: dict[str, Any]) -> list[tuple[str, str, list[list[str]]]]:
     return out
 
 
+_HEADERS: Final = ("metric", "base", "head", "delta", "%")
 _MARK: Final = {"new": " (new)", "removed": " (removed)", "changed": "", "unchanged": " (unchanged)"}
 
 
@@ -217,9 +239,7 @@ def _markdown(diff: dict[str, Any]) -> str:
     lines.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
     for name, status, rows in _cells(diff):
         title = "Total" if name == "TOTAL" else f"`{name}`"
-        lines += ["", f"### {title}{_MARK[status]}", "", "| metric | base | head | delta | % |"]
-        lines.append("|---|---:|---:|---:|---:|")
-        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        lines += ["", f"### {title}{_MARK[status]}", "", *markdown_table(_HEADERS, rows)]
     if diff.get("increases"):
         lines += ["", f"**Cost per run grew by more than {diff['fail_on_increase']:g}%:**", ""]
         lines += [f"- {line}" for line in diff["increases"]]
@@ -230,13 +250,7 @@ def _text(diff: dict[str, Any]) -> str:
     lines = [f"warning: {flag}" for flag in diff["flags"]]
     for name, status, rows in _cells(diff):
         lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[status])
-        table = [["metric", "base", "head", "delta", "%"], *rows]
-        widths = [max(len(r[i]) for r in table) for i in range(5)]
-        for r in table:
-            lines.append(
-                "  "
-                + "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
-            )
+        lines += text_table(_HEADERS, rows, indent="  ")
     if diff.get("increases"):
         lines.append(f"cost per run grew by more than {diff['fail_on_increase']:g}%:")
         lines += [f"  {line}" for line in diff["increases"]]
@@ -246,11 +260,11 @@ def _text(diff: dict[str, Any]) -> str:
 def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
     """The diff as ``markdown``, ``text`` or ``json``."""
     if fmt == "json":
-        return json.dumps(diff, indent=2) + "\n"
+        return json.dumps(diff, indent=2, allow_nan=False) + "\n"
     if fmt == "text":
-        return _text(diff)
+        return printable(_text(diff))
     if fmt == "markdown":
-        return _markdown(diff)
+        return printable(_markdown(diff))
     raise ConfigError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
 
 
@@ -287,11 +301,11 @@ def _percent(text: str) -> float:
     return value
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     """Add the ``diff`` subcommand to the ``llm-ledger`` console script."""
     parser = subparsers.add_parser(
         "diff",
-        help="compare two pytest --llm-report files lens by lens",
+        help=summary,
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used",
     )

@@ -22,13 +22,11 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
-from pathlib import Path
+from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
-import yaml
-
 from llm_ledger._errors import ConfigError, PriceFileError
+from llm_ledger._loading import Document, join, read_file
 from llm_ledger._records import USD_UNIT_DIGITS
 
 if TYPE_CHECKING:
@@ -323,205 +321,38 @@ def _rates_from_model_info(info: ModelInfo, source: str) -> Rates | None:
 
 # --- user price file ---------------------------------------------------------------------------------
 
-_TAG_PREFIX: Final = "tag:yaml.org,2002:"
-_STR: Final = _TAG_PREFIX + "str"
-_INT: Final = _TAG_PREFIX + "int"
-_FLOAT: Final = _TAG_PREFIX + "float"
-_SAFE_TAGS: Final = frozenset(
-    _TAG_PREFIX + name for name in ("str", "int", "float", "bool", "null", "map", "seq")
-)
-_TOP_KEYS: Final = ("version", "models")
 _MODEL_KEYS: Final = ("input", "cached_input", "output")
-_REQUIRED_MODEL_KEYS: Final = ("input", "output")
-_VERSION: Final = 1
-# Unquoted plain scalars YAML 1.1 reads as strings but everyone means as numbers (1e-3, 2E+1).
-_PLAIN_NUMBER: Final = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-_RATE_EXPECTED: Final = "expected a non-negative number of USD per 1M tokens"
-
-
-class _FileContext:
-    """Turns YAML nodes into values, raising PriceFileError that names file, line and key path."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._constructor = yaml.constructor.SafeConstructor()
-
-    def error(self, node: yaml.Node | None, key_path: str, message: str) -> PriceFileError:
-        where = self.name if node is None else f"{self.name}:{node.start_mark.line + 1}"
-        return PriceFileError(f"{where}: {key_path}: {message}" if key_path else f"{where}: {message}")
-
-    def check_tag(self, node: yaml.Node, key_path: str) -> None:
-        if node.tag not in _SAFE_TAGS:
-            tag = node.tag.replace(_TAG_PREFIX, "!!")
-            raise self.error(
-                node,
-                key_path,
-                f"YAML tag {tag!r} is not allowed: a price file holds only plain numbers, names and mappings",
-            )
-
-    def describe(self, node: yaml.Node) -> str:
-        """The node's value as the user wrote it, for "got ..." (safe: tags are checked first)."""
-        if isinstance(node, yaml.MappingNode):
-            return "a mapping"
-        if isinstance(node, yaml.SequenceNode):
-            return "a list"
-        try:
-            return repr(self._constructor.construct_object(node))
-        except (yaml.YAMLError, ValueError, TypeError):
-            return repr(node.value)
-
-    def mapping(
-        self, node: yaml.Node, key_path: str, expected: str
-    ) -> list[tuple[str, yaml.Node, yaml.Node]]:
-        """A mapping node's (key, key node, value node) items; keys are non-empty strings seen once."""
-        self.check_tag(node, key_path)
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
-        items: list[tuple[str, yaml.Node, yaml.Node]] = []
-        first_line: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            self.check_tag(key_node, key_path)
-            if not (
-                isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR and key_node.value.strip()
-            ):
-                got = self.describe(key_node) if key_node.tag != _STR else repr(key_node.value)
-                raise self.error(key_node, key_path, f"keys must be non-empty names, got {got}")
-            key = key_node.value
-            if key in first_line:
-                raise self.error(
-                    key_node, _join(key_path, key), f"duplicate key (first on line {first_line[key]})"
-                )
-            first_line[key] = key_node.start_mark.line + 1
-            items.append((key, key_node, value_node))
-        return items
-
-    def rate(self, node: yaml.Node, key_path: str) -> Decimal:
-        self.check_tag(node, key_path)
-        value: Decimal | None = None
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag == _INT:
-                try:
-                    value = Decimal(self._constructor.construct_yaml_int(node))
-                except (ValueError, TypeError):
-                    value = None
-            elif node.tag == _FLOAT or (node.tag == _STR and node.style is None):
-                text = node.value.replace("_", "")
-                if node.tag == _FLOAT or _PLAIN_NUMBER.fullmatch(text):
-                    value = _to_decimal(text) or _to_decimal(self._float_text(node))
-        if value is None or not value.is_finite() or value < 0:
-            raise self.error(node, key_path, f"{_RATE_EXPECTED}, got {self.describe(node)}")
-        if value > _MAX_RATE:
-            raise self.error(
-                node, key_path, f"{_RATE_EXPECTED} (at most {_MAX_RATE}), got {self.describe(node)}"
-            )
-        return value
-
-    def _float_text(self, node: yaml.ScalarNode) -> str:
-        # YAML 1.1 spellings Decimal cannot read (".inf", "1:30.5" sexagesimal) go through PyYAML's float.
-        try:
-            return repr(self._constructor.construct_yaml_float(node))
-        except (ValueError, TypeError):
-            return ""
-
-
-def _to_decimal(text: str) -> Decimal | None:
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        return None
-
-
-def _join(key_path: str, key: str) -> str:
-    return f"{key_path}.{key}" if key_path else key
+_RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
 
 
 def _load_price_file(path: str | os.PathLike[str]) -> dict[str, Rates]:
     name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PriceFileError(f"{name}: price file not found") from None
-    except IsADirectoryError:
-        raise PriceFileError(f"{name}: is a directory, expected a YAML price file") from None
-    except UnicodeDecodeError as exc:
-        raise PriceFileError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise PriceFileError(f"{name}: cannot read price file: {exc.strerror or exc}") from None
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)  # nodes only: nothing is constructed
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{name}:{mark.line + 1}" if mark is not None else name
-        what = ", ".join(part for part in (exc.context, exc.problem) if part)
-        raise PriceFileError(f"{where}: invalid YAML: {what}") from None
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        raise PriceFileError(f"{name}:{line}: invalid YAML: {exc.reason}") from None
-    except yaml.YAMLError as exc:
-        raise PriceFileError(f"{name}: invalid YAML: {exc}") from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise PriceFileError(f"{name}: invalid YAML: nested too deeply to be a price file") from None
-    return _parse_price_document(root, name)
-
-
-def _parse_price_document(root: yaml.Node | None, name: str) -> dict[str, Rates]:
-    ctx = _FileContext(name)
+    doc = Document(name, PriceFileError, "a price file")
+    root = doc.compose(read_file(name, PriceFileError, "price file"))
     expected_top = "a mapping with keys 'version' and 'models'"
     if root is None:
         raise PriceFileError(f"{name}: the file is empty, expected {expected_top}")
-    top = ctx.mapping(root, "", expected_top)
-    values: dict[str, yaml.Node] = {}
-    for key, key_node, value_node in top:
-        if key not in _TOP_KEYS:
-            raise ctx.error(key_node, key, f"unknown top-level key; valid keys: {', '.join(_TOP_KEYS)}")
-        values[key] = value_node
-    for key in _TOP_KEYS:
-        if key not in values:
-            raise ctx.error(root, key, f"missing required top-level key (expected {expected_top})")
-
-    version_node = values["version"]
-    ctx.check_tag(version_node, "version")
-    if not (
-        isinstance(version_node, yaml.ScalarNode) and version_node.tag == _INT and _is_version(version_node)
-    ):
-        raise ctx.error(version_node, "version", f"expected {_VERSION}, got {ctx.describe(version_node)}")
+    top = doc.fields(
+        root, "", expected_top, ("version", "models"), {"version": "the format, 1", "models": "the rates"}
+    )
+    version = top["version"]
+    doc.check_tag(version, "version")
+    if version.tag != "tag:yaml.org,2002:int" or doc.describe(version) != "1":
+        raise doc.error(version, "version", f"expected 1, got {doc.describe(version)}")
 
     source = f"price file {name}"
     result: dict[str, Rates] = {}
-    entries = ctx.mapping(values["models"], "models", "a mapping of model name to its rates")
-    for model, _, entry_node in entries:
-        entry_path = f"models.{model}"
-        fields = ctx.mapping(
-            entry_node, entry_path, f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
-        )
-        rates: dict[str, Decimal] = {}
-        for key, key_node, value_node in fields:
-            if key not in _MODEL_KEYS:
-                raise ctx.error(
-                    key_node, _join(entry_path, key), f"unknown key; valid keys: {', '.join(_MODEL_KEYS)}"
-                )
-            rates[key] = ctx.rate(value_node, _join(entry_path, key))
-        for key in _REQUIRED_MODEL_KEYS:
-            if key not in rates:
-                raise ctx.error(
-                    entry_node, entry_path, f"missing required key {key!r} (USD per 1M {key} tokens)"
-                )
-        result[model] = Rates(
-            model=model,
-            input=rates["input"],
-            output=rates["output"],
-            cached_input=rates.get("cached_input"),
-            source=source,
-        )
+    for model, _, entry_node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
+        entry_path = join("models", model)
+        expected = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
+        required = {"input": "USD per 1M input tokens", "output": "USD per 1M output tokens"}
+        fields = doc.fields(entry_node, entry_path, expected, _MODEL_KEYS, required)
+        rates = {
+            key: doc.number(node, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
+            for key, node in fields.items()
+        }
+        result[model] = Rates(model, rates["input"], rates["output"], rates.get("cached_input"), source)
     return result
-
-
-def _is_version(node: yaml.ScalarNode) -> bool:
-    try:
-        return bool(yaml.constructor.SafeConstructor().construct_yaml_int(node) == _VERSION)
-    except (ValueError, TypeError):
-        return False
 
 
 # --- module-level convenience ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import operator
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +37,9 @@ from typing import Any, BinaryIO, Final, TextIO
 import orjson
 
 from ._errors import ConfigError
+from ._loading import printable
 from ._records import CALL_EVENT, LENS_EVENT
+from ._table import markdown_table, text_table
 
 __all__ = ["FORMATS", "GROUPS", "Report", "Row", "register", "render", "summarise"]
 
@@ -219,7 +222,28 @@ def _encode(value: Any) -> bytes:
         return b'"' + value.encode("utf-8", "replace") + b'"'  # the common case, without json.dumps
     if value is None:
         return b"null"
-    return json.dumps(value, ensure_ascii=False).encode("utf-8", "replace")
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: kept as its JSON escape, as the fast path keeps it
+        return json.dumps(value).encode("ascii")
+
+
+def _loads_escaped(line: bytes) -> Any:
+    """A line orjson refused, read again if it holds an escape orjson refuses and JSON allows.
+
+    A lone surrogate escape (``"\\ud800"``) is valid JSON and the ledger writes one for a context value
+    holding a lone surrogate; NaN and Infinity stay refused.
+    """
+    if b"\\u" not in line:
+        return None
+    try:
+        return json.loads(line, parse_constant=_refuse)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _refuse(text: str) -> Any:
+    raise ValueError(text)
 
 
 class _Summariser:
@@ -479,7 +503,7 @@ class _Summariser:
         try:
             record = _loads(line)
         except ValueError:
-            record = None
+            record = _loads_escaped(line)
         if not isinstance(record, dict):
             self._malformed(number)
             return
@@ -717,9 +741,15 @@ def summarise(
     path = Path(path)
     started = time.perf_counter()
     try:
-        size = path.stat().st_size
-        if path.is_dir():
+        info = path.stat()
+        size = info.st_size
+        if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):  # a pipe or a device has no size to cut or to read up to
+            raise ConfigError(
+                f"{str(path)!r} is not a regular file; save the log to a file first (the report reads it "
+                "by its size, in parallel)"
+            )
         if jobs > 1 and size >= PARALLEL_MIN_BYTES:
             report = _parallel(path, by, size, jobs, progress)
         else:
@@ -755,7 +785,7 @@ _HEADERS: Final = (
 def _label(key: Any) -> str:
     if key is None:
         return "(none)"
-    return key if isinstance(key, str) else json.dumps(key, ensure_ascii=False)
+    return printable(key if isinstance(key, str) else json.dumps(key, ensure_ascii=False))
 
 
 def _cells(row: Row) -> list[str]:
@@ -787,46 +817,29 @@ def _footer(report: Report) -> list[str]:
     return lines
 
 
+def _tables(report: Report) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    rows = [[_label(row.key), *_cells(row)] for row in report.sorted_rows()]
+    return [report.group_by, *_HEADERS], rows, [["total", *_cells(report.total())]]
+
+
 def _text(report: Report) -> str:
-    header = [report.group_by, *_HEADERS]
-    body = [[_label(row.key), *_cells(row)] for row in report.sorted_rows()]
-    total = ["total", *_cells(report.total())]
-    widths = [max(len(r[i]) for r in [header, *body, total]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
-
-    rule = "  ".join("-" * w for w in widths)
-    out = [line(header), rule, *(line(r) for r in body), rule, line(total), "", *_footer(report)]
-    return "\n".join(out) + "\n"
+    headers, rows, total = _tables(report)
+    return "\n".join([*text_table(headers, rows, total=total), "", *_footer(report)]) + "\n"
 
 
 def _markdown(report: Report) -> str:
-    def escape(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    header = [report.group_by, *_HEADERS]
-    rows = [[escape(_label(row.key)), *_cells(row)] for row in report.sorted_rows()]
-    total = [f"**{c}**" for c in ["total", *_cells(report.total())]]
-    out = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", *["---:"] * len(_HEADERS)]) + "|",
-        *("| " + " | ".join(r) + " |" for r in [*rows, total]),
-        "",
-        *_footer(report),
-    ]
-    return "\n".join(out) + "\n"
+    headers, rows, total = _tables(report)
+    return "\n".join([*markdown_table(headers, rows, total=total), "", *_footer(report)]) + "\n"
 
 
 def render(report: Report, fmt: str = "text") -> str:
-    """The report as a text table, a Markdown table or JSON."""
+    """The report as a text table, a Markdown table or JSON (strict: no NaN or Infinity)."""
     if fmt == "json":
-        return json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+        return printable(json.dumps(report.to_json(), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     if fmt == "markdown":
-        return _markdown(report)
+        return printable(_markdown(report))
     if fmt == "text":
-        return _text(report)
+        return printable(_text(report))
     raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -857,11 +870,11 @@ class _Progress:
             self.stream.flush()
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     """Add the ``report`` subcommand to the ``llm-ledger`` parser."""
     parser = subparsers.add_parser(
         "report",
-        help="summarise an llm_calls.jsonl log: calls, errors, tokens, cost, latency per group",
+        help=summary,
         description=(
             "Summarise an llm-ledger JSONL log in one streaming pass: per group, the lens runs, calls, "
             "errors, prompt/completion/total tokens, cost and average call duration."

@@ -35,9 +35,10 @@ import zlib
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS, decompress
+from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, REQUEST_HEADERS, RESPONSE_HEADERS, decompress
 
 from ._errors import CassetteError
+from ._loading import read_file
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = ["register", "scrub_document", "scrub_file"]
@@ -177,22 +178,17 @@ def _load(path: Path) -> tuple[Any, str, bool]:
     """The cassette document, the comment lines heading the file, and whether it is JSON."""
     import yaml
 
+    raw = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CassetteError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CassetteError(f"{path}: is a directory, expected a cassette file") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CassetteError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
     as_json = path.suffix.lower() == ".json"
     try:
         if as_json:
             return json.loads(text), "", True
         loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        doc = yaml.load(text, Loader=loader)
+        doc = yaml.load(text, Loader=loader)  # not JsonLoader: vcrpy writes compressed bodies as !!binary
     except ValueError as exc:  # json.JSONDecodeError
         raise CassetteError(f"{path}: not valid JSON ({exc})") from None
     except yaml.MarkedYAMLError as exc:
@@ -303,11 +299,11 @@ def _quote(name: str) -> str:
     return shlex.quote(name)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     """Add ``scrub`` to the ``llm-ledger`` console script."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "scrub",
-        help="remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
+        help=summary,
         description=(
             "Remove credentials, cookies and organisation/project ids from cassettes recorded by vcrpy "
             "(YAML or JSON) or by llm-ledger: keep only allow-listed headers, redact credential-named "

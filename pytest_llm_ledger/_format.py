@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from llm_ledger._errors import CassetteError
+from llm_ledger._loading import JsonLoader, read_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+MAX_CASSETTE_BYTES = 64 << 20  # far past any recording; a bigger file is a mistake, not a cassette
 # Allow-lists, not deny-lists: a header nobody thought of stays out of the file.
 REQUEST_HEADERS = frozenset({"content-type"})
 RESPONSE_HEADERS = frozenset({"content-type"})
@@ -50,7 +52,6 @@ _RESPONSE_KEYS = frozenset({"status", "headers", *_BODY_KEYS})
 
 Body = tuple[str, Any]  # (kind, value); kind is "" for an empty body
 
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -285,12 +286,12 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
     with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
     where = _Where(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise where.error(f"byte {exc.start}", "is not UTF-8") from None
     try:
         if "&" in text:  # an alias needs an anchor: only then look for one (an alias bomb)
-            for event in yaml.parse(text, Loader=_SafeLoader):
+            for event in yaml.parse(text, Loader=JsonLoader):
                 if isinstance(event, yaml.AliasEvent):
                     mark = event.start_mark
                     raise where.error(
@@ -298,7 +299,7 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
                         "uses a YAML alias; llm-ledger cassettes never contain anchors or aliases "
                         "(re-record it, or run `llm-ledger scrub` on a converted one)",
                     )
-        doc = yaml.load(text, Loader=_SafeLoader)
+        doc = yaml.load(text, Loader=JsonLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f"line {mark.line + 1}" if mark is not None else "somewhere"

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from llm_ledger._table import text_table
+
 from ._budgets import METRIC_OF, Budgets, Limits
 
 __all__ = [
@@ -345,19 +347,6 @@ def _format_value(limit_key: str, value: float) -> str:
     return format_cost(value) if limit_key == "max_cost_usd" else f"{int(value):,}"
 
 
-def table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
-    """Plain fixed-width table lines; columns in ``right`` are right-aligned."""
-    right = right if right is not None else set(range(1, len(headers)))
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(cells)
-        ).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)]
-
-
 def render_lens_table(ledger: SessionLedger) -> list[str]:
     rows = []
     incomplete = False
@@ -369,7 +358,7 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
             [name, runs, str(s.api_calls), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}",
              f"{s.total_tokens:,}", format_cost(s.cost_usd, s.cost_complete)]
         )  # fmt: skip
-    lines = table(["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"], rows)
+    lines = text_table(["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"], rows)
     if incomplete:
         lines.append(f"* the cost shown leaves out calls with no known cost: {total.cost_gaps()}")
     return lines
@@ -420,7 +409,7 @@ def render_breaches(breaches: list[Breach]) -> list[str]:
         worst = b.worst_test + (f" (+{b.runs_over - 1} more runs)" if b.runs_over > 1 else "")
         actual = "unknown" if b.unknown else _format_value(b.limit_key, b.actual)
         rows.append([where, b.limit_key, _format_value(b.limit_key, b.limit), actual, worst])
-    lines = table(
+    lines = text_table(
         ["lens / test / total", "limit", "max", "actual", "worst run (test id)"], rows, right={2, 3}
     )
     for b in breaches:

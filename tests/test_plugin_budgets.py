@@ -109,16 +109,20 @@ def test_without_the_flag_budgets_never_fail(recorded: pytest.Pytester) -> None:
 
 BAD_BUDGETS = {
     "unknown key": ("lenses:\n  summary:\n    max_cost: 1\n",
-                    "budgets.yaml, line 3 (lenses.summary.max_cost): unknown key 'max_cost'; "
+                    "budgets.yaml:3: lenses.summary.max_cost: unknown key; "
                     "valid keys: max_api_calls, max_completion_tokens, max_cost_usd, *"),
-    "wrong type": ("total:\n  max_api_calls: many\n", "budgets.yaml, line 2 (total.max_api_calls): "
-                   "must be a whole number, not 'many'"),
-    "negative": ("default: {max_cost_usd: -0.5}\n", "budgets.yaml, line 1 (default.max_cost_usd): "
-                 "must not be negative, got -0.5"),
-    "unknown section": ("limits: {}\n", "budgets.yaml, line 1 (limits): unknown section 'limits'; "
-                        "valid sections: default, lenses, tests, total"),
-    "not yaml": ("total: {max_api_calls: 1\n", "budgets.yaml, line 2: not valid YAML: *"),
-    "not a mapping": ("- total\n", "budgets.yaml, line 1: the top level must be a mapping, not a list"),
+    "wrong type": ("total:\n  max_api_calls: many\n", "budgets.yaml:2: total.max_api_calls: "
+                   "expected a non-negative whole number, got 'many'"),
+    "fraction": ("total:\n  max_api_calls: 2.5\n", "budgets.yaml:2: total.max_api_calls: "
+                 "expected a non-negative whole number, got 2.5"),
+    "negative": ("default: {max_cost_usd: -0.5}\n", "budgets.yaml:1: default.max_cost_usd: "
+                 "expected a non-negative number of USD, got -0.5"),
+    "too big": ("default: {max_cost_usd: 1e400}\n", "budgets.yaml:1: default.max_cost_usd: "
+                "expected a non-negative number of USD (at most 1000000000), got '1e400'"),
+    "unknown section": ("limits: {}\n", "budgets.yaml:1: limits: unknown key; "
+                        "valid keys: default, lenses, tests, total"),
+    "not yaml": ("total: {max_api_calls: 1\n", "budgets.yaml:2: invalid YAML: *"),
+    "not a mapping": ("- total\n", "budgets.yaml:1: expected a mapping of sections, got a list"),
 }  # fmt: skip
 
 

@@ -121,8 +121,29 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         ("{", "not JSON"),
         ('{"schema": "other"}', "not an llm-ledger report"),
         ('{"schema": "llm-ledger-report", "version": 9, "lenses": {}, "total": {}}', "report version 9"),
+        (json.dumps(report({"s": {"cost_usd": float("nan")}}, {})), "not JSON (NaN is not a number JSON"),
+        (json.dumps(report({}, {"cost_usd": float("inf")})), "not JSON (Infinity is not a number JSON"),
+        (json.dumps(report({}, {})).replace("{}}", '{"cost_usd": 1e400}}'), "not JSON (1e400 is too large"),
+        ('{"schema": "llm-ledger-report", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        (
+            json.dumps(report({"s": {"cost_usd": "0.5"}}, {})),
+            "lenses.s.cost_usd: expected a number, got '0.5'",
+        ),
+        (json.dumps(report({}, {"api_calls": True})), "total.api_calls: expected a number, got True"),
+        (json.dumps(report({}, {"api_calls": 10**400})), "total.api_calls: expected a number, got 1000"),
     ],
-    ids=["not-json", "wrong-schema", "future-version"],
+    ids=[
+        "not-json",
+        "wrong-schema",
+        "future-version",
+        "nan",
+        "infinity",
+        "1e400",
+        "deep",
+        "string-metric",
+        "bool-metric",
+        "huge-int",
+    ],
 )
 def test_diff_rejects_bad_reports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
@@ -133,6 +154,21 @@ def test_diff_rejects_bad_reports(
     assert cli_main(["diff", str(bad), str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"llm-ledger diff: error: {bad}: {message}" in err
+    assert "Traceback" not in err
+
+
+def test_diff_refuses_endless_input_and_writes_strict_json(
+    reports: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/dev/zero as a report ends in an error after a bounded read; --format json output is strict JSON."""
+    assert cli_main(["diff", "/dev/zero", reports[1]]) == 2
+    assert "/dev/zero: is over 67,108,864 bytes, too big for a report" in capsys.readouterr().err
+
+    def refuse(text: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {text}")
+
+    assert cli_main(["diff", *reports, "--format=json", "--fail-on-increase=0"]) == 1
+    json.loads(capsys.readouterr().out, parse_constant=refuse)
 
 
 def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:

@@ -334,14 +334,18 @@ BAD_FILES = [
     ),
     ("empty-file", "", " the file is empty, expected a mapping with keys 'version' and 'models'"),
     ("top-level-list", "- version\n", "1: expected a mapping with keys 'version' and 'models', got a list"),
-    ("top-level-scalar", "hello\n", "1: expected a mapping with keys 'version' and 'models', got 'hello'"),
+    (
+        "top-level-scalar",
+        "hello\n",
+        "1: expected a mapping with keys 'version' and 'models', got a string of 5 characters",
+    ),
     (
         "unknown-top-level-key",
         "version: 1\nmodels: {}\nprices: {}\n",
-        "3: prices: unknown top-level key; valid keys: version, models",
+        "3: prices: unknown key; valid keys: version, models",
     ),
-    ("missing-version", "models: {}\n", "1: version: missing required top-level key"),
-    ("missing-models", "version: 1\n", "1: models: missing required top-level key"),
+    ("missing-version", "models: {}\n", "1: missing required key 'version' (the format, 1)"),
+    ("missing-models", "version: 1\n", "1: missing required key 'models' (the rates)"),
     ("wrong-version", "version: 2\nmodels: {}\n", "1: version: expected 1, got 2"),
     ("string-version", "version: '1'\nmodels: {}\n", "1: version: expected 1, got '1'"),
     ("bool-version", "version: true\nmodels: {}\n", "1: version: expected 1, got True"),
@@ -422,7 +426,7 @@ BAD_FILES = [
     (
         "numeric-model-name",
         "version: 1\nmodels:\n  123: {input: 1, output: 1}\n",
-        "3: models: keys must be non-empty names, got 123",
+        "3: models: keys must be non-empty names (quote them), got 123",
     ),
     (
         "duplicate-model",

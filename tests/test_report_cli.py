@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
+import os
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -451,3 +455,63 @@ def test_rows_of_equal_cost_sort_by_key_whatever_order_their_costs_were_added_in
         b'"a"': _report.Row("a", calls=2, cost_usd=0.15 + 0.15),
     }
     assert [row.key for row in _report.Report("log", "lens", rows=rows).sorted_rows()] == ["a", "b"]
+
+
+def test_lone_surrogates_in_context_values_are_counted_not_malformed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A context value with a lone surrogate, as the ledger writes it or as orjson spells it, is a call."""
+    written = call(lens="a\ud800b", source="s\udc00")  # the ledger's own writer: a JSON escape
+    log = logging.LogRecord("llm_monitor", logging.INFO, __file__, 0, written, None, None)
+    spelled = line(call(lens="LENS")).replace("LENS", "x\\ud800y")  # the fast path's spelling
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(_FORMATTER.format_line(log) + (spelled + "\n").encode())
+    for by in ("lens", "source_id"):
+        report = report_json(capsys, str(path), "--by", by)
+        assert report["malformed_lines"] == 0 and report["total"]["calls"] == 2
+    assert set(rows_by_key(report_json(capsys, str(path)))) == {"a\ud800b", "x\ud800y"}
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "a\\ud800b " in out and "x\\ud800y " in out
+
+
+def test_report_output_is_strict_json(capsys: pytest.CaptureFixture[str], sample: Path) -> None:
+    """--format json never writes NaN or Infinity, which strict JSON readers refuse."""
+    assert main(["report", str(sample), "--format", "json"]) == 0
+
+    def refuse(text: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {text}")
+
+    json.loads(capsys.readouterr().out, parse_constant=refuse)
+
+
+def test_devices_and_pipes_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """/dev/zero or a FIFO (which have no size to read up to) exit 2 with a clear message."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        assert main(["report", path]) == 2
+        assert f"{path!r} is not a regular file; save the log to a file first" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm-ledger --version` prints the installed version and exits 0."""
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--version"])
+    assert excinfo.value.code == 0
+    assert capsys.readouterr().out == f"llm-ledger {importlib.metadata.version('llm-ledger')}\n"
+
+
+def test_help_imports_no_subcommand() -> None:
+    """`llm-ledger --help` lists every subcommand without importing any; running one imports only it."""
+    code = (
+        "import sys\nfrom llm_ledger._cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[-1] in ('_diff', '_report', '_scrub')))"
+    )
+    for argv, imported in ((["--help"], "[]"), (["diff", "--help"], "['llm_ledger._diff']")):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+        assert done.stdout.splitlines()[-1] == imported, done.stdout
+    assert all(name in done.stdout for name in ("--only-changed", "--fail-on-increase"))
+    done = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, check=True)
+    assert all(f"    {name} " in done.stdout for name in ("diff", "report", "scrub"))

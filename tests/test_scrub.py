@@ -251,7 +251,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
     """A path that does not exist is named in a one-line error with exit status 2."""
     status, _, err = _run(capsys, str(tmp_path / "nope.yaml"))
     assert status == 2
-    assert err == f"llm-ledger scrub: error: {tmp_path / 'nope.yaml'}: no such file\n"
+    assert err == f"llm-ledger scrub: error: {tmp_path / 'nope.yaml'}: cassette not found\n"
 
 
 def test_scrub_is_a_subcommand_of_the_console_script() -> None:

@@ -1,0 +1,304 @@
+"""The one loader for the YAML files a user writes (price files, budgets.yaml).
+
+Every such file is read the same way and fails the same way:
+
+* only a regular file is read, and at most :data:`MAX_BYTES` of it (a FIFO, ``/dev/zero``, a directory
+  or a huge file is refused before anything is parsed); :func:`read_file` reads the CLI's inputs too;
+* YAML is composed into nodes and never constructed, so no tag can run code, and only plain YAML tags
+  are allowed;
+* numbers are read by one parser (:meth:`Document.number`): ``2.50``, ``1e-3``, ``1_000`` and ``7`` mean
+  the same in every file; quoted strings, booleans, ``.nan`` and ``.inf`` are not numbers;
+* every error reads ``file:line: key.path: what is wrong; valid choices``, and quotes at most the
+  offending value, shortened, and never when it looks like a credential (a price file pointed at a
+  ``.env`` must not print the key it holds).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import ClassVar, Final
+
+import yaml
+
+__all__ = ["MAX_BYTES", "Document", "JsonLoader", "join", "printable", "read_file", "shown"]
+
+MAX_BYTES: Final = 1 << 20  # a price file or budgets.yaml of a megabyte is already absurd
+_TAG_PREFIX: Final = "tag:yaml.org,2002:"
+_STR: Final = _TAG_PREFIX + "str"
+_INT: Final = _TAG_PREFIX + "int"
+_FLOAT: Final = _TAG_PREFIX + "float"
+_NULL: Final = _TAG_PREFIX + "null"
+_BOOL: Final = _TAG_PREFIX + "bool"
+# timestamp: an unquoted date resolves to it implicitly; it is then refused as a value, not as a tag
+_SAFE_TAGS: Final = frozenset(
+    _TAG_PREFIX + name for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+)
+# Unquoted plain scalars YAML 1.1 reads as strings but everyone means as numbers (1e-3, 2E+1).
+_PLAIN_NUMBER: Final = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+# Values that may be credentials are described, never quoted: secret-key shapes, assignments (.env),
+# password hashes (/etc/shadow), long token-like runs, and credential words.
+_SECRET_VALUE: Final = re.compile(
+    r"sk-|[=$]|[A-Za-z0-9+/_.-]{24,}|key|token|secret|passw|bearer|auth|credential", re.IGNORECASE
+)
+_SECRET_KEY: Final = re.compile(r"sk-[A-Za-z0-9_-]{8,}|[=$]|[A-Za-z0-9+/_-]{40,}")
+# an unknown key is quoted only when it looks like a misspelt key (a first line of /etc/shadow can
+# read as a key)
+_KEY_LIKE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
+_SHOWN_CHARS: Final = 40
+
+
+def shown(value: object, *, key: bool = False) -> str:
+    """``repr(value)`` shortened, or a description when a string value may be a credential."""
+    if isinstance(value, str) and (_SECRET_KEY if key else _SECRET_VALUE).search(value):
+        return f"a string of {len(value)} characters (not shown)"
+    text, limit = repr(value), _SHOWN_CHARS * 2 if key else _SHOWN_CHARS
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (valid in JSON escapes, not in UTF-8) written as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def join(key_path: str, key: str) -> str:
+    """``key_path.key`` for messages; a key that looks like a credential is not shown, a long one is cut."""
+    if _SECRET_KEY.search(key):
+        key = f"<a key of {len(key)} characters>"
+    elif len(key) > _SHOWN_CHARS * 2:
+        key = key[: _SHOWN_CHARS * 2 - 1] + "…"
+    return f"{key_path}.{key}" if key_path else key
+
+
+def read_file(
+    path: str,
+    error: type[Exception],
+    what: str,
+    *,
+    name: str | None = None,
+    hint: str = "",
+    max_bytes: int = MAX_BYTES,
+    streams: bool = False,
+) -> bytes:
+    """The bytes of ``path`` (``name`` in messages): at most ``max_bytes`` of a regular file.
+
+    ``what`` ("price file") names the file in each ``error`` raised; ``hint`` follows "not found".
+    Without ``streams`` only a regular file is read, opened non-blocking so a FIFO cannot hang us and
+    checked with ``fstat`` on the open file, so what is checked is what is read. With ``streams`` a pipe
+    (``<(command)``) is read too, still never past ``max_bytes`` (``/dev/zero`` ends in an error).
+    """
+    name = name or path
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if streams else os.O_NONBLOCK)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"{name}: {what} not found{hint}") from None
+    except OSError as exc:
+        raise error(f"{name}: cannot read the {what}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{name}: is a directory, expected a {what}")
+        regular = stat.S_ISREG(info.st_mode)
+        if not (regular or streams):
+            raise error(f"{name}: is not a regular file (a device, FIFO or socket), expected a {what}")
+        data = b"".join(_chunks(fd, max_bytes + 1)) if not regular or info.st_size <= max_bytes else b""
+        if info.st_size > max_bytes or len(data) > max_bytes:
+            raise error(f"{name}: is over {max_bytes:,} bytes, too big for a {what}")
+        return data
+    except OSError as exc:
+        raise error(f"{name}: cannot read the {what}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _chunks(fd: int, limit: int) -> list[bytes]:
+    """At most ``limit`` bytes of ``fd``."""
+    chunks: list[bytes] = []
+    while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
+        chunks.append(chunk)
+        limit -= len(chunk)
+    return chunks
+
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TIMESTAMP: Final = _TAG_PREFIX + "timestamp"
+
+
+class JsonLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """A safe YAML loader that builds only what JSON holds (cassettes are JSON bodies written as YAML).
+
+    An unquoted date stays the string it reads as; ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and
+    ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``.
+    """
+
+    yaml_implicit_resolvers: ClassVar = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]
+        for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
+    }
+
+
+def _not_json(loader: yaml.SafeLoader, node: yaml.Node) -> None:
+    tag = node.tag.replace(_TAG_PREFIX, "!!")
+    raise yaml.constructor.ConstructorError(
+        None, None, f"tag {tag!r} is not allowed: a body holds only what JSON can", node.start_mark
+    )
+
+
+for _tag in ("set", "binary", "omap", "pairs", "timestamp"):
+    JsonLoader.add_constructor(_TAG_PREFIX + _tag, _not_json)
+
+
+class Document:
+    """One YAML file being validated: its name, the error class to raise, and the node readers."""
+
+    def __init__(self, name: str, error: type[Exception], what: str) -> None:
+        self.name = name
+        self.what = what  # "a price file": for messages
+        self._error = error
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node: yaml.Node | None, key_path: str, message: str) -> Exception:
+        where = self.name if node is None else f"{self.name}:{node.start_mark.line + 1}"
+        return self._error(f"{where}: {key_path}: {message}" if key_path else f"{where}: {message}")
+
+    def compose(self, data: str | bytes) -> yaml.Node | None:
+        """The document's root node (``None`` for an empty file); nothing is constructed."""
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise self._error(f"{self.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        try:
+            return yaml.compose(data, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{self.name}:{mark.line + 1}" if mark is not None else self.name
+            what = ", ".join(part for part in (exc.context, exc.problem) if part)
+            raise self._error(f"{where}: invalid YAML: {what}") from None
+        except yaml.reader.ReaderError as exc:
+            line = data.count("\n", 0, exc.position) + 1
+            raise self._error(f"{self.name}:{line}: invalid YAML: {exc.reason}") from None
+        except yaml.YAMLError:
+            raise self._error(f"{self.name}: invalid YAML") from None
+        except RecursionError:  # PyYAML composes nested collections recursively
+            raise self._error(f"{self.name}: invalid YAML: nested too deeply to be {self.what}") from None
+
+    def check_tag(self, node: yaml.Node, key_path: str) -> None:
+        if node.tag not in _SAFE_TAGS:
+            tag = shown(node.tag.replace(_TAG_PREFIX, "!!"), key=True)
+            raise self.error(
+                node,
+                key_path,
+                f"YAML tag {tag} is not allowed: {self.what} holds only plain numbers, names and mappings",
+            )
+
+    def describe(self, node: yaml.Node) -> str:
+        """The node's value as the user wrote it, for "got ..." (tags are checked first)."""
+        if isinstance(node, yaml.MappingNode):
+            return "a mapping"
+        if isinstance(node, yaml.SequenceNode):
+            return "a list"
+        if node.tag in (_INT, _FLOAT, _BOOL, _NULL):
+            try:
+                return shown(self._constructor.construct_object(node))
+            except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+                pass
+        return shown(node.value)
+
+    def is_null(self, node: yaml.Node) -> bool:
+        return isinstance(node, yaml.ScalarNode) and node.tag == _NULL
+
+    def mapping(
+        self, node: yaml.Node, key_path: str, expected: str
+    ) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        """A mapping node's (key, key node, value node) items; keys are non-empty strings seen once."""
+        self.check_tag(node, key_path)
+        if not isinstance(node, yaml.MappingNode):
+            got = self.describe(node)
+            if not key_path and node.tag == _STR:  # the whole file: never quoted
+                got = f"a string of {len(node.value)} characters"
+            raise self.error(node, key_path, f"expected {expected}, got {got}")
+        items: list[tuple[str, yaml.Node, yaml.Node]] = []
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            self.check_tag(key_node, key_path)
+            if not (
+                isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR and key_node.value.strip()
+            ):
+                got = self.describe(key_node) if key_node.tag != _STR else shown(key_node.value, key=True)
+                raise self.error(key_node, key_path, f"keys must be non-empty names (quote them), got {got}")
+            key = key_node.value
+            here = join(key_path, key)
+            if key in first_line:
+                raise self.error(key_node, here, f"duplicate key (first on line {first_line[key]})")
+            first_line[key] = key_node.start_mark.line + 1
+            items.append((key, key_node, value_node))
+        return items
+
+    def fields(
+        self,
+        node: yaml.Node,
+        key_path: str,
+        expected: str,
+        keys: Sequence[str],
+        required: Mapping[str, str] | None = None,
+    ) -> dict[str, yaml.Node]:
+        """A mapping with only ``keys``; each of ``required`` (key -> what it is) must be present."""
+        values: dict[str, yaml.Node] = {}
+        for key, key_node, value_node in self.mapping(node, key_path, expected):
+            if key not in keys:
+                name = key if _KEY_LIKE.fullmatch(key) else f"<a key of {len(key)} characters>"
+                where = f"{key_path}.{name}" if key_path else name
+                raise self.error(key_node, where, f"unknown key; valid keys: {', '.join(keys)}")
+            values[key] = value_node
+        for key, meaning in (required or {}).items():
+            if key not in values:
+                raise self.error(node, key_path, f"missing required key {key!r} ({meaning})")
+        return values
+
+    def number(
+        self, node: yaml.Node, key_path: str, expected: str, *, maximum: Decimal, whole: bool = False
+    ) -> Decimal:
+        """A non-negative finite number up to ``maximum`` (a whole one if ``whole``), read exactly."""
+        self.check_tag(node, key_path)
+        value: Decimal | None = None
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == _INT:
+                try:
+                    value = Decimal(self._constructor.construct_yaml_int(node))
+                except (ValueError, TypeError):
+                    value = None
+            elif node.tag == _FLOAT or (node.tag == _STR and node.style is None):
+                text = node.value.replace("_", "")
+                if node.tag == _FLOAT or _PLAIN_NUMBER.fullmatch(text):
+                    value = _to_decimal(text) or _to_decimal(self._float_text(node))
+        if (
+            value is None
+            or not value.is_finite()
+            or value < 0
+            or (whole and value != value.to_integral_value())
+        ):
+            raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
+        if value > maximum:
+            raise self.error(
+                node, key_path, f"expected {expected} (at most {maximum}), got {self.describe(node)}"
+            )
+        return value
+
+    def _float_text(self, node: yaml.ScalarNode) -> str:
+        # YAML 1.1 spellings Decimal cannot read (".inf", "1:30.5" sexagesimal) go through PyYAML's float.
+        try:
+            return repr(self._constructor.construct_yaml_float(node))
+        except (ValueError, TypeError):
+            return ""
+
+
+def _to_decimal(text: str) -> Decimal | None:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None

@@ -1,0 +1,50 @@
+"""The one table renderer: fixed-width text for terminals, Markdown for PR comments and summaries.
+
+The first column is a name (left-aligned); the others are figures, right-aligned unless ``right``
+says otherwise. ``total`` rows follow a rule in text and are bold in Markdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+__all__ = ["markdown_table", "text_table"]
+
+
+def text_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    total: Sequence[Sequence[str]] = (),
+    right: Collection[int] | None = None,
+    indent: str = "",
+) -> list[str]:
+    """Lines of a plain table: header, rule, rows, and (after another rule) the ``total`` rows."""
+    right = range(1, len(headers)) if right is None else right
+    widths = [max(len(row[i]) for row in [headers, *rows, *total]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        text = "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return indent + text.rstrip()
+
+    rule = line(["-" * w for w in widths])
+    return [line(headers), rule, *map(line, rows), *([rule, *map(line, total)] if total else [])]
+
+
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, total: Sequence[Sequence[str]] = ()
+) -> list[str]:
+    """Lines of a Markdown table (``|`` in cells escaped); ``total`` rows in bold."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    bold = [[f"**{cell}**" for cell in row] for row in total]
+    return [
+        line(headers),
+        "|" + "|".join(["---", *["---:"] * (len(headers) - 1)]) + "|",
+        *map(line, [*rows, *bold]),
+    ]

@@ -1,0 +1,160 @@
+"""The one loader behind price files, budgets.yaml and cassettes: one number parser, one error shape."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from llm_ledger import BudgetError, CassetteError, ConfigError, PriceFileError, PriceTable
+from llm_ledger._cli import main
+from llm_ledger._loading import MAX_BYTES
+from pytest_llm_ledger._budgets import Limits, load_budgets
+from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, body_bytes, load_cassette
+
+SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 3
+DOT_ENV = f'OPENAI_API_KEY={SECRET}\nexport OTHER_TOKEN="{SECRET}"\n'
+SHADOW = "root:$6$saltsalt$" + "x" * 86 + ":19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\n"
+LOCKED_SHADOW = "root:*:20228:0:99999:7:::\n"  # reads as a mapping with one key
+PASSWD = "root:x:0:0:root:/root:/bin/bash\n"
+
+
+def load_prices(path: Path) -> object:
+    return PriceTable.from_file(path, builtin=False)
+
+
+def load_limits(path: Path) -> object:
+    return load_budgets(path)
+
+
+LOADERS: dict[str, tuple[Callable[[Path], object], type[ConfigError]]] = {
+    "price file": (load_prices, PriceFileError),
+    "budgets file": (load_limits, BudgetError),
+}
+
+
+def test_exponent_numbers_mean_the_same_in_prices_and_budgets(tmp_path: Path) -> None:
+    """1e-3 is a price and a cost budget alike; 1e3 is a whole number of calls."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("version: 1\nmodels:\n  m: {input: 1e-3, output: 2.5E+1}\n", encoding="utf-8")
+    rates = PriceTable.from_file(prices, builtin=False).rates("m")
+    assert rates is not None and (rates.input, rates.output) == (Decimal("0.001"), Decimal(25))
+
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("total: {max_cost_usd: 1e-3, max_api_calls: 1e3, max_total_tokens: 1_000}\n")
+    assert load_budgets(budgets).total == Limits(
+        max_cost_usd=0.001, max_api_calls=1000, max_total_tokens=1000
+    )
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+@pytest.mark.parametrize(
+    "text",
+    [DOT_ENV, SHADOW, LOCKED_SHADOW, PASSWD, f"models: {{m: {{input: {SECRET}}}}}\n"],
+    ids=["env", "shadow", "locked-shadow", "passwd", "value"],
+)
+def test_errors_never_quote_credential_looking_content(tmp_path: Path, kind: str, text: str) -> None:
+    """A .env or /etc/shadow given as a config file is refused without printing what it holds."""
+    load, error = LOADERS[kind]
+    path = tmp_path / "wrong.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(error) as excinfo:
+        load(path)
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}:1: ")
+    for fragment in ("sk-proj", "A1b2C3", "$6$", "saltsalt", "root:", "20228", "/bin/bash"):
+        assert fragment not in message, message
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+def test_bad_values_are_quoted_short(tmp_path: Path, kind: str) -> None:
+    """A long bad value is shortened in the message, not printed whole."""
+    load, error = LOADERS[kind]
+    path = tmp_path / "long.yaml"
+    start = (
+        "version: 1\nmodels:\n  m: {input: 1, output: " if kind == "price file" else "total: {max_api_calls: "
+    )
+    path.write_text(start + "ab " * 500 + "}\n", encoding="utf-8")
+    with pytest.raises(error, match=r"expected a non-negative .*, got 'ab ab ab.*…$") as excinfo:
+        load(path)
+    assert len(str(excinfo.value)) < len(str(path)) + 200
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+def test_devices_fifos_and_directories_are_refused_unread(tmp_path: Path, kind: str) -> None:
+    """/dev/zero, a FIFO (with no writer: reading would hang) and a directory each get a clear error."""
+    load, error = LOADERS[kind]
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path, message in ((Path("/dev/zero"), "is not a regular file"), (fifo, "is not a regular file"),
+                          (tmp_path, "is a directory")):  # fmt: skip
+        with pytest.raises(error, match=f"^{path}: {message}.*expected a {kind}$"):
+            load(path)
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+def test_oversized_files_are_refused(tmp_path: Path, kind: str) -> None:
+    """A file over the size cap is refused before it is parsed."""
+    load, error = LOADERS[kind]
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"#" * (MAX_BYTES + 1))
+    with pytest.raises(error, match=f"is over {MAX_BYTES:,} bytes, too big for a {kind}$"):
+        load(path)
+
+
+def test_missing_required_keys_name_the_key_and_its_meaning(tmp_path: Path) -> None:
+    """Errors share one shape: file:line: key.path: what is wrong."""
+    path = tmp_path / "prices.yaml"
+    path.write_text("version: 1\nmodels:\n  m: {input: 1}\n", encoding="utf-8")
+    with pytest.raises(PriceFileError, match=r"prices\.yaml:3: models\.m: missing required key 'output'"):
+        load_prices(path)
+
+
+CASSETTE = """version: 1
+interactions:
+- request:
+    method: POST
+    url: https://api.openai.com/v1/chat/completions
+    json: {{model: gpt-4o, note: {value}}}
+  response:
+    status: 200
+    json: {{id: chatcmpl-1}}
+"""
+
+
+def test_hand_edited_cassette_dates_stay_strings(tmp_path: Path) -> None:
+    """An unquoted date in a hand-edited cassette body is the string it reads as (JSON has no dates)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(CASSETTE.format(value="2024-01-01"), encoding="utf-8")
+    [interaction] = load_cassette(path)
+    assert interaction["request"]["body"] == ("json", {"model": "gpt-4o", "note": "2024-01-01"})
+    assert json.loads(body_bytes(interaction["request"]["body"]))["note"] == "2024-01-01"
+
+
+@pytest.mark.parametrize(
+    "value", ["!!set {a, b}", "!!binary aGVsbG8=", "!!omap [{a: 1}]", "!!timestamp 2024-01-01"]
+)
+def test_cassette_tags_json_cannot_hold_are_a_cassette_error(tmp_path: Path, value: str) -> None:
+    """!!set, !!binary, !!omap, !!timestamp in a cassette: a CassetteError at the line, not a TypeError."""
+    path = tmp_path / "c.yaml"
+    path.write_text(CASSETTE.format(value=value), encoding="utf-8")
+    tag = value.split()[0]
+    with pytest.raises(CassetteError, match=f"c.yaml: line 6: .*tag '{tag}' is not allowed"):
+        load_cassette(path)
+
+
+def test_oversized_and_device_cassettes_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cassette past the size cap, or /dev/zero given to scrub, is refused after a bounded read."""
+    path = tmp_path / "big.yaml"
+    with path.open("wb") as file:
+        file.truncate(MAX_CASSETTE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(CassetteError, match=f"is over {MAX_CASSETTE_BYTES:,} bytes, too big for a cassette"):
+        load_cassette(path)
+    assert main(["scrub", "/dev/zero"]) == 2
+    assert "/dev/zero: is not a regular file" in capsys.readouterr().err
