@@ -20,10 +20,11 @@ from typing import Any
 __all__ = ["register"]
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
+    """Add the ``cassettes`` subcommand to the ``llm-ledger`` console script."""
     parser = subparsers.add_parser(
         "cassettes",
-        help="list cassettes no collected test owns (--prune deletes them)",
+        help=summary,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

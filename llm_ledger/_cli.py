@@ -19,7 +19,10 @@ from ._errors import LedgerError
 _COMMANDS = {
     "cassettes": ("llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),
     "diff": ("llm_ledger._diff", "compare two pytest --llm-report files lens by lens"),
-    "fake-server": ("llm_ledger._fake_server", "serve a fake OpenAI-compatible API on loopback"),
+    "fake-server": (
+        "llm_ledger._fake_server",
+        "serve a loopback OpenAI-compatible API (record cassettes without a key, test offline)",
+    ),
     "report": (
         "llm_ledger._report",
         "summarise an llm_calls.jsonl log: calls, errors, tokens, cost, latency per group",

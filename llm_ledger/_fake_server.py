@@ -921,11 +921,11 @@ class FakeOpenAI:
             return failure
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     """Add ``fake-server`` to the ``llm-ledger`` console script."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "fake-server",
-        help="serve a loopback OpenAI-compatible API (record cassettes without a key, test offline)",
+        help=summary,
         description=(
             "Serve the OpenAI-compatible test server on HOST:PORT until Ctrl-C: chat completions, "
             "responses and embeddings, streamed or not, with deterministic text and usage. Point a client "
