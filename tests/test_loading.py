@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import llm_ledger
 from llm_ledger import BudgetError, CassetteError, ConfigError, PriceFileError, PriceTable
 from llm_ledger._cli import main
 from llm_ledger._loading import MAX_BYTES
@@ -158,3 +159,15 @@ def test_oversized_and_device_cassettes_are_refused(
         load_cassette(path)
     assert main(["scrub", "/dev/zero"]) == 2
     assert "/dev/zero: is not a regular file" in capsys.readouterr().err
+
+
+def test_price_file_from_the_environment_never_prints_a_dot_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLM_LEDGER_PRICE_FILE pointing at a .env: configure() refuses it without printing the key."""
+    path = tmp_path / ".env"
+    path.write_text(DOT_ENV, encoding="utf-8")
+    monkeypatch.setenv("LLM_LEDGER_PRICE_FILE", str(path))
+    with pytest.raises(PriceFileError, match=r"got a string of \d+ characters$") as excinfo:
+        llm_ledger.configure(log_dir=None)
+    assert SECRET not in str(excinfo.value) and "sk-proj" not in str(excinfo.value)

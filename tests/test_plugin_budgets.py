@@ -148,6 +148,20 @@ def test_missing_budgets_file_with_the_flag_is_an_error(pytester: pytest.Pyteste
     result.stderr.fnmatch_lines(["*ci/limits.yaml: budgets file not found; create it*"])
 
 
+def test_a_budgets_file_that_is_not_one_is_never_printed(pytester: pytest.Pytester) -> None:
+    """--llm-budget-file at a password file: a usage error that does not quote the file's lines."""
+    write_project(pytester)
+    budgets(pytester, "root:$6$saltsalt$hashhashhash:19700:0:99999:7:::\n", "shadow")
+
+    result = run(pytester, "--llm-budget", "--llm-budget-file=shadow")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*llm-ledger: shadow:1: <a key of 47 characters>: unknown key; valid keys: default, *"]
+    )
+    assert "$6$" not in result.stderr.str() and "root" not in result.stderr.str()
+
+
 def test_budget_file_from_ini(recorded: pytest.Pytester) -> None:
     """ini llm_budget_file points at the budgets, relative to the ini file."""
     recorded.makefile(".ini", pytest=INI + "llm_budget_file = ci/budgets.yaml\n")
