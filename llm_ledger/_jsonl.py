@@ -195,13 +195,7 @@ class JsonlFileHandler(logging.Handler):
         self._wake = threading.Event()
         self._draining = threading.Lock()  # another thread may have held it at the fork
         self._main_writes = False
-        if self._fd is not None:
-            # a descriptor of its own: one shared with the parent would share the parent's lock
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+        self._close_fd()  # a descriptor of its own: one shared with the parent would share its lock
         if not self._closed:
             self._thread = self._start_writer()
 
@@ -327,12 +321,7 @@ class JsonlFileHandler(logging.Handler):
                     self._drain()
                 finally:
                     self._give_back()
-            if self._fd is not None:
-                try:
-                    os.close(self._fd)
-                except OSError:
-                    pass
-                self._fd = None
+            self._close_fd()
             _handlers.discard(self)  # flush_all() and exit leave it alone from now on
         super().close()
 
@@ -361,13 +350,17 @@ class JsonlFileHandler(logging.Handler):
         except BaseException:
             os.close(fd)
             raise
+        self._close_fd()
+        self._fd, self._readable = fd, readable
+        self._inode = (st.st_dev, st.st_ino)
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
-        self._fd, self._readable = fd, readable
-        self._inode = (st.st_dev, st.st_ino)
+            self._fd = None
 
     def _reopen_if_moved(self) -> None:
         try:
