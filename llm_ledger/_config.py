@@ -82,6 +82,15 @@ def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
     raise ConfigError(f"environment variable {name}={raw!r} is not a boolean; use one of 1, 0, true, false")
 
 
+def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default: bool) -> bool:
+    """A boolean setting: the argument when given, else its environment variable, else ``default``."""
+    if value is UNSET:
+        return _env_bool(variable, env, default)
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
 def _path(name: str, value: Any) -> Path:
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         if "\x00" in str(value):
@@ -113,26 +122,11 @@ def resolve(
         resolved_prices = _path("LLM_LEDGER_PRICE_FILE", raw_price) if raw_price else None
     else:
         resolved_prices = None if price_file is None else _path("price_file", price_file)
-    if capture_content is UNSET:
-        capture = _env_bool("LLM_LEDGER_CAPTURE_CONTENT", env, False)
-    elif isinstance(capture_content, bool):
-        capture = capture_content
-    else:
-        raise ConfigError(f"capture_content must be True or False, got {capture_content!r}")
-    if stream_usage is UNSET:
-        usage = _env_bool("LLM_LEDGER_STREAM_USAGE", env, True)
-    elif isinstance(stream_usage, bool):
-        usage = stream_usage
-    else:
-        raise ConfigError(f"stream_usage must be True or False, got {stream_usage!r}")
+    capture = _bool("capture_content", capture_content, "LLM_LEDGER_CAPTURE_CONTENT", env, False)
+    usage = _bool("stream_usage", stream_usage, "LLM_LEDGER_STREAM_USAGE", env, True)
     if redact is not None and not callable(redact):
         raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
-    if handle_sigterm is UNSET:
-        sigterm = _env_bool("LLM_LEDGER_HANDLE_SIGTERM", env, True)
-    elif isinstance(handle_sigterm, bool):
-        sigterm = handle_sigterm
-    else:
-        raise ConfigError(f"handle_sigterm must be True or False, got {handle_sigterm!r}")
+    sigterm = _bool("handle_sigterm", handle_sigterm, "LLM_LEDGER_HANDLE_SIGTERM", env, True)
     if exporters is UNSET:
         specs = _exporters.parse(env.get("LLM_LEDGER_EXPORTERS", ""), "LLM_LEDGER_EXPORTERS", from_env=True)
     else:
