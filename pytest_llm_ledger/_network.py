@@ -45,10 +45,6 @@ class Guard:
         self._libraries: set[str] = set()
         self._saved: list[tuple[type, str, Any, Any]] = []  # (class, attribute, original, wrapper)
 
-    @property
-    def installed(self) -> bool:
-        return bool(self._saved)
-
     def install(self, *, load: bool = False) -> None:
         """Wrap the transports of each HTTP library imported so far; with ``load``, import them first."""
         for name in HTTP_LIBRARIES:

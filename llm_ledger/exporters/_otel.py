@@ -149,7 +149,6 @@ class OTelSink:
         self._trace = trace
         self._client_kind = trace.SpanKind.CLIENT
         self._internal_kind = trace.SpanKind.INTERNAL
-        self._error_status = trace.Status(trace.StatusCode.ERROR)
         self.tracer = trace.get_tracer(SCOPE, ours, tracer_provider)
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         self.latest = latest_experimental()
