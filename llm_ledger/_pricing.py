@@ -606,6 +606,7 @@ def _rates_from_model_info(info: ModelInfo, source: str) -> Rates | None:
 
 _MODEL_KEYS: Final = ("input", "cached_input", "output")
 _HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
+_MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
 _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
 _STR_TAG: Final = "tag:yaml.org,2002:str"
 
@@ -629,7 +630,7 @@ def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], di
     if "models" in top:
         for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
             entry_path = join("models", model)
-            rates = _rates(doc, node, entry_path, model, f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)")
+            rates = _rates(doc, node, entry_path, model, _MODEL_EXPECTED)
             assert rates is not None  # input and output are required
             result[model] = rates
     hosts: dict[str, HostPrice] = {}
