@@ -194,7 +194,7 @@ def test_reported_cost_wins_and_both_are_kept_when_they_differ(
     }
     assert streamed["cost"]["total_cost_usd"] == 0.25
     assert streamed["cost"]["source"] == "provider-reported"
-    assert run.summary["total_cost_usd"] == pytest.approx(0.375, rel=1e-12)
+    assert run.summary is not None and run.summary["total_cost_usd"] == pytest.approx(0.375, rel=1e-12)
 
 
 def test_reported_cost_equal_to_the_computed_one_keeps_the_split(
