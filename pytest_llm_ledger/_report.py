@@ -30,6 +30,18 @@ __all__ = [
 REPORT_SCHEMA: Final = "llm-ledger-report"
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
+NO_LENS: Final = "<no lens>"  # the usage of calls made outside any lens
+# the report's "usage" rows: what `llm-ledger reprice` prices again (key fields, then summed counts)
+USAGE_KEYS: Final = ("lens", "provider", "server", "model", "served_model", "cost_source")
+USAGE_COUNTS: Final = (
+    "calls",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost_pusd",
+    "uncosted_calls",  # billed calls with no cost recorded
+    "no_usage_calls",  # calls that were not refused but reported no usage
+)
 _PICO: Final = 10**12
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
 
@@ -157,6 +169,35 @@ class Totals:
         return out
 
 
+def _usage_row(record: Mapping[str, Any]) -> tuple[tuple[str, ...], list[int]]:
+    """A call's key and counts in the report's "usage" rows (the innermost lens it ran in)."""
+    context = record.get("context") or {}
+    server = record.get("server") or {}
+    usage = record.get("usage") or {}
+    address, port = server.get("address"), server.get("port")
+    key = (
+        str(context.get("lens_key") or NO_LENS),
+        str(server.get("provider") or "openai"),
+        f"{address}:{port}" if address and port else str(address or ""),
+        str((record.get("request") or {}).get("model") or ""),
+        str((record.get("response") or {}).get("model") or ""),
+        str((record.get("cost") or {}).get("source") or ""),
+    )
+    cost = _picos((record.get("cost") or {}).get("total_cost_usd"))
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    known = isinstance(prompt, int) and isinstance(completion, int)
+    billed = record.get("status") != "error" or (known and bool(prompt or completion))
+    return key, [
+        1,
+        _int(prompt),
+        _int(usage.get("cached_tokens")),
+        _int(completion),
+        cost or 0,
+        int(cost is None and billed),
+        int(not known and record.get("status") != "error"),
+    ]
+
+
 def _model(record: Mapping[str, Any]) -> str:
     for part in ("request", "response"):
         model = (record.get(part) or {}).get("model")
@@ -211,9 +252,17 @@ class SessionLedger:
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
+        self.usage: dict[tuple[str, ...], list[int]] = {}  # USAGE_KEYS -> USAGE_COUNTS
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         self.tests.setdefault(nodeid, Totals()).add(Totals.of_call(record))
+        key, counts = _usage_row(record)
+        self._add_usage(key, counts)
+
+    def _add_usage(self, key: tuple[str, ...], counts: list[int]) -> None:
+        row = self.usage.setdefault(key, [0] * len(USAGE_COUNTS))
+        for index, count in enumerate(counts):
+            row[index] += count
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")
@@ -234,6 +283,7 @@ class SessionLedger:
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
             "unplayed": self.unplayed,
             "cassettes": sorted(self.cassettes),
+            "usage": [[*key, *counts] for key, counts in self.usage.items()],
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -243,6 +293,8 @@ class SessionLedger:
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
         self.unplayed.update(data.get("unplayed", {}))
         self.cassettes.update(data.get("cassettes", ()))
+        for row in data.get("usage", ()):
+            self._add_usage(tuple(row[: len(USAGE_KEYS)]), row[len(USAGE_KEYS) :])
 
     # -- aggregates ------------------------------------------------------------------------------
 
@@ -283,6 +335,19 @@ class SessionLedger:
             # a report of a run whose tests failed (cassette misses...) does not describe the code:
             # `llm-ledger diff` flags it
             "failed_tests": sorted(self.failed),
+            # the tokens of each lens per provider, server and model: `llm-ledger reprice` reads them
+            "usage": [
+                {
+                    **dict(zip(USAGE_KEYS, key, strict=True)),
+                    **{
+                        name: count
+                        for name, count in zip(USAGE_COUNTS, counts, strict=True)
+                        if name != "cost_pusd"
+                    },
+                    "cost_usd": counts[USAGE_COUNTS.index("cost_pusd")] / _PICO,
+                }
+                for key, counts in sorted(self.usage.items())
+            ],
         }
 
     # -- budgets ---------------------------------------------------------------------------------
