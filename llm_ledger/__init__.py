@@ -30,7 +30,7 @@ from ._errors import (
 from ._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from ._jsonl import flush_all as _flush_all
 from ._monitor import LLMCallMonitor, Redactor, Sink
-from ._pricing import Cost, PriceTable, Rates, price
+from ._pricing import Cost, HostPrice, PriceTable, Rates, price
 from ._records import CallRecord, LensRecord, LensSummary
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "CassetteMissError",
     "ConfigError",
     "Cost",
+    "HostPrice",
     "JsonlFileHandler",
     "LLMCallMonitor",
     "LedgerError",

@@ -36,6 +36,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from llm_ledger._errors import ConfigError, PriceFileError
+from llm_ledger._extract import JsonView
 from llm_ledger._loading import Document, join, read_file, shown
 from llm_ledger._records import USD_UNIT_DIGITS
 
@@ -206,11 +207,13 @@ def reported_cost_units(usage: Any) -> int | None:
     try:
         if type(usage) is dict:
             value = usage.get("cost")
+        elif type(usage) is JsonView:  # a body the ledger parsed itself (raw responses, streams)
+            value = usage._data.get("cost")
         else:
             # the SDK's models keep fields they do not declare in __pydantic_extra__ (a slot: cheap)
             extra = getattr(usage, "__pydantic_extra__", _MISSING)
             if extra is _MISSING:
-                value = getattr(usage, "cost", None)  # a body the ledger parsed itself (JsonView)
+                value = getattr(usage, "cost", None)
             elif extra:
                 value = extra.get("cost")
             else:
