@@ -23,7 +23,15 @@ from ._fake_server import FakeOpenAI, RecordedAnswer, RecordedRequest
 from ._monitor import LLMCallMonitor, add_global_sink, remove_global_sink
 from ._records import CALL_EVENT, LENS_EVENT
 
-__all__ = ["Captured", "FakeOpenAI", "RecordedAnswer", "RecordedRequest", "capture"]
+__all__ = [
+    "Captured",
+    "FakeOpenAI",
+    "RecordedAnswer",
+    "RecordedRequest",
+    "add_global_sink",
+    "capture",
+    "remove_global_sink",
+]
 
 
 class Captured:
