@@ -37,7 +37,7 @@ __all__ = [
 class Captured:
     """Records emitted while a :func:`capture` block was open, in emission order.
 
-    * ``records``: every record (``llm_api_call`` and ``lens_summary`` dicts, as in the README's
+    * ``records``: every record (``llm_api_call`` and ``lens_summary`` dicts, as in docs/MONITORING.md's
       "The records"), copied when emitted;
     * ``calls``: the ``llm_api_call`` records; ``lenses``: the ``lens_summary`` records;
     * ``len(captured)`` and ``for record in captured`` work on ``records``.

@@ -171,7 +171,7 @@ def _models(counts: Mapping[str, int]) -> str:
 
 PRICE_FIX: Final = (
     "add the model to a price file (USD per 1M tokens) and point LLM_LEDGER_PRICE_FILE at it (or "
-    "configure(price_file=...)); see the README's Prices section"
+    "configure(price_file=...)); see the Prices section of docs/MONITORING.md"
 )
 USAGE_FIX: Final = (
     "re-record it with usage: streamed chat calls report it with stream_options include_usage "

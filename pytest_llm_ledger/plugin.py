@@ -238,7 +238,7 @@ class LedgerRecords:
     during the test's setup, call and teardown, in the order they were emitted:
 
     * ``nodeid``: the test's node id;
-    * ``calls``: the ``llm_api_call`` records (dicts, as in the README's "The records");
+    * ``calls``: the ``llm_api_call`` records (dicts, as in docs/MONITORING.md's "The records");
     * ``lenses``: the ``lens_summary`` records; ``lens(lens_key)`` those of one lens;
     * ``api_calls``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cost_usd``:
       sums over ``calls`` (``totals()`` gives them all at once);
