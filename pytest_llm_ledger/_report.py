@@ -183,7 +183,9 @@ USAGE_FIX: Final = (
 
 
 @dataclass(slots=True)
-class LensTotals:
+class LensRuns:
+    """Every run of one lens in the session: how many, their sum, and the worst run per metric."""
+
     runs: int = 0
     sum: Totals = field(default_factory=Totals)
     # metric -> (worst value, node id of the test with that run)
@@ -255,10 +257,10 @@ class SessionLedger:
             out.add(totals)
         return out
 
-    def lenses(self) -> dict[str, LensTotals]:
-        out: dict[str, LensTotals] = {}
+    def lenses(self) -> dict[str, LensRuns]:
+        out: dict[str, LensRuns] = {}
         for key, nodeid, run in sorted(self.lens_runs, key=lambda r: (r[0], r[1])):
-            agg = out.setdefault(key, LensTotals())
+            agg = out.setdefault(key, LensRuns())
             agg.runs += 1
             agg.sum.add(run)
             for metric in METRIC_OF.values():
