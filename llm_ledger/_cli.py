@@ -17,7 +17,7 @@ from ._errors import LedgerError
 
 # subcommand -> (module defining register(), its line in `llm-ledger --help`)
 _COMMANDS = {
-    "cassettes": ("llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),
+    "cassettes": ("pytest_llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),
     "diff": ("llm_ledger._diff", "compare two pytest --llm-report files lens by lens"),
     "fake-server": (
         "llm_ledger._fake_server",
@@ -32,7 +32,7 @@ _COMMANDS = {
         "what recorded usage (a log or a pytest report) costs with another model, provider or price file",
     ),
     "scrub": (
-        "llm_ledger._scrub",
+        "pytest_llm_ledger._scrub",
         "remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
     ),
 }
