@@ -116,6 +116,10 @@ def test_text_table_shows_before_after_and_change_per_lens(
     assert summary.split()[-1].startswith("-") and summary.split()[-1].endswith("%")
     assert next(line for line in lines if line.startswith("tags")).split()[-2:] == ["$0.000000", "0.0%"]
     assert any(line.startswith("(total)") for line in lines)
+    assert main(["reprice", str(path), "--model", "gpt-4o=gpt-4.1-mini", "--format", "markdown"]) == 0
+    markdown = capsys.readouterr().out.splitlines()
+    assert "| lens | calls | before | after | change | % |" in markdown
+    assert any(line.startswith("| **(total)** | **6** |") for line in markdown)
 
 
 def test_another_provider_prices_every_call_at_its_rates(
