@@ -24,8 +24,12 @@ _COMMANDS = {
         "serve a loopback OpenAI-compatible API (record cassettes without a key, test offline)",
     ),
     "report": (
-        "llm_ledger._report",
-        "summarise an llm_calls.jsonl log: calls, errors, tokens, cost, latency per group",
+        "llm_ledger.analysis._report_cli",
+        "summarise llm-ledger logs: calls, errors, tokens, cost, latency by user, source, lens, model...",
+    ),
+    "serve": (
+        "llm_ledger.analysis._serve_cli",
+        "serve a read-only HTTP cost API (GET /costs?by=user_id) over a log directory",
     ),
     "scrub": (
         "llm_ledger._scrub",
