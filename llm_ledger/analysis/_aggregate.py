@@ -419,6 +419,28 @@ def _summary_figures(record: dict[str, Any]) -> _Figures:
     )
 
 
+def _keep(
+    record: dict[str, Any],
+    context: dict[str, Any],
+    lens_run: bool,
+    by: tuple[str, ...],
+    where: Mapping[str, frozenset[str]],
+    choices: list[list[Any]],
+) -> bool:
+    """Whether ``record`` passes ``where``; the values of a filtered dimension in ``choices`` are
+    narrowed to those that pass (a lens run counts under the models it used that were asked for)."""
+    for index, name in enumerate(by):
+        if name in where:
+            choices[index] = [v for v in choices[index] if as_text(v) in where[name]]
+            if not choices[index]:
+                return False
+    return all(
+        any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
+        for name, wanted in where.items()
+        if name not in by
+    )
+
+
 def aggregate(
     records: Iterable[dict[str, Any]],
     query: Query,
@@ -437,7 +459,8 @@ def aggregate(
     since, until = _stamp_bound(query.since), _stamp_bound(query.until)
     dated = since is not None or until is not None
     groups: dict[tuple[Any, ...], _Sums] = {}
-    total = _Sums({})  # each record once, though a lens run may count under several models
+    # a call counts in one group; a lens run may count under several models: the total counts it once
+    runs = _Sums({})
     filtered = 0
     for record in records:
         event = record.get("event")
@@ -448,18 +471,8 @@ def aggregate(
             filtered += 1
             continue
         context = _dict(record.get("context"))
-        choices = []
-        for name in by:
-            values = _values(record, context, name, lens_run)
-            if name in where:
-                values = [v for v in values if as_text(v) in where[name]]
-            choices.append(values)
-        kept = all(
-            any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
-            for name, wanted in where.items()
-            if name not in by
-        )
-        if not kept or not all(choices):
+        choices = [_values(record, context, name, lens_run) for name in by]
+        if where and not _keep(record, context, lens_run, by, where, choices):
             filtered += 1
             continue
         figures = None
@@ -470,13 +483,21 @@ def aggregate(
                 if reject is not None:
                     reject()
                 continue
-        total.add(lens_run, figures)
+        if lens_run:
+            runs.add(lens_run, figures)
         for combo in itertools.product(*choices):
             group_key = tuple(map(_hashable, combo))
             sums = groups.get(group_key)
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
+    total = runs
+    if not from_summaries:
+        total = _Sums({})
+        for sums in groups.values():
+            total.add(False, (sums.calls, sums.errors, sums.prompt_tokens, sums.completion_tokens,
+                              sums.total_tokens, sums.cost, sums.unpriced, sums.duration_ms))  # fmt: skip
+        total.lens_runs = runs.lens_runs
     rows = [sums.row() for sums in groups.values()]
     rows.sort(key=lambda row: tuple(as_text(value) for value in row.key.values()))
     if not all(name in TIME_DIMENSIONS for name in by):  # by time: in time order; else costliest first
