@@ -173,6 +173,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
             "records": 7,
             "malformed_lines": 0,
             "first_malformed_lines": [],
+            "too_long_lines": 0,
             "skipped_lines": 0,
             "error": None,
         }

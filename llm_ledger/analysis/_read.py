@@ -53,6 +53,7 @@ class InputStats:
     records: int = 0  # lines yielded as records
     malformed: int = 0
     first_malformed: list[int] = field(default_factory=list)  # 1-based line numbers, the first few
+    too_long: int = 0  # of the malformed lines, those over MAX_LINE_BYTES (skipped unread)
     skipped: int = 0  # JSON objects of other events (plain log messages)
     error: str | None = None  # why the input ended early (a truncated .gz), if it did
 
@@ -68,6 +69,7 @@ class InputStats:
             "records": self.records,
             "malformed_lines": self.malformed,
             "first_malformed_lines": list(self.first_malformed),
+            "too_long_lines": self.too_long,
             "skipped_lines": self.skipped,
             "error": self.error,
         }
@@ -115,8 +117,8 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
     return out
 
 
-def _open(name: str) -> IO[bytes]:
-    """``name`` opened for reading bytes, decompressed when it starts like gzip."""
+def _open(name: str) -> tuple[IO[bytes], IO[bytes]]:
+    """``name`` opened for reading bytes, decompressed when it starts like gzip; and the raw file."""
     if name == STDIN:
         raw: Any = sys.stdin.buffer
         if not hasattr(raw, "peek"):  # a replaced stdin (BytesIO)
@@ -137,7 +139,7 @@ def _open(name: str) -> IO[bytes]:
     except OSError as exc:
         raw.close()
         raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
-    return gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw  # type: ignore[return-value]
+    return (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), raw
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes | None]:
@@ -206,7 +208,7 @@ class LogReader:
         for name in self.names:
             stats = self._current = InputStats(name)
             self.stats.append(stats)
-            stream = _open(name)
+            stream, raw = _open(name)
             number = 0
             try:
                 for line in _lines(stream):
@@ -217,6 +219,8 @@ class LogReader:
                     except (ValueError, RecursionError):
                         record = None
                     if type(record) is not dict:
+                        if line is None:
+                            stats.too_long += 1
                         if line is None or line.strip():  # a blank line is no record and no damage
                             stats.malformed_line(number)
                         continue
@@ -230,8 +234,9 @@ class LogReader:
             except OSError as exc:
                 stats.error = f"ended early, after line {number}: {exc.strerror or exc}"
             finally:
-                if name != STDIN or isinstance(stream, gzip.GzipFile):  # stdin stays open for the caller
-                    stream.close()
+                stream.close()  # a GzipFile leaves its raw file open
+                if name != STDIN:  # stdin stays open for the caller
+                    raw.close()
 
 
 def iter_records(

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any, TextIO
 
+from . import _read
 from ._aggregate import TIME_DIMENSIONS, aggregate, make_query, parse_where
-from ._read import LogReader
 from ._render import FORMATS, render
 
 __all__ = ["register", "run"]
@@ -69,16 +69,17 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     out = out or sys.stdout
     err = err or sys.stderr
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until)
-    reader = LogReader(args.inputs)
+    reader = _read.LogReader(args.inputs)
     report = aggregate(reader, query, inputs=reader.stats, reject=reader.reject)
     out.write(render(report, args.fmt))
     for stats in report.inputs:
         if stats.malformed:
             where = ", ".join(map(str, stats.first_malformed))
             more = ", ..." if stats.malformed > len(stats.first_malformed) else ""
+            long = f"; {stats.too_long:,} over {_read.MAX_LINE_BYTES:,} bytes" if stats.too_long else ""
             err.write(
                 f"llm-ledger report: {stats.name}: skipped {stats.malformed:,} malformed line(s) "
-                f"(line {where}{more}); the other lines are counted\n"
+                f"(line {where}{more}{long}); the other lines are counted\n"
             )
         if stats.error:
             err.write(f"llm-ledger report: {stats.name}: {stats.error}; the lines before are counted\n")
