@@ -139,7 +139,8 @@ def _open(name: str) -> tuple[IO[bytes], IO[bytes]]:
     except OSError as exc:
         raw.close()
         raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
-    return (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), raw
+    stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+    return stream, raw
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes | None]:
