@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -117,7 +117,12 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
     return out
 
 
-def _open(name: str) -> tuple[IO[bytes], IO[bytes]]:
+class _Stream(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def _open(name: str) -> tuple[_Stream, _Stream]:
     """``name`` opened for reading bytes, decompressed when it starts like gzip; and the raw file."""
     if name == STDIN:
         raw: Any = sys.stdin.buffer
@@ -139,11 +144,10 @@ def _open(name: str) -> tuple[IO[bytes], IO[bytes]]:
     except OSError as exc:
         raw.close()
         raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
-    stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
-    return stream, raw
+    return (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), raw
 
 
-def _lines(stream: IO[bytes]) -> Iterator[bytes | None]:
+def _lines(stream: _Stream) -> Iterator[bytes | None]:
     """Each line of ``stream``; None for a line over :data:`MAX_LINE_BYTES`, skipped without keeping it."""
     readline = stream.readline
     limit = MAX_LINE_BYTES + 1
