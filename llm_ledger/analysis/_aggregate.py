@@ -134,8 +134,12 @@ def make_query(
     for key, values in (where or {}).items():
         if not isinstance(key, str) or not key.strip():
             raise QueryError("where", f"{key!r} is not a dimension name; {_WHERE_EXAMPLE}")
-        chosen = [values] if isinstance(values, str) else list(values)
-        if not chosen or not all(isinstance(v, str) for v in chosen):
+        chosen = [values] if isinstance(values, str) else values
+        if (
+            not isinstance(chosen, list | tuple | set | frozenset)
+            or not chosen
+            or not all(isinstance(v, str) for v in chosen)
+        ):
             raise QueryError("where", f"{key}: expected a string or a list of strings, got {values!r}")
         filters[key.strip()] = frozenset(chosen)
     start, end = _moment("since", since), _moment("until", until)
