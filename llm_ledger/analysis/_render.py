@@ -60,7 +60,8 @@ def _non_finite(value: Any, where: str = "") -> str | None:
 def strict_json(value: Any, *, indent: int | None = 2) -> str:
     """``value`` as standard JSON; :class:`ConfigError` names a NaN or infinite number instead."""
     try:
-        text = json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False)
+        separators = (",", ":") if indent is None else None
+        text = json.dumps(value, indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
     except ValueError:
         where = _non_finite(value)
         raise ConfigError(
