@@ -43,7 +43,7 @@ def served(log_dir: Path) -> Iterator[str]:
         cwd=REPO,
     )
     try:
-        assert process.stdout is not None
+        assert process.stdout is not None and process.stderr is not None
         first = process.stdout.readline()
         assert first.startswith("llm-ledger serve: GET http://127.0.0.1:"), first + process.stderr.read()
         yield first.split()[3].removesuffix("/costs")
