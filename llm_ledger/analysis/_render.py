@@ -94,10 +94,12 @@ def _footer(report: CostReport) -> list[str]:
     names = [stats.name for stats in report.inputs]
     source = names[0] if len(names) == 1 else f"{len(names)} inputs"
     filtered = f", {report.filtered_out:,} left out by the filters" if report.filtered_out else ""
+    counts = f"{total.calls:,} calls, {total.lens_runs:,} lens runs"
+    if not names:  # records handed over, not read from logs
+        return [f"{counts}{filtered}"]
     lines = [
-        f"{printable(source)}: {report.lines:,} lines, {total.calls:,} calls, "
-        f"{total.lens_runs:,} lens runs, {report.malformed:,} malformed, {report.skipped:,} skipped"
-        f"{filtered}, read in {report.seconds:.2f} s"
+        f"{printable(source)}: {report.lines:,} lines, {counts}, {report.malformed:,} malformed, "
+        f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
     ]
     if total.unpriced_calls:
         lines.append(
