@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 from .._errors import ConfigError
@@ -37,7 +37,8 @@ def usd(value: Decimal | float, signed: bool = False) -> str:
     amount = value if isinstance(value, Decimal) else Decimal(repr(value))
     digits = min(12, max(6, 2 - amount.adjusted())) if amount else 6
     sign = "-" if amount < 0 else "+" if signed and amount > 0 else ""
-    return f"{sign}${abs(amount):,.{digits}f}"
+    shown = abs(amount).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)  # money rounds half up
+    return f"{sign}${shown:,.{digits}f}"
 
 
 def _non_finite(value: Any, where: str = "") -> str | None:
