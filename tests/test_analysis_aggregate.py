@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llm_ledger import ConfigError
 from llm_ledger._cli import main
@@ -214,3 +216,61 @@ def test_json_output_refuses_non_finite_values_by_name() -> None:
     ):
         render(report, "json")
     assert "NaN" in render(report, "text")  # a table may show it
+
+
+_values = st.one_of(
+    st.none(),
+    st.sampled_from(["alice", 'quote"d', "ünï}{code", 'a, "b": {', "null", "1"]),
+    st.integers(-3, 3),
+    st.booleans(),
+    st.dictionaries(st.sampled_from(["x", "usage"]), st.integers(0, 2), max_size=2),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    specs=st.lists(
+        st.tuples(_values, _values, st.sampled_from(["ok", "error"]), st.integers(0, 5000), st.booleans()),
+        max_size=12,
+    ),
+    by=st.sampled_from(["lens", "user_id", "lens,user_id", "status"]),
+)
+def test_sums_match_a_plain_grouping_of_the_records(
+    tmp_path: Path, specs: list[tuple[Any, ...]], by: str
+) -> None:
+    """Whatever the context values (quotes, braces, objects, "1" beside 1), a row per distinct value
+    with the sums a plain loop over the records gives."""
+    records = []
+    for lens, user, status, prompt, priced in specs:
+        ok = status == "ok"
+        records.append(
+            call(
+                lens=lens,
+                status=status,
+                prompt=prompt if ok else None,
+                completion=prompt // 7 if ok else None,
+                cost=f"0.000{prompt % 9 + 1}" if ok and priced else None,
+                extra={"user_id": user},
+            )
+        )
+    report = summarise(write(tmp_path / "log.jsonl", records), by=by)
+    names = by.split(",")
+    expected: dict[str, list[Any]] = {}
+    for record in records:
+        values = {"lens": record["context"]["lens_key"], "user_id": record["context"]["user_id"]}
+        values["status"] = record["status"]
+        key = json.dumps([values[name] for name in names], sort_keys=True)
+        sums = expected.setdefault(key, [0, 0, Decimal(0), 0])
+        cost = record["cost"]["total_cost_usd"]
+        sums[0] += 1
+        sums[1] += record["usage"]["total_tokens"] or 0
+        sums[2] += Decimal(repr(cost)) if cost is not None else 0
+        sums[3] += cost is None and record["status"] == "ok"
+    got = {
+        json.dumps([row.key[name] for name in names], sort_keys=True): [
+            row.calls, row.total_tokens, row.cost_usd, row.unpriced_calls
+        ]
+        for row in report.rows
+    }  # fmt: skip
+    assert got == expected
+    assert report.total.calls == len(records) and report.malformed == 0

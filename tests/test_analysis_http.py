@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,14 @@ def served(log_dir: Path) -> Iterator[str]:
             stream.close()
 
 
-@pytest.fixture
-def mounted(log_dir: Path) -> Iterator[str]:
-    """asgi_app(LOG_DIR) under uvicorn on a free port; its base URL."""
+@contextmanager
+def under_uvicorn(app: Any, root_path: str = "") -> Iterator[str]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1; its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(asgi_app(log_dir), log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -74,6 +76,13 @@ def mounted(log_dir: Path) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def mounted(log_dir: Path) -> Iterator[str]:
+    """asgi_app(LOG_DIR) under uvicorn; its base URL."""
+    with under_uvicorn(asgi_app(log_dir)) as url:
+        yield url
 
 
 @pytest.fixture(params=["serve", "asgi"])
@@ -180,3 +189,11 @@ def test_an_empty_log_dir_answers_empty_rows(tmp_path: Path) -> None:
 
     status, body = handle(tmp_path, "GET", "/costs", "by=user_id")
     assert status == 200 and b'"rows":[]' in body
+
+
+def test_the_asgi_app_answers_under_a_mount_prefix(log_dir: Path) -> None:
+    """Mounted at /ledger (root_path, as a proxy or a framework's mount sets it): GET /ledger/costs."""
+    with under_uvicorn(asgi_app(log_dir), root_path="/ledger") as url:
+        response = get(url, "?by=user_id")  # uvicorn hands the app /ledger/costs
+    assert response.status_code == 200
+    assert response.json()["calls"] == 3
