@@ -274,3 +274,12 @@ def test_sums_match_a_plain_grouping_of_the_records(
     }  # fmt: skip
     assert got == expected
     assert report.total.calls == len(records) and report.malformed == 0
+
+
+def test_records_handed_over_with_unusable_numbers_are_counted_not_summed() -> None:
+    """summarise_records: a call whose token count is text is left out, and the report says so."""
+    bad = call()
+    bad["usage"] = {**bad["usage"], "prompt_tokens": "100"}
+    report = summarise_records([call(), bad])
+    assert (report.total.calls, report.rejected) == (1, 1)
+    assert render(report, "text").splitlines()[-1] == "1 calls, 0 lens runs, 1 with unusable numbers left out"

@@ -161,6 +161,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "malformed_lines",
         "skipped_lines",
         "filtered_out",
+        "rejected_records",
         "inputs",
         "rows",
         "total",

@@ -206,6 +206,7 @@ class CostReport:
     total: CostRow
     inputs: tuple[InputStats, ...] = ()
     filtered_out: int = 0  # records left out by where / since / until
+    rejected: int = 0  # records with numbers no record has, left out (from logs: malformed lines too)
     seconds: float = 0.0
 
     @property
@@ -229,6 +230,7 @@ class CostReport:
             "malformed_lines": self.malformed,
             "skipped_lines": self.skipped,
             "filtered_out": self.filtered_out,
+            "rejected_records": self.rejected,
             "inputs": [stats.to_json() for stats in self.inputs],
             "rows": [row.to_json() for row in self.rows],
             "total": {k: v for k, v in self.total.to_json().items() if k != "key"},
@@ -465,7 +467,7 @@ def aggregate(
     groups: dict[tuple[Any, ...], _Sums] = {}
     # a call counts in one group; a lens run may count under several models: the total counts it once
     runs = _Sums({})
-    filtered = 0
+    filtered = rejected = 0
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
@@ -484,6 +486,7 @@ def aggregate(
             try:
                 figures = _summary_figures(record) if lens_run else _call_figures(record)
             except BadRecord:
+                rejected += 1
                 if reject is not None:
                     reject()
                 continue
@@ -506,4 +509,5 @@ def aggregate(
     rows.sort(key=lambda row: tuple(as_text(value) for value in row.key.values()))
     if not all(name in TIME_DIMENSIONS for name in by):  # by time: in time order; else costliest first
         rows.sort(key=lambda row: (-row.cost_usd, -row.calls, -row.lens_runs))
-    return CostReport(query, tuple(rows), total.row(), tuple(inputs), filtered, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return CostReport(query, tuple(rows), total.row(), tuple(inputs), filtered, rejected, seconds)

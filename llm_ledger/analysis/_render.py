@@ -97,7 +97,8 @@ def _footer(report: CostReport) -> list[str]:
     filtered = f", {report.filtered_out:,} left out by the filters" if report.filtered_out else ""
     counts = f"{total.calls:,} calls, {total.lens_runs:,} lens runs"
     if not names:  # records handed over, not read from logs
-        return [f"{counts}{filtered}"]
+        rejected = f", {report.rejected:,} with unusable numbers left out" if report.rejected else ""
+        return [f"{counts}{filtered}{rejected}"]
     lines = [
         f"{printable(source)}: {report.lines:,} lines, {counts}, {report.malformed:,} malformed, "
         f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
