@@ -31,7 +31,7 @@ def register(subparsers: Any, summary: str) -> None:
         "report",
         help=summary,
         description=(
-            "Summarise llm-ledger logs in one streaming pass: per group, the lens runs, calls, errors, "
+            "Summarise llm-ledger logs in one streaming pass: per group, the lens runs, calls, errors,\n"
             "prompt/completion/total tokens, cost and average call duration."
         ),
         epilog=_EPILOG,

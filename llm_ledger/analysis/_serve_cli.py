@@ -17,8 +17,8 @@ def register(subparsers: Any, summary: str) -> None:
         "serve",
         help=summary,
         description=(
-            f"Answer GET {ENDPOINT}?by=user_id&since=...&until=...&where=key=value with the JSON of "
-            "`llm-ledger report --format json` over the logs in LOG_DIR, read afresh on each request. "
+            f"Answer GET {ENDPOINT}?by=user_id&since=...&until=...&where=key=value with the JSON of\n"
+            "`llm-ledger report --format json` over the logs in LOG_DIR, read afresh on each request.\n"
             "Read-only; it listens on 127.0.0.1 unless --host says otherwise."
         ),
         epilog=f"parameters of {ENDPOINT}:\n{parameters}",
