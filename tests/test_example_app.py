@@ -326,3 +326,27 @@ def test_costs_of_a_missing_database_or_a_bad_dimension_is_a_usage_error(
     with pytest.raises(SystemExit):
         cli.main(["--db", str(tmp_path / "app.sqlite3"), "--costs", "user_id,"])
     assert "--costs: by: 'user_id,' has an empty dimension name" in capsys.readouterr().err
+
+
+def test_a_database_from_before_users_gains_the_column(tmp_path: Path) -> None:
+    """A demo database made before source_logs had user_id opens, keeps its rows, and sums them."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE source_logs (id INTEGER PRIMARY KEY AUTOINCREMENT, source_id TEXT NOT NULL, "
+            "lens_key TEXT NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, "
+            "extra_data TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL)"
+        )
+        summary = {"total_api_calls": 2, "total_tokens": 30, "total_cost_usd": 0.25, "avg_duration_ms": 5.0}
+        db.execute(
+            "INSERT INTO source_logs (source_id, lens_key, level, message, extra_data, created_at) "
+            "VALUES ('s1', 'headline', 'INFO', 'done', ?, '2025-11-24T16:00:00.000Z')",
+            (json.dumps(summary),),
+        )
+    with Store(path) as store:
+        (log,) = store.source_logs()
+        assert (log.source_id, log.user_id) == ("s1", None)
+        (row,) = store.costs("user_id").rows
+    assert (row.key, row.calls, row.total_tokens, str(row.cost_usd)) == ({"user_id": None}, 2, 30, "0.25")
