@@ -17,7 +17,7 @@ from ._errors import LedgerError
 
 # subcommand -> (module defining register(), its line in `llm-ledger --help`)
 _COMMANDS = {
-    "cassettes": ("llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),
+    "cassettes": ("pytest_llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),
     "diff": ("llm_ledger._diff", "compare two pytest --llm-report files lens by lens"),
     "fake-server": (
         "llm_ledger._fake_server",
@@ -27,13 +27,13 @@ _COMMANDS = {
         "llm_ledger.analysis._report_cli",
         "summarise llm-ledger logs: calls, errors, tokens, cost, latency by user, source, lens, model...",
     ),
+    "scrub": (
+        "pytest_llm_ledger._scrub",
+        "remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
+    ),
     "serve": (
         "llm_ledger.analysis._serve_cli",
         "serve a read-only HTTP cost API (GET /costs?by=user_id) over a log directory",
-    ),
-    "scrub": (
-        "llm_ledger._scrub",
-        "remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
     ),
 }
 

@@ -23,13 +23,21 @@ from ._fake_server import FakeOpenAI, RecordedAnswer, RecordedRequest
 from ._monitor import LLMCallMonitor, add_global_sink, remove_global_sink
 from ._records import CALL_EVENT, LENS_EVENT
 
-__all__ = ["Captured", "FakeOpenAI", "RecordedAnswer", "RecordedRequest", "capture"]
+__all__ = [
+    "Captured",
+    "FakeOpenAI",
+    "RecordedAnswer",
+    "RecordedRequest",
+    "add_global_sink",
+    "capture",
+    "remove_global_sink",
+]
 
 
 class Captured:
     """Records emitted while a :func:`capture` block was open, in emission order.
 
-    * ``records``: every record (``llm_api_call`` and ``lens_summary`` dicts, as in the README's
+    * ``records``: every record (``llm_api_call`` and ``lens_summary`` dicts, as in docs/MONITORING.md's
       "The records"), copied when emitted;
     * ``calls``: the ``llm_api_call`` records; ``lenses``: the ``lens_summary`` records;
     * ``len(captured)`` and ``for record in captured`` work on ``records``.

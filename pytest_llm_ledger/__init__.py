@@ -3,8 +3,10 @@
 Loaded through the ``pytest11`` entry point (``pytest_llm_ledger.plugin``). Everything lives in
 private modules: ``plugin`` (options, hooks, fixtures), ``_cassette`` (matching and replay on
 vcrpy's transport patches), ``_network`` (the replay-only guard for unmarked tests), ``_format``
-(the cassette file), ``_naming`` (cassette paths), ``_budgets`` (budgets.yaml) and ``_report``
-(session totals, budget checks, notices, report JSON, terminal tables).
+(the cassette file), ``_naming`` (cassette paths), ``_budgets`` (budgets.yaml), ``_report``
+(session totals, budget checks, notices, report JSON, terminal tables), and the cassette tools behind
+``llm-ledger scrub`` and ``llm-ledger cassettes`` (``_scrub``, ``_secrets``, ``_cassettes_cli``).
+The plugin uses the core's public API only.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import yaml
 
-from llm_ledger._errors import BudgetError
+from llm_ledger import BudgetError
 from llm_ledger._loading import Document, join, read_file
 
 __all__ = ["LIMIT_KEYS", "METRIC_OF", "BudgetError", "Budgets", "Limits", "load_budgets", "parse_budgets"]

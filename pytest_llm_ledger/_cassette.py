@@ -16,7 +16,7 @@ are all ``/chat/completions``, so a cassette recorded through ``OPENAI_BASE_URL`
 in a CI without it. Ports are not stored, so re-recording on another port changes no ``url:`` line.
 
 Credentials are redacted before anything is stored, and each request is redacted the same way
-before it is matched (``llm_ledger._secrets``, the list ``llm-ledger scrub`` uses): a cassette holds
+before it is matched (``_secrets``, the list ``llm-ledger scrub`` uses): a cassette holds
 no key, a scrubbed cassette still replays, and a miss message never shows a credential's value.
 
 Recorded interactions sit in a dict keyed by that canonical form, each key holding a queue of
@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from llm_ledger._errors import BlockedRequestError, CassetteMissError
-from llm_ledger._secrets import CredentialRedactor, known_secrets
+from llm_ledger import BlockedRequestError, CassetteMissError
 
 from . import _format
 from ._format import Body
 from ._network import is_openai_request
+from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = [
     "RECORD_MODES",

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from llm_ledger._errors import CassetteError
+from llm_ledger import CassetteError
 from llm_ledger._loading import JsonLoader, read_file
 
 __all__ = [

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
-from llm_ledger._errors import BlockedRequestError
+from llm_ledger import BlockedRequestError
 
 __all__ = ["BlockedRequestError", "Guard", "is_openai_request"]
 

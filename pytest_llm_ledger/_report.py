@@ -1,14 +1,17 @@
 """Session totals: per test, per lens and overall; budget checks; the report JSON; terminal tables.
 
-Costs are summed as integer pico-dollars, so totals do not depend on the order records arrive in
-(a serial run and an xdist run give identical numbers).
+Costs are summed exactly, as ``Decimal`` dollars read from each record's JSON number, so totals do
+not depend on the order records arrive in (a serial run and an xdist run give identical numbers);
+they leave as JSON numbers.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final
 
 from llm_ledger._table import text_table
@@ -30,7 +33,6 @@ __all__ = [
 REPORT_SCHEMA: Final = "llm-ledger-report"
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
-_PICO: Final = 10**12
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
 
 
@@ -38,9 +40,10 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _picos(cost: Any) -> int | None:
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
-        return round(cost * _PICO)
+def _usd(cost: Any) -> Decimal | None:
+    """A record's cost (a JSON number of USD) as the exact decimal it was written as."""
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
+        return Decimal(repr(cost))
     return None
 
 
@@ -58,14 +61,14 @@ class Totals:
     completion_tokens: int = 0
     total_tokens: int = 0
     errors: int = 0
-    cost_pusd: int = 0  # pico-dollars, so sums are exact
+    cost: Decimal = Decimal(0)  # USD, summed exactly
     cost_complete: bool = True
     unpriced: dict[str, int] = field(default_factory=dict)  # model -> calls with tokens but no price
     no_usage: dict[str, int] = field(default_factory=dict)  # model -> calls that reported no usage
 
     @property
     def cost_usd(self) -> float:
-        return self.cost_pusd / _PICO
+        return float(self.cost)
 
     def metric(self, name: str) -> float:
         return self.cost_usd if name == "cost_usd" else float(getattr(self, name))
@@ -73,7 +76,7 @@ class Totals:
     def add(self, other: Totals) -> None:
         for name in _INTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.cost_pusd += other.cost_pusd
+        self.cost += other.cost
         self.cost_complete = self.cost_complete and other.cost_complete
         for mine, theirs in ((self.unpriced, other.unpriced), (self.no_usage, other.no_usage)):
             for model, count in theirs.items():
@@ -82,7 +85,7 @@ class Totals:
     @classmethod
     def of_call(cls, record: Mapping[str, Any]) -> Totals:
         usage = record.get("usage") or {}
-        cost = _picos((record.get("cost") or {}).get("total_cost_usd"))
+        cost = _usd((record.get("cost") or {}).get("total_cost_usd"))
         totals = cls(
             api_calls=1,
             prompt_tokens=_int(usage.get("prompt_tokens")),
@@ -91,7 +94,7 @@ class Totals:
             errors=int(
                 record.get("status") == "error"
             ),  # as in the lens summary: interrupted is not an error
-            cost_pusd=cost or 0,
+            cost=cost or Decimal(0),
         )
         used = totals.total_tokens or totals.prompt_tokens or totals.completion_tokens
         if cost is None and (used or record.get("status") != "error"):
@@ -105,14 +108,14 @@ class Totals:
     @classmethod
     def of_lens(cls, record: Mapping[str, Any]) -> Totals:
         summary = record.get("summary") or {}
-        cost = _picos(summary.get("total_cost_usd"))
+        cost = _usd(summary.get("total_cost_usd"))
         return cls(
             api_calls=_int(summary.get("total_api_calls")),
             prompt_tokens=_int(summary.get("prompt_tokens")),
             completion_tokens=_int(summary.get("completion_tokens")),
             total_tokens=_int(summary.get("total_tokens")),
             errors=_int(summary.get("errors")),
-            cost_pusd=cost or 0,
+            cost=cost or Decimal(0),
             cost_complete=bool(summary.get("cost_complete", True)) and cost is not None,
         )
 
@@ -133,7 +136,7 @@ class Totals:
     def to_wire(self) -> list[Any]:
         return [
             *(getattr(self, n) for n in _INTS),
-            self.cost_pusd,
+            str(self.cost),
             self.cost_complete,
             self.unpriced,
             self.no_usage,
@@ -141,10 +144,10 @@ class Totals:
 
     @classmethod
     def from_wire(cls, data: list[Any]) -> Totals:
-        *ints, pusd, complete, unpriced, no_usage = data
+        *ints, cost, complete, unpriced, no_usage = data
         return cls(
             **dict(zip(_INTS, ints, strict=True)),
-            cost_pusd=pusd,
+            cost=Decimal(cost),
             cost_complete=complete,
             unpriced=dict(unpriced),
             no_usage=dict(no_usage),
@@ -171,7 +174,7 @@ def _models(counts: Mapping[str, int]) -> str:
 
 PRICE_FIX: Final = (
     "add the model to a price file (USD per 1M tokens) and point LLM_LEDGER_PRICE_FILE at it (or "
-    "configure(price_file=...)); see the README's Prices section"
+    "configure(price_file=...)); see the Prices section of docs/MONITORING.md"
 )
 USAGE_FIX: Final = (
     "re-record it with usage: streamed chat calls report it with stream_options include_usage "
@@ -180,7 +183,9 @@ USAGE_FIX: Final = (
 
 
 @dataclass(slots=True)
-class LensTotals:
+class LensRuns:
+    """Every run of one lens in the session: how many, their sum, and the worst run per metric."""
+
     runs: int = 0
     sum: Totals = field(default_factory=Totals)
     # metric -> (worst value, node id of the test with that run)
@@ -252,10 +257,10 @@ class SessionLedger:
             out.add(totals)
         return out
 
-    def lenses(self) -> dict[str, LensTotals]:
-        out: dict[str, LensTotals] = {}
+    def lenses(self) -> dict[str, LensRuns]:
+        out: dict[str, LensRuns] = {}
         for key, nodeid, run in sorted(self.lens_runs, key=lambda r: (r[0], r[1])):
-            agg = out.setdefault(key, LensTotals())
+            agg = out.setdefault(key, LensRuns())
             agg.runs += 1
             agg.sum.add(run)
             for metric in METRIC_OF.values():
@@ -301,7 +306,7 @@ class SessionLedger:
             if nodeid in self.tests:
                 breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
         if budgets.total is not None:
-            worst = max(self.tests.items(), key=lambda kv: kv[1].cost_pusd, default=("", Totals()))[0]
+            worst = max(self.tests.items(), key=lambda kv: kv[1].cost, default=("", Totals()))[0]
             for breach in _check_runs("total", "session", budgets.total, [(worst, self.total())]):
                 breaches.append(breach)
         return breaches

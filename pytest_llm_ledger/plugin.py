@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from llm_ledger._errors import CassetteError
+from llm_ledger import CassetteError
 
 from ._budgets import BudgetError, Budgets, load_budgets
 from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate, vcrpy_problem
@@ -238,7 +238,7 @@ class LedgerRecords:
     during the test's setup, call and teardown, in the order they were emitted:
 
     * ``nodeid``: the test's node id;
-    * ``calls``: the ``llm_api_call`` records (dicts, as in the README's "The records");
+    * ``calls``: the ``llm_api_call`` records (dicts, as in docs/MONITORING.md's "The records");
     * ``lenses``: the ``lens_summary`` records; ``lens(lens_key)`` those of one lens;
     * ``api_calls``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cost_usd``:
       sums over ``calls`` (``totals()`` gives them all at once);
@@ -336,18 +336,18 @@ class _LedgerState:
         """Listen to every llm_ledger monitor (the default one and the application's own) once the
         code under test has imported llm_ledger; guard the transports once it has imported httpx2."""
         if not self._attached and "llm_ledger" in sys.modules:
-            from llm_ledger import _monitor
+            from llm_ledger.testing import add_global_sink
 
-            _monitor.add_global_sink(self.sink)
+            add_global_sink(self.sink)
             self._attached = True
         if self.guard is not None:
             self.guard.install()
 
     def detach(self) -> None:
         if self._attached:
-            from llm_ledger import _monitor
+            from llm_ledger.testing import remove_global_sink
 
-            _monitor.remove_global_sink(self.sink)
+            remove_global_sink(self.sink)
             self._attached = False
         if self.guard is not None:
             self.guard.uninstall()

@@ -1,6 +1,6 @@
-"""The README's pull-request recipe, run as written on two git worktrees of a sample project, offline.
+"""The pull-request recipe of docs/CI.md, run as written on two git worktrees of a sample project, offline.
 
-The steps come from the README's workflow YAML and run in order under ``bash -eo pipefail`` as
+The steps come from that workflow YAML and run in order under ``bash -eo pipefail`` as
 GitHub runs them (``continue-on-error`` and ``if: always()`` honoured); ``uses:`` steps are played
 by the test (a clone of the sample repository, an interpreter of its own). No step reaches a
 network: pip is told ``--no-index --no-deps`` and finds the dependencies through ``PYTHONPATH``;
@@ -139,7 +139,7 @@ def commit_version(repo: Path, prompts: list[str], mode: str, server: FakeOpenAI
 
 
 def readme_workflow() -> dict[str, Any]:
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "CI.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
     (block,) = [b for b in blocks if b.startswith("# .github/workflows/llm-ledger.yml")]
     workflow: dict[str, Any] = yaml.safe_load(block)

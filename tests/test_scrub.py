@@ -14,9 +14,9 @@ import pytest
 import vcr
 import yaml
 
-from llm_ledger import _scrub
 from llm_ledger._cli import build_parser, main
 from llm_ledger.testing import FakeOpenAI
+from pytest_llm_ledger import _scrub
 from tests.reliability_helpers import FAKE_KEY
 
 pytestmark = pytest.mark.reliability

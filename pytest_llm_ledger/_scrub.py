@@ -15,7 +15,7 @@ place atomically (temporary file + rename, file mode kept). What it removes:
 * anything shaped like an OpenAI secret key (``sk-...``) left in a URL or a body, and the value of
   a credential header the request carried wherever else it appears (a key echoed in a 401 body).
 
-The names are the plugin's (``llm_ledger._secrets``): the plugin records cassettes already
+The names are the plugin's (``_secrets``): the plugin records cassettes already
 redacted this way, so a fresh recording passes ``--check``.
 
 ``--check`` changes nothing and exits 1 when a file would change, listing what (never the secret
@@ -35,10 +35,10 @@ import zlib
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, REQUEST_HEADERS, RESPONSE_HEADERS, decompress
+from llm_ledger import CassetteError
+from llm_ledger._loading import read_file
 
-from ._errors import CassetteError
-from ._loading import read_file
+from ._format import MAX_CASSETTE_BYTES, REQUEST_HEADERS, RESPONSE_HEADERS, decompress
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = ["register", "scrub_document", "scrub_file"]
