@@ -18,14 +18,15 @@ import uvicorn
 
 from llm_ledger import ConfigError
 from llm_ledger.report import asgi_app, summarise
-from tests.report_helpers import EPOCH, call, lens_run, line, write
+from tests.report_helpers import EPOCH, call, lens_run, write
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def log_dir(tmp_path: Path) -> Path:
-    logs = tmp_path / "logs"
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three calls of two users, one lens run (shared by the module's servers: tests only read it)."""
+    logs = tmp_path_factory.mktemp("served") / "logs"
     logs.mkdir()
     alice = [call(extra={"user_id": "alice"}, cost="0.1"), call(extra={"user_id": "alice"}, cost="0.2")]
     bob = [call(extra={"user_id": "bob"}, cost="0.05", epoch=EPOCH + 86_400)]
@@ -33,27 +34,33 @@ def log_dir(tmp_path: Path) -> Path:
     return logs
 
 
-@pytest.fixture
-def served(log_dir: Path) -> Iterator[str]:
+@contextmanager
+def llm_ledger_serve(log_dir: Path) -> Iterator[str]:
     """`llm-ledger serve LOG_DIR --port 0` in a subprocess; its base URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llm_ledger", "serve", str(log_dir), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    errors = log_dir.parent / "serve.err"  # its access log, read only if it fails to start
+    with errors.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llm_ledger", "serve", str(log_dir), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=REPO,
+        )
+    assert process.stdout is not None
     try:
-        assert process.stdout is not None and process.stderr is not None
         first = process.stdout.readline()
-        assert first.startswith("llm-ledger serve: GET http://127.0.0.1:"), first + process.stderr.read()
+        assert first.startswith("llm-ledger serve: GET http://127.0.0.1:"), first + errors.read_text()
         yield first.split()[3].removesuffix("/costs")
     finally:
         process.terminate()
         process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
+        process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def served(log_dir: Path) -> Iterator[str]:
+    with llm_ledger_serve(log_dir) as url:
+        yield url
 
 
 @contextmanager
@@ -78,7 +85,7 @@ def under_uvicorn(app: Any, root_path: str = "") -> Iterator[str]:
         sock.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mounted(log_dir: Path) -> Iterator[str]:
     """asgi_app(LOG_DIR) under uvicorn; its base URL."""
     with under_uvicorn(asgi_app(log_dir)) as url:
@@ -121,12 +128,13 @@ def test_filters_and_time_range_apply(base_url: str) -> None:
     assert get(base_url, "?by=user_id&by=lens").json()["by"] == ["user_id", "lens"]
 
 
-def test_each_request_reads_the_logs_afresh(base_url: str, log_dir: Path) -> None:
-    """A call logged after the server started is in the next answer."""
-    assert get(base_url).json()["calls"] == 3
-    with (log_dir / "llm_calls.jsonl").open("a") as file:
-        file.write(line(call(extra={"user_id": "carol"})) + "\n")
-    assert get(base_url).json()["calls"] == 4
+@pytest.mark.parametrize("how", ["serve", "asgi"])
+def test_each_request_reads_the_logs_afresh(tmp_path: Path, how: str) -> None:
+    """A call logged after the server started is in the next answer; an empty directory is no error."""
+    with llm_ledger_serve(tmp_path) if how == "serve" else under_uvicorn(asgi_app(tmp_path)) as url:
+        assert get(url).json()["rows"] == []  # a fresh application with no log yet
+        write(tmp_path / "llm_calls.jsonl", [call(extra={"user_id": "carol"})])
+        assert get(url, "?by=user_id").json()["rows"][0]["key"] == {"user_id": "carol"}
 
 
 @pytest.mark.parametrize(
@@ -181,14 +189,6 @@ def test_a_log_dir_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "llm-ledger serve: error: " in done.stderr and "does not exist" in done.stderr
-
-
-def test_an_empty_log_dir_answers_empty_rows(tmp_path: Path) -> None:
-    """A fresh application with no log yet: 200 and no rows, not an error."""
-    from llm_ledger.analysis._http import handle
-
-    status, body = handle(tmp_path, "GET", "/costs", "by=user_id")
-    assert status == 200 and b'"rows":[]' in body
 
 
 def test_the_asgi_app_answers_under_a_mount_prefix(log_dir: Path) -> None:
