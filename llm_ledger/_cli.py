@@ -24,8 +24,8 @@ _COMMANDS = {
         "serve a loopback OpenAI-compatible API (record cassettes without a key, test offline)",
     ),
     "report": (
-        "llm_ledger._report",
-        "summarise an llm_calls.jsonl log: calls, errors, tokens, cost, latency per group",
+        "llm_ledger.analysis._report_cli",
+        "summarise llm-ledger logs: calls, errors, tokens, cost, latency by user, source, lens, model...",
     ),
     "reprice": (
         "llm_ledger._reprice",
@@ -34,6 +34,10 @@ _COMMANDS = {
     "scrub": (
         "pytest_llm_ledger._scrub",
         "remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
+    ),
+    "serve": (
+        "llm_ledger.analysis._serve_cli",
+        "serve a read-only HTTP cost API (GET /costs?by=user_id) over a log directory",
     ),
 }
 

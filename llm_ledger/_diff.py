@@ -28,6 +28,7 @@ from typing import Any, Final
 from ._errors import ConfigError
 from ._loading import join, printable, read_file, shown
 from ._table import markdown_table, text_table
+from .analysis._render import usd as _usd
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -185,15 +186,6 @@ def increases(diff: dict[str, Any], pct: float) -> list[str]:
             grown = "from nothing" if m["pct"] is None else f"{m['pct']:+.1f}%"
             out.append(f"`{name}`: cost per run {_usd(m['base'])} -> {_usd(m['head'])} ({grown})")
     return out
-
-
-def _usd(value: float, signed: bool = False) -> str:
-    """Dollars with at least six decimals and three significant digits: a non-zero cost never reads $0."""
-    digits = 6
-    if value and abs(value) < 0.001:
-        digits = min(12, max(6, 2 - math.floor(math.log10(abs(value)))))
-    sign = "-" if value < 0 else "+" if signed and value > 0 else ""
-    return f"{sign}${abs(value):.{digits}f}"
 
 
 def _fmt(metric: str, value: float | None, signed: bool = False) -> str:

@@ -134,7 +134,9 @@ def read_usage(path: str) -> tuple[str, list[Usage]]:
 
 
 def _log_usage(path: str) -> Iterator[Usage]:
-    for record in _call_records(path):
+    from .analysis import iter_records
+
+    for record in iter_records([path], events=(CALL_EVENT,)):
         usage = _dict(record.get("usage"))
         server = _dict(record.get("server"))
         cost = _dict(record.get("cost")).get("total_cost_usd")
@@ -158,18 +160,6 @@ def _log_usage(path: str) -> Iterator[Usage]:
             uncosted_calls=int(_usd(cost) is None and (ok or bool(known and (prompt or completion)))),
             no_usage_calls=int(not known and ok),
         )
-
-
-def _call_records(path: str) -> Iterator[dict[str, Any]]:
-    """The call records of a JSONL log, line by line (torn or foreign lines are skipped)."""
-    with open(path, "rb") as file:
-        for line in file:
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if type(record) is dict and record.get("event") == CALL_EVENT:
-                yield record
 
 
 def _report_usage(path: str) -> Iterator[Usage]:

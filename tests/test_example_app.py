@@ -25,6 +25,7 @@ from examples.lens_app.services import RunnerService, artifact_usage
 from examples.lens_app.sources import Source, load_sources
 from examples.lens_app.store import Store
 from llm_ledger import instrument
+from llm_ledger.report import summarise
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger.plugin import LedgerRecords
 from tests.conftest import FAKE_KEY
@@ -283,3 +284,69 @@ def test_committed_cassettes_hold_no_credentials() -> None:
     assert len(files) >= 5
     for path in files:
         assert not forbidden.search(path.read_text()), path
+
+
+def test_costs_by_user_and_by_source_from_source_logs_match_the_log(
+    tmp_path: Path, fresh_config: None
+) -> None:
+    """--user tags the runs; --costs sums source_logs as `llm-ledger report` sums the log, to the digit."""
+    common = ["--db", str(tmp_path / "app.sqlite3"), "--log-dir", str(tmp_path / "logs")]
+    assert cli.main([*common, "--user", "alice"], out=io.StringIO()) == 0
+    assert cli.main([*common, "--user", "bob", "--lens", "headline"], out=io.StringIO()) == 0
+
+    with Store(tmp_path / "app.sqlite3") as store:
+        for by in ("user_id", "source_id", "lens"):
+            from_db = store.costs(by)
+            from_log = summarise(tmp_path / "logs", by=by)
+            figures = [(r.key, r.lens_runs, r.calls, r.total_tokens, r.cost_usd) for r in from_db.rows]
+            assert figures == [
+                (r.key, r.lens_runs, r.calls, r.total_tokens, r.cost_usd) for r in from_log.rows
+            ]
+        by_user = {row.key["user_id"]: row for row in store.costs("user_id").rows}
+    assert (by_user["alice"].lens_runs, by_user["alice"].calls) == (14, 29)
+    assert (by_user["bob"].lens_runs, by_user["bob"].calls) == (3, 6)  # headline over the three sources
+
+    out = io.StringIO()
+    assert cli.main([*common, "--costs", "user_id"], out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:3] == ["user_id", "lens", "runs"]
+    assert [line.split()[:3] for line in lines[2:4]] == [["alice", "14", "29"], ["bob", "3", "6"]]
+    assert "35 calls, 17 lens runs" in out.getvalue()
+
+
+def test_costs_of_a_missing_database_or_a_bad_dimension_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--costs before any run, or with an empty dimension name: exit 2 saying what to do."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--db", str(tmp_path / "none.sqlite3"), "--costs", "user_id"])
+    assert exc.value.code == 2
+    assert "no database at" in capsys.readouterr().err
+    Store(tmp_path / "app.sqlite3").close()
+    with pytest.raises(SystemExit):
+        cli.main(["--db", str(tmp_path / "app.sqlite3"), "--costs", "user_id,"])
+    assert "--costs: by: 'user_id,' has an empty dimension name" in capsys.readouterr().err
+
+
+def test_a_database_from_before_users_gains_the_column(tmp_path: Path) -> None:
+    """A demo database made before source_logs had user_id opens, keeps its rows, and sums them."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE source_logs (id INTEGER PRIMARY KEY AUTOINCREMENT, source_id TEXT NOT NULL, "
+            "lens_key TEXT NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, "
+            "extra_data TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL)"
+        )
+        summary = {"total_api_calls": 2, "total_tokens": 30, "total_cost_usd": 0.25, "avg_duration_ms": 5.0}
+        db.execute(
+            "INSERT INTO source_logs (source_id, lens_key, level, message, extra_data, created_at) "
+            "VALUES ('s1', 'headline', 'INFO', 'done', ?, '2025-11-24T16:00:00.000Z')",
+            (json.dumps(summary),),
+        )
+    with Store(path) as store:
+        (log,) = store.source_logs()
+        assert (log.source_id, log.user_id) == ("s1", None)
+        (row,) = store.costs("user_id").rows
+    assert (row.key, row.calls, row.total_tokens, str(row.cost_usd)) == ({"user_id": None}, 2, 30, "0.25")

@@ -78,8 +78,10 @@ async def run_lenses(
     lens_keys: Sequence[str],
     sources: Sequence[Source],
     cassettes: Mapping[str, LensCassette],
+    *,
+    user_id: str | None = None,
 ) -> list[RunResult]:
-    """Run each lens over every source it applies to, the sources of one lens concurrently.
+    """Run each lens over every source it applies to (for ``user_id``), the sources of one lens concurrently.
 
     Lenses run one after another because each has its own cassette. A recording is saved only
     when every run of its lens succeeded, so a failed recording never replaces a good cassette.
@@ -91,7 +93,7 @@ async def run_lenses(
         scope: AbstractContextManager[Any] = activate(cassette) if cassette is not None else nullcontext()
         with scope:
             outcomes = await asyncio.gather(
-                *(runner.run_lens(source, key) for source in targets), return_exceptions=True
+                *(runner.run_lens(source, key, user_id=user_id) for source in targets), return_exceptions=True
             )
         for source, outcome in zip(targets, outcomes, strict=True):
             if isinstance(outcome, Artifact):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 import llm_ledger
+from llm_ledger.report import render
 
 from .app import Mode, RunResult, make_client, open_cassettes, run_lenses
 from .cassettes import CASSETTE_DIR, CassetteMissError, LensCassette, recorded_base_url
@@ -63,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run only these lenses: {', '.join(LENSES)}",
     )
     parser.add_argument("--source", action="append", metavar="SLUG", help="run only over these sources")
+    parser.add_argument(
+        "--user", default="demo", metavar="USER_ID", help="the user the lens runs are for (default: demo)"
+    )
+    parser.add_argument(
+        "--costs",
+        metavar="DIM[,DIM]",
+        help="run nothing: print lens runs, calls, tokens and cost per source_id, user_id or lens from "
+        "the source_logs table of --db (as `llm-ledger report LOG_DIR --by ...` does from the log)",
+    )
     parser.add_argument(
         "--db", default=DEFAULT_DB, metavar="PATH", help=f"SQLite database (default: {DEFAULT_DB})"
     )
@@ -173,6 +183,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     out = out or sys.stdout
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.costs is not None:
+        return _print_costs(parser, args, out)
     mode = _mode(args)
     api_key = os.environ.get("OPENAI_API_KEY") or None
     if mode == "live" and not api_key:
@@ -232,7 +244,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         with Store(args.db) as store:
             client = make_client(mode, base_url=base_url, api_key=api_key, headers=headers)
             async with client:
-                return await run_lenses(RunnerService(client, store), lens_keys, sources, cassettes)
+                runner = RunnerService(client, store)
+                return await run_lenses(runner, lens_keys, sources, cassettes, user_id=args.user)
 
     results = asyncio.run(go(cassettes))
     llm_ledger.flush()
@@ -244,7 +257,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         "(source_logs.extra_data, artifacts.usage)",
         file=out,
     )
-    print(f"summarise the log with: {_report_command()} {log_file} --by model", file=out)
+    print(f"summarise the log with: {_report_command()} {args.log_dir} --by user_id,model", file=out)
+    print(
+        f"cost per source from the database: python -m examples.lens_app --db {args.db} --costs source_id",
+        file=out,
+    )
     failures = [r for r in results if r.error is not None]
     for result in failures:
         print(f"\n{result.lens_key} on {result.source.slug} failed:", file=out)
@@ -255,6 +272,21 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     if args.metrics:
         _serve_metrics(args, out, lambda: asyncio.run(go(open_cassettes(mode, lens_keys, args.cassette_dir))))
     return 1 if failures else 0
+
+
+def _print_costs(parser: argparse.ArgumentParser, args: argparse.Namespace, out: TextIO) -> int:
+    """``--costs``: the source_logs table summed by the dimensions asked for, as ``llm-ledger report``."""
+    if not Path(args.db).is_file():
+        parser.error(
+            f"no database at {args.db}; run the demo first (python -m examples.lens_app --db {args.db})"
+        )
+    with Store(args.db) as store:
+        try:
+            report = store.costs(args.costs)
+        except llm_ledger.ConfigError as exc:
+            parser.error(f"--costs: {exc}")
+    out.write(render(report, "text"))
+    return 0
 
 
 def _serve_metrics(args: argparse.Namespace, out: TextIO, again: Callable[[], object]) -> None:

@@ -118,8 +118,9 @@ class RunnerService:
         """Whether the lens can run on the source (image lenses need a source with images)."""
         return not self.lenses[lens_key].with_images or bool(source.images)
 
-    async def run_lens(self, source: Source, lens_key: str) -> Artifact:
-        """Run one lens over one source; store the artifact and a source log carrying the lens summary.
+    async def run_lens(self, source: Source, lens_key: str, *, user_id: str | None = None) -> Artifact:
+        """Run one lens over one source for a user; store the artifact and a source log carrying the
+        lens summary. ``user_id`` goes on every call record of the run (``--by user_id`` in reports).
 
         A failed run is logged with level ``ERROR`` (its summary included) and the exception re-raised.
         """
@@ -128,18 +129,18 @@ class RunnerService:
             raise ValueError(f"unknown lens {lens_key!r}; choose one of {sorted(self.lenses)}")
         if not self.applies(lens_key, source):
             raise ValueError(f"lens {lens_key!r} needs a source with images; {source.slug!r} has none")
-        run = llm_ledger.lens(lens_key, source_id=source.id, service="RunnerService")  # monitoring
+        who = {} if user_id is None else {"user_id": user_id}
+        run = llm_ledger.lens(lens_key, source_id=source.id, service="RunnerService", **who)  # monitoring
         try:
             with run:
                 content = await self._execute(lens, source)
         except Exception as exc:
-            self.store.add_source_log(
-                source.id, lens_key, "ERROR", f"{type(exc).__name__}: {exc}", self._extra_data(run)
-            )
+            message = f"{type(exc).__name__}: {exc}"
+            self.store.add_source_log(source.id, lens_key, "ERROR", message, self._extra_data(run), user_id)
             raise
         extra = self._extra_data(run)
         artifact = self.store.add_artifact(source.id, lens_key, content, artifact_usage(extra))
-        self.store.add_source_log(source.id, lens_key, "INFO", f"lens {lens_key} completed", extra)
+        self.store.add_source_log(source.id, lens_key, "INFO", f"lens {lens_key} completed", extra, user_id)
         return artifact
 
     @staticmethod

@@ -1,0 +1,513 @@
+"""Grouped cost sums over call records and lens summaries: the query and the rows it gives.
+
+A *dimension* names a value of a record, resolved in this order:
+
+1. ``lens`` (the context's ``lens_key``), ``model`` (``request.model``, else the served model; for a
+   lens run, each model it used), ``day``, ``month`` and ``hour`` (of the record's UTC timestamp);
+2. a context key (``user_id``, ``source_id``, ``service``, whatever ``lens()`` or
+   ``track_llm_call()`` was given);
+3. a top-level record field (``status``, ``operation``, ``provider``);
+4. a dotted path into the record (``server.address``, ``response.finish_reason``).
+
+A record without the value groups under ``None``: an unknown dimension is not an error.
+
+``where`` keeps the records whose value of a dimension, as text, is one of the given values
+(``None`` reads ``null``, booleans ``true``/``false``, numbers and objects as compact JSON); several
+keys must all match. ``since`` is inclusive and ``until`` exclusive, on the record's timestamp.
+
+Costs are summed exactly (:class:`~decimal.Decimal` of the USD figure each record holds) and leave
+as JSON numbers (USD). Calls, errors, tokens, cost and duration come from call records; lens runs
+from lens summaries (by model, a run counts under each model it used). With ``from_summaries`` the
+totals come from the lens summaries instead (for a table that keeps only those, like an
+application's own log of lens runs) and call records are ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final
+
+from .._errors import ConfigError
+from .._records import CALL_EVENT, LENS_EVENT
+from ._read import InputStats
+
+__all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where"]
+
+TIME_DIMENSIONS: Final = {"day": 10, "month": 7, "hour": 13}  # -> length of the timestamp prefix
+_DATE_EXAMPLE: Final = "e.g. 2025-11-24, 2025-11-24T16:00 or 2025-11-24T16:00:00+02:00 (no zone: UTC)"
+_WHERE_EXAMPLE: Final = "e.g. user_id=alice or model=gpt-4o-mini"
+_BY_EXAMPLE: Final = "e.g. user_id, or lens,model for several"
+_LEDGER_STAMP: Final = len("2025-11-24T16:00:00.000Z")
+_ZERO: Final = Decimal(0)
+
+
+class QueryError(ConfigError):
+    """A bad ``by``, ``where``, ``since`` or ``until``; ``parameter`` names which."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What to sum: the dimensions of a row, the filters and the time range (UTC, half-open)."""
+
+    by: tuple[str, ...] = ("lens",)
+    where: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "by": list(self.by),
+            "where": {key: sorted(values) for key, values in self.where.items()},
+            "since": None if self.since is None else _iso(self.since),
+            "until": None if self.until is None else _iso(self.until),
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
+    """A bound as an aware UTC datetime: ISO text, a date (midnight UTC) or a datetime (naive: UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise QueryError(name, f"{value!r} is not an ISO date or date-time; {_DATE_EXAMPLE}") from None
+    elif not isinstance(value, date):
+        raise QueryError(name, f"expected an ISO date string, a date or a datetime, got {value!r}")
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _dimensions(by: str | Sequence[str]) -> tuple[str, ...]:
+    names = [by] if isinstance(by, str) else list(by)
+    out: list[str] = []
+    for item in names:
+        if not isinstance(item, str):
+            raise QueryError("by", f"{item!r} is not a dimension name; {_BY_EXAMPLE}")
+        for name in item.split(","):
+            name = name.strip()
+            if not name:
+                raise QueryError("by", f"{item!r} has an empty dimension name; {_BY_EXAMPLE}")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise QueryError("by", f"no dimension given; {_BY_EXAMPLE}")
+    return tuple(out)
+
+
+def parse_where(items: Iterable[str]) -> dict[str, list[str]]:
+    """``["user_id=alice", "user_id=bob", "model=x"]`` as ``{"user_id": ["alice", "bob"], ...}``."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise QueryError("where", f"{item!r} is not KEY=VALUE; {_WHERE_EXAMPLE}")
+        out.setdefault(key.strip(), []).append(value)
+    return out
+
+
+def make_query(
+    by: str | Sequence[str] = ("lens",),
+    where: Mapping[str, str | Sequence[str]] | None = None,
+    since: str | date | datetime | None = None,
+    until: str | date | datetime | None = None,
+) -> Query:
+    """A checked :class:`Query`; :class:`ConfigError` names a bad value and shows a valid one."""
+    filters: dict[str, frozenset[str]] = {}
+    for key, values in (where or {}).items():
+        if not isinstance(key, str) or not key.strip():
+            raise QueryError("where", f"{key!r} is not a dimension name; {_WHERE_EXAMPLE}")
+        chosen = [values] if isinstance(values, str) else values
+        if (
+            not isinstance(chosen, list | tuple | set | frozenset)
+            or not chosen
+            or not all(isinstance(v, str) for v in chosen)
+        ):
+            raise QueryError("where", f"{key}: expected a string or a list of strings, got {values!r}")
+        filters[key.strip()] = frozenset(chosen)
+    start, end = _moment("since", since), _moment("until", until)
+    if start is not None and end is not None and start >= end:
+        raise QueryError(
+            "since",
+            f"{_iso(start)} is not before until ({_iso(end)}); since is inclusive and until exclusive: "
+            "since 2025-11-01 until 2025-12-01 is November",
+        )
+    return Query(_dimensions(by), filters, start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """The sums of one group: ``key`` maps each dimension to its value (None when records lack it).
+
+    ``cost_usd`` is exact; it leaves out ``unpriced_calls`` (successful calls the price table had no
+    price for), so ``cost_complete`` says whether it is the whole cost.
+    """
+
+    key: dict[str, Any]
+    lens_runs: int = 0
+    calls: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: Decimal = _ZERO
+    unpriced_calls: int = 0
+    duration_ms: float = 0.0  # of all calls together
+
+    @property
+    def cost_complete(self) -> bool:
+        return self.unpriced_calls == 0
+
+    @property
+    def avg_duration_ms(self) -> float | None:
+        return self.duration_ms / self.calls if self.calls else None
+
+    def to_json(self) -> dict[str, Any]:
+        avg = self.avg_duration_ms
+        return {
+            "key": dict(self.key),
+            "lens_runs": self.lens_runs,
+            "calls": self.calls,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": float(self.cost_usd),
+            "unpriced_calls": self.unpriced_calls,
+            "cost_complete": self.cost_complete,
+            "avg_duration_ms": None if avg is None else round(avg, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CostReport:
+    """The rows of a query (costliest first; by time dimensions only, in time order), their total,
+    and what reading each input found."""
+
+    query: Query
+    rows: tuple[CostRow, ...]
+    total: CostRow
+    inputs: tuple[InputStats, ...] = ()
+    filtered_out: int = 0  # records left out by where / since / until
+    rejected: int = 0  # records with numbers no record has, left out (from logs: malformed lines too)
+    seconds: float = 0.0
+
+    @property
+    def lines(self) -> int:
+        return sum(stats.lines for stats in self.inputs)
+
+    @property
+    def malformed(self) -> int:
+        return sum(stats.malformed for stats in self.inputs)
+
+    @property
+    def skipped(self) -> int:
+        return sum(stats.skipped for stats in self.inputs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.query.to_json(),
+            "lines": self.lines,
+            "calls": self.total.calls,
+            "lens_runs": self.total.lens_runs,
+            "malformed_lines": self.malformed,
+            "skipped_lines": self.skipped,
+            "filtered_out": self.filtered_out,
+            "rejected_records": self.rejected,
+            "inputs": [stats.to_json() for stats in self.inputs],
+            "rows": [row.to_json() for row in self.rows],
+            "total": {k: v for k, v in self.total.to_json().items() if k != "key"},
+        }
+
+
+class BadRecord(ValueError):
+    """A record of a known event whose fields are not what the ledger writes."""
+
+
+# -- reading one record --------------------------------------------------------------------------
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if type(value) is dict else {}
+
+
+def _tokens(value: Any) -> int:
+    if value is None:
+        return 0
+    if type(value) is not int or value < 0:
+        raise BadRecord(f"token count {value!r}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise BadRecord(f"number {value!r}")
+    return float(value)
+
+
+def _usd(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    if type(value) is int:
+        return Decimal(value)
+    if type(value) is float and math.isfinite(value):
+        return Decimal(repr(value))  # the figure as written, not its binary approximation
+    raise BadRecord(f"cost {value!r}")
+
+
+_MISSING: Final = object()
+
+
+def _path(record: Mapping[str, Any], name: str) -> Any:
+    value: Any = record
+    for part in name.split("."):
+        if type(value) is not dict:
+            return None
+        value = value.get(part, _MISSING)
+        if value is _MISSING:
+            return None
+    return value
+
+
+def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run: bool) -> list[Any]:
+    """The values of dimension ``name`` in a record (one, or each model a lens run used)."""
+    if name == "lens":
+        return [context.get("lens_key")]
+    if name == "model":
+        if lens_run:
+            used = _dict(record.get("summary")).get("models_used")
+            return list(used) if type(used) is list and used else [None]
+        model = _dict(record.get("request")).get("model")
+        return [_dict(record.get("response")).get("model") if model is None else model]
+    if name in TIME_DIMENSIONS:
+        stamp = record.get("timestamp")
+        return [stamp[: TIME_DIMENSIONS[name]] if type(stamp) is str else None]
+    if name in context:
+        return [context[name]]
+    if name in record:
+        return [record[name]]
+    return [_path(record, name) if "." in name else None]
+
+
+def as_text(value: Any) -> str:
+    """A dimension value as ``where`` compares it."""
+    if type(value) is str:
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _hashable(value: Any) -> Any:
+    # strings as themselves; anything else as its canonical JSON in a tuple, so "1" and 1 stay apart
+    return value if type(value) is str else (as_text(value),)
+
+
+def _stamp_bound(moment: datetime | None) -> str | None:
+    """A bound in the ledger's timestamp spelling, rounded up to the millisecond the ledger writes."""
+    if moment is None:
+        return None
+    moment += timedelta(microseconds=-moment.microsecond % 1000)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
+    if type(stamp) is not str:
+        return False
+    if len(stamp) != _LEDGER_STAMP or stamp[-1] != "Z" or stamp[10] != "T":  # another writer's spelling
+        try:
+            moment = datetime.fromisoformat(stamp)
+        except ValueError:
+            return False
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        stamp = _stamp_bound(moment)
+    return (since is None or stamp >= since) and (until is None or stamp < until)
+
+
+class _Sums:
+    __slots__ = (
+        "calls",
+        "completion_tokens",
+        "cost",
+        "duration_ms",
+        "errors",
+        "key",
+        "lens_runs",
+        "prompt_tokens",
+        "total_tokens",
+        "unpriced",
+    )
+
+    def __init__(self, key: dict[str, Any]) -> None:
+        self.key = key
+        self.lens_runs = self.calls = self.errors = self.unpriced = 0
+        self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
+        self.cost = _ZERO
+        self.duration_ms = 0.0
+
+    def add(self, lens_run: bool, figures: _Figures | None) -> None:
+        if lens_run:
+            self.lens_runs += 1
+        if figures is not None:
+            calls, errors, prompt, completion, total, cost, unpriced, duration = figures
+            self.calls += calls
+            self.errors += errors
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+            self.total_tokens += total
+            if cost is not None:
+                self.cost += cost
+            self.unpriced += unpriced
+            self.duration_ms += duration
+
+    def row(self) -> CostRow:
+        return CostRow(
+            self.key,
+            self.lens_runs,
+            self.calls,
+            self.errors,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.cost,
+            self.unpriced,
+            self.duration_ms,
+        )
+
+
+# calls, errors, prompt, completion and total tokens, cost (None: unknown), unpriced calls, duration
+_Figures = tuple[int, int, int, int, int, Decimal | None, int, float]
+
+
+def _call_figures(record: dict[str, Any]) -> _Figures:
+    usage = _dict(record.get("usage"))
+    prompt, completion = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
+    total = _tokens(usage.get("total_tokens"))
+    failed = record.get("status") == "error"
+    cost = _usd(_dict(record.get("cost")).get("total_cost_usd"))
+    # without a cost: a successful call without a price, or a failed call that was billed
+    unpriced = cost is None and (not failed or total > 0)
+    duration = _number(_dict(record.get("timing")).get("duration_ms"))
+    return 1, int(failed), prompt, completion, total, cost, int(unpriced), duration
+
+
+def _summary_figures(record: dict[str, Any]) -> _Figures:
+    # a summary does not say how many of its calls had no price: a run with any counts as one
+    summary = _dict(record.get("summary"))
+    calls = _tokens(summary.get("total_api_calls"))
+    avg = _number(summary.get("avg_duration_ms"))
+    return (
+        calls,
+        _tokens(summary.get("errors")),
+        _tokens(summary.get("prompt_tokens")),
+        _tokens(summary.get("completion_tokens")),
+        _tokens(summary.get("total_tokens")),
+        _usd(summary.get("total_cost_usd")),
+        int(summary.get("cost_complete") is False),
+        avg * calls,
+    )
+
+
+def _keep(
+    record: dict[str, Any],
+    context: dict[str, Any],
+    lens_run: bool,
+    by: tuple[str, ...],
+    where: Mapping[str, frozenset[str]],
+    choices: list[list[Any]],
+) -> bool:
+    """Whether ``record`` passes ``where``; the values of a filtered dimension in ``choices`` are
+    narrowed to those that pass (a lens run counts under the models it used that were asked for)."""
+    for index, name in enumerate(by):
+        if name in where:
+            choices[index] = [v for v in choices[index] if as_text(v) in where[name]]
+            if not choices[index]:
+                return False
+    return all(
+        any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
+        for name, wanted in where.items()
+        if name not in by
+    )
+
+
+def aggregate(
+    records: Iterable[dict[str, Any]],
+    query: Query,
+    *,
+    from_summaries: bool = False,
+    inputs: Sequence[InputStats] = (),
+    reject: Callable[[], None] | None = None,
+) -> CostReport:
+    """Sum ``records`` (call records and lens summaries) by ``query``.
+
+    A record whose numbers are not a record's (a token count that is a string, a cost that is not a
+    number) is passed to ``reject()`` (the reader counts its line as malformed) and left out.
+    """
+    started = time.perf_counter()
+    by, where = query.by, query.where
+    since, until = _stamp_bound(query.since), _stamp_bound(query.until)
+    dated = since is not None or until is not None
+    groups: dict[tuple[Any, ...], _Sums] = {}
+    # a call counts in one group; a lens run may count under several models: the total counts it once
+    runs = _Sums({})
+    filtered = rejected = 0
+    for record in records:
+        event = record.get("event")
+        lens_run = event == LENS_EVENT
+        if not lens_run and event != CALL_EVENT:
+            continue
+        if dated and not _in_range(record.get("timestamp"), since, until):
+            filtered += 1
+            continue
+        context = _dict(record.get("context"))
+        choices = [_values(record, context, name, lens_run) for name in by]
+        if where and not _keep(record, context, lens_run, by, where, choices):
+            filtered += 1
+            continue
+        figures = None
+        if lens_run == from_summaries:
+            try:
+                figures = _summary_figures(record) if lens_run else _call_figures(record)
+            except BadRecord:
+                rejected += 1
+                if reject is not None:
+                    reject()
+                continue
+        if lens_run:
+            runs.add(lens_run, figures)
+        for combo in itertools.product(*choices):
+            group_key = tuple(map(_hashable, combo))
+            sums = groups.get(group_key)
+            if sums is None:
+                sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
+            sums.add(lens_run, figures)
+    total = runs
+    if not from_summaries:
+        total = _Sums({})
+        for sums in groups.values():
+            total.add(False, (sums.calls, sums.errors, sums.prompt_tokens, sums.completion_tokens,
+                              sums.total_tokens, sums.cost, sums.unpriced, sums.duration_ms))  # fmt: skip
+        total.lens_runs = runs.lens_runs
+    rows = [sums.row() for sums in groups.values()]
+    rows.sort(key=lambda row: tuple(as_text(value) for value in row.key.values()))
+    if not all(name in TIME_DIMENSIONS for name in by):  # by time: in time order; else costliest first
+        rows.sort(key=lambda row: (-row.cost_usd, -row.calls, -row.lens_runs))
+    seconds = time.perf_counter() - started
+    return CostReport(query, tuple(rows), total.row(), tuple(inputs), filtered, rejected, seconds)

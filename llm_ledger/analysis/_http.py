@@ -1,0 +1,149 @@
+"""The read-only cost API: ``GET /costs?by=user_id&since=…&until=…&where=key=value`` over a log directory.
+
+One request handler (:func:`handle`) serves both the stdlib server of ``llm-ledger serve`` and the
+ASGI app an application mounts (:func:`asgi_app`). Every answer is JSON: the report of
+``llm-ledger report --format json``, or ``{"error": …, "parameter": …, "valid": …}`` with status 400
+for a bad parameter (404 for another path, 405 for another method, 500 when the logs cannot be
+read). The logs are read afresh on each request, so the answer is always current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+from .._errors import ConfigError
+from ._aggregate import TIME_DIMENSIONS, QueryError, aggregate, make_query, parse_where
+from ._read import LogReader
+from ._render import strict_json
+
+__all__ = ["PARAMETERS", "asgi_app", "handle", "log_directory", "make_server"]
+
+ENDPOINT: Final = "/costs"
+# parameter -> what it takes (the "valid" of a 400 answer)
+PARAMETERS: Final = {
+    "by": "dimension names, comma-separated or repeated: a context key (user_id, source_id), a record "
+    f"field (status), a dotted path (server.address), or one of lens, model, {', '.join(TIME_DIMENSIONS)}",
+    "where": "KEY=VALUE, repeatable: e.g. where=user_id=alice",
+    "since": "an ISO date or date-time, inclusive: e.g. 2025-11-24 or 2025-11-24T16:00:00Z",
+    "until": "an ISO date or date-time, exclusive: e.g. 2025-12-01",
+}
+_SINGLE: Final = ("since", "until")
+
+Response = tuple[int, bytes]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def log_directory(path: str | os.PathLike[str]) -> Path:
+    """``path`` checked to be a directory; :class:`ConfigError` otherwise."""
+    directory = Path(path)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise ConfigError(
+            f"{str(directory)!r} {what}; pass the ledger's log directory (log_dir, 'logs' by default), "
+            "which holds llm_calls.jsonl"
+        )
+    return directory
+
+
+def _json(status: int, body: Any) -> Response:
+    return status, (strict_json(body, indent=None) + "\n").encode()
+
+
+def _error(status: int, message: str, parameter: str | None = None, valid: Any = None) -> Response:
+    return _json(status, {"error": message, "parameter": parameter, "valid": valid})
+
+
+def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response:
+    """The status and JSON body answering one request."""
+    if path.rstrip("/") != ENDPOINT:
+        return _error(404, f"no endpoint {path[:100]!r}; the API has GET {ENDPOINT}", valid=[ENDPOINT])
+    if method not in ("GET", "HEAD"):
+        return _error(405, f"{method} is not allowed; {ENDPOINT} is read-only", valid=["GET", "HEAD"])
+    params: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        if name not in PARAMETERS:
+            return _error(400, f"unknown parameter {name[:100]!r}", name[:100], PARAMETERS)
+        params.setdefault(name, []).append(value)
+    for name in _SINGLE:
+        if len(params.get(name, [])) > 1:
+            message = f"{name} is given {len(params[name])} times; give it once"
+            return _error(400, message, name, PARAMETERS[name])
+    try:
+        query = make_query(
+            params.get("by", ["lens"]),
+            parse_where(params.get("where", [])),
+            params.get("since", [None])[0],
+            params.get("until", [None])[0],
+        )
+    except QueryError as exc:
+        return _error(400, str(exc), exc.parameter, PARAMETERS[exc.parameter])
+    try:
+        reader = LogReader([log_dir], empty_dirs=True)
+        report = aggregate(reader, query, inputs=reader.stats, reject=reader.reject).to_json()
+        for stats in report["inputs"]:
+            stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
+        return _json(200, report)
+    except ConfigError as exc:
+        return _error(500, f"cannot read the logs: {exc}")
+
+
+def asgi_app(log_dir: str | os.PathLike[str]) -> ASGIApp:
+    """An ASGI app answering ``GET /costs`` over the logs in ``log_dir``; mount it anywhere.
+
+    Logs are read in a worker thread, so a large log never blocks the event loop.
+    """
+    directory = log_directory(log_dir)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # mounted under a prefix, and the server kept it in the path
+            path = path[len(root) :] or "/"
+        query = scope.get("query_string", b"").decode("latin-1")
+        status, body = await asyncio.to_thread(handle, directory, scope["method"], path, query)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    return app
+
+
+def make_server(
+    log_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000
+) -> ThreadingHTTPServer:
+    """A stdlib HTTP server answering ``GET /costs`` over ``log_dir`` (``serve_forever()`` runs it)."""
+    directory = log_directory(log_dir)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "llm-ledger"
+
+        def _answer(self) -> None:
+            url = urlsplit(self.path)
+            status, body = handle(directory, self.command, url.path, url.query)
+            self.send_response(status, HTTPStatus(status).phrase)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+    return ThreadingHTTPServer((host, port), Handler)

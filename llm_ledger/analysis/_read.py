@@ -1,0 +1,254 @@
+"""The one reader of llm-ledger logs: files, globs, directories, ``.gz`` files and stdin.
+
+An input is ``-`` (stdin), a glob (``logs/*.jsonl*``), a directory (its files whose name holds
+``.jsonl``: ``llm_calls.jsonl`` and what logrotate leaves beside it, ``llm_calls.jsonl.1``,
+``llm_calls.jsonl.2.gz``, ``llm_calls.jsonl-20251124.gz``) or a file. Gzip is recognised by its
+first bytes, whatever the name, on stdin too.
+
+Each line is read with a length cap: a line longer than :data:`MAX_LINE_BYTES` is skipped in linear
+time without being held in memory. A line that is not exactly one JSON object (a torn write, two
+records run together, binary junk, ``NaN``, a number past a float's range) is *malformed* and never
+counts as a record; a JSON object of another event is *skipped*. Both are counted per input, with
+the first few malformed line numbers.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import math
+import os
+import stat
+import sys
+import zlib
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import orjson
+
+from .._errors import ConfigError
+from .._records import CALL_EVENT, LENS_EVENT
+
+__all__ = ["MAX_LINE_BYTES", "InputStats", "LogReader", "iter_records", "resolve"]
+
+# A call record is a few hundred bytes; one with captured content can be large, but not this large.
+MAX_LINE_BYTES: Final = 16 << 20
+_SKIP_BYTES: Final = 1 << 20  # read size while skipping the rest of an over-long line
+_SHOWN_MALFORMED: Final = 5
+_GLOB_CHARS: Final = frozenset("*?[")
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+STDIN: Final = "-"
+
+
+@dataclass(slots=True)
+class InputStats:
+    """What reading one input found."""
+
+    name: str
+    lines: int = 0
+    records: int = 0  # lines yielded as records
+    malformed: int = 0
+    first_malformed: list[int] = field(default_factory=list)  # 1-based line numbers, the first few
+    too_long: int = 0  # of the malformed lines, those over MAX_LINE_BYTES (skipped unread)
+    skipped: int = 0  # JSON objects of other events (plain log messages)
+    error: str | None = None  # why the input ended early (a truncated .gz), if it did
+
+    def malformed_line(self, number: int) -> None:
+        self.malformed += 1
+        if len(self.first_malformed) < _SHOWN_MALFORMED:
+            self.first_malformed.append(number)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "lines": self.lines,
+            "records": self.records,
+            "malformed_lines": self.malformed,
+            "first_malformed_lines": list(self.first_malformed),
+            "too_long_lines": self.too_long,
+            "skipped_lines": self.skipped,
+            "error": self.error,
+        }
+
+
+def _is_log_file(path: Path) -> bool:
+    return ".jsonl" in path.name and path.is_file()
+
+
+def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = False) -> list[str]:
+    """The files ``inputs`` name, in order: ``-``, a glob's matches, a directory's log files, a path.
+
+    Raises :class:`ConfigError` for a glob that matches nothing, a path that does not exist, or
+    (unless ``empty_dirs``) a directory without log files.
+    """
+    out: list[str] = []
+    for item in inputs:
+        name = os.fspath(item)
+        if name == STDIN:
+            out.append(name)
+        elif _GLOB_CHARS & set(name) and not os.path.exists(name):
+            matches = sorted(m for m in glob.glob(name, recursive=True) if not os.path.isdir(m))
+            if not matches:
+                raise ConfigError(
+                    f"{name!r} matches no file; e.g. 'logs/llm_calls.jsonl*' (quote it so the shell "
+                    "leaves it to llm-ledger)"
+                )
+            out += matches
+        elif os.path.isdir(name):
+            found = [str(p) for p in sorted(Path(name).iterdir()) if _is_log_file(p)]
+            if not found and not empty_dirs:
+                raise ConfigError(
+                    f"{name!r} holds no log file (a file whose name holds .jsonl, as llm_calls.jsonl, "
+                    "llm_calls.jsonl.1 or llm_calls.jsonl.2.gz)"
+                )
+            out += found
+        elif not os.path.lexists(name):
+            raise ConfigError(
+                f"{name!r}: no such file; the ledger writes <log_dir>/llm_calls.jsonl (log_dir is 'logs' "
+                "unless configure(log_dir=...) or LLM_LEDGER_LOG_DIR says otherwise); pass a file, a "
+                "directory, a glob or - for stdin"
+            )
+        else:
+            out.append(name)
+    return out
+
+
+class _Stream(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def _open(name: str) -> tuple[_Stream, _Stream]:
+    """``name`` opened for reading bytes, decompressed when it starts like gzip; and the raw file."""
+    if name == STDIN:
+        raw: Any = sys.stdin.buffer
+        if not hasattr(raw, "peek"):  # a replaced stdin (BytesIO)
+            raw = io.BufferedReader(raw)
+    else:
+        try:
+            info = os.stat(name)
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+                raise ConfigError(
+                    f"{name!r} is not a regular file (a device or socket); pass a log file, a directory, "
+                    "or - to read stdin"
+                )
+            raw = open(name, "rb")  # noqa: SIM115 (closed by the caller)
+        except OSError as exc:
+            raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
+    try:
+        gzipped = raw.peek(2)[:2] == _GZIP_MAGIC
+    except OSError as exc:
+        raw.close()
+        raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
+    return (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), raw
+
+
+def _lines(stream: _Stream) -> Iterator[bytes | None]:
+    """Each line of ``stream``; None for a line over :data:`MAX_LINE_BYTES`, skipped without keeping it."""
+    readline = stream.readline
+    limit = MAX_LINE_BYTES + 1
+    while line := readline(limit):
+        if len(line) == limit and line[-1] != 0x0A:
+            while (rest := readline(_SKIP_BYTES)) and rest[-1] != 0x0A:
+                pass
+            yield None
+        else:
+            yield line
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _refuse(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _loads(line: bytes) -> Any:
+    """One JSON value: orjson, or (for what orjson refuses) the stdlib, which reads a lone surrogate
+    escape (valid JSON, and the ledger writes one for a context value holding a lone surrogate);
+    NaN, Infinity and numbers out of a float's range stay refused."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line, parse_constant=_refuse, parse_float=_finite)
+
+
+class LogReader:
+    """Iterate over the records of some logs; ``stats`` says, per input, what was read and rejected.
+
+    Yields the JSON objects whose ``event`` is one of ``events`` (a call and a lens summary by
+    default), in file order; ``empty_dirs`` accepts a directory without logs (yet). A consumer that
+    finds a yielded record unusable calls :meth:`reject`, which counts its line as malformed.
+    """
+
+    def __init__(
+        self,
+        inputs: Iterable[str | os.PathLike[str]],
+        *,
+        events: Collection[str] = (CALL_EVENT, LENS_EVENT),
+        empty_dirs: bool = False,
+    ) -> None:
+        self.names = resolve(inputs, empty_dirs=empty_dirs)
+        self.events = frozenset(events)
+        self.stats: list[InputStats] = []
+        self._current: InputStats | None = None
+
+    def reject(self) -> None:
+        """Count the record just yielded as malformed: it is JSON, but not the record it claims to be."""
+        stats = self._current
+        if stats is not None and stats.records:
+            stats.records -= 1
+            stats.malformed_line(stats.lines)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        events = self.events
+        for name in self.names:
+            stats = self._current = InputStats(name)
+            self.stats.append(stats)
+            stream, raw = _open(name)
+            number = 0
+            try:
+                for line in _lines(stream):
+                    number += 1
+                    stats.lines = number
+                    try:
+                        record = None if line is None else _loads(line)
+                    except (ValueError, RecursionError):
+                        record = None
+                    if type(record) is not dict:
+                        if line is None:
+                            stats.too_long += 1
+                        if line is None or line.strip():  # a blank line is no record and no damage
+                            stats.malformed_line(number)
+                        continue
+                    if record.get("event") in events:
+                        stats.records += 1
+                        yield record
+                    else:
+                        stats.skipped += 1
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                stats.error = f"ended early, after line {number}: {exc or 'truncated gzip'}"
+            except OSError as exc:
+                stats.error = f"ended early, after line {number}: {exc.strerror or exc}"
+            finally:
+                stream.close()  # a GzipFile leaves its raw file open
+                if name != STDIN:  # stdin stays open for the caller
+                    raw.close()
+
+
+def iter_records(
+    inputs: Iterable[str | os.PathLike[str]], *, events: Collection[str] = (CALL_EVENT, LENS_EVENT)
+) -> Iterator[dict[str, Any]]:
+    """The call and lens-summary records of ``inputs`` (files, globs, directories, ``.gz``, ``-``).
+
+    Malformed lines are left out; use :class:`LogReader` to count them.
+    """
+    return iter(LogReader(inputs, events=events))

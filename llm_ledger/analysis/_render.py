@@ -1,0 +1,132 @@
+"""A cost report as a text table, a Markdown table or strict JSON.
+
+Tables come from the one table renderer (:mod:`llm_ledger._table`). JSON is strict: ``NaN`` and
+``Infinity`` are refused with an error naming where they are, never written. Lone surrogates (valid
+in a JSON escape, which the ledger writes for a context value holding one) are written as escapes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Final
+
+from .._errors import ConfigError
+from .._loading import printable
+from .._table import markdown_table, text_table
+from ._aggregate import CostReport, CostRow, as_text
+
+__all__ = ["FORMATS", "render", "strict_json", "usd"]
+
+FORMATS: Final = ("text", "json", "markdown")
+_HEADERS: Final = (
+    "lens runs",
+    "calls",
+    "errors",
+    "prompt tokens",
+    "completion tokens",
+    "total tokens",
+    "cost (USD)",
+    "avg ms",
+)
+
+
+def usd(value: Decimal | float, signed: bool = False) -> str:
+    """Dollars with at least six decimals and three significant digits: a non-zero cost never reads $0."""
+    amount = value if isinstance(value, Decimal) else Decimal(repr(value))
+    digits = min(12, max(6, 2 - amount.adjusted())) if amount else 6
+    sign = "-" if amount < 0 else "+" if signed and amount > 0 else ""
+    shown = abs(amount).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)  # money rounds half up
+    return f"{sign}${shown:,.{digits}f}"
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The path of the first NaN or infinity in ``value``, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "the value"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def strict_json(value: Any, *, indent: int | None = 2) -> str:
+    """``value`` as standard JSON; :class:`ConfigError` names a NaN or infinite number instead."""
+    try:
+        separators = (",", ":") if indent is None else None
+        text = json.dumps(value, indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        where = _non_finite(value)
+        raise ConfigError(
+            f"cannot write {where} as JSON: it is {'NaN' if where is None else 'not a finite number'} "
+            "(standard JSON has no NaN or Infinity); the input holds a figure no record of the ledger has"
+        ) from None
+    return printable(text)
+
+
+def _label(value: Any) -> str:
+    return "(none)" if value is None else printable(as_text(value))
+
+
+def _cells(row: CostRow) -> list[str]:
+    avg = row.avg_duration_ms
+    return [
+        f"{row.lens_runs:,}",
+        f"{row.calls:,}",
+        f"{row.errors:,}",
+        f"{row.prompt_tokens:,}",
+        f"{row.completion_tokens:,}",
+        f"{row.total_tokens:,}",
+        usd(row.cost_usd) + ("" if row.cost_complete else "+"),
+        "-" if avg is None else f"{avg:,.0f}",
+    ]
+
+
+def _footer(report: CostReport) -> list[str]:
+    total = report.total
+    names = [stats.name for stats in report.inputs]
+    source = names[0] if len(names) == 1 else f"{len(names)} inputs"
+    filtered = f", {report.filtered_out:,} left out by the filters" if report.filtered_out else ""
+    counts = f"{total.calls:,} calls, {total.lens_runs:,} lens runs"
+    if not names:  # records handed over, not read from logs
+        rejected = f", {report.rejected:,} with unusable numbers left out" if report.rejected else ""
+        return [f"{counts}{filtered}{rejected}"]
+    lines = [
+        f"{printable(source)}: {report.lines:,} lines, {counts}, {report.malformed:,} malformed, "
+        f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
+    ]
+    if total.unpriced_calls:
+        lines.append(
+            f"+ {total.unpriced_calls:,} successful calls have no price (model unknown to the price table): "
+            "their cost is not included"
+        )
+    return lines
+
+
+def _table(report: CostReport) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    by = report.query.by
+    rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
+    total = ["total", *[""] * (len(by) - 1), *_cells(report.total)]
+    return [*by, *_HEADERS], rows, [total]
+
+
+def render(report: CostReport, fmt: str = "text") -> str:
+    """The report as ``text``, ``markdown`` or ``json``."""
+    if fmt == "json":
+        return strict_json(report.to_json()) + "\n"
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    headers, rows, total = _table(report)
+    if fmt == "markdown":
+        table = markdown_table(headers, rows, total=total)
+    else:
+        table = text_table(headers, rows, total=total, right=range(len(report.query.by), len(headers)))
+    return printable("\n".join([*table, "", *_footer(report)]) + "\n")

@@ -1,0 +1,90 @@
+"""Cost by any dimension, from llm-ledger logs: the engine behind ``llm-ledger report`` and ``serve``.
+
+>>> from llm_ledger.report import summarise
+>>> report = summarise(["logs/"], by=["user_id"], since="2025-11-01", until="2025-12-01")
+>>> for row in report.rows:
+...     print(row.key["user_id"], row.calls, row.cost_usd)
+
+* :func:`summarise` reads logs (files, globs, directories, ``.gz`` as logrotate leaves them, ``-``
+  for stdin) and sums them; :func:`summarise_records` sums records you already hold (for example
+  lens summaries your application stored).
+* Each :class:`CostRow` has ``key`` (dimension -> value), ``lens_runs``, ``calls``, ``errors``,
+  ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cost_usd`` (an exact
+  :class:`~decimal.Decimal`), ``unpriced_calls``, ``duration_ms`` and the properties
+  ``cost_complete`` and ``avg_duration_ms``; ``to_json()`` gives the JSON form (cost as a number).
+* A :class:`CostReport` has the ``rows`` (costliest first), their ``total``, the ``query`` and,
+  per input, the lines read, malformed and skipped (``inputs``); ``to_json()`` is what
+  ``llm-ledger report --format json`` and ``GET /costs`` return.
+* :func:`asgi_app` serves ``GET /costs`` over a log directory, for mounting in an ASGI application.
+
+Dimensions, filters and the time range are described in ``docs/REPORTING.md``: a dimension is a
+context key (``user_id``, ``source_id``), a record field (``status``), a dotted path
+(``server.address``) or one of ``lens``, ``model``, ``day``, ``month``, ``hour``; a record without
+it groups under None. Bad arguments raise :class:`llm_ledger.ConfigError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggregate, make_query
+from .analysis._http import asgi_app
+from .analysis._read import InputStats, LogReader
+from .analysis._render import FORMATS, render
+
+__all__ = [
+    "FORMATS",
+    "CostReport",
+    "CostRow",
+    "InputStats",
+    "Query",
+    "QueryError",
+    "asgi_app",
+    "render",
+    "summarise",
+    "summarise_records",
+]
+
+Paths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+When = str | date | datetime | None
+
+
+def summarise(
+    paths: Paths,
+    by: str | Sequence[str] = ("lens",),
+    where: Mapping[str, str | Sequence[str]] | None = None,
+    since: When = None,
+    until: When = None,
+) -> CostReport:
+    """Read the logs at ``paths`` and sum their calls per value of the ``by`` dimensions.
+
+    ``by``: a dimension name, ``"lens,model"``, or a list of names. ``where``: dimension -> the
+    value (or values) to keep, compared as text. ``since`` (inclusive) and ``until`` (exclusive):
+    ISO dates or date-times, dates or datetimes; without a time zone, UTC.
+    """
+    query = make_query(by, where, since, until)
+    reader = LogReader([paths] if isinstance(paths, str | os.PathLike) else paths)
+    return aggregate(reader, query, inputs=reader.stats, reject=reader.reject)
+
+
+def summarise_records(
+    records: Iterable[Mapping[str, Any]],
+    by: str | Sequence[str] = ("lens",),
+    where: Mapping[str, str | Sequence[str]] | None = None,
+    since: When = None,
+    until: When = None,
+    *,
+    from_summaries: bool = False,
+) -> CostReport:
+    """Sum call records and lens summaries held in memory, as :func:`summarise` sums a log's.
+
+    With ``from_summaries`` the calls, tokens and cost come from the lens summaries (for a store
+    that keeps only those: one ``lens_summary`` record per run, with its ``context``, ``summary``
+    and ``timestamp``), and call records are ignored. Records that are not a call or a lens summary
+    are ignored; one with unusable numbers is left out.
+    """
+    query = make_query(by, where, since, until)
+    return aggregate((dict(r) for r in records), query, from_summaries=from_summaries)

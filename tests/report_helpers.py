@@ -1,0 +1,98 @@
+"""Log lines as the ledger writes them, for the report, serve and analysis tests."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from llm_ledger._jsonl import LedgerJsonFormatter
+from llm_ledger._records import USD_UNIT_DIGITS, LensTotals, call_record, lens_record
+
+FORMATTER = LedgerJsonFormatter()
+EPOCH = 1_764_000_000.0  # 2025-11-24T16:00:00Z
+
+
+def call(
+    *,
+    lens: Any = "default_summary",
+    source: Any = "src-1",
+    service: Any = "RunnerService",
+    model: str | None = "gpt-4o-mini",
+    status: str = "ok",
+    prompt: int | None = 100,
+    completion: int | None = 20,
+    cost: str | None = "0.0001",
+    duration_s: float = 0.5,
+    epoch: float = EPOCH,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A call record built by the ledger's own record builder."""
+    failed = status != "ok"
+    total = None if prompt is None or completion is None else prompt + completion
+    record = call_record(
+        status=status,  # type: ignore[arg-type]
+        operation="chat",
+        context={"lens_key": lens, "source_id": source, "service": service, **(extra or {})},
+        request={
+            "model": model,
+            "temperature": 0.2,
+            "max_tokens": None,
+            "messages_count": 2,
+            "system_prompt_length": 10,
+            "user_prompt_length": 100,
+            "has_images": False,
+            "image_count": 0,
+            "stream": False,
+            "tools_count": 0,
+        },
+        response={
+            "model": None if failed else model,
+            "id": None if failed else "chatcmpl-1",
+            "request_id": None,
+            "content_length": None if failed else 80,
+            "finish_reason": None if failed else "stop",
+            "tool_calls_count": None if failed else 0,
+        },
+        usage={
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": total,
+            "cached_tokens": 0,
+            "reasoning_tokens": 0,
+        },
+        start_epoch=epoch,
+        duration_s=duration_s,
+        ttft_s=None,
+        prompt_cost_units=None if cost is None else _units(cost) // 2,
+        completion_cost_units=None if cost is None else _units(cost) - _units(cost) // 2,
+        retries=0,
+        error={"type": "RateLimitError", "status_code": 429, "message": "HTTP 429"} if failed else None,
+    )
+    return dict(record)
+
+
+def _units(usd: str) -> int:
+    """USD as the ledger's integer units of 10**-24 USD."""
+    return int(Decimal(usd).scaleb(USD_UNIT_DIGITS))
+
+
+def lens_run(calls: list[dict[str, Any]], *, epoch: float = EPOCH) -> dict[str, Any]:
+    """The lens_summary record of ``calls`` (their context is the lens context)."""
+    totals = LensTotals()
+    for record in calls:
+        cost = record["cost"]["total_cost_usd"]
+        totals.add(record, None if cost is None else _units(str(cost)))  # type: ignore[arg-type]
+    return dict(lens_record(context=calls[0]["context"], summary=totals.summary(1.0), end_epoch=epoch))
+
+
+def line(record: dict[str, Any]) -> str:
+    """The JSONL line the ledger's writer produces for ``record``."""
+    log = logging.LogRecord("llm_monitor", logging.INFO, __file__, 0, record, None, None)
+    return FORMATTER.format(log)
+
+
+def write(path: Path, records: list[dict[str, Any]], *, extra_lines: tuple[str, ...] = ()) -> Path:
+    path.write_text("".join(line(r) + "\n" for r in records) + "".join(x + "\n" for x in extra_lines))
+    return path

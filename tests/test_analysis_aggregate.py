@@ -1,0 +1,285 @@
+"""Cost by any dimension: `--by`, `--where`, `--since/--until`, exact sums, and the Python API."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llm_ledger import ConfigError
+from llm_ledger._cli import main
+from llm_ledger.report import CostReport, CostRow, render, summarise, summarise_records
+from tests.report_helpers import EPOCH, call, lens_run, write
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    """Two users over two days, one call without a user, a lens run that used two models."""
+    alice = [
+        call(extra={"user_id": "alice"}, cost="0.1"),
+        call(extra={"user_id": "alice"}, model="gpt-4o", cost="0.2", epoch=EPOCH + HOUR),
+    ]
+    bob = [call(lens="deep_dive", extra={"user_id": "bob"}, cost="0.15", epoch=EPOCH + 24 * HOUR)]
+    anonymous = call(lens="deep_dive", cost="0.15", epoch=EPOCH + 25 * HOUR)
+    records = [*alice, lens_run(alice), *bob, lens_run(bob, epoch=EPOCH + 24 * HOUR), anonymous]
+    return write(tmp_path / "llm_calls.jsonl", records)
+
+
+def keyed(report: CostReport) -> dict[Any, CostRow]:
+    return {
+        tuple(row.key.values()) if len(row.key) > 1 else next(iter(row.key.values())): row
+        for row in report.rows
+    }
+
+
+def test_any_context_key_is_a_dimension_and_records_without_it_group_under_none(log: Path) -> None:
+    """--by user_id: a row per user, exact Decimal costs; a call without a user_id under None."""
+    rows = keyed(summarise(log, by="user_id"))
+    assert set(rows) == {"alice", "bob", None}
+    assert rows["alice"].cost_usd == Decimal("0.3")  # exactly: 0.1 + 0.2 in floats is 0.30000000000000004
+    assert (rows["alice"].calls, rows["alice"].lens_runs) == (2, 1)
+    assert rows[None].calls == 1 and rows[None].lens_runs == 0
+
+
+def test_a_dimension_no_record_has_is_not_an_error(log: Path) -> None:
+    """An unknown dimension (a typo, or a key not logged yet) puts every record under None."""
+    report = summarise(log, by="tenant")
+    assert [(row.key, row.calls) for row in report.rows] == [({"tenant": None}, 4)]
+
+
+def test_several_dimensions_make_one_row_per_combination(log: Path) -> None:
+    """--by lens,model: a row per (lens, model); a lens run counts under each model it used, once in total."""
+    report = summarise(log, by=["lens", "model"])
+    rows = keyed(report)
+    assert set(rows) == {
+        ("default_summary", "gpt-4o-mini"),
+        ("default_summary", "gpt-4o"),
+        ("deep_dive", "gpt-4o-mini"),
+    }
+    assert (
+        rows[("default_summary", "gpt-4o")].lens_runs
+        == rows[("default_summary", "gpt-4o-mini")].lens_runs
+        == 1
+    )
+    assert report.total.lens_runs == 2
+    assert report.total.cost_usd == Decimal("0.6")
+    assert summarise(log, by="lens,model").rows == report.rows
+
+
+def test_record_fields_and_dotted_paths_are_dimensions(tmp_path: Path) -> None:
+    """A top-level field (status) and a dotted path (server.address) group like context keys."""
+    records = [call(), call(status="error", prompt=None, completion=None, cost=None)]
+    records[0]["server"] = {"address": "api.openai.com", "port": 443, "provider": "openai"}
+    path = write(tmp_path / "log.jsonl", records)
+    assert {r.key["status"]: r.calls for r in summarise(path, by="status").rows} == {"ok": 1, "error": 1}
+    by_address = {r.key["server.address"]: r.calls for r in summarise(path, by="server.address").rows}
+    assert by_address == {"api.openai.com": 1, None: 1}
+
+
+def test_where_keeps_matching_records_and_repeated_keys_mean_any(log: Path) -> None:
+    """where: several values of one key are alternatives; several keys must all match."""
+    assert summarise(log, by="user_id", where={"user_id": "alice"}).total.calls == 2
+    both = summarise(log, by="user_id", where={"user_id": ["alice", "bob"]})
+    assert {row.key["user_id"] for row in both.rows} == {"alice", "bob"}
+    narrowed = summarise(log, by="lens", where={"user_id": "alice", "model": "gpt-4o"})
+    assert [(row.key["lens"], row.calls) for row in narrowed.rows] == [("default_summary", 1)]
+    assert narrowed.filtered_out == 4  # alice's lens run used gpt-4o: it stays
+    assert summarise(log, where={"user_id": "null"}).total.calls == 1  # a missing value reads null
+
+
+def test_where_on_model_keeps_the_lens_runs_that_used_it(log: Path) -> None:
+    """A lens run counts under the asked-for models it used, not under the others."""
+    report = summarise(log, by="model", where={"model": "gpt-4o"})
+    assert [(row.key["model"], row.calls, row.lens_runs) for row in report.rows] == [("gpt-4o", 1, 1)]
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "calls"),
+    [
+        ("2025-11-25", None, 2),  # a date: midnight UTC, inclusive
+        (None, "2025-11-25", 2),  # exclusive
+        ("2025-11-24T17:00:01Z", "2025-11-25T17:00:01", 2),  # naive means UTC
+        (date(2025, 11, 24), datetime(2025, 11, 24, 17, 0, 1, tzinfo=UTC), 2),
+        ("2025-11-24T19:00:00+02:00", None, 3),  # 17:00 UTC onwards
+        (datetime(2025, 11, 25, 16, tzinfo=timezone(timedelta(hours=-1))), None, 1),  # 17:00 UTC
+    ],
+)
+def test_since_is_inclusive_and_until_exclusive(log: Path, since: Any, until: Any, calls: int) -> None:
+    """ISO dates, date-times with or without a zone, dates and datetimes bound the records' timestamps."""
+    # call timestamps end 0.5 s after they start: 16:00:00.5, 17:00:00.5, next day 16:00:00.5, 17:00:00.5
+    assert summarise(log, since=since, until=until).total.calls == calls
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"since": "2025-13-01"}, "since: '2025-13-01' is not an ISO date or date-time; e.g. 2025-11-24"),
+        ({"until": "yesterday"}, "until: 'yesterday' is not an ISO date or date-time"),
+        ({"since": "2025-11-25", "until": "2025-11-24"}, "since: 2025-11-25T00:00:00Z is not before until"),
+        ({"since": "2025-11-24", "until": "2025-11-24"}, "since is inclusive and until exclusive"),
+        ({"by": "lens,"}, "by: 'lens,' has an empty dimension name; e.g. user_id, or lens,model"),
+        ({"where": {"user_id": 7}}, "where: user_id: expected a string or a list of strings"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(log: Path, kwargs: dict[str, Any], message: str) -> None:
+    """Bad dates, an empty range, an empty dimension: ConfigError naming it with a valid example."""
+    with pytest.raises(ConfigError) as excinfo:
+        summarise(log, **kwargs)
+    assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--where", "user_id"], "where: 'user_id' is not KEY=VALUE; e.g. user_id=alice"),
+        (["--where", "=alice"], "where: '=alice' is not KEY=VALUE"),
+        (["--since", "24/11/2025"], "since: '24/11/2025' is not an ISO date or date-time; e.g. 2025-11-24"),
+        (
+            ["--since", "2025-12-01", "--until", "2025-11-01"],
+            "since: 2025-12-01T00:00:00Z is not before until",
+        ),
+    ],
+)
+def test_bad_command_line_filters_exit_2_with_the_valid_form(
+    capsys: pytest.CaptureFixture[str], log: Path, args: list[str], message: str
+) -> None:
+    """The CLI: exit status 2, the problem and an example on stderr, no traceback."""
+    assert main(["report", str(log), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"llm-ledger report: error: {message}" in err
+    assert "Traceback" not in err
+
+
+def test_the_command_line_groups_and_filters_like_the_api(
+    capsys: pytest.CaptureFixture[str], log: Path
+) -> None:
+    """--by a,b --where k=v --since: the JSON rows are the API's rows as JSON (costs as numbers)."""
+    args = ["--by", "lens", "--by", "user_id", "--where", "model=gpt-4o-mini", "--since", "2025-11-24"]
+    assert main(["report", str(log), *args, "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    api = summarise(log, by=["lens", "user_id"], where={"model": "gpt-4o-mini"}, since="2025-11-24")
+    assert out["rows"] == [row.to_json() for row in api.rows]
+    assert out["by"] == ["lens", "user_id"] and out["where"] == {"model": ["gpt-4o-mini"]}
+    assert out["since"] == "2025-11-24T00:00:00Z"
+    assert out["total"]["cost_usd"] == 0.4
+
+
+def test_the_text_table_has_a_column_per_dimension(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    """Several dimensions: one column each, then the figures; (none) for a missing value."""
+    assert main(["report", str(log), "--by", "user_id,lens"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["user_id", "lens", "lens"]
+    assert any(row.split()[:2] == ["(none)", "deep_dive"] for row in lines)
+    assert any(row.startswith("total ") and "$0.600000" in row for row in lines)
+
+
+def test_time_dimensions_list_rows_in_time_order(log: Path) -> None:
+    """--by day (or month, hour): rows in time order, not by cost."""
+    assert [row.key["day"] for row in summarise(log, by="day").rows] == ["2025-11-24", "2025-11-25"]
+    assert [row.calls for row in summarise(log, by="hour").rows] == [1, 1, 1, 1]
+
+
+def test_summaries_alone_give_the_totals_of_their_runs(log: Path) -> None:
+    """summarise_records(from_summaries=True): lens summaries (an app's own table) carry the figures."""
+    from llm_ledger.analysis import iter_records
+
+    summaries = [r for r in iter_records([log]) if r["event"] == "lens_summary"]
+    report = summarise_records(summaries, by="user_id", from_summaries=True)
+    rows = keyed(report)
+    assert rows["alice"].cost_usd == Decimal("0.3") and rows["alice"].calls == 2
+    assert rows["bob"].total_tokens == 120
+    assert report.total.lens_runs == 2
+
+
+def test_rows_of_equal_cost_sort_by_key_whatever_order_their_calls_came_in(tmp_path: Path) -> None:
+    """0.1 + 0.2 and 0.15 + 0.15 are the same exact cost: ties order by key, not by float noise."""
+    records = [
+        call(lens=lens, cost=cost)
+        for lens, cost in [("b", "0.1"), ("a", "0.15"), ("b", "0.2"), ("a", "0.15")]
+    ]
+    assert [row.key["lens"] for row in summarise(write(tmp_path / "log.jsonl", records)).rows] == ["a", "b"]
+
+
+def test_json_output_refuses_non_finite_values_by_name() -> None:
+    """A NaN the API was handed (never one read from a log) is an error naming where it is."""
+    report = summarise_records([call(extra={"score": float("nan")})], by="score")
+    with pytest.raises(
+        ConfigError, match=r"cannot write rows\.0\.key\.score as JSON: it is not a finite number"
+    ):
+        render(report, "json")
+    assert "NaN" in render(report, "text")  # a table may show it
+
+
+_values = st.one_of(
+    st.none(),
+    st.sampled_from(["alice", 'quote"d', "ünï}{code", 'a, "b": {', "null", "1"]),
+    st.integers(-3, 3),
+    st.booleans(),
+    st.dictionaries(st.sampled_from(["x", "usage"]), st.integers(0, 2), max_size=2),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    specs=st.lists(
+        st.tuples(_values, _values, st.sampled_from(["ok", "error"]), st.integers(0, 5000), st.booleans()),
+        max_size=12,
+    ),
+    by=st.sampled_from(["lens", "user_id", "lens,user_id", "status"]),
+)
+def test_sums_match_a_plain_grouping_of_the_records(
+    tmp_path: Path, specs: list[tuple[Any, ...]], by: str
+) -> None:
+    """Whatever the context values (quotes, braces, objects, "1" beside 1), a row per distinct value
+    with the sums a plain loop over the records gives."""
+    records = []
+    for lens, user, status, prompt, priced in specs:
+        ok = status == "ok"
+        records.append(
+            call(
+                lens=lens,
+                status=status,
+                prompt=prompt if ok else None,
+                completion=prompt // 7 if ok else None,
+                cost=f"0.000{prompt % 9 + 1}" if ok and priced else None,
+                extra={"user_id": user},
+            )
+        )
+    report = summarise(write(tmp_path / "log.jsonl", records), by=by)
+    names = by.split(",")
+    expected: dict[str, list[Any]] = {}
+    for record in records:
+        values = {"lens": record["context"]["lens_key"], "user_id": record["context"]["user_id"]}
+        values["status"] = record["status"]
+        key = json.dumps([values[name] for name in names], sort_keys=True)
+        sums = expected.setdefault(key, [0, 0, Decimal(0), 0])
+        cost = record["cost"]["total_cost_usd"]
+        sums[0] += 1
+        sums[1] += record["usage"]["total_tokens"] or 0
+        sums[2] += Decimal(repr(cost)) if cost is not None else 0
+        sums[3] += cost is None and record["status"] == "ok"
+    got = {
+        json.dumps([row.key[name] for name in names], sort_keys=True): [
+            row.calls, row.total_tokens, row.cost_usd, row.unpriced_calls
+        ]
+        for row in report.rows
+    }  # fmt: skip
+    assert got == expected
+    assert report.total.calls == len(records) and report.malformed == 0
+
+
+def test_records_handed_over_with_unusable_numbers_are_counted_not_summed() -> None:
+    """summarise_records: a call whose token count is text is left out, and the report says so."""
+    bad = call()
+    bad["usage"] = {**bad["usage"], "prompt_tokens": "100"}
+    report = summarise_records([call(), bad])
+    assert (report.total.calls, report.rejected) == (1, 1)
+    assert render(report, "text").splitlines()[-1] == "1 calls, 0 lens runs, 1 with unusable numbers left out"

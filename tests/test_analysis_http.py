@@ -1,0 +1,199 @@
+"""The read-only cost API: `llm-ledger serve` and the ASGI app, each under a real server over 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import uvicorn
+
+from llm_ledger import ConfigError
+from llm_ledger.report import asgi_app, summarise
+from tests.report_helpers import EPOCH, call, lens_run, write
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three calls of two users, one lens run (shared by the module's servers: tests only read it)."""
+    logs = tmp_path_factory.mktemp("served") / "logs"
+    logs.mkdir()
+    alice = [call(extra={"user_id": "alice"}, cost="0.1"), call(extra={"user_id": "alice"}, cost="0.2")]
+    bob = [call(extra={"user_id": "bob"}, cost="0.05", epoch=EPOCH + 86_400)]
+    write(logs / "llm_calls.jsonl", [*alice, lens_run(alice), *bob])
+    return logs
+
+
+@contextmanager
+def llm_ledger_serve(log_dir: Path) -> Iterator[str]:
+    """`llm-ledger serve LOG_DIR --port 0` in a subprocess; its base URL."""
+    errors = log_dir.parent / "serve.err"  # its access log, read only if it fails to start
+    with errors.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llm_ledger", "serve", str(log_dir), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=REPO,
+        )
+    assert process.stdout is not None
+    try:
+        first = process.stdout.readline()
+        assert first.startswith("llm-ledger serve: GET http://127.0.0.1:"), first + errors.read_text()
+        yield first.split()[3].removesuffix("/costs")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def served(log_dir: Path) -> Iterator[str]:
+    with llm_ledger_serve(log_dir) as url:
+        yield url
+
+
+@contextmanager
+def under_uvicorn(app: Any, root_path: str = "") -> Iterator[str]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1; its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def mounted(log_dir: Path) -> Iterator[str]:
+    """asgi_app(LOG_DIR) under uvicorn; its base URL."""
+    with under_uvicorn(asgi_app(log_dir)) as url:
+        yield url
+
+
+@pytest.fixture(params=["serve", "asgi"])
+def base_url(request: pytest.FixtureRequest) -> str:
+    """The same API served both ways: one request handler behind each server."""
+    url: str = request.getfixturevalue("served" if request.param == "serve" else "mounted")
+    return url
+
+
+def get(base_url: str, query: str = "", method: str = "GET") -> httpx2.Response:
+    with httpx2.Client(base_url=base_url, timeout=10) as client:
+        return client.request(method, "/costs" + query)
+
+
+def test_costs_by_user_are_json_rows(base_url: str, log_dir: Path) -> None:
+    """GET /costs?by=user_id: the rows of summarise(), costs as JSON numbers; input names without the path."""
+    response = get(base_url, "?by=user_id")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    assert body["rows"] == [row.to_json() for row in summarise(log_dir, by="user_id").rows]
+    assert [(row["key"]["user_id"], row["calls"], row["cost_usd"]) for row in body["rows"]] == [
+        ("alice", 2, 0.3),
+        ("bob", 1, 0.05),
+    ]
+    assert [entry["name"] for entry in body["inputs"]] == ["llm_calls.jsonl"]
+
+
+def test_filters_and_time_range_apply(base_url: str) -> None:
+    """where (repeatable), since and until filter as on the command line."""
+    body = get(base_url, "?by=lens,user_id&where=user_id=bob&since=2025-11-25&until=2025-11-26").json()
+    assert [(row["key"], row["calls"]) for row in body["rows"]] == [
+        ({"lens": "default_summary", "user_id": "bob"}, 1)
+    ]
+    assert body["where"] == {"user_id": ["bob"]} and body["since"] == "2025-11-25T00:00:00Z"
+    assert get(base_url, "?by=user_id&by=lens").json()["by"] == ["user_id", "lens"]
+
+
+@pytest.mark.parametrize("how", ["serve", "asgi"])
+def test_each_request_reads_the_logs_afresh(tmp_path: Path, how: str) -> None:
+    """A call logged after the server started is in the next answer; an empty directory is no error."""
+    with llm_ledger_serve(tmp_path) if how == "serve" else under_uvicorn(asgi_app(tmp_path)) as url:
+        assert get(url).json()["rows"] == []  # a fresh application with no log yet
+        write(tmp_path / "llm_calls.jsonl", [call(extra={"user_id": "carol"})])
+        assert get(url, "?by=user_id").json()["rows"][0]["key"] == {"user_id": "carol"}
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter", "error"),
+    [
+        ("?bye=user_id", "bye", "unknown parameter 'bye'"),
+        ("?where=user_id", "where", "where: 'user_id' is not KEY=VALUE; e.g. user_id=alice"),
+        ("?since=2025-13-01", "since", "since: '2025-13-01' is not an ISO date or date-time"),
+        ("?until=soon", "until", "until: 'soon' is not an ISO date or date-time"),
+        ("?since=2025-12-01&until=2025-11-01", "since", "since: 2025-12-01T00:00:00Z is not before until"),
+        ("?since=2025-11-01&since=2025-11-02", "since", "since is given 2 times; give it once"),
+        ("?by=", "by", "by: '' has an empty dimension name"),
+    ],
+)
+def test_bad_parameters_are_400_with_the_problem_and_the_valid_choices(
+    base_url: str, query: str, parameter: str, error: str
+) -> None:
+    """A bad parameter: 400, JSON naming it, what is wrong, and what it takes."""
+    response = get(base_url, query)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["parameter"] == parameter
+    assert body["error"].startswith(error)
+    assert body["valid"]
+    if parameter == "bye":
+        assert set(body["valid"]) == {"by", "where", "since", "until"}
+
+
+def test_other_paths_and_methods_are_refused_in_json(base_url: str) -> None:
+    """Another path is 404 and a write is 405, each with a JSON error naming the valid choice."""
+    with httpx2.Client(base_url=base_url, timeout=10) as client:
+        missing = client.get("/secrets")
+        assert missing.status_code == 404
+        assert missing.json()["valid"] == ["/costs"]
+        posted = client.post("/costs", content=b"{}")
+        assert posted.status_code == 405
+        assert posted.json()["valid"] == ["GET", "HEAD"]
+        head = client.head("/costs")
+        assert head.status_code == 200 and head.content == b""
+
+
+def test_a_log_dir_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
+    """asgi_app and serve check their directory when they start, not on the first request."""
+    with pytest.raises(ConfigError, match="does not exist; pass the ledger's log directory"):
+        asgi_app(tmp_path / "nope")
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_ledger", "serve", str(tmp_path / "nope"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "llm-ledger serve: error: " in done.stderr and "does not exist" in done.stderr
+
+
+def test_the_asgi_app_answers_under_a_mount_prefix(log_dir: Path) -> None:
+    """Mounted at /ledger (root_path, as a proxy or a framework's mount sets it): GET /ledger/costs."""
+    with under_uvicorn(asgi_app(log_dir), root_path="/ledger") as url:
+        response = get(url, "?by=user_id")  # uvicorn hands the app /ledger/costs
+    assert response.status_code == 200
+    assert response.json()["calls"] == 3
