@@ -18,7 +18,7 @@ from ._errors import LedgerError
 # subcommand -> (module defining register(), its line in `llm-ledger --help`)
 _COMMANDS = {
     "cassettes": ("pytest_llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),
-    "diff": ("llm_ledger._diff", "compare two pytest --llm-report files lens by lens"),
+    "diff": ("llm_ledger.analysis._diff", "compare two pytest --llm-report files lens by lens"),
     "fake-server": (
         "llm_ledger._fake_server",
         "serve a loopback OpenAI-compatible API (record cassettes without a key, test offline)",

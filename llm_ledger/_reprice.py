@@ -163,7 +163,7 @@ def _log_usage(path: str) -> Iterator[Usage]:
 
 
 def _report_usage(path: str) -> Iterator[Usage]:
-    from ._diff import load_report
+    from .analysis._diff import load_report
 
     data = load_report(path)
     rows = data.get("usage")

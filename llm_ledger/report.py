@@ -16,6 +16,9 @@
   per input, the lines read, malformed and skipped (``inputs``); ``to_json()`` is what
   ``llm-ledger report --format json`` and ``GET /costs`` return.
 * :func:`asgi_app` serves ``GET /costs`` over a log directory, for mounting in an ASGI application.
+* :func:`load_report`, :func:`diff_reports` and :func:`render_diff` read pytest ``--llm-report``
+  files and compare them lens by lens (``llm-ledger diff``); :func:`text_table` is the one table
+  renderer every command prints with.
 
 Dimensions, filters and the time range are described in ``docs/REPORTING.md``: a dimension is a
 context key (``user_id``, ``source_id``), a record field (``status``), a dotted path
@@ -30,7 +33,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from ._table import text_table
 from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggregate, make_query
+from .analysis._diff import diff_reports, load_report
+from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
 from .analysis._read import InputStats, LogReader
 from .analysis._render import FORMATS, render
@@ -43,9 +49,13 @@ __all__ = [
     "Query",
     "QueryError",
     "asgi_app",
+    "diff_reports",
+    "load_report",
     "render",
+    "render_diff",
     "summarise",
     "summarise_records",
+    "text_table",
 ]
 
 Paths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from llm_ledger._table import text_table
+from llm_ledger.report import text_table
 
 from ._budgets import METRIC_OF, Budgets, Limits
 

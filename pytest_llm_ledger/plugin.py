@@ -791,15 +791,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: SessionLedger) -> None:
-    from llm_ledger import _diff
+    from llm_ledger.report import diff_reports, load_report, render_diff
 
     tr.write_sep("-", f"llm-ledger: cost diff against {_display(config, path)}")
     try:
-        base = _diff.load_report(path)
+        base = load_report(path)
     except Exception as exc:
         tr.write_line(f"cannot read the baseline: {exc}", red=True)
         return
-    for line in _diff.render(_diff.diff_reports(base, ledger.report()), "text").splitlines():
+    for line in render_diff(diff_reports(base, ledger.report()), "text").splitlines():
         tr.write_line(line)
 
 

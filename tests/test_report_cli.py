@@ -293,7 +293,7 @@ def test_help_imports_no_subcommand() -> None:
     )
     for argv, imported in (
         (["--help"], "[]"),
-        (["diff", "--help"], "['llm_ledger._diff']"),
+        (["diff", "--help"], "['llm_ledger.analysis._diff']"),
         (["report", "--help"], "['llm_ledger.analysis._report_cli']"),
     ):
         done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
