@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from llm_ledger import Budgets, Limits
 from llm_ledger._table import text_table
 
-from ._budgets import METRIC_OF, Budgets, Limits
+from ._budgets import METRIC_OF
 
 __all__ = [
     "REPORT_SCHEMA",
