@@ -24,6 +24,7 @@ call raises :class:`BudgetExceededError` before it is sent (docs/BUDGETS.md).
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -47,6 +48,7 @@ __all__ = [
     "BudgetGuard",
     "Budgets",
     "Limits",
+    "as_budgets",
     "load_budgets",
     "parse_budgets",
     "refuse_if_stopped",
@@ -151,12 +153,25 @@ def parse_budgets(text: str | bytes | Mapping[str, Any], source: str = "budgets.
     return _parse(Document(source, BudgetError, "a budgets file"), text)
 
 
-def load_budgets(path: str | Path, name: str | None = None, *, hint: str = "") -> Budgets:
+def load_budgets(path: str | os.PathLike[str], name: str | None = None, *, hint: str = "") -> Budgets:
     """Read and parse ``path`` (called ``name`` in messages); a missing file is a :class:`BudgetError`
     too, followed by ``hint``."""
     name = name or str(path)
     hint = f"; create it (sections: {', '.join(_SECTIONS)}){hint}"
     return parse_budgets(read_file(str(path), BudgetError, "budgets file", name=name, hint=hint), name)
+
+
+def as_budgets(value: Budgets | Mapping[str, Any] | str | os.PathLike[str], *, hint: str = "") -> Budgets:
+    """A :class:`Budgets` from itself, a mapping of the budgets.yaml shape, or the path of a budgets file."""
+    if isinstance(value, Budgets):
+        return value
+    if isinstance(value, Mapping):
+        return parse_budgets(value, "configure(budgets=...)")
+    if isinstance(value, (str, os.PathLike)) and str(value).strip() and "\x00" not in str(value):
+        return load_budgets(os.fspath(value), hint=hint)
+    raise ConfigError(
+        f"budgets must be the path of a budgets file, a mapping of its shape or a Budgets, got {value!r}"
+    )
 
 
 # -- production ----------------------------------------------------------------------------------
@@ -193,17 +208,7 @@ class BudgetGuard:
         mode: str = "warn",
         on_exceeded: Callable[[BudgetRecord], object] | None = None,
     ) -> None:
-        if isinstance(budgets, Budgets):
-            self.budgets = budgets
-        elif isinstance(budgets, Mapping):
-            self.budgets = parse_budgets(budgets, "configure(budgets=...)")
-        elif isinstance(budgets, (str, Path)) and str(budgets).strip():
-            self.budgets = load_budgets(budgets)
-        else:
-            raise ConfigError(
-                "budgets must be the path of a budgets file, a mapping of its shape or a Budgets, "
-                f"got {budgets!r}"
-            )
+        self.budgets = as_budgets(budgets)
         if mode not in BUDGET_MODES:
             raise ConfigError(
                 f"budget_mode must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}"

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ._anomalies import AnomalyConfig, AnomalyDetector
-from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, load_budgets, parse_budgets
+from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
 from ._errors import ConfigError
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor, internal_log
@@ -184,11 +184,7 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
         if raw.lower() in ("", "off", "none"):
             return None, mode
         return load_budgets(_path("LLM_LEDGER_BUDGETS", raw), hint=hint), mode
-    if budgets is None or isinstance(budgets, Budgets):
-        return budgets, mode
-    if isinstance(budgets, Mapping):
-        return parse_budgets(budgets, "configure(budgets=...)"), mode
-    return load_budgets(_path("budgets", budgets), hint=hint), mode
+    return None if budgets is None else as_budgets(budgets, hint=hint), mode
 
 
 _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_monitor()
