@@ -3,13 +3,18 @@
 For each lens and the models its run used, the detector keeps the last ``window`` runs' total
 tokens, cost and wall duration. Once it holds ``min_runs`` of them, a run whose value is above
 
-    threshold = median + k * max(MAD, min_mad_ratio * median)
+    threshold = exp(median + k * max(MAD, ln(1 + min_mad_ratio)))     (scale "log", the default)
+    threshold = median + k * max(MAD, min_mad_ratio * median)         (scale "linear")
 
-is an anomaly: one ``lens_anomaly`` record per metric (docs/ANOMALIES.md). Median and MAD (the median
-absolute deviation) are robust: a few spikes in the window move neither, so one runaway run does not
-hide the next, while a lasting change of level becomes the new baseline after about ``window / 2``
-runs. Only values above the baseline are anomalies: a cost monitor warns about runs that cost more.
-``min_mad_ratio`` keeps a lens whose runs are all alike (MAD 0) from alarming on a one-token change.
+is an anomaly: one ``lens_anomaly`` record per metric (docs/ANOMALIES.md). On the log scale median and
+MAD (the median absolute deviation) are those of the values' natural logarithms, so k counts in
+ratios: durations and costs are skewed (a run twice as slow as usual is commoner than one twice as
+fast), and a linear MAD alarms on their ordinary tail. Median and MAD are robust: a few spikes in the
+window move neither, so one runaway run does not hide the next, while a lasting change of level
+becomes the new baseline after about ``window / 2`` runs. Only values above the baseline are
+anomalies: a cost monitor warns about runs that cost more. ``min_mad_ratio`` keeps a lens whose runs
+are all alike (MAD 0) from alarming on a one-token change. On the log scale a value of 0 (a run
+without calls, a free model) is neither judged nor kept.
 
 Online (``configure(anomalies=True)``), the baseline is rebuilt at start from the lens summaries in
 the last ``history_bytes`` of the log file, so no state file is kept. Offline, ``llm-ledger anomalies
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import orjson
 
 from ._errors import ConfigError
-from ._records import LENS_EVENT, AnomalyRecord, anomaly_record
+from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record
 from ._table import text_table
 
 if TYPE_CHECKING:
@@ -43,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector", "read_lens_records", "register"]
 
 METRICS: Final = ("total_tokens", "total_cost_usd", "duration_ms")  # lens summary keys judged
+SCALES: Final = ("log", "linear")
+_SETTINGS: Final = ("window", "k", "min_runs", "min_mad_ratio", "metrics", "history_bytes", "scale")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -65,17 +72,19 @@ class AnomalyConfig:
         k: how many MADs above the median a value must be to be an anomaly (> 0). For normally
             distributed values one MAD is about 0.67 standard deviations: k=6 is about 4 sigma.
         min_runs: runs in the baseline before any run is judged (at least 3, at most ``window``).
-        min_mad_ratio: the MAD used is at least this fraction of the median (0 turns it off).
+        min_mad_ratio: the spread used is at least this fraction of the median (0 turns it off).
         metrics: which of :data:`METRICS` to judge.
+        scale: ``"log"`` (judge ratios to the median) or ``"linear"`` (judge differences).
         history_bytes: how much of the end of the log file rebuilds the baseline at start.
     """
 
-    window: int = 50
+    window: int = 100
     k: float = 6.0
-    min_runs: int = 10
+    min_runs: int = 20
     min_mad_ratio: float = 0.05
     metrics: tuple[str, ...] = METRICS
     history_bytes: int = 32 << 20
+    scale: str = "log"
 
     def __post_init__(self) -> None:
         _number("window", self.window, whole=True, low=3, why="of runs, at least 3")
@@ -92,6 +101,8 @@ class AnomalyConfig:
             raise ConfigError(
                 f"anomalies: metrics must be a non-empty tuple of {', '.join(METRICS)}, got {self.metrics!r}"
             )
+        if self.scale not in SCALES:
+            raise ConfigError(f"anomalies: scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
         for metric in self.metrics:
             if metric not in METRICS:
                 raise ConfigError(f"anomalies: unknown metric {metric!r}; choose from {', '.join(METRICS)}")
@@ -107,21 +118,13 @@ class AnomalyConfig:
         fields: dict[str, Any] = {}
         for part in value.split(","):
             name, sep, raw = (s.strip() for s in part.partition("="))
-            if not sep or name not in (
-                "window",
-                "k",
-                "min_runs",
-                "min_mad_ratio",
-                "metrics",
-                "history_bytes",
-            ):
+            if not sep or name not in _SETTINGS:
                 raise ConfigError(
                     f"{source}={text!r}: expected on, off, or comma-separated settings such as "
-                    "k=6,window=50,min_runs=10 (settings: window, k, min_runs, min_mad_ratio, metrics, "
-                    f"history_bytes), got {part.strip()!r}"
+                    f"k=6,window=100,min_runs=20 (settings: {', '.join(_SETTINGS)}), got {part.strip()!r}"
                 )
-            if name == "metrics":
-                fields[name] = tuple(m for m in raw.split("+") if m)
+            if name in ("metrics", "scale"):
+                fields[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
                 continue
             try:
                 fields[name] = float(raw) if name in ("k", "min_mad_ratio") else int(raw)
@@ -186,6 +189,7 @@ class AnomalyDetector:
         models = summary.get("models_used")
         model = "+".join(map(str, models)) if isinstance(models, list) and models else None
         config = self.config
+        linear = config.scale == "linear"
         found: list[AnomalyRecord] = []
         with self._lock:
             series = self._baselines.get((lens, model))
@@ -201,23 +205,32 @@ class AnomalyDetector:
                 value = _value(summary, metric)
                 if value is None:
                     continue
+                point = value if linear else math.log(value) if value > 0 else None
+                if point is None:
+                    continue
                 if len(window) >= config.min_runs:
-                    median = statistics.median(window)
-                    mad = statistics.median([abs(v - median) for v in window])
-                    threshold = median + config.k * max(mad, config.min_mad_ratio * abs(median))
+                    center = statistics.median(window)
+                    mad = statistics.median([abs(v - center) for v in window])
+                    if linear:
+                        median = center
+                        threshold = center + config.k * max(mad, config.min_mad_ratio * abs(center))
+                    else:
+                        median = math.exp(center)
+                        threshold = math.exp(center + config.k * max(mad, math.log1p(config.min_mad_ratio)))
                     if value > threshold:
-                        anomaly = {
+                        anomaly: AnomalyShape = {
                             "metric": metric,
                             "value": value,
                             "median": median,
                             "mad": mad,
                             "threshold": threshold,
                             "k": config.k,
+                            "scale": config.scale,
                             "runs": len(window),
                             "model": model,
                         }
-                        found.append(anomaly_record(lens=record, anomaly=anomaly))  # type: ignore[arg-type]
-                window.append(value)
+                        found.append(anomaly_record(lens=record, anomaly=anomaly))
+                window.append(point)
         return found
 
     def after_lens(self, monitor: LLMCallMonitor, record: Mapping[str, Any]) -> None:

@@ -29,7 +29,7 @@ sinks on the default monitor; ``prometheus:9464`` also serves ``/metrics`` on th
 ``budgets``: a budgets.yaml path or a mapping of its shape; each lens run is checked against it,
 ``budget_mode="raise"`` stops a run over budget at its next call, ``on_budget_exceeded`` is called with
 each ``budget_exceeded`` record (docs/BUDGETS.md). ``anomalies``: ``True`` or an ``AnomalyConfig``
-(``LLM_LEDGER_ANOMALIES=on`` or ``k=6,window=50``); ``on_anomaly`` is called with each ``lens_anomaly``
+(``LLM_LEDGER_ANOMALIES=on`` or ``k=6,window=100``); ``on_anomaly`` is called with each ``lens_anomaly``
 record (docs/ANOMALIES.md).
 """
 

@@ -18,6 +18,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "USD_UNITS",
     "USD_UNIT_DIGITS",
     "AnomalyRecord",
+    "AnomalyShape",
     "BudgetRecord",
     "CallRecord",
     "LensRecord",
@@ -396,9 +398,10 @@ class AnomalyShape(TypedDict):
     metric: str  # a LensSummary key: total_tokens, total_cost_usd or duration_ms
     value: float
     median: float  # of the baseline: the lens's (and model's) last runs
-    mad: float  # their median absolute deviation, before the floor
-    threshold: float  # median + k * max(mad, floor): the value went above it
+    mad: float  # their median absolute deviation (of the values' logarithms on the log scale)
+    threshold: float  # the value went above it: median + k MADs (at least a floor), in the value's unit
     k: float
+    scale: str  # "log" (MAD of ln values: k counts ratios) or "linear"
     runs: int  # runs in the baseline
     model: str | None  # the run's models_used joined by "+" (None: no call)
 
@@ -429,7 +432,7 @@ class BudgetRecord(TypedDict):
     budget: BudgetShape
 
 
-def anomaly_record(*, lens: LensRecord | dict[str, Any], anomaly: AnomalyShape) -> AnomalyRecord:
+def anomaly_record(*, lens: Mapping[str, Any], anomaly: AnomalyShape) -> AnomalyRecord:
     """Build one ``lens_anomaly`` record for the lens run ``lens`` (stamped with the run's end)."""
     return {
         "timestamp": lens["timestamp"],
