@@ -117,7 +117,7 @@ def score(histories: list[History], config: AnomalyConfig) -> dict[str, Any]:
         "spikes": spikes,
         "caught": tp,
         "false": fp,
-        "precision": tp / (tp + fp) if tp + fp else None,
+        "precision": tp / (tp + fp) if tp + fp and spikes else None,
         "recall": tp / spikes if spikes else None,
         **{f"recall_{kind}": caught[kind] / injected[kind] if injected[kind] else None for kind in caught},
     }

@@ -335,9 +335,12 @@ def render(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
         m = a["metric"]
         rows.append([
             record["timestamp"], str(record["context"].get("lens_key")), a["model"] or "(none)", m,
-            _figure(m, a["value"]), _figure(m, a["median"]), _figure(m, a["mad"]), _figure(m, a["threshold"]),
+            _figure(m, a["value"]), _figure(m, a["median"]),
+            f"x{math.exp(a['mad']):.2f}" if a["scale"] == "log" else _figure(m, a["mad"]),
+            _figure(m, a["threshold"]),
             str(record["context"].get("lens_run_id") or ""),
         ])  # fmt: skip
+    # on the log scale the MAD is a ratio: x1.10 means runs usually within 10% of the median
     return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{len(anomalies)} anomaly(ies)\n"
 
 

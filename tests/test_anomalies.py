@@ -11,11 +11,13 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 import llm_ledger
 from bench.anomalies import LENSES, flagged, history
 from llm_ledger import AnomalyConfig, AnomalyDetector, ConfigError
 from llm_ledger._cli import main
+from llm_ledger.exporters import PrometheusSink
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 
@@ -256,10 +258,7 @@ def test_prometheus_counts_anomalies_by_lens_and_metric(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
 ) -> None:
     """The Prometheus sink counts lens_anomaly records: llm_ledger_lens_anomalies_total{lens,metric}."""
-    prometheus_client = pytest.importorskip("prometheus_client")
-    from llm_ledger.exporters import PrometheusSink
-
-    registry = prometheus_client.CollectorRegistry()
+    registry = CollectorRegistry()
     monitor.add_sink(PrometheusSink(registry))
     monitor.anomalies = AnomalyDetector(QUICK)
     for _ in range(5):
