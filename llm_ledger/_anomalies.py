@@ -271,18 +271,17 @@ def _lens_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
 
 
 def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
+    """The lens summaries in the last ``max_bytes`` of ``path``, read a line at a time."""
     try:
-        with path.open("rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            start = max(0, size - max_bytes)
-            file.seek(start)
-            data = file.read(size - start)
+        file = path.open("rb")
     except FileNotFoundError:
         return
-    lines = data.split(b"\n")
-    if start > 0:
-        lines = lines[1:]  # the first line is cut
-    yield from _lens_lines(lines)
+    with file:
+        start = max(0, os.fstat(file.fileno()).st_size - max_bytes)
+        if start:
+            file.seek(start - 1)
+            file.readline()  # the rest of the line cut at the start
+        yield from _lens_lines(file)
 
 
 def read_lens_records(paths: Iterable[str]) -> list[dict[str, Any]]:

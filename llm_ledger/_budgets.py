@@ -265,9 +265,11 @@ class _RunBudget:
         for attribute, cap, key, written in self._checks:
             actual = getattr(totals, attribute)
             if actual > cap and key not in self._over:
-                self._exceeded(
-                    monitor, key, written, actual / USD_UNITS if attribute == "cost_units" else actual
-                )
+                try:
+                    usd_or_count = actual / USD_UNITS if attribute == "cost_units" else actual
+                    self._exceeded(monitor, key, written, usd_or_count)
+                except Exception as exc:  # never in the way of the call, nor of the run's summary
+                    monitor._report("checking a lens run's budget", exc)
 
     def _exceeded(self, monitor: LLMCallMonitor, key: str, cap: float, actual: float) -> None:
         global stopping

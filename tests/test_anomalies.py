@@ -338,3 +338,15 @@ def test_the_command_explains_bad_input(
     (tmp_path / "log.jsonl").write_text("")
     assert main(["anomalies", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_rebuild_reads_only_the_end_of_the_log(tmp_path: Path) -> None:
+    """history_bytes bounds what a restart reads: the last runs, whole lines only, never a cut one."""
+    path = tmp_path / "llm_calls.jsonl"
+    lines = [orjson.dumps(r) + b"\n" for r in history(0, 100).records]
+    path.write_bytes(b"".join(lines))
+    last_ten = sum(map(len, lines[-10:]))
+    assert AnomalyDetector(AnomalyConfig(history_bytes=last_ten)).rebuild(path) == 10
+    assert AnomalyDetector(AnomalyConfig(history_bytes=last_ten + 5)).rebuild(path) == 10  # a cut line
+    assert AnomalyDetector(AnomalyConfig()).rebuild(path) == 200
+    assert AnomalyDetector(AnomalyConfig()).rebuild(tmp_path / "none.jsonl") == 0
