@@ -33,7 +33,7 @@ from ._errors import (
 from ._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from ._jsonl import flush_all as _flush_all
 from ._monitor import LLMCallMonitor, Redactor, Sink
-from ._pricing import Cost, PriceTable, Rates, price
+from ._pricing import Cost, HostPrice, PriceTable, Rates, price
 from ._records import AnomalyRecord, BudgetRecord, CallRecord, LensRecord, LensSummary
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "CassetteMissError",
     "ConfigError",
     "Cost",
+    "HostPrice",
     "JsonlFileHandler",
     "LLMCallMonitor",
     "LedgerError",

@@ -31,6 +31,10 @@ _COMMANDS = {
         "llm_ledger._report",
         "summarise an llm_calls.jsonl log: calls, errors, tokens, cost, latency per group",
     ),
+    "reprice": (
+        "llm_ledger._reprice",
+        "what recorded usage (a log or a pytest report) costs with another model, provider or price file",
+    ),
     "scrub": (
         "pytest_llm_ledger._scrub",
         "remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",

@@ -62,6 +62,7 @@ Control headers (request)
 ``x-fake-reasoning-tokens: N``     usage reasoning_tokens (added to completion/output tokens)
 ``x-fake-tool-calls: N``           N tool calls (needs ``tools``; 0 disables the tool_choice default)
 ``x-fake-served-model: NAME``      ``model`` in the answer (``dated`` = requested model + "-2024-07-18")
+``x-fake-cost: USD``               usage ``cost``, as OpenRouter reports what it billed (chat, responses)
 ``x-fake-status: CODE``            answer this error status (OpenAI error body) for this request; a 401
                                    echoes the key it was sent, as some compatible servers do
 ``x-fake-delay-ms: N``             delay for the ``slow`` fault (default 50)
@@ -325,6 +326,11 @@ def _served_model(model: str, headers: dict[str, str]) -> str:
     return model + SNAPSHOT_SUFFIX if served == "dated" else served
 
 
+def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
+    if "x-fake-cost" in headers:
+        usage["cost"] = float(headers["x-fake-cost"])
+
+
 def _sse(payload: JSONDict, event: str | None = None) -> bytes:
     data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
     return b"event: " + event.encode() + b"\n" + data if event else data
@@ -401,6 +407,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
             "rejected_prediction_tokens": 0,
         },
     }
+    _add_cost(usage, headers)
     base: JSONDict = {"id": f"chatcmpl-{num}", "created": CREATED, "model": model}
     with_usage = "no-usage" not in faults
 
@@ -526,6 +533,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": input_tokens + output_tokens,
     }
+    _add_cost(usage, headers)
     msg_id = f"msg_fake{num}"
     part_done = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
     item_done = {

@@ -23,6 +23,7 @@ from . import _budgets
 from ._context import current_lenses
 from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
 from ._monitor import _Call
+from ._servers import Endpoint
 from ._streams import finish_body, tap_body, watch_stream
 
 if TYPE_CHECKING:
@@ -71,7 +72,12 @@ def _hook_http_client(client: Any, is_async: bool) -> None:
 
 
 def _begin(
-    monitor: LLMCallMonitor, client: Any, options: Any, stream: bool, counts_retries: bool
+    monitor: LLMCallMonitor,
+    client: Any,
+    options: Any,
+    stream: bool,
+    counts_retries: bool,
+    endpoint: Endpoint | None = None,
 ) -> tuple[_Call | None, Any]:
     """Start watching a call; returns the call (None if not watched) and the options to send."""
     operation = OPERATIONS.get(options.url)
@@ -84,10 +90,10 @@ def _begin(
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed
             return None, options
         if monitor.capture_content:
-            call = _Call(operation, request_shape(operation, body, stream=stream), client)
+            call = _Call(operation, request_shape(operation, body, stream=stream), client, endpoint)
             monitor._capture_request(call, body)
         else:
-            call = _Call(operation, request_shape(operation, body, stream=stream), None)
+            call = _Call(operation, request_shape(operation, body, stream=stream), None, endpoint)
         if not counts_retries:
             call.retries = None
         headers = options.headers
@@ -246,6 +252,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     original = cls.request.__get__(instance)
     is_async = inspect.iscoroutinefunction(original)
     counts_retries = _count_retries(instance, is_async)
+    endpoint = Endpoint(instance)  # its provider and prices, resolved once (at its first priced call)
 
     # thin shells around _begin / _succeed / _fail: the one difference is the await
     if is_async:
@@ -253,7 +260,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
         async def arequest(
             cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
         ) -> Any:
-            call, options = _begin(monitor, instance, options, stream, counts_retries)
+            call, options = _begin(monitor, instance, options, stream, counts_retries, endpoint)
             if call is None:
                 return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
             token = _active.set(call)
@@ -271,7 +278,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     else:
 
         def request(cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
-            call, options = _begin(monitor, instance, options, stream, counts_retries)
+            call, options = _begin(monitor, instance, options, stream, counts_retries, endpoint)
             if call is None:
                 return original(cast_to, options, stream=stream, stream_cls=stream_cls)
             token = _active.set(call)

@@ -18,7 +18,7 @@ import orjson
 from ._context import LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, usage_of
-from ._pricing import PriceTable
+from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
     LOGGER_NAME,
     AnomalyRecord,
@@ -35,7 +35,7 @@ from ._records import (
     call_record,
     lens_record,
 )
-from ._servers import server_of
+from ._servers import Endpoint, server_of
 
 if TYPE_CHECKING:
     from ._anomalies import AnomalyDetector
@@ -111,6 +111,7 @@ class _Call:
         "content",
         "context",
         "done",
+        "endpoint",
         "hide_usage",
         "http_response",
         "lenses",
@@ -125,8 +126,11 @@ class _Call:
         "ttft",
     )
 
-    def __init__(self, operation: str, request: RequestShape, client: Any) -> None:
+    def __init__(
+        self, operation: str, request: RequestShape, client: Any, endpoint: Endpoint | None = None
+    ) -> None:
         self.operation = operation
+        self.endpoint = endpoint  # the instrumented client's server: how its calls are priced
         self.request = request
         self.context = current_context()  # never changed in place: copied into the record
         lenses = current_lenses()
@@ -240,7 +244,7 @@ class LLMCallMonitor:
             self._logger.setLevel(logging.INFO)
         self._sinks: tuple[Sink, ...] = tuple(sinks)
         self._sinks_lock = threading.Lock()
-        self._unpriced: set[str] = set()
+        self._unpriced: set[tuple[str, str]] = set()
         self._last_report: dict[str, float] = {}
         self.budgets: BudgetGuard | None = None
         self.anomalies: AnomalyDetector | None = None
@@ -437,11 +441,16 @@ class LLMCallMonitor:
             response["request_id"] = call.response_request_id()
         server = call.note_server(error)
         call.http_response = None  # not kept: the call may outlive its request (a stream)
-        prompt_cost = completion_cost = total_cost = None
-        costs = self._price(response["model"], call.request["model"], usage)
+        route = self._route(call)
+        server["provider"] = route.provider
+        prompt_cost = completion_cost = total_cost = source = None
+        costs = self._price(route, response["model"], call.request["model"], usage)
         if costs is not None:
-            prompt_cost, completion_cost = costs
+            prompt_cost, completion_cost, source = costs
             total_cost = prompt_cost + completion_cost
+        reported = reported_cost_units(usage_obj)  # the provider's own figure wins
+        if reported is not None:
+            total_cost = reported
         try:
             error_shape = None if error is None else self._error_shape(call, error)
         except Exception as exc:
@@ -463,34 +472,50 @@ class LLMCallMonitor:
             retries=call.retries,
             error=error_shape,
             content=self._scrubbed_content(call, output_text),
+            cost_source=source,
+            cost_matched_by=route.matched_by,
+            reported_cost_units=reported,
         )
         return record, total_cost
 
-    def _price(self, served: str | None, requested: str | None, usage: Usage) -> tuple[int, int] | None:
-        """(prompt, completion) cost in 10**-24 USD at the served model's price, else at the requested
-        one's; None without usage or price (a warning once per name) or when the counts do not fit."""
+    def _route(self, call: _Call) -> Route:
+        """How the call's client is priced (resolved once per client and price table)."""
+        prices = self.prices
+        try:
+            if call.endpoint is not None:
+                return call.endpoint.route(prices)
+        except Exception as exc:
+            self._report("choosing how a client is priced", exc)
+        return prices.route()
+
+    def _price(
+        self, route: Route, served: str | None, requested: str | None, usage: Usage
+    ) -> tuple[int, int, str] | None:
+        """(prompt, completion) cost in 10**-24 USD and the rates' source, at the served model's price
+        (an Azure deployment reports the model behind it), else at the requested one's; None without
+        usage or price (a warning once per name) or when the counts do not fit."""
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
         if prompt_tokens is None or completion_tokens is None:
             return None
         cached = usage["cached_tokens"] or 0
-        prices = self.prices
         try:
             for name in (served, requested):
                 if name:
-                    costs = prices._costs(name, prompt_tokens, completion_tokens, cached)
+                    costs = route._costs(name, prompt_tokens, completion_tokens, cached)
                     if costs is not None:
                         return costs
         except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
             self._report("pricing a call", exc)
             return None  # the call is still recorded, with a null cost
         name = requested or served or "<none>"
-        if name not in self._unpriced:
-            self._unpriced.add(name)
+        if (name, route.provider) not in self._unpriced:
+            self._unpriced.add((name, route.provider))
             internal_log.warning(
-                "no price known for model %r: its calls are recorded with null cost. "
+                "no price known for model %r at provider %r: its calls are recorded with null cost. "
                 "Add it to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...)).",
                 name,
+                route.provider,
             )
         return None
 

@@ -1,11 +1,20 @@
-"""What a call costs: USD rates per 1M tokens for OpenAI models, and the cost of one call's usage.
+"""What a call costs: USD rates per 1M tokens per provider and model, and the cost of one call's usage.
 
 Built-in rates come from the data bundled with the ``genai-prices`` package (never fetched at run time);
-a user price file (YAML, see :meth:`PriceTable.from_file`) overrides them.
+a user price file (YAML, see :meth:`PriceTable.from_file`) overrides them per model, and maps hosts
+(self-hosted servers, gateways) to a provider or to a rate of their own.
 
-Resolving a model name to its rates walks genai-prices' match rules, which is slow next to a call, so a
-:class:`PriceTable` resolves each model name once and caches the answer (unknown names included); after
-that :meth:`PriceTable.cost` is a handful of Decimal multiplications.
+Each call is priced along a :class:`Route`, chosen once per client (``llm_ledger._servers.Endpoint``):
+
+* ``host``: the price file maps the server's host: its rate for every model, or that provider's rates;
+* ``provider``: the provider is known (an ``AzureOpenAI`` client, a base URL genai-prices recognises):
+  that provider's rates, and no other vendor's when it does not list the model;
+* ``model``: a host nobody knows (a proxy, a loopback test server): the model name alone, at OpenAI's
+  list price, as before providers were told apart.
+
+Resolving a model name to its rates walks genai-prices' match rules, which is slow next to a call, so
+each route resolves a model name once and caches the answer (unknown names included); after that
+pricing a call is a few integer multiplications.
 
 Token accounting follows OpenAI's ``usage``: ``cached_tokens`` are a subset of ``prompt_tokens`` and
 reasoning tokens are inside ``completion_tokens``, so each token is billed exactly once. Only the standard
@@ -16,6 +25,7 @@ cache-write charges (OpenAI chat usage does not report cache writes).
 from __future__ import annotations
 
 import decimal
+import difflib
 import fnmatch
 import os
 import re
@@ -23,25 +33,55 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from llm_ledger._errors import ConfigError, PriceFileError
-from llm_ledger._loading import Document, join, read_file
+from llm_ledger._extract import JsonView
+from llm_ledger._loading import Document, join, read_file, shown
 from llm_ledger._records import USD_UNIT_DIGITS
 
 if TYPE_CHECKING:
-    from genai_prices.types import ModelInfo, TieredPrices
+    import yaml
+    from genai_prices.types import ModelInfo, Provider, TieredPrices
 
-__all__ = ["Cost", "PriceTable", "Rates", "price"]
+__all__ = [
+    "PRICE_FILE_SOURCE",
+    "PROVIDER_REPORTED",
+    "Cost",
+    "HostPrice",
+    "MatchedBy",
+    "PriceTable",
+    "Rates",
+    "Route",
+    "known_providers",
+    "price",
+    "reported_cost_units",
+]
+
+PRICE_FILE_SOURCE: Final = "price-file"
+PROVIDER_REPORTED: Final = "provider-reported"
+SELF_HOSTED: Final = "self-hosted"  # the provider recorded for a host the price file gives a rate
+DEFAULT_PROVIDER: Final = "openai"  # what the client speaks: the provider of a host nobody knows
+MatchedBy = Literal["host", "provider", "model"]
 
 _DATE_SUFFIX: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _PROVIDER_PREFIX: Final = "openai/"
+_OPENAI_NAMED: Final = frozenset({None, "openai", "azure"})  # providers whose ids may carry "openai/"
 _GLOB_CHARS: Final = frozenset("*?[")
-# Resolved names kept per table; past this, new names are still resolved but no longer cached, so a
+# Resolved names kept per route; past this, new names are still resolved but no longer cached, so a
 # stream of distinct bogus names cannot grow memory without bound.
 _MAX_CACHED_NAMES: Final = 10_000
 # Rates above this are certainly typos (a dollar per token) and would only risk Decimal overflow.
 _MAX_RATE: Final = Decimal(1_000_000)
+# A host pattern: a DNS name, an IPv4 address or a bracketed IPv6 one, with * and ? wildcards, and an
+# optional port. No scheme, path, user or character class: those are mistakes, not patterns.
+_HOST_PATTERN: Final = re.compile(
+    r"(?P<host>[a-z0-9*?](?:[a-z0-9*?.-]*[a-z0-9*?])?|\[[0-9a-f:.*?]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
+HOST_FORM: Final = (
+    "a host name or IP address with an optional :port and * ? wildcards, no scheme or path "
+    '(e.g. "localhost:11434", "*.internal.example.com", "10.0.0.*")'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +100,7 @@ class Rates:
     cached_input: Decimal | None
     """``None`` when cached prompt tokens are billed at the ``input`` rate."""
     source: str
-    """``"genai-prices <version>"`` or ``"price file <path>"``."""
+    """``"genai-prices <version>"`` or ``"price-file"`` (recorded as ``cost.source``)."""
     tiers: tuple[tuple[int, Rates], ...] = ()
 
     def __post_init__(self) -> None:
@@ -84,6 +124,28 @@ class Rates:
 
 
 @dataclass(frozen=True, slots=True)
+class HostPrice:
+    """How calls to a host are priced: as ``provider`` prices them, or at ``rates`` for every model.
+
+    With ``rates``, ``provider`` is only the name recorded in ``server.provider`` (default
+    ``"self-hosted"``); without, it must be a provider genai-prices knows (:func:`known_providers`).
+    """
+
+    provider: str | None = None
+    rates: Rates | None = None
+
+    def __post_init__(self) -> None:
+        if self.rates is not None and not isinstance(self.rates, Rates):
+            raise ConfigError(f"HostPrice.rates: expected a Rates or None, got {self.rates!r}")
+        if self.provider is not None and (not isinstance(self.provider, str) or not self.provider.strip()):
+            raise ConfigError(f"HostPrice.provider: expected a non-empty name or None, got {self.provider!r}")
+        if self.rates is None:
+            if self.provider is None:
+                raise ConfigError("HostPrice: give a provider, rates, or both")
+            _check_provider(self.provider, "HostPrice.provider")
+
+
+@dataclass(frozen=True, slots=True)
 class Cost:
     """The USD cost of one call, split the way OpenAI bills it."""
 
@@ -94,7 +156,7 @@ class Cost:
     total_cost_usd: Decimal
 
 
-_MISSING: Final = object()
+_MISSING: Final[Any] = object()
 # Our own context, so the caller's decimal context (a low precision, traps) cannot round or break prices;
 # 60 digits keep every conversion between rates, units and USD exact.
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
@@ -137,60 +199,71 @@ def _usd(units: int) -> Decimal:
     return usd.quantize(_ONE, context=_CONTEXT) if isinstance(exponent, int) and exponent > 0 else usd
 
 
-class PriceTable:
-    """Rates per model: user overrides first, then genai-prices' bundled OpenAI prices.
+def reported_cost_units(usage: Any) -> int | None:
+    """The USD cost the provider put in the call's ``usage`` (OpenRouter's ``usage.cost``), in 10**-24
+    USD; ``None`` when there is none (OpenAI reports none) or it is not a finite number >= 0. Never raises.
+    """
+    value: Any
+    try:
+        if type(usage) is dict:
+            value = usage.get("cost")
+        elif type(usage) is JsonView:  # a body the ledger parsed itself (raw responses, streams)
+            value = usage._data.get("cost")
+        else:
+            # the SDK's models keep fields they do not declare in __pydantic_extra__ (a slot: cheap)
+            extra = getattr(usage, "__pydantic_extra__", _MISSING)
+            if extra is _MISSING:
+                value = getattr(usage, "cost", None)
+            elif extra:
+                value = extra.get("cost")
+            else:
+                return None
+        if type(value) not in (int, float) or not 0 <= value < float("inf"):
+            return None
+        # the number as written in the JSON (repr of a float is its shortest spelling), exactly
+        return int(_CONTEXT.scaleb(Decimal(repr(value)), USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
+    except Exception:
+        return None
 
-    ``overrides`` maps an exact model name, or a glob pattern such as ``"ft:gpt-4o-mini:*"``, to its
-    :class:`Rates`. Exact names win over patterns, patterns are tried in mapping order, and every
-    override wins over the built-in prices. ``builtin=False`` leaves only the overrides.
 
-    A name is tried as given, then without an ``openai/`` prefix, then without a ``-YYYY-MM-DD`` snapshot
-    suffix, so ``gpt-4o-2024-08-06`` finds an override for ``gpt-4o``.
+class Route:
+    """How the calls to one server are priced: a host's rate, a provider's rates, or the model name alone.
+
+    Built by :meth:`PriceTable.route`; the monitor keeps one per instrumented client, so choosing it costs
+    nothing per call. ``provider`` is what the record's ``server.provider`` says; ``matched_by`` is how the
+    route was chosen (``cost.matched_by``): ``"host"``, ``"provider"`` or ``"model"`` (see the module).
     """
 
-    def __init__(self, overrides: Mapping[str, Rates] | None = None, *, builtin: bool = True) -> None:
-        self._exact: dict[str, Rates] = {}
-        self._patterns: list[tuple[re.Pattern[str], Rates]] = []
-        self._builtin = builtin
+    __slots__ = ("_cache", "_flat", "_provider_id", "_table", "matched_by", "provider")
+
+    def __init__(
+        self,
+        table: PriceTable,
+        provider: str,
+        matched_by: MatchedBy,
+        *,
+        provider_id: str | None = None,
+        flat: Rates | None = None,
+    ) -> None:
+        self._table = table
+        self.provider = provider
+        self.matched_by: MatchedBy = matched_by
+        self._provider_id = provider_id  # genai-prices' provider whose rates apply; None: OpenAI's by name
+        self._flat = None if flat is None else _compile(flat)
         self._cache: dict[str, _Entry | None] = {}
-        for name, rates in (overrides or {}).items():
-            if not isinstance(name, str) or not name.strip():
-                raise ConfigError(f"price overrides: model name must be a non-empty string, got {name!r}")
-            if not isinstance(rates, Rates):
-                raise ConfigError(f"price overrides[{name!r}]: expected a Rates, got {rates!r}")
-            if _GLOB_CHARS.isdisjoint(name):
-                self._exact[name] = rates
-            else:
-                self._patterns.append((re.compile(fnmatch.translate(name)), rates))
 
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, builtin: bool = True) -> PriceTable:
-        """Build a table whose overrides come from a YAML price file.
-
-        The file looks like::
-
-            version: 1
-            models:
-              gpt-4o:                 # an exact model name, or a glob pattern such as "my-model-*"
-                input: 2.50           # USD per 1M input tokens (required)
-                cached_input: 1.25    # USD per 1M cached input tokens (optional; default: input)
-                output: 10.00         # USD per 1M output tokens (required)
-
-        Raises :class:`~llm_ledger.PriceFileError` naming the file, line and key for any problem.
-        """
-        return cls(_load_price_file(path), builtin=builtin)
+    def __repr__(self) -> str:
+        return f"Route(provider={self.provider!r}, matched_by={self.matched_by!r})"
 
     def rates(self, model: str) -> Rates | None:
-        """The rates that price ``model``, or ``None`` if no override or built-in price matches it."""
-        entry = self._cache.get(model, _MISSING)
-        if entry is _MISSING:
-            entry = self._resolve_and_cache(model)
-        return entry.rates if isinstance(entry, _Entry) else None
+        """The rates that price ``model`` on this route, or ``None`` if nothing prices it."""
+        entry = self._entry(model)
+        return None if entry is None else entry.rates
 
     def cost(
         self, model: str, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
     ) -> Cost | None:
-        """The cost of one call, or ``None`` (never zero) when ``model`` has no known price.
+        """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
 
         ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
         are counted inside ``completion_tokens`` and must not be added again.
@@ -198,18 +271,29 @@ class PriceTable:
         costs = self._costs(model, prompt_tokens, completion_tokens, cached_tokens)
         if costs is None:
             return None
-        prompt_cost, completion_cost = costs
+        prompt_cost, completion_cost, _ = costs
         return Cost(_usd(prompt_cost), _usd(completion_cost), _usd(prompt_cost + completion_cost))
+
+    def _entry(self, model: str) -> _Entry | None:
+        entry = self._flat
+        if entry is None:
+            entry = self._cache.get(model, _MISSING)
+            if entry is _MISSING:
+                entry = self._resolve_and_cache(model)
+        return entry
 
     def _costs(
         self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int
-    ) -> tuple[int, int] | None:
-        """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar), or ``None``."""
-        entry = self._cache.get(model, _MISSING)
-        if entry is _MISSING:
-            entry = self._resolve_and_cache(model)
-        if not isinstance(entry, _Entry):
-            return None
+    ) -> tuple[int, int, str] | None:
+        """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
+        source, or ``None``."""
+        entry = self._flat
+        if entry is None:
+            entry = self._cache.get(model, _MISSING)
+            if entry is _MISSING:
+                entry = self._resolve_and_cache(model)
+            if entry is None:
+                return None
         if not 0 <= cached_tokens <= prompt_tokens or completion_tokens < 0:
             raise ValueError(
                 f"token counts must satisfy 0 <= cached_tokens <= prompt_tokens and completion_tokens >= 0, "
@@ -221,7 +305,8 @@ class PriceTable:
             if prompt_tokens > start:
                 inp, cached, out = per_token
                 break
-        return (prompt_tokens - cached_tokens) * inp + cached_tokens * cached, completion_tokens * out
+        prompt_cost = (prompt_tokens - cached_tokens) * inp + cached_tokens * cached
+        return prompt_cost, completion_tokens * out, entry.rates.source
 
     def _resolve_and_cache(self, model: str) -> _Entry | None:
         rates = self._resolve(model)
@@ -233,7 +318,145 @@ class PriceTable:
     def _resolve(self, model: str) -> Rates | None:
         if not isinstance(model, str) or not model:
             return None
-        candidates = list(_candidate_names(model))
+        candidates = list(_candidate_names(model, strip_openai=self._provider_id in _OPENAI_NAMED))
+        rates = self._table._override(candidates)
+        if rates is None and self._table._builtin:
+            for name in candidates:
+                if (rates := _builtin_rates(name, self._provider_id or DEFAULT_PROVIDER)) is not None:
+                    break
+        return rates
+
+
+class PriceTable:
+    """Rates per provider and model: user overrides first, then genai-prices' bundled prices.
+
+    ``overrides`` maps an exact model name, or a glob pattern such as ``"ft:gpt-4o-mini:*"``, to its
+    :class:`Rates`. Exact names win over patterns, patterns are tried in mapping order, and every
+    override wins over the built-in prices, whatever the provider. ``builtin=False`` leaves only the
+    overrides.
+
+    ``hosts`` maps a host pattern (``"localhost:11434"``, ``"*.internal.example.com"``) to a
+    :class:`HostPrice`: calls to a matching server are priced that way, whatever the client says.
+    Exact hosts win over patterns, patterns are tried in mapping order.
+
+    A name is tried as given, then (for OpenAI and Azure) without an ``openai/`` prefix, then without a
+    ``-YYYY-MM-DD`` snapshot suffix, so ``gpt-4o-2024-08-06`` finds an override for ``gpt-4o``.
+    """
+
+    def __init__(
+        self,
+        overrides: Mapping[str, Rates] | None = None,
+        *,
+        builtin: bool = True,
+        hosts: Mapping[str, HostPrice] | None = None,
+    ) -> None:
+        self._exact: dict[str, Rates] = {}
+        self._patterns: list[tuple[re.Pattern[str], Rates]] = []
+        self._builtin = builtin
+        for name, rates in (overrides or {}).items():
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"price overrides: model name must be a non-empty string, got {name!r}")
+            if not isinstance(rates, Rates):
+                raise ConfigError(f"price overrides[{name!r}]: expected a Rates, got {rates!r}")
+            if _GLOB_CHARS.isdisjoint(name):
+                self._exact[name] = rates
+            else:
+                self._patterns.append((re.compile(fnmatch.translate(name)), rates))
+        exact_hosts: list[tuple[str, re.Pattern[str], int | None, HostPrice]] = []
+        glob_hosts: list[tuple[str, re.Pattern[str], int | None, HostPrice]] = []
+        for pattern, host_price in (hosts or {}).items():
+            if not isinstance(pattern, str):
+                raise ConfigError(f"price hosts: a host pattern must be a string, got {pattern!r}")
+            try:
+                regex, port, is_glob = host_matcher(pattern)
+            except ValueError as exc:
+                raise ConfigError(f"price hosts[{pattern!r}]: {exc}") from None
+            if not isinstance(host_price, HostPrice):
+                raise ConfigError(f"price hosts[{pattern!r}]: expected a HostPrice, got {host_price!r}")
+            (glob_hosts if is_glob else exact_hosts).append((pattern, regex, port, host_price))
+        exact_hosts.sort(key=lambda rule: rule[2] is None)  # host:port before the bare host
+        self._hosts = exact_hosts + glob_hosts
+        self._routes: dict[tuple[str, str], Route] = {}
+        self._model_route = Route(self, DEFAULT_PROVIDER, "model")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, builtin: bool = True) -> PriceTable:
+        """Build a table whose overrides and hosts come from a YAML price file.
+
+        The file looks like (docs/PRICING.md)::
+
+            version: 1
+            models:                   # optional: rates per model, for every provider
+              gpt-4o:                 # an exact model name, or a glob pattern such as "my-model-*"
+                input: 2.50           # USD per 1M input tokens (required)
+                cached_input: 1.25    # USD per 1M cached input tokens (optional; default: input)
+                output: 10.00         # USD per 1M output tokens (required)
+            hosts:                    # optional: how calls to a host are priced
+              "localhost:11434": {provider: ollama, input: 0, output: 0}   # a rate, for every model
+              "llm-gateway.internal": {provider: openrouter}              # that provider's rates
+
+        Raises :class:`~llm_ledger.PriceFileError` naming the file, line and key for any problem.
+        """
+        overrides, hosts = _load_price_file(path)
+        return cls(overrides, builtin=builtin, hosts=hosts)
+
+    def route(
+        self, host: str | None = None, port: int | None = None, *, provider: str | None = None
+    ) -> Route:
+        """How calls to ``host:port`` are priced: the first ``hosts`` entry matching it, else ``provider``'s
+        rates when genai-prices knows that provider, else the model name alone (``provider``, when given,
+        is still what the record says)."""
+        if host:
+            host = host.lower()
+            for pattern, regex, rule_port, rule in self._hosts:
+                if (rule_port is None or rule_port == port) and regex.fullmatch(host):
+                    route = self._routes.get(("host", pattern))
+                    if route is None:
+                        route = self._routes.setdefault(("host", pattern), self._host_route(rule))
+                    return route
+        if provider is None:
+            return self._model_route
+        route = self._routes.get(("provider", provider))
+        if route is None:
+            route = self._routes.setdefault(("provider", provider), self._provider_route(provider))
+        return route
+
+    def _host_route(self, rule: HostPrice) -> Route:
+        if rule.rates is not None:
+            return Route(self, rule.provider or SELF_HOSTED, "host", flat=rule.rates)
+        provider = _genai_provider(rule.provider or "")
+        assert provider is not None  # HostPrice checked it
+        return Route(self, provider.id, "host", provider_id=provider.id)
+
+    def _provider_route(self, name: str) -> Route:
+        provider = _genai_provider(name)
+        if provider is None:
+            return Route(self, name, "model")  # not a provider genai-prices prices: by model name
+        return Route(self, provider.id, "provider", provider_id=provider.id)
+
+    def rates(self, model: str, *, provider: str | None = None) -> Rates | None:
+        """The rates that price ``model`` (at ``provider``, else by name alone), or ``None`` if none does."""
+        return self.route(provider=provider).rates(model)
+
+    def cost(
+        self,
+        model: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        provider: str | None = None,
+    ) -> Cost | None:
+        """The cost of one call (at ``provider``, else by model name alone), or ``None`` (never zero)
+        when ``model`` has no known price. See :meth:`Route.cost`."""
+        return self.route(provider=provider).cost(
+            model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
+        )
+
+    def _override(self, candidates: list[str]) -> Rates | None:
         for name in candidates:
             if (rates := self._exact.get(name)) is not None:
                 return rates
@@ -241,38 +464,101 @@ class PriceTable:
             for pattern, rates in self._patterns:
                 if pattern.match(name):
                     return rates
-        if self._builtin:
-            for name in candidates:
-                if (rates := _builtin_rates(name)) is not None:
-                    return rates
         return None
 
+    def model_names(self, provider: str | None = None) -> list[str]:
+        """Every model name this table prices at ``provider`` (else OpenAI's list): for "did you mean"."""
+        names = list(self._exact)
+        if self._builtin:
+            found = _genai_provider(provider or DEFAULT_PROVIDER)
+            if found is not None:
+                names += [model.id for model in found.models]
+        return names
 
-def _candidate_names(model: str) -> Iterator[str]:
+
+def _candidate_names(model: str, *, strip_openai: bool = True) -> Iterator[str]:
     """The names to try for ``model``, most specific first, without repeats."""
     seen: set[str] = set()
-    bare = model[len(_PROVIDER_PREFIX) :] if model.lower().startswith(_PROVIDER_PREFIX) else model
+    bare = model
+    if strip_openai and model.lower().startswith(_PROVIDER_PREFIX):
+        bare = model[len(_PROVIDER_PREFIX) :]
     for name in (model, bare, _DATE_SUFFIX.sub("", model), _DATE_SUFFIX.sub("", bare)):
         if name and name not in seen:
             seen.add(name)
             yield name
 
 
+def host_matcher(pattern: str) -> tuple[re.Pattern[str], int | None, bool]:
+    """(host regex, port or None, has wildcards) of a host pattern; a ValueError says what is wrong."""
+    text = pattern.strip().lower()
+    if not text:
+        raise ValueError(f"an empty host pattern; expected {HOST_FORM}")
+    why = None
+    if "://" in text:
+        why = "a scheme (http://) is not part of a host"
+    elif "/" in text:
+        why = "a path is not part of a host"
+    elif "@" in text:
+        why = "a user@ part is not part of a host"
+    else:
+        match = _HOST_PATTERN.fullmatch(text.replace("_", "-"))  # internal names (compose services) have _
+        if match is None:
+            why = "only letters, digits, '.', '-', '_', ':' (before a port) and the wildcards * ? are allowed"
+        else:
+            port = match["port"]
+            if port is not None and not 1 <= int(port) <= 65535:
+                why = f"port {port} is not between 1 and 65535"
+            else:
+                host = text[: match.end("host")].strip("[]")
+                regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in host)
+                return re.compile(regex), None if port is None else int(port), "*" in host or "?" in host
+    raise ValueError(f"not a host pattern: {why}; expected {HOST_FORM}")
+
+
 # --- built-in prices (genai-prices) ------------------------------------------------------------------
 
 
-def _builtin_rates(name: str) -> Rates | None:
+def _genai_providers() -> list[Provider]:
     # Imported here: genai-prices' data module takes ~0.2 s to import, paid only when a price is needed.
-    import genai_prices
-    from genai_prices.data import providers
-    from genai_prices.data_snapshot import find_provider_by_id
-
     # The bundled data, not get_snapshot(): an UpdatePrices running elsewhere in the process must not
     # change our prices (or make them depend on the network) mid-run.
-    provider = find_provider_by_id(providers, "openai")
+    from genai_prices.data import providers
+
+    return providers
+
+
+def _genai_provider(name: str) -> Provider | None:
+    from genai_prices.data_snapshot import find_provider_by_id
+
+    return find_provider_by_id(_genai_providers(), name) if name.strip() else None
+
+
+def known_providers() -> list[str]:
+    """The ids of the providers genai-prices' bundled data prices (``openai``, ``azure``, ``groq``...)."""
+    return [provider.id for provider in _genai_providers()]
+
+
+def provider_error(name: str) -> str:
+    """ "unknown provider 'grok' (did you mean 'groq'?); known providers: ..." for an error message."""
+    known = known_providers()
+    close = difflib.get_close_matches(name.lower(), known, n=3)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"
+
+
+def _check_provider(name: str, where: str) -> None:
+    if _genai_provider(name) is None:
+        raise ConfigError(f"{where}: {provider_error(name)}")
+
+
+def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> Rates | None:
+    import genai_prices
+
+    providers = _genai_providers()
+    provider = _genai_provider(provider_id)
     if provider is None:
         return None
-    info = provider.find_model(name)
+    info = provider.find_model(name, all_providers=providers)  # Azure falls back to OpenAI's models
     if info is None:
         return None
     try:
@@ -322,37 +608,91 @@ def _rates_from_model_info(info: ModelInfo, source: str) -> Rates | None:
 # --- user price file ---------------------------------------------------------------------------------
 
 _MODEL_KEYS: Final = ("input", "cached_input", "output")
+_HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
+_MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
 _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
+_STR_TAG: Final = "tag:yaml.org,2002:str"
 
 
-def _load_price_file(path: str | os.PathLike[str]) -> dict[str, Rates]:
+def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
     name = os.fspath(path)
     doc = Document(name, PriceFileError, "a price file")
     root = doc.compose(read_file(name, PriceFileError, "price file"))
-    expected_top = "a mapping with keys 'version' and 'models'"
+    expected_top = "a mapping with keys 'version', 'models' and/or 'hosts'"
     if root is None:
         raise PriceFileError(f"{name}: the file is empty, expected {expected_top}")
-    top = doc.fields(
-        root, "", expected_top, ("version", "models"), {"version": "the format, 1", "models": "the rates"}
-    )
+    top = doc.fields(root, "", expected_top, ("version", "models", "hosts"), {"version": "the format, 1"})
     version = top["version"]
     doc.check_tag(version, "version")
     if version.tag != "tag:yaml.org,2002:int" or doc.describe(version) != "1":
         raise doc.error(version, "version", f"expected 1, got {doc.describe(version)}")
+    if "models" not in top and "hosts" not in top:
+        raise doc.error(root, "", "missing key 'models' (rates per model) or 'hosts' (prices per host)")
 
-    source = f"price file {name}"
     result: dict[str, Rates] = {}
-    for model, _, entry_node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
-        entry_path = join("models", model)
-        expected = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
-        required = {"input": "USD per 1M input tokens", "output": "USD per 1M output tokens"}
-        fields = doc.fields(entry_node, entry_path, expected, _MODEL_KEYS, required)
-        rates = {
-            key: doc.number(node, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
-            for key, node in fields.items()
-        }
-        result[model] = Rates(model, rates["input"], rates["output"], rates.get("cached_input"), source)
-    return result
+    if "models" in top:
+        for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
+            entry_path = join("models", model)
+            rates = _rates(doc, node, entry_path, model, _MODEL_EXPECTED)
+            assert rates is not None  # input and output are required
+            result[model] = rates
+    hosts: dict[str, HostPrice] = {}
+    if "hosts" in top:
+        for pattern, key_node, node in doc.mapping(
+            top["hosts"], "hosts", "a mapping of host pattern to its provider or rates"
+        ):
+            entry_path = join("hosts", pattern)
+            try:
+                host_matcher(pattern)
+            except ValueError as exc:
+                raise doc.error(key_node, entry_path, str(exc)) from None
+            hosts[pattern] = _host_price(doc, node, entry_path, pattern)
+    return result, hosts
+
+
+def _rates(
+    doc: Document, node: yaml.Node, entry_path: str, label: str, expected: str, *, optional: bool = False
+) -> Rates | None:
+    """The rates in ``node`` (``None`` when ``optional`` and it holds none)."""
+    keys = _HOST_KEYS if optional else _MODEL_KEYS
+    fields = doc.fields(node, entry_path, expected, keys)
+    given = {key: value for key, value in fields.items() if key in _MODEL_KEYS}
+    if optional and not given:
+        return None
+    for key, meaning in (("input", "USD per 1M input tokens"), ("output", "USD per 1M output tokens")):
+        if key not in given:
+            raise doc.error(node, entry_path, f"missing required key {key!r} ({meaning})")
+    rates = {
+        key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
+        for key, value in given.items()
+    }
+    return Rates(label, rates["input"], rates["output"], rates.get("cached_input"), PRICE_FILE_SOURCE)
+
+
+def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:
+    expected = (
+        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input' "
+        "(USD per 1M tokens, for every model)"
+    )
+    rates = _rates(doc, node, entry_path, pattern, expected, optional=True)
+    provider_node = doc.fields(node, entry_path, expected, _HOST_KEYS).get("provider")
+    provider = None
+    if provider_node is not None:
+        key_path = f"{entry_path}.provider"
+        doc.check_tag(provider_node, key_path)
+        if provider_node.tag != _STR_TAG or not provider_node.value.strip():
+            got = doc.describe(provider_node)
+            raise doc.error(provider_node, key_path, f"expected a provider name, got {got}")
+        provider = provider_node.value.strip()
+        if rates is None and _genai_provider(provider) is None:
+            raise doc.error(
+                provider_node,
+                key_path,
+                f"{provider_error(provider)}; or give rates (input, output) to price this host yourself",
+            )
+    elif rates is None:
+        raise doc.error(node, entry_path, f"expected {expected}, got an empty mapping")
+    return HostPrice(provider, rates)
 
 
 # --- module-level convenience ------------------------------------------------------------------------
@@ -366,14 +706,20 @@ def price(
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int = 0,
+    provider: str | None = None,
     table: PriceTable | None = None,
 ) -> Cost | None:
-    """The cost of one call priced by ``table`` (default: built-in prices), ``None`` for an unknown model."""
+    """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
+    model name at OpenAI's list price), ``None`` for an unknown model."""
     global _default_table
     if table is None:
         if _default_table is None:
             _default_table = PriceTable()
         table = _default_table
     return table.cost(
-        model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached_tokens
+        model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cached_tokens=cached_tokens,
+        provider=provider,
     )

@@ -106,9 +106,20 @@ class Timing(TypedDict):
 
 
 class CostShape(TypedDict):
+    """What the call cost and where that figure comes from (docs/PRICING.md).
+
+    ``total_cost_usd`` is the provider's own figure when it reports one (``source`` is then
+    ``provider-reported``), else the price table's; ``computed_usd`` keeps the table's total when the
+    two differ (the split is then unknown: null). ``matched_by`` is how the rates were chosen: ``host``
+    (the price file maps the host), ``provider`` (a known provider's rates) or ``model`` (a host nobody
+    knows: the model name alone)."""
+
     prompt_cost_usd: float | None
     completion_cost_usd: float | None
     total_cost_usd: float | None
+    source: str | None  # "genai-prices <version>", "price-file", "provider-reported"; null: no cost
+    matched_by: str
+    computed_usd: float | None
 
 
 class ErrorShape(TypedDict):
@@ -209,7 +220,7 @@ def iso_timestamp(epoch: float) -> str:
 
 
 def rounded_ms(seconds: float) -> float:
-    """Seconds as milliseconds rounded to 3 decimals (``round(x, 3)`` costs ~3x as much)."""
+    """Seconds as milliseconds rounded to 3 decimals (cheaper than ``round(x, 3)``)."""
     return int(seconds * 1_000_000 + 0.5) / 1000
 
 
@@ -230,19 +241,32 @@ def call_record(
     error: ErrorShape | None,
     content: dict[str, Any] | None = None,
     server: ServerShape | None = None,
+    cost_source: str | None = None,
+    cost_matched_by: str = "model",
+    reported_cost_units: int | None = None,
 ) -> CallRecord:
     """Build one ``llm_api_call`` record; costs are in 10**-24 USD (``USD_UNITS`` per dollar).
 
-    ``server`` is where the call went; ``None`` when unknown (no address, the default provider)."""
+    ``server`` is where the call went; ``None`` when unknown (no address, the default provider).
+    ``cost_source`` names the rates of the computed cost; ``reported_cost_units`` is the provider's own
+    figure, which wins (see :class:`CostShape`)."""
     end_epoch = start_epoch + duration_s
     end = iso_timestamp(end_epoch)
-    prompt_usd = completion_usd = total_usd = None
+    prompt_usd = completion_usd = total_usd = computed_usd = None
+    computed_units = None
     if prompt_cost_units is not None:
         prompt_usd = prompt_cost_units / USD_UNITS
     if completion_cost_units is not None:
         completion_usd = completion_cost_units / USD_UNITS
         if prompt_cost_units is not None:
-            total_usd = (prompt_cost_units + completion_cost_units) / USD_UNITS
+            computed_units = prompt_cost_units + completion_cost_units
+            total_usd = computed_units / USD_UNITS
+    if total_usd is None:
+        cost_source = None
+    if reported_cost_units is not None:
+        if computed_units != reported_cost_units:
+            computed_usd, prompt_usd, completion_usd = total_usd, None, None
+        total_usd, cost_source = reported_cost_units / USD_UNITS, "provider-reported"
     record: CallRecord = {
         "timestamp": end,
         "level": _LEVELS[status],
@@ -266,6 +290,9 @@ def call_record(
             "prompt_cost_usd": prompt_usd,
             "completion_cost_usd": completion_usd,
             "total_cost_usd": total_usd,
+            "source": cost_source,
+            "matched_by": cost_matched_by,
+            "computed_usd": computed_usd,
         },
         "retries": retries,
         "error": error,

@@ -99,7 +99,7 @@ _L_DAY: Final = _L_TIMESTAMP + len("2025-01-01")
 _TAILS_PER_TEXT: Final = 512
 _MODELS_CACHED: Final = 1024  # distinct models_used lists remembered (their group keys)
 _SCALAR_START: Final = b'"n-0123456789tf'  # first byte of a JSON string, null, number or boolean
-_TAIL_PARTS: Final = 13
+_TAIL_PARTS: Final = 16  # cost holds source, matched_by and computed_usd after its total
 # part of the tail -> the key text before its number (prompt_tokens' is cut off with the anchor)
 _TAIL_COLUMNS: Final = (
     (0, b""),

@@ -1,62 +1,102 @@
 """Where a call went: the server's address and port, and the provider behind it.
 
-The provider uses OpenTelemetry's ``gen_ai.provider.name`` vocabulary. A host this table does not
-know (a self-hosted server, a proxy) is ``openai``: what the OpenAI client speaks, as the GenAI
-conventions ask of an OpenAI client talking to a compatible server; ``server.address`` then tells
-the real backend apart.
+Providers are named as genai-prices names them (``openai``, ``azure``, ``openrouter``, ``groq``,
+``together``, ``deepseek``, ``fireworks``, ``mistral``, ``x-ai``...), so the name recorded is the one that
+chose the prices. An :class:`Endpoint` finds it once per instrumented client, never per call: an
+``AzureOpenAI`` client is ``azure`` wherever it points; otherwise its base URL is matched against
+genai-prices' provider URL patterns. A host nobody knows (self-hosted, a proxy, a loopback test server)
+is ``openai``, what the client speaks (as OpenTelemetry's GenAI conventions ask of an OpenAI client on a
+compatible server), unless the price file maps the host (docs/PRICING.md); ``server.address`` tells
+the real backend apart. :func:`otel_provider_name` gives OpenTelemetry's ``gen_ai.provider.name``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+import re
+from typing import TYPE_CHECKING, Any, Final
 
+from ._pricing import DEFAULT_PROVIDER
 from ._records import ServerShape
 
-__all__ = ["DEFAULT_PROVIDER", "server_of"]
+if TYPE_CHECKING:
+    from ._pricing import PriceTable, Route
 
-DEFAULT_PROVIDER: Final = "openai"
+__all__ = ["DEFAULT_PROVIDER", "Endpoint", "detect_provider", "otel_provider_name", "server_of"]
 
-# host suffix -> gen_ai.provider.name (well-known values of the GenAI conventions, plus openrouter)
-_PROVIDERS: Final = (
-    ("api.openai.com", "openai"),
-    (".openai.azure.com", "azure.ai.openai"),
-    (".cognitiveservices.azure.com", "azure.ai.openai"),
-    (".azure-api.net", "azure.ai.openai"),
-    (".services.ai.azure.com", "azure.ai.inference"),
-    (".models.ai.azure.com", "azure.ai.inference"),
-    ("api.groq.com", "groq"),
-    ("api.deepseek.com", "deepseek"),
-    ("api.mistral.ai", "mistral_ai"),
-    ("api.perplexity.ai", "perplexity"),
-    ("api.x.ai", "x_ai"),
-    ("generativelanguage.googleapis.com", "gcp.gemini"),
-    ("aiplatform.googleapis.com", "gcp.vertex_ai"),
-    ("api.moonshot.ai", "moonshot_ai"),
-    ("openrouter.ai", "openrouter"),
-)
 _DEFAULT_PORTS: Final = {"https": 443, "http": 80}
+_AZURE_CLASSES: Final = frozenset({"AzureOpenAI", "AsyncAzureOpenAI", "BaseAzureClient"})
+# genai-prices provider id -> gen_ai.provider.name, where the GenAI conventions name it differently
+_OTEL_NAMES: Final = {
+    "azure": "azure.ai.openai",
+    "aws": "aws.bedrock",
+    "google": "gcp.gen_ai",
+    "mistral": "mistral_ai",
+    "moonshotai": "moonshot_ai",
+    "x-ai": "x_ai",
+}
 # (scheme, netloc) -> shape; hosts are few (one per client base URL), the cap only guards a bug
 _cache: dict[tuple[str, bytes], ServerShape] = {}
 
 
-def _provider(host: str) -> str:
-    for suffix, provider in _PROVIDERS:
-        if host == suffix.lstrip(".") or host.endswith(suffix if suffix[0] == "." else "." + suffix):
-            return provider
-    return DEFAULT_PROVIDER
+def otel_provider_name(provider: str) -> str:
+    """OpenTelemetry's ``gen_ai.provider.name`` for a recorded ``server.provider``."""
+    return _OTEL_NAMES.get(provider, provider)
+
+
+def detect_provider(base_url: str, *, azure: bool = False) -> str | None:
+    """The genai-prices provider id of a client: ``azure`` for an Azure client, else the first provider
+    whose URL pattern matches ``base_url``; ``None`` for a URL no provider claims."""
+    if azure:
+        return "azure"
+    from genai_prices.data import providers
+
+    for provider in providers:
+        if re.match(provider.api_pattern, base_url):
+            return provider.id
+    return None
+
+
+class Endpoint:
+    """One instrumented client's server and the :class:`~llm_ledger._pricing.Route` its calls are priced
+    by, resolved at its first priced call and again only when the monitor's price table changes."""
+
+    __slots__ = ("_resolved", "azure", "base_url", "host", "port")
+
+    def __init__(self, client: Any) -> None:
+        self.azure = any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
+        try:
+            url = client.base_url
+            self.base_url = str(url)
+            self.host: str | None = url.host.lower() or None
+            self.port: int | None = url.port or _DEFAULT_PORTS.get(url.scheme)
+        except Exception:  # not the SDK's client: a host nobody knows
+            self.base_url, self.host, self.port = "", None, None
+        self._resolved: tuple[PriceTable, Route] | None = None
+
+    def route(self, table: PriceTable) -> Route:
+        """The route of this client's calls in ``table`` (one identity check once resolved)."""
+        resolved = self._resolved  # one read: another thread may replace it
+        if resolved is not None and resolved[0] is table:
+            return resolved[1]
+        provider = detect_provider(self.base_url, azure=self.azure)
+        route = table.route(self.host, self.port, provider=provider)
+        self._resolved = (table, route)
+        return route
 
 
 def server_of(url: Any) -> ServerShape:
-    """The server of an HTTP request URL (an ``httpx`` URL); unknown parts are ``None``. Never raises."""
+    """The server of an HTTP request URL (an ``httpx`` URL); unknown parts are ``None``. Never raises.
+
+    Its ``provider`` is the default; the monitor sets the one of the client's :class:`Endpoint`."""
     try:
         key = (url.scheme, url.netloc)
         shape = _cache.get(key)
         if shape is None:
             host = url.host.lower() or None
             port = url.port or _DEFAULT_PORTS.get(url.scheme)
-            shape = {"address": host, "port": port, "provider": _provider(host) if host else DEFAULT_PROVIDER}
+            shape = {"address": host, "port": port, "provider": DEFAULT_PROVIDER}
             if len(_cache) < 1024:
                 _cache[key] = shape
-        return {"address": shape["address"], "port": shape["port"], "provider": shape["provider"]}
+        return {"address": shape["address"], "port": shape["port"], "provider": DEFAULT_PROVIDER}
     except Exception:
         return {"address": None, "port": None, "provider": DEFAULT_PROVIDER}

@@ -92,8 +92,8 @@ class _StreamState:
         if self.warm and fields.get("usage") is None:
             # the short path (nearly every chunk): one choice, not finished, no tool call, no usage;
             # what _chat does with such a chunk, without its checks. Fields are read from the models'
-            # __dict__: an attribute read on them goes through pydantic's __getattr__ hook, ~7x the
-            # cost of a dict lookup
+            # __dict__: an attribute read on them goes through pydantic's __getattr__ hook, several
+            # times the cost of a dict lookup
             choices = fields.get("choices")
             if choices and len(choices) == 1:
                 choice = choices[0]

@@ -1,14 +1,17 @@
 """Session totals: per test, per lens and overall; budget checks; the report JSON; terminal tables.
 
-Costs are summed as integer pico-dollars, so totals do not depend on the order records arrive in
-(a serial run and an xdist run give identical numbers).
+Costs are summed exactly, as ``Decimal`` dollars read from each record's JSON number, so totals do
+not depend on the order records arrive in (a serial run and an xdist run give identical numbers);
+they leave as JSON numbers.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final
 
 from llm_ledger import Budgets, Limits
@@ -31,7 +34,9 @@ __all__ = [
 REPORT_SCHEMA: Final = "llm-ledger-report"
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
-_PICO: Final = 10**12
+NO_LENS: Final = "<no lens>"  # the usage of calls made outside any lens
+# what identifies a row of the report's "usage": `llm-ledger reprice` prices each again
+USAGE_KEYS: Final = ("lens", "provider", "server", "model", "served_model", "cost_source")
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
 
 
@@ -39,9 +44,10 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _picos(cost: Any) -> int | None:
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
-        return round(cost * _PICO)
+def _usd(cost: Any) -> Decimal | None:
+    """A record's cost (a JSON number of USD) as the exact decimal it was written as."""
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
+        return Decimal(repr(cost))
     return None
 
 
@@ -59,14 +65,14 @@ class Totals:
     completion_tokens: int = 0
     total_tokens: int = 0
     errors: int = 0
-    cost_pusd: int = 0  # pico-dollars, so sums are exact
+    cost: Decimal = Decimal(0)  # USD, summed exactly
     cost_complete: bool = True
     unpriced: dict[str, int] = field(default_factory=dict)  # model -> calls with tokens but no price
     no_usage: dict[str, int] = field(default_factory=dict)  # model -> calls that reported no usage
 
     @property
     def cost_usd(self) -> float:
-        return self.cost_pusd / _PICO
+        return float(self.cost)
 
     def metric(self, name: str) -> float:
         return self.cost_usd if name == "cost_usd" else float(getattr(self, name))
@@ -74,7 +80,7 @@ class Totals:
     def add(self, other: Totals) -> None:
         for name in _INTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.cost_pusd += other.cost_pusd
+        self.cost += other.cost
         self.cost_complete = self.cost_complete and other.cost_complete
         for mine, theirs in ((self.unpriced, other.unpriced), (self.no_usage, other.no_usage)):
             for model, count in theirs.items():
@@ -83,7 +89,7 @@ class Totals:
     @classmethod
     def of_call(cls, record: Mapping[str, Any]) -> Totals:
         usage = record.get("usage") or {}
-        cost = _picos((record.get("cost") or {}).get("total_cost_usd"))
+        cost = _usd((record.get("cost") or {}).get("total_cost_usd"))
         totals = cls(
             api_calls=1,
             prompt_tokens=_int(usage.get("prompt_tokens")),
@@ -92,7 +98,7 @@ class Totals:
             errors=int(
                 record.get("status") == "error"
             ),  # as in the lens summary: interrupted is not an error
-            cost_pusd=cost or 0,
+            cost=cost or Decimal(0),
         )
         used = totals.total_tokens or totals.prompt_tokens or totals.completion_tokens
         if cost is None and (used or record.get("status") != "error"):
@@ -106,14 +112,14 @@ class Totals:
     @classmethod
     def of_lens(cls, record: Mapping[str, Any]) -> Totals:
         summary = record.get("summary") or {}
-        cost = _picos(summary.get("total_cost_usd"))
+        cost = _usd(summary.get("total_cost_usd"))
         return cls(
             api_calls=_int(summary.get("total_api_calls")),
             prompt_tokens=_int(summary.get("prompt_tokens")),
             completion_tokens=_int(summary.get("completion_tokens")),
             total_tokens=_int(summary.get("total_tokens")),
             errors=_int(summary.get("errors")),
-            cost_pusd=cost or 0,
+            cost=cost or Decimal(0),
             cost_complete=bool(summary.get("cost_complete", True)) and cost is not None,
         )
 
@@ -134,7 +140,7 @@ class Totals:
     def to_wire(self) -> list[Any]:
         return [
             *(getattr(self, n) for n in _INTS),
-            self.cost_pusd,
+            str(self.cost),
             self.cost_complete,
             self.unpriced,
             self.no_usage,
@@ -142,10 +148,10 @@ class Totals:
 
     @classmethod
     def from_wire(cls, data: list[Any]) -> Totals:
-        *ints, pusd, complete, unpriced, no_usage = data
+        *ints, cost, complete, unpriced, no_usage = data
         return cls(
             **dict(zip(_INTS, ints, strict=True)),
-            cost_pusd=pusd,
+            cost=Decimal(cost),
             cost_complete=complete,
             unpriced=dict(unpriced),
             no_usage=dict(no_usage),
@@ -156,6 +162,69 @@ class Totals:
         out["cost_usd"] = self.cost_usd
         out["cost_complete"] = self.cost_complete
         return out
+
+
+@dataclass(slots=True)
+class UsageRow:
+    """The tokens of the calls of one lens to one server and model (the innermost lens they ran in)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)  # USD, as recorded
+    uncosted_calls: int = 0  # billed calls recorded without a cost
+    no_usage_calls: int = 0  # calls that were not refused but reported no usage
+
+    @classmethod
+    def of_call(cls, record: Mapping[str, Any]) -> tuple[tuple[str, ...], UsageRow]:
+        context = record.get("context") or {}
+        server = record.get("server") or {}
+        usage = record.get("usage") or {}
+        cost_shape = record.get("cost") or {}
+        address, port = server.get("address"), server.get("port")
+        key = (
+            str(context.get("lens_key") or NO_LENS),
+            str(server.get("provider") or "openai"),
+            f"{address}:{port}" if address and port else str(address or ""),
+            str((record.get("request") or {}).get("model") or ""),
+            str((record.get("response") or {}).get("model") or ""),
+            str(cost_shape.get("source") or ""),
+        )
+        cost = _usd(cost_shape.get("total_cost_usd"))
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        known = isinstance(prompt, int) and isinstance(completion, int)
+        billed = record.get("status") != "error" or (known and bool(prompt or completion))
+        return key, cls(
+            calls=1,
+            prompt_tokens=_int(prompt),
+            cached_tokens=_int(usage.get("cached_tokens")),
+            completion_tokens=_int(completion),
+            cost=cost or Decimal(0),
+            uncosted_calls=int(cost is None and billed),
+            no_usage_calls=int(not known and record.get("status") != "error"),
+        )
+
+    def add(self, other: UsageRow) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def to_wire(self) -> list[Any]:
+        return [str(value) if isinstance(value, Decimal) else value for value in self._values()]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> UsageRow:
+        row = cls(*data)
+        row.cost = Decimal(data[4])
+        return row
+
+    def to_report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__ if name != "cost"}
+        out["cost_usd"] = float(self.cost)
+        return out
+
+    def _values(self) -> list[Any]:
+        return [getattr(self, name) for name in self.__slots__]
 
 
 def _model(record: Mapping[str, Any]) -> str:
@@ -181,7 +250,9 @@ USAGE_FIX: Final = (
 
 
 @dataclass(slots=True)
-class LensTotals:
+class LensRuns:
+    """Every run of one lens in the session: how many, their sum, and the worst run per metric."""
+
     runs: int = 0
     sum: Totals = field(default_factory=Totals)
     # metric -> (worst value, node id of the test with that run)
@@ -212,9 +283,12 @@ class SessionLedger:
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
+        self.usage: dict[tuple[str, ...], UsageRow] = {}  # USAGE_KEYS -> the tokens of those calls
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         self.tests.setdefault(nodeid, Totals()).add(Totals.of_call(record))
+        key, row = UsageRow.of_call(record)
+        self.usage.setdefault(key, UsageRow()).add(row)
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")
@@ -235,6 +309,7 @@ class SessionLedger:
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
             "unplayed": self.unplayed,
             "cassettes": sorted(self.cassettes),
+            "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -244,6 +319,8 @@ class SessionLedger:
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
         self.unplayed.update(data.get("unplayed", {}))
         self.cassettes.update(data.get("cassettes", ()))
+        for *key, wire in data.get("usage", ()):
+            self.usage.setdefault(tuple(key), UsageRow()).add(UsageRow.from_wire(wire))
 
     # -- aggregates ------------------------------------------------------------------------------
 
@@ -253,10 +330,10 @@ class SessionLedger:
             out.add(totals)
         return out
 
-    def lenses(self) -> dict[str, LensTotals]:
-        out: dict[str, LensTotals] = {}
+    def lenses(self) -> dict[str, LensRuns]:
+        out: dict[str, LensRuns] = {}
         for key, nodeid, run in sorted(self.lens_runs, key=lambda r: (r[0], r[1])):
-            agg = out.setdefault(key, LensTotals())
+            agg = out.setdefault(key, LensRuns())
             agg.runs += 1
             agg.sum.add(run)
             for metric in METRIC_OF.values():
@@ -284,6 +361,11 @@ class SessionLedger:
             # a report of a run whose tests failed (cassette misses...) does not describe the code:
             # `llm-ledger diff` flags it
             "failed_tests": sorted(self.failed),
+            # the tokens of each lens per server and model, for `llm-ledger reprice`
+            "usage": [
+                {**dict(zip(USAGE_KEYS, key, strict=True)), **row.to_report()}
+                for key, row in sorted(self.usage.items())
+            ],
         }
 
     # -- budgets ---------------------------------------------------------------------------------
@@ -302,7 +384,7 @@ class SessionLedger:
             if nodeid in self.tests:
                 breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
         if budgets.total is not None:
-            worst = max(self.tests.items(), key=lambda kv: kv[1].cost_pusd, default=("", Totals()))[0]
+            worst = max(self.tests.items(), key=lambda kv: kv[1].cost, default=("", Totals()))[0]
             for breach in _check_runs("total", "session", budgets.total, [(worst, self.total())]):
                 breaches.append(breach)
         return breaches

@@ -9,38 +9,61 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger._servers import server_of
+from llm_ledger._servers import Endpoint, otel_provider_name, server_of
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
 
 
 @pytest.mark.parametrize(
-    ("url", "address", "port", "provider"),
+    ("url", "address", "port", "provider", "otel_name"),
     [
-        ("https://api.openai.com/v1", "api.openai.com", 443, "openai"),
-        ("https://acme.openai.azure.com/openai/v1", "acme.openai.azure.com", 443, "azure.ai.openai"),
+        ("https://api.openai.com/v1", "api.openai.com", 443, "openai", "openai"),
+        ("https://acme.openai.azure.com/openai/v1", "acme.openai.azure.com", 443, "azure", "azure.ai.openai"),
         (
             "https://acme.cognitiveservices.azure.com/",
             "acme.cognitiveservices.azure.com",
             443,
+            "azure",
             "azure.ai.openai",
         ),
-        ("https://API.GROQ.COM/openai/v1", "api.groq.com", 443, "groq"),
-        ("https://api.deepseek.com", "api.deepseek.com", 443, "deepseek"),
-        ("https://openrouter.ai/api/v1", "openrouter.ai", 443, "openrouter"),
+        ("https://API.GROQ.COM/openai/v1", "api.groq.com", 443, "groq", "groq"),
+        ("https://api.deepseek.com", "api.deepseek.com", 443, "deepseek", "deepseek"),
+        ("https://openrouter.ai/api/v1", "openrouter.ai", 443, "openrouter", "openrouter"),
+        ("https://api.together.xyz/v1", "api.together.xyz", 443, "together", "together"),
+        ("https://api.fireworks.ai/inference/v1", "api.fireworks.ai", 443, "fireworks", "fireworks"),
+        ("https://api.mistral.ai/v1", "api.mistral.ai", 443, "mistral", "mistral_ai"),
+        ("https://api.x.ai/v1", "api.x.ai", 443, "x-ai", "x_ai"),
         (
             "https://generativelanguage.googleapis.com/v1beta/openai/",
             "generativelanguage.googleapis.com",
             443,
-            "gcp.gemini",
+            "google",
+            "gcp.gen_ai",
         ),
-        ("http://localhost:8000/v1", "localhost", 8000, "openai"),
-        ("http://notapi.openai.com.evil.example/v1", "notapi.openai.com.evil.example", 80, "openai"),
+        ("http://localhost:8000/v1", "localhost", 8000, "openai", "openai"),
+        (
+            "http://notapi.openai.com.evil.example/v1",
+            "notapi.openai.com.evil.example",
+            80,
+            "openai",
+            "openai",
+        ),
     ],
 )
-def test_known_hosts_name_their_provider(url: str, address: str, port: int, provider: str) -> None:
-    """Hosts map to OTel's gen_ai.provider.name; an unknown host (self-hosted, a proxy) is ``openai``."""
-    assert server_of(httpx2.URL(url)) == {"address": address, "port": port, "provider": provider}
+def test_known_hosts_name_their_provider(
+    url: str, address: str, port: int, provider: str, otel_name: str, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """A client's base URL names its provider as genai-prices does (an unknown host, self-hosted or a
+    proxy, is ``openai``), and each provider has OTel's gen_ai.provider.name."""
+    endpoint = Endpoint(openai.OpenAI(api_key=FAKE_KEY, base_url=url))
+    assert (endpoint.host, endpoint.port) == (address, port)
+    assert server_of(httpx2.URL(url))["address"] == address
+    route = endpoint.route(monitor.prices)
+    assert route.provider == provider
+    assert route.matched_by == (
+        "model" if address in ("localhost", "notapi.openai.com.evil.example") else "provider"
+    )
+    assert otel_provider_name(route.provider) == otel_name
 
 
 def test_no_url_is_an_unknown_server() -> None:

@@ -373,3 +373,21 @@ def test_report_names_failed_tests(pytester: pytest.Pytester) -> None:
     run(pytester, "--llm-report=r.json").assert_outcomes(passed=1, failed=1)
     data = json.loads((pytester.path / "r.json").read_text())
     assert data["failed_tests"] == ["tests/test_app.py::test_broken"]
+
+
+def test_session_totals_sum_costs_exactly_in_dollars() -> None:
+    """A session of many calls each costing a fraction of a pico-dollar totals what they cost, and the
+    order records arrive in (xdist) changes nothing: costs are summed as exact decimals."""
+    from pytest_llm_ledger._report import Totals
+
+    def call(cost: float) -> dict[str, Any]:
+        return {"status": "ok", "usage": {"total_tokens": 1}, "cost": {"total_cost_usd": cost}}
+
+    costs = [1e-13] * 30 + [0.1, 0.2]
+    forward, backward = Totals(), Totals()
+    for cost in costs:
+        forward.add(Totals.of_call(call(cost)))
+    for cost in reversed(costs):
+        backward.add(Totals.of_call(call(cost)))
+    assert forward.cost_usd == backward.cost_usd == 0.300000000003
+    assert Totals.from_wire(forward.to_wire()).cost_usd == 0.300000000003

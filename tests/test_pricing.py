@@ -133,9 +133,9 @@ def test_rates_are_resolved_once_per_model_name(monkeypatch: pytest.MonkeyPatch)
     calls: list[str] = []
     real = _pricing._builtin_rates
 
-    def counting(name: str) -> Rates | None:
+    def counting(name: str, provider: str = "openai") -> Rates | None:
         calls.append(name)
-        return real(name)
+        return real(name, provider)
 
     monkeypatch.setattr(_pricing, "_builtin_rates", counting)
     table = PriceTable()
@@ -239,9 +239,7 @@ def test_price_file_overrides_builtin_prices(tmp_path: Path) -> None:
         """,
     )
     table = PriceTable.from_file(path)
-    assert table.rates("gpt-4o") == Rates(
-        "gpt-4o", Decimal("2.00"), Decimal(8), Decimal("0.5"), f"price file {path}"
-    )
+    assert table.rates("gpt-4o") == Rates("gpt-4o", Decimal("2.00"), Decimal(8), Decimal("0.5"), "price-file")
     # 2000*2e-6 + 8000*0.5e-6 ; 200*8e-6
     expected = Cost(Decimal("0.008"), Decimal("0.0016"), Decimal("0.0096"))
     assert table.cost("gpt-4o", prompt_tokens=10_000, completion_tokens=200, cached_tokens=8_000) == expected
@@ -332,12 +330,16 @@ BAD_FILES = [
         "version: 1\n---\nversion: 1\n",
         "2: invalid YAML: expected a single document in the stream, but found another document",
     ),
-    ("empty-file", "", " the file is empty, expected a mapping with keys 'version' and 'models'"),
-    ("top-level-list", "- version\n", "1: expected a mapping with keys 'version' and 'models', got a list"),
+    ("empty-file", "", " the file is empty, expected a mapping with keys 'version', 'models' and/or 'hosts'"),
+    (
+        "top-level-list",
+        "- version\n",
+        "1: expected a mapping with keys 'version', 'models' and/or 'hosts', got a list",
+    ),
     (
         "top-level-scalar",
         "hello\n",
-        "1: expected a mapping with keys 'version' and 'models', got a string of 5 characters",
+        "1: expected a mapping with keys 'version', 'models' and/or 'hosts', got a string of 5 characters",
     ),
     (
         "unknown-top-level-key",
@@ -345,7 +347,11 @@ BAD_FILES = [
         "3: prices: unknown key; valid keys: version, models",
     ),
     ("missing-version", "models: {}\n", "1: missing required key 'version' (the format, 1)"),
-    ("missing-models", "version: 1\n", "1: missing required key 'models' (the rates)"),
+    (
+        "missing-models",
+        "version: 1\n",
+        "1: missing key 'models' (rates per model) or 'hosts' (prices per host)",
+    ),
     ("wrong-version", "version: 2\nmodels: {}\n", "1: version: expected 1, got 2"),
     ("string-version", "version: '1'\nmodels: {}\n", "1: version: expected 1, got '1'"),
     ("bool-version", "version: true\nmodels: {}\n", "1: version: expected 1, got True"),
@@ -514,7 +520,7 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
     float_sum = 0.0
     usages = [(7, 3, 0), (1_000_003, 17, 999_999), (3, 1_000_000, 1)] * 50
     for prompt, completion, cached in usages:
-        units = table._costs("m", prompt, completion, cached)
+        units = table.route()._costs("m", prompt, completion, cached)
         exact = table.cost("m", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
         assert units is not None and exact is not None
         record = call_record(
@@ -537,11 +543,15 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
             completion_cost_units=units[1],
             retries=0,
             error=None,
+            cost_source=units[2],
         )
         assert record["cost"] == {
             "prompt_cost_usd": float(exact.prompt_cost_usd),
             "completion_cost_usd": float(exact.completion_cost_usd),
             "total_cost_usd": float(exact.total_cost_usd),
+            "source": "test",
+            "matched_by": "model",
+            "computed_usd": None,
         }
         totals.add(record, units[0] + units[1])
         exact_total += exact.total_cost_usd

@@ -1,0 +1,410 @@
+"""``llm-ledger reprice LOG_OR_REPORT``: what the recorded usage would cost with another model, provider or
+price table, lens by lens, before and after.
+
+Reads an ``llm_calls.jsonl`` log or a pytest ``--llm-report`` file (its ``usage`` rows, e.g. from replayed
+cassettes) and prices every call's tokens again: ``--model gpt-4o=gpt-4.1-mini`` (repeatable) swaps the
+model asked for, ``--provider groq`` prices every call at that provider's rates, ``--price-file F`` uses
+that price table (its ``hosts`` apply to the recorded servers). "before" is the cost recorded; "after"
+is the price table's figure, except for a cost the provider reported (OpenRouter) on a call whose model
+and provider stay (no --provider, no host entry in the price file for its server): that one stands.
+Calls count under the innermost lens they ran in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import orjson
+
+from ._errors import ConfigError
+from ._loading import printable, shown
+from ._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
+from ._records import CALL_EVENT, USD_UNIT_DIGITS
+from ._table import markdown_table, text_table
+
+__all__ = ["FORMATS", "Reprice", "Usage", "read_usage", "register", "render", "reprice"]
+
+FORMATS: Final = ("text", "markdown", "json")
+NO_LENS: Final = "<no lens>"
+_REPORT_SCHEMA: Final = "llm-ledger-report"
+_COST_DIGITS: Final = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens recorded for one call, or for many calls of one lens, server and model (a report row)."""
+
+    lens: str
+    provider: str
+    host: str | None
+    port: int | None
+    model: str  # asked for ("" when unknown)
+    served_model: str  # answered with ("" when unknown)
+    cost_source: str  # cost.source as recorded ("" when no cost)
+    calls: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal  # as recorded
+    uncosted_calls: int  # billed calls recorded without a cost
+    no_usage_calls: int  # calls that reported no usage: unknown before and after
+
+
+@dataclass(slots=True)
+class Row:
+    """One lens, before and after."""
+
+    lens: str
+    calls: int = 0
+    before_usd: Decimal = Decimal(0)
+    after_units: int = 0
+    before_complete: bool = True
+    after_complete: bool = True
+
+    @property
+    def after_usd(self) -> Decimal:
+        return Decimal(self.after_units).scaleb(-USD_UNIT_DIGITS)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lens": self.lens,
+            "calls": self.calls,
+            "before_usd": round(float(self.before_usd), _COST_DIGITS),
+            "after_usd": round(float(self.after_usd), _COST_DIGITS),
+            "before_complete": self.before_complete,
+            "after_complete": self.after_complete,
+        }
+
+
+@dataclass(slots=True)
+class Reprice:
+    """The outcome: rows per lens, their total, and the models left without a price after."""
+
+    source: str
+    models: dict[str, str]
+    provider: str | None
+    price_file: str | None
+    rows: dict[str, Row] = field(default_factory=dict)
+    unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
+
+    def total(self) -> Row:
+        total = Row("(total)")
+        for row in self.rows.values():
+            total.calls += row.calls
+            total.before_usd += row.before_usd
+            total.after_units += row.after_units
+            total.before_complete &= row.before_complete
+            total.after_complete &= row.after_complete
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "changes": {"models": self.models, "provider": self.provider, "price_file": self.price_file},
+            "lenses": [row.to_json() for _, row in sorted(self.rows.items())],
+            "total": self.total().to_json(),
+            "unpriced_after": dict(sorted(self.unpriced_after.items())),
+        }
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def read_usage(path: str) -> tuple[str, list[Usage]]:
+    """("log" or "report", the usage recorded in ``path``); :class:`ConfigError` says what is wrong."""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(1 << 20).strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if first == b"{" or first.startswith(b'{"schema"'):  # the plugin's report (indented JSON)
+        return "report", list(_report_usage(path))
+    return "log", list(_log_usage(path))
+
+
+def _log_usage(path: str) -> Iterator[Usage]:
+    for record in _call_records(path):
+        usage = _dict(record.get("usage"))
+        server = _dict(record.get("server"))
+        cost = _dict(record.get("cost")).get("total_cost_usd")
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        known = _count(prompt) is not None and _count(completion) is not None
+        ok = record.get("status") != "error"
+        port = server.get("port")
+        yield Usage(
+            lens=str(_dict(record.get("context")).get("lens_key") or NO_LENS),
+            provider=str(server.get("provider") or "openai"),
+            host=server.get("address") if isinstance(server.get("address"), str) else None,
+            port=port if type(port) is int else None,
+            model=_name(_dict(record.get("request")).get("model")),
+            served_model=_name(_dict(record.get("response")).get("model")),
+            cost_source=_name(_dict(record.get("cost")).get("source")),
+            calls=1,
+            prompt_tokens=_count(prompt) or 0,
+            cached_tokens=_count(usage.get("cached_tokens")) or 0,
+            completion_tokens=_count(completion) or 0,
+            cost_usd=_usd(cost) or Decimal(0),
+            uncosted_calls=int(_usd(cost) is None and (ok or bool(known and (prompt or completion)))),
+            no_usage_calls=int(not known and ok),
+        )
+
+
+def _call_records(path: str) -> Iterator[dict[str, Any]]:
+    """The call records of a JSONL log, line by line (torn or foreign lines are skipped)."""
+    with open(path, "rb") as file:
+        for line in file:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if type(record) is dict and record.get("event") == CALL_EVENT:
+                yield record
+
+
+def _report_usage(path: str) -> Iterator[Usage]:
+    from ._diff import load_report
+
+    data = load_report(path)
+    rows = data.get("usage")
+    if not isinstance(rows, list):
+        raise ConfigError(
+            f"{path}: this report has no per-model usage (written before llm-ledger could reprice); "
+            "write it again with `pytest --llm-report`"
+        )
+    for number, row in enumerate(rows):
+        where = f"{path}: usage[{number}]"
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: expected an object, got {shown(row)}")
+        counts = {}
+        for key in ("calls", "prompt_tokens", "cached_tokens", "completion_tokens", "uncosted_calls"):
+            counts[key] = _count(row.get(key, 0))
+            if counts[key] is None:
+                raise ConfigError(f"{where}.{key}: expected a whole number >= 0, got {shown(row.get(key))}")
+        cost = _usd(row.get("cost_usd", 0))
+        if cost is None:
+            raise ConfigError(f"{where}.cost_usd: expected a number >= 0, got {shown(row.get('cost_usd'))}")
+        host, _, port = str(row.get("server") or "").rpartition(":")
+        yield Usage(
+            lens=str(row.get("lens") or NO_LENS),
+            provider=str(row.get("provider") or "openai"),
+            host=host or None,
+            port=int(port) if port.isdigit() else None,
+            model=_name(row.get("model")),
+            served_model=_name(row.get("served_model")),
+            cost_source=_name(row.get("cost_source")),
+            calls=counts["calls"] or 0,
+            prompt_tokens=counts["prompt_tokens"] or 0,
+            cached_tokens=counts["cached_tokens"] or 0,
+            completion_tokens=counts["completion_tokens"] or 0,
+            cost_usd=cost,
+            uncosted_calls=counts["uncosted_calls"] or 0,
+            no_usage_calls=_count(row.get("no_usage_calls", 0)) or 0,
+        )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _name(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def _usd(value: Any) -> Decimal | None:
+    if type(value) not in (int, float) or not 0 <= value < float("inf"):
+        return None
+    return Decimal(repr(value))
+
+
+# -- pricing again ---------------------------------------------------------------------------------
+
+
+def parse_models(pairs: Iterable[str]) -> dict[str, str]:
+    """``["gpt-4o=gpt-4.1-mini"]`` as a mapping; :class:`ConfigError` for anything else."""
+    models: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise ConfigError(f"--model {shown(pair)}: expected OLD=NEW, e.g. --model gpt-4o=gpt-4.1-mini")
+        models[old.strip()] = new.strip()
+    return models
+
+
+def reprice(
+    source: str,
+    usage: list[Usage],
+    table: PriceTable,
+    *,
+    models: dict[str, str] | None = None,
+    provider: str | None = None,
+    price_file: str | None = None,
+) -> Reprice:
+    """Price ``usage`` again with ``table``, ``models`` swapped and every call at ``provider`` if given.
+
+    Raises :class:`ConfigError` for a model to swap that no call used, a new model with no price where
+    it would be used, or an unknown provider, naming the close matches.
+    """
+    models = models or {}
+    if provider is not None and table.route(provider=provider).matched_by != "provider":
+        raise ConfigError(f"--provider: {provider_error(provider)}")
+    used = sorted({u.model or u.served_model for u in usage} - {""})
+    for old in models:
+        if not any(old in (u.model, u.served_model) for u in usage):
+            raise ConfigError(
+                f"--model {old}={models[old]}: no call in {source} used {old!r}{_close(old, used)}; "
+                f"models used: {', '.join(used) or 'none'}"
+            )
+    result = Reprice(source, models, provider, price_file)
+    checked: set[tuple[int, str]] = set()
+    for item in usage:
+        route = (
+            table.route(provider=provider)
+            if provider is not None
+            else table.route(item.host, item.port, provider=item.provider)
+        )
+        new = models.get(item.model) or models.get(item.served_model)
+        if new is not None and (id(route), new) not in checked:
+            checked.add((id(route), new))
+            if route.rates(new) is None:
+                raise ConfigError(
+                    f"--model ...={new}: no price for {new!r} at provider {route.provider!r}"
+                    f"{_close(new, table.model_names(route.provider))}; add it to a price file (--price-file)"
+                )
+        row = result.rows.setdefault(item.lens, Row(item.lens))
+        row.calls += item.calls
+        row.before_usd += item.cost_usd
+        row.before_complete &= item.uncosted_calls == 0 and item.no_usage_calls == 0
+        row.after_complete &= item.no_usage_calls == 0
+        stays = new is None and provider is None and route.matched_by != "host"
+        if stays and item.cost_source == PROVIDER_REPORTED:
+            # what the provider billed stands while the model and server stay (no --provider, no host
+            # entry): no price table knows better
+            row.after_units += int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
+            continue
+        cost = _cost(route, [new] if new else [item.served_model, item.model], item)
+        if cost is None:
+            if item.prompt_tokens or item.completion_tokens:
+                row.after_complete = False
+                name = new or item.model or item.served_model or "<no model>"
+                result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
+        else:
+            row.after_units += cost
+    return result
+
+
+def _cost(route: Route, names: list[str], item: Usage) -> int | None:
+    for name in names:
+        if name:
+            costs = route._costs(name, item.prompt_tokens, item.completion_tokens, item.cached_tokens)
+            if costs is not None:
+                return costs[0] + costs[1]
+    return None
+
+
+def _close(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def _money(usd: Decimal, complete: bool = True) -> str:
+    text = f"${usd:,.6f}" if abs(usd) >= Decimal("0.000001") or not usd else f"${usd:.12f}".rstrip("0")
+    return text if complete else text + "*"
+
+
+def _change(row: Row) -> list[str]:
+    delta = row.after_usd - row.before_usd
+    sign = "+" if delta > 0 else "-" if delta < 0 else ""
+    percent = f"{sign}{abs(delta) / row.before_usd * 100:.1f}%" if row.before_usd else "n/a"
+    return [f"{sign}{_money(abs(delta))}", percent]
+
+
+def _cells(row: Row) -> list[str]:
+    return [
+        printable(row.lens),
+        f"{row.calls:,}",
+        _money(row.before_usd, row.before_complete),
+        _money(row.after_usd, row.after_complete),
+        *_change(row),
+    ]
+
+
+def render(result: Reprice, fmt: str = "text") -> str:
+    """The before/after table (``text`` or ``markdown``) or the JSON document."""
+    if fmt == "json":
+        return orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n"
+    changes = [f"{old} -> {new}" for old, new in result.models.items()]
+    if result.provider:
+        changes.append(f"every call at provider {result.provider}")
+    if result.price_file:
+        changes.append(f"prices from {result.price_file}")
+    headers = ["lens", "calls", "before", "after", "change", "%"]
+    rows = [_cells(row) for _, row in sorted(result.rows.items())]
+    total = [_cells(result.total())]
+    table = (
+        markdown_table(headers, rows, total=total)
+        if fmt == "markdown"
+        else text_table(headers, rows, total=total)
+    )
+    lines = [
+        f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
+        "",
+        *table,
+    ]
+    if result.unpriced_after:
+        missing = ", ".join(f"{m!r} ({n} calls)" for m, n in sorted(result.unpriced_after.items()))
+        lines += ["", f"* after leaves out calls with no known price: {missing}"]
+    if not result.total().before_complete:
+        lines += ["", "* before leaves out calls recorded without a cost"]
+    return "\n".join(lines) + "\n"
+
+
+def register(subparsers: Any, summary: str) -> None:
+    """Add the ``reprice`` subcommand to the ``llm-ledger`` console script."""
+    parser = subparsers.add_parser(
+        "reprice",
+        help=summary,
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        epilog="exit status: 0 repriced, 2 bad input (an unknown model or provider names the close matches)",
+    )
+    parser.add_argument(
+        "source", metavar="LOG_OR_REPORT", help="an llm_calls.jsonl log or a pytest --llm-report file"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="price the calls to OLD as calls to NEW (repeatable)",
+    )
+    parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
+    parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    models = parse_models(args.model)
+    table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
+    kind, usage = read_usage(args.source)
+    source = f"{Path(args.source).name} ({kind})"
+    result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
+    (out or sys.stdout).write(render(result, args.format))
+    return 0

@@ -1,0 +1,239 @@
+"""``llm-ledger reprice``: recorded usage (a JSONL log, a pytest report) priced with another model, provider
+or price file, lens by lens, before and after."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import openai
+import pytest
+
+import llm_ledger
+from llm_ledger._cli import main
+from llm_ledger._jsonl import JsonlFileHandler
+from llm_ledger.testing import FakeOpenAI
+from pytest_llm_ledger._report import SessionLedger
+from tests.conftest import FAKE_KEY
+
+HI: Any = [{"role": "user", "content": "summarise the quarterly numbers for the board please"}]
+
+
+def list_price(model: str, calls: list[dict[str, Any]], provider: str = "openai") -> Decimal:
+    """What genai-prices itself says ``calls``' usage costs on ``model`` (the independent reference)."""
+    total = Decimal(0)
+    for call in calls:
+        usage = call["usage"]
+        total += genai_prices.calc_price(
+            genai_prices.Usage(
+                input_tokens=usage["prompt_tokens"],
+                cache_read_tokens=usage["cached_tokens"],
+                output_tokens=usage["completion_tokens"],
+            ),
+            model,
+            provider_id=provider,
+        ).total_price
+    return total
+
+
+@pytest.fixture
+def recorded(fake_openai: FakeOpenAI, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """A JSONL log of real SDK calls: lens "summary" on gpt-4o (one with cached tokens), lens "tags" on
+    gpt-4o-mini (one streamed), lens "routed" with a provider-reported cost, and a call outside any lens;
+    and the call records themselves."""
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    calls: list[dict[str, Any]] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with monitor.lens("summary"):
+        client.chat.completions.create(model="gpt-4o", messages=HI)
+        client.chat.completions.create(
+            model="gpt-4o", messages=HI, extra_headers={"x-fake-cached-tokens": "8"}
+        )
+    with monitor.lens("tags"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        for _ in client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True):
+            pass
+    with monitor.lens("routed"):  # through a router that reports what it billed (OpenRouter)
+        client.chat.completions.create(model="gpt-4.1", messages=HI, extra_headers={"x-fake-cost": "0.5"})
+    client.embeddings.create(model="text-embedding-3-small", input="loose call")
+    handler.close()
+    return path, calls
+
+
+def reprice_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert main(["reprice", *args, "--format", "json"]) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def by_lens(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["lens"]: row for row in result["lenses"]}
+
+
+def recorded_cost(calls: list[dict[str, Any]]) -> float:
+    return float(sum(c["cost"]["total_cost_usd"] for c in calls))
+
+
+def test_swapping_a_model_reprices_its_lenses_only(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """gpt-4o -> gpt-4.1-mini: the summary lens costs the cheaper model's price for the same tokens
+    (cached ones included), the others stay as recorded; before is what was recorded."""
+    path, calls = recorded
+    result = reprice_json(capsys, str(path), "--model", "gpt-4o=gpt-4.1-mini")
+    rows = by_lens(result)
+    summary = [c for c in calls if c["context"].get("lens_key") == "summary"]
+    assert rows["summary"]["calls"] == 2
+    assert rows["summary"]["before_usd"] == pytest.approx(recorded_cost(summary), rel=1e-9)
+    assert rows["summary"]["after_usd"] == pytest.approx(float(list_price("gpt-4.1-mini", summary)), rel=1e-9)
+    assert rows["summary"]["after_usd"] < rows["summary"]["before_usd"]
+    assert rows["tags"]["after_usd"] == pytest.approx(rows["tags"]["before_usd"], rel=1e-9)
+    assert rows["<no lens>"]["calls"] == 1
+    assert rows["routed"]["before_usd"] == rows["routed"]["after_usd"] == 0.5  # what the provider billed
+    assert result["total"]["before_usd"] == pytest.approx(recorded_cost(calls), rel=1e-9)
+    assert result["changes"] == {"models": {"gpt-4o": "gpt-4.1-mini"}, "provider": None, "price_file": None}
+    assert all(row["before_complete"] and row["after_complete"] for row in result["lenses"])
+
+
+def test_text_table_shows_before_after_and_change_per_lens(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """The default output is a table: one row per lens, a total, the change in dollars and percent."""
+    path, _ = recorded
+    assert main(["reprice", str(path), "--model", "gpt-4o=gpt-4.1-mini"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Repriced llm_calls.jsonl (log): gpt-4o -> gpt-4.1-mini\n")
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("lens"))
+    assert header.split() == ["lens", "calls", "before", "after", "change", "%"]
+    summary = next(line for line in lines if line.startswith("summary"))
+    assert summary.split()[-1].startswith("-") and summary.split()[-1].endswith("%")
+    assert next(line for line in lines if line.startswith("tags")).split()[-2:] == ["$0.000000", "0.0%"]
+    assert any(line.startswith("(total)") for line in lines)
+    assert main(["reprice", str(path), "--model", "gpt-4o=gpt-4.1-mini", "--format", "markdown"]) == 0
+    markdown = capsys.readouterr().out.splitlines()
+    assert "| lens | calls | before | after | change | % |" in markdown
+    assert any(line.startswith("| **(total)** | **6** |") for line in markdown)
+
+
+def test_another_provider_prices_every_call_at_its_rates(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """--provider prices every call there: models it does not list are left out and named."""
+    path, calls = recorded
+    result = reprice_json(
+        capsys, str(path), "--provider", "groq", "--model", "gpt-4o=llama-3.3-70b-versatile"
+    )
+    rows = by_lens(result)
+    summary = [c for c in calls if c["context"].get("lens_key") == "summary"]
+    assert rows["summary"]["after_usd"] == pytest.approx(
+        float(list_price("llama-3.3-70b-versatile", summary, "groq")), rel=1e-9
+    )
+    assert rows["tags"]["after_complete"] is False  # groq does not sell gpt-4o-mini
+    assert result["unpriced_after"] == {"gpt-4.1": 1, "gpt-4o-mini": 2, "text-embedding-3-small": 1}
+
+
+def test_price_file_hosts_apply_to_the_recorded_servers(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A price file mapping the recorded host to a rate of 0 (moving to a self-hosted box) prices all at 0."""
+    path, _ = recorded
+    prices = tmp_path / "prices.yaml"
+    prices.write_text('version: 1\nhosts:\n  "127.0.0.1": {provider: vllm, input: 0, output: 0}\n')
+    result = reprice_json(capsys, str(path), "--price-file", str(prices))
+    assert result["total"]["after_usd"] == 0.0
+    assert result["total"]["before_usd"] > 0
+    assert result["changes"]["price_file"] == str(prices)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--model", "gpt-4o=gpt-4.1-mni"],
+            "--model ...=gpt-4.1-mni: no price for 'gpt-4.1-mni' at provider 'openai' "
+            "(did you mean 'gpt-4.1-mini'",
+        ),
+        (
+            ["--model", "gpt-4o-mni=gpt-4.1"],
+            "--model gpt-4o-mni=gpt-4.1: no call in llm_calls.jsonl (log) used 'gpt-4o-mni' "
+            "(did you mean 'gpt-4o-mini'",
+        ),
+        (
+            ["--provider", "grok"],
+            "--provider: unknown provider 'grok' (did you mean 'groq'?); known providers:",
+        ),
+        (["--model", "gpt-4o"], "--model 'gpt-4o': expected OLD=NEW, e.g. --model gpt-4o=gpt-4.1-mini"),
+    ],
+)
+def test_unknown_models_and_providers_name_the_close_matches(
+    capsys: pytest.CaptureFixture[str],
+    recorded: tuple[Path, list[dict[str, Any]]],
+    args: list[str],
+    message: str,
+) -> None:
+    """A typo in a model or a provider is an error (exit 2) naming it and what it may have meant."""
+    path, _ = recorded
+    assert main(["reprice", str(path), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"llm-ledger reprice: error: {message}")
+
+
+def test_a_pytest_report_reprices_like_the_log_it_came_from(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The plugin's report keeps each lens's tokens per provider, server and model (also across xdist
+    workers), so repricing the report gives what repricing the calls gives."""
+    path, calls = recorded
+    worker_a, worker_b, controller = SessionLedger(), SessionLedger(), SessionLedger()
+    for number, call in enumerate(calls):
+        (worker_a if number % 2 else worker_b).add_call("tests/test_x.py::test_x", call)
+    for worker in (worker_a, worker_b):
+        controller.merge_wire(json.loads(json.dumps(worker.to_wire())))
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(controller.report(), indent=2))
+    from_report = reprice_json(capsys, str(report), "--model", "gpt-4o=gpt-4.1-mini")
+    from_log = reprice_json(capsys, str(path), "--model", "gpt-4o=gpt-4.1-mini")
+    assert from_report["source"] == "report.json (report)"
+    for key in ("lenses", "total", "unpriced_after"):
+        assert from_report[key] == from_log[key]
+
+
+def test_a_report_without_usage_says_how_to_get_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A report written before reprice existed is refused with the command that writes a usable one."""
+    report = tmp_path / "old.json"
+    report.write_text(
+        json.dumps({"schema": "llm-ledger-report", "version": 1, "lenses": {}, "total": {}}, indent=2)
+    )
+    assert main(["reprice", str(report)]) == 2
+    assert "has no per-model usage" in capsys.readouterr().err
+
+
+def test_missing_input_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A path that does not exist names itself and what was expected."""
+    assert main(["reprice", str(tmp_path / "nope.jsonl")]) == 2
+    assert (
+        "no such file; pass an llm_calls.jsonl log or a pytest --llm-report file" in capsys.readouterr().err
+    )
+
+
+def test_a_provider_reported_cost_stands_until_its_model_changes(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """A cost the provider billed is kept while the call stays as it was; a swapped model gets the
+    price table's figure for it."""
+    path, calls = recorded
+    routed = [c for c in calls if c["context"].get("lens_key") == "routed"]
+    assert by_lens(reprice_json(capsys, str(path)))["routed"]["after_usd"] == 0.5
+    swapped = by_lens(reprice_json(capsys, str(path), "--model", "gpt-4.1=gpt-4.1-nano"))["routed"]
+    assert swapped["before_usd"] == 0.5
+    assert swapped["after_usd"] == pytest.approx(float(list_price("gpt-4.1-nano", routed)), rel=1e-9)
