@@ -16,11 +16,14 @@ from __future__ import annotations
 from typing import Any as _Any
 from typing import TypeVar as _TypeVar
 
+from ._anomalies import AnomalyConfig, AnomalyDetector
+from ._budgets import BudgetGuard, Budgets, Limits, load_budgets, parse_budgets
 from ._config import Settings, configure, get_monitor
 from ._context import LensRun, TrackedContext, propagate
 from ._errors import (
     BlockedRequestError,
     BudgetError,
+    BudgetExceededError,
     CassetteError,
     CassetteMissError,
     ConfigError,
@@ -31,11 +34,18 @@ from ._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from ._jsonl import flush_all as _flush_all
 from ._monitor import LLMCallMonitor, Redactor, Sink
 from ._pricing import Cost, HostPrice, PriceTable, Rates, price
-from ._records import CallRecord, LensRecord, LensSummary
+from ._records import AnomalyRecord, BudgetRecord, CallRecord, LensRecord, LensSummary
 
 __all__ = [
+    "AnomalyConfig",
+    "AnomalyDetector",
+    "AnomalyRecord",
     "BlockedRequestError",
     "BudgetError",
+    "BudgetExceededError",
+    "BudgetGuard",
+    "BudgetRecord",
+    "Budgets",
     "CallRecord",
     "CassetteError",
     "CassetteMissError",
@@ -49,6 +59,7 @@ __all__ = [
     "LensRecord",
     "LensRun",
     "LensSummary",
+    "Limits",
     "PriceFileError",
     "PriceTable",
     "Rates",
@@ -61,6 +72,8 @@ __all__ = [
     "get_monitor",
     "instrument",
     "lens",
+    "load_budgets",
+    "parse_budgets",
     "price",
     "propagate",
     "track_llm_call",

@@ -17,6 +17,10 @@ from ._errors import LedgerError
 
 # subcommand -> (module defining register(), its line in `llm-ledger --help`)
 _COMMANDS = {
+    "anomalies": (
+        "llm_ledger._anomalies",
+        "list lens runs whose tokens, cost or duration went far above their lens's recent runs",
+    ),
     "cassettes": ("pytest_llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),
     "diff": ("llm_ledger.analysis._diff", "compare two pytest --llm-report files lens by lens"),
     "fake-server": (

@@ -12,6 +12,9 @@ setting                        environment variable            default
 ``stream_usage``               ``LLM_LEDGER_STREAM_USAGE``     ``true``
 ``handle_sigterm``             ``LLM_LEDGER_HANDLE_SIGTERM``   ``true``
 ``exporters``                  ``LLM_LEDGER_EXPORTERS``        none
+``budgets``                    ``LLM_LEDGER_BUDGETS``          none (no production budgets)
+``budget_mode``                ``LLM_LEDGER_BUDGET_MODE``      ``warn``
+``anomalies``                  ``LLM_LEDGER_ANOMALIES``        off
 =============================  ==============================  ==========================
 
 ``LLM_LEDGER_LOG_DIR=off`` (or ``log_dir=None``) writes no file; records still reach the
@@ -23,6 +26,11 @@ queued record, then lets the process die by SIGTERM as it would have (docs/RELIA
 ``exporters``: ``["prometheus", "otel"]`` (``LLM_LEDGER_EXPORTERS=prometheus,otel``) puts the exporter
 sinks on the default monitor; ``prometheus:9464`` also serves ``/metrics`` on that port
 (``llm_ledger/exporters``, docs/exporters.md).
+``budgets``: a budgets.yaml path or a mapping of its shape; each lens run is checked against it,
+``budget_mode="raise"`` stops a run over budget at its next call, ``on_budget_exceeded`` is called with
+each ``budget_exceeded`` record (docs/BUDGETS.md). ``anomalies``: ``True`` or an ``AnomalyConfig``
+(``LLM_LEDGER_ANOMALIES=on`` or ``k=6,window=100``); ``on_anomaly`` is called with each ``lens_anomaly``
+record (docs/ANOMALIES.md).
 """
 
 from __future__ import annotations
@@ -30,14 +38,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ._anomalies import AnomalyConfig, AnomalyDetector
+from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
 from ._errors import ConfigError
-from ._jsonl import JsonlFileHandler, NotRegularFileError, handle_sigterm_signal
-from ._monitor import LLMCallMonitor, Redactor
+from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
+from ._monitor import LLMCallMonitor, Redactor, internal_log
 from ._pricing import PriceTable
 from ._records import LOGGER_NAME
 from .exporters import _setup as _exporters
@@ -68,6 +78,11 @@ class Settings:
     redact: Redactor | None
     handle_sigterm: bool = True
     exporters: tuple[str, ...] = ()
+    budgets: Budgets | None = None
+    budget_mode: str = "warn"
+    on_budget_exceeded: Callable[[Any], object] | None = None
+    anomalies: AnomalyConfig | None = None
+    on_anomaly: Callable[[Any], object] | None = None
 
 
 def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
@@ -108,6 +123,11 @@ def resolve(
     redact: Any = None,
     handle_sigterm: Any = UNSET,
     exporters: Any = UNSET,
+    budgets: Any = UNSET,
+    budget_mode: Any = UNSET,
+    on_budget_exceeded: Any = None,
+    anomalies: Any = UNSET,
+    on_anomaly: Any = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``)."""
@@ -131,7 +151,40 @@ def resolve(
         specs = _exporters.parse(env.get("LLM_LEDGER_EXPORTERS", ""), "LLM_LEDGER_EXPORTERS", from_env=True)
     else:
         specs = _exporters.parse(exporters, "exporters")
-    return Settings(resolved_dir, resolved_prices, capture, usage, redact, sigterm, specs)
+    guard_budgets, mode = _budgets(budgets, budget_mode, env)
+    for name, hook in (("on_budget_exceeded", on_budget_exceeded), ("on_anomaly", on_anomaly)):
+        if hook is not None and not callable(hook):
+            raise ConfigError(f"{name} must be a callable taking a record, got {hook!r}")
+    if anomalies is UNSET:
+        anomaly_config = AnomalyConfig.parse(env.get("LLM_LEDGER_ANOMALIES", ""))
+    elif isinstance(anomalies, bool):
+        anomaly_config = AnomalyConfig() if anomalies else None
+    elif anomalies is None or isinstance(anomalies, AnomalyConfig):
+        anomaly_config = anomalies
+    else:
+        raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {anomalies!r}")
+    return Settings(
+        resolved_dir, resolved_prices, capture, usage, redact, sigterm, specs,
+        guard_budgets, mode, on_budget_exceeded, anomaly_config, on_anomaly,
+    )  # fmt: skip
+
+
+def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets | None, str]:
+    """Production budgets: the argument (a path, a mapping, a Budgets, None), else LLM_LEDGER_BUDGETS."""
+    if mode is UNSET:
+        mode = env.get("LLM_LEDGER_BUDGET_MODE", "warn").strip().lower() or "warn"
+        source = "LLM_LEDGER_BUDGET_MODE"
+    else:
+        source = "budget_mode"
+    if mode not in BUDGET_MODES:
+        raise ConfigError(f"{source} must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}")
+    hint = "; or pass configure(budgets=None) / unset LLM_LEDGER_BUDGETS for no production budgets"
+    if budgets is UNSET:
+        raw = env.get("LLM_LEDGER_BUDGETS", "").strip()
+        if raw.lower() in ("", "off", "none"):
+            return None, mode
+        return load_budgets(_path("LLM_LEDGER_BUDGETS", raw), hint=hint), mode
+    return None if budgets is None else as_budgets(budgets, hint=hint), mode
 
 
 _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_monitor()
@@ -159,6 +212,11 @@ def configure(
     redact: Redactor | None = None,
     handle_sigterm: bool | _Unset = UNSET,
     exporters: list[str] | tuple[str, ...] | _Unset = UNSET,
+    budgets: str | os.PathLike[str] | Mapping[str, Any] | Budgets | _Unset | None = UNSET,
+    budget_mode: str | _Unset = UNSET,
+    on_budget_exceeded: Callable[[Any], object] | None = None,
+    anomalies: bool | AnomalyConfig | _Unset | None = UNSET,
+    on_anomaly: Callable[[Any], object] | None = None,
 ) -> Settings:
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
@@ -175,6 +233,11 @@ def configure(
         redact=redact,
         handle_sigterm=handle_sigterm,
         exporters=exporters,
+        budgets=budgets,
+        budget_mode=budget_mode,
+        on_budget_exceeded=on_budget_exceeded,
+        anomalies=anomalies,
+        on_anomaly=on_anomaly,
     )
     with _lock:
         if settings == _settings:
@@ -221,5 +284,35 @@ def configure(
         monitor.redact = settings.redact
         if plan is not None:
             plan.commit(monitor)
+        _guard(monitor, settings, _settings)
         _settings = settings
         return settings
+
+
+def _guard(monitor: LLMCallMonitor, settings: Settings, old: Settings | None) -> None:
+    """Production budgets and anomaly detection on the default monitor, changed only when asked."""
+    budget = (settings.budgets, settings.budget_mode, settings.on_budget_exceeded)
+    if old is None or budget != (old.budgets, old.budget_mode, old.on_budget_exceeded):
+        monitor.budgets = (
+            None
+            if settings.budgets is None
+            else BudgetGuard(
+                settings.budgets, mode=settings.budget_mode, on_exceeded=settings.on_budget_exceeded
+            )
+        )
+    anomaly = (settings.anomalies, settings.on_anomaly, settings.log_dir)
+    if old is None or anomaly != (old.anomalies, old.on_anomaly, old.log_dir):
+        detector = None
+        if settings.anomalies is not None:
+            detector = AnomalyDetector(settings.anomalies, on_anomaly=settings.on_anomaly)
+            if settings.log_dir is not None:  # the baseline survives restarts: rebuilt from the log
+                flush_all()
+                try:
+                    detector.rebuild(settings.log_dir / LOG_FILE_NAME)
+                except OSError as exc:
+                    internal_log.warning(
+                        "llm-ledger: cannot read %s to rebuild the anomaly baselines (they start empty): %s",
+                        settings.log_dir / LOG_FILE_NAME,
+                        exc.strerror or exc,
+                    )
+        monitor.anomalies = detector

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from ._records import CallRecord, LensSummary, LensTotals, new_id
 
 if TYPE_CHECKING:
+    from ._budgets import _RunBudget
     from ._monitor import LLMCallMonitor
 
 __all__ = ["LensRun", "TrackedContext", "current_context", "current_lenses", "propagate"]
@@ -242,6 +243,7 @@ class LensRun(_Scope):
         self._record_context: dict[str, Any] = {}
         self.run_id: str | None = None
         self.summary: LensSummary | None = None
+        self._budget: _RunBudget | None = None  # set when production budgets limit this lens
 
     @property
     def context(self) -> dict[str, Any]:
@@ -260,6 +262,8 @@ class LensRun(_Scope):
         self.run_id = new_id()
         self._extra = {**self._extra, "lens_run_id": self.run_id}
         self._enter()
+        if self._monitor.budgets is not None:
+            self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
         self._lens_token = _lenses.set((*_lenses.get(), self))
         self._started = time.time()
         self._started_perf = time.perf_counter()
@@ -292,6 +296,9 @@ class LensRun(_Scope):
 
     def _end_call(self, record: CallRecord, cost_units: int | None) -> None:
         """A call that began inside this run ended; the last to end after the block emits its record."""
-        if self._totals.add(record, cost_units):
+        due = self._totals.add(record, cost_units)
+        if self._budget is not None:
+            self._budget.check(self._monitor, self._totals)
+        if due:
             self.summary = self._totals.summary(self._wall)
             self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)

@@ -4,6 +4,8 @@
     ├── ConfigError          bad arguments to configure() / LLMCallMonitor, or bad environment variables
     │   ├── PriceFileError   a user price file that cannot be used (names file, line and key)
     │   └── BudgetError      a budgets.yaml that cannot be used (names file, line and key)
+    ├── BudgetExceededError  a lens run over its production budget in raise mode: its next call is
+    │                        refused before it is sent
     ├── CassetteError        a cassette file that cannot be loaded safely (the pytest plugin)
     ├── CassetteMissError    a request with no unplayed match in its cassette, (replay-only mode)
     └── BlockedRequestError  an OpenAI API request of a test not marked llm (replay-only mode), or any
@@ -17,9 +19,15 @@ reported on the ``llm_ledger.internal`` logger instead.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._records import BudgetRecord
+
 __all__ = [
     "BlockedRequestError",
     "BudgetError",
+    "BudgetExceededError",
     "CassetteError",
     "CassetteMissError",
     "ConfigError",
@@ -46,6 +54,15 @@ class CassetteError(LedgerError):
 
 class BudgetError(ConfigError):
     """A budgets file that cannot be used: not YAML, an unknown key, a wrong type or a negative limit."""
+
+
+class BudgetExceededError(LedgerError):
+    """A call refused before it was sent: its lens run went over a production budget with
+    ``budget_mode="raise"``. ``record`` is the run's ``budget_exceeded`` record (limit, max, actual)."""
+
+    def __init__(self, message: str, record: BudgetRecord) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 class CassetteMissError(LedgerError):

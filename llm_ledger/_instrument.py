@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from . import _budgets
+from ._context import current_lenses
 from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
 from ._monitor import _Call
 from ._servers import Endpoint
@@ -81,6 +83,8 @@ def _begin(
     operation = OPERATIONS.get(options.url)
     if operation is None or options.method != "post":
         return None, options
+    if _budgets.stopping:  # a lens run went over its budget in raise mode: is it one of ours?
+        _budgets.refuse_if_stopped(current_lenses())
     try:
         body = options.json_data
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed

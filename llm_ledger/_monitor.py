@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -21,6 +21,8 @@ from ._extract import no_usage, usage_of
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
     LOGGER_NAME,
+    AnomalyRecord,
+    BudgetRecord,
     CallRecord,
     ErrorShape,
     LensRecord,
@@ -34,6 +36,10 @@ from ._records import (
     lens_record,
 )
 from ._servers import Endpoint, server_of
+
+if TYPE_CHECKING:
+    from ._anomalies import AnomalyDetector
+    from ._budgets import BudgetGuard
 
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
 
@@ -204,6 +210,10 @@ class LLMCallMonitor:
             the caller did not, and hide the extra usage chunk from the caller.
         logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only.
         sinks: callables receiving every record dict.
+
+    ``monitor.budgets`` (a :class:`BudgetGuard`) checks lens runs against budgets and
+    ``monitor.anomalies`` (an :class:`AnomalyDetector`) compares them with their baseline; both
+    ``None`` unless set (``configure(budgets=..., anomalies=...)`` sets the default monitor's).
     """
 
     def __init__(
@@ -236,6 +246,8 @@ class LLMCallMonitor:
         self._sinks_lock = threading.Lock()
         self._unpriced: set[tuple[str, str]] = set()
         self._last_report: dict[str, float] = {}
+        self.budgets: BudgetGuard | None = None
+        self.anomalies: AnomalyDetector | None = None
 
     @staticmethod
     def _price_table(prices: PriceTable | str | os.PathLike[str] | None) -> PriceTable:
@@ -507,7 +519,7 @@ class LLMCallMonitor:
             )
         return None
 
-    def _emit(self, record: CallRecord | LensRecord) -> None:
+    def _emit(self, record: CallRecord | LensRecord | AnomalyRecord | BudgetRecord) -> None:
         """Hand a record to the ``llm_monitor`` logger and to every sink (``configure()``'s JSONL file
         first), each failure caught and reported."""
         logger = self._logger
@@ -527,6 +539,10 @@ class LLMCallMonitor:
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
         try:
-            self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
+            record = lens_record(context=context, summary=summary, end_epoch=end_epoch)
+            self._emit(record)
         except Exception as exc:
             self._report("the lens summary", exc)
+            return
+        if self.anomalies is not None:
+            self.anomalies.after_lens(self, record)

@@ -1,9 +1,11 @@
 """The one place that defines the shape of every record llm-ledger emits.
 
-Two events exist:
+Four events exist:
 
 * ``llm_api_call``: one per monitored SDK call (built by :func:`call_record`);
-* ``lens_summary``: one per lens run (built by :func:`lens_record` from a :class:`LensTotals`).
+* ``lens_summary``: one per lens run (built by :func:`lens_record` from a :class:`LensTotals`);
+* ``lens_anomaly``: a lens run far above its baseline (:func:`anomaly_record`, docs/ANOMALIES.md);
+* ``budget_exceeded``: a lens run over a production budget (:func:`budget_record`, docs/BUDGETS.md).
 
 Everything else (the JSONL file, the pytest plugin, ``llm-ledger report``, exporters) consumes
 these dicts; none of them defines its own copy of the schema. Records are plain JSON-ready dicts
@@ -16,20 +18,28 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 __all__ = [
+    "ANOMALY_EVENT",
+    "BUDGET_EVENT",
     "CALL_EVENT",
     "LENS_EVENT",
     "LOGGER_NAME",
     "USD_UNITS",
     "USD_UNIT_DIGITS",
+    "AnomalyRecord",
+    "AnomalyShape",
+    "BudgetRecord",
     "CallRecord",
     "LensRecord",
     "LensSummary",
     "LensTotals",
     "ServerShape",
     "Status",
+    "anomaly_record",
+    "budget_record",
     "call_record",
     "iso_timestamp",
     "lens_record",
@@ -43,6 +53,8 @@ USD_UNIT_DIGITS = 24
 USD_UNITS = 10**USD_UNIT_DIGITS
 CALL_EVENT = "llm_api_call"
 LENS_EVENT = "lens_summary"
+ANOMALY_EVENT = "lens_anomaly"
+BUDGET_EVENT = "budget_exceeded"
 
 Status = Literal["ok", "error", "interrupted"]
 _LEVELS: dict[str, str] = {"ok": "INFO", "error": "ERROR", "interrupted": "WARNING"}
@@ -406,4 +418,66 @@ def lens_record(*, context: dict[str, Any], summary: LensSummary, end_epoch: flo
         "event": LENS_EVENT,
         "context": context,
         "summary": summary,
+    }
+
+
+class AnomalyShape(TypedDict):
+    metric: str  # a LensSummary key: total_tokens, total_cost_usd or duration_ms
+    value: float
+    median: float  # of the baseline: the lens's (and model's) last runs
+    mad: float  # their median absolute deviation (of the values' logarithms on the log scale)
+    threshold: float  # the value went above it: median + k MADs (at least a floor), in the value's unit
+    k: float
+    scale: str  # "log" (MAD of ln values: k counts ratios) or "linear"
+    runs: int  # runs in the baseline
+    model: str | None  # the run's models_used joined by "+" (None: no call)
+
+
+class AnomalyRecord(TypedDict):
+    timestamp: str
+    level: str
+    logger: str
+    event: str
+    context: dict[str, Any]  # the lens run's (lens_key, lens_run_id, ...)
+    anomaly: AnomalyShape
+
+
+class BudgetShape(TypedDict):
+    limit: str  # a budgets.yaml limit key: max_cost_usd, max_total_tokens, ...
+    max: float
+    actual: float
+    source: str  # where the limits came from (the budgets file, or configure(budgets=...))
+    mode: str  # "warn", or "raise": the run's next call raises BudgetExceededError
+
+
+class BudgetRecord(TypedDict):
+    timestamp: str
+    level: str
+    logger: str
+    event: str
+    context: dict[str, Any]  # the lens run's (lens_key, lens_run_id, ...)
+    budget: BudgetShape
+
+
+def anomaly_record(*, lens: Mapping[str, Any], anomaly: AnomalyShape) -> AnomalyRecord:
+    """Build one ``lens_anomaly`` record for the lens run ``lens`` (stamped with the run's end)."""
+    return {
+        "timestamp": lens["timestamp"],
+        "level": "WARNING",
+        "logger": LOGGER_NAME,
+        "event": ANOMALY_EVENT,
+        "context": lens["context"],
+        "anomaly": anomaly,
+    }
+
+
+def budget_record(*, context: dict[str, Any], budget: BudgetShape, epoch: float) -> BudgetRecord:
+    """Build one ``budget_exceeded`` record for the lens run whose ``context`` is given."""
+    return {
+        "timestamp": iso_timestamp(epoch),
+        "level": "WARNING",
+        "logger": LOGGER_NAME,
+        "event": BUDGET_EVENT,
+        "context": context,
+        "budget": budget,
     }

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
+from llm_ledger import Budgets, Limits
 from llm_ledger.report import text_table
 
-from ._budgets import METRIC_OF, Budgets, Limits
+from ._budgets import METRIC_OF
 
 __all__ = [
     "REPORT_SCHEMA",

@@ -54,9 +54,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from llm_ledger import CassetteError
+from llm_ledger import BudgetError, Budgets, CassetteError
 
-from ._budgets import BudgetError, Budgets, load_budgets
+from ._budgets import load_budgets
 from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate, vcrpy_problem
 from ._naming import cassette_path, orphan_cassettes
 from ._network import BlockedRequestError, Guard

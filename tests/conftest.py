@@ -94,6 +94,9 @@ def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "LLM_LEDGER_STREAM_USAGE",
         "LLM_LEDGER_HANDLE_SIGTERM",
         "LLM_LEDGER_EXPORTERS",
+        "LLM_LEDGER_BUDGETS",
+        "LLM_LEDGER_BUDGET_MODE",
+        "LLM_LEDGER_ANOMALIES",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(_config, "_monitor", None)

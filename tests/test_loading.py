@@ -11,10 +11,17 @@ from pathlib import Path
 import pytest
 
 import llm_ledger
-from llm_ledger import BudgetError, CassetteError, ConfigError, PriceFileError, PriceTable
+from llm_ledger import (
+    BudgetError,
+    CassetteError,
+    ConfigError,
+    Limits,
+    PriceFileError,
+    PriceTable,
+    load_budgets,
+)
 from llm_ledger._cli import main
 from llm_ledger._loading import MAX_BYTES
-from pytest_llm_ledger._budgets import Limits, load_budgets
 from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, body_bytes, load_cassette
 
 SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 3

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llm_ledger  # noqa: F401
-from pytest_llm_ledger._budgets import BudgetError, Limits, parse_budgets
+from llm_ledger import BudgetError, Limits, parse_budgets
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,

@@ -15,9 +15,18 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_ledger import CassetteError, ConfigError, PriceFileError, PriceTable, _config
+from llm_ledger import (
+    BudgetError,
+    Budgets,
+    CassetteError,
+    ConfigError,
+    Limits,
+    PriceFileError,
+    PriceTable,
+    _config,
+    parse_budgets,
+)
 from llm_ledger._config import UNSET, Settings, resolve
-from pytest_llm_ledger._budgets import LIMIT_KEYS, BudgetError, Budgets, parse_budgets
 from pytest_llm_ledger._cassette import LedgerCassette
 from pytest_llm_ledger._format import load_cassette
 from tests.reliability_helpers import FAKE_KEY, child_env, examples, record_figures
@@ -102,7 +111,7 @@ def _texts(keys: list[str], valid: str) -> st.SearchStrategy[str]:
     )
 
 
-_BUDGET_KEYS = ["lenses", "default", "tests", "total", *LIMIT_KEYS, "default_summary"]
+_BUDGET_KEYS = ["lenses", "default", "tests", "total", *Limits.KEYS, "default_summary"]
 _VALID_BUDGETS = """\
 lenses:
   default_summary: {max_cost_usd: 0.002, max_api_calls: 3}

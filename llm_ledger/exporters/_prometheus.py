@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT
+from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -107,6 +107,7 @@ class PrometheusSink:
     * ``llm_ledger_lens_runs_total`` {lens, status}, ``llm_ledger_lens_cost_usd`` histogram {lens}
     * ``llm_ledger_unpriced_calls_total`` {model}: calls whose cost is unknown (no price for the
       model, or no usage reported) though they may have been billed
+    * ``llm_ledger_lens_anomalies_total`` {lens, metric}: ``lens_anomaly`` records (docs/ANOMALIES.md)
 
     Args:
         registry: where the metrics are registered (default: prometheus-client's global
@@ -177,6 +178,9 @@ class PrometheusSink:
         self.unpriced = metric(
             pc.Counter, "llm_ledger_unpriced_calls", "Calls whose cost is unknown", ("model",)
         )
+        self.anomalies = metric(
+            pc.Counter, "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
+        )
 
     def __repr__(self) -> str:
         lenses = f"{len(self._lenses)}/{self.max_lenses}"
@@ -188,6 +192,10 @@ class PrometheusSink:
             self._call(record)
         elif event == LENS_EVENT:
             self._lens(record)
+        elif event == ANOMALY_EVENT:  # metric: one of three summary keys, a bounded label
+            self.anomalies.labels(
+                self._lens_label(record["context"].get("lens_key")), record["anomaly"]["metric"]
+            ).inc()
 
     # -- labels ------------------------------------------------------------------------------------
 

@@ -1,0 +1,372 @@
+"""Anomalies: lens runs far above their own recent baseline, online and replayed from logs.
+
+For each lens and the models its run used, the detector keeps the last ``window`` runs' total
+tokens, cost and wall duration. Once it holds ``min_runs`` of them, a run whose value is above
+
+    threshold = exp(median + k * max(MAD, ln(1 + min_mad_ratio)))     (scale "log", the default)
+    threshold = median + k * max(MAD, min_mad_ratio * median)         (scale "linear")
+
+is an anomaly: one ``lens_anomaly`` record per metric (docs/ANOMALIES.md). On the log scale median and
+MAD (the median absolute deviation) are those of the values' natural logarithms, so k counts in
+ratios: durations and costs are skewed (a run twice as slow as usual is commoner than one twice as
+fast), and a linear MAD alarms on their ordinary tail. Median and MAD are robust: a few spikes in the
+window move neither, so one runaway run does not hide the next, while a lasting change of level
+becomes the new baseline after about ``window / 2`` runs. Only values above the baseline are
+anomalies: a cost monitor warns about runs that cost more. ``min_mad_ratio`` keeps a lens whose runs
+are all alike (MAD 0) from alarming on a one-token change. On the log scale a value of 0 (a run
+without calls, a free model) is neither judged nor kept.
+
+Online (``configure(anomalies=True)``), the baseline is rebuilt at start from the lens summaries in
+the last ``history_bytes`` of the log file, so no state file is kept. Offline, ``llm-ledger anomalies
+LOGS...`` replays the same detector over history in time order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+import orjson
+
+from ._errors import ConfigError
+from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record
+from ._table import text_table
+
+if TYPE_CHECKING:
+    from ._monitor import LLMCallMonitor
+
+__all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector", "read_lens_records", "register"]
+
+METRICS: Final = ("total_tokens", "total_cost_usd", "duration_ms")  # lens summary keys judged
+SCALES: Final = ("log", "linear")
+_SETTINGS: Final = ("window", "k", "min_runs", "min_mad_ratio", "metrics", "history_bytes", "scale")
+_MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
+_LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None:
+    ok = isinstance(value, int) if whole else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or not math.isfinite(value) or value < low:
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"anomalies: {name} must be {kind} {why}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """How the anomaly detector judges a lens run (``configure(anomalies=AnomalyConfig(...))``).
+
+    Args:
+        window: N, the last runs per lens and model that make the baseline.
+        k: how many MADs above the median a value must be to be an anomaly (> 0). For normally
+            distributed values one MAD is about 0.67 standard deviations: k=6 is about 4 sigma.
+        min_runs: runs in the baseline before any run is judged (at least 3, at most ``window``).
+        min_mad_ratio: the spread used is at least this fraction of the median (0 turns it off).
+        metrics: which of :data:`METRICS` to judge.
+        scale: ``"log"`` (judge ratios to the median) or ``"linear"`` (judge differences).
+        history_bytes: how much of the end of the log file rebuilds the baseline at start.
+    """
+
+    window: int = 100
+    k: float = 6.0
+    min_runs: int = 20
+    min_mad_ratio: float = 0.05
+    metrics: tuple[str, ...] = METRICS
+    history_bytes: int = 32 << 20
+    scale: str = "log"
+
+    def __post_init__(self) -> None:
+        _number("window", self.window, whole=True, low=3, why="of runs, at least 3")
+        _number("k", self.k, whole=False, low=math.ulp(0), why="of MADs, greater than 0")
+        _number("min_runs", self.min_runs, whole=True, low=3, why="of runs, at least 3")
+        if self.min_runs > self.window:
+            raise ConfigError(
+                f"anomalies: min_runs ({self.min_runs}) must not exceed window ({self.window}): "
+                "a baseline never holds more than window runs"
+            )
+        _number("min_mad_ratio", self.min_mad_ratio, whole=False, low=0, why="from 0 up")
+        _number("history_bytes", self.history_bytes, whole=True, low=0, why="from 0 up")
+        if isinstance(self.metrics, str) or not isinstance(self.metrics, tuple) or not self.metrics:
+            raise ConfigError(
+                f"anomalies: metrics must be a non-empty tuple of {', '.join(METRICS)}, got {self.metrics!r}"
+            )
+        if self.scale not in SCALES:
+            raise ConfigError(f"anomalies: scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        for metric in self.metrics:
+            if metric not in METRICS:
+                raise ConfigError(f"anomalies: unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+
+    @classmethod
+    def parse(cls, text: str, source: str = "LLM_LEDGER_ANOMALIES") -> AnomalyConfig | None:
+        """``on`` / ``off`` (and 1, 0, true, false), or settings such as ``k=5,window=100,min_runs=20``."""
+        value = text.strip().lower()
+        if value in _TRUE:
+            return cls()
+        if value in _FALSE:
+            return None
+        fields: dict[str, Any] = {}
+        for part in value.split(","):
+            name, sep, raw = (s.strip() for s in part.partition("="))
+            if not sep or name not in _SETTINGS:
+                raise ConfigError(
+                    f"{source}={text!r}: expected on, off, or comma-separated settings such as "
+                    f"k=6,window=100,min_runs=20 (settings: {', '.join(_SETTINGS)}), got {part.strip()!r}"
+                )
+            if name in ("metrics", "scale"):
+                fields[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
+                continue
+            try:
+                fields[name] = float(raw) if name in ("k", "min_mad_ratio") else int(raw)
+            except ValueError:
+                raise ConfigError(f"{source}={text!r}: {name} must be a number, got {raw!r}") from None
+        return cls(**fields)
+
+
+def _value(summary: Mapping[str, Any], metric: str) -> float | None:
+    value = summary.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if metric == "total_cost_usd" and summary.get("cost_complete") is False:
+        return None  # an unpriced call makes the cost too low to compare
+    return float(value)
+
+
+class AnomalyDetector:
+    """Judges each lens summary record against its lens's (and models') recent runs; thread-safe.
+
+    ``observe(record)`` returns the ``lens_anomaly`` records of one run (and adds it to the baseline).
+    ``configure(anomalies=...)`` sets one on the default monitor; assign one to ``monitor.anomalies``
+    of your own monitor: the monitor then emits what it finds through its sinks and calls
+    ``on_anomaly`` with each record.
+    """
+
+    def __init__(
+        self,
+        config: AnomalyConfig | None = None,
+        *,
+        on_anomaly: Callable[[AnomalyRecord], object] | None = None,
+    ) -> None:
+        if config is None:
+            config = AnomalyConfig()
+        elif not isinstance(config, AnomalyConfig):
+            raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {config!r}")
+        if on_anomaly is not None and not callable(on_anomaly):
+            raise ConfigError(f"on_anomaly must be a callable taking a record, got {on_anomaly!r}")
+        self.config = config
+        self.on_anomaly = on_anomaly
+        self._lock = threading.Lock()
+        # (lens key, model) -> metric -> its last `window` values
+        self._baselines: collections.OrderedDict[tuple[str, str | None], dict[str, collections.deque[float]]]
+        self._baselines = collections.OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"<AnomalyDetector {self.config} baselines={len(self._baselines)}>"
+
+    def observe(self, record: Mapping[str, Any]) -> list[AnomalyRecord]:
+        """The anomalies of one ``lens_summary`` record (other records: none); it then joins the baseline."""
+        context = record.get("context")
+        summary = record.get("summary")
+        if (
+            record.get("event") != LENS_EVENT
+            or not isinstance(context, dict)
+            or not isinstance(summary, dict)
+        ):
+            return []
+        lens = context.get("lens_key")
+        if not isinstance(lens, str):
+            return []
+        models = summary.get("models_used")
+        model = "+".join(map(str, models)) if isinstance(models, list) and models else None
+        config = self.config
+        linear = config.scale == "linear"
+        found: list[AnomalyRecord] = []
+        with self._lock:
+            series = self._baselines.get((lens, model))
+            if series is None:
+                series = self._baselines[(lens, model)] = {
+                    m: collections.deque(maxlen=config.window) for m in config.metrics
+                }
+                if len(self._baselines) > _MAX_BASELINES:
+                    self._baselines.popitem(last=False)
+            else:
+                self._baselines.move_to_end((lens, model))
+            for metric, window in series.items():
+                value = _value(summary, metric)
+                if value is None:
+                    continue
+                point = value if linear else math.log(value) if value > 0 else None
+                if point is None:
+                    continue
+                if len(window) >= config.min_runs:
+                    center = statistics.median(window)
+                    mad = statistics.median([abs(v - center) for v in window])
+                    if linear:
+                        median = center
+                        threshold = center + config.k * max(mad, config.min_mad_ratio * abs(center))
+                    else:
+                        median = math.exp(center)
+                        threshold = math.exp(center + config.k * max(mad, math.log1p(config.min_mad_ratio)))
+                    if value > threshold:
+                        anomaly: AnomalyShape = {
+                            "metric": metric,
+                            "value": value,
+                            "median": median,
+                            "mad": mad,
+                            "threshold": threshold,
+                            "k": config.k,
+                            "scale": config.scale,
+                            "runs": len(window),
+                            "model": model,
+                        }
+                        found.append(anomaly_record(lens=record, anomaly=anomaly))
+                window.append(point)
+        return found
+
+    def after_lens(self, monitor: LLMCallMonitor, record: Mapping[str, Any]) -> None:
+        """Called by ``monitor`` with each lens summary it emitted: emit and hand on its anomalies."""
+        try:
+            found = self.observe(record)
+        except Exception as exc:
+            monitor._report("anomaly detection", exc)
+            return
+        for anomaly in found:
+            monitor._emit(anomaly)
+            if self.on_anomaly is not None:
+                try:
+                    self.on_anomaly(anomaly)
+                except Exception as exc:
+                    monitor._report("the on_anomaly callback", exc)
+
+    def rebuild(self, path: str | os.PathLike[str]) -> int:
+        """Replay the lens summaries in the last ``history_bytes`` of the log ``path`` into the
+        baseline, silently; returns how many runs were read (0 when there is no file)."""
+        runs = 0
+        for record in _tail_records(Path(path), self.config.history_bytes):
+            self.observe(record)
+            runs += 1
+        return runs
+
+
+def _lens_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The lens summary records among JSON lines; other events and malformed lines are skipped."""
+    for line in lines:
+        if _LENS_MARK in line:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("event") == LENS_EVENT:
+                yield record
+
+
+def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
+    """The lens summaries in the last ``max_bytes`` of ``path``, read a line at a time."""
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return
+    with file:
+        start = max(0, os.fstat(file.fileno()).st_size - max_bytes)
+        if start:
+            file.seek(start - 1)
+            file.readline()  # the rest of the line cut at the start
+        yield from _lens_lines(file)
+
+
+def read_lens_records(paths: Iterable[str]) -> list[dict[str, Any]]:
+    """The lens summary records of the logs at ``paths`` (files, globs, directories, ``.gz``, ``-``)."""
+    from .analysis import iter_records
+
+    return list(iter_records(paths, events=(LENS_EVENT,)))
+
+
+def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig) -> list[AnomalyRecord]:
+    """Every anomaly in ``records`` (lens summaries), judged in time order as they would have been live."""
+    detector = AnomalyDetector(config)
+    ordered = sorted(records, key=lambda r: str(r.get("timestamp", "")))  # stable: file order within a ms
+    return [anomaly for record in ordered for anomaly in detector.observe(record)]
+
+
+# -- llm-ledger anomalies -------------------------------------------------------------------------
+
+
+def _figure(metric: str, value: float) -> str:
+    if metric == "total_cost_usd":
+        return f"${value:,.6f}"
+    if metric == "duration_ms":
+        return f"{value:,.0f} ms"
+    return f"{value:,.0f}"
+
+
+def render(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
+    if fmt == "json":
+        return json.dumps({"anomalies": anomalies}, indent=2, allow_nan=False) + "\n"
+    if not anomalies:
+        return "no anomalous lens run\n"
+    headers = ("time", "lens", "model", "metric", "value", "median", "MAD", "threshold", "lens run")
+    rows = []
+    for record in anomalies:
+        a = record["anomaly"]
+        m = a["metric"]
+        rows.append([
+            record["timestamp"], str(record["context"].get("lens_key")), a["model"] or "(none)", m,
+            _figure(m, a["value"]), _figure(m, a["median"]),
+            f"x{math.exp(a['mad']):.2f}" if a["scale"] == "log" else _figure(m, a["mad"]),
+            _figure(m, a["threshold"]),
+            str(record["context"].get("lens_run_id") or ""),
+        ])  # fmt: skip
+    # on the log scale the MAD is a ratio: x1.10 means runs usually within 10% of the median
+    return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{len(anomalies)} anomaly(ies)\n"
+
+
+def register(subparsers: Any, summary: str) -> None:
+    """Add the ``anomalies`` subcommand to the ``llm-ledger`` parser."""
+    defaults = AnomalyConfig()
+    parser = subparsers.add_parser(
+        "anomalies",
+        help=summary,
+        description=(
+            "Replay the lens runs of llm-ledger logs in time order through the anomaly detector and list "
+            "the runs whose tokens, cost or duration went above median + k * MAD of their lens's "
+            "(and models') previous runs."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="LOG", help="llm_calls.jsonl files")
+    parser.add_argument(
+        "--window", type=int, default=defaults.window, help="runs in a baseline (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--k", type=float, default=defaults.k, help="MADs above the median (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--min-runs", type=int, default=defaults.min_runs, help="runs before judging (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        choices=METRICS,
+        dest="metrics",
+        help="judge only this metric (repeatable)",
+    )
+    parser.add_argument("--format", choices=("text", "json"), default="text", dest="fmt")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run ``llm-ledger anomalies``; returns the exit status (0, anomalies or not)."""
+    config = AnomalyConfig(
+        window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
+    )
+    (out or sys.stdout).write(render(replay(read_lens_records(args.paths), config), args.fmt))
+    return 0

@@ -1,0 +1,319 @@
+"""Budgets: the budgets.yaml schema and its loading, and the production check of lens runs against it.
+
+.. code-block:: yaml
+
+    lenses:                 # each run of the lens must stay within
+      default_summary: {max_cost_usd: 0.002, max_api_calls: 3}
+    default:                # limits for every lens not listed under lenses
+      max_total_tokens: 4000
+    tests:                  # CI only: the calls made during one test (by node id)
+      "tests/test_app.py::test_digest": {max_api_calls: 5}
+    total:                  # CI only: the whole test session
+      max_cost_usd: 0.05
+
+Limits: ``max_cost_usd`` (a number), ``max_total_tokens``, ``max_prompt_tokens``,
+``max_completion_tokens`` and ``max_api_calls`` (whole numbers); none may be negative.
+
+The pytest plugin checks a whole session against the file (``pytest --llm-budget``). In production
+(``configure(budgets=...)``) a :class:`BudgetGuard` checks each lens run against ``lenses`` and
+``default`` after each of its calls: a run over a limit emits one ``budget_exceeded`` record per
+limit (WARNING on ``llm_monitor``) and calls ``on_exceeded``; with ``mode="raise"`` the run's next
+call raises :class:`BudgetExceededError` before it is sent (docs/BUDGETS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import yaml
+
+from ._errors import BudgetError, BudgetExceededError, ConfigError
+from ._loading import Document, join, read_file
+from ._records import USD_UNITS, BudgetRecord, LensTotals, budget_record
+
+if TYPE_CHECKING:
+    from ._context import LensRun
+    from ._monitor import LLMCallMonitor
+
+__all__ = [
+    "BUDGET_MODES",
+    "BudgetGuard",
+    "Budgets",
+    "Limits",
+    "as_budgets",
+    "load_budgets",
+    "parse_budgets",
+    "refuse_if_stopped",
+]
+
+BUDGET_MODES: Final = ("warn", "raise")
+_SECTIONS: Final = ("default", "lenses", "tests", "total")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The caps one lens run, test or session must stay within; ``None`` means no cap."""
+
+    # limit key -> the aggregate metric it caps
+    METRIC_OF: ClassVar[Mapping[str, str]] = {
+        "max_api_calls": "api_calls",
+        "max_completion_tokens": "completion_tokens",
+        "max_cost_usd": "cost_usd",
+        "max_prompt_tokens": "prompt_tokens",
+        "max_total_tokens": "total_tokens",
+    }
+    KEYS: ClassVar[tuple[str, ...]] = tuple(METRIC_OF)
+
+    max_cost_usd: float | None = None
+    max_total_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    max_api_calls: int | None = None
+
+    def items(self) -> list[tuple[str, float]]:
+        """``(limit key, value)`` for each cap that is set, in :attr:`KEYS` order."""
+        return [(key, value) for key in self.KEYS if (value := getattr(self, key)) is not None]
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """A parsed budgets file (:func:`load_budgets`, :func:`parse_budgets`)."""
+
+    source: str = "budgets.yaml"
+    lenses: Mapping[str, Limits] = field(default_factory=dict)
+    default: Limits | None = None
+    tests: Mapping[str, Limits] = field(default_factory=dict)
+    total: Limits | None = None
+
+    def for_lens(self, lens_key: str) -> Limits | None:
+        """The limits for each run of ``lens_key``: its own entry, else ``default``."""
+        return self.lenses.get(lens_key, self.default)
+
+
+# caps past these are typos, and would overflow a float
+_MAX_COST: Final = Decimal(10) ** 9
+_MAX_COUNT: Final = Decimal(10) ** 15
+
+
+def _limits(doc: Document, node: yaml.Node, path: str) -> Limits:
+    values: dict[str, float | int] = {}
+    for key, value_node in doc.fields(node, path, "a mapping of limits", Limits.KEYS).items():
+        if key == "max_cost_usd":
+            cost = doc.number(value_node, f"{path}.{key}", "a non-negative number of USD", maximum=_MAX_COST)
+            values[key] = float(cost)
+        else:
+            count = doc.number(
+                value_node, f"{path}.{key}", "a non-negative whole number", maximum=_MAX_COUNT, whole=True
+            )
+            values[key] = int(count)
+    return Limits(**values)  # type: ignore[arg-type]
+
+
+class _MappingDocument(Document):
+    """A mapping given in code, validated as a file: its errors name the key path, not a line."""
+
+    def error(self, node: yaml.Node | None, key_path: str, message: str) -> Exception:
+        return super().error(None, key_path, message)
+
+
+def _parse(doc: Document, text: str | bytes) -> Budgets:
+    root = doc.compose(text)
+    if root is None or doc.is_null(root):
+        return Budgets(source=doc.name)
+    sections: dict[str, Any] = {}
+    for key, node in doc.fields(root, "", "a mapping of sections", _SECTIONS).items():
+        if key in ("default", "total"):
+            sections[key] = _limits(doc, node, key)
+        else:
+            what = "lens keys" if key == "lenses" else "test node ids"
+            sections[key] = {
+                name: _limits(doc, limits_node, join(key, name))
+                for name, _, limits_node in doc.mapping(node, key, f"a mapping of {what} to limits")
+            }
+    return Budgets(source=doc.name, **sections)
+
+
+def parse_budgets(text: str | bytes | Mapping[str, Any], source: str = "budgets.yaml") -> Budgets:
+    """Parse budgets YAML, or a mapping of the same shape; raises :class:`BudgetError` (never anything
+    else) naming the file, the line, the key path and the valid keys or values."""
+    if isinstance(text, Mapping):
+        try:
+            as_json = json.dumps(text, default=str)  # JSON is YAML: one validator for both
+        except (TypeError, ValueError) as exc:
+            raise BudgetError(f"{source}: not a mapping of sections to limits: {exc}") from None
+        return _parse(_MappingDocument(source, BudgetError, "a budgets mapping"), as_json)
+    return _parse(Document(source, BudgetError, "a budgets file"), text)
+
+
+def load_budgets(path: str | os.PathLike[str], name: str | None = None, *, hint: str = "") -> Budgets:
+    """Read and parse ``path`` (called ``name`` in messages); a missing file is a :class:`BudgetError`
+    too, followed by ``hint``."""
+    name = name or str(path)
+    hint = f"; create it (sections: {', '.join(_SECTIONS)}){hint}"
+    return parse_budgets(read_file(str(path), BudgetError, "budgets file", name=name, hint=hint), name)
+
+
+def as_budgets(value: Budgets | Mapping[str, Any] | str | os.PathLike[str], *, hint: str = "") -> Budgets:
+    """A :class:`Budgets` from itself, a mapping of the budgets.yaml shape, or the path of a budgets file."""
+    if isinstance(value, Budgets):
+        return value
+    if isinstance(value, Mapping):
+        return parse_budgets(value, "configure(budgets=...)")
+    if isinstance(value, (str, os.PathLike)) and str(value).strip() and "\x00" not in str(value):
+        return load_budgets(os.fspath(value), hint=hint)
+    raise ConfigError(
+        f"budgets must be the path of a budgets file, a mapping of its shape or a Budgets, got {value!r}"
+    )
+
+
+# -- production ----------------------------------------------------------------------------------
+
+# LensTotals attribute each limit compares with (costs in 10**-24 USD)
+_TOTAL_OF: Final = {
+    "max_api_calls": "calls",
+    "max_completion_tokens": "completion_tokens",
+    "max_cost_usd": "cost_units",
+    "max_prompt_tokens": "prompt_tokens",
+    "max_total_tokens": "total_tokens",
+}
+# set once a run in raise mode goes over a limit: only then does each call look for a stopped run
+stopping = False
+
+
+class BudgetGuard:
+    """Checks each lens run against ``budgets`` (its ``lenses`` and ``default`` sections).
+
+    Set by ``configure(budgets=..., budget_mode=..., on_budget_exceeded=...)`` on the default
+    monitor, or assigned to ``monitor.budgets`` of a monitor of your own.
+
+    Args:
+        budgets: a :class:`Budgets`, a mapping of the budgets.yaml shape, or the path of a budgets file.
+        mode: ``"warn"`` (records and the callback) or ``"raise"`` (also refuse the run's next call
+            with :class:`BudgetExceededError`).
+        on_exceeded: called with each ``budget_exceeded`` record, on the thread that ended the call.
+    """
+
+    def __init__(
+        self,
+        budgets: Budgets | Mapping[str, Any] | str | Path,
+        *,
+        mode: str = "warn",
+        on_exceeded: Callable[[BudgetRecord], object] | None = None,
+    ) -> None:
+        self.budgets = as_budgets(budgets)
+        if mode not in BUDGET_MODES:
+            raise ConfigError(
+                f"budget_mode must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}"
+            )
+        if on_exceeded is not None and not callable(on_exceeded):
+            raise ConfigError(f"on_budget_exceeded must be a callable taking a record, got {on_exceeded!r}")
+        self.mode = mode
+        self.on_exceeded = on_exceeded
+        # lens key -> ((totals attribute, cap, limit key, cap as written), ...); None: no limit
+        self._checks: dict[str, tuple[tuple[str, int, str, float], ...] | None] = {}
+
+    def __repr__(self) -> str:
+        return f"<BudgetGuard {self.budgets.source} mode={self.mode}>"
+
+    def watch(self, lens_key: str, context: dict[str, Any]) -> _RunBudget | None:
+        """The check of one run of ``lens_key`` (``None``: no limit applies to it)."""
+        if lens_key in self._checks:
+            checks = self._checks[lens_key]
+        else:
+            checks = self._checks_of(self.budgets.for_lens(lens_key))
+            if len(self._checks) < 10_000:  # lens keys are few; a key made per request is not cached
+                self._checks[lens_key] = checks
+        return None if checks is None else _RunBudget(self, checks, context)
+
+    @staticmethod
+    def _checks_of(limits: Limits | None) -> tuple[tuple[str, int, str, float], ...] | None:
+        if limits is None or not limits.items():
+            return None
+        checks = []
+        for key, cap in limits.items():
+            exact = int(Decimal(str(cap)) * USD_UNITS) if key == "max_cost_usd" else int(cap)
+            checks.append((_TOTAL_OF[key], exact, key, cap))
+        return tuple(checks)
+
+
+class _RunBudget:
+    """One lens run's budget: compared with its totals after each call; over a limit it is reported
+    once, and in raise mode ``stopped`` holds the error its next call raises."""
+
+    __slots__ = ("_checks", "_context", "_guard", "_lock", "_over", "stopped")
+
+    def __init__(
+        self, guard: BudgetGuard, checks: tuple[tuple[str, int, str, float], ...], context: dict[str, Any]
+    ) -> None:
+        self._guard = guard
+        self._checks = checks
+        self._context = context
+        self._lock = threading.Lock()
+        self._over: set[str] = set()
+        self.stopped: BudgetRecord | None = None
+
+    def check(self, monitor: LLMCallMonitor, totals: LensTotals) -> None:
+        """After a call of the run ended: report each limit its totals went over for the first time."""
+        for attribute, cap, key, written in self._checks:
+            actual = getattr(totals, attribute)
+            if actual > cap and key not in self._over:
+                try:
+                    usd_or_count = actual / USD_UNITS if attribute == "cost_units" else actual
+                    self._exceeded(monitor, key, written, usd_or_count)
+                except Exception as exc:  # never in the way of the call, nor of the run's summary
+                    monitor._report("checking a lens run's budget", exc)
+
+    def _exceeded(self, monitor: LLMCallMonitor, key: str, cap: float, actual: float) -> None:
+        global stopping
+        with self._lock:
+            if key in self._over:  # another thread's call got there first
+                return
+            self._over.add(key)
+        guard = self._guard
+        record = budget_record(
+            context=self._context,
+            budget={
+                "limit": key,
+                "max": cap,
+                "actual": actual,
+                "source": guard.budgets.source,
+                "mode": guard.mode,
+            },
+            epoch=time.time(),
+        )
+        if guard.mode == "raise" and self.stopped is None:
+            self.stopped = record
+            stopping = True
+        monitor._emit(record)
+        if guard.on_exceeded is not None:
+            try:
+                guard.on_exceeded(record)
+            except Exception as exc:
+                monitor._report("the on_budget_exceeded callback", exc)
+
+
+def refuse_if_stopped(lenses: tuple[LensRun, ...]) -> None:
+    """Raise :class:`BudgetExceededError` if a lens run open here went over its budget in raise mode.
+
+    Called before each call is sent once some run has been stopped (``stopping``).
+    """
+    for run in lenses:
+        budget = run._budget
+        if budget is not None and budget.stopped is not None:
+            record = budget.stopped
+            spent = record["budget"]
+            raise BudgetExceededError(
+                f"lens run {record['context'].get('lens_key')!r} is over its budget "
+                f"({spent['limit']} {spent['max']:g}, reached {spent['actual']:g}; limits from "
+                f"{spent['source']}): this call was not sent. Raise the limit, or use budget_mode='warn' "
+                "to record breaches without stopping",
+                record,
+            )

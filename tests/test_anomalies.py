@@ -1,0 +1,352 @@
+"""Anomalies: lens runs judged against their lens's recent runs, online, after a restart and offline."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+import llm_ledger
+from bench.anomalies import LENSES, flagged, history
+from llm_ledger import AnomalyConfig, AnomalyDetector, ConfigError
+from llm_ledger._cli import main
+from llm_ledger.exporters import PrometheusSink
+from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests.conftest import FAKE_KEY
+
+HI: Any = [{"role": "user", "content": "hi"}]
+# tokens and cost only: a loopback call's duration is at the mercy of a busy test machine
+QUICK = AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens", "total_cost_usd"))
+
+
+def _run(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, words: int, model: str = "gpt-4o-mini"
+) -> None:
+    with monitor.lens("digest"):
+        client.chat.completions.create(
+            model=model, messages=HI, extra_headers={"x-fake-completion-words": str(words)}
+        )
+
+
+def _anomalies(records: Captured) -> list[dict[str, Any]]:
+    return [r for r in records if r["event"] == "lens_anomaly"]
+
+
+# -- the detector on synthetic histories (bench/anomalies.py) -------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_steady_noisy_runs_never_alarm(seed: int) -> None:
+    """500 runs of two lenses with normal token noise and a long-tailed duration: no alarm at the defaults."""
+    assert flagged(history(seed, 500).records, AnomalyConfig()) == set()
+
+
+def _over_threshold(h: Any, run_id: str, config: AnomalyConfig) -> bool:
+    """Whether some metric of run ``run_id`` is above median + k MADs (of ln values) of its lens's
+    previous ``window`` runs, computed here independently of the detector."""
+    index = next(i for i, r in enumerate(h.records) if r["context"]["lens_run_id"] == run_id)
+    run = h.records[index]
+    lens = run["context"]["lens_key"]
+    before = [r for r in h.records[:index] if r["context"]["lens_key"] == lens][-config.window :]
+    for metric in config.metrics:
+        logs = [math.log(r["summary"][metric]) for r in before]
+        center = statistics.median(logs)
+        mad = statistics.median([abs(v - center) for v in logs])
+        if math.log(run["summary"][metric]) > center + config.k * max(mad, math.log1p(config.min_mad_ratio)):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("factor", [2.0, 3.0, 5.0])
+def test_every_injected_spike_above_the_threshold_is_caught(factor: float) -> None:
+    """Each injected spike that clears its threshold is flagged, with no false alarm; a runaway run
+    at twice the usual tokens and cost is always one of them."""
+    h = history(0, 500, factor=factor)
+    config = AnomalyConfig()
+    alarms = flagged(h.records, config)
+    above = {run for run in h.spikes if _over_threshold(h, run, config)}
+    assert above and alarms == above
+    assert {run for run, kind in h.spikes.items() if kind == "runaway"} <= alarms
+
+
+def test_a_lasting_change_of_level_becomes_the_baseline() -> None:
+    """After the level doubles, alarms come, then stop within the window: no alarm in the last 250 runs."""
+    h = history(3, 500, step_at=150)
+    alarms = flagged(h.records, AnomalyConfig())
+    steps = sorted(int(run.rsplit("-", 1)[1]) for run in alarms)
+    assert steps and steps[0] == 150 and steps[-1] < 250
+
+
+def test_a_lens_and_model_pair_has_its_own_baseline() -> None:
+    """A cheap lens's runs never make an expensive lens's runs look anomalous, and vice versa."""
+    h = history(4, 300)
+    assert {r["context"]["lens_key"] for r in h.records} == set(LENSES)
+    cheap_only = [r for r in h.records if r["context"]["lens_key"] == "classify"]
+    detector = AnomalyDetector(AnomalyConfig())
+    assert [a for r in cheap_only for a in detector.observe(r)] == []
+    digest = next(r for r in h.records if r["context"]["lens_key"] == "digest")
+    assert detector.observe(digest) == []  # a new lens: no baseline, no judgement
+
+
+# -- online, with the real SDK ----------------------------------------------------------------------
+
+
+def test_a_run_above_its_baseline_emits_a_lens_anomaly_and_calls_back(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """After min_runs ordinary runs, a run with many more tokens is followed by its lens_anomaly
+    records (tokens and cost), in the sinks and through the callback."""
+    heard: list[llm_ledger.AnomalyRecord] = []
+    monitor.anomalies = AnomalyDetector(QUICK, on_anomaly=heard.append)
+    for _ in range(6):
+        _run(client, monitor, words=5)
+    assert _anomalies(records) == []
+    _run(client, monitor, words=300)
+    spike = records.lenses[-1]
+    found = _anomalies(records)
+    assert [r["event"] for r in records][-3:] == ["lens_summary", "lens_anomaly", "lens_anomaly"]
+    assert {a["anomaly"]["metric"] for a in found} == {"total_tokens", "total_cost_usd"}
+    tokens = next(a for a in found if a["anomaly"]["metric"] == "total_tokens")
+    assert tokens["level"] == "WARNING" and tokens["context"] == spike["context"]
+    assert tokens["anomaly"]["value"] == spike["summary"]["total_tokens"]
+    assert tokens["anomaly"]["median"] == records.lenses[0]["summary"]["total_tokens"]
+    assert tokens["anomaly"]["mad"] == 0 and tokens["anomaly"]["runs"] == 6
+    assert tokens["anomaly"]["model"] == "gpt-4o-mini" and tokens["anomaly"]["k"] == QUICK.k
+    assert tokens["anomaly"]["median"] < tokens["anomaly"]["threshold"] < tokens["anomaly"]["value"]
+    assert heard == found
+
+
+def test_another_model_starts_its_own_baseline(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Runs of the lens on another model are judged against that model's runs only."""
+    monitor.anomalies = AnomalyDetector(QUICK)
+    for _ in range(6):
+        _run(client, monitor, words=5)
+    for _ in range(6):
+        _run(client, monitor, words=300, model="gpt-4o")
+    assert _anomalies(records) == []
+
+
+def test_a_failing_callback_never_reaches_the_application(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """An on_anomaly that raises is reported on llm_ledger.internal; the lens and its calls are unaffected."""
+
+    def broken(record: Any) -> None:
+        raise RuntimeError("pager down")
+
+    monitor.anomalies = AnomalyDetector(QUICK, on_anomaly=broken)
+    for _ in range(5):
+        _run(client, monitor, words=5)
+    _run(client, monitor, words=300)
+    assert "on_anomaly callback" in internal_log.text and "pager down" in internal_log.text
+
+
+def test_the_baseline_survives_a_restart(
+    fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure(anomalies=...) rebuilds the baselines from the log: after a restart the first
+    runaway run is caught, without waiting for min_runs new runs."""
+    llm_ledger.configure(log_dir=tmp_path, anomalies=QUICK, handle_sigterm=False)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = llm_ledger.instrument(raw)
+        for _ in range(6):
+            _run(client, llm_ledger.get_monitor(), words=5)
+        llm_ledger.flush()
+
+        # a new process: a fresh default monitor and settings, the same log
+        from llm_ledger import _config
+
+        monkeypatch.setattr(_config, "_monitor", None)
+        monkeypatch.setattr(_config, "_settings", None)
+        monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "window=10,min_runs=5,metrics=total_tokens")
+        llm_ledger.configure(log_dir=tmp_path, handle_sigterm=False)
+        client = llm_ledger.instrument(raw.copy())
+        with capture() as records:
+            _run(client, llm_ledger.get_monitor(), words=300)
+    [anomaly] = _anomalies(records)
+    assert anomaly["anomaly"]["metric"] == "total_tokens" and anomaly["anomaly"]["runs"] == 6
+    llm_ledger.flush()
+    logged = [
+        orjson.loads(line)["event"] for line in (tmp_path / "llm_calls.jsonl").read_bytes().splitlines()
+    ]
+    assert logged[-2:] == ["lens_summary", "lens_anomaly"]  # the log keeps it too
+
+
+def test_anomalies_are_off_unless_asked_for(fresh_config: None) -> None:
+    """No detector by default; True, an AnomalyConfig or LLM_LEDGER_ANOMALIES=on turns it on."""
+    llm_ledger.configure(log_dir=None)
+    assert llm_ledger.get_monitor().anomalies is None
+    llm_ledger.configure(log_dir=None, anomalies=True)
+    detector = llm_ledger.get_monitor().anomalies
+    assert detector is not None and detector.config == AnomalyConfig()
+    llm_ledger.configure(log_dir=None, anomalies=False)
+    assert llm_ledger.get_monitor().anomalies is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("on", AnomalyConfig()),
+        ("0", None),
+        ("k=4.5, window=30,min_runs=12", AnomalyConfig(k=4.5, window=30, min_runs=12)),
+        (
+            "metrics=total_cost_usd+duration_ms,scale=linear",
+            AnomalyConfig(metrics=("total_cost_usd", "duration_ms"), scale="linear"),
+        ),
+    ],
+)
+def test_the_environment_variable_takes_on_off_or_settings(text: str, expected: AnomalyConfig | None) -> None:
+    """LLM_LEDGER_ANOMALIES reads like the keyword arguments."""
+    assert AnomalyConfig.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 0}, "anomalies: k must be a number of MADs, greater than 0, got 0"),
+        ({"k": -2.0}, "anomalies: k must be a number of MADs, greater than 0, got -2.0"),
+        ({"k": float("nan")}, "anomalies: k must be a number of MADs, greater than 0, got nan"),
+        ({"window": 2}, "anomalies: window must be a whole number of runs, at least 3, got 2"),
+        ({"window": 20.5}, "anomalies: window must be a whole number of runs, at least 3, got 20.5"),
+        ({"min_runs": 200}, "anomalies: min_runs (200) must not exceed window (100)"),
+        (
+            {"metrics": ("tokens",)},
+            "anomalies: unknown metric 'tokens'; choose from total_tokens, total_cost_usd, duration_ms",
+        ),
+        ({"scale": "sqrt"}, "anomalies: scale must be one of log, linear, got 'sqrt'"),
+        ({"min_mad_ratio": -0.1}, "anomalies: min_mad_ratio must be a number from 0 up, got -0.1"),
+    ],
+)
+def test_bad_settings_name_what_is_wrong_and_what_would_do(kwargs: dict[str, Any], message: str) -> None:
+    """Every setting is checked when the config is made, with the value and the valid range."""
+    with pytest.raises(ConfigError) as raised:
+        AnomalyConfig(**kwargs)
+    assert str(raised.value).startswith(message)
+
+
+def test_bad_environment_and_arguments_are_config_errors(
+    fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt setting in LLM_LEDGER_ANOMALIES lists the valid ones; configure() changes nothing."""
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "kk=3")
+    with pytest.raises(
+        ConfigError,
+        match=r"LLM_LEDGER_ANOMALIES='kk=3': expected on, off, or .*settings: window, k, min_runs",
+    ):
+        llm_ledger.configure(log_dir=None)
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "k=lots")
+    with pytest.raises(ConfigError, match="k must be a number, got 'lots'"):
+        llm_ledger.configure(log_dir=None)
+    monkeypatch.delenv("LLM_LEDGER_ANOMALIES")
+    with pytest.raises(ConfigError, match="anomalies must be True, False or an AnomalyConfig, got 'yes'"):
+        llm_ledger.configure(log_dir=None, anomalies="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="on_anomaly must be a callable"):
+        llm_ledger.configure(log_dir=None, anomalies=True, on_anomaly=3)  # type: ignore[arg-type]
+    assert llm_ledger.get_monitor().anomalies is None
+
+
+def test_prometheus_counts_anomalies_by_lens_and_metric(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """The Prometheus sink counts lens_anomaly records: llm_ledger_lens_anomalies_total{lens,metric}."""
+    registry = CollectorRegistry()
+    monitor.add_sink(PrometheusSink(registry))
+    monitor.anomalies = AnomalyDetector(QUICK)
+    for _ in range(5):
+        _run(client, monitor, words=5)
+    _run(client, monitor, words=300)
+    _run(client, monitor, words=400)
+    labels = {"lens": "digest", "metric": "total_tokens"}
+    assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) == 2
+    labels["metric"] = "duration_ms"
+    assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) is None
+
+
+# -- offline: llm-ledger anomalies --------------------------------------------------------------------
+
+
+def _write_log(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("wb") as file:
+        for record in records:
+            file.write(orjson.dumps(record) + b"\n")
+            # calls and other lines in between are skipped
+            file.write(b'{"event":"llm_api_call","context":{}}\nnot json\n')
+
+
+def test_the_command_replays_history_in_time_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Logs given in any order (and split across files) are judged in time order, like live, and
+    the JSON output lists exactly what the detector finds."""
+    h = history(0, 200, factor=3.0)
+    ordered = sorted(h.records, key=lambda r: r["timestamp"])
+    _write_log(tmp_path / "new.jsonl", ordered[200:])
+    _write_log(tmp_path / "old.jsonl", ordered[:200])
+    assert (
+        main(["anomalies", str(tmp_path / "new.jsonl"), str(tmp_path / "old.jsonl"), "--format", "json"]) == 0
+    )
+    listed = json.loads(capsys.readouterr().out)["anomalies"]
+    expected = flagged(h.records, AnomalyConfig())
+    assert {a["context"]["lens_run_id"] for a in listed} == expected and expected
+    assert [a["timestamp"] for a in listed] == sorted(a["timestamp"] for a in listed)
+    assert {a["event"] for a in listed} == {"lens_anomaly"}
+
+
+def test_the_command_prints_a_table_and_takes_the_detector_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table names lens, model, metric, value, baseline, threshold and run; --k changes the verdict."""
+    h = history(1, 150, factor=3.0)
+    _write_log(tmp_path / "llm_calls.jsonl", h.records)
+    assert main(["anomalies", str(tmp_path / "llm_calls.jsonl"), "--metric", "total_tokens"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["time", "lens", "model", "metric", "value", "median", "MAD", "threshold", "lens", "run"]
+    runaway = next(run for run, kind in h.spikes.items() if kind == "runaway")
+    assert runaway in out and "total_tokens" in out and "duration_ms" not in out
+    assert main(["anomalies", str(tmp_path / "llm_calls.jsonl"), "--k", "1000"]) == 0
+    assert capsys.readouterr().out == "no anomalous lens run\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.jsonl"], "no such file"),
+        (["/dev/zero"], "is not a regular file"),
+        (["log.jsonl", "--k", "0"], "k must be a number of MADs, greater than 0"),
+        (["log.jsonl", "--window", "5"], "min_runs (20) must not exceed window (5)"),
+    ],
+)
+def test_the_command_explains_bad_input(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    """A missing log or bad settings exit 2 with one line saying what is wrong."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "log.jsonl").write_text("")
+    assert main(["anomalies", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_rebuild_reads_only_the_end_of_the_log(tmp_path: Path) -> None:
+    """history_bytes bounds what a restart reads: the last runs, whole lines only, never a cut one."""
+    path = tmp_path / "llm_calls.jsonl"
+    lines = [orjson.dumps(r) + b"\n" for r in history(0, 100).records]
+    path.write_bytes(b"".join(lines))
+    last_ten = sum(map(len, lines[-10:]))
+    assert AnomalyDetector(AnomalyConfig(history_bytes=last_ten)).rebuild(path) == 10
+    assert AnomalyDetector(AnomalyConfig(history_bytes=last_ten + 5)).rebuild(path) == 10  # a cut line
+    assert AnomalyDetector(AnomalyConfig()).rebuild(path) == 200
+    assert AnomalyDetector(AnomalyConfig()).rebuild(tmp_path / "none.jsonl") == 0

@@ -1,0 +1,316 @@
+"""Budgets in production: budgets.yaml (or a mapping) checked against each lens run as its calls end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+from llm_ledger import BudgetError, BudgetExceededError, BudgetGuard, ConfigError
+from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests.conftest import FAKE_KEY
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def _budget_records(records: Captured) -> list[dict[str, Any]]:
+    return [r for r in records if r["event"] == "budget_exceeded"]
+
+
+def test_a_run_over_a_limit_emits_one_warning_record_and_calls_back(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, fake_openai: FakeOpenAI
+) -> None:
+    """Warn mode: the call that crosses max_api_calls is followed by one budget_exceeded record (not one
+    per later call), the callback gets it, and every call is still sent."""
+    heard: list[llm_ledger.BudgetRecord] = []
+    monitor.budgets = BudgetGuard({"lenses": {"digest": {"max_api_calls": 2}}}, on_exceeded=heard.append)
+    with monitor.lens("digest", source_id="s-1") as run:
+        for _ in range(4):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert len(fake_openai.requests) == 4
+    events = [r["event"] for r in records]
+    assert events == ["llm_api_call"] * 3 + ["budget_exceeded", "llm_api_call", "lens_summary"]
+    [record] = _budget_records(records)
+    assert record["level"] == "WARNING" and record["logger"] == "llm_monitor"
+    assert record["budget"] == {
+        "limit": "max_api_calls",
+        "max": 2,
+        "actual": 3,
+        "source": "configure(budgets=...)",
+        "mode": "warn",
+    }
+    assert record["context"]["lens_key"] == "digest" and record["context"]["source_id"] == "s-1"
+    assert record["context"]["lens_run_id"] == run.run_id
+    assert heard == [record]
+
+
+def test_each_limit_is_reported_once_with_its_own_record(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Token and cost limits are compared with the run's running totals; cost in USD as written."""
+    monitor.budgets = BudgetGuard({"default": {"max_total_tokens": 1, "max_cost_usd": 1e-9}})
+    with monitor.lens("any_lens"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    budget = {r["budget"]["limit"]: r["budget"] for r in _budget_records(records)}
+    assert set(budget) == {"max_total_tokens", "max_cost_usd"}
+    first_call = records.calls[0]
+    assert budget["max_total_tokens"]["actual"] == first_call["usage"]["total_tokens"]
+    assert budget["max_cost_usd"]["actual"] == pytest.approx(first_call["cost"]["total_cost_usd"])
+    assert budget["max_cost_usd"]["max"] == 1e-9
+
+
+def test_the_warning_reaches_the_llm_monitor_logger(
+    fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A monitor that logs (the default) logs the breach at WARNING on llm_monitor."""
+    monitor = llm_ledger.LLMCallMonitor()
+    monitor.budgets = BudgetGuard({"lenses": {"digest": {"max_api_calls": 0}}})
+    caplog.set_level(logging.INFO, logger="llm_monitor")
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = monitor.instrument(raw)
+        with monitor.lens("digest"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.name == "llm_monitor" and warning.getMessage().startswith('{"timestamp"')
+    assert '"event":"budget_exceeded"' in warning.getMessage()
+
+
+def test_raise_mode_stops_a_runaway_loop_before_its_next_call(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, fake_openai: FakeOpenAI
+) -> None:
+    """Raise mode: the call after the one that crossed the limit raises BudgetExceededError unsent; the
+    run still ends with its summary."""
+    monitor.budgets = BudgetGuard({"lenses": {"agent": {"max_api_calls": 3}}}, mode="raise")
+
+    def runaway() -> None:  # a loop that never ends by itself
+        while True:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    with monitor.lens("agent") as run, pytest.raises(BudgetExceededError) as raised:
+        runaway()
+    assert len(fake_openai.requests) == 4  # the 4th call crossed the limit; the 5th was not sent
+    assert raised.value.record["budget"]["limit"] == "max_api_calls"
+    assert raised.value.record["context"]["lens_run_id"] == run.run_id
+    assert "'agent' is over its budget (max_api_calls 3, reached 4" in str(raised.value)
+    assert "budget_mode='warn'" in str(raised.value)
+    assert run.summary is not None and run.summary["total_api_calls"] == 4
+    assert [r["event"] for r in records][-2:] == ["budget_exceeded", "lens_summary"]
+
+
+def test_raise_mode_never_breaks_a_call_in_flight(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """A stream whose usage crosses the limit is read to its end; only the next call is refused."""
+    monitor.budgets = BudgetGuard({"lenses": {"s": {"max_total_tokens": 1}}}, mode="raise")
+    with monitor.lens("s"):
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, stream=True, extra_headers={"x-fake-chunks": "5"}
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert text  # the whole answer came through
+        with pytest.raises(BudgetExceededError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert len(fake_openai.requests) == 1
+
+
+@pytest.mark.asyncio
+async def test_raise_mode_on_an_async_client(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """The refusal is raised from the awaited call, and tasks of other runs carry on."""
+    monitor.budgets = BudgetGuard({"lenses": {"loop": {"max_api_calls": 1}}}, mode="raise")
+
+    async def runaway() -> None:
+        async with monitor.lens("loop"):
+            while True:
+                await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    async def fine() -> int:
+        async with monitor.lens("loop") as run:
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert run.summary is not None
+        calls: int = run.summary["total_api_calls"]
+        return calls
+
+    outcome = await asyncio.gather(runaway(), fine(), return_exceptions=True)
+    assert isinstance(outcome[0], BudgetExceededError) and outcome[1] == 1
+    assert len(fake_openai.requests) == 3  # the runaway's two, the other run's one
+
+
+def test_a_stopped_run_stops_only_itself(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Calls outside the run, in a later run of the same lens and in other threads' runs go through;
+    a lens nested in the stopped run is stopped with it, and both runs still end with their summary."""
+    monitor.budgets = BudgetGuard({"lenses": {"outer": {"max_api_calls": 0}}}, mode="raise")
+    with monitor.lens("outer"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with monitor.lens("inner"), pytest.raises(BudgetExceededError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+        def elsewhere() -> None:  # a thread starts outside the lens (no propagate)
+            with monitor.lens("elsewhere"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+        other = threading.Thread(target=elsewhere)
+        other.start()
+        other.join()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    with monitor.lens("outer") as again:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert again.summary is not None and again.summary["total_api_calls"] == 1
+    assert [r["context"]["lens_key"] for r in records.lenses] == ["inner", "elsewhere", "outer", "outer"]
+
+
+def test_limits_apply_per_lens_and_ci_sections_are_ignored(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A lens's own entry wins over default; tests and total are for CI only."""
+    monitor.budgets = BudgetGuard(
+        {
+            "lenses": {"roomy": {"max_api_calls": 10}},
+            "default": {"max_api_calls": 1},
+            "tests": {"t::x": {"max_api_calls": 0}},
+            "total": {"max_api_calls": 0},
+        }
+    )
+    with monitor.lens("roomy"):
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    with monitor.lens("other"):
+        for _ in range(2):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert [r["context"]["lens_key"] for r in _budget_records(records)] == ["other"]
+
+
+def test_a_failing_callback_is_reported_and_the_call_is_unaffected(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """The monitor never breaks the call it watches, not even through a user's callback."""
+
+    def broken(record: Any) -> None:
+        raise RuntimeError("pager down")
+
+    monitor.budgets = BudgetGuard({"default": {"max_api_calls": 0}}, on_exceeded=broken)
+    with monitor.lens("x"):
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert answer.choices[0].message.content
+    assert "on_budget_exceeded callback" in internal_log.text and "pager down" in internal_log.text
+
+
+def test_configure_reads_budgets_yaml_and_the_environment(
+    fresh_config: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_openai: FakeOpenAI
+) -> None:
+    """configure(budgets=path, budget_mode=...) and LLM_LEDGER_BUDGETS / LLM_LEDGER_BUDGET_MODE set the
+    default monitor's guard; budgets=None turns it off."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text("lenses:\n  digest: {max_api_calls: 1}\n")
+    heard: list[Any] = []
+    llm_ledger.configure(log_dir=None, budgets=path, budget_mode="raise", on_budget_exceeded=heard.append)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = llm_ledger.instrument(raw)
+
+        def three_calls() -> None:
+            for _ in range(3):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+        with capture() as records, llm_ledger.lens("digest"), pytest.raises(BudgetExceededError):
+            three_calls()
+        assert len(heard) == 1 and heard[0]["budget"]["source"] == str(path)
+        assert _budget_records(records) == heard
+
+        llm_ledger.configure(log_dir=None, budgets=None)
+        with llm_ledger.lens("digest"):
+            three_calls()  # no budgets: no refusal
+
+    monkeypatch.setenv("LLM_LEDGER_BUDGETS", str(path))
+    monkeypatch.setenv("LLM_LEDGER_BUDGET_MODE", "raise")
+    settings = llm_ledger.configure(log_dir=None)
+    guard = llm_ledger.get_monitor().budgets
+    assert settings.budget_mode == "raise" and guard is not None and guard.mode == "raise"
+    assert guard.budgets.for_lens("digest") == llm_ledger.Limits(max_api_calls=1)
+
+
+@pytest.mark.parametrize(
+    ("budgets", "message"),
+    [
+        (
+            {"lenses": {"digest": {"max_calls": 3}}},
+            "configure(budgets=...): lenses.digest.max_calls: unknown key; valid keys: max_api_calls, "
+            "max_completion_tokens, max_cost_usd, max_prompt_tokens, max_total_tokens",
+        ),
+        (
+            {"default": {"max_cost_usd": -0.5}},
+            "configure(budgets=...): default.max_cost_usd: expected a non-negative number of USD, got -0.5",
+        ),
+        (
+            {"lense": {}},
+            "configure(budgets=...): lense: unknown key; valid keys: default, lenses, tests, total",
+        ),
+        (
+            {"lenses": {"digest": {"max_api_calls": 2.5}}},
+            "configure(budgets=...): lenses.digest.max_api_calls: expected a non-negative whole number, "
+            "got 2.5",
+        ),
+    ],
+)
+def test_a_bad_budgets_mapping_names_the_key_and_the_choices(
+    fresh_config: None, budgets: dict[str, Any], message: str
+) -> None:
+    """Bad input in code gets the file's error format, without a line number, and changes nothing."""
+    with pytest.raises(BudgetError) as raised:
+        llm_ledger.configure(log_dir=None, budgets=budgets)
+    assert str(raised.value) == message
+    assert llm_ledger.get_monitor().budgets is None
+
+
+def test_a_bad_budgets_file_names_file_line_and_key(fresh_config: None, tmp_path: Path) -> None:
+    """A budgets file for production fails exactly as it does in CI: file, line, key path, valid keys."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text(
+        textwrap.dedent("""\
+        lenses:
+          digest:
+            max_api_calls: -1
+        """)
+    )
+    with pytest.raises(BudgetError, match=r"budgets.yaml:3: lenses.digest.max_api_calls: expected a "
+                       r"non-negative whole number, got -1"):  # fmt: skip
+        llm_ledger.configure(log_dir=None, budgets=path)
+    with pytest.raises(BudgetError, match=r"budgets file not found; create it .*or pass configure"):
+        llm_ledger.configure(log_dir=None, budgets=tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "message"),
+    [
+        ({"budget_mode": "hard"}, {}, "budget_mode must be one of 'warn', 'raise', got 'hard'"),
+        ({}, {"LLM_LEDGER_BUDGET_MODE": "strict"}, "LLM_LEDGER_BUDGET_MODE must be one of 'warn', 'raise'"),
+        ({"budgets": {}, "on_budget_exceeded": "page-me"}, {}, "on_budget_exceeded must be a callable"),
+        (
+            {"budgets": 42},
+            {},
+            "budgets must be the path of a budgets file, a mapping of its shape or a Budgets, got 42",
+        ),
+    ],
+)
+def test_bad_budget_options_name_the_valid_choices(
+    fresh_config: None,
+    monkeypatch: pytest.MonkeyPatch,
+    kwargs: dict[str, Any],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    """A mode, callback or budgets argument that cannot be used is a ConfigError saying what would do."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        llm_ledger.configure(log_dir=None, **kwargs)
