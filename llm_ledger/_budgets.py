@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import yaml
 
 from ._errors import BudgetError, BudgetExceededError, ConfigError
-from ._loading import Document, join, read_file
 from ._records import USD_UNITS, BudgetRecord, LensTotals, budget_record
+from .loading import Document, join, read_file
 
 if TYPE_CHECKING:
     from ._context import LensRun

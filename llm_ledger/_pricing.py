@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from llm_ledger._errors import ConfigError, PriceFileError
 from llm_ledger._extract import JsonView
-from llm_ledger._loading import Document, join, read_file, shown
 from llm_ledger._records import USD_UNIT_DIGITS
+from llm_ledger.loading import Document, join, read_file, shown
 
 if TYPE_CHECKING:
     import yaml

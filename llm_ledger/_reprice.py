@@ -24,10 +24,10 @@ from typing import Any, Final, TextIO
 import orjson
 
 from ._errors import ConfigError
-from ._loading import printable, shown
 from ._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
 from ._records import CALL_EVENT, USD_UNIT_DIGITS
 from ._table import markdown_table, text_table
+from .loading import printable, shown
 
 __all__ = ["FORMATS", "Reprice", "Usage", "read_usage", "register", "render", "reprice"]
 

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from llm_ledger import CassetteError
-from llm_ledger._loading import JsonLoader, read_file
+from llm_ledger.loading import JsonLoader, read_file
 
 __all__ = [
     "FORMAT_VERSION",

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from llm_ledger import CassetteError
-from llm_ledger._loading import read_file
+from llm_ledger.loading import read_file
 
 from ._format import MAX_CASSETTE_BYTES, REQUEST_HEADERS, RESPONSE_HEADERS, decompress
 from ._secrets import CredentialRedactor, known_secrets

@@ -21,7 +21,7 @@ from llm_ledger import (
     load_budgets,
 )
 from llm_ledger._cli import main
-from llm_ledger._loading import MAX_BYTES
+from llm_ledger.loading import MAX_BYTES
 from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, body_bytes, load_cassette
 
 SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 3

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .._loading import join, printable, read_file, shown
 from .._table import markdown_table, text_table
+from ..loading import join, printable, read_file, shown
 from ._render import usd as _usd
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]

@@ -13,8 +13,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .._loading import printable
 from .._table import markdown_table, text_table
+from ..loading import printable
 from ._aggregate import CostReport, CostRow, as_text
 
 __all__ = ["FORMATS", "render", "strict_json", "usd"]

@@ -1,4 +1,6 @@
-"""The one loader for the YAML files a user writes (price files, budgets.yaml).
+"""The one loader for the YAML and JSON files llm-ledger reads (price files, budgets.yaml, cassettes,
+reports), public so that the pytest plugin and your own tools read files with the same limits and
+errors.
 
 Every such file is read the same way and fails the same way:
 
