@@ -425,6 +425,7 @@ def test_public_api_is_complete_and_sorted() -> None:
         "testing",
         "report",  # public submodules, set on the package once imported (llm_ledger.report)
         "analysis",
+        "loading",
     }
     assert set(llm_ledger.__all__) == public
     assert list(llm_ledger.__all__) == sorted(llm_ledger.__all__)
