@@ -18,7 +18,7 @@ from ._errors import LedgerError
 # subcommand -> (module defining register(), its line in `llm-ledger --help`)
 _COMMANDS = {
     "anomalies": (
-        "llm_ledger._anomalies",
+        "llm_ledger.analysis._anomalies_cli",
         "list lens runs whose tokens, cost or duration went far above their lens's recent runs",
     ),
     "cassettes": ("pytest_llm_ledger._cassettes_cli", "list (and --prune) cassettes no collected test owns"),

@@ -1,0 +1,103 @@
+"""``llm-ledger anomalies``: the lens runs of logs replayed in time order through the anomaly detector."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
+from .._records import LENS_EVENT, AnomalyRecord
+from .._table import text_table
+from ._read import iter_records
+
+__all__ = ["read_lens_records", "register", "render", "replay", "run"]
+
+
+def read_lens_records(paths: Iterable[str]) -> list[dict[str, Any]]:
+    """The lens summary records of the logs at ``paths`` (files, globs, directories, ``.gz``, ``-``)."""
+    return list(iter_records(paths, events=(LENS_EVENT,)))
+
+
+def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig) -> list[AnomalyRecord]:
+    """Every anomaly in ``records`` (lens summaries), judged in time order as they would have been live."""
+    detector = AnomalyDetector(config)
+    ordered = sorted(records, key=lambda r: str(r.get("timestamp", "")))  # stable: file order within a ms
+    return [anomaly for record in ordered for anomaly in detector.observe(record)]
+
+
+# -- llm-ledger anomalies -------------------------------------------------------------------------
+
+
+def _figure(metric: str, value: float) -> str:
+    if metric == "total_cost_usd":
+        return f"${value:,.6f}"
+    if metric == "duration_ms":
+        return f"{value:,.0f} ms"
+    return f"{value:,.0f}"
+
+
+def render(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
+    if fmt == "json":
+        return json.dumps({"anomalies": anomalies}, indent=2, allow_nan=False) + "\n"
+    if not anomalies:
+        return "no anomalous lens run\n"
+    headers = ("time", "lens", "model", "metric", "value", "median", "MAD", "threshold", "lens run")
+    rows = []
+    for record in anomalies:
+        a = record["anomaly"]
+        m = a["metric"]
+        rows.append([
+            record["timestamp"], str(record["context"].get("lens_key")), a["model"] or "(none)", m,
+            _figure(m, a["value"]), _figure(m, a["median"]),
+            f"x{math.exp(a['mad']):.2f}" if a["scale"] == "log" else _figure(m, a["mad"]),
+            _figure(m, a["threshold"]),
+            str(record["context"].get("lens_run_id") or ""),
+        ])  # fmt: skip
+    # on the log scale the MAD is a ratio: x1.10 means runs usually within 10% of the median
+    return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{len(anomalies)} anomaly(ies)\n"
+
+
+def register(subparsers: Any, summary: str) -> None:
+    """Add the ``anomalies`` subcommand to the ``llm-ledger`` parser."""
+    defaults = AnomalyConfig()
+    parser = subparsers.add_parser(
+        "anomalies",
+        help=summary,
+        description=(
+            "Replay the lens runs of llm-ledger logs in time order through the anomaly detector and list "
+            "the runs whose tokens, cost or duration went above median + k * MAD of their lens's "
+            "(and models') previous runs."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="LOG", help="llm_calls.jsonl files")
+    parser.add_argument(
+        "--window", type=int, default=defaults.window, help="runs in a baseline (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--k", type=float, default=defaults.k, help="MADs above the median (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--min-runs", type=int, default=defaults.min_runs, help="runs before judging (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        choices=METRICS,
+        dest="metrics",
+        help="judge only this metric (repeatable)",
+    )
+    parser.add_argument("--format", choices=("text", "json"), default="text", dest="fmt")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run ``llm-ledger anomalies``; returns the exit status (0, anomalies or not)."""
+    config = AnomalyConfig(
+        window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
+    )
+    (out or sys.stdout).write(render(replay(read_lens_records(args.paths), config), args.fmt))
+    return 0
