@@ -32,7 +32,7 @@ _COMMANDS = {
         "summarise llm-ledger logs: calls, errors, tokens, cost, latency by user, source, lens, model...",
     ),
     "reprice": (
-        "llm_ledger._reprice",
+        "llm_ledger.analysis._reprice",
         "what recorded usage (a log or a pytest report) costs with another model, provider or price file",
     ),
     "scrub": (

@@ -5,7 +5,9 @@
 * :mod:`._aggregate`: the query (``by``, ``where``, ``since``, ``until``) and the grouped sums;
 * :mod:`._render`: text and Markdown tables, strict JSON;
 * :mod:`._http`: the read-only cost API, one request handler for ``llm-ledger serve`` and ASGI;
-* ``_report_cli`` and ``_serve_cli``: the ``llm-ledger report`` and ``serve`` subcommands.
+* :mod:`._diff`: two pytest ``--llm-report`` files compared lens by lens;
+* the subcommands ``llm-ledger report``, ``serve``, ``diff``, ``reprice`` and ``anomalies``
+  (``_report_cli``, ``_serve_cli``, ``_diff``, ``_reprice``, ``_anomalies_cli``).
 
 The public face is :mod:`llm_ledger.report`.
 """

@@ -23,11 +23,11 @@ from typing import Any, Final, TextIO
 
 import orjson
 
-from ._errors import ConfigError
-from ._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
-from ._records import CALL_EVENT, USD_UNIT_DIGITS
-from ._table import markdown_table, text_table
-from .loading import printable, shown
+from .._errors import ConfigError
+from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
+from .._records import CALL_EVENT, USD_UNIT_DIGITS
+from .._table import markdown_table, text_table
+from ..loading import printable, shown
 
 __all__ = ["FORMATS", "Reprice", "Usage", "read_usage", "register", "render", "reprice"]
 
@@ -134,7 +134,7 @@ def read_usage(path: str) -> tuple[str, list[Usage]]:
 
 
 def _log_usage(path: str) -> Iterator[Usage]:
-    from .analysis import iter_records
+    from ._read import iter_records
 
     for record in iter_records([path], events=(CALL_EVENT,)):
         usage = _dict(record.get("usage"))
@@ -163,7 +163,7 @@ def _log_usage(path: str) -> Iterator[Usage]:
 
 
 def _report_usage(path: str) -> Iterator[Usage]:
-    from .analysis._diff import load_report
+    from ._diff import load_report
 
     data = load_report(path)
     rows = data.get("usage")
