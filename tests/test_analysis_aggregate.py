@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from llm_ledger import ConfigError
 from llm_ledger._cli import main
-from llm_ledger.report import CostReport, CostRow, render, summarise, summarise_records
+from llm_ledger.report import CostReport, CostRow, QueryError, render, summarise, summarise_records
 from tests.report_helpers import EPOCH, call, lens_run, write
 
 HOUR = 3600.0
@@ -49,10 +49,25 @@ def test_any_context_key_is_a_dimension_and_records_without_it_group_under_none(
     assert rows[None].calls == 1 and rows[None].lens_runs == 0
 
 
-def test_a_dimension_no_record_has_is_not_an_error(log: Path) -> None:
-    """An unknown dimension (a typo, or a key not logged yet) puts every record under None."""
-    report = summarise(log, by="tenant")
-    assert [(row.key, row.calls) for row in report.rows] == [({"tenant": None}, 4)]
+def test_a_dimension_no_record_has_is_an_error_naming_those_they_have(log: Path) -> None:
+    """A typo (``usr_id``) in by or where is refused with the closest dimension and every one the
+    records have, instead of one null row or an empty report; an empty log judges nothing."""
+    with pytest.raises(
+        QueryError, match=r"by: no record has a dimension 'usr_id' \(did you mean 'user_id'\?\)"
+    ) as by:
+        summarise(log, by="usr_id")
+    assert by.value.parameter == "by" and "lens, lens_key" in str(by.value)
+    with pytest.raises(QueryError, match=r"where: no record has a dimension 'tenant'"):
+        summarise(log, where={"tenant": "acme"})
+    empty = log.parent / "empty.jsonl"
+    empty.write_text("")
+    assert summarise(empty, by="tenant").rows == ()
+
+
+def test_a_dimension_some_records_lack_groups_them_under_none(log: Path) -> None:
+    """A key only some records carry is a dimension: the others group under None."""
+    report = summarise(log, by="user_id")
+    assert None in {row.key["user_id"] for row in report.rows}
 
 
 def test_several_dimensions_make_one_row_per_combination(log: Path) -> None:

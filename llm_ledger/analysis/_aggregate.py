@@ -24,6 +24,7 @@ application's own log of lens runs) and call records are ignored.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import math
@@ -46,6 +47,31 @@ _WHERE_EXAMPLE: Final = "e.g. user_id=alice or model=gpt-4o-mini"
 _BY_EXAMPLE: Final = "e.g. user_id, or lens,model for several"
 _LEDGER_STAMP: Final = len("2025-11-24T16:00:00.000Z")
 _ZERO: Final = Decimal(0)
+_BUILT_IN: Final = frozenset({"lens", "model", *TIME_DIMENSIONS})
+
+
+def _check_known(query: Query, present: set[str], groups: Iterable[dict[str, Any]], seen: bool) -> None:
+    """Refuse a dimension no record has (a typo such as ``usr_id``), naming those the records have.
+
+    A dimension some records lack is fine (they group under None); one that no record has at all
+    would put every record in one null group, or filter every record out, without saying why.
+    """
+    if not seen:
+        return
+    keys = list(groups)
+    for parameter, names in (("by", query.by), ("where", tuple(query.where))):
+        for name in names:
+            if name in _BUILT_IN or name.partition(".")[0] in present:
+                continue
+            if parameter == "by" and any(key.get(name) is not None for key in keys):
+                continue
+            choices = sorted(_BUILT_IN | present)
+            close = difflib.get_close_matches(name, choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise QueryError(
+                parameter,
+                f"no record has a dimension {name!r}{hint}; the records have: {', '.join(choices)}",
+            )
 
 
 class QueryError(ConfigError):
@@ -468,11 +494,18 @@ def aggregate(
     # a call counts in one group; a lens run may count under several models: the total counts it once
     runs = _Sums({})
     filtered = rejected = 0
+    # the context keys and fields seen, to name the valid choices for a dimension no record has
+    present: set[str] | None = set() if any(n not in _BUILT_IN for n in (*by, *where)) else None
+    seen = False
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
         if not lens_run and event != CALL_EVENT:
             continue
+        seen = True
+        if present is not None:
+            present.update(record)
+            present.update(_dict(record.get("context")))
         if dated and not _in_range(record.get("timestamp"), since, until):
             filtered += 1
             continue
@@ -498,6 +531,8 @@ def aggregate(
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
+    if present is not None:
+        _check_known(query, present, (sums.key for sums in groups.values()), seen)
     total = runs
     if not from_summaries:
         total = _Sums({})

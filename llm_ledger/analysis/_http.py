@@ -93,6 +93,8 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         for stats in report["inputs"]:
             stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
         return _json(200, report)
+    except QueryError as exc:  # a dimension no record has: the message names those they have
+        return _error(400, str(exc), exc.parameter, PARAMETERS[exc.parameter])
     except ConfigError as exc:
         return _error(500, f"cannot read the logs: {exc}")
 
