@@ -3,9 +3,9 @@
 Sections: ``calls`` (non-streamed, in-process and loopback), ``instructions`` (the same call, and a
 stream chunk, counted under callgrind: repeatable on a busy machine), ``streams`` (per chunk), ``peers``
 (each in its own subprocess), ``replay`` (cassettes of several sizes, plain vcrpy beside),
-``report`` (``llm-ledger report`` over a generated JSONL file), ``exporters`` (the Prometheus and OTel sinks
-beside the OTel openai-v2 instrumentation, each worker in its own subprocess). ``--quick`` shrinks every size so
-the whole run takes seconds (what ``tests/test_bench_smoke.py`` runs).
+``report`` (``llm-ledger report`` over a generated JSONL file), ``exporters`` (the Prometheus and
+OTel sinks beside the OTel openai-v2 instrumentation, each worker in its own subprocess). ``--quick``
+shrinks every size so the whole run takes seconds (what ``tests/test_bench_smoke.py`` runs).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-peers", action="store_true", help="skip the peers section")
     parser.add_argument(
-        "--exporter-calls", type=int, default=None, help="calls per variant in one exporters worker run (3000)"
+        "--exporter-calls", type=int, default=None, help="calls per variant in an exporters worker (3000)"
     )
     parser.add_argument(
         "--exporter-runs", type=int, default=None, help="runs of each exporters worker, alternately (3)"

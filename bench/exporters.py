@@ -140,7 +140,9 @@ def worker(name: str, calls: int) -> dict[str, Any]:
 def _run_worker(name: str, calls: int) -> dict[str, Any] | str:
     command = [sys.executable, "-m", "bench.exporters", name, "--calls", str(calls)]
     try:
-        proc = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(
+            command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=3600
+        )
     except subprocess.TimeoutExpired:
         return "timed out"
     result = next((line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
@@ -176,7 +178,9 @@ def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
         for variant in results[0]:
             if variant in ("calls", "background_us"):
                 continue
-            figure = {k: statistics.median(r[variant][k] for r in results) for k in ("median_us", "q1_us", "q3_us")}
+            figure = {
+                k: statistics.median(r[variant][k] for r in results) for k in ("median_us", "q1_us", "q3_us")
+            }
             base = bases.get(variant)
             added = [r[variant]["median_us"] - r[base]["median_us"] for r in results] if base else []
             label = f"{variant} (bare, {name} worker)" if variant == "bare" else variant
@@ -184,9 +188,8 @@ def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
                       figure["q3_us"], statistics.median(added) if added else "", base or "",
                       ", ".join(f"{a:.1f}" for a in added))  # fmt: skip
             if added:
-                headline[f"exporter_added_us_{variant.strip('+ ').lower().replace(' ', '_')}"] = statistics.median(
-                    added
-                )
+                key = variant.strip("+ ").lower().replace(" ", "_")
+                headline[f"exporter_added_us_{key}"] = statistics.median(added)
     prometheus = headline.get("exporter_added_us_prometheussink")
     otel = headline.get("exporter_added_us_otelsink")
     v2 = headline.get("exporter_added_us_openai-v2")
@@ -201,9 +204,9 @@ def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
             f"{verdict(otel <= v2)}"
         )
     table.notes += [
-        "median µs: CPU time of the calling thread per call (time.thread_time_ns), variants interleaved call "
-        "by call (A B C D, then D C B A); the span processor's thread's CPU time over the run is added to the "
-        "OTel variant of its worker (the ledger worker's OTelSink, the openai-v2 worker's openai-v2)",
+        "median µs: CPU time of the calling thread per call (time.thread_time_ns), variants interleaved "
+        "call by call (A B C D, then D C B A); the span processor thread's CPU time over the run is added "
+        "to the OTel variant of its worker (the ledger worker's OTelSink, the openai-v2 worker's openai-v2)",
         "each worker runs in its own process, alternately; figures are medians over the runs, and the last "
         "column gives every run's added µs (how much they move on this host)",
         "OTel providers: SDK TracerProvider with a BatchSpanProcessor into an exporter that drops the spans, "

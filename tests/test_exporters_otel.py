@@ -304,9 +304,10 @@ def test_latest_experimental_names_on_opt_in(
                 modality = "unknown" if call is image_call and side == "input" else "text"
                 want[modality] = want.get(modality, 0) + n
         assert by_modality(f"gen_ai.client.inference.usage.{metric}") == want, metric
-    assert by_modality("gen_ai.client.inference.usage.input_tokens")["unknown"] == image_call["usage"][
-        "prompt_tokens"
-    ]
+    assert (
+        by_modality("gen_ai.client.inference.usage.input_tokens")["unknown"]
+        == image_call["usage"]["prompt_tokens"]
+    )
     # the failed call: 0 tokens of unknown modality, on both counters
     zero = [p for p in found["gen_ai.client.inference.usage.output_tokens"]
             if p.attributes["gen_ai.token.modality"] == "unknown"]  # fmt: skip
@@ -324,7 +325,8 @@ def test_latest_experimental_names_on_opt_in(
     assert text_call["gen_ai.usage.text.input_tokens"] == inference[0]["usage"]["prompt_tokens"]
     assert text_call["gen_ai.usage.text.output_tokens"] == inference[0]["usage"]["completion_tokens"]
     assert "gen_ai.usage.text.input_tokens" not in spans[image_call["call_id"]]
-    assert spans[image_call["call_id"]]["gen_ai.usage.text.output_tokens"] == image_call["usage"]["completion_tokens"]
+    image_span = spans[image_call["call_id"]]
+    assert image_span["gen_ai.usage.text.output_tokens"] == image_call["usage"]["completion_tokens"]
 
 
 def test_content_only_with_capture_on(fake_openai: FakeOpenAI) -> None:

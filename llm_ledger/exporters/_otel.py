@@ -225,7 +225,7 @@ class OTelSink:
         event = record["event"]
         if event == CALL_EVENT:
             theirs, their_span = self._openai_v2(record)
-            self._metrics(record, theirs)
+            self._metrics(record, theirs, their_span is not None)
             if theirs and their_span is None:
                 return  # openai-v2 makes the span; nothing to link it by
             run_id = record["context"].get("lens_run_id")
@@ -288,7 +288,9 @@ class OTelSink:
             self._attribute_sets[key] = found
         return found
 
-    def _metrics(self, record: Mapping[str, Any], theirs: bool) -> None:
+    def _metrics(self, record: Mapping[str, Any], theirs: bool, their_usage: bool) -> None:
+        """``theirs``: openai-v2 records the call's duration; ``their_usage``: and its token usage
+        (not for a stream, whose usage arrives after openai-v2 has recorded its metrics)."""
         operation = _OPERATIONS.get(record["operation"], record["operation"])
         server = record.get("server") or {}
         base = (
@@ -308,16 +310,17 @@ class OTelSink:
         first = timing["time_to_first_token_ms"]
         if first is not None:
             self._first_chunk.record(first / 1000, attributes)
+        if not their_usage:
+            usage = record["usage"]
+            if self.latest:
+                self._latest_usage(record, operation, base, attributes)
+            else:
+                for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+                    n = usage[field]
+                    if n is not None:
+                        self._token_usage.record(n, self._attributes(base, ("gen_ai.token.type", kind)))
         if theirs:
-            return  # openai-v2 records this call's token usage and duration
-        usage = record["usage"]
-        if self.latest:
-            self._latest_usage(record, operation, base, attributes)
-        else:
-            for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-                n = usage[field]
-                if n is not None:
-                    self._token_usage.record(n, self._attributes(base, ("gen_ai.token.type", kind)))
+            return
         error = record["error"]
         timed = self._attributes(base, ("error.type", error["type"])) if error else attributes
         histogram = self._embeddings_duration if self.latest and operation == "embeddings" else self._duration
