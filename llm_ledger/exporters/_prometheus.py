@@ -13,7 +13,8 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
@@ -85,6 +86,33 @@ def _buckets(buckets: Sequence[float] | None) -> tuple[float, ...]:
     ):
         raise ConfigError(f"buckets must be positive, finite and increasing (seconds), got {buckets!r}")
     return values
+
+
+def _adder(child: Any) -> Callable[[float], None]:
+    """A counter child's ``inc`` without its checks (the amounts here are never negative): the inc of
+    the value it keeps (a float under a lock, or a multiprocess file entry), else ``child.inc``."""
+    inc = getattr(getattr(child, "_value", None), "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+def _observer(child: Any) -> Callable[[float], None]:
+    """A histogram child's ``observe`` as two increments: its sum, and the one bucket that holds the
+    amount, found by bisection instead of ``observe``'s scan; ``child.observe`` itself should
+    prometheus-client keep its buckets otherwise."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    add = getattr(getattr(child, "_sum", None), "inc", None)
+    if not (isinstance(bounds, Sequence) and isinstance(buckets, list) and callable(add)) or len(
+        bounds
+    ) != len(buckets):
+        return child.observe  # type: ignore[no-any-return]
+    incs = [bucket.inc for bucket in buckets]
+
+    def observe(amount: float) -> None:
+        add(amount)
+        incs[bisect_left(bounds, amount)](1)  # the last bound is +Inf
+
+    return observe
 
 
 def _cap(name: str, value: Any) -> int:
@@ -212,15 +240,15 @@ class PrometheusSink:
         model = self._model_label(raw_model)
         tokens = self.tokens
         children = (
-            self.calls.labels(lens, model, provider, operation, status),
-            tokens.labels(lens, model, provider, operation, "input"),
-            tokens.labels(lens, model, provider, operation, "output"),
-            tokens.labels(lens, model, provider, operation, "cached"),
-            tokens.labels(lens, model, provider, operation, "reasoning"),
-            self.cost.labels(lens, model, provider),
-            self.duration.labels(lens, model, operation),
-            self.ttft.labels(lens, model, operation),
-            self.unpriced.labels(model),
+            _adder(self.calls.labels(lens, model, provider, operation, status)),
+            _adder(tokens.labels(lens, model, provider, operation, "input")),
+            _adder(tokens.labels(lens, model, provider, operation, "output")),
+            _adder(tokens.labels(lens, model, provider, operation, "cached")),
+            _adder(tokens.labels(lens, model, provider, operation, "reasoning")),
+            _adder(self.cost.labels(lens, model, provider)),
+            _observer(self.duration.labels(lens, model, operation)),
+            _observer(self.ttft.labels(lens, model, operation)),
+            _adder(self.unpriced.labels(model)),
         )
         if len(self._children) >= _CACHE_LIMIT:
             self._children.clear()  # only a cache: the metrics keep every series
@@ -242,32 +270,32 @@ class PrometheusSink:
         )
         children = self._children.get(key) or self._new_children(key)
         calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
-        calls.inc()
+        calls(1)
         usage = record["usage"]
         n = usage["prompt_tokens"]
         if n:
-            t_in.inc(n)
+            t_in(n)
         n = usage["completion_tokens"]
         if n:
-            t_out.inc(n)
+            t_out(n)
         n = usage["cached_tokens"]
         if n:
-            t_cached.inc(n)
+            t_cached(n)
         n = usage["reasoning_tokens"]
         if n:
-            t_reasoning.inc(n)
+            t_reasoning(n)
         usd = record["cost"]["total_cost_usd"]
         if usd is not None:
             if usd:
-                cost.inc(usd)
+                cost(usd)
         elif status != "error" or usage["total_tokens"]:
             # the lens's cost_complete rule: an ok call without a cost, or a failed call that was billed
-            unpriced.inc()
+            unpriced(1)
         timing = record["timing"]
-        duration.observe(timing["duration_ms"] / 1000)
+        duration(timing["duration_ms"] / 1000)
         first = timing["time_to_first_token_ms"]
         if first is not None:
-            ttft.observe(first / 1000)
+            ttft(first / 1000)
 
     def _lens(self, record: Mapping[str, Any]) -> None:
         summary = record["summary"]
@@ -276,16 +304,16 @@ class PrometheusSink:
         if children is None:
             lens = self._lens_label(raw)
             children = (
-                self.lens_runs.labels(lens, "ok"),
-                self.lens_runs.labels(lens, "error"),
-                self.lens_cost.labels(lens),
+                _adder(self.lens_runs.labels(lens, "ok")),
+                _adder(self.lens_runs.labels(lens, "error")),
+                _observer(self.lens_cost.labels(lens)),
             )
             if len(self._lens_children) >= _CACHE_LIMIT:
                 self._lens_children.clear()
             self._lens_children[raw] = children
         ok, failed, cost = children
-        (failed if summary["errors"] else ok).inc()
-        cost.observe(summary["total_cost_usd"])
+        (failed if summary["errors"] else ok)(1)
+        cost(summary["total_cost_usd"])
 
 
 def _multiprocess_dir() -> str | None:
