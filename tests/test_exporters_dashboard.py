@@ -251,3 +251,68 @@ def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
     for lens in LENSES:
         assert total(found, "llm_ledger_lens_runs_total", lens=lens, status="ok") >= 1, lens
     assert total(found, "llm_ledger_cost_usd_total") > 0
+
+
+def _compose_service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    service: dict[str, Any] = compose["services"][name]
+    return service
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path (relative to dashboards/) of a service's volumes."""
+    found = {}
+    for volume in service.get("volumes", ()):
+        host, container = volume.split(":")[:2]
+        found[container] = (REPO / "dashboards" / host).resolve()
+    return found
+
+
+def test_docker_compose_files_agree_with_each_other_and_the_demo() -> None:
+    """docker compose cannot run here: its files are checked instead. Every mounted file exists; Grafana
+    loads the dashboard from where provisioning looks and reaches Prometheus by service name and port;
+    Prometheus scrapes the demo where the demo serves; the demo's command line is one its parser takes."""
+    import shlex
+
+    import yaml
+
+    from examples.lens_app.cli import build_parser
+
+    compose = yaml.safe_load((REPO / "dashboards" / "docker-compose.yml").read_text())
+    demo = _compose_service(compose, "demo")
+    prometheus = _compose_service(compose, "prometheus")
+    grafana = _compose_service(compose, "grafana")
+    for service in (demo, prometheus, grafana):
+        assert all(host.exists() for host in _mounts(service).values()), service
+    # Grafana: provisioning folder, dashboard file, data source
+    grafana_mounts = _mounts(grafana)
+    provisioning = grafana_mounts["/etc/grafana/provisioning"]
+    assert provisioning == REPO / "dashboards" / "provisioning"
+    dashboard_path = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert grafana_mounts[dashboard_path] == DASHBOARD
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "llm-ledger.yml").read_text())["providers"]
+    assert provider["options"]["path"] == str(Path(dashboard_path).parent)
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == "http://prometheus:9090" and "9090:9090" in prometheus["ports"]
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == source["type"]  # the default Prometheus data source is picked
+    for panel in panels(dashboard):
+        if panel.get("targets"):
+            assert panel["datasource"] == {"type": "prometheus", "uid": f"${{{variable['name']}}}"}, panel
+    # Prometheus scrapes the demo service on the port the demo serves and publishes
+    prometheus_config = _mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    assert prometheus_config == REPO / "dashboards" / "prometheus.yml"
+    (job,) = yaml.safe_load(prometheus_config.read_text())["scrape_configs"]
+    (target,) = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host == "demo" and host in compose["services"]
+    # the demo: the repository mounted where it runs, a command line the demo's own parser accepts
+    assert _mounts(demo)[demo["working_dir"]] == REPO
+    command = shlex.split(demo["command"])
+    assert command[:2] == ["sh", "-c"]
+    demo_argv = shlex.split(command[2].split("&&")[1])
+    assert demo_argv[:3] == ["python", "-m", "examples.lens_app"]
+    args = build_parser().parse_args(demo_argv[3:])
+    assert args.metrics and args.metrics_addr == "0.0.0.0" and args.repeat
+    assert args.metrics_port == int(port) and f"{port}:{port}" in demo["ports"]
