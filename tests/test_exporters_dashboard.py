@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +22,7 @@ import openai
 import pytest
 
 import llm_ledger
+from dashboards.local_prometheus import LocalPrometheus, free_port, wait
 from examples.lens_app.app import run_lenses
 from examples.lens_app.lenses import LENSES
 from examples.lens_app.services import RunnerService
@@ -85,30 +81,6 @@ def test_dashboard_covers_what_the_issue_asks_and_uses_its_datasource_variable()
     assert all("telemetry_sdk" not in expr for _, expr in expressions())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture
 def prometheus_binary() -> str:
     path = shutil.which("prometheus")
@@ -126,7 +98,7 @@ def prometheus_binary() -> str:
 @pytest.fixture
 def default_monitor_exports(fresh_config: None) -> Iterator[int]:
     """configure(exporters=["prometheus:127.0.0.1:PORT"]) as the demo's --metrics does; the port."""
-    port = _free_port()
+    port = free_port()
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
     yield port
     _setup.prepare(()).commit(llm_ledger.get_monitor())
@@ -161,69 +133,30 @@ def test_every_panel_returns_data_from_a_real_prometheus(
     first = total(scrape(metrics_url), "llm_ledger_calls_total")
     assert first > 0
 
-    web = _free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: lens_app\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{default_monitor_exports}']}}]\n"
-    )
-    log = (tmp_path / "prometheus.log").open("w")
-    server = subprocess.Popen(
-        [
-            prometheus_binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{web}/api/v1/query?query="
+    with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{default_monitor_exports}"], tmp_path) as server:
 
-    def query(expr: str) -> list[dict[str, Any]]:
-        answer = _get(api + urllib.parse.quote(expr))
-        assert answer["status"] == "success", answer
-        result: list[dict[str, Any]] = answer["data"]["result"]
-        return result
+        def scraped(at_least: float) -> bool:
+            result = server.query("sum(llm_ledger_calls_total)")
+            return bool(result) and float(result[0]["value"][1]) >= at_least
 
-    def scraped(at_least: float) -> bool:
-        result = query("sum(llm_ledger_calls_total)")
-        return bool(result) and float(result[0]["value"][1]) >= at_least
-
-    try:
-        _wait(
-            "Prometheus to start",
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{web}/-/ready").status == 200,
-        )
-        _wait("the first scrape", lambda: scraped(first))
+        wait("the first scrape", lambda: scraped(first))
         _traffic(fake_openai, tmp_path / "app.sqlite3")  # so that rates and quantiles have something to show
         second = total(scrape(metrics_url), "llm_ledger_calls_total")
-        _wait("the scrape after the second round", lambda: scraped(second))
+        wait("the scrape after the second round", lambda: scraped(second))
         empty = []
         for title, expr in expressions():
-            values = [float(series["value"][1]) for series in query(expr)]
+            values = [float(series["value"][1]) for series in server.query(expr)]
             if not any(v == v and v not in (float("inf"), float("-inf")) for v in values):
                 empty.append(f"{title}: {expr} -> {values}")
         assert not empty, "panels without data:\n" + "\n".join(empty)
-        up = query('up{job="lens_app"}')
+        up = server.query('up{job="lens_app"}')
         assert [float(s["value"][1]) for s in up] == [1.0]
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-    assert re.search(r"level=(error|fatal)", (tmp_path / "prometheus.log").read_text()) is None
+    assert server.errors() == []
 
 
 def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
     """`make demo DEMO_ARGS=--metrics`: the replayed lenses' metrics on /metrics, and the URL printed."""
-    port = _free_port()
+    port = free_port()
     demo = subprocess.Popen(
         [
             *(sys.executable, "-m", "examples.lens_app", "--metrics", "--metrics-port", str(port)),
