@@ -249,3 +249,30 @@ def test_docker_compose_files_agree_with_each_other_and_the_demo() -> None:
     args = build_parser().parse_args(demo_argv[3:])
     assert args.metrics and args.metrics_addr == "0.0.0.0" and args.repeat
     assert args.metrics_port == int(port) and f"{port}:{port}" in demo["ports"]
+
+
+@pytest.mark.prometheus
+def test_render_draws_the_panels_from_a_real_prometheus(
+    prometheus_binary: str, fresh_config: None, tmp_path: Path
+) -> None:
+    """``python -m dashboards.render`` (the README's image): a short run draws every chosen panel, each
+    with data: the stats' values, a line per series of the time series panels, a bar per lens."""
+    import xml.etree.ElementTree as ET
+
+    from dashboards import render
+
+    (tmp_path / "work").mkdir()
+    image = render.render(prometheus_binary, seconds=6, step=1, workdir=tmp_path / "work")
+    root = ET.fromstring(image)
+    texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    for title in render.STATS + render.CHARTS:
+        assert title in texts, title
+    assert "no data" not in texts
+    spend = texts[texts.index("Spend over the range") + 1]
+    assert spend.startswith("$") and float(spend[1:]) > 0
+    lines = list(root.iter("{http://www.w3.org/2000/svg}polyline"))
+    # lenses (and calls outside any), token types, a p50 and a p95 per model
+    assert len(lines) >= len(LENSES) + 3 + 2 * 3
+    assert all(len(line.attrib["points"].split()) >= 2 for line in lines)
+    for lens in LENSES:
+        assert texts.count(lens) >= 2, lens  # a legend and a bar
