@@ -124,6 +124,34 @@ def test_one_client_span_per_call_with_the_cost_on_openai_v2s(both: Both) -> Non
     assert stream["request"]["stream"] is True
 
 
+def test_latest_experimental_openai_v2_gets_the_same_treatment(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under gen_ai_latest_experimental openai-v2 makes its spans through opentelemetry-util-genai: still
+    one CLIENT span per call, and a non-streamed call's span carries the record's cost."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    setup = Both(fake_openai)
+    OpenAIInstrumentor().instrument(
+        tracer_provider=setup.tracer_provider, meter_provider=setup.meter_provider
+    )
+    try:
+        with capture(setup.monitor) as records:
+            setup.workload()
+    finally:
+        OpenAIInstrumentor().uninstrument()
+        setup.client.close()
+    spans = setup.spans_out.get_finished_spans()
+    client_spans = [s for s in spans if s.kind is trace.SpanKind.CLIENT]
+    assert len(client_spans) == len(records.calls)
+    chat = records.calls[0]
+    (chat_span,) = [
+        s for s in client_spans if (s.attributes or {}).get("llm_ledger.call_id") == chat["call_id"]
+    ]
+    assert chat_span.instrumentation_scope is not None
+    assert chat_span.instrumentation_scope.name != "llm_ledger"
+    assert (chat_span.attributes or {})["gen_ai.usage.cost"] == chat["cost"]["total_cost_usd"]
+
+
 def test_genai_metrics_are_recorded_once(both: Both) -> None:
     """The duration of the calls openai-v2 wraps comes from openai-v2 alone, and their token usage too
     except a stream's (openai-v2 records its metrics before a stream's usage arrives): llm-ledger

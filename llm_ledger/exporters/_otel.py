@@ -47,6 +47,7 @@ _ATTRIBUTE_SETS: Final = 10_000  # metric attribute sets kept at hand
 # opentelemetry-instrumentation-openai-v2: its scope (a module name) and the record operations it
 # makes spans for (it wraps chat.completions.create and embeddings.create, not responses.create)
 _OPENAI_V2: Final = "opentelemetry.instrumentation.openai_v2"
+_GENAI_HANDLER: Final = "opentelemetry.util.genai.handler"  # openai-v2's spans under latest_experimental
 _OPENAI_V2_OPERATIONS: Final = frozenset({"chat", "embeddings"})
 
 
@@ -252,8 +253,12 @@ class OTelSink:
         if _OPENAI_V2 not in sys.modules:
             return False, None
         span = self._trace.get_current_span()
-        scope = getattr(span, "instrumentation_scope", None)
-        if scope is not None and scope.name == _OPENAI_V2 and span.is_recording():
+        scope = getattr(getattr(span, "instrumentation_scope", None), "name", None)
+        if (
+            (scope == _OPENAI_V2 or (scope == _GENAI_HANDLER and _openai_v2_instrumented()))
+            and getattr(span, "kind", None) is self._client_kind
+            and span.is_recording()
+        ):
             attributes: dict[str, Any] = {"llm_ledger.call_id": record["call_id"]}
             usd = record["cost"]["total_cost_usd"]
             if usd is not None:
