@@ -109,7 +109,7 @@ def traffic(base_url: str, seconds: float, db: Path) -> None:
     while time.monotonic() < end:
         phase = math.sin(index / 6)
         delay = int(120 + 90 * phase + rng.uniform(0, 60))
-        asyncio.run(_round(base_url, delay, db, fail=index % 4 == 3))
+        asyncio.run(_round(base_url, delay, db, fail=index % 4 == 0))
         time.sleep(max(0.0, 1.5 - phase + rng.uniform(0, 1.5)))
         index += 1
 

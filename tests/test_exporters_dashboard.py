@@ -262,7 +262,7 @@ def test_render_draws_the_panels_from_a_real_prometheus(
     from dashboards import render
 
     (tmp_path / "work").mkdir()
-    image = render.render(prometheus_binary, seconds=6, step=1, workdir=tmp_path / "work")
+    image = render.render(prometheus_binary, seconds=8, step=1, workdir=tmp_path / "work")
     root = ET.fromstring(image)
     texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
     for title in render.STATS + render.CHARTS:
@@ -273,6 +273,8 @@ def test_render_draws_the_panels_from_a_real_prometheus(
     lines = list(root.iter("{http://www.w3.org/2000/svg}polyline"))
     # lenses (and calls outside any), token types, a p50 and a p95 per model
     assert len(lines) >= len(LENSES) + 3 + 2 * 3
-    assert all(len(line.attrib["points"].split()) >= 2 for line in lines)
+    # a line through the range for each lens and token type at least (a model's quantile may have
+    # only the few points of the rounds that called it)
+    assert sum(len(line.attrib["points"].split()) >= 4 for line in lines) >= len(LENSES) + 3
     for lens in LENSES:
         assert texts.count(lens) >= 2, lens  # a legend and a bar
