@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import math
 import os
 import threading
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_MODELS",
     "NO_LENS",
     "OTHER",
+    "PENDING_CALLS",
     "PrometheusSink",
     "start_metrics_server",
 ]
@@ -61,7 +63,12 @@ OTHER: Final = "other"  # a lens or model beyond the cap
 NO_LENS: Final = "none"  # a call made outside any lens
 UNKNOWN_MODEL: Final = "unknown"
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
+# calls summed per label tuple before they reach the metrics (a collection of the registry, a
+# scrape, moves them first): prometheus-client's values are several objects each, cold between
+# the SDK's own work, where a call's sums are one list
+PENDING_CALLS: Final = 1024
 _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
+_internal_log = logging.getLogger("llm_ledger.internal")
 
 
 def _client() -> Any:
@@ -144,6 +151,11 @@ class PrometheusSink:
         max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
             are counted under ``"other"``.
 
+    A call is summed into its series' pending totals, which reach the metrics when the registry is
+    collected (a scrape, ``generate_latest``: the sink moves them first), at ``flush()``, or every
+    ``PENDING_CALLS`` calls. With ``PROMETHEUS_MULTIPROC_DIR`` set (another process reads the
+    values) every call reaches them at once.
+
     Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the registry
     already holds these metrics.
     """
@@ -166,7 +178,13 @@ class PrometheusSink:
         self._models: set[str] = set()
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._lens_children: dict[Any, tuple[Any, ...]] = {}
-        made: list[Any] = []
+        # label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations, first tokens]
+        self._pending: dict[tuple[Any, ...], list[Any]] = {}
+        self._pending_calls = 0
+        self._pending_limit = 1 if _multiprocess_dir() else PENDING_CALLS
+        self._pending_lock = threading.Lock()
+        made: list[Any] = [_Moving(self.flush)]
+        self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
         def metric(kind: Any, name: str, doc: str, labels: tuple[str, ...], **kwargs: Any) -> Any:
             try:
@@ -216,6 +234,17 @@ class PrometheusSink:
             self._call(record)
         elif event == LENS_EVENT:
             self._lens(record)
+
+    def flush(self) -> None:
+        """Move the pending sums of calls into the metrics (a collection of the registry does it first)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+            self._pending_calls = 0
+        for key, sums in pending.items():
+            try:
+                self._move(key, sums)
+            except Exception:  # one series must not cost the others, nor a scrape
+                _internal_log.exception("PrometheusSink could not update the series of %r", key)
 
     # -- labels ------------------------------------------------------------------------------------
 
@@ -268,34 +297,47 @@ class PrometheusSink:
             record["operation"],
             status,
         )
+        usage = record["usage"]
+        usd = record["cost"]["total_cost_usd"]
+        timing = record["timing"]
+        first = timing["time_to_first_token_ms"]
+        with self._pending_lock:
+            sums = self._pending.get(key)
+            if sums is None:
+                sums = self._pending[key] = [0, 0, 0, 0, 0, 0.0, 0, [], []]
+            sums[0] += 1
+            sums[1] += usage["prompt_tokens"] or 0
+            sums[2] += usage["completion_tokens"] or 0
+            sums[3] += usage["cached_tokens"] or 0
+            sums[4] += usage["reasoning_tokens"] or 0
+            if usd is not None:
+                sums[5] += usd
+            elif status != "error" or usage["total_tokens"]:
+                # the lens's cost_complete rule: an ok call without a cost, or a failed call that was billed
+                sums[6] += 1
+            sums[7].append(timing["duration_ms"] / 1000)
+            if first is not None:
+                sums[8].append(first / 1000)
+            self._pending_calls += 1
+            full = self._pending_calls >= self._pending_limit
+        if full:
+            self.flush()
+
+    def _move(self, key: tuple[Any, ...], sums: list[Any]) -> None:
         children = self._children.get(key) or self._new_children(key)
         calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
-        calls(1)
-        usage = record["usage"]
-        n = usage["prompt_tokens"]
-        if n:
-            t_in(n)
-        n = usage["completion_tokens"]
-        if n:
-            t_out(n)
-        n = usage["cached_tokens"]
-        if n:
-            t_cached(n)
-        n = usage["reasoning_tokens"]
-        if n:
-            t_reasoning(n)
-        usd = record["cost"]["total_cost_usd"]
-        if usd is not None:
-            if usd:
-                cost(usd)
-        elif status != "error" or usage["total_tokens"]:
-            # the lens's cost_complete rule: an ok call without a cost, or a failed call that was billed
-            unpriced(1)
-        timing = record["timing"]
-        duration(timing["duration_ms"] / 1000)
-        first = timing["time_to_first_token_ms"]
-        if first is not None:
-            ttft(first / 1000)
+        calls(sums[0])
+        for add, n in ((t_in, sums[1]), (t_out, sums[2]), (t_cached, sums[3]), (t_reasoning, sums[4])):
+            if n:
+                add(n)
+        if sums[5]:
+            cost(sums[5])
+        if sums[6]:
+            unpriced(sums[6])
+        for seconds in sums[7]:
+            duration(seconds)
+        for seconds in sums[8]:
+            ttft(seconds)
 
     def _lens(self, record: Mapping[str, Any]) -> None:
         summary = record["summary"]
@@ -314,6 +356,20 @@ class PrometheusSink:
         ok, failed, cost = children
         (failed if summary["errors"] else ok)(1)
         cost(summary["total_cost_usd"])
+
+
+class _Moving:
+    """Registered before the sink's metrics: collecting the registry moves the pending sums first."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self._flush()
+        return []
 
 
 def _multiprocess_dir() -> str | None:
