@@ -1,14 +1,16 @@
 """Section ``exporters``: what each exporter adds to a call, beside the OTel openai-v2 instrumentation.
 
-Two worker processes (openai-v2 patches the SDK's classes for the whole process, and the OTel sink
-steps aside for an active openai-v2: they cannot share one), each timing its variants interleaved
-call by call on the calling thread (as ``calls.per_call`` does), on the in-process transport:
+Three worker processes, each timing its variants interleaved call by call on the calling thread
+(as ``calls.per_call`` does), on the in-process transport. Each exporter has a process of its own:
+interleaved with the OTel sink's heavy calls, the Prometheus sink's calls ran on caches the OTel
+calls had just displaced; openai-v2 patches the SDK's classes for the whole process, and the OTel
+sink steps aside for an active openai-v2.
 
-* ``ledger``: ``bare`` SDK; ``ledger, no exporter`` (a monitor with no file and a sink that drops
-  each record: building the records); ``+ PrometheusSink`` (its own registry); ``+ OTelSink``
-  (SDK ``TracerProvider`` with a ``BatchSpanProcessor`` into an exporter that drops spans, SDK
-  ``MeterProvider`` with an ``InMemoryMetricReader``). Calls are made outside any lens, so each
-  call's span is made when the call ends.
+* ``prometheus``: ``bare`` SDK; ``ledger, no exporter`` (a monitor with no file and a sink that
+  drops each record: building the records); ``+ PrometheusSink`` (its own registry).
+* ``otel``: the same two, and ``+ OTelSink`` (SDK ``TracerProvider`` with a ``BatchSpanProcessor``
+  into an exporter that drops spans, SDK ``MeterProvider`` with an ``InMemoryMetricReader``).
+  Calls are made outside any lens, so each call's span is made when the call ends.
 * ``openai-v2``: ``bare`` (the SDK's own, unpatched ``create``) and ``openai-v2`` on the same
   kind of providers.
 
@@ -16,7 +18,7 @@ An exporter's cost is its variant's median minus ``ledger, no exporter``'s (the 
 either way); openai-v2's is its median minus ``bare``'s. The CPU time of the span processor's
 thread is added to the variant that feeds it.
 
-Worker: ``python -m bench.exporters ledger|openai-v2 --calls N`` prints one ``RESULT {json}`` line.
+Worker: ``python -m bench.exporters prometheus|otel|openai-v2 --calls N`` prints one ``RESULT {json}`` line.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ._server import REPO, child_env
 from ._table import Table, verdict
 
 TARGET_PROMETHEUS_US = 10.0
-WORKERS = ("ledger", "openai-v2")
+WORKERS = ("prometheus", "otel", "openai-v2")
 
 
 def _providers() -> tuple[Any, Any]:
@@ -83,7 +85,7 @@ def _variants(worker: str) -> tuple[dict[str, Callable[..., Any]], str, dict[str
     from .calls import client
 
     transport = _payloads.mock_transport()
-    if worker == "ledger":
+    if worker in ("prometheus", "otel"):
         from prometheus_client import CollectorRegistry
 
         from llm_ledger.exporters import OTelSink, PrometheusSink
@@ -102,16 +104,14 @@ def _variants(worker: str) -> tuple[dict[str, Callable[..., Any]], str, dict[str
             monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[timed])
             return monitor.instrument(client(transport)).chat.completions.create
 
-        return (
-            {
-                "bare": client(transport).chat.completions.create,
-                "ledger, no exporter": ledgered("ledger, no exporter", lambda record: None),
-                "+ PrometheusSink": ledgered("+ PrometheusSink", PrometheusSink(CollectorRegistry())),
-                "+ OTelSink": ledgered("+ OTelSink", OTelSink(*_providers())),
-            },
-            "+ OTelSink",
-            in_sink,
-        )
+        sink = PrometheusSink(CollectorRegistry()) if worker == "prometheus" else OTelSink(*_providers())
+        variant = f"+ {type(sink).__name__}"
+        creates = {
+            "bare": client(transport).chat.completions.create,
+            "ledger, no exporter": ledgered("ledger, no exporter", lambda record: None),
+            variant: ledgered(variant, sink),
+        }
+        return creates, variant, in_sink
     from opentelemetry.instrumentation.openai_v2 import (  # type: ignore[import-not-found,unused-ignore]
         OpenAIInstrumentor,
     )
@@ -221,7 +221,7 @@ def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
             }
             base = bases.get(variant)
             added = [r[variant]["median_us"] - r[base]["median_us"] for r in results] if base else []
-            label = f"{variant} (bare, {name} worker)" if variant == "bare" else variant
+            label = f"{variant} ({name} worker)" if variant in ("bare", "ledger, no exporter") else variant
             inside_cell = ""
             if "in_sink_median_us" in results[0][variant] and variant != "ledger, no exporter":
                 inside_median = statistics.median(r[variant]["in_sink_median_us"] for r in results)
@@ -253,7 +253,7 @@ def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
     table.notes += [
         "median µs: CPU time of the calling thread per call (time.thread_time_ns), variants interleaved "
         "call by call (A B C D, then D C B A); the span processor thread's CPU time over the run is added "
-        "to the OTel variant of its worker (the ledger worker's OTelSink, the openai-v2 worker's openai-v2)",
+        "to the exporter's variant of its worker (the span processor's, for OTelSink and openai-v2)",
         "in the sink: the time each record spent in the sink, timed around it in place (between real calls, "
         "so on the caches those calls leave), less the same timing around a sink that does nothing; the "
         "mean includes the span processor thread's time; the call-by-call figure also counts what the "

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import llm_ledger
 from llm_ledger import ConfigError
 from llm_ledger.exporters import OTelSink, _setup
-from llm_ledger.exporters._otel import TOKEN_BUCKETS
+from llm_ledger.exporters._otel import MAX_COUNTER_SETS, TOKEN_BUCKETS
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
@@ -327,6 +327,23 @@ def test_latest_experimental_names_on_opt_in(
     assert "gen_ai.usage.text.input_tokens" not in spans[image_call["call_id"]]
     image_span = spans[image_call["call_id"]]
     assert image_span["gen_ai.usage.text.output_tokens"] == image_call["usage"]["completion_tokens"]
+
+
+def test_counters_kept_by_the_sink_are_bounded(otel: Telemetry) -> None:
+    """llm_ledger.cost sums in the sink and reports at collection; past MAX_COUNTER_SETS attribute
+    sets, later ones are summed under the SDK's overflow set: nothing is lost, memory stays bounded."""
+    with capture(otel.monitor) as records:
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    (call,) = records.calls
+    extra = 5
+    for index in range(MAX_COUNTER_SETS - 1 + extra):
+        otel.sink({**call, "request": {**call["request"], "model": f"model-{index}"}})
+    points = otel.metrics()["llm_ledger.cost"]
+    assert len(points) == MAX_COUNTER_SETS + 1
+    (overflow,) = [p for p in points if p.attributes.get("otel.metric.overflow")]
+    usd = call["cost"]["total_cost_usd"]
+    assert overflow.value == pytest.approx(extra * usd)
+    assert sum(p.value for p in points) == pytest.approx((MAX_COUNTER_SETS + extra) * usd)
 
 
 def test_content_only_with_capture_on(fake_openai: FakeOpenAI) -> None:

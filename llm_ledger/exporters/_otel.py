@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["MAX_PENDING_CALLS", "TOKEN_BUCKETS", "OTelSink"]
+__all__ = ["MAX_COUNTER_SETS", "MAX_PENDING_CALLS", "TOKEN_BUCKETS", "OTelSink"]
 
 SCOPE: Final = "llm_ledger"
 # the GenAI conventions' advice for gen_ai.client.token.usage: 1, 4, 16 ... 67108864 (x4 steps)
@@ -44,6 +44,9 @@ _OPERATIONS: Final = {"chat": "chat", "responses": "chat", "embeddings": "embedd
 _API_TYPES: Final = {"chat": "chat_completions", "responses": "responses"}
 _LATEST_USAGE: Final = ("input_tokens", "output_tokens", "cache_read.input_tokens", "reasoning.output_tokens")
 _ATTRIBUTE_SETS: Final = 10_000  # metric attribute sets kept at hand
+# attribute sets a counter kept here reports; later ones are summed under the SDK's overflow set
+MAX_COUNTER_SETS: Final = 2_000
+_OVERFLOW: Final = {"otel.metric.overflow": True}
 # opentelemetry-instrumentation-openai-v2: its scope (a module name) and the record operations it
 # makes spans for (it wraps chat.completions.create and embeddings.create, not responses.create)
 _OPENAI_V2: Final = "opentelemetry.instrumentation.openai_v2"
@@ -68,6 +71,34 @@ def latest_experimental() -> bool:
     """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` asks for the newest experimental GenAI names."""
     values = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
     return "gen_ai_latest_experimental" in {v.strip() for v in values.split(",")}
+
+
+class _Totals:
+    """A monotonic counter whose sums are kept here and reported when the meter collects (an
+    observable counter): a call adds to a dict, where ``Counter.add`` sends a measurement through the
+    SDK's whole path (cleaning, hashing and looking up its attributes) on every call."""
+
+    def __init__(self, meter: Any, observation: Any, name: str, unit: str, description: str) -> None:
+        self._sums: dict[Any, list[Any]] = {}  # key -> [attributes, total]
+        self._lock = threading.Lock()
+        self._observation = observation
+        meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
+
+    def add(self, amount: float, key: Any, attributes: Mapping[str, Any]) -> None:
+        with self._lock:
+            found = self._sums.get(key)
+            if found is None:
+                if len(self._sums) >= MAX_COUNTER_SETS:
+                    key, attributes = None, _OVERFLOW
+                    found = self._sums.get(key)
+                if found is None:
+                    found = self._sums[key] = [attributes, 0]
+            found[1] += amount
+
+    def _observe(self, options: Any) -> list[Any]:
+        with self._lock:
+            sums = [(attributes, total) for attributes, total in self._sums.values()]
+        return [self._observation(total, attributes) for attributes, total in sums]
 
 
 def _openai_v2_instrumented() -> bool:
@@ -180,11 +211,20 @@ class OTelSink:
         def histogram(name: str, unit: str, doc: str, buckets: tuple[float, ...]) -> Any:
             return meter.create_histogram(name, unit, doc, explicit_bucket_boundaries_advisory=buckets)
 
+        def counter(name: str, unit: str, doc: str) -> _Totals:
+            return _Totals(meter, metrics.Observation, name, unit, doc)
+
         if self.latest:
             # semantic-conventions-genai (unreleased): counters by modality for totals, histograms
             # per operation for percentiles, embeddings apart
             self._usage = {
-                kind: meter.create_counter(f"gen_ai.client.inference.usage.{kind}", "{token}", f"{kind} used")
+                kind: _Totals(
+                    meter,
+                    metrics.Observation,
+                    f"gen_ai.client.inference.usage.{kind}",
+                    "{token}",
+                    f"{kind} used",
+                )
                 for kind in _LATEST_USAGE
             }
             self._operation_tokens = {
@@ -210,8 +250,12 @@ class OTelSink:
             first_chunk = "gen_ai.client.operation.time_to_first_chunk"
         self._duration = histogram(duration, "s", "GenAI operation duration", DURATION_BUCKETS)
         self._first_chunk = histogram(first_chunk, "s", "Time to a stream's first chunk", DURATION_BUCKETS)
-        self._cost = meter.create_counter(
-            "llm_ledger.cost", "{USD}", "Cost of GenAI calls, USD (llm-ledger prices)"
+        self._cost = _Totals(
+            meter,
+            metrics.Observation,
+            "llm_ledger.cost",
+            "{USD}",
+            "Cost of GenAI calls, USD (llm-ledger prices)",
         )
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -310,7 +354,7 @@ class OTelSink:
         attributes = self._attributes(base)
         usd = record["cost"]["total_cost_usd"]
         if usd is not None:
-            self._cost.add(usd, attributes)
+            self._cost.add(usd, base, attributes)
         timing = record["timing"]
         first = timing["time_to_first_token_ms"]
         if first is not None:
@@ -342,9 +386,10 @@ class OTelSink:
             return
         if usage["prompt_tokens"] is None and usage["completion_tokens"] is None:
             if record["error"]:  # the conventions: a failed call counts 0 tokens of unknown modality
-                unknown = self._attributes(base, ("gen_ai.token.modality", "unknown"))
-                self._usage["input_tokens"].add(0, unknown)
-                self._usage["output_tokens"].add(0, unknown)
+                extra = ("gen_ai.token.modality", "unknown")
+                unknown = self._attributes(base, extra)
+                self._usage["input_tokens"].add(0, (base, extra), unknown)
+                self._usage["output_tokens"].add(0, (base, extra), unknown)
             return
         inputs, outputs = _modalities(record)
         for kind, field, modality in (
@@ -355,7 +400,8 @@ class OTelSink:
         ):
             n = usage[field]
             if n is not None:
-                self._usage[kind].add(n, self._attributes(base, ("gen_ai.token.modality", modality)))
+                extra = ("gen_ai.token.modality", modality)
+                self._usage[kind].add(n, (base, extra), self._attributes(base, extra))
                 if kind in self._operation_tokens:
                     self._operation_tokens[kind].record(n, attributes)
 
