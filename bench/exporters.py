@@ -252,7 +252,7 @@ def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
         )
     table.notes += [
         "median µs: CPU time of the calling thread per call (time.thread_time_ns), variants interleaved "
-        "call by call (A B C D, then D C B A); the span processor thread's CPU time over the run is added "
+        "call by call (A B C, then C B A); the span processor thread's CPU time over the run is added "
         "to the exporter's variant of its worker (the span processor's, for OTelSink and openai-v2)",
         "in the sink: the time each record spent in the sink, timed around it in place (between real calls, "
         "so on the caches those calls leave), less the same timing around a sink that does nothing; the "
