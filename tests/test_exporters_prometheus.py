@@ -444,3 +444,7 @@ def test_missing_extra_and_busy_port_fail_at_configure_and_change_nothing(
     with pytest.raises(ConfigError, match=r"pip install 'llm-ledger\[prometheus\]'"):
         llm_ledger.configure(log_dir=tmp_path, exporters=["prometheus"])
     assert _config._settings == first
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    with pytest.raises(ConfigError, match=r"pip install 'llm-ledger\[otel\]'"):
+        llm_ledger.configure(log_dir=tmp_path, exporters=["otel"])
+    assert _config._settings == first
