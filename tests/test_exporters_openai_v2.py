@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 from opentelemetry import trace
+from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConventionStability
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -73,6 +74,16 @@ class Both:
             self.client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
         self.client.responses.create(model="o3-mini", input="think")
         self.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+
+@pytest.fixture(autouse=True)
+def semconv_mode_read_afresh() -> Iterator[None]:
+    """openai-v2 reads OTEL_SEMCONV_STABILITY_OPT_IN once per process and keeps it: each test has it
+    read again (at instrument()), and leaves it to be read again after."""
+    stability = _OpenTelemetrySemanticConventionStability
+    stability._initialized = False
+    yield
+    stability._initialized = False
 
 
 @pytest.fixture
@@ -137,6 +148,7 @@ def test_latest_experimental_openai_v2_gets_the_same_treatment(
     try:
         with capture(setup.monitor) as records:
             setup.workload()
+        assert not trace.get_current_span().get_span_context().is_valid  # no span left current
     finally:
         OpenAIInstrumentor().uninstrument()
         setup.client.close()
