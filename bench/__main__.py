@@ -3,8 +3,9 @@
 Sections: ``calls`` (non-streamed, in-process and loopback), ``instructions`` (the same call, and a
 stream chunk, counted under callgrind: repeatable on a busy machine), ``streams`` (per chunk), ``peers``
 (each in its own subprocess), ``replay`` (cassettes of several sizes, plain vcrpy beside),
-``report`` (``llm-ledger report`` over a generated JSONL file). ``--quick`` shrinks every size so
-the whole run takes seconds (what ``tests/test_bench_smoke.py`` runs).
+``report`` (``llm-ledger report`` over a generated JSONL file), ``exporters`` (the Prometheus and
+OTel sinks beside the OTel openai-v2 instrumentation, each worker in its own subprocess). ``--quick``
+shrinks every size so the whole run takes seconds (what ``tests/test_bench_smoke.py`` runs).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import calls, instructions, peers, replay, report
+from . import calls, exporters, instructions, peers, replay, report
 from ._table import Table
 
-SECTIONS = ("calls", "instructions", "streams", "peers", "replay", "report")
+SECTIONS = ("calls", "instructions", "streams", "exporters", "peers", "replay", "report")
 _PACKAGES = (
     *("llm-ledger", "openai", "httpx2", "pydantic", "python-json-logger", "genai-prices", "vcrpy"),
     *("orjson", "duckdb", *(dist for dist, _ in peers.PEERS.values()), "opentelemetry-sdk"),
@@ -70,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--report-lines", type=int, default=None, help="lines of the generated JSONL (1,000,000)"
     )
     parser.add_argument("--no-peers", action="store_true", help="skip the peers section")
+    parser.add_argument(
+        "--exporter-calls", type=int, default=None, help="calls per variant in an exporters worker (3000)"
+    )
+    parser.add_argument(
+        "--exporter-runs", type=int, default=None, help="runs of each exporters worker, alternately (3)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
@@ -113,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         show(*instructions.per_chunk(quick=args.quick))
     if "streams" in only:
         show(*calls.streamed(sizes))
+    if "exporters" in only:
+        exporter_calls = args.exporter_calls or (20 if args.quick else 3000)
+        show(*exporters.measure(exporter_calls, args.exporter_runs or (1 if args.quick else 3)))
     if "peers" in only:
         ledger = headline if "ledger_added_us" in headline else None
         show(peers.run_peers(sizes.calls, sizes.streams, rounds, sizes.chunks, ledger), {})

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 # MockTransport, its peers' instrumentations): it is not part of the SDK compatibility matrix
 @pytest.mark.sdk3
 def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
-    """All six sections (eight tables) run in one quick pass and write their tables and headline figures."""
+    """All seven sections (nine tables) run in one quick pass and write their tables and headline figures."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
@@ -42,7 +42,7 @@ def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     titles = [table["title"] for table in result["tables"]]
-    assert len(titles) == 8 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
+    assert len(titles) == 9 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
     assert sum("callgrind" in t for t in titles) == 2
     headline = result["headline"]
     assert any("call by call" in t for t in titles)
@@ -53,6 +53,8 @@ def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
         "chunk_us_asks",
         "replay_ratio_12",
         "report_lines_per_s",
+        "exporter_added_us_prometheussink",
+        "exporter_added_us_otelsink",
     ):
         assert isinstance(headline[key], float), key
     [peers] = [table for table in result["tables"] if "Peers" in table["title"]]

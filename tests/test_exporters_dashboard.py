@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +22,7 @@ import openai
 import pytest
 
 import llm_ledger
+from dashboards.local_prometheus import LocalPrometheus, free_port, wait
 from examples.lens_app.app import run_lenses
 from examples.lens_app.lenses import LENSES
 from examples.lens_app.services import RunnerService
@@ -85,30 +81,6 @@ def test_dashboard_covers_what_the_issue_asks_and_uses_its_datasource_variable()
     assert all("telemetry_sdk" not in expr for _, expr in expressions())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture
 def prometheus_binary() -> str:
     path = shutil.which("prometheus")
@@ -126,7 +98,7 @@ def prometheus_binary() -> str:
 @pytest.fixture
 def default_monitor_exports(fresh_config: None) -> Iterator[int]:
     """configure(exporters=["prometheus:127.0.0.1:PORT"]) as the demo's --metrics does; the port."""
-    port = _free_port()
+    port = free_port()
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
     yield port
     _setup.prepare(()).commit(llm_ledger.get_monitor())
@@ -161,69 +133,30 @@ def test_every_panel_returns_data_from_a_real_prometheus(
     first = total(scrape(metrics_url), "llm_ledger_calls_total")
     assert first > 0
 
-    web = _free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: lens_app\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{default_monitor_exports}']}}]\n"
-    )
-    log = (tmp_path / "prometheus.log").open("w")
-    server = subprocess.Popen(
-        [
-            prometheus_binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{web}/api/v1/query?query="
+    with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{default_monitor_exports}"], tmp_path) as server:
 
-    def query(expr: str) -> list[dict[str, Any]]:
-        answer = _get(api + urllib.parse.quote(expr))
-        assert answer["status"] == "success", answer
-        result: list[dict[str, Any]] = answer["data"]["result"]
-        return result
+        def scraped(at_least: float) -> bool:
+            result = server.query("sum(llm_ledger_calls_total)")
+            return bool(result) and float(result[0]["value"][1]) >= at_least
 
-    def scraped(at_least: float) -> bool:
-        result = query("sum(llm_ledger_calls_total)")
-        return bool(result) and float(result[0]["value"][1]) >= at_least
-
-    try:
-        _wait(
-            "Prometheus to start",
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{web}/-/ready").status == 200,
-        )
-        _wait("the first scrape", lambda: scraped(first))
+        wait("the first scrape", lambda: scraped(first))
         _traffic(fake_openai, tmp_path / "app.sqlite3")  # so that rates and quantiles have something to show
         second = total(scrape(metrics_url), "llm_ledger_calls_total")
-        _wait("the scrape after the second round", lambda: scraped(second))
+        wait("the scrape after the second round", lambda: scraped(second))
         empty = []
         for title, expr in expressions():
-            values = [float(series["value"][1]) for series in query(expr)]
+            values = [float(series["value"][1]) for series in server.query(expr)]
             if not any(v == v and v not in (float("inf"), float("-inf")) for v in values):
                 empty.append(f"{title}: {expr} -> {values}")
         assert not empty, "panels without data:\n" + "\n".join(empty)
-        up = query('up{job="lens_app"}')
+        up = server.query('up{job="lens_app"}')
         assert [float(s["value"][1]) for s in up] == [1.0]
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-    assert re.search(r"level=(error|fatal)", (tmp_path / "prometheus.log").read_text()) is None
+    assert server.errors() == []
 
 
 def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
     """`make demo DEMO_ARGS=--metrics`: the replayed lenses' metrics on /metrics, and the URL printed."""
-    port = _free_port()
+    port = free_port()
     demo = subprocess.Popen(
         [
             *(sys.executable, "-m", "examples.lens_app", "--metrics", "--metrics-port", str(port)),
@@ -251,3 +184,97 @@ def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
     for lens in LENSES:
         assert total(found, "llm_ledger_lens_runs_total", lens=lens, status="ok") >= 1, lens
     assert total(found, "llm_ledger_cost_usd_total") > 0
+
+
+def _compose_service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    service: dict[str, Any] = compose["services"][name]
+    return service
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path (relative to dashboards/) of a service's volumes."""
+    found = {}
+    for volume in service.get("volumes", ()):
+        host, container = volume.split(":")[:2]
+        found[container] = (REPO / "dashboards" / host).resolve()
+    return found
+
+
+def test_docker_compose_files_agree_with_each_other_and_the_demo() -> None:
+    """docker compose cannot run here: its files are checked instead. Every mounted file exists; Grafana
+    loads the dashboard from where provisioning looks and reaches Prometheus by service name and port;
+    Prometheus scrapes the demo where the demo serves; the demo's command line is one its parser takes."""
+    import shlex
+
+    import yaml
+
+    from examples.lens_app.cli import build_parser
+
+    compose = yaml.safe_load((REPO / "dashboards" / "docker-compose.yml").read_text())
+    demo = _compose_service(compose, "demo")
+    prometheus = _compose_service(compose, "prometheus")
+    grafana = _compose_service(compose, "grafana")
+    for service in (demo, prometheus, grafana):
+        assert all(host.exists() for host in _mounts(service).values()), service
+    # Grafana: provisioning folder, dashboard file, data source
+    grafana_mounts = _mounts(grafana)
+    provisioning = grafana_mounts["/etc/grafana/provisioning"]
+    assert provisioning == REPO / "dashboards" / "provisioning"
+    dashboard_path = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert grafana_mounts[dashboard_path] == DASHBOARD
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "llm-ledger.yml").read_text())["providers"]
+    assert provider["options"]["path"] == str(Path(dashboard_path).parent)
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == "http://prometheus:9090" and "9090:9090" in prometheus["ports"]
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == source["type"]  # the default Prometheus data source is picked
+    for panel in panels(dashboard):
+        if panel.get("targets"):
+            assert panel["datasource"] == {"type": "prometheus", "uid": f"${{{variable['name']}}}"}, panel
+    # Prometheus scrapes the demo service on the port the demo serves and publishes
+    prometheus_config = _mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    assert prometheus_config == REPO / "dashboards" / "prometheus.yml"
+    (job,) = yaml.safe_load(prometheus_config.read_text())["scrape_configs"]
+    (target,) = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host == "demo" and host in compose["services"]
+    # the demo: the repository mounted where it runs, a command line the demo's own parser accepts
+    assert _mounts(demo)[demo["working_dir"]] == REPO
+    command = shlex.split(demo["command"])
+    assert command[:2] == ["sh", "-c"]
+    demo_argv = shlex.split(command[2].split("&&")[1])
+    assert demo_argv[:3] == ["python", "-m", "examples.lens_app"]
+    args = build_parser().parse_args(demo_argv[3:])
+    assert args.metrics and args.metrics_addr == "0.0.0.0" and args.repeat
+    assert args.metrics_port == int(port) and f"{port}:{port}" in demo["ports"]
+
+
+@pytest.mark.prometheus
+def test_render_draws_the_panels_from_a_real_prometheus(
+    prometheus_binary: str, fresh_config: None, tmp_path: Path
+) -> None:
+    """``python -m dashboards.render`` (the README's image): a short run draws every chosen panel, each
+    with data: the stats' values, a line per series of the time series panels, a bar per lens."""
+    import xml.etree.ElementTree as ET
+
+    from dashboards import render
+
+    (tmp_path / "work").mkdir()
+    image = render.render(prometheus_binary, seconds=8, step=1, workdir=tmp_path / "work")
+    root = ET.fromstring(image)
+    texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    for title in render.STATS + render.CHARTS:
+        assert title in texts, title
+    assert "no data" not in texts
+    spend = texts[texts.index("Spend over the range") + 1]
+    assert spend.startswith("$") and float(spend[1:]) > 0
+    lines = list(root.iter("{http://www.w3.org/2000/svg}polyline"))
+    # lenses (and calls outside any), token types, a p50 and a p95 per model
+    assert len(lines) >= len(LENSES) + 3 + 2 * 3
+    # a line through the range for each lens and token type at least (a model's quantile may have
+    # only the few points of the rounds that called it)
+    assert sum(len(line.attrib["points"].split()) >= 4 for line in lines) >= len(LENSES) + 3
+    for lens in LENSES:
+        assert texts.count(lens) >= 2, lens  # a legend and a bar

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import llm_ledger
 from llm_ledger import ConfigError
 from llm_ledger.exporters import OTelSink, _setup
-from llm_ledger.exporters._otel import TOKEN_BUCKETS
+from llm_ledger.exporters._otel import MAX_COUNTER_SETS, TOKEN_BUCKETS
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
@@ -255,23 +255,95 @@ def test_metrics_follow_the_conventions_and_equal_the_records(
 def test_latest_experimental_names_on_opt_in(
     fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental: inference.* counters and durations."""
+    """OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental: token counters by modality (a failed
+    call counts 0 of ``unknown``), per-call token histograms, inference and embeddings durations apart,
+    and usage by modality on the call spans."""
     monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, gen_ai_latest_experimental")
     otel = Telemetry(fake_openai)
+    image: Any = [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]}]  # fmt: skip
     with capture(otel.monitor) as records:
         workload(otel.monitor, fake_openai)
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=image)
     found = otel.metrics()
     assert set(found) == {
         "gen_ai.client.inference.usage.input_tokens", "gen_ai.client.inference.usage.output_tokens",
         "gen_ai.client.inference.usage.cache_read.input_tokens",
         "gen_ai.client.inference.usage.reasoning.output_tokens",
+        "gen_ai.client.inference.operation.input_tokens", "gen_ai.client.inference.operation.output_tokens",
+        "gen_ai.client.embeddings.operation.input_tokens",
         "gen_ai.client.inference.duration", "gen_ai.client.embeddings.duration",
         "gen_ai.client.inference.time_to_first_chunk", "llm_ledger.cost",
     }  # fmt: skip
-    assert sum(p.value for p in found["gen_ai.client.inference.usage.input_tokens"]) == sum(
-        c["usage"]["prompt_tokens"] or 0 for c in records.calls
+    inference = [c for c in records.calls if c["operation"] != "embeddings"]
+    (embedding,) = [c for c in records.calls if c["operation"] == "embeddings"]
+    (failed,) = [c for c in records.calls if c["status"] == "error"]
+    assert failed["usage"]["prompt_tokens"] is None
+
+    def by_modality(metric: str) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for point in found[metric]:
+            modality = point.attributes["gen_ai.token.modality"]
+            sums[modality] = sums.get(modality, 0) + point.value
+        return sums
+
+    image_call = records.calls[-1]
+    for metric, field, side in (
+        ("input_tokens", "prompt_tokens", "input"), ("output_tokens", "completion_tokens", "output"),
+        ("cache_read.input_tokens", "cached_tokens", "input"),
+        ("reasoning.output_tokens", "reasoning_tokens", "output"),
+    ):  # fmt: skip
+        want: dict[str, float] = {}
+        for call in inference:
+            n = call["usage"][field]
+            if call is failed and metric in ("input_tokens", "output_tokens"):
+                want["unknown"] = want.get("unknown", 0) + 0
+            elif n is not None:
+                modality = "unknown" if call is image_call and side == "input" else "text"
+                want[modality] = want.get(modality, 0) + n
+        assert by_modality(f"gen_ai.client.inference.usage.{metric}") == want, metric
+    assert (
+        by_modality("gen_ai.client.inference.usage.input_tokens")["unknown"]
+        == image_call["usage"]["prompt_tokens"]
     )
+    # the failed call: 0 tokens of unknown modality, on both counters
+    zero = [p for p in found["gen_ai.client.inference.usage.output_tokens"]
+            if p.attributes["gen_ai.token.modality"] == "unknown"]  # fmt: skip
+    assert [p.value for p in zero] == [0] and zero[0].attributes["gen_ai.request.model"] == "gpt-4o"
+    histogram = found["gen_ai.client.inference.operation.input_tokens"]
+    assert sum(p.count for p in histogram) == sum(c["usage"]["prompt_tokens"] is not None for c in inference)
+    assert all(tuple(p.explicit_bounds) == TOKEN_BUCKETS and "gen_ai.token.modality" not in p.attributes
+               for p in histogram)  # fmt: skip
+    (embedded,) = found["gen_ai.client.embeddings.operation.input_tokens"]
+    assert (embedded.count, embedded.sum) == (1, embedding["usage"]["prompt_tokens"])
     assert sum(p.count for p in found["gen_ai.client.embeddings.duration"]) == 1
+    assert sum(p.count for p in found["gen_ai.client.inference.duration"]) == len(inference)
+    spans = {(s.attributes or {}).get("llm_ledger.call_id"): s.attributes or {} for s in otel.spans()}
+    text_call = spans[inference[0]["call_id"]]
+    assert text_call["gen_ai.usage.text.input_tokens"] == inference[0]["usage"]["prompt_tokens"]
+    assert text_call["gen_ai.usage.text.output_tokens"] == inference[0]["usage"]["completion_tokens"]
+    assert "gen_ai.usage.text.input_tokens" not in spans[image_call["call_id"]]
+    image_span = spans[image_call["call_id"]]
+    assert image_span["gen_ai.usage.text.output_tokens"] == image_call["usage"]["completion_tokens"]
+
+
+def test_counters_kept_by_the_sink_are_bounded(otel: Telemetry) -> None:
+    """llm_ledger.cost sums in the sink and reports at collection; past MAX_COUNTER_SETS attribute
+    sets, later ones are summed under the SDK's overflow set: nothing is lost, memory stays bounded."""
+    with capture(otel.monitor) as records:
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    (call,) = records.calls
+    extra = 5
+    for index in range(MAX_COUNTER_SETS - 1 + extra):
+        otel.sink({**call, "request": {**call["request"], "model": f"model-{index}"}})
+    points = otel.metrics()["llm_ledger.cost"]
+    assert len(points) == MAX_COUNTER_SETS + 1
+    (overflow,) = [p for p in points if p.attributes.get("otel.metric.overflow")]
+    usd = call["cost"]["total_cost_usd"]
+    assert overflow.value == pytest.approx(extra * usd)
+    assert sum(p.value for p in points) == pytest.approx((MAX_COUNTER_SETS + extra) * usd)
 
 
 def test_content_only_with_capture_on(fake_openai: FakeOpenAI) -> None:

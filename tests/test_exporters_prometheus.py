@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import llm_ledger
 from llm_ledger import ConfigError, _config
 from llm_ledger.exporters import PrometheusSink, _setup, start_metrics_server
+from llm_ledger.exporters._prometheus import PENDING_CALLS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import (
@@ -211,6 +212,42 @@ def test_custom_buckets_are_used(run: tuple[Captured, Samples]) -> None:
         sink(record)
     les = {dict(ls)["le"] for (n, ls) in exposed(registry) if n.endswith("_seconds_bucket")}
     assert les == {"0.5", "2.0", "+Inf"}
+
+
+def test_calls_reach_the_metrics_at_every_collection_and_every_pending_calls(
+    run: tuple[Captured, Samples],
+) -> None:
+    """A call's sums wait in the sink until the registry is collected (a scrape reads every call so
+    far), flush() is called, or PENDING_CALLS calls wait; then the metrics hold every one of them."""
+    records, _ = run
+    call = records.calls[0]
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry)
+
+    def in_metrics() -> float:  # the counter's own samples: no collection of the registry
+        return float(
+            sum(s.value for m in sink.calls.collect() for s in m.samples if s.name.endswith("_total"))
+        )
+
+    for _ in range(3):
+        sink(call)
+    assert in_metrics() == 0
+    assert total(exposed(registry), "llm_ledger_calls_total") == 3
+    assert in_metrics() == 3
+    for _ in range(PENDING_CALLS - 1):
+        sink(call)
+    assert in_metrics() == 3
+    sink(call)
+    assert in_metrics() == 3 + PENDING_CALLS
+    sink(call)
+    sink.flush()
+    assert in_metrics() == 4 + PENDING_CALLS
+    found = exposed(registry)
+    assert total(found, "llm_ledger_call_duration_seconds_count") == 4 + PENDING_CALLS
+    assert (
+        total(found, "llm_ledger_tokens_total", token_type="input")
+        == (4 + PENDING_CALLS) * call["usage"]["prompt_tokens"]
+    )
 
 
 def test_a_second_sink_on_one_registry_is_a_config_error(registry: CollectorRegistry) -> None:
@@ -406,4 +443,8 @@ def test_missing_extra_and_busy_port_fail_at_configure_and_change_nothing(
     monkeypatch.setattr(_setup, "_default_sinks", {})
     with pytest.raises(ConfigError, match=r"pip install 'llm-ledger\[prometheus\]'"):
         llm_ledger.configure(log_dir=tmp_path, exporters=["prometheus"])
+    assert _config._settings == first
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    with pytest.raises(ConfigError, match=r"pip install 'llm-ledger\[otel\]'"):
+        llm_ledger.configure(log_dir=tmp_path, exporters=["otel"])
     assert _config._settings == first

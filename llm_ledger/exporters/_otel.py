@@ -15,6 +15,7 @@ trace. See docs/exporters.md for the trade-offs.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["MAX_PENDING_CALLS", "TOKEN_BUCKETS", "OTelSink"]
+__all__ = ["MAX_COUNTER_SETS", "MAX_PENDING_CALLS", "TOKEN_BUCKETS", "OTelSink"]
 
 SCOPE: Final = "llm_ledger"
 # the GenAI conventions' advice for gen_ai.client.token.usage: 1, 4, 16 ... 67108864 (x4 steps)
@@ -41,6 +42,16 @@ MAX_PENDING_CALLS: Final = 10_000
 _EXTRA_HINT: Final = "pip install 'llm-ledger[otel]'"
 _OPERATIONS: Final = {"chat": "chat", "responses": "chat", "embeddings": "embeddings"}
 _API_TYPES: Final = {"chat": "chat_completions", "responses": "responses"}
+_LATEST_USAGE: Final = ("input_tokens", "output_tokens", "cache_read.input_tokens", "reasoning.output_tokens")
+_ATTRIBUTE_SETS: Final = 10_000  # metric attribute sets kept at hand
+# attribute sets a counter kept here reports; later ones are summed under the SDK's overflow set
+MAX_COUNTER_SETS: Final = 2_000
+_OVERFLOW: Final = {"otel.metric.overflow": True}
+# opentelemetry-instrumentation-openai-v2: its scope (a module name) and the record operations it
+# makes spans for (it wraps chat.completions.create and embeddings.create, not responses.create)
+_OPENAI_V2: Final = "opentelemetry.instrumentation.openai_v2"
+_GENAI_HANDLER: Final = "opentelemetry.util.genai.handler"  # openai-v2's spans under latest_experimental
+_OPENAI_V2_OPERATIONS: Final = frozenset({"chat", "embeddings"})
 
 
 def _api() -> tuple[Any, Any, Any]:
@@ -60,6 +71,50 @@ def latest_experimental() -> bool:
     """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` asks for the newest experimental GenAI names."""
     values = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
     return "gen_ai_latest_experimental" in {v.strip() for v in values.split(",")}
+
+
+class _Totals:
+    """A monotonic counter whose sums are kept here and reported when the meter collects (an
+    observable counter): a call adds to a dict, where ``Counter.add`` sends a measurement through the
+    SDK's whole path (cleaning, hashing and looking up its attributes) on every call."""
+
+    def __init__(self, meter: Any, observation: Any, name: str, unit: str, description: str) -> None:
+        self._sums: dict[Any, list[Any]] = {}  # key -> [attributes, total]
+        self._lock = threading.Lock()
+        self._observation = observation
+        meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
+
+    def add(self, amount: float, key: Any, attributes: Mapping[str, Any]) -> None:
+        with self._lock:
+            found = self._sums.get(key)
+            if found is None:
+                if len(self._sums) >= MAX_COUNTER_SETS:
+                    key, attributes = None, _OVERFLOW
+                    found = self._sums.get(key)
+                if found is None:
+                    found = self._sums[key] = [attributes, 0]
+            found[1] += amount
+
+    def _observe(self, options: Any) -> list[Any]:
+        with self._lock:
+            sums = [(attributes, total) for attributes, total in self._sums.values()]
+        return [self._observation(total, attributes) for attributes, total in sums]
+
+
+def _openai_v2_instrumented() -> bool:
+    """Whether ``OpenAIInstrumentor().instrument()`` is in force (its class keeps the one instance)."""
+    cls = getattr(sys.modules.get(_OPENAI_V2), "OpenAIInstrumentor", None)
+    instrumentor = getattr(cls, "_instance", None)
+    return bool(getattr(instrumentor, "is_instrumented_by_opentelemetry", False))
+
+
+def _modalities(record: Mapping[str, Any]) -> tuple[str, str]:
+    """``gen_ai.token.modality`` of a call's input and output tokens. OpenAI's usage does not split
+    tokens by modality: text when the request holds no image and the model is no audio model."""
+    model = record["request"]["model"] or ""
+    audio = "audio" in model or "realtime" in model
+    inputs = "unknown" if audio or record["request"]["has_images"] else "text"
+    return inputs, "unknown" if audio else "text"
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -152,41 +207,60 @@ class OTelSink:
         self.tracer = trace.get_tracer(SCOPE, ours, tracer_provider)
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         self.latest = latest_experimental()
+
+        def histogram(name: str, unit: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return meter.create_histogram(name, unit, doc, explicit_bucket_boundaries_advisory=buckets)
+
+        def counter(name: str, unit: str, doc: str) -> _Totals:
+            return _Totals(meter, metrics.Observation, name, unit, doc)
+
         if self.latest:
+            # semantic-conventions-genai (unreleased): counters by modality for totals, histograms
+            # per operation for percentiles, embeddings apart
             self._usage = {
-                kind: meter.create_counter(f"gen_ai.client.inference.usage.{kind}", "{token}", f"{kind} used")
-                for kind in (
-                    "input_tokens",
-                    "output_tokens",
-                    "cache_read.input_tokens",
-                    "reasoning.output_tokens",
+                kind: _Totals(
+                    meter,
+                    metrics.Observation,
+                    f"gen_ai.client.inference.usage.{kind}",
+                    "{token}",
+                    f"{kind} used",
                 )
+                for kind in _LATEST_USAGE
             }
+            self._operation_tokens = {
+                kind: histogram(
+                    f"gen_ai.client.inference.operation.{kind}", "{token}", f"{kind} per call", TOKEN_BUCKETS
+                )
+                for kind in ("input_tokens", "output_tokens")
+            }
+            self._embeddings_tokens = histogram(
+                "gen_ai.client.embeddings.operation.input_tokens", "{token}", "Input tokens per call",
+                TOKEN_BUCKETS,
+            )  # fmt: skip
+            self._embeddings_duration = histogram(
+                "gen_ai.client.embeddings.duration", "s", "Embeddings call duration", DURATION_BUCKETS
+            )
             duration = "gen_ai.client.inference.duration"
             first_chunk = "gen_ai.client.inference.time_to_first_chunk"
-            self._embeddings_duration = meter.create_histogram(
-                "gen_ai.client.embeddings.duration", "s", "Embeddings call duration",
-                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-            )  # fmt: skip
         else:
-            self._token_usage = meter.create_histogram(
-                "gen_ai.client.token.usage", "{token}", "Input and output tokens used",
-                explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-            )  # fmt: skip
+            self._token_usage = histogram(
+                "gen_ai.client.token.usage", "{token}", "Input and output tokens used", TOKEN_BUCKETS
+            )
             duration = "gen_ai.client.operation.duration"
             first_chunk = "gen_ai.client.operation.time_to_first_chunk"
-        self._duration = meter.create_histogram(
-            duration, "s", "GenAI operation duration", explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+        self._duration = histogram(duration, "s", "GenAI operation duration", DURATION_BUCKETS)
+        self._first_chunk = histogram(first_chunk, "s", "Time to a stream's first chunk", DURATION_BUCKETS)
+        self._cost = _Totals(
+            meter,
+            metrics.Observation,
+            "llm_ledger.cost",
+            "{USD}",
+            "Cost of GenAI calls, USD (llm-ledger prices)",
         )
-        self._first_chunk = meter.create_histogram(
-            first_chunk, "s", "Time to the first chunk of a stream",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )  # fmt: skip
-        self._cost = meter.create_counter(
-            "llm_ledger.cost", "{USD}", "Cost of GenAI calls, USD (llm-ledger prices)"
-        )
+        self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._pending: dict[str, list[Mapping[str, Any]]] = {}
+        # lens_run_id -> (records whose span waits for the lens, openai-v2's spans of its other calls)
+        self._pending: dict[str, tuple[list[Mapping[str, Any]], list[Any]]] = {}
         self._pending_count = 0
 
     def __repr__(self) -> str:
@@ -195,63 +269,141 @@ class OTelSink:
     def __call__(self, record: Mapping[str, Any]) -> None:
         event = record["event"]
         if event == CALL_EVENT:
-            self._metrics(record)
+            theirs, their_span = self._openai_v2(record)
+            self._metrics(record, theirs, their_span is not None)
+            if theirs and their_span is None:
+                return  # openai-v2 makes the span; nothing to link it by
             run_id = record["context"].get("lens_run_id")
             if run_id is not None:
                 with self._lock:
                     if self._pending_count < MAX_PENDING_CALLS:
-                        self._pending.setdefault(run_id, []).append(record)
+                        calls, links = self._pending.setdefault(run_id, ([], []))
+                        (links.append(their_span) if theirs else calls.append(record))
                         self._pending_count += 1
                         return
-            self._call_span(record, None)
+            if not theirs:
+                self._call_span(record, None)
         elif event == LENS_EVENT:
             self._lens(record)
 
+    # -- the OTel openai-v2 instrumentation --------------------------------------------------------
+
+    def _openai_v2(self, record: Mapping[str, Any]) -> tuple[bool, Any]:
+        """Whether openai-v2 makes this call's span, and that span's context when it is still open here.
+
+        Its span is the current one when a non-streamed call ends (it wraps ``create``, the ledger
+        the client's ``request`` inside it): that span gets the cost and the ledger's attributes.
+        """
+        if _OPENAI_V2 not in sys.modules:
+            return False, None
+        span = self._trace.get_current_span()
+        scope = getattr(getattr(span, "instrumentation_scope", None), "name", None)
+        if (
+            (scope == _OPENAI_V2 or (scope == _GENAI_HANDLER and _openai_v2_instrumented()))
+            and getattr(span, "kind", None) is self._client_kind
+            and span.is_recording()
+        ):
+            attributes: dict[str, Any] = {"llm_ledger.call_id": record["call_id"]}
+            usd = record["cost"]["total_cost_usd"]
+            if usd is not None:
+                attributes["gen_ai.usage.cost"] = usd
+            self._context_attributes(record["context"], attributes)
+            span.set_attributes(attributes)
+            return True, span.get_span_context()
+        return record["operation"] in _OPENAI_V2_OPERATIONS and _openai_v2_instrumented(), None
+
     # -- metrics -----------------------------------------------------------------------------------
 
-    def _metrics(self, record: Mapping[str, Any]) -> None:
+    def _attributes(self, base: tuple[Any, ...], extra: tuple[str, Any] | None = None) -> dict[str, Any]:
+        """The metric attributes of ``base`` (plus ``extra``), built once: many calls share them."""
+        key = (base, extra)
+        found = self._attribute_sets.get(key)
+        if found is None:
+            operation, provider, request_model, response_model, address, port, lens = base
+            found = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
+            for name, value in (
+                ("gen_ai.request.model", request_model),
+                ("gen_ai.response.model", response_model),
+                ("server.address", address),
+                ("server.port", port),
+                ("llm_ledger.lens", lens),
+            ):
+                if value is not None:
+                    found[name] = value
+            if extra is not None:
+                found[extra[0]] = extra[1]
+            if len(self._attribute_sets) >= _ATTRIBUTE_SETS:
+                self._attribute_sets.clear()  # only a cache
+            self._attribute_sets[key] = found
+        return found
+
+    def _metrics(self, record: Mapping[str, Any], theirs: bool, their_usage: bool) -> None:
+        """``theirs``: openai-v2 records the call's duration; ``their_usage``: and its token usage
+        (not for a stream, whose usage arrives after openai-v2 has recorded its metrics)."""
         operation = _OPERATIONS.get(record["operation"], record["operation"])
         server = record.get("server") or {}
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": server.get("provider") or "openai",
-        }
-        for key, value in (
-            ("gen_ai.request.model", record["request"]["model"]),
-            ("gen_ai.response.model", record["response"]["model"]),
-            ("server.address", server.get("address")),
-            ("server.port", server.get("port")),
-            ("llm_ledger.lens", record["context"].get("lens_key")),
-        ):
-            if value is not None:
-                attributes[key] = value
-        usage = record["usage"]
-        if self.latest:
-            for kind, field in (
-                ("input_tokens", "prompt_tokens"),
-                ("output_tokens", "completion_tokens"),
-                ("cache_read.input_tokens", "cached_tokens"),
-                ("reasoning.output_tokens", "reasoning_tokens"),
-            ):
-                n = usage[field]
-                if n is not None:
-                    self._usage[kind].add(n, attributes)
-        else:
-            for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-                n = usage[field]
-                if n is not None:
-                    self._token_usage.record(n, {**attributes, "gen_ai.token.type": kind})
+        base = (
+            operation,
+            server.get("provider") or "openai",
+            record["request"]["model"],
+            record["response"]["model"],
+            server.get("address"),
+            server.get("port"),
+            record["context"].get("lens_key"),
+        )
+        attributes = self._attributes(base)
         usd = record["cost"]["total_cost_usd"]
         if usd is not None:
-            self._cost.add(usd, attributes)
-        error = record["error"]
-        timed = {**attributes, "error.type": error["type"]} if error else attributes
+            self._cost.add(usd, base, attributes)
         timing = record["timing"]
-        histogram = self._embeddings_duration if self.latest and operation == "embeddings" else self._duration
-        histogram.record(timing["duration_ms"] / 1000, timed)
         first = timing["time_to_first_token_ms"]
         if first is not None:
             self._first_chunk.record(first / 1000, attributes)
+        if not their_usage:
+            usage = record["usage"]
+            if self.latest:
+                self._latest_usage(record, operation, base, attributes)
+            else:
+                for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+                    n = usage[field]
+                    if n is not None:
+                        self._token_usage.record(n, self._attributes(base, ("gen_ai.token.type", kind)))
+        if theirs:
+            return
+        error = record["error"]
+        timed = self._attributes(base, ("error.type", error["type"])) if error else attributes
+        histogram = self._embeddings_duration if self.latest and operation == "embeddings" else self._duration
+        histogram.record(timing["duration_ms"] / 1000, timed)
+
+    def _latest_usage(
+        self, record: Mapping[str, Any], operation: str, base: tuple[Any, ...], attributes: dict[str, Any]
+    ) -> None:
+        usage = record["usage"]
+        if operation == "embeddings":
+            n = usage["prompt_tokens"]
+            if n is not None:
+                self._embeddings_tokens.record(n, attributes)
+            return
+        if usage["prompt_tokens"] is None and usage["completion_tokens"] is None:
+            if record["error"]:  # the conventions: a failed call counts 0 tokens of unknown modality
+                extra = ("gen_ai.token.modality", "unknown")
+                unknown = self._attributes(base, extra)
+                self._usage["input_tokens"].add(0, (base, extra), unknown)
+                self._usage["output_tokens"].add(0, (base, extra), unknown)
+            return
+        inputs, outputs = _modalities(record)
+        for kind, field, modality in (
+            ("input_tokens", "prompt_tokens", inputs),
+            ("output_tokens", "completion_tokens", outputs),
+            ("cache_read.input_tokens", "cached_tokens", inputs),
+            ("reasoning.output_tokens", "reasoning_tokens", outputs),
+        ):
+            n = usage[field]
+            if n is not None:
+                extra = ("gen_ai.token.modality", modality)
+                self._usage[kind].add(n, (base, extra), self._attributes(base, extra))
+                if kind in self._operation_tokens:
+                    self._operation_tokens[kind].record(n, attributes)
 
     # -- spans -------------------------------------------------------------------------------------
 
@@ -296,6 +448,15 @@ class OTelSink:
         first = record["timing"]["time_to_first_token_ms"]
         if first is not None:
             attributes["gen_ai.response.time_to_first_chunk"] = first / 1000
+        if self.latest and operation != "embeddings":
+            inputs, outputs = _modalities(record)
+            for modality, key, value in (
+                (inputs, "input_tokens", usage["prompt_tokens"]),
+                (outputs, "output_tokens", usage["completion_tokens"]),
+                (inputs, "cache_read.input_tokens", usage["cached_tokens"]),
+            ):
+                if modality != "unknown" and value is not None:
+                    attributes[f"gen_ai.usage.{modality}.{key}"] = value
         self._context_attributes(record["context"], attributes)
         error = record["error"]
         if error:
@@ -325,8 +486,8 @@ class OTelSink:
         context = record["context"]
         summary = record["summary"]
         with self._lock:
-            calls = self._pending.pop(context.get("lens_run_id"), [])
-            self._pending_count -= len(calls)
+            calls, links = self._pending.pop(context.get("lens_run_id"), ([], []))
+            self._pending_count -= len(calls) + len(links)
         attributes: dict[str, Any] = {
             "gen_ai.usage.input_tokens": summary["prompt_tokens"],
             "gen_ai.usage.output_tokens": summary["completion_tokens"],
@@ -346,6 +507,7 @@ class OTelSink:
             context=None,  # the application's current span when the lens ended
             kind=self._internal_kind,
             attributes=attributes,
+            links=[self._trace.Link(link) for link in links],
             start_time=start,
         )
         lens_context = self._trace.set_span_in_context(lens_span)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
@@ -31,6 +33,7 @@ __all__ = [
     "MAX_MODELS",
     "NO_LENS",
     "OTHER",
+    "PENDING_CALLS",
     "PrometheusSink",
     "start_metrics_server",
 ]
@@ -60,7 +63,12 @@ OTHER: Final = "other"  # a lens or model beyond the cap
 NO_LENS: Final = "none"  # a call made outside any lens
 UNKNOWN_MODEL: Final = "unknown"
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
+# calls summed per label tuple before they reach the metrics (a collection of the registry, a
+# scrape, moves them first): prometheus-client's values are several objects each, cold between
+# the SDK's own work, where a call's sums are one list
+PENDING_CALLS: Final = 1024
 _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
+_internal_log = logging.getLogger("llm_ledger.internal")
 
 
 def _client() -> Any:
@@ -85,6 +93,33 @@ def _buckets(buckets: Sequence[float] | None) -> tuple[float, ...]:
     ):
         raise ConfigError(f"buckets must be positive, finite and increasing (seconds), got {buckets!r}")
     return values
+
+
+def _adder(child: Any) -> Callable[[float], None]:
+    """A counter child's ``inc`` without its checks (the amounts here are never negative): the inc of
+    the value it keeps (a float under a lock, or a multiprocess file entry), else ``child.inc``."""
+    inc = getattr(getattr(child, "_value", None), "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+def _observer(child: Any) -> Callable[[float], None]:
+    """A histogram child's ``observe`` as two increments: its sum, and the one bucket that holds the
+    amount, found by bisection instead of ``observe``'s scan; ``child.observe`` itself should
+    prometheus-client keep its buckets otherwise."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    add = getattr(getattr(child, "_sum", None), "inc", None)
+    if not (isinstance(bounds, Sequence) and isinstance(buckets, list) and callable(add)) or len(
+        bounds
+    ) != len(buckets):
+        return child.observe  # type: ignore[no-any-return]
+    incs = [bucket.inc for bucket in buckets]
+
+    def observe(amount: float) -> None:
+        add(amount)
+        incs[bisect_left(bounds, amount)](1)  # the last bound is +Inf
+
+    return observe
 
 
 def _cap(name: str, value: Any) -> int:
@@ -117,6 +152,11 @@ class PrometheusSink:
         max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
             are counted under ``"other"``.
 
+    A call is summed into its series' pending totals, which reach the metrics when the registry is
+    collected (a scrape, ``generate_latest``: the sink moves them first), at ``flush()``, or every
+    ``PENDING_CALLS`` calls. With ``PROMETHEUS_MULTIPROC_DIR`` set (another process reads the
+    values) every call reaches them at once.
+
     Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the registry
     already holds these metrics.
     """
@@ -139,7 +179,13 @@ class PrometheusSink:
         self._models: set[str] = set()
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._lens_children: dict[Any, tuple[Any, ...]] = {}
-        made: list[Any] = []
+        # label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations, first tokens]
+        self._pending: dict[tuple[Any, ...], list[Any]] = {}
+        self._pending_calls = 0
+        self._pending_limit = 1 if _multiprocess_dir() else PENDING_CALLS
+        self._pending_lock = threading.Lock()
+        made: list[Any] = [_Moving(self.flush)]
+        self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
         def metric(kind: Any, name: str, doc: str, labels: tuple[str, ...], **kwargs: Any) -> Any:
             try:
@@ -197,6 +243,17 @@ class PrometheusSink:
                 self._lens_label(record["context"].get("lens_key")), record["anomaly"]["metric"]
             ).inc()
 
+    def flush(self) -> None:
+        """Move the pending sums of calls into the metrics (a collection of the registry does it first)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+            self._pending_calls = 0
+        for key, sums in pending.items():
+            try:
+                self._move(key, sums)
+            except Exception:  # one series must not cost the others, nor a scrape
+                _internal_log.exception("PrometheusSink could not update the series of %r", key)
+
     # -- labels ------------------------------------------------------------------------------------
 
     def _fold(self, value: str, seen: set[str], cap: int) -> str:
@@ -220,15 +277,15 @@ class PrometheusSink:
         model = self._model_label(raw_model)
         tokens = self.tokens
         children = (
-            self.calls.labels(lens, model, provider, operation, status),
-            tokens.labels(lens, model, provider, operation, "input"),
-            tokens.labels(lens, model, provider, operation, "output"),
-            tokens.labels(lens, model, provider, operation, "cached"),
-            tokens.labels(lens, model, provider, operation, "reasoning"),
-            self.cost.labels(lens, model, provider),
-            self.duration.labels(lens, model, operation),
-            self.ttft.labels(lens, model, operation),
-            self.unpriced.labels(model),
+            _adder(self.calls.labels(lens, model, provider, operation, status)),
+            _adder(tokens.labels(lens, model, provider, operation, "input")),
+            _adder(tokens.labels(lens, model, provider, operation, "output")),
+            _adder(tokens.labels(lens, model, provider, operation, "cached")),
+            _adder(tokens.labels(lens, model, provider, operation, "reasoning")),
+            _adder(self.cost.labels(lens, model, provider)),
+            _observer(self.duration.labels(lens, model, operation)),
+            _observer(self.ttft.labels(lens, model, operation)),
+            _adder(self.unpriced.labels(model)),
         )
         if len(self._children) >= _CACHE_LIMIT:
             self._children.clear()  # only a cache: the metrics keep every series
@@ -248,34 +305,47 @@ class PrometheusSink:
             record["operation"],
             status,
         )
+        usage = record["usage"]
+        usd = record["cost"]["total_cost_usd"]
+        timing = record["timing"]
+        first = timing["time_to_first_token_ms"]
+        with self._pending_lock:
+            sums = self._pending.get(key)
+            if sums is None:
+                sums = self._pending[key] = [0, 0, 0, 0, 0, 0.0, 0, [], []]
+            sums[0] += 1
+            sums[1] += usage["prompt_tokens"] or 0
+            sums[2] += usage["completion_tokens"] or 0
+            sums[3] += usage["cached_tokens"] or 0
+            sums[4] += usage["reasoning_tokens"] or 0
+            if usd is not None:
+                sums[5] += usd
+            elif status != "error" or usage["total_tokens"]:
+                # the lens's cost_complete rule: an ok call without a cost, or a failed call that was billed
+                sums[6] += 1
+            sums[7].append(timing["duration_ms"] / 1000)
+            if first is not None:
+                sums[8].append(first / 1000)
+            self._pending_calls += 1
+            full = self._pending_calls >= self._pending_limit
+        if full:
+            self.flush()
+
+    def _move(self, key: tuple[Any, ...], sums: list[Any]) -> None:
         children = self._children.get(key) or self._new_children(key)
         calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
-        calls.inc()
-        usage = record["usage"]
-        n = usage["prompt_tokens"]
-        if n:
-            t_in.inc(n)
-        n = usage["completion_tokens"]
-        if n:
-            t_out.inc(n)
-        n = usage["cached_tokens"]
-        if n:
-            t_cached.inc(n)
-        n = usage["reasoning_tokens"]
-        if n:
-            t_reasoning.inc(n)
-        usd = record["cost"]["total_cost_usd"]
-        if usd is not None:
-            if usd:
-                cost.inc(usd)
-        elif status != "error" or usage["total_tokens"]:
-            # the lens's cost_complete rule: an ok call without a cost, or a failed call that was billed
-            unpriced.inc()
-        timing = record["timing"]
-        duration.observe(timing["duration_ms"] / 1000)
-        first = timing["time_to_first_token_ms"]
-        if first is not None:
-            ttft.observe(first / 1000)
+        calls(sums[0])
+        for add, n in ((t_in, sums[1]), (t_out, sums[2]), (t_cached, sums[3]), (t_reasoning, sums[4])):
+            if n:
+                add(n)
+        if sums[5]:
+            cost(sums[5])
+        if sums[6]:
+            unpriced(sums[6])
+        for seconds in sums[7]:
+            duration(seconds)
+        for seconds in sums[8]:
+            ttft(seconds)
 
     def _lens(self, record: Mapping[str, Any]) -> None:
         summary = record["summary"]
@@ -284,16 +354,30 @@ class PrometheusSink:
         if children is None:
             lens = self._lens_label(raw)
             children = (
-                self.lens_runs.labels(lens, "ok"),
-                self.lens_runs.labels(lens, "error"),
-                self.lens_cost.labels(lens),
+                _adder(self.lens_runs.labels(lens, "ok")),
+                _adder(self.lens_runs.labels(lens, "error")),
+                _observer(self.lens_cost.labels(lens)),
             )
             if len(self._lens_children) >= _CACHE_LIMIT:
                 self._lens_children.clear()
             self._lens_children[raw] = children
         ok, failed, cost = children
-        (failed if summary["errors"] else ok).inc()
-        cost.observe(summary["total_cost_usd"])
+        (failed if summary["errors"] else ok)(1)
+        cost(summary["total_cost_usd"])
+
+
+class _Moving:
+    """Registered before the sink's metrics: collecting the registry moves the pending sums first."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self._flush()
+        return []
 
 
 def _multiprocess_dir() -> str | None:

@@ -1,0 +1,1 @@
+"""The Grafana dashboard, its provisioning and docker compose files, and the tools that check and draw it."""
