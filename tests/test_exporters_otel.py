@@ -81,7 +81,8 @@ def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
     request, response, usage, server = call["request"], call["response"], call["usage"], call["server"]
     want: dict[str, Any] = {
         "gen_ai.operation.name": "embeddings" if call["operation"] == "embeddings" else "chat",
-        "gen_ai.provider.name": server["provider"],
+        # the conventions' name where it differs from genai-prices' provider id
+        "gen_ai.provider.name": {"azure": "azure.ai.openai"}.get(server["provider"], server["provider"]),
         "gen_ai.request.model": request["model"],
         "gen_ai.request.temperature": request["temperature"],
         "gen_ai.request.max_tokens": request["max_tokens"],
@@ -161,6 +162,29 @@ def test_every_operation_becomes_a_client_span_with_the_records_values(otel: Tel
     assert spans[4].status.description == records.calls[4]["error"]["message"]
     assert str(spans[4].status.description).startswith("HTTP 429")
     assert not any("gen_ai.input.messages" in (s.attributes or {}) for s in spans)  # capture is off
+
+
+def test_an_azure_call_is_named_by_the_conventions_provider_name(fake_openai: FakeOpenAI) -> None:
+    """The record says ``azure`` (genai-prices' id, which chose the price); the span and the metrics
+    say ``azure.ai.openai``, the GenAI conventions' name."""
+    telemetry = Telemetry(fake_openai)
+    azure = telemetry.monitor.instrument(
+        openai.AzureOpenAI(
+            api_key=FAKE_KEY,
+            azure_endpoint=fake_openai.base_url.removesuffix("/v1"),
+            api_version="2024-10-21",
+            max_retries=0,
+        )
+    )
+    with capture(telemetry.monitor) as records:
+        azure.chat.completions.create(model="prod-gpt4o", messages=HI)
+    (call,) = records.calls
+    assert call["server"]["provider"] == "azure"
+    (span,) = telemetry.spans()
+    check_call_span(span, call)
+    assert dict(span.attributes or {})["gen_ai.provider.name"] == "azure.ai.openai"
+    points = telemetry.metrics()["gen_ai.client.operation.duration"]
+    assert {p.attributes["gen_ai.provider.name"] for p in points} == {"azure.ai.openai"}
 
 
 def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: Telemetry) -> None:

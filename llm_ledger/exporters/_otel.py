@@ -25,6 +25,7 @@ import orjson
 
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
+from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS
 
 if TYPE_CHECKING:
@@ -344,7 +345,7 @@ class OTelSink:
         server = record.get("server") or {}
         base = (
             operation,
-            server.get("provider") or "openai",
+            otel_provider_name(server.get("provider") or "openai"),
             record["request"]["model"],
             record["response"]["model"],
             server.get("address"),
@@ -416,7 +417,7 @@ class OTelSink:
         model = request["model"]
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": server.get("provider") or "openai",
+            "gen_ai.provider.name": otel_provider_name(server.get("provider") or "openai"),
         }
         optional = (
             ("gen_ai.request.model", model),
