@@ -143,11 +143,15 @@ def stopped(log_dir: str, how: str) -> None:
 
 def _signal_while_writing() -> None:
     """SIGTERM this process as its main thread starts writing a batch (with the lock held)."""
-    from llm_ledger import _config
+    from llm_ledger import _config, _jsonl
 
     handler = _config._handler
     assert handler is not None
     write = handler._write
+    # the main thread must write the batch: on a loaded machine a slow write would hand writing to
+    # the writer thread, or the writer would take lines left waiting two intervals, and the signal
+    # would never come (the test would wait for a process that was never signalled)
+    _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
 
     def signalled(wait: bool = True) -> bool:
         import threading
