@@ -237,12 +237,7 @@ class AnomalyDetector:
             monitor._report("anomaly detection", exc)
             return
         for anomaly in found:
-            monitor._emit(anomaly)
-            if self.on_anomaly is not None:
-                try:
-                    self.on_anomaly(anomaly)
-                except Exception as exc:
-                    monitor._report("the on_anomaly callback", exc)
+            monitor._alert(anomaly, self.on_anomaly, "the on_anomaly callback")
 
     def rebuild(self, path: str | os.PathLike[str]) -> int:
         """Replay the lens summaries in the last ``history_bytes`` of the log ``path`` into the

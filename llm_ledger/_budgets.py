@@ -292,12 +292,7 @@ class _RunBudget:
         if guard.mode == "raise" and self.stopped is None:
             self.stopped = record
             stopping = True
-        monitor._emit(record)
-        if guard.on_exceeded is not None:
-            try:
-                guard.on_exceeded(record)
-            except Exception as exc:
-                monitor._report("the on_budget_exceeded callback", exc)
+        monitor._alert(record, guard.on_exceeded, "the on_budget_exceeded callback")
 
 
 def refuse_if_stopped(lenses: tuple[LensRun, ...]) -> None:

@@ -537,6 +537,17 @@ class LLMCallMonitor:
             except Exception as exc:
                 self._report(f"sink {sink!r}", exc)
 
+    def _alert(
+        self, record: AnomalyRecord | BudgetRecord, callback: Callable[[Any], object] | None, what: str
+    ) -> None:
+        """Emit an alert record, then hand it to the application's ``callback`` (its failure reported)."""
+        self._emit(record)
+        if callback is not None:
+            try:
+                callback(record)
+            except Exception as exc:
+                self._report(what, exc)
+
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
         try:
             record = lens_record(context=context, summary=summary, end_epoch=end_epoch)
