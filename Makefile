@@ -67,7 +67,7 @@ bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv
 	test -x bench/out/venv/bin/python || $(PYTHON) -m venv bench/out/venv
 	bench/out/venv/bin/python -m pip install --quiet --upgrade pip
-	bench/out/venv/bin/python -m pip install --quiet -e '.[prometheus,otel]' -r bench/requirements.txt
+	bench/out/venv/bin/python -m pip install --quiet -e '.[pytest,prometheus,otel]' -r bench/requirements.txt
 	bench/out/venv/bin/python -m bench $(BENCH_ARGS)
 
 clean:
