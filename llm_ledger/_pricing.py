@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from llm_ledger._errors import ConfigError, PriceFileError
 from llm_ledger._extract import JsonView
-from llm_ledger._records import USD_UNIT_DIGITS
+from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
 from llm_ledger.loading import Document, join, read_file, shown
 
 if TYPE_CHECKING:
@@ -218,10 +218,10 @@ def reported_cost_units(usage: Any) -> int | None:
                 value = extra.get("cost")
             else:
                 return None
-        if type(value) not in (int, float) or not 0 <= value < float("inf"):
+        cost = cost_decimal(value)
+        if cost is None:
             return None
-        # the number as written in the JSON (repr of a float is its shortest spelling), exactly
-        return int(_CONTEXT.scaleb(Decimal(repr(value)), USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
+        return int(_CONTEXT.scaleb(cost, USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
     except Exception:
         return None
 

@@ -15,10 +15,12 @@ these dicts; none of them defines its own copy of the schema. Records are plain 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Literal, TypedDict
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "anomaly_record",
     "budget_record",
     "call_record",
+    "cost_decimal",
     "iso_timestamp",
     "lens_record",
     "new_id",
@@ -51,6 +54,18 @@ LOGGER_NAME = "llm_monitor"
 # money inside the ledger: integers of 10**-24 USD, exact for any rate the price table holds
 USD_UNIT_DIGITS = 24
 USD_UNITS = 10**USD_UNIT_DIGITS
+
+
+def cost_decimal(value: Any) -> Decimal | None:
+    """A cost as records carry it (a JSON number of USD) as the exact decimal it was written as, not
+    its binary approximation; ``None`` for anything that is not a finite number >= 0."""
+    if type(value) is int:
+        return Decimal(value) if value >= 0 else None
+    if type(value) is float and math.isfinite(value) and value >= 0:
+        return Decimal(repr(value))  # repr: the shortest spelling of the float, as the JSON has it
+    return None
+
+
 CALL_EVENT = "llm_api_call"
 LENS_EVENT = "lens_summary"
 ANOMALY_EVENT = "lens_anomaly"

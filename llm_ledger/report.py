@@ -18,7 +18,8 @@
 * :func:`asgi_app` serves ``GET /costs`` over a log directory, for mounting in an ASGI application.
 * :func:`load_report`, :func:`diff_reports` and :func:`render_diff` read pytest ``--llm-report``
   files and compare them lens by lens (``llm-ledger diff``); :func:`text_table` is the one table
-  renderer every command prints with.
+  renderer every command prints with; :func:`cost_decimal` reads a record's cost (a JSON number)
+  as the exact decimal it was written as.
 
 Dimensions, filters and the time range are described in ``docs/REPORTING.md``: a dimension is a
 context key (``user_id``, ``source_id``), a record field (``status``), a dotted path
@@ -33,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from ._records import cost_decimal
 from ._table import text_table
 from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggregate, make_query
 from .analysis._diff import diff_reports, load_report
@@ -49,6 +51,7 @@ __all__ = [
     "Query",
     "QueryError",
     "asgi_app",
+    "cost_decimal",
     "diff_reports",
     "load_report",
     "render",

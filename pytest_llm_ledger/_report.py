@@ -8,14 +8,13 @@ they leave as JSON numbers.
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
 from llm_ledger import Budgets, Limits
-from llm_ledger.report import text_table
+from llm_ledger.report import cost_decimal, text_table
 
 from ._budgets import METRIC_OF
 
@@ -42,13 +41,6 @@ _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _usd(cost: Any) -> Decimal | None:
-    """A record's cost (a JSON number of USD) as the exact decimal it was written as."""
-    if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
-        return Decimal(repr(cost))
-    return None
 
 
 @dataclass(slots=True)
@@ -89,7 +81,7 @@ class Totals:
     @classmethod
     def of_call(cls, record: Mapping[str, Any]) -> Totals:
         usage = record.get("usage") or {}
-        cost = _usd((record.get("cost") or {}).get("total_cost_usd"))
+        cost = cost_decimal((record.get("cost") or {}).get("total_cost_usd"))
         totals = cls(
             api_calls=1,
             prompt_tokens=_int(usage.get("prompt_tokens")),
@@ -112,7 +104,7 @@ class Totals:
     @classmethod
     def of_lens(cls, record: Mapping[str, Any]) -> Totals:
         summary = record.get("summary") or {}
-        cost = _usd(summary.get("total_cost_usd"))
+        cost = cost_decimal(summary.get("total_cost_usd"))
         return cls(
             api_calls=_int(summary.get("total_api_calls")),
             prompt_tokens=_int(summary.get("prompt_tokens")),
@@ -191,7 +183,7 @@ class UsageRow:
             str((record.get("response") or {}).get("model") or ""),
             str(cost_shape.get("source") or ""),
         )
-        cost = _usd(cost_shape.get("total_cost_usd"))
+        cost = cost_decimal(cost_shape.get("total_cost_usd"))
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         known = isinstance(prompt, int) and isinstance(completion, int)
         billed = record.get("status") != "error" or (known and bool(prompt or completion))

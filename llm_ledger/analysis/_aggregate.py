@@ -36,7 +36,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT
+from .._records import CALL_EVENT, LENS_EVENT, cost_decimal
 from ._read import InputStats
 
 __all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where"]
@@ -293,11 +293,10 @@ def _number(value: Any) -> float:
 def _usd(value: Any) -> Decimal | None:
     if value is None:
         return None
-    if type(value) is int:
-        return Decimal(value)
-    if type(value) is float and math.isfinite(value):
-        return Decimal(repr(value))  # the figure as written, not its binary approximation
-    raise BadRecord(f"cost {value!r}")
+    cost = cost_decimal(value)
+    if cost is None:
+        raise BadRecord(f"cost {value!r}")
+    return cost
 
 
 _MISSING: Final = object()

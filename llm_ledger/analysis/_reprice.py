@@ -25,7 +25,7 @@ import orjson
 
 from .._errors import ConfigError
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
-from .._records import CALL_EVENT, USD_UNIT_DIGITS
+from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import printable, shown
 
@@ -156,8 +156,8 @@ def _log_usage(path: str) -> Iterator[Usage]:
             prompt_tokens=_count(prompt) or 0,
             cached_tokens=_count(usage.get("cached_tokens")) or 0,
             completion_tokens=_count(completion) or 0,
-            cost_usd=_usd(cost) or Decimal(0),
-            uncosted_calls=int(_usd(cost) is None and (ok or bool(known and (prompt or completion)))),
+            cost_usd=cost_decimal(cost) or Decimal(0),
+            uncosted_calls=int(cost_decimal(cost) is None and (ok or bool(known and (prompt or completion)))),
             no_usage_calls=int(not known and ok),
         )
 
@@ -181,7 +181,7 @@ def _report_usage(path: str) -> Iterator[Usage]:
             counts[key] = _count(row.get(key, 0))
             if counts[key] is None:
                 raise ConfigError(f"{where}.{key}: expected a whole number >= 0, got {shown(row.get(key))}")
-        cost = _usd(row.get("cost_usd", 0))
+        cost = cost_decimal(row.get("cost_usd", 0))
         if cost is None:
             raise ConfigError(f"{where}.cost_usd: expected a number >= 0, got {shown(row.get('cost_usd'))}")
         host, _, port = str(row.get("server") or "").rpartition(":")
@@ -213,12 +213,6 @@ def _name(value: Any) -> str:
 
 def _count(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
-
-
-def _usd(value: Any) -> Decimal | None:
-    if type(value) not in (int, float) or not 0 <= value < float("inf"):
-        return None
-    return Decimal(repr(value))
 
 
 # -- pricing again ---------------------------------------------------------------------------------
