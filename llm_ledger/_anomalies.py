@@ -37,6 +37,7 @@ import orjson
 
 from ._errors import ConfigError
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record
+from .loading import BOOLEAN_WORDS
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor
@@ -48,8 +49,6 @@ SCALES: Final = ("log", "linear")
 _SETTINGS: Final = ("window", "k", "min_runs", "min_mad_ratio", "metrics", "history_bytes", "scale")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
 
 def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None:
@@ -107,10 +106,9 @@ class AnomalyConfig:
     def parse(cls, text: str, source: str = "LLM_LEDGER_ANOMALIES") -> AnomalyConfig | None:
         """``on`` / ``off`` (and 1, 0, true, false), or settings such as ``k=5,window=100,min_runs=20``."""
         value = text.strip().lower()
-        if value in _TRUE:
-            return cls()
-        if value in _FALSE:
-            return None
+        on = BOOLEAN_WORDS.get(value)
+        if on is not None:
+            return cls() if on else None
         fields: dict[str, Any] = {}
         for part in value.split(","):
             name, sep, raw = (s.strip() for s in part.partition("="))

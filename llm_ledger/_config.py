@@ -51,12 +51,11 @@ from ._monitor import LLMCallMonitor, Redactor, internal_log
 from ._pricing import PriceTable
 from ._records import LOGGER_NAME
 from .exporters import _setup as _exporters
+from .loading import BOOLEAN_WORDS
 
 __all__ = ["LOG_FILE_NAME", "Settings", "configure", "get_monitor"]
 
 LOG_FILE_NAME: Final = "llm_calls.jsonl"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 class _Unset:
@@ -89,11 +88,9 @@ def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
     raw = env.get(name)
     if raw is None:
         return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
+    value = BOOLEAN_WORDS.get(raw.strip().lower())
+    if value is not None:
+        return value
     raise ConfigError(f"environment variable {name}={raw!r} is not a boolean; use one of 1, 0, true, false")
 
 

@@ -26,9 +26,14 @@ from typing import ClassVar, Final
 
 import yaml
 
-__all__ = ["MAX_BYTES", "Document", "JsonLoader", "join", "printable", "read_file", "shown"]
+__all__ = ["BOOLEAN_WORDS", "MAX_BYTES", "Document", "JsonLoader", "join", "printable", "read_file", "shown"]
 
 MAX_BYTES: Final = 1 << 20  # a price file or budgets.yaml of a megabyte is already absurd
+# what an environment variable's on/off value may be spelled as (lower-cased, stripped)
+BOOLEAN_WORDS: Final = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off", ""), False),
+}
 _TAG_PREFIX: Final = "tag:yaml.org,2002:"
 _STR: Final = _TAG_PREFIX + "str"
 _INT: Final = _TAG_PREFIX + "int"
