@@ -123,6 +123,13 @@ def stopped(log_dir: str, how: str) -> None:
 
     if how == "app-before":
         signal.signal(signal.SIGTERM, _app_handler)
+    if how == "while-writing":
+        # the main thread must write the batch: on a loaded machine a slow write would hand writing
+        # to the writer thread, or the writer would take the lines queued when its first wait (two
+        # intervals from configure()) ended, leaving fewer than a batch, and the signal would never
+        # come (the test would wait for a process that was never signalled). Set before configure():
+        # the writer thread's first wait starts there.
+        _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
     if how == "off":
         llm_ledger.configure(log_dir=log_dir, handle_sigterm=False)
     else:
@@ -143,15 +150,11 @@ def stopped(log_dir: str, how: str) -> None:
 
 def _signal_while_writing() -> None:
     """SIGTERM this process as its main thread starts writing a batch (with the lock held)."""
-    from llm_ledger import _config, _jsonl
+    from llm_ledger import _config
 
     handler = _config._handler
     assert handler is not None
     write = handler._write
-    # the main thread must write the batch: on a loaded machine a slow write would hand writing to
-    # the writer thread, or the writer would take lines left waiting two intervals, and the signal
-    # would never come (the test would wait for a process that was never signalled)
-    _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
 
     def signalled(wait: bool = True) -> bool:
         import threading
