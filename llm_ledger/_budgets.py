@@ -24,6 +24,7 @@ call raises :class:`BudgetExceededError` before it is sent (docs/BUDGETS.md).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -219,6 +220,7 @@ class BudgetGuard:
         self.on_exceeded = on_exceeded
         # lens key -> ((totals attribute, cap, limit key, cap as written), ...); None: no limit
         self._checks: dict[str, tuple[tuple[str, int, str, float], ...] | None] = {}
+        self._unpriced: set[str] = set()  # lens keys warned of calls their cost budget cannot see
 
     def __repr__(self) -> str:
         return f"<BudgetGuard {self.budgets.source} mode={self.mode}>"
@@ -270,6 +272,23 @@ class _RunBudget:
                     self._exceeded(monitor, key, written, usd_or_count)
                 except Exception as exc:  # never in the way of the call, nor of the run's summary
                     monitor._report("checking a lens run's budget", exc)
+            elif attribute == "cost_units" and not totals.cost_complete:
+                self._unpriced(written)
+
+    def _unpriced(self, cap: float) -> None:
+        """A call the run's cost budget cannot see (it has no price): said once per lens key, so that
+        a budget never passes quietly on calls counted as $0."""
+        lens_key = str(self._context.get("lens_key"))
+        warned = self._guard._unpriced
+        if lens_key not in warned and len(warned) < 10_000:
+            warned.add(lens_key)
+            logging.getLogger("llm_ledger.internal").warning(
+                "llm-ledger: lens %r has calls with no price, which its budget max_cost_usd %g counts "
+                "as $0 (its summaries say cost_complete: false); add their models to a price file "
+                "(LLM_LEDGER_PRICE_FILE or configure(price_file=...)) so that the budget sees them",
+                lens_key,
+                cap,
+            )
 
     def _exceeded(self, monitor: LLMCallMonitor, key: str, cap: float, actual: float) -> None:
         global stopping

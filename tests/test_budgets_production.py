@@ -121,6 +121,26 @@ def test_raise_mode_never_breaks_a_call_in_flight(
     assert len(fake_openai.requests) == 1
 
 
+def test_a_cost_budget_says_once_when_calls_have_no_price(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call with no price counts as $0 toward max_cost_usd: the budget cannot see it, and says so once
+    per lens key (never for a lens whose calls are all priced), so that it never passes quietly."""
+    monitor.budgets = BudgetGuard(
+        {"lenses": {"digest": {"max_cost_usd": 1.0}, "priced": {"max_cost_usd": 1.0}}}
+    )
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    with monitor.lens("priced"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    for _ in range(2):
+        with monitor.lens("digest") as run:
+            client.chat.completions.create(model="house-model-7b", messages=HI)
+    assert run.summary["cost_complete"] is False
+    said = [r.getMessage() for r in caplog.records if "max_cost_usd" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "lens 'digest' has calls with no price" in said[0] and "price file" in said[0]
+
+
 @pytest.mark.asyncio
 async def test_raise_mode_on_an_async_client(
     aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
