@@ -29,6 +29,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _BASE: dict[str, Any] = {"lens_key": None, "source_id": None, "service": None}
+_RUN_KEYS = ("lens_key", "lens_run_id", "parent_lens_run_id")  # a run's own: never inherited by a fresh one
 _context: ContextVar[dict[str, Any]] = ContextVar("llm_ledger_context", default=_BASE)
 _lenses: ContextVar[tuple[LensRun, ...]] = ContextVar("llm_ledger_lenses", default=())
 
@@ -251,7 +252,7 @@ class LensRun(_Scope):
         return dict(self._extra)
 
     def _fresh(self) -> LensRun:
-        extra = {k: v for k, v in self._extra.items() if k not in ("lens_key", "lens_run_id")}
+        extra = {k: v for k, v in self._extra.items() if k not in _RUN_KEYS}
         return LensRun(self._monitor, self.lens_key, extra)
 
     def __enter__(self) -> LensRun:
@@ -260,7 +261,15 @@ class LensRun(_Scope):
                 f"lens run {self.lens_key!r} has already run; call lens() again for each block"
             )
         self.run_id = new_id()
-        self._extra = {**self._extra, "lens_run_id": self.run_id}
+        enclosing = _lenses.get()
+        if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
+            self._extra = {
+                **self._extra,
+                "lens_run_id": self.run_id,
+                "parent_lens_run_id": enclosing[-1].run_id,
+            }
+        else:
+            self._extra = {**self._extra, "lens_run_id": self.run_id}
         self._enter()
         if self._monitor.budgets is not None:
             self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())

@@ -235,6 +235,58 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
         check_call_span(by_id[record["call_id"]], record)
 
 
+def test_nested_lenses_are_nested_spans_even_when_the_inner_run_ends_last(otel: Telemetry) -> None:
+    """A lens run inside another is a child span of it (its record names the enclosing run in
+    ``parent_lens_run_id``), its calls under it; a nested run still open when its parent's record
+    went out (work handed to a thread) joins the parent's span when it ends."""
+    app = otel.tracer_provider.get_tracer("app")
+    go_on, parent_ended = threading.Event(), threading.Event()
+
+    def late() -> None:
+        with otel.monitor.lens("late"):
+            go_on.set()
+            assert parent_ended.wait(10)
+            otel.client.chat.completions.create(model="gpt-4o", messages=HI)
+
+    with capture(otel.monitor) as records, app.start_as_current_span("request"):
+        with otel.monitor.lens("outer") as outer:
+            with otel.monitor.lens("inner") as inner:
+                otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            worker = threading.Thread(target=llm_ledger.propagate(late))
+            worker.start()
+            assert go_on.wait(10)
+        parent_ended.set()
+        worker.join(10)
+    spans = {s.name: s for s in otel.spans()}
+    assert set(spans) == {
+        "request",
+        "lens outer",
+        "lens inner",
+        "lens late",
+        "chat gpt-4o-mini",
+        "chat gpt-4o",
+    }
+
+    def parent_of(name: str) -> int | None:
+        parent = spans[name].parent
+        return None if parent is None else parent.span_id
+
+    def span_id(name: str) -> int:
+        context = spans[name].context
+        assert context is not None
+        return int(context.span_id)
+
+    assert parent_of("lens inner") == span_id("lens outer") == parent_of("lens late")
+    assert parent_of("chat gpt-4o-mini") == span_id("lens inner")
+    assert parent_of("chat gpt-4o") == span_id("lens late")
+    contexts = {r["context"]["lens_key"]: r["context"] for r in records.lenses}
+    assert contexts["inner"]["parent_lens_run_id"] == outer.run_id == contexts["late"]["parent_lens_run_id"]
+    assert "parent_lens_run_id" not in contexts["outer"]
+    call = next(r for r in records.calls if r["request"]["model"] == "gpt-4o-mini")
+    assert call["context"]["lens_run_id"] == inner.run_id
+    assert call["context"]["parent_lens_run_id"] == outer.run_id
+
+
 def test_metrics_follow_the_conventions_and_equal_the_records(
     otel: Telemetry, fake_openai: FakeOpenAI
 ) -> None:

@@ -14,6 +14,7 @@ trace. See docs/exporters.md for the trade-offs.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -40,6 +41,7 @@ SCOPE: Final = "llm_ledger"
 TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))
 # spans of calls waiting for their lens's record; past this, calls are emitted at once (no lens parent)
 MAX_PENDING_CALLS: Final = 10_000
+_EXPORTED_RUNS: Final = 1_000  # lens spans kept as parents for nested runs that end after them
 _EXTRA_HINT: Final = "pip install 'llm-ledger[otel]'"
 _OPERATIONS: Final = {"chat": "chat", "responses": "chat", "embeddings": "embeddings"}
 _API_TYPES: Final = {"chat": "chat_completions", "responses": "responses"}
@@ -260,9 +262,12 @@ class OTelSink:
         )
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._lock = threading.Lock()
-        # lens_run_id -> (records whose span waits for the lens, openai-v2's spans of its other calls)
+        # lens_run_id -> (records whose span waits for the lens: its calls and nested lenses,
+        # openai-v2's spans of its other calls)
         self._pending: dict[str, tuple[list[Mapping[str, Any]], list[Any]]] = {}
         self._pending_count = 0
+        # the spans of lens runs already exported, for a nested run that ends after its parent did
+        self._exported: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"<OTelSink {'latest experimental' if self.latest else 'v1.41.1'} names>"
@@ -285,7 +290,16 @@ class OTelSink:
             if not theirs:
                 self._call_span(record, None)
         elif event == LENS_EVENT:
-            self._lens(record)
+            parent_id = record["context"].get("parent_lens_run_id")
+            parent = None
+            if parent_id is not None:
+                with self._lock:
+                    parent = self._exported.get(parent_id)
+                    if parent is None and self._pending_count < MAX_PENDING_CALLS:
+                        self._pending.setdefault(parent_id, ([], []))[0].append(record)
+                        self._pending_count += 1
+                        return
+            self._lens(record, parent)
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
@@ -483,11 +497,14 @@ class OTelSink:
             if value is not None and isinstance(value, (str, bool, int, float)):
                 attributes[f"llm_ledger.{key}"] = value
 
-    def _lens(self, record: Mapping[str, Any]) -> None:
+    def _lens(self, record: Mapping[str, Any], parent: Any) -> None:
+        """The lens run's span (under ``parent``, its enclosing run's span context, else the current
+        span), then the spans of its calls and nested runs under it."""
         context = record["context"]
         summary = record["summary"]
+        run_id = context.get("lens_run_id")
         with self._lock:
-            calls, links = self._pending.pop(context.get("lens_run_id"), ([], []))
+            calls, links = self._pending.pop(run_id, ([], []))
             self._pending_count -= len(calls) + len(links)
         attributes: dict[str, Any] = {
             "gen_ai.usage.input_tokens": summary["prompt_tokens"],
@@ -505,15 +522,22 @@ class OTelSink:
         start = end - int(summary["duration_ms"] * 1_000_000)
         lens_span = self.tracer.start_span(
             f"lens {context.get('lens_key')}",
-            context=None,  # the application's current span when the lens ended
+            context=parent,  # None: the application's current span when the lens ended
             kind=self._internal_kind,
             attributes=attributes,
             links=[self._trace.Link(link) for link in links],
             start_time=start,
         )
         lens_context = self._trace.set_span_in_context(lens_span)
+        with self._lock:
+            self._exported[run_id] = lens_context
+            if len(self._exported) > _EXPORTED_RUNS:
+                self._exported.popitem(last=False)
         try:
-            for call in calls:
-                self._call_span(call, lens_context)
+            for item in calls:
+                if item["event"] == LENS_EVENT:
+                    self._lens(item, lens_context)
+                else:
+                    self._call_span(item, lens_context)
         finally:
             lens_span.end(end_time=max(end, start))
