@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -366,26 +366,20 @@ def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
     return (since is None or stamp >= since) and (until is None or stamp < until)
 
 
+@dataclass(slots=True)
 class _Sums:
-    __slots__ = (
-        "calls",
-        "completion_tokens",
-        "cost",
-        "duration_ms",
-        "errors",
-        "key",
-        "lens_runs",
-        "prompt_tokens",
-        "total_tokens",
-        "unpriced",
-    )
+    """The running sums of one group: a :class:`CostRow` while it is being added to."""
 
-    def __init__(self, key: dict[str, Any]) -> None:
-        self.key = key
-        self.lens_runs = self.calls = self.errors = self.unpriced = 0
-        self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
-        self.cost = _ZERO
-        self.duration_ms = 0.0
+    key: dict[str, Any]
+    lens_runs: int = 0
+    calls: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: Decimal = _ZERO
+    unpriced_calls: int = 0
+    duration_ms: float = 0.0
 
     def add(self, lens_run: bool, figures: _Figures | None) -> None:
         if lens_run:
@@ -398,23 +392,16 @@ class _Sums:
             self.completion_tokens += completion
             self.total_tokens += total
             if cost is not None:
-                self.cost += cost
-            self.unpriced += unpriced
+                self.cost_usd += cost
+            self.unpriced_calls += unpriced
             self.duration_ms += duration
 
+    def figures(self) -> _Figures:
+        return (self.calls, self.errors, self.prompt_tokens, self.completion_tokens, self.total_tokens,
+                self.cost_usd, self.unpriced_calls, self.duration_ms)  # fmt: skip
+
     def row(self) -> CostRow:
-        return CostRow(
-            self.key,
-            self.lens_runs,
-            self.calls,
-            self.errors,
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.total_tokens,
-            self.cost,
-            self.unpriced,
-            self.duration_ms,
-        )
+        return CostRow(**{column.name: getattr(self, column.name) for column in fields(self)})
 
 
 # calls, errors, prompt, completion and total tokens, cost (None: unknown), unpriced calls, duration
@@ -536,8 +523,7 @@ def aggregate(
     if not from_summaries:
         total = _Sums({})
         for sums in groups.values():
-            total.add(False, (sums.calls, sums.errors, sums.prompt_tokens, sums.completion_tokens,
-                              sums.total_tokens, sums.cost, sums.unpriced, sums.duration_ms))  # fmt: skip
+            total.add(False, sums.figures())
         total.lens_runs = runs.lens_runs
     rows = [sums.row() for sums in groups.values()]
     rows.sort(key=lambda row: tuple(as_text(value) for value in row.key.values()))

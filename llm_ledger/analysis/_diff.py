@@ -28,6 +28,7 @@ from typing import Any, Final
 from .._errors import ConfigError
 from .._table import markdown_table, text_table
 from ..loading import join, printable, read_file, shown
+from ._read import strict_loads
 from ._render import usd as _usd
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
@@ -51,24 +52,13 @@ _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would over
 MAX_REPORT_BYTES: Final = 64 << 20
 
 
-def _not_finite(text: str) -> float:
-    raise ValueError(f"{text} is not a number JSON allows")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is too large for a number")
-    return value
-
-
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read and check an llm-ledger report; :class:`ConfigError` says what is wrong with it."""
     name = str(path)
     hint = f"; write one with `pytest --llm-report {name}`"
     raw = read_file(name, ConfigError, "report", hint=hint, max_bytes=MAX_REPORT_BYTES, streams=True)
-    try:  # strict JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf
-        data = json.loads(raw, parse_constant=_not_finite, parse_float=_finite)
+    try:
+        data = strict_loads(raw)
     except RecursionError:
         raise ConfigError(f"{name}: nested too deeply to be an llm-ledger report") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included

@@ -33,7 +33,7 @@ import orjson
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 
-__all__ = ["MAX_LINE_BYTES", "InputStats", "LogReader", "iter_records", "resolve"]
+__all__ = ["MAX_LINE_BYTES", "InputStats", "LogReader", "iter_records", "resolve", "strict_loads"]
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
 MAX_LINE_BYTES: Final = 16 << 20
@@ -160,25 +160,30 @@ def _lines(stream: _Stream) -> Iterator[bytes | None]:
             yield line
 
 
+def _not_finite(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is out of range")
+        raise ValueError(f"{text[:20]} is too large for a number")
     return value
 
 
-def _refuse(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON")
+def strict_loads(data: bytes | str) -> Any:
+    """Standard JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf."""
+    return json.loads(data, parse_constant=_not_finite, parse_float=_finite)
 
 
 def _loads(line: bytes) -> Any:
-    """One JSON value: orjson, or (for what orjson refuses) the stdlib, which reads a lone surrogate
-    escape (valid JSON, and the ledger writes one for a context value holding a lone surrogate);
-    NaN, Infinity and numbers out of a float's range stay refused."""
+    """One JSON value: orjson, or (for what orjson refuses) :func:`strict_loads`, which reads a lone
+    surrogate escape (valid JSON, and the ledger writes one for a context value holding a lone
+    surrogate)."""
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError:
-        return json.loads(line, parse_constant=_refuse, parse_float=_finite)
+        return strict_loads(line)
 
 
 class LogReader:
