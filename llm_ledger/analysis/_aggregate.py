@@ -1,25 +1,9 @@
 """Grouped cost sums over call records and lens summaries: the query and the rows it gives.
 
-A *dimension* names a value of a record, resolved in this order:
-
-1. ``lens`` (the context's ``lens_key``), ``model`` (``request.model``, else the served model; for a
-   lens run, each model it used), ``day``, ``month`` and ``hour`` (of the record's UTC timestamp);
-2. a context key (``user_id``, ``source_id``, ``service``, whatever ``lens()`` or
-   ``track_llm_call()`` was given);
-3. a top-level record field (``status``, ``operation``, ``provider``);
-4. a dotted path into the record (``server.address``, ``response.finish_reason``).
-
-A record without the value groups under ``None``: an unknown dimension is not an error.
-
-``where`` keeps the records whose value of a dimension, as text, is one of the given values
-(``None`` reads ``null``, booleans ``true``/``false``, numbers and objects as compact JSON); several
-keys must all match. ``since`` is inclusive and ``until`` exclusive, on the record's timestamp.
-
-Costs are summed exactly (:class:`~decimal.Decimal` of the USD figure each record holds) and leave
-as JSON numbers (USD). Calls, errors, tokens, cost and duration come from call records; lens runs
-from lens summaries (by model, a run counts under each model it used). With ``from_summaries`` the
-totals come from the lens summaries instead (for a table that keeps only those, like an
-application's own log of lens runs) and call records are ignored.
+How a dimension is resolved, how ``where``, ``since`` and ``until`` compare, and what a row holds
+are described for users in docs/REPORTING.md ("The query", "The rows"). Costs are summed exactly
+(:class:`~decimal.Decimal` of the USD figure each record holds). With ``from_summaries`` the totals
+come from the lens summaries instead (for a store that keeps only those) and call records are ignored.
 """
 
 from __future__ import annotations

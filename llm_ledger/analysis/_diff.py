@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from .._cli import add_command
 from .._errors import ConfigError
 from .._table import markdown_table, text_table
 from ..loading import join, printable, read_file, shown
@@ -260,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.fail_on_increase is not None:
         diff["fail_on_increase"] = args.fail_on_increase
         diff["increases"] = increases(diff, args.fail_on_increase)
-    print(render(diff, args.format), end="")
+    print(render(diff, args.fmt), end="")
     for flag in diff["flags"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
     if diff.get("increases"):
@@ -284,10 +285,12 @@ def _percent(text: str) -> float:
 
 
 def register(subparsers: Any, summary: str) -> None:
-    """Add the ``diff`` subcommand to the ``llm-ledger`` console script."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "diff",
-        help=summary,
+        summary,
+        _run,
+        formats=FORMATS,
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used",
     )
@@ -295,9 +298,6 @@ def register(subparsers: Any, summary: str) -> None:
         "base", help="report of the base (e.g. the main branch); missing means every lens is new"
     )
     parser.add_argument("head", help="report of the head (e.g. the pull request)")
-    parser.add_argument(
-        "--format", choices=FORMATS, default="markdown", help="output format (default: markdown)"
-    )
     parser.add_argument("--only-changed", action="store_true", help="leave out lenses that did not change")
     parser.add_argument(
         "--fail-on-increase",
@@ -305,4 +305,3 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="PCT",
         help="exit 1 when any lens's cost per run grows by more than PCT percent, naming it",
     )
-    parser.set_defaults(func=_run)

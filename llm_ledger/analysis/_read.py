@@ -1,15 +1,9 @@
 """The one reader of llm-ledger logs: files, globs, directories, ``.gz`` files and stdin.
 
-An input is ``-`` (stdin), a glob (``logs/*.jsonl*``), a directory (its files whose name holds
-``.jsonl``: ``llm_calls.jsonl`` and what logrotate leaves beside it, ``llm_calls.jsonl.1``,
-``llm_calls.jsonl.2.gz``, ``llm_calls.jsonl-20251124.gz``) or a file. Gzip is recognised by its
-first bytes, whatever the name, on stdin too.
-
-Each line is read with a length cap: a line longer than :data:`MAX_LINE_BYTES` is skipped in linear
-time without being held in memory. A line that is not exactly one JSON object (a torn write, two
-records run together, binary junk, ``NaN``, a number past a float's range) is *malformed* and never
-counts as a record; a JSON object of another event is *skipped*. Both are counted per input, with
-the first few malformed line numbers.
+What an input may be and which lines are malformed or skipped is described for users in
+docs/REPORTING.md ("Inputs"). Each line is read with a length cap (:data:`MAX_LINE_BYTES`): a longer
+one is skipped in linear time without being held in memory. Both kinds of bad line are counted per
+input, with the first few malformed line numbers.
 """
 
 from __future__ import annotations

@@ -19,10 +19,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import orjson
 
+from .._cli import add_command
 from .._errors import ConfigError
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
@@ -33,7 +34,6 @@ __all__ = ["FORMATS", "Reprice", "Usage", "read_usage", "register", "render", "r
 
 FORMATS: Final = ("text", "markdown", "json")
 NO_LENS: Final = "<no lens>"
-_REPORT_SCHEMA: Final = "llm-ledger-report"
 _COST_DIGITS: Final = 9
 
 
@@ -361,10 +361,12 @@ def render(result: Reprice, fmt: str = "text") -> str:
 
 
 def register(subparsers: Any, summary: str) -> None:
-    """Add the ``reprice`` subcommand to the ``llm-ledger`` console script."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "reprice",
-        help=summary,
+        summary,
+        run,
+        formats=FORMATS,
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         epilog="exit status: 0 repriced, 2 bad input (an unknown model or provider names the close matches)",
     )
@@ -380,15 +382,13 @@ def register(subparsers: Any, summary: str) -> None:
     )
     parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
     parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
-    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
-    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     models = parse_models(args.model)
     table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
     kind, usage = read_usage(args.source)
     source = f"{Path(args.source).name} ({kind})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
-    (out or sys.stdout).write(render(result, args.format))
+    sys.stdout.write(render(result, args.fmt))
     return 0
