@@ -34,20 +34,15 @@ _ZERO: Final = Decimal(0)
 _BUILT_IN: Final = frozenset({"lens", "model", *TIME_DIMENSIONS})
 
 
-def _check_known(query: Query, present: set[str], groups: Iterable[dict[str, Any]], seen: bool) -> None:
+def _check_known(query: Query, present: set[str]) -> None:
     """Refuse a dimension no record has (a typo such as ``usr_id``), naming those the records have.
 
     A dimension some records lack is fine (they group under None); one that no record has at all
     would put every record in one null group, or filter every record out, without saying why.
     """
-    if not seen:
-        return
-    keys = list(groups)
     for parameter, names in (("by", query.by), ("where", tuple(query.where))):
         for name in names:
-            if name in _BUILT_IN or name.partition(".")[0] in present:
-                continue
-            if parameter == "by" and any(key.get(name) is not None for key in keys):
+            if name in _BUILT_IN or name in present or name.partition(".")[0] in present:
                 continue
             choices = sorted(_BUILT_IN | present)
             close = difflib.get_close_matches(name, choices, n=1)
@@ -501,8 +496,8 @@ def aggregate(
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
-    if present is not None:
-        _check_known(query, present, (sums.key for sums in groups.values()), seen)
+    if present is not None and seen:
+        _check_known(query, present)
     total = runs
     if not from_summaries:
         total = _Sums({})
