@@ -21,14 +21,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 from .._cli import add_command
 from .._errors import ConfigError
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import printable, shown
+from ._render import strict_json
 
 __all__ = ["FORMATS", "Reprice", "Usage", "read_usage", "register", "render", "reprice"]
 
@@ -333,7 +332,7 @@ def _cells(row: Row) -> list[str]:
 def render(result: Reprice, fmt: str = "text") -> str:
     """The before/after table (``text`` or ``markdown``) or the JSON document."""
     if fmt == "json":
-        return orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        return strict_json(result.to_json()) + "\n"
     changes = [f"{old} -> {new}" for old, new in result.models.items()]
     if result.provider:
         changes.append(f"every call at provider {result.provider}")
