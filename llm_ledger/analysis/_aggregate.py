@@ -278,17 +278,10 @@ def _usd(value: Any) -> Decimal | None:
     return cost
 
 
-_MISSING: Final = object()
-
-
 def _path(record: Mapping[str, Any], name: str) -> Any:
     value: Any = record
     for part in name.split("."):
-        if type(value) is not dict:
-            return None
-        value = value.get(part, _MISSING)
-        if value is _MISSING:
-            return None
+        value = value.get(part) if type(value) is dict else None
     return value
 
 

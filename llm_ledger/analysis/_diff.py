@@ -7,13 +7,8 @@ BASE removed; each lens also shows its runs and its cost per run. ``--format mar
 default) is fit for a PR comment or ``$GITHUB_STEP_SUMMARY``; ``text`` is for terminals; ``json`` for
 other tools.
 
-The diff says when its numbers cannot be trusted, at the top of the output and on stderr: a report
-with failed tests or failed calls (a base run whose cassettes missed), or unpriced calls. A missing
-BASE file is not an error: every lens is new, and a note says so (a base branch that does not run
-llm-ledger yet). ``--only-changed`` leaves out unchanged lenses. ``--fail-on-increase PCT`` exits 1
-when any lens's cost per run grew by more than PCT percent, naming each (a lens whose base cost was
-zero counts as grown without limit; new lenses do not count: they have no base).
-Costs keep at least three significant digits, so a non-zero cost never reads $0.000000.
+What makes its numbers untrustworthy (flagged at the top and on stderr), a missing BASE,
+``--only-changed`` and ``--fail-on-increase`` are described for users in docs/CI.md.
 """
 
 from __future__ import annotations
