@@ -175,11 +175,12 @@ def _report_usage(path: str) -> Iterator[Usage]:
         where = f"{path}: usage[{number}]"
         if not isinstance(row, dict):
             raise ConfigError(f"{where}: expected an object, got {shown(row)}")
-        counts = {}
+        counts: dict[str, int] = {}
         for key in ("calls", "prompt_tokens", "cached_tokens", "completion_tokens", "uncosted_calls"):
-            counts[key] = _count(row.get(key, 0))
-            if counts[key] is None:
+            count = _count(row.get(key, 0))
+            if count is None:
                 raise ConfigError(f"{where}.{key}: expected a whole number >= 0, got {shown(row.get(key))}")
+            counts[key] = count
         cost = cost_decimal(row.get("cost_usd", 0))
         if cost is None:
             raise ConfigError(f"{where}.cost_usd: expected a number >= 0, got {shown(row.get('cost_usd'))}")
@@ -192,12 +193,8 @@ def _report_usage(path: str) -> Iterator[Usage]:
             model=_name(row.get("model")),
             served_model=_name(row.get("served_model")),
             cost_source=_name(row.get("cost_source")),
-            calls=counts["calls"] or 0,
-            prompt_tokens=counts["prompt_tokens"] or 0,
-            cached_tokens=counts["cached_tokens"] or 0,
-            completion_tokens=counts["completion_tokens"] or 0,
+            **counts,
             cost_usd=cost,
-            uncosted_calls=counts["uncosted_calls"] or 0,
             no_usage_calls=_count(row.get("no_usage_calls", 0)) or 0,
         )
 
