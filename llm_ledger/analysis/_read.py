@@ -69,10 +69,6 @@ class InputStats:
         }
 
 
-def _is_log_file(path: Path) -> bool:
-    return ".jsonl" in path.name and path.is_file()
-
-
 def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = False) -> list[str]:
     """The files ``inputs`` name, in order: ``-``, a glob's matches, a directory's log files, a path.
 
@@ -93,7 +89,7 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
                 )
             out += matches
         elif os.path.isdir(name):
-            found = [str(p) for p in sorted(Path(name).iterdir()) if _is_log_file(p)]
+            found = [str(p) for p in sorted(Path(name).iterdir()) if ".jsonl" in p.name and p.is_file()]
             if not found and not empty_dirs:
                 raise ConfigError(
                     f"{name!r} holds no log file (a file whose name holds .jsonl, as llm_calls.jsonl, "
