@@ -259,9 +259,8 @@ class Document:
         for key, key_node, value_node in self.mapping(node, key_path, expected):
             if key not in keys:
                 name = key if _KEY_LIKE.fullmatch(key) else f"<a key of {len(key)} characters>"
-                raise self.error(
-                    key_node, join(key_path, name), f"unknown key; valid keys: {', '.join(keys)}"
-                )
+                where = f"{key_path}.{name}" if key_path else name
+                raise self.error(key_node, where, f"unknown key; valid keys: {', '.join(keys)}")
             values[key] = value_node
         for key, meaning in (required or {}).items():
             if key not in values:
