@@ -1,8 +1,9 @@
 """The ``llm-ledger`` console script.
 
 Each subcommand lives in its own module, imported only when it runs (``llm-ledger --help`` imports
-none of them), and exposes ``register(subparsers, summary)`` which adds its parser and sets ``func``
-to a callable taking the parsed arguments and returning the exit status.
+none of them), and exposes ``register(subparsers, summary)`` which adds its parser (the commands
+over logs and reports with :func:`add_command`) and sets ``func`` to a callable taking the parsed
+arguments and returning the exit status.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import LedgerError
@@ -40,7 +41,7 @@ _COMMANDS = {
         "remove credentials, cookies and org/project ids from cassettes (vcrpy or llm-ledger)",
     ),
     "serve": (
-        "llm_ledger.analysis._serve_cli",
+        "llm_ledger.analysis._http",
         "serve a read-only HTTP cost API (GET /costs?by=user_id) over a log directory",
     ),
 }
@@ -57,6 +58,39 @@ class _Version(argparse.Action):
 
         print(f"llm-ledger {version('llm-ledger')}")
         parser.exit()
+
+
+def add_command(
+    subparsers: Any,
+    name: str,
+    summary: str,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    formats: Sequence[str] = (),
+    logs: bool = False,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """A subcommand's parser with the options every command spells the same way: ``LOG…`` inputs
+    (``args.inputs``) when ``logs``, and ``--format`` (``args.fmt``; the first of ``formats`` is the
+    default)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, **kwargs)
+    if logs:
+        parser.add_argument(
+            "inputs",
+            nargs="+",
+            metavar="LOG",
+            help="a log file (.gz too), a directory of logs, a glob, or - for stdin",
+        )
+    if formats:
+        parser.add_argument(
+            "--format",
+            choices=formats,
+            default=formats[0],
+            dest="fmt",
+            help="output format (default: %(default)s)",
+        )
+    parser.set_defaults(func=run)
+    return parser
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -64,6 +64,18 @@ def test_a_dimension_no_record_has_is_an_error_naming_those_they_have(log: Path)
     assert summarise(empty, by="tenant").rows == ()
 
 
+def test_a_context_key_with_a_dot_is_a_dimension_for_where_as_for_by() -> None:
+    """A context key such as ``team.name`` filters as it groups (it was refused as a dimension no
+    record has, suggesting itself)."""
+    records = [call(extra={"team.name": "core"}), call(extra={"team.name": "web"})]
+    assert [row.key["team.name"] for row in summarise_records(records, by="team.name").rows] == [
+        "core",
+        "web",
+    ]
+    kept = summarise_records(records, where={"team.name": "web"})
+    assert (kept.total.calls, kept.filtered_out) == (1, 1)
+
+
 def test_a_dimension_some_records_lack_groups_them_under_none(log: Path) -> None:
     """A key only some records carry is a dimension: the others group under None."""
     report = summarise(log, by="user_id")

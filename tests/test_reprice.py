@@ -237,3 +237,21 @@ def test_a_provider_reported_cost_stands_until_its_model_changes(
     swapped = by_lens(reprice_json(capsys, str(path), "--model", "gpt-4.1=gpt-4.1-nano"))["routed"]
     assert swapped["before_usd"] == 0.5
     assert swapped["after_usd"] == pytest.approx(float(list_price("gpt-4.1-nano", routed)), rel=1e-9)
+
+
+def test_a_lens_name_with_a_lone_surrogate_is_written_escaped(
+    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A lens key holding a lone surrogate (valid JSON as an escape, which the ledger writes) reprices
+    in every format; JSON writes it as the escape (it was a traceback)."""
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with monitor.lens("caf\udce9"):
+        client.chat.completions.create(model="gpt-4o", messages=HI)
+    handler.close()
+    assert "\\udce9" in path.read_text()
+    assert by_lens(reprice_json(capsys, str(path)))["caf\udce9"]["calls"] == 1
+    assert main(["reprice", str(path)]) == 0
+    assert "caf\\udce9  " in capsys.readouterr().out

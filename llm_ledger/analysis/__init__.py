@@ -7,7 +7,7 @@
 * :mod:`._http`: the read-only cost API, one request handler for ``llm-ledger serve`` and ASGI;
 * :mod:`._diff`: two pytest ``--llm-report`` files compared lens by lens;
 * the subcommands ``llm-ledger report``, ``serve``, ``diff``, ``reprice`` and ``anomalies``
-  (``_report_cli``, ``_serve_cli``, ``_diff``, ``_reprice``, ``_anomalies_cli``).
+  (``_report_cli``, ``_http``, ``_diff``, ``_reprice``, ``_anomalies_cli``).
 
 The public face is :mod:`llm_ledger.report`.
 """

@@ -1,25 +1,9 @@
 """Grouped cost sums over call records and lens summaries: the query and the rows it gives.
 
-A *dimension* names a value of a record, resolved in this order:
-
-1. ``lens`` (the context's ``lens_key``), ``model`` (``request.model``, else the served model; for a
-   lens run, each model it used), ``day``, ``month`` and ``hour`` (of the record's UTC timestamp);
-2. a context key (``user_id``, ``source_id``, ``service``, whatever ``lens()`` or
-   ``track_llm_call()`` was given);
-3. a top-level record field (``status``, ``operation``, ``provider``);
-4. a dotted path into the record (``server.address``, ``response.finish_reason``).
-
-A record without the value groups under ``None``: an unknown dimension is not an error.
-
-``where`` keeps the records whose value of a dimension, as text, is one of the given values
-(``None`` reads ``null``, booleans ``true``/``false``, numbers and objects as compact JSON); several
-keys must all match. ``since`` is inclusive and ``until`` exclusive, on the record's timestamp.
-
-Costs are summed exactly (:class:`~decimal.Decimal` of the USD figure each record holds) and leave
-as JSON numbers (USD). Calls, errors, tokens, cost and duration come from call records; lens runs
-from lens summaries (by model, a run counts under each model it used). With ``from_summaries`` the
-totals come from the lens summaries instead (for a table that keeps only those, like an
-application's own log of lens runs) and call records are ignored.
+How a dimension is resolved, how ``where``, ``since`` and ``until`` compare, and what a row holds
+are described for users in docs/REPORTING.md ("The query", "The rows"). Costs are summed exactly
+(:class:`~decimal.Decimal` of the USD figure each record holds). With ``from_summaries`` the totals
+come from the lens summaries instead (for a store that keeps only those) and call records are ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -50,20 +34,15 @@ _ZERO: Final = Decimal(0)
 _BUILT_IN: Final = frozenset({"lens", "model", *TIME_DIMENSIONS})
 
 
-def _check_known(query: Query, present: set[str], groups: Iterable[dict[str, Any]], seen: bool) -> None:
+def _check_known(query: Query, present: set[str]) -> None:
     """Refuse a dimension no record has (a typo such as ``usr_id``), naming those the records have.
 
     A dimension some records lack is fine (they group under None); one that no record has at all
     would put every record in one null group, or filter every record out, without saying why.
     """
-    if not seen:
-        return
-    keys = list(groups)
     for parameter, names in (("by", query.by), ("where", tuple(query.where))):
         for name in names:
-            if name in _BUILT_IN or name.partition(".")[0] in present:
-                continue
-            if parameter == "by" and any(key.get(name) is not None for key in keys):
+            if name in _BUILT_IN or name in present or name.partition(".")[0] in present:
                 continue
             choices = sorted(_BUILT_IN | present)
             close = difflib.get_close_matches(name, choices, n=1)
@@ -299,17 +278,10 @@ def _usd(value: Any) -> Decimal | None:
     return cost
 
 
-_MISSING: Final = object()
-
-
 def _path(record: Mapping[str, Any], name: str) -> Any:
     value: Any = record
     for part in name.split("."):
-        if type(value) is not dict:
-            return None
-        value = value.get(part, _MISSING)
-        if value is _MISSING:
-            return None
+        value = value.get(part) if type(value) is dict else None
     return value
 
 
@@ -366,26 +338,20 @@ def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
     return (since is None or stamp >= since) and (until is None or stamp < until)
 
 
+@dataclass(slots=True)
 class _Sums:
-    __slots__ = (
-        "calls",
-        "completion_tokens",
-        "cost",
-        "duration_ms",
-        "errors",
-        "key",
-        "lens_runs",
-        "prompt_tokens",
-        "total_tokens",
-        "unpriced",
-    )
+    """The running sums of one group: a :class:`CostRow` while it is being added to."""
 
-    def __init__(self, key: dict[str, Any]) -> None:
-        self.key = key
-        self.lens_runs = self.calls = self.errors = self.unpriced = 0
-        self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
-        self.cost = _ZERO
-        self.duration_ms = 0.0
+    key: dict[str, Any]
+    lens_runs: int = 0
+    calls: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: Decimal = _ZERO
+    unpriced_calls: int = 0
+    duration_ms: float = 0.0
 
     def add(self, lens_run: bool, figures: _Figures | None) -> None:
         if lens_run:
@@ -398,23 +364,16 @@ class _Sums:
             self.completion_tokens += completion
             self.total_tokens += total
             if cost is not None:
-                self.cost += cost
-            self.unpriced += unpriced
+                self.cost_usd += cost
+            self.unpriced_calls += unpriced
             self.duration_ms += duration
 
+    def figures(self) -> _Figures:
+        return (self.calls, self.errors, self.prompt_tokens, self.completion_tokens, self.total_tokens,
+                self.cost_usd, self.unpriced_calls, self.duration_ms)  # fmt: skip
+
     def row(self) -> CostRow:
-        return CostRow(
-            self.key,
-            self.lens_runs,
-            self.calls,
-            self.errors,
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.total_tokens,
-            self.cost,
-            self.unpriced,
-            self.duration_ms,
-        )
+        return CostRow(**{column.name: getattr(self, column.name) for column in fields(self)})
 
 
 # calls, errors, prompt, completion and total tokens, cost (None: unknown), unpriced calls, duration
@@ -530,14 +489,13 @@ def aggregate(
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
-    if present is not None:
-        _check_known(query, present, (sums.key for sums in groups.values()), seen)
+    if present is not None and seen:
+        _check_known(query, present)
     total = runs
     if not from_summaries:
         total = _Sums({})
         for sums in groups.values():
-            total.add(False, (sums.calls, sums.errors, sums.prompt_tokens, sums.completion_tokens,
-                              sums.total_tokens, sums.cost, sums.unpriced, sums.duration_ms))  # fmt: skip
+            total.add(False, sums.figures())
         total.lens_runs = runs.lens_runs
     rows = [sums.row() for sums in groups.values()]
     rows.sort(key=lambda row: tuple(as_text(value) for value in row.key.values()))

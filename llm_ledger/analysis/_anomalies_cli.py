@@ -7,19 +7,15 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, TextIO
+from typing import Any
 
 from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
+from .._cli import add_command
 from .._records import LENS_EVENT, AnomalyRecord
 from .._table import text_table
 from ._read import iter_records
 
-__all__ = ["read_lens_records", "register", "render", "replay", "run"]
-
-
-def read_lens_records(paths: Iterable[str]) -> list[dict[str, Any]]:
-    """The lens summary records of the logs at ``paths`` (files, globs, directories, ``.gz``, ``-``)."""
-    return list(iter_records(paths, events=(LENS_EVENT,)))
+__all__ = ["register", "render", "replay", "run"]
 
 
 def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig) -> list[AnomalyRecord]:
@@ -62,18 +58,20 @@ def render(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
 
 
 def register(subparsers: Any, summary: str) -> None:
-    """Add the ``anomalies`` subcommand to the ``llm-ledger`` parser."""
     defaults = AnomalyConfig()
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "anomalies",
-        help=summary,
+        summary,
+        run,
+        formats=("text", "json"),
+        logs=True,
         description=(
             "Replay the lens runs of llm-ledger logs in time order through the anomaly detector and list "
             "the runs whose tokens, cost or duration went above median + k * MAD of their lens's "
             "(and models') previous runs."
         ),
     )
-    parser.add_argument("paths", nargs="+", metavar="LOG", help="llm_calls.jsonl files")
     parser.add_argument(
         "--window", type=int, default=defaults.window, help="runs in a baseline (default: %(default)s)"
     )
@@ -90,14 +88,13 @@ def register(subparsers: Any, summary: str) -> None:
         dest="metrics",
         help="judge only this metric (repeatable)",
     )
-    parser.add_argument("--format", choices=("text", "json"), default="text", dest="fmt")
-    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``llm-ledger anomalies``; returns the exit status (0, anomalies or not)."""
     config = AnomalyConfig(
         window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
     )
-    (out or sys.stdout).write(render(replay(read_lens_records(args.paths), config), args.fmt))
+    records = iter_records(args.inputs, events=(LENS_EVENT,))
+    sys.stdout.write(render(replay(records, config), args.fmt))
     return 0

@@ -7,13 +7,8 @@ BASE removed; each lens also shows its runs and its cost per run. ``--format mar
 default) is fit for a PR comment or ``$GITHUB_STEP_SUMMARY``; ``text`` is for terminals; ``json`` for
 other tools.
 
-The diff says when its numbers cannot be trusted, at the top of the output and on stderr: a report
-with failed tests or failed calls (a base run whose cassettes missed), or unpriced calls. A missing
-BASE file is not an error: every lens is new, and a note says so (a base branch that does not run
-llm-ledger yet). ``--only-changed`` leaves out unchanged lenses. ``--fail-on-increase PCT`` exits 1
-when any lens's cost per run grew by more than PCT percent, naming each (a lens whose base cost was
-zero counts as grown without limit; new lenses do not count: they have no base).
-Costs keep at least three significant digits, so a non-zero cost never reads $0.000000.
+What makes its numbers untrustworthy (flagged at the top and on stderr), a missing BASE,
+``--only-changed`` and ``--fail-on-increase`` are described for users in docs/CI.md.
 """
 
 from __future__ import annotations
@@ -25,9 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from .._cli import add_command
 from .._errors import ConfigError
 from .._table import markdown_table, text_table
 from ..loading import join, printable, read_file, shown
+from ._read import strict_loads
 from ._render import usd as _usd
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
@@ -51,24 +48,13 @@ _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would over
 MAX_REPORT_BYTES: Final = 64 << 20
 
 
-def _not_finite(text: str) -> float:
-    raise ValueError(f"{text} is not a number JSON allows")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is too large for a number")
-    return value
-
-
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read and check an llm-ledger report; :class:`ConfigError` says what is wrong with it."""
     name = str(path)
     hint = f"; write one with `pytest --llm-report {name}`"
     raw = read_file(name, ConfigError, "report", hint=hint, max_bytes=MAX_REPORT_BYTES, streams=True)
-    try:  # strict JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf
-        data = json.loads(raw, parse_constant=_not_finite, parse_float=_finite)
+    try:
+        data = strict_loads(raw)
     except RecursionError:
         raise ConfigError(f"{name}: nested too deeply to be an llm-ledger report") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
@@ -270,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.fail_on_increase is not None:
         diff["fail_on_increase"] = args.fail_on_increase
         diff["increases"] = increases(diff, args.fail_on_increase)
-    print(render(diff, args.format), end="")
+    print(render(diff, args.fmt), end="")
     for flag in diff["flags"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
     if diff.get("increases"):
@@ -294,10 +280,12 @@ def _percent(text: str) -> float:
 
 
 def register(subparsers: Any, summary: str) -> None:
-    """Add the ``diff`` subcommand to the ``llm-ledger`` console script."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "diff",
-        help=summary,
+        summary,
+        _run,
+        formats=FORMATS,
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used",
     )
@@ -305,9 +293,6 @@ def register(subparsers: Any, summary: str) -> None:
         "base", help="report of the base (e.g. the main branch); missing means every lens is new"
     )
     parser.add_argument("head", help="report of the head (e.g. the pull request)")
-    parser.add_argument(
-        "--format", choices=FORMATS, default="markdown", help="output format (default: markdown)"
-    )
     parser.add_argument("--only-changed", action="store_true", help="leave out lenses that did not change")
     parser.add_argument(
         "--fail-on-increase",
@@ -315,4 +300,3 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="PCT",
         help="exit 1 when any lens's cost per run grows by more than PCT percent, naming it",
     )
-    parser.set_defaults(func=_run)

@@ -1,14 +1,15 @@
 """The read-only cost API: ``GET /costs?by=user_id&since=…&until=…&where=key=value`` over a log directory.
 
-One request handler (:func:`handle`) serves both the stdlib server of ``llm-ledger serve`` and the
-ASGI app an application mounts (:func:`asgi_app`). Every answer is JSON: the report of
-``llm-ledger report --format json``, or ``{"error": …, "parameter": …, "valid": …}`` with status 400
-for a bad parameter (404 for another path, 405 for another method, 500 when the logs cannot be
-read). The logs are read afresh on each request, so the answer is always current.
+One request handler (:func:`handle`) serves both the stdlib server of ``llm-ledger serve LOG_DIR``
+(defined here too) and the ASGI app an application mounts (:func:`asgi_app`). Every answer is JSON:
+the report of ``llm-ledger report --format json``, or ``{"error": …, "parameter": …, "valid": …}``
+with status 400 for a bad parameter (404 for another path, 405 for another method, 500 when the logs
+cannot be read). The logs are read afresh on each request, so the answer is always current.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
+from .._cli import add_command
 from .._errors import ConfigError
 from ._aggregate import TIME_DIMENSIONS, QueryError, aggregate, make_query, parse_where
 from ._read import LogReader
 from ._render import strict_json
 
-__all__ = ["PARAMETERS", "asgi_app", "handle", "log_directory", "make_server"]
+__all__ = ["PARAMETERS", "asgi_app", "handle", "log_directory", "make_server", "register"]
 
 ENDPOINT: Final = "/costs"
 # parameter -> what it takes (the "valid" of a 400 answer)
@@ -149,3 +151,40 @@ def make_server(
         do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
 
     return ThreadingHTTPServer((host, port), Handler)
+
+
+def register(subparsers: Any, summary: str) -> None:
+    parameters = "\n".join(f"  {name}: {text}" for name, text in PARAMETERS.items())
+    parser = add_command(
+        subparsers,
+        "serve",
+        summary,
+        _serve,
+        description=(
+            f"Answer GET {ENDPOINT}?by=user_id&since=...&until=...&where=key=value with the JSON of\n"
+            "`llm-ledger report --format json` over the logs in LOG_DIR, read afresh on each request.\n"
+            "Read-only; it listens on 127.0.0.1 unless --host says otherwise."
+        ),
+        epilog=f"parameters of {ENDPOINT}:\n{parameters}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("log_dir", metavar="LOG_DIR", help="the ledger's log directory (e.g. logs)")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    server = make_server(args.log_dir, args.host, args.port)
+    host, port = str(server.server_address[0]), server.server_address[1]
+    print(
+        f"llm-ledger serve: GET http://{host}:{port}{ENDPOINT} over {args.log_dir} (Ctrl-C stops)", flush=True
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,15 +1,9 @@
 """The one reader of llm-ledger logs: files, globs, directories, ``.gz`` files and stdin.
 
-An input is ``-`` (stdin), a glob (``logs/*.jsonl*``), a directory (its files whose name holds
-``.jsonl``: ``llm_calls.jsonl`` and what logrotate leaves beside it, ``llm_calls.jsonl.1``,
-``llm_calls.jsonl.2.gz``, ``llm_calls.jsonl-20251124.gz``) or a file. Gzip is recognised by its
-first bytes, whatever the name, on stdin too.
-
-Each line is read with a length cap: a line longer than :data:`MAX_LINE_BYTES` is skipped in linear
-time without being held in memory. A line that is not exactly one JSON object (a torn write, two
-records run together, binary junk, ``NaN``, a number past a float's range) is *malformed* and never
-counts as a record; a JSON object of another event is *skipped*. Both are counted per input, with
-the first few malformed line numbers.
+What an input may be and which lines are malformed or skipped is described for users in
+docs/REPORTING.md ("Inputs"). Each line is read with a length cap (:data:`MAX_LINE_BYTES`): a longer
+one is skipped in linear time without being held in memory. Both kinds of bad line are counted per
+input, with the first few malformed line numbers.
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ import orjson
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 
-__all__ = ["MAX_LINE_BYTES", "InputStats", "LogReader", "iter_records", "resolve"]
+__all__ = ["MAX_LINE_BYTES", "InputStats", "LogReader", "iter_records", "resolve", "strict_loads"]
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
 MAX_LINE_BYTES: Final = 16 << 20
@@ -75,10 +69,6 @@ class InputStats:
         }
 
 
-def _is_log_file(path: Path) -> bool:
-    return ".jsonl" in path.name and path.is_file()
-
-
 def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = False) -> list[str]:
     """The files ``inputs`` name, in order: ``-``, a glob's matches, a directory's log files, a path.
 
@@ -99,7 +89,7 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
                 )
             out += matches
         elif os.path.isdir(name):
-            found = [str(p) for p in sorted(Path(name).iterdir()) if _is_log_file(p)]
+            found = [str(p) for p in sorted(Path(name).iterdir()) if ".jsonl" in p.name and p.is_file()]
             if not found and not empty_dirs:
                 raise ConfigError(
                     f"{name!r} holds no log file (a file whose name holds .jsonl, as llm_calls.jsonl, "
@@ -160,25 +150,30 @@ def _lines(stream: _Stream) -> Iterator[bytes | None]:
             yield line
 
 
+def _not_finite(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is out of range")
+        raise ValueError(f"{text[:20]} is too large for a number")
     return value
 
 
-def _refuse(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON")
+def strict_loads(data: bytes | str) -> Any:
+    """Standard JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf."""
+    return json.loads(data, parse_constant=_not_finite, parse_float=_finite)
 
 
 def _loads(line: bytes) -> Any:
-    """One JSON value: orjson, or (for what orjson refuses) the stdlib, which reads a lone surrogate
-    escape (valid JSON, and the ledger writes one for a context value holding a lone surrogate);
-    NaN, Infinity and numbers out of a float's range stay refused."""
+    """One JSON value: orjson, or (for what orjson refuses) :func:`strict_loads`, which reads a lone
+    surrogate escape (valid JSON, and the ledger writes one for a context value holding a lone
+    surrogate)."""
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError:
-        return json.loads(line, parse_constant=_refuse, parse_float=_finite)
+        return strict_loads(line)
 
 
 class LogReader:

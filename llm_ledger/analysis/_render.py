@@ -111,22 +111,18 @@ def _footer(report: CostReport) -> list[str]:
     return lines
 
 
-def _table(report: CostReport) -> tuple[list[str], list[list[str]], list[list[str]]]:
-    by = report.query.by
-    rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
-    total = ["total", *[""] * (len(by) - 1), *_cells(report.total)]
-    return [*by, *_HEADERS], rows, [total]
-
-
 def render(report: CostReport, fmt: str = "text") -> str:
     """The report as ``text``, ``markdown`` or ``json``."""
     if fmt == "json":
         return strict_json(report.to_json()) + "\n"
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    headers, rows, total = _table(report)
+    by = report.query.by
+    headers = [*by, *_HEADERS]
+    rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
+    total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
     if fmt == "markdown":
         table = markdown_table(headers, rows, total=total)
     else:
-        table = text_table(headers, rows, total=total, right=range(len(report.query.by), len(headers)))
+        table = text_table(headers, rows, total=total, right=range(len(by), len(headers)))
     return printable("\n".join([*table, "", *_footer(report)]) + "\n")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from typing import Any
 
+from .._cli import add_command
 from . import _read
 from ._aggregate import TIME_DIMENSIONS, aggregate, make_query, parse_where
 from ._render import FORMATS, render
@@ -26,22 +27,19 @@ examples:
 
 
 def register(subparsers: Any, summary: str) -> None:
-    """Add the ``report`` subcommand to the ``llm-ledger`` parser."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "report",
-        help=summary,
+        summary,
+        run,
+        formats=FORMATS,
+        logs=True,
         description=(
             "Summarise llm-ledger logs in one streaming pass: per group, the lens runs, calls, errors,\n"
             "prompt/completion/total tokens, cost and average call duration."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="LOG",
-        help="a log file (.gz too), a directory of logs, a glob, or - for stdin",
     )
     parser.add_argument(
         "--by",
@@ -58,29 +56,24 @@ def register(subparsers: Any, summary: str) -> None:
     )
     parser.add_argument("--since", metavar="WHEN", help="from this ISO date or date-time, inclusive (UTC)")
     parser.add_argument("--until", metavar="WHEN", help="up to this ISO date or date-time, exclusive (UTC)")
-    parser.add_argument(
-        "--format", choices=FORMATS, default="text", dest="fmt", help="output format (default: %(default)s)"
-    )
-    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run ``llm-ledger report``; returns the exit status."""
-    out = out or sys.stdout
-    err = err or sys.stderr
+def run(args: argparse.Namespace) -> int:
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until)
     reader = _read.LogReader(args.inputs)
     report = aggregate(reader, query, inputs=reader.stats, reject=reader.reject)
-    out.write(render(report, args.fmt))
+    sys.stdout.write(render(report, args.fmt))
     for stats in report.inputs:
         if stats.malformed:
             where = ", ".join(map(str, stats.first_malformed))
             more = ", ..." if stats.malformed > len(stats.first_malformed) else ""
             long = f"; {stats.too_long:,} over {_read.MAX_LINE_BYTES:,} bytes" if stats.too_long else ""
-            err.write(
+            sys.stderr.write(
                 f"llm-ledger report: {stats.name}: skipped {stats.malformed:,} malformed line(s) "
                 f"(line {where}{more}{long}); the other lines are counted\n"
             )
         if stats.error:
-            err.write(f"llm-ledger report: {stats.name}: {stats.error}; the lines before are counted\n")
+            sys.stderr.write(
+                f"llm-ledger report: {stats.name}: {stats.error}; the lines before are counted\n"
+            )
     return 0

@@ -19,21 +19,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
-import orjson
-
+from .._cli import add_command
 from .._errors import ConfigError
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import printable, shown
+from ._render import strict_json
 
 __all__ = ["FORMATS", "Reprice", "Usage", "read_usage", "register", "render", "reprice"]
 
 FORMATS: Final = ("text", "markdown", "json")
 NO_LENS: Final = "<no lens>"
-_REPORT_SCHEMA: Final = "llm-ledger-report"
 _COST_DIGITS: Final = 9
 
 
@@ -176,11 +175,12 @@ def _report_usage(path: str) -> Iterator[Usage]:
         where = f"{path}: usage[{number}]"
         if not isinstance(row, dict):
             raise ConfigError(f"{where}: expected an object, got {shown(row)}")
-        counts = {}
+        counts: dict[str, int] = {}
         for key in ("calls", "prompt_tokens", "cached_tokens", "completion_tokens", "uncosted_calls"):
-            counts[key] = _count(row.get(key, 0))
-            if counts[key] is None:
+            count = _count(row.get(key, 0))
+            if count is None:
                 raise ConfigError(f"{where}.{key}: expected a whole number >= 0, got {shown(row.get(key))}")
+            counts[key] = count
         cost = cost_decimal(row.get("cost_usd", 0))
         if cost is None:
             raise ConfigError(f"{where}.cost_usd: expected a number >= 0, got {shown(row.get('cost_usd'))}")
@@ -193,12 +193,8 @@ def _report_usage(path: str) -> Iterator[Usage]:
             model=_name(row.get("model")),
             served_model=_name(row.get("served_model")),
             cost_source=_name(row.get("cost_source")),
-            calls=counts["calls"] or 0,
-            prompt_tokens=counts["prompt_tokens"] or 0,
-            cached_tokens=counts["cached_tokens"] or 0,
-            completion_tokens=counts["completion_tokens"] or 0,
+            **counts,
             cost_usd=cost,
-            uncosted_calls=counts["uncosted_calls"] or 0,
             no_usage_calls=_count(row.get("no_usage_calls", 0)) or 0,
         )
 
@@ -333,7 +329,7 @@ def _cells(row: Row) -> list[str]:
 def render(result: Reprice, fmt: str = "text") -> str:
     """The before/after table (``text`` or ``markdown``) or the JSON document."""
     if fmt == "json":
-        return orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        return strict_json(result.to_json()) + "\n"
     changes = [f"{old} -> {new}" for old, new in result.models.items()]
     if result.provider:
         changes.append(f"every call at provider {result.provider}")
@@ -361,10 +357,12 @@ def render(result: Reprice, fmt: str = "text") -> str:
 
 
 def register(subparsers: Any, summary: str) -> None:
-    """Add the ``reprice`` subcommand to the ``llm-ledger`` console script."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "reprice",
-        help=summary,
+        summary,
+        run,
+        formats=FORMATS,
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         epilog="exit status: 0 repriced, 2 bad input (an unknown model or provider names the close matches)",
     )
@@ -380,15 +378,13 @@ def register(subparsers: Any, summary: str) -> None:
     )
     parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
     parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
-    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
-    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     models = parse_models(args.model)
     table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
     kind, usage = read_usage(args.source)
     source = f"{Path(args.source).name} ({kind})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
-    (out or sys.stdout).write(render(result, args.format))
+    sys.stdout.write(render(result, args.fmt))
     return 0
