@@ -39,7 +39,8 @@ test: lint typecheck unit
 
 # The SDK majors besides the one `make test` runs on (the latest 3.x): one venv each, pinned to the
 # latest release of that major, running the core and plugin suites (tests marked sdk3 need openai 3.x
-# and are deselected there; each says why). The integration tests with the libraries people build on
+# and are deselected there, each says why; tests marked sdk_independent never touch the SDK and run
+# once, in `make test`). The integration tests with the libraries people build on
 # (tests/integration/test_<name>.py) run in the venv of a major each library installs with.
 COMPAT := .venv-compat
 OPENAI_1 := 1.109.1
@@ -59,8 +60,8 @@ $(COMPAT)/openai%/.installed: pyproject.toml
 	touch $@
 
 test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)/openai3/.installed
-	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 -q -m 'not sdk3'
-	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 -q -m 'not sdk3'
+	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 -q -m 'not sdk3 and not sdk_independent'
+	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 -q -m 'not sdk3 and not sdk_independent'
 	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 -q tests/integration
 
 bench: $(STAMP)

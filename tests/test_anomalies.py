@@ -21,6 +21,8 @@ from llm_ledger.exporters import PrometheusSink
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
 HI: Any = [{"role": "user", "content": "hi"}]
 # tokens and cost only: a loopback call's duration is at the mercy of a busy test machine
 QUICK = AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens", "total_cost_usd"))

@@ -24,6 +24,8 @@ from llm_ledger._cli import main
 from llm_ledger.loading import MAX_BYTES
 from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, body_bytes, load_cassette
 
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
 SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 3
 DOT_ENV = f'OPENAI_API_KEY={SECRET}\nexport OTHER_TOKEN="{SECRET}"\n'
 SHADOW = "root:$6$saltsalt$" + "x" * 86 + ":19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\n"

@@ -31,7 +31,7 @@ from pytest_llm_ledger._cassette import LedgerCassette
 from pytest_llm_ledger._format import load_cassette
 from tests.reliability_helpers import FAKE_KEY, child_env, examples, record_figures
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]
 
 FUZZ = settings(
     max_examples=examples(),

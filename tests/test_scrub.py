@@ -19,7 +19,7 @@ from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger import _scrub
 from tests.reliability_helpers import FAKE_KEY
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]
 
 # every value a recording against the fake server (or a careless team) can leak
 SECRETS = (
