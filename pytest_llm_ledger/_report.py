@@ -16,8 +16,6 @@ from typing import Any, Final
 from llm_ledger import Budgets, Limits
 from llm_ledger.report import cost_decimal, text_table
 
-from ._budgets import METRIC_OF
-
 __all__ = [
     "REPORT_SCHEMA",
     "REPORT_VERSION",
@@ -328,7 +326,7 @@ class SessionLedger:
             agg = out.setdefault(key, LensRuns())
             agg.runs += 1
             agg.sum.add(run)
-            for metric in METRIC_OF.values():
+            for metric in Limits.METRIC_OF.values():
                 value = run.metric(metric)
                 if metric not in agg.worst or value > agg.worst[metric][0]:
                     agg.worst[metric] = (value, nodeid)
@@ -386,7 +384,7 @@ def _check_runs(scope: str, name: str, limits: Limits, runs: Iterable[tuple[str,
     runs = list(runs)
     out = []
     for limit_key, limit in limits.items():
-        metric = METRIC_OF[limit_key]
+        metric = Limits.METRIC_OF[limit_key]
         over = [(run.metric(metric), nodeid) for nodeid, run in runs if run.metric(metric) > limit]
         if over:
             actual, nodeid = max(over, key=lambda pair: pair[0])

@@ -54,9 +54,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from llm_ledger import BudgetError, Budgets, CassetteError
+from llm_ledger import BudgetError, Budgets, CassetteError, load_budgets
 
-from ._budgets import load_budgets
 from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate, vcrpy_problem
 from ._naming import cassette_path, orphan_cassettes
 from ._network import BlockedRequestError, Guard
@@ -457,7 +456,11 @@ def pytest_configure(config: pytest.Config) -> None:
     state = _LedgerState(config)
     if state.enforce and not state.is_worker:
         try:
-            state.budgets = load_budgets(state.budget_file, _display(config, state.budget_file))
+            state.budgets = load_budgets(
+                state.budget_file,
+                _display(config, state.budget_file),
+                hint=", point --llm-budget-file / ini llm_budget_file at it, or drop --llm-budget",
+            )
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
     if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
