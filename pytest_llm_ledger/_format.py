@@ -212,16 +212,25 @@ def dump_cassette(interactions: list[dict[str, Any]], header: str) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash or a parallel reader never sees half a file."""
+    """Write via a temporary file and rename, so a crash or a parallel reader never sees half a file.
+
+    A file that exists keeps its mode; a new one gets the ordinary mode (0666 less the umask), not
+    mkstemp's private 0600: cassettes are committed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp creates 0600; a committed file should get the ordinary mode (0666 less the umask)
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -267,7 +267,17 @@ def test_allow_list_is_the_plugins() -> None:
     """Scrub keeps exactly the headers the plugin records (plus content-encoding for compressed bodies)."""
     from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS
 
-    assert _scrub._allow_lists() == (REQUEST_HEADERS, RESPONSE_HEADERS | {"content-encoding"})
+    sent = {"Content-Type": ["application/json"], "Content-Encoding": ["gzip"], "Authorization": ["x"]}
+    doc = {
+        "interactions": [
+            {"request": {"headers": dict(sent)}, "response": {"headers": {**sent, "Set-Cookie": ["s=1"]}}}
+        ]
+    }
+    _scrub.scrub_document(doc)
+    kept = {
+        part: {h.lower() for h in doc["interactions"][0][part]["headers"]} for part in ("request", "response")
+    }
+    assert kept == {"request": REQUEST_HEADERS, "response": RESPONSE_HEADERS | {"content-encoding"}}
 
 
 def test_a_directory_scrubs_every_cassette_below_it(
