@@ -297,6 +297,18 @@ def test_a_directory_scrubs_every_cassette_below_it(
     assert _run(capsys, "--check", str(root))[0] == 0
 
 
+def test_a_scrubbed_file_keeps_its_mode(
+    fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scrubbing rewrites a cassette in place without loosening or tightening its permissions."""
+    path = tmp_path / "private.yaml"
+    _record(fake_openai, path, "yaml")
+    path.chmod(0o600)
+    assert _run(capsys, str(path))[0] == 0
+    assert FAKE_KEY not in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 def test_scrub_knows_the_recorders_names_and_finds_echoed_header_keys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
