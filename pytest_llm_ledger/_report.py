@@ -23,6 +23,7 @@ __all__ = [
     "SessionLedger",
     "Totals",
     "format_cost",
+    "listed",
     "notices",
     "render_breaches",
     "render_lens_table",
@@ -437,7 +438,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     return lines
 
 
-def _listed(names: list[str]) -> str:
+def listed(names: list[str]) -> str:
+    """The first five names, then how many more."""
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
@@ -449,7 +451,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
         stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
         out.append(
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
-            f"{_listed(stale)}; re-record them with --llm-record-mode=rewrite"
+            f"{listed(stale)}; re-record them with --llm-record-mode=rewrite"
         )
     total = ledger.total()
     if not total.cost_complete:
@@ -461,7 +463,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
     # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
     idle = sorted(set(budgets.tests) - set(ledger.tests))
     if idle:
-        out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {_listed(idle)}")
+        out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {listed(idle)}")
     ran = sorted({key for key, _, _ in ledger.lens_runs})
     idle_lenses = []
     for key in sorted(set(budgets.lenses) - set(ran)):
@@ -470,7 +472,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
     if idle_lenses:
         out.append(
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
-            f"{_listed(idle_lenses)}; lens keys that ran: {_listed(ran) or 'none'}"
+            f"{listed(idle_lenses)}; lens keys that ran: {listed(ran) or 'none'}"
         )
     return out, bool(idle or idle_lenses)
 

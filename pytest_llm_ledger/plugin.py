@@ -42,8 +42,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shlex
-import sys
 import threading
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,9 +52,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from llm_ledger import BudgetError, Budgets, CassetteError, load_budgets
+from llm_ledger import BudgetError, Budgets, CassetteError, CassetteMissError, load_budgets
+from llm_ledger.loading import BOOLEAN_WORDS
+from llm_ledger.testing import add_global_sink, remove_global_sink
 
-from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate, vcrpy_problem
+from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._naming import cassette_path, orphan_cassettes
 from ._network import BlockedRequestError, Guard
 from ._report import (
@@ -64,6 +64,7 @@ from ._report import (
     Breach,
     SessionLedger,
     Totals,
+    listed,
     notices,
     render_breaches,
     render_lens_table,
@@ -79,13 +80,10 @@ _CASSETTE = pytest.StashKey[LedgerCassette]()
 _REPORTED_MISSES = pytest.StashKey[int]()
 _PASSED = pytest.StashKey[bool]()
 _FLAG_OWNER = pytest.StashKey[str]()
-_SAVED_LOG_DIR = pytest.StashKey["str | None"]()
+_ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
 _REPORTED_CASSETTE_BLOCKED = pytest.StashKey[int]()
-_LOG_DIR_ENV: Final = "LLM_LEDGER_LOG_DIR"
-_TRUE: Final = ("true", "yes", "on", "1")
-_FALSE: Final = ("false", "no", "off", "0", "")
 # Sessions configured in this process, innermost last: a session run in-process by pytester
 # inside another gets the records, not the outer session that happens to share the monitor.
 _active: list[_LedgerState] = []
@@ -215,8 +213,8 @@ def pytest_load_initial_conftests(
     early_config.stash[_FLAG_OWNER] = owner
     # before conftest files import the application (which may call llm_ledger.configure()): test
     # runs stay out of its own log unless ini llm_log_dir asks for one
-    early_config.stash[_SAVED_LOG_DIR] = os.environ.get(_LOG_DIR_ENV)
-    os.environ[_LOG_DIR_ENV] = _log_dir(early_config)
+    environ = early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
+    environ.setenv("LLM_LEDGER_LOG_DIR", _log_dir(early_config))
 
 
 def _log_dir(config: pytest.Config) -> str:
@@ -292,11 +290,9 @@ class _LedgerState:
         self.mode = _record_mode(config)
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.budget_file = _path_option(config, "llm_budget_file")
-        self.enforce = bool(config.getoption("llm_ledger_budget", False)) or _ini_bool(config, "llm_budget")
-        self.strict = bool(config.getoption("llm_strict", False)) or _ini_bool(config, "llm_strict")
-        self.block_network = bool(config.getoption("llm_block_network", False)) or _ini_bool(
-            config, "llm_block_network"
-        )
+        self.enforce = _switch(config, "llm_ledger_budget", "llm_budget")
+        self.strict = _switch(config, "llm_strict", "llm_strict")
+        self.block_network = _switch(config, "llm_block_network", "llm_block_network")
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -306,21 +302,22 @@ class _LedgerState:
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
         self._lock = threading.Lock()
-        self._current: LedgerRecords | None = None
-        self._attached = False
+        self.current: LedgerRecords | None = None
         self._placeholder_key = False
         # the replay-only guard: the running test's node id while its OpenAI requests are refused
         self.guard = Guard(self._refuse) if self.mode == "none" else None
+        self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None
         self._blocked: list[str] = []
 
-    # records from llm_ledger's monitor, called synchronously on the emitting thread
-    def sink(self, record: Mapping[str, Any]) -> None:
+    def _add(self, record: Mapping[str, Any]) -> None:
+        """The session's global sink: records of every llm_ledger monitor (the default one and the
+        application's own), on the emitting thread."""
         event = record.get("event")
         if event not in ("llm_api_call", "lens_summary") or (_active and _active[-1] is not self):
             return
         with self._lock:
-            current = self._current
+            current = self.current
             nodeid = current.nodeid if current is not None else SESSION_BUCKET
             if event == "llm_api_call":
                 self.ledger.add_call(nodeid, record)
@@ -331,26 +328,6 @@ class _LedgerState:
                 if current is not None:
                     current.lenses.append(dict(record))
 
-    def attach(self) -> None:
-        """Listen to every llm_ledger monitor (the default one and the application's own) once the
-        code under test has imported llm_ledger; guard the transports once it has imported httpx2."""
-        if not self._attached and "llm_ledger" in sys.modules:
-            from llm_ledger.testing import add_global_sink
-
-            add_global_sink(self.sink)
-            self._attached = True
-        if self.guard is not None:
-            self.guard.install()
-
-    def detach(self) -> None:
-        if self._attached:
-            from llm_ledger.testing import remove_global_sink
-
-            remove_global_sink(self.sink)
-            self._attached = False
-        if self.guard is not None:
-            self.guard.uninstall()
-
     @contextmanager
     def test(self, item: pytest.Item) -> Iterator[LedgerRecords]:
         records = LedgerRecords(item.nodeid)
@@ -360,7 +337,7 @@ class _LedgerState:
         # a test with a cassette of its own (llm, or pytest-recording's vcr) is not guarded
         owned = marker is not None or item.get_closest_marker("vcr") is not None
         with self._lock:
-            self._current = records
+            self.current = records
             self._guarded = None if owned else item.nodeid
             self._blocked = blocked
             self.ledger.tests.setdefault(item.nodeid, Totals())
@@ -368,12 +345,9 @@ class _LedgerState:
             yield records
         finally:
             with self._lock:
-                self._current = None
+                self.current = None
                 self._guarded = None
                 self._blocked = []
-
-    def current(self) -> LedgerRecords | None:
-        return self._current
 
     def _refuse(self, method: str, host: str, path: str) -> str | None:
         """The failure message for an OpenAI request of the running test, or None to send it."""
@@ -382,7 +356,6 @@ class _LedgerState:
             return None  # a marked test, no test running, or an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
-        command = f"pytest {shlex.quote(nodeid)} --llm-record-mode=once"
         message = "\n".join(
             [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
@@ -390,7 +363,7 @@ class _LedgerState:
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
                 "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
                 "  once (needs network and OPENAI_API_KEY):",
-                f"    {command}",
+                f"    {rerecord_command(nodeid, 'once')}",
                 "  for a deliberate live test: @pytest.mark.llm(live=True); for a local server: ini "
                 f"llm_allowed_hosts = {host}",
             ]
@@ -400,16 +373,17 @@ class _LedgerState:
         return message
 
 
-def _ini_bool(config: pytest.Config, name: str) -> bool:
-    raw = str(config.getini(name))
-    value = raw.strip().lower()
-    if value in _TRUE:
+def _switch(config: pytest.Config, dest: str, ini: str) -> bool:
+    """A command-line flag, else its ini twin (true/false)."""
+    if config.getoption(dest, False):
         return True
-    if value in _FALSE:
-        return False
-    raise pytest.UsageError(
-        f"{name} = {raw!r} in {config.inipath or 'the ini file'} is not a boolean; use true or false"
-    )
+    raw = str(config.getini(ini))
+    value = BOOLEAN_WORDS.get(raw.strip().lower())
+    if value is None:
+        raise pytest.UsageError(
+            f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not a boolean; use true or false"
+        )
+    return value
 
 
 def _record_mode(config: pytest.Config) -> str:
@@ -470,30 +444,25 @@ def pytest_configure(config: pytest.Config) -> None:
         state._placeholder_key = True
     config.stash[_STATE] = state
     _active.append(state)
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistHooks(state), "llm_ledger_xdist")
+    add_global_sink(state.sink)
     if state.guard is not None:
         # now, not at the first test: a test that imports openai in its body is guarded too
         state.guard.install(load=True)
     if not state.is_worker:
-        config.pluginmanager.register(_Outcomes(state), "llm_ledger_outcomes")
-    state.attach()
+        config.pluginmanager.register(_ControllerHooks(state), "llm_ledger_controller")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _SAVED_LOG_DIR in config.stash:
-        saved = config.stash[_SAVED_LOG_DIR]
-        if saved is None:
-            os.environ.pop(_LOG_DIR_ENV, None)
-        else:
-            os.environ[_LOG_DIR_ENV] = saved
-        del config.stash[_SAVED_LOG_DIR]
+    if _ENVIRON in config.stash:
+        config.stash[_ENVIRON].undo()
+        del config.stash[_ENVIRON]
     state = config.stash.get(_STATE, None)
     if state is None:
         return
-    state.detach()
-    if state in _active:
-        _active.remove(state)
+    if state.guard is not None:
+        state.guard.uninstall()
+    remove_global_sink(state.sink)
+    _active.remove(state)
     if state._placeholder_key and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
         del os.environ["OPENAI_API_KEY"]
     del config.stash[_STATE]
@@ -539,11 +508,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
 
 
-def _is_live(item: pytest.Item) -> bool:
-    marker = item.get_closest_marker("llm")
-    return marker is not None and marker.kwargs.get("live") is True
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[_STATE]
     budget = _display(config, state.budget_file)
@@ -573,7 +537,8 @@ def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, object, object]:
     state = item.config.stash[_STATE]
-    state.attach()
+    if state.guard is not None:  # the transports of an HTTP library imported since
+        state.guard.install()
     with state.test(item):
         return (yield)
 
@@ -636,7 +601,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
     item = request.node
     marker = item.get_closest_marker("llm") if isinstance(item, pytest.Item) else None
-    if marker is None or _is_live(item):
+    if marker is None or marker.kwargs.get("live") is True:
         yield
         return
     state = request.config.stash[_STATE]
@@ -673,7 +638,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     except CassetteError as exc:
         error = str(exc)
     if error is not None:  # raised outside the except block, so the message is not printed twice
-        command = f"pytest {shlex.quote(item.nodeid)} --llm-record-mode=rewrite"
+        command = rerecord_command(item.nodeid, "rewrite")
         pytest.fail(f"{error}\n  to replace it with a fresh recording: {command}", pytrace=False)
     item.stash[_CASSETTE] = cassette
     with activate(cassette):
@@ -690,9 +655,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def llm_ledger(request: pytest.FixtureRequest) -> LedgerRecords:
     """The llm-ledger records (calls and lens summaries) emitted so far during this test."""
-    state = request.config.stash[_STATE]
-    state.attach()
-    current = state.current()
+    current = request.config.stash[_STATE].current
     assert current is not None, "the llm_ledger fixture works only inside a running test"
     return current
 
@@ -725,11 +688,10 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     orphans = orphan_cassettes(state.cassette_dir, state.ledger.cassettes, config.getini("llm_cassette_keep"))
     if not orphans:
         return []
-    shown = ", ".join(_display(config, path) for path in orphans[:5])
-    more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
     return [
         f"llm-ledger: {len(orphans)} cassette(s) belong to no collected test (renamed or deleted): "
-        f"{shown}{more}; delete them with `llm-ledger cassettes --prune`"
+        f"{listed([_display(config, path) for path in orphans])}; delete them with "
+        "`llm-ledger cassettes --prune`"
     ]
 
 
@@ -806,8 +768,9 @@ def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: Ses
         tr.write_line(line)
 
 
-class _Outcomes:
-    """Failed tests, for the report (on the controller, which hears every worker's reports)."""
+class _ControllerHooks:
+    """Failed tests for the report, and the workers' totals under xdist: the controller hears
+    every worker's reports."""
 
     def __init__(self, state: _LedgerState) -> None:
         self.state = state
@@ -817,14 +780,7 @@ class _Outcomes:
         if report.failed:
             self.state.ledger.failed.add(report.nodeid)
 
-
-class _XdistHooks:
-    """Registered only when pytest-xdist is present (its hooks are unknown otherwise)."""
-
-    def __init__(self, state: _LedgerState) -> None:
-        self.state = state
-
-    @pytest.hookimpl
+    @pytest.hookimpl(optionalhook=True)  # an xdist hook, unknown without pytest-xdist
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         data = getattr(node, "workeroutput", {}).get("llm_ledger")
         if data:
