@@ -8,8 +8,9 @@ they leave as JSON numbers.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
@@ -128,25 +129,12 @@ class Totals:
         fixes = [fix for gaps, fix in ((self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX)) if gaps]
         return "; ".join(fixes or [PRICE_FIX])
 
-    def to_wire(self) -> list[Any]:
-        return [
-            *(getattr(self, n) for n in _INTS),
-            str(self.cost),
-            self.cost_complete,
-            self.unpriced,
-            self.no_usage,
-        ]
+    def to_wire(self) -> dict[str, Any]:
+        return {**asdict(self), "cost": str(self.cost)}  # JSON from an xdist worker: the cost stays exact
 
     @classmethod
-    def from_wire(cls, data: list[Any]) -> Totals:
-        *ints, cost, complete, unpriced, no_usage = data
-        return cls(
-            **dict(zip(_INTS, ints, strict=True)),
-            cost=Decimal(cost),
-            cost_complete=complete,
-            unpriced=dict(unpriced),
-            no_usage=dict(no_usage),
-        )
+    def from_wire(cls, data: Mapping[str, Any]) -> Totals:
+        return cls(**{**data, "cost": Decimal(data["cost"])})
 
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in _INTS}
@@ -200,22 +188,17 @@ class UsageRow:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
-    def to_wire(self) -> list[Any]:
-        return [str(value) if isinstance(value, Decimal) else value for value in self._values()]
+    def to_wire(self) -> dict[str, Any]:
+        return {**asdict(self), "cost": str(self.cost)}
 
     @classmethod
-    def from_wire(cls, data: list[Any]) -> UsageRow:
-        row = cls(*data)
-        row.cost = Decimal(data[4])
-        return row
+    def from_wire(cls, data: Mapping[str, Any]) -> UsageRow:
+        return cls(**{**data, "cost": Decimal(data["cost"])})
 
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__ if name != "cost"}
         out["cost_usd"] = float(self.cost)
         return out
-
-    def _values(self) -> list[Any]:
-        return [getattr(self, name) for name in self.__slots__]
 
 
 def _model(record: Mapping[str, Any]) -> str:
@@ -263,6 +246,10 @@ class Breach:
     runs_over: int = 1
     unknown: str = ""  # a cost limit that cannot be checked: why (the models with no known cost)
     fix: str = ""  # and what makes the cost known
+
+    @property
+    def where(self) -> str:
+        return f"{self.scope} {self.name}" if self.scope != "total" else "total"
 
 
 class SessionLedger:
@@ -335,9 +322,7 @@ class SessionLedger:
 
     def report(self) -> dict[str, Any]:
         """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1)."""
-        lens_runs: dict[str, int] = {}
-        for _, nodeid, _ in self.lens_runs:
-            lens_runs[nodeid] = lens_runs.get(nodeid, 0) + 1
+        lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
         return {
             "schema": REPORT_SCHEMA,
             "version": REPORT_VERSION,
@@ -345,7 +330,7 @@ class SessionLedger:
                 key: {"runs": agg.runs, **agg.sum.to_report()} for key, agg in sorted(self.lenses().items())
             },
             "tests": {
-                nodeid: {**totals.to_report(), "lens_runs": lens_runs.get(nodeid, 0)}
+                nodeid: {**totals.to_report(), "lens_runs": lens_runs[nodeid]}
                 for nodeid, totals in sorted(self.tests.items())
             },
             "total": {**self.total().to_report(), "tests": len(self.tests)},
@@ -376,13 +361,11 @@ class SessionLedger:
                 breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
         if budgets.total is not None:
             worst = max(self.tests.items(), key=lambda kv: kv[1].cost, default=("", Totals()))[0]
-            for breach in _check_runs("total", "session", budgets.total, [(worst, self.total())]):
-                breaches.append(breach)
+            breaches.extend(_check_runs("total", "session", budgets.total, [(worst, self.total())]))
         return breaches
 
 
-def _check_runs(scope: str, name: str, limits: Limits, runs: Iterable[tuple[str, Totals]]) -> list[Breach]:
-    runs = list(runs)
+def _check_runs(scope: str, name: str, limits: Limits, runs: list[tuple[str, Totals]]) -> list[Breach]:
     out = []
     for limit_key, limit in limits.items():
         metric = Limits.METRIC_OF[limit_key]
@@ -480,15 +463,13 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
 def render_breaches(breaches: list[Breach]) -> list[str]:
     rows = []
     for b in breaches:
-        where = f"{b.scope} {b.name}" if b.scope != "total" else "total"
         worst = b.worst_test + (f" (+{b.runs_over - 1} more runs)" if b.runs_over > 1 else "")
         actual = "unknown" if b.unknown else _format_value(b.limit_key, b.actual)
-        rows.append([where, b.limit_key, _format_value(b.limit_key, b.limit), actual, worst])
+        rows.append([b.where, b.limit_key, _format_value(b.limit_key, b.limit), actual, worst])
     lines = text_table(
         ["lens / test / total", "limit", "max", "actual", "worst run (test id)"], rows, right={2, 3}
     )
     for b in breaches:
         if b.unknown:
-            where = f"{b.scope} {b.name}" if b.scope != "total" else "total"
-            lines.append(f"{where}: {b.limit_key} cannot be checked: {b.unknown}; {b.fix}")
+            lines.append(f"{b.where}: {b.limit_key} cannot be checked: {b.unknown}; {b.fix}")
     return lines
