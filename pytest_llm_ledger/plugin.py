@@ -54,7 +54,7 @@ import pytest
 
 from llm_ledger import BudgetError, Budgets, CassetteError, CassetteMissError, load_budgets
 from llm_ledger.loading import BOOLEAN_WORDS
-from llm_ledger.testing import add_global_sink, remove_global_sink
+from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._naming import cassette_path, orphan_cassettes
@@ -228,11 +228,12 @@ def _log_dir(config: pytest.Config) -> str:
 # -- session state ------------------------------------------------------------------------------
 
 
-class LedgerRecords:
+class LedgerRecords(Captured):
     """What the ``llm_ledger`` fixture returns: the llm-ledger records of the running test.
 
     Records of every monitor in the process (the default one and the application's own) emitted
-    during the test's setup, call and teardown, in the order they were emitted:
+    during the test's setup, call and teardown, in the order they were emitted, as
+    :class:`llm_ledger.testing.Captured` holds them, and:
 
     * ``nodeid``: the test's node id;
     * ``calls``: the ``llm_api_call`` records (dicts, as in docs/MONITORING.md's "The records");
@@ -244,9 +245,8 @@ class LedgerRecords:
     """
 
     def __init__(self, nodeid: str) -> None:
+        super().__init__()
         self.nodeid = nodeid
-        self.calls: list[dict[str, Any]] = []
-        self.lenses: list[dict[str, Any]] = []
 
     def lens(self, lens_key: str) -> list[dict[str, Any]]:
         """The ``lens_summary`` records of ``lens_key``, in the order the runs ended."""
@@ -321,12 +321,10 @@ class _LedgerState:
             nodeid = current.nodeid if current is not None else SESSION_BUCKET
             if event == "llm_api_call":
                 self.ledger.add_call(nodeid, record)
-                if current is not None:
-                    current.calls.append(dict(record))
             else:
                 self.ledger.add_lens(nodeid, record)
-                if current is not None:
-                    current.lenses.append(dict(record))
+            if current is not None:
+                current(record)
 
     @contextmanager
     def test(self, item: pytest.Item) -> Iterator[LedgerRecords]:
