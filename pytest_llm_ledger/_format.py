@@ -31,7 +31,6 @@ from llm_ledger import CassetteError
 from llm_ledger.loading import JsonLoader, read_file
 
 __all__ = [
-    "FORMAT_VERSION",
     "REQUEST_HEADERS",
     "RESPONSE_HEADERS",
     "body_bytes",

@@ -18,12 +18,10 @@ from llm_ledger import Budgets, Limits
 from llm_ledger.report import cost_decimal, text_table
 
 __all__ = [
-    "REPORT_SCHEMA",
-    "REPORT_VERSION",
+    "SESSION_BUCKET",
     "Breach",
     "SessionLedger",
     "Totals",
-    "format_cost",
     "listed",
     "notices",
     "render_breaches",

@@ -52,13 +52,20 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from llm_ledger import BudgetError, Budgets, CassetteError, CassetteMissError, load_budgets
+from llm_ledger import (
+    BlockedRequestError,
+    BudgetError,
+    Budgets,
+    CassetteError,
+    CassetteMissError,
+    load_budgets,
+)
 from llm_ledger.loading import BOOLEAN_WORDS
 from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._naming import cassette_path, orphan_cassettes
-from ._network import BlockedRequestError, Guard
+from ._network import Guard
 from ._report import (
     SESSION_BUCKET,
     Breach,
