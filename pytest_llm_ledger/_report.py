@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -75,6 +75,13 @@ class Totals:
         for mine, theirs in ((self.unpriced, other.unpriced), (self.no_usage, other.no_usage)):
             for model, count in theirs.items():
                 mine[model] = mine.get(model, 0) + count
+
+    @classmethod
+    def sum_of(cls, parts: Iterable[Totals]) -> Totals:
+        out = cls()
+        for part in parts:
+            out.add(part)
+        return out
 
     @classmethod
     def of_call(cls, record: Mapping[str, Any]) -> Totals:
@@ -301,10 +308,7 @@ class SessionLedger:
     # -- aggregates ------------------------------------------------------------------------------
 
     def total(self) -> Totals:
-        out = Totals()
-        for totals in self.tests.values():
-            out.add(totals)
-        return out
+        return Totals.sum_of(self.tests.values())
 
     def lenses(self) -> dict[str, LensRuns]:
         out: dict[str, LensRuns] = {}
@@ -376,9 +380,7 @@ def _check_runs(scope: str, name: str, limits: Limits, runs: list[tuple[str, Tot
             unknown = [(nodeid, run) for nodeid, run in runs if not run.cost_complete]
             if unknown:
                 nodeid, run = unknown[0]
-                gaps = Totals()
-                for _, each in unknown:
-                    gaps.add(each)
+                gaps = Totals.sum_of(each for _, each in unknown)
                 out.append(
                     Breach(scope, name, limit_key, limit, run.cost_usd, nodeid, len(unknown),
                            gaps.cost_gaps(), gaps.cost_fixes())

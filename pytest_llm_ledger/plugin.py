@@ -261,10 +261,7 @@ class LedgerRecords(Captured):
 
     def totals(self) -> Totals:
         """Calls, tokens, errors and cost of ``calls``, summed."""
-        out = Totals()
-        for record in self.calls:
-            out.add(Totals.of_call(record))
-        return out
+        return Totals.sum_of(map(Totals.of_call, self.calls))
 
     @property
     def api_calls(self) -> int:
