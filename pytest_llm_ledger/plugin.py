@@ -80,7 +80,6 @@ from ._report import (
 __all__ = ["LedgerRecords"]
 
 PLACEHOLDER_API_KEY: Final = "sk-llm-ledger-replay-placeholder"
-_BUDGET_FLAG: Final = "--llm-budget"
 _CONFLICTING_DISTS: Final = frozenset({"pytest-llm-cost"})
 _STATE = pytest.StashKey["_LedgerState"]()
 _CASSETTE = pytest.StashKey[LedgerCassette]()
@@ -213,23 +212,17 @@ def pytest_load_initial_conftests(
     }
     owner = "llm-ledger"
     try:
-        group.addoption(_BUDGET_FLAG, "--llm-ledger-budget", **attrs)
+        group.addoption("--llm-budget", "--llm-ledger-budget", **attrs)
     except (ValueError, argparse.ArgumentError):
         owner = _llm_cost_installed(early_config.pluginmanager) or "another plugin"
         group.addoption("--llm-ledger-budget", **attrs)
     early_config.stash[_FLAG_OWNER] = owner
     # before conftest files import the application (which may call llm_ledger.configure()): test
     # runs stay out of its own log unless ini llm_log_dir asks for one
-    environ = early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
-    environ.setenv("LLM_LEDGER_LOG_DIR", _log_dir(early_config))
-
-
-def _log_dir(config: pytest.Config) -> str:
-    value = str(config.getini("llm_log_dir")).strip()
-    if not value:
-        return "off"
-    base = config.inipath.parent if config.inipath is not None else config.rootpath
-    return str(Path(base, value).resolve())
+    wanted = str(early_config.getini("llm_log_dir")).strip()
+    log_dir = str(_ini_path(early_config, "llm_log_dir")) if wanted else "off"
+    early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
+    early_config.stash[_ENVIRON].setenv("LLM_LEDGER_LOG_DIR", log_dir)
 
 
 # -- session state ------------------------------------------------------------------------------
@@ -409,8 +402,13 @@ def _path_option(config: pytest.Config, name: str) -> Path:
     value = config.getoption(name)
     if value:  # command line: relative to where pytest was started
         return Path(config.invocation_params.dir, value).resolve()
+    return _ini_path(config, name)
+
+
+def _ini_path(config: pytest.Config, name: str) -> Path:
+    """An ini setting's path, relative to the ini file."""
     base = config.inipath.parent if config.inipath is not None else config.rootpath
-    return Path(base, str(config.getini(name))).resolve()
+    return Path(base, str(config.getini(name)).strip()).resolve()
 
 
 def _display(config: pytest.Config, path: Path) -> str:
