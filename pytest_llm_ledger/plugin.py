@@ -118,39 +118,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--llm-record-mode",
         choices=RECORD_MODES,
-        default=None,
         help="cassettes of tests marked llm: none (replay only, the default), once (record missing "
         "cassettes), new_episodes (record unmatched requests), all (re-record every request, keep the "
         "rest), rewrite (replace each cassette).",
     )
-    group.addoption(
-        "--llm-cassette-dir", default=None, help="cassette directory (default: <rootdir>/cassettes)."
-    )
-    group.addoption("--llm-budget-file", default=None, help="budgets file (default: <rootdir>/budgets.yaml).")
-    group.addoption("--llm-report", default=None, metavar="PATH", help="write per-lens totals as JSON.")
+    group.addoption("--llm-cassette-dir", help="cassette directory (default: <rootdir>/cassettes).")
+    group.addoption("--llm-budget-file", help="budgets file (default: <rootdir>/budgets.yaml).")
+    group.addoption("--llm-report", metavar="PATH", help="write per-lens totals as JSON.")
     group.addoption(
         "--llm-list-cassettes",
-        default=None,
         metavar="PATH",
         help="write the cassette paths of the collected tests as JSON (used by `llm-ledger cassettes`).",
     )
-    group.addoption(
-        "--llm-baseline",
-        default=None,
-        metavar="PATH",
-        help="show the cost diff against an --llm-report file.",
-    )
+    group.addoption("--llm-baseline", metavar="PATH", help="show the cost diff against an --llm-report file.")
     group.addoption(
         "--llm-block-network",
         action="store_true",
-        default=False,
         help="refuse the requests of tests marked llm that their cassette does not record (hosts in ini "
         "llm_allowed_hosts excepted); by default they are sent, unrecorded.",
     )
     group.addoption(
         "--llm-strict",
         action="store_true",
-        default=False,
         help="fail the run on any llm-ledger notice: budgets that checked nothing, stale cassettes, "
         "calls with no known cost.",
     )
@@ -206,7 +195,6 @@ def pytest_load_initial_conftests(
     group = parser.getgroup("llm-ledger")
     attrs: dict[str, Any] = {
         "action": "store_true",
-        "default": False,
         "dest": "llm_ledger_budget",
         "help": "fail the run when a limit in the budgets file is exceeded.",
     }
