@@ -34,6 +34,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Final
 
+import yaml
+
 from llm_ledger import CassetteError
 from llm_ledger.loading import read_file
 
@@ -166,8 +168,6 @@ def scrub_document(doc: Any) -> list[str]:
 
 def _load(path: Path) -> tuple[Any, str, bool]:
     """The cassette document, the comment lines heading the file, and whether it is JSON."""
-    import yaml
-
     raw = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES)
     try:
         text = raw.decode("utf-8")
@@ -197,8 +197,6 @@ def _load(path: Path) -> tuple[Any, str, bool]:
 def _dump(doc: Any, header: str, as_json: bool) -> str:
     if as_json:
         return json.dumps(doc, indent=4, ensure_ascii=False) + "\n"
-    import yaml
-
     dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     return header + yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
 
