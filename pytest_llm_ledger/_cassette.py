@@ -57,9 +57,8 @@ __all__ = [
     "CassetteMissError",
     "LedgerCassette",
     "activate",
-    "api_path",
     "canonical_key",
-    "owns",
+    "rerecord_command",
     "vcrpy_problem",
 ]
 
@@ -117,8 +116,9 @@ def canonical_key(method: str, url: str, body: bytes | None, headers: Any = None
     )
 
 
-def _hostless(key: Key) -> Key:
-    return (key[0], "", key[2], key[3])
+def rerecord_command(nodeid: str, mode: str) -> str:
+    """The command that runs one test in ``mode``, to record or re-record its cassette."""
+    return f"pytest {shlex.quote(nodeid)} --llm-record-mode={mode}"
 
 
 def stored_url(url: str, redactor: CredentialRedactor) -> str:
@@ -222,7 +222,7 @@ class LedgerCassette:
 
     def _lookup(self, key: Key) -> Key:
         """The part of a key this cassette matches on: the host only with ``match_host``."""
-        return key if self.match_host else _hostless(key)
+        return key if self.match_host else (key[0], "", key[2], key[3])
 
     # -- the interface vcrpy's stubs use ---------------------------------------------------------
 
@@ -349,7 +349,8 @@ class LedgerCassette:
     # -- misses ----------------------------------------------------------------------------------
 
     def rerecord_command(self, mode: str) -> str:
-        return f"pytest {shlex.quote(self.nodeid)} --llm-record-mode={mode}"
+        """The command that records this cassette in ``mode`` (the lens demo's cassettes override it)."""
+        return rerecord_command(self.nodeid, mode)
 
     def _miss(self, request: Any) -> None:
         message = self.describe_miss(request.method, request.uri, request.body, request.headers)

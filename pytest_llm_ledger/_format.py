@@ -31,7 +31,6 @@ from llm_ledger import CassetteError
 from llm_ledger.loading import JsonLoader, read_file
 
 __all__ = [
-    "FORMAT_VERSION",
     "REQUEST_HEADERS",
     "RESPONSE_HEADERS",
     "body_bytes",
@@ -212,89 +211,93 @@ def dump_cassette(interactions: list[dict[str, Any]], header: str) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash or a parallel reader never sees half a file."""
+    """Write via a temporary file and rename, so a crash or a parallel reader never sees half a file.
+
+    A file that exists keeps its mode; a new one gets the ordinary mode (0666 less the umask), not
+    mkstemp's private 0600: cassettes are committed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp creates 0600; a committed file should get the ordinary mode (0666 less the umask)
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-class _Where:
-    """Builds CassetteError messages that name the file and the place inside it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def error(self, place: str, problem: str) -> CassetteError:
-        return CassetteError(
-            f"{self.path}: {place}: {problem}. The file is not a valid llm-ledger cassette; fix it, "
-            "or replace it with a fresh recording (--llm-record-mode=rewrite)"
-        )
+def _invalid(path: Path, place: str, problem: str) -> CassetteError:
+    """The error for a cassette that cannot be loaded, naming the file and the place inside it."""
+    return CassetteError(
+        f"{path}: {place}: {problem}. The file is not a valid llm-ledger cassette; fix it, "
+        "or replace it with a fresh recording (--llm-record-mode=rewrite)"
+    )
 
 
-def _body_from_yaml(node: Mapping[str, Any], where: _Where, place: str) -> Body:
+def _body_from_yaml(node: Mapping[str, Any], path: Path, place: str) -> Body:
     kinds = [k for k in _BODY_KEYS if k in node]
     if len(kinds) > 1:
-        raise where.error(place, f"has several bodies {kinds!r}; keep one of {list(_BODY_KEYS)!r}")
+        raise _invalid(path, place, f"has several bodies {kinds!r}; keep one of {list(_BODY_KEYS)!r}")
     if not kinds:
         return ("", None)
     kind = kinds[0]
     value = node[kind]
     if kind == "sse":
         if not isinstance(value, list) or not all(isinstance(e, dict) and "data" in e for e in value):
-            raise where.error(f"{place}.sse", "must be a list of events, each a mapping with a 'data' key")
+            raise _invalid(path, f"{place}.sse", "must be a list of events, each a mapping with a 'data' key")
     elif kind in ("text", "base64") and not isinstance(value, str):
-        raise where.error(f"{place}.{kind}", f"must be a string, not {type(value).__name__}")
+        raise _invalid(path, f"{place}.{kind}", f"must be a string, not {type(value).__name__}")
     if kind == "base64":
         try:
             base64.b64decode(value, validate=True)
         except ValueError:
-            raise where.error(f"{place}.base64", "is not valid base64") from None
+            raise _invalid(path, f"{place}.base64", "is not valid base64") from None
     return (kind, value)
 
 
-def _headers_from_yaml(node: Any, where: _Where, place: str) -> dict[str, str]:
+def _headers_from_yaml(node: Any, path: Path, place: str) -> dict[str, str]:
     if node is None:
         return {}
     if not isinstance(node, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in node.items()
     ):
-        raise where.error(f"{place}.headers", "must map header names to strings")
+        raise _invalid(path, f"{place}.headers", "must map header names to strings")
     return dict(node)
 
 
-def _check_keys(node: Any, allowed: frozenset[str], where: _Where, place: str) -> dict[str, Any]:
+def _check_keys(node: Any, allowed: frozenset[str], path: Path, place: str) -> dict[str, Any]:
     if not isinstance(node, dict):
-        raise where.error(place, f"must be a mapping, not {type(node).__name__}")
+        raise _invalid(path, place, f"must be a mapping, not {type(node).__name__}")
     unknown = sorted(str(k) for k in node if k not in allowed)
     if unknown:
-        raise where.error(place, f"unknown key(s) {unknown!r}; valid keys are {sorted(allowed)!r}")
+        raise _invalid(path, place, f"unknown key(s) {unknown!r}; valid keys are {sorted(allowed)!r}")
     return node
 
 
 def load_cassette(path: Path) -> list[dict[str, Any]]:
     """Load and validate a cassette with a safe loader; each item is ``{"request": .., "response": ..}``
     with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
-    where = _Where(path)
     try:
         text = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise where.error(f"byte {exc.start}", "is not UTF-8") from None
+        raise _invalid(path, f"byte {exc.start}", "is not UTF-8") from None
     try:
         if "&" in text:  # an alias needs an anchor: only then look for one (an alias bomb)
             for event in yaml.parse(text, Loader=JsonLoader):
                 if isinstance(event, yaml.AliasEvent):
                     mark = event.start_mark
-                    raise where.error(
+                    raise _invalid(
+                        path,
                         f"line {mark.line + 1}" if mark is not None else "an alias",
                         "uses a YAML alias; llm-ledger cassettes never contain anchors or aliases "
                         "(re-record it, or run `llm-ledger scrub` on a converted one)",
@@ -304,43 +307,43 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
         mark = exc.problem_mark
         line = f"line {mark.line + 1}" if mark is not None else "somewhere"
         problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        raise where.error(line, f"is not valid YAML ({problem})") from None
+        raise _invalid(path, line, f"is not valid YAML ({problem})") from None
     except yaml.YAMLError as exc:
-        raise where.error("document", f"is not valid YAML ({exc})") from None
-    doc = _check_keys(doc, frozenset({"version", "interactions"}), where, "top level")
+        raise _invalid(path, "document", f"is not valid YAML ({exc})") from None
+    doc = _check_keys(doc, frozenset({"version", "interactions"}), path, "top level")
     if doc.get("version") != FORMAT_VERSION:
-        raise where.error("version", f"is {doc.get('version')!r}, expected {FORMAT_VERSION}")
+        raise _invalid(path, "version", f"is {doc.get('version')!r}, expected {FORMAT_VERSION}")
     raw_interactions = doc.get("interactions")
     if not isinstance(raw_interactions, list):
-        raise where.error("interactions", "must be a list")
+        raise _invalid(path, "interactions", "must be a list")
     loaded: list[dict[str, Any]] = []
     for index, item in enumerate(raw_interactions):
         place = f"interactions[{index}]"
-        item = _check_keys(item, frozenset({"request", "response"}), where, place)
+        item = _check_keys(item, frozenset({"request", "response"}), path, place)
         if "request" not in item or "response" not in item:
-            raise where.error(place, "needs both 'request' and 'response'")
-        req = _check_keys(item["request"], _REQUEST_KEYS, where, f"{place}.request")
-        resp = _check_keys(item["response"], _RESPONSE_KEYS, where, f"{place}.response")
+            raise _invalid(path, place, "needs both 'request' and 'response'")
+        req = _check_keys(item["request"], _REQUEST_KEYS, path, f"{place}.request")
+        resp = _check_keys(item["response"], _RESPONSE_KEYS, path, f"{place}.response")
         for key, node in (("method", req), ("url", req)):
             if not isinstance(node.get(key), str) or not node[key]:
-                raise where.error(
-                    f"{place}.request.{key}", f"must be a non-empty string, not {node.get(key)!r}"
+                raise _invalid(
+                    path, f"{place}.request.{key}", f"must be a non-empty string, not {node.get(key)!r}"
                 )
         status = resp.get("status")
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            raise where.error(f"{place}.response.status", f"must be an HTTP status code, not {status!r}")
+            raise _invalid(path, f"{place}.response.status", f"must be an HTTP status code, not {status!r}")
         loaded.append(
             {
                 "request": {
                     "method": req["method"].upper(),
                     "url": req["url"],
-                    "headers": _headers_from_yaml(req.get("headers"), where, f"{place}.request"),
-                    "body": _body_from_yaml(req, where, f"{place}.request"),
+                    "headers": _headers_from_yaml(req.get("headers"), path, f"{place}.request"),
+                    "body": _body_from_yaml(req, path, f"{place}.request"),
                 },
                 "response": {
                     "status": status,
-                    "headers": _headers_from_yaml(resp.get("headers"), where, f"{place}.response"),
-                    "body": _body_from_yaml(resp, where, f"{place}.response"),
+                    "headers": _headers_from_yaml(resp.get("headers"), path, f"{place}.response"),
+                    "body": _body_from_yaml(resp, path, f"{place}.response"),
                 },
             }
         )

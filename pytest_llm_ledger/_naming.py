@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["MAX_STEM", "cassette_path", "cassette_stem"]
+__all__ = ["cassette_path", "orphan_cassettes"]
 
 MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from llm_ledger import BlockedRequestError
 
-__all__ = ["BlockedRequestError", "Guard", "is_openai_request"]
+__all__ = ["Guard", "is_openai_request"]
 
 Refuse = Callable[[str, str, str], "str | None"]  # (method, host, path) -> message, or None to send
 

@@ -8,23 +8,21 @@ they leave as JSON numbers.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
 from llm_ledger import Budgets, Limits
 from llm_ledger.report import cost_decimal, text_table
 
-from ._budgets import METRIC_OF
-
 __all__ = [
-    "REPORT_SCHEMA",
-    "REPORT_VERSION",
+    "SESSION_BUCKET",
     "Breach",
     "SessionLedger",
     "Totals",
-    "format_cost",
+    "listed",
     "notices",
     "render_breaches",
     "render_lens_table",
@@ -79,6 +77,13 @@ class Totals:
                 mine[model] = mine.get(model, 0) + count
 
     @classmethod
+    def sum_of(cls, parts: Iterable[Totals]) -> Totals:
+        out = cls()
+        for part in parts:
+            out.add(part)
+        return out
+
+    @classmethod
     def of_call(cls, record: Mapping[str, Any]) -> Totals:
         usage = record.get("usage") or {}
         cost = cost_decimal((record.get("cost") or {}).get("total_cost_usd"))
@@ -129,25 +134,12 @@ class Totals:
         fixes = [fix for gaps, fix in ((self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX)) if gaps]
         return "; ".join(fixes or [PRICE_FIX])
 
-    def to_wire(self) -> list[Any]:
-        return [
-            *(getattr(self, n) for n in _INTS),
-            str(self.cost),
-            self.cost_complete,
-            self.unpriced,
-            self.no_usage,
-        ]
+    def to_wire(self) -> dict[str, Any]:
+        return {**asdict(self), "cost": str(self.cost)}  # JSON from an xdist worker: the cost stays exact
 
     @classmethod
-    def from_wire(cls, data: list[Any]) -> Totals:
-        *ints, cost, complete, unpriced, no_usage = data
-        return cls(
-            **dict(zip(_INTS, ints, strict=True)),
-            cost=Decimal(cost),
-            cost_complete=complete,
-            unpriced=dict(unpriced),
-            no_usage=dict(no_usage),
-        )
+    def from_wire(cls, data: Mapping[str, Any]) -> Totals:
+        return cls(**{**data, "cost": Decimal(data["cost"])})
 
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in _INTS}
@@ -201,22 +193,17 @@ class UsageRow:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
-    def to_wire(self) -> list[Any]:
-        return [str(value) if isinstance(value, Decimal) else value for value in self._values()]
+    def to_wire(self) -> dict[str, Any]:
+        return {**asdict(self), "cost": str(self.cost)}
 
     @classmethod
-    def from_wire(cls, data: list[Any]) -> UsageRow:
-        row = cls(*data)
-        row.cost = Decimal(data[4])
-        return row
+    def from_wire(cls, data: Mapping[str, Any]) -> UsageRow:
+        return cls(**{**data, "cost": Decimal(data["cost"])})
 
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__ if name != "cost"}
         out["cost_usd"] = float(self.cost)
         return out
-
-    def _values(self) -> list[Any]:
-        return [getattr(self, name) for name in self.__slots__]
 
 
 def _model(record: Mapping[str, Any]) -> str:
@@ -264,6 +251,10 @@ class Breach:
     runs_over: int = 1
     unknown: str = ""  # a cost limit that cannot be checked: why (the models with no known cost)
     fix: str = ""  # and what makes the cost known
+
+    @property
+    def where(self) -> str:
+        return f"{self.scope} {self.name}" if self.scope != "total" else "total"
 
 
 class SessionLedger:
@@ -317,10 +308,7 @@ class SessionLedger:
     # -- aggregates ------------------------------------------------------------------------------
 
     def total(self) -> Totals:
-        out = Totals()
-        for totals in self.tests.values():
-            out.add(totals)
-        return out
+        return Totals.sum_of(self.tests.values())
 
     def lenses(self) -> dict[str, LensRuns]:
         out: dict[str, LensRuns] = {}
@@ -328,7 +316,7 @@ class SessionLedger:
             agg = out.setdefault(key, LensRuns())
             agg.runs += 1
             agg.sum.add(run)
-            for metric in METRIC_OF.values():
+            for metric in Limits.METRIC_OF.values():
                 value = run.metric(metric)
                 if metric not in agg.worst or value > agg.worst[metric][0]:
                     agg.worst[metric] = (value, nodeid)
@@ -336,9 +324,7 @@ class SessionLedger:
 
     def report(self) -> dict[str, Any]:
         """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1)."""
-        lens_runs: dict[str, int] = {}
-        for _, nodeid, _ in self.lens_runs:
-            lens_runs[nodeid] = lens_runs.get(nodeid, 0) + 1
+        lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
         return {
             "schema": REPORT_SCHEMA,
             "version": REPORT_VERSION,
@@ -346,7 +332,7 @@ class SessionLedger:
                 key: {"runs": agg.runs, **agg.sum.to_report()} for key, agg in sorted(self.lenses().items())
             },
             "tests": {
-                nodeid: {**totals.to_report(), "lens_runs": lens_runs.get(nodeid, 0)}
+                nodeid: {**totals.to_report(), "lens_runs": lens_runs[nodeid]}
                 for nodeid, totals in sorted(self.tests.items())
             },
             "total": {**self.total().to_report(), "tests": len(self.tests)},
@@ -377,16 +363,14 @@ class SessionLedger:
                 breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
         if budgets.total is not None:
             worst = max(self.tests.items(), key=lambda kv: kv[1].cost, default=("", Totals()))[0]
-            for breach in _check_runs("total", "session", budgets.total, [(worst, self.total())]):
-                breaches.append(breach)
+            breaches.extend(_check_runs("total", "session", budgets.total, [(worst, self.total())]))
         return breaches
 
 
-def _check_runs(scope: str, name: str, limits: Limits, runs: Iterable[tuple[str, Totals]]) -> list[Breach]:
-    runs = list(runs)
+def _check_runs(scope: str, name: str, limits: Limits, runs: list[tuple[str, Totals]]) -> list[Breach]:
     out = []
     for limit_key, limit in limits.items():
-        metric = METRIC_OF[limit_key]
+        metric = Limits.METRIC_OF[limit_key]
         over = [(run.metric(metric), nodeid) for nodeid, run in runs if run.metric(metric) > limit]
         if over:
             actual, nodeid = max(over, key=lambda pair: pair[0])
@@ -396,9 +380,7 @@ def _check_runs(scope: str, name: str, limits: Limits, runs: Iterable[tuple[str,
             unknown = [(nodeid, run) for nodeid, run in runs if not run.cost_complete]
             if unknown:
                 nodeid, run = unknown[0]
-                gaps = Totals()
-                for _, each in unknown:
-                    gaps.add(each)
+                gaps = Totals.sum_of(each for _, each in unknown)
                 out.append(
                     Breach(scope, name, limit_key, limit, run.cost_usd, nodeid, len(unknown),
                            gaps.cost_gaps(), gaps.cost_fixes())
@@ -439,7 +421,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     return lines
 
 
-def _listed(names: list[str]) -> str:
+def listed(names: list[str]) -> str:
+    """The first five names, then how many more."""
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
@@ -451,7 +434,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
         stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
         out.append(
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
-            f"{_listed(stale)}; re-record them with --llm-record-mode=rewrite"
+            f"{listed(stale)}; re-record them with --llm-record-mode=rewrite"
         )
     total = ledger.total()
     if not total.cost_complete:
@@ -463,7 +446,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
     # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
     idle = sorted(set(budgets.tests) - set(ledger.tests))
     if idle:
-        out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {_listed(idle)}")
+        out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {listed(idle)}")
     ran = sorted({key for key, _, _ in ledger.lens_runs})
     idle_lenses = []
     for key in sorted(set(budgets.lenses) - set(ran)):
@@ -472,7 +455,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
     if idle_lenses:
         out.append(
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
-            f"{_listed(idle_lenses)}; lens keys that ran: {_listed(ran) or 'none'}"
+            f"{listed(idle_lenses)}; lens keys that ran: {listed(ran) or 'none'}"
         )
     return out, bool(idle or idle_lenses)
 
@@ -480,15 +463,13 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
 def render_breaches(breaches: list[Breach]) -> list[str]:
     rows = []
     for b in breaches:
-        where = f"{b.scope} {b.name}" if b.scope != "total" else "total"
         worst = b.worst_test + (f" (+{b.runs_over - 1} more runs)" if b.runs_over > 1 else "")
         actual = "unknown" if b.unknown else _format_value(b.limit_key, b.actual)
-        rows.append([where, b.limit_key, _format_value(b.limit_key, b.limit), actual, worst])
+        rows.append([b.where, b.limit_key, _format_value(b.limit_key, b.limit), actual, worst])
     lines = text_table(
         ["lens / test / total", "limit", "max", "actual", "worst run (test id)"], rows, right={2, 3}
     )
     for b in breaches:
         if b.unknown:
-            where = f"{b.scope} {b.name}" if b.scope != "total" else "total"
-            lines.append(f"{where}: {b.limit_key} cannot be checked: {b.unknown}; {b.fix}")
+            lines.append(f"{b.where}: {b.limit_key} cannot be checked: {b.unknown}; {b.fix}")
     return lines

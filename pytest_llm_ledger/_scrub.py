@@ -28,36 +28,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shlex
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Final
 
+import yaml
+
 from llm_ledger import CassetteError
 from llm_ledger.loading import read_file
 
-from ._format import MAX_CASSETTE_BYTES, REQUEST_HEADERS, RESPONSE_HEADERS, decompress
+from ._format import MAX_CASSETTE_BYTES, REQUEST_HEADERS, RESPONSE_HEADERS, decompress, write_atomic
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = ["register", "scrub_document", "scrub_file"]
 
-_EXTRA_RESPONSE_HEADERS: Final = frozenset({"content-encoding"})
-
-
-def _allow_lists() -> tuple[frozenset[str], frozenset[str]]:
-    """The plugin's header allow-lists, so recording and scrubbing keep the same headers."""
-    return frozenset(REQUEST_HEADERS), frozenset(RESPONSE_HEADERS) | _EXTRA_RESPONSE_HEADERS
+# the plugin's allow-lists, so recording and scrubbing keep the same headers; content-encoding
+# stays on responses so that a compressed body remains readable
+_KEPT_HEADERS: Final = {"request": REQUEST_HEADERS, "response": RESPONSE_HEADERS | {"content-encoding"}}
 
 
 class _Scrubber(CredentialRedactor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.request_headers, self.response_headers = _allow_lists()
-
-    # -- headers and bodies ------------------------------------------------------------------------
-
     def headers(self, node: dict[str, Any], allowed: frozenset[str], place: str) -> None:
         headers = node.get("headers")
         if headers is None:
@@ -168,7 +160,7 @@ def scrub_document(doc: Any) -> list[str]:
                 headers if isinstance(headers, dict) else None, url if isinstance(url, str) else ""
             )
             scrubber.known = sorted(known, key=len, reverse=True)
-        for part, allowed in (("request", scrubber.request_headers), ("response", scrubber.response_headers)):
+        for part, allowed in _KEPT_HEADERS.items():
             if part in interaction:
                 scrubber.message(interaction[part], f"{place}.{part}", allowed)
     return scrubber.findings
@@ -176,8 +168,6 @@ def scrub_document(doc: Any) -> list[str]:
 
 def _load(path: Path) -> tuple[Any, str, bool]:
     """The cassette document, the comment lines heading the file, and whether it is JSON."""
-    import yaml
-
     raw = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES)
     try:
         text = raw.decode("utf-8")
@@ -199,8 +189,6 @@ def _load(path: Path) -> tuple[Any, str, bool]:
         raise CassetteError(f"{path}: {line}not valid YAML ({problem}){why}") from None
     except yaml.YAMLError as exc:
         raise CassetteError(f"{path}: not valid YAML ({exc})") from None
-    except RecursionError:
-        raise CassetteError(f"{path}: nested too deeply to be a cassette") from None
     lines = text.splitlines(True)
     top = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
     return doc, "".join(lines[:top]), False  # the comment block heading the file is kept
@@ -209,25 +197,8 @@ def _load(path: Path) -> tuple[Any, str, bool]:
 def _dump(doc: Any, header: str, as_json: bool) -> str:
     if as_json:
         return json.dumps(doc, indent=4, ensure_ascii=False) + "\n"
-    import yaml
-
     dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     return header + yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def scrub_file(path: Path, *, check: bool = False) -> list[str]:
@@ -235,15 +206,15 @@ def scrub_file(path: Path, *, check: bool = False) -> list[str]:
 
     Raises :class:`~llm_ledger.CassetteError` naming the file for anything that cannot be read safely.
     """
-    doc, header, as_json = _load(path)
     try:
+        doc, header, as_json = _load(path)
         findings = scrub_document(doc)
     except ValueError as exc:
         raise CassetteError(f"{path}: not a cassette: {exc}") from None
     except RecursionError:
         raise CassetteError(f"{path}: nested too deeply to be a cassette") from None
     if findings and not check:
-        _write_atomic(path, _dump(doc, header, as_json))
+        write_atomic(path, _dump(doc, header, as_json))
     return findings
 
 
@@ -284,19 +255,13 @@ def _run(args: argparse.Namespace) -> int:
             for finding in findings:
                 print(f"  {finding}")
     if args.check and changed:
-        files = " ".join(_quote(n) for n in args.cassettes)
+        files = " ".join(shlex.quote(n) for n in args.cassettes)
         print(f"{changed} cassette(s) hold credentials or identifiers; fix with: llm-ledger scrub {files}")
     elif not changed and not failed:
         print(f"llm-ledger scrub: {checked} cassette(s) checked, no credentials or identifiers found")
     if failed:
         return 2
     return 1 if args.check and changed else 0
-
-
-def _quote(name: str) -> str:
-    import shlex
-
-    return shlex.quote(name)
 
 
 def register(subparsers: Any, summary: str) -> None:

@@ -30,18 +30,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = [
-    "FIELD_NAMES",
-    "HEADER_NAMES",
-    "KEY_SHAPE",
-    "MIN_KNOWN_SECRET",
-    "QUERY_NAMES",
-    "REDACTED",
-    "CredentialRedactor",
-    "is_credential_field",
-    "is_credential_query",
-    "known_secrets",
-]
+__all__ = ["REDACTED", "CredentialRedactor", "known_secrets"]
 
 REDACTED: Final = "REDACTED"
 KEY_REPLACEMENT: Final = "sk-" + REDACTED

@@ -42,8 +42,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shlex
-import sys
 import threading
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,17 +52,26 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from llm_ledger import BudgetError, Budgets, CassetteError
+from llm_ledger import (
+    BlockedRequestError,
+    BudgetError,
+    Budgets,
+    CassetteError,
+    CassetteMissError,
+    load_budgets,
+)
+from llm_ledger.loading import BOOLEAN_WORDS
+from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
-from ._budgets import load_budgets
-from ._cassette import RECORD_MODES, CassetteMissError, LedgerCassette, activate, vcrpy_problem
+from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._naming import cassette_path, orphan_cassettes
-from ._network import BlockedRequestError, Guard
+from ._network import Guard
 from ._report import (
     SESSION_BUCKET,
     Breach,
     SessionLedger,
     Totals,
+    listed,
     notices,
     render_breaches,
     render_lens_table,
@@ -73,20 +80,16 @@ from ._report import (
 __all__ = ["LedgerRecords"]
 
 PLACEHOLDER_API_KEY: Final = "sk-llm-ledger-replay-placeholder"
-_BUDGET_FLAG: Final = "--llm-budget"
 _CONFLICTING_DISTS: Final = frozenset({"pytest-llm-cost"})
 _STATE = pytest.StashKey["_LedgerState"]()
 _CASSETTE = pytest.StashKey[LedgerCassette]()
 _REPORTED_MISSES = pytest.StashKey[int]()
 _PASSED = pytest.StashKey[bool]()
 _FLAG_OWNER = pytest.StashKey[str]()
-_SAVED_LOG_DIR = pytest.StashKey["str | None"]()
+_ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
 _REPORTED_CASSETTE_BLOCKED = pytest.StashKey[int]()
-_LOG_DIR_ENV: Final = "LLM_LEDGER_LOG_DIR"
-_TRUE: Final = ("true", "yes", "on", "1")
-_FALSE: Final = ("false", "no", "off", "0", "")
 # Sessions configured in this process, innermost last: a session run in-process by pytester
 # inside another gets the records, not the outer session that happens to share the monitor.
 _active: list[_LedgerState] = []
@@ -115,39 +118,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--llm-record-mode",
         choices=RECORD_MODES,
-        default=None,
         help="cassettes of tests marked llm: none (replay only, the default), once (record missing "
         "cassettes), new_episodes (record unmatched requests), all (re-record every request, keep the "
         "rest), rewrite (replace each cassette).",
     )
-    group.addoption(
-        "--llm-cassette-dir", default=None, help="cassette directory (default: <rootdir>/cassettes)."
-    )
-    group.addoption("--llm-budget-file", default=None, help="budgets file (default: <rootdir>/budgets.yaml).")
-    group.addoption("--llm-report", default=None, metavar="PATH", help="write per-lens totals as JSON.")
+    group.addoption("--llm-cassette-dir", help="cassette directory (default: <rootdir>/cassettes).")
+    group.addoption("--llm-budget-file", help="budgets file (default: <rootdir>/budgets.yaml).")
+    group.addoption("--llm-report", metavar="PATH", help="write per-lens totals as JSON.")
     group.addoption(
         "--llm-list-cassettes",
-        default=None,
         metavar="PATH",
         help="write the cassette paths of the collected tests as JSON (used by `llm-ledger cassettes`).",
     )
-    group.addoption(
-        "--llm-baseline",
-        default=None,
-        metavar="PATH",
-        help="show the cost diff against an --llm-report file.",
-    )
+    group.addoption("--llm-baseline", metavar="PATH", help="show the cost diff against an --llm-report file.")
     group.addoption(
         "--llm-block-network",
         action="store_true",
-        default=False,
         help="refuse the requests of tests marked llm that their cassette does not record (hosts in ini "
         "llm_allowed_hosts excepted); by default they are sent, unrecorded.",
     )
     group.addoption(
         "--llm-strict",
         action="store_true",
-        default=False,
         help="fail the run on any llm-ledger notice: budgets that checked nothing, stale cassettes, "
         "calls with no known cost.",
     )
@@ -203,39 +195,33 @@ def pytest_load_initial_conftests(
     group = parser.getgroup("llm-ledger")
     attrs: dict[str, Any] = {
         "action": "store_true",
-        "default": False,
         "dest": "llm_ledger_budget",
         "help": "fail the run when a limit in the budgets file is exceeded.",
     }
     owner = "llm-ledger"
     try:
-        group.addoption(_BUDGET_FLAG, "--llm-ledger-budget", **attrs)
+        group.addoption("--llm-budget", "--llm-ledger-budget", **attrs)
     except (ValueError, argparse.ArgumentError):
         owner = _llm_cost_installed(early_config.pluginmanager) or "another plugin"
         group.addoption("--llm-ledger-budget", **attrs)
     early_config.stash[_FLAG_OWNER] = owner
     # before conftest files import the application (which may call llm_ledger.configure()): test
     # runs stay out of its own log unless ini llm_log_dir asks for one
-    early_config.stash[_SAVED_LOG_DIR] = os.environ.get(_LOG_DIR_ENV)
-    os.environ[_LOG_DIR_ENV] = _log_dir(early_config)
-
-
-def _log_dir(config: pytest.Config) -> str:
-    value = str(config.getini("llm_log_dir")).strip()
-    if not value:
-        return "off"
-    base = config.inipath.parent if config.inipath is not None else config.rootpath
-    return str(Path(base, value).resolve())
+    wanted = str(early_config.getini("llm_log_dir")).strip()
+    log_dir = str(_ini_path(early_config, "llm_log_dir")) if wanted else "off"
+    early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
+    early_config.stash[_ENVIRON].setenv("LLM_LEDGER_LOG_DIR", log_dir)
 
 
 # -- session state ------------------------------------------------------------------------------
 
 
-class LedgerRecords:
+class LedgerRecords(Captured):
     """What the ``llm_ledger`` fixture returns: the llm-ledger records of the running test.
 
     Records of every monitor in the process (the default one and the application's own) emitted
-    during the test's setup, call and teardown, in the order they were emitted:
+    during the test's setup, call and teardown, in the order they were emitted, as
+    :class:`llm_ledger.testing.Captured` holds them, and:
 
     * ``nodeid``: the test's node id;
     * ``calls``: the ``llm_api_call`` records (dicts, as in docs/MONITORING.md's "The records");
@@ -247,9 +233,8 @@ class LedgerRecords:
     """
 
     def __init__(self, nodeid: str) -> None:
+        super().__init__()
         self.nodeid = nodeid
-        self.calls: list[dict[str, Any]] = []
-        self.lenses: list[dict[str, Any]] = []
 
     def lens(self, lens_key: str) -> list[dict[str, Any]]:
         """The ``lens_summary`` records of ``lens_key``, in the order the runs ended."""
@@ -257,10 +242,7 @@ class LedgerRecords:
 
     def totals(self) -> Totals:
         """Calls, tokens, errors and cost of ``calls``, summed."""
-        out = Totals()
-        for record in self.calls:
-            out.add(Totals.of_call(record))
-        return out
+        return Totals.sum_of(map(Totals.of_call, self.calls))
 
     @property
     def api_calls(self) -> int:
@@ -293,11 +275,9 @@ class _LedgerState:
         self.mode = _record_mode(config)
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.budget_file = _path_option(config, "llm_budget_file")
-        self.enforce = bool(config.getoption("llm_ledger_budget", False)) or _ini_bool(config, "llm_budget")
-        self.strict = bool(config.getoption("llm_strict", False)) or _ini_bool(config, "llm_strict")
-        self.block_network = bool(config.getoption("llm_block_network", False)) or _ini_bool(
-            config, "llm_block_network"
-        )
+        self.enforce = _switch(config, "llm_ledger_budget", "llm_budget")
+        self.strict = _switch(config, "llm_strict", "llm_strict")
+        self.block_network = _switch(config, "llm_block_network", "llm_block_network")
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -307,50 +287,29 @@ class _LedgerState:
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
         self._lock = threading.Lock()
-        self._current: LedgerRecords | None = None
-        self._attached = False
+        self.current: LedgerRecords | None = None
         self._placeholder_key = False
         # the replay-only guard: the running test's node id while its OpenAI requests are refused
         self.guard = Guard(self._refuse) if self.mode == "none" else None
+        self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None
         self._blocked: list[str] = []
 
-    # records from llm_ledger's monitor, called synchronously on the emitting thread
-    def sink(self, record: Mapping[str, Any]) -> None:
+    def _add(self, record: Mapping[str, Any]) -> None:
+        """The session's global sink: records of every llm_ledger monitor (the default one and the
+        application's own), on the emitting thread."""
         event = record.get("event")
         if event not in ("llm_api_call", "lens_summary") or (_active and _active[-1] is not self):
             return
         with self._lock:
-            current = self._current
+            current = self.current
             nodeid = current.nodeid if current is not None else SESSION_BUCKET
             if event == "llm_api_call":
                 self.ledger.add_call(nodeid, record)
-                if current is not None:
-                    current.calls.append(dict(record))
             else:
                 self.ledger.add_lens(nodeid, record)
-                if current is not None:
-                    current.lenses.append(dict(record))
-
-    def attach(self) -> None:
-        """Listen to every llm_ledger monitor (the default one and the application's own) once the
-        code under test has imported llm_ledger; guard the transports once it has imported httpx2."""
-        if not self._attached and "llm_ledger" in sys.modules:
-            from llm_ledger.testing import add_global_sink
-
-            add_global_sink(self.sink)
-            self._attached = True
-        if self.guard is not None:
-            self.guard.install()
-
-    def detach(self) -> None:
-        if self._attached:
-            from llm_ledger.testing import remove_global_sink
-
-            remove_global_sink(self.sink)
-            self._attached = False
-        if self.guard is not None:
-            self.guard.uninstall()
+            if current is not None:
+                current(record)
 
     @contextmanager
     def test(self, item: pytest.Item) -> Iterator[LedgerRecords]:
@@ -361,7 +320,7 @@ class _LedgerState:
         # a test with a cassette of its own (llm, or pytest-recording's vcr) is not guarded
         owned = marker is not None or item.get_closest_marker("vcr") is not None
         with self._lock:
-            self._current = records
+            self.current = records
             self._guarded = None if owned else item.nodeid
             self._blocked = blocked
             self.ledger.tests.setdefault(item.nodeid, Totals())
@@ -369,12 +328,9 @@ class _LedgerState:
             yield records
         finally:
             with self._lock:
-                self._current = None
+                self.current = None
                 self._guarded = None
                 self._blocked = []
-
-    def current(self) -> LedgerRecords | None:
-        return self._current
 
     def _refuse(self, method: str, host: str, path: str) -> str | None:
         """The failure message for an OpenAI request of the running test, or None to send it."""
@@ -383,7 +339,6 @@ class _LedgerState:
             return None  # a marked test, no test running, or an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
-        command = f"pytest {shlex.quote(nodeid)} --llm-record-mode=once"
         message = "\n".join(
             [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
@@ -391,7 +346,7 @@ class _LedgerState:
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
                 "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
                 "  once (needs network and OPENAI_API_KEY):",
-                f"    {command}",
+                f"    {rerecord_command(nodeid, 'once')}",
                 "  for a deliberate live test: @pytest.mark.llm(live=True); for a local server: ini "
                 f"llm_allowed_hosts = {host}",
             ]
@@ -401,16 +356,17 @@ class _LedgerState:
         return message
 
 
-def _ini_bool(config: pytest.Config, name: str) -> bool:
-    raw = str(config.getini(name))
-    value = raw.strip().lower()
-    if value in _TRUE:
+def _switch(config: pytest.Config, dest: str, ini: str) -> bool:
+    """A command-line flag, else its ini twin (true/false)."""
+    if config.getoption(dest, False):
         return True
-    if value in _FALSE:
-        return False
-    raise pytest.UsageError(
-        f"{name} = {raw!r} in {config.inipath or 'the ini file'} is not a boolean; use true or false"
-    )
+    raw = str(config.getini(ini))
+    value = BOOLEAN_WORDS.get(raw.strip().lower())
+    if value is None:
+        raise pytest.UsageError(
+            f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not a boolean; use true or false"
+        )
+    return value
 
 
 def _record_mode(config: pytest.Config) -> str:
@@ -434,8 +390,13 @@ def _path_option(config: pytest.Config, name: str) -> Path:
     value = config.getoption(name)
     if value:  # command line: relative to where pytest was started
         return Path(config.invocation_params.dir, value).resolve()
+    return _ini_path(config, name)
+
+
+def _ini_path(config: pytest.Config, name: str) -> Path:
+    """An ini setting's path, relative to the ini file."""
     base = config.inipath.parent if config.inipath is not None else config.rootpath
-    return Path(base, str(config.getini(name))).resolve()
+    return Path(base, str(config.getini(name)).strip()).resolve()
 
 
 def _display(config: pytest.Config, path: Path) -> str:
@@ -457,7 +418,11 @@ def pytest_configure(config: pytest.Config) -> None:
     state = _LedgerState(config)
     if state.enforce and not state.is_worker:
         try:
-            state.budgets = load_budgets(state.budget_file, _display(config, state.budget_file))
+            state.budgets = load_budgets(
+                state.budget_file,
+                _display(config, state.budget_file),
+                hint=", point --llm-budget-file / ini llm_budget_file at it, or drop --llm-budget",
+            )
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
     if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
@@ -467,30 +432,25 @@ def pytest_configure(config: pytest.Config) -> None:
         state._placeholder_key = True
     config.stash[_STATE] = state
     _active.append(state)
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistHooks(state), "llm_ledger_xdist")
+    add_global_sink(state.sink)
     if state.guard is not None:
         # now, not at the first test: a test that imports openai in its body is guarded too
         state.guard.install(load=True)
     if not state.is_worker:
-        config.pluginmanager.register(_Outcomes(state), "llm_ledger_outcomes")
-    state.attach()
+        config.pluginmanager.register(_ControllerHooks(state), "llm_ledger_controller")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _SAVED_LOG_DIR in config.stash:
-        saved = config.stash[_SAVED_LOG_DIR]
-        if saved is None:
-            os.environ.pop(_LOG_DIR_ENV, None)
-        else:
-            os.environ[_LOG_DIR_ENV] = saved
-        del config.stash[_SAVED_LOG_DIR]
+    if _ENVIRON in config.stash:
+        config.stash[_ENVIRON].undo()
+        del config.stash[_ENVIRON]
     state = config.stash.get(_STATE, None)
     if state is None:
         return
-    state.detach()
-    if state in _active:
-        _active.remove(state)
+    if state.guard is not None:
+        state.guard.uninstall()
+    remove_global_sink(state.sink)
+    _active.remove(state)
     if state._placeholder_key and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
         del os.environ["OPENAI_API_KEY"]
     del config.stash[_STATE]
@@ -536,11 +496,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
 
 
-def _is_live(item: pytest.Item) -> bool:
-    marker = item.get_closest_marker("llm")
-    return marker is not None and marker.kwargs.get("live") is True
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[_STATE]
     budget = _display(config, state.budget_file)
@@ -570,7 +525,8 @@ def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, object, object]:
     state = item.config.stash[_STATE]
-    state.attach()
+    if state.guard is not None:  # the transports of an HTTP library imported since
+        state.guard.install()
     with state.test(item):
         return (yield)
 
@@ -633,7 +589,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
     item = request.node
     marker = item.get_closest_marker("llm") if isinstance(item, pytest.Item) else None
-    if marker is None or _is_live(item):
+    if marker is None or marker.kwargs.get("live") is True:
         yield
         return
     state = request.config.stash[_STATE]
@@ -670,7 +626,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     except CassetteError as exc:
         error = str(exc)
     if error is not None:  # raised outside the except block, so the message is not printed twice
-        command = f"pytest {shlex.quote(item.nodeid)} --llm-record-mode=rewrite"
+        command = rerecord_command(item.nodeid, "rewrite")
         pytest.fail(f"{error}\n  to replace it with a fresh recording: {command}", pytrace=False)
     item.stash[_CASSETTE] = cassette
     with activate(cassette):
@@ -687,9 +643,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def llm_ledger(request: pytest.FixtureRequest) -> LedgerRecords:
     """The llm-ledger records (calls and lens summaries) emitted so far during this test."""
-    state = request.config.stash[_STATE]
-    state.attach()
-    current = state.current()
+    current = request.config.stash[_STATE].current
     assert current is not None, "the llm_ledger fixture works only inside a running test"
     return current
 
@@ -722,11 +676,10 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     orphans = orphan_cassettes(state.cassette_dir, state.ledger.cassettes, config.getini("llm_cassette_keep"))
     if not orphans:
         return []
-    shown = ", ".join(_display(config, path) for path in orphans[:5])
-    more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
     return [
         f"llm-ledger: {len(orphans)} cassette(s) belong to no collected test (renamed or deleted): "
-        f"{shown}{more}; delete them with `llm-ledger cassettes --prune`"
+        f"{listed([_display(config, path) for path in orphans])}; delete them with "
+        "`llm-ledger cassettes --prune`"
     ]
 
 
@@ -803,8 +756,9 @@ def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: Ses
         tr.write_line(line)
 
 
-class _Outcomes:
-    """Failed tests, for the report (on the controller, which hears every worker's reports)."""
+class _ControllerHooks:
+    """Failed tests for the report, and the workers' totals under xdist: the controller hears
+    every worker's reports."""
 
     def __init__(self, state: _LedgerState) -> None:
         self.state = state
@@ -814,14 +768,7 @@ class _Outcomes:
         if report.failed:
             self.state.ledger.failed.add(report.nodeid)
 
-
-class _XdistHooks:
-    """Registered only when pytest-xdist is present (its hooks are unknown otherwise)."""
-
-    def __init__(self, state: _LedgerState) -> None:
-        self.state = state
-
-    @pytest.hookimpl
+    @pytest.hookimpl(optionalhook=True)  # an xdist hook, unknown without pytest-xdist
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         data = getattr(node, "workeroutput", {}).get("llm_ledger")
         if data:

@@ -267,7 +267,17 @@ def test_allow_list_is_the_plugins() -> None:
     """Scrub keeps exactly the headers the plugin records (plus content-encoding for compressed bodies)."""
     from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS
 
-    assert _scrub._allow_lists() == (REQUEST_HEADERS, RESPONSE_HEADERS | {"content-encoding"})
+    sent = {"Content-Type": ["application/json"], "Content-Encoding": ["gzip"], "Authorization": ["x"]}
+    doc = {
+        "interactions": [
+            {"request": {"headers": dict(sent)}, "response": {"headers": {**sent, "Set-Cookie": ["s=1"]}}}
+        ]
+    }
+    _scrub.scrub_document(doc)
+    kept = {
+        part: {h.lower() for h in doc["interactions"][0][part]["headers"]} for part in ("request", "response")
+    }
+    assert kept == {"request": REQUEST_HEADERS, "response": RESPONSE_HEADERS | {"content-encoding"}}
 
 
 def test_a_directory_scrubs_every_cassette_below_it(
@@ -285,6 +295,18 @@ def test_a_directory_scrubs_every_cassette_below_it(
     for path in (root / "tests" / "a.yaml", root / "tests" / "nested" / "b.json"):
         assert FAKE_KEY not in path.read_text()
     assert _run(capsys, "--check", str(root))[0] == 0
+
+
+def test_a_scrubbed_file_keeps_its_mode(
+    fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scrubbing rewrites a cassette in place without loosening or tightening its permissions."""
+    path = tmp_path / "private.yaml"
+    _record(fake_openai, path, "yaml")
+    path.chmod(0o600)
+    assert _run(capsys, str(path))[0] == 0
+    assert FAKE_KEY not in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_scrub_knows_the_recorders_names_and_finds_echoed_header_keys(
