@@ -73,7 +73,7 @@ def remove_global_sink(sink: Sink) -> None:
     """Undo ``add_global_sink(sink)``; a sink never added is ignored."""
     global _global_sinks
     with _global_sinks_lock:
-        _global_sinks = tuple(s for s in _global_sinks if s is not sink)
+        _global_sinks = tuple(s for s in _global_sinks if s != sink)  # != : a bound method is made anew
 
 
 def _heard(logger: logging.Logger, level: int) -> bool:

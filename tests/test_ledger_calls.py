@@ -456,3 +456,24 @@ def test_durations_are_milliseconds_rounded_like_round() -> None:
             seconds = rng.random() * scale
             assert _ms(seconds) == round(seconds * 1000, 3), seconds
     assert (_ms(0.0), _ms(0.0123456), _ms(1.5)) == (0.0, 12.346, 1500.0)
+
+
+def test_a_global_sink_given_as_a_bound_method_is_removed_again(client: openai.OpenAI) -> None:
+    """``remove_global_sink(obj.method)`` removes what ``add_global_sink(obj.method)`` added, although
+    each attribute read makes a new bound method (the plugin's sink is one)."""
+
+    class Keeper:
+        def __init__(self) -> None:
+            self.records: list[Any] = []
+
+        def take(self, record: Any) -> None:
+            self.records.append(record)
+
+    keeper = Keeper()
+    llm_ledger.testing.add_global_sink(keeper.take)
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        llm_ledger.testing.remove_global_sink(keeper.take)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert [r["event"] for r in keeper.records] == ["llm_api_call"]
