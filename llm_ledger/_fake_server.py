@@ -175,7 +175,7 @@ class RecordedAnswer:
 class _Failure:
     status: int
     remaining: int
-    body: JSONDict | None
+    body: JSONDict
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -183,7 +183,6 @@ class _Failure:
 class _Reply:
     status: int
     body: bytes
-    content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -474,7 +473,7 @@ def _embedding_vector(item: Any, dimensions: int) -> list[float]:
     return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in vector))))
 
 
-def _embeddings(body: JSONDict, headers: dict[str, str], faults: set[str]) -> _Reply:
+def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
     raw_input = body.get("input")
     if isinstance(raw_input, str) or (
         isinstance(raw_input, list) and raw_input and all(isinstance(t, int) for t in raw_input)
@@ -604,19 +603,15 @@ def _json_reply(payload: JSONDict, status: int = 200, headers: dict[str, str] | 
     return _Reply(status, json.dumps(payload).encode(), headers=dict(headers or {}))
 
 
-def _error(
-    status: int,
-    message: str | None = None,
-    body: JSONDict | None = None,
-    headers: dict[str, str] | None = None,
-) -> _Reply:
-    return _json_reply(body if body is not None else error_body(status, message), status, headers)
+def _error(status: int, message: str | None = None, headers: dict[str, str] | None = None) -> _Reply:
+    return _json_reply(error_body(status, message), status, headers)
 
 
 _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)")
 _ROUTES = {
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
+    "/v1/embeddings": _embeddings,
 }
 
 
@@ -700,7 +695,8 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw)
             except ValueError:
                 body = None
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         route = _AZURE_DEPLOYMENT.sub("/v1", path)
         route = route[route.find("/v1/") :] if route.find("/v1/") > 0 else route  # a proxy's prefix
         retry = headers.get("x-stainless-retry-count", "")
@@ -712,7 +708,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body=body,
                 raw_body=raw,
                 retry_count=int(retry) if retry.isdigit() else None,
-                query=urlsplit(self.path).query,
+                query=url.query,
             )
         )
         self._num = num
@@ -746,7 +742,7 @@ class _Handler(BaseHTTPRequestHandler):
         failure: _Failure | None,
     ) -> _Reply | _StreamReply:
         if failure is not None:
-            return _error(failure.status, body=failure.body, headers=failure.headers)
+            return _json_reply(failure.body, failure.status, failure.headers)
         status = _int_header(headers, "x-fake-status", 0)
         if status == 401:
             key = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
@@ -755,17 +751,15 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(status, headers={"retry-after-ms": "1"})
         if "not-json" in faults:
             return _Reply(200, b"<html>oops</html>")
-        if self.command != "POST" or path not in (*_ROUTES, "/v1/embeddings"):
+        if self.command != "POST" or path not in _ROUTES:
             return _error(404, f"Invalid URL ({self.command} {path})")
         if not isinstance(body, dict):
             return _error(400, "We could not parse the JSON body of your request (fake).")
         if not isinstance(body.get("model"), str):
             return _error(400, "You must provide a model parameter.")
-        if path == "/v1/embeddings":
-            return _embeddings(body, headers, faults)
         return _ROUTES[path](body, headers, num, faults)
 
-    def _send_head(self, status: int, content_type: str, extra: dict[str, str]) -> None:
+    def _send_head(self, status: int, extra: dict[str, str], content_type: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("x-request-id", f"req_{self._num}")
@@ -774,7 +768,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
 
     def _send(self, reply: _Reply, faults: set[str]) -> None:
-        self._send_head(reply.status, reply.content_type, {**reply.headers})
+        self._send_head(reply.status, reply.headers)
         self.send_header("content-length", str(len(reply.body)))
         self.end_headers()
         if "cut-stream" in faults or "reset" in faults:
@@ -789,7 +783,7 @@ class _Handler(BaseHTTPRequestHandler):
             extra["connection"] = "close"
         else:
             extra["transfer-encoding"] = "chunked"
-        self._send_head(200, "text/event-stream; charset=utf-8", extra)
+        self._send_head(200, extra, "text/event-stream; charset=utf-8")
         self.end_headers()
         cut = len(reply.events) // 2 if {"cut-stream", "reset"} & faults else len(reply.events)
         for index, event in enumerate(reply.events[:cut]):
@@ -875,7 +869,8 @@ class FakeOpenAI:
         if times <= 0:
             return
         with self._lock:
-            self._failures.append(_Failure(status, times, body, {"retry-after-ms": "1", **(headers or {})}))
+            answer = error_body(status) if body is None else body
+            self._failures.append(_Failure(status, times, answer, {"retry-after-ms": "1", **(headers or {})}))
 
     def reset(self) -> None:
         """Forget recorded requests and answers, and queued failures."""
