@@ -28,7 +28,7 @@ import math
 import os
 import statistics
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -247,20 +247,9 @@ class AnomalyDetector:
         return runs
 
 
-def _lens_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    """The lens summary records among JSON lines; other events and malformed lines are skipped."""
-    for line in lines:
-        if _LENS_MARK in line:
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("event") == LENS_EVENT:
-                yield record
-
-
 def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
-    """The lens summaries in the last ``max_bytes`` of ``path``, read a line at a time."""
+    """The lens summaries in the last ``max_bytes`` of ``path``, read a line at a time; other events
+    and malformed lines are skipped."""
     try:
         file = path.open("rb")
     except FileNotFoundError:
@@ -270,4 +259,11 @@ def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
         if start:
             file.seek(start - 1)
             file.readline()  # the rest of the line cut at the start
-        yield from _lens_lines(file)
+        for line in file:
+            if _LENS_MARK in line:
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("event") == LENS_EVENT:
+                    yield record
