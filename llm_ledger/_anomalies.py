@@ -6,15 +6,10 @@ tokens, cost and wall duration. Once it holds ``min_runs`` of them, a run whose 
     threshold = exp(median + k * max(MAD, ln(1 + min_mad_ratio)))     (scale "log", the default)
     threshold = median + k * max(MAD, min_mad_ratio * median)         (scale "linear")
 
-is an anomaly: one ``lens_anomaly`` record per metric (docs/ANOMALIES.md). On the log scale median and
-MAD (the median absolute deviation) are those of the values' natural logarithms, so k counts in
-ratios: durations and costs are skewed (a run twice as slow as usual is commoner than one twice as
-fast), and a linear MAD alarms on their ordinary tail. Median and MAD are robust: a few spikes in the
-window move neither, so one runaway run does not hide the next, while a lasting change of level
-becomes the new baseline after about ``window / 2`` runs. Only values above the baseline are
-anomalies: a cost monitor warns about runs that cost more. ``min_mad_ratio`` keeps a lens whose runs
-are all alike (MAD 0) from alarming on a one-token change. On the log scale a value of 0 (a run
-without calls, a free model) is neither judged nor kept.
+is an anomaly: one ``lens_anomaly`` record per metric. On the log scale median and MAD (the median
+absolute deviation) are those of the values' natural logarithms, and a value of 0 (a run without
+calls, a free model) is neither judged nor kept. Why median and MAD, logs, and ``min_mad_ratio``:
+docs/ANOMALIES.md.
 
 Online (``configure(anomalies=True)``), the baseline is rebuilt at start from the lens summaries in
 the last ``history_bytes`` of the log file, so no state file is kept. Offline, ``llm-ledger anomalies

@@ -400,5 +400,4 @@ def start_metrics_server(
                 "port (e.g. LLM_LEDGER_EXPORTERS=prometheus:9465) or stop what listens there"
             ) from None
         raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
-    server_: WSGIServer = server
-    return server_
+    return server  # type: ignore[no-any-return]
