@@ -313,10 +313,8 @@ class OTelSink:
             and getattr(span, "kind", None) is self._client_kind
             and span.is_recording()
         ):
-            attributes: dict[str, Any] = {"llm_ledger.call_id": record["call_id"]}
-            usd = record["cost"]["total_cost_usd"]
-            if usd is not None:
-                attributes["gen_ai.usage.cost"] = usd
+            attributes = {"llm_ledger.call_id": record["call_id"]}
+            _present(attributes, [("gen_ai.usage.cost", record["cost"]["total_cost_usd"])])
             self._context_attributes(record["context"], attributes)
             span.set_attributes(attributes)
             return True, span.get_span_context()
@@ -424,6 +422,7 @@ class OTelSink:
         server = record.get("server") or {}
         operation = _OPERATIONS.get(record["operation"], record["operation"])
         model = request["model"]
+        first = record["timing"]["time_to_first_token_ms"]
         attributes = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": otel_provider_name(server.get("provider") or "openai"),
@@ -451,11 +450,9 @@ class OTelSink:
             ("llm_ledger.status", record["status"]),
             ("llm_ledger.request_id", response["request_id"]),
             ("llm_ledger.retries", record["retries"]),
+            ("gen_ai.response.time_to_first_chunk", None if first is None else first / 1000),
         )
         _present(attributes, optional)
-        first = record["timing"]["time_to_first_token_ms"]
-        if first is not None:
-            attributes["gen_ai.response.time_to_first_chunk"] = first / 1000
         if self.latest and operation != "embeddings":
             inputs, outputs = _modalities(record)
             for modality, key, value in (
