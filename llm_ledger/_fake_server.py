@@ -357,6 +357,8 @@ def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSOND
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         forced = (tool_choice.get("function") or {}).get("name")
     count = _int_header(headers, "x-fake-tool-calls", 1 if tool_choice == "required" or forced else 0)
+    if count <= 0:
+        return []
     function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
     if forced:
         function = next(
