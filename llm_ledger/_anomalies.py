@@ -6,15 +6,10 @@ tokens, cost and wall duration. Once it holds ``min_runs`` of them, a run whose 
     threshold = exp(median + k * max(MAD, ln(1 + min_mad_ratio)))     (scale "log", the default)
     threshold = median + k * max(MAD, min_mad_ratio * median)         (scale "linear")
 
-is an anomaly: one ``lens_anomaly`` record per metric (docs/ANOMALIES.md). On the log scale median and
-MAD (the median absolute deviation) are those of the values' natural logarithms, so k counts in
-ratios: durations and costs are skewed (a run twice as slow as usual is commoner than one twice as
-fast), and a linear MAD alarms on their ordinary tail. Median and MAD are robust: a few spikes in the
-window move neither, so one runaway run does not hide the next, while a lasting change of level
-becomes the new baseline after about ``window / 2`` runs. Only values above the baseline are
-anomalies: a cost monitor warns about runs that cost more. ``min_mad_ratio`` keeps a lens whose runs
-are all alike (MAD 0) from alarming on a one-token change. On the log scale a value of 0 (a run
-without calls, a free model) is neither judged nor kept.
+is an anomaly: one ``lens_anomaly`` record per metric. On the log scale median and MAD (the median
+absolute deviation) are those of the values' natural logarithms, and a value of 0 (a run without
+calls, a free model) is neither judged nor kept. Why median and MAD, logs, and ``min_mad_ratio``:
+docs/ANOMALIES.md.
 
 Online (``configure(anomalies=True)``), the baseline is rebuilt at start from the lens summaries in
 the last ``history_bytes`` of the log file, so no state file is kept. Offline, ``llm-ledger anomalies
@@ -28,7 +23,7 @@ import math
 import os
 import statistics
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -247,20 +242,9 @@ class AnomalyDetector:
         return runs
 
 
-def _lens_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    """The lens summary records among JSON lines; other events and malformed lines are skipped."""
-    for line in lines:
-        if _LENS_MARK in line:
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("event") == LENS_EVENT:
-                yield record
-
-
 def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
-    """The lens summaries in the last ``max_bytes`` of ``path``, read a line at a time."""
+    """The lens summaries in the last ``max_bytes`` of ``path``, read a line at a time; other events
+    and malformed lines are skipped."""
     try:
         file = path.open("rb")
     except FileNotFoundError:
@@ -270,4 +254,11 @@ def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
         if start:
             file.seek(start - 1)
             file.readline()  # the rest of the line cut at the start
-        yield from _lens_lines(file)
+        for line in file:
+            if _LENS_MARK in line:
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("event") == LENS_EVENT:
+                    yield record

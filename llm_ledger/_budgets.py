@@ -1,24 +1,11 @@
 """Budgets: the budgets.yaml schema and its loading, and the production check of lens runs against it.
 
-.. code-block:: yaml
-
-    lenses:                 # each run of the lens must stay within
-      default_summary: {max_cost_usd: 0.002, max_api_calls: 3}
-    default:                # limits for every lens not listed under lenses
-      max_total_tokens: 4000
-    tests:                  # CI only: the calls made during one test (by node id)
-      "tests/test_app.py::test_digest": {max_api_calls: 5}
-    total:                  # CI only: the whole test session
-      max_cost_usd: 0.05
-
-Limits: ``max_cost_usd`` (a number), ``max_total_tokens``, ``max_prompt_tokens``,
-``max_completion_tokens`` and ``max_api_calls`` (whole numbers); none may be negative.
-
-The pytest plugin checks a whole session against the file (``pytest --llm-budget``). In production
-(``configure(budgets=...)``) a :class:`BudgetGuard` checks each lens run against ``lenses`` and
-``default`` after each of its calls: a run over a limit emits one ``budget_exceeded`` record per
-limit (WARNING on ``llm_monitor``) and calls ``on_exceeded``; with ``mode="raise"`` the run's next
-call raises :class:`BudgetExceededError` before it is sent (docs/BUDGETS.md).
+The file's sections and limits are described in docs/BUDGETS.md. The pytest plugin checks a whole
+session against the file (``pytest --llm-budget``). In production (``configure(budgets=...)``) a
+:class:`BudgetGuard` checks each lens run against ``lenses`` and ``default`` after each of its calls:
+a run over a limit emits one ``budget_exceeded`` record per limit (WARNING on ``llm_monitor``) and
+calls ``on_exceeded``; with ``mode="raise"`` the run's next call raises :class:`BudgetExceededError`
+before it is sent.
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ class RecordedAnswer:
 class _Failure:
     status: int
     remaining: int
-    body: JSONDict | None
+    body: JSONDict
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -183,7 +183,6 @@ class _Failure:
 class _Reply:
     status: int
     body: bytes
-    content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -203,41 +202,26 @@ def _int_header(headers: dict[str, str], name: str, default: int) -> int:
         return default
 
 
-def _text_of(content: Any) -> str:
+def _parts(content: Any) -> tuple[list[str], int]:
+    """The text parts of a message's content, and how many image parts it has."""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text")
-        )
-    return ""
-
-
-def _count_message(content: Any) -> tuple[int, int]:
-    """(characters of text parts, number of image parts)."""
-    if isinstance(content, str):
-        return len(content), 0
-    chars = images = 0
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") in ("text", "input_text", "output_text"):
-                chars += len(str(part.get("text", "")))
-            elif part.get("type") in ("image_url", "input_image"):
-                images += 1
-    return chars, images
+        return [content], 0
+    texts: list[str] = []
+    images = 0
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text"):
+            texts.append(str(part.get("text", "")))
+        elif isinstance(part, dict) and part.get("type") in ("image_url", "input_image"):
+            images += 1
+    return texts, images
 
 
 def _prompt_tokens(messages: list[Any], tools: Any) -> int:
     chars = images = 0
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else message
-        c, i = _count_message(content)
-        chars += c
-        images += i
+        texts, image_parts = _parts(message.get("content") if isinstance(message, dict) else message)
+        chars += sum(map(len, texts))
+        images += image_parts
     tokens = math.ceil(chars / 4) + 4 * len(messages) + 85 * images
     if tools:
         tokens += math.ceil(len(json.dumps(tools)) / 4)
@@ -247,7 +231,7 @@ def _prompt_tokens(messages: list[Any], tools: Any) -> int:
 def _last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
-            return _text_of(message.get("content"))
+            return " ".join(_parts(message.get("content"))[0])
     return ""
 
 
@@ -331,6 +315,10 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
         usage["cost"] = float(headers["x-fake-cost"])
 
 
+def _chunks(headers: dict[str, str]) -> int:
+    return max(1, _int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS))
+
+
 def _sse(payload: JSONDict, event: str | None = None) -> bytes:
     data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
     return b"event: " + event.encode() + b"\n" + data if event else data
@@ -340,40 +328,61 @@ def _sse(payload: JSONDict, event: str | None = None) -> bytes:
 # Endpoints
 
 
+def _counts(messages: list[Any], tools: Any, headers: dict[str, str]) -> tuple[int, int, int]:
+    """(prompt tokens, cached tokens, reasoning tokens) of a request."""
+    cached = _int_header(headers, "x-fake-cached-tokens", 0)
+    reasoning = _int_header(headers, "x-fake-reasoning-tokens", 0)
+    return max(_prompt_tokens(messages, tools or None), cached), cached, reasoning
+
+
+def _content(kind: Any, schema: Any, messages: list[Any], headers: dict[str, str]) -> str:
+    """The answer's text for the response format ``kind`` (``json_schema`` with ``schema``,
+    ``json_object``, else plain text); ``x-fake-content`` wins over any format."""
+    if "x-fake-content" not in headers and kind == "json_schema":
+        return json.dumps(_sample(schema, schema, "value"))
+    text = _reply_text(_last_user_text(messages), headers)
+    if "x-fake-content" not in headers and kind == "json_object":
+        return json.dumps({"summary": text})
+    return text
+
+
+def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSONDict]:
+    """The tool calls to answer: with ``tool_choice`` "required" or a named function one by default,
+    ``x-fake-tool-calls`` of them, each with arguments valid for the tool's parameters."""
+    tools = body.get("tools") or []
+    if not tools:
+        return []
+    tool_choice = body.get("tool_choice")
+    forced = None  # tool_choice {"type": "function", "function": {"name": ...}}
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        forced = (tool_choice.get("function") or {}).get("name")
+    count = _int_header(headers, "x-fake-tool-calls", 1 if tool_choice == "required" or forced else 0)
+    if count <= 0:
+        return []
+    function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
+    if forced:
+        function = next(
+            (t["function"] for t in tools if t.get("function", {}).get("name") == forced), function
+        )
+    params = function.get("parameters") or {"type": "object", "properties": {}}
+    arguments = json.dumps(_sample(params, params, "arg"))
+    return [
+        {
+            "id": f"call_fake{num}x{i}",
+            "type": "function",
+            "function": {"name": str(function.get("name", "tool")), "arguments": arguments},
+        }
+        for i in range(count)
+    ]
+
+
 def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
     messages = body.get("messages")
     if not isinstance(messages, list):
         return _error(400, "Missing required parameter: 'messages'.")
-    model = _served_model(str(body["model"]), headers)
-    tools = body.get("tools") or []
-    tool_choice = body.get("tool_choice")
-    cached = _int_header(headers, "x-fake-cached-tokens", 0)
-    reasoning = _int_header(headers, "x-fake-reasoning-tokens", 0)
-    prompt = max(_prompt_tokens(messages, tools or None), cached)
+    prompt, cached, reasoning = _counts(messages, body.get("tools"), headers)
     choices_n = max(1, int(body.get("n") or 1))
-
-    forced = None  # tool_choice {"type": "function", "function": {"name": ...}}
-    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
-        forced = (tool_choice.get("function") or {}).get("name")
-    default_calls = 1 if tools and (tool_choice == "required" or forced) else 0
-    n_calls = _int_header(headers, "x-fake-tool-calls", default_calls) if tools else 0
-    tool_calls: list[JSONDict] = []
-    for i in range(n_calls):
-        function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
-        if forced:
-            function = next(
-                (t["function"] for t in tools if t.get("function", {}).get("name") == forced), function
-            )
-        params = function.get("parameters") or {"type": "object", "properties": {}}
-        arguments = json.dumps(_sample(params, params, "arg"))
-        tool_calls.append(
-            {
-                "id": f"call_fake{num}x{i}",
-                "type": "function",
-                "function": {"name": str(function.get("name", "tool")), "arguments": arguments},
-            }
-        )
-
+    tool_calls = _tool_calls(body, headers, num)
     content: str | None
     finish = "stop"
     if tool_calls:
@@ -383,13 +392,9 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         )
     else:
         fmt = body.get("response_format") or {}
-        if "x-fake-content" not in headers and fmt.get("type") == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema") or {}
-            content = json.dumps(_sample(schema, schema, "value"))
-        elif "x-fake-content" not in headers and fmt.get("type") == "json_object":
-            content = json.dumps({"summary": _reply_text(_last_user_text(messages), headers)})
-        else:
-            content = _reply_text(_last_user_text(messages), headers)
+        kind = fmt.get("type")
+        schema = (fmt.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+        content = _content(kind, schema, messages, headers)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if isinstance(limit, int) and math.ceil(len(content) / 4) > limit:
             content, finish = content[: limit * 4], "length"
@@ -408,48 +413,38 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         },
     }
     _add_cost(usage, headers)
-    base: JSONDict = {"id": f"chatcmpl-{num}", "created": CREATED, "model": model}
-    with_usage = "no-usage" not in faults
+    base: JSONDict = {
+        "id": f"chatcmpl-{num}",
+        "created": CREATED,
+        "model": _served_model(body["model"], headers),
+    }
+    tier = {"service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT}
+
+    def choices(key: str, value: JSONDict, finish_reason: str | None) -> list[JSONDict]:
+        return [
+            {"index": i, key: value, "logprobs": None, "finish_reason": finish_reason}
+            for i in range(choices_n)
+        ]
 
     if not body.get("stream"):
         message: JSONDict = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        completion_json: JSONDict = {
-            **base,
-            "object": "chat.completion",
-            "choices": [
-                {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
-                for i in range(choices_n)
-            ],
-            "service_tier": "default",
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-        }
-        if with_usage:
-            completion_json["usage"] = usage
-        return _json_reply(completion_json)
+        answer = {**base, "object": "chat.completion", "choices": choices("message", message, finish), **tier}
+        if "no-usage" not in faults:
+            answer["usage"] = usage
+        return _json_reply(answer)
 
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and with_usage
-    chunk_base: JSONDict = {
-        **base,
-        "object": "chat.completion.chunk",
-        "service_tier": "default",
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and "no-usage" not in faults
+    chunk_base: JSONDict = {**base, "object": "chat.completion.chunk", **tier}
 
     def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
-        payload: JSONDict = {
-            **chunk_base,
-            "choices": [
-                {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-                for i in range(choices_n)
-            ],
-        }
+        payload: JSONDict = {**chunk_base, "choices": choices("delta", delta, finish_reason)}
         if include_usage:
             payload["usage"] = None
         return _sse(payload)
 
-    chunks = max(1, _int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS))
+    chunks = _chunks(headers)
     events = [chunk({"role": "assistant", "content": None if tool_calls else "", "refusal": None})]
     for index, call in enumerate(tool_calls):
         head = {"index": index, "id": call["id"], "type": "function"}
@@ -480,7 +475,7 @@ def _embedding_vector(item: Any, dimensions: int) -> list[float]:
     return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in vector))))
 
 
-def _embeddings(body: JSONDict, headers: dict[str, str], faults: set[str]) -> _Reply:
+def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
     raw_input = body.get("input")
     if isinstance(raw_input, str) or (
         isinstance(raw_input, list) and raw_input and all(isinstance(t, int) for t in raw_input)
@@ -515,16 +510,11 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     instructions = body.get("instructions")
     counted = items + ([{"content": instructions}] if isinstance(instructions, str) else [])
     tools = body.get("tools") or []
-    cached = _int_header(headers, "x-fake-cached-tokens", 0)
-    reasoning = _int_header(headers, "x-fake-reasoning-tokens", 0)
-    input_tokens = max(_prompt_tokens(counted, tools or None), cached)
-
+    input_tokens, cached, reasoning = _counts(counted, tools, headers)
     text_format = (body.get("text") or {}).get("format") or {"type": "text"}
-    if "x-fake-content" not in headers and text_format.get("type") == "json_schema":
-        schema = text_format.get("schema") or {}
-        text = json.dumps(_sample(schema, schema, "value"))
-    else:
-        text = _reply_text(_last_user_text(items), headers)
+    # only json_schema: a json_object format gets plain text here
+    kind = "json_schema" if text_format.get("type") == "json_schema" else None
+    text = _content(kind, text_format.get("schema"), items, headers)
     output_tokens = math.ceil(len(text) / 4) + reasoning
     usage = {
         "input_tokens": input_tokens,
@@ -591,7 +581,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     def event(kind: str, **payload: Any) -> bytes:
         return _sse({"type": kind, "sequence_number": next(sequence), **payload}, kind)
 
-    pieces = _split(text, max(1, _int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS)))
+    pieces = _split(text, _chunks(headers))
     return _StreamReply(
         [
             event("response.created", response=response("in_progress", [], False)),
@@ -615,19 +605,15 @@ def _json_reply(payload: JSONDict, status: int = 200, headers: dict[str, str] | 
     return _Reply(status, json.dumps(payload).encode(), headers=dict(headers or {}))
 
 
-def _error(
-    status: int,
-    message: str | None = None,
-    body: JSONDict | None = None,
-    headers: dict[str, str] | None = None,
-) -> _Reply:
-    return _json_reply(body if body is not None else error_body(status, message), status, headers)
+def _error(status: int, message: str | None = None, headers: dict[str, str] | None = None) -> _Reply:
+    return _json_reply(error_body(status, message), status, headers)
 
 
 _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)")
 _ROUTES = {
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
+    "/v1/embeddings": _embeddings,
 }
 
 
@@ -711,7 +697,8 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw)
             except ValueError:
                 body = None
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         route = _AZURE_DEPLOYMENT.sub("/v1", path)
         route = route[route.find("/v1/") :] if route.find("/v1/") > 0 else route  # a proxy's prefix
         retry = headers.get("x-stainless-retry-count", "")
@@ -723,7 +710,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body=body,
                 raw_body=raw,
                 retry_count=int(retry) if retry.isdigit() else None,
-                query=urlsplit(self.path).query,
+                query=url.query,
             )
         )
         self._num = num
@@ -757,7 +744,7 @@ class _Handler(BaseHTTPRequestHandler):
         failure: _Failure | None,
     ) -> _Reply | _StreamReply:
         if failure is not None:
-            return _error(failure.status, body=failure.body, headers=failure.headers)
+            return _json_reply(failure.body, failure.status, failure.headers)
         status = _int_header(headers, "x-fake-status", 0)
         if status == 401:
             key = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
@@ -766,17 +753,15 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(status, headers={"retry-after-ms": "1"})
         if "not-json" in faults:
             return _Reply(200, b"<html>oops</html>")
-        if self.command != "POST" or path not in (*_ROUTES, "/v1/embeddings"):
+        if self.command != "POST" or path not in _ROUTES:
             return _error(404, f"Invalid URL ({self.command} {path})")
         if not isinstance(body, dict):
             return _error(400, "We could not parse the JSON body of your request (fake).")
         if not isinstance(body.get("model"), str):
             return _error(400, "You must provide a model parameter.")
-        if path == "/v1/embeddings":
-            return _embeddings(body, headers, faults)
         return _ROUTES[path](body, headers, num, faults)
 
-    def _send_head(self, status: int, content_type: str, extra: dict[str, str]) -> None:
+    def _send_head(self, status: int, extra: dict[str, str], content_type: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("x-request-id", f"req_{self._num}")
@@ -785,7 +770,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
 
     def _send(self, reply: _Reply, faults: set[str]) -> None:
-        self._send_head(reply.status, reply.content_type, {**reply.headers})
+        self._send_head(reply.status, reply.headers)
         self.send_header("content-length", str(len(reply.body)))
         self.end_headers()
         if "cut-stream" in faults or "reset" in faults:
@@ -800,7 +785,7 @@ class _Handler(BaseHTTPRequestHandler):
             extra["connection"] = "close"
         else:
             extra["transfer-encoding"] = "chunked"
-        self._send_head(200, "text/event-stream; charset=utf-8", extra)
+        self._send_head(200, extra, "text/event-stream; charset=utf-8")
         self.end_headers()
         cut = len(reply.events) // 2 if {"cut-stream", "reset"} & faults else len(reply.events)
         for index, event in enumerate(reply.events[:cut]):
@@ -886,7 +871,8 @@ class FakeOpenAI:
         if times <= 0:
             return
         with self._lock:
-            self._failures.append(_Failure(status, times, body, {"retry-after-ms": "1", **(headers or {})}))
+            answer = error_body(status) if body is None else body
+            self._failures.append(_Failure(status, times, answer, {"retry-after-ms": "1", **(headers or {})}))
 
     def reset(self) -> None:
         """Forget recorded requests and answers, and queued failures."""

@@ -142,7 +142,8 @@ class HostPrice:
         if self.rates is None:
             if self.provider is None:
                 raise ConfigError("HostPrice: give a provider, rates, or both")
-            _check_provider(self.provider, "HostPrice.provider")
+            if _genai_provider(self.provider) is None:
+                raise ConfigError(f"HostPrice.provider: {provider_error(self.provider)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +258,8 @@ class Route:
 
     def rates(self, model: str) -> Rates | None:
         """The rates that price ``model`` on this route, or ``None`` if nothing prices it."""
-        entry = self._entry(model)
+        # not on a call's path: an unknown name is simply resolved again
+        entry = self._flat or self._cache.get(model) or self._resolve_and_cache(model)
         return None if entry is None else entry.rates
 
     def cost(
@@ -273,14 +275,6 @@ class Route:
             return None
         prompt_cost, completion_cost, _ = costs
         return Cost(_usd(prompt_cost), _usd(completion_cost), _usd(prompt_cost + completion_cost))
-
-    def _entry(self, model: str) -> _Entry | None:
-        entry = self._flat
-        if entry is None:
-            entry = self._cache.get(model, _MISSING)
-            if entry is _MISSING:
-                entry = self._resolve_and_cache(model)
-        return entry
 
     def _costs(
         self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int
@@ -546,11 +540,6 @@ def provider_error(name: str) -> str:
     return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"
 
 
-def _check_provider(name: str, where: str) -> None:
-    if _genai_provider(name) is None:
-        raise ConfigError(f"{where}: {provider_error(name)}")
-
-
 def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> Rates | None:
     import genai_prices
 
@@ -633,9 +622,8 @@ def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], di
     if "models" in top:
         for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
             entry_path = join("models", model)
-            rates = _rates(doc, node, entry_path, model, _MODEL_EXPECTED)
-            assert rates is not None  # input and output are required
-            result[model] = rates
+            fields = doc.fields(node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
+            result[model] = _rates(doc, node, entry_path, model, fields)
     hosts: dict[str, HostPrice] = {}
     if "hosts" in top:
         for pattern, key_node, node in doc.mapping(
@@ -651,20 +639,16 @@ def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], di
 
 
 def _rates(
-    doc: Document, node: yaml.Node, entry_path: str, label: str, expected: str, *, optional: bool = False
-) -> Rates | None:
-    """The rates in ``node`` (``None`` when ``optional`` and it holds none)."""
-    keys = _HOST_KEYS if optional else _MODEL_KEYS
-    fields = doc.fields(node, entry_path, expected, keys)
-    given = {key: value for key, value in fields.items() if key in _MODEL_KEYS}
-    if optional and not given:
-        return None
+    doc: Document, node: yaml.Node, entry_path: str, label: str, fields: dict[str, yaml.Node]
+) -> Rates:
+    """The rates in ``fields``, the checked keys of ``node``."""
     for key, meaning in (("input", "USD per 1M input tokens"), ("output", "USD per 1M output tokens")):
-        if key not in given:
+        if key not in fields:
             raise doc.error(node, entry_path, f"missing required key {key!r} ({meaning})")
     rates = {
         key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
-        for key, value in given.items()
+        for key, value in fields.items()
+        if key in _MODEL_KEYS
     }
     return Rates(label, rates["input"], rates["output"], rates.get("cached_input"), PRICE_FILE_SOURCE)
 
@@ -674,8 +658,9 @@ def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -
         "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input' "
         "(USD per 1M tokens, for every model)"
     )
-    rates = _rates(doc, node, entry_path, pattern, expected, optional=True)
-    provider_node = doc.fields(node, entry_path, expected, _HOST_KEYS).get("provider")
+    fields = doc.fields(node, entry_path, expected, _HOST_KEYS)
+    rates = _rates(doc, node, entry_path, pattern, fields) if fields.keys() & _MODEL_KEYS else None
+    provider_node = fields.get("provider")
     provider = None
     if provider_node is not None:
         key_path = f"{entry_path}.provider"

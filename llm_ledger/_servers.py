@@ -34,8 +34,13 @@ _OTEL_NAMES: Final = {
     "moonshotai": "moonshot_ai",
     "x-ai": "x_ai",
 }
-# (scheme, netloc) -> shape; hosts are few (one per client base URL), the cap only guards a bug
-_cache: dict[tuple[str, bytes], ServerShape] = {}
+# (scheme, netloc) -> (address, port); hosts are few (one per client base URL), the cap only guards a bug
+_cache: dict[tuple[str, bytes], tuple[str | None, int | None]] = {}
+
+
+def _address(url: Any) -> tuple[str | None, int | None]:
+    """The host and port of an ``httpx`` URL, the scheme's default port when it names none."""
+    return url.host.lower() or None, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
 def otel_provider_name(provider: str) -> str:
@@ -65,10 +70,8 @@ class Endpoint:
     def __init__(self, client: Any) -> None:
         self.azure = any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
         try:
-            url = client.base_url
-            self.base_url = str(url)
-            self.host: str | None = url.host.lower() or None
-            self.port: int | None = url.port or _DEFAULT_PORTS.get(url.scheme)
+            self.base_url = str(client.base_url)
+            self.host, self.port = _address(client.base_url)
         except Exception:  # not the SDK's client: a host nobody knows
             self.base_url, self.host, self.port = "", None, None
         self._resolved: tuple[PriceTable, Route] | None = None
@@ -90,13 +93,12 @@ def server_of(url: Any) -> ServerShape:
     Its ``provider`` is the default; the monitor sets the one of the client's :class:`Endpoint`."""
     try:
         key = (url.scheme, url.netloc)
-        shape = _cache.get(key)
-        if shape is None:
-            host = url.host.lower() or None
-            port = url.port or _DEFAULT_PORTS.get(url.scheme)
-            shape = {"address": host, "port": port, "provider": DEFAULT_PROVIDER}
+        found = _cache.get(key)
+        if found is None:
+            found = _address(url)
             if len(_cache) < 1024:
-                _cache[key] = shape
-        return {"address": shape["address"], "port": shape["port"], "provider": DEFAULT_PROVIDER}
+                _cache[key] = found
+        address, port = found
     except Exception:
-        return {"address": None, "port": None, "provider": DEFAULT_PROVIDER}
+        address = port = None
+    return {"address": address, "port": port, "provider": DEFAULT_PROVIDER}

@@ -83,15 +83,12 @@ def capture(monitor: LLMCallMonitor | None = None, *, every_monitor: bool = Fals
     if every_monitor:
         if monitor is not None:
             raise TypeError("capture() takes a monitor or every_monitor=True, not both")
-        add_global_sink(captured)
-        try:
-            yield captured
-        finally:
-            remove_global_sink(captured)
-        return
-    target = monitor or get_monitor()
-    target.add_sink(captured)
+        add, remove = add_global_sink, remove_global_sink
+    else:
+        target = monitor or get_monitor()
+        add, remove = target.add_sink, target.remove_sink
+    add(captured)
     try:
         yield captured
     finally:
-        target.remove_sink(captured)
+        remove(captured)

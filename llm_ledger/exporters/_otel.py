@@ -18,7 +18,7 @@ import collections
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -57,12 +57,20 @@ _GENAI_HANDLER: Final = "opentelemetry.util.genai.handler"  # openai-v2's spans 
 _OPENAI_V2_OPERATIONS: Final = frozenset({"chat", "embeddings"})
 
 
-def _api() -> tuple[Any, Any, Any]:
+def _api() -> tuple[Any, Any]:
     try:
-        from opentelemetry import context, metrics, trace
+        from opentelemetry import metrics, trace
     except ImportError as exc:
         raise ConfigError(f"the OpenTelemetry exporter needs opentelemetry-api: {_EXTRA_HINT}") from exc
-    return context, metrics, trace
+    return metrics, trace
+
+
+def _present(attributes: dict[str, Any], pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """``attributes`` with each of ``pairs`` whose value is not ``None`` (OpenTelemetry drops None)."""
+    for key, value in pairs:
+        if value is not None:
+            attributes[key] = value
+    return attributes
 
 
 def _ns(iso: str) -> int:
@@ -196,14 +204,13 @@ class OTelSink:
     def __init__(
         self, tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None
     ) -> None:
-        context, metrics, trace = _api()
+        metrics, trace = _api()
         from importlib.metadata import PackageNotFoundError, version
 
         try:
             ours: str | None = version("llm-ledger")
         except PackageNotFoundError:  # pragma: no cover - run from a source tree
             ours = None
-        self._context = context
         self._trace = trace
         self._client_kind = trace.SpanKind.CLIENT
         self._internal_kind = trace.SpanKind.INTERNAL
@@ -221,13 +228,7 @@ class OTelSink:
             # semantic-conventions-genai (unreleased): counters by modality for totals, histograms
             # per operation for percentiles, embeddings apart
             self._usage = {
-                kind: _Totals(
-                    meter,
-                    metrics.Observation,
-                    f"gen_ai.client.inference.usage.{kind}",
-                    "{token}",
-                    f"{kind} used",
-                )
+                kind: counter(f"gen_ai.client.inference.usage.{kind}", "{token}", f"{kind} used")
                 for kind in _LATEST_USAGE
             }
             self._operation_tokens = {
@@ -253,13 +254,7 @@ class OTelSink:
             first_chunk = "gen_ai.client.operation.time_to_first_chunk"
         self._duration = histogram(duration, "s", "GenAI operation duration", DURATION_BUCKETS)
         self._first_chunk = histogram(first_chunk, "s", "Time to a stream's first chunk", DURATION_BUCKETS)
-        self._cost = _Totals(
-            meter,
-            metrics.Observation,
-            "llm_ledger.cost",
-            "{USD}",
-            "Cost of GenAI calls, USD (llm-ledger prices)",
-        )
+        self._cost = counter("llm_ledger.cost", "{USD}", "Cost of GenAI calls, USD (llm-ledger prices)")
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._lock = threading.Lock()
         # lens_run_id -> (records whose span waits for the lens: its calls and nested lenses,
@@ -318,10 +313,8 @@ class OTelSink:
             and getattr(span, "kind", None) is self._client_kind
             and span.is_recording()
         ):
-            attributes: dict[str, Any] = {"llm_ledger.call_id": record["call_id"]}
-            usd = record["cost"]["total_cost_usd"]
-            if usd is not None:
-                attributes["gen_ai.usage.cost"] = usd
+            attributes = {"llm_ledger.call_id": record["call_id"]}
+            _present(attributes, [("gen_ai.usage.cost", record["cost"]["total_cost_usd"])])
             self._context_attributes(record["context"], attributes)
             span.set_attributes(attributes)
             return True, span.get_span_context()
@@ -335,16 +328,16 @@ class OTelSink:
         found = self._attribute_sets.get(key)
         if found is None:
             operation, provider, request_model, response_model, address, port, lens = base
-            found = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
-            for name, value in (
-                ("gen_ai.request.model", request_model),
-                ("gen_ai.response.model", response_model),
-                ("server.address", address),
-                ("server.port", port),
-                ("llm_ledger.lens", lens),
-            ):
-                if value is not None:
-                    found[name] = value
+            found = _present(
+                {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider},
+                (
+                    ("gen_ai.request.model", request_model),
+                    ("gen_ai.response.model", response_model),
+                    ("server.address", address),
+                    ("server.port", port),
+                    ("llm_ledger.lens", lens),
+                ),
+            )
             if extra is not None:
                 found[extra[0]] = extra[1]
             if len(self._attribute_sets) >= _ATTRIBUTE_SETS:
@@ -429,7 +422,8 @@ class OTelSink:
         server = record.get("server") or {}
         operation = _OPERATIONS.get(record["operation"], record["operation"])
         model = request["model"]
-        attributes: dict[str, Any] = {
+        first = record["timing"]["time_to_first_token_ms"]
+        attributes = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": otel_provider_name(server.get("provider") or "openai"),
         }
@@ -456,13 +450,9 @@ class OTelSink:
             ("llm_ledger.status", record["status"]),
             ("llm_ledger.request_id", response["request_id"]),
             ("llm_ledger.retries", record["retries"]),
+            ("gen_ai.response.time_to_first_chunk", None if first is None else first / 1000),
         )
-        for key, value in optional:
-            if value is not None:
-                attributes[key] = value
-        first = record["timing"]["time_to_first_token_ms"]
-        if first is not None:
-            attributes["gen_ai.response.time_to_first_chunk"] = first / 1000
+        _present(attributes, optional)
         if self.latest and operation != "embeddings":
             inputs, outputs = _modalities(record)
             for modality, key, value in (

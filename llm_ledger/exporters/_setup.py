@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
@@ -96,15 +97,13 @@ def _default_sink(name: str) -> Sink:
     return sink
 
 
+@dataclass
 class Plan:
     """Sinks built and servers bound for one ``configure()``; ``commit()`` or ``cancel()`` it."""
 
-    def __init__(
-        self, sinks: list[Sink], wanted: set[tuple[str, int]], started: list[tuple[str, int]]
-    ) -> None:
-        self.sinks = sinks
-        self.wanted = wanted
-        self.started = started
+    sinks: list[Sink]
+    wanted: set[tuple[str, int]]  # every (addr, port) the new settings serve /metrics on
+    started: list[tuple[str, int]]  # those prepare() bound, to stop on cancel()
 
     def commit(self, monitor: LLMCallMonitor) -> None:
         """Put the new exporter sinks on ``monitor`` in place of the old; stop servers no longer named."""
