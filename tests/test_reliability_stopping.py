@@ -14,7 +14,7 @@ import pytest
 from llm_ledger import _jsonl
 from tests.reliability_helpers import child_env, read_lines, record_figures
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]  # the writer, whatever the SDK
 
 CALLS, LENSES = 200, 20  # what a ``stopped`` child makes (``many``: 1,000 calls in 100 lenses)
 
