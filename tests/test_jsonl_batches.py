@@ -88,7 +88,9 @@ def test_a_line_that_waited_an_interval_is_written_by_the_next_call(
 ) -> None:
     interval(60.0)
     h = handler()
-    time.sleep(0.05)  # its writer thread has started: it will not look for a minute
+    # its writer thread is waiting (a minute) before the interval shrinks: on a loaded machine a thread
+    # that had not started yet would wait the short interval and write the line itself
+    assert _wait_for(lambda: h._wake._cond._waiters, 10)
     _emit(h, 0)
     interval(0.05)
     time.sleep(0.1)
