@@ -7,7 +7,6 @@ they leave as JSON numbers.
 
 from __future__ import annotations
 
-import difflib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from llm_ledger import Budgets, Limits
+from llm_ledger.loading import did_you_mean
 from llm_ledger.report import cost_decimal, text_table, usage_row
 
 __all__ = [
@@ -430,8 +430,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
     ran = sorted({key for key, _, _ in ledger.lens_runs})
     idle_lenses = []
     for key in sorted(set(budgets.lenses) - set(ran)):
-        close = difflib.get_close_matches(key, ran, n=1)
-        idle_lenses.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        idle_lenses.append(f"{key!r}{did_you_mean(key, ran)}")
     if idle_lenses:
         out.append(
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "

@@ -13,7 +13,6 @@ Calls count under the innermost lens they ran in.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from .._errors import ConfigError
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
-from ..loading import printable, shown
+from ..loading import did_you_mean, printable, shown
 from ._render import strict_json
 from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
 
@@ -191,7 +190,7 @@ def reprice(
     for old in models:
         if not any(old in (u.model, u.served_model) for u in usage):
             raise ConfigError(
-                f"--model {old}={models[old]}: no call in {source} used {old!r}{_close(old, used)}; "
+                f"--model {old}={models[old]}: no call in {source} used {old!r}{did_you_mean(old, used)}; "
                 f"models used: {', '.join(used) or 'none'}"
             )
     result = Reprice(source, models, provider, price_file)
@@ -208,7 +207,8 @@ def reprice(
             if route.rates(new) is None:
                 raise ConfigError(
                     f"--model ...={new}: no price for {new!r} at provider {route.provider!r}"
-                    f"{_close(new, table.model_names(route.provider))}; add it to a price file (--price-file)"
+                    f"{did_you_mean(new, table.model_names(route.provider))}; "
+                    "add it to a price file (--price-file)"
                 )
         row = result.rows.setdefault(item.lens, Row(item.lens))
         row.calls += item.calls
@@ -239,11 +239,6 @@ def _cost(route: Route, names: list[str], item: UsageRow) -> int | None:
             if costs is not None:
                 return costs[0] + costs[1]
     return None
-
-
-def _close(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 # -- output ----------------------------------------------------------------------------------------
