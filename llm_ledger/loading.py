@@ -13,6 +13,8 @@ Every such file is read the same way and fails the same way:
 * every error reads ``file:line: key.path: what is wrong; valid choices``, and quotes at most the
   offending value, shortened, and never when it looks like a credential (a price file pointed at a
   ``.env`` must not print the key it holds).
+
+:func:`did_you_mean` is the one "(did you mean 'x'?)" hint every error message naming a bad name uses.
 """
 
 from __future__ import annotations
