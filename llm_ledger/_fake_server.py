@@ -1,82 +1,8 @@
 """A small OpenAI-compatible HTTP server for tests and for recording without a key (stdlib only).
 
-Public as :class:`llm_ledger.testing.FakeOpenAI` and as ``llm-ledger fake-server``.
-
-It speaks real HTTP/1.1 (keep-alive, ``Content-Length`` or chunked bodies) and real server-sent events, so
-the real ``openai`` SDK can be pointed at it with ``base_url=server.base_url`` and exercised end to end::
-
-    with FakeOpenAI() as server:
-        client = openai.OpenAI(api_key="sk-test", base_url=server.base_url)
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        assert server.requests[-1].path == "/v1/chat/completions"
-
-Standalone (e.g. to record cassettes with no key): ``llm-ledger fake-server --port 8123`` (or
-``python -m llm_ledger fake-server``) serves until Ctrl-C.
-
-Endpoints
----------
-``POST /v1/chat/completions``
-    ChatCompletion JSON, or with ``stream: true`` SSE ``data: {chunk}`` lines: a role chunk, N content
-    chunks, a chunk with ``finish_reason``, then (only with ``stream_options.include_usage``) a chunk with
-    ``choices: []`` and ``usage`` (all earlier chunks then carry ``"usage": null``), then ``data: [DONE]``.
-    Content is "Summary: " + the first 8 words of the last user message; ``response_format`` json_schema
-    yields a JSON object valid for the schema (so ``chat.completions.parse()`` works) and ``json_object``
-    yields ``{"summary": ...}``.  ``n`` > 1 gives n identical choices.  ``max_tokens`` /
-    ``max_completion_tokens`` truncate the content (``finish_reason: "length"``).  With ``tools`` and
-    ``tool_choice: "required"`` (or a named function) one tool call is returned (``finish_reason:
-    "tool_calls"``, arguments valid for the tool's parameter schema), also in streams.
-``POST /v1/embeddings``
-    ``input`` str / list of str / token lists; ``encoding_format`` "float" (default when absent) or
-    "base64" (little-endian float32, what the SDK asks for by default); deterministic unit vectors of
-    ``dimensions`` (default 8) floats derived from a hash of each input.
-``POST /v1/responses``
-    A Response object (``output_text`` works; ``text.format`` json_schema supported for
-    ``responses.parse()``), or with ``stream: true`` the real event sequence: response.created,
-    response.in_progress, response.output_item.added, response.content_part.added, N x
-    response.output_text.delta, response.output_text.done, response.content_part.done,
-    response.output_item.done, response.completed (full response with usage), each as
-    ``event: <type>`` + ``data: {...}`` with ``sequence_number``.
-Azure's deployment paths (``/openai/deployments/<name>/chat/completions``, also under ``/v1``) and
-paths under a proxy's prefix (``/any/prefix/v1/chat/completions``) are served as the plain ones.
-Anything else: 404 with an OpenAI error body.  A body that is not a JSON object, or a missing
-``model``, gives 400.
-
-Token accounting (deterministic)
---------------------------------
-prompt/input tokens = ceil(characters of all text parts / 4) + 4 per message + 85 per image part
-(+ ceil(len(json(tools)) / 4) when tools are sent; ``instructions`` count as one message), raised to at
-least the cached tokens.  completion/output tokens = ceil(len(content) / 4) per choice (tool calls:
-ceil(len(name + arguments) / 4) each) + reasoning tokens.  Embeddings: ceil(chars / 4) per text input,
-len(list) per token input.
-
-Every answer carries ``content-type``, ``x-request-id: req_<n>``, ``openai-processing-ms``,
-``openai-organization: org-fake-secret``, ``openai-project: proj_fake``, ``openai-version`` and
-``set-cookie: __cf_bm=fake-secret-cookie; path=/`` (to check that secrets never leak into cassettes/logs).
-
-Control headers (request)
--------------------------
-``x-fake-chunks: N``               number of content delta chunks/events in streams (default 5)
-``x-fake-completion-words: N``     content = N words of lorem ipsum
-``x-fake-content: TEXT``           content verbatim (e.g. invalid JSON to make ``parse()`` fail)
-``x-fake-cached-tokens: N``        usage cached_tokens
-``x-fake-reasoning-tokens: N``     usage reasoning_tokens (added to completion/output tokens)
-``x-fake-tool-calls: N``           N tool calls (needs ``tools``; 0 disables the tool_choice default)
-``x-fake-served-model: NAME``      ``model`` in the answer (``dated`` = requested model + "-2024-07-18")
-``x-fake-cost: USD``               usage ``cost``, as OpenRouter reports what it billed (chat, responses)
-``x-fake-status: CODE``            answer this error status (OpenAI error body) for this request; a 401
-                                   echoes the key it was sent, as some compatible servers do
-``x-fake-delay-ms: N``             delay for the ``slow`` fault (default 50)
-``x-fake-transfer: close``         stream close-delimited (``Connection: close``) instead of chunked
-``x-fake-fault: F[,F...]``         fault injection:
-    ``cut-stream``  send part of the body/stream, then close without ``[DONE]`` / terminating chunk
-    ``reset``       send part of the body/stream, then reset the connection (SO_LINGER 0 + close)
-    ``not-json``    200 with content-type application/json and body ``<html>oops</html>``
-    ``no-usage``    the answer has no ``usage`` (streams: no usage chunk)
-    ``slow``        sleep x-fake-delay-ms before answering and between stream chunks
-
-``fail_next(status, times)`` queues error answers for the next requests to any endpoint; injected errors
-carry ``retry-after-ms: 1`` (so SDK retries are instant) unless ``headers`` overrides it (``"0"`` restores
-the SDK's own backoff).  The SDK's ``x-stainless-retry-count`` is kept in ``RecordedRequest.retry_count``.
+Public as :class:`llm_ledger.testing.FakeOpenAI` and as ``llm-ledger fake-server``. Its endpoints, token
+accounting, response headers and the ``x-fake-*`` request headers that steer it (faults included) are
+described in docs/FAKE_SERVER.md; keep that page true to this module.
 """
 
 from __future__ import annotations
@@ -808,7 +734,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeOpenAI:
-    """The fake server; ``start()`` (or ``with``) runs it in a daemon thread."""
+    """A loopback OpenAI-compatible server (chat completions, responses, embeddings; streamed or not)
+    with deterministic text and usage, to point the real SDK at: ``base_url`` for the client,
+    ``requests`` and ``answers`` as received and sent, ``fail_next()`` to queue errors. ``start()`` (or
+    ``with``) runs it in a daemon thread.
+
+    ``x-fake-*`` request headers steer it (tool calls, cached tokens, error statuses, cut or reset
+    streams...): the reference is docs/FAKE_SERVER.md.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> None:
         self.host = host

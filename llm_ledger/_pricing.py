@@ -25,7 +25,6 @@ cache-write charges (OpenAI chat usage does not report cache writes).
 from __future__ import annotations
 
 import decimal
-import difflib
 import fnmatch
 import os
 import re
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from llm_ledger._errors import ConfigError, PriceFileError
 from llm_ledger._extract import JsonView
 from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
-from llm_ledger.loading import Document, join, read_file, shown
+from llm_ledger.loading import Document, did_you_mean, join, read_file, shown
 
 if TYPE_CHECKING:
     import yaml
@@ -535,8 +534,7 @@ def known_providers() -> list[str]:
 def provider_error(name: str) -> str:
     """ "unknown provider 'grok' (did you mean 'groq'?); known providers: ..." for an error message."""
     known = known_providers()
-    close = difflib.get_close_matches(name.lower(), known, n=3)
-    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    hint = did_you_mean(name.lower(), known)
     return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"
 
 

@@ -13,20 +13,33 @@ Every such file is read the same way and fails the same way:
 * every error reads ``file:line: key.path: what is wrong; valid choices``, and quotes at most the
   offending value, shortened, and never when it looks like a credential (a price file pointed at a
   ``.env`` must not print the key it holds).
+
+:func:`did_you_mean` is the one "(did you mean 'x'?)" hint every error message naming a bad name uses.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar, Final
 
 import yaml
 
-__all__ = ["BOOLEAN_WORDS", "MAX_BYTES", "Document", "JsonLoader", "join", "printable", "read_file", "shown"]
+__all__ = [
+    "BOOLEAN_WORDS",
+    "MAX_BYTES",
+    "Document",
+    "JsonLoader",
+    "did_you_mean",
+    "join",
+    "printable",
+    "read_file",
+    "shown",
+]
 
 MAX_BYTES: Final = 1 << 20  # a price file or budgets.yaml of a megabyte is already absurd
 # what an environment variable's on/off value may be spelled as (lower-cased, stripped)
@@ -78,6 +91,13 @@ def join(key_path: str, key: str) -> str:
     elif len(key) > _SHOWN_CHARS * 2:
         key = key[: _SHOWN_CHARS * 2 - 1] + "…"
     return f"{key_path}.{key}" if key_path else key
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the one of ``choices`` closest to ``name``, or "" if none is
+    close: what follows the bad value in an error message."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def read_file(

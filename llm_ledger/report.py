@@ -20,6 +20,8 @@
   files and compare them lens by lens (``llm-ledger diff``); :func:`text_table` is the one table
   renderer every command prints with; :func:`cost_decimal` reads a record's cost (a JSON number)
   as the exact decimal it was written as.
+* :func:`usage_row` turns one call record into a :class:`UsageRow` (lens, server, model, tokens,
+  recorded cost): the rows ``llm-ledger reprice`` prices again and the pytest plugin's report sums.
 
 Dimensions, filters and the time range are described in ``docs/REPORTING.md``: a dimension is a
 context key (``user_id``, ``source_id``), a record field (``status``), a dotted path
@@ -42,6 +44,7 @@ from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
 from .analysis._read import InputStats, LogReader
 from .analysis._render import FORMATS, render
+from .analysis._usage import UsageRow, usage_row
 
 __all__ = [
     "FORMATS",
@@ -50,6 +53,7 @@ __all__ = [
     "InputStats",
     "Query",
     "QueryError",
+    "UsageRow",
     "asgi_app",
     "cost_decimal",
     "diff_reports",
@@ -59,6 +63,7 @@ __all__ = [
     "summarise",
     "summarise_records",
     "text_table",
+    "usage_row",
 ]
 
 Paths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]

@@ -1,5 +1,6 @@
 """Helpers for testing code that uses llm-ledger: collect records in memory, no file, no network;
-serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`) to point the real SDK at.
+serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`, described in docs/FAKE_SERVER.md) to point
+the real SDK at.
 
 .. code-block:: python
 

@@ -7,7 +7,6 @@ they leave as JSON numbers.
 
 from __future__ import annotations
 
-import difflib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,8 @@ from decimal import Decimal
 from typing import Any, Final
 
 from llm_ledger import Budgets, Limits
-from llm_ledger.report import cost_decimal, text_table
+from llm_ledger.loading import did_you_mean
+from llm_ledger.report import cost_decimal, text_table, usage_row
 
 __all__ = [
     "SESSION_BUCKET",
@@ -31,7 +31,6 @@ __all__ = [
 REPORT_SCHEMA: Final = "llm-ledger-report"
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
-NO_LENS: Final = "<no lens>"  # the usage of calls made outside any lens
 # what identifies a row of the report's "usage": `llm-ledger reprice` prices each again
 USAGE_KEYS: Final = ("lens", "provider", "server", "model", "served_model", "cost_source")
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
@@ -149,7 +148,7 @@ class Totals:
 
 
 @dataclass(slots=True)
-class UsageRow:
+class UsageSum:
     """The tokens of the calls of one lens to one server and model (the innermost lens they ran in)."""
 
     calls: int = 0
@@ -161,35 +160,16 @@ class UsageRow:
     no_usage_calls: int = 0  # calls that were not refused but reported no usage
 
     @classmethod
-    def of_call(cls, record: Mapping[str, Any]) -> tuple[tuple[str, ...], UsageRow]:
-        context = record.get("context") or {}
-        server = record.get("server") or {}
-        usage = record.get("usage") or {}
-        cost_shape = record.get("cost") or {}
-        address, port = server.get("address"), server.get("port")
-        key = (
-            str(context.get("lens_key") or NO_LENS),
-            str(server.get("provider") or "openai"),
-            f"{address}:{port}" if address and port else str(address or ""),
-            str((record.get("request") or {}).get("model") or ""),
-            str((record.get("response") or {}).get("model") or ""),
-            str(cost_shape.get("source") or ""),
-        )
-        cost = cost_decimal(cost_shape.get("total_cost_usd"))
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        known = isinstance(prompt, int) and isinstance(completion, int)
-        billed = record.get("status") != "error" or (known and bool(prompt or completion))
+    def of_call(cls, record: Mapping[str, Any]) -> tuple[tuple[str, ...], UsageSum]:
+        """(the call's USAGE_KEYS, its tokens and cost)."""
+        row = usage_row(record)
+        key = (row.lens, row.provider, row.server, row.model, row.served_model, row.cost_source)
         return key, cls(
-            calls=1,
-            prompt_tokens=_int(prompt),
-            cached_tokens=_int(usage.get("cached_tokens")),
-            completion_tokens=_int(completion),
-            cost=cost or Decimal(0),
-            uncosted_calls=int(cost is None and billed),
-            no_usage_calls=int(not known and record.get("status") != "error"),
-        )
+            row.calls, row.prompt_tokens, row.cached_tokens, row.completion_tokens, row.cost_usd,
+            row.uncosted_calls, row.no_usage_calls,
+        )  # fmt: skip
 
-    def add(self, other: UsageRow) -> None:
+    def add(self, other: UsageSum) -> None:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -197,7 +177,7 @@ class UsageRow:
         return {**asdict(self), "cost": str(self.cost)}
 
     @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> UsageRow:
+    def from_wire(cls, data: Mapping[str, Any]) -> UsageSum:
         return cls(**{**data, "cost": Decimal(data["cost"])})
 
     def to_report(self) -> dict[str, Any]:
@@ -266,12 +246,12 @@ class SessionLedger:
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
-        self.usage: dict[tuple[str, ...], UsageRow] = {}  # USAGE_KEYS -> the tokens of those calls
+        self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         self.tests.setdefault(nodeid, Totals()).add(Totals.of_call(record))
-        key, row = UsageRow.of_call(record)
-        self.usage.setdefault(key, UsageRow()).add(row)
+        key, row = UsageSum.of_call(record)
+        self.usage.setdefault(key, UsageSum()).add(row)
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")
@@ -303,7 +283,7 @@ class SessionLedger:
         self.unplayed.update(data.get("unplayed", {}))
         self.cassettes.update(data.get("cassettes", ()))
         for *key, wire in data.get("usage", ()):
-            self.usage.setdefault(tuple(key), UsageRow()).add(UsageRow.from_wire(wire))
+            self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
 
     # -- aggregates ------------------------------------------------------------------------------
 
@@ -450,8 +430,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
     ran = sorted({key for key, _, _ in ledger.lens_runs})
     idle_lenses = []
     for key in sorted(set(budgets.lenses) - set(ran)):
-        close = difflib.get_close_matches(key, ran, n=1)
-        idle_lenses.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        idle_lenses.append(f"{key!r}{did_you_mean(key, ran)}")
     if idle_lenses:
         out.append(
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "

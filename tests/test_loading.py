@@ -21,7 +21,7 @@ from llm_ledger import (
     load_budgets,
 )
 from llm_ledger._cli import main
-from llm_ledger.loading import MAX_BYTES
+from llm_ledger.loading import MAX_BYTES, did_you_mean
 from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, body_bytes, load_cassette
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -180,3 +180,10 @@ def test_price_file_from_the_environment_never_prints_a_dot_env(
     with pytest.raises(PriceFileError, match=r"got a string of \d+ characters$") as excinfo:
         llm_ledger.configure(log_dir=None)
     assert SECRET not in str(excinfo.value) and "sk-proj" not in str(excinfo.value)
+
+
+def test_did_you_mean_names_the_closest_choice_or_nothing() -> None:
+    """The one "did you mean" hint of every message: the closest choice quoted, "" when none is close."""
+    assert did_you_mean("usr_id", ["source_id", "user_id", "lens"]) == " (did you mean 'user_id'?)"
+    assert did_you_mean("zzz", ["user_id", "lens"]) == ""
+    assert did_you_mean("grok", iter(["openai", "groq"])) == " (did you mean 'groq'?)"

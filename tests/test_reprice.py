@@ -15,6 +15,7 @@ import pytest
 import llm_ledger
 from llm_ledger._cli import main
 from llm_ledger._jsonl import JsonlFileHandler
+from llm_ledger.report import usage_row
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import FAKE_KEY
@@ -206,6 +207,28 @@ def test_a_pytest_report_reprices_like_the_log_it_came_from(
     assert from_report["source"] == "report.json (report)"
     for key in ("lenses", "total", "unpriced_after"):
         assert from_report[key] == from_log[key]
+
+
+def test_usage_row_reads_one_call_record(
+    fake_openai: FakeOpenAI, recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """``llm_ledger.report.usage_row``, the one reading of a call's usage that reprice and the plugin's
+    report share: lens, server, models, tokens and the recorded cost; a call without one is uncosted."""
+    _, calls = recorded
+    cached = calls[1]  # lens "summary", gpt-4o with 8 cached tokens
+    row = usage_row(cached)
+    assert (row.lens, row.provider, row.server) == ("summary", "openai", f"127.0.0.1:{fake_openai.port}")
+    assert (row.model, row.served_model, row.calls) == ("gpt-4o", cached["response"]["model"], 1)
+    assert (row.prompt_tokens, row.cached_tokens, row.completion_tokens) == (
+        cached["usage"]["prompt_tokens"],
+        8,
+        cached["usage"]["completion_tokens"],
+    )
+    assert row.cost_usd == Decimal(str(cached["cost"]["total_cost_usd"])) > 0
+    assert (row.uncosted_calls, row.no_usage_calls) == (0, 0)
+    assert usage_row({**cached, "cost": None}).uncosted_calls == 1
+    assert usage_row({**cached, "usage": None}).no_usage_calls == 1
+    assert usage_row({**calls[-1], "context": {}}).lens == "<no lens>"
 
 
 def test_a_report_without_usage_says_how_to_get_one(

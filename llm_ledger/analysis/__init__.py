@@ -6,6 +6,7 @@
 * :mod:`._render`: text and Markdown tables, strict JSON;
 * :mod:`._http`: the read-only cost API, one request handler for ``llm-ledger serve`` and ASGI;
 * :mod:`._diff`: two pytest ``--llm-report`` files compared lens by lens;
+* :mod:`._usage`: one call's usage as a row (lens, server, model, tokens, recorded cost);
 * the subcommands ``llm-ledger report``, ``serve``, ``diff``, ``reprice`` and ``anomalies``
   (``_report_cli``, ``_http``, ``_diff``, ``_reprice``, ``_anomalies_cli``).
 

@@ -8,7 +8,6 @@ come from the lens summaries instead (for a store that keeps only those) and cal
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
@@ -21,6 +20,7 @@ from typing import Any, Final
 
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT, cost_decimal
+from ..loading import did_you_mean
 from ._read import InputStats
 
 __all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where"]
@@ -45,11 +45,10 @@ def _check_known(query: Query, present: set[str]) -> None:
             if name in _BUILT_IN or name in present or name.partition(".")[0] in present:
                 continue
             choices = sorted(_BUILT_IN | present)
-            close = difflib.get_close_matches(name, choices, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise QueryError(
                 parameter,
-                f"no record has a dimension {name!r}{hint}; the records have: {', '.join(choices)}",
+                f"no record has a dimension {name!r}{did_you_mean(name, choices)}; "
+                f"the records have: {', '.join(choices)}",
             )
 
 

@@ -13,7 +13,6 @@ Calls count under the innermost lens they ran in.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,34 +25,14 @@ from .._errors import ConfigError
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
-from ..loading import printable, shown
+from ..loading import did_you_mean, printable, shown
 from ._render import strict_json
+from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
 
-__all__ = ["FORMATS", "Reprice", "Usage", "read_usage", "register", "render", "reprice"]
+__all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
 
 FORMATS: Final = ("text", "markdown", "json")
-NO_LENS: Final = "<no lens>"
 _COST_DIGITS: Final = 9
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Tokens recorded for one call, or for many calls of one lens, server and model (a report row)."""
-
-    lens: str
-    provider: str
-    host: str | None
-    port: int | None
-    model: str  # asked for ("" when unknown)
-    served_model: str  # answered with ("" when unknown)
-    cost_source: str  # cost.source as recorded ("" when no cost)
-    calls: int
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    cost_usd: Decimal  # as recorded
-    uncosted_calls: int  # billed calls recorded without a cost
-    no_usage_calls: int  # calls that reported no usage: unknown before and after
 
 
 @dataclass(slots=True)
@@ -116,7 +95,7 @@ class Reprice:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_usage(path: str) -> tuple[str, list[Usage]]:
+def read_usage(path: str) -> tuple[str, list[UsageRow]]:
     """("log" or "report", the usage recorded in ``path``); :class:`ConfigError` says what is wrong."""
     try:
         with open(path, "rb") as file:
@@ -132,36 +111,13 @@ def read_usage(path: str) -> tuple[str, list[Usage]]:
     return "log", list(_log_usage(path))
 
 
-def _log_usage(path: str) -> Iterator[Usage]:
+def _log_usage(path: str) -> Iterator[UsageRow]:
     from ._read import iter_records
 
-    for record in iter_records([path], events=(CALL_EVENT,)):
-        usage = _dict(record.get("usage"))
-        server = _dict(record.get("server"))
-        cost = _dict(record.get("cost")).get("total_cost_usd")
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        known = _count(prompt) is not None and _count(completion) is not None
-        ok = record.get("status") != "error"
-        port = server.get("port")
-        yield Usage(
-            lens=str(_dict(record.get("context")).get("lens_key") or NO_LENS),
-            provider=str(server.get("provider") or "openai"),
-            host=server.get("address") if isinstance(server.get("address"), str) else None,
-            port=port if type(port) is int else None,
-            model=_name(_dict(record.get("request")).get("model")),
-            served_model=_name(_dict(record.get("response")).get("model")),
-            cost_source=_name(_dict(record.get("cost")).get("source")),
-            calls=1,
-            prompt_tokens=_count(prompt) or 0,
-            cached_tokens=_count(usage.get("cached_tokens")) or 0,
-            completion_tokens=_count(completion) or 0,
-            cost_usd=cost_decimal(cost) or Decimal(0),
-            uncosted_calls=int(cost_decimal(cost) is None and (ok or bool(known and (prompt or completion)))),
-            no_usage_calls=int(not known and ok),
-        )
+    return map(usage_row, iter_records([path], events=(CALL_EVENT,)))
 
 
-def _report_usage(path: str) -> Iterator[Usage]:
+def _report_usage(path: str) -> Iterator[UsageRow]:
     from ._diff import load_report
 
     data = load_report(path)
@@ -177,7 +133,7 @@ def _report_usage(path: str) -> Iterator[Usage]:
             raise ConfigError(f"{where}: expected an object, got {shown(row)}")
         counts: dict[str, int] = {}
         for key in ("calls", "prompt_tokens", "cached_tokens", "completion_tokens", "uncosted_calls"):
-            count = _count(row.get(key, 0))
+            count = recorded_count(row.get(key, 0))
             if count is None:
                 raise ConfigError(f"{where}.{key}: expected a whole number >= 0, got {shown(row.get(key))}")
             counts[key] = count
@@ -185,30 +141,18 @@ def _report_usage(path: str) -> Iterator[Usage]:
         if cost is None:
             raise ConfigError(f"{where}.cost_usd: expected a number >= 0, got {shown(row.get('cost_usd'))}")
         host, _, port = str(row.get("server") or "").rpartition(":")
-        yield Usage(
+        yield UsageRow(
             lens=str(row.get("lens") or NO_LENS),
             provider=str(row.get("provider") or "openai"),
             host=host or None,
             port=int(port) if port.isdigit() else None,
-            model=_name(row.get("model")),
-            served_model=_name(row.get("served_model")),
-            cost_source=_name(row.get("cost_source")),
+            model=recorded_name(row.get("model")),
+            served_model=recorded_name(row.get("served_model")),
+            cost_source=recorded_name(row.get("cost_source")),
             **counts,
             cost_usd=cost,
-            no_usage_calls=_count(row.get("no_usage_calls", 0)) or 0,
+            no_usage_calls=recorded_count(row.get("no_usage_calls", 0)) or 0,
         )
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _name(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _count(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
 
 
 # -- pricing again ---------------------------------------------------------------------------------
@@ -227,7 +171,7 @@ def parse_models(pairs: Iterable[str]) -> dict[str, str]:
 
 def reprice(
     source: str,
-    usage: list[Usage],
+    usage: list[UsageRow],
     table: PriceTable,
     *,
     models: dict[str, str] | None = None,
@@ -246,7 +190,7 @@ def reprice(
     for old in models:
         if not any(old in (u.model, u.served_model) for u in usage):
             raise ConfigError(
-                f"--model {old}={models[old]}: no call in {source} used {old!r}{_close(old, used)}; "
+                f"--model {old}={models[old]}: no call in {source} used {old!r}{did_you_mean(old, used)}; "
                 f"models used: {', '.join(used) or 'none'}"
             )
     result = Reprice(source, models, provider, price_file)
@@ -263,7 +207,8 @@ def reprice(
             if route.rates(new) is None:
                 raise ConfigError(
                     f"--model ...={new}: no price for {new!r} at provider {route.provider!r}"
-                    f"{_close(new, table.model_names(route.provider))}; add it to a price file (--price-file)"
+                    f"{did_you_mean(new, table.model_names(route.provider))}; "
+                    "add it to a price file (--price-file)"
                 )
         row = result.rows.setdefault(item.lens, Row(item.lens))
         row.calls += item.calls
@@ -287,18 +232,13 @@ def reprice(
     return result
 
 
-def _cost(route: Route, names: list[str], item: Usage) -> int | None:
+def _cost(route: Route, names: list[str], item: UsageRow) -> int | None:
     for name in names:
         if name:
             costs = route._costs(name, item.prompt_tokens, item.completion_tokens, item.cached_tokens)
             if costs is not None:
                 return costs[0] + costs[1]
     return None
-
-
-def _close(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 # -- output ----------------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""The usage of one call as a row: its lens, server and model, its tokens and its recorded cost.
+
+``llm-ledger reprice`` prices these rows again; the pytest plugin sums them per lens, server and model
+into the ``usage`` of its ``--llm-report`` file. Public as :func:`llm_ledger.report.usage_row`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+from .._records import cost_decimal
+
+__all__ = ["NO_LENS", "UsageRow", "usage_row"]
+
+NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """The tokens of one call, or of many calls of one lens, server and model (a report's row)."""
+
+    lens: str  # the innermost lens the calls ran in, else NO_LENS
+    provider: str
+    host: str | None
+    port: int | None
+    model: str  # asked for ("" when unknown)
+    served_model: str  # answered with ("" when unknown)
+    cost_source: str  # cost.source as recorded ("" when no cost)
+    calls: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal  # as recorded
+    uncosted_calls: int  # billed calls recorded without a cost
+    no_usage_calls: int  # calls that reported no usage: unknown before and after
+
+    @property
+    def server(self) -> str:
+        """``host:port`` (the host alone without a port; "" when unknown)."""
+        return f"{self.host}:{self.port}" if self.host and self.port else self.host or ""
+
+
+def usage_row(record: Mapping[str, Any]) -> UsageRow:
+    """The :class:`UsageRow` of one ``llm_api_call`` record (``calls`` is 1).
+
+    Missing or malformed fields read as unknown: no lens is ``"<no lens>"``, no provider ``"openai"``,
+    a token count that is not a whole number >= 0 is 0. ``uncosted_calls`` is 1 for a call recorded
+    without a cost that was billed (it did not fail, or it failed after using tokens); ``no_usage_calls``
+    is 1 for a call that did not fail but reported no prompt and completion tokens.
+    """
+    usage = _dict(record.get("usage"))
+    server = _dict(record.get("server"))
+    cost = _dict(record.get("cost"))
+    recorded = cost_decimal(cost.get("total_cost_usd"))
+    prompt = recorded_count(usage.get("prompt_tokens"))
+    completion = recorded_count(usage.get("completion_tokens"))
+    known = prompt is not None and completion is not None
+    ok = record.get("status") != "error"
+    address, port = server.get("address"), server.get("port")
+    return UsageRow(
+        lens=str(_dict(record.get("context")).get("lens_key") or NO_LENS),
+        provider=str(server.get("provider") or "openai"),
+        host=address if isinstance(address, str) else None,
+        port=port if type(port) is int else None,
+        model=recorded_name(_dict(record.get("request")).get("model")),
+        served_model=recorded_name(_dict(record.get("response")).get("model")),
+        cost_source=recorded_name(cost.get("source")),
+        calls=1,
+        prompt_tokens=prompt or 0,
+        cached_tokens=recorded_count(usage.get("cached_tokens")) or 0,
+        completion_tokens=completion or 0,
+        cost_usd=recorded or Decimal(0),
+        uncosted_calls=int(recorded is None and (ok or bool(known and (prompt or completion)))),
+        no_usage_calls=int(not known and ok),
+    )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def recorded_name(value: Any) -> str:
+    """A model or source name as recorded; "" for anything but text."""
+    return value if isinstance(value, str) else ""
+
+
+def recorded_count(value: Any) -> int | None:
+    """A token or call count: a whole number >= 0, else None."""
+    return value if type(value) is int and value >= 0 else None
