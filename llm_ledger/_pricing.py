@@ -534,7 +534,7 @@ def known_providers() -> list[str]:
 def provider_error(name: str) -> str:
     """ "unknown provider 'grok' (did you mean 'groq'?); known providers: ..." for an error message."""
     known = known_providers()
-    hint = did_you_mean(name.lower(), known)
+    hint = did_you_mean(name.lower(), known, n=3)
     return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"
 
 

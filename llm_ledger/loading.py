@@ -93,11 +93,12 @@ def join(key_path: str, key: str) -> str:
     return f"{key_path}.{key}" if key_path else key
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` naming the one of ``choices`` closest to ``name``, or "" if none is
-    close: what follows the bad value in an error message."""
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def did_you_mean(name: str, choices: Iterable[str], *, n: int = 1) -> str:
+    """`` (did you mean 'x'?)`` naming the ``n`` of ``choices`` closest to ``name`` (``'x' or 'y'``),
+    or "" if none is close: what follows the bad value in an error message. Long lists of similar
+    names (models, providers) read better with a few."""
+    close = difflib.get_close_matches(name, list(choices), n=n)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def read_file(

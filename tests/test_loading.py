@@ -183,7 +183,12 @@ def test_price_file_from_the_environment_never_prints_a_dot_env(
 
 
 def test_did_you_mean_names_the_closest_choice_or_nothing() -> None:
-    """The one "did you mean" hint of every message: the closest choice quoted, "" when none is close."""
+    """The one "did you mean" hint of every message: the closest choice (or n, closest first) quoted,
+    "" when none is close."""
     assert did_you_mean("usr_id", ["source_id", "user_id", "lens"]) == " (did you mean 'user_id'?)"
     assert did_you_mean("zzz", ["user_id", "lens"]) == ""
     assert did_you_mean("grok", iter(["openai", "groq"])) == " (did you mean 'groq'?)"
+    models = ["gpt-4.1-mini", "gpt-4o-mini", "gpt-5.4-mini", "o3"]
+    assert did_you_mean("gpt-4-mini", models, n=3) == (
+        " (did you mean 'gpt-4o-mini' or 'gpt-5.4-mini' or 'gpt-4.1-mini'?)"  # closest first
+    )

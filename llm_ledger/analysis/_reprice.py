@@ -207,7 +207,7 @@ def reprice(
             if route.rates(new) is None:
                 raise ConfigError(
                     f"--model ...={new}: no price for {new!r} at provider {route.provider!r}"
-                    f"{did_you_mean(new, table.model_names(route.provider))}; "
+                    f"{did_you_mean(new, table.model_names(route.provider), n=3)}; "
                     "add it to a price file (--price-file)"
                 )
         row = result.rows.setdefault(item.lens, Row(item.lens))
