@@ -2,11 +2,12 @@
 
 ``JsonlFileHandler`` takes ledger records as a sink (``write_record``) or as a logging handler
 (``emit``); on the caller's thread it only serialises the record and queues the line. The call that
-queues the 512th line, or finds the oldest a second old, appends the batch; ``flush()`` writes on its
-caller's thread; a writer thread writes what callers leave when they stop. A timer-driven background
-thread is what most monitors use, but while the application keeps the GIL busy such a thread costs
-the callers more than the writing itself (bench/RESULTS.md); so callers write, the writer thread
-sleeps without a timer while nothing is queued, and it takes over all writing after one slow write.
+queues the 512th line or 64 kB of lines, or finds the oldest a second old, appends the batch;
+``flush()`` writes on its caller's thread; a writer thread writes what callers leave when they stop.
+A timer-driven background thread is what most monitors use, but while the application keeps the GIL
+busy such a thread costs the callers more than the writing itself (bench/RESULTS.md); so callers
+write, the writer thread sleeps without a timer while nothing is queued, and it takes over all
+writing after one slow write.
 
 Each batch is one ``O_APPEND`` write of whole lines under an exclusive ``flock`` every ledger writer
 takes: a short write (full disk) is cut back and kept for retry, and a partial last line left by a
@@ -52,6 +53,10 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
+# ... or this many bytes: the lines are separate allocations, freed together once written; beyond
+# glibc's heap trim threshold (128 kB by default) that memory went back to the system after each
+# batch and was faulted in again, page by page, as the next one was queued (bench/RESULTS.md)
+_BATCH_BYTES = 64 * 1024
 _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
 _SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread
 _EXIT_TIMEOUT_S = 10.0  # what a file system that hangs writes may add to each step of an exit
@@ -165,6 +170,7 @@ class JsonlFileHandler(logging.Handler):
         self._draining = threading.Lock()  # held by whoever writes: lines leave in queue order
         self._main_writes = False  # the main thread holds, or is taking, _draining (see _on_sigterm)
         self._started: float | None = None  # when the first line now queued came (monotonic)
+        self._bytes = 0  # about how many bytes of lines are queued (callers on several threads add)
         self._callers_write = True  # see _put and _write
         self._pending = bytearray()  # whole lines taken from the queue and not yet written
         # a write failed, or found another process writing: the writer thread writes the pending lines
@@ -190,6 +196,7 @@ class JsonlFileHandler(logging.Handler):
         self._pending = bytearray()
         self._retrying = False
         self._started = None
+        self._bytes = 0
         self._flushing = False
         self._queued = threading.Event()
         self._wake = threading.Event()
@@ -233,12 +240,17 @@ class JsonlFileHandler(logging.Handler):
     def _put(self, item: bytes) -> None:
         queue = self._queue
         queue.append(item)
+        self._bytes += len(item)
         started = self._started
         if started is None:  # the first line of a batch
             self._started = time.monotonic()
             if not self._queued.is_set():  # the writer thread had gone idle: start its timer
                 self._queued.set()
-        elif len(queue) >= _BATCH_LINES or time.monotonic() - started >= _INTERVAL_S:
+        elif (
+            self._bytes >= _BATCH_BYTES
+            or len(queue) >= _BATCH_LINES
+            or time.monotonic() - started >= _INTERVAL_S
+        ):
             self._write_here()
 
     def _write_here(self) -> bool:
@@ -405,6 +417,7 @@ class JsonlFileHandler(logging.Handler):
         # system and were faulted in again for the next batch, page by page (bench/RESULTS.md)
         pending = self._pending
         self._started = None
+        self._bytes = 0
         queue = self._queue
         done = True
         try:
