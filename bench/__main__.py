@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if "calls" in only:
         show(*calls.non_streamed(sizes))
         show(*calls.per_call(sizes))
+        show(*calls.file_lines(sizes))
     if "instructions" in only:
         show(*instructions.measure(quick=args.quick))
         show(*instructions.per_chunk(quick=args.quick))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import resource
 import shutil
 import statistics
 import tempfile
@@ -32,7 +33,7 @@ import httpx2
 import openai
 
 import llm_ledger
-from llm_ledger import _config
+from llm_ledger import _config, _jsonl
 
 from . import _payloads
 from ._server import LoopbackServer
@@ -196,6 +197,10 @@ def _writer_cpu_ns() -> int:
     return total
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+
 def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
     """Section 1, steadier: the variants interleaved call by call, CPU time of each call.
 
@@ -218,6 +223,7 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
             "batches µs/call",
             "writer thread µs/call",
             "gc µs/call",
+            "page faults/call",
             "added µs",
             "ratio",
             "added, trimmed mean µs",
@@ -241,6 +247,7 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
                 create(**kwargs)
         llm_ledger.flush()
         samples: dict[str, list[int]] = {name: [] for name in creates}
+        faults = dict.fromkeys(creates, 0)
         items = list(creates.items())
         n = sizes.calls * sizes.rounds
         clock = time.thread_time_ns
@@ -273,10 +280,12 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         try:
             for index in range(n):
                 for name, create in items if index % 2 == 0 else items[::-1]:
+                    faulted = _minor_faults()
                     before = batches_ns
                     started = clock()
                     create(**kwargs)
                     samples[name].append(clock() - started - (batches_ns - before))
+                    faults[name] += _minor_faults() - faulted
             started = clock()
             llm_ledger.flush()
             batches_ns += clock() - started
@@ -301,7 +310,7 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         q = statistics.quantiles(values, n=4)
         table.add(
             name, n, medians[name], q[0] / 1000, q[2] / 1000, batches[name], writer[name], collections[name],
-            "" if name == "bare" else added[name],
+            f"{faults[name] / n:.2f}", "" if name == "bare" else added[name],
             "" if name == "bare" else f"{1 + added[name] / medians['bare']:.3f}",
             "" if name == "bare" else added_mean[name],
         )  # fmt: skip
@@ -311,8 +320,10 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         "median µs: CPU time of the calling thread per call (time.thread_time_ns around each call, less any "
         "batch it wrote), variants interleaved call by call (A B C, then C B A); added = median - bare's "
         "median + batches + writer thread + gc",
-        "batches: the batches of lines the calls wrote (building the records left to them, one write each "
-        "512) and the final flush; writer thread: its CPU time; both over the ledger's calls",
+        "batches: the batches of lines the calls wrote (one write each 512 lines or 64 kB) and the final "
+        "flush; writer thread: its CPU time; both over the ledger's calls",
+        "page faults/call: minor page faults of the calling thread (getrusage), the memory a call had the "
+        "kernel hand it (about a µs each, counted by no instruction count); they do not move with the host",
         "gc: the garbage collector's time over the run (all of it counted against the ledger, whose calls "
         "keep their records' inputs alive until their batch), over the ledger's calls",
         f"added, trimmed mean: the same with each variant's mean time, its fastest and slowest "
@@ -323,7 +334,57 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         "per_call_added_us": added["ledger"],
         "per_call_nofile_added_us": added["ledger, no file"],
         "per_call_added_trimmed_mean_us": added_mean["ledger"],
+        "per_call_page_faults": faults["ledger"] / n,
     }
+
+
+def file_lines(sizes: Sizes) -> tuple[Table, dict[str, float]]:
+    """The JSONL file alone: one call's record handed to it again and again (``write_record``), CPU
+    µs per record on the calling thread (serialising, queueing, its share of the batches) and on the
+    writer thread. Steadier than a whole call: no SDK around it. ``batch of 512 lines`` is the file
+    without its 64 kB bound, as it was: the memory of 512 separate lines freed together went back to
+    the system after each batch (glibc trims its heap beyond 128 kB) and was faulted in again."""
+    table = Table(
+        "The JSONL file alone: µs per record of a non-streamed call (write_record in a loop)",
+        ["batches", "line bytes", "caller µs/record", "writer thread µs/record", "page faults/record"],
+    )
+    figures: dict[str, float] = {}
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[])
+    records: list[Any] = []
+    monitor.add_sink(records.append)
+    monitor.instrument(client(_payloads.mock_transport())).chat.completions.create(**_payloads.chat_kwargs())
+    (record,) = records
+    n = 200 * max(sizes.calls, 1) // 2
+    for label, batch_bytes in (("as shipped (512 lines or 64 kB)", None), ("512 lines only", 10**12)):
+        with configured_ledger():
+            handler = _config._handler
+            assert handler is not None
+            assert handler._thread.ident is not None
+            saved = _jsonl._BATCH_BYTES
+            if batch_bytes is not None:
+                _jsonl._BATCH_BYTES = batch_bytes
+            writer_clock = time.pthread_getcpuclockid(handler._thread.ident)
+            try:
+                best = (float("inf"), 0.0, 0.0)
+                for _ in range(max(sizes.rounds // 3, 2)):
+                    gc.collect()
+                    writer, faulted = time.clock_gettime(writer_clock), _minor_faults()
+                    started = time.thread_time()
+                    for _ in range(n):
+                        handler.write_record(record)
+                    handler.flush()
+                    caller = (time.thread_time() - started) / n * 1e6
+                    faults = (_minor_faults() - faulted) / n
+                    best = min(best, (caller, (time.clock_gettime(writer_clock) - writer) / n * 1e6, faults))
+            finally:
+                _jsonl._BATCH_BYTES = saved
+        line = _jsonl.LedgerJsonFormatter().record_line(record)
+        table.add(label, len(line), *best[:2], f"{best[2]:.2f}")
+        figures[f"file_caller_us_{'shipped' if batch_bytes is None else '512_lines'}"] = best[0]
+    table.notes.append(
+        f"{n:,} records per round, the fastest of the rounds; the file is deleted after each variant"
+    )
+    return table, figures
 
 
 _TRIM = 0.05
