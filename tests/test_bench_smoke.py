@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 # MockTransport, its peers' instrumentations): it is not part of the SDK compatibility matrix
 @pytest.mark.sdk3
 def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
-    """All seven sections (nine tables) run in one quick pass and write their tables and headline figures."""
+    """All seven sections (ten tables) run in one quick pass and write their tables and headline figures."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
@@ -44,13 +44,14 @@ def test_every_benchmark_section_runs_at_tiny_sizes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     titles = [table["title"] for table in result["tables"]]
-    assert len(titles) == 9 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
+    assert len(titles) == 10 and any("Peers" in t for t in titles) and any("Replay" in t for t in titles)
     assert sum("callgrind" in t for t in titles) == 2
     headline = result["headline"]
-    assert any("call by call" in t for t in titles)
+    assert any("call by call" in t for t in titles) and any("JSONL file alone" in t for t in titles)
     for key in (
         "ledger_added_us",
         "per_call_added_us",
+        "file_caller_us_shipped",
         "lens_added_us",
         "chunk_us_asks",
         "replay_ratio_12",
