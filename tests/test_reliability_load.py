@@ -19,7 +19,7 @@ import llm_ledger
 from llm_ledger.testing import FakeOpenAI, capture
 from tests.reliability_helpers import FAKE_KEY, child_env, read_lines, record_figures, sized
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]  # writer and lenses, any SDK
 
 
 @pytest.mark.asyncio

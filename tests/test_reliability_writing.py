@@ -21,7 +21,7 @@ import llm_ledger
 from llm_ledger import _config, _jsonl
 from tests.reliability_helpers import child_env, mock_client, read_lines, record_figures
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]  # the writer, whatever the SDK
 
 
 def _child(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
