@@ -262,18 +262,14 @@ class LensRun(_Scope):
             )
         self.run_id = new_id()
         enclosing = _lenses.get()
+        run: dict[str, str | None] = {"lens_run_id": self.run_id}
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
-            self._extra = {
-                **self._extra,
-                "lens_run_id": self.run_id,
-                "parent_lens_run_id": enclosing[-1].run_id,
-            }
-        else:
-            self._extra = {**self._extra, "lens_run_id": self.run_id}
+            run["parent_lens_run_id"] = enclosing[-1].run_id
+        self._extra = {**self._extra, **run}
         self._enter()
         if self._monitor.budgets is not None:
             self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
-        self._lens_token = _lenses.set((*_lenses.get(), self))
+        self._lens_token = _lenses.set((*enclosing, self))
         self._started = time.time()
         self._started_perf = time.perf_counter()
         return self
