@@ -320,7 +320,7 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         "median µs: CPU time of the calling thread per call (time.thread_time_ns around each call, less any "
         "batch it wrote), variants interleaved call by call (A B C, then C B A); added = median - bare's "
         "median + batches + writer thread + gc",
-        "batches: the batches of lines the calls wrote (one write each 512 lines or 64 kB) and the final "
+        "batches: the batches of lines the calls wrote (one write each 512 lines or 1 MiB) and the final "
         "flush; writer thread: its CPU time; both over the ledger's calls",
         "page faults/call: minor page faults of the calling thread (getrusage), the memory a call had the "
         "kernel hand it (about a µs each, counted by no instruction count); they do not move with the host",
@@ -341,9 +341,10 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
 def file_lines(sizes: Sizes) -> tuple[Table, dict[str, float]]:
     """The JSONL file alone: one call's record handed to it again and again (``write_record``), CPU
     µs per record on the calling thread (serialising, queueing, its share of the batches) and on the
-    writer thread. Steadier than a whole call: no SDK around it. ``batch of 512 lines`` is the file
-    without its 64 kB bound, as it was: the memory of 512 separate lines freed together went back to
-    the system after each batch (glibc trims its heap beyond 128 kB) and was faulted in again."""
+    writer thread. Steadier than a whole call: no SDK around it. ``batches of 64 kB`` shows the trade:
+    the memory of 512 separate lines freed together goes back to the system after each batch (glibc
+    trims its heap beyond 128 kB) and is faulted in again, which smaller batches spare here; in whole
+    calls they cost more than they save (each wakes the writer thread; bench/RESULTS.md)."""
     table = Table(
         "The JSONL file alone: µs per record of a non-streamed call (write_record in a loop)",
         ["batches", "line bytes", "caller µs/record", "writer thread µs/record", "page faults/record"],
@@ -355,7 +356,7 @@ def file_lines(sizes: Sizes) -> tuple[Table, dict[str, float]]:
     monitor.instrument(client(_payloads.mock_transport())).chat.completions.create(**_payloads.chat_kwargs())
     (record,) = records
     n = 200 * max(sizes.calls, 1) // 2
-    for label, batch_bytes in (("as shipped (512 lines or 64 kB)", None), ("512 lines only", 10**12)):
+    for label, batch_bytes in (("as shipped (512 lines or 1 MiB)", None), ("64 kB", 64 * 1024)):
         with configured_ledger():
             handler = _config._handler
             assert handler is not None
@@ -380,7 +381,7 @@ def file_lines(sizes: Sizes) -> tuple[Table, dict[str, float]]:
                 _jsonl._BATCH_BYTES = saved
         line = _jsonl.LedgerJsonFormatter().record_line(record)
         table.add(label, len(line), *best[:2], f"{best[2]:.2f}")
-        figures[f"file_caller_us_{'shipped' if batch_bytes is None else '512_lines'}"] = best[0]
+        figures[f"file_caller_us_{'shipped' if batch_bytes is None else '64_kb'}"] = best[0]
     table.notes.append(
         f"{n:,} records per round, the fastest of the rounds; the file is deleted after each variant"
     )

@@ -2,7 +2,7 @@
 
 ``JsonlFileHandler`` takes ledger records as a sink (``write_record``) or as a logging handler
 (``emit``); on the caller's thread it only serialises the record and queues the line. The call that
-queues the 512th line or 64 kB of lines, or finds the oldest a second old, appends the batch;
+queues the 512th line or 1 MiB of lines, or finds the oldest a second old, appends the batch;
 ``flush()`` writes on its caller's thread; a writer thread writes what callers leave when they stop.
 A timer-driven background thread is what most monitors use, but while the application keeps the GIL
 busy such a thread costs the callers more than the writing itself (bench/RESULTS.md); so callers
@@ -53,10 +53,10 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
-# ... or this many bytes: the lines are separate allocations, freed together once written; beyond
-# glibc's heap trim threshold (128 kB by default) that memory went back to the system after each
-# batch and was faulted in again, page by page, as the next one was queued (bench/RESULTS.md)
-_BATCH_BYTES = 64 * 1024
+# ... or this many bytes: a bound on what waits in memory when lines are large (content capture).
+# Smaller batches spare the page faults of lines freed together, but each batch wakes the writer
+# thread, which costs more while the caller keeps the GIL busy (bench/RESULTS.md)
+_BATCH_BYTES = 1024 * 1024
 _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
 _SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread
 _EXIT_TIMEOUT_S = 10.0  # what a file system that hangs writes may add to each step of an exit

@@ -85,12 +85,11 @@ def test_the_call_that_fills_a_batch_writes_it_at_once(interval: Any, handler: A
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(_jsonl._BATCH_LINES))
 
 
-def test_the_call_that_queues_64_kb_writes_the_batch(interval: Any, handler: Any, tmp_path: Path) -> None:
-    """Large records make batches of fewer lines: lines freed together beyond glibc's heap trim
-    threshold went back to the system after each batch and were faulted in again for the next."""
+def test_the_call_that_queues_1_mib_writes_the_batch(interval: Any, handler: Any, tmp_path: Path) -> None:
+    """Large records (content capture) make batches of fewer lines: what waits in memory is bounded."""
     interval(60.0)
     h = handler()
-    messages = [{"event": "llm_api_call", "n": n, "pad": "x" * 1000} for n in range(_jsonl._BATCH_LINES)]
+    messages = [{"event": "llm_api_call", "n": n, "pad": "x" * 4000} for n in range(_jsonl._BATCH_LINES)]
     sizes = [len(json.dumps(m, separators=(",", ":"))) + 1 for m in messages]
     due = next(n for n in range(len(sizes)) if sum(sizes[: n + 1]) >= _jsonl._BATCH_BYTES)  # its line
     for message in messages[:due]:
@@ -98,7 +97,7 @@ def test_the_call_that_queues_64_kb_writes_the_batch(interval: Any, handler: Any
     assert (tmp_path / "llm_calls.jsonl").read_text() == ""
     h.handle(logging.LogRecord("llm_monitor", logging.INFO, "", 0, messages[due], None, None))
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(due + 1))
-    assert due < 100
+    assert due < _jsonl._BATCH_LINES - 1
 
 
 def test_a_line_that_waited_an_interval_is_written_by_the_next_call(
