@@ -63,27 +63,39 @@ def detect_provider(base_url: str, *, azure: bool = False) -> str | None:
 
 class Endpoint:
     """One instrumented client's server and the :class:`~llm_ledger._pricing.Route` its calls are priced
-    by, resolved at its first priced call and again only when the monitor's price table changes."""
+    by, resolved at its first priced call and again only when the monitor's price table or the client's
+    ``base_url`` changes (a reassigned ``client.base_url`` is a new URL object: one identity check)."""
 
-    __slots__ = ("_resolved", "azure", "base_url", "host", "port")
+    __slots__ = ("_client", "_resolved", "azure", "base_url", "host", "port")
 
     def __init__(self, client: Any) -> None:
+        self._client = client
         self.azure = any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
+        self.base_url: str = ""
+        self.host: str | None = None
+        self.port: int | None = None
+        self._resolved: tuple[PriceTable, Any, Route] | None = None  # the table, the URL, their route
+
+    def _current_url(self) -> Any:
         try:
-            self.base_url = str(client.base_url)
-            self.host, self.port = _address(client.base_url)
+            return self._client.base_url
         except Exception:  # not the SDK's client: a host nobody knows
-            self.base_url, self.host, self.port = "", None, None
-        self._resolved: tuple[PriceTable, Route] | None = None
+            return None
 
     def route(self, table: PriceTable) -> Route:
-        """The route of this client's calls in ``table`` (one identity check once resolved)."""
+        """The route of this client's calls in ``table`` (two identity checks once resolved)."""
         resolved = self._resolved  # one read: another thread may replace it
-        if resolved is not None and resolved[0] is table:
-            return resolved[1]
-        provider = detect_provider(self.base_url, azure=self.azure)
-        route = table.route(self.host, self.port, provider=provider)
-        self._resolved = (table, route)
+        url = self._current_url()
+        if resolved is not None and resolved[0] is table and resolved[1] is url:
+            return resolved[2]
+        try:
+            base_url, (host, port) = str(url), _address(url)
+        except Exception:
+            base_url, host, port = "", None, None
+        self.base_url, self.host, self.port = base_url, host, port
+        provider = detect_provider(base_url, azure=self.azure)
+        route = table.route(host, port, provider=provider)
+        self._resolved = (table, url, route)
         return route
 
 

@@ -278,6 +278,38 @@ def test_provider_is_found_once_per_client_and_again_when_prices_change(
     assert records.calls[-1]["cost"]["total_cost_usd"] == 0.0
 
 
+def test_a_reassigned_base_url_is_priced_at_its_new_host(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, tmp_path: Path
+) -> None:
+    """``client.base_url = ...`` after instrument() moves the client's calls to the new host's route,
+    as ``with_options(base_url=...)`` does; they were priced at the first host's rates before."""
+    with FakeOpenAI() as gateway:
+        monitor.prices = PriceTable.from_file(
+            write(
+                tmp_path,
+                f"""\
+                version: 1
+                hosts:
+                  "127.0.0.1:{port_of(fake_openai)}": {{provider: vllm, input: 0, output: 0}}
+                  "127.0.0.1:{port_of(gateway)}": {{provider: openrouter}}
+                """,
+            )
+        )
+        client = monitor.instrument(
+            openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
+        )
+        client.chat.completions.create(model="openai/gpt-4o", messages=HI)
+        client.base_url = gateway.base_url
+        client.chat.completions.create(model="openai/gpt-4o", messages=HI)
+    first, second = records.calls
+    assert (first["server"]["provider"], first["cost"]["total_cost_usd"]) == ("vllm", 0.0)
+    assert second["server"]["port"] == port_of(gateway)
+    assert second["server"]["provider"] == "openrouter"
+    assert second["cost"]["total_cost_usd"] == pytest.approx(
+        expected_usd("openrouter", "openai/gpt-4o", second["usage"]), rel=1e-12
+    )
+
+
 BAD_HOSTS = [
     ('"http://vllm.internal": {input: 0, output: 0}', "a scheme (http://) is not part of a host"),
     ('"vllm.internal/v1": {input: 0, output: 0}', "a path is not part of a host"),
