@@ -37,6 +37,7 @@ DEFAULT_DELAY_MS = 50
 DEFAULT_EMBEDDING_DIMENSIONS = 8
 CREATED = 1_700_000_000
 SYSTEM_FINGERPRINT = "fp_fake0001"
+STREAM_ERROR = "The server had an error while processing your request."
 SNAPSHOT_SUFFIX = "-2024-07-18"
 _LOREM_TEXT = (
     "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et "
@@ -380,6 +381,9 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
             events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     if content is not None:
         events += [chunk({"content": piece}) for piece in _split(content, chunks) if piece]
+    if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
+        error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
+        return _StreamReply([*events[: len(events) // 2 + 1], _sse({"error": error})])
     events.append(chunk({}, finish))
     if include_usage:
         events.append(_sse({**chunk_base, "choices": [], "usage": usage}))
@@ -468,7 +472,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "status": status,
             "background": False,
             "completed_at": CREATED + 1 if final else None,
-            "error": None,
+            "error": {"code": "server_error", "message": STREAM_ERROR} if status == "failed" else None,
             "incomplete_details": None,
             "instructions": instructions,
             "max_output_tokens": body.get("max_output_tokens"),
@@ -508,6 +512,16 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         return _sse({"type": kind, "sequence_number": next(sequence), **payload}, kind)
 
     pieces = _split(text, _chunks(headers))
+    if "stream-error" in faults:  # an error event after the first deltas, then the end
+        return _StreamReply(
+            [
+                event("response.created", response=response("in_progress", [], False)),
+                *(event("response.output_text.delta", **where, delta=p, logprobs=[]) for p in pieces[:1]),
+                event("error", code="server_error", message=STREAM_ERROR, param=None),
+            ]
+        )
+    failed = "response-failed" in faults
+    final = response("failed", [], True) if failed else response("completed", [item_done], True)
     return _StreamReply(
         [
             event("response.created", response=response("in_progress", [], False)),
@@ -522,7 +536,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             event("response.output_text.done", **where, text=text, logprobs=[]),
             event("response.content_part.done", **where, part=part_done),
             event("response.output_item.done", output_index=0, item=item_done),
-            event("response.completed", response=response("completed", [item_done], True)),
+            event("response.failed" if failed else "response.completed", response=final),
         ]
     )
 

@@ -178,7 +178,7 @@ class _StreamState:
                 shape["request_id"] = call.request_id
                 error = None
                 if kind == "response.failed":
-                    error = _ResponseFailed(getattr(response, "error", None))
+                    error = ResponseError(getattr(response, "error", None))
                 text = "".join(self.text) if self.text is not None else None
                 self.monitor._finish(
                     call, "error" if error else "ok", shape, usage, error=error, output_text=text
@@ -186,6 +186,8 @@ class _StreamState:
             except Exception as exc:
                 self.monitor._report("recording a stream", exc)
                 self._finish("ok")
+        elif kind == "error":  # the server gave up mid-stream (the SDK hands the event on)
+            self._finish("error", ResponseError(fields))
         return True
 
     # -- the end ----------------------------------------------------------------------------------------
@@ -226,12 +228,14 @@ class _StreamState:
             self.monitor._report("recording a stream", exc)
 
 
-class _ResponseFailed(Exception):
-    """Stands for a ``response.failed`` event in the record's ``error``."""
+class ResponseError(Exception):
+    """Stands, in the record's ``error``, for a Responses stream's ``response.failed`` or ``error``
+    event: the server gave up on the answer, and the SDK hands such events on instead of raising."""
 
     def __init__(self, detail: Any) -> None:
-        super().__init__(getattr(detail, "message", None) or "response.failed")
-        self.code = getattr(detail, "code", None)
+        fields = _fields(detail) or {}
+        super().__init__(fields.get("message") or "the response failed")
+        self.code = fields.get("code")
 
 
 # -- SDK streams: the chunk iterator wrapped in place ------------------------------------------------
@@ -344,10 +348,21 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
 class _Body:
     """Reads a body as its bytes pass to the caller: SSE events into the state, or JSON at its end."""
 
-    __slots__ = ("__weakref__", "buffer", "content_type", "data", "decoder", "parts", "sse", "state")
+    __slots__ = (
+        "__weakref__",
+        "buffer",
+        "content_type",
+        "data",
+        "decoder",
+        "parts",
+        "request",
+        "sse",
+        "state",
+    )
 
-    def __init__(self, state: _StreamState, headers: Any, sse: bool) -> None:
+    def __init__(self, state: _StreamState, headers: Any, sse: bool, request: Any = None) -> None:
         self.state = state
+        self.request = request
         self.sse = sse
         self.content_type = headers.get("content-type") or ""
         self.buffer = b""
@@ -396,8 +411,19 @@ class _Body:
             if type(fields) is dict:
                 if self.state.call.operation == "responses":
                     self.state.event(fields)
+                elif fields.get("error"):  # what the SDK raises as APIError, reading this stream
+                    self.state.fail(self._api_error(fields["error"]))
                 else:
                     self.state.chat(fields)
+
+    def _api_error(self, error: Any) -> BaseException:
+        """The ``openai.APIError`` the SDK raises for an error object in a chat stream."""
+        import openai
+
+        message = error.get("message") if type(error) is dict else None
+        if not isinstance(message, str) or not message:
+            message = "An error occurred during streaming"
+        return openai.APIError(message, self.request, body=error)
 
     def end(self) -> None:
         """The whole body was read."""
@@ -495,7 +521,11 @@ def _tap_classes(library: str) -> tuple[type, type]:
 def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool) -> None:
     """Read ``http_response``'s body as the caller reads it, and record the call when it ends."""
     state = _StreamState(monitor, call)
-    body = _Body(state, http_response.headers, sse=call.request["stream"])
+    try:
+        request = http_response.request  # named by the APIError of an error in the stream
+    except Exception:
+        request = None
+    body = _Body(state, http_response.headers, sse=call.request["stream"], request=request)
     sync_tap, async_tap = _tap_classes(type(http_response).__module__.partition(".")[0])
     tap = async_tap if is_async else sync_tap
     http_response.stream = tap(body, http_response.stream)

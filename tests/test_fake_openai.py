@@ -475,6 +475,36 @@ async def test_stream_faults_raise_async(fake: FakeOpenAI, fault: str) -> None:
     assert "response.completed" not in kinds
 
 
+def test_stream_error_fault_sends_the_apis_mid_stream_errors(client: openai.OpenAI) -> None:
+    """``stream-error``: chat streams end with an error object, which the SDK raises as APIError after
+    the first chunks; responses streams end with an ``error`` event, which it hands on."""
+    stream = client.chat.completions.create(
+        model=MODEL, messages=USER, stream=True, extra_headers={"x-fake-fault": "stream-error"}
+    )
+    received: list[openai.types.chat.ChatCompletionChunk] = []
+    with pytest.raises(openai.APIError, match=r"The server had an error while processing your request\."):
+        received.extend(stream)
+    assert received and all(c.choices[0].finish_reason is None for c in received)
+    fault = {"x-fake-fault": "stream-error"}
+    events = list(client.responses.create(model=MODEL, input="hi", stream=True, extra_headers=fault))
+    assert [e.type for e in events] == ["response.created", "response.output_text.delta", "error"]
+    assert events[-1].code == "server_error"  # type: ignore[union-attr]
+
+
+def test_response_failed_fault_ends_the_stream_with_response_failed(client: openai.OpenAI) -> None:
+    events = list(
+        client.responses.create(
+            model=MODEL, input="hi", stream=True, extra_headers={"x-fake-fault": "response-failed"}
+        )
+    )
+    last = events[-1]
+    assert last.type == "response.failed"
+    assert last.response.status == "failed"
+    assert last.response.error is not None and last.response.error.code == "server_error"
+    assert last.response.usage is not None
+    assert "response.completed" not in [e.type for e in events]
+
+
 def test_cut_close_delimited_stream_ends_early(client: openai.OpenAI) -> None:
     chunks = list(
         client.chat.completions.create(

@@ -119,6 +119,10 @@ FAULTS: dict[str, tuple[Scenario, tuple[int, int] | None, int, str, int | None]]
     ),
     "stream reset": (_cut_chat(headers={"x-fake-fault": "reset"}), None, 0, "error", 0),
     "responses stream cut": (_responses_stream(headers={"x-fake-fault": "cut-stream"}), None, 0, "error", 0),
+    "error mid-stream": (_cut_chat(headers={"x-fake-fault": "stream-error"}), None, 0, "error", 0),
+    # the SDK hands these events on (no exception): the answer failed all the same
+    "responses error event": (_responses_stream({"x-fake-fault": "stream-error"}), None, 0, "error", 0),
+    "responses failed": (_responses_stream({"x-fake-fault": "response-failed"}), None, 0, "error", 0),
     "5xx then retry": (_chat(), (500, 1), 2, "ok", 1),
     "5xx stream then retry": (_chat(True), (502, 2), 2, "ok", 2),
     "5xx retries exhausted": (_chat(), (503, 3), 2, "error", 2),
@@ -150,7 +154,7 @@ def test_caller_sees_the_same_outcome_and_the_ledger_records_the_fault(
     assert record["status"] == status
     assert record["retries"] == expected_retries
     if status == "error":
-        assert record["error"]["type"] == plain[1]
+        assert record["error"]["type"] == (plain[1] if plain[0] == "raised" else "ResponseError")
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 1
     assert lens["summary"]["errors"] == (status == "error")
@@ -379,3 +383,38 @@ def test_error_message_with_the_key_is_never_recorded(fake_openai: FakeOpenAI) -
         (record,) = records.calls
         assert FAKE_KEY not in repr(record)
         assert record["error"]["status_code"] == 401
+
+
+@pytest.mark.parametrize(
+    ("kind", "fault"),
+    [("chat", "stream-error"), ("responses", "stream-error"), ("responses", "response-failed")],
+)
+def test_an_error_inside_a_stream_read_as_bytes_is_recorded_as_create_records_it(
+    kind: str, fault: str, fake_openai: FakeOpenAI
+) -> None:
+    """``with_streaming_response``: the server's error inside the stream (chat: an error object, which
+    the SDK raises as APIError; responses: an ``error`` or ``response.failed`` event) is an ``error``
+    record with the same error type as ``create(stream=True)`` gives, not an interrupted or ok call."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    headers = {"x-fake-fault": fault, "x-fake-chunks": "6"}
+    request: Any = {"model": "gpt-4o-mini", "stream": True, "extra_headers": headers}
+    if kind == "chat":
+        request["messages"] = MESSAGES
+        endpoint: Any = client.chat.completions
+    else:
+        request["input"] = "hello there"
+        endpoint = client.responses
+    with capture(monitor) as records:
+        try:
+            for _ in endpoint.create(**request):
+                pass
+        except openai.APIError:
+            pass
+        with endpoint.with_streaming_response.create(**request) as response:
+            lines = list(response.iter_lines())
+    assert any("error" in line for line in lines)
+    created, streamed = records.calls
+    assert created["status"] == streamed["status"] == "error"
+    assert streamed["error"] == created["error"]
+    assert streamed["error"]["type"] == ("APIError" if kind == "chat" else "ResponseError")
