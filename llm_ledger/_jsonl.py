@@ -7,7 +7,7 @@ queues the 512th line or 1 MiB of lines, or finds the oldest a second old, appen
 A timer-driven background thread is what most monitors use, but while the application keeps the GIL
 busy such a thread costs the callers more than the writing itself (bench/RESULTS.md); so callers
 write, the writer thread sleeps without a timer while nothing is queued, and it takes over all
-writing after one slow write.
+writing after a slow write, until a write is fast again.
 
 Each batch is one ``O_APPEND`` write of whole lines under an exclusive ``flock`` every ledger writer
 takes: a short write (full disk) is cut back and kept for retry, and a partial last line left by a
@@ -58,7 +58,7 @@ _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
 # thread, which costs more while the caller keeps the GIL busy (bench/RESULTS.md)
 _BATCH_BYTES = 1024 * 1024
 _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
-_SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread
+_SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread, until one is fast
 _EXIT_TIMEOUT_S = 10.0  # what a file system that hangs writes may add to each step of an exit
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
@@ -490,14 +490,19 @@ class JsonlFileHandler(logging.Handler):
             raise
         del pending[:]
         self._retrying = False
-        if self._callers_write and time.monotonic() - started > _SLOW_WRITE_S:
+        elapsed = time.monotonic() - started
+        if elapsed <= _SLOW_WRITE_S:
+            # fast again (a stalled mount, a host that paused, dirty pages throttled): callers write
+            self._callers_write = True
+        elif self._callers_write:
             self._callers_write = False
-            internal_log.warning(
-                "llm-ledger: writing %s took %.1f s; the writer thread writes it from now on, "
-                "so that calls never wait for it",
-                self.path,
-                time.monotonic() - started,
-            )
+            if _due(_last_slow_write, self.path):
+                internal_log.warning(
+                    "llm-ledger: writing %s took %.1f s; the writer thread writes it until writes are "
+                    "fast again, so that calls never wait for it",
+                    self.path,
+                    elapsed,
+                )
         return True
 
     def _lock(self, fd: int, wait: bool) -> bool | None:
@@ -576,6 +581,7 @@ def _drop_oldest(lines: bytearray, keep: int) -> int:
 # when each file's last failure was reported: a file's reports are rate-limited, not another's
 _last_failure: dict[Path, float] = {}
 _last_format_failure: dict[Path, float] = {}
+_last_slow_write: dict[Path, float] = {}
 
 
 def _due(last: dict[Path, float], path: Path) -> bool:
