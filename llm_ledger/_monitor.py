@@ -334,9 +334,10 @@ class LLMCallMonitor:
             self._report("the redact hook", exc)
             return "[REDACTION FAILED]"
 
-    def _capture_request(self, call: _Call, body: Mapping[str, Any]) -> None:
-        """Keep a JSON-ready copy of the request's content; it is scrubbed when the call is recorded
-        (the client's key may only be known then: an API-key provider runs inside the request)."""
+    def _captured_request(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON-ready copy of the request's content, scrubbed when the call is recorded (the
+        client's key may only be known then: an API-key provider runs inside the request); None,
+        reported, when it cannot be copied: that costs the content, never the record."""
 
         def copy(value: Any) -> Any:
             if isinstance(value, str) or value is None or isinstance(value, (int, float, bool)):
@@ -348,7 +349,11 @@ class LLMCallMonitor:
             return None
 
         keys = ("messages", "input", "instructions", "tools")
-        call.content = {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
+        try:
+            return {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
+        except Exception as exc:  # e.g. nested deeper than the recursion limit allows
+            self._report("capturing a request's content", exc)
+            return None
 
     def _scrubbed_content(self, call: _Call, output_text: str | None) -> dict[str, Any] | None:
         content = call.content

@@ -262,3 +262,31 @@ except openai.BadRequestError:
     )
     assert rooted.returncode == 0, rooted.stderr
     assert '"event":"llm_api_call"' in rooted.stderr and "{'timestamp'" not in rooted.stderr
+
+
+def test_a_request_whose_content_cannot_be_captured_is_still_recorded_and_counted(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """With content capture on, a request the ledger fails to copy (nested deeper than its copy can
+    go, yet sent fine by the SDK) is recorded without content and counted: its lens ends, with
+    no call left open, and its record is written."""
+    monitor.capture_content = True
+    deep: Any = "x"
+    for _ in range(sys.getrecursionlimit() // 2):
+        deep = {"a": deep}
+    with monitor.lens("deep") as run:
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi", "metadata": deep}],  # type: ignore[list-item]
+        )
+    assert answer.choices[0].message.content
+    assert run.summary is not None
+    assert run.summary["total_api_calls"] == 1 and run.summary["open_calls"] == 0
+    (call,) = records.calls
+    assert call["status"] == "ok" and call["usage"]["total_tokens"]
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 1
+    assert any("capturing a request's content" in r.getMessage() for r in internal_log.records)
