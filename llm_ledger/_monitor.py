@@ -103,6 +103,19 @@ class _LedgerLogRecord(logging.LogRecord):
         return super().getMessage()
 
 
+# how many forks this process descends from: a call in flight at a fork (a stream open in the
+# parent) is the parent's to record, not also the child's when its finalizers run at exit
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 class _Call:
     """What the monitor knows about one call in flight."""
 
@@ -112,6 +125,7 @@ class _Call:
         "context",
         "done",
         "endpoint",
+        "forks",
         "hide_usage",
         "http_response",
         "lenses",
@@ -144,6 +158,7 @@ class _Call:
         self.ttft: float | None = None
         self.hide_usage = False
         self.done = False
+        self.forks = _forks  # see _forks
         self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
         self.server: ServerShape | None = None  # read from the last HTTP response, or the error's request
         self.start_epoch = time.time()
@@ -403,7 +418,7 @@ class LLMCallMonitor:
 
         A result the ledger cannot read is reported and the call is still recorded, without it.
         """
-        if call.done:
+        if call.done or call.forks != _forks:
             return
         call.done = True
         duration = time.perf_counter() - call.start_perf

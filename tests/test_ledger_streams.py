@@ -309,6 +309,40 @@ def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: 
     assert line["status"] == "interrupted"
 
 
+def test_a_stream_open_at_a_fork_is_recorded_once_by_the_parent(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A process forked while a stream is open in a lens: the child, leaving normally (its
+    finalizers run), records its own call but not its parent's stream, nor the lens again; the
+    parent records the stream and the lens once."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        with llm_ledger.lens("forks"):
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)
+            next(stream)
+            pid = os.fork()
+            if pid == 0:
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+                sys.exit(0)
+            os.waitpid(pid, 0)
+            for _ in stream:
+                pass
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    streams = [line for line in lines if line["event"] == "llm_api_call" and line["request"]["stream"]]
+    plain = [line for line in lines if line["event"] == "llm_api_call" and not line["request"]["stream"]]
+    lenses = [line for line in lines if line["event"] == "lens_summary"]
+    assert [line["status"] for line in streams] == ["ok"]
+    assert [line["status"] for line in plain] == ["ok"]  # the child's own call
+    assert [(s["summary"]["total_api_calls"], s["summary"]["open_calls"]) for s in lenses] == [(1, 0)]
+
+
 # -- unusual chunk sequences: the short path for plain text chunks counts what the full one does -----
 
 
