@@ -389,17 +389,29 @@ async def test_a_fault_reading_a_tapped_body_leaves_the_caller_alone(
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 async def test_a_fault_watching_chunks_hands_every_chunk_over(
     is_async: bool,
+    fake_openai: FakeOpenAI,
     client: openai.OpenAI,
     aclient: openai.AsyncOpenAI,
     records: Captured,
     monkeypatch: pytest.MonkeyPatch,
     internal_log: pytest.LogCaptureFixture,
 ) -> None:
-    """A chunk the ledger fails to read still reaches the caller; the call is still recorded."""
+    """Chunks the ledger fails to read reach the caller as the bare SDK's, and no more (not the
+    usage chunk it asked for on the caller's behalf); the call is still recorded."""
+
+    async def chunks(c: Any) -> list[Any]:
+        stream = await _maybe(c.chat.completions.create(**CHAT, stream=True))
+        got = [c async for c in stream] if is_async else list(stream)
+        return [{k: v for k, v in c.to_dict().items() if k not in ("id", "created")} for c in got]
+
+    bare_client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
+        api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
+    )
+    bare = await chunks(bare_client)
+    await _maybe(bare_client.close())
     monkeypatch.setattr(llm_ledger._streams._StreamState, "chat", _boom)
-    stream = await _maybe((aclient if is_async else client).chat.completions.create(**CHAT, stream=True))
-    chunks = [c async for c in stream] if is_async else list(stream)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Summary:")
+    watched = await chunks(aclient if is_async else client)
+    assert watched == bare and len(bare) > 3
     assert any("watching a stream" in r.getMessage() for r in internal_log.records)
     [record] = records.calls
     assert record["request"]["stream"] is True
