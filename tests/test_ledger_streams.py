@@ -292,10 +292,18 @@ async def test_async_abandoned_stream_is_recorded_when_collected(
     assert [r["status"] for r in records.calls] == ["interrupted"]
 
 
-def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    """A stream still open when the interpreter exits is written as interrupted, not lost."""
+# weakref.finalize runs its finalizers at exit from one atexit hook, registered by the first
+# finalize made: made before logging is imported, it runs after logging.shutdown() closed the file
+EARLY_FINALIZE = "import weakref, tempfile; kept_dir = tempfile.TemporaryDirectory()"
+
+
+@pytest.mark.parametrize("prelude", ["", EARLY_FINALIZE], ids=["plain", "finalize made before logging"])
+def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: Path, prelude: str) -> None:
+    """A stream still open when the interpreter exits is written as interrupted, not lost, whatever
+    the application made before importing the ledger."""
     script = textwrap.dedent(
         f"""
+        {prelude}
         import openai, llm_ledger
         llm_ledger.configure(log_dir={str(tmp_path)!r})
         client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
