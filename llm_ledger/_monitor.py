@@ -423,12 +423,14 @@ class LLMCallMonitor:
         call.done = True
         duration = time.perf_counter() - call.start_perf
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text, duration)
-        self._emit(record)
-        for run in call.lenses:
-            try:
-                run._end_call(record, cost_units)
-            except Exception as exc:  # pragma: no cover - counting only reads the record
-                self._report("counting a call in its lens", exc)
+        try:
+            self._emit(record)
+        finally:  # counted even when Ctrl-C lands in a sink: else its lens would wait for it for good
+            for run in call.lenses:
+                try:
+                    run._end_call(record, cost_units)
+                except Exception as exc:  # pragma: no cover - counting only reads the record
+                    self._report("counting a call in its lens", exc)
 
     def _record(
         self,

@@ -290,3 +290,27 @@ def test_a_request_whose_content_cannot_be_captured_is_still_recorded_and_counte
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 1
     assert any("capturing a request's content" in r.getMessage() for r in internal_log.records)
+
+
+def test_ctrl_c_inside_a_sink_still_counts_the_call_in_its_lens(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Ctrl-C landing while a slow sink handles a call's record reaches the caller, as Ctrl-C
+    anywhere would; the call still counts in its lens, whose record is written at its end."""
+    fired: list[Any] = []
+
+    def slow_sink(record: Any) -> None:
+        if record["event"] == "llm_api_call" and not fired:
+            fired.append(record)
+            raise KeyboardInterrupt  # what Ctrl-C during the sink's work raises
+
+    monitor.add_sink(slow_sink)
+    with monitor.lens("interrupted sink") as run:
+        with pytest.raises(KeyboardInterrupt):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["open_calls"]) == (2, 0)
+    assert len(records.calls) == 2
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 2
