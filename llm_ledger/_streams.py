@@ -401,7 +401,11 @@ class _Body:
             self.data = []
             if payload.startswith(b"[DONE]"):
                 return
-            fields = orjson.loads(payload)
+            try:
+                fields = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:  # the SDK's parse() fails here too: as create() records it
+                self.state.fail(exc)
+                return
             if type(fields) is dict:
                 if self.state.call.operation == "responses":
                     self.state.event(fields)

@@ -19,6 +19,8 @@ import pytest
 
 import llm_ledger._streams
 from llm_ledger.testing import Captured, FakeOpenAI
+from tests.conftest import FAKE_KEY
+from tests.sdk import sdk_http
 
 MESSAGES: Any = [{"role": "user", "content": "Tell me about the ledger of every path"}]
 CHAT: Any = {"model": "gpt-4o-mini", "messages": MESSAGES}
@@ -325,6 +327,53 @@ async def test_streaming_response_stream_is_sent_unchanged(
     [record] = records.calls
     assert record["status"] == "ok" and record["response"]["finish_reason"] == "stop"
     assert record["usage"]["total_tokens"] is None
+
+
+def _malformed_stream_client(is_async: bool) -> Any:
+    """A real SDK client whose chat stream sends one event, then one whose data is not JSON."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}  # fmt: skip
+    body = f"data: {json.dumps(chunk)}\n\n".encode() + b"data: {not json\n\n" + b"data: [DONE]\n\n"
+
+    class Body(sdk_http.SyncByteStream, sdk_http.AsyncByteStream):  # read from the network, as a stream
+        def __iter__(self) -> Any:
+            yield body
+
+        async def __aiter__(self) -> Any:
+            yield body
+
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
+        return sdk_http.Response(200, headers={"content-type": "text/event-stream"}, stream=Body())
+
+    transport = sdk_http.MockTransport(handler)
+    if is_async:
+        http: Any = sdk_http.AsyncClient(transport=transport)
+        return openai.AsyncOpenAI(api_key=FAKE_KEY, max_retries=0, http_client=http)
+    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=sdk_http.Client(transport=transport))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("how", ["parse", "iter_lines"])
+async def test_streaming_response_with_an_event_that_is_not_json_is_an_error(
+    how: str, is_async: bool, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An event stream with an event that is not JSON: create() raises the SDK's JSONDecodeError and
+    records an error; a with_streaming_response body is recorded the same, however it is read."""
+    client = monitor.instrument(_malformed_stream_client(is_async))
+    with pytest.raises(json.JSONDecodeError):
+        await _drain(await _maybe(client.chat.completions.create(**CHAT_STREAM)))
+    manager = client.chat.completions.with_streaming_response.create(**CHAT_STREAM)
+    response = await _enter(manager)
+    try:
+        await _read(response, how, stream=True)
+    except json.JSONDecodeError:
+        assert how == "parse"  # the SDK's chunks fail as create()'s did; the lines are handed over
+    await _exit(manager)
+    await _maybe(client.close())
+    expected, got = records.calls
+    assert expected["status"] == "error" and expected["error"]["type"] == "JSONDecodeError"
+    assert _essentials(got) == _essentials(expected)
 
 
 # -- with_raw_response: the body the SDK read, read as create() reads it -------------------------------
