@@ -226,6 +226,36 @@ def test_a_redact_hook_that_raises_leaves_the_record_and_leaks_nothing(
     assert any("redact hook" in r.getMessage() for r in internal_log.records)
 
 
+@pytest.mark.parametrize("returned", [None, b"bytes", 42], ids=["None", "bytes", "int"])
+def test_a_redact_hook_returning_no_str_leaves_the_record_and_leaks_nothing(
+    returned: Any,
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """A ``redact`` hook that returns something other than a str (a forgotten ``return``) is a
+    failed redaction: a placeholder for each captured string of a plain, streamed and failed call,
+    never the hook's value nor the text; every call is recorded and counted."""
+    monitor.capture_content = True
+    monitor.redact = lambda text: returned
+    with monitor.lens("hooked") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    plain, streamed, failed = records.calls
+    for call in (plain, streamed):
+        failed_text = "[REDACTION FAILED]"
+        message = {"role": failed_text, "content": failed_text}
+        assert call["content"] == {"messages": [message], "output": failed_text}
+    assert failed["error"]["message"] == "[REDACTION FAILED]"
+    assert run.summary is not None and run.summary["total_api_calls"] == 3
+    assert any("returned" in r.getMessage() and "not str" in r.getMessage() for r in internal_log.records)
+
+
 def test_a_key_from_an_api_key_provider_is_redacted_from_the_first_call(
     fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
