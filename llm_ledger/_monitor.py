@@ -423,14 +423,21 @@ class LLMCallMonitor:
         call.done = True
         duration = time.perf_counter() - call.start_perf
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text, duration)
+        # counted before the sinks are handed the record (one may change it in place), settled after
+        counted: list[tuple[LensRun, bool]] = []
+        for run in call.lenses:
+            try:
+                counted.append((run, run._count_call(record, cost_units)))
+            except Exception as exc:  # pragma: no cover - counting only reads the record
+                self._report("counting a call in its lens", exc)
         try:
             self._emit(record)
-        finally:  # counted even when Ctrl-C lands in a sink: else its lens would wait for it for good
-            for run in call.lenses:
+        finally:  # even when Ctrl-C lands in a sink: else its lens would wait for the call for good
+            for run, due in counted:
                 try:
-                    run._end_call(record, cost_units)
-                except Exception as exc:  # pragma: no cover - counting only reads the record
-                    self._report("counting a call in its lens", exc)
+                    run._settle_call(due)
+                except Exception as exc:
+                    self._report("ending a lens", exc)
 
     def _record(
         self,

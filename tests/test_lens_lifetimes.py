@@ -344,3 +344,27 @@ def test_ctrl_c_inside_a_sink_still_counts_the_call_in_its_lens(
     assert len(records.calls) == 2
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 2
+
+
+def test_a_sink_that_trims_records_in_place_changes_no_lens_count(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A sink may change the record it is handed (drop ``usage`` or ``content`` before exporting
+    it): its lens still counts the call as it was recorded, and writes its record."""
+
+    def trim(record: Any) -> None:
+        if record["event"] == "llm_api_call":
+            record.pop("usage")
+            record["status"] = "trimmed"
+
+    monitor.add_sink(trim)
+    with monitor.lens("trimmed") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["open_calls"], run.summary["errors"]) == (2, 0, 1)
+    assert run.summary["total_tokens"] == sum(c["usage"]["total_tokens"] or 0 for c in records.calls) > 0
+    assert len(records.lenses) == 1
