@@ -368,3 +368,60 @@ def test_a_sink_that_trims_records_in_place_changes_no_lens_count(
     assert (run.summary["total_api_calls"], run.summary["open_calls"], run.summary["errors"]) == (2, 0, 1)
     assert run.summary["total_tokens"] == sum(c["usage"]["total_tokens"] or 0 for c in records.calls) > 0
     assert len(records.lenses) == 1
+
+
+@pytest.mark.asyncio
+async def test_streams_cancelled_in_a_gather_each_count_once_in_their_lens(
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """Many streams over every streaming path, gathered in one lens, half of them cancelled once
+    each has begun: each call is recorded once (``interrupted`` if cancelled, else ``ok``) and
+    counted in the lens, which ends with no call open; the ledger reports no failure of its own."""
+    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "20", "x-fake-chunks": "40"}  # ~0.8 s each
+    begun = [asyncio.Event() for _ in range(12)]
+
+    async def chat(n: int) -> None:
+        stream = await aclient.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow
+        )
+        async for _ in stream:
+            begun[n].set()
+
+    async def streaming_response(n: int) -> None:
+        manager = aclient.chat.completions.with_streaming_response.create
+        async with manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow) as response:
+            async for _ in response.iter_lines():
+                begun[n].set()
+
+    async def responses(n: int) -> None:
+        stream = await aclient.responses.create(
+            model="gpt-4o-mini", input="hi", stream=True, extra_headers=slow
+        )
+        async for _ in stream:
+            begun[n].set()
+
+    async def raw_response(n: int) -> None:
+        manager = aclient.chat.completions.with_raw_response.create
+        raw = await manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow)
+        async for _ in raw.parse():
+            begun[n].set()
+
+    paths = [chat, streaming_response, responses, raw_response] * 3
+    async with monitor.lens("fan-out") as run:
+        tasks = [asyncio.create_task(path(n)) for n, path in enumerate(paths)]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in begun)), 10)
+        for task in tasks[::2]:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = [isinstance(outcome, asyncio.CancelledError) for outcome in outcomes]
+    assert cancelled == [True, False] * 6 and not [o for o in outcomes if isinstance(o, Exception)]
+    calls = records.calls
+    assert len({c["call_id"] for c in calls}) == len(calls) == 12
+    assert sorted(c["status"] for c in calls) == ["interrupted"] * 6 + ["ok"] * 6
+    (lens,) = records.lenses
+    assert (lens["summary"]["total_api_calls"], lens["summary"]["open_calls"]) == (12, 0)
+    assert run.summary == lens["summary"]
+    assert not [r for r in internal_log.records if r.name == "llm_ledger.internal"]
