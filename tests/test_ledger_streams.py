@@ -317,6 +317,29 @@ def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: 
     assert line["status"] == "interrupted"
 
 
+def test_calls_made_in_an_atexit_hook_are_written(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """Calls an application makes in its own atexit hook (which runs before the ledger's: hooks run
+    last registered first) are written, a stream it leaves open and the lens around them included."""
+    script = textwrap.dedent(
+        f"""
+        import atexit, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+
+        @atexit.register
+        def goodbye():
+            with llm_ledger.lens("goodbye"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+                next(client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert [line.get("status") for line in lines if line["event"] == "llm_api_call"] == ["ok", "interrupted"]
+    assert [line["summary"]["total_api_calls"] for line in lines if line["event"] == "lens_summary"] == [2]
+
+
 def test_a_stream_open_at_a_fork_is_recorded_once_by_the_parent(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
