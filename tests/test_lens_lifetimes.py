@@ -425,3 +425,35 @@ async def test_streams_cancelled_in_a_gather_each_count_once_in_their_lens(
     assert (lens["summary"]["total_api_calls"], lens["summary"]["open_calls"]) == (12, 0)
     assert run.summary == lens["summary"]
     assert not [r for r in internal_log.records if r.name == "llm_ledger.internal"]
+
+
+@pytest.mark.asyncio
+async def test_nested_lenses_in_tasks_count_in_every_enclosing_run(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Lenses opened in tasks inside a lens nest under it: each call counts in its own run and in the
+    enclosing one; a task that only calls after the enclosing run ended counts in its own run alone."""
+    outer_ended = asyncio.Event()
+
+    async def inner(n: int, late: bool = False) -> str | None:
+        if late:
+            await outer_ended.wait()
+        run = monitor.lens("inner", n=n)
+        async with run:
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            await asyncio.gather(
+                *(aclient.chat.completions.create(model="gpt-4o-mini", messages=HI) for _ in range(2))
+            )
+        return run.run_id
+
+    async with monitor.lens("outer") as outer:
+        inner_ids = await asyncio.gather(*(asyncio.create_task(inner(n)) for n in range(4)))
+        late = asyncio.create_task(inner(99, late=True))
+    outer_ended.set()
+    late_id = await late
+    by_run = {lens["context"]["lens_run_id"]: lens for lens in records.lenses}
+    assert by_run[outer.run_id]["summary"]["total_api_calls"] == 12
+    for run_id in (*inner_ids, late_id):
+        assert by_run[run_id]["summary"]["total_api_calls"] == 3
+        assert by_run[run_id]["context"]["parent_lens_run_id"] == outer.run_id
+    assert sum(c["context"]["lens_run_id"] == late_id for c in records.calls) == 3
