@@ -89,19 +89,12 @@ def _begin(
         body = options.json_data
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed
             return None, options
-        if monitor.capture_content:
-            call = _Call(operation, request_shape(operation, body, stream=stream), client, endpoint)
-            monitor._capture_request(call, body)
-        else:
-            call = _Call(operation, request_shape(operation, body, stream=stream), None, endpoint)
-        if not counts_retries:
-            call.retries = None
+        request = request_shape(operation, body, stream=stream)
         headers = options.headers
-        raw = call.raw = (
-            headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
-        )
+        raw = headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
         # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
         # (only the SDK's parsed chunks can hide the extra usage chunk) or said include_usage: False
+        hide_usage = False
         if stream and operation == "chat" and monitor.stream_usage and raw in (None, "true"):
             stream_options = body.get("stream_options")
             said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
@@ -114,11 +107,21 @@ def _begin(
                         "include_usage": True,
                     },
                 }
-                call.hide_usage = True
-        return call, options
+                hide_usage = True
     except Exception as exc:
         monitor._report("reading the request", exc)
         return None, options
+    # made last: a call counts in its lenses from here on, so it must reach _finish
+    if monitor.capture_content:
+        call = _Call(operation, request, client, endpoint)
+        call.content = monitor._captured_request(body)
+    else:
+        call = _Call(operation, request, None, endpoint)
+    if not counts_retries:
+        call.retries = None
+    call.raw = raw
+    call.hide_usage = hide_usage
+    return call, options
 
 
 def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:

@@ -243,6 +243,9 @@ class JsonlFileHandler(logging.Handler):
         self._bytes += len(item)
         started = self._started
         if started is None:  # the first line of a batch
+            if self._closed:  # a record made after close(), at exit (a stream's finalizer): no writer is left
+                self._flush_by_writer(_EXIT_TIMEOUT_S)
+                return
             self._started = time.monotonic()
             if not self._queued.is_set():  # the writer thread had gone idle: start its timer
                 self._queued.set()

@@ -103,6 +103,19 @@ class _LedgerLogRecord(logging.LogRecord):
         return super().getMessage()
 
 
+# how many forks this process descends from: a call in flight at a fork (a stream open in the
+# parent) is the parent's to record, not also the child's when its finalizers run at exit
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 class _Call:
     """What the monitor knows about one call in flight."""
 
@@ -112,6 +125,7 @@ class _Call:
         "context",
         "done",
         "endpoint",
+        "forks",
         "hide_usage",
         "http_response",
         "lenses",
@@ -144,6 +158,7 @@ class _Call:
         self.ttft: float | None = None
         self.hide_usage = False
         self.done = False
+        self.forks = _forks  # see _forks
         self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
         self.server: ServerShape | None = None  # read from the last HTTP response, or the error's request
         self.start_epoch = time.time()
@@ -334,9 +349,10 @@ class LLMCallMonitor:
             self._report("the redact hook", exc)
             return "[REDACTION FAILED]"
 
-    def _capture_request(self, call: _Call, body: Mapping[str, Any]) -> None:
-        """Keep a JSON-ready copy of the request's content; it is scrubbed when the call is recorded
-        (the client's key may only be known then: an API-key provider runs inside the request)."""
+    def _captured_request(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON-ready copy of the request's content, scrubbed when the call is recorded (the
+        client's key may only be known then: an API-key provider runs inside the request); None,
+        reported, when it cannot be copied: that costs the content, never the record."""
 
         def copy(value: Any) -> Any:
             if isinstance(value, str) or value is None or isinstance(value, (int, float, bool)):
@@ -348,7 +364,11 @@ class LLMCallMonitor:
             return None
 
         keys = ("messages", "input", "instructions", "tools")
-        call.content = {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
+        try:
+            return {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
+        except Exception as exc:  # e.g. nested deeper than the recursion limit allows
+            self._report("capturing a request's content", exc)
+            return None
 
     def _scrubbed_content(self, call: _Call, output_text: str | None) -> dict[str, Any] | None:
         content = call.content
@@ -398,17 +418,26 @@ class LLMCallMonitor:
 
         A result the ledger cannot read is reported and the call is still recorded, without it.
         """
-        if call.done:
+        if call.done or call.forks != _forks:
             return
         call.done = True
         duration = time.perf_counter() - call.start_perf
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text, duration)
-        self._emit(record)
+        # counted before the sinks are handed the record (one may change it in place), settled after
+        counted: list[tuple[LensRun, bool]] = []
         for run in call.lenses:
             try:
-                run._end_call(record, cost_units)
+                counted.append((run, run._count_call(record, cost_units)))
             except Exception as exc:  # pragma: no cover - counting only reads the record
                 self._report("counting a call in its lens", exc)
+        try:
+            self._emit(record)
+        finally:  # even when Ctrl-C lands in a sink: else its lens would wait for the call for good
+            for run, due in counted:
+                try:
+                    run._settle_call(due)
+                except Exception as exc:
+                    self._report("ending a lens", exc)
 
     def _record(
         self,

@@ -149,6 +149,15 @@ class _StreamState:
         self.warm = call.ttft is not None and self.id is not None
         return True
 
+    def shown_after_fault(self, chunk: Any) -> bool:
+        """Whether the caller gets a chunk the ledger failed to read: yes, unless it is the usage
+        chunk the ledger asked for on the caller's behalf (a caller reading ``choices[0]`` of
+        every chunk would fail on it)."""
+        try:
+            return not (self.hide_usage and not chunk.choices and chunk.usage is not None)
+        except Exception:
+            return True  # not an SDK chunk: handed on
+
     # -- responses ------------------------------------------------------------------------------------
 
     def event_model(self, event: Any) -> bool:
@@ -248,7 +257,7 @@ def _sdk_sync(state: _StreamState, chunks: Iterator[Any], see: Callable[[Any], b
                 show = see(chunk)
             except Exception as exc:  # a fault in the ledger: the caller still gets the chunk
                 state.monitor._report("watching a stream", exc)
-                show = True
+                show = state.shown_after_fault(chunk)
             if show:
                 yield chunk
     except GeneratorExit:
@@ -269,7 +278,7 @@ async def _sdk_async(
                 show = see(chunk)
             except Exception as exc:  # a fault in the ledger: the caller still gets the chunk
                 state.monitor._report("watching a stream", exc)
-                show = True
+                show = state.shown_after_fault(chunk)
             if show:
                 yield chunk
     except GeneratorExit:
@@ -407,7 +416,11 @@ class _Body:
             self.data = []
             if payload.startswith(b"[DONE]"):
                 return
-            fields = orjson.loads(payload)
+            try:
+                fields = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:  # the SDK's parse() fails here too: as create() records it
+                self.state.fail(exc)
+                return
             if type(fields) is dict:
                 if self.state.call.operation == "responses":
                     self.state.event(fields)

@@ -19,6 +19,8 @@ import pytest
 
 import llm_ledger._streams
 from llm_ledger.testing import Captured, FakeOpenAI
+from tests.conftest import FAKE_KEY
+from tests.sdk import sdk_http
 
 MESSAGES: Any = [{"role": "user", "content": "Tell me about the ledger of every path"}]
 CHAT: Any = {"model": "gpt-4o-mini", "messages": MESSAGES}
@@ -327,6 +329,53 @@ async def test_streaming_response_stream_is_sent_unchanged(
     assert record["usage"]["total_tokens"] is None
 
 
+def _malformed_stream_client(is_async: bool) -> Any:
+    """A real SDK client whose chat stream sends one event, then one whose data is not JSON."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}  # fmt: skip
+    body = f"data: {json.dumps(chunk)}\n\n".encode() + b"data: {not json\n\n" + b"data: [DONE]\n\n"
+
+    class Body(sdk_http.SyncByteStream, sdk_http.AsyncByteStream):  # read from the network, as a stream
+        def __iter__(self) -> Any:
+            yield body
+
+        async def __aiter__(self) -> Any:
+            yield body
+
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
+        return sdk_http.Response(200, headers={"content-type": "text/event-stream"}, stream=Body())
+
+    transport = sdk_http.MockTransport(handler)
+    if is_async:
+        http: Any = sdk_http.AsyncClient(transport=transport)
+        return openai.AsyncOpenAI(api_key=FAKE_KEY, max_retries=0, http_client=http)
+    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=sdk_http.Client(transport=transport))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("how", ["parse", "iter_lines"])
+async def test_streaming_response_with_an_event_that_is_not_json_is_an_error(
+    how: str, is_async: bool, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An event stream with an event that is not JSON: create() raises the SDK's JSONDecodeError and
+    records an error; a with_streaming_response body is recorded the same, however it is read."""
+    client = monitor.instrument(_malformed_stream_client(is_async))
+    with pytest.raises(json.JSONDecodeError):
+        await _drain(await _maybe(client.chat.completions.create(**CHAT_STREAM)))
+    manager = client.chat.completions.with_streaming_response.create(**CHAT_STREAM)
+    response = await _enter(manager)
+    try:
+        await _read(response, how, stream=True)
+    except json.JSONDecodeError:
+        assert how == "parse"  # the SDK's chunks fail as create()'s did; the lines are handed over
+    await _exit(manager)
+    await _maybe(client.close())
+    expected, got = records.calls
+    assert expected["status"] == "error" and expected["error"]["type"] == "JSONDecodeError"
+    assert _essentials(got) == _essentials(expected)
+
+
 # -- with_raw_response: the body the SDK read, read as create() reads it -------------------------------
 
 
@@ -389,17 +438,29 @@ async def test_a_fault_reading_a_tapped_body_leaves_the_caller_alone(
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 async def test_a_fault_watching_chunks_hands_every_chunk_over(
     is_async: bool,
+    fake_openai: FakeOpenAI,
     client: openai.OpenAI,
     aclient: openai.AsyncOpenAI,
     records: Captured,
     monkeypatch: pytest.MonkeyPatch,
     internal_log: pytest.LogCaptureFixture,
 ) -> None:
-    """A chunk the ledger fails to read still reaches the caller; the call is still recorded."""
+    """Chunks the ledger fails to read reach the caller as the bare SDK's, and no more (not the
+    usage chunk it asked for on the caller's behalf); the call is still recorded."""
+
+    async def chunks(c: Any) -> list[Any]:
+        stream = await _maybe(c.chat.completions.create(**CHAT, stream=True))
+        got = [c async for c in stream] if is_async else list(stream)
+        return [{k: v for k, v in c.to_dict().items() if k not in ("id", "created")} for c in got]
+
+    bare_client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
+        api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
+    )
+    bare = await chunks(bare_client)
+    await _maybe(bare_client.close())
     monkeypatch.setattr(llm_ledger._streams._StreamState, "chat", _boom)
-    stream = await _maybe((aclient if is_async else client).chat.completions.create(**CHAT, stream=True))
-    chunks = [c async for c in stream] if is_async else list(stream)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Summary:")
+    watched = await chunks(aclient if is_async else client)
+    assert watched == bare and len(bare) > 3
     assert any("watching a stream" in r.getMessage() for r in internal_log.records)
     [record] = records.calls
     assert record["request"]["stream"] is True

@@ -292,10 +292,18 @@ async def test_async_abandoned_stream_is_recorded_when_collected(
     assert [r["status"] for r in records.calls] == ["interrupted"]
 
 
-def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    """A stream still open when the interpreter exits is written as interrupted, not lost."""
+# weakref.finalize runs its finalizers at exit from one atexit hook, registered by the first
+# finalize made: made before logging is imported, it runs after logging.shutdown() closed the file
+EARLY_FINALIZE = "import weakref, tempfile; kept_dir = tempfile.TemporaryDirectory()"
+
+
+@pytest.mark.parametrize("prelude", ["", EARLY_FINALIZE], ids=["plain", "finalize made before logging"])
+def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: Path, prelude: str) -> None:
+    """A stream still open when the interpreter exits is written as interrupted, not lost, whatever
+    the application made before importing the ledger."""
     script = textwrap.dedent(
         f"""
+        {prelude}
         import openai, llm_ledger
         llm_ledger.configure(log_dir={str(tmp_path)!r})
         client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
@@ -307,6 +315,63 @@ def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: 
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
     [line] = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert line["status"] == "interrupted"
+
+
+def test_calls_made_in_an_atexit_hook_are_written(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """Calls an application makes in its own atexit hook (which runs before the ledger's: hooks run
+    last registered first) are written, a stream it leaves open and the lens around them included."""
+    script = textwrap.dedent(
+        f"""
+        import atexit, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+
+        @atexit.register
+        def goodbye():
+            with llm_ledger.lens("goodbye"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+                next(client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert [line.get("status") for line in lines if line["event"] == "llm_api_call"] == ["ok", "interrupted"]
+    assert [line["summary"]["total_api_calls"] for line in lines if line["event"] == "lens_summary"] == [2]
+
+
+def test_a_stream_open_at_a_fork_is_recorded_once_by_the_parent(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A process forked while a stream is open in a lens: the child, leaving normally (its
+    finalizers run), records its own call but not its parent's stream, nor the lens again; the
+    parent records the stream and the lens once."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        with llm_ledger.lens("forks"):
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)
+            next(stream)
+            pid = os.fork()
+            if pid == 0:
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+                sys.exit(0)
+            os.waitpid(pid, 0)
+            for _ in stream:
+                pass
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    streams = [line for line in lines if line["event"] == "llm_api_call" and line["request"]["stream"]]
+    plain = [line for line in lines if line["event"] == "llm_api_call" and not line["request"]["stream"]]
+    lenses = [line for line in lines if line["event"] == "lens_summary"]
+    assert [line["status"] for line in streams] == ["ok"]
+    assert [line["status"] for line in plain] == ["ok"]  # the child's own call
+    assert [(s["summary"]["total_api_calls"], s["summary"]["open_calls"]) for s in lenses] == [(1, 0)]
 
 
 # -- unusual chunk sequences: the short path for plain text chunks counts what the full one does -----

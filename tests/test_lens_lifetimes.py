@@ -226,6 +226,36 @@ def test_a_redact_hook_that_raises_leaves_the_record_and_leaks_nothing(
     assert any("redact hook" in r.getMessage() for r in internal_log.records)
 
 
+@pytest.mark.parametrize("returned", [None, b"bytes", 42], ids=["None", "bytes", "int"])
+def test_a_redact_hook_returning_no_str_leaves_the_record_and_leaks_nothing(
+    returned: Any,
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """A ``redact`` hook that returns something other than a str (a forgotten ``return``) is a
+    failed redaction: a placeholder for each captured string of a plain, streamed and failed call,
+    never the hook's value nor the text; every call is recorded and counted."""
+    monitor.capture_content = True
+    monitor.redact = lambda text: returned
+    with monitor.lens("hooked") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    plain, streamed, failed = records.calls
+    for call in (plain, streamed):
+        failed_text = "[REDACTION FAILED]"
+        message = {"role": failed_text, "content": failed_text}
+        assert call["content"] == {"messages": [message], "output": failed_text}
+    assert failed["error"]["message"] == "[REDACTION FAILED]"
+    assert run.summary is not None and run.summary["total_api_calls"] == 3
+    assert any("returned" in r.getMessage() and "not str" in r.getMessage() for r in internal_log.records)
+
+
 def test_a_key_from_an_api_key_provider_is_redacted_from_the_first_call(
     fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
@@ -262,3 +292,168 @@ except openai.BadRequestError:
     )
     assert rooted.returncode == 0, rooted.stderr
     assert '"event":"llm_api_call"' in rooted.stderr and "{'timestamp'" not in rooted.stderr
+
+
+def test_a_request_whose_content_cannot_be_captured_is_still_recorded_and_counted(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """With content capture on, a request the ledger fails to copy (nested deeper than its copy can
+    go, yet sent fine by the SDK) is recorded without content and counted: its lens ends, with
+    no call left open, and its record is written."""
+    monitor.capture_content = True
+    deep: Any = "x"
+    for _ in range(sys.getrecursionlimit() // 2):
+        deep = {"a": deep}
+    with monitor.lens("deep") as run:
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi", "metadata": deep}],  # type: ignore[list-item]
+        )
+    assert answer.choices[0].message.content
+    assert run.summary is not None
+    assert run.summary["total_api_calls"] == 1 and run.summary["open_calls"] == 0
+    (call,) = records.calls
+    assert call["status"] == "ok" and call["usage"]["total_tokens"]
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 1
+    assert any("capturing a request's content" in r.getMessage() for r in internal_log.records)
+
+
+def test_ctrl_c_inside_a_sink_still_counts_the_call_in_its_lens(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Ctrl-C landing while a slow sink handles a call's record reaches the caller, as Ctrl-C
+    anywhere would; the call still counts in its lens, whose record is written at its end."""
+    fired: list[Any] = []
+
+    def slow_sink(record: Any) -> None:
+        if record["event"] == "llm_api_call" and not fired:
+            fired.append(record)
+            raise KeyboardInterrupt  # what Ctrl-C during the sink's work raises
+
+    monitor.add_sink(slow_sink)
+    with monitor.lens("interrupted sink") as run:
+        with pytest.raises(KeyboardInterrupt):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["open_calls"]) == (2, 0)
+    assert len(records.calls) == 2
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 2
+
+
+def test_a_sink_that_trims_records_in_place_changes_no_lens_count(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A sink may change the record it is handed (drop ``usage`` or ``content`` before exporting
+    it): its lens still counts the call as it was recorded, and writes its record."""
+
+    def trim(record: Any) -> None:
+        if record["event"] == "llm_api_call":
+            record.pop("usage")
+            record["status"] = "trimmed"
+
+    monitor.add_sink(trim)
+    with monitor.lens("trimmed") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["open_calls"], run.summary["errors"]) == (2, 0, 1)
+    assert run.summary["total_tokens"] == sum(c["usage"]["total_tokens"] or 0 for c in records.calls) > 0
+    assert len(records.lenses) == 1
+
+
+@pytest.mark.asyncio
+async def test_streams_cancelled_in_a_gather_each_count_once_in_their_lens(
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """Many streams over every streaming path, gathered in one lens, half of them cancelled once
+    each has begun: each call is recorded once (``interrupted`` if cancelled, else ``ok``) and
+    counted in the lens, which ends with no call open; the ledger reports no failure of its own."""
+    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "20", "x-fake-chunks": "40"}  # ~0.8 s each
+    begun = [asyncio.Event() for _ in range(12)]
+
+    async def chat(n: int) -> None:
+        stream = await aclient.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow
+        )
+        async for _ in stream:
+            begun[n].set()
+
+    async def streaming_response(n: int) -> None:
+        manager = aclient.chat.completions.with_streaming_response.create
+        async with manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow) as response:
+            async for _ in response.iter_lines():
+                begun[n].set()
+
+    async def responses(n: int) -> None:
+        stream = await aclient.responses.create(
+            model="gpt-4o-mini", input="hi", stream=True, extra_headers=slow
+        )
+        async for _ in stream:
+            begun[n].set()
+
+    async def raw_response(n: int) -> None:
+        manager = aclient.chat.completions.with_raw_response.create
+        raw = await manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow)
+        async for _ in raw.parse():
+            begun[n].set()
+
+    paths = [chat, streaming_response, responses, raw_response] * 3
+    async with monitor.lens("fan-out") as run:
+        tasks = [asyncio.create_task(path(n)) for n, path in enumerate(paths)]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in begun)), 10)
+        for task in tasks[::2]:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = [isinstance(outcome, asyncio.CancelledError) for outcome in outcomes]
+    assert cancelled == [True, False] * 6 and not [o for o in outcomes if isinstance(o, Exception)]
+    calls = records.calls
+    assert len({c["call_id"] for c in calls}) == len(calls) == 12
+    assert sorted(c["status"] for c in calls) == ["interrupted"] * 6 + ["ok"] * 6
+    (lens,) = records.lenses
+    assert (lens["summary"]["total_api_calls"], lens["summary"]["open_calls"]) == (12, 0)
+    assert run.summary == lens["summary"]
+    assert not [r for r in internal_log.records if r.name == "llm_ledger.internal"]
+
+
+@pytest.mark.asyncio
+async def test_nested_lenses_in_tasks_count_in_every_enclosing_run(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Lenses opened in tasks inside a lens nest under it: each call counts in its own run and in the
+    enclosing one; a task that only calls after the enclosing run ended counts in its own run alone."""
+    outer_ended = asyncio.Event()
+
+    async def inner(n: int, late: bool = False) -> str | None:
+        if late:
+            await outer_ended.wait()
+        run = monitor.lens("inner", n=n)
+        async with run:
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            await asyncio.gather(
+                *(aclient.chat.completions.create(model="gpt-4o-mini", messages=HI) for _ in range(2))
+            )
+        return run.run_id
+
+    async with monitor.lens("outer") as outer:
+        inner_ids = await asyncio.gather(*(asyncio.create_task(inner(n)) for n in range(4)))
+        late = asyncio.create_task(inner(99, late=True))
+    outer_ended.set()
+    late_id = await late
+    by_run = {lens["context"]["lens_run_id"]: lens for lens in records.lenses}
+    assert by_run[outer.run_id]["summary"]["total_api_calls"] == 12
+    for run_id in (*inner_ids, late_id):
+        assert by_run[run_id]["summary"]["total_api_calls"] == 3
+        assert by_run[run_id]["context"]["parent_lens_run_id"] == outer.run_id
+    assert sum(c["context"]["lens_run_id"] == late_id for c in records.calls) == 3

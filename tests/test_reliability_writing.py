@@ -207,6 +207,7 @@ def _returns_within(seconds: float, function: Callable[[], object]) -> bool:
 @pytest.mark.parametrize(
     ("kind", "named"),
     [("fifo", "FIFO (named pipe)"), ("directory", "directory"), ("device", "character device")],
+    ids=["fifo", "directory", "device"],
 )
 def test_a_log_path_that_is_not_a_regular_file_is_refused_at_configure(
     tmp_path: Path, kind: str, named: str, fresh_config: None
