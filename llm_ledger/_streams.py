@@ -374,8 +374,8 @@ class _Body:
         self.request = request
         self.sse = sse
         self.content_type = headers.get("content-type") or ""
-        self.buffer = b""
-        self.data: list[bytes] = []
+        self.buffer = bytearray()
+        self.data: list[bytes | bytearray] = []
         self.parts: list[bytes] | None = []
         encoding = (headers.get("content-encoding") or "identity").strip().lower()
         self.decoder: Any = None
@@ -400,12 +400,16 @@ class _Body:
             self.state.monitor._report("reading a streamed body", exc)
 
     def _lines(self, data: bytes) -> None:
-        lines = (self.buffer + data).split(b"\n")
+        buffer = self.buffer
+        buffer += data  # in place: a long event read in many pieces is copied once, not at each piece
+        if b"\n" not in data:
+            return
+        lines = buffer.split(b"\n")
         self.buffer = lines.pop()
         for line in lines:
             self._line(line)
 
-    def _line(self, line: bytes) -> None:
+    def _line(self, line: bytes | bytearray) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
         if line.startswith(b"data:"):
