@@ -215,6 +215,20 @@ def test_text_and_markdown_tables(capsys: pytest.CaptureFixture[str], sample: Pa
     assert "| **total** |" in markdown
 
 
+def test_markdown_by_two_dimensions_leaves_empty_total_cells_empty(
+    capsys: pytest.CaptureFixture[str], sample: Path
+) -> None:
+    """By two dimensions, the Markdown total row has no stray "****" (bold nothing shows as four
+    stars) and both name columns are left-aligned, as in the text table."""
+    assert main(["report", str(sample), "--by", "lens,model", "--format", "markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| lens | model | lens runs |")
+    assert lines[1].startswith("|---|---|---:|")
+    total = next(line for line in lines if line.startswith("| **total**"))
+    assert "****" not in total
+    assert total.startswith("| **total** |  | **")
+
+
 def test_unpriced_calls_mark_the_cost_as_a_lower_bound(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
