@@ -238,6 +238,12 @@ def configure(
     )
     with _lock:
         if settings == _settings:
+            if (
+                _handler is not None
+                and settings.handle_sigterm
+                and threading.current_thread() is threading.main_thread()
+            ):
+                handle_sigterm_signal(True)  # a first configure() in another thread could not install it
             return settings
         monitor = get_monitor()
         prices = (
