@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ._context import LensRun, TrackedContext, current_context, current_lenses
+from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, usage_of
 from ._pricing import PriceTable, Route, reported_cost_units
@@ -196,6 +196,16 @@ def _safe_error_message(exc: BaseException) -> str | None:
     return None
 
 
+def _own_keys(function: str, context: Mapping[str, Any]) -> None:
+    """Refuse the keys a lens run sets: passed as context, they would file calls under another run."""
+    for key in RUN_KEYS:
+        if key in context:
+            raise TypeError(
+                f"{function}(): {key} is set by lens() itself, not passed as context; "
+                "open a lens run with llm_ledger.lens(lens_key, ...), or give your key another name"
+            )
+
+
 class LLMCallMonitor:
     """Watches OpenAI clients, prices their calls, and emits one record per call and per lens run.
 
@@ -271,6 +281,7 @@ class LLMCallMonitor:
         self, lens_key: str, *, source_id: Any = None, service: str | None = None, **context: Any
     ) -> LensRun:
         """Open a lens run: every call inside counts toward its summary (see ``LensRun``)."""
+        _own_keys("lens", context)
         # unset keys inherit from an enclosing lens / track_llm_call block
         if source_id is not None:
             context["source_id"] = source_id
@@ -280,6 +291,7 @@ class LLMCallMonitor:
 
     def track_llm_call(self, **context: Any) -> TrackedContext:
         """Add context (``service``, ``source_id``, ``user_id``...) to every call inside."""
+        _own_keys("track_llm_call", context)
         return TrackedContext(context)
 
     def add_sink(self, sink: Sink) -> None:

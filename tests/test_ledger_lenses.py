@@ -218,6 +218,27 @@ def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor)
         monitor.lens("")
 
 
+def test_context_cannot_overwrite_the_keys_a_lens_run_sets(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """lens_key, lens_run_id and parent_lens_run_id belong to lens runs: passed as context they would
+    file a call under a lens or run it never ran in, so they are refused, naming the key and the fix."""
+    with monitor.lens("summary") as run:
+        with pytest.raises(TypeError, match=r"track_llm_call\(\): lens_key is set by lens\(\)"):
+            monitor.track_llm_call(lens_key="other")
+        for key in ("lens_run_id", "parent_lens_run_id"):
+            with pytest.raises(TypeError, match=rf"lens\(\): {key} is set by lens\(\)"):
+                monitor.lens("inner", **{key: "mine"})
+            with pytest.raises(TypeError, match=key):
+                llm_ledger.track_llm_call(**{key: "mine"})
+        with monitor.track_llm_call(user_id="alice"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    [call] = records.calls
+    assert call["context"]["lens_key"] == "summary"
+    assert call["context"]["lens_run_id"] == run.run_id
+    assert call["context"]["user_id"] == "alice"
+
+
 def test_module_level_functions_use_the_default_monitor(client: openai.OpenAI) -> None:
     """llm_ledger.lens / track_llm_call / instrument work through the default monitor."""
     with llm_ledger.testing.capture() as captured:
