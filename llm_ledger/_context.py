@@ -201,6 +201,8 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
     Each run gets its own copy of that context, so one wrapped function may run on several
     threads at once. ``asyncio.to_thread`` and tasks copy the context already.
     """
+    if not callable(func):
+        raise TypeError(f"propagate() expects a function to run in another thread, got {func!r}")
     context = copy_context()
 
     @functools.wraps(func)

@@ -196,6 +196,15 @@ def _safe_error_message(exc: BaseException) -> str | None:
     return None
 
 
+def _callable_sink(where: str, sink: Sink) -> Sink:
+    if not callable(sink):
+        raise ConfigError(
+            f"{where}: a sink is a function taking each record dict, {sink!r} is not callable "
+            "(for a JsonlFileHandler, pass its write_record)"
+        )
+    return sink
+
+
 def _own_keys(function: str, context: Mapping[str, Any]) -> None:
     """Refuse the keys a lens run sets: passed as context, they would file calls under another run."""
     for key in RUN_KEYS:
@@ -252,7 +261,7 @@ class LLMCallMonitor:
         if self._logger is not None and self._logger.level == logging.NOTSET:
             # records are INFO; without this the root logger's default WARNING would drop them
             self._logger.setLevel(logging.INFO)
-        self._sinks: tuple[Sink, ...] = tuple(sinks)
+        self._sinks: tuple[Sink, ...] = tuple(_callable_sink("sinks", sink) for sink in sinks)
         self._sinks_lock = threading.Lock()
         self._unpriced: set[tuple[str, str]] = set()
         self._last_report: dict[str, float] = {}
@@ -296,6 +305,7 @@ class LLMCallMonitor:
 
     def add_sink(self, sink: Sink) -> None:
         """Send every record to ``sink`` as well (it must be quick and must not block)."""
+        _callable_sink("add_sink()", sink)
         with self._sinks_lock:
             self._sinks = (*self._sinks, sink)
 

@@ -433,6 +433,22 @@ def test_public_api_is_complete_and_sorted() -> None:
     assert list(llm_ledger.__all__) == sorted(llm_ledger.__all__)
 
 
+def test_a_sink_that_cannot_be_called_is_refused_when_added(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """A sink that is not callable (a handler instead of its write_record, a path) is a ConfigError
+    when it is given, not a failure on every record; the monitor keeps its good sinks."""
+    handler = llm_ledger.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    with pytest.raises(llm_ledger.ConfigError, match=r"sinks: .*JsonlFileHandler.* is not callable"):
+        llm_ledger.LLMCallMonitor(logger=None, sinks=[handler])  # type: ignore[list-item]
+    got: list[Any] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[got.append])
+    with pytest.raises(llm_ledger.ConfigError, match=r"add_sink\(\): .*'logs/llm_calls.jsonl' is not"):
+        monitor.add_sink("logs/llm_calls.jsonl")  # type: ignore[arg-type]
+    with monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url)) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    handler.close()
+    assert [record["event"] for record in got] == ["llm_api_call"]
+
+
 def test_a_monitor_of_its_own_writes_a_file_through_the_handlers_sink(
     fake_openai: Any, tmp_path: Path
 ) -> None:
