@@ -263,6 +263,11 @@ def configure(
                         plan.cancel()
                     if isinstance(exc, NotRegularFileError):
                         raise ConfigError(f"cannot write the log file: {exc}") from exc
+                    if settings.log_dir.is_file():
+                        raise ConfigError(
+                            f"cannot write the log file: log_dir={str(settings.log_dir)!r} is a file, not a "
+                            f"directory; log_dir is the directory that holds {LOG_FILE_NAME}"
+                        ) from exc
                     raise ConfigError(
                         f"cannot write the log file in log_dir={str(settings.log_dir)!r}: "
                         f"{exc.strerror or exc}; "

@@ -360,6 +360,18 @@ def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None)
         llm_ledger.configure(log_dir=blocker / "logs")
 
 
+def test_a_log_dir_that_is_a_file_says_so(tmp_path: Path, fresh_config: None) -> None:
+    """log_dir pointing at a file (the log file itself, say) names it as a file, not "File exists"."""
+    log_file = tmp_path / "llm_calls.jsonl"
+    log_file.write_text("")
+    with pytest.raises(
+        llm_ledger.ConfigError,
+        match=r"log_dir='.*llm_calls\.jsonl' is a file, not a directory; log_dir is the directory that holds",
+    ):
+        llm_ledger.configure(log_dir=log_file)
+    assert _config._settings is None
+
+
 def test_content_capture_records_text_with_redaction_and_never_the_key(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
