@@ -138,6 +138,11 @@ def parse_budgets(text: str | bytes | Mapping[str, Any], source: str = "budgets.
         except (TypeError, ValueError) as exc:
             raise BudgetError(f"{source}: not a mapping of sections to limits: {exc}") from None
         return _parse(_MappingDocument(source, BudgetError, "a budgets mapping"), as_json)
+    if not isinstance(text, str | bytes):
+        raise BudgetError(
+            f"{source}: parse_budgets() takes YAML text or a mapping, got {text!r}; "
+            "for a file, use load_budgets(path)"
+        )
     return _parse(Document(source, BudgetError, "a budgets file"), text)
 
 

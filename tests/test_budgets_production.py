@@ -309,6 +309,20 @@ def test_a_bad_budgets_file_names_file_line_and_key(fresh_config: None, tmp_path
         llm_ledger.configure(log_dir=None, budgets=tmp_path / "missing.yaml")
 
 
+def test_parse_budgets_given_a_path_says_to_load_the_file(tmp_path: Path) -> None:
+    """parse_budgets() takes YAML text or a mapping; a path (or any other object) is a BudgetError that
+    names load_budgets(), never an AttributeError from inside the parser."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text("lenses:\n  digest: {max_api_calls: 3}\n")
+    limits = llm_ledger.load_budgets(path).for_lens("digest")
+    assert limits is not None and limits.max_api_calls == 3
+    for value in (path, 42):
+        with pytest.raises(
+            BudgetError, match=r"parse_budgets\(\) takes YAML text or a mapping, got .*load_budgets"
+        ):
+            llm_ledger.parse_budgets(value)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "env", "message"),
     [
