@@ -208,7 +208,7 @@ def configure(
     stream_usage: bool | _Unset = UNSET,
     redact: Redactor | None = None,
     handle_sigterm: bool | _Unset = UNSET,
-    exporters: list[str] | tuple[str, ...] | _Unset = UNSET,
+    exporters: list[str] | tuple[str, ...] | _Unset | None = UNSET,
     budgets: str | os.PathLike[str] | Mapping[str, Any] | Budgets | _Unset | None = UNSET,
     budget_mode: str | _Unset = UNSET,
     on_budget_exceeded: Callable[[Any], object] | None = None,
