@@ -243,6 +243,18 @@ def test_unpriced_calls_mark_the_cost_as_a_lower_bound(
     assert "1 successful calls have no price" in out
 
 
+def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A successful call whose server reported no usage has no cost either: the footer gives both
+    reasons instead of calling a known model unknown to the price table."""
+    path = write(tmp_path / "log.jsonl", [call(prompt=None, completion=None, cost=None), call()])
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 successful calls have no price" in out
+    assert "(a model the price table does not know, or no usage reported)" in out
+
+
 def test_lone_surrogates_in_context_values_are_counted_not_malformed(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -105,7 +105,8 @@ def _footer(report: CostReport) -> list[str]:
     ]
     if total.unpriced_calls:
         lines.append(
-            f"+ {total.unpriced_calls:,} successful calls have no price (model unknown to the price table): "
+            f"+ {total.unpriced_calls:,} successful calls have no price (a model the price table does not "
+            "know, or no usage reported): "
             "their cost is not included"
         )
     return lines
