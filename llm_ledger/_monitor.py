@@ -6,6 +6,7 @@ the ``llm_ledger.internal`` logger, and the caller gets exactly what the SDK gav
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -99,7 +100,10 @@ class _LedgerLogRecord(logging.LogRecord):
     def getMessage(self) -> str:
         msg = self.msg
         if type(msg) is dict:
-            return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+            try:
+                return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+            except TypeError:  # e.g. a context integer beyond 64 bits, which orjson cannot write
+                return json.dumps(msg, default=str, ensure_ascii=False)
         return super().getMessage()
 
 

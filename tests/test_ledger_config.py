@@ -170,6 +170,36 @@ def test_context_values_json_cannot_hold_directly_are_still_written(
     assert written[1]["pages"] == {"1": "intro", "2": "body"}
 
 
+def test_context_values_json_cannot_hold_directly_reach_the_loggers_handlers_as_json(
+    default_client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler formatting records as text (``%(message)s``) gets JSON for an integer beyond 64 bits
+    (a UUID's int as source_id) too, with no "--- Logging error ---" on stderr."""
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # a logging error would only be printed
+    seen: list[str] = []
+    errors: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                seen.append(self.format(record))
+            except Exception:
+                errors.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("llm_monitor")
+    logger.addHandler(handler)
+    try:
+        with llm_ledger.track_llm_call(source_id=2**70, pages={1: "intro"}):
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        logger.removeHandler(handler)
+    assert errors == []
+    [message] = seen
+    assert json.loads(message)["context"]["source_id"] == 2**70
+    assert json.loads(message)["context"]["pages"] == {"1": "intro"}
+
+
 def test_a_caller_changing_its_request_after_the_call_does_not_change_the_record(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
