@@ -188,6 +188,16 @@ _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_
 _monitor: LLMCallMonitor | None = None
 _settings: Settings | None = None
 _handler: JsonlFileHandler | None = None
+_prices_read: tuple[int, int, int] | None = None  # the price file as configure() last read it
+
+
+def _file_stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """Which version of ``path`` this is (inode, mtime, size): an edited price file is read again."""
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if stat is None else (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 def get_monitor() -> LLMCallMonitor:
@@ -217,11 +227,12 @@ def configure(
 ) -> Settings:
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
-    Calling it again with the same settings changes nothing; a new ``log_dir`` switches file
+    Calling it again with the same settings changes nothing (an edited price or budgets file is read
+    again); a new ``log_dir`` switches file
     (after writing out what was queued for the old one). Raises ``ConfigError`` or
     ``PriceFileError`` naming the bad value, and changes nothing in that case.
     """
-    global _settings, _handler
+    global _settings, _handler, _prices_read
     settings = resolve(
         log_dir=log_dir,
         price_file=price_file,
@@ -237,7 +248,8 @@ def configure(
         on_anomaly=on_anomaly,
     )
     with _lock:
-        if settings == _settings:
+        prices_read = _file_stamp(settings.price_file)  # before reading: an edit meanwhile is read next time
+        if settings == _settings and prices_read == _prices_read:
             if (
                 _handler is not None
                 and settings.handle_sigterm
@@ -293,7 +305,7 @@ def configure(
         if plan is not None:
             plan.commit(monitor)
         _guard(monitor, settings, _settings)
-        _settings = settings
+        _settings, _prices_read = settings, prices_read
         return settings
 
 

@@ -20,6 +20,7 @@ import llm_ledger
 import llm_ledger.testing
 from llm_ledger import JsonlFileHandler, _config
 from llm_ledger.testing import FakeOpenAI
+from llm_ledger.testing import capture as capture_records
 from tests.conftest import FAKE_KEY
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -324,6 +325,27 @@ def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
     files = [s for s in sinks if isinstance(getattr(s, "__self__", None), JsonlFileHandler)]
     assert _config._handler is not None and files == [_config._handler.write_record]
     assert not logging.getLogger("llm_monitor").handlers
+
+
+def test_configure_again_reads_an_edited_price_file_as_it_reads_an_edited_budgets_file(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """configure(price_file=...) again after the file was edited (new negotiated rates) prices the next
+    calls at the new rates, as an edited budgets file is read again; unedited, nothing changes."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("version: 1\nmodels:\n  gpt-4o-mini: {input: 1, output: 1}\n")
+    with capture_records() as records:
+        llm_ledger.configure(log_dir=None, price_file=prices)
+        table = llm_ledger.get_monitor().prices
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        llm_ledger.configure(log_dir=None, price_file=prices)
+        assert llm_ledger.get_monitor().prices is table  # the same file, unedited: nothing changes
+        prices.write_text("version: 1\nmodels:\n  gpt-4o-mini: {input: 1000, output: 1000}\n")
+        llm_ledger.configure(log_dir=None, price_file=prices)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    first, second = (call["cost"]["total_cost_usd"] for call in records.calls)
+    tokens = records.calls[0]["usage"]["total_tokens"]
+    assert first == pytest.approx(tokens / 1e6) and second == pytest.approx(tokens * 1000 / 1e6)
 
 
 def test_environment_variables_configure_without_code(
