@@ -228,9 +228,8 @@ def configure(
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
     Calling it again with the same settings changes nothing (an edited price or budgets file is read
-    again); a new ``log_dir`` switches file
-    (after writing out what was queued for the old one). Raises ``ConfigError`` or
-    ``PriceFileError`` naming the bad value, and changes nothing in that case.
+    again); a new ``log_dir`` switches file (after writing out what was queued for the old one).
+    Raises ``ConfigError`` or ``PriceFileError`` naming the bad value, and changes nothing in that case.
     """
     global _settings, _handler, _prices_read
     settings = resolve(
