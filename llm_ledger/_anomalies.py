@@ -112,13 +112,17 @@ class AnomalyConfig:
                     f"{source}={text!r}: expected on, off, or comma-separated settings such as "
                     f"k=6,window=100,min_runs=20 (settings: {', '.join(_SETTINGS)}), got {part.strip()!r}"
                 )
+            if name in fields:
+                raise ConfigError(f"{source}={text!r}: {name} is given twice; give each setting once")
             if name in ("metrics", "scale"):
                 fields[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
                 continue
+            real = name in ("k", "min_mad_ratio")
             try:
-                fields[name] = float(raw) if name in ("k", "min_mad_ratio") else int(raw)
+                fields[name] = float(raw) if real else int(raw)
             except ValueError:
-                raise ConfigError(f"{source}={text!r}: {name} must be a number, got {raw!r}") from None
+                kind = "a number" if real else "a whole number"
+                raise ConfigError(f"{source}={text!r}: {name} must be {kind}, got {raw!r}") from None
         return cls(**fields)
 
 

@@ -138,6 +138,11 @@ def parse_budgets(text: str | bytes | Mapping[str, Any], source: str = "budgets.
         except (TypeError, ValueError) as exc:
             raise BudgetError(f"{source}: not a mapping of sections to limits: {exc}") from None
         return _parse(_MappingDocument(source, BudgetError, "a budgets mapping"), as_json)
+    if not isinstance(text, str | bytes):
+        raise BudgetError(
+            f"{source}: parse_budgets() takes YAML text or a mapping, got {text!r}; "
+            "for a file, use load_budgets(path)"
+        )
     return _parse(Document(source, BudgetError, "a budgets file"), text)
 
 
@@ -263,16 +268,18 @@ class _RunBudget:
                 self._unpriced(written)
 
     def _unpriced(self, cap: float) -> None:
-        """A call the run's cost budget cannot see (it has no price): said once per lens key, so that
+        """A call the run's cost budget cannot see (no price, or no usage): said once per lens key, so that
         a budget never passes quietly on calls counted as $0."""
         lens_key = str(self._context.get("lens_key"))
         warned = self._guard._unpriced
         if lens_key not in warned and len(warned) < 10_000:
             warned.add(lens_key)
             logging.getLogger("llm_ledger.internal").warning(
-                "llm-ledger: lens %r has calls with no price, which its budget max_cost_usd %g counts "
-                "as $0 (its summaries say cost_complete: false); add their models to a price file "
-                "(LLM_LEDGER_PRICE_FILE or configure(price_file=...)) so that the budget sees them",
+                "llm-ledger: lens %r has calls with no price (a model the price table does not know, or "
+                "no usage reported), which its budget max_cost_usd %g counts as $0 (its summaries say "
+                "cost_complete: false); add their models to a price file (LLM_LEDGER_PRICE_FILE or "
+                "configure(price_file=...)) so that the budget sees them, or keep a token or call limit "
+                "beside it",
                 lens_key,
                 cap,
             )

@@ -188,6 +188,16 @@ _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_
 _monitor: LLMCallMonitor | None = None
 _settings: Settings | None = None
 _handler: JsonlFileHandler | None = None
+_prices_read: tuple[int, int, int] | None = None  # the price file as configure() last read it
+
+
+def _file_stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """Which version of ``path`` this is (inode, mtime, size): an edited price file is read again."""
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if stat is None else (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 def get_monitor() -> LLMCallMonitor:
@@ -208,7 +218,7 @@ def configure(
     stream_usage: bool | _Unset = UNSET,
     redact: Redactor | None = None,
     handle_sigterm: bool | _Unset = UNSET,
-    exporters: list[str] | tuple[str, ...] | _Unset = UNSET,
+    exporters: list[str] | tuple[str, ...] | _Unset | None = UNSET,
     budgets: str | os.PathLike[str] | Mapping[str, Any] | Budgets | _Unset | None = UNSET,
     budget_mode: str | _Unset = UNSET,
     on_budget_exceeded: Callable[[Any], object] | None = None,
@@ -217,11 +227,11 @@ def configure(
 ) -> Settings:
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
-    Calling it again with the same settings changes nothing; a new ``log_dir`` switches file
-    (after writing out what was queued for the old one). Raises ``ConfigError`` or
-    ``PriceFileError`` naming the bad value, and changes nothing in that case.
+    Calling it again with the same settings changes nothing (an edited price or budgets file is read
+    again); a new ``log_dir`` switches file (after writing out what was queued for the old one).
+    Raises ``ConfigError`` or ``PriceFileError`` naming the bad value, and changes nothing in that case.
     """
-    global _settings, _handler
+    global _settings, _handler, _prices_read
     settings = resolve(
         log_dir=log_dir,
         price_file=price_file,
@@ -237,7 +247,14 @@ def configure(
         on_anomaly=on_anomaly,
     )
     with _lock:
-        if settings == _settings:
+        prices_read = _file_stamp(settings.price_file)  # before reading: an edit meanwhile is read next time
+        if settings == _settings and prices_read == _prices_read:
+            if (
+                _handler is not None
+                and settings.handle_sigterm
+                and threading.current_thread() is threading.main_thread()
+            ):
+                handle_sigterm_signal(True)  # a first configure() in another thread could not install it
             return settings
         monitor = get_monitor()
         prices = (
@@ -257,6 +274,11 @@ def configure(
                         plan.cancel()
                     if isinstance(exc, NotRegularFileError):
                         raise ConfigError(f"cannot write the log file: {exc}") from exc
+                    if settings.log_dir.is_file():
+                        raise ConfigError(
+                            f"cannot write the log file: log_dir={str(settings.log_dir)!r} is a file, not a "
+                            f"directory; log_dir is the directory that holds {LOG_FILE_NAME}"
+                        ) from exc
                     raise ConfigError(
                         f"cannot write the log file in log_dir={str(settings.log_dir)!r}: "
                         f"{exc.strerror or exc}; "
@@ -282,7 +304,7 @@ def configure(
         if plan is not None:
             plan.commit(monitor)
         _guard(monitor, settings, _settings)
-        _settings = settings
+        _settings, _prices_read = settings, prices_read
         return settings
 
 

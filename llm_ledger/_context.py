@@ -23,13 +23,13 @@ if TYPE_CHECKING:
     from ._budgets import _RunBudget
     from ._monitor import LLMCallMonitor
 
-__all__ = ["LensRun", "TrackedContext", "current_context", "current_lenses", "propagate"]
+__all__ = ["RUN_KEYS", "LensRun", "TrackedContext", "current_context", "current_lenses", "propagate"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _BASE: dict[str, Any] = {"lens_key": None, "source_id": None, "service": None}
-_RUN_KEYS = ("lens_key", "lens_run_id", "parent_lens_run_id")  # a run's own: never inherited by a fresh one
+RUN_KEYS = ("lens_key", "lens_run_id", "parent_lens_run_id")  # a run's own: never inherited by a fresh one
 _context: ContextVar[dict[str, Any]] = ContextVar("llm_ledger_context", default=_BASE)
 _lenses: ContextVar[tuple[LensRun, ...]] = ContextVar("llm_ledger_lenses", default=())
 
@@ -201,6 +201,8 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
     Each run gets its own copy of that context, so one wrapped function may run on several
     threads at once. ``asyncio.to_thread`` and tasks copy the context already.
     """
+    if not callable(func):
+        raise TypeError(f"propagate() expects a function to run in another thread, got {func!r}")
     context = copy_context()
 
     @functools.wraps(func)
@@ -252,7 +254,7 @@ class LensRun(_Scope):
         return dict(self._extra)
 
     def _fresh(self) -> LensRun:
-        extra = {k: v for k, v in self._extra.items() if k not in _RUN_KEYS}
+        extra = {k: v for k, v in self._extra.items() if k not in RUN_KEYS}
         return LensRun(self._monitor, self.lens_key, extra)
 
     def __enter__(self) -> LensRun:

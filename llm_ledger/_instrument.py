@@ -244,6 +244,11 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     """Instrument ``client`` in place for ``monitor`` and return the same object."""
     instance: Any = client
     cls = type(instance)
+    if isinstance(instance, type) and callable(getattr(instance, "request", None)):
+        raise TypeError(
+            f"instrument() expects an openai client, got the class {instance.__name__} itself; "
+            f"pass a client: instrument({instance.__name__}(...))"
+        )
     if not (callable(getattr(cls, "request", None)) and callable(getattr(cls, "copy", None))):
         raise TypeError(
             "instrument() expects an openai client (OpenAI, AsyncOpenAI, AzureOpenAI or AsyncAzureOpenAI), "

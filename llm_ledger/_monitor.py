@@ -6,6 +6,7 @@ the ``llm_ledger.internal`` logger, and the caller gets exactly what the SDK gav
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ._context import LensRun, TrackedContext, current_context, current_lenses
+from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, usage_of
 from ._pricing import PriceTable, Route, reported_cost_units
@@ -99,7 +100,10 @@ class _LedgerLogRecord(logging.LogRecord):
     def getMessage(self) -> str:
         msg = self.msg
         if type(msg) is dict:
-            return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+            try:
+                return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+            except TypeError:  # e.g. a context integer beyond 64 bits, which orjson cannot write
+                return json.dumps(msg, default=str, ensure_ascii=False)
         return super().getMessage()
 
 
@@ -211,6 +215,25 @@ def _safe_error_message(exc: BaseException) -> str | None:
     return None
 
 
+def _callable_sink(where: str, sink: Sink) -> Sink:
+    if not callable(sink):
+        raise ConfigError(
+            f"{where}: a sink is a function taking each record dict, {sink!r} is not callable "
+            "(for a JsonlFileHandler, pass its write_record)"
+        )
+    return sink
+
+
+def _own_keys(function: str, context: Mapping[str, Any]) -> None:
+    """Refuse the keys a lens run sets: passed as context, they would file calls under another run."""
+    for key in RUN_KEYS:
+        if key in context:
+            raise TypeError(
+                f"{function}(): {key} is set by lens() itself, not passed as context; "
+                "open a lens run with llm_ledger.lens(lens_key, ...), or give your key another name"
+            )
+
+
 class LLMCallMonitor:
     """Watches OpenAI clients, prices their calls, and emits one record per call and per lens run.
 
@@ -257,7 +280,7 @@ class LLMCallMonitor:
         if self._logger is not None and self._logger.level == logging.NOTSET:
             # records are INFO; without this the root logger's default WARNING would drop them
             self._logger.setLevel(logging.INFO)
-        self._sinks: tuple[Sink, ...] = tuple(sinks)
+        self._sinks: tuple[Sink, ...] = tuple(_callable_sink("sinks", sink) for sink in sinks)
         self._sinks_lock = threading.Lock()
         self._unpriced: set[tuple[str, str]] = set()
         self._last_report: dict[str, float] = {}
@@ -286,6 +309,7 @@ class LLMCallMonitor:
         self, lens_key: str, *, source_id: Any = None, service: str | None = None, **context: Any
     ) -> LensRun:
         """Open a lens run: every call inside counts toward its summary (see ``LensRun``)."""
+        _own_keys("lens", context)
         # unset keys inherit from an enclosing lens / track_llm_call block
         if source_id is not None:
             context["source_id"] = source_id
@@ -295,10 +319,12 @@ class LLMCallMonitor:
 
     def track_llm_call(self, **context: Any) -> TrackedContext:
         """Add context (``service``, ``source_id``, ``user_id``...) to every call inside."""
+        _own_keys("track_llm_call", context)
         return TrackedContext(context)
 
     def add_sink(self, sink: Sink) -> None:
         """Send every record to ``sink`` as well (it must be quick and must not block)."""
+        _callable_sink("add_sink()", sink)
         with self._sinks_lock:
             self._sinks = (*self._sinks, sink)
 

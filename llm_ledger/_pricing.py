@@ -414,6 +414,14 @@ class PriceTable:
             route = self._routes.setdefault(("provider", provider), self._provider_route(provider))
         return route
 
+    def _priced_at(self, provider: str | None) -> Route:
+        """``provider``'s route for :meth:`cost` and :meth:`rates`: a name genai-prices does not know
+        (a typo) is an error, not a price at OpenAI's list price."""
+        route = self.route(provider=provider)
+        if provider is not None and route.matched_by == "model":
+            raise ConfigError(provider_error(provider))
+        return route
+
     def _host_route(self, rule: HostPrice) -> Route:
         if rule.rates is not None:
             return Route(self, rule.provider or SELF_HOSTED, "host", flat=rule.rates)
@@ -429,7 +437,7 @@ class PriceTable:
 
     def rates(self, model: str, *, provider: str | None = None) -> Rates | None:
         """The rates that price ``model`` (at ``provider``, else by name alone), or ``None`` if none does."""
-        return self.route(provider=provider).rates(model)
+        return self._priced_at(provider).rates(model)
 
     def cost(
         self,
@@ -442,7 +450,7 @@ class PriceTable:
     ) -> Cost | None:
         """The cost of one call (at ``provider``, else by model name alone), or ``None`` (never zero)
         when ``model`` has no known price. See :meth:`Route.cost`."""
-        return self.route(provider=provider).cost(
+        return self._priced_at(provider).cost(
             model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -35,16 +35,22 @@ def text_table(
 
 
 def markdown_table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], *, total: Sequence[Sequence[str]] = ()
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    total: Sequence[Sequence[str]] = (),
+    right: Collection[int] | None = None,
 ) -> list[str]:
-    """Lines of a Markdown table (``|`` in cells escaped); ``total`` rows in bold."""
+    """Lines of a Markdown table (``|`` in cells escaped); ``total`` rows in bold; ``right`` as in text."""
+    right = range(1, len(headers)) if right is None else right
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
-    bold = [[f"**{cell}**" for cell in row] for row in total]
+    # an empty cell stays empty: "****" is not bold nothing, Markdown shows the four stars
+    bold = [[f"**{cell}**" if cell else "" for cell in row] for row in total]
     return [
         line(headers),
-        "|" + "|".join(["---", *["---:"] * (len(headers) - 1)]) + "|",
+        "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|",
         *map(line, [*rows, *bold]),
     ]

@@ -156,6 +156,12 @@ def test_since_is_inclusive_and_until_exclusive(log: Path, since: Any, until: An
         ({"since": "2025-11-24", "until": "2025-11-24"}, "since is inclusive and until exclusive"),
         ({"by": "lens,"}, "by: 'lens,' has an empty dimension name; e.g. user_id, or lens,model"),
         ({"where": {"user_id": 7}}, "where: user_id: expected a string or a list of strings"),
+        (
+            {"where": "user_id=alice"},
+            "where: expected a mapping of dimension to value(s), e.g. {'user_id': 'alice'}",
+        ),
+        ({"where": [("user_id", "alice")]}, "where: expected a mapping of dimension to value(s)"),
+        ({"by": 5}, "by: 5 is not a dimension name; e.g. user_id"),
     ],
 )
 def test_bad_arguments_are_clear_errors(log: Path, kwargs: dict[str, Any], message: str) -> None:

@@ -248,6 +248,12 @@ def test_bad_environment_and_arguments_are_config_errors(
     monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "k=lots")
     with pytest.raises(ConfigError, match="k must be a number, got 'lots'"):
         llm_ledger.configure(log_dir=None)
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "min_runs=2.5")
+    with pytest.raises(ConfigError, match=r"min_runs must be a whole number, got '2\.5'"):
+        llm_ledger.configure(log_dir=None)
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "k=5,window=200,k=8")  # which k did the operator mean?
+    with pytest.raises(ConfigError, match="k is given twice; give each setting once"):
+        llm_ledger.configure(log_dir=None)
     monkeypatch.delenv("LLM_LEDGER_ANOMALIES")
     with pytest.raises(ConfigError, match="anomalies must be True, False or an AnomalyConfig, got 'yes'"):
         llm_ledger.configure(log_dir=None, anomalies="yes")  # type: ignore[arg-type]

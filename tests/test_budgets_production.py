@@ -141,6 +141,23 @@ def test_a_cost_budget_says_once_when_calls_have_no_price(
     assert "lens 'digest' has calls with no price" in said[0] and "price file" in said[0]
 
 
+def test_a_cost_budget_blind_to_a_call_without_usage_says_why(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A priced model whose server reported no usage has no cost either: the warning names both
+    causes, not only a price file the model is already in."""
+    monitor.budgets = BudgetGuard({"lenses": {"digest": {"max_cost_usd": 1.0}}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    with monitor.lens("digest") as run:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-fault": "no-usage"}
+        )
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    [said] = [r.getMessage() for r in caplog.records if "max_cost_usd" in r.getMessage()]
+    assert "(a model the price table does not know, or no usage reported)" in said
+    assert "keep a token or call limit beside it" in said
+
+
 @pytest.mark.asyncio
 async def test_raise_mode_on_an_async_client(
     aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
@@ -307,6 +324,20 @@ def test_a_bad_budgets_file_names_file_line_and_key(fresh_config: None, tmp_path
         llm_ledger.configure(log_dir=None, budgets=path)
     with pytest.raises(BudgetError, match=r"budgets file not found; create it .*or pass configure"):
         llm_ledger.configure(log_dir=None, budgets=tmp_path / "missing.yaml")
+
+
+def test_parse_budgets_given_a_path_says_to_load_the_file(tmp_path: Path) -> None:
+    """parse_budgets() takes YAML text or a mapping; a path (or any other object) is a BudgetError that
+    names load_budgets(), never an AttributeError from inside the parser."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text("lenses:\n  digest: {max_api_calls: 3}\n")
+    limits = llm_ledger.load_budgets(path).for_lens("digest")
+    assert limits is not None and limits.max_api_calls == 3
+    for value in (path, 42):
+        with pytest.raises(
+            BudgetError, match=r"parse_budgets\(\) takes YAML text or a mapping, got .*load_budgets"
+        ):
+            llm_ledger.parse_budgets(value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

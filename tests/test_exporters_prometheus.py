@@ -402,6 +402,16 @@ def test_environment_variable_names_the_exporters(monkeypatch: pytest.MonkeyPatc
     assert total(scrape(f"http://127.0.0.1:{port}/metrics"), "llm_ledger_calls_total") >= 0
 
 
+@pytest.mark.usefixtures("fresh_exporters")
+def test_exporters_none_turns_them_off_as_none_does_for_the_other_settings() -> None:
+    """configure(exporters=None) means no exporter, as log_dir=None and budgets=None mean none."""
+    port = _free_port()
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+    assert llm_ledger.configure(log_dir=None, exporters=None).exporters == ()
+    with pytest.raises(OSError, match="Connection refused"):
+        scrape(f"http://127.0.0.1:{port}/metrics")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

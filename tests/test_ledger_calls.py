@@ -414,6 +414,18 @@ def test_instrumenting_something_else_is_a_clear_error(monitor: llm_ledger.LLMCa
         monitor.instrument(object())
 
 
+@pytest.mark.parametrize("client_class", [openai.OpenAI, openai.AsyncAzureOpenAI])
+def test_instrumenting_a_client_class_says_to_pass_an_instance(
+    monitor: llm_ledger.LLMCallMonitor, client_class: type
+) -> None:
+    """instrument(openai.OpenAI), the class for the client, says to pass a client made from it."""
+    name = client_class.__name__
+    with pytest.raises(
+        TypeError, match=rf"got the class {name} itself; pass a client: instrument\({name}\(\.\.\.\)\)"
+    ):
+        monitor.instrument(client_class)
+
+
 @pytest.mark.asyncio
 async def test_async_retries_and_request_id_are_recorded(
     fake_openai: FakeOpenAI, aclient: openai.AsyncOpenAI, records: Captured

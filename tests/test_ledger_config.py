@@ -20,6 +20,7 @@ import llm_ledger
 import llm_ledger.testing
 from llm_ledger import JsonlFileHandler, _config
 from llm_ledger.testing import FakeOpenAI
+from llm_ledger.testing import capture as capture_records
 from tests.conftest import FAKE_KEY
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -170,6 +171,36 @@ def test_context_values_json_cannot_hold_directly_are_still_written(
     assert written[1]["pages"] == {"1": "intro", "2": "body"}
 
 
+def test_context_values_json_cannot_hold_directly_reach_the_loggers_handlers_as_json(
+    default_client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler formatting records as text (``%(message)s``) gets JSON for an integer beyond 64 bits
+    (a UUID's int as source_id) too, with no "--- Logging error ---" on stderr."""
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # a logging error would only be printed
+    seen: list[str] = []
+    errors: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                seen.append(self.format(record))
+            except Exception:
+                errors.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("llm_monitor")
+    logger.addHandler(handler)
+    try:
+        with llm_ledger.track_llm_call(source_id=2**70, pages={1: "intro"}):
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        logger.removeHandler(handler)
+    assert errors == []
+    [message] = seen
+    assert json.loads(message)["context"]["source_id"] == 2**70
+    assert json.loads(message)["context"]["pages"] == {"1": "intro"}
+
+
 def test_a_caller_changing_its_request_after_the_call_does_not_change_the_record(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
@@ -296,6 +327,27 @@ def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
     assert not logging.getLogger("llm_monitor").handlers
 
 
+def test_configure_again_reads_an_edited_price_file_as_it_reads_an_edited_budgets_file(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """configure(price_file=...) again after the file was edited (new negotiated rates) prices the next
+    calls at the new rates, as an edited budgets file is read again; unedited, nothing changes."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("version: 1\nmodels:\n  gpt-4o-mini: {input: 1, output: 1}\n")
+    with capture_records() as records:
+        llm_ledger.configure(log_dir=None, price_file=prices)
+        table = llm_ledger.get_monitor().prices
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        llm_ledger.configure(log_dir=None, price_file=prices)
+        assert llm_ledger.get_monitor().prices is table  # the same file, unedited: nothing changes
+        prices.write_text("version: 1\nmodels:\n  gpt-4o-mini: {input: 1000, output: 1000}\n")
+        llm_ledger.configure(log_dir=None, price_file=prices)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    first, second = (call["cost"]["total_cost_usd"] for call in records.calls)
+    tokens = records.calls[0]["usage"]["total_tokens"]
+    assert first == pytest.approx(tokens / 1e6) and second == pytest.approx(tokens * 1000 / 1e6)
+
+
 def test_environment_variables_configure_without_code(
     default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,6 +410,18 @@ def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None)
     blocker.write_text("")
     with pytest.raises(llm_ledger.ConfigError, match="cannot write the log file"):
         llm_ledger.configure(log_dir=blocker / "logs")
+
+
+def test_a_log_dir_that_is_a_file_says_so(tmp_path: Path, fresh_config: None) -> None:
+    """log_dir pointing at a file (the log file itself, say) names it as a file, not "File exists"."""
+    log_file = tmp_path / "llm_calls.jsonl"
+    log_file.write_text("")
+    with pytest.raises(
+        llm_ledger.ConfigError,
+        match=r"log_dir='.*llm_calls\.jsonl' is a file, not a directory; log_dir is the directory that holds",
+    ):
+        llm_ledger.configure(log_dir=log_file)
+    assert _config._settings is None
 
 
 def test_content_capture_records_text_with_redaction_and_never_the_key(
@@ -431,6 +495,22 @@ def test_public_api_is_complete_and_sorted() -> None:
     }
     assert set(llm_ledger.__all__) == public
     assert list(llm_ledger.__all__) == sorted(llm_ledger.__all__)
+
+
+def test_a_sink_that_cannot_be_called_is_refused_when_added(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """A sink that is not callable (a handler instead of its write_record, a path) is a ConfigError
+    when it is given, not a failure on every record; the monitor keeps its good sinks."""
+    handler = llm_ledger.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    with pytest.raises(llm_ledger.ConfigError, match=r"sinks: .*JsonlFileHandler.* is not callable"):
+        llm_ledger.LLMCallMonitor(logger=None, sinks=[handler])  # type: ignore[list-item]
+    got: list[Any] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[got.append])
+    with pytest.raises(llm_ledger.ConfigError, match=r"add_sink\(\): .*'logs/llm_calls.jsonl' is not"):
+        monitor.add_sink("logs/llm_calls.jsonl")  # type: ignore[arg-type]
+    with monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url)) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    handler.close()
+    assert [record["event"] for record in got] == ["llm_api_call"]
 
 
 def test_a_monitor_of_its_own_writes_a_file_through_the_handlers_sink(

@@ -218,6 +218,43 @@ def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor)
         monitor.lens("")
 
 
+def test_context_cannot_overwrite_the_keys_a_lens_run_sets(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """lens_key, lens_run_id and parent_lens_run_id belong to lens runs: passed as context they would
+    file a call under a lens or run it never ran in, so they are refused, naming the key and the fix."""
+    with monitor.lens("summary") as run:
+        with pytest.raises(TypeError, match=r"track_llm_call\(\): lens_key is set by lens\(\)"):
+            monitor.track_llm_call(lens_key="other")
+        for key in ("lens_run_id", "parent_lens_run_id"):
+            with pytest.raises(TypeError, match=rf"lens\(\): {key} is set by lens\(\)"):
+                monitor.lens("inner", **{key: "mine"})
+            with pytest.raises(TypeError, match=key):
+                llm_ledger.track_llm_call(**{key: "mine"})
+        with monitor.track_llm_call(user_id="alice"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    [call] = records.calls
+    assert call["context"]["lens_key"] == "summary"
+    assert call["context"]["lens_run_id"] == run.run_id
+    assert call["context"]["user_id"] == "alice"
+
+
+def test_propagate_refuses_what_it_cannot_call(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """propagate() of something not callable fails where it is written, naming the value, not later in
+    the worker thread; a callable it wraps carries the lens into the thread."""
+    with monitor.lens("fan-out") as run:
+        with pytest.raises(TypeError, match=r"propagate\(\) expects a function.*got 'summarise'"):
+            llm_ledger.propagate("summarise")  # type: ignore[arg-type]
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(
+                llm_ledger.propagate(client.chat.completions.create), model="gpt-4o-mini", messages=HI
+            ).result()
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert records.calls[0]["context"]["lens_run_id"] == run.run_id
+
+
 def test_module_level_functions_use_the_default_monitor(client: openai.OpenAI) -> None:
     """llm_ledger.lens / track_llm_call / instrument work through the default monitor."""
     with llm_ledger.testing.capture() as captured:

@@ -70,6 +70,18 @@ def test_each_provider_is_priced_at_its_own_rates(provider: str, model: str) -> 
     assert float(cost.total_cost_usd) == pytest.approx(expected_usd(provider, model, usage), rel=1e-12)
 
 
+def test_an_unknown_provider_name_is_an_error_not_openais_list_price() -> None:
+    """cost(provider="grok") (a typo) is a ConfigError naming the close match, as `reprice --provider`
+    is, rather than a figure silently at OpenAI's list price."""
+    for priced in (
+        lambda: PriceTable().cost("gpt-4o", prompt_tokens=1_000, completion_tokens=0, provider="grok"),
+        lambda: PriceTable().rates("gpt-4o", provider="grok"),
+        lambda: llm_ledger.price("gpt-4o", prompt_tokens=1_000, completion_tokens=0, provider="grok"),
+    ):
+        with pytest.raises(ConfigError, match=r"unknown provider 'grok' \(did you mean 'groq'"):
+            priced()
+
+
 def test_a_known_provider_never_borrows_another_vendors_price() -> None:
     """A model its provider does not list is unpriced (None), not priced at OpenAI's list price."""
     table = PriceTable()

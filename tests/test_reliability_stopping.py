@@ -104,6 +104,20 @@ def test_the_sigterm_handler_can_be_switched_off(tmp_path: Path, switch: str) ->
     )
 
 
+def test_configure_from_the_main_thread_installs_the_handler_a_worker_thread_could_not(
+    tmp_path: Path,
+) -> None:
+    """configure() run first in a worker thread cannot install the SIGTERM handler and says to call it
+    from the main thread: doing so, with the same settings, installs it, and SIGTERM loses nothing."""
+    child = _stopped(tmp_path, "thread-first")
+    assert _said(child) == "ours"
+    assert _said(child) == "returned"
+    child.send_signal(signal.SIGTERM)
+    status, output = _end(child)
+    assert status == -signal.SIGTERM, output
+    _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"))
+
+
 @pytest.mark.parametrize("when", ["app-before", "app-after"])
 def test_an_applications_own_sigterm_handler_keeps_working(tmp_path: Path, when: str) -> None:
     """An application's SIGTERM handler, installed before configure() (then the ledger installs none)

@@ -215,6 +215,20 @@ def test_text_and_markdown_tables(capsys: pytest.CaptureFixture[str], sample: Pa
     assert "| **total** |" in markdown
 
 
+def test_markdown_by_two_dimensions_leaves_empty_total_cells_empty(
+    capsys: pytest.CaptureFixture[str], sample: Path
+) -> None:
+    """By two dimensions, the Markdown total row has no stray "****" (bold nothing shows as four
+    stars) and both name columns are left-aligned, as in the text table."""
+    assert main(["report", str(sample), "--by", "lens,model", "--format", "markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| lens | model | lens runs |")
+    assert lines[1].startswith("|---|---|---:|")
+    total = next(line for line in lines if line.startswith("| **total**"))
+    assert "****" not in total
+    assert total.startswith("| **total** |  | **")
+
+
 def test_unpriced_calls_mark_the_cost_as_a_lower_bound(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -227,6 +241,18 @@ def test_unpriced_calls_mark_the_cost_as_a_lower_bound(
     out = capsys.readouterr().out
     assert "$0.000100+" in out
     assert "1 successful calls have no price" in out
+
+
+def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A successful call whose server reported no usage has no cost either: the footer gives both
+    reasons instead of calling a known model unknown to the price table."""
+    path = write(tmp_path / "log.jsonl", [call(prompt=None, completion=None, cost=None), call()])
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 successful calls have no price" in out
+    assert "(a model the price table does not know, or no usage reported)" in out
 
 
 def test_lone_surrogates_in_context_values_are_counted_not_malformed(

@@ -3,6 +3,7 @@ or price file, lens by lens, before and after."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -249,6 +250,28 @@ def test_missing_input_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_
     assert (
         "no such file; pass an llm_calls.jsonl log or a pytest --llm-report file" in capsys.readouterr().err
     )
+
+
+def test_a_log_directory_glob_or_several_logs_reprice_like_report_reads_them(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """As `llm-ledger report`, reprice reads a directory of rotated logs (.gz too), a glob or several
+    files: the same lenses, calls and costs as the one log they were cut from."""
+    path, _ = recorded
+    whole = reprice_json(capsys, str(path), "--model", "gpt-4o=gpt-4.1-mini")
+    lines = path.read_bytes().splitlines(keepends=True)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "llm_calls.jsonl.1.gz").write_bytes(gzip.compress(b"".join(lines[:4])))
+    (logs / "llm_calls.jsonl").write_bytes(b"".join(lines[4:]))
+    for inputs in (
+        [str(logs)],
+        [str(logs / "llm_calls.jsonl*")],
+        [str(logs / "llm_calls.jsonl.1.gz"), str(logs / "llm_calls.jsonl")],
+    ):
+        result = reprice_json(capsys, *inputs, "--model", "gpt-4o=gpt-4.1-mini")
+        assert result["lenses"] == whole["lenses"], inputs
+        assert result["total"] == whole["total"]
 
 
 def test_a_provider_reported_cost_stands_until_its_model_changes(

@@ -114,9 +114,10 @@ def stopped(log_dir: str, how: str) -> None:
 
     ``how``: ``default`` (configure() as it is), ``many`` (1,000 calls in 100 lenses), ``off``
     (handle_sigterm=False), ``app-before`` / ``app-after`` (the application's own SIGTERM handler,
-    installed before / after configure()), ``while-writing`` (the signal comes while the main
-    thread writes a batch, holding its lock), ``forked`` (the calls are made in a child forked by
-    multiprocessing, which is then terminated).
+    installed before / after configure()), ``thread-first`` (configure() ran in a worker thread
+    before the main thread called it with the same settings), ``while-writing`` (the signal comes
+    while the main thread writes a batch, holding its lock), ``forked`` (the calls are made in a
+    child forked by multiprocessing, which is then terminated).
     """
     import llm_ledger
     from llm_ledger import _jsonl
@@ -130,6 +131,12 @@ def stopped(log_dir: str, how: str) -> None:
         # come (the test would wait for a process that was never signalled). Set before configure():
         # the writer thread's first wait starts there.
         _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
+    if how == "thread-first":  # configure() first ran in a worker thread, which cannot install a handler
+        import threading
+
+        worker = threading.Thread(target=llm_ledger.configure, kwargs={"log_dir": log_dir})
+        worker.start()
+        worker.join()
     if how == "off":
         llm_ledger.configure(log_dir=log_dir, handle_sigterm=False)
     else:

@@ -100,7 +100,7 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
 
 
 def _dimensions(by: str | Sequence[str]) -> tuple[str, ...]:
-    names = [by] if isinstance(by, str) else list(by)
+    names = list(by) if isinstance(by, Iterable) and not isinstance(by, str) else [by]
     out: list[str] = []
     for item in names:
         if not isinstance(item, str):
@@ -135,6 +135,11 @@ def make_query(
 ) -> Query:
     """A checked :class:`Query`; :class:`ConfigError` names a bad value and shows a valid one."""
     filters: dict[str, frozenset[str]] = {}
+    if where is not None and not isinstance(where, Mapping):
+        raise QueryError(
+            "where",
+            f"expected a mapping of dimension to value(s), e.g. {{'user_id': 'alice'}}, got {where!r}",
+        )
     for key, values in (where or {}).items():
         if not isinstance(key, str) or not key.strip():
             raise QueryError("where", f"{key!r} is not a dimension name; {_WHERE_EXAMPLE}")

@@ -33,7 +33,7 @@ __all__ = ["MAX_LINE_BYTES", "InputStats", "LogReader", "iter_records", "resolve
 MAX_LINE_BYTES: Final = 16 << 20
 _SKIP_BYTES: Final = 1 << 20  # read size while skipping the rest of an over-long line
 _SHOWN_MALFORMED: Final = 5
-_GLOB_CHARS: Final = frozenset("*?[")
+GLOB_CHARS: Final = frozenset("*?[")
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 STDIN: Final = "-"
 
@@ -80,7 +80,7 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
         name = os.fspath(item)
         if name == STDIN:
             out.append(name)
-        elif _GLOB_CHARS & set(name) and not os.path.exists(name):
+        elif GLOB_CHARS & set(name) and not os.path.exists(name):
             matches = sorted(m for m in glob.glob(name, recursive=True) if not os.path.isdir(m))
             if not matches:
                 raise ConfigError(

@@ -105,7 +105,8 @@ def _footer(report: CostReport) -> list[str]:
     ]
     if total.unpriced_calls:
         lines.append(
-            f"+ {total.unpriced_calls:,} successful calls have no price (model unknown to the price table): "
+            f"+ {total.unpriced_calls:,} successful calls have no price (a model the price table does not "
+            "know, or no usage reported): "
             "their cost is not included"
         )
     return lines
@@ -121,8 +122,9 @@ def render(report: CostReport, fmt: str = "text") -> str:
     headers = [*by, *_HEADERS]
     rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
     total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
+    figures = range(len(by), len(headers))
     if fmt == "markdown":
-        table = markdown_table(headers, rows, total=total)
+        table = markdown_table(headers, rows, total=total, right=figures)
     else:
-        table = text_table(headers, rows, total=total, right=range(len(by), len(headers)))
+        table = text_table(headers, rows, total=total, right=figures)
     return printable("\n".join([*table, "", *_footer(report)]) + "\n")

@@ -1,20 +1,22 @@
 """``llm-ledger reprice LOG_OR_REPORT``: what the recorded usage would cost with another model, provider or
 price table, lens by lens, before and after.
 
-Reads an ``llm_calls.jsonl`` log or a pytest ``--llm-report`` file (its ``usage`` rows, e.g. from replayed
-cassettes) and prices every call's tokens again: ``--model gpt-4o=gpt-4.1-mini`` (repeatable) swaps the
-model asked for, ``--provider groq`` prices every call at that provider's rates, ``--price-file F`` uses
-that price table (its ``hosts`` apply to the recorded servers). "before" is the cost recorded; "after"
-is the price table's figure, except for a cost the provider reported (OpenRouter) on a call whose model
-and provider stay (no --provider, no host entry in the price file for its server): that one stands.
+Reads ``llm_calls.jsonl`` logs (as ``llm-ledger report`` does: directories, ``.gz``, globs, ``-``) or a
+pytest ``--llm-report`` file (its ``usage`` rows, e.g. from replayed cassettes) and prices every call's
+tokens again: ``--model gpt-4o=gpt-4.1-mini`` (repeatable) swaps the model asked for, ``--provider groq``
+prices every call at that provider's rates, ``--price-file F`` uses that price table (its ``hosts``
+apply to the recorded servers). "before" is the cost recorded; "after" is the price table's figure,
+except for a cost the provider reported (OpenRouter) on a call whose model and provider stay (no
+--provider, no host entry in the price file for its server): that one stands.
 Calls count under the innermost lens they ran in.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +28,7 @@ from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
+from ._read import GLOB_CHARS, STDIN, iter_records
 from ._render import strict_json
 from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
 
@@ -95,26 +98,25 @@ class Reprice:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_usage(path: str) -> tuple[str, list[UsageRow]]:
-    """("log" or "report", the usage recorded in ``path``); :class:`ConfigError` says what is wrong."""
-    try:
-        with open(path, "rb") as file:
-            first = file.readline(1 << 20).strip()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if first == b"{" or first.startswith(b'{"schema"'):  # the plugin's report (indented JSON)
-        return "report", list(_report_usage(path))
-    return "log", list(_log_usage(path))
+def read_usage(paths: str | Sequence[str]) -> tuple[str, list[UsageRow]]:
+    """("log" or "report", the usage recorded in ``paths``); :class:`ConfigError` says what is wrong.
 
-
-def _log_usage(path: str) -> Iterator[UsageRow]:
-    from ._read import iter_records
-
-    return map(usage_row, iter_records([path], events=(CALL_EVENT,)))
+    One regular file may be the pytest plugin's report; anything else is read as logs, as
+    ``llm-ledger report`` reads them (files, ``.gz``, directories, globs, ``-``).
+    """
+    inputs = [paths] if isinstance(paths, str) else list(paths)
+    one = inputs[0] if len(inputs) == 1 else None
+    if one is not None and not os.path.exists(one) and one != STDIN and not GLOB_CHARS & set(one):
+        raise ConfigError(f"{one}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file")
+    if one is not None and os.path.isfile(one):
+        try:
+            with open(one, "rb") as file:
+                first = file.readline(1 << 20).strip()
+        except OSError as exc:
+            raise ConfigError(f"{one}: cannot read: {exc.strerror or exc}") from None
+        if first == b"{" or first.startswith(b'{"schema"'):  # the plugin's report (indented JSON)
+            return "report", list(_report_usage(one))
+    return "log", list(map(usage_row, iter_records(inputs, events=(CALL_EVENT,))))
 
 
 def _report_usage(path: str) -> Iterator[UsageRow]:
@@ -307,7 +309,10 @@ def register(subparsers: Any, summary: str) -> None:
         epilog="exit status: 0 repriced, 2 bad input (an unknown model or provider names the close matches)",
     )
     parser.add_argument(
-        "source", metavar="LOG_OR_REPORT", help="an llm_calls.jsonl log or a pytest --llm-report file"
+        "sources",
+        nargs="+",
+        metavar="LOG_OR_REPORT",
+        help="a pytest --llm-report file, or logs: a file (.gz too), a directory, a glob, or - for stdin",
     )
     parser.add_argument(
         "--model",
@@ -323,8 +328,9 @@ def register(subparsers: Any, summary: str) -> None:
 def run(args: argparse.Namespace) -> int:
     models = parse_models(args.model)
     table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
-    kind, usage = read_usage(args.source)
-    source = f"{Path(args.source).name} ({kind})"
+    kind, usage = read_usage(args.sources)
+    name = Path(args.sources[0]).name if len(args.sources) == 1 else f"{len(args.sources)} inputs"
+    source = f"{name} ({kind})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
     sys.stdout.write(render(result, args.fmt))
     return 0

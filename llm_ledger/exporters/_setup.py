@@ -63,14 +63,19 @@ def _one(item: Any, source: str) -> str:
 def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]:
     """Validated exporter specs, normalised (``prometheus:HOST:PORT``), duplicates dropped.
 
-    ``value`` is a list of names; ``from_env`` a comma-separated string (empty items are ignored).
+    ``value`` is a list of names (``None``: none); ``from_env`` a comma-separated string (empty items
+    are ignored).
     """
     if from_env:
         items: Iterable[Any] = [part for part in value.split(",") if part.strip()]
     elif isinstance(value, (list, tuple)):
         items = value
+    elif value is None:  # none, as log_dir=None and budgets=None are
+        items = ()
     else:
-        raise ConfigError(f"exporters must be a list of names such as ['prometheus', 'otel'], got {value!r}")
+        raise ConfigError(
+            f"exporters must be a list of names such as ['prometheus', 'otel'] (or None), got {value!r}"
+        )
     specs: list[str] = []
     for item in items:
         spec = _one(item, source)
