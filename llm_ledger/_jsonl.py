@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import stat
@@ -114,7 +115,9 @@ class LedgerJsonFormatter(OrjsonFormatter):
         try:
             return super().jsonify_log_record(log_data)
         except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
-            return json.dumps(log_data, default=str, ensure_ascii=False)
+            # standard JSON, as orjson writes it: a NaN or an infinity is null, never a bare NaN that
+            # readers (llm-ledger report) reject with the whole line
+            return json.dumps(_finite(log_data), default=str, ensure_ascii=False, allow_nan=False)
 
     def format_line(self, record: logging.LogRecord) -> bytes:
         """One line of the JSONL file, newline included: the same text as ``format()``, faster.
@@ -146,6 +149,17 @@ class LedgerJsonFormatter(OrjsonFormatter):
                 return orjson.dumps(record, default=self.json_default, option=_NON_STR_KEYS_OPTIONS)
             except (TypeError, ValueError):
                 return None  # the json module's fallback (format() -> jsonify_log_record)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None, as orjson writes it."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> bytes:
@@ -181,7 +195,11 @@ class JsonlFileHandler(logging.Handler):
         self._inode: tuple[int, int] | None = None
         self._closed = False
         self._lost = 0
-        self._open()  # fail early, in configure(), on a path that can never work
+        try:
+            self._open()  # fail early, in configure(), on a path that can never work
+        except BaseException:
+            self._closed = True  # logging already holds the handler: its flush and close at exit are no-ops
+            raise
         self._thread = self._start_writer()
         _handlers.add(self)
 

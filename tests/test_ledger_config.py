@@ -19,6 +19,8 @@ from pythonjsonlogger.json import JsonFormatter
 import llm_ledger
 import llm_ledger.testing
 from llm_ledger import JsonlFileHandler, _config
+from llm_ledger.analysis._read import strict_loads
+from llm_ledger.report import summarise
 from llm_ledger.testing import FakeOpenAI
 from llm_ledger.testing import capture as capture_records
 from tests.conftest import FAKE_KEY
@@ -169,6 +171,42 @@ def test_context_values_json_cannot_hold_directly_are_still_written(
     written = [line["context"] for line in _lines(tmp_path / "llm_calls.jsonl")]
     assert [c["source_id"] for c in written] == [str(source), "s", 2**70]
     assert written[1]["pages"] == {"1": "intro", "2": "body"}
+
+
+def test_a_record_json_cannot_hold_directly_is_still_standard_json(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """Next to an integer beyond 64 bits (which orjson refuses, so the json module writes the line), a
+    NaN or an infinity is written as null, as orjson writes it: never a bare NaN that makes readers
+    reject the line and lose the call from every report."""
+    llm_ledger.configure(log_dir=tmp_path)
+    with llm_ledger.track_llm_call(source_id=2**70, score=float("nan"), limit=float("inf")):
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    (line,) = (tmp_path / "llm_calls.jsonl").read_text().splitlines()
+    context = strict_loads(line)["context"]
+    assert (context["source_id"], context["score"], context["limit"]) == (2**70, None, None)
+    report = summarise([tmp_path])
+    assert (report.malformed, report.total.calls) == (0, 1)
+
+
+def test_a_refused_log_dir_leaves_nothing_behind_for_exit(tmp_path: Path) -> None:
+    """configure() refusing a log path raises ConfigError and nothing else: the handler it began to
+    build (alive while the error's traceback is, as when it goes unhandled) prints no traceback when
+    logging shuts down at exit."""
+    (tmp_path / "afile").write_text("")
+    script = (
+        "import llm_ledger\n"
+        "try:\n"
+        "    llm_ledger.configure(log_dir='afile')\n"
+        "except llm_ledger.ConfigError as exc:\n"
+        "    kept = exc\n"
+        "    print('refused')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "refused\n", "")
 
 
 def test_context_values_json_cannot_hold_directly_reach_the_loggers_handlers_as_json(
