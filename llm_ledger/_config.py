@@ -17,8 +17,8 @@ setting                        environment variable            default
 ``anomalies``                  ``LLM_LEDGER_ANOMALIES``        off
 =============================  ==============================  ==========================
 
-``LLM_LEDGER_LOG_DIR=off`` (or ``log_dir=None``) writes no file; records still reach the
-``llm_monitor`` logger's other handlers and every sink.
+``LLM_LEDGER_LOG_DIR=off`` (or ``none``, ``false``, ``no``, ``0``; or ``log_dir=None``) writes no
+file; records still reach the ``llm_monitor`` logger's other handlers and every sink.
 
 ``handle_sigterm``: where the application has no SIGTERM handler of its own, the first
 ``configure()`` that sets up a file installs one (from the main thread) that writes out every
@@ -103,11 +103,14 @@ def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default:
     raise ConfigError(f"{name} must be True or False, got {value!r}")
 
 
+_OFF = ("off", "none", "false", "no", "0")  # a path variable set to one of these turns its feature off
+
+
 def _path(name: str, value: Any) -> Path:
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         if "\x00" in str(value):
             raise ConfigError(f"{name} must not contain a NUL character, got {value!r}")
-        return Path(value)
+        return Path(value).expanduser()  # "~/logs" from a unit file or a .env, where no shell expands it
     raise ConfigError(f"{name} must be a non-empty path (str or os.PathLike), got {value!r}")
 
 
@@ -131,7 +134,7 @@ def resolve(
     env = os.environ if env is None else env
     if log_dir is UNSET:
         raw = env.get("LLM_LEDGER_LOG_DIR", "logs")
-        resolved_dir = None if raw.strip().lower() in ("off", "none") else _path("LLM_LEDGER_LOG_DIR", raw)
+        resolved_dir = None if raw.strip().lower() in _OFF else _path("LLM_LEDGER_LOG_DIR", raw)
     else:
         resolved_dir = None if log_dir is None else _path("log_dir", log_dir)
     if price_file is UNSET:
@@ -178,7 +181,7 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
     hint = "; or pass configure(budgets=None) / unset LLM_LEDGER_BUDGETS for no production budgets"
     if budgets is UNSET:
         raw = env.get("LLM_LEDGER_BUDGETS", "").strip()
-        if raw.lower() in ("", "off", "none"):
+        if not raw or raw.lower() in _OFF:
             return None, mode
         return load_budgets(_path("LLM_LEDGER_BUDGETS", raw), hint=hint), mode
     return None if budgets is None else as_budgets(budgets, hint=hint), mode

@@ -405,6 +405,29 @@ def test_environment_variables_configure_without_code(
     assert line["content"]["messages"][0]["content"] == "PRIVATE-USER-TEXT"
 
 
+@pytest.mark.parametrize("word", ["off", "none", "false", "0", "No"])
+def test_a_path_variable_set_to_an_off_word_turns_its_feature_off(
+    word: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
+) -> None:
+    """LLM_LEDGER_LOG_DIR=0 writes no file, as =off does; it used to create a directory named "0"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLM_LEDGER_LOG_DIR", word)
+    monkeypatch.setenv("LLM_LEDGER_BUDGETS", word)
+    settings = llm_ledger.configure()
+    assert (settings.log_dir, _config._handler, llm_ledger.get_monitor().budgets) == (None, None, None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_from_the_environment_expands_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
+) -> None:
+    """~/logs in a unit file or a .env (no shell to expand it) is the home directory's logs."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LLM_LEDGER_LOG_DIR", "~/ledger-logs")
+    assert llm_ledger.configure().log_dir == tmp_path / "ledger-logs"
+    assert (tmp_path / "ledger-logs" / "llm_calls.jsonl").is_file()
+
+
 def test_arguments_win_over_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
 ) -> None:
