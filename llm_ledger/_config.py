@@ -110,7 +110,8 @@ def _path(name: str, value: Any) -> Path:
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         if "\x00" in str(value):
             raise ConfigError(f"{name} must not contain a NUL character, got {value!r}")
-        return Path(value).expanduser()  # "~/logs" from a unit file or a .env, where no shell expands it
+        # "~/logs" from a unit file or a .env, where no shell expands it (an unknown ~user stays as is)
+        return Path(os.path.expanduser(value))
     raise ConfigError(f"{name} must be a non-empty path (str or os.PathLike), got {value!r}")
 
 
