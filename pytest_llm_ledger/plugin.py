@@ -64,7 +64,7 @@ from llm_ledger.loading import BOOLEAN_WORDS
 from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
-from ._naming import cassette_path, orphan_cassettes
+from ._naming import cassette_path, orphan_cassettes, selected_folders
 from ._network import Guard
 from ._report import (
     SESSION_BUCKET,
@@ -471,6 +471,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             handler.addFilter(_not_a_ledger_record)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect: a deselected test still owns its cassette
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
     for item in items:
@@ -673,7 +674,12 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     collected the whole suite; ``llm-ledger cassettes`` finds them for any selection."""
     if not _whole_suite(config):
         return []
-    orphans = orphan_cassettes(state.cassette_dir, state.ledger.cassettes, config.getini("llm_cassette_keep"))
+    orphans = orphan_cassettes(
+        state.cassette_dir,
+        state.ledger.cassettes,
+        config.getini("llm_cassette_keep"),
+        selected_folders(config, state.cassette_dir),
+    )
     if not orphans:
         return []
     return [
@@ -699,10 +705,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("llm_list_cassettes", None)
     state = session.config.stash.get(_STATE, None)
     if path and state is not None:  # for `llm-ledger cassettes`
+        folders = selected_folders(session.config, state.cassette_dir)
         listing = {
             "cassette_dir": str(state.cassette_dir),
             "cassettes": sorted(state.ledger.cassettes),
             "keep": list(session.config.getini("llm_cassette_keep")),
+            "within": None if folders is None else [str(folder) for folder in folders],
         }
         Path(path).write_text(json.dumps(listing), encoding="utf-8")
 
