@@ -229,8 +229,8 @@ class Breach:
     actual: float
     worst_test: str
     runs_over: int = 1
-    unknown: str = ""  # a cost limit that cannot be checked: why (the models with no known cost)
-    fix: str = ""  # and what makes the cost known
+    unknown: str = ""  # a limit that cannot be checked: why (the models with no known cost or usage)
+    fix: str = ""  # and what makes the value known
 
     @property
     def where(self) -> str:
@@ -355,17 +355,25 @@ def _check_runs(scope: str, name: str, limits: Limits, runs: list[tuple[str, Tot
         if over:
             actual, nodeid = max(over, key=lambda pair: pair[0])
             out.append(Breach(scope, name, limit_key, limit, actual, nodeid, len(over)))
-        elif metric == "cost_usd":
-            # fail closed: a cost limit is met only by a cost that is known
-            unknown = [(nodeid, run) for nodeid, run in runs if not run.cost_complete]
-            if unknown:
-                nodeid, run = unknown[0]
-                gaps = Totals.sum_of(each for _, each in unknown)
-                out.append(
-                    Breach(scope, name, limit_key, limit, run.cost_usd, nodeid, len(unknown),
-                           gaps.cost_gaps(), gaps.cost_fixes())
-                )  # fmt: skip
+        elif unknown := [(nodeid, run) for nodeid, run in runs if _unknown(run, metric)]:
+            # fail closed: a limit is met only by a value that is known
+            nodeid, run = unknown[0]
+            gaps = Totals.sum_of(each for _, each in unknown)
+            if metric != "cost_usd":  # tokens are unknown only for calls that reported no usage
+                gaps = Totals(no_usage=gaps.no_usage)
+            out.append(
+                Breach(scope, name, limit_key, limit, run.metric(metric), nodeid, len(unknown),
+                       gaps.cost_gaps(), gaps.cost_fixes())
+            )  # fmt: skip
     return out
+
+
+def _unknown(run: Totals, metric: str) -> bool:
+    """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known
+    cost, its tokens calls that reported no usage. The number of calls is always known."""
+    if metric == "cost_usd":
+        return not run.cost_complete
+    return metric != "api_calls" and bool(run.no_usage)
 
 
 # -- rendering ----------------------------------------------------------------------------------

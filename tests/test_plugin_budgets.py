@@ -299,6 +299,38 @@ def test_a_cost_limit_that_cannot_be_evaluated_is_a_breach(pytester: pytest.Pyte
     )
 
 
+@pytest.mark.usefixtures("with_key")
+def test_a_token_limit_over_calls_without_usage_is_a_breach(pytester: pytest.Pytester, server: Any) -> None:
+    """A call that reported no usage has unknown tokens: a token limit over it is a breach with an
+    unknown actual and the fix (never 0 tokens that pass); a call limit can still be checked."""
+    write_project(pytester, UNKNOWN_COST_TESTS)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(
+        pytester,
+        "lenses:\n  quiet: {max_total_tokens: 1000, max_api_calls: 1}\n  local: {max_total_tokens: 1000}\n"
+        'tests:\n  "tests/test_app.py::test_quiet": {max_completion_tokens: 1000}\n'
+        "total: {max_prompt_tokens: 1000}\n",
+    )
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: 3 budget limit(s) exceeded*",
+            "lens quiet *max_total_tokens *1,000 *unknown *tests/test_app.py::test_quiet",
+            "test tests/test_app.py::test_quiet *max_completion_tokens *1,000 *unknown *",
+            "total *max_prompt_tokens *1,000 *unknown *tests/test_app.py::test_*",
+            "lens quiet: max_total_tokens cannot be checked: no usage reported by calls to 'gpt-4o-mini' "
+            "(1 call); re-record it with usage*",
+        ]
+    )
+    assert "every budget" not in result.stdout.str()
+    assert "lens local" not in result.stdout.str()  # its tokens are known; only its price is not
+
+
 def test_a_misspelt_lens_key_is_named(recorded: pytest.Pytester) -> None:
     """A lens budget whose key never ran is a notice with the closest key that did run."""
     budgets(recorded, "lenses:\n  summry: {max_api_calls: 1}\n")
