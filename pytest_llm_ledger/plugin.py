@@ -90,6 +90,7 @@ _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
 _REPORTED_CASSETTE_BLOCKED = pytest.StashKey[int]()
+_SHARES_WITH = pytest.StashKey[str]()  # the node id of an earlier test with the same cassette path
 # Sessions configured in this process, innermost last: a session run in-process by pytester
 # inside another gets the records, not the outer session that happens to share the monitor.
 _active: list[_LedgerState] = []
@@ -474,13 +475,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect: a deselected test still owns its cassette
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
+    owners: dict[Path, str] = {}
     for item in items:
         marker = item.get_closest_marker("llm")
         if marker is None:
             continue
         live = marker.kwargs.get("live", False)
         if not live:
-            state.ledger.cassettes.add(str(cassette_path(item, state.cassette_dir)))
+            path = cassette_path(item, state.cassette_dir)
+            state.ledger.cassettes.add(str(path))
+            owner = owners.setdefault(path, item.nodeid)
+            if owner != item.nodeid:  # not --keep-duplicates running one test twice
+                item.stash[_SHARES_WITH] = owner
         match_host = marker.kwargs.get("match_host", False)
         if (
             marker.args
@@ -602,6 +608,15 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             pytrace=False,
         )
     path = cassette_path(item, state.cassette_dir)
+    owner = item.stash.get(_SHARES_WITH, None)
+    if owner is not None:  # each recording would overwrite the other's
+        pytest.fail(
+            f"llm-ledger: {item.nodeid} would share its cassette {_display(request.config, path)} with "
+            f"{owner}: cassettes are named from the parameter values (an object by its repr, without "
+            "its memory address), and these name the same file. Give the parameters values that "
+            "differ, or their class a __repr__ that tells them apart (a named function, not a lambda)",
+            pytrace=False,
+        )
     # pytest-recording's cassette of a test marked vcr too: set up first, so ours is the innermost
     # interception and hands it every request it does not own
     vcr_marked = item.get_closest_marker("vcr") is not None and "vcr" in request.fixturenames

@@ -114,7 +114,7 @@ def test_a_run_from_a_subfolder_judges_only_the_cassettes_of_that_folder(
 ) -> None:
     """``cd tests && pytest --llm-strict`` collects only tests/: a cassette of a test elsewhere (an
     examples/ folder) is not an orphan, one under tests/ whose test is gone still is."""
-    _, orphan, _ = _project(pytester)
+    _project(pytester)
     elsewhere = pytester.path / "cassettes" / "examples" / "test_demo" / "test_walkthrough.yaml"
     elsewhere.parent.mkdir(parents=True)
     elsewhere.write_text("interactions: []\n")

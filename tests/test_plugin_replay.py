@@ -364,6 +364,52 @@ def test_cassette_names_are_stable_and_filesystem_safe(pytester: pytest.Pytester
     assert re.fullmatch(r"test_param\[lang=fr-be,n=1\]-[0-9a-f]{8}\.yaml", names[3])
 
 
+SHARED_NAME_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+class Doc:
+    def __init__(self, text):
+        self.text = text
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("doc", [Doc("first document"), Doc("second document")])
+def test_doc(doc):
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": doc.text}])
+"""
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_two_tests_that_would_share_a_cassette_fail_before_recording(pytester: pytest.Pytester) -> None:
+    """Parameters whose values name the same file (objects whose repr differs only by address) would
+    overwrite each other's recording: the second test fails, naming both tests, the file and the fix,
+    and the first one's cassette stays its own."""
+    write_project(pytester, SHARED_NAME_TESTS)
+
+    result = run(pytester, "--llm-record-mode=once")
+
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            # (fnmatch: ? stands for the brackets)
+            "llm-ledger: tests/test_app.py::test_doc?doc1? would share its cassette "
+            "cassettes/tests/test_app/test_doc?doc=*?.yaml with tests/test_app.py::test_doc?doc0?: "
+            "*Give the parameters values that differ, or their class a __repr__ that tells them apart*",
+        ]
+    )
+    (cassette,) = (pytester.path / CASSETTES).iterdir()
+    assert [i["request"]["json"]["messages"][0]["content"] for i in load_yaml(cassette)["interactions"]] == [
+        "first document"
+    ]
+    replayed = run(pytester, "-k", "doc0")
+    replayed.assert_outcomes(passed=1, deselected=1)
+
+
 def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     """An unknown llm_record_mode names the value, the ini file and the valid modes."""
     write_project(pytester)
