@@ -482,9 +482,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         live = marker.kwargs.get("live", False)
         if not live:
-            path = cassette_path(item, state.cassette_dir)
-            state.ledger.cassettes.add(str(path))
-            owner = owners.setdefault(path, item.nodeid)
+            cassette = cassette_path(item, state.cassette_dir)
+            state.ledger.cassettes.add(str(cassette))
+            owner = owners.setdefault(cassette, item.nodeid)
             if owner != item.nodeid:  # not --keep-duplicates running one test twice
                 item.stash[_SHARES_WITH] = owner
         match_host = marker.kwargs.get("match_host", False)
