@@ -180,9 +180,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "llm_match_host",
-        "match cassette requests on the host too (default: method, API path and body only)",
-        type="bool",
-        default=False,
+        "match cassette requests on the host too (true/false; default: method, API path and body only)",
+        default="false",
     )
 
 
@@ -279,6 +278,7 @@ class _LedgerState:
         self.enforce = _switch(config, "llm_ledger_budget", "llm_budget")
         self.strict = _switch(config, "llm_strict", "llm_strict")
         self.block_network = _switch(config, "llm_block_network", "llm_block_network")
+        self.match_host = _switch(config, None, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -357,9 +357,9 @@ class _LedgerState:
         return message
 
 
-def _switch(config: pytest.Config, dest: str, ini: str) -> bool:
+def _switch(config: pytest.Config, dest: str | None, ini: str) -> bool:
     """A command-line flag, else its ini twin (true/false)."""
-    if config.getoption(dest, False):
+    if dest is not None and config.getoption(dest, False):
         return True
     raw = str(config.getini(ini))
     value = BOOLEAN_WORDS.get(raw.strip().lower())
@@ -628,7 +628,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             pytrace=False,
         )
     error = None
-    match_host = marker.kwargs.get("match_host", request.config.getini("llm_match_host"))
+    match_host = marker.kwargs.get("match_host", state.match_host)
     try:
         cassette = LedgerCassette(
             path,

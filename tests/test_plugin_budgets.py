@@ -388,12 +388,14 @@ def test_budgets_enforced_from_ini_alone(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["total *max_api_calls *0 *3 *"])
 
 
-def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    """llm_strict = maybe names the key, the value, the ini file and the valid values."""
+@pytest.mark.parametrize("key", ["llm_strict", "llm_budget", "llm_block_network", "llm_match_host"])
+def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester, key: str) -> None:
+    """llm_strict = maybe (or any boolean setting) is one usage error before any test runs, naming
+    the key, the value, the ini file and the valid values."""
     write_project(pytester)
-    pytester.makefile(".ini", pytest=INI + "llm_strict = maybe\n")
+    pytester.makefile(".ini", pytest=INI + f"{key} = maybe\n")
 
     result = run(pytester)
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*llm_strict = 'maybe' in *pytest.ini is not a boolean; use true or false"])
+    result.stderr.fnmatch_lines([f"*{key} = 'maybe' in *pytest.ini is not a boolean; use true or false"])
