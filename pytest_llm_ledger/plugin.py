@@ -426,6 +426,8 @@ def pytest_configure(config: pytest.Config) -> None:
             )
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
+    if not state.is_worker:
+        _report_path(config)  # a path that cannot be written fails now, not after the whole run
     if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
         # replay needs no key, nor does recording against a compatible server, but the SDK refuses
         # to build a client without one; recording against OpenAI itself keeps the SDK's error
@@ -677,11 +679,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     state.notices[1:1] = _orphan_cassette_notices(state, session.config)
     if (state.breaches or (state.strict and state.notices)) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    report_path = session.config.getoption("llm_report")
-    if report_path:
-        path = Path(session.config.invocation_params.dir, report_path)
+    path = _report_path(session.config)
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _report_path(config: pytest.Config) -> Path | None:
+    """Where --llm-report writes, relative to where pytest was started; a usage error when it
+    names a directory or a path under a file."""
+    given = config.getoption("llm_report")
+    if not given:
+        return None
+    path = Path(config.invocation_params.dir, given)
+    existing = next(parent for parent in path.parents if parent.exists())  # "/" at worst
+    problem = None
+    if path.is_dir():
+        problem = "is a directory"
+    elif not existing.is_dir():
+        problem = f"{_display(config, existing)} is a file"
+    if problem is not None:
+        raise pytest.UsageError(
+            f"llm-ledger: --llm-report {given}: {problem}; give the path of a JSON file to write, e.g. "
+            "--llm-report=llm-report.json"
+        )
+    return path
 
 
 def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list[str]:
