@@ -348,8 +348,13 @@ class _LedgerState:
                 "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
                 "  once (needs network and OPENAI_API_KEY):",
                 f"    {rerecord_command(nodeid, 'once')}",
-                "  for a deliberate live test: @pytest.mark.llm(live=True); for a local server: ini "
-                f"llm_allowed_hosts = {host}",
+                "  for a deliberate live test: @pytest.mark.llm(live=True)"
+                # OpenAI itself is never a local server: letting it through would bill CI
+                + (
+                    ""
+                    if host == "api.openai.com"
+                    else f"; for a local server: ini llm_allowed_hosts = {host}"
+                ),
             ]
         )
         with self._lock:

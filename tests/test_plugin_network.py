@@ -111,3 +111,34 @@ def test_a_bad_llm_marker_argument_is_a_usage_error(pytester: pytest.Pytester) -
             "llm marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True)*"
         ]
     )
+
+
+DEFAULT_CLIENT_TEST = """
+import openai
+
+
+def test_default_client():
+    with openai.OpenAI(max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+"""
+
+
+@pytest.mark.usefixtures("no_key")
+def test_a_refused_request_to_openai_itself_never_suggests_allowing_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unmarked test calling api.openai.com is told to mark and record it; the local-server hint
+    (llm_allowed_hosts), which would let CI call the paid API, is not offered for OpenAI's host."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    write_project(pytester, DEFAULT_CLIENT_TEST)
+
+    result = run(pytester)
+
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  request: POST api.openai.com/v1/chat/completions",
+            "  for a deliberate live test: @pytest.mark.llm(live=True)",
+        ]
+    )
+    assert "llm_allowed_hosts" not in result.stdout.str()
