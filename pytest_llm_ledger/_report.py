@@ -26,6 +26,7 @@ __all__ = [
     "notices",
     "render_breaches",
     "render_lens_table",
+    "sets_limits",
 ]
 
 REPORT_SCHEMA: Final = "llm-ledger-report"
@@ -431,6 +432,12 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
         )
     if budgets is None:
         return out, False
+    if not sets_limits(budgets):
+        out.append(
+            f"llm-ledger: {budgets.source} sets no limit, so --llm-budget checked nothing; add limits "
+            f"({', '.join(Limits.KEYS)}) under its sections: default, lenses, tests, total"
+        )
+        return out, True
     # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
     idle = sorted(set(budgets.tests) - set(ledger.tests))
     if idle:
@@ -445,6 +452,12 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
             f"{listed(idle_lenses)}; lens keys that ran: {listed(ran) or 'none'}"
         )
     return out, bool(idle or idle_lenses)
+
+
+def sets_limits(budgets: Budgets) -> bool:
+    """Whether ``budgets`` caps anything (an empty file, or lenses listed with no limit, do not)."""
+    sections = [budgets.default, budgets.total, *budgets.lenses.values(), *budgets.tests.values()]
+    return any(limits is not None and limits.items() for limits in sections)
 
 
 def render_breaches(breaches: list[Breach]) -> list[str]:

@@ -75,6 +75,7 @@ from ._report import (
     notices,
     render_breaches,
     render_lens_table,
+    sets_limits,
 )
 
 __all__ = ["LedgerRecords"]
@@ -776,7 +777,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for line in render_breaches(state.breaches):
             tr.write_line(line)
         tr.write_line(f"limits from {budget_file}")
-    elif state.budgets is not None:
+    elif state.budgets is not None and sets_limits(state.budgets):
         checked = " that ran" if state.unchecked_budgets else ""
         tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
     for notice in state.notices:

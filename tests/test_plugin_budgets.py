@@ -377,6 +377,28 @@ def test_strict_mode_fails_the_run_on_any_notice(
     )
 
 
+@pytest.mark.parametrize("text", ["# limits to come\n", "lenses: {}\n", "lenses:\n  summary: {}\n"])
+def test_a_budgets_file_with_no_limit_is_a_notice_not_a_pass(recorded: pytest.Pytester, text: str) -> None:
+    """--llm-budget over a file that sets no limit checks nothing: the run says so (a failure under
+    --llm-strict) and never prints that every budget was met."""
+    budgets(recorded, text)
+
+    lenient = run(recorded, "--llm-budget")
+    strict = run(recorded, "--llm-budget", "--llm-strict")
+
+    assert lenient.ret == pytest.ExitCode.OK
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+    for result in (lenient, strict):
+        result.stdout.fnmatch_lines(
+            [
+                "llm-ledger: budgets.yaml sets no limit, so --llm-budget checked nothing; add limits "
+                "(max_api_calls, max_completion_tokens, max_cost_usd, max_prompt_tokens, max_total_tokens) "
+                "under its sections: default, lenses, tests, total"
+            ]
+        )
+        assert "every budget" not in result.stdout.str()
+
+
 def test_budgets_enforced_from_ini_alone(recorded: pytest.Pytester) -> None:
     """ini llm_budget = true enforces the budgets file with no flag on the command line."""
     recorded.makefile(".ini", pytest=INI + "llm_budget = true\n")
