@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-__all__ = ["cassette_path", "orphan_cassettes", "selected_folders"]
+__all__ = ["cassette_params", "cassette_path", "orphan_cassettes", "selected_folders"]
 
 MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_REPEATS = frozenset({"__pytest_repeat_step_number"})  # pytest-repeat's repetition number
 
 
 def _hash(text: str) -> str:
@@ -46,14 +47,21 @@ def _safe(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-.") or "_"
 
 
+def cassette_params(item: pytest.Item) -> dict[str, Any]:
+    """The parameters that name ``item``'s cassette: all of its own, less those that repeat a test
+    rather than vary it (pytest-repeat's ``--count``), so every repetition replays one cassette."""
+    callspec = getattr(item, "callspec", None)
+    params: dict[str, Any] = callspec.params if callspec is not None else {}
+    return {arg: value for arg, value in params.items() if arg not in _REPEATS}
+
+
 def cassette_stem(item: pytest.Item) -> str:
     """The file name (without ``.yaml``) of ``item``'s cassette."""
     owners = [node.name for node in item.listchain() if isinstance(node, pytest.Class)]
     name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and callspec.params:
-        params = ",".join(f"{arg}={_value_text(callspec.params[arg])}" for arg in sorted(callspec.params))
-        name = f"{name}[{params}]"
+    params = cassette_params(item)
+    if params:
+        name = f"{name}[{','.join(f'{arg}={_value_text(params[arg])}' for arg in sorted(params))}]"
     raw = ".".join([*owners, name])
     full = _safe(raw)
     if full != raw:

@@ -64,7 +64,7 @@ from llm_ledger.loading import BOOLEAN_WORDS
 from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
-from ._naming import cassette_path, orphan_cassettes, selected_folders
+from ._naming import cassette_params, cassette_path, orphan_cassettes, selected_folders
 from ._network import Guard
 from ._report import (
     SESSION_BUCKET,
@@ -483,7 +483,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect: a deselected test still owns its cassette
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
-    owners: dict[Path, str] = {}
+    owners: dict[Path, tuple[dict[str, Any], str]] = {}  # cassette -> the first test's parameters, node id
     for item in items:
         marker = item.get_closest_marker("llm")
         if marker is None:
@@ -492,8 +492,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not live:
             cassette = cassette_path(item, state.cassette_dir)
             state.ledger.cassettes.add(str(cassette))
-            owner = owners.setdefault(cassette, item.nodeid)
-            if owner != item.nodeid:  # not --keep-duplicates running one test twice
+            params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
+            if not _equal(params, cassette_params(item)):  # not one test run again (equal values)
                 item.stash[_SHARES_WITH] = owner
         match_host = marker.kwargs.get("match_host", False)
         if (
@@ -509,6 +509,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 "marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True) "
                 "(match the host too) or @pytest.mark.llm(live=True) (a deliberate live test)"
             )
+
+
+def _equal(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    try:
+        return bool(first == second)
+    except Exception:  # a value whose == is not a truth value (an array): take them as different
+        return False
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -410,6 +410,59 @@ def test_two_tests_that_would_share_a_cassette_fail_before_recording(pytester: p
     replayed.assert_outcomes(passed=1, deselected=1)
 
 
+# pytest-repeat's mechanism (--count=2), as it ships: an indirect parameter numbering the repetitions
+REPEAT_CONFTEST = """
+import pytest
+
+
+@pytest.fixture
+def __pytest_repeat_step_number(request):
+    return request.param
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc):
+    metafunc.fixturenames.append("__pytest_repeat_step_number")
+    metafunc.parametrize(
+        "__pytest_repeat_step_number", range(2), indirect=True, ids=lambda i: f"{i + 1}-2"
+    )
+"""
+
+REPEATED_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("n", [1, 1], ids=["one", "uno"])
+def test_same(n, llm_ledger):
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": str(n)}])
+    assert llm_ledger.api_calls == 1
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_repeated_runs_of_one_test_replay_one_cassette(pytester: pytest.Pytester, server: FakeOpenAI) -> None:
+    """The repetitions of a test (pytest-repeat's --count, or equal parameter values under other
+    ids) are one test run again: they record one cassette and each replays it in full, offline."""
+    write_project(pytester, REPEATED_TESTS)
+    (pytester.path / "conftest.py").write_text(REPEAT_CONFTEST)
+
+    record(pytester)
+
+    assert [p.name for p in (pytester.path / CASSETTES).iterdir()] == ["test_same[n=1].yaml"]
+    assert len(server.requests) == 1
+    server.stop()
+    replayed = run(pytester)
+    replayed.assert_outcomes(passed=4)
+
+
 def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     """An unknown llm_record_mode names the value, the ini file and the valid modes."""
     write_project(pytester)
