@@ -6,9 +6,9 @@ Settings come in two layers, the command line over the ini file:
 command line               ini                     default
 =========================  ======================  ==============================================
 ``--llm-record-mode``      ``llm_record_mode``     ``none`` (replay only, offline)
-``--llm-cassette-dir``     ``llm_cassette_dir``    ``cassettes`` under the rootdir
+``--llm-cassette-dir``     ``llm_cassette_dir``    ``cassettes`` beside the ini file
 ``--llm-budget``           ``llm_budget``          off: totals are reported, never enforced
-``--llm-budget-file``      ``llm_budget_file``     ``budgets.yaml`` under the rootdir
+``--llm-budget-file``      ``llm_budget_file``     ``budgets.yaml`` beside the ini file
 ``--llm-strict``           ``llm_strict``          off: notices are printed, never fail the run
 ``--llm-block-network``    ``llm_block_network``   off: a marked test's requests that its cassette
                                                    does not record (not the OpenAI SDK's) are sent
@@ -124,8 +124,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "cassettes), new_episodes (record unmatched requests), all (re-record every request, keep the "
         "rest), rewrite (replace each cassette).",
     )
-    group.addoption("--llm-cassette-dir", help="cassette directory (default: <rootdir>/cassettes).")
-    group.addoption("--llm-budget-file", help="budgets file (default: <rootdir>/budgets.yaml).")
+    group.addoption(
+        "--llm-cassette-dir",
+        help="cassette directory, relative to the current one (default: ini llm_cassette_dir).",
+    )
+    group.addoption(
+        "--llm-budget-file",
+        help="budgets file, relative to the current directory (default: ini llm_budget_file).",
+    )
     group.addoption("--llm-report", metavar="PATH", help="write per-lens totals as JSON.")
     group.addoption(
         "--llm-list-cassettes",
@@ -148,7 +154,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "llm_record_mode", "record mode for tests marked llm (see --llm-record-mode)", default="none"
     )
-    parser.addini("llm_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
+    parser.addini("llm_cassette_dir", "cassette directory, relative to the ini file", default="cassettes")
     parser.addini(
         "llm_cassette_keep",
         "cassettes no test owns that are not orphans (globs relative to the cassette directory, e.g. a "
@@ -156,7 +162,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="args",
         default=[],
     )
-    parser.addini("llm_budget_file", "budgets file, relative to the rootdir", default="budgets.yaml")
+    parser.addini("llm_budget_file", "budgets file, relative to the ini file", default="budgets.yaml")
     parser.addini("llm_budget", "enforce the budgets file without --llm-budget (true/false)", default="false")
     parser.addini("llm_strict", "fail the run on any llm-ledger notice, as --llm-strict", default="false")
     parser.addini(
