@@ -142,3 +142,51 @@ def test_a_refused_request_to_openai_itself_never_suggests_allowing_it(
         ]
     )
     assert "llm_allowed_hosts" not in result.stdout.str()
+
+
+AIOHTTP_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+async def ask(text):
+    client = openai.AsyncOpenAI(
+        base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0, http_client=openai.DefaultAioHttpClient()
+    )
+    async with client:
+        return await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
+        )
+
+
+@pytest.mark.asyncio
+async def test_unmarked_aiohttp():
+    await ask("unmarked aiohttp")
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_marked_aiohttp():
+    assert (await ask("marked aiohttp")).choices[0].message.content.startswith("Summary:")
+"""
+
+
+def test_the_sdks_aiohttp_backend_is_guarded_and_replayed(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client on the SDK's aiohttp backend (DefaultAioHttpClient) is held to the same rule: in an
+    unmarked test its request fails the test unsent; in a marked test it records and replays."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-key-1234")
+    write_project(pytester, AIOHTTP_TESTS)
+    assert run(pytester, "--llm-record-mode=once", "-k", "marked_aiohttp and not unmarked").ret == 0
+    assert prompts(server) == ["marked aiohttp"]
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: tests/test_app.py::test_unmarked_aiohttp is not marked llm, so its OpenAI * not sent"]
+    )
+    assert prompts(server) == ["marked aiohttp"]  # the unmarked request never reached the server
