@@ -284,6 +284,9 @@ MALFORMED = {
     "wrong version": "version: 7\ninteractions: []\n",
     "bad status": "version: 1\ninteractions:\n- request: {method: GET, url: 'http://x'}\n"
     "  response: {status: 1}",
+    # a merge conflict resolved by keeping both sides: YAML alone would keep the last value silently
+    "duplicate key": "version: 1\ninteractions:\n- request: {method: GET, url: 'http://x'}\n"
+    "  response:\n    status: 200\n    json: {usage: {prompt_tokens: 19, prompt_tokens: 1}}\n",
 }
 
 
