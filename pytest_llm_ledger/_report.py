@@ -245,6 +245,7 @@ class SessionLedger:
         self.tests: dict[str, Totals] = {}
         self.lens_runs: list[tuple[str, str, Totals]] = []  # (lens key, node id, run totals)
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
+        self.recorded: set[str] = set()  # node ids whose cassette this run recorded into
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
@@ -272,6 +273,7 @@ class SessionLedger:
             "tests": {nodeid: t.to_wire() for nodeid, t in self.tests.items()},
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
             "unplayed": self.unplayed,
+            "recorded": sorted(self.recorded),
             "cassettes": sorted(self.cassettes),
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
         }
@@ -282,6 +284,7 @@ class SessionLedger:
         for key, nodeid, wire in data.get("lens_runs", []):
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
         self.unplayed.update(data.get("unplayed", {}))
+        self.recorded.update(data.get("recorded", ()))
         self.cassettes.update(data.get("cassettes", ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))

@@ -670,6 +670,9 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     passed = item.stash.get(_PASSED, False) and not cassette.misses
     cassette.save(test_passed=passed)
+    if cassette.recorded:
+        with state._lock:
+            state.ledger.recorded.add(item.nodeid)
     unplayed = len(cassette.loaded) - cassette.played
     if passed and cassette.write_protected and unplayed > 0:
         # the code now makes fewer calls than were recorded: the cassette (and its cost) is stale
@@ -695,13 +698,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
     state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets)
-    state.notices[1:1] = _orphan_cassette_notices(state, session.config)
+    state.notices[1:1] = _orphan_cassette_notices(state, session.config) + _ci_recording_notices(state)
     if (state.breaches or (state.strict and state.notices)) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     path = _report_path(session.config)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _ci_recording_notices(state: _LedgerState) -> list[str]:
+    """Tests that recorded on CI (a record mode committed by mistake): live calls, cassettes thrown away."""
+    recorded = sorted(state.ledger.recorded)
+    if not recorded or not any(name in os.environ for name in ("CI", "BUILD_NUMBER")):  # as pytest tells CI
+        return []
+    return [
+        f"llm-ledger: {len(recorded)} test(s) recorded their cassette in this CI run (record mode "
+        f"{state.mode!r}), so they called the API and CI keeps nothing: {listed(recorded)}; record them "
+        "locally, commit the cassettes, and run CI in record mode none"
+    ]
 
 
 def _report_path(config: pytest.Config) -> Path | None:

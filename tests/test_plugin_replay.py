@@ -14,7 +14,9 @@ import vcr  # noqa: F401
 import llm_ledger  # noqa: F401
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
+    FAST_ARGS,
     INI,
+    PLUGIN_ARGS,
     load_yaml,
     no_key_fixture,
     run,
@@ -72,6 +74,36 @@ def assert_lines_in(result: pytest.RunResult, *fragments: str) -> None:
 def record(pytester: pytest.Pytester, *args: str) -> None:
     result = run(pytester, "--llm-record-mode=once", *args)
     assert result.ret == 0, result.stdout.str()
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_recording_on_ci_is_a_notice_naming_the_cassettes_ci_throws_away(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI run in a record mode (llm_record_mode = once committed by mistake) that records a
+    cassette made live calls and keeps nothing: a notice names the tests (a failure with
+    --llm-strict); the same recording on a developer's machine is no notice."""
+    write_project(pytester)
+    pytester.makefile(".ini", pytest=INI + "llm_record_mode = once\n")
+
+    local = run(pytester, "--llm-strict", "-k", "test_chat")
+    assert local.ret == pytest.ExitCode.OK, local.stdout.str()
+    assert "recorded" not in local.stdout.str()
+
+    monkeypatch.setenv("CI", "true")
+    on_ci = pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, "--llm-strict")
+
+    assert on_ci.ret == pytest.ExitCode.TESTS_FAILED
+    on_ci.assert_outcomes(passed=3)
+    on_ci.stdout.fnmatch_lines(
+        [
+            "llm-ledger: 2 test(s) recorded their cassette in this CI run (record mode 'once'), so they "
+            "called the API and CI keeps nothing: tests/test_app.py::test_async, "
+            "tests/test_app.py::test_stream; record them locally, commit the cassettes, and run CI in "
+            "record mode none",
+            "llm-ledger: strict mode *1 notice(s) above fail the run",
+        ]
+    )
 
 
 @pytest.mark.usefixtures("with_key")
