@@ -690,7 +690,7 @@ def llm_ledger(request: pytest.FixtureRequest) -> LedgerRecords:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     state = session.config.stash.get(_STATE, None)
-    if state is None:
+    if state is None or session.config.option.collectonly:  # nothing ran: nothing to check
         return
     if state.is_worker:
         session.config.workeroutput["llm_ledger"] = json.dumps(state.ledger.to_wire())  # type: ignore[attr-defined]
@@ -788,7 +788,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
-    if state is None or state.is_worker:
+    if state is None or state.is_worker or config.option.collectonly:
         return
     tr = terminalreporter
     ledger = state.ledger

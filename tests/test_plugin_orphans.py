@@ -124,3 +124,27 @@ def test_a_run_from_a_subfolder_judges_only_the_cassettes_of_that_folder(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*1 cassette(s) belong to no collected test*test_renamed.yaml*"])
     assert "test_walkthrough" not in result.stdout.str()
+
+
+def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """With the CI settings docs/CI.md recommends (ini llm_budget and llm_strict), ``pytest
+    --collect-only`` runs no test, so it checks no budget and fails on no notice, and
+    ``llm-ledger cassettes`` (a collection) still lists the orphans."""
+    _project(pytester)
+    pytester.makefile(
+        ".ini", pytest=INI + "llm_cassette_keep = demo/*\nllm_budget = true\nllm_strict = true\n"
+    )
+    (pytester.path / "budgets.yaml").write_text("lenses:\n  summary: {max_api_calls: 1}\n")
+
+    collected = run(pytester, "--collect-only", "-q")
+    assert collected.ret == pytest.ExitCode.OK, collected.stdout.str()
+    assert "llm-ledger: " not in collected.stdout.str()
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "llm_ledger", "cassettes"],
+        cwd=pytester.path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 1, listed.stderr
+    assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout
