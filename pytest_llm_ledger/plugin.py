@@ -690,7 +690,7 @@ def llm_ledger(request: pytest.FixtureRequest) -> LedgerRecords:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     state = session.config.stash.get(_STATE, None)
-    if state is None or session.config.option.collectonly:  # nothing ran: nothing to check
+    if state is None or _runs_no_test(session.config):  # nothing ran: nothing to check
         return
     if state.is_worker:
         session.config.workeroutput["llm_ledger"] = json.dumps(state.ledger.to_wire())  # type: ignore[attr-defined]
@@ -705,6 +705,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _runs_no_test(config: pytest.Config) -> bool:
+    """--collect-only, --setup-only, --setup-plan, --fixtures: pytest inspects the tests, runs none."""
+    options = ("collectonly", "setuponly", "setupplan", "showfixtures", "show_fixtures_per_test")
+    return any(getattr(config.option, name, False) for name in options)
 
 
 def _ci_recording_notices(state: _LedgerState) -> list[str]:
@@ -788,7 +794,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
-    if state is None or state.is_worker or config.option.collectonly:
+    if state is None or state.is_worker or _runs_no_test(config):
         return
     tr = terminalreporter
     ledger = state.ledger

@@ -130,17 +130,18 @@ def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
     pytester: pytest.Pytester,
 ) -> None:
     """With the CI settings docs/CI.md recommends (ini llm_budget and llm_strict), ``pytest
-    --collect-only`` runs no test, so it checks no budget and fails on no notice, and
-    ``llm-ledger cassettes`` (a collection) still lists the orphans."""
+    --collect-only`` (or --setup-plan, --setup-only, --fixtures) runs no test, so it checks no budget
+    and fails on no notice, and ``llm-ledger cassettes`` (a collection) still lists the orphans."""
     _project(pytester)
     pytester.makefile(
         ".ini", pytest=INI + "llm_cassette_keep = demo/*\nllm_budget = true\nllm_strict = true\n"
     )
     (pytester.path / "budgets.yaml").write_text("lenses:\n  summary: {max_api_calls: 1}\n")
 
-    collected = run(pytester, "--collect-only", "-q")
-    assert collected.ret == pytest.ExitCode.OK, collected.stdout.str()
-    assert "llm-ledger: " not in collected.stdout.str()
+    for inspect in ("--collect-only", "--setup-plan", "--setup-only", "--fixtures"):
+        inspected = run(pytester, inspect, "-q")
+        assert inspected.ret == pytest.ExitCode.OK, inspected.stdout.str()
+        assert "llm-ledger: " not in inspected.stdout.str(), inspect
 
     listed = subprocess.run(
         [sys.executable, "-m", "llm_ledger", "cassettes"],
