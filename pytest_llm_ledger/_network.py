@@ -8,8 +8,8 @@ transport of the SDK's ``DefaultAioHttpClient``: what every OpenAI client sends 
 instrumented or not, unless it was given a custom transport that does not touch the network. A
 request that carries the OpenAI SDK's headers is handed to the plugin's ``refuse`` callback, which
 returns a message to raise :class:`BlockedRequestError` with before anything is sent, or ``None`` to
-let it through. Other traffic, mock transports and the requests of
-tests that have a cassette are not touched.
+let it through. Other traffic, mock transports and the requests of tests that have a cassette are
+not touched.
 
 Wrappers stay harmless once uninstalled: an HTTP library patch that saved one (vcrpy keeps the
 transport method it found at import) calls straight through it.
@@ -66,10 +66,7 @@ class Guard:
                 continue
             try:
                 cls = getattr(importlib.import_module(module_name), class_name)
-            except (
-                ImportError,
-                AttributeError,
-            ):  # not installed, or another version: nothing sends through it
+            except (ImportError, AttributeError):  # not installed, or not this version: unused
                 continue
             self._wrapped.add(entry)
             self._wrap(cls, method)

@@ -347,6 +347,9 @@ class _LedgerState:
             return None  # a marked test, no test running, or an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
+        hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
+        if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
+            hint += f"; for a local server: ini llm_allowed_hosts = {host}"
         message = "\n".join(
             [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
@@ -355,13 +358,7 @@ class _LedgerState:
                 "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
                 "  once (needs network and OPENAI_API_KEY):",
                 f"    {rerecord_command(nodeid, 'once')}",
-                "  for a deliberate live test: @pytest.mark.llm(live=True)"
-                # OpenAI itself is never a local server: letting it through would bill CI
-                + (
-                    ""
-                    if host == "api.openai.com"
-                    else f"; for a local server: ini llm_allowed_hosts = {host}"
-                ),
+                hint,
             ]
         )
         with self._lock:
