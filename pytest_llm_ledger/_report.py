@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Final
 
@@ -346,8 +346,15 @@ class SessionLedger:
             if nodeid in self.tests:
                 breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
         if budgets.total is not None:
-            worst = max(self.tests.items(), key=lambda kv: kv[1].cost, default=("", Totals()))[0]
-            breaches.extend(_check_runs("total", "session", budgets.total, [(worst, self.total())]))
+            for breach in _check_runs("total", "session", budgets.total, [("", self.total())]):
+                # the worst test: the one that did most of what went over the limit, or one whose
+                # value is unknown when that is why the limit could not be checked
+                metric = Limits.METRIC_OF[breach.limit_key]
+                tests = list(self.tests.items())
+                if breach.unknown:
+                    tests = [(nodeid, t) for nodeid, t in tests if _unknown(t, metric)] or tests
+                worst = max(tests, key=lambda kv: kv[1].metric(metric), default=("", Totals()))[0]
+                breaches.append(replace(breach, worst_test=worst))
         return breaches
 
 

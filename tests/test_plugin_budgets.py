@@ -331,6 +331,56 @@ def test_a_token_limit_over_calls_without_usage_is_a_breach(pytester: pytest.Pyt
     assert "lens local" not in result.stdout.str()  # its tokens are known; only its price is not
 
 
+WORST_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def ask(model, times):
+    client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(client) as c:
+        for _ in range(times):
+            c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.llm
+def test_chatty():
+    ask("gpt-4o-mini", 3)
+
+
+@pytest.mark.llm
+def test_costly():
+    ask("gpt-4o", 1)
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_session_total_breach_names_the_test_worst_on_that_limit(
+    pytester: pytest.Pytester, server: Any
+) -> None:
+    """The total's "worst run" column points at the test that did most of what went over: the one
+    with the most calls for max_api_calls, the costliest for max_cost_usd."""
+    write_project(pytester, WORST_TESTS)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(pytester, "total: {max_api_calls: 1, max_cost_usd: 0.000001}\n")
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "total *max_api_calls *1 *4 *tests/test_app.py::test_chatty",
+            "total *max_cost_usd *$0.000001 *tests/test_app.py::test_costly",
+        ],
+        consecutive=False,
+    )
+
+
 def test_a_misspelt_lens_key_is_named(recorded: pytest.Pytester) -> None:
     """A lens budget whose key never ran is a notice with the closest key that did run."""
     budgets(recorded, "lenses:\n  summry: {max_api_calls: 1}\n")
