@@ -284,6 +284,25 @@ def _check_keys(node: Any, allowed: frozenset[str], path: Path, place: str) -> d
     return node
 
 
+class _CassetteLoader(JsonLoader):
+    """:class:`JsonLoader` that refuses a key written twice in one mapping (a merge conflict
+    resolved by keeping both sides): YAML would keep the last value without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"duplicate key {key_node.value!r} (first on line {first_line[key_node.value]})",
+                        key_node.start_mark,
+                    )  # fmt: skip
+                first_line[key_node.value] = key_node.start_mark.line + 1
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
+
+
 def load_cassette(path: Path) -> list[dict[str, Any]]:
     """Load and validate a cassette with a safe loader; each item is ``{"request": .., "response": ..}``
     with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
@@ -302,7 +321,7 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
                         "uses a YAML alias; llm-ledger cassettes never contain anchors or aliases "
                         "(re-record it, or run `llm-ledger scrub` on a converted one)",
                     )
-        doc = yaml.load(text, Loader=JsonLoader)
+        doc = yaml.load(text, Loader=_CassetteLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f"line {mark.line + 1}" if mark is not None else "somewhere"

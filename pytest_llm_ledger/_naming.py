@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-__all__ = ["cassette_path", "orphan_cassettes"]
+__all__ = ["cassette_params", "cassette_path", "orphan_cassettes", "selected_folders"]
 
 MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_REPEATS = frozenset({"__pytest_repeat_step_number"})  # pytest-repeat's repetition number
 
 
 def _hash(text: str) -> str:
@@ -46,14 +47,21 @@ def _safe(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-.") or "_"
 
 
+def cassette_params(item: pytest.Item) -> dict[str, Any]:
+    """The parameters that name ``item``'s cassette: all of its own, less those that repeat a test
+    rather than vary it (pytest-repeat's ``--count``), so every repetition replays one cassette."""
+    callspec = getattr(item, "callspec", None)
+    params: dict[str, Any] = callspec.params if callspec is not None else {}
+    return {arg: value for arg, value in params.items() if arg not in _REPEATS}
+
+
 def cassette_stem(item: pytest.Item) -> str:
     """The file name (without ``.yaml``) of ``item``'s cassette."""
     owners = [node.name for node in item.listchain() if isinstance(node, pytest.Class)]
     name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and callspec.params:
-        params = ",".join(f"{arg}={_value_text(callspec.params[arg])}" for arg in sorted(callspec.params))
-        name = f"{name}[{params}]"
+    params = cassette_params(item)
+    if params:
+        name = f"{name}[{','.join(f'{arg}={_value_text(params[arg])}' for arg in sorted(params))}]"
     raw = ".".join([*owners, name])
     full = _safe(raw)
     if full != raw:
@@ -74,15 +82,45 @@ def cassette_path(item: pytest.Item, directory: Path) -> Path:
     return directory.joinpath(*parts, cassette_stem(item) + ".yaml")
 
 
-def orphan_cassettes(directory: Path, owned: Iterable[str], keep: Iterable[str] = ()) -> list[Path]:
+def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | None:
+    """The cassette folders whose every test a collection saw: one per file or folder given on the
+    command line (or the invocation folder), None for the whole ``directory`` (``testpaths``).
+
+    A cassette outside them belongs to a test that was not collected, not to a deleted one; a node
+    id (``file.py::test``) collects part of a file, so it vouches for no folder."""
+    if config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        return None
+    folders = []
+    for arg in config.args:
+        if "::" in arg:
+            continue
+        path = Path(config.invocation_params.dir, arg).resolve()
+        try:
+            relative = path.relative_to(config.rootpath)
+        except ValueError:
+            continue
+        if path.is_file():
+            relative = relative.with_suffix("")
+        elif not path.is_dir():
+            continue  # --pyargs names, or a path pytest refuses anyway
+        folders.append(directory.joinpath(*(_safe(part) for part in relative.parts)))
+    return folders
+
+
+def orphan_cassettes(
+    directory: Path, owned: Iterable[str], keep: Iterable[str] = (), within: Iterable[Path] | None = None
+) -> list[Path]:
     """The cassette files under ``directory`` that none of the ``owned`` paths names, sorted, less
-    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns)."""
+    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns) and, when
+    ``within`` is given, those outside its folders (see :func:`selected_folders`)."""
     mine = {Path(path) for path in owned}
     patterns = tuple(keep)
+    folders = None if within is None else tuple(within)
     return sorted(
         path
         for path in directory.rglob("*.yaml")
         if path.is_file()
         and path not in mine
         and not any(fnmatchcase(path.relative_to(directory).as_posix(), p) for p in patterns)
+        and (folders is None or any(path.is_relative_to(folder) for folder in folders))
     )

@@ -3,12 +3,13 @@
 Tests marked ``llm`` run inside their cassette (vcrpy's transport patches). Any other test would
 reach the network silently, wherever its client points and with whatever key CI has. For the
 session, :class:`Guard` wraps the two network transports (``HTTPTransport`` and
-``AsyncHTTPTransport``) of httpx (openai 1.x and 2.x) and httpx2 (openai 3.x): what every OpenAI
-client sends through, instrumented or not, unless it was given a custom transport that does not
-touch the network. A request that carries the OpenAI SDK's headers is handed to the plugin's
-``refuse`` callback, which returns a message to raise :class:`BlockedRequestError` with before
-anything is sent, or ``None`` to let it through. Other traffic, mock transports and the requests of
-tests that have a cassette are not touched.
+``AsyncHTTPTransport``) of httpx (openai 1.x and 2.x) and httpx2 (openai 3.x), and the aiohttp
+transport of the SDK's ``DefaultAioHttpClient``: what every OpenAI client sends through,
+instrumented or not, unless it was given a custom transport that does not touch the network. A
+request that carries the OpenAI SDK's headers is handed to the plugin's ``refuse`` callback, which
+returns a message to raise :class:`BlockedRequestError` with before anything is sent, or ``None`` to
+let it through. Other traffic, mock transports and the requests of tests that have a cassette are
+not touched.
 
 Wrappers stay harmless once uninstalled: an HTTP library patch that saved one (vcrpy keeps the
 transport method it found at import) calls straight through it.
@@ -35,46 +36,58 @@ def is_openai_request(request: Any) -> bool:
 
 
 HTTP_LIBRARIES: Final = ("httpx2", "httpx")  # openai 3.x sends through httpx2, 1.x and 2.x through httpx
+# (module, class, method) of each network transport. The aiohttp ones (openai 3.x vendors it, 1.x
+# and 2.x use the httpx-aiohttp package) are wrapped once imported, which importing openai does when
+# aiohttp is installed: importing openai here would cost every pytest run half a second.
+TRANSPORTS: Final = (
+    *((library, "HTTPTransport", "handle_request") for library in HTTP_LIBRARIES),
+    *((library, "AsyncHTTPTransport", "handle_async_request") for library in HTTP_LIBRARIES),
+    ("openai._vendor.httpx_aiohttp", "AiohttpTransport", "handle_async_request"),
+    ("httpx_aiohttp", "AiohttpTransport", "handle_async_request"),
+)
 
 
 class Guard:
-    """Wraps the network transports of httpx and httpx2 while installed; ``refuse`` decides per request."""
+    """Wraps the network transports of httpx, httpx2 and aiohttp while installed; ``refuse`` decides
+    per request."""
 
     def __init__(self, refuse: Refuse) -> None:
         self._refuse = refuse
-        self._libraries: set[str] = set()
+        self._wrapped: set[tuple[str, str, str]] = set()
         self._saved: list[tuple[type, str, Any, Any]] = []  # (class, attribute, original, wrapper)
 
     def install(self, *, load: bool = False) -> None:
-        """Wrap the transports of each HTTP library imported so far; with ``load``, import them first."""
-        for name in HTTP_LIBRARIES:
-            if name in self._libraries or (name not in sys.modules and not load):
+        """Wrap the transports of each HTTP library imported so far; with ``load``, import httpx and
+        httpx2 first."""
+        for entry in TRANSPORTS:
+            module_name, class_name, method = entry
+            loadable = load and module_name in HTTP_LIBRARIES
+            if entry in self._wrapped or (module_name not in sys.modules and not loadable):
                 continue
             try:
-                library = importlib.import_module(name)
-            except ImportError:  # not installed: nothing sends through it
+                cls = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError):  # not installed, or not this version: unused
                 continue
-            self._libraries.add(name)
-            self._wrap(library)
+            self._wrapped.add(entry)
+            self._wrap(cls, method)
 
-    def _wrap(self, library: Any) -> None:
-        send = library.HTTPTransport.handle_request
-        asend = library.AsyncHTTPTransport.handle_async_request
+    def _wrap(self, cls: type, method: str) -> None:
+        original = getattr(cls, method)
+        wrapper: Any
+        if method == "handle_request":
 
-        def handle_request(transport: Any, request: Any) -> Any:
-            self.check(request)
-            return send(transport, request)
+            def wrapper(transport: Any, request: Any) -> Any:
+                self.check(request)
+                return original(transport, request)
 
-        async def handle_async_request(transport: Any, request: Any) -> Any:
-            self.check(request)
-            return await asend(transport, request)
+        else:
 
-        for cls, name, original, wrapper in (
-            (library.HTTPTransport, "handle_request", send, handle_request),
-            (library.AsyncHTTPTransport, "handle_async_request", asend, handle_async_request),
-        ):
-            setattr(cls, name, wrapper)
-            self._saved.append((cls, name, original, wrapper))
+            async def wrapper(transport: Any, request: Any) -> Any:
+                self.check(request)
+                return await original(transport, request)
+
+        setattr(cls, method, wrapper)
+        self._saved.append((cls, method, original, wrapper))
 
     def uninstall(self) -> None:
         """Put back what was wrapped (unless something patched over the wrapper since)."""
@@ -82,7 +95,7 @@ class Guard:
             if cls.__dict__.get(name) is wrapper:
                 setattr(cls, name, original)
         self._saved.clear()
-        self._libraries.clear()
+        self._wrapped.clear()
 
     def check(self, request: Any) -> None:
         if not self._saved or not is_openai_request(request):

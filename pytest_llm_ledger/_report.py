@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Final
 
@@ -26,6 +26,7 @@ __all__ = [
     "notices",
     "render_breaches",
     "render_lens_table",
+    "sets_limits",
 ]
 
 REPORT_SCHEMA: Final = "llm-ledger-report"
@@ -229,8 +230,8 @@ class Breach:
     actual: float
     worst_test: str
     runs_over: int = 1
-    unknown: str = ""  # a cost limit that cannot be checked: why (the models with no known cost)
-    fix: str = ""  # and what makes the cost known
+    unknown: str = ""  # a limit that cannot be checked: why (the models with no known cost or usage)
+    fix: str = ""  # and what makes the value known
 
     @property
     def where(self) -> str:
@@ -244,6 +245,7 @@ class SessionLedger:
         self.tests: dict[str, Totals] = {}
         self.lens_runs: list[tuple[str, str, Totals]] = []  # (lens key, node id, run totals)
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
+        self.recorded: set[str] = set()  # node ids whose cassette this run recorded into
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
@@ -271,6 +273,7 @@ class SessionLedger:
             "tests": {nodeid: t.to_wire() for nodeid, t in self.tests.items()},
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
             "unplayed": self.unplayed,
+            "recorded": sorted(self.recorded),
             "cassettes": sorted(self.cassettes),
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
         }
@@ -281,6 +284,7 @@ class SessionLedger:
         for key, nodeid, wire in data.get("lens_runs", []):
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
         self.unplayed.update(data.get("unplayed", {}))
+        self.recorded.update(data.get("recorded", ()))
         self.cassettes.update(data.get("cassettes", ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
@@ -342,8 +346,15 @@ class SessionLedger:
             if nodeid in self.tests:
                 breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
         if budgets.total is not None:
-            worst = max(self.tests.items(), key=lambda kv: kv[1].cost, default=("", Totals()))[0]
-            breaches.extend(_check_runs("total", "session", budgets.total, [(worst, self.total())]))
+            for breach in _check_runs("total", "session", budgets.total, [("", self.total())]):
+                # the worst test: the one that did most of what went over the limit, or one whose
+                # value is unknown when that is why the limit could not be checked
+                metric = Limits.METRIC_OF[breach.limit_key]
+                tests = list(self.tests.items())
+                if breach.unknown:
+                    tests = [(nodeid, t) for nodeid, t in tests if _unknown(t, metric)] or tests
+                worst = max(tests, key=lambda kv: kv[1].metric(metric), default=("", Totals()))[0]
+                breaches.append(replace(breach, worst_test=worst))
         return breaches
 
 
@@ -355,17 +366,25 @@ def _check_runs(scope: str, name: str, limits: Limits, runs: list[tuple[str, Tot
         if over:
             actual, nodeid = max(over, key=lambda pair: pair[0])
             out.append(Breach(scope, name, limit_key, limit, actual, nodeid, len(over)))
-        elif metric == "cost_usd":
-            # fail closed: a cost limit is met only by a cost that is known
-            unknown = [(nodeid, run) for nodeid, run in runs if not run.cost_complete]
-            if unknown:
-                nodeid, run = unknown[0]
-                gaps = Totals.sum_of(each for _, each in unknown)
-                out.append(
-                    Breach(scope, name, limit_key, limit, run.cost_usd, nodeid, len(unknown),
-                           gaps.cost_gaps(), gaps.cost_fixes())
-                )  # fmt: skip
+        elif unknown := [(nodeid, run) for nodeid, run in runs if _unknown(run, metric)]:
+            # fail closed: a limit is met only by a value that is known
+            nodeid, run = unknown[0]
+            gaps = Totals.sum_of(each for _, each in unknown)
+            if metric != "cost_usd":  # tokens are unknown only for calls that reported no usage
+                gaps = Totals(no_usage=gaps.no_usage)
+            out.append(
+                Breach(scope, name, limit_key, limit, run.metric(metric), nodeid, len(unknown),
+                       gaps.cost_gaps(), gaps.cost_fixes())
+            )  # fmt: skip
     return out
+
+
+def _unknown(run: Totals, metric: str) -> bool:
+    """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known
+    cost, its tokens calls that reported no usage. The number of calls is always known."""
+    if metric == "cost_usd":
+        return not run.cost_complete
+    return metric != "api_calls" and bool(run.no_usage)
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -423,6 +442,12 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
         )
     if budgets is None:
         return out, False
+    if not sets_limits(budgets):
+        out.append(
+            f"llm-ledger: {budgets.source} sets no limit, so --llm-budget checked nothing; add limits "
+            f"({', '.join(Limits.KEYS)}) under its sections: default, lenses, tests, total"
+        )
+        return out, True
     # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
     idle = sorted(set(budgets.tests) - set(ledger.tests))
     if idle:
@@ -437,6 +462,12 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
             f"{listed(idle_lenses)}; lens keys that ran: {listed(ran) or 'none'}"
         )
     return out, bool(idle or idle_lenses)
+
+
+def sets_limits(budgets: Budgets) -> bool:
+    """Whether ``budgets`` caps anything (an empty file, or lenses listed with no limit, do not)."""
+    sections = [budgets.default, budgets.total, *budgets.lenses.values(), *budgets.tests.values()]
+    return any(limits is not None and limits.items() for limits in sections)
 
 
 def render_breaches(breaches: list[Breach]) -> list[str]:

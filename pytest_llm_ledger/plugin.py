@@ -6,9 +6,9 @@ Settings come in two layers, the command line over the ini file:
 command line               ini                     default
 =========================  ======================  ==============================================
 ``--llm-record-mode``      ``llm_record_mode``     ``none`` (replay only, offline)
-``--llm-cassette-dir``     ``llm_cassette_dir``    ``cassettes`` under the rootdir
+``--llm-cassette-dir``     ``llm_cassette_dir``    ``cassettes`` beside the ini file
 ``--llm-budget``           ``llm_budget``          off: totals are reported, never enforced
-``--llm-budget-file``      ``llm_budget_file``     ``budgets.yaml`` under the rootdir
+``--llm-budget-file``      ``llm_budget_file``     ``budgets.yaml`` beside the ini file
 ``--llm-strict``           ``llm_strict``          off: notices are printed, never fail the run
 ``--llm-block-network``    ``llm_block_network``   off: a marked test's requests that its cassette
                                                    does not record (not the OpenAI SDK's) are sent
@@ -64,7 +64,7 @@ from llm_ledger.loading import BOOLEAN_WORDS
 from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
-from ._naming import cassette_path, orphan_cassettes
+from ._naming import cassette_params, cassette_path, orphan_cassettes, selected_folders
 from ._network import Guard
 from ._report import (
     SESSION_BUCKET,
@@ -75,6 +75,7 @@ from ._report import (
     notices,
     render_breaches,
     render_lens_table,
+    sets_limits,
 )
 
 __all__ = ["LedgerRecords"]
@@ -90,6 +91,7 @@ _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
 _REPORTED_CASSETTE_BLOCKED = pytest.StashKey[int]()
+_SHARES_WITH = pytest.StashKey[str]()  # the node id of an earlier test with the same cassette path
 # Sessions configured in this process, innermost last: a session run in-process by pytester
 # inside another gets the records, not the outer session that happens to share the monitor.
 _active: list[_LedgerState] = []
@@ -122,8 +124,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "cassettes), new_episodes (record unmatched requests), all (re-record every request, keep the "
         "rest), rewrite (replace each cassette).",
     )
-    group.addoption("--llm-cassette-dir", help="cassette directory (default: <rootdir>/cassettes).")
-    group.addoption("--llm-budget-file", help="budgets file (default: <rootdir>/budgets.yaml).")
+    group.addoption(
+        "--llm-cassette-dir",
+        help="cassette directory, relative to the current one (default: ini llm_cassette_dir).",
+    )
+    group.addoption(
+        "--llm-budget-file",
+        help="budgets file, relative to the current directory (default: ini llm_budget_file).",
+    )
     group.addoption("--llm-report", metavar="PATH", help="write per-lens totals as JSON.")
     group.addoption(
         "--llm-list-cassettes",
@@ -146,7 +154,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "llm_record_mode", "record mode for tests marked llm (see --llm-record-mode)", default="none"
     )
-    parser.addini("llm_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
+    parser.addini("llm_cassette_dir", "cassette directory, relative to the ini file", default="cassettes")
     parser.addini(
         "llm_cassette_keep",
         "cassettes no test owns that are not orphans (globs relative to the cassette directory, e.g. a "
@@ -154,7 +162,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="args",
         default=[],
     )
-    parser.addini("llm_budget_file", "budgets file, relative to the rootdir", default="budgets.yaml")
+    parser.addini("llm_budget_file", "budgets file, relative to the ini file", default="budgets.yaml")
     parser.addini("llm_budget", "enforce the budgets file without --llm-budget (true/false)", default="false")
     parser.addini("llm_strict", "fail the run on any llm-ledger notice, as --llm-strict", default="false")
     parser.addini(
@@ -179,9 +187,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "llm_match_host",
-        "match cassette requests on the host too (default: method, API path and body only)",
-        type="bool",
-        default=False,
+        "match cassette requests on the host too (true/false; default: method, API path and body only)",
+        default="false",
     )
 
 
@@ -278,6 +285,7 @@ class _LedgerState:
         self.enforce = _switch(config, "llm_ledger_budget", "llm_budget")
         self.strict = _switch(config, "llm_strict", "llm_strict")
         self.block_network = _switch(config, "llm_block_network", "llm_block_network")
+        self.match_host = _switch(config, None, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -339,6 +347,9 @@ class _LedgerState:
             return None  # a marked test, no test running, or an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
+        hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
+        if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
+            hint += f"; for a local server: ini llm_allowed_hosts = {host}"
         message = "\n".join(
             [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
@@ -347,8 +358,7 @@ class _LedgerState:
                 "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
                 "  once (needs network and OPENAI_API_KEY):",
                 f"    {rerecord_command(nodeid, 'once')}",
-                "  for a deliberate live test: @pytest.mark.llm(live=True); for a local server: ini "
-                f"llm_allowed_hosts = {host}",
+                hint,
             ]
         )
         with self._lock:
@@ -356,9 +366,9 @@ class _LedgerState:
         return message
 
 
-def _switch(config: pytest.Config, dest: str, ini: str) -> bool:
+def _switch(config: pytest.Config, dest: str | None, ini: str) -> bool:
     """A command-line flag, else its ini twin (true/false)."""
-    if config.getoption(dest, False):
+    if dest is not None and config.getoption(dest, False):
         return True
     raw = str(config.getini(ini))
     value = BOOLEAN_WORDS.get(raw.strip().lower())
@@ -425,6 +435,8 @@ def pytest_configure(config: pytest.Config) -> None:
             )
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
+    if not state.is_worker:
+        _report_path(config)  # a path that cannot be written fails now, not after the whole run
     if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
         # replay needs no key, nor does recording against a compatible server, but the SDK refuses
         # to build a client without one; recording against OpenAI itself keeps the SDK's error
@@ -471,15 +483,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             handler.addFilter(_not_a_ledger_record)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect: a deselected test still owns its cassette
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
+    owners: dict[Path, tuple[dict[str, Any], str]] = {}  # cassette -> the first test's parameters, node id
     for item in items:
         marker = item.get_closest_marker("llm")
         if marker is None:
             continue
         live = marker.kwargs.get("live", False)
         if not live:
-            state.ledger.cassettes.add(str(cassette_path(item, state.cassette_dir)))
+            cassette = cassette_path(item, state.cassette_dir)
+            state.ledger.cassettes.add(str(cassette))
+            params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
+            if not _equal(params, cassette_params(item)):  # not one test run again (equal values)
+                item.stash[_SHARES_WITH] = owner
         match_host = marker.kwargs.get("match_host", False)
         if (
             marker.args
@@ -494,6 +512,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 "marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True) "
                 "(match the host too) or @pytest.mark.llm(live=True) (a deliberate live test)"
             )
+
+
+def _equal(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    try:
+        return bool(first == second)
+    except Exception:  # a value whose == is not a truth value (an array): take them as different
+        return False
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -601,6 +626,15 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             pytrace=False,
         )
     path = cassette_path(item, state.cassette_dir)
+    owner = item.stash.get(_SHARES_WITH, None)
+    if owner is not None:  # each recording would overwrite the other's
+        pytest.fail(
+            f"llm-ledger: {item.nodeid} would share its cassette {_display(request.config, path)} with "
+            f"{owner}: cassettes are named from the parameter values (an object by its repr, without "
+            "its memory address), and these name the same file. Give the parameters values that "
+            "differ, or their class a __repr__ that tells them apart (a named function, not a lambda)",
+            pytrace=False,
+        )
     # pytest-recording's cassette of a test marked vcr too: set up first, so ours is the innermost
     # interception and hands it every request it does not own
     vcr_marked = item.get_closest_marker("vcr") is not None and "vcr" in request.fixturenames
@@ -612,7 +646,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             pytrace=False,
         )
     error = None
-    match_host = marker.kwargs.get("match_host", request.config.getini("llm_match_host"))
+    match_host = marker.kwargs.get("match_host", state.match_host)
     try:
         cassette = LedgerCassette(
             path,
@@ -633,6 +667,9 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     passed = item.stash.get(_PASSED, False) and not cassette.misses
     cassette.save(test_passed=passed)
+    if cassette.recorded:
+        with state._lock:
+            state.ledger.recorded.add(item.nodeid)
     unplayed = len(cassette.loaded) - cassette.played
     if passed and cassette.write_protected and unplayed > 0:
         # the code now makes fewer calls than were recorded: the cassette (and its cost) is stale
@@ -650,7 +687,7 @@ def llm_ledger(request: pytest.FixtureRequest) -> LedgerRecords:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     state = session.config.stash.get(_STATE, None)
-    if state is None:
+    if state is None or _runs_no_test(session.config):  # nothing ran: nothing to check
         return
     if state.is_worker:
         session.config.workeroutput["llm_ledger"] = json.dumps(state.ledger.to_wire())  # type: ignore[attr-defined]
@@ -658,14 +695,52 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
     state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets)
-    state.notices[1:1] = _orphan_cassette_notices(state, session.config)
+    state.notices[1:1] = _orphan_cassette_notices(state, session.config) + _ci_recording_notices(state)
     if (state.breaches or (state.strict and state.notices)) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    report_path = session.config.getoption("llm_report")
-    if report_path:
-        path = Path(session.config.invocation_params.dir, report_path)
+    path = _report_path(session.config)
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _runs_no_test(config: pytest.Config) -> bool:
+    """--collect-only, --setup-only, --setup-plan, --fixtures: pytest inspects the tests, runs none."""
+    options = ("collectonly", "setuponly", "setupplan", "showfixtures", "show_fixtures_per_test")
+    return any(getattr(config.option, name, False) for name in options)
+
+
+def _ci_recording_notices(state: _LedgerState) -> list[str]:
+    """Tests that recorded on CI (a record mode committed by mistake): live calls, cassettes thrown away."""
+    recorded = sorted(state.ledger.recorded)
+    if not recorded or not any(name in os.environ for name in ("CI", "BUILD_NUMBER")):  # as pytest tells CI
+        return []
+    return [
+        f"llm-ledger: {len(recorded)} test(s) recorded their cassette in this CI run (record mode "
+        f"{state.mode!r}), so they called the API and CI keeps nothing: {listed(recorded)}; record them "
+        "locally, commit the cassettes, and run CI in record mode none"
+    ]
+
+
+def _report_path(config: pytest.Config) -> Path | None:
+    """Where --llm-report writes, relative to where pytest was started; a usage error when it
+    names a directory or a path under a file."""
+    given = config.getoption("llm_report")
+    if not given:
+        return None
+    path = Path(config.invocation_params.dir, given)
+    existing = next(parent for parent in path.parents if parent.exists())  # "/" at worst
+    problem = None
+    if path.is_dir():
+        problem = "is a directory"
+    elif not existing.is_dir():
+        problem = f"{_display(config, existing)} is a file"
+    if problem is not None:
+        raise pytest.UsageError(
+            f"llm-ledger: --llm-report {given}: {problem}; give the path of a JSON file to write, e.g. "
+            "--llm-report=llm-report.json"
+        )
+    return path
 
 
 def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list[str]:
@@ -673,7 +748,12 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     collected the whole suite; ``llm-ledger cassettes`` finds them for any selection."""
     if not _whole_suite(config):
         return []
-    orphans = orphan_cassettes(state.cassette_dir, state.ledger.cassettes, config.getini("llm_cassette_keep"))
+    orphans = orphan_cassettes(
+        state.cassette_dir,
+        state.ledger.cassettes,
+        config.getini("llm_cassette_keep"),
+        selected_folders(config, state.cassette_dir),
+    )
     if not orphans:
         return []
     return [
@@ -699,17 +779,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("llm_list_cassettes", None)
     state = session.config.stash.get(_STATE, None)
     if path and state is not None:  # for `llm-ledger cassettes`
+        folders = selected_folders(session.config, state.cassette_dir)
         listing = {
             "cassette_dir": str(state.cassette_dir),
             "cassettes": sorted(state.ledger.cassettes),
             "keep": list(session.config.getini("llm_cassette_keep")),
+            "within": None if folders is None else [str(folder) for folder in folders],
         }
         Path(path).write_text(json.dumps(listing), encoding="utf-8")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
-    if state is None or state.is_worker:
+    if state is None or state.is_worker or _runs_no_test(config):
         return
     tr = terminalreporter
     ledger = state.ledger
@@ -726,7 +808,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for line in render_breaches(state.breaches):
             tr.write_line(line)
         tr.write_line(f"limits from {budget_file}")
-    elif state.budgets is not None:
+    elif state.budgets is not None and sets_limits(state.budgets):
         checked = " that ran" if state.unchecked_budgets else ""
         tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
     for notice in state.notices:

@@ -299,6 +299,88 @@ def test_a_cost_limit_that_cannot_be_evaluated_is_a_breach(pytester: pytest.Pyte
     )
 
 
+@pytest.mark.usefixtures("with_key")
+def test_a_token_limit_over_calls_without_usage_is_a_breach(pytester: pytest.Pytester, server: Any) -> None:
+    """A call that reported no usage has unknown tokens: a token limit over it is a breach with an
+    unknown actual and the fix (never 0 tokens that pass); a call limit can still be checked."""
+    write_project(pytester, UNKNOWN_COST_TESTS)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(
+        pytester,
+        "lenses:\n  quiet: {max_total_tokens: 1000, max_api_calls: 1}\n  local: {max_total_tokens: 1000}\n"
+        'tests:\n  "tests/test_app.py::test_quiet": {max_completion_tokens: 1000}\n'
+        "total: {max_prompt_tokens: 1000}\n",
+    )
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: 3 budget limit(s) exceeded*",
+            "lens quiet *max_total_tokens *1,000 *unknown *tests/test_app.py::test_quiet",
+            "test tests/test_app.py::test_quiet *max_completion_tokens *1,000 *unknown *",
+            "total *max_prompt_tokens *1,000 *unknown *tests/test_app.py::test_*",
+            "lens quiet: max_total_tokens cannot be checked: no usage reported by calls to 'gpt-4o-mini' "
+            "(1 call); re-record it with usage*",
+        ]
+    )
+    assert "every budget" not in result.stdout.str()
+    assert "lens local" not in result.stdout.str()  # its tokens are known; only its price is not
+
+
+WORST_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def ask(model, times):
+    client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(client) as c:
+        for _ in range(times):
+            c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.llm
+def test_chatty():
+    ask("gpt-4o-mini", 3)
+
+
+@pytest.mark.llm
+def test_costly():
+    ask("gpt-4o", 1)
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_session_total_breach_names_the_test_worst_on_that_limit(
+    pytester: pytest.Pytester, server: Any
+) -> None:
+    """The total's "worst run" column points at the test that did most of what went over: the one
+    with the most calls for max_api_calls, the costliest for max_cost_usd."""
+    write_project(pytester, WORST_TESTS)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(pytester, "total: {max_api_calls: 1, max_cost_usd: 0.000001}\n")
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "total *max_api_calls *1 *4 *tests/test_app.py::test_chatty",
+            "total *max_cost_usd *$0.000001 *tests/test_app.py::test_costly",
+        ],
+        consecutive=False,
+    )
+
+
 def test_a_misspelt_lens_key_is_named(recorded: pytest.Pytester) -> None:
     """A lens budget whose key never ran is a notice with the closest key that did run."""
     budgets(recorded, "lenses:\n  summry: {max_api_calls: 1}\n")
@@ -345,6 +427,28 @@ def test_strict_mode_fails_the_run_on_any_notice(
     )
 
 
+@pytest.mark.parametrize("text", ["# limits to come\n", "lenses: {}\n", "lenses:\n  summary: {}\n"])
+def test_a_budgets_file_with_no_limit_is_a_notice_not_a_pass(recorded: pytest.Pytester, text: str) -> None:
+    """--llm-budget over a file that sets no limit checks nothing: the run says so (a failure under
+    --llm-strict) and never prints that every budget was met."""
+    budgets(recorded, text)
+
+    lenient = run(recorded, "--llm-budget")
+    strict = run(recorded, "--llm-budget", "--llm-strict")
+
+    assert lenient.ret == pytest.ExitCode.OK
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+    for result in (lenient, strict):
+        result.stdout.fnmatch_lines(
+            [
+                "llm-ledger: budgets.yaml sets no limit, so --llm-budget checked nothing; add limits "
+                "(max_api_calls, max_completion_tokens, max_cost_usd, max_prompt_tokens, max_total_tokens) "
+                "under its sections: default, lenses, tests, total"
+            ]
+        )
+        assert "every budget" not in result.stdout.str()
+
+
 def test_budgets_enforced_from_ini_alone(recorded: pytest.Pytester) -> None:
     """ini llm_budget = true enforces the budgets file with no flag on the command line."""
     recorded.makefile(".ini", pytest=INI + "llm_budget = true\n")
@@ -356,12 +460,14 @@ def test_budgets_enforced_from_ini_alone(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["total *max_api_calls *0 *3 *"])
 
 
-def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    """llm_strict = maybe names the key, the value, the ini file and the valid values."""
+@pytest.mark.parametrize("key", ["llm_strict", "llm_budget", "llm_block_network", "llm_match_host"])
+def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester, key: str) -> None:
+    """llm_strict = maybe (or any boolean setting) is one usage error before any test runs, naming
+    the key, the value, the ini file and the valid values."""
     write_project(pytester)
-    pytester.makefile(".ini", pytest=INI + "llm_strict = maybe\n")
+    pytester.makefile(".ini", pytest=INI + f"{key} = maybe\n")
 
     result = run(pytester)
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*llm_strict = 'maybe' in *pytest.ini is not a boolean; use true or false"])
+    result.stderr.fnmatch_lines([f"*{key} = 'maybe' in *pytest.ini is not a boolean; use true or false"])

@@ -111,3 +111,82 @@ def test_a_bad_llm_marker_argument_is_a_usage_error(pytester: pytest.Pytester) -
             "llm marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True)*"
         ]
     )
+
+
+DEFAULT_CLIENT_TEST = """
+import openai
+
+
+def test_default_client():
+    with openai.OpenAI(max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+"""
+
+
+@pytest.mark.usefixtures("no_key")
+def test_a_refused_request_to_openai_itself_never_suggests_allowing_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unmarked test calling api.openai.com is told to mark and record it; the local-server hint
+    (llm_allowed_hosts), which would let CI call the paid API, is not offered for OpenAI's host."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    write_project(pytester, DEFAULT_CLIENT_TEST)
+
+    result = run(pytester)
+
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  request: POST api.openai.com/v1/chat/completions",
+            "  for a deliberate live test: @pytest.mark.llm(live=True)",
+        ]
+    )
+    assert "llm_allowed_hosts" not in result.stdout.str()
+
+
+AIOHTTP_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+async def ask(text):
+    client = openai.AsyncOpenAI(
+        base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0, http_client=openai.DefaultAioHttpClient()
+    )
+    async with client:
+        return await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
+        )
+
+
+@pytest.mark.asyncio
+async def test_unmarked_aiohttp():
+    await ask("unmarked aiohttp")
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_marked_aiohttp():
+    assert (await ask("marked aiohttp")).choices[0].message.content.startswith("Summary:")
+"""
+
+
+def test_the_sdks_aiohttp_backend_is_guarded_and_replayed(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client on the SDK's aiohttp backend (DefaultAioHttpClient) is held to the same rule: in an
+    unmarked test its request fails the test unsent; in a marked test it records and replays."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-key-1234")
+    write_project(pytester, AIOHTTP_TESTS)
+    assert run(pytester, "--llm-record-mode=once", "-k", "marked_aiohttp and not unmarked").ret == 0
+    assert prompts(server) == ["marked aiohttp"]
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: tests/test_app.py::test_unmarked_aiohttp is not marked llm, so its OpenAI * not sent"]
+    )
+    assert prompts(server) == ["marked aiohttp"]  # the unmarked request never reached the server

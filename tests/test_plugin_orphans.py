@@ -78,3 +78,74 @@ def test_llm_ledger_cassettes_lists_and_prunes_orphans(pytester: pytest.Pytester
     assert not orphan.exists() and not orphan.parent.exists()
     assert demo.exists() and not owned.exists()
     assert cassettes().returncode == 0
+
+
+def test_cassettes_for_a_path_selection_leave_other_files_cassettes_alone(pytester: pytest.Pytester) -> None:
+    """``llm-ledger cassettes --prune -- tests/test_app.py`` judges only the cassettes of that file:
+    the cassettes of tests in files it did not collect are not orphans, and are never deleted."""
+    owned, orphan, _ = _project(pytester)
+    other_test = pytester.path / "tests" / "test_other.py"
+    other_test.write_text("import pytest\n\n\n@pytest.mark.llm\ndef test_other():\n    pass\n")
+    other = pytester.path / "cassettes" / "tests" / "test_other" / "test_other.yaml"
+    renamed = owned.with_name("test_renamed.yaml")  # a test of test_app.py that was renamed
+    for path in (other, renamed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("interactions: []\n")
+
+    def cassettes(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "llm_ledger", "cassettes", *args]
+        return subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
+
+    listed = cassettes("--", "tests/test_app.py")
+    assert listed.returncode == 1, listed.stderr
+    assert "1 orphan cassette(s)" in listed.stdout and "test_app/test_renamed.yaml" in listed.stdout
+    assert "test_other.yaml" not in listed.stdout and "test_gone" not in listed.stdout
+
+    pruned = cassettes("--prune", "--", "tests/test_app.py")
+    assert pruned.returncode == 0, pruned.stderr
+    assert not renamed.exists()
+    assert other.exists() and orphan.exists()  # outside the selection: not judged, not deleted
+    # a node id selects part of a file: no cassette of it can be judged, so none is an orphan
+    assert "no orphan cassettes" in cassettes("--", "tests/test_other.py::test_other").stdout
+
+
+def test_a_run_from_a_subfolder_judges_only_the_cassettes_of_that_folder(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cd tests && pytest --llm-strict`` collects only tests/: a cassette of a test elsewhere (an
+    examples/ folder) is not an orphan, one under tests/ whose test is gone still is."""
+    _project(pytester)
+    elsewhere = pytester.path / "cassettes" / "examples" / "test_demo" / "test_walkthrough.yaml"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_text("interactions: []\n")
+    monkeypatch.chdir(pytester.path / "tests")
+
+    result = run(pytester, "--llm-strict")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*1 cassette(s) belong to no collected test*test_renamed.yaml*"])
+    assert "test_walkthrough" not in result.stdout.str()
+
+
+def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """With the CI settings docs/CI.md recommends (ini llm_budget and llm_strict), ``pytest
+    --collect-only`` (or --setup-plan, --setup-only, --fixtures) runs no test, so it checks no budget
+    and fails on no notice, and ``llm-ledger cassettes`` (a collection) still lists the orphans."""
+    _project(pytester)
+    pytester.makefile(
+        ".ini", pytest=INI + "llm_cassette_keep = demo/*\nllm_budget = true\nllm_strict = true\n"
+    )
+    (pytester.path / "budgets.yaml").write_text("lenses:\n  summary: {max_api_calls: 1}\n")
+
+    for inspect in ("--collect-only", "--setup-plan", "--setup-only", "--fixtures"):
+        inspected = run(pytester, inspect, "-q")
+        assert inspected.ret == pytest.ExitCode.OK, inspected.stdout.str()
+        assert "llm-ledger: " not in inspected.stdout.str(), inspect
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "llm_ledger", "cassettes"],
+        cwd=pytester.path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 1, listed.stderr
+    assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout

@@ -14,7 +14,9 @@ import vcr  # noqa: F401
 import llm_ledger  # noqa: F401
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
+    FAST_ARGS,
     INI,
+    PLUGIN_ARGS,
     load_yaml,
     no_key_fixture,
     run,
@@ -72,6 +74,36 @@ def assert_lines_in(result: pytest.RunResult, *fragments: str) -> None:
 def record(pytester: pytest.Pytester, *args: str) -> None:
     result = run(pytester, "--llm-record-mode=once", *args)
     assert result.ret == 0, result.stdout.str()
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_recording_on_ci_is_a_notice_naming_the_cassettes_ci_throws_away(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI run in a record mode (llm_record_mode = once committed by mistake) that records a
+    cassette made live calls and keeps nothing: a notice names the tests (a failure with
+    --llm-strict); the same recording on a developer's machine is no notice."""
+    write_project(pytester)
+    pytester.makefile(".ini", pytest=INI + "llm_record_mode = once\n")
+
+    local = run(pytester, "--llm-strict", "-k", "test_chat")
+    assert local.ret == pytest.ExitCode.OK, local.stdout.str()
+    assert "recorded" not in local.stdout.str()
+
+    monkeypatch.setenv("CI", "true")
+    on_ci = pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, "--llm-strict")
+
+    assert on_ci.ret == pytest.ExitCode.TESTS_FAILED
+    on_ci.assert_outcomes(passed=3)
+    on_ci.stdout.fnmatch_lines(
+        [
+            "llm-ledger: 2 test(s) recorded their cassette in this CI run (record mode 'once'), so they "
+            "called the API and CI keeps nothing: tests/test_app.py::test_async, "
+            "tests/test_app.py::test_stream; record them locally, commit the cassettes, and run CI in "
+            "record mode none",
+            "llm-ledger: strict mode *1 notice(s) above fail the run",
+        ]
+    )
 
 
 @pytest.mark.usefixtures("with_key")
@@ -284,6 +316,9 @@ MALFORMED = {
     "wrong version": "version: 7\ninteractions: []\n",
     "bad status": "version: 1\ninteractions:\n- request: {method: GET, url: 'http://x'}\n"
     "  response: {status: 1}",
+    # a merge conflict resolved by keeping both sides: YAML alone would keep the last value silently
+    "duplicate key": "version: 1\ninteractions:\n- request: {method: GET, url: 'http://x'}\n"
+    "  response:\n    status: 200\n    json: {usage: {prompt_tokens: 19, prompt_tokens: 1}}\n",
 }
 
 
@@ -362,6 +397,105 @@ def test_cassette_names_are_stable_and_filesystem_safe(pytester: pytest.Pytester
     assert names[2] == "test_param[lang=en,n=1].yaml"
     # "/" is unsafe: replaced, plus a hash of the original so "fr/be" and "fr:be" get different files
     assert re.fullmatch(r"test_param\[lang=fr-be,n=1\]-[0-9a-f]{8}\.yaml", names[3])
+
+
+SHARED_NAME_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+class Doc:
+    def __init__(self, text):
+        self.text = text
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("doc", [Doc("first document"), Doc("second document")])
+def test_doc(doc):
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": doc.text}])
+"""
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_two_tests_that_would_share_a_cassette_fail_before_recording(pytester: pytest.Pytester) -> None:
+    """Parameters whose values name the same file (objects whose repr differs only by address) would
+    overwrite each other's recording: the second test fails, naming both tests, the file and the fix,
+    and the first one's cassette stays its own."""
+    write_project(pytester, SHARED_NAME_TESTS)
+
+    result = run(pytester, "--llm-record-mode=once")
+
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            # (fnmatch: ? stands for the brackets)
+            "llm-ledger: tests/test_app.py::test_doc?doc1? would share its cassette "
+            "cassettes/tests/test_app/test_doc?doc=*?.yaml with tests/test_app.py::test_doc?doc0?: "
+            "*Give the parameters values that differ, or their class a __repr__ that tells them apart*",
+        ]
+    )
+    (cassette,) = (pytester.path / CASSETTES).iterdir()
+    assert [i["request"]["json"]["messages"][0]["content"] for i in load_yaml(cassette)["interactions"]] == [
+        "first document"
+    ]
+    replayed = run(pytester, "-k", "doc0")
+    replayed.assert_outcomes(passed=1, deselected=1)
+
+
+# pytest-repeat's mechanism (--count=2), as it ships: an indirect parameter numbering the repetitions
+REPEAT_CONFTEST = """
+import pytest
+
+
+@pytest.fixture
+def __pytest_repeat_step_number(request):
+    return request.param
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc):
+    metafunc.fixturenames.append("__pytest_repeat_step_number")
+    metafunc.parametrize(
+        "__pytest_repeat_step_number", range(2), indirect=True, ids=lambda i: f"{i + 1}-2"
+    )
+"""
+
+REPEATED_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("n", [1, 1], ids=["one", "uno"])
+def test_same(n, llm_ledger):
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": str(n)}])
+    assert llm_ledger.api_calls == 1
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_repeated_runs_of_one_test_replay_one_cassette(pytester: pytest.Pytester, server: FakeOpenAI) -> None:
+    """The repetitions of a test (pytest-repeat's --count, or equal parameter values under other
+    ids) are one test run again: they record one cassette and each replays it in full, offline."""
+    write_project(pytester, REPEATED_TESTS)
+    (pytester.path / "conftest.py").write_text(REPEAT_CONFTEST)
+
+    record(pytester)
+
+    assert [p.name for p in (pytester.path / CASSETTES).iterdir()] == ["test_same[n=1].yaml"]
+    assert len(server.requests) == 1
+    server.stop()
+    replayed = run(pytester)
+    replayed.assert_outcomes(passed=4)
 
 
 def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:

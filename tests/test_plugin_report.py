@@ -84,6 +84,26 @@ def reports(tmp_path: Path) -> tuple[str, str]:
     return str(base), str(head)
 
 
+@pytest.mark.parametrize(
+    ("given", "problem"), [("out", "is a directory"), ("notes.txt/report.json", "is a file")]
+)
+def test_a_report_path_that_cannot_be_written_is_a_usage_error(
+    recorded: pytest.Pytester, given: str, problem: str
+) -> None:
+    """--llm-report naming a directory (or a path under a file) is refused before any test runs,
+    naming the path and the fix, not an internal error after the whole run."""
+    (recorded.path / "out").mkdir()
+    (recorded.path / "notes.txt").write_text("not a directory\n")
+
+    result = run(recorded, f"--llm-report={given}")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*llm-ledger: --llm-report {given}: *{problem}*; give the path of a JSON file*"]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 def test_diff_markdown_table_per_lens(reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     """`llm-ledger diff` prints base, head, delta and % per lens, marking new and removed lenses."""
     assert cli_main(["diff", *reports]) == 0
