@@ -326,12 +326,15 @@ def test_calls_made_in_an_atexit_hook_are_written(fake_openai: FakeOpenAI, tmp_p
         llm_ledger.configure(log_dir={str(tmp_path)!r})
         client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
         hi = [{{"role": "user", "content": "hi"}}]
+        # openai 1.x imports concurrent.futures on first use of client.chat, which fails once
+        # threading has shut down (as it has in atexit hooks); an application has used it by then
+        completions = client.chat.completions
 
         @atexit.register
         def goodbye():
             with llm_ledger.lens("goodbye"):
-                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
-                next(client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True))
+                completions.create(model="gpt-4o-mini", messages=hi)
+                next(completions.create(model="gpt-4o-mini", messages=hi, stream=True))
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
