@@ -439,8 +439,8 @@ class LLMCallMonitor:
         error: BaseException | None = None,
         output_text: str | None = None,
     ) -> None:
-        """Record a call that ended (exactly once per call): its record, built now, goes to the
-        logger and the sinks, then counts in the lens runs it began in.
+        """Record a call that ended (exactly once per call): its record, built now, counts in the lens
+        runs it began in and goes to the logger and the sinks.
 
         A result the ledger cannot read is reported and the call is still recorded, without it.
         """
@@ -449,6 +449,9 @@ class LLMCallMonitor:
         call.done = True
         duration = time.perf_counter() - call.start_perf
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text, duration)
+        if not call.lenses:
+            self._emit(record)
+            return
         # counted before the sinks are handed the record (one may change it in place), settled after
         counted: list[tuple[LensRun, bool]] = []
         for run in call.lenses:

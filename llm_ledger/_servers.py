@@ -77,8 +77,10 @@ class Endpoint:
         self._resolved: tuple[PriceTable, Any, Route] | None = None  # the table, the URL, their route
 
     def _current_url(self) -> Any:
+        client = self._client
         try:
-            return self._client.base_url
+            # the SDK's base_url property is a slow read (about a µs, per call); its attribute is not
+            return client._base_url if "_base_url" in client.__dict__ else client.base_url
         except Exception:  # not the SDK's client: a host nobody knows
             return None
 
