@@ -87,9 +87,12 @@ class AnomalyConfig:
             )
         _number("min_mad_ratio", self.min_mad_ratio, whole=False, low=0, why="from 0 up")
         _number("history_bytes", self.history_bytes, whole=True, low=0, why="from 0 up")
+        if isinstance(self.metrics, list):  # a list reads as well as a tuple; the config stays hashable
+            object.__setattr__(self, "metrics", tuple(self.metrics))
         if isinstance(self.metrics, str) or not isinstance(self.metrics, tuple) or not self.metrics:
             raise ConfigError(
-                f"anomalies: metrics must be a non-empty tuple of {', '.join(METRICS)}, got {self.metrics!r}"
+                f"anomalies: metrics must be a non-empty tuple or list of {', '.join(METRICS)}, "
+                f"got {self.metrics!r}"
             )
         if self.scale not in SCALES:
             raise ConfigError(f"anomalies: scale must be one of {', '.join(SCALES)}, got {self.scale!r}")

@@ -177,6 +177,8 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
         source = "LLM_LEDGER_BUDGET_MODE"
     else:
         source = "budget_mode"
+        if isinstance(mode, str):
+            mode = mode.strip().lower()  # as the environment variable is read: "RAISE" is "raise"
     if mode not in BUDGET_MODES:
         raise ConfigError(f"{source} must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}")
     hint = "; or pass configure(budgets=None) / unset LLM_LEDGER_BUDGETS for no production budgets"

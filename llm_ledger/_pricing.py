@@ -610,6 +610,8 @@ _STR_TAG: Final = "tag:yaml.org,2002:str"
 
 
 def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
+    if not isinstance(path, (str, os.PathLike)):
+        raise PriceFileError(f"a price file is named by a path (str or os.PathLike), got {path!r}")
     name = os.fspath(path)
     doc = Document(name, PriceFileError, "a price file")
     root = doc.compose(read_file(name, PriceFileError, "price file"))

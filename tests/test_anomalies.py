@@ -235,6 +235,15 @@ def test_bad_settings_name_what_is_wrong_and_what_would_do(kwargs: dict[str, Any
     assert str(raised.value).startswith(message)
 
 
+def test_metrics_given_as_a_list_read_as_a_tuple() -> None:
+    """``metrics=[...]`` is what a caller writes as often as a tuple; it was refused."""
+    config = AnomalyConfig(metrics=["total_tokens", "duration_ms"])  # type: ignore[arg-type]
+    assert config.metrics == ("total_tokens", "duration_ms")
+    assert config == AnomalyConfig(metrics=("total_tokens", "duration_ms"))
+    with pytest.raises(ConfigError, match="metrics must be a non-empty tuple or list of"):
+        AnomalyConfig(metrics=[])  # type: ignore[arg-type]
+
+
 def test_bad_environment_and_arguments_are_config_errors(
     fresh_config: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

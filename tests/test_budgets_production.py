@@ -340,6 +340,14 @@ def test_parse_budgets_given_a_path_says_to_load_the_file(tmp_path: Path) -> Non
             llm_ledger.parse_budgets(value)  # type: ignore[arg-type]
 
 
+def test_budget_mode_reads_as_its_environment_variable_does(fresh_config: None) -> None:
+    """budget_mode="RAISE" is "raise", as LLM_LEDGER_BUDGET_MODE=RAISE is."""
+    settings = llm_ledger.configure(
+        log_dir=None, budgets={"default": {"max_api_calls": 1}}, budget_mode=" RAISE"
+    )
+    assert settings.budget_mode == "raise"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "env", "message"),
     [

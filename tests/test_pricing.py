@@ -227,6 +227,14 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_a_price_file_that_is_not_a_path_is_a_price_file_error() -> None:
+    """PriceTable.from_file(5) names what a price file is given by, not Python's own TypeError."""
+    with pytest.raises(
+        PriceFileError, match=r"a price file is named by a path \(str or os.PathLike\), got 5"
+    ):
+        PriceTable.from_file(5)  # type: ignore[arg-type]
+
+
 def test_price_file_overrides_builtin_prices(tmp_path: Path) -> None:
     """A price file entry replaces genai-prices' rate for that model, snapshots included."""
     path = write(
