@@ -213,6 +213,7 @@ class BudgetGuard:
         # lens key -> ((totals attribute, cap, limit key, cap as written), ...); None: no limit
         self._checks: dict[str, tuple[tuple[str, int, str, float], ...] | None] = {}
         self._unpriced: set[str] = set()  # lens keys warned of calls their cost budget cannot see
+        self._no_usage: set[str] = set()  # lens keys warned of calls their token budgets cannot see
 
     def __repr__(self) -> str:
         return f"<BudgetGuard {self.budgets.source} mode={self.mode}>"
@@ -266,6 +267,8 @@ class _RunBudget:
                     monitor._report("checking a lens run's budget", exc)
             elif attribute == "cost_units" and not totals.cost_complete:
                 self._unpriced(written)
+            elif attribute.endswith("_tokens") and not totals.tokens_complete:
+                self._no_usage(key, written)
 
     def _unpriced(self, cap: float) -> None:
         """A call the run's cost budget cannot see (no price, or no usage): said once per lens key, so that
@@ -281,6 +284,22 @@ class _RunBudget:
                 "configure(price_file=...)) so that the budget sees them, or keep a token or call limit "
                 "beside it",
                 lens_key,
+                cap,
+            )
+
+    def _no_usage(self, key: str, cap: float) -> None:
+        """A call the run's token budgets cannot see (answered, with no usage reported: a compatible
+        server that sends none, a stream stopped before its usage chunk): said once per lens key."""
+        lens_key = str(self._context.get("lens_key"))
+        warned = self._guard._no_usage
+        if lens_key not in warned and len(warned) < 10_000:
+            warned.add(lens_key)
+            logging.getLogger("llm_ledger.internal").warning(
+                "llm-ledger: lens %r has calls that reported no usage, which its budget %s %g counts as "
+                "0 tokens; keep a max_api_calls limit beside it, or have the server report usage (for "
+                "streams: leave stream_usage on, and read each stream to its end)",
+                lens_key,
+                key,
                 cap,
             )
 

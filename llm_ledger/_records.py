@@ -340,6 +340,7 @@ class LensTotals:
         "open",
         "prompt_tokens",
         "reasoning_tokens",
+        "tokens_complete",
         "total_tokens",
     )
 
@@ -356,6 +357,7 @@ class LensTotals:
         self.reasoning_tokens = 0
         self.cost_units = 0
         self.cost_complete = True
+        self.tokens_complete = True  # False once a call that was answered reported no usage
         self.duration_s = 0.0
         self.models: set[str] = set()
 
@@ -390,6 +392,8 @@ class LensTotals:
             elif status != "error" or usage["total_tokens"]:
                 # without a cost: an ok call without a price, or a failed call that was billed
                 self.cost_complete = False
+            if usage["total_tokens"] is None and status != "error":
+                self.tokens_complete = False
             self.duration_s += record["timing"]["duration_ms"] / 1000
             if type(model) is str:
                 self.models.add(model)

@@ -158,6 +158,30 @@ def test_a_cost_budget_blind_to_a_call_without_usage_says_why(
     assert "keep a token or call limit beside it" in said
 
 
+def test_a_token_budget_blind_to_calls_without_usage_says_so_once(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call answered with no usage counts as 0 tokens in the run's totals: its token limit can never
+    see it, so that is said once per lens (CI fails such a limit closed; production warns). A call that
+    failed, with no usage either, was not answered: nothing to say."""
+    monitor.budgets = BudgetGuard({"lenses": {"digest": {"max_total_tokens": 10_000}}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    with monitor.lens("digest"), pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "500"}
+        )
+    assert not [r for r in caplog.records if "reported no usage" in r.getMessage()]
+    for _ in range(2):
+        with monitor.lens("digest"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-fault": "no-usage"}
+            )
+    [said] = [r.getMessage() for r in caplog.records if "reported no usage" in r.getMessage()]
+    assert "lens 'digest'" in said and "max_total_tokens 10000 counts as 0 tokens" in said
+    assert "keep a max_api_calls limit beside it" in said
+
+
 @pytest.mark.asyncio
 async def test_raise_mode_on_an_async_client(
     aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
