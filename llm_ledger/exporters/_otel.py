@@ -509,7 +509,14 @@ class OTelSink:
         }
         self._context_attributes(context, attributes)
         end = _ns(record["timestamp"])
-        start = end - int(summary["duration_ms"] * 1_000_000)
+        # records keep milliseconds: a call begun within a millisecond of its lens can seem to start
+        # first; the lens span starts no later than its calls, as a parent span contains its children
+        start = min(
+            [
+                end - int(summary["duration_ms"] * 1_000_000),
+                *(_ns(item["timing"]["start_time"]) for item in calls if item["event"] != LENS_EVENT),
+            ]
+        )
         lens_span = self.tracer.start_span(
             f"lens {context.get('lens_key')}",
             context=parent,  # None: the application's current span when the lens ended
