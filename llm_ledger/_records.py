@@ -429,7 +429,10 @@ class LensTotals:
 
 
 def lens_record(*, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> LensRecord:
-    """Build one ``lens_summary`` record."""
+    """Build one ``lens_summary`` record, its summary a copy: a sink may change the record it is
+    handed, never the run's ``summary`` the application stores."""
+    summary = summary.copy()
+    summary["models_used"] = list(summary["models_used"])
     return {
         "timestamp": iso_timestamp(end_epoch),
         "level": "INFO",

@@ -370,6 +370,24 @@ def test_a_sink_that_trims_records_in_place_changes_no_lens_count(
     assert len(records.lenses) == 1
 
 
+def test_a_sink_that_changes_a_lens_record_leaves_the_runs_summary_alone(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """``run.summary`` is what the application stores (``SourceLog.extra_data``): a sink trimming the
+    ``lens_summary`` record it is handed (before exporting it) changes that record only."""
+
+    def trim(record: Any) -> None:
+        if record["event"] == "lens_summary":
+            record["summary"].pop("total_cost_usd")
+            record["summary"]["models_used"].append("trimmed")
+
+    monitor.add_sink(trim)
+    with monitor.lens("kept") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert run.summary is not None
+    assert run.summary["total_cost_usd"] is not None and run.summary["models_used"] == ["gpt-4o-mini"]
+
+
 @pytest.mark.asyncio
 async def test_streams_cancelled_in_a_gather_each_count_once_in_their_lens(
     aclient: openai.AsyncOpenAI,
