@@ -271,37 +271,36 @@ class _RunBudget:
                 self._no_usage(key, written)
 
     def _unpriced(self, cap: float) -> None:
-        """A call the run's cost budget cannot see (no price, or no usage): said once per lens key, so that
-        a budget never passes quietly on calls counted as $0."""
-        lens_key = str(self._context.get("lens_key"))
-        warned = self._guard._unpriced
-        if lens_key not in warned and len(warned) < 10_000:
-            warned.add(lens_key)
-            logging.getLogger("llm_ledger.internal").warning(
-                "llm-ledger: lens %r has calls with no price (a model the price table does not know, or "
-                "no usage reported), which its budget max_cost_usd %g counts as $0 (its summaries say "
-                "cost_complete: false); add their models to a price file (LLM_LEDGER_PRICE_FILE or "
-                "configure(price_file=...)) so that the budget sees them, or keep a token or call limit "
-                "beside it",
-                lens_key,
-                cap,
-            )
+        """A call the run's cost budget cannot see (no price, or no usage), so that a budget never passes
+        quietly on calls counted as $0."""
+        self._blind(
+            self._guard._unpriced,
+            "llm-ledger: lens %r has calls with no price (a model the price table does not know, or "
+            "no usage reported), which its budget max_cost_usd %g counts as $0 (its summaries say "
+            "cost_complete: false); add their models to a price file (LLM_LEDGER_PRICE_FILE or "
+            "configure(price_file=...)) so that the budget sees them, or keep a token or call limit "
+            "beside it",
+            cap,
+        )
 
     def _no_usage(self, key: str, cap: float) -> None:
         """A call the run's token budgets cannot see (answered, with no usage reported: a compatible
-        server that sends none, a stream stopped before its usage chunk): said once per lens key."""
+        server that sends none, a stream stopped before its usage chunk)."""
+        self._blind(
+            self._guard._no_usage,
+            "llm-ledger: lens %r has calls that reported no usage, which its budget %s %g counts as "
+            "0 tokens; keep a max_api_calls limit beside it, or have the server report usage (for "
+            "streams: leave stream_usage on, and read each stream to its end)",
+            key,
+            cap,
+        )
+
+    def _blind(self, warned: set[str], message: str, *args: object) -> None:
+        """Say ``message`` once per lens key (``warned`` holds the keys already told)."""
         lens_key = str(self._context.get("lens_key"))
-        warned = self._guard._no_usage
         if lens_key not in warned and len(warned) < 10_000:
             warned.add(lens_key)
-            logging.getLogger("llm_ledger.internal").warning(
-                "llm-ledger: lens %r has calls that reported no usage, which its budget %s %g counts as "
-                "0 tokens; keep a max_api_calls limit beside it, or have the server report usage (for "
-                "streams: leave stream_usage on, and read each stream to its end)",
-                lens_key,
-                key,
-                cap,
-            )
+            logging.getLogger("llm_ledger.internal").warning(message, lens_key, *args)
 
     def _exceeded(self, monitor: LLMCallMonitor, key: str, cap: float, actual: float) -> None:
         global stopping
