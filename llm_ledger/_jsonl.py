@@ -48,6 +48,7 @@ __all__ = [
     "NotRegularFileError",
     "flush_all",
     "handle_sigterm_signal",
+    "json_text",
 ]
 
 internal_log = logging.getLogger("llm_ledger.internal")
@@ -115,9 +116,7 @@ class LedgerJsonFormatter(OrjsonFormatter):
         try:
             return super().jsonify_log_record(log_data)
         except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
-            # standard JSON, as orjson writes it: a NaN or an infinity is null, never a bare NaN that
-            # readers (llm-ledger report) reject with the whole line
-            return json.dumps(_finite(log_data), default=str, ensure_ascii=False, allow_nan=False)
+            return _json_module_text(log_data)
 
     def format_line(self, record: logging.LogRecord) -> bytes:
         """One line of the JSONL file, newline included: the same text as ``format()``, faster.
@@ -149,6 +148,21 @@ class LedgerJsonFormatter(OrjsonFormatter):
                 return orjson.dumps(record, default=self.json_default, option=_NON_STR_KEYS_OPTIONS)
             except (TypeError, ValueError):
                 return None  # the json module's fallback (format() -> jsonify_log_record)
+
+
+def json_text(value: Mapping[str, Any]) -> str:
+    """A record as one line of standard JSON text, whatever its values (``str()`` of what JSON
+    cannot hold): for handlers that show records as text."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # e.g. a context integer beyond 64 bits, which orjson cannot write
+        return _json_module_text(value)
+
+
+def _json_module_text(value: Any) -> str:
+    # standard JSON, as orjson writes it: a NaN or an infinity is null, never a bare NaN that
+    # readers (llm-ledger report) reject with the whole line
+    return json.dumps(_finite(value), default=str, ensure_ascii=False, allow_nan=False)
 
 
 def _finite(value: Any) -> Any:

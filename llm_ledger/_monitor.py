@@ -6,7 +6,6 @@ the ``llm_ledger.internal`` logger, and the caller gets exactly what the SDK gav
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -14,11 +13,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, usage_of
+from ._jsonl import json_text
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
     LOGGER_NAME,
@@ -100,10 +98,7 @@ class _LedgerLogRecord(logging.LogRecord):
     def getMessage(self) -> str:
         msg = self.msg
         if type(msg) is dict:
-            try:
-                return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-            except TypeError:  # e.g. a context integer beyond 64 bits, which orjson cannot write
-                return json.dumps(msg, default=str, ensure_ascii=False)
+            return json_text(msg)
         return super().getMessage()
 
 

@@ -190,6 +190,30 @@ def test_a_record_json_cannot_hold_directly_is_still_standard_json(
     assert (report.malformed, report.total.calls) == (0, 1)
 
 
+def test_a_text_log_handler_shows_a_record_json_cannot_hold_directly_as_standard_json(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """A handler of the llm_monitor logger that formats records as text (a root StreamHandler) shows
+    each record as standard JSON, also when orjson cannot write it (an integer beyond 64 bits): a NaN
+    is null there too, never a bare NaN its readers reject."""
+    heard: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record)
+
+    keep = Keep()
+    logging.getLogger("llm_monitor").addHandler(keep)
+    try:
+        with llm_ledger.track_llm_call(source_id=2**70, score=float("nan")):
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        logging.getLogger("llm_monitor").removeHandler(keep)
+    (record,) = heard
+    context = strict_loads(record.getMessage())["context"]
+    assert (context["source_id"], context["score"]) == (2**70, None)
+
+
 def test_a_refused_log_dir_leaves_nothing_behind_for_exit(tmp_path: Path) -> None:
     """configure() refusing a log path raises ConfigError and nothing else: the handler it began to
     build (alive while the error's traceback is, as when it goes unhandled) prints no traceback when
