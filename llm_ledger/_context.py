@@ -301,13 +301,15 @@ class LensRun(_Scope):
         """A call starts inside this run; False once the run has ended (the call counts in no lens)."""
         return self._totals.begin()
 
-    def _count_call(self, record: CallRecord, cost_units: int | None) -> bool:
+    def _count_call(self, record: CallRecord, cost_units: int | None) -> None:
         """Count a call that began inside this run and ended, from its record as made (before any sink
-        is handed it); True when it was the last open call of a run that ended: its record is due."""
-        return self._totals.add(record, cost_units)
+        is handed it)."""
+        self._totals.add(record, cost_units)
 
-    def _settle_call(self, due: bool) -> None:
-        """Once the counted call's record is emitted: check the budget, and write the run's record if due."""
+    def _settle_call(self) -> None:
+        """Once the counted call's record is emitted: check the budget, and write the run's record if
+        it is due (the run ended, and this was the last of its calls)."""
+        due = self._totals.settle()
         if self._budget is not None:
             self._budget.check(self._monitor, self._totals)
         if due:

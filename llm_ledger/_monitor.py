@@ -448,18 +448,20 @@ class LLMCallMonitor:
             self._emit(record)
             return
         # counted before the sinks are handed the record (one may change it in place), settled after
-        counted: list[tuple[LensRun, bool]] = []
+        # (a lens's record follows its calls')
+        counted: list[LensRun] = []
         for run in call.lenses:
             try:
-                counted.append((run, run._count_call(record, cost_units)))
+                run._count_call(record, cost_units)
+                counted.append(run)
             except Exception as exc:  # pragma: no cover - counting only reads the record
                 self._report("counting a call in its lens", exc)
         try:
             self._emit(record)
         finally:  # even when Ctrl-C lands in a sink: else its lens would wait for the call for good
-            for run, due in counted:
+            for run in counted:
                 try:
-                    run._settle_call(due)
+                    run._settle_call()
                 except Exception as exc:
                     self._report("ending a lens", exc)
 

@@ -320,10 +320,11 @@ def call_record(
 class LensTotals:
     """Running totals of one lens run; thread-safe, since a lens may fan out to threads and tasks.
 
-    A call counts from the moment it starts (``begin``) to the moment it ends (``add``). A lens
-    that ends while calls it started are still open (a stream read after the block, a thread
-    still running) reports them as ``open_calls``; its record is then emitted by the last of
-    them to end (``add`` returns True), so the log always carries the whole run.
+    A call counts from the moment it starts (``begin``) to the moment it ends (``add``), and its
+    record reaches the sinks before the run's (``settle``). A lens that ends while calls it started
+    are still open (a stream read after the block, a thread still running) reports them as
+    ``open_calls``; its record is then emitted by the last of them to settle (``settle`` returns
+    True), so the log always carries the whole run, after its calls.
     """
 
     __slots__ = (
@@ -335,6 +336,7 @@ class LensTotals:
         "cost_complete",
         "cost_units",
         "duration_s",
+        "emitting",
         "errors",
         "models",
         "open",
@@ -348,6 +350,7 @@ class LensTotals:
         self._lock = threading.Lock()
         self.calls = 0
         self.open = 0
+        self.emitting = 0  # calls counted whose records are not yet emitted
         self.closed = False
         self.errors = 0
         self.prompt_tokens = 0
@@ -369,17 +372,15 @@ class LensTotals:
             self.open += 1
             return True
 
-    def add(self, record: CallRecord, total_cost_units: int | None) -> bool:
-        """Count one ended call (failed and interrupted calls count too); cost in 10**-24 USD.
-
-        True when it was the last open call of a lens that has already ended: its record is due.
-        """
+    def add(self, record: CallRecord, total_cost_units: int | None) -> None:
+        """Count one ended call (failed and interrupted calls count too); cost in 10**-24 USD."""
         status = record["status"]
         usage = record["usage"]
         model = record["request"]["model"]
         with self._lock:
             self.calls += 1
             self.open -= 1
+            self.emitting += 1
             if status == "error":
                 self.errors += 1
             self.prompt_tokens += usage["prompt_tokens"] or 0
@@ -397,13 +398,20 @@ class LensTotals:
             self.duration_s += record["timing"]["duration_ms"] / 1000
             if type(model) is str:
                 self.models.add(model)
-            return self.closed and self.open == 0
+
+    def settle(self) -> bool:
+        """A counted call's record was emitted; True when the run's record is due now (the run has
+        ended, and this was the last of its calls to end)."""
+        with self._lock:
+            self.emitting -= 1
+            return self.closed and self.open == 0 and self.emitting == 0
 
     def close(self, wall_s: float) -> tuple[LensSummary, bool]:
-        """End the run: its summary now, and whether its record is due now (no call still open)."""
+        """End the run: its summary now, and whether its record is due now (every call it counts
+        ended, and its record was emitted)."""
         with self._lock:
             self.closed = True
-            return self._summary(wall_s), self.open == 0
+            return self._summary(wall_s), self.open == 0 and self.emitting == 0
 
     def summary(self, wall_s: float) -> LensSummary:
         """The aggregate dict an application stores in ``SourceLog.extra_data``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -319,3 +320,31 @@ def test_capture_of_every_monitor_sees_monitors_made_later(fake_openai: Any) -> 
     assert captured.lenses[0]["context"]["lens_key"] == "mine"
     with pytest.raises(TypeError, match="not both"), llm_ledger.testing.capture(mine, every_monitor=True):
         pass
+
+
+def test_a_call_ending_on_a_thread_as_its_lens_exits_is_written_before_the_lens(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """A call that ends on another thread while its lens exits still reaches the sinks before the
+    lens's record: readers that file calls under their lens (OTelSink's spans) see the lens last."""
+    seen: list[str] = []
+    arrived, lens_exited = threading.Event(), threading.Event()
+
+    def sink(record: Any) -> None:
+        if record["event"] == "llm_api_call":
+            arrived.set()
+            lens_exited.wait(5)  # the lens exits while this call's record is on its way to the sinks
+        seen.append(record["event"])
+
+    monitor.add_sink(sink)
+    with ThreadPoolExecutor(1) as pool:
+        with monitor.lens("racing") as run:
+            done = pool.submit(
+                llm_ledger.propagate(client.chat.completions.create), model="gpt-4o-mini", messages=HI
+            )
+            assert arrived.wait(5)
+        lens_exited.set()
+        done.result()
+    assert seen == ["llm_api_call", "lens_summary"]
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["open_calls"]) == (1, 0)
