@@ -294,33 +294,43 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
     state = _StreamState(monitor, call)
     see = state.event_model if call.operation == "responses" else state.chat_model
-    shell = _sdk_async if is_async else _sdk_sync
-    stream._iterator = shell(state, stream._iterator, see)
-    # extend close() without a reference cycle, so an abandoned stream is collected promptly
-    class_close = type(stream).close
-    ref = weakref.ref(stream)
+    shell: Any = (_sdk_async if is_async else _sdk_sync)(state, stream._iterator, see)
+    stream._iterator = shell
+    # a caller stops reading by closing the HTTP response: Stream.close() does, and so do the SDK's
+    # stream helpers (chat.completions.stream(), responses.stream()), which never close the stream.
+    # A close while the shell runs is the SDK closing a body it ended or failed on: the shell records
+    # that. Weak references: an abandoned stream must stay free of new cycles, to be collected promptly
+    response = stream.response
+    shell_ref = weakref.ref(shell)
+    response_ref = weakref.ref(response)
     if is_async:
+        class_aclose = type(response).aclose
 
         async def aclose() -> None:
             try:
-                target = ref()
+                target = response_ref()
                 if target is not None:
-                    await class_close(target)
+                    await class_aclose(target)
             finally:
-                state.end()
+                running = shell_ref()
+                if running is None or not running.ag_running:
+                    state.end()
 
-        stream.close = aclose
+        response.aclose = aclose
     else:
+        class_close = type(response).close
 
         def close() -> None:
             try:
-                target = ref()
+                target = response_ref()
                 if target is not None:
                     class_close(target)
             finally:
-                state.end()
+                running = shell_ref()
+                if running is None or not running.gi_running:
+                    state.end()
 
-        stream.close = close
+        response.close = close
     # an abandoned stream: record it when the SDK object is collected
     weakref.finalize(stream, state.end)
 

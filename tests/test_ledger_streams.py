@@ -189,6 +189,45 @@ def test_stream_helper_is_recorded(client: openai.OpenAI, records: Captured) -> 
     assert record["status"] == "ok" and record["usage"]["total_tokens"]
 
 
+HELPERS: Any = {
+    "chat": lambda c: c.chat.completions.stream(
+        model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-fake-chunks": "10"}
+    ),
+    "responses": lambda c: c.responses.stream(
+        model="gpt-4o-mini", input="Stream me a story", extra_headers={"x-fake-chunks": "10"}
+    ),
+}
+
+
+@pytest.mark.parametrize("helper", HELPERS)
+def test_stream_helper_left_early_is_recorded_when_its_block_ends(
+    helper: str, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Leaving a stream helper's `with` block early (the helper closes the HTTP response, not the
+    stream) records the call as interrupted then, not when the helper object is collected, and the
+    lens around it ends with it."""
+    with monitor.lens("helper-left-early"):
+        with HELPERS[helper](client) as stream:
+            next(iter(stream))
+        assert [r["status"] for r in records.calls] == ["interrupted"]
+    assert [lens["summary"]["total_api_calls"] for lens in records.lenses] == [1]
+    assert stream is not None  # still referenced: the record did not wait for it to be collected
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("helper", HELPERS)
+async def test_async_stream_helper_left_early_is_recorded_when_its_block_ends(
+    helper: str, aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """The same with async helpers: `async with` left early records the call then."""
+    with monitor.lens("helper-left-early"):
+        async with HELPERS[helper](aclient) as stream:
+            await stream.__aiter__().__anext__()
+        assert [r["status"] for r in records.calls] == ["interrupted"]
+    assert [lens["summary"]["total_api_calls"] for lens in records.lenses] == [1]
+    assert stream is not None
+
+
 @pytest.mark.asyncio
 async def test_async_stream_matches_the_bare_sdk(
     fake_openai: FakeOpenAI, aclient: openai.AsyncOpenAI, records: Captured
