@@ -112,7 +112,7 @@ class _StreamState:
 
     def _chat(self, fields: dict[str, Any]) -> bool:
         call = self.call
-        if self.id is None:
+        if not self.id:  # Azure's first chunk, its prompt filter's verdict, has an empty id and model
             self.model = fields.get("model")
             self.id = fields.get("id")
         usage = fields.get("usage")
@@ -146,7 +146,7 @@ class _StreamState:
                 self.finish_reason = choice["finish_reason"]
         if usage is not None:  # some compatible servers send usage on content chunks
             self.usage = usage
-        self.warm = call.ttft is not None and self.id is not None
+        self.warm = call.ttft is not None and bool(self.id)
         return True
 
     def shown_after_fault(self, chunk: Any) -> bool:

@@ -189,6 +189,28 @@ def test_stream_helper_is_recorded(client: openai.OpenAI, records: Captured) -> 
     assert record["status"] == "ok" and record["usage"]["total_tokens"]
 
 
+def test_azure_stream_is_recorded_as_its_answer_is(fake_openai: FakeOpenAI) -> None:
+    """An Azure chat stream opens with a prompt-filter chunk (no choices, empty id and model): the
+    record still names the served model and the answer's id, and is priced as the unstreamed call."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    endpoint = fake_openai.base_url.removesuffix("/v1")
+    azure = openai.AzureOpenAI(api_key=FAKE_KEY, azure_endpoint=endpoint, api_version="2024-10-21")
+    kwargs: Any = {
+        "model": "summaries",  # the deployment's name; the answer names the model behind it
+        "messages": MESSAGES,
+        "extra_headers": {"x-fake-served-model": "gpt-4o-mini-2024-07-18"},
+    }
+    with llm_ledger.testing.capture(monitor) as mine, monitor.instrument(azure) as client:
+        client.chat.completions.create(**kwargs)
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    assert chunks[0].prompt_filter_results and not chunks[0].choices  # Azure's opening chunk, handed on
+    plain, streamed = mine.calls
+    assert streamed["response"]["model"] == plain["response"]["model"] == "gpt-4o-mini-2024-07-18"
+    assert streamed["response"]["id"] == chunks[1].id != ""
+    assert streamed["usage"] == plain["usage"]
+    assert streamed["cost"]["total_cost_usd"] == plain["cost"]["total_cost_usd"] is not None
+
+
 HELPERS: Any = {
     "chat": lambda c: c.chat.completions.stream(
         model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-fake-chunks": "10"}
