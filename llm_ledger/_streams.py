@@ -197,6 +197,9 @@ class _StreamState:
                 self._finish("ok")
         elif kind == "error":  # the server gave up mid-stream (the SDK hands the event on)
             self._finish("error", ResponseError(fields))
+        elif kind == "response.created":  # what a stream stopped before its end is recorded as
+            response = _fields(fields.get("response")) or {}
+            self.model, self.id = response.get("model"), response.get("id")
         return True
 
     # -- the end ----------------------------------------------------------------------------------------

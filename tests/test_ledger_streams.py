@@ -313,11 +313,18 @@ def test_responses_stream_is_recorded(
 
 @pytest.mark.asyncio
 async def test_async_responses_stream_closed_early(aclient: openai.AsyncOpenAI, records: Captured) -> None:
-    """An async responses stream closed before completion is interrupted."""
-    stream = await aclient.responses.create(model="gpt-4o-mini", input="hi", stream=True)
-    await stream.__anext__()
+    """An async responses stream closed before completion is interrupted, and names the response
+    its first event announced (as an interrupted chat stream names its first chunk's)."""
+    stream = await aclient.responses.create(
+        model="gpt-4o-mini", input="hi", stream=True, extra_headers={"x-fake-served-model": "dated"}
+    )
+    created = await stream.__anext__()
     await stream.close()
-    assert [r["status"] for r in records.calls] == ["interrupted"]
+    [record] = records.calls
+    assert record["status"] == "interrupted"
+    assert created.type == "response.created"
+    assert record["response"]["model"] == created.response.model == "gpt-4o-mini-2024-07-18"
+    assert record["response"]["id"] == created.response.id
 
 
 def test_stream_usage_can_be_switched_off(fake_openai: FakeOpenAI, records: Captured) -> None:
