@@ -101,6 +101,26 @@ def test_explicit_include_usage_false_is_respected(
     assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
 
 
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_stream_options_passed_in_extra_body_are_the_callers(
+    include_usage: bool, fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+) -> None:
+    """stream_options given through extra_body (sent over the body's own) are the caller's: with
+    include_usage the caller gets the usage chunk, as without the ledger, and the record its usage."""
+    kwargs: Any = {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "stream": True,
+        "extra_body": {"stream_options": {"include_usage": include_usage}},
+    }
+    expected = _bare_chunks(fake_openai, **kwargs)
+    got = list(client.chat.completions.create(**kwargs))
+    assert _dump(got) == _dump(expected)
+    assert (fake_openai.requests[-1].json or {})["stream_options"] == {"include_usage": include_usage}
+    [record] = records.calls
+    assert record["usage"]["total_tokens"] == (got[-1].usage.total_tokens if include_usage else None)
+
+
 def test_stop_after_the_finish_chunk_records_ok_without_usage(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
