@@ -373,6 +373,11 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
 
     chunks = _chunks(headers)
     events = [chunk({"role": "assistant", "content": None if tool_calls else "", "refusal": None})]
+    if "azure" in faults:  # Azure's streams open with its prompt filter's verdict: no choices, id or model
+        filters = {"hate": {"filtered": False, "severity": "safe"}}
+        verdict = [{"prompt_index": 0, "content_filter_results": filters}]
+        head = {"choices": [], "created": 0, "id": "", "model": "", "object": ""}
+        events.insert(0, _sse({**head, "prompt_filter_results": verdict}))
     for index, call in enumerate(tool_calls):
         head = {"index": index, "id": call["id"], "type": "function"}
         name = call["function"]["name"]
@@ -655,6 +660,8 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self._num = num
         faults = {f.strip() for f in headers.get("x-fake-fault", "").split(",") if f.strip()}
+        if _AZURE_DEPLOYMENT.match(path):
+            faults.add("azure")  # not a fault: how Azure's answers differ
         self._delay = (
             _int_header(headers, "x-fake-delay-ms", DEFAULT_DELAY_MS) / 1000 if "slow" in faults else 0
         )

@@ -98,7 +98,8 @@ def _begin(
         if stream and operation == "chat" and monitor.stream_usage and raw in (None, "true"):
             stream_options = body.get("stream_options")
             said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
-            if said is None:
+            extra = options.extra_json  # extra_body: the SDK sends its stream_options over the body's
+            if said is None and not (isinstance(extra, Mapping) and "stream_options" in extra):
                 options = options.model_copy()
                 options.json_data = {
                     **body,

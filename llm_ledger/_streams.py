@@ -112,7 +112,7 @@ class _StreamState:
 
     def _chat(self, fields: dict[str, Any]) -> bool:
         call = self.call
-        if self.id is None:
+        if not self.id:  # Azure's first chunk, its prompt filter's verdict, has an empty id and model
             self.model = fields.get("model")
             self.id = fields.get("id")
         usage = fields.get("usage")
@@ -146,7 +146,7 @@ class _StreamState:
                 self.finish_reason = choice["finish_reason"]
         if usage is not None:  # some compatible servers send usage on content chunks
             self.usage = usage
-        self.warm = call.ttft is not None and self.id is not None
+        self.warm = call.ttft is not None and bool(self.id)
         return True
 
     def shown_after_fault(self, chunk: Any) -> bool:
@@ -197,6 +197,9 @@ class _StreamState:
                 self._finish("ok")
         elif kind == "error":  # the server gave up mid-stream (the SDK hands the event on)
             self._finish("error", ResponseError(fields))
+        elif kind == "response.created":  # what a stream stopped before its end is recorded as
+            response = _fields(fields.get("response")) or {}
+            self.model, self.id = response.get("model"), response.get("id")
         return True
 
     # -- the end ----------------------------------------------------------------------------------------
@@ -294,33 +297,43 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
     state = _StreamState(monitor, call)
     see = state.event_model if call.operation == "responses" else state.chat_model
-    shell = _sdk_async if is_async else _sdk_sync
-    stream._iterator = shell(state, stream._iterator, see)
-    # extend close() without a reference cycle, so an abandoned stream is collected promptly
-    class_close = type(stream).close
-    ref = weakref.ref(stream)
+    shell: Any = (_sdk_async if is_async else _sdk_sync)(state, stream._iterator, see)
+    stream._iterator = shell
+    # a caller stops reading by closing the HTTP response: Stream.close() does, and so do the SDK's
+    # stream helpers (chat.completions.stream(), responses.stream()), which never close the stream.
+    # A close while the shell runs is the SDK closing a body it ended or failed on: the shell records
+    # that. Weak references: an abandoned stream must stay free of new cycles, to be collected promptly
+    response = stream.response
+    shell_ref = weakref.ref(shell)
+    response_ref = weakref.ref(response)
     if is_async:
+        class_aclose = type(response).aclose
 
         async def aclose() -> None:
             try:
-                target = ref()
+                target = response_ref()
                 if target is not None:
-                    await class_close(target)
+                    await class_aclose(target)
             finally:
-                state.end()
+                running = shell_ref()
+                if running is None or not running.ag_running:
+                    state.end()
 
-        stream.close = aclose
+        response.aclose = aclose
     else:
+        class_close = type(response).close
 
         def close() -> None:
             try:
-                target = ref()
+                target = response_ref()
                 if target is not None:
                     class_close(target)
             finally:
-                state.end()
+                running = shell_ref()
+                if running is None or not running.gi_running:
+                    state.end()
 
-        stream.close = close
+        response.close = close
     # an abandoned stream: record it when the SDK object is collected
     weakref.finalize(stream, state.end)
 

@@ -101,6 +101,26 @@ def test_explicit_include_usage_false_is_respected(
     assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
 
 
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_stream_options_passed_in_extra_body_are_the_callers(
+    include_usage: bool, fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+) -> None:
+    """stream_options given through extra_body (sent over the body's own) are the caller's: with
+    include_usage the caller gets the usage chunk, as without the ledger, and the record its usage."""
+    kwargs: Any = {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "stream": True,
+        "extra_body": {"stream_options": {"include_usage": include_usage}},
+    }
+    expected = _bare_chunks(fake_openai, **kwargs)
+    got = list(client.chat.completions.create(**kwargs))
+    assert _dump(got) == _dump(expected)
+    assert (fake_openai.requests[-1].json or {})["stream_options"] == {"include_usage": include_usage}
+    [record] = records.calls
+    assert record["usage"]["total_tokens"] == (got[-1].usage.total_tokens if include_usage else None)
+
+
 def test_stop_after_the_finish_chunk_records_ok_without_usage(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
@@ -189,6 +209,67 @@ def test_stream_helper_is_recorded(client: openai.OpenAI, records: Captured) -> 
     assert record["status"] == "ok" and record["usage"]["total_tokens"]
 
 
+def test_azure_stream_is_recorded_as_its_answer_is(fake_openai: FakeOpenAI) -> None:
+    """An Azure chat stream opens with a prompt-filter chunk (no choices, empty id and model): the
+    record still names the served model and the answer's id, and is priced as the unstreamed call."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    endpoint = fake_openai.base_url.removesuffix("/v1")
+    azure = openai.AzureOpenAI(api_key=FAKE_KEY, azure_endpoint=endpoint, api_version="2024-10-21")
+    kwargs: Any = {
+        "model": "summaries",  # the deployment's name; the answer names the model behind it
+        "messages": MESSAGES,
+        "extra_headers": {"x-fake-served-model": "gpt-4o-mini-2024-07-18"},
+    }
+    with llm_ledger.testing.capture(monitor) as mine, monitor.instrument(azure) as client:
+        client.chat.completions.create(**kwargs)
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    assert chunks[0].prompt_filter_results and not chunks[0].choices  # Azure's opening chunk, handed on
+    plain, streamed = mine.calls
+    assert streamed["response"]["model"] == plain["response"]["model"] == "gpt-4o-mini-2024-07-18"
+    assert streamed["response"]["id"] == chunks[1].id != ""
+    assert streamed["usage"] == plain["usage"]
+    assert streamed["cost"]["total_cost_usd"] == plain["cost"]["total_cost_usd"] is not None
+
+
+HELPERS: Any = {
+    "chat": lambda c: c.chat.completions.stream(
+        model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-fake-chunks": "10"}
+    ),
+    "responses": lambda c: c.responses.stream(
+        model="gpt-4o-mini", input="Stream me a story", extra_headers={"x-fake-chunks": "10"}
+    ),
+}
+
+
+@pytest.mark.parametrize("helper", HELPERS)
+def test_stream_helper_left_early_is_recorded_when_its_block_ends(
+    helper: str, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Leaving a stream helper's `with` block early (the helper closes the HTTP response, not the
+    stream) records the call as interrupted then, not when the helper object is collected, and the
+    lens around it ends with it."""
+    with monitor.lens("helper-left-early"):
+        with HELPERS[helper](client) as stream:
+            next(iter(stream))
+        assert [r["status"] for r in records.calls] == ["interrupted"]
+    assert [lens["summary"]["total_api_calls"] for lens in records.lenses] == [1]
+    assert stream is not None  # still referenced: the record did not wait for it to be collected
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("helper", HELPERS)
+async def test_async_stream_helper_left_early_is_recorded_when_its_block_ends(
+    helper: str, aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """The same with async helpers: `async with` left early records the call then."""
+    with monitor.lens("helper-left-early"):
+        async with HELPERS[helper](aclient) as stream:
+            await stream.__aiter__().__anext__()
+        assert [r["status"] for r in records.calls] == ["interrupted"]
+    assert [lens["summary"]["total_api_calls"] for lens in records.lenses] == [1]
+    assert stream is not None
+
+
 @pytest.mark.asyncio
 async def test_async_stream_matches_the_bare_sdk(
     fake_openai: FakeOpenAI, aclient: openai.AsyncOpenAI, records: Captured
@@ -252,11 +333,18 @@ def test_responses_stream_is_recorded(
 
 @pytest.mark.asyncio
 async def test_async_responses_stream_closed_early(aclient: openai.AsyncOpenAI, records: Captured) -> None:
-    """An async responses stream closed before completion is interrupted."""
-    stream = await aclient.responses.create(model="gpt-4o-mini", input="hi", stream=True)
-    await stream.__anext__()
+    """An async responses stream closed before completion is interrupted, and names the response
+    its first event announced (as an interrupted chat stream names its first chunk's)."""
+    stream = await aclient.responses.create(
+        model="gpt-4o-mini", input="hi", stream=True, extra_headers={"x-fake-served-model": "dated"}
+    )
+    created = await stream.__anext__()
     await stream.close()
-    assert [r["status"] for r in records.calls] == ["interrupted"]
+    [record] = records.calls
+    assert record["status"] == "interrupted"
+    assert created.type == "response.created"
+    assert record["response"]["model"] == created.response.model == "gpt-4o-mini-2024-07-18"
+    assert record["response"]["id"] == created.response.id
 
 
 def test_stream_usage_can_be_switched_off(fake_openai: FakeOpenAI, records: Captured) -> None:

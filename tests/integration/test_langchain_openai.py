@@ -98,6 +98,29 @@ def test_async_call_inside_a_lens() -> None:
     check_lens(run)
 
 
+def test_batch_inside_a_lens() -> None:
+    """batch() runs its calls on LangChain's thread pool: each is recorded once, in the lens."""
+    run = run_both(
+        lambda c: [m.content for m in chat(c).batch([PROMPT, "Name three bakeries", "Count to five"])],
+        lens="langchain_batch",
+    )
+    assert len(run.result) == 3
+    assert all(r["context"]["lens_key"] == "langchain_batch" for r in run.records.calls)
+    check_lens(run)
+
+
+# langchain-openai 1.8 dumps the helper's final ParsedChatCompletion, and pydantic warns about its
+# `parsed` field, with or without the ledger
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
+def test_structured_output_streamed() -> None:
+    """with_structured_output().stream() goes through the SDK's chat.completions.stream() helper:
+    the same parsed object, one complete record."""
+    run = run_both(lambda c: list(chat(c).with_structured_output(Answer).stream(PROMPT)))
+    assert run.result[-1] == Answer(summary="fake summary", score=42)
+    [record] = run.records.calls
+    assert record["request"]["stream"] is True and record["status"] == "ok"
+
+
 TEST = """
 import os
 

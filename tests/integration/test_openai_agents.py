@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import openai
 import pydantic
 import pytest
-from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
+from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, set_tracing_disabled
 
-from tests.integration.helpers import check_lens, run_both
+import llm_ledger
+from llm_ledger.testing import FakeOpenAI, capture
+from tests.integration.helpers import KEY, check_lens, run_both
 from tests.integration.replay import record_then_replay
 
 set_tracing_disabled(True)  # traces would be exported to OpenAI's API
@@ -73,6 +77,29 @@ def test_async_call_inside_a_lens() -> None:
         return (await Runner.run(agent(c), PROMPT)).final_output
 
     check_lens(run_both(scenario, is_async=True, lens="agent_summary"))
+
+
+def test_streamed_run_cancelled_inside_a_lens() -> None:
+    """result.cancel() mid-stream: the call is recorded once, interrupted, naming the model that
+    answered, and counted in the lens the run began in."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "20", "x-fake-chunks": "50"}
+
+    async def main(server: FakeOpenAI) -> None:
+        async with monitor.instrument(openai.AsyncOpenAI(api_key=KEY, base_url=server.base_url)) as c:
+            with monitor.lens("agent_cancelled"):
+                slow_agent = agent(c, model_settings=ModelSettings(extra_headers=slow))
+                result = Runner.run_streamed(slow_agent, PROMPT)
+                async for event in result.stream_events():
+                    if event.type == "raw_response_event" and event.data.type == "response.output_text.delta":
+                        result.cancel()
+                await asyncio.sleep(0)  # the cancelled model task ends its stream
+
+    with FakeOpenAI() as server, capture(monitor) as records:
+        asyncio.run(main(server))
+    [record] = records.calls
+    assert record["status"] == "interrupted" and record["response"]["model"] == "gpt-4.1-mini"
+    assert [lens["summary"]["total_api_calls"] for lens in records.lenses] == [1]
 
 
 TEST = """
