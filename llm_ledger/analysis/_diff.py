@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
@@ -106,7 +107,40 @@ def _row(
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
-    return {"status": status, "metrics": out}
+    # a side whose cost leaves out calls with no known cost: its costs are lower bounds, marked *
+    incomplete = [
+        side for side, e in (("base", base), ("head", head)) if e and e.get("cost_complete") is False
+    ]
+    return {"status": status, "metrics": out, "cost_incomplete": incomplete, "notes": []}
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value > 0 else 0
+
+
+def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
+    """Why a lens's cost (every lens's for None) is incomplete, from the report's usage rows."""
+    unpriced: Counter[str] = Counter()
+    no_usage: Counter[str] = Counter()
+    for row in report.get("usage") or ():
+        if isinstance(row, dict) and lens in (None, row.get("lens")):
+            model = str(row.get("model") or "<no model>")
+            no_usage[model] += _count(row.get("no_usage_calls"))
+            unpriced[model] += max(_count(row.get("uncosted_calls")) - _count(row.get("no_usage_calls")), 0)
+    parts = []
+    for what, counts in (
+        ("no known price for model", +unpriced),
+        ("no usage reported by calls to", +no_usage),
+    ):
+        if counts:
+            calls = (f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()))
+            parts.append(f"{what} {', '.join(calls)}")
+    return "; ".join(parts) or "calls with no known cost"
+
+
+def _listed(names: list[str]) -> str:
+    """The first five names, then how many more."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
@@ -114,11 +148,9 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
     out = []
     failed = [t for t in report.get("failed_tests") or [] if isinstance(t, str)]
     if failed:
-        shown = ", ".join(f"`{t}`" for t in failed[:5]) + (
-            f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        )
+        names = _listed([f"`{t}`" for t in failed])
         out.append(
-            f"the {name} report ({path}) has {len(failed)} failed test(s): {shown}; its numbers leave out "
+            f"the {name} report ({path}) has {len(failed)} failed test(s): {names}; its numbers leave out "
             "what those tests did not get to do"
         )
     errors = _number(report["total"], "errors") or 0
@@ -127,9 +159,11 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
             "errors): calls that failed cost nothing and used no tokens"
         )
-    if report["total"].get("cost_complete") is False:
+    unpriced = [f"`{n}`" for n, e in report["lenses"].items() if e.get("cost_complete") is False]
+    if unpriced or report["total"].get("cost_complete") is False:
+        where = f" in {len(unpriced)} lens(es): {_listed(unpriced)}" if unpriced else ""
         out.append(
-            f"the {name} report ({path}) has calls to models with no known price: its costs leave them out"
+            f"the {name} report ({path}) has calls with no known cost{where}; their cost (marked *) leaves them out"
         )
     return out
 
@@ -152,13 +186,13 @@ def diff_reports(
         flags += _flags("base", base_path, base)
     flags += _flags("head", head_path, head)
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
-    return {
-        "schema": "llm-ledger-diff",
-        "version": 1,
-        "flags": flags,
-        "lenses": {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names},
-        "total": _row(base["total"] or None, head["total"], TOTAL_METRICS),
-    }
+    lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
+    total = _row(base["total"] or None, head["total"], TOTAL_METRICS)
+    for name, row in [*lenses.items(), (None, total)]:
+        for side in row["cost_incomplete"]:
+            gaps = _cost_gaps(base if side == "base" else head, name)
+            row["notes"].append(f"* {side}: {gaps}: counted as $0")
+    return {"schema": "llm-ledger-diff", "version": 1, "flags": flags, "lenses": lenses, "total": total}
 
 
 def increases(diff: dict[str, Any], pct: float) -> list[str]:
@@ -187,18 +221,21 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:+.1f}%"
 
 
-def _cells(diff: dict[str, Any]) -> list[tuple[str, str, list[list[str]]]]:
-    """(section name, status, [metric, base, head, delta, pct] rows) for every lens and the total."""
+def _cells(diff: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[list[str]]]]:
+    """(section name, its diff row, [metric, base, head, delta, pct] cells) for every lens and the total."""
     out = []
     sections = [*diff["lenses"].items(), ("TOTAL", diff["total"])]
     for name, row in sections:
         rows = []
         for metric, m in row["metrics"].items():
-            rows.append(
-                [DIFF_METRICS[metric], _fmt(metric, m["base"]), _fmt(metric, m["head"]),
-                 _fmt(metric, m["delta"], signed=True), _pct(m["pct"])]
-            )  # fmt: skip
-        out.append((name, row["status"], rows))
+            cells = [_fmt(metric, m["base"]), _fmt(metric, m["head"]), _fmt(metric, m["delta"], signed=True)]
+            cells.append(_pct(m["pct"]))
+            if metric in _COSTS:  # a lower bound: * on each side that leaves calls out, and on its change
+                marked = [side in row["cost_incomplete"] for side in ("base", "head")]
+                marked += [any(marked)] * 2
+                cells = [c + "*" if mark and c != "—" else c for c, mark in zip(cells, marked, strict=True)]
+            rows.append([DIFF_METRICS[metric], *cells])
+        out.append((name, row, rows))
     return out
 
 
@@ -215,9 +252,11 @@ def _markdown(diff: dict[str, Any]) -> str:
     changed = sum(1 for r in diff["lenses"].values() if r["status"] != "unchanged")
     shown = " (only those are shown)" if diff.get("only_changed") else ""
     lines.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
-    for name, status, rows in _cells(diff):
+    for name, row, rows in _cells(diff):
         title = "Total" if name == "TOTAL" else f"`{name}`"
-        lines += ["", f"### {title}{_MARK[status]}", "", *markdown_table(_HEADERS, rows)]
+        lines += ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
+        for note in row["notes"]:
+            lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
     if diff.get("increases"):
         lines += ["", f"**Cost per run grew by more than {diff['fail_on_increase']:g}%:**", ""]
         lines += [f"- {line}" for line in diff["increases"]]
@@ -226,9 +265,10 @@ def _markdown(diff: dict[str, Any]) -> str:
 
 def _text(diff: dict[str, Any]) -> str:
     lines = [f"warning: {flag}" for flag in diff["flags"]]
-    for name, status, rows in _cells(diff):
-        lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[status])
+    for name, row, rows in _cells(diff):
+        lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[row["status"]])
         lines += text_table(_HEADERS, rows, indent="  ")
+        lines += [f"  {note}" for note in row["notes"]]
     if diff.get("increases"):
         lines.append(f"cost per run grew by more than {diff['fail_on_increase']:g}%:")
         lines += [f"  {line}" for line in diff["increases"]]

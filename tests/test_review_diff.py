@@ -1,0 +1,107 @@
+"""What a reviewer reads in `llm-ledger diff` of two real --llm-report files: a base and a head run
+of one project, each recorded against the loopback server and replayed as CI does."""
+
+from __future__ import annotations
+
+import os
+
+import openai  # noqa: F401  (kept imported across in-process sessions)
+import pytest
+import vcr  # noqa: F401
+
+import llm_ledger  # noqa: F401
+from llm_ledger._cli import main as cli_main
+from llm_ledger.testing import FakeOpenAI
+from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
+
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+
+# each lens's model and prompt come from the environment, so one project is the base and the head
+LENS_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def run_lens(lens):
+    model = os.environ.get(f"MODEL_{lens.upper()}", "gpt-4o-mini")
+    prompt = os.environ.get(f"PROMPT_{lens.upper()}", f"Write the {lens} of the quarterly report")
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens(lens):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}])
+
+
+@pytest.mark.llm
+def test_summary():
+    run_lens("summary")
+
+
+@pytest.mark.llm
+def test_tags():
+    run_lens("tags")
+"""
+
+
+class Project:
+    """An inner project whose lenses' models and prompts change between a base and a head run."""
+
+    def __init__(self, pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch):
+        self.pytester, self.server, self.monkeypatch = pytester, server, monkeypatch
+        write_project(pytester, LENS_TESTS)
+
+    def report(self, name: str, *args: str, record: bool = True, **env: str) -> str:
+        """Record the cassettes (unless ``record`` is false), replay them as CI does, and write
+        ``name``: the --llm-report of that replay; ``env`` sets MODEL_<LENS> / PROMPT_<LENS>."""
+        for key in [k for k in os.environ if k.startswith(("MODEL_", "PROMPT_"))]:
+            self.monkeypatch.delenv(key)
+        for key, value in env.items():
+            self.monkeypatch.setenv(key, value)
+        if record:
+            assert run(self.pytester, "--llm-record-mode=rewrite").ret == 0
+        run(self.pytester, f"--llm-report={name}", *args)
+        return str(self.pytester.path / name)
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, server: FakeOpenAI, with_key: None, monkeypatch: pytest.MonkeyPatch
+) -> Project:
+    return Project(pytester, server, monkeypatch)
+
+
+def diff(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = cli_main(["diff", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def section(markdown: str, lens: str) -> str:
+    """The part of a Markdown diff about one lens."""
+    return markdown.split(f"### `{lens}`")[1].split("\n### ")[0]
+
+
+def test_a_lens_moved_to_a_model_with_no_known_price_is_not_shown_as_free(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lens whose calls now go to a model with no known price shows its cost marked as a lower
+    bound, with the model named under that lens, not a plain "$0.000000" that reads as free."""
+    base = project.report("base.json")
+    head = project.report("head.json", MODEL_TAGS="acme-local-7b")
+
+    status, out, err = diff(capsys, base, head)
+
+    assert status == 0
+    tags = section(out, "tags")
+    assert "| cost (USD) | $0.00000" in tags and "| $0.000000* |" in tags
+    assert "\\* head: no known price for model 'acme-local-7b' (1 call): counted as $0" in tags
+    assert "*" not in section(out, "summary").replace("**", "")
+    assert (
+        f"the head report ({head}) has calls with no known cost in 1 lens(es): `tags`; their cost (marked *) "
+        "leaves them out"
+    ) in err
