@@ -105,3 +105,25 @@ def test_a_lens_moved_to_a_model_with_no_known_price_is_not_shown_as_free(
         f"the head report ({head}) has calls with no known cost in 1 lens(es): `tags`; their cost (marked *) "
         "leaves them out"
     ) in err
+
+
+def test_fail_on_increase_fails_closed_on_a_lens_whose_cost_became_unknown(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--fail-on-increase cannot tell whether a lens moved to a model with no known price grew: the
+    job fails, naming the lens and the model, as a budget that cannot be checked does; not a pass
+    on a "-100%" that only means the price is unknown."""
+    base = project.report("base.json")
+    head = project.report("head.json", MODEL_SUMMARY="acme-local-7b")
+
+    status, out, err = diff(capsys, base, head, "--fail-on-increase", "25")
+
+    assert status == 1
+    unchecked = (
+        "`summary`: cost per run cannot be checked: head: no known price for model 'acme-local-7b' (1 call)"
+    )
+    assert f"- {unchecked}" in out
+    assert "llm-ledger diff: cost per run grew by more than 25%, or cannot be checked, in `summary`" in err
+    assert "`tags`" not in out.split("cannot be checked:**")[1]
+    # a lens that stays on that model compares like with like: it does not fail every later pull request
+    assert diff(capsys, head, head, "--fail-on-increase", "25")[0] == 0

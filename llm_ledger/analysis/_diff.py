@@ -107,11 +107,7 @@ def _row(
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
-    # a side whose cost leaves out calls with no known cost: its costs are lower bounds, marked *
-    incomplete = [
-        side for side, e in (("base", base), ("head", head)) if e and e.get("cost_complete") is False
-    ]
-    return {"status": status, "metrics": out, "cost_incomplete": incomplete, "notes": []}
+    return {"status": status, "metrics": out, "cost_gaps": {}}
 
 
 def _count(value: Any) -> int:
@@ -163,7 +159,8 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
     if unpriced or report["total"].get("cost_complete") is False:
         where = f" in {len(unpriced)} lens(es): {_listed(unpriced)}" if unpriced else ""
         out.append(
-            f"the {name} report ({path}) has calls with no known cost{where}; their cost (marked *) leaves them out"
+            f"the {name} report ({path}) has calls with no known cost{where}; their cost (marked *) "
+            "leaves them out"
         )
     return out
 
@@ -189,23 +186,37 @@ def diff_reports(
     lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
     total = _row(base["total"] or None, head["total"], TOTAL_METRICS)
     for name, row in [*lenses.items(), (None, total)]:
-        for side in row["cost_incomplete"]:
-            gaps = _cost_gaps(base if side == "base" else head, name)
-            row["notes"].append(f"* {side}: {gaps}: counted as $0")
+        # a side whose cost leaves out calls with no known cost: why (its costs are lower bounds, marked *)
+        for side, report in (("base", base), ("head", head)):
+            entry = report["total"] if name is None else report["lenses"].get(name)
+            if entry and entry.get("cost_complete") is False:
+                row["cost_gaps"][side] = _cost_gaps(report, name)
     return {"schema": "llm-ledger-diff", "version": 1, "flags": flags, "lenses": lenses, "total": total}
 
 
 def increases(diff: dict[str, Any], pct: float) -> list[str]:
-    """The lenses whose cost per run grew by more than ``pct`` percent (from zero counts as infinite)."""
+    """The lenses whose cost per run grew by more than ``pct`` percent (from zero counts as infinite),
+    or cannot be told (it fails closed): the head's cost leaves out calls the base's did not."""
     out = []
     for name, row in diff["lenses"].items():
-        m = row["metrics"]["cost_per_run"]
-        if m["base"] is None or m["head"] is None or not m["delta"] or m["delta"] < 0:
+        m, gaps = row["metrics"]["cost_per_run"], row["cost_gaps"]
+        if m["base"] is None or m["head"] is None:
             continue
-        if m["pct"] is None or m["pct"] > pct:
+        if "head" in gaps and gaps["head"] != gaps.get("base"):
+            out.append(f"`{name}`: cost per run cannot be checked: head: {gaps['head']}")
+        elif not m["delta"] or m["delta"] < 0:
+            continue
+        elif m["pct"] is None or m["pct"] > pct:
             grown = "from nothing" if m["pct"] is None else f"{m['pct']:+.1f}%"
             out.append(f"`{name}`: cost per run {_usd(m['base'])} -> {_usd(m['head'])} ({grown})")
     return out
+
+
+def _grew(diff: dict[str, Any]) -> str:
+    unchecked = any("cannot be checked" in line for line in diff["increases"])
+    return f"cost per run grew by more than {diff['fail_on_increase']:g}%" + (
+        ", or cannot be checked" if unchecked else ""
+    )
 
 
 def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
@@ -231,7 +242,7 @@ def _cells(diff: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[list[st
             cells = [_fmt(metric, m["base"]), _fmt(metric, m["head"]), _fmt(metric, m["delta"], signed=True)]
             cells.append(_pct(m["pct"]))
             if metric in _COSTS:  # a lower bound: * on each side that leaves calls out, and on its change
-                marked = [side in row["cost_incomplete"] for side in ("base", "head")]
+                marked = [side in row["cost_gaps"] for side in ("base", "head")]
                 marked += [any(marked)] * 2
                 cells = [c + "*" if mark and c != "—" else c for c, mark in zip(cells, marked, strict=True)]
             rows.append([DIFF_METRICS[metric], *cells])
@@ -255,10 +266,10 @@ def _markdown(diff: dict[str, Any]) -> str:
     for name, row, rows in _cells(diff):
         title = "Total" if name == "TOTAL" else f"`{name}`"
         lines += ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
-        for note in row["notes"]:
-            lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
+        for side, gaps in row["cost_gaps"].items():
+            lines += ["", f"\\* {side}: {gaps}: counted as $0"]  # "* " would start a list
     if diff.get("increases"):
-        lines += ["", f"**Cost per run grew by more than {diff['fail_on_increase']:g}%:**", ""]
+        lines += ["", f"**{_grew(diff).capitalize()}:**", ""]
         lines += [f"- {line}" for line in diff["increases"]]
     return "\n".join(lines) + "\n"
 
@@ -268,9 +279,9 @@ def _text(diff: dict[str, Any]) -> str:
     for name, row, rows in _cells(diff):
         lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[row["status"]])
         lines += text_table(_HEADERS, rows, indent="  ")
-        lines += [f"  {note}" for note in row["notes"]]
+        lines += [f"  * {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
     if diff.get("increases"):
-        lines.append(f"cost per run grew by more than {diff['fail_on_increase']:g}%:")
+        lines.append(f"{_grew(diff)}:")
         lines += [f"  {line}" for line in diff["increases"]]
     return "\n".join(lines) + "\n"
 
@@ -301,10 +312,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
     if diff.get("increases"):
         names = ", ".join(line.split(":")[0] for line in diff["increases"])
-        print(
-            f"llm-ledger diff: cost per run grew by more than {args.fail_on_increase:g}% in {names}",
-            file=sys.stderr,
-        )
+        grew = _grew(diff)
+        print(f"llm-ledger diff: {grew}{',' if grew.endswith('checked') else ''} in {names}", file=sys.stderr)
         return 1
     return 0
 
