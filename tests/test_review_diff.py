@@ -127,3 +127,21 @@ def test_fail_on_increase_fails_closed_on_a_lens_whose_cost_became_unknown(
     assert "`tags`" not in out.split("cannot be checked:**")[1]
     # a lens that stays on that model compares like with like: it does not fail every later pull request
     assert diff(capsys, head, head, "--fail-on-increase", "25")[0] == 0
+
+
+def test_a_lens_whose_calls_missed_their_cassette_says_so_under_its_own_table(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A changed prompt replayed without re-recording misses its cassette: the lens's tokens and cost
+    drop to 0, and its own table says why (failed calls), not only a warning at the top."""
+    base = project.report("base.json")
+    head = project.report("head.json", record=False, PROMPT_SUMMARY="Summarise it in three lines")
+
+    status, out, _ = diff(capsys, base, head, "--format", "text")
+
+    assert status == 0
+    summary = out.split("lens summary\n")[1].split("\nlens ")[0]
+    assert summary.splitlines()[-1] == (
+        "  head: 1 failed call(s) (cassette misses or API errors), not in its tokens or cost"
+    )
+    assert "failed call" not in out.split("lens tags")[1].split("\ntotal")[0]

@@ -107,7 +107,7 @@ def _row(
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
-    return {"status": status, "metrics": out, "cost_gaps": {}}
+    return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}}
 
 
 def _count(value: Any) -> int:
@@ -191,6 +191,8 @@ def diff_reports(
             entry = report["total"] if name is None else report["lenses"].get(name)
             if entry and entry.get("cost_complete") is False:
                 row["cost_gaps"][side] = _cost_gaps(report, name)
+            if entry and entry.get("errors"):  # calls that failed (cassette misses) count no tokens
+                row["failed_calls"][side] = int(entry["errors"])
     return {"schema": "llm-ledger-diff", "version": 1, "flags": flags, "lenses": lenses, "total": total}
 
 
@@ -250,6 +252,16 @@ def _cells(diff: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[list[st
     return out
 
 
+def _notes(row: dict[str, Any]) -> list[str]:
+    """What the figures of one lens (or the total) leave out, side by side."""
+    notes = [f"* {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
+    for side, count in row["failed_calls"].items():
+        notes.append(
+            f"{side}: {count} failed call(s) (cassette misses or API errors), not in its tokens or cost"
+        )
+    return notes
+
+
 _HEADERS: Final = ("metric", "base", "head", "delta", "%")
 _MARK: Final = {"new": " (new)", "removed": " (removed)", "changed": "", "unchanged": " (unchanged)"}
 
@@ -266,8 +278,8 @@ def _markdown(diff: dict[str, Any]) -> str:
     for name, row, rows in _cells(diff):
         title = "Total" if name == "TOTAL" else f"`{name}`"
         lines += ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
-        for side, gaps in row["cost_gaps"].items():
-            lines += ["", f"\\* {side}: {gaps}: counted as $0"]  # "* " would start a list
+        for note in _notes(row):
+            lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
     if diff.get("increases"):
         lines += ["", f"**{_grew(diff).capitalize()}:**", ""]
         lines += [f"- {line}" for line in diff["increases"]]
@@ -279,7 +291,7 @@ def _text(diff: dict[str, Any]) -> str:
     for name, row, rows in _cells(diff):
         lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[row["status"]])
         lines += text_table(_HEADERS, rows, indent="  ")
-        lines += [f"  * {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
+        lines += [f"  {note}" for note in _notes(row)]
     if diff.get("increases"):
         lines.append(f"{_grew(diff)}:")
         lines += [f"  {line}" for line in diff["increases"]]
