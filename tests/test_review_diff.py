@@ -76,6 +76,7 @@ def project(
 
 
 def diff(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # not the inner sessions' output
     status = cli_main(["diff", *args])
     out, err = capsys.readouterr()
     return status, out, err
@@ -145,3 +146,25 @@ def test_a_lens_whose_calls_missed_their_cassette_says_so_under_its_own_table(
         "  head: 1 failed call(s) (cassette misses or API errors), not in its tokens or cost"
     )
     assert "failed call" not in out.split("lens tags")[1].split("\ntotal")[0]
+
+
+def test_a_lens_whose_tests_did_not_run_is_not_passed_off_as_removed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head run that left tests out (-k, a skip, a rename) shows their lenses as removed; the diff
+    names the base's tests that made no call in the head, so the reviewer knows the lens may only
+    not have run."""
+    base = project.report("base.json")
+    head = project.report("head.json", "-k", "not tags", record=False)
+
+    status, out, err = diff(capsys, base, head)
+
+    assert status == 0
+    assert "### `tags` (removed)" in out
+    flag = (
+        f"1 test(s) of the base report made no call in the head report ({head}): "
+        "`tests/test_app.py::test_tags` (deselected, skipped, renamed or deleted); a lens shown as "
+        "removed may only not have run"
+    )
+    assert f"> **Warning:** {flag}" in out
+    assert f"llm-ledger diff: warning: {flag}" in err

@@ -182,6 +182,13 @@ def diff_reports(
     else:
         flags += _flags("base", base_path, base)
     flags += _flags("head", head_path, head)
+    ran = set(head.get("tests") or ()) | set(head.get("failed_tests") or ())
+    if idle := [f"`{t}`" for t in sorted(set(base.get("tests") or ()) - ran)]:
+        flags.append(
+            f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
+            f"{_listed(idle)} (deselected, skipped, renamed or deleted); a lens shown as removed may only "
+            "not have run"
+        )
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
     lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
     total = _row(base["total"] or None, head["total"], TOTAL_METRICS)
