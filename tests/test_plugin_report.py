@@ -149,10 +149,25 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         ('{"schema": "llm-ledger-report", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
         (
             json.dumps(report({"s": {"cost_usd": "0.5"}}, {})),
-            "lenses.s.cost_usd: expected a number, got '0.5'",
+            "lenses.s.cost_usd: expected a number >= 0, got '0.5'",
         ),
-        (json.dumps(report({}, {"api_calls": True})), "total.api_calls: expected a number, got True"),
-        (json.dumps(report({}, {"api_calls": 10**400})), "total.api_calls: expected a number, got 1000"),
+        (
+            json.dumps(report({}, {"api_calls": True})),
+            "total.api_calls: expected a whole number >= 0, got True",
+        ),
+        (
+            json.dumps(report({}, {"api_calls": 10**400})),
+            "total.api_calls: expected a whole number >= 0, got 1000",
+        ),
+        (json.dumps(report({"s": {"runs": -3}}, {})), "lenses.s.runs: expected a whole number >= 0, got -3"),
+        (json.dumps(report({}, {"errors": 1.5})), "total.errors: expected a whole number >= 0, got 1.5"),
+        (json.dumps(report({}, {"cost_usd": -0.1})), "total.cost_usd: expected a number >= 0, got -0.1"),
+        (
+            json.dumps({**report({}, {}), "failed_tests": "tests/test_a.py::test_x"}),
+            "failed_tests: expected a list of test ids, got 'tests/test_a.py::test_x'",
+        ),
+        (json.dumps({**report({}, {}), "tests": 5}), "'tests' must be an object"),
+        (json.dumps({**report({}, {}), "usage": {}}), "'usage' must be a list"),
     ],
     ids=[
         "not-json",
@@ -165,6 +180,12 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         "string-metric",
         "bool-metric",
         "huge-int",
+        "negative-count",
+        "fractional-count",
+        "negative-cost",
+        "failed-tests-string",
+        "tests-not-object",
+        "usage-not-list",
     ],
 )
 def test_diff_rejects_bad_reports(

@@ -69,17 +69,24 @@ def load_report(path: str | Path) -> dict[str, Any]:
             f"{name}: report version {shown(data.get('version'))} is not supported; this llm-ledger reads "
             f"version(s) {', '.join(map(str, SUPPORTED_VERSIONS))}"
         )
-    for section in ("lenses", "total"):
-        if not isinstance(data.get(section), dict):
-            raise ConfigError(f"{name}: {section!r} must be an object")
+    for section, kind in (("lenses", dict), ("total", dict), ("tests", dict), ("usage", list)):
+        if not isinstance(data.get(section, kind()), kind):
+            raise ConfigError(f"{name}: {section!r} must be {'an object' if kind is dict else 'a list'}")
+    failed = data.get("failed_tests", [])
+    if not isinstance(failed, list) or not all(isinstance(test, str) for test in failed):
+        raise ConfigError(f"{name}: failed_tests: expected a list of test ids, got {shown(failed)}")
     entries = [(join("lenses", lens), entry) for lens, entry in data["lenses"].items()]
     for where, entry in [*entries, ("total", data["total"])]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{name}: {where} must be an object")
         for metric in _READ_METRICS:
             value = entry.get(metric, 0)
-            if not isinstance(value, int | float) or isinstance(value, bool) or abs(value) > _MAX_METRIC:
-                raise ConfigError(f"{name}: {where}.{metric}: expected a number, got {shown(value)}")
+            # counts are whole numbers, costs any number; neither is negative
+            whole = metric != "cost_usd"
+            number = type(value) is int or (not whole and type(value) is float)
+            if not number or not 0 <= value <= _MAX_METRIC:
+                expected = "a whole number >= 0" if whole else "a number >= 0"
+                raise ConfigError(f"{name}: {where}.{metric}: expected {expected}, got {shown(value)}")
     return data
 
 
@@ -118,7 +125,7 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     """Why a lens's cost (every lens's for None) is incomplete, from the report's usage rows."""
     unpriced: Counter[str] = Counter()
     no_usage: Counter[str] = Counter()
-    for row in report.get("usage") or ():
+    for row in report.get("usage", ()):
         if isinstance(row, dict) and lens in (None, row.get("lens")):
             model = str(row.get("model") or "<no model>")
             no_usage[model] += _count(row.get("no_usage_calls"))
@@ -142,7 +149,7 @@ def _listed(names: list[str]) -> str:
 def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
     """What makes a report's numbers untrustworthy: failed tests, failed calls, unpriced calls."""
     out = []
-    failed = [t for t in report.get("failed_tests") or [] if isinstance(t, str)]
+    failed = report.get("failed_tests", [])
     if failed:
         names = _listed([f"`{t}`" for t in failed])
         out.append(
@@ -182,8 +189,8 @@ def diff_reports(
     else:
         flags += _flags("base", base_path, base)
     flags += _flags("head", head_path, head)
-    ran = set(head.get("tests") or ()) | set(head.get("failed_tests") or ())
-    if idle := [f"`{t}`" for t in sorted(set(base.get("tests") or ()) - ran)]:
+    ran = set(head.get("tests", ())) | set(head.get("failed_tests", ()))
+    if idle := [f"`{t}`" for t in sorted(set(base.get("tests", ())) - ran)]:
         flags.append(
             f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
             f"{_listed(idle)} (deselected, skipped, renamed or deleted); a lens shown as removed may only "
