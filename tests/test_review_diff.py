@@ -168,3 +168,21 @@ def test_a_lens_whose_tests_did_not_run_is_not_passed_off_as_removed(
     )
     assert f"> **Warning:** {flag}" in out
     assert f"llm-ledger diff: warning: {flag}" in err
+
+
+def test_report_given_a_pytest_report_says_which_command_reads_it(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llm-ledger report head.json` on the plugin's --llm-report file is an error that names the
+    commands that read it, not an empty table over "136 malformed lines" and exit status 0."""
+    head = project.report("head.json")
+    capsys.readouterr()
+
+    assert cli_main(["report", head]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip() == (
+        f"llm-ledger report: error: {head}: a pytest --llm-report file, not a log of calls; compare two "
+        f"with `llm-ledger diff BASE.json {head}`, or price it again with `llm-ledger reprice {head}`"
+    )
