@@ -834,7 +834,8 @@ def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: Ses
     except Exception as exc:
         tr.write_line(f"cannot read the baseline: {exc}", red=True)
         return
-    for line in render_diff(diff_reports(base, ledger.report()), "text").splitlines():
+    diff = diff_reports(base, ledger.report(), base_path=_display(config, path), head_path="this run")
+    for line in render_diff(diff, "text").splitlines():
         tr.write_line(line)
 
 

@@ -236,6 +236,22 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
     )
 
 
+def test_baseline_diff_warnings_name_the_baseline_file_and_this_run(recorded: pytest.Pytester) -> None:
+    """The warnings of --llm-baseline's diff say which file is the base and that the head is this
+    run, not "the base report (base)", which names no file."""
+    run(recorded, "--llm-report=saved/base.json").assert_outcomes(passed=3)
+
+    result = run(recorded, "--llm-baseline=saved/base.json", "-k", "not test_stream")
+
+    result.stdout.fnmatch_lines(
+        [
+            "warning: 1 test(s) of the base report made no call in the head report (this run): "
+            "`tests/test_app.py::test_stream` *",
+        ]
+    )
+    assert "(head)" not in result.stdout.str()
+
+
 def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
     """With -n 2 the workers' records are merged on the controller: the same report as a serial run."""
     assert run(recorded, "--llm-report=serial.json").ret == 0
