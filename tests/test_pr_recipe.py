@@ -167,9 +167,18 @@ def run_steps(
     return results
 
 
-def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> None:
-    """Base and head (changed prompt, one more call) replay offline; the base runs its own code, the
-    diff flags nothing, names the lens whose cost per run grew, and that diff is the posted comment."""
+GH_POSTS = '#!/bin/sh\necho "$@" >> "$GH_LOG"\ncp diff.md "$GH_LOG.body"\n'
+# a pull request from a fork: its token cannot write to the base repository
+GH_READ_ONLY = (
+    '#!/bin/sh\necho "$@" >> "$GH_LOG"\necho "HTTP 403: Resource not accessible by integration" >&2\nexit 1\n'
+)
+
+
+def run_recipe(
+    tmp_path: Path, head_prompts: list[str], gh: str = GH_POSTS
+) -> tuple[Path, list[subprocess.CompletedProcess[str]]]:
+    """The sample's main branch, a feature branch with ``head_prompts``, and the recipe's steps run
+    on the feature's checkout with ``gh`` as that script; returns the checkout and each step's run."""
     origin = tmp_path / "sample"
     for name, text in FILES.items():
         (origin / name).parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +187,7 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
     with FakeOpenAI() as server:
         commit_version(origin, ["Summarise: "], "once", server, "base")
         git(origin, "checkout", "-q", "-b", "feature")
-        commit_version(origin, ["Summarise briefly: ", "Label: "], "rewrite", server, "head")
+        commit_version(origin, head_prompts, "rewrite", server, "head")
     head = tmp_path / "ci" / "head"  # the runner's checkout of the pull request
     git(tmp_path, "clone", "-q", "--branch", "feature", str(origin), str(head))
 
@@ -186,7 +195,7 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(runner)], check=True)
     stub = tmp_path / "stub-bin"
     stub.mkdir()
-    (stub / "gh").write_text('#!/bin/sh\necho "$@" >> "$GH_LOG"\ncp diff.md "$GH_LOG.body"\n')
+    (stub / "gh").write_text(gh)
     (stub / "gh").chmod(0o755)
     workflow = readme_workflow()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_", "PIP_"))}
@@ -204,8 +213,13 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "HTTPS_PROXY": "http://127.0.0.1:9",  # anything that tried the network would fail here
     }
+    return head, run_steps(workflow["jobs"]["lenses"]["steps"], head, env)
 
-    base_run, head_run, diff_run = run_steps(workflow["jobs"]["lenses"]["steps"], head, env)
+
+def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> None:
+    """Base and head (changed prompt, one more call) replay offline; the base runs its own code, the
+    diff flags nothing, names the lens whose cost per run grew, and that diff is the posted comment."""
+    head, (base_run, head_run, diff_run) = run_recipe(tmp_path, ["Summarise briefly: ", "Label: "])
 
     assert base_run.returncode == 0 and "::warning::" not in base_run.stdout, (
         base_run.stdout + base_run.stderr
@@ -228,3 +242,15 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
     assert "### `triage`" in comment and "| calls | 1 | 2 | +1 | +100.0% |" in comment
     assert "**Cost per run grew by more than 25%:**" in comment
     assert (tmp_path / "gh.log").read_text() == "pr comment 7 --body-file diff.md --edit-last\n"
+
+
+def test_readme_pr_recipe_passes_a_fork_whose_token_cannot_comment(tmp_path: Path) -> None:
+    """A pull request from a fork gets a read-only token: the comment fails, but the job's status is
+    the diff's (a cost within bounds passes), with a warning saying where the diff is."""
+    _, (_, head_run, diff_run) = run_recipe(tmp_path, ["Summarise briefly: "], gh=GH_READ_ONLY)
+
+    assert head_run.returncode == 0, head_run.stdout + head_run.stderr
+    assert (tmp_path / "gh.log").read_text().count("pr comment 7") >= 1
+    assert diff_run.returncode == 0, diff_run.stdout + diff_run.stderr
+    assert "::warning::could not comment on the pull request" in diff_run.stdout
+    assert "### `triage`" in (tmp_path / "summary.md").read_text()
