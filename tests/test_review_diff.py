@@ -3,7 +3,9 @@ of one project, each recorded against the loopback server and replayed as CI doe
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import openai  # noqa: F401  (kept imported across in-process sessions)
 import pytest
@@ -11,6 +13,7 @@ import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
+from llm_ledger.analysis._render import usd
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
 
@@ -125,7 +128,7 @@ def test_fail_on_increase_fails_closed_on_a_lens_whose_cost_became_unknown(
     )
     assert f"- {unchecked}" in out
     assert "llm-ledger diff: cost per run grew by more than 25%, or cannot be checked, in `summary`" in err
-    assert "`tags`" not in out.split("cannot be checked:**")[1]
+    assert [line for line in out.splitlines() if line.startswith("- ")] == [f"- {unchecked}"]
     # a lens that stays on that model compares like with like: it does not fail every later pull request
     assert diff(capsys, head, head, "--fail-on-increase", "25")[0] == 0
 
@@ -186,3 +189,35 @@ def test_report_given_a_pytest_report_says_which_command_reads_it(
         f"llm-ledger report: error: {head}: a pytest --llm-report file, not a log of calls; compare two "
         f"with `llm-ledger diff BASE.json {head}`, or price it again with `llm-ledger reprice {head}`"
     )
+
+
+def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reviewer sees first, in one table, each lens's cost per run before and after (checked by
+    hand from the tokens and the list prices), then the lenses over --fail-on-increase; the per-lens
+    details follow, not the other way round."""
+    base = project.report("base.json")
+    head = project.report("head.json", MODEL_SUMMARY="gpt-4o")
+
+    status, out, _ = diff(capsys, base, head, "--fail-on-increase", "25")
+
+    assert status == 1
+    lenses = json.loads(Path(head).read_text())["lenses"]
+    summary, tags = lenses["summary"], lenses["tags"]  # one run each; the model changes no token
+    mini = (summary["prompt_tokens"] * 0.15 + summary["completion_tokens"] * 0.6) / 1e6  # USD per 1M
+    four = (summary["prompt_tokens"] * 2.5 + summary["completion_tokens"] * 10) / 1e6
+    assert summary["cost_usd"] == pytest.approx(four)
+    grown = f"{(four / mini - 1) * 100:+.1f}%"
+    top = out.split("\n### ")[0].splitlines()
+    assert top[top.index("2 lens(es), 1 with changes.") + 1 :] == [
+        "",
+        "| lens | cost per run: base | head | delta | % |",
+        "|---|---:|---:|---:|---:|",
+        f"| `summary` | {usd(mini)} | {usd(four)} | {usd(four - mini, True)} | {grown} |",
+        f"| `tags` (unchanged) | {usd(tags['cost_usd'])} | {usd(tags['cost_usd'])} | $0.000000 | +0.0% |",
+        "",
+        "**Cost per run grew by more than 25%:**",
+        "",
+        f"- `summary`: cost per run {usd(mini)} -> {usd(four)} ({grown})",
+    ]

@@ -289,14 +289,23 @@ def _markdown(diff: dict[str, Any]) -> str:
     changed = sum(1 for r in diff["lenses"].values() if r["status"] != "unchanged")
     shown = " (only those are shown)" if diff.get("only_changed") else ""
     lines.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
-    for name, row, rows in _cells(diff):
+    sections = _cells(diff)
+    # first what a reviewer looks for: each lens's cost per run, and what --fail-on-increase failed on
+    per_run = DIFF_METRICS["cost_per_run"]
+    summary = [
+        [f"`{name}`{_MARK[row['status']]}", *next(r[1:] for r in rows if r[0] == per_run)]
+        for name, row, rows in sections[:-1]
+    ]
+    if summary:
+        lines += ["", *markdown_table(("lens", "cost per run: base", "head", "delta", "%"), summary)]
+    if diff.get("increases"):
+        lines += ["", f"**{_grew(diff).capitalize()}:**", ""]
+        lines += [f"- {line}" for line in diff["increases"]]
+    for name, row, rows in sections:
         title = "Total" if name == "TOTAL" else f"`{name}`"
         lines += ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
         for note in _notes(row):
             lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
-    if diff.get("increases"):
-        lines += ["", f"**{_grew(diff).capitalize()}:**", ""]
-        lines += [f"- {line}" for line in diff["increases"]]
     return "\n".join(lines) + "\n"
 
 
