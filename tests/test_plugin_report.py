@@ -168,6 +168,7 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         ),
         (json.dumps({**report({}, {}), "tests": 5}), "'tests' must be an object"),
         (json.dumps({**report({}, {}), "usage": {}}), "'usage' must be a list"),
+        (json.dumps({**report({}, {}), "exit_status": [2]}), "exit_status: expected pytest's exit status"),
     ],
     ids=[
         "not-json",
@@ -186,6 +187,7 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         "failed-tests-string",
         "tests-not-object",
         "usage-not-list",
+        "exit-status-list",
     ],
 )
 def test_diff_rejects_bad_reports(

@@ -221,3 +221,23 @@ def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
         "",
         f"- `summary`: cost per run {usd(mini)} -> {usd(four)} ({grown})",
     ]
+
+
+def test_a_run_stopped_by_a_collection_error_is_flagged_not_read_as_every_lens_removed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head run that a collection error interrupted writes a report with no lens in it; the diff
+    says the run stopped early (pytest's exit status and why), not only that every lens went away."""
+    base = project.report("base.json")
+    (project.pytester.path / "tests" / "test_broken.py").write_text("def test_x(:\n")
+    head = project.report("head.json", record=False)
+
+    status, out, err = diff(capsys, base, head)
+
+    assert status == 0
+    flag = (
+        f"the head run ({head}) stopped early: pytest exit status 2 (interrupted: a collection error, "
+        "or Ctrl-C); its report leaves out every test that did not run"
+    )
+    assert f"> **Warning:** {flag}" in out
+    assert f"llm-ledger diff: warning: {flag}" in err

@@ -72,6 +72,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
     for section, kind in (("lenses", dict), ("total", dict), ("tests", dict), ("usage", list)):
         if not isinstance(data.get(section, kind()), kind):
             raise ConfigError(f"{name}: {section!r} must be {'an object' if kind is dict else 'a list'}")
+    if data.get("exit_status") is not None and type(data["exit_status"]) is not int:
+        raise ConfigError(
+            f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
+        )
     failed = data.get("failed_tests", [])
     if not isinstance(failed, list) or not all(isinstance(test, str) for test in failed):
         raise ConfigError(f"{name}: failed_tests: expected a list of test ids, got {shown(failed)}")
@@ -146,9 +150,24 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
+# pytest's exit statuses of a run that stopped before running every test it was asked to
+_STOPPED: Final = {
+    2: "interrupted: a collection error, or Ctrl-C",
+    3: "an internal error",
+    4: "a usage error",
+    5: "no tests collected",
+}
+
+
 def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
-    """What makes a report's numbers untrustworthy: failed tests, failed calls, unpriced calls."""
+    """What makes a report's numbers untrustworthy: a run stopped early, failed tests, failed calls,
+    unpriced calls."""
     out = []
+    if (status := report.get("exit_status")) in _STOPPED:
+        out.append(
+            f"the {name} run ({path}) stopped early: pytest exit status {status} ({_STOPPED[status]}); "
+            "its report leaves out every test that did not run"
+        )
     failed = report.get("failed_tests", [])
     if failed:
         names = _listed([f"`{t}`" for t in failed])
