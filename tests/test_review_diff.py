@@ -35,8 +35,10 @@ import llm_ledger as ledger
 def run_lens(lens):
     model = os.environ.get(f"MODEL_{lens.upper()}", "gpt-4o-mini")
     prompt = os.environ.get(f"PROMPT_{lens.upper()}", f"Write the {lens} of the quarterly report")
-    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
-    with client, ledger.lens(lens):
+    client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    # PRICES: the application prices its calls from its own price file
+    monitor = ledger.LLMCallMonitor(prices=os.environ["PRICES"]) if "PRICES" in os.environ else ledger
+    with monitor.instrument(client), monitor.lens(lens):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}])
 
 
@@ -60,8 +62,8 @@ class Project:
 
     def report(self, name: str, *args: str, record: bool = True, **env: str) -> str:
         """Record the cassettes (unless ``record`` is false), replay them as CI does, and write
-        ``name``: the --llm-report of that replay; ``env`` sets MODEL_<LENS> / PROMPT_<LENS>."""
-        for key in [k for k in os.environ if k.startswith(("MODEL_", "PROMPT_"))]:
+        ``name``: the --llm-report of that replay; ``env`` sets MODEL_<LENS> / PROMPT_<LENS> / PRICES."""
+        for key in [k for k in os.environ if k.startswith(("MODEL_", "PROMPT_", "PRICES"))]:
             self.monkeypatch.delenv(key)
         for key, value in env.items():
             self.monkeypatch.setenv(key, value)
@@ -238,6 +240,31 @@ def test_a_run_stopped_by_a_collection_error_is_flagged_not_read_as_every_lens_r
     flag = (
         f"the head run ({head}) stopped early: pytest exit status 2 (interrupted: a collection error, "
         "or Ctrl-C); its report leaves out every test that did not run"
+    )
+    assert f"> **Warning:** {flag}" in out
+    assert f"llm-ledger diff: warning: {flag}" in err
+
+
+def test_reports_priced_with_different_price_data_are_flagged(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base priced from a price file and a head from the bundled prices (a PR that drops the file,
+    or bumps llm-ledger or genai-prices) differ in cost with no change of tokens: the diff says the
+    prices differ, so the reviewer does not hunt for a prompt change."""
+    prices = project.pytester.path / "prices.yaml"
+    prices.write_text('version: 1\nmodels:\n  "gpt-4o-mini": {input: 1.5, output: 6}\n')
+    base = project.report("base.json", PRICES=str(prices))
+    head = project.report("head.json", record=False)
+
+    status, out, err = diff(capsys, base, head)
+
+    assert status == 0
+    assert "| tokens | 54 | 54 | 0 | +0.0% |" in out.split("### Total")[1]
+    sources = {row["cost_source"] for row in json.loads(Path(head).read_text())["usage"]}
+    flag = (
+        f"the reports were priced with different price data (base: 'price-file'; head: "
+        f"{', '.join(map(repr, sorted(sources)))}): a cost may change with no change in tokens; run both "
+        "with the same llm-ledger, genai-prices and price file"
     )
     assert f"> **Warning:** {flag}" in out
     assert f"llm-ledger diff: warning: {flag}" in err

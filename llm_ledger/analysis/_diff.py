@@ -145,6 +145,12 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     return "; ".join(parts) or "calls with no known cost"
 
 
+def _price_data(report: dict[str, Any]) -> str:
+    """The price data a report's costs come from ("'genai-prices 0.2.3', 'price-file'"), "" if none."""
+    rows = [row for row in report.get("usage", ()) if isinstance(row, dict)]
+    return ", ".join(sorted({repr(str(row["cost_source"])) for row in rows if row.get("cost_source")}))
+
+
 def _listed(names: list[str]) -> str:
     """The first five names, then how many more."""
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -208,6 +214,13 @@ def diff_reports(
     else:
         flags += _flags("base", base_path, base)
     flags += _flags("head", head_path, head)
+    base_from, head_from = _price_data(base), _price_data(head)
+    if base_from and head_from and base_from != head_from:
+        flags.append(
+            f"the reports were priced with different price data (base: {base_from}; head: {head_from}): a "
+            "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
+            "and price file"
+        )
     ran = set(head.get("tests", ())) | set(head.get("failed_tests", ()))
     if idle := [f"`{t}`" for t in sorted(set(base.get("tests", ())) - ran)]:
         flags.append(
