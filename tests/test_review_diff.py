@@ -168,8 +168,8 @@ def test_a_lens_whose_tests_did_not_run_is_not_passed_off_as_removed(
     assert "### `tags` (removed)" in out
     flag = (
         f"1 test(s) of the base report made no call in the head report ({head}): "
-        "`tests/test_app.py::test_tags` (deselected, skipped, renamed or deleted); a lens shown as "
-        "removed may only not have run"
+        "`tests/test_app.py::test_tags` (not run: deselected, skipped, renamed or deleted; or no call "
+        "left); a lens shown as removed may only not have run"
     )
     assert f"> **Warning:** {flag}" in out
     assert f"llm-ledger diff: warning: {flag}" in err

@@ -225,8 +225,8 @@ def diff_reports(
     if idle := [f"`{t}`" for t in sorted(set(base.get("tests", ())) - ran)]:
         flags.append(
             f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
-            f"{_listed(idle)} (deselected, skipped, renamed or deleted); a lens shown as removed may only "
-            "not have run"
+            f"{_listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
+            "shown as removed may only not have run"
         )
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
     lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
