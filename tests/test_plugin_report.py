@@ -452,3 +452,22 @@ def test_session_totals_sum_costs_exactly_in_dollars() -> None:
         backward.add(Totals.of_call(call(cost)))
     assert forward.cost_usd == backward.cost_usd == 0.300000000003
     assert Totals.from_wire(forward.to_wire()).cost_usd == 0.300000000003
+
+
+def test_a_report_that_cannot_be_written_fails_the_run_with_the_reason(recorded: pytest.Pytester) -> None:
+    """A report path in a directory no file can be made in (/proc here; a read-only checkout, a full
+    disk in CI) fails the run with the path and the reason after the usual totals, not a traceback
+    in place of the summary."""
+    result = run(recorded, "--llm-report=/proc/llm-report.json")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: per-lens totals*",
+            "*",
+            "llm-ledger: could not write the report /proc/llm-report.json: No such file or directory; "
+            "give --llm-report a path in a writable directory",
+        ]
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output and "report written" not in output
