@@ -268,3 +268,22 @@ def test_reports_priced_with_different_price_data_are_flagged(
     )
     assert f"> **Warning:** {flag}" in out
     assert f"llm-ledger diff: warning: {flag}" in err
+
+
+def test_require_base_fails_closed_when_the_base_run_wrote_no_report(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once the base branch runs llm-ledger, a missing base report means its run broke (an install
+    that failed, a crash): with --require-base the diff fails, naming the file and the cause, instead
+    of showing every lens as new with a --fail-on-increase that compared nothing."""
+    head = project.report("head.json")
+    missing = str(project.pytester.path / "base.json")
+
+    assert diff(capsys, missing, head, "--fail-on-increase", "25")[0] == 0  # a first adoption
+    status, out, err = diff(capsys, missing, head, "--fail-on-increase", "25", "--require-base")
+
+    assert (status, out) == (2, "")
+    assert err.strip() == (
+        f"llm-ledger diff: error: {missing}: report not found (--require-base); the base branch's test "
+        "run wrote none: see that step's log"
+    )

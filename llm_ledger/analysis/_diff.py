@@ -365,6 +365,11 @@ def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.require_base and not Path(args.base).exists():
+        raise ConfigError(
+            f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
+            "that step's log"
+        )
     base = None if not Path(args.base).exists() else load_report(args.base)
     diff = diff_reports(base, load_report(args.head), base_path=args.base, head_path=args.head)
     diff["lens_count"] = len(diff["lenses"])
@@ -410,6 +415,11 @@ def register(subparsers: Any, summary: str) -> None:
     )
     parser.add_argument("head", help="report of the head (e.g. the pull request)")
     parser.add_argument("--only-changed", action="store_true", help="leave out lenses that did not change")
+    parser.add_argument(
+        "--require-base",
+        action="store_true",
+        help="a missing base report is an error (once the base branch writes one), not every lens new",
+    )
     parser.add_argument(
         "--fail-on-increase",
         type=_percent,
