@@ -306,8 +306,9 @@ class SessionLedger:
                     agg.worst[metric] = (value, nodeid)
         return out
 
-    def report(self) -> dict[str, Any]:
-        """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1)."""
+    def report(self, exit_status: int | None = None) -> dict[str, Any]:
+        """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1); ``exit_status``
+        is pytest's, which says whether the run stopped early (a collection error...)."""
         lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
         return {
             "schema": REPORT_SCHEMA,
@@ -323,6 +324,7 @@ class SessionLedger:
             # a report of a run whose tests failed (cassette misses...) does not describe the code:
             # `llm-ledger diff` flags it
             "failed_tests": sorted(self.failed),
+            "exit_status": exit_status,
             # the tokens of each lens per server and model, for `llm-ledger reprice`
             "usage": [
                 {**dict(zip(USAGE_KEYS, key, strict=True)), **row.to_report()}

@@ -294,6 +294,7 @@ class _LedgerState:
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
+        self.report_written = False  # --llm-report's file
         self._lock = threading.Lock()
         self.current: LedgerRecords | None = None
         self._placeholder_key = False
@@ -700,8 +701,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     path = _report_path(session.config)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(state.ledger.report(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        report = json.dumps(state.ledger.report(exit_status=int(exitstatus)), indent=2) + "\n"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(report, encoding="utf-8")
+            state.report_written = True
+        except OSError as exc:  # a read-only directory, a full disk: the diff after would have no report
+            state.notices.append(
+                f"llm-ledger: could not write the report {_display(session.config, path)}: "
+                f"{exc.strerror or exc}; give --llm-report a path in a writable directory"
+            )
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _runs_no_test(config: pytest.Config) -> bool:
@@ -820,9 +831,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             red=True,
             bold=True,
         )
-    report_path = config.getoption("llm_report")
-    if report_path:
-        tr.write_line(f"llm-ledger: report written to {report_path}")
+    if state.report_written:
+        tr.write_line(f"llm-ledger: report written to {config.getoption('llm_report')}")
 
 
 def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: SessionLedger) -> None:
@@ -834,7 +844,8 @@ def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: Ses
     except Exception as exc:
         tr.write_line(f"cannot read the baseline: {exc}", red=True)
         return
-    for line in render_diff(diff_reports(base, ledger.report()), "text").splitlines():
+    diff = diff_reports(base, ledger.report(), base_path=_display(config, path), head_path="this run")
+    for line in render_diff(diff, "text").splitlines():
         tr.write_line(line)
 
 

@@ -149,10 +149,26 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         ('{"schema": "llm-ledger-report", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
         (
             json.dumps(report({"s": {"cost_usd": "0.5"}}, {})),
-            "lenses.s.cost_usd: expected a number, got '0.5'",
+            "lenses.s.cost_usd: expected a number >= 0, got '0.5'",
         ),
-        (json.dumps(report({}, {"api_calls": True})), "total.api_calls: expected a number, got True"),
-        (json.dumps(report({}, {"api_calls": 10**400})), "total.api_calls: expected a number, got 1000"),
+        (
+            json.dumps(report({}, {"api_calls": True})),
+            "total.api_calls: expected a whole number >= 0, got True",
+        ),
+        (
+            json.dumps(report({}, {"api_calls": 10**400})),
+            "total.api_calls: expected a whole number >= 0, got 1000",
+        ),
+        (json.dumps(report({"s": {"runs": -3}}, {})), "lenses.s.runs: expected a whole number >= 0, got -3"),
+        (json.dumps(report({}, {"errors": 1.5})), "total.errors: expected a whole number >= 0, got 1.5"),
+        (json.dumps(report({}, {"cost_usd": -0.1})), "total.cost_usd: expected a number >= 0, got -0.1"),
+        (
+            json.dumps({**report({}, {}), "failed_tests": "tests/test_a.py::test_x"}),
+            "failed_tests: expected a list of test ids, got 'tests/test_a.py::test_x'",
+        ),
+        (json.dumps({**report({}, {}), "tests": 5}), "'tests' must be an object"),
+        (json.dumps({**report({}, {}), "usage": {}}), "'usage' must be a list"),
+        (json.dumps({**report({}, {}), "exit_status": [2]}), "exit_status: expected pytest's exit status"),
     ],
     ids=[
         "not-json",
@@ -165,6 +181,13 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         "string-metric",
         "bool-metric",
         "huge-int",
+        "negative-count",
+        "fractional-count",
+        "negative-cost",
+        "failed-tests-string",
+        "tests-not-object",
+        "usage-not-list",
+        "exit-status-list",
     ],
 )
 def test_diff_rejects_bad_reports(
@@ -213,6 +236,22 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
             "*calls *1 *2 *+1 *+100.0%",
         ]
     )
+
+
+def test_baseline_diff_warnings_name_the_baseline_file_and_this_run(recorded: pytest.Pytester) -> None:
+    """The warnings of --llm-baseline's diff say which file is the base and that the head is this
+    run, not "the base report (base)", which names no file."""
+    run(recorded, "--llm-report=saved/base.json").assert_outcomes(passed=3)
+
+    result = run(recorded, "--llm-baseline=saved/base.json", "-k", "not test_stream")
+
+    result.stdout.fnmatch_lines(
+        [
+            "warning: 1 test(s) of the base report made no call in the head report (this run): "
+            "`tests/test_app.py::test_stream` *",
+        ]
+    )
+    assert "(head)" not in result.stdout.str()
 
 
 def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
@@ -413,3 +452,22 @@ def test_session_totals_sum_costs_exactly_in_dollars() -> None:
         backward.add(Totals.of_call(call(cost)))
     assert forward.cost_usd == backward.cost_usd == 0.300000000003
     assert Totals.from_wire(forward.to_wire()).cost_usd == 0.300000000003
+
+
+def test_a_report_that_cannot_be_written_fails_the_run_with_the_reason(recorded: pytest.Pytester) -> None:
+    """A report path in a directory no file can be made in (/proc here; a read-only checkout, a full
+    disk in CI) fails the run with the path and the reason after the usual totals, not a traceback
+    in place of the summary."""
+    result = run(recorded, "--llm-report=/proc/llm-report.json")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: per-lens totals*",
+            "*",
+            "llm-ledger: could not write the report /proc/llm-report.json: No such file or directory; "
+            "give --llm-report a path in a writable directory",
+        ]
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output and "report written" not in output

@@ -167,9 +167,55 @@ def run_steps(
     return results
 
 
-def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> None:
-    """Base and head (changed prompt, one more call) replay offline; the base runs its own code, the
-    diff flags nothing, names the lens whose cost per run grew, and that diff is the posted comment."""
+# the jq filter the recipe gives `gh api` to find its own comment (gh evaluates it; the stub below
+# does the same in Python, and refuses any other filter so the two cannot drift apart)
+OWN_COMMENT = '.[] | select(.body | startswith("## llm-ledger: cost diff")) | .id'
+# gh, as far as the recipe uses it; the pull request's comments are a JSON list in $GH_COMMENTS
+GH_POSTS = f"""#!/usr/bin/env python3
+import json, os, sys
+
+args = sys.argv[1:]
+with open(os.environ["GH_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+with open(os.environ["GH_COMMENTS"]) as file:
+    comments = json.load(file)
+if args[:3] == ["pr", "comment", "7"]:
+    body = open(args[args.index("--body-file") + 1]).read()
+    if "--edit-last" in args:  # the last comment of the token's user: any workflow's, as gh does
+        mine = [c for c in comments if c["user"] == "github-actions[bot]"]
+        if not mine:
+            sys.exit("no comments found for current user")
+        mine[-1]["body"] = body
+    else:
+        comments.append({{"id": 100 + len(comments), "user": "github-actions[bot]", "body": body}})
+elif args[:2] == ["api", "repos/acme/app/issues/7/comments"] and "--paginate" in args:
+    if args[args.index("--jq") + 1] != {OWN_COMMENT!r}:
+        sys.exit("gh stub: unexpected --jq filter " + args[args.index("--jq") + 1])
+    print("\\n".join(str(c["id"]) for c in comments if c["body"].startswith("## llm-ledger: cost diff")))
+elif args[:3] == ["api", "--method", "PATCH"] and args[4] == "-F" and args[5].startswith("body=@"):
+    (comment,) = [c for c in comments if args[3] == f"repos/acme/app/issues/comments/{{c['id']}}"]
+    comment["body"] = open(args[5].removeprefix("body=@")).read()
+else:
+    sys.exit("gh stub: unexpected arguments " + repr(args))
+with open(os.environ["GH_COMMENTS"], "w") as file:
+    json.dump(comments, file)
+"""
+# a pull request from a fork: its token cannot write to the base repository
+GH_READ_ONLY = (
+    '#!/bin/sh\necho "$@" >> "$GH_LOG"\necho "HTTP 403: Resource not accessible by integration" >&2\nexit 1\n'
+)
+# another workflow's comment, posted as the same github-actions bot, before and after this job's
+OTHER_BOT = {"user": "github-actions[bot]", "body": "## Coverage\n\n91% of lines"}
+
+
+def run_recipe(
+    tmp_path: Path, head_prompts: list[str], gh: str = GH_POSTS
+) -> tuple[Path, dict[str, str], list[subprocess.CompletedProcess[str]]]:
+    """The sample's main branch, a feature branch with ``head_prompts``, and the recipe's steps run
+    on the feature's checkout with ``gh`` as that script, the pull request's comments in
+    ``gh-comments.json`` (another bot's first); returns the checkout, the steps' environment and
+    each step's run."""
+    (tmp_path / "gh-comments.json").write_text(json.dumps([{"id": 1, **OTHER_BOT}]))
     origin = tmp_path / "sample"
     for name, text in FILES.items():
         (origin / name).parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +224,7 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
     with FakeOpenAI() as server:
         commit_version(origin, ["Summarise: "], "once", server, "base")
         git(origin, "checkout", "-q", "-b", "feature")
-        commit_version(origin, ["Summarise briefly: ", "Label: "], "rewrite", server, "head")
+        commit_version(origin, head_prompts, "rewrite", server, "head")
     head = tmp_path / "ci" / "head"  # the runner's checkout of the pull request
     git(tmp_path, "clone", "-q", "--branch", "feature", str(origin), str(head))
 
@@ -186,7 +232,7 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(runner)], check=True)
     stub = tmp_path / "stub-bin"
     stub.mkdir()
-    (stub / "gh").write_text('#!/bin/sh\necho "$@" >> "$GH_LOG"\ncp diff.md "$GH_LOG.body"\n')
+    (stub / "gh").write_text(gh)
     (stub / "gh").chmod(0o755)
     workflow = readme_workflow()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_", "PIP_"))}
@@ -195,6 +241,8 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
         "BASE_REF": "main",
         "PR_NUMBER": "7",
         "GH_LOG": str(tmp_path / "gh.log"),
+        "GH_COMMENTS": str(tmp_path / "gh-comments.json"),
+        "GITHUB_REPOSITORY": "acme/app",
         "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
         "PATH": os.pathsep.join([str(runner / "bin"), str(stub), env["PATH"]]),
         # the dependencies (openai, pytest, llm-ledger) as installed for this suite; pip offline
@@ -204,8 +252,14 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "HTTPS_PROXY": "http://127.0.0.1:9",  # anything that tried the network would fail here
     }
+    return head, env, run_steps(workflow["jobs"]["lenses"]["steps"], head, env)
 
-    base_run, head_run, diff_run = run_steps(workflow["jobs"]["lenses"]["steps"], head, env)
+
+def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> None:
+    """Base and head (changed prompt, one more call) replay offline; the base runs its own code, the
+    diff flags nothing, names the lens whose cost per run grew, and that diff is the posted comment;
+    the next push edits that comment, never another workflow's comment posted since by the same bot."""
+    head, env, (base_run, head_run, diff_run) = run_recipe(tmp_path, ["Summarise briefly: ", "Label: "])
 
     assert base_run.returncode == 0 and "::warning::" not in base_run.stdout, (
         base_run.stdout + base_run.stderr
@@ -222,9 +276,29 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
 
     assert diff_run.returncode == 1, diff_run.stderr
     assert "cost per run grew by more than 25% in `triage`" in diff_run.stderr
-    comment = (tmp_path / "gh.log.body").read_text()
-    assert comment == (tmp_path / "summary.md").read_text() == (head / "diff.md").read_text()
-    assert "Warning" not in comment  # neither report is flagged
-    assert "### `triage`" in comment and "| calls | 1 | 2 | +1 | +100.0% |" in comment
-    assert "**Cost per run grew by more than 25%:**" in comment
-    assert (tmp_path / "gh.log").read_text() == "pr comment 7 --body-file diff.md --edit-last\n"
+    comments = tmp_path / "gh-comments.json"
+    other, comment = json.loads(comments.read_text())
+    assert other == {"id": 1, **OTHER_BOT}
+    assert comment["body"] == (tmp_path / "summary.md").read_text() == (head / "diff.md").read_text()
+    assert "Warning" not in comment["body"]  # neither report is flagged
+    assert "### `triage`" in comment["body"] and "| calls | 1 | 2 | +1 | +100.0% |" in comment["body"]
+    assert "**Cost per run grew by more than 25%:**" in comment["body"]
+
+    # another workflow comments as github-actions too; then the pull request gets another push
+    later = {"id": 200, **OTHER_BOT}
+    comments.write_text(json.dumps([other, {**comment, "body": "## llm-ledger: cost diff\n\nstale"}, later]))
+    (again,) = run_steps([readme_workflow()["jobs"]["lenses"]["steps"][-1]], head, env)
+    assert again.returncode == 1, again.stderr
+    assert json.loads(comments.read_text()) == [other, comment, later]
+
+
+def test_readme_pr_recipe_passes_a_fork_whose_token_cannot_comment(tmp_path: Path) -> None:
+    """A pull request from a fork gets a read-only token: the comment fails, but the job's status is
+    the diff's (a cost within bounds passes), with a warning saying where the diff is."""
+    _, _, (_, head_run, diff_run) = run_recipe(tmp_path, ["Summarise briefly: "], gh=GH_READ_ONLY)
+
+    assert head_run.returncode == 0, head_run.stdout + head_run.stderr
+    assert (tmp_path / "gh.log").read_text().count("pr comment 7") >= 1
+    assert diff_run.returncode == 0, diff_run.stdout + diff_run.stderr
+    assert "::warning::could not comment on the pull request" in diff_run.stdout
+    assert "### `triage`" in (tmp_path / "summary.md").read_text()

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
@@ -68,17 +69,28 @@ def load_report(path: str | Path) -> dict[str, Any]:
             f"{name}: report version {shown(data.get('version'))} is not supported; this llm-ledger reads "
             f"version(s) {', '.join(map(str, SUPPORTED_VERSIONS))}"
         )
-    for section in ("lenses", "total"):
-        if not isinstance(data.get(section), dict):
-            raise ConfigError(f"{name}: {section!r} must be an object")
+    for section, kind in (("lenses", dict), ("total", dict), ("tests", dict), ("usage", list)):
+        if not isinstance(data.get(section, kind()), kind):
+            raise ConfigError(f"{name}: {section!r} must be {'an object' if kind is dict else 'a list'}")
+    if data.get("exit_status") is not None and type(data["exit_status"]) is not int:
+        raise ConfigError(
+            f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
+        )
+    failed = data.get("failed_tests", [])
+    if not isinstance(failed, list) or not all(isinstance(test, str) for test in failed):
+        raise ConfigError(f"{name}: failed_tests: expected a list of test ids, got {shown(failed)}")
     entries = [(join("lenses", lens), entry) for lens, entry in data["lenses"].items()]
     for where, entry in [*entries, ("total", data["total"])]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{name}: {where} must be an object")
         for metric in _READ_METRICS:
             value = entry.get(metric, 0)
-            if not isinstance(value, int | float) or isinstance(value, bool) or abs(value) > _MAX_METRIC:
-                raise ConfigError(f"{name}: {where}.{metric}: expected a number, got {shown(value)}")
+            # counts are whole numbers, costs any number; neither is negative
+            whole = metric != "cost_usd"
+            number = type(value) is int or (not whole and type(value) is float)
+            if not number or not 0 <= value <= _MAX_METRIC:
+                expected = "a whole number >= 0" if whole else "a number >= 0"
+                raise ConfigError(f"{name}: {where}.{metric}: expected {expected}, got {shown(value)}")
     return data
 
 
@@ -106,19 +118,67 @@ def _row(
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
-    return {"status": status, "metrics": out}
+    return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}}
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value > 0 else 0
+
+
+def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
+    """Why a lens's cost (every lens's for None) is incomplete, from the report's usage rows."""
+    unpriced: Counter[str] = Counter()
+    no_usage: Counter[str] = Counter()
+    for row in report.get("usage", ()):
+        if isinstance(row, dict) and lens in (None, row.get("lens")):
+            model = str(row.get("model") or "<no model>")
+            no_usage[model] += _count(row.get("no_usage_calls"))
+            unpriced[model] += max(_count(row.get("uncosted_calls")) - _count(row.get("no_usage_calls")), 0)
+    parts = []
+    for what, counts in (
+        ("no known price for model", +unpriced),
+        ("no usage reported by calls to", +no_usage),
+    ):
+        if counts:
+            calls = (f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()))
+            parts.append(f"{what} {', '.join(calls)}")
+    return "; ".join(parts) or "calls with no known cost"
+
+
+def _price_data(report: dict[str, Any]) -> str:
+    """The price data a report's costs come from ("'genai-prices 0.2.3', 'price-file'"), "" if none."""
+    rows = [row for row in report.get("usage", ()) if isinstance(row, dict)]
+    return ", ".join(sorted({repr(str(row["cost_source"])) for row in rows if row.get("cost_source")}))
+
+
+def _listed(names: list[str]) -> str:
+    """The first five names, then how many more."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+# pytest's exit statuses of a run that stopped before running every test it was asked to
+_STOPPED: Final = {
+    2: "interrupted: a collection error, or Ctrl-C",
+    3: "an internal error",
+    4: "a usage error",
+    5: "no tests collected",
+}
 
 
 def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
-    """What makes a report's numbers untrustworthy: failed tests, failed calls, unpriced calls."""
+    """What makes a report's numbers untrustworthy: a run stopped early, failed tests, failed calls,
+    unpriced calls."""
     out = []
-    failed = [t for t in report.get("failed_tests") or [] if isinstance(t, str)]
-    if failed:
-        shown = ", ".join(f"`{t}`" for t in failed[:5]) + (
-            f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        )
+    if (status := report.get("exit_status")) in _STOPPED:
         out.append(
-            f"the {name} report ({path}) has {len(failed)} failed test(s): {shown}; its numbers leave out "
+            f"the {name} run ({path}) stopped early: pytest exit status {status} ({_STOPPED[status]}); "
+            "its report leaves out every test that did not run"
+        )
+    failed = report.get("failed_tests", [])
+    if failed:
+        names = _listed([f"`{t}`" for t in failed])
+        out.append(
+            f"the {name} report ({path}) has {len(failed)} failed test(s): {names}; its numbers leave out "
             "what those tests did not get to do"
         )
     errors = _number(report["total"], "errors") or 0
@@ -127,9 +187,12 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
             "errors): calls that failed cost nothing and used no tokens"
         )
-    if report["total"].get("cost_complete") is False:
+    unpriced = [f"`{n}`" for n, e in report["lenses"].items() if e.get("cost_complete") is False]
+    if unpriced or report["total"].get("cost_complete") is False:
+        where = f" in {len(unpriced)} lens(es): {_listed(unpriced)}" if unpriced else ""
         out.append(
-            f"the {name} report ({path}) has calls to models with no known price: its costs leave them out"
+            f"the {name} report ({path}) has calls with no known cost{where}; their cost (marked *) "
+            "leaves them out"
         )
     return out
 
@@ -151,27 +214,57 @@ def diff_reports(
     else:
         flags += _flags("base", base_path, base)
     flags += _flags("head", head_path, head)
+    base_from, head_from = _price_data(base), _price_data(head)
+    if base_from and head_from and base_from != head_from:
+        flags.append(
+            f"the reports were priced with different price data (base: {base_from}; head: {head_from}): a "
+            "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
+            "and price file"
+        )
+    ran = set(head.get("tests", ())) | set(head.get("failed_tests", ()))
+    if idle := [f"`{t}`" for t in sorted(set(base.get("tests", ())) - ran)]:
+        flags.append(
+            f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
+            f"{_listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
+            "shown as removed may only not have run"
+        )
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
-    return {
-        "schema": "llm-ledger-diff",
-        "version": 1,
-        "flags": flags,
-        "lenses": {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names},
-        "total": _row(base["total"] or None, head["total"], TOTAL_METRICS),
-    }
+    lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
+    total = _row(base["total"] or None, head["total"], TOTAL_METRICS)
+    for name, row in [*lenses.items(), (None, total)]:
+        # a side whose cost leaves out calls with no known cost: why (its costs are lower bounds, marked *)
+        for side, report in (("base", base), ("head", head)):
+            entry = report["total"] if name is None else report["lenses"].get(name)
+            if entry and entry.get("cost_complete") is False:
+                row["cost_gaps"][side] = _cost_gaps(report, name)
+            if entry and entry.get("errors"):  # calls that failed (cassette misses) count no tokens
+                row["failed_calls"][side] = int(entry["errors"])
+    return {"schema": "llm-ledger-diff", "version": 1, "flags": flags, "lenses": lenses, "total": total}
 
 
 def increases(diff: dict[str, Any], pct: float) -> list[str]:
-    """The lenses whose cost per run grew by more than ``pct`` percent (from zero counts as infinite)."""
+    """The lenses whose cost per run grew by more than ``pct`` percent (from zero counts as infinite),
+    or cannot be told (it fails closed): the head's cost leaves out calls the base's did not."""
     out = []
     for name, row in diff["lenses"].items():
-        m = row["metrics"]["cost_per_run"]
-        if m["base"] is None or m["head"] is None or not m["delta"] or m["delta"] < 0:
+        m, gaps = row["metrics"]["cost_per_run"], row["cost_gaps"]
+        if m["base"] is None or m["head"] is None:
             continue
-        if m["pct"] is None or m["pct"] > pct:
+        if "head" in gaps and gaps["head"] != gaps.get("base"):
+            out.append(f"`{name}`: cost per run cannot be checked: head: {gaps['head']}")
+        elif not m["delta"] or m["delta"] < 0:
+            continue
+        elif m["pct"] is None or m["pct"] > pct:
             grown = "from nothing" if m["pct"] is None else f"{m['pct']:+.1f}%"
             out.append(f"`{name}`: cost per run {_usd(m['base'])} -> {_usd(m['head'])} ({grown})")
     return out
+
+
+def _grew(diff: dict[str, Any]) -> str:
+    unchecked = any("cannot be checked" in line for line in diff["increases"])
+    return f"cost per run grew by more than {diff['fail_on_increase']:g}%" + (
+        ", or cannot be checked" if unchecked else ""
+    )
 
 
 def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
@@ -187,19 +280,32 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:+.1f}%"
 
 
-def _cells(diff: dict[str, Any]) -> list[tuple[str, str, list[list[str]]]]:
-    """(section name, status, [metric, base, head, delta, pct] rows) for every lens and the total."""
+def _cells(diff: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[list[str]]]]:
+    """(section name, its diff row, [metric, base, head, delta, pct] cells) for every lens and the total."""
     out = []
     sections = [*diff["lenses"].items(), ("TOTAL", diff["total"])]
     for name, row in sections:
         rows = []
         for metric, m in row["metrics"].items():
-            rows.append(
-                [DIFF_METRICS[metric], _fmt(metric, m["base"]), _fmt(metric, m["head"]),
-                 _fmt(metric, m["delta"], signed=True), _pct(m["pct"])]
-            )  # fmt: skip
-        out.append((name, row["status"], rows))
+            cells = [_fmt(metric, m["base"]), _fmt(metric, m["head"]), _fmt(metric, m["delta"], signed=True)]
+            cells.append(_pct(m["pct"]))
+            if metric in _COSTS:  # a lower bound: * on each side that leaves calls out, and on its change
+                marked = [side in row["cost_gaps"] for side in ("base", "head")]
+                marked += [any(marked)] * 2
+                cells = [c + "*" if mark and c != "—" else c for c, mark in zip(cells, marked, strict=True)]
+            rows.append([DIFF_METRICS[metric], *cells])
+        out.append((name, row, rows))
     return out
+
+
+def _notes(row: dict[str, Any]) -> list[str]:
+    """What the figures of one lens (or the total) leave out, side by side."""
+    notes = [f"* {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
+    for side, count in row["failed_calls"].items():
+        notes.append(
+            f"{side}: {count} failed call(s) (cassette misses or API errors), not in its tokens or cost"
+        )
+    return notes
 
 
 _HEADERS: Final = ("metric", "base", "head", "delta", "%")
@@ -215,22 +321,34 @@ def _markdown(diff: dict[str, Any]) -> str:
     changed = sum(1 for r in diff["lenses"].values() if r["status"] != "unchanged")
     shown = " (only those are shown)" if diff.get("only_changed") else ""
     lines.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
-    for name, status, rows in _cells(diff):
-        title = "Total" if name == "TOTAL" else f"`{name}`"
-        lines += ["", f"### {title}{_MARK[status]}", "", *markdown_table(_HEADERS, rows)]
+    sections = _cells(diff)
+    # first what a reviewer looks for: each lens's cost per run, and what --fail-on-increase failed on
+    per_run = DIFF_METRICS["cost_per_run"]
+    summary = [
+        [f"`{name}`{_MARK[row['status']]}", *next(r[1:] for r in rows if r[0] == per_run)]
+        for name, row, rows in sections[:-1]
+    ]
+    if summary:
+        lines += ["", *markdown_table(("lens", "cost per run: base", "head", "delta", "%"), summary)]
     if diff.get("increases"):
-        lines += ["", f"**Cost per run grew by more than {diff['fail_on_increase']:g}%:**", ""]
+        lines += ["", f"**{_grew(diff).capitalize()}:**", ""]
         lines += [f"- {line}" for line in diff["increases"]]
+    for name, row, rows in sections:
+        title = "Total" if name == "TOTAL" else f"`{name}`"
+        lines += ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
+        for note in _notes(row):
+            lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
     return "\n".join(lines) + "\n"
 
 
 def _text(diff: dict[str, Any]) -> str:
     lines = [f"warning: {flag}" for flag in diff["flags"]]
-    for name, status, rows in _cells(diff):
-        lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[status])
+    for name, row, rows in _cells(diff):
+        lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[row["status"]])
         lines += text_table(_HEADERS, rows, indent="  ")
+        lines += [f"  {note}" for note in _notes(row)]
     if diff.get("increases"):
-        lines.append(f"cost per run grew by more than {diff['fail_on_increase']:g}%:")
+        lines.append(f"{_grew(diff)}:")
         lines += [f"  {line}" for line in diff["increases"]]
     return "\n".join(lines) + "\n"
 
@@ -247,6 +365,11 @@ def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.require_base and not Path(args.base).exists():
+        raise ConfigError(
+            f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
+            "that step's log"
+        )
     base = None if not Path(args.base).exists() else load_report(args.base)
     diff = diff_reports(base, load_report(args.head), base_path=args.base, head_path=args.head)
     diff["lens_count"] = len(diff["lenses"])
@@ -261,10 +384,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
     if diff.get("increases"):
         names = ", ".join(line.split(":")[0] for line in diff["increases"])
-        print(
-            f"llm-ledger diff: cost per run grew by more than {args.fail_on_increase:g}% in {names}",
-            file=sys.stderr,
-        )
+        grew = _grew(diff)
+        print(f"llm-ledger diff: {grew}{',' if grew.endswith('checked') else ''} in {names}", file=sys.stderr)
         return 1
     return 0
 
@@ -294,6 +415,11 @@ def register(subparsers: Any, summary: str) -> None:
     )
     parser.add_argument("head", help="report of the head (e.g. the pull request)")
     parser.add_argument("--only-changed", action="store_true", help="leave out lenses that did not change")
+    parser.add_argument(
+        "--require-base",
+        action="store_true",
+        help="a missing base report is an error (once the base branch writes one), not every lens new",
+    )
     parser.add_argument(
         "--fail-on-increase",
         type=_percent,

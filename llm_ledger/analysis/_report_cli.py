@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 from .._cli import add_command
+from .._errors import ConfigError
 from . import _read
 from ._aggregate import TIME_DIMENSIONS, aggregate, make_query, parse_where
 from ._render import FORMATS, render
@@ -58,7 +60,24 @@ def register(subparsers: Any, summary: str) -> None:
     parser.add_argument("--until", metavar="WHEN", help="up to this ISO date or date-time, exclusive (UTC)")
 
 
+def _refuse_reports(inputs: list[str]) -> None:
+    """A pytest --llm-report file (indented JSON) would read as nothing but malformed lines: say
+    which commands read it instead."""
+    for name in filter(os.path.isfile, inputs):  # not a pipe: what is read here would be lost to the reader
+        try:
+            with open(name, "rb") as file:
+                first = file.readline(1 << 16).strip()
+        except OSError:
+            continue  # the reader says what is wrong with it
+        if first == b"{" or first.startswith(b'{"schema": "llm-ledger-report"'):
+            raise ConfigError(
+                f"{name}: a pytest --llm-report file, not a log of calls; compare two with "
+                f"`llm-ledger diff BASE.json {name}`, or price it again with `llm-ledger reprice {name}`"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
+    _refuse_reports(args.inputs)
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until)
     reader = _read.LogReader(args.inputs)
     report = aggregate(reader, query, inputs=reader.stats, reject=reader.reject)

@@ -1,0 +1,289 @@
+"""What a reviewer reads in `llm-ledger diff` of two real --llm-report files: a base and a head run
+of one project, each recorded against the loopback server and replayed as CI does."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import openai  # noqa: F401  (kept imported across in-process sessions)
+import pytest
+import vcr  # noqa: F401
+
+import llm_ledger  # noqa: F401
+from llm_ledger._cli import main as cli_main
+from llm_ledger.analysis._render import usd
+from llm_ledger.testing import FakeOpenAI
+from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
+
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+
+# each lens's model and prompt come from the environment, so one project is the base and the head
+LENS_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def run_lens(lens):
+    model = os.environ.get(f"MODEL_{lens.upper()}", "gpt-4o-mini")
+    prompt = os.environ.get(f"PROMPT_{lens.upper()}", f"Write the {lens} of the quarterly report")
+    client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    # PRICES: the application prices its calls from its own price file
+    monitor = ledger.LLMCallMonitor(prices=os.environ["PRICES"]) if "PRICES" in os.environ else ledger
+    with monitor.instrument(client), monitor.lens(lens):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}])
+
+
+@pytest.mark.llm
+def test_summary():
+    run_lens("summary")
+
+
+@pytest.mark.llm
+def test_tags():
+    run_lens("tags")
+"""
+
+
+class Project:
+    """An inner project whose lenses' models and prompts change between a base and a head run."""
+
+    def __init__(self, pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch):
+        self.pytester, self.server, self.monkeypatch = pytester, server, monkeypatch
+        write_project(pytester, LENS_TESTS)
+
+    def report(self, name: str, *args: str, record: bool = True, **env: str) -> str:
+        """Record the cassettes (unless ``record`` is false), replay them as CI does, and write
+        ``name``: the --llm-report of that replay; ``env`` sets MODEL_<LENS> / PROMPT_<LENS> / PRICES."""
+        for key in [k for k in os.environ if k.startswith(("MODEL_", "PROMPT_", "PRICES"))]:
+            self.monkeypatch.delenv(key)
+        for key, value in env.items():
+            self.monkeypatch.setenv(key, value)
+        if record:
+            assert run(self.pytester, "--llm-record-mode=rewrite").ret == 0
+        run(self.pytester, f"--llm-report={name}", *args)
+        return str(self.pytester.path / name)
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, server: FakeOpenAI, with_key: None, monkeypatch: pytest.MonkeyPatch
+) -> Project:
+    return Project(pytester, server, monkeypatch)
+
+
+def diff(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # not the inner sessions' output
+    status = cli_main(["diff", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def section(markdown: str, lens: str) -> str:
+    """The part of a Markdown diff about one lens."""
+    return markdown.split(f"### `{lens}`")[1].split("\n### ")[0]
+
+
+def test_a_lens_moved_to_a_model_with_no_known_price_is_not_shown_as_free(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lens whose calls now go to a model with no known price shows its cost marked as a lower
+    bound, with the model named under that lens, not a plain "$0.000000" that reads as free."""
+    base = project.report("base.json")
+    head = project.report("head.json", MODEL_TAGS="acme-local-7b")
+
+    status, out, err = diff(capsys, base, head)
+
+    assert status == 0
+    tags = section(out, "tags")
+    assert "| cost (USD) | $0.00000" in tags and "| $0.000000* |" in tags
+    assert "\\* head: no known price for model 'acme-local-7b' (1 call): counted as $0" in tags
+    assert "*" not in section(out, "summary").replace("**", "")
+    assert (
+        f"the head report ({head}) has calls with no known cost in 1 lens(es): `tags`; their cost (marked *) "
+        "leaves them out"
+    ) in err
+
+
+def test_fail_on_increase_fails_closed_on_a_lens_whose_cost_became_unknown(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--fail-on-increase cannot tell whether a lens moved to a model with no known price grew: the
+    job fails, naming the lens and the model, as a budget that cannot be checked does; not a pass
+    on a "-100%" that only means the price is unknown."""
+    base = project.report("base.json")
+    head = project.report("head.json", MODEL_SUMMARY="acme-local-7b")
+
+    status, out, err = diff(capsys, base, head, "--fail-on-increase", "25")
+
+    assert status == 1
+    unchecked = (
+        "`summary`: cost per run cannot be checked: head: no known price for model 'acme-local-7b' (1 call)"
+    )
+    assert f"- {unchecked}" in out
+    assert "llm-ledger diff: cost per run grew by more than 25%, or cannot be checked, in `summary`" in err
+    assert [line for line in out.splitlines() if line.startswith("- ")] == [f"- {unchecked}"]
+    # a lens that stays on that model compares like with like: it does not fail every later pull request
+    assert diff(capsys, head, head, "--fail-on-increase", "25")[0] == 0
+
+
+def test_a_lens_whose_calls_missed_their_cassette_says_so_under_its_own_table(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A changed prompt replayed without re-recording misses its cassette: the lens's tokens and cost
+    drop to 0, and its own table says why (failed calls), not only a warning at the top."""
+    base = project.report("base.json")
+    head = project.report("head.json", record=False, PROMPT_SUMMARY="Summarise it in three lines")
+
+    status, out, _ = diff(capsys, base, head, "--format", "text")
+
+    assert status == 0
+    summary = out.split("lens summary\n")[1].split("\nlens ")[0]
+    assert summary.splitlines()[-1] == (
+        "  head: 1 failed call(s) (cassette misses or API errors), not in its tokens or cost"
+    )
+    assert "failed call" not in out.split("lens tags")[1].split("\ntotal")[0]
+
+
+def test_a_lens_whose_tests_did_not_run_is_not_passed_off_as_removed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head run that left tests out (-k, a skip, a rename) shows their lenses as removed; the diff
+    names the base's tests that made no call in the head, so the reviewer knows the lens may only
+    not have run."""
+    base = project.report("base.json")
+    head = project.report("head.json", "-k", "not tags", record=False)
+
+    status, out, err = diff(capsys, base, head)
+
+    assert status == 0
+    assert "### `tags` (removed)" in out
+    flag = (
+        f"1 test(s) of the base report made no call in the head report ({head}): "
+        "`tests/test_app.py::test_tags` (not run: deselected, skipped, renamed or deleted; or no call "
+        "left); a lens shown as removed may only not have run"
+    )
+    assert f"> **Warning:** {flag}" in out
+    assert f"llm-ledger diff: warning: {flag}" in err
+
+
+def test_report_given_a_pytest_report_says_which_command_reads_it(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llm-ledger report head.json` on the plugin's --llm-report file is an error that names the
+    commands that read it, not an empty table over "136 malformed lines" and exit status 0."""
+    head = project.report("head.json")
+    capsys.readouterr()
+
+    assert cli_main(["report", head]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip() == (
+        f"llm-ledger report: error: {head}: a pytest --llm-report file, not a log of calls; compare two "
+        f"with `llm-ledger diff BASE.json {head}`, or price it again with `llm-ledger reprice {head}`"
+    )
+
+
+def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reviewer sees first, in one table, each lens's cost per run before and after (checked by
+    hand from the tokens and the list prices), then the lenses over --fail-on-increase; the per-lens
+    details follow, not the other way round."""
+    base = project.report("base.json")
+    head = project.report("head.json", MODEL_SUMMARY="gpt-4o")
+
+    status, out, _ = diff(capsys, base, head, "--fail-on-increase", "25")
+
+    assert status == 1
+    lenses = json.loads(Path(head).read_text())["lenses"]
+    summary, tags = lenses["summary"], lenses["tags"]  # one run each; the model changes no token
+    mini = (summary["prompt_tokens"] * 0.15 + summary["completion_tokens"] * 0.6) / 1e6  # USD per 1M
+    four = (summary["prompt_tokens"] * 2.5 + summary["completion_tokens"] * 10) / 1e6
+    assert summary["cost_usd"] == pytest.approx(four)
+    grown = f"{(four / mini - 1) * 100:+.1f}%"
+    top = out.split("\n### ")[0].splitlines()
+    assert top[top.index("2 lens(es), 1 with changes.") + 1 :] == [
+        "",
+        "| lens | cost per run: base | head | delta | % |",
+        "|---|---:|---:|---:|---:|",
+        f"| `summary` | {usd(mini)} | {usd(four)} | {usd(four - mini, True)} | {grown} |",
+        f"| `tags` (unchanged) | {usd(tags['cost_usd'])} | {usd(tags['cost_usd'])} | $0.000000 | +0.0% |",
+        "",
+        "**Cost per run grew by more than 25%:**",
+        "",
+        f"- `summary`: cost per run {usd(mini)} -> {usd(four)} ({grown})",
+    ]
+
+
+def test_a_run_stopped_by_a_collection_error_is_flagged_not_read_as_every_lens_removed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head run that a collection error interrupted writes a report with no lens in it; the diff
+    says the run stopped early (pytest's exit status and why), not only that every lens went away."""
+    base = project.report("base.json")
+    (project.pytester.path / "tests" / "test_broken.py").write_text("def test_x(:\n")
+    head = project.report("head.json", record=False)
+
+    status, out, err = diff(capsys, base, head)
+
+    assert status == 0
+    flag = (
+        f"the head run ({head}) stopped early: pytest exit status 2 (interrupted: a collection error, "
+        "or Ctrl-C); its report leaves out every test that did not run"
+    )
+    assert f"> **Warning:** {flag}" in out
+    assert f"llm-ledger diff: warning: {flag}" in err
+
+
+def test_reports_priced_with_different_price_data_are_flagged(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base priced from a price file and a head from the bundled prices (a PR that drops the file,
+    or bumps llm-ledger or genai-prices) differ in cost with no change of tokens: the diff says the
+    prices differ, so the reviewer does not hunt for a prompt change."""
+    prices = project.pytester.path / "prices.yaml"
+    prices.write_text('version: 1\nmodels:\n  "gpt-4o-mini": {input: 1.5, output: 6}\n')
+    base = project.report("base.json", PRICES=str(prices))
+    head = project.report("head.json", record=False)
+
+    status, out, err = diff(capsys, base, head)
+
+    assert status == 0
+    assert "| tokens | 54 | 54 | 0 | +0.0% |" in out.split("### Total")[1]
+    sources = {row["cost_source"] for row in json.loads(Path(head).read_text())["usage"]}
+    flag = (
+        f"the reports were priced with different price data (base: 'price-file'; head: "
+        f"{', '.join(map(repr, sorted(sources)))}): a cost may change with no change in tokens; run both "
+        "with the same llm-ledger, genai-prices and price file"
+    )
+    assert f"> **Warning:** {flag}" in out
+    assert f"llm-ledger diff: warning: {flag}" in err
+
+
+def test_require_base_fails_closed_when_the_base_run_wrote_no_report(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once the base branch runs llm-ledger, a missing base report means its run broke (an install
+    that failed, a crash): with --require-base the diff fails, naming the file and the cause, instead
+    of showing every lens as new with a --fail-on-increase that compared nothing."""
+    head = project.report("head.json")
+    missing = str(project.pytester.path / "base.json")
+
+    assert diff(capsys, missing, head, "--fail-on-increase", "25")[0] == 0  # a first adoption
+    status, out, err = diff(capsys, missing, head, "--fail-on-increase", "25", "--require-base")
+
+    assert (status, out) == (2, "")
+    assert err.strip() == (
+        f"llm-ledger diff: error: {missing}: report not found (--require-base); the base branch's test "
+        "run wrote none: see that step's log"
+    )
