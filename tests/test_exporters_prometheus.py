@@ -52,6 +52,8 @@ EXPECTED_LABELS = {
 
 
 def exposed(registry: CollectorRegistry) -> Samples:
+    """The registry as a scrape after the one that first saw its new series at 0 (see ``scrape``)."""
+    generate_latest(registry)
     return samples(generate_latest(registry).decode())
 
 
@@ -219,8 +221,9 @@ def test_custom_buckets_are_used(run: tuple[Captured, Samples]) -> None:
 def test_calls_reach_the_metrics_at_every_collection_and_every_pending_calls(
     run: tuple[Captured, Samples],
 ) -> None:
-    """A call's sums wait in the sink until the registry is collected (a scrape reads every call so
-    far), flush() is called, or PENDING_CALLS calls wait; then the metrics hold every one of them."""
+    """A call's sums wait in the sink until the registry is collected, flush() is called, or
+    PENDING_CALLS calls wait; then the metrics hold every one of them. A collection shows a new series
+    at 0 first (Prometheus' rate() and increase() count only a rise) and its calls at the next one."""
     records, _ = run
     call = records.calls[0]
     registry = CollectorRegistry()
@@ -234,8 +237,15 @@ def test_calls_reach_the_metrics_at_every_collection_and_every_pending_calls(
     for _ in range(3):
         sink(call)
     assert in_metrics() == 0
-    assert total(exposed(registry), "llm_ledger_calls_total") == 3
+    first = samples(generate_latest(registry).decode())
+    assert label_names(first, "llm_ledger_calls_total") and total(first, "llm_ledger_calls_total") == 0
+    assert total(samples(generate_latest(registry).decode()), "llm_ledger_calls_total") == 3
     assert in_metrics() == 3
+    lens = records.lenses[0]
+    sink(lens)  # a lens run's new series is shown at 0 first too
+    for expected in (0, 1):
+        found = samples(generate_latest(registry).decode())
+        assert total(found, "llm_ledger_lens_runs_total", lens=lens["context"]["lens_key"]) == expected
     for _ in range(PENDING_CALLS - 1):
         sink(call)
     assert in_metrics() == 3

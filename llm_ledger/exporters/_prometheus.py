@@ -18,6 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from .._anomalies import METRICS
 from .._errors import ConfigError
 from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT
 
@@ -137,10 +138,11 @@ class PrometheusSink:
         max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
             are counted under ``"other"``.
 
-    A call is summed into its series' pending totals, which reach the metrics when the registry is
-    collected (a scrape, ``generate_latest``: the sink moves them first), at ``flush()``, or every
-    ``PENDING_CALLS`` calls. With ``PROMETHEUS_MULTIPROC_DIR`` set (another process reads the
-    values) every call reaches them at once.
+    A call or lens run is summed into its series' pending totals, which reach the metrics when the
+    registry is collected (a scrape, ``generate_latest``: the sink moves them first; a new series
+    shows 0 at its first collection and its values from the next, so that ``rate()`` counts them),
+    at ``flush()``, or every ``PENDING_CALLS`` calls. With ``PROMETHEUS_MULTIPROC_DIR`` set (another
+    process reads the values) every call reaches them at once.
 
     Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the registry
     already holds these metrics.
@@ -164,12 +166,13 @@ class PrometheusSink:
         self._models: set[str] = set()
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._lens_children: dict[Any, tuple[Any, ...]] = {}
-        # label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations, first tokens]
+        # a call's label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations,
+        # first tokens]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
         self._pending_limit = 1 if _multiprocess_dir() else PENDING_CALLS
         self._pending_lock = threading.Lock()
-        made: list[Any] = [_Moving(self.flush)]
+        made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
         def metric(kind: Any, name: str, doc: str, labels: tuple[str, ...], **kwargs: Any) -> Any:
@@ -229,15 +232,37 @@ class PrometheusSink:
             ).inc()
 
     def flush(self) -> None:
-        """Move the pending sums of calls into the metrics (a collection of the registry does it first)."""
+        """Move the pending sums of calls and lens runs into the metrics (a collection of the
+        registry does it first)."""
+        self._flush(collecting=False)
+
+    def _flush(self, *, collecting: bool) -> None:
+        # A series Prometheus first scrapes already at its value has no rise, so rate() and increase()
+        # would miss its first calls (a lens run once a day: $0). A collection therefore shows a new
+        # series at 0 and keeps its sums for the next one.
         with self._pending_lock:
             pending, self._pending = self._pending, {}
             self._pending_calls = 0
+        held: dict[Any, list[Any]] = {}
         for key, sums in pending.items():
+            lens = len(key) == 1  # a lens run's (lens_key,), else a call's label tuple
             try:
-                self._move(key, sums)
+                children = (self._lens_children if lens else self._children).get(key)
+                if children is None:
+                    children = (self._new_lens_children if lens else self._new_children)(key)
+                    if collecting:
+                        held[key] = sums
+                        continue
+                (self._move_lens if lens else self._move)(children, sums)
             except Exception:  # one series must not cost the others, nor a scrape
                 _internal_log.exception("PrometheusSink could not update the series of %r", key)
+        if held:
+            with self._pending_lock:
+                for key, sums in held.items():
+                    newer = self._pending.setdefault(key, sums)
+                    if newer is not sums:
+                        for i, value in enumerate(sums):
+                            newer[i] += value  # numbers add, lists of durations extend
 
     # -- labels ------------------------------------------------------------------------------------
 
@@ -316,8 +341,7 @@ class PrometheusSink:
         if full:
             self.flush()
 
-    def _move(self, key: tuple[Any, ...], sums: list[Any]) -> None:
-        children = self._children.get(key) or self._new_children(key)
+    def _move(self, children: tuple[Any, ...], sums: list[Any]) -> None:
         calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
         calls(sums[0])
         for add, n in ((t_in, sums[1]), (t_out, sums[2]), (t_cached, sums[3]), (t_reasoning, sums[4])):
@@ -332,36 +356,55 @@ class PrometheusSink:
         for seconds in sums[8]:
             ttft(seconds)
 
+    def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
+        lens = self._lens_label(key[0])
+        for metric in METRICS:  # at 0 long before a first anomaly, which needs runs before it
+            self.anomalies.labels(lens, metric)
+        children = (
+            _adder(self.lens_runs.labels(lens, "ok")),
+            _adder(self.lens_runs.labels(lens, "error")),
+            _observer(self.lens_cost.labels(lens)),
+        )
+        if len(self._lens_children) >= _CACHE_LIMIT:
+            self._lens_children.clear()
+        self._lens_children[key] = children
+        return children
+
+    def _move_lens(self, children: tuple[Any, ...], sums: list[Any]) -> None:
+        ok, failed, cost = children
+        if sums[0]:
+            ok(sums[0])
+        if sums[1]:
+            failed(sums[1])
+        for usd in sums[2]:
+            cost(usd)
+
     def _lens(self, record: Mapping[str, Any]) -> None:
         summary = record["summary"]
-        raw = record["context"].get("lens_key")
-        children = self._lens_children.get(raw)
-        if children is None:
-            lens = self._lens_label(raw)
-            children = (
-                _adder(self.lens_runs.labels(lens, "ok")),
-                _adder(self.lens_runs.labels(lens, "error")),
-                _observer(self.lens_cost.labels(lens)),
-            )
-            if len(self._lens_children) >= _CACHE_LIMIT:
-                self._lens_children.clear()
-            self._lens_children[raw] = children
-        ok, failed, cost = children
-        (failed if summary["errors"] else ok)(1)
-        cost(summary["total_cost_usd"])
+        key = (record["context"].get("lens_key"),)
+        with self._pending_lock:
+            sums = self._pending.get(key)
+            if sums is None:
+                sums = self._pending[key] = [0, 0, []]
+            sums[1 if summary["errors"] else 0] += 1
+            sums[2].append(summary["total_cost_usd"])
+            self._pending_calls += 1
+            full = self._pending_calls >= self._pending_limit
+        if full:
+            self.flush()
 
 
 class _Moving:
     """Registered before the sink's metrics: collecting the registry moves the pending sums first."""
 
-    def __init__(self, flush: Callable[[], None]) -> None:
+    def __init__(self, flush: Callable[..., None]) -> None:
         self._flush = flush
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> list[Any]:
-        self._flush()
+        self._flush(collecting=True)
         return []
 
 
