@@ -56,8 +56,10 @@ def test_every_field_keeps_one_json_type_for_an_index_mapping(
     fresh_config: None, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     """Across chat (temperature 0, 1 and 0.7, max_tokens), streams, responses, embeddings, failed and
-    unpriced calls and lens runs, each field of the file is always the same JSON type (or null)."""
-    llm_ledger.configure(log_dir=tmp_path)
+    unpriced calls, lens runs and budget breaches (of tokens, cost and calls), each field of the file
+    is always the same JSON type (or null)."""
+    budgets = {"lenses": {"settings": {"max_total_tokens": 10, "max_cost_usd": 0.000001, "max_api_calls": 2}}}
+    llm_ledger.configure(log_dir=tmp_path, budgets=budgets)
     monitor = llm_ledger.get_monitor()
     workload(monitor, fake_openai)
     client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
@@ -72,5 +74,7 @@ def test_every_field_keeps_one_json_type_for_an_index_mapping(
     lines = [json.loads(line) for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     temperatures = [c["request"]["temperature"] for c in lines if c["event"] == "llm_api_call"]
     assert {0, 1, 0.7} <= set(temperatures)
+    limits = {b["budget"]["limit"] for b in lines if b["event"] == "budget_exceeded"}
+    assert limits == {"max_total_tokens", "max_cost_usd", "max_api_calls"}
     mixed = {path: types for path, types in _field_types(lines).items() if len(types) > 1}
     assert not mixed, f"fields with more than one JSON type: {mixed}"
