@@ -404,6 +404,28 @@ def test_configure_turns_the_exporter_on_for_the_default_monitor(
 
 
 @pytest.mark.usefixtures("fresh_exporters")
+def test_a_second_worker_with_the_same_port_is_told_how_to_serve_several_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gunicorn's workers all read LLM_LEDGER_EXPORTERS=prometheus:PORT: the first serves it, the
+    next one's error names the fix for several processes (workers without a port, one /metrics)."""
+    port = _free_port()
+    monkeypatch.setenv("LLM_LEDGER_EXPORTERS", f"prometheus:127.0.0.1:{port}")
+    llm_ledger.configure(log_dir=None)  # the first worker
+    worker = subprocess.run(
+        [sys.executable, "-c", "import llm_ledger; llm_ledger.configure(log_dir=None)"],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == 1
+    error = worker.stderr.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}: the port is already in use" in error
+    assert "without a port" in error and "Multiprocess mode" in error, error
+
+
+@pytest.mark.usefixtures("fresh_exporters")
 def test_environment_variable_names_the_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
     """LLM_LEDGER_EXPORTERS=prometheus:PORT,... is read by configure(), normalised."""
     port = _free_port()

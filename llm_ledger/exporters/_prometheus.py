@@ -440,7 +440,10 @@ def start_metrics_server(
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
                 f"cannot serve metrics on {addr}:{port}: the port is already in use; choose another "
-                "port (e.g. LLM_LEDGER_EXPORTERS=prometheus:9465) or stop what listens there"
+                "port (e.g. LLM_LEDGER_EXPORTERS=prometheus:9465) or stop what listens there. The "
+                "worker processes of one server (gunicorn, uWSGI) cannot each serve it: give them "
+                "LLM_LEDGER_EXPORTERS=prometheus, without a port, and serve /metrics once "
+                "(docs/exporters.md, Multiprocess mode)"
             ) from None
         raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
     return server  # type: ignore[no-any-return]
