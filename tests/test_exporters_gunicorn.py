@@ -104,3 +104,41 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     assert total(found, "llm_ledger_cost_usd_total", lens="web") > 0
     lines = (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()
     assert sum('"event":"llm_api_call"' in line for line in lines) == requests, output
+
+
+def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """gunicorn --preload runs configure() in the master, which then serves LLM_LEDGER_EXPORTERS=
+    prometheus:PORT; the workers' calls never reach that /metrics: a worker says so, naming the fix."""
+    (tmp_path / "app.py").write_text(APP)
+    metrics_port, app_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
+    env |= {
+        "LLM_LEDGER_EXPORTERS": f"prometheus:127.0.0.1:{metrics_port}",
+        "LLM_LEDGER_LOG_DIR": "off",
+        "FAKE_OPENAI_URL": fake_openai.base_url,
+        "PYTHONPATH": str(tmp_path),
+    }
+    gunicorn = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
+            *("--bind", f"127.0.0.1:{app_port}", "app:app"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait("a worker", lambda: urllib.request.urlopen(f"http://127.0.0.1:{app_port}/").status == 200)
+        urllib.request.urlopen(f"http://127.0.0.1:{app_port}/again").read()
+        found = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        gunicorn.send_signal(signal.SIGTERM)
+        output, _ = gunicorn.communicate(timeout=60)
+    assert total(found, "llm_ledger_calls_total") == 0  # the master made no call
+    warnings = [line for line in output.splitlines() if "no /metrics serves" in line]
+    assert len(warnings) == len({line.split("pid ")[1].split()[0] for line in warnings}) >= 1, output
+    assert "PROMETHEUS_MULTIPROC_DIR" in warnings[0] and "Multiprocess mode" in warnings[0], warnings

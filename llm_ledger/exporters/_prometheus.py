@@ -55,6 +55,28 @@ _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at h
 PENDING_CALLS: Final = 1024
 _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
 _internal_log = logging.getLogger("llm_ledger.internal")
+_serving: set[int] = set()  # pids where start_metrics_server serves; a forked child inherits the set
+_unserved = False  # this process was forked from one that serves /metrics, and serves none itself
+
+
+def _after_fork_in_child() -> None:
+    global _unserved
+    _unserved = bool(_serving) and not _multiprocess_dir()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _warn_unserved() -> None:
+    """Once per process: its metrics are kept where no /metrics serves them (gunicorn --preload)."""
+    global _unserved
+    _unserved = False
+    _internal_log.warning(
+        "llm-ledger: pid %d was forked from the process that serves /metrics (gunicorn --preload, a "
+        "multiprocessing pool), so no /metrics serves the calls it makes; set PROMETHEUS_MULTIPROC_DIR "
+        "and serve /metrics once (docs/exporters.md, Multiprocess mode)",
+        os.getpid(),
+    )
 
 
 def _client() -> Any:
@@ -221,6 +243,8 @@ class PrometheusSink:
         return f"<PrometheusSink lenses={lenses} models={len(self._models)}/{self.max_models}>"
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        if _unserved:
+            _warn_unserved()
         event = record["event"]
         if event == CALL_EVENT:
             self._call(record)
@@ -446,4 +470,7 @@ def start_metrics_server(
                 "(docs/exporters.md, Multiprocess mode)"
             ) from None
         raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
+    global _unserved
+    _serving.add(os.getpid())
+    _unserved = False
     return server  # type: ignore[no-any-return]
