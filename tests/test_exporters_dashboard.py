@@ -213,6 +213,50 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
         metrics.server_close()
 
 
+@pytest.mark.prometheus
+def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
+    prometheus_binary: str, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """docs/ANOMALIES.md's alert rule, evaluated by Prometheus: it fires on the first anomaly of a lens
+    (its counter series is at 0 from the lens's first runs on, so increase() sees the rise)."""
+    from prometheus_client import CollectorRegistry
+
+    from llm_ledger import AnomalyConfig, AnomalyDetector
+    from llm_ledger.exporters import PrometheusSink, start_metrics_server
+
+    text = (REPO / "docs" / "ANOMALIES.md").read_text()
+    alert = text[text.index("- alert: LLMLensAnomaly") :].split("expr: ", 1)[1].split("\n", 1)[0]
+    registry = CollectorRegistry()
+    monitor.add_sink(PrometheusSink(registry))
+    monitor.anomalies = AnomalyDetector(AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens",)))
+    metrics = start_metrics_server(0, "127.0.0.1", registry=registry)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+
+    def run(words: int) -> None:
+        with monitor.lens("digest"):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-fake-completion-words": str(words)},
+            )
+
+    def runs_scraped(n: int) -> bool:
+        return sorted(float(s["value"][1]) for s in server.query("llm_ledger_lens_runs_total")) == [0, n]
+
+    try:
+        with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{metrics.server_port}"], tmp_path) as server:
+            for _ in range(5):
+                run(5)
+            wait("a scrape of the ordinary runs", lambda: runs_scraped(5))
+            run(400)  # far above its baseline
+            wait("a scrape of the anomaly", lambda: bool(server.query("llm_ledger_lens_anomalies_total > 0")))
+            firing = server.query(alert)
+    finally:
+        metrics.shutdown()
+        metrics.server_close()
+    assert [(s["metric"]["lens"], s["metric"]["metric"]) for s in firing] == [("digest", "total_tokens")]
+
+
 def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
     """`make demo DEMO_ARGS=--metrics`: the replayed lenses' metrics on /metrics, and the URL printed."""
     port = free_port()
