@@ -85,6 +85,30 @@ def test_every_metric_has_exactly_the_documented_labels(run: tuple[Captured, Sam
     }
 
 
+def test_the_docs_table_lists_every_metric_with_its_type_and_labels(run: tuple[Captured, Samples]) -> None:
+    """docs/exporters.md's table of metrics is what a scrape shows: names, types and label names."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    records, _ = run
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry)
+    for record in records:
+        sink(record)
+    sink.flush()
+    exposed_families = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        if not family.name.endswith("_created"):  # prometheus-client's start times (see the docs)
+            name = family.name + ("_total" if family.type == "counter" else "")
+            exposed_families[name] = (family.type, set(family.samples[0].labels) - {"le"})
+    text = (REPO / "docs" / "exporters.md").read_text()
+    table = text[text.index("| metric (as exposed) |") :].split("\n\n", 1)[0].splitlines()[2:]
+    documented = {}
+    for row in table:
+        name, kind, labels = (cell.strip() for cell in row.strip("|").split("|"))
+        documented[name.strip("`")] = (kind.split()[0], {label.strip(" `") for label in labels.split(",")})
+    assert documented == exposed_families
+
+
 def test_call_counts_tokens_and_cost_equal_the_records(run: tuple[Captured, Samples]) -> None:
     """Counters per label set are the sums of the call records with those values."""
     records, found = run
