@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -462,6 +464,44 @@ def test_configure_puts_the_sink_on_the_default_monitor() -> None:
     finally:
         _setup.prepare(()).commit(llm_ledger.get_monitor())
     assert not llm_ledger.get_monitor()._sinks
+
+
+NO_SDK_APP = """
+import sys, openai, llm_ledger
+from llm_ledger.testing import FakeOpenAI
+
+llm_ledger.configure(log_dir=None)  # LLM_LEDGER_EXPORTERS=otel
+if sys.argv[1] == "sdk":  # the application sets OpenTelemetry up after configure(), as many do
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+with FakeOpenAI() as server:
+    client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url=server.base_url))
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+"""
+
+
+@pytest.mark.parametrize("setup", ["none", "sdk"])
+def test_exporting_to_no_opentelemetry_sdk_says_so_once(setup: str) -> None:
+    """LLM_LEDGER_EXPORTERS=otel in an application that never sets a tracer provider: spans go nowhere,
+    and the first call says so on llm_ledger.internal (once); with the SDK set up, nothing is said."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OTEL_"))}
+    app = subprocess.run(
+        [sys.executable, "-c", NO_SDK_APP, setup],
+        env=env | {"LLM_LEDGER_EXPORTERS": "otel"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert app.returncode == 0, app.stderr
+    said = [line for line in app.stderr.splitlines() if "no OpenTelemetry tracer provider" in line]
+    if setup == "none":
+        assert len(said) == 1, app.stderr
+        assert "opentelemetry-instrument" in said[0] and "set_tracer_provider" in said[0]
+    else:
+        assert said == [], app.stderr
 
 
 # -- OTLP/HTTP to a receiver on loopback ----------------------------------------------------------
