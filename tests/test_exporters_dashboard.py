@@ -170,7 +170,8 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
     tmp_path: Path,
 ) -> None:
     """A lens that ran once, and each label set's first calls, count in the dashboard's increase()
-    panels: a series Prometheus first sees already at its value has no rise, so it would show $0."""
+    panels (a series Prometheus first sees already at its value has no rise, so it would show $0);
+    the cost per run of a lens that cheap is within a bucket's width of the truth."""
     from prometheus_client import CollectorRegistry
 
     from llm_ledger.exporters import PrometheusSink, start_metrics_server
@@ -208,6 +209,10 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
                 "total_cost_usd"
             ]
             assert top.get("rare", 0) >= rare * 0.9, top
+            # a cheap lens (a hundredth of a cent or less) keeps its place in the p95 of its cost too
+            for expr in (e for t, e in expressions() if t == "Cost per lens run"):  # mean, p95
+                per_run = {s["metric"]["lens"]: float(s["value"][1]) for s in server.query(expr)}
+                assert rare / 3 <= per_run["rare"] <= rare * 3, (expr, per_run, rare)
     finally:
         metrics.shutdown()
         metrics.server_close()

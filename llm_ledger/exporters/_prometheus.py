@@ -41,8 +41,10 @@ __all__ = [
 
 # the GenAI semantic conventions' advice for gen_ai.client.operation.duration: 0.01 s doubling to 81.92 s
 DURATION_BUCKETS: Final = tuple(0.01 * 2**i for i in range(14))
-# USD per lens run: a hundredth of a cent to ten dollars
-LENS_COST_BUCKETS: Final = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+# USD per lens run: a ten-thousandth of a cent (a short call to a small model) to ten dollars
+LENS_COST_BUCKETS: Final = (
+    0.000001, 0.000003, 0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0
+)  # fmt: skip
 MAX_LENSES: Final = 200
 MAX_MODELS: Final = 100
 OTHER: Final = "other"  # a lens or model beyond the cap
