@@ -305,7 +305,8 @@ def test_without_prometheus_client_the_error_names_the_extra(monkeypatch: pytest
 
 
 def test_metrics_server_serves_the_registry(run: tuple[Captured, Samples]) -> None:
-    """start_metrics_server(0) picks a free port and serves the registry's metrics over HTTP."""
+    """start_metrics_server(0) picks a free port and serves the registry's metrics over HTTP; once
+    shut down and closed, as the docs say, the port can be served again."""
     records, _ = run
     registry = CollectorRegistry()
     sink = PrometheusSink(registry)
@@ -318,6 +319,9 @@ def test_metrics_server_serves_the_registry(run: tuple[Captured, Samples]) -> No
         server.shutdown()
         server.server_close()
     assert total(found, "llm_ledger_calls_total") == len(records.calls)
+    again = start_metrics_server(server.server_port, "127.0.0.1", registry=registry)  # the port is free
+    again.shutdown()
+    again.server_close()
 
 
 def test_a_busy_port_is_a_config_error() -> None:

@@ -446,8 +446,9 @@ def start_metrics_server(
 
     ``port=0`` picks a free port (``server.server_port``). With ``PROMETHEUS_MULTIPROC_DIR`` set
     (gunicorn and other pre-fork servers, see docs/exporters.md) and no ``registry``, it serves the
-    sum over every process's files. Returns the server: ``server.shutdown()`` stops it. A port in
-    use, or an address that cannot be bound, is a ``ConfigError``.
+    sum over every process's files. Returns the server: ``server.shutdown()`` stops it,
+    ``server.server_close()`` frees the port. A port in use, or an address that cannot be bound, is
+    a ``ConfigError``.
     """
     pc = _client()
     if type(port) is not int or not 0 <= port <= 65535:
