@@ -356,6 +356,20 @@ EXPORTER = textwrap.dedent(
 )
 
 
+def test_a_multiprocess_dir_that_is_not_there_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR naming no directory fails the sink and the server at start-up, saying
+    what to create, instead of a traceback on every call and metrics lost."""
+    missing = tmp_path / "prometheus-multiproc"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(missing))
+    message = rf"PROMETHEUS_MULTIPROC_DIR={missing}: no such directory; create it \(empty\)"
+    with pytest.raises(ConfigError, match=message):
+        PrometheusSink(CollectorRegistry())
+    with pytest.raises(ConfigError, match=message):
+        start_metrics_server(0, "127.0.0.1")
+
+
 def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured, Samples]) -> None:
     """With PROMETHEUS_MULTIPROC_DIR (gunicorn and other pre-fork servers), workers each write their
     own files and start_metrics_server in another process serves the sum of all of them."""

@@ -194,7 +194,7 @@ class PrometheusSink:
         # first tokens]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
-        self._pending_limit = 1 if _multiprocess_dir() else PENDING_CALLS
+        self._pending_limit = 1 if _multiprocess_dir(check=True) else PENDING_CALLS
         self._pending_lock = threading.Lock()
         made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
@@ -434,9 +434,15 @@ class _Moving:
         return []
 
 
-def _multiprocess_dir() -> str | None:
+def _multiprocess_dir(*, check: bool = False) -> str | None:
     # prometheus-client also reads the older lower-case name
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
+    if check and path and not os.path.isdir(path):  # else: a traceback at every call, metrics lost
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR={path}: no such directory; create it (empty) before the "
+            "application starts, and empty it at each deploy (docs/exporters.md, Multiprocess mode)"
+        )
+    return path
 
 
 def start_metrics_server(
@@ -454,7 +460,7 @@ def start_metrics_server(
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a whole number from 0 to 65535, got {port!r}")
     if registry is None:
-        if _multiprocess_dir():
+        if _multiprocess_dir(check=True):
             from prometheus_client import multiprocess
 
             registry = pc.CollectorRegistry()
