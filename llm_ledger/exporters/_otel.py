@@ -509,12 +509,14 @@ class OTelSink:
         with self._lock:
             calls, links = self._pending.pop(run_id, ([], []))
             self._pending_count -= len(calls) + len(links)
+        # not gen_ai.usage.*: backends total a trace by adding those over its spans, and the calls
+        # under this span already carry them
         attributes: dict[str, Any] = {
-            "gen_ai.usage.input_tokens": summary["prompt_tokens"],
-            "gen_ai.usage.output_tokens": summary["completion_tokens"],
-            "gen_ai.usage.cache_read.input_tokens": summary["cached_tokens"],
-            "gen_ai.usage.reasoning.output_tokens": summary["reasoning_tokens"],
-            "gen_ai.usage.cost": summary["total_cost_usd"],
+            "llm_ledger.lens.input_tokens": summary["prompt_tokens"],
+            "llm_ledger.lens.output_tokens": summary["completion_tokens"],
+            "llm_ledger.lens.cache_read.input_tokens": summary["cached_tokens"],
+            "llm_ledger.lens.reasoning.output_tokens": summary["reasoning_tokens"],
+            "llm_ledger.lens.cost": summary["total_cost_usd"],
             "llm_ledger.lens.calls": summary["total_api_calls"],
             "llm_ledger.lens.errors": summary["errors"],
             "llm_ledger.lens.models": list(summary["models_used"]),
