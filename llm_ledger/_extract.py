@@ -59,6 +59,11 @@ def _text_and_images(content: Any) -> tuple[int, int]:
     return chars, images
 
 
+def _float(value: Any) -> float | None:
+    """A number parameter as a float; ``None`` for anything else (not given, or not a number)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _count(value: Any) -> int:
     value = _given(value)
     return len(value) if isinstance(value, (list, tuple)) else 0
@@ -96,9 +101,11 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
     tools = body.get("tools")
     return {
         "model": model if type(model) is str else None,  # a number or dict is the server's to refuse
+        # always a float (or null): a log index maps the field by its first value, and an integer 0
+        # or 1 there would cut every later 0.7
         "temperature": temperature
         if temperature is None or type(temperature) is float
-        else _given(temperature),
+        else _float(temperature),
         "max_tokens": max_tokens,
         "messages_count": messages_count,
         "system_prompt_length": system,

@@ -503,6 +503,8 @@ def anomaly_record(*, lens: Mapping[str, Any], anomaly: AnomalyShape) -> Anomaly
 
 def budget_record(*, context: dict[str, Any], budget: BudgetShape, epoch: float) -> BudgetRecord:
     """Build one ``budget_exceeded`` record for the lens run whose ``context`` is given."""
+    # floats for every limit (tokens and calls too): a log index maps a field by its first value
+    budget = {**budget, "max": float(budget["max"]), "actual": float(budget["actual"])}
     return {
         "timestamp": iso_timestamp(epoch),
         "level": "WARNING",

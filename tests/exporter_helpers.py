@@ -57,9 +57,13 @@ def samples(text: str) -> Samples:
     return found
 
 
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return samples(response.read().decode())
+def scrape(url: str, *, settled: bool = True) -> Samples:
+    """``/metrics`` at ``url``; ``settled``: the second of two scrapes, since a new series shows 0 in
+    the first scrape that sees it and its values from the next one (so that rate() counts them)."""
+    for _ in range(2 if settled else 1):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+    return samples(text)
 
 
 def total(found: Samples, name: str, **labels: str) -> float:

@@ -285,7 +285,7 @@ def test_prometheus_counts_anomalies_by_lens_and_metric(
     labels = {"lens": "digest", "metric": "total_tokens"}
     assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) == 2
     labels["metric"] = "duration_ms"
-    assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) is None
+    assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) == 0  # at 0 from the start
 
 
 # -- offline: llm-ledger anomalies --------------------------------------------------------------------

@@ -29,7 +29,7 @@ from examples.lens_app.services import RunnerService
 from examples.lens_app.sources import load_sources
 from examples.lens_app.store import Store
 from llm_ledger.exporters import _setup
-from llm_ledger.testing import FakeOpenAI
+from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import scrape, total, workload
 
@@ -154,6 +154,112 @@ def test_every_panel_returns_data_from_a_real_prometheus(
         up = server.query('up{job="lens_app"}')
         assert [float(s["value"][1]) for s in up] == [1.0]
     assert server.errors() == []
+
+
+def _panel_expr(title: str) -> str:
+    (expr,) = [e for t, e in expressions() if t == title]
+    return expr
+
+
+@pytest.mark.prometheus
+def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
+    prometheus_binary: str,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+) -> None:
+    """A lens that ran once, and each label set's first calls, count in the dashboard's increase()
+    panels (a series Prometheus first sees already at its value has no rise, so it would show $0);
+    the cost per run of a lens that cheap is within a bucket's width of the truth."""
+    from prometheus_client import CollectorRegistry
+
+    from llm_ledger.exporters import PrometheusSink, start_metrics_server
+
+    registry = CollectorRegistry()
+    monitor.add_sink(PrometheusSink(registry))
+    metrics = start_metrics_server(0, "127.0.0.1", registry=registry)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    hi: Any = [{"role": "user", "content": "hi"}]
+    try:
+        with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{metrics.server_port}"], tmp_path) as server:
+            wait("the first scrape", lambda: bool(server.query('up{job="lens_app"} == 1')))
+            with monitor.lens("rare"):  # one run, never again
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+            for _ in range(3):
+                with monitor.lens("busy"):
+                    client.chat.completions.create(model="gpt-4o", messages=hi)
+            calls = len(records.calls)
+            wait(
+                "a scrape of every call",
+                lambda: sum(float(s["value"][1]) for s in server.query("llm_ledger_calls_total")) == calls,
+            )
+            spend = sum(c["cost"]["total_cost_usd"] for c in records.calls)
+
+            def value(expr: str) -> float:
+                return sum(float(s["value"][1]) for s in server.query(expr))
+
+            assert calls * 0.9 <= value(_panel_expr("Calls over the range")) <= calls * 1.5
+            assert spend * 0.9 <= value(_panel_expr("Spend over the range")) <= spend * 1.5
+            top = {
+                s["metric"]["lens"]: float(s["value"][1])
+                for s in server.query(_panel_expr("Top lenses by cost"))
+            }
+            rare = next(c for c in records.calls if c["context"]["lens_key"] == "rare")["cost"][
+                "total_cost_usd"
+            ]
+            assert top.get("rare", 0) >= rare * 0.9, top
+            # a cheap lens (a hundredth of a cent or less) keeps its place in the p95 of its cost too
+            for expr in (e for t, e in expressions() if t == "Cost per lens run"):  # mean, p95
+                per_run = {s["metric"]["lens"]: float(s["value"][1]) for s in server.query(expr)}
+                assert rare / 3 <= per_run["rare"] <= rare * 3, (expr, per_run, rare)
+    finally:
+        metrics.shutdown()
+        metrics.server_close()
+
+
+@pytest.mark.prometheus
+def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
+    prometheus_binary: str, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """docs/ANOMALIES.md's alert rule, evaluated by Prometheus: it fires on the first anomaly of a lens
+    (its counter series is at 0 from the lens's first runs on, so increase() sees the rise)."""
+    from prometheus_client import CollectorRegistry
+
+    from llm_ledger import AnomalyConfig, AnomalyDetector
+    from llm_ledger.exporters import PrometheusSink, start_metrics_server
+
+    text = (REPO / "docs" / "ANOMALIES.md").read_text()
+    alert = text[text.index("- alert: LLMLensAnomaly") :].split("expr: ", 1)[1].split("\n", 1)[0]
+    registry = CollectorRegistry()
+    monitor.add_sink(PrometheusSink(registry))
+    monitor.anomalies = AnomalyDetector(AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens",)))
+    metrics = start_metrics_server(0, "127.0.0.1", registry=registry)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+
+    def run(words: int) -> None:
+        with monitor.lens("digest"):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-fake-completion-words": str(words)},
+            )
+
+    def runs_scraped(n: int) -> bool:
+        return sorted(float(s["value"][1]) for s in server.query("llm_ledger_lens_runs_total")) == [0, n]
+
+    try:
+        with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{metrics.server_port}"], tmp_path) as server:
+            for _ in range(5):
+                run(5)
+            wait("a scrape of the ordinary runs", lambda: runs_scraped(5))
+            run(400)  # far above its baseline
+            wait("a scrape of the anomaly", lambda: bool(server.query("llm_ledger_lens_anomalies_total > 0")))
+            firing = server.query(alert)
+    finally:
+        metrics.shutdown()
+        metrics.server_close()
+    assert [(s["metric"]["lens"], s["metric"]["metric"]) for s in firing] == [("digest", "total_tokens")]
 
 
 def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:

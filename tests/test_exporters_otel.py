@@ -6,10 +6,12 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -208,11 +210,11 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
     assert lens.context is not None and lens.context.trace_id == trace_id
     assert lens.parent is not None and lens.parent.span_id == request_span.get_span_context().span_id
     assert dict(lens.attributes or {}) == {
-        "gen_ai.usage.input_tokens": summary["summary"]["prompt_tokens"],
-        "gen_ai.usage.output_tokens": summary["summary"]["completion_tokens"],
-        "gen_ai.usage.cache_read.input_tokens": 0,
-        "gen_ai.usage.reasoning.output_tokens": 0,
-        "gen_ai.usage.cost": summary["summary"]["total_cost_usd"],
+        "llm_ledger.lens.input_tokens": summary["summary"]["prompt_tokens"],
+        "llm_ledger.lens.output_tokens": summary["summary"]["completion_tokens"],
+        "llm_ledger.lens.cache_read.input_tokens": 0,
+        "llm_ledger.lens.reasoning.output_tokens": 0,
+        "llm_ledger.lens.cost": summary["summary"]["total_cost_usd"],
         "llm_ledger.lens.calls": 2,
         "llm_ledger.lens.errors": 0,
         "llm_ledger.lens.models": ("gpt-4o", "gpt-4o-mini"),
@@ -239,6 +241,34 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
     by_id = {(s.attributes or {}).get("llm_ledger.call_id"): s for s in otel.spans()}
     for record in records.calls:
         check_call_span(by_id[record["call_id"]], record)
+
+
+def test_a_traces_genai_usage_and_cost_add_up_to_its_calls_once(otel: Telemetry) -> None:
+    """Backends (Langfuse, Phoenix, OpenLIT) total a trace by adding gen_ai.usage.* and
+    gen_ai.usage.cost over its spans: the lens span keeps its totals under llm_ledger.lens.*, so
+    nested lenses and their calls are counted once."""
+    app = otel.tracer_provider.get_tracer("app")
+    with capture(otel.monitor) as records, app.start_as_current_span("request"), otel.monitor.lens("outer"):
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with otel.monitor.lens("inner"):
+            otel.client.chat.completions.create(model="gpt-4o", messages=HI)
+    spans = otel.spans()
+
+    def traced(key: str) -> float:  # what such a backend shows for the trace
+        return sum(float(cast(float, (s.attributes or {}).get(key, 0))) for s in spans)
+
+    for key, field in (
+        ("gen_ai.usage.input_tokens", "prompt_tokens"),
+        ("gen_ai.usage.output_tokens", "completion_tokens"),
+    ):
+        assert traced(key) == sum(c["usage"][field] for c in records.calls)
+    traced_cost = traced("gen_ai.usage.cost")
+    assert traced_cost == pytest.approx(sum(c["cost"]["total_cost_usd"] for c in records.calls))
+    lenses = {s.name: dict(s.attributes or {}) for s in spans if s.name.startswith("lens ")}
+    for summary in records.lenses:
+        attributes = lenses[f"lens {summary['context']['lens_key']}"]
+        assert attributes["llm_ledger.lens.input_tokens"] == summary["summary"]["prompt_tokens"]
+        assert attributes["llm_ledger.lens.cost"] == summary["summary"]["total_cost_usd"]
 
 
 def test_nested_lenses_are_nested_spans_even_when_the_inner_run_ends_last(otel: Telemetry) -> None:
@@ -464,6 +494,44 @@ def test_configure_puts_the_sink_on_the_default_monitor() -> None:
     assert not llm_ledger.get_monitor()._sinks
 
 
+NO_SDK_APP = """
+import sys, openai, llm_ledger
+from llm_ledger.testing import FakeOpenAI
+
+llm_ledger.configure(log_dir=None)  # LLM_LEDGER_EXPORTERS=otel
+if sys.argv[1] == "sdk":  # the application sets OpenTelemetry up after configure(), as many do
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+with FakeOpenAI() as server:
+    client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url=server.base_url))
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+"""
+
+
+@pytest.mark.parametrize("setup", ["none", "sdk"])
+def test_exporting_to_no_opentelemetry_sdk_says_so_once(setup: str) -> None:
+    """LLM_LEDGER_EXPORTERS=otel in an application that never sets a tracer provider: spans go nowhere,
+    and the first call says so on llm_ledger.internal (once); with the SDK set up, nothing is said."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OTEL_"))}
+    app = subprocess.run(
+        [sys.executable, "-c", NO_SDK_APP, setup],
+        env=env | {"LLM_LEDGER_EXPORTERS": "otel"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert app.returncode == 0, app.stderr
+    said = [line for line in app.stderr.splitlines() if "no OpenTelemetry tracer provider" in line]
+    if setup == "none":
+        assert len(said) == 1, app.stderr
+        assert "opentelemetry-instrument" in said[0] and "set_tracer_provider" in said[0]
+    else:
+        assert said == [], app.stderr
+
+
 # -- OTLP/HTTP to a receiver on loopback ----------------------------------------------------------
 
 
@@ -549,7 +617,7 @@ def test_otlp_http_carries_every_attribute_of_the_records(fake_openai: FakeOpenA
     for lens in calls.lenses:
         span, attributes = spans[f"lens {lens['context']['lens_key']}"]
         assert span.kind == span.SPAN_KIND_INTERNAL
-        assert attributes["gen_ai.usage.cost"] == pytest.approx(lens["summary"]["total_cost_usd"])
+        assert attributes["llm_ledger.lens.cost"] == pytest.approx(lens["summary"]["total_cost_usd"])
         assert attributes["llm_ledger.lens.calls"] == lens["summary"]["total_api_calls"]
     names = set()
     for body in receiver.bodies["/v1/metrics"]:

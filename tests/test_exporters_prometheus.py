@@ -52,6 +52,8 @@ EXPECTED_LABELS = {
 
 
 def exposed(registry: CollectorRegistry) -> Samples:
+    """The registry as a scrape after the one that first saw its new series at 0 (see ``scrape``)."""
+    generate_latest(registry)
     return samples(generate_latest(registry).decode())
 
 
@@ -81,6 +83,30 @@ def test_every_metric_has_exactly_the_documented_labels(run: tuple[Captured, Sam
     assert {"llm_ledger_call_duration_seconds_bucket", "llm_ledger_lens_cost_usd_sum"} <= {
         n for n, _ in found
     }
+
+
+def test_the_docs_table_lists_every_metric_with_its_type_and_labels(run: tuple[Captured, Samples]) -> None:
+    """docs/exporters.md's table of metrics is what a scrape shows: names, types and label names."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    records, _ = run
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry)
+    for record in records:
+        sink(record)
+    sink.flush()
+    exposed_families = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        if not family.name.endswith("_created"):  # prometheus-client's start times (see the docs)
+            name = family.name + ("_total" if family.type == "counter" else "")
+            exposed_families[name] = (family.type, set(family.samples[0].labels) - {"le"})
+    text = (REPO / "docs" / "exporters.md").read_text()
+    table = text[text.index("| metric (as exposed) |") :].split("\n\n", 1)[0].splitlines()[2:]
+    documented = {}
+    for row in table:
+        name, kind, labels = (cell.strip() for cell in row.strip("|").split("|"))
+        documented[name.strip("`")] = (kind.split()[0], {label.strip(" `") for label in labels.split(",")})
+    assert documented == exposed_families
 
 
 def test_call_counts_tokens_and_cost_equal_the_records(run: tuple[Captured, Samples]) -> None:
@@ -219,8 +245,9 @@ def test_custom_buckets_are_used(run: tuple[Captured, Samples]) -> None:
 def test_calls_reach_the_metrics_at_every_collection_and_every_pending_calls(
     run: tuple[Captured, Samples],
 ) -> None:
-    """A call's sums wait in the sink until the registry is collected (a scrape reads every call so
-    far), flush() is called, or PENDING_CALLS calls wait; then the metrics hold every one of them."""
+    """A call's sums wait in the sink until the registry is collected, flush() is called, or
+    PENDING_CALLS calls wait; then the metrics hold every one of them. A collection shows a new series
+    at 0 first (Prometheus' rate() and increase() count only a rise) and its calls at the next one."""
     records, _ = run
     call = records.calls[0]
     registry = CollectorRegistry()
@@ -234,8 +261,15 @@ def test_calls_reach_the_metrics_at_every_collection_and_every_pending_calls(
     for _ in range(3):
         sink(call)
     assert in_metrics() == 0
-    assert total(exposed(registry), "llm_ledger_calls_total") == 3
+    first = samples(generate_latest(registry).decode())
+    assert label_names(first, "llm_ledger_calls_total") and total(first, "llm_ledger_calls_total") == 0
+    assert total(samples(generate_latest(registry).decode()), "llm_ledger_calls_total") == 3
     assert in_metrics() == 3
+    lens = records.lenses[0]
+    sink(lens)  # a lens run's new series is shown at 0 first too
+    for expected in (0, 1):
+        found = samples(generate_latest(registry).decode())
+        assert total(found, "llm_ledger_lens_runs_total", lens=lens["context"]["lens_key"]) == expected
     for _ in range(PENDING_CALLS - 1):
         sink(call)
     assert in_metrics() == 3
@@ -271,7 +305,8 @@ def test_without_prometheus_client_the_error_names_the_extra(monkeypatch: pytest
 
 
 def test_metrics_server_serves_the_registry(run: tuple[Captured, Samples]) -> None:
-    """start_metrics_server(0) picks a free port and serves the registry's metrics over HTTP."""
+    """start_metrics_server(0) picks a free port and serves the registry's metrics over HTTP; once
+    shut down and closed, as the docs say, the port can be served again."""
     records, _ = run
     registry = CollectorRegistry()
     sink = PrometheusSink(registry)
@@ -284,6 +319,9 @@ def test_metrics_server_serves_the_registry(run: tuple[Captured, Samples]) -> No
         server.shutdown()
         server.server_close()
     assert total(found, "llm_ledger_calls_total") == len(records.calls)
+    again = start_metrics_server(server.server_port, "127.0.0.1", registry=registry)  # the port is free
+    again.shutdown()
+    again.server_close()
 
 
 def test_a_busy_port_is_a_config_error() -> None:
@@ -316,6 +354,20 @@ EXPORTER = textwrap.dedent(
     sys.stdin.read()
     """
 )
+
+
+def test_a_multiprocess_dir_that_is_not_there_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR naming no directory fails the sink and the server at start-up, saying
+    what to create, instead of a traceback on every call and metrics lost."""
+    missing = tmp_path / "prometheus-multiproc"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(missing))
+    message = rf"PROMETHEUS_MULTIPROC_DIR={missing}: no such directory; create it \(empty\)"
+    with pytest.raises(ConfigError, match=message):
+        PrometheusSink(CollectorRegistry())
+    with pytest.raises(ConfigError, match=message):
+        start_metrics_server(0, "127.0.0.1")
 
 
 def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured, Samples]) -> None:
@@ -391,6 +443,28 @@ def test_configure_turns_the_exporter_on_for_the_default_monitor(
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
     assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1  # off meanwhile
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_a_second_worker_with_the_same_port_is_told_how_to_serve_several_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gunicorn's workers all read LLM_LEDGER_EXPORTERS=prometheus:PORT: the first serves it, the
+    next one's error names the fix for several processes (workers without a port, one /metrics)."""
+    port = _free_port()
+    monkeypatch.setenv("LLM_LEDGER_EXPORTERS", f"prometheus:127.0.0.1:{port}")
+    llm_ledger.configure(log_dir=None)  # the first worker
+    worker = subprocess.run(
+        [sys.executable, "-c", "import llm_ledger; llm_ledger.configure(log_dir=None)"],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == 1
+    error = worker.stderr.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}: the port is already in use" in error
+    assert "without a port" in error and "Multiprocess mode" in error, error
 
 
 @pytest.mark.usefixtures("fresh_exporters")

@@ -15,6 +15,7 @@ trace. See docs/exporters.md for the trade-offs.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import sys
 import threading
@@ -55,6 +56,7 @@ _OVERFLOW: Final = {"otel.metric.overflow": True}
 _OPENAI_V2: Final = "opentelemetry.instrumentation.openai_v2"
 _GENAI_HANDLER: Final = "opentelemetry.util.genai.handler"  # openai-v2's spans under latest_experimental
 _OPENAI_V2_OPERATIONS: Final = frozenset({"chat", "embeddings"})
+_internal_log = logging.getLogger("llm_ledger.internal")
 
 
 def _api() -> tuple[Any, Any]:
@@ -215,6 +217,9 @@ class OTelSink:
         self._client_kind = trace.SpanKind.CLIENT
         self._internal_kind = trace.SpanKind.INTERNAL
         self.tracer = trace.get_tracer(SCOPE, ours, tracer_provider)
+        # with the global provider: checked at the first record, since applications often set up
+        # OpenTelemetry after configure()
+        self._check_provider = tracer_provider is None
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         self.latest = latest_experimental()
 
@@ -268,6 +273,14 @@ class OTelSink:
         return f"<OTelSink {'latest experimental' if self.latest else 'v1.41.1'} names>"
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        if self._check_provider:
+            self._check_provider = False
+            if isinstance(self._trace.get_tracer_provider(), self._trace.ProxyTracerProvider):
+                _internal_log.warning(
+                    "llm-ledger: OTelSink has no OpenTelemetry tracer provider to send spans to, so they "
+                    "go nowhere: run the application under opentelemetry-instrument, or call "
+                    "trace.set_tracer_provider(...) with an exporter (docs/exporters.md, OpenTelemetry)"
+                )
         event = record["event"]
         if event == CALL_EVENT:
             theirs, their_span = self._openai_v2(record)
@@ -496,12 +509,14 @@ class OTelSink:
         with self._lock:
             calls, links = self._pending.pop(run_id, ([], []))
             self._pending_count -= len(calls) + len(links)
+        # not gen_ai.usage.*: backends total a trace by adding those over its spans, and the calls
+        # under this span already carry them
         attributes: dict[str, Any] = {
-            "gen_ai.usage.input_tokens": summary["prompt_tokens"],
-            "gen_ai.usage.output_tokens": summary["completion_tokens"],
-            "gen_ai.usage.cache_read.input_tokens": summary["cached_tokens"],
-            "gen_ai.usage.reasoning.output_tokens": summary["reasoning_tokens"],
-            "gen_ai.usage.cost": summary["total_cost_usd"],
+            "llm_ledger.lens.input_tokens": summary["prompt_tokens"],
+            "llm_ledger.lens.output_tokens": summary["completion_tokens"],
+            "llm_ledger.lens.cache_read.input_tokens": summary["cached_tokens"],
+            "llm_ledger.lens.reasoning.output_tokens": summary["reasoning_tokens"],
+            "llm_ledger.lens.cost": summary["total_cost_usd"],
             "llm_ledger.lens.calls": summary["total_api_calls"],
             "llm_ledger.lens.errors": summary["errors"],
             "llm_ledger.lens.models": list(summary["models_used"]),

@@ -18,6 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from .._anomalies import METRICS
 from .._errors import ConfigError
 from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT
 
@@ -40,8 +41,10 @@ __all__ = [
 
 # the GenAI semantic conventions' advice for gen_ai.client.operation.duration: 0.01 s doubling to 81.92 s
 DURATION_BUCKETS: Final = tuple(0.01 * 2**i for i in range(14))
-# USD per lens run: a hundredth of a cent to ten dollars
-LENS_COST_BUCKETS: Final = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+# USD per lens run: a ten-thousandth of a cent (a short call to a small model) to ten dollars
+LENS_COST_BUCKETS: Final = (
+    0.000001, 0.000003, 0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0
+)  # fmt: skip
 MAX_LENSES: Final = 200
 MAX_MODELS: Final = 100
 OTHER: Final = "other"  # a lens or model beyond the cap
@@ -54,6 +57,28 @@ _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at h
 PENDING_CALLS: Final = 1024
 _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
 _internal_log = logging.getLogger("llm_ledger.internal")
+_serving: set[int] = set()  # pids where start_metrics_server serves; a forked child inherits the set
+_unserved = False  # this process was forked from one that serves /metrics, and serves none itself
+
+
+def _after_fork_in_child() -> None:
+    global _unserved
+    _unserved = bool(_serving) and not _multiprocess_dir()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _warn_unserved() -> None:
+    """Once per process: its metrics are kept where no /metrics serves them (gunicorn --preload)."""
+    global _unserved
+    _unserved = False
+    _internal_log.warning(
+        "llm-ledger: pid %d was forked from the process that serves /metrics (gunicorn --preload, a "
+        "multiprocessing pool), so no /metrics serves the calls it makes; set PROMETHEUS_MULTIPROC_DIR "
+        "and serve /metrics once (docs/exporters.md, Multiprocess mode)",
+        os.getpid(),
+    )
 
 
 def _client() -> Any:
@@ -137,10 +162,11 @@ class PrometheusSink:
         max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
             are counted under ``"other"``.
 
-    A call is summed into its series' pending totals, which reach the metrics when the registry is
-    collected (a scrape, ``generate_latest``: the sink moves them first), at ``flush()``, or every
-    ``PENDING_CALLS`` calls. With ``PROMETHEUS_MULTIPROC_DIR`` set (another process reads the
-    values) every call reaches them at once.
+    A call or lens run is summed into its series' pending totals, which reach the metrics when the
+    registry is collected (a scrape, ``generate_latest``: the sink moves them first; a new series
+    shows 0 at its first collection and its values from the next, so that ``rate()`` counts them),
+    at ``flush()``, or every ``PENDING_CALLS`` calls. With ``PROMETHEUS_MULTIPROC_DIR`` set (another
+    process reads the values) every call reaches them at once.
 
     Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the registry
     already holds these metrics.
@@ -164,12 +190,13 @@ class PrometheusSink:
         self._models: set[str] = set()
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._lens_children: dict[Any, tuple[Any, ...]] = {}
-        # label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations, first tokens]
+        # a call's label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations,
+        # first tokens]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
-        self._pending_limit = 1 if _multiprocess_dir() else PENDING_CALLS
+        self._pending_limit = 1 if _multiprocess_dir(check=True) else PENDING_CALLS
         self._pending_lock = threading.Lock()
-        made: list[Any] = [_Moving(self.flush)]
+        made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
         def metric(kind: Any, name: str, doc: str, labels: tuple[str, ...], **kwargs: Any) -> Any:
@@ -218,6 +245,8 @@ class PrometheusSink:
         return f"<PrometheusSink lenses={lenses} models={len(self._models)}/{self.max_models}>"
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        if _unserved:
+            _warn_unserved()
         event = record["event"]
         if event == CALL_EVENT:
             self._call(record)
@@ -229,15 +258,37 @@ class PrometheusSink:
             ).inc()
 
     def flush(self) -> None:
-        """Move the pending sums of calls into the metrics (a collection of the registry does it first)."""
+        """Move the pending sums of calls and lens runs into the metrics (a collection of the
+        registry does it first)."""
+        self._flush(collecting=False)
+
+    def _flush(self, *, collecting: bool) -> None:
+        # A series Prometheus first scrapes already at its value has no rise, so rate() and increase()
+        # would miss its first calls (a lens run once a day: $0). A collection therefore shows a new
+        # series at 0 and keeps its sums for the next one.
         with self._pending_lock:
             pending, self._pending = self._pending, {}
             self._pending_calls = 0
+        held: dict[Any, list[Any]] = {}
         for key, sums in pending.items():
+            lens = len(key) == 1  # a lens run's (lens_key,), else a call's label tuple
             try:
-                self._move(key, sums)
+                children = (self._lens_children if lens else self._children).get(key)
+                if children is None:
+                    children = (self._new_lens_children if lens else self._new_children)(key)
+                    if collecting:
+                        held[key] = sums
+                        continue
+                (self._move_lens if lens else self._move)(children, sums)
             except Exception:  # one series must not cost the others, nor a scrape
                 _internal_log.exception("PrometheusSink could not update the series of %r", key)
+        if held:
+            with self._pending_lock:
+                for key, sums in held.items():
+                    newer = self._pending.setdefault(key, sums)
+                    if newer is not sums:
+                        for i, value in enumerate(sums):
+                            newer[i] += value  # numbers add, lists of durations extend
 
     # -- labels ------------------------------------------------------------------------------------
 
@@ -316,8 +367,7 @@ class PrometheusSink:
         if full:
             self.flush()
 
-    def _move(self, key: tuple[Any, ...], sums: list[Any]) -> None:
-        children = self._children.get(key) or self._new_children(key)
+    def _move(self, children: tuple[Any, ...], sums: list[Any]) -> None:
         calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
         calls(sums[0])
         for add, n in ((t_in, sums[1]), (t_out, sums[2]), (t_cached, sums[3]), (t_reasoning, sums[4])):
@@ -332,42 +382,67 @@ class PrometheusSink:
         for seconds in sums[8]:
             ttft(seconds)
 
+    def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
+        lens = self._lens_label(key[0])
+        for metric in METRICS:  # at 0 long before a first anomaly, which needs runs before it
+            self.anomalies.labels(lens, metric)
+        children = (
+            _adder(self.lens_runs.labels(lens, "ok")),
+            _adder(self.lens_runs.labels(lens, "error")),
+            _observer(self.lens_cost.labels(lens)),
+        )
+        if len(self._lens_children) >= _CACHE_LIMIT:
+            self._lens_children.clear()
+        self._lens_children[key] = children
+        return children
+
+    def _move_lens(self, children: tuple[Any, ...], sums: list[Any]) -> None:
+        ok, failed, cost = children
+        if sums[0]:
+            ok(sums[0])
+        if sums[1]:
+            failed(sums[1])
+        for usd in sums[2]:
+            cost(usd)
+
     def _lens(self, record: Mapping[str, Any]) -> None:
         summary = record["summary"]
-        raw = record["context"].get("lens_key")
-        children = self._lens_children.get(raw)
-        if children is None:
-            lens = self._lens_label(raw)
-            children = (
-                _adder(self.lens_runs.labels(lens, "ok")),
-                _adder(self.lens_runs.labels(lens, "error")),
-                _observer(self.lens_cost.labels(lens)),
-            )
-            if len(self._lens_children) >= _CACHE_LIMIT:
-                self._lens_children.clear()
-            self._lens_children[raw] = children
-        ok, failed, cost = children
-        (failed if summary["errors"] else ok)(1)
-        cost(summary["total_cost_usd"])
+        key = (record["context"].get("lens_key"),)
+        with self._pending_lock:
+            sums = self._pending.get(key)
+            if sums is None:
+                sums = self._pending[key] = [0, 0, []]
+            sums[1 if summary["errors"] else 0] += 1
+            sums[2].append(summary["total_cost_usd"])
+            self._pending_calls += 1
+            full = self._pending_calls >= self._pending_limit
+        if full:
+            self.flush()
 
 
 class _Moving:
     """Registered before the sink's metrics: collecting the registry moves the pending sums first."""
 
-    def __init__(self, flush: Callable[[], None]) -> None:
+    def __init__(self, flush: Callable[..., None]) -> None:
         self._flush = flush
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> list[Any]:
-        self._flush()
+        self._flush(collecting=True)
         return []
 
 
-def _multiprocess_dir() -> str | None:
+def _multiprocess_dir(*, check: bool = False) -> str | None:
     # prometheus-client also reads the older lower-case name
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
+    if check and path and not os.path.isdir(path):  # else: a traceback at every call, metrics lost
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR={path}: no such directory; create it (empty) before the "
+            "application starts, and empty it at each deploy (docs/exporters.md, Multiprocess mode)"
+        )
+    return path
 
 
 def start_metrics_server(
@@ -377,14 +452,15 @@ def start_metrics_server(
 
     ``port=0`` picks a free port (``server.server_port``). With ``PROMETHEUS_MULTIPROC_DIR`` set
     (gunicorn and other pre-fork servers, see docs/exporters.md) and no ``registry``, it serves the
-    sum over every process's files. Returns the server: ``server.shutdown()`` stops it. A port in
-    use, or an address that cannot be bound, is a ``ConfigError``.
+    sum over every process's files. Returns the server: ``server.shutdown()`` stops it,
+    ``server.server_close()`` frees the port. A port in use, or an address that cannot be bound, is
+    a ``ConfigError``.
     """
     pc = _client()
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a whole number from 0 to 65535, got {port!r}")
     if registry is None:
-        if _multiprocess_dir():
+        if _multiprocess_dir(check=True):
             from prometheus_client import multiprocess
 
             registry = pc.CollectorRegistry()
@@ -397,7 +473,13 @@ def start_metrics_server(
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
                 f"cannot serve metrics on {addr}:{port}: the port is already in use; choose another "
-                "port (e.g. LLM_LEDGER_EXPORTERS=prometheus:9465) or stop what listens there"
+                "port (e.g. LLM_LEDGER_EXPORTERS=prometheus:9465) or stop what listens there. The "
+                "worker processes of one server (gunicorn, uWSGI) cannot each serve it: give them "
+                "LLM_LEDGER_EXPORTERS=prometheus, without a port, and serve /metrics once "
+                "(docs/exporters.md, Multiprocess mode)"
             ) from None
         raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
+    global _unserved
+    _serving.add(os.getpid())
+    _unserved = False
     return server  # type: ignore[no-any-return]

@@ -1,0 +1,144 @@
+"""docs/exporters.md's multiprocess recipe under a real gunicorn: workers count, the master serves the sum."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dashboards.local_prometheus import free_port, wait
+from llm_ledger.testing import FakeOpenAI
+from tests.exporter_helpers import scrape, total
+
+pytestmark = pytest.mark.sdk_independent
+
+REPO = Path(__file__).resolve().parents[1]
+
+APP = textwrap.dedent(
+    """
+    import os, time
+    import openai, llm_ledger
+
+    llm_ledger.configure()  # LLM_LEDGER_LOG_DIR, LLM_LEDGER_EXPORTERS=prometheus: gunicorn's environment
+    client = llm_ledger.instrument(
+        openai.OpenAI(api_key="sk-test", base_url=os.environ["FAKE_OPENAI_URL"], max_retries=0)
+    )
+
+    def app(environ, start_response):
+        with llm_ledger.lens("web", source_id=environ["PATH_INFO"]):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        time.sleep(0.1)  # a sync worker serves one request at a time: concurrent ones reach the others
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(os.getpid()).encode()]
+    """
+)
+
+
+def _documented_gunicorn_conf(metrics_port: int) -> str:
+    """The gunicorn.conf.py of docs/exporters.md's multiprocess section, on a free port."""
+    text = (REPO / "docs" / "exporters.md").read_text()
+    after = text[text.index("e.g. in `gunicorn.conf.py`") :]
+    code = after.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "start_metrics_server(9464)" in code
+    return code.replace("start_metrics_server(9464)", f"start_metrics_server({metrics_port}, '127.0.0.1')")
+
+
+def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Three gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR; the
+    documented when_ready/child_exit hooks: the master's /metrics counts every request's call and lens
+    run, whichever worker served it, and the JSONL file has each call once."""
+    (tmp_path / "app.py").write_text(APP)
+    metrics_port, app_port = free_port(), free_port()
+    (tmp_path / "gunicorn.conf.py").write_text(_documented_gunicorn_conf(metrics_port))
+    (tmp_path / "multiproc").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
+    env |= {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
+        "LLM_LEDGER_EXPORTERS": "prometheus",
+        "LLM_LEDGER_LOG_DIR": str(tmp_path / "logs"),
+        "FAKE_OPENAI_URL": fake_openai.base_url,
+        "PYTHONPATH": str(tmp_path),
+    }
+    gunicorn = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", "3"),
+            *("--bind", f"127.0.0.1:{app_port}", "app:app"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def answers(port: int) -> bool:
+            return bool(urllib.request.urlopen(f"http://127.0.0.1:{port}/").status == 200)
+
+        wait("the master's metrics server", lambda: answers(metrics_port))
+        wait("a worker", lambda: answers(app_port))  # its call counts too
+
+        def get(i: int) -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/doc-{i}", timeout=30) as response:
+                return str(response.read().decode())
+
+        with ThreadPoolExecutor(6) as pool:
+            pids = list(pool.map(get, range(30)))
+        requests = 30 + 1
+        found = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        gunicorn.send_signal(signal.SIGTERM)
+        output, _ = gunicorn.communicate(timeout=60)
+    assert len(set(pids)) >= 2, "the requests all went to one worker"
+    assert total(found, "llm_ledger_calls_total", lens="web", status="ok") == requests, output
+    assert total(found, "llm_ledger_lens_runs_total", lens="web", status="ok") == requests
+    assert total(found, "llm_ledger_cost_usd_total", lens="web") > 0
+    lines = (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()
+    assert sum('"event":"llm_api_call"' in line for line in lines) == requests, output
+
+
+def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """gunicorn --preload runs configure() in the master, which then serves LLM_LEDGER_EXPORTERS=
+    prometheus:PORT; the workers' calls never reach that /metrics: a worker says so, naming the fix."""
+    (tmp_path / "app.py").write_text(APP)
+    metrics_port, app_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
+    env |= {
+        "LLM_LEDGER_EXPORTERS": f"prometheus:127.0.0.1:{metrics_port}",
+        "LLM_LEDGER_LOG_DIR": "off",
+        "FAKE_OPENAI_URL": fake_openai.base_url,
+        "PYTHONPATH": str(tmp_path),
+    }
+    gunicorn = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
+            *("--bind", f"127.0.0.1:{app_port}", "app:app"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait("a worker", lambda: urllib.request.urlopen(f"http://127.0.0.1:{app_port}/").status == 200)
+        urllib.request.urlopen(f"http://127.0.0.1:{app_port}/again").read()
+        found = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        gunicorn.send_signal(signal.SIGTERM)
+        output, _ = gunicorn.communicate(timeout=60)
+    assert total(found, "llm_ledger_calls_total") == 0  # the master made no call
+    warnings = [line for line in output.splitlines() if "no /metrics serves" in line]
+    assert len(warnings) == len({line.split("pid ")[1].split()[0] for line in warnings}) >= 1, output
+    assert "PROMETHEUS_MULTIPROC_DIR" in warnings[0] and "Multiprocess mode" in warnings[0], warnings
