@@ -128,7 +128,7 @@ def test_one_client_span_per_call_with_the_cost_on_openai_v2s(both: Both) -> Non
     linked = {link.context.span_id for link in lens.links}
     assert linked == {annotated[c["call_id"]].context.span_id for c in (chat, embedding)}
     (summary,) = records.lenses
-    assert (lens.attributes or {})["llm_ledger.lens.cost"] == summary["summary"]["total_cost_usd"]
+    assert (lens.attributes or {})["gen_ai.usage.cost"] == summary["summary"]["total_cost_usd"]
     assert (lens.attributes or {})["llm_ledger.lens.calls"] == 3
     (responses_span,) = [s for s in ours if s.name == "chat o3-mini"]
     assert (responses_span.attributes or {})["llm_ledger.call_id"] == responses["call_id"]

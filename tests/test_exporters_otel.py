@@ -214,7 +214,7 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
         "llm_ledger.lens.output_tokens": summary["summary"]["completion_tokens"],
         "llm_ledger.lens.cache_read.input_tokens": 0,
         "llm_ledger.lens.reasoning.output_tokens": 0,
-        "llm_ledger.lens.cost": summary["summary"]["total_cost_usd"],
+        "gen_ai.usage.cost": summary["summary"]["total_cost_usd"],
         "llm_ledger.lens.calls": 2,
         "llm_ledger.lens.errors": 0,
         "llm_ledger.lens.models": ("gpt-4o", "gpt-4o-mini"),
@@ -243,10 +243,11 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
         check_call_span(by_id[record["call_id"]], record)
 
 
-def test_a_traces_genai_usage_and_cost_add_up_to_its_calls_once(otel: Telemetry) -> None:
-    """Backends (Langfuse, Phoenix, OpenLIT) total a trace by adding gen_ai.usage.* and
-    gen_ai.usage.cost over its spans: the lens span keeps its totals under llm_ledger.lens.*, so
-    nested lenses and their calls are counted once."""
+def test_a_traces_genai_token_usage_adds_up_to_its_calls_once(otel: Telemetry) -> None:
+    """Backends (Langfuse, Phoenix, OpenLIT) total a trace's tokens by adding gen_ai.usage.* over its
+    spans: the lens span keeps its token totals under llm_ledger.lens.*, so nested lenses and their
+    calls are counted once. Its cost is gen_ai.usage.cost, as the exporter's contract names it: the
+    calls' costs plus each lens's."""
     app = otel.tracer_provider.get_tracer("app")
     with capture(otel.monitor) as records, app.start_as_current_span("request"), otel.monitor.lens("outer"):
         otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
@@ -263,12 +264,15 @@ def test_a_traces_genai_usage_and_cost_add_up_to_its_calls_once(otel: Telemetry)
     ):
         assert traced(key) == sum(c["usage"][field] for c in records.calls)
     traced_cost = traced("gen_ai.usage.cost")
-    assert traced_cost == pytest.approx(sum(c["cost"]["total_cost_usd"] for c in records.calls))
+    assert traced_cost == pytest.approx(
+        sum(c["cost"]["total_cost_usd"] for c in records.calls)
+        + sum(lens["summary"]["total_cost_usd"] for lens in records.lenses)
+    )
     lenses = {s.name: dict(s.attributes or {}) for s in spans if s.name.startswith("lens ")}
     for summary in records.lenses:
         attributes = lenses[f"lens {summary['context']['lens_key']}"]
         assert attributes["llm_ledger.lens.input_tokens"] == summary["summary"]["prompt_tokens"]
-        assert attributes["llm_ledger.lens.cost"] == summary["summary"]["total_cost_usd"]
+        assert attributes["gen_ai.usage.cost"] == summary["summary"]["total_cost_usd"]
 
 
 def test_nested_lenses_are_nested_spans_even_when_the_inner_run_ends_last(otel: Telemetry) -> None:
@@ -617,7 +621,7 @@ def test_otlp_http_carries_every_attribute_of_the_records(fake_openai: FakeOpenA
     for lens in calls.lenses:
         span, attributes = spans[f"lens {lens['context']['lens_key']}"]
         assert span.kind == span.SPAN_KIND_INTERNAL
-        assert attributes["llm_ledger.lens.cost"] == pytest.approx(lens["summary"]["total_cost_usd"])
+        assert attributes["gen_ai.usage.cost"] == pytest.approx(lens["summary"]["total_cost_usd"])
         assert attributes["llm_ledger.lens.calls"] == lens["summary"]["total_api_calls"]
     names = set()
     for body in receiver.bodies["/v1/metrics"]:

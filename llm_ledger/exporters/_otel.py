@@ -191,7 +191,7 @@ class OTelSink:
       ``server.*`` attributes, ``gen_ai.usage.cost`` (USD) and ``llm_ledger.*`` (the record's context:
       lens, run id, source, service, and ``llm_ledger.call_id``);
     * one INTERNAL span per lens run, ``lens {lens_key}``, parent of its calls, carrying the lens
-      summary (tokens, ``gen_ai.usage.cost``, calls, errors, models, cost_complete);
+      summary (``gen_ai.usage.cost``; tokens, calls, errors, models, cost_complete as ``llm_ledger.lens.*``);
     * metrics ``gen_ai.client.token.usage``, ``gen_ai.client.operation.duration``,
       ``gen_ai.client.operation.time_to_first_chunk`` (streams) with the conventions' bucket
       advice, and the counter ``llm_ledger.cost`` ({USD});
@@ -509,14 +509,15 @@ class OTelSink:
         with self._lock:
             calls, links = self._pending.pop(run_id, ([], []))
             self._pending_count -= len(calls) + len(links)
-        # not gen_ai.usage.*: backends total a trace by adding those over its spans, and the calls
-        # under this span already carry them
+        # tokens not as gen_ai.usage.*: backends total a trace's tokens by adding those over its
+        # spans, and the calls under this span carry them. Its cost stays gen_ai.usage.cost, the name
+        # the exporter's contract gives it (docs/exporters.md says what that means for such backends)
         attributes: dict[str, Any] = {
             "llm_ledger.lens.input_tokens": summary["prompt_tokens"],
             "llm_ledger.lens.output_tokens": summary["completion_tokens"],
             "llm_ledger.lens.cache_read.input_tokens": summary["cached_tokens"],
             "llm_ledger.lens.reasoning.output_tokens": summary["reasoning_tokens"],
-            "llm_ledger.lens.cost": summary["total_cost_usd"],
+            "gen_ai.usage.cost": summary["total_cost_usd"],
             "llm_ledger.lens.calls": summary["total_api_calls"],
             "llm_ledger.lens.errors": summary["errors"],
             "llm_ledger.lens.models": list(summary["models_used"]),
