@@ -120,6 +120,22 @@ def test_diff_markdown_table_per_lens(reports: tuple[str, str], capsys: pytest.C
     assert "| cost (USD) | $0.000410 | $0.000620 | +$0.000210 | +51.2% |" in out.split("### Total")[1]
 
 
+def test_diff_markdown_shows_lens_names_with_backticks_and_pipes_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lens key holding a backtick or a pipe keeps its heading and table rows whole in the PR
+    comment: a lone backtick in a code span would end it early, a pipe would split the row."""
+    odd = "sum`mary|v2"
+    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0001}
+    for side, cost in (("base", 0.0001), ("head", 0.0002)):
+        lenses = {odd: {**entry, "cost_usd": cost}}
+        (tmp_path / f"{side}.json").write_text(json.dumps(report(lenses, {**entry, "cost_usd": cost})))
+    assert cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json")]) == 0
+    out = capsys.readouterr().out
+    assert "### `` sum`mary|v2 ``" in out
+    assert "| `` sum`mary\\|v2 `` | $0.000100 | $0.000200 | +$0.000100 | +100.0% |" in out
+
+
 def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     """--format text is aligned plain text; --format json is the machine-readable diff."""
     assert cli_main(["diff", *reports, "--format", "text"]) == 0

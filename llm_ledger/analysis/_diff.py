@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -151,6 +152,15 @@ def _price_data(report: dict[str, Any]) -> str:
     return ", ".join(sorted({repr(str(row["cost_source"])) for row in rows if row.get("cost_source")}))
 
 
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span that a backtick inside cannot end early (CommonMark: a fence
+    longer than any run of backticks inside, padded with a space)."""
+    if "`" not in text:
+        return f"`{text}`"
+    fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)
+    return f"{fence} {text} {fence}"
+
+
 def _listed(names: list[str]) -> str:
     """The first five names, then how many more."""
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -176,7 +186,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
         )
     failed = report.get("failed_tests", [])
     if failed:
-        names = _listed([f"`{t}`" for t in failed])
+        names = _listed([_code(t) for t in failed])
         out.append(
             f"the {name} report ({path}) has {len(failed)} failed test(s): {names}; its numbers leave out "
             "what those tests did not get to do"
@@ -187,7 +197,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
             "errors): calls that failed cost nothing and used no tokens"
         )
-    unpriced = [f"`{n}`" for n, e in report["lenses"].items() if e.get("cost_complete") is False]
+    unpriced = [_code(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
         where = f" in {len(unpriced)} lens(es): {_listed(unpriced)}" if unpriced else ""
         out.append(
@@ -222,7 +232,7 @@ def diff_reports(
             "and price file"
         )
     ran = set(head.get("tests", ())) | set(head.get("failed_tests", ()))
-    if idle := [f"`{t}`" for t in sorted(set(base.get("tests", ())) - ran)]:
+    if idle := [_code(t) for t in sorted(set(base.get("tests", ())) - ran)]:
         flags.append(
             f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
             f"{_listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
@@ -251,12 +261,12 @@ def increases(diff: dict[str, Any], pct: float) -> list[str]:
         if m["base"] is None or m["head"] is None:
             continue
         if "head" in gaps and gaps["head"] != gaps.get("base"):
-            out.append(f"`{name}`: cost per run cannot be checked: head: {gaps['head']}")
+            out.append(f"{_code(name)}: cost per run cannot be checked: head: {gaps['head']}")
         elif not m["delta"] or m["delta"] < 0:
             continue
         elif m["pct"] is None or m["pct"] > pct:
             grown = "from nothing" if m["pct"] is None else f"{m['pct']:+.1f}%"
-            out.append(f"`{name}`: cost per run {_usd(m['base'])} -> {_usd(m['head'])} ({grown})")
+            out.append(f"{_code(name)}: cost per run {_usd(m['base'])} -> {_usd(m['head'])} ({grown})")
     return out
 
 
@@ -325,7 +335,7 @@ def _markdown(diff: dict[str, Any]) -> str:
     # first what a reviewer looks for: each lens's cost per run, and what --fail-on-increase failed on
     per_run = DIFF_METRICS["cost_per_run"]
     summary = [
-        [f"`{name}`{_MARK[row['status']]}", *next(r[1:] for r in rows if r[0] == per_run)]
+        [f"{_code(name)}{_MARK[row['status']]}", *next(r[1:] for r in rows if r[0] == per_run)]
         for name, row, rows in sections[:-1]
     ]
     if summary:
@@ -334,7 +344,7 @@ def _markdown(diff: dict[str, Any]) -> str:
         lines += ["", f"**{_grew(diff).capitalize()}:**", ""]
         lines += [f"- {line}" for line in diff["increases"]]
     for name, row, rows in sections:
-        title = "Total" if name == "TOTAL" else f"`{name}`"
+        title = "Total" if name == "TOTAL" else _code(name)
         lines += ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
         for note in _notes(row):
             lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
