@@ -240,7 +240,7 @@ def test_unpriced_calls_mark_the_cost_as_a_lower_bound(
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out
     assert "$0.000100+" in out
-    assert "1 successful calls have no price" in out
+    assert "1 successful call has no price" in out and "--by model shows which models" in out
 
 
 def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
@@ -251,7 +251,7 @@ def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
     path = write(tmp_path / "log.jsonl", [call(prompt=None, completion=None, cost=None), call()])
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "1 successful calls have no price" in out
+    assert "1 successful call has no price" in out
     assert "(a model the price table does not know, or no usage reported)" in out
 
 

@@ -104,10 +104,11 @@ def _footer(report: CostReport) -> list[str]:
         f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
     ]
     if total.unpriced_calls:
+        calls = "call has" if total.unpriced_calls == 1 else "calls have"
+        which = "" if "model" in report.query.by else "; --by model shows which models"
         lines.append(
-            f"+ {total.unpriced_calls:,} successful calls have no price (a model the price table does not "
-            "know, or no usage reported): "
-            "their cost is not included"
+            f"+ {total.unpriced_calls:,} successful {calls} no price (a model the price table does not "
+            f"know, or no usage reported): their cost is not included{which}"
         )
     return lines
 
