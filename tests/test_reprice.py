@@ -303,3 +303,27 @@ def test_a_lens_name_with_a_lone_surrogate_is_written_escaped(
     assert by_lens(reprice_json(capsys, str(path)))["caf\udce9"]["calls"] == 1
     assert main(["reprice", str(path)]) == 0
     assert "caf\\udce9  " in capsys.readouterr().out
+
+
+def test_repricing_with_the_recording_price_file_keeps_what_the_provider_billed(
+    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A log recorded with a price file that maps the gateway's host to OpenRouter, repriced with that
+    same file, keeps the cost OpenRouter reported: nothing changed, so "after" equals "before"."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text('version: 1\nhosts:\n  "127.0.0.1": {provider: openrouter}\n')
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, sinks=[handler.write_record], prices=llm_ledger.PriceTable.from_file(prices)
+    )
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with monitor.lens("routed"):
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=HI, extra_headers={"x-fake-cost": "0.000123"}
+        )
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=HI)
+    handler.close()
+    row = by_lens(reprice_json(capsys, str(path), "--price-file", str(prices)))["routed"]
+    assert row["before_usd"] > 0.000123
+    assert row["after_usd"] == row["before_usd"]

@@ -7,7 +7,7 @@ tokens again: ``--model gpt-4o=gpt-4.1-mini`` (repeatable) swaps the model asked
 prices every call at that provider's rates, ``--price-file F`` uses that price table (its ``hosts``
 apply to the recorded servers). "before" is the cost recorded; "after" is the price table's figure,
 except for a cost the provider reported (OpenRouter) on a call whose model and provider stay (no
---provider, no host entry in the price file for its server): that one stands.
+--provider, and no host entry in the price file sending its server to another provider): that one stands.
 Calls count under the innermost lens they ran in.
 """
 
@@ -217,10 +217,10 @@ def reprice(
         row.before_usd += item.cost_usd
         row.before_complete &= item.uncosted_calls == 0 and item.no_usage_calls == 0
         row.after_complete &= item.no_usage_calls == 0
-        stays = new is None and provider is None and route.matched_by != "host"
+        stays = new is None and provider is None and route.provider == item.provider
         if stays and item.cost_source == PROVIDER_REPORTED:
-            # what the provider billed stands while the model and server stay (no --provider, no host
-            # entry): no price table knows better
+            # what the provider billed stands while the model and provider stay: no price table knows
+            # better (a host entry sending the server to another provider, e.g. self-hosted, prices it)
             row.after_units += int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
             continue
         cost = _cost(route, [new] if new else [item.served_model, item.model], item)
