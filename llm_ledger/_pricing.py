@@ -276,10 +276,11 @@ class Route:
         return Cost(_usd(prompt_cost), _usd(completion_cost), _usd(prompt_cost + completion_cost))
 
     def _costs(
-        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int
+        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int, calls: int = 1
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
-        source, or ``None``."""
+        source, or ``None``. The tokens may be the sum of ``calls`` calls (a report's row): a long-context
+        tier is judged on their average size, as no call's own size is known."""
         entry = self._flat
         if entry is None:
             entry = self._cache.get(model, _MISSING)
@@ -295,7 +296,7 @@ class Route:
             )
         inp, cached, out = entry.base
         for start, per_token in entry.tiers_desc:
-            if prompt_tokens > start:
+            if prompt_tokens > start * calls:
                 inp, cached, out = per_token
                 break
         prompt_cost = (prompt_tokens - cached_tokens) * inp + cached_tokens * cached

@@ -327,3 +327,27 @@ def test_repricing_with_the_recording_price_file_keeps_what_the_provider_billed(
     row = by_lens(reprice_json(capsys, str(path), "--price-file", str(prices)))["routed"]
     assert row["before_usd"] > 0.000123
     assert row["after_usd"] == row["before_usd"]
+
+
+def test_a_report_reprices_long_context_tiers_per_call_not_per_sum(
+    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Three 100k-token calls repriced on gpt-5.4 (dearer above 272k prompt tokens per call) cost the
+    base rate from the plugin's report, as from the log: the report's row sums them to 300k tokens,
+    which is no single call's size."""
+    calls: list[dict[str, Any]] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with monitor.lens("long"):
+        for _ in range(3):  # the fake server's prompt is at least the cached tokens
+            client.chat.completions.create(
+                model="gpt-4o", messages=HI, extra_headers={"x-fake-cached-tokens": "100000"}
+            )
+    ledger = SessionLedger()
+    for call in calls:
+        ledger.add_call("tests/test_x.py::test_x", call)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(ledger.report(), indent=2))
+    after = reprice_json(capsys, str(report), "--model", "gpt-4o=gpt-5.4")["total"]["after_usd"]
+    assert after == pytest.approx(float(list_price("gpt-5.4", calls)), rel=1e-12)

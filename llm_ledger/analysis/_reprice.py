@@ -237,7 +237,9 @@ def reprice(
 def _cost(route: Route, names: list[str], item: UsageRow) -> int | None:
     for name in names:
         if name:
-            costs = route._costs(name, item.prompt_tokens, item.completion_tokens, item.cached_tokens)
+            costs = route._costs(
+                name, item.prompt_tokens, item.completion_tokens, item.cached_tokens, max(item.calls, 1)
+            )
             if costs is not None:
                 return costs[0] + costs[1]
     return None
