@@ -351,3 +351,23 @@ def test_a_report_reprices_long_context_tiers_per_call_not_per_sum(
     report.write_text(json.dumps(ledger.report(), indent=2))
     after = reprice_json(capsys, str(report), "--model", "gpt-4o=gpt-5.4")["total"]["after_usd"]
     assert after == pytest.approx(float(list_price("gpt-5.4", calls)), rel=1e-12)
+
+
+def test_calls_with_no_price_after_are_not_a_saving(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """At a provider that sells none of the models, "after" knows no price: the change is n/a, not
+    -100%; where some calls keep a price, the change compares only those (marked *)."""
+    path, _ = recorded
+    assert main(["reprice", str(path), "--provider", "groq"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    total = next(line for line in lines if line.startswith("(total)")).split()
+    assert total[-3:] == ["$0.000000*", "n/a", "n/a"]
+    # gpt-4o moved to a Llama on Groq: only lens "summary" has a price after, and it alone is compared
+    llama = "gpt-4o=llama-3.3-70b-versatile"
+    result = reprice_json(capsys, str(path), "--provider", "groq", "--model", llama)
+    rows = by_lens(result)
+    summary = rows["summary"]
+    assert summary["change_usd"] == pytest.approx(summary["after_usd"] - summary["before_usd"], rel=1e-12)
+    assert rows["tags"]["change_usd"] is None and rows["tags"]["after_complete"] is False
+    assert result["total"]["change_usd"] == summary["change_usd"]

@@ -48,17 +48,30 @@ class Row:
     after_units: int = 0
     before_complete: bool = True
     after_complete: bool = True
+    # the calls with a price both before and after, the only ones a change compares
+    compared: int = 0
+    compared_before_usd: Decimal = Decimal(0)
+    compared_after_units: int = 0
 
     @property
     def after_usd(self) -> Decimal:
         return Decimal(self.after_units).scaleb(-USD_UNIT_DIGITS)
 
+    @property
+    def change_usd(self) -> Decimal | None:
+        """After minus before over the calls priced on both sides; ``None`` when there are none."""
+        if not self.compared:
+            return None
+        return Decimal(self.compared_after_units).scaleb(-USD_UNIT_DIGITS) - self.compared_before_usd
+
     def to_json(self) -> dict[str, Any]:
+        change = self.change_usd
         return {
             "lens": self.lens,
             "calls": self.calls,
             "before_usd": round(float(self.before_usd), _COST_DIGITS),
             "after_usd": round(float(self.after_usd), _COST_DIGITS),
+            "change_usd": None if change is None else round(float(change), _COST_DIGITS),
             "before_complete": self.before_complete,
             "after_complete": self.after_complete,
         }
@@ -83,6 +96,9 @@ class Reprice:
             total.after_units += row.after_units
             total.before_complete &= row.before_complete
             total.after_complete &= row.after_complete
+            total.compared += row.compared
+            total.compared_before_usd += row.compared_before_usd
+            total.compared_after_units += row.compared_after_units
         return total
 
     def to_json(self) -> dict[str, Any]:
@@ -215,22 +231,28 @@ def reprice(
         row = result.rows.setdefault(item.lens, Row(item.lens))
         row.calls += item.calls
         row.before_usd += item.cost_usd
-        row.before_complete &= item.uncosted_calls == 0 and item.no_usage_calls == 0
+        priced_before = item.uncosted_calls == 0 and item.no_usage_calls == 0
+        row.before_complete &= priced_before
         row.after_complete &= item.no_usage_calls == 0
         stays = new is None and provider is None and route.provider == item.provider
+        cost: int | None
         if stays and item.cost_source == PROVIDER_REPORTED:
             # what the provider billed stands while the model and provider stay: no price table knows
             # better (a host entry sending the server to another provider, e.g. self-hosted, prices it)
-            row.after_units += int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
-            continue
-        cost = _cost(route, [new] if new else [item.served_model, item.model], item)
+            cost = int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
+        else:
+            cost = _cost(route, [new] if new else [item.served_model, item.model], item)
         if cost is None:
             if item.prompt_tokens or item.completion_tokens:
                 row.after_complete = False
                 name = new or item.model or item.served_model or "<no model>"
                 result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
-        else:
-            row.after_units += cost
+            continue
+        row.after_units += cost
+        if priced_before:
+            row.compared += item.calls
+            row.compared_before_usd += item.cost_usd
+            row.compared_after_units += cost
     return result
 
 
@@ -254,10 +276,14 @@ def _money(usd: Decimal, complete: bool = True) -> str:
 
 
 def _change(row: Row) -> list[str]:
-    delta = row.after_usd - row.before_usd
+    delta = row.change_usd
+    if delta is None:
+        return ["n/a", "n/a"]
     sign = "+" if delta > 0 else "-" if delta < 0 else ""
-    percent = f"{sign}{abs(delta) / row.before_usd * 100:.1f}%" if row.before_usd else "n/a"
-    return [f"{sign}{_money(abs(delta))}", percent]
+    base = row.compared_before_usd
+    percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
+    mark = "" if row.before_complete and row.after_complete else "*"
+    return [f"{sign}{_money(abs(delta))}{mark}", percent + mark if base else percent]
 
 
 def _cells(row: Row) -> list[str]:
@@ -281,11 +307,11 @@ def render(result: Reprice, fmt: str = "text") -> str:
         changes.append(f"prices from {result.price_file}")
     headers = ["lens", "calls", "before", "after", "change", "%"]
     rows = [_cells(row) for _, row in sorted(result.rows.items())]
-    total = [_cells(result.total())]
+    total = result.total()
     table = (
-        markdown_table(headers, rows, total=total)
+        markdown_table(headers, rows, total=[_cells(total)])
         if fmt == "markdown"
-        else text_table(headers, rows, total=total)
+        else text_table(headers, rows, total=[_cells(total)])
     )
     lines = [
         f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
@@ -295,8 +321,10 @@ def render(result: Reprice, fmt: str = "text") -> str:
     if result.unpriced_after:
         missing = ", ".join(f"{m!r} ({n} calls)" for m, n in sorted(result.unpriced_after.items()))
         lines += ["", f"* after leaves out calls with no known price: {missing}"]
-    if not result.total().before_complete:
+    if not total.before_complete:
         lines += ["", "* before leaves out calls recorded without a cost"]
+    if not (total.before_complete and total.after_complete):
+        lines += ["", "* change compares only the calls with a price before and after (n/a: none has)"]
     return "\n".join(lines) + "\n"
 
 
