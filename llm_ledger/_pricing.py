@@ -276,16 +276,31 @@ class Route:
         return Cost(_usd(prompt_cost), _usd(completion_cost), _usd(prompt_cost + completion_cost))
 
     def _costs(
-        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int, calls: int = 1
+        self,
+        model: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+        calls: int = 1,
+        fallback: str | None = None,
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
-        source, or ``None``. The tokens may be the sum of ``calls`` calls (a report's row): a long-context
-        tier is judged on their average size, as no call's own size is known."""
+        source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
+        ``model`` is the one served). A price-file entry for ``fallback`` wins over a built-in price for
+        ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
+        The tokens may be the sum of ``calls`` calls (a report's row): a long-context tier is judged on
+        their average size, as no call's own size is known."""
         entry = self._flat
         if entry is None:
-            entry = self._cache.get(model, _MISSING)
-            if entry is _MISSING:
-                entry = self._resolve_and_cache(model)
+            entry = self._entry(model) if model else None
+            if (
+                fallback
+                and fallback != model
+                and (entry is None or (self._table._overridden and entry.rates.source != PRICE_FILE_SOURCE))
+            ):
+                other = self._entry(fallback)
+                if other is not None and (entry is None or other.rates.source == PRICE_FILE_SOURCE):
+                    entry = other
             if entry is None:
                 return None
         if not 0 <= cached_tokens <= prompt_tokens or completion_tokens < 0:
@@ -301,6 +316,10 @@ class Route:
                 break
         prompt_cost = (prompt_tokens - cached_tokens) * inp + cached_tokens * cached
         return prompt_cost, completion_tokens * out, entry.rates.source
+
+    def _entry(self, model: str) -> _Entry | None:
+        entry = self._cache.get(model, _MISSING)
+        return self._resolve_and_cache(model) if entry is _MISSING else entry
 
     def _resolve_and_cache(self, model: str) -> _Entry | None:
         rates = self._resolve(model)
@@ -347,6 +366,7 @@ class PriceTable:
         self._exact: dict[str, Rates] = {}
         self._patterns: list[tuple[re.Pattern[str], Rates]] = []
         self._builtin = builtin
+        self._overridden = bool(overrides)  # a model name may have a price-file entry
         for name, rates in (overrides or {}).items():
             if not isinstance(name, str) or not name.strip():
                 raise ConfigError(f"price overrides: model name must be a non-empty string, got {name!r}")

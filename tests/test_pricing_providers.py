@@ -261,6 +261,41 @@ def test_azure_deployment_is_priced_by_the_model_the_response_reports(
     assert "no price known for model 'prod-gpt4o' at provider 'azure'" in internal_log.text
 
 
+def test_a_price_file_entry_for_the_deployment_name_wins_over_the_list_price(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """An Azure deployment with a negotiated price in the price file is billed at it, although the
+    model Azure answers with has a built-in price; an entry for the served model wins likewise."""
+    prices = write(
+        tmp_path,
+        """\
+        version: 1
+        models:
+          prod-gpt4o: {input: 2.0, output: 8.0}
+          gpt-4o-mini: {input: 0.1, output: 0.4}
+        """,
+    )
+    monitor = llm_ledger.LLMCallMonitor(logger=None, prices=prices)
+    endpoint = fake_openai.base_url.removesuffix("/v1")
+    azure = monitor.instrument(
+        openai.AzureOpenAI(api_key=FAKE_KEY, azure_endpoint=endpoint, api_version="2024-10-21", max_retries=0)
+    )
+    with llm_ledger.testing.capture(monitor) as records:
+        azure.chat.completions.create(
+            model="prod-gpt4o", messages=HI, extra_headers={"x-fake-served-model": "gpt-4o-2024-08-06"}
+        )
+        azure.chat.completions.create(
+            model="prod-mini", messages=HI, extra_headers={"x-fake-served-model": "gpt-4o-mini"}
+        )
+    negotiated, served = records.calls
+    # "hello there": 7 prompt tokens; "Summary: hello there": 5 completion tokens
+    assert (negotiated["usage"]["prompt_tokens"], negotiated["usage"]["completion_tokens"]) == (7, 5)
+    assert negotiated["cost"]["total_cost_usd"] == pytest.approx(0.000054, rel=1e-12)  # 7 * 2 + 5 * 8
+    assert negotiated["cost"]["source"] == "price-file"
+    assert served["cost"]["total_cost_usd"] == pytest.approx(0.0000027, rel=1e-12)  # 7 * 0.1 + 5 * 0.4
+    assert served["cost"]["source"] == "price-file"
+
+
 def test_provider_is_found_once_per_client_and_again_when_prices_change(
     fake_openai: FakeOpenAI,
     monitor: llm_ledger.LLMCallMonitor,

@@ -241,7 +241,7 @@ def reprice(
             # better (a host entry sending the server to another provider, e.g. self-hosted, prices it)
             cost = int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
         else:
-            cost = _cost(route, [new] if new else [item.served_model, item.model], item)
+            cost = _cost(route, new, None, item) if new else _cost(route, item.served_model, item.model, item)
         if cost is None:
             if item.prompt_tokens or item.completion_tokens:
                 row.after_complete = False
@@ -256,15 +256,11 @@ def reprice(
     return result
 
 
-def _cost(route: Route, names: list[str], item: UsageRow) -> int | None:
-    for name in names:
-        if name:
-            costs = route._costs(
-                name, item.prompt_tokens, item.completion_tokens, item.cached_tokens, max(item.calls, 1)
-            )
-            if costs is not None:
-                return costs[0] + costs[1]
-    return None
+def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int | None:
+    costs = route._costs(
+        model, item.prompt_tokens, item.completion_tokens, item.cached_tokens, max(item.calls, 1), fallback
+    )
+    return None if costs is None else costs[0] + costs[1]
 
 
 # -- output ----------------------------------------------------------------------------------------
