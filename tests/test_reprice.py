@@ -371,3 +371,21 @@ def test_calls_with_no_price_after_are_not_a_saving(
     assert summary["change_usd"] == pytest.approx(summary["after_usd"] - summary["before_usd"], rel=1e-12)
     assert rows["tags"]["change_usd"] is None and rows["tags"]["after_complete"] is False
     assert result["total"]["change_usd"] == summary["change_usd"]
+
+
+def test_a_call_reporting_more_cached_than_prompt_tokens_is_unpriced_not_a_crash(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A compatible server that counts cached tokens outside prompt_tokens leaves a call the ledger
+    recorded without a cost; reprice counts it as unpriced after, beside the others, with no traceback."""
+    _, calls = recorded
+    odd = json.loads(json.dumps(calls[0]))
+    odd["usage"].update(prompt_tokens=10, cached_tokens=100)
+    odd["cost"].update(prompt_cost_usd=None, completion_cost_usd=None, total_cost_usd=None, source=None)
+    log = tmp_path / "odd.jsonl"
+    log.write_text("".join(json.dumps(call) + "\n" for call in [odd, *calls[1:]]))
+    result = reprice_json(capsys, str(log))
+    assert result["unpriced_after"] == {"gpt-4o": 1}
+    summary = by_lens(result)["summary"]
+    assert summary["after_complete"] is False and summary["calls"] == 2
+    assert summary["after_usd"] == pytest.approx(calls[1]["cost"]["total_cost_usd"], rel=1e-12)
