@@ -174,6 +174,10 @@ def test_price_file_hosts_apply_to_the_recorded_servers(
             "--provider: unknown provider 'grok' (did you mean 'groq'?); known providers:",
         ),
         (["--model", "gpt-4o"], "--model 'gpt-4o': expected OLD=NEW, e.g. --model gpt-4o=gpt-4.1-mini"),
+        (
+            ["--model", "gpt-4o=gpt-4.1-mini", "--model", "gpt-4o=o3"],
+            "--model gpt-4o=o3: gpt-4o is already priced as gpt-4.1-mini; give one NEW per OLD",
+        ),
     ],
 )
 def test_unknown_models_and_providers_name_the_close_matches(

@@ -183,7 +183,12 @@ def parse_models(pairs: Iterable[str]) -> dict[str, str]:
         old, sep, new = pair.partition("=")
         if not sep or not old.strip() or not new.strip():
             raise ConfigError(f"--model {shown(pair)}: expected OLD=NEW, e.g. --model gpt-4o=gpt-4.1-mini")
-        models[old.strip()] = new.strip()
+        old, new = old.strip(), new.strip()
+        if models.get(old, new) != new:
+            raise ConfigError(
+                f"--model {old}={new}: {old} is already priced as {models[old]}; give one NEW per OLD"
+            )
+        models[old] = new
     return models
 
 
