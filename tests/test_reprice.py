@@ -393,3 +393,35 @@ def test_a_call_reporting_more_cached_than_prompt_tokens_is_unpriced_not_a_crash
     summary = by_lens(result)["summary"]
     assert summary["after_complete"] is False and summary["calls"] == 2
     assert summary["after_usd"] == pytest.approx(calls[1]["cost"]["total_cost_usd"], rel=1e-12)
+
+
+def test_where_since_and_until_select_the_calls_as_report_does(
+    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """ "What would alice's calls since Monday cost on gpt-4.1-mini": --where and --since pick the same
+    calls as `llm-ledger report`, so "before" is the report's cost; a typo names the dimensions."""
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    calls: list[dict[str, Any]] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    for user, words in [("alice", "3"), ("bob", "40"), ("alice", "90"), ("alice", "7"), ("bob", "5")]:
+        with monitor.lens("digest", user_id=user):
+            client.chat.completions.create(
+                model="gpt-4o", messages=HI, extra_headers={"x-fake-completion-words": words}
+            )
+    handler.close()
+    since = calls[2]["timestamp"]
+    picked = [c for c in calls[2:] if c["context"]["user_id"] == "alice"]
+    assert calls[1]["timestamp"] < since  # each call takes a round trip: never the same millisecond
+    args = ["--where", "user_id=alice", "--since", since]
+    result = reprice_json(capsys, str(path), *args, "--model", "gpt-4o=gpt-4.1-mini")
+    assert main(["report", str(path), *args, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert result["total"]["calls"] == report["total"]["calls"] == len(picked) == 2
+    assert result["total"]["before_usd"] == pytest.approx(report["total"]["cost_usd"], rel=1e-12)
+    assert result["total"]["after_usd"] == pytest.approx(float(list_price("gpt-4.1-mini", picked)), rel=1e-12)
+    assert result["source"].startswith("llm_calls.jsonl (log, user_id=alice, since 20")
+    assert main(["reprice", str(path), "--where", "usr=alice"]) == 2
+    assert "where: no record has a dimension 'usr' (did you mean 'user_id'?)" in capsys.readouterr().err

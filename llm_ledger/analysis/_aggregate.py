@@ -23,7 +23,7 @@ from .._records import CALL_EVENT, LENS_EVENT, cost_decimal
 from ..loading import did_you_mean
 from ._read import InputStats
 
-__all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where"]
+__all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where", "select"]
 
 TIME_DIMENSIONS: Final = {"day": 10, "month": 7, "hour": 13}  # -> length of the timestamp prefix
 _DATE_EXAMPLE: Final = "e.g. 2025-11-24, 2025-11-24T16:00 or 2025-11-24T16:00:00+02:00 (no zone: UTC)"
@@ -450,6 +450,30 @@ def _keep(
         for name, wanted in where.items()
         if name not in by
     )
+
+
+def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+    """The records that pass ``query``'s ``where``, ``since`` and ``until`` (its ``by`` aside), as
+    :func:`aggregate` judges them; a ``where`` dimension no record has is a :class:`QueryError`."""
+    since, until = _stamp_bound(query.since), _stamp_bound(query.until)
+    dated = since is not None or until is not None
+    present: set[str] = set()
+    kept = []
+    for record in records:
+        context = _dict(record.get("context"))
+        present.update(record)
+        present.update(context)
+        if dated and not _in_range(record.get("timestamp"), since, until):
+            continue
+        lens_run = record.get("event") == LENS_EVENT
+        if all(
+            any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
+            for name, wanted in query.where.items()
+        ):
+            kept.append(record)
+    if present:
+        _check_known(query, present)
+    return kept
 
 
 def aggregate(

@@ -5,9 +5,10 @@ Reads ``llm_calls.jsonl`` logs (as ``llm-ledger report`` does: directories, ``.g
 pytest ``--llm-report`` file (its ``usage`` rows, e.g. from replayed cassettes) and prices every call's
 tokens again: ``--model gpt-4o=gpt-4.1-mini`` (repeatable) swaps the model asked for, ``--provider groq``
 prices every call at that provider's rates, ``--price-file F`` uses that price table (its ``hosts``
-apply to the recorded servers). "before" is the cost recorded; "after" is the price table's figure,
-except for a cost the provider reported (OpenRouter) on a call whose model and provider stay (no
---provider, and no host entry in the price file sending its server to another provider): that one stands.
+apply to the recorded servers); ``--where``, ``--since`` and ``--until`` pick a log's calls as
+``llm-ledger report`` does. "before" is the cost recorded; "after" is the price table's figure, except
+for a cost the provider reported (OpenRouter) on a call whose model and provider stay (no --provider,
+and no host entry in the price file sending its server to another provider): that one stands.
 Calls count under the innermost lens they ran in.
 """
 
@@ -28,6 +29,7 @@ from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
+from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, iter_records
 from ._render import strict_json
 from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
@@ -114,12 +116,14 @@ class Reprice:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_usage(paths: str | Sequence[str]) -> tuple[str, list[UsageRow]]:
+def read_usage(paths: str | Sequence[str], query: Query | None = None) -> tuple[str, list[UsageRow]]:
     """("log" or "report", the usage recorded in ``paths``); :class:`ConfigError` says what is wrong.
 
     One regular file may be the pytest plugin's report; anything else is read as logs, as
-    ``llm-ledger report`` reads them (files, ``.gz``, directories, globs, ``-``).
+    ``llm-ledger report`` reads them (files, ``.gz``, directories, globs, ``-``), keeping the calls
+    that pass ``query``'s ``where``, ``since`` and ``until`` as ``llm-ledger report`` does.
     """
+    filtered = query is not None and bool(query.where or query.since or query.until)
     inputs = [paths] if isinstance(paths, str) else list(paths)
     one = inputs[0] if len(inputs) == 1 else None
     if one is not None and not os.path.exists(one) and one != STDIN and not GLOB_CHARS & set(one):
@@ -131,8 +135,14 @@ def read_usage(paths: str | Sequence[str]) -> tuple[str, list[UsageRow]]:
         except OSError as exc:
             raise ConfigError(f"{one}: cannot read: {exc.strerror or exc}") from None
         if first == b"{" or first.startswith(b'{"schema"'):  # the plugin's report (indented JSON)
+            if filtered:
+                raise ConfigError(
+                    f"{one}: --where, --since and --until select a log's calls; a pytest report keeps "
+                    "no timestamps or context per call: reprice the log instead"
+                )
             return "report", list(_report_usage(one))
-    return "log", list(map(usage_row, iter_records(inputs, events=(CALL_EVENT,))))
+    calls = iter_records(inputs, events=(CALL_EVENT,))
+    return "log", list(map(usage_row, select(calls, query) if filtered and query else calls))
 
 
 def _report_usage(path: str) -> Iterator[UsageRow]:
@@ -354,16 +364,36 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="OLD=NEW",
         help="price the calls to OLD as calls to NEW (repeatable)",
     )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only the calls whose KEY is VALUE, as in llm-ledger report (repeatable; logs only)",
+    )
+    parser.add_argument(
+        "--since", metavar="WHEN", help="calls from this ISO date or date-time (UTC; logs only)"
+    )
+    parser.add_argument(
+        "--until", metavar="WHEN", help="calls before this ISO date or date-time (UTC; logs only)"
+    )
     parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
     parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
 
 
 def run(args: argparse.Namespace) -> int:
     models = parse_models(args.model)
+    query = make_query(("lens",), parse_where(args.where), args.since, args.until)
     table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
-    kind, usage = read_usage(args.sources)
+    kind, usage = read_usage(args.sources, query)
     name = Path(args.sources[0]).name if len(args.sources) == 1 else f"{len(args.sources)} inputs"
-    source = f"{name} ({kind})"
+    selected = [f"{key}={'|'.join(sorted(values))}" for key, values in query.where.items()]
+    selected += [
+        f"{bound} {value}"
+        for bound, value in query.to_json().items()
+        if bound in ("since", "until") and value
+    ]
+    source = f"{name} ({', '.join([kind, *selected])})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
     sys.stdout.write(render(result, args.fmt))
     return 0
