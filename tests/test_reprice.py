@@ -425,3 +425,22 @@ def test_where_since_and_until_select_the_calls_as_report_does(
     assert result["source"].startswith("llm_calls.jsonl (log, user_id=alice, since 20")
     assert main(["reprice", str(path), "--where", "usr=alice"]) == 2
     assert "where: no record has a dimension 'usr' (did you mean 'user_id'?)" in capsys.readouterr().err
+
+
+def test_before_reads_as_the_report_shows_the_same_cost(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The same exact cost is written alike by reprice and report: money rounds half up, and a cost
+    under a cent keeps three significant digits ($0.00000810, not $0.000008)."""
+    from tests.report_helpers import call, write
+
+    log = write(
+        tmp_path / "llm_calls.jsonl",
+        [call(lens="digest", cost="0.0006345"), call(lens="tiny", cost="0.0000081")],
+    )
+    assert main(["report", str(log)]) == 0
+    report = {line.split()[0]: line.split()[-2] for line in capsys.readouterr().out.splitlines()[2:4]}
+    assert report == {"digest": "$0.000635", "tiny": "$0.00000810"}
+    assert main(["reprice", str(log)]) == 0
+    before = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()[4:6]}
+    assert before == report

@@ -31,7 +31,7 @@ from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, iter_records
-from ._render import strict_json
+from ._render import strict_json, usd
 from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
 
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
@@ -283,9 +283,8 @@ def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int
 # -- output ----------------------------------------------------------------------------------------
 
 
-def _money(usd: Decimal, complete: bool = True) -> str:
-    text = f"${usd:,.6f}" if abs(usd) >= Decimal("0.000001") or not usd else f"${usd:.12f}".rstrip("0")
-    return text if complete else text + "*"
+def _money(amount: Decimal, complete: bool = True) -> str:
+    return usd(amount) if complete else usd(amount) + "*"
 
 
 def _change(row: Row) -> list[str]:
@@ -296,7 +295,7 @@ def _change(row: Row) -> list[str]:
     base = row.compared_before_usd
     percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
     mark = "" if row.before_complete and row.after_complete else "*"
-    return [f"{sign}{_money(abs(delta))}{mark}", percent + mark if base else percent]
+    return [usd(delta, signed=True) + mark, percent + mark if base else percent]
 
 
 def _cells(row: Row) -> list[str]:
