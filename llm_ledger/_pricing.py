@@ -269,6 +269,10 @@ class Route:
         ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
         are counted inside ``completion_tokens`` and must not be added again.
         """
+        counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
+        for name, count in (*counts, ("cached_tokens", cached_tokens)):
+            if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
+                raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
         costs = self._costs(model, prompt_tokens, completion_tokens, cached_tokens)
         if costs is None:
             return None
