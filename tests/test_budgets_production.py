@@ -418,3 +418,18 @@ def test_the_refusal_shows_limits_and_totals_as_written_with_their_unit(
             client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     # 5 prompt tokens at $0.15 and 3 completion tokens at $0.60 per 1M on gpt-4o-mini
     assert "(max_cost_usd $0.000000001, reached $0.00000255;" in str(raised.value)
+
+
+def test_a_cost_written_with_a_dollar_sign_says_to_drop_it(tmp_path: Path) -> None:
+    """`max_cost_usd: $0.05` (and `input: $2.50` in a price file) is refused with the fix, not as
+    'a string of 5 characters (not shown)'."""
+    with pytest.raises(BudgetError) as raised:
+        llm_ledger.parse_budgets("default:\n  max_cost_usd: $0.05\n")
+    assert str(raised.value) == (
+        "budgets.yaml:2: default.max_cost_usd: expected a non-negative number of USD, got '$0.05': "
+        "write 0.05, without the $ (the unit is USD)"
+    )
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("version: 1\nmodels:\n  house-7b: {input: $2.50, output: 10}\n")
+    with pytest.raises(llm_ledger.PriceFileError, match=r"got '\$2\.50': write 2\.50, without the \$"):
+        llm_ledger.PriceTable.from_file(prices)
