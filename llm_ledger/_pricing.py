@@ -296,7 +296,10 @@ class Route:
         their average size, as no call's own size is known."""
         entry = self._flat
         if entry is None:
-            entry = self._entry(model) if model else None
+            if model:  # the lookup inlined: it is on every call's path
+                entry = self._cache.get(model, _MISSING)
+                if entry is _MISSING:
+                    entry = self._resolve_and_cache(model)
             if (
                 fallback
                 and fallback != model
