@@ -444,3 +444,14 @@ def test_before_reads_as_the_report_shows_the_same_cost(
     assert main(["reprice", str(log)]) == 0
     before = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()[4:6]}
     assert before == report
+
+
+def test_markdown_keeps_the_no_lens_row_visible_in_a_pr_comment(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """GitHub reads a bare `<no lens>` in a table cell as an HTML tag and drops it, leaving a row with
+    no name: the markdown escapes the `<`."""
+    path, _ = recorded
+    assert main(["reprice", str(path), "--format", "markdown"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "no lens" in line]
+    assert len(rows) == 1 and rows[0].startswith("| \\<no lens> | 1 |"), rows
