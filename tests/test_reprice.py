@@ -455,3 +455,27 @@ def test_markdown_keeps_the_no_lens_row_visible_in_a_pr_comment(
     assert main(["reprice", str(path), "--format", "markdown"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "no lens" in line]
     assert len(rows) == 1 and rows[0].startswith("| \\<no lens> | 1 |"), rows
+
+
+def test_self_hosted_calls_are_never_repriced_at_a_vendors_list_price(
+    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """gpt-oss-120b served by our own vLLM, recorded at the price file's $0: repriced without that file
+    it has no price (n/a, named with its server's provider), not OpenAI's list price for gpt-oss."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text('version: 1\nhosts:\n  "127.0.0.1": {provider: vllm, input: 0, output: 0}\n')
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, sinks=[handler.write_record], prices=llm_ledger.PriceTable.from_file(prices)
+    )
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with monitor.lens("local"):
+        client.chat.completions.create(model="gpt-oss-120b", messages=HI)
+    handler.close()
+    assert by_lens(reprice_json(capsys, str(path), "--price-file", str(prices)))["local"]["after_usd"] == 0
+    result = reprice_json(capsys, str(path))
+    local = by_lens(result)["local"]
+    assert (local["before_usd"], local["after_usd"], local["change_usd"]) == (0, 0, None)
+    assert local["after_complete"] is False
+    assert result["unpriced_after"] == {"gpt-oss-120b (at vllm)": 1}

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from .._cli import add_command
 from .._errors import ConfigError
-from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
+from .._pricing import DEFAULT_PROVIDER, PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
@@ -250,17 +250,23 @@ def reprice(
         row.before_complete &= priced_before
         row.after_complete &= item.no_usage_calls == 0
         stays = new is None and provider is None and route.provider == item.provider
-        cost: int | None
+        # a server the recording's price file priced itself (self-hosted), which no host entry now maps:
+        # its model keeps no price, rather than a vendor's list price for a model of that name
+        own_server = new is None and route.matched_by == "model" and item.provider != DEFAULT_PROVIDER
+        cost: int | None = None
         if stays and item.cost_source == PROVIDER_REPORTED:
             # what the provider billed stands while the model and provider stay: no price table knows
             # better (a host entry sending the server to another provider, e.g. self-hosted, prices it)
             cost = int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
-        else:
-            cost = _cost(route, new, None, item) if new else _cost(route, item.served_model, item.model, item)
+        elif new:
+            cost = _cost(route, new, None, item)
+        elif not own_server:
+            cost = _cost(route, item.served_model, item.model, item)
         if cost is None:
             if item.prompt_tokens or item.completion_tokens:
                 row.after_complete = False
                 name = new or item.model or item.served_model or "<no model>"
+                name += f" (at {item.provider})" if own_server else ""
                 result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
             continue
         row.after_units += cost
