@@ -290,7 +290,7 @@ def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int
 
 
 def _money(amount: Decimal, complete: bool = True) -> str:
-    return usd(amount) if complete else usd(amount) + "*"
+    return usd(amount) + ("" if complete else "*")
 
 
 def _change(row: Row) -> list[str]:
@@ -393,11 +393,8 @@ def run(args: argparse.Namespace) -> int:
     kind, usage = read_usage(args.sources, query)
     name = Path(args.sources[0]).name if len(args.sources) == 1 else f"{len(args.sources)} inputs"
     selected = [f"{key}={'|'.join(sorted(values))}" for key, values in query.where.items()]
-    selected += [
-        f"{bound} {value}"
-        for bound, value in query.to_json().items()
-        if bound in ("since", "until") and value
-    ]
+    bounds = query.to_json()
+    selected += [f"{bound} {bounds[bound]}" for bound in ("since", "until") if bounds[bound]]
     source = f"{name} ({', '.join([kind, *selected])})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
     sys.stdout.write(render(result, args.fmt))
