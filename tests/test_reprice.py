@@ -246,6 +246,8 @@ def test_a_report_without_usage_says_how_to_get_one(
     )
     assert main(["reprice", str(report)]) == 2
     assert "has no per-model usage" in capsys.readouterr().err
+    assert main(["reprice", str(report), "--since", "2026-11-23"]) == 2  # no timestamps to pick by
+    assert "a pytest report keeps no timestamps or context per call" in capsys.readouterr().err
 
 
 def test_missing_input_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
