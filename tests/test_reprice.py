@@ -481,3 +481,16 @@ def test_self_hosted_calls_are_never_repriced_at_a_vendors_list_price(
     assert (local["before_usd"], local["after_usd"], local["change_usd"]) == (0, 0, None)
     assert local["after_complete"] is False
     assert result["unpriced_after"] == {"gpt-oss-120b (at vllm)": 1}
+
+
+def test_a_model_openrouter_names_with_its_vendor_says_how_to_price_it(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """OpenAI's gpt-4o is 'openai/gpt-4o' on OpenRouter: --provider openrouter leaves it unpriced, and
+    the footnote gives the --model that prices it there."""
+    path, _ = recorded
+    assert main(["reprice", str(path), "--provider", "openrouter"]) == 0
+    out = capsys.readouterr().out
+    assert "'gpt-4o' (2 calls; at openrouter it is 'openai/gpt-4o': --model gpt-4o=openai/gpt-4o)" in out
+    fixed = reprice_json(capsys, str(path), "--provider", "openrouter", "--model", "gpt-4o=openai/gpt-4o")
+    assert by_lens(fixed)["summary"]["after_complete"] is True

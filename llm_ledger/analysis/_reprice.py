@@ -89,6 +89,7 @@ class Reprice:
     price_file: str | None
     rows: dict[str, Row] = field(default_factory=dict)
     unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
+    hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
 
     def total(self) -> Row:
         total = Row("(total)")
@@ -268,6 +269,9 @@ def reprice(
                 name = new or item.model or item.served_model or "<no model>"
                 name += f" (at {item.provider})" if own_server else ""
                 result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
+                vendored = f"openai/{name}"  # OpenRouter's, Groq's... name for an OpenAI model
+                if not own_server and name not in result.hints and route.rates(vendored) is not None:
+                    result.hints[name] = f"at {route.provider} it is {vendored!r}: --model {name}={vendored}"
             continue
         row.after_units += cost
         if priced_before:
@@ -337,7 +341,10 @@ def render(result: Reprice, fmt: str = "text") -> str:
         *table,
     ]
     if result.unpriced_after:
-        missing = ", ".join(f"{m!r} ({n} calls)" for m, n in sorted(result.unpriced_after.items()))
+        missing = ", ".join(
+            f"{m!r} ({n} calls{'; ' + result.hints[m] if m in result.hints else ''})"
+            for m, n in sorted(result.unpriced_after.items())
+        )
         lines += ["", f"* after leaves out calls with no known price: {missing}"]
     if not total.before_complete:
         lines += ["", "* before leaves out calls recorded without a cost"]
