@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import genai_prices
-import openai
 import pytest
 
 import llm_ledger
@@ -19,7 +18,7 @@ from llm_ledger._jsonl import JsonlFileHandler
 from llm_ledger.report import usage_row
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger._report import SessionLedger
-from tests.conftest import FAKE_KEY
+from tests.conftest import Sdk
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -44,7 +43,7 @@ def list_price(model: str, calls: list[dict[str, Any]], provider: str = "openai"
 
 
 @pytest.fixture
-def recorded(fake_openai: FakeOpenAI, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+def recorded(sdk: Sdk, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
     """A JSONL log of real SDK calls: lens "summary" on gpt-4o (one with cached tokens), lens "tags" on
     gpt-4o-mini (one streamed), lens "routed" with a provider-reported cost, and a call outside any lens;
     and the call records themselves."""
@@ -53,7 +52,7 @@ def recorded(fake_openai: FakeOpenAI, tmp_path: Path) -> tuple[Path, list[dict[s
     calls: list[dict[str, Any]] = []
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
     monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with monitor.lens("summary"):
         client.chat.completions.create(model="gpt-4o", messages=HI)
         client.chat.completions.create(
@@ -294,14 +293,14 @@ def test_a_provider_reported_cost_stands_until_its_model_changes(
 
 
 def test_a_lens_name_with_a_lone_surrogate_is_written_escaped(
-    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
 ) -> None:
     """A lens key holding a lone surrogate (valid JSON as an escape, which the ledger writes) reprices
     in every format; JSON writes it as the escape (it was a traceback)."""
     path = tmp_path / "llm_calls.jsonl"
     handler = JsonlFileHandler(path)
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with monitor.lens("caf\udce9"):
         client.chat.completions.create(model="gpt-4o", messages=HI)
     handler.close()
@@ -312,7 +311,7 @@ def test_a_lens_name_with_a_lone_surrogate_is_written_escaped(
 
 
 def test_repricing_with_the_recording_price_file_keeps_what_the_provider_billed(
-    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
 ) -> None:
     """A log recorded with a price file that maps the gateway's host to OpenRouter, repriced with that
     same file, keeps the cost OpenRouter reported: nothing changed, so "after" equals "before"."""
@@ -323,7 +322,7 @@ def test_repricing_with_the_recording_price_file_keeps_what_the_provider_billed(
     monitor = llm_ledger.LLMCallMonitor(
         logger=None, sinks=[handler.write_record], prices=llm_ledger.PriceTable.from_file(prices)
     )
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with monitor.lens("routed"):
         client.chat.completions.create(
             model="openai/gpt-4o-mini", messages=HI, extra_headers={"x-fake-cost": "0.000123"}
@@ -336,7 +335,7 @@ def test_repricing_with_the_recording_price_file_keeps_what_the_provider_billed(
 
 
 def test_a_report_reprices_long_context_tiers_per_call_not_per_sum(
-    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
 ) -> None:
     """Three 100k-token calls repriced on gpt-5.4 (dearer above 272k prompt tokens per call) cost the
     base rate from the plugin's report, as from the log: the report's row sums them to 300k tokens,
@@ -344,7 +343,7 @@ def test_a_report_reprices_long_context_tiers_per_call_not_per_sum(
     calls: list[dict[str, Any]] = []
     monitor = llm_ledger.LLMCallMonitor(logger=None)
     monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with monitor.lens("long"):
         for _ in range(3):  # the fake server's prompt is at least the cached tokens
             client.chat.completions.create(
@@ -398,7 +397,7 @@ def test_a_call_reporting_more_cached_than_prompt_tokens_is_unpriced_not_a_crash
 
 
 def test_where_since_and_until_select_the_calls_as_report_does(
-    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
 ) -> None:
     """ "What would alice's calls since Monday cost on gpt-4.1-mini": --where and --since pick the same
     calls as `llm-ledger report`, so "before" is the report's cost; a typo names the dimensions."""
@@ -407,7 +406,7 @@ def test_where_since_and_until_select_the_calls_as_report_does(
     calls: list[dict[str, Any]] = []
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
     monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     for user, words in [("alice", "3"), ("bob", "40"), ("alice", "90"), ("alice", "7"), ("bob", "5")]:
         with monitor.lens("digest", user_id=user):
             client.chat.completions.create(
@@ -460,7 +459,7 @@ def test_markdown_keeps_the_no_lens_row_visible_in_a_pr_comment(
 
 
 def test_self_hosted_calls_are_never_repriced_at_a_vendors_list_price(
-    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
 ) -> None:
     """gpt-oss-120b served by our own vLLM, recorded at the price file's $0: repriced without that file
     it has no price (n/a, named with its server's provider), not OpenAI's list price for gpt-oss."""
@@ -471,7 +470,7 @@ def test_self_hosted_calls_are_never_repriced_at_a_vendors_list_price(
     monitor = llm_ledger.LLMCallMonitor(
         logger=None, sinks=[handler.write_record], prices=llm_ledger.PriceTable.from_file(prices)
     )
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with monitor.lens("local"):
         client.chat.completions.create(model="gpt-oss-120b", messages=HI)
     handler.close()
