@@ -276,11 +276,11 @@ class _RunBudget:
         self._blind(
             self._guard._unpriced,
             "llm-ledger: lens %r has calls with no price (a model the price table does not know, or "
-            "no usage reported), which its budget max_cost_usd %g counts as $0 (its summaries say "
+            "no usage reported), which its budget max_cost_usd %s counts as $0 (its summaries say "
             "cost_complete: false); add their models to a price file (LLM_LEDGER_PRICE_FILE or "
             "configure(price_file=...)) so that the budget sees them, or keep a token or call limit "
             "beside it",
-            cap,
+            _amount("max_cost_usd", cap),
         )
 
     def _no_usage(self, key: str, cap: float) -> None:
@@ -288,11 +288,11 @@ class _RunBudget:
         server that sends none, a stream stopped before its usage chunk)."""
         self._blind(
             self._guard._no_usage,
-            "llm-ledger: lens %r has calls that reported no usage, which its budget %s %g counts as "
+            "llm-ledger: lens %r has calls that reported no usage, which its budget %s %s counts as "
             "0 tokens; keep a max_api_calls limit beside it, or have the server report usage (for "
             "streams: leave stream_usage on, and read each stream to its end)",
             key,
-            cap,
+            _amount(key, cap),
         )
 
     def _blind(self, warned: set[str], message: str, *args: object) -> None:
@@ -326,6 +326,12 @@ class _RunBudget:
         monitor._alert(record, guard.on_exceeded, "the on_budget_exceeded callback")
 
 
+def _amount(key: str, value: float) -> str:
+    """A limit or a run's total as written: a whole count, or USD with its $ and every digit (never
+    ``1e+06``, which hides the difference between a limit and a total just over it)."""
+    return f"${Decimal(repr(value)):f}" if key == "max_cost_usd" else str(int(value))
+
+
 def refuse_if_stopped(lenses: tuple[LensRun, ...]) -> None:
     """Raise :class:`BudgetExceededError` if a lens run open here went over its budget in raise mode.
 
@@ -336,9 +342,10 @@ def refuse_if_stopped(lenses: tuple[LensRun, ...]) -> None:
         if budget is not None and budget.stopped is not None:
             record = budget.stopped
             spent = record["budget"]
+            limit = spent["limit"]
             raise BudgetExceededError(
-                f"lens run {record['context'].get('lens_key')!r} is over its budget "
-                f"({spent['limit']} {spent['max']:g}, reached {spent['actual']:g}; limits from "
+                f"lens run {record['context'].get('lens_key')!r} is over its budget ({limit} "
+                f"{_amount(limit, spent['max'])}, reached {_amount(limit, spent['actual'])}; limits from "
                 f"{spent['source']}): this call was not sent. Raise the limit, or use budget_mode='warn' "
                 "to record breaches without stopping",
                 record,

@@ -555,11 +555,9 @@ class LLMCallMonitor:
             return None
         cached = usage["cached_tokens"] or 0
         try:
-            for name in (served, requested):
-                if name:
-                    costs = route._costs(name, prompt_tokens, completion_tokens, cached)
-                    if costs is not None:
-                        return costs
+            costs = route._costs(served, prompt_tokens, completion_tokens, cached, 1, requested)
+            if costs is not None:
+                return costs
         except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
             self._report("pricing a call", exc)
             return None  # the call is still recorded, with a null cost

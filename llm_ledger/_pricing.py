@@ -269,6 +269,10 @@ class Route:
         ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
         are counted inside ``completion_tokens`` and must not be added again.
         """
+        counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
+        for name, count in (*counts, ("cached_tokens", cached_tokens)):
+            if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
+                raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
         costs = self._costs(model, prompt_tokens, completion_tokens, cached_tokens)
         if costs is None:
             return None
@@ -276,15 +280,34 @@ class Route:
         return Cost(_usd(prompt_cost), _usd(completion_cost), _usd(prompt_cost + completion_cost))
 
     def _costs(
-        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int
+        self,
+        model: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+        calls: int = 1,
+        fallback: str | None = None,
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
-        source, or ``None``."""
+        source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
+        ``model`` is the one served). A price-file entry for ``fallback`` wins over a built-in price for
+        ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
+        The tokens may be the sum of ``calls`` calls (a report's row): a long-context tier is judged on
+        their average size, as no call's own size is known."""
         entry = self._flat
         if entry is None:
-            entry = self._cache.get(model, _MISSING)
-            if entry is _MISSING:
-                entry = self._resolve_and_cache(model)
+            if model:  # the lookup inlined: it is on every call's path
+                entry = self._cache.get(model, _MISSING)
+                if entry is _MISSING:
+                    entry = self._resolve_and_cache(model)
+            if (
+                fallback
+                and fallback != model
+                and (entry is None or (self._table._overridden and entry.rates.source != PRICE_FILE_SOURCE))
+            ):
+                other = self._entry(fallback)
+                if other is not None and (entry is None or other.rates.source == PRICE_FILE_SOURCE):
+                    entry = other
             if entry is None:
                 return None
         if not 0 <= cached_tokens <= prompt_tokens or completion_tokens < 0:
@@ -295,11 +318,15 @@ class Route:
             )
         inp, cached, out = entry.base
         for start, per_token in entry.tiers_desc:
-            if prompt_tokens > start:
+            if prompt_tokens > start * calls:
                 inp, cached, out = per_token
                 break
         prompt_cost = (prompt_tokens - cached_tokens) * inp + cached_tokens * cached
         return prompt_cost, completion_tokens * out, entry.rates.source
+
+    def _entry(self, model: str) -> _Entry | None:
+        entry = self._cache.get(model, _MISSING)
+        return self._resolve_and_cache(model) if entry is _MISSING else entry
 
     def _resolve_and_cache(self, model: str) -> _Entry | None:
         rates = self._resolve(model)
@@ -346,6 +373,7 @@ class PriceTable:
         self._exact: dict[str, Rates] = {}
         self._patterns: list[tuple[re.Pattern[str], Rates]] = []
         self._builtin = builtin
+        self._overridden = bool(overrides)  # a model name may have a price-file entry
         for name, rates in (overrides or {}).items():
             if not isinstance(name, str) or not name.strip():
                 raise ConfigError(f"price overrides: model name must be a non-empty string, got {name!r}")

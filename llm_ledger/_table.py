@@ -41,11 +41,12 @@ def markdown_table(
     total: Sequence[Sequence[str]] = (),
     right: Collection[int] | None = None,
 ) -> list[str]:
-    """Lines of a Markdown table (``|`` in cells escaped); ``total`` rows in bold; ``right`` as in text."""
+    """Lines of a Markdown table (``|`` and ``<`` in cells escaped: GitHub drops ``<no lens>`` as an HTML
+    tag); ``total`` rows in bold; ``right`` as in text."""
     right = range(1, len(headers)) if right is None else right
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+        return "| " + " | ".join(cell.replace("|", "\\|").replace("<", "\\<") for cell in cells) + " |"
 
     # an empty cell stays empty: "****" is not bold nothing, Markdown shows the four stars
     bold = [[f"**{cell}**" if cell else "" for cell in row] for row in total]

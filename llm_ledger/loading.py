@@ -310,6 +310,13 @@ class Document:
             or value < 0
             or (whole and value != value.to_integral_value())
         ):
+            text = node.value if isinstance(node, yaml.ScalarNode) and node.tag == _STR else ""
+            if text.startswith("$") and _PLAIN_NUMBER.fullmatch(text[1:]):  # a price, not a secret: shown
+                raise self.error(
+                    node,
+                    key_path,
+                    f"expected {expected}, got {text!r}: write {text[1:]}, without the $ (the unit is USD)",
+                )
             raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
         if value > maximum:
             raise self.error(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import openai
 import pytest
@@ -72,6 +72,24 @@ async def aclient(
     raw = openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
     async with raw:
         yield monitor.instrument(raw)
+
+
+Sdk = Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI]
+
+
+@pytest.fixture
+def sdk(fake_openai: FakeOpenAI) -> Iterator[Sdk]:
+    """``sdk(monitor)``: a sync client on the loopback server instrumented by ``monitor``, closed when
+    the test ends (an unclosed one warns later, in whichever test the garbage collector runs)."""
+    opened: list[openai.OpenAI] = []
+
+    def client(monitor: llm_ledger.LLMCallMonitor) -> openai.OpenAI:
+        opened.append(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+        return monitor.instrument(opened[-1])
+
+    yield client
+    for raw in opened:
+        raw.close()
 
 
 @pytest.fixture

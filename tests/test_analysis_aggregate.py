@@ -8,13 +8,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import llm_ledger
 from llm_ledger import ConfigError
 from llm_ledger._cli import main
 from llm_ledger.report import CostReport, CostRow, QueryError, render, summarise, summarise_records
+from llm_ledger.testing import Captured
 from tests.report_helpers import EPOCH, call, lens_run, write
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -318,3 +321,30 @@ def test_records_handed_over_with_unusable_numbers_are_counted_not_summed() -> N
     report = summarise_records([call(), bad])
     assert (report.total.calls, report.rejected) == (1, 1)
     assert render(report, "text").splitlines()[-1] == "1 calls, 0 lens runs, 1 with unusable numbers left out"
+
+
+def test_summaries_of_nested_lenses_count_each_call_once_as_the_calls_do(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A lens nested in another: its calls are in both summaries, but from_summaries counts them once,
+    under the innermost run, so an app's table of summaries gives what the log's calls give."""
+    ask: Any = [{"role": "user", "content": "summarise the quarter"}]
+    with monitor.lens("outer", user_id="alice", source_id="doc-1"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=ask)
+        with monitor.lens("inner", source_id="doc-2"):
+            client.chat.completions.create(model="gpt-4o", messages=ask)
+            with monitor.lens("innermost"):
+                client.chat.completions.create(model="gpt-4o", messages=ask)
+        client.chat.completions.create(model="gpt-4o-mini", messages=ask)
+    summaries = [r for r in records if r["event"] == "lens_summary"]
+    figures = ("lens_runs", "calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd")
+    for by in ("user_id", "source_id", "lens"):
+        from_calls = summarise_records(list(records), by=by)
+        from_runs = summarise_records(summaries, by=by, from_summaries=True)
+        assert [(r.key, *(getattr(r, f) for f in figures)) for r in from_runs.rows] == [
+            (r.key, *(getattr(r, f) for f in figures)) for r in from_calls.rows
+        ], by
+        assert from_runs.total.cost_usd == from_calls.total.cost_usd
+        assert from_runs.total.calls == 4
+    where = summarise_records(summaries, by="lens", where={"source_id": "doc-1"}, from_summaries=True)
+    assert [(r.key["lens"], r.calls) for r in where.rows] == [("outer", 2)]

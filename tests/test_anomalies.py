@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -367,3 +368,28 @@ def test_the_rebuild_reads_only_the_end_of_the_log(tmp_path: Path) -> None:
     assert AnomalyDetector(AnomalyConfig(history_bytes=last_ten + 5)).rebuild(path) == 10  # a cut line
     assert AnomalyDetector(AnomalyConfig()).rebuild(path) == 200
     assert AnomalyDetector(AnomalyConfig()).rebuild(tmp_path / "none.jsonl") == 0
+
+
+def test_the_table_shows_small_costs_with_three_significant_digits(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A short gpt-4o-mini lens costs a few millionths of a dollar: its value, median and threshold
+    read $0.0000xyz as in `llm-ledger report`, not $0.000004 against a threshold of $0.000005."""
+    from llm_ledger._jsonl import JsonlFileHandler
+
+    handler = JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    monitor.add_sink(handler.write_record)
+    for words in [3] * 6 + [60]:
+        _run(client, monitor, words)
+    handler.close()
+    args = ["--window", "10", "--min-runs", "5", "--metric", "total_cost_usd"]
+    assert main(["anomalies", str(tmp_path / "llm_calls.jsonl"), *args]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    value, median, threshold = row[4], row[5], row[7]
+    for cell in (value, median, threshold):
+        assert re.fullmatch(r"\$0\.0*[1-9]\d\d", cell), row
+    # "hi": 5 prompt tokens at $0.15 per 1M; "Lorem ipsum dolor": 5 completion tokens at $0.60 per 1M
+    assert median == "$0.00000375"

@@ -397,3 +397,39 @@ def test_bad_budget_options_name_the_valid_choices(
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         llm_ledger.configure(log_dir=None, **kwargs)
+
+
+def test_the_refusal_shows_limits_and_totals_as_written_with_their_unit(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """A million-token limit reads as 1000000 (not 1e+06, which made a run 5 tokens over look at its
+    limit), and a cost limit in dollars with every digit."""
+    big = {"x-fake-cached-tokens": "1000005"}  # the fake server's prompt is at least the cached tokens
+    monitor.budgets = BudgetGuard({"lenses": {"t": {"max_prompt_tokens": 1_000_000}}}, mode="raise")
+    with monitor.lens("t"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers=big)
+        with pytest.raises(BudgetExceededError) as raised:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert "(max_prompt_tokens 1000000, reached 1000005;" in str(raised.value)
+    monitor.budgets = BudgetGuard({"lenses": {"c": {"max_cost_usd": 1e-9}}}, mode="raise")
+    with monitor.lens("c"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(BudgetExceededError) as raised:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    # 5 prompt tokens at $0.15 and 3 completion tokens at $0.60 per 1M on gpt-4o-mini
+    assert "(max_cost_usd $0.000000001, reached $0.00000255;" in str(raised.value)
+
+
+def test_a_cost_written_with_a_dollar_sign_says_to_drop_it(tmp_path: Path) -> None:
+    """`max_cost_usd: $0.05` (and `input: $2.50` in a price file) is refused with the fix, not as
+    'a string of 5 characters (not shown)'."""
+    with pytest.raises(BudgetError) as raised:
+        llm_ledger.parse_budgets("default:\n  max_cost_usd: $0.05\n")
+    assert str(raised.value) == (
+        "budgets.yaml:2: default.max_cost_usd: expected a non-negative number of USD, got '$0.05': "
+        "write 0.05, without the $ (the unit is USD)"
+    )
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("version: 1\nmodels:\n  house-7b: {input: $2.50, output: 10}\n")
+    with pytest.raises(llm_ledger.PriceFileError, match=r"got '\$2\.50': write 2\.50, without the \$"):
+        llm_ledger.PriceTable.from_file(prices)

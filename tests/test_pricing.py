@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,6 +196,23 @@ def test_cost_rejects_cached_tokens_above_prompt_tokens() -> None:
     """cached_tokens is a subset of prompt_tokens; more cached than prompt is a caller bug."""
     with pytest.raises(ValueError, match="cached_tokens <= prompt_tokens"):
         PriceTable().cost("gpt-4o", prompt_tokens=10, completion_tokens=0, cached_tokens=11)
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ({"prompt_tokens": "10"}, "prompt_tokens must be a whole number of tokens >= 0, got '10'"),
+        ({"prompt_tokens": 10.5}, "prompt_tokens must be a whole number of tokens >= 0, got 10.5"),
+        ({"completion_tokens": True}, "completion_tokens must be a whole number of tokens >= 0, got True"),
+        ({"cached_tokens": None}, "cached_tokens must be a whole number of tokens >= 0, got None"),
+    ],
+)
+def test_cost_names_a_token_count_that_is_not_a_whole_number(counts: dict[str, Any], message: str) -> None:
+    """price() given a count read from a CSV ('10'), a float or a flag says which argument is wrong,
+    instead of a TypeError from inside the table or a cost of 10.5 tokens."""
+    arguments: dict[str, Any] = {"prompt_tokens": 10, "completion_tokens": 5, **counts}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        price("gpt-4o", **arguments)
 
 
 def test_rates_reject_float_and_negative_prices() -> None:

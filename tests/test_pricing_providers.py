@@ -17,7 +17,7 @@ from llm_ledger import _servers
 from llm_ledger._errors import ConfigError, PriceFileError
 from llm_ledger._pricing import HostPrice, PriceTable, Rates
 from llm_ledger.testing import Captured, FakeOpenAI
-from tests.conftest import FAKE_KEY
+from tests.conftest import FAKE_KEY, Sdk
 
 HI: Any = [{"role": "user", "content": "hello there"}]
 GENAI = f"genai-prices {genai_prices.__version__}"
@@ -91,14 +91,14 @@ def test_a_known_provider_never_borrows_another_vendors_price() -> None:
 
 
 def test_openrouter_client_records_its_provider_and_its_rates(
-    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, tmp_path: Path
+    sdk: Sdk, monitor: llm_ledger.LLMCallMonitor, records: Captured, tmp_path: Path
 ) -> None:
     """A host the price file maps to a provider (a gateway in front of OpenRouter) is priced at that
     provider's rates for its model ids, and the record names the provider and how it was chosen."""
     monitor.prices = PriceTable.from_file(
         write(tmp_path, 'version: 1\nhosts:\n  "127.0.0.1": {provider: openrouter}\n')
     )
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     client.chat.completions.create(model="openai/gpt-4o", messages=HI)
     (call,) = records.calls
     assert call["server"]["provider"] == "openrouter"
@@ -126,7 +126,7 @@ def test_unmapped_loopback_host_keeps_the_model_name_match_and_says_so(
 
 
 def test_self_hosted_host_is_priced_at_its_own_rate_never_the_list_price(
-    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, tmp_path: Path
+    fake_openai: FakeOpenAI, sdk: Sdk, monitor: llm_ledger.LLMCallMonitor, records: Captured, tmp_path: Path
 ) -> None:
     """A host mapped to a rate (0 for a vLLM or Ollama box) prices every model at that rate; host:port
     wins over the bare host, which wins over a pattern."""
@@ -143,7 +143,7 @@ def test_self_hosted_host_is_priced_at_its_own_rate_never_the_list_price(
             """,
         )
     )
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     client.chat.completions.create(model="gpt-4o", messages=HI)
     client.chat.completions.create(model="my-own-llama", messages=HI)
     for call in records.calls:
@@ -250,6 +250,7 @@ def test_azure_deployment_is_priced_by_the_model_the_response_reports(
         model="prod-gpt4o", messages=HI, extra_headers={"x-fake-served-model": "gpt-4o-2024-08-06"}
     )
     azure.chat.completions.create(model="prod-gpt4o", messages=HI)
+    azure.close()
     assert fake_openai.requests[0].path == "/openai/deployments/prod-gpt4o/chat/completions"
     priced, unpriced = records.calls
     assert priced["server"]["provider"] == "azure"
@@ -261,8 +262,44 @@ def test_azure_deployment_is_priced_by_the_model_the_response_reports(
     assert "no price known for model 'prod-gpt4o' at provider 'azure'" in internal_log.text
 
 
+def test_a_price_file_entry_for_the_deployment_name_wins_over_the_list_price(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """An Azure deployment with a negotiated price in the price file is billed at it, although the
+    model Azure answers with has a built-in price; an entry for the served model wins likewise."""
+    prices = write(
+        tmp_path,
+        """\
+        version: 1
+        models:
+          prod-gpt4o: {input: 2.0, output: 8.0}
+          gpt-4o-mini: {input: 0.1, output: 0.4}
+        """,
+    )
+    monitor = llm_ledger.LLMCallMonitor(logger=None, prices=prices)
+    endpoint = fake_openai.base_url.removesuffix("/v1")
+    azure = monitor.instrument(
+        openai.AzureOpenAI(api_key=FAKE_KEY, azure_endpoint=endpoint, api_version="2024-10-21", max_retries=0)
+    )
+    with llm_ledger.testing.capture(monitor) as records:
+        azure.chat.completions.create(
+            model="prod-gpt4o", messages=HI, extra_headers={"x-fake-served-model": "gpt-4o-2024-08-06"}
+        )
+        azure.chat.completions.create(
+            model="prod-mini", messages=HI, extra_headers={"x-fake-served-model": "gpt-4o-mini"}
+        )
+    azure.close()
+    negotiated, served = records.calls
+    # "hello there": 7 prompt tokens; "Summary: hello there": 5 completion tokens
+    assert (negotiated["usage"]["prompt_tokens"], negotiated["usage"]["completion_tokens"]) == (7, 5)
+    assert negotiated["cost"]["total_cost_usd"] == pytest.approx(0.000054, rel=1e-12)  # 7 * 2 + 5 * 8
+    assert negotiated["cost"]["source"] == "price-file"
+    assert served["cost"]["total_cost_usd"] == pytest.approx(0.0000027, rel=1e-12)  # 7 * 0.1 + 5 * 0.4
+    assert served["cost"]["source"] == "price-file"
+
+
 def test_provider_is_found_once_per_client_and_again_when_prices_change(
-    fake_openai: FakeOpenAI,
+    sdk: Sdk,
     monitor: llm_ledger.LLMCallMonitor,
     records: Captured,
     tmp_path: Path,
@@ -277,7 +314,7 @@ def test_provider_is_found_once_per_client_and_again_when_prices_change(
         return real(base_url, azure=azure)
 
     monkeypatch.setattr(_servers, "detect_provider", counting)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     for _ in range(3):
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert len(seen) == 1

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import genai_prices
-import openai
 import pytest
 
 import llm_ledger
@@ -19,7 +18,7 @@ from llm_ledger._jsonl import JsonlFileHandler
 from llm_ledger.report import usage_row
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger._report import SessionLedger
-from tests.conftest import FAKE_KEY
+from tests.conftest import Sdk
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -44,7 +43,7 @@ def list_price(model: str, calls: list[dict[str, Any]], provider: str = "openai"
 
 
 @pytest.fixture
-def recorded(fake_openai: FakeOpenAI, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+def recorded(sdk: Sdk, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
     """A JSONL log of real SDK calls: lens "summary" on gpt-4o (one with cached tokens), lens "tags" on
     gpt-4o-mini (one streamed), lens "routed" with a provider-reported cost, and a call outside any lens;
     and the call records themselves."""
@@ -53,7 +52,7 @@ def recorded(fake_openai: FakeOpenAI, tmp_path: Path) -> tuple[Path, list[dict[s
     calls: list[dict[str, Any]] = []
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
     monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with monitor.lens("summary"):
         client.chat.completions.create(model="gpt-4o", messages=HI)
         client.chat.completions.create(
@@ -174,6 +173,10 @@ def test_price_file_hosts_apply_to_the_recorded_servers(
             "--provider: unknown provider 'grok' (did you mean 'groq'?); known providers:",
         ),
         (["--model", "gpt-4o"], "--model 'gpt-4o': expected OLD=NEW, e.g. --model gpt-4o=gpt-4.1-mini"),
+        (
+            ["--model", "gpt-4o=gpt-4.1-mini", "--model", "gpt-4o=o3"],
+            "--model gpt-4o=o3: gpt-4o is already priced as gpt-4.1-mini; give one NEW per OLD",
+        ),
     ],
 )
 def test_unknown_models_and_providers_name_the_close_matches(
@@ -242,6 +245,8 @@ def test_a_report_without_usage_says_how_to_get_one(
     )
     assert main(["reprice", str(report)]) == 2
     assert "has no per-model usage" in capsys.readouterr().err
+    assert main(["reprice", str(report), "--since", "2026-11-23"]) == 2  # no timestamps to pick by
+    assert "a pytest report keeps no timestamps or context per call" in capsys.readouterr().err
 
 
 def test_missing_input_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -288,14 +293,14 @@ def test_a_provider_reported_cost_stands_until_its_model_changes(
 
 
 def test_a_lens_name_with_a_lone_surrogate_is_written_escaped(
-    capsys: pytest.CaptureFixture[str], fake_openai: FakeOpenAI, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
 ) -> None:
     """A lens key holding a lone surrogate (valid JSON as an escape, which the ledger writes) reprices
     in every format; JSON writes it as the escape (it was a traceback)."""
     path = tmp_path / "llm_calls.jsonl"
     handler = JsonlFileHandler(path)
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with monitor.lens("caf\udce9"):
         client.chat.completions.create(model="gpt-4o", messages=HI)
     handler.close()
@@ -303,3 +308,188 @@ def test_a_lens_name_with_a_lone_surrogate_is_written_escaped(
     assert by_lens(reprice_json(capsys, str(path)))["caf\udce9"]["calls"] == 1
     assert main(["reprice", str(path)]) == 0
     assert "caf\\udce9  " in capsys.readouterr().out
+
+
+def test_repricing_with_the_recording_price_file_keeps_what_the_provider_billed(
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
+) -> None:
+    """A log recorded with a price file that maps the gateway's host to OpenRouter, repriced with that
+    same file, keeps the cost OpenRouter reported: nothing changed, so "after" equals "before"."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text('version: 1\nhosts:\n  "127.0.0.1": {provider: openrouter}\n')
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, sinks=[handler.write_record], prices=llm_ledger.PriceTable.from_file(prices)
+    )
+    client = sdk(monitor)
+    with monitor.lens("routed"):
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=HI, extra_headers={"x-fake-cost": "0.000123"}
+        )
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=HI)
+    handler.close()
+    row = by_lens(reprice_json(capsys, str(path), "--price-file", str(prices)))["routed"]
+    assert row["before_usd"] > 0.000123
+    assert row["after_usd"] == row["before_usd"]
+
+
+def test_a_report_reprices_long_context_tiers_per_call_not_per_sum(
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
+) -> None:
+    """Three 100k-token calls repriced on gpt-5.4 (dearer above 272k prompt tokens per call) cost the
+    base rate from the plugin's report, as from the log: the report's row sums them to 300k tokens,
+    which is no single call's size."""
+    calls: list[dict[str, Any]] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
+    client = sdk(monitor)
+    with monitor.lens("long"):
+        for _ in range(3):  # the fake server's prompt is at least the cached tokens
+            client.chat.completions.create(
+                model="gpt-4o", messages=HI, extra_headers={"x-fake-cached-tokens": "100000"}
+            )
+    ledger = SessionLedger()
+    for call in calls:
+        ledger.add_call("tests/test_x.py::test_x", call)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(ledger.report(), indent=2))
+    after = reprice_json(capsys, str(report), "--model", "gpt-4o=gpt-5.4")["total"]["after_usd"]
+    assert after == pytest.approx(float(list_price("gpt-5.4", calls)), rel=1e-12)
+
+
+def test_calls_with_no_price_after_are_not_a_saving(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """At a provider that sells none of the models, "after" knows no price: the change is n/a, not
+    -100%; where some calls keep a price, the change compares only those (marked *)."""
+    path, _ = recorded
+    assert main(["reprice", str(path), "--provider", "groq"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    total = next(line for line in lines if line.startswith("(total)")).split()
+    assert total[-3:] == ["$0.000000*", "n/a", "n/a"]
+    # gpt-4o moved to a Llama on Groq: only lens "summary" has a price after, and it alone is compared
+    llama = "gpt-4o=llama-3.3-70b-versatile"
+    result = reprice_json(capsys, str(path), "--provider", "groq", "--model", llama)
+    rows = by_lens(result)
+    summary = rows["summary"]
+    assert summary["change_usd"] == pytest.approx(summary["after_usd"] - summary["before_usd"], rel=1e-12)
+    assert rows["tags"]["change_usd"] is None and rows["tags"]["after_complete"] is False
+    assert result["total"]["change_usd"] == summary["change_usd"]
+
+
+def test_a_call_reporting_more_cached_than_prompt_tokens_is_unpriced_not_a_crash(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A compatible server that counts cached tokens outside prompt_tokens leaves a call the ledger
+    recorded without a cost; reprice counts it as unpriced after, beside the others, with no traceback."""
+    _, calls = recorded
+    odd = json.loads(json.dumps(calls[0]))
+    odd["usage"].update(prompt_tokens=10, cached_tokens=100)
+    odd["cost"].update(prompt_cost_usd=None, completion_cost_usd=None, total_cost_usd=None, source=None)
+    log = tmp_path / "odd.jsonl"
+    log.write_text("".join(json.dumps(call) + "\n" for call in [odd, *calls[1:]]))
+    result = reprice_json(capsys, str(log))
+    assert result["unpriced_after"] == {"gpt-4o": 1}
+    summary = by_lens(result)["summary"]
+    assert summary["after_complete"] is False and summary["calls"] == 2
+    assert summary["after_usd"] == pytest.approx(calls[1]["cost"]["total_cost_usd"], rel=1e-12)
+
+
+def test_where_since_and_until_select_the_calls_as_report_does(
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
+) -> None:
+    """ "What would alice's calls since Monday cost on gpt-4.1-mini": --where and --since pick the same
+    calls as `llm-ledger report`, so "before" is the report's cost; a typo names the dimensions."""
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    calls: list[dict[str, Any]] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
+    client = sdk(monitor)
+    for user, words in [("alice", "3"), ("bob", "40"), ("alice", "90"), ("alice", "7"), ("bob", "5")]:
+        with monitor.lens("digest", user_id=user):
+            client.chat.completions.create(
+                model="gpt-4o", messages=HI, extra_headers={"x-fake-completion-words": words}
+            )
+    handler.close()
+    since = calls[2]["timestamp"]
+    picked = [c for c in calls[2:] if c["context"]["user_id"] == "alice"]
+    assert calls[1]["timestamp"] < since  # each call takes a round trip: never the same millisecond
+    args = ["--where", "user_id=alice", "--since", since]
+    result = reprice_json(capsys, str(path), *args, "--model", "gpt-4o=gpt-4.1-mini")
+    assert main(["report", str(path), *args, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert result["total"]["calls"] == report["total"]["calls"] == len(picked) == 2
+    assert result["total"]["before_usd"] == pytest.approx(report["total"]["cost_usd"], rel=1e-12)
+    assert result["total"]["after_usd"] == pytest.approx(float(list_price("gpt-4.1-mini", picked)), rel=1e-12)
+    assert result["source"].startswith("llm_calls.jsonl (log, user_id=alice, since 20")
+    assert main(["reprice", str(path), "--where", "usr=alice"]) == 2
+    assert "where: no record has a dimension 'usr' (did you mean 'user_id'?)" in capsys.readouterr().err
+
+
+def test_before_reads_as_the_report_shows_the_same_cost(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The same exact cost is written alike by reprice and report: money rounds half up, and a cost
+    under a cent keeps three significant digits ($0.00000810, not $0.000008)."""
+    from tests.report_helpers import call, write
+
+    log = write(
+        tmp_path / "llm_calls.jsonl",
+        [call(lens="digest", cost="0.0006345"), call(lens="tiny", cost="0.0000081")],
+    )
+    assert main(["report", str(log)]) == 0
+    report = {line.split()[0]: line.split()[-2] for line in capsys.readouterr().out.splitlines()[2:4]}
+    assert report == {"digest": "$0.000635", "tiny": "$0.00000810"}
+    assert main(["reprice", str(log)]) == 0
+    before = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()[4:6]}
+    assert before == report
+
+
+def test_markdown_keeps_the_no_lens_row_visible_in_a_pr_comment(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """GitHub reads a bare `<no lens>` in a table cell as an HTML tag and drops it, leaving a row with
+    no name: the markdown escapes the `<`."""
+    path, _ = recorded
+    assert main(["reprice", str(path), "--format", "markdown"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "no lens" in line]
+    assert len(rows) == 1 and rows[0].startswith("| \\<no lens> | 1 |"), rows
+
+
+def test_self_hosted_calls_are_never_repriced_at_a_vendors_list_price(
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
+) -> None:
+    """gpt-oss-120b served by our own vLLM, recorded at the price file's $0: repriced without that file
+    it has no price (n/a, named with its server's provider), not OpenAI's list price for gpt-oss."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text('version: 1\nhosts:\n  "127.0.0.1": {provider: vllm, input: 0, output: 0}\n')
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, sinks=[handler.write_record], prices=llm_ledger.PriceTable.from_file(prices)
+    )
+    client = sdk(monitor)
+    with monitor.lens("local"):
+        client.chat.completions.create(model="gpt-oss-120b", messages=HI)
+    handler.close()
+    assert by_lens(reprice_json(capsys, str(path), "--price-file", str(prices)))["local"]["after_usd"] == 0
+    result = reprice_json(capsys, str(path))
+    local = by_lens(result)["local"]
+    assert (local["before_usd"], local["after_usd"], local["change_usd"]) == (0, 0, None)
+    assert local["after_complete"] is False
+    assert result["unpriced_after"] == {"gpt-oss-120b (at vllm)": 1}
+
+
+def test_a_model_openrouter_names_with_its_vendor_says_how_to_price_it(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """OpenAI's gpt-4o is 'openai/gpt-4o' on OpenRouter: --provider openrouter leaves it unpriced, and
+    the footnote gives the --model that prices it there."""
+    path, _ = recorded
+    assert main(["reprice", str(path), "--provider", "openrouter"]) == 0
+    out = capsys.readouterr().out
+    assert "'gpt-4o' (2 calls; at openrouter it is 'openai/gpt-4o': --model gpt-4o=openai/gpt-4o)" in out
+    fixed = reprice_json(capsys, str(path), "--provider", "openrouter", "--model", "gpt-4o=openai/gpt-4o")
+    assert by_lens(fixed)["summary"]["after_complete"] is True

@@ -23,7 +23,7 @@ from .._records import CALL_EVENT, LENS_EVENT, cost_decimal
 from ..loading import did_you_mean
 from ._read import InputStats
 
-__all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where"]
+__all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where", "select"]
 
 TIME_DIMENSIONS: Final = {"day": 10, "month": 7, "hour": 13}  # -> length of the timestamp prefix
 _DATE_EXAMPLE: Final = "e.g. 2025-11-24, 2025-11-24T16:00 or 2025-11-24T16:00:00+02:00 (no zone: UTC)"
@@ -413,6 +413,23 @@ def _summary_figures(record: dict[str, Any]) -> _Figures:
     )
 
 
+def _own_figures(figures: _Figures, context: dict[str, Any], nested: dict[Any, _Sums]) -> _Figures:
+    """A run's figures without those of the runs nested in it (summaries come innermost first); its
+    whole figures are kept for its parent's. ``unpriced`` stays: a summary does not say whose call it was."""
+    parent, run_id = context.get("parent_lens_run_id"), context.get("lens_run_id")
+    if type(parent) is str:
+        nested.setdefault(parent, _Sums({})).add(False, figures)
+    inner = nested.pop(run_id, None) if type(run_id) is str else None
+    if inner is None:
+        return figures
+    calls, errors, prompt, completion, total, cost, unpriced, duration = figures
+    return (
+        calls - inner.calls, errors - inner.errors, prompt - inner.prompt_tokens,
+        completion - inner.completion_tokens, total - inner.total_tokens,
+        None if cost is None else cost - inner.cost_usd, unpriced, duration - inner.duration_ms,
+    )  # fmt: skip
+
+
 def _keep(
     record: dict[str, Any],
     context: dict[str, Any],
@@ -433,6 +450,30 @@ def _keep(
         for name, wanted in where.items()
         if name not in by
     )
+
+
+def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+    """The records that pass ``query``'s ``where``, ``since`` and ``until`` (its ``by`` aside), as
+    :func:`aggregate` judges them; a ``where`` dimension no record has is a :class:`QueryError`."""
+    since, until = _stamp_bound(query.since), _stamp_bound(query.until)
+    dated = since is not None or until is not None
+    present: set[str] = set()
+    kept = []
+    for record in records:
+        context = _dict(record.get("context"))
+        present.update(record)
+        present.update(context)
+        if dated and not _in_range(record.get("timestamp"), since, until):
+            continue
+        lens_run = record.get("event") == LENS_EVENT
+        if all(
+            any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
+            for name, wanted in query.where.items()
+        ):
+            kept.append(record)
+    if present:
+        _check_known(query, present)
+    return kept
 
 
 def aggregate(
@@ -459,6 +500,9 @@ def aggregate(
     # the context keys and fields seen, to name the valid choices for a dimension no record has
     present: set[str] | None = set() if any(n not in _BUILT_IN for n in (*by, *where)) else None
     seen = False
+    # from summaries: run id -> the summed figures of the runs nested in it, which its own summary
+    # counts too; a call counts under its innermost run only, as with call records
+    nested: dict[Any, _Sums] = {}
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
@@ -468,14 +512,7 @@ def aggregate(
         if present is not None:
             present.update(record)
             present.update(_dict(record.get("context")))
-        if dated and not _in_range(record.get("timestamp"), since, until):
-            filtered += 1
-            continue
         context = _dict(record.get("context"))
-        choices = [_values(record, context, name, lens_run) for name in by]
-        if where and not _keep(record, context, lens_run, by, where, choices):
-            filtered += 1
-            continue
         figures = None
         if lens_run == from_summaries:
             try:
@@ -485,6 +522,15 @@ def aggregate(
                 if reject is not None:
                     reject()
                 continue
+            if lens_run:  # before the filters: a nested run filtered out still leaves its parent's sums
+                figures = _own_figures(figures, context, nested)
+        if dated and not _in_range(record.get("timestamp"), since, until):
+            filtered += 1
+            continue
+        choices = [_values(record, context, name, lens_run) for name in by]
+        if where and not _keep(record, context, lens_run, by, where, choices):
+            filtered += 1
+            continue
         if lens_run:
             runs.add(lens_run, figures)
         for combo in itertools.product(*choices):

@@ -14,6 +14,7 @@ from .._cli import add_command
 from .._records import LENS_EVENT, AnomalyRecord
 from .._table import text_table
 from ._read import iter_records
+from ._render import usd
 
 __all__ = ["register", "render", "replay", "run"]
 
@@ -30,7 +31,7 @@ def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig) -> list[
 
 def _figure(metric: str, value: float) -> str:
     if metric == "total_cost_usd":
-        return f"${value:,.6f}"
+        return usd(value)
     if metric == "duration_ms":
         return f"{value:,.0f} ms"
     return f"{value:,.0f}"

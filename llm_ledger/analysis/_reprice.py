@@ -5,9 +5,10 @@ Reads ``llm_calls.jsonl`` logs (as ``llm-ledger report`` does: directories, ``.g
 pytest ``--llm-report`` file (its ``usage`` rows, e.g. from replayed cassettes) and prices every call's
 tokens again: ``--model gpt-4o=gpt-4.1-mini`` (repeatable) swaps the model asked for, ``--provider groq``
 prices every call at that provider's rates, ``--price-file F`` uses that price table (its ``hosts``
-apply to the recorded servers). "before" is the cost recorded; "after" is the price table's figure,
-except for a cost the provider reported (OpenRouter) on a call whose model and provider stay (no
---provider, no host entry in the price file for its server): that one stands.
+apply to the recorded servers); ``--where``, ``--since`` and ``--until`` pick a log's calls as
+``llm-ledger report`` does. "before" is the cost recorded; "after" is the price table's figure, except
+for a cost the provider reported (OpenRouter) on a call whose model and provider stay (no --provider,
+and no host entry in the price file sending its server to another provider): that one stands.
 Calls count under the innermost lens they ran in.
 """
 
@@ -24,12 +25,13 @@ from typing import Any, Final
 
 from .._cli import add_command
 from .._errors import ConfigError
-from .._pricing import PROVIDER_REPORTED, PriceTable, Route, provider_error
+from .._pricing import DEFAULT_PROVIDER, PROVIDER_REPORTED, PriceTable, Route, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
+from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, iter_records
-from ._render import strict_json
+from ._render import strict_json, usd
 from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
 
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
@@ -48,17 +50,30 @@ class Row:
     after_units: int = 0
     before_complete: bool = True
     after_complete: bool = True
+    # the calls with a price both before and after, the only ones a change compares
+    compared: int = 0
+    compared_before_usd: Decimal = Decimal(0)
+    compared_after_units: int = 0
 
     @property
     def after_usd(self) -> Decimal:
         return Decimal(self.after_units).scaleb(-USD_UNIT_DIGITS)
 
+    @property
+    def change_usd(self) -> Decimal | None:
+        """After minus before over the calls priced on both sides; ``None`` when there are none."""
+        if not self.compared:
+            return None
+        return Decimal(self.compared_after_units).scaleb(-USD_UNIT_DIGITS) - self.compared_before_usd
+
     def to_json(self) -> dict[str, Any]:
+        change = self.change_usd
         return {
             "lens": self.lens,
             "calls": self.calls,
             "before_usd": round(float(self.before_usd), _COST_DIGITS),
             "after_usd": round(float(self.after_usd), _COST_DIGITS),
+            "change_usd": None if change is None else round(float(change), _COST_DIGITS),
             "before_complete": self.before_complete,
             "after_complete": self.after_complete,
         }
@@ -74,6 +89,7 @@ class Reprice:
     price_file: str | None
     rows: dict[str, Row] = field(default_factory=dict)
     unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
+    hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
 
     def total(self) -> Row:
         total = Row("(total)")
@@ -83,6 +99,9 @@ class Reprice:
             total.after_units += row.after_units
             total.before_complete &= row.before_complete
             total.after_complete &= row.after_complete
+            total.compared += row.compared
+            total.compared_before_usd += row.compared_before_usd
+            total.compared_after_units += row.compared_after_units
         return total
 
     def to_json(self) -> dict[str, Any]:
@@ -98,12 +117,14 @@ class Reprice:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_usage(paths: str | Sequence[str]) -> tuple[str, list[UsageRow]]:
+def read_usage(paths: str | Sequence[str], query: Query | None = None) -> tuple[str, list[UsageRow]]:
     """("log" or "report", the usage recorded in ``paths``); :class:`ConfigError` says what is wrong.
 
     One regular file may be the pytest plugin's report; anything else is read as logs, as
-    ``llm-ledger report`` reads them (files, ``.gz``, directories, globs, ``-``).
+    ``llm-ledger report`` reads them (files, ``.gz``, directories, globs, ``-``), keeping the calls
+    that pass ``query``'s ``where``, ``since`` and ``until`` as ``llm-ledger report`` does.
     """
+    filtered = query is not None and bool(query.where or query.since or query.until)
     inputs = [paths] if isinstance(paths, str) else list(paths)
     one = inputs[0] if len(inputs) == 1 else None
     if one is not None and not os.path.exists(one) and one != STDIN and not GLOB_CHARS & set(one):
@@ -115,8 +136,14 @@ def read_usage(paths: str | Sequence[str]) -> tuple[str, list[UsageRow]]:
         except OSError as exc:
             raise ConfigError(f"{one}: cannot read: {exc.strerror or exc}") from None
         if first == b"{" or first.startswith(b'{"schema"'):  # the plugin's report (indented JSON)
+            if filtered:
+                raise ConfigError(
+                    f"{one}: --where, --since and --until select a log's calls; a pytest report keeps "
+                    "no timestamps or context per call: reprice the log instead"
+                )
             return "report", list(_report_usage(one))
-    return "log", list(map(usage_row, iter_records(inputs, events=(CALL_EVENT,))))
+    calls = iter_records(inputs, events=(CALL_EVENT,))
+    return "log", list(map(usage_row, select(calls, query) if filtered and query else calls))
 
 
 def _report_usage(path: str) -> Iterator[UsageRow]:
@@ -167,7 +194,12 @@ def parse_models(pairs: Iterable[str]) -> dict[str, str]:
         old, sep, new = pair.partition("=")
         if not sep or not old.strip() or not new.strip():
             raise ConfigError(f"--model {shown(pair)}: expected OLD=NEW, e.g. --model gpt-4o=gpt-4.1-mini")
-        models[old.strip()] = new.strip()
+        old, new = old.strip(), new.strip()
+        if models.get(old, new) != new:
+            raise ConfigError(
+                f"--model {old}={new}: {old} is already priced as {models[old]}; give one NEW per OLD"
+            )
+        models[old] = new
     return models
 
 
@@ -215,47 +247,65 @@ def reprice(
         row = result.rows.setdefault(item.lens, Row(item.lens))
         row.calls += item.calls
         row.before_usd += item.cost_usd
-        row.before_complete &= item.uncosted_calls == 0 and item.no_usage_calls == 0
+        priced_before = item.uncosted_calls == 0 and item.no_usage_calls == 0
+        row.before_complete &= priced_before
         row.after_complete &= item.no_usage_calls == 0
-        stays = new is None and provider is None and route.matched_by != "host"
+        stays = new is None and provider is None and route.provider == item.provider
+        # a server the recording's price file priced itself (self-hosted), which no host entry now maps:
+        # its model keeps no price, rather than a vendor's list price for a model of that name
+        own_server = new is None and route.matched_by == "model" and item.provider != DEFAULT_PROVIDER
+        cost: int | None = None
         if stays and item.cost_source == PROVIDER_REPORTED:
-            # what the provider billed stands while the model and server stay (no --provider, no host
-            # entry): no price table knows better
-            row.after_units += int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
-            continue
-        cost = _cost(route, [new] if new else [item.served_model, item.model], item)
+            # what the provider billed stands while the model and provider stay: no price table knows
+            # better (a host entry sending the server to another provider, e.g. self-hosted, prices it)
+            cost = int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
+        elif new:
+            cost = _cost(route, new, None, item)
+        elif not own_server:
+            cost = _cost(route, item.served_model, item.model, item)
         if cost is None:
             if item.prompt_tokens or item.completion_tokens:
                 row.after_complete = False
                 name = new or item.model or item.served_model or "<no model>"
+                name += f" (at {item.provider})" if own_server else ""
                 result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
-        else:
-            row.after_units += cost
+                vendored = f"openai/{name}"  # OpenRouter's, Groq's... name for an OpenAI model
+                if not own_server and name not in result.hints and route.rates(vendored) is not None:
+                    result.hints[name] = f"at {route.provider} it is {vendored!r}: --model {name}={vendored}"
+            continue
+        row.after_units += cost
+        if priced_before:
+            row.compared += item.calls
+            row.compared_before_usd += item.cost_usd
+            row.compared_after_units += cost
     return result
 
 
-def _cost(route: Route, names: list[str], item: UsageRow) -> int | None:
-    for name in names:
-        if name:
-            costs = route._costs(name, item.prompt_tokens, item.completion_tokens, item.cached_tokens)
-            if costs is not None:
-                return costs[0] + costs[1]
-    return None
+def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int | None:
+    tokens = (item.prompt_tokens, item.completion_tokens, item.cached_tokens)
+    try:
+        costs = route._costs(model, *tokens, max(item.calls, 1), fallback)
+    except ValueError:  # more cached than prompt tokens: the ledger recorded no cost for such a call either
+        return None
+    return None if costs is None else costs[0] + costs[1]
 
 
 # -- output ----------------------------------------------------------------------------------------
 
 
-def _money(usd: Decimal, complete: bool = True) -> str:
-    text = f"${usd:,.6f}" if abs(usd) >= Decimal("0.000001") or not usd else f"${usd:.12f}".rstrip("0")
-    return text if complete else text + "*"
+def _money(amount: Decimal, complete: bool = True) -> str:
+    return usd(amount) + ("" if complete else "*")
 
 
 def _change(row: Row) -> list[str]:
-    delta = row.after_usd - row.before_usd
+    delta = row.change_usd
+    if delta is None:
+        return ["n/a", "n/a"]
     sign = "+" if delta > 0 else "-" if delta < 0 else ""
-    percent = f"{sign}{abs(delta) / row.before_usd * 100:.1f}%" if row.before_usd else "n/a"
-    return [f"{sign}{_money(abs(delta))}", percent]
+    base = row.compared_before_usd
+    percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
+    mark = "" if row.before_complete and row.after_complete else "*"
+    return [usd(delta, signed=True) + mark, percent + mark if base else percent]
 
 
 def _cells(row: Row) -> list[str]:
@@ -279,11 +329,11 @@ def render(result: Reprice, fmt: str = "text") -> str:
         changes.append(f"prices from {result.price_file}")
     headers = ["lens", "calls", "before", "after", "change", "%"]
     rows = [_cells(row) for _, row in sorted(result.rows.items())]
-    total = [_cells(result.total())]
+    total = result.total()
     table = (
-        markdown_table(headers, rows, total=total)
+        markdown_table(headers, rows, total=[_cells(total)])
         if fmt == "markdown"
-        else text_table(headers, rows, total=total)
+        else text_table(headers, rows, total=[_cells(total)])
     )
     lines = [
         f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
@@ -291,10 +341,15 @@ def render(result: Reprice, fmt: str = "text") -> str:
         *table,
     ]
     if result.unpriced_after:
-        missing = ", ".join(f"{m!r} ({n} calls)" for m, n in sorted(result.unpriced_after.items()))
+        missing = ", ".join(
+            f"{m!r} ({n} calls{'; ' + result.hints[m] if m in result.hints else ''})"
+            for m, n in sorted(result.unpriced_after.items())
+        )
         lines += ["", f"* after leaves out calls with no known price: {missing}"]
-    if not result.total().before_complete:
+    if not total.before_complete:
         lines += ["", "* before leaves out calls recorded without a cost"]
+    if not (total.before_complete and total.after_complete):
+        lines += ["", "* change compares only the calls with a price before and after (n/a: none has)"]
     return "\n".join(lines) + "\n"
 
 
@@ -321,16 +376,33 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="OLD=NEW",
         help="price the calls to OLD as calls to NEW (repeatable)",
     )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only the calls whose KEY is VALUE, as in llm-ledger report (repeatable; logs only)",
+    )
+    parser.add_argument(
+        "--since", metavar="WHEN", help="calls from this ISO date or date-time (UTC; logs only)"
+    )
+    parser.add_argument(
+        "--until", metavar="WHEN", help="calls before this ISO date or date-time (UTC; logs only)"
+    )
     parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
     parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
 
 
 def run(args: argparse.Namespace) -> int:
     models = parse_models(args.model)
+    query = make_query(("lens",), parse_where(args.where), args.since, args.until)
     table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
-    kind, usage = read_usage(args.sources)
+    kind, usage = read_usage(args.sources, query)
     name = Path(args.sources[0]).name if len(args.sources) == 1 else f"{len(args.sources)} inputs"
-    source = f"{name} ({kind})"
+    selected = [f"{key}={'|'.join(sorted(values))}" for key, values in query.where.items()]
+    bounds = query.to_json()
+    selected += [f"{bound} {bounds[bound]}" for bound in ("since", "until") if bounds[bound]]
+    source = f"{name} ({', '.join([kind, *selected])})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
     sys.stdout.write(render(result, args.fmt))
     return 0
