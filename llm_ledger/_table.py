@@ -6,6 +6,7 @@ says otherwise. ``total`` rows follow a rule in text and are bold in Markdown.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 
 __all__ = ["markdown_table", "text_table"]
@@ -41,12 +42,12 @@ def markdown_table(
     total: Sequence[Sequence[str]] = (),
     right: Collection[int] | None = None,
 ) -> list[str]:
-    """Lines of a Markdown table (``|`` and ``<`` in cells escaped: GitHub drops ``<no lens>`` as an HTML
-    tag); ``total`` rows in bold; ``right`` as in text."""
+    """Lines of a Markdown table (``|`` in cells escaped, and ``<`` outside code spans: GitHub drops
+    ``<no lens>`` as an HTML tag); ``total`` rows in bold; ``right`` as in text."""
     right = range(1, len(headers)) if right is None else right
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|").replace("<", "\\<") for cell in cells) + " |"
+        return "| " + " | ".join(_cell(cell) for cell in cells) + " |"
 
     # an empty cell stays empty: "****" is not bold nothing, Markdown shows the four stars
     bold = [[f"**{cell}**" if cell else "" for cell in row] for row in total]
@@ -55,3 +56,16 @@ def markdown_table(
         "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|",
         *map(line, [*rows, *bold]),
     ]
+
+
+def _cell(text: str) -> str:
+    # a backslash inside a code span is shown as it is (only a table's "\|" is read there), so "<" is
+    # escaped outside code spans alone
+    return _LT_OUTSIDE_CODE.sub(_escape_lt, text).replace("|", "\\|")
+
+
+_LT_OUTSIDE_CODE = re.compile(r"(`+).+?(?<!`)\1(?!`)|<")  # a code span (kept) or a "<"
+
+
+def _escape_lt(match: re.Match[str]) -> str:
+    return "\\<" if match.group(0) == "<" else match.group(0)

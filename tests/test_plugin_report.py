@@ -136,6 +136,19 @@ def test_diff_markdown_shows_lens_names_with_backticks_and_pipes_whole(
     assert "| `` sum`mary\\|v2 `` | $0.000100 | $0.000200 | +$0.000100 | +100.0% |" in out
 
 
+def test_diff_markdown_shows_a_lens_key_with_angle_brackets_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lens key such as `<no lens>` is a code span in the PR comment: GitHub shows it as written
+    there (a backslash before its `<` would show too)."""
+    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0001}
+    for side in ("base", "head"):
+        (tmp_path / f"{side}.json").write_text(json.dumps(report({"<no lens>": entry}, entry)))
+    assert cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| `<no lens>` (unchanged) | $0.000100 |" in out and "\\<" not in out
+
+
 def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     """--format text is aligned plain text; --format json is the machine-readable diff."""
     assert cli_main(["diff", *reports, "--format", "text"]) == 0
