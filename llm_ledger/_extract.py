@@ -227,6 +227,8 @@ def usage_of(operation: str, usage: Any) -> Usage:
         if completion is None and operation == "embeddings":
             completion = 0
         cached = getattr(fields.get("prompt_tokens_details"), "cached_tokens", None)
+        if cached is None:
+            cached = _cache_hits(usage)
         reasoning = getattr(fields.get("completion_tokens_details"), "reasoning_tokens", None)
     total = fields.get("total_tokens")
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
@@ -243,6 +245,15 @@ def usage_of(operation: str, usage: Any) -> Usage:
         "cached_tokens": cached if type(cached) is int and cached >= 0 else 0,
         "reasoning_tokens": reasoning if type(reasoning) is int and reasoning >= 0 else 0,
     }
+
+
+def _cache_hits(usage: Any) -> Any:
+    """DeepSeek's cached prompt tokens: ``prompt_cache_hit_tokens``, beside ``prompt_tokens`` (no
+    ``prompt_tokens_details``). The SDK's models keep fields they do not declare apart."""
+    extra = getattr(usage, "__pydantic_extra__", None)
+    if type(extra) is dict:
+        return extra.get("prompt_cache_hit_tokens")
+    return getattr(usage, "prompt_cache_hit_tokens", None)
 
 
 def _responses_usage(fields: Any) -> tuple[Any, Any, Any, Any]:

@@ -240,6 +240,11 @@ def _served_model(model: str, headers: dict[str, str]) -> str:
 def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
     if "x-fake-cost" in headers:
         usage["cost"] = float(headers["x-fake-cost"])
+    if headers.get("x-fake-usage-style") == "deepseek" and "prompt_tokens_details" in usage:
+        # DeepSeek reports its cache hits and misses beside prompt_tokens, with no details object
+        cached = usage.pop("prompt_tokens_details")["cached_tokens"]
+        usage["prompt_cache_hit_tokens"] = cached
+        usage["prompt_cache_miss_tokens"] = usage["prompt_tokens"] - cached
 
 
 def _chunks(headers: dict[str, str]) -> int:

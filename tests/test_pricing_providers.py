@@ -419,3 +419,30 @@ def test_host_prices_in_python_are_checked_too() -> None:
     table = PriceTable(hosts={"GW.internal:8080": HostPrice("groq")})
     assert table.route("gw.internal", 8080).provider == "groq"
     assert table.route("gw.internal", 8081).matched_by == "model"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_deepseek_cache_hits_are_priced_at_the_cached_rate(
+    client: openai.OpenAI, records: Captured, stream: bool
+) -> None:
+    """DeepSeek reports its cached prompt tokens as ``prompt_cache_hit_tokens`` (no
+    ``prompt_tokens_details``): they are the call's cached tokens, billed at the cached rate, as the
+    same usage in OpenAI's shape is; streamed or not."""
+    words = "word " * 3000
+    for style in ("openai", "deepseek"):
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": words}],
+            stream=stream,
+            extra_headers={"x-fake-cached-tokens": "2048", "x-fake-usage-style": style},
+        )
+        if stream:
+            for _ in answer:  # type: ignore[union-attr]
+                pass
+    openai_shape, deepseek_shape = records.calls
+    assert deepseek_shape["usage"]["cached_tokens"] == 2048
+    assert deepseek_shape["usage"] == openai_shape["usage"]
+    assert deepseek_shape["cost"] == openai_shape["cost"]
+    assert deepseek_shape["cost"]["prompt_cost_usd"] < expected_usd(
+        "openai", "gpt-4o-mini", {**deepseek_shape["usage"], "cached_tokens": 0}
+    )
