@@ -437,7 +437,7 @@ def test_deepseek_cache_hits_are_priced_at_the_cached_rate(
             extra_headers={"x-fake-cached-tokens": "2048", "x-fake-usage-style": style},
         )
         if stream:
-            for _ in answer:  # type: ignore[union-attr]
+            for _ in answer:
                 pass
     openai_shape, deepseek_shape = records.calls
     assert deepseek_shape["usage"]["cached_tokens"] == 2048
