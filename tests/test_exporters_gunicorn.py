@@ -56,28 +56,16 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     """Three gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR; the
     documented when_ready/child_exit hooks: the master's /metrics counts every request's call and lens
     run, whichever worker served it, and the JSONL file has each call once."""
-    (tmp_path / "app.py").write_text(APP)
     metrics_port, app_port = free_port(), free_port()
     (tmp_path / "gunicorn.conf.py").write_text(_documented_gunicorn_conf(metrics_port))
     (tmp_path / "multiproc").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
-    env |= {
+    env = {
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
         "LLM_LEDGER_EXPORTERS": "prometheus",
         "LLM_LEDGER_LOG_DIR": str(tmp_path / "logs"),
-        "FAKE_OPENAI_URL": fake_openai.base_url,
-        "PYTHONPATH": str(tmp_path),
     }
-    gunicorn = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", "3"),
-            *("--bind", f"127.0.0.1:{app_port}", "app:app"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    gunicorn = _gunicorn(
+        fake_openai, tmp_path, app_port, env, "--config", "gunicorn.conf.py", "--workers", "3"
     )
     try:
 
@@ -111,26 +99,9 @@ def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
 ) -> None:
     """gunicorn --preload runs configure() in the master, which then serves LLM_LEDGER_EXPORTERS=
     prometheus:PORT; the workers' calls never reach that /metrics: a worker says so, naming the fix."""
-    (tmp_path / "app.py").write_text(APP)
     metrics_port, app_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
-    env |= {
-        "LLM_LEDGER_EXPORTERS": f"prometheus:127.0.0.1:{metrics_port}",
-        "LLM_LEDGER_LOG_DIR": "off",
-        "FAKE_OPENAI_URL": fake_openai.base_url,
-        "PYTHONPATH": str(tmp_path),
-    }
-    gunicorn = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
-            *("--bind", f"127.0.0.1:{app_port}", "app:app"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env = {"LLM_LEDGER_EXPORTERS": f"prometheus:127.0.0.1:{metrics_port}", "LLM_LEDGER_LOG_DIR": "off"}
+    gunicorn = _gunicorn(fake_openai, tmp_path, app_port, env, "--preload", "--workers", "2")
     try:
         wait("a worker", lambda: urllib.request.urlopen(f"http://127.0.0.1:{app_port}/").status == 200)
         urllib.request.urlopen(f"http://127.0.0.1:{app_port}/again").read()
@@ -142,3 +113,19 @@ def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
     warnings = [line for line in output.splitlines() if "no /metrics serves" in line]
     assert len(warnings) == len({line.split("pid ")[1].split()[0] for line in warnings}) >= 1, output
     assert "PROMETHEUS_MULTIPROC_DIR" in warnings[0] and "Multiprocess mode" in warnings[0], warnings
+
+
+def _gunicorn(
+    fake_openai: FakeOpenAI, where: Path, port: int, env: dict[str, str], *options: str
+) -> subprocess.Popen[str]:
+    """gunicorn serving APP on ``port`` from ``where``, with ``env`` as its only ledger settings."""
+    (where / "app.py").write_text(APP)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", *options, "--bind", f"127.0.0.1:{port}", "app:app"],
+        cwd=where,
+        env={**clean, **env, "FAKE_OPENAI_URL": fake_openai.base_url, "PYTHONPATH": str(where)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
