@@ -220,7 +220,7 @@ class AnomalyDetector:
                             "median": median,
                             "mad": mad,
                             "threshold": threshold,
-                            "k": config.k,
+                            "k": float(config.k),
                             "scale": config.scale,
                             "runs": len(window),
                             "model": model,

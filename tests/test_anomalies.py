@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -107,7 +108,8 @@ def test_a_run_above_its_baseline_emits_a_lens_anomaly_and_calls_back(
     """After min_runs ordinary runs, a run with many more tokens is followed by its lens_anomaly
     records (tokens and cost), in the sinks and through the callback."""
     heard: list[llm_ledger.AnomalyRecord] = []
-    monitor.anomalies = AnomalyDetector(QUICK, on_anomaly=heard.append)
+    config = dataclasses.replace(QUICK, k=5)  # a whole number, as people write it
+    monitor.anomalies = AnomalyDetector(config, on_anomaly=heard.append)
     for _ in range(6):
         _run(client, monitor, words=5)
     assert _anomalies(records) == []
@@ -121,9 +123,12 @@ def test_a_run_above_its_baseline_emits_a_lens_anomaly_and_calls_back(
     assert tokens["anomaly"]["value"] == spike["summary"]["total_tokens"]
     assert tokens["anomaly"]["median"] == records.lenses[0]["summary"]["total_tokens"]
     assert tokens["anomaly"]["mad"] == 0 and tokens["anomaly"]["runs"] == 6
-    assert tokens["anomaly"]["model"] == "gpt-4o-mini" and tokens["anomaly"]["k"] == QUICK.k
+    assert tokens["anomaly"]["model"] == "gpt-4o-mini" and tokens["anomaly"]["k"] == 5
     assert tokens["anomaly"]["median"] < tokens["anomaly"]["threshold"] < tokens["anomaly"]["value"]
     assert heard == found
+    for anomaly in (a["anomaly"] for a in found):  # one JSON type per field, as index mappings need
+        figures = {key: anomaly[key] for key in ("value", "median", "mad", "threshold", "k")}
+        assert all(type(v) is float for v in figures.values()), figures
 
 
 def test_another_model_starts_its_own_baseline(
