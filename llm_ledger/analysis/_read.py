@@ -27,7 +27,15 @@ import orjson
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 
-__all__ = ["MAX_LINE_BYTES", "InputStats", "LogReader", "iter_records", "resolve", "strict_loads"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "InputStats",
+    "LogReader",
+    "is_pytest_report",
+    "iter_records",
+    "resolve",
+    "strict_loads",
+]
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
 MAX_LINE_BYTES: Final = 16 << 20
@@ -67,6 +75,14 @@ class InputStats:
             "skipped_lines": self.skipped,
             "error": self.error,
         }
+
+
+def is_pytest_report(path: str) -> bool:
+    """Whether the regular file ``path`` is a pytest ``--llm-report`` file (indented JSON, which would
+    read as nothing but malformed log lines); ``OSError`` when it cannot be read."""
+    with open(path, "rb") as file:
+        first = file.readline(1 << 16).strip()
+    return first == b"{" or first.startswith(b'{"schema": "llm-ledger-report"')
 
 
 def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = False) -> list[str]:

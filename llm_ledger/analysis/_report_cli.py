@@ -65,11 +65,10 @@ def _refuse_reports(inputs: list[str]) -> None:
     which commands read it instead."""
     for name in filter(os.path.isfile, inputs):  # not a pipe: what is read here would be lost to the reader
         try:
-            with open(name, "rb") as file:
-                first = file.readline(1 << 16).strip()
+            report = _read.is_pytest_report(name)
         except OSError:
             continue  # the reader says what is wrong with it
-        if first == b"{" or first.startswith(b'{"schema": "llm-ledger-report"'):
+        if report:
             raise ConfigError(
                 f"{name}: a pytest --llm-report file, not a log of calls; compare two with "
                 f"`llm-ledger diff BASE.json {name}`, or price it again with `llm-ledger reprice {name}`"

@@ -30,7 +30,7 @@ from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
-from ._read import GLOB_CHARS, STDIN, iter_records
+from ._read import GLOB_CHARS, STDIN, is_pytest_report, iter_records
 from ._render import strict_json, usd
 from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
 
@@ -131,11 +131,10 @@ def read_usage(paths: str | Sequence[str], query: Query | None = None) -> tuple[
         raise ConfigError(f"{one}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file")
     if one is not None and os.path.isfile(one):
         try:
-            with open(one, "rb") as file:
-                first = file.readline(1 << 20).strip()
+            report = is_pytest_report(one)
         except OSError as exc:
             raise ConfigError(f"{one}: cannot read: {exc.strerror or exc}") from None
-        if first == b"{" or first.startswith(b'{"schema"'):  # the plugin's report (indented JSON)
+        if report:
             if filtered:
                 raise ConfigError(
                     f"{one}: --where, --since and --until select a log's calls; a pytest report keeps "
