@@ -124,16 +124,22 @@ def test_diff_markdown_shows_lens_names_with_backticks_and_pipes_whole(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A lens key holding a backtick or a pipe keeps its heading and table rows whole in the PR
-    comment: a lone backtick in a code span would end it early, a pipe would split the row."""
-    odd = "sum`mary|v2"
+    comment: a lone backtick in a code span would end it early, a pipe would split the row; a colon
+    stays in the name --fail-on-increase gives."""
+    odd = "ns:sum`mary|v2"
     entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0001}
     for side, cost in (("base", 0.0001), ("head", 0.0002)):
         lenses = {odd: {**entry, "cost_usd": cost}}
         (tmp_path / f"{side}.json").write_text(json.dumps(report(lenses, {**entry, "cost_usd": cost})))
     assert cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json")]) == 0
     out = capsys.readouterr().out
-    assert "### `` sum`mary|v2 ``" in out
-    assert "| `` sum`mary\\|v2 `` | $0.000100 | $0.000200 | +$0.000100 | +100.0% |" in out
+    assert "### `` ns:sum`mary|v2 ``" in out
+    assert "| `` ns:sum`mary\\|v2 `` | $0.000100 | $0.000200 | +$0.000100 | +100.0% |" in out
+    assert (
+        cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json"), "--fail-on-increase=50"])
+        == 1
+    )
+    assert capsys.readouterr().err.endswith("% in `` ns:sum`mary|v2 ``\n")  # the whole name, colon and all
 
 
 def test_diff_markdown_shows_a_lens_key_with_angle_brackets_as_written(

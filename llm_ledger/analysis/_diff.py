@@ -393,7 +393,7 @@ def _run(args: argparse.Namespace) -> int:
     for flag in diff["flags"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
     if diff.get("increases"):
-        names = ", ".join(line.split(":")[0] for line in diff["increases"])
+        names = ", ".join(line.split(": cost per run")[0] for line in diff["increases"])
         grew = _grew(diff)
         print(f"llm-ledger diff: {grew}{',' if grew.endswith('checked') else ''} in {names}", file=sys.stderr)
         return 1
