@@ -17,6 +17,7 @@ __all__ = [
     "JsonView",
     "no_usage",
     "output_text",
+    "reasoning_in_completion",
     "request_shape",
     "response_shape",
     "usage_of",
@@ -245,6 +246,29 @@ def usage_of(operation: str, usage: Any) -> Usage:
         "cached_tokens": cached if type(cached) is int and cached >= 0 else 0,
         "reasoning_tokens": reasoning if type(reasoning) is int and reasoning >= 0 else 0,
     }
+
+
+def reasoning_in_completion(usage: Usage) -> Usage:
+    """``usage`` with the thinking tokens a provider left out of ``completion_tokens`` put back in.
+
+    Google's and xAI's OpenAI-compatible endpoints count a thinking model's reasoning in ``total_tokens``
+    but not in ``completion_tokens`` (xAI reports them in ``completion_tokens_details.reasoning_tokens``,
+    Gemini often nowhere), and bill them as output. The record keeps OpenAI's meaning, as every other
+    provider reports it: ``completion_tokens`` is all output billed, reasoning included, and
+    ``reasoning_tokens`` the part of it that was thinking. The usage is returned unchanged unless
+    ``total_tokens`` exceeds prompt plus completion, so a server that already counts OpenAI's way (or
+    changes to) is never billed twice.
+    """
+    prompt, completion, total = usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+    if type(prompt) is not int or type(completion) is not int or type(total) is not int:
+        return usage  # unknown counts (or a caller's dict of anything): nothing to add
+    hidden = total - prompt - completion
+    if hidden <= 0:
+        return usage
+    completion += hidden
+    reasoning = usage["reasoning_tokens"]  # Gemini may report none: then the gap is its thinking
+    reasoning = reasoning if type(reasoning) is int and reasoning > 0 else hidden
+    return {**usage, "completion_tokens": completion, "reasoning_tokens": min(reasoning, completion)}
 
 
 def _cache_hits(usage: Any) -> Any:

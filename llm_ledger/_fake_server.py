@@ -238,13 +238,32 @@ def _served_model(model: str, headers: dict[str, str]) -> str:
 
 
 def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
+    """The usage's cost (``x-fake-cost``) and shape (``x-fake-usage-style``) as a provider writes them."""
+    style = headers.get("x-fake-usage-style")
     if "x-fake-cost" in headers:
-        usage["cost"] = float(headers["x-fake-cost"])
-    if headers.get("x-fake-usage-style") == "deepseek" and "prompt_tokens_details" in usage:
+        cost = float(headers["x-fake-cost"])
+        if style == "xai":  # whole ticks of 10**-10 USD
+            usage["cost_in_usd_ticks"] = round(cost * 10**10)
+        elif style == "perplexity":  # an object: the token costs and the per-request fee
+            usage["cost"] = {"input_tokens_cost": 0.0, "output_tokens_cost": 0.0, "request_cost": cost}
+            usage["cost"]["total_cost"] = cost
+        elif style in ("openrouter", "openrouter-byok"):
+            # BYOK: the provider bills your own key (upstream); OpenRouter charges a 5% fee
+            byok = style == "openrouter-byok"
+            usage.update(cost=round(cost * 0.05, 12) if byok else cost, is_byok=byok)
+            usage["cost_details"] = {"upstream_inference_cost": cost}
+        else:
+            usage["cost"] = cost
+    if style == "deepseek" and "prompt_tokens_details" in usage:
         # DeepSeek reports its cache hits and misses beside prompt_tokens, with no details object
         cached = usage.pop("prompt_tokens_details")["cached_tokens"]
         usage["prompt_cache_hit_tokens"] = cached
         usage["prompt_cache_miss_tokens"] = usage["prompt_tokens"] - cached
+    elif style in ("xai", "gemini") and "completion_tokens" in usage:
+        # reasoning left out of completion_tokens, still in total_tokens; Gemini leaves out the details too
+        usage["completion_tokens"] -= usage["completion_tokens_details"]["reasoning_tokens"]
+        if style == "gemini":
+            del usage["completion_tokens_details"]
 
 
 def _chunks(headers: dict[str, str]) -> int:

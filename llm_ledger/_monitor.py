@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
-from ._extract import no_usage, usage_of
+from ._extract import no_usage, reasoning_in_completion, usage_of
 from ._jsonl import json_text
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
@@ -498,6 +498,8 @@ class LLMCallMonitor:
         call.http_response = None  # not kept: the call may outlive its request (a stream)
         route = self._route(call)
         server["provider"] = route.provider
+        if route.reasoning_outside:  # Google, xAI: thinking tokens left out of completion_tokens
+            usage = reasoning_in_completion(usage)
         prompt_cost = completion_cost = total_cost = source = None
         costs = self._price(route, response["model"], call.request["model"], usage)
         if costs is not None:

@@ -157,6 +157,11 @@ class Cost:
 
 
 _MISSING: Final[Any] = object()
+_REPORTED_FIELDS: Final = ("cost", "cost_details", "is_byok", "cost_in_usd_ticks")
+_UNITS_PER_TICK: Final = 10 ** (USD_UNIT_DIGITS - 10)  # xAI's cost_in_usd_ticks: 10**10 ticks per USD
+# Providers whose OpenAI-compatible usage leaves a thinking model's reasoning out of completion_tokens
+# (but in total_tokens): their calls' usage is put back into OpenAI's meaning before it is priced.
+_REASONING_OUTSIDE: Final = frozenset({"google", "x-ai"})
 # Our own context, so the caller's decimal context (a low precision, traps) cannot round or break prices;
 # 60 digits keep every conversion between rates, units and USD exact.
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
@@ -200,27 +205,39 @@ def _usd(units: int) -> Decimal:
 
 
 def reported_cost_units(usage: Any) -> int | None:
-    """The USD cost the provider put in the call's ``usage`` (OpenRouter's ``usage.cost``), in 10**-24
-    USD; ``None`` when there is none (OpenAI reports none) or it is not a finite number >= 0. Never raises.
+    """The USD cost the provider put in the call's ``usage``, in 10**-24 USD; ``None`` when there is none
+    (OpenAI reports none) or it is not a finite number >= 0. Never raises. Read, in this order:
+
+    * ``cost``: a number of USD (OpenRouter), or an object whose ``total_cost`` is (Perplexity: token
+      costs plus its per-request search fee). With OpenRouter's ``is_byok: true`` ``cost`` is only
+      OpenRouter's fee, and ``cost_details.upstream_inference_cost`` (billed to your own provider key)
+      is added to it;
+    * ``cost_in_usd_ticks``: a whole number of 10**-10 USD (xAI).
     """
-    value: Any
     try:
         if type(usage) is dict:
-            value = usage.get("cost")
+            fields = usage
         elif type(usage) is JsonView:  # a body the ledger parsed itself (raw responses, streams)
-            value = usage._data.get("cost")
+            fields = usage._data
         else:
             # the SDK's models keep fields they do not declare in __pydantic_extra__ (a slot: cheap)
-            extra = getattr(usage, "__pydantic_extra__", _MISSING)
-            if extra is _MISSING:
-                value = getattr(usage, "cost", None)
-            elif extra:
-                value = extra.get("cost")
-            else:
-                return None
+            fields = getattr(usage, "__pydantic_extra__", _MISSING)
+            if fields is _MISSING:
+                fields = {name: getattr(usage, name, None) for name in _REPORTED_FIELDS}
+            elif not fields:
+                return None  # OpenAI's own usage: nothing beyond the declared fields
+        value = fields.get("cost")
+        if type(value) is dict:
+            value = value.get("total_cost")
         cost = cost_decimal(value)
         if cost is None:
-            return None
+            ticks = fields.get("cost_in_usd_ticks")
+            return ticks * _UNITS_PER_TICK if type(ticks) is int and ticks >= 0 else None
+        if fields.get("is_byok") is True:
+            details = fields.get("cost_details")
+            upstream = cost_decimal(details.get("upstream_inference_cost")) if type(details) is dict else None
+            if upstream is not None:
+                cost += upstream
         return int(_CONTEXT.scaleb(cost, USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
     except Exception:
         return None
@@ -232,9 +249,11 @@ class Route:
     Built by :meth:`PriceTable.route`; the monitor keeps one per instrumented client, so choosing it costs
     nothing per call. ``provider`` is what the record's ``server.provider`` says; ``matched_by`` is how the
     route was chosen (``cost.matched_by``): ``"host"``, ``"provider"`` or ``"model"`` (see the module).
+    ``reasoning_outside`` is true for a provider (Google, xAI) whose usage leaves reasoning tokens out of
+    ``completion_tokens``: the monitor puts them back (``_extract.reasoning_in_completion``) before pricing.
     """
 
-    __slots__ = ("_cache", "_flat", "_provider_id", "_table", "matched_by", "provider")
+    __slots__ = ("_cache", "_flat", "_provider_id", "_table", "matched_by", "provider", "reasoning_outside")
 
     def __init__(
         self,
@@ -249,6 +268,8 @@ class Route:
         self.provider = provider
         self.matched_by: MatchedBy = matched_by
         self._provider_id = provider_id  # genai-prices' provider whose rates apply; None: OpenAI's by name
+        # its usage counts reasoning outside completion_tokens (see _extract.reasoning_in_completion)
+        self.reasoning_outside = provider_id in _REASONING_OUTSIDE
         self._flat = None if flat is None else _compile(flat)
         self._cache: dict[str, _Entry | None] = {}
 
