@@ -96,9 +96,9 @@ class Rates:
     """The name that matched: the genai-prices model id, or the price file's key (a name or a pattern)."""
     input: Decimal
     output: Decimal
-    cached_input: Decimal | None
+    cached_input: Decimal | None = None
     """``None`` when cached prompt tokens are billed at the ``input`` rate."""
-    source: str
+    source: str = PRICE_FILE_SOURCE
     """``"genai-prices <version>"`` or ``"price-file"`` (recorded as ``cost.source``)."""
     tiers: tuple[tuple[int, Rates], ...] = ()
 

@@ -1,0 +1,83 @@
+"""docs/PRICING.md as a user reads it: its price file loads and prices as it says, its Python example runs,
+its table of providers is what the ledger records, its error examples are what a mistake prints."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from llm_ledger import PriceFileError, PriceTable
+from llm_ledger._servers import detect_provider, otel_provider_name
+
+DOC = (Path(__file__).parent.parent / "docs" / "PRICING.md").read_text()
+
+
+def block(language: str, after: str) -> str:
+    """The first ``language`` code block of the doc after the heading ``after``."""
+    found = re.search(rf"```{language}\n(.*?)```", DOC[DOC.index(after) :], re.S)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_price_file_example_loads_and_prices_as_described(tmp_path: Path) -> None:
+    """Each host of the example is priced the way its comment says; the model pattern prices fine-tunes."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(block("yaml", "## Mapping hosts in the price file"))
+    table = PriceTable.from_file(path)
+    ollama = table.route("localhost", 11434)
+    assert (ollama.provider, ollama.matched_by) == ("ollama", "host")
+    free = ollama.cost("llama3.3", prompt_tokens=1_000, completion_tokens=1_000)
+    assert free is not None and free.total_cost_usd == 0
+    vllm = table.route("gpu-7.vllm.internal.example.com", 443)
+    assert vllm.provider == "self-hosted"
+    assert table.route("llm-gateway.internal", 443).provider == "openrouter"
+    assert table.route("10.0.0.12", 8000).provider == "together"
+    assert table.route("10.0.0.12", 9000).matched_by == "model"
+    tuned = table.cost("ft:gpt-4o-mini:acme:abc123", prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    assert tuned is not None and tuned.total_cost_usd == Decimal("1.50")
+
+
+def test_the_python_example_runs_and_prints_what_it_shows() -> None:
+    """The Python example builds a monitor, and its cost line gives the figure the comment shows."""
+    code = block("python", "In Python, rates are")
+    namespace: dict[str, object] = {}
+    lines = code.splitlines()
+    exec("\n".join(lines[:-2]), namespace)
+    shown = lines[-1].removeprefix("# ")
+    assert repr(eval(lines[-2], namespace)) == shown
+
+
+def test_the_providers_table_is_what_is_recorded() -> None:
+    """Every base URL in the table is recorded as the provider, and exported under the OTel name, shown."""
+    rows = re.findall(r"^\| `(https://[^`]+)` \| `([^`]+)` \| `([^`]+)` \|$", DOC, re.M)
+    assert len(rows) >= 10
+    for url, provider, otel in rows:
+        assert detect_provider(url.replace("...", "v1beta/openai/")) == provider, url
+        assert otel_provider_name(provider) == otel, provider
+
+
+@pytest.mark.parametrize(
+    ("entry", "shown"),
+    [
+        (
+            '"http://vllm.internal": {input: 0.05, output: 0.05}',
+            "hosts.http://vllm.internal: not a host pattern",
+        ),
+        (
+            "gw.internal: {provider: grok}",
+            "hosts.gw.internal.provider: unknown provider 'grok' (did you mean",
+        ),
+    ],
+)
+def test_the_error_examples_are_what_a_mistake_prints(tmp_path: Path, entry: str, shown: str) -> None:
+    """The doc's error lines start as the real messages do (file and line, key, what is wrong)."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(f"version: 1\nhosts:\n  {entry}\n")
+    with pytest.raises(PriceFileError) as error:
+        PriceTable.from_file(path)
+    message = str(error.value).replace(str(path), "prices.yaml").replace(":3:", ":N:")
+    assert message.startswith(f"prices.yaml:N: {shown}")
+    assert shown in DOC
