@@ -54,6 +54,7 @@ __all__ = [
     "Route",
     "known_providers",
     "price",
+    "reasoning_outside",
     "reported_cost_units",
 ]
 
@@ -243,6 +244,12 @@ def reported_cost_units(usage: Any) -> int | None:
         return None
 
 
+def reasoning_outside(provider: str | None) -> bool:
+    """Whether ``provider``'s OpenAI-compatible usage leaves reasoning tokens out of ``completion_tokens``
+    (Google, xAI; docs/PRICING.md)."""
+    return provider in _REASONING_OUTSIDE
+
+
 class Route:
     """How the calls to one server are priced: a host's rate, a provider's rates, or the model name alone.
 
@@ -269,7 +276,7 @@ class Route:
         self.matched_by: MatchedBy = matched_by
         self._provider_id = provider_id  # genai-prices' provider whose rates apply; None: OpenAI's by name
         # its usage counts reasoning outside completion_tokens (see _extract.reasoning_in_completion)
-        self.reasoning_outside = provider_id in _REASONING_OUTSIDE
+        self.reasoning_outside = reasoning_outside(provider_id)
         self._flat = None if flat is None else _compile(flat)
         self._cache: dict[str, _Entry | None] = {}
 

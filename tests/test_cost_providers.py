@@ -218,3 +218,26 @@ def test_reprice_of_a_logged_xai_call_bills_its_thinking_too(
         expected = genai_usd("x-ai", model or "grok-4-fast-reasoning", record["usage"])
         assert Decimal(repr(row["after_usd"])) == expected
     assert record["usage"]["completion_tokens"] > REASONING
+
+
+def test_reprice_bills_the_thinking_of_a_gemini_call_logged_without_it(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A log written before the ledger billed Gemini's thinking (completion_tokens as Gemini sent it,
+    below total - prompt) is repriced with the thinking billed: after is what the call costs now."""
+    monitor.prices = at("google")
+    call(client, "gemini-2.5-flash", False, reasoning_tokens=str(REASONING), usage_style="gemini")
+    (record,) = records.calls
+    old = json.loads(json.dumps(record))
+    old["usage"].update(completion_tokens=old["usage"]["completion_tokens"] - REASONING, reasoning_tokens=0)
+    old["cost"]["total_cost_usd"] = float(genai_usd("google", "gemini-2.5-flash", old["usage"]))
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    assert main(["reprice", str(path), "--format", "json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert total["before_usd"] == old["cost"]["total_cost_usd"]
+    assert total["after_usd"] == record["cost"]["total_cost_usd"] > total["before_usd"]

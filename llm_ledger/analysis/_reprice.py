@@ -21,12 +21,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .._cli import add_command
 from .._errors import ConfigError
-from .._pricing import DEFAULT_PROVIDER, PROVIDER_REPORTED, PriceTable, Route, provider_error
-from .._records import CALL_EVENT, USD_UNIT_DIGITS, cost_decimal
+from .._extract import reasoning_in_completion
+from .._pricing import (
+    DEFAULT_PROVIDER,
+    PROVIDER_REPORTED,
+    PriceTable,
+    Route,
+    provider_error,
+    reasoning_outside,
+)
+from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
@@ -142,7 +150,20 @@ def read_usage(paths: str | Sequence[str], query: Query | None = None) -> tuple[
                 )
             return "report", list(_report_usage(one))
     calls = iter_records(inputs, events=(CALL_EVENT,))
-    return "log", list(map(usage_row, select(calls, query) if filtered and query else calls))
+    return "log", [usage_row(_billed(c)) for c in (select(calls, query) if filtered and query else calls)]
+
+
+def _billed(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its thinking tokens in ``completion_tokens``: a Google or xAI call logged before the
+    ledger put them there (docs/PRICING.md) is billed for them when repriced."""
+    server, usage = record.get("server"), record.get("usage")
+    if not (
+        isinstance(server, dict) and isinstance(usage, dict) and reasoning_outside(server.get("provider"))
+    ):
+        return record
+    counts = cast(Usage, {key: usage.get(key) for key in Usage.__annotations__})
+    billed = reasoning_in_completion(counts)
+    return record if billed is counts else {**record, "usage": {**usage, **billed}}
 
 
 def _report_usage(path: str) -> Iterator[UsageRow]:
