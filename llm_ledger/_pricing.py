@@ -17,9 +17,12 @@ each route resolves a model name once and caches the answer (unknown names inclu
 pricing a call is a few integer multiplications.
 
 Token accounting follows OpenAI's ``usage``: ``cached_tokens`` are a subset of ``prompt_tokens`` and
-reasoning tokens are inside ``completion_tokens``, so each token is billed exactly once. Only the standard
-text rates are modelled: no batch/flex/priority tiers, no separate audio or image token rates, no
-cache-write charges (OpenAI chat usage does not report cache writes).
+reasoning tokens are inside ``completion_tokens``, so each token is billed exactly once (Google's and xAI's
+usage, which leaves reasoning outside ``completion_tokens``, is put back in that form first:
+:attr:`Route.reasoning_outside`). Only the standard text rates are modelled: no batch/flex/priority
+tiers, no separate audio or image token rates, no cache-write charges (OpenAI chat usage does not report
+cache writes), no per-request fees; a cost the provider reports in the usage wins over the table's
+(:func:`reported_cost_units`).
 """
 
 from __future__ import annotations
@@ -276,7 +279,7 @@ class Route:
         self.matched_by: MatchedBy = matched_by
         self._provider_id = provider_id  # genai-prices' provider whose rates apply; None: OpenAI's by name
         # its usage counts reasoning outside completion_tokens (see _extract.reasoning_in_completion)
-        self.reasoning_outside = reasoning_outside(provider_id)
+        self.reasoning_outside = reasoning_outside(provider)
         self._flat = None if flat is None else _compile(flat)
         self._cache: dict[str, _Entry | None] = {}
 

@@ -16,7 +16,7 @@ import pytest
 import llm_ledger
 from llm_ledger._cli import main
 from llm_ledger._jsonl import JsonlFileHandler
-from llm_ledger._pricing import HostPrice, PriceTable, reported_cost_units
+from llm_ledger._pricing import HostPrice, PriceTable, Rates, reported_cost_units
 from llm_ledger._records import USD_UNITS
 from llm_ledger.testing import Captured, FakeOpenAI
 
@@ -241,3 +241,19 @@ def test_reprice_bills_the_thinking_of_a_gemini_call_logged_without_it(
     total = json.loads(capsys.readouterr().out)["total"]
     assert total["before_usd"] == old["cost"]["total_cost_usd"]
     assert total["after_usd"] == record["cost"]["total_cost_usd"] > total["before_usd"]
+
+
+def test_a_host_priced_at_its_own_rate_as_google_bills_the_thinking_too(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A gateway the price file names Google but prices itself (its own rate) still counts the thinking
+    Gemini left out of completion_tokens, at that rate."""
+    monitor.prices = PriceTable(hosts={"127.0.0.1": HostPrice("google", Rates("gw", Decimal(1), Decimal(2)))})
+    call(client, "gemini-2.5-flash", False, reasoning_tokens=str(REASONING), usage_style="gemini")
+    (record,) = records.calls
+    usage = record["usage"]
+    assert usage["reasoning_tokens"] == REASONING
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == usage["total_tokens"]
+    expected = (Decimal(usage["prompt_tokens"]) + 2 * Decimal(usage["completion_tokens"])) / 10**6
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected
+    assert record["cost"]["source"] == "price-file"
