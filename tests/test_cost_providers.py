@@ -257,3 +257,19 @@ def test_a_host_priced_at_its_own_rate_as_google_bills_the_thinking_too(
     expected = (Decimal(usage["prompt_tokens"]) + 2 * Decimal(usage["completion_tokens"])) / 10**6
     assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected
     assert record["cost"]["source"] == "price-file"
+
+
+@pytest.mark.parametrize(
+    ("style", "billed"), [("xai", 0.0042), ("perplexity", 0.0042), ("openrouter-byok", 0.00441)]
+)
+def test_reported_costs_are_read_from_responses_api_usage_too(
+    client: openai.OpenAI, records: Captured, style: str, billed: float
+) -> None:
+    """The Responses API's usage carries the same cost fields; they are read the same way."""
+    client.responses.create(
+        model="grok-4.5", input="hi", extra_headers={"x-fake-usage-style": style, "x-fake-cost": "0.0042"}
+    )
+    (record,) = records.calls
+    assert record["operation"] == "responses"
+    assert record["cost"]["total_cost_usd"] == pytest.approx(billed, rel=1e-12)
+    assert record["cost"]["source"] == "provider-reported"
