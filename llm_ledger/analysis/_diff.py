@@ -83,9 +83,18 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
         )
-    failed = data.get("failed_tests", [])
-    if not isinstance(failed, list) or not all(isinstance(test, str) for test in failed):
-        raise ConfigError(f"{name}: failed_tests: expected a list of test ids, got {shown(failed)}")
+    tests = [("failed_tests", data.get("failed_tests", []))]
+    for lens, entry in data["lenses"].items():
+        if isinstance(entry, dict):
+            tests.append(
+                (
+                    join(join("lenses", lens), "tests_with_failed_calls"),
+                    entry.get("tests_with_failed_calls", []),
+                )
+            )
+    for where, failed in tests:
+        if not isinstance(failed, list) or not all(isinstance(test, str) for test in failed):
+            raise ConfigError(f"{name}: {where}: expected a list of test ids, got {shown(failed)}")
     entries = [(join("lenses", lens), entry, _READ_METRICS) for lens, entry in data["lenses"].items()]
     entries += [(f"usage[{i}]", row, _USAGE_METRICS) for i, row in enumerate(data.get("usage", ()))]
     for where, entry, metrics in [*entries, ("total", data["total"], _READ_METRICS)]:
@@ -126,7 +135,7 @@ def _row(
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
-    return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}}
+    return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}, "failed_call_tests": {}}
 
 
 def _count(value: Any) -> int:
@@ -278,6 +287,8 @@ def diff_reports(
                 row["cost_gaps"][side] = _cost_gaps(report, name)
             if entry and entry.get("errors"):  # calls that failed (cassette misses) count no tokens
                 row["failed_calls"][side] = int(entry["errors"])
+                if entry.get("tests_with_failed_calls"):
+                    row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
     return {
         "schema": "llm-ledger-diff",
         "version": 1,
@@ -449,9 +460,10 @@ def _notes(row: dict[str, Any]) -> list[str]:
     """What the figures of one lens (or the total) leave out, side by side."""
     notes = [f"* {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
     for side, count in row["failed_calls"].items():
-        notes.append(
-            f"{side}: {count} failed call(s) (cassette misses or API errors), not in its tokens or cost"
-        )
+        tests = [_code(test) for test in row["failed_call_tests"].get(side, ())]
+        where = f" in {_listed(tests)}" if tests else ""
+        failed = f"{count} failed call(s) (cassette misses or API errors){where}"
+        notes.append(f"{side}: {failed}, not in its tokens or cost")
     return notes
 
 
