@@ -265,10 +265,9 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*llm-ledger: cost diff against base.json*",
-            "lens digest (new)",
-            "*",
-            "lens summary",
+            "lens summary",  # the largest change in cost first
             "*calls *1 *2 *+1 *+100.0%",
+            "lens digest (new)",
         ]
     )
 
