@@ -249,9 +249,13 @@ class SessionLedger:
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
+        self.outside = Totals()  # the calls made outside any lens
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
-        self.tests.setdefault(nodeid, Totals()).add(Totals.of_call(record))
+        call = Totals.of_call(record)
+        self.tests.setdefault(nodeid, Totals()).add(call)
+        if not (record.get("context") or {}).get("lens_key"):
+            self.outside.add(call)
         key, row = UsageSum.of_call(record)
         self.usage.setdefault(key, UsageSum()).add(row)
 
@@ -276,6 +280,7 @@ class SessionLedger:
             "recorded": sorted(self.recorded),
             "cassettes": sorted(self.cassettes),
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
+            "outside": self.outside.to_wire(),
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -288,6 +293,8 @@ class SessionLedger:
         self.cassettes.update(data.get("cassettes", ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
+        if "outside" in data:
+            self.outside.add(Totals.from_wire(data["outside"]))
 
     # -- aggregates ------------------------------------------------------------------------------
 
@@ -426,6 +433,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     rows = []
     incomplete = False
     named = [(key, str(agg.runs), agg.sum) for key, agg in sorted(ledger.lenses().items())]
+    if ledger.outside.api_calls:  # calls outside any lens: with the lenses, they add up to the total
+        named.append(("(no lens)", "", ledger.outside))
     total = ledger.total()
     failed = bool(total.errors) or any(s.errors for _, _, s in named)
     for name, runs, s in [*named, ("(session total)", "", total)]:
@@ -442,11 +451,13 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     if failed:
         failed_in = ledger.failed_calls_in()
         lenses = [
-            f"{key} ({s.errors}, in {listed(failed_in.get(key, []))})" for key, _, s in named if s.errors
+            f"{key} ({s.errors}, in {listed(failed_in[key])})" if key in failed_in else f"{key} ({s.errors})"
+            for key, _, s in named
+            if s.errors
         ]
         lines.append(
             "failed: calls that failed (cassette misses or API errors), whose tokens and cost are not "
-            f"counted: {listed(lenses) or 'outside any lens'}"
+            f"counted: {listed(lenses)}"
         )
     return lines
 

@@ -5,6 +5,7 @@ killed or failed write never leaves half-written for a later `llm-ledger diff` t
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from tests.plugin_helpers import (
     run,
     server_fixture,
     with_key_fixture,
+    write_project,
 )
 
 pytestmark = pytest.mark.sdk_independent
@@ -116,3 +118,47 @@ def test_a_report_that_cannot_be_written_whole_leaves_the_previous_one_intact(
     ) in result.stdout.splitlines()
     assert report.read_text() == previous
     assert [path.name for path in report.parent.iterdir()] == ["report.json"]
+
+
+OUTSIDE_A_LENS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_triage():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client:
+        with ledger.lens("triage"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Go"}])
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Log"}])
+"""
+
+
+def test_calls_outside_any_lens_have_a_row_in_the_per_lens_table(
+    pytester: pytest.Pytester, server: FakeOpenAI, with_key: None
+) -> None:
+    """A call made outside any lens shows as "(no lens)" in the per-lens table, so the lens rows and
+    it add up to the session total."""
+    write_project(pytester, OUTSIDE_A_LENS)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+
+    result = run(pytester)
+
+    assert result.ret == 0
+    table = result.stdout.str().split("llm-ledger: per-lens totals")[1].splitlines()[3:6]
+    # name, then the figures from the right: calls, prompt, completion, tokens, cost (no runs but a lens's)
+    rows = {
+        name: figures.split()[-5:]
+        for name, figures in (re.split(r"\s{2,}", r, maxsplit=1) for r in table if "  " in r)
+    }
+    assert list(rows) == ["triage", "(no lens)", "(session total)"]
+    assert rows["(no lens)"][0] == "1"
+    for column in range(4):  # calls and tokens add up
+        assert int(rows["triage"][column]) + int(rows["(no lens)"][column]) == int(
+            rows["(session total)"][column]
+        )
