@@ -183,3 +183,17 @@ def test_help_states_the_rule(capsys: pytest.CaptureFixture[str]) -> None:
         "exit 1 when a lens's cost per run, the cost of calls outside any lens or the total cost grows "
         "by more than PCT percent, or a lens absent in BASE costs money (an increase from nothing)"
     ) in text
+
+
+def test_a_base_report_without_usage_rows_does_not_read_as_no_calls_outside_lenses(diff: Any) -> None:
+    """A base report written before reports carried usage rows cannot tell what ran outside any
+    lens: the head's calls outside lenses are not shown as new, and do not fail the job as growth."""
+    base = report({"summary": lens(1, 0.001)}, [unlensed(1, 0.0001)])
+    del base["usage"]
+    base["total"]["api_calls"] += 1  # the base did make the call: its total counts it
+    head = report({"summary": lens(1, 0.001)}, [unlensed(1, 0.0001)])
+
+    status, out, err = diff(base, head, "--fail-on-increase", "25")
+
+    assert (status, err) == (0, "")
+    assert "(no lens)" not in out

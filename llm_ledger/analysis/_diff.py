@@ -271,8 +271,10 @@ def diff_reports(
         )
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
     lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
+    # a report without usage rows (written before they were) cannot say what ran outside any lens
     outside = _no_lens(base), _no_lens(head)
-    no_lens = _row(*outside, TOTAL_METRICS) if outside != (None, None) else None
+    known = "usage" in base and "usage" in head
+    no_lens = _row(*outside, TOTAL_METRICS) if known and outside != (None, None) else None
     total = _row(base["total"] or None, head["total"], TOTAL_METRICS)
     rows: list[tuple[str | None, dict[str, Any], list[dict[str, Any] | None]]] = [
         (name, row, [base["lenses"].get(name), head["lenses"].get(name)]) for name, row in lenses.items()
