@@ -197,3 +197,29 @@ def test_a_base_report_without_usage_rows_does_not_read_as_no_calls_outside_lens
 
     assert (status, err) == (0, "")
     assert "(no lens)" not in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["usage"][0].update(calls="2"), "usage[0].calls: expected a whole number >= 0, got '2'"),
+        (lambda r: r["usage"][0].update(cost_usd=-1), "usage[0].cost_usd: expected a number >= 0, got -1"),
+        (lambda r: r["usage"].append([]), "usage[1] must be an object"),
+        (
+            lambda r: r["lenses"]["summary"].update(tests_with_failed_calls="test_x"),
+            "lenses.summary.tests_with_failed_calls: expected a list of test ids, got 'test_x'",
+        ),
+    ],
+)
+def test_a_report_with_bad_figures_for_the_diff_is_refused_naming_where(
+    diff: Any, change: Any, message: str
+) -> None:
+    """The usage rows the (no lens) row is summed from, and the tests a lens's calls failed in, are
+    checked like the rest of a report: a bad one is an error naming its place, not a wrong figure."""
+    head = report({"summary": lens(1, 0.001)}, [unlensed(1, 0.0001)])
+    change(head)
+
+    status, out, err = diff(report({"summary": lens(1, 0.001)}), head)
+
+    assert (status, out) == (2, "")
+    assert message in err

@@ -83,18 +83,15 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
         )
-    tests = [("failed_tests", data.get("failed_tests", []))]
-    for lens, entry in data["lenses"].items():
-        if isinstance(entry, dict):
-            tests.append(
-                (
-                    join(join("lenses", lens), "tests_with_failed_calls"),
-                    entry.get("tests_with_failed_calls", []),
-                )
-            )
-    for where, failed in tests:
-        if not isinstance(failed, list) or not all(isinstance(test, str) for test in failed):
-            raise ConfigError(f"{name}: {where}: expected a list of test ids, got {shown(failed)}")
+    lists = [("failed_tests", data.get("failed_tests", []))]
+    lists += [
+        (join(join("lenses", lens), "tests_with_failed_calls"), entry.get("tests_with_failed_calls", []))
+        for lens, entry in data["lenses"].items()
+        if isinstance(entry, dict)
+    ]
+    for where, tests in lists:
+        if not isinstance(tests, list) or not all(isinstance(test, str) for test in tests):
+            raise ConfigError(f"{name}: {where}: expected a list of test ids, got {shown(tests)}")
     entries = [(join("lenses", lens), entry, _READ_METRICS) for lens, entry in data["lenses"].items()]
     entries += [(f"usage[{i}]", row, _USAGE_METRICS) for i, row in enumerate(data.get("usage", ()))]
     for where, entry, metrics in [*entries, ("total", data["total"], _READ_METRICS)]:
@@ -145,7 +142,7 @@ def _count(value: Any) -> int:
 def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
     """The calls of a report made outside any lens, summed from its usage rows (lens "<no lens>"),
     as a lens entry; None when it has none."""
-    rows = [row for row in report.get("usage", ()) if row.get("lens") == NO_LENS]
+    rows = [row for row in report.get("usage", ()) if (row.get("lens") or NO_LENS) == NO_LENS]
     if not rows:
         return None
     return {
