@@ -214,7 +214,8 @@ def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash or a parallel reader never sees half a file.
 
     A file that exists keeps its mode; a new one gets the ordinary mode (0666 less the umask), not
-    mkstemp's private 0600: cassettes are committed.
+    mkstemp's private 0600: cassettes are committed, reports read by other CI steps. Cassettes and
+    ``--llm-report`` files are written this way.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -249,9 +249,13 @@ class SessionLedger:
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
+        self.outside = Totals()  # the calls made outside any lens
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
-        self.tests.setdefault(nodeid, Totals()).add(Totals.of_call(record))
+        call = Totals.of_call(record)
+        self.tests.setdefault(nodeid, Totals()).add(call)
+        if not (record.get("context") or {}).get("lens_key"):
+            self.outside.add(call)
         key, row = UsageSum.of_call(record)
         self.usage.setdefault(key, UsageSum()).add(row)
 
@@ -276,6 +280,7 @@ class SessionLedger:
             "recorded": sorted(self.recorded),
             "cassettes": sorted(self.cassettes),
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
+            "outside": self.outside.to_wire(),
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -288,6 +293,8 @@ class SessionLedger:
         self.cassettes.update(data.get("cassettes", ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
+        if "outside" in data:
+            self.outside.add(Totals.from_wire(data["outside"]))
 
     # -- aggregates ------------------------------------------------------------------------------
 
@@ -306,15 +313,30 @@ class SessionLedger:
                     agg.worst[metric] = (value, nodeid)
         return out
 
+    def failed_calls_in(self) -> dict[str, list[str]]:
+        """lens key -> the node ids of the tests in which its runs had failed calls (cassette misses,
+        API errors): the tests to look at, or re-record, when the lens's figures drop."""
+        out: dict[str, set[str]] = {}
+        for key, nodeid, run in self.lens_runs:
+            if run.errors:
+                out.setdefault(key, set()).add(nodeid)
+        return {key: sorted(nodeids) for key, nodeids in out.items()}
+
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
         """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1); ``exit_status``
         is pytest's, which says whether the run stopped early (a collection error...)."""
         lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
+        failed_in = self.failed_calls_in()
         return {
             "schema": REPORT_SCHEMA,
             "version": REPORT_VERSION,
             "lenses": {
-                key: {"runs": agg.runs, **agg.sum.to_report()} for key, agg in sorted(self.lenses().items())
+                key: {
+                    "runs": agg.runs,
+                    **agg.sum.to_report(),
+                    "tests_with_failed_calls": failed_in.get(key, []),
+                }
+                for key, agg in sorted(self.lenses().items())
             },
             "tests": {
                 nodeid: {**totals.to_report(), "lens_runs": lens_runs[nodeid]}
@@ -406,19 +428,37 @@ def _format_value(limit_key: str, value: float) -> str:
 
 
 def render_lens_table(ledger: SessionLedger) -> list[str]:
+    """The per-lens totals of the terminal summary; a "failed" column, and a line naming each lens and
+    test, when calls failed: a lens whose calls missed their cassette would read as cheaper."""
     rows = []
     incomplete = False
     named = [(key, str(agg.runs), agg.sum) for key, agg in sorted(ledger.lenses().items())]
+    if ledger.outside.api_calls:  # calls outside any lens: with the lenses, they add up to the total
+        named.append(("(no lens)", "", ledger.outside))
     total = ledger.total()
+    failed = bool(total.errors) or any(s.errors for _, _, s in named)
     for name, runs, s in [*named, ("(session total)", "", total)]:
         incomplete |= not s.cost_complete
         rows.append(
             [name, runs, str(s.api_calls), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}",
              f"{s.total_tokens:,}", format_cost(s.cost_usd, s.cost_complete)]
+            + ([str(s.errors) if s.errors else ""] if failed else [])
         )  # fmt: skip
-    lines = text_table(["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"], rows)
+    headers = ["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"] + ["failed"] * failed
+    lines = text_table(headers, rows)
     if incomplete:
         lines.append(f"* the cost shown leaves out calls with no known cost: {total.cost_gaps()}")
+    if failed:
+        failed_in = ledger.failed_calls_in()
+        lenses = [
+            f"{key} ({s.errors}, in {listed(failed_in[key])})" if key in failed_in else f"{key} ({s.errors})"
+            for key, _, s in named
+            if s.errors
+        ]
+        lines.append(
+            "failed: calls that failed (cassette misses or API errors), whose tokens and cost are not "
+            f"counted: {listed(lenses)}"
+        )
     return lines
 
 

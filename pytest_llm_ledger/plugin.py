@@ -64,6 +64,7 @@ from llm_ledger.loading import BOOLEAN_WORDS
 from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
+from ._format import write_atomic
 from ._naming import cassette_params, cassette_path, orphan_cassettes, selected_folders
 from ._network import Guard
 from ._report import (
@@ -703,8 +704,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if path is not None:
         report = json.dumps(state.ledger.report(exit_status=int(exitstatus)), indent=2) + "\n"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(report, encoding="utf-8")
+            write_atomic(path, report)  # a killed or failed write leaves the previous report, not half of one
             state.report_written = True
         except OSError as exc:  # a read-only directory, a full disk: the diff after would have no report
             state.notices.append(

@@ -139,7 +139,7 @@ def test_diff_markdown_shows_lens_names_with_backticks_and_pipes_whole(
         cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json"), "--fail-on-increase=50"])
         == 1
     )
-    assert capsys.readouterr().err.endswith("% in `` ns:sum`mary|v2 ``\n")  # the whole name, colon and all
+    assert "% in `` ns:sum`mary|v2 `` (+100.0%)" in capsys.readouterr().err  # the whole name, colon and all
 
 
 def test_diff_markdown_shows_a_lens_key_with_angle_brackets_as_written(
@@ -265,10 +265,9 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*llm-ledger: cost diff against base.json*",
-            "lens digest (new)",
-            "*",
-            "lens summary",
+            "lens summary",  # the largest change in cost first
             "*calls *1 *2 *+1 *+100.0%",
+            "lens digest (new)",
         ]
     )
 
@@ -426,7 +425,8 @@ def test_diff_flags_reports_with_failed_tests_or_calls(
 def test_diff_only_changed_and_fail_on_increase(
     tmp_path: Path, reports: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--only-changed drops unchanged lenses; --fail-on-increase exits 1 naming the lens that grew."""
+    """--only-changed drops unchanged lenses; --fail-on-increase exits 1 naming each lens that grew or
+    is new, and the total when it grew."""
     same = {"runs": 1, "api_calls": 1, "total_tokens": 5, "cost_usd": 0.00000045}
     base, head = json.loads(Path(reports[0]).read_text()), json.loads(Path(reports[1]).read_text())
     base["lenses"]["same"] = head["lenses"]["same"] = same
@@ -435,14 +435,23 @@ def test_diff_only_changed_and_fail_on_increase(
 
     assert cli_main(["diff", *reports]) == 0
     assert "| cost (USD) | $0.000000450 | $0.000000450 | $0.000000 | +0.0% |" in capsys.readouterr().out
-    assert cli_main(["diff", *reports, "--only-changed", "--fail-on-increase", "50"]) == 0
-    out = capsys.readouterr().out
+    assert cli_main(["diff", *reports, "--only-changed", "--fail-on-increase", "60"]) == 1
+    out, err = capsys.readouterr()
     assert "4 lens(es), 3 with changes (only those are shown)." in out and "`same`" not in out
+    # a lens new in the head costs money: an increase from nothing, whatever the threshold
+    assert err.strip() == (
+        "llm-ledger diff: new lens(es) that cost money (an increase from nothing): `fresh` "
+        "($0.0000200 per run)"
+    )
 
     assert cli_main(["diff", *reports, "--fail-on-increase=49.5"]) == 1
     out, err = capsys.readouterr()
     assert "- `summary`: cost per run $0.000200 -> $0.000300 (+50.0%)" in out
-    assert err.strip() == "llm-ledger diff: cost per run grew by more than 49.5% in `summary`"
+    assert err.strip() == (
+        "llm-ledger diff: cost per run grew by more than 49.5% in `summary` (+50.0%); new lens(es) that "
+        "cost money (an increase from nothing): `fresh` ($0.0000200 per run); the total cost grew by more "
+        "than 49.5% ($0.000410 -> $0.000620, +51.2%)"
+    )
 
     with pytest.raises(SystemExit) as excinfo:
         cli_main(["diff", *reports, "--fail-on-increase", "ten"])

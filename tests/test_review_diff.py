@@ -38,8 +38,12 @@ def run_lens(lens):
     client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
     # PRICES: the application prices its calls from its own price file
     monitor = ledger.LLMCallMonitor(prices=os.environ["PRICES"]) if "PRICES" in os.environ else ledger
-    with monitor.instrument(client), monitor.lens(lens):
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}])
+    with monitor.instrument(client):
+        with monitor.lens(lens):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}])
+        if f"UNLENSED_{lens.upper()}" in os.environ:  # one more call, made outside any lens
+            unlensed = os.environ[f"UNLENSED_{lens.upper()}"]
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": unlensed}])
 
 
 @pytest.mark.llm
@@ -62,8 +66,9 @@ class Project:
 
     def report(self, name: str, *args: str, record: bool = True, **env: str) -> str:
         """Record the cassettes (unless ``record`` is false), replay them as CI does, and write
-        ``name``: the --llm-report of that replay; ``env`` sets MODEL_<LENS> / PROMPT_<LENS> / PRICES."""
-        for key in [k for k in os.environ if k.startswith(("MODEL_", "PROMPT_", "PRICES"))]:
+        ``name``: the --llm-report of that replay; ``env`` sets MODEL_<LENS> / PROMPT_<LENS> / PRICES, and
+        UNLENSED_<LENS>: the prompt of a call made after the lens, outside any lens."""
+        for key in [k for k in os.environ if k.startswith(("MODEL_", "PROMPT_", "PRICES", "UNLENSED_"))]:
             self.monkeypatch.delenv(key)
         for key, value in env.items():
             self.monkeypatch.setenv(key, value)
@@ -125,12 +130,15 @@ def test_fail_on_increase_fails_closed_on_a_lens_whose_cost_became_unknown(
     status, out, err = diff(capsys, base, head, "--fail-on-increase", "25")
 
     assert status == 1
-    unchecked = (
-        "`summary`: cost per run cannot be checked: head: no known price for model 'acme-local-7b' (1 call)"
+    why = "head: no known price for model 'acme-local-7b' (1 call)"
+    assert [line for line in out.splitlines() if line.startswith("- ")] == [
+        f"- `summary`: cost per run cannot be checked: {why}",
+        f"- Total: cost cannot be checked: {why}",
+    ]
+    assert err.splitlines()[-1] == (
+        "llm-ledger diff: cost cannot be checked (the head leaves out calls with no known cost) in "
+        f"`summary` ({why}), the total ({why})"
     )
-    assert f"- {unchecked}" in out
-    assert "llm-ledger diff: cost per run grew by more than 25%, or cannot be checked, in `summary`" in err
-    assert [line for line in out.splitlines() if line.startswith("- ")] == [f"- {unchecked}"]
     # a lens that stays on that model compares like with like: it does not fail every later pull request
     assert diff(capsys, head, head, "--fail-on-increase", "25")[0] == 0
 
@@ -148,7 +156,8 @@ def test_a_lens_whose_calls_missed_their_cassette_says_so_under_its_own_table(
     assert status == 0
     summary = out.split("lens summary\n")[1].split("\nlens ")[0]
     assert summary.splitlines()[-1] == (
-        "  head: 1 failed call(s) (cassette misses or API errors), not in its tokens or cost"
+        "  head: 1 failed call(s) (cassette misses or API errors) in `tests/test_app.py::test_summary`, not "
+        "in its tokens or cost"
     )
     assert "failed call" not in out.split("lens tags")[1].split("\ntotal")[0]
 
@@ -197,8 +206,8 @@ def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
     project: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A reviewer sees first, in one table, each lens's cost per run before and after (checked by
-    hand from the tokens and the list prices), then the lenses over --fail-on-increase; the per-lens
-    details follow, not the other way round."""
+    hand from the tokens and the list prices), then what went over --fail-on-increase (the lens, then
+    the total it raised); the per-lens details follow, not the other way round."""
     base = project.report("base.json")
     head = project.report("head.json", MODEL_SUMMARY="gpt-4o")
 
@@ -207,6 +216,10 @@ def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
     assert status == 1
     lenses = json.loads(Path(head).read_text())["lenses"]
     summary, tags = lenses["summary"], lenses["tags"]  # one run each; the model changes no token
+    total = (
+        json.loads(Path(base).read_text())["total"]["cost_usd"],
+        json.loads(Path(head).read_text())["total"]["cost_usd"],
+    )
     mini = (summary["prompt_tokens"] * 0.15 + summary["completion_tokens"] * 0.6) / 1e6  # USD per 1M
     four = (summary["prompt_tokens"] * 2.5 + summary["completion_tokens"] * 10) / 1e6
     assert summary["cost_usd"] == pytest.approx(four)
@@ -222,6 +235,10 @@ def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
         "**Cost per run grew by more than 25%:**",
         "",
         f"- `summary`: cost per run {usd(mini)} -> {usd(four)} ({grown})",
+        "",
+        "**The total cost grew by more than 25%:**",
+        "",
+        f"- Total: {usd(total[0])} -> {usd(total[1])} ({(total[1] / total[0] - 1) * 100:+.1f}%)",
     ]
 
 
@@ -286,4 +303,58 @@ def test_require_base_fails_closed_when_the_base_run_wrote_no_report(
     assert err.strip() == (
         f"llm-ledger diff: error: {missing}: report not found (--require-base); the base branch's test "
         "run wrote none: see that step's log"
+    )
+
+
+def test_calls_outside_any_lens_have_a_row_of_their_own(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pull request that adds a call outside any lens: the diff shows it as its own "(no lens)"
+    row, in the table and with details, so the reviewer sees where the total's growth came from; and
+    --fail-on-increase names it."""
+    base = project.report("base.json")
+    head = project.report("head.json", UNLENSED_TAGS="Classify this ticket as urgent or not")
+
+    status, out, err = diff(capsys, base, head, "--fail-on-increase", "25")
+
+    assert status == 1
+    (row,) = [r for r in json.loads(Path(head).read_text())["usage"] if r["lens"] == "<no lens>"]
+    cost = usd(row["cost_usd"])
+    assert f"| (no lens), its whole cost (new) | — | {cost} | — | — |" in out
+    details = out.split("### (no lens): calls outside any lens (new)\n")[1].split("\n### ")[0]
+    assert "| calls | — | 1 | — | — |" in details
+    assert f"| cost (USD) | — | {cost} | — | — |" in details
+    assert "| calls | 2 | 3 | +1 | +50.0% |" in out.split("### Total")[1]
+    assert "- (no lens) (new): " + cost + ", absent in the base" in out
+    assert err.startswith(
+        "llm-ledger diff: the cost of calls outside any lens grew by more than 25% "
+        f"({cost}, none in the base); the total cost grew by more than 25% ("
+    )
+    # the lenses themselves did not change
+    assert "| `summary` (unchanged) |" in out and "| `tags` (unchanged) |" in out
+
+
+def test_calls_outside_any_lens_compare_base_to_head_in_json(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Calls outside any lens in both runs, one with a longer prompt: the JSON diff has them as
+    "no_lens", base against head, in calls, tokens and cost."""
+    base = project.report("base.json", UNLENSED_SUMMARY="Short")
+    head = project.report("head.json", UNLENSED_SUMMARY="A much longer prompt than the base had, and more")
+
+    status, out, _ = diff(capsys, base, head, "--format", "json")
+
+    assert status == 0
+    metrics = json.loads(out)["no_lens"]["metrics"]
+    rows = [
+        next(r for r in json.loads(Path(path).read_text())["usage"] if r["lens"] == "<no lens>")
+        for path in (base, head)
+    ]
+    assert metrics["api_calls"] == {"base": 1, "head": 1, "delta": 0, "pct": 0.0}
+    tokens = [r["prompt_tokens"] + r["completion_tokens"] for r in rows]
+    assert (metrics["total_tokens"]["base"], metrics["total_tokens"]["head"]) == (tokens[0], tokens[1])
+    assert tokens[1] > tokens[0]
+    assert (metrics["cost_usd"]["base"], metrics["cost_usd"]["head"]) == (
+        rows[0]["cost_usd"],
+        rows[1]["cost_usd"],
     )

@@ -3,9 +3,10 @@
 Reads two ``--llm-report`` files (schema ``llm-ledger-report``, version 1) written by the pytest
 plugin, typically one from the base branch and one from the pull request, and prints a table per
 lens with base, head, delta and percent change. Lenses only in HEAD are marked new, lenses only in
-BASE removed; each lens also shows its runs and its cost per run. ``--format markdown`` (the
-default) is fit for a PR comment or ``$GITHUB_STEP_SUMMARY``; ``text`` is for terminals; ``json`` for
-other tools.
+BASE removed; each lens also shows its runs and its cost per run, and calls made outside any lens
+have a row of their own, "(no lens)". ``--format markdown`` (the default) is fit for a PR comment or
+``$GITHUB_STEP_SUMMARY`` and stays under GitHub's 65,536 characters; ``text`` is for terminals;
+``json`` for other tools.
 
 What makes its numbers untrustworthy (flagged at the top and on stderr), a missing BASE,
 ``--only-changed`` and ``--fail-on-increase`` are described for users in docs/CI.md.
@@ -28,6 +29,7 @@ from .._table import markdown_table, text_table
 from ..loading import join, printable, read_file, shown
 from ._read import strict_loads
 from ._render import usd as _usd
+from ._usage import NO_LENS
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -46,6 +48,10 @@ TOTAL_METRICS: Final = ("api_calls", "total_tokens", "cost_usd")
 _COSTS: Final = frozenset({"cost_usd", "cost_per_run"})
 FORMATS: Final = ("markdown", "text", "json")
 _READ_METRICS: Final = ("runs", "api_calls", "total_tokens", "cost_usd", "errors")
+# the figures of a usage row the diff reads (the calls outside any lens are summed from them)
+_USAGE_METRICS: Final = ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "uncosted_calls")
+NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
+_NO_LENS_TITLE: Final = f"{NO_LENS_ROW}: calls outside any lens"
 _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would overflow a percentage
 MAX_REPORT_BYTES: Final = 64 << 20
 
@@ -77,14 +83,21 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
         )
-    failed = data.get("failed_tests", [])
-    if not isinstance(failed, list) or not all(isinstance(test, str) for test in failed):
-        raise ConfigError(f"{name}: failed_tests: expected a list of test ids, got {shown(failed)}")
-    entries = [(join("lenses", lens), entry) for lens, entry in data["lenses"].items()]
-    for where, entry in [*entries, ("total", data["total"])]:
+    lists = [("failed_tests", data.get("failed_tests", []))]
+    lists += [
+        (join(join("lenses", lens), "tests_with_failed_calls"), entry.get("tests_with_failed_calls", []))
+        for lens, entry in data["lenses"].items()
+        if isinstance(entry, dict)
+    ]
+    for where, tests in lists:
+        if not isinstance(tests, list) or not all(isinstance(test, str) for test in tests):
+            raise ConfigError(f"{name}: {where}: expected a list of test ids, got {shown(tests)}")
+    entries = [(join("lenses", lens), entry, _READ_METRICS) for lens, entry in data["lenses"].items()]
+    entries += [(f"usage[{i}]", row, _USAGE_METRICS) for i, row in enumerate(data.get("usage", ()))]
+    for where, entry, metrics in [*entries, ("total", data["total"], _READ_METRICS)]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{name}: {where} must be an object")
-        for metric in _READ_METRICS:
+        for metric in metrics:
             value = entry.get(metric, 0)
             # counts are whole numbers, costs any number; neither is negative
             whole = metric != "cost_usd"
@@ -119,11 +132,25 @@ def _row(
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
-    return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}}
+    return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}, "failed_call_tests": {}}
 
 
 def _count(value: Any) -> int:
     return value if type(value) is int and value > 0 else 0
+
+
+def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The calls of a report made outside any lens, summed from its usage rows (lens "<no lens>"),
+    as a lens entry; None when it has none."""
+    rows = [row for row in report.get("usage", ()) if (row.get("lens") or NO_LENS) == NO_LENS]
+    if not rows:
+        return None
+    return {
+        "api_calls": sum(row.get("calls", 0) for row in rows),
+        "total_tokens": sum(row.get("prompt_tokens", 0) + row.get("completion_tokens", 0) for row in rows),
+        "cost_usd": sum(row.get("cost_usd", 0) for row in rows),
+        "cost_complete": not any(row.get("uncosted_calls") for row in rows),
+    }
 
 
 def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
@@ -215,12 +242,13 @@ def diff_reports(
     ``base`` None stands for a missing base report: every lens is new, and a flag says why.
     """
     flags = []
+    has_base = base is not None
     if base is None:
         flags.append(
             f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
             "llm-ledger yet, or its test run wrote no report)"
         )
-        base = {"lenses": {}, "total": {}}
+        base = {"lenses": {}, "total": {}, "usage": []}
     else:
         flags += _flags("base", base_path, base)
     flags += _flags("head", head_path, head)
@@ -240,41 +268,139 @@ def diff_reports(
         )
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
     lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
+    # a report without usage rows (written before they were) cannot say what ran outside any lens
+    outside = _no_lens(base), _no_lens(head)
+    known = "usage" in base and "usage" in head
+    no_lens = _row(*outside, TOTAL_METRICS) if known and outside != (None, None) else None
     total = _row(base["total"] or None, head["total"], TOTAL_METRICS)
-    for name, row in [*lenses.items(), (None, total)]:
+    rows: list[tuple[str | None, dict[str, Any], list[dict[str, Any] | None]]] = [
+        (name, row, [base["lenses"].get(name), head["lenses"].get(name)]) for name, row in lenses.items()
+    ]
+    if no_lens is not None:
+        rows.append((NO_LENS, no_lens, list(outside)))
+    rows.append((None, total, [base["total"], head["total"]]))
+    for name, row, entries in rows:
         # a side whose cost leaves out calls with no known cost: why (its costs are lower bounds, marked *)
-        for side, report in (("base", base), ("head", head)):
-            entry = report["total"] if name is None else report["lenses"].get(name)
+        for side, report, entry in zip(("base", "head"), (base, head), entries, strict=True):
             if entry and entry.get("cost_complete") is False:
                 row["cost_gaps"][side] = _cost_gaps(report, name)
             if entry and entry.get("errors"):  # calls that failed (cassette misses) count no tokens
                 row["failed_calls"][side] = int(entry["errors"])
-    return {"schema": "llm-ledger-diff", "version": 1, "flags": flags, "lenses": lenses, "total": total}
+                if entry.get("tests_with_failed_calls"):
+                    row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
+    return {
+        "schema": "llm-ledger-diff",
+        "version": 1,
+        "reports": {"base": base_path, "head": head_path},
+        "has_base": has_base,
+        "flags": flags,
+        "lenses": lenses,
+        "no_lens": no_lens,
+        "total": total,
+    }
 
 
-def increases(diff: dict[str, Any], pct: float) -> list[str]:
-    """The lenses whose cost per run grew by more than ``pct`` percent (from zero counts as infinite),
-    or cannot be told (it fails closed): the head's cost leaves out calls the base's did not."""
+# what --fail-on-increase fails on, in the order the output lists it: (scope, reason) -> heading
+_GROUPS: Final = {
+    ("lens", "grew"): "cost per run grew by more than {pct}%",
+    ("lens", "new"): "new lens(es) that cost money (an increase from nothing)",
+    ("any", "unchecked"): "cost cannot be checked (the head leaves out calls with no known cost)",
+    ("no_lens", "grew"): "the cost of calls outside any lens grew by more than {pct}%",
+    ("total", "grew"): "the total cost grew by more than {pct}%",
+}
+
+
+def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
+    """What fails ``--fail-on-increase PCT``, each as ``{"scope": "lens" | "no_lens" | "total", "lens":
+    name or None, "reason": "grew" | "new" | "unchecked", "metric", "base", "head", "pct", "cost_gaps"}``.
+
+    A lens fails when its cost per run grows by more than ``pct`` percent (from zero counts as any
+    growth), or is new (absent in the base) and costs money; the calls outside any lens and the total
+    fail when their cost grows so. Any of them fails closed when it cannot be told (``unchecked``):
+    the head's cost leaves out calls (no known price, no usage) that the base's did not. Nothing is
+    compared without a base report.
+    """
+    if diff.get("has_base") is False:
+        return []
+    rows = [("lens", name, row, "cost_per_run") for name, row in diff["lenses"].items()]
+    if diff.get("no_lens"):
+        rows.append(("no_lens", None, diff["no_lens"], "cost_usd"))
+    rows.append(("total", None, diff["total"], "cost_usd"))
     out = []
-    for name, row in diff["lenses"].items():
-        m, gaps = row["metrics"]["cost_per_run"], row["cost_gaps"]
-        if m["base"] is None or m["head"] is None:
+    for scope, name, row, metric in rows:
+        m, gaps = row["metrics"][metric], row["cost_gaps"]
+        if m["head"] is None:  # removed: a decrease
             continue
         if "head" in gaps and gaps["head"] != gaps.get("base"):
-            out.append(f"{_code(name)}: cost per run cannot be checked: head: {gaps['head']}")
-        elif not m["delta"] or m["delta"] < 0:
+            reason = "unchecked"
+        elif m["base"] is None:
+            if not m["head"]:
+                continue
+            reason = "new" if scope == "lens" else "grew"
+        elif not m["delta"] or m["delta"] < 0 or (m["pct"] is not None and m["pct"] <= pct):
             continue
-        elif m["pct"] is None or m["pct"] > pct:
-            grown = "from nothing" if m["pct"] is None else f"{m['pct']:+.1f}%"
-            out.append(f"{_code(name)}: cost per run {_usd(m['base'])} -> {_usd(m['head'])} ({grown})")
+        else:
+            reason = "grew"
+        why = f"head: {gaps['head']}" if reason == "unchecked" else None
+        out.append(
+            {"scope": scope, "lens": name, "reason": reason, "metric": metric, "base": m["base"],
+             "head": m["head"], "pct": m["pct"], "cost_gaps": why}
+        )  # fmt: skip
     return out
 
 
-def _grew(diff: dict[str, Any]) -> str:
-    unchecked = any("cannot be checked" in line for line in diff["increases"])
-    return f"cost per run grew by more than {diff['fail_on_increase']:g}%" + (
-        ", or cannot be checked" if unchecked else ""
-    )
+def _grown(pct: float | None) -> str:
+    return "from nothing" if pct is None else f"{pct:+.1f}%"
+
+
+def _item(increase: dict[str, Any]) -> str:
+    """One increase as a list item: what grew, from what to what, or why it cannot be checked."""
+    scope, base, head = increase["scope"], increase["base"], increase["head"]
+    name = {"no_lens": NO_LENS_ROW, "total": "Total"}.get(scope) or _code(increase["lens"])
+    what = "cost per run " if scope == "lens" else ""
+    if increase["reason"] == "unchecked":
+        return f"{name}: {what or 'cost '}cannot be checked: {increase['cost_gaps']}"
+    if base is None:
+        return f"{name} (new): {what}{_usd(head)}, absent in the base"
+    return f"{name}: {what}{_usd(base)} -> {_usd(head)} ({_grown(increase['pct'])})"
+
+
+def _named(increase: dict[str, Any]) -> str:
+    """One increase in the exit message: the lens (or what else) and its figures."""
+    base, head = increase["base"], increase["head"]
+    if increase["scope"] != "lens" and increase["reason"] == "grew":
+        return f"{_usd(head)}, none in the base" if base is None else (
+            f"{_usd(base)} -> {_usd(head)}, {_grown(increase['pct'])}"
+        )  # fmt: skip
+    name = {"no_lens": "calls outside any lens", "total": "the total"}.get(increase["scope"])
+    if increase["reason"] == "unchecked":
+        figure = increase["cost_gaps"]
+    else:
+        figure = f"{_usd(head)} per run" if base is None else _grown(increase["pct"])
+    return f"{name or _code(increase['lens'])} ({figure})"
+
+
+def _grouped(diff: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The increases under their headings, in the order of :data:`_GROUPS`."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for increase in diff.get("increases", ()):
+        unchecked = increase["reason"] == "unchecked"
+        key = ("any", "unchecked") if unchecked else (increase["scope"], increase["reason"])
+        groups.setdefault(key, []).append(increase)
+    pct = f"{diff.get('fail_on_increase', 0):g}"
+    return [(_GROUPS[key].format(pct=pct), groups[key]) for key in _GROUPS if key in groups]
+
+
+def _exit_message(diff: dict[str, Any]) -> str:
+    """Why --fail-on-increase fails: each reason with every lens (or the total) it holds, and figures."""
+    parts = []
+    for heading, items in _grouped(diff):
+        named = ", ".join(map(_named, items))
+        if items[0]["scope"] != "lens" and items[0]["reason"] == "grew":
+            parts.append(f"{heading} ({named})")
+        else:
+            parts.append(f"{heading}{': ' if items[0]['reason'] == 'new' else ' in '}{named}")
+    return "; ".join(parts)
 
 
 def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
@@ -290,11 +416,32 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:+.1f}%"
 
 
-def _cells(diff: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[list[str]]]]:
-    """(section name, its diff row, [metric, base, head, delta, pct] cells) for every lens and the total."""
+def _by_change(diff: dict[str, Any]) -> list[str]:
+    """The lens names, the largest change in cost first (then in cost per run, in tokens; then by name)."""
+
+    def size(name: str) -> tuple[float, ...]:
+        metrics = diff["lenses"][name]["metrics"]
+        moved = [abs((metrics[m]["head"] or 0) - (metrics[m]["base"] or 0)) for m in _ORDER_BY]
+        return tuple(-change for change in moved)
+
+    return sorted(diff["lenses"], key=lambda name: (size(name), name))
+
+
+_ORDER_BY: Final = ("cost_usd", "cost_per_run", "total_tokens", "api_calls")
+
+
+Section = tuple[str, str, dict[str, Any], list[list[str]]]
+
+
+def _cells(diff: dict[str, Any]) -> list[Section]:
+    """(kind: lens, no_lens or total; lens name; its diff row; [metric, base, head, delta, pct] cells)
+    for every lens (the largest change first), the calls outside any lens and the total."""
+    sections = [("lens", name, diff["lenses"][name]) for name in _by_change(diff)]
+    if diff.get("no_lens"):
+        sections.append(("no_lens", "", diff["no_lens"]))
+    sections.append(("total", "", diff["total"]))
     out = []
-    sections = [*diff["lenses"].items(), ("TOTAL", diff["total"])]
-    for name, row in sections:
+    for kind, name, row in sections:
         rows = []
         for metric, m in row["metrics"].items():
             cells = [_fmt(metric, m["base"]), _fmt(metric, m["head"]), _fmt(metric, m["delta"], signed=True)]
@@ -304,7 +451,7 @@ def _cells(diff: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[list[st
                 marked += [any(marked)] * 2
                 cells = [c + "*" if mark and c != "—" else c for c, mark in zip(cells, marked, strict=True)]
             rows.append([DIFF_METRICS[metric], *cells])
-        out.append((name, row, rows))
+        out.append((kind, name, row, rows))
     return out
 
 
@@ -312,54 +459,122 @@ def _notes(row: dict[str, Any]) -> list[str]:
     """What the figures of one lens (or the total) leave out, side by side."""
     notes = [f"* {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
     for side, count in row["failed_calls"].items():
-        notes.append(
-            f"{side}: {count} failed call(s) (cassette misses or API errors), not in its tokens or cost"
-        )
+        tests = [_code(test) for test in row["failed_call_tests"].get(side, ())]
+        where = f" in {_listed(tests)}" if tests else ""
+        failed = f"{count} failed call(s) (cassette misses or API errors){where}"
+        notes.append(f"{side}: {failed}, not in its tokens or cost")
     return notes
 
 
 _HEADERS: Final = ("metric", "base", "head", "delta", "%")
 _MARK: Final = {"new": " (new)", "removed": " (removed)", "changed": "", "unchanged": " (unchanged)"}
+# GitHub refuses a comment longer than this (in characters); the Markdown keeps some room under it
+COMMENT_LIMIT: Final = 65_536
+_COMMENT_ROOM: Final = 1_500
+
+
+def _size(text: str) -> int:
+    """Characters as GitHub may count them: UTF-16 code units (an emoji is two), plus a line break."""
+    return len(printable(text).encode("utf-16-le")) // 2 + 1
 
 
 def _markdown(diff: dict[str, Any]) -> str:
-    lines = ["## llm-ledger: cost diff", ""]
+    """The PR comment. Blocks are (part, text): the table rows, the increases and the per-lens details
+    come in the order a reviewer needs them, and when they do not all fit in one comment, the ones
+    about the smallest changes are left out, with a line saying how many and where the whole diff is."""
+    head = ["## llm-ledger: cost diff", ""]
     for flag in diff["flags"]:
-        lines += [f"> **Warning:** {flag}", ">"]
+        head += [f"> **Warning:** {flag}", ">"]
     if diff["flags"]:
-        lines[-1] = ""
+        head[-1] = ""
     changed = sum(1 for r in diff["lenses"].values() if r["status"] != "unchanged")
     shown = " (only those are shown)" if diff.get("only_changed") else ""
-    lines.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
+    head.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
     sections = _cells(diff)
     # first what a reviewer looks for: each lens's cost per run, and what --fail-on-increase failed on
-    per_run = DIFF_METRICS["cost_per_run"]
-    summary = [
-        [f"{_code(name)}{_MARK[row['status']]}", *next(r[1:] for r in rows if r[0] == per_run)]
-        for name, row, rows in sections[:-1]
-    ]
-    if summary:
-        lines += ["", *markdown_table(("lens", "cost per run: base", "head", "delta", "%"), summary)]
-    if diff.get("increases"):
-        lines += ["", f"**{_grew(diff).capitalize()}:**", ""]
-        lines += [f"- {line}" for line in diff["increases"]]
-    for name, row, rows in sections:
-        title = "Total" if name == "TOTAL" else _code(name)
-        lines += ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
+    table = ["", *markdown_table(("lens", "cost per run: base", "head", "delta", "%"), [])]
+    blocks: list[tuple[str, str]] = []
+    for kind, name, row, rows in sections[:-1]:
+        # calls outside any lens have no runs: their row shows what they cost in all
+        metric = DIFF_METRICS["cost_usd" if kind == "no_lens" else "cost_per_run"]
+        label = f"{NO_LENS_ROW}, its whole cost" if kind == "no_lens" else _code(name)
+        cells = [f"{label}{_MARK[row['status']]}", *next(r[1:] for r in rows if r[0] == metric)]
+        line = markdown_table(("",) * 5, [cells])[-1]
+        blocks.append(("table", "\n".join([*table, line]) if not blocks else line))
+    order = {name: i for i, name in enumerate(_by_change(diff))}
+    for number, (heading, items) in enumerate(_grouped(diff)):
+        items = sorted(items, key=lambda i: order.get(i["lens"], len(order)))
+        for n, item in enumerate(items):
+            lines = ["", f"**{heading[0].upper()}{heading[1:]}:**", ""] if n == 0 else []
+            # the total's and the calls' outside any lens are always kept, as their details are
+            part = f"increases {number}" if item["scope"] == "lens" else "kept increases"
+            blocks.append((part, "\n".join([*lines, f"- {_item(item)}"])))
+    for kind, name, row, rows in sections:
+        title = _code(name) if kind == "lens" else "Total" if kind == "total" else _NO_LENS_TITLE
+        lines = ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
         for note in _notes(row):
             lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
-    return "\n".join(lines) + "\n"
+        part = "lens details" if kind == "lens" else "kept"
+        blocks.append((part, "\n".join(lines)))
+    kept = _fit(head, blocks)
+    out = [*head, *(["", _left_out(diff, blocks, kept)] if not all(kept) else [])]
+    out += [text for (_, text), keep in zip(blocks, kept, strict=True) if keep]
+    return "\n".join(out) + "\n"
+
+
+def _fit(head: list[str], blocks: list[tuple[str, str]]) -> list[bool]:
+    """Which blocks fit in one comment: all when they do; else (after what is always kept: the total,
+    the calls outside any lens) the increases, group by group, then the table rows, then the lens
+    details, each list from its start (the largest changes first) to the first block that does not fit."""
+    room = COMMENT_LIMIT - _COMMENT_ROOM - sum(map(_size, head))
+    sizes = [_size(text) for _, text in blocks]
+    if sum(sizes) <= room:
+        return [True] * len(blocks)
+    kept = [part.startswith("kept") for part, _ in blocks]
+    room -= sum(size for size, keep in zip(sizes, kept, strict=True) if keep)
+    parts = [part for part in dict.fromkeys(part for part, _ in blocks) if part.startswith("increases")]
+    for part in [*parts, "table", "lens details"]:
+        for i in (i for i, (name, _) in enumerate(blocks) if name == part):
+            if sizes[i] > room:
+                break  # a smaller change after a gap would read as the next largest
+            kept[i], room = True, room - sizes[i]
+    return kept
+
+
+def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bool]) -> str:
+    """The line saying what :func:`_fit` left out, and the command that prints the whole diff."""
+
+    def count(part: str, only_left_out: bool) -> int:
+        pairs = zip(blocks, kept, strict=True)
+        return sum(name.startswith(part) and not (only_left_out and keep) for (name, _), keep in pairs)
+
+    what = []
+    if count("increases", True):
+        lists = count("increases", False) + count("kept increases", False)
+        what.append(f"{count('increases', True)} of {lists} items of the list of increases")
+    if count("table", True):
+        what.append(f"{count('table', True)} of {count('table', False)} lenses from the table")
+    if count("lens details", True):
+        what.append(f"the details of {count('lens details', True)} of {count('lens details', False)} lenses")
+    reports = diff.get("reports", {"base": "BASE.json", "head": "HEAD.json"})
+    command = _code(f"llm-ledger diff --format json {reports['base']} {reports['head']}")
+    listed = ", ".join(what[:-1]) + (" and " if len(what) > 1 else "") + what[-1]
+    return (
+        f"_To fit in a GitHub comment, this leaves out {listed} (the smallest changes). "
+        f"The whole diff: {command}._"
+    )
 
 
 def _text(diff: dict[str, Any]) -> str:
     lines = [f"warning: {flag}" for flag in diff["flags"]]
-    for name, row, rows in _cells(diff):
-        lines.append(("total" if name == "TOTAL" else f"lens {name}") + _MARK[row["status"]])
+    for kind, name, row, rows in _cells(diff):
+        title = f"lens {name}" if kind == "lens" else "total" if kind == "total" else _NO_LENS_TITLE
+        lines.append(title + _MARK[row["status"]])
         lines += text_table(_HEADERS, rows, indent="  ")
         lines += [f"  {note}" for note in _notes(row)]
-    if diff.get("increases"):
-        lines.append(f"{_grew(diff)}:")
-        lines += [f"  {line}" for line in diff["increases"]]
+    for heading, items in _grouped(diff):
+        lines.append(f"{heading}:")
+        lines += [f"  {_item(item)}" for item in items]
     return "\n".join(lines) + "\n"
 
 
@@ -393,9 +608,7 @@ def _run(args: argparse.Namespace) -> int:
     for flag in diff["flags"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
     if diff.get("increases"):
-        names = ", ".join(line.split(": cost per run")[0] for line in diff["increases"])
-        grew = _grew(diff)
-        print(f"llm-ledger diff: {grew}{',' if grew.endswith('checked') else ''} in {names}", file=sys.stderr)
+        print(f"llm-ledger diff: {_exit_message(diff)}", file=sys.stderr)
         return 1
     return 0
 
@@ -434,5 +647,10 @@ def register(subparsers: Any, summary: str) -> None:
         "--fail-on-increase",
         type=_percent,
         metavar="PCT",
-        help="exit 1 when any lens's cost per run grows by more than PCT percent, naming it",
+        help=(
+            "exit 1 when a lens's cost per run, the cost of calls outside any lens or the total cost grows "
+            "by more than PCT percent, or a lens absent in BASE costs money (an increase from nothing); "
+            "a cost that leaves out calls with no known cost in HEAD only fails too (it cannot be "
+            "checked); each is named on stderr. Without a BASE report nothing is compared"
+        ),
     )

@@ -1,0 +1,225 @@
+"""`llm-ledger diff --fail-on-increase`: what fails the job (a lens over the threshold, a new lens
+that costs money, the total or the calls outside any lens over it), and the structured increases
+in the JSON that the text and the exit message are rendered from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_ledger._cli import main as cli_main
+
+pytestmark = pytest.mark.sdk_independent
+
+
+def lens(runs: int, cost: float, calls: int = 1, tokens: int = 10, **extra: Any) -> dict[str, Any]:
+    return {"runs": runs, "api_calls": calls, "total_tokens": tokens, "cost_usd": cost, **extra}
+
+
+def report(lenses: dict[str, dict[str, Any]], usage: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A report whose total adds up its lenses and its calls outside any lens (``usage`` rows of
+    lens "<no lens>")."""
+    outside = [row for row in usage or () if row["lens"] == "<no lens>"]
+    total = {
+        "api_calls": sum(e["api_calls"] for e in lenses.values()) + sum(r["calls"] for r in outside),
+        "total_tokens": sum(e["total_tokens"] for e in lenses.values())
+        + sum(r["prompt_tokens"] + r["completion_tokens"] for r in outside),
+        "cost_usd": round(
+            sum(e["cost_usd"] for e in lenses.values()) + sum(r["cost_usd"] for r in outside), 12
+        ),
+    }
+    return {
+        "schema": "llm-ledger-report",
+        "version": 1,
+        "lenses": lenses,
+        "tests": {},
+        "total": total,
+        "usage": usage or [],
+    }
+
+
+def unlensed(calls: int, cost: float, **extra: Any) -> dict[str, Any]:
+    """A usage row of calls made outside any lens."""
+    return {
+        "lens": "<no lens>",
+        "model": "gpt-4o-mini",
+        "calls": calls,
+        "prompt_tokens": 8 * calls,
+        "completion_tokens": 2 * calls,
+        "cost_usd": cost,
+        "uncosted_calls": 0,
+        "no_usage_calls": 0,
+        **extra,
+    }
+
+
+@pytest.fixture
+def diff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """diff(base, head, *args) -> (exit status, stdout, stderr) of `llm-ledger diff` on those reports."""
+
+    def run(base: dict[str, Any], head: dict[str, Any], *args: str) -> tuple[int, str, str]:
+        (tmp_path / "base.json").write_text(json.dumps(base))
+        (tmp_path / "head.json").write_text(json.dumps(head))
+        capsys.readouterr()
+        status = cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json"), *args])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+def test_a_new_lens_that_costs_money_fails_as_an_increase_from_nothing(diff: Any) -> None:
+    """A lens absent in the base that costs money is an increase from $0: the job fails, naming it;
+    a new lens that costs nothing (all its calls known to be free) does not."""
+    base = report({"summary": lens(1, 0.0002)})
+    head = report({"summary": lens(1, 0.0002), "fresh": lens(2, 0.0006), "free": lens(1, 0.0)})
+
+    status, out, err = diff(base, head, "--fail-on-increase", "25", "--format", "text")
+
+    assert status == 1
+    assert err.splitlines()[-1] == (
+        "llm-ledger diff: new lens(es) that cost money (an increase from nothing): `fresh` ($0.000300 per "
+        "run); the total cost grew by more than 25% ($0.000200 -> $0.000800, +300.0%)"
+    )
+    assert "  `fresh` (new): cost per run $0.000300, absent in the base" in out.splitlines()
+    assert "`free`" not in err
+
+
+def test_the_total_growing_past_the_threshold_fails_when_no_lens_did(diff: Any) -> None:
+    """A lens run twice as often (a test added, a loop) keeps its cost per run, yet the session costs
+    twice as much: the total's increase fails the job, naming it."""
+    base = report({"summary": lens(2, 0.0004)})
+    head = report({"summary": lens(4, 0.0008)})
+
+    status, out, err = diff(base, head, "--fail-on-increase", "25")
+
+    assert status == 1
+    assert err.strip() == (
+        "llm-ledger diff: the total cost grew by more than 25% ($0.000400 -> $0.000800, +100.0%)"
+    )
+    assert "**The total cost grew by more than 25%:**\n\n- Total: $0.000400 -> $0.000800 (+100.0%)" in out
+
+
+def test_calls_outside_any_lens_that_grew_fail_naming_them(diff: Any) -> None:
+    """Calls made outside any lens are compared as their own row: when they cost more than the
+    threshold more, the job fails and says they are the cause."""
+    base = report({"summary": lens(1, 0.001)}, [unlensed(1, 0.0001)])
+    head = report({"summary": lens(1, 0.001)}, [unlensed(2, 0.0002)])
+
+    status, _, err = diff(base, head, "--fail-on-increase", "25")
+
+    assert status == 1
+    assert err.strip() == (
+        "llm-ledger diff: the cost of calls outside any lens grew by more than 25% ($0.000100 -> $0.000200, "
+        "+100.0%)"
+    )
+
+
+def test_within_the_threshold_everything_passes(diff: Any) -> None:
+    """A lens, the calls outside lenses and the total each up by 10% pass a 25% threshold; a removed
+    lens is a decrease."""
+    base = report({"summary": lens(1, 0.001), "gone": lens(1, 0.0001)}, [unlensed(1, 0.0001)])
+    head = report({"summary": lens(1, 0.0011)}, [unlensed(1, 0.00011)])
+
+    status, _, err = diff(base, head, "--fail-on-increase", "25")
+
+    assert (status, err) == (0, "")
+
+
+def test_increases_are_structured_in_the_json(diff: Any) -> None:
+    """--format json lists each increase with its scope, lens, reason, metric and figures, for tools
+    that gate or annotate on them without parsing text."""
+    base = report({"summary": lens(1, 0.0002), "local": lens(1, 0.0001)}, [unlensed(1, 0.0001)])
+    gap = {"lens": "local", "model": "acme-7b", "calls": 1, "prompt_tokens": 8, "completion_tokens": 2}
+    head = report(
+        {"summary": lens(1, 0.0004), "local": lens(1, 0.0, cost_complete=False), "fresh": lens(1, 0.0003)},
+        [unlensed(1, 0.0001), {**gap, "cost_usd": 0.0, "uncosted_calls": 1, "no_usage_calls": 0}],
+    )
+    head["total"]["cost_complete"] = False
+
+    status, out, _ = diff(base, head, "--fail-on-increase", "25", "--format", "json")
+
+    assert status == 1
+    data = json.loads(out)
+    assert data["fail_on_increase"] == 25
+    why = "head: no known price for model 'acme-7b' (1 call)"
+    assert data["increases"] == [
+        {"scope": "lens", "lens": "fresh", "reason": "new", "metric": "cost_per_run", "base": None,
+         "head": 0.0003, "pct": None, "cost_gaps": None},
+        {"scope": "lens", "lens": "local", "reason": "unchecked", "metric": "cost_per_run", "base": 0.0001,
+         "head": 0.0, "pct": -100.0, "cost_gaps": why},
+        {"scope": "lens", "lens": "summary", "reason": "grew", "metric": "cost_per_run", "base": 0.0002,
+         "head": 0.0004, "pct": 100.0, "cost_gaps": None},
+        {"scope": "total", "lens": None, "reason": "unchecked", "metric": "cost_usd", "base": 0.0004,
+         "head": 0.0008, "pct": 100.0, "cost_gaps": why},
+    ]  # fmt: skip
+    assert data["no_lens"]["status"] == "unchanged"
+
+
+def test_a_lens_named_like_the_messages_is_named_whole_and_marks_nothing(diff: Any) -> None:
+    """The exit message and the headings come from the structured increases, not from text: a lens
+    whose key reads like a reason neither cuts its own name nor adds "cannot be checked"."""
+    odd = "x: cost per run cannot be checked"
+    base = report({odd: lens(1, 0.0001)})
+    head = report({odd: lens(1, 0.0002)})
+
+    status, out, err = diff(base, head, "--fail-on-increase", "50")
+
+    assert status == 1
+    assert "cannot be checked" not in err.replace(odd, "")
+    assert f"cost per run grew by more than 50% in `{odd}` (+100.0%)" in err
+    assert "**Cost per run grew by more than 50%:**" in out
+
+
+def test_help_states_the_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm-ledger diff --help` says what --fail-on-increase fails on."""
+    with pytest.raises(SystemExit):
+        cli_main(["diff", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "exit 1 when a lens's cost per run, the cost of calls outside any lens or the total cost grows "
+        "by more than PCT percent, or a lens absent in BASE costs money (an increase from nothing)"
+    ) in text
+
+
+def test_a_base_report_without_usage_rows_does_not_read_as_no_calls_outside_lenses(diff: Any) -> None:
+    """A base report written before reports carried usage rows cannot tell what ran outside any
+    lens: the head's calls outside lenses are not shown as new, and do not fail the job as growth."""
+    base = report({"summary": lens(1, 0.001)}, [unlensed(1, 0.0001)])
+    del base["usage"]
+    base["total"]["api_calls"] += 1  # the base did make the call: its total counts it
+    head = report({"summary": lens(1, 0.001)}, [unlensed(1, 0.0001)])
+
+    status, out, err = diff(base, head, "--fail-on-increase", "25")
+
+    assert (status, err) == (0, "")
+    assert "(no lens)" not in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["usage"][0].update(calls="2"), "usage[0].calls: expected a whole number >= 0, got '2'"),
+        (lambda r: r["usage"][0].update(cost_usd=-1), "usage[0].cost_usd: expected a number >= 0, got -1"),
+        (lambda r: r["usage"].append([]), "usage[1] must be an object"),
+        (
+            lambda r: r["lenses"]["summary"].update(tests_with_failed_calls="test_x"),
+            "lenses.summary.tests_with_failed_calls: expected a list of test ids, got 'test_x'",
+        ),
+    ],
+)
+def test_a_report_with_bad_figures_for_the_diff_is_refused_naming_where(
+    diff: Any, change: Any, message: str
+) -> None:
+    """The usage rows the (no lens) row is summed from, and the tests a lens's calls failed in, are
+    checked like the rest of a report: a bad one is an error naming its place, not a wrong figure."""
+    head = report({"summary": lens(1, 0.001)}, [unlensed(1, 0.0001)])
+    change(head)
+
+    status, out, err = diff(report({"summary": lens(1, 0.001)}), head)
+
+    assert (status, out) == (2, "")
+    assert message in err
