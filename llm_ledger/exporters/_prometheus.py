@@ -51,6 +51,8 @@ OTHER: Final = "other"  # a lens or model beyond the cap
 NO_LENS: Final = "none"  # a call made outside any lens
 UNKNOWN_MODEL: Final = "unknown"
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
+_ERRORS_LOGGED: Final = 100  # distinct update errors logged with their traceback; later ones only counted
+_CALL_LABELS: Final = ("lens", "model", "provider", "operation", "status")
 # calls summed per label tuple before they reach the metrics (a collection of the registry, a
 # scrape, moves them first): prometheus-client's values are several objects each, cold between
 # the SDK's own work, where a call's sums are one list
@@ -153,6 +155,9 @@ class PrometheusSink:
     * ``llm_ledger_unpriced_calls_total`` {model}: calls whose cost is unknown (no price for the
       model, or no usage reported) though they may have been billed
     * ``llm_ledger_lens_anomalies_total`` {lens, metric}: ``lens_anomaly`` records (docs/ANOMALIES.md)
+    * ``llm_ledger_dropped_records_total`` {event}: records whose values could not reach the metrics
+      (an update that raised; the first time each distinct error happens it is logged, with its
+      traceback, on ``llm_ledger.internal``)
 
     Args:
         registry: where the metrics are registered (default: prometheus-client's global
@@ -196,6 +201,7 @@ class PrometheusSink:
         self._pending_calls = 0
         self._pending_limit = 1 if _multiprocess_dir(check=True) else PENDING_CALLS
         self._pending_lock = threading.Lock()
+        self._errors_logged: set[tuple[str, str]] = set()
         made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
@@ -239,6 +245,12 @@ class PrometheusSink:
         self.anomalies = metric(
             pc.Counter, "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
         )
+        self.dropped = metric(
+            pc.Counter, "llm_ledger_dropped_records",
+            "Records whose values could not reach the metrics (see the llm_ledger.internal log)", ("event",),
+        )  # fmt: skip
+        for event in (CALL_EVENT, LENS_EVENT, ANOMALY_EVENT):  # at 0 from the start: alert on increase()
+            self.dropped.labels(event)
 
     def __repr__(self) -> str:
         lenses = f"{len(self._lenses)}/{self.max_lenses}"
@@ -253,9 +265,11 @@ class PrometheusSink:
         elif event == LENS_EVENT:
             self._lens(record)
         elif event == ANOMALY_EVENT:  # metric: one of three summary keys, a bounded label
-            self.anomalies.labels(
-                self._lens_label(record["context"].get("lens_key")), record["anomaly"]["metric"]
-            ).inc()
+            labels = (self._lens_label(record["context"].get("lens_key")), record["anomaly"]["metric"])
+            try:
+                self.anomalies.labels(*labels).inc()
+            except Exception as exc:
+                self._dropped(ANOMALY_EVENT, 1, dict(zip(("lens", "metric"), labels, strict=True)), exc)
 
     def flush(self) -> None:
         """Move the pending sums of calls and lens runs into the metrics (a collection of the
@@ -280,8 +294,11 @@ class PrometheusSink:
                         held[key] = sums
                         continue
                 (self._move_lens if lens else self._move)(children, sums)
-            except Exception:  # one series must not cost the others, nor a scrape
-                _internal_log.exception("PrometheusSink could not update the series of %r", key)
+            except Exception as exc:  # one series must not cost the others, nor a scrape
+                if lens:
+                    self._dropped(LENS_EVENT, sums[0] + sums[1], {"lens": key[0]}, exc)
+                else:
+                    self._dropped(CALL_EVENT, sums[0], dict(zip(_CALL_LABELS, key, strict=True)), exc)
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
@@ -289,6 +306,27 @@ class PrometheusSink:
                     if newer is not sums:
                         for i, value in enumerate(sums):
                             newer[i] += value  # numbers add, lists of durations extend
+
+    def _dropped(self, event: str, count: int, series: Mapping[str, Any], exc: Exception) -> None:
+        """Count ``count`` records of ``event`` as lost; log the first of each distinct error (a
+        failure repeats at every flush: a traceback each time would bury the log)."""
+        error = (type(exc).__name__, str(exc))
+        with self._lock:
+            new = error not in self._errors_logged and len(self._errors_logged) < _ERRORS_LOGGED
+            if new:
+                self._errors_logged.add(error)
+        if new:
+            labels = ", ".join(f"{name}={value!r}" for name, value in series.items())
+            _internal_log.error(
+                "PrometheusSink could not update the series {%s}, so %d %s record(s) are missing from "
+                "its metrics: %s: %s. Every record lost this way is counted in "
+                "llm_ledger_dropped_records_total{event=...}; this error is not logged again",
+                labels, count, event, *error, exc_info=exc,
+            )  # fmt: skip
+        try:
+            self.dropped.labels(event).inc(count)
+        except Exception:  # the metrics themselves failing (a multiprocess directory gone): logged above
+            pass
 
     # -- labels ------------------------------------------------------------------------------------
 
