@@ -15,7 +15,7 @@ import math
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._anomalies import METRICS
@@ -472,6 +472,45 @@ class _Moving:
         return []
 
 
+class _NewSeriesAtZero:
+    """The multiprocess files' metrics, where an llm-ledger series that appeared after the server
+    started shows 0 at the first collection that sees it and its values from the next.
+
+    In one process the sink does this itself (``_flush``); with PROMETHEUS_MULTIPROC_DIR a worker
+    writes every call at once, and Prometheus would first scrape a new series already at its value,
+    leaving its first calls out of rate() and increase(). Series already in the files when the server
+    starts are shown as they are: a restarted server must not read to Prometheus as a counter reset.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._seen = {key for family in inner.collect() for key in self._series(family)}
+
+    @staticmethod
+    def _series(family: Any) -> Iterator[tuple[str, frozenset[tuple[str, str]]]]:
+        """Each sample's series: the family and the labels but a histogram bucket's ``le``."""
+        for sample in family.samples:
+            yield family.name, frozenset((k, v) for k, v in sample.labels.items() if k != "le")
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        families = list(self._inner.collect())
+        with self._lock:
+            new: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+            for family in families:
+                if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
+                    continue
+                for index, key in enumerate(self._series(family)):
+                    if key not in self._seen:
+                        new.add(key)
+                        family.samples[index] = family.samples[index]._replace(value=0.0)
+            self._seen |= new
+        return families
+
+
 def _multiprocess_dir(*, check: bool = False) -> str | None:
     # prometheus-client also reads the older lower-case name
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
@@ -502,7 +541,7 @@ def start_metrics_server(
             from prometheus_client import multiprocess
 
             registry = pc.CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(_NewSeriesAtZero(multiprocess.MultiProcessCollector(None)))  # type: ignore[no-untyped-call]
         else:
             registry = pc.REGISTRY
     try:
