@@ -1,6 +1,7 @@
-"""Multiprocess mode (PROMETHEUS_MULTIPROC_DIR) against a real Prometheus: a label set first written by a
-worker after the server started is scraped at 0 before its value, so rate() and increase() count its
-first calls; a restarted server shows the series already in the files at their values."""
+"""Multiprocess mode (PROMETHEUS_MULTIPROC_DIR): a label set first written by a worker after the server
+started is scraped at 0 before its value (against a real Prometheus), so rate() and increase() count
+its first calls; a restarted server shows the series already in the files at their values; the lens
+and model caps hold across every worker process."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import llm_ledger
 from dashboards.local_prometheus import LocalPrometheus, wait
 from llm_ledger.testing import FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import scrape, total
+from tests.exporter_helpers import by_labels, scrape, total
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -31,7 +32,7 @@ WORKER = textwrap.dedent(
     """
     import json, sys
     from llm_ledger.exporters import PrometheusSink
-    sink = PrometheusSink()
+    sink = PrometheusSink(**json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
     for line in open(sys.argv[1]):
         sink(json.loads(line))
     """
@@ -78,8 +79,13 @@ def records_of(fake_openai: FakeOpenAI, path: Path, lens: str, calls: int) -> Pa
     return path
 
 
+def worker(env: dict[str, str], lines: Path, **caps: int) -> subprocess.Popen[bytes]:
+    """A worker process handing ``lines`` to its own ``PrometheusSink(**caps)``."""
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(lines), json.dumps(caps)], env=env, cwd=REPO)
+
+
 def run_worker(env: dict[str, str], lines: Path) -> None:
-    subprocess.run([sys.executable, "-c", WORKER, str(lines)], env=env, cwd=REPO, check=True, timeout=60)
+    assert worker(env, lines).wait(timeout=60) == 0
 
 
 @pytest.fixture
@@ -137,3 +143,31 @@ def test_a_restarted_server_shows_the_series_already_in_the_files_at_their_value
     found = scrape(f"http://{serve()}/metrics", settled=False)
     assert total(found, "llm_ledger_calls_total", lens="old") == 2
     assert total(found, "llm_ledger_lens_runs_total", lens="old") == 1
+
+
+def test_the_lens_and_model_caps_hold_across_every_worker_process(
+    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+) -> None:
+    """Four workers at once, each with 12 lenses and models of its own, under max_lenses=10 and
+    max_models=5: /metrics names exactly 10 lenses and 5 models (the rest under "other"), not 10 and 5
+    per process, and counts every call."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    files = []
+    for w in range(4):
+        with capture(monitor) as records:
+            for i in range(12):
+                with monitor.lens(f"w{w}-lens{i}"):
+                    client.chat.completions.create(model=f"w{w}-model{i}", messages=HI)
+        files.append(tmp_path / f"w{w}.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in records))
+    workers = [worker(env, lines, max_lenses=10, max_models=5) for lines in files]
+    assert [w.wait(timeout=120) for w in workers] == [0] * 4
+    found = scrape(f"http://{serve()}/metrics", settled=False)
+    lenses = by_labels(found, "llm_ledger_calls_total", "lens")
+    models = by_labels(found, "llm_ledger_calls_total", "model")
+    assert len(lenses) == 11 and lenses[("other",)] == 48 - 10, lenses
+    assert len(models) == 6 and models[("other",)] == 48 - 5, models
+    assert total(found, "llm_ledger_calls_total") == 48
+    runs = by_labels(found, "llm_ledger_lens_runs_total", "lens")
+    assert set(runs) == set(lenses) and sum(runs.values()) == 48

@@ -9,7 +9,9 @@ come from small fixed vocabularies; user ids, source ids and run ids are never l
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
+import json
 import logging
 import math
 import os
@@ -165,7 +167,9 @@ class PrometheusSink:
         buckets: bucket bounds in seconds for the duration and time-to-first-token histograms
             (default: the GenAI conventions' 0.01 ... 81.92 s).
         max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
-            are counted under ``"other"``.
+            are counted under ``"other"``. With ``PROMETHEUS_MULTIPROC_DIR`` the caps hold over
+            every process writing there (the values kept are listed in ``llm_ledger_*.labels`` files
+            in that directory).
 
     A call or lens run is summed into its series' pending totals, which reach the metrics when the
     registry is collected (a scrape, ``generate_latest``: the sink moves them first; a new series
@@ -199,7 +203,16 @@ class PrometheusSink:
         # first tokens]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
-        self._pending_limit = 1 if _multiprocess_dir(check=True) else PENDING_CALLS
+        directory = _multiprocess_dir(check=True)
+        self._pending_limit = 1 if directory else PENDING_CALLS
+        # multiprocess mode: the values each cap keeps, in a file every worker's sink shares (not *.db,
+        # which the collector reads), so that the caps hold across processes and worker restarts
+        self._shared: dict[str, str] = {}
+        if directory:
+            self._shared = {
+                kind: os.path.join(directory, f"llm_ledger_{kind}.labels") for kind in ("lens", "model")
+            }
+        self._full: set[str] = set()  # the labels whose shared file holds its cap of values
         self._pending_lock = threading.Lock()
         self._errors_logged: set[tuple[str, str]] = set()
         made: list[Any] = [_Moving(self._flush)]
@@ -330,20 +343,51 @@ class PrometheusSink:
 
     # -- labels ------------------------------------------------------------------------------------
 
-    def _fold(self, value: str, seen: set[str], cap: int) -> str:
+    def _fold(self, kind: str, value: str, seen: set[str], cap: int) -> str:
         if value in seen:
             return value
         with self._lock:
-            if len(seen) < cap:
+            if len(seen) < cap and self._admit(kind, value, cap):
                 seen.add(value)
                 return value
         return OTHER
 
+    def _admit(self, kind: str, value: str, cap: int) -> bool:
+        """Whether ``value`` is among the first ``cap`` values of ``kind`` over every process writing
+        to the multiprocess directory (outside multiprocess mode: this process's count decides)."""
+        path = self._shared.get(kind)
+        if path is None:
+            return True
+        if kind in self._full:
+            return False
+        try:
+            with open(path, "a+", encoding="utf-8") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)  # one process at a time; released when closed
+                file.seek(0)
+                kept = {json.loads(line) for line in file if line.endswith("\n")}
+                if value in kept:
+                    return True
+                if len(kept) >= cap:
+                    self._full.add(kind)
+                    return False
+                file.write(json.dumps(value) + "\n")
+                return True
+        except (OSError, ValueError) as exc:
+            del self._shared[kind]
+            _internal_log.warning(
+                "PrometheusSink could not share the %s label's cap with the other processes through "
+                "%s (%s); this process now caps its own %s values, so the total may exceed %d",
+                kind, path, exc, kind, cap,
+            )  # fmt: skip
+            return True
+
     def _lens_label(self, lens: Any) -> str:
-        return NO_LENS if lens is None else self._fold(str(lens), self._lenses, self.max_lenses)
+        return NO_LENS if lens is None else self._fold("lens", str(lens), self._lenses, self.max_lenses)
 
     def _model_label(self, model: Any) -> str:
-        return UNKNOWN_MODEL if model is None else self._fold(str(model), self._models, self.max_models)
+        return (
+            UNKNOWN_MODEL if model is None else self._fold("model", str(model), self._models, self.max_models)
+        )
 
     def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         raw_lens, raw_model, provider, operation, status = key
