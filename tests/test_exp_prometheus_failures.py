@@ -4,7 +4,13 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -13,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import llm_ledger
 from llm_ledger.exporters import PrometheusSink
-from llm_ledger.testing import FakeOpenAI
+from llm_ledger.testing import FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import by_labels, samples, total
 
@@ -92,3 +98,38 @@ def test_each_distinct_error_is_logged_once(
     assert "No space left on device" in logged[0] and "bad value" in logged[1]
     found = samples(generate_latest(registry).decode())
     assert total(found, "llm_ledger_dropped_records_total", event="llm_api_call") == 9
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, shutil, sys
+    from llm_ledger.exporters import PrometheusSink
+    sink = PrometheusSink()
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"])  # a clean-up that took it from under the worker
+    for line in open(sys.argv[1]):
+        sink(json.loads(line))
+    """
+)
+
+
+def test_a_multiprocess_directory_removed_under_a_worker_is_logged_once_not_at_every_call(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR deleted after the sink started: each call's update fails (the files of
+    its histograms cannot be made), and the worker says so once on stderr, not once per call."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with capture(monitor) as records:
+        for model in ("gpt-4o-mini", "gpt-4o"):
+            for _ in range(10):
+                client.chat.completions.create(model=model, messages=HI)
+    lines = tmp_path / "records.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "multiproc").mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc")}
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, str(lines)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("PrometheusSink could not update") == 1, done.stderr
+    assert "FileNotFoundError" in done.stderr and "llm_ledger_dropped_records_total" in done.stderr
