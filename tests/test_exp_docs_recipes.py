@@ -62,7 +62,7 @@ def test_the_otlp_recipe_sends_spans_and_metrics_to_the_endpoint_in_the_environm
         receiver.server_close()
     assert done.returncode == 0, done.stderr
     assert "llm_ledger" not in done.stderr, done.stderr  # nothing reported on llm_ledger.internal
-    spans = {}
+    spans: dict[str, str] = {}
     for body in receiver.bodies.get("/v1/traces", []):
         for resource in ExportTraceServiceRequest.FromString(body).resource_spans:
             service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
