@@ -171,3 +171,32 @@ def test_the_lens_and_model_caps_hold_across_every_worker_process(
     assert total(found, "llm_ledger_calls_total") == 48
     runs = by_labels(found, "llm_ledger_lens_runs_total", "lens")
     assert set(runs) == set(lenses) and sum(runs.values()) == 48
+
+
+def test_an_unusable_shared_cap_file_is_reported_once_and_the_worker_caps_its_own_values(
+    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+) -> None:
+    """Should the file that shares a cap be unusable (here a directory in its place), the worker says
+    so once, naming the file, and still folds its own values beyond the cap into "other"."""
+    (Path(env["PROMETHEUS_MULTIPROC_DIR"]) / "llm_ledger_lens.labels").mkdir()
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with capture(monitor) as records:
+        for i in range(4):
+            with monitor.lens(f"lens{i}"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    lines = tmp_path / "records.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, str(lines), json.dumps({"max_lenses": 2})],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("could not share the lens label's cap") == 1, done.stderr
+    assert "llm_ledger_lens.labels" in done.stderr and "may exceed 2" in done.stderr
+    lenses = by_labels(scrape(f"http://{serve()}/metrics", settled=False), "llm_ledger_calls_total", "lens")
+    assert lenses == {("lens0",): 1.0, ("lens1",): 1.0, ("other",): 2.0}
