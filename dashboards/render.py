@@ -6,7 +6,8 @@ failed one) with the Prometheus exporter on; a real ``prometheus`` (Debian's pac
 every second. After ``--seconds`` of traffic, a few panels' own PromQL (from
 ``dashboards/llm-ledger.json``, Grafana's variables filled in) is read over the range through
 Prometheus' HTTP API and drawn by hand: no plotting library, no Grafana. Writes ``docs/dashboard.svg``
-(``--out``). Needs the ``prometheus`` binary and the prometheus extra.
+(``--out``), whose ``<metadata>`` records what it was drawn from (:func:`inputs`), so that a test
+tells when it is stale. Needs the ``prometheus`` binary and the prometheus extra.
 """
 
 from __future__ import annotations
