@@ -6,7 +6,8 @@ failed one) with the Prometheus exporter on; a real ``prometheus`` (Debian's pac
 every second. After ``--seconds`` of traffic, a few panels' own PromQL (from
 ``dashboards/llm-ledger.json``, Grafana's variables filled in) is read over the range through
 Prometheus' HTTP API and drawn by hand: no plotting library, no Grafana. Writes ``docs/dashboard.svg``
-(``--out``). Needs the ``prometheus`` binary and the prometheus extra.
+(``--out``), whose ``<metadata>`` records what it was drawn from (:func:`inputs`), so that a test
+tells when it is stale. Needs the ``prometheus`` binary and the prometheus extra.
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ def panel_queries(range_s: int) -> dict[str, list[tuple[str, str]]]:
     if missing:
         raise SystemExit(f"dashboards/llm-ledger.json has no panel titled {sorted(missing)}")
     return found
+
+
+def inputs() -> dict[str, Any]:
+    """What the image is drawn from, written into it (``<metadata>``) so that a test can tell a stale
+    image: each drawn panel's targets as the dashboard has them, and the sink's histogram buckets."""
+    from llm_ledger.exporters._prometheus import DURATION_BUCKETS, LENS_COST_BUCKETS
+
+    panels = {p["title"]: p["targets"] for p in json.loads(DASHBOARD.read_text())["panels"]}
+    return {
+        "panels": {title: panels.get(title) for title in STATS + CHARTS},
+        "buckets": {"duration_seconds": list(DURATION_BUCKETS), "lens_cost_usd": list(LENS_COST_BUCKETS)},
+    }
 
 
 def legend(fmt: str, labels: dict[str, str]) -> str:
@@ -254,6 +267,7 @@ def svg(
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}"><style>{STYLE}</style>',
+        f"<metadata>{escape(json.dumps(inputs(), sort_keys=True))}</metadata>",
         f'<rect width="{WIDTH}" height="{height}" fill="#111217"/>',
     ]
     stat_w = (WIDTH - GAP * 5) / 4

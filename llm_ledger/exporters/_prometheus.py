@@ -2,20 +2,24 @@
 
 Every value comes from the records (``llm_ledger/_records.py``); nothing is read from the SDK. Labels
 are bounded: ``lens`` and ``model`` keep the first ``max_lenses`` / ``max_models`` distinct values
-and fold later ones into ``"other"``; ``provider``, ``operation``, ``status`` and ``token_type``
-come from small fixed vocabularies; user ids, source ids and run ids are never labels.
+and fold later ones into ``"other"`` (over every process of a multiprocess directory);
+``provider``, ``operation``, ``status`` and ``token_type`` come from small fixed vocabularies; user
+ids, source ids and run ids are never labels. A new series is scraped at 0 before its values, in one
+process and through ``start_metrics_server`` in multiprocess mode, so that ``rate()`` counts them.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
+import json
 import logging
 import math
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._anomalies import METRICS
@@ -51,6 +55,8 @@ OTHER: Final = "other"  # a lens or model beyond the cap
 NO_LENS: Final = "none"  # a call made outside any lens
 UNKNOWN_MODEL: Final = "unknown"
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
+_ERRORS_LOGGED: Final = 100  # distinct update errors logged with their traceback; later ones only counted
+_CALL_LABELS: Final = ("lens", "model", "provider", "operation", "status")
 # calls summed per label tuple before they reach the metrics (a collection of the registry, a
 # scrape, moves them first): prometheus-client's values are several objects each, cold between
 # the SDK's own work, where a call's sums are one list
@@ -153,6 +159,9 @@ class PrometheusSink:
     * ``llm_ledger_unpriced_calls_total`` {model}: calls whose cost is unknown (no price for the
       model, or no usage reported) though they may have been billed
     * ``llm_ledger_lens_anomalies_total`` {lens, metric}: ``lens_anomaly`` records (docs/ANOMALIES.md)
+    * ``llm_ledger_dropped_records_total`` {event}: records whose values could not reach the metrics
+      (an update that raised; the first time each distinct error happens it is logged, with its
+      traceback, on ``llm_ledger.internal``)
 
     Args:
         registry: where the metrics are registered (default: prometheus-client's global
@@ -160,7 +169,9 @@ class PrometheusSink:
         buckets: bucket bounds in seconds for the duration and time-to-first-token histograms
             (default: the GenAI conventions' 0.01 ... 81.92 s).
         max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
-            are counted under ``"other"``.
+            are counted under ``"other"``. With ``PROMETHEUS_MULTIPROC_DIR`` the caps hold over
+            every process writing there (the values kept are listed in ``llm_ledger_*.labels`` files
+            in that directory).
 
     A call or lens run is summed into its series' pending totals, which reach the metrics when the
     registry is collected (a scrape, ``generate_latest``: the sink moves them first; a new series
@@ -194,8 +205,18 @@ class PrometheusSink:
         # first tokens]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
-        self._pending_limit = 1 if _multiprocess_dir(check=True) else PENDING_CALLS
+        directory = _multiprocess_dir(check=True)
+        self._pending_limit = 1 if directory else PENDING_CALLS
+        # multiprocess mode: the values each cap keeps, in a file every worker's sink shares (not *.db,
+        # which the collector reads), so that the caps hold across processes and worker restarts
+        self._shared: dict[str, str] = {}
+        if directory:
+            self._shared = {
+                kind: os.path.join(directory, f"llm_ledger_{kind}.labels") for kind in ("lens", "model")
+            }
+        self._full: set[str] = set()  # the labels whose shared file holds its cap of values
         self._pending_lock = threading.Lock()
+        self._errors_logged: set[tuple[str, str]] = set()
         made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
@@ -239,6 +260,12 @@ class PrometheusSink:
         self.anomalies = metric(
             pc.Counter, "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
         )
+        self.dropped = metric(
+            pc.Counter, "llm_ledger_dropped_records",
+            "Records whose values could not reach the metrics (see the llm_ledger.internal log)", ("event",),
+        )  # fmt: skip
+        for event in (CALL_EVENT, LENS_EVENT, ANOMALY_EVENT):  # at 0 from the start: alert on increase()
+            self.dropped.labels(event)
 
     def __repr__(self) -> str:
         lenses = f"{len(self._lenses)}/{self.max_lenses}"
@@ -253,9 +280,11 @@ class PrometheusSink:
         elif event == LENS_EVENT:
             self._lens(record)
         elif event == ANOMALY_EVENT:  # metric: one of three summary keys, a bounded label
-            self.anomalies.labels(
-                self._lens_label(record["context"].get("lens_key")), record["anomaly"]["metric"]
-            ).inc()
+            labels = (self._lens_label(record["context"].get("lens_key")), record["anomaly"]["metric"])
+            try:
+                self.anomalies.labels(*labels).inc()
+            except Exception as exc:
+                self._dropped(ANOMALY_EVENT, 1, dict(zip(("lens", "metric"), labels, strict=True)), exc)
 
     def flush(self) -> None:
         """Move the pending sums of calls and lens runs into the metrics (a collection of the
@@ -280,8 +309,11 @@ class PrometheusSink:
                         held[key] = sums
                         continue
                 (self._move_lens if lens else self._move)(children, sums)
-            except Exception:  # one series must not cost the others, nor a scrape
-                _internal_log.exception("PrometheusSink could not update the series of %r", key)
+            except Exception as exc:  # one series must not cost the others, nor a scrape
+                if lens:
+                    self._dropped(LENS_EVENT, sums[0] + sums[1], {"lens": key[0]}, exc)
+                else:
+                    self._dropped(CALL_EVENT, sums[0], dict(zip(_CALL_LABELS, key, strict=True)), exc)
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
@@ -290,22 +322,74 @@ class PrometheusSink:
                         for i, value in enumerate(sums):
                             newer[i] += value  # numbers add, lists of durations extend
 
+    def _dropped(self, event: str, count: int, series: Mapping[str, Any], exc: Exception) -> None:
+        """Count ``count`` records of ``event`` as lost; log the first of each distinct error (a
+        failure repeats at every flush: a traceback each time would bury the log)."""
+        error = (type(exc).__name__, str(exc))
+        with self._lock:
+            new = error not in self._errors_logged and len(self._errors_logged) < _ERRORS_LOGGED
+            if new:
+                self._errors_logged.add(error)
+        if new:
+            labels = ", ".join(f"{name}={value!r}" for name, value in series.items())
+            _internal_log.error(
+                "PrometheusSink could not update the series {%s}, so %d %s record(s) are missing from "
+                "its metrics: %s: %s. Every record lost this way is counted in "
+                "llm_ledger_dropped_records_total{event=...}; this error is not logged again",
+                labels, count, event, *error, exc_info=exc,
+            )  # fmt: skip
+        try:
+            self.dropped.labels(event).inc(count)
+        except Exception:  # the metrics themselves failing (a multiprocess directory gone): logged above
+            pass
+
     # -- labels ------------------------------------------------------------------------------------
 
-    def _fold(self, value: str, seen: set[str], cap: int) -> str:
+    def _fold(self, kind: str, value: str, seen: set[str], cap: int) -> str:
         if value in seen:
             return value
         with self._lock:
-            if len(seen) < cap:
+            if len(seen) < cap and self._admit(kind, value, cap):
                 seen.add(value)
                 return value
         return OTHER
 
+    def _admit(self, kind: str, value: str, cap: int) -> bool:
+        """Whether ``value`` is among the first ``cap`` values of ``kind`` over every process writing
+        to the multiprocess directory (outside multiprocess mode: this process's count decides)."""
+        path = self._shared.get(kind)
+        if path is None:
+            return True
+        if kind in self._full:
+            return False
+        try:
+            with open(path, "a+", encoding="utf-8") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)  # one process at a time; released when closed
+                file.seek(0)
+                kept = {json.loads(line) for line in file if line.endswith("\n")}
+                if value in kept:
+                    return True
+                if len(kept) >= cap:
+                    self._full.add(kind)
+                    return False
+                file.write(json.dumps(value) + "\n")
+                return True
+        except (OSError, ValueError) as exc:
+            del self._shared[kind]
+            _internal_log.warning(
+                "PrometheusSink could not share the %s label's cap with the other processes through "
+                "%s (%s); this process now caps its own %s values, so the total may exceed %d",
+                kind, path, exc, kind, cap,
+            )  # fmt: skip
+            return True
+
     def _lens_label(self, lens: Any) -> str:
-        return NO_LENS if lens is None else self._fold(str(lens), self._lenses, self.max_lenses)
+        return NO_LENS if lens is None else self._fold("lens", str(lens), self._lenses, self.max_lenses)
 
     def _model_label(self, model: Any) -> str:
-        return UNKNOWN_MODEL if model is None else self._fold(str(model), self._models, self.max_models)
+        return (
+            UNKNOWN_MODEL if model is None else self._fold("model", str(model), self._models, self.max_models)
+        )
 
     def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         raw_lens, raw_model, provider, operation, status = key
@@ -434,6 +518,45 @@ class _Moving:
         return []
 
 
+class _NewSeriesAtZero:
+    """The multiprocess files' metrics, where an llm-ledger series that appeared after the server
+    started shows 0 at the first collection that sees it and its values from the next.
+
+    In one process the sink does this itself (``_flush``); with PROMETHEUS_MULTIPROC_DIR a worker
+    writes every call at once, and Prometheus would first scrape a new series already at its value,
+    leaving its first calls out of rate() and increase(). Series already in the files when the server
+    starts are shown as they are: a restarted server must not read to Prometheus as a counter reset.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._seen = {key for family in inner.collect() for key in self._series(family)}
+
+    @staticmethod
+    def _series(family: Any) -> Iterator[tuple[str, frozenset[tuple[str, str]]]]:
+        """Each sample's series: the family and the labels but a histogram bucket's ``le``."""
+        for sample in family.samples:
+            yield family.name, frozenset((k, v) for k, v in sample.labels.items() if k != "le")
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        families = list(self._inner.collect())
+        with self._lock:
+            new: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+            for family in families:
+                if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
+                    continue
+                for index, key in enumerate(self._series(family)):
+                    if key not in self._seen:
+                        new.add(key)
+                        family.samples[index] = family.samples[index]._replace(value=0.0)
+            self._seen |= new
+        return families
+
+
 def _multiprocess_dir(*, check: bool = False) -> str | None:
     # prometheus-client also reads the older lower-case name
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
@@ -464,7 +587,7 @@ def start_metrics_server(
             from prometheus_client import multiprocess
 
             registry = pc.CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(_NewSeriesAtZero(multiprocess.MultiProcessCollector(None)))  # type: ignore[no-untyped-call]
         else:
             registry = pc.REGISTRY
     try:

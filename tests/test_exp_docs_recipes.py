@@ -1,0 +1,138 @@
+"""The recipes of docs/exporters.md work as written, run the way an operator runs them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from llm_ledger.testing import FakeOpenAI
+from tests.test_exporters_otel import Receiver
+
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "exporters.md"
+
+
+def recipe(after: str) -> str:
+    """The first ```python block of docs/exporters.md after the line holding ``after``."""
+    text = DOC.read_text()
+    start = text.index("```python\n", text.index(after)) + len("```python\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_otlp_recipe_sends_spans_and_metrics_to_the_endpoint_in_the_environment(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The "Sending to an OTLP endpoint" block, then one call in a lens, in a process of its own with
+    OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME set: at exit the receiver has the lens and call
+    spans, under that service name, and llm-ledger's metrics."""
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    app = recipe("**Sending to an OTLP endpoint**") + textwrap.dedent(
+        f"""
+        import openai
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        with llm_ledger.lens("checkout_summary"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        """
+    )
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
+        "OTEL_SERVICE_NAME": "checkout",
+        "LLM_LEDGER_LOG_DIR": "off",
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", app], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert done.returncode == 0, done.stderr
+    assert "llm_ledger" not in done.stderr, done.stderr  # nothing reported on llm_ledger.internal
+    spans: dict[str, str] = {}
+    for body in receiver.bodies.get("/v1/traces", []):
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans:
+            service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+            for scope in resource.scope_spans:
+                spans |= {span.name: service for span in scope.spans}
+    assert spans == {"lens checkout_summary": "checkout", "chat gpt-4o-mini": "checkout"}
+    names = {
+        metric.name
+        for body in receiver.bodies.get("/v1/metrics", [])
+        for resource in ExportMetricsServiceRequest.FromString(body).resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "llm_ledger.cost"} <= names
+
+
+PROMTOOL_TEST = """
+rule_files: [llm-ledger-alerts.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'llm_ledger_dropped_records_total{job="my-service",event="llm_api_call"}'
+        values: '0 0 0 2x40'
+      - series: 'llm_ledger_dropped_records_total{job="my-service",event="lens_summary"}'
+        values: '0x43'
+      - series: 'llm_ledger_unpriced_calls_total{job="my-service",model="acme-local-7b"}'
+        values: '0 0 1x100'
+      - series: 'llm_ledger_unpriced_calls_total{job="my-service",model="gpt-4o"}'
+        values: '0x102'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: LLMLedgerDroppedRecords
+        exp_alerts:
+          - exp_labels: {severity: warning, job: my-service, event: llm_api_call}
+            exp_annotations:
+              summary: "my-service: llm_api_call records missing from the metrics (llm_ledger.internal log)"
+      - eval_time: 30m
+        alertname: LLMLedgerDroppedRecords
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: LLMUnpricedCalls
+        exp_alerts:
+          - exp_labels: {severity: info, job: my-service, model: acme-local-7b}
+            exp_annotations:
+              summary: "model acme-local-7b has no price: its spend is missing (add it to a price file)"
+      - eval_time: 90m
+        alertname: LLMUnpricedCalls
+        exp_alerts: []
+"""
+
+
+def yaml_block(first_line: str) -> str:
+    """The ```yaml block of docs/exporters.md that starts with ``first_line``."""
+    text = DOC.read_text()
+    start = text.index(f"```yaml\n{first_line}\n") + len("```yaml\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_scrape_config_and_alert_rules_pass_promtool_and_fire_on_a_rise(tmp_path: Path) -> None:
+    """The docs' prometheus.yml and llm-ledger-alerts.yml, checked by Prometheus' own promtool; its
+    rule tests show each alert firing after a rise, with its summary, and quiet once the series is flat."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but promtool is missing: .ci/run installs Debian's prometheus")
+        pytest.skip("no promtool (apt-get install prometheus)")
+    (tmp_path / "prometheus.yml").write_text(yaml_block("# prometheus.yml"))
+    (tmp_path / "llm-ledger-alerts.yml").write_text(yaml_block("# llm-ledger-alerts.yml"))
+    (tmp_path / "alerts-test.yml").write_text(PROMTOOL_TEST)
+    for command in (["check", "config", "prometheus.yml"], ["test", "rules", "alerts-test.yml"]):
+        done = subprocess.run([promtool, *command], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)

@@ -1,0 +1,202 @@
+"""Multiprocess mode (PROMETHEUS_MULTIPROC_DIR): a label set first written by a worker after the server
+started is scraped at 0 before its value (against a real Prometheus), so rate() and increase() count
+its first calls; a restarted server shows the series already in the files at their values; the lens
+and model caps hold across every worker process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+from dashboards.local_prometheus import LocalPrometheus, wait
+from llm_ledger.testing import FakeOpenAI, capture
+from tests.conftest import FAKE_KEY
+from tests.exporter_helpers import by_labels, scrape, total
+
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
+REPO = Path(__file__).resolve().parents[1]
+HI: Any = [{"role": "user", "content": "hi"}]
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from llm_ledger.exporters import PrometheusSink
+    sink = PrometheusSink(**json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
+    for line in open(sys.argv[1]):
+        sink(json.loads(line))
+    """
+)
+SERVER = textwrap.dedent(
+    """
+    import sys
+    from llm_ledger.exporters import start_metrics_server
+    server = start_metrics_server(0, "127.0.0.1")
+    print(server.server_port, flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    """Debian's ``prometheus``; as in the dashboard tests, skipped without it, failed when CI is set."""
+    path = shutil.which("prometheus")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "CI is set but the prometheus binary is missing: .ci/run installs Debian's prometheus"
+            )
+        pytest.skip("no prometheus binary (apt-get install prometheus)")
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a pre-fork server's processes: one multiprocess directory, empty."""
+    (tmp_path / "multiproc").mkdir()
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc")}
+
+
+def records_of(fake_openai: FakeOpenAI, path: Path, lens: str, calls: int) -> Path:
+    """``calls`` calls in one run of ``lens``, as the JSON lines a worker's sink will be handed."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with capture(monitor) as records, monitor.lens(lens):
+        for _ in range(calls):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def worker(env: dict[str, str], lines: Path, **caps: int) -> subprocess.Popen[bytes]:
+    """A worker process handing ``lines`` to its own ``PrometheusSink(**caps)``."""
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(lines), json.dumps(caps)], env=env, cwd=REPO)
+
+
+def run_worker(env: dict[str, str], lines: Path) -> None:
+    assert worker(env, lines).wait(timeout=60) == 0
+
+
+@pytest.fixture
+def serve(env: dict[str, str]) -> Iterator[Any]:
+    """``serve()`` starts ``start_metrics_server(0)`` in a process of its own; its URL."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start() -> str:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SERVER],
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        assert process.stdout is not None
+        return f"127.0.0.1:{int(process.stdout.readline())}"
+
+    yield start
+    for process in started:
+        process.communicate("", timeout=30)
+
+
+@pytest.mark.prometheus
+def test_a_new_label_set_is_scraped_at_zero_first_so_increase_counts_its_first_calls(
+    prometheus_binary: str, fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+) -> None:
+    """A worker's first calls of a new lens, written to the multiprocess files between two scrapes,
+    appear in Prometheus as 0 then 3: increase() counts all three."""
+    target = serve()
+    lines = records_of(fake_openai, tmp_path / "fresh.jsonl", "fresh", 3)
+    (tmp_path / "prom").mkdir()
+    with LocalPrometheus(prometheus_binary, [target], tmp_path / "prom") as prometheus:
+        wait("the first scrape", lambda: bool(prometheus.query('up{job="lens_app"} == 1')))
+        run_worker(env, lines)
+        selector = 'llm_ledger_calls_total{lens="fresh"}'
+        wait("a scrape of the calls", lambda: [s["value"][1] for s in prometheus.query(selector)] == ["3"])
+        history = prometheus.query(f"{selector}[5m]")
+        increase = prometheus.query(f"increase({selector}[5m])")
+        assert not prometheus.errors()
+    assert len(history) == 1
+    values = [float(v) for _, v in history[0]["values"]]
+    assert values[0] == 0 and values[-1] == 3, values
+    assert float(increase[0]["value"][1]) >= 3, increase  # extrapolated to the window, never below
+
+
+def test_a_restarted_server_shows_the_series_already_in_the_files_at_their_values(
+    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+) -> None:
+    """Series written before the server started are not new to Prometheus (a restart of the process
+    serving /metrics): its first scrape shows their values, never a 0 that would read as a reset."""
+    run_worker(env, records_of(fake_openai, tmp_path / "old.jsonl", "old", 2))
+    found = scrape(f"http://{serve()}/metrics", settled=False)
+    assert total(found, "llm_ledger_calls_total", lens="old") == 2
+    assert total(found, "llm_ledger_lens_runs_total", lens="old") == 1
+
+
+def test_the_lens_and_model_caps_hold_across_every_worker_process(
+    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+) -> None:
+    """Four workers at once, each with 12 lenses and models of its own, under max_lenses=10 and
+    max_models=5: /metrics names exactly 10 lenses and 5 models (the rest under "other"), not 10 and 5
+    per process, and counts every call."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    files = []
+    for w in range(4):
+        with capture(monitor) as records:
+            for i in range(12):
+                with monitor.lens(f"w{w}-lens{i}"):
+                    client.chat.completions.create(model=f"w{w}-model{i}", messages=HI)
+        files.append(tmp_path / f"w{w}.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in records))
+    workers = [worker(env, lines, max_lenses=10, max_models=5) for lines in files]
+    assert [w.wait(timeout=120) for w in workers] == [0] * 4
+    found = scrape(f"http://{serve()}/metrics", settled=False)
+    lenses = by_labels(found, "llm_ledger_calls_total", "lens")
+    models = by_labels(found, "llm_ledger_calls_total", "model")
+    assert len(lenses) == 11 and lenses[("other",)] == 48 - 10, lenses
+    assert len(models) == 6 and models[("other",)] == 48 - 5, models
+    assert total(found, "llm_ledger_calls_total") == 48
+    runs = by_labels(found, "llm_ledger_lens_runs_total", "lens")
+    assert set(runs) == set(lenses) and sum(runs.values()) == 48
+
+
+def test_an_unusable_shared_cap_file_is_reported_once_and_the_worker_caps_its_own_values(
+    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+) -> None:
+    """Should the file that shares a cap be unusable (here a directory in its place), the worker says
+    so once, naming the file, and still folds its own values beyond the cap into "other"."""
+    (Path(env["PROMETHEUS_MULTIPROC_DIR"]) / "llm_ledger_lens.labels").mkdir()
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with capture(monitor) as records:
+        for i in range(4):
+            with monitor.lens(f"lens{i}"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    lines = tmp_path / "records.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, str(lines), json.dumps({"max_lenses": 2})],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("could not share the lens label's cap") == 1, done.stderr
+    assert "llm_ledger_lens.labels" in done.stderr and "may exceed 2" in done.stderr
+    lenses = by_labels(scrape(f"http://{serve()}/metrics", settled=False), "llm_ledger_calls_total", "lens")
+    assert lenses == {("lens0",): 1.0, ("lens1",): 1.0, ("other",): 2.0}
