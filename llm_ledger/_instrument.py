@@ -2,7 +2,7 @@
 
 The seam is the client's public ``request`` method, which every resource goes through
 (``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``,
-``responses.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
+``responses.create``, ``completions.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
 The instance gets its own ``request``; ``copy`` / ``with_options`` are extended so derived
 clients stay instrumented. Other endpoints pass straight through.
 """
@@ -37,6 +37,7 @@ C = TypeVar("C")
 _MONITOR_ATTR = "_llm_ledger_monitor"
 _HOOKED_ATTR = "_llm_ledger_hooked"
 _RAW_HEADER = "X-Stainless-Raw-Response"
+_USAGE_CHUNKS = frozenset({"chat", "text_completion"})  # streams that send usage when asked to
 
 # the call whose HTTP exchange is in flight in this context (read by the httpx response hook)
 _active: ContextVar[_Call | None] = ContextVar("llm_ledger_active_call", default=None)
@@ -95,7 +96,7 @@ def _begin(
         # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
         # (only the SDK's parsed chunks can hide the extra usage chunk) or said include_usage: False
         hide_usage = False
-        if stream and operation == "chat" and monitor.stream_usage and raw in (None, "true"):
+        if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw in (None, "true"):
             stream_options = body.get("stream_options")
             said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
             extra = options.extra_json  # extra_body: the SDK sends its stream_options over the body's

@@ -384,7 +384,7 @@ class LLMCallMonitor:
                 return [copy(v) for v in value]
             return None
 
-        keys = ("messages", "input", "instructions", "tools")
+        keys = ("messages", "input", "instructions", "tools", "prompt")
         try:
             return {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
         except Exception as exc:  # e.g. nested deeper than the recursion limit allows

@@ -129,6 +129,8 @@ class _StreamState:
         for choice in choices:
             choice = _fields(choice) or {}
             delta = _fields(choice.get("delta"))
+            if delta is None:  # a text completion's choice: its text in place of a delta
+                delta = {"content": choice.get("text")}
             if delta:
                 text = delta.get("content")
                 if text:
