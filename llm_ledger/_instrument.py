@@ -1,8 +1,8 @@
 """Instrumenting one OpenAI client instance (never the library as a whole).
 
 The seam is the client's public ``request`` method, which every resource goes through
-(``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``,
-``responses.create``, ``completions.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
+(``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``, ``responses.create``,
+``completions.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
 The instance gets its own ``request``; ``copy`` / ``with_options`` are extended so derived
 clients stay instrumented. Other endpoints pass straight through.
 """

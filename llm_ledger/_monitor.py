@@ -55,6 +55,9 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 _REPORT_INTERVAL_S = 60.0
+# what a user's sink, hook or log handler may raise through the ledger: Ctrl-C, and a generator's
+# close; anything else it raises (SystemExit, a BaseException of its own) would break the call
+_PASSED_ON = (KeyboardInterrupt, GeneratorExit)
 
 # sinks of every monitor in the process (the pytest plugin's, testing.capture(every_monitor=True))
 _global_sinks: tuple[Sink, ...] = ()
@@ -73,6 +76,16 @@ def remove_global_sink(sink: Sink) -> None:
     global _global_sinks
     with _global_sinks_lock:
         _global_sinks = tuple(s for s in _global_sinks if s != sink)  # != : a bound method is made anew
+
+
+def _warn(message: str, *args: Any, exc_info: BaseException | None = None) -> None:
+    """Warn on ``llm_ledger.internal``; an application's log handler failing there is not the call's."""
+    try:
+        internal_log.warning(message, *args, exc_info=exc_info)
+    except _PASSED_ON:
+        raise
+    except BaseException:
+        pass
 
 
 def _heard(logger: logging.Logger, level: int) -> bool:
@@ -338,20 +351,17 @@ class LLMCallMonitor:
 
     def _report(self, where: str, exc: BaseException) -> None:
         """Report a failure inside the ledger, at most once a minute per place and kind."""
-        try:
-            key = f"{where}:{type(exc).__name__}"
-            now = time.monotonic()
-            if now - self._last_report.get(key, -_REPORT_INTERVAL_S) >= _REPORT_INTERVAL_S:
-                self._last_report[key] = now
-                internal_log.warning(
-                    "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
-                    where,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
-        except Exception:  # pragma: no cover - reporting must never raise either
-            pass
+        key = f"{where}:{type(exc).__name__}"
+        now = time.monotonic()
+        if now - self._last_report.get(key, -_REPORT_INTERVAL_S) >= _REPORT_INTERVAL_S:
+            self._last_report[key] = now
+            _warn(
+                "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
+                where,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
 
     def _scrub(self, text: str, secret: str | None) -> str:
         """``text`` without the API key, through the ``redact`` hook; never raises, never leaks:
@@ -366,7 +376,9 @@ class LLMCallMonitor:
             if type(redacted) is not str:
                 raise TypeError(f"redact returned {type(redacted).__name__}, not str")
             return redacted
-        except Exception as exc:
+        except _PASSED_ON:
+            raise
+        except BaseException as exc:
             self._report("the redact hook", exc)
             return "[REDACTION FAILED]"
 
@@ -564,7 +576,7 @@ class LLMCallMonitor:
         name = requested or served or "<none>"
         if (name, route.provider) not in self._unpriced:
             self._unpriced.add((name, route.provider))
-            internal_log.warning(
+            _warn(
                 "no price known for model %r at provider %r: its calls are recorded with null cost. "
                 "Add it to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...)).",
                 name,
@@ -582,12 +594,16 @@ class LLMCallMonitor:
                 if logger.isEnabledFor(level) and _heard(logger, level):
                     # built directly: logger.log() would walk the stack to find the caller
                     logger.handle(_LedgerLogRecord(logger.name, level, "", 0, record, None, None))
-            except Exception as exc:
+            except _PASSED_ON:
+                raise
+            except BaseException as exc:
                 self._report("a log handler", exc)
         for sink in (*self._sinks, *_global_sinks) if _global_sinks else self._sinks:
             try:
                 sink(record)
-            except Exception as exc:
+            except _PASSED_ON:
+                raise
+            except BaseException as exc:
                 self._report(f"sink {sink!r}", exc)
 
     def _alert(
@@ -598,7 +614,9 @@ class LLMCallMonitor:
         if callback is not None:
             try:
                 callback(record)
-            except Exception as exc:
+            except _PASSED_ON:
+                raise
+            except BaseException as exc:
                 self._report(what, exc)
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
