@@ -5,7 +5,6 @@ of its own is caught and reported like any other failure."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -103,28 +102,25 @@ def test_a_log_handler_raising_is_reported(
     assert _reported(internal_log, "a log handler", raised)
 
 
-@pytest.fixture
-def broken_internal_log(raised: BaseException) -> Iterator[None]:
-    """A handler on llm_ledger.internal (where the ledger reports) that raises."""
+@pytest.mark.parametrize("exc", [RuntimeError("down"), *RAISED], ids=lambda exc: type(exc).__name__)
+def test_a_failing_handler_of_the_ledgers_own_reports_is_ignored(exc: BaseException, sdk: Any) -> None:
+    """The ledger's reports (a failing sink, a model without a price) go to the application's log
+    handlers: one raising there, even SystemExit, loses neither the call nor its record."""
 
     class Broken(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            raise raised
+            raise exc
 
-    logger = logging.getLogger("llm_ledger.internal")
+    internal = logging.getLogger("llm_ledger.internal")
     handler = Broken()
-    logger.addHandler(handler)
-    yield
-    logger.removeHandler(handler)
-
-
-def test_a_failing_handler_of_the_ledgers_own_reports_is_ignored(broken_internal_log: None, sdk: Any) -> None:
-    """The ledger's reports (a failing sink, a model without a price) go to the application's log
-    handlers: one raising SystemExit there loses neither the call nor its record."""
-    monitor = llm_ledger.LLMCallMonitor(logger=None)
-    monitor.add_sink(_raiser(RuntimeError("sink down")))
-    with capture(monitor) as records:
-        answer = sdk(monitor).chat.completions.create(model="no-price-model-for-this-test", messages=HI)
+    internal.addHandler(handler)
+    try:
+        monitor = llm_ledger.LLMCallMonitor(logger=None)
+        monitor.add_sink(_raiser(RuntimeError("sink down")))
+        with capture(monitor) as records:
+            answer = sdk(monitor).chat.completions.create(model="no-price-model-for-this-test", messages=HI)
+    finally:
+        internal.removeHandler(handler)
     assert answer.choices[0].message.content
     [record] = records.calls
     assert record["status"] == "ok" and record["cost"]["total_cost_usd"] is None
