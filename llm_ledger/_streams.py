@@ -81,11 +81,14 @@ class _StreamState:
         fields = getattr(chunk, "__dict__", None)
         if type(fields) is not dict:
             return True  # not one of the SDK's models: handed on unread
-        if self.hide_usage and fields.get("usage") is None:
-            # the server sends "usage": null on every chunk once usage is asked for: the bare SDK's
-            # chunk has no such field set (to_dict() / model_dump(exclude_unset=True) show it)
+        shown = self.chat(fields)
+        if shown and self.hide_usage:
+            # usage asked for on the caller's behalf comes as "usage": null on every chunk, or from
+            # some compatible servers as the counts so far: the bare SDK's chunk has no usage set
+            # (to_dict() / model_dump(exclude_unset=True) show it)
+            fields["usage"] = None
             chunk.__pydantic_fields_set__.discard("usage")
-        return self.chat(fields)
+        return shown
 
     def chat(self, fields: dict[str, Any]) -> bool:
         """Count one chunk (its field dict); False for the usage chunk the caller did not ask for."""
@@ -156,9 +159,14 @@ class _StreamState:
         chunk the ledger asked for on the caller's behalf (a caller reading ``choices[0]`` of
         every chunk would fail on it)."""
         try:
-            return not (self.hide_usage and not chunk.choices and chunk.usage is not None)
+            if self.hide_usage:
+                if not chunk.choices and chunk.usage is not None:
+                    return False
+                chunk.__dict__["usage"] = None  # as chat_model() hands it on
+                chunk.__pydantic_fields_set__.discard("usage")
         except Exception:
-            return True  # not an SDK chunk: handed on
+            pass  # not an SDK chunk: handed on
+        return True
 
     # -- responses ------------------------------------------------------------------------------------
 
