@@ -432,10 +432,10 @@ def _completions(
     if not body.get("stream"):
         answer = {**base, "choices": [choice(i, *pair) for i, pair in enumerate(texts)]}
         return _json_reply(answer if "no-usage" in faults else {**answer, "usage": usage})
-    pieces = [
+    pieces: list[tuple[int, str, str | None]] = [
         (i, piece, None) for i, (text, _) in enumerate(texts) for piece in _split(text, _chunks(headers))
     ]
-    pieces += [(i, "", finish) for i, (_, finish) in enumerate(texts)]
+    pieces += [(i, "", finish) for i, (_, finish) in enumerate(texts)]  # each choice's finish chunk
     extra = _chunk_usage(body, headers, faults, usage)
     events = [_sse({**base, "choices": [choice(*piece)], **extra}) for piece in pieces]
     if extra:
