@@ -137,11 +137,8 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
         completion = getattr(exc, "completion", None)
         if completion is None:
             completion = _read_body(call)
-        if completion is not None:
-            shape, usage = response_shape(call.operation, completion)
-            monitor._finish(call, status, shape, usage, error=exc)
-        else:
-            monitor._finish(call, status, None, None, error=exc)
+        shape, usage = (None, None) if completion is None else response_shape(call.operation, completion)
+        monitor._finish(call, status, shape, usage, error=exc)
     except Exception as inner:
         monitor._report("recording a failed call", inner)
         _record_bare(monitor, call, status, exc)
@@ -151,7 +148,7 @@ def _record_bare(monitor: LLMCallMonitor, call: _Call, status: Status, exc: Base
     """After a failure reading a call: record it with what is known for sure (never twice)."""
     try:
         monitor._finish(call, status, None, None, error=exc)
-    except Exception as inner:  # pragma: no cover - _finish already falls back internally
+    except Exception as inner:  # pragma: no cover - _finish reports what it cannot read
         monitor._report("recording a call", inner)
 
 
@@ -229,11 +226,9 @@ def _count_retries(instance: Any, is_async: bool) -> bool:
 def _settle_httpx2() -> None:
     """Import httpx2 now, on the instrumenting thread, when the SDK peeks at it on every request.
 
-    openai 2.x (``openai._httpx2``) reads ``sys.modules["httpx2"]`` for each request; the ledger's
-    pricing imports genai-prices, hence httpx2, when the first call ends, on whichever thread ends it.
-    A request peeking while that import runs finds a partly initialised module and fails with
-    AttributeError (seen as lost calls with 8 threads on openai 2.54). Once httpx2 is imported, the
-    peek is safe. openai 3.x imports httpx2 itself; 1.x never looks at it.
+    openai 2.x reads ``sys.modules["httpx2"]`` for each request, and the ledger's pricing imports
+    genai-prices, hence httpx2, when the first call ends, on whichever thread ends it: a request
+    peeking meanwhile finds a partly initialised module and fails (lost calls, with threads).
     """
     if "httpx2" not in sys.modules and "openai._httpx2" in sys.modules:
         try:

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
@@ -53,6 +53,7 @@ C = TypeVar("C")
 internal_log = logging.getLogger("llm_ledger.internal")
 
 
+_NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 _REPORT_INTERVAL_S = 60.0
 # what a user's sink, hook or log handler may raise through the ledger: Ctrl-C, and a generator's
@@ -89,10 +90,9 @@ def _warn(message: str, *args: Any, exc_info: BaseException | None = None) -> No
 
 
 def _heard(logger: logging.Logger, level: int) -> bool:
-    """Whether logging would hand a record of ``level`` to a handler that keeps it: the handlers
-    ``Logger.callHandlers`` would reach, less ``NullHandler``s. Not building a ``LogRecord`` nobody
-    hears saves most of the logger's cost, and never wakes logging's last resort (stderr) in an
-    application that configured no logging."""
+    """Whether a handler other than a ``NullHandler`` would get a record of ``level``: a ``LogRecord``
+    nobody hears is not built, and logging's last resort (stderr) never wakes in an application
+    that configured no logging."""
     current: logging.Logger | None = logger
     while current is not None:
         for handler in current.handlers:
@@ -105,14 +105,10 @@ def _heard(logger: logging.Logger, level: int) -> bool:
 
 
 class _LedgerLogRecord(logging.LogRecord):
-    """A ledger record as a ``LogRecord``: its message is the record dict, shown as JSON by
-    handlers that format it as text (a root handler, logging's last resort), not as a dict repr."""
+    """A ledger record as a ``LogRecord``: handlers formatting it as text show the dict as JSON."""
 
     def getMessage(self) -> str:
-        msg = self.msg
-        if type(msg) is dict:
-            return json_text(msg)
-        return super().getMessage()
+        return json_text(self.msg) if type(self.msg) is dict else super().getMessage()
 
 
 # how many forks this process descends from: a call in flight at a fork (a stream open in the
@@ -164,15 +160,15 @@ class _Call:
         self.lenses = tuple(run for run in lenses if run._begin_call()) if lenses else ()
         self.client = client  # only with content capture: its API key is scrubbed from the text
         self.retries: int | None = 0  # None when the client's retries cannot be counted
-        self.request_id: str | None = None  # from the last HTTP response, read when needed
+        self.request_id: str | None = None
         self.raw: str | None = None  # the SDK's raw-response header: "true" or "stream" (with_*_response)
         self.http_response: Any = None  # the last HTTP response, set by the client's response hook
         self.ttft: float | None = None
-        self.hide_usage = False
+        self.hide_usage = False  # the ledger asked a stream for usage on the caller's behalf
         self.done = False
-        self.forks = _forks  # see _forks
+        self.forks = _forks
         self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
-        self.server: ServerShape | None = None  # read from the last HTTP response, or the error's request
+        self.server: ServerShape | None = None
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
 
@@ -297,10 +293,8 @@ class LLMCallMonitor:
 
     @staticmethod
     def _price_table(prices: PriceTable | str | os.PathLike[str] | None) -> PriceTable:
-        if prices is None:
-            return PriceTable()
-        if isinstance(prices, PriceTable):
-            return prices
+        if prices is None or isinstance(prices, PriceTable):
+            return PriceTable() if prices is None else prices
         if isinstance(prices, (str, os.PathLike)):
             return PriceTable.from_file(prices)
         raise ConfigError(f"prices must be a PriceTable or the path of a price file, got {prices!r}")
@@ -388,7 +382,7 @@ class LLMCallMonitor:
         reported, when it cannot be copied: that costs the content, never the record."""
 
         def copy(value: Any) -> Any:
-            if isinstance(value, str) or value is None or isinstance(value, (int, float, bool)):
+            if value is None or isinstance(value, (str, int, float)):  # bool is an int
                 return value
             if isinstance(value, Mapping):
                 return {str(k): copy(v) for k, v in value.items()}
@@ -446,11 +440,8 @@ class LLMCallMonitor:
         error: BaseException | None = None,
         output_text: str | None = None,
     ) -> None:
-        """Record a call that ended (exactly once per call): its record, built now, counts in the lens
-        runs it began in and goes to the logger and the sinks.
-
-        A result the ledger cannot read is reported and the call is still recorded, without it.
-        """
+        """Record a call that ended (once per call): its record counts in the lens runs it began in
+        and goes to the logger and the sinks; what the ledger cannot read is reported and left out."""
         if call.done or call.forks != _forks:
             return
         call.done = True
@@ -494,14 +485,7 @@ class LLMCallMonitor:
             self._report("reading a call's result", exc)
             usage = no_usage()
         if response is None:
-            response = {
-                "model": None,
-                "id": None,
-                "request_id": None,
-                "content_length": None,
-                "finish_reason": None,
-                "tool_calls_count": None,
-            }
+            response = _NO_RESPONSE.copy()
         elif type(response["model"]) is not str:
             response["model"] = None  # e.g. a compatible server answering with a number
         if response["request_id"] is None:
@@ -559,7 +543,7 @@ class LLMCallMonitor:
         self, route: Route, served: str | None, requested: str | None, usage: Usage
     ) -> tuple[int, int, str] | None:
         """(prompt, completion) cost in 10**-24 USD and the rates' source, at the served model's price
-        (an Azure deployment reports the model behind it), else at the requested one's; None without
+        (an Azure deployment reports the model behind it), else the requested one's; None without
         usage or price (a warning once per name) or when the counts do not fit."""
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]

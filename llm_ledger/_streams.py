@@ -1,15 +1,14 @@
 """Watching streams and bodies the caller reads itself: counters only, never the chunks.
 
-One state machine (``_StreamState``) reads each chat chunk or Responses event as a field dict: an
-SDK object's ``__dict__``, or the JSON object itself. Two kinds of thin shells drive it, each in a
-sync and an async form of a few lines:
+One state machine (``_StreamState``) reads each chunk or Responses event as a field dict (an SDK
+object's ``__dict__``, or the JSON object itself), driven by thin sync and async shells:
 
-- an SDK ``Stream`` / ``AsyncStream`` keeps its identity; only its chunk iterator is wrapped and
-  its ``close`` extended. Each chunk reaches the caller as soon as it arrives, exactly as the bare
-  SDK gives it (minus the usage chunk the ledger asked for on the caller's behalf);
-- a body the caller reads itself (``with_streaming_response``) is tapped at its HTTP byte stream,
-  so whichever way it is read (``parse()``, ``iter_lines()``, ``read()``, ``json()``...) the same
-  bytes pass through an incremental SSE / JSON reader feeding the same state machine.
+- an SDK ``Stream`` / ``AsyncStream`` keeps its identity; only its chunk iterator is wrapped and its
+  ``close`` extended. Each chunk reaches the caller as it arrives, as the bare SDK gives it (minus
+  the usage the ledger asked for on the caller's behalf);
+- a body the caller reads itself (``with_streaming_response``) is tapped at its HTTP byte stream:
+  however it is read (``parse()``, ``iter_lines()``, ``json()``...) the bytes pass through an
+  incremental SSE / JSON reader feeding the same state machine.
 
 The record is written when the answer is complete (the usage chunk, ``response.completed``), when
 the body ends, fails or is closed, or when an abandoned stream is collected.
@@ -135,17 +134,14 @@ class _StreamState:
             if delta is None:  # a text completion's choice: its text in place of a delta
                 delta = {"content": choice.get("text")}
             if delta:
-                text = delta.get("content")
+                text, tool_calls = delta.get("content"), delta.get("tool_calls")
+                if (text or tool_calls) and call.ttft is None:
+                    call.ttft = time.perf_counter() - call.start_perf
                 if text:
-                    if call.ttft is None:
-                        call.ttft = time.perf_counter() - call.start_perf
                     self.chars += len(text)
                     if self.text is not None:
                         self.text.append(text)
-                tool_calls = delta.get("tool_calls")
                 if tool_calls:
-                    if call.ttft is None:
-                        call.ttft = time.perf_counter() - call.start_perf
                     self.tool_calls += sum(1 for t in tool_calls if (_fields(t) or {}).get("id"))
             if choice.get("finish_reason") and self.finish_reason is None:
                 self.finish_reason = choice["finish_reason"]
