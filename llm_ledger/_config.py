@@ -86,23 +86,19 @@ class Settings:
     on_anomaly: Callable[[Any], object] | None = None
 
 
-def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = BOOLEAN_WORDS.get(raw.strip().lower())
-    if value is not None:
-        return value
-    raise ConfigError(f"environment variable {name}={raw!r} is not a boolean; use one of 1, 0, true, false")
-
-
 def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default: bool) -> bool:
     """A boolean setting: the argument when given, else its environment variable, else ``default``."""
-    if value is UNSET:
-        return _env_bool(variable, env, default)
     if isinstance(value, bool):
         return value
-    raise ConfigError(f"{name} must be True or False, got {value!r}")
+    if value is not UNSET:
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    raw = env.get(variable)
+    flag = default if raw is None else BOOLEAN_WORDS.get(raw.strip().lower())
+    if flag is None:
+        raise ConfigError(
+            f"environment variable {variable}={raw!r} is not a boolean; use one of 1, 0, true, false"
+        )
+    return flag
 
 
 _OFF = ("off", "none", "false", "no", "0")  # a path variable set to one of these turns its feature off

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -629,23 +629,23 @@ def _report_write_failure(path: Path, exc: BaseException, pending: int, lost: in
         )
 
 
-def flush_all() -> None:
-    """Write out every record queued in every JSONL handler of this process."""
+def _each_handler(flush: Callable[[JsonlFileHandler], object]) -> None:
     for handler in list(_handlers):
         try:
-            handler.flush()
-        except Exception:  # pragma: no cover - flushing must not fail because of the ledger
+            flush(handler)
+        except Exception:  # pragma: no cover - flushing, exit or SIGTERM must not fail because of the ledger
             pass
+
+
+def flush_all() -> None:
+    """Write out every record queued in every JSONL handler of this process."""
+    _each_handler(JsonlFileHandler.flush)
 
 
 def _flush_at_exit() -> None:
     """``flush_all()`` by the writer threads: a file system that hangs a write delays exit by at
     most each flush's timeout, never for good."""
-    for handler in list(_handlers):
-        try:
-            handler._flush_by_writer(_EXIT_TIMEOUT_S)
-        except Exception:  # pragma: no cover - exit must not fail because of the ledger
-            pass
+    _each_handler(lambda handler: handler._flush_by_writer(_EXIT_TIMEOUT_S))
 
 
 atexit.register(_flush_at_exit)
@@ -694,11 +694,7 @@ def _sigterm_if_pending() -> None:
 
 def _die_by_sigterm() -> None:
     _Sigterm.stopping = True
-    for handler in list(_handlers):
-        try:
-            handler.flush(_EXIT_TIMEOUT_S)  # bounded, as at exit: a hung file system delays the end
-        except Exception:  # pragma: no cover - stopping must not fail because of the ledger
-            pass
+    _each_handler(lambda handler: handler.flush(_EXIT_TIMEOUT_S))  # bounded, as at exit
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -268,10 +268,9 @@ class LLMCallMonitor:
         logger: str | None = LOGGER_NAME,
         sinks: Iterable[Sink] = (),
     ) -> None:
-        if not isinstance(capture_content, bool):
-            raise ConfigError(f"capture_content must be True or False, got {capture_content!r}")
-        if not isinstance(stream_usage, bool):
-            raise ConfigError(f"stream_usage must be True or False, got {stream_usage!r}")
+        for name, flag in (("capture_content", capture_content), ("stream_usage", stream_usage)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
         if redact is not None and not callable(redact):
             raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
         if logger is not None and not isinstance(logger, str):
