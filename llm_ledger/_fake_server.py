@@ -811,8 +811,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeOpenAI:
-    """A loopback OpenAI-compatible server (chat completions, responses, embeddings; streamed or not)
-    with deterministic text and usage, to point the real SDK at: ``base_url`` for the client,
+    """A loopback OpenAI-compatible server (chat completions, responses, embeddings, legacy completions;
+    streamed or not) with deterministic text and usage, to point the real SDK at: ``base_url`` for the client,
     ``requests`` and ``answers`` as received and sent, ``fail_next()`` to queue errors. ``start()`` (or
     ``with``) runs it in a daemon thread.
 
@@ -932,8 +932,8 @@ def register(subparsers: Any, summary: str) -> None:
         help=summary,
         description=(
             "Serve the OpenAI-compatible test server on HOST:PORT until Ctrl-C: chat completions, "
-            "responses and embeddings, streamed or not, with deterministic text and usage. Point a client "
-            "at it with OPENAI_BASE_URL=http://HOST:PORT/v1 and any OPENAI_API_KEY."
+            "responses, embeddings and legacy completions, streamed or not, with deterministic text and "
+            "usage. Point a client at it with OPENAI_BASE_URL=http://HOST:PORT/v1 and any OPENAI_API_KEY."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
