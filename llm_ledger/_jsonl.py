@@ -242,11 +242,11 @@ class JsonlFileHandler(logging.Handler):
         """A sink (``monitor.add_sink(handler.write_record)``, as ``configure()`` adds it): queue a ledger
         record dict as one line, the line ``emit`` writes for it."""
         formatter = self.formatter
+        if not isinstance(formatter, LedgerJsonFormatter):
+            self.emit(_log_record(record))
+            return
         try:
-            if isinstance(formatter, LedgerJsonFormatter):
-                line = formatter.record_line(record)
-            else:
-                line = _line_of(formatter, _log_record(record))
+            line = formatter.record_line(record)
         except Exception as exc:
             _report_format_failure(self.path, exc)
             return

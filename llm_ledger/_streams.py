@@ -358,19 +358,16 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
             except ValueError as exc:
                 if content_type.split(";")[0].strip().endswith("json"):
                     monitor._finish(call, "error", None, None, error=exc)
-                else:
-                    monitor._finish(call, "ok", None, None)  # the SDK hands such a body over as text
-                return
-        if type(data) is not dict:
-            monitor._finish(call, "ok", None, None)
-            return
-        view = JsonView(data)
-        shape, usage = response_shape(call.operation, view)
-        text = output_text(call.operation, view) if call.content is not None else None
-        monitor._finish(call, "ok", shape, usage, output_text=text)
+                    return
+                data = None  # the SDK hands such a body over as text
+        if type(data) is dict:
+            view = JsonView(data)
+            shape, usage = response_shape(call.operation, view)
+            text = output_text(call.operation, view) if call.content is not None else None
+            monitor._finish(call, "ok", shape, usage, output_text=text)
     except Exception as exc:
         monitor._report("recording a call", exc)
-        monitor._finish(call, "ok", None, None)
+    monitor._finish(call, "ok", None, None)  # what is known for sure (a no-op once recorded)
 
 
 class _Body:
