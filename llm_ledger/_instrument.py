@@ -200,26 +200,18 @@ def _watch(monitor: LLMCallMonitor, call: _Call, stream: Any, is_async: bool) ->
     watch_stream(monitor, call, stream, is_async=is_async)
 
 
-def _count_retries(instance: Any, is_async: bool) -> bool:
+def _count_retries(instance: Any) -> bool:
     """Count the SDK's retries of a call by extending its retry sleep; False if it has none."""
     sleep = getattr(type(instance), "_sleep_for_retry", None)
     if not callable(sleep):
         return False
     original = sleep.__get__(instance)
-    if is_async:
 
-        async def asleep_for_retry(*args: Any, **kwargs: Any) -> Any:
-            _count_retry()
-            return await original(*args, **kwargs)
+    def sleep_for_retry(*args: Any, **kwargs: Any) -> Any:  # an async client awaits what it returns
+        _count_retry()
+        return original(*args, **kwargs)
 
-        instance._sleep_for_retry = asleep_for_retry
-    else:
-
-        def sleep_for_retry(*args: Any, **kwargs: Any) -> Any:
-            _count_retry()
-            return original(*args, **kwargs)
-
-        instance._sleep_for_retry = sleep_for_retry
+    instance._sleep_for_retry = sleep_for_retry
     return True
 
 
@@ -256,7 +248,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     _settle_httpx2()
     original = cls.request.__get__(instance)
     is_async = inspect.iscoroutinefunction(original)
-    counts_retries = _count_retries(instance, is_async)
+    counts_retries = _count_retries(instance)
     endpoint = Endpoint(instance)  # its provider and prices, resolved once (at its first priced call)
 
     # thin shells around _begin / _succeed / _fail: the one difference is the await

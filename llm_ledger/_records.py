@@ -316,25 +316,6 @@ class LensTotals:
     True), so the log always carries the whole run, after its calls.
     """
 
-    __slots__ = (
-        "_lock",
-        "cached_tokens",
-        "calls",
-        "closed",
-        "completion_tokens",
-        "cost_complete",
-        "cost_units",
-        "duration_s",
-        "emitting",
-        "errors",
-        "models",
-        "open",
-        "prompt_tokens",
-        "reasoning_tokens",
-        "tokens_complete",
-        "total_tokens",
-    )
-
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.calls = 0

@@ -373,18 +373,6 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
 class _Body:
     """Reads a body as its bytes pass to the caller: SSE events into the state, or JSON at its end."""
 
-    __slots__ = (
-        "__weakref__",
-        "buffer",
-        "content_type",
-        "data",
-        "decoder",
-        "parts",
-        "request",
-        "sse",
-        "state",
-    )
-
     def __init__(self, state: _StreamState, headers: Any, sse: bool, request: Any = None) -> None:
         self.state = state
         self.request = request
