@@ -116,9 +116,7 @@ class LedgerJsonFormatter(OrjsonFormatter):
         message, no exception) serialised in one step, without python-json-logger's copy."""
         msg = record.msg
         if self._plain and type(msg) is dict and not record.exc_info and not record.stack_info:
-            line = self._dict_line(msg)
-            if line is not None:
-                return line
+            return self.record_line(msg)  # a plain formatter's line depends on the dict alone
         return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
 
     def record_line(self, record: Mapping[str, Any]) -> bytes:
