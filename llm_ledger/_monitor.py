@@ -292,8 +292,10 @@ class LLMCallMonitor:
 
     @staticmethod
     def _price_table(prices: PriceTable | str | os.PathLike[str] | None) -> PriceTable:
-        if prices is None or isinstance(prices, PriceTable):
-            return PriceTable() if prices is None else prices
+        if prices is None:
+            return PriceTable()
+        if isinstance(prices, PriceTable):
+            return prices
         if isinstance(prices, (str, os.PathLike)):
             return PriceTable.from_file(prices)
         raise ConfigError(f"prices must be a PriceTable or the path of a price file, got {prices!r}")
