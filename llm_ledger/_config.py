@@ -30,7 +30,9 @@ sinks on the default monitor; ``prometheus:9464`` also serves ``/metrics`` on th
 ``budget_mode="raise"`` stops a run over budget at its next call, ``on_budget_exceeded`` is called with
 each ``budget_exceeded`` record (docs/BUDGETS.md). ``anomalies``: ``True`` or an ``AnomalyConfig``
 (``LLM_LEDGER_ANOMALIES=on`` or ``k=6,window=100``); ``on_anomaly`` is called with each ``lens_anomaly``
-record (docs/ANOMALIES.md).
+record (docs/ANOMALIES.md). ``budget_mode="raise"``, ``on_budget_exceeded`` and ``on_anomaly`` with
+their feature off are errors, unless an operator's ``LLM_LEDGER_BUDGETS=off`` /
+``LLM_LEDGER_ANOMALIES=off`` turned it off on purpose.
 """
 
 from __future__ import annotations
@@ -84,23 +86,19 @@ class Settings:
     on_anomaly: Callable[[Any], object] | None = None
 
 
-def _env_bool(name: str, env: Mapping[str, str], default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = BOOLEAN_WORDS.get(raw.strip().lower())
-    if value is not None:
-        return value
-    raise ConfigError(f"environment variable {name}={raw!r} is not a boolean; use one of 1, 0, true, false")
-
-
 def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default: bool) -> bool:
     """A boolean setting: the argument when given, else its environment variable, else ``default``."""
-    if value is UNSET:
-        return _env_bool(variable, env, default)
     if isinstance(value, bool):
         return value
-    raise ConfigError(f"{name} must be True or False, got {value!r}")
+    if value is not UNSET:
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    raw = env.get(variable)
+    flag = default if raw is None else BOOLEAN_WORDS.get(raw.strip().lower())
+    if flag is None:
+        raise ConfigError(
+            f"environment variable {variable}={raw!r} is not a boolean; use one of 1, 0, true, false"
+        )
+    return flag
 
 
 _OFF = ("off", "none", "false", "no", "0")  # a path variable set to one of these turns its feature off
@@ -164,10 +162,39 @@ def resolve(
         anomaly_config = anomalies
     else:
         raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {anomalies!r}")
+    if guard_budgets is None:
+        off = _why_off("budgets", budgets, "LLM_LEDGER_BUDGETS", env)
+        fix = "pass budgets= a budgets.yaml path or a mapping (or set LLM_LEDGER_BUDGETS)"
+        if off and mode == "raise":
+            source = "budget_mode" if budget_mode is not UNSET else "LLM_LEDGER_BUDGET_MODE"
+            raise ConfigError(
+                f"{source}='raise' acts on production budgets, and there are none ({off}): {fix}; "
+                f"or set {source} to 'warn'"
+            )
+        if off and on_budget_exceeded is not None:
+            raise ConfigError(
+                f"on_budget_exceeded acts on production budgets, and there are none ({off}): {fix}; "
+                "or drop on_budget_exceeded"
+            )
+    if anomaly_config is None and on_anomaly is not None:
+        off = _why_off("anomalies", anomalies, "LLM_LEDGER_ANOMALIES", env)
+        if off:
+            raise ConfigError(
+                f"on_anomaly acts on anomaly detection, which is off ({off}): pass anomalies=True or an "
+                "AnomalyConfig (or set LLM_LEDGER_ANOMALIES=on); or drop on_anomaly"
+            )
     return Settings(
         resolved_dir, resolved_prices, capture, usage, redact, sigterm, specs,
         guard_budgets, mode, on_budget_exceeded, anomaly_config, on_anomaly,
     )  # fmt: skip
+
+
+def _why_off(name: str, value: Any, variable: str, env: Mapping[str, str]) -> str | None:
+    """Why a feature another setting acts on is off, for the error saying so; None when an operator
+    turned it off on purpose (``variable=off``): the setting then waits unused, as a switch should."""
+    if value is not UNSET:
+        return f"{name}={value!r}"
+    return None if env.get(variable, "").strip() else f"neither {name}= nor {variable} is set"
 
 
 def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets | None, str]:

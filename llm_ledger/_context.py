@@ -41,6 +41,14 @@ current_lenses: Callable[[], tuple[LensRun, ...]] = _lenses.get
 """Every open lens run, outermost first."""
 
 
+def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+    if token is not None:
+        try:
+            var.reset(token)
+        except ValueError:  # exited in another context than it was entered (e.g. another task)
+            pass
+
+
 class _Scope:
     """A block that adds context: a sync and async context manager, and a decorator."""
 
@@ -58,11 +66,7 @@ class _Scope:
 
     def _exit(self) -> None:
         token, self._token = self._token, None
-        if token is not None:
-            try:
-                _context.reset(token)
-            except ValueError:  # exited in another context than it was entered (e.g. another task)
-                pass
+        _reset(_context, token)
 
     def __enter__(self) -> Any:
         self._enter()
@@ -282,11 +286,7 @@ class LensRun(_Scope):
         try:
             self._wall = time.perf_counter() - self._started_perf
             token, self._lens_token = self._lens_token, None
-            if token is not None:
-                try:
-                    _lenses.reset(token)
-                except ValueError:
-                    pass
+            _reset(_lenses, token)
             self._record_context = {**_context.get(), **self._extra}
             self._exit()
             self.summary, due = self._totals.close(self._wall)

@@ -28,6 +28,7 @@ OPERATIONS: dict[str, str] = {
     "/chat/completions": "chat",
     "/embeddings": "embeddings",
     "/responses": "responses",
+    "/completions": "text_completion",  # the legacy text completions (vLLM and others serve it)
 }
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
@@ -142,12 +143,13 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
                 elif item["role"] == "user":
                     user += chars
         return messages_count, system, user, images, _given(body.get("max_output_tokens"))
-    items = _given(body.get("input"))  # embeddings
+    text = operation == "text_completion"  # else embeddings: both take a string or a list of them
+    items = _given(body.get("prompt" if text else "input"))
     if isinstance(items, str):
         user = len(items)
     elif isinstance(items, (list, tuple)):
         user = sum(len(item) for item in items if isinstance(item, str))
-    return messages_count, system, user, images, None
+    return messages_count, system, user, images, _given(body.get("max_tokens")) if text else None
 
 
 class _Attributes:
@@ -315,6 +317,10 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
     elif operation == "responses":
         content_length, tool_calls, finish_reason = _responses_output(response)
+    elif operation == "text_completion":
+        choices = fields.get("choices") or ()
+        content_length, tool_calls = sum(len(getattr(c, "text", None) or "") for c in choices), None
+        finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
     else:
         content_length = tool_calls = finish_reason = None
     return (
@@ -345,6 +351,8 @@ def output_text(operation: str, response: Any) -> str | None:
             if getattr(part, "type", None) == "output_text"
         ]
         return "".join(parts)
+    if operation == "text_completion":
+        return "".join(getattr(c, "text", None) or "" for c in _list(response, "choices"))
     return None
 
 

@@ -386,14 +386,11 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
             answer["usage"] = usage
         return _json_reply(answer)
 
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and "no-usage" not in faults
+    extra = _chunk_usage(body, headers, faults, usage)
     chunk_base: JSONDict = {**base, "object": "chat.completion.chunk", **tier}
 
     def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
-        payload: JSONDict = {**chunk_base, "choices": choices("delta", delta, finish_reason)}
-        if include_usage:
-            payload["usage"] = None
-        return _sse(payload)
+        return _sse({**chunk_base, "choices": choices("delta", delta, finish_reason), **extra})
 
     chunks = _chunks(headers)
     events = [chunk({"role": "assistant", "content": None if tool_calls else "", "refusal": None})]
@@ -414,10 +411,63 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
         return _StreamReply([*events[: len(events) // 2 + 1], _sse({"error": error})])
     events.append(chunk({}, finish))
-    if include_usage:
+    if extra:
         events.append(_sse({**chunk_base, "choices": [], "usage": usage}))
     events.append(b"data: [DONE]\n\n")
     return _StreamReply(events)
+
+
+def _completions(
+    body: JSONDict, headers: dict[str, str], num: int, faults: set[str]
+) -> _Reply | _StreamReply:
+    """The legacy text completions endpoint (vLLM and other servers still serve it): one choice per
+    prompt (times ``n``), each with the text chat would give for that prompt as its user message."""
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        return _error(400, "Missing required parameter: 'prompt' (a string or a list of strings).")
+    limit = body.get("max_tokens")
+    n = max(1, int(body.get("n") or 1))
+    texts: list[tuple[str, str]] = []  # (text, finish reason) of each choice
+    for p in prompts:
+        text, finish = _reply_text(p, headers), "stop"
+        if isinstance(limit, int) and math.ceil(len(text) / 4) > limit:
+            text, finish = text[: limit * 4], "length"
+        texts += [(text, finish)] * n
+    prompt_tokens = sum(math.ceil(len(p) / 4) for p in prompts)
+    completion = sum(math.ceil(len(text) / 4) for text, _ in texts)
+    usage: JSONDict = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
+    _add_cost(usage, headers)
+    model = _served_model(body["model"], headers)
+    base = {"id": f"cmpl-{num}", "object": "text_completion", "created": CREATED, "model": model}
+
+    def choice(index: int, text: str, finish: str | None) -> JSONDict:
+        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+
+    if not body.get("stream"):
+        answer = {**base, "choices": [choice(i, *pair) for i, pair in enumerate(texts)]}
+        return _json_reply(answer if "no-usage" in faults else {**answer, "usage": usage})
+    pieces: list[tuple[int, str, str | None]] = [
+        (i, piece, None) for i, (text, _) in enumerate(texts) for piece in _split(text, _chunks(headers))
+    ]
+    pieces += [(i, "", finish) for i, (_, finish) in enumerate(texts)]  # each choice's finish chunk
+    extra = _chunk_usage(body, headers, faults, usage)
+    events = [_sse({**base, "choices": [choice(*piece)], **extra}) for piece in pieces]
+    if extra:
+        events.append(_sse({**base, "choices": [], "usage": usage}))
+    return _StreamReply([*events, b"data: [DONE]\n\n"])
+
+
+def _chunk_usage(body: JSONDict, headers: dict[str, str], faults: set[str], usage: JSONDict) -> JSONDict:
+    """The ``usage`` field of a stream's chunks: none without ``stream_options.include_usage``, else
+    null (``x-fake-usage-style: every-chunk``: the usage itself, as some compatible servers send it)."""
+    if not (body.get("stream_options") or {}).get("include_usage") or "no-usage" in faults:
+        return {}
+    return {"usage": usage if headers.get("x-fake-usage-style") == "every-chunk" else None}
 
 
 def _embedding_vector(item: Any, dimensions: int) -> list[float]:
@@ -583,6 +633,7 @@ _ROUTES = {
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
     "/v1/embeddings": _embeddings,
+    "/v1/completions": _completions,
 }
 
 
@@ -779,8 +830,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeOpenAI:
-    """A loopback OpenAI-compatible server (chat completions, responses, embeddings; streamed or not)
-    with deterministic text and usage, to point the real SDK at: ``base_url`` for the client,
+    """A loopback OpenAI-compatible server (chat completions, responses, embeddings, legacy completions;
+    streamed or not) with deterministic text and usage, to point the real SDK at: ``base_url`` for the client,
     ``requests`` and ``answers`` as received and sent, ``fail_next()`` to queue errors. ``start()`` (or
     ``with``) runs it in a daemon thread.
 
@@ -900,8 +951,8 @@ def register(subparsers: Any, summary: str) -> None:
         help=summary,
         description=(
             "Serve the OpenAI-compatible test server on HOST:PORT until Ctrl-C: chat completions, "
-            "responses and embeddings, streamed or not, with deterministic text and usage. Point a client "
-            "at it with OPENAI_BASE_URL=http://HOST:PORT/v1 and any OPENAI_API_KEY."
+            "responses, embeddings and legacy completions, streamed or not, with deterministic text and "
+            "usage. Point a client at it with OPENAI_BASE_URL=http://HOST:PORT/v1 and any OPENAI_API_KEY."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

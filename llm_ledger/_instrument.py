@@ -1,8 +1,8 @@
 """Instrumenting one OpenAI client instance (never the library as a whole).
 
 The seam is the client's public ``request`` method, which every resource goes through
-(``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``,
-``responses.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
+(``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``, ``responses.create``,
+``completions.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
 The instance gets its own ``request``; ``copy`` / ``with_options`` are extended so derived
 clients stay instrumented. Other endpoints pass straight through.
 """
@@ -37,6 +37,7 @@ C = TypeVar("C")
 _MONITOR_ATTR = "_llm_ledger_monitor"
 _HOOKED_ATTR = "_llm_ledger_hooked"
 _RAW_HEADER = "X-Stainless-Raw-Response"
+_USAGE_CHUNKS = frozenset({"chat", "text_completion"})  # streams that send usage when asked to
 
 # the call whose HTTP exchange is in flight in this context (read by the httpx response hook)
 _active: ContextVar[_Call | None] = ContextVar("llm_ledger_active_call", default=None)
@@ -95,7 +96,7 @@ def _begin(
         # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
         # (only the SDK's parsed chunks can hide the extra usage chunk) or said include_usage: False
         hide_usage = False
-        if stream and operation == "chat" and monitor.stream_usage and raw in (None, "true"):
+        if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw in (None, "true"):
             stream_options = body.get("stream_options")
             said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
             extra = options.extra_json  # extra_body: the SDK sends its stream_options over the body's
@@ -136,11 +137,8 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
         completion = getattr(exc, "completion", None)
         if completion is None:
             completion = _read_body(call)
-        if completion is not None:
-            shape, usage = response_shape(call.operation, completion)
-            monitor._finish(call, status, shape, usage, error=exc)
-        else:
-            monitor._finish(call, status, None, None, error=exc)
+        shape, usage = (None, None) if completion is None else response_shape(call.operation, completion)
+        monitor._finish(call, status, shape, usage, error=exc)
     except Exception as inner:
         monitor._report("recording a failed call", inner)
         _record_bare(monitor, call, status, exc)
@@ -150,7 +148,7 @@ def _record_bare(monitor: LLMCallMonitor, call: _Call, status: Status, exc: Base
     """After a failure reading a call: record it with what is known for sure (never twice)."""
     try:
         monitor._finish(call, status, None, None, error=exc)
-    except Exception as inner:  # pragma: no cover - _finish already falls back internally
+    except Exception as inner:  # pragma: no cover - _finish reports what it cannot read
         monitor._report("recording a call", inner)
 
 
@@ -202,37 +200,27 @@ def _watch(monitor: LLMCallMonitor, call: _Call, stream: Any, is_async: bool) ->
     watch_stream(monitor, call, stream, is_async=is_async)
 
 
-def _count_retries(instance: Any, is_async: bool) -> bool:
+def _count_retries(instance: Any) -> bool:
     """Count the SDK's retries of a call by extending its retry sleep; False if it has none."""
     sleep = getattr(type(instance), "_sleep_for_retry", None)
     if not callable(sleep):
         return False
     original = sleep.__get__(instance)
-    if is_async:
 
-        async def asleep_for_retry(*args: Any, **kwargs: Any) -> Any:
-            _count_retry()
-            return await original(*args, **kwargs)
+    def sleep_for_retry(*args: Any, **kwargs: Any) -> Any:  # an async client awaits what it returns
+        _count_retry()
+        return original(*args, **kwargs)
 
-        instance._sleep_for_retry = asleep_for_retry
-    else:
-
-        def sleep_for_retry(*args: Any, **kwargs: Any) -> Any:
-            _count_retry()
-            return original(*args, **kwargs)
-
-        instance._sleep_for_retry = sleep_for_retry
+    instance._sleep_for_retry = sleep_for_retry
     return True
 
 
 def _settle_httpx2() -> None:
     """Import httpx2 now, on the instrumenting thread, when the SDK peeks at it on every request.
 
-    openai 2.x (``openai._httpx2``) reads ``sys.modules["httpx2"]`` for each request; the ledger's
-    pricing imports genai-prices, hence httpx2, when the first call ends, on whichever thread ends it.
-    A request peeking while that import runs finds a partly initialised module and fails with
-    AttributeError (seen as lost calls with 8 threads on openai 2.54). Once httpx2 is imported, the
-    peek is safe. openai 3.x imports httpx2 itself; 1.x never looks at it.
+    openai 2.x reads ``sys.modules["httpx2"]`` for each request, and the ledger's pricing imports
+    genai-prices, hence httpx2, when the first call ends, on whichever thread ends it: a request
+    peeking meanwhile finds a partly initialised module and fails (lost calls, with threads).
     """
     if "httpx2" not in sys.modules and "openai._httpx2" in sys.modules:
         try:
@@ -260,7 +248,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     _settle_httpx2()
     original = cls.request.__get__(instance)
     is_async = inspect.iscoroutinefunction(original)
-    counts_retries = _count_retries(instance, is_async)
+    counts_retries = _count_retries(instance)
     endpoint = Endpoint(instance)  # its provider and prices, resolved once (at its first priced call)
 
     # thin shells around _begin / _succeed / _fail: the one difference is the await

@@ -1,19 +1,17 @@
 """The JSON-lines file: whole lines appended in batches, losing nothing.
 
 ``JsonlFileHandler`` takes ledger records as a sink (``write_record``) or as a logging handler
-(``emit``); on the caller's thread it only serialises the record and queues the line. The call that
-queues the 512th line or 1 MiB of lines, or finds the oldest a second old, appends the batch;
-``flush()`` writes on its caller's thread; a writer thread writes what callers leave when they stop.
-A timer-driven background thread is what most monitors use, but while the application keeps the GIL
-busy such a thread costs the callers more than the writing itself (bench/RESULTS.md); so callers
-write, the writer thread sleeps without a timer while nothing is queued, and it takes over all
-writing after a slow write, until a write is fast again.
+(``emit``): the caller's thread serialises the record and queues the line, and the call that fills a
+batch appends it. A timer-driven writer thread, what most monitors use, costs the callers more than
+the writing while the application keeps the GIL busy (bench/RESULTS.md); so callers write, and the
+writer thread, asleep while nothing is queued, writes what they leave when they stop, and all of it
+after a slow write until a write is fast again.
 
 Each batch is one ``O_APPEND`` write of whole lines under an exclusive ``flock`` every ledger writer
 takes: a short write (full disk) is cut back and kept for retry, and a partial last line left by a
 writer killed mid-write is cut before the next append. The file is reopened after rotation or
 deletion; a path that is not a regular file is refused, never waited on. Exit, and SIGTERM where
-``configure()`` installed its handler, write everything queued. A forked child writes its own
+``configure()`` installed its handler, write everything queued; a forked child writes its own
 records only. docs/RELIABILITY.md says what each case can lose.
 """
 
@@ -33,7 +31,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +53,15 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
-# ... or this many bytes: a bound on what waits in memory when lines are large (content capture).
-# Smaller batches spare the page faults of lines freed together, but each batch wakes the writer
-# thread, which costs more while the caller keeps the GIL busy (bench/RESULTS.md)
+# ... or this many bytes, a bound on what waits in memory when lines are large (content capture);
+# smaller batches wake the writer thread more often, which costs the callers (bench/RESULTS.md)
 _BATCH_BYTES = 1024 * 1024
 _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
 _SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread, until one is fast
 _EXIT_TIMEOUT_S = 10.0  # what a file system that hangs writes may add to each step of an exit
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
-# python-json-logger's option; it costs ~75% more per record, so it is only tried when needed
+# python-json-logger's option; it costs more per record, so it is only tried when needed
 _NON_STR_KEYS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
@@ -91,13 +88,9 @@ def _kind(mode: int) -> str:
 
 
 class LedgerJsonFormatter(OrjsonFormatter):
-    """python-json-logger formatter that writes a record dict exactly as built, keys in order.
-
-    It serialises with orjson (several times faster than the json module),
-    falling back to the json module for values orjson refuses, such as integers beyond 64 bits.
-    Plain-string log messages (e.g. from other code logging to ``llm_monitor``) keep
-    python-json-logger's default shape.
-    """
+    """python-json-logger formatter that writes a record dict exactly as built, keys in order, with
+    orjson (the json module for what orjson refuses, such as integers beyond 64 bits). Plain-string
+    messages (other code logging to ``llm_monitor``) keep python-json-logger's default shape."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -119,16 +112,11 @@ class LedgerJsonFormatter(OrjsonFormatter):
             return _json_module_text(log_data)
 
     def format_line(self, record: logging.LogRecord) -> bytes:
-        """One line of the JSONL file, newline included: the same text as ``format()``, faster.
-
-        A ledger record (a dict message with no exception attached) is serialised in one step,
-        without python-json-logger's copy of the dict; anything else goes through ``format()``.
-        """
+        """One line of the JSONL file, newline included: ``format()``'s text, a ledger record (a dict
+        message, no exception) serialised in one step, without python-json-logger's copy."""
         msg = record.msg
         if self._plain and type(msg) is dict and not record.exc_info and not record.stack_info:
-            line = self._dict_line(msg)
-            if line is not None:
-                return line
+            return self.record_line(msg)  # a plain formatter's line depends on the dict alone
         return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
 
     def record_line(self, record: Mapping[str, Any]) -> bytes:
@@ -137,8 +125,7 @@ class LedgerJsonFormatter(OrjsonFormatter):
             line = self._dict_line(record)
             if line is not None:
                 return line
-        log_record = logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, dict(record), None, None)
-        return (self.format(log_record) + "\n").encode("utf-8", "backslashreplace")
+        return (self.format(_log_record(dict(record))) + "\n").encode("utf-8", "backslashreplace")
 
     def _dict_line(self, record: Mapping[str, Any]) -> bytes | None:
         try:
@@ -176,6 +163,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _log_record(record: Mapping[str, Any]) -> logging.LogRecord:
+    return logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, record, None, None)
+
+
 def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> bytes:
     if isinstance(formatter, LedgerJsonFormatter):
         return formatter.format_line(record)
@@ -190,19 +181,8 @@ class JsonlFileHandler(logging.Handler):
         super().__init__()
         self.path = Path(path)
         self.setFormatter(formatter or LedgerJsonFormatter())
-        # lines and flush() markers, in the order they came
-        self._queue: collections.deque[bytes | threading.Event] = collections.deque()
-        self._queued = threading.Event()  # cleared while the writer is idle (see _run)
-        self._wake = threading.Event()  # a flush, close, or a caller writing a batch
-        self._flushing = False
-        self._draining = threading.Lock()  # held by whoever writes: lines leave in queue order
-        self._main_writes = False  # the main thread holds, or is taking, _draining (see _on_sigterm)
-        self._started: float | None = None  # when the first line now queued came (monotonic)
-        self._bytes = 0  # about how many bytes of lines are queued (callers on several threads add)
+        self._new_queue()
         self._callers_write = True  # see _put and _write
-        self._pending = bytearray()  # whole lines taken from the queue and not yet written
-        # a write failed, or found another process writing: the writer thread writes the pending lines
-        self._retrying = False
         self._fd: int | None = None
         self._readable = False  # whether the descriptor can read the file (see _whole_lines_end)
         self._locks = True  # whether the file takes locks (see _lock)
@@ -222,18 +202,24 @@ class JsonlFileHandler(logging.Handler):
         thread.start()
         return thread
 
-    def _after_fork_in_child(self) -> None:
-        # what the parent queued is the parent's to write; the writer thread did not survive the fork
-        self._queue = collections.deque()
-        self._pending = bytearray()
-        self._retrying = False
-        self._started = None
-        self._bytes = 0
+    def _new_queue(self) -> None:
+        """An empty queue, its events and its lock: at start, and in a forked child (what the parent
+        queued is the parent's to write; another thread may have held the lock at the fork)."""
+        # lines and flush() markers, in the order they came
+        self._queue: collections.deque[bytes | threading.Event] = collections.deque()
+        self._queued = threading.Event()  # cleared while the writer is idle (see _run)
+        self._wake = threading.Event()  # a flush, close, or a caller writing a batch
         self._flushing = False
-        self._queued = threading.Event()
-        self._wake = threading.Event()
-        self._draining = threading.Lock()  # another thread may have held it at the fork
-        self._main_writes = False
+        self._draining = threading.Lock()  # held by whoever writes: lines leave in queue order
+        self._main_writes = False  # the main thread holds, or is taking, _draining (see _on_sigterm)
+        self._started: float | None = None  # when the first line now queued came (monotonic)
+        self._bytes = 0  # about how many bytes of lines are queued (callers on several threads add)
+        self._pending = bytearray()  # whole lines taken from the queue and not yet written
+        # a write failed, or found another process writing: the writer thread writes the pending lines
+        self._retrying = False
+
+    def _after_fork_in_child(self) -> None:
+        self._new_queue()  # the writer thread did not survive the fork
         self._close_fd()  # a descriptor of its own: one shared with the parent would share its lock
         if not self._closed:
             self._thread = self._start_writer()
@@ -251,19 +237,14 @@ class JsonlFileHandler(logging.Handler):
         self._put(line)
 
     def write_record(self, record: Mapping[str, Any]) -> None:
-        """A sink (``monitor.add_sink(handler.write_record)``): queue a ledger record dict as one line.
-
-        ``configure()`` hands the default monitor's records to its file this way; as a logging
-        handler (``emit``) the file takes the same records from a ``LogRecord``.
-        """
+        """A sink (``monitor.add_sink(handler.write_record)``, as ``configure()`` adds it): queue a ledger
+        record dict as one line, the line ``emit`` writes for it."""
         formatter = self.formatter
+        if not isinstance(formatter, LedgerJsonFormatter):
+            self.emit(_log_record(record))
+            return
         try:
-            if isinstance(formatter, LedgerJsonFormatter):
-                line = formatter.record_line(record)
-            else:
-                line = _line_of(
-                    formatter, logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, record, None, None)
-                )
+            line = formatter.record_line(record)
         except Exception as exc:
             _report_format_failure(self.path, exc)
             return
@@ -314,6 +295,14 @@ class JsonlFileHandler(logging.Handler):
                 _sigterm_if_pending()
         return taken
 
+    def _drain_taken(self, timeout: float) -> None:
+        """Write what is queued on this thread, once it has the write lock (waiting at most ``timeout``)."""
+        if self._take(timeout):
+            try:
+                self._drain()
+            finally:
+                self._give_back()
+
     def _give_back(self) -> None:
         self._draining.release()
         if self._main_writes and threading.current_thread() is threading.main_thread():
@@ -330,22 +319,16 @@ class JsonlFileHandler(logging.Handler):
     def flush(self, timeout: float | None = 10.0) -> None:
         """Write every record emitted before this call; return once they are written.
 
-        The calling thread writes them itself, unless another thread is writing or writes have been
-        slow (see ``_write``): then it waits for the writer thread, at most ``timeout`` seconds.
-        """
-        # the caller would wait anyway: writing here spares a thread switch, and the records are
-        # written from the core that queued them
+        The calling thread writes them itself (it would wait anyway), unless another thread is writing
+        or writes have been slow (see ``_write``): then it waits for the writer thread, at most
+        ``timeout`` seconds."""
         if not self._write_here():
             self._flush_by_writer(timeout)
 
     def _flush_by_writer(self, timeout: float | None) -> None:
         """Have the writer thread write everything queued so far; wait at most ``timeout`` seconds."""
         if self._closed or not self._thread.is_alive():
-            if self._take(-1 if timeout is None else timeout):
-                try:
-                    self._drain()
-                finally:
-                    self._give_back()
+            self._drain_taken(-1 if timeout is None else timeout)
             return
         done = threading.Event()
         self._queue.append(done)
@@ -363,11 +346,7 @@ class JsonlFileHandler(logging.Handler):
             self._queued.set()
             self._wake.set()
             self._thread.join(timeout=_EXIT_TIMEOUT_S)
-            if self._take(_EXIT_TIMEOUT_S):  # else a write hangs, holding it
-                try:
-                    self._drain()
-                finally:
-                    self._give_back()
+            self._drain_taken(_EXIT_TIMEOUT_S)  # not if a write hangs, holding the lock
             self._close_fd()
             _handlers.discard(self)  # flush_all() and exit leave it alone from now on
         super().close()
@@ -447,9 +426,8 @@ class JsonlFileHandler(logging.Handler):
         """Write the queued lines; False when they were left to the writer thread (a caller found
         another process writing the file)."""
         events: list[threading.Event] = []
-        # the lines go into one buffer, kept until they are written (so an interrupt anywhere loses
-        # none): a few hundred kB of separate lines, freed together after the write, went back to the
-        # system and were faulted in again for the next batch, page by page (bench/RESULTS.md)
+        # one buffer, kept until written (an interrupt anywhere loses no line), reused: separate lines
+        # freed together went back to the system and were faulted in again page by page
         pending = self._pending
         self._started = None
         self._bytes = 0
@@ -481,13 +459,12 @@ class JsonlFileHandler(logging.Handler):
 
     def _write(self, wait: bool = True) -> bool:
         """Append the pending lines, all of them or none; False when ``wait`` is false and another
-        process is writing the file (the writer thread then writes them).
+        process is writing the file (the writer thread then writes them). A failed write is reported,
+        and what it could not write stays pending.
 
-        Every ledger writer appends under an exclusive lock on the file (``flock``): while it holds
-        it, the file grows by its own writes alone, so it can take back the part of a batch a full
-        disk cut short, and cut a partial line a killed writer left, without touching another
-        process's lines. A failed write is reported, and what it could not write stays pending.
-        """
+        Under the exclusive ``flock`` every ledger writer takes, the file grows by this writer's writes
+        alone: it can take back the part of a batch a full disk cut short, and cut a partial line a
+        killed writer left, without touching another process's lines."""
         pending = self._pending
         written = 0
         started = time.monotonic()
@@ -650,23 +627,23 @@ def _report_write_failure(path: Path, exc: BaseException, pending: int, lost: in
         )
 
 
-def flush_all() -> None:
-    """Write out every record queued in every JSONL handler of this process."""
+def _each_handler(flush: Callable[[JsonlFileHandler], object]) -> None:
     for handler in list(_handlers):
         try:
-            handler.flush()
-        except Exception:  # pragma: no cover - flushing must not fail because of the ledger
+            flush(handler)
+        except Exception:  # pragma: no cover - flushing, exit or SIGTERM must not fail because of the ledger
             pass
+
+
+def flush_all() -> None:
+    """Write out every record queued in every JSONL handler of this process."""
+    _each_handler(JsonlFileHandler.flush)
 
 
 def _flush_at_exit() -> None:
     """``flush_all()`` by the writer threads: a file system that hangs a write delays exit by at
     most each flush's timeout, never for good."""
-    for handler in list(_handlers):
-        try:
-            handler._flush_by_writer(_EXIT_TIMEOUT_S)
-        except Exception:  # pragma: no cover - exit must not fail because of the ledger
-            pass
+    _each_handler(lambda handler: handler._flush_by_writer(_EXIT_TIMEOUT_S))
 
 
 atexit.register(_flush_at_exit)
@@ -715,11 +692,7 @@ def _sigterm_if_pending() -> None:
 
 def _die_by_sigterm() -> None:
     _Sigterm.stopping = True
-    for handler in list(_handlers):
-        try:
-            handler.flush(_EXIT_TIMEOUT_S)  # bounded, as at exit: a hung file system delays the end
-        except Exception:  # pragma: no cover - stopping must not fail because of the ledger
-            pass
+    _each_handler(lambda handler: handler.flush(_EXIT_TIMEOUT_S))  # bounded, as at exit
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
@@ -53,8 +53,12 @@ C = TypeVar("C")
 internal_log = logging.getLogger("llm_ledger.internal")
 
 
+_NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 _REPORT_INTERVAL_S = 60.0
+# what a user's sink, hook or log handler may raise through the ledger: Ctrl-C, and a generator's
+# close; anything else it raises (SystemExit, a BaseException of its own) would break the call
+_PASSED_ON = (KeyboardInterrupt, GeneratorExit)
 
 # sinks of every monitor in the process (the pytest plugin's, testing.capture(every_monitor=True))
 _global_sinks: tuple[Sink, ...] = ()
@@ -75,11 +79,20 @@ def remove_global_sink(sink: Sink) -> None:
         _global_sinks = tuple(s for s in _global_sinks if s != sink)  # != : a bound method is made anew
 
 
+def _warn(message: str, *args: Any, exc_info: BaseException | None = None) -> None:
+    """Warn on ``llm_ledger.internal``; an application's log handler failing there is not the call's."""
+    try:
+        internal_log.warning(message, *args, exc_info=exc_info)
+    except _PASSED_ON:
+        raise
+    except BaseException:
+        pass
+
+
 def _heard(logger: logging.Logger, level: int) -> bool:
-    """Whether logging would hand a record of ``level`` to a handler that keeps it: the handlers
-    ``Logger.callHandlers`` would reach, less ``NullHandler``s. Not building a ``LogRecord`` nobody
-    hears saves most of the logger's cost, and never wakes logging's last resort (stderr) in an
-    application that configured no logging."""
+    """Whether a handler other than a ``NullHandler`` would get a record of ``level``: a ``LogRecord``
+    nobody hears is not built, and logging's last resort (stderr) never wakes in an application
+    that configured no logging."""
     current: logging.Logger | None = logger
     while current is not None:
         for handler in current.handlers:
@@ -92,14 +105,10 @@ def _heard(logger: logging.Logger, level: int) -> bool:
 
 
 class _LedgerLogRecord(logging.LogRecord):
-    """A ledger record as a ``LogRecord``: its message is the record dict, shown as JSON by
-    handlers that format it as text (a root handler, logging's last resort), not as a dict repr."""
+    """A ledger record as a ``LogRecord``: handlers formatting it as text show the dict as JSON."""
 
     def getMessage(self) -> str:
-        msg = self.msg
-        if type(msg) is dict:
-            return json_text(msg)
-        return super().getMessage()
+        return json_text(self.msg) if type(self.msg) is dict else super().getMessage()
 
 
 # how many forks this process descends from: a call in flight at a fork (a stream open in the
@@ -151,15 +160,15 @@ class _Call:
         self.lenses = tuple(run for run in lenses if run._begin_call()) if lenses else ()
         self.client = client  # only with content capture: its API key is scrubbed from the text
         self.retries: int | None = 0  # None when the client's retries cannot be counted
-        self.request_id: str | None = None  # from the last HTTP response, read when needed
+        self.request_id: str | None = None
         self.raw: str | None = None  # the SDK's raw-response header: "true" or "stream" (with_*_response)
         self.http_response: Any = None  # the last HTTP response, set by the client's response hook
         self.ttft: float | None = None
-        self.hide_usage = False
+        self.hide_usage = False  # the ledger asked a stream for usage on the caller's behalf
         self.done = False
-        self.forks = _forks  # see _forks
+        self.forks = _forks
         self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
-        self.server: ServerShape | None = None  # read from the last HTTP response, or the error's request
+        self.server: ServerShape | None = None
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
 
@@ -259,10 +268,9 @@ class LLMCallMonitor:
         logger: str | None = LOGGER_NAME,
         sinks: Iterable[Sink] = (),
     ) -> None:
-        if not isinstance(capture_content, bool):
-            raise ConfigError(f"capture_content must be True or False, got {capture_content!r}")
-        if not isinstance(stream_usage, bool):
-            raise ConfigError(f"stream_usage must be True or False, got {stream_usage!r}")
+        for name, flag in (("capture_content", capture_content), ("stream_usage", stream_usage)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
         if redact is not None and not callable(redact):
             raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
         if logger is not None and not isinstance(logger, str):
@@ -338,20 +346,17 @@ class LLMCallMonitor:
 
     def _report(self, where: str, exc: BaseException) -> None:
         """Report a failure inside the ledger, at most once a minute per place and kind."""
-        try:
-            key = f"{where}:{type(exc).__name__}"
-            now = time.monotonic()
-            if now - self._last_report.get(key, -_REPORT_INTERVAL_S) >= _REPORT_INTERVAL_S:
-                self._last_report[key] = now
-                internal_log.warning(
-                    "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
-                    where,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
-        except Exception:  # pragma: no cover - reporting must never raise either
-            pass
+        key = f"{where}:{type(exc).__name__}"
+        now = time.monotonic()
+        if now - self._last_report.get(key, -_REPORT_INTERVAL_S) >= _REPORT_INTERVAL_S:
+            self._last_report[key] = now
+            _warn(
+                "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
+                where,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
 
     def _scrub(self, text: str, secret: str | None) -> str:
         """``text`` without the API key, through the ``redact`` hook; never raises, never leaks:
@@ -366,7 +371,9 @@ class LLMCallMonitor:
             if type(redacted) is not str:
                 raise TypeError(f"redact returned {type(redacted).__name__}, not str")
             return redacted
-        except Exception as exc:
+        except _PASSED_ON:
+            raise
+        except BaseException as exc:
             self._report("the redact hook", exc)
             return "[REDACTION FAILED]"
 
@@ -376,7 +383,7 @@ class LLMCallMonitor:
         reported, when it cannot be copied: that costs the content, never the record."""
 
         def copy(value: Any) -> Any:
-            if isinstance(value, str) or value is None or isinstance(value, (int, float, bool)):
+            if value is None or isinstance(value, (str, int, float)):  # bool is an int
                 return value
             if isinstance(value, Mapping):
                 return {str(k): copy(v) for k, v in value.items()}
@@ -384,7 +391,7 @@ class LLMCallMonitor:
                 return [copy(v) for v in value]
             return None
 
-        keys = ("messages", "input", "instructions", "tools")
+        keys = ("messages", "input", "instructions", "tools", "prompt")
         try:
             return {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
         except Exception as exc:  # e.g. nested deeper than the recursion limit allows
@@ -434,11 +441,8 @@ class LLMCallMonitor:
         error: BaseException | None = None,
         output_text: str | None = None,
     ) -> None:
-        """Record a call that ended (exactly once per call): its record, built now, counts in the lens
-        runs it began in and goes to the logger and the sinks.
-
-        A result the ledger cannot read is reported and the call is still recorded, without it.
-        """
+        """Record a call that ended (once per call): its record counts in the lens runs it began in
+        and goes to the logger and the sinks; what the ledger cannot read is reported and left out."""
         if call.done or call.forks != _forks:
             return
         call.done = True
@@ -482,14 +486,7 @@ class LLMCallMonitor:
             self._report("reading a call's result", exc)
             usage = no_usage()
         if response is None:
-            response = {
-                "model": None,
-                "id": None,
-                "request_id": None,
-                "content_length": None,
-                "finish_reason": None,
-                "tool_calls_count": None,
-            }
+            response = _NO_RESPONSE.copy()
         elif type(response["model"]) is not str:
             response["model"] = None  # e.g. a compatible server answering with a number
         if response["request_id"] is None:
@@ -549,7 +546,7 @@ class LLMCallMonitor:
         self, route: Route, served: str | None, requested: str | None, usage: Usage
     ) -> tuple[int, int, str] | None:
         """(prompt, completion) cost in 10**-24 USD and the rates' source, at the served model's price
-        (an Azure deployment reports the model behind it), else at the requested one's; None without
+        (an Azure deployment reports the model behind it), else the requested one's; None without
         usage or price (a warning once per name) or when the counts do not fit."""
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
@@ -566,7 +563,7 @@ class LLMCallMonitor:
         name = requested or served or "<none>"
         if (name, route.provider) not in self._unpriced:
             self._unpriced.add((name, route.provider))
-            internal_log.warning(
+            _warn(
                 "no price known for model %r at provider %r: its calls are recorded with null cost. "
                 "Add it to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...)).",
                 name,
@@ -584,12 +581,16 @@ class LLMCallMonitor:
                 if logger.isEnabledFor(level) and _heard(logger, level):
                     # built directly: logger.log() would walk the stack to find the caller
                     logger.handle(_LedgerLogRecord(logger.name, level, "", 0, record, None, None))
-            except Exception as exc:
+            except _PASSED_ON:
+                raise
+            except BaseException as exc:
                 self._report("a log handler", exc)
         for sink in (*self._sinks, *_global_sinks) if _global_sinks else self._sinks:
             try:
                 sink(record)
-            except Exception as exc:
+            except _PASSED_ON:
+                raise
+            except BaseException as exc:
                 self._report(f"sink {sink!r}", exc)
 
     def _alert(
@@ -600,7 +601,9 @@ class LLMCallMonitor:
         if callback is not None:
             try:
                 callback(record)
-            except Exception as exc:
+            except _PASSED_ON:
+                raise
+            except BaseException as exc:
                 self._report(what, exc)
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:

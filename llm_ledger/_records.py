@@ -192,29 +192,23 @@ class LensRecord(TypedDict):
     summary: LensSummary
 
 
-# ids end in a counter's 12 hex digits: hex(16**12 + n)[3:] (2.8e14 ids a process before a repeat),
-# cheaper than a format spec, which runs the number formatter's parser on every call
+# ids end in a counter's 12 hex digits, hex(16**12 + n)[3:]: cheaper than a format spec
 _ID_START = 16**12 + 1
 
 
 def _new_id_prefix() -> None:
     global _id_prefix, _id_counter
-    _id_prefix = os.urandom(10).hex()
-    _id_counter = itertools.count(_ID_START)
+    _id_prefix, _id_counter = os.urandom(10).hex(), itertools.count(_ID_START)
 
 
-_id_prefix = ""
-_id_counter = itertools.count(_ID_START)
+_id_prefix, _id_counter = "", itertools.count(_ID_START)
 _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_id() -> str:
-    """32 hex digits (``call_id``, ``lens_run_id``), unique across processes and forks.
-
-    A random per-process prefix and a counter: much cheaper than ``uuid4()``, which makes a
-    system call per id.
-    """
+    """32 hex digits (``call_id``, ``lens_run_id``), unique across processes and forks: a random
+    per-process prefix and a counter (``uuid4()`` makes a system call per id)."""
     return _id_prefix + hex(next(_id_counter))[3:]
 
 
@@ -225,10 +219,8 @@ _MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
 def iso_timestamp(epoch: float) -> str:
     """UTC ISO-8601 with milliseconds and a ``Z``: ``2025-02-14T10:30:45.123Z``.
 
-    The text of each second is cached for a few dozen seconds: ``strftime`` costs more than the rest
-    of a record, and the start and end of one call (or of calls on several threads) often fall in
-    different seconds. The milliseconds come from a table (formatting them costs ~0.3 µs).
-    """
+    The last seconds' text is cached (``strftime`` costs more than the rest of a record; a call's
+    start and end often fall in different seconds) and the milliseconds come from a table."""
     seconds = int(epoch)
     prefix = _second_prefixes.get(seconds)
     if prefix is None:
@@ -266,13 +258,10 @@ def call_record(
 ) -> CallRecord:
     """Build one ``llm_api_call`` record; costs are in 10**-24 USD (``USD_UNITS`` per dollar).
 
-    ``server`` is where the call went; ``None`` when unknown (no address, the default provider).
-    ``cost_source`` names the rates of the computed cost; ``reported_cost_units`` is the provider's own
-    figure, which wins (see :class:`CostShape`)."""
-    end_epoch = start_epoch + duration_s
-    end = iso_timestamp(end_epoch)
-    prompt_usd = completion_usd = total_usd = computed_usd = None
-    computed_units = None
+    ``server`` is where the call went (``None``: unknown, the default provider). ``cost_source``
+    names the rates of the computed cost; ``reported_cost_units``, the provider's own figure, wins."""
+    end = iso_timestamp(start_epoch + duration_s)
+    prompt_usd = completion_usd = total_usd = computed_usd = computed_units = None
     if prompt_cost_units is not None:
         prompt_usd = prompt_cost_units / USD_UNITS
     if completion_cost_units is not None:
@@ -330,25 +319,6 @@ class LensTotals:
     ``open_calls``; its record is then emitted by the last of them to settle (``settle`` returns
     True), so the log always carries the whole run, after its calls.
     """
-
-    __slots__ = (
-        "_lock",
-        "cached_tokens",
-        "calls",
-        "closed",
-        "completion_tokens",
-        "cost_complete",
-        "cost_units",
-        "duration_s",
-        "emitting",
-        "errors",
-        "models",
-        "open",
-        "prompt_tokens",
-        "reasoning_tokens",
-        "tokens_complete",
-        "total_tokens",
-    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

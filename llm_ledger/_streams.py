@@ -1,15 +1,14 @@
 """Watching streams and bodies the caller reads itself: counters only, never the chunks.
 
-One state machine (``_StreamState``) reads each chat chunk or Responses event as a field dict: an
-SDK object's ``__dict__``, or the JSON object itself. Two kinds of thin shells drive it, each in a
-sync and an async form of a few lines:
+One state machine (``_StreamState``) reads each chunk or Responses event as a field dict (an SDK
+object's ``__dict__``, or the JSON object itself), driven by thin sync and async shells:
 
-- an SDK ``Stream`` / ``AsyncStream`` keeps its identity; only its chunk iterator is wrapped and
-  its ``close`` extended. Each chunk reaches the caller as soon as it arrives, exactly as the bare
-  SDK gives it (minus the usage chunk the ledger asked for on the caller's behalf);
-- a body the caller reads itself (``with_streaming_response``) is tapped at its HTTP byte stream,
-  so whichever way it is read (``parse()``, ``iter_lines()``, ``read()``, ``json()``...) the same
-  bytes pass through an incremental SSE / JSON reader feeding the same state machine.
+- an SDK ``Stream`` / ``AsyncStream`` keeps its identity; only its chunk iterator is wrapped and its
+  ``close`` extended. Each chunk reaches the caller as it arrives, as the bare SDK gives it (minus
+  the usage the ledger asked for on the caller's behalf);
+- a body the caller reads itself (``with_streaming_response``) is tapped at its HTTP byte stream:
+  however it is read (``parse()``, ``iter_lines()``, ``json()``...) the bytes pass through an
+  incremental SSE / JSON reader feeding the same state machine.
 
 The record is written when the answer is complete (the usage chunk, ``response.completed``), when
 the body ends, fails or is closed, or when an abandoned stream is collected.
@@ -81,11 +80,14 @@ class _StreamState:
         fields = getattr(chunk, "__dict__", None)
         if type(fields) is not dict:
             return True  # not one of the SDK's models: handed on unread
-        if self.hide_usage and fields.get("usage") is None:
-            # the server sends "usage": null on every chunk once usage is asked for: the bare SDK's
-            # chunk has no such field set (to_dict() / model_dump(exclude_unset=True) show it)
+        shown = self.chat(fields)
+        if shown and self.hide_usage:
+            # usage asked for on the caller's behalf comes as "usage": null on every chunk, or from
+            # some compatible servers as the counts so far: the bare SDK's chunk has no usage set
+            # (to_dict() / model_dump(exclude_unset=True) show it)
+            fields["usage"] = None
             chunk.__pydantic_fields_set__.discard("usage")
-        return self.chat(fields)
+        return shown
 
     def chat(self, fields: dict[str, Any]) -> bool:
         """Count one chunk (its field dict); False for the usage chunk the caller did not ask for."""
@@ -129,18 +131,17 @@ class _StreamState:
         for choice in choices:
             choice = _fields(choice) or {}
             delta = _fields(choice.get("delta"))
+            if delta is None:  # a text completion's choice: its text in place of a delta
+                delta = {"content": choice.get("text")}
             if delta:
-                text = delta.get("content")
+                text, tool_calls = delta.get("content"), delta.get("tool_calls")
+                if (text or tool_calls) and call.ttft is None:
+                    call.ttft = time.perf_counter() - call.start_perf
                 if text:
-                    if call.ttft is None:
-                        call.ttft = time.perf_counter() - call.start_perf
                     self.chars += len(text)
                     if self.text is not None:
                         self.text.append(text)
-                tool_calls = delta.get("tool_calls")
                 if tool_calls:
-                    if call.ttft is None:
-                        call.ttft = time.perf_counter() - call.start_perf
                     self.tool_calls += sum(1 for t in tool_calls if (_fields(t) or {}).get("id"))
             if choice.get("finish_reason") and self.finish_reason is None:
                 self.finish_reason = choice["finish_reason"]
@@ -154,9 +155,14 @@ class _StreamState:
         chunk the ledger asked for on the caller's behalf (a caller reading ``choices[0]`` of
         every chunk would fail on it)."""
         try:
-            return not (self.hide_usage and not chunk.choices and chunk.usage is not None)
+            if self.hide_usage:
+                if not chunk.choices and chunk.usage is not None:
+                    return False
+                chunk.__dict__["usage"] = None  # as chat_model() hands it on
+                chunk.__pydantic_fields_set__.discard("usage")
         except Exception:
-            return True  # not an SDK chunk: handed on
+            pass  # not an SDK chunk: handed on
+        return True
 
     # -- responses ------------------------------------------------------------------------------------
 
@@ -352,35 +358,20 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
             except ValueError as exc:
                 if content_type.split(";")[0].strip().endswith("json"):
                     monitor._finish(call, "error", None, None, error=exc)
-                else:
-                    monitor._finish(call, "ok", None, None)  # the SDK hands such a body over as text
-                return
-        if type(data) is not dict:
-            monitor._finish(call, "ok", None, None)
-            return
-        view = JsonView(data)
-        shape, usage = response_shape(call.operation, view)
-        text = output_text(call.operation, view) if call.content is not None else None
-        monitor._finish(call, "ok", shape, usage, output_text=text)
+                    return
+                data = None  # the SDK hands such a body over as text
+        if type(data) is dict:
+            view = JsonView(data)
+            shape, usage = response_shape(call.operation, view)
+            text = output_text(call.operation, view) if call.content is not None else None
+            monitor._finish(call, "ok", shape, usage, output_text=text)
     except Exception as exc:
         monitor._report("recording a call", exc)
-        monitor._finish(call, "ok", None, None)
+    monitor._finish(call, "ok", None, None)  # what is known for sure (a no-op once recorded)
 
 
 class _Body:
     """Reads a body as its bytes pass to the caller: SSE events into the state, or JSON at its end."""
-
-    __slots__ = (
-        "__weakref__",
-        "buffer",
-        "content_type",
-        "data",
-        "decoder",
-        "parts",
-        "request",
-        "sse",
-        "state",
-    )
 
     def __init__(self, state: _StreamState, headers: Any, sse: bool, request: Any = None) -> None:
         self.state = state

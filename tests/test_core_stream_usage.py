@@ -1,0 +1,114 @@
+"""Usage the ledger asks a stream for on the caller's behalf stays out of the caller's chunks, also
+from a compatible server that puts it on content chunks (``x-fake-usage-style: every-chunk``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+import llm_ledger._streams
+from llm_ledger.testing import Captured, FakeOpenAI
+from tests.conftest import FAKE_KEY
+from tests.test_ledger_paths import _maybe
+
+EVERY_CHUNK = {"x-fake-usage-style": "every-chunk"}
+REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("chat", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Tell me a tale"}]}),
+    "completions": ("completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "Tell me a tale"}),
+}
+
+
+async def _chunks(
+    client: Any, operation: str, kwargs: dict[str, Any], is_async: bool
+) -> list[dict[str, Any]]:
+    resource = client.chat.completions if operation == "chat" else client.completions
+    stream = await _maybe(resource.create(**kwargs, stream=True, extra_headers=EVERY_CHUNK))
+    got = [chunk async for chunk in stream] if is_async else list(stream)
+    return [{k: v for k, v in chunk.to_dict().items() if k not in ("id", "created")} for chunk in got]
+
+
+async def _bare(fake_openai: FakeOpenAI, operation: str, kwargs: dict[str, Any], is_async: bool) -> list[Any]:
+    client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
+        api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0
+    )
+    try:
+        return await _chunks(client, operation, kwargs, is_async)
+    finally:
+        await _maybe(client.close())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("name", list(REQUESTS))
+async def test_usage_on_content_chunks_is_hidden_when_the_ledger_asked_for_it(
+    name: str,
+    is_async: bool,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+) -> None:
+    """The caller who did not ask for usage gets the bare SDK's chunks, chunk for chunk (no usage on
+    any of them); the record has the usage the server sent."""
+    operation, kwargs = REQUESTS[name]
+    bare = await _bare(fake_openai, operation, kwargs, is_async)
+    watched = await _chunks(aclient if is_async else client, operation, kwargs, is_async)
+    sent = fake_openai.answers[-1].body
+    assert sent[1]["usage"]["total_tokens"]  # the server did put usage on content chunks
+    assert watched == bare and not [chunk for chunk in watched if "usage" in chunk]
+    [record] = records.calls
+    assert record["status"] == "ok"
+    assert record["usage"]["total_tokens"] == sent[-1]["usage"]["total_tokens"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_usage_on_content_chunks_is_shown_when_the_caller_asked_for_it(
+    is_async: bool, client: openai.OpenAI, aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """A caller who asked for usage gets it as the server sent it, on every chunk."""
+    operation, kwargs = REQUESTS["chat"]
+    kwargs = {**kwargs, "stream_options": {"include_usage": True}}
+    watched = await _chunks(aclient if is_async else client, operation, kwargs, is_async)
+    assert all(chunk["usage"]["total_tokens"] for chunk in watched)
+    [record] = records.calls
+    assert record["usage"]["total_tokens"] == watched[-1]["usage"]["total_tokens"]
+
+
+@pytest.mark.asyncio
+async def test_a_fault_reading_a_chunk_still_hides_the_usage(
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """Chunks the ledger fails to read reach the caller as the bare SDK's: without the usage it
+    asked for, whether on content chunks or in a chunk of its own."""
+    operation, kwargs = REQUESTS["chat"]
+
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("injected fault")
+
+    bare = await _bare(fake_openai, operation, kwargs, False)
+    monkeypatch.setattr(llm_ledger._streams._StreamState, "chat", boom)
+    watched = await _chunks(client, operation, kwargs, False)
+    assert watched == bare
+    assert any("watching a stream" in r.getMessage() for r in internal_log.records)
+    [record] = records.calls
+    assert record["request"]["stream"] is True
+
+
+@pytest.mark.asyncio
+async def test_monitor_without_stream_usage_leaves_usage_on_chunks_alone(
+    fake_openai: FakeOpenAI, sdk: Any
+) -> None:
+    """stream_usage=False: the ledger asks for nothing, so hides nothing."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, stream_usage=False)
+    operation, kwargs = REQUESTS["chat"]
+    kwargs = {**kwargs, "stream_options": {"include_usage": True}}
+    watched = await _chunks(sdk(monitor), operation, kwargs, False)
+    assert all(chunk["usage"]["total_tokens"] for chunk in watched)
