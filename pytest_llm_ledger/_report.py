@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean
@@ -41,8 +41,22 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+class _ExactCost:
+    """JSON from an xdist worker keeps the ``cost`` exact, as a string."""
+
+    __slots__ = ()
+    cost: Decimal
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**asdict(self), "cost": str(self.cost)}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{**data, "cost": Decimal(data["cost"])})
+
+
 @dataclass(slots=True)
-class Totals:
+class Totals(_ExactCost):
     """Calls, tokens and cost of a call, a lens run, a test, a lens or the session.
 
     A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
@@ -87,18 +101,17 @@ class Totals:
     def of_call(cls, record: Mapping[str, Any]) -> Totals:
         usage = record.get("usage") or {}
         cost = cost_decimal((record.get("cost") or {}).get("total_cost_usd"))
+        failed = record.get("status") == "error"  # as in the lens summary: interrupted is not an error
         totals = cls(
             api_calls=1,
             prompt_tokens=_int(usage.get("prompt_tokens")),
             completion_tokens=_int(usage.get("completion_tokens")),
             total_tokens=_int(usage.get("total_tokens")),
-            errors=int(
-                record.get("status") == "error"
-            ),  # as in the lens summary: interrupted is not an error
+            errors=int(failed),
             cost=cost or Decimal(0),
         )
         used = totals.total_tokens or totals.prompt_tokens or totals.completion_tokens
-        if cost is None and (used or record.get("status") != "error"):
+        if cost is None and (used or not failed):
             # as in the lens summary: an ok or interrupted call without a cost, or a billed failure
             # (a failed call without usage, e.g. refused or never sent, costs nothing)
             totals.cost_complete = False
@@ -134,13 +147,6 @@ class Totals:
         fixes = [fix for gaps, fix in ((self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX)) if gaps]
         return "; ".join(fixes or [PRICE_FIX])
 
-    def to_wire(self) -> dict[str, Any]:
-        return {**asdict(self), "cost": str(self.cost)}  # JSON from an xdist worker: the cost stays exact
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> Totals:
-        return cls(**{**data, "cost": Decimal(data["cost"])})
-
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in _INTS}
         out["cost_usd"] = self.cost_usd
@@ -149,7 +155,7 @@ class Totals:
 
 
 @dataclass(slots=True)
-class UsageSum:
+class UsageSum(_ExactCost):
     """The tokens of the calls of one lens to one server and model (the innermost lens they ran in)."""
 
     calls: int = 0
@@ -173,13 +179,6 @@ class UsageSum:
     def add(self, other: UsageSum) -> None:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def to_wire(self) -> dict[str, Any]:
-        return {**asdict(self), "cost": str(self.cost)}
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> UsageSum:
-        return cls(**{**data, "cost": Decimal(data["cost"])})
 
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__ if name != "cost"}
@@ -211,12 +210,10 @@ USAGE_FIX: Final = (
 
 @dataclass(slots=True)
 class LensRuns:
-    """Every run of one lens in the session: how many, their sum, and the worst run per metric."""
+    """Every run of one lens in the session: how many, and their sum."""
 
-    runs: int = 0
-    sum: Totals = field(default_factory=Totals)
-    # metric -> (worst value, node id of the test with that run)
-    worst: dict[str, tuple[float, str]] = field(default_factory=dict)
+    runs: int
+    sum: Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,26 +298,26 @@ class SessionLedger:
     def total(self) -> Totals:
         return Totals.sum_of(self.tests.values())
 
-    def lenses(self) -> dict[str, LensRuns]:
-        out: dict[str, LensRuns] = {}
+    def runs_by_lens(self) -> dict[str, list[tuple[str, Totals]]]:
+        """lens key -> (node id, run totals) of each of its runs, both sorted."""
+        out: dict[str, list[tuple[str, Totals]]] = {}
         for key, nodeid, run in sorted(self.lens_runs, key=lambda r: (r[0], r[1])):
-            agg = out.setdefault(key, LensRuns())
-            agg.runs += 1
-            agg.sum.add(run)
-            for metric in Limits.METRIC_OF.values():
-                value = run.metric(metric)
-                if metric not in agg.worst or value > agg.worst[metric][0]:
-                    agg.worst[metric] = (value, nodeid)
+            out.setdefault(key, []).append((nodeid, run))
         return out
+
+    def lenses(self) -> dict[str, LensRuns]:
+        return {
+            key: LensRuns(len(runs), Totals.sum_of(run for _, run in runs))
+            for key, runs in self.runs_by_lens().items()
+        }
 
     def failed_calls_in(self) -> dict[str, list[str]]:
         """lens key -> the node ids of the tests in which its runs had failed calls (cassette misses,
         API errors): the tests to look at, or re-record, when the lens's figures drop."""
-        out: dict[str, set[str]] = {}
-        for key, nodeid, run in self.lens_runs:
-            if run.errors:
-                out.setdefault(key, set()).add(nodeid)
-        return {key: sorted(nodeids) for key, nodeids in out.items()}
+        failed = {
+            key: sorted({n for n, run in runs if run.errors}) for key, runs in self.runs_by_lens().items()
+        }
+        return {key: nodeids for key, nodeids in failed.items() if nodeids}
 
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
         """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1); ``exit_status``
@@ -359,10 +356,7 @@ class SessionLedger:
     def check(self, budgets: Budgets) -> list[Breach]:
         """Every limit in ``budgets`` this session exceeds, worst run first within each limit."""
         breaches: list[Breach] = []
-        runs_by_lens: dict[str, list[tuple[str, Totals]]] = {}
-        for key, nodeid, run in sorted(self.lens_runs, key=lambda r: (r[0], r[1])):
-            runs_by_lens.setdefault(key, []).append((nodeid, run))
-        for key, runs in sorted(runs_by_lens.items()):
+        for key, runs in self.runs_by_lens().items():
             limits = budgets.for_lens(key)
             if limits is not None:
                 breaches.extend(_check_runs("lens", key, limits, runs))
@@ -495,9 +489,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
     if idle:
         out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {listed(idle)}")
     ran = sorted({key for key, _, _ in ledger.lens_runs})
-    idle_lenses = []
-    for key in sorted(set(budgets.lenses) - set(ran)):
-        idle_lenses.append(f"{key!r}{did_you_mean(key, ran)}")
+    idle_lenses = [f"{key!r}{did_you_mean(key, ran)}" for key in sorted(set(budgets.lenses) - set(ran))]
     if idle_lenses:
         out.append(
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
