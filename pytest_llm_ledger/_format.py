@@ -196,12 +196,6 @@ def response_body(raw: bytes, headers: Mapping[str, list[str]]) -> tuple[Body, d
 # -- files --------------------------------------------------------------------------------------
 
 
-def _body_to_yaml(body: Body, into: dict[str, Any]) -> None:
-    kind, value = body
-    if kind:
-        into[kind] = value
-
-
 def dump_cassette(interactions: list[dict[str, Any]], header: str) -> str:
     """The YAML text of a cassette; ``header`` becomes leading comment lines."""
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
@@ -266,14 +260,15 @@ def _body_from_yaml(node: Mapping[str, Any], path: Path, place: str) -> Body:
     return (kind, value)
 
 
-def _headers_from_yaml(node: Any, path: Path, place: str) -> dict[str, str]:
-    if node is None:
-        return {}
-    if not isinstance(node, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in node.items()
+def _message_from_yaml(node: Mapping[str, Any], path: Path, place: str) -> dict[str, Any]:
+    """The headers and the body of a request or a response."""
+    headers = node.get("headers")
+    if headers is not None and (
+        not isinstance(headers, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
     ):
         raise _invalid(path, f"{place}.headers", "must map header names to strings")
-    return dict(node)
+    return {"headers": dict(headers or {}), "body": _body_from_yaml(node, path, place)}
 
 
 def _check_keys(node: Any, allowed: frozenset[str], path: Path, place: str) -> dict[str, Any]:
@@ -344,29 +339,21 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
             raise _invalid(path, place, "needs both 'request' and 'response'")
         req = _check_keys(item["request"], _REQUEST_KEYS, path, f"{place}.request")
         resp = _check_keys(item["response"], _RESPONSE_KEYS, path, f"{place}.response")
-        for key, node in (("method", req), ("url", req)):
-            if not isinstance(node.get(key), str) or not node[key]:
+        for key in ("method", "url"):
+            if not isinstance(req.get(key), str) or not req[key]:
                 raise _invalid(
-                    path, f"{place}.request.{key}", f"must be a non-empty string, not {node.get(key)!r}"
+                    path, f"{place}.request.{key}", f"must be a non-empty string, not {req.get(key)!r}"
                 )
         status = resp.get("status")
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
             raise _invalid(path, f"{place}.response.status", f"must be an HTTP status code, not {status!r}")
-        loaded.append(
-            {
-                "request": {
-                    "method": req["method"].upper(),
-                    "url": req["url"],
-                    "headers": _headers_from_yaml(req.get("headers"), path, f"{place}.request"),
-                    "body": _body_from_yaml(req, path, f"{place}.request"),
-                },
-                "response": {
-                    "status": status,
-                    "headers": _headers_from_yaml(resp.get("headers"), path, f"{place}.response"),
-                    "body": _body_from_yaml(resp, path, f"{place}.response"),
-                },
-            }
-        )
+        request = {
+            "method": req["method"].upper(),
+            "url": req["url"],
+            **_message_from_yaml(req, path, f"{place}.request"),
+        }
+        response = {"status": status, **_message_from_yaml(resp, path, f"{place}.response")}
+        loaded.append({"request": request, "response": response})
     return loaded
 
 
@@ -375,12 +362,16 @@ def interaction_to_yaml(
     resp_headers: Mapping[str, str], resp_body: Body,
 ) -> dict[str, Any]:  # fmt: skip
     """The mapping one interaction is written as (keys in reading order)."""
-    request: dict[str, Any] = {"method": method, "url": url}
-    if req_headers:
-        request["headers"] = dict(req_headers)
-    _body_to_yaml(req_body, request)
-    response: dict[str, Any] = {"status": status}
-    if resp_headers:
-        response["headers"] = dict(resp_headers)
-    _body_to_yaml(resp_body, response)
-    return {"request": request, "response": response}
+    return {
+        "request": _message_to_yaml({"method": method, "url": url}, req_headers, req_body),
+        "response": _message_to_yaml({"status": status}, resp_headers, resp_body),
+    }
+
+
+def _message_to_yaml(start: dict[str, Any], headers: Mapping[str, str], body: Body) -> dict[str, Any]:
+    if headers:
+        start["headers"] = dict(headers)
+    kind, value = body
+    if kind:
+        start[kind] = value
+    return start
