@@ -406,7 +406,9 @@ class LedgerCassette:
         if not self.loaded:
             return ["  the cassette holds no interactions"]
         requested = _parsed(key[3])
-        endpoint = [i for i in self.loaded if self._lookup(i.key)[:3] == self._lookup(key)[:3]]
+        endpoint = [
+            i for i, each in enumerate(self.loaded) if self._lookup(each.key)[:3] == self._lookup(key)[:3]
+        ]
         if not endpoint:
             elsewhere = sorted({i.key[1] for i in self.loaded if (i.key[0], i.key[2]) == (key[0], key[2])})
             if self.match_host and elsewhere:
@@ -420,14 +422,10 @@ class LedgerCassette:
                 f"  the method or API path differs: nothing was recorded for {key[0]} {key[2]}; the "
                 f"cassette holds {recorded}"
             ]
-        best: tuple[int, int, list[str]] | None = None
-        for interaction in endpoint:
-            diffs = list(_json_diff(_parsed(interaction.key[3]), requested, "$"))
-            index = self.loaded.index(interaction)
-            if best is None or len(diffs) < len(best[2]):
-                best = (index, len(diffs), diffs)
-        assert best is not None
-        index, count, diffs = best
+        diffs_of = {i: list(_json_diff(_parsed(self.loaded[i].key[3]), requested, "$")) for i in endpoint}
+        index = min(diffs_of, key=lambda i: len(diffs_of[i]))  # the first with the fewest
+        diffs = diffs_of[index]
+        count = len(diffs)
         lines = [
             f"  closest recorded request: interactions[{index}] (same method and API path), the body "
             f"differs at {count} place(s):"
@@ -441,13 +439,7 @@ class LedgerCassette:
 def _interaction(item: dict[str, Any]) -> Interaction:
     req, resp = item["request"], item["response"]
     return Interaction(
-        method=req["method"],
-        url=req["url"],
-        request_headers=req["headers"],
-        request_body=req["body"],
-        status=resp["status"],
-        response_headers=resp["headers"],
-        response_body=resp["body"],
+        req["method"], req["url"], req["headers"], req["body"], resp["status"], resp["headers"], resp["body"]
     )
 
 
