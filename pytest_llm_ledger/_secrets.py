@@ -55,14 +55,6 @@ def _normal(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def is_credential_query(name: str) -> bool:
-    return _normal(name) in QUERY_NAMES
-
-
-def is_credential_field(name: str) -> bool:
-    return _normal(name) in FIELD_NAMES
-
-
 def _header_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         value = value[0] if value else ""
@@ -78,13 +70,13 @@ def known_secrets(headers: Mapping[str, Any] | None = None, url: str = "", body:
         if _normal(str(name)) in HEADER_NAMES:
             found.add(_header_value(value))
     if "?" in url:
-        found.update(v for n, v in parse_qsl(urlsplit(url).query) if is_credential_query(n))
+        found.update(v for n, v in parse_qsl(urlsplit(url).query) if _normal(n) in QUERY_NAMES)
     stack = [body]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             for key, value in node.items():
-                if isinstance(key, str) and is_credential_field(key) and isinstance(value, str):
+                if isinstance(key, str) and _normal(key) in FIELD_NAMES and isinstance(value, str):
                     found.add(value)
                 else:
                     stack.append(value)
@@ -129,7 +121,7 @@ class CredentialRedactor:
             if self.first_visit(value):
                 for key in list(value):
                     sub = f"{path}.{key}"
-                    secret = isinstance(key, str) and is_credential_field(key)
+                    secret = isinstance(key, str) and _normal(key) in FIELD_NAMES
                     if secret and value[key] not in (REDACTED, None):
                         value[key] = REDACTED
                         self.note(place, f"JSON field {sub} redacted")
@@ -149,7 +141,7 @@ class CredentialRedactor:
         parts = urlsplit(value)
         if parts.query:
             pairs = parse_qsl(parts.query, keep_blank_values=True)
-            secret = [name for name, v in pairs if is_credential_query(name) and v != REDACTED]
+            secret = [name for name, v in pairs if _normal(name) in QUERY_NAMES and v != REDACTED]
             if secret:
                 for name in secret:
                     self.note(place, f"query parameter {name!r} redacted")
