@@ -38,7 +38,7 @@ def is_openai_request(request: Any) -> bool:
 HTTP_LIBRARIES: Final = ("httpx2", "httpx")  # openai 3.x sends through httpx2, 1.x and 2.x through httpx
 # (module, class, method) of each network transport. The aiohttp ones (openai 3.x vendors it, 1.x
 # and 2.x use the httpx-aiohttp package) are wrapped once imported, which importing openai does when
-# aiohttp is installed: importing openai here would cost every pytest run half a second.
+# aiohttp is installed: importing openai here would slow down every pytest run.
 TRANSPORTS: Final = (
     *((library, "HTTPTransport", "handle_request") for library in HTTP_LIBRARIES),
     *((library, "AsyncHTTPTransport", "handle_async_request") for library in HTTP_LIBRARIES),

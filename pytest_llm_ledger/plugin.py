@@ -83,6 +83,7 @@ __all__ = ["LedgerRecords"]
 
 PLACEHOLDER_API_KEY: Final = "sk-llm-ledger-replay-placeholder"
 _CONFLICTING_DISTS: Final = frozenset({"pytest-llm-cost"})
+_EVENTS: Final = ("llm_api_call", "lens_summary")  # the records the plugin keeps
 _STATE = pytest.StashKey["_LedgerState"]()
 _CASSETTE = pytest.StashKey[LedgerCassette]()
 _REPORTED_MISSES = pytest.StashKey[int]()
@@ -91,7 +92,6 @@ _FLAG_OWNER = pytest.StashKey[str]()
 _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
-_REPORTED_CASSETTE_BLOCKED = pytest.StashKey[int]()
 _SHARES_WITH = pytest.StashKey[str]()  # the node id of an earlier test with the same cassette path
 # Sessions configured in this process, innermost last: a session run in-process by pytester
 # inside another gets the records, not the outer session that happens to share the monitor.
@@ -309,7 +309,7 @@ class _LedgerState:
         """The session's global sink: records of every llm_ledger monitor (the default one and the
         application's own), on the emitting thread."""
         event = record.get("event")
-        if event not in ("llm_api_call", "lens_summary") or (_active and _active[-1] is not self):
+        if event not in _EVENTS or (_active and _active[-1] is not self):
             return
         with self._lock:
             current = self.current
@@ -472,7 +472,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def _not_a_ledger_record(record: logging.LogRecord) -> bool:
     msg = record.msg
-    return not (isinstance(msg, dict) and msg.get("event") in ("llm_api_call", "lens_summary"))
+    return not (isinstance(msg, dict) and msg.get("event") in _EVENTS)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -570,11 +570,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     cassette = item.stash.get(_CASSETTE, None)
     if call.when == "call":
         item.stash[_PASSED] = report.passed
-    # requests refused by the guard, then cassette misses: both fail the test whether the exception
-    # propagated, was wrapped or was swallowed, with one message (concurrent calls miss together)
-    failures = _unreported(item, _REPORTED_BLOCKED, item.stash.get(_BLOCKED, []))
+    # requests refused (by the guard of a test without a cassette, or by network blocking), then
+    # cassette misses: both fail the test whether the exception propagated, was wrapped or was
+    # swallowed, with one message (concurrent calls miss together)
+    blocked = cassette.blocked if cassette is not None else item.stash.get(_BLOCKED, [])
+    failures = _unreported(item, _REPORTED_BLOCKED, blocked)
     if cassette is not None:
-        failures += _unreported(item, _REPORTED_CASSETTE_BLOCKED, cassette.blocked)
         failures += _unreported(item, _REPORTED_MISSES, cassette.misses)
     if failures:
         report.outcome = "failed"
