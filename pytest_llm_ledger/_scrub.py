@@ -3,20 +3,11 @@
 For teams moving from plain vcrpy, whose cassettes often hold ``Authorization`` headers, cookies and
 organisation ids. Reads vcrpy cassettes (YAML or JSON serializer) and llm-ledger's own, always with
 a safe loader (YAML tags that would build Python objects are refused), and rewrites each file in
-place atomically (temporary file + rename, file mode kept). What it removes:
-
-* every header not on the plugin's allow-list (``content-type``; ``content-encoding`` is kept on
-  responses so a compressed body stays readable): ``Authorization``, ``api-key``, cookies,
-  ``OpenAI-Organization`` / ``OpenAI-Project``, ``x-stainless-*``, ``user-agent``...;
-* the values of query parameters named like credentials (``api-key``, ``key``, ``token``,
-  ``subscription-key``, ``code``, ``sig``...);
-* the values of JSON body fields named like credentials (``api_key``, ``access_token``...),
-  in request and response bodies, SSE events included;
-* anything shaped like an OpenAI secret key (``sk-...``) left in a URL or a body, and the value of
-  a credential header the request carried wherever else it appears (a key echoed in a 401 body).
-
-The names are the plugin's (``_secrets``): the plugin records cassettes already
-redacted this way, so a fresh recording passes ``--check``.
+place atomically (temporary file + rename, file mode kept). It removes every header not on the
+plugin's allow-list (``Authorization``, ``api-key``, cookies, ``OpenAI-Organization`` /
+``OpenAI-Project``, ``x-stainless-*``, ``user-agent``...), and redacts the credentials ``_secrets``
+describes in URLs and bodies (SSE events included). The plugin records cassettes already redacted
+this way, so a fresh recording passes ``--check``.
 
 ``--check`` changes nothing and exits 1 when a file would change, listing what (never the secret
 values), so CI can refuse cassettes that leak; when nothing would change it prints one summary

@@ -279,7 +279,6 @@ class LedgerRecords(Captured):
 
 class _LedgerState:
     def __init__(self, config: pytest.Config) -> None:
-        self.config = config
         self.mode = _record_mode(config)
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.budget_file = _path_option(config, "llm_budget_file")
@@ -299,10 +298,9 @@ class _LedgerState:
         self._lock = threading.Lock()
         self.current: LedgerRecords | None = None
         self._placeholder_key = False
-        # the replay-only guard: the running test's node id while its OpenAI requests are refused
-        self.guard = Guard(self._refuse) if self.mode == "none" else None
+        self.guard = Guard(self._refuse) if self.mode == "none" else None  # the replay-only guard
         self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
-        self._guarded: str | None = None
+        self._guarded: str | None = None  # the running test's node id while its OpenAI requests are refused
         self._blocked: list[str] = []
 
     def _add(self, record: Mapping[str, Any]) -> None:
