@@ -79,7 +79,7 @@ class Endpoint:
     def _current_url(self) -> Any:
         client = self._client
         try:
-            # the SDK's base_url property is a slow read (about a µs, per call); its attribute is not
+            # the SDK's base_url property is a slow read on every call; its attribute is not
             return client._base_url if "_base_url" in client.__dict__ else client.base_url
         except Exception:  # not the SDK's client: a host nobody knows
             return None
