@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import decimal
 import fnmatch
+import functools
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -570,7 +571,7 @@ def host_matcher(pattern: str) -> tuple[re.Pattern[str], int | None, bool]:
 
 
 def _genai_providers() -> list[Provider]:
-    # Imported here: genai-prices' data module takes ~0.2 s to import, paid only when a price is needed.
+    # Imported here: genai-prices' data module is slow to import, paid only when a price is needed.
     # The bundled data, not get_snapshot(): an UpdatePrices running elsewhere in the process must not
     # change our prices (or make them depend on the network) mid-run.
     from genai_prices.data import providers
@@ -740,7 +741,10 @@ def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -
 
 # --- module-level convenience ------------------------------------------------------------------------
 
-_default_table: PriceTable | None = None
+
+@functools.cache
+def _builtin_table() -> PriceTable:
+    return PriceTable()
 
 
 def price(
@@ -754,11 +758,8 @@ def price(
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
     model name at OpenAI's list price), ``None`` for an unknown model."""
-    global _default_table
     if table is None:
-        if _default_table is None:
-            _default_table = PriceTable()
-        table = _default_table
+        table = _builtin_table()
     return table.cost(
         model,
         prompt_tokens=prompt_tokens,

@@ -305,10 +305,7 @@ class OTelSink:
             run_id = record["context"].get("lens_run_id")
             if run_id is not None:
                 with self._lock:
-                    if self._pending_count < MAX_PENDING_CALLS:
-                        calls, links = self._pending.setdefault(run_id, ([], []))
-                        (links.append(their_span) if theirs else calls.append(record))
-                        self._pending_count += 1
+                    if self._wait(run_id, their_span if theirs else record, link=theirs):
                         return
             if not theirs:
                 self._call_span(record, None)
@@ -318,11 +315,18 @@ class OTelSink:
             if parent_id is not None:
                 with self._lock:
                     parent = self._exported.get(parent_id)
-                    if parent is None and self._pending_count < MAX_PENDING_CALLS:
-                        self._pending.setdefault(parent_id, ([], []))[0].append(record)
-                        self._pending_count += 1
+                    if parent is None and self._wait(parent_id, record):
                         return
             self._lens(record, parent)
+
+    def _wait(self, run_id: str, item: Any, *, link: bool = False) -> bool:
+        """Keep ``item`` (a record, or with ``link`` the context of openai-v2's span) until lens run
+        ``run_id``'s record arrives; ``False`` when too many wait already. Called with the lock held."""
+        if self._pending_count >= MAX_PENDING_CALLS:
+            return False
+        self._pending.setdefault(run_id, ([], []))[1 if link else 0].append(item)
+        self._pending_count += 1
+        return True
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
