@@ -231,9 +231,9 @@ def _sample(schema: Any, root: JSONDict, key: str, depth: int = 0) -> Any:
     return None
 
 
-def _split(text: str, parts: int) -> list[str]:
-    """``text`` cut into at most ``parts`` non-empty pieces (one empty piece for empty text)."""
-    parts = max(1, min(parts, len(text)))
+def _split(text: str, headers: dict[str, str]) -> list[str]:
+    """``text`` cut into at most ``x-fake-chunks`` non-empty pieces (one empty piece for empty text)."""
+    parts = max(1, min(_int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS), len(text)))
     size, extra = divmod(len(text), parts)
     pieces, pos = [], 0
     for i in range(parts):
@@ -277,10 +277,6 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
         usage["completion_tokens"] -= usage["completion_tokens_details"]["reasoning_tokens"]
         if style == "gemini":
             del usage["completion_tokens_details"]
-
-
-def _chunks(headers: dict[str, str]) -> int:
-    return max(1, _int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS))
 
 
 def _sse(payload: JSONDict, event: str | None = None) -> bytes:
@@ -398,7 +394,6 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
         return _sse({**chunk_base, "choices": choices("delta", delta, finish_reason), **extra})
 
-    chunks = _chunks(headers)
     events = [chunk({"role": "assistant", "content": None if tool_calls else "", "refusal": None})]
     if "azure" in faults:  # Azure's streams open with its prompt filter's verdict: no choices, id or model
         filters = {"hate": {"filtered": False, "severity": "safe"}}
@@ -409,10 +404,10 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         head = {"index": index, "id": call["id"], "type": "function"}
         name = call["function"]["name"]
         events.append(chunk({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]}))
-        for piece in _split(call["function"]["arguments"], chunks):
+        for piece in _split(call["function"]["arguments"], headers):
             events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     if content is not None:
-        events += [chunk({"content": piece}) for piece in _split(content, chunks) if piece]
+        events += [chunk({"content": piece}) for piece in _split(content, headers) if piece]
     if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
         return _StreamReply([*events[: len(events) // 2 + 1], _sse({"error": error})])
@@ -452,7 +447,7 @@ def _completions(
         answer = {**base, "choices": [choice(i, *pair) for i, pair in enumerate(texts)]}
         return _answer_with_usage(answer, usage, faults)
     pieces: list[tuple[int, str, str | None]] = [
-        (i, piece, None) for i, (text, _) in enumerate(texts) for piece in _split(text, _chunks(headers))
+        (i, piece, None) for i, (text, _) in enumerate(texts) for piece in _split(text, headers)
     ]
     pieces += [(i, "", finish) for i, (_, finish) in enumerate(texts)]  # each choice's finish chunk
     extra = _chunk_usage(body, headers, faults, usage)
@@ -598,7 +593,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     def event(kind: str, **payload: Any) -> bytes:
         return _sse({"type": kind, "sequence_number": next(sequence), **payload}, kind)
 
-    pieces = _split(text, _chunks(headers))
+    pieces = _split(text, headers)
     if "stream-error" in faults:  # an error event after the first deltas, then the end
         return _StreamReply(
             [
