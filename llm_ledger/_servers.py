@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Final
 
-from ._pricing import DEFAULT_PROVIDER
+from ._pricing import DEFAULT_PROVIDER, _genai_providers
 from ._records import ServerShape
 
 if TYPE_CHECKING:
@@ -53,12 +53,7 @@ def detect_provider(base_url: str, *, azure: bool = False) -> str | None:
     whose URL pattern matches ``base_url``; ``None`` for a URL no provider claims."""
     if azure:
         return "azure"
-    from genai_prices.data import providers
-
-    for provider in providers:
-        if re.match(provider.api_pattern, base_url):
-            return provider.id
-    return None
+    return next((p.id for p in _genai_providers() if re.match(p.api_pattern, base_url)), None)
 
 
 class Endpoint:
