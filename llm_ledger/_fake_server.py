@@ -122,6 +122,13 @@ class _StreamReply:
 # Pure helpers: text, tokens, schema samples
 
 
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:  # an empty or malformed body
+        return None
+
+
 def _int_header(headers: dict[str, str], name: str, default: int) -> int:
     try:
         return int(headers[name])
@@ -714,12 +721,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         raw = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
+        body = _json_or_none(raw)
         url = urlsplit(self.path)
         path = url.path
         route = _AZURE_DEPLOYMENT.sub("/v1", path)
@@ -928,11 +930,7 @@ class FakeOpenAI:
             ]
             answer = RecordedAnswer(path, 200, events)
         else:
-            try:
-                body = json.loads(reply.body)
-            except ValueError:
-                body = None
-            answer = RecordedAnswer(path, reply.status, body)
+            answer = RecordedAnswer(path, reply.status, _json_or_none(reply.body))
         with self._lock:
             self.answers.append(answer)
 
