@@ -177,6 +177,20 @@ _TOTAL_OF: Final = {
     "max_prompt_tokens": "prompt_tokens",
     "max_total_tokens": "total_tokens",
 }
+# a cost budget's calls with no price (an unknown model, or no usage reported)
+_UNPRICED: Final = (
+    "llm-ledger: lens %r has calls with no price (a model the price table does not know, or no usage "
+    "reported), which its budget %s %s counts as $0 (its summaries say cost_complete: false); add their "
+    "models to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...)) so that the budget sees "
+    "them, or keep a token or call limit beside it"
+)
+# a token budget's calls answered with no usage (a compatible server that sends none, a stream stopped
+# before its usage chunk)
+_NO_USAGE: Final = (
+    "llm-ledger: lens %r has calls that reported no usage, which its budget %s %s counts as 0 tokens; "
+    "keep a max_api_calls limit beside it, or have the server report usage (for streams: leave "
+    "stream_usage on, and read each stream to its end)"
+)
 # set once a run in raise mode goes over a limit: only then does each call look for a stopped run
 stopping = False
 
@@ -266,41 +280,17 @@ class _RunBudget:
                 except Exception as exc:  # never in the way of the call, nor of the run's summary
                     monitor._report("checking a lens run's budget", exc)
             elif attribute == "cost_units" and not totals.cost_complete:
-                self._unpriced(written)
+                self._blind(self._guard._unpriced, _UNPRICED, key, written)
             elif attribute.endswith("_tokens") and not totals.tokens_complete:
-                self._no_usage(key, written)
+                self._blind(self._guard._no_usage, _NO_USAGE, key, written)
 
-    def _unpriced(self, cap: float) -> None:
-        """A call the run's cost budget cannot see (no price, or no usage), so that a budget never passes
-        quietly on calls counted as $0."""
-        self._blind(
-            self._guard._unpriced,
-            "llm-ledger: lens %r has calls with no price (a model the price table does not know, or "
-            "no usage reported), which its budget max_cost_usd %s counts as $0 (its summaries say "
-            "cost_complete: false); add their models to a price file (LLM_LEDGER_PRICE_FILE or "
-            "configure(price_file=...)) so that the budget sees them, or keep a token or call limit "
-            "beside it",
-            _amount("max_cost_usd", cap),
-        )
-
-    def _no_usage(self, key: str, cap: float) -> None:
-        """A call the run's token budgets cannot see (answered, with no usage reported: a compatible
-        server that sends none, a stream stopped before its usage chunk)."""
-        self._blind(
-            self._guard._no_usage,
-            "llm-ledger: lens %r has calls that reported no usage, which its budget %s %s counts as "
-            "0 tokens; keep a max_api_calls limit beside it, or have the server report usage (for "
-            "streams: leave stream_usage on, and read each stream to its end)",
-            key,
-            _amount(key, cap),
-        )
-
-    def _blind(self, warned: set[str], message: str, *args: object) -> None:
-        """Say ``message`` once per lens key (``warned`` holds the keys already told)."""
+    def _blind(self, warned: set[str], message: str, key: str, cap: float) -> None:
+        """Warn once per lens key (``warned`` holds the keys told) that the limit ``key`` cannot see
+        some of the run's calls, so that a budget never passes quietly on calls counted as 0."""
         lens_key = str(self._context.get("lens_key"))
         if lens_key not in warned and len(warned) < 10_000:
             warned.add(lens_key)
-            logging.getLogger("llm_ledger.internal").warning(message, lens_key, *args)
+            logging.getLogger("llm_ledger.internal").warning(message, lens_key, key, _amount(key, cap))
 
     def _exceeded(self, monitor: LLMCallMonitor, key: str, cap: float, actual: float) -> None:
         global stopping

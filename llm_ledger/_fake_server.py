@@ -122,6 +122,13 @@ class _StreamReply:
 # Pure helpers: text, tokens, schema samples
 
 
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:  # an empty or malformed body
+        return None
+
+
 def _int_header(headers: dict[str, str], name: str, default: int) -> int:
     try:
         return int(headers[name])
@@ -143,15 +150,28 @@ def _parts(content: Any) -> tuple[list[str], int]:
     return texts, images
 
 
+def _tokens(text: str) -> int:
+    """The fake's token count of ``text``: a token per four characters, rounded up."""
+    return math.ceil(len(text) / 4)
+
+
+def _truncate(text: str, limit: Any) -> tuple[str, str]:
+    """``text`` cut to a ``max_tokens`` ``limit`` (when it is a number), and its finish reason."""
+    if isinstance(limit, int) and _tokens(text) > limit:
+        return text[: limit * 4], "length"
+    return text, "stop"
+
+
 def _prompt_tokens(messages: list[Any], tools: Any) -> int:
-    chars = images = 0
+    texts: list[str] = []
+    images = 0
     for message in messages:
-        texts, image_parts = _parts(message.get("content") if isinstance(message, dict) else message)
-        chars += sum(map(len, texts))
+        parts, image_parts = _parts(message.get("content") if isinstance(message, dict) else message)
+        texts += parts
         images += image_parts
-    tokens = math.ceil(chars / 4) + 4 * len(messages) + 85 * images
+    tokens = _tokens("".join(texts)) + 4 * len(messages) + 85 * images
     if tools:
-        tokens += math.ceil(len(json.dumps(tools)) / 4)
+        tokens += _tokens(json.dumps(tools))
     return tokens
 
 
@@ -218,9 +238,9 @@ def _sample(schema: Any, root: JSONDict, key: str, depth: int = 0) -> Any:
     return None
 
 
-def _split(text: str, parts: int) -> list[str]:
-    """``text`` cut into at most ``parts`` non-empty pieces (one empty piece for empty text)."""
-    parts = max(1, min(parts, len(text)))
+def _split(text: str, headers: dict[str, str]) -> list[str]:
+    """``text`` cut into at most ``x-fake-chunks`` non-empty pieces (one empty piece for empty text)."""
+    parts = max(1, min(_int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS), len(text)))
     size, extra = divmod(len(text), parts)
     pieces, pos = [], 0
     for i in range(parts):
@@ -264,10 +284,6 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
         usage["completion_tokens"] -= usage["completion_tokens_details"]["reasoning_tokens"]
         if style == "gemini":
             del usage["completion_tokens_details"]
-
-
-def _chunks(headers: dict[str, str]) -> int:
-    return max(1, _int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS))
 
 
 def _sse(payload: JSONDict, event: str | None = None) -> bytes:
@@ -335,21 +351,16 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     choices_n = max(1, int(body.get("n") or 1))
     tool_calls = _tool_calls(body, headers, num)
     content: str | None
-    finish = "stop"
     if tool_calls:
         content, finish = None, "tool_calls"
-        completion_one = sum(
-            math.ceil(len(c["function"]["name"] + c["function"]["arguments"]) / 4) for c in tool_calls
-        )
+        completion_one = sum(_tokens(c["function"]["name"] + c["function"]["arguments"]) for c in tool_calls)
     else:
         fmt = body.get("response_format") or {}
         kind = fmt.get("type")
         schema = (fmt.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
-        content = _content(kind, schema, messages, headers)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        if isinstance(limit, int) and math.ceil(len(content) / 4) > limit:
-            content, finish = content[: limit * 4], "length"
-        completion_one = math.ceil(len(content) / 4)
+        content, finish = _truncate(_content(kind, schema, messages, headers), limit)
+        completion_one = _tokens(content)
     completion = choices_n * completion_one + reasoning
     usage = {
         "prompt_tokens": prompt,
@@ -382,9 +393,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         if tool_calls:
             message["tool_calls"] = tool_calls
         answer = {**base, "object": "chat.completion", "choices": choices("message", message, finish), **tier}
-        if "no-usage" not in faults:
-            answer["usage"] = usage
-        return _json_reply(answer)
+        return _answer_with_usage(answer, usage, faults)
 
     extra = _chunk_usage(body, headers, faults, usage)
     chunk_base: JSONDict = {**base, "object": "chat.completion.chunk", **tier}
@@ -392,7 +401,6 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
         return _sse({**chunk_base, "choices": choices("delta", delta, finish_reason), **extra})
 
-    chunks = _chunks(headers)
     events = [chunk({"role": "assistant", "content": None if tool_calls else "", "refusal": None})]
     if "azure" in faults:  # Azure's streams open with its prompt filter's verdict: no choices, id or model
         filters = {"hate": {"filtered": False, "severity": "safe"}}
@@ -403,18 +411,15 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         head = {"index": index, "id": call["id"], "type": "function"}
         name = call["function"]["name"]
         events.append(chunk({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]}))
-        for piece in _split(call["function"]["arguments"], chunks):
+        for piece in _split(call["function"]["arguments"], headers):
             events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     if content is not None:
-        events += [chunk({"content": piece}) for piece in _split(content, chunks) if piece]
+        events += [chunk({"content": piece}) for piece in _split(content, headers) if piece]
     if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
         return _StreamReply([*events[: len(events) // 2 + 1], _sse({"error": error})])
     events.append(chunk({}, finish))
-    if extra:
-        events.append(_sse({**chunk_base, "choices": [], "usage": usage}))
-    events.append(b"data: [DONE]\n\n")
-    return _StreamReply(events)
+    return _stream_end(events, chunk_base, extra, usage)
 
 
 def _completions(
@@ -430,12 +435,9 @@ def _completions(
     n = max(1, int(body.get("n") or 1))
     texts: list[tuple[str, str]] = []  # (text, finish reason) of each choice
     for p in prompts:
-        text, finish = _reply_text(p, headers), "stop"
-        if isinstance(limit, int) and math.ceil(len(text) / 4) > limit:
-            text, finish = text[: limit * 4], "length"
-        texts += [(text, finish)] * n
-    prompt_tokens = sum(math.ceil(len(p) / 4) for p in prompts)
-    completion = sum(math.ceil(len(text) / 4) for text, _ in texts)
+        texts += [_truncate(_reply_text(p, headers), limit)] * n
+    prompt_tokens = sum(map(_tokens, prompts))
+    completion = sum(_tokens(text) for text, _ in texts)
     usage: JSONDict = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
@@ -450,13 +452,23 @@ def _completions(
 
     if not body.get("stream"):
         answer = {**base, "choices": [choice(i, *pair) for i, pair in enumerate(texts)]}
-        return _json_reply(answer if "no-usage" in faults else {**answer, "usage": usage})
+        return _answer_with_usage(answer, usage, faults)
     pieces: list[tuple[int, str, str | None]] = [
-        (i, piece, None) for i, (text, _) in enumerate(texts) for piece in _split(text, _chunks(headers))
+        (i, piece, None) for i, (text, _) in enumerate(texts) for piece in _split(text, headers)
     ]
     pieces += [(i, "", finish) for i, (_, finish) in enumerate(texts)]  # each choice's finish chunk
     extra = _chunk_usage(body, headers, faults, usage)
     events = [_sse({**base, "choices": [choice(*piece)], **extra}) for piece in pieces]
+    return _stream_end(events, base, extra, usage)
+
+
+def _answer_with_usage(answer: JSONDict, usage: JSONDict, faults: set[str]) -> _Reply:
+    """A non-streamed answer, its ``usage`` last (left out under the ``no-usage`` fault)."""
+    return _json_reply(answer if "no-usage" in faults else {**answer, "usage": usage})
+
+
+def _stream_end(events: list[bytes], base: JSONDict, extra: JSONDict, usage: JSONDict) -> _StreamReply:
+    """A chunk stream's end: the usage chunk when the chunks carry a ``usage`` field, then ``[DONE]``."""
     if extra:
         events.append(_sse({**base, "choices": [], "usage": usage}))
     return _StreamReply([*events, b"data: [DONE]\n\n"])
@@ -499,16 +511,14 @@ def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[s
     data: list[JSONDict] = []
     tokens = 0
     for index, item in enumerate(inputs):
-        tokens += math.ceil(len(item) / 4) if isinstance(item, str) else len(item)
+        tokens += _tokens(item) if isinstance(item, str) else len(item)
         vector = _embedding_vector(item, dimensions)
         embedding: Any = (
             base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii") if b64 else vector
         )
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     answer: JSONDict = {"object": "list", "data": data, "model": body["model"]}
-    if "no-usage" not in faults:
-        answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return _json_reply(answer)
+    return _answer_with_usage(answer, {"prompt_tokens": tokens, "total_tokens": tokens}, faults)
 
 
 def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
@@ -524,7 +534,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     # only json_schema: a json_object format gets plain text here
     kind = "json_schema" if text_format.get("type") == "json_schema" else None
     text = _content(kind, text_format.get("schema"), items, headers)
-    output_tokens = math.ceil(len(text) / 4) + reasoning
+    output_tokens = _tokens(text) + reasoning
     usage = {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
@@ -590,7 +600,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     def event(kind: str, **payload: Any) -> bytes:
         return _sse({"type": kind, "sequence_number": next(sequence), **payload}, kind)
 
-    pieces = _split(text, _chunks(headers))
+    pieces = _split(text, headers)
     if "stream-error" in faults:  # an error event after the first deltas, then the end
         return _StreamReply(
             [
@@ -711,12 +721,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         raw = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
+        body = _json_or_none(raw)
         url = urlsplit(self.path)
         path = url.path
         route = _AZURE_DEPLOYMENT.sub("/v1", path)
@@ -925,11 +930,7 @@ class FakeOpenAI:
             ]
             answer = RecordedAnswer(path, 200, events)
         else:
-            try:
-                body = json.loads(reply.body)
-            except ValueError:
-                body = None
-            answer = RecordedAnswer(path, reply.status, body)
+            answer = RecordedAnswer(path, reply.status, _json_or_none(reply.body))
         with self._lock:
             self.answers.append(answer)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import decimal
 import fnmatch
+import functools
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -288,8 +289,7 @@ class Route:
 
     def rates(self, model: str) -> Rates | None:
         """The rates that price ``model`` on this route, or ``None`` if nothing prices it."""
-        # not on a call's path: an unknown name is simply resolved again
-        entry = self._flat or self._cache.get(model) or self._resolve_and_cache(model)
+        entry = self._flat or self._entry(model)
         return None if entry is None else entry.rates
 
     def cost(
@@ -327,10 +327,7 @@ class Route:
         their average size, as no call's own size is known."""
         entry = self._flat
         if entry is None:
-            if model:  # the lookup inlined: it is on every call's path
-                entry = self._cache.get(model, _MISSING)
-                if entry is _MISSING:
-                    entry = self._resolve_and_cache(model)
+            entry = self._entry(model) if model else None
             if (
                 fallback
                 and fallback != model
@@ -356,14 +353,13 @@ class Route:
         return prompt_cost, completion_tokens * out, entry.rates.source
 
     def _entry(self, model: str) -> _Entry | None:
-        entry = self._cache.get(model, _MISSING)
-        return self._resolve_and_cache(model) if entry is _MISSING else entry
-
-    def _resolve_and_cache(self, model: str) -> _Entry | None:
-        rates = self._resolve(model)
-        entry = None if rates is None else _compile(rates)
-        if len(self._cache) < _MAX_CACHED_NAMES:
-            self._cache[model] = entry
+        """``model``'s rates here, resolved once (unknown names too)."""
+        entry: _Entry | None = self._cache.get(model, _MISSING)
+        if entry is _MISSING:
+            rates = self._resolve(model)
+            entry = None if rates is None else _compile(rates)
+            if len(self._cache) < _MAX_CACHED_NAMES:
+                self._cache[model] = entry
         return entry
 
     def _resolve(self, model: str) -> Rates | None:
@@ -462,16 +458,12 @@ class PriceTable:
             host = host.lower()
             for pattern, regex, rule_port, rule in self._hosts:
                 if (rule_port is None or rule_port == port) and regex.fullmatch(host):
-                    route = self._routes.get(("host", pattern))
-                    if route is None:
-                        route = self._routes.setdefault(("host", pattern), self._host_route(rule))
-                    return route
+                    key = ("host", pattern)
+                    return self._routes.get(key) or self._routes.setdefault(key, self._host_route(rule))
         if provider is None:
             return self._model_route
-        route = self._routes.get(("provider", provider))
-        if route is None:
-            route = self._routes.setdefault(("provider", provider), self._provider_route(provider))
-        return route
+        key = ("provider", provider)
+        return self._routes.get(key) or self._routes.setdefault(key, self._provider_route(provider))
 
     def _priced_at(self, provider: str | None) -> Route:
         """``provider``'s route for :meth:`cost` and :meth:`rates`: a name genai-prices does not know
@@ -579,7 +571,7 @@ def host_matcher(pattern: str) -> tuple[re.Pattern[str], int | None, bool]:
 
 
 def _genai_providers() -> list[Provider]:
-    # Imported here: genai-prices' data module takes ~0.2 s to import, paid only when a price is needed.
+    # Imported here: genai-prices' data module is slow to import, paid only when a price is needed.
     # The bundled data, not get_snapshot(): an UpdatePrices running elsewhere in the process must not
     # change our prices (or make them depend on the network) mid-run.
     from genai_prices.data import providers
@@ -749,7 +741,10 @@ def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -
 
 # --- module-level convenience ------------------------------------------------------------------------
 
-_default_table: PriceTable | None = None
+
+@functools.cache
+def _builtin_table() -> PriceTable:
+    return PriceTable()
 
 
 def price(
@@ -763,11 +758,8 @@ def price(
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
     model name at OpenAI's list price), ``None`` for an unknown model."""
-    global _default_table
     if table is None:
-        if _default_table is None:
-            _default_table = PriceTable()
-        table = _default_table
+        table = _builtin_table()
     return table.cost(
         model,
         prompt_tokens=prompt_tokens,

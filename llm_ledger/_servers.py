@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Final
 
-from ._pricing import DEFAULT_PROVIDER
+from ._pricing import DEFAULT_PROVIDER, _genai_providers
 from ._records import ServerShape
 
 if TYPE_CHECKING:
@@ -53,12 +53,7 @@ def detect_provider(base_url: str, *, azure: bool = False) -> str | None:
     whose URL pattern matches ``base_url``; ``None`` for a URL no provider claims."""
     if azure:
         return "azure"
-    from genai_prices.data import providers
-
-    for provider in providers:
-        if re.match(provider.api_pattern, base_url):
-            return provider.id
-    return None
+    return next((p.id for p in _genai_providers() if re.match(p.api_pattern, base_url)), None)
 
 
 class Endpoint:
@@ -79,7 +74,7 @@ class Endpoint:
     def _current_url(self) -> Any:
         client = self._client
         try:
-            # the SDK's base_url property is a slow read (about a µs, per call); its attribute is not
+            # the SDK's base_url property is a slow read on every call; its attribute is not
             return client._base_url if "_base_url" in client.__dict__ else client.base_url
         except Exception:  # not the SDK's client: a host nobody knows
             return None

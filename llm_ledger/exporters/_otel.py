@@ -121,6 +121,21 @@ def _openai_v2_instrumented() -> bool:
     return bool(getattr(instrumentor, "is_instrumented_by_opentelemetry", False))
 
 
+def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A call's (operation, provider, request model, response model, server address, server port, lens
+    key): the attributes its span and its metrics share."""
+    server = record.get("server") or {}
+    return (
+        _OPERATIONS.get(record["operation"], record["operation"]),
+        otel_provider_name(server.get("provider") or "openai"),
+        record["request"]["model"],
+        record["response"]["model"],
+        server.get("address"),
+        server.get("port"),
+        record["context"].get("lens_key"),
+    )
+
+
 def _modalities(record: Mapping[str, Any]) -> tuple[str, str]:
     """``gen_ai.token.modality`` of a call's input and output tokens. OpenAI's usage does not split
     tokens by modality: text when the request holds no image and the model is no audio model."""
@@ -290,10 +305,7 @@ class OTelSink:
             run_id = record["context"].get("lens_run_id")
             if run_id is not None:
                 with self._lock:
-                    if self._pending_count < MAX_PENDING_CALLS:
-                        calls, links = self._pending.setdefault(run_id, ([], []))
-                        (links.append(their_span) if theirs else calls.append(record))
-                        self._pending_count += 1
+                    if self._wait(run_id, their_span if theirs else record, link=theirs):
                         return
             if not theirs:
                 self._call_span(record, None)
@@ -303,11 +315,18 @@ class OTelSink:
             if parent_id is not None:
                 with self._lock:
                     parent = self._exported.get(parent_id)
-                    if parent is None and self._pending_count < MAX_PENDING_CALLS:
-                        self._pending.setdefault(parent_id, ([], []))[0].append(record)
-                        self._pending_count += 1
+                    if parent is None and self._wait(parent_id, record):
                         return
             self._lens(record, parent)
+
+    def _wait(self, run_id: str, item: Any, *, link: bool = False) -> bool:
+        """Keep ``item`` (a record, or with ``link`` the context of openai-v2's span) until lens run
+        ``run_id``'s record arrives; ``False`` when too many wait already. Called with the lock held."""
+        if self._pending_count >= MAX_PENDING_CALLS:
+            return False
+        self._pending.setdefault(run_id, ([], []))[1 if link else 0].append(item)
+        self._pending_count += 1
+        return True
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
@@ -361,17 +380,8 @@ class OTelSink:
     def _metrics(self, record: Mapping[str, Any], theirs: bool, their_usage: bool) -> None:
         """``theirs``: openai-v2 records the call's duration; ``their_usage``: and its token usage
         (not for a stream, whose usage arrives after openai-v2 has recorded its metrics)."""
-        operation = _OPERATIONS.get(record["operation"], record["operation"])
-        server = record.get("server") or {}
-        base = (
-            operation,
-            otel_provider_name(server.get("provider") or "openai"),
-            record["request"]["model"],
-            record["response"]["model"],
-            server.get("address"),
-            server.get("port"),
-            record["context"].get("lens_key"),
-        )
+        base = _identity(record)
+        operation = base[0]
         attributes = self._attributes(base)
         usd = record["cost"]["total_cost_usd"]
         if usd is not None:
@@ -432,21 +442,16 @@ class OTelSink:
         request = record["request"]
         response = record["response"]
         usage = record["usage"]
-        server = record.get("server") or {}
-        operation = _OPERATIONS.get(record["operation"], record["operation"])
-        model = request["model"]
+        operation, provider, model, response_model, address, port, _ = _identity(record)
         first = record["timing"]["time_to_first_token_ms"]
-        attributes = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": otel_provider_name(server.get("provider") or "openai"),
-        }
+        attributes = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
         optional = (
             ("gen_ai.request.model", model),
             ("gen_ai.request.temperature", request["temperature"]),
             ("gen_ai.request.max_tokens", request["max_tokens"]),
             ("gen_ai.request.stream", True if request["stream"] else None),
             ("openai.api.type", _API_TYPES.get(record["operation"])),
-            ("gen_ai.response.model", response["model"]),
+            ("gen_ai.response.model", response_model),
             ("gen_ai.response.id", response["id"]),
             (
                 "gen_ai.response.finish_reasons",
@@ -457,8 +462,8 @@ class OTelSink:
             ("gen_ai.usage.cache_read.input_tokens", usage["cached_tokens"]),
             ("gen_ai.usage.reasoning.output_tokens", usage["reasoning_tokens"]),
             ("gen_ai.usage.cost", record["cost"]["total_cost_usd"]),
-            ("server.address", server.get("address")),
-            ("server.port", server.get("port")),
+            ("server.address", address),
+            ("server.port", port),
             ("llm_ledger.call_id", record["call_id"]),
             ("llm_ledger.status", record["status"]),
             ("llm_ledger.request_id", response["request_id"]),

@@ -199,8 +199,8 @@ class PrometheusSink:
         self._lock = threading.Lock()
         self._lenses: set[str] = set()
         self._models: set[str] = set()
+        # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._lens_children: dict[Any, tuple[Any, ...]] = {}
         # a call's label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations,
         # first tokens]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
@@ -302,9 +302,12 @@ class PrometheusSink:
         for key, sums in pending.items():
             lens = len(key) == 1  # a lens run's (lens_key,), else a call's label tuple
             try:
-                children = (self._lens_children if lens else self._children).get(key)
+                children = self._children.get(key)
                 if children is None:
                     children = (self._new_lens_children if lens else self._new_children)(key)
+                    if len(self._children) >= _CACHE_LIMIT:
+                        self._children.clear()  # only a cache: the metrics keep every series
+                    self._children[key] = children
                     if collecting:
                         held[key] = sums
                         continue
@@ -396,7 +399,7 @@ class PrometheusSink:
         lens = self._lens_label(raw_lens)
         model = self._model_label(raw_model)
         tokens = self.tokens
-        children = (
+        return (
             _adder(self.calls.labels(lens, model, provider, operation, status)),
             _adder(tokens.labels(lens, model, provider, operation, "input")),
             _adder(tokens.labels(lens, model, provider, operation, "output")),
@@ -407,10 +410,6 @@ class PrometheusSink:
             _observer(self.ttft.labels(lens, model, operation)),
             _adder(self.unpriced.labels(model)),
         )
-        if len(self._children) >= _CACHE_LIMIT:
-            self._children.clear()  # only a cache: the metrics keep every series
-        self._children[key] = children
-        return children
 
     # -- records -----------------------------------------------------------------------------------
 
@@ -470,15 +469,11 @@ class PrometheusSink:
         lens = self._lens_label(key[0])
         for metric in METRICS:  # at 0 long before a first anomaly, which needs runs before it
             self.anomalies.labels(lens, metric)
-        children = (
+        return (
             _adder(self.lens_runs.labels(lens, "ok")),
             _adder(self.lens_runs.labels(lens, "error")),
             _observer(self.lens_cost.labels(lens)),
         )
-        if len(self._lens_children) >= _CACHE_LIMIT:
-            self._lens_children.clear()
-        self._lens_children[key] = children
-        return children
 
     def _move_lens(self, children: tuple[Any, ...], sums: list[Any]) -> None:
         ok, failed, cost = children

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
+from ._otel import OTelSink
+from ._prometheus import PrometheusSink, start_metrics_server
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -90,15 +92,7 @@ def _default_sink(name: str) -> Sink:
     """The process's one sink for ``name`` (global registry / providers): built once, reused."""
     sink: Sink | None = _default_sinks.get(name)
     if sink is None:
-        if name == "prometheus":
-            from ._prometheus import PrometheusSink
-
-            sink = PrometheusSink()
-        else:
-            from ._otel import OTelSink
-
-            sink = OTelSink()
-        _default_sinks[name] = sink
+        sink = _default_sinks[name] = PrometheusSink() if name == "prometheus" else OTelSink()
     return sink
 
 
@@ -152,8 +146,6 @@ def prepare(specs: tuple[str, ...]) -> Plan:
                 wanted.add(key)
                 with _lock:
                     if key not in _servers:
-                        from ._prometheus import start_metrics_server
-
                         _servers[key] = start_metrics_server(key[1], key[0])
                         started.append(key)
     except BaseException:
