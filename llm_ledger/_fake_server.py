@@ -517,7 +517,7 @@ def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[s
             base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii") if b64 else vector
         )
         data.append({"object": "embedding", "index": index, "embedding": embedding})
-    answer: JSONDict = {"object": "list", "data": data, "model": body["model"]}
+    answer: JSONDict = {"object": "list", "data": data, "model": _served_model(body["model"], headers)}
     return _answer_with_usage(answer, {"prompt_tokens": tokens, "total_tokens": tokens}, faults)
 
 

@@ -280,6 +280,17 @@ def test_parse_with_pydantic_model(client: openai.OpenAI) -> None:
 # -- embeddings ----------------------------------------------------------------------------------------
 
 
+def test_embeddings_answer_with_the_served_model_header(fake: FakeOpenAI, client: openai.OpenAI) -> None:
+    served = client.embeddings.create(
+        model="text-embedding-3-small", input="alpha", extra_headers={"x-fake-served-model": "emb-v2"}
+    )
+    assert served.model == "emb-v2"
+    assert (
+        client.embeddings.create(model="text-embedding-3-small", input="alpha").model
+        == "text-embedding-3-small"
+    )
+
+
 def test_embeddings_base64_default_and_float(fake: FakeOpenAI, client: openai.OpenAI) -> None:
     default = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta gamma"])
     assert fake.requests[-1].body["encoding_format"] == "base64"
