@@ -84,8 +84,7 @@ def summarise(
     ISO dates or date-times, dates or datetimes; without a time zone, UTC.
     """
     query = make_query(by, where, since, until)
-    reader = LogReader([paths] if isinstance(paths, str | os.PathLike) else paths)
-    return aggregate(reader, query, inputs=reader.stats, reject=reader.reject)
+    return aggregate(LogReader([paths] if isinstance(paths, str | os.PathLike) else paths), query)
 
 
 def summarise_records(

@@ -29,7 +29,7 @@ from .._table import markdown_table, text_table
 from ..loading import join, printable, read_file, shown
 from ._read import strict_loads
 from ._render import usd as _usd
-from ._usage import NO_LENS
+from ._usage import NO_LENS, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -135,10 +135,6 @@ def _row(
     return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}, "failed_call_tests": {}}
 
 
-def _count(value: Any) -> int:
-    return value if type(value) is int and value > 0 else 0
-
-
 def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
     """The calls of a report made outside any lens, summed from its usage rows (lens "<no lens>"),
     as a lens entry; None when it has none."""
@@ -160,8 +156,9 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     for row in report.get("usage", ()):
         if isinstance(row, dict) and lens in (None, row.get("lens")):
             model = str(row.get("model") or "<no model>")
-            no_usage[model] += _count(row.get("no_usage_calls"))
-            unpriced[model] += max(_count(row.get("uncosted_calls")) - _count(row.get("no_usage_calls")), 0)
+            missing = recorded_count(row.get("no_usage_calls")) or 0
+            no_usage[model] += missing
+            unpriced[model] += max((recorded_count(row.get("uncosted_calls")) or 0) - missing, 0)
     parts = []
     for what, counts in (
         ("no known price for model", +unpriced),

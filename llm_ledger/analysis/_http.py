@@ -87,15 +87,11 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
             params.get("since", [None])[0],
             params.get("until", [None])[0],
         )
-    except QueryError as exc:
-        return _error(400, str(exc), exc.parameter, PARAMETERS[exc.parameter])
-    try:
-        reader = LogReader([log_dir], empty_dirs=True)
-        report = aggregate(reader, query, inputs=reader.stats, reject=reader.reject).to_json()
+        report = aggregate(LogReader([log_dir], empty_dirs=True), query).to_json()
         for stats in report["inputs"]:
             stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
         return _json(200, report)
-    except QueryError as exc:  # a dimension no record has: the message names those they have
+    except QueryError as exc:  # a bad parameter, or a dimension no record has (it names those they have)
         return _error(400, str(exc), exc.parameter, PARAMETERS[exc.parameter])
     except ConfigError as exc:
         return _error(500, f"cannot read the logs: {exc}")
