@@ -349,15 +349,10 @@ def render(result: Reprice, fmt: str = "text") -> str:
     headers = ["lens", "calls", "before", "after", "change", "%"]
     rows = [_cells(row) for _, row in sorted(result.rows.items())]
     total = result.total()
-    table = (
-        markdown_table(headers, rows, total=[_cells(total)])
-        if fmt == "markdown"
-        else text_table(headers, rows, total=[_cells(total)])
-    )
     lines = [
         f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
         "",
-        *table,
+        *(markdown_table if fmt == "markdown" else text_table)(headers, rows, total=[_cells(total)]),
     ]
     if result.unpriced_after:
         missing = ", ".join(
