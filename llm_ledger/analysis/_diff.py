@@ -587,12 +587,12 @@ def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.require_base and not Path(args.base).exists():
+    base = load_report(args.base) if Path(args.base).exists() else None
+    if base is None and args.require_base:
         raise ConfigError(
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
             "that step's log"
         )
-    base = None if not Path(args.base).exists() else load_report(args.base)
     diff = diff_reports(base, load_report(args.head), base_path=args.base, head_path=args.head)
     diff["lens_count"] = len(diff["lenses"])
     if args.only_changed:
