@@ -445,18 +445,10 @@ def _keep(
             choices[index] = [v for v in choices[index] if as_text(v) in where[name]]
             if not choices[index]:
                 return False
-    return _matches(record, context, lens_run, [(n, w) for n, w in where.items() if n not in by])
-
-
-def _matches(
-    record: dict[str, Any],
-    context: dict[str, Any],
-    lens_run: bool,
-    where: Iterable[tuple[str, frozenset[str]]],
-) -> bool:
-    """Whether ``record`` has, for each dimension of ``where``, one of the values wanted."""
     return all(
-        any(as_text(v) in wanted for v in _values(record, context, name, lens_run)) for name, wanted in where
+        any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
+        for name, wanted in where.items()
+        if name not in by
     )
 
 
@@ -473,19 +465,14 @@ def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, An
         present.update(context)
         if dated and not _in_range(record.get("timestamp"), since, until):
             continue
-        if _matches(record, context, record.get("event") == LENS_EVENT, query.where.items()):
+        if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, []):
             kept.append(record)
     if present:
         _check_known(query, present)
     return kept
 
 
-def aggregate(
-    records: Iterable[dict[str, Any]],
-    query: Query,
-    *,
-    from_summaries: bool = False,
-) -> CostReport:
+def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries: bool = False) -> CostReport:
     """Sum ``records`` (call records and lens summaries) by ``query``.
 
     A record whose numbers are not a record's (a token count that is a string, a cost that is not a
