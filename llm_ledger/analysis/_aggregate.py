@@ -490,7 +490,6 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     filtered = rejected = 0
     # the context keys and fields seen, to name the valid choices for a dimension no record has
     present: set[str] | None = set() if any(n not in _BUILT_IN for n in (*by, *where)) else None
-    seen = False
     # from summaries: run id -> the summed figures of the runs nested in it, which its own summary
     # counts too; a call counts under its innermost run only, as with call records
     nested: dict[Any, _Sums] = {}
@@ -499,7 +498,6 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         lens_run = event == LENS_EVENT
         if not lens_run and event != CALL_EVENT:
             continue
-        seen = True
         context = _dict(record.get("context"))
         if present is not None:
             present.update(record)
@@ -530,7 +528,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
-    if present is not None and seen:
+    if present:  # None, or empty when no call or lens summary was read
         _check_known(query, present)
     total = runs
     if not from_summaries:

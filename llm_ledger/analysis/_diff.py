@@ -43,7 +43,6 @@ DIFF_METRICS: Final = {
     "cost_usd": "cost (USD)",
     "cost_per_run": "cost per run",
 }
-LENS_METRICS: Final = tuple(DIFF_METRICS)
 TOTAL_METRICS: Final = ("api_calls", "total_tokens", "cost_usd")
 _COSTS: Final = frozenset({"cost_usd", "cost_per_run"})
 FORMATS: Final = ("markdown", "text", "json")
@@ -264,7 +263,7 @@ def diff_reports(
             "shown as removed may only not have run"
         )
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
-    lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
+    lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), tuple(DIFF_METRICS)) for n in names}
     # a report without usage rows (written before they were) cannot say what ran outside any lens
     outside = _no_lens(base), _no_lens(head)
     known = "usage" in base and "usage" in head

@@ -36,7 +36,6 @@ PARAMETERS: Final = {
     "since": "an ISO date or date-time, inclusive: e.g. 2025-11-24 or 2025-11-24T16:00:00Z",
     "until": "an ISO date or date-time, exclusive: e.g. 2025-12-01",
 }
-_SINGLE: Final = ("since", "until")
 
 Response = tuple[int, bytes]
 Scope = MutableMapping[str, Any]
@@ -76,7 +75,7 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         if name not in PARAMETERS:
             return _error(400, f"unknown parameter {name[:100]!r}", name[:100], PARAMETERS)
         params.setdefault(name, []).append(value)
-    for name in _SINGLE:
+    for name in ("since", "until"):
         if len(params.get(name, [])) > 1:
             message = f"{name} is given {len(params[name])} times; give it once"
             return _error(400, message, name, PARAMETERS[name])
