@@ -105,13 +105,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             subparsers.add_parser(name, help=summary, add_help=False)
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(subparsers, summary)
+        importlib.import_module(module_name).register(subparsers, summary)
     return parser
 
 

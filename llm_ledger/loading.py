@@ -120,13 +120,9 @@ def read_file(
     """
     name = name or path
     flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if streams else os.O_NONBLOCK)
+    fd = None
     try:
         fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise error(f"{name}: {what} not found{hint}") from None
-    except OSError as exc:
-        raise error(f"{name}: cannot read the {what}: {exc.strerror or exc}") from None
-    try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise error(f"{name}: is a directory, expected a {what}")
@@ -137,10 +133,13 @@ def read_file(
         if info.st_size > max_bytes or len(data) > max_bytes:
             raise error(f"{name}: is over {max_bytes:,} bytes, too big for a {what}")
         return data
+    except FileNotFoundError:
+        raise error(f"{name}: {what} not found{hint}") from None
     except OSError as exc:
         raise error(f"{name}: cannot read the {what}: {exc.strerror or exc}") from None
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _chunks(fd: int, limit: int) -> list[bytes]:

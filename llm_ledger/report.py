@@ -6,15 +6,8 @@
 ...     print(row.key["user_id"], row.calls, row.cost_usd)
 
 * :func:`summarise` reads logs (files, globs, directories, ``.gz`` as logrotate leaves them, ``-``
-  for stdin) and sums them; :func:`summarise_records` sums records you already hold (for example
-  lens summaries your application stored).
-* Each :class:`CostRow` has ``key`` (dimension -> value), ``lens_runs``, ``calls``, ``errors``,
-  ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cost_usd`` (an exact
-  :class:`~decimal.Decimal`), ``unpriced_calls``, ``duration_ms`` and the properties
-  ``cost_complete`` and ``avg_duration_ms``; ``to_json()`` gives the JSON form (cost as a number).
-* A :class:`CostReport` has the ``rows`` (costliest first), their ``total``, the ``query`` and,
-  per input, the lines read, malformed and skipped (``inputs``); ``to_json()`` is what
-  ``llm-ledger report --format json`` and ``GET /costs`` return.
+  for stdin) and sums them into a :class:`CostReport` of :class:`CostRow`; :func:`summarise_records`
+  sums records you already hold (for example lens summaries your application stored).
 * :func:`asgi_app` serves ``GET /costs`` over a log directory, for mounting in an ASGI application.
 * :func:`load_report`, :func:`diff_reports` and :func:`render_diff` read pytest ``--llm-report``
   files and compare them lens by lens (``llm-ledger diff``); :func:`text_table` is the one table
@@ -23,10 +16,9 @@
 * :func:`usage_row` turns one call record into a :class:`UsageRow` (lens, server, model, tokens,
   recorded cost): the rows ``llm-ledger reprice`` prices again and the pytest plugin's report sums.
 
-Dimensions, filters and the time range are described in ``docs/REPORTING.md``: a dimension is a
-context key (``user_id``, ``source_id``), a record field (``status``), a dotted path
-(``server.address``) or one of ``lens``, ``model``, ``day``, ``month``, ``hour``; a record without
-it groups under None. Bad arguments raise :class:`llm_ledger.ConfigError` naming the problem.
+A dimension is a context key (``user_id``), a record field (``status``), a dotted path
+(``server.address``) or one of ``lens``, ``model``, ``day``, ``month``, ``hour``; records without it
+group under None (docs/REPORTING.md). Bad arguments raise :class:`llm_ledger.ConfigError`.
 """
 
 from __future__ import annotations
@@ -84,8 +76,7 @@ def summarise(
     ISO dates or date-times, dates or datetimes; without a time zone, UTC.
     """
     query = make_query(by, where, since, until)
-    reader = LogReader([paths] if isinstance(paths, str | os.PathLike) else paths)
-    return aggregate(reader, query, inputs=reader.stats, reject=reader.reject)
+    return aggregate(LogReader([paths] if isinstance(paths, str | os.PathLike) else paths), query)
 
 
 def summarise_records(

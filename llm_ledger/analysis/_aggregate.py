@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -21,7 +21,7 @@ from typing import Any, Final
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT, cost_decimal
 from ..loading import did_you_mean
-from ._read import InputStats
+from ._read import InputStats, LogReader
 
 __all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where", "select"]
 
@@ -465,30 +465,21 @@ def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, An
         present.update(context)
         if dated and not _in_range(record.get("timestamp"), since, until):
             continue
-        lens_run = record.get("event") == LENS_EVENT
-        if all(
-            any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
-            for name, wanted in query.where.items()
-        ):
+        if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, []):
             kept.append(record)
     if present:
         _check_known(query, present)
     return kept
 
 
-def aggregate(
-    records: Iterable[dict[str, Any]],
-    query: Query,
-    *,
-    from_summaries: bool = False,
-    inputs: Sequence[InputStats] = (),
-    reject: Callable[[], None] | None = None,
-) -> CostReport:
+def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries: bool = False) -> CostReport:
     """Sum ``records`` (call records and lens summaries) by ``query``.
 
     A record whose numbers are not a record's (a token count that is a string, a cost that is not a
-    number) is passed to ``reject()`` (the reader counts its line as malformed) and left out.
+    number) is left out; from a :class:`LogReader`, its line counts as malformed in the reader's stats,
+    which the report holds.
     """
+    reader = records if isinstance(records, LogReader) else None
     started = time.perf_counter()
     by, where = query.by, query.where
     since, until = _stamp_bound(query.since), _stamp_bound(query.until)
@@ -499,7 +490,6 @@ def aggregate(
     filtered = rejected = 0
     # the context keys and fields seen, to name the valid choices for a dimension no record has
     present: set[str] | None = set() if any(n not in _BUILT_IN for n in (*by, *where)) else None
-    seen = False
     # from summaries: run id -> the summed figures of the runs nested in it, which its own summary
     # counts too; a call counts under its innermost run only, as with call records
     nested: dict[Any, _Sums] = {}
@@ -508,19 +498,18 @@ def aggregate(
         lens_run = event == LENS_EVENT
         if not lens_run and event != CALL_EVENT:
             continue
-        seen = True
+        context = _dict(record.get("context"))
         if present is not None:
             present.update(record)
-            present.update(_dict(record.get("context")))
-        context = _dict(record.get("context"))
+            present.update(context)
         figures = None
         if lens_run == from_summaries:
             try:
                 figures = _summary_figures(record) if lens_run else _call_figures(record)
             except BadRecord:
                 rejected += 1
-                if reject is not None:
-                    reject()
+                if reader is not None:
+                    reader.reject()
                 continue
             if lens_run:  # before the filters: a nested run filtered out still leaves its parent's sums
                 figures = _own_figures(figures, context, nested)
@@ -539,7 +528,7 @@ def aggregate(
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
-    if present is not None and seen:
+    if present:  # None, or empty when no call or lens summary was read
         _check_known(query, present)
     total = runs
     if not from_summaries:
@@ -552,4 +541,5 @@ def aggregate(
     if not all(name in TIME_DIMENSIONS for name in by):  # by time: in time order; else costliest first
         rows.sort(key=lambda row: (-row.cost_usd, -row.calls, -row.lens_runs))
     seconds = time.perf_counter() - started
-    return CostReport(query, tuple(rows), total.row(), tuple(inputs), filtered, rejected, seconds)
+    inputs = () if reader is None else tuple(reader.stats)
+    return CostReport(query, tuple(rows), total.row(), inputs, filtered, rejected, seconds)

@@ -26,9 +26,6 @@ def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig) -> list[
     return [anomaly for record in ordered for anomaly in detector.observe(record)]
 
 
-# -- llm-ledger anomalies -------------------------------------------------------------------------
-
-
 def _figure(metric: str, value: float) -> str:
     if metric == "total_cost_usd":
         return usd(value)

@@ -29,7 +29,7 @@ from .._table import markdown_table, text_table
 from ..loading import join, printable, read_file, shown
 from ._read import strict_loads
 from ._render import usd as _usd
-from ._usage import NO_LENS
+from ._usage import NO_LENS, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -43,7 +43,6 @@ DIFF_METRICS: Final = {
     "cost_usd": "cost (USD)",
     "cost_per_run": "cost per run",
 }
-LENS_METRICS: Final = tuple(DIFF_METRICS)
 TOTAL_METRICS: Final = ("api_calls", "total_tokens", "cost_usd")
 _COSTS: Final = frozenset({"cost_usd", "cost_per_run"})
 FORMATS: Final = ("markdown", "text", "json")
@@ -135,10 +134,6 @@ def _row(
     return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}, "failed_call_tests": {}}
 
 
-def _count(value: Any) -> int:
-    return value if type(value) is int and value > 0 else 0
-
-
 def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
     """The calls of a report made outside any lens, summed from its usage rows (lens "<no lens>"),
     as a lens entry; None when it has none."""
@@ -160,8 +155,9 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     for row in report.get("usage", ()):
         if isinstance(row, dict) and lens in (None, row.get("lens")):
             model = str(row.get("model") or "<no model>")
-            no_usage[model] += _count(row.get("no_usage_calls"))
-            unpriced[model] += max(_count(row.get("uncosted_calls")) - _count(row.get("no_usage_calls")), 0)
+            missing = recorded_count(row.get("no_usage_calls")) or 0
+            no_usage[model] += missing
+            unpriced[model] += max((recorded_count(row.get("uncosted_calls")) or 0) - missing, 0)
     parts = []
     for what, counts in (
         ("no known price for model", +unpriced),
@@ -267,7 +263,7 @@ def diff_reports(
             "shown as removed may only not have run"
         )
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
-    lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), LENS_METRICS) for n in names}
+    lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), tuple(DIFF_METRICS)) for n in names}
     # a report without usage rows (written before they were) cannot say what ran outside any lens
     outside = _no_lens(base), _no_lens(head)
     known = "usage" in base and "usage" in head
@@ -590,12 +586,12 @@ def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.require_base and not Path(args.base).exists():
+    base = load_report(args.base) if Path(args.base).exists() else None
+    if base is None and args.require_base:
         raise ConfigError(
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
             "that step's log"
         )
-    base = None if not Path(args.base).exists() else load_report(args.base)
     diff = diff_reports(base, load_report(args.head), base_path=args.base, head_path=args.head)
     diff["lens_count"] = len(diff["lenses"])
     if args.only_changed:

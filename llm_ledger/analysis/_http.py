@@ -36,7 +36,6 @@ PARAMETERS: Final = {
     "since": "an ISO date or date-time, inclusive: e.g. 2025-11-24 or 2025-11-24T16:00:00Z",
     "until": "an ISO date or date-time, exclusive: e.g. 2025-12-01",
 }
-_SINGLE: Final = ("since", "until")
 
 Response = tuple[int, bytes]
 Scope = MutableMapping[str, Any]
@@ -76,7 +75,7 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         if name not in PARAMETERS:
             return _error(400, f"unknown parameter {name[:100]!r}", name[:100], PARAMETERS)
         params.setdefault(name, []).append(value)
-    for name in _SINGLE:
+    for name in ("since", "until"):
         if len(params.get(name, [])) > 1:
             message = f"{name} is given {len(params[name])} times; give it once"
             return _error(400, message, name, PARAMETERS[name])
@@ -87,15 +86,11 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
             params.get("since", [None])[0],
             params.get("until", [None])[0],
         )
-    except QueryError as exc:
-        return _error(400, str(exc), exc.parameter, PARAMETERS[exc.parameter])
-    try:
-        reader = LogReader([log_dir], empty_dirs=True)
-        report = aggregate(reader, query, inputs=reader.stats, reject=reader.reject).to_json()
+        report = aggregate(LogReader([log_dir], empty_dirs=True), query).to_json()
         for stats in report["inputs"]:
             stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
         return _json(200, report)
-    except QueryError as exc:  # a dimension no record has: the message names those they have
+    except QueryError as exc:  # a bad parameter, or a dimension no record has (it names those they have)
         return _error(400, str(exc), exc.parameter, PARAMETERS[exc.parameter])
     except ConfigError as exc:
         return _error(500, f"cannot read the logs: {exc}")

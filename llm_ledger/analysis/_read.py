@@ -130,12 +130,13 @@ class _Stream(Protocol):
 
 def _open(name: str) -> tuple[_Stream, _Stream]:
     """``name`` opened for reading bytes, decompressed when it starts like gzip; and the raw file."""
-    if name == STDIN:
-        raw: Any = sys.stdin.buffer
-        if not hasattr(raw, "peek"):  # a replaced stdin (BytesIO)
-            raw = io.BufferedReader(raw)
-    else:
-        try:
+    raw: Any = None
+    try:
+        if name == STDIN:
+            raw = sys.stdin.buffer
+            if not hasattr(raw, "peek"):  # a replaced stdin (BytesIO)
+                raw = io.BufferedReader(raw)
+        else:
             info = os.stat(name)
             if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) or stat.S_ISSOCK(info.st_mode):
                 raise ConfigError(
@@ -143,12 +144,10 @@ def _open(name: str) -> tuple[_Stream, _Stream]:
                     "or - to read stdin"
                 )
             raw = open(name, "rb")  # noqa: SIM115 (closed by the caller)
-        except OSError as exc:
-            raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
-    try:
         gzipped = raw.peek(2)[:2] == _GZIP_MAGIC
     except OSError as exc:
-        raw.close()
+        if raw is not None:
+            raw.close()
         raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
     return (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), raw
 

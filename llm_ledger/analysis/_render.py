@@ -124,8 +124,5 @@ def render(report: CostReport, fmt: str = "text") -> str:
     rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
     total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
     figures = range(len(by), len(headers))
-    if fmt == "markdown":
-        table = markdown_table(headers, rows, total=total, right=figures)
-    else:
-        table = text_table(headers, rows, total=total, right=figures)
+    table = (markdown_table if fmt == "markdown" else text_table)(headers, rows, total=total, right=figures)
     return printable("\n".join([*table, "", *_footer(report)]) + "\n")

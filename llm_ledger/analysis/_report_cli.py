@@ -78,8 +78,7 @@ def _refuse_reports(inputs: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     _refuse_reports(args.inputs)
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until)
-    reader = _read.LogReader(args.inputs)
-    report = aggregate(reader, query, inputs=reader.stats, reject=reader.reject)
+    report = aggregate(_read.LogReader(args.inputs), query)
     sys.stdout.write(render(report, args.fmt))
     for stats in report.inputs:
         if stats.malformed:

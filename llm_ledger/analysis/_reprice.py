@@ -177,18 +177,13 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             "write it again with `pytest --llm-report`"
         )
     for number, row in enumerate(rows):
-        where = f"{path}: usage[{number}]"
-        if not isinstance(row, dict):
-            raise ConfigError(f"{where}: expected an object, got {shown(row)}")
-        counts: dict[str, int] = {}
-        for key in ("calls", "prompt_tokens", "cached_tokens", "completion_tokens", "uncosted_calls"):
-            count = recorded_count(row.get(key, 0))
-            if count is None:
-                raise ConfigError(f"{where}.{key}: expected a whole number >= 0, got {shown(row.get(key))}")
-            counts[key] = count
-        cost = cost_decimal(row.get("cost_usd", 0))
-        if cost is None:
-            raise ConfigError(f"{where}.cost_usd: expected a number >= 0, got {shown(row.get('cost_usd'))}")
+        # load_report checked every row is an object and its counts (cached_tokens aside) and cost
+        cached = recorded_count(row.get("cached_tokens", 0))
+        if cached is None:
+            raise ConfigError(
+                f"{path}: usage[{number}].cached_tokens: expected a whole number >= 0, "
+                f"got {shown(row.get('cached_tokens'))}"
+            )
         host, _, port = str(row.get("server") or "").rpartition(":")
         yield UsageRow(
             lens=str(row.get("lens") or NO_LENS),
@@ -198,8 +193,12 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             model=recorded_name(row.get("model")),
             served_model=recorded_name(row.get("served_model")),
             cost_source=recorded_name(row.get("cost_source")),
-            **counts,
-            cost_usd=cost,
+            calls=row.get("calls", 0),
+            prompt_tokens=row.get("prompt_tokens", 0),
+            cached_tokens=cached,
+            completion_tokens=row.get("completion_tokens", 0),
+            uncosted_calls=row.get("uncosted_calls", 0),
+            cost_usd=cost_decimal(row.get("cost_usd", 0)) or Decimal(0),
             no_usage_calls=recorded_count(row.get("no_usage_calls", 0)) or 0,
         )
 
@@ -350,15 +349,10 @@ def render(result: Reprice, fmt: str = "text") -> str:
     headers = ["lens", "calls", "before", "after", "change", "%"]
     rows = [_cells(row) for _, row in sorted(result.rows.items())]
     total = result.total()
-    table = (
-        markdown_table(headers, rows, total=[_cells(total)])
-        if fmt == "markdown"
-        else text_table(headers, rows, total=[_cells(total)])
-    )
     lines = [
         f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
         "",
-        *table,
+        *(markdown_table if fmt == "markdown" else text_table)(headers, rows, total=[_cells(total)]),
     ]
     if result.unpriced_after:
         missing = ", ".join(
