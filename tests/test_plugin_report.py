@@ -204,6 +204,8 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         (json.dumps({**report({}, {}), "tests": 5}), "'tests' must be an object"),
         (json.dumps({**report({}, {}), "usage": {}}), "'usage' must be a list"),
         (json.dumps({**report({}, {}), "exit_status": [2]}), "exit_status: expected pytest's exit status"),
+        ('{"schema": "llm-ledger-report", "version": 1}', "no 'lenses': not a whole report; write one with"),
+        ('{"schema": "llm-ledger-report", "version": 1, "lenses": {}}', "no 'total': not a whole report"),
     ],
     ids=[
         "not-json",
@@ -223,6 +225,8 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         "tests-not-object",
         "usage-not-list",
         "exit-status-list",
+        "no-lenses",
+        "no-total",
     ],
 )
 def test_diff_rejects_bad_reports(

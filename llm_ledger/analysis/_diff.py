@@ -75,6 +75,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
             f"{name}: report version {shown(data.get('version'))} is not supported; this llm-ledger reads "
             f"version(s) {', '.join(map(str, SUPPORTED_VERSIONS))}"
         )
+    for section in ("lenses", "total"):
+        if section not in data:
+            raise ConfigError(f"{name}: no {section!r}: not a whole report{hint}")
     for section, kind in (("lenses", dict), ("total", dict), ("tests", dict), ("usage", list)):
         if not isinstance(data.get(section, kind()), kind):
             raise ConfigError(f"{name}: {section!r} must be {'an object' if kind is dict else 'a list'}")
