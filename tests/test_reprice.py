@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,23 @@ def test_a_lens_name_with_a_lone_surrogate_is_written_escaped(
     assert by_lens(reprice_json(capsys, str(path)))["caf\udce9"]["calls"] == 1
     assert main(["reprice", str(path)]) == 0
     assert "caf\\udce9  " in capsys.readouterr().out
+
+
+def test_a_log_whose_file_name_is_not_utf8_reprices_to_printable_text(
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
+) -> None:
+    """A file name with a byte that is not UTF-8 (argv gives it as a lone surrogate) is shown escaped,
+    as ``llm-ledger report`` shows it: strict UTF-8 output can print the table (it was an error)."""
+    path = tmp_path / os.fsdecode(b"calls-\xff.jsonl")
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    with monitor.lens("summary"):
+        sdk(monitor).chat.completions.create(model="gpt-4o", messages=HI)
+    handler.close()
+    assert main(["reprice", str(path), "--model", "gpt-4o=gpt-4o-mini"]) == 0
+    out = capsys.readouterr().out
+    out.encode("utf-8")  # strict: a lone surrogate would raise here, as it did on a strict stdout
+    assert "calls-\\udcff.jsonl" in out.splitlines()[0]
 
 
 def test_repricing_with_the_recording_price_file_keeps_what_the_provider_billed(

@@ -329,7 +329,7 @@ def _change(row: Row) -> list[str]:
 
 def _cells(row: Row) -> list[str]:
     return [
-        printable(row.lens),
+        row.lens,
         f"{row.calls:,}",
         _money(row.before_usd, row.before_complete),
         _money(row.after_usd, row.after_complete),
@@ -364,7 +364,7 @@ def render(result: Reprice, fmt: str = "text") -> str:
         lines += ["", "* before leaves out calls recorded without a cost"]
     if not (total.before_complete and total.after_complete):
         lines += ["", "* change compares only the calls with a price before and after (n/a: none has)"]
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n")  # a file or model name may hold a lone surrogate
 
 
 def register(subparsers: Any, summary: str) -> None:
