@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Iterable, Mapping
@@ -14,7 +13,7 @@ from .._cli import add_command
 from .._records import LENS_EVENT, AnomalyRecord
 from .._table import text_table
 from ._read import iter_records
-from ._render import usd
+from ._render import strict_json, usd
 
 __all__ = ["register", "render", "replay", "run"]
 
@@ -36,7 +35,7 @@ def _figure(metric: str, value: float) -> str:
 
 def render(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
     if fmt == "json":
-        return json.dumps({"anomalies": anomalies}, indent=2, allow_nan=False) + "\n"
+        return strict_json({"anomalies": anomalies}) + "\n"
     if not anomalies:
         return "no anomalous lens run\n"
     headers = ("time", "lens", "model", "metric", "value", "median", "MAD", "threshold", "lens run")

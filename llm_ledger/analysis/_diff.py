@@ -15,7 +15,6 @@ What makes its numbers untrustworthy (flagged at the top and on stderr), a missi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -28,6 +27,7 @@ from .._errors import ConfigError
 from .._table import markdown_table, text_table
 from ..loading import join, printable, read_file, shown
 from ._read import strict_loads
+from ._render import strict_json
 from ._render import usd as _usd
 from ._usage import NO_LENS, recorded_count
 
@@ -580,7 +580,7 @@ def _text(diff: dict[str, Any]) -> str:
 def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
     """The diff as ``markdown``, ``text`` or ``json``."""
     if fmt == "json":
-        return json.dumps(diff, indent=2, allow_nan=False) + "\n"
+        return strict_json(diff) + "\n"
     if fmt == "text":
         return printable(_text(diff))
     if fmt == "markdown":
