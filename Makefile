@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --llm-budget --llm-strict
+	$(BIN)/pytest -n 2 --dist loadgroup --llm-budget --llm-strict
 
 test: lint typecheck unit
 
@@ -60,9 +60,9 @@ $(COMPAT)/openai%/.installed: pyproject.toml
 	touch $@
 
 test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)/openai3/.installed
-	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 -q -m 'not sdk3 and not sdk_independent'
-	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 -q -m 'not sdk3 and not sdk_independent'
-	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 -q tests/integration
+	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 --dist loadgroup -q -m 'not sdk3 and not sdk_independent'
+	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 --dist loadgroup -q -m 'not sdk3 and not sdk_independent'
+	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 --dist loadgroup -q tests/integration
 
 bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv
