@@ -24,6 +24,7 @@ FAKE_KEY = "sk-test-LEAKCHECK-0123456789abcdef"
 SLOW_FIRST = (
     "test_bench_smoke.py",
     "test_exporters_dashboard.py",
+    "test_exp_prometheus_multiprocess.py",
     "test_pr_recipe.py",
     "test_plugin_orphans.py",
     "test_reliability_fuzz.py",
