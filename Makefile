@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadgroup --llm-budget --llm-strict
+	$(BIN)/pytest -n 2 --dist worksteal --llm-budget --llm-strict
 
 # mypy runs beside the tests: they leave the cores idle now and then (servers starting, processes
 # waiting on each other), which mypy's cold run on a fresh clone fills; either failing fails the target
@@ -63,9 +63,9 @@ $(COMPAT)/openai%/.installed: pyproject.toml
 	touch $@
 
 test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)/openai3/.installed
-	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 --dist loadgroup -q -m 'not sdk3 and not sdk_independent'
-	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 --dist loadgroup -q -m 'not sdk3 and not sdk_independent'
-	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 --dist loadgroup -q tests/integration
+	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3 and not sdk_independent'
+	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3 and not sdk_independent'
+	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 --dist worksteal -q tests/integration
 
 bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv

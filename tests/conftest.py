@@ -19,8 +19,11 @@ pytest_plugins = ["pytester"]
 FAKE_KEY = "sk-test-LEAKCHECK-0123456789abcdef"
 
 # The modules whose tests take seconds each (real servers, interpreters, pip, fuzzing), slowest first:
-# they run first, so that no xdist worker is left alone with one of them at the end of the run. The
-# tests sharing a module's server or recordings are an xdist_group (`make test` runs --dist loadgroup).
+# they run first, so that no xdist worker is left alone with one of them at the end of the run.
+# `make test` runs --dist worksteal: a worker starts on a contiguous half of the tests (a module's
+# tests, sharing its module-scoped server or recordings, stay on one worker) and an idle worker takes
+# tests from the end of the other's. (xdist_group is no help: xdist 3.8 renames the node ids of a
+# group through an attribute pytest 9.2 no longer reads, so the group is not kept together.)
 SLOW_FIRST = (
     "test_bench_smoke.py",
     "test_exporters_dashboard.py",

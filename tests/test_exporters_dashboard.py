@@ -164,7 +164,6 @@ def _traffic(server: FakeOpenAI, db: Path) -> None:
 
 
 @pytest.mark.prometheus
-@pytest.mark.xdist_group("prometheus")
 def test_every_panel_returns_data_from_a_real_prometheus(
     prometheus: Scraped, default_monitor_exports: int, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -201,7 +200,6 @@ def _panel_expr(title: str, job: str) -> str:
 
 
 @pytest.mark.prometheus
-@pytest.mark.xdist_group("prometheus")
 def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
     prometheus: Scraped,
     monitor: llm_ledger.LLMCallMonitor,
@@ -260,7 +258,6 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
 
 
 @pytest.mark.prometheus
-@pytest.mark.xdist_group("prometheus")
 def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
     prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
 ) -> None:

@@ -25,10 +25,7 @@ import yaml
 
 from llm_ledger.testing import FakeOpenAI
 
-pytestmark = [
-    pytest.mark.sdk_independent,  # make test-compat leaves it to the newest SDK
-    pytest.mark.xdist_group("pr_recipe"),  # one worker records the sample's branches for both tests
-]
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
 REPO = Path(__file__).resolve().parent.parent
 
