@@ -33,9 +33,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --llm-budget --llm-strict
+	$(BIN)/pytest -n 2 --dist worksteal --llm-budget --llm-strict
 
-test: lint typecheck unit
+# mypy runs beside the tests: they leave the cores idle now and then (servers starting, processes
+# waiting on each other), which mypy's cold run on a fresh clone fills; either failing fails the target
+test: lint
+	$(MAKE) --no-print-directory -j2 typecheck unit
 
 # The SDK majors besides the one `make test` runs on (the latest 3.x): one venv each, pinned to the
 # latest release of that major, running the core and plugin suites (tests marked sdk3 need openai 3.x
@@ -60,9 +63,9 @@ $(COMPAT)/openai%/.installed: pyproject.toml
 	touch $@
 
 test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)/openai3/.installed
-	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 -q -m 'not sdk3 and not sdk_independent'
-	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 -q -m 'not sdk3 and not sdk_independent'
-	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 -q tests/integration
+	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3 and not sdk_independent'
+	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3 and not sdk_independent'
+	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 --dist worksteal -q tests/integration
 
 bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv

@@ -143,7 +143,9 @@ def _per_unit(
             # one interpreter runs the child of every variant in turn: start-up, not the variants, is
             # what takes time, and nothing is measured
             run_all = (
-                "import runpy, sys\n"
+                "import gc, runpy, sys\n"
+                "import openai, llm_ledger\n"
+                "gc.freeze()  # each child's full collection would walk the SDK's objects again\n"
                 f"for variant in {list(variants)!r}:\n"
                 f"    sys.argv = [{str(script)!r}, variant, *{list(map(str, quick))!r}]\n"
                 f"    runpy.run_path({str(script)!r}, run_name='__main__')\n"

@@ -2,6 +2,9 @@
 
 ``LocalPrometheus(binary, targets, workdir)`` writes a scrape configuration (every second), starts
 the server on a free port, and answers PromQL through its HTTP API (``query``, ``query_range``).
+``targets`` may also map job names to targets: Prometheus scrapes its first targets about five
+seconds after it starts (a fixed delay of its target discovery, whatever the scrape interval), so
+the tests start one server for several jobs, each test's metrics server on a port reserved up front.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,18 +46,29 @@ def wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 class LocalPrometheus:
-    """``prometheus`` scraping ``targets`` (``host:port``) every second as job ``job``."""
+    """``prometheus`` scraping ``targets`` (``host:port``) every second as job ``job``, or each job of
+    a ``{job: targets}`` mapping."""
 
-    def __init__(self, binary: str, targets: Sequence[str], workdir: Path, *, job: str = "lens_app") -> None:
+    def __init__(
+        self,
+        binary: str,
+        targets: Sequence[str] | Mapping[str, Sequence[str]],
+        workdir: Path,
+        *,
+        job: str = "lens_app",
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "prometheus.log"
         config = workdir / "prometheus.yml"
+        jobs = targets if isinstance(targets, Mapping) else {job: targets}
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
-            f"  - job_name: {job}\n"
-            f"    static_configs: [{{targets: {json.dumps(list(targets))}}}]\n"
+            + "".join(
+                f"  - job_name: {name}\n    static_configs: [{{targets: {json.dumps(list(hosts))}}}]\n"
+                for name, hosts in jobs.items()
+            )
         )
         self._log = self.log_path.open("w")
         self._process = subprocess.Popen(

@@ -18,6 +18,34 @@ pytest_plugins = ["pytester"]
 
 FAKE_KEY = "sk-test-LEAKCHECK-0123456789abcdef"
 
+# The modules whose tests take seconds each (real servers, interpreters, pip, fuzzing), slowest first:
+# they run first, so that no xdist worker is left alone with one of them at the end of the run.
+# `make test` runs --dist worksteal: a worker starts on a contiguous half of the tests (a module's
+# tests, sharing its module-scoped server or recordings, stay on one worker) and an idle worker takes
+# tests from the end of the other's. (xdist_group is no help: xdist 3.8 renames the node ids of a
+# group through an attribute pytest 9.2 no longer reads, so the group is not kept together.)
+SLOW_FIRST = (
+    "test_bench_smoke.py",
+    "test_exporters_dashboard.py",
+    "test_exp_prometheus_multiprocess.py",
+    "test_pr_recipe.py",
+    "test_plugin_orphans.py",
+    "test_reliability_fuzz.py",
+    "test_reliability_memory.py",
+    "test_reliability_load.py",
+    "test_reliability_stopping.py",
+    "test_plugin_report.py",
+    "test_exporters_gunicorn.py",
+    "test_exporters_logs.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(SLOW_FIRST)}
+    items.sort(
+        key=lambda item: rank.get(item.path.name, len(SLOW_FIRST))
+    )  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def _fake_server() -> Iterator[FakeOpenAI]:

@@ -3,18 +3,23 @@
 A real ``prometheus`` server (Debian's package; ``.ci/run`` installs it) scrapes the demo's metrics
 endpoint on loopback while the demo's lenses run against the fake OpenAI server; each panel's
 queries then go through Prometheus' HTTP API. Without the binary the test is skipped, with the
-reason, on a developer's machine, and fails when ``CI`` is set.
+reason, on a developer's machine, and fails when ``CI`` is set. One server, started once for the
+module, scrapes every test's metrics as a job of its own (the dashboard's ``$job`` variable set to
+it): Prometheus takes about five seconds to scrape its first targets, however short the interval.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +58,15 @@ def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", ())  # panels inside a collapsed row
 
 
-def expressions() -> list[tuple[str, str]]:
+def expressions(job: str = ".*") -> list[tuple[str, str]]:
     """(panel title, PromQL with Grafana's variables filled in) for every target of every panel."""
     dashboard = json.loads(DASHBOARD.read_text())
+    variables = {**GRAFANA_VARIABLES, "$job": job}
     found = []
     for panel in panels(dashboard):
         for target in panel.get("targets", ()):
             expr = target["expr"]
-            for name, value in sorted(GRAFANA_VARIABLES.items(), key=lambda kv: -len(kv[0])):
+            for name, value in sorted(variables.items(), key=lambda kv: -len(kv[0])):
                 expr = expr.replace(name, value)
             assert "$" not in expr, (panel["title"], expr)
             found.append((panel["title"], expr))
@@ -83,7 +89,7 @@ def test_dashboard_covers_what_the_issue_asks_and_uses_its_datasource_variable()
     assert all("telemetry_sdk" not in expr for _, expr in expressions())
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def prometheus_binary() -> str:
     path = shutil.which("prometheus")
     if path is None:
@@ -97,10 +103,43 @@ def prometheus_binary() -> str:
     return path
 
 
+def _port_below_the_ephemeral_range() -> int:
+    """A free loopback port under 32768, where Linux picks no local port of an outgoing connection:
+    nothing else takes it while it waits, reserved, for its test's metrics server."""
+    for port in random.sample(range(20_000, 32_768), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port between 20000 and 32767")
+
+
+# one job per test that has Prometheus scrape it: each its own metrics port and its own series
+JOBS = ("every_panel", "first_calls", "anomaly")
+
+
+@dataclass
+class Scraped:
+    """The module's Prometheus and, for each job of JOBS, the port its test serves metrics on."""
+
+    server: LocalPrometheus
+    ports: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def prometheus(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
+    ports = {job: _port_below_the_ephemeral_range() for job in JOBS}
+    targets = {job: [f"127.0.0.1:{port}"] for job, port in ports.items()}
+    with LocalPrometheus(prometheus_binary, targets, tmp_path_factory.mktemp("prometheus")) as server:
+        yield Scraped(server, ports)
+
+
 @pytest.fixture
-def default_monitor_exports(fresh_config: None) -> Iterator[int]:
+def default_monitor_exports(fresh_config: None, prometheus: Scraped) -> Iterator[int]:
     """configure(exporters=["prometheus:127.0.0.1:PORT"]) as the demo's --metrics does; the port."""
-    port = free_port()
+    port = prometheus.ports["every_panel"]
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
     yield port
     _setup.prepare(()).commit(llm_ledger.get_monitor())
@@ -126,48 +165,46 @@ def _traffic(server: FakeOpenAI, db: Path) -> None:
 
 @pytest.mark.prometheus
 def test_every_panel_returns_data_from_a_real_prometheus(
-    prometheus_binary: str, default_monitor_exports: int, fake_openai: FakeOpenAI, tmp_path: Path
+    prometheus: Scraped, default_monitor_exports: int, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     """Prometheus scrapes the demo's /metrics twice around two rounds of traffic; then every panel's
     every query returns at least one series with a finite value."""
+    server, job = prometheus.server, "every_panel"
     metrics_url = f"http://127.0.0.1:{default_monitor_exports}/metrics"
     _traffic(fake_openai, tmp_path / "app.sqlite3")
     first = total(scrape(metrics_url), "llm_ledger_calls_total")
     assert first > 0
 
-    with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{default_monitor_exports}"], tmp_path) as server:
+    def scraped(at_least: float) -> bool:
+        result = server.query(f'sum(llm_ledger_calls_total{{job="{job}"}})')
+        return bool(result) and float(result[0]["value"][1]) >= at_least
 
-        def scraped(at_least: float) -> bool:
-            result = server.query("sum(llm_ledger_calls_total)")
-            return bool(result) and float(result[0]["value"][1]) >= at_least
-
-        wait("the first scrape", lambda: scraped(first))
-        _traffic(fake_openai, tmp_path / "app.sqlite3")  # so that rates and quantiles have something to show
-        second = total(scrape(metrics_url), "llm_ledger_calls_total")
-        wait("the scrape after the second round", lambda: scraped(second))
-        empty = []
-        for title, expr in expressions():
-            values = [float(series["value"][1]) for series in server.query(expr)]
-            if not any(v == v and v not in (float("inf"), float("-inf")) for v in values):
-                empty.append(f"{title}: {expr} -> {values}")
-        assert not empty, "panels without data:\n" + "\n".join(empty)
-        up = server.query('up{job="lens_app"}')
-        assert [float(s["value"][1]) for s in up] == [1.0]
+    wait("the first scrape", lambda: scraped(first))
+    _traffic(fake_openai, tmp_path / "app.sqlite3")  # so that rates and quantiles have something to show
+    second = total(scrape(metrics_url), "llm_ledger_calls_total")
+    wait("the scrape after the second round", lambda: scraped(second))
+    empty = []
+    for title, expr in expressions(job):
+        values = [float(series["value"][1]) for series in server.query(expr)]
+        if not any(v == v and v not in (float("inf"), float("-inf")) for v in values):
+            empty.append(f"{title}: {expr} -> {values}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    up = server.query(f'up{{job="{job}"}}')
+    assert [float(s["value"][1]) for s in up] == [1.0]
     assert server.errors() == []
 
 
-def _panel_expr(title: str) -> str:
-    (expr,) = [e for t, e in expressions() if t == title]
+def _panel_expr(title: str, job: str) -> str:
+    (expr,) = [e for t, e in expressions(job) if t == title]
     return expr
 
 
 @pytest.mark.prometheus
 def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
-    prometheus_binary: str,
+    prometheus: Scraped,
     monitor: llm_ledger.LLMCallMonitor,
     records: Captured,
     fake_openai: FakeOpenAI,
-    tmp_path: Path,
 ) -> None:
     """A lens that ran once, and each label set's first calls, count in the dashboard's increase()
     panels (a series Prometheus first sees already at its value has no rise, so it would show $0);
@@ -176,51 +213,53 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
 
     from llm_ledger.exporters import PrometheusSink, start_metrics_server
 
+    server, job = prometheus.server, "first_calls"
     registry = CollectorRegistry()
     monitor.add_sink(PrometheusSink(registry))
-    metrics = start_metrics_server(0, "127.0.0.1", registry=registry)
+    metrics = start_metrics_server(prometheus.ports[job], "127.0.0.1", registry=registry)
     client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
     hi: Any = [{"role": "user", "content": "hi"}]
     try:
-        with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{metrics.server_port}"], tmp_path) as server:
-            wait("the first scrape", lambda: bool(server.query('up{job="lens_app"} == 1')))
-            with monitor.lens("rare"):  # one run, never again
-                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
-            for _ in range(3):
-                with monitor.lens("busy"):
-                    client.chat.completions.create(model="gpt-4o", messages=hi)
-            calls = len(records.calls)
-            wait(
-                "a scrape of every call",
-                lambda: sum(float(s["value"][1]) for s in server.query("llm_ledger_calls_total")) == calls,
-            )
-            spend = sum(c["cost"]["total_cost_usd"] for c in records.calls)
+        wait("the first scrape", lambda: bool(server.query(f'up{{job="{job}"}} == 1')))
+        with monitor.lens("rare"):  # one run, never again
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        for _ in range(3):
+            with monitor.lens("busy"):
+                client.chat.completions.create(model="gpt-4o", messages=hi)
+        calls = len(records.calls)
+        wait(
+            "a scrape of every call",
+            lambda: (
+                sum(float(s["value"][1]) for s in server.query(f'llm_ledger_calls_total{{job="{job}"}}'))
+                == calls
+            ),
+        )
+        spend = sum(c["cost"]["total_cost_usd"] for c in records.calls)
 
-            def value(expr: str) -> float:
-                return sum(float(s["value"][1]) for s in server.query(expr))
+        def value(expr: str) -> float:
+            return sum(float(s["value"][1]) for s in server.query(expr))
 
-            assert calls * 0.9 <= value(_panel_expr("Calls over the range")) <= calls * 1.5
-            assert spend * 0.9 <= value(_panel_expr("Spend over the range")) <= spend * 1.5
-            top = {
-                s["metric"]["lens"]: float(s["value"][1])
-                for s in server.query(_panel_expr("Top lenses by cost"))
-            }
-            rare = next(c for c in records.calls if c["context"]["lens_key"] == "rare")["cost"][
-                "total_cost_usd"
-            ]
-            assert top.get("rare", 0) >= rare * 0.9, top
-            # a cheap lens (a hundredth of a cent or less) keeps its place in the p95 of its cost too
-            for expr in (e for t, e in expressions() if t == "Cost per lens run"):  # mean, p95
-                per_run = {s["metric"]["lens"]: float(s["value"][1]) for s in server.query(expr)}
-                assert rare / 3 <= per_run["rare"] <= rare * 3, (expr, per_run, rare)
+        assert calls * 0.9 <= value(_panel_expr("Calls over the range", job)) <= calls * 1.5
+        assert spend * 0.9 <= value(_panel_expr("Spend over the range", job)) <= spend * 1.5
+        top = {
+            s["metric"]["lens"]: float(s["value"][1])
+            for s in server.query(_panel_expr("Top lenses by cost", job))
+        }
+        rare = next(c for c in records.calls if c["context"]["lens_key"] == "rare")["cost"]["total_cost_usd"]
+        assert top.get("rare", 0) >= rare * 0.9, top
+        # a cheap lens (a hundredth of a cent or less) keeps its place in the p95 of its cost too
+        for expr in (e for t, e in expressions(job) if t == "Cost per lens run"):  # mean, p95
+            per_run = {s["metric"]["lens"]: float(s["value"][1]) for s in server.query(expr)}
+            assert rare / 3 <= per_run["rare"] <= rare * 3, (expr, per_run, rare)
     finally:
         metrics.shutdown()
         metrics.server_close()
+    assert server.errors() == []
 
 
 @pytest.mark.prometheus
 def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
-    prometheus_binary: str, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI, tmp_path: Path
+    prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
 ) -> None:
     """docs/ANOMALIES.md's alert rule, evaluated by Prometheus: it fires on the first anomaly of a lens
     (its counter series is at 0 from the lens's first runs on, so increase() sees the rise)."""
@@ -231,10 +270,11 @@ def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
 
     text = (REPO / "docs" / "ANOMALIES.md").read_text()
     alert = text[text.index("- alert: LLMLensAnomaly") :].split("expr: ", 1)[1].split("\n", 1)[0]
+    server, job = prometheus.server, "anomaly"
     registry = CollectorRegistry()
     monitor.add_sink(PrometheusSink(registry))
     monitor.anomalies = AnomalyDetector(AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens",)))
-    metrics = start_metrics_server(0, "127.0.0.1", registry=registry)
+    metrics = start_metrics_server(prometheus.ports[job], "127.0.0.1", registry=registry)
     client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
 
     def run(words: int) -> None:
@@ -246,20 +286,26 @@ def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
             )
 
     def runs_scraped(n: int) -> bool:
-        return sorted(float(s["value"][1]) for s in server.query("llm_ledger_lens_runs_total")) == [0, n]
+        runs = server.query(f'llm_ledger_lens_runs_total{{job="{job}"}}')
+        return sorted(float(s["value"][1]) for s in runs) == [0, n]
 
     try:
-        with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{metrics.server_port}"], tmp_path) as server:
-            for _ in range(5):
-                run(5)
-            wait("a scrape of the ordinary runs", lambda: runs_scraped(5))
-            run(400)  # far above its baseline
-            wait("a scrape of the anomaly", lambda: bool(server.query("llm_ledger_lens_anomalies_total > 0")))
-            firing = server.query(alert)
+        for _ in range(5):
+            run(5)
+        wait("a scrape of the ordinary runs", lambda: runs_scraped(5))
+        run(400)  # far above its baseline
+        wait(
+            "a scrape of the anomaly",
+            lambda: bool(server.query(f'llm_ledger_lens_anomalies_total{{job="{job}"}} > 0')),
+        )
+        firing = server.query(alert)  # as documented: every job's (the other tests' jobs have no anomaly)
     finally:
         metrics.shutdown()
         metrics.server_close()
-    assert [(s["metric"]["lens"], s["metric"]["metric"]) for s in firing] == [("digest", "total_tokens")]
+    assert [(s["metric"]["job"], s["metric"]["lens"], s["metric"]["metric"]) for s in firing] == [
+        (job, "digest", "total_tokens")
+    ]
+    assert server.errors() == []
 
 
 def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:

@@ -208,25 +208,39 @@ GH_READ_ONLY = (
 OTHER_BOT = {"user": "github-actions[bot]", "body": "## Coverage\n\n91% of lines"}
 
 
-def run_recipe(
-    tmp_path: Path, head_prompts: list[str], gh: str = GH_POSTS
-) -> tuple[Path, dict[str, str], list[subprocess.CompletedProcess[str]]]:
-    """The sample's main branch, a feature branch with ``head_prompts``, and the recipe's steps run
-    on the feature's checkout with ``gh`` as that script, the pull request's comments in
-    ``gh-comments.json`` (another bot's first); returns the checkout, the steps' environment and
-    each step's run."""
-    (tmp_path / "gh-comments.json").write_text(json.dumps([{"id": 1, **OTHER_BOT}]))
-    origin = tmp_path / "sample"
+# the pull requests' branches: the prompts of their version of the sample app
+HEADS = {
+    "two-calls": ["Summarise briefly: ", "Label: "],  # a changed prompt and one more call
+    "one-call": ["Summarise briefly: "],  # a changed prompt only
+}
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample's repository: a main branch, and a branch of HEADS for each pull request, each
+    version's cassettes recorded (once for the module: each recording is a pytest run of its own)."""
+    origin = tmp_path_factory.mktemp("sample")
     for name, text in FILES.items():
         (origin / name).parent.mkdir(parents=True, exist_ok=True)
         (origin / name).write_text(textwrap.dedent(text).lstrip())
     git(origin, "init", "-q", "-b", "main")
     with FakeOpenAI() as server:
         commit_version(origin, ["Summarise: "], "once", server, "base")
-        git(origin, "checkout", "-q", "-b", "feature")
-        commit_version(origin, head_prompts, "rewrite", server, "head")
+        for branch, prompts in HEADS.items():
+            git(origin, "checkout", "-q", "-b", branch, "main")
+            commit_version(origin, prompts, "rewrite", server, "head")
+    return origin
+
+
+def run_recipe(
+    tmp_path: Path, origin: Path, branch: str, gh: str = GH_POSTS
+) -> tuple[Path, dict[str, str], list[subprocess.CompletedProcess[str]]]:
+    """The recipe's steps run on a checkout of the pull request from ``branch`` of ``origin`` to its
+    main, with ``gh`` as that script, the pull request's comments in ``gh-comments.json`` (another
+    bot's first); returns the checkout, the steps' environment and each step's run."""
+    (tmp_path / "gh-comments.json").write_text(json.dumps([{"id": 1, **OTHER_BOT}]))
     head = tmp_path / "ci" / "head"  # the runner's checkout of the pull request
-    git(tmp_path, "clone", "-q", "--branch", "feature", str(origin), str(head))
+    git(tmp_path, "clone", "-q", "--branch", branch, str(origin), str(head))
 
     runner = tmp_path / "runner"  # setup-python: an interpreter whose installs land outside this suite
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(runner)], check=True)
@@ -255,11 +269,11 @@ def run_recipe(
     return head, env, run_steps(workflow["jobs"]["lenses"]["steps"], head, env)
 
 
-def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> None:
+def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path, origin: Path) -> None:
     """Base and head (changed prompt, one more call) replay offline; the base runs its own code, the
     diff flags nothing, names the lens whose cost per run grew, and that diff is the posted comment;
     the next push edits that comment, never another workflow's comment posted since by the same bot."""
-    head, env, (base_run, head_run, diff_run) = run_recipe(tmp_path, ["Summarise briefly: ", "Label: "])
+    head, env, (base_run, head_run, diff_run) = run_recipe(tmp_path, origin, "two-calls")
 
     assert base_run.returncode == 0 and "::warning::" not in base_run.stdout, (
         base_run.stdout + base_run.stderr
@@ -292,10 +306,10 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path) -> Non
     assert json.loads(comments.read_text()) == [other, comment, later]
 
 
-def test_readme_pr_recipe_passes_a_fork_whose_token_cannot_comment(tmp_path: Path) -> None:
+def test_readme_pr_recipe_passes_a_fork_whose_token_cannot_comment(tmp_path: Path, origin: Path) -> None:
     """A pull request from a fork gets a read-only token: the comment fails, but the job's status is
     the diff's (a cost within bounds passes), with a warning saying where the diff is."""
-    _, _, (_, head_run, diff_run) = run_recipe(tmp_path, ["Summarise briefly: "], gh=GH_READ_ONLY)
+    _, _, (_, head_run, diff_run) = run_recipe(tmp_path, origin, "one-call", gh=GH_READ_ONLY)
 
     assert head_run.returncode == 0, head_run.stdout + head_run.stderr
     assert (tmp_path / "gh.log").read_text().count("pr comment 7") >= 1
