@@ -32,8 +32,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# three workers on two cores: many tests wait on a server, a subprocess or a scrape, not on a core
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --dist worksteal --llm-budget --llm-strict
+	$(BIN)/pytest -n 3 --dist worksteal --llm-budget --llm-strict
 
 # mypy runs beside the tests: they leave the cores idle now and then (servers starting, processes
 # waiting on each other), which mypy's cold run on a fresh clone fills; either failing fails the target
