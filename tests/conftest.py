@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -51,6 +53,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _fake_server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """Debian's ``prometheus`` (the tests that evaluate PromQL run the real one): skipped without it,
+    failed when CI is set (.ci/run installs it)."""
+    path = shutil.which("prometheus")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but there is no prometheus binary: .ci/run installs Debian's prometheus")
+                "CI is set but the prometheus binary is missing: .ci/run installs Debian's prometheus"
+            )
+        pytest.skip("no prometheus binary (apt-get install prometheus): PromQL is not evaluated")
+    return path
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -46,19 +45,6 @@ SERVER = textwrap.dedent(
     sys.stdin.read()
     """
 )
-
-
-@pytest.fixture
-def prometheus_binary() -> str:
-    """Debian's ``prometheus``; as in the dashboard tests, skipped without it, failed when CI is set."""
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(
-                "CI is set but the prometheus binary is missing: .ci/run installs Debian's prometheus"
-            )
-        pytest.skip("no prometheus binary (apt-get install prometheus)")
-    return path
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -87,20 +86,6 @@ def test_dashboard_covers_what_the_issue_asks_and_uses_its_datasource_variable()
         assert panel["datasource"]["uid"] == "${datasource}"
         assert panel["targets"], panel["title"]
     assert all("telemetry_sdk" not in expr for _, expr in expressions())
-
-
-@pytest.fixture(scope="module")
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(
-                "CI is set but the prometheus binary is missing: .ci/run installs Debian's prometheus"
-            )
-        pytest.skip(
-            "no prometheus binary (apt-get install prometheus): the dashboard's PromQL is not evaluated"
-        )
-    return path
 
 
 def _port_below_the_ephemeral_range() -> int:
