@@ -55,6 +55,12 @@ def _fake_server() -> Iterator[FakeOpenAI]:
         yield server
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` of a child a test stops with Ctrl-C (SIGINT): a suite started in the background
+    by a non-interactive shell has SIGINT ignored, which the child inherits, and it would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session")
 def prometheus_binary() -> str:
     """Debian's ``prometheus`` (the tests that evaluate PromQL run the real one): skipped without it,
@@ -62,7 +68,7 @@ def prometheus_binary() -> str:
     path = shutil.which("prometheus")
     if path is None:
         if os.environ.get("CI"):
-            pytest.fail("CI is set but there is no prometheus binary: .ci/run installs Debian's prometheus")
+            pytest.fail(
                 "CI is set but the prometheus binary is missing: .ci/run installs Debian's prometheus"
             )
         pytest.skip("no prometheus binary (apt-get install prometheus): PromQL is not evaluated")

@@ -34,7 +34,7 @@ from examples.lens_app.sources import load_sources
 from examples.lens_app.store import Store
 from llm_ledger.exporters import _setup
 from llm_ledger.testing import Captured, FakeOpenAI
-from tests.conftest import FAKE_KEY
+from tests.conftest import FAKE_KEY, sigint_default
 from tests.exporter_helpers import scrape, total, workload
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -306,6 +306,7 @@ def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("LLM_LEDGER_")},
+        preexec_fn=sigint_default,
     )
     try:
         assert demo.stdout is not None

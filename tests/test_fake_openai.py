@@ -18,6 +18,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from llm_ledger._fake_server import error_body
 from llm_ledger.testing import FakeOpenAI
+from tests.conftest import sigint_default
 from tests.sdk import STREAM_BREAKS
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -613,6 +614,7 @@ def test_fake_server_subcommand() -> None:
         [sys.executable, "-m", "llm_ledger", "fake-server", "--port", "0", "--quiet"],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     ) as proc:
         assert proc.stdout is not None
         try:
