@@ -36,6 +36,7 @@ __all__ = [
     "JsonLoader",
     "did_you_mean",
     "join",
+    "listed",
     "printable",
     "read_file",
     "shown",
@@ -82,6 +83,11 @@ def shown(value: object, *, key: bool = False) -> str:
 def printable(text: str) -> str:
     """``text`` with lone surrogates (valid in JSON escapes, not in UTF-8) written as ``\\udXXX``."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def listed(names: list[str]) -> str:
+    """The first five names, then how many more: a message never grows with its input."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def join(key_path: str, key: str) -> str:

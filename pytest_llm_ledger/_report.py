@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, Final, Self
 
 from llm_ledger import Budgets, Limits
-from llm_ledger.loading import did_you_mean
+from llm_ledger.loading import did_you_mean, listed
 from llm_ledger.report import cost_decimal, text_table, usage_row
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "Breach",
     "SessionLedger",
     "Totals",
-    "listed",
     "notices",
     "render_breaches",
     "render_lens_table",
@@ -454,11 +453,6 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
             f"counted: {listed(lenses)}"
         )
     return lines
-
-
-def listed(names: list[str]) -> str:
-    """The first five names, then how many more."""
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], bool]:

@@ -60,7 +60,7 @@ from llm_ledger import (
     CassetteMissError,
     load_budgets,
 )
-from llm_ledger.loading import BOOLEAN_WORDS
+from llm_ledger.loading import BOOLEAN_WORDS, listed
 from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
@@ -72,7 +72,6 @@ from ._report import (
     Breach,
     SessionLedger,
     Totals,
-    listed,
     notices,
     render_breaches,
     render_lens_table,

@@ -25,7 +25,7 @@ from typing import Any, Final
 from .._cli import add_command
 from .._errors import ConfigError
 from .._table import markdown_table, text_table
-from ..loading import join, printable, read_file, shown
+from ..loading import join, listed, printable, read_file, shown
 from ._read import strict_loads
 from ._render import strict_json
 from ._render import usd as _usd
@@ -187,11 +187,6 @@ def _code(text: str) -> str:
     return f"{fence} {text} {fence}"
 
 
-def _listed(names: list[str]) -> str:
-    """The first five names, then how many more."""
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
 # pytest's exit statuses of a run that stopped before running every test it was asked to
 _STOPPED: Final = {
     2: "interrupted: a collection error, or Ctrl-C",
@@ -212,7 +207,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
         )
     failed = report.get("failed_tests", [])
     if failed:
-        names = _listed([_code(t) for t in failed])
+        names = listed([_code(t) for t in failed])
         out.append(
             f"the {name} report ({path}) has {len(failed)} failed test(s): {names}; its numbers leave out "
             "what those tests did not get to do"
@@ -225,7 +220,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
         )
     unpriced = [_code(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
-        where = f" in {len(unpriced)} lens(es): {_listed(unpriced)}" if unpriced else ""
+        where = f" in {len(unpriced)} lens(es): {listed(unpriced)}" if unpriced else ""
         out.append(
             f"the {name} report ({path}) has calls with no known cost{where}; their cost (marked *) "
             "leaves them out"
@@ -262,7 +257,7 @@ def diff_reports(
     if idle := [_code(t) for t in sorted(set(base.get("tests", ())) - ran)]:
         flags.append(
             f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
-            f"{_listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
+            f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
             "shown as removed may only not have run"
         )
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
@@ -459,7 +454,7 @@ def _notes(row: dict[str, Any]) -> list[str]:
     notes = [f"* {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
     for side, count in row["failed_calls"].items():
         tests = [_code(test) for test in row["failed_call_tests"].get(side, ())]
-        where = f" in {_listed(tests)}" if tests else ""
+        where = f" in {listed(tests)}" if tests else ""
         failed = f"{count} failed call(s) (cassette misses or API errors){where}"
         notes.append(f"{side}: {failed}, not in its tokens or cost")
     return notes
