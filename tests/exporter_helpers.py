@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import urllib.request
 from collections import defaultdict
 from typing import Any
@@ -14,6 +15,28 @@ from tests.conftest import FAKE_KEY
 
 UNPRICED_MODEL = "acme-local-7b"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+# a multiprocess worker: feeds the records of the JSONL file argv[1] to a PrometheusSink (its
+# keyword arguments as JSON in argv[2], if any)
+PROMETHEUS_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from llm_ledger.exporters import PrometheusSink
+    sink = PrometheusSink(**json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
+    for line in open(sys.argv[1]):
+        sink(json.loads(line))
+    """
+)
+# the pre-fork master: serves the multiprocess directory's metrics, prints its port, stops at EOF
+METRICS_SERVER = textwrap.dedent(
+    """
+    import sys
+    from llm_ledger.exporters import start_metrics_server
+    server = start_metrics_server(0, "127.0.0.1")
+    print(server.server_port, flush=True)
+    sys.stdin.read()
+    """
+)
 
 
 def workload(monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI, *, lens_prefix: str = "") -> None:

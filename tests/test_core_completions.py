@@ -11,7 +11,16 @@ import pytest
 import llm_ledger
 import llm_ledger.testing
 from llm_ledger.testing import Captured, FakeOpenAI
-from tests.test_ledger_paths import Path, _drain, _enter, _essentials, _exit, _maybe
+from tests.test_ledger_paths import (
+    Path,
+    _drain,
+    _enter,
+    _essentials,
+    _exit,
+    _maybe,
+    bare_stream_chunks,
+    stream_chunks,
+)
 
 PROMPT = "Tell me about the ledger of every path"
 COMPLETION: Any = {"model": "gpt-3.5-turbo-instruct", "prompt": PROMPT, "max_tokens": 64}
@@ -113,17 +122,11 @@ async def test_completions_stream_gets_usage_without_showing_it(
     """A stream whose caller did not ask for usage is asked on its behalf: the record has the usage,
     and the caller gets the chunks the bare SDK gives (no usage-only chunk, no usage field)."""
 
-    async def chunks(c: Any) -> list[Any]:
-        stream = await _maybe(c.completions.create(**COMPLETION, stream=True))
-        got = [chunk async for chunk in stream] if is_async else list(stream)
-        return [{k: v for k, v in chunk.to_dict().items() if k not in ("id", "created")} for chunk in got]
+    def open_stream(c: Any) -> Any:
+        return c.completions.create(**COMPLETION, stream=True)
 
-    bare_client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
-        api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
-    )
-    bare = await chunks(bare_client)
-    await _maybe(bare_client.close())
-    watched = await chunks(aclient if is_async else client)
+    bare = await bare_stream_chunks(open_stream, fake_openai, is_async)
+    watched = await stream_chunks(open_stream, aclient if is_async else client, is_async)
     assert watched == bare and all(chunk["choices"] for chunk in bare)
     assert fake_openai.requests[-1].json["stream_options"] == {"include_usage": True}
     [record] = records.calls

@@ -11,8 +11,7 @@ import pytest
 import llm_ledger
 import llm_ledger._streams
 from llm_ledger.testing import Captured, FakeOpenAI
-from tests.conftest import FAKE_KEY
-from tests.test_ledger_paths import _maybe
+from tests.test_ledger_paths import bare_stream_chunks, stream_chunks
 
 EVERY_CHUNK = {"x-fake-usage-style": "every-chunk"}
 REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -21,23 +20,22 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def _opener(operation: str, kwargs: dict[str, Any]) -> Any:
+    def open_stream(client: Any) -> Any:
+        resource = client.chat.completions if operation == "chat" else client.completions
+        return resource.create(**kwargs, stream=True, extra_headers=EVERY_CHUNK)
+
+    return open_stream
+
+
 async def _chunks(
     client: Any, operation: str, kwargs: dict[str, Any], is_async: bool
 ) -> list[dict[str, Any]]:
-    resource = client.chat.completions if operation == "chat" else client.completions
-    stream = await _maybe(resource.create(**kwargs, stream=True, extra_headers=EVERY_CHUNK))
-    got = [chunk async for chunk in stream] if is_async else list(stream)
-    return [{k: v for k, v in chunk.to_dict().items() if k not in ("id", "created")} for chunk in got]
+    return await stream_chunks(_opener(operation, kwargs), client, is_async)
 
 
 async def _bare(fake_openai: FakeOpenAI, operation: str, kwargs: dict[str, Any], is_async: bool) -> list[Any]:
-    client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
-        api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0
-    )
-    try:
-        return await _chunks(client, operation, kwargs, is_async)
-    finally:
-        await _maybe(client.close())
+    return await bare_stream_chunks(_opener(operation, kwargs), fake_openai, is_async)
 
 
 @pytest.mark.asyncio

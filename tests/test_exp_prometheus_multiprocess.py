@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,30 +20,12 @@ import llm_ledger
 from dashboards.local_prometheus import LocalPrometheus, wait
 from llm_ledger.testing import FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import by_labels, scrape, total
+from tests.exporter_helpers import METRICS_SERVER, PROMETHEUS_WORKER, by_labels, scrape, total
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
 REPO = Path(__file__).resolve().parents[1]
 HI: Any = [{"role": "user", "content": "hi"}]
-WORKER = textwrap.dedent(
-    """
-    import json, sys
-    from llm_ledger.exporters import PrometheusSink
-    sink = PrometheusSink(**json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
-    for line in open(sys.argv[1]):
-        sink(json.loads(line))
-    """
-)
-SERVER = textwrap.dedent(
-    """
-    import sys
-    from llm_ledger.exporters import start_metrics_server
-    server = start_metrics_server(0, "127.0.0.1")
-    print(server.server_port, flush=True)
-    sys.stdin.read()
-    """
-)
 
 
 @pytest.fixture
@@ -67,7 +48,9 @@ def records_of(fake_openai: FakeOpenAI, path: Path, lens: str, calls: int) -> Pa
 
 def worker(env: dict[str, str], lines: Path, **caps: int) -> subprocess.Popen[bytes]:
     """A worker process handing ``lines`` to its own ``PrometheusSink(**caps)``."""
-    return subprocess.Popen([sys.executable, "-c", WORKER, str(lines), json.dumps(caps)], env=env, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-c", PROMETHEUS_WORKER, str(lines), json.dumps(caps)], env=env, cwd=REPO
+    )
 
 
 def run_worker(env: dict[str, str], lines: Path) -> None:
@@ -81,7 +64,7 @@ def serve(env: dict[str, str]) -> Iterator[Any]:
 
     def start() -> str:
         process = subprocess.Popen(
-            [sys.executable, "-c", SERVER],
+            [sys.executable, "-c", METRICS_SERVER],
             env=env,
             cwd=REPO,
             stdin=subprocess.PIPE,
@@ -174,7 +157,7 @@ def test_an_unusable_shared_cap_file_is_reported_once_and_the_worker_caps_its_ow
     lines = tmp_path / "records.jsonl"
     lines.write_text("".join(json.dumps(r) + "\n" for r in records))
     done = subprocess.run(
-        [sys.executable, "-c", WORKER, str(lines), json.dumps({"max_lenses": 2})],
+        [sys.executable, "-c", PROMETHEUS_WORKER, str(lines), json.dumps({"max_lenses": 2})],
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,8 @@ from llm_ledger.exporters._prometheus import PENDING_CALLS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import (
+    METRICS_SERVER,
+    PROMETHEUS_WORKER,
     UNPRICED_MODEL,
     Samples,
     by_labels,
@@ -336,25 +337,6 @@ def test_a_busy_port_is_a_config_error() -> None:
 
 # -- multiprocess mode ----------------------------------------------------------------------------
 
-WORKER = textwrap.dedent(
-    """
-    import json, sys
-    from llm_ledger.exporters import PrometheusSink
-    sink = PrometheusSink()
-    for line in open(sys.argv[1]):
-        sink(json.loads(line))
-    """
-)
-EXPORTER = textwrap.dedent(
-    """
-    import sys, time
-    from llm_ledger.exporters import start_metrics_server
-    server = start_metrics_server(0, "127.0.0.1")
-    print(server.server_port, flush=True)
-    sys.stdin.read()
-    """
-)
-
 
 def test_a_multiprocess_dir_that_is_not_there_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -379,9 +361,11 @@ def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc")}
     (tmp_path / "multiproc").mkdir()
     for _ in range(3):
-        subprocess.run([sys.executable, "-c", WORKER, str(lines)], env=env, cwd=REPO, check=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-c", PROMETHEUS_WORKER, str(lines)], env=env, cwd=REPO, check=True, timeout=60
+        )
     exporter = subprocess.Popen(
-        [sys.executable, "-c", EXPORTER],
+        [sys.executable, "-c", METRICS_SERVER],
         env=env,
         cwd=REPO,
         stdin=subprocess.PIPE,

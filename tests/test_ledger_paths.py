@@ -43,6 +43,29 @@ async def _maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+async def stream_chunks(
+    open_stream: Callable[[Any], Any], client: Any, is_async: bool
+) -> list[dict[str, Any]]:
+    """The chunks of ``open_stream(client)`` as its caller sees them (``to_dict()``, less the id and
+    time that differ between answers)."""
+    stream = await _maybe(open_stream(client))
+    got = [chunk async for chunk in stream] if is_async else list(stream)
+    return [{k: v for k, v in chunk.to_dict().items() if k not in ("id", "created")} for chunk in got]
+
+
+async def bare_stream_chunks(
+    open_stream: Callable[[Any], Any], fake: FakeOpenAI, is_async: bool
+) -> list[dict[str, Any]]:
+    """``stream_chunks`` through a client the ledger does not watch: what the bare SDK gives."""
+    client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
+        api_key="sk-bare", base_url=fake.base_url, max_retries=0
+    )
+    try:
+        return await stream_chunks(open_stream, client, is_async)
+    finally:
+        await _maybe(client.close())
+
+
 async def _drain(stream: Any) -> None:
     if hasattr(stream, "__aiter__"):
         async for _ in stream:
@@ -448,18 +471,12 @@ async def test_a_fault_watching_chunks_hands_every_chunk_over(
     """Chunks the ledger fails to read reach the caller as the bare SDK's, and no more (not the
     usage chunk it asked for on the caller's behalf); the call is still recorded."""
 
-    async def chunks(c: Any) -> list[Any]:
-        stream = await _maybe(c.chat.completions.create(**CHAT, stream=True))
-        got = [c async for c in stream] if is_async else list(stream)
-        return [{k: v for k, v in c.to_dict().items() if k not in ("id", "created")} for c in got]
+    def open_stream(c: Any) -> Any:
+        return c.chat.completions.create(**CHAT, stream=True)
 
-    bare_client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
-        api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
-    )
-    bare = await chunks(bare_client)
-    await _maybe(bare_client.close())
+    bare = await bare_stream_chunks(open_stream, fake_openai, is_async)
     monkeypatch.setattr(llm_ledger._streams._StreamState, "chat", _boom)
-    watched = await chunks(aclient if is_async else client)
+    watched = await stream_chunks(open_stream, aclient if is_async else client, is_async)
     assert watched == bare and len(bare) > 3
     assert any("watching a stream" in r.getMessage() for r in internal_log.records)
     [record] = records.calls
