@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from llm_ledger import BlockedRequestError, CassetteMissError
+from llm_ledger import BlockedRequestError, CassetteMissError, ConfigError
 
 from . import _format
 from ._format import Body
@@ -187,7 +187,10 @@ class LedgerCassette:
         fallback: Any = None,
     ) -> None:
         if mode not in RECORD_MODES:
-            raise ValueError(f"record mode {mode!r} is not one of {RECORD_MODES!r}")
+            raise ConfigError(
+                f"LedgerCassette({str(path)!r}, mode={mode!r}): {mode!r} is not a record mode; use one of "
+                f"{', '.join(RECORD_MODES)}"
+            )
         self.path = path
         self.mode = mode
         self.nodeid = nodeid

@@ -36,7 +36,9 @@ __all__ = [
     "body_bytes",
     "decode_body",
     "dump_cassette",
+    "invalid_yaml",
     "load_cassette",
+    "read_text",
     "write_atomic",
 ]
 
@@ -232,9 +234,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _invalid(path: Path, place: str, problem: str) -> CassetteError:
-    """The error for a cassette that cannot be loaded, naming the file and the place inside it."""
+    """The error for a cassette that cannot be loaded, naming the file and the place inside it
+    (``place`` "" when ``problem`` names them already)."""
+    where = f"{path}: {place}: " if place else ""
     return CassetteError(
-        f"{path}: {place}: {problem}. The file is not a valid llm-ledger cassette; fix it, "
+        f"{where}{problem}. The file is not a valid llm-ledger cassette; fix it, "
         "or replace it with a fresh recording (--llm-record-mode=rewrite)"
     )
 
@@ -299,13 +303,37 @@ class _CassetteLoader(JsonLoader):
         return mapping
 
 
+def read_text(path: Path) -> str:
+    """The text of a cassette file (at most :data:`MAX_CASSETTE_BYTES`); :class:`CassetteError` when
+    it cannot be read or is not UTF-8."""
+    raw = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CassetteError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def invalid_yaml(path: Path, exc: yaml.YAMLError, text: str) -> CassetteError:
+    """The one error for a cassette that is not YAML a safe loader reads (the plugin and ``llm-ledger
+    scrub``), in :mod:`llm_ledger.loading`'s form: ``file:line: invalid YAML: what is wrong``."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = ", ".join(str(p) for p in (exc.context, exc.problem) if p)
+    elif isinstance(exc, yaml.reader.ReaderError):
+        line, problem = text.count("\n", 0, exc.position) + 1, str(exc.reason)
+    else:
+        problem = str(exc)
+    problem = problem.replace("tag:yaml.org,2002:", "!!")
+    if "tag" in problem:
+        problem += "; cassettes hold plain YAML only: tags that would build Python objects are refused"
+    return CassetteError(f"{path}{'' if line is None else f':{line}'}: invalid YAML: {problem}")
+
+
 def load_cassette(path: Path) -> list[dict[str, Any]]:
     """Load and validate a cassette with a safe loader; each item is ``{"request": .., "response": ..}``
     with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
-    try:
-        text = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _invalid(path, f"byte {exc.start}", "is not UTF-8") from None
+    text = read_text(path)
     try:
         if "&" in text:  # an alias needs an anchor: only then look for one (an alias bomb)
             for event in yaml.parse(text, Loader=JsonLoader):
@@ -318,13 +346,8 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
                         "(re-record it, or run `llm-ledger scrub` on a converted one)",
                     )
         doc = yaml.load(text, Loader=_CassetteLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f"line {mark.line + 1}" if mark is not None else "somewhere"
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        raise _invalid(path, line, f"is not valid YAML ({problem})") from None
     except yaml.YAMLError as exc:
-        raise _invalid(path, "document", f"is not valid YAML ({exc})") from None
+        raise _invalid(path, "", str(invalid_yaml(path, exc, text))) from None
     doc = _check_keys(doc, frozenset({"version", "interactions"}), path, "top level")
     if doc.get("version") != FORMAT_VERSION:
         raise _invalid(path, "version", f"is {doc.get('version')!r}, expected {FORMAT_VERSION}")

@@ -28,9 +28,15 @@ from typing import Any, Final
 import yaml
 
 from llm_ledger import CassetteError
-from llm_ledger.loading import read_file
 
-from ._format import MAX_CASSETTE_BYTES, REQUEST_HEADERS, RESPONSE_HEADERS, decompress, write_atomic
+from ._format import (
+    REQUEST_HEADERS,
+    RESPONSE_HEADERS,
+    decompress,
+    invalid_yaml,
+    read_text,
+    write_atomic,
+)
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = ["register", "scrub_document", "scrub_file"]
@@ -159,11 +165,7 @@ def scrub_document(doc: Any) -> list[str]:
 
 def _load(path: Path) -> tuple[Any, str, bool]:
     """The cassette document, the comment lines heading the file, and whether it is JSON."""
-    raw = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CassetteError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_text(path)
     as_json = path.suffix.lower() == ".json"
     try:
         if as_json:
@@ -172,14 +174,8 @@ def _load(path: Path) -> tuple[Any, str, bool]:
         doc = yaml.load(text, Loader=loader)  # not JsonLoader: vcrpy writes compressed bodies as !!binary
     except ValueError as exc:  # json.JSONDecodeError
         raise CassetteError(f"{path}: not valid JSON ({exc})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        why = "; tags that would build Python objects are refused" if "tag" in problem else ""
-        raise CassetteError(f"{path}: {line}not valid YAML ({problem}){why}") from None
     except yaml.YAMLError as exc:
-        raise CassetteError(f"{path}: not valid YAML ({exc})") from None
+        raise invalid_yaml(path, exc, text) from None
     lines = text.splitlines(True)
     top = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
     return doc, "".join(lines[:top]), False  # the comment block heading the file is kept

@@ -157,3 +157,18 @@ def test_a_miss_on_another_endpoint_says_the_path_differs(tmp_path: Path) -> Non
     ) in message
     assert "pytest t.py::t --llm-record-mode=rewrite" in message
     assert "kkkk" not in message
+
+
+def test_an_unknown_record_mode_names_the_value_the_modes_and_the_cassette(tmp_path: Path) -> None:
+    """LedgerCassette refuses a record mode it does not know with llm-ledger's ConfigError (still a
+    ValueError), naming the bad value, where it was given and every valid mode."""
+    from llm_ledger import ConfigError
+
+    path = tmp_path / "c.yaml"
+    with pytest.raises(ConfigError) as raised:
+        LedgerCassette(path, "replay", "t.py::t")
+    assert isinstance(raised.value, ValueError)
+    assert str(raised.value) == (
+        f"LedgerCassette({str(path)!r}, mode='replay'): 'replay' is not a record mode; use one of "
+        "none, once, new_episodes, all, rewrite"
+    )

@@ -335,7 +335,7 @@ def test_malformed_cassette_is_a_clear_error(pytester: pytest.Pytester, content:
     result.assert_outcomes(errors=1, deselected=2)
     result.stdout.fnmatch_lines(
         [
-            "*cassettes/tests/test_app/test_chat.yaml: *not a valid llm-ledger cassette*"
+            "*cassettes/tests/test_app/test_chat.yaml*not a valid llm-ledger cassette*"
             "replace it with a fresh recording (--llm-record-mode=rewrite)",
             "  to replace it with a fresh recording: "
             "pytest tests/test_app.py::test_chat --llm-record-mode=rewrite",

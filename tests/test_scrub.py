@@ -14,9 +14,11 @@ import pytest
 import vcr
 import yaml
 
+from llm_ledger import CassetteError
 from llm_ledger._cli import build_parser, main
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger import _scrub
+from pytest_llm_ledger._cassette import LedgerCassette
 from tests.reliability_helpers import FAKE_KEY
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]
@@ -222,13 +224,13 @@ def test_rewrite_is_atomic_and_keeps_the_file_mode(
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ("interactions: [\n", "not valid YAML"),
+        ("interactions: [\n", "invalid YAML"),
         ("version: 1\n", "'interactions' list"),
         ("interactions: [1]\n", "interactions[0] must be a mapping"),
         ("interactions:\n- request: [1]\n", "interactions[0].request must be a mapping"),
         ("interactions:\n- request: {headers: [a]}\n", "headers must be a mapping"),
         ("[" * 5000, "nest"),
-        ("!!python/object/apply:os.getcwd []", "not valid YAML"),
+        ("!!python/object/apply:os.getcwd []", "invalid YAML"),
     ],
 )
 def test_unreadable_cassettes_fail_clearly_and_others_still_run(
@@ -334,3 +336,30 @@ def test_scrub_knows_the_recorders_names_and_finds_echoed_header_keys(
         "llm-ledger scrub: 1 cassette(s) checked, no credentials or identifiers found\n",
         "",
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("version: 1\ninteractions:\n- request: {url: 'http://x/v1\n", ":4: invalid YAML: while scanning a"),
+        ("interactions: !!python/object/apply:os.getcwd []\n", ":1: invalid YAML: could not determine"),
+        ("interactions: \x07\n", ":1: invalid YAML: control characters are not allowed"),
+    ],
+    ids=["truncated", "python tag", "control character"],
+)
+def test_scrub_and_the_plugin_word_invalid_yaml_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    """A cassette that is not YAML gets one message, `file:line: invalid YAML: what`, from
+    `llm-ledger scrub` and from the plugin's cassette loader (which adds how to re-record)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    status, _, err = _run(capsys, str(path))
+    assert status == 2
+    message = err.removeprefix("llm-ledger scrub: error: ").rstrip("\n")
+    assert message.startswith(f"{path}{expected}"), err
+    if "tag" in content:
+        assert message.endswith("tags that would build Python objects are refused"), err
+    with pytest.raises(CassetteError) as raised:
+        LedgerCassette(path, "none", "t.py::t")
+    assert str(raised.value).startswith(message + ". The file is not a valid llm-ledger cassette")
