@@ -15,7 +15,7 @@ from typing import Any, Final, Self
 
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
-from llm_ledger.report import cost_decimal, text_table, usage_row
+from llm_ledger.report import UsageRow, cost_decimal, text_table, usage_row
 
 __all__ = [
     "SESSION_BUCKET",
@@ -97,25 +97,20 @@ class Totals(_ExactCost):
         return out
 
     @classmethod
-    def of_call(cls, record: Mapping[str, Any]) -> Totals:
-        usage = record.get("usage") or {}
-        cost = cost_decimal((record.get("cost") or {}).get("total_cost_usd"))
-        failed = record.get("status") == "error"  # as in the lens summary: interrupted is not an error
+    def of_call(cls, record: Mapping[str, Any], row: UsageRow | None = None) -> Totals:
+        """The totals of one call record, read as :func:`usage_row` reads it (``row``, when known)."""
+        row = row or usage_row(record)
         totals = cls(
             api_calls=1,
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
-            total_tokens=_int(usage.get("total_tokens")),
-            errors=int(failed),
-            cost=cost or Decimal(0),
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            total_tokens=row.total_tokens,
+            errors=row.failed_calls,
+            cost=row.cost_usd,
         )
-        used = totals.total_tokens or totals.prompt_tokens or totals.completion_tokens
-        if cost is None and (used or not failed):
-            # as in the lens summary: an ok or interrupted call without a cost, or a billed failure
-            # (a failed call without usage, e.g. refused or never sent, costs nothing)
+        if row.uncosted_calls:  # billed, with no cost: say why, per model
             totals.cost_complete = False
-            model = _model(record)
-            (totals.unpriced if used else totals.no_usage)[model] = 1
+            (totals.no_usage if row.no_usage_calls else totals.unpriced)[_model(record)] = 1
         return totals
 
     @classmethod
@@ -161,28 +156,40 @@ class UsageSum(_ExactCost):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    total_tokens: int = 0
     cost: Decimal = Decimal(0)  # USD, as recorded
     uncosted_calls: int = 0  # billed calls recorded without a cost
     no_usage_calls: int = 0  # calls that were not refused but reported no usage
+    failed_calls: int = 0  # cassette misses, API errors: their tokens and cost are not counted
+    tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
     @classmethod
-    def of_call(cls, record: Mapping[str, Any]) -> tuple[tuple[str, ...], UsageSum]:
-        """(the call's USAGE_KEYS, its tokens and cost)."""
-        row = usage_row(record)
-        key = (row.lens, row.provider, row.server, row.model, row.served_model, row.cost_source)
-        return key, cls(
-            row.calls, row.prompt_tokens, row.cached_tokens, row.completion_tokens, row.cost_usd,
-            row.uncosted_calls, row.no_usage_calls,
+    def of_row(cls, row: UsageRow, nodeid: str) -> UsageSum:
+        """The sum of one call, read by :func:`usage_row`, made by test ``nodeid``."""
+        return cls(
+            row.calls, row.prompt_tokens, row.cached_tokens, row.completion_tokens, row.total_tokens,
+            row.cost_usd, row.uncosted_calls, row.no_usage_calls, row.failed_calls,
+            [nodeid] if row.failed_calls else [],
         )  # fmt: skip
 
     def add(self, other: UsageSum) -> None:
         for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            if name == "tests_with_failed_calls":
+                self.tests_with_failed_calls = sorted(
+                    {*self.tests_with_failed_calls, *other.tests_with_failed_calls}
+                )
+            else:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__ if name != "cost"}
         out["cost_usd"] = float(self.cost)
         return out
+
+
+def _usage_key(row: UsageRow) -> tuple[str, ...]:
+    """The row's USAGE_KEYS."""
+    return (row.lens, row.provider, row.server, row.model, row.served_model, row.cost_source)
 
 
 def _model(record: Mapping[str, Any]) -> str:
@@ -248,12 +255,12 @@ class SessionLedger:
         self.outside = Totals()  # the calls made outside any lens
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
-        call = Totals.of_call(record)
+        row = usage_row(record)
+        call = Totals.of_call(record, row)
         self.tests.setdefault(nodeid, Totals()).add(call)
         if not (record.get("context") or {}).get("lens_key"):
             self.outside.add(call)
-        key, row = UsageSum.of_call(record)
-        self.usage.setdefault(key, UsageSum()).add(row)
+        self.usage.setdefault(_usage_key(row), UsageSum()).add(UsageSum.of_row(row, nodeid))
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")

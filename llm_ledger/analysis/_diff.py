@@ -48,7 +48,15 @@ _COSTS: Final = frozenset({"cost_usd", "cost_per_run"})
 FORMATS: Final = ("markdown", "text", "json")
 _READ_METRICS: Final = ("runs", "api_calls", "total_tokens", "cost_usd", "errors")
 # the figures of a usage row the diff reads (the calls outside any lens are summed from them)
-_USAGE_METRICS: Final = ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "uncosted_calls")
+_USAGE_METRICS: Final = (
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "uncosted_calls",
+    "failed_calls",
+)
 NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
 _NO_LENS_TITLE: Final = f"{NO_LENS_ROW}: calls outside any lens"
 _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would overflow a percentage
@@ -91,9 +99,15 @@ def load_report(path: str | Path) -> dict[str, Any]:
         for lens, entry in data["lenses"].items()
         if isinstance(entry, dict)
     ]
+    lists += [
+        (f"usage[{i}].tests_with_failed_calls", row.get("tests_with_failed_calls", []))
+        for i, row in enumerate(data.get("usage", ()))
+        if isinstance(row, dict)
+    ]
     for where, tests in lists:
         if not isinstance(tests, list) or not all(isinstance(test, str) for test in tests):
             raise ConfigError(f"{name}: {where}: expected a list of test ids, got {shown(tests)}")
+    entries: list[tuple[str, Any, tuple[str, ...]]]
     entries = [(join("lenses", lens), entry, _READ_METRICS) for lens, entry in data["lenses"].items()]
     entries += [(f"usage[{i}]", row, _USAGE_METRICS) for i, row in enumerate(data.get("usage", ()))]
     for where, entry, metrics in [*entries, ("total", data["total"], _READ_METRICS)]:
@@ -139,15 +153,27 @@ def _row(
 
 def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
     """The calls of a report made outside any lens, summed from its usage rows (lens "<no lens>"),
-    as a lens entry; None when it has none."""
+    as a lens entry; None when it has none. Its ``errors`` is None when unknown: usage rows written
+    before they counted failed calls, in a run that had some."""
     rows = [row for row in report.get("usage", ()) if (row.get("lens") or NO_LENS) == NO_LENS]
     if not rows:
         return None
+    if all("failed_calls" in row for row in rows) or not report["total"].get("errors"):
+        errors = sum(row.get("failed_calls", 0) for row in rows)
+    else:
+        errors = None
     return {
         "api_calls": sum(row.get("calls", 0) for row in rows),
-        "total_tokens": sum(row.get("prompt_tokens", 0) + row.get("completion_tokens", 0) for row in rows),
+        "total_tokens": sum(
+            row.get("total_tokens", row.get("prompt_tokens", 0) + row.get("completion_tokens", 0))
+            for row in rows
+        ),
         "cost_usd": sum(row.get("cost_usd", 0) for row in rows),
         "cost_complete": not any(row.get("uncosted_calls") for row in rows),
+        "errors": errors,
+        "tests_with_failed_calls": sorted(
+            {t for row in rows for t in row.get("tests_with_failed_calls", ())}
+        ),
     }
 
 
@@ -278,8 +304,9 @@ def diff_reports(
         for side, report, entry in zip(("base", "head"), (base, head), entries, strict=True):
             if entry and entry.get("cost_complete") is False:
                 row["cost_gaps"][side] = _cost_gaps(report, name)
-            if entry and entry.get("errors"):  # calls that failed (cassette misses) count no tokens
-                row["failed_calls"][side] = int(entry["errors"])
+            if entry and entry.get("errors", 0) != 0:  # failed calls (cassette misses) count no tokens
+                errors = entry["errors"]  # None: unknown (an older report)
+                row["failed_calls"][side] = None if errors is None else int(errors)
                 if entry.get("tests_with_failed_calls"):
                     row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
     return {
@@ -453,6 +480,12 @@ def _notes(row: dict[str, Any]) -> list[str]:
     """What the figures of one lens (or the total) leave out, side by side."""
     notes = [f"* {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
     for side, count in row["failed_calls"].items():
+        if count is None:
+            notes.append(
+                f"{side}: failed calls unknown: its report, from an older llm-ledger, does not count them "
+                "outside lenses, and its run had some (see the total)"
+            )
+            continue
         tests = [_code(test) for test in row["failed_call_tests"].get(side, ())]
         where = f" in {listed(tests)}" if tests else ""
         failed = f"{count} failed call(s) (cassette misses or API errors){where}"

@@ -36,6 +36,8 @@ class UsageRow:
     cost_usd: Decimal  # as recorded
     uncosted_calls: int  # billed calls recorded without a cost
     no_usage_calls: int  # calls that reported no usage: unknown before and after
+    total_tokens: int = 0  # as recorded, else prompt + completion when both are known
+    failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
 
     @property
     def server(self) -> str:
@@ -44,12 +46,14 @@ class UsageRow:
 
 
 def usage_row(record: Mapping[str, Any]) -> UsageRow:
-    """The :class:`UsageRow` of one ``llm_api_call`` record (``calls`` is 1).
+    """The :class:`UsageRow` of one ``llm_api_call`` record (``calls`` is 1): the one reading of a
+    call's usage, which the pytest plugin's totals and reports and ``llm-ledger reprice`` share.
 
     Missing or malformed fields read as unknown: no lens is ``"<no lens>"``, no provider ``"openai"``,
     a token count that is not a whole number >= 0 is 0. ``uncosted_calls`` is 1 for a call recorded
     without a cost that was billed (it did not fail, or it failed after using tokens); ``no_usage_calls``
-    is 1 for a call that did not fail but reported no prompt and completion tokens.
+    is 1 for a call that did not fail but reported no prompt and completion tokens (a ``total_tokens``
+    alone cannot be priced).
     """
     usage = _dict(record.get("usage"))
     server = _dict(record.get("server"))
@@ -58,6 +62,9 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     prompt = recorded_count(usage.get("prompt_tokens"))
     completion = recorded_count(usage.get("completion_tokens"))
     known = prompt is not None and completion is not None
+    total = recorded_count(usage.get("total_tokens"))
+    if total is None:
+        total = prompt + completion if prompt is not None and completion is not None else 0
     ok = record.get("status") != "error"
     address, port = server.get("address"), server.get("port")
     return UsageRow(
@@ -75,6 +82,8 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         cost_usd=recorded or Decimal(0),
         uncosted_calls=int(recorded is None and (ok or bool(known and (prompt or completion)))),
         no_usage_calls=int(not known and ok),
+        total_tokens=total,
+        failed_calls=int(not ok),
     )
 
 

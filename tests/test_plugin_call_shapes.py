@@ -1,0 +1,71 @@
+"""One reading of a call record for the plugin's per-lens table and for its report's usage rows:
+a record with only ``total_tokens``, negative counts or a failed call's partial usage gives the same
+figures in both (the diff and ``llm-ledger reprice`` read the rows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pytest_llm_ledger._report import SessionLedger, render_lens_table
+from tests.report_helpers import call
+
+pytestmark = pytest.mark.sdk_independent
+
+
+def odd(usage: dict[str, Any], *, status: str = "ok") -> dict[str, Any]:
+    """A call outside any lens with no cost and this usage."""
+    record = call(lens=None, cost=None, status=status)
+    record["usage"] = {"cached_tokens": 0, "reasoning_tokens": 0, **usage}
+    return record
+
+
+# shape -> (record, (prompt, completion, tokens) in the table and the row, why its cost is unknown or
+# None, the row's uncosted_calls, no_usage_calls, failed_calls)
+SHAPES = {
+    "only total_tokens": (
+        odd({"prompt_tokens": None, "completion_tokens": None, "total_tokens": 30}),
+        (0, 0, 30), "no usage reported by calls to 'gpt-4o-mini' (1 call)", (1, 1, 0),
+    ),
+    "negative counts": (
+        odd({"prompt_tokens": -5, "completion_tokens": 7, "total_tokens": -3}),
+        (0, 7, 0), "no usage reported by calls to 'gpt-4o-mini' (1 call)", (1, 1, 0),
+    ),
+    "failed, prompt tokens only": (
+        odd({"prompt_tokens": 50, "completion_tokens": None, "total_tokens": None}, status="error"),
+        (50, 0, 0), None, (0, 0, 1),
+    ),
+    "failed, billed": (
+        odd({"prompt_tokens": 50, "completion_tokens": 0, "total_tokens": 50}, status="error"),
+        (50, 0, 50), "no known price for model 'gpt-4o-mini' (1 call)", (1, 0, 1),
+    ),
+    "counts as booleans": (
+        odd({"prompt_tokens": True, "completion_tokens": 3, "total_tokens": None}),
+        (0, 3, 0), "no usage reported by calls to 'gpt-4o-mini' (1 call)", (1, 1, 0),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("record", "tokens", "gaps", "counts"), SHAPES.values(), ids=SHAPES.keys())
+def test_an_odd_call_record_reads_the_same_in_the_table_and_the_usage_rows(
+    record: dict[str, Any], tokens: tuple[int, int, int], gaps: str | None, counts: tuple[int, int, int]
+) -> None:
+    """The "(no lens)" row of the per-lens table and the report's usage row of the same call show
+    the same tokens, the same failed call and the same reason its cost is unknown."""
+    ledger = SessionLedger()
+    ledger.add_call("tests/test_x.py::test_y", record)
+
+    lines = render_lens_table(ledger)
+    row = next(line.split() for line in lines if line.startswith("(no lens)"))
+    prompt, completion, total = (int(cell.replace(",", "")) for cell in row[3:6])
+    (usage,) = ledger.report()["usage"]
+
+    assert (prompt, completion, total) == tokens
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == tokens
+    assert (usage["uncosted_calls"], usage["no_usage_calls"], usage["failed_calls"]) == counts
+    assert row[6] == ("$0.000000*" if gaps else "$0.000000")
+    if gaps:
+        assert f"* the cost shown leaves out calls with no known cost: {gaps}" in lines
+    failed = ["tests/test_x.py::test_y"] if counts[2] else []
+    assert (row[7:], usage["tests_with_failed_calls"]) == (["1"] if failed else [], failed)
