@@ -223,3 +223,21 @@ def test_a_report_with_bad_figures_for_the_diff_is_refused_naming_where(
 
     assert (status, out) == (2, "")
     assert message in err
+
+
+def test_the_exit_message_words_each_increase_as_the_list_does(diff: Any) -> None:
+    """The exit message and the list of increases word the same figures alike: calls outside any
+    lens absent in the base read "absent in the base" in both (the exit message said "none")."""
+    base = report({"summary": lens(1, 0.0002)})
+    head = report({"summary": lens(1, 0.0004)}, [unlensed(1, 0.0001)])
+
+    status, out, err = diff(base, head, "--fail-on-increase", "25", "--format", "text")
+
+    assert status == 1
+    assert "  (no lens) (new): $0.000100, absent in the base" in out.splitlines()
+    assert "  `summary`: cost per run $0.000200 -> $0.000400 (+100.0%)" in out.splitlines()
+    assert err == (
+        "llm-ledger diff: cost per run grew by more than 25% in `summary` (+100.0%); the cost of calls "
+        "outside any lens grew by more than 25% ($0.000100, absent in the base); the total cost grew by "
+        "more than 25% ($0.000200 -> $0.000500, +150.0%)\n"
+    )

@@ -328,7 +328,7 @@ def test_calls_outside_any_lens_have_a_row_of_their_own(
     assert "- (no lens) (new): " + cost + ", absent in the base" in out
     assert err.startswith(
         "llm-ledger diff: the cost of calls outside any lens grew by more than 25% "
-        f"({cost}, none in the base); the total cost grew by more than 25% ("
+        f"({cost}, absent in the base); the total cost grew by more than 25% ("
     )
     # the lenses themselves did not change
     assert "| `summary` (unchanged) |" in out and "| `tags` (unchanged) |" in out

@@ -370,35 +370,28 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
     return out
 
 
-def _grown(pct: float | None) -> str:
-    return "from nothing" if pct is None else f"{pct:+.1f}%"
-
-
-def _item(increase: dict[str, Any]) -> str:
-    """One increase as a list item: what grew, from what to what, or why it cannot be checked."""
-    scope, base, head = increase["scope"], increase["base"], increase["head"]
+def _increase(increase: dict[str, Any], *, short: bool = False) -> str:
+    """One increase, for the lists of the text and the Markdown: what grew, from what to what, or why
+    it cannot be checked; ``short`` for the exit message, whose heading already says what grew."""
+    scope, reason, base, head = increase["scope"], increase["reason"], increase["base"], increase["head"]
+    grown = "from nothing" if increase["pct"] is None else f"{increase['pct']:+.1f}%"
+    figures = f"{_usd(head)}, absent in the base" if base is None else f"{_usd(base)} -> {_usd(head)}"
+    if short:
+        if scope != "lens" and reason == "grew":
+            return figures if base is None else f"{figures}, {grown}"
+        name = {"no_lens": "calls outside any lens", "total": "the total"}.get(scope)
+        if reason == "unchecked":
+            figure = increase["cost_gaps"]
+        else:
+            figure = f"{_usd(head)} per run" if base is None else grown
+        return f"{name or _code(increase['lens'])} ({figure})"
     name = {"no_lens": NO_LENS_ROW, "total": "Total"}.get(scope) or _code(increase["lens"])
     what = "cost per run " if scope == "lens" else ""
-    if increase["reason"] == "unchecked":
+    if reason == "unchecked":
         return f"{name}: {what or 'cost '}cannot be checked: {increase['cost_gaps']}"
     if base is None:
-        return f"{name} (new): {what}{_usd(head)}, absent in the base"
-    return f"{name}: {what}{_usd(base)} -> {_usd(head)} ({_grown(increase['pct'])})"
-
-
-def _named(increase: dict[str, Any]) -> str:
-    """One increase in the exit message: the lens (or what else) and its figures."""
-    base, head = increase["base"], increase["head"]
-    if increase["scope"] != "lens" and increase["reason"] == "grew":
-        return f"{_usd(head)}, none in the base" if base is None else (
-            f"{_usd(base)} -> {_usd(head)}, {_grown(increase['pct'])}"
-        )  # fmt: skip
-    name = {"no_lens": "calls outside any lens", "total": "the total"}.get(increase["scope"])
-    if increase["reason"] == "unchecked":
-        figure = increase["cost_gaps"]
-    else:
-        figure = f"{_usd(head)} per run" if base is None else _grown(increase["pct"])
-    return f"{name or _code(increase['lens'])} ({figure})"
+        return f"{name} (new): {what}{figures}"
+    return f"{name}: {what}{figures} ({grown})"
 
 
 def _grouped(diff: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -416,7 +409,7 @@ def _exit_message(diff: dict[str, Any]) -> str:
     """Why --fail-on-increase fails: each reason with every lens (or the total) it holds, and figures."""
     parts = []
     for heading, items in _grouped(diff):
-        named = ", ".join(map(_named, items))
+        named = ", ".join(_increase(item, short=True) for item in items)
         if items[0]["scope"] != "lens" and items[0]["reason"] == "grew":
             parts.append(f"{heading} ({named})")
         else:
@@ -535,7 +528,7 @@ def _markdown(diff: dict[str, Any]) -> str:
             lines = ["", f"**{heading[0].upper()}{heading[1:]}:**", ""] if n == 0 else []
             # the total's and the calls' outside any lens are always kept, as their details are
             part = f"increases {number}" if item["scope"] == "lens" else "kept increases"
-            blocks.append((part, "\n".join([*lines, f"- {_item(item)}"])))
+            blocks.append((part, "\n".join([*lines, f"- {_increase(item)}"])))
     for kind, name, row, rows in sections:
         title = _code(name) if kind == "lens" else "Total" if kind == "total" else _NO_LENS_TITLE
         lines = ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
@@ -601,7 +594,7 @@ def _text(diff: dict[str, Any]) -> str:
         lines += [f"  {note}" for note in _notes(row)]
     for heading, items in _grouped(diff):
         lines.append(f"{heading}:")
-        lines += [f"  {_item(item)}" for item in items]
+        lines += [f"  {_increase(item)}" for item in items]
     return "\n".join(lines) + "\n"
 
 
