@@ -19,6 +19,7 @@ import math
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -93,26 +94,14 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
         )
-    lists = [("failed_tests", data.get("failed_tests", []))]
-    lists += [
-        (join(join("lenses", lens), "tests_with_failed_calls"), entry.get("tests_with_failed_calls", []))
-        for lens, entry in data["lenses"].items()
-        if isinstance(entry, dict)
-    ]
-    lists += [
-        (f"usage[{i}].tests_with_failed_calls", row.get("tests_with_failed_calls", []))
-        for i, row in enumerate(data.get("usage", ()))
-        if isinstance(row, dict)
-    ]
-    for where, tests in lists:
-        if not isinstance(tests, list) or not all(isinstance(test, str) for test in tests):
-            raise ConfigError(f"{name}: {where}: expected a list of test ids, got {shown(tests)}")
+    _test_ids(name, "failed_tests", data.get("failed_tests", []))
     entries: list[tuple[str, Any, tuple[str, ...]]]
     entries = [(join("lenses", lens), entry, _READ_METRICS) for lens, entry in data["lenses"].items()]
     entries += [(f"usage[{i}]", row, _USAGE_METRICS) for i, row in enumerate(data.get("usage", ()))]
     for where, entry, metrics in [*entries, ("total", data["total"], _READ_METRICS)]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{name}: {where} must be an object")
+        _test_ids(name, f"{where}.tests_with_failed_calls", entry.get("tests_with_failed_calls", []))
         for metric in metrics:
             value = entry.get(metric, 0)
             # counts are whole numbers, costs any number; neither is negative
@@ -124,19 +113,30 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _test_ids(name: str, where: str, tests: Any) -> None:
+    if not isinstance(tests, list) or not all(isinstance(test, str) for test in tests):
+        raise ConfigError(f"{name}: {where}: expected a list of test ids, got {shown(tests)}")
+
+
 def _number(entry: dict[str, Any] | None, metric: str) -> float | None:
     if entry is None:
         return None
     if metric == "cost_per_run":
-        runs, cost = _number(entry, "runs"), _number(entry, "cost_usd")
-        return cost / runs if runs and cost is not None else None
+        runs: int = entry.get("runs", 0)
+        return entry.get("cost_usd", 0) / runs if runs else None
     value: float = entry.get(metric, 0)  # a number: load_report checked it
     return value
 
 
 def _row(
-    base: dict[str, Any] | None, head: dict[str, Any] | None, metrics: tuple[str, ...]
+    lens: str | None,
+    reports: tuple[dict[str, Any], dict[str, Any]],
+    entries: list[Any],
+    metrics: Iterable[str],
 ) -> dict[str, Any]:
+    """The diff of one lens (NO_LENS: the calls outside any lens; None: the total) from its entries
+    in the base and head ``reports`` (None where it has none)."""
+    base, head = entries
     status = "new" if base is None else "removed" if head is None else "unchanged"
     out: dict[str, dict[str, float | None]] = {}
     for metric in metrics:
@@ -148,7 +148,18 @@ def _row(
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
-    return {"status": status, "metrics": out, "cost_gaps": {}, "failed_calls": {}, "failed_call_tests": {}}
+    row: dict[str, Any] = {"status": status, "metrics": out}
+    row |= {"cost_gaps": {}, "failed_calls": {}, "failed_call_tests": {}}
+    for side, report, entry in zip(("base", "head"), reports, entries, strict=True):
+        # a side whose cost leaves out calls with no known cost: why (its costs are lower bounds, marked *)
+        if entry and entry.get("cost_complete") is False:
+            row["cost_gaps"][side] = _cost_gaps(report, lens)
+        if entry and entry.get("errors", 0) != 0:  # failed calls (cassette misses) count no tokens
+            errors = entry["errors"]  # None: unknown (an older report)
+            row["failed_calls"][side] = None if errors is None else int(errors)
+            if entry.get("tests_with_failed_calls"):
+                row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
+    return row
 
 
 def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -286,29 +297,16 @@ def diff_reports(
             f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
             "shown as removed may only not have run"
         )
+    reports = base, head
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
-    lenses = {n: _row(base["lenses"].get(n), head["lenses"].get(n), tuple(DIFF_METRICS)) for n in names}
+    lenses = {
+        n: _row(n, reports, [base["lenses"].get(n), head["lenses"].get(n)], DIFF_METRICS) for n in names
+    }
     # a report without usage rows (written before they were) cannot say what ran outside any lens
-    outside = _no_lens(base), _no_lens(head)
+    outside = [_no_lens(base), _no_lens(head)]
     known = "usage" in base and "usage" in head
-    no_lens = _row(*outside, TOTAL_METRICS) if known and outside != (None, None) else None
-    total = _row(base["total"] or None, head["total"], TOTAL_METRICS)
-    rows: list[tuple[str | None, dict[str, Any], list[dict[str, Any] | None]]] = [
-        (name, row, [base["lenses"].get(name), head["lenses"].get(name)]) for name, row in lenses.items()
-    ]
-    if no_lens is not None:
-        rows.append((NO_LENS, no_lens, list(outside)))
-    rows.append((None, total, [base["total"], head["total"]]))
-    for name, row, entries in rows:
-        # a side whose cost leaves out calls with no known cost: why (its costs are lower bounds, marked *)
-        for side, report, entry in zip(("base", "head"), (base, head), entries, strict=True):
-            if entry and entry.get("cost_complete") is False:
-                row["cost_gaps"][side] = _cost_gaps(report, name)
-            if entry and entry.get("errors", 0) != 0:  # failed calls (cassette misses) count no tokens
-                errors = entry["errors"]  # None: unknown (an older report)
-                row["failed_calls"][side] = None if errors is None else int(errors)
-                if entry.get("tests_with_failed_calls"):
-                    row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
+    no_lens = _row(NO_LENS, reports, outside, TOTAL_METRICS) if known and outside != [None, None] else None
+    total = _row(None, reports, [base["total"] or None, head["total"]], TOTAL_METRICS)
     return {
         "schema": "llm-ledger-diff",
         "version": 1,
@@ -435,8 +433,7 @@ def _by_change(diff: dict[str, Any]) -> list[str]:
 
     def size(name: str) -> tuple[float, ...]:
         metrics = diff["lenses"][name]["metrics"]
-        moved = [abs((metrics[m]["head"] or 0) - (metrics[m]["base"] or 0)) for m in _ORDER_BY]
-        return tuple(-change for change in moved)
+        return tuple(-abs((metrics[m]["head"] or 0) - (metrics[m]["base"] or 0)) for m in _ORDER_BY)
 
     return sorted(diff["lenses"], key=lambda name: (size(name), name))
 
@@ -564,18 +561,19 @@ def _fit(head: list[str], blocks: list[tuple[str, str]]) -> list[bool]:
 def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bool]) -> str:
     """The line saying what :func:`_fit` left out, and the command that prints the whole diff."""
 
-    def count(part: str, only_left_out: bool) -> int:
-        pairs = zip(blocks, kept, strict=True)
-        return sum(name.startswith(part) and not (only_left_out and keep) for (name, _), keep in pairs)
-
+    whole: Counter[str] = Counter()
+    left: Counter[str] = Counter()
+    for (part, _), keep in zip(blocks, kept, strict=True):
+        part = "increases" if "increases" in part else part  # "kept increases" are in the list too
+        whole[part] += 1
+        left[part] += not keep
     what = []
-    if count("increases", True):
-        lists = count("increases", False) + count("kept increases", False)
-        what.append(f"{count('increases', True)} of {lists} items of the list of increases")
-    if count("table", True):
-        what.append(f"{count('table', True)} of {count('table', False)} lenses from the table")
-    if count("lens details", True):
-        what.append(f"the details of {count('lens details', True)} of {count('lens details', False)} lenses")
+    if left["increases"]:
+        what.append(f"{left['increases']} of {whole['increases']} items of the list of increases")
+    if left["table"]:
+        what.append(f"{left['table']} of {whole['table']} lenses from the table")
+    if left["lens details"]:
+        what.append(f"the details of {left['lens details']} of {whole['lens details']} lenses")
     reports = diff.get("reports", {"base": "BASE.json", "head": "HEAD.json"})
     command = _code(f"llm-ledger diff --format json {reports['base']} {reports['head']}")
     listed = ", ".join(what[:-1]) + (" and " if len(what) > 1 else "") + what[-1]
