@@ -371,10 +371,11 @@ class LedgerCassette:
             f"llm-ledger: request not found in cassette {self.path} (record mode {self.mode!r})",
             f"  request: {key[0]} {key[2]}  (API path of {shown_url}; matched on {host_rule})",
         ]
-        fix = [
-            self.rerecord_command("rewrite"),
-            self.rerecord_command("new_episodes") + "  (keeps the rest)",
-        ]
+        fix = [self.rerecord_command("rewrite"), self.rerecord_command("new_episodes") + "  (keeps the rest)"]
+        how = (
+            "  to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a "
+            "compatible server):"
+        )
         if not self.existed:
             lines.append("  the cassette file does not exist: this test has never been recorded")
             fix = [self.rerecord_command("once")]
@@ -387,21 +388,18 @@ class LedgerCassette:
         elif self.match_host and (
             other := [i for i in self.loaded if i.key[::2] + i.key[3:] == key[::2] + key[3:]]
         ):
-            lines += [
+            lines.append(
                 f"  only the host differs: interactions[{self.loaded.index(other[0])}] has this method, API "
-                f"path and body, recorded against host {other[0].key[1]!r}; this request goes to {key[1]!r}",
+                f"path and body, recorded against host {other[0].key[1]!r}; this request goes to {key[1]!r}"
+            )
+            how = (
                 "  host matching is on for this test (match_host=True on its llm marker, or llm_match_host "
                 "in the ini file); remove it to replay this cassette against any host, or record it "
-                "against this host:",
-            ]
-            lines.extend(f"    {cmd}" for cmd in fix)
-            return "\n".join(lines)
+                "against this host:"
+            )
         else:
             lines.extend(self._closest(key))
-        lines.append(
-            "  to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a "
-            "compatible server):"
-        )
+        lines.append(how)
         lines.extend(f"    {cmd}" for cmd in fix)
         return "\n".join(lines)
 
