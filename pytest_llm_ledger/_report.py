@@ -216,10 +216,13 @@ USAGE_FIX: Final = (
 
 @dataclass(slots=True)
 class LensRuns:
-    """Every run of one lens in the session: how many, and their sum."""
+    """Every run of one lens in the session: how many, their sum, and the node ids of the tests in
+    which they had failed calls (cassette misses, API errors): the tests to look at, or re-record,
+    when the lens's figures drop."""
 
     runs: int
     sum: Totals
+    failed_in: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,34 +315,24 @@ class SessionLedger:
         return out
 
     def lenses(self) -> dict[str, LensRuns]:
+        """lens key -> its runs, sorted by key."""
         return {
-            key: LensRuns(len(runs), Totals.sum_of(run for _, run in runs))
+            key: LensRuns(
+                len(runs), Totals.sum_of(run for _, run in runs), sorted({n for n, run in runs if run.errors})
+            )
             for key, runs in self.runs_by_lens().items()
         }
-
-    def failed_calls_in(self) -> dict[str, list[str]]:
-        """lens key -> the node ids of the tests in which its runs had failed calls (cassette misses,
-        API errors): the tests to look at, or re-record, when the lens's figures drop."""
-        failed = {
-            key: sorted({n for n, run in runs if run.errors}) for key, runs in self.runs_by_lens().items()
-        }
-        return {key: nodeids for key, nodeids in failed.items() if nodeids}
 
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
         """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1); ``exit_status``
         is pytest's, which says whether the run stopped early (a collection error...)."""
         lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
-        failed_in = self.failed_calls_in()
         return {
             "schema": REPORT_SCHEMA,
             "version": REPORT_VERSION,
             "lenses": {
-                key: {
-                    "runs": agg.runs,
-                    **agg.sum.to_report(),
-                    "tests_with_failed_calls": failed_in.get(key, []),
-                }
-                for key, agg in sorted(self.lenses().items())
+                key: {"runs": agg.runs, **agg.sum.to_report(), "tests_with_failed_calls": agg.failed_in}
+                for key, agg in self.lenses().items()
             },
             "tests": {
                 nodeid: {**totals.to_report(), "lens_runs": lens_runs[nodeid]}
@@ -432,12 +425,12 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     test, when calls failed: a lens whose calls missed their cassette would read as cheaper."""
     rows = []
     incomplete = False
-    named = [(key, str(agg.runs), agg.sum) for key, agg in sorted(ledger.lenses().items())]
+    named = [(key, str(agg.runs), agg.sum, agg.failed_in) for key, agg in ledger.lenses().items()]
     if ledger.outside.api_calls:  # calls outside any lens: with the lenses, they add up to the total
-        named.append(("(no lens)", "", ledger.outside))
+        named.append(("(no lens)", "", ledger.outside, []))
     total = ledger.total()
-    failed = bool(total.errors) or any(s.errors for _, _, s in named)
-    for name, runs, s in [*named, ("(session total)", "", total)]:
+    failed = bool(total.errors) or any(s.errors for _, _, s, _ in named)
+    for name, runs, s, _ in [*named, ("(session total)", "", total, [])]:
         incomplete |= not s.cost_complete
         rows.append(
             [name, runs, str(s.api_calls), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}",
@@ -449,10 +442,9 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     if incomplete:
         lines.append(f"* the cost shown leaves out calls with no known cost: {total.cost_gaps()}")
     if failed:
-        failed_in = ledger.failed_calls_in()
         lenses = [
-            f"{key} ({s.errors}, in {listed(failed_in[key])})" if key in failed_in else f"{key} ({s.errors})"
-            for key, _, s in named
+            f"{key} ({s.errors}, in {listed(tests)})" if tests else f"{key} ({s.errors})"
+            for key, _, s, tests in named
             if s.errors
         ]
         lines.append(

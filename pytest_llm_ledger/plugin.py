@@ -667,13 +667,12 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     passed = item.stash.get(_PASSED, False) and not cassette.misses
     cassette.save(test_passed=passed)
-    if cassette.recorded:
-        with state._lock:
-            state.ledger.recorded.add(item.nodeid)
     unplayed = len(cassette.loaded) - cassette.played
-    if passed and cassette.write_protected and unplayed > 0:
-        # the code now makes fewer calls than were recorded: the cassette (and its cost) is stale
-        with state._lock:
+    with state._lock:
+        if cassette.recorded:
+            state.ledger.recorded.add(item.nodeid)
+        if passed and cassette.write_protected and unplayed > 0:
+            # the code now makes fewer calls than were recorded: the cassette (and its cost) is stale
             state.ledger.unplayed[item.nodeid] = unplayed
 
 
