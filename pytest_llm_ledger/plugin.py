@@ -1,27 +1,8 @@
 """The pytest plugin: options, hooks and fixtures.
 
-Settings come in two layers, the command line over the ini file:
-
-=========================  ======================  ==============================================
-command line               ini                     default
-=========================  ======================  ==============================================
-``--llm-record-mode``      ``llm_record_mode``     ``none`` (replay only, offline)
-``--llm-cassette-dir``     ``llm_cassette_dir``    ``cassettes`` beside the ini file
-``--llm-budget``           ``llm_budget``          off: totals are reported, never enforced
-``--llm-budget-file``      ``llm_budget_file``     ``budgets.yaml`` beside the ini file
-``--llm-strict``           ``llm_strict``          off: notices are printed, never fail the run
-``--llm-block-network``    ``llm_block_network``   off: a marked test's requests that its cassette
-                                                   does not record (not the OpenAI SDK's) are sent
-``--llm-report PATH``      (none)                  no file
-``--llm-baseline PATH``    (none)                  no diff
-(none)                     ``llm_allowed_hosts``   none: unmarked tests send no OpenAI request (and
-                                                   with network blocking, no host is let through)
-(none)                     ``llm_log_dir``         none: test runs write no ``llm_calls.jsonl``
-(marker ``match_host``)    ``llm_match_host``      off: match method, API path and body
-=========================  ======================  ==============================================
-
-``--llm-ledger-budget`` is an alias of ``--llm-budget`` that stays available when another plugin
-(pytest-llm-cost) owns ``--llm-budget``.
+Settings come in two layers, the command line over the ini file; docs/CI.md lists them with their
+defaults. ``--llm-ledger-budget`` is an alias of ``--llm-budget`` that stays available when another
+plugin (pytest-llm-cost) owns ``--llm-budget``.
 
 The ``llm`` marker runs a test inside its cassette; ``@pytest.mark.llm(live=True)`` marks a
 deliberate live test instead (no cassette: its requests go to the network in every mode).
