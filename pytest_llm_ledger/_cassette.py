@@ -7,13 +7,9 @@ downloading data when first imported, a test's own HTTP calls) goes out unrecord
 and is refused only with network blocking on; a test that also has a pytest-recording / vcrpy
 cassette (``@pytest.mark.vcr``) hands it to that cassette instead.
 
-Matching is ours: the method, the *API path* and the body compared as canonical JSON; never headers,
-scheme, port or query, and the host only on request (``match_host``). The API path is the URL path
-after the client's base URL, found as the part after the last version segment (``v1``,
-``v1beta``...): ``https://api.openai.com/v1/chat/completions``,
-``http://127.0.0.1:8123/v1/chat/completions`` and ``https://proxy.corp/openai/v1/chat/completions``
-are all ``/chat/completions``, so a cassette recorded through ``OPENAI_BASE_URL`` or a proxy replays
-in a CI without it. Ports are not stored, so re-recording on another port changes no ``url:`` line.
+Matching is ours, on the method, the *API path* (what follows the last version segment: ``/v1``,
+``/v1beta``...), the body as canonical JSON and, on request, the host (docs/CI.md says why). Ports
+are not stored, so re-recording on another port changes no ``url:`` line.
 
 Credentials are redacted before anything is stored, and each request is redacted the same way
 before it is matched (``_secrets``, the list ``llm-ledger scrub`` uses): a cassette holds
