@@ -331,13 +331,8 @@ _GROUPS: Final = {
 
 def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
     """What fails ``--fail-on-increase PCT``, each as ``{"scope": "lens" | "no_lens" | "total", "lens":
-    name or None, "reason": "grew" | "new" | "unchecked", "metric", "base", "head", "pct", "cost_gaps"}``.
-
-    A lens fails when its cost per run grows by more than ``pct`` percent (from zero counts as any
-    growth), or is new (absent in the base) and costs money; the calls outside any lens and the total
-    fail when their cost grows so. Any of them fails closed when it cannot be told (``unchecked``):
-    the head's cost leaves out calls (no known price, no usage) that the base's did not. Nothing is
-    compared without a base report.
+    name or None, "reason": "grew" | "new" | "unchecked", "metric", "base", "head", "pct", "cost_gaps"}``
+    (docs/CI.md says when each fails). Nothing is compared without a base report.
     """
     if diff.get("has_base") is False:
         return []
