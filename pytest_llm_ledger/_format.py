@@ -325,7 +325,7 @@ def invalid_yaml(path: Path, exc: yaml.YAMLError, text: str) -> CassetteError:
     else:
         problem = str(exc)
     problem = problem.replace("tag:yaml.org,2002:", "!!")
-    if "tag" in problem:
+    if "could not determine a constructor" in problem:  # a tag naming a Python object
         problem += "; cassettes hold plain YAML only: tags that would build Python objects are refused"
     return CassetteError(f"{path}{'' if line is None else f':{line}'}: invalid YAML: {problem}")
 

@@ -153,7 +153,7 @@ def test_cassette_tags_json_cannot_hold_are_a_cassette_error(tmp_path: Path, val
     path = tmp_path / "c.yaml"
     path.write_text(CASSETTE.format(value=value), encoding="utf-8")
     tag = value.split()[0]
-    with pytest.raises(CassetteError, match=f"c.yaml: line 6: .*tag '{tag}' is not allowed"):
+    with pytest.raises(CassetteError, match=f"c.yaml:6: invalid YAML: .*tag '{tag}' is not allowed"):
         load_cassette(path)
 
 
