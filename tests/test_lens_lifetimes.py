@@ -398,32 +398,35 @@ async def test_streams_cancelled_in_a_gather_each_count_once_in_their_lens(
     """Many streams over every streaming path, gathered in one lens, half of them cancelled once
     each has begun: each call is recorded once (``interrupted`` if cancelled, else ``ok``) and
     counted in the lens, which ends with no call open; the ledger reports no failure of its own."""
-    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "20", "x-fake-chunks": "40"}  # ~0.8 s each
+    # ~0.8 s each; the half to be cancelled far longer, so that none ends before its cancel on a busy host
+    short = {"x-fake-fault": "slow", "x-fake-delay-ms": "20", "x-fake-chunks": "40"}
+    headers = [{**short, "x-fake-chunks": "2000"} if n % 2 == 0 else short for n in range(12)]
     begun = [asyncio.Event() for _ in range(12)]
 
     async def chat(n: int) -> None:
         stream = await aclient.chat.completions.create(
-            model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow
+            model="gpt-4o-mini", messages=HI, stream=True, extra_headers=headers[n]
         )
         async for _ in stream:
             begun[n].set()
 
     async def streaming_response(n: int) -> None:
         manager = aclient.chat.completions.with_streaming_response.create
-        async with manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow) as response:
+        request = manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=headers[n])
+        async with request as response:
             async for _ in response.iter_lines():
                 begun[n].set()
 
     async def responses(n: int) -> None:
         stream = await aclient.responses.create(
-            model="gpt-4o-mini", input="hi", stream=True, extra_headers=slow
+            model="gpt-4o-mini", input="hi", stream=True, extra_headers=headers[n]
         )
         async for _ in stream:
             begun[n].set()
 
     async def raw_response(n: int) -> None:
         manager = aclient.chat.completions.with_raw_response.create
-        raw = await manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=slow)
+        raw = await manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=headers[n])
         async for _ in raw.parse():
             begun[n].set()
 
