@@ -36,10 +36,11 @@ from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
 from .analysis._read import InputStats, LogReader
 from .analysis._render import FORMATS, render
-from .analysis._usage import UsageRow, usage_row
+from .analysis._usage import NO_LENS, UsageRow, usage_row
 
 __all__ = [
     "FORMATS",
+    "NO_LENS",
     "CostReport",
     "CostRow",
     "InputStats",

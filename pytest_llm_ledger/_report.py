@@ -15,7 +15,7 @@ from typing import Any, Final, Self
 
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
-from llm_ledger.report import UsageRow, cost_decimal, text_table, usage_row
+from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, text_table, usage_row
 
 __all__ = [
     "SESSION_BUCKET",
@@ -314,6 +314,11 @@ class SessionLedger:
             out.setdefault(key, []).append((nodeid, run))
         return out
 
+    def outside_failed_in(self) -> list[str]:
+        """The node ids of the tests whose calls outside any lens failed, sorted."""
+        rows = (row for key, row in self.usage.items() if key[0] == NO_LENS)
+        return sorted({nodeid for row in rows for nodeid in row.tests_with_failed_calls})
+
     def lenses(self) -> dict[str, LensRuns]:
         """lens key -> its runs, sorted by key."""
         return {
@@ -427,7 +432,7 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     incomplete = False
     named = [(key, str(agg.runs), agg.sum, agg.failed_in) for key, agg in ledger.lenses().items()]
     if ledger.outside.api_calls:  # calls outside any lens: with the lenses, they add up to the total
-        named.append(("(no lens)", "", ledger.outside, []))
+        named.append(("(no lens)", "", ledger.outside, ledger.outside_failed_in()))
     total = ledger.total()
     failed = bool(total.errors) or any(s.errors for _, _, s, _ in named)
     for name, runs, s, _ in [*named, ("(session total)", "", total, [])]:

@@ -68,8 +68,17 @@ def reports(
     server.stop()
     assert run(pytester, "--llm-report=base.json").ret == 0
     monkeypatch.setenv("LEDGER_TEST_PROMPT", "Say goodbye")
-    assert run(pytester, "--llm-report=head.json").ret == pytest.ExitCode.TESTS_FAILED
+    head = run(pytester, "--llm-report=head.json")
+    assert head.ret == pytest.ExitCode.TESTS_FAILED
+    (pytester.path / "head.out").write_text(head.stdout.str())
     return pytester.path
+
+
+def test_the_terminal_summary_names_the_tests_whose_calls_outside_any_lens_failed(reports: Path) -> None:
+    """The per-lens table's "failed:" line names the tests of the failed calls outside any lens, as it
+    does a lens's: the test to look at, or re-record."""
+    (line,) = [x for x in (reports / "head.out").read_text().splitlines() if x.startswith("failed: ")]
+    assert line.endswith(f"counted: (no lens) (1, in {OUTSIDE})")
 
 
 def test_the_no_lens_row_names_its_failed_calls_and_their_tests(
