@@ -11,6 +11,7 @@ import argparse
 import base64
 import contextlib
 import hashlib
+import importlib
 import itertools
 import json
 import math
@@ -22,6 +23,8 @@ import struct
 import sys
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -284,6 +287,23 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
         usage["completion_tokens"] -= usage["completion_tokens_details"]["reasoning_tokens"]
         if style == "gemini":
             del usage["completion_tokens_details"]
+
+
+def _encoder(encoding: str) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
+    """(compress a piece of the body so the client can decode it at once, the body's last bytes)."""
+    if encoding == "gzip":
+        gz = zlib.compressobj(wbits=zlib.MAX_WBITS | 16)
+        return lambda data: gz.compress(data) + gz.flush(zlib.Z_SYNC_FLUSH), gz.flush
+    if encoding == "br":
+        br = importlib.import_module("brotli").Compressor()
+        return lambda data: br.process(data) + br.flush(), br.finish
+    # what httpx2 decodes zstd with (httpx uses zstandard: the bytes are the same format)
+    zstd = importlib.import_module("compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd")
+    zs = zstd.ZstdCompressor()
+    return lambda data: zs.compress(data, zs.FLUSH_BLOCK), lambda: zs.flush(zs.FLUSH_FRAME)
+
+
+_ENCODINGS = ("gzip", "br", "zstd")
 
 
 def _sse(payload: JSONDict, event: str | None = None) -> bytes:
@@ -677,6 +697,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _encoding = ""  # the answer's Content-Encoding (x-fake-encoding), "" for none
 
     def setup(self) -> None:
         super().setup()
@@ -770,6 +791,9 @@ class _Handler(BaseHTTPRequestHandler):
         faults: set[str],
         failure: _Failure | None,
     ) -> _Reply | _StreamReply:
+        wrong_encoding = self._pick_encoding(headers)
+        if wrong_encoding is not None:
+            return wrong_encoding
         if failure is not None:
             return _json_reply(failure.body, failure.status, failure.headers)
         status = _int_header(headers, "x-fake-status", 0)
@@ -788,23 +812,49 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(400, "You must provide a model parameter.")
         return _ROUTES[path](body, headers, num, faults)
 
+    def _pick_encoding(self, headers: dict[str, str]) -> _Reply | None:
+        """Set the body's encoding from ``x-fake-encoding`` when the request's Accept-Encoding takes it
+        (a server sends no encoding the client did not offer); an error answer for a bad value."""
+        self._encoding = ""
+        wanted = headers.get("x-fake-encoding", "").strip().lower()
+        if not wanted:
+            return None
+        if wanted not in _ENCODINGS:
+            return _error(400, f"x-fake-encoding: {wanted!r} is not one of {', '.join(_ENCODINGS)}.")
+        offered = {
+            part.split(";")[0].strip().lower() for part in headers.get("accept-encoding", "").split(",")
+        }
+        if wanted in offered:
+            try:
+                _encoder(wanted)
+            except ImportError as exc:
+                return _error(400, f"x-fake-encoding: {wanted} needs the {exc.name} package in the server.")
+            self._encoding = wanted
+        return None
+
     def _send_head(self, status: int, extra: dict[str, str], content_type: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
+        if self._encoding:
+            self.send_header("content-encoding", self._encoding)
         self.send_header("x-request-id", f"req_{self._num}")
         self.send_header("openai-processing-ms", str(int((time.monotonic() - self._started) * 1000)))
         for name, value in {**RESPONSE_HEADERS, **extra}.items():
             self.send_header(name, value)
 
     def _send(self, reply: _Reply, faults: set[str]) -> None:
+        body = reply.body
+        if self._encoding:
+            compress, end = _encoder(self._encoding)
+            body = compress(body) + end()
         self._send_head(reply.status, reply.headers)
-        self.send_header("content-length", str(len(reply.body)))
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
         if "cut-stream" in faults or "reset" in faults:
-            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.wfile.write(body[: len(body) // 2])
             self._abort(reset="reset" in faults)
             return
-        self.wfile.write(reply.body)
+        self.wfile.write(body)
 
     def _send_stream(self, reply: _StreamReply, faults: set[str], close_delimited: bool) -> None:
         extra = {"cache-control": "no-cache"}
@@ -814,14 +864,22 @@ class _Handler(BaseHTTPRequestHandler):
             extra["transfer-encoding"] = "chunked"
         self._send_head(200, extra, "text/event-stream; charset=utf-8")
         self.end_headers()
+        compress, end = _encoder(self._encoding) if self._encoding else (None, None)
         cut = len(reply.events) // 2 if {"cut-stream", "reset"} & faults else len(reply.events)
+
+        def write(data: bytes) -> None:
+            self.wfile.write(data if close_delimited else b"%x\r\n%s\r\n" % (len(data), data))
+
         for index, event in enumerate(reply.events[:cut]):
             if index and self._delay:
                 time.sleep(self._delay)
-            self.wfile.write(event if close_delimited else b"%x\r\n%s\r\n" % (len(event), event))
+            write(compress(event) if compress is not None else event)
         if cut < len(reply.events):
             self._abort(reset="reset" in faults)
-        elif not close_delimited:
+            return
+        if end is not None:
+            write(end())
+        if not close_delimited:
             self.wfile.write(b"0\r\n\r\n")
 
     def _abort(self, reset: bool) -> None:

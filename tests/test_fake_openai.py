@@ -453,6 +453,33 @@ def test_response_headers(client: openai.OpenAI) -> None:
     assert raw.parse().choices
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+def test_encoding_header_compresses_what_the_client_offers(
+    client: openai.OpenAI, encoding: str, stream: bool
+) -> None:
+    """x-fake-encoding compresses the body when Accept-Encoding offers it, and sends it plain when not."""
+    for offered, expected in ((f"identity, {encoding}", encoding), ("identity", None)):
+        headers = {"x-fake-encoding": encoding, "accept-encoding": offered}
+        with client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=USER, stream=stream, extra_headers=headers
+        ) as response:
+            assert response.headers.get("content-encoding") == expected
+            parsed = response.parse()
+            text = (
+                "".join(c.choices[0].delta.content or "" for c in parsed)  # type: ignore[union-attr]
+                if stream
+                else parsed.choices[0].message.content  # type: ignore[union-attr]
+            )
+        assert text == "Summary: " + USER_TEXT
+
+
+def test_encoding_header_with_an_unknown_encoding_is_a_400(client: openai.OpenAI) -> None:
+    """An encoding the fake cannot send is refused with the valid choices."""
+    with pytest.raises(openai.BadRequestError, match="x-fake-encoding: 'lz4' is not one of gzip, br, zstd"):
+        client.chat.completions.create(model=MODEL, messages=USER, extra_headers={"x-fake-encoding": "lz4"})
+
+
 @pytest.mark.parametrize("fault", ["cut-stream", "reset"])
 def test_stream_faults_raise(fake: FakeOpenAI, client: openai.OpenAI, fault: str) -> None:
     stream = client.chat.completions.create(
