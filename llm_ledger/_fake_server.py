@@ -363,10 +363,29 @@ def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSOND
     ]
 
 
+def _below_minimum(body: JSONDict, name: str, minimum: int) -> _Reply | None:
+    """The API's 400 for a token limit ``name`` below ``minimum``; None when it is absent or fine."""
+    value = body.get(name)
+    if not isinstance(value, int) or value >= minimum:
+        return None
+    expected = f"Expected a value >= {minimum}, but got {value} instead."
+    message = f"Invalid '{name}': integer below minimum value. {expected}"
+    error = {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": name,
+        "code": "integer_below_min_value",
+    }
+    return _json_reply({"error": error}, 400)
+
+
 def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
     messages = body.get("messages")
     if not isinstance(messages, list):
         return _error(400, "Missing required parameter: 'messages'.")
+    refused = _below_minimum(body, "max_completion_tokens", 1) or _below_minimum(body, "max_tokens", 1)
+    if refused is not None:
+        return refused
     prompt, cached, reasoning = _counts(messages, body.get("tools"), headers)
     choices_n = max(1, int(body.get("n") or 1))
     tool_calls = _tool_calls(body, headers, num)
@@ -378,7 +397,9 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         fmt = body.get("response_format") or {}
         kind = fmt.get("type")
         schema = (fmt.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        limit = body.get("max_completion_tokens")
+        if limit is None:
+            limit = body.get("max_tokens")
         content, finish = _truncate(_content(kind, schema, messages, headers), limit)
         completion_one = _tokens(content)
     completion = choices_n * completion_one + reasoning
@@ -542,6 +563,9 @@ def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[s
 
 
 def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
+    refused = _below_minimum(body, "max_output_tokens", 16)
+    if refused is not None:
+        return refused
     raw_input = body.get("input")
     items: list[Any] = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else []
     if isinstance(raw_input, list):
@@ -554,6 +578,12 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     # only json_schema: a json_object format gets plain text here
     kind = "json_schema" if text_format.get("type") == "json_schema" else None
     text = _content(kind, text_format.get("schema"), items, headers)
+    limit = body.get("max_output_tokens")
+    finish = "stop"
+    if isinstance(limit, int):  # the limit counts the reasoning too
+        reasoning = min(reasoning, limit)
+        text, finish = _truncate(text, limit - reasoning)
+    done = "incomplete" if finish == "length" else "completed"
     output_tokens = _tokens(text) + reasoning
     usage = {
         "input_tokens": input_tokens,
@@ -568,7 +598,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     item_done = {
         "id": msg_id,
         "type": "message",
-        "status": "completed",
+        "status": done,
         "role": "assistant",
         "content": [part_done],
     }
@@ -580,9 +610,9 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "created_at": CREATED,
             "status": status,
             "background": False,
-            "completed_at": CREATED + 1 if final else None,
+            "completed_at": CREATED + 1 if status == "completed" else None,
             "error": {"code": "server_error", "message": STREAM_ERROR} if status == "failed" else None,
-            "incomplete_details": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": instructions,
             "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": None,
@@ -612,7 +642,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         return answer
 
     if not body.get("stream"):
-        return _json_reply(response("completed", [item_done], True))
+        return _json_reply(response(done, [item_done], True))
 
     sequence = itertools.count()
     where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
@@ -630,7 +660,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             ]
         )
     failed = "response-failed" in faults
-    final = response("failed", [], True) if failed else response("completed", [item_done], True)
+    final = response("failed", [], True) if failed else response(done, [item_done], True)
     return _StreamReply(
         [
             event("response.created", response=response("in_progress", [], False)),
@@ -645,7 +675,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             event("response.output_text.done", **where, text=text, logprobs=[]),
             event("response.content_part.done", **where, part=part_done),
             event("response.output_item.done", output_index=0, item=item_done),
-            event("response.failed" if failed else "response.completed", response=final),
+            event(f"response.{final['status']}", response=final),
         ]
     )
 
