@@ -101,12 +101,7 @@ class RecordedAnswer:
     body: Any
 
 
-@dataclass
-class _Failure:
-    status: int
-    remaining: int
-    body: JSONDict
-    headers: dict[str, str] = field(default_factory=dict)
+_Failure = tuple[JSONDict, int, dict[str, str]]  # a fail_next() answer: its body, status, headers
 
 
 @dataclass
@@ -825,7 +820,7 @@ class _Handler(BaseHTTPRequestHandler):
         if wrong_encoding is not None:
             return wrong_encoding
         if failure is not None:
-            return _json_reply(failure.body, failure.status, failure.headers)
+            return _json_reply(*failure)
         status = _int_header(headers, "x-fake-status", 0)
         if status == 401:
             key = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
@@ -940,7 +935,7 @@ class FakeOpenAI:
         self.answers: list[RecordedAnswer] = []
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
-        self._failures: list[_Failure] = []
+        self._failures: list[_Failure] = []  # queued by fail_next(), one per request
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -990,11 +985,13 @@ class FakeOpenAI:
         headers: dict[str, str] | None = None,
     ) -> None:
         """The next ``times`` requests (any endpoint) answer ``status`` with an OpenAI error body."""
-        if times <= 0:
-            return
+        answer = (
+            error_body(status) if body is None else body,
+            status,
+            {"retry-after-ms": "1", **(headers or {})},
+        )
         with self._lock:
-            answer = error_body(status) if body is None else body
-            self._failures.append(_Failure(status, times, answer, {"retry-after-ms": "1", **(headers or {})}))
+            self._failures += [answer] * times
 
     def reset(self) -> None:
         """Forget recorded requests and answers, and queued failures."""
@@ -1024,13 +1021,7 @@ class FakeOpenAI:
 
     def _take_failure(self) -> _Failure | None:
         with self._lock:
-            if not self._failures:
-                return None
-            failure = self._failures[0]
-            failure.remaining -= 1
-            if failure.remaining <= 0:
-                self._failures.pop(0)
-            return failure
+            return self._failures.pop(0) if self._failures else None
 
 
 def register(subparsers: Any, summary: str) -> None:
