@@ -1,4 +1,5 @@
-"""A small OpenAI-compatible HTTP server for tests and for recording without a key (stdlib only).
+"""A small OpenAI-compatible HTTP server for tests and for recording without a key (stdlib only;
+br and zstd bodies, when asked for, need brotli and backports.zstd).
 
 Public as :class:`llm_ledger.testing.FakeOpenAI` and as ``llm-ledger fake-server``. Its endpoints, token
 accounting, response headers and the ``x-fake-*`` request headers that steer it (faults included) are
