@@ -286,7 +286,10 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
 
 
 def _encoder(encoding: str) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
-    """(compress a piece of the body so the client can decode it at once, the body's last bytes)."""
+    """(compress a piece of the body so the client can decode it at once, the body's last bytes);
+    ``""``: the body as it is."""
+    if not encoding:
+        return lambda data: data, lambda: b""
     if encoding == "gzip":
         gz = zlib.compressobj(wbits=zlib.MAX_WBITS | 16)
         return lambda data: gz.compress(data) + gz.flush(zlib.Z_SYNC_FLUSH), gz.flush
@@ -869,10 +872,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
 
     def _send(self, reply: _Reply, faults: set[str]) -> None:
-        body = reply.body
-        if self._encoding:
-            compress, end = _encoder(self._encoding)
-            body = compress(body) + end()
+        compress, end = _encoder(self._encoding)
+        body = compress(reply.body) + end()
         self._send_head(reply.status, reply.headers)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -890,7 +891,7 @@ class _Handler(BaseHTTPRequestHandler):
             extra["transfer-encoding"] = "chunked"
         self._send_head(200, extra, "text/event-stream; charset=utf-8")
         self.end_headers()
-        compress, end = _encoder(self._encoding) if self._encoding else (None, None)
+        compress, end = _encoder(self._encoding)
         cut = len(reply.events) // 2 if {"cut-stream", "reset"} & faults else len(reply.events)
 
         def write(data: bytes) -> None:
@@ -899,12 +900,13 @@ class _Handler(BaseHTTPRequestHandler):
         for index, event in enumerate(reply.events[:cut]):
             if index and self._delay:
                 time.sleep(self._delay)
-            write(compress(event) if compress is not None else event)
+            write(compress(event))
         if cut < len(reply.events):
             self._abort(reset="reset" in faults)
             return
-        if end is not None:
-            write(end())
+        tail = end()
+        if tail:  # an empty chunk would end a chunked body
+            write(tail)
         if not close_delimited:
             self.wfile.write(b"0\r\n\r\n")
 
