@@ -1,4 +1,5 @@
-"""A small OpenAI-compatible HTTP server for tests and for recording without a key (stdlib only).
+"""A small OpenAI-compatible HTTP server for tests and for recording without a key (stdlib only;
+br and zstd bodies, when asked for, need brotli and backports.zstd).
 
 Public as :class:`llm_ledger.testing.FakeOpenAI` and as ``llm-ledger fake-server``. Its endpoints, token
 accounting, response headers and the ``x-fake-*`` request headers that steer it (faults included) are
@@ -11,6 +12,7 @@ import argparse
 import base64
 import contextlib
 import hashlib
+import importlib
 import itertools
 import json
 import math
@@ -22,6 +24,8 @@ import struct
 import sys
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -98,12 +102,7 @@ class RecordedAnswer:
     body: Any
 
 
-@dataclass
-class _Failure:
-    status: int
-    remaining: int
-    body: JSONDict
-    headers: dict[str, str] = field(default_factory=dict)
+_Failure = tuple[JSONDict, int, dict[str, str]]  # a fail_next() answer: its body, status, headers
 
 
 @dataclass
@@ -286,6 +285,26 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
             del usage["completion_tokens_details"]
 
 
+def _encoder(encoding: str) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
+    """(compress a piece of the body so the client can decode it at once, the body's last bytes);
+    ``""``: the body as it is."""
+    if not encoding:
+        return lambda data: data, lambda: b""
+    if encoding == "gzip":
+        gz = zlib.compressobj(wbits=zlib.MAX_WBITS | 16)
+        return lambda data: gz.compress(data) + gz.flush(zlib.Z_SYNC_FLUSH), gz.flush
+    if encoding == "br":
+        br = importlib.import_module("brotli").Compressor()
+        return lambda data: br.process(data) + br.flush(), br.finish
+    # what httpx2 decodes zstd with (httpx uses zstandard: the bytes are the same format)
+    zstd = importlib.import_module("compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd")
+    zs = zstd.ZstdCompressor()
+    return lambda data: zs.compress(data, zs.FLUSH_BLOCK), lambda: zs.flush(zs.FLUSH_FRAME)
+
+
+_ENCODINGS = ("gzip", "br", "zstd")
+
+
 def _sse(payload: JSONDict, event: str | None = None) -> bytes:
     data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
     return b"event: " + event.encode() + b"\n" + data if event else data
@@ -343,10 +362,29 @@ def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSOND
     ]
 
 
+def _below_minimum(body: JSONDict, name: str, minimum: int) -> _Reply | None:
+    """The API's 400 for a token limit ``name`` below ``minimum``; None when it is absent or fine."""
+    value = body.get(name)
+    if not isinstance(value, int) or value >= minimum:
+        return None
+    expected = f"Expected a value >= {minimum}, but got {value} instead."
+    message = f"Invalid '{name}': integer below minimum value. {expected}"
+    error = {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": name,
+        "code": "integer_below_min_value",
+    }
+    return _json_reply({"error": error}, 400)
+
+
 def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
     messages = body.get("messages")
     if not isinstance(messages, list):
         return _error(400, "Missing required parameter: 'messages'.")
+    refused = _below_minimum(body, "max_completion_tokens", 1) or _below_minimum(body, "max_tokens", 1)
+    if refused is not None:
+        return refused
     prompt, cached, reasoning = _counts(messages, body.get("tools"), headers)
     choices_n = max(1, int(body.get("n") or 1))
     tool_calls = _tool_calls(body, headers, num)
@@ -358,7 +396,9 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         fmt = body.get("response_format") or {}
         kind = fmt.get("type")
         schema = (fmt.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        limit = body.get("max_completion_tokens")
+        if limit is None:
+            limit = body.get("max_tokens")
         content, finish = _truncate(_content(kind, schema, messages, headers), limit)
         completion_one = _tokens(content)
     completion = choices_n * completion_one + reasoning
@@ -522,6 +562,9 @@ def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[s
 
 
 def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
+    refused = _below_minimum(body, "max_output_tokens", 16)
+    if refused is not None:
+        return refused
     raw_input = body.get("input")
     items: list[Any] = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else []
     if isinstance(raw_input, list):
@@ -534,6 +577,12 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     # only json_schema: a json_object format gets plain text here
     kind = "json_schema" if text_format.get("type") == "json_schema" else None
     text = _content(kind, text_format.get("schema"), items, headers)
+    limit = body.get("max_output_tokens")
+    finish = "stop"
+    if isinstance(limit, int):  # the limit counts the reasoning too
+        reasoning = min(reasoning, limit)
+        text, finish = _truncate(text, limit - reasoning)
+    done = "incomplete" if finish == "length" else "completed"
     output_tokens = _tokens(text) + reasoning
     usage = {
         "input_tokens": input_tokens,
@@ -548,7 +597,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     item_done = {
         "id": msg_id,
         "type": "message",
-        "status": "completed",
+        "status": done,
         "role": "assistant",
         "content": [part_done],
     }
@@ -560,9 +609,9 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "created_at": CREATED,
             "status": status,
             "background": False,
-            "completed_at": CREATED + 1 if final else None,
+            "completed_at": CREATED + 1 if status == "completed" else None,
             "error": {"code": "server_error", "message": STREAM_ERROR} if status == "failed" else None,
-            "incomplete_details": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": instructions,
             "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": None,
@@ -592,7 +641,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         return answer
 
     if not body.get("stream"):
-        return _json_reply(response("completed", [item_done], True))
+        return _json_reply(response(done, [item_done], True))
 
     sequence = itertools.count()
     where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
@@ -610,7 +659,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             ]
         )
     failed = "response-failed" in faults
-    final = response("failed", [], True) if failed else response("completed", [item_done], True)
+    final = response("failed", [], True) if failed else response(done, [item_done], True)
     return _StreamReply(
         [
             event("response.created", response=response("in_progress", [], False)),
@@ -625,7 +674,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             event("response.output_text.done", **where, text=text, logprobs=[]),
             event("response.content_part.done", **where, part=part_done),
             event("response.output_item.done", output_index=0, item=item_done),
-            event("response.failed" if failed else "response.completed", response=final),
+            event(f"response.{final['status']}", response=final),
         ]
     )
 
@@ -677,6 +726,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _encoding = ""  # the answer's Content-Encoding (x-fake-encoding), "" for none
 
     def setup(self) -> None:
         super().setup()
@@ -770,8 +820,11 @@ class _Handler(BaseHTTPRequestHandler):
         faults: set[str],
         failure: _Failure | None,
     ) -> _Reply | _StreamReply:
+        wrong_encoding = self._pick_encoding(headers)
+        if wrong_encoding is not None:
+            return wrong_encoding
         if failure is not None:
-            return _json_reply(failure.body, failure.status, failure.headers)
+            return _json_reply(*failure)
         status = _int_header(headers, "x-fake-status", 0)
         if status == 401:
             key = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
@@ -788,23 +841,47 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(400, "You must provide a model parameter.")
         return _ROUTES[path](body, headers, num, faults)
 
+    def _pick_encoding(self, headers: dict[str, str]) -> _Reply | None:
+        """Set the body's encoding from ``x-fake-encoding`` when the request's Accept-Encoding takes it
+        (a server sends no encoding the client did not offer); an error answer for a bad value."""
+        self._encoding = ""
+        wanted = headers.get("x-fake-encoding", "").strip().lower()
+        if not wanted:
+            return None
+        if wanted not in _ENCODINGS:
+            return _error(400, f"x-fake-encoding: {wanted!r} is not one of {', '.join(_ENCODINGS)}.")
+        offered = {
+            part.split(";")[0].strip().lower() for part in headers.get("accept-encoding", "").split(",")
+        }
+        if wanted in offered:
+            try:
+                _encoder(wanted)
+            except ImportError as exc:
+                return _error(400, f"x-fake-encoding: {wanted} needs the {exc.name} package in the server.")
+            self._encoding = wanted
+        return None
+
     def _send_head(self, status: int, extra: dict[str, str], content_type: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
+        if self._encoding:
+            self.send_header("content-encoding", self._encoding)
         self.send_header("x-request-id", f"req_{self._num}")
         self.send_header("openai-processing-ms", str(int((time.monotonic() - self._started) * 1000)))
         for name, value in {**RESPONSE_HEADERS, **extra}.items():
             self.send_header(name, value)
 
     def _send(self, reply: _Reply, faults: set[str]) -> None:
+        compress, end = _encoder(self._encoding)
+        body = compress(reply.body) + end()
         self._send_head(reply.status, reply.headers)
-        self.send_header("content-length", str(len(reply.body)))
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
         if "cut-stream" in faults or "reset" in faults:
-            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.wfile.write(body[: len(body) // 2])
             self._abort(reset="reset" in faults)
             return
-        self.wfile.write(reply.body)
+        self.wfile.write(body)
 
     def _send_stream(self, reply: _StreamReply, faults: set[str], close_delimited: bool) -> None:
         extra = {"cache-control": "no-cache"}
@@ -814,14 +891,23 @@ class _Handler(BaseHTTPRequestHandler):
             extra["transfer-encoding"] = "chunked"
         self._send_head(200, extra, "text/event-stream; charset=utf-8")
         self.end_headers()
+        compress, end = _encoder(self._encoding)
         cut = len(reply.events) // 2 if {"cut-stream", "reset"} & faults else len(reply.events)
+
+        def write(data: bytes) -> None:
+            self.wfile.write(data if close_delimited else b"%x\r\n%s\r\n" % (len(data), data))
+
         for index, event in enumerate(reply.events[:cut]):
             if index and self._delay:
                 time.sleep(self._delay)
-            self.wfile.write(event if close_delimited else b"%x\r\n%s\r\n" % (len(event), event))
+            write(compress(event))
         if cut < len(reply.events):
             self._abort(reset="reset" in faults)
-        elif not close_delimited:
+            return
+        tail = end()
+        if tail:  # an empty chunk would end a chunked body
+            write(tail)
+        if not close_delimited:
             self.wfile.write(b"0\r\n\r\n")
 
     def _abort(self, reset: bool) -> None:
@@ -852,7 +938,7 @@ class FakeOpenAI:
         self.answers: list[RecordedAnswer] = []
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
-        self._failures: list[_Failure] = []
+        self._failures: list[_Failure] = []  # queued by fail_next(), one per request
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -902,11 +988,13 @@ class FakeOpenAI:
         headers: dict[str, str] | None = None,
     ) -> None:
         """The next ``times`` requests (any endpoint) answer ``status`` with an OpenAI error body."""
-        if times <= 0:
-            return
+        answer = (
+            error_body(status) if body is None else body,
+            status,
+            {"retry-after-ms": "1", **(headers or {})},
+        )
         with self._lock:
-            answer = error_body(status) if body is None else body
-            self._failures.append(_Failure(status, times, answer, {"retry-after-ms": "1", **(headers or {})}))
+            self._failures += [answer] * times
 
     def reset(self) -> None:
         """Forget recorded requests and answers, and queued failures."""
@@ -936,13 +1024,7 @@ class FakeOpenAI:
 
     def _take_failure(self) -> _Failure | None:
         with self._lock:
-            if not self._failures:
-                return None
-            failure = self._failures[0]
-            failure.remaining -= 1
-            if failure.remaining <= 0:
-                self._failures.pop(0)
-            return failure
+            return self._failures.pop(0) if self._failures else None
 
 
 def register(subparsers: Any, summary: str) -> None:

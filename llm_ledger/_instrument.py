@@ -90,7 +90,10 @@ def _begin(
         body = options.json_data
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed
             return None, options
-        request = request_shape(operation, body, stream=stream)
+        # extra_body: the SDK sends its fields over the body's; the record shows the request as sent
+        extra = options.extra_json
+        sent = {**body, **extra} if extra and isinstance(extra, Mapping) else body
+        request = request_shape(operation, sent, stream=stream)
         headers = options.headers
         raw = headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
         # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
@@ -99,8 +102,7 @@ def _begin(
         if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw in (None, "true"):
             stream_options = body.get("stream_options")
             said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
-            extra = options.extra_json  # extra_body: the SDK sends its stream_options over the body's
-            if said is None and not (isinstance(extra, Mapping) and "stream_options" in extra):
+            if said is None and (sent is body or "stream_options" not in extra):  # extra's go over ours
                 options = options.model_copy()
                 options.json_data = {
                     **body,
@@ -116,7 +118,7 @@ def _begin(
     # made last: a call counts in its lenses from here on, so it must reach _finish
     if monitor.capture_content:
         call = _Call(operation, request, client, endpoint)
-        call.content = monitor._captured_request(body)
+        call.content = monitor._captured_request(sent)
     else:
         call = _Call(operation, request, None, endpoint)
     if not counts_retries:

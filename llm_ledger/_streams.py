@@ -22,7 +22,6 @@ import json
 import sys
 import time
 import weakref
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -370,10 +369,31 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
     monitor._finish(call, "ok", None, None)  # what is known for sure (a no-op once recorded)
 
 
+def _decoders(library: str, encodings: list[str]) -> list[Any]:
+    """Decoders for a body's ``encodings``, in the order to apply them, from the HTTP library the
+    caller reads it with; none when one of them is not an encoding that library decodes.
+
+    The library's own decoders, private as they are, decode exactly what the caller's read decodes,
+    with the modules that library chose (httpx: brotli or brotlicffi, zstandard; httpx2: brotli or
+    brotlicffi, backports.zstd or compression.zstd), multi-frame zstd and raw deflate included.
+    """
+    supported = sys.modules[f"{library}._decoders"].SUPPORTED_DECODERS
+    if not all(encoding in supported for encoding in encodings):
+        return []
+    return [supported[encoding]() for encoding in reversed(encodings)]
+
+
+def _bytes(decoded: Any) -> bytes:
+    """A decoder's output: bytes from httpx, an iterator of bytes from httpx2."""
+    return decoded if type(decoded) is bytes else b"".join(decoded)
+
+
 class _Body:
     """Reads a body as its bytes pass to the caller: SSE events into the state, or JSON at its end."""
 
-    def __init__(self, state: _StreamState, headers: Any, sse: bool, request: Any = None) -> None:
+    def __init__(
+        self, state: _StreamState, headers: Any, sse: bool, library: str, request: Any = None
+    ) -> None:
         self.state = state
         self.request = request
         self.sse = sse
@@ -381,20 +401,25 @@ class _Body:
         self.buffer = bytearray()
         self.data: list[bytes | bytearray] = []
         self.parts: list[bytes] | None = []
-        encoding = (headers.get("content-encoding") or "identity").strip().lower()
-        self.decoder: Any = None
-        if encoding == "gzip":
-            self.decoder = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        elif encoding == "deflate":
-            self.decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)
-        elif encoding != "identity":
-            self.parts = None  # an encoding the ledger does not read: only the body's end is seen
+        self.decoders: list[Any] = []
+        encodings = [e.strip().lower() for e in (headers.get("content-encoding") or "").split(",")]
+        encodings = [e for e in encodings if e not in ("", "identity")]
+        if encodings:
+            try:
+                self.decoders = _decoders(library, encodings)
+            except Exception as exc:
+                state.monitor._report("reading a streamed body", exc)
+                self.parts = None
+            if not self.decoders:
+                self.parts = None  # an encoding the ledger does not read: only the body's end is seen
 
     def feed(self, raw: bytes) -> None:
         if self.parts is None:
             return
         try:
-            data = self.decoder.decompress(raw) if self.decoder is not None else raw
+            data = raw
+            for decoder in self.decoders:
+                data = _bytes(decoder.decode(data))
             if self.sse:
                 self._lines(data)
             else:
@@ -451,7 +476,9 @@ class _Body:
         state = self.state
         if self.parts is not None:
             try:
-                rest = self.decoder.flush() if self.decoder is not None else b""
+                rest = b""
+                for decoder in self.decoders:  # what each decoder held back, through the ones after it
+                    rest = (_bytes(decoder.decode(rest)) if rest else b"") + _bytes(decoder.flush())
                 if self.sse:
                     self._lines(rest + b"\n\n")  # an event not closed by a blank line ends with the body
                 else:
@@ -546,8 +573,9 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
         request = http_response.request  # named by the APIError of an error in the stream
     except Exception:
         request = None
-    body = _Body(state, http_response.headers, sse=call.request["stream"], request=request)
-    sync_tap, async_tap = _tap_classes(type(http_response).__module__.partition(".")[0])
+    library = type(http_response).__module__.partition(".")[0]
+    body = _Body(state, http_response.headers, call.request["stream"], library, request)
+    sync_tap, async_tap = _tap_classes(library)
     tap = async_tap if is_async else sync_tap
     http_response.stream = tap(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected

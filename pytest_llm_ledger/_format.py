@@ -90,13 +90,13 @@ def decompress(raw: bytes, encoding: str) -> bytes | None:
                 data = zlib.decompress(data, -zlib.MAX_WBITS)
         elif enc == "br":
             try:
-                import brotli  # type: ignore[import-not-found]
+                import brotli  # type: ignore[import-untyped]
             except ImportError:
                 return None
             data = brotli.decompress(data)
         elif enc == "zstd":
             try:
-                import zstandard  # type: ignore[import-not-found]
+                import zstandard
             except ImportError:
                 return None
             data = zstandard.ZstdDecompressor().decompressobj().decompress(data)

@@ -135,6 +135,30 @@ def test_chat_max_tokens_truncates(client: openai.OpenAI) -> None:
     assert completion.choices[0].message.content == "x" * 8
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize(
+    ("limits", "name"),
+    [
+        ({"max_completion_tokens": 0, "max_tokens": 5}, "max_completion_tokens"),  # 0 is given: no fallback
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": -3}, "max_completion_tokens"),
+    ],
+)
+def test_chat_token_limit_below_one_is_refused(
+    client: openai.OpenAI, limits: dict[str, int], name: str, stream: bool
+) -> None:
+    """A max_completion_tokens or max_tokens below 1 is a 400 naming it, as the API answers."""
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=MODEL, messages=USER, stream=stream, **limits)  # type: ignore[call-overload]
+    expected = f"Expected a value >= 1, but got {limits[name]} instead."
+    assert raised.value.body == {  # the error object, as the API sends it
+        "message": f"Invalid '{name}': integer below minimum value. {expected}",
+        "type": "invalid_request_error",
+        "param": name,
+        "code": "integer_below_min_value",
+    }
+
+
 def test_chat_stream_without_usage(client: openai.OpenAI) -> None:
     expected = client.chat.completions.create(model=MODEL, messages=USER)
     chunks = list(
@@ -373,6 +397,54 @@ def test_responses_stream(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_responses_cut_by_max_output_tokens_is_incomplete(fake: FakeOpenAI, stream: bool) -> None:
+    """Text longer than max_output_tokens is cut to it: status incomplete, the reason, the usage of
+    what was produced (the reasoning counted in), streamed as response.incomplete."""
+    headers = {"x-fake-content": "x" * 200, "x-fake-reasoning-tokens": "6"}
+    async with async_client(fake) as sdk:
+        if stream:
+            events = [
+                e
+                async for e in await sdk.responses.create(
+                    model=MODEL, input="hi", max_output_tokens=20, stream=True, extra_headers=headers
+                )
+            ]
+            assert events[-1].type == "response.incomplete"
+            response = events[-1].response
+            done = [e.item for e in events if e.type == "response.output_item.done"]
+            assert [item.status for item in done] == ["incomplete"]  # type: ignore[union-attr]
+            deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+            assert deltas == response.output_text
+        else:
+            response = await sdk.responses.create(
+                model=MODEL, input="hi", max_output_tokens=20, extra_headers=headers
+            )
+    assert response.status == "incomplete" and response.completed_at is None
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text == "x" * 4 * (20 - 6)
+    assert response.usage is not None
+    assert response.usage.output_tokens == 20
+    assert response.usage.output_tokens_details.reasoning_tokens == 6
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_responses_max_output_tokens_below_16_is_refused(client: openai.OpenAI, stream: bool) -> None:
+    """max_output_tokens below 16 is a 400 naming it, as the API answers; 16 itself is taken."""
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=MODEL, input="hi", max_output_tokens=15, stream=stream)
+    assert raised.value.body == {  # the error object, as the API sends it
+        "message": "Invalid 'max_output_tokens': integer below minimum value. "
+        "Expected a value >= 16, but got 15 instead.",
+        "type": "invalid_request_error",
+        "param": "max_output_tokens",
+        "code": "integer_below_min_value",
+    }
+    assert client.responses.create(model=MODEL, input="hi", max_output_tokens=16).status == "completed"
+
+
+@pytest.mark.asyncio
 async def test_responses_async(fake: FakeOpenAI) -> None:
     async with async_client(fake) as sdk:
         response = await sdk.responses.create(model=MODEL, input="hi")
@@ -451,6 +523,33 @@ def test_response_headers(client: openai.OpenAI) -> None:
     assert int(raw.headers["openai-processing-ms"]) >= 0
     assert raw.headers["content-type"] == "application/json"
     assert raw.parse().choices
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+def test_encoding_header_compresses_what_the_client_offers(
+    client: openai.OpenAI, encoding: str, stream: bool
+) -> None:
+    """x-fake-encoding compresses the body when Accept-Encoding offers it, and sends it plain when not."""
+    for offered, expected in ((f"identity, {encoding}", encoding), ("identity", None)):
+        headers = {"x-fake-encoding": encoding, "accept-encoding": offered}
+        with client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=USER, stream=stream, extra_headers=headers
+        ) as response:
+            assert response.headers.get("content-encoding") == expected
+            parsed = response.parse()
+            text = (
+                "".join(c.choices[0].delta.content or "" for c in parsed)  # type: ignore[union-attr]
+                if stream
+                else parsed.choices[0].message.content  # type: ignore[union-attr]
+            )
+        assert text == "Summary: " + USER_TEXT
+
+
+def test_encoding_header_with_an_unknown_encoding_is_a_400(client: openai.OpenAI) -> None:
+    """An encoding the fake cannot send is refused with the valid choices."""
+    with pytest.raises(openai.BadRequestError, match="x-fake-encoding: 'lz4' is not one of gzip, br, zstd"):
+        client.chat.completions.create(model=MODEL, messages=USER, extra_headers={"x-fake-encoding": "lz4"})
 
 
 @pytest.mark.parametrize("fault", ["cut-stream", "reset"])

@@ -1,0 +1,95 @@
+"""Bodies the caller reads itself (``with_streaming_response``), compressed as a server may send them.
+
+The fake server compresses its answer with ``x-fake-encoding`` when the SDK's Accept-Encoding offers
+that encoding (the HTTP library offers ``br`` with brotli installed and ``zstd`` with its zstd module).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import openai
+import pytest
+
+from llm_ledger.testing import Captured, FakeOpenAI
+from tests.test_ledger_paths import CHAT, CHAT_STREAM, RESPONSES, _drain, _enter, _essentials, _exit, _maybe
+
+BODIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("chat", CHAT),
+    "chat stream": ("chat", CHAT_STREAM),
+    "responses stream": ("responses", {**RESPONSES, "stream": True}),
+}
+ENCODINGS = ["gzip", "br", "zstd"]
+# the ids that differ between two answers of the fake server
+_IDS = re.compile(r"(chatcmpl-|resp_|msg_fake|call_fake)\d+")
+
+
+def _resource(c: Any, operation: str) -> Any:
+    return c.chat.completions if operation == "chat" else c.responses
+
+
+async def _read(c: Any, body: str, how: str, encoding: str) -> str:
+    """What the caller gets from a with_streaming_response body read by ``how``, ids masked."""
+    operation, kwargs = BODIES[body]
+    manager = _resource(c, operation).with_streaming_response.create(
+        **kwargs, extra_headers={"x-fake-encoding": encoding}
+    )
+    response = await _enter(manager)
+    assert response.headers["content-encoding"] == encoding  # the server did compress it
+    if how == "iter_bytes":
+        pieces = response.iter_bytes()
+        got = b"".join([p async for p in pieces] if hasattr(pieces, "__aiter__") else list(pieces)).decode()
+    else:
+        parsed = await _maybe(response.parse())
+        if kwargs.get("stream"):
+            items = [item async for item in parsed] if hasattr(parsed, "__aiter__") else list(parsed)
+            got = json.dumps([item.to_dict() for item in items])
+        else:
+            got = json.dumps(parsed.to_dict())
+    await _exit(manager)
+    return _IDS.sub(r"\1N", got)
+
+
+async def _create(c: Any, body: str, encoding: str) -> None:
+    operation, kwargs = BODIES[body]
+    result = await _maybe(
+        _resource(c, operation).create(**kwargs, extra_headers={"x-fake-encoding": encoding})
+    )
+    if kwargs.get("stream"):
+        await _drain(result)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("how", ["parse", "iter_bytes"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("body", list(BODIES))
+async def test_a_compressed_body_is_recorded_as_create_records_it(
+    body: str,
+    encoding: str,
+    how: str,
+    is_async: bool,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+) -> None:
+    """A gzip, br or zstd body read through with_streaming_response has create()'s usage and cost,
+    and the caller reads exactly what the bare SDK reads."""
+    target = aclient if is_async else client
+    got = await _read(target, body, how, encoding)
+    await _create(target, body, encoding)
+    bare: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
+        api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
+    )
+    try:
+        assert got == await _read(bare, body, how, encoding)
+    finally:
+        await _maybe(bare.close())
+    watched, expected = records.calls
+    assert _essentials(watched) == _essentials(expected)
+    assert (
+        watched["status"] == "ok" and watched["usage"]["total_tokens"] and watched["cost"]["total_cost_usd"]
+    )
