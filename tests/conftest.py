@@ -20,6 +20,12 @@ pytest_plugins = ["pytester"]
 
 FAKE_KEY = "sk-test-LEAKCHECK-0123456789abcdef"
 
+# pytester's in-process runs drop the modules first imported inside them, and a client imports its
+# HTTP stack (httpcore2, h11, anyio) lazily: a test's client made after such a run would import it
+# anew, while the HTTP library still maps the old module's exceptions, so a connection error would
+# escape unmapped. Imported here, the stack outlives every in-process run.
+openai.OpenAI(api_key=FAKE_KEY).close()
+
 # The modules whose tests take seconds each (real servers, interpreters, pip, fuzzing), slowest first:
 # they run first, so that no xdist worker is left alone with one of them at the end of the run.
 # `make test` runs --dist worksteal: a worker starts on a contiguous half of the tests (a module's
