@@ -1,18 +1,11 @@
-"""The JSON-lines file: whole lines appended in batches, losing nothing.
+"""The JSON-lines file: whole lines appended in batches, losing nothing (docs/RELIABILITY.md says
+what each failure can lose, and the test that proves it).
 
 ``JsonlFileHandler`` takes ledger records as a sink (``write_record``) or as a logging handler
-(``emit``): the caller's thread serialises the record and queues the line, and the call that fills a
-batch appends it. A timer-driven writer thread, what most monitors use, costs the callers more than
-the writing while the application keeps the GIL busy (bench/RESULTS.md); so callers write, and the
-writer thread, asleep while nothing is queued, writes what they leave when they stop, and all of it
-after a slow write until a write is fast again.
-
-Each batch is one ``O_APPEND`` write of whole lines under an exclusive ``flock`` every ledger writer
-takes: a short write (full disk) is cut back and kept for retry, and a partial last line left by a
-writer killed mid-write is cut before the next append. The file is reopened after rotation or
-deletion; a path that is not a regular file is refused, never waited on. Exit, and SIGTERM where
-``configure()`` installed its handler, write everything queued; a forked child writes its own
-records only. docs/RELIABILITY.md says what each case can lose.
+(``emit``): the caller's thread serialises the record and the call that fills a batch appends it. A
+timer-driven writer thread, what most monitors use, costs the callers more than the writing while
+the application keeps the GIL busy (bench/RESULTS.md); so the writer thread, asleep while nothing is
+queued, only writes what callers leave when they stop, and all of it while writes are slow.
 """
 
 from __future__ import annotations
