@@ -266,12 +266,7 @@ class JsonlFileHandler(logging.Handler):
         """Write what is queued on this thread; False when the writer thread must (writes have been
         slow, failed writes wait for its retry, another process is writing the file) or another
         thread is writing."""
-        if not self._callers_write or self._retrying or not self._take(0):
-            return False
-        try:
-            return self._drain(on_caller=True)
-        finally:
-            self._give_back()
+        return self._callers_write and not self._retrying and self._drain_taken(0, on_caller=True)
 
     def _take(self, timeout: float) -> bool:
         """Take the write lock, waiting at most ``timeout`` s (-1: for good). A SIGTERM handled on the
@@ -288,13 +283,15 @@ class JsonlFileHandler(logging.Handler):
                 _sigterm_if_pending()
         return taken
 
-    def _drain_taken(self, timeout: float) -> None:
-        """Write what is queued on this thread, once it has the write lock (waiting at most ``timeout``)."""
-        if self._take(timeout):
-            try:
-                self._drain()
-            finally:
-                self._give_back()
+    def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
+        """``_drain()`` on this thread, once it has the write lock (waiting at most ``timeout``);
+        False when it did not get the lock or left the lines to the writer thread."""
+        if not self._take(timeout):
+            return False
+        try:
+            return self._drain(on_caller)
+        finally:
+            self._give_back()
 
     def _give_back(self) -> None:
         self._draining.release()
