@@ -485,7 +485,15 @@ class JsonlFileHandler(logging.Handler):
             del pending[:written]  # (without the lock, the part of a batch a short write wrote)
             self._retrying = True
             self._lost += _drop_oldest(pending, _MAX_PENDING_LINES)
-            _report_write_failure(self.path, exc, pending.count(b"\n"), self._lost)
+            if _due("write", self.path):
+                internal_log.error(
+                    "llm-ledger cannot write %s (%s: %s); %d records kept for retry, %d dropped so far",
+                    self.path,
+                    type(exc).__name__,
+                    exc,
+                    pending.count(b"\n"),
+                    self._lost,
+                )
             return True
         except BaseException:
             del pending[:written]  # an interrupt: what reached the file is not written again
@@ -498,7 +506,7 @@ class JsonlFileHandler(logging.Handler):
             self._callers_write = True
         elif self._callers_write:
             self._callers_write = False
-            if _due(_last_slow_write, self.path):
+            if _due("slow write", self.path):
                 internal_log.warning(
                     "llm-ledger: writing %s took %.1f s; the writer thread writes it until writes are "
                     "fast again, so that calls never wait for it",
@@ -580,40 +588,27 @@ def _drop_oldest(lines: bytearray, keep: int) -> int:
     return excess
 
 
-# when each file's last failure was reported: a file's reports are rate-limited, not another's
-_last_failure: dict[Path, float] = {}
-_last_format_failure: dict[Path, float] = {}
-_last_slow_write: dict[Path, float] = {}
+# when each kind of failure was last reported for each file: a file's reports are rate-limited, not
+# another's
+_last_failure: dict[tuple[str, Path], float] = {}
 
 
-def _due(last: dict[Path, float], path: Path) -> bool:
-    """Whether a failure on ``path`` is reported now (once a minute per file and kind)."""
+def _due(kind: str, path: Path) -> bool:
+    """Whether a failure of ``kind`` on ``path`` is reported now (once a minute per file and kind)."""
     now = time.monotonic()
-    if now - last.get(path, float("-inf")) < 60:
+    if now - _last_failure.get((kind, path), float("-inf")) < 60:
         return False
-    last[path] = now
+    _last_failure[kind, path] = now
     return True
 
 
 def _report_format_failure(path: Path, exc: BaseException) -> None:
-    if _due(_last_format_failure, path):
+    if _due("format", path):
         internal_log.warning(
             "llm-ledger could not format a record for %s, so it was not written (%s: %s)",
             path,
             type(exc).__name__,
             exc,
-        )
-
-
-def _report_write_failure(path: Path, exc: BaseException, pending: int, lost: int) -> None:
-    if _due(_last_failure, path):
-        internal_log.error(
-            "llm-ledger cannot write %s (%s: %s); %d records kept for retry, %d dropped so far",
-            path,
-            type(exc).__name__,
-            exc,
-            pending,
-            lost,
         )
 
 
