@@ -688,20 +688,18 @@ def _after_fork_in_child() -> None:
         handler._after_fork_in_child()
 
 
-class _ForkHook:
-    registered = False
-
-
-_fork_hook = _ForkHook()
+_fork_hook_registered = False
 
 
 def _before_fork() -> None:
     # multiprocessing's forked children leave through os._exit(), past atexit: they flush through
-    # one of its finalizers instead, registered in each child by its after-fork hook
+    # one of its finalizers instead, registered in each child by its after-fork hook (whose weakly
+    # held owner is the hook itself, a module function that lives as long as the process)
+    global _fork_hook_registered
     util = sys.modules.get("multiprocessing.util")
-    if util is not None and not _ForkHook.registered:
-        _ForkHook.registered = True
-        util.register_after_fork(_fork_hook, _flush_at_multiprocessing_exit)
+    if util is not None and not _fork_hook_registered:
+        _fork_hook_registered = True
+        util.register_after_fork(_flush_at_multiprocessing_exit, _flush_at_multiprocessing_exit)
 
 
 def _flush_at_multiprocessing_exit(_: object) -> None:
