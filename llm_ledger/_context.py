@@ -15,7 +15,7 @@ import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
 from ._records import CallRecord, LensSummary, LensTotals, new_id
 
@@ -68,7 +68,7 @@ class _Scope:
         token, self._token = self._token, None
         _reset(_context, token)
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self._enter()
         return self
 
@@ -77,7 +77,7 @@ class _Scope:
     ) -> None:
         self._exit()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         return self.__enter__()
 
     async def __aexit__(
@@ -222,10 +222,6 @@ class TrackedContext(_Scope):
     def _fresh(self) -> TrackedContext:
         return TrackedContext(self._extra)
 
-    def __enter__(self) -> TrackedContext:
-        self._enter()
-        return self
-
 
 class LensRun(_Scope):
     """One run of a lens; ``summary`` holds its aggregate once the block has ended.
@@ -261,7 +257,7 @@ class LensRun(_Scope):
         extra = {k: v for k, v in self._extra.items() if k not in RUN_KEYS}
         return LensRun(self._monitor, self.lens_key, extra)
 
-    def __enter__(self) -> LensRun:
+    def __enter__(self) -> Self:
         if self._token is None and self.run_id is not None:
             raise RuntimeError(
                 f"lens run {self.lens_key!r} has already run; call lens() again for each block"
