@@ -17,7 +17,7 @@ from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
-from ._records import CallRecord, LensSummary, LensTotals, new_id
+from ._records import LensSummary, LensTotals, new_id
 
 if TYPE_CHECKING:
     from ._budgets import _RunBudget
@@ -292,15 +292,6 @@ class LensRun(_Scope):
             self._monitor._report("ending a lens", error)
 
     # -- used by the monitor ---------------------------------------------------------------------
-
-    def _begin_call(self) -> bool:
-        """A call starts inside this run; False once the run has ended (the call counts in no lens)."""
-        return self._totals.begin()
-
-    def _count_call(self, record: CallRecord, cost_units: int | None) -> None:
-        """Count a call that began inside this run and ended, from its record as made (before any sink
-        is handed it)."""
-        self._totals.add(record, cost_units)
 
     def _settle_call(self) -> None:
         """Once the counted call's record is emitted: check the budget, and write the run's record if

@@ -157,7 +157,7 @@ class _Call:
         self.context = current_context()  # never changed in place: copied into the record
         lenses = current_lenses()
         # the lens runs this call counts in (a run that has ended counts no new call)
-        self.lenses = tuple(run for run in lenses if run._begin_call()) if lenses else ()
+        self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
         self.client = client  # only with content capture: its API key is scrubbed from the text
         self.retries: int | None = 0  # None when the client's retries cannot be counted
         self.request_id: str | None = None
@@ -456,7 +456,7 @@ class LLMCallMonitor:
         counted: list[LensRun] = []
         for run in call.lenses:
             try:
-                run._count_call(record, cost_units)
+                run._totals.add(record, cost_units)
                 counted.append(run)
             except Exception as exc:  # pragma: no cover - counting only reads the record
                 self._report("counting a call in its lens", exc)
