@@ -183,12 +183,17 @@ class LensSummary(TypedDict):
     cost_complete: bool
 
 
-class LensRecord(TypedDict):
+class _RunRecord(TypedDict):
+    """The fields every record of a lens run starts with."""
+
     timestamp: str
     level: str
     logger: str
     event: str
-    context: dict[str, Any]
+    context: dict[str, Any]  # the lens run's (lens_key, lens_run_id, ...)
+
+
+class LensRecord(_RunRecord):
     summary: LensSummary
 
 
@@ -437,12 +442,7 @@ class AnomalyShape(TypedDict):
     model: str | None  # the run's models_used joined by "+" (None: no call)
 
 
-class AnomalyRecord(TypedDict):
-    timestamp: str
-    level: str
-    logger: str
-    event: str
-    context: dict[str, Any]  # the lens run's (lens_key, lens_run_id, ...)
+class AnomalyRecord(_RunRecord):
     anomaly: AnomalyShape
 
 
@@ -454,12 +454,7 @@ class BudgetShape(TypedDict):
     mode: str  # "warn", or "raise": the run's next call raises BudgetExceededError
 
 
-class BudgetRecord(TypedDict):
-    timestamp: str
-    level: str
-    logger: str
-    event: str
-    context: dict[str, Any]  # the lens run's (lens_key, lens_run_id, ...)
+class BudgetRecord(_RunRecord):
     budget: BudgetShape
 
 
