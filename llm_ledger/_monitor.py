@@ -275,7 +275,13 @@ class LLMCallMonitor:
             raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
         if logger is not None and not isinstance(logger, str):
             raise ConfigError(f"logger must be a logger name or None, got {logger!r}")
-        self.prices = self._price_table(prices)
+        if prices is None:
+            prices = PriceTable()
+        elif isinstance(prices, (str, os.PathLike)):
+            prices = PriceTable.from_file(prices)
+        elif not isinstance(prices, PriceTable):
+            raise ConfigError(f"prices must be a PriceTable or the path of a price file, got {prices!r}")
+        self.prices = prices
         self.capture_content = capture_content
         self.redact = redact
         self.stream_usage = stream_usage
@@ -289,16 +295,6 @@ class LLMCallMonitor:
         self._last_report: dict[str, float] = {}
         self.budgets: BudgetGuard | None = None
         self.anomalies: AnomalyDetector | None = None
-
-    @staticmethod
-    def _price_table(prices: PriceTable | str | os.PathLike[str] | None) -> PriceTable:
-        if prices is None:
-            return PriceTable()
-        if isinstance(prices, PriceTable):
-            return prices
-        if isinstance(prices, (str, os.PathLike)):
-            return PriceTable.from_file(prices)
-        raise ConfigError(f"prices must be a PriceTable or the path of a price file, got {prices!r}")
 
     # -- public API -------------------------------------------------------------------------------
 
