@@ -223,7 +223,10 @@ def usage_of(operation: str, usage: Any) -> Usage:
     except AttributeError:
         fields = _Attributes(usage)
     if operation == "responses":
-        prompt, completion, cached, reasoning = _responses_usage(fields)
+        prompt = fields.get("input_tokens")
+        completion = fields.get("output_tokens")
+        cached = getattr(fields.get("input_tokens_details"), "cached_tokens", None)
+        reasoning = getattr(fields.get("output_tokens_details"), "reasoning_tokens", None)
     else:
         prompt = fields.get("prompt_tokens")
         completion = fields.get("completion_tokens")
@@ -280,16 +283,6 @@ def _cache_hits(usage: Any) -> Any:
     if type(extra) is dict:
         return extra.get("prompt_cache_hit_tokens")
     return getattr(usage, "prompt_cache_hit_tokens", None)
-
-
-def _responses_usage(fields: Any) -> tuple[Any, Any, Any, Any]:
-    """(prompt, completion, cached, reasoning) of a Responses API usage object, unchecked."""
-    return (
-        fields.get("input_tokens"),
-        fields.get("output_tokens"),
-        getattr(fields.get("input_tokens_details"), "cached_tokens", None),
-        getattr(fields.get("output_tokens_details"), "reasoning_tokens", None),
-    )
 
 
 def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
