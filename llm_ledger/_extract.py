@@ -66,11 +66,6 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _count(value: Any) -> int:
-    value = _given(value)
-    return len(value) if isinstance(value, (list, tuple)) else 0
-
-
 def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> RequestShape:
     """Counts and parameters of one request; text is measured in characters, never copied."""
     if operation == "chat":  # the common case first and compact: this runs cold on every call
@@ -115,7 +110,7 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         "has_images": images > 0,
         "image_count": images,
         "stream": stream,
-        "tools_count": 0 if tools is None else _count(tools),
+        "tools_count": len(tools) if isinstance(tools, (list, tuple)) else 0,
     }
 
 
