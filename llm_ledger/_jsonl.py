@@ -62,22 +62,21 @@ class NotRegularFileError(OSError):
     """The log path is not a regular file: a FIFO would block the call writing to it, a device or
     a socket would take records and keep none."""
 
-    def __init__(self, path: Path, kind: str) -> None:
+    def __init__(self, path: Path, mode: int) -> None:
+        kind = _KINDS.get(stat.S_IFMT(mode), "special file")
         super().__init__(
             f"{str(path)!r} is a {kind}, not a regular file; remove it so that llm-ledger can create "
             "the file there, or choose another log_dir (LLM_LEDGER_LOG_DIR=off writes no file)"
         )
 
 
-def _kind(mode: int) -> str:
-    kinds = {
-        stat.S_IFIFO: "FIFO (named pipe)",
-        stat.S_IFDIR: "directory",
-        stat.S_IFCHR: "character device",
-        stat.S_IFBLK: "block device",
-        stat.S_IFSOCK: "socket",
-    }
-    return kinds.get(stat.S_IFMT(mode), "special file")
+_KINDS = {
+    stat.S_IFIFO: "FIFO (named pipe)",
+    stat.S_IFDIR: "directory",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+}
 
 
 class LedgerJsonFormatter(OrjsonFormatter):
@@ -357,11 +356,11 @@ class JsonlFileHandler(logging.Handler):
         except OSError as exc:
             if exc.errno not in (errno.EISDIR, errno.ENXIO):  # ENXIO: a FIFO with no reader, a socket
                 raise
-            raise NotRegularFileError(self.path, _kind(os.stat(self.path).st_mode)) from exc
+            raise NotRegularFileError(self.path, os.stat(self.path).st_mode) from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise NotRegularFileError(self.path, _kind(st.st_mode))
+                raise NotRegularFileError(self.path, st.st_mode)
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
