@@ -1,13 +1,8 @@
 """Where a call went: the server's address and port, and the provider behind it.
 
-Providers are named as genai-prices names them (``openai``, ``azure``, ``openrouter``, ``groq``,
-``together``, ``deepseek``, ``fireworks``, ``mistral``, ``x-ai``...), so the name recorded is the one that
-chose the prices. An :class:`Endpoint` finds it once per instrumented client, never per call: an
-``AzureOpenAI`` client is ``azure`` wherever it points; otherwise its base URL is matched against
-genai-prices' provider URL patterns. A host nobody knows (self-hosted, a proxy, a loopback test server)
-is ``openai``, what the client speaks (as OpenTelemetry's GenAI conventions ask of an OpenAI client on a
-compatible server), unless the price file maps the host (docs/PRICING.md); ``server.address`` tells
-the real backend apart. :func:`otel_provider_name` gives OpenTelemetry's ``gen_ai.provider.name``.
+Providers are named as genai-prices names them, so the name recorded is the one that chose the
+prices; how a client's provider is found, once per client, is docs/PRICING.md's "How a call is
+priced" and "Providers". :func:`otel_provider_name` gives OpenTelemetry's ``gen_ai.provider.name``.
 """
 
 from __future__ import annotations
