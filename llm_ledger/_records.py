@@ -1,15 +1,9 @@
-"""The one place that defines the shape of every record llm-ledger emits.
+"""The one place that defines the shape of every record llm-ledger emits (docs/MONITORING.md, "The
+records"): ``llm_api_call`` per SDK call (:func:`call_record`), ``lens_summary`` per lens run
+(:func:`lens_record`), ``lens_anomaly`` (docs/ANOMALIES.md) and ``budget_exceeded`` (docs/BUDGETS.md).
 
-Four events exist:
-
-* ``llm_api_call``: one per monitored SDK call (built by :func:`call_record`);
-* ``lens_summary``: one per lens run (built by :func:`lens_record` from a :class:`LensTotals`);
-* ``lens_anomaly``: a lens run far above its baseline (:func:`anomaly_record`, docs/ANOMALIES.md);
-* ``budget_exceeded``: a lens run over a production budget (:func:`budget_record`, docs/BUDGETS.md).
-
-Everything else (the JSONL file, the pytest plugin, ``llm-ledger report``, exporters) consumes
-these dicts; none of them defines its own copy of the schema. Records are plain JSON-ready dicts
-(str, int, float, bool, None, list, dict) so any sink can serialise them.
+Everything else (the JSONL file, the pytest plugin, ``llm-ledger report``, exporters) consumes these
+plain JSON-ready dicts, so any sink can serialise them; none defines its own copy of the schema.
 """
 
 from __future__ import annotations
