@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "flush_all",
     "handle_sigterm_signal",
     "json_text",
+    "once_a_minute",
 ]
 
 internal_log = logging.getLogger("llm_ledger.internal")
@@ -484,7 +485,7 @@ class JsonlFileHandler(logging.Handler):
             del pending[:written]  # (without the lock, the part of a batch a short write wrote)
             self._retrying = True
             self._lost += _drop_oldest(pending, _MAX_PENDING_LINES)
-            if _due("write", self.path):
+            if once_a_minute(_last_failure, ("write", self.path)):
                 internal_log.error(
                     "llm-ledger cannot write %s (%s: %s); %d records kept for retry, %d dropped so far",
                     self.path,
@@ -505,7 +506,7 @@ class JsonlFileHandler(logging.Handler):
             self._callers_write = True
         elif self._callers_write:
             self._callers_write = False
-            if _due("slow write", self.path):
+            if once_a_minute(_last_failure, ("slow write", self.path)):
                 internal_log.warning(
                     "llm-ledger: writing %s took %.1f s; the writer thread writes it until writes are "
                     "fast again, so that calls never wait for it",
@@ -587,22 +588,23 @@ def _drop_oldest(lines: bytearray, keep: int) -> int:
     return excess
 
 
+def once_a_minute(last: dict[Any, float], key: Hashable) -> bool:
+    """Whether a failure is reported now: once a minute per ``key`` (its place and kind), the times
+    kept in ``last``; a failure repeated on every call must not flood the log."""
+    now = time.monotonic()
+    if now - last.get(key, float("-inf")) < 60:
+        return False
+    last[key] = now
+    return True
+
+
 # when each kind of failure was last reported for each file: a file's reports are rate-limited, not
 # another's
 _last_failure: dict[tuple[str, Path], float] = {}
 
 
-def _due(kind: str, path: Path) -> bool:
-    """Whether a failure of ``kind`` on ``path`` is reported now (once a minute per file and kind)."""
-    now = time.monotonic()
-    if now - _last_failure.get((kind, path), float("-inf")) < 60:
-        return False
-    _last_failure[kind, path] = now
-    return True
-
-
 def _report_format_failure(path: Path, exc: BaseException) -> None:
-    if _due("format", path):
+    if once_a_minute(_last_failure, ("format", path)):
         internal_log.warning(
             "llm-ledger could not format a record for %s, so it was not written (%s: %s)",
             path,

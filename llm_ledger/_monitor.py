@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, reasoning_in_completion, usage_of
-from ._jsonl import json_text
+from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
     LOGGER_NAME,
@@ -55,7 +55,6 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 _NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
-_REPORT_INTERVAL_S = 60.0
 # what a user's sink, hook or log handler may raise through the ledger: Ctrl-C, and a generator's
 # close; anything else it raises (SystemExit, a BaseException of its own) would break the call
 _PASSED_ON = (KeyboardInterrupt, GeneratorExit)
@@ -342,10 +341,7 @@ class LLMCallMonitor:
 
     def _report(self, where: str, exc: BaseException) -> None:
         """Report a failure inside the ledger, at most once a minute per place and kind."""
-        key = f"{where}:{type(exc).__name__}"
-        now = time.monotonic()
-        if now - self._last_report.get(key, -_REPORT_INTERVAL_S) >= _REPORT_INTERVAL_S:
-            self._last_report[key] = now
+        if once_a_minute(self._last_report, f"{where}:{type(exc).__name__}"):
             _warn(
                 "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
                 where,
