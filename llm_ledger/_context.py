@@ -12,7 +12,7 @@ import functools
 import inspect
 import time
 import types
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
@@ -127,21 +127,7 @@ def _generator_in(
     context.run(scope.__enter__)
     error: BaseException | None = None
     try:
-        generator = context.run(func, *args, **kwargs)
-        step: Callable[[Any], Any] = generator.send
-        value: Any = None
-        while True:
-            try:
-                item = context.run(step, value)
-            except StopIteration as stop:
-                return stop.value
-            try:
-                value, step = (yield item), generator.send
-            except GeneratorExit:
-                context.run(generator.close)
-                raise
-            except BaseException as exc:  # thrown in by the caller: into the generator with it
-                value, step = exc, generator.throw
+        return (yield from _stepped_in(context, context.run(func, *args, **kwargs)))
     except BaseException as exc:
         error = exc
         raise
@@ -161,7 +147,7 @@ async def _async_generator_in(
     try:
         while True:
             try:
-                item = await _stepped_in(context, generator.__anext__())
+                item = await _stepped_in(context, generator.__anext__().__await__())
             except StopAsyncIteration:
                 return
             yield item
@@ -170,15 +156,15 @@ async def _async_generator_in(
         raise
     finally:
         try:
-            await _stepped_in(context, generator.aclose())
+            await _stepped_in(context, generator.aclose().__await__())
         finally:
             context.run(scope.__exit__, type(error) if error else None, error, None)
 
 
 @types.coroutine
-def _stepped_in(context: Context, awaitable: Awaitable[Any]) -> Generator[Any, Any, Any]:
-    """Await ``awaitable`` with each of its steps run in ``context``."""
-    steps = awaitable.__await__()
+def _stepped_in(context: Context, steps: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """Drive ``steps`` (a generator, or an awaitable's ``__await__()``) with each step run in
+    ``context``: what it yields is yielded on, what is sent or thrown in goes on to it."""
     sent: Any = None
     thrown: BaseException | None = None
     while True:
