@@ -422,7 +422,7 @@ class JsonlFileHandler(logging.Handler):
         self._started = None
         self._bytes = 0
         queue = self._queue
-        done = True
+        done = False  # stays so if an interrupt (Ctrl-C) on a caller's thread stops the write: next time
         try:
             while queue:
                 item = queue.popleft()
@@ -430,15 +430,11 @@ class JsonlFileHandler(logging.Handler):
                     pending += item
                 else:
                     events.append(item)
-            if pending:
-                if on_caller:
-                    # the writer wakes while the write has the GIL released: it sees callers writing,
-                    # so leaves the lines they queue next to them (see _run)
-                    self._wake.set()
-                done = self._write(wait=not on_caller)
-        except BaseException:
-            done = False  # an interrupt (Ctrl-C) on a caller's thread: its lines are written next time
-            raise
+            if pending and on_caller:
+                # the writer wakes while the write has the GIL released: it sees callers writing,
+                # so leaves the lines they queue next to them (see _run)
+                self._wake.set()
+            done = not pending or self._write(wait=not on_caller)
         finally:
             if not done:  # the flushes waiting on these lines wait for the writer thread
                 queue.extendleft(reversed(events))
