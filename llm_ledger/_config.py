@@ -260,9 +260,7 @@ def configure(
                 handle_sigterm_signal(True)  # a first configure() in another thread could not install it
             return settings
         monitor = get_monitor()
-        prices = (
-            PriceTable.from_file(settings.price_file) if settings.price_file is not None else PriceTable()
-        )
+        prices = PriceTable() if settings.price_file is None else PriceTable.from_file(settings.price_file)
         plan = None
         if settings.exporters != (_settings.exporters if _settings is not None else ()):
             plan = _exporters.prepare(settings.exporters)  # sinks built, ports bound; nothing changed yet
