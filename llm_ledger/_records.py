@@ -119,19 +119,14 @@ class Timing(TypedDict):
 
 
 class CostShape(TypedDict):
-    """What the call cost and where that figure comes from (docs/PRICING.md).
-
-    ``total_cost_usd`` is the provider's own figure when it reports one (``source`` is then
-    ``provider-reported``), else the price table's; ``computed_usd`` keeps the table's total when the
-    two differ (the split is then unknown: null). ``matched_by`` is how the rates were chosen: ``host``
-    (the price file maps the host), ``provider`` (a known provider's rates) or ``model`` (a host nobody
-    knows: the model name alone)."""
+    """What the call cost and where that figure comes from: the provider's own figure when it reports
+    one, ``computed_usd`` then keeping the price table's and the split null (docs/PRICING.md)."""
 
     prompt_cost_usd: float | None
     completion_cost_usd: float | None
     total_cost_usd: float | None
     source: str | None  # "genai-prices <version>", "price-file", "provider-reported"; null: no cost
-    matched_by: str
+    matched_by: str  # how the rates were chosen: "host", "provider" or "model" (a host nobody knows)
     computed_usd: float | None
 
 
