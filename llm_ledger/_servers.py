@@ -56,12 +56,11 @@ class Endpoint:
     by, resolved at its first priced call and again only when the monitor's price table or the client's
     ``base_url`` changes (a reassigned ``client.base_url`` is a new URL object: one identity check)."""
 
-    __slots__ = ("_client", "_resolved", "azure", "base_url", "host", "port")
+    __slots__ = ("_client", "_resolved", "azure", "host", "port")
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self.azure = any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
-        self.base_url: str = ""
         self.host: str | None = None
         self.port: int | None = None
         self._resolved: tuple[PriceTable, Any, Route] | None = None  # the table, the URL, their route
@@ -84,7 +83,7 @@ class Endpoint:
             base_url, (host, port) = str(url), _address(url)
         except Exception:
             base_url, host, port = "", None, None
-        self.base_url, self.host, self.port = base_url, host, port
+        self.host, self.port = host, port
         provider = detect_provider(base_url, azure=self.azure)
         route = table.route(host, port, provider=provider)
         self._resolved = (table, url, route)
