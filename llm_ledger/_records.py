@@ -186,6 +186,10 @@ class LensRecord(_RunRecord):
     summary: LensSummary
 
 
+def _run_record(timestamp: str, level: str, event: str, context: dict[str, Any]) -> _RunRecord:
+    return {"timestamp": timestamp, "level": level, "logger": LOGGER_NAME, "event": event, "context": context}
+
+
 # ids end in a counter's 12 hex digits, hex(16**12 + n)[3:]: cheaper than a format spec
 _ID_START = 16**12 + 1
 
@@ -409,14 +413,7 @@ def lens_record(*, context: dict[str, Any], summary: LensSummary, end_epoch: flo
     handed, never the run's ``summary`` the application stores."""
     summary = summary.copy()
     summary["models_used"] = list(summary["models_used"])
-    return {
-        "timestamp": iso_timestamp(end_epoch),
-        "level": "INFO",
-        "logger": LOGGER_NAME,
-        "event": LENS_EVENT,
-        "context": context,
-        "summary": summary,
-    }
+    return {**_run_record(iso_timestamp(end_epoch), "INFO", LENS_EVENT, context), "summary": summary}
 
 
 class AnomalyShape(TypedDict):
@@ -449,25 +446,11 @@ class BudgetRecord(_RunRecord):
 
 def anomaly_record(*, lens: Mapping[str, Any], anomaly: AnomalyShape) -> AnomalyRecord:
     """Build one ``lens_anomaly`` record for the lens run ``lens`` (stamped with the run's end)."""
-    return {
-        "timestamp": lens["timestamp"],
-        "level": "WARNING",
-        "logger": LOGGER_NAME,
-        "event": ANOMALY_EVENT,
-        "context": lens["context"],
-        "anomaly": anomaly,
-    }
+    return {**_run_record(lens["timestamp"], "WARNING", ANOMALY_EVENT, lens["context"]), "anomaly": anomaly}
 
 
 def budget_record(*, context: dict[str, Any], budget: BudgetShape, epoch: float) -> BudgetRecord:
     """Build one ``budget_exceeded`` record for the lens run whose ``context`` is given."""
     # floats for every limit (tokens and calls too): a log index maps a field by its first value
     budget = {**budget, "max": float(budget["max"]), "actual": float(budget["actual"])}
-    return {
-        "timestamp": iso_timestamp(epoch),
-        "level": "WARNING",
-        "logger": LOGGER_NAME,
-        "event": BUDGET_EVENT,
-        "context": context,
-        "budget": budget,
-    }
+    return {**_run_record(iso_timestamp(epoch), "WARNING", BUDGET_EVENT, context), "budget": budget}
