@@ -1,9 +1,6 @@
-"""Who a call belongs to: the context stack and the open lens runs, carried by contextvars.
-
-contextvars give each thread its own stack and each asyncio task a copy of its parent's, so
-concurrent lenses never see each other's calls while tasks fanned out inside one lens (e.g.
-``asyncio.gather``, ``asyncio.to_thread``) all count toward it. A thread started by hand, or by
-an executor, starts in an empty context: ``propagate(fn)`` carries the current one into it.
+"""Who a call belongs to: the context stack and the open lens runs, carried by contextvars: each
+thread has its own, each asyncio task a copy of its parent's (docs/MONITORING.md says what that
+means for lenses, and where ``propagate(fn)`` carries the context into a thread).
 """
 
 from __future__ import annotations
