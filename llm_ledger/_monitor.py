@@ -599,11 +599,8 @@ class LLMCallMonitor:
                 self._report(what, exc)
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
-        try:
-            record = lens_record(context=context, summary=summary, end_epoch=end_epoch)
-            self._emit(record)
-        except Exception as exc:
-            self._report("the lens summary", exc)
-            return
+        # what it raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)
+        record = lens_record(context=context, summary=summary, end_epoch=end_epoch)
+        self._emit(record)
         if self.anomalies is not None:
             self.anomalies.after_lens(self, record)
