@@ -8,7 +8,7 @@ whole ledger's budget per call).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from ._records import RequestShape, ResponseShape, Usage
 
@@ -205,12 +205,8 @@ def no_usage() -> Usage:
 
 
 def usage_of(operation: str, usage: Any) -> Usage:
-    """Normalise a chat / embeddings / responses ``usage`` object to the record's names.
-
-    A dict is taken as a usage already read (a stream's); ``None`` gives a usage of unknowns.
-    """
-    if type(usage) is dict:
-        return cast(Usage, usage)
+    """Normalise a chat / embeddings / responses ``usage`` object to the record's names (``None``:
+    a usage of unknowns). A usage body the ledger parsed itself comes as a ``JsonView``."""
     if usage is None:
         return no_usage()
     try:
