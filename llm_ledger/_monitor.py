@@ -444,18 +444,14 @@ class LLMCallMonitor:
             self._emit(record)
             return
         # counted before the sinks are handed the record (one may change it in place), settled after
-        # (a lens's record follows its calls')
-        counted: list[LensRun] = []
+        # (a lens's record follows its calls'); counting cannot fail: it only adds up the record
+        # just built from normalised counts (usage_of) and costs (integers or None)
         for run in call.lenses:
-            try:
-                run._totals.add(record, cost_units)
-                counted.append(run)
-            except Exception as exc:  # pragma: no cover - counting only reads the record
-                self._report("counting a call in its lens", exc)
+            run._totals.add(record, cost_units)
         try:
             self._emit(record)
         finally:  # even when Ctrl-C lands in a sink: else its lens would wait for the call for good
-            for run in counted:
+            for run in call.lenses:
                 try:
                     run._settle_call()
                 except Exception as exc:
