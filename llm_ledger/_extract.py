@@ -61,11 +61,6 @@ def _text_and_images(content: Any) -> tuple[int, int]:
     return chars, images
 
 
-def _float(value: Any) -> float | None:
-    """A number parameter as a float; ``None`` for anything else (not given, or not a number)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> RequestShape:
     """Counts and parameters of one request; text is measured in characters, never copied."""
     if operation == "chat":  # the common case first and compact: this runs cold on every call
@@ -95,14 +90,15 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         messages_count, system, user, images, max_tokens = _input_shape(operation, body)
     model = body.get("model")
     temperature = body.get("temperature")
+    if temperature is not None and type(temperature) is not float:
+        # always a float (or null): a log index maps the field by its first value, and an integer 0
+        # or 1 there would cut every later 0.7; anything but a number (not given) is null
+        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        temperature = float(temperature) if number else None
     tools = body.get("tools")
     return {
         "model": model if type(model) is str else None,  # a number or dict is the server's to refuse
-        # always a float (or null): a log index maps the field by its first value, and an integer 0
-        # or 1 there would cut every later 0.7
-        "temperature": temperature
-        if temperature is None or type(temperature) is float
-        else _float(temperature),
+        "temperature": temperature,
         "max_tokens": max_tokens,
         "messages_count": messages_count,
         "system_prompt_length": system,
