@@ -1,38 +1,8 @@
 """``configure()``: one validated, frozen set of settings for the default monitor and its JSONL file.
 
-Each setting comes from the argument when given, else from its environment variable, else from
-the default, so an operator can change them without touching code:
-
-=============================  ==============================  ==========================
-setting                        environment variable            default
-=============================  ==============================  ==========================
-``log_dir``                    ``LLM_LEDGER_LOG_DIR``          ``logs``
-``price_file``                 ``LLM_LEDGER_PRICE_FILE``       none (genai-prices only)
-``capture_content``            ``LLM_LEDGER_CAPTURE_CONTENT``  ``false``
-``stream_usage``               ``LLM_LEDGER_STREAM_USAGE``     ``true``
-``handle_sigterm``             ``LLM_LEDGER_HANDLE_SIGTERM``   ``true``
-``exporters``                  ``LLM_LEDGER_EXPORTERS``        none
-``budgets``                    ``LLM_LEDGER_BUDGETS``          none (no production budgets)
-``budget_mode``                ``LLM_LEDGER_BUDGET_MODE``      ``warn``
-``anomalies``                  ``LLM_LEDGER_ANOMALIES``        off
-=============================  ==============================  ==========================
-
-``LLM_LEDGER_LOG_DIR=off`` (or ``none``, ``false``, ``no``, ``0``; or ``log_dir=None``) writes no
-file; records still reach the ``llm_monitor`` logger's other handlers and every sink.
-
-``handle_sigterm``: where the application has no SIGTERM handler of its own, the first
-``configure()`` that sets up a file installs one (from the main thread) that writes out every
-queued record, then lets the process die by SIGTERM as it would have (docs/RELIABILITY.md).
-``exporters``: ``["prometheus", "otel"]`` (``LLM_LEDGER_EXPORTERS=prometheus,otel``) puts the exporter
-sinks on the default monitor; ``prometheus:9464`` also serves ``/metrics`` on that port
-(``llm_ledger/exporters``, docs/exporters.md).
-``budgets``: a budgets.yaml path or a mapping of its shape; each lens run is checked against it,
-``budget_mode="raise"`` stops a run over budget at its next call, ``on_budget_exceeded`` is called with
-each ``budget_exceeded`` record (docs/BUDGETS.md). ``anomalies``: ``True`` or an ``AnomalyConfig``
-(``LLM_LEDGER_ANOMALIES=on`` or ``k=6,window=100``); ``on_anomaly`` is called with each ``lens_anomaly``
-record (docs/ANOMALIES.md). ``budget_mode="raise"``, ``on_budget_exceeded`` and ``on_anomaly`` with
-their feature off are errors, unless an operator's ``LLM_LEDGER_BUDGETS=off`` /
-``LLM_LEDGER_ANOMALIES=off`` turned it off on purpose.
+Each setting comes from its argument, else its environment variable, else its default: the table is
+in docs/MONITORING.md ("Configuration"); budgets, anomalies and the SIGTERM handler have their own
+pages (docs/BUDGETS.md, docs/ANOMALIES.md, docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -290,9 +260,7 @@ def configure(
                 handle_sigterm_signal(True)  # a first configure() in another thread could not install it
             return settings
         monitor = get_monitor()
-        prices = (
-            PriceTable.from_file(settings.price_file) if settings.price_file is not None else PriceTable()
-        )
+        prices = PriceTable() if settings.price_file is None else PriceTable.from_file(settings.price_file)
         plan = None
         if settings.exporters != (_settings.exporters if _settings is not None else ()):
             plan = _exporters.prepare(settings.exporters)  # sinks built, ports bound; nothing changed yet

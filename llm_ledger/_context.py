@@ -1,9 +1,6 @@
-"""Who a call belongs to: the context stack and the open lens runs, carried by contextvars.
-
-contextvars give each thread its own stack and each asyncio task a copy of its parent's, so
-concurrent lenses never see each other's calls while tasks fanned out inside one lens (e.g.
-``asyncio.gather``, ``asyncio.to_thread``) all count toward it. A thread started by hand, or by
-an executor, starts in an empty context: ``propagate(fn)`` carries the current one into it.
+"""Who a call belongs to: the context stack and the open lens runs, carried by contextvars: each
+thread has its own, each asyncio task a copy of its parent's (docs/MONITORING.md says what that
+means for lenses, and where ``propagate(fn)`` carries the context into a thread).
 """
 
 from __future__ import annotations
@@ -12,12 +9,12 @@ import functools
 import inspect
 import time
 import types
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
-from ._records import CallRecord, LensSummary, LensTotals, new_id
+from ._records import LensSummary, LensTotals, new_id
 
 if TYPE_CHECKING:
     from ._budgets import _RunBudget
@@ -68,7 +65,7 @@ class _Scope:
         token, self._token = self._token, None
         _reset(_context, token)
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self._enter()
         return self
 
@@ -77,7 +74,7 @@ class _Scope:
     ) -> None:
         self._exit()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         return self.__enter__()
 
     async def __aexit__(
@@ -127,21 +124,7 @@ def _generator_in(
     context.run(scope.__enter__)
     error: BaseException | None = None
     try:
-        generator = context.run(func, *args, **kwargs)
-        step: Callable[[Any], Any] = generator.send
-        value: Any = None
-        while True:
-            try:
-                item = context.run(step, value)
-            except StopIteration as stop:
-                return stop.value
-            try:
-                value, step = (yield item), generator.send
-            except GeneratorExit:
-                context.run(generator.close)
-                raise
-            except BaseException as exc:  # thrown in by the caller: into the generator with it
-                value, step = exc, generator.throw
+        return (yield from _stepped_in(context, context.run(func, *args, **kwargs)))
     except BaseException as exc:
         error = exc
         raise
@@ -161,7 +144,7 @@ async def _async_generator_in(
     try:
         while True:
             try:
-                item = await _stepped_in(context, generator.__anext__())
+                item = await _stepped_in(context, generator.__anext__().__await__())
             except StopAsyncIteration:
                 return
             yield item
@@ -170,15 +153,15 @@ async def _async_generator_in(
         raise
     finally:
         try:
-            await _stepped_in(context, generator.aclose())
+            await _stepped_in(context, generator.aclose().__await__())
         finally:
             context.run(scope.__exit__, type(error) if error else None, error, None)
 
 
 @types.coroutine
-def _stepped_in(context: Context, awaitable: Awaitable[Any]) -> Generator[Any, Any, Any]:
-    """Await ``awaitable`` with each of its steps run in ``context``."""
-    steps = awaitable.__await__()
+def _stepped_in(context: Context, steps: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """Drive ``steps`` (a generator, or an awaitable's ``__await__()``) with each step run in
+    ``context``: what it yields is yielded on, what is sent or thrown in goes on to it."""
     sent: Any = None
     thrown: BaseException | None = None
     while True:
@@ -222,10 +205,6 @@ class TrackedContext(_Scope):
     def _fresh(self) -> TrackedContext:
         return TrackedContext(self._extra)
 
-    def __enter__(self) -> TrackedContext:
-        self._enter()
-        return self
-
 
 class LensRun(_Scope):
     """One run of a lens; ``summary`` holds its aggregate once the block has ended.
@@ -261,7 +240,7 @@ class LensRun(_Scope):
         extra = {k: v for k, v in self._extra.items() if k not in RUN_KEYS}
         return LensRun(self._monitor, self.lens_key, extra)
 
-    def __enter__(self) -> LensRun:
+    def __enter__(self) -> Self:
         if self._token is None and self.run_id is not None:
             raise RuntimeError(
                 f"lens run {self.lens_key!r} has already run; call lens() again for each block"
@@ -296,15 +275,6 @@ class LensRun(_Scope):
             self._monitor._report("ending a lens", error)
 
     # -- used by the monitor ---------------------------------------------------------------------
-
-    def _begin_call(self) -> bool:
-        """A call starts inside this run; False once the run has ended (the call counts in no lens)."""
-        return self._totals.begin()
-
-    def _count_call(self, record: CallRecord, cost_units: int | None) -> None:
-        """Count a call that began inside this run and ended, from its record as made (before any sink
-        is handed it)."""
-        self._totals.add(record, cost_units)
 
     def _settle_call(self) -> None:
         """Once the counted call's record is emitted: check the budget, and write the run's record if

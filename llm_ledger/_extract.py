@@ -8,7 +8,7 @@ whole ledger's budget per call).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from ._records import RequestShape, ResponseShape, Usage
 
@@ -61,16 +61,6 @@ def _text_and_images(content: Any) -> tuple[int, int]:
     return chars, images
 
 
-def _float(value: Any) -> float | None:
-    """A number parameter as a float; ``None`` for anything else (not given, or not a number)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _count(value: Any) -> int:
-    value = _given(value)
-    return len(value) if isinstance(value, (list, tuple)) else 0
-
-
 def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> RequestShape:
     """Counts and parameters of one request; text is measured in characters, never copied."""
     if operation == "chat":  # the common case first and compact: this runs cold on every call
@@ -100,14 +90,15 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         messages_count, system, user, images, max_tokens = _input_shape(operation, body)
     model = body.get("model")
     temperature = body.get("temperature")
+    if temperature is not None and type(temperature) is not float:
+        # always a float (or null): a log index maps the field by its first value, and an integer 0
+        # or 1 there would cut every later 0.7; anything but a number (not given) is null
+        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        temperature = float(temperature) if number else None
     tools = body.get("tools")
     return {
         "model": model if type(model) is str else None,  # a number or dict is the server's to refuse
-        # always a float (or null): a log index maps the field by its first value, and an integer 0
-        # or 1 there would cut every later 0.7
-        "temperature": temperature
-        if temperature is None or type(temperature) is float
-        else _float(temperature),
+        "temperature": temperature,
         "max_tokens": max_tokens,
         "messages_count": messages_count,
         "system_prompt_length": system,
@@ -115,7 +106,7 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         "has_images": images > 0,
         "image_count": images,
         "stream": stream,
-        "tools_count": 0 if tools is None else _count(tools),
+        "tools_count": len(tools) if isinstance(tools, (list, tuple)) else 0,
     }
 
 
@@ -210,12 +201,8 @@ def no_usage() -> Usage:
 
 
 def usage_of(operation: str, usage: Any) -> Usage:
-    """Normalise a chat / embeddings / responses ``usage`` object to the record's names.
-
-    A dict is taken as a usage already read (a stream's); ``None`` gives a usage of unknowns.
-    """
-    if type(usage) is dict:
-        return cast(Usage, usage)
+    """Normalise a chat / embeddings / responses ``usage`` object to the record's names (``None``:
+    a usage of unknowns). A usage body the ledger parsed itself comes as a ``JsonView``."""
     if usage is None:
         return no_usage()
     try:
@@ -223,7 +210,10 @@ def usage_of(operation: str, usage: Any) -> Usage:
     except AttributeError:
         fields = _Attributes(usage)
     if operation == "responses":
-        prompt, completion, cached, reasoning = _responses_usage(fields)
+        prompt = fields.get("input_tokens")
+        completion = fields.get("output_tokens")
+        cached = getattr(fields.get("input_tokens_details"), "cached_tokens", None)
+        reasoning = getattr(fields.get("output_tokens_details"), "reasoning_tokens", None)
     else:
         prompt = fields.get("prompt_tokens")
         completion = fields.get("completion_tokens")
@@ -280,16 +270,6 @@ def _cache_hits(usage: Any) -> Any:
     if type(extra) is dict:
         return extra.get("prompt_cache_hit_tokens")
     return getattr(usage, "prompt_cache_hit_tokens", None)
-
-
-def _responses_usage(fields: Any) -> tuple[Any, Any, Any, Any]:
-    """(prompt, completion, cached, reasoning) of a Responses API usage object, unchecked."""
-    return (
-        fields.get("input_tokens"),
-        fields.get("output_tokens"),
-        getattr(fields.get("input_tokens_details"), "cached_tokens", None),
-        getattr(fields.get("output_tokens_details"), "reasoning_tokens", None),
-    )
 
 
 def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:

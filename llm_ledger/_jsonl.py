@@ -1,18 +1,11 @@
-"""The JSON-lines file: whole lines appended in batches, losing nothing.
+"""The JSON-lines file: whole lines appended in batches, losing nothing (docs/RELIABILITY.md says
+what each failure can lose, and the test that proves it).
 
 ``JsonlFileHandler`` takes ledger records as a sink (``write_record``) or as a logging handler
-(``emit``): the caller's thread serialises the record and queues the line, and the call that fills a
-batch appends it. A timer-driven writer thread, what most monitors use, costs the callers more than
-the writing while the application keeps the GIL busy (bench/RESULTS.md); so callers write, and the
-writer thread, asleep while nothing is queued, writes what they leave when they stop, and all of it
-after a slow write until a write is fast again.
-
-Each batch is one ``O_APPEND`` write of whole lines under an exclusive ``flock`` every ledger writer
-takes: a short write (full disk) is cut back and kept for retry, and a partial last line left by a
-writer killed mid-write is cut before the next append. The file is reopened after rotation or
-deletion; a path that is not a regular file is refused, never waited on. Exit, and SIGTERM where
-``configure()`` installed its handler, write everything queued; a forked child writes its own
-records only. docs/RELIABILITY.md says what each case can lose.
+(``emit``): the caller's thread serialises the record and the call that fills a batch appends it. A
+timer-driven writer thread, what most monitors use, costs the callers more than the writing while
+the application keeps the GIL busy (bench/RESULTS.md); so the writer thread, asleep while nothing is
+queued, only writes what callers leave when they stop, and all of it while writes are slow.
 """
 
 from __future__ import annotations
@@ -31,7 +24,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +40,7 @@ __all__ = [
     "flush_all",
     "handle_sigterm_signal",
     "json_text",
+    "once_a_minute",
 ]
 
 internal_log = logging.getLogger("llm_ledger.internal")
@@ -69,22 +63,21 @@ class NotRegularFileError(OSError):
     """The log path is not a regular file: a FIFO would block the call writing to it, a device or
     a socket would take records and keep none."""
 
-    def __init__(self, path: Path, kind: str) -> None:
+    def __init__(self, path: Path, mode: int) -> None:
+        kind = _KINDS.get(stat.S_IFMT(mode), "special file")
         super().__init__(
             f"{str(path)!r} is a {kind}, not a regular file; remove it so that llm-ledger can create "
             "the file there, or choose another log_dir (LLM_LEDGER_LOG_DIR=off writes no file)"
         )
 
 
-def _kind(mode: int) -> str:
-    kinds = {
-        stat.S_IFIFO: "FIFO (named pipe)",
-        stat.S_IFDIR: "directory",
-        stat.S_IFCHR: "character device",
-        stat.S_IFBLK: "block device",
-        stat.S_IFSOCK: "socket",
-    }
-    return kinds.get(stat.S_IFMT(mode), "special file")
+_KINDS = {
+    stat.S_IFIFO: "FIFO (named pipe)",
+    stat.S_IFDIR: "directory",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+}
 
 
 class LedgerJsonFormatter(OrjsonFormatter):
@@ -273,12 +266,7 @@ class JsonlFileHandler(logging.Handler):
         """Write what is queued on this thread; False when the writer thread must (writes have been
         slow, failed writes wait for its retry, another process is writing the file) or another
         thread is writing."""
-        if not self._callers_write or self._retrying or not self._take(0):
-            return False
-        try:
-            return self._drain(on_caller=True)
-        finally:
-            self._give_back()
+        return self._callers_write and not self._retrying and self._drain_taken(0, on_caller=True)
 
     def _take(self, timeout: float) -> bool:
         """Take the write lock, waiting at most ``timeout`` s (-1: for good). A SIGTERM handled on the
@@ -295,13 +283,15 @@ class JsonlFileHandler(logging.Handler):
                 _sigterm_if_pending()
         return taken
 
-    def _drain_taken(self, timeout: float) -> None:
-        """Write what is queued on this thread, once it has the write lock (waiting at most ``timeout``)."""
-        if self._take(timeout):
-            try:
-                self._drain()
-            finally:
-                self._give_back()
+    def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
+        """``_drain()`` on this thread, once it has the write lock (waiting at most ``timeout``);
+        False when it did not get the lock or left the lines to the writer thread."""
+        if not self._take(timeout):
+            return False
+        try:
+            return self._drain(on_caller)
+        finally:
+            self._give_back()
 
     def _give_back(self) -> None:
         self._draining.release()
@@ -367,11 +357,11 @@ class JsonlFileHandler(logging.Handler):
         except OSError as exc:
             if exc.errno not in (errno.EISDIR, errno.ENXIO):  # ENXIO: a FIFO with no reader, a socket
                 raise
-            raise NotRegularFileError(self.path, _kind(os.stat(self.path).st_mode)) from exc
+            raise NotRegularFileError(self.path, os.stat(self.path).st_mode) from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise NotRegularFileError(self.path, _kind(st.st_mode))
+                raise NotRegularFileError(self.path, st.st_mode)
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
@@ -432,7 +422,7 @@ class JsonlFileHandler(logging.Handler):
         self._started = None
         self._bytes = 0
         queue = self._queue
-        done = True
+        done = False  # stays so if an interrupt (Ctrl-C) on a caller's thread stops the write: next time
         try:
             while queue:
                 item = queue.popleft()
@@ -440,15 +430,11 @@ class JsonlFileHandler(logging.Handler):
                     pending += item
                 else:
                     events.append(item)
-            if pending:
-                if on_caller:
-                    # the writer wakes while the write has the GIL released: it sees callers writing,
-                    # so leaves the lines they queue next to them (see _run)
-                    self._wake.set()
-                done = self._write(wait=not on_caller)
-        except BaseException:
-            done = False  # an interrupt (Ctrl-C) on a caller's thread: its lines are written next time
-            raise
+            if pending and on_caller:
+                # the writer wakes while the write has the GIL released: it sees callers writing,
+                # so leaves the lines they queue next to them (see _run)
+                self._wake.set()
+            done = not pending or self._write(wait=not on_caller)
         finally:
             if not done:  # the flushes waiting on these lines wait for the writer thread
                 queue.extendleft(reversed(events))
@@ -495,7 +481,15 @@ class JsonlFileHandler(logging.Handler):
             del pending[:written]  # (without the lock, the part of a batch a short write wrote)
             self._retrying = True
             self._lost += _drop_oldest(pending, _MAX_PENDING_LINES)
-            _report_write_failure(self.path, exc, pending.count(b"\n"), self._lost)
+            if once_a_minute(_last_failure, ("write", self.path)):
+                internal_log.error(
+                    "llm-ledger cannot write %s (%s: %s); %d records kept for retry, %d dropped so far",
+                    self.path,
+                    type(exc).__name__,
+                    exc,
+                    pending.count(b"\n"),
+                    self._lost,
+                )
             return True
         except BaseException:
             del pending[:written]  # an interrupt: what reached the file is not written again
@@ -508,7 +502,7 @@ class JsonlFileHandler(logging.Handler):
             self._callers_write = True
         elif self._callers_write:
             self._callers_write = False
-            if _due(_last_slow_write, self.path):
+            if once_a_minute(_last_failure, ("slow write", self.path)):
                 internal_log.warning(
                     "llm-ledger: writing %s took %.1f s; the writer thread writes it until writes are "
                     "fast again, so that calls never wait for it",
@@ -590,40 +584,28 @@ def _drop_oldest(lines: bytearray, keep: int) -> int:
     return excess
 
 
-# when each file's last failure was reported: a file's reports are rate-limited, not another's
-_last_failure: dict[Path, float] = {}
-_last_format_failure: dict[Path, float] = {}
-_last_slow_write: dict[Path, float] = {}
-
-
-def _due(last: dict[Path, float], path: Path) -> bool:
-    """Whether a failure on ``path`` is reported now (once a minute per file and kind)."""
+def once_a_minute(last: dict[Any, float], key: Hashable) -> bool:
+    """Whether a failure is reported now: once a minute per ``key`` (its place and kind), the times
+    kept in ``last``; a failure repeated on every call must not flood the log."""
     now = time.monotonic()
-    if now - last.get(path, float("-inf")) < 60:
+    if now - last.get(key, float("-inf")) < 60:
         return False
-    last[path] = now
+    last[key] = now
     return True
 
 
+# when each kind of failure was last reported for each file: a file's reports are rate-limited, not
+# another's
+_last_failure: dict[tuple[str, Path], float] = {}
+
+
 def _report_format_failure(path: Path, exc: BaseException) -> None:
-    if _due(_last_format_failure, path):
+    if once_a_minute(_last_failure, ("format", path)):
         internal_log.warning(
             "llm-ledger could not format a record for %s, so it was not written (%s: %s)",
             path,
             type(exc).__name__,
             exc,
-        )
-
-
-def _report_write_failure(path: Path, exc: BaseException, pending: int, lost: int) -> None:
-    if _due(_last_failure, path):
-        internal_log.error(
-            "llm-ledger cannot write %s (%s: %s); %d records kept for retry, %d dropped so far",
-            path,
-            type(exc).__name__,
-            exc,
-            pending,
-            lost,
         )
 
 
@@ -703,20 +685,18 @@ def _after_fork_in_child() -> None:
         handler._after_fork_in_child()
 
 
-class _ForkHook:
-    registered = False
-
-
-_fork_hook = _ForkHook()
+_fork_hook_registered = False
 
 
 def _before_fork() -> None:
     # multiprocessing's forked children leave through os._exit(), past atexit: they flush through
-    # one of its finalizers instead, registered in each child by its after-fork hook
+    # one of its finalizers instead, registered in each child by its after-fork hook (whose weakly
+    # held owner is the hook itself, a module function that lives as long as the process)
+    global _fork_hook_registered
     util = sys.modules.get("multiprocessing.util")
-    if util is not None and not _ForkHook.registered:
-        _ForkHook.registered = True
-        util.register_after_fork(_fork_hook, _flush_at_multiprocessing_exit)
+    if util is not None and not _fork_hook_registered:
+        _fork_hook_registered = True
+        util.register_after_fork(_flush_at_multiprocessing_exit, _flush_at_multiprocessing_exit)
 
 
 def _flush_at_multiprocessing_exit(_: object) -> None:

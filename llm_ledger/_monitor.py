@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, reasoning_in_completion, usage_of
-from ._jsonl import json_text
+from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
     LOGGER_NAME,
@@ -55,7 +55,6 @@ internal_log = logging.getLogger("llm_ledger.internal")
 
 _NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
-_REPORT_INTERVAL_S = 60.0
 # what a user's sink, hook or log handler may raise through the ledger: Ctrl-C, and a generator's
 # close; anything else it raises (SystemExit, a BaseException of its own) would break the call
 _PASSED_ON = (KeyboardInterrupt, GeneratorExit)
@@ -157,7 +156,7 @@ class _Call:
         self.context = current_context()  # never changed in place: copied into the record
         lenses = current_lenses()
         # the lens runs this call counts in (a run that has ended counts no new call)
-        self.lenses = tuple(run for run in lenses if run._begin_call()) if lenses else ()
+        self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
         self.client = client  # only with content capture: its API key is scrubbed from the text
         self.retries: int | None = 0  # None when the client's retries cannot be counted
         self.request_id: str | None = None
@@ -275,7 +274,13 @@ class LLMCallMonitor:
             raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
         if logger is not None and not isinstance(logger, str):
             raise ConfigError(f"logger must be a logger name or None, got {logger!r}")
-        self.prices = self._price_table(prices)
+        if prices is None:
+            prices = PriceTable()
+        elif isinstance(prices, (str, os.PathLike)):
+            prices = PriceTable.from_file(prices)
+        elif not isinstance(prices, PriceTable):
+            raise ConfigError(f"prices must be a PriceTable or the path of a price file, got {prices!r}")
+        self.prices = prices
         self.capture_content = capture_content
         self.redact = redact
         self.stream_usage = stream_usage
@@ -289,16 +294,6 @@ class LLMCallMonitor:
         self._last_report: dict[str, float] = {}
         self.budgets: BudgetGuard | None = None
         self.anomalies: AnomalyDetector | None = None
-
-    @staticmethod
-    def _price_table(prices: PriceTable | str | os.PathLike[str] | None) -> PriceTable:
-        if prices is None:
-            return PriceTable()
-        if isinstance(prices, PriceTable):
-            return prices
-        if isinstance(prices, (str, os.PathLike)):
-            return PriceTable.from_file(prices)
-        raise ConfigError(f"prices must be a PriceTable or the path of a price file, got {prices!r}")
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -346,10 +341,7 @@ class LLMCallMonitor:
 
     def _report(self, where: str, exc: BaseException) -> None:
         """Report a failure inside the ledger, at most once a minute per place and kind."""
-        key = f"{where}:{type(exc).__name__}"
-        now = time.monotonic()
-        if now - self._last_report.get(key, -_REPORT_INTERVAL_S) >= _REPORT_INTERVAL_S:
-            self._last_report[key] = now
+        if once_a_minute(self._last_report, f"{where}:{type(exc).__name__}"):
             _warn(
                 "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
                 where,
@@ -452,18 +444,14 @@ class LLMCallMonitor:
             self._emit(record)
             return
         # counted before the sinks are handed the record (one may change it in place), settled after
-        # (a lens's record follows its calls')
-        counted: list[LensRun] = []
+        # (a lens's record follows its calls'); counting cannot fail: it only adds up the record
+        # just built from normalised counts (usage_of) and costs (integers or None)
         for run in call.lenses:
-            try:
-                run._count_call(record, cost_units)
-                counted.append(run)
-            except Exception as exc:  # pragma: no cover - counting only reads the record
-                self._report("counting a call in its lens", exc)
+            run._totals.add(record, cost_units)
         try:
             self._emit(record)
         finally:  # even when Ctrl-C lands in a sink: else its lens would wait for the call for good
-            for run in counted:
+            for run in call.lenses:
                 try:
                     run._settle_call()
                 except Exception as exc:
@@ -607,11 +595,8 @@ class LLMCallMonitor:
                 self._report(what, exc)
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
-        try:
-            record = lens_record(context=context, summary=summary, end_epoch=end_epoch)
-            self._emit(record)
-        except Exception as exc:
-            self._report("the lens summary", exc)
-            return
+        # what it raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)
+        record = lens_record(context=context, summary=summary, end_epoch=end_epoch)
+        self._emit(record)
         if self.anomalies is not None:
             self.anomalies.after_lens(self, record)

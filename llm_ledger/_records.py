@@ -1,15 +1,9 @@
-"""The one place that defines the shape of every record llm-ledger emits.
+"""The one place that defines the shape of every record llm-ledger emits (docs/MONITORING.md, "The
+records"): ``llm_api_call`` per SDK call (:func:`call_record`), ``lens_summary`` per lens run
+(:func:`lens_record`), ``lens_anomaly`` (docs/ANOMALIES.md) and ``budget_exceeded`` (docs/BUDGETS.md).
 
-Four events exist:
-
-* ``llm_api_call``: one per monitored SDK call (built by :func:`call_record`);
-* ``lens_summary``: one per lens run (built by :func:`lens_record` from a :class:`LensTotals`);
-* ``lens_anomaly``: a lens run far above its baseline (:func:`anomaly_record`, docs/ANOMALIES.md);
-* ``budget_exceeded``: a lens run over a production budget (:func:`budget_record`, docs/BUDGETS.md).
-
-Everything else (the JSONL file, the pytest plugin, ``llm-ledger report``, exporters) consumes
-these dicts; none of them defines its own copy of the schema. Records are plain JSON-ready dicts
-(str, int, float, bool, None, list, dict) so any sink can serialise them.
+Everything else (the JSONL file, the pytest plugin, ``llm-ledger report``, exporters) consumes these
+plain JSON-ready dicts, so any sink can serialise them; none defines its own copy of the schema.
 """
 
 from __future__ import annotations
@@ -125,19 +119,14 @@ class Timing(TypedDict):
 
 
 class CostShape(TypedDict):
-    """What the call cost and where that figure comes from (docs/PRICING.md).
-
-    ``total_cost_usd`` is the provider's own figure when it reports one (``source`` is then
-    ``provider-reported``), else the price table's; ``computed_usd`` keeps the table's total when the
-    two differ (the split is then unknown: null). ``matched_by`` is how the rates were chosen: ``host``
-    (the price file maps the host), ``provider`` (a known provider's rates) or ``model`` (a host nobody
-    knows: the model name alone)."""
+    """What the call cost and where that figure comes from: the provider's own figure when it reports
+    one, ``computed_usd`` then keeping the price table's and the split null (docs/PRICING.md)."""
 
     prompt_cost_usd: float | None
     completion_cost_usd: float | None
     total_cost_usd: float | None
     source: str | None  # "genai-prices <version>", "price-file", "provider-reported"; null: no cost
-    matched_by: str
+    matched_by: str  # how the rates were chosen: "host", "provider" or "model" (a host nobody knows)
     computed_usd: float | None
 
 
@@ -183,13 +172,22 @@ class LensSummary(TypedDict):
     cost_complete: bool
 
 
-class LensRecord(TypedDict):
+class _RunRecord(TypedDict):
+    """The fields every record of a lens run starts with."""
+
     timestamp: str
     level: str
     logger: str
     event: str
-    context: dict[str, Any]
+    context: dict[str, Any]  # the lens run's (lens_key, lens_run_id, ...)
+
+
+class LensRecord(_RunRecord):
     summary: LensSummary
+
+
+def _run_record(timestamp: str, level: str, event: str, context: dict[str, Any]) -> _RunRecord:
+    return {"timestamp": timestamp, "level": level, "logger": LOGGER_NAME, "event": event, "context": context}
 
 
 # ids end in a counter's 12 hex digits, hex(16**12 + n)[3:]: cheaper than a format spec
@@ -415,14 +413,7 @@ def lens_record(*, context: dict[str, Any], summary: LensSummary, end_epoch: flo
     handed, never the run's ``summary`` the application stores."""
     summary = summary.copy()
     summary["models_used"] = list(summary["models_used"])
-    return {
-        "timestamp": iso_timestamp(end_epoch),
-        "level": "INFO",
-        "logger": LOGGER_NAME,
-        "event": LENS_EVENT,
-        "context": context,
-        "summary": summary,
-    }
+    return {**_run_record(iso_timestamp(end_epoch), "INFO", LENS_EVENT, context), "summary": summary}
 
 
 class AnomalyShape(TypedDict):
@@ -437,12 +428,7 @@ class AnomalyShape(TypedDict):
     model: str | None  # the run's models_used joined by "+" (None: no call)
 
 
-class AnomalyRecord(TypedDict):
-    timestamp: str
-    level: str
-    logger: str
-    event: str
-    context: dict[str, Any]  # the lens run's (lens_key, lens_run_id, ...)
+class AnomalyRecord(_RunRecord):
     anomaly: AnomalyShape
 
 
@@ -454,36 +440,17 @@ class BudgetShape(TypedDict):
     mode: str  # "warn", or "raise": the run's next call raises BudgetExceededError
 
 
-class BudgetRecord(TypedDict):
-    timestamp: str
-    level: str
-    logger: str
-    event: str
-    context: dict[str, Any]  # the lens run's (lens_key, lens_run_id, ...)
+class BudgetRecord(_RunRecord):
     budget: BudgetShape
 
 
 def anomaly_record(*, lens: Mapping[str, Any], anomaly: AnomalyShape) -> AnomalyRecord:
     """Build one ``lens_anomaly`` record for the lens run ``lens`` (stamped with the run's end)."""
-    return {
-        "timestamp": lens["timestamp"],
-        "level": "WARNING",
-        "logger": LOGGER_NAME,
-        "event": ANOMALY_EVENT,
-        "context": lens["context"],
-        "anomaly": anomaly,
-    }
+    return {**_run_record(lens["timestamp"], "WARNING", ANOMALY_EVENT, lens["context"]), "anomaly": anomaly}
 
 
 def budget_record(*, context: dict[str, Any], budget: BudgetShape, epoch: float) -> BudgetRecord:
     """Build one ``budget_exceeded`` record for the lens run whose ``context`` is given."""
     # floats for every limit (tokens and calls too): a log index maps a field by its first value
     budget = {**budget, "max": float(budget["max"]), "actual": float(budget["actual"])}
-    return {
-        "timestamp": iso_timestamp(epoch),
-        "level": "WARNING",
-        "logger": LOGGER_NAME,
-        "event": BUDGET_EVENT,
-        "context": context,
-        "budget": budget,
-    }
+    return {**_run_record(iso_timestamp(epoch), "WARNING", BUDGET_EVENT, context), "budget": budget}

@@ -1,13 +1,8 @@
 """Where a call went: the server's address and port, and the provider behind it.
 
-Providers are named as genai-prices names them (``openai``, ``azure``, ``openrouter``, ``groq``,
-``together``, ``deepseek``, ``fireworks``, ``mistral``, ``x-ai``...), so the name recorded is the one that
-chose the prices. An :class:`Endpoint` finds it once per instrumented client, never per call: an
-``AzureOpenAI`` client is ``azure`` wherever it points; otherwise its base URL is matched against
-genai-prices' provider URL patterns. A host nobody knows (self-hosted, a proxy, a loopback test server)
-is ``openai``, what the client speaks (as OpenTelemetry's GenAI conventions ask of an OpenAI client on a
-compatible server), unless the price file maps the host (docs/PRICING.md); ``server.address`` tells
-the real backend apart. :func:`otel_provider_name` gives OpenTelemetry's ``gen_ai.provider.name``.
+Providers are named as genai-prices names them, so the name recorded is the one that chose the
+prices; how a client's provider is found, once per client, is docs/PRICING.md's "How a call is
+priced" and "Providers". :func:`otel_provider_name` gives OpenTelemetry's ``gen_ai.provider.name``.
 """
 
 from __future__ import annotations
@@ -61,12 +56,11 @@ class Endpoint:
     by, resolved at its first priced call and again only when the monitor's price table or the client's
     ``base_url`` changes (a reassigned ``client.base_url`` is a new URL object: one identity check)."""
 
-    __slots__ = ("_client", "_resolved", "azure", "base_url", "host", "port")
+    __slots__ = ("_client", "_resolved", "azure", "host", "port")
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self.azure = any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
-        self.base_url: str = ""
         self.host: str | None = None
         self.port: int | None = None
         self._resolved: tuple[PriceTable, Any, Route] | None = None  # the table, the URL, their route
@@ -89,7 +83,7 @@ class Endpoint:
             base_url, (host, port) = str(url), _address(url)
         except Exception:
             base_url, host, port = "", None, None
-        self.base_url, self.host, self.port = base_url, host, port
+        self.host, self.port = host, port
         provider = detect_provider(base_url, azure=self.azure)
         route = table.route(host, port, provider=provider)
         self._resolved = (table, url, route)
