@@ -91,11 +91,7 @@ class _Scope:
         """
         wrapper: Callable[..., Any]
         if inspect.isasyncgenfunction(func):
-
-            async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                async for item in _async_generator_in(self._fresh(), func, args, kwargs):
-                    yield item
-
+            wrapper = _async_generator_in(self._fresh, func)
         elif inspect.isgeneratorfunction(func):
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -132,30 +128,47 @@ def _generator_in(
         context.run(scope.__exit__, type(error) if error else None, error, None)
 
 
-async def _async_generator_in(
-    scope: _Scope, func: Callable[..., Any], args: Any, kwargs: Any
-) -> AsyncGenerator[Any, None]:
-    """Run the async generator ``func(*args, **kwargs)`` inside ``scope``, each step in the scope's
-    own context (an asyncio task's context is its caller's: the steps are driven here)."""
-    context = copy_context()
-    context.run(scope.__enter__)
-    error: BaseException | None = None
-    generator = context.run(func, *args, **kwargs)
-    try:
-        while True:
-            try:
-                item = await _stepped_in(context, generator.__anext__().__await__())
-            except StopAsyncIteration:
-                return
-            yield item
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
+def _async_generator_in(
+    fresh: Callable[[], _Scope], func: Callable[..., Any]
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    """The async generator function running ``func``'s generators each inside a ``fresh()`` scope,
+    each step in the scope's own context (an asyncio task's context is its caller's: the steps are
+    driven here). There is no ``yield from`` for async generators: what is sent or thrown in is
+    passed on by hand."""
+
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        context = copy_context()
+        scope = fresh()
+        context.run(scope.__enter__)
+        error: BaseException | None = None
+        generator = None
         try:
-            await _stepped_in(context, generator.aclose().__await__())
+            generator = context.run(func, *args, **kwargs)
+            step = generator.__anext__()
+            while True:
+                try:
+                    item = await _stepped_in(context, step.__await__())
+                except StopAsyncIteration:
+                    return
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:
+                    step = generator.athrow(exc)
+                else:
+                    step = generator.asend(sent)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            context.run(scope.__exit__, type(error) if error else None, error, None)
+            try:
+                if generator is not None:
+                    await _stepped_in(context, generator.aclose().__await__())
+            finally:
+                context.run(scope.__exit__, type(error) if error else None, error, None)
+
+    return wrapper
 
 
 @types.coroutine

@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -180,6 +180,65 @@ async def test_a_decorated_async_generator_keeps_its_lens_open_for_its_life(
     (lens,) = records.lenses
     assert total == 6 and lens["summary"]["total_api_calls"] == 6
     assert sum(c["context"]["lens_key"] is None for c in records.calls) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_decorated_async_generator_takes_what_is_sent_and_thrown_in_as_the_bare_one_does(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """``asend()`` values and ``athrow()`` exceptions reach a ``@lens`` async generator as they reach
+    the undecorated one (a coroutine-driven pipeline relies on them), calls between them count in
+    its run, and the run ends when the generator does."""
+
+    async def echo() -> AsyncGenerator[str, str]:
+        received = "start"
+        while True:
+            try:
+                received = yield f"got {received}"
+            except ValueError as exc:
+                received = f"thrown {exc}"
+            if received == "call":
+                await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    async def drive(generator: AsyncGenerator[str, str]) -> list[str]:
+        seen = [await generator.__anext__(), await generator.asend("a"), await generator.asend("call")]
+        seen.append(await generator.athrow(ValueError("x")))
+        with pytest.raises(KeyError):
+            await generator.athrow(KeyError("not handled"))
+        return seen
+
+    bare = await drive(echo())
+    assert (
+        await drive(monitor.lens("echo")(echo)())
+        == bare
+        == ["got start", "got a", "got call", "got thrown x"]
+    )
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 1
+    assert [c["context"]["lens_key"] for c in records.calls] == [None, "echo"]
+
+
+@pytest.mark.asyncio
+async def test_a_decorated_generator_called_with_wrong_arguments_still_ends_its_lens(
+    monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Called with arguments it does not take, a ``@lens`` generator or async generator raises the
+    bare one's TypeError when first iterated, and its run ends (its summary is written), as a
+    decorated function's does."""
+
+    @monitor.lens("sync")
+    def pages(n: int) -> Iterator[int]:
+        yield n
+
+    @monitor.lens("async")
+    async def apages(n: int) -> AsyncIterator[int]:
+        yield n
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'size'"):
+        next(pages(size=1))  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'size'"):
+        await apages(size=1).__anext__()  # type: ignore[call-arg]
+    assert [r["context"]["lens_key"] for r in records.lenses] == ["sync", "async"]
 
 
 def test_odd_model_values_never_raise_into_the_lens(
