@@ -1,28 +1,10 @@
 """What a call costs: USD rates per 1M tokens per provider and model, and the cost of one call's usage.
 
 Built-in rates come from the data bundled with the ``genai-prices`` package (never fetched at run time);
-a user price file (YAML, see :meth:`PriceTable.from_file`) overrides them per model, and maps hosts
-(self-hosted servers, gateways) to a provider or to a rate of their own.
-
-Each call is priced along a :class:`Route`, chosen once per client (``llm_ledger._servers.Endpoint``):
-
-* ``host``: the price file maps the server's host: its rate for every model, or that provider's rates;
-* ``provider``: the provider is known (an ``AzureOpenAI`` client, a base URL genai-prices recognises):
-  that provider's rates, and no other vendor's when it does not list the model;
-* ``model``: a host nobody knows (a proxy, a loopback test server): the model name alone, at OpenAI's
-  list price, as before providers were told apart.
-
-Resolving a model name to its rates walks genai-prices' match rules, which is slow next to a call, so
-each route resolves a model name once and caches the answer (unknown names included); after that
-pricing a call is a few integer multiplications.
-
-Token accounting follows OpenAI's ``usage``: ``cached_tokens`` are a subset of ``prompt_tokens`` and
-reasoning tokens are inside ``completion_tokens``, so each token is billed exactly once (Google's and xAI's
-usage, which leaves reasoning outside ``completion_tokens``, is put back in that form first:
-:attr:`Route.reasoning_outside`). Only the standard text rates are modelled: no batch/flex/priority
-tiers, no separate audio or image token rates, no cache-write charges (OpenAI chat usage does not report
-cache writes), no per-request fees; a cost the provider reports in the usage wins over the table's
-(:func:`reported_cost_units`).
+a user price file overrides them per model and maps hosts to a provider or a rate of their own. How a
+call's :class:`Route` is chosen (host, provider or model name alone), how its tokens are counted and what
+is not modelled: docs/PRICING.md. Resolving a model name walks genai-prices' match rules, which is slow
+next to a call, so each route resolves a name once and caches the answer (unknown names included).
 """
 
 from __future__ import annotations
@@ -259,7 +241,7 @@ class Route:
 
     Built by :meth:`PriceTable.route`; the monitor keeps one per instrumented client, so choosing it costs
     nothing per call. ``provider`` is what the record's ``server.provider`` says; ``matched_by`` is how the
-    route was chosen (``cost.matched_by``): ``"host"``, ``"provider"`` or ``"model"`` (see the module).
+    route was chosen (``cost.matched_by``): ``"host"``, ``"provider"`` or ``"model"`` (docs/PRICING.md).
     ``reasoning_outside`` is true for a provider (Google, xAI) whose usage leaves reasoning tokens out of
     ``completion_tokens``: the monitor puts them back (``_extract.reasoning_in_completion``) before pricing.
     """
@@ -429,19 +411,7 @@ class PriceTable:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, builtin: bool = True) -> PriceTable:
-        """Build a table whose overrides and hosts come from a YAML price file.
-
-        The file looks like (docs/PRICING.md)::
-
-            version: 1
-            models:                   # optional: rates per model, for every provider
-              gpt-4o:                 # an exact model name, or a glob pattern such as "my-model-*"
-                input: 2.50           # USD per 1M input tokens (required)
-                cached_input: 1.25    # USD per 1M cached input tokens (optional; default: input)
-                output: 10.00         # USD per 1M output tokens (required)
-            hosts:                    # optional: how calls to a host are priced
-              "localhost:11434": {provider: ollama, input: 0, output: 0}   # a rate, for every model
-              "llm-gateway.internal": {provider: openrouter}              # that provider's rates
+        """Build a table whose overrides and hosts come from a YAML price file (format: docs/PRICING.md).
 
         Raises :class:`~llm_ledger.PriceFileError` naming the file, line and key for any problem.
         """
