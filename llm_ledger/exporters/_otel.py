@@ -201,17 +201,9 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
 class OTelSink:
     """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans and metrics.
 
-    * one CLIENT span per call, named ``{gen_ai.operation.name} {gen_ai.request.model}``
-      (``chat gpt-4o-mini``), with the conventions' request, response, usage, ``error.type`` and
-      ``server.*`` attributes, ``gen_ai.usage.cost`` (USD) and ``llm_ledger.*`` (the record's context:
-      lens, run id, source, service, and ``llm_ledger.call_id``);
-    * one INTERNAL span per lens run, ``lens {lens_key}``, parent of its calls, carrying the lens
-      summary (``gen_ai.usage.cost``; tokens, calls, errors, models, cost_complete as ``llm_ledger.lens.*``);
-    * metrics ``gen_ai.client.token.usage``, ``gen_ai.client.operation.duration``,
-      ``gen_ai.client.operation.time_to_first_chunk`` (streams) with the conventions' bucket
-      advice, and the counter ``llm_ledger.cost`` ({USD});
-    * content (``gen_ai.input.messages``, ``gen_ai.output.messages``, ``gen_ai.system_instructions``,
-      ``gen_ai.tool.definitions``) only from records made with content capture on.
+    One CLIENT span per call and one INTERNAL span per lens run (the parent of its calls), the GenAI
+    metrics and the ``llm_ledger.cost`` counter; content attributes only from records made with content
+    capture on. Every span, metric and attribute: docs/exporters.md.
 
     Args:
         tracer_provider, meter_provider: default: the global ones (``opentelemetry.trace`` /

@@ -147,21 +147,9 @@ def _cap(name: str, value: Any) -> int:
 class PrometheusSink:
     """A sink (``monitor.add_sink(PrometheusSink())``) that keeps Prometheus metrics of the records.
 
-    Metrics (names as exposed):
-
-    * ``llm_ledger_calls_total`` {lens, model, provider, operation, status}
-    * ``llm_ledger_tokens_total`` {lens, model, provider, operation, token_type}: token_type is
-      ``input``, ``output``, ``cached`` (part of input) or ``reasoning`` (part of output)
-    * ``llm_ledger_cost_usd_total`` {lens, model, provider}
-    * ``llm_ledger_call_duration_seconds``, ``llm_ledger_time_to_first_token_seconds`` (streams)
-      histograms {lens, model, operation}
-    * ``llm_ledger_lens_runs_total`` {lens, status}, ``llm_ledger_lens_cost_usd`` histogram {lens}
-    * ``llm_ledger_unpriced_calls_total`` {model}: calls whose cost is unknown (no price for the
-      model, or no usage reported) though they may have been billed
-    * ``llm_ledger_lens_anomalies_total`` {lens, metric}: ``lens_anomaly`` records (docs/ANOMALIES.md)
-    * ``llm_ledger_dropped_records_total`` {event}: records whose values could not reach the metrics
-      (an update that raised; the first time each distinct error happens it is logged, with its
-      traceback, on ``llm_ledger.internal``)
+    Every metric, label and bucket, and the alerts worth setting: docs/exporters.md. The first time
+    each distinct update error drops records it is logged, with its traceback, on
+    ``llm_ledger.internal``; every dropped record is counted in ``llm_ledger_dropped_records_total``.
 
     Args:
         registry: where the metrics are registered (default: prometheus-client's global
