@@ -1,19 +1,7 @@
-"""Anomalies: lens runs far above their own recent baseline, online and replayed from logs.
-
-For each lens and the models its run used, the detector keeps the last ``window`` runs' total
-tokens, cost and wall duration. Once it holds ``min_runs`` of them, a run whose value is above
-
-    threshold = exp(median + k * max(MAD, ln(1 + min_mad_ratio)))     (scale "log", the default)
-    threshold = median + k * max(MAD, min_mad_ratio * median)         (scale "linear")
-
-is an anomaly: one ``lens_anomaly`` record per metric. On the log scale median and MAD (the median
-absolute deviation) are those of the values' natural logarithms, and a value of 0 (a run without
-calls, a free model) is neither judged nor kept. Why median and MAD, logs, and ``min_mad_ratio``:
-docs/ANOMALIES.md.
-
-Online (``configure(anomalies=True)``), the baseline is rebuilt at start from the lens summaries in
-the last ``history_bytes`` of the log file, so no state file is kept. Offline, ``llm-ledger anomalies
-LOGS...`` replays the same detector over history in time order.
+"""Anomalies: lens runs far above their own recent baseline (median + k * MAD of the last runs of
+their lens and models), online (``configure(anomalies=True)``, the baseline rebuilt at start from the
+end of the log, so no state file is kept) and replayed from logs (``llm-ledger anomalies``). The rule,
+its settings and why: docs/ANOMALIES.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""Budgets: the budgets.yaml schema and its loading, and the production check of lens runs against it.
-
-The file's sections and limits are described in docs/BUDGETS.md. The pytest plugin checks a whole
-session against the file (``pytest --llm-budget``). In production (``configure(budgets=...)``) a
-:class:`BudgetGuard` checks each lens run against ``lenses`` and ``default`` after each of its calls:
-a run over a limit emits one ``budget_exceeded`` record per limit (WARNING on ``llm_monitor``) and
-calls ``on_exceeded``; with ``mode="raise"`` the run's next call raises :class:`BudgetExceededError`
-before it is sent.
+"""Budgets: the budgets.yaml schema and its loading (docs/BUDGETS.md), and :class:`BudgetGuard`, the
+production check of each lens run against it after each of its calls (``configure(budgets=...)``).
 """
 
 from __future__ import annotations

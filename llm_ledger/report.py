@@ -5,20 +5,8 @@
 >>> for row in report.rows:
 ...     print(row.key["user_id"], row.calls, row.cost_usd)
 
-* :func:`summarise` reads logs (files, globs, directories, ``.gz`` as logrotate leaves them, ``-``
-  for stdin) and sums them into a :class:`CostReport` of :class:`CostRow`; :func:`summarise_records`
-  sums records you already hold (for example lens summaries your application stored).
-* :func:`asgi_app` serves ``GET /costs`` over a log directory, for mounting in an ASGI application.
-* :func:`load_report`, :func:`diff_reports` and :func:`render_diff` read pytest ``--llm-report``
-  files and compare them lens by lens (``llm-ledger diff``); :func:`text_table` is the one table
-  renderer every command prints with; :func:`cost_decimal` reads a record's cost (a JSON number)
-  as the exact decimal it was written as.
-* :func:`usage_row` turns one call record into a :class:`UsageRow` (lens, server, model, tokens,
-  recorded cost): the rows ``llm-ledger reprice`` prices again and the pytest plugin's report sums.
-
-A dimension is a context key (``user_id``), a record field (``status``), a dotted path
-(``server.address``) or one of ``lens``, ``model``, ``day``, ``month``, ``hour``; records without it
-group under None (docs/REPORTING.md). Bad arguments raise :class:`llm_ledger.ConfigError`.
+Dimensions, filters, the rows and the rest of this API (records in memory, ``GET /costs``, report diffs,
+usage rows): docs/REPORTING.md. Bad arguments raise :class:`llm_ledger.ConfigError`.
 """
 
 from __future__ import annotations

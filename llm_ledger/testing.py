@@ -1,15 +1,6 @@
-"""Helpers for testing code that uses llm-ledger: collect records in memory, no file, no network;
-serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`, described in docs/FAKE_SERVER.md) to point
-the real SDK at.
-
-.. code-block:: python
-
-    from llm_ledger.testing import capture
-
-    with capture() as records:
-        await run_lens(...)
-    assert records.lenses[0]["summary"]["total_api_calls"] == 2
-    assert len(records) == 3 and [r["event"] for r in records][-1] == "lens_summary"
+"""Helpers for testing code that uses llm-ledger: collect records in memory (:func:`capture`, docs/CI.md),
+no file, no network; serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`, docs/FAKE_SERVER.md)
+to point the real SDK at.
 """
 
 from __future__ import annotations

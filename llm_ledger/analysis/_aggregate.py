@@ -1,9 +1,7 @@
 """Grouped cost sums over call records and lens summaries: the query and the rows it gives.
 
-How a dimension is resolved, how ``where``, ``since`` and ``until`` compare, and what a row holds
-are described for users in docs/REPORTING.md ("The query", "The rows"). Costs are summed exactly
-(:class:`~decimal.Decimal` of the USD figure each record holds). With ``from_summaries`` the totals
-come from the lens summaries instead (for a store that keeps only those) and call records are ignored.
+Dimensions, ``where``, ``since``, ``until`` and the rows: docs/REPORTING.md ("The query", "The rows").
+Costs are summed exactly (:class:`~decimal.Decimal` of the USD figure each record holds).
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""The read-only cost API: ``GET /costs?by=user_id&since=…&until=…&where=key=value`` over a log directory.
-
-One request handler (:func:`handle`) serves both the stdlib server of ``llm-ledger serve LOG_DIR``
-(defined here too) and the ASGI app an application mounts (:func:`asgi_app`). Every answer is JSON:
-the report of ``llm-ledger report --format json``, or ``{"error": …, "parameter": …, "valid": …}``
-with status 400 for a bad parameter (404 for another path, 405 for another method, 500 when the logs
-cannot be read). The logs are read afresh on each request, so the answer is always current.
+"""The read-only cost API, ``GET /costs`` over a log directory (docs/REPORTING.md): one request handler
+(:func:`handle`) behind both ``llm-ledger serve LOG_DIR``'s stdlib server and :func:`asgi_app`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The one reader of llm-ledger logs: files, globs, directories, ``.gz`` files and stdin.
 
-What an input may be and which lines are malformed or skipped is described for users in
-docs/REPORTING.md ("Inputs"). Each line is read with a length cap (:data:`MAX_LINE_BYTES`): a longer
-one is skipped in linear time without being held in memory. Both kinds of bad line are counted per
-input, with the first few malformed line numbers.
+Inputs, malformed and skipped lines: docs/REPORTING.md ("Inputs"). A line over :data:`MAX_LINE_BYTES`
+is skipped in linear time without being held in memory.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """``OTelSink``: the call and lens records as OpenTelemetry GenAI spans and metrics.
 
-Names follow the GenAI semantic conventions v1.41.1; with
-``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` the metrics take the newest
-experimental names (``gen_ai.client.inference.*`` and ``gen_ai.client.embeddings.duration``).
-
-A record is built when its call ends, so every span is made after the fact with the record's own
-start and end times. A lens's record comes last, when the lens ends, yet its span must be the
-parent of its calls: the spans of calls made inside a lens therefore wait (by ``lens_run_id``)
-until the lens's record arrives, which emits the lens span (started at the lens's start) and then
-its calls as children. Calls outside any lens are emitted at once, in the application's current
-trace. See docs/exporters.md for the trade-offs.
+Names follow the GenAI semantic conventions v1.41.1 (``OTEL_SEMCONV_STABILITY_OPT_IN=
+gen_ai_latest_experimental``: the newest experimental names). A record is built when its call ends, so
+every span is made after the fact with the record's own times; the spans of a lens's calls wait for the
+lens's record, which comes last, so that the lens span can be their parent (docs/exporters.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """``configure(exporters=[...])`` / ``LLM_LEDGER_EXPORTERS``: turning exporters on for the default monitor.
 
-An exporter is named ``otel``, ``prometheus``, or ``prometheus:PORT`` / ``prometheus:HOST:PORT`` (the
-Prometheus sink, and ``/metrics`` served on that port, by default on every interface). Names are
-checked when settings are resolved (:func:`parse`); sinks are built and ports bound by
-:func:`prepare`, which raises ``ConfigError`` before anything changes; :meth:`Plan.commit` then
-swaps the default monitor's exporter sinks.
+Names are checked when settings are resolved (:func:`parse`); :func:`prepare` builds the sinks and binds
+the ports, raising ``ConfigError`` before anything changes; :meth:`Plan.commit` then swaps the sinks.
 """
 
 from __future__ import annotations
