@@ -280,13 +280,6 @@ def _usd(value: Any) -> Decimal | None:
     return cost
 
 
-def _path(record: Mapping[str, Any], name: str) -> Any:
-    value: Any = record
-    for part in name.split("."):
-        value = value.get(part) if type(value) is dict else None
-    return value
-
-
 def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run: bool) -> list[Any]:
     """The values of dimension ``name`` in a record (one, or each model a lens run used)."""
     if name == "lens":
@@ -304,7 +297,10 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
         return [context[name]]
     if name in record:
         return [record[name]]
-    return [_path(record, name) if "." in name else None]
+    value: Any = record  # a dotted path (server.address), else None
+    for part in name.split("."):
+        value = value.get(part) if type(value) is dict else None
+    return [value]
 
 
 def as_text(value: Any) -> str:
