@@ -85,14 +85,6 @@ def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]
     return tuple(specs)
 
 
-def _default_sink(name: str) -> Sink:
-    """The process's one sink for ``name`` (global registry / providers): built once, reused."""
-    sink: Sink | None = _default_sinks.get(name)
-    if sink is None:
-        sink = _default_sinks[name] = PrometheusSink() if name == "prometheus" else OTelSink()
-    return sink
-
-
 @dataclass
 class Plan:
     """Sinks built and servers bound for one ``configure()``; ``commit()`` or ``cancel()`` it."""
@@ -134,7 +126,9 @@ def prepare(specs: tuple[str, ...]) -> Plan:
     try:
         for spec in specs:
             name, _, where = spec.partition(":")
-            sink = _default_sink(name)
+            sink: Sink | None = _default_sinks.get(name)
+            if sink is None:
+                sink = _default_sinks[name] = PrometheusSink() if name == "prometheus" else OTelSink()
             if sink not in sinks:
                 sinks.append(sink)
             if where:
