@@ -386,13 +386,12 @@ class PrometheusSink:
         raw_lens, raw_model, provider, operation, status = key
         lens = self._lens_label(raw_lens)
         model = self._model_label(raw_model)
-        tokens = self.tokens
         return (
             _adder(self.calls.labels(lens, model, provider, operation, status)),
-            _adder(tokens.labels(lens, model, provider, operation, "input")),
-            _adder(tokens.labels(lens, model, provider, operation, "output")),
-            _adder(tokens.labels(lens, model, provider, operation, "cached")),
-            _adder(tokens.labels(lens, model, provider, operation, "reasoning")),
+            *(
+                _adder(self.tokens.labels(lens, model, provider, operation, token_type))
+                for token_type in ("input", "output", "cached", "reasoning")
+            ),
             _adder(self.cost.labels(lens, model, provider)),
             _observer(self.duration.labels(lens, model, operation)),
             _observer(self.ttft.labels(lens, model, operation)),
