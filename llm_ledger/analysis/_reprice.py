@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, cast
@@ -102,14 +102,9 @@ class Reprice:
     def total(self) -> Row:
         total = Row("(total)")
         for row in self.rows.values():
-            total.calls += row.calls
-            total.before_usd += row.before_usd
-            total.after_units += row.after_units
-            total.before_complete &= row.before_complete
-            total.after_complete &= row.after_complete
-            total.compared += row.compared
-            total.compared_before_usd += row.compared_before_usd
-            total.compared_after_units += row.compared_after_units
+            for column in fields(Row)[1:]:  # the sums: counts and amounts add, "complete" flags all hold
+                mine, theirs = getattr(total, column.name), getattr(row, column.name)
+                setattr(total, column.name, mine and theirs if type(mine) is bool else mine + theirs)
         return total
 
     def to_json(self) -> dict[str, Any]:
