@@ -88,14 +88,12 @@ _MAX_COUNT: Final = Decimal(10) ** 15
 def _limits(doc: Document, node: yaml.Node, path: str) -> Limits:
     values: dict[str, float | int] = {}
     for key, value_node in doc.fields(node, path, "a mapping of limits", Limits.KEYS).items():
-        if key == "max_cost_usd":
-            cost = doc.number(value_node, f"{path}.{key}", "a non-negative number of USD", maximum=_MAX_COST)
-            values[key] = float(cost)
-        else:
-            count = doc.number(
-                value_node, f"{path}.{key}", "a non-negative whole number", maximum=_MAX_COUNT, whole=True
-            )
-            values[key] = int(count)
+        usd = key == "max_cost_usd"
+        expected = "a non-negative number of USD" if usd else "a non-negative whole number"
+        value = doc.number(
+            value_node, f"{path}.{key}", expected, maximum=_MAX_COST if usd else _MAX_COUNT, whole=not usd
+        )
+        values[key] = float(value) if usd else int(value)
     return Limits(**values)  # type: ignore[arg-type]
 
 
