@@ -43,18 +43,8 @@ def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None
 
 @dataclass(frozen=True)
 class AnomalyConfig:
-    """How the anomaly detector judges a lens run (``configure(anomalies=AnomalyConfig(...))``).
-
-    Args:
-        window: N, the last runs per lens and model that make the baseline.
-        k: how many MADs above the median a value must be to be an anomaly (> 0). For normally
-            distributed values one MAD is about 0.67 standard deviations: k=6 is about 4 sigma.
-        min_runs: runs in the baseline before any run is judged (at least 3, at most ``window``).
-        min_mad_ratio: the spread used is at least this fraction of the median (0 turns it off).
-        metrics: which of :data:`METRICS` to judge.
-        scale: ``"log"`` (judge ratios to the median) or ``"linear"`` (judge differences).
-        history_bytes: how much of the end of the log file rebuilds the baseline at start.
-    """
+    """How the anomaly detector judges a lens run (``configure(anomalies=AnomalyConfig(...))``); each
+    setting, its default and why: docs/ANOMALIES.md."""
 
     window: int = 100
     k: float = 6.0

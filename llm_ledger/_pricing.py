@@ -193,13 +193,8 @@ def _usd(units: int) -> Decimal:
 
 def reported_cost_units(usage: Any) -> int | None:
     """The USD cost the provider put in the call's ``usage``, in 10**-24 USD; ``None`` when there is none
-    (OpenAI reports none) or it is not a finite number >= 0. Never raises. Read, in this order:
-
-    * ``cost``: a number of USD (OpenRouter), or an object whose ``total_cost`` is (Perplexity: token
-      costs plus its per-request search fee). With OpenRouter's ``is_byok: true`` ``cost`` is only
-      OpenRouter's fee, and ``cost_details.upstream_inference_cost`` (billed to your own provider key)
-      is added to it;
-    * ``cost_in_usd_ticks``: a whole number of 10**-10 USD (xAI).
+    (OpenAI reports none) or it is not a finite number >= 0. Never raises. The fields read, per provider
+    (OpenRouter's ``cost``, Perplexity's ``cost.total_cost``, xAI's ``cost_in_usd_ticks``): docs/PRICING.md.
     """
     try:
         if type(usage) is dict:

@@ -27,15 +27,9 @@ __all__ = [
 
 
 class Captured:
-    """Records emitted while a :func:`capture` block was open, in emission order.
-
-    * ``records``: every record (``llm_api_call`` and ``lens_summary`` dicts, as in docs/MONITORING.md's
-      "The records"), copied when emitted;
-    * ``calls``: the ``llm_api_call`` records; ``lenses``: the ``lens_summary`` records;
-    * ``len(captured)`` and ``for record in captured`` work on ``records``.
-
-    Records from other threads and tasks count too (a sink is called on the thread that ended the
-    call); the lists are snapshots, safe to read while calls are still running.
+    """Records emitted while a :func:`capture` block was open, in emission order, each copied when
+    emitted (docs/CI.md). Records from other threads and tasks count too (a sink is called on the thread
+    that ended the call); the lists are snapshots, safe to read while calls are still running.
     """
 
     def __init__(self) -> None:
