@@ -229,20 +229,15 @@ class BudgetGuard:
         if lens_key in self._checks:
             checks = self._checks[lens_key]
         else:
-            checks = self._checks_of(self.budgets.for_lens(lens_key))
+            limits = self.budgets.for_lens(lens_key)
+            found = []
+            for key, cap in limits.items() if limits else ():
+                exact = int(Decimal(str(cap)) * USD_UNITS) if key == "max_cost_usd" else int(cap)
+                found.append((_TOTAL_OF[key], exact, key, cap))
+            checks = tuple(found) or None
             if len(self._checks) < 10_000:  # lens keys are few; a key made per request is not cached
                 self._checks[lens_key] = checks
         return None if checks is None else _RunBudget(self, checks, context)
-
-    @staticmethod
-    def _checks_of(limits: Limits | None) -> tuple[tuple[str, int, str, float], ...] | None:
-        if limits is None or not limits.items():
-            return None
-        checks = []
-        for key, cap in limits.items():
-            exact = int(Decimal(str(cap)) * USD_UNITS) if key == "max_cost_usd" else int(cap)
-            checks.append((_TOTAL_OF[key], exact, key, cap))
-        return tuple(checks)
 
 
 class _RunBudget:
