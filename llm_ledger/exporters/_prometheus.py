@@ -147,28 +147,13 @@ def _cap(name: str, value: Any) -> int:
 class PrometheusSink:
     """A sink (``monitor.add_sink(PrometheusSink())``) that keeps Prometheus metrics of the records.
 
-    Every metric, label and bucket, and the alerts worth setting: docs/exporters.md. The first time
-    each distinct update error drops records it is logged, with its traceback, on
-    ``llm_ledger.internal``; every dropped record is counted in ``llm_ledger_dropped_records_total``.
-
-    Args:
-        registry: where the metrics are registered (default: prometheus-client's global
-            ``REGISTRY``). One sink per registry.
-        buckets: bucket bounds in seconds for the duration and time-to-first-token histograms
-            (default: the GenAI conventions' 0.01 ... 81.92 s).
-        max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
-            are counted under ``"other"``. With ``PROMETHEUS_MULTIPROC_DIR`` the caps hold over
-            every process writing there (the values kept are listed in ``llm_ledger_*.labels`` files
-            in that directory).
-
-    A call or lens run is summed into its series' pending totals, which reach the metrics when the
-    registry is collected (a scrape, ``generate_latest``: the sink moves them first; a new series
-    shows 0 at its first collection and its values from the next, so that ``rate()`` counts them),
-    at ``flush()``, or every ``PENDING_CALLS`` calls. With ``PROMETHEUS_MULTIPROC_DIR`` set (another
-    process reads the values) every call reaches them at once.
-
-    Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the registry
-    already holds these metrics.
+    ``registry`` defaults to prometheus-client's global ``REGISTRY`` (one sink per registry);
+    ``buckets`` (seconds) are the duration histograms'; past ``max_lenses`` / ``max_models`` distinct
+    values, later ones are counted under ``"other"``. A call's sums reach the metrics when the registry
+    is collected, at ``flush()``, or every ``PENDING_CALLS`` calls (at once with
+    ``PROMETHEUS_MULTIPROC_DIR``). Every metric, label, bucket and alert, and the multiprocess mode:
+    docs/exporters.md. Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the
+    registry already holds these metrics.
     """
 
     def __init__(
