@@ -253,7 +253,7 @@ class PrometheusSink:
         elif event == LENS_EVENT:
             self._lens(record)
         elif event == ANOMALY_EVENT:  # metric: one of three summary keys, a bounded label
-            labels = (self._lens_label(record["context"].get("lens_key")), record["anomaly"]["metric"])
+            labels = (self._label("lens", record["context"].get("lens_key")), record["anomaly"]["metric"])
             try:
                 self.anomalies.labels(*labels).inc()
             except Exception as exc:
@@ -321,7 +321,12 @@ class PrometheusSink:
 
     # -- labels ------------------------------------------------------------------------------------
 
-    def _fold(self, kind: str, value: str, seen: set[str], cap: int) -> str:
+    def _label(self, kind: str, raw: Any) -> str:
+        """``raw`` as the ``lens`` or ``model`` label: itself, or ``OTHER`` once its cap is full."""
+        if raw is None:
+            return NO_LENS if kind == "lens" else UNKNOWN_MODEL
+        value = str(raw)
+        seen, cap = (self._lenses, self.max_lenses) if kind == "lens" else (self._models, self.max_models)
         if value in seen:
             return value
         with self._lock:
@@ -359,18 +364,10 @@ class PrometheusSink:
             )  # fmt: skip
             return True
 
-    def _lens_label(self, lens: Any) -> str:
-        return NO_LENS if lens is None else self._fold("lens", str(lens), self._lenses, self.max_lenses)
-
-    def _model_label(self, model: Any) -> str:
-        return (
-            UNKNOWN_MODEL if model is None else self._fold("model", str(model), self._models, self.max_models)
-        )
-
     def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         raw_lens, raw_model, provider, operation, status = key
-        lens = self._lens_label(raw_lens)
-        model = self._model_label(raw_model)
+        lens = self._label("lens", raw_lens)
+        model = self._label("model", raw_model)
         return (
             _adder(self.calls.labels(lens, model, provider, operation, status)),
             *(
@@ -438,7 +435,7 @@ class PrometheusSink:
             ttft(seconds)
 
     def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
-        lens = self._lens_label(key[0])
+        lens = self._label("lens", key[0])
         for metric in METRICS:  # at 0 long before a first anomaly, which needs runs before it
             self.anomalies.labels(lens, metric)
         return (
