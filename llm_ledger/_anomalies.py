@@ -118,12 +118,8 @@ def _value(summary: Mapping[str, Any], metric: str) -> float | None:
 
 class AnomalyDetector:
     """Judges each lens summary record against its lens's (and models') recent runs; thread-safe.
-
-    ``observe(record)`` returns the ``lens_anomaly`` records of one run (and adds it to the baseline).
-    ``configure(anomalies=...)`` sets one on the default monitor; assign one to ``monitor.anomalies``
-    of your own monitor: the monitor then emits what it finds through its sinks and calls
-    ``on_anomaly`` with each record.
-    """
+    ``configure(anomalies=...)`` sets one on the default monitor; ``monitor.anomalies = ...`` on yours,
+    which then emits what it finds through its sinks and calls ``on_anomaly`` with each record."""
 
     def __init__(
         self,

@@ -188,16 +188,10 @@ stopping = False
 
 
 class BudgetGuard:
-    """Checks each lens run against ``budgets`` (its ``lenses`` and ``default`` sections).
-
-    Set by ``configure(budgets=..., budget_mode=..., on_budget_exceeded=...)`` on the default
-    monitor, or assigned to ``monitor.budgets`` of a monitor of your own.
-
-    Args:
-        budgets: a :class:`Budgets`, a mapping of the budgets.yaml shape, or the path of a budgets file.
-        mode: ``"warn"`` (records and the callback) or ``"raise"`` (also refuse the run's next call
-            with :class:`BudgetExceededError`).
-        on_exceeded: called with each ``budget_exceeded`` record, on the thread that ended the call.
+    """Checks each lens run against ``budgets`` (a :class:`Budgets`, a mapping of its shape or the path
+    of a budgets file; its ``lenses`` and ``default`` sections). ``configure(budgets=..., budget_mode=...,
+    on_budget_exceeded=...)`` sets one on the default monitor; ``monitor.budgets = BudgetGuard(...)`` on
+    yours. What ``mode`` "warn" and "raise" do and when ``on_exceeded`` is called: docs/BUDGETS.md.
     """
 
     def __init__(

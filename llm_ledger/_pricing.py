@@ -235,10 +235,8 @@ class Route:
     """How the calls to one server are priced: a host's rate, a provider's rates, or the model name alone.
 
     Built by :meth:`PriceTable.route`; the monitor keeps one per instrumented client, so choosing it costs
-    nothing per call. ``provider`` is what the record's ``server.provider`` says; ``matched_by`` is how the
-    route was chosen (``cost.matched_by``): ``"host"``, ``"provider"`` or ``"model"`` (docs/PRICING.md).
-    ``reasoning_outside`` is true for a provider (Google, xAI) whose usage leaves reasoning tokens out of
-    ``completion_tokens``: the monitor puts them back (``_extract.reasoning_in_completion``) before pricing.
+    nothing per call. ``provider`` and ``matched_by`` are what the record's ``server.provider`` and
+    ``cost.matched_by`` say (docs/PRICING.md).
     """
 
     __slots__ = ("_cache", "_flat", "_provider_id", "_table", "matched_by", "provider", "reasoning_outside")

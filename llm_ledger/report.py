@@ -76,12 +76,8 @@ def summarise_records(
     *,
     from_summaries: bool = False,
 ) -> CostReport:
-    """Sum call records and lens summaries held in memory, as :func:`summarise` sums a log's.
-
-    With ``from_summaries`` the calls, tokens and cost come from the lens summaries (for a store
-    that keeps only those: one ``lens_summary`` record per run, with its ``context``, ``summary``
-    and ``timestamp``), and call records are ignored. Records that are not a call or a lens summary
-    are ignored; one with unusable numbers is left out.
-    """
+    """Sum call records and lens summaries held in memory, as :func:`summarise` sums a log's; with
+    ``from_summaries`` the figures come from the lens summaries alone (docs/REPORTING.md). A record with
+    unusable numbers is left out."""
     query = make_query(by, where, since, until)
     return aggregate((dict(r) for r in records), query, from_summaries=from_summaries)

@@ -535,14 +535,9 @@ def _multiprocess_dir(*, check: bool = False) -> str | None:
 def start_metrics_server(
     port: int, addr: str = "0.0.0.0", *, registry: CollectorRegistry | None = None
 ) -> WSGIServer:
-    """Serve ``/metrics`` on ``addr:port`` from a daemon thread (for services without a web server).
-
-    ``port=0`` picks a free port (``server.server_port``). With ``PROMETHEUS_MULTIPROC_DIR`` set
-    (gunicorn and other pre-fork servers, see docs/exporters.md) and no ``registry``, it serves the
-    sum over every process's files. Returns the server: ``server.shutdown()`` stops it,
-    ``server.server_close()`` frees the port. A port in use, or an address that cannot be bound, is
-    a ``ConfigError``.
-    """
+    """Serve ``/metrics`` on ``addr:port`` from a daemon thread and return the server (docs/exporters.md);
+    with ``PROMETHEUS_MULTIPROC_DIR`` and no ``registry``, the sum over every process's files. A port in
+    use, or an address that cannot be bound, is a ``ConfigError``."""
     pc = _client()
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a whole number from 0 to 65535, got {port!r}")
