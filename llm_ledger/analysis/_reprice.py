@@ -122,11 +122,8 @@ class Reprice:
 
 def read_usage(paths: str | Sequence[str], query: Query | None = None) -> tuple[str, list[UsageRow]]:
     """("log" or "report", the usage recorded in ``paths``); :class:`ConfigError` says what is wrong.
-
-    One regular file may be the pytest plugin's report; anything else is read as logs, as
-    ``llm-ledger report`` reads them (files, ``.gz``, directories, globs, ``-``), keeping the calls
-    that pass ``query``'s ``where``, ``since`` and ``until`` as ``llm-ledger report`` does.
-    """
+    One regular file may be the pytest plugin's report; anything else is read as logs, keeping the calls
+    that pass ``query``'s ``where``, ``since`` and ``until``, as ``llm-ledger report`` does."""
     filtered = query is not None and bool(query.where or query.since or query.until)
     inputs = [paths] if isinstance(paths, str) else list(paths)
     one = inputs[0] if len(inputs) == 1 else None

@@ -197,11 +197,8 @@ class OTelSink:
 
     One CLIENT span per call and one INTERNAL span per lens run (the parent of its calls), the GenAI
     metrics and the ``llm_ledger.cost`` counter; content attributes only from records made with content
-    capture on. Every span, metric and attribute: docs/exporters.md.
-
-    Args:
-        tracer_provider, meter_provider: default: the global ones (``opentelemetry.trace`` /
-            ``opentelemetry.metrics``), as an application or ``opentelemetry-instrument`` set them.
+    capture on. Every span, metric and attribute: docs/exporters.md. ``tracer_provider`` and
+    ``meter_provider`` default to the global ones, as an application or ``opentelemetry-instrument`` set them.
     """
 
     def __init__(

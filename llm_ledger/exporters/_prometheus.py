@@ -1,11 +1,8 @@
 """``PrometheusSink``: the call and lens records as Prometheus metrics (prometheus-client).
 
 Every value comes from the records (``llm_ledger/_records.py``); nothing is read from the SDK. Labels
-are bounded: ``lens`` and ``model`` keep the first ``max_lenses`` / ``max_models`` distinct values
-and fold later ones into ``"other"`` (over every process of a multiprocess directory);
-``provider``, ``operation``, ``status`` and ``token_type`` come from small fixed vocabularies; user
-ids, source ids and run ids are never labels. A new series is scraped at 0 before its values, in one
-process and through ``start_metrics_server`` in multiprocess mode, so that ``rate()`` counts them.
+are bounded (docs/exporters.md, Cardinality), and a new series is scraped at 0 before its values, so
+that ``rate()`` counts them.
 """
 
 from __future__ import annotations
