@@ -304,10 +304,8 @@ def _amount(key: str, value: float) -> str:
 
 
 def refuse_if_stopped(lenses: tuple[LensRun, ...]) -> None:
-    """Raise :class:`BudgetExceededError` if a lens run open here went over its budget in raise mode.
-
-    Called before each call is sent once some run has been stopped (``stopping``).
-    """
+    """Raise :class:`BudgetExceededError` if a lens run open here went over its budget in raise mode
+    (checked before each call once some run has been stopped: ``stopping``)."""
     for run in lenses:
         budget = run._budget
         if budget is not None and budget.stopped is not None:

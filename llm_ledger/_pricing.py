@@ -111,11 +111,8 @@ class Rates:
 
 @dataclass(frozen=True, slots=True)
 class HostPrice:
-    """How calls to a host are priced: as ``provider`` prices them, or at ``rates`` for every model.
-
-    With ``rates``, ``provider`` is only the name recorded in ``server.provider`` (default
-    ``"self-hosted"``); without, it must be a provider genai-prices knows (:func:`known_providers`).
-    """
+    """How calls to a host are priced: as ``provider`` prices them, or at ``rates`` for every model (then
+    ``provider`` is only the name recorded in ``server.provider``, default ``"self-hosted"``)."""
 
     provider: str | None = None
     rates: Rates | None = None

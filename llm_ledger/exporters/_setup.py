@@ -60,11 +60,8 @@ def _one(item: Any, source: str) -> str:
 
 
 def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]:
-    """Validated exporter specs, normalised (``prometheus:HOST:PORT``), duplicates dropped.
-
-    ``value`` is a list of names (``None``: none); ``from_env`` a comma-separated string (empty items
-    are ignored).
-    """
+    """Validated exporter specs, normalised (``prometheus:HOST:PORT``), duplicates dropped, from a list
+    of names (``None``: none) or, ``from_env``, a comma-separated string (empty items are ignored)."""
     if from_env:
         items: Iterable[Any] = [part for part in value.split(",") if part.strip()]
     elif isinstance(value, (list, tuple)):
