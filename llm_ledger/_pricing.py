@@ -143,8 +143,6 @@ class Cost:
 _MISSING: Final[Any] = object()
 _REPORTED_FIELDS: Final = ("cost", "cost_details", "is_byok", "cost_in_usd_ticks")
 _UNITS_PER_TICK: Final = 10 ** (USD_UNIT_DIGITS - 10)  # xAI's cost_in_usd_ticks: 10**10 ticks per USD
-# Providers whose OpenAI-compatible usage leaves a thinking model's reasoning out of completion_tokens
-# (but in total_tokens): their calls' usage is put back into OpenAI's meaning before it is priced.
 _REASONING_OUTSIDE: Final = frozenset({"google", "x-ai"})
 # Our own context, so the caller's decimal context (a low precision, traps) cannot round or break prices;
 # 60 digits keep every conversion between rates, units and USD exact.
@@ -224,7 +222,8 @@ def reported_cost_units(usage: Any) -> int | None:
 
 def reasoning_outside(provider: str | None) -> bool:
     """Whether ``provider``'s OpenAI-compatible usage leaves reasoning tokens out of ``completion_tokens``
-    (Google, xAI; docs/PRICING.md)."""
+    (Google, xAI; docs/PRICING.md): the monitor puts them back (``_extract.reasoning_in_completion``)
+    before pricing."""
     return provider in _REASONING_OUTSIDE
 
 
@@ -251,7 +250,6 @@ class Route:
         self.provider = provider
         self.matched_by: MatchedBy = matched_by
         self._provider_id = provider_id  # genai-prices' provider whose rates apply; None: OpenAI's by name
-        # its usage counts reasoning outside completion_tokens (see _extract.reasoning_in_completion)
         self.reasoning_outside = reasoning_outside(provider)
         self._flat = None if flat is None else _compile(flat)
         self._cache: dict[str, _Entry | None] = {}
