@@ -716,9 +716,7 @@ def price(
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
     model name at OpenAI's list price), ``None`` for an unknown model."""
-    if table is None:
-        table = _builtin_table()
-    return table.cost(
+    return (table or _builtin_table()).cost(
         model,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
