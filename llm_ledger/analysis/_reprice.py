@@ -308,25 +308,21 @@ def _money(amount: Decimal, complete: bool = True) -> str:
     return usd(amount) + ("" if complete else "*")
 
 
-def _change(row: Row) -> list[str]:
-    delta = row.change_usd
-    if delta is None:
-        return ["n/a", "n/a"]
-    sign = "+" if delta > 0 else "-" if delta < 0 else ""
-    base = row.compared_before_usd
-    percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
-    mark = "" if row.before_complete and row.after_complete else "*"
-    return [usd(delta, signed=True) + mark, percent + mark if base else percent]
-
-
 def _cells(row: Row) -> list[str]:
-    return [
+    cells = [
         row.lens,
         f"{row.calls:,}",
         _money(row.before_usd, row.before_complete),
         _money(row.after_usd, row.after_complete),
-        *_change(row),
     ]
+    delta = row.change_usd
+    if delta is None:
+        return [*cells, "n/a", "n/a"]
+    sign = "+" if delta > 0 else "-" if delta < 0 else ""
+    base = row.compared_before_usd
+    percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
+    mark = "" if row.before_complete and row.after_complete else "*"
+    return [*cells, usd(delta, signed=True) + mark, percent + mark if base else percent]
 
 
 def render(result: Reprice, fmt: str = "text") -> str:
