@@ -12,7 +12,7 @@ import os
 import statistics
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -29,7 +29,6 @@ __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
 
 METRICS: Final = ("total_tokens", "total_cost_usd", "duration_ms")  # lens summary keys judged
 SCALES: Final = ("log", "linear")
-_SETTINGS: Final = ("window", "k", "min_runs", "min_mad_ratio", "metrics", "history_bytes", "scale")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
 
@@ -85,26 +84,27 @@ class AnomalyConfig:
         on = BOOLEAN_WORDS.get(value)
         if on is not None:
             return cls() if on else None
-        fields: dict[str, Any] = {}
+        settings = [setting.name for setting in fields(cls)]
+        values: dict[str, Any] = {}
         for part in value.split(","):
             name, sep, raw = (s.strip() for s in part.partition("="))
-            if not sep or name not in _SETTINGS:
+            if not sep or name not in settings:
                 raise ConfigError(
                     f"{source}={text!r}: expected on, off, or comma-separated settings such as "
-                    f"k=6,window=100,min_runs=20 (settings: {', '.join(_SETTINGS)}), got {part.strip()!r}"
+                    f"k=6,window=100,min_runs=20 (settings: {', '.join(settings)}), got {part.strip()!r}"
                 )
-            if name in fields:
+            if name in values:
                 raise ConfigError(f"{source}={text!r}: {name} is given twice; give each setting once")
             if name in ("metrics", "scale"):
-                fields[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
+                values[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
                 continue
             real = name in ("k", "min_mad_ratio")
             try:
-                fields[name] = float(raw) if real else int(raw)
+                values[name] = float(raw) if real else int(raw)
             except ValueError:
                 kind = "a number" if real else "a whole number"
                 raise ConfigError(f"{source}={text!r}: {name} must be {kind}, got {raw!r}") from None
-        return cls(**fields)
+        return cls(**values)
 
 
 def _value(summary: Mapping[str, Any], metric: str) -> float | None:
