@@ -202,11 +202,10 @@ class PrometheusSink:
                 ) from None
             return made[-1]
 
-        call_labels = ("lens", "model", "provider", "operation")
-        self.calls = metric(pc.Counter, "llm_ledger_calls", "LLM API calls", (*call_labels, "status"))
+        self.calls = metric(pc.Counter, "llm_ledger_calls", "LLM API calls", _CALL_LABELS)
         self.tokens = metric(
             pc.Counter, "llm_ledger_tokens", "Tokens by type (cached within input, reasoning within output)",
-            (*call_labels, "token_type"),
+            (*_CALL_LABELS[:-1], "token_type"),
         )  # fmt: skip
         self.cost = metric(
             pc.Counter, "llm_ledger_cost_usd", "Cost of calls, USD", ("lens", "model", "provider")
