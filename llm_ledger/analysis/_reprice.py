@@ -385,12 +385,10 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="KEY=VALUE",
         help="only the calls whose KEY is VALUE, as in llm-ledger report (repeatable; logs only)",
     )
-    parser.add_argument(
-        "--since", metavar="WHEN", help="calls from this ISO date or date-time (UTC; logs only)"
-    )
-    parser.add_argument(
-        "--until", metavar="WHEN", help="calls before this ISO date or date-time (UTC; logs only)"
-    )
+    for bound, which in (("--since", "from"), ("--until", "before")):
+        parser.add_argument(
+            bound, metavar="WHEN", help=f"calls {which} this ISO date or date-time (UTC; logs only)"
+        )
     parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
     parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
 
