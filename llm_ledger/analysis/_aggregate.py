@@ -162,10 +162,7 @@ def make_query(
 @dataclass(frozen=True, slots=True)
 class CostRow:
     """The sums of one group: ``key`` maps each dimension to its value (None when records lack it).
-
-    ``cost_usd`` is exact; it leaves out ``unpriced_calls`` (successful calls the price table had no
-    price for), so ``cost_complete`` says whether it is the whole cost.
-    """
+    ``cost_usd`` leaves out ``unpriced_calls`` (docs/REPORTING.md, "The rows")."""
 
     key: dict[str, Any]
     lens_runs: int = 0
@@ -467,12 +464,8 @@ def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, An
 
 
 def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries: bool = False) -> CostReport:
-    """Sum ``records`` (call records and lens summaries) by ``query``.
-
-    A record whose numbers are not a record's (a token count that is a string, a cost that is not a
-    number) is left out; from a :class:`LogReader`, its line counts as malformed in the reader's stats,
-    which the report holds.
-    """
+    """Sum ``records`` (call records and lens summaries) by ``query``. A record whose numbers are not a
+    record's is left out; from a :class:`LogReader`, its line counts as malformed in the reader's stats."""
     reader = records if isinstance(records, LogReader) else None
     started = time.perf_counter()
     by, where = query.by, query.where
