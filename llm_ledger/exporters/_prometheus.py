@@ -480,13 +480,9 @@ class _Moving:
 
 class _NewSeriesAtZero:
     """The multiprocess files' metrics, where an llm-ledger series that appeared after the server
-    started shows 0 at the first collection that sees it and its values from the next.
-
-    In one process the sink does this itself (``_flush``); with PROMETHEUS_MULTIPROC_DIR a worker
-    writes every call at once, and Prometheus would first scrape a new series already at its value,
-    leaving its first calls out of rate() and increase(). Series already in the files when the server
-    starts are shown as they are: a restarted server must not read to Prometheus as a counter reset.
-    """
+    started shows 0 at the first collection that sees it, as ``_flush`` does in one process (why: there).
+    Series already in the files when the server starts are shown as they are: a restarted server must
+    not read to Prometheus as a counter reset."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
