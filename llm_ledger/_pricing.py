@@ -266,10 +266,8 @@ class Route:
         self, model: str, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
     ) -> Cost | None:
         """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
-
         ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
-        are counted inside ``completion_tokens`` and must not be added again.
-        """
+        are counted inside ``completion_tokens`` and must not be added again."""
         counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
         for name, count in (*counts, ("cached_tokens", cached_tokens)):
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
@@ -399,10 +397,8 @@ class PriceTable:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, builtin: bool = True) -> PriceTable:
-        """Build a table whose overrides and hosts come from a YAML price file (format: docs/PRICING.md).
-
-        Raises :class:`~llm_ledger.PriceFileError` naming the file, line and key for any problem.
-        """
+        """Build a table whose overrides and hosts come from a YAML price file (format: docs/PRICING.md);
+        :class:`~llm_ledger.PriceFileError` names the file, line and key of any problem."""
         overrides, hosts = _load_price_file(path)
         return cls(overrides, builtin=builtin, hosts=hosts)
 

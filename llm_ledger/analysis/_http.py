@@ -92,10 +92,8 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
 
 
 def asgi_app(log_dir: str | os.PathLike[str]) -> ASGIApp:
-    """An ASGI app answering ``GET /costs`` over the logs in ``log_dir``; mount it anywhere.
-
-    Logs are read in a worker thread, so a large log never blocks the event loop.
-    """
+    """An ASGI app answering ``GET /costs`` over the logs in ``log_dir``; mount it anywhere. Logs are
+    read in a worker thread, so a large log never blocks the event loop."""
     directory = log_directory(log_dir)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

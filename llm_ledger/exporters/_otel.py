@@ -1,9 +1,7 @@
-"""``OTelSink``: the call and lens records as OpenTelemetry GenAI spans and metrics.
-
-Names follow the GenAI semantic conventions v1.41.1 (``OTEL_SEMCONV_STABILITY_OPT_IN=
-gen_ai_latest_experimental``: the newest experimental names). A record is built when its call ends, so
-every span is made after the fact with the record's own times; the spans of a lens's calls wait for the
-lens's record, which comes last, so that the lens span can be their parent (docs/exporters.md).
+"""``OTelSink``: the call and lens records as OpenTelemetry GenAI spans and metrics (semantic conventions
+v1.41.1, or the newest experimental names). Every span is made after the fact, from its record; the spans
+of a lens's calls wait for the lens's record, which comes last, so that it can be their parent
+(docs/exporters.md).
 """
 
 from __future__ import annotations
