@@ -1,7 +1,5 @@
-"""Grouped cost sums over call records and lens summaries: the query and the rows it gives.
-
-Dimensions, ``where``, ``since``, ``until`` and the rows: docs/REPORTING.md ("The query", "The rows").
-Costs are summed exactly (:class:`~decimal.Decimal` of the USD figure each record holds).
+"""Grouped cost sums over call records and lens summaries: the query and the rows it gives (dimensions,
+filters and rows: docs/REPORTING.md, "The query" and "The rows").
 """
 
 from __future__ import annotations
@@ -33,11 +31,9 @@ _BUILT_IN: Final = frozenset({"lens", "model", *TIME_DIMENSIONS})
 
 
 def _check_known(query: Query, present: set[str]) -> None:
-    """Refuse a dimension no record has (a typo such as ``usr_id``), naming those the records have.
-
-    A dimension some records lack is fine (they group under None); one that no record has at all
-    would put every record in one null group, or filter every record out, without saying why.
-    """
+    """Refuse a dimension no record has (a typo such as ``usr_id``), naming those the records have: it
+    would put every record in one null group, or filter every record out, without saying why (one that
+    some records lack is fine: they group under None)."""
     for parameter, names in (("by", query.by), ("where", tuple(query.where))):
         for name in names:
             if name in _BUILT_IN or name in present or name.partition(".")[0] in present:

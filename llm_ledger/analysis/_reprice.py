@@ -223,11 +223,9 @@ def reprice(
     provider: str | None = None,
     price_file: str | None = None,
 ) -> Reprice:
-    """Price ``usage`` again with ``table``, ``models`` swapped and every call at ``provider`` if given.
-
-    Raises :class:`ConfigError` for a model to swap that no call used, a new model with no price where
-    it would be used, or an unknown provider, naming the close matches.
-    """
+    """Price ``usage`` again with ``table``, ``models`` swapped and every call at ``provider`` if given;
+    :class:`ConfigError` names the close matches of a model no call used, a new model with no price where
+    it would be used, or an unknown provider."""
     models = models or {}
     if provider is not None and table.route(provider=provider).matched_by != "provider":
         raise ConfigError(f"--provider: {provider_error(provider)}")
