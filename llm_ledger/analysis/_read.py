@@ -1,7 +1,5 @@
-"""The one reader of llm-ledger logs: files, globs, directories, ``.gz`` files and stdin.
-
-Inputs, malformed and skipped lines: docs/REPORTING.md ("Inputs"). A line over :data:`MAX_LINE_BYTES`
-is skipped in linear time without being held in memory.
+"""The one reader of llm-ledger logs: files, globs, directories, ``.gz`` files and stdin (inputs,
+malformed and skipped lines: docs/REPORTING.md, "Inputs").
 """
 
 from __future__ import annotations

@@ -191,12 +191,9 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 class OTelSink:
-    """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans and metrics.
-
-    One CLIENT span per call and one INTERNAL span per lens run (the parent of its calls), the GenAI
-    metrics and the ``llm_ledger.cost`` counter; content attributes only from records made with content
-    capture on. Every span, metric and attribute: docs/exporters.md. ``tracer_provider`` and
-    ``meter_provider`` default to the global ones, as an application or ``opentelemetry-instrument`` set them.
+    """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans (one per call, one
+    per lens run as their parent) and metrics (docs/exporters.md), through ``tracer_provider`` and
+    ``meter_provider``, by default the global ones an application or ``opentelemetry-instrument`` set.
     """
 
     def __init__(
