@@ -1,10 +1,9 @@
 """What a call costs: USD rates per 1M tokens per provider and model, and the cost of one call's usage.
 
-Built-in rates come from the data bundled with the ``genai-prices`` package (never fetched at run time);
-a user price file overrides them per model and maps hosts to a provider or a rate of their own. How a
-call's :class:`Route` is chosen (host, provider or model name alone), how its tokens are counted and what
-is not modelled: docs/PRICING.md. Resolving a model name walks genai-prices' match rules, which is slow
-next to a call, so each route resolves a name once and caches the answer (unknown names included).
+Built-in rates come from genai-prices' bundled data (never fetched at run time); a price file overrides
+them per model and maps hosts to a provider or a rate (docs/PRICING.md). Resolving a model name walks
+genai-prices' match rules, slow next to a call, so each :class:`Route` resolves a name once and caches
+the answer (unknown names included).
 """
 
 from __future__ import annotations

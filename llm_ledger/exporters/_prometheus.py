@@ -1,7 +1,5 @@
-"""``PrometheusSink``: the call and lens records as Prometheus metrics (prometheus-client).
-
-Every value comes from the records (``llm_ledger/_records.py``); nothing is read from the SDK. Labels
-are bounded (docs/exporters.md, Cardinality), and a new series is scraped at 0 before its values, so
+"""``PrometheusSink``: the call and lens records (nothing read from the SDK) as Prometheus metrics, with
+bounded labels (docs/exporters.md, Cardinality) and each new series scraped at 0 before its values, so
 that ``rate()`` counts them.
 """
 

@@ -1,7 +1,5 @@
-"""``configure(exporters=[...])`` / ``LLM_LEDGER_EXPORTERS``: turning exporters on for the default monitor.
-
-Names are checked when settings are resolved (:func:`parse`); :func:`prepare` builds the sinks and binds
-the ports, raising ``ConfigError`` before anything changes; :meth:`Plan.commit` then swaps the sinks.
+"""``configure(exporters=[...])`` / ``LLM_LEDGER_EXPORTERS``: names checked by :func:`parse`, sinks
+built and ports bound by :func:`prepare` before anything changes, and swapped in by :meth:`Plan.commit`.
 """
 
 from __future__ import annotations
