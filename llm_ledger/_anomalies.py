@@ -1,7 +1,6 @@
-"""Anomalies: lens runs far above their own recent baseline (median + k * MAD of the last runs of
-their lens and models), online (``configure(anomalies=True)``, the baseline rebuilt at start from the
-end of the log, so no state file is kept) and replayed from logs (``llm-ledger anomalies``). The rule,
-its settings and why: docs/ANOMALIES.md.
+"""Anomalies: lens runs far above the median + k * MAD of their lens's (and models') last runs, online
+(the baseline rebuilt at start from the end of the log: no state file) and replayed from logs
+(``llm-ledger anomalies``). The rule, its settings and why: docs/ANOMALIES.md.
 """
 
 from __future__ import annotations

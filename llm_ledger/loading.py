@@ -140,7 +140,6 @@ def read_file(
 
 
 def _chunks(fd: int, limit: int) -> list[bytes]:
-    """At most ``limit`` bytes of ``fd``."""
     chunks: list[bytes] = []
     while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
         chunks.append(chunk)
@@ -153,11 +152,9 @@ _TIMESTAMP: Final = _TAG_PREFIX + "timestamp"
 
 
 class JsonLoader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """A safe YAML loader that builds only what JSON holds (cassettes are JSON bodies written as YAML).
-
-    An unquoted date stays the string it reads as; ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and
-    ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``.
-    """
+    """A safe YAML loader that builds only what JSON holds (cassettes are JSON bodies written as YAML): an
+    unquoted date stays the string it reads as; ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and
+    ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``."""
 
     yaml_implicit_resolvers: ClassVar = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]

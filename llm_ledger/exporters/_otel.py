@@ -309,11 +309,9 @@ class OTelSink:
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
     def _openai_v2(self, record: Mapping[str, Any]) -> tuple[bool, Any]:
-        """Whether openai-v2 makes this call's span, and that span's context when it is still open here.
-
-        Its span is the current one when a non-streamed call ends (it wraps ``create``, the ledger
-        the client's ``request`` inside it): that span gets the cost and the ledger's attributes.
-        """
+        """Whether openai-v2 makes this call's span, and that span's context when it is still open here:
+        the current span when a non-streamed call ends (it wraps ``create``, the ledger the client's
+        ``request`` inside it), which then gets the cost and the ledger's attributes."""
         if _OPENAI_V2 not in sys.modules:
             return False, None
         span = self._trace.get_current_span()

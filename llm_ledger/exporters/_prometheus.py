@@ -254,8 +254,7 @@ class PrometheusSink:
                 self._dropped(ANOMALY_EVENT, 1, dict(zip(("lens", "metric"), labels, strict=True)), exc)
 
     def flush(self) -> None:
-        """Move the pending sums of calls and lens runs into the metrics (a collection of the
-        registry does it first)."""
+        """Move the pending sums into the metrics (a collection of the registry does it first)."""
         self._flush(collecting=False)
 
     def _flush(self, *, collecting: bool) -> None:
