@@ -81,9 +81,8 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
-        text = value.strip()
         try:
-            value = datetime.fromisoformat(text)
+            value = datetime.fromisoformat(value.strip())
         except ValueError:
             raise QueryError(name, f"{value!r} is not an ISO date or date-time; {_DATE_EXAMPLE}") from None
     elif not isinstance(value, date):
