@@ -228,11 +228,9 @@ def reasoning_outside(provider: str | None) -> bool:
 
 class Route:
     """How the calls to one server are priced: a host's rate, a provider's rates, or the model name alone.
-
     Built by :meth:`PriceTable.route`; the monitor keeps one per instrumented client, so choosing it costs
     nothing per call. ``provider`` and ``matched_by`` are what the record's ``server.provider`` and
-    ``cost.matched_by`` say (docs/PRICING.md).
-    """
+    ``cost.matched_by`` say (docs/PRICING.md)."""
 
     __slots__ = ("_cache", "_flat", "_provider_id", "_table", "matched_by", "provider", "reasoning_outside")
 
