@@ -1,19 +1,6 @@
-"""Anomalies: lens runs far above their own recent baseline, online and replayed from logs.
-
-For each lens and the models its run used, the detector keeps the last ``window`` runs' total
-tokens, cost and wall duration. Once it holds ``min_runs`` of them, a run whose value is above
-
-    threshold = exp(median + k * max(MAD, ln(1 + min_mad_ratio)))     (scale "log", the default)
-    threshold = median + k * max(MAD, min_mad_ratio * median)         (scale "linear")
-
-is an anomaly: one ``lens_anomaly`` record per metric. On the log scale median and MAD (the median
-absolute deviation) are those of the values' natural logarithms, and a value of 0 (a run without
-calls, a free model) is neither judged nor kept. Why median and MAD, logs, and ``min_mad_ratio``:
-docs/ANOMALIES.md.
-
-Online (``configure(anomalies=True)``), the baseline is rebuilt at start from the lens summaries in
-the last ``history_bytes`` of the log file, so no state file is kept. Offline, ``llm-ledger anomalies
-LOGS...`` replays the same detector over history in time order.
+"""Anomalies: lens runs far above the median + k * MAD of their lens's (and models') last runs, online
+(the baseline rebuilt at start from the end of the log: no state file) and replayed from logs
+(``llm-ledger anomalies``). The rule, its settings and why: docs/ANOMALIES.md.
 """
 
 from __future__ import annotations
@@ -24,7 +11,7 @@ import os
 import statistics
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -41,7 +28,6 @@ __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
 
 METRICS: Final = ("total_tokens", "total_cost_usd", "duration_ms")  # lens summary keys judged
 SCALES: Final = ("log", "linear")
-_SETTINGS: Final = ("window", "k", "min_runs", "min_mad_ratio", "metrics", "history_bytes", "scale")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
 
@@ -55,18 +41,8 @@ def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None
 
 @dataclass(frozen=True)
 class AnomalyConfig:
-    """How the anomaly detector judges a lens run (``configure(anomalies=AnomalyConfig(...))``).
-
-    Args:
-        window: N, the last runs per lens and model that make the baseline.
-        k: how many MADs above the median a value must be to be an anomaly (> 0). For normally
-            distributed values one MAD is about 0.67 standard deviations: k=6 is about 4 sigma.
-        min_runs: runs in the baseline before any run is judged (at least 3, at most ``window``).
-        min_mad_ratio: the spread used is at least this fraction of the median (0 turns it off).
-        metrics: which of :data:`METRICS` to judge.
-        scale: ``"log"`` (judge ratios to the median) or ``"linear"`` (judge differences).
-        history_bytes: how much of the end of the log file rebuilds the baseline at start.
-    """
+    """How the anomaly detector judges a lens run (``configure(anomalies=AnomalyConfig(...))``); each
+    setting, its default and why: docs/ANOMALIES.md."""
 
     window: int = 100
     k: float = 6.0
@@ -107,26 +83,27 @@ class AnomalyConfig:
         on = BOOLEAN_WORDS.get(value)
         if on is not None:
             return cls() if on else None
-        fields: dict[str, Any] = {}
+        settings = [setting.name for setting in fields(cls)]
+        values: dict[str, Any] = {}
         for part in value.split(","):
             name, sep, raw = (s.strip() for s in part.partition("="))
-            if not sep or name not in _SETTINGS:
+            if not sep or name not in settings:
                 raise ConfigError(
                     f"{source}={text!r}: expected on, off, or comma-separated settings such as "
-                    f"k=6,window=100,min_runs=20 (settings: {', '.join(_SETTINGS)}), got {part.strip()!r}"
+                    f"k=6,window=100,min_runs=20 (settings: {', '.join(settings)}), got {part.strip()!r}"
                 )
-            if name in fields:
+            if name in values:
                 raise ConfigError(f"{source}={text!r}: {name} is given twice; give each setting once")
             if name in ("metrics", "scale"):
-                fields[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
+                values[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
                 continue
             real = name in ("k", "min_mad_ratio")
             try:
-                fields[name] = float(raw) if real else int(raw)
+                values[name] = float(raw) if real else int(raw)
             except ValueError:
                 kind = "a number" if real else "a whole number"
                 raise ConfigError(f"{source}={text!r}: {name} must be {kind}, got {raw!r}") from None
-        return cls(**fields)
+        return cls(**values)
 
 
 def _value(summary: Mapping[str, Any], metric: str) -> float | None:
@@ -140,12 +117,8 @@ def _value(summary: Mapping[str, Any], metric: str) -> float | None:
 
 class AnomalyDetector:
     """Judges each lens summary record against its lens's (and models') recent runs; thread-safe.
-
-    ``observe(record)`` returns the ``lens_anomaly`` records of one run (and adds it to the baseline).
-    ``configure(anomalies=...)`` sets one on the default monitor; assign one to ``monitor.anomalies``
-    of your own monitor: the monitor then emits what it finds through its sinks and calls
-    ``on_anomaly`` with each record.
-    """
+    ``configure(anomalies=...)`` sets one on the default monitor; ``monitor.anomalies = ...`` on yours,
+    which then emits what it finds through its sinks and calls ``on_anomaly`` with each record."""
 
     def __init__(
         self,

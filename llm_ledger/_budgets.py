@@ -1,11 +1,5 @@
-"""Budgets: the budgets.yaml schema and its loading, and the production check of lens runs against it.
-
-The file's sections and limits are described in docs/BUDGETS.md. The pytest plugin checks a whole
-session against the file (``pytest --llm-budget``). In production (``configure(budgets=...)``) a
-:class:`BudgetGuard` checks each lens run against ``lenses`` and ``default`` after each of its calls:
-a run over a limit emits one ``budget_exceeded`` record per limit (WARNING on ``llm_monitor``) and
-calls ``on_exceeded``; with ``mode="raise"`` the run's next call raises :class:`BudgetExceededError`
-before it is sent.
+"""Budgets: the budgets.yaml schema and its loading (docs/BUDGETS.md), and :class:`BudgetGuard`, the
+production check of each lens run against it after each of its calls (``configure(budgets=...)``).
 """
 
 from __future__ import annotations
@@ -94,14 +88,12 @@ _MAX_COUNT: Final = Decimal(10) ** 15
 def _limits(doc: Document, node: yaml.Node, path: str) -> Limits:
     values: dict[str, float | int] = {}
     for key, value_node in doc.fields(node, path, "a mapping of limits", Limits.KEYS).items():
-        if key == "max_cost_usd":
-            cost = doc.number(value_node, f"{path}.{key}", "a non-negative number of USD", maximum=_MAX_COST)
-            values[key] = float(cost)
-        else:
-            count = doc.number(
-                value_node, f"{path}.{key}", "a non-negative whole number", maximum=_MAX_COUNT, whole=True
-            )
-            values[key] = int(count)
+        usd = key == "max_cost_usd"
+        expected = "a non-negative number of USD" if usd else "a non-negative whole number"
+        value = doc.number(
+            value_node, f"{path}.{key}", expected, maximum=_MAX_COST if usd else _MAX_COUNT, whole=not usd
+        )
+        values[key] = float(value) if usd else int(value)
     return Limits(**values)  # type: ignore[arg-type]
 
 
@@ -196,16 +188,10 @@ stopping = False
 
 
 class BudgetGuard:
-    """Checks each lens run against ``budgets`` (its ``lenses`` and ``default`` sections).
-
-    Set by ``configure(budgets=..., budget_mode=..., on_budget_exceeded=...)`` on the default
-    monitor, or assigned to ``monitor.budgets`` of a monitor of your own.
-
-    Args:
-        budgets: a :class:`Budgets`, a mapping of the budgets.yaml shape, or the path of a budgets file.
-        mode: ``"warn"`` (records and the callback) or ``"raise"`` (also refuse the run's next call
-            with :class:`BudgetExceededError`).
-        on_exceeded: called with each ``budget_exceeded`` record, on the thread that ended the call.
+    """Checks each lens run against ``budgets`` (a :class:`Budgets`, a mapping of its shape or the path
+    of a budgets file; its ``lenses`` and ``default`` sections). ``configure(budgets=..., budget_mode=...,
+    on_budget_exceeded=...)`` sets one on the default monitor; ``monitor.budgets = BudgetGuard(...)`` on
+    yours. What ``mode`` "warn" and "raise" do and when ``on_exceeded`` is called: docs/BUDGETS.md.
     """
 
     def __init__(
@@ -237,20 +223,15 @@ class BudgetGuard:
         if lens_key in self._checks:
             checks = self._checks[lens_key]
         else:
-            checks = self._checks_of(self.budgets.for_lens(lens_key))
+            limits = self.budgets.for_lens(lens_key)
+            found = []
+            for key, cap in limits.items() if limits else ():
+                exact = int(Decimal(str(cap)) * USD_UNITS) if key == "max_cost_usd" else int(cap)
+                found.append((_TOTAL_OF[key], exact, key, cap))
+            checks = tuple(found) or None
             if len(self._checks) < 10_000:  # lens keys are few; a key made per request is not cached
                 self._checks[lens_key] = checks
         return None if checks is None else _RunBudget(self, checks, context)
-
-    @staticmethod
-    def _checks_of(limits: Limits | None) -> tuple[tuple[str, int, str, float], ...] | None:
-        if limits is None or not limits.items():
-            return None
-        checks = []
-        for key, cap in limits.items():
-            exact = int(Decimal(str(cap)) * USD_UNITS) if key == "max_cost_usd" else int(cap)
-            checks.append((_TOTAL_OF[key], exact, key, cap))
-        return tuple(checks)
 
 
 class _RunBudget:
@@ -323,10 +304,8 @@ def _amount(key: str, value: float) -> str:
 
 
 def refuse_if_stopped(lenses: tuple[LensRun, ...]) -> None:
-    """Raise :class:`BudgetExceededError` if a lens run open here went over its budget in raise mode.
-
-    Called before each call is sent once some run has been stopped (``stopping``).
-    """
+    """Raise :class:`BudgetExceededError` if a lens run open here went over its budget in raise mode
+    (checked before each call once some run has been stopped: ``stopping``)."""
     for run in lenses:
         budget = run._budget
         if budget is not None and budget.stopped is not None:

@@ -1,9 +1,6 @@
-"""The ``llm-ledger`` console script.
-
-Each subcommand lives in its own module, imported only when it runs (``llm-ledger --help`` imports
-none of them), and exposes ``register(subparsers, summary)`` which adds its parser (the commands
-over logs and reports with :func:`add_command`) and sets ``func`` to a callable taking the parsed
-arguments and returning the exit status.
+"""The ``llm-ledger`` console script. Each subcommand lives in its own module, imported only when it runs,
+whose ``register(subparsers, summary)`` adds its parser (:func:`add_command`) with ``func``: a callable
+taking the parsed arguments and returning the exit status.
 """
 
 from __future__ import annotations

@@ -1,28 +1,9 @@
 """What a call costs: USD rates per 1M tokens per provider and model, and the cost of one call's usage.
 
-Built-in rates come from the data bundled with the ``genai-prices`` package (never fetched at run time);
-a user price file (YAML, see :meth:`PriceTable.from_file`) overrides them per model, and maps hosts
-(self-hosted servers, gateways) to a provider or to a rate of their own.
-
-Each call is priced along a :class:`Route`, chosen once per client (``llm_ledger._servers.Endpoint``):
-
-* ``host``: the price file maps the server's host: its rate for every model, or that provider's rates;
-* ``provider``: the provider is known (an ``AzureOpenAI`` client, a base URL genai-prices recognises):
-  that provider's rates, and no other vendor's when it does not list the model;
-* ``model``: a host nobody knows (a proxy, a loopback test server): the model name alone, at OpenAI's
-  list price, as before providers were told apart.
-
-Resolving a model name to its rates walks genai-prices' match rules, which is slow next to a call, so
-each route resolves a model name once and caches the answer (unknown names included); after that
-pricing a call is a few integer multiplications.
-
-Token accounting follows OpenAI's ``usage``: ``cached_tokens`` are a subset of ``prompt_tokens`` and
-reasoning tokens are inside ``completion_tokens``, so each token is billed exactly once (Google's and xAI's
-usage, which leaves reasoning outside ``completion_tokens``, is put back in that form first:
-:attr:`Route.reasoning_outside`). Only the standard text rates are modelled: no batch/flex/priority
-tiers, no separate audio or image token rates, no cache-write charges (OpenAI chat usage does not report
-cache writes), no per-request fees; a cost the provider reports in the usage wins over the table's
-(:func:`reported_cost_units`).
+Built-in rates come from genai-prices' bundled data (never fetched at run time); a price file overrides
+them per model and maps hosts to a provider or a rate (docs/PRICING.md). Resolving a model name walks
+genai-prices' match rules, slow next to a call, so each :class:`Route` resolves a name once and caches
+the answer (unknown names included).
 """
 
 from __future__ import annotations
@@ -129,11 +110,8 @@ class Rates:
 
 @dataclass(frozen=True, slots=True)
 class HostPrice:
-    """How calls to a host are priced: as ``provider`` prices them, or at ``rates`` for every model.
-
-    With ``rates``, ``provider`` is only the name recorded in ``server.provider`` (default
-    ``"self-hosted"``); without, it must be a provider genai-prices knows (:func:`known_providers`).
-    """
+    """How calls to a host are priced: as ``provider`` prices them, or at ``rates`` for every model (then
+    ``provider`` is only the name recorded in ``server.provider``, default ``"self-hosted"``)."""
 
     provider: str | None = None
     rates: Rates | None = None
@@ -164,8 +142,6 @@ class Cost:
 _MISSING: Final[Any] = object()
 _REPORTED_FIELDS: Final = ("cost", "cost_details", "is_byok", "cost_in_usd_ticks")
 _UNITS_PER_TICK: Final = 10 ** (USD_UNIT_DIGITS - 10)  # xAI's cost_in_usd_ticks: 10**10 ticks per USD
-# Providers whose OpenAI-compatible usage leaves a thinking model's reasoning out of completion_tokens
-# (but in total_tokens): their calls' usage is put back into OpenAI's meaning before it is priced.
 _REASONING_OUTSIDE: Final = frozenset({"google", "x-ai"})
 # Our own context, so the caller's decimal context (a low precision, traps) cannot round or break prices;
 # 60 digits keep every conversion between rates, units and USD exact.
@@ -211,13 +187,8 @@ def _usd(units: int) -> Decimal:
 
 def reported_cost_units(usage: Any) -> int | None:
     """The USD cost the provider put in the call's ``usage``, in 10**-24 USD; ``None`` when there is none
-    (OpenAI reports none) or it is not a finite number >= 0. Never raises. Read, in this order:
-
-    * ``cost``: a number of USD (OpenRouter), or an object whose ``total_cost`` is (Perplexity: token
-      costs plus its per-request search fee). With OpenRouter's ``is_byok: true`` ``cost`` is only
-      OpenRouter's fee, and ``cost_details.upstream_inference_cost`` (billed to your own provider key)
-      is added to it;
-    * ``cost_in_usd_ticks``: a whole number of 10**-10 USD (xAI).
+    (OpenAI reports none) or it is not a finite number >= 0. Never raises. The fields read, per provider
+    (OpenRouter's ``cost``, Perplexity's ``cost.total_cost``, xAI's ``cost_in_usd_ticks``): docs/PRICING.md.
     """
     try:
         if type(usage) is dict:
@@ -250,19 +221,16 @@ def reported_cost_units(usage: Any) -> int | None:
 
 def reasoning_outside(provider: str | None) -> bool:
     """Whether ``provider``'s OpenAI-compatible usage leaves reasoning tokens out of ``completion_tokens``
-    (Google, xAI; docs/PRICING.md)."""
+    (Google, xAI; docs/PRICING.md): the monitor puts them back (``_extract.reasoning_in_completion``)
+    before pricing."""
     return provider in _REASONING_OUTSIDE
 
 
 class Route:
     """How the calls to one server are priced: a host's rate, a provider's rates, or the model name alone.
-
     Built by :meth:`PriceTable.route`; the monitor keeps one per instrumented client, so choosing it costs
-    nothing per call. ``provider`` is what the record's ``server.provider`` says; ``matched_by`` is how the
-    route was chosen (``cost.matched_by``): ``"host"``, ``"provider"`` or ``"model"`` (see the module).
-    ``reasoning_outside`` is true for a provider (Google, xAI) whose usage leaves reasoning tokens out of
-    ``completion_tokens``: the monitor puts them back (``_extract.reasoning_in_completion``) before pricing.
-    """
+    nothing per call. ``provider`` and ``matched_by`` are what the record's ``server.provider`` and
+    ``cost.matched_by`` say (docs/PRICING.md)."""
 
     __slots__ = ("_cache", "_flat", "_provider_id", "_table", "matched_by", "provider", "reasoning_outside")
 
@@ -279,7 +247,6 @@ class Route:
         self.provider = provider
         self.matched_by: MatchedBy = matched_by
         self._provider_id = provider_id  # genai-prices' provider whose rates apply; None: OpenAI's by name
-        # its usage counts reasoning outside completion_tokens (see _extract.reasoning_in_completion)
         self.reasoning_outside = reasoning_outside(provider)
         self._flat = None if flat is None else _compile(flat)
         self._cache: dict[str, _Entry | None] = {}
@@ -296,10 +263,8 @@ class Route:
         self, model: str, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
     ) -> Cost | None:
         """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
-
         ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
-        are counted inside ``completion_tokens`` and must not be added again.
-        """
+        are counted inside ``completion_tokens`` and must not be added again."""
         counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
         for name, count in (*counts, ("cached_tokens", cached_tokens)):
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
@@ -429,22 +394,8 @@ class PriceTable:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, builtin: bool = True) -> PriceTable:
-        """Build a table whose overrides and hosts come from a YAML price file.
-
-        The file looks like (docs/PRICING.md)::
-
-            version: 1
-            models:                   # optional: rates per model, for every provider
-              gpt-4o:                 # an exact model name, or a glob pattern such as "my-model-*"
-                input: 2.50           # USD per 1M input tokens (required)
-                cached_input: 1.25    # USD per 1M cached input tokens (optional; default: input)
-                output: 10.00         # USD per 1M output tokens (required)
-            hosts:                    # optional: how calls to a host are priced
-              "localhost:11434": {provider: ollama, input: 0, output: 0}   # a rate, for every model
-              "llm-gateway.internal": {provider: openrouter}              # that provider's rates
-
-        Raises :class:`~llm_ledger.PriceFileError` naming the file, line and key for any problem.
-        """
+        """Build a table whose overrides and hosts come from a YAML price file (format: docs/PRICING.md);
+        :class:`~llm_ledger.PriceFileError` names the file, line and key of any problem."""
         overrides, hosts = _load_price_file(path)
         return cls(overrides, builtin=builtin, hosts=hosts)
 
@@ -758,9 +709,7 @@ def price(
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
     model name at OpenAI's list price), ``None`` for an unknown model."""
-    if table is None:
-        table = _builtin_table()
-    return table.cost(
+    return (table or _builtin_table()).cost(
         model,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,

@@ -1,7 +1,5 @@
 """The one table renderer: fixed-width text for terminals, Markdown for PR comments and summaries.
-
-The first column is a name (left-aligned); the others are figures, right-aligned unless ``right``
-says otherwise. ``total`` rows follow a rule in text and are bold in Markdown.
+The first column is a name; the others are figures, right-aligned unless ``right`` says otherwise.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """The one loader for the YAML and JSON files llm-ledger reads (price files, budgets.yaml, cassettes,
 reports), public so that the pytest plugin and your own tools read files with the same limits and
-errors.
-
-Every such file is read the same way and fails the same way:
-
-* only a regular file is read, and at most :data:`MAX_BYTES` of it (a FIFO, ``/dev/zero``, a directory
-  or a huge file is refused before anything is parsed); :func:`read_file` reads the CLI's inputs too;
-* YAML is composed into nodes and never constructed, so no tag can run code, and only plain YAML tags
-  are allowed;
-* numbers are read by one parser (:meth:`Document.number`): ``2.50``, ``1e-3``, ``1_000`` and ``7`` mean
-  the same in every file; quoted strings, booleans, ``.nan`` and ``.inf`` are not numbers;
-* every error reads ``file:line: key.path: what is wrong; valid choices``, and quotes at most the
-  offending value, shortened, and never when it looks like a credential (a price file pointed at a
-  ``.env`` must not print the key it holds).
-
-:func:`did_you_mean` is the one "(did you mean 'x'?)" hint every error message naming a bad name uses.
+errors: only a regular file, of at most :data:`MAX_BYTES` (:func:`read_file`); YAML composed into nodes,
+never constructed, plain tags only (so no tag can run code); one number parser (:meth:`Document.number`:
+``2.50``, ``1e-3``, ``1_000`` mean the same in every file); every error reads ``file:line: key.path: what
+is wrong; valid choices``, quoting at most the offending value, shortened, and never one that looks like
+a credential (:func:`shown`: a price file pointed at a ``.env`` must not print the key it holds).
+:func:`did_you_mean` is the one "(did you mean 'x'?)" hint of every error naming a bad name.
 """
 
 from __future__ import annotations
@@ -149,7 +140,6 @@ def read_file(
 
 
 def _chunks(fd: int, limit: int) -> list[bytes]:
-    """At most ``limit`` bytes of ``fd``."""
     chunks: list[bytes] = []
     while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
         chunks.append(chunk)
@@ -162,11 +152,9 @@ _TIMESTAMP: Final = _TAG_PREFIX + "timestamp"
 
 
 class JsonLoader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """A safe YAML loader that builds only what JSON holds (cassettes are JSON bodies written as YAML).
-
-    An unquoted date stays the string it reads as; ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and
-    ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``.
-    """
+    """A safe YAML loader that builds only what JSON holds (cassettes are JSON bodies written as YAML): an
+    unquoted date stays the string it reads as; ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and
+    ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``."""
 
     yaml_implicit_resolvers: ClassVar = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]

@@ -5,20 +5,8 @@
 >>> for row in report.rows:
 ...     print(row.key["user_id"], row.calls, row.cost_usd)
 
-* :func:`summarise` reads logs (files, globs, directories, ``.gz`` as logrotate leaves them, ``-``
-  for stdin) and sums them into a :class:`CostReport` of :class:`CostRow`; :func:`summarise_records`
-  sums records you already hold (for example lens summaries your application stored).
-* :func:`asgi_app` serves ``GET /costs`` over a log directory, for mounting in an ASGI application.
-* :func:`load_report`, :func:`diff_reports` and :func:`render_diff` read pytest ``--llm-report``
-  files and compare them lens by lens (``llm-ledger diff``); :func:`text_table` is the one table
-  renderer every command prints with; :func:`cost_decimal` reads a record's cost (a JSON number)
-  as the exact decimal it was written as.
-* :func:`usage_row` turns one call record into a :class:`UsageRow` (lens, server, model, tokens,
-  recorded cost): the rows ``llm-ledger reprice`` prices again and the pytest plugin's report sums.
-
-A dimension is a context key (``user_id``), a record field (``status``), a dotted path
-(``server.address``) or one of ``lens``, ``model``, ``day``, ``month``, ``hour``; records without it
-group under None (docs/REPORTING.md). Bad arguments raise :class:`llm_ledger.ConfigError`.
+Dimensions, filters, the rows and the rest of this API (records in memory, ``GET /costs``, report diffs,
+usage rows): docs/REPORTING.md. Bad arguments raise :class:`llm_ledger.ConfigError`.
 """
 
 from __future__ import annotations
@@ -89,12 +77,8 @@ def summarise_records(
     *,
     from_summaries: bool = False,
 ) -> CostReport:
-    """Sum call records and lens summaries held in memory, as :func:`summarise` sums a log's.
-
-    With ``from_summaries`` the calls, tokens and cost come from the lens summaries (for a store
-    that keeps only those: one ``lens_summary`` record per run, with its ``context``, ``summary``
-    and ``timestamp``), and call records are ignored. Records that are not a call or a lens summary
-    are ignored; one with unusable numbers is left out.
-    """
+    """Sum call records and lens summaries held in memory, as :func:`summarise` sums a log's; with
+    ``from_summaries`` the figures come from the lens summaries alone (docs/REPORTING.md). A record with
+    unusable numbers is left out."""
     query = make_query(by, where, since, until)
     return aggregate((dict(r) for r in records), query, from_summaries=from_summaries)

@@ -1,15 +1,6 @@
-"""Helpers for testing code that uses llm-ledger: collect records in memory, no file, no network;
-serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`, described in docs/FAKE_SERVER.md) to point
-the real SDK at.
-
-.. code-block:: python
-
-    from llm_ledger.testing import capture
-
-    with capture() as records:
-        await run_lens(...)
-    assert records.lenses[0]["summary"]["total_api_calls"] == 2
-    assert len(records) == 3 and [r["event"] for r in records][-1] == "lens_summary"
+"""Helpers for testing code that uses llm-ledger: collect records in memory (:func:`capture`, docs/CI.md),
+no file, no network; serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`, docs/FAKE_SERVER.md)
+to point the real SDK at.
 """
 
 from __future__ import annotations
@@ -36,15 +27,9 @@ __all__ = [
 
 
 class Captured:
-    """Records emitted while a :func:`capture` block was open, in emission order.
-
-    * ``records``: every record (``llm_api_call`` and ``lens_summary`` dicts, as in docs/MONITORING.md's
-      "The records"), copied when emitted;
-    * ``calls``: the ``llm_api_call`` records; ``lenses``: the ``lens_summary`` records;
-    * ``len(captured)`` and ``for record in captured`` work on ``records``.
-
-    Records from other threads and tasks count too (a sink is called on the thread that ended the
-    call); the lists are snapshots, safe to read while calls are still running.
+    """Records emitted while a :func:`capture` block was open, in emission order, each copied when
+    emitted (docs/CI.md). Records from other threads and tasks count too (a sink is called on the thread
+    that ended the call); the lists are snapshots, safe to read while calls are still running.
     """
 
     def __init__(self) -> None:

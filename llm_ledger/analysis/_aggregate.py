@@ -1,9 +1,5 @@
-"""Grouped cost sums over call records and lens summaries: the query and the rows it gives.
-
-How a dimension is resolved, how ``where``, ``since`` and ``until`` compare, and what a row holds
-are described for users in docs/REPORTING.md ("The query", "The rows"). Costs are summed exactly
-(:class:`~decimal.Decimal` of the USD figure each record holds). With ``from_summaries`` the totals
-come from the lens summaries instead (for a store that keeps only those) and call records are ignored.
+"""Grouped cost sums over call records and lens summaries: the query and the rows it gives (dimensions,
+filters and rows: docs/REPORTING.md, "The query" and "The rows").
 """
 
 from __future__ import annotations
@@ -35,11 +31,9 @@ _BUILT_IN: Final = frozenset({"lens", "model", *TIME_DIMENSIONS})
 
 
 def _check_known(query: Query, present: set[str]) -> None:
-    """Refuse a dimension no record has (a typo such as ``usr_id``), naming those the records have.
-
-    A dimension some records lack is fine (they group under None); one that no record has at all
-    would put every record in one null group, or filter every record out, without saying why.
-    """
+    """Refuse a dimension no record has (a typo such as ``usr_id``), naming those the records have: it
+    would put every record in one null group, or filter every record out, without saying why (one that
+    some records lack is fine: they group under None)."""
     for parameter, names in (("by", query.by), ("where", tuple(query.where))):
         for name in names:
             if name in _BUILT_IN or name in present or name.partition(".")[0] in present:
@@ -87,9 +81,8 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
-        text = value.strip()
         try:
-            value = datetime.fromisoformat(text)
+            value = datetime.fromisoformat(value.strip())
         except ValueError:
             raise QueryError(name, f"{value!r} is not an ISO date or date-time; {_DATE_EXAMPLE}") from None
     elif not isinstance(value, date):
@@ -164,10 +157,7 @@ def make_query(
 @dataclass(frozen=True, slots=True)
 class CostRow:
     """The sums of one group: ``key`` maps each dimension to its value (None when records lack it).
-
-    ``cost_usd`` is exact; it leaves out ``unpriced_calls`` (successful calls the price table had no
-    price for), so ``cost_complete`` says whether it is the whole cost.
-    """
+    ``cost_usd`` leaves out ``unpriced_calls`` (docs/REPORTING.md, "The rows")."""
 
     key: dict[str, Any]
     lens_runs: int = 0
@@ -282,13 +272,6 @@ def _usd(value: Any) -> Decimal | None:
     return cost
 
 
-def _path(record: Mapping[str, Any], name: str) -> Any:
-    value: Any = record
-    for part in name.split("."):
-        value = value.get(part) if type(value) is dict else None
-    return value
-
-
 def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run: bool) -> list[Any]:
     """The values of dimension ``name`` in a record (one, or each model a lens run used)."""
     if name == "lens":
@@ -306,7 +289,10 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
         return [context[name]]
     if name in record:
         return [record[name]]
-    return [_path(record, name) if "." in name else None]
+    value: Any = record  # a dotted path (server.address), else None
+    for part in name.split("."):
+        value = value.get(part) if type(value) is dict else None
+    return [value]
 
 
 def as_text(value: Any) -> str:
@@ -473,12 +459,8 @@ def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, An
 
 
 def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries: bool = False) -> CostReport:
-    """Sum ``records`` (call records and lens summaries) by ``query``.
-
-    A record whose numbers are not a record's (a token count that is a string, a cost that is not a
-    number) is left out; from a :class:`LogReader`, its line counts as malformed in the reader's stats,
-    which the report holds.
-    """
+    """Sum ``records`` (call records and lens summaries) by ``query``. A record whose numbers are not a
+    record's is left out; from a :class:`LogReader`, its line counts as malformed in the reader's stats."""
     reader = records if isinstance(records, LogReader) else None
     started = time.perf_counter()
     by, where = query.by, query.where

@@ -88,7 +88,6 @@ def register(subparsers: Any, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``llm-ledger anomalies``; returns the exit status (0, anomalies or not)."""
     config = AnomalyConfig(
         window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
     )

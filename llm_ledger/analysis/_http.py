@@ -1,10 +1,5 @@
-"""The read-only cost API: ``GET /costs?by=user_id&since=…&until=…&where=key=value`` over a log directory.
-
-One request handler (:func:`handle`) serves both the stdlib server of ``llm-ledger serve LOG_DIR``
-(defined here too) and the ASGI app an application mounts (:func:`asgi_app`). Every answer is JSON:
-the report of ``llm-ledger report --format json``, or ``{"error": …, "parameter": …, "valid": …}``
-with status 400 for a bad parameter (404 for another path, 405 for another method, 500 when the logs
-cannot be read). The logs are read afresh on each request, so the answer is always current.
+"""The read-only cost API, ``GET /costs`` over a log directory (docs/REPORTING.md): one request handler
+(:func:`handle`) behind both ``llm-ledger serve LOG_DIR``'s stdlib server and :func:`asgi_app`.
 """
 
 from __future__ import annotations
@@ -97,10 +92,8 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
 
 
 def asgi_app(log_dir: str | os.PathLike[str]) -> ASGIApp:
-    """An ASGI app answering ``GET /costs`` over the logs in ``log_dir``; mount it anywhere.
-
-    Logs are read in a worker thread, so a large log never blocks the event loop.
-    """
+    """An ASGI app answering ``GET /costs`` over the logs in ``log_dir``; mount it anywhere. Logs are
+    read in a worker thread, so a large log never blocks the event loop."""
     directory = log_directory(log_dir)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

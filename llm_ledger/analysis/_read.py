@@ -1,9 +1,5 @@
-"""The one reader of llm-ledger logs: files, globs, directories, ``.gz`` files and stdin.
-
-What an input may be and which lines are malformed or skipped is described for users in
-docs/REPORTING.md ("Inputs"). Each line is read with a length cap (:data:`MAX_LINE_BYTES`): a longer
-one is skipped in linear time without being held in memory. Both kinds of bad line are counted per
-input, with the first few malformed line numbers.
+"""The one reader of llm-ledger logs: files, globs, directories, ``.gz`` files and stdin (inputs,
+malformed and skipped lines: docs/REPORTING.md, "Inputs").
 """
 
 from __future__ import annotations
@@ -86,11 +82,8 @@ def is_pytest_report(path: str) -> bool:
 
 
 def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = False) -> list[str]:
-    """The files ``inputs`` name, in order: ``-``, a glob's matches, a directory's log files, a path.
-
-    Raises :class:`ConfigError` for a glob that matches nothing, a path that does not exist, or
-    (unless ``empty_dirs``) a directory without log files.
-    """
+    """The files ``inputs`` name, in order: ``-``, a glob's matches, a directory's log files, a path;
+    :class:`ConfigError` for one that names none (an empty directory is fine with ``empty_dirs``)."""
     out: list[str] = []
     for item in inputs:
         name = os.fspath(item)
@@ -192,12 +185,9 @@ def _loads(line: bytes) -> Any:
 
 
 class LogReader:
-    """Iterate over the records of some logs; ``stats`` says, per input, what was read and rejected.
-
-    Yields the JSON objects whose ``event`` is one of ``events`` (a call and a lens summary by
-    default), in file order; ``empty_dirs`` accepts a directory without logs (yet). A consumer that
-    finds a yielded record unusable calls :meth:`reject`, which counts its line as malformed.
-    """
+    """Iterate over the records whose ``event`` is one of ``events`` in some logs, in file order;
+    ``stats`` says, per input, what was read and rejected (a consumer that finds a yielded record
+    unusable calls :meth:`reject`)."""
 
     def __init__(
         self,
@@ -257,8 +247,5 @@ class LogReader:
 def iter_records(
     inputs: Iterable[str | os.PathLike[str]], *, events: Collection[str] = (CALL_EVENT, LENS_EVENT)
 ) -> Iterator[dict[str, Any]]:
-    """The call and lens-summary records of ``inputs`` (files, globs, directories, ``.gz``, ``-``).
-
-    Malformed lines are left out; use :class:`LogReader` to count them.
-    """
+    """The call and lens-summary records of ``inputs``; :class:`LogReader` also counts the lines left out."""
     return iter(LogReader(inputs, events=events))

@@ -1,9 +1,4 @@
-"""A cost report as a text table, a Markdown table or strict JSON.
-
-Tables come from the one table renderer (:mod:`llm_ledger._table`). JSON is strict: ``NaN`` and
-``Infinity`` are refused with an error naming where they are, never written. Lone surrogates (valid
-in a JSON escape, which the ledger writes for a context value holding one) are written as escapes.
-"""
+"""A cost report as a text table, a Markdown table (:mod:`llm_ledger._table`) or strict JSON."""
 
 from __future__ import annotations
 
@@ -59,7 +54,9 @@ def _non_finite(value: Any, where: str = "") -> str | None:
 
 
 def strict_json(value: Any, *, indent: int | None = 2) -> str:
-    """``value`` as standard JSON; :class:`ConfigError` names a NaN or infinite number instead."""
+    """``value`` as standard JSON; :class:`ConfigError` names a NaN or infinite number instead. Lone
+    surrogates (valid in a JSON escape, which the ledger writes for a context value holding one) are
+    written as escapes."""
     try:
         separators = (",", ":") if indent is None else None
         text = json.dumps(value, indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, cast
@@ -102,14 +102,9 @@ class Reprice:
     def total(self) -> Row:
         total = Row("(total)")
         for row in self.rows.values():
-            total.calls += row.calls
-            total.before_usd += row.before_usd
-            total.after_units += row.after_units
-            total.before_complete &= row.before_complete
-            total.after_complete &= row.after_complete
-            total.compared += row.compared
-            total.compared_before_usd += row.compared_before_usd
-            total.compared_after_units += row.compared_after_units
+            for column in fields(Row)[1:]:  # the sums: counts and amounts add, "complete" flags all hold
+                mine, theirs = getattr(total, column.name), getattr(row, column.name)
+                setattr(total, column.name, mine and theirs if type(mine) is bool else mine + theirs)
         return total
 
     def to_json(self) -> dict[str, Any]:
@@ -127,11 +122,8 @@ class Reprice:
 
 def read_usage(paths: str | Sequence[str], query: Query | None = None) -> tuple[str, list[UsageRow]]:
     """("log" or "report", the usage recorded in ``paths``); :class:`ConfigError` says what is wrong.
-
-    One regular file may be the pytest plugin's report; anything else is read as logs, as
-    ``llm-ledger report`` reads them (files, ``.gz``, directories, globs, ``-``), keeping the calls
-    that pass ``query``'s ``where``, ``since`` and ``until`` as ``llm-ledger report`` does.
-    """
+    One regular file may be the pytest plugin's report; anything else is read as logs, keeping the calls
+    that pass ``query``'s ``where``, ``since`` and ``until``, as ``llm-ledger report`` does."""
     filtered = query is not None and bool(query.where or query.since or query.until)
     inputs = [paths] if isinstance(paths, str) else list(paths)
     one = inputs[0] if len(inputs) == 1 else None
@@ -231,11 +223,9 @@ def reprice(
     provider: str | None = None,
     price_file: str | None = None,
 ) -> Reprice:
-    """Price ``usage`` again with ``table``, ``models`` swapped and every call at ``provider`` if given.
-
-    Raises :class:`ConfigError` for a model to swap that no call used, a new model with no price where
-    it would be used, or an unknown provider, naming the close matches.
-    """
+    """Price ``usage`` again with ``table``, ``models`` swapped and every call at ``provider`` if given;
+    :class:`ConfigError` names the close matches of a model no call used, a new model with no price where
+    it would be used, or an unknown provider."""
     models = models or {}
     if provider is not None and table.route(provider=provider).matched_by != "provider":
         raise ConfigError(f"--provider: {provider_error(provider)}")
@@ -316,25 +306,21 @@ def _money(amount: Decimal, complete: bool = True) -> str:
     return usd(amount) + ("" if complete else "*")
 
 
-def _change(row: Row) -> list[str]:
-    delta = row.change_usd
-    if delta is None:
-        return ["n/a", "n/a"]
-    sign = "+" if delta > 0 else "-" if delta < 0 else ""
-    base = row.compared_before_usd
-    percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
-    mark = "" if row.before_complete and row.after_complete else "*"
-    return [usd(delta, signed=True) + mark, percent + mark if base else percent]
-
-
 def _cells(row: Row) -> list[str]:
-    return [
+    cells = [
         row.lens,
         f"{row.calls:,}",
         _money(row.before_usd, row.before_complete),
         _money(row.after_usd, row.after_complete),
-        *_change(row),
     ]
+    delta = row.change_usd
+    if delta is None:
+        return [*cells, "n/a", "n/a"]
+    sign = "+" if delta > 0 else "-" if delta < 0 else ""
+    base = row.compared_before_usd
+    percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
+    mark = "" if row.before_complete and row.after_complete else "*"
+    return [*cells, usd(delta, signed=True) + mark, percent + mark if base else percent]
 
 
 def render(result: Reprice, fmt: str = "text") -> str:
@@ -397,12 +383,10 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="KEY=VALUE",
         help="only the calls whose KEY is VALUE, as in llm-ledger report (repeatable; logs only)",
     )
-    parser.add_argument(
-        "--since", metavar="WHEN", help="calls from this ISO date or date-time (UTC; logs only)"
-    )
-    parser.add_argument(
-        "--until", metavar="WHEN", help="calls before this ISO date or date-time (UTC; logs only)"
-    )
+    for bound, which in (("--since", "from"), ("--until", "before")):
+        parser.add_argument(
+            bound, metavar="WHEN", help=f"calls {which} this ISO date or date-time (UTC; logs only)"
+        )
     parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
     parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
 

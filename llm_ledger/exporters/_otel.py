@@ -1,15 +1,7 @@
-"""``OTelSink``: the call and lens records as OpenTelemetry GenAI spans and metrics.
-
-Names follow the GenAI semantic conventions v1.41.1; with
-``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` the metrics take the newest
-experimental names (``gen_ai.client.inference.*`` and ``gen_ai.client.embeddings.duration``).
-
-A record is built when its call ends, so every span is made after the fact with the record's own
-start and end times. A lens's record comes last, when the lens ends, yet its span must be the
-parent of its calls: the spans of calls made inside a lens therefore wait (by ``lens_run_id``)
-until the lens's record arrives, which emits the lens span (started at the lens's start) and then
-its calls as children. Calls outside any lens are emitted at once, in the application's current
-trace. See docs/exporters.md for the trade-offs.
+"""``OTelSink``: the call and lens records as OpenTelemetry GenAI spans and metrics (semantic conventions
+v1.41.1, or the newest experimental names). Every span is made after the fact, from its record; the spans
+of a lens's calls wait for the lens's record, which comes last, so that it can be their parent
+(docs/exporters.md).
 """
 
 from __future__ import annotations
@@ -199,23 +191,9 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 class OTelSink:
-    """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans and metrics.
-
-    * one CLIENT span per call, named ``{gen_ai.operation.name} {gen_ai.request.model}``
-      (``chat gpt-4o-mini``), with the conventions' request, response, usage, ``error.type`` and
-      ``server.*`` attributes, ``gen_ai.usage.cost`` (USD) and ``llm_ledger.*`` (the record's context:
-      lens, run id, source, service, and ``llm_ledger.call_id``);
-    * one INTERNAL span per lens run, ``lens {lens_key}``, parent of its calls, carrying the lens
-      summary (``gen_ai.usage.cost``; tokens, calls, errors, models, cost_complete as ``llm_ledger.lens.*``);
-    * metrics ``gen_ai.client.token.usage``, ``gen_ai.client.operation.duration``,
-      ``gen_ai.client.operation.time_to_first_chunk`` (streams) with the conventions' bucket
-      advice, and the counter ``llm_ledger.cost`` ({USD});
-    * content (``gen_ai.input.messages``, ``gen_ai.output.messages``, ``gen_ai.system_instructions``,
-      ``gen_ai.tool.definitions``) only from records made with content capture on.
-
-    Args:
-        tracer_provider, meter_provider: default: the global ones (``opentelemetry.trace`` /
-            ``opentelemetry.metrics``), as an application or ``opentelemetry-instrument`` set them.
+    """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans (one per call, one
+    per lens run as their parent) and metrics (docs/exporters.md), through ``tracer_provider`` and
+    ``meter_provider``, by default the global ones an application or ``opentelemetry-instrument`` set.
     """
 
     def __init__(
@@ -331,11 +309,9 @@ class OTelSink:
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
     def _openai_v2(self, record: Mapping[str, Any]) -> tuple[bool, Any]:
-        """Whether openai-v2 makes this call's span, and that span's context when it is still open here.
-
-        Its span is the current one when a non-streamed call ends (it wraps ``create``, the ledger
-        the client's ``request`` inside it): that span gets the cost and the ledger's attributes.
-        """
+        """Whether openai-v2 makes this call's span, and that span's context when it is still open here:
+        the current span when a non-streamed call ends (it wraps ``create``, the ledger the client's
+        ``request`` inside it), which then gets the cost and the ledger's attributes."""
         if _OPENAI_V2 not in sys.modules:
             return False, None
         span = self._trace.get_current_span()

@@ -1,11 +1,6 @@
-"""``PrometheusSink``: the call and lens records as Prometheus metrics (prometheus-client).
-
-Every value comes from the records (``llm_ledger/_records.py``); nothing is read from the SDK. Labels
-are bounded: ``lens`` and ``model`` keep the first ``max_lenses`` / ``max_models`` distinct values
-and fold later ones into ``"other"`` (over every process of a multiprocess directory);
-``provider``, ``operation``, ``status`` and ``token_type`` come from small fixed vocabularies; user
-ids, source ids and run ids are never labels. A new series is scraped at 0 before its values, in one
-process and through ``start_metrics_server`` in multiprocess mode, so that ``rate()`` counts them.
+"""``PrometheusSink``: the call and lens records (nothing read from the SDK) as Prometheus metrics, with
+bounded labels (docs/exporters.md, Cardinality) and each new series scraped at 0 before its values, so
+that ``rate()`` counts them.
 """
 
 from __future__ import annotations
@@ -147,40 +142,13 @@ def _cap(name: str, value: Any) -> int:
 class PrometheusSink:
     """A sink (``monitor.add_sink(PrometheusSink())``) that keeps Prometheus metrics of the records.
 
-    Metrics (names as exposed):
-
-    * ``llm_ledger_calls_total`` {lens, model, provider, operation, status}
-    * ``llm_ledger_tokens_total`` {lens, model, provider, operation, token_type}: token_type is
-      ``input``, ``output``, ``cached`` (part of input) or ``reasoning`` (part of output)
-    * ``llm_ledger_cost_usd_total`` {lens, model, provider}
-    * ``llm_ledger_call_duration_seconds``, ``llm_ledger_time_to_first_token_seconds`` (streams)
-      histograms {lens, model, operation}
-    * ``llm_ledger_lens_runs_total`` {lens, status}, ``llm_ledger_lens_cost_usd`` histogram {lens}
-    * ``llm_ledger_unpriced_calls_total`` {model}: calls whose cost is unknown (no price for the
-      model, or no usage reported) though they may have been billed
-    * ``llm_ledger_lens_anomalies_total`` {lens, metric}: ``lens_anomaly`` records (docs/ANOMALIES.md)
-    * ``llm_ledger_dropped_records_total`` {event}: records whose values could not reach the metrics
-      (an update that raised; the first time each distinct error happens it is logged, with its
-      traceback, on ``llm_ledger.internal``)
-
-    Args:
-        registry: where the metrics are registered (default: prometheus-client's global
-            ``REGISTRY``). One sink per registry.
-        buckets: bucket bounds in seconds for the duration and time-to-first-token histograms
-            (default: the GenAI conventions' 0.01 ... 81.92 s).
-        max_lenses, max_models: distinct ``lens`` / ``model`` label values kept; later ones
-            are counted under ``"other"``. With ``PROMETHEUS_MULTIPROC_DIR`` the caps hold over
-            every process writing there (the values kept are listed in ``llm_ledger_*.labels`` files
-            in that directory).
-
-    A call or lens run is summed into its series' pending totals, which reach the metrics when the
-    registry is collected (a scrape, ``generate_latest``: the sink moves them first; a new series
-    shows 0 at its first collection and its values from the next, so that ``rate()`` counts them),
-    at ``flush()``, or every ``PENDING_CALLS`` calls. With ``PROMETHEUS_MULTIPROC_DIR`` set (another
-    process reads the values) every call reaches them at once.
-
-    Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the registry
-    already holds these metrics.
+    ``registry`` defaults to prometheus-client's global ``REGISTRY`` (one sink per registry);
+    ``buckets`` (seconds) are the duration histograms'; past ``max_lenses`` / ``max_models`` distinct
+    values, later ones are counted under ``"other"``. A call's sums reach the metrics when the registry
+    is collected, at ``flush()``, or every ``PENDING_CALLS`` calls (at once with
+    ``PROMETHEUS_MULTIPROC_DIR``). Every metric, label, bucket and alert, and the multiprocess mode:
+    docs/exporters.md. Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the
+    registry already holds these metrics.
     """
 
     def __init__(
@@ -232,11 +200,10 @@ class PrometheusSink:
                 ) from None
             return made[-1]
 
-        call_labels = ("lens", "model", "provider", "operation")
-        self.calls = metric(pc.Counter, "llm_ledger_calls", "LLM API calls", (*call_labels, "status"))
+        self.calls = metric(pc.Counter, "llm_ledger_calls", "LLM API calls", _CALL_LABELS)
         self.tokens = metric(
             pc.Counter, "llm_ledger_tokens", "Tokens by type (cached within input, reasoning within output)",
-            (*call_labels, "token_type"),
+            (*_CALL_LABELS[:-1], "token_type"),
         )  # fmt: skip
         self.cost = metric(
             pc.Counter, "llm_ledger_cost_usd", "Cost of calls, USD", ("lens", "model", "provider")
@@ -280,15 +247,14 @@ class PrometheusSink:
         elif event == LENS_EVENT:
             self._lens(record)
         elif event == ANOMALY_EVENT:  # metric: one of three summary keys, a bounded label
-            labels = (self._lens_label(record["context"].get("lens_key")), record["anomaly"]["metric"])
+            labels = (self._label("lens", record["context"].get("lens_key")), record["anomaly"]["metric"])
             try:
                 self.anomalies.labels(*labels).inc()
             except Exception as exc:
                 self._dropped(ANOMALY_EVENT, 1, dict(zip(("lens", "metric"), labels, strict=True)), exc)
 
     def flush(self) -> None:
-        """Move the pending sums of calls and lens runs into the metrics (a collection of the
-        registry does it first)."""
+        """Move the pending sums into the metrics (a collection of the registry does it first)."""
         self._flush(collecting=False)
 
     def _flush(self, *, collecting: bool) -> None:
@@ -348,7 +314,12 @@ class PrometheusSink:
 
     # -- labels ------------------------------------------------------------------------------------
 
-    def _fold(self, kind: str, value: str, seen: set[str], cap: int) -> str:
+    def _label(self, kind: str, raw: Any) -> str:
+        """``raw`` as the ``lens`` or ``model`` label: itself, or ``OTHER`` once its cap is full."""
+        if raw is None:
+            return NO_LENS if kind == "lens" else UNKNOWN_MODEL
+        value = str(raw)
+        seen, cap = (self._lenses, self.max_lenses) if kind == "lens" else (self._models, self.max_models)
         if value in seen:
             return value
         with self._lock:
@@ -386,25 +357,16 @@ class PrometheusSink:
             )  # fmt: skip
             return True
 
-    def _lens_label(self, lens: Any) -> str:
-        return NO_LENS if lens is None else self._fold("lens", str(lens), self._lenses, self.max_lenses)
-
-    def _model_label(self, model: Any) -> str:
-        return (
-            UNKNOWN_MODEL if model is None else self._fold("model", str(model), self._models, self.max_models)
-        )
-
     def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         raw_lens, raw_model, provider, operation, status = key
-        lens = self._lens_label(raw_lens)
-        model = self._model_label(raw_model)
-        tokens = self.tokens
+        lens = self._label("lens", raw_lens)
+        model = self._label("model", raw_model)
         return (
             _adder(self.calls.labels(lens, model, provider, operation, status)),
-            _adder(tokens.labels(lens, model, provider, operation, "input")),
-            _adder(tokens.labels(lens, model, provider, operation, "output")),
-            _adder(tokens.labels(lens, model, provider, operation, "cached")),
-            _adder(tokens.labels(lens, model, provider, operation, "reasoning")),
+            *(
+                _adder(self.tokens.labels(lens, model, provider, operation, token_type))
+                for token_type in ("input", "output", "cached", "reasoning")
+            ),
             _adder(self.cost.labels(lens, model, provider)),
             _observer(self.duration.labels(lens, model, operation)),
             _observer(self.ttft.labels(lens, model, operation)),
@@ -466,7 +428,7 @@ class PrometheusSink:
             ttft(seconds)
 
     def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
-        lens = self._lens_label(key[0])
+        lens = self._label("lens", key[0])
         for metric in METRICS:  # at 0 long before a first anomaly, which needs runs before it
             self.anomalies.labels(lens, metric)
         return (
@@ -515,13 +477,9 @@ class _Moving:
 
 class _NewSeriesAtZero:
     """The multiprocess files' metrics, where an llm-ledger series that appeared after the server
-    started shows 0 at the first collection that sees it and its values from the next.
-
-    In one process the sink does this itself (``_flush``); with PROMETHEUS_MULTIPROC_DIR a worker
-    writes every call at once, and Prometheus would first scrape a new series already at its value,
-    leaving its first calls out of rate() and increase(). Series already in the files when the server
-    starts are shown as they are: a restarted server must not read to Prometheus as a counter reset.
-    """
+    started shows 0 at the first collection that sees it, as ``_flush`` does in one process (why: there).
+    Series already in the files when the server starts are shown as they are: a restarted server must
+    not read to Prometheus as a counter reset."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -566,14 +524,9 @@ def _multiprocess_dir(*, check: bool = False) -> str | None:
 def start_metrics_server(
     port: int, addr: str = "0.0.0.0", *, registry: CollectorRegistry | None = None
 ) -> WSGIServer:
-    """Serve ``/metrics`` on ``addr:port`` from a daemon thread (for services without a web server).
-
-    ``port=0`` picks a free port (``server.server_port``). With ``PROMETHEUS_MULTIPROC_DIR`` set
-    (gunicorn and other pre-fork servers, see docs/exporters.md) and no ``registry``, it serves the
-    sum over every process's files. Returns the server: ``server.shutdown()`` stops it,
-    ``server.server_close()`` frees the port. A port in use, or an address that cannot be bound, is
-    a ``ConfigError``.
-    """
+    """Serve ``/metrics`` on ``addr:port`` from a daemon thread and return the server (docs/exporters.md);
+    with ``PROMETHEUS_MULTIPROC_DIR`` and no ``registry``, the sum over every process's files. A port in
+    use, or an address that cannot be bound, is a ``ConfigError``."""
     pc = _client()
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a whole number from 0 to 65535, got {port!r}")

@@ -1,10 +1,5 @@
-"""``configure(exporters=[...])`` / ``LLM_LEDGER_EXPORTERS``: turning exporters on for the default monitor.
-
-An exporter is named ``otel``, ``prometheus``, or ``prometheus:PORT`` / ``prometheus:HOST:PORT`` (the
-Prometheus sink, and ``/metrics`` served on that port, by default on every interface). Names are
-checked when settings are resolved (:func:`parse`); sinks are built and ports bound by
-:func:`prepare`, which raises ``ConfigError`` before anything changes; :meth:`Plan.commit` then
-swaps the default monitor's exporter sinks.
+"""``configure(exporters=[...])`` / ``LLM_LEDGER_EXPORTERS``: names checked by :func:`parse`, sinks
+built and ports bound by :func:`prepare` before anything changes, and swapped in by :meth:`Plan.commit`.
 """
 
 from __future__ import annotations
@@ -63,11 +58,8 @@ def _one(item: Any, source: str) -> str:
 
 
 def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]:
-    """Validated exporter specs, normalised (``prometheus:HOST:PORT``), duplicates dropped.
-
-    ``value`` is a list of names (``None``: none); ``from_env`` a comma-separated string (empty items
-    are ignored).
-    """
+    """Validated exporter specs, normalised (``prometheus:HOST:PORT``), duplicates dropped, from a list
+    of names (``None``: none) or, ``from_env``, a comma-separated string (empty items are ignored)."""
     if from_env:
         items: Iterable[Any] = [part for part in value.split(",") if part.strip()]
     elif isinstance(value, (list, tuple)):
@@ -86,14 +78,6 @@ def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]
     if sum(s.startswith("prometheus") for s in specs) > 1 and "prometheus" in specs:
         specs.remove("prometheus")  # prometheus:PORT includes the sink
     return tuple(specs)
-
-
-def _default_sink(name: str) -> Sink:
-    """The process's one sink for ``name`` (global registry / providers): built once, reused."""
-    sink: Sink | None = _default_sinks.get(name)
-    if sink is None:
-        sink = _default_sinks[name] = PrometheusSink() if name == "prometheus" else OTelSink()
-    return sink
 
 
 @dataclass
@@ -137,7 +121,9 @@ def prepare(specs: tuple[str, ...]) -> Plan:
     try:
         for spec in specs:
             name, _, where = spec.partition(":")
-            sink = _default_sink(name)
+            sink: Sink | None = _default_sinks.get(name)
+            if sink is None:
+                sink = _default_sinks[name] = PrometheusSink() if name == "prometheus" else OTelSink()
             if sink not in sinks:
                 sinks.append(sink)
             if where:
