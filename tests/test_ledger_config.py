@@ -433,12 +433,15 @@ def test_environment_variables_configure_without_code(
 def test_a_path_variable_set_to_an_off_word_turns_its_feature_off(
     word: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
 ) -> None:
-    """LLM_LEDGER_LOG_DIR=0 writes no file, as =off does; it used to create a directory named "0"."""
+    """LLM_LEDGER_LOG_DIR=0 writes no file, as =off does; it used to create a directory named "0".
+    LLM_LEDGER_PRICE_FILE=off prices from genai-prices alone; it was read as a file named "off"."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LLM_LEDGER_LOG_DIR", word)
     monkeypatch.setenv("LLM_LEDGER_BUDGETS", word)
+    monkeypatch.setenv("LLM_LEDGER_PRICE_FILE", word)
     settings = llm_ledger.configure()
     assert (settings.log_dir, _config._handler, llm_ledger.get_monitor().budgets) == (None, None, None)
+    assert settings.price_file is None
     assert list(tmp_path.iterdir()) == []
 
 
