@@ -108,8 +108,8 @@ def resolve(
         resolved_dir = None if log_dir is None else _path("log_dir", log_dir)
     if price_file is UNSET:
         raw_price = env.get("LLM_LEDGER_PRICE_FILE")
-        off = not raw_price or raw_price.strip().lower() in _OFF
-        resolved_prices = None if off else _path("LLM_LEDGER_PRICE_FILE", raw_price)
+        no_file = not raw_price or raw_price.strip().lower() in _OFF
+        resolved_prices = None if no_file else _path("LLM_LEDGER_PRICE_FILE", raw_price)
     else:
         resolved_prices = None if price_file is None else _path("price_file", price_file)
     capture = _bool("capture_content", capture_content, "LLM_LEDGER_CAPTURE_CONTENT", env, False)

@@ -83,7 +83,9 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
                     user += chars
                 elif role in _SYSTEM_ROLES:
                     system += chars
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        max_tokens = body.get("max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
         if max_tokens is not None and type(max_tokens) is not int:
             max_tokens = _given(max_tokens)
     else:

@@ -296,7 +296,9 @@ class Document:
             elif node.tag == _FLOAT or (node.tag == _STR and node.style is None):
                 text = node.value.replace("_", "")
                 if node.tag == _FLOAT or _PLAIN_NUMBER.fullmatch(text):
-                    value = _to_decimal(text) or _to_decimal(self._float_text(node))
+                    value = _to_decimal(text)
+                    if value is None:
+                        value = _to_decimal(self._float_text(node))
         if (
             value is None
             or not value.is_finite()

@@ -203,13 +203,13 @@ class OTelSink:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            ours: str | None = version("llm-ledger")
+            ours = version("llm-ledger")
         except PackageNotFoundError:  # pragma: no cover - run from a source tree
-            ours = None
+            ours = ""  # get_meter's default; get_tracer takes None for it
         self._trace = trace
         self._client_kind = trace.SpanKind.CLIENT
         self._internal_kind = trace.SpanKind.INTERNAL
-        self.tracer = trace.get_tracer(SCOPE, ours, tracer_provider)
+        self.tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
         # with the global provider: checked at the first record, since applications often set up
         # OpenTelemetry after configure()
         self._check_provider = tracer_provider is None
