@@ -96,6 +96,19 @@ def test_request_shape_counts_text_and_images(client: openai.OpenAI, records: Ca
     }
 
 
+def test_an_explicit_zero_limit_is_recorded_as_sent(client: openai.OpenAI, records: Captured) -> None:
+    """``max_completion_tokens=0`` (refused by the API) is recorded as 0, not as the ``max_tokens``
+    also sent: the record shows what the server refused."""
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            max_completion_tokens=0,
+            max_tokens=9,
+        )
+    assert _only(records)["request"]["max_tokens"] == 0
+
+
 def test_parameters_not_passed_are_null(client: openai.OpenAI, records: Captured) -> None:
     """temperature and max_tokens the caller did not pass are null, not a default."""
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
