@@ -78,7 +78,7 @@ def _begin(
     options: Any,
     stream: bool,
     counts_retries: bool,
-    endpoint: Endpoint | None = None,
+    endpoint: Endpoint,
 ) -> tuple[_Call | None, Any]:
     """Start watching a call; returns the call (None if not watched) and the options to send."""
     operation = OPERATIONS.get(options.url)

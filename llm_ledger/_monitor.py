@@ -147,9 +147,7 @@ class _Call:
         "ttft",
     )
 
-    def __init__(
-        self, operation: str, request: RequestShape, client: Any, endpoint: Endpoint | None = None
-    ) -> None:
+    def __init__(self, operation: str, request: RequestShape, client: Any, endpoint: Endpoint) -> None:
         self.operation = operation
         self.endpoint = endpoint  # the instrumented client's server: how its calls are priced
         self.request = request
@@ -524,8 +522,7 @@ class LLMCallMonitor:
         """How the call's client is priced (resolved once per client and price table)."""
         prices = self.prices
         try:
-            if call.endpoint is not None:
-                return call.endpoint.route(prices)
+            return call.endpoint.route(prices)
         except Exception as exc:
             self._report("choosing how a client is priced", exc)
         return prices.route()
