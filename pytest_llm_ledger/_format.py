@@ -17,6 +17,7 @@ and the SDK's ``x-stainless-*`` headers never reach the file, whatever a server 
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import os
 import tempfile
@@ -75,34 +76,60 @@ _Dumper.add_representer(str, _represent_str)
 
 
 def decompress(raw: bytes, encoding: str) -> bytes | None:
-    """Undo a Content-Encoding; None when the encoding is not one this interpreter can decode."""
+    """Undo a Content-Encoding as the client's HTTP library does; None when an encoding is not one
+    this interpreter can decode, or the bytes are not valid in it (they are then kept as they came).
+
+    httpx and httpx2 read every frame of a zstd body (a server may flush one frame per event) and
+    find br and zstd in whichever module is installed: brotli or brotlicffi; compression.zstd,
+    backports.zstd or zstandard.
+    """
     encodings = [e.strip().lower() for e in encoding.split(",") if e.strip()]
     data = raw
-    for enc in reversed(encodings):
-        if enc == "identity":
-            continue
-        if enc in ("gzip", "x-gzip"):
-            data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
-        elif enc == "deflate":
-            try:
-                data = zlib.decompress(data)
-            except zlib.error:
-                data = zlib.decompress(data, -zlib.MAX_WBITS)
-        elif enc == "br":
-            try:
-                import brotli  # type: ignore[import-untyped]
-            except ImportError:
+    try:
+        for enc in reversed(encodings):
+            if enc == "identity":
+                continue
+            if enc in ("gzip", "x-gzip"):
+                data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
+            elif enc == "deflate":
+                try:
+                    data = zlib.decompress(data)
+                except zlib.error:
+                    data = zlib.decompress(data, -zlib.MAX_WBITS)
+            elif enc == "br" and (brotli := _module("brotli", "brotlicffi")) is not None:
+                data = brotli.decompress(data)
+            elif enc == "zstd" and (zstd := _module("compression.zstd", "backports.zstd", "zstandard")):
+                data = _unzstd(zstd, data)
+            else:
                 return None
-            data = brotli.decompress(data)
-        elif enc == "zstd":
-            try:
-                import zstandard
-            except ImportError:
-                return None
-            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        else:
-            return None
+    except Exception:  # a body its own header misdescribes: the caller's read fails, not the recording
+        return None
     return data
+
+
+def _module(*names: str) -> Any:
+    """The first of the modules ``names`` that imports, else None."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def _unzstd(zstd: Any, data: bytes) -> bytes:
+    """Every frame of a zstd body, decoded with ``zstd`` (the standard library's API or zstandard's)."""
+    if zstd.__name__ != "zstandard":
+        result: bytes = zstd.decompress(data)  # reads frame after frame; an incomplete one is an error
+        return result
+    out = []
+    while data:  # zstandard's decompressobj stops at the end of a frame: start the next one
+        frame = zstd.ZstdDecompressor().decompressobj()
+        out.append(frame.decompress(data))
+        if not frame.eof:
+            raise ValueError("zstd data is incomplete")
+        data = frame.unused_data
+    return b"".join(out)
 
 
 def _parse_sse(text: str) -> list[dict[str, Any]] | None:
