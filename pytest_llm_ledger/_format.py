@@ -366,11 +366,13 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
             for event in yaml.parse(text, Loader=JsonLoader):
                 if isinstance(event, yaml.AliasEvent):
                     mark = event.start_mark
+                    where = str(path) if mark is None else f"{path}:{mark.line + 1}"
                     raise _invalid(
                         path,
-                        f"line {mark.line + 1}" if mark is not None else "an alias",
-                        "uses a YAML alias; llm-ledger cassettes never contain anchors or aliases "
-                        "(re-record it, or run `llm-ledger scrub` on a converted one)",
+                        "",
+                        f"{where}: YAML alias *{event.anchor} is not allowed: llm-ledger cassettes never "
+                        "contain anchors or aliases (re-record it, or run `llm-ledger scrub` on a "
+                        "converted one)",
                     )
         doc = yaml.load(text, Loader=_CassetteLoader)
     except yaml.YAMLError as exc:
