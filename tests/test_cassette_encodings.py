@@ -17,8 +17,10 @@ from typing import Any
 
 import brotli  # type: ignore[import-untyped]
 import pytest
+import yaml
 import zstandard
 
+from llm_ledger._cli import main as cli_main
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger import _format
 from tests.plugin_helpers import load_yaml, run, server_fixture, with_key_fixture, write_project
@@ -250,3 +252,31 @@ def test_a_body_its_encoding_does_not_describe_is_kept_as_it_came() -> None:
     )
     assert stored[0] == "base64"
     assert headers == {"content-type": "application/json", "content-encoding": "zstd"}
+
+
+def test_scrub_reads_every_frame_of_a_zstd_body(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm-ledger scrub` on a vcrpy cassette finds a credential in the second frame of a zstd body
+    and stores the whole body decoded (it read the first frame only, so the credential stayed)."""
+    leaky = json.dumps({**ANSWER, "echo": {"access_token": "tok-LEAKCHECK"}}).encode()
+    response = {
+        "status": {"code": 200, "message": "OK"},
+        "headers": {"Content-Type": ["application/json"], "Content-Encoding": ["zstd"]},
+        "body": {"string": _frames([leaky[:40], leaky[40:]])},
+    }
+    request = {
+        "method": "POST",
+        "uri": "https://api.openai.com/v1/chat/completions",
+        "body": "{}",
+        "headers": {},
+    }
+    path = tmp_path / "vcrpy.yaml"
+    path.write_text(
+        yaml.safe_dump({"interactions": [{"request": request, "response": response}], "version": 1})
+    )
+
+    assert cli_main(["scrub", str(path)]) == 0, capsys.readouterr().err
+
+    (scrubbed,) = yaml.safe_load(path.read_text())["interactions"]
+    assert scrubbed["response"]["headers"] == {"Content-Type": ["application/json"]}
+    body = json.loads(scrubbed["response"]["body"]["string"])
+    assert body == {**ANSWER, "echo": {"access_token": "REDACTED"}}
