@@ -1,4 +1,5 @@
-"""A YAML alias in a cassette is refused in the form of every other cassette error: ``file:line: what``."""
+"""Cassette errors in :mod:`llm_ledger.loading`'s form, ``file:line: key.path: what is wrong``: a YAML
+alias, invalid YAML and a cassette whose structure is wrong all name the line."""
 
 from __future__ import annotations
 
@@ -50,6 +51,42 @@ def test_an_alias_fails_its_test_naming_the_file_and_line(pytester: pytest.Pytes
         ]
     )
     assert "line 11" not in result.stdout.str()
+
+
+# hand edits gone wrong: (cassette, the line named, the key path and what is wrong)
+REQUEST = "- request:\n    method: POST\n    url: https://api.openai.com/v1/chat/completions\n"
+STRUCTURE = {
+    "status": (
+        f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 99\n",
+        7, "interactions[0].response.status: must be an HTTP status code, not 99",
+    ),
+    "misspelt key": (
+        f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 200\n    headrs: {{}}\n",
+        8, "interactions[0].response: unknown key(s) ['headrs']; valid keys are ['base64', 'headers',",
+    ),
+    "not a mapping": (
+        f"version: 1\ninteractions:\n{REQUEST}  response: {{status: 200}}\n- 1\n",
+        7, "interactions[1]: must be a mapping, not int",
+    ),
+    "two bodies": (
+        f"version: 1\ninteractions:\n{REQUEST}    json: {{}}\n    text: hi\n  response: {{status: 200}}\n",
+        7, "interactions[0].request: has several bodies ['json', 'text']; keep one of",
+    ),
+    "version": ("interactions: []\nversion: 2\n", 2, "version: is 2, expected 1"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "line", "problem"), STRUCTURE.values(), ids=STRUCTURE.keys())
+def test_a_structure_error_names_the_line_and_the_key_path(
+    tmp_path: Path, text: str, line: int, problem: str
+) -> None:
+    """A wrong status, a misspelt key, an interaction that is not a mapping, two bodies, a wrong
+    version: ``file:line: key.path: what is wrong``, the line where it is."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(CassetteError) as raised:
+        LedgerCassette(path, "none", "t.py::t")
+    assert str(raised.value).startswith(f"{path}:{line}: {problem}"), str(raised.value)
 
 
 def test_an_alias_and_a_yaml_error_are_worded_in_one_form(tmp_path: Path) -> None:
