@@ -17,11 +17,12 @@ and the SDK's ``x-stainless-*`` headers never reach the file, whatever a server 
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import os
 import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,34 +76,60 @@ _Dumper.add_representer(str, _represent_str)
 
 
 def decompress(raw: bytes, encoding: str) -> bytes | None:
-    """Undo a Content-Encoding; None when the encoding is not one this interpreter can decode."""
+    """Undo a Content-Encoding as the client's HTTP library does; None when an encoding is not one
+    this interpreter can decode, or the bytes are not valid in it (they are then kept as they came).
+
+    httpx and httpx2 read every frame of a zstd body (a server may flush one frame per event) and
+    find br and zstd in whichever module is installed: brotli or brotlicffi; compression.zstd,
+    backports.zstd or zstandard.
+    """
     encodings = [e.strip().lower() for e in encoding.split(",") if e.strip()]
     data = raw
-    for enc in reversed(encodings):
-        if enc == "identity":
-            continue
-        if enc in ("gzip", "x-gzip"):
-            data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
-        elif enc == "deflate":
-            try:
-                data = zlib.decompress(data)
-            except zlib.error:
-                data = zlib.decompress(data, -zlib.MAX_WBITS)
-        elif enc == "br":
-            try:
-                import brotli  # type: ignore[import-untyped]
-            except ImportError:
+    try:
+        for enc in reversed(encodings):
+            if enc == "identity":
+                continue
+            if enc in ("gzip", "x-gzip"):
+                data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
+            elif enc == "deflate":
+                try:
+                    data = zlib.decompress(data)
+                except zlib.error:
+                    data = zlib.decompress(data, -zlib.MAX_WBITS)
+            elif enc == "br" and (brotli := _module("brotli", "brotlicffi")) is not None:
+                data = brotli.decompress(data)
+            elif enc == "zstd" and (zstd := _module("compression.zstd", "backports.zstd", "zstandard")):
+                data = _unzstd(zstd, data)
+            else:
                 return None
-            data = brotli.decompress(data)
-        elif enc == "zstd":
-            try:
-                import zstandard
-            except ImportError:
-                return None
-            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        else:
-            return None
+    except Exception:  # a body its own header misdescribes: the caller's read fails, not the recording
+        return None
     return data
+
+
+def _module(*names: str) -> Any:
+    """The first of the modules ``names`` that imports, else None."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def _unzstd(zstd: Any, data: bytes) -> bytes:
+    """Every frame of a zstd body, decoded with ``zstd`` (the standard library's API or zstandard's)."""
+    if zstd.__name__ != "zstandard":
+        result: bytes = zstd.decompress(data)  # reads frame after frame; an incomplete one is an error
+        return result
+    out = []
+    while data:  # zstandard's decompressobj stops at the end of a frame: start the next one
+        frame = zstd.ZstdDecompressor().decompressobj()
+        out.append(frame.decompress(data))
+        if not frame.eof:
+            raise ValueError("zstd data is incomplete")
+        data = frame.unused_data
+    return b"".join(out)
 
 
 def _parse_sse(text: str) -> list[dict[str, Any]] | None:
@@ -233,60 +260,96 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _invalid(path: Path, place: str, problem: str) -> CassetteError:
-    """The error for a cassette that cannot be loaded, naming the file and the place inside it
-    (``place`` "" when ``problem`` names them already)."""
-    where = f"{path}: {place}: " if place else ""
+def _invalid(path: Path, place: str, problem: str, line: int | None = None) -> CassetteError:
+    """The error for a cassette that cannot be loaded, naming the file, the line and the place inside
+    it (``place`` "" when ``problem`` names them already)."""
+    where = f"{path}{'' if line is None else f':{line}'}: {place}: " if place else ""
     return CassetteError(
         f"{where}{problem}. The file is not a valid llm-ledger cassette; fix it, "
         "or replace it with a fresh recording (--llm-record-mode=rewrite)"
     )
 
 
-def _body_from_yaml(node: Mapping[str, Any], path: Path, place: str) -> Body:
+class _Places:
+    """A loaded cassette's file and the YAML node of each mapping and list in it, so an error names
+    the line of what is wrong: ``file:line: key.path: what is wrong``."""
+
+    def __init__(self, path: Path, nodes: dict[int, yaml.Node]) -> None:
+        self.path = path
+        self.nodes = nodes
+
+    def invalid(
+        self, place: str, problem: str, container: Any, key: str | int | None = None
+    ) -> CassetteError:
+        """The error for ``container[key]`` (``container`` itself for None), at its line."""
+        node = self.nodes.get(id(container))
+        if node is None:
+            return _invalid(self.path, place, problem)
+        mark = node.start_mark
+        if isinstance(node, yaml.MappingNode) and isinstance(key, str):
+            mark = next((k.start_mark for k, _ in node.value if getattr(k, "value", None) == key), mark)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            mark = node.value[key].start_mark
+        return _invalid(self.path, place, problem, mark.line + 1)
+
+
+def _body_from_yaml(node: Mapping[str, Any], places: _Places, place: str) -> Body:
     kinds = [k for k in _BODY_KEYS if k in node]
     if len(kinds) > 1:
-        raise _invalid(path, place, f"has several bodies {kinds!r}; keep one of {list(_BODY_KEYS)!r}")
+        raise places.invalid(
+            place, f"has several bodies {kinds!r}; keep one of {list(_BODY_KEYS)!r}", node, kinds[1]
+        )
     if not kinds:
         return ("", None)
     kind = kinds[0]
     value = node[kind]
     if kind == "sse":
         if not isinstance(value, list) or not all(isinstance(e, dict) and "data" in e for e in value):
-            raise _invalid(path, f"{place}.sse", "must be a list of events, each a mapping with a 'data' key")
+            raise places.invalid(
+                f"{place}.sse", "must be a list of events, each a mapping with a 'data' key", node, kind
+            )
     elif kind in ("text", "base64") and not isinstance(value, str):
-        raise _invalid(path, f"{place}.{kind}", f"must be a string, not {type(value).__name__}")
+        raise places.invalid(f"{place}.{kind}", f"must be a string, not {type(value).__name__}", node, kind)
     if kind == "base64":
         try:
             base64.b64decode(value, validate=True)
         except ValueError:
-            raise _invalid(path, f"{place}.base64", "is not valid base64") from None
+            raise places.invalid(f"{place}.base64", "is not valid base64", node, kind) from None
     return (kind, value)
 
 
-def _message_from_yaml(node: Mapping[str, Any], path: Path, place: str) -> dict[str, Any]:
+def _message_from_yaml(node: Mapping[str, Any], places: _Places, place: str) -> dict[str, Any]:
     """The headers and the body of a request or a response."""
     headers = node.get("headers")
     if headers is not None and (
         not isinstance(headers, dict)
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
     ):
-        raise _invalid(path, f"{place}.headers", "must map header names to strings")
-    return {"headers": dict(headers or {}), "body": _body_from_yaml(node, path, place)}
+        raise places.invalid(f"{place}.headers", "must map header names to strings", node, "headers")
+    return {"headers": dict(headers or {}), "body": _body_from_yaml(node, places, place)}
 
 
-def _check_keys(node: Any, allowed: frozenset[str], path: Path, place: str) -> dict[str, Any]:
+def _check_keys(
+    node: Any, allowed: frozenset[str], places: _Places, place: str, parent: Any = None, key: str | int = ""
+) -> dict[str, Any]:
+    """``node`` (``parent[key]``), a mapping with only ``allowed`` keys."""
     if not isinstance(node, dict):
-        raise _invalid(path, place, f"must be a mapping, not {type(node).__name__}")
+        raise places.invalid(place, f"must be a mapping, not {type(node).__name__}", parent, key)
     unknown = sorted(str(k) for k in node if k not in allowed)
     if unknown:
-        raise _invalid(path, place, f"unknown key(s) {unknown!r}; valid keys are {sorted(allowed)!r}")
+        message = f"unknown key(s) {unknown!r}; valid keys are {sorted(allowed)!r}"
+        raise places.invalid(place, message, node, unknown[0])
     return node
 
 
 class _CassetteLoader(JsonLoader):
     """:class:`JsonLoader` that refuses a key written twice in one mapping (a merge conflict
-    resolved by keeping both sides): YAML would keep the last value without a word."""
+    resolved by keeping both sides): YAML would keep the last value without a word. It keeps the
+    node of each mapping and list it builds (``nodes``, by id), for the lines errors name."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.nodes: dict[int, yaml.Node] = {}
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[str, int] = {}
@@ -301,6 +364,22 @@ class _CassetteLoader(JsonLoader):
                 first_line[key_node.value] = key_node.start_mark.line + 1
         mapping: dict[Any, Any] = super().construct_mapping(node, deep)
         return mapping
+
+    def _map(self, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
+        data: dict[Any, Any] = {}
+        self.nodes[id(data)] = node
+        yield data
+        data.update(self.construct_mapping(node))
+
+    def _seq(self, node: yaml.SequenceNode) -> Iterator[list[Any]]:
+        data: list[Any] = []
+        self.nodes[id(data)] = node
+        yield data
+        data.extend(self.construct_sequence(node))
+
+
+_CassetteLoader.add_constructor("tag:yaml.org,2002:map", _CassetteLoader._map)
+_CassetteLoader.add_constructor("tag:yaml.org,2002:seq", _CassetteLoader._seq)
 
 
 def read_text(path: Path) -> str:
@@ -339,43 +418,54 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
             for event in yaml.parse(text, Loader=JsonLoader):
                 if isinstance(event, yaml.AliasEvent):
                     mark = event.start_mark
+                    where = str(path) if mark is None else f"{path}:{mark.line + 1}"
                     raise _invalid(
                         path,
-                        f"line {mark.line + 1}" if mark is not None else "an alias",
-                        "uses a YAML alias; llm-ledger cassettes never contain anchors or aliases "
-                        "(re-record it, or run `llm-ledger scrub` on a converted one)",
+                        "",
+                        f"{where}: YAML alias *{event.anchor} is not allowed: llm-ledger cassettes never "
+                        "contain anchors or aliases (re-record it, or run `llm-ledger scrub` on a "
+                        "converted one)",
                     )
-        doc = yaml.load(text, Loader=_CassetteLoader)
+        loader = _CassetteLoader(text)
+        try:
+            doc = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise _invalid(path, "", str(invalid_yaml(path, exc, text))) from None
-    doc = _check_keys(doc, frozenset({"version", "interactions"}), path, "top level")
+    places = _Places(path, loader.nodes)
+    doc = _check_keys(doc, frozenset({"version", "interactions"}), places, "top level")
     if doc.get("version") != FORMAT_VERSION:
-        raise _invalid(path, "version", f"is {doc.get('version')!r}, expected {FORMAT_VERSION}")
+        raise places.invalid(
+            "version", f"is {doc.get('version')!r}, expected {FORMAT_VERSION}", doc, "version"
+        )
     raw_interactions = doc.get("interactions")
     if not isinstance(raw_interactions, list):
-        raise _invalid(path, "interactions", "must be a list")
+        raise places.invalid("interactions", "must be a list", doc, "interactions")
     loaded: list[dict[str, Any]] = []
     for index, item in enumerate(raw_interactions):
         place = f"interactions[{index}]"
-        item = _check_keys(item, frozenset({"request", "response"}), path, place)
+        item = _check_keys(item, frozenset({"request", "response"}), places, place, raw_interactions, index)
         if "request" not in item or "response" not in item:
-            raise _invalid(path, place, "needs both 'request' and 'response'")
-        req = _check_keys(item["request"], _REQUEST_KEYS, path, f"{place}.request")
-        resp = _check_keys(item["response"], _RESPONSE_KEYS, path, f"{place}.response")
+            raise places.invalid(place, "needs both 'request' and 'response'", item)
+        req = _check_keys(item["request"], _REQUEST_KEYS, places, f"{place}.request", item, "request")
+        resp = _check_keys(item["response"], _RESPONSE_KEYS, places, f"{place}.response", item, "response")
         for key in ("method", "url"):
             if not isinstance(req.get(key), str) or not req[key]:
-                raise _invalid(
-                    path, f"{place}.request.{key}", f"must be a non-empty string, not {req.get(key)!r}"
+                raise places.invalid(
+                    f"{place}.request.{key}", f"must be a non-empty string, not {req.get(key)!r}", req, key
                 )
         status = resp.get("status")
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            raise _invalid(path, f"{place}.response.status", f"must be an HTTP status code, not {status!r}")
+            raise places.invalid(
+                f"{place}.response.status", f"must be an HTTP status code, not {status!r}", resp, "status"
+            )
         request = {
             "method": req["method"].upper(),
             "url": req["url"],
-            **_message_from_yaml(req, path, f"{place}.request"),
+            **_message_from_yaml(req, places, f"{place}.request"),
         }
-        response = {"status": status, **_message_from_yaml(resp, path, f"{place}.response")}
+        response = {"status": status, **_message_from_yaml(resp, places, f"{place}.response")}
         loaded.append({"request": request, "response": response})
     return loaded
 

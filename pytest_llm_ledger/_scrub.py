@@ -21,7 +21,6 @@ import argparse
 import json
 import shlex
 import sys
-import zlib
 from pathlib import Path
 from typing import Any, Final
 
@@ -65,12 +64,12 @@ class _Scrubber(CredentialRedactor):
         """A vcrpy body: a string, bytes (``!!binary``), possibly compressed, possibly JSON."""
         if isinstance(value, bytes):
             encoding = _header(node, "content-encoding")
+            plain = decompress(value, encoding) if encoding else value
+            if plain is None:
+                return value  # an encoding this interpreter cannot decode: nothing to scrub
             try:
-                plain = decompress(value, encoding) if encoding else value
-                if plain is None:
-                    return value  # an encoding this interpreter cannot decode: nothing to scrub
                 text = plain.decode("utf-8")
-            except (UnicodeDecodeError, zlib.error, ValueError):
+            except UnicodeDecodeError:
                 return value  # binary we cannot read: nothing text-shaped to scrub
             scrubbed = self.raw_body(text, place, node)
             if scrubbed == text:

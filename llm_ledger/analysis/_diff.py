@@ -30,7 +30,7 @@ from ..loading import join, listed, printable, read_file, shown
 from ._read import strict_loads
 from ._render import strict_json
 from ._render import usd as _usd
-from ._usage import NO_LENS, recorded_count
+from ._usage import NO_LENS, model_name, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -194,7 +194,7 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     no_usage: Counter[str] = Counter()
     for row in report.get("usage", ()):
         if isinstance(row, dict) and lens in (None, row.get("lens")):
-            model = str(row.get("model") or "<no model>")
+            model = model_name(row.get("model"), row.get("served_model"))
             missing = recorded_count(row.get("no_usage_calls")) or 0
             no_usage[model] += missing
             unpriced[model] += max((recorded_count(row.get("uncosted_calls")) or 0) - missing, 0)

@@ -13,9 +13,10 @@ from typing import Any, Final
 
 from .._records import cost_decimal
 
-__all__ = ["NO_LENS", "UsageRow", "usage_row"]
+__all__ = ["NO_LENS", "UsageRow", "model_name", "usage_row"]
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
+NO_MODEL: Final = "<no model>"  # the name of a call's model when neither request nor answer has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,11 @@ class UsageRow:
     no_usage_calls: int  # calls that reported no usage: unknown before and after
     total_tokens: int = 0  # as recorded, else prompt + completion when both are known
     failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
+
+    @property
+    def model_name(self) -> str:
+        """What messages call these calls' model: see :func:`model_name`."""
+        return model_name(self.model, self.served_model)
 
     @property
     def server(self) -> str:
@@ -85,6 +91,13 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         total_tokens=total,
         failed_calls=int(not ok),
     )
+
+
+def model_name(model: Any, served_model: Any) -> str:
+    """The name messages give a call's model, from a record or a report's usage row: the model asked
+    for, else the model that answered (a request that names none), else ``"<no model>"``. The
+    plugin's terminal lines and ``llm-ledger diff`` both name an unpriced call's model this way."""
+    return recorded_name(model) or recorded_name(served_model) or NO_MODEL
 
 
 def _dict(value: Any) -> dict[str, Any]:

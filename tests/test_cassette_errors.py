@@ -1,0 +1,102 @@
+"""Cassette errors in :mod:`llm_ledger.loading`'s form, ``file:line: key.path: what is wrong``: a YAML
+alias, invalid YAML and a cassette whose structure is wrong all name the line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from llm_ledger import CassetteError
+from pytest_llm_ledger._cassette import LedgerCassette
+from tests.plugin_helpers import run, write_project
+
+pytest_plugins = ["pytester"]
+
+CASSETTE = Path("cassettes", "tests", "test_app", "test_chat.yaml")
+# a hand-made cassette that shares one request body between two interactions through an anchor
+ALIASED = """\
+version: 1
+interactions:
+- request:
+    method: POST
+    url: https://api.openai.com/v1/chat/completions
+    json: &question {model: gpt-4o-mini, messages: [{role: user, content: hi}]}
+  response: {status: 200, json: {}}
+- request:
+    method: POST
+    url: https://api.openai.com/v1/chat/completions
+    json: *question
+  response: {status: 200, json: {}}
+"""
+DUPLICATE_KEY = "version: 1\nversion: 1\ninteractions: []\n"
+
+
+def test_an_alias_fails_its_test_naming_the_file_and_line(pytester: pytest.Pytester) -> None:
+    """The test errors with ``file:11: YAML alias *question is not allowed: ...`` and the fix."""
+    write_project(pytester)
+    (pytester.path / CASSETTE).parent.mkdir(parents=True)
+    (pytester.path / CASSETTE).write_text(ALIASED)
+
+    result = run(pytester, "-k", "test_chat")
+
+    result.assert_outcomes(errors=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"*{CASSETTE}:11: YAML alias [*]question is not allowed: llm-ledger cassettes never contain "
+            "anchors or aliases*not a valid llm-ledger cassette*",
+            "  to replace it with a fresh recording: "
+            "pytest tests/test_app.py::test_chat --llm-record-mode=rewrite",
+        ]
+    )
+    assert "line 11" not in result.stdout.str()
+
+
+# hand edits gone wrong: (cassette, the line named, the key path and what is wrong)
+REQUEST = "- request:\n    method: POST\n    url: https://api.openai.com/v1/chat/completions\n"
+STRUCTURE = {
+    "status": (
+        f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 99\n",
+        7, "interactions[0].response.status: must be an HTTP status code, not 99",
+    ),
+    "misspelt key": (
+        f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 200\n    headrs: {{}}\n",
+        8, "interactions[0].response: unknown key(s) ['headrs']; valid keys are ['base64', 'headers',",
+    ),
+    "not a mapping": (
+        f"version: 1\ninteractions:\n{REQUEST}  response: {{status: 200}}\n- 1\n",
+        7, "interactions[1]: must be a mapping, not int",
+    ),
+    "two bodies": (
+        f"version: 1\ninteractions:\n{REQUEST}    json: {{}}\n    text: hi\n  response: {{status: 200}}\n",
+        7, "interactions[0].request: has several bodies ['json', 'text']; keep one of",
+    ),
+    "version": ("interactions: []\nversion: 2\n", 2, "version: is 2, expected 1"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "line", "problem"), STRUCTURE.values(), ids=STRUCTURE.keys())
+def test_a_structure_error_names_the_line_and_the_key_path(
+    tmp_path: Path, text: str, line: int, problem: str
+) -> None:
+    """A wrong status, a misspelt key, an interaction that is not a mapping, two bodies, a wrong
+    version: ``file:line: key.path: what is wrong``, the line where it is."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(CassetteError) as raised:
+        LedgerCassette(path, "none", "t.py::t")
+    assert str(raised.value).startswith(f"{path}:{line}: {problem}"), str(raised.value)
+
+
+def test_an_alias_and_a_yaml_error_are_worded_in_one_form(tmp_path: Path) -> None:
+    """An alias and a key written twice both start ``file:line: `` (no ``file: line N:``)."""
+    messages = []
+    for name, text in (("aliased.yaml", ALIASED), ("twice.yaml", DUPLICATE_KEY)):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(CassetteError) as raised:
+            LedgerCassette(path, "none", "t.py::t")
+        messages.append(str(raised.value))
+    for message, (name, line) in zip(messages, (("aliased.yaml", 11), ("twice.yaml", 2)), strict=True):
+        assert re.match(rf"{re.escape(str(tmp_path / name))}:{line}: \S", message), message
