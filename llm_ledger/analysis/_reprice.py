@@ -275,7 +275,7 @@ def reprice(
         if cost is None:
             if item.prompt_tokens or item.completion_tokens:
                 row.after_complete = False
-                name = new or item.model or item.served_model or "<no model>"
+                name = new or item.model_name
                 name += f" (at {item.provider})" if own_server else ""
                 result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
                 vendored = f"openai/{name}"  # OpenRouter's, Groq's... name for an OpenAI model
