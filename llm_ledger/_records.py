@@ -348,7 +348,8 @@ class LensTotals:
         """Count one ended call (failed and interrupted calls count too); cost in 10**-24 USD."""
         status = record["status"]
         usage = record["usage"]
-        model = record["request"]["model"]
+        # the model asked for, else the one that answered (a request naming none), as reports name it
+        model = record["request"]["model"] or record["response"]["model"]
         with self._lock:
             self.calls += 1
             self.open -= 1

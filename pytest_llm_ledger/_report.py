@@ -248,9 +248,6 @@ class SessionLedger:
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
         self.outside = Totals()  # the calls made outside any lens
-        # the models the calls without a cost asked for, under the name they are shown by: a lens
-        # summary's models_used lists what its calls asked for, a name may be the answer's model
-        self._asked: dict[str, set[str]] = {}
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         row = usage_row(record)
@@ -259,8 +256,6 @@ class SessionLedger:
         if not (record.get("context") or {}).get("lens_key"):
             self.outside.add(call)
         self.usage.setdefault(_usage_key(row), UsageSum()).add(UsageSum.of_row(row, nodeid))
-        if row.uncosted_calls:
-            self._asked.setdefault(row.model_name, set()).add(row.model)
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")
@@ -269,8 +264,8 @@ class SessionLedger:
         if not run.cost_complete:
             # the run's calls reached the test before its summary: name the run's models without a cost
             models = set((record.get("summary") or {}).get("models_used") or ())
-            run.unpriced = {m: n for m, n in test.unpriced.items() if self._asked.get(m, {m}) & models}
-            run.no_usage = {m: n for m, n in test.no_usage.items() if self._asked.get(m, {m}) & models}
+            run.unpriced = {m: n for m, n in test.unpriced.items() if m in models}
+            run.no_usage = {m: n for m, n in test.no_usage.items() if m in models}
         self.lens_runs.append((lens_key, nodeid, run))
 
     # -- xdist -----------------------------------------------------------------------------------

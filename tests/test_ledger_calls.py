@@ -109,6 +109,22 @@ def test_an_explicit_zero_limit_is_recorded_as_sent(client: openai.OpenAI, recor
     assert _only(records)["request"]["max_tokens"] == 0
 
 
+def test_a_lens_names_the_answering_model_of_a_call_that_named_none(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """A call asking for no model (``model=""``, as some local servers allow) is listed in its lens's
+    ``models_used`` by the model that answered, as reports name it; a named model stays as asked."""
+    served = {"x-fake-served-model": "acme-local-7b"}
+    with monitor.lens("local") as run:
+        client.chat.completions.create(
+            model="", messages=[{"role": "user", "content": "hi"}], extra_headers=served
+        )
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], extra_headers=served
+        )
+    assert run.summary is not None and run.summary["models_used"] == ["acme-local-7b", "gpt-4o"]
+
+
 def test_parameters_not_passed_are_null(client: openai.OpenAI, records: Captured) -> None:
     """temperature and max_tokens the caller did not pass are null, not a default."""
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
