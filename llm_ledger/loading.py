@@ -26,6 +26,7 @@ __all__ = [
     "Document",
     "JsonLoader",
     "did_you_mean",
+    "invalid_yaml",
     "join",
     "listed",
     "printable",
@@ -173,6 +174,20 @@ for _tag in ("set", "binary", "omap", "pairs", "timestamp"):
     JsonLoader.add_constructor(_TAG_PREFIX + _tag, _not_json)
 
 
+def invalid_yaml(name: str, exc: yaml.YAMLError, text: str) -> str:
+    """The one message for a file that is not YAML a safe loader reads: ``name:line: invalid YAML:
+    what is wrong`` (``text`` is the file's, to find the line of an unreadable character)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{name}:{mark.line + 1}" if mark is not None else name
+        what = ", ".join(str(part) for part in (exc.context, exc.problem) if part)
+        return f"{where}: invalid YAML: {what.replace(_TAG_PREFIX, '!!')}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        return f"{name}:{line}: invalid YAML: {exc.reason}"
+    return f"{name}: invalid YAML"
+
+
 class Document:
     """One YAML file being validated: its name, the error class to raise, and the node readers."""
 
@@ -195,16 +210,8 @@ class Document:
                 raise self._error(f"{self.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         try:
             return yaml.compose(data, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f"{self.name}:{mark.line + 1}" if mark is not None else self.name
-            what = ", ".join(part for part in (exc.context, exc.problem) if part)
-            raise self._error(f"{where}: invalid YAML: {what}") from None
-        except yaml.reader.ReaderError as exc:
-            line = data.count("\n", 0, exc.position) + 1
-            raise self._error(f"{self.name}:{line}: invalid YAML: {exc.reason}") from None
-        except yaml.YAMLError:
-            raise self._error(f"{self.name}: invalid YAML") from None
+        except yaml.YAMLError as exc:
+            raise self._error(invalid_yaml(self.name, exc, data)) from None
         except RecursionError:  # PyYAML composes nested collections recursively
             raise self._error(f"{self.name}: invalid YAML: nested too deeply to be {self.what}") from None
 

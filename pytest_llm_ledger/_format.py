@@ -30,6 +30,7 @@ import yaml
 
 from llm_ledger import CassetteError
 from llm_ledger.loading import JsonLoader, read_file
+from llm_ledger.loading import invalid_yaml as loading_invalid_yaml
 
 __all__ = [
     "REQUEST_HEADERS",
@@ -393,20 +394,12 @@ def read_text(path: Path) -> str:
 
 
 def invalid_yaml(path: Path, exc: yaml.YAMLError, text: str) -> CassetteError:
-    """The one error for a cassette that is not YAML a safe loader reads (the plugin and ``llm-ledger
-    scrub``), in :mod:`llm_ledger.loading`'s form: ``file:line: invalid YAML: what is wrong``."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    line = mark.line + 1 if mark is not None else None
-    if isinstance(exc, yaml.MarkedYAMLError):
-        problem = ", ".join(str(p) for p in (exc.context, exc.problem) if p)
-    elif isinstance(exc, yaml.reader.ReaderError):
-        line, problem = text.count("\n", 0, exc.position) + 1, str(exc.reason)
-    else:
-        problem = str(exc)
-    problem = problem.replace("tag:yaml.org,2002:", "!!")
-    if "could not determine a constructor" in problem:  # a tag naming a Python object
-        problem += "; cassettes hold plain YAML only: tags that would build Python objects are refused"
-    return CassetteError(f"{path}{'' if line is None else f':{line}'}: invalid YAML: {problem}")
+    """The error for a cassette that is not YAML a safe loader reads (the plugin and ``llm-ledger
+    scrub``): :func:`llm_ledger.loading.invalid_yaml`'s message, and why a Python tag is refused."""
+    message = loading_invalid_yaml(str(path), exc, text)
+    if "could not determine a constructor" in message:  # a tag naming a Python object
+        message += "; cassettes hold plain YAML only: tags that would build Python objects are refused"
+    return CassetteError(message)
 
 
 def load_cassette(path: Path) -> list[dict[str, Any]]:
