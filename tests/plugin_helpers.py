@@ -148,7 +148,24 @@ def recorded_fixture(pytester: pytest.Pytester, server: FakeOpenAI, with_key: No
     return pytester
 
 
-class DataServer:
+class LoopbackServer:
+    """A plain HTTP server on 127.0.0.1 serving ``handler`` from a daemon thread, for what the fake
+    OpenAI server cannot play: a library's data download, a body compressed a particular way."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.address = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._stopped = False
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class DataServer(LoopbackServer):
     """A plain HTTP server that is not OpenAI: what a library downloads its data from on first import."""
 
     def __init__(self) -> None:
@@ -168,17 +185,8 @@ class DataServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/nltk_data/punkt.zip"
-        self._stopped = False
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._server.shutdown()
-            self._server.server_close()
+        super().__init__(Handler)
+        self.url = f"{self.address}/nltk_data/punkt.zip"
 
 
 @pytest.fixture(name="data_server")

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,14 @@ import zstandard
 from llm_ledger._cli import main as cli_main
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger import _format
-from tests.plugin_helpers import load_yaml, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import (
+    LoopbackServer,
+    load_yaml,
+    run,
+    server_fixture,
+    with_key_fixture,
+    write_project,
+)
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (server_fixture, with_key_fixture)  # used by name
@@ -145,7 +151,7 @@ def _frames(pieces: list[bytes]) -> bytes:
     return b"".join(zstandard.ZstdCompressor().compress(piece) for piece in pieces)
 
 
-class FramesServer:
+class FramesServer(LoopbackServer):
     """An OpenAI-compatible endpoint that answers chat in zstd frames: the JSON in two, a stream one
     frame per event."""
 
@@ -171,16 +177,8 @@ class FramesServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._stopped = False
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._server.shutdown()
-            self._server.server_close()
+        super().__init__(Handler)
+        self.base_url = f"{self.address}/v1"
 
 
 @pytest.fixture(name="frames_server")

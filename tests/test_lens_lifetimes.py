@@ -467,8 +467,9 @@ async def test_streams_cancelled_in_a_gather_each_count_once_in_their_lens(
         stream = await aclient.chat.completions.create(
             model="gpt-4o-mini", messages=HI, stream=True, extra_headers=headers[n]
         )
-        async for _ in stream:
-            begun[n].set()
+        async with stream:  # closed when cancelled, as an application's would be
+            async for _ in stream:
+                begun[n].set()
 
     async def streaming_response(n: int) -> None:
         manager = aclient.chat.completions.with_streaming_response.create
@@ -481,14 +482,16 @@ async def test_streams_cancelled_in_a_gather_each_count_once_in_their_lens(
         stream = await aclient.responses.create(
             model="gpt-4o-mini", input="hi", stream=True, extra_headers=headers[n]
         )
-        async for _ in stream:
-            begun[n].set()
+        async with stream:
+            async for _ in stream:
+                begun[n].set()
 
     async def raw_response(n: int) -> None:
         manager = aclient.chat.completions.with_raw_response.create
         raw = await manager(model="gpt-4o-mini", messages=HI, stream=True, extra_headers=headers[n])
-        async for _ in raw.parse():
-            begun[n].set()
+        async with raw.parse() as stream:
+            async for _ in stream:
+                begun[n].set()
 
     paths = [chat, streaming_response, responses, raw_response] * 3
     async with monitor.lens("fan-out") as run:
