@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from llm_ledger._records import LensTotals
 from pytest_llm_ledger._report import SessionLedger, render_lens_table
 from tests.report_helpers import call
 
@@ -40,6 +41,10 @@ SHAPES = {
         odd({"prompt_tokens": 50, "completion_tokens": 0, "total_tokens": 50}, status="error"),
         (50, 0, 50), "no known price for model 'gpt-4o-mini' (1 call)", (1, 0, 1),
     ),
+    "failed, only total_tokens": (
+        odd({"prompt_tokens": None, "completion_tokens": None, "total_tokens": 30}, status="error"),
+        (0, 0, 30), "no known price for model 'gpt-4o-mini' (1 call)", (1, 0, 1),
+    ),
     "counts as booleans": (
         odd({"prompt_tokens": True, "completion_tokens": 3, "total_tokens": None}),
         (0, 3, 0), "no usage reported by calls to 'gpt-4o-mini' (1 call)", (1, 1, 0),
@@ -69,3 +74,16 @@ def test_an_odd_call_record_reads_the_same_in_the_table_and_the_usage_rows(
         assert f"* the cost shown leaves out calls with no known cost: {gaps}" in lines
     failed = ["tests/test_x.py::test_y"] if counts[2] else []
     assert (row[7:], usage["tests_with_failed_calls"]) == (["1"] if failed else [], failed)
+
+
+@pytest.mark.parametrize(("record", "counts"), [(s[0], s[3]) for s in SHAPES.values()], ids=SHAPES.keys())
+def test_a_lens_summary_and_a_usage_row_agree_on_whether_a_call_left_its_cost_out(
+    record: dict[str, Any], counts: tuple[int, int, int]
+) -> None:
+    """The lens summary's ``cost_complete`` and the usage row's ``uncosted_calls`` apply one rule: a
+    call without a cost leaves it out when it did not fail, or when it failed after using tokens."""
+    totals = LensTotals()
+    totals.begin()
+    totals.add(record, None)  # type: ignore[arg-type]
+
+    assert totals.summary(0.0)["cost_complete"] is (counts[0] == 0)

@@ -57,7 +57,8 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
 
     Missing or malformed fields read as unknown: no lens is ``"<no lens>"``, no provider ``"openai"``,
     a token count that is not a whole number >= 0 is 0. ``uncosted_calls`` is 1 for a call recorded
-    without a cost that was billed (it did not fail, or it failed after using tokens); ``no_usage_calls``
+    without a cost that was billed (it did not fail, or it failed after using tokens: the lens summary's
+    ``cost_complete`` rule); ``no_usage_calls``
     is 1 for a call that did not fail but reported no prompt and completion tokens (a ``total_tokens``
     alone cannot be priced).
     """
@@ -86,7 +87,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         cached_tokens=recorded_count(usage.get("cached_tokens")) or 0,
         completion_tokens=completion or 0,
         cost_usd=recorded or Decimal(0),
-        uncosted_calls=int(recorded is None and (ok or bool(known and (prompt or completion)))),
+        uncosted_calls=int(recorded is None and (ok or total > 0)),
         no_usage_calls=int(not known and ok),
         total_tokens=total,
         failed_calls=int(not ok),
