@@ -1,0 +1,210 @@
+"""The README's two "Five minutes" paths, run exactly as README.md writes them (read from the file, so
+an edit to the README is what is tested): a service's first records, then a CI project recorded once,
+replayed offline and failed by its budget."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# imported here so in-process inner sessions reuse them instead of importing them again each time
+import openai  # noqa: F401
+import pytest
+import vcr  # noqa: F401
+import yaml
+
+import llm_ledger
+from llm_ledger.testing import FakeOpenAI
+from tests.plugin_helpers import no_key_fixture, run, write_project
+
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (no_key_fixture,)  # used by name
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+KEY = "sk-readme-LEAKCHECK-0123456789abcdef"
+# The values of these keys are the server's and the clock's: the excerpt shows a real OpenAI answer,
+# the loopback server counts its own tokens.
+MEASURED = re.compile(r"_(tokens|usd|ms)$")
+
+
+def blocks(language: str, heading: str) -> list[str]:
+    """The ```language blocks of the README's section ``heading``, in order."""
+    text = README.read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end != -1 else len(text)]
+    return re.findall(rf"^```{language}\n(.*?)^```$", section, re.S | re.M)
+
+
+def excerpt_records(excerpt: str) -> list[dict[str, Any]]:
+    """The README's shortened JSON lines as dicts: each elided ``, …`` dropped ("…" values stay)."""
+    text = re.sub(r",\s*…(?=\s*[}\]])", "", excerpt)
+    assert re.search(r'(?<!")…(?!")', text) is None, f"an ellipsis the README's reader cannot place: {text}"
+    decoder, records, at = json.JSONDecoder(), [], 0
+    while (at := len(text) - len(text[at:].lstrip())) < len(text):
+        record, at = decoder.raw_decode(text, at)
+        records.append(record)
+    return records
+
+
+def assert_shown_as_written(shown: Any, real: Any, path: str) -> None:
+    """Every key the excerpt shows exists at that place of the real record, with the same value, except
+    placeholders ("…") and measured figures (same JSON type)."""
+    if isinstance(shown, dict):
+        assert isinstance(real, dict), f"{path}: the README shows an object, the record has {real!r}"
+        for key, value in shown.items():
+            assert key in real, f"{path}.{key}: shown in the README, absent from the record {real}"
+            if value == "…":
+                continue
+            if MEASURED.search(key):
+                assert type(real[key]) is type(value), f"{path}.{key}: {value!r} shown, {real[key]!r} written"
+            else:
+                assert_shown_as_written(value, real[key], f"{path}.{key}")
+    else:
+        assert real == shown, f"{path}: the README shows {shown!r}, the record has {real!r}"
+
+
+def test_monitoring_a_service_writes_the_records_the_readme_shows(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The "Five minutes: monitoring a service" block, run as a script with a key and OPENAI_BASE_URL
+    at the loopback server, writes one call line and one lens line with the keys and values of the
+    README's excerpt, prints the lens summary the file holds, and nothing else."""
+    heading = "Five minutes: monitoring a service"
+    code, excerpt = blocks("python", heading)[0], blocks("json", heading)[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OPENAI_"))}
+    env |= {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake_openai.base_url}
+    (tmp_path / "quickstart.py").write_text(code)
+
+    done = subprocess.run(
+        [sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert (done.returncode, done.stderr) == (0, "")
+    call, lens = (
+        json.loads(line) for line in (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()
+    )
+    assert [call["event"], lens["event"]] == ["llm_api_call", "lens_summary"]
+    assert (call["status"], call["operation"]) == ("ok", "chat")
+    assert call["context"] == lens["context"]  # lens_run_id included: the call belongs to this run
+    assert (call["context"]["lens_key"], call["context"]["source_id"]) == ("summary", "doc-1")
+    request, usage, summary = call["request"], call["usage"], lens["summary"]
+    shape = (request["model"], request["messages_count"], request["user_prompt_length"], request["stream"])
+    assert shape == ("gpt-4o-mini", 1, len("Hi"), False)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+    assert call["cost"]["total_cost_usd"] > 0
+    assert summary["total_api_calls"] == 1
+    assert summary["total_tokens"] == usage["total_tokens"]
+    assert summary["total_cost_usd"] == call["cost"]["total_cost_usd"]
+    assert (summary["models_used"], summary["cost_complete"]) == (["gpt-4o-mini"], True)
+    assert ast.literal_eval(done.stdout) == summary  # print(run.summary): the file's summary, only it
+
+    shown_call, shown_lens = excerpt_records(excerpt)
+    assert_shown_as_written(shown_call, call, "llm_api_call")
+    assert_shown_as_written(shown_lens, lens, "lens_summary")
+    # the excerpt's own figures agree with each other and with the ledger's price of gpt-4o-mini
+    shown_usage, shown_summary = shown_call["usage"], shown_lens["summary"]
+    assert shown_usage["total_tokens"] == shown_usage["prompt_tokens"] + shown_usage["completion_tokens"]
+    assert shown_summary["total_tokens"] == shown_usage["total_tokens"]
+    assert shown_summary["total_cost_usd"] == shown_call["cost"]["total_cost_usd"]
+    tokens = {k: shown_usage[k] for k in ("prompt_tokens", "completion_tokens")}
+    cost = llm_ledger.price("gpt-4o-mini", **tokens)
+    assert cost is not None and float(cost.total_cost_usd) == shown_call["cost"]["total_cost_usd"]
+
+
+# What the README's CI test leaves to the application: something that runs a lens over a source.
+MYAPP = """
+import llm_ledger
+import openai
+
+source = {"id": "doc-1", "text": "The bakery cut its food waste by half with a daily surplus market."}
+
+
+class Runner:
+    async def run_lens(self, lens_key, source):
+        async with llm_ledger.instrument(openai.AsyncOpenAI(max_retries=0)) as client:
+            with llm_ledger.lens(lens_key, source_id=source["id"]):
+                messages = [{"role": "user", "content": "Summarise: " + source["text"]}]
+                await client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+
+runner = Runner()
+"""
+
+
+def pytest_commands() -> list[list[str]]:
+    """The README's CI command lines that run pytest, as argument lists (comments dropped)."""
+    (shell,) = blocks("sh", "Five minutes: budgets and replay in CI")
+    commands = [shlex.split(line, comments=True) for line in shell.splitlines()]
+    return [command[1:] for command in commands if command[:1] == ["pytest"]]
+
+
+def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, no_key: None
+) -> None:
+    """The "Five minutes: budgets and replay in CI" path: its test module and budgets.yaml, recorded
+    once with the README's command against the loopback server (a key, OPENAI_BASE_URL), leave a
+    cassette under cassettes/ with no key or auth header; replayed with the README's CI command, with
+    no key and no server, the build passes; with the lens's cost limit below the recorded cost, the
+    same replay fails the build naming the lens, the limit and the test."""
+    (test_code,) = blocks("python", "Five minutes: budgets and replay in CI")
+    (budgets,) = blocks("yaml", "Five minutes: budgets and replay in CI")
+    record, replay = pytest_commands()
+    write_project(pytester, test_code, "test_summary")
+    pytester.path.joinpath("myapp.py").write_text(MYAPP)
+    pytester.path.joinpath("budgets.yaml").write_text(budgets)
+    pytester.syspathinsert()  # the application importable, as an installed package is
+
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        recorded = run(pytester, *record)
+        assert recorded.ret == 0, recorded.stdout.str()
+        assert [(r.path, r.headers["authorization"]) for r in server.requests] == [
+            ("/v1/chat/completions", f"Bearer {KEY}")
+        ]
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+
+    (cassette,) = (pytester.path / "cassettes").rglob("*.yaml")
+    text = cassette.read_text()
+    assert KEY not in text and "Bearer" not in text
+    assert not re.search(r"^\s*(authorization|api-key|openai-organization):", text, re.I | re.M)
+
+    passed = run(pytester, *replay)
+    assert passed.ret == 0, passed.stdout.str()
+    passed.assert_outcomes(passed=1)
+    passed.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
+
+    (interaction,) = yaml.safe_load(text)["interactions"]
+    usage = interaction["response"]["json"]["usage"]
+    cost = llm_ledger.price(
+        "gpt-4o-mini", prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]
+    )
+    assert cost is not None
+    limits = yaml.safe_load(budgets)
+    assert limits["lenses"]["default_summary"]["max_cost_usd"] > cost.total_cost_usd > 0
+    limits["lenses"]["default_summary"]["max_cost_usd"] = limit = float(cost.total_cost_usd) / 2
+    pytester.path.joinpath("budgets.yaml").write_text(yaml.safe_dump(limits))
+
+    failed = run(pytester, *replay)
+    assert failed.ret == pytest.ExitCode.TESTS_FAILED
+    failed.assert_outcomes(passed=1)
+    failed.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: 1 budget limit(s) exceeded*",
+            "lens / test / total *limit *max *actual *worst run (test id)",
+            f"lens default_summary *max_cost_usd *${limit:.6f} *${cost.total_cost_usd:.6f}"
+            " *tests/test_summary.py::test_summary_lens",
+            "limits from budgets.yaml",
+        ]
+    )
