@@ -29,18 +29,20 @@ pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the ne
 pytest_plugins = ["pytester"]
 _FIXTURES = (no_key_fixture,)  # used by name
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README, CI_GUIDE = REPO / "README.md", REPO / "docs" / "CI.md"
 KEY = "sk-readme-LEAKCHECK-0123456789abcdef"
 # The values of these keys are the server's and the clock's: the excerpt shows a real OpenAI answer,
 # the loopback server counts its own tokens.
 MEASURED = re.compile(r"_(tokens|usd|ms)$")
 
 
-def blocks(language: str, heading: str) -> list[str]:
-    """The ```language blocks of the README's section ``heading``, in order."""
-    text = README.read_text()
-    start = text.index(f"\n## {heading}\n")
-    end = text.find("\n## ", start + 1)
+def blocks(language: str, heading: str, doc: Path = README) -> list[str]:
+    """The ```language blocks of ``doc``'s section ``heading`` (up to the next heading as deep)."""
+    text = doc.read_text()
+    level = heading.split(" ")[0]
+    start = text.index(f"\n{heading}\n")
+    end = text.find(f"\n{level} ", start + 1)
     section = text[start : end if end != -1 else len(text)]
     return re.findall(rf"^```{language}\n(.*?)^```$", section, re.S | re.M)
 
@@ -79,7 +81,7 @@ def test_monitoring_a_service_writes_the_records_the_readme_shows(
     """The "Five minutes: monitoring a service" block, run as a script with a key and OPENAI_BASE_URL
     at the loopback server, writes one call line and one lens line with the keys and values of the
     README's excerpt, prints the lens summary the file holds, and nothing else."""
-    heading = "Five minutes: monitoring a service"
+    heading = "## Five minutes: monitoring a service"
     code, excerpt = blocks("python", heading)[0], blocks("json", heading)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OPENAI_"))}
     env |= {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake_openai.base_url}
@@ -141,9 +143,12 @@ runner = Runner()
 """
 
 
+CI_HEADING = "## Five minutes: budgets and replay in CI"
+
+
 def pytest_commands() -> list[list[str]]:
     """The README's CI command lines that run pytest, as argument lists (comments dropped)."""
-    (shell,) = blocks("sh", "Five minutes: budgets and replay in CI")
+    (shell,) = blocks("sh", CI_HEADING)
     commands = [shlex.split(line, comments=True) for line in shell.splitlines()]
     return [command[1:] for command in commands if command[:1] == ["pytest"]]
 
@@ -155,11 +160,14 @@ def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
     once with the README's command against the loopback server (a key, OPENAI_BASE_URL), leave a
     cassette under cassettes/ with no key or auth header; replayed with the README's CI command, with
     no key and no server, the build passes; with the lens's cost limit below the recorded cost, the
-    same replay fails the build naming the lens, the limit and the test."""
-    (test_code,) = blocks("python", "Five minutes: budgets and replay in CI")
-    (budgets,) = blocks("yaml", "Five minutes: budgets and replay in CI")
+    same replay fails the build naming the lens, the limit and the test. docs/CI.md's version of the
+    test module runs beside it."""
+    (test_code,) = blocks("python", CI_HEADING)
+    (budgets,) = blocks("yaml", CI_HEADING)
+    guide_code = blocks("python", "## Cassettes, the guard and the settings", CI_GUIDE)[0]
     record, replay = pytest_commands()
     write_project(pytester, test_code, "test_summary")
+    write_project(pytester, guide_code, "test_guide")
     pytester.path.joinpath("myapp.py").write_text(MYAPP)
     pytester.path.joinpath("budgets.yaml").write_text(budgets)
     pytester.syspathinsert()  # the application importable, as an installed package is
@@ -169,23 +177,27 @@ def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         recorded = run(pytester, *record)
         assert recorded.ret == 0, recorded.stdout.str()
-        assert [(r.path, r.headers["authorization"]) for r in server.requests] == [
+        assert [(r.path, r.headers["authorization"]) for r in server.requests] == 2 * [
             ("/v1/chat/completions", f"Bearer {KEY}")
         ]
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.delenv("OPENAI_BASE_URL")
 
-    (cassette,) = (pytester.path / "cassettes").rglob("*.yaml")
-    text = cassette.read_text()
-    assert KEY not in text and "Bearer" not in text
-    assert not re.search(r"^\s*(authorization|api-key|openai-organization):", text, re.I | re.M)
+    cassettes = sorted((pytester.path / "cassettes").rglob("*.yaml"))
+    assert [c.relative_to(pytester.path).as_posix() for c in cassettes] == [
+        "cassettes/tests/test_guide/test_summary_lens.yaml",
+        "cassettes/tests/test_summary/test_summary_lens.yaml",
+    ]
+    for text in map(Path.read_text, cassettes):
+        assert KEY not in text and "Bearer" not in text
+        assert not re.search(r"^\s*(authorization|api-key|openai-[a-z]+):", text, re.I | re.M)
 
     passed = run(pytester, *replay)
     assert passed.ret == 0, passed.stdout.str()
-    passed.assert_outcomes(passed=1)
+    passed.assert_outcomes(passed=2)
     passed.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
 
-    (interaction,) = yaml.safe_load(text)["interactions"]
+    (interaction,) = yaml.safe_load(cassettes[1].read_text())["interactions"]
     usage = interaction["response"]["json"]["usage"]
     cost = llm_ledger.price(
         "gpt-4o-mini", prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]
@@ -198,13 +210,13 @@ def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
 
     failed = run(pytester, *replay)
     assert failed.ret == pytest.ExitCode.TESTS_FAILED
-    failed.assert_outcomes(passed=1)
+    failed.assert_outcomes(passed=2)
     failed.stdout.fnmatch_lines(
         [
             "*llm-ledger: 1 budget limit(s) exceeded*",
             "lens / test / total *limit *max *actual *worst run (test id)",
             f"lens default_summary *max_cost_usd *${limit:.6f} *${cost.total_cost_usd:.6f}"
-            " *tests/test_summary.py::test_summary_lens",
+            " *tests/test_*.py::test_summary_lens (+1 more runs)",
             "limits from budgets.yaml",
         ]
     )
