@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 # imported here so in-process inner sessions reuse them instead of importing them again each time
-import openai  # noqa: F401
+import openai
 import pytest
 import vcr  # noqa: F401
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
 
 import llm_ledger
 from llm_ledger.testing import FakeOpenAI
@@ -220,3 +221,58 @@ def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
             "limits from budgets.yaml",
         ]
     )
+
+
+def test_the_hosts_example_prices_each_host_as_its_comment_says(tmp_path: Path) -> None:
+    """The README's price file for self-hosted servers loads as it is written: Ollama's host is free for
+    every model, the gateway costs OpenRouter's rates, and a host nobody maps keeps the model match."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(blocks("yaml", "## Providers and price what-ifs")[0])
+    table = llm_ledger.PriceTable.from_file(path)
+
+    ollama = table.route("localhost", 11434)
+    assert (ollama.provider, ollama.matched_by) == ("ollama", "host")
+    free = ollama.cost("llama3.3", prompt_tokens=1_000, completion_tokens=1_000)
+    assert free is not None and free.total_cost_usd == 0
+    gateway = table.route("llm-gateway.internal", 443)
+    assert (gateway.provider, gateway.matched_by) == ("openrouter", "host")
+    assert table.route("gpu-1.internal", 8000).matched_by == "model"
+
+
+def test_the_ci_budgets_guard_the_same_lens_in_production(
+    fresh_config: None, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "Budgets and anomalies in production" configure() line, with the README's CI
+    budgets.yaml, lets the call that takes a default_summary run over 4000 tokens return, emits one
+    budget_exceeded record at WARNING to the callback and the file, and refuses the run's next call
+    unsent with BudgetExceededError; the run still writes its lens summary."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "budgets.yaml").write_text(blocks("yaml", CI_HEADING)[0])
+    alerts: list[dict[str, Any]] = []
+    exec(
+        blocks("python", "## Budgets and anomalies in production")[0],
+        {"llm_ledger": llm_ledger, "alert": alerts.append},
+    )
+    # the loopback server counts a token per 4 characters: this prompt is 5,000 tokens
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 4_000}]
+    with openai.OpenAI(api_key=KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = llm_ledger.instrument(raw)
+        with llm_ledger.lens("default_summary", source_id="doc-1"):
+            answer = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+            with pytest.raises(llm_ledger.BudgetExceededError) as refused:
+                client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    llm_ledger.flush()
+
+    assert answer.usage is not None and answer.usage.total_tokens > 4000
+    assert len(fake_openai.requests) == 1
+    (alert,) = alerts
+    assert refused.value.record == alert
+    assert (alert["event"], alert["level"], alert["context"]["lens_key"]) == (
+        "budget_exceeded", "WARNING", "default_summary",
+    )  # fmt: skip
+    assert (alert["budget"]["limit"], alert["budget"]["max"], alert["budget"]["mode"]) == (
+        "max_total_tokens", 4000, "raise",
+    )  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["llm_api_call", "budget_exceeded", "lens_summary"]
+    assert lines[2]["summary"]["total_api_calls"] == 1
