@@ -5,6 +5,7 @@ replayed offline and failed by its budget."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
 import llm_ledger
+from examples.lens_app import cli
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import no_key_fixture, run, write_project
 
@@ -127,6 +129,7 @@ def test_monitoring_a_service_writes_the_records_the_readme_shows(
 # What the README's CI test leaves to the application: something that runs a lens over a source.
 MYAPP = """
 import llm_ledger
+from examples.lens_app import cli
 import openai
 
 source = {"id": "doc-1", "text": "The bakery cut its food waste by half with a daily surplus market."}
@@ -276,3 +279,19 @@ def test_the_ci_budgets_guard_the_same_lens_in_production(
     lines = [json.loads(line) for line in (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()]
     assert [line["event"] for line in lines] == ["llm_api_call", "budget_exceeded", "lens_summary"]
     assert lines[2]["summary"]["total_api_calls"] == 1
+
+
+@pytest.mark.parametrize("doc", [README, REPO / "docs" / "MONITORING.md"], ids=lambda doc: doc.name)
+def test_the_demo_prints_the_table_the_docs_show(doc: Path, tmp_path: Path, fresh_config: None) -> None:
+    """`make demo` (the committed cassettes, replayed) prints every row the doc's table shows, with the
+    same calls, tokens and cost; only durations are the machine's."""
+    shown = re.search(r"^```\n(lens +source +calls.*?)^```$", doc.read_text(), re.S | re.M)
+    assert shown is not None
+    out = io.StringIO()
+    status = cli.main(["--db", str(tmp_path / "demo.sqlite3"), "--log-dir", str(tmp_path / "logs")], out=out)
+    assert status == 0, out.getvalue()
+    printed = out.getvalue().splitlines()
+    rows = [line for line in shown.group(1).splitlines() if line != "..."]
+    for row in rows:
+        without_duration = re.sub(r"\s+\d+ ms$", "", row)
+        assert any(line.startswith(without_duration) for line in printed), (row, out.getvalue())
