@@ -51,9 +51,9 @@ def blocks(language: str, heading: str, doc: Path = README) -> list[str]:
 
 
 def excerpt_records(excerpt: str) -> list[dict[str, Any]]:
-    """The README's shortened JSON lines as dicts: each elided ``, …`` dropped ("…" values stay)."""
+    """The JSON lines of a doc's excerpt as dicts, each elided ``, …`` dropped ("…" in strings stays);
+    an elision anywhere else is a JSON error."""
     text = re.sub(r",\s*…(?=\s*[}\]])", "", excerpt)
-    assert re.search(r'(?<!")…(?!")', text) is None, f"an ellipsis the README's reader cannot place: {text}"
     decoder, records, at = json.JSONDecoder(), [], 0
     while (at := len(text) - len(text[at:].lstrip())) < len(text):
         record, at = decoder.raw_decode(text, at)
@@ -295,3 +295,39 @@ def test_the_demo_prints_the_table_the_docs_show(doc: Path, tmp_path: Path, fres
     for row in rows:
         without_duration = re.sub(r"\s+\d+ ms$", "", row)
         assert any(line.startswith(without_duration) for line in printed), (row, out.getvalue())
+
+
+def shown_records(doc: Path, heading: str) -> dict[str, Any]:
+    """The one ```json record of ``doc``'s section ``heading`` ("…" elisions written as strings)."""
+    (shown,) = excerpt_records(blocks("json", heading, doc)[0])
+    return shown
+
+
+def same_keys(shown: dict[str, Any], real: dict[str, Any], path: str) -> None:
+    """``shown`` has exactly the keys of ``real``, and so has each object inside it."""
+    assert sorted(shown) == sorted(real), (
+        f"{path}: the doc shows {sorted(shown)}, the record has {sorted(real)}"
+    )
+    for key, value in shown.items():
+        if isinstance(value, dict):
+            same_keys(value, real[key], f"{path}.{key}")
+
+
+def test_the_monitoring_guide_shows_both_records_field_by_field(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """docs/MONITORING.md's "The records" shows every field of a call record and of a lens summary, as
+    the JSONL file writes them, and no field they do not have."""
+    path = tmp_path / "llm_calls.jsonl"
+    handler = llm_ledger.JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    with openai.OpenAI(api_key=KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = monitor.instrument(raw)
+        with monitor.lens("default_summary", source_id="a1b2", service="RunnerService"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    handler.close()
+
+    call, lens = (json.loads(line) for line in path.read_text().splitlines())
+    monitoring = REPO / "docs" / "MONITORING.md"
+    same_keys(shown_records(monitoring, "### Per call: `llm_api_call`"), call, "llm_api_call")
+    same_keys(shown_records(monitoring, "### Per lens: `lens_summary`"), lens, "lens_summary")
