@@ -331,3 +331,18 @@ def test_the_monitoring_guide_shows_both_records_field_by_field(
     monitoring = REPO / "docs" / "MONITORING.md"
     same_keys(shown_records(monitoring, "### Per call: `llm_api_call`"), call, "llm_api_call")
     same_keys(shown_records(monitoring, "### Per lens: `lens_summary`"), lens, "lens_summary")
+
+
+@pytest.mark.parametrize(
+    ("doc", "heading"),
+    [
+        ("FAKE_SERVER.md", "## Running it"),
+        ("LIBRARIES.md", "## A fake OpenAI server, for recording without a key and for your own tests"),
+    ],
+)
+def test_the_fake_server_examples_run_as_written(doc: str, heading: str) -> None:
+    """The FakeOpenAI examples of docs/FAKE_SERVER.md and docs/LIBRARIES.md run as written, with their
+    own imports, and their asserts on what the server received and answered hold."""
+    namespace: dict[str, Any] = {}
+    exec(blocks("python", heading, REPO / "docs" / doc)[0], namespace)
+    namespace["client"].close()
