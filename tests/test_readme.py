@@ -24,6 +24,8 @@ from openai.types.chat import ChatCompletionMessageParam
 
 import llm_ledger
 from examples.lens_app import cli
+from examples.lens_app.lenses import LENSES
+from examples.lens_app.sources import load_sources
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import no_key_fixture, run, write_project
 
@@ -130,6 +132,8 @@ def test_monitoring_a_service_writes_the_records_the_readme_shows(
 MYAPP = """
 import llm_ledger
 from examples.lens_app import cli
+from examples.lens_app.lenses import LENSES
+from examples.lens_app.sources import load_sources
 import openai
 
 source = {"id": "doc-1", "text": "The bakery cut its food waste by half with a daily surplus market."}
@@ -346,3 +350,11 @@ def test_the_fake_server_examples_run_as_written(doc: str, heading: str) -> None
     namespace: dict[str, Any] = {}
     exec(blocks("python", heading, REPO / "docs" / doc)[0], namespace)
     namespace["client"].close()
+
+
+def test_the_readme_counts_the_demo_s_lenses_and_articles() -> None:
+    """The README's "(N lenses over M articles" is the example application's own count of each."""
+    found = re.search(r"\((\w+) lenses over (\w+) articles", README.read_text())
+    assert found is not None
+    numbers = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+    assert (numbers[found[1]], numbers[found[2]]) == (len(LENSES), len(load_sources()))
