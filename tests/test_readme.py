@@ -1,6 +1,7 @@
-"""The README's two "Five minutes" paths, run exactly as README.md writes them (read from the file, so
-an edit to the README is what is tested): a service's first records, then a CI project recorded once,
-replayed offline and failed by its budget."""
+"""README.md and the docs' examples as a user copies them, read from the files (so an edit to a doc is
+what is tested): the README's two "Five minutes" paths run exactly as written (a service's first
+records; a CI project recorded once, replayed offline, then failed by its budget), and the other
+examples run and show what the docs say they show."""
 
 from __future__ import annotations
 
