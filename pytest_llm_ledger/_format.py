@@ -364,18 +364,18 @@ def _check_yaml(root: yaml.Node) -> None:
             construct(value)
 
 
-Entries = dict[Any, tuple[yaml.Node, yaml.Node]]  # a mapping's keys, each with its key and value nodes
+_Entries = dict[Any, tuple[yaml.Node, yaml.Node]]  # a mapping's keys, each with its key and value nodes
 
 
 def _entries(
     doc: Document, node: yaml.Node | None, at: yaml.Node | None, place: str, allowed: frozenset[str]
-) -> Entries:
+) -> _Entries:
     """``node``, a mapping with only ``allowed`` keys; ``at`` is where to say it is not a mapping (its
     key, its place in a list, or nowhere for the whole file)."""
     if not isinstance(node, yaml.MappingNode):
         got = type(None if node is None else doc.value(node)).__name__
         raise doc.error(at, place, f"must be a mapping, not {got}")
-    entries: Entries = {
+    entries: _Entries = {
         key.value if key.tag == _TAG + "str" else doc.value(key): (key, value) for key, value in node.value
     }
     unknown = sorted(str(key) for key in entries if key not in allowed)
@@ -385,11 +385,11 @@ def _entries(
     return entries
 
 
-def _get(doc: Document, entries: Entries, key: str) -> Any:
+def _get(doc: Document, entries: _Entries, key: str) -> Any:
     return doc.value(entries[key][1]) if key in entries else None
 
 
-def _at(entries: Entries, key: str, node: yaml.Node) -> yaml.Node:
+def _at(entries: _Entries, key: str, node: yaml.Node) -> yaml.Node:
     """Where an error about ``key`` points: the key, or the mapping that lacks it."""
     return entries[key][0] if key in entries else node
 
@@ -435,7 +435,7 @@ def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]
     return loaded
 
 
-def _message(doc: Document, entries: Entries, place: str) -> dict[str, Any]:
+def _message(doc: Document, entries: _Entries, place: str) -> dict[str, Any]:
     """The headers and the body of a request or a response."""
     headers = _get(doc, entries, "headers")
     if headers is not None and (
@@ -446,7 +446,7 @@ def _message(doc: Document, entries: Entries, place: str) -> dict[str, Any]:
     return {"headers": dict(headers or {}), "body": _body(doc, entries, place)}
 
 
-def _body(doc: Document, entries: Entries, place: str) -> Body:
+def _body(doc: Document, entries: _Entries, place: str) -> Body:
     kinds = [k for k in _BODY_KEYS if k in entries]
     if len(kinds) > 1:
         raise doc.error(
