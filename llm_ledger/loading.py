@@ -1,7 +1,8 @@
 """The one loader for the YAML and JSON files llm-ledger reads (price files, budgets.yaml, cassettes,
 reports), public so that the pytest plugin and your own tools read files with the same limits and
-errors: only a regular file, of at most :data:`MAX_BYTES` (:func:`read_file`); YAML composed into nodes,
-never constructed, plain tags only (so no tag can run code); one number parser (:meth:`Document.number`:
+errors: only a regular file, of at most :data:`MAX_BYTES` (:func:`read_file`); YAML composed into nodes
+and read node by node, free-form values (:meth:`Document.value`) built only by PyYAML's safe constructor
+(so no tag can run code); one number parser (:meth:`Document.number`:
 ``2.50``, ``1e-3``, ``1_000`` mean the same in every file); every error reads ``file:line: key.path: what
 is wrong; valid choices``, quoting at most the offending value, shortened, and never one that looks like
 a credential (:func:`shown`: a price file pointed at a ``.env`` must not print the key it holds).
@@ -16,7 +17,7 @@ import re
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import yaml
 
@@ -191,10 +192,13 @@ def invalid_yaml(name: str, exc: yaml.YAMLError, text: str) -> str:
 class Document:
     """One YAML file being validated: its name, the error class to raise, and the node readers."""
 
-    def __init__(self, name: str, error: type[Exception], what: str) -> None:
+    def __init__(
+        self, name: str, error: type[Exception], what: str, *, loader: type[yaml.SafeLoader] = yaml.SafeLoader
+    ) -> None:
         self.name = name
         self.what = what  # "a price file": for messages
         self._error = error
+        self._loader = loader  # what composes: JsonLoader reads as JSON does (libyaml where installed)
         self._constructor = yaml.constructor.SafeConstructor()
 
     def error(self, node: yaml.Node | None, key_path: str, message: str) -> Exception:
@@ -209,7 +213,7 @@ class Document:
             except UnicodeDecodeError as exc:
                 raise self._error(f"{self.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         try:
-            return yaml.compose(data, Loader=yaml.SafeLoader)
+            return yaml.compose(data, Loader=self._loader)
         except yaml.YAMLError as exc:
             raise self._error(invalid_yaml(self.name, exc, data)) from None
         except RecursionError:  # PyYAML composes nested collections recursively
@@ -236,6 +240,11 @@ class Document:
             except (yaml.YAMLError, ValueError, TypeError, OverflowError):
                 pass
         return shown(node.value)
+
+    def value(self, node: yaml.Node) -> Any:
+        """The Python value of a node whose tags are plain (strings, numbers, booleans, null,
+        mappings and lists), e.g. a free-form body."""
+        return self._constructor.construct_document(node)
 
     def is_null(self, node: yaml.Node) -> bool:
         return isinstance(node, yaml.ScalarNode) and node.tag == _NULL

@@ -22,14 +22,16 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
 
 from llm_ledger import CassetteError
-from llm_ledger.loading import JsonLoader, read_file
+from llm_ledger.loading import Document, JsonLoader, read_file
 from llm_ledger.loading import invalid_yaml as loading_invalid_yaml
 
 __all__ = [
@@ -261,128 +263,6 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _invalid(path: Path, place: str, problem: str, line: int | None = None) -> CassetteError:
-    """The error for a cassette that cannot be loaded, naming the file, the line and the place inside
-    it (``place`` "" when ``problem`` names them already)."""
-    where = f"{path}{'' if line is None else f':{line}'}: {place}: " if place else ""
-    return CassetteError(
-        f"{where}{problem}. The file is not a valid llm-ledger cassette; fix it, "
-        "or replace it with a fresh recording (--llm-record-mode=rewrite)"
-    )
-
-
-class _Places:
-    """A loaded cassette's file and the YAML node of each mapping and list in it, so an error names
-    the line of what is wrong: ``file:line: key.path: what is wrong``."""
-
-    def __init__(self, path: Path, nodes: dict[int, yaml.Node]) -> None:
-        self.path = path
-        self.nodes = nodes
-
-    def invalid(
-        self, place: str, problem: str, container: Any, key: str | int | None = None
-    ) -> CassetteError:
-        """The error for ``container[key]`` (``container`` itself for None), at its line."""
-        node = self.nodes.get(id(container))
-        if node is None:
-            return _invalid(self.path, place, problem)
-        mark = node.start_mark
-        if isinstance(node, yaml.MappingNode) and isinstance(key, str):
-            mark = next((k.start_mark for k, _ in node.value if getattr(k, "value", None) == key), mark)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            mark = node.value[key].start_mark
-        return _invalid(self.path, place, problem, mark.line + 1)
-
-
-def _body_from_yaml(node: Mapping[str, Any], places: _Places, place: str) -> Body:
-    kinds = [k for k in _BODY_KEYS if k in node]
-    if len(kinds) > 1:
-        raise places.invalid(
-            place, f"has several bodies {kinds!r}; keep one of {list(_BODY_KEYS)!r}", node, kinds[1]
-        )
-    if not kinds:
-        return ("", None)
-    kind = kinds[0]
-    value = node[kind]
-    if kind == "sse":
-        if not isinstance(value, list) or not all(isinstance(e, dict) and "data" in e for e in value):
-            raise places.invalid(
-                f"{place}.sse", "must be a list of events, each a mapping with a 'data' key", node, kind
-            )
-    elif kind in ("text", "base64") and not isinstance(value, str):
-        raise places.invalid(f"{place}.{kind}", f"must be a string, not {type(value).__name__}", node, kind)
-    if kind == "base64":
-        try:
-            base64.b64decode(value, validate=True)
-        except ValueError:
-            raise places.invalid(f"{place}.base64", "is not valid base64", node, kind) from None
-    return (kind, value)
-
-
-def _message_from_yaml(node: Mapping[str, Any], places: _Places, place: str) -> dict[str, Any]:
-    """The headers and the body of a request or a response."""
-    headers = node.get("headers")
-    if headers is not None and (
-        not isinstance(headers, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
-    ):
-        raise places.invalid(f"{place}.headers", "must map header names to strings", node, "headers")
-    return {"headers": dict(headers or {}), "body": _body_from_yaml(node, places, place)}
-
-
-def _check_keys(
-    node: Any, allowed: frozenset[str], places: _Places, place: str, parent: Any = None, key: str | int = ""
-) -> dict[str, Any]:
-    """``node`` (``parent[key]``), a mapping with only ``allowed`` keys."""
-    if not isinstance(node, dict):
-        raise places.invalid(place, f"must be a mapping, not {type(node).__name__}", parent, key)
-    unknown = sorted(str(k) for k in node if k not in allowed)
-    if unknown:
-        message = f"unknown key(s) {unknown!r}; valid keys are {sorted(allowed)!r}"
-        raise places.invalid(place, message, node, unknown[0])
-    return node
-
-
-class _CassetteLoader(JsonLoader):
-    """:class:`JsonLoader` that refuses a key written twice in one mapping (a merge conflict
-    resolved by keeping both sides): YAML would keep the last value without a word. It keeps the
-    node of each mapping and list it builds (``nodes``, by id), for the lines errors name."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.nodes: dict[int, yaml.Node] = {}
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first_line: dict[str, int] = {}
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                if key_node.value in first_line:
-                    raise yaml.constructor.ConstructorError(
-                        None, None,
-                        f"duplicate key {key_node.value!r} (first on line {first_line[key_node.value]})",
-                        key_node.start_mark,
-                    )  # fmt: skip
-                first_line[key_node.value] = key_node.start_mark.line + 1
-        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
-        return mapping
-
-    def _map(self, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
-        data: dict[Any, Any] = {}
-        self.nodes[id(data)] = node
-        yield data
-        data.update(self.construct_mapping(node))
-
-    def _seq(self, node: yaml.SequenceNode) -> Iterator[list[Any]]:
-        data: list[Any] = []
-        self.nodes[id(data)] = node
-        yield data
-        data.extend(self.construct_sequence(node))
-
-
-_CassetteLoader.add_constructor("tag:yaml.org,2002:map", _CassetteLoader._map)
-_CassetteLoader.add_constructor("tag:yaml.org,2002:seq", _CassetteLoader._seq)
-
-
 def read_text(path: Path) -> str:
     """The text of a cassette file (at most :data:`MAX_CASSETTE_BYTES`); :class:`CassetteError` when
     it cannot be read or is not UTF-8."""
@@ -407,60 +287,187 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
     with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
     text = read_text(path)
     try:
-        if "&" in text:  # an alias needs an anchor: only then look for one (an alias bomb)
-            for event in yaml.parse(text, Loader=JsonLoader):
-                if isinstance(event, yaml.AliasEvent):
-                    mark = event.start_mark
-                    where = str(path) if mark is None else f"{path}:{mark.line + 1}"
-                    raise _invalid(
-                        path,
-                        "",
-                        f"{where}: YAML alias *{event.anchor} is not allowed: llm-ledger cassettes never "
-                        "contain anchors or aliases (re-record it, or run `llm-ledger scrub` on a "
-                        "converted one)",
-                    )
-        loader = _CassetteLoader(text)
-        try:
-            doc = loader.get_single_data()
-        finally:
-            loader.dispose()
+        _refuse_aliases(path, text)
+        doc = Document(str(path), CassetteError, "a cassette", loader=JsonLoader)
+        root = doc.compose(text)
+        if root is not None:
+            _check_yaml(root)
+        return _interactions(doc, root)
     except yaml.YAMLError as exc:
-        raise _invalid(path, "", str(invalid_yaml(path, exc, text))) from None
-    places = _Places(path, loader.nodes)
-    doc = _check_keys(doc, frozenset({"version", "interactions"}), places, "top level")
-    if doc.get("version") != FORMAT_VERSION:
-        raise places.invalid(
-            "version", f"is {doc.get('version')!r}, expected {FORMAT_VERSION}", doc, "version"
-        )
-    raw_interactions = doc.get("interactions")
-    if not isinstance(raw_interactions, list):
-        raise places.invalid("interactions", "must be a list", doc, "interactions")
-    loaded: list[dict[str, Any]] = []
-    for index, item in enumerate(raw_interactions):
-        place = f"interactions[{index}]"
-        item = _check_keys(item, frozenset({"request", "response"}), places, place, raw_interactions, index)
-        if "request" not in item or "response" not in item:
-            raise places.invalid(place, "needs both 'request' and 'response'", item)
-        req = _check_keys(item["request"], _REQUEST_KEYS, places, f"{place}.request", item, "request")
-        resp = _check_keys(item["response"], _RESPONSE_KEYS, places, f"{place}.response", item, "response")
-        for key in ("method", "url"):
-            if not isinstance(req.get(key), str) or not req[key]:
-                raise places.invalid(
-                    f"{place}.request.{key}", f"must be a non-empty string, not {req.get(key)!r}", req, key
-                )
-        status = resp.get("status")
-        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            raise places.invalid(
-                f"{place}.response.status", f"must be an HTTP status code, not {status!r}", resp, "status"
+        problem = str(invalid_yaml(path, exc, text))
+    except CassetteError as exc:
+        problem = str(exc)
+    raise CassetteError(
+        f"{problem}. The file is not a valid llm-ledger cassette; fix it, "
+        "or replace it with a fresh recording (--llm-record-mode=rewrite)"
+    )
+
+
+def _refuse_aliases(path: Path, text: str) -> None:
+    if "&" not in text:  # an alias needs an anchor: only then look for one (an alias bomb)
+        return
+    for event in yaml.parse(text, Loader=JsonLoader):
+        if isinstance(event, yaml.AliasEvent):
+            mark = event.start_mark
+            where = str(path) if mark is None else f"{path}:{mark.line + 1}"
+            raise CassetteError(
+                f"{where}: YAML alias *{event.anchor} is not allowed: llm-ledger cassettes never contain "
+                "anchors or aliases (re-record it, or run `llm-ledger scrub` on a converted one)"
             )
-        request = {
-            "method": req["method"].upper(),
-            "url": req["url"],
-            **_message_from_yaml(req, places, f"{place}.request"),
-        }
-        response = {"status": status, **_message_from_yaml(resp, places, f"{place}.response")}
+
+
+_TAG = "tag:yaml.org,2002:"
+_PLAIN_TAGS: dict[type[yaml.Node], frozenset[str]] = {
+    yaml.ScalarNode: frozenset(_TAG + name for name in ("str", "int", "float", "bool", "null")),
+    yaml.SequenceNode: frozenset({_TAG + "seq"}),
+    yaml.MappingNode: frozenset({_TAG + "map"}),
+}
+
+
+def _check_yaml(root: yaml.Node) -> None:
+    """Raise the ``yaml.YAMLError`` that constructing the document with :class:`JsonLoader` would
+    (for a tag that builds what JSON has not: a Python object, a set...), in the order it would, and
+    refuse a key written twice in one mapping: a merge conflict resolved by keeping both sides,
+    which YAML would settle by keeping the last value without a word."""
+    loader = JsonLoader("")
+    filling: deque[yaml.Node] = deque()  # collections, in the order construction fills them
+
+    def construct(node: yaml.Node) -> None:
+        if node.tag not in _PLAIN_TAGS[type(node)]:
+            loader.construct_document(node)  # raises the error naming the tag
+        if not isinstance(node, yaml.ScalarNode):
+            filling.append(node)
+
+    construct(root)
+    while filling:
+        node = filling.popleft()
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                construct(item)
+            continue
+        first_line: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in first_line:
+                    raise ConstructorError(
+                        None, None,
+                        f"duplicate key {key.value!r} (first on line {first_line[key.value]})",
+                        key.start_mark,
+                    )  # fmt: skip
+                first_line[key.value] = key.start_mark.line + 1
+        loader.flatten_mapping(node)  # as construction does: "<<" keys merged in, "=" keys strings
+        for key, value in node.value:
+            construct(key)
+            if not isinstance(key, yaml.ScalarNode):
+                context = "while constructing a mapping"
+                raise ConstructorError(context, node.start_mark, "found unhashable key", key.start_mark)
+            construct(value)
+
+
+_Entries = dict[Any, tuple[yaml.Node, yaml.Node]]  # a mapping's keys, each with its key and value nodes
+
+
+def _entries(
+    doc: Document, node: yaml.Node | None, at: yaml.Node | None, place: str, allowed: frozenset[str]
+) -> _Entries:
+    """``node``, a mapping with only ``allowed`` keys; ``at`` is where to say it is not a mapping (its
+    key, its place in a list, or nowhere for the whole file)."""
+    if not isinstance(node, yaml.MappingNode):
+        got = type(None if node is None else doc.value(node)).__name__
+        raise doc.error(at, place, f"must be a mapping, not {got}")
+    entries: _Entries = {
+        key.value if key.tag == _TAG + "str" else doc.value(key): (key, value) for key, value in node.value
+    }
+    unknown = sorted(str(key) for key in entries if key not in allowed)
+    if unknown:
+        at = next((key for key, _ in node.value if key.value == unknown[0]), node)
+        raise doc.error(at, place, f"unknown key(s) {unknown!r}; valid keys are {sorted(allowed)!r}")
+    return entries
+
+
+def _get(doc: Document, entries: _Entries, key: str) -> Any:
+    return doc.value(entries[key][1]) if key in entries else None
+
+
+def _at(entries: _Entries, key: str, node: yaml.Node) -> yaml.Node:
+    """Where an error about ``key`` points: the key, or the mapping that lacks it."""
+    return entries[key][0] if key in entries else node
+
+
+def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]:
+    top = _entries(doc, root, None, "top level", frozenset({"version", "interactions"}))
+    assert root is not None
+    if (version := _get(doc, top, "version")) != FORMAT_VERSION:
+        raise doc.error(_at(top, "version", root), "version", f"is {version!r}, expected {FORMAT_VERSION}")
+    items = top.get("interactions", (None, None))[1]
+    if not isinstance(items, yaml.SequenceNode):
+        raise doc.error(_at(top, "interactions", root), "interactions", "must be a list")
+    loaded: list[dict[str, Any]] = []
+    for index, item in enumerate(items.value):
+        place = f"interactions[{index}]"
+        parts = _entries(doc, item, item, place, frozenset({"request", "response"}))
+        if "request" not in parts or "response" not in parts:
+            raise doc.error(item, place, "needs both 'request' and 'response'")
+        (req_at, req_node), (resp_at, resp_node) = parts["request"], parts["response"]
+        req = _entries(doc, req_node, req_at, f"{place}.request", _REQUEST_KEYS)
+        resp = _entries(doc, resp_node, resp_at, f"{place}.response", _RESPONSE_KEYS)
+        request: dict[str, Any] = {}
+        for key in ("method", "url"):
+            value = _get(doc, req, key)
+            if not isinstance(value, str) or not value:
+                raise doc.error(
+                    _at(req, key, req_node),
+                    f"{place}.request.{key}",
+                    f"must be a non-empty string, not {value!r}",
+                )
+            request[key] = value
+        status = _get(doc, resp, "status")
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise doc.error(
+                _at(resp, "status", resp_node),
+                f"{place}.response.status",
+                f"must be an HTTP status code, not {status!r}",
+            )
+        request["method"] = request["method"].upper()
+        request.update(_message(doc, req, f"{place}.request"))
+        response = {"status": status, **_message(doc, resp, f"{place}.response")}
         loaded.append({"request": request, "response": response})
     return loaded
+
+
+def _message(doc: Document, entries: _Entries, place: str) -> dict[str, Any]:
+    """The headers and the body of a request or a response."""
+    headers = _get(doc, entries, "headers")
+    if headers is not None and (
+        not isinstance(headers, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    ):
+        raise doc.error(entries["headers"][0], f"{place}.headers", "must map header names to strings")
+    return {"headers": dict(headers or {}), "body": _body(doc, entries, place)}
+
+
+def _body(doc: Document, entries: _Entries, place: str) -> Body:
+    kinds = [k for k in _BODY_KEYS if k in entries]
+    if len(kinds) > 1:
+        raise doc.error(
+            entries[kinds[1]][0], place, f"has several bodies {kinds!r}; keep one of {list(_BODY_KEYS)!r}"
+        )
+    if not kinds:
+        return ("", None)
+    kind = kinds[0]
+    at, value_node = entries[kind]
+    value = doc.value(value_node)
+    if kind == "sse":
+        if not isinstance(value, list) or not all(isinstance(e, dict) and "data" in e for e in value):
+            raise doc.error(at, f"{place}.sse", "must be a list of events, each a mapping with a 'data' key")
+    elif kind in ("text", "base64") and not isinstance(value, str):
+        raise doc.error(at, f"{place}.{kind}", f"must be a string, not {type(value).__name__}")
+    if kind == "base64":
+        try:
+            base64.b64decode(value, validate=True)
+        except ValueError:
+            raise doc.error(at, f"{place}.base64", "is not valid base64") from None
+    return (kind, value)
 
 
 def interaction_to_yaml(

@@ -21,7 +21,7 @@ from llm_ledger import (
     load_budgets,
 )
 from llm_ledger._cli import main
-from llm_ledger.loading import MAX_BYTES, did_you_mean
+from llm_ledger.loading import MAX_BYTES, Document, JsonLoader, did_you_mean
 from pytest_llm_ledger._format import MAX_CASSETTE_BYTES, body_bytes, load_cassette
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -155,6 +155,32 @@ def test_cassette_tags_json_cannot_hold_are_a_cassette_error(tmp_path: Path, val
     tag = value.split()[0]
     with pytest.raises(CassetteError, match=f"c.yaml:6: invalid YAML: .*tag '{tag}' is not allowed"):
         load_cassette(path)
+
+
+def test_a_cassette_error_in_yaml_is_named_before_a_structure_error(tmp_path: Path) -> None:
+    """A key written twice in a later body is named before an earlier wrong status: what is not YAML a
+    JSON loader reads comes first, whatever its place in the file."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "version: 1\ninteractions:\n"
+        "- request: {method: GET, url: 'http://x'}\n  response: {status: 99}\n"
+        "- request: {method: GET, url: 'http://x'}\n  response:\n    status: 200\n"
+        "    json: {usage: {total_tokens: 1, total_tokens: 2}}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(
+        CassetteError, match=r"c.yaml:8: invalid YAML: duplicate key 'total_tokens' \(first on line 8\)"
+    ):
+        load_cassette(path)
+
+
+def test_a_document_reads_a_free_form_value_as_json_does() -> None:
+    """With ``loader=JsonLoader`` an unquoted date stays a string; ``value()`` builds a free-form value."""
+    doc = Document("f.yaml", ConfigError, "a file", loader=JsonLoader)
+    root = doc.compose("meta: {when: 2024-01-01, tags: [a, 1, 2.5, null, true]}\n")
+    assert root is not None
+    [(_, _, node)] = doc.mapping(root, "", "a mapping")
+    assert doc.value(node) == {"when": "2024-01-01", "tags": ["a", 1, 2.5, None, True]}
 
 
 def test_oversized_and_device_cassettes_are_refused(
