@@ -26,6 +26,7 @@ __all__ = [
     "MAX_BYTES",
     "Document",
     "JsonLoader",
+    "SafeLoader",
     "did_you_mean",
     "invalid_yaml",
     "join",
@@ -153,7 +154,35 @@ _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 _TIMESTAMP: Final = _TAG_PREFIX + "timestamp"
 
 
-class JsonLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+class SafeLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """PyYAML's safe loader (libyaml's where installed) whose ``!!int``, ``!!float`` and ``!!bool``
+    scalars that are not one (``!!int abc``) are YAML errors at their line, not a ``ValueError``."""
+
+
+class _SafeConstructor(yaml.constructor.SafeConstructor):
+    """:class:`SafeLoader`'s constructor alone, for nodes already composed."""
+
+
+def _checked(tag: str) -> Any:
+    construct = yaml.constructor.SafeConstructor.yaml_constructors[_TAG_PREFIX + tag]
+
+    def build(loader: yaml.constructor.SafeConstructor, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, KeyError, OverflowError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown(node.value)} is not a valid !!{tag}", node.start_mark
+            ) from None
+
+    return build
+
+
+for _tag in ("int", "float", "bool"):
+    SafeLoader.add_constructor(_TAG_PREFIX + _tag, _checked(_tag))
+    _SafeConstructor.add_constructor(_TAG_PREFIX + _tag, _checked(_tag))
+
+
+class JsonLoader(SafeLoader):
     """A safe YAML loader that builds only what JSON holds (cassettes are JSON bodies written as YAML): an
     unquoted date stays the string it reads as; ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and
     ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``."""
@@ -199,7 +228,7 @@ class Document:
         self.what = what  # "a price file": for messages
         self._error = error
         self._loader = loader  # what composes: JsonLoader reads as JSON does (libyaml where installed)
-        self._constructor = yaml.constructor.SafeConstructor()
+        self._constructor = _SafeConstructor()
 
     def error(self, node: yaml.Node | None, key_path: str, message: str) -> Exception:
         where = self.name if node is None else f"{self.name}:{node.start_mark.line + 1}"

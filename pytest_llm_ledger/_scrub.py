@@ -27,6 +27,7 @@ from typing import Any, Final
 import yaml
 
 from llm_ledger import CassetteError
+from llm_ledger.loading import SafeLoader
 
 from ._format import (
     REQUEST_HEADERS,
@@ -169,8 +170,7 @@ def _load(path: Path) -> tuple[Any, str, bool]:
     try:
         if as_json:
             return json.loads(text), "", True
-        loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        doc = yaml.load(text, Loader=loader)  # not JsonLoader: vcrpy writes compressed bodies as !!binary
+        doc = yaml.load(text, Loader=SafeLoader)  # not JsonLoader: vcrpy writes compressed bodies as !!binary
     except ValueError as exc:  # json.JSONDecodeError
         raise CassetteError(f"{path}: not valid JSON ({exc})") from None
     except yaml.YAMLError as exc:

@@ -338,19 +338,30 @@ def test_scrub_knows_the_recorders_names_and_finds_echoed_header_keys(
     )
 
 
+# a cassette's start, up to its first response (line 4)
+_ONE = "version: 1\ninteractions:\n- request: {method: POST, url: 'http://x/v1/chat/completions'}\n"
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
         ("version: 1\ninteractions:\n- request: {url: 'http://x/v1\n", ":4: invalid YAML: while scanning a"),
         ("interactions: !!python/object/apply:os.getcwd []\n", ":1: invalid YAML: could not determine"),
         ("interactions: \x07\n", ":1: invalid YAML: control characters are not allowed"),
+        (f"{_ONE}  response: {{status: !!int abc}}\n", ":4: invalid YAML: 'abc' is not a valid !!int"),
+        (
+            f"{_ONE}  response: {{status: 200, text: !!bool maybe}}\n",
+            ":4: invalid YAML: 'maybe' is not a valid !!bool",
+        ),
+        (f"{_ONE}  response: {{status: !!float x}}\n", ":4: invalid YAML: 'x' is not a valid !!float"),
     ],
-    ids=["truncated", "python tag", "control character"],
+    ids=["truncated", "python tag", "control character", "not an int", "not a bool", "not a float"],
 )
 def test_scrub_and_the_plugin_word_invalid_yaml_alike(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
 ) -> None:
-    """A cassette that is not YAML gets one message, `file:line: invalid YAML: what`, from
+    """A cassette that is not YAML (or holds a ``!!int`` that is none) gets one message,
+    `file:line: invalid YAML: what`, from
     `llm-ledger scrub` and from the plugin's cassette loader (which adds how to re-record)."""
     path = tmp_path / "bad.yaml"
     path.write_text(content)
