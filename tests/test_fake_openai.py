@@ -480,6 +480,11 @@ def test_a_queued_failure_goes_to_the_next_request_to_arrive(fake: FakeOpenAI) -
     timing_out = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0, timeout=0.05)
     with timing_out as sdk, pytest.raises(openai.APITimeoutError):
         sdk.chat.completions.create(model=MODEL, messages=USER, extra_headers=slow)
+    # a loaded host may deliver the request after its client gave up: it must have arrived first
+    deadline = time.monotonic() + 10
+    while not fake.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # past taking its answer (none queued yet)
     fake.fail_next(401)
     time.sleep(0.4)  # the slow request's handler has finished its delay
     client = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0)
