@@ -98,12 +98,15 @@ class AnomalyConfig:
                 values[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
                 continue
             real = name in ("k", "min_mad_ratio")
-            try:
-                values[name] = float(raw) if real else int(raw)
+            try:  # k=5 reads as AnomalyConfig(k=5) does
+                values[name] = float(raw) if real and not raw.lstrip("+-").isdigit() else int(raw)
             except ValueError:
                 kind = "a number" if real else "a whole number"
                 raise ConfigError(f"{source}={text!r}: {name} must be {kind}, got {raw!r}") from None
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:  # the checks of the settings, named after the variable holding them
+            raise ConfigError(f"{source}={text!r}: {str(exc).removeprefix('anomalies: ')}") from None
 
 
 def _value(summary: Mapping[str, Any], metric: str) -> float | None:

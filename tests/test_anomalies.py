@@ -266,6 +266,14 @@ def test_bad_environment_and_arguments_are_config_errors(
     monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "min_runs=2.5")
     with pytest.raises(ConfigError, match=r"min_runs must be a whole number, got '2\.5'"):
         llm_ledger.configure(log_dir=None)
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "k=0")  # the operator's value, as AnomalyConfig(k=0) shows it
+    with pytest.raises(
+        ConfigError, match=r"^LLM_LEDGER_ANOMALIES='k=0': k must be a number of MADs, greater than 0, got 0$"
+    ):
+        llm_ledger.configure(log_dir=None)
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "window=10,min_runs=50")
+    with pytest.raises(ConfigError, match=r"^LLM_LEDGER_ANOMALIES='window=10,min_runs=50': min_runs \(50\)"):
+        llm_ledger.configure(log_dir=None)
     monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "k=5,window=200,k=8")  # which k did the operator mean?
     with pytest.raises(ConfigError, match="k is given twice; give each setting once"):
         llm_ledger.configure(log_dir=None)
