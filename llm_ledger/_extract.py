@@ -182,11 +182,9 @@ class JsonView:
 
 
 def _fields(obj: Any) -> Any:
-    """An SDK object's field values, read by ``.get(name)`` after one attribute lookup.
-
-    The SDK's pydantic models keep every declared field in their ``__dict__``; reading a name they
-    lack by attribute goes through pydantic's ``__getattr__`` hook (about 420 instructions).
-    """
+    """An SDK object's field values, read by ``.get(name)`` after one attribute lookup: the SDK's
+    pydantic models keep every declared field in their ``__dict__``, and reading a name they lack by
+    attribute goes through pydantic's slow ``__getattr__`` hook."""
     fields = getattr(obj, "__dict__", None)
     return fields if type(fields) is dict else _Attributes(obj)
 
