@@ -8,7 +8,7 @@ whole ledger's budget per call).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._records import RequestShape, ResponseShape, Usage
 
@@ -191,13 +191,7 @@ def _fields(obj: Any) -> Any:
 
 def no_usage() -> Usage:
     """The usage of a call whose counts are unknown."""
-    return {
-        "prompt_tokens": None,
-        "completion_tokens": None,
-        "total_tokens": None,
-        "cached_tokens": None,
-        "reasoning_tokens": None,
-    }
+    return cast(Usage, dict.fromkeys(Usage.__annotations__))
 
 
 def usage_of(operation: str, usage: Any) -> Usage:
