@@ -183,11 +183,12 @@ class _Call:
         ``error`` names: a connection error has no response) and the request id (for results that
         do not carry one)."""
         response = self.http_response
-        if self.server is None:
+        source: Any = response if response is not None else error
+        if self.server is None and source is not None:
             try:
-                url = (response if response is not None else error).request.url  # type: ignore[union-attr]
+                url = source.request.url
             except Exception:
-                url = None  # no response and no request known: the server stays unknown
+                url = None  # no request known: the server stays unknown
             self.server = server_of(url)
         if response is not None:
             self.http_response = None
@@ -482,7 +483,7 @@ class LLMCallMonitor:
             call.request_id = response["request_id"]  # the response's header need not be read
         call.let_go(error)
         response["request_id"] = call.request_id
-        server = cast(ServerShape, call.server)
+        server = call.server or server_of(None)  # no response, and no error naming a request
         prices = self.prices
         try:
             route = call.endpoint.route(prices)  # resolved once per client and price table
