@@ -8,7 +8,7 @@ whole ledger's budget per call).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._records import RequestShape, ResponseShape, Usage
 
@@ -182,24 +182,16 @@ class JsonView:
 
 
 def _fields(obj: Any) -> Any:
-    """An SDK object's field values, read by ``.get(name)`` after one attribute lookup.
-
-    The SDK's pydantic models keep every declared field in their ``__dict__``; reading a name they
-    lack by attribute goes through pydantic's ``__getattr__`` hook (about 420 instructions).
-    """
+    """An SDK object's field values, read by ``.get(name)`` after one attribute lookup: the SDK's
+    pydantic models keep every declared field in their ``__dict__``, and reading a name they lack by
+    attribute goes through pydantic's slow ``__getattr__`` hook."""
     fields = getattr(obj, "__dict__", None)
     return fields if type(fields) is dict else _Attributes(obj)
 
 
 def no_usage() -> Usage:
     """The usage of a call whose counts are unknown."""
-    return {
-        "prompt_tokens": None,
-        "completion_tokens": None,
-        "total_tokens": None,
-        "cached_tokens": None,
-        "reasoning_tokens": None,
-    }
+    return cast(Usage, dict.fromkeys(Usage.__annotations__))
 
 
 def usage_of(operation: str, usage: Any) -> Usage:
@@ -222,8 +214,12 @@ def usage_of(operation: str, usage: Any) -> Usage:
         if completion is None and operation == "embeddings":
             completion = 0
         cached = getattr(fields.get("prompt_tokens_details"), "cached_tokens", None)
-        if cached is None:
-            cached = _cache_hits(usage)
+        if cached is None:  # DeepSeek's, beside prompt_tokens: the SDK's models keep undeclared fields apart
+            extra = getattr(usage, "__pydantic_extra__", None)
+            if type(extra) is dict:
+                cached = extra.get("prompt_cache_hit_tokens")
+            else:
+                cached = getattr(usage, "prompt_cache_hit_tokens", None)
         reasoning = getattr(fields.get("completion_tokens_details"), "reasoning_tokens", None)
     total = fields.get("total_tokens")
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
@@ -263,15 +259,6 @@ def reasoning_in_completion(usage: Usage) -> Usage:
     reasoning = usage["reasoning_tokens"]  # Gemini may report none: then the gap is its thinking
     reasoning = reasoning if type(reasoning) is int and reasoning > 0 else hidden
     return {**usage, "completion_tokens": completion, "reasoning_tokens": min(reasoning, completion)}
-
-
-def _cache_hits(usage: Any) -> Any:
-    """DeepSeek's cached prompt tokens: ``prompt_cache_hit_tokens``, beside ``prompt_tokens`` (no
-    ``prompt_tokens_details``). The SDK's models keep fields they do not declare apart."""
-    extra = getattr(usage, "__pydantic_extra__", None)
-    if type(extra) is dict:
-        return extra.get("prompt_cache_hit_tokens")
-    return getattr(usage, "prompt_cache_hit_tokens", None)
 
 
 def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:

@@ -116,15 +116,10 @@ def _begin(
         monitor._report("reading the request", exc)
         return None, options
     # made last: a call counts in its lenses from here on, so it must reach _finish
+    call = _Call(operation, request, endpoint, raw, hide_usage, 0 if counts_retries else None)
     if monitor.capture_content:
-        call = _Call(operation, request, client, endpoint)
+        call.client = client
         call.content = monitor._captured_request(sent)
-    else:
-        call = _Call(operation, request, None, endpoint)
-    if not counts_retries:
-        call.retries = None
-    call.raw = raw
-    call.hide_usage = hide_usage
     return call, options
 
 
@@ -177,8 +172,7 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
                 _watch(monitor, call, result.parse(), is_async)
             elif call.request["stream"] or raw == "stream":
                 # the body is not read yet, and the caller may read it any way: watch its bytes
-                call.response_request_id()
-                call.http_response = None
+                call.let_go()
                 tap_body(monitor, call, http_response, is_async=is_async)
             else:
                 # the SDK read the body: read it as create() would, without the caller's parse()
@@ -197,8 +191,7 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
 
 
 def _watch(monitor: LLMCallMonitor, call: _Call, stream: Any, is_async: bool) -> None:
-    call.response_request_id()
-    call.http_response = None  # the call outlives its request (an abandoned stream's finalizer)
+    call.let_go()
     watch_stream(monitor, call, stream, is_async=is_async)
 
 

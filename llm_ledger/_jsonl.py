@@ -115,19 +115,14 @@ class LedgerJsonFormatter(OrjsonFormatter):
     def record_line(self, record: Mapping[str, Any]) -> bytes:
         """The line of a ledger record dict: what ``format_line`` gives for it, without a ``LogRecord``."""
         if self._plain:
-            line = self._dict_line(record)
-            if line is not None:
-                return line
-        return (self.format(_log_record(dict(record))) + "\n").encode("utf-8", "backslashreplace")
-
-    def _dict_line(self, record: Mapping[str, Any]) -> bytes | None:
-        try:
-            return orjson.dumps(record, default=self.json_default, option=_ORJSON_OPTIONS)
-        except (TypeError, ValueError):
-            try:  # e.g. a context value that is a dict with integer keys
-                return orjson.dumps(record, default=self.json_default, option=_NON_STR_KEYS_OPTIONS)
+            try:
+                return orjson.dumps(record, default=self.json_default, option=_ORJSON_OPTIONS)
             except (TypeError, ValueError):
-                return None  # the json module's fallback (format() -> jsonify_log_record)
+                try:  # e.g. a context value that is a dict with integer keys
+                    return orjson.dumps(record, default=self.json_default, option=_NON_STR_KEYS_OPTIONS)
+                except (TypeError, ValueError):
+                    pass  # the json module's fallback (format() -> jsonify_log_record)
+        return (self.format(_log_record(dict(record))) + "\n").encode("utf-8", "backslashreplace")
 
 
 def json_text(value: Mapping[str, Any]) -> str:

@@ -147,7 +147,15 @@ class _Call:
         "ttft",
     )
 
-    def __init__(self, operation: str, request: RequestShape, client: Any, endpoint: Endpoint) -> None:
+    def __init__(
+        self,
+        operation: str,
+        request: RequestShape,
+        endpoint: Endpoint,
+        raw: str | None,
+        hide_usage: bool,
+        retries: int | None,
+    ) -> None:
         self.operation = operation
         self.endpoint = endpoint  # the instrumented client's server: how its calls are priced
         self.request = request
@@ -155,13 +163,13 @@ class _Call:
         lenses = current_lenses()
         # the lens runs this call counts in (a run that has ended counts no new call)
         self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
-        self.client = client  # only with content capture: its API key is scrubbed from the text
-        self.retries: int | None = 0  # None when the client's retries cannot be counted
+        self.client: Any = None  # only with content capture: its API key is scrubbed from the text
+        self.retries = retries  # None when the client's retries cannot be counted
         self.request_id: str | None = None
-        self.raw: str | None = None  # the SDK's raw-response header: "true" or "stream" (with_*_response)
+        self.raw = raw  # the SDK's raw-response header: "true" or "stream" (with_*_response)
         self.http_response: Any = None  # the last HTTP response, set by the client's response hook
         self.ttft: float | None = None
-        self.hide_usage = False  # the ledger asked a stream for usage on the caller's behalf
+        self.hide_usage = hide_usage  # the ledger asked a stream for usage on the caller's behalf
         self.done = False
         self.forks = _forks
         self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
@@ -169,29 +177,26 @@ class _Call:
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
 
-    def response_request_id(self) -> str | None:
-        """The request id of the last HTTP response (for results that do not carry one); notes the
-        server it came from too (called before the response is let go)."""
-        if self.http_response is not None:
-            self.note_server(None)
+    def let_go(self, error: BaseException | None = None) -> None:
+        """Keep what the record takes from the last HTTP response, then let it go (the call may
+        outlive its request: a stream's finalizer): where the call went (else the request its
+        ``error`` names: a connection error has no response) and the request id (for results that
+        do not carry one)."""
+        response = self.http_response
+        source: Any = response if response is not None else error
+        if self.server is None and source is not None:
+            try:
+                url = source.request.url
+            except Exception:
+                url = None  # no request known: the server stays unknown
+            self.server = server_of(url)
+        if response is not None:
+            self.http_response = None
             if self.request_id is None:
                 try:
-                    self.request_id = self.http_response.headers.get("x-request-id")
+                    self.request_id = response.headers.get("x-request-id")
                 except Exception:
                     pass  # a response without readable headers: no request id
-        return self.request_id
-
-    def note_server(self, error: BaseException | None) -> ServerShape:
-        """Where the call went: the URL of its last HTTP response's request, else of the request its
-        error names (a connection error has no response)."""
-        if self.server is None:
-            source = self.http_response if self.http_response is not None else error
-            try:
-                url = source.request.url  # type: ignore[union-attr]
-            except Exception:
-                url = None  # no response and no request known: the server stays unknown
-            self.server = server_of(url)
-        return self.server
 
 
 def _secret(client: Any) -> str | None:
@@ -388,10 +393,9 @@ class LLMCallMonitor:
             self._report("capturing a request's content", exc)
             return None
 
-    def _scrubbed_content(self, call: _Call, output_text: str | None) -> dict[str, Any] | None:
-        content = call.content
-        if content is None:
-            return None
+    def _scrubbed_content(
+        self, call: _Call, content: dict[str, Any], output_text: str | None
+    ) -> dict[str, Any]:
         secret = _secret(call.client)
 
         def scrub(value: Any) -> Any:
@@ -475,11 +479,17 @@ class LLMCallMonitor:
             response = _NO_RESPONSE.copy()
         elif type(response["model"]) is not str:
             response["model"] = None  # e.g. a compatible server answering with a number
-        if response["request_id"] is None:
-            response["request_id"] = call.response_request_id()
-        server = call.note_server(error)
-        call.http_response = None  # not kept: the call may outlive its request (a stream)
-        route = self._route(call)
+        if response["request_id"] is not None:
+            call.request_id = response["request_id"]  # the response's header need not be read
+        call.let_go(error)
+        response["request_id"] = call.request_id
+        server = call.server or server_of(None)  # no response, and no error naming a request
+        prices = self.prices
+        try:
+            route = call.endpoint.route(prices)  # resolved once per client and price table
+        except Exception as exc:
+            self._report("choosing how a client is priced", exc)
+            route = prices.route()
         server["provider"] = route.provider
         if route.reasoning_outside:  # Google, xAI: thinking tokens left out of completion_tokens
             usage = reasoning_in_completion(usage)
@@ -511,21 +521,12 @@ class LLMCallMonitor:
             completion_cost_units=completion_cost,
             retries=call.retries,
             error=error_shape,
-            content=self._scrubbed_content(call, output_text),
+            content=None if call.content is None else self._scrubbed_content(call, call.content, output_text),
             cost_source=source,
             cost_matched_by=route.matched_by,
             reported_cost_units=reported,
         )
         return record, total_cost
-
-    def _route(self, call: _Call) -> Route:
-        """How the call's client is priced (resolved once per client and price table)."""
-        prices = self.prices
-        try:
-            return call.endpoint.route(prices)
-        except Exception as exc:
-            self._report("choosing how a client is priced", exc)
-        return prices.route()
 
     def _price(
         self, route: Route, served: str | None, requested: str | None, usage: Usage

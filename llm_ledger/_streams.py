@@ -74,22 +74,13 @@ class _StreamState:
 
     # -- chat completions ---------------------------------------------------------------------------
 
-    def chat_model(self, chunk: Any) -> bool:
-        """Count one SDK chunk; whether the caller gets it."""
-        fields = getattr(chunk, "__dict__", None)
+    def chat(self, chunk: Any) -> bool:
+        """Count one chunk (an SDK model or the JSON object); False for the usage chunk the caller did
+        not ask for."""
+        fields = chunk if type(chunk) is dict else getattr(chunk, "__dict__", None)
         if type(fields) is not dict:
             return True  # not one of the SDK's models: handed on unread
-        shown = self.chat(fields)
-        if shown and self.hide_usage:
-            # usage asked for on the caller's behalf comes as "usage": null on every chunk, or from
-            # some compatible servers as the counts so far: the bare SDK's chunk has no usage set
-            # (to_dict() / model_dump(exclude_unset=True) show it)
-            fields["usage"] = None
-            chunk.__pydantic_fields_set__.discard("usage")
-        return shown
-
-    def chat(self, fields: dict[str, Any]) -> bool:
-        """Count one chunk (its field dict); False for the usage chunk the caller did not ask for."""
+        counted = False
         if self.warm and fields.get("usage") is None:
             # the short path (nearly every chunk): one choice, not finished, no tool call, no usage;
             # what _chat does with such a chunk, without its checks. Fields are read from the models'
@@ -108,8 +99,15 @@ class _StreamState:
                             self.chars += len(content)
                             if self.text is not None:
                                 self.text.append(content)
-                        return True
-        return self._chat(fields)
+                        counted = True
+        shown = counted or self._chat(fields)
+        if shown and self.hide_usage and fields is not chunk:
+            # usage asked for on the caller's behalf comes as "usage": null on every chunk, or from
+            # some compatible servers as the counts so far: the bare SDK's chunk has no usage set
+            # (to_dict() / model_dump(exclude_unset=True) show it)
+            fields["usage"] = None
+            chunk.__pydantic_fields_set__.discard("usage")
+        return shown
 
     def _chat(self, fields: dict[str, Any]) -> bool:
         call = self.call
@@ -157,7 +155,7 @@ class _StreamState:
             if self.hide_usage:
                 if not chunk.choices and chunk.usage is not None:
                     return False
-                chunk.__dict__["usage"] = None  # as chat_model() hands it on
+                chunk.__dict__["usage"] = None  # as chat() hands it on
                 chunk.__pydantic_fields_set__.discard("usage")
         except Exception:
             pass  # not an SDK chunk: handed on
@@ -165,15 +163,11 @@ class _StreamState:
 
     # -- responses ------------------------------------------------------------------------------------
 
-    def event_model(self, event: Any) -> bool:
-        """Count one SDK Responses event; the caller gets every one."""
-        fields = getattr(event, "__dict__", None)
-        if type(fields) is dict:
-            self.event(fields)
-        return True
-
-    def event(self, fields: dict[str, Any]) -> bool:
-        """Count one Responses event (its field dict)."""
+    def event(self, event: Any) -> bool:
+        """Count one Responses event (an SDK model or the JSON object); the caller gets every one."""
+        fields = event if type(event) is dict else getattr(event, "__dict__", None)
+        if type(fields) is not dict:
+            return True  # not one of the SDK's models: handed on unread
         kind = fields.get("type")
         call = self.call
         if kind == "response.output_text.delta":
@@ -301,7 +295,7 @@ async def _sdk_async(
 def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async: bool) -> None:
     """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
     state = _StreamState(monitor, call)
-    see = state.event_model if call.operation == "responses" else state.chat_model
+    see = state.event if call.operation == "responses" else state.chat
     shell: Any = (_sdk_async if is_async else _sdk_sync)(state, stream._iterator, see)
     stream._iterator = shell
     # a caller stops reading by closing the HTTP response: Stream.close() does, and so do the SDK's
