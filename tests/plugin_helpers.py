@@ -9,6 +9,8 @@ fixtures by their function names (``server_fixture``...); pytest knows them by `
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shutil
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -139,11 +141,28 @@ def with_key_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-key-1234")
 
 
+# the recorded projects of this process, by the prompt the inner tests read when recording
+_RECORDED: dict[str | None, Path] = {}
+
+
 @pytest.fixture(name="recorded")
-def recorded_fixture(pytester: pytest.Pytester, server: FakeOpenAI, with_key: None) -> pytest.Pytester:
-    """An inner project whose three tests are recorded, with the server then stopped."""
-    write_project(pytester)
-    assert run(pytester, "--llm-record-mode=once").ret == 0
+def recorded_fixture(
+    pytester: pytest.Pytester, server: FakeOpenAI, with_key: None, tmp_path_factory: pytest.TempPathFactory
+) -> pytest.Pytester:
+    """An inner project whose three tests are recorded, with the server then stopped.
+
+    The first test of a process records it; the next ones get a copy of that project as it was right
+    after recording, cassettes included: a recording is a whole pytest session, and each would write
+    the same files (the fake server answers alike every time; cassettes do not store its port)."""
+    prompt = os.environ.get("LEDGER_TEST_PROMPT")
+    if prompt in _RECORDED:
+        shutil.copytree(_RECORDED[prompt], pytester.path, dirs_exist_ok=True)
+    else:
+        write_project(pytester)
+        assert run(pytester, "--llm-record-mode=once").ret == 0
+        _RECORDED[prompt] = tmp_path_factory.mktemp("recorded") / "project"
+        # bytecode names the file it was compiled from: a copy's tracebacks would name this project
+        shutil.copytree(pytester.path, _RECORDED[prompt], ignore=shutil.ignore_patterns("__pycache__"))
     server.stop()
     return pytester
 
