@@ -32,9 +32,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# three workers on two cores: many tests wait on a server, a subprocess or a scrape, not on a core
+# three workers on two cores: many tests wait on a server, a subprocess or a scrape, not on a core.
+# Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (the files are git-ignored): without
+# it every worker and every Python a test starts compiles llm_ledger and rewrites the test modules
+# again
 unit: $(STAMP)
-	$(BIN)/pytest -n 3 --dist worksteal --llm-budget --llm-strict
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 3 --dist worksteal --llm-budget --llm-strict
 
 # mypy runs beside the tests: they leave the cores idle now and then (servers starting, processes
 # waiting on each other), which mypy's cold run on a fresh clone fills; either failing fails the target

@@ -55,6 +55,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     )  # stable: the rest keep their order
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _empty_trust_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every SDK client made here talks plain HTTP to a loopback server, yet making one loads the whole
+    system CA bundle into its TLS context (most of a small test's time): the clients of this session
+    and of the processes it starts get an empty store (no test speaks TLS; none reaches the network)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SSL_CERT_FILE", raising=False)  # read before SSL_CERT_DIR
+        patch.setenv("SSL_CERT_DIR", str(tmp_path_factory.mktemp("no-certificates")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def _fake_server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:

@@ -9,9 +9,11 @@ fixtures by their function names (``server_fixture``...); pytest knows them by `
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shutil
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -139,11 +141,38 @@ def with_key_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-key-1234")
 
 
+# the projects made once in this process (by once_per_process), by key
+_MADE: dict[object, Path] = {}
+
+
+def once_per_process(
+    key: object, pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, make: Callable[[], None]
+) -> None:
+    """``make()`` the project in ``pytester`` the first time ``key`` is asked for in this process; the
+    next times, copy the project as ``make`` left it. For projects made by whole pytest sessions
+    (recordings, reports) that would come out the same every time: the fake server answers alike on
+    every port, and cassettes do not store the port."""
+    if key in _MADE:
+        shutil.copytree(_MADE[key], pytester.path, dirs_exist_ok=True)
+        return
+    make()
+    _MADE[key] = tmp_path_factory.mktemp("made") / "project"
+    # bytecode names the file it was compiled from: a copy's tracebacks would name this project
+    shutil.copytree(pytester.path, _MADE[key], ignore=shutil.ignore_patterns("__pycache__"))
+
+
 @pytest.fixture(name="recorded")
-def recorded_fixture(pytester: pytest.Pytester, server: FakeOpenAI, with_key: None) -> pytest.Pytester:
-    """An inner project whose three tests are recorded, with the server then stopped."""
-    write_project(pytester)
-    assert run(pytester, "--llm-record-mode=once").ret == 0
+def recorded_fixture(
+    pytester: pytest.Pytester, server: FakeOpenAI, with_key: None, tmp_path_factory: pytest.TempPathFactory
+) -> pytest.Pytester:
+    """An inner project whose three tests are recorded, with the server then stopped (recorded once
+    per process: see once_per_process)."""
+
+    def record() -> None:
+        write_project(pytester)
+        assert run(pytester, "--llm-record-mode=once").ret == 0
+
+    once_per_process(("recorded", os.environ.get("LEDGER_TEST_PROMPT")), pytester, tmp_path_factory, record)
     server.stop()
     return pytester
 

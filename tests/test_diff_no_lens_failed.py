@@ -15,7 +15,7 @@ import vcr  # noqa: F401
 import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import once_per_process, run, server_fixture, with_key_fixture, write_project
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -60,17 +60,28 @@ def diff(path: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> str:
 
 @pytest.fixture
 def reports(
-    pytester: pytest.Pytester, server: FakeOpenAI, with_key: None, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester,
+    server: FakeOpenAI,
+    with_key: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
-    """base.json of a recorded run; head.json of a run whose call outside any lens missed its cassette."""
-    write_project(pytester, OUTSIDE_TESTS)
-    assert run(pytester, "--llm-record-mode=once").ret == 0
+    """base.json of a recorded run; head.json of a run whose call outside any lens missed its cassette
+    (made once per process: see once_per_process)."""
+
+    def make() -> None:
+        write_project(pytester, OUTSIDE_TESTS)
+        assert run(pytester, "--llm-record-mode=once").ret == 0
+        server.stop()
+        assert run(pytester, "--llm-report=base.json").ret == 0
+        with monkeypatch.context() as patch:
+            patch.setenv("LEDGER_TEST_PROMPT", "Say goodbye")
+            head = run(pytester, "--llm-report=head.json")
+        assert head.ret == pytest.ExitCode.TESTS_FAILED
+        (pytester.path / "head.out").write_text(head.stdout.str())
+
+    once_per_process("no-lens reports", pytester, tmp_path_factory, make)
     server.stop()
-    assert run(pytester, "--llm-report=base.json").ret == 0
-    monkeypatch.setenv("LEDGER_TEST_PROMPT", "Say goodbye")
-    head = run(pytester, "--llm-report=head.json")
-    assert head.ret == pytest.ExitCode.TESTS_FAILED
-    (pytester.path / "head.out").write_text(head.stdout.str())
     return pytester.path
 
 

@@ -27,9 +27,14 @@ def test_unmarked():
 """
 
 
+# `llm-ledger cassettes` collects in a pytest of its own: without hypothesis' plugin, as FAST_ARGS
+# runs the in-process sessions (these projects never use it, and it costs each collection an import)
+PROJECT_INI = INI + "addopts = -p no:hypothesispytest\nllm_cassette_keep = demo/*\n"
+
+
 def _project(pytester: pytest.Pytester) -> tuple[Path, Path, Path]:
     write_project(pytester, TESTS)
-    pytester.makefile(".ini", pytest=INI + "llm_cassette_keep = demo/*\n")
+    pytester.makefile(".ini", pytest=PROJECT_INI)
     owned = pytester.path / "cassettes" / "tests" / "test_app" / "test_kept.yaml"
     orphan = pytester.path / "cassettes" / "tests" / "test_gone" / "test_renamed.yaml"
     demo = pytester.path / "cassettes" / "demo" / "lens.yaml"
@@ -133,9 +138,7 @@ def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
     --collect-only`` (or --setup-plan, --setup-only, --fixtures) runs no test, so it checks no budget
     and fails on no notice, and ``llm-ledger cassettes`` (a collection) still lists the orphans."""
     _project(pytester)
-    pytester.makefile(
-        ".ini", pytest=INI + "llm_cassette_keep = demo/*\nllm_budget = true\nllm_strict = true\n"
-    )
+    pytester.makefile(".ini", pytest=PROJECT_INI + "llm_budget = true\nllm_strict = true\n")
     (pytester.path / "budgets.yaml").write_text("lenses:\n  summary: {max_api_calls: 1}\n")
 
     for inspect in ("--collect-only", "--setup-plan", "--setup-only", "--fixtures"):

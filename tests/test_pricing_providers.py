@@ -344,12 +344,12 @@ def test_a_reassigned_base_url_is_priced_at_its_new_host(
                 """,
             )
         )
-        client = monitor.instrument(
-            openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
-        )
-        client.chat.completions.create(model="openai/gpt-4o", messages=HI)
-        client.base_url = gateway.base_url
-        client.chat.completions.create(model="openai/gpt-4o", messages=HI)
+        # closed: its connection to the session's server would otherwise warn in a later test
+        with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+            client = monitor.instrument(raw)
+            client.chat.completions.create(model="openai/gpt-4o", messages=HI)
+            client.base_url = gateway.base_url
+            client.chat.completions.create(model="openai/gpt-4o", messages=HI)
     first, second = records.calls
     assert (first["server"]["provider"], first["cost"]["total_cost_usd"]) == ("vllm", 0.0)
     assert second["server"]["port"] == port_of(gateway)
