@@ -159,10 +159,6 @@ class SafeLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     scalars that are not one (``!!int abc``) are YAML errors at their line, not a ``ValueError``."""
 
 
-class _SafeConstructor(yaml.constructor.SafeConstructor):
-    """:class:`SafeLoader`'s constructor alone, for nodes already composed."""
-
-
 def _checked(tag: str) -> Any:
     construct = yaml.constructor.SafeConstructor.yaml_constructors[_TAG_PREFIX + tag]
 
@@ -179,7 +175,6 @@ def _checked(tag: str) -> Any:
 
 for _tag in ("int", "float", "bool"):
     SafeLoader.add_constructor(_TAG_PREFIX + _tag, _checked(_tag))
-    _SafeConstructor.add_constructor(_TAG_PREFIX + _tag, _checked(_tag))
 
 
 class JsonLoader(SafeLoader):
@@ -228,7 +223,7 @@ class Document:
         self.what = what  # "a price file": for messages
         self._error = error
         self._loader = loader  # what composes: JsonLoader reads as JSON does (libyaml where installed)
-        self._constructor = _SafeConstructor()
+        self._constructor = SafeLoader("")  # its constructor, for nodes already composed
 
     def error(self, node: yaml.Node | None, key_path: str, message: str) -> Exception:
         where = self.name if node is None else f"{self.name}:{node.start_mark.line + 1}"
