@@ -28,6 +28,10 @@ _CHILD = textwrap.dedent(
     """
     import json, sys, tempfile
     import httpx2, openai, llm_ledger
+    from llm_ledger import _jsonl
+    # valgrind runs the calls many times slower: the file's time triggers (a batch's age, a slow
+    # write) would fire where at full speed the batch fills first, and with the load of the host
+    _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
     variant, n = sys.argv[1], int(sys.argv[2])
     body = json.dumps({
         "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
@@ -73,6 +77,8 @@ _STREAM_CHILD = textwrap.dedent(
     """
     import gc, json, sys, tempfile
     import httpx2, openai, llm_ledger
+    from llm_ledger import _jsonl
+    _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0  # as above
     variant, streams, chunks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     def event(choices, **extra):
         chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
