@@ -9,9 +9,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ._errors import LedgerError
+
+_Server = TypeVar("_Server")
 
 # subcommand -> (module defining register(), its line in `llm-ledger --help`)
 _COMMANDS = {
@@ -88,6 +90,33 @@ def add_command(
         )
     parser.set_defaults(func=run)
     return parser
+
+
+def add_listen_options(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """``--port`` and ``--host``, spelled and checked the same way by every command that serves."""
+    parser.add_argument(
+        "--port", type=_port, default=default_port, help="port (default: %(default)s; 0 picks a free one)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.strip().isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0 to 65535 (0 picks a free one)")
+    return port
+
+
+def listening(bind: Callable[[], _Server], args: argparse.Namespace) -> _Server:
+    """The server ``bind()`` makes on ``args.host``:``args.port``; a port in use or an address this
+    machine does not have is an error saying so, not a traceback."""
+    try:
+        return bind()
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); choose another --port "
+            "(0 picks a free one), or a --host this machine has"
+        ) from exc
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -32,6 +32,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._cli import add_listen_options, listening
+
 __all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
 
 JSONDict = dict[str, Any]
@@ -1038,14 +1040,13 @@ def register(subparsers: Any, summary: str) -> None:
             "usage. Point a client at it with OPENAI_BASE_URL=http://HOST:PORT/v1 and any OPENAI_API_KEY."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8123, help="port (default 8123; 0 picks a free one)")
+    add_listen_options(parser, 8123)
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
     parser.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    server = FakeOpenAI(args.host, args.port, verbose=not args.quiet).start()
+    server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
     try:
         while True:

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -329,3 +330,28 @@ def test_help_imports_no_subcommand() -> None:
     assert all(name in done.stdout for name in ("--where", "--since", "--until"))
     done = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, check=True)
     assert all(f"    {name} " in done.stdout for name in ("diff", "report", "scrub", "serve"))
+
+
+@pytest.mark.parametrize("command", [["fake-server"], ["serve", "."]])
+def test_serving_commands_refuse_a_bad_port_or_address_with_an_error_not_a_traceback(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A port in use, an address the machine does not have and a port out of range each exit 2 with
+    one line naming the problem and the fix (they raised OSError / OverflowError tracebacks)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([*command, "--port", str(port)]) == 2
+        assert capsys.readouterr().err == (
+            f"llm-ledger {command[0]}: error: cannot listen on 127.0.0.1:{port} (Address already in "
+            "use); choose another --port (0 picks a free one), or a --host this machine has\n"
+        )
+    assert main([*command, "--port", "0", "--host", "192.0.2.1"]) == 2  # TEST-NET-1: not this machine's
+    assert "cannot listen on 192.0.2.1:0 (Cannot assign requested address)" in capsys.readouterr().err
+    for port_text in ("65536", "-1", "http"):
+        with pytest.raises(SystemExit) as exited:
+            main([*command, "--port", port_text])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --port: '{port_text}' is not a port: give 0 to 65535 (0 picks a free one)" in err

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
-from .._cli import add_command
+from .._cli import add_command, add_listen_options, listening
 from .._errors import ConfigError
 from ._aggregate import TIME_DIMENSIONS, QueryError, aggregate, make_query, parse_where
 from ._read import LogReader
@@ -157,14 +157,11 @@ def register(subparsers: Any, summary: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("log_dir", metavar="LOG_DIR", help="the ledger's log directory (e.g. logs)")
-    parser.add_argument(
-        "--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    add_listen_options(parser, 8000)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    server = make_server(args.log_dir, args.host, args.port)
+    server = listening(lambda: make_server(args.log_dir, args.host, args.port), args)
     host, port = str(server.server_address[0]), server.server_address[1]
     print(
         f"llm-ledger serve: GET http://{host}:{port}{ENDPOINT} over {args.log_dir} (Ctrl-C stops)", flush=True
