@@ -23,11 +23,12 @@ def _name(requirement: str) -> str:
 
 
 def test_a_production_install_needs_no_vcrpy_nor_pytest() -> None:
-    """vcrpy and pytest are in the pytest extra, not in the dependencies; dev installs that extra."""
+    """vcrpy and pytest are in the pytest extra, not in the dependencies; dev installs that extra. The
+    extra brings pytest-asyncio too: the README's CI test is an asyncio test."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert {"vcrpy", "pytest"}.isdisjoint(_name(d) for d in project["dependencies"])
     extras = project["optional-dependencies"]
-    assert {"vcrpy", "pytest"} <= {_name(d) for d in extras["pytest"]}
+    assert {"vcrpy", "pytest", "pytest-asyncio"} <= {_name(d) for d in extras["pytest"]}
     assert any(_name(d) == "llm-ledger" and "pytest" in d.split("[")[1] for d in extras["dev"] if "[" in d)
 
 
