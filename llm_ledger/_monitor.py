@@ -494,7 +494,7 @@ class LLMCallMonitor:
         if route.reasoning_outside:  # Google, xAI: thinking tokens left out of completion_tokens
             usage = reasoning_in_completion(usage)
         prompt_cost = completion_cost = total_cost = source = None
-        costs = self._price(route, response["model"], call.request["model"], usage)
+        costs = self._price(route, response["model"], call.request["model"], usage, call.start_epoch)
         if costs is not None:
             prompt_cost, completion_cost, source = costs
             total_cost = prompt_cost + completion_cost
@@ -529,7 +529,7 @@ class LLMCallMonitor:
         return record, total_cost
 
     def _price(
-        self, route: Route, served: str | None, requested: str | None, usage: Usage
+        self, route: Route, served: str | None, requested: str | None, usage: Usage, at: float
     ) -> tuple[int, int, str] | None:
         """(prompt, completion) cost in 10**-24 USD and the rates' source, at the served model's price
         (an Azure deployment reports the model behind it), else the requested one's; None without
@@ -540,7 +540,7 @@ class LLMCallMonitor:
             return None
         cached = usage["cached_tokens"] or 0
         try:
-            costs = route._costs(served, prompt_tokens, completion_tokens, cached, 1, requested)
+            costs = route._costs(served, prompt_tokens, completion_tokens, cached, 1, requested, at)
             if costs is not None:
                 return costs
         except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens

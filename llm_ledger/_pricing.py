@@ -13,9 +13,11 @@ import fnmatch
 import functools
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -147,6 +149,7 @@ _REASONING_OUTSIDE: Final = frozenset({"google", "x-ai"})
 # 60 digits keep every conversion between rates, units and USD exact.
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 _ONE: Final = Decimal(1)
+_DAY: Final = 24 * 60 * 60
 
 # Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
 # 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
@@ -160,6 +163,9 @@ class _Entry:
     rates: Rates
     base: _PerToken
     tiers_desc: tuple[tuple[int, _PerToken], ...]  # highest start first, so the first hit is the tier
+    # prices by UTC time of day (DeepSeek's off-peak hours): (second of the day it starts, its entry),
+    # latest start first; empty when the price is the same all day
+    by_time: tuple[tuple[int, _Entry], ...] = ()
 
 
 def _units(rate_per_mtok: Decimal) -> int:
@@ -173,9 +179,10 @@ def _per_token(rates: Rates) -> _PerToken:
     return inp, cached, _units(rates.output)
 
 
-def _compile(rates: Rates) -> _Entry:
+def _compile(rates: Rates, by_time: tuple[tuple[int, Rates], ...] = ()) -> _Entry:
     tiers = tuple((start, _per_token(tier)) for start, tier in reversed(rates.tiers))
-    return _Entry(rates, _per_token(rates), tiers)
+    timed = tuple((start, _compile(other)) for start, other in reversed(by_time))
+    return _Entry(rates, _per_token(rates), tiers, timed)
 
 
 def _usd(units: int) -> Decimal:
@@ -260,16 +267,26 @@ class Route:
         return None if entry is None else entry.rates
 
     def cost(
-        self, model: str, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+        self,
+        model: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        at: datetime | None = None,
     ) -> Cost | None:
         """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
         ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
-        are counted inside ``completion_tokens`` and must not be added again."""
+        are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
+        when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours)."""
         counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
         for name, count in (*counts, ("cached_tokens", cached_tokens)):
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
                 raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
-        costs = self._costs(model, prompt_tokens, completion_tokens, cached_tokens)
+        if at is not None and not (isinstance(at, datetime) and at.tzinfo is not None):
+            raise ValueError(f"at must be a datetime with a time zone (e.g. datetime.now(UTC)), got {at!r}")
+        epoch = None if at is None else at.timestamp()
+        costs = self._costs(model, prompt_tokens, completion_tokens, cached_tokens, at=epoch)
         if costs is None:
             return None
         prompt_cost, completion_cost, _ = costs
@@ -283,13 +300,15 @@ class Route:
         cached_tokens: int,
         calls: int = 1,
         fallback: str | None = None,
+        at: float | None = None,
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
         source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
         ``model`` is the one served). A price-file entry for ``fallback`` wins over a built-in price for
         ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
         The tokens may be the sum of ``calls`` calls (a report's row): a long-context tier is judged on
-        their average size, as no call's own size is known."""
+        their average size, as no call's own size is known. ``at`` (epoch seconds, default now) is when
+        the call was made: a price by time of day is the one of that time."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -309,6 +328,9 @@ class Route:
                 f"got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
                 f"completion_tokens={completion_tokens!r}"
             )
+        if entry.by_time:
+            second = int(time.time() if at is None else at) % _DAY
+            entry = next(timed for start, timed in entry.by_time if second >= start)
         inp, cached, out = entry.base
         for start, per_token in entry.tiers_desc:
             if prompt_tokens > start * calls:
@@ -321,22 +343,23 @@ class Route:
         """``model``'s rates here, resolved once (unknown names too)."""
         entry: _Entry | None = self._cache.get(model, _MISSING)
         if entry is _MISSING:
-            rates = self._resolve(model)
-            entry = None if rates is None else _compile(rates)
+            entry = self._resolve(model)
             if len(self._cache) < _MAX_CACHED_NAMES:
                 self._cache[model] = entry
         return entry
 
-    def _resolve(self, model: str) -> Rates | None:
+    def _resolve(self, model: str) -> _Entry | None:
         if not isinstance(model, str) or not model:
             return None
         candidates = list(_candidate_names(model, strip_openai=self._provider_id in _OPENAI_NAMED))
         rates = self._table._override(candidates)
-        if rates is None and self._table._builtin:
+        if rates is not None:
+            return _compile(rates)
+        if self._table._builtin:
             for name in candidates:
-                if (rates := _builtin_rates(name, self._provider_id or DEFAULT_PROVIDER)) is not None:
-                    break
-        return rates
+                if (entry := _builtin_rates(name, self._provider_id or DEFAULT_PROVIDER)) is not None:
+                    return entry
+        return None
 
 
 class PriceTable:
@@ -449,14 +472,16 @@ class PriceTable:
         completion_tokens: int,
         cached_tokens: int = 0,
         provider: str | None = None,
+        at: datetime | None = None,
     ) -> Cost | None:
-        """The cost of one call (at ``provider``, else by model name alone), or ``None`` (never zero)
-        when ``model`` has no known price. See :meth:`Route.cost`."""
+        """The cost of one call (at ``provider``, else by model name alone, made ``at``, default now), or
+        ``None`` (never zero) when ``model`` has no known price. See :meth:`Route.cost`."""
         return self._priced_at(provider).cost(
             model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cached_tokens=cached_tokens,
+            at=at,
         )
 
     def _override(self, candidates: list[str]) -> Rates | None:
@@ -548,8 +573,9 @@ def provider_error(name: str) -> str:
     return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"
 
 
-def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> Rates | None:
+def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
     import genai_prices
+    from genai_prices.types import TimeOfDateConstraint
 
     providers = _genai_providers()
     provider = _genai_provider(provider_id)
@@ -558,16 +584,41 @@ def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> Rates | No
     info = provider.find_model(name, all_providers=providers)  # Azure falls back to OpenAI's models
     if info is None:
         return None
+    source = f"genai-prices {genai_prices.__version__}"
+    now = datetime.now(tz=UTC)
+    # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
+    # resolved once, and each call is priced at the part of the day it was made in.
+    conditional = info.prices if isinstance(info.prices, list) else []
+    windows = [c.constraint for c in conditional if isinstance(c.constraint, TimeOfDateConstraint)]
+    starts = sorted(
+        {0} | {_utc_second(w.start_time) for w in windows} | {_utc_second(w.end_time) for w in windows}
+    )
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
     try:
-        return _rates_from_model_info(info, f"genai-prices {genai_prices.__version__}")
+        rates = _rates_from_model_info(info, source, now)
+        by_time = [
+            (start, _rates_from_model_info(info, source, midnight + timedelta(seconds=start)))
+            for start in starts
+        ]
     except ConfigError:
         return None  # a price genai-prices itself would reject: better unknown than wrong
+    timed = [(start, other) for start, other in by_time if other is not None]
+    if rates is None or len(timed) < len(by_time):
+        return None
+    return _compile(rates, tuple(timed) if len(timed) > 1 else ())
 
 
-def _rates_from_model_info(info: ModelInfo, source: str) -> Rates | None:
+def _utc_second(moment: dt_time) -> int:
+    """The second of the UTC day a time of day is (a time without a zone is UTC, as genai-prices reads it)."""
+    if moment.tzinfo is not None:
+        moment = datetime.combine(date(2000, 1, 1), moment).astimezone(UTC).time()
+    return (moment.hour * 60 + moment.minute) * 60 + moment.second
+
+
+def _rates_from_model_info(info: ModelInfo, source: str, moment: datetime) -> Rates | None:
     from genai_prices.types import TieredPrices
 
-    prices = info.get_prices(datetime.now(tz=UTC))
+    prices = info.get_prices(moment)
     input_price = prices.input_mtok
     output_price = prices.output_mtok
     cached_price = prices.cache_read_mtok
@@ -706,13 +757,15 @@ def price(
     cached_tokens: int = 0,
     provider: str | None = None,
     table: PriceTable | None = None,
+    at: datetime | None = None,
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
-    model name at OpenAI's list price), ``None`` for an unknown model."""
+    model name at OpenAI's list price), made ``at`` (default: now), ``None`` for an unknown model."""
     return (table or _builtin_table()).cost(
         model,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cached_tokens=cached_tokens,
         provider=provider,
+        at=at,
     )

@@ -137,7 +137,7 @@ def test_rates_are_resolved_once_per_model_name(monkeypatch: pytest.MonkeyPatch)
     calls: list[str] = []
     real = _pricing._builtin_rates
 
-    def counting(name: str, provider: str = "openai") -> Rates | None:
+    def counting(name: str, provider: str = "openai") -> _pricing._Entry | None:
         calls.append(name)
         return real(name, provider)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -39,6 +40,7 @@ class UsageRow:
     no_usage_calls: int  # calls that reported no usage: unknown before and after
     total_tokens: int = 0  # as recorded, else prompt + completion when both are known
     failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
+    at: float | None = None  # when the call started (epoch seconds; None: unknown, or many calls)
 
     @property
     def model_name(self) -> str:
@@ -91,7 +93,17 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         no_usage_calls=int(not known and ok),
         total_tokens=total,
         failed_calls=int(not ok),
+        at=_epoch(_dict(record.get("timing")).get("start_time") or record.get("timestamp")),
     )
+
+
+def _epoch(stamp: Any) -> float | None:
+    """An ISO timestamp as epoch seconds (no zone: UTC); None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def model_name(model: Any, served_model: Any) -> str:
