@@ -300,6 +300,7 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
             "content_length": content_length,
             "finish_reason": finish_reason,
             "tool_calls_count": tool_calls,
+            "service_tier": tier if type(tier := fields.get("service_tier")) is str else None,
         },
         fields.get("usage"),
     )

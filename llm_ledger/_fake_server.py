@@ -256,6 +256,12 @@ def _served_model(model: str, headers: dict[str, str]) -> str:
     return model + SNAPSHOT_SUFFIX if served == "dated" else served
 
 
+def _served_tier(body: JSONDict) -> str:
+    """The ``service_tier`` of the answer: the one asked for (``flex``, ``priority``), else ``default``."""
+    tier = body.get("service_tier")
+    return tier if tier in ("flex", "priority") else "default"
+
+
 def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
     """The usage's cost (``x-fake-cost``) and shape (``x-fake-usage-style``) as a provider writes them."""
     style = headers.get("x-fake-usage-style")
@@ -420,7 +426,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         "created": CREATED,
         "model": _served_model(body["model"], headers),
     }
-    tier = {"service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT}
+    tier = {"service_tier": _served_tier(body), "system_fingerprint": SYSTEM_FINGERPRINT}
 
     def choices(key: str, value: JSONDict, finish_reason: str | None) -> list[JSONDict]:
         return [
@@ -622,7 +628,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "prompt_cache_key": None,
             "reasoning": {"effort": None, "summary": None},
             "safety_identifier": None,
-            "service_tier": "default",
+            "service_tier": _served_tier(body),
             "store": True,
             "temperature": 1.0,
             "text": {"format": text_format, "verbosity": "medium"},

@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
@@ -166,6 +166,8 @@ class _Entry:
     # prices by UTC time of day (DeepSeek's off-peak hours): (second of the day it starts, its entry),
     # latest start first; empty when the price is the same all day
     by_time: tuple[tuple[int, _Entry], ...] = ()
+    # prices of the service tiers priced apart from the standard one: (tier, its entry), e.g. OpenAI's flex
+    by_tier: tuple[tuple[str, _Entry], ...] = ()
 
 
 def _units(rate_per_mtok: Decimal) -> int:
@@ -179,10 +181,9 @@ def _per_token(rates: Rates) -> _PerToken:
     return inp, cached, _units(rates.output)
 
 
-def _compile(rates: Rates, by_time: tuple[tuple[int, Rates], ...] = ()) -> _Entry:
+def _compile(rates: Rates, by_tier: tuple[tuple[str, _Entry], ...] = ()) -> _Entry:
     tiers = tuple((start, _per_token(tier)) for start, tier in reversed(rates.tiers))
-    timed = tuple((start, _compile(other)) for start, other in reversed(by_time))
-    return _Entry(rates, _per_token(rates), tiers, timed)
+    return _Entry(rates, _per_token(rates), tiers, (), by_tier)
 
 
 def _usd(units: int) -> Decimal:
@@ -274,11 +275,13 @@ class Route:
         completion_tokens: int,
         cached_tokens: int = 0,
         at: datetime | None = None,
+        service_tier: str | None = None,
     ) -> Cost | None:
         """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
         ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
         are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
-        when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours)."""
+        when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
+        ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...)."""
         counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
         for name, count in (*counts, ("cached_tokens", cached_tokens)):
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
@@ -286,7 +289,9 @@ class Route:
         if at is not None and not (isinstance(at, datetime) and at.tzinfo is not None):
             raise ValueError(f"at must be a datetime with a time zone (e.g. datetime.now(UTC)), got {at!r}")
         epoch = None if at is None else at.timestamp()
-        costs = self._costs(model, prompt_tokens, completion_tokens, cached_tokens, at=epoch)
+        costs = self._costs(
+            model, prompt_tokens, completion_tokens, cached_tokens, at=epoch, tier=service_tier
+        )
         if costs is None:
             return None
         prompt_cost, completion_cost, _ = costs
@@ -301,6 +306,7 @@ class Route:
         calls: int = 1,
         fallback: str | None = None,
         at: float | None = None,
+        tier: str | None = None,
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
         source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
@@ -308,7 +314,8 @@ class Route:
         ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
         The tokens may be the sum of ``calls`` calls (a report's row): a long-context tier is judged on
         their average size, as no call's own size is known. ``at`` (epoch seconds, default now) is when
-        the call was made: a price by time of day is the one of that time."""
+        the call was made: a price by time of day is the one of that time. ``tier`` is the service tier
+        that served the call (the response's ``service_tier``): its own price when it has one."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -331,6 +338,8 @@ class Route:
         if entry.by_time:
             second = int(time.time() if at is None else at) % _DAY
             entry = next(timed for start, timed in entry.by_time if second >= start)
+        if tier is not None:
+            entry = next((other for name, other in entry.by_tier if name == tier), entry)
         inp, cached, out = entry.base
         for start, per_token in entry.tiers_desc:
             if prompt_tokens > start * calls:
@@ -473,15 +482,18 @@ class PriceTable:
         cached_tokens: int = 0,
         provider: str | None = None,
         at: datetime | None = None,
+        service_tier: str | None = None,
     ) -> Cost | None:
-        """The cost of one call (at ``provider``, else by model name alone, made ``at``, default now), or
-        ``None`` (never zero) when ``model`` has no known price. See :meth:`Route.cost`."""
+        """The cost of one call (at ``provider``, else by model name alone, made ``at``, default now, on
+        ``service_tier``, default the standard one), or ``None`` (never zero) when ``model`` has no known
+        price. See :meth:`Route.cost`."""
         return self._priced_at(provider).cost(
             model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cached_tokens=cached_tokens,
             at=at,
+            service_tier=service_tier,
         )
 
     def _override(self, candidates: list[str]) -> Rates | None:
@@ -585,6 +597,24 @@ def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     if info is None:
         return None
     source = f"genai-prices {genai_prices.__version__}"
+    # the service tiers genai-prices prices apart (OpenAI's flex and priority); as in genai-prices, only
+    # at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's)
+    own = any(info is model for model in provider.models)
+    served = sorted(
+        {v.when["service_tier"] for v in info.price_variants or () if set(v.when) == {"service_tier"}}
+    )
+
+    def entry(moment: datetime) -> _Entry | None:
+        rates = _rates_from_model_info(info, source, moment)
+        by_tier = []
+        for tier in served if own and rates is not None else ():
+            other = _rates_from_model_info(info, source, moment, {"service_tier": tier})
+            if other is None:
+                return None
+            if other != rates:
+                by_tier.append((tier, _compile(other)))
+        return None if rates is None else _compile(rates, tuple(by_tier))
+
     now = datetime.now(tz=UTC)
     # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
     # resolved once, and each call is priced at the part of the day it was made in.
@@ -595,17 +625,14 @@ def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     )
     midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
     try:
-        rates = _rates_from_model_info(info, source, now)
-        by_time = [
-            (start, _rates_from_model_info(info, source, midnight + timedelta(seconds=start)))
-            for start in starts
-        ]
+        current = entry(now)
+        by_time = [(start, entry(midnight + timedelta(seconds=start))) for start in reversed(starts)]
     except ConfigError:
         return None  # a price genai-prices itself would reject: better unknown than wrong
-    timed = [(start, other) for start, other in by_time if other is not None]
-    if rates is None or len(timed) < len(by_time):
+    timed = tuple((start, other) for start, other in by_time if other is not None)
+    if current is None or len(timed) < len(by_time):
         return None
-    return _compile(rates, tuple(timed) if len(timed) > 1 else ())
+    return current if len(timed) == 1 else replace(current, by_time=timed)
 
 
 def _utc_second(moment: dt_time) -> int:
@@ -615,10 +642,12 @@ def _utc_second(moment: dt_time) -> int:
     return (moment.hour * 60 + moment.minute) * 60 + moment.second
 
 
-def _rates_from_model_info(info: ModelInfo, source: str, moment: datetime) -> Rates | None:
+def _rates_from_model_info(
+    info: ModelInfo, source: str, moment: datetime, context: dict[str, str] | None = None
+) -> Rates | None:
     from genai_prices.types import TieredPrices
 
-    prices = info.get_prices(moment)
+    prices = info.get_prices(moment, context)
     input_price = prices.input_mtok
     output_price = prices.output_mtok
     cached_price = prices.cache_read_mtok
@@ -758,9 +787,11 @@ def price(
     provider: str | None = None,
     table: PriceTable | None = None,
     at: datetime | None = None,
+    service_tier: str | None = None,
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
-    model name at OpenAI's list price), made ``at`` (default: now), ``None`` for an unknown model."""
+    model name at OpenAI's list price), made ``at`` (default: now) on ``service_tier`` (default: the
+    standard one), ``None`` for an unknown model."""
     return (table or _builtin_table()).cost(
         model,
         prompt_tokens=prompt_tokens,
@@ -768,4 +799,5 @@ def price(
         cached_tokens=cached_tokens,
         provider=provider,
         at=at,
+        service_tier=service_tier,
     )

@@ -89,6 +89,7 @@ class ResponseShape(TypedDict):
     content_length: int | None
     finish_reason: str | None
     tool_calls_count: int | None
+    service_tier: str | None  # the tier that served the call, as the answer says ("default", "flex"...)
 
 
 class ServerShape(TypedDict):

@@ -54,6 +54,7 @@ def call(
             "content_length": None if failed else 80,
             "finish_reason": None if failed else "stop",
             "tool_calls_count": None if failed else 0,
+            "service_tier": None if failed else "default",
         },
         usage={
             "prompt_tokens": prompt,

@@ -41,6 +41,7 @@ class UsageRow:
     total_tokens: int = 0  # as recorded, else prompt + completion when both are known
     failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
     at: float | None = None  # when the call started (epoch seconds; None: unknown, or many calls)
+    service_tier: str | None = None  # the tier that served the calls (None: unknown, or the standard one)
 
     @property
     def model_name(self) -> str:
@@ -66,6 +67,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     """
     usage = _dict(record.get("usage"))
     server = _dict(record.get("server"))
+    tier = _dict(record.get("response")).get("service_tier")
     cost = _dict(record.get("cost"))
     recorded = cost_decimal(cost.get("total_cost_usd"))
     prompt = recorded_count(usage.get("prompt_tokens"))
@@ -94,6 +96,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         total_tokens=total,
         failed_calls=int(not ok),
         at=_epoch(_dict(record.get("timing")).get("start_time") or record.get("timestamp")),
+        service_tier=tier if isinstance(tier, str) else None,
     )
 
 
