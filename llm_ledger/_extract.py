@@ -206,14 +206,18 @@ def usage_of(operation: str, usage: Any) -> Usage:
     if operation == "responses":
         prompt = fields.get("input_tokens")
         completion = fields.get("output_tokens")
-        cached = getattr(fields.get("input_tokens_details"), "cached_tokens", None)
+        details = fields.get("input_tokens_details")
+        cached = getattr(details, "cached_tokens", None)
+        written = getattr(details, "cache_write_tokens", None)
         reasoning = getattr(fields.get("output_tokens_details"), "reasoning_tokens", None)
     else:
         prompt = fields.get("prompt_tokens")
         completion = fields.get("completion_tokens")
         if completion is None and operation == "embeddings":
             completion = 0
-        cached = getattr(fields.get("prompt_tokens_details"), "cached_tokens", None)
+        details = fields.get("prompt_tokens_details")
+        cached = getattr(details, "cached_tokens", None)
+        written = getattr(details, "cache_write_tokens", None)  # OpenAI's (gpt-5.6 on), OpenRouter's
         if cached is None:  # DeepSeek's, beside prompt_tokens: the SDK's models keep undeclared fields apart
             extra = getattr(usage, "__pydantic_extra__", None)
             if type(extra) is dict:
@@ -235,6 +239,7 @@ def usage_of(operation: str, usage: Any) -> Usage:
         "total_tokens": total,
         "cached_tokens": cached if type(cached) is int and cached >= 0 else 0,
         "reasoning_tokens": reasoning if type(reasoning) is int and reasoning >= 0 else 0,
+        "cache_write_tokens": written if type(written) is int and written >= 0 else 0,
     }
 
 

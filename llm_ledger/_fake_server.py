@@ -320,11 +320,12 @@ def _sse(payload: JSONDict, event: str | None = None) -> bytes:
 # Endpoints
 
 
-def _counts(messages: list[Any], tools: Any, headers: dict[str, str]) -> tuple[int, int, int]:
-    """(prompt tokens, cached tokens, reasoning tokens) of a request."""
+def _counts(messages: list[Any], tools: Any, headers: dict[str, str]) -> tuple[int, int, int, int]:
+    """(prompt tokens, cached tokens, cache write tokens, reasoning tokens) of a request."""
     cached = _int_header(headers, "x-fake-cached-tokens", 0)
+    written = _int_header(headers, "x-fake-cache-write-tokens", 0)
     reasoning = _int_header(headers, "x-fake-reasoning-tokens", 0)
-    return max(_prompt_tokens(messages, tools or None), cached), cached, reasoning
+    return max(_prompt_tokens(messages, tools or None), cached + written), cached, written, reasoning
 
 
 def _content(kind: Any, schema: Any, messages: list[Any], headers: dict[str, str]) -> str:
@@ -391,7 +392,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     refused = _below_minimum(body, "max_completion_tokens", 1) or _below_minimum(body, "max_tokens", 1)
     if refused is not None:
         return refused
-    prompt, cached, reasoning = _counts(messages, body.get("tools"), headers)
+    prompt, cached, written, reasoning = _counts(messages, body.get("tools"), headers)
     choices_n = max(1, int(body.get("n") or 1))
     tool_calls = _tool_calls(body, headers, num)
     content: str | None
@@ -412,7 +413,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0, "cache_write_tokens": written},
         "completion_tokens_details": {
             "reasoning_tokens": reasoning,
             "audio_tokens": 0,
@@ -578,7 +579,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     instructions = body.get("instructions")
     counted = items + ([{"content": instructions}] if isinstance(instructions, str) else [])
     tools = body.get("tools") or []
-    input_tokens, cached, reasoning = _counts(counted, tools, headers)
+    input_tokens, cached, written, reasoning = _counts(counted, tools, headers)
     text_format = (body.get("text") or {}).get("format") or {"type": "text"}
     # only json_schema: a json_object format gets plain text here
     kind = "json_schema" if text_format.get("type") == "json_schema" else None
@@ -592,7 +593,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     output_tokens = _tokens(text) + reasoning
     usage = {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": input_tokens + output_tokens,

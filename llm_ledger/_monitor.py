@@ -543,7 +543,10 @@ class LLMCallMonitor:
         cached = usage["cached_tokens"] or 0
         try:
             tier = response["service_tier"]
-            costs = route._costs(served, prompt_tokens, completion_tokens, cached, 1, requested, at, tier)
+            written = usage["cache_write_tokens"] or 0
+            costs = route._costs(
+                served, prompt_tokens, completion_tokens, cached, 1, requested, at, tier, written
+            )
             if costs is not None:
                 return costs
         except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens

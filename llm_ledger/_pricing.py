@@ -89,11 +89,14 @@ class Rates:
     source: str = PRICE_FILE_SOURCE
     """``"genai-prices <version>"`` or ``"price-file"`` (recorded as ``cost.source``)."""
     tiers: tuple[tuple[int, Rates], ...] = ()
+    cache_write: Decimal | None = None
+    """For prompt tokens written to the prompt cache (OpenAI's gpt-5.6 on, Claude through OpenRouter);
+    ``None`` when they are billed at the ``input`` rate."""
 
     def __post_init__(self) -> None:
-        for field_name in ("input", "output", "cached_input"):
+        for field_name in ("input", "output", "cached_input", "cache_write"):
             value = getattr(self, field_name)
-            if value is None and field_name == "cached_input":
+            if value is None and field_name in ("cached_input", "cache_write"):
                 continue
             if not (isinstance(value, Decimal) and value.is_finite() and 0 <= value <= _MAX_RATE):
                 raise ConfigError(
@@ -154,8 +157,8 @@ _DAY: Final = 24 * 60 * 60
 # Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
 # 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
 # at a fraction of its cost on the path of every call.
-# (input, cached input, output) in units per token; the cached rate is already defaulted.
-_PerToken = tuple[int, int, int]
+# (input, cached input, cache write, output) in units per token; the cache rates already defaulted.
+_PerToken = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +181,8 @@ def _units(rate_per_mtok: Decimal) -> int:
 def _per_token(rates: Rates) -> _PerToken:
     inp = _units(rates.input)
     cached = inp if rates.cached_input is None else _units(rates.cached_input)
-    return inp, cached, _units(rates.output)
+    written = inp if rates.cache_write is None else _units(rates.cache_write)
+    return inp, cached, written, _units(rates.output)
 
 
 def _compile(rates: Rates, by_tier: tuple[tuple[str, _Entry], ...] = ()) -> _Entry:
@@ -274,23 +278,35 @@ class Route:
         prompt_tokens: int,
         completion_tokens: int,
         cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
         at: datetime | None = None,
         service_tier: str | None = None,
     ) -> Cost | None:
         """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
-        ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
-        are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
+        ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache and
+        ``cache_write_tokens`` the part written to it; reasoning tokens are counted inside
+        ``completion_tokens`` and must not be added again. ``at`` (default: now) is
         when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
         ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...)."""
         counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
-        for name, count in (*counts, ("cached_tokens", cached_tokens)):
+        for name, count in (
+            *counts,
+            ("cached_tokens", cached_tokens),
+            ("cache_write_tokens", cache_write_tokens),
+        ):
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
                 raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
         if at is not None and not (isinstance(at, datetime) and at.tzinfo is not None):
             raise ValueError(f"at must be a datetime with a time zone (e.g. datetime.now(UTC)), got {at!r}")
         epoch = None if at is None else at.timestamp()
         costs = self._costs(
-            model, prompt_tokens, completion_tokens, cached_tokens, at=epoch, tier=service_tier
+            model,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            at=epoch,
+            tier=service_tier,
+            written=cache_write_tokens,
         )
         if costs is None:
             return None
@@ -307,6 +323,7 @@ class Route:
         fallback: str | None = None,
         at: float | None = None,
         tier: str | None = None,
+        written: int = 0,
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
         source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
@@ -315,7 +332,8 @@ class Route:
         The tokens may be the sum of ``calls`` calls (a report's row): a long-context tier is judged on
         their average size, as no call's own size is known. ``at`` (epoch seconds, default now) is when
         the call was made: a price by time of day is the one of that time. ``tier`` is the service tier
-        that served the call (the response's ``service_tier``): its own price when it has one."""
+        that served the call (the response's ``service_tier``): its own price when it has one.
+        ``written`` prompt tokens were written to the prompt cache."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -329,23 +347,25 @@ class Route:
                     entry = other
             if entry is None:
                 return None
-        if not 0 <= cached_tokens <= prompt_tokens or completion_tokens < 0:
+        if min(cached_tokens, written, completion_tokens) < 0 or cached_tokens + written > prompt_tokens:
             raise ValueError(
-                f"token counts must satisfy 0 <= cached_tokens <= prompt_tokens and completion_tokens >= 0, "
+                "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, each >= 0, "
                 f"got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
-                f"completion_tokens={completion_tokens!r}"
+                f"cache_write_tokens={written!r}, completion_tokens={completion_tokens!r}"
             )
         if entry.by_time:
             second = int(time.time() if at is None else at) % _DAY
             entry = next(timed for start, timed in entry.by_time if second >= start)
         if tier is not None:
             entry = next((other for name, other in entry.by_tier if name == tier), entry)
-        inp, cached, out = entry.base
+        inp, cached, write, out = entry.base
         for start, per_token in entry.tiers_desc:
             if prompt_tokens > start * calls:
-                inp, cached, out = per_token
+                inp, cached, write, out = per_token
                 break
-        prompt_cost = (prompt_tokens - cached_tokens) * inp + cached_tokens * cached
+        prompt_cost = (
+            (prompt_tokens - cached_tokens - written) * inp + cached_tokens * cached + written * write
+        )
         return prompt_cost, completion_tokens * out, entry.rates.source
 
     def _entry(self, model: str) -> _Entry | None:
@@ -480,6 +500,7 @@ class PriceTable:
         prompt_tokens: int,
         completion_tokens: int,
         cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
         provider: str | None = None,
         at: datetime | None = None,
         service_tier: str | None = None,
@@ -492,6 +513,7 @@ class PriceTable:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cached_tokens=cached_tokens,
+            cache_write_tokens=cache_write_tokens,
             at=at,
             service_tier=service_tier,
         )
@@ -651,6 +673,7 @@ def _rates_from_model_info(
     input_price = prices.input_mtok
     output_price = prices.output_mtok
     cached_price = prices.cache_read_mtok
+    write_price = prices.cache_write_mtok
     if input_price is None:
         if any(value is not None for value in vars(prices).values()):
             return None  # priced per second, per character...: not something token usage can price
@@ -668,18 +691,16 @@ def _rates_from_model_info(
                     rate = tier.price
         return rate
 
-    def at_cached(start: int | None) -> Decimal | None:
-        return None if cached_price is None else at(cached_price, start)
+    def rates(start: int | None, tiers: tuple[tuple[int, Rates], ...] = ()) -> Rates:
+        cached = None if cached_price is None else at(cached_price, start)
+        written = None if write_price is None else at(write_price, start)
+        return Rates(info.id, at(input_price, start), at(output_price, start), cached, source, tiers, written)
 
-    kinds = (input_price, output_price, cached_price)
+    kinds = (input_price, output_price, cached_price, write_price)
     starts = sorted({tier.start for p in kinds if isinstance(p, TieredPrices) for tier in p.tiers})
     # genai-prices applies a tier when total input tokens > tier.start; between two consecutive starts,
     # every price kind is at its highest tier whose start is <= the lower start.
-    tiers = tuple(
-        (start, Rates(info.id, at(input_price, start), at(output_price, start), at_cached(start), source))
-        for start in starts
-    )
-    return Rates(info.id, at(input_price, None), at(output_price, None), at_cached(None), source, tiers)
+    return rates(None, tuple((start, rates(start)) for start in starts))
 
 
 # --- user price file ---------------------------------------------------------------------------------
@@ -784,6 +805,7 @@ def price(
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
     provider: str | None = None,
     table: PriceTable | None = None,
     at: datetime | None = None,
@@ -797,6 +819,7 @@ def price(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cached_tokens=cached_tokens,
+        cache_write_tokens=cache_write_tokens,
         provider=provider,
         at=at,
         service_tier=service_tier,

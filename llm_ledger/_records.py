@@ -101,15 +101,17 @@ class ServerShape(TypedDict):
 
 
 class Usage(TypedDict):
-    """Token counts as OpenAI means them, whoever served the call: ``cached_tokens`` are part of
-    ``prompt_tokens``; ``completion_tokens`` is all output billed, ``reasoning_tokens`` included (Google's
-    and xAI's thinking, which their usage leaves out of it, is put back: docs/PRICING.md)."""
+    """Token counts as OpenAI means them, whoever served the call: ``cached_tokens`` (read from the
+    prompt cache) and ``cache_write_tokens`` (written to it) are parts of ``prompt_tokens``;
+    ``completion_tokens`` is all output billed, ``reasoning_tokens`` included (Google's and xAI's
+    thinking, which their usage leaves out of it, is put back: docs/PRICING.md)."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
     cached_tokens: int | None
     reasoning_tokens: int | None
+    cache_write_tokens: int | None
 
 
 class Timing(TypedDict):

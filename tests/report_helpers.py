@@ -62,6 +62,7 @@ def call(
             "total_tokens": total,
             "cached_tokens": 0,
             "reasoning_tokens": 0,
+            "cache_write_tokens": 0,
         },
         start_epoch=epoch,
         duration_s=duration_s,

@@ -293,7 +293,10 @@ def reprice(
 def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int | None:
     tokens = (item.prompt_tokens, item.completion_tokens, item.cached_tokens)
     try:
-        costs = route._costs(model, *tokens, max(item.calls, 1), fallback, item.at, item.service_tier)
+        calls = max(item.calls, 1)
+        costs = route._costs(
+            model, *tokens, calls, fallback, item.at, item.service_tier, item.cache_write_tokens
+        )
     except ValueError:  # more cached than prompt tokens: the ledger recorded no cost for such a call either
         return None
     return None if costs is None else costs[0] + costs[1]

@@ -42,6 +42,7 @@ class UsageRow:
     failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
     at: float | None = None  # when the call started (epoch seconds; None: unknown, or many calls)
     service_tier: str | None = None  # the tier that served the calls (None: unknown, or the standard one)
+    cache_write_tokens: int = 0  # the part of prompt_tokens written to the prompt cache
 
     @property
     def model_name(self) -> str:
@@ -97,6 +98,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         failed_calls=int(not ok),
         at=_epoch(_dict(record.get("timing")).get("start_time") or record.get("timestamp")),
         service_tier=tier if isinstance(tier, str) else None,
+        cache_write_tokens=recorded_count(usage.get("cache_write_tokens")) or 0,
     )
 
 
