@@ -45,7 +45,6 @@ from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
 
 FORMATS: Final = ("text", "markdown", "json")
-_COST_DIGITS: Final = 9
 
 
 @dataclass(slots=True)
@@ -79,9 +78,10 @@ class Row:
         return {
             "lens": self.lens,
             "calls": self.calls,
-            "before_usd": round(float(self.before_usd), _COST_DIGITS),
-            "after_usd": round(float(self.after_usd), _COST_DIGITS),
-            "change_usd": None if change is None else round(float(change), _COST_DIGITS),
+            # the exact sums as JSON numbers, as llm-ledger report writes its costs
+            "before_usd": float(self.before_usd),
+            "after_usd": float(self.after_usd),
+            "change_usd": None if change is None else float(change),
             "before_complete": self.before_complete,
             "after_complete": self.after_complete,
         }
