@@ -393,6 +393,11 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     if refused is not None:
         return refused
     prompt, cached, written, reasoning = _counts(messages, body.get("tools"), headers)
+    heard = _int_header(
+        headers, "x-fake-prompt-audio-tokens", 0
+    )  # audio in the prompt, as an audio model counts it
+    spoken = _int_header(headers, "x-fake-completion-audio-tokens", 0)
+    prompt = max(prompt, heard)
     choices_n = max(1, int(body.get("n") or 1))
     tool_calls = _tool_calls(body, headers, num)
     content: str | None
@@ -408,15 +413,19 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
             limit = body.get("max_tokens")
         content, finish = _truncate(_content(kind, schema, messages, headers), limit)
         completion_one = _tokens(content)
-    completion = choices_n * completion_one + reasoning
+    completion = choices_n * completion_one + reasoning + spoken
     usage = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0, "cache_write_tokens": written},
+        "prompt_tokens_details": {
+            "cached_tokens": cached,
+            "audio_tokens": heard,
+            "cache_write_tokens": written,
+        },
         "completion_tokens_details": {
             "reasoning_tokens": reasoning,
-            "audio_tokens": 0,
+            "audio_tokens": spoken,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
         },

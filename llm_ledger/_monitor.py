@@ -543,9 +543,18 @@ class LLMCallMonitor:
         cached = usage["cached_tokens"] or 0
         try:
             tier = response["service_tier"]
-            written = usage["cache_write_tokens"] or 0
             costs = route._costs(
-                served, prompt_tokens, completion_tokens, cached, 1, requested, at, tier, written
+                served,
+                prompt_tokens,
+                completion_tokens,
+                cached,
+                1,
+                requested,
+                at,
+                tier,
+                written=usage["cache_write_tokens"] or 0,
+                heard=usage["prompt_audio_tokens"] or 0,
+                spoken=usage["completion_audio_tokens"] or 0,
             )
             if costs is not None:
                 return costs

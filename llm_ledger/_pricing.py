@@ -92,11 +92,15 @@ class Rates:
     cache_write: Decimal | None = None
     """For prompt tokens written to the prompt cache (OpenAI's gpt-5.6 on, Claude through OpenRouter);
     ``None`` when they are billed at the ``input`` rate."""
+    input_audio: Decimal | None = None
+    """For audio prompt tokens (gpt-audio); ``None`` when they are billed at the ``input`` rate."""
+    output_audio: Decimal | None = None
+    """For audio completion tokens; ``None`` when they are billed at the ``output`` rate."""
 
     def __post_init__(self) -> None:
-        for field_name in ("input", "output", "cached_input", "cache_write"):
+        for field_name in ("input", "output", "cached_input", "cache_write", "input_audio", "output_audio"):
             value = getattr(self, field_name)
-            if value is None and field_name in ("cached_input", "cache_write"):
+            if value is None and field_name not in ("input", "output"):
                 continue
             if not (isinstance(value, Decimal) and value.is_finite() and 0 <= value <= _MAX_RATE):
                 raise ConfigError(
@@ -157,8 +161,9 @@ _DAY: Final = 24 * 60 * 60
 # Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
 # 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
 # at a fraction of its cost on the path of every call.
-# (input, cached input, cache write, output) in units per token; the cache rates already defaulted.
-_PerToken = tuple[int, int, int, int]
+# (input, cached input, cache write, audio input, output, audio output) in units per token; the
+# cache and audio rates already defaulted.
+_PerToken = tuple[int, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +187,9 @@ def _per_token(rates: Rates) -> _PerToken:
     inp = _units(rates.input)
     cached = inp if rates.cached_input is None else _units(rates.cached_input)
     written = inp if rates.cache_write is None else _units(rates.cache_write)
-    return inp, cached, written, _units(rates.output)
+    heard = inp if rates.input_audio is None else _units(rates.input_audio)
+    out = _units(rates.output)
+    return inp, cached, written, heard, out, out if rates.output_audio is None else _units(rates.output_audio)
 
 
 def _compile(rates: Rates, by_tier: tuple[tuple[str, _Entry], ...] = ()) -> _Entry:
@@ -279,13 +286,16 @@ class Route:
         completion_tokens: int,
         cached_tokens: int = 0,
         cache_write_tokens: int = 0,
+        prompt_audio_tokens: int = 0,
+        completion_audio_tokens: int = 0,
         at: datetime | None = None,
         service_tier: str | None = None,
     ) -> Cost | None:
         """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
-        ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache and
-        ``cache_write_tokens`` the part written to it; reasoning tokens are counted inside
-        ``completion_tokens`` and must not be added again. ``at`` (default: now) is
+        ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
+        ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
+        ``completion_audio_tokens`` the audio part of ``completion_tokens``. Reasoning tokens are
+        counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
         when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
         ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...)."""
         counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
@@ -293,6 +303,8 @@ class Route:
             *counts,
             ("cached_tokens", cached_tokens),
             ("cache_write_tokens", cache_write_tokens),
+            ("prompt_audio_tokens", prompt_audio_tokens),
+            ("completion_audio_tokens", completion_audio_tokens),
         ):
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
                 raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
@@ -307,6 +319,8 @@ class Route:
             at=epoch,
             tier=service_tier,
             written=cache_write_tokens,
+            heard=prompt_audio_tokens,
+            spoken=completion_audio_tokens,
         )
         if costs is None:
             return None
@@ -324,6 +338,8 @@ class Route:
         at: float | None = None,
         tier: str | None = None,
         written: int = 0,
+        heard: int = 0,
+        spoken: int = 0,
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
         source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
@@ -333,7 +349,8 @@ class Route:
         their average size, as no call's own size is known. ``at`` (epoch seconds, default now) is when
         the call was made: a price by time of day is the one of that time. ``tier`` is the service tier
         that served the call (the response's ``service_tier``): its own price when it has one.
-        ``written`` prompt tokens were written to the prompt cache."""
+        ``written`` prompt tokens were written to the prompt cache; ``heard`` prompt and ``spoken``
+        completion tokens are audio."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -347,26 +364,34 @@ class Route:
                     entry = other
             if entry is None:
                 return None
-        if min(cached_tokens, written, completion_tokens) < 0 or cached_tokens + written > prompt_tokens:
+        if (
+            min(cached_tokens, written, heard, spoken, completion_tokens) < 0
+            or cached_tokens + written > prompt_tokens
+            or heard > prompt_tokens
+            or spoken > completion_tokens
+        ):
             raise ValueError(
-                "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, each >= 0, "
-                f"got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
-                f"cache_write_tokens={written!r}, completion_tokens={completion_tokens!r}"
+                "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, "
+                "prompt_audio_tokens <= prompt_tokens and completion_audio_tokens <= completion_tokens, "
+                f"each >= 0, got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
+                f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
+                f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}"
             )
         if entry.by_time:
             second = int(time.time() if at is None else at) % _DAY
             entry = next(timed for start, timed in entry.by_time if second >= start)
         if tier is not None:
             entry = next((other for name, other in entry.by_tier if name == tier), entry)
-        inp, cached, write, out = entry.base
+        inp, cached, write, audio_in, out, audio_out = entry.base
         for start, per_token in entry.tiers_desc:
             if prompt_tokens > start * calls:
-                inp, cached, write, out = per_token
+                inp, cached, write, audio_in, out, audio_out = per_token
                 break
-        prompt_cost = (
-            (prompt_tokens - cached_tokens - written) * inp + cached_tokens * cached + written * write
-        )
-        return prompt_cost, completion_tokens * out, entry.rates.source
+        # audio the cache served is counted in cached_tokens too: billed there, at the cached rate
+        heard -= max(0, cached_tokens + written + heard - prompt_tokens)
+        text = prompt_tokens - cached_tokens - written - heard
+        prompt_cost = text * inp + cached_tokens * cached + written * write + heard * audio_in
+        return prompt_cost, (completion_tokens - spoken) * out + spoken * audio_out, entry.rates.source
 
     def _entry(self, model: str) -> _Entry | None:
         """``model``'s rates here, resolved once (unknown names too)."""
@@ -501,6 +526,8 @@ class PriceTable:
         completion_tokens: int,
         cached_tokens: int = 0,
         cache_write_tokens: int = 0,
+        prompt_audio_tokens: int = 0,
+        completion_audio_tokens: int = 0,
         provider: str | None = None,
         at: datetime | None = None,
         service_tier: str | None = None,
@@ -514,6 +541,8 @@ class PriceTable:
             completion_tokens=completion_tokens,
             cached_tokens=cached_tokens,
             cache_write_tokens=cache_write_tokens,
+            prompt_audio_tokens=prompt_audio_tokens,
+            completion_audio_tokens=completion_audio_tokens,
             at=at,
             service_tier=service_tier,
         )
@@ -674,6 +703,7 @@ def _rates_from_model_info(
     output_price = prices.output_mtok
     cached_price = prices.cache_read_mtok
     write_price = prices.cache_write_mtok
+    heard_price, spoken_price = prices.input_audio_mtok, prices.output_audio_mtok
     if input_price is None:
         if any(value is not None for value in vars(prices).values()):
             return None  # priced per second, per character...: not something token usage can price
@@ -692,11 +722,14 @@ def _rates_from_model_info(
         return rate
 
     def rates(start: int | None, tiers: tuple[tuple[int, Rates], ...] = ()) -> Rates:
-        cached = None if cached_price is None else at(cached_price, start)
-        written = None if write_price is None else at(write_price, start)
-        return Rates(info.id, at(input_price, start), at(output_price, start), cached, source, tiers, written)
+        cached, written, heard, spoken = (
+            None if price is None else at(price, start)
+            for price in (cached_price, write_price, heard_price, spoken_price)
+        )
+        inp, out = at(input_price, start), at(output_price, start)
+        return Rates(info.id, inp, out, cached, source, tiers, written, heard, spoken)
 
-    kinds = (input_price, output_price, cached_price, write_price)
+    kinds = (input_price, output_price, cached_price, write_price, heard_price, spoken_price)
     starts = sorted({tier.start for p in kinds if isinstance(p, TieredPrices) for tier in p.tiers})
     # genai-prices applies a tier when total input tokens > tier.start; between two consecutive starts,
     # every price kind is at its highest tier whose start is <= the lower start.
@@ -806,6 +839,8 @@ def price(
     completion_tokens: int,
     cached_tokens: int = 0,
     cache_write_tokens: int = 0,
+    prompt_audio_tokens: int = 0,
+    completion_audio_tokens: int = 0,
     provider: str | None = None,
     table: PriceTable | None = None,
     at: datetime | None = None,
@@ -820,6 +855,8 @@ def price(
         completion_tokens=completion_tokens,
         cached_tokens=cached_tokens,
         cache_write_tokens=cache_write_tokens,
+        prompt_audio_tokens=prompt_audio_tokens,
+        completion_audio_tokens=completion_audio_tokens,
         provider=provider,
         at=at,
         service_tier=service_tier,

@@ -102,9 +102,10 @@ class ServerShape(TypedDict):
 
 class Usage(TypedDict):
     """Token counts as OpenAI means them, whoever served the call: ``cached_tokens`` (read from the
-    prompt cache) and ``cache_write_tokens`` (written to it) are parts of ``prompt_tokens``;
-    ``completion_tokens`` is all output billed, ``reasoning_tokens`` included (Google's and xAI's
-    thinking, which their usage leaves out of it, is put back: docs/PRICING.md)."""
+    prompt cache), ``cache_write_tokens`` (written to it) and ``prompt_audio_tokens`` are parts of
+    ``prompt_tokens``; ``completion_tokens`` is all output billed, ``reasoning_tokens`` and
+    ``completion_audio_tokens`` included (Google's and xAI's thinking, which their usage leaves out of
+    it, is put back: docs/PRICING.md)."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -112,6 +113,8 @@ class Usage(TypedDict):
     cached_tokens: int | None
     reasoning_tokens: int | None
     cache_write_tokens: int | None
+    prompt_audio_tokens: int | None
+    completion_audio_tokens: int | None
 
 
 class Timing(TypedDict):

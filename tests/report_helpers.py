@@ -63,6 +63,8 @@ def call(
             "cached_tokens": 0,
             "reasoning_tokens": 0,
             "cache_write_tokens": 0,
+            "prompt_audio_tokens": 0,
+            "completion_audio_tokens": 0,
         },
         start_epoch=epoch,
         duration_s=duration_s,

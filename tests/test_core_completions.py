@@ -88,6 +88,8 @@ async def test_completions_create_is_recorded(
         "cached_tokens": 0,
         "reasoning_tokens": 0,
         "cache_write_tokens": 0,
+        "prompt_audio_tokens": 0,
+        "completion_audio_tokens": 0,
     }
     assert record["response"]["model"] == "gpt-3.5-turbo-instruct"
     assert record["response"]["finish_reason"] == "stop"
@@ -141,6 +143,8 @@ async def test_completions_stream_gets_usage_without_showing_it(
         "cached_tokens": 0,
         "reasoning_tokens": 0,
         "cache_write_tokens": 0,
+        "prompt_audio_tokens": 0,
+        "completion_audio_tokens": 0,
     }
 
 

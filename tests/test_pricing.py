@@ -565,6 +565,8 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
                 "cached_tokens": cached,
                 "reasoning_tokens": 0,
                 "cache_write_tokens": 0,
+                "prompt_audio_tokens": 0,
+                "completion_audio_tokens": 0,
             },
             start_epoch=1_732_000_000.0,
             duration_s=0.25,

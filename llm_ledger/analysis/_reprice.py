@@ -295,7 +295,15 @@ def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int
     try:
         calls = max(item.calls, 1)
         costs = route._costs(
-            model, *tokens, calls, fallback, item.at, item.service_tier, item.cache_write_tokens
+            model,
+            *tokens,
+            calls,
+            fallback,
+            item.at,
+            item.service_tier,
+            written=item.cache_write_tokens,
+            heard=item.prompt_audio_tokens,
+            spoken=item.completion_audio_tokens,
         )
     except ValueError:  # more cached than prompt tokens: the ledger recorded no cost for such a call either
         return None

@@ -43,6 +43,8 @@ class UsageRow:
     at: float | None = None  # when the call started (epoch seconds; None: unknown, or many calls)
     service_tier: str | None = None  # the tier that served the calls (None: unknown, or the standard one)
     cache_write_tokens: int = 0  # the part of prompt_tokens written to the prompt cache
+    prompt_audio_tokens: int = 0  # the audio part of prompt_tokens
+    completion_audio_tokens: int = 0  # the audio part of completion_tokens
 
     @property
     def model_name(self) -> str:
@@ -99,6 +101,8 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         at=_epoch(_dict(record.get("timing")).get("start_time") or record.get("timestamp")),
         service_tier=tier if isinstance(tier, str) else None,
         cache_write_tokens=recorded_count(usage.get("cache_write_tokens")) or 0,
+        prompt_audio_tokens=recorded_count(usage.get("prompt_audio_tokens")) or 0,
+        completion_audio_tokens=recorded_count(usage.get("completion_audio_tokens")) or 0,
     )
 
 
