@@ -176,6 +176,9 @@ class _Entry:
     by_time: tuple[tuple[int, _Entry], ...] = ()
     # prices of the service tiers priced apart from the standard one: (tier, its entry), e.g. OpenAI's flex
     by_tier: tuple[tuple[str, _Entry], ...] = ()
+    # when these prices end (epoch seconds: the next price change genai-prices lists, such as the end of
+    # an introductory rate); None: no change listed
+    expires: float | None = None
 
 
 def _units(rate_per_mtok: Decimal) -> int:
@@ -394,11 +397,13 @@ class Route:
         return prompt_cost, (completion_tokens - spoken) * out + spoken * audio_out, entry.rates.source
 
     def _entry(self, model: str) -> _Entry | None:
-        """``model``'s rates here, resolved once (unknown names too)."""
+        """``model``'s rates here, resolved once (unknown names too), and again when they expire."""
         entry: _Entry | None = self._cache.get(model, _MISSING)
-        if entry is _MISSING:
+        if entry is _MISSING or (
+            entry is not None and entry.expires is not None and time.time() >= entry.expires
+        ):
             entry = self._resolve(model)
-            if len(self._cache) < _MAX_CACHED_NAMES:
+            if model in self._cache or len(self._cache) < _MAX_CACHED_NAMES:
                 self._cache[model] = entry
         return entry
 
@@ -638,7 +643,7 @@ def provider_error(name: str) -> str:
 
 def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
     import genai_prices
-    from genai_prices.types import TimeOfDateConstraint
+    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
 
     providers = _genai_providers()
     provider = _genai_provider(provider_id)
@@ -666,10 +671,16 @@ def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
                 by_tier.append((tier, _compile(other)))
         return None if rates is None else _compile(rates, tuple(by_tier))
 
-    now = datetime.now(tz=UTC)
+    now = datetime.fromtimestamp(time.time(), UTC)
     # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
-    # resolved once, and each call is priced at the part of the day it was made in.
+    # resolved once, and each call is priced at the part of the day it was made in. A price change
+    # listed for a later day ends these prices: the name is resolved again then.
     conditional = info.prices if isinstance(info.prices, list) else []
+    constraints = [c.constraint for c in conditional] + [v.constraint for v in info.price_variants or ()]
+    later = [
+        c.start_date for c in constraints if isinstance(c, StartDateConstraint) and c.start_date > now.date()
+    ]
+    expires = datetime(*min(later).timetuple()[:3], tzinfo=UTC).timestamp() if later else None
     windows = [c.constraint for c in conditional if isinstance(c.constraint, TimeOfDateConstraint)]
     starts = sorted(
         {0} | {_utc_second(w.start_time) for w in windows} | {_utc_second(w.end_time) for w in windows}
@@ -683,7 +694,7 @@ def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     timed = tuple((start, other) for start, other in by_time if other is not None)
     if current is None or len(timed) < len(by_time):
         return None
-    return current if len(timed) == 1 else replace(current, by_time=timed)
+    return replace(current, by_time=timed if len(timed) > 1 else (), expires=expires)
 
 
 def _utc_second(moment: dt_time) -> int:

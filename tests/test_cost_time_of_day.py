@@ -1,5 +1,6 @@
-"""Prices that depend on the time of day (DeepSeek's off-peak discount): each call is priced at the part of
-the day it was made in, live and when a log is repriced, as genai-prices prices it."""
+"""Prices that depend on the time: DeepSeek's off-peak discount (each call is priced at the part of the day
+it was made in, live and when a log is repriced) and a price change genai-prices lists ahead (it applies
+from its day in a running process), as genai-prices prices them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger import _monitor
+from llm_ledger import _monitor, _pricing
 from llm_ledger._cli import main
 from llm_ledger._pricing import HostPrice, PriceTable
 from llm_ledger.testing import Captured
@@ -120,3 +121,38 @@ def test_each_call_is_priced_at_its_own_hour_and_a_repriced_log_agrees(
     assert total["calls"] == 2
     assert total["change_usd"] == 0
     assert total["after_usd"] == total["before_usd"]
+
+
+NEW_YEARS_EVE = datetime(2026, 12, 31, 23, 0, tzinfo=UTC)
+NEW_YEAR = datetime(2027, 1, 1, 0, 30, tzinfo=UTC)
+
+
+def test_a_listed_price_change_applies_from_its_day_in_a_running_process(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gemini-3.8-flash's introductory rate ends on 2027-01-01 (genai-prices lists the new price): a
+    monitor that priced it on New Year's Eve prices the next call, after midnight, at the new price."""
+    monitor.prices = PriceTable(hosts={"127.0.0.1": HostPrice("google")})
+    for when in (NEW_YEARS_EVE, NEW_YEAR):
+        clock = _Clock(when.timestamp())
+        monkeypatch.setattr(_monitor, "time", clock)
+        monkeypatch.setattr(_pricing, "time", clock)
+        client.chat.completions.create(
+            model="gemini-3.8-flash", messages=[{"role": "user", "content": "hi " * 500}]
+        )
+    monkeypatch.undo()
+    costs = []
+    for record, when in zip(records.calls, (NEW_YEARS_EVE, NEW_YEAR), strict=True):
+        usage = record["usage"]
+        calc = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"]),
+            "gemini-3.8-flash",
+            provider_id="google",
+            genai_request_timestamp=when,
+        )
+        costs.append(Decimal(repr(record["cost"]["total_cost_usd"])))
+        assert costs[-1] == calc.total_price
+    assert costs[1] == 2 * costs[0]
