@@ -416,7 +416,7 @@ class Route:
             return _compile(rates)
         if self._table._builtin:
             for name in candidates:
-                if (entry := _builtin_rates(name, self._provider_id or DEFAULT_PROVIDER)) is not None:
+                if (entry := _builtin_entry(name, self._provider_id or DEFAULT_PROVIDER)) is not None:
                     return entry
         return None
 
@@ -641,7 +641,7 @@ def provider_error(name: str) -> str:
     return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"
 
 
-def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
+def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
     import genai_prices
     from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
 

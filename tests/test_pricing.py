@@ -135,13 +135,13 @@ def test_module_level_price_uses_builtin_table_or_the_given_one() -> None:
 def test_rates_are_resolved_once_per_model_name(monkeypatch: pytest.MonkeyPatch) -> None:
     """Known and unknown names hit genai-prices once; later calls are served from the table's cache."""
     calls: list[str] = []
-    real = _pricing._builtin_rates
+    real = _pricing._builtin_entry
 
     def counting(name: str, provider: str = "openai") -> _pricing._Entry | None:
         calls.append(name)
         return real(name, provider)
 
-    monkeypatch.setattr(_pricing, "_builtin_rates", counting)
+    monkeypatch.setattr(_pricing, "_builtin_entry", counting)
     table = PriceTable()
     first = table.rates("gpt-4o")
     for _ in range(3):
