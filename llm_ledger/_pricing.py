@@ -390,8 +390,11 @@ class Route:
             if prompt_tokens > start * calls:
                 inp, cached, write, audio_in, out, audio_out = per_token
                 break
-        # audio the cache served is counted in cached_tokens too: billed there, at the cached rate
-        heard -= max(0, cached_tokens + written + heard - prompt_tokens)
+        # Audio the cache served is counted in cached_tokens too: billed there, at the cached rate. A model
+        # with no cached rate bills cached tokens as any other (cached == inp: text may go below 0 and
+        # cancel them out), so its audio keeps the audio rate, as genai-prices bills it.
+        if cached != inp:
+            heard -= max(0, cached_tokens + written + heard - prompt_tokens)
         text = prompt_tokens - cached_tokens - written - heard
         prompt_cost = text * inp + cached_tokens * cached + written * write + heard * audio_in
         return prompt_cost, (completion_tokens - spoken) * out + spoken * audio_out, entry.rates.source

@@ -24,6 +24,7 @@ def genai_usd(model: str, usage: dict[str, Any]) -> Decimal:
         genai_prices.Usage(
             input_tokens=usage["prompt_tokens"],
             input_audio_tokens=usage["prompt_audio_tokens"],
+            cache_read_tokens=usage.get("cached_tokens", 0),
             output_tokens=usage["completion_tokens"],
             output_audio_tokens=usage["completion_audio_tokens"],
         ),
@@ -92,3 +93,20 @@ def test_an_audio_call_is_recorded_at_the_audio_rates_and_reprice_agrees(
     repriced = json.loads(capsys.readouterr().out)["total"]
     assert repriced["change_usd"] == 0
     assert repriced["after_usd"] == repriced["before_usd"]
+
+
+@pytest.mark.parametrize(("prompt", "cached"), [(1_000, 400), (1_000, 900), (800, 800)])
+def test_cached_audio_on_a_model_without_a_cached_rate_keeps_the_audio_rate(prompt: int, cached: int) -> None:
+    """gpt-audio has no cached rate: cached tokens cost what they would uncached, so audio the cache
+    served (cached + audio above the prompt) still costs the audio rate, as genai-prices bills it."""
+    usage = {
+        "prompt_tokens": prompt,
+        "prompt_audio_tokens": 800,
+        "completion_tokens": 10,
+        "completion_audio_tokens": 0,
+    }
+    cost = price(
+        "gpt-audio", prompt_tokens=prompt, cached_tokens=cached, prompt_audio_tokens=800, completion_tokens=10
+    )
+    assert cost is not None
+    assert cost.total_cost_usd == genai_usd("gpt-audio", usage)
