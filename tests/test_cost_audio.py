@@ -101,6 +101,7 @@ def test_cached_audio_on_a_model_without_a_cached_rate_keeps_the_audio_rate(prom
     served (cached + audio above the prompt) still costs the audio rate, as genai-prices bills it."""
     usage = {
         "prompt_tokens": prompt,
+        "cached_tokens": cached,
         "prompt_audio_tokens": 800,
         "completion_tokens": 10,
         "completion_audio_tokens": 0,
