@@ -48,9 +48,10 @@ def _lines() -> list[bytes]:
                      "image_count": 0, "stream": i % 4 == 0, "tools_count": 0},
             response={"model": f"{model}-2024-07-18", "id": f"chatcmpl-{i:024x}",
                       "request_id": f"req_{i:032x}", "content_length": 690 + i % 200, "finish_reason": "stop",
-                      "tool_calls_count": 0},
+                      "tool_calls_count": 0, "service_tier": "default"},
             usage={"prompt_tokens": prompt, "completion_tokens": completion,
-                   "total_tokens": prompt + completion, "cached_tokens": 0, "reasoning_tokens": 0},
+                   "total_tokens": prompt + completion, "cached_tokens": 0, "reasoning_tokens": 0,
+                   "cache_write_tokens": 0, "prompt_audio_tokens": 0, "completion_audio_tokens": 0},
             start_epoch=start, duration_s=0.4 + (i % 100) / 50, ttft_s=None if i % 4 else 0.2,
             prompt_cost_units=prompt * 150_000_000_000_000_000,  # $0.15 and $0.60 per 1M tokens
             completion_cost_units=completion * 600_000_000_000_000_000, retries=0,

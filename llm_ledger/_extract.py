@@ -206,21 +206,29 @@ def usage_of(operation: str, usage: Any) -> Usage:
     if operation == "responses":
         prompt = fields.get("input_tokens")
         completion = fields.get("output_tokens")
-        cached = getattr(fields.get("input_tokens_details"), "cached_tokens", None)
+        details = fields.get("input_tokens_details")
+        cached = getattr(details, "cached_tokens", None)
+        written = getattr(details, "cache_write_tokens", None)
+        heard = spoken = None  # the Responses API reports no audio
         reasoning = getattr(fields.get("output_tokens_details"), "reasoning_tokens", None)
     else:
         prompt = fields.get("prompt_tokens")
         completion = fields.get("completion_tokens")
         if completion is None and operation == "embeddings":
             completion = 0
-        cached = getattr(fields.get("prompt_tokens_details"), "cached_tokens", None)
+        details = fields.get("prompt_tokens_details")
+        cached = getattr(details, "cached_tokens", None)
+        written = getattr(details, "cache_write_tokens", None)  # OpenAI's (gpt-5.6 on), OpenRouter's
+        heard = getattr(details, "audio_tokens", None)
         if cached is None:  # DeepSeek's, beside prompt_tokens: the SDK's models keep undeclared fields apart
             extra = getattr(usage, "__pydantic_extra__", None)
             if type(extra) is dict:
                 cached = extra.get("prompt_cache_hit_tokens")
             else:
                 cached = getattr(usage, "prompt_cache_hit_tokens", None)
-        reasoning = getattr(fields.get("completion_tokens_details"), "reasoning_tokens", None)
+        details = fields.get("completion_tokens_details")
+        reasoning = getattr(details, "reasoning_tokens", None)
+        spoken = getattr(details, "audio_tokens", None)
     total = fields.get("total_tokens")
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
     if not (type(prompt) is int and prompt >= 0):
@@ -235,6 +243,9 @@ def usage_of(operation: str, usage: Any) -> Usage:
         "total_tokens": total,
         "cached_tokens": cached if type(cached) is int and cached >= 0 else 0,
         "reasoning_tokens": reasoning if type(reasoning) is int and reasoning >= 0 else 0,
+        "cache_write_tokens": written if type(written) is int and written >= 0 else 0,
+        "prompt_audio_tokens": heard if type(heard) is int and heard >= 0 else 0,
+        "completion_audio_tokens": spoken if type(spoken) is int and spoken >= 0 else 0,
     }
 
 
@@ -300,6 +311,7 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
             "content_length": content_length,
             "finish_reason": finish_reason,
             "tool_calls_count": tool_calls,
+            "service_tier": tier if type(tier := fields.get("service_tier")) is str else None,
         },
         fields.get("usage"),
     )

@@ -258,6 +258,12 @@ def _served_model(model: str, headers: dict[str, str]) -> str:
     return model + SNAPSHOT_SUFFIX if served == "dated" else served
 
 
+def _served_tier(body: JSONDict) -> str:
+    """The ``service_tier`` of the answer: the one asked for (``flex``, ``priority``), else ``default``."""
+    tier = body.get("service_tier")
+    return tier if tier in ("flex", "priority") else "default"
+
+
 def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
     """The usage's cost (``x-fake-cost``) and shape (``x-fake-usage-style``) as a provider writes them."""
     style = headers.get("x-fake-usage-style")
@@ -316,11 +322,12 @@ def _sse(payload: JSONDict, event: str | None = None) -> bytes:
 # Endpoints
 
 
-def _counts(messages: list[Any], tools: Any, headers: dict[str, str]) -> tuple[int, int, int]:
-    """(prompt tokens, cached tokens, reasoning tokens) of a request."""
+def _counts(messages: list[Any], tools: Any, headers: dict[str, str]) -> tuple[int, int, int, int]:
+    """(prompt tokens, cached tokens, cache write tokens, reasoning tokens) of a request."""
     cached = _int_header(headers, "x-fake-cached-tokens", 0)
+    written = _int_header(headers, "x-fake-cache-write-tokens", 0)
     reasoning = _int_header(headers, "x-fake-reasoning-tokens", 0)
-    return max(_prompt_tokens(messages, tools or None), cached), cached, reasoning
+    return max(_prompt_tokens(messages, tools or None), cached + written), cached, written, reasoning
 
 
 def _content(kind: Any, schema: Any, messages: list[Any], headers: dict[str, str]) -> str:
@@ -387,7 +394,12 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     refused = _below_minimum(body, "max_completion_tokens", 1) or _below_minimum(body, "max_tokens", 1)
     if refused is not None:
         return refused
-    prompt, cached, reasoning = _counts(messages, body.get("tools"), headers)
+    prompt, cached, written, reasoning = _counts(messages, body.get("tools"), headers)
+    heard = _int_header(
+        headers, "x-fake-prompt-audio-tokens", 0
+    )  # audio in the prompt, as an audio model counts it
+    spoken = _int_header(headers, "x-fake-completion-audio-tokens", 0)
+    prompt = max(prompt, heard)
     choices_n = max(1, int(body.get("n") or 1))
     tool_calls = _tool_calls(body, headers, num)
     content: str | None
@@ -403,15 +415,19 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
             limit = body.get("max_tokens")
         content, finish = _truncate(_content(kind, schema, messages, headers), limit)
         completion_one = _tokens(content)
-    completion = choices_n * completion_one + reasoning
+    completion = choices_n * completion_one + reasoning + spoken
     usage = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": cached,
+            "audio_tokens": heard,
+            "cache_write_tokens": written,
+        },
         "completion_tokens_details": {
             "reasoning_tokens": reasoning,
-            "audio_tokens": 0,
+            "audio_tokens": spoken,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
         },
@@ -422,7 +438,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         "created": CREATED,
         "model": _served_model(body["model"], headers),
     }
-    tier = {"service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT}
+    tier = {"service_tier": _served_tier(body), "system_fingerprint": SYSTEM_FINGERPRINT}
 
     def choices(key: str, value: JSONDict, finish_reason: str | None) -> list[JSONDict]:
         return [
@@ -574,7 +590,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     instructions = body.get("instructions")
     counted = items + ([{"content": instructions}] if isinstance(instructions, str) else [])
     tools = body.get("tools") or []
-    input_tokens, cached, reasoning = _counts(counted, tools, headers)
+    input_tokens, cached, written, reasoning = _counts(counted, tools, headers)
     text_format = (body.get("text") or {}).get("format") or {"type": "text"}
     # only json_schema: a json_object format gets plain text here
     kind = "json_schema" if text_format.get("type") == "json_schema" else None
@@ -588,7 +604,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     output_tokens = _tokens(text) + reasoning
     usage = {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": input_tokens + output_tokens,
@@ -624,7 +640,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "prompt_cache_key": None,
             "reasoning": {"effort": None, "summary": None},
             "safety_identifier": None,
-            "service_tier": "default",
+            "service_tier": _served_tier(body),
             "store": True,
             "temperature": 1.0,
             "text": {"format": text_format, "verbosity": "medium"},

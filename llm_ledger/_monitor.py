@@ -494,7 +494,7 @@ class LLMCallMonitor:
         if route.reasoning_outside:  # Google, xAI: thinking tokens left out of completion_tokens
             usage = reasoning_in_completion(usage)
         prompt_cost = completion_cost = total_cost = source = None
-        costs = self._price(route, response["model"], call.request["model"], usage)
+        costs = self._price(route, response, call.request["model"], usage, call.start_epoch)
         if costs is not None:
             prompt_cost, completion_cost, source = costs
             total_cost = prompt_cost + completion_cost
@@ -529,18 +529,33 @@ class LLMCallMonitor:
         return record, total_cost
 
     def _price(
-        self, route: Route, served: str | None, requested: str | None, usage: Usage
+        self, route: Route, response: ResponseShape, requested: str | None, usage: Usage, at: float
     ) -> tuple[int, int, str] | None:
         """(prompt, completion) cost in 10**-24 USD and the rates' source, at the served model's price
-        (an Azure deployment reports the model behind it), else the requested one's; None without
-        usage or price (a warning once per name) or when the counts do not fit."""
+        (an Azure deployment reports the model behind it), else the requested one's, on the service tier
+        that served it, at the time it started; None without usage or price (a warning once per name)
+        or when the counts do not fit."""
+        served = response["model"]
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
         if prompt_tokens is None or completion_tokens is None:
             return None
         cached = usage["cached_tokens"] or 0
         try:
-            costs = route._costs(served, prompt_tokens, completion_tokens, cached, 1, requested)
+            tier = response["service_tier"]
+            costs = route._costs(
+                served,
+                prompt_tokens,
+                completion_tokens,
+                cached,
+                1,
+                requested,
+                at,
+                tier,
+                written=usage["cache_write_tokens"] or 0,
+                heard=usage["prompt_audio_tokens"] or 0,
+                spoken=usage["completion_audio_tokens"] or 0,
+            )
             if costs is not None:
                 return costs
         except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens

@@ -13,9 +13,11 @@ import fnmatch
 import functools
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -87,11 +89,18 @@ class Rates:
     source: str = PRICE_FILE_SOURCE
     """``"genai-prices <version>"`` or ``"price-file"`` (recorded as ``cost.source``)."""
     tiers: tuple[tuple[int, Rates], ...] = ()
+    cache_write: Decimal | None = None
+    """For prompt tokens written to the prompt cache (OpenAI's gpt-5.6 on, Claude through OpenRouter);
+    ``None`` when they are billed at the ``input`` rate."""
+    input_audio: Decimal | None = None
+    """For audio prompt tokens (gpt-audio); ``None`` when they are billed at the ``input`` rate."""
+    output_audio: Decimal | None = None
+    """For audio completion tokens; ``None`` when they are billed at the ``output`` rate."""
 
     def __post_init__(self) -> None:
-        for field_name in ("input", "output", "cached_input"):
+        for field_name in ("input", "output", "cached_input", "cache_write", "input_audio", "output_audio"):
             value = getattr(self, field_name)
-            if value is None and field_name == "cached_input":
+            if value is None and field_name not in ("input", "output"):
                 continue
             if not (isinstance(value, Decimal) and value.is_finite() and 0 <= value <= _MAX_RATE):
                 raise ConfigError(
@@ -147,12 +156,14 @@ _REASONING_OUTSIDE: Final = frozenset({"google", "x-ai"})
 # 60 digits keep every conversion between rates, units and USD exact.
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 _ONE: Final = Decimal(1)
+_DAY: Final = 24 * 60 * 60
 
 # Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
 # 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
 # at a fraction of its cost on the path of every call.
-# (input, cached input, output) in units per token; the cached rate is already defaulted.
-_PerToken = tuple[int, int, int]
+# (input, cached input, cache write, audio input, output, audio output) in units per token; the
+# cache and audio rates already defaulted.
+_PerToken = tuple[int, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +171,14 @@ class _Entry:
     rates: Rates
     base: _PerToken
     tiers_desc: tuple[tuple[int, _PerToken], ...]  # highest start first, so the first hit is the tier
+    # prices by UTC time of day (DeepSeek's off-peak hours): (second of the day it starts, its entry),
+    # latest start first; empty when the price is the same all day
+    by_time: tuple[tuple[int, _Entry], ...] = ()
+    # prices of the service tiers priced apart from the standard one: (tier, its entry), e.g. OpenAI's flex
+    by_tier: tuple[tuple[str, _Entry], ...] = ()
+    # when these prices end (epoch seconds: the next price change genai-prices lists, such as the end of
+    # an introductory rate); None: no change listed
+    expires: float | None = None
 
 
 def _units(rate_per_mtok: Decimal) -> int:
@@ -170,12 +189,15 @@ def _units(rate_per_mtok: Decimal) -> int:
 def _per_token(rates: Rates) -> _PerToken:
     inp = _units(rates.input)
     cached = inp if rates.cached_input is None else _units(rates.cached_input)
-    return inp, cached, _units(rates.output)
+    written = inp if rates.cache_write is None else _units(rates.cache_write)
+    heard = inp if rates.input_audio is None else _units(rates.input_audio)
+    out = _units(rates.output)
+    return inp, cached, written, heard, out, out if rates.output_audio is None else _units(rates.output_audio)
 
 
-def _compile(rates: Rates) -> _Entry:
+def _compile(rates: Rates, by_tier: tuple[tuple[str, _Entry], ...] = ()) -> _Entry:
     tiers = tuple((start, _per_token(tier)) for start, tier in reversed(rates.tiers))
-    return _Entry(rates, _per_token(rates), tiers)
+    return _Entry(rates, _per_token(rates), tiers, (), by_tier)
 
 
 def _usd(units: int) -> Decimal:
@@ -260,16 +282,49 @@ class Route:
         return None if entry is None else entry.rates
 
     def cost(
-        self, model: str, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+        self,
+        model: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        prompt_audio_tokens: int = 0,
+        completion_audio_tokens: int = 0,
+        at: datetime | None = None,
+        service_tier: str | None = None,
     ) -> Cost | None:
         """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
-        ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache; reasoning tokens
-        are counted inside ``completion_tokens`` and must not be added again."""
+        ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
+        ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
+        ``completion_audio_tokens`` the audio part of ``completion_tokens``. Reasoning tokens are
+        counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
+        when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
+        ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...)."""
         counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
-        for name, count in (*counts, ("cached_tokens", cached_tokens)):
+        for name, count in (
+            *counts,
+            ("cached_tokens", cached_tokens),
+            ("cache_write_tokens", cache_write_tokens),
+            ("prompt_audio_tokens", prompt_audio_tokens),
+            ("completion_audio_tokens", completion_audio_tokens),
+        ):
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
                 raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
-        costs = self._costs(model, prompt_tokens, completion_tokens, cached_tokens)
+        if at is not None and not (isinstance(at, datetime) and at.tzinfo is not None):
+            raise ValueError(f"at must be a datetime with a time zone (e.g. datetime.now(UTC)), got {at!r}")
+        epoch = None if at is None else at.timestamp()
+        costs = self._costs(
+            model,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            at=epoch,
+            tier=service_tier,
+            written=cache_write_tokens,
+            heard=prompt_audio_tokens,
+            spoken=completion_audio_tokens,
+        )
         if costs is None:
             return None
         prompt_cost, completion_cost, _ = costs
@@ -283,13 +338,22 @@ class Route:
         cached_tokens: int,
         calls: int = 1,
         fallback: str | None = None,
+        at: float | None = None,
+        tier: str | None = None,
+        written: int = 0,
+        heard: int = 0,
+        spoken: int = 0,
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
         source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
         ``model`` is the one served). A price-file entry for ``fallback`` wins over a built-in price for
         ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
         The tokens may be the sum of ``calls`` calls (a report's row): a long-context tier is judged on
-        their average size, as no call's own size is known."""
+        their average size, as no call's own size is known. ``at`` (epoch seconds, default now) is when
+        the call was made: a price by time of day is the one of that time. ``tier`` is the service tier
+        that served the call (the response's ``service_tier``): its own price when it has one.
+        ``written`` prompt tokens were written to the prompt cache; ``heard`` prompt and ``spoken``
+        completion tokens are audio."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -303,40 +367,61 @@ class Route:
                     entry = other
             if entry is None:
                 return None
-        if not 0 <= cached_tokens <= prompt_tokens or completion_tokens < 0:
+        if (
+            min(cached_tokens, written, heard, spoken, completion_tokens) < 0
+            or cached_tokens + written > prompt_tokens
+            or heard > prompt_tokens
+            or spoken > completion_tokens
+        ):
             raise ValueError(
-                f"token counts must satisfy 0 <= cached_tokens <= prompt_tokens and completion_tokens >= 0, "
-                f"got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
-                f"completion_tokens={completion_tokens!r}"
+                "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, "
+                "prompt_audio_tokens <= prompt_tokens and completion_audio_tokens <= completion_tokens, "
+                f"each >= 0, got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
+                f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
+                f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}"
             )
-        inp, cached, out = entry.base
+        if entry.by_time:
+            second = int(time.time() if at is None else at) % _DAY
+            entry = next(timed for start, timed in entry.by_time if second >= start)
+        if tier is not None:
+            entry = next((other for name, other in entry.by_tier if name == tier), entry)
+        inp, cached, write, audio_in, out, audio_out = entry.base
         for start, per_token in entry.tiers_desc:
             if prompt_tokens > start * calls:
-                inp, cached, out = per_token
+                inp, cached, write, audio_in, out, audio_out = per_token
                 break
-        prompt_cost = (prompt_tokens - cached_tokens) * inp + cached_tokens * cached
-        return prompt_cost, completion_tokens * out, entry.rates.source
+        # Audio the cache served is counted in cached_tokens too: billed there, at the cached rate. A model
+        # with no cached rate bills cached tokens as any other (cached == inp: text may go below 0 and
+        # cancel them out), so its audio keeps the audio rate, as genai-prices bills it.
+        if cached != inp:
+            heard -= max(0, cached_tokens + written + heard - prompt_tokens)
+        text = prompt_tokens - cached_tokens - written - heard
+        prompt_cost = text * inp + cached_tokens * cached + written * write + heard * audio_in
+        return prompt_cost, (completion_tokens - spoken) * out + spoken * audio_out, entry.rates.source
 
     def _entry(self, model: str) -> _Entry | None:
-        """``model``'s rates here, resolved once (unknown names too)."""
+        """``model``'s rates here, resolved once (unknown names too), and again when they expire."""
         entry: _Entry | None = self._cache.get(model, _MISSING)
-        if entry is _MISSING:
-            rates = self._resolve(model)
-            entry = None if rates is None else _compile(rates)
-            if len(self._cache) < _MAX_CACHED_NAMES:
+        if entry is _MISSING or (
+            entry is not None and entry.expires is not None and time.time() >= entry.expires
+        ):
+            entry = self._resolve(model)
+            if model in self._cache or len(self._cache) < _MAX_CACHED_NAMES:
                 self._cache[model] = entry
         return entry
 
-    def _resolve(self, model: str) -> Rates | None:
+    def _resolve(self, model: str) -> _Entry | None:
         if not isinstance(model, str) or not model:
             return None
         candidates = list(_candidate_names(model, strip_openai=self._provider_id in _OPENAI_NAMED))
         rates = self._table._override(candidates)
-        if rates is None and self._table._builtin:
+        if rates is not None:
+            return _compile(rates)
+        if self._table._builtin:
             for name in candidates:
-                if (rates := _builtin_rates(name, self._provider_id or DEFAULT_PROVIDER)) is not None:
-                    break
-        return rates
+                if (entry := _builtin_entry(name, self._provider_id or DEFAULT_PROVIDER)) is not None:
+                    return entry
+        return None
 
 
 class PriceTable:
@@ -448,15 +533,26 @@ class PriceTable:
         prompt_tokens: int,
         completion_tokens: int,
         cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        prompt_audio_tokens: int = 0,
+        completion_audio_tokens: int = 0,
         provider: str | None = None,
+        at: datetime | None = None,
+        service_tier: str | None = None,
     ) -> Cost | None:
-        """The cost of one call (at ``provider``, else by model name alone), or ``None`` (never zero)
-        when ``model`` has no known price. See :meth:`Route.cost`."""
+        """The cost of one call (at ``provider``, else by model name alone, made ``at``, default now, on
+        ``service_tier``, default the standard one), or ``None`` (never zero) when ``model`` has no known
+        price. See :meth:`Route.cost`."""
         return self._priced_at(provider).cost(
             model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cached_tokens=cached_tokens,
+            cache_write_tokens=cache_write_tokens,
+            prompt_audio_tokens=prompt_audio_tokens,
+            completion_audio_tokens=completion_audio_tokens,
+            at=at,
+            service_tier=service_tier,
         )
 
     def _override(self, candidates: list[str]) -> Rates | None:
@@ -548,8 +644,9 @@ def provider_error(name: str) -> str:
     return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"
 
 
-def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> Rates | None:
+def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
     import genai_prices
+    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
 
     providers = _genai_providers()
     provider = _genai_provider(provider_id)
@@ -558,19 +655,69 @@ def _builtin_rates(name: str, provider_id: str = DEFAULT_PROVIDER) -> Rates | No
     info = provider.find_model(name, all_providers=providers)  # Azure falls back to OpenAI's models
     if info is None:
         return None
+    source = f"genai-prices {genai_prices.__version__}"
+    # the service tiers genai-prices prices apart (OpenAI's flex and priority); as in genai-prices, only
+    # at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's)
+    own = any(info is model for model in provider.models)
+    served = sorted(
+        {v.when["service_tier"] for v in info.price_variants or () if set(v.when) == {"service_tier"}}
+    )
+
+    def entry(moment: datetime) -> _Entry | None:
+        rates = _rates_from_model_info(info, source, moment)
+        by_tier = []
+        for tier in served if own and rates is not None else ():
+            other = _rates_from_model_info(info, source, moment, {"service_tier": tier})
+            if other is None:
+                return None
+            if other != rates:
+                by_tier.append((tier, _compile(other)))
+        return None if rates is None else _compile(rates, tuple(by_tier))
+
+    now = datetime.fromtimestamp(time.time(), UTC)
+    # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
+    # resolved once, and each call is priced at the part of the day it was made in. A price change
+    # listed for a later day ends these prices: the name is resolved again then.
+    conditional = info.prices if isinstance(info.prices, list) else []
+    constraints = [c.constraint for c in conditional] + [v.constraint for v in info.price_variants or ()]
+    later = [
+        c.start_date for c in constraints if isinstance(c, StartDateConstraint) and c.start_date > now.date()
+    ]
+    expires = datetime(*min(later).timetuple()[:3], tzinfo=UTC).timestamp() if later else None
+    windows = [c.constraint for c in conditional if isinstance(c.constraint, TimeOfDateConstraint)]
+    starts = sorted(
+        {0} | {_utc_second(w.start_time) for w in windows} | {_utc_second(w.end_time) for w in windows}
+    )
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
     try:
-        return _rates_from_model_info(info, f"genai-prices {genai_prices.__version__}")
+        current = entry(now)
+        by_time = [(start, entry(midnight + timedelta(seconds=start))) for start in reversed(starts)]
     except ConfigError:
         return None  # a price genai-prices itself would reject: better unknown than wrong
+    timed = tuple((start, other) for start, other in by_time if other is not None)
+    if current is None or len(timed) < len(by_time):
+        return None
+    return replace(current, by_time=timed if len(timed) > 1 else (), expires=expires)
 
 
-def _rates_from_model_info(info: ModelInfo, source: str) -> Rates | None:
+def _utc_second(moment: dt_time) -> int:
+    """The second of the UTC day a time of day is (a time without a zone is UTC, as genai-prices reads it)."""
+    if moment.tzinfo is not None:
+        moment = datetime.combine(date(2000, 1, 1), moment).astimezone(UTC).time()
+    return (moment.hour * 60 + moment.minute) * 60 + moment.second
+
+
+def _rates_from_model_info(
+    info: ModelInfo, source: str, moment: datetime, context: dict[str, str] | None = None
+) -> Rates | None:
     from genai_prices.types import TieredPrices
 
-    prices = info.get_prices(datetime.now(tz=UTC))
+    prices = info.get_prices(moment, context)
     input_price = prices.input_mtok
     output_price = prices.output_mtok
     cached_price = prices.cache_read_mtok
+    write_price = prices.cache_write_mtok
+    heard_price, spoken_price = prices.input_audio_mtok, prices.output_audio_mtok
     if input_price is None:
         if any(value is not None for value in vars(prices).values()):
             return None  # priced per second, per character...: not something token usage can price
@@ -588,18 +735,19 @@ def _rates_from_model_info(info: ModelInfo, source: str) -> Rates | None:
                     rate = tier.price
         return rate
 
-    def at_cached(start: int | None) -> Decimal | None:
-        return None if cached_price is None else at(cached_price, start)
+    def rates(start: int | None, tiers: tuple[tuple[int, Rates], ...] = ()) -> Rates:
+        cached, written, heard, spoken = (
+            None if price is None else at(price, start)
+            for price in (cached_price, write_price, heard_price, spoken_price)
+        )
+        inp, out = at(input_price, start), at(output_price, start)
+        return Rates(info.id, inp, out, cached, source, tiers, written, heard, spoken)
 
-    kinds = (input_price, output_price, cached_price)
+    kinds = (input_price, output_price, cached_price, write_price, heard_price, spoken_price)
     starts = sorted({tier.start for p in kinds if isinstance(p, TieredPrices) for tier in p.tiers})
     # genai-prices applies a tier when total input tokens > tier.start; between two consecutive starts,
     # every price kind is at its highest tier whose start is <= the lower start.
-    tiers = tuple(
-        (start, Rates(info.id, at(input_price, start), at(output_price, start), at_cached(start), source))
-        for start in starts
-    )
-    return Rates(info.id, at(input_price, None), at(output_price, None), at_cached(None), source, tiers)
+    return rates(None, tuple((start, rates(start)) for start in starts))
 
 
 # --- user price file ---------------------------------------------------------------------------------
@@ -704,15 +852,26 @@ def price(
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    prompt_audio_tokens: int = 0,
+    completion_audio_tokens: int = 0,
     provider: str | None = None,
     table: PriceTable | None = None,
+    at: datetime | None = None,
+    service_tier: str | None = None,
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
-    model name at OpenAI's list price), ``None`` for an unknown model."""
+    model name at OpenAI's list price), made ``at`` (default: now) on ``service_tier`` (default: the
+    standard one), ``None`` for an unknown model."""
     return (table or _builtin_table()).cost(
         model,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cached_tokens=cached_tokens,
+        cache_write_tokens=cache_write_tokens,
+        prompt_audio_tokens=prompt_audio_tokens,
+        completion_audio_tokens=completion_audio_tokens,
         provider=provider,
+        at=at,
+        service_tier=service_tier,
     )

@@ -89,6 +89,7 @@ class ResponseShape(TypedDict):
     content_length: int | None
     finish_reason: str | None
     tool_calls_count: int | None
+    service_tier: str | None  # the tier that served the call, as the answer says ("default", "flex"...)
 
 
 class ServerShape(TypedDict):
@@ -100,15 +101,20 @@ class ServerShape(TypedDict):
 
 
 class Usage(TypedDict):
-    """Token counts as OpenAI means them, whoever served the call: ``cached_tokens`` are part of
-    ``prompt_tokens``; ``completion_tokens`` is all output billed, ``reasoning_tokens`` included (Google's
-    and xAI's thinking, which their usage leaves out of it, is put back: docs/PRICING.md)."""
+    """Token counts as OpenAI means them, whoever served the call: ``cached_tokens`` (read from the
+    prompt cache), ``cache_write_tokens`` (written to it) and ``prompt_audio_tokens`` are parts of
+    ``prompt_tokens``; ``completion_tokens`` is all output billed, ``reasoning_tokens`` and
+    ``completion_audio_tokens`` included (Google's and xAI's thinking, which their usage leaves out of
+    it, is put back: docs/PRICING.md)."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
     cached_tokens: int | None
     reasoning_tokens: int | None
+    cache_write_tokens: int | None
+    prompt_audio_tokens: int | None
+    completion_audio_tokens: int | None
 
 
 class Timing(TypedDict):

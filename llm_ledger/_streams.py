@@ -54,6 +54,7 @@ class _StreamState:
         "model",
         "monitor",
         "text",
+        "tier",
         "tool_calls",
         "usage",
         "warm",
@@ -69,6 +70,7 @@ class _StreamState:
         self.usage: Any = None
         self.model: str | None = None
         self.id: str | None = None
+        self.tier: str | None = None
         self.text: list[str] | None = [] if call.content is not None else None
         self.warm = False  # the id and the first token are known: plain text chunks take the short path
 
@@ -114,6 +116,8 @@ class _StreamState:
         if not self.id:  # Azure's first chunk, its prompt filter's verdict, has an empty id and model
             self.model = fields.get("model")
             self.id = fields.get("id")
+            tier = fields.get("service_tier")
+            self.tier = tier if type(tier) is str else None
         usage = fields.get("usage")
         if type(usage) is dict:
             usage = JsonView(usage)
@@ -232,6 +236,7 @@ class _StreamState:
                 "content_length": self.chars,
                 "finish_reason": self.finish_reason,
                 "tool_calls_count": self.tool_calls,
+                "service_tier": self.tier,
             }
             text = "".join(self.text) if self.text is not None else None
             self.monitor._finish(call, status, response, self.usage, error=error, output_text=text)  # type: ignore[arg-type]

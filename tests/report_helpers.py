@@ -54,6 +54,7 @@ def call(
             "content_length": None if failed else 80,
             "finish_reason": None if failed else "stop",
             "tool_calls_count": None if failed else 0,
+            "service_tier": None if failed else "default",
         },
         usage={
             "prompt_tokens": prompt,
@@ -61,6 +62,9 @@ def call(
             "total_tokens": total,
             "cached_tokens": 0,
             "reasoning_tokens": 0,
+            "cache_write_tokens": 0,
+            "prompt_audio_tokens": 0,
+            "completion_audio_tokens": 0,
         },
         start_epoch=epoch,
         duration_s=duration_s,

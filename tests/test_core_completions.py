@@ -83,7 +83,14 @@ async def test_completions_create_is_recorded(
     [record] = records.calls
     answer = fake_openai.answers[-1].body
     assert record["status"] == "ok" and record["operation"] == "text_completion"
-    assert record["usage"] == {**answer["usage"], "cached_tokens": 0, "reasoning_tokens": 0}
+    assert record["usage"] == {
+        **answer["usage"],
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "cache_write_tokens": 0,
+        "prompt_audio_tokens": 0,
+        "completion_audio_tokens": 0,
+    }
     assert record["response"]["model"] == "gpt-3.5-turbo-instruct"
     assert record["response"]["finish_reason"] == "stop"
     assert record["response"]["content_length"] == len(answer["choices"][0]["text"])
@@ -135,6 +142,9 @@ async def test_completions_stream_gets_usage_without_showing_it(
         **fake_openai.answers[-1].body[-1]["usage"],
         "cached_tokens": 0,
         "reasoning_tokens": 0,
+        "cache_write_tokens": 0,
+        "prompt_audio_tokens": 0,
+        "completion_audio_tokens": 0,
     }
 
 

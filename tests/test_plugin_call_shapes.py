@@ -18,7 +18,14 @@ pytestmark = pytest.mark.sdk_independent
 def odd(usage: dict[str, Any], *, status: str = "ok") -> dict[str, Any]:
     """A call outside any lens with no cost and this usage."""
     record = call(lens=None, cost=None, status=status)
-    record["usage"] = {"cached_tokens": 0, "reasoning_tokens": 0, **usage}
+    record["usage"] = {
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "cache_write_tokens": 0,
+        "prompt_audio_tokens": 0,
+        "completion_audio_tokens": 0,
+        **usage,
+    }
     return record
 
 

@@ -135,13 +135,13 @@ def test_module_level_price_uses_builtin_table_or_the_given_one() -> None:
 def test_rates_are_resolved_once_per_model_name(monkeypatch: pytest.MonkeyPatch) -> None:
     """Known and unknown names hit genai-prices once; later calls are served from the table's cache."""
     calls: list[str] = []
-    real = _pricing._builtin_rates
+    real = _pricing._builtin_entry
 
-    def counting(name: str, provider: str = "openai") -> Rates | None:
+    def counting(name: str, provider: str = "openai") -> _pricing._Entry | None:
         calls.append(name)
         return real(name, provider)
 
-    monkeypatch.setattr(_pricing, "_builtin_rates", counting)
+    monkeypatch.setattr(_pricing, "_builtin_entry", counting)
     table = PriceTable()
     first = table.rates("gpt-4o")
     for _ in range(3):
@@ -194,7 +194,7 @@ def test_cost_ignores_the_callers_decimal_context() -> None:
 
 def test_cost_rejects_cached_tokens_above_prompt_tokens() -> None:
     """cached_tokens is a subset of prompt_tokens; more cached than prompt is a caller bug."""
-    with pytest.raises(ValueError, match="cached_tokens <= prompt_tokens"):
+    with pytest.raises(ValueError, match="cached_tokens \\+ cache_write_tokens <= prompt_tokens"):
         PriceTable().cost("gpt-4o", prompt_tokens=10, completion_tokens=0, cached_tokens=11)
 
 
@@ -564,6 +564,9 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
                 "total_tokens": prompt + completion,
                 "cached_tokens": cached,
                 "reasoning_tokens": 0,
+                "cache_write_tokens": 0,
+                "prompt_audio_tokens": 0,
+                "completion_audio_tokens": 0,
             },
             start_epoch=1_732_000_000.0,
             duration_s=0.25,

@@ -105,7 +105,8 @@ def _footer(report: CostReport) -> list[str]:
         which = "" if "model" in report.query.by else "; --by model shows which models"
         lines.append(
             f"+ {total.unpriced_calls:,} successful {calls} no price (a model the price table does not "
-            f"know, or no usage reported): their cost is not included{which}"
+            f"know, or no usage reported): their cost is not included{which}; costs are those recorded "
+            "when each call was made, so `llm-ledger reprice LOG --price-file F` prices them"
         )
     return lines
 

@@ -45,7 +45,6 @@ from ._usage import NO_LENS, UsageRow, recorded_count, recorded_name, usage_row
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
 
 FORMATS: Final = ("text", "markdown", "json")
-_COST_DIGITS: Final = 9
 
 
 @dataclass(slots=True)
@@ -79,9 +78,10 @@ class Row:
         return {
             "lens": self.lens,
             "calls": self.calls,
-            "before_usd": round(float(self.before_usd), _COST_DIGITS),
-            "after_usd": round(float(self.after_usd), _COST_DIGITS),
-            "change_usd": None if change is None else round(float(change), _COST_DIGITS),
+            # the exact sums as JSON numbers, as llm-ledger report writes its costs
+            "before_usd": float(self.before_usd),
+            "after_usd": float(self.after_usd),
+            "change_usd": None if change is None else float(change),
             "before_complete": self.before_complete,
             "after_complete": self.after_complete,
         }
@@ -293,7 +293,18 @@ def reprice(
 def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int | None:
     tokens = (item.prompt_tokens, item.completion_tokens, item.cached_tokens)
     try:
-        costs = route._costs(model, *tokens, max(item.calls, 1), fallback)
+        calls = max(item.calls, 1)
+        costs = route._costs(
+            model,
+            *tokens,
+            calls,
+            fallback,
+            item.at,
+            item.service_tier,
+            written=item.cache_write_tokens,
+            heard=item.prompt_audio_tokens,
+            spoken=item.completion_audio_tokens,
+        )
     except ValueError:  # more cached than prompt tokens: the ledger recorded no cost for such a call either
         return None
     return None if costs is None else costs[0] + costs[1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -39,6 +40,11 @@ class UsageRow:
     no_usage_calls: int  # calls that reported no usage: unknown before and after
     total_tokens: int = 0  # as recorded, else prompt + completion when both are known
     failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
+    at: float | None = None  # when the call started (epoch seconds; None: unknown, or many calls)
+    service_tier: str | None = None  # the tier that served the calls (None: unknown, or the standard one)
+    cache_write_tokens: int = 0  # the part of prompt_tokens written to the prompt cache
+    prompt_audio_tokens: int = 0  # the audio part of prompt_tokens
+    completion_audio_tokens: int = 0  # the audio part of completion_tokens
 
     @property
     def model_name(self) -> str:
@@ -64,6 +70,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     """
     usage = _dict(record.get("usage"))
     server = _dict(record.get("server"))
+    tier = _dict(record.get("response")).get("service_tier")
     cost = _dict(record.get("cost"))
     recorded = cost_decimal(cost.get("total_cost_usd"))
     prompt = recorded_count(usage.get("prompt_tokens"))
@@ -91,7 +98,21 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         no_usage_calls=int(not known and ok),
         total_tokens=total,
         failed_calls=int(not ok),
+        at=_epoch(_dict(record.get("timing")).get("start_time") or record.get("timestamp")),
+        service_tier=tier if isinstance(tier, str) else None,
+        cache_write_tokens=recorded_count(usage.get("cache_write_tokens")) or 0,
+        prompt_audio_tokens=recorded_count(usage.get("prompt_audio_tokens")) or 0,
+        completion_audio_tokens=recorded_count(usage.get("completion_audio_tokens")) or 0,
     )
+
+
+def _epoch(stamp: Any) -> float | None:
+    """An ISO timestamp as epoch seconds (no zone: UTC); None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def model_name(model: Any, served_model: Any) -> str:

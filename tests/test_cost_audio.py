@@ -1,0 +1,113 @@
+"""Audio tokens (``prompt_tokens_details.audio_tokens``, ``completion_tokens_details.audio_tokens``) cost
+the audio rates genai-prices lists (gpt-audio: $32 in, $64 out per 1M against $2.50 and $10 for text),
+live, streamed or not, and when a log is repriced."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import openai
+import pytest
+
+from llm_ledger import price
+from llm_ledger._cli import main
+from llm_ledger.testing import Captured
+
+
+def genai_usd(model: str, usage: dict[str, Any]) -> Decimal:
+    """What genai-prices charges for ``usage`` at OpenAI (the independent reference)."""
+    calc = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=usage["prompt_tokens"],
+            input_audio_tokens=usage["prompt_audio_tokens"],
+            cache_read_tokens=usage.get("cached_tokens", 0),
+            output_tokens=usage["completion_tokens"],
+            output_audio_tokens=usage["completion_audio_tokens"],
+        ),
+        model,
+        provider_id="openai",
+    )
+    return calc.total_price
+
+
+@pytest.mark.parametrize(
+    ("model", "usd"),
+    [
+        # (200 x 2.50 + 800 x 32 + 100 x 10 + 400 x 64) / 1M
+        ("gpt-audio", "0.0527"),
+        # (200 x 0.60 + 800 x 10 + 100 x 2.40 + 400 x 20) / 1M
+        ("gpt-audio-mini", "0.01636"),
+        # genai-prices lists no audio rate for it: its audio costs the text rates, as genai-prices says
+        ("gpt-4o-audio-preview", "0.0075"),
+    ],
+)
+def test_audio_tokens_cost_the_audio_rates(model: str, usd: str) -> None:
+    """1,000 prompt tokens of which 800 audio, 500 completion tokens of which 400 audio."""
+    cost = price(
+        model,
+        prompt_tokens=1_000,
+        prompt_audio_tokens=800,
+        completion_tokens=500,
+        completion_audio_tokens=400,
+    )
+    assert cost is not None
+    assert cost.total_cost_usd == Decimal(usd)
+
+
+def test_audio_above_its_total_is_an_error() -> None:
+    """Audio is a part of the prompt and of the completion: more audio than either is a caller bug."""
+    with pytest.raises(ValueError, match="completion_audio_tokens <= completion_tokens"):
+        price("gpt-audio", prompt_tokens=10, completion_tokens=5, completion_audio_tokens=6)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_an_audio_call_is_recorded_at_the_audio_rates_and_reprice_agrees(
+    client: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str], stream: bool
+) -> None:
+    """Through the real SDK: the record keeps both audio counts and costs what genai-prices charges,
+    many times the same tokens at the text rates; repricing the log finds no change."""
+    messages: Any = [{"role": "user", "content": "say hello to the team"}]
+    headers = {"x-fake-prompt-audio-tokens": "900", "x-fake-completion-audio-tokens": "1200"}
+    answer: Any = client.chat.completions.create(
+        model="gpt-audio", messages=messages, stream=stream, extra_headers=headers
+    )
+    if stream:
+        for _ in answer:
+            pass
+    (record,) = records.calls
+    usage = record["usage"]
+    assert (usage["prompt_audio_tokens"], usage["completion_audio_tokens"]) == (900, 1200)
+    total = Decimal(repr(record["cost"]["total_cost_usd"]))
+    assert total == genai_usd("gpt-audio", usage)
+    assert total > 6 * genai_usd(
+        "gpt-audio", {**usage, "prompt_audio_tokens": 0, "completion_audio_tokens": 0}
+    )
+
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["reprice", str(log), "--format", "json"]) == 0
+    repriced = json.loads(capsys.readouterr().out)["total"]
+    assert repriced["change_usd"] == 0
+    assert repriced["after_usd"] == repriced["before_usd"]
+
+
+@pytest.mark.parametrize(("prompt", "cached"), [(1_000, 400), (1_000, 900), (800, 800)])
+def test_cached_audio_on_a_model_without_a_cached_rate_keeps_the_audio_rate(prompt: int, cached: int) -> None:
+    """gpt-audio has no cached rate: cached tokens cost what they would uncached, so audio the cache
+    served (cached + audio above the prompt) still costs the audio rate, as genai-prices bills it."""
+    usage = {
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "prompt_audio_tokens": 800,
+        "completion_tokens": 10,
+        "completion_audio_tokens": 0,
+    }
+    cost = price(
+        "gpt-audio", prompt_tokens=prompt, cached_tokens=cached, prompt_audio_tokens=800, completion_tokens=10
+    )
+    assert cost is not None
+    assert cost.total_cost_usd == genai_usd("gpt-audio", usage)

@@ -1,0 +1,158 @@
+"""Prices that depend on the time: DeepSeek's off-peak discount (each call is priced at the part of the day
+it was made in, live and when a log is repriced) and a price change genai-prices lists ahead (it applies
+from its day in a running process), as genai-prices prices them."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import openai
+import pytest
+
+import llm_ledger
+from llm_ledger import _monitor, _pricing
+from llm_ledger._cli import main
+from llm_ledger._pricing import HostPrice, PriceTable
+from llm_ledger.testing import Captured
+
+# deepseek-chat: the list price from 00:30 to 16:30 UTC, half of it the rest of the day
+PEAK = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+OFF_PEAK = datetime(2026, 12, 4, 20, 0, tzinfo=UTC)
+DEEPSEEK = PriceTable(hosts={"127.0.0.1": HostPrice("deepseek")})
+
+
+def genai_usd(model: str, prompt: int, completion: int, when: datetime, cached: int = 0) -> Decimal:
+    """What genai-prices charges for these tokens at DeepSeek at ``when`` (the independent reference)."""
+    usage = genai_prices.Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion)
+    calc = genai_prices.calc_price(usage, model, provider_id="deepseek", genai_request_timestamp=when)
+    return calc.total_price
+
+
+class _Clock:
+    """The ``time`` module, with ``time()`` stopped at ``epoch`` (when the monitor says a call started)."""
+
+    def __init__(self, epoch: float) -> None:
+        self.epoch = epoch
+
+    def time(self) -> float:
+        return self.epoch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("model", ["deepseek-chat", "deepseek-reasoner", "deepseek-v4-flash"])
+@pytest.mark.parametrize(
+    "hour_minute", [(0, 0), (0, 30), (3, 59), (6, 0), (12, 0), (16, 29), (16, 30), (23, 59)]
+)
+def test_cost_at_a_time_of_day_is_genai_prices_price_then(model: str, hour_minute: tuple[int, int]) -> None:
+    """``cost(at=...)`` is genai-prices' price at that moment, on either side of each off-peak boundary,
+    from one table whose model names were resolved at another hour."""
+    table = PriceTable()
+    table.cost(model, prompt_tokens=1, completion_tokens=1, provider="deepseek")  # resolved now
+    when = PEAK.replace(hour=hour_minute[0], minute=hour_minute[1])
+    cost = table.cost(
+        model,
+        prompt_tokens=30_000,
+        completion_tokens=4_000,
+        cached_tokens=10_000,
+        provider="deepseek",
+        at=when,
+    )
+    assert cost is not None
+    assert cost.total_cost_usd == genai_usd(model, 30_000, 4_000, when, cached=10_000)
+
+
+def test_off_peak_is_cheaper_than_peak() -> None:
+    """The two parts of deepseek-chat's day really are priced apart (half price off-peak)."""
+    peak, off_peak = (
+        PriceTable().cost(
+            "deepseek-chat", prompt_tokens=1_000_000, completion_tokens=0, provider="deepseek", at=at
+        )
+        for at in (PEAK, OFF_PEAK)
+    )
+    assert peak is not None and off_peak is not None
+    assert off_peak.total_cost_usd * 2 == peak.total_cost_usd
+
+
+def test_at_must_be_an_aware_datetime() -> None:
+    """A time without a zone is ambiguous for a price by UTC hour: refused, naming what to pass."""
+    with pytest.raises(ValueError, match="at must be a datetime with a time zone"):
+        PriceTable().cost("deepseek-chat", prompt_tokens=1, completion_tokens=1, at=datetime(2026, 12, 4, 12))
+
+
+def test_each_call_is_priced_at_its_own_hour_and_a_repriced_log_agrees(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One long-running monitor makes a DeepSeek call at peak and one off-peak: each record costs what
+    genai-prices charges at its start time (not the price of whichever hour first priced the model), and
+    repricing the log with nothing changed finds no change."""
+    monitor.prices = DEEPSEEK
+    for when in (PEAK, OFF_PEAK):
+        monkeypatch.setattr(_monitor, "time", _Clock(when.timestamp()))
+        with llm_ledger.lens("digest"):
+            client.chat.completions.create(
+                model="deepseek-chat", messages=[{"role": "user", "content": "hi " * 500}]
+            )
+    monkeypatch.undo()
+    peak, off_peak = records.calls
+    for record, when in ((peak, PEAK), (off_peak, OFF_PEAK)):
+        assert record["timing"]["start_time"].startswith(when.strftime("%Y-%m-%dT%H:%M"))
+        usage = record["usage"]
+        expected = genai_usd("deepseek-chat", usage["prompt_tokens"], usage["completion_tokens"], when)
+        assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected
+    assert off_peak["cost"]["total_cost_usd"] < peak["cost"]["total_cost_usd"]
+
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert main(["reprice", str(log), "--format", "json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert total["calls"] == 2
+    assert total["change_usd"] == 0
+    assert total["after_usd"] == total["before_usd"]
+
+
+NEW_YEARS_EVE = datetime(2026, 12, 31, 23, 0, tzinfo=UTC)
+NEW_YEAR = datetime(2027, 1, 1, 0, 30, tzinfo=UTC)
+
+
+def test_a_listed_price_change_applies_from_its_day_in_a_running_process(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gemini-3.8-flash's introductory rate ends on 2027-01-01 (genai-prices lists the new price): a
+    monitor that priced it on New Year's Eve prices the next call, after midnight, at the new price."""
+    monitor.prices = PriceTable(hosts={"127.0.0.1": HostPrice("google")})
+    for when in (NEW_YEARS_EVE, NEW_YEAR):
+        clock = _Clock(when.timestamp())
+        monkeypatch.setattr(_monitor, "time", clock)
+        monkeypatch.setattr(_pricing, "time", clock)
+        client.chat.completions.create(
+            model="gemini-3.8-flash", messages=[{"role": "user", "content": "hi " * 500}]
+        )
+    monkeypatch.undo()
+    costs = []
+    for record, when in zip(records.calls, (NEW_YEARS_EVE, NEW_YEAR), strict=True):
+        usage = record["usage"]
+        calc = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"]),
+            "gemini-3.8-flash",
+            provider_id="google",
+            genai_request_timestamp=when,
+        )
+        costs.append(Decimal(repr(record["cost"]["total_cost_usd"])))
+        assert costs[-1] == calc.total_price
+    assert costs[1] == 2 * costs[0]
