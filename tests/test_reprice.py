@@ -412,6 +412,9 @@ def test_a_call_reporting_more_cached_than_prompt_tokens_is_unpriced_not_a_crash
     summary = by_lens(result)["summary"]
     assert summary["after_complete"] is False and summary["calls"] == 2
     assert summary["after_usd"] == pytest.approx(calls[1]["cost"]["total_cost_usd"], rel=1e-12)
+    assert main(["reprice", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "after leaves out calls with no known price: 'gpt-4o' (1 call)\n" in out, out  # no name hint
 
 
 def test_where_since_and_until_select_the_calls_as_report_does(

@@ -279,7 +279,12 @@ def reprice(
                 name += f" (at {item.provider})" if own_server else ""
                 result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
                 vendored = f"openai/{name}"  # OpenRouter's, Groq's... name for an OpenAI model
-                if not own_server and name not in result.hints and route.rates(vendored) is not None:
+                if (
+                    not own_server
+                    and name not in result.hints
+                    and route.rates(name) is None  # not priced for its counts (more cached than prompt)
+                    and route.rates(vendored) is not None
+                ):
                     result.hints[name] = f"at {route.provider} it is {vendored!r}: --model {name}={vendored}"
             continue
         row.after_units += cost
@@ -353,7 +358,7 @@ def render(result: Reprice, fmt: str = "text") -> str:
     ]
     if result.unpriced_after:
         missing = ", ".join(
-            f"{m!r} ({n} calls{'; ' + result.hints[m] if m in result.hints else ''})"
+            f"{m!r} ({n} call{'s' if n != 1 else ''}{'; ' + result.hints[m] if m in result.hints else ''})"
             for m, n in sorted(result.unpriced_after.items())
         )
         lines += ["", f"* after leaves out calls with no known price: {missing}"]
