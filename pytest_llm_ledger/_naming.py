@@ -1,4 +1,7 @@
-"""Where a test's cassette lives: ``<dir>/<test file relative to rootdir, no .py>/<name>.yaml``.
+"""Where a test's cassette lives: ``<dir>/<test file relative to the project, no .py>/<name>.yaml``.
+
+The project is the ini file's folder (else pytest's rootdir), the base of the cassette directory too,
+so ``--rootdir`` moves no cassette.
 
 ``tests/test_x.py::test_y`` gives ``tests/test_x/test_y.yaml``; a method of a class gives
 ``TestCls.test_y.yaml``. Parametrized tests are named from their parameter *values* sorted by
@@ -21,7 +24,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["cassette_params", "cassette_path", "orphan_cassettes", "selected_folders"]
+__all__ = ["cassette_params", "cassette_path", "orphan_cassettes", "project_dir", "selected_folders"]
 
 MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")
@@ -72,10 +75,15 @@ def cassette_stem(item: pytest.Item) -> str:
     return full
 
 
+def project_dir(config: pytest.Config) -> Path:
+    """The folder ini paths and cassette names are relative to: the ini file's, else the rootdir."""
+    return config.inipath.parent if config.inipath is not None else config.rootpath
+
+
 def cassette_path(item: pytest.Item, directory: Path) -> Path:
     """The cassette file of ``item`` under ``directory``."""
     try:
-        relative = item.path.relative_to(item.config.rootpath)
+        relative = item.path.relative_to(project_dir(item.config))
     except ValueError:
         relative = Path(item.path.name)
     parts = [_safe(part) for part in relative.with_suffix("").parts]
@@ -96,7 +104,7 @@ def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | Non
             continue
         path = Path(config.invocation_params.dir, arg).resolve()
         try:
-            relative = path.relative_to(config.rootpath)
+            relative = path.relative_to(project_dir(config))
         except ValueError:
             continue
         if path.is_file():

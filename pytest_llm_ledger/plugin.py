@@ -46,7 +46,7 @@ from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._format import write_atomic
-from ._naming import cassette_params, cassette_path, orphan_cassettes, selected_folders
+from ._naming import cassette_params, cassette_path, orphan_cassettes, project_dir, selected_folders
 from ._network import Guard
 from ._report import (
     SESSION_BUCKET,
@@ -385,8 +385,7 @@ def _path_option(config: pytest.Config, name: str) -> Path:
 
 def _ini_path(config: pytest.Config, name: str) -> Path:
     """An ini setting's path, relative to the ini file."""
-    base = config.inipath.parent if config.inipath is not None else config.rootpath
-    return Path(base, str(config.getini(name)).strip()).resolve()
+    return Path(project_dir(config), str(config.getini(name)).strip()).resolve()
 
 
 def _display(config: pytest.Config, path: Path) -> str:

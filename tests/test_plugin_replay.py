@@ -19,6 +19,7 @@ from tests.plugin_helpers import (
     PLUGIN_ARGS,
     load_yaml,
     no_key_fixture,
+    recorded_fixture,
     run,
     server_fixture,
     with_key_fixture,
@@ -26,7 +27,7 @@ from tests.plugin_helpers import (
 )
 
 pytest_plugins = ["pytester"]
-_FIXTURES = (no_key_fixture, server_fixture, with_key_fixture)  # used by name
+_FIXTURES = (no_key_fixture, recorded_fixture, server_fixture, with_key_fixture)  # used by name
 
 CASSETTES = Path("cassettes", "tests", "test_app")
 
@@ -211,6 +212,14 @@ def test_a_swallowed_miss_still_fails_the_test(
 
     result.assert_outcomes(failed=1, deselected=1)
     assert_lines_in(result, "    $.messages[0].content: recorded 'a', requested 'b'")
+
+
+def test_a_rootdir_away_from_the_ini_file_replays_the_same_cassettes(recorded: pytest.Pytester) -> None:
+    """--rootdir changes no cassette path: test files are placed under the cassette directory relative
+    to the ini file's folder, as the cassette directory itself is."""
+    result = run(recorded, "--rootdir=tests")
+
+    result.assert_outcomes(passed=3)
 
 
 @pytest.mark.usefixtures("no_key")
