@@ -160,7 +160,7 @@ class UsageSum(_ExactCost):
     cost: Decimal = Decimal(0)  # USD, as recorded
     uncosted_calls: int = 0  # billed calls recorded without a cost
     no_usage_calls: int = 0  # calls that were not refused but reported no usage
-    failed_calls: int = 0  # cassette misses, API errors: their tokens and cost are not counted
+    failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
     tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
     @classmethod
@@ -444,9 +444,10 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
             for key, _, s, tests in named
             if s.errors
         ]
+        # a failed call counts what its answer reported: one cut short after a billed answer counts it
         lines.append(
-            "failed: calls that failed (cassette misses or API errors), whose tokens and cost are not "
-            f"counted: {listed(lenses)}"
+            "failed: calls that failed (cassette misses or API errors); one that got no answer counts no "
+            f"tokens or cost: {listed(lenses)}"
         )
     return lines
 

@@ -58,6 +58,8 @@ _USAGE_METRICS: Final = (
     "uncosted_calls",
     "failed_calls",
 )
+# a failed call counts what its answer reported: one cut short after a billed answer counts it
+_NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
 _NO_LENS_TITLE: Final = f"{NO_LENS_ROW}: calls outside any lens"
 _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would overflow a percentage
@@ -253,7 +255,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
     if errors:
         out.append(
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
-            "errors): calls that failed cost nothing and used no tokens"
+            f"errors): {_NO_ANSWER}"
         )
     unpriced = [_code(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
@@ -474,7 +476,7 @@ def _notes(row: dict[str, Any]) -> list[str]:
         tests = [_code(test) for test in row["failed_call_tests"].get(side, ())]
         where = f" in {listed(tests)}" if tests else ""
         failed = f"{count} failed call(s) (cassette misses or API errors){where}"
-        notes.append(f"{side}: {failed}, not in its tokens or cost")
+        notes.append(f"{side}: {failed}; {_NO_ANSWER}")
     return notes
 
 
