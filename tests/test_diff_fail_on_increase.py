@@ -129,6 +129,18 @@ def test_within_the_threshold_everything_passes(diff: Any) -> None:
     assert (status, err) == (0, "")
 
 
+def test_a_cost_up_by_exactly_the_threshold_passes(diff: Any) -> None:
+    """A "more than PCT percent" is read on the figures the diff shows: a cost per run and a total up by
+    exactly 10% (0.70 -> 0.77, +10.000000000000002% in floating point) pass --fail-on-increase 10."""
+    base = report({"summary": lens(1, 0.7)})
+    head = report({"summary": lens(1, 0.77)})
+
+    status, out, err = diff(base, head, "--fail-on-increase", "10", "--format", "json")
+
+    assert (status, err) == (0, "")
+    assert json.loads(out)["lenses"]["summary"]["metrics"]["cost_per_run"]["pct"] == 10.0
+
+
 def test_increases_are_structured_in_the_json(diff: Any) -> None:
     """--format json lists each increase with its scope, lens, reason, metric and figures, for tools
     that gate or annotate on them without parsing text."""

@@ -146,7 +146,8 @@ def _row(
         delta = None if b is None or h is None else h - b
         if metric in _COSTS and delta is not None:
             delta = round(delta, 12)  # no float noise in a diff of equal costs
-        pct = None if delta is None or not b else delta / b * 100
+        # rounded past any figure shown, so "more than PCT%" never turns on float noise (0.7 -> 0.77)
+        pct = None if delta is None or not b else round(delta / b * 100, 9)
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
