@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 import llm_ledger  # noqa: F401
 from llm_ledger import BudgetError, Limits, parse_budgets
+from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
@@ -107,6 +109,49 @@ def test_without_the_flag_budgets_never_fail(recorded: pytest.Pytester) -> None:
         ]
     )
     assert "exceeded" not in result.stdout.str()
+
+
+ABANDONED_STREAM = """
+import gc
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_abandoned():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with ledger.lens("abandoned"):
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Stream it"}], stream=True
+        )
+        next(iter(stream))  # read one chunk and leave the stream open: only the collector ends it
+    gc.disable()  # no collection happens to run before the session ends
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_lens_left_open_by_an_abandoned_stream_is_checked_and_reported(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A stream left unread ends (and its lens with it) only when garbage-collected: the session
+    collects before checking budgets and writing the report, so that lens is neither passed
+    unchecked nor missing from the report."""
+    write_project(pytester, ABANDONED_STREAM)
+    pytester.makeconftest("import gc\n\ndef pytest_unconfigure(config):\n    gc.enable()\n")
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(pytester, "lenses:\n  abandoned: {max_api_calls: 0}\n")
+
+    result = run(pytester, "--llm-budget", "--llm-report=report.json")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["lens abandoned *max_api_calls *0 *1 *"])
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert (report["lenses"]["abandoned"]["api_calls"], report["total"]["api_calls"]) == (1, 1)
 
 
 BAD_BUDGETS = {
