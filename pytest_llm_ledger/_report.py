@@ -248,25 +248,32 @@ class SessionLedger:
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
         self.outside = Totals()  # the calls made outside any lens
+        # lens run id -> its ended calls with no known cost, its ended nested runs' included, until
+        # its summary names them
+        self._run_gaps: dict[str, Totals] = {}
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         row = usage_row(record)
         call = Totals.of_call(record, row)
         self.tests.setdefault(nodeid, Totals()).add(call)
-        if not (record.get("context") or {}).get("lens_key"):
+        context = record.get("context") or {}
+        if not context.get("lens_key"):
             self.outside.add(call)
+        elif not call.cost_complete:
+            self._run_gaps.setdefault(str(context.get("lens_run_id")), Totals()).add(call)
         self.usage.setdefault(_usage_key(row), UsageSum()).add(UsageSum.of_row(row, nodeid))
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
-        lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")
+        context = record.get("context") or {}
         run = Totals.of_lens(record)
-        test = self.tests.setdefault(nodeid, Totals())
-        if not run.cost_complete:
-            # the run's calls reached the test before its summary: name the run's models without a cost
-            models = set((record.get("summary") or {}).get("models_used") or ())
-            run.unpriced = {m: n for m, n in test.unpriced.items() if m in models}
-            run.no_usage = {m: n for m, n in test.no_usage.items() if m in models}
-        self.lens_runs.append((lens_key, nodeid, run))
+        self.tests.setdefault(nodeid, Totals())
+        # a run's calls reach the ledger before its summary, a nested run's summary before its parent's
+        gaps = self._run_gaps.pop(str(context.get("lens_run_id")), None)
+        if gaps is not None:
+            if context.get("parent_lens_run_id"):
+                self._run_gaps.setdefault(str(context["parent_lens_run_id"]), Totals()).add(gaps)
+            run.unpriced, run.no_usage = dict(gaps.unpriced), dict(gaps.no_usage)
+        self.lens_runs.append((str(context.get("lens_key") or "<unnamed>"), nodeid, run))
 
     # -- xdist -----------------------------------------------------------------------------------
 

@@ -344,6 +344,49 @@ def test_a_cost_limit_that_cannot_be_evaluated_is_a_breach(pytester: pytest.Pyte
     )
 
 
+RUNS_OF_AN_UNPRICED_LENS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def ask():
+    client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(client) as c:
+        c.chat.completions.create(model="acme-local-7b", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.llm
+def test_batch():
+    with ledger.lens("batch"):
+        for _ in range(2):
+            with ledger.lens("local"):
+                ask()
+    ask()  # outside any lens
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cost_limit_that_cannot_be_checked_counts_the_calls_of_its_own_runs(
+    pytester: pytest.Pytester, server: Any
+) -> None:
+    """The calls with no known cost a lens's breach names are those of its runs (a nested lens's
+    included), not every such call its test had made when each run ended."""
+    write_project(pytester, RUNS_OF_AN_UNPRICED_LENS)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(pytester, "lenses:\n  batch: {max_cost_usd: 1}\n  local: {max_cost_usd: 1}\n")
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    gaps = "max_cost_usd cannot be checked: no known price for model 'acme-local-7b' (2 calls); *"
+    result.stdout.fnmatch_lines([f"lens batch: {gaps}", f"lens local: {gaps}"])
+
+
 @pytest.mark.usefixtures("with_key")
 def test_a_token_limit_over_calls_without_usage_is_a_breach(pytester: pytest.Pytester, server: Any) -> None:
     """A call that reported no usage has unknown tokens: a token limit over it is a breach with an
