@@ -220,7 +220,9 @@ def _price_data(report: dict[str, Any]) -> str:
 
 def _code(text: str) -> str:
     """``text`` as a Markdown code span that a backtick inside cannot end early (CommonMark: a fence
-    longer than any run of backticks inside, padded with a space)."""
+    longer than any run of backticks inside, padded with a space), on one line: a line break would end
+    a table row or a heading."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
     if "`" not in text:
         return f"`{text}`"
     fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)
