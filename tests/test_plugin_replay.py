@@ -554,6 +554,42 @@ def test_responses_streams_and_embeddings_replay(pytester: pytest.Pytester, serv
     assert events[-1]["data"]["response"]["usage"]["total_tokens"] > 0
 
 
+UPLOAD_TESTS = """
+import io
+import os
+
+import openai
+import pytest
+
+AUDIO = b"RIFF\\x00\\xff\\xfe" + os.environ.get("LEDGER_TEST_AUDIO", "take one").encode()
+
+
+@pytest.mark.llm
+def test_transcribe():
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        with pytest.raises(openai.NotFoundError):  # the fake server has no audio endpoint
+            client.audio.transcriptions.create(model="whisper-1", file=("a.wav", io.BytesIO(AUDIO)))
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_file_uploads_replay_and_a_changed_file_misses(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multipart upload (audio, files) replays although the client draws a new boundary for each
+    request; another file's content still misses."""
+    write_project(pytester, UPLOAD_TESTS)
+    record(pytester)
+    server.stop()
+
+    run(pytester).assert_outcomes(passed=1)
+
+    monkeypatch.setenv("LEDGER_TEST_AUDIO", "take two")
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    assert_lines_in(result, "llm-ledger: request not found in cassette ")
+
+
 CONCURRENT_TESTS = """
 import os
 import threading
