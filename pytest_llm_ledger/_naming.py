@@ -24,7 +24,14 @@ from typing import Any
 
 import pytest
 
-__all__ = ["cassette_params", "cassette_path", "orphan_cassettes", "project_dir", "selected_folders"]
+__all__ = [
+    "cassette_folder",
+    "cassette_params",
+    "cassette_path",
+    "orphan_cassettes",
+    "project_dir",
+    "selected_folders",
+]
 
 MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")
@@ -80,14 +87,18 @@ def project_dir(config: pytest.Config) -> Path:
     return config.inipath.parent if config.inipath is not None else config.rootpath
 
 
-def cassette_path(item: pytest.Item, directory: Path) -> Path:
-    """The cassette file of ``item`` under ``directory``."""
+def cassette_folder(item: pytest.Item, directory: Path) -> Path:
+    """The folder under ``directory`` of the cassettes of ``item``'s test file."""
     try:
         relative = item.path.relative_to(project_dir(item.config))
     except ValueError:
         relative = Path(item.path.name)
-    parts = [_safe(part) for part in relative.with_suffix("").parts]
-    return directory.joinpath(*parts, cassette_stem(item) + ".yaml")
+    return directory.joinpath(*(_safe(part) for part in relative.with_suffix("").parts))
+
+
+def cassette_path(item: pytest.Item, directory: Path) -> Path:
+    """The cassette file of ``item`` under ``directory``."""
+    return cassette_folder(item, directory) / (cassette_stem(item) + ".yaml")
 
 
 def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | None:
@@ -116,14 +127,29 @@ def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | Non
 
 
 def orphan_cassettes(
-    directory: Path, owned: Iterable[str], keep: Iterable[str] = (), within: Iterable[Path] | None = None
+    directory: Path,
+    owned: Iterable[str],
+    keep: Iterable[str] = (),
+    within: Iterable[Path] | None = None,
+    tested: tuple[Path, Iterable[str]] | None = None,
 ) -> list[Path]:
     """The cassette files under ``directory`` that none of the ``owned`` paths names, sorted, less
-    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns) and, when
-    ``within`` is given, those outside its folders (see :func:`selected_folders`)."""
+    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns), when
+    ``within`` is given those outside its folders (see :func:`selected_folders`), and when ``tested``
+    (the project folder, the :func:`cassette_folder` of each file the collection found tests in) is
+    given those of a test file that exists but gave no test (left out with --ignore, skipped at import)."""
     mine = {Path(path) for path in owned}
     patterns = tuple(keep)
     folders = None if within is None else tuple(within)
+    project, found = (None, set()) if tested is None else (tested[0], set(tested[1]))
+
+    def uncollected(folder: Path) -> bool:
+        return (
+            project is not None
+            and str(folder) not in found
+            and (project.joinpath(f"{folder.relative_to(directory)}.py").is_file())
+        )
+
     return sorted(
         path
         for path in directory.rglob("*.yaml")
@@ -131,4 +157,5 @@ def orphan_cassettes(
         and path not in mine
         and not any(fnmatchcase(path.relative_to(directory).as_posix(), p) for p in patterns)
         and (folders is None or any(path.is_relative_to(folder) for folder in folders))
+        and not uncollected(path.parent)
     )

@@ -245,6 +245,7 @@ class SessionLedger:
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
         self.recorded: set[str] = set()  # node ids whose cassette this run recorded into
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
+        self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
         self.outside = Totals()  # the calls made outside any lens
@@ -284,6 +285,7 @@ class SessionLedger:
             "unplayed": self.unplayed,
             "recorded": sorted(self.recorded),
             "cassettes": sorted(self.cassettes),
+            "tested": sorted(self.tested),
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
             "outside": self.outside.to_wire(),
         }
@@ -296,6 +298,7 @@ class SessionLedger:
         self.unplayed.update(data.get("unplayed", {}))
         self.recorded.update(data.get("recorded", ()))
         self.cassettes.update(data.get("cassettes", ()))
+        self.tested.update(data.get("tested", ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
         if "outside" in data:

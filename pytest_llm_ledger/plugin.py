@@ -47,7 +47,14 @@ from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._format import write_atomic
-from ._naming import cassette_params, cassette_path, orphan_cassettes, project_dir, selected_folders
+from ._naming import (
+    cassette_folder,
+    cassette_params,
+    cassette_path,
+    orphan_cassettes,
+    project_dir,
+    selected_folders,
+)
 from ._network import Guard
 from ._report import (
     SESSION_BUCKET,
@@ -467,6 +474,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
     owners: dict[Path, tuple[dict[str, Any], str]] = {}  # cassette -> the first test's parameters, node id
+    for first in {item.path: item for item in items}.values():  # one item of each test file
+        state.ledger.tested.add(str(cassette_folder(first, state.cassette_dir)))
     for item in items:
         marker = item.get_closest_marker("llm")
         if marker is None:
@@ -745,6 +754,7 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
         state.ledger.cassettes,
         config.getini("llm_cassette_keep"),
         selected_folders(config, state.cassette_dir),
+        (project_dir(config), state.ledger.tested),
     )
     if not orphans:
         return []
@@ -777,6 +787,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "cassettes": sorted(state.ledger.cassettes),
             "keep": list(session.config.getini("llm_cassette_keep")),
             "within": None if folders is None else [str(folder) for folder in folders],
+            "project": str(project_dir(session.config)),
+            "tested": sorted(state.ledger.tested),
         }
         Path(path).write_text(json.dumps(listing), encoding="utf-8")
 
