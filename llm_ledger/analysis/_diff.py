@@ -212,6 +212,15 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     return "; ".join(parts) or "calls with no known cost"
 
 
+def _calling(report: dict[str, Any]) -> set[str]:
+    """The node ids of a report's tests that made calls (it lists every test that ran)."""
+    return {
+        t
+        for t, entry in report.get("tests", {}).items()
+        if isinstance(entry, dict) and entry.get("api_calls")
+    }
+
+
 def _price_data(report: dict[str, Any]) -> str:
     """The price data a report's costs come from ("'genai-prices 0.2.3', 'price-file'"), "" if none."""
     rows = [row for row in report.get("usage", ()) if isinstance(row, dict)]
@@ -295,8 +304,8 @@ def diff_reports(
             "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
             "and price file"
         )
-    ran = set(head.get("tests", ())) | set(head.get("failed_tests", ()))
-    if idle := [_code(t) for t in sorted(set(base.get("tests", ())) - ran)]:
+    ran = _calling(head) | set(head.get("failed_tests", ()))
+    if idle := [_code(t) for t in sorted(_calling(base) - ran)]:
         flags.append(
             f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
             f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
