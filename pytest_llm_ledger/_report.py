@@ -247,8 +247,9 @@ class SessionLedger:
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
-        self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
-        self.outside = Totals()  # the calls made outside any lens
+        # (node id, *USAGE_KEYS) -> the tokens of those calls; node id -> its calls outside any lens
+        self.usage: dict[tuple[str, ...], UsageSum] = {}
+        self._outside: dict[str, Totals] = {}
         # lens run id -> its ended calls with no known cost, its ended nested runs' included, until
         # its summary names them
         self._run_gaps: dict[str, Totals] = {}
@@ -259,10 +260,10 @@ class SessionLedger:
         self.tests.setdefault(nodeid, Totals()).add(call)
         context = record.get("context") or {}
         if not context.get("lens_key"):
-            self.outside.add(call)
+            self._outside.setdefault(nodeid, Totals()).add(call)
         elif not call.cost_complete:
             self._run_gaps.setdefault(str(context.get("lens_run_id")), Totals()).add(call)
-        self.usage.setdefault(_usage_key(row), UsageSum()).add(UsageSum.of_row(row, nodeid))
+        self.usage.setdefault((nodeid, *_usage_key(row)), UsageSum()).add(UsageSum.of_row(row, nodeid))
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         context = record.get("context") or {}
@@ -276,6 +277,13 @@ class SessionLedger:
             run.unpriced, run.no_usage = dict(gaps.unpriced), dict(gaps.no_usage)
         self.lens_runs.append((str(context.get("lens_key") or "<unnamed>"), nodeid, run))
 
+    def forget(self, nodeid: str) -> None:
+        """Drop what test ``nodeid`` added: it runs again (pytest-rerunfailures), its last attempt counts."""
+        self.tests[nodeid] = Totals()
+        self.lens_runs = [run for run in self.lens_runs if run[1] != nodeid]
+        self.usage = {key: row for key, row in self.usage.items() if key[0] != nodeid}
+        self._outside.pop(nodeid, None)
+
     # -- xdist -----------------------------------------------------------------------------------
 
     def to_wire(self) -> dict[str, Any]:
@@ -287,7 +295,7 @@ class SessionLedger:
             "cassettes": sorted(self.cassettes),
             "tested": sorted(self.tested),
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
-            "outside": self.outside.to_wire(),
+            "outside": {nodeid: t.to_wire() for nodeid, t in self._outside.items()},
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -301,13 +309,18 @@ class SessionLedger:
         self.tested.update(data.get("tested", ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
-        if "outside" in data:
-            self.outside.add(Totals.from_wire(data["outside"]))
+        for nodeid, wire in data.get("outside", {}).items():
+            self._outside.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
 
     # -- aggregates ------------------------------------------------------------------------------
 
     def total(self) -> Totals:
         return Totals.sum_of(self.tests.values())
+
+    @property
+    def outside(self) -> Totals:
+        """The calls made outside any lens."""
+        return Totals.sum_of(self._outside.values())
 
     def runs_by_lens(self) -> dict[str, list[tuple[str, Totals]]]:
         """lens key -> (node id, run totals) of each of its runs, both sorted."""
@@ -318,7 +331,7 @@ class SessionLedger:
 
     def outside_failed_in(self) -> list[str]:
         """The node ids of the tests whose calls outside any lens failed, sorted."""
-        rows = (row for key, row in self.usage.items() if key[0] == NO_LENS)
+        rows = (row for key, row in self.usage.items() if key[1] == NO_LENS)
         return sorted({nodeid for row in rows for nodeid in row.tests_with_failed_calls})
 
     def lenses(self) -> dict[str, LensRuns]:
@@ -334,6 +347,9 @@ class SessionLedger:
         """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1); ``exit_status``
         is pytest's, which says whether the run stopped early (a collection error...)."""
         lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
+        usage: dict[tuple[str, ...], UsageSum] = {}
+        for (_, *key), row in self.usage.items():
+            usage.setdefault(tuple(key), UsageSum()).add(row)
         return {
             "schema": REPORT_SCHEMA,
             "version": REPORT_VERSION,
@@ -353,7 +369,7 @@ class SessionLedger:
             # the tokens of each lens per server and model, for `llm-ledger reprice`
             "usage": [
                 {**dict(zip(USAGE_KEYS, key, strict=True)), **row.to_report()}
-                for key, row in sorted(self.usage.items())
+                for key, row in sorted(usage.items())
             ],
         }
 

@@ -289,6 +289,7 @@ class _LedgerState:
         self.guard = Guard(self._refuse) if self.mode == "none" else None  # the replay-only guard
         self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None  # the running test's node id while its OpenAI requests are refused
+        self._attempted = False  # the running test's setup began: another one is a rerun
         self._blocked: list[str] = []
 
     def _add(self, record: Mapping[str, Any]) -> None:
@@ -317,6 +318,7 @@ class _LedgerState:
         owned = marker is not None or item.get_closest_marker("vcr") is not None
         with self._lock:
             self.current = records
+            self._attempted = False
             self._guarded = None if owned else item.nodeid
             self._blocked = blocked
             self.ledger.tests.setdefault(item.nodeid, Totals())
@@ -327,6 +329,16 @@ class _LedgerState:
                 self.current = None
                 self._guarded = None
                 self._blocked = []
+
+    def attempt(self, item: pytest.Item) -> None:
+        """The running test's setup begins. Again (pytest-rerunfailures' --reruns): its records so far
+        are dropped, so the fixture and the totals hold its last attempt."""
+        with self._lock:
+            if self.current is None or self.current.nodeid != item.nodeid or not self._attempted:
+                self._attempted = True
+                return
+            self.current = LedgerRecords(item.nodeid)
+            self.ledger.forget(item.nodeid)
 
     def _refuse(self, method: str, host: str, path: str) -> str | None:
         """The failure message for an OpenAI request of the running test, or None to send it."""
@@ -543,6 +555,11 @@ def pytest_runtest_protocol(
         state.guard.install()
     with state.test(item):
         return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.config.stash[_STATE].attempt(item)
 
 
 def _unreported(item: pytest.Item, key: pytest.StashKey[int], messages: list[str]) -> list[str]:

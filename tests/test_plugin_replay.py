@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -505,6 +506,73 @@ def test_repeated_runs_of_one_test_replay_one_cassette(pytester: pytest.Pytester
     server.stop()
     replayed = run(pytester)
     replayed.assert_outcomes(passed=4)
+
+
+# what pytest-rerunfailures does with --reruns 1: a failed test's protocol run again on the same item,
+# within one pytest_runtest_protocol, the last attempt's reports standing for the test
+RERUN_CONFTEST = """
+import pytest
+from _pytest.runner import runtestprotocol
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for attempt in range(2):
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        if attempt or not any(report.failed for report in reports):
+            break
+        item._initrequest()
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+FLAKY_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+ATTEMPTS = []
+
+
+@pytest.mark.llm
+def test_flaky(llm_ledger):
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens("flaky"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    ATTEMPTS.append(llm_ledger.api_calls)
+    assert ATTEMPTS == [1] * len(ATTEMPTS)
+    assert len(ATTEMPTS) == int(os.environ.get("LEDGER_TEST_PASS_AT", "1"))
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_rerun_test_counts_its_last_attempt(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flaky test run again (pytest-rerunfailures' --reruns) starts each attempt with an empty
+    llm_ledger fixture, and the totals and the report count its last attempt: the diff of a pull
+    request whose flaky test passed on its second try shows no extra lens run or cost."""
+    write_project(pytester, FLAKY_TESTS)
+    record(pytester)
+    server.stop()
+    base = run(pytester, "--llm-report=base.json")
+    assert base.ret == 0
+    (pytester.path / "conftest.py").write_text(RERUN_CONFTEST)
+    monkeypatch.setenv("LEDGER_TEST_PASS_AT", "2")
+
+    result = run(pytester, "--llm-report=head.json")
+
+    result.assert_outcomes(passed=1)
+    report = json.loads((pytester.path / "head.json").read_text())
+    assert report["lenses"] == json.loads((pytester.path / "base.json").read_text())["lenses"]
+    assert (report["lenses"]["flaky"]["runs"], report["total"]["api_calls"]) == (1, 1)
+    assert [row["calls"] for row in report["usage"]] == [1]
 
 
 def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
