@@ -419,6 +419,46 @@ def test_a_token_limit_over_calls_without_usage_is_a_breach(pytester: pytest.Pyt
     assert "lens local" not in result.stdout.str()  # its tokens are known; only its price is not
 
 
+CLOSED_STREAM = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_first_words():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens("preview"):
+        with client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Preview it"}], stream=True
+        ) as stream:
+            next(iter(stream))  # the first words only: the usage chunk at the end is never read
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_stream_closed_early_is_told_to_read_to_the_end(pytester: pytest.Pytester, server: Any) -> None:
+    """A stream the code closes after its first chunk reports no usage however it is recorded: the
+    breach of a cost limit over it says so, not only to re-record it with usage."""
+    write_project(pytester, CLOSED_STREAM)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(pytester, "lenses:\n  preview: {max_cost_usd: 1}\n")
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "lens preview: max_cost_usd cannot be checked: no usage reported by calls to 'gpt-4o-mini' "
+            "(1 call); *a stream closed before its end reports none: read it to the end*"
+        ]
+    )
+
+
 WORST_TESTS = """
 import os
 
