@@ -80,6 +80,7 @@ _FLAG_OWNER = pytest.StashKey[str]()
 _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
+_REPORTED_REFUSED = pytest.StashKey[int]()
 _SHARES_WITH = pytest.StashKey[str]()  # the node id of an earlier test with the same cassette path
 # Sessions configured in this process, innermost last: a session run in-process by pytester
 # inside another gets the records, not the outer session that happens to share the monitor.
@@ -290,6 +291,8 @@ class _LedgerState:
         self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None  # the running test's node id while its OpenAI requests are refused
         self._attempted = False  # the running test's setup began: another one is a rerun
+        self._marked = False  # the running test is marked llm: the guard refuses outside its cassette
+        self.in_cassette = False  # the running test's cassette is active: it replays or refuses
         self._blocked: list[str] = []
 
     def _add(self, record: Mapping[str, Any]) -> None:
@@ -314,12 +317,16 @@ class _LedgerState:
         marker = item.get_closest_marker("llm")
         blocked: list[str] = []
         item.stash[_BLOCKED] = blocked
-        # a test with a cassette of its own (llm, or pytest-recording's vcr) is not guarded
-        owned = marker is not None or item.get_closest_marker("vcr") is not None
+        # an OpenAI request reaches the guard outside a cassette: an unmarked test's, or one from a
+        # fixture of a marked test set up before its cassette (a wider scope); a deliberate live test,
+        # and a test marked vcr alone (pytest-recording's cassette), are not guarded
+        live = marker is not None and marker.kwargs.get("live") is True
+        guarded = not live and (marker is not None or item.get_closest_marker("vcr") is None)
         with self._lock:
             self.current = records
             self._attempted = False
-            self._guarded = None if owned else item.nodeid
+            self._marked = marker is not None
+            self._guarded = item.nodeid if guarded else None
             self._blocked = blocked
             self.ledger.tests.setdefault(item.nodeid, Totals())
         try:
@@ -343,15 +350,24 @@ class _LedgerState:
     def _refuse(self, method: str, host: str, path: str) -> str | None:
         """The failure message for an OpenAI request of the running test, or None to send it."""
         nodeid = self._guarded
-        if nodeid is None or not _active or _active[-1] is not self:
-            return None  # a marked test, no test running, or an outer session's guard
+        if nodeid is None or self.in_cassette or not _active or _active[-1] is not self:
+            return None  # not guarded, inside the cassette, no test running, or an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
         hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
         if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
             hint += f"; for a local server: ini llm_allowed_hosts = {host}"
-        message = "\n".join(
-            [
+        if self._marked:
+            lines = [
+                f"llm-ledger: {nodeid} sent an OpenAI API request outside its cassette (a fixture of a "
+                "wider scope than the test's, set up before it), so it was not sent",
+                f"  request: {method} {host}{path}",
+                f"  in record mode {self.mode!r} nothing leaves the machine; a cassette records the requests "
+                "of its test's function-scoped fixtures and body: make that fixture function-scoped, or "
+                "move the call into the test",
+            ]
+        else:
+            lines = [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
                 f"  request: {method} {host}{path}",
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
@@ -360,7 +376,7 @@ class _LedgerState:
                 f"    {rerecord_command(nodeid, 'once')}",
                 hint,
             ]
-        )
+        message = "\n".join(lines)
         with self._lock:
             self._blocked.append(message)
         return message
@@ -577,9 +593,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # requests refused (by the guard of a test without a cassette, or by network blocking), then
     # cassette misses: both fail the test whether the exception propagated, was wrapped or was
     # swallowed, with one message (concurrent calls miss together)
-    blocked = cassette.blocked if cassette is not None else item.stash.get(_BLOCKED, [])
-    failures = _unreported(item, _REPORTED_BLOCKED, blocked)
+    failures = _unreported(item, _REPORTED_BLOCKED, item.stash.get(_BLOCKED, []))
     if cassette is not None:
+        failures += _unreported(item, _REPORTED_REFUSED, cassette.blocked)
         failures += _unreported(item, _REPORTED_MISSES, cassette.misses)
     if failures:
         report.outcome = "failed"
@@ -671,7 +687,11 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(f"{error}\n  to replace it with a fresh recording: {command}", pytrace=False)
     item.stash[_CASSETTE] = cassette
     with activate(cassette):
-        yield
+        state.in_cassette = True
+        try:
+            yield
+        finally:
+            state.in_cassette = False
     passed = item.stash.get(_PASSED, False) and not cassette.misses
     cassette.save(test_passed=passed)
     unplayed = len(cassette.loaded) - cassette.played
