@@ -147,7 +147,7 @@ def orphan_cassettes(
         return (
             project is not None
             and str(folder) not in found
-            and (project.joinpath(f"{folder.relative_to(directory)}.py").is_file())
+            and project.joinpath(f"{folder.relative_to(directory)}.py").is_file()
         )
 
     return sorted(

@@ -162,10 +162,9 @@ def _row(
             row["failed_calls"][side] = None if errors is None else int(errors)
             if entry.get("tests_with_failed_calls"):
                 row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
+    # the same figures, but what they leave out changed: --only-changed keeps it
     if status == "unchanged" and row["cost_gaps"].get("base") != row["cost_gaps"].get("head"):
-        row["status"] = (
-            "changed"  # the same figures, but what they leave out changed: --only-changed keeps it
-        )
+        row["status"] = "changed"
     return row
 
 
