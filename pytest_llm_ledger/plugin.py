@@ -354,9 +354,6 @@ class _LedgerState:
             return None  # not guarded, inside the cassette, no test running, or an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
-        hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
-        if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
-            hint += f"; for a local server: ini llm_allowed_hosts = {host}"
         if self._marked:
             lines = [
                 f"llm-ledger: {nodeid} sent an OpenAI API request outside its cassette (a fixture of a "
@@ -367,6 +364,9 @@ class _LedgerState:
                 "move the call into the test",
             ]
         else:
+            hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
+            if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
+                hint += f"; for a local server: ini llm_allowed_hosts = {host}"
             lines = [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
                 f"  request: {method} {host}{path}",
