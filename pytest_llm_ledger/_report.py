@@ -248,6 +248,7 @@ class SessionLedger:
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
+        self.refused: set[str] = set()  # OpenAI requests refused while no test ran: they fail the run
         # (node id, *USAGE_KEYS) -> the tokens of those calls; node id -> its calls outside any lens
         self.usage: dict[tuple[str, ...], UsageSum] = {}
         self._outside: dict[str, Totals] = {}
@@ -295,6 +296,7 @@ class SessionLedger:
             "recorded": sorted(self.recorded),
             "cassettes": sorted(self.cassettes),
             "tested": sorted(self.tested),
+            "refused": sorted(self.refused),
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
             "outside": {nodeid: t.to_wire() for nodeid, t in self._outside.items()},
         }
@@ -308,6 +310,7 @@ class SessionLedger:
         self.recorded.update(data.get("recorded", ()))
         self.cassettes.update(data.get("cassettes", ()))
         self.tested.update(data.get("tested", ()))
+        self.refused.update(data.get("refused", ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
         for nodeid, wire in data.get("outside", {}).items():

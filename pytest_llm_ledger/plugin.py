@@ -349,11 +349,23 @@ class _LedgerState:
 
     def _refuse(self, method: str, host: str, path: str) -> str | None:
         """The failure message for an OpenAI request of the running test, or None to send it."""
-        nodeid = self._guarded
-        if nodeid is None or self.in_cassette or not _active or _active[-1] is not self:
-            return None  # not guarded, inside the cassette, no test running, or an outer session's guard
+        if self.in_cassette or not _active or _active[-1] is not self:
+            return None  # inside the cassette, or an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
+        nodeid = self._guarded
+        if self.current is None:  # no test running: a test module's import, a thread left running
+            message = (
+                "llm-ledger: an OpenAI API request was made while no test was running (at import or "
+                f"collection), so it was not sent: {method} {host}{path}; in record mode {self.mode!r} "
+                "nothing leaves the machine: make the call in a test marked llm, or in a function-scoped "
+                "fixture of one"
+            )
+            with self._lock:
+                self.ledger.refused.add(message)
+            return message
+        if nodeid is None:
+            return None  # a live test, or a test marked vcr alone
         if self._marked:
             lines = [
                 f"llm-ledger: {nodeid} sent an OpenAI API request outside its cassette (a fixture of a "
@@ -725,7 +737,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         state.breaches = state.ledger.check(state.budgets)
     state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets)
     state.notices[1:1] = _orphan_cassette_notices(state, session.config) + _ci_recording_notices(state)
-    if (state.breaches or (state.strict and state.notices)) and session.exitstatus == pytest.ExitCode.OK:
+    failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
+    if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     path = _report_path(session.config)
     if path is not None:
@@ -843,6 +856,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     baseline = config.getoption("llm_baseline")
     if baseline:
         _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)
+    for refused in sorted(ledger.refused):
+        tr.write_line(refused, red=True)
     budget_file = _display(config, state.budget_file)
     if state.breaches:
         tr.write_sep("=", f"llm-ledger: {len(state.breaches)} budget limit(s) exceeded", red=True, bold=True)
