@@ -76,9 +76,14 @@ def api_path(path: str) -> str:
     return path or "/"
 
 
+_MULTIPART: Final = re.compile(rb"--([!-~]{1,70})\r\n.*\r\n--\1--\r?\n?", re.DOTALL)
+
+
 def _canonical_body(raw: bytes | None, redactor: CredentialRedactor) -> str | bytes:
     if not raw:
         return ""
+    if multipart := _MULTIPART.fullmatch(raw):  # an upload: the client draws a new boundary each time
+        raw = raw.replace(multipart.group(1), b"llm-ledger-boundary")
     if raw.lstrip()[:1] in (b"{", b"["):
         try:
             value = json.loads(raw)

@@ -60,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
     owned = data["cassettes"]
     within = data.get("within")  # the folders of the files and folders collected; None: all of it
     folders = None if within is None else [Path(path) for path in within]
-    orphans = orphan_cassettes(directory, owned, data.get("keep", ()), folders) if directory.is_dir() else []
+    tested = (Path(data["project"]), data["tested"])
+    orphans = (
+        orphan_cassettes(directory, owned, data.get("keep", ()), folders, tested)
+        if directory.is_dir()
+        else []
+    )
     never = sorted(path for path in owned if not Path(path).exists())
     print(f"{len(owned)} collected test(s) replay from cassettes under {_shown(directory)}")
     for path in never:

@@ -1,4 +1,7 @@
-"""Where a test's cassette lives: ``<dir>/<test file relative to rootdir, no .py>/<name>.yaml``.
+"""Where a test's cassette lives: ``<dir>/<test file relative to the project, no .py>/<name>.yaml``.
+
+The project is the ini file's folder (else pytest's rootdir), the base of the cassette directory too,
+so ``--rootdir`` moves no cassette.
 
 ``tests/test_x.py::test_y`` gives ``tests/test_x/test_y.yaml``; a method of a class gives
 ``TestCls.test_y.yaml``. Parametrized tests are named from their parameter *values* sorted by
@@ -21,7 +24,14 @@ from typing import Any
 
 import pytest
 
-__all__ = ["cassette_params", "cassette_path", "orphan_cassettes", "selected_folders"]
+__all__ = [
+    "cassette_folder",
+    "cassette_params",
+    "cassette_path",
+    "orphan_cassettes",
+    "project_dir",
+    "selected_folders",
+]
 
 MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")
@@ -72,14 +82,23 @@ def cassette_stem(item: pytest.Item) -> str:
     return full
 
 
-def cassette_path(item: pytest.Item, directory: Path) -> Path:
-    """The cassette file of ``item`` under ``directory``."""
+def project_dir(config: pytest.Config) -> Path:
+    """The folder ini paths and cassette names are relative to: the ini file's, else the rootdir."""
+    return config.inipath.parent if config.inipath is not None else config.rootpath
+
+
+def cassette_folder(item: pytest.Item, directory: Path) -> Path:
+    """The folder under ``directory`` of the cassettes of ``item``'s test file."""
     try:
-        relative = item.path.relative_to(item.config.rootpath)
+        relative = item.path.relative_to(project_dir(item.config))
     except ValueError:
         relative = Path(item.path.name)
-    parts = [_safe(part) for part in relative.with_suffix("").parts]
-    return directory.joinpath(*parts, cassette_stem(item) + ".yaml")
+    return directory.joinpath(*(_safe(part) for part in relative.with_suffix("").parts))
+
+
+def cassette_path(item: pytest.Item, directory: Path) -> Path:
+    """The cassette file of ``item`` under ``directory``."""
+    return cassette_folder(item, directory) / (cassette_stem(item) + ".yaml")
 
 
 def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | None:
@@ -96,7 +115,7 @@ def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | Non
             continue
         path = Path(config.invocation_params.dir, arg).resolve()
         try:
-            relative = path.relative_to(config.rootpath)
+            relative = path.relative_to(project_dir(config))
         except ValueError:
             continue
         if path.is_file():
@@ -108,14 +127,29 @@ def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | Non
 
 
 def orphan_cassettes(
-    directory: Path, owned: Iterable[str], keep: Iterable[str] = (), within: Iterable[Path] | None = None
+    directory: Path,
+    owned: Iterable[str],
+    keep: Iterable[str] = (),
+    within: Iterable[Path] | None = None,
+    tested: tuple[Path, Iterable[str]] | None = None,
 ) -> list[Path]:
     """The cassette files under ``directory`` that none of the ``owned`` paths names, sorted, less
-    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns) and, when
-    ``within`` is given, those outside its folders (see :func:`selected_folders`)."""
+    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns), when
+    ``within`` is given those outside its folders (see :func:`selected_folders`), and when ``tested``
+    (the project folder, the :func:`cassette_folder` of each file the collection found tests in) is
+    given those of a test file that exists but gave no test (left out with --ignore, skipped at import)."""
     mine = {Path(path) for path in owned}
     patterns = tuple(keep)
     folders = None if within is None else tuple(within)
+    project, found = (None, set()) if tested is None else (tested[0], set(tested[1]))
+
+    def uncollected(folder: Path) -> bool:
+        return (
+            project is not None
+            and str(folder) not in found
+            and project.joinpath(f"{folder.relative_to(directory)}.py").is_file()
+        )
+
     return sorted(
         path
         for path in directory.rglob("*.yaml")
@@ -123,4 +157,5 @@ def orphan_cassettes(
         and path not in mine
         and not any(fnmatchcase(path.relative_to(directory).as_posix(), p) for p in patterns)
         and (folders is None or any(path.is_relative_to(folder) for folder in folders))
+        and not uncollected(path.parent)
     )

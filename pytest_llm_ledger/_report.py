@@ -160,7 +160,7 @@ class UsageSum(_ExactCost):
     cost: Decimal = Decimal(0)  # USD, as recorded
     uncosted_calls: int = 0  # billed calls recorded without a cost
     no_usage_calls: int = 0  # calls that were not refused but reported no usage
-    failed_calls: int = 0  # cassette misses, API errors: their tokens and cost are not counted
+    failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
     tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
     @classmethod
@@ -202,7 +202,8 @@ PRICE_FIX: Final = (
 )
 USAGE_FIX: Final = (
     "re-record it with usage: streamed chat calls report it with stream_options include_usage "
-    "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0)"
+    "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0), and a stream closed before its end "
+    "reports none: read it to the end"
 )
 
 
@@ -245,28 +246,45 @@ class SessionLedger:
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
         self.recorded: set[str] = set()  # node ids whose cassette this run recorded into
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
+        self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
-        self.usage: dict[tuple[str, ...], UsageSum] = {}  # USAGE_KEYS -> the tokens of those calls
-        self.outside = Totals()  # the calls made outside any lens
+        self.refused: set[str] = set()  # OpenAI requests refused while no test ran: they fail the run
+        # (node id, *USAGE_KEYS) -> the tokens of those calls; node id -> its calls outside any lens
+        self.usage: dict[tuple[str, ...], UsageSum] = {}
+        self._outside: dict[str, Totals] = {}
+        # lens run id -> its ended calls with no known cost, its ended nested runs' included, until
+        # its summary names them
+        self._run_gaps: dict[str, Totals] = {}
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         row = usage_row(record)
         call = Totals.of_call(record, row)
         self.tests.setdefault(nodeid, Totals()).add(call)
-        if not (record.get("context") or {}).get("lens_key"):
-            self.outside.add(call)
-        self.usage.setdefault(_usage_key(row), UsageSum()).add(UsageSum.of_row(row, nodeid))
+        context = record.get("context") or {}
+        if not context.get("lens_key"):
+            self._outside.setdefault(nodeid, Totals()).add(call)
+        elif not call.cost_complete:
+            self._run_gaps.setdefault(str(context.get("lens_run_id")), Totals()).add(call)
+        self.usage.setdefault((nodeid, *_usage_key(row)), UsageSum()).add(UsageSum.of_row(row, nodeid))
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
-        lens_key = str((record.get("context") or {}).get("lens_key") or "<unnamed>")
+        context = record.get("context") or {}
         run = Totals.of_lens(record)
-        test = self.tests.setdefault(nodeid, Totals())
-        if not run.cost_complete:
-            # the run's calls reached the test before its summary: name the run's models without a cost
-            models = set((record.get("summary") or {}).get("models_used") or ())
-            run.unpriced = {m: n for m, n in test.unpriced.items() if m in models}
-            run.no_usage = {m: n for m, n in test.no_usage.items() if m in models}
-        self.lens_runs.append((lens_key, nodeid, run))
+        self.tests.setdefault(nodeid, Totals())
+        # a run's calls reach the ledger before its summary, a nested run's summary before its parent's
+        gaps = self._run_gaps.pop(str(context.get("lens_run_id")), None)
+        if gaps is not None:
+            if context.get("parent_lens_run_id"):
+                self._run_gaps.setdefault(str(context["parent_lens_run_id"]), Totals()).add(gaps)
+            run.unpriced, run.no_usage = dict(gaps.unpriced), dict(gaps.no_usage)
+        self.lens_runs.append((str(context.get("lens_key") or "<unnamed>"), nodeid, run))
+
+    def forget(self, nodeid: str) -> None:
+        """Drop what test ``nodeid`` added: it runs again (pytest-rerunfailures), its last attempt counts."""
+        self.tests[nodeid] = Totals()
+        self.lens_runs = [run for run in self.lens_runs if run[1] != nodeid]
+        self.usage = {key: row for key, row in self.usage.items() if key[0] != nodeid}
+        self._outside.pop(nodeid, None)
 
     # -- xdist -----------------------------------------------------------------------------------
 
@@ -277,8 +295,10 @@ class SessionLedger:
             "unplayed": self.unplayed,
             "recorded": sorted(self.recorded),
             "cassettes": sorted(self.cassettes),
+            "tested": sorted(self.tested),
+            "refused": sorted(self.refused),
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
-            "outside": self.outside.to_wire(),
+            "outside": {nodeid: t.to_wire() for nodeid, t in self._outside.items()},
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -289,15 +309,22 @@ class SessionLedger:
         self.unplayed.update(data.get("unplayed", {}))
         self.recorded.update(data.get("recorded", ()))
         self.cassettes.update(data.get("cassettes", ()))
+        self.tested.update(data.get("tested", ()))
+        self.refused.update(data.get("refused", ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
-        if "outside" in data:
-            self.outside.add(Totals.from_wire(data["outside"]))
+        for nodeid, wire in data.get("outside", {}).items():
+            self._outside.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
 
     # -- aggregates ------------------------------------------------------------------------------
 
     def total(self) -> Totals:
         return Totals.sum_of(self.tests.values())
+
+    @property
+    def outside(self) -> Totals:
+        """The calls made outside any lens."""
+        return Totals.sum_of(self._outside.values())
 
     def runs_by_lens(self) -> dict[str, list[tuple[str, Totals]]]:
         """lens key -> (node id, run totals) of each of its runs, both sorted."""
@@ -308,7 +335,7 @@ class SessionLedger:
 
     def outside_failed_in(self) -> list[str]:
         """The node ids of the tests whose calls outside any lens failed, sorted."""
-        rows = (row for key, row in self.usage.items() if key[0] == NO_LENS)
+        rows = (row for key, row in self.usage.items() if key[1] == NO_LENS)
         return sorted({nodeid for row in rows for nodeid in row.tests_with_failed_calls})
 
     def lenses(self) -> dict[str, LensRuns]:
@@ -324,6 +351,9 @@ class SessionLedger:
         """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1); ``exit_status``
         is pytest's, which says whether the run stopped early (a collection error...)."""
         lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
+        usage: dict[tuple[str, ...], UsageSum] = {}
+        for (_, *key), row in self.usage.items():
+            usage.setdefault(tuple(key), UsageSum()).add(row)
         return {
             "schema": REPORT_SCHEMA,
             "version": REPORT_VERSION,
@@ -343,7 +373,7 @@ class SessionLedger:
             # the tokens of each lens per server and model, for `llm-ledger reprice`
             "usage": [
                 {**dict(zip(USAGE_KEYS, key, strict=True)), **row.to_report()}
-                for key, row in sorted(self.usage.items())
+                for key, row in sorted(usage.items())
             ],
         }
 
@@ -444,9 +474,10 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
             for key, _, s, tests in named
             if s.errors
         ]
+        # a failed call counts what its answer reported: one cut short after a billed answer counts it
         lines.append(
-            "failed: calls that failed (cassette misses or API errors), whose tokens and cost are not "
-            f"counted: {listed(lenses)}"
+            "failed: calls that failed (cassette misses or API errors); one that got no answer counts no "
+            f"tokens or cost: {listed(lenses)}"
         )
     return lines
 

@@ -19,6 +19,7 @@ tests marked ``llm`` fail, with one message saying what to install.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import json
 import logging
@@ -46,7 +47,14 @@ from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._format import write_atomic
-from ._naming import cassette_params, cassette_path, orphan_cassettes, selected_folders
+from ._naming import (
+    cassette_folder,
+    cassette_params,
+    cassette_path,
+    orphan_cassettes,
+    project_dir,
+    selected_folders,
+)
 from ._network import Guard
 from ._report import (
     SESSION_BUCKET,
@@ -72,6 +80,7 @@ _FLAG_OWNER = pytest.StashKey[str]()
 _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
+_REPORTED_REFUSED = pytest.StashKey[int]()
 _SHARES_WITH = pytest.StashKey[str]()  # the node id of an earlier test with the same cassette path
 # Sessions configured in this process, innermost last: a session run in-process by pytester
 # inside another gets the records, not the outer session that happens to share the monitor.
@@ -281,6 +290,9 @@ class _LedgerState:
         self.guard = Guard(self._refuse) if self.mode == "none" else None  # the replay-only guard
         self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None  # the running test's node id while its OpenAI requests are refused
+        self._attempted = False  # the running test's setup began: another one is a rerun
+        self._marked = False  # the running test is marked llm: the guard refuses outside its cassette
+        self.in_cassette = False  # the running test's cassette is active: it replays or refuses
         self._blocked: list[str] = []
 
     def _add(self, record: Mapping[str, Any]) -> None:
@@ -305,11 +317,16 @@ class _LedgerState:
         marker = item.get_closest_marker("llm")
         blocked: list[str] = []
         item.stash[_BLOCKED] = blocked
-        # a test with a cassette of its own (llm, or pytest-recording's vcr) is not guarded
-        owned = marker is not None or item.get_closest_marker("vcr") is not None
+        # an OpenAI request reaches the guard outside a cassette: an unmarked test's, or one from a
+        # fixture of a marked test set up before its cassette (a wider scope); a deliberate live test,
+        # and a test marked vcr alone (pytest-recording's cassette), are not guarded
+        live = marker is not None and marker.kwargs.get("live") is True
+        guarded = not live and (marker is not None or item.get_closest_marker("vcr") is None)
         with self._lock:
             self.current = records
-            self._guarded = None if owned else item.nodeid
+            self._attempted = False
+            self._marked = marker is not None
+            self._guarded = item.nodeid if guarded else None
             self._blocked = blocked
             self.ledger.tests.setdefault(item.nodeid, Totals())
         try:
@@ -320,18 +337,49 @@ class _LedgerState:
                 self._guarded = None
                 self._blocked = []
 
+    def attempt(self, item: pytest.Item) -> None:
+        """The running test's setup begins. Again (pytest-rerunfailures' --reruns): its records so far
+        are dropped, so the fixture and the totals hold its last attempt."""
+        with self._lock:
+            if self.current is None or self.current.nodeid != item.nodeid or not self._attempted:
+                self._attempted = True
+                return
+            self.current = LedgerRecords(item.nodeid)
+            self.ledger.forget(item.nodeid)
+
     def _refuse(self, method: str, host: str, path: str) -> str | None:
         """The failure message for an OpenAI request of the running test, or None to send it."""
-        nodeid = self._guarded
-        if nodeid is None or not _active or _active[-1] is not self:
-            return None  # a marked test, no test running, or an outer session's guard
+        if self.in_cassette or not _active or _active[-1] is not self:
+            return None  # inside the cassette, or an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
-        hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
-        if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
-            hint += f"; for a local server: ini llm_allowed_hosts = {host}"
-        message = "\n".join(
-            [
+        nodeid = self._guarded
+        if self.current is None:  # no test running: a test module's import, a thread left running
+            message = (
+                "llm-ledger: an OpenAI API request was made while no test was running (at import or "
+                f"collection), so it was not sent: {method} {host}{path}; in record mode {self.mode!r} "
+                "nothing leaves the machine: make the call in a test marked llm, or in a function-scoped "
+                "fixture of one"
+            )
+            with self._lock:
+                self.ledger.refused.add(message)
+            return message
+        if nodeid is None:
+            return None  # a live test, or a test marked vcr alone
+        if self._marked:
+            lines = [
+                f"llm-ledger: {nodeid} sent an OpenAI API request outside its cassette (a fixture of a "
+                "wider scope than the test's, set up before it), so it was not sent",
+                f"  request: {method} {host}{path}",
+                f"  in record mode {self.mode!r} nothing leaves the machine; a cassette records the requests "
+                "of its test's function-scoped fixtures and body: make that fixture function-scoped, or "
+                "move the call into the test",
+            ]
+        else:
+            hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
+            if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
+                hint += f"; for a local server: ini llm_allowed_hosts = {host}"
+            lines = [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
                 f"  request: {method} {host}{path}",
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
@@ -340,7 +388,7 @@ class _LedgerState:
                 f"    {rerecord_command(nodeid, 'once')}",
                 hint,
             ]
-        )
+        message = "\n".join(lines)
         with self._lock:
             self._blocked.append(message)
         return message
@@ -385,8 +433,7 @@ def _path_option(config: pytest.Config, name: str) -> Path:
 
 def _ini_path(config: pytest.Config, name: str) -> Path:
     """An ini setting's path, relative to the ini file."""
-    base = config.inipath.parent if config.inipath is not None else config.rootpath
-    return Path(base, str(config.getini(name)).strip()).resolve()
+    return Path(project_dir(config), str(config.getini(name)).strip()).resolve()
 
 
 def _display(config: pytest.Config, path: Path) -> str:
@@ -467,6 +514,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
     owners: dict[Path, tuple[dict[str, Any], str]] = {}  # cassette -> the first test's parameters, node id
+    for first in {item.path: item for item in items}.values():  # one item of each test file
+        state.ledger.tested.add(str(cassette_folder(first, state.cassette_dir)))
     for item in items:
         marker = item.get_closest_marker("llm")
         if marker is None:
@@ -536,6 +585,11 @@ def pytest_runtest_protocol(
         return (yield)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.config.stash[_STATE].attempt(item)
+
+
 def _unreported(item: pytest.Item, key: pytest.StashKey[int], messages: list[str]) -> list[str]:
     done = item.stash.get(key, 0)
     item.stash[key] = len(messages)
@@ -551,9 +605,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # requests refused (by the guard of a test without a cassette, or by network blocking), then
     # cassette misses: both fail the test whether the exception propagated, was wrapped or was
     # swallowed, with one message (concurrent calls miss together)
-    blocked = cassette.blocked if cassette is not None else item.stash.get(_BLOCKED, [])
-    failures = _unreported(item, _REPORTED_BLOCKED, blocked)
+    failures = _unreported(item, _REPORTED_BLOCKED, item.stash.get(_BLOCKED, []))
     if cassette is not None:
+        failures += _unreported(item, _REPORTED_REFUSED, cassette.blocked)
         failures += _unreported(item, _REPORTED_MISSES, cassette.misses)
     if failures:
         report.outcome = "failed"
@@ -645,7 +699,11 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(f"{error}\n  to replace it with a fresh recording: {command}", pytrace=False)
     item.stash[_CASSETTE] = cassette
     with activate(cassette):
-        yield
+        state.in_cassette = True
+        try:
+            yield
+        finally:
+            state.in_cassette = False
     passed = item.stash.get(_PASSED, False) and not cassette.misses
     cassette.save(test_passed=passed)
     unplayed = len(cassette.loaded) - cassette.played
@@ -669,6 +727,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     state = session.config.stash.get(_STATE, None)
     if state is None or _runs_no_test(session.config):  # nothing ran: nothing to check
         return
+    # a stream left unread ends (and its lens with it) when it is collected: before the checks, not
+    # after them, so its lens is neither passed unchecked nor left out of the report
+    gc.collect()
     if state.is_worker:
         session.config.workeroutput["llm_ledger"] = json.dumps(state.ledger.to_wire())  # type: ignore[attr-defined]
         return
@@ -676,7 +737,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         state.breaches = state.ledger.check(state.budgets)
     state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets)
     state.notices[1:1] = _orphan_cassette_notices(state, session.config) + _ci_recording_notices(state)
-    if (state.breaches or (state.strict and state.notices)) and session.exitstatus == pytest.ExitCode.OK:
+    failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
+    if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     path = _report_path(session.config)
     if path is not None:
@@ -742,6 +804,7 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
         state.ledger.cassettes,
         config.getini("llm_cassette_keep"),
         selected_folders(config, state.cassette_dir),
+        (project_dir(config), state.ledger.tested),
     )
     if not orphans:
         return []
@@ -774,6 +837,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "cassettes": sorted(state.ledger.cassettes),
             "keep": list(session.config.getini("llm_cassette_keep")),
             "within": None if folders is None else [str(folder) for folder in folders],
+            "project": str(project_dir(session.config)),
+            "tested": sorted(state.ledger.tested),
         }
         Path(path).write_text(json.dumps(listing), encoding="utf-8")
 
@@ -791,6 +856,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     baseline = config.getoption("llm_baseline")
     if baseline:
         _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)
+    for refused in sorted(ledger.refused):
+        tr.write_line(refused, red=True)
     budget_file = _display(config, state.budget_file)
     if state.breaches:
         tr.write_sep("=", f"llm-ledger: {len(state.breaches)} budget limit(s) exceeded", red=True, bold=True)

@@ -129,6 +129,37 @@ def test_within_the_threshold_everything_passes(diff: Any) -> None:
     assert (status, err) == (0, "")
 
 
+def test_a_cost_up_by_exactly_the_threshold_passes(diff: Any) -> None:
+    """A "more than PCT percent" is read on the figures the diff shows: a cost per run and a total up by
+    exactly 10% (0.70 -> 0.77, +10.000000000000002% in floating point) pass --fail-on-increase 10."""
+    base = report({"summary": lens(1, 0.7)})
+    head = report({"summary": lens(1, 0.77)})
+
+    status, out, err = diff(base, head, "--fail-on-increase", "10", "--format", "json")
+
+    assert (status, err) == (0, "")
+    assert json.loads(out)["lenses"]["summary"]["metrics"]["cost_per_run"]["pct"] == 10.0
+
+
+def test_a_lens_whose_cost_became_unknown_fails_and_shows_with_only_changed(diff: Any) -> None:
+    """A lens with the same figures whose head cost now leaves out a call to a model with no known
+    price cannot be checked: --only-changed keeps it, as changed, and --fail-on-increase fails on it."""
+    base = report({"local": lens(1, 0.0), "summary": lens(1, 0.0002)})
+    gap = {"lens": "local", "model": "acme-7b", "calls": 1, "prompt_tokens": 8, "completion_tokens": 2}
+    head = report(
+        {"local": lens(1, 0.0, cost_complete=False), "summary": lens(1, 0.0002)},
+        [{**gap, "cost_usd": 0.0, "uncosted_calls": 1, "no_usage_calls": 0}],
+    )
+
+    status, out, err = diff(base, head, "--only-changed", "--fail-on-increase", "25", "--format", "json")
+
+    assert status == 1
+    data = json.loads(out)
+    assert list(data["lenses"]) == ["local"] and data["lenses"]["local"]["status"] == "changed"
+    assert [(i["lens"], i["reason"]) for i in data["increases"]] == [("local", "unchecked")]
+    assert "in `local` (head: no known price for model 'acme-7b' (1 call))" in err
+
+
 def test_increases_are_structured_in_the_json(diff: Any) -> None:
     """--format json lists each increase with its scope, lens, reason, metric and figures, for tools
     that gate or annotate on them without parsing text."""

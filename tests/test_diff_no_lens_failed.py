@@ -89,7 +89,7 @@ def test_the_terminal_summary_names_the_tests_whose_calls_outside_any_lens_faile
     """The per-lens table's "failed:" line names the tests of the failed calls outside any lens, as it
     does a lens's: the test to look at, or re-record."""
     (line,) = [x for x in (reports / "head.out").read_text().splitlines() if x.startswith("failed: ")]
-    assert line.endswith(f"counted: (no lens) (1, in {OUTSIDE})")
+    assert line.endswith(f"no tokens or cost: (no lens) (1, in {OUTSIDE})")
 
 
 def test_the_no_lens_row_names_its_failed_calls_and_their_tests(
@@ -97,7 +97,10 @@ def test_the_no_lens_row_names_its_failed_calls_and_their_tests(
 ) -> None:
     """A call outside any lens that missed its cassette: the "(no lens)" row says so under its table
     in text and Markdown, and the JSON has its failed_calls and failed_call_tests, as a lens has."""
-    note = f"1 failed call(s) (cassette misses or API errors) in `{OUTSIDE}`, not in its tokens or cost"
+    note = (
+        f"1 failed call(s) (cassette misses or API errors) in `{OUTSIDE}`; one that got no answer counts "
+        "no tokens or cost"
+    )
     (usage,) = [
         r for r in json.loads((reports / "head.json").read_text())["usage"] if r["lens"] == "<no lens>"
     ]

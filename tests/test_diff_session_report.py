@@ -52,8 +52,8 @@ def test_a_lens_whose_call_missed_its_cassette_is_marked_in_the_table_and_the_re
     assert table[3].split()[:3] == ["summary", "2", "2"] and table[3].split()[-1] == "1"
     assert table[4].split()[0] == "(session" and table[4].split()[-1] == "1"
     assert table[5] == (
-        "failed: calls that failed (cassette misses or API errors), whose tokens and cost are not counted: "
-        f"summary (1, in {CHAT})"
+        "failed: calls that failed (cassette misses or API errors); one that got no answer counts no "
+        f"tokens or cost: summary (1, in {CHAT})"
     )
     lenses = json.loads((recorded.path / "head.json").read_text())["lenses"]
     assert (lenses["summary"]["errors"], lenses["summary"]["tests_with_failed_calls"]) == (1, [CHAT])
@@ -75,7 +75,69 @@ def test_the_diff_names_the_test_whose_calls_failed_under_the_lens(
     assert status == 0
     summary = capsys.readouterr().out.split("### `summary`")[1].split("\n### ")[0]
     assert summary.rstrip().splitlines()[-1] == (
-        f"head: 1 failed call(s) (cassette misses or API errors) in `{CHAT}`, not in its tokens or cost"
+        f"head: 1 failed call(s) (cassette misses or API errors) in `{CHAT}`; one that got no answer "
+        "counts no tokens or cost"
+    )
+
+
+BILLED_FAILURE = """
+import os
+
+import openai
+import pydantic
+import pytest
+
+import llm_ledger as ledger
+
+
+class Digest(pydantic.BaseModel):
+    summary: str
+
+
+@pytest.mark.llm
+def test_cut():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens("digest"), pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Digest the weekly report"}],
+            response_format=Digest,
+            max_completion_tokens=2,
+        )
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_failed_call_that_was_billed_is_not_said_to_be_left_out(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A call that failed after a billed answer (parse() cut by max_completion_tokens) counts its
+    tokens and cost: the table's "failed:" line, and the diff's note and warning, say that only a
+    call with no answer (a cassette miss) counts none, not that the failed calls are left out."""
+    write_project(pytester, BILLED_FAILURE)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+
+    result = run(pytester, "--llm-report=head.json")
+
+    assert result.ret == 0
+    table = result.stdout.str().split("llm-ledger: per-lens totals")[1].splitlines()
+    row, line = table[3], table[5]
+    assert row.split() == ["digest", "1", "1", "10", "2", "12", "$0.000003", "1"]  # its tokens, counted
+    assert line == (
+        "failed: calls that failed (cassette misses or API errors); one that got no answer counts no "
+        "tokens or cost: digest (1, in tests/test_app.py::test_cut)"
+    )
+    head = str(pytester.path / "head.json")
+    assert cli_main(["diff", head, head]) == 0
+    out, err = capsys.readouterr()
+    assert out.split("### `digest`")[1].split("\n### ")[0].rstrip().splitlines()[-1] == (
+        "head: 1 failed call(s) (cassette misses or API errors) in `tests/test_app.py::test_cut`; one "
+        "that got no answer counts no tokens or cost"
+    )
+    assert (
+        f"the head report ({head}) counts 1 failed call(s) (cassette misses or API errors): one "
+        "that got no answer counts no tokens or cost" in err
     )
 
 

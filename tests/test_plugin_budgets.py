@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 import llm_ledger  # noqa: F401
 from llm_ledger import BudgetError, Limits, parse_budgets
+from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
@@ -107,6 +109,49 @@ def test_without_the_flag_budgets_never_fail(recorded: pytest.Pytester) -> None:
         ]
     )
     assert "exceeded" not in result.stdout.str()
+
+
+ABANDONED_STREAM = """
+import gc
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_abandoned():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with ledger.lens("abandoned"):
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Stream it"}], stream=True
+        )
+        next(iter(stream))  # read one chunk and leave the stream open: only the collector ends it
+    gc.disable()  # no collection happens to run before the session ends
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_lens_left_open_by_an_abandoned_stream_is_checked_and_reported(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A stream left unread ends (and its lens with it) only when garbage-collected: the session
+    collects before checking budgets and writing the report, so that lens is neither passed
+    unchecked nor missing from the report."""
+    write_project(pytester, ABANDONED_STREAM)
+    pytester.makeconftest("import gc\n\ndef pytest_unconfigure(config):\n    gc.enable()\n")
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(pytester, "lenses:\n  abandoned: {max_api_calls: 0}\n")
+
+    result = run(pytester, "--llm-budget", "--llm-report=report.json")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["lens abandoned *max_api_calls *0 *1 *"])
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert (report["lenses"]["abandoned"]["api_calls"], report["total"]["api_calls"]) == (1, 1)
 
 
 BAD_BUDGETS = {
@@ -299,6 +344,49 @@ def test_a_cost_limit_that_cannot_be_evaluated_is_a_breach(pytester: pytest.Pyte
     )
 
 
+RUNS_OF_AN_UNPRICED_LENS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def ask():
+    client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(client) as c:
+        c.chat.completions.create(model="acme-local-7b", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.llm
+def test_batch():
+    with ledger.lens("batch"):
+        for _ in range(2):
+            with ledger.lens("local"):
+                ask()
+    ask()  # outside any lens
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cost_limit_that_cannot_be_checked_counts_the_calls_of_its_own_runs(
+    pytester: pytest.Pytester, server: Any
+) -> None:
+    """The calls with no known cost a lens's breach names are those of its runs (a nested lens's
+    included), not every such call its test had made when each run ended."""
+    write_project(pytester, RUNS_OF_AN_UNPRICED_LENS)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(pytester, "lenses:\n  batch: {max_cost_usd: 1}\n  local: {max_cost_usd: 1}\n")
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    gaps = "max_cost_usd cannot be checked: no known price for model 'acme-local-7b' (2 calls); *"
+    result.stdout.fnmatch_lines([f"lens batch: {gaps}", f"lens local: {gaps}"])
+
+
 @pytest.mark.usefixtures("with_key")
 def test_a_token_limit_over_calls_without_usage_is_a_breach(pytester: pytest.Pytester, server: Any) -> None:
     """A call that reported no usage has unknown tokens: a token limit over it is a breach with an
@@ -329,6 +417,46 @@ def test_a_token_limit_over_calls_without_usage_is_a_breach(pytester: pytest.Pyt
     )
     assert "every budget" not in result.stdout.str()
     assert "lens local" not in result.stdout.str()  # its tokens are known; only its price is not
+
+
+CLOSED_STREAM = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_first_words():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens("preview"):
+        with client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Preview it"}], stream=True
+        ) as stream:
+            next(iter(stream))  # the first words only: the usage chunk at the end is never read
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_stream_closed_early_is_told_to_read_to_the_end(pytester: pytest.Pytester, server: Any) -> None:
+    """A stream the code closes after its first chunk reports no usage however it is recorded: the
+    breach of a cost limit over it says so, not only to re-record it with usage."""
+    write_project(pytester, CLOSED_STREAM)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(pytester, "lenses:\n  preview: {max_cost_usd: 1}\n")
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "lens preview: max_cost_usd cannot be checked: no usage reported by calls to 'gpt-4o-mini' "
+            "(1 call); *a stream closed before its end reports none: read it to the end*"
+        ]
+    )
 
 
 WORST_TESTS = """

@@ -84,6 +84,94 @@ def test_unmarked_requests_fail_their_test_and_are_never_sent(
     assert "APIConnectionError" not in out and "Traceback" not in out
 
 
+WIDER_FIXTURE_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+@pytest.fixture(scope="module")
+def warmed_up():
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        except openai.APIError:
+            pass  # a warm-up that may fail
+    return True
+
+
+@pytest.mark.llm
+def test_marked(warmed_up):
+    assert warmed_up
+"""
+
+
+@pytest.mark.usefixtures("no_key")
+def test_a_marked_tests_fixture_of_a_wider_scope_is_refused_unsent(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A module-scoped fixture of a test marked llm is set up before the test's cassette: in none mode
+    its OpenAI request is refused unsent, as an unmarked test's is, and errors the test (also when the
+    fixture swallows the error), saying why and what to do."""
+    write_project(pytester, WIDER_FIXTURE_TESTS)
+
+    result = run(pytester)
+
+    result.assert_outcomes(errors=1)
+    assert prompts(server) == []
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: tests/test_app.py::test_marked sent an OpenAI API request outside its cassette "
+            "(a fixture of a wider scope than the test's, set up before it), so it was not sent",
+            "  request: POST 127.0.0.1/v1/chat/completions",
+            "  in record mode 'none' nothing leaves the machine; a cassette records the requests of its "
+            "test's function-scoped fixtures and body: make that fixture function-scoped, or move the "
+            "call into the test",
+        ]
+    )
+
+
+IMPORT_TIME_TESTS = """
+import os
+
+import openai
+
+with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+    try:
+        client.embeddings.create(model="text-embedding-3-small", input="computed at import")
+    except Exception:
+        pass  # the module falls back to a default
+
+
+def test_plain():
+    pass
+"""
+
+
+@pytest.mark.usefixtures("no_key")
+def test_a_request_outside_any_test_is_refused_unsent_and_fails_the_run(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """An OpenAI request made while no test runs (a test module's import, at collection) is refused
+    unsent in none mode, as a test's is; the run fails, naming the request and what to do, also when
+    the module swallows the error."""
+    write_project(pytester, IMPORT_TIME_TESTS)
+
+    result = run(pytester)
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=1)
+    assert server.requests == []
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: an OpenAI API request was made while no test was running (at import or "
+            "collection), so it was not sent: POST 127.0.0.1/v1/embeddings; in record mode 'none' nothing "
+            "leaves the machine: make the call in a test marked llm, or in a function-scoped fixture of one",
+        ]
+    )
+
+
 @pytest.mark.usefixtures("no_key")
 def test_allowed_hosts_let_unmarked_tests_reach_a_local_server(
     pytester: pytest.Pytester, server: FakeOpenAI

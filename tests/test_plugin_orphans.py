@@ -152,3 +152,39 @@ def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
     )  # fmt: skip
     assert listed.returncode == 1, listed.stderr
     assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout
+
+
+def test_cassettes_of_test_files_not_collected_are_not_orphans(pytester: pytest.Pytester) -> None:
+    """A test file that exists but yielded no test in this collection (skipped at import for a missing
+    optional dependency, or left out with --ignore) still owns its cassettes: a strict run names none
+    of them, and ``llm-ledger cassettes --prune`` deletes none of them; a file that is gone leaves
+    orphans."""
+    _, orphan, _ = _project(pytester)
+    optional = pytester.path / "tests" / "test_optional.py"
+    optional.write_text(
+        'import pytest\n\npytest.importorskip("a_module_not_installed")\n\n\n'
+        "@pytest.mark.llm\ndef test_extra():\n    pass\n"
+    )
+    (pytester.path / "tests" / "test_other.py").write_text(TESTS.replace("test_kept", "test_other"))
+    kept = [
+        pytester.path / "cassettes" / "tests" / name
+        for name in ("test_optional/test_extra.yaml", "test_other/test_other.yaml")
+    ]
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("interactions: []\n")
+
+    result = run(pytester, "--llm-strict", "--ignore=tests/test_other.py")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    gone = "cassettes/tests/test_gone/test_renamed.yaml"
+    result.stdout.fnmatch_lines(
+        [f"*1 cassette(s) belong to no collected test (renamed or deleted): {gone};*"]
+    )
+
+    pruned = subprocess.run(
+        [sys.executable, "-m", "llm_ledger", "cassettes", "--prune", "--", "--ignore=tests/test_other.py"],
+        cwd=pytester.path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    assert "deleted 1 orphan cassette(s)" in pruned.stdout
+    assert not orphan.exists() and all(path.exists() for path in kept)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.plugin_helpers import (
     PLUGIN_ARGS,
     load_yaml,
     no_key_fixture,
+    recorded_fixture,
     run,
     server_fixture,
     with_key_fixture,
@@ -26,7 +28,7 @@ from tests.plugin_helpers import (
 )
 
 pytest_plugins = ["pytester"]
-_FIXTURES = (no_key_fixture, server_fixture, with_key_fixture)  # used by name
+_FIXTURES = (no_key_fixture, recorded_fixture, server_fixture, with_key_fixture)  # used by name
 
 CASSETTES = Path("cassettes", "tests", "test_app")
 
@@ -211,6 +213,14 @@ def test_a_swallowed_miss_still_fails_the_test(
 
     result.assert_outcomes(failed=1, deselected=1)
     assert_lines_in(result, "    $.messages[0].content: recorded 'a', requested 'b'")
+
+
+def test_a_rootdir_away_from_the_ini_file_replays_the_same_cassettes(recorded: pytest.Pytester) -> None:
+    """--rootdir changes no cassette path: test files are placed under the cassette directory relative
+    to the ini file's folder, as the cassette directory itself is."""
+    result = run(recorded, "--rootdir=tests")
+
+    result.assert_outcomes(passed=3)
 
 
 @pytest.mark.usefixtures("no_key")
@@ -498,6 +508,73 @@ def test_repeated_runs_of_one_test_replay_one_cassette(pytester: pytest.Pytester
     replayed.assert_outcomes(passed=4)
 
 
+# what pytest-rerunfailures does with --reruns 1: a failed test's protocol run again on the same item,
+# within one pytest_runtest_protocol, the last attempt's reports standing for the test
+RERUN_CONFTEST = """
+import pytest
+from _pytest.runner import runtestprotocol
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for attempt in range(2):
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        if attempt or not any(report.failed for report in reports):
+            break
+        item._initrequest()
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+FLAKY_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+ATTEMPTS = []
+
+
+@pytest.mark.llm
+def test_flaky(llm_ledger):
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens("flaky"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    ATTEMPTS.append(llm_ledger.api_calls)
+    assert ATTEMPTS == [1] * len(ATTEMPTS)
+    assert len(ATTEMPTS) == int(os.environ.get("LEDGER_TEST_PASS_AT", "1"))
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_rerun_test_counts_its_last_attempt(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flaky test run again (pytest-rerunfailures' --reruns) starts each attempt with an empty
+    llm_ledger fixture, and the totals and the report count its last attempt: the diff of a pull
+    request whose flaky test passed on its second try shows no extra lens run or cost."""
+    write_project(pytester, FLAKY_TESTS)
+    record(pytester)
+    server.stop()
+    base = run(pytester, "--llm-report=base.json")
+    assert base.ret == 0
+    (pytester.path / "conftest.py").write_text(RERUN_CONFTEST)
+    monkeypatch.setenv("LEDGER_TEST_PASS_AT", "2")
+
+    result = run(pytester, "--llm-report=head.json")
+
+    result.assert_outcomes(passed=1)
+    report = json.loads((pytester.path / "head.json").read_text())
+    assert report["lenses"] == json.loads((pytester.path / "base.json").read_text())["lenses"]
+    assert (report["lenses"]["flaky"]["runs"], report["total"]["api_calls"]) == (1, 1)
+    assert [row["calls"] for row in report["usage"]] == [1]
+
+
 def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     """An unknown llm_record_mode names the value, the ini file and the valid modes."""
     write_project(pytester)
@@ -543,6 +620,42 @@ def test_responses_streams_and_embeddings_replay(pytester: pytest.Pytester, serv
     assert events[0]["event"] == "response.created"
     assert events[-1]["event"] == "response.completed"
     assert events[-1]["data"]["response"]["usage"]["total_tokens"] > 0
+
+
+UPLOAD_TESTS = """
+import io
+import os
+
+import openai
+import pytest
+
+AUDIO = b"RIFF\\x00\\xff\\xfe" + os.environ.get("LEDGER_TEST_AUDIO", "take one").encode()
+
+
+@pytest.mark.llm
+def test_transcribe():
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        with pytest.raises(openai.NotFoundError):  # the fake server has no audio endpoint
+            client.audio.transcriptions.create(model="whisper-1", file=("a.wav", io.BytesIO(AUDIO)))
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_file_uploads_replay_and_a_changed_file_misses(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multipart upload (audio, files) replays although the client draws a new boundary for each
+    request; another file's content still misses."""
+    write_project(pytester, UPLOAD_TESTS)
+    record(pytester)
+    server.stop()
+
+    run(pytester).assert_outcomes(passed=1)
+
+    monkeypatch.setenv("LEDGER_TEST_AUDIO", "take two")
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    assert_lines_in(result, "llm-ledger: request not found in cassette ")
 
 
 CONCURRENT_TESTS = """

@@ -142,6 +142,21 @@ def test_diff_markdown_shows_lens_names_with_backticks_and_pipes_whole(
     assert "% in `` ns:sum`mary|v2 `` (+100.0%)" in capsys.readouterr().err  # the whole name, colon and all
 
 
+def test_diff_markdown_keeps_a_lens_key_with_a_line_break_on_its_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lens key holding a line break (a key built from a title) shows it as ``\\n``: a line break
+    would end its table row, and its heading, halfway through the name."""
+    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0001}
+    for side, cost in (("base", 0.0001), ("head", 0.0002)):
+        lenses = {"weekly\r\ndigest": {**entry, "cost_usd": cost}}
+        (tmp_path / f"{side}.json").write_text(json.dumps(report(lenses, {**entry, "cost_usd": cost})))
+    assert cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| `weekly\\r\\ndigest` | $0.000100 | $0.000200 | +$0.000100 | +100.0% |" in lines
+    assert "### `weekly\\r\\ndigest`" in lines
+
+
 def test_diff_markdown_shows_a_lens_key_with_angle_brackets_as_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -156,8 +156,8 @@ def test_a_lens_whose_calls_missed_their_cassette_says_so_under_its_own_table(
     assert status == 0
     summary = out.split("lens summary\n")[1].split("\nlens ")[0]
     assert summary.splitlines()[-1] == (
-        "  head: 1 failed call(s) (cassette misses or API errors) in `tests/test_app.py::test_summary`, not "
-        "in its tokens or cost"
+        "  head: 1 failed call(s) (cassette misses or API errors) in `tests/test_app.py::test_summary`; one "
+        "that got no answer counts no tokens or cost"
     )
     assert "failed call" not in out.split("lens tags")[1].split("\ntotal")[0]
 

@@ -58,6 +58,8 @@ _USAGE_METRICS: Final = (
     "uncosted_calls",
     "failed_calls",
 )
+# a failed call counts what its answer reported: one cut short after a billed answer counts it
+_NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
 _NO_LENS_TITLE: Final = f"{NO_LENS_ROW}: calls outside any lens"
 _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would overflow a percentage
@@ -144,7 +146,8 @@ def _row(
         delta = None if b is None or h is None else h - b
         if metric in _COSTS and delta is not None:
             delta = round(delta, 12)  # no float noise in a diff of equal costs
-        pct = None if delta is None or not b else delta / b * 100
+        # rounded past any figure shown, so "more than PCT%" never turns on float noise (0.7 -> 0.77)
+        pct = None if delta is None or not b else round(delta / b * 100, 9)
         out[metric] = {"base": b, "head": h, "delta": delta, "pct": pct}
         if status == "unchanged" and delta:
             status = "changed"
@@ -159,6 +162,9 @@ def _row(
             row["failed_calls"][side] = None if errors is None else int(errors)
             if entry.get("tests_with_failed_calls"):
                 row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
+    # the same figures, but what they leave out changed: --only-changed keeps it
+    if status == "unchanged" and row["cost_gaps"].get("base") != row["cost_gaps"].get("head"):
+        row["status"] = "changed"
     return row
 
 
@@ -209,6 +215,15 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     return "; ".join(parts) or "calls with no known cost"
 
 
+def _calling(report: dict[str, Any]) -> set[str]:
+    """The node ids of a report's tests that made calls (it lists every test that ran)."""
+    return {
+        t
+        for t, entry in report.get("tests", {}).items()
+        if isinstance(entry, dict) and entry.get("api_calls")
+    }
+
+
 def _price_data(report: dict[str, Any]) -> str:
     """The price data a report's costs come from ("'genai-prices 0.2.3', 'price-file'"), "" if none."""
     rows = [row for row in report.get("usage", ()) if isinstance(row, dict)]
@@ -217,7 +232,9 @@ def _price_data(report: dict[str, Any]) -> str:
 
 def _code(text: str) -> str:
     """``text`` as a Markdown code span that a backtick inside cannot end early (CommonMark: a fence
-    longer than any run of backticks inside, padded with a space)."""
+    longer than any run of backticks inside, padded with a space), on one line: a line break would end
+    a table row or a heading."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
     if "`" not in text:
         return f"`{text}`"
     fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)
@@ -253,7 +270,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
     if errors:
         out.append(
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
-            "errors): calls that failed cost nothing and used no tokens"
+            f"errors): {_NO_ANSWER}"
         )
     unpriced = [_code(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
@@ -290,8 +307,8 @@ def diff_reports(
             "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
             "and price file"
         )
-    ran = set(head.get("tests", ())) | set(head.get("failed_tests", ()))
-    if idle := [_code(t) for t in sorted(set(base.get("tests", ())) - ran)]:
+    ran = _calling(head) | set(head.get("failed_tests", ()))
+    if idle := [_code(t) for t in sorted(_calling(base) - ran)]:
         flags.append(
             f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
             f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
@@ -474,7 +491,7 @@ def _notes(row: dict[str, Any]) -> list[str]:
         tests = [_code(test) for test in row["failed_call_tests"].get(side, ())]
         where = f" in {listed(tests)}" if tests else ""
         failed = f"{count} failed call(s) (cassette misses or API errors){where}"
-        notes.append(f"{side}: {failed}, not in its tokens or cost")
+        notes.append(f"{side}: {failed}; {_NO_ANSWER}")
     return notes
 
 
