@@ -167,7 +167,9 @@ class JsonlFileHandler(logging.Handler):
 
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
-        self.path = Path(path)
+        # absolute, as logging.FileHandler's: a relative path (the default "logs") must not move
+        # when the process changes directory (each write checks the path for rotation)
+        self.path = Path(os.path.abspath(path))
         self.setFormatter(formatter or LedgerJsonFormatter())
         self._new_queue()
         self._callers_write = True  # see _put and _write

@@ -389,6 +389,24 @@ def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
     assert not logging.getLogger("llm_monitor").handlers
 
 
+def test_a_relative_log_dir_stays_where_it_was_when_the_process_changes_directory(
+    default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default log_dir, "logs", is relative: a service that changes directory after configure()
+    (a daemon's chdir("/"), a worker's --workdir) keeps writing the one file, not a second one."""
+    (tmp_path / "start").mkdir()
+    (tmp_path / "later").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    llm_ledger.configure(log_dir="logs")
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    monkeypatch.chdir(tmp_path / "later")
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    assert len(_lines(tmp_path / "start" / "logs" / "llm_calls.jsonl")) == 2
+    assert not (tmp_path / "later" / "logs").exists()
+
+
 def test_configure_again_reads_an_edited_price_file_as_it_reads_an_edited_budgets_file(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
