@@ -609,7 +609,8 @@ class LLMCallMonitor:
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
         # what it raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)
-        record = lens_record(context=context, summary=summary, end_epoch=end_epoch)
-        self._emit(record)
-        if self.anomalies is not None:
-            self.anomalies.after_lens(self, record)
+        self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
+        if self.anomalies is not None:  # a record of its own: a sink may have changed the emitted one
+            self.anomalies.after_lens(
+                self, lens_record(context=context, summary=summary, end_epoch=end_epoch)
+            )

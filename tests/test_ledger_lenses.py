@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -282,6 +284,37 @@ def test_a_sink_changing_a_records_context_changes_no_other_record(
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert [c["lens_key"] for c in seen] == ["mine", "mine", "mine"]  # two calls, then the summary
+
+
+def test_a_sink_changing_a_budget_or_anomaly_records_context_changes_no_later_record(
+    fake_openai: Any, sdk: Any, tmp_path: Any
+) -> None:
+    """A sink trimming each record before shipping it elsewhere (the user id, a lens's summary) changes
+    the record it is handed only: the file keeps the user id on the lens's calls after a
+    ``budget_exceeded`` record, and anomaly detection still judges each lens run, whose
+    ``lens_anomaly`` record keeps it too."""
+    written = llm_ledger.JsonlFileHandler(tmp_path / "calls.jsonl")
+
+    def strip(record: Any) -> None:
+        record["context"].pop("user_id", None)
+        record.pop("summary", None)
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[written.write_record, strip])
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"capped": {"max_api_calls": 1}}})
+    monitor.anomalies = llm_ledger.AnomalyDetector(llm_ledger.AnomalyConfig(min_runs=3, window=3))
+    client = sdk(monitor)
+    with monitor.lens("capped", user_id="alice"):
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    for calls in (1, 1, 1, 8):  # three ordinary runs, then one far above them
+        with monitor.lens("spiky", user_id="bob"):
+            for _ in range(calls):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    written.close()
+    lines = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    events = Counter(line["event"] for line in lines)
+    assert events["budget_exceeded"] == 1 and events["lens_anomaly"] >= 1
+    assert [line["event"] for line in lines if "user_id" not in line["context"]] == []
 
 
 def test_a_monitor_without_logger_or_sink_still_sums_its_lenses(
