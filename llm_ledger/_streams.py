@@ -235,7 +235,8 @@ class _StreamState:
                 "request_id": call.request_id,
                 "content_length": self.chars,
                 "finish_reason": self.finish_reason,
-                "tool_calls_count": self.tool_calls,
+                # null for a text completion, which has no tools: as create() records it
+                "tool_calls_count": None if call.operation == "text_completion" else self.tool_calls,
                 "service_tier": self.tier,
             }
             text = "".join(self.text) if self.text is not None else None
