@@ -51,19 +51,22 @@ class _Scope:
 
     def __init__(self, context: dict[str, Any]) -> None:
         self._extra = context
-        self._token: Token[dict[str, Any]] | None = None
+        # the blocks open, by the id of the context each set: one object (made once, at module level)
+        # may be entered by concurrent tasks and threads, and nested; a block's exit finds its own
+        # entry as the context current there (dict operations are atomic: no lock)
+        self._open: dict[int, tuple[dict[str, Any], Token[dict[str, Any]]]] = {}
 
     def _fresh(self) -> _Scope:
         raise NotImplementedError
 
     def _enter(self) -> None:
-        if self._token is not None:
-            raise RuntimeError(f"{type(self).__name__} is already active; open a new one for each block")
-        self._token = _context.set({**_context.get(), **self._extra})
+        context = {**_context.get(), **self._extra}
+        self._open[id(context)] = (context, _context.set(context))  # the context kept: its id stays its own
 
     def _exit(self) -> None:
-        token, self._token = self._token, None
-        _reset(_context, token)
+        entry = self._open.pop(id(_context.get()), None)
+        if entry is not None:
+            _reset(_context, entry[1])
 
     def __enter__(self) -> Self:
         self._enter()
@@ -213,7 +216,8 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
 
 
 class TrackedContext(_Scope):
-    """Returned by :func:`llm_ledger.track_llm_call`: adds context to every call inside."""
+    """Returned by :func:`llm_ledger.track_llm_call`: adds context to every call inside. One object
+    may serve many blocks, nested or open at once in concurrent tasks and threads."""
 
     def _fresh(self) -> TrackedContext:
         return TrackedContext(self._extra)
@@ -254,10 +258,9 @@ class LensRun(_Scope):
         return LensRun(self._monitor, self.lens_key, extra)
 
     def __enter__(self) -> Self:
-        if self._token is None and self.run_id is not None:
-            raise RuntimeError(
-                f"lens run {self.lens_key!r} has already run; call lens() again for each block"
-            )
+        if self.run_id is not None:
+            state = "is already active" if self._lens_token is not None else "has already run"
+            raise RuntimeError(f"lens run {self.lens_key!r} {state}; call lens() again for each block")
         self.run_id = new_id()
         enclosing = _lenses.get()
         run: dict[str, str | None] = {"lens_run_id": self.run_id}

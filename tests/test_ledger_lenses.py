@@ -215,6 +215,40 @@ def test_a_lens_object_cannot_be_entered_twice(monitor: llm_ledger.LLMCallMonito
         run.__enter__()
 
 
+@pytest.mark.asyncio
+async def test_one_track_llm_call_block_serves_concurrent_tasks_and_threads(
+    aclient: openai.AsyncOpenAI, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``track_llm_call(...)`` object made once (at module level) may be entered by requests
+    handled at the same time, in tasks and threads, and nested: each block adds the context to its
+    own calls and takes it away at its end, never raising into the handler."""
+    tracked = monitor.track_llm_call(service="api")
+
+    async def handle() -> None:
+        async with tracked:
+            await asyncio.sleep(0)  # every task is inside the block before any leaves it
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    barrier = threading.Barrier(3)
+
+    def work() -> None:
+        with tracked:
+            barrier.wait(timeout=10)
+            with tracked:
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    with ThreadPoolExecutor(3) as pool:
+        threads = [pool.submit(work) for _ in range(3)]
+        await asyncio.gather(*(handle() for _ in range(5)))
+        for thread in threads:
+            thread.result()
+    services = Counter(call["context"]["service"] for call in records.calls)
+    assert services == {"api": 5 + 6, None: 5 + 3}
+
+
 def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor) -> None:
     """A missing or non-string lens key is rejected with the value shown."""
     with pytest.raises(TypeError, match="lens_key must be a non-empty string"):
