@@ -492,7 +492,23 @@ def test_arguments_win_over_environment(
         ({}, {"LLM_LEDGER_HANDLE_SIGTERM": "never"}, "LLM_LEDGER_HANDLE_SIGTERM='never' is not a boolean"),
         ({"redact": "nope"}, {}, "redact must be a callable"),
         ({}, {"LLM_LEDGER_CAPTURE_CONTENT": "maybe"}, "LLM_LEDGER_CAPTURE_CONTENT='maybe' is not a boolean"),
-        ({"log_dir": None, "price_file": "/nonexistent/prices.yaml"}, {}, "/nonexistent/prices.yaml"),
+        (
+            {"log_dir": None, "price_file": "/nonexistent/prices.yaml"},
+            {},
+            "/nonexistent/prices.yaml: price file not found; create it (version: 1, and models:",
+        ),
+        (
+            {"log_dir": None},
+            {"LLM_LEDGER_PRICE_FILE": "/nonexistent/prices.yaml"},
+            "/nonexistent/prices.yaml: price file not found; create it",
+        ),
+        (
+            {"log_dir": None},
+            {"LLM_LEDGER_PRICE_FILE": "/nonexistent/p.yaml"},
+            "or unset LLM_LEDGER_PRICE_FILE to",
+        ),
+        ({"log_dir": None, "price_file": "/nonexistent/p.yaml"}, {}, "or pass price_file=None to use"),
+        ({}, {"LLM_LEDGER_LOG_DIR": "/proc/no-such-dir"}, "in LLM_LEDGER_LOG_DIR='/proc/no-such-dir': "),
     ],
 )
 def test_bad_configuration_is_a_clear_error(
@@ -518,7 +534,9 @@ def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None)
         llm_ledger.configure(log_dir=blocker / "logs")
 
 
-def test_a_log_dir_that_is_a_file_says_so(tmp_path: Path, fresh_config: None) -> None:
+def test_a_log_dir_that_is_a_file_says_so(
+    tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """log_dir pointing at a file (the log file itself, say) names it as a file, not "File exists"."""
     log_file = tmp_path / "llm_calls.jsonl"
     log_file.write_text("")
@@ -527,6 +545,9 @@ def test_a_log_dir_that_is_a_file_says_so(tmp_path: Path, fresh_config: None) ->
         match=r"log_dir='.*llm_calls\.jsonl' is a file, not a directory; log_dir is the directory that holds",
     ):
         llm_ledger.configure(log_dir=log_file)
+    monkeypatch.setenv("LLM_LEDGER_LOG_DIR", str(log_file))  # from the environment: named so
+    with pytest.raises(llm_ledger.ConfigError, match=r"LLM_LEDGER_LOG_DIR='.*llm_calls\.jsonl' is a file"):
+        llm_ledger.configure()
     assert _config._settings is None
 
 
