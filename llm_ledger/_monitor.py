@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
 
 Sink = Callable[[Mapping[str, Any]], None]
-"""Receives every record a monitor emits, synchronously, on the thread that finished the call."""
+"""Receives every record a monitor emits, synchronously, on the thread that finished the call; the
+sinks after it get the same dict, so a sink copies it before changing it."""
 
 Redactor = Callable[[str], str]
 """Applied to every captured string (message text, output text, error messages) before it is recorded."""
