@@ -154,23 +154,33 @@ def test_the_file_writes_the_same_line_beside_the_applications_handlers_and_hono
 def test_context_values_json_cannot_hold_directly_are_still_written(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
-    """Integer dict keys, integers beyond 64 bits and objects such as UUIDs reach the file as JSON."""
+    """Integer dict keys, integers beyond 64 bits and objects such as UUIDs reach the file as JSON; a
+    value JSON cannot hold at all (a dict keyed by tuples, a list holding itself) as its text, and
+    the record's other fields as they are: no record is lost for a context value."""
     import uuid
 
     llm_ledger.configure(log_dir=tmp_path)
     source = uuid.UUID(int=7)
+    looped: list[Any] = []
+    looped.append(looped)
     contexts: list[dict[str, Any]] = [
         {"source_id": source},
         {"source_id": "s", "pages": {1: "intro", 2: "body"}},
         {"source_id": 2**70},
+        {"source_id": "t", "by_pair": {("a", 1): 2}, "big": 2**70},
+        {"source_id": "l", "looped": looped},
     ]
     for context in contexts:
         with llm_ledger.track_llm_call(**context):
             default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     llm_ledger.flush()
-    written = [line["context"] for line in _lines(tmp_path / "llm_calls.jsonl")]
-    assert [c["source_id"] for c in written] == [str(source), "s", 2**70]
+    lines = _lines(tmp_path / "llm_calls.jsonl")
+    written = [line["context"] for line in lines]
+    assert [c["source_id"] for c in written] == [str(source), "s", 2**70, "t", "l"]
     assert written[1]["pages"] == {"1": "intro", "2": "body"}
+    assert (written[3]["by_pair"], written[3]["big"]) == ("{('a', 1): 2}", 2**70)
+    assert written[4]["looped"] == "[[...]]"
+    assert all(line["usage"]["total_tokens"] for line in lines)
 
 
 def test_a_record_json_cannot_hold_directly_is_still_standard_json(
@@ -237,7 +247,8 @@ def test_context_values_json_cannot_hold_directly_reach_the_loggers_handlers_as_
     default_client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A handler formatting records as text (``%(message)s``) gets JSON for an integer beyond 64 bits
-    (a UUID's int as source_id) too, with no "--- Logging error ---" on stderr."""
+    (a UUID's int as source_id) too, and for a dict keyed by tuples (its text), with no
+    "--- Logging error ---" on stderr."""
     monkeypatch.setattr(logging, "raiseExceptions", False)  # a logging error would only be printed
     seen: list[str] = []
     errors: list[logging.LogRecord] = []
@@ -255,12 +266,14 @@ def test_context_values_json_cannot_hold_directly_reach_the_loggers_handlers_as_
     try:
         with llm_ledger.track_llm_call(source_id=2**70, pages={1: "intro"}):
             default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with llm_ledger.track_llm_call(source_id="t", by_pair={("a", 1): 2}):
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     finally:
         logger.removeHandler(handler)
     assert errors == []
-    [message] = seen
-    assert json.loads(message)["context"]["source_id"] == 2**70
-    assert json.loads(message)["context"]["pages"] == {"1": "intro"}
+    first, second = (json.loads(message)["context"] for message in seen)
+    assert (first["source_id"], first["pages"]) == (2**70, {"1": "intro"})
+    assert second["by_pair"] == "{('a', 1): 2}"
 
 
 def test_a_caller_changing_its_request_after_the_call_does_not_change_the_record(
