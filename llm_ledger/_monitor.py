@@ -292,6 +292,11 @@ class LLMCallMonitor:
         if self._logger is not None and self._logger.level == logging.NOTSET:
             # records are INFO; without this the root logger's default WARNING would drop them
             self._logger.setLevel(logging.INFO)
+        if callable(sinks) or isinstance(sinks, (str, bytes)) or not isinstance(sinks, Iterable):
+            raise ConfigError(
+                f"sinks must be a list of functions taking each record dict, got {sinks!r}; "
+                "for one sink, pass sinks=[sink]"
+            )
         self._sinks: tuple[Sink, ...] = tuple(_callable_sink("sinks", sink) for sink in sinks)
         self._sinks_lock = threading.Lock()
         self._unpriced: set[tuple[str, str]] = set()

@@ -638,11 +638,17 @@ def test_public_api_is_complete_and_sorted() -> None:
 
 
 def test_a_sink_that_cannot_be_called_is_refused_when_added(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    """A sink that is not callable (a handler instead of its write_record, a path) is a ConfigError
-    when it is given, not a failure on every record; the monitor keeps its good sinks."""
+    """A sink that is not callable (a handler instead of its write_record, a path), or one sink given
+    as ``sinks=`` in place of a list of them, is a ConfigError when it is given, not a failure on
+    every record; the monitor keeps its good sinks."""
     handler = llm_ledger.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
     with pytest.raises(llm_ledger.ConfigError, match=r"sinks: .*JsonlFileHandler.* is not callable"):
         llm_ledger.LLMCallMonitor(logger=None, sinks=[handler])  # type: ignore[list-item]
+    with pytest.raises(
+        llm_ledger.ConfigError,
+        match=r"sinks must be a list of functions .*, got <bound method .*; for one sink, pass sinks=\[",
+    ):
+        llm_ledger.LLMCallMonitor(logger=None, sinks=handler.write_record)  # type: ignore[arg-type]
     got: list[Any] = []
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[got.append])
     with pytest.raises(llm_ledger.ConfigError, match=r"add_sink\(\): .*'logs/llm_calls.jsonl' is not"):
