@@ -46,27 +46,34 @@ def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
             pass
 
 
+class _Block(dict[str, Any]):
+    """The context a block set, carrying what its exit needs: no state is kept on the scope object, so
+    one object (made once, at module level) may be entered by concurrent tasks and threads, and
+    nested, and a block exited in another context than its own leaves nothing behind."""
+
+    __slots__ = ("scope", "token")
+    scope: _Scope
+    token: Token[dict[str, Any]]
+
+
 class _Scope:
     """A block that adds context: a sync and async context manager, and a decorator."""
 
     def __init__(self, context: dict[str, Any]) -> None:
         self._extra = context
-        # the blocks open, by the id of the context each set: one object (made once, at module level)
-        # may be entered by concurrent tasks and threads, and nested; a block's exit finds its own
-        # entry as the context current there (dict operations are atomic: no lock)
-        self._open: dict[int, tuple[dict[str, Any], Token[dict[str, Any]]]] = {}
 
     def _fresh(self) -> _Scope:
         raise NotImplementedError
 
     def _enter(self) -> None:
-        context = {**_context.get(), **self._extra}
-        self._open[id(context)] = (context, _context.set(context))  # the context kept: its id stays its own
+        block = _Block({**_context.get(), **self._extra})
+        block.scope = self
+        block.token = _context.set(block)
 
     def _exit(self) -> None:
-        entry = self._open.pop(id(_context.get()), None)
-        if entry is not None:
-            _reset(_context, entry[1])
+        block = _context.get()  # this block's own, once the blocks inside it have ended
+        if type(block) is _Block and block.scope is self:
+            _reset(_context, block.token)
 
     def __enter__(self) -> Self:
         self._enter()
