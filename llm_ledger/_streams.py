@@ -136,7 +136,8 @@ class _StreamState:
                 delta = {"content": choice.get("text")}
             if delta:
                 text, tool_calls = delta.get("content"), delta.get("tool_calls")
-                if (text or tool_calls) and call.ttft is None:
+                # a refusal streams in place of content: its first piece is the first token too
+                if (text or tool_calls or delta.get("refusal")) and call.ttft is None:
                     call.ttft = time.perf_counter() - call.start_perf
                 if text:
                     self.chars += len(text)

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import llm_ledger
 import llm_ledger.testing
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
+from tests.plugin_helpers import LoopbackServer
 from tests.sdk import STREAM_BREAKS, sdk_http
 
 MESSAGES: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Stream me a story"}]
@@ -838,3 +840,49 @@ async def test_cancelled_task_mid_request_is_interrupted(
         await task
     [record] = records.calls
     assert record["status"] == "interrupted" and record["error"]["type"] == "CancelledError"
+
+
+class _RefusalHandler(BaseHTTPRequestHandler):
+    """A chat stream whose answer is a refusal, as OpenAI streams one: ``delta.refusal`` pieces in
+    place of content, then the finish chunk and, when asked for, the usage chunk."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        base = {"id": "chatcmpl-r", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+        deltas = [{"role": "assistant", "content": None, "refusal": ""}]
+        deltas += [{"refusal": piece} for piece in ("I'm sorry, ", "I cannot ", "help with that.")]
+        chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+            chunks.append({**base, "choices": [], "usage": usage})
+        payload = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_streamed_refusal_has_its_time_to_first_token(
+    monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A model refusing streams ``delta.refusal`` pieces, no content: the record still has the time to
+    its first token, as any stream's has (docs/MONITORING.md), with the answer's usage; the caller
+    gets the bare SDK's chunks."""
+    server = LoopbackServer(_RefusalHandler)
+    try:
+        with openai.OpenAI(api_key=FAKE_KEY, base_url=f"{server.address}/v1", max_retries=0) as raw:
+            client = monitor.instrument(raw)
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+            refusal = "".join(chunk.choices[0].delta.refusal or "" for chunk in stream)
+    finally:
+        server.stop()
+    assert refusal == "I'm sorry, I cannot help with that."
+    (record,) = records.calls
+    assert (record["status"], record["response"]["finish_reason"]) == ("ok", "stop")
+    assert record["usage"]["total_tokens"] == 21
+    assert record["timing"]["time_to_first_token_ms"] is not None
