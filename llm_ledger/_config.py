@@ -304,7 +304,8 @@ def configure(
                 old.close()
         if _handler is not None or not settings.handle_sigterm:
             handle_sigterm_signal(settings.handle_sigterm)
-        logger.setLevel(logging.INFO)
+        if logger.level == logging.NOTSET:  # a level the application gave it is its own
+            logger.setLevel(logging.INFO)
         logger.propagate = False
         monitor.prices = prices
         monitor.capture_content = settings.capture_content

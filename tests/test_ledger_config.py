@@ -224,6 +224,36 @@ def test_a_text_log_handler_shows_a_record_json_cannot_hold_directly_as_standard
     assert (context["source_id"], context["score"]) == (2**70, None)
 
 
+def test_a_level_the_application_gave_the_logger_is_kept_by_configure(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """An application whose logging setup (run before configure()) ships only failed calls from
+    ``llm_monitor`` to a handler of its own (level WARNING) keeps that level: configure() does not
+    raise it back to INFO, and the file still gets every record."""
+    heard: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record)
+
+    logger = logging.getLogger("llm_monitor")
+    keep = Keep()
+    logger.addHandler(keep)
+    logger.setLevel(logging.WARNING)
+    try:
+        llm_ledger.configure(log_dir=tmp_path)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(openai.BadRequestError):
+            default_client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    finally:
+        logger.removeHandler(keep)
+    llm_ledger.flush()
+    assert [record.msg["status"] for record in heard] == ["error"]  # type: ignore[index]
+    assert [line["status"] for line in _lines(tmp_path / "llm_calls.jsonl")] == ["ok", "error"]
+
+
 def test_a_refused_log_dir_leaves_nothing_behind_for_exit(tmp_path: Path) -> None:
     """configure() refusing a log path raises ConfigError and nothing else: the handler it began to
     build (alive while the error's traceback is, as when it goes unhandled) prints no traceback when
