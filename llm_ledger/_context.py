@@ -71,9 +71,14 @@ class _Scope:
         block.token = _context.set(block)
 
     def _exit(self) -> None:
-        block = _context.get()  # this block's own, once the blocks inside it have ended
-        if type(block) is _Block and block.scope is self:
-            _reset(_context, block.token)
+        # this block's own context: the current one, or under blocks left open inside it (a generator
+        # suspended in its block, abandoned), which end with it; none when it has ended already
+        block = _context.get()
+        while type(block) is _Block:
+            if block.scope is self:
+                _reset(_context, block.token)
+                return
+            block = block.token.old_value
 
     def __enter__(self) -> Self:
         self._enter()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from collections import Counter
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -247,6 +248,29 @@ async def test_one_track_llm_call_block_serves_concurrent_tasks_and_threads(
             thread.result()
     services = Counter(call["context"]["service"] for call in records.calls)
     assert services == {"api": 5 + 6, None: 5 + 3}
+
+
+def test_a_block_left_open_inside_a_lens_ends_with_it(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A generator suspended inside its ``track_llm_call`` block and abandoned inside a lens: the lens's
+    end takes that block's context away with its own, and closing the generator later brings neither
+    back, so calls after the lens carry neither."""
+
+    def steps() -> Generator[None]:
+        with monitor.track_llm_call(step="draft"):
+            yield
+
+    with monitor.lens("outer"):
+        pending = steps()
+        next(pending)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    pending.close()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    inside, after, closed = (call["context"] for call in records.calls)
+    assert (inside["lens_key"], inside["step"]) == ("outer", "draft")
+    assert [(c["lens_key"], "step" in c) for c in (after, closed)] == [(None, False), (None, False)]
 
 
 def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor) -> None:
