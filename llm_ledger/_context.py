@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import time
 import types
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -119,12 +120,31 @@ class _Scope:
                     return await func(*args, **kwargs)
 
         else:
+            told: list[bool] = []
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 with self._fresh():
-                    return func(*args, **kwargs)
+                    result = func(*args, **kwargs)
+                if not told and inspect.iscoroutine(result):  # said once per function
+                    told.append(True)
+                    _said_async(func, self)
+                return result
 
         return functools.wraps(func)(wrapper)
+
+
+def _said_async(func: Callable[..., Any], scope: _Scope) -> None:
+    """Warn that a function decorated as a plain one returned a coroutine: its calls ran after its block."""
+    name = "lens" if isinstance(scope, LensRun) else "track_llm_call"
+    logging.getLogger("llm_ledger.internal").warning(
+        "llm-ledger: %s is decorated with %s() as a plain function, yet returned a coroutine (a plain "
+        "decorator between it and its async def?): the block ended before the coroutine ran, so its "
+        "calls got none of its context and counted in no lens run. Put @%s(...) directly on the "
+        "async def, under the other decorators",
+        getattr(func, "__qualname__", func),
+        name,
+        name,
+    )
 
 
 def _generator_in(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import threading
 from collections import Counter
 from collections.abc import Generator
@@ -144,6 +146,40 @@ def test_decorators_open_a_new_block_per_call(
     assert [r["summary"]["total_api_calls"] for r in records.lenses] == [1, 2]
     assert len({r["context"]["lens_run_id"] for r in records.lenses}) == 2
     assert all(c["context"]["step"] == "generate" for c in records.calls)
+
+
+@pytest.mark.asyncio
+async def test_a_decorated_function_returning_a_coroutine_is_said_once(
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain decorator of the application's (``functools.wraps`` and a plain ``def``) between
+    ``@lens(...)`` and an ``async def`` hides the coroutine: the lens ends before its calls run, so they
+    count in no lens run. The ledger cannot open the block around a coroutine it was handed, so it
+    says so once, naming the function and the fix; the result is the function's own."""
+
+    def logged(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @monitor.lens("hidden")
+    @logged
+    async def summarise() -> str:
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        return "done"
+
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    assert [await summarise(), await summarise()] == ["done", "done"]
+    told = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert len(told) == 1
+    assert "summarise is decorated with lens() as a plain function, yet returned a coroutine" in told[0]
+    assert "Put @lens(...) directly on the async def" in told[0]
+    assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0]
 
 
 @pytest.mark.asyncio
