@@ -301,7 +301,10 @@ class LensRun(_Scope):
         self._extra = {**self._extra, **run}
         self._enter()
         if self._monitor.budgets is not None:
-            self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
+            try:
+                self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
+            except Exception as exc:  # never into the application's with block
+                self._monitor._report("watching a lens run's budget", exc)
         self._lens_token = _lenses.set((*enclosing, self))
         self._started = time.time()
         self._started_perf = time.perf_counter()
