@@ -103,6 +103,11 @@ def resolve(
     env = os.environ if env is None else env
     if log_dir is UNSET:
         raw = env.get("LLM_LEDGER_LOG_DIR", "logs")
+        if not raw.strip():  # e.g. LLM_LEDGER_LOG_DIR=${LOG_DIR} with LOG_DIR unset
+            raise ConfigError(
+                f"environment variable LLM_LEDGER_LOG_DIR={raw!r} is empty; set it to the directory of "
+                f"{LOG_FILE_NAME}, or to off to write no file (unset, it is logs)"
+            )
         resolved_dir = None if raw.strip().lower() in _OFF else _path("LLM_LEDGER_LOG_DIR", raw)
     else:
         resolved_dir = None if log_dir is None else _path("log_dir", log_dir)

@@ -552,6 +552,11 @@ def test_arguments_win_over_environment(
         ),
         ({"log_dir": None, "price_file": "/nonexistent/p.yaml"}, {}, "or pass price_file=None to use"),
         ({}, {"LLM_LEDGER_LOG_DIR": "/proc/no-such-dir"}, "in LLM_LEDGER_LOG_DIR='/proc/no-such-dir': "),
+        (
+            {},
+            {"LLM_LEDGER_LOG_DIR": " "},
+            "LLM_LEDGER_LOG_DIR=' ' is empty; set it to the directory of llm_calls",
+        ),
     ],
 )
 def test_bad_configuration_is_a_clear_error(
