@@ -41,6 +41,11 @@ def _fields(obj: Any) -> Any:
     return obj if type(obj) is dict else getattr(obj, "__dict__", None)
 
 
+# Responses events whose first is the answer's first token when it has no text (as a chat stream's
+# tool-call or refusal delta is)
+_FIRST_TOKENS = frozenset({"response.function_call_arguments.delta", "response.refusal.delta"})
+
+
 class _StreamState:
     """What one stream has shown so far, and its record, written once."""
 
@@ -204,6 +209,8 @@ class _StreamState:
         elif kind == "response.created":  # what a stream stopped before its end is recorded as
             response = _fields(fields.get("response")) or {}
             self.model, self.id = response.get("model"), response.get("id")
+        elif call.ttft is None and kind in _FIRST_TOKENS:
+            call.ttft = time.perf_counter() - call.start_perf
         return True
 
     # -- the end ----------------------------------------------------------------------------------------
