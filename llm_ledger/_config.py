@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from ._anomalies import AnomalyConfig, AnomalyDetector
 from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
-from ._errors import ConfigError
+from ._errors import ConfigError, PriceFileError
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor, internal_log
 from ._pricing import PriceTable
@@ -103,6 +103,11 @@ def resolve(
     env = os.environ if env is None else env
     if log_dir is UNSET:
         raw = env.get("LLM_LEDGER_LOG_DIR", "logs")
+        if not raw.strip():  # e.g. LLM_LEDGER_LOG_DIR=${LOG_DIR} with LOG_DIR unset
+            raise ConfigError(
+                f"environment variable LLM_LEDGER_LOG_DIR={raw!r} is empty; set it to the directory of "
+                f"{LOG_FILE_NAME}, or to off to write no file (unset, it is logs)"
+            )
         resolved_dir = None if raw.strip().lower() in _OFF else _path("LLM_LEDGER_LOG_DIR", raw)
     else:
         resolved_dir = None if log_dir is None else _path("log_dir", log_dir)
@@ -261,6 +266,12 @@ def configure(
                 handle_sigterm_signal(True)  # a first configure() in another thread could not install it
             return settings
         monitor = get_monitor()
+        if settings.price_file is not None and not settings.price_file.exists():
+            unset = "pass price_file=None" if price_file is not UNSET else "unset LLM_LEDGER_PRICE_FILE"
+            raise PriceFileError(
+                f"{settings.price_file}: price file not found; create it (version: 1, and models: with "
+                f"each model's input and output USD per 1M tokens), or {unset} to use genai-prices alone"
+            )
         prices = PriceTable() if settings.price_file is None else PriceTable.from_file(settings.price_file)
         plan = None
         if settings.exporters != (_settings.exporters if _settings is not None else ()):
@@ -268,6 +279,7 @@ def configure(
         logger = logging.getLogger(LOGGER_NAME)
         if _settings is None or settings.log_dir != _settings.log_dir:
             new_handler = None
+            source = "log_dir" if log_dir is not UNSET else "LLM_LEDGER_LOG_DIR"
             if settings.log_dir is not None:
                 try:
                     new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
@@ -278,11 +290,11 @@ def configure(
                         raise ConfigError(f"cannot write the log file: {exc}") from exc
                     if settings.log_dir.is_file():
                         raise ConfigError(
-                            f"cannot write the log file: log_dir={str(settings.log_dir)!r} is a file, not a "
-                            f"directory; log_dir is the directory that holds {LOG_FILE_NAME}"
+                            f"cannot write the log file: {source}={str(settings.log_dir)!r} is a file, not a "
+                            f"directory; {source} is the directory that holds {LOG_FILE_NAME}"
                         ) from exc
                     raise ConfigError(
-                        f"cannot write the log file in log_dir={str(settings.log_dir)!r}: "
+                        f"cannot write the log file in {source}={str(settings.log_dir)!r}: "
                         f"{exc.strerror or exc}; "
                         "choose a writable directory (or LLM_LEDGER_LOG_DIR=off to write no file)"
                     ) from exc
@@ -297,7 +309,8 @@ def configure(
                 old.close()
         if _handler is not None or not settings.handle_sigterm:
             handle_sigterm_signal(settings.handle_sigterm)
-        logger.setLevel(logging.INFO)
+        if logger.level == logging.NOTSET:  # a level the application gave it is its own
+            logger.setLevel(logging.INFO)
         logger.propagate = False
         monitor.prices = prices
         monitor.capture_content = settings.capture_content

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import time
 import types
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -46,24 +47,39 @@ def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
             pass
 
 
+class _Block(dict[str, Any]):
+    """The context a block set, carrying what its exit needs: no state is kept on the scope object, so
+    one object (made once, at module level) may be entered by concurrent tasks and threads, and
+    nested, and a block exited in another context than its own leaves nothing behind."""
+
+    __slots__ = ("scope", "token")
+    scope: _Scope
+    token: Token[dict[str, Any]]
+
+
 class _Scope:
     """A block that adds context: a sync and async context manager, and a decorator."""
 
     def __init__(self, context: dict[str, Any]) -> None:
         self._extra = context
-        self._token: Token[dict[str, Any]] | None = None
 
     def _fresh(self) -> _Scope:
         raise NotImplementedError
 
     def _enter(self) -> None:
-        if self._token is not None:
-            raise RuntimeError(f"{type(self).__name__} is already active; open a new one for each block")
-        self._token = _context.set({**_context.get(), **self._extra})
+        block = _Block({**_context.get(), **self._extra})
+        block.scope = self
+        block.token = _context.set(block)
 
     def _exit(self) -> None:
-        token, self._token = self._token, None
-        _reset(_context, token)
+        # this block's own context: the current one, or under blocks left open inside it (a generator
+        # suspended in its block, abandoned), which end with it; none when it has ended already
+        block = _context.get()
+        while type(block) is _Block:
+            if block.scope is self:
+                _reset(_context, block.token)
+                return
+            block = block.token.old_value
 
     def __enter__(self) -> Self:
         self._enter()
@@ -104,12 +120,31 @@ class _Scope:
                     return await func(*args, **kwargs)
 
         else:
+            told: list[bool] = []
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 with self._fresh():
-                    return func(*args, **kwargs)
+                    result = func(*args, **kwargs)
+                if not told and inspect.iscoroutine(result):  # said once per function
+                    told.append(True)
+                    _said_async(func, self)
+                return result
 
         return functools.wraps(func)(wrapper)
+
+
+def _said_async(func: Callable[..., Any], scope: _Scope) -> None:
+    """Warn that a function decorated as a plain one returned a coroutine: its calls ran after its block."""
+    name = "lens" if isinstance(scope, LensRun) else "track_llm_call"
+    logging.getLogger("llm_ledger.internal").warning(
+        "llm-ledger: %s is decorated with %s() as a plain function, yet returned a coroutine (a plain "
+        "decorator between it and its async def?): the block ended before the coroutine ran, so its "
+        "calls got none of its context and counted in no lens run. Put @%s(...) directly on the "
+        "async def, under the other decorators",
+        getattr(func, "__qualname__", func),
+        name,
+        name,
+    )
 
 
 def _generator_in(
@@ -213,7 +248,8 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
 
 
 class TrackedContext(_Scope):
-    """Returned by :func:`llm_ledger.track_llm_call`: adds context to every call inside."""
+    """Returned by :func:`llm_ledger.track_llm_call`: adds context to every call inside. One object
+    may serve many blocks, nested or open at once in concurrent tasks and threads."""
 
     def _fresh(self) -> TrackedContext:
         return TrackedContext(self._extra)
@@ -254,10 +290,9 @@ class LensRun(_Scope):
         return LensRun(self._monitor, self.lens_key, extra)
 
     def __enter__(self) -> Self:
-        if self._token is None and self.run_id is not None:
-            raise RuntimeError(
-                f"lens run {self.lens_key!r} has already run; call lens() again for each block"
-            )
+        if self.run_id is not None:
+            state = "is already active" if self._lens_token is not None else "has already run"
+            raise RuntimeError(f"lens run {self.lens_key!r} {state}; call lens() again for each block")
         self.run_id = new_id()
         enclosing = _lenses.get()
         run: dict[str, str | None] = {"lens_run_id": self.run_id}
@@ -266,7 +301,10 @@ class LensRun(_Scope):
         self._extra = {**self._extra, **run}
         self._enter()
         if self._monitor.budgets is not None:
-            self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
+            try:
+                self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
+            except Exception as exc:  # never into the application's with block
+                self._monitor._report("watching a lens run's budget", exc)
         self._lens_token = _lenses.set((*enclosing, self))
         self._started = time.time()
         self._started_perf = time.perf_counter()

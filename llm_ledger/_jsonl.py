@@ -137,7 +137,26 @@ def json_text(value: Mapping[str, Any]) -> str:
 def _json_module_text(value: Any) -> str:
     # standard JSON, as orjson writes it: a NaN or an infinity is null, never a bare NaN that
     # readers (llm-ledger report) reject with the whole line
-    return json.dumps(_finite(value), default=str, ensure_ascii=False, allow_nan=False)
+    try:
+        return json.dumps(_finite(value), default=str, ensure_ascii=False, allow_nan=False)
+    except Exception:
+        context = value.get("context") if isinstance(value, Mapping) else None
+        if not isinstance(context, Mapping):
+            raise
+        # a context value JSON cannot hold at all (a dict keyed by tuples, a list holding itself): its
+        # text in its place, so that the record is not lost for it
+        return _json_module_text({**value, "context": {k: _json_or_text(v) for k, v in context.items()}})
+
+
+def _json_or_text(value: Any) -> Any:
+    try:
+        json.dumps(_finite(value), default=str, allow_nan=False)
+        return value
+    except Exception:
+        try:
+            return str(value)
+        except Exception:
+            return "__could_not_encode__"  # python-json-logger's word for it
 
 
 def _finite(value: Any) -> Any:
@@ -167,7 +186,9 @@ class JsonlFileHandler(logging.Handler):
 
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
-        self.path = Path(path)
+        # absolute, as logging.FileHandler's: a relative path (the default "logs") must not move
+        # when the process changes directory (each write checks the path for rotation)
+        self.path = Path(os.path.abspath(path))
         self.setFormatter(formatter or LedgerJsonFormatter())
         self._new_queue()
         self._callers_write = True  # see _put and _write

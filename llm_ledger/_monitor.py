@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["LLMCallMonitor", "Redactor", "Sink"]
 
 Sink = Callable[[Mapping[str, Any]], None]
-"""Receives every record a monitor emits, synchronously, on the thread that finished the call."""
+"""Receives every record a monitor emits, synchronously, on the thread that finished the call; the
+sinks after it get the same dict, so a sink copies it before changing it."""
 
 Redactor = Callable[[str], str]
 """Applied to every captured string (message text, output text, error messages) before it is recorded."""
@@ -291,6 +292,11 @@ class LLMCallMonitor:
         if self._logger is not None and self._logger.level == logging.NOTSET:
             # records are INFO; without this the root logger's default WARNING would drop them
             self._logger.setLevel(logging.INFO)
+        if callable(sinks) or isinstance(sinks, (str, bytes)) or not isinstance(sinks, Iterable):
+            raise ConfigError(
+                f"sinks must be a list of functions taking each record dict, got {sinks!r}; "
+                "for one sink, pass sinks=[sink]"
+            )
         self._sinks: tuple[Sink, ...] = tuple(_callable_sink("sinks", sink) for sink in sinks)
         self._sinks_lock = threading.Lock()
         self._unpriced: set[tuple[str, str]] = set()
@@ -609,7 +615,8 @@ class LLMCallMonitor:
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
         # what it raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)
-        record = lens_record(context=context, summary=summary, end_epoch=end_epoch)
-        self._emit(record)
-        if self.anomalies is not None:
-            self.anomalies.after_lens(self, record)
+        self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
+        if self.anomalies is not None:  # a record of its own: a sink may have changed the emitted one
+            self.anomalies.after_lens(
+                self, lens_record(context=context, summary=summary, end_epoch=end_epoch)
+            )

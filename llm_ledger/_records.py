@@ -192,8 +192,16 @@ class LensRecord(_RunRecord):
     summary: LensSummary
 
 
-def _run_record(timestamp: str, level: str, event: str, context: dict[str, Any]) -> _RunRecord:
-    return {"timestamp": timestamp, "level": level, "logger": LOGGER_NAME, "event": event, "context": context}
+def _run_record(timestamp: str, level: str, event: str, context: Mapping[str, Any]) -> _RunRecord:
+    # the context copied: a sink may change the record it is handed, never the lens's live context
+    # (a budget record's is the one the run's later calls take theirs from) nor the next record's
+    return {
+        "timestamp": timestamp,
+        "level": level,
+        "logger": LOGGER_NAME,
+        "event": event,
+        "context": dict(context),
+    }
 
 
 # ids end in a counter's 12 hex digits, hex(16**12 + n)[3:]: cheaper than a format spec

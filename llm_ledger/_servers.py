@@ -7,6 +7,7 @@ priced" and "Providers". :func:`otel_provider_name` gives OpenTelemetry's ``gen_
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Any, Final
 
@@ -43,6 +44,7 @@ def otel_provider_name(provider: str) -> str:
     return _OTEL_NAMES.get(provider, provider)
 
 
+@functools.lru_cache(maxsize=256)  # per base URL: a client derived per request (with_options) is new
 def detect_provider(base_url: str, *, azure: bool = False) -> str | None:
     """The genai-prices provider id of a client: ``azure`` for an Azure client, else the first provider
     whose URL pattern matches ``base_url``; ``None`` for a URL no provider claims."""

@@ -41,6 +41,11 @@ def _fields(obj: Any) -> Any:
     return obj if type(obj) is dict else getattr(obj, "__dict__", None)
 
 
+# Responses events whose first is the answer's first token when it has no text (as a chat stream's
+# tool-call or refusal delta is)
+_FIRST_TOKENS = frozenset({"response.function_call_arguments.delta", "response.refusal.delta"})
+
+
 class _StreamState:
     """What one stream has shown so far, and its record, written once."""
 
@@ -136,7 +141,8 @@ class _StreamState:
                 delta = {"content": choice.get("text")}
             if delta:
                 text, tool_calls = delta.get("content"), delta.get("tool_calls")
-                if (text or tool_calls) and call.ttft is None:
+                # a refusal streams in place of content: its first piece is the first token too
+                if (text or tool_calls or delta.get("refusal")) and call.ttft is None:
                     call.ttft = time.perf_counter() - call.start_perf
                 if text:
                     self.chars += len(text)
@@ -203,6 +209,8 @@ class _StreamState:
         elif kind == "response.created":  # what a stream stopped before its end is recorded as
             response = _fields(fields.get("response")) or {}
             self.model, self.id = response.get("model"), response.get("id")
+        elif call.ttft is None and kind in _FIRST_TOKENS:
+            call.ttft = time.perf_counter() - call.start_perf
         return True
 
     # -- the end ----------------------------------------------------------------------------------------
@@ -235,7 +243,8 @@ class _StreamState:
                 "request_id": call.request_id,
                 "content_length": self.chars,
                 "finish_reason": self.finish_reason,
-                "tool_calls_count": self.tool_calls,
+                # null for a text completion, which has no tools: as create() records it
+                "tool_calls_count": None if call.operation == "text_completion" else self.tool_calls,
                 "service_tier": self.tier,
             }
             text = "".join(self.text) if self.text is not None else None

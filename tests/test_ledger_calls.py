@@ -12,6 +12,7 @@ import pytest
 
 import llm_ledger
 import llm_ledger.testing
+from llm_ledger import _pricing, _servers
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
 
@@ -397,6 +398,28 @@ def test_derived_clients_stay_instrumented(client: openai.OpenAI, records: Captu
     derived = client.with_options(timeout=30).copy(max_retries=1)
     derived.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert len(records.calls) == 1
+
+
+def test_a_client_derived_per_request_is_not_matched_against_every_provider_again(
+    client: openai.OpenAI, records: Captured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``client.with_options(timeout=...)`` per request (the SDK's per-request idiom) makes a new
+    client each time: its provider, found by matching the base URL against every provider genai-prices
+    knows (tens of microseconds), is found once per base URL, not once per derived client."""
+    matched: list[int] = []
+    providers = _pricing._genai_providers
+
+    def counted() -> Any:
+        matched.append(1)
+        return providers()
+
+    monkeypatch.setattr(_servers, "_genai_providers", counted)
+    for _ in range(5):
+        client.with_options(timeout=30).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert len(matched) <= 1
+    assert [call["server"]["provider"] for call in records.calls] == ["openai"] * 5
 
 
 def test_resources_created_before_instrumenting_are_watched(

@@ -154,23 +154,33 @@ def test_the_file_writes_the_same_line_beside_the_applications_handlers_and_hono
 def test_context_values_json_cannot_hold_directly_are_still_written(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
-    """Integer dict keys, integers beyond 64 bits and objects such as UUIDs reach the file as JSON."""
+    """Integer dict keys, integers beyond 64 bits and objects such as UUIDs reach the file as JSON; a
+    value JSON cannot hold at all (a dict keyed by tuples, a list holding itself) as its text, and
+    the record's other fields as they are: no record is lost for a context value."""
     import uuid
 
     llm_ledger.configure(log_dir=tmp_path)
     source = uuid.UUID(int=7)
+    looped: list[Any] = []
+    looped.append(looped)
     contexts: list[dict[str, Any]] = [
         {"source_id": source},
         {"source_id": "s", "pages": {1: "intro", 2: "body"}},
         {"source_id": 2**70},
+        {"source_id": "t", "by_pair": {("a", 1): 2}, "big": 2**70},
+        {"source_id": "l", "looped": looped},
     ]
     for context in contexts:
         with llm_ledger.track_llm_call(**context):
             default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     llm_ledger.flush()
-    written = [line["context"] for line in _lines(tmp_path / "llm_calls.jsonl")]
-    assert [c["source_id"] for c in written] == [str(source), "s", 2**70]
+    lines = _lines(tmp_path / "llm_calls.jsonl")
+    written = [line["context"] for line in lines]
+    assert [c["source_id"] for c in written] == [str(source), "s", 2**70, "t", "l"]
     assert written[1]["pages"] == {"1": "intro", "2": "body"}
+    assert (written[3]["by_pair"], written[3]["big"]) == ("{('a', 1): 2}", 2**70)
+    assert written[4]["looped"] == "[[...]]"
+    assert all(line["usage"]["total_tokens"] for line in lines)
 
 
 def test_a_record_json_cannot_hold_directly_is_still_standard_json(
@@ -214,6 +224,36 @@ def test_a_text_log_handler_shows_a_record_json_cannot_hold_directly_as_standard
     assert (context["source_id"], context["score"]) == (2**70, None)
 
 
+def test_a_level_the_application_gave_the_logger_is_kept_by_configure(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """An application whose logging setup (run before configure()) ships only failed calls from
+    ``llm_monitor`` to a handler of its own (level WARNING) keeps that level: configure() does not
+    raise it back to INFO, and the file still gets every record."""
+    heard: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record)
+
+    logger = logging.getLogger("llm_monitor")
+    keep = Keep()
+    logger.addHandler(keep)
+    logger.setLevel(logging.WARNING)
+    try:
+        llm_ledger.configure(log_dir=tmp_path)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(openai.BadRequestError):
+            default_client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    finally:
+        logger.removeHandler(keep)
+    llm_ledger.flush()
+    assert [record.msg["status"] for record in heard] == ["error"]  # type: ignore[index]
+    assert [line["status"] for line in _lines(tmp_path / "llm_calls.jsonl")] == ["ok", "error"]
+
+
 def test_a_refused_log_dir_leaves_nothing_behind_for_exit(tmp_path: Path) -> None:
     """configure() refusing a log path raises ConfigError and nothing else: the handler it began to
     build (alive while the error's traceback is, as when it goes unhandled) prints no traceback when
@@ -237,7 +277,8 @@ def test_context_values_json_cannot_hold_directly_reach_the_loggers_handlers_as_
     default_client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A handler formatting records as text (``%(message)s``) gets JSON for an integer beyond 64 bits
-    (a UUID's int as source_id) too, with no "--- Logging error ---" on stderr."""
+    (a UUID's int as source_id) too, and for a dict keyed by tuples (its text), with no
+    "--- Logging error ---" on stderr."""
     monkeypatch.setattr(logging, "raiseExceptions", False)  # a logging error would only be printed
     seen: list[str] = []
     errors: list[logging.LogRecord] = []
@@ -255,12 +296,14 @@ def test_context_values_json_cannot_hold_directly_reach_the_loggers_handlers_as_
     try:
         with llm_ledger.track_llm_call(source_id=2**70, pages={1: "intro"}):
             default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with llm_ledger.track_llm_call(source_id="t", by_pair={("a", 1): 2}):
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     finally:
         logger.removeHandler(handler)
     assert errors == []
-    [message] = seen
-    assert json.loads(message)["context"]["source_id"] == 2**70
-    assert json.loads(message)["context"]["pages"] == {"1": "intro"}
+    first, second = (json.loads(message)["context"] for message in seen)
+    assert (first["source_id"], first["pages"]) == (2**70, {"1": "intro"})
+    assert second["by_pair"] == "{('a', 1): 2}"
 
 
 def test_a_caller_changing_its_request_after_the_call_does_not_change_the_record(
@@ -389,6 +432,24 @@ def test_configure_again_changes_nothing_and_a_new_dir_switches_file(
     assert not logging.getLogger("llm_monitor").handlers
 
 
+def test_a_relative_log_dir_stays_where_it_was_when_the_process_changes_directory(
+    default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default log_dir, "logs", is relative: a service that changes directory after configure()
+    (a daemon's chdir("/"), a worker's --workdir) keeps writing the one file, not a second one."""
+    (tmp_path / "start").mkdir()
+    (tmp_path / "later").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    llm_ledger.configure(log_dir="logs")
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    monkeypatch.chdir(tmp_path / "later")
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    assert len(_lines(tmp_path / "start" / "logs" / "llm_calls.jsonl")) == 2
+    assert not (tmp_path / "later" / "logs").exists()
+
+
 def test_configure_again_reads_an_edited_price_file_as_it_reads_an_edited_budgets_file(
     default_client: openai.OpenAI, tmp_path: Path
 ) -> None:
@@ -474,7 +535,28 @@ def test_arguments_win_over_environment(
         ({}, {"LLM_LEDGER_HANDLE_SIGTERM": "never"}, "LLM_LEDGER_HANDLE_SIGTERM='never' is not a boolean"),
         ({"redact": "nope"}, {}, "redact must be a callable"),
         ({}, {"LLM_LEDGER_CAPTURE_CONTENT": "maybe"}, "LLM_LEDGER_CAPTURE_CONTENT='maybe' is not a boolean"),
-        ({"log_dir": None, "price_file": "/nonexistent/prices.yaml"}, {}, "/nonexistent/prices.yaml"),
+        (
+            {"log_dir": None, "price_file": "/nonexistent/prices.yaml"},
+            {},
+            "/nonexistent/prices.yaml: price file not found; create it (version: 1, and models:",
+        ),
+        (
+            {"log_dir": None},
+            {"LLM_LEDGER_PRICE_FILE": "/nonexistent/prices.yaml"},
+            "/nonexistent/prices.yaml: price file not found; create it",
+        ),
+        (
+            {"log_dir": None},
+            {"LLM_LEDGER_PRICE_FILE": "/nonexistent/p.yaml"},
+            "or unset LLM_LEDGER_PRICE_FILE to",
+        ),
+        ({"log_dir": None, "price_file": "/nonexistent/p.yaml"}, {}, "or pass price_file=None to use"),
+        ({}, {"LLM_LEDGER_LOG_DIR": "/proc/no-such-dir"}, "in LLM_LEDGER_LOG_DIR='/proc/no-such-dir': "),
+        (
+            {},
+            {"LLM_LEDGER_LOG_DIR": " "},
+            "LLM_LEDGER_LOG_DIR=' ' is empty; set it to the directory of llm_calls",
+        ),
     ],
 )
 def test_bad_configuration_is_a_clear_error(
@@ -500,7 +582,9 @@ def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None)
         llm_ledger.configure(log_dir=blocker / "logs")
 
 
-def test_a_log_dir_that_is_a_file_says_so(tmp_path: Path, fresh_config: None) -> None:
+def test_a_log_dir_that_is_a_file_says_so(
+    tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """log_dir pointing at a file (the log file itself, say) names it as a file, not "File exists"."""
     log_file = tmp_path / "llm_calls.jsonl"
     log_file.write_text("")
@@ -509,6 +593,9 @@ def test_a_log_dir_that_is_a_file_says_so(tmp_path: Path, fresh_config: None) ->
         match=r"log_dir='.*llm_calls\.jsonl' is a file, not a directory; log_dir is the directory that holds",
     ):
         llm_ledger.configure(log_dir=log_file)
+    monkeypatch.setenv("LLM_LEDGER_LOG_DIR", str(log_file))  # from the environment: named so
+    with pytest.raises(llm_ledger.ConfigError, match=r"LLM_LEDGER_LOG_DIR='.*llm_calls\.jsonl' is a file"):
+        llm_ledger.configure()
     assert _config._settings is None
 
 
@@ -586,11 +673,17 @@ def test_public_api_is_complete_and_sorted() -> None:
 
 
 def test_a_sink_that_cannot_be_called_is_refused_when_added(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    """A sink that is not callable (a handler instead of its write_record, a path) is a ConfigError
-    when it is given, not a failure on every record; the monitor keeps its good sinks."""
+    """A sink that is not callable (a handler instead of its write_record, a path), or one sink given
+    as ``sinks=`` in place of a list of them, is a ConfigError when it is given, not a failure on
+    every record; the monitor keeps its good sinks."""
     handler = llm_ledger.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
     with pytest.raises(llm_ledger.ConfigError, match=r"sinks: .*JsonlFileHandler.* is not callable"):
         llm_ledger.LLMCallMonitor(logger=None, sinks=[handler])  # type: ignore[list-item]
+    with pytest.raises(
+        llm_ledger.ConfigError,
+        match=r"sinks must be a list of functions .*, got <bound method .*; for one sink, pass sinks=\[",
+    ):
+        llm_ledger.LLMCallMonitor(logger=None, sinks=handler.write_record)  # type: ignore[arg-type]
     got: list[Any] = []
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[got.append])
     with pytest.raises(llm_ledger.ConfigError, match=r"add_sink\(\): .*'logs/llm_calls.jsonl' is not"):

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import logging
 import threading
+from collections import Counter
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -144,6 +149,40 @@ def test_decorators_open_a_new_block_per_call(
 
 
 @pytest.mark.asyncio
+async def test_a_decorated_function_returning_a_coroutine_is_said_once(
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain decorator of the application's (``functools.wraps`` and a plain ``def``) between
+    ``@lens(...)`` and an ``async def`` hides the coroutine: the lens ends before its calls run, so they
+    count in no lens run. The ledger cannot open the block around a coroutine it was handed, so it
+    says so once, naming the function and the fix; the result is the function's own."""
+
+    def logged(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @monitor.lens("hidden")
+    @logged
+    async def summarise() -> str:
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        return "done"
+
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    assert [await summarise(), await summarise()] == ["done", "done"]
+    told = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert len(told) == 1
+    assert "summarise is decorated with lens() as a plain function, yet returned a coroutine" in told[0]
+    assert "Put @lens(...) directly on the async def" in told[0]
+    assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0]
+
+
+@pytest.mark.asyncio
 async def test_async_decorator_and_async_with(
     aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
@@ -211,6 +250,63 @@ def test_a_lens_object_cannot_be_entered_twice(monitor: llm_ledger.LLMCallMonito
     run = monitor.lens("once")
     with run, pytest.raises(RuntimeError, match="already active"):
         run.__enter__()
+
+
+@pytest.mark.asyncio
+async def test_one_track_llm_call_block_serves_concurrent_tasks_and_threads(
+    aclient: openai.AsyncOpenAI, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``track_llm_call(...)`` object made once (at module level) may be entered by requests
+    handled at the same time, in tasks and threads, and nested: each block adds the context to its
+    own calls and takes it away at its end, never raising into the handler."""
+    tracked = monitor.track_llm_call(service="api")
+
+    async def handle() -> None:
+        async with tracked:
+            await asyncio.sleep(0)  # every task is inside the block before any leaves it
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    barrier = threading.Barrier(3)
+
+    def work() -> None:
+        with tracked:
+            barrier.wait(timeout=10)
+            with tracked:
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    with ThreadPoolExecutor(3) as pool:
+        threads = [pool.submit(work) for _ in range(3)]
+        await asyncio.gather(*(handle() for _ in range(5)))
+        for thread in threads:
+            thread.result()
+    services = Counter(call["context"]["service"] for call in records.calls)
+    assert services == {"api": 5 + 6, None: 5 + 3}
+
+
+def test_a_block_left_open_inside_a_lens_ends_with_it(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A generator suspended inside its ``track_llm_call`` block and abandoned inside a lens: the lens's
+    end takes that block's context away with its own, and closing the generator later brings neither
+    back, so calls after the lens carry neither."""
+
+    def steps() -> Generator[None]:
+        with monitor.track_llm_call(step="draft"):
+            yield
+
+    with monitor.lens("outer"):
+        pending = steps()
+        next(pending)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    pending.close()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    inside, after, closed = (call["context"] for call in records.calls)
+    assert (inside["lens_key"], inside["step"]) == ("outer", "draft")
+    assert [(c["lens_key"], "step" in c) for c in (after, closed)] == [(None, False), (None, False)]
 
 
 def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor) -> None:
@@ -282,6 +378,37 @@ def test_a_sink_changing_a_records_context_changes_no_other_record(
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert [c["lens_key"] for c in seen] == ["mine", "mine", "mine"]  # two calls, then the summary
+
+
+def test_a_sink_changing_a_budget_or_anomaly_records_context_changes_no_later_record(
+    fake_openai: Any, sdk: Any, tmp_path: Any
+) -> None:
+    """A sink trimming each record before shipping it elsewhere (the user id, a lens's summary) changes
+    the record it is handed only: the file keeps the user id on the lens's calls after a
+    ``budget_exceeded`` record, and anomaly detection still judges each lens run, whose
+    ``lens_anomaly`` record keeps it too."""
+    written = llm_ledger.JsonlFileHandler(tmp_path / "calls.jsonl")
+
+    def strip(record: Any) -> None:
+        record["context"].pop("user_id", None)
+        record.pop("summary", None)
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[written.write_record, strip])
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"capped": {"max_api_calls": 1}}})
+    monitor.anomalies = llm_ledger.AnomalyDetector(llm_ledger.AnomalyConfig(min_runs=3, window=3))
+    client = sdk(monitor)
+    with monitor.lens("capped", user_id="alice"):
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    for calls in (1, 1, 1, 8):  # three ordinary runs, then one far above them
+        with monitor.lens("spiky", user_id="bob"):
+            for _ in range(calls):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    written.close()
+    lines = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    events = Counter(line["event"] for line in lines)
+    assert events["budget_exceeded"] == 1 and events["lens_anomaly"] >= 1
+    assert [line["event"] for line in lines if "user_id" not in line["context"]] == []
 
 
 def test_a_monitor_without_logger_or_sink_still_sums_its_lenses(

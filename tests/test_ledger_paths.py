@@ -217,7 +217,10 @@ def _essentials(record: dict[str, Any]) -> dict[str, Any]:
         "model": record["response"]["model"],
         "finish_reason": record["response"]["finish_reason"],
         "content_length": record["response"]["content_length"],
+        "tool_calls_count": record["response"]["tool_calls_count"],
         "cost": record["cost"],
+        "request": {k: v for k, v in record["request"].items() if k != "stream"},
+        "server": record["server"],
     }
 
 

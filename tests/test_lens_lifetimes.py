@@ -353,6 +353,20 @@ except openai.BadRequestError:
     assert '"event":"llm_api_call"' in rooted.stderr and "{'timestamp'" not in rooted.stderr
 
 
+def test_a_budget_watch_that_fails_never_raises_into_the_lens(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, internal_log: Any
+) -> None:
+    """``monitor.budgets`` set to something that cannot watch a lens run (the parsed ``Budgets`` in
+    place of a ``BudgetGuard`` over them) is reported on ``llm_ledger.internal``; the application's
+    ``with lens(...)`` block runs, and its calls are counted and recorded."""
+    monitor.budgets = llm_ledger.parse_budgets({"lenses": {"watched": {"max_api_calls": 1}}})  # type: ignore[assignment]
+    with monitor.lens("watched") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert len(records.calls) == 1 and len(records.lenses) == 1
+    assert "watching a lens run's budget" in internal_log.text
+
+
 def test_a_request_whose_content_cannot_be_captured_is_still_recorded_and_counted(
     client: openai.OpenAI,
     monitor: llm_ledger.LLMCallMonitor,
