@@ -327,6 +327,36 @@ def test_nested_lenses_are_nested_spans_even_when_the_inner_run_ends_last(otel: 
     assert call["context"]["parent_lens_run_id"] == outer.run_id
 
 
+def test_a_call_begun_after_its_lens_ended_is_exported_under_the_lens_span(otel: Telemetry) -> None:
+    """A thread that outlives its lens's block and only then calls counts in no lens, yet its record
+    names the run: its span joins that run's span (already exported) instead of waiting for good for
+    a lens record that came before it, and a later lens's calls still wait for their lens."""
+    go_on = threading.Event()
+
+    def late() -> None:
+        assert go_on.wait(10)
+        otel.client.chat.completions.create(model="gpt-4o", messages=HI)
+
+    with capture(otel.monitor) as records:
+        with otel.monitor.lens("early") as early:
+            worker = threading.Thread(target=llm_ledger.propagate(late))
+            worker.start()
+        go_on.set()
+        worker.join(10)
+        with otel.monitor.lens("next"):
+            otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert records.lenses[0]["summary"]["total_api_calls"] == 0  # the call counts in no lens
+    spans = {s.name: s for s in otel.spans()}
+    assert set(spans) == {"lens early", "chat gpt-4o", "lens next", "chat gpt-4o-mini"}
+    late_call, lens = spans["chat gpt-4o"], spans["lens early"]
+    assert late_call.parent is not None and lens.context is not None
+    assert late_call.parent.span_id == lens.context.span_id
+    assert (late_call.attributes or {})["llm_ledger.lens_run_id"] == early.run_id
+    next_call, next_lens = spans["chat gpt-4o-mini"], spans["lens next"]
+    assert next_call.parent is not None and next_lens.context is not None
+    assert next_call.parent.span_id == next_lens.context.span_id
+
+
 def test_metrics_follow_the_conventions_and_equal_the_records(
     otel: Telemetry, fake_openai: FakeOpenAI
 ) -> None:

@@ -281,12 +281,16 @@ class OTelSink:
             if theirs and their_span is None:
                 return  # openai-v2 makes the span; nothing to link it by
             run_id = record["context"].get("lens_run_id")
+            lens = None
             if run_id is not None:
                 with self._lock:
-                    if self._wait(run_id, their_span if theirs else record, link=theirs):
+                    # a call that began after its lens's record went out (a thread outliving the
+                    # block) joins the lens span; waiting for that record would keep it for good
+                    lens = self._exported.get(run_id)
+                    if lens is None and self._wait(run_id, their_span if theirs else record, link=theirs):
                         return
             if not theirs:
-                self._call_span(record, None)
+                self._call_span(record, lens)
         elif event == LENS_EVENT:
             parent_id = record["context"].get("parent_lens_run_id")
             parent = None
