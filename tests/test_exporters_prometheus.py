@@ -287,6 +287,39 @@ def test_calls_reach_the_metrics_at_every_collection_and_every_pending_calls(
     )
 
 
+def test_a_busy_process_still_scrapes_a_new_series_at_zero_first(run: tuple[Captured, Samples]) -> None:
+    """More than PENDING_CALLS calls between two scrapes (about 70 calls a second at a 15 s scrape
+    interval) move the sums of the series scraped already, but a series that appeared since (a lens
+    run once a day, a model's first failure) is still scraped at 0 first, then at its value, so that
+    increase() counts it; an unscraped process moves a new series' sums past twice PENDING_CALLS calls."""
+    records, _ = run
+    busy, rare = (
+        records.calls[0],
+        next(c for c in records.calls if c["context"].get("lens_key") == "research"),
+    )
+    assert busy["context"]["lens_key"] != rare["context"]["lens_key"]
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry)
+    sink(busy)
+    exposed(registry)  # Prometheus has seen the busy series
+    sink(rare)
+    for _ in range(PENDING_CALLS):
+        sink(busy)
+    scrapes = [samples(generate_latest(registry).decode()) for _ in range(2)]
+    assert [total(found, "llm_ledger_calls_total", lens="research") for found in scrapes] == [0, 1]
+    assert [total(found, "llm_ledger_calls_total", lens="summary") for found in scrapes] == [
+        1 + PENDING_CALLS
+    ] * 2
+
+    unscraped = PrometheusSink(CollectorRegistry())
+    for _ in range(2 * PENDING_CALLS):
+        unscraped(rare)
+    unscraped_calls = sum(
+        s.value for m in unscraped.calls.collect() for s in m.samples if s.name.endswith("_total")
+    )
+    assert unscraped_calls == 2 * PENDING_CALLS
+
+
 def test_a_second_sink_on_one_registry_is_a_config_error(registry: CollectorRegistry) -> None:
     """Two sinks cannot share a registry; the failed one leaves the first one's metrics intact."""
     first = PrometheusSink(registry)

@@ -257,15 +257,24 @@ class PrometheusSink:
         """Move the pending sums into the metrics (a collection of the registry does it first)."""
         self._flush(collecting=False)
 
-    def _flush(self, *, collecting: bool) -> None:
+    def _flush(self, *, collecting: bool, overflow: bool = False) -> None:
         # A series Prometheus first scrapes already at its value has no rise, so rate() and increase()
         # would miss its first calls (a lens run once a day: $0). A collection therefore shows a new
-        # series at 0 and keeps its sums for the next one.
+        # series at 0 and keeps its sums for the next one. PENDING_CALLS reached between two scrapes
+        # (``overflow``: a busy process) keeps a new series' sums too, made into no metric yet, unless
+        # they pile up (nobody collects this registry; with PROMETHEUS_MULTIPROC_DIR, the process that
+        # reads the files shows new series at 0 itself, and nothing here is held)
         with self._pending_lock:
             pending, self._pending = self._pending, {}
             self._pending_calls = 0
         held: dict[Any, list[Any]] = {}
+        if overflow and self._pending_limit > 1:
+            new = {key: sums for key, sums in pending.items() if key not in self._children}
+            if sum(_records(key, sums) for key, sums in new.items()) <= PENDING_CALLS:
+                held = new
         for key, sums in pending.items():
+            if key in held:
+                continue
             lens = len(key) == 1  # a lens run's (lens_key,), else a call's label tuple
             try:
                 children = self._children.get(key)
@@ -280,9 +289,11 @@ class PrometheusSink:
                 (self._move_lens if lens else self._move)(children, sums)
             except Exception as exc:  # one series must not cost the others, nor a scrape
                 if lens:
-                    self._dropped(LENS_EVENT, sums[0] + sums[1], {"lens": key[0]}, exc)
+                    self._dropped(LENS_EVENT, _records(key, sums), {"lens": key[0]}, exc)
                 else:
-                    self._dropped(CALL_EVENT, sums[0], dict(zip(_CALL_LABELS, key, strict=True)), exc)
+                    self._dropped(
+                        CALL_EVENT, _records(key, sums), dict(zip(_CALL_LABELS, key, strict=True)), exc
+                    )
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
@@ -410,7 +421,7 @@ class PrometheusSink:
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
-            self.flush()
+            self._flush(collecting=False, overflow=True)
 
     def _move(self, children: tuple[Any, ...], sums: list[Any]) -> None:
         calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
@@ -458,7 +469,12 @@ class PrometheusSink:
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
-            self.flush()
+            self._flush(collecting=False, overflow=True)
+
+
+def _records(key: tuple[Any, ...], sums: list[Any]) -> int:
+    """How many records a pending key's sums hold: a lens's ok and failed runs, or a call tuple's calls."""
+    return int(sums[0] + sums[1]) if len(key) == 1 else int(sums[0])
 
 
 class _Moving:
