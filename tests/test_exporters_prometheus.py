@@ -139,7 +139,8 @@ def test_call_counts_tokens_and_cost_equal_the_records(run: tuple[Captured, Samp
 
 
 def test_histograms_count_every_call_and_streams_have_a_first_token(run: tuple[Captured, Samples]) -> None:
-    """Durations are observed once per call, in seconds; time to first token once per stream."""
+    """Durations are observed once per call, in seconds; time to first token once per stream, in series
+    of its own lens, model and operation only."""
     records, found = run
     calls = records.calls
     assert total(found, "llm_ledger_call_duration_seconds_count") == len(calls)
@@ -149,6 +150,11 @@ def test_histograms_count_every_call_and_streams_have_a_first_token(run: tuple[C
     streams = [c for c in calls if c["timing"]["time_to_first_token_ms"] is not None]
     assert len(streams) == 1
     assert total(found, "llm_ledger_time_to_first_token_seconds_count", model="gpt-4o") == 1
+    # streams only: no series of empty buckets beside every other call's duration histogram
+    (stream,) = streams
+    assert by_labels(found, "llm_ledger_time_to_first_token_seconds_count", "lens", "model", "operation") == {
+        (stream["context"]["lens_key"], "gpt-4o", "chat"): 1
+    }
     buckets = sorted(
         float(dict(ls)["le"]) for (n, ls) in found if n == "llm_ledger_call_duration_seconds_bucket"
     )

@@ -169,8 +169,9 @@ class PrometheusSink:
         self._models: set[str] = set()
         # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # a call's label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations,
-        # first tokens]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
+        # a call's label tuple and whether it had a first token -> [calls, input, output, cached,
+        # reasoning, cost, unpriced, durations, first tokens]; a lens run's (lens_key,) -> [ok runs,
+        # failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
         directory = _multiprocess_dir(check=True)
@@ -292,7 +293,7 @@ class PrometheusSink:
                     self._dropped(LENS_EVENT, _records(key, sums), {"lens": key[0]}, exc)
                 else:
                     self._dropped(
-                        CALL_EVENT, _records(key, sums), dict(zip(_CALL_LABELS, key, strict=True)), exc
+                        CALL_EVENT, _records(key, sums), dict(zip(_CALL_LABELS, key[:-1], strict=True)), exc
                     )
         if held:
             with self._pending_lock:
@@ -369,7 +370,7 @@ class PrometheusSink:
             return True
 
     def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
-        raw_lens, raw_model, provider, operation, status = key
+        raw_lens, raw_model, provider, operation, status, streamed = key
         lens = self._label("lens", raw_lens)
         model = self._label("model", raw_model)
         return (
@@ -380,7 +381,9 @@ class PrometheusSink:
             ),
             _adder(self.cost.labels(lens, model, provider)),
             _observer(self.duration.labels(lens, model, operation)),
-            _observer(self.ttft.labels(lens, model, operation)),
+            # only where a first chunk came: a series of empty buckets for every other call costs
+            # as much as the duration histogram
+            _observer(self.ttft.labels(lens, model, operation)) if streamed else None,
             _adder(self.unpriced.labels(model)),
         )
 
@@ -390,17 +393,18 @@ class PrometheusSink:
         request = record["request"]
         server = record.get("server")
         status = record["status"]
+        timing = record["timing"]
+        first = timing["time_to_first_token_ms"]
         key = (
             record["context"].get("lens_key"),
             request["model"] or record["response"]["model"],
             server["provider"] if server else "openai",
             record["operation"],
             status,
+            first is not None,  # not a label: whether the call has a time to first token
         )
         usage = record["usage"]
         usd = record["cost"]["total_cost_usd"]
-        timing = record["timing"]
-        first = timing["time_to_first_token_ms"]
         with self._pending_lock:
             sums = self._pending.get(key)
             if sums is None:
