@@ -14,7 +14,7 @@ import math
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._anomalies import METRICS
@@ -35,6 +35,7 @@ __all__ = [
     "OTHER",
     "PENDING_CALLS",
     "PrometheusSink",
+    "metrics_registry",
     "start_metrics_server",
 ]
 
@@ -60,6 +61,8 @@ _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
 _internal_log = logging.getLogger("llm_ledger.internal")
 _serving: set[int] = set()  # pids where start_metrics_server serves; a forked child inherits the set
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
+_unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)
+_SCRAPED_FILE: Final = "llm_ledger_scraped.labels"  # in the multiprocess directory; not *.db, which it reads
 
 
 def _after_fork_in_child() -> None:
@@ -496,37 +499,52 @@ class _Moving:
 
 
 class _NewSeriesAtZero:
-    """The multiprocess files' metrics, where an llm-ledger series that appeared after the server
-    started shows 0 at the first collection that sees it, as ``_flush`` does in one process (why: there).
-    Series already in the files when the server starts are shown as they are: a restarted server must
-    not read to Prometheus as a counter reset."""
+    """The multiprocess files' metrics, where an llm-ledger series no scrape of the directory has shown
+    yet shows 0, as ``_flush`` does in one process (why: there). The series shown are kept in a file
+    there (one JSON key a line, appended under a file lock), so that each shows 0 once whichever process
+    serves it (every web worker, a registry made per request, a restarted server: a second 0 would read
+    to Prometheus as a counter reset). Should that file be unusable, the metrics are shown as they are."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, path: str) -> None:
         self._inner = inner
-        self._lock = threading.Lock()
-        self._seen = {key for family in inner.collect() for key in self._series(family)}
-
-    @staticmethod
-    def _series(family: Any) -> Iterator[tuple[str, frozenset[tuple[str, str]]]]:
-        """Each sample's series: the family and the labels but a histogram bucket's ``le``."""
-        for sample in family.samples:
-            yield family.name, frozenset((k, v) for k, v in sample.labels.items() if k != "le")
+        self._path = path
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> list[Any]:
         families = list(self._inner.collect())
-        with self._lock:
-            new: set[tuple[str, frozenset[tuple[str, str]]]] = set()
-            for family in families:
-                if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
-                    continue
-                for index, key in enumerate(self._series(family)):
-                    if key not in self._seen:
-                        new.add(key)
-                        family.samples[index] = family.samples[index]._replace(value=0.0)
-            self._seen |= new
+        try:
+            with open(self._path, "a+", encoding="utf-8") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)  # one scrape at a time; released when closed
+                file.seek(0)
+                lines = file.read().split("\n")  # the last: "", or a line cut short by a killed writer
+                shown = set(lines[:-1])
+                new: list[str] = []
+                for family in families:
+                    if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
+                        continue
+                    keys: dict[Any, str] = {}  # a histogram's buckets, sum and count: one series, one key
+                    for index, sample in enumerate(family.samples):
+                        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+                        key = keys.get(labels)
+                        if key is None:
+                            key = keys[labels] = json.dumps([family.name, labels], separators=(",", ":"))
+                            if key not in shown:
+                                new.append(key)
+                        if key not in shown:
+                            family.samples[index] = sample._replace(value=0.0)
+                if new:
+                    file.write(("\n" if lines[-1] else "") + "".join(key + "\n" for key in new))
+        except OSError as exc:
+            if self._path not in _unusable:
+                _unusable.add(self._path)
+                _internal_log.warning(
+                    "llm-ledger: cannot keep the series scraped from the multiprocess directory in %s "
+                    "(%s), so new series are scraped at their values and rate() can miss their first calls",
+                    self._path, exc,
+                )  # fmt: skip
+            return list(self._inner.collect())
         return families
 
 
@@ -541,6 +559,23 @@ def _multiprocess_dir(*, check: bool = False) -> str | None:
     return path
 
 
+def metrics_registry() -> CollectorRegistry:
+    """The registry to serve on ``/metrics`` (what ``start_metrics_server`` serves by default):
+    prometheus-client's global ``REGISTRY``; with ``PROMETHEUS_MULTIPROC_DIR``, a new registry that sums
+    every process's files and shows each new llm-ledger series at 0 in its first scrape, from whichever
+    process serves it (docs/exporters.md, Multiprocess mode)."""
+    pc = _client()
+    directory = _multiprocess_dir(check=True)
+    if not directory:
+        return pc.REGISTRY  # type: ignore[no-any-return]
+    from prometheus_client import multiprocess
+
+    registry = pc.CollectorRegistry()
+    collector = multiprocess.MultiProcessCollector(None, directory)  # type: ignore[no-untyped-call]
+    registry.register(_NewSeriesAtZero(collector, os.path.join(directory, _SCRAPED_FILE)))
+    return registry  # type: ignore[no-any-return]
+
+
 def start_metrics_server(
     port: int, addr: str = "0.0.0.0", *, registry: CollectorRegistry | None = None
 ) -> WSGIServer:
@@ -551,13 +586,7 @@ def start_metrics_server(
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a whole number from 0 to 65535, got {port!r}")
     if registry is None:
-        if _multiprocess_dir(check=True):
-            from prometheus_client import multiprocess
-
-            registry = pc.CollectorRegistry()
-            registry.register(_NewSeriesAtZero(multiprocess.MultiProcessCollector(None)))  # type: ignore[no-untyped-call]
-        else:
-            registry = pc.REGISTRY
+        registry = metrics_registry()
     try:
         server, _thread = pc.start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
