@@ -113,6 +113,11 @@ def _openai_v2_instrumented() -> bool:
     return bool(getattr(instrumentor, "is_instrumented_by_opentelemetry", False))
 
 
+def _waited_for(record: Mapping[str, Any]) -> Any:
+    """The lens run a call's or a nested lens run's span waits for, to be its parent."""
+    return record["context"].get("parent_lens_run_id" if record["event"] == LENS_EVENT else "lens_run_id")
+
+
 def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
     """A call's (operation, provider, request model, response model, server address, server port, lens
     key): the attributes its span and its metrics share."""
@@ -259,6 +264,7 @@ class OTelSink:
         # openai-v2's spans of its other calls)
         self._pending: dict[str, tuple[list[Mapping[str, Any]], list[Any]]] = {}
         self._pending_count = 0
+        self._gave_up = False  # whether _give_up has said so (once)
         # the spans of lens runs already exported, for a nested run that ends after its parent did
         self._exported: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
@@ -287,8 +293,11 @@ class OTelSink:
                     # a call that began after its lens's record went out (a thread outliving the
                     # block) joins the lens span; waiting for that record would keep it for good
                     lens = self._exported.get(run_id)
-                    if lens is None and self._wait(run_id, their_span if theirs else record, link=theirs):
-                        return
+                    if lens is None:
+                        given_up = self._wait(run_id, their_span if theirs else record, link=theirs)
+                if lens is None:
+                    self._give_up(given_up)
+                    return
             if not theirs:
                 self._call_span(record, lens)
         elif event == LENS_EVENT:
@@ -297,18 +306,45 @@ class OTelSink:
             if parent_id is not None:
                 with self._lock:
                     parent = self._exported.get(parent_id)
-                    if parent is None and self._wait(parent_id, record):
-                        return
+                    if parent is None:
+                        given_up = self._wait(parent_id, record)
+                if parent is None:
+                    self._give_up(given_up)
+                    return
             self._lens(record, parent)
 
-    def _wait(self, run_id: str, item: Any, *, link: bool = False) -> bool:
+    def _wait(self, run_id: str, item: Any, *, link: bool = False) -> list[Mapping[str, Any]]:
         """Keep ``item`` (a record, or with ``link`` the context of openai-v2's span) until lens run
-        ``run_id``'s record arrives; ``False`` when too many wait already. Called with the lock held."""
-        if self._pending_count >= MAX_PENDING_CALLS:
-            return False
+        ``run_id``'s record arrives. Past ``MAX_PENDING_CALLS`` the runs that waited longest are given
+        up (a lens of another monitor, whose record never reaches this sink, would hold them for good):
+        their records are returned, for ``_give_up``. Called with the lock held."""
+        given_up: list[Mapping[str, Any]] = []
+        while self._pending_count >= MAX_PENDING_CALLS:
+            records, links = self._pending.pop(next(iter(self._pending)))
+            self._pending_count -= len(records) + len(links)
+            given_up.extend(records)
         self._pending.setdefault(run_id, ([], []))[1 if link else 0].append(item)
         self._pending_count += 1
-        return True
+        return given_up
+
+    def _give_up(self, records: list[Mapping[str, Any]]) -> None:
+        """Emit the records of lens runs given up by ``_wait``, without their lens parent."""
+        if not records:
+            return
+        if not self._gave_up:
+            self._gave_up = True
+            _internal_log.warning(
+                "llm-ledger: OTelSink gave up waiting for the record of lens run %s and exported its "
+                "calls without their lens span: more than %d calls waited for their lens. Lenses of "
+                "another monitor (llm_ledger.lens() around a client of your own LLMCallMonitor) never "
+                "reach this sink: open them with that monitor's lens() (docs/exporters.md, OpenTelemetry)",
+                _waited_for(records[0]), MAX_PENDING_CALLS,
+            )  # fmt: skip
+        for record in records:
+            if record["event"] == LENS_EVENT:
+                self._lens(record, None)
+            else:
+                self._call_span(record, None)
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
