@@ -382,7 +382,7 @@ def test_calls_waiting_for_a_lens_record_that_never_comes_are_given_up_oldest_fi
     assert call.parent.span_id == lens.context.span_id
     warnings = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
     assert len(warnings) == 1 and stranded["context"]["lens_run_id"] in warnings[0], warnings
-    assert own.run_id not in warnings[0]
+    assert own.run_id is not None and own.run_id not in warnings[0]
 
 
 def test_metrics_follow_the_conventions_and_equal_the_records(
@@ -692,3 +692,65 @@ def test_otlp_http_carries_every_attribute_of_the_records(fake_openai: FakeOpenA
                         assert sum(p.count for p in points) == len(calls.calls)
                         assert all(tuple(p.explicit_bounds) == DURATION_BUCKETS for p in points)
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "llm_ledger.cost"} <= names
+
+
+# a multiprocessing pool forked inside a lens: the parent's call waits for the lens; the children's
+# calls name the parent's lens run, whose record only the parent gets
+FORKED_POOL = """
+import multiprocessing, sys, openai, llm_ledger
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+endpoint, base_url = sys.argv[1:]
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+trace.set_tracer_provider(provider)
+llm_ledger.configure(log_dir=None, exporters=["otel"])
+HI = [{"role": "user", "content": "hi"}]
+
+def new_client():  # each process its own (an HTTP connection pool is not shared across a fork)
+    global client
+    client = llm_ledger.instrument(openai.OpenAI(api_key="sk-fake", base_url=base_url, max_retries=0))
+
+def work(i):
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    return i
+
+new_client()
+with llm_ledger.lens("batch"):
+    client.chat.completions.create(model="gpt-4o", messages=HI)
+    with multiprocessing.get_context("fork").Pool(2, initializer=new_client) as pool:
+        assert pool.map(work, range(4)) == [0, 1, 2, 3]
+"""
+
+
+def test_calls_of_processes_forked_inside_a_lens_are_exported_once(fake_openai: FakeOpenAI) -> None:
+    """A pool forked inside a lens: each child's calls name the parent's lens run, whose record only the
+    parent gets, so they are exported at once (not kept waiting for good); the parent exports its own
+    call under the lens span, once (no child exports the parent's waiting spans again)."""
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", FORKED_POOL, f"http://127.0.0.1:{receiver.server_port}/v1/traces",
+             fake_openai.base_url],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "LLM_LEDGER_LOG_DIR": "off"},
+        )  # fmt: skip
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert done.returncode == 0, done.stderr
+    spans = [
+        span
+        for body in receiver.bodies.get("/v1/traces", [])
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    assert sorted(span.name for span in spans) == ["chat gpt-4o", *["chat gpt-4o-mini"] * 4, "lens batch"]
+    (lens,) = [s for s in spans if s.name == "lens batch"]
+    (parents,) = [s for s in spans if s.name == "chat gpt-4o"]
+    assert parents.parent_span_id == lens.span_id

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT
+from .._records import CALL_EVENT, LENS_EVENT, made_here
 from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS
 
@@ -195,6 +196,20 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
     return attributes
 
 
+_sinks: weakref.WeakSet[OTelSink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child keeps none of its parent's waiting spans (the parent exports them) nor its locks."""
+    for sink in list(_sinks):
+        sink._lock = threading.Lock()
+        sink._pending.clear()
+        sink._pending_count = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class OTelSink:
     """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans (one per call, one
     per lens run as their parent) and metrics (docs/exporters.md), through ``tracer_provider`` and
@@ -267,6 +282,7 @@ class OTelSink:
         self._gave_up = False  # whether _give_up has said so (once)
         # the spans of lens runs already exported, for a nested run that ends after its parent did
         self._exported: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        _sinks.add(self)
 
     def __repr__(self) -> str:
         return f"<OTelSink {'latest experimental' if self.latest else 'v1.41.1'} names>"
@@ -288,7 +304,7 @@ class OTelSink:
                 return  # openai-v2 makes the span; nothing to link it by
             run_id = record["context"].get("lens_run_id")
             lens = None
-            if run_id is not None:
+            if run_id is not None and made_here(run_id):  # a run of a parent process: no record here
                 with self._lock:
                     # a call that began after its lens's record went out (a thread outliving the
                     # block) joins the lens span; waiting for that record would keep it for good
@@ -303,7 +319,7 @@ class OTelSink:
         elif event == LENS_EVENT:
             parent_id = record["context"].get("parent_lens_run_id")
             parent = None
-            if parent_id is not None:
+            if parent_id is not None and made_here(parent_id):
                 with self._lock:
                     parent = self._exported.get(parent_id)
                     if parent is None:
