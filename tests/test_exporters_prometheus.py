@@ -425,6 +425,58 @@ def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured
     assert total(found, "llm_ledger_call_duration_seconds_count") == 3 * len(records.calls)
 
 
+# another thread is inside the sink (holding its lock) at the moment the process forks (a pool started
+# by a busy multithreaded service); the child then makes a call through the same sink
+FORK_WHILE_BUSY = """
+import os, sys, threading, time, openai, llm_ledger
+from prometheus_client import CollectorRegistry, generate_latest
+from llm_ledger.exporters import PrometheusSink
+
+sink = PrometheusSink(CollectorRegistry())
+monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
+HI = [{"role": "user", "content": "hi"}]
+with monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0)) as client:
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the parent's, pending at the fork
+inside, leave = threading.Event(), threading.Event()
+
+def busy():
+    with sink._pending_lock:
+        inside.set()
+        leave.wait()
+
+threading.Thread(target=busy).start()
+inside.wait()
+pid = os.fork()
+if pid == 0:
+    client = monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0))
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    sink.flush()
+    os.write(1, generate_latest(sink.registry))
+    os._exit(0)
+leave.set()
+for _ in range(200):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit("the child's call hangs in the sink")
+"""
+
+
+def test_a_process_forked_while_another_thread_is_inside_the_sink_still_calls(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A fork copies a lock another thread holds, held for good: the child's calls would hang in the
+    sink. The child gets free locks and none of its parent's pending sums, and counts its own call."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_BUSY, fake_openai.base_url],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert total(samples(done.stdout), "llm_ledger_calls_total") == 1
+
+
 # -- configure(exporters=...) ---------------------------------------------------------------------
 
 

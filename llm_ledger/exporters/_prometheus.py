@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import threading
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -63,11 +64,16 @@ _serving: set[int] = set()  # pids where start_metrics_server serves; a forked c
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
 _unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)
 _SCRAPED_FILE: Final = "llm_ledger_scraped.labels"  # in the multiprocess directory; not *.db, which it reads
+_sinks: weakref.WeakSet[PrometheusSink] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     global _unserved
     _unserved = bool(_serving) and not _multiprocess_dir()
+    for sink in list(_sinks):  # a lock held by another thread at the fork would be held for good
+        sink._lock, sink._pending_lock = threading.Lock(), threading.Lock()
+        sink._pending.clear()  # the parent's calls: the parent moves them
+        sink._pending_calls = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -189,6 +195,7 @@ class PrometheusSink:
         self._full: set[str] = set()  # the labels whose shared file holds its cap of values
         self._pending_lock = threading.Lock()
         self._errors_logged: set[tuple[str, str]] = set()
+        _sinks.add(self)
         made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
