@@ -391,6 +391,31 @@ def test_a_multiprocess_dir_that_is_not_there_is_a_config_error(
         start_metrics_server(0, "127.0.0.1")
 
 
+def test_a_multiprocess_dir_set_after_prometheus_client_was_imported_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """prometheus-client picks where values live when first imported: PROMETHEUS_MULTIPROC_DIR set later
+    (in code, after an import of prometheus_client) leaves a worker's metrics in its memory, and the
+    directory's /metrics silently without them. configure() says so instead; set before, it works."""
+    (tmp_path / "multiproc").mkdir()
+    script = (
+        "import os, sys\n"
+        "if sys.argv[1] == 'late': import prometheus_client\n"
+        f"os.environ['PROMETHEUS_MULTIPROC_DIR'] = {str(tmp_path / 'multiproc')!r}\n"
+        "import llm_ledger\n"
+        "llm_ledger.configure(log_dir=None, exporters=['prometheus'])\n"
+    )
+    late = subprocess.run([sys.executable, "-c", script, "late"], cwd=REPO, capture_output=True, text=True)
+    assert late.returncode == 1
+    assert (
+        f"ConfigError: PROMETHEUS_MULTIPROC_DIR={tmp_path / 'multiproc'} was set after prometheus_client"
+        in (late.stderr)
+    )
+    assert "set it in the environment the process starts with" in late.stderr
+    early = subprocess.run([sys.executable, "-c", script, "early"], cwd=REPO, capture_output=True, text=True)
+    assert early.returncode == 0, early.stderr
+
+
 def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured, Samples]) -> None:
     """With PROMETHEUS_MULTIPROC_DIR (gunicorn and other pre-fork servers), workers each write their
     own files and start_metrics_server in another process serves the sum of all of them."""

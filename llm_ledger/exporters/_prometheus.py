@@ -184,6 +184,13 @@ class PrometheusSink:
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
         directory = _multiprocess_dir(check=True)
+        if directory and not _writes_files():
+            raise ConfigError(
+                f"PROMETHEUS_MULTIPROC_DIR={directory} was set after prometheus_client was imported, so "
+                "it keeps this process's metrics in memory, where no /metrics of that directory sees "
+                "them: set it in the environment the process starts with, before anything imports "
+                "prometheus_client (docs/exporters.md, Multiprocess mode)"
+            )
         self._pending_limit = 1 if directory else PENDING_CALLS
         # multiprocess mode: the values each cap keeps, in a file every worker's sink shares (not *.db,
         # which the collector reads), so that the caps hold across processes and worker restarts
@@ -553,6 +560,14 @@ class _NewSeriesAtZero:
                 )  # fmt: skip
             return list(self._inner.collect())
         return families
+
+
+def _writes_files() -> bool:
+    """Whether prometheus-client writes its values to the multiprocess files (it decides at its import)."""
+    from prometheus_client import values
+
+    in_memory = getattr(values, "MutexValue", None)
+    return in_memory is None or getattr(values, "ValueClass", None) is not in_memory
 
 
 def _multiprocess_dir(*, check: bool = False) -> str | None:
