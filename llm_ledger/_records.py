@@ -40,6 +40,7 @@ __all__ = [
     "cost_decimal",
     "iso_timestamp",
     "lens_record",
+    "made_here",
     "new_id",
     "rounded_ms",
 ]
@@ -222,6 +223,11 @@ def new_id() -> str:
     """32 hex digits (``call_id``, ``lens_run_id``), unique across processes and forks: a random
     per-process prefix and a counter (``uuid4()`` makes a system call per id)."""
     return _id_prefix + hex(next(_id_counter))[3:]
+
+
+def made_here(record_id: str) -> bool:
+    """Whether ``new_id()`` made ``record_id`` in this process, not in one it was forked from."""
+    return record_id.startswith(_id_prefix)
 
 
 _second_prefixes: dict[int, str] = {}  # whole epoch seconds -> "YYYY-MM-DDTHH:MM:SS"

@@ -1,7 +1,7 @@
 """Multiprocess mode (PROMETHEUS_MULTIPROC_DIR): a label set first written by a worker after the server
 started is scraped at 0 before its value (against a real Prometheus), so rate() and increase() count
-its first calls; a restarted server shows the series already in the files at their values; the lens
-and model caps hold across every worker process."""
+its first calls, and only once whichever process serves the directory (a restarted server, each web
+worker); the lens and model caps hold across every worker process."""
 
 from __future__ import annotations
 
@@ -15,12 +15,22 @@ from typing import Any
 
 import openai
 import pytest
+from prometheus_client import generate_latest
 
 import llm_ledger
 from dashboards.local_prometheus import LocalPrometheus, wait
+from llm_ledger.exporters import metrics_registry
 from llm_ledger.testing import FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import METRICS_SERVER, PROMETHEUS_WORKER, by_labels, scrape, total
+from tests.exporter_helpers import (
+    METRICS_SERVER,
+    PROMETHEUS_WORKER,
+    Samples,
+    by_labels,
+    samples,
+    scrape,
+    total,
+)
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -103,15 +113,33 @@ def test_a_new_label_set_is_scraped_at_zero_first_so_increase_counts_its_first_c
     assert float(increase[0]["value"][1]) >= 3, increase  # extrapolated to the window, never below
 
 
-def test_a_restarted_server_shows_the_series_already_in_the_files_at_their_values(
-    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+def test_a_new_series_shows_0_once_whichever_process_serves_the_directory(
+    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Series written before the server started are not new to Prometheus (a restart of the process
-    serving /metrics): its first scrape shows their values, never a 0 that would read as a reset."""
-    run_worker(env, records_of(fake_openai, tmp_path / "old.jsonl", "old", 2))
-    found = scrape(f"http://{serve()}/metrics", settled=False)
-    assert total(found, "llm_ledger_calls_total", lens="old") == 2
-    assert total(found, "llm_ledger_lens_runs_total", lens="old") == 1
+    """Web workers that each serve /metrics (Prometheus reaching any of them), a registry made per
+    request, a restarted server: a series shows 0 in the first scrape of the directory that includes
+    it and its value in every later one, whichever process serves it (a second 0 would read to
+    Prometheus as a counter reset, and increase() would count its calls twice)."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", env["PROMETHEUS_MULTIPROC_DIR"])
+
+    def per_request() -> Samples:  # prometheus-client's recipe: a registry made for each request
+        return samples(generate_latest(metrics_registry()).decode())
+
+    a, b = (f"http://{serve()}/metrics" for _ in range(2))
+    run_worker(env, records_of(fake_openai, tmp_path / "fresh.jsonl", "fresh", 3))
+    shown = [scrape(a, settled=False), scrape(a, settled=False), per_request(), scrape(b, settled=False)]
+    assert [total(found, "llm_ledger_calls_total", lens="fresh") for found in shown] == [0, 3, 3, 3]
+    assert [total(found, "llm_ledger_call_duration_seconds_count", lens="fresh") for found in shown] == [
+        0,
+        3,
+        3,
+        3,
+    ]
+    run_worker(env, records_of(fake_openai, tmp_path / "later.jsonl", "later", 2))
+    shown = [per_request(), per_request(), scrape(b, settled=False)]
+    assert [total(found, "llm_ledger_lens_runs_total", lens="later") for found in shown] == [0, 1, 1]
+    restarted = f"http://{serve()}/metrics"
+    assert total(scrape(restarted, settled=False), "llm_ledger_calls_total") == 5
 
 
 def test_the_lens_and_model_caps_hold_across_every_worker_process(
@@ -132,7 +160,7 @@ def test_the_lens_and_model_caps_hold_across_every_worker_process(
         files[-1].write_text("".join(json.dumps(r) + "\n" for r in records))
     workers = [worker(env, lines, max_lenses=10, max_models=5) for lines in files]
     assert [w.wait(timeout=120) for w in workers] == [0] * 4
-    found = scrape(f"http://{serve()}/metrics", settled=False)
+    found = scrape(f"http://{serve()}/metrics")
     lenses = by_labels(found, "llm_ledger_calls_total", "lens")
     models = by_labels(found, "llm_ledger_calls_total", "model")
     assert len(lenses) == 11 and lenses[("other",)] == 48 - 10, lenses
@@ -167,5 +195,24 @@ def test_an_unusable_shared_cap_file_is_reported_once_and_the_worker_caps_its_ow
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("could not share the lens label's cap") == 1, done.stderr
     assert "llm_ledger_lens.labels" in done.stderr and "may exceed 2" in done.stderr
-    lenses = by_labels(scrape(f"http://{serve()}/metrics", settled=False), "llm_ledger_calls_total", "lens")
+    lenses = by_labels(scrape(f"http://{serve()}/metrics"), "llm_ledger_calls_total", "lens")
     assert lenses == {("lens0",): 1.0, ("lens1",): 1.0, ("other",): 2.0}
+
+
+def test_an_unusable_file_of_scraped_series_leaves_every_scrape_whole(
+    fake_openai: FakeOpenAI,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Should the file listing the series shown be unusable (here a directory in its place), /metrics
+    still shows every value (without the first 0) and says so once, naming the file."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", env["PROMETHEUS_MULTIPROC_DIR"])
+    (Path(env["PROMETHEUS_MULTIPROC_DIR"]) / "llm_ledger_scraped.labels").mkdir()
+    run_worker(env, records_of(fake_openai, tmp_path / "fresh.jsonl", "fresh", 2))
+    with caplog.at_level("WARNING", logger="llm_ledger.internal"):
+        shown = [samples(generate_latest(metrics_registry()).decode()) for _ in range(2)]
+    assert [total(found, "llm_ledger_calls_total", lens="fresh") for found in shown] == [2, 2]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert len(warnings) == 1 and "llm_ledger_scraped.labels" in warnings[0], warnings

@@ -245,6 +245,9 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
         for expr in (e for t, e in expressions(job) if t == "Cost per lens run"):  # mean, p95
             per_run = {s["metric"]["lens"]: float(s["value"][1]) for s in server.query(expr)}
             assert rare / 3 <= per_run["rare"] <= rare * 3, (expr, per_run, rare)
+        # no call failed (so no series has status="error"): the error rate is 0 %, not "No data"
+        error_rate = server.query(_panel_expr("Error rate", job))
+        assert [float(s["value"][1]) for s in error_rate] == [0.0], error_rate
     finally:
         metrics.shutdown()
         metrics.server_close()

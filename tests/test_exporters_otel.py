@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import llm_ledger
 from llm_ledger import ConfigError
 from llm_ledger.exporters import OTelSink, _setup
-from llm_ledger.exporters._otel import MAX_COUNTER_SETS, TOKEN_BUCKETS
+from llm_ledger.exporters._otel import MAX_COUNTER_SETS, MAX_PENDING_CALLS, TOKEN_BUCKETS
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
@@ -325,6 +325,64 @@ def test_nested_lenses_are_nested_spans_even_when_the_inner_run_ends_last(otel: 
     call = next(r for r in records.calls if r["request"]["model"] == "gpt-4o-mini")
     assert call["context"]["lens_run_id"] == inner.run_id
     assert call["context"]["parent_lens_run_id"] == outer.run_id
+
+
+def test_a_call_begun_after_its_lens_ended_is_exported_under_the_lens_span(otel: Telemetry) -> None:
+    """A thread that outlives its lens's block and only then calls counts in no lens, yet its record
+    names the run: its span joins that run's span (already exported) instead of waiting for good for
+    a lens record that came before it, and a later lens's calls still wait for their lens."""
+    go_on = threading.Event()
+
+    def late() -> None:
+        assert go_on.wait(10)
+        otel.client.chat.completions.create(model="gpt-4o", messages=HI)
+
+    with capture(otel.monitor) as records:
+        with otel.monitor.lens("early") as early:
+            worker = threading.Thread(target=llm_ledger.propagate(late))
+            worker.start()
+        go_on.set()
+        worker.join(10)
+        with otel.monitor.lens("next"):
+            otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert records.lenses[0]["summary"]["total_api_calls"] == 0  # the call counts in no lens
+    spans = {s.name: s for s in otel.spans()}
+    assert set(spans) == {"lens early", "chat gpt-4o", "lens next", "chat gpt-4o-mini"}
+    late_call, lens = spans["chat gpt-4o"], spans["lens early"]
+    assert late_call.parent is not None and lens.context is not None
+    assert late_call.parent.span_id == lens.context.span_id
+    assert (late_call.attributes or {})["llm_ledger.lens_run_id"] == early.run_id
+    next_call, next_lens = spans["chat gpt-4o-mini"], spans["lens next"]
+    assert next_call.parent is not None and next_lens.context is not None
+    assert next_call.parent.span_id == next_lens.context.span_id
+
+
+def test_calls_waiting_for_a_lens_record_that_never_comes_are_given_up_oldest_first(
+    otel: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client of one's own monitor called inside ``llm_ledger.lens()`` (the default monitor's) counts in
+    that lens, whose record reaches only the default monitor's sinks: its span cannot wait for it for
+    good. Past MAX_PENDING_CALLS waiting calls the run that waited longest is given up (its calls
+    exported without a lens parent, said once on llm_ledger.internal), and a lens of the sink's own
+    monitor still parents its calls."""
+    with capture(otel.monitor) as records, llm_ledger.lens("of the default monitor"):
+        otel.client.chat.completions.create(model="gpt-4o", messages=HI)
+    (stranded,) = records.calls
+    assert otel.spans() == []  # waiting for a lens record that goes to another monitor's sinks
+    for index in range(MAX_PENDING_CALLS - 1):  # the same call, as a busy service would make it
+        otel.sink({**stranded, "call_id": f"stranded-{index}"})
+    with caplog.at_level("WARNING", logger="llm_ledger.internal"), otel.monitor.lens("own") as own:
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    spans = otel.spans()
+    given_up = [s for s in spans if s.name == "chat gpt-4o"]
+    assert len(given_up) == MAX_PENDING_CALLS and all(s.parent is None for s in given_up)
+    (lens,) = [s for s in spans if s.name == "lens own"]
+    (call,) = [s for s in spans if s.name == "chat gpt-4o-mini"]
+    assert call.parent is not None and lens.context is not None
+    assert call.parent.span_id == lens.context.span_id
+    warnings = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert len(warnings) == 1 and stranded["context"]["lens_run_id"] in warnings[0], warnings
+    assert own.run_id is not None and own.run_id not in warnings[0]
 
 
 def test_metrics_follow_the_conventions_and_equal_the_records(
@@ -634,3 +692,65 @@ def test_otlp_http_carries_every_attribute_of_the_records(fake_openai: FakeOpenA
                         assert sum(p.count for p in points) == len(calls.calls)
                         assert all(tuple(p.explicit_bounds) == DURATION_BUCKETS for p in points)
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "llm_ledger.cost"} <= names
+
+
+# a multiprocessing pool forked inside a lens: the parent's call waits for the lens; the children's
+# calls name the parent's lens run, whose record only the parent gets
+FORKED_POOL = """
+import multiprocessing, sys, openai, llm_ledger
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+endpoint, base_url = sys.argv[1:]
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+trace.set_tracer_provider(provider)
+llm_ledger.configure(log_dir=None, exporters=["otel"])
+HI = [{"role": "user", "content": "hi"}]
+
+def new_client():  # each process its own (an HTTP connection pool is not shared across a fork)
+    global client
+    client = llm_ledger.instrument(openai.OpenAI(api_key="sk-fake", base_url=base_url, max_retries=0))
+
+def work(i):
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    return i
+
+new_client()
+with llm_ledger.lens("batch"):
+    client.chat.completions.create(model="gpt-4o", messages=HI)
+    with multiprocessing.get_context("fork").Pool(2, initializer=new_client) as pool:
+        assert pool.map(work, range(4)) == [0, 1, 2, 3]
+"""
+
+
+def test_calls_of_processes_forked_inside_a_lens_are_exported_once(fake_openai: FakeOpenAI) -> None:
+    """A pool forked inside a lens: each child's calls name the parent's lens run, whose record only the
+    parent gets, so they are exported at once (not kept waiting for good); the parent exports its own
+    call under the lens span, once (no child exports the parent's waiting spans again)."""
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", FORKED_POOL, f"http://127.0.0.1:{receiver.server_port}/v1/traces",
+             fake_openai.base_url],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "LLM_LEDGER_LOG_DIR": "off"},
+        )  # fmt: skip
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert done.returncode == 0, done.stderr
+    spans = [
+        span
+        for body in receiver.bodies.get("/v1/traces", [])
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    assert sorted(span.name for span in spans) == ["chat gpt-4o", *["chat gpt-4o-mini"] * 4, "lens batch"]
+    (lens,) = [s for s in spans if s.name == "lens batch"]
+    (parents,) = [s for s in spans if s.name == "chat gpt-4o"]
+    assert parents.parent_span_id == lens.span_id

@@ -139,7 +139,8 @@ def test_call_counts_tokens_and_cost_equal_the_records(run: tuple[Captured, Samp
 
 
 def test_histograms_count_every_call_and_streams_have_a_first_token(run: tuple[Captured, Samples]) -> None:
-    """Durations are observed once per call, in seconds; time to first token once per stream."""
+    """Durations are observed once per call, in seconds; time to first token once per stream, in series
+    of its own lens, model and operation only."""
     records, found = run
     calls = records.calls
     assert total(found, "llm_ledger_call_duration_seconds_count") == len(calls)
@@ -149,6 +150,11 @@ def test_histograms_count_every_call_and_streams_have_a_first_token(run: tuple[C
     streams = [c for c in calls if c["timing"]["time_to_first_token_ms"] is not None]
     assert len(streams) == 1
     assert total(found, "llm_ledger_time_to_first_token_seconds_count", model="gpt-4o") == 1
+    # streams only: no series of empty buckets beside every other call's duration histogram
+    (stream,) = streams
+    assert by_labels(found, "llm_ledger_time_to_first_token_seconds_count", "lens", "model", "operation") == {
+        (stream["context"]["lens_key"], "gpt-4o", "chat"): 1
+    }
     buckets = sorted(
         float(dict(ls)["le"]) for (n, ls) in found if n == "llm_ledger_call_duration_seconds_bucket"
     )
@@ -287,6 +293,39 @@ def test_calls_reach_the_metrics_at_every_collection_and_every_pending_calls(
     )
 
 
+def test_a_busy_process_still_scrapes_a_new_series_at_zero_first(run: tuple[Captured, Samples]) -> None:
+    """More than PENDING_CALLS calls between two scrapes (about 70 calls a second at a 15 s scrape
+    interval) move the sums of the series scraped already, but a series that appeared since (a lens
+    run once a day, a model's first failure) is still scraped at 0 first, then at its value, so that
+    increase() counts it; an unscraped process moves a new series' sums past twice PENDING_CALLS calls."""
+    records, _ = run
+    busy, rare = (
+        records.calls[0],
+        next(c for c in records.calls if c["context"].get("lens_key") == "research"),
+    )
+    assert busy["context"]["lens_key"] != rare["context"]["lens_key"]
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry)
+    sink(busy)
+    exposed(registry)  # Prometheus has seen the busy series
+    sink(rare)
+    for _ in range(PENDING_CALLS):
+        sink(busy)
+    scrapes = [samples(generate_latest(registry).decode()) for _ in range(2)]
+    assert [total(found, "llm_ledger_calls_total", lens="research") for found in scrapes] == [0, 1]
+    assert [total(found, "llm_ledger_calls_total", lens="summary") for found in scrapes] == [
+        1 + PENDING_CALLS
+    ] * 2
+
+    unscraped = PrometheusSink(CollectorRegistry())
+    for _ in range(2 * PENDING_CALLS):
+        unscraped(rare)
+    unscraped_calls = sum(
+        s.value for m in unscraped.calls.collect() for s in m.samples if s.name.endswith("_total")
+    )
+    assert unscraped_calls == 2 * PENDING_CALLS
+
+
 def test_a_second_sink_on_one_registry_is_a_config_error(registry: CollectorRegistry) -> None:
     """Two sinks cannot share a registry; the failed one leaves the first one's metrics intact."""
     first = PrometheusSink(registry)
@@ -352,6 +391,31 @@ def test_a_multiprocess_dir_that_is_not_there_is_a_config_error(
         start_metrics_server(0, "127.0.0.1")
 
 
+def test_a_multiprocess_dir_set_after_prometheus_client_was_imported_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """prometheus-client picks where values live when first imported: PROMETHEUS_MULTIPROC_DIR set later
+    (in code, after an import of prometheus_client) leaves a worker's metrics in its memory, and the
+    directory's /metrics silently without them. configure() says so instead; set before, it works."""
+    (tmp_path / "multiproc").mkdir()
+    script = (
+        "import os, sys\n"
+        "if sys.argv[1] == 'late': import prometheus_client\n"
+        f"os.environ['PROMETHEUS_MULTIPROC_DIR'] = {str(tmp_path / 'multiproc')!r}\n"
+        "import llm_ledger\n"
+        "llm_ledger.configure(log_dir=None, exporters=['prometheus'])\n"
+    )
+    late = subprocess.run([sys.executable, "-c", script, "late"], cwd=REPO, capture_output=True, text=True)
+    assert late.returncode == 1
+    assert (
+        f"ConfigError: PROMETHEUS_MULTIPROC_DIR={tmp_path / 'multiproc'} was set after prometheus_client"
+        in (late.stderr)
+    )
+    assert "set it in the environment the process starts with" in late.stderr
+    early = subprocess.run([sys.executable, "-c", script, "early"], cwd=REPO, capture_output=True, text=True)
+    assert early.returncode == 0, early.stderr
+
+
 def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured, Samples]) -> None:
     """With PROMETHEUS_MULTIPROC_DIR (gunicorn and other pre-fork servers), workers each write their
     own files and start_metrics_server in another process serves the sum of all of them."""
@@ -384,6 +448,58 @@ def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured
         3 * total(single, "llm_ledger_cost_usd_total")
     )
     assert total(found, "llm_ledger_call_duration_seconds_count") == 3 * len(records.calls)
+
+
+# another thread is inside the sink (holding its lock) at the moment the process forks (a pool started
+# by a busy multithreaded service); the child then makes a call through the same sink
+FORK_WHILE_BUSY = """
+import os, sys, threading, time, openai, llm_ledger
+from prometheus_client import CollectorRegistry, generate_latest
+from llm_ledger.exporters import PrometheusSink
+
+sink = PrometheusSink(CollectorRegistry())
+monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
+HI = [{"role": "user", "content": "hi"}]
+with monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0)) as client:
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the parent's, pending at the fork
+inside, leave = threading.Event(), threading.Event()
+
+def busy():
+    with sink._pending_lock:
+        inside.set()
+        leave.wait()
+
+threading.Thread(target=busy).start()
+inside.wait()
+pid = os.fork()
+if pid == 0:
+    client = monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0))
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    sink.flush()
+    os.write(1, generate_latest(sink.registry))
+    os._exit(0)
+leave.set()
+for _ in range(200):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit("the child's call hangs in the sink")
+"""
+
+
+def test_a_process_forked_while_another_thread_is_inside_the_sink_still_calls(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A fork copies a lock another thread holds, held for good: the child's calls would hang in the
+    sink. The child gets free locks and none of its parent's pending sums, and counts its own call."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_BUSY, fake_openai.base_url],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert total(samples(done.stdout), "llm_ledger_calls_total") == 1
 
 
 # -- configure(exporters=...) ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT
+from .._records import CALL_EVENT, LENS_EVENT, made_here
 from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS
 
@@ -113,6 +114,11 @@ def _openai_v2_instrumented() -> bool:
     return bool(getattr(instrumentor, "is_instrumented_by_opentelemetry", False))
 
 
+def _waited_for(record: Mapping[str, Any]) -> Any:
+    """The lens run a call's or a nested lens run's span waits for, to be its parent."""
+    return record["context"].get("parent_lens_run_id" if record["event"] == LENS_EVENT else "lens_run_id")
+
+
 def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
     """A call's (operation, provider, request model, response model, server address, server port, lens
     key): the attributes its span and its metrics share."""
@@ -190,6 +196,20 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
     return attributes
 
 
+_sinks: weakref.WeakSet[OTelSink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child keeps none of its parent's waiting spans (the parent exports them) nor its locks."""
+    for sink in list(_sinks):
+        sink._lock = threading.Lock()
+        sink._pending.clear()
+        sink._pending_count = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class OTelSink:
     """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans (one per call, one
     per lens run as their parent) and metrics (docs/exporters.md), through ``tracer_provider`` and
@@ -259,8 +279,10 @@ class OTelSink:
         # openai-v2's spans of its other calls)
         self._pending: dict[str, tuple[list[Mapping[str, Any]], list[Any]]] = {}
         self._pending_count = 0
+        self._gave_up = False  # whether _give_up has said so (once)
         # the spans of lens runs already exported, for a nested run that ends after its parent did
         self._exported: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        _sinks.add(self)
 
     def __repr__(self) -> str:
         return f"<OTelSink {'latest experimental' if self.latest else 'v1.41.1'} names>"
@@ -281,30 +303,64 @@ class OTelSink:
             if theirs and their_span is None:
                 return  # openai-v2 makes the span; nothing to link it by
             run_id = record["context"].get("lens_run_id")
-            if run_id is not None:
+            lens = None
+            if run_id is not None and made_here(run_id):  # a run of a parent process: no record here
                 with self._lock:
-                    if self._wait(run_id, their_span if theirs else record, link=theirs):
-                        return
+                    # a call that began after its lens's record went out (a thread outliving the
+                    # block) joins the lens span; waiting for that record would keep it for good
+                    lens = self._exported.get(run_id)
+                    if lens is None:
+                        given_up = self._wait(run_id, their_span if theirs else record, link=theirs)
+                if lens is None:
+                    self._give_up(given_up)
+                    return
             if not theirs:
-                self._call_span(record, None)
+                self._call_span(record, lens)
         elif event == LENS_EVENT:
             parent_id = record["context"].get("parent_lens_run_id")
             parent = None
-            if parent_id is not None:
+            if parent_id is not None and made_here(parent_id):
                 with self._lock:
                     parent = self._exported.get(parent_id)
-                    if parent is None and self._wait(parent_id, record):
-                        return
+                    if parent is None:
+                        given_up = self._wait(parent_id, record)
+                if parent is None:
+                    self._give_up(given_up)
+                    return
             self._lens(record, parent)
 
-    def _wait(self, run_id: str, item: Any, *, link: bool = False) -> bool:
+    def _wait(self, run_id: str, item: Any, *, link: bool = False) -> list[Mapping[str, Any]]:
         """Keep ``item`` (a record, or with ``link`` the context of openai-v2's span) until lens run
-        ``run_id``'s record arrives; ``False`` when too many wait already. Called with the lock held."""
-        if self._pending_count >= MAX_PENDING_CALLS:
-            return False
+        ``run_id``'s record arrives. Past ``MAX_PENDING_CALLS`` the runs that waited longest are given
+        up (a lens of another monitor, whose record never reaches this sink, would hold them for good):
+        their records are returned, for ``_give_up``. Called with the lock held."""
+        given_up: list[Mapping[str, Any]] = []
+        while self._pending_count >= MAX_PENDING_CALLS:
+            records, links = self._pending.pop(next(iter(self._pending)))
+            self._pending_count -= len(records) + len(links)
+            given_up.extend(records)
         self._pending.setdefault(run_id, ([], []))[1 if link else 0].append(item)
         self._pending_count += 1
-        return True
+        return given_up
+
+    def _give_up(self, records: list[Mapping[str, Any]]) -> None:
+        """Emit the records of lens runs given up by ``_wait``, without their lens parent."""
+        if not records:
+            return
+        if not self._gave_up:
+            self._gave_up = True
+            _internal_log.warning(
+                "llm-ledger: OTelSink gave up waiting for the record of lens run %s and exported its "
+                "calls without their lens span: more than %d calls waited for their lens. Lenses of "
+                "another monitor (llm_ledger.lens() around a client of your own LLMCallMonitor) never "
+                "reach this sink: open them with that monitor's lens() (docs/exporters.md, OpenTelemetry)",
+                _waited_for(records[0]), MAX_PENDING_CALLS,
+            )  # fmt: skip
+        for record in records:
+            if record["event"] == LENS_EVENT:
+                self._lens(record, None)
+            else:
+                self._call_span(record, None)
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 

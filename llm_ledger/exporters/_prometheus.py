@@ -13,8 +13,9 @@ import logging
 import math
 import os
 import threading
+import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._anomalies import METRICS
@@ -35,6 +36,7 @@ __all__ = [
     "OTHER",
     "PENDING_CALLS",
     "PrometheusSink",
+    "metrics_registry",
     "start_metrics_server",
 ]
 
@@ -60,11 +62,18 @@ _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
 _internal_log = logging.getLogger("llm_ledger.internal")
 _serving: set[int] = set()  # pids where start_metrics_server serves; a forked child inherits the set
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
+_unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)
+_SCRAPED_FILE: Final = "llm_ledger_scraped.labels"  # in the multiprocess directory; not *.db, which it reads
+_sinks: weakref.WeakSet[PrometheusSink] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     global _unserved
     _unserved = bool(_serving) and not _multiprocess_dir()
+    for sink in list(_sinks):  # a lock held by another thread at the fork would be held for good
+        sink._lock, sink._pending_lock = threading.Lock(), threading.Lock()
+        sink._pending.clear()  # the parent's calls: the parent moves them
+        sink._pending_calls = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -169,11 +178,19 @@ class PrometheusSink:
         self._models: set[str] = set()
         # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # a call's label tuple -> [calls, input, output, cached, reasoning, cost, unpriced, durations,
-        # first tokens]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
+        # a call's label tuple and whether it had a first token -> [calls, input, output, cached,
+        # reasoning, cost, unpriced, durations, first tokens]; a lens run's (lens_key,) -> [ok runs,
+        # failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
         directory = _multiprocess_dir(check=True)
+        if directory and not _writes_files():
+            raise ConfigError(
+                f"PROMETHEUS_MULTIPROC_DIR={directory} was set after prometheus_client was imported, so "
+                "it keeps this process's metrics in memory, where no /metrics of that directory sees "
+                "them: set it in the environment the process starts with, before anything imports "
+                "prometheus_client (docs/exporters.md, Multiprocess mode)"
+            )
         self._pending_limit = 1 if directory else PENDING_CALLS
         # multiprocess mode: the values each cap keeps, in a file every worker's sink shares (not *.db,
         # which the collector reads), so that the caps hold across processes and worker restarts
@@ -185,6 +202,7 @@ class PrometheusSink:
         self._full: set[str] = set()  # the labels whose shared file holds its cap of values
         self._pending_lock = threading.Lock()
         self._errors_logged: set[tuple[str, str]] = set()
+        _sinks.add(self)
         made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
@@ -257,15 +275,24 @@ class PrometheusSink:
         """Move the pending sums into the metrics (a collection of the registry does it first)."""
         self._flush(collecting=False)
 
-    def _flush(self, *, collecting: bool) -> None:
+    def _flush(self, *, collecting: bool, overflow: bool = False) -> None:
         # A series Prometheus first scrapes already at its value has no rise, so rate() and increase()
         # would miss its first calls (a lens run once a day: $0). A collection therefore shows a new
-        # series at 0 and keeps its sums for the next one.
+        # series at 0 and keeps its sums for the next one. PENDING_CALLS reached between two scrapes
+        # (``overflow``: a busy process) keeps a new series' sums too, made into no metric yet, unless
+        # they pile up (nobody collects this registry; with PROMETHEUS_MULTIPROC_DIR, the process that
+        # reads the files shows new series at 0 itself, and nothing here is held)
         with self._pending_lock:
             pending, self._pending = self._pending, {}
             self._pending_calls = 0
         held: dict[Any, list[Any]] = {}
+        if overflow and self._pending_limit > 1:
+            new = {key: sums for key, sums in pending.items() if key not in self._children}
+            if sum(_records(key, sums) for key, sums in new.items()) <= PENDING_CALLS:
+                held = new
         for key, sums in pending.items():
+            if key in held:
+                continue
             lens = len(key) == 1  # a lens run's (lens_key,), else a call's label tuple
             try:
                 children = self._children.get(key)
@@ -280,9 +307,11 @@ class PrometheusSink:
                 (self._move_lens if lens else self._move)(children, sums)
             except Exception as exc:  # one series must not cost the others, nor a scrape
                 if lens:
-                    self._dropped(LENS_EVENT, sums[0] + sums[1], {"lens": key[0]}, exc)
+                    self._dropped(LENS_EVENT, _records(key, sums), {"lens": key[0]}, exc)
                 else:
-                    self._dropped(CALL_EVENT, sums[0], dict(zip(_CALL_LABELS, key, strict=True)), exc)
+                    self._dropped(
+                        CALL_EVENT, _records(key, sums), dict(zip(_CALL_LABELS, key[:-1], strict=True)), exc
+                    )
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
@@ -358,7 +387,7 @@ class PrometheusSink:
             return True
 
     def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
-        raw_lens, raw_model, provider, operation, status = key
+        raw_lens, raw_model, provider, operation, status, streamed = key
         lens = self._label("lens", raw_lens)
         model = self._label("model", raw_model)
         return (
@@ -369,7 +398,9 @@ class PrometheusSink:
             ),
             _adder(self.cost.labels(lens, model, provider)),
             _observer(self.duration.labels(lens, model, operation)),
-            _observer(self.ttft.labels(lens, model, operation)),
+            # only where a first chunk came: a series of empty buckets for every other call costs
+            # as much as the duration histogram
+            _observer(self.ttft.labels(lens, model, operation)) if streamed else None,
             _adder(self.unpriced.labels(model)),
         )
 
@@ -379,17 +410,18 @@ class PrometheusSink:
         request = record["request"]
         server = record.get("server")
         status = record["status"]
+        timing = record["timing"]
+        first = timing["time_to_first_token_ms"]
         key = (
             record["context"].get("lens_key"),
             request["model"] or record["response"]["model"],
             server["provider"] if server else "openai",
             record["operation"],
             status,
+            first is not None,  # not a label: whether the call has a time to first token
         )
         usage = record["usage"]
         usd = record["cost"]["total_cost_usd"]
-        timing = record["timing"]
-        first = timing["time_to_first_token_ms"]
         with self._pending_lock:
             sums = self._pending.get(key)
             if sums is None:
@@ -410,7 +442,7 @@ class PrometheusSink:
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
-            self.flush()
+            self._flush(collecting=False, overflow=True)
 
     def _move(self, children: tuple[Any, ...], sums: list[Any]) -> None:
         calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
@@ -458,7 +490,12 @@ class PrometheusSink:
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
-            self.flush()
+            self._flush(collecting=False, overflow=True)
+
+
+def _records(key: tuple[Any, ...], sums: list[Any]) -> int:
+    """How many records a pending key's sums hold: a lens's ok and failed runs, or a call tuple's calls."""
+    return int(sums[0] + sums[1]) if len(key) == 1 else int(sums[0])
 
 
 class _Moving:
@@ -476,38 +513,61 @@ class _Moving:
 
 
 class _NewSeriesAtZero:
-    """The multiprocess files' metrics, where an llm-ledger series that appeared after the server
-    started shows 0 at the first collection that sees it, as ``_flush`` does in one process (why: there).
-    Series already in the files when the server starts are shown as they are: a restarted server must
-    not read to Prometheus as a counter reset."""
+    """The multiprocess files' metrics, where an llm-ledger series no scrape of the directory has shown
+    yet shows 0, as ``_flush`` does in one process (why: there). The series shown are kept in a file
+    there (one JSON key a line, appended under a file lock), so that each shows 0 once whichever process
+    serves it (every web worker, a registry made per request, a restarted server: a second 0 would read
+    to Prometheus as a counter reset). Should that file be unusable, the metrics are shown as they are."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, path: str) -> None:
         self._inner = inner
-        self._lock = threading.Lock()
-        self._seen = {key for family in inner.collect() for key in self._series(family)}
-
-    @staticmethod
-    def _series(family: Any) -> Iterator[tuple[str, frozenset[tuple[str, str]]]]:
-        """Each sample's series: the family and the labels but a histogram bucket's ``le``."""
-        for sample in family.samples:
-            yield family.name, frozenset((k, v) for k, v in sample.labels.items() if k != "le")
+        self._path = path
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> list[Any]:
         families = list(self._inner.collect())
-        with self._lock:
-            new: set[tuple[str, frozenset[tuple[str, str]]]] = set()
-            for family in families:
-                if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
-                    continue
-                for index, key in enumerate(self._series(family)):
-                    if key not in self._seen:
-                        new.add(key)
-                        family.samples[index] = family.samples[index]._replace(value=0.0)
-            self._seen |= new
+        try:
+            with open(self._path, "a+", encoding="utf-8") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)  # one scrape at a time; released when closed
+                file.seek(0)
+                lines = file.read().split("\n")  # the last: "", or a line cut short by a killed writer
+                shown = set(lines[:-1])
+                new: list[str] = []
+                for family in families:
+                    if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
+                        continue
+                    keys: dict[Any, str] = {}  # a histogram's buckets, sum and count: one series, one key
+                    for index, sample in enumerate(family.samples):
+                        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+                        key = keys.get(labels)
+                        if key is None:
+                            key = keys[labels] = json.dumps([family.name, labels], separators=(",", ":"))
+                            if key not in shown:
+                                new.append(key)
+                        if key not in shown:
+                            family.samples[index] = sample._replace(value=0.0)
+                if new:
+                    file.write(("\n" if lines[-1] else "") + "".join(key + "\n" for key in new))
+        except OSError as exc:
+            if self._path not in _unusable:
+                _unusable.add(self._path)
+                _internal_log.warning(
+                    "llm-ledger: cannot keep the series scraped from the multiprocess directory in %s "
+                    "(%s), so new series are scraped at their values and rate() can miss their first calls",
+                    self._path, exc,
+                )  # fmt: skip
+            return list(self._inner.collect())
         return families
+
+
+def _writes_files() -> bool:
+    """Whether prometheus-client writes its values to the multiprocess files (it decides at its import)."""
+    from prometheus_client import values
+
+    in_memory = getattr(values, "MutexValue", None)
+    return in_memory is None or getattr(values, "ValueClass", None) is not in_memory
 
 
 def _multiprocess_dir(*, check: bool = False) -> str | None:
@@ -521,6 +581,23 @@ def _multiprocess_dir(*, check: bool = False) -> str | None:
     return path
 
 
+def metrics_registry() -> CollectorRegistry:
+    """The registry to serve on ``/metrics`` (what ``start_metrics_server`` serves by default):
+    prometheus-client's global ``REGISTRY``; with ``PROMETHEUS_MULTIPROC_DIR``, a new registry that sums
+    every process's files and shows each new llm-ledger series at 0 in its first scrape, from whichever
+    process serves it (docs/exporters.md, Multiprocess mode)."""
+    pc = _client()
+    directory = _multiprocess_dir(check=True)
+    if not directory:
+        return pc.REGISTRY  # type: ignore[no-any-return]
+    from prometheus_client import multiprocess
+
+    registry = pc.CollectorRegistry()
+    collector = multiprocess.MultiProcessCollector(None, directory)  # type: ignore[no-untyped-call]
+    registry.register(_NewSeriesAtZero(collector, os.path.join(directory, _SCRAPED_FILE)))
+    return registry  # type: ignore[no-any-return]
+
+
 def start_metrics_server(
     port: int, addr: str = "0.0.0.0", *, registry: CollectorRegistry | None = None
 ) -> WSGIServer:
@@ -531,13 +608,7 @@ def start_metrics_server(
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a whole number from 0 to 65535, got {port!r}")
     if registry is None:
-        if _multiprocess_dir(check=True):
-            from prometheus_client import multiprocess
-
-            registry = pc.CollectorRegistry()
-            registry.register(_NewSeriesAtZero(multiprocess.MultiProcessCollector(None)))  # type: ignore[no-untyped-call]
-        else:
-            registry = pc.REGISTRY
+        registry = metrics_registry()
     try:
         server, _thread = pc.start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
