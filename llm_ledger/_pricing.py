@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
@@ -174,8 +174,8 @@ class _Entry:
     # prices by UTC time of day (DeepSeek's off-peak hours): (second of the day it starts, its entry),
     # latest start first; empty when the price is the same all day
     by_time: tuple[tuple[int, _Entry], ...] = ()
-    # prices of the service tiers priced apart from the standard one: (tier, its entry), e.g. OpenAI's flex
-    by_tier: tuple[tuple[str, _Entry], ...] = ()
+    # prices of the service tiers priced apart from the standard one: tier -> its entry, e.g. OpenAI's flex
+    by_tier: Mapping[str, _Entry] = field(default_factory=dict)
     # when these prices end (epoch seconds: the next price change genai-prices lists, such as the end of
     # an introductory rate); None: no change listed
     expires: float | None = None
@@ -195,9 +195,9 @@ def _per_token(rates: Rates) -> _PerToken:
     return inp, cached, written, heard, out, out if rates.output_audio is None else _units(rates.output_audio)
 
 
-def _compile(rates: Rates, by_tier: tuple[tuple[str, _Entry], ...] = ()) -> _Entry:
+def _compile(rates: Rates, by_tier: Mapping[str, _Entry] | None = None) -> _Entry:
     tiers = tuple((start, _per_token(tier)) for start, tier in reversed(rates.tiers))
-    return _Entry(rates, _per_token(rates), tiers, (), by_tier)
+    return _Entry(rates, _per_token(rates), tiers, (), by_tier or {})
 
 
 def _usd(units: int) -> Decimal:
@@ -384,7 +384,7 @@ class Route:
             second = int(time.time() if at is None else at) % _DAY
             entry = next(timed for start, timed in entry.by_time if second >= start)
         if tier is not None:
-            entry = next((other for name, other in entry.by_tier if name == tier), entry)
+            entry = entry.by_tier.get(tier, entry)
         inp, cached, write, audio_in, out, audio_out = entry.base
         for start, per_token in entry.tiers_desc:
             if prompt_tokens > start * calls:
@@ -665,14 +665,14 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
 
     def entry(moment: datetime) -> _Entry | None:
         rates = _rates_from_model_info(info, source, moment)
-        by_tier = []
+        by_tier = {}
         for tier in served if own and rates is not None else ():
             other = _rates_from_model_info(info, source, moment, {"service_tier": tier})
             if other is None:
                 return None
             if other != rates:
-                by_tier.append((tier, _compile(other)))
-        return None if rates is None else _compile(rates, tuple(by_tier))
+                by_tier[tier] = _compile(other)
+        return None if rates is None else _compile(rates, by_tier)
 
     now = datetime.fromtimestamp(time.time(), UTC)
     # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
