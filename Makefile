@@ -3,24 +3,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# a venv made by another Python (or whose Python is gone) is recreated, not left failing until `make clean`
+# a venv made by another Python, in another directory (its scripts start the Python there: a moved or
+# copied clone) or whose Python is gone is recreated, not left failing until `make clean`
 PY_VERSION := import sys; print("%d.%d" % sys.version_info[:2])
 WANT_PY := $(shell $(PYTHON) -c '$(PY_VERSION)' 2>/dev/null)
 VENV_PY := $(shell $(BIN)/python -c '$(PY_VERSION)' 2>/dev/null)
-STALE_VENV := $(and $(WANT_PY),$(if $(VENV_PY),$(filter-out $(WANT_PY),$(VENV_PY)),$(wildcard $(VENV))))
+MADE_IN := $(filter-out $(CURDIR),$(shell cat $(STAMP) 2>/dev/null))
 comma := ,
-STALE_WHY := $(if $(VENV_PY),was made by Python $(VENV_PY)$(comma) not $(PYTHON) ($(WANT_PY)),has no working Python)
+STALE_WHY := $(if $(VENV_PY),$(if $(filter-out $(WANT_PY),$(VENV_PY)),was made by Python $(VENV_PY)$(comma) \
+	not $(PYTHON) ($(WANT_PY)),$(if $(MADE_IN),was made in $(MADE_IN))),$(if $(wildcard $(VENV)),has no working Python))
+STALE_VENV := $(and $(WANT_PY),$(STALE_WHY))
 
 .PHONY: demo test test-compat lint typecheck unit bench clean FORCE
 
 $(STAMP): pyproject.toml $(if $(STALE_VENV),FORCE)
+	@case "$(WANT_PY)" in 3.1[1-9]|3.[2-9][0-9]) ;; *) \
+		echo "llm-ledger needs Python 3.11 or newer; $(PYTHON) is $(or $(WANT_PY),not found):" \
+			"run make PYTHON=python3.12 (or another python3 of 3.11 or newer)"; exit 1;; esac
 	@if [ -n "$(STALE_VENV)" ]; then \
 		echo "$(VENV) $(STALE_WHY): recreating it"; \
 		rm -rf $(VENV); fi
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# a venv whose making was interrupted (Ctrl-C while venv installs pip) has a Python and no pip
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	echo '$(CURDIR)' > $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.lens_app $(DEMO_ARGS)

@@ -1,0 +1,105 @@
+"""The Makefile's set-up of .venv, as a fresh, moved, interrupted or wrong-Python clone meets it.
+
+make runs for real on a copy of the Makefile; `python3` is a stand-in whose `-m venv` makes a venv
+whose pip only logs what it was asked (no network, no install), everything else the real Python.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.sdk_independent,  # make test-compat leaves it to the newest SDK
+    pytest.mark.skipif(shutil.which("make") is None, reason="needs make, as the README says"),
+]
+
+MAKEFILE = Path(__file__).parent.parent / "Makefile"
+
+VENV_PYTHON = """#!/bin/sh
+if [ "$1 $2" = "-m pip" ]; then echo "pip $*" >> "{log}"; exit 0; fi
+exec "{real}" "$@"
+"""
+PYTHON = """#!/bin/sh
+if [ "$1 $2" = "-m venv" ]; then
+    echo "venv $*" >> "{log}"
+    for dir; do :; done
+    mkdir -p "$dir/bin" && cp "{venv_python}" "$dir/bin/python"
+    exit 0
+fi
+exec "{real}" "$@"
+"""
+
+
+def _script(path: Path, text: str, **names: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.format(real=sys.executable, **names))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> Path:
+    """A directory with the Makefile and a pyproject.toml: what the set-up reads."""
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    shutil.copy(MAKEFILE, repo / "Makefile")
+    (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return repo
+
+
+def _make(repo: Path, python: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(
+        ["make", "-C", str(repo), ".venv/.installed", f"PYTHON={python}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def _stand_in(tmp_path: Path) -> tuple[Path, Path]:
+    """The stand-in python3 and the log its venv and pip write."""
+    log = tmp_path / "log"
+    venv_python = _script(tmp_path / "venv-python", VENV_PYTHON, log=log)
+    return _script(tmp_path / "python3", PYTHON, log=log, venv_python=venv_python), log
+
+
+def test_a_venv_left_without_pip_by_an_interrupted_set_up_is_made_again(clone: Path, tmp_path: Path) -> None:
+    """Ctrl-C while `python3 -m venv` installs pip leaves a Python and no pip: the next make repairs it."""
+    python, log = _stand_in(tmp_path)
+    _script(clone / ".venv/bin/python", '#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 1\nexec "{real}" "$@"\n')
+    result = _make(clone, python)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "venv -m venv --clear .venv" in log.read_text()
+    assert "pip -m pip install --quiet -e .[dev]" in log.read_text()
+
+
+def test_a_moved_clone_gets_a_venv_of_its_own(clone: Path, tmp_path: Path) -> None:
+    """A venv's scripts start the Python of the directory it was made in: a moved clone remakes it."""
+    python, log = _stand_in(tmp_path)
+    assert _make(clone, python).returncode == 0
+    assert _make(clone, python).stdout.count("is up to date") == 1  # made once, then left alone
+    moved = clone.rename(tmp_path / "moved")
+    log.unlink()
+    result = _make(moved, python)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f".venv was made in {clone}: recreating it" in result.stdout
+    assert "pip -m pip install --quiet -e .[dev]" in log.read_text()
+    assert (moved / ".venv/.installed").read_text().strip() == str(moved)
+
+
+def test_a_python_older_than_3_11_is_refused_before_making_anything(clone: Path, tmp_path: Path) -> None:
+    """An old python3 on PATH gets the version needed and how to pick another, and no half-made venv."""
+    old = _script(tmp_path / "python3.10", '#!/bin/sh\n[ "$1" = "-c" ] && echo 3.10 && exit 0\nexit 1\n')
+    result = _make(clone, old)
+    assert result.returncode != 0
+    expected = f"llm-ledger needs Python 3.11 or newer; {old} is 3.10: run make PYTHON=python3.12"
+    assert expected in result.stdout
+    assert not (clone / ".venv").exists()
