@@ -792,6 +792,7 @@ class _Server(ThreadingHTTPServer):
         self.fake = fake
         self.connections: set[socket.socket] = set()
         self.connections_cv = threading.Condition()
+        self.stopping = threading.Event()  # cuts short the `slow` fault's sleeps: stop() waits for no delay
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -902,7 +903,9 @@ class _Handler(BaseHTTPRequestHandler):
             _check_headers(headers)
             if "slow" in faults:
                 self._delay = _int_header(headers, "x-fake-delay-ms", DEFAULT_DELAY_MS) / 1000
-                time.sleep(self._delay)
+                if self.server.stopping.wait(self._delay):
+                    self.close_connection = True
+                    return
             reply = self._answer(route, headers, body, num, faults, failure)
         except _BadRequest as exc:
             reply = _error(exc.status, str(exc))
@@ -1001,8 +1004,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data if close_delimited else b"%x\r\n%s\r\n" % (len(data), data))
 
         for index, event in enumerate(reply.events[:cut]):
-            if index and self._delay:
-                time.sleep(self._delay)
+            if index and self._delay and self.server.stopping.wait(self._delay):
+                self._abort(reset=False)
+                return
             write(compress(event))
         if cut < len(reply.events):
             self._abort(reset="reset" in faults)
@@ -1064,6 +1068,7 @@ class FakeOpenAI:
         if server is None:
             return
         self._server = self._thread = None
+        server.stopping.set()
         server.shutdown()
         with server.connections_cv:
             for connection in list(server.connections):  # wake handlers idling on keep-alive connections

@@ -763,6 +763,20 @@ def test_not_json_no_usage_and_slow(client: openai.OpenAI) -> None:
     assert len(chunks) == 4
 
 
+def test_stop_does_not_wait_for_a_slow_answer() -> None:
+    """stop() while a `slow` answer sleeps (a test of the client's timeout) returns at once, not after
+    the delay or its own 5 s wait for connections to end."""
+    fake = FakeOpenAI().start()
+    headers = {"x-fake-fault": "slow", "x-fake-delay-ms": "60000"}
+    sdk = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0, timeout=0.3)
+    with sdk, pytest.raises(openai.APITimeoutError):
+        sdk.chat.completions.create(model=MODEL, messages=USER, extra_headers=headers)
+    start = time.monotonic()
+    fake.stop()
+    assert time.monotonic() - start < 3
+    assert len(fake.requests) == 1
+
+
 @pytest.mark.asyncio
 async def test_concurrent_async_calls(fake: FakeOpenAI) -> None:
     async with async_client(fake) as sdk:
