@@ -85,5 +85,6 @@ bench: $(STAMP)
 	bench/out/venv/bin/python -m pip install --quiet -e '.[pytest,prometheus,otel]' -r bench/requirements.txt
 	bench/out/venv/bin/python -m bench $(BENCH_ARGS)
 
+# the demo's database goes with its log: `--costs` then still sums what `llm-ledger report logs` does
 clean:
-	rm -rf $(VENV) $(COMPAT) logs .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) logs lens_app.sqlite3 .mypy_cache .pytest_cache .ruff_cache

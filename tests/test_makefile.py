@@ -53,10 +53,10 @@ def clone(tmp_path: Path) -> Path:
     return repo
 
 
-def _make(repo: Path, python: Path) -> subprocess.CompletedProcess[str]:
+def _make(repo: Path, python: Path, target: str = ".venv/.installed") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     return subprocess.run(
-        ["make", "-C", str(repo), ".venv/.installed", f"PYTHON={python}"],
+        ["make", "-C", str(repo), target, f"PYTHON={python}"],
         capture_output=True,
         text=True,
         env=env,
@@ -103,3 +103,15 @@ def test_a_python_older_than_3_11_is_refused_before_making_anything(clone: Path,
     expected = f"llm-ledger needs Python 3.11 or newer; {old} is 3.10: run make PYTHON=python3.12"
     assert expected in result.stdout
     assert not (clone / ".venv").exists()
+
+
+def test_clean_removes_the_demo_s_database_with_its_log(clone: Path, tmp_path: Path) -> None:
+    """After `make clean` a new `make demo` starts both afresh: `--costs` (the database) keeps summing
+    what `llm-ledger report logs` sums, as docs/REPORTING.md says, instead of counting older runs too."""
+    python, _ = _stand_in(tmp_path)
+    (clone / "logs").mkdir()
+    (clone / "logs/llm_calls.jsonl").write_text("{}\n")
+    (clone / "lens_app.sqlite3").write_bytes(b"SQLite format 3\x00")
+    assert _make(clone, python, "clean").returncode == 0
+    assert not (clone / "logs").exists()
+    assert not (clone / "lens_app.sqlite3").exists()
