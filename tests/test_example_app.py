@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -271,6 +272,35 @@ def test_record_mode_needs_a_key_or_a_local_server(
     with pytest.raises(SystemExit):
         cli.main(["--record"])
     assert "llm-ledger fake-server --port 8123" in capsys.readouterr().err
+
+
+def test_a_base_url_without_a_scheme_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--base-url localhost:8123 (no http://) exits 2 with an example, rather than every call failing."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--record", "--base-url", "localhost:8123"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--base-url 'localhost:8123' is not an http(s) URL; e.g. http://127.0.0.1:8123/v1" in err
+
+
+def test_recording_from_a_server_that_is_not_up_says_so(
+    tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--record with no server at --base-url (fake-server not started): each failure names the cause and
+    the URL, not the SDK's bare "Connection error."; no cassette is written."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    out = io.StringIO()
+    args = ["--record", "--base-url", base_url, "--lens", "headline", "--source", "bakery-food-waste"]
+    args += ["--db", str(tmp_path / "db.sqlite3"), "--log-dir", str(tmp_path / "logs")]
+    assert cli.main([*args, "--cassette-dir", str(tmp_path / "cassettes")], out=out) == 1
+    assert (
+        f"Connection error. (ConnectError: All connection attempts failed): is {base_url} up?"
+        in out.getvalue()
+    )
+    assert not (tmp_path / "cassettes" / "headline.yaml").exists()
 
 
 def test_committed_cassettes_hold_no_credentials() -> None:

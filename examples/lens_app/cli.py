@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
+
+import openai
 
 import llm_ledger
 from llm_ledger.report import render
@@ -204,6 +207,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             "--base-url and --header apply to --live and --record; replay answers from the cassettes"
         )
     headers = _headers(parser, args.header)
+    if args.base_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", args.base_url):
+        parser.error(f"--base-url {args.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8123/v1")
 
     sources = load_sources(args.sources_dir)
     if args.source:
@@ -272,6 +277,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         print(f"\n{result.lens_key} on {result.source.slug} failed:", file=out)
         if isinstance(result.error, CassetteMissError):
             print(str(result.error), file=out)
+        elif isinstance(result.error, openai.APIConnectionError):  # the SDK says "Connection error." only
+            cause = f"{type(result.error.__cause__).__name__}: {result.error.__cause__}"
+            print(f"  {result.error} ({cause}): is {base_url or 'the API'} up?", file=out)
         else:
             print(f"  {type(result.error).__name__}: {result.error}", file=out)
     if args.metrics:
