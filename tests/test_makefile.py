@@ -1,4 +1,5 @@
-"""The Makefile's set-up of .venv, as a fresh, moved, interrupted or wrong-Python clone meets it.
+"""What a new contributor meets first: the Makefile's set-up of .venv (a fresh, moved, interrupted or
+wrong-Python clone), `make clean`, and the suite run from a shell that exports settings of its own.
 
 make runs for real on a copy of the Makefile; `python3` is a stand-in whose `-m venv` makes a venv
 whose pip only logs what it was asked (no network, no install), everything else the real Python.
@@ -115,3 +116,25 @@ def test_clean_removes_the_demo_s_database_with_its_log(clone: Path, tmp_path: P
     assert _make(clone, python, "clean").returncode == 0
     assert not (clone / "logs").exists()
     assert not (clone / "lens_app.sqlite3").exists()
+
+
+def test_the_suite_ignores_the_settings_a_contributor_s_shell_exports() -> None:
+    """`make test` in a shell that exports an application's llm-ledger settings or the SDK's base URL
+    (a price file that is not there, a proxy) passes as on a clean machine: in-process and subprocess
+    tests alike."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env |= {"LLM_LEDGER_PRICE_FILE": "/nonexistent/prices.yaml", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    tests = [
+        "tests/test_ledger_config.py::test_records_are_written_at_interpreter_exit",
+        "tests/test_plugin_anywhere.py::test_recording_against_openai_itself_gets_no_placeholder_key",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests],
+        cwd=MAKEFILE.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 passed" in result.stdout
