@@ -1051,6 +1051,9 @@ class FakeOpenAI:
 
     @property
     def base_url(self) -> str:
+        """``http://HOST:PORT/v1``; with port 0, known only once ``start()`` has picked the port."""
+        if self.port == 0:
+            raise RuntimeError("FakeOpenAI(port=0) picks its port in start(): read base_url after start()")
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> FakeOpenAI:

@@ -763,6 +763,17 @@ def test_not_json_no_usage_and_slow(client: openai.OpenAI) -> None:
     assert len(chunks) == 4
 
 
+def test_base_url_before_start_with_a_free_port_is_an_error_not_port_0() -> None:
+    """Reading base_url before start() (port 0: not chosen yet) says so, rather than giving a URL on
+    port 0 that every call then fails to connect to."""
+    server = FakeOpenAI()
+    with pytest.raises(RuntimeError, match=r"picks its port in start\(\): read base_url after start\(\)"):
+        _ = server.base_url
+    with server:
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1" and server.port > 0
+    assert FakeOpenAI(port=8123).base_url == "http://127.0.0.1:8123/v1"
+
+
 def test_stop_does_not_wait_for_a_slow_answer() -> None:
     """stop() while a `slow` answer sleeps (a test of the client's timeout) returns at once, not after
     the delay or its own 5 s wait for connections to end."""
