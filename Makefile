@@ -68,7 +68,7 @@ LIBS_2 := langchain_openai litellm instructor llama_index
 LIBS_3 := langchain_openai openai_agents pydantic_ai litellm
 
 $(COMPAT)/openai%/.installed: pyproject.toml
-	test -x $(COMPAT)/openai$*/bin/python || $(PYTHON) -m venv $(COMPAT)/openai$*
+	$(COMPAT)/openai$*/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(COMPAT)/openai$*
 	$(COMPAT)/openai$*/bin/python -m pip install --quiet --upgrade pip
 	$(COMPAT)/openai$*/bin/python -m pip install --quiet -e '.[$(EXTRAS_$*)]' 'openai==$(OPENAI_$*)'
 	touch $@
@@ -80,7 +80,7 @@ test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)
 
 bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv
-	test -x bench/out/venv/bin/python || $(PYTHON) -m venv bench/out/venv
+	bench/out/venv/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear bench/out/venv
 	bench/out/venv/bin/python -m pip install --quiet --upgrade pip
 	bench/out/venv/bin/python -m pip install --quiet -e '.[pytest,prometheus,otel]' -r bench/requirements.txt
 	bench/out/venv/bin/python -m bench $(BENCH_ARGS)

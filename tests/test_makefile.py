@@ -72,14 +72,18 @@ def _stand_in(tmp_path: Path) -> tuple[Path, Path]:
     return _script(tmp_path / "python3", PYTHON, log=log, venv_python=venv_python), log
 
 
-def test_a_venv_left_without_pip_by_an_interrupted_set_up_is_made_again(clone: Path, tmp_path: Path) -> None:
-    """Ctrl-C while `python3 -m venv` installs pip leaves a Python and no pip: the next make repairs it."""
+@pytest.mark.parametrize("venv", [".venv", ".venv-compat/openai1"])
+def test_a_venv_left_without_pip_by_an_interrupted_set_up_is_made_again(
+    clone: Path, tmp_path: Path, venv: str
+) -> None:
+    """Ctrl-C while `python3 -m venv` installs pip leaves a Python and no pip: the next make repairs it
+    (the test venv, and each of make test-compat's)."""
     python, log = _stand_in(tmp_path)
-    _script(clone / ".venv/bin/python", '#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 1\nexec "{real}" "$@"\n')
-    result = _make(clone, python)
+    _script(clone / venv / "bin/python", '#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 1\nexec "{real}" "$@"\n')
+    result = _make(clone, python, f"{venv}/.installed")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "venv -m venv --clear .venv" in log.read_text()
-    assert "pip -m pip install --quiet -e .[dev]" in log.read_text()
+    assert f"venv -m venv --clear {venv}" in log.read_text()
+    assert "pip -m pip install --quiet -e .[dev" in log.read_text()
 
 
 def test_a_moved_clone_gets_a_venv_of_its_own(clone: Path, tmp_path: Path) -> None:
