@@ -3,24 +3,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# a venv made by another Python (or whose Python is gone) is recreated, not left failing until `make clean`
+# a venv made by another Python, in another directory (its scripts start the Python there: a moved or
+# copied clone) or whose Python is gone is recreated, not left failing until `make clean`
 PY_VERSION := import sys; print("%d.%d" % sys.version_info[:2])
 WANT_PY := $(shell $(PYTHON) -c '$(PY_VERSION)' 2>/dev/null)
 VENV_PY := $(shell $(BIN)/python -c '$(PY_VERSION)' 2>/dev/null)
-STALE_VENV := $(and $(WANT_PY),$(if $(VENV_PY),$(filter-out $(WANT_PY),$(VENV_PY)),$(wildcard $(VENV))))
+MADE_IN := $(filter-out $(CURDIR),$(shell cat $(STAMP) 2>/dev/null))
 comma := ,
-STALE_WHY := $(if $(VENV_PY),was made by Python $(VENV_PY)$(comma) not $(PYTHON) ($(WANT_PY)),has no working Python)
+STALE_WHY := $(if $(VENV_PY),$(if $(filter-out $(WANT_PY),$(VENV_PY)),was made by Python $(VENV_PY)$(comma) \
+	not $(PYTHON) ($(WANT_PY)),$(if $(MADE_IN),was made in $(MADE_IN))),$(if $(wildcard $(VENV)),has no working Python))
+STALE_VENV := $(and $(WANT_PY),$(STALE_WHY))
 
 .PHONY: demo test test-compat lint typecheck unit bench clean FORCE
 
 $(STAMP): pyproject.toml $(if $(STALE_VENV),FORCE)
+	@case "$(WANT_PY)" in 3.1[1-9]|3.[2-9][0-9]) ;; *) \
+		echo "llm-ledger needs Python 3.11 or newer; $(PYTHON) is $(or $(WANT_PY),not found):" \
+			"run make PYTHON=python3.12 (or another python3 of 3.11 or newer)"; exit 1;; esac
 	@if [ -n "$(STALE_VENV)" ]; then \
 		echo "$(VENV) $(STALE_WHY): recreating it"; \
 		rm -rf $(VENV); fi
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# a venv whose making was interrupted (Ctrl-C while venv installs pip) has a Python and no pip
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	echo '$(CURDIR)' > $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.lens_app $(DEMO_ARGS)
@@ -61,7 +68,7 @@ LIBS_2 := langchain_openai litellm instructor llama_index
 LIBS_3 := langchain_openai openai_agents pydantic_ai litellm
 
 $(COMPAT)/openai%/.installed: pyproject.toml
-	test -x $(COMPAT)/openai$*/bin/python || $(PYTHON) -m venv $(COMPAT)/openai$*
+	$(COMPAT)/openai$*/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(COMPAT)/openai$*
 	$(COMPAT)/openai$*/bin/python -m pip install --quiet --upgrade pip
 	$(COMPAT)/openai$*/bin/python -m pip install --quiet -e '.[$(EXTRAS_$*)]' 'openai==$(OPENAI_$*)'
 	touch $@
@@ -73,10 +80,11 @@ test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)
 
 bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv
-	test -x bench/out/venv/bin/python || $(PYTHON) -m venv bench/out/venv
+	bench/out/venv/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear bench/out/venv
 	bench/out/venv/bin/python -m pip install --quiet --upgrade pip
 	bench/out/venv/bin/python -m pip install --quiet -e '.[pytest,prometheus,otel]' -r bench/requirements.txt
 	bench/out/venv/bin/python -m bench $(BENCH_ARGS)
 
+# the demo's database goes with its log: `--costs` then still sums what `llm-ledger report logs` does
 clean:
-	rm -rf $(VENV) $(COMPAT) logs .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) logs lens_app.sqlite3 .mypy_cache .pytest_cache .ruff_cache

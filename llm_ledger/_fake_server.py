@@ -105,6 +105,42 @@ class RecordedAnswer:
 
 
 _Failure = tuple[JSONDict, int, dict[str, str]]  # a fail_next() answer: its body, status, headers
+MAX_BODY_BYTES = (
+    64 * 2**20
+)  # larger bodies answer 413 unread (a stray Content-Length must not eat the memory)
+FAULTS = ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed")
+USAGE_STYLES = (
+    "openai",
+    "deepseek",
+    "xai",
+    "gemini",
+    "perplexity",
+    "openrouter",
+    "openrouter-byok",
+    "every-chunk",
+)
+# the x-fake-* request headers, by the values they take (docs/FAKE_SERVER.md); encoding checked where used
+_COUNT_HEADERS = (
+    "chunks",
+    "completion-words",
+    "cached-tokens",
+    "cache-write-tokens",
+    "prompt-audio-tokens",
+    "completion-audio-tokens",
+    "reasoning-tokens",
+    "tool-calls",
+    "delay-ms",
+)
+_CHOICE_HEADERS = {"fault": FAULTS, "usage-style": USAGE_STYLES, "transfer": ("close",)}
+_TEXT_HEADERS = ("content", "served-model", "cost", "status", "encoding")
+
+
+class _BadRequest(Exception):
+    """A request the fake refuses, answered with ``status`` and the message (an OpenAI error body)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -131,10 +167,39 @@ def _json_or_none(raw: bytes) -> Any:
 
 
 def _int_header(headers: dict[str, str], name: str, default: int) -> int:
+    return int(headers[name]) if name in headers else default  # checked by _check_headers()
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    """Refuse a misspelt ``x-fake-*`` header name or value: ignored, it would leave a test asserting on
+    the defaults without knowing it."""
+    for name, value in headers.items():
+        if not name.startswith("x-fake-"):
+            continue
+        key = name.removeprefix("x-fake-")
+        if key in _COUNT_HEADERS:
+            if not value.strip().isdigit():
+                raise _BadRequest(f"{name}: {value!r} is not a whole number (0 or more).")
+        elif key in _CHOICE_HEADERS:
+            choices = _CHOICE_HEADERS[key]
+            wrong = [
+                v
+                for v in (value.split(",") if key == "fault" else [value])
+                if v.strip() and v.strip() not in choices
+            ]
+            if wrong:
+                raise _BadRequest(f"{name}: {wrong[0].strip()!r} is not one of {', '.join(choices)}.")
+        elif key not in _TEXT_HEADERS:
+            known = sorted(f"x-fake-{k}" for k in (*_COUNT_HEADERS, *_CHOICE_HEADERS, *_TEXT_HEADERS))
+            raise _BadRequest(f"{name} is not a header the fake server knows; it knows {', '.join(known)}.")
+    status = headers.get("x-fake-status", "400")
+    if not (status.strip().isdigit() and 400 <= int(status) <= 599):
+        raise _BadRequest(f"x-fake-status: {status!r} is not an error status (400 to 599).")
+    cost = headers.get("x-fake-cost", "0")
     try:
-        return int(headers[name])
-    except (KeyError, ValueError):
-        return default
+        float(cost)
+    except ValueError:
+        raise _BadRequest(f"x-fake-cost: {cost!r} is not a number of US dollars (e.g. 0.0012).") from None
 
 
 def _parts(content: Any) -> tuple[list[str], int]:
@@ -727,6 +792,7 @@ class _Server(ThreadingHTTPServer):
         self.fake = fake
         self.connections: set[socket.socket] = set()
         self.connections_cv = threading.Condition()
+        self.stopping = threading.Event()  # cuts short the `slow` fault's sleeps: stop() waits for no delay
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -771,23 +837,41 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def _read_body(self) -> bytes:
+        """The body, or :class:`_BadRequest` for one whose length cannot be read or is over the limit."""
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             data = bytearray()
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
+                line = self.rfile.readline(1024)
+                size = line.split(b";")[0].strip() or b"0"
+                if not re.fullmatch(rb"[0-9a-fA-F]+", size):
+                    raise _BadRequest(f"chunk size {size.decode(errors='replace')!r} is not hexadecimal.")
+                if len(data) + int(size, 16) > MAX_BODY_BYTES:
+                    raise _BadRequest(f"the body is over the fake server's {MAX_BODY_BYTES} bytes.", 413)
+                if int(size, 16) == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return bytes(data)
-                data += self.rfile.read(size)
+                data += self.rfile.read(int(size, 16))
                 self.rfile.readline()
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        length = self.headers.get("content-length") or "0"
+        if not length.strip().isdigit():
+            raise _BadRequest(f"Content-Length {length!r} is not a number of bytes.")
+        if int(length) > MAX_BODY_BYTES:
+            raise _BadRequest(
+                f"Content-Length {length} is over the fake server's {MAX_BODY_BYTES} bytes.", 413
+            )
+        return self.rfile.read(int(length))
 
     def _dispatch(self) -> None:
         self._started = time.monotonic()
+        self._delay, self._encoding = 0.0, ""  # the handler serves every request of its connection
         fake = self.server.fake
-        raw = self._read_body()
+        unreadable: _BadRequest | None = None
+        try:
+            raw = self._read_body()
+        except _BadRequest as exc:  # where this body ends, and the next request starts, is unknown
+            raw, unreadable = b"", exc
+            self.close_connection = True
         headers = {k.lower(): v for k, v in self.headers.items()}
         body = _json_or_none(raw)
         url = urlsplit(self.path)
@@ -810,17 +894,21 @@ class _Handler(BaseHTTPRequestHandler):
         faults = {f.strip() for f in headers.get("x-fake-fault", "").split(",") if f.strip()}
         if _AZURE_DEPLOYMENT.match(path):
             faults.add("azure")  # not a fault: how Azure's answers differ
-        self._delay = (
-            _int_header(headers, "x-fake-delay-ms", DEFAULT_DELAY_MS) / 1000 if "slow" in faults else 0
-        )
         # a queued failure goes to the request that arrives next, not to whichever finishes its delay
         # first (a slow request outliving its test's timeout took the next test's failure)
         failure = fake._take_failure()
-        if self._delay:
-            time.sleep(self._delay)
-
         try:
+            if unreadable is not None:
+                raise unreadable
+            _check_headers(headers)
+            if "slow" in faults:
+                self._delay = _int_header(headers, "x-fake-delay-ms", DEFAULT_DELAY_MS) / 1000
+                if self.server.stopping.wait(self._delay):
+                    self.close_connection = True
+                    return
             reply = self._answer(route, headers, body, num, faults, failure)
+        except _BadRequest as exc:
+            reply = _error(exc.status, str(exc))
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
             reply = _error(500, f"fake server error: {exc!r}")
         fake._answered(route, reply)
@@ -916,8 +1004,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data if close_delimited else b"%x\r\n%s\r\n" % (len(data), data))
 
         for index, event in enumerate(reply.events[:cut]):
-            if index and self._delay:
-                time.sleep(self._delay)
+            if index and self._delay and self.server.stopping.wait(self._delay):
+                self._abort(reset=False)
+                return
             write(compress(event))
         if cut < len(reply.events):
             self._abort(reset="reset" in faults)
@@ -962,6 +1051,9 @@ class FakeOpenAI:
 
     @property
     def base_url(self) -> str:
+        """``http://HOST:PORT/v1``; with port 0, known only once ``start()`` has picked the port."""
+        if self.port == 0:
+            raise RuntimeError("FakeOpenAI(port=0) picks its port in start(): read base_url after start()")
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> FakeOpenAI:
@@ -979,6 +1071,7 @@ class FakeOpenAI:
         if server is None:
             return
         self._server = self._thread = None
+        server.stopping.set()
         server.shutdown()
         with server.connections_cv:
             for connection in list(server.connections):  # wake handlers idling on keep-alive connections

@@ -18,6 +18,12 @@ from llm_ledger.testing import Captured, FakeOpenAI, capture
 
 pytest_plugins = ["pytester"]
 
+# A contributor's shell may export the settings of their own application (LLM_LEDGER_PRICE_FILE,
+# LLM_LEDGER_LOG_DIR...) or the SDK's (OPENAI_BASE_URL, OPENAI_LOG): the suite and every process it
+# starts run as on a clean machine. OPENAI_API_KEY is left to the tests that unset it themselves.
+for _name in [n for n in os.environ if n.startswith(("LLM_LEDGER_", "OPENAI_")) and n != "OPENAI_API_KEY"]:
+    del os.environ[_name]
+
 FAKE_KEY = "sk-test-LEAKCHECK-0123456789abcdef"
 
 # pytester's in-process runs drop the modules first imported inside them, and a client imports its

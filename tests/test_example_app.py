@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -271,6 +274,35 @@ def test_record_mode_needs_a_key_or_a_local_server(
     assert "llm-ledger fake-server --port 8123" in capsys.readouterr().err
 
 
+def test_a_base_url_without_a_scheme_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--base-url localhost:8123 (no http://) exits 2 with an example, rather than every call failing."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--record", "--base-url", "localhost:8123"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--base-url 'localhost:8123' is not an http(s) URL; e.g. http://127.0.0.1:8123/v1" in err
+
+
+def test_recording_from_a_server_that_is_not_up_says_so(
+    tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--record with no server at --base-url (fake-server not started): each failure names the cause and
+    the URL, not the SDK's bare "Connection error."; no cassette is written."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    out = io.StringIO()
+    args = ["--record", "--base-url", base_url, "--lens", "headline", "--source", "bakery-food-waste"]
+    args += ["--db", str(tmp_path / "db.sqlite3"), "--log-dir", str(tmp_path / "logs")]
+    assert cli.main([*args, "--cassette-dir", str(tmp_path / "cassettes")], out=out) == 1
+    assert (
+        f"Connection error. (ConnectError: All connection attempts failed): is {base_url} up?"
+        in out.getvalue()
+    )
+    assert not (tmp_path / "cassettes" / "headline.yaml").exists()
+
+
 def test_committed_cassettes_hold_no_credentials() -> None:
     """No key, auth header, cookie, organisation/project id or x-stainless header in the app's cassettes."""
     forbidden = re.compile(
@@ -326,6 +358,58 @@ def test_costs_of_a_missing_database_or_a_bad_dimension_is_a_usage_error(
     with pytest.raises(SystemExit):
         cli.main(["--db", str(tmp_path / "app.sqlite3"), "--costs", "user_id,"])
     assert "--costs: by: 'user_id,' has an empty dimension name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("costs", [False, True], ids=["run", "costs"])
+def test_a_db_that_is_no_sqlite_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fresh_config: None, costs: bool
+) -> None:
+    """--db naming a directory or another kind of file: exit 2 saying so, no traceback, nothing run."""
+    (tmp_path / "notes.txt").write_text("not a database\n" * 20)
+    for db, why in ((tmp_path, "unable to open database file"), (tmp_path / "notes.txt", "not a database")):
+        args = ["--db", str(db), "--log-dir", str(tmp_path / "logs"), *(["--costs", "lens"] if costs else [])]
+        with pytest.raises(SystemExit) as exc:
+            cli.main(args, out=io.StringIO())
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--db {db}: " in err and why in err and "give the path of a SQLite file" in err, err
+    assert not (tmp_path / "logs").exists()
+
+
+def _run_as_printed(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A command the demo printed, run as a user pastes it into a new terminal: no venv on PATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "OPENAI_API_KEY")}
+    env["PATH"] = os.defpath
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_commands_the_demo_prints_run_as_printed(
+    tmp_path: Path,
+    fresh_config: None,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The re-record command of a missing cassette and the --costs command the demo prints work when
+    pasted: they name the Python that ran the demo (`python` may be missing, or lack the packages)."""
+    monkeypatch.chdir(ROOT)
+    cassettes = tmp_path / "cassettes"
+    common = ["--lens", "headline", "--db", str(tmp_path / "db.sqlite3"), "--log-dir", str(tmp_path / "logs")]
+    common += ["--cassette-dir", str(cassettes)]
+    with pytest.raises(SystemExit):
+        cli.main(common)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    record = error.split(" with: ")[1].replace("[--base-url URL]", f"--base-url {fake_openai.base_url}")
+    recorded = _run_as_printed(f"{record} --db {tmp_path / 'rec.sqlite3'} --log-dir {tmp_path}/logs", ROOT)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    assert (cassettes / "headline.yaml").is_file()
+
+    out = io.StringIO()
+    assert cli.main(common, out=out) == 0, out.getvalue()
+    costs = out.getvalue().split("cost per source from the database: ")[1].splitlines()[0]
+    summed = _run_as_printed(costs, ROOT)
+    assert summed.returncode == 0, summed.stdout + summed.stderr
+    assert "6 calls, 3 lens runs" in summed.stdout  # headline over the three sources
 
 
 def test_a_database_from_before_users_gains_the_column(tmp_path: Path) -> None:

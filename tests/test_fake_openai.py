@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import math
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pydantic
@@ -557,6 +560,73 @@ def test_encoding_header_with_an_unknown_encoding_is_a_400(client: openai.OpenAI
         client.chat.completions.create(model=MODEL, messages=USER, extra_headers={"x-fake-encoding": "lz4"})
 
 
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"x-fake-chunk": "3"}, "x-fake-chunk is not a header the fake server knows; it knows x-fake-cache"),
+        ({"x-fake-cached-tokens": "ten"}, "x-fake-cached-tokens: 'ten' is not a whole number (0 or more)"),
+        ({"x-fake-delay-ms": "-5", "x-fake-fault": "slow"}, "x-fake-delay-ms: '-5' is not a whole number"),
+        ({"x-fake-fault": "slow,cut_stream"}, "x-fake-fault: 'cut_stream' is not one of cut-stream, reset,"),
+        (
+            {"x-fake-usage-style": "anthropic"},
+            "x-fake-usage-style: 'anthropic' is not one of openai, deepseek, xai",
+        ),
+        ({"x-fake-status": "200"}, "x-fake-status: '200' is not an error status (400 to 599)"),
+        ({"x-fake-cost": "$0.01"}, "x-fake-cost: '$0.01' is not a number of US dollars"),
+    ],
+)
+def test_a_misspelt_steering_header_is_a_400_naming_it(
+    fake: FakeOpenAI, client: openai.OpenAI, headers: dict[str, str], message: str
+) -> None:
+    """A wrong x-fake-* name or value is refused with the valid choices, never ignored for the default."""
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client.chat.completions.create(model=MODEL, messages=USER, extra_headers=headers)
+    assert message in excinfo.value.message
+    assert fake.answers[-1].status == 400
+
+
+def _raw_exchange(fake: FakeOpenAI, head: bytes, body: bytes = b"") -> tuple[int, dict[str, Any], bool]:
+    """Send one hand-written request; the answer's status, its JSON, and whether the server then closed."""
+    with socket.create_connection((fake.host, fake.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: fake\r\n" + head + b"\r\n" + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        answer = json.loads(response.read())
+        return response.status, answer, sock.recv(1) == b""  # b"" once closed; a timeout if left open
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "status", "message"),
+    [
+        (b"Content-Length: abc\r\n", b"{}", 400, "Content-Length 'abc' is not a number of bytes"),
+        (b"Content-Length: -5\r\n", b"{}", 400, "Content-Length '-5' is not a number of bytes"),
+        (
+            b"Transfer-Encoding: chunked\r\n",
+            b"zz\r\n{}\r\n0\r\n\r\n",
+            400,
+            "chunk size 'zz' is not hexadecimal",
+        ),
+        (
+            b"Content-Length: 100000000000\r\n",
+            b"",
+            413,
+            "Content-Length 100000000000 is over the fake server",
+        ),
+    ],
+    ids=["not-a-number", "negative", "bad-chunk", "huge"],
+)
+def test_a_body_of_unreadable_length_gets_an_error_answer_and_a_closed_connection(
+    fake: FakeOpenAI, head: bytes, body: bytes, status: int, message: str
+) -> None:
+    """A bad Content-Length or chunk size, or a body over the limit, is answered (not dropped with a
+    traceback, not read into memory), then the connection closed: where the next request starts is unknown."""
+    got, answer, closed = _raw_exchange(fake, head, body)
+    assert (got, closed) == (status, True)
+    assert message in answer["error"]["message"]
+    with openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0) as sdk:
+        assert sdk.chat.completions.create(model=MODEL, messages=USER).choices  # still serving
+
+
 @pytest.mark.parametrize("fault", ["cut-stream", "reset"])
 def test_stream_faults_raise(fake: FakeOpenAI, client: openai.OpenAI, fault: str) -> None:
     stream = client.chat.completions.create(
@@ -691,6 +761,31 @@ def test_not_json_no_usage_and_slow(client: openai.OpenAI) -> None:
     # 20 ms before answering + 20 ms between each of the 4 chunks
     assert time.monotonic() - start >= 0.08
     assert len(chunks) == 4
+
+
+def test_base_url_before_start_with_a_free_port_is_an_error_not_port_0() -> None:
+    """Reading base_url before start() (port 0: not chosen yet) says so, rather than giving a URL on
+    port 0 that every call then fails to connect to."""
+    server = FakeOpenAI()
+    with pytest.raises(RuntimeError, match=r"picks its port in start\(\): read base_url after start\(\)"):
+        _ = server.base_url
+    with server:
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1" and server.port > 0
+    assert FakeOpenAI(port=8123).base_url == "http://127.0.0.1:8123/v1"
+
+
+def test_stop_does_not_wait_for_a_slow_answer() -> None:
+    """stop() while a `slow` answer sleeps (a test of the client's timeout) returns at once, not after
+    the delay or its own 5 s wait for connections to end."""
+    fake = FakeOpenAI().start()
+    headers = {"x-fake-fault": "slow", "x-fake-delay-ms": "60000"}
+    sdk = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0, timeout=0.3)
+    with sdk, pytest.raises(openai.APITimeoutError):
+        sdk.chat.completions.create(model=MODEL, messages=USER, extra_headers=headers)
+    start = time.monotonic()
+    fake.stop()
+    assert time.monotonic() - start < 3
+    assert len(fake.requests) == 1
 
 
 @pytest.mark.asyncio

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
+
+import openai
 
 import llm_ledger
 from llm_ledger.report import render
@@ -203,6 +207,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             "--base-url and --header apply to --live and --record; replay answers from the cassettes"
         )
     headers = _headers(parser, args.header)
+    if args.base_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", args.base_url):
+        parser.error(f"--base-url {args.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8123/v1")
 
     sources = load_sources(args.sources_dir)
     if args.source:
@@ -216,7 +222,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     missing = [c for c in cassettes.values() if mode == "replay" and not c.existed]
     if missing:
         names = ", ".join(str(c.path) for c in missing)
-        parser.error(f"no cassette {names}; record it with: {missing[0].rerecord_command('rewrite')}")
+        where = "" if args.cassette_dir == CASSETTE_DIR else f" --cassette-dir {_shown(args.cassette_dir)}"
+        lenses = "".join(f" --lens {c.lens_key}" for c in missing)
+        record = f"{_command()} --record{lenses}{where} [--base-url URL]"
+        parser.error(f"no cassette {names}; record with: {record}")
+    _open_store(parser, args.db).close()  # a bad --db is a usage error now, not a traceback after the calls
 
     base_url = args.base_url
     if mode == "replay":
@@ -259,7 +269,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     )
     print(f"summarise the log with: {_report_command()} {args.log_dir} --by user_id,model", file=out)
     print(
-        f"cost per source from the database: python -m examples.lens_app --db {args.db} --costs source_id",
+        f"cost per source from the database: {_command()} --db {args.db} --costs source_id",
         file=out,
     )
     failures = [r for r in results if r.error is not None]
@@ -267,6 +277,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         print(f"\n{result.lens_key} on {result.source.slug} failed:", file=out)
         if isinstance(result.error, CassetteMissError):
             print(str(result.error), file=out)
+        elif isinstance(result.error, openai.APIConnectionError):  # the SDK says "Connection error." only
+            cause = f"{type(result.error.__cause__).__name__}: {result.error.__cause__}"
+            print(f"  {result.error} ({cause}): is {base_url or 'the API'} up?", file=out)
         else:
             print(f"  {type(result.error).__name__}: {result.error}", file=out)
     if args.metrics:
@@ -276,11 +289,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
 def _print_costs(parser: argparse.ArgumentParser, args: argparse.Namespace, out: TextIO) -> int:
     """``--costs``: the source_logs table summed by the dimensions asked for, as ``llm-ledger report``."""
-    if not Path(args.db).is_file():
-        parser.error(
-            f"no database at {args.db}; run the demo first (python -m examples.lens_app --db {args.db})"
-        )
-    with Store(args.db) as store:
+    if not Path(args.db).exists():
+        parser.error(f"no database at {args.db}; run the demo first ({_command()} --db {args.db})")
+    with _open_store(parser, args.db) as store:
         try:
             report = store.costs(args.costs)
         except llm_ledger.ConfigError as exc:
@@ -308,15 +319,28 @@ def _serve_metrics(args: argparse.Namespace, out: TextIO, again: Callable[[], ob
         print("metrics: stopped", file=out)
 
 
-def _shown(path: Path) -> str:
+def _open_store(parser: argparse.ArgumentParser, path: str) -> Store:
     try:
-        return str(path.resolve().relative_to(Path.cwd()))
+        return Store(path)
+    except (OSError, sqlite3.Error) as exc:
+        parser.error(f"--db {path}: {exc}; give the path of a SQLite file (made when missing)")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when under it; symlinks kept (a venv's python is one)."""
+    try:
+        return str(Path(os.path.abspath(path)).relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _command() -> str:
+    """This demo's command as it was started: ``python`` may be absent, or another one than the venv's."""
+    return f"{_shown(Path(sys.executable))} -m examples.lens_app"
 
 
 def _report_command() -> str:
     script = Path(sys.executable).parent / "llm-ledger"  # the venv's console script, if installed
     if script.is_file():
         return f"{_shown(script)} report"
-    return "python -m llm_ledger._cli report"
+    return f"{_shown(Path(sys.executable))} -m llm_ledger report"
