@@ -100,7 +100,11 @@ def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
         "gen_ai.usage.input_tokens": usage["prompt_tokens"],
         "gen_ai.usage.output_tokens": usage["completion_tokens"],
         "gen_ai.usage.cache_read.input_tokens": usage["cached_tokens"],
+        "gen_ai.usage.cache_creation.input_tokens": usage["cache_write_tokens"],
+        "gen_ai.usage.audio.input_tokens": usage["prompt_audio_tokens"] or None,
+        "gen_ai.usage.audio.output_tokens": usage["completion_audio_tokens"] or None,
         "gen_ai.usage.reasoning.output_tokens": usage["reasoning_tokens"],
+        "openai.response.service_tier": response["service_tier"],
         "gen_ai.usage.cost": call["cost"]["total_cost_usd"],
         "error.type": call["error"]["type"] if call["error"] else None,
         "server.address": server["address"],
@@ -442,6 +446,7 @@ def test_latest_experimental_names_on_opt_in(
     assert set(found) == {
         "gen_ai.client.inference.usage.input_tokens", "gen_ai.client.inference.usage.output_tokens",
         "gen_ai.client.inference.usage.cache_read.input_tokens",
+        "gen_ai.client.inference.usage.cache_write.input_tokens",
         "gen_ai.client.inference.usage.reasoning.output_tokens",
         "gen_ai.client.inference.operation.input_tokens", "gen_ai.client.inference.operation.output_tokens",
         "gen_ai.client.embeddings.operation.input_tokens",
@@ -464,6 +469,7 @@ def test_latest_experimental_names_on_opt_in(
     for metric, field, side in (
         ("input_tokens", "prompt_tokens", "input"), ("output_tokens", "completion_tokens", "output"),
         ("cache_read.input_tokens", "cached_tokens", "input"),
+        ("cache_write.input_tokens", "cache_write_tokens", "input"),
         ("reasoning.output_tokens", "reasoning_tokens", "output"),
     ):  # fmt: skip
         want: dict[str, float] = {}
