@@ -163,11 +163,11 @@ class PrometheusSink:
 
     ``registry`` defaults to prometheus-client's global ``REGISTRY`` (one sink per registry);
     ``buckets`` (seconds) are the duration histograms'; past ``max_lenses`` / ``max_models`` distinct
-    values (``MAX_TIERS`` service tiers), later ones are counted under ``"other"``. A call's sums reach the metrics when the registry
-    is collected, at ``flush()``, or every ``PENDING_CALLS`` calls (at once with
-    ``PROMETHEUS_MULTIPROC_DIR``). Every metric, label, bucket and alert, and the multiprocess mode:
-    docs/exporters.md. Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the
-    registry already holds these metrics.
+    values (``MAX_TIERS`` service tiers), later ones are counted under ``"other"``. A call's sums
+    reach the metrics when the registry is collected, at ``flush()``, or every ``PENDING_CALLS`` calls
+    (at once with ``PROMETHEUS_MULTIPROC_DIR``). Every metric, label, bucket and alert, and the
+    multiprocess mode: docs/exporters.md. Raises ``ConfigError`` without prometheus-client, for bad
+    arguments, or when the registry already holds these metrics.
     """
 
     def __init__(
