@@ -1,13 +1,17 @@
-"""Shared by the exporter tests: a mixed workload through the real SDK, and reading Prometheus text."""
+"""Shared by the exporter tests: a mixed workload through the real SDK, reading Prometheus text, and
+an OTLP/HTTP receiver on loopback."""
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import textwrap
 import urllib.request
 from collections import defaultdict
 from typing import Any
 
 import openai
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 import llm_ledger
 from llm_ledger.testing import FakeOpenAI
@@ -106,3 +110,37 @@ def by_labels(found: Samples, name: str, *keys: str) -> dict[tuple[str, ...], fl
             d = dict(ls)
             out[tuple(d[k] for k in keys)] += v
     return dict(out)
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """Collects OTLP/HTTP protobuf requests by path."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, list[bytes]] = {}
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        self.server.bodies.setdefault(self.path, []).append(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def attribute_value(value: AnyValue) -> Any:
+    """An OTLP attribute's value as Python (arrays as tuples)."""
+    kind = value.WhichOneof("value")
+    assert kind is not None
+    if kind == "array_value":
+        return tuple(attribute_value(v) for v in value.array_value.values)
+    return getattr(value, kind)

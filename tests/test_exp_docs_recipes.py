@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llm_ledger.testing import FakeOpenAI
-from tests.test_exporters_otel import Receiver
+from tests.exporter_helpers import Receiver
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 

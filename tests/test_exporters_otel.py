@@ -3,8 +3,6 @@ attribute: in memory for every operation, and over OTLP/HTTP to a receiver on lo
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import json
 import os
 import subprocess
@@ -20,7 +18,6 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -34,7 +31,7 @@ from llm_ledger.exporters._otel import MAX_COUNTER_SETS, MAX_PENDING_CALLS, TOKE
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import workload
+from tests.exporter_helpers import Receiver, attribute_value, workload
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -103,7 +100,11 @@ def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
         "gen_ai.usage.input_tokens": usage["prompt_tokens"],
         "gen_ai.usage.output_tokens": usage["completion_tokens"],
         "gen_ai.usage.cache_read.input_tokens": usage["cached_tokens"],
+        "gen_ai.usage.cache_creation.input_tokens": usage["cache_write_tokens"],
+        "gen_ai.usage.audio.input_tokens": usage["prompt_audio_tokens"] or None,
+        "gen_ai.usage.audio.output_tokens": usage["completion_audio_tokens"] or None,
         "gen_ai.usage.reasoning.output_tokens": usage["reasoning_tokens"],
+        "openai.response.service_tier": response["service_tier"],
         "gen_ai.usage.cost": call["cost"]["total_cost_usd"],
         "error.type": call["error"]["type"] if call["error"] else None,
         "server.address": server["address"],
@@ -445,6 +446,7 @@ def test_latest_experimental_names_on_opt_in(
     assert set(found) == {
         "gen_ai.client.inference.usage.input_tokens", "gen_ai.client.inference.usage.output_tokens",
         "gen_ai.client.inference.usage.cache_read.input_tokens",
+        "gen_ai.client.inference.usage.cache_write.input_tokens",
         "gen_ai.client.inference.usage.reasoning.output_tokens",
         "gen_ai.client.inference.operation.input_tokens", "gen_ai.client.inference.operation.output_tokens",
         "gen_ai.client.embeddings.operation.input_tokens",
@@ -467,6 +469,7 @@ def test_latest_experimental_names_on_opt_in(
     for metric, field, side in (
         ("input_tokens", "prompt_tokens", "input"), ("output_tokens", "completion_tokens", "output"),
         ("cache_read.input_tokens", "cached_tokens", "input"),
+        ("cache_write.input_tokens", "cache_write_tokens", "input"),
         ("reasoning.output_tokens", "reasoning_tokens", "output"),
     ):  # fmt: skip
         want: dict[str, float] = {}
@@ -597,39 +600,6 @@ def test_exporting_to_no_opentelemetry_sdk_says_so_once(setup: str) -> None:
 # -- OTLP/HTTP to a receiver on loopback ----------------------------------------------------------
 
 
-class Receiver(http.server.ThreadingHTTPServer):
-    """Collects OTLP/HTTP protobuf requests by path."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, list[bytes]] = {}
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.server.bodies.setdefault(self.path, []).append(body)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    assert kind is not None
-    if kind == "array_value":
-        return tuple(_value(v) for v in value.array_value.values)
-    return getattr(value, kind)
-
-
 def test_otlp_http_carries_every_attribute_of_the_records(fake_openai: FakeOpenAI) -> None:
     """Spans and metrics exported over OTLP/HTTP, decoded with opentelemetry-proto: each call span's
     attributes equal its record's; the lens spans parent their calls; the metrics arrive."""
@@ -661,7 +631,7 @@ def test_otlp_http_carries_every_attribute_of_the_records(fake_openai: FakeOpenA
             for scope in resource.scope_spans:
                 assert scope.scope.name == "llm_ledger"
                 for span in scope.spans:
-                    attributes = {a.key: _value(a.value) for a in span.attributes}
+                    attributes = {a.key: attribute_value(a.value) for a in span.attributes}
                     spans[attributes.get("llm_ledger.call_id") or span.name] = (span, attributes)
     calls: Captured = records
     assert len(spans) == len(calls.calls) + len(calls.lenses) == 9

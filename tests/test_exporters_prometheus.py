@@ -39,11 +39,11 @@ from tests.exporter_helpers import (
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
 REPO = Path(__file__).resolve().parents[1]
-CALL_LABELS = {"lens", "model", "provider", "operation"}
+CALL_LABELS = {"lens", "model", "provider", "operation", "service_tier"}
 EXPECTED_LABELS = {
     "llm_ledger_calls_total": CALL_LABELS | {"status"},
     "llm_ledger_tokens_total": CALL_LABELS | {"token_type"},
-    "llm_ledger_cost_usd_total": {"lens", "model", "provider"},
+    "llm_ledger_cost_usd_total": {"lens", "model", "provider", "service_tier"},
     "llm_ledger_call_duration_seconds_count": {"lens", "model", "operation"},
     "llm_ledger_time_to_first_token_seconds_count": {"lens", "model", "operation"},
     "llm_ledger_lens_runs_total": {"lens", "status"},

@@ -21,7 +21,7 @@ import orjson
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT, made_here
 from .._servers import otel_provider_name
-from ._prometheus import DURATION_BUCKETS
+from ._prometheus import DURATION_BUCKETS, MAX_TIERS, OTHER
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -39,7 +39,10 @@ _EXPORTED_RUNS: Final = 1_000  # lens spans kept as parents for nested runs that
 _EXTRA_HINT: Final = "pip install 'llm-ledger[otel]'"
 _OPERATIONS: Final = {"chat": "chat", "responses": "chat", "embeddings": "embeddings"}
 _API_TYPES: Final = {"chat": "chat_completions", "responses": "responses"}
-_LATEST_USAGE: Final = ("input_tokens", "output_tokens", "cache_read.input_tokens", "reasoning.output_tokens")
+_LATEST_USAGE: Final = (
+    "input_tokens", "output_tokens", "cache_read.input_tokens", "cache_write.input_tokens",
+    "reasoning.output_tokens",
+)  # fmt: skip
 _ATTRIBUTE_SETS: Final = 10_000  # metric attribute sets kept at hand
 # attribute sets a counter kept here reports; later ones are summed under the SDK's overflow set
 MAX_COUNTER_SETS: Final = 2_000
@@ -134,13 +137,18 @@ def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _modalities(record: Mapping[str, Any]) -> tuple[str, str]:
-    """``gen_ai.token.modality`` of a call's input and output tokens. OpenAI's usage does not split
-    tokens by modality: text when the request holds no image and the model is no audio model."""
+def _modalities(record: Mapping[str, Any]) -> tuple[str, str, int, int]:
+    """``gen_ai.token.modality`` of a call's input and output tokens beside the audio ones, and how
+    many audio tokens its usage counts apart (input, output). OpenAI's usage splits off audio only:
+    the rest is text, unless the request holds an image (its tokens are inside the input count,
+    inseparable) or the model is an audio model whose usage counts no audio apart (unknown)."""
+    usage = record["usage"]
+    heard = usage.get("prompt_audio_tokens") or 0  # .get: records of older versions
+    spoken = usage.get("completion_audio_tokens") or 0
     model = record["request"]["model"] or ""
-    audio = "audio" in model or "realtime" in model
-    inputs = "unknown" if audio or record["request"]["has_images"] else "text"
-    return inputs, "unknown" if audio else "text"
+    unsplit = not (heard or spoken) and ("audio" in model or "realtime" in model)
+    inputs = "unknown" if unsplit or record["request"]["has_images"] else "text"
+    return inputs, "unknown" if unsplit else "text", heard, spoken
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -235,6 +243,8 @@ class OTelSink:
         self._check_provider = tracer_provider is None
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         self.latest = latest_experimental()
+        # v1.41.1's name for the prompt tokens written to the cache; the newest conventions renamed it
+        self._cache_write = f"gen_ai.usage.{'cache_write' if self.latest else 'cache_creation'}.input_tokens"
 
         def histogram(name: str, unit: str, doc: str, buckets: tuple[float, ...]) -> Any:
             return meter.create_histogram(name, unit, doc, explicit_bucket_boundaries_advisory=buckets)
@@ -274,6 +284,7 @@ class OTelSink:
         self._first_chunk = histogram(first_chunk, "s", "Time to a stream's first chunk", DURATION_BUCKETS)
         self._cost = counter("llm_ledger.cost", "{USD}", "Cost of GenAI calls, USD (llm-ledger prices)")
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._tiers: set[str] = set()  # service tiers kept by name in metric attributes
         self._lock = threading.Lock()
         # lens_run_id -> (records whose span waits for the lens: its calls and nested lenses,
         # openai-v2's spans of its other calls)
@@ -386,12 +397,23 @@ class OTelSink:
 
     # -- metrics -----------------------------------------------------------------------------------
 
+    def _tier(self, raw: Any) -> str | None:
+        """A served tier as a metric attribute: itself, or ``other`` past ``MAX_TIERS`` distinct ones
+        (spans carry it as it is)."""
+        if raw is None or raw in self._tiers:
+            return raw  # type: ignore[no-any-return]
+        with self._lock:
+            if len(self._tiers) < MAX_TIERS:
+                self._tiers.add(raw)
+                return raw  # type: ignore[no-any-return]
+        return OTHER
+
     def _attributes(self, base: tuple[Any, ...], extra: tuple[str, Any] | None = None) -> dict[str, Any]:
         """The metric attributes of ``base`` (plus ``extra``), built once: many calls share them."""
         key = (base, extra)
         found = self._attribute_sets.get(key)
         if found is None:
-            operation, provider, request_model, response_model, address, port, lens = base
+            operation, provider, request_model, response_model, address, port, lens, tier = base
             found = _present(
                 {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider},
                 (
@@ -400,6 +422,7 @@ class OTelSink:
                     ("server.address", address),
                     ("server.port", port),
                     ("llm_ledger.lens", lens),
+                    ("openai.response.service_tier", tier),
                 ),
             )
             if extra is not None:
@@ -412,7 +435,7 @@ class OTelSink:
     def _metrics(self, record: Mapping[str, Any], theirs: bool, their_usage: bool) -> None:
         """``theirs``: openai-v2 records the call's duration; ``their_usage``: and its token usage
         (not for a stream, whose usage arrives after openai-v2 has recorded its metrics)."""
-        base = _identity(record)
+        base = (*_identity(record), self._tier(record["response"].get("service_tier")))
         operation = base[0]
         attributes = self._attributes(base)
         usd = record["cost"]["total_cost_usd"]
@@ -454,19 +477,28 @@ class OTelSink:
                 self._usage["input_tokens"].add(0, (base, extra), unknown)
                 self._usage["output_tokens"].add(0, (base, extra), unknown)
             return
-        inputs, outputs = _modalities(record)
-        for kind, field, modality in (
-            ("input_tokens", "prompt_tokens", inputs),
-            ("output_tokens", "completion_tokens", outputs),
-            ("cache_read.input_tokens", "cached_tokens", inputs),
-            ("reasoning.output_tokens", "reasoning_tokens", outputs),
+        inputs, outputs, heard, spoken = _modalities(record)
+        cached = inputs if not heard else "unknown"  # which part of the prompt was cached: not said
+        for kind, field, modality, audio in (
+            ("input_tokens", "prompt_tokens", inputs, heard),
+            ("output_tokens", "completion_tokens", outputs, spoken),
+            ("cache_read.input_tokens", "cached_tokens", cached, 0),
+            ("cache_write.input_tokens", "cache_write_tokens", cached, 0),
+            ("reasoning.output_tokens", "reasoning_tokens", outputs, 0),
         ):
-            n = usage[field]
-            if n is not None:
-                extra = ("gen_ai.token.modality", modality)
-                self._usage[kind].add(n, (base, extra), self._attributes(base, extra))
-                if kind in self._operation_tokens:
-                    self._operation_tokens[kind].record(n, attributes)
+            n = usage.get(field)
+            if n is None:
+                continue
+            if kind in self._operation_tokens:
+                self._operation_tokens[kind].record(n, attributes)
+            if audio:
+                extra = ("gen_ai.token.modality", "audio")
+                self._usage[kind].add(audio, (base, extra), self._attributes(base, extra))
+                n -= audio
+                if not n:
+                    continue
+            extra = ("gen_ai.token.modality", modality)
+            self._usage[kind].add(n, (base, extra), self._attributes(base, extra))
 
     # -- spans -------------------------------------------------------------------------------------
 
@@ -483,6 +515,7 @@ class OTelSink:
             ("gen_ai.request.max_tokens", request["max_tokens"]),
             ("gen_ai.request.stream", True if request["stream"] else None),
             ("openai.api.type", _API_TYPES.get(record["operation"])),
+            ("openai.response.service_tier", response.get("service_tier")),
             ("gen_ai.response.model", response_model),
             ("gen_ai.response.id", response["id"]),
             (
@@ -492,6 +525,7 @@ class OTelSink:
             ("gen_ai.usage.input_tokens", usage["prompt_tokens"]),
             ("gen_ai.usage.output_tokens", usage["completion_tokens"]),
             ("gen_ai.usage.cache_read.input_tokens", usage["cached_tokens"]),
+            (self._cache_write, usage.get("cache_write_tokens")),
             ("gen_ai.usage.reasoning.output_tokens", usage["reasoning_tokens"]),
             ("gen_ai.usage.cost", record["cost"]["total_cost_usd"]),
             ("server.address", address),
@@ -503,12 +537,18 @@ class OTelSink:
             ("gen_ai.response.time_to_first_chunk", None if first is None else first / 1000),
         )
         _present(attributes, optional)
+        inputs, outputs, heard, spoken = _modalities(record)
+        # the newest conventions' names, in both modes: v1.41.1 has none for audio tokens
+        if heard:
+            attributes["gen_ai.usage.audio.input_tokens"] = heard
+        if spoken:
+            attributes["gen_ai.usage.audio.output_tokens"] = spoken
         if self.latest and operation != "embeddings":
-            inputs, outputs = _modalities(record)
+            prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
             for modality, key, value in (
-                (inputs, "input_tokens", usage["prompt_tokens"]),
-                (outputs, "output_tokens", usage["completion_tokens"]),
-                (inputs, "cache_read.input_tokens", usage["cached_tokens"]),
+                (inputs, "input_tokens", None if prompt is None else prompt - heard),
+                (outputs, "output_tokens", None if completion is None else completion - spoken),
+                (inputs if not heard else "unknown", "cache_read.input_tokens", usage["cached_tokens"]),
             ):
                 if modality != "unknown" and value is not None:
                     attributes[f"gen_ai.usage.{modality}.{key}"] = value

@@ -32,6 +32,7 @@ __all__ = [
     "LENS_COST_BUCKETS",
     "MAX_LENSES",
     "MAX_MODELS",
+    "MAX_TIERS",
     "NO_LENS",
     "OTHER",
     "PENDING_CALLS",
@@ -48,12 +49,21 @@ LENS_COST_BUCKETS: Final = (
 )  # fmt: skip
 MAX_LENSES: Final = 200
 MAX_MODELS: Final = 100
-OTHER: Final = "other"  # a lens or model beyond the cap
+# distinct service tiers kept by name: the server answers with one of a few ("default", "flex",
+# "priority", "scale", a compatible server's own), so a cap reached means a server answering oddly
+MAX_TIERS: Final = 10
+OTHER: Final = "other"  # a lens, model or service tier beyond the cap
 NO_LENS: Final = "none"  # a call made outside any lens
 UNKNOWN_MODEL: Final = "unknown"
+NO_TIER: Final = "none"  # an answer that names no service tier (embeddings, a failed call, most providers)
+_NONE_LABELS: Final = {"lens": NO_LENS, "model": UNKNOWN_MODEL, "service_tier": NO_TIER}
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
 _ERRORS_LOGGED: Final = 100  # distinct update errors logged with their traceback; later ones only counted
-_CALL_LABELS: Final = ("lens", "model", "provider", "operation", "status")
+_CALL_LABELS: Final = ("lens", "model", "provider", "operation", "status", "service_tier")
+# token types beside input, output, cached and reasoning: usage.cache_write_tokens and
+# prompt_audio_tokens (parts of input), completion_audio_tokens (part of output); their series exist
+# only for the label sets of calls that reported one (see _new_children)
+_DETAIL_TYPES: Final = ("cache_write", "input_audio", "output_audio")
 # calls summed per label tuple before they reach the metrics (a collection of the registry, a
 # scrape, moves them first): prometheus-client's values are several objects each, cold between
 # the SDK's own work, where a call's sums are one list
@@ -153,11 +163,11 @@ class PrometheusSink:
 
     ``registry`` defaults to prometheus-client's global ``REGISTRY`` (one sink per registry);
     ``buckets`` (seconds) are the duration histograms'; past ``max_lenses`` / ``max_models`` distinct
-    values, later ones are counted under ``"other"``. A call's sums reach the metrics when the registry
-    is collected, at ``flush()``, or every ``PENDING_CALLS`` calls (at once with
-    ``PROMETHEUS_MULTIPROC_DIR``). Every metric, label, bucket and alert, and the multiprocess mode:
-    docs/exporters.md. Raises ``ConfigError`` without prometheus-client, for bad arguments, or when the
-    registry already holds these metrics.
+    values (``MAX_TIERS`` service tiers), later ones are counted under ``"other"``. A call's sums
+    reach the metrics when the registry is collected, at ``flush()``, or every ``PENDING_CALLS`` calls
+    (at once with ``PROMETHEUS_MULTIPROC_DIR``). Every metric, label, bucket and alert, and the
+    multiprocess mode: docs/exporters.md. Raises ``ConfigError`` without prometheus-client, for bad
+    arguments, or when the registry already holds these metrics.
     """
 
     def __init__(
@@ -176,11 +186,16 @@ class PrometheusSink:
         self._lock = threading.Lock()
         self._lenses: set[str] = set()
         self._models: set[str] = set()
+        self._caps: dict[str, tuple[set[str], int]] = {
+            "lens": (self._lenses, self.max_lenses),
+            "model": (self._models, self.max_models),
+            "service_tier": (set(), MAX_TIERS),
+        }
         # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # a call's label tuple and whether it had a first token -> [calls, input, output, cached,
-        # reasoning, cost, unpriced, durations, first tokens]; a lens run's (lens_key,) -> [ok runs,
-        # failed runs, costs]
+        # a call's label tuple, whether it had a first token and whether it counted detail tokens ->
+        # [calls, input, output, cached, reasoning, cost, unpriced, durations, first tokens, cache
+        # write, input audio, output audio]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
         directory = _multiprocess_dir(check=True)
@@ -196,9 +211,7 @@ class PrometheusSink:
         # which the collector reads), so that the caps hold across processes and worker restarts
         self._shared: dict[str, str] = {}
         if directory:
-            self._shared = {
-                kind: os.path.join(directory, f"llm_ledger_{kind}.labels") for kind in ("lens", "model")
-            }
+            self._shared = {kind: os.path.join(directory, f"llm_ledger_{kind}.labels") for kind in self._caps}
         self._full: set[str] = set()  # the labels whose shared file holds its cap of values
         self._pending_lock = threading.Lock()
         self._errors_logged: set[tuple[str, str]] = set()
@@ -220,12 +233,14 @@ class PrometheusSink:
 
         self.calls = metric(pc.Counter, "llm_ledger_calls", "LLM API calls", _CALL_LABELS)
         self.tokens = metric(
-            pc.Counter, "llm_ledger_tokens", "Tokens by type (cached within input, reasoning within output)",
-            (*_CALL_LABELS[:-1], "token_type"),
+            pc.Counter, "llm_ledger_tokens",
+            "Tokens by type (cached, cache_write, input_audio within input; reasoning, output_audio "
+            "within output)", ("lens", "model", "provider", "operation", "service_tier", "token_type"),
         )  # fmt: skip
         self.cost = metric(
-            pc.Counter, "llm_ledger_cost_usd", "Cost of calls, USD", ("lens", "model", "provider")
-        )
+            pc.Counter, "llm_ledger_cost_usd", "Cost of calls, USD",
+            ("lens", "model", "provider", "service_tier"),
+        )  # fmt: skip
         self.duration = metric(
             pc.Histogram, "llm_ledger_call_duration_seconds", "Call duration, seconds",
             ("lens", "model", "operation"), buckets=self.buckets,
@@ -310,7 +325,7 @@ class PrometheusSink:
                     self._dropped(LENS_EVENT, _records(key, sums), {"lens": key[0]}, exc)
                 else:
                     self._dropped(
-                        CALL_EVENT, _records(key, sums), dict(zip(_CALL_LABELS, key[:-1], strict=True)), exc
+                        CALL_EVENT, _records(key, sums), dict(zip(_CALL_LABELS, key[:-2], strict=True)), exc
                     )
         if held:
             with self._pending_lock:
@@ -344,11 +359,12 @@ class PrometheusSink:
     # -- labels ------------------------------------------------------------------------------------
 
     def _label(self, kind: str, raw: Any) -> str:
-        """``raw`` as the ``lens`` or ``model`` label: itself, or ``OTHER`` once its cap is full."""
+        """``raw`` as the ``lens``, ``model`` or ``service_tier`` label: itself, or ``OTHER`` once its
+        cap is full."""
         if raw is None:
-            return NO_LENS if kind == "lens" else UNKNOWN_MODEL
+            return _NONE_LABELS[kind]
         value = str(raw)
-        seen, cap = (self._lenses, self.max_lenses) if kind == "lens" else (self._models, self.max_models)
+        seen, cap = self._caps[kind]
         if value in seen:
             return value
         with self._lock:
@@ -387,21 +403,30 @@ class PrometheusSink:
             return True
 
     def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
-        raw_lens, raw_model, provider, operation, status, streamed = key
+        raw_lens, raw_model, provider, operation, status, raw_tier, streamed, detailed = key
         lens = self._label("lens", raw_lens)
         model = self._label("model", raw_model)
+        tier = self._label("service_tier", raw_tier)
         return (
-            _adder(self.calls.labels(lens, model, provider, operation, status)),
+            _adder(self.calls.labels(lens, model, provider, operation, status, tier)),
             *(
-                _adder(self.tokens.labels(lens, model, provider, operation, token_type))
+                _adder(self.tokens.labels(lens, model, provider, operation, tier, token_type))
                 for token_type in ("input", "output", "cached", "reasoning")
             ),
-            _adder(self.cost.labels(lens, model, provider)),
+            _adder(self.cost.labels(lens, model, provider, tier)),
             _observer(self.duration.labels(lens, model, operation)),
             # only where a first chunk came: a series of empty buckets for every other call costs
             # as much as the duration histogram
             _observer(self.ttft.labels(lens, model, operation)) if streamed else None,
             _adder(self.unpriced.labels(model)),
+            # only where a call counted one: three series of 0 beside every text call's would be a
+            # third more series of tokens for nothing
+            tuple(
+                _adder(self.tokens.labels(lens, model, provider, operation, tier, token_type))
+                for token_type in _DETAIL_TYPES
+            )
+            if detailed
+            else None,
         )
 
     # -- records -----------------------------------------------------------------------------------
@@ -412,20 +437,28 @@ class PrometheusSink:
         status = record["status"]
         timing = record["timing"]
         first = timing["time_to_first_token_ms"]
+        response = record["response"]
+        usage = record["usage"]
+        # .get: a record of an older version has none of these
+        written = usage.get("cache_write_tokens") or 0
+        heard = usage.get("prompt_audio_tokens") or 0
+        spoken = usage.get("completion_audio_tokens") or 0
+        detailed = bool(written or heard or spoken)
         key = (
             record["context"].get("lens_key"),
-            request["model"] or record["response"]["model"],
+            request["model"] or response["model"],
             server["provider"] if server else "openai",
             record["operation"],
             status,
+            response.get("service_tier"),
             first is not None,  # not a label: whether the call has a time to first token
+            detailed,  # nor this: whether it counted any of _DETAIL_TYPES
         )
-        usage = record["usage"]
         usd = record["cost"]["total_cost_usd"]
         with self._pending_lock:
             sums = self._pending.get(key)
             if sums is None:
-                sums = self._pending[key] = [0, 0, 0, 0, 0, 0.0, 0, [], []]
+                sums = self._pending[key] = [0, 0, 0, 0, 0, 0.0, 0, [], [], 0, 0, 0]
             sums[0] += 1
             sums[1] += usage["prompt_tokens"] or 0
             sums[2] += usage["completion_tokens"] or 0
@@ -439,13 +472,17 @@ class PrometheusSink:
             sums[7].append(timing["duration_ms"] / 1000)
             if first is not None:
                 sums[8].append(first / 1000)
+            if detailed:
+                sums[9] += written
+                sums[10] += heard
+                sums[11] += spoken
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
             self._flush(collecting=False, overflow=True)
 
     def _move(self, children: tuple[Any, ...], sums: list[Any]) -> None:
-        calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced = children
+        calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced, details = children
         calls(sums[0])
         for add, n in ((t_in, sums[1]), (t_out, sums[2]), (t_cached, sums[3]), (t_reasoning, sums[4])):
             if n:
@@ -458,6 +495,10 @@ class PrometheusSink:
             duration(seconds)
         for seconds in sums[8]:
             ttft(seconds)
+        if details is not None:
+            for add, n in zip(details, sums[9:], strict=True):
+                if n:
+                    add(n)
 
     def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
         lens = self._label("lens", key[0])
