@@ -245,6 +245,7 @@ class SessionLedger:
         self.lens_runs: list[tuple[str, str, Totals]] = []  # (lens key, node id, run totals)
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
         self.recorded: set[str] = set()  # node ids whose cassette this run recorded into
+        self.auth_errors: dict[str, list[str]] = {}  # node id -> the 401/403 answers its cassette left out
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
@@ -294,6 +295,7 @@ class SessionLedger:
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
             "unplayed": self.unplayed,
             "recorded": sorted(self.recorded),
+            "auth_errors": self.auth_errors,
             "cassettes": sorted(self.cassettes),
             "tested": sorted(self.tested),
             "refused": sorted(self.refused),
@@ -308,6 +310,7 @@ class SessionLedger:
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
         self.unplayed.update(data.get("unplayed", {}))
         self.recorded.update(data.get("recorded", ()))
+        self.auth_errors.update(data.get("auth_errors", {}))
         self.cassettes.update(data.get("cassettes", ()))
         self.tested.update(data.get("tested", ()))
         self.refused.update(data.get("refused", ()))
@@ -491,6 +494,13 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
         out.append(
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
             f"{listed(stale)}; re-record them with --llm-record-mode=rewrite"
+        )
+    if ledger.auth_errors:
+        refused = [f"{test} ({', '.join(answers)})" for test, answers in sorted(ledger.auth_errors.items())]
+        out.append(
+            f"llm-ledger: {len(refused)} test(s) got authentication errors while recording, left out of "
+            f"their cassettes: {listed(refused)}; check the API key (OPENAI_API_KEY) and record again, or "
+            "mark a test that expects them @pytest.mark.llm(record_auth_errors=True)"
         )
     total = ledger.total()
     if not total.cost_complete:
