@@ -320,15 +320,21 @@ def test_throttled_and_server_errors_are_not_recorded(pytester: pytest.Pytester,
 
 
 @pytest.mark.usefixtures("with_key")
-@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize(("status", "workers"), [(401, 0), (403, 2)], ids=["401", "403-xdist"])
 def test_an_authentication_error_is_seen_live_and_never_recorded(
-    pytester: pytest.Pytester, server: FakeOpenAI, status: int
+    pytester: pytest.Pytester, server: FakeOpenAI, status: int, workers: int
 ) -> None:
     """Recording with a wrong or expired key fails the test at once and writes no cassette, with a
-    notice naming the answer; recording again with a good key gives a cassette that replays offline."""
+    notice naming the answer (an xdist worker's too); recording again with a good key gives a cassette
+    that replays offline."""
     write_project(pytester, RETRY_TESTS)
     server.fail_next(status)
-    bad = run(pytester, "--llm-record-mode=once")
+    if workers:
+        bad = pytester.runpytest_subprocess(
+            *PLUGIN_ARGS, *FAST_ARGS, "-n", str(workers), "--llm-record-mode=once"
+        )
+    else:
+        bad = run(pytester, "--llm-record-mode=once")
     bad.assert_outcomes(failed=1)
     bad.stdout.fnmatch_lines(
         [
