@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
-from pytest_llm_ledger._report import USAGE_KEYS
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
@@ -22,6 +20,7 @@ from tests.plugin_helpers import (
     run,
     server_fixture,
     with_key_fixture,
+    without_minutes,
     write_project,
 )
 
@@ -318,24 +317,6 @@ def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
     serial = json.loads((recorded.path / "serial.json").read_text())
     parallel = json.loads((recorded.path / "parallel.json").read_text())
     assert without_minutes(parallel) == without_minutes(serial)
-
-
-def without_minutes(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with its usage rows summed over the minute their calls started (``at``): two runs of the
-    same calls may start them in different minutes."""
-    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in data["usage"]:
-        assert row["at"] is not None
-        key = tuple(row[name] for name in USAGE_KEYS if name != "at")
-        total = rows.setdefault(key, dict(zip(USAGE_KEYS, (*key, None), strict=True)))
-        for name, value in row.items():
-            if name == "cost_usd":
-                total[name] = total.get(name, Decimal(0)) + Decimal(repr(value))
-            elif name == "tests_with_failed_calls":
-                total[name] = sorted({*total.get(name, ()), *value})
-            elif name not in USAGE_KEYS:
-                total[name] = total.get(name, 0) + value
-    return {**data, "usage": sorted(rows.values(), key=lambda r: json.dumps(r, default=str))}
 
 
 OWN_MONITOR_TESTS = """
