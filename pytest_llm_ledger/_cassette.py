@@ -183,6 +183,7 @@ class LedgerCassette:
         nodeid: str,
         *,
         match_host: bool = False,
+        record_auth_errors: bool = False,
         block_network: bool = False,
         allowed_hosts: tuple[str, ...] = (),
         fallback: Any = None,
@@ -196,6 +197,7 @@ class LedgerCassette:
         self.mode = mode
         self.nodeid = nodeid
         self.match_host = match_host
+        self.record_auth_errors = record_auth_errors  # keep 401/403 answers: the test expects them
         self.block_network = block_network  # refuse the requests this cassette does not own
         self.allowed_hosts = allowed_hosts  # ... except to these hosts (glob patterns)
         self.fallback = fallback  # the test's own vcrpy cassette (pytest-recording), for the rest
@@ -211,6 +213,7 @@ class LedgerCassette:
         self.recorded: list[Interaction] = []
         self.misses: list[str] = []
         self.blocked: list[str] = []
+        self.auth_errors: list[str] = []  # 401/403 answers left out: "401 POST /chat/completions"
         self.played = 0
         if self.existed and mode != "rewrite":
             self.loaded = [_interaction(item) for item in _format.load_cassette(path)]
@@ -271,6 +274,13 @@ class LedgerCassette:
         status = int(response["status"]["code"])
         if status == 429 or status >= 500:
             return  # throttling and server errors say nothing about the code under test
+        if status in (401, 403) and not self.record_auth_errors:
+            # a wrong or expired key at record time: the test saw the error live, but a recording would
+            # replay it in every later run, whatever key that run has
+            answer = f"{status} {request.method.upper()} {api_path(urlsplit(request.uri).path)}"
+            with self._lock:
+                self.auth_errors.append(answer)
+            return
         req_headers = {
             k.lower(): v for k, v in request.headers.items() if k.lower() in _format.REQUEST_HEADERS
         }

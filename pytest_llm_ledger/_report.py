@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, Self
 
@@ -31,8 +32,18 @@ __all__ = [
 REPORT_SCHEMA: Final = "llm-ledger-report"
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
-# what identifies a row of the report's "usage": `llm-ledger reprice` prices each again
-USAGE_KEYS: Final = ("lens", "provider", "server", "model", "served_model", "cost_source")
+# what identifies a row of the report's "usage": `llm-ledger reprice` prices each again, so calls a price
+# tells apart stay apart: the service tier that served them, the minute they started (UTC; "" unknown)
+USAGE_KEYS: Final = (
+    "lens",
+    "provider",
+    "server",
+    "model",
+    "served_model",
+    "cost_source",
+    "service_tier",
+    "at",
+)
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
 
 
@@ -155,7 +166,10 @@ class UsageSum(_ExactCost):
     calls: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    prompt_audio_tokens: int = 0
     completion_tokens: int = 0
+    completion_audio_tokens: int = 0
     total_tokens: int = 0
     cost: Decimal = Decimal(0)  # USD, as recorded
     uncosted_calls: int = 0  # billed calls recorded without a cost
@@ -166,11 +180,9 @@ class UsageSum(_ExactCost):
     @classmethod
     def of_row(cls, row: UsageRow, nodeid: str) -> UsageSum:
         """The sum of one call, read by :func:`usage_row`, made by test ``nodeid``."""
-        return cls(
-            row.calls, row.prompt_tokens, row.cached_tokens, row.completion_tokens, row.total_tokens,
-            row.cost_usd, row.uncosted_calls, row.no_usage_calls, row.failed_calls,
-            [nodeid] if row.failed_calls else [],
-        )  # fmt: skip
+        sums = ("cost", "tests_with_failed_calls")
+        counts = {name: getattr(row, name) for name in UsageSum.__slots__ if name not in sums}
+        return cls(**counts, cost=row.cost_usd, tests_with_failed_calls=[nodeid] if row.failed_calls else [])
 
     def add(self, other: UsageSum) -> None:
         for name in self.__slots__:
@@ -188,8 +200,18 @@ class UsageSum(_ExactCost):
 
 
 def _usage_key(row: UsageRow) -> tuple[str, ...]:
-    """The row's USAGE_KEYS."""
-    return (row.lens, row.provider, row.server, row.model, row.served_model, row.cost_source)
+    """The row's USAGE_KEYS: a price by time of day changes on a minute, so a minute's calls share one."""
+    minute = "" if row.at is None else datetime.fromtimestamp(row.at // 60 * 60, UTC).isoformat()
+    tier = row.service_tier or ""
+    return (row.lens, row.provider, row.server, row.model, row.served_model, row.cost_source, tier, minute)
+
+
+def _usage_entry(key: tuple[str, ...], row: UsageSum) -> dict[str, Any]:
+    """A row of the report's ``usage``: its USAGE_KEYS, then its sums."""
+    entry: dict[str, Any] = dict(zip(USAGE_KEYS, key, strict=True))
+    entry["service_tier"] = entry["service_tier"] or None  # null: not named (the standard tier)
+    entry["at"] = entry["at"] or None  # null: unknown (repriced at the time of day it is repriced)
+    return {**entry, **row.to_report()}
 
 
 def _models(counts: Mapping[str, int]) -> str:
@@ -245,6 +267,7 @@ class SessionLedger:
         self.lens_runs: list[tuple[str, str, Totals]] = []  # (lens key, node id, run totals)
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
         self.recorded: set[str] = set()  # node ids whose cassette this run recorded into
+        self.auth_errors: dict[str, list[str]] = {}  # node id -> the 401/403 answers its cassette left out
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
@@ -294,6 +317,7 @@ class SessionLedger:
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
             "unplayed": self.unplayed,
             "recorded": sorted(self.recorded),
+            "auth_errors": self.auth_errors,
             "cassettes": sorted(self.cassettes),
             "tested": sorted(self.tested),
             "refused": sorted(self.refused),
@@ -308,6 +332,7 @@ class SessionLedger:
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
         self.unplayed.update(data.get("unplayed", {}))
         self.recorded.update(data.get("recorded", ()))
+        self.auth_errors.update(data.get("auth_errors", {}))
         self.cassettes.update(data.get("cassettes", ()))
         self.tested.update(data.get("tested", ()))
         self.refused.update(data.get("refused", ()))
@@ -371,10 +396,7 @@ class SessionLedger:
             "failed_tests": sorted(self.failed),
             "exit_status": exit_status,
             # the tokens of each lens per server and model, for `llm-ledger reprice`
-            "usage": [
-                {**dict(zip(USAGE_KEYS, key, strict=True)), **row.to_report()}
-                for key, row in sorted(usage.items())
-            ],
+            "usage": [_usage_entry(key, row) for key, row in sorted(usage.items())],
         }
 
     # -- budgets ---------------------------------------------------------------------------------
@@ -491,6 +513,13 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
         out.append(
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
             f"{listed(stale)}; re-record them with --llm-record-mode=rewrite"
+        )
+    if ledger.auth_errors:
+        refused = [f"{test} ({', '.join(answers)})" for test, answers in sorted(ledger.auth_errors.items())]
+        out.append(
+            f"llm-ledger: {len(refused)} test(s) got authentication errors while recording, left out of "
+            f"their cassettes: {listed(refused)}; check the API key (OPENAI_API_KEY) and record again, or "
+            "mark a test that expects them @pytest.mark.llm(record_auth_errors=True)"
         )
     total = ledger.total()
     if not total.cost_complete:

@@ -450,7 +450,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "llm: run the test inside its cassette (cassettes/<test file>/<test name>.yaml); replay only "
-        "unless --llm-record-mode says otherwise. llm(live=True): a deliberate live test, no cassette",
+        "unless --llm-record-mode says otherwise; 401/403 answers are not recorded unless "
+        "llm(record_auth_errors=True). llm(live=True): a deliberate live test, no cassette",
     )
     state = _LedgerState(config)
     if state.enforce and not state.is_worker:
@@ -527,19 +528,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
             if not _equal(params, cassette_params(item)):  # not one test run again (equal values)
                 item.stash[_SHARES_WITH] = owner
-        match_host = marker.kwargs.get("match_host", False)
         if (
             marker.args
-            or set(marker.kwargs) - {"live", "match_host"}
-            or not isinstance(live, bool)
-            or not isinstance(match_host, bool)
+            or set(marker.kwargs) - {"live", "match_host", "record_auth_errors"}
+            or not all(isinstance(value, bool) for value in marker.kwargs.values())
         ):
             path, line, _ = item.location
             given = ", ".join([*map(repr, marker.args), *(f"{k}={v!r}" for k, v in marker.kwargs.items())])
             raise pytest.UsageError(
                 f"{path}:{(line or 0) + 1}: {item.nodeid}: @pytest.mark.llm({given}) is not a valid llm "
                 "marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True) "
-                "(match the host too) or @pytest.mark.llm(live=True) (a deliberate live test)"
+                "(match the host too), @pytest.mark.llm(record_auth_errors=True) (keep the 401/403 "
+                "answers the test expects) or @pytest.mark.llm(live=True) (a deliberate live test)"
             )
 
 
@@ -688,6 +688,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             state.mode,
             item.nodeid,
             match_host=match_host,
+            record_auth_errors=marker.kwargs.get("record_auth_errors", False),
             block_network=state.block_network,
             allowed_hosts=state.allowed_hosts,
             fallback=fallback,
@@ -710,6 +711,8 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     with state._lock:
         if cassette.recorded:
             state.ledger.recorded.add(item.nodeid)
+        if cassette.auth_errors:
+            state.ledger.auth_errors[item.nodeid] = cassette.auth_errors
         if passed and cassette.write_protected and unplayed > 0:
             # the code now makes fewer calls than were recorded: the cassette (and its cost) is stale
             state.ledger.unplayed[item.nodeid] = unplayed

@@ -55,7 +55,7 @@ def test_query_key():
         ask(client)
 
 
-@pytest.mark.llm
+@pytest.mark.llm(record_auth_errors=True)  # its 401 is expected: recorded, and replayed
 def test_azure_key():
     with openai.AzureOpenAI(
         api_key={AZURE_KEY!r},
@@ -75,7 +75,7 @@ def test_body_key():
         ask(client, extra_body={{"api_key": BODY_KEY, "metadata": {{"note": "key " + BODY_KEY}}}})
 
 
-@pytest.mark.llm
+@pytest.mark.llm(record_auth_errors=True)
 def test_echoed_key():
     with openai.OpenAI(api_key={ECHOED_KEY!r}, base_url=BASE, max_retries=0) as client:
         with pytest.raises(openai.AuthenticationError, match="Incorrect API key"):

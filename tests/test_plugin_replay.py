@@ -319,6 +319,40 @@ def test_throttled_and_server_errors_are_not_recorded(pytester: pytest.Pytester,
     run(pytester).assert_outcomes(passed=1)
 
 
+@pytest.mark.usefixtures("with_key")
+@pytest.mark.parametrize(("status", "workers"), [(401, 0), (403, 2)], ids=["401", "403-xdist"])
+def test_an_authentication_error_is_seen_live_and_never_recorded(
+    pytester: pytest.Pytester, server: FakeOpenAI, status: int, workers: int
+) -> None:
+    """Recording with a wrong or expired key fails the test at once and writes no cassette, with a
+    notice naming the answer (an xdist worker's too); recording again with a good key gives a cassette
+    that replays offline."""
+    write_project(pytester, RETRY_TESTS)
+    server.fail_next(status)
+    if workers:
+        bad = pytester.runpytest_subprocess(
+            *PLUGIN_ARGS, *FAST_ARGS, "-n", str(workers), "--llm-record-mode=once"
+        )
+    else:
+        bad = run(pytester, "--llm-record-mode=once")
+    bad.assert_outcomes(failed=1)
+    bad.stdout.fnmatch_lines(
+        [
+            f"*{'AuthenticationError' if status == 401 else 'PermissionDeniedError'}*",
+            "llm-ledger: 1 test(s) got authentication errors while recording, left out of their cassettes: "
+            f"tests/test_app.py::test_retried ({status} POST /chat/completions); check the API key "
+            "(OPENAI_API_KEY) and record again, or mark a test that expects them "
+            "@pytest.mark.llm(record_auth_errors=True)",
+        ]
+    )
+    assert not (pytester.path / CASSETTES / "test_retried.yaml").exists()
+    record(pytester)
+    interactions = load_yaml(pytester.path / CASSETTES / "test_retried.yaml")["interactions"]
+    assert [i["response"]["status"] for i in interactions] == [200]
+    server.stop()
+    run(pytester).assert_outcomes(passed=1)
+
+
 MALFORMED = {
     "truncated": "version: 1\ninteractions:\n- request: {method: POST, url: 'http://x/v1\n",
     "missing response": "version: 1\ninteractions:\n- request: {method: POST, url: 'http://x/v1'}\n",

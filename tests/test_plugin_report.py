@@ -20,6 +20,7 @@ from tests.plugin_helpers import (
     run,
     server_fixture,
     with_key_fixture,
+    without_minutes,
     write_project,
 )
 
@@ -315,7 +316,7 @@ def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*llm-ledger: per-lens totals*", "summary *2 *2 *"])
     serial = json.loads((recorded.path / "serial.json").read_text())
     parallel = json.loads((recorded.path / "parallel.json").read_text())
-    assert parallel == serial
+    assert without_minutes(parallel) == without_minutes(serial)
 
 
 OWN_MONITOR_TESTS = """
@@ -534,3 +535,62 @@ def test_a_report_that_cannot_be_written_fails_the_run_with_the_reason(recorded:
     )
     output = result.stdout.str() + result.stderr.str()
     assert "Traceback" not in output and "report written" not in output
+
+
+PRICED_APART = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+HI = [{"role": "user", "content": "summarise the quarterly numbers for the board please"}]
+
+
+@pytest.mark.llm
+def test_priced_apart():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with ledger.lens("answers"):
+        client.chat.completions.create(model="gpt-5-mini", messages=HI)
+        client.chat.completions.create(model="gpt-5-mini", messages=HI, service_tier="flex")
+        client.chat.completions.create(
+            model="gpt-audio",
+            messages=HI,
+            extra_headers={"x-fake-prompt-audio-tokens": "9", "x-fake-completion-audio-tokens": "12"},
+        )
+        client.chat.completions.create(
+            model="gpt-6-sol", messages=HI, extra_headers={"x-fake-cache-write-tokens": "8"}
+        )
+"""
+
+
+@pytest.mark.usefixtures("server", "with_key")
+def test_a_report_reprices_to_its_live_cost_across_tiers_audio_and_cache_writes(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recorded session's report keeps each call's service tier, audio and cache-write tokens (a flex
+    call is not summed into a standard one), so repricing it with nothing changed gives its live cost;
+    so does the same session replayed offline."""
+    write_project(pytester, PRICED_APART)
+    for args in (["--llm-record-mode=once", "--llm-report=recorded.json"], ["--llm-report=replayed.json"]):
+        run(pytester, *args).assert_outcomes(passed=1)
+    for name in ("recorded.json", "replayed.json"):
+        data = json.loads((pytester.path / name).read_text())
+        rows = {(row["model"], row["service_tier"]): row for row in data["usage"]}
+        assert set(rows) == {
+            ("gpt-5-mini", "default"),
+            ("gpt-5-mini", "flex"),
+            ("gpt-audio", "default"),
+            ("gpt-6-sol", "default"),
+        }
+        audio, written = rows["gpt-audio", "default"], rows["gpt-6-sol", "default"]
+        assert (audio["prompt_audio_tokens"], audio["completion_audio_tokens"]) == (9, 12)
+        assert written["cache_write_tokens"] == 8
+        assert all(row["at"].endswith(":00+00:00") for row in rows.values())  # the minute it started
+        capsys.readouterr()  # the inner sessions' output
+        assert cli_main(["reprice", str(pytester.path / name), "--format", "json"]) == 0
+        total = json.loads(capsys.readouterr().out)["total"]
+        assert total["calls"] == 4
+        assert total["before_usd"] == data["total"]["cost_usd"] > 0
+        assert (total["after_usd"], total["change_usd"]) == (total["before_usd"], 0)

@@ -514,3 +514,71 @@ def test_a_model_openrouter_names_with_its_vendor_says_how_to_price_it(
     assert "'gpt-4o' (2 calls; at openrouter it is 'openai/gpt-4o': --model gpt-4o=openai/gpt-4o)" in out
     fixed = reprice_json(capsys, str(path), "--provider", "openrouter", "--model", "gpt-4o=openai/gpt-4o")
     assert by_lens(fixed)["summary"]["after_complete"] is True
+
+
+def _report_of(calls: list[dict[str, Any]], path: Path) -> Path:
+    ledger = SessionLedger()
+    for call in calls:
+        ledger.add_call("tests/test_x.py::test_x", call)
+    path.write_text(json.dumps(ledger.report(), indent=2))
+    return path
+
+
+def test_a_report_reprices_each_call_at_its_own_time_of_day(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Calls made at DeepSeek's peak and off-peak hours keep their minute in the report's usage rows, so
+    repricing the report on deepseek-chat gives what repricing the calls gives, whatever the time now."""
+    _, calls = recorded
+    hours = ("2026-12-03T10:00:05.250000+00:00", "2026-12-03T20:00:05.250000+00:00")  # peak, off-peak
+    timed = [
+        {**call, "timing": {**call["timing"], "start_time": hours[number % 2]}}
+        for number, call in enumerate(calls)
+    ]
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text("".join(json.dumps(call) + "\n" for call in timed))
+    report = _report_of(timed, tmp_path / "report.json")
+    assert {row["at"] for row in json.loads(report.read_text())["usage"]} == {
+        "2026-12-03T10:00:00+00:00",
+        "2026-12-03T20:00:00+00:00",
+    }
+    swap = [
+        "--provider",
+        "deepseek",
+        "--model",
+        "gpt-4o=deepseek-chat",
+        "--model",
+        "gpt-4o-mini=deepseek-chat",
+    ]
+    from_report = reprice_json(capsys, str(report), *swap)
+    from_log = reprice_json(capsys, str(log), *swap)
+    for key in ("lenses", "total", "unpriced_after"):
+        assert from_report[key] == from_log[key]
+
+
+def test_a_report_written_before_tiers_and_times_reprices_as_before(
+    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Usage rows without a service tier, a minute or the audio and cache-write counts (an older
+    report) read as standard-tier text calls priced now; a malformed one names the row and field."""
+    _, calls = recorded
+    report = _report_of(calls, tmp_path / "report.json")
+    data = json.loads(report.read_text())
+    new = ("service_tier", "at", "cache_write_tokens", "prompt_audio_tokens", "completion_audio_tokens")
+    old = tmp_path / "old.json"
+    old.write_text(
+        json.dumps(
+            {**data, "usage": [{k: v for k, v in row.items() if k not in new} for row in data["usage"]]}
+        )
+    )
+    swap = ("--model", "gpt-4o=gpt-4.1-mini")
+    assert reprice_json(capsys, str(old), *swap)["total"] == reprice_json(capsys, str(report), *swap)["total"]
+    for field, value, expected in [
+        ("at", "yesterday", "at: expected an ISO date-time or null, got 'yesterday'"),
+        ("service_tier", 1, "service_tier: expected a tier name or null, got 1"),
+        ("prompt_audio_tokens", -1, "prompt_audio_tokens: expected a whole number >= 0, got -1"),
+    ]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**data, "usage": [{**data["usage"][0], field: value}]}))
+        assert main(["reprice", str(bad)]) == 2
+        assert f"{bad}: usage[0].{expected}" in capsys.readouterr().err
