@@ -29,7 +29,8 @@ __all__ = [
 class Captured:
     """Records emitted while a :func:`capture` block was open, in emission order, each copied when
     emitted (docs/CI.md). Records from other threads and tasks count too (a sink is called on the thread
-    that ended the call); the lists are snapshots, safe to read while calls are still running.
+    that ended the call). ``calls``, ``lenses`` and iterating give snapshots, safe to read while calls
+    are still running; ``records`` is the list the records go to.
     """
 
     def __init__(self) -> None:
