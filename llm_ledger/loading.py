@@ -312,9 +312,11 @@ class Document:
         values: dict[str, yaml.Node] = {}
         for key, key_node, value_node in self.mapping(node, key_path, expected):
             if key not in keys:
-                name = key if _KEY_LIKE.fullmatch(key) else f"<a key of {len(key)} characters>"
+                known = _KEY_LIKE.fullmatch(key) is not None
+                name = key if known else f"<a key of {len(key)} characters>"
                 where = f"{key_path}.{name}" if key_path else name
-                raise self.error(key_node, where, f"unknown key; valid keys: {', '.join(keys)}")
+                hint = did_you_mean(key, keys) if known else ""
+                raise self.error(key_node, where, f"unknown key{hint}; valid keys: {', '.join(keys)}")
             values[key] = value_node
         for key, meaning in (required or {}).items():
             if key not in values:

@@ -305,7 +305,8 @@ def test_configure_reads_budgets_yaml_and_the_environment(
     [
         (
             {"lenses": {"digest": {"max_calls": 3}}},
-            "configure(budgets=...): lenses.digest.max_calls: unknown key; valid keys: max_api_calls, "
+            "configure(budgets=...): lenses.digest.max_calls: unknown key (did you mean 'max_api_calls'?); "
+            "valid keys: max_api_calls, "
             "max_completion_tokens, max_cost_usd, max_prompt_tokens, max_total_tokens",
         ),
         (
@@ -314,7 +315,8 @@ def test_configure_reads_budgets_yaml_and_the_environment(
         ),
         (
             {"lense": {}},
-            "configure(budgets=...): lense: unknown key; valid keys: default, lenses, tests, total",
+            "configure(budgets=...): lense: unknown key (did you mean 'lenses'?); "
+            "valid keys: default, lenses, tests, total",
         ),
         (
             {"lenses": {"digest": {"max_api_calls": 2.5}}},

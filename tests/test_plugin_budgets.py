@@ -156,7 +156,7 @@ def test_a_lens_left_open_by_an_abandoned_stream_is_checked_and_reported(
 
 BAD_BUDGETS = {
     "unknown key": ("lenses:\n  summary:\n    max_cost: 1\n",
-                    "budgets.yaml:3: lenses.summary.max_cost: unknown key; "
+                    "budgets.yaml:3: lenses.summary.max_cost: unknown key (did you mean 'max_cost_usd'?); "
                     "valid keys: max_api_calls, max_completion_tokens, max_cost_usd, *"),
     "wrong type": ("total:\n  max_api_calls: many\n", "budgets.yaml:2: total.max_api_calls: "
                    "expected a non-negative whole number, got 'many'"),
