@@ -393,7 +393,7 @@ class Route:
         # Audio the cache served is counted in cached_tokens too: billed there, at the cached rate. A model
         # with no cached rate bills cached tokens as any other (cached == inp: text may go below 0 and
         # cancel them out), so its audio keeps the audio rate, as genai-prices bills it.
-        if cached != inp:
+        if heard and cached != inp:
             heard -= max(0, cached_tokens + written + heard - prompt_tokens)
         text = prompt_tokens - cached_tokens - written - heard
         prompt_cost = text * inp + cached_tokens * cached + written * write + heard * audio_in
