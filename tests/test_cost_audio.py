@@ -9,29 +9,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import genai_prices
 import openai
 import pytest
 
 from llm_ledger import price
-from llm_ledger._cli import main
 from llm_ledger.testing import Captured
-
-
-def genai_usd(model: str, usage: dict[str, Any]) -> Decimal:
-    """What genai-prices charges for ``usage`` at OpenAI (the independent reference)."""
-    calc = genai_prices.calc_price(
-        genai_prices.Usage(
-            input_tokens=usage["prompt_tokens"],
-            input_audio_tokens=usage["prompt_audio_tokens"],
-            cache_read_tokens=usage.get("cached_tokens", 0),
-            output_tokens=usage["completion_tokens"],
-            output_audio_tokens=usage["completion_audio_tokens"],
-        ),
-        model,
-        provider_id="openai",
-    )
-    return calc.total_price
+from tests.cost_helpers import assert_repriced_unchanged, genai_usd
 
 
 @pytest.mark.parametrize(
@@ -89,10 +72,7 @@ def test_an_audio_call_is_recorded_at_the_audio_rates_and_reprice_agrees(
 
     log = tmp_path / "llm_calls.jsonl"
     log.write_text(json.dumps(record) + "\n")
-    assert main(["reprice", str(log), "--format", "json"]) == 0
-    repriced = json.loads(capsys.readouterr().out)["total"]
-    assert repriced["change_usd"] == 0
-    assert repriced["after_usd"] == repriced["before_usd"]
+    assert_repriced_unchanged(log, capsys)
 
 
 @pytest.mark.parametrize(("prompt", "cached"), [(1_000, 400), (1_000, 900), (800, 800)])

@@ -9,32 +9,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import genai_prices
 import openai
 import pytest
 
 import llm_ledger
 from llm_ledger import PriceTable, price
-from llm_ledger._cli import main
 from llm_ledger._pricing import HostPrice
 from llm_ledger.testing import Captured
+from tests.cost_helpers import assert_repriced_unchanged, genai_usd
 
 WORDS = "the quarterly figures by region and product line " * 400
-
-
-def genai_usd(model: str, usage: dict[str, Any], provider: str = "openai") -> Decimal:
-    """What genai-prices charges for ``usage`` (the independent reference)."""
-    calc = genai_prices.calc_price(
-        genai_prices.Usage(
-            input_tokens=usage["prompt_tokens"],
-            cache_read_tokens=usage["cached_tokens"],
-            cache_write_tokens=usage["cache_write_tokens"],
-            output_tokens=usage["completion_tokens"],
-        ),
-        model,
-        provider_id=provider,
-    )
-    return calc.total_price
 
 
 @pytest.mark.parametrize(
@@ -81,7 +65,10 @@ def test_every_cache_write_rate_matches_genai_prices() -> None:
             )
             if cost is None:  # not priced per token: not ours to price
                 continue
-            assert cost.total_cost_usd == genai_usd(info.id, usage, provider.id), (provider.id, info.id)
+            assert cost.total_cost_usd == genai_usd(info.id, usage, provider=provider.id), (
+                provider.id,
+                info.id,
+            )
             checked += 1
     assert checked >= 100
 
@@ -129,10 +116,7 @@ def test_a_call_that_writes_to_the_cache_is_recorded_at_the_write_rate_and_repri
 
     log = tmp_path / "llm_calls.jsonl"
     log.write_text(json.dumps(record) + "\n")
-    assert main(["reprice", str(log), "--format", "json"]) == 0
-    repriced = json.loads(capsys.readouterr().out)["total"]
-    assert repriced["change_usd"] == 0
-    assert repriced["after_usd"] == repriced["before_usd"]
+    assert_repriced_unchanged(log, capsys)
 
 
 def test_claude_through_openrouter_bills_its_cache_writes(
@@ -145,5 +129,5 @@ def test_claude_through_openrouter_bills_its_cache_writes(
     (record,) = records.calls
     assert record["server"]["provider"] == "openrouter"
     assert Decimal(repr(record["cost"]["total_cost_usd"])) == genai_usd(
-        "anthropic/claude-haiku-4.5", record["usage"], "openrouter"
+        "anthropic/claude-haiku-4.5", record["usage"], provider="openrouter"
     )

@@ -9,30 +9,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import genai_prices
 import openai
 import pytest
 
 from llm_ledger import PriceTable, Rates, price
 from llm_ledger._cli import main
 from llm_ledger.testing import Captured
+from tests.cost_helpers import assert_repriced_unchanged, genai_usd
 
 HI: Any = [{"role": "user", "content": "summarise the quarterly numbers " * 40}]
-
-
-def genai_usd(model: str, usage: dict[str, Any], tier: str | None, provider: str = "openai") -> Decimal:
-    """What genai-prices charges for ``usage`` on ``tier`` (the independent reference)."""
-    calc = genai_prices.calc_price(
-        genai_prices.Usage(
-            input_tokens=usage["prompt_tokens"],
-            cache_read_tokens=usage["cached_tokens"],
-            output_tokens=usage["completion_tokens"],
-        ),
-        model,
-        provider_id=provider,
-        price_context=None if tier is None else {"service_tier": tier},
-    )
-    return calc.total_price
 
 
 @pytest.mark.parametrize(
@@ -82,7 +67,7 @@ def test_every_openai_tier_price_matches_genai_prices() -> None:
             )
             if cost is None:  # not priced per token (images, audio): not ours to price
                 continue
-            assert cost.total_cost_usd == genai_usd(info.id, usage, tier), (info.id, tier)
+            assert cost.total_cost_usd == genai_usd(info.id, usage, tier=tier), (info.id, tier)
             checked += 1
     assert checked >= 60
 
@@ -149,7 +134,7 @@ def test_calls_on_flex_and_priority_are_recorded_at_their_tiers_price_and_repric
         assert record["response"]["service_tier"] == tier
         assert record["cost"]["source"].startswith("genai-prices")
         costs[tier] = Decimal(repr(record["cost"]["total_cost_usd"]))
-        assert costs[tier] == genai_usd("gpt-5-mini", record["usage"], tier)
+        assert costs[tier] == genai_usd("gpt-5-mini", record["usage"], tier=tier)
     assert costs["flex"] * 2 == costs["default"] < costs["priority"]
 
     log = tmp_path / "llm_calls.jsonl"
@@ -158,7 +143,4 @@ def test_calls_on_flex_and_priority_are_recorded_at_their_tiers_price_and_repric
     rows = json.loads(capsys.readouterr().out)["rows"]
     by_tier = {row["key"]["response.service_tier"]: Decimal(repr(row["cost_usd"])) for row in rows}
     assert by_tier == costs
-    assert main(["reprice", str(log), "--format", "json"]) == 0
-    total = json.loads(capsys.readouterr().out)["total"]
-    assert total["change_usd"] == 0
-    assert total["after_usd"] == total["before_usd"]
+    assert_repriced_unchanged(log, capsys)
