@@ -405,7 +405,7 @@ def test_an_error_inside_a_stream_read_as_bytes_is_recorded_as_create_records_it
     else:
         request["input"] = "hello there"
         endpoint = client.responses
-    with capture(monitor) as records:
+    with client, capture(monitor) as records:
         try:
             for _ in endpoint.create(**request):
                 pass
