@@ -7,11 +7,13 @@ they leave as JSON numbers.
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, Self
 
 from llm_ledger import Budgets, Limits
@@ -545,7 +547,48 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
             f"{listed(idle_lenses)}; lens keys that ran: {listed(ran) or 'none'}"
         )
+    unbudgeted = _unbudgeted(ledger, budgets)
+    if unbudgeted:
+        out.append(unbudgeted)
     return out, bool(idle or idle_lenses)
+
+
+def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
+    """The lenses that ran with no limits (no entry, no default), which would otherwise pass with any
+    cost, and the budgets.yaml lines that limit each to its largest run (fail closed: a new lens is
+    named, and fails a strict run, until it has a budget)."""
+    if budgets.default is not None:
+        return ""
+    runs = {key: runs for key, runs in ledger.runs_by_lens().items() if key not in budgets.lenses}
+    if not runs:
+        return ""
+    lines = [
+        f"llm-ledger: {len(runs)} lens(es) ran with no budget in {budgets.source} (no entry under lenses, "
+        f"no default), so --llm-budget checked nothing for them: {listed(list(runs))}; add under lenses "
+        "(their largest run's figures, raise them for headroom):"
+    ]
+    for key, each in runs.items():
+        totals = [run for _, run in each]
+        limits = [
+            f"max_api_calls: {max(t.api_calls for t in totals)}",
+            f"max_total_tokens: {max(t.total_tokens for t in totals)}",
+        ]
+        if all(t.cost_complete for t in totals):  # an unknown cost would only breach a cost limit
+            limits.append(f"max_cost_usd: {_rounded_up(max(t.cost for t in totals))}")
+        name = key if _PLAIN_KEY.fullmatch(key) else json.dumps(key)
+        lines.append(f"  {name}: {{{', '.join(limits)}}}")
+    return "\n".join(lines)
+
+
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # a lens key YAML reads unquoted as itself
+
+
+def _rounded_up(usd: Decimal) -> str:
+    """``usd`` rounded up to two significant digits, so a limit of it still passes the run it came from."""
+    if not usd:
+        return "0"
+    step = Decimal(1).scaleb(usd.adjusted() - 1)
+    return f"{(usd / step).to_integral_value(ROUND_CEILING) * step:f}"
 
 
 def sets_limits(budgets: Budgets) -> bool:

@@ -550,7 +550,10 @@ def test_strict_mode_fails_the_run_on_any_notice(
             "*",
             "llm-ledger: no run of 1 test(s) with a budget, not checked: tests/test_app.py::gone",
             "llm-ledger: no run of 1 lens(es) with a budget, not checked: 'summry'*",
-            "llm-ledger: strict mode (--llm-strict / ini llm_strict): 2 notice(s) above fail the run",
+            "llm-ledger: 2 lens(es) ran with no budget in budgets.yaml *",
+            "  digest: {*",
+            "  summary: {*",
+            "llm-ledger: strict mode (--llm-strict / ini llm_strict): 3 notice(s) above fail the run",
         ]
     )
 
@@ -599,3 +602,40 @@ def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester, ke
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{key} = 'maybe' in *pytest.ini is not a boolean; use true or false"])
+
+
+def test_a_lens_with_no_budget_is_named_with_the_yaml_to_add(recorded: pytest.Pytester) -> None:
+    """A lens that ran with no entry in budgets.yaml and no default was checked against nothing: the run
+    names it with the YAML to add (its largest run's figures), --llm-strict fails on it, and the YAML
+    shown, added under lenses, makes the same strict run pass."""
+    budgets(recorded, "lenses:\n  summary: {max_api_calls: 1}\n")
+
+    lenient = run(recorded, "--llm-budget")
+    strict = run(recorded, "--llm-budget", "--llm-strict")
+
+    assert lenient.ret == pytest.ExitCode.OK
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+    strict.assert_outcomes(passed=3)
+    for result in (lenient, strict):
+        result.stdout.fnmatch_lines(
+            [
+                "llm-ledger: 1 lens(es) ran with no budget in budgets.yaml (no entry under lenses, no "
+                "default), so --llm-budget checked nothing for them: digest; add under lenses (their "
+                "largest run's figures, raise them for headroom):",
+                "  digest: {max_api_calls: 1, max_total_tokens: *, max_cost_usd: 0.0*}",
+            ]
+        )
+    shown = next(line for line in strict.outlines if line.startswith("  digest: {"))
+    budgets(recorded, f"lenses:\n  summary: {{max_api_calls: 1}}\n{shown}\n")
+
+    assert run(recorded, "--llm-budget", "--llm-strict").ret == pytest.ExitCode.OK
+
+
+def test_a_default_budget_covers_every_lens(recorded: pytest.Pytester) -> None:
+    """With a default, no lens is unbudgeted; a lens listed with no limit ({}) is deliberately unlimited."""
+    budgets(recorded, "lenses:\n  summary: {}\ndefault: {max_api_calls: 1}\n")
+
+    result = run(recorded, "--llm-budget", "--llm-strict")
+
+    assert result.ret == pytest.ExitCode.OK
+    assert "no budget" not in result.stdout.str()
