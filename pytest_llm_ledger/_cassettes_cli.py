@@ -3,7 +3,9 @@
 Which cassettes the tests own is asked of pytest itself (a collection with the plugin, nothing run),
 so the answer follows the project's own configuration: its ini, rootdir, cassette directory and
 test selection. Cassettes whose test no longer plays every interaction (stale ones) are named at the
-end of a test run, where ``--llm-strict`` fails on them.
+end of a test run, where ``--llm-strict`` fails on them. Exit status: 0 no orphans (or pruned), 1
+orphans listed, 2 the tests could not be collected, or the cassette directory is missing or holds no
+cassette (nothing could be checked).
 """
 
 from __future__ import annotations
@@ -57,15 +59,25 @@ def run(args: argparse.Namespace) -> int:
     from pytest_llm_ledger._naming import orphan_cassettes
 
     directory = Path(data["cassette_dir"])
+    # a directory that is not there, or holds no cassette, checks nothing: a misspelt llm_cassette_dir
+    # must not read as "no orphan cassettes" in CI
+    problem = None
+    if not directory.is_dir():
+        problem = "does not exist (ini llm_cassette_dir, or --llm-cassette-dir after --)"
+    elif not any(path.is_file() for path in directory.rglob("*.yaml")):
+        problem = "holds no cassette (.yaml file)"
+    if problem is not None:
+        print(
+            f"llm-ledger cassettes: error: the cassette directory {_shown(directory)} {problem}; nothing "
+            "was checked",
+            file=sys.stderr,
+        )
+        return 2
     owned = data["cassettes"]
     within = data.get("within")  # the folders of the files and folders collected; None: all of it
     folders = None if within is None else [Path(path) for path in within]
     tested = (Path(data["project"]), data["tested"])
-    orphans = (
-        orphan_cassettes(directory, owned, data.get("keep", ()), folders, tested)
-        if directory.is_dir()
-        else []
-    )
+    orphans = orphan_cassettes(directory, owned, data.get("keep", ()), folders, tested)
     never = sorted(path for path in owned if not Path(path).exists())
     print(f"{len(owned)} collected test(s) replay from cassettes under {_shown(directory)}")
     for path in never:

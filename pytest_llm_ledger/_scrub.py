@@ -12,7 +12,7 @@ this way, so a fresh recording passes ``--check``.
 ``--check`` changes nothing and exits 1 when a file would change, listing what (never the secret
 values), so CI can refuse cassettes that leak; when nothing would change it prints one summary
 line. Exit status: 0 clean or scrubbed, 1 ``--check`` found something, 2 a file could not be read
-safely.
+safely, or a path given does not exist or is a directory with no cassette (nothing was checked).
 """
 
 from __future__ import annotations
@@ -207,21 +207,35 @@ def scrub_file(path: Path, *, check: bool = False) -> list[str]:
 _SUFFIXES: Final = (".yaml", ".yml", ".json")
 
 
-def _expand(names: list[str]) -> list[Path]:
-    """Files as given; a directory stands for every .yaml / .yml / .json file below it, sorted."""
+def _expand(names: list[str]) -> tuple[list[Path], list[str]]:
+    """Files as given; a directory stands for every .yaml / .yml / .json file below it, sorted. And the
+    errors of the names that stand for nothing: a CI job pointed at the wrong path fails, rather than
+    passing on no cassette checked."""
     paths: list[Path] = []
+    errors: list[str] = []
     for name in names:
         path = Path(name)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file()))
+            found = sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+            if not found:
+                errors.append(
+                    f"{name}: no cassette (.yaml, .yml or .json file) in this directory or below it; give "
+                    "the directory the cassettes are in"
+                )
+            paths.extend(found)
+        elif path.suffix not in _SUFFIXES and not path.exists():
+            errors.append(f"{name}: no such file or directory")
         else:
-            paths.append(path)
-    return paths
+            paths.append(path)  # a missing cassette file: scrub_file says so
+    return paths, errors
 
 
 def _run(args: argparse.Namespace) -> int:
-    failed = changed = 0
-    paths = _expand(args.cassettes)
+    changed = 0
+    paths, errors = _expand(args.cassettes)
+    for error in errors:
+        print(f"llm-ledger scrub: error: {error}", file=sys.stderr)
+    failed = len(errors)
     checked = len(paths)
     for path in paths:
         try:
@@ -261,7 +275,10 @@ def register(subparsers: Any, summary: str) -> None:
             "query parameters and JSON fields and anything shaped like an OpenAI key, and rewrite each "
             "file atomically. YAML is loaded safely; tags that would build Python objects are refused."
         ),
-        epilog="exit status: 0 clean or scrubbed, 1 --check found something, 2 a file could not be used",
+        epilog=(
+            "exit status: 0 clean or scrubbed, 1 --check found something, 2 a file could not be used, "
+            "or a path holds no cassette"
+        ),
     )
     parser.add_argument(
         "cassettes",

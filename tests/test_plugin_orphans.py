@@ -188,3 +188,30 @@ def test_cassettes_of_test_files_not_collected_are_not_orphans(pytester: pytest.
     assert pruned.returncode == 0, pruned.stderr
     assert "deleted 1 orphan cassette(s)" in pruned.stdout
     assert not orphan.exists() and all(path.exists() for path in kept)
+
+
+def test_cassettes_of_a_missing_or_empty_cassette_directory_fail(pytester: pytest.Pytester) -> None:
+    """``llm-ledger cassettes`` with a cassette directory that does not exist (a misspelt
+    llm_cassette_dir) or holds no cassette checks nothing: an error naming the directory and the
+    setting, exit 2, rather than "no orphan cassettes"."""
+    write_project(pytester, TESTS)
+    pytester.makefile(".ini", pytest=PROJECT_INI + "llm_cassette_dir = casettes\n")
+
+    def cassettes(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "llm_ledger", "cassettes", *args]
+        return subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
+
+    missing = cassettes()
+    assert missing.returncode == 2, missing.stdout
+    assert missing.stderr == (
+        "llm-ledger cassettes: error: the cassette directory casettes does not exist (ini llm_cassette_dir, "
+        "or --llm-cassette-dir after --); nothing was checked\n"
+    )
+    (pytester.path / "casettes" / "tests").mkdir(parents=True)
+    empty = cassettes()
+    assert empty.returncode == 2, empty.stdout
+    assert empty.stderr == (
+        "llm-ledger cassettes: error: the cassette directory casettes holds no cassette (.yaml file); "
+        "nothing was checked\n"
+    )
+    assert "no orphan" not in missing.stdout + empty.stdout

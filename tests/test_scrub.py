@@ -374,3 +374,32 @@ def test_scrub_and_the_plugin_word_invalid_yaml_alike(
     with pytest.raises(CassetteError) as raised:
         LedgerCassette(path, "none", "t.py::t")
     assert str(raised.value).startswith(message + ". The file is not a valid llm-ledger cassette")
+
+
+def test_a_directory_with_no_cassette_fails_instead_of_checking_nothing(
+    fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`scrub --check DIR` on a directory holding no cassette (a CI job pointed at the wrong folder) is an
+    error naming it, exit 2, even beside a directory that holds some; never "0 cassette(s) checked"."""
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not a cassette\n")
+    full = tmp_path / "full"
+    _record(fake_openai, full / "a.yaml", "yaml")
+    _run(capsys, str(full))  # scrubbed: --check finds nothing more in it
+
+    for args in ([str(tmp_path / "empty")], [str(full), str(tmp_path / "empty")]):
+        status, out, err = _run(capsys, "--check", *args)
+        assert status == 2
+        assert err == (
+            f"llm-ledger scrub: error: {tmp_path / 'empty'}: no cassette (.yaml, .yml or .json file) in this "
+            "directory or below it; give the directory the cassettes are in\n"
+        )
+        assert "checked" not in out
+
+
+def test_a_missing_directory_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A path that does not exist and is not a cassette's name (a folder misspelt in a CI job) is an
+    error naming it, exit 2."""
+    status, out, err = _run(capsys, "--check", str(tmp_path / "casettes"))
+    assert status == 2 and "checked" not in out
+    assert err == f"llm-ledger scrub: error: {tmp_path / 'casettes'}: no such file or directory\n"
