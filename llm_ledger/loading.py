@@ -3,7 +3,8 @@ reports), public so that the pytest plugin and your own tools read files with th
 errors: only a regular file, of at most :data:`MAX_BYTES` (:func:`read_file`); YAML composed into nodes
 and read node by node, free-form values (:meth:`Document.value`) built only by PyYAML's safe constructor
 (so no tag can run code); one number parser (:meth:`Document.number`:
-``2.50``, ``1e-3``, ``1_000`` mean the same in every file); every error reads ``file:line: key.path: what
+``2.50``, ``1e-3``, ``1_000`` mean the same in every file, and YAML 1.1's other bases, ``1:30``
+(base 60: 90), ``0x10``, ``010`` (octal: 8), are errors); every error reads ``file:line: key.path: what
 is wrong; valid choices``, quoting at most the offending value, shortened, and never one that looks like
 a credential (:func:`shown`: a price file pointed at a ``.env`` must not print the key it holds).
 :func:`did_you_mean` is the one "(did you mean 'x'?)" hint of every error naming a bad name.
@@ -53,6 +54,8 @@ _SAFE_TAGS: Final = frozenset(
     _TAG_PREFIX + name for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
 )
 # Unquoted plain scalars YAML 1.1 reads as strings but everyone means as numbers (1e-3, 2E+1).
+# A YAML 1.1 integer written in decimal (``1_000`` groups digits); ``010``, ``0x10``, ``1:30`` are not.
+_DECIMAL_INT: Final = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
 _PLAIN_NUMBER: Final = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 # Values that may be credentials are described, never quoted: secret-key shapes, assignments (.env),
 # password hashes (/etc/shadow), long token-like runs, and credential words.
@@ -330,6 +333,7 @@ class Document:
         self.check_tag(node, key_path)
         value: Decimal | None = None
         if isinstance(node, yaml.ScalarNode):
+            self._refuse_other_bases(node, key_path)
             if node.tag == _INT:
                 try:
                     value = Decimal(self._constructor.construct_yaml_int(node))
@@ -361,8 +365,36 @@ class Document:
             )
         return value
 
+    def _refuse_other_bases(self, node: yaml.ScalarNode, key_path: str) -> None:
+        """YAML 1.1 reads ``1:30`` as 90 (base 60), ``0x10`` as 16, ``010`` as 8 (octal), ``0b11`` as 3;
+        YAML 1.2 tools read some of them otherwise, and a reader of the file none as that number: an
+        error naming what YAML 1.1 makes of it, so that a limit or a price is only ever what it reads as."""
+        text = node.value
+        if node.tag == _INT and not _DECIMAL_INT.fullmatch(text):
+            digits = text.lstrip("+-").lower()
+            base = (
+                "base 60" if ":" in text else
+                "hexadecimal" if digits.startswith("0x") else
+                "binary" if digits.startswith("0b") else
+                "octal"
+            )  # fmt: skip
+        elif node.tag == _FLOAT and ":" in text:
+            base = "base 60"
+        else:
+            return
+        try:
+            meant = self._constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+            return  # not a number at all: the caller's error says what is expected
+        raise self.error(
+            node,
+            key_path,
+            f"{text} is not a plain decimal number: YAML 1.1 reads it as {meant} ({base}); write the "
+            "number in decimal digits (e.g. 90, 0.5, 1e-3)",
+        )
+
     def _float_text(self, node: yaml.ScalarNode) -> str:
-        # YAML 1.1 spellings Decimal cannot read (".inf", "1:30.5" sexagesimal) go through PyYAML's float.
+        # YAML 1.1 spellings Decimal cannot read (".inf") go through PyYAML's float: refused as not finite
         try:
             return repr(self._constructor.construct_yaml_float(node))
         except (ValueError, TypeError):

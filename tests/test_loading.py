@@ -61,6 +61,39 @@ def test_exponent_numbers_mean_the_same_in_prices_and_budgets(tmp_path: Path) ->
     )
 
 
+# YAML 1.1 numbers a reader would not read as the file's value (PyYAML would: 1:30 is 90, 010 is 8)
+SURPRISING = {
+    "1:30": "90 (base 60)",
+    "1:30.5": "90.5 (base 60)",
+    "0x10": "16 (hexadecimal)",
+    "010": "8 (octal)",
+    "0b11": "3 (binary)",
+}
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+@pytest.mark.parametrize("written", SURPRISING)
+def test_yaml_1_1_numbers_that_read_as_another_value_are_errors(
+    tmp_path: Path, kind: str, written: str
+) -> None:
+    """A sexagesimal, hexadecimal, octal or binary number in a budget or a price is an error at its line
+    and key path saying what YAML 1.1 would make of it, not a limit or a rate of that value."""
+    load, error = LOADERS[kind]
+    path = tmp_path / "numbers.yaml"
+    if kind == "price file":
+        path.write_text(f"version: 1\nmodels:\n  m:\n    input: 1\n    output: {written}\n")
+        where = f"{path}:5: models.m.output"
+    else:
+        path.write_text(f"lenses:\n  digest:\n    max_api_calls: 2\n    max_total_tokens: {written}\n")
+        where = f"{path}:4: lenses.digest.max_total_tokens"
+    with pytest.raises(error) as excinfo:
+        load(path)
+    assert str(excinfo.value) == (
+        f"{where}: {written} is not a plain decimal number: YAML 1.1 reads it as {SURPRISING[written]}; "
+        "write the number in decimal digits (e.g. 90, 0.5, 1e-3)"
+    )
+
+
 @pytest.mark.parametrize("kind", LOADERS)
 @pytest.mark.parametrize(
     "text",
