@@ -117,6 +117,23 @@ def canonical_key(method: str, url: str, body: bytes | None, headers: Any = None
     )
 
 
+AUTH_ERRORS: Final = (401, 403)
+
+
+def auth_answers(interactions: list[dict[str, Any]]) -> list[str]:
+    """The 401/403 answers of a loaded cassette's ``interactions``, as "401 POST /chat/completions"."""
+    return [
+        auth_answer(item["response"]["status"], item["request"]["method"], item["request"]["url"])
+        for item in interactions
+        if item["response"]["status"] in AUTH_ERRORS
+    ]
+
+
+def auth_answer(status: int, method: str, url: str) -> str:
+    """How messages name a 401/403 answer: "401 POST /chat/completions"."""
+    return f"{status} {method.upper()} {api_path(urlsplit(url).path)}"
+
+
 def rerecord_command(nodeid: str, mode: str) -> str:
     """The command that runs one test in ``mode``, to record or re-record its cassette."""
     return f"pytest {shlex.quote(nodeid)} --llm-record-mode={mode}"
@@ -214,6 +231,7 @@ class LedgerCassette:
         self.misses: list[str] = []
         self.blocked: list[str] = []
         self.auth_errors: list[str] = []  # 401/403 answers left out: "401 POST /chat/completions"
+        self.replayed_auth_errors: list[str] = []  # 401/403 answers replayed that the test does not expect
         self.played = 0
         if self.existed and mode != "rewrite":
             self.loaded = [_interaction(item) for item in _format.load_cassette(path)]
@@ -260,7 +278,12 @@ class LedgerCassette:
                 self._miss(request)
             index = request.__dict__.pop(_PLAY_ATTR)
             assert index is not None
-        return self.loaded[index].replay
+        played = self.loaded[index]
+        if played.status in AUTH_ERRORS and not self.record_auth_errors:
+            # recorded before 401/403 answers were left out: it replays a wrong key's error forever
+            with self._lock:
+                self.replayed_auth_errors.append(auth_answer(played.status, played.method, played.url))
+        return played.replay
 
     def filter_request(self, request: Any) -> Any:
         # None tells vcrpy's stubs a request is not this cassette's to refuse: it is sent
@@ -274,10 +297,10 @@ class LedgerCassette:
         status = int(response["status"]["code"])
         if status == 429 or status >= 500:
             return  # throttling and server errors say nothing about the code under test
-        if status in (401, 403) and not self.record_auth_errors:
+        if status in AUTH_ERRORS and not self.record_auth_errors:
             # a wrong or expired key at record time: the test saw the error live, but a recording would
             # replay it in every later run, whatever key that run has
-            answer = f"{status} {request.method.upper()} {api_path(urlsplit(request.uri).path)}"
+            answer = auth_answer(status, request.method, request.uri)
             with self._lock:
                 self.auth_errors.append(answer)
             return

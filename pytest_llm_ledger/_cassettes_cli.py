@@ -2,9 +2,13 @@
 
 Which cassettes the tests own is asked of pytest itself (a collection with the plugin, nothing run),
 so the answer follows the project's own configuration: its ini, rootdir, cassette directory and
-test selection. Cassettes whose test no longer plays every interaction (stale ones) are named at the
-end of a test run, where ``--llm-strict`` fails on them. Exit status: 0 no orphans (or pruned), 1
-orphans listed, 2 the tests could not be collected, or the cassette directory is missing or holds no
+test selection. It also lists the cassettes that replay a 401/403 answer their test does not
+expect (one not marked ``record_auth_errors=True``: recorded before llm-ledger left such answers out).
+Cassettes whose test no longer plays every interaction (stale ones) are named at the end of a test
+run, where ``--llm-strict`` fails on them.
+
+Exit status: 0 nothing to fix (orphans pruned), 1 orphans or auth-error cassettes listed, 2 a cassette
+could not be read, the tests could not be collected, or the cassette directory is missing or holds no
 cassette (nothing could be checked).
 """
 
@@ -82,15 +86,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(owned)} collected test(s) replay from cassettes under {_shown(directory)}")
     for path in never:
         print(f"  never recorded: {_shown(Path(path))}")
+    expected = set(data.get("expect_auth_errors", ()))
+    denied, status = _auth_errors(sorted(set(owned) - set(never) - expected))
+    if denied:
+        print(
+            f"{len(denied)} cassette(s) replay an authentication error (401/403) their test does not "
+            "expect; re-record each with --llm-record-mode=rewrite, or mark its test "
+            "@pytest.mark.llm(record_auth_errors=True):"
+        )
+        for path, answers in denied.items():
+            print(f"  {_shown(path)}: {', '.join(answers)}")
+        status = max(status, 1)
     if not orphans:
         print("no orphan cassettes")
-        return 0
+        return status
     print(f"{len(orphans)} orphan cassette(s), owned by no collected test:")
     for path in orphans:
         print(f"  {_shown(path)}")
     if not args.prune:
         print("delete them with `llm-ledger cassettes --prune` (with the same pytest arguments)")
-        return 1
+        return max(status, 1)
     for path in orphans:
         path.unlink()
         parent = path.parent
@@ -98,7 +113,29 @@ def run(args: argparse.Namespace) -> int:
             parent.rmdir()
             parent = parent.parent
     print(f"deleted {len(orphans)} orphan cassette(s)")
-    return 0
+    return status
+
+
+def _auth_errors(paths: list[str]) -> tuple[dict[Path, list[str]], int]:
+    """The cassettes of ``paths`` holding 401/403 answers (recorded before llm-ledger left them out):
+    CI replays a wrong key's error from them forever. And 2 when one could not be read, else 0."""
+    from llm_ledger import CassetteError
+    from pytest_llm_ledger._cassette import auth_answers
+    from pytest_llm_ledger._format import load_cassette
+
+    found: dict[Path, list[str]] = {}
+    status = 0
+    for name in paths:
+        path = Path(name)
+        try:
+            answers = auth_answers(load_cassette(path))
+        except CassetteError as exc:
+            print(f"llm-ledger cassettes: error: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        if answers:
+            found[path] = answers
+    return found, status
 
 
 def _shown(path: Path) -> str:

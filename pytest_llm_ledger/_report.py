@@ -20,6 +20,8 @@ from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
 from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, text_table, usage_row
 
+from ._cassette import rerecord_command
+
 __all__ = [
     "SESSION_BUCKET",
     "Breach",
@@ -270,6 +272,9 @@ class SessionLedger:
         self.unplayed: dict[str, int] = {}  # node id -> recorded interactions its passing run never played
         self.recorded: set[str] = set()  # node ids whose cassette this run recorded into
         self.auth_errors: dict[str, list[str]] = {}  # node id -> the 401/403 answers its cassette left out
+        # node id -> "its cassette: the 401/403 answers it replayed" (the test does not expect them)
+        self.replayed_auth_errors: dict[str, str] = {}
+        self.expect_auth_errors: set[str] = set()  # the cassette paths of tests marked record_auth_errors
         self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
@@ -320,6 +325,7 @@ class SessionLedger:
             "unplayed": self.unplayed,
             "recorded": sorted(self.recorded),
             "auth_errors": self.auth_errors,
+            "replayed_auth_errors": self.replayed_auth_errors,
             "cassettes": sorted(self.cassettes),
             "tested": sorted(self.tested),
             "refused": sorted(self.refused),
@@ -335,6 +341,7 @@ class SessionLedger:
         self.unplayed.update(data.get("unplayed", {}))
         self.recorded.update(data.get("recorded", ()))
         self.auth_errors.update(data.get("auth_errors", {}))
+        self.replayed_auth_errors.update(data.get("replayed_auth_errors", {}))
         self.cassettes.update(data.get("cassettes", ()))
         self.tested.update(data.get("tested", ()))
         self.refused.update(data.get("refused", ()))
@@ -522,6 +529,20 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
             f"llm-ledger: {len(refused)} test(s) got authentication errors while recording, left out of "
             f"their cassettes: {listed(refused)}; check the API key (OPENAI_API_KEY) and record again, or "
             "mark a test that expects them @pytest.mark.llm(record_auth_errors=True)"
+        )
+    if ledger.replayed_auth_errors:
+        tests = sorted(ledger.replayed_auth_errors)
+        command = (
+            rerecord_command(tests[0], "rewrite")
+            if len(tests) == 1
+            else "pytest NODE_ID... --llm-record-mode=rewrite"
+        )
+        named = [f"{nodeid} ({ledger.replayed_auth_errors[nodeid]})" for nodeid in tests]
+        out.append(
+            f"llm-ledger: {len(tests)} test(s) replayed an authentication error (401/403) from their "
+            "cassette, recorded with a wrong or expired key; CI replays it whatever key it has: "
+            f"{listed(named)}; re-record each with the key set: {command}, or mark a test that expects the "
+            "error @pytest.mark.llm(record_auth_errors=True)"
         )
     total = ledger.total()
     if not total.cost_complete:

@@ -525,6 +525,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not live:
             cassette = cassette_path(item, state.cassette_dir)
             state.ledger.cassettes.add(str(cassette))
+            if marker.kwargs.get("record_auth_errors") is True:
+                state.ledger.expect_auth_errors.add(str(cassette))
             params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
             if not _equal(params, cassette_params(item)):  # not one test run again (equal values)
                 item.stash[_SHARES_WITH] = owner
@@ -713,6 +715,9 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             state.ledger.recorded.add(item.nodeid)
         if cassette.auth_errors:
             state.ledger.auth_errors[item.nodeid] = cassette.auth_errors
+        if cassette.replayed_auth_errors:
+            answers = ", ".join(sorted(set(cassette.replayed_auth_errors)))
+            state.ledger.replayed_auth_errors[item.nodeid] = f"{_display(request.config, path)}: {answers}"
         if passed and cassette.write_protected and unplayed > 0:
             # the code now makes fewer calls than were recorded: the cassette (and its cost) is stale
             state.ledger.unplayed[item.nodeid] = unplayed
@@ -838,6 +843,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         listing = {
             "cassette_dir": str(state.cassette_dir),
             "cassettes": sorted(state.ledger.cassettes),
+            "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
             "keep": list(session.config.getini("llm_cassette_keep")),
             "within": None if folders is None else [str(folder) for folder in folders],
             "project": str(project_dir(session.config)),

@@ -15,7 +15,7 @@ import yaml
 
 import llm_ledger  # noqa: F401
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import load_yaml, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import INI, load_yaml, run, server_fixture, with_key_fixture, write_project
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (server_fixture, with_key_fixture)  # used by name
@@ -165,3 +165,68 @@ def test_scrubbed_old_cassette_replays_and_misses_never_show_a_key(
     assert "$.messages[0].content: recorded 'hello', requested 'changed prompt'" in out
     assert "the body differs at 1 place(s)" in out  # api_key and the note match once redacted
     assert BODY_KEY not in out and "LEAKCHECK" not in out
+
+
+DENIED_TESTS = """
+import os
+
+import openai
+import pytest
+
+
+@pytest.mark.llm{marker}
+def test_denied():
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{{"role": "user", "content": "hello"}}],
+                extra_headers={{"x-fake-status": "401"}},
+            )
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_command(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A cassette holding a 401 answer its test does not expect (recorded before llm-ledger left them
+    out) would replay an auth error in every CI run: replaying it is a notice naming the test, the
+    cassette and the re-record command (a failure with --llm-strict), and `llm-ledger cassettes`
+    lists it (exit 1). A test marked record_auth_errors=True expects its 401: neither names it."""
+    write_project(pytester, DENIED_TESTS.format(marker="(record_auth_errors=True)"))
+    pytester.makefile(".ini", pytest=INI + "addopts = -p no:hypothesispytest\n")
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+
+    def cassettes() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "llm_ledger", "cassettes"]
+        return subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
+
+    expected = run(pytester, "--llm-strict")
+    assert expected.ret == pytest.ExitCode.OK and "401" not in expected.stdout.str()
+    assert cassettes().returncode == 0
+
+    write_project(pytester, DENIED_TESTS.format(marker=""))  # as a cassette recorded before the refusal
+    lenient = run(pytester)
+    strict = run(pytester, "--llm-strict")
+    assert lenient.ret == pytest.ExitCode.OK
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+    for result in (lenient, strict):
+        result.stdout.fnmatch_lines(
+            [
+                "llm-ledger: 1 test(s) replayed an authentication error (401/403) from their cassette, "
+                "recorded with a wrong or expired key; CI replays it whatever key it has: "
+                "tests/test_app.py::test_denied (cassettes/tests/test_app/test_denied.yaml: 401 POST "
+                "/chat/completions); re-record each with the key set: pytest "
+                "tests/test_app.py::test_denied --llm-record-mode=rewrite, or mark a test that expects "
+                "the error @pytest.mark.llm(record_auth_errors=True)"
+            ]
+        )
+    listed = cassettes()
+    assert listed.returncode == 1, listed.stderr
+    assert (
+        "1 cassette(s) replay an authentication error (401/403) their test does not expect; re-record "
+        "each with --llm-record-mode=rewrite, or mark its test @pytest.mark.llm(record_auth_errors=True):\n"
+        "  cassettes/tests/test_app/test_denied.yaml: 401 POST /chat/completions\n"
+    ) in listed.stdout
