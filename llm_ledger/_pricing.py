@@ -526,6 +526,13 @@ class PriceTable:
         """The rates that price ``model`` (at ``provider``, else by name alone), or ``None`` if none does."""
         return self._priced_at(provider).rates(model)
 
+    def priced_by_time(self, model: str, *, provider: str | None = None) -> bool:
+        """Whether ``model``'s price at ``provider`` (else by name alone) depends on the time of day
+        (DeepSeek's off-peak discount): only then does the moment of a call change its cost."""
+        route = self.route(provider=provider)
+        entry = None if route._flat is not None else route._entry(model)
+        return entry is not None and bool(entry.by_time)
+
     def cost(
         self,
         model: str,

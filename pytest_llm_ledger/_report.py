@@ -12,7 +12,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, Self
 
@@ -37,7 +36,8 @@ REPORT_SCHEMA: Final = "llm-ledger-report"
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
 # what identifies a row of the report's "usage": `llm-ledger reprice` prices each again, so calls a price
-# tells apart stay apart: the service tier that served them, the minute they started (UTC; "" unknown)
+# tells apart stay apart: the service tier that served them, the minute they started (UTC) where their
+# price depends on the time of day ("" elsewhere, or unknown)
 USAGE_KEYS: Final = (
     "lens",
     "provider",
@@ -204,17 +204,21 @@ class UsageSum(_ExactCost):
 
 
 def _usage_key(row: UsageRow) -> tuple[str, ...]:
-    """The row's USAGE_KEYS: a price by time of day changes on a minute, so a minute's calls share one."""
-    minute = "" if row.at is None else datetime.fromtimestamp(row.at // 60 * 60, UTC).isoformat()
+    """The row's USAGE_KEYS, which stay the same when unchanged cassettes are replayed again: the
+    server without a passing port, the minute only for a price by time of day (which changes on a
+    minute, so a minute's calls share one)."""
     tier = row.service_tier or ""
-    return (row.lens, row.provider, row.server, row.model, row.served_model, row.cost_source, tier, minute)
+    return (
+        row.lens, row.provider, row.stable_server, row.model, row.served_model, row.cost_source, tier,
+        row.priced_minute,
+    )  # fmt: skip
 
 
 def _usage_entry(key: tuple[str, ...], row: UsageSum) -> dict[str, Any]:
     """A row of the report's ``usage``: its USAGE_KEYS, then its sums."""
     entry: dict[str, Any] = dict(zip(USAGE_KEYS, key, strict=True))
     entry["service_tier"] = entry["service_tier"] or None  # null: not named (the standard tier)
-    entry["at"] = entry["at"] or None  # null: unknown (repriced at the time of day it is repriced)
+    entry["at"] = entry["at"] or None  # null: a price the time does not change, or unknown
     return {**entry, **row.to_report()}
 
 

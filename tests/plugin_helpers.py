@@ -9,13 +9,11 @@ fixtures by their function names (``server_fixture``...); pytest knows them by `
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import shutil
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ import pytest
 import yaml
 
 from llm_ledger.testing import FakeOpenAI
-from pytest_llm_ledger._report import USAGE_KEYS
 
 # When the package is installed its pytest11 entry point loads the plugin; loading it a second
 # time with -p would be an error, so pass -p only when it is not installed (the scratch venv).
@@ -228,21 +225,3 @@ def data_server_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[DataServer]
     monkeypatch.setenv("LEDGER_TEST_DATA_URL", server.url)
     yield server
     server.stop()
-
-
-def without_minutes(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with its usage rows summed over the minute their calls started (``at``): two runs of the
-    same calls may start them in different minutes."""
-    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in data["usage"]:
-        assert row["at"] is not None
-        key = tuple(row[name] for name in USAGE_KEYS if name != "at")
-        total = rows.setdefault(key, dict(zip(USAGE_KEYS, (*key, None), strict=True)))
-        for name, value in row.items():
-            if name == "cost_usd":
-                total[name] = total.get(name, Decimal(0)) + Decimal(repr(value))
-            elif name == "tests_with_failed_calls":
-                total[name] = sorted({*total.get(name, ()), *value})
-            elif name not in USAGE_KEYS:
-                total[name] = total.get(name, 0) + value
-    return {**data, "usage": sorted(rows.values(), key=lambda r: json.dumps(r, default=str))}

@@ -28,7 +28,6 @@ from tests.plugin_helpers import (
     run,
     server_fixture,
     with_key_fixture,
-    without_minutes,
     write_project,
 )
 
@@ -83,7 +82,7 @@ def test_stream(llm_ledger):
 def _records(pytester: pytest.Pytester, report: str) -> dict[str, Any]:
     """What a run's report says of each test and of each lens, server and model: calls, tokens, cost."""
     data = json.loads((pytester.path / report).read_text())
-    return {"tests": data["tests"], "usage": without_minutes(data)["usage"], "lenses": data["lenses"]}
+    return {"tests": data["tests"], "usage": data["usage"], "lenses": data["lenses"]}
 
 
 def _response(pytester: pytest.Pytester, test: str) -> dict[str, Any]:

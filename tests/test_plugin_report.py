@@ -20,7 +20,6 @@ from tests.plugin_helpers import (
     run,
     server_fixture,
     with_key_fixture,
-    without_minutes,
     write_project,
 )
 
@@ -316,7 +315,7 @@ def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*llm-ledger: per-lens totals*", "summary *2 *2 *"])
     serial = json.loads((recorded.path / "serial.json").read_text())
     parallel = json.loads((recorded.path / "parallel.json").read_text())
-    assert without_minutes(parallel) == without_minutes(serial)
+    assert parallel == serial
 
 
 OWN_MONITOR_TESTS = """
@@ -587,10 +586,71 @@ def test_a_report_reprices_to_its_live_cost_across_tiers_audio_and_cache_writes(
         audio, written = rows["gpt-audio", "default"], rows["gpt-6-sol", "default"]
         assert (audio["prompt_audio_tokens"], audio["completion_audio_tokens"]) == (9, 12)
         assert written["cache_write_tokens"] == 8
-        assert all(row["at"].endswith(":00+00:00") for row in rows.values())  # the minute it started
+        assert all(row["at"] is None for row in rows.values())  # prices the time of day does not change
         capsys.readouterr()  # the inner sessions' output
         assert cli_main(["reprice", str(pytester.path / name), "--format", "json"]) == 0
         total = json.loads(capsys.readouterr().out)["total"]
         assert total["calls"] == 4
         assert total["before_usd"] == data["total"]["cost_usd"] > 0
         assert (total["after_usd"], total["change_usd"]) == (total["before_usd"], 0)
+
+
+def test_a_report_regenerated_from_the_same_cassettes_is_byte_identical(
+    recorded: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reviewers diff reports: replaying unchanged cassettes against a local server on another port, at
+    another minute, writes the same bytes. A usage row names a loopback server's host without its
+    passing port, and keeps when its calls started only where their price depends on the time."""
+    run(recorded, "--llm-report=first.json").assert_outcomes(passed=3)
+    monkeypatch.setenv("LEDGER_TEST_BASE_URL", "http://127.0.0.1:54321/v1")  # another passing port
+    run(recorded, "--llm-report=second.json").assert_outcomes(passed=3)
+
+    first = (recorded.path / "first.json").read_bytes()
+    assert first == (recorded.path / "second.json").read_bytes()
+    rows = json.loads(first)["usage"]
+    assert {(row["lens"], row["server"], row["model"], row["at"]) for row in rows} == {
+        ("digest", "127.0.0.1", "gpt-4o-mini", None),
+        ("summary", "127.0.0.1", "gpt-4o-mini", None),
+    }
+
+
+DEEPSEEK_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+# the application's own price table: its local gateway forwards to DeepSeek, priced by time of day
+MONITOR = ledger.LLMCallMonitor(
+    logger=None, prices=ledger.PriceTable(hosts={"127.0.0.1": ledger.HostPrice("deepseek")})
+)
+
+
+@pytest.mark.llm
+def test_off_peak():
+    client = MONITOR.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, MONITOR.lens("nightly"):
+        client.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "Hi"}])
+"""
+
+
+@pytest.mark.usefixtures("server", "with_key")
+def test_a_row_priced_by_time_of_day_keeps_its_minute_and_reprices_to_its_live_cost(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A call whose price depends on the time of day (DeepSeek's off-peak discount) keeps the minute it
+    started in its usage row, so repricing the report gives its live cost whenever it is repriced."""
+    write_project(pytester, DEEPSEEK_TESTS)
+    run(pytester, "--llm-record-mode=once", "--llm-report=report.json").assert_outcomes(passed=1)
+
+    data = json.loads((pytester.path / "report.json").read_text())
+    [row] = data["usage"]
+    assert (row["model"], row["provider"], row["server"]) == ("deepseek-chat", "deepseek", "127.0.0.1")
+    assert row["at"].endswith(":00+00:00")
+    capsys.readouterr()  # the inner session's output
+    assert cli_main(["reprice", str(pytester.path / "report.json"), "--format", "json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert total["before_usd"] == data["total"]["cost_usd"] > 0
+    assert (total["after_usd"], total["change_usd"]) == (total["before_usd"], 0)

@@ -527,12 +527,20 @@ def _report_of(calls: list[dict[str, Any]], path: Path) -> Path:
 def test_a_report_reprices_each_call_at_its_own_time_of_day(
     capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    """Calls made at DeepSeek's peak and off-peak hours keep their minute in the report's usage rows, so
-    repricing the report on deepseek-chat gives what repricing the calls gives, whatever the time now."""
+    """Calls priced by the time of day (DeepSeek's peak and off-peak hours) keep their minute in the
+    report's usage rows, so repricing the report gives what repricing the calls gives, whatever the time
+    now, on another model too; calls whose price the time does not change keep none (a report written
+    again from the same cassettes stays the same), and a what-if prices them at the time of repricing."""
     _, calls = recorded
     hours = ("2026-12-03T10:00:05.250000+00:00", "2026-12-03T20:00:05.250000+00:00")  # peak, off-peak
     timed = [
-        {**call, "timing": {**call["timing"], "start_time": hours[number % 2]}}
+        {
+            **call,
+            "timing": {**call["timing"], "start_time": hours[number % 2]},
+            "server": {**call["server"], "provider": "deepseek"},
+            "request": {**call["request"], "model": "deepseek-chat"},
+            "response": {**call["response"], "model": "deepseek-chat"},
+        }
         for number, call in enumerate(calls)
     ]
     log = tmp_path / "llm_calls.jsonl"
@@ -542,18 +550,13 @@ def test_a_report_reprices_each_call_at_its_own_time_of_day(
         "2026-12-03T10:00:00+00:00",
         "2026-12-03T20:00:00+00:00",
     }
-    swap = [
-        "--provider",
-        "deepseek",
-        "--model",
-        "gpt-4o=deepseek-chat",
-        "--model",
-        "gpt-4o-mini=deepseek-chat",
-    ]
-    from_report = reprice_json(capsys, str(report), *swap)
-    from_log = reprice_json(capsys, str(log), *swap)
-    for key in ("lenses", "total", "unpriced_after"):
-        assert from_report[key] == from_log[key]
+    for swap in ([], ["--model", "deepseek-chat=deepseek-reasoner"]):
+        from_report = reprice_json(capsys, str(report), *swap)
+        from_log = reprice_json(capsys, str(log), *swap)
+        for key in ("lenses", "total", "unpriced_after"):
+            assert from_report[key] == from_log[key]
+    openai_rows = json.loads(_report_of(calls, tmp_path / "openai.json").read_text())["usage"]
+    assert {row["at"] for row in openai_rows} == {None}
 
 
 def test_a_report_written_before_tiers_and_times_reprices_as_before(

@@ -6,18 +6,46 @@ into the ``usage`` of its ``--llm-report`` file. Public as :func:`llm_ledger.rep
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._records import cost_decimal
+
+if TYPE_CHECKING:
+    from .._pricing import PriceTable
 
 __all__ = ["NO_LENS", "UsageRow", "model_name", "usage_row"]
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
 NO_MODEL: Final = "<no model>"  # the name of a call's model when neither request nor answer has one
+# The first port of Linux's default range of ports given to sockets bound to port 0 (the other systems'
+# start higher, at 49152): a loopback server on one of these was started for a run, not configured.
+_PASSING_PORTS: Final = 32768
+
+
+def _loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@functools.cache
+def _prices() -> PriceTable:
+    """genai-prices' table alone, which is what prices a call by the time of day (a price file's rates
+    are flat): the one that tells whether a report row needs its moment."""
+    from .._pricing import PriceTable
+
+    return PriceTable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +83,28 @@ class UsageRow:
     def server(self) -> str:
         """``host:port`` (the host alone without a port; "" when unknown)."""
         return f"{self.host}:{self.port}" if self.host and self.port else self.host or ""
+
+    @property
+    def stable_server(self) -> str:
+        """:attr:`server` as a report keeps it: a loopback server's port from the range the system
+        hands out for the asking (a test's fake server, started anew on each run) is left out, so
+        that a report written again from the same cassettes is the same; a local server's fixed port
+        (11434, 8000) stays, for a price file's ``hosts`` entry naming it."""
+        if self.port is not None and self.port >= _PASSING_PORTS and _loopback(self.host):
+            return self.host or ""
+        return self.server
+
+    @property
+    def priced_minute(self) -> str:
+        """The UTC minute the call started (ISO), when its price depends on the time of day at its
+        provider (genai-prices' prices); "" otherwise, or unknown: a report keeps a call's moment only
+        where repricing needs it, so that its rows do not change with the minute a run was made in."""
+        if self.at is None or not any(
+            _prices().priced_by_time(name, provider=self.provider)
+            for name in {self.model, self.served_model} - {""}
+        ):
+            return ""
+        return datetime.fromtimestamp(self.at // 60 * 60, UTC).isoformat()
 
 
 def usage_row(record: Mapping[str, Any]) -> UsageRow:
