@@ -117,6 +117,18 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
         return pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, *args)
 
 
+def notice_fails_strict(pytester: pytest.Pytester, *args: str, notice: list[str]) -> pytest.RunResult:
+    """Run the session as is and with --llm-strict: both print the ``notice`` lines (fnmatch patterns),
+    only the strict one fails; the strict run's result."""
+    lenient = run(pytester, *args)
+    strict = run(pytester, *args, "--llm-strict")
+    assert lenient.ret == pytest.ExitCode.OK, lenient.stdout.str()
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED, strict.stdout.str()
+    for result in (lenient, strict):
+        result.stdout.fnmatch_lines(notice)
+    return strict
+
+
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 

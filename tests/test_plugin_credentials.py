@@ -15,7 +15,15 @@ import yaml
 
 import llm_ledger  # noqa: F401
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import INI, load_yaml, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import (
+    INI,
+    load_yaml,
+    notice_fails_strict,
+    run,
+    server_fixture,
+    with_key_fixture,
+    write_project,
+)
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (server_fixture, with_key_fixture)  # used by name
@@ -208,21 +216,17 @@ def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_comman
     assert cassettes().returncode == 0
 
     write_project(pytester, DENIED_TESTS.format(marker=""))  # as a cassette recorded before the refusal
-    lenient = run(pytester)
-    strict = run(pytester, "--llm-strict")
-    assert lenient.ret == pytest.ExitCode.OK
-    assert strict.ret == pytest.ExitCode.TESTS_FAILED
-    for result in (lenient, strict):
-        result.stdout.fnmatch_lines(
-            [
-                "llm-ledger: 1 test(s) replayed an authentication error (401/403) from their cassette, "
-                "recorded with a wrong or expired key; CI replays it whatever key it has: "
-                "tests/test_app.py::test_denied (cassettes/tests/test_app/test_denied.yaml: 401 POST "
-                "/chat/completions); re-record each with the key set: pytest "
-                "tests/test_app.py::test_denied --llm-record-mode=rewrite, or mark a test that expects "
-                "the error @pytest.mark.llm(record_auth_errors=True)"
-            ]
-        )
+    notice_fails_strict(
+        pytester,
+        notice=[
+            "llm-ledger: 1 test(s) replayed an authentication error (401/403) from their cassette, "
+            "recorded with a wrong or expired key; CI replays it whatever key it has: "
+            "tests/test_app.py::test_denied (cassettes/tests/test_app/test_denied.yaml: 401 POST "
+            "/chat/completions); re-record each with the key set: pytest "
+            "tests/test_app.py::test_denied --llm-record-mode=rewrite, or mark a test that expects "
+            "the error @pytest.mark.llm(record_auth_errors=True)"
+        ],
+    )
     listed = cassettes()
     assert listed.returncode == 1, listed.stderr
     assert (
