@@ -887,6 +887,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.connections.discard(self.connection)
                 self.server.connections_cv.notify_all()
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server answers a request line it cannot read as HTTP/0.9: a bare page with no status
+        # line, which a client reports as "Server disconnected without sending a response"
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"
+            explain = f"{self.requestline[:200]!r} is not an HTTP/1.1 request line."
+        super().send_error(code, message, explain)
+
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.fake.verbose:
             super().log_message(format, *args)

@@ -809,6 +809,22 @@ def test_a_body_of_unreadable_length_gets_an_error_answer_and_a_closed_connectio
         assert sdk.chat.completions.create(model=MODEL, messages=USER).choices  # still serving
 
 
+@pytest.mark.parametrize(
+    "line", [b'{"event": "llm_api_call", "n": 0}', b"hello there"], ids=["four-words", "two-words"]
+)
+def test_a_request_line_that_is_not_http_gets_an_http_400_naming_it(fake: FakeOpenAI, line: bytes) -> None:
+    """Bytes that are no request (a stray write into the connection) get a 400 with a status line,
+    naming them; http.server answered HTTP/0.9 style, a bare page a client reads as "Server
+    disconnected without sending a response", which names nothing."""
+    with socket.create_connection((fake.host, fake.port), timeout=5) as sock:
+        sock.sendall(line + b"\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 400
+        assert repr(line.decode()) in response.read().decode()
+        assert sock.recv(1) == b""  # closed: where a request starts after such bytes is unknown
+
+
 @pytest.mark.parametrize("fault", ["cut-stream", "reset"])
 def test_stream_faults_raise(fake: FakeOpenAI, client: openai.OpenAI, fault: str) -> None:
     stream = client.chat.completions.create(
