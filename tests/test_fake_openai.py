@@ -18,7 +18,7 @@ import openai
 import pydantic
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from openai.types.responses import FunctionToolParam, ResponseFunctionToolCall
+from openai.types.responses import FunctionToolParam, ResponseFunctionToolCall, ResponseStreamEvent
 
 from llm_ledger._fake_server import error_body
 from llm_ledger.testing import FakeOpenAI
@@ -456,6 +456,12 @@ def test_responses_stream(client: openai.OpenAI) -> None:
     assert completed.response.usage.output_tokens == math.ceil(len(deltas) / 4)
 
 
+def _streamed(client: openai.OpenAI, **kwargs: Any) -> list[ResponseStreamEvent]:
+    """The events of a streamed Response to "hi"."""
+    with client.responses.create(model=MODEL, input="hi", stream=True, **kwargs) as stream:
+        return list(stream)
+
+
 def test_responses_refusal(client: openai.OpenAI) -> None:
     """``x-fake-refusal`` in a Response: a message whose one content part is a refusal."""
     response = client.responses.create(model=MODEL, input="hi", extra_headers={"x-fake-refusal": REFUSAL})
@@ -475,13 +481,7 @@ def test_responses_refusal(client: openai.OpenAI) -> None:
 def test_responses_refusal_stream(client: openai.OpenAI) -> None:
     """A streamed Responses refusal: ``response.refusal.delta`` events, then ``response.refusal.done``
     with the whole refusal, in a refusal content part."""
-    with client.responses.create(
-        model=MODEL,
-        input="hi",
-        stream=True,
-        extra_headers={"x-fake-refusal": REFUSAL, "x-fake-chunks": "2"},
-    ) as stream:
-        events = list(stream)
+    events = _streamed(client, extra_headers={"x-fake-refusal": REFUSAL, "x-fake-chunks": "2"})
     assert [e.type for e in events] == [
         "response.created",
         "response.in_progress",
@@ -543,15 +543,9 @@ def test_responses_function_calls_stream(client: openai.OpenAI) -> None:
     """A streamed function call: its item added, its arguments in
     ``response.function_call_arguments.delta`` events, then ``.done`` with them whole, the item done;
     the SDK's stream helper parses the arguments."""
-    with client.responses.create(
-        model=MODEL,
-        input="hi",
-        tools=[WEATHER_TOOL],
-        tool_choice="required",
-        stream=True,
-        extra_headers={"x-fake-chunks": "3"},
-    ) as stream:
-        events = list(stream)
+    events = _streamed(
+        client, tools=[WEATHER_TOOL], tool_choice="required", extra_headers={"x-fake-chunks": "3"}
+    )
     assert [e.type for e in events] == [
         "response.created",
         "response.in_progress",
