@@ -132,7 +132,7 @@ _COUNT_HEADERS = (
     "delay-ms",
 )
 _CHOICE_HEADERS = {"fault": FAULTS, "usage-style": USAGE_STYLES, "transfer": ("close",)}
-_TEXT_HEADERS = ("content", "served-model", "cost", "status", "encoding")
+_TEXT_HEADERS = ("content", "refusal", "served-model", "cost", "status", "encoding")
 
 
 class _BadRequest(Exception):
@@ -153,6 +153,9 @@ class _Reply:
 @dataclass
 class _StreamReply:
     events: list[bytes]
+
+
+_Event = tuple[str, JSONDict]  # a Responses stream event: its type, its fields
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -407,23 +410,25 @@ def _content(kind: Any, schema: Any, messages: list[Any], headers: dict[str, str
 
 
 def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSONDict]:
-    """The tool calls to answer: with ``tool_choice`` "required" or a named function one by default,
-    ``x-fake-tool-calls`` of them, each with arguments valid for the tool's parameters."""
-    tools = body.get("tools") or []
-    if not tools:
+    """The tool calls to answer (chat's shape): with ``tool_choice`` "required" or a named function one
+    by default, ``x-fake-tool-calls`` of them, each with arguments valid for the tool's parameters.
+    Chat nests a tool's name and parameters under ``function``, Responses does not. A refusal
+    (``x-fake-refusal``) calls no tool."""
+    functions = [
+        (t.get("function") or {}) if "function" in t else t
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and t.get("type") == "function"
+    ]
+    if not functions or "x-fake-refusal" in headers:
         return []
     tool_choice = body.get("tool_choice")
-    forced = None  # tool_choice {"type": "function", "function": {"name": ...}}
+    forced = None  # {"type": "function", "function": {"name": ...}} (chat), {"type": "function", "name": ...}
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
-        forced = (tool_choice.get("function") or {}).get("name")
+        forced = (tool_choice.get("function") or tool_choice).get("name")
     count = _int_header(headers, "x-fake-tool-calls", 1 if tool_choice == "required" or forced else 0)
     if count <= 0:
         return []
-    function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
-    if forced:
-        function = next(
-            (t["function"] for t in tools if t.get("function", {}).get("name") == forced), function
-        )
+    function = next((f for f in functions if f.get("name") == forced), functions[0])
     params = function.get("parameters") or {"type": "object", "properties": {}}
     arguments = json.dumps(_sample(params, params, "arg"))
     return [
@@ -468,9 +473,13 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     choices_n = max(1, int(body.get("n") or 1))
     tool_calls = _tool_calls(body, headers, num)
     content: str | None
+    refusal = headers.get("x-fake-refusal")
     if tool_calls:
         content, finish = None, "tool_calls"
         completion_one = sum(_tokens(c["function"]["name"] + c["function"]["arguments"]) for c in tool_calls)
+    elif refusal is not None:  # a refusal in place of content, whatever the response format
+        content, finish = None, "stop"
+        completion_one = _tokens(refusal)
     else:
         fmt = body.get("response_format") or {}
         kind = fmt.get("type")
@@ -512,7 +521,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         ]
 
     if not body.get("stream"):
-        message: JSONDict = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+        message: JSONDict = {"role": "assistant", "content": content, "refusal": refusal, "annotations": []}
         if tool_calls:
             message["tool_calls"] = tool_calls
         answer = {**base, "object": "chat.completion", "choices": choices("message", message, finish), **tier}
@@ -524,7 +533,10 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
         return _sse({**chunk_base, "choices": choices("delta", delta, finish_reason), **extra})
 
-    events = [chunk({"role": "assistant", "content": None if tool_calls else "", "refusal": None})]
+    opening = {"content": "", "refusal": None}
+    if tool_calls or refusal is not None:
+        opening = {"content": None, "refusal": None if tool_calls else ""}
+    events = [chunk({"role": "assistant", **opening})]
     if "azure" in faults:  # Azure's streams open with its prompt filter's verdict: no choices, id or model
         filters = {"hate": {"filtered": False, "severity": "safe"}}
         verdict = [{"prompt_index": 0, "content_filter_results": filters}]
@@ -538,6 +550,8 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
             events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     if content is not None:
         events += [chunk({"content": piece}) for piece in _split(content, headers) if piece]
+    if refusal is not None:
+        events += [chunk({"refusal": piece}) for piece in _split(refusal, headers) if piece]
     if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
         return _StreamReply([*events[: len(events) // 2 + 1], _sse({"error": error})])
@@ -659,14 +673,19 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     text_format = (body.get("text") or {}).get("format") or {"type": "text"}
     # only json_schema: a json_object format gets plain text here
     kind = "json_schema" if text_format.get("type") == "json_schema" else None
-    text = _content(kind, text_format.get("schema"), items, headers)
+    refusal = headers.get("x-fake-refusal")
+    text = _content(kind, text_format.get("schema"), items, headers) if refusal is None else refusal
     limit = body.get("max_output_tokens")
     finish = "stop"
+    calls = _tool_calls(body, headers, num)
     if isinstance(limit, int):  # the limit counts the reasoning too
         reasoning = min(reasoning, limit)
-        text, finish = _truncate(text, limit - reasoning)
+        if not calls:  # a function call's arguments are never cut
+            text, finish = _truncate(text, limit - reasoning)
     done = "incomplete" if finish == "length" else "completed"
-    output_tokens = _tokens(text) + reasoning
+    output = _response_output(calls, text, refusal is not None, f"msg_fake{num}", done)
+    produced = [c["function"]["name"] + c["function"]["arguments"] for c in calls] if calls else [text]
+    output_tokens = sum(map(_tokens, produced)) + reasoning
     usage = {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
@@ -675,15 +694,6 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         "total_tokens": input_tokens + output_tokens,
     }
     _add_cost(usage, headers)
-    msg_id = f"msg_fake{num}"
-    part_done = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    item_done = {
-        "id": msg_id,
-        "type": "message",
-        "status": done,
-        "role": "assistant",
-        "content": [part_done],
-    }
 
     def response(status: str, output: list[JSONDict], final: bool) -> JSONDict:
         answer: JSONDict = {
@@ -724,42 +734,92 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         return answer
 
     if not body.get("stream"):
-        return _json_reply(response(done, [item_done], True))
+        return _json_reply(response(done, output, True))
 
-    sequence = itertools.count()
-    where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
-
-    def event(kind: str, **payload: Any) -> bytes:
-        return _sse({"type": kind, "sequence_number": next(sequence), **payload}, kind)
-
-    pieces = _split(text, headers)
-    if "stream-error" in faults:  # an error event after the first deltas, then the end
-        return _StreamReply(
-            [
-                event("response.created", response=response("in_progress", [], False)),
-                *(event("response.output_text.delta", **where, delta=p, logprobs=[]) for p in pieces[:1]),
-                event("error", code="server_error", message=STREAM_ERROR, param=None),
-            ]
-        )
-    failed = "response-failed" in faults
-    final = response("failed", [], True) if failed else response(done, [item_done], True)
+    opening: list[_Event] = [("response.created", {"response": response("in_progress", [], False)})]
+    items_events = [e for index, item in enumerate(output) for e in _item_events(index, item, headers)]
+    if "stream-error" in faults:  # an error event after the first delta, then the end
+        first = [e for e in items_events if e[0].endswith(".delta")][:1]
+        error = {"code": "server_error", "message": STREAM_ERROR, "param": None}
+        return _StreamReply(_numbered([*opening, *first, ("error", error)]))
+    final = response("failed", [], True) if "response-failed" in faults else response(done, output, True)
+    opening.append(("response.in_progress", {"response": response("in_progress", [], False)}))
     return _StreamReply(
-        [
-            event("response.created", response=response("in_progress", [], False)),
-            event("response.in_progress", response=response("in_progress", [], False)),
-            event(
-                "response.output_item.added",
-                output_index=0,
-                item={**item_done, "status": "in_progress", "content": []},
-            ),
-            event("response.content_part.added", **where, part={**part_done, "text": ""}),
-            *(event("response.output_text.delta", **where, delta=p, logprobs=[]) for p in pieces if p),
-            event("response.output_text.done", **where, text=text, logprobs=[]),
-            event("response.content_part.done", **where, part=part_done),
-            event("response.output_item.done", output_index=0, item=item_done),
-            event(f"response.{final['status']}", response=final),
-        ]
+        _numbered([*opening, *items_events, (f"response.{final['status']}", {"response": final})])
     )
+
+
+def _response_output(
+    calls: list[JSONDict], text: str, refused: bool, msg_id: str, status: str
+) -> list[JSONDict]:
+    """A Response's ``output``: a ``function_call`` item per tool call, else one message whose content
+    is the text, or the refusal."""
+    if calls:
+        return [
+            {
+                "id": f"fc_{call['id'].removeprefix('call_')}",
+                "type": "function_call",
+                "status": "completed",
+                "arguments": call["function"]["arguments"],
+                "call_id": call["id"],
+                "name": call["function"]["name"],
+            }
+            for call in calls
+        ]
+    part = (
+        {"type": "refusal", "refusal": text}
+        if refused
+        else {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    )
+    return [{"id": msg_id, "type": "message", "status": status, "role": "assistant", "content": [part]}]
+
+
+def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[_Event]:
+    """The stream events of one output item: added, its deltas (in ``x-fake-chunks`` pieces), done."""
+    at = {"item_id": item["id"], "output_index": index}
+    if item["type"] == "function_call":
+        arguments = item["arguments"]
+        return [
+            (
+                "response.output_item.added",
+                {"output_index": index, "item": {**item, "status": "in_progress", "arguments": ""}},
+            ),
+            *(
+                ("response.function_call_arguments.delta", {**at, "delta": p})
+                for p in _split(arguments, headers)
+                if p
+            ),
+            ("response.function_call_arguments.done", {**at, "arguments": arguments}),
+            ("response.output_item.done", {"output_index": index, "item": item}),
+        ]
+    [part] = item["content"]
+    where = {**at, "content_index": 0}
+    # output_text: response.output_text.delta/done events with logprobs; refusal: response.refusal.*
+    extra: JSONDict = {} if part["type"] == "refusal" else {"logprobs": []}
+    key, kind = ("refusal", "refusal") if part["type"] == "refusal" else ("text", "output_text")
+    return [
+        (
+            "response.output_item.added",
+            {"output_index": index, "item": {**item, "status": "in_progress", "content": []}},
+        ),
+        ("response.content_part.added", {**where, "part": {**part, key: ""}}),
+        *(
+            (f"response.{kind}.delta", {**where, "delta": p, **extra})
+            for p in _split(part[key], headers)
+            if p
+        ),
+        (f"response.{kind}.done", {**where, key: part[key], **extra}),
+        ("response.content_part.done", {**where, "part": part}),
+        ("response.output_item.done", {"output_index": index, "item": item}),
+    ]
+
+
+def _numbered(events: list[_Event]) -> list[bytes]:
+    """The events as SSE, each ``event: <type>`` with its ``sequence_number``."""
+    return [
+        _sse({"type": kind, "sequence_number": n, **payload}, kind)
+        for n, (kind, payload) in enumerate(events)
+    ]
 
 
 def _json_reply(payload: JSONDict, status: int = 200, headers: dict[str, str] | None = None) -> _Reply:
@@ -826,6 +886,14 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.connections_cv:
                 self.server.connections.discard(self.connection)
                 self.server.connections_cv.notify_all()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server answers a request line it cannot read as HTTP/0.9: a bare page with no status
+        # line, which a client reports as "Server disconnected without sending a response"
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"
+            explain = f"{self.requestline[:200]!r} is not an HTTP/1.1 request line."
+        super().send_error(code, message, explain)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.fake.verbose:

@@ -352,8 +352,10 @@ class JsonlFileHandler(logging.Handler):
             self._queued.set()
             self._wake.set()
             self._thread.join(timeout=_EXIT_TIMEOUT_S)
-            self._drain_taken(_EXIT_TIMEOUT_S)  # not if a write hangs, holding the lock
-            self._close_fd()
+            # not if a write hangs, holding the lock: the _drain() of that write closes the file, once
+            # done (closed under it, its descriptor's number goes to the next file or socket opened,
+            # where the late write would land)
+            self._drain_taken(_EXIT_TIMEOUT_S)
             _handlers.discard(self)  # flush_all() and exit leave it alone from now on
         super().close()
 
@@ -454,6 +456,8 @@ class JsonlFileHandler(logging.Handler):
         finally:
             if not done:  # the flushes waiting on these lines wait for the writer thread
                 queue.extendleft(reversed(events))
+            if self._closed:  # the descriptor is closed under the write lock only (see close())
+                self._close_fd()
         if done:
             for event in events:
                 event.set()

@@ -18,6 +18,7 @@ import openai
 import pydantic
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from openai.types.responses import FunctionToolParam, ResponseFunctionToolCall, ResponseStreamEvent
 
 from llm_ledger._fake_server import error_body
 from llm_ledger.testing import FakeOpenAI
@@ -40,6 +41,14 @@ class Person(pydantic.BaseModel):
 
 class Weather(pydantic.BaseModel):
     city: str
+
+
+WEATHER_TOOL: FunctionToolParam = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": Weather.model_json_schema(),
+    "strict": False,
+}
 
 
 @pytest.fixture
@@ -286,6 +295,54 @@ def test_tool_calls_stream(client: openai.OpenAI) -> None:
         Person.model_validate_json(call["arguments"])
 
 
+REFUSAL = "I'm sorry, I cannot help with that."
+
+
+def test_refusal_header_answers_a_refusal(client: openai.OpenAI) -> None:
+    """``x-fake-refusal``: the message has the refusal and no content, as a model declining answers;
+    ``parse()`` then has nothing parsed, and the refusal counts as the completion."""
+    headers = {"x-fake-refusal": REFUSAL}
+    completion = client.chat.completions.create(model=MODEL, messages=USER, extra_headers=headers)
+    choice = completion.choices[0]
+    assert (choice.finish_reason, choice.message.content, choice.message.refusal) == ("stop", None, REFUSAL)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == math.ceil(len(REFUSAL) / 4)
+
+    parsed = client.chat.completions.parse(
+        model=MODEL, messages=USER, response_format=Person, extra_headers=headers
+    )
+    message = parsed.choices[0].message
+    assert (message.parsed, message.refusal) == (None, REFUSAL)
+
+
+def test_refusal_header_streams_refusal_deltas(client: openai.OpenAI) -> None:
+    """A streamed refusal: a role chunk with ``refusal: ""``, refusal pieces in place of content,
+    the finish chunk, then the usage; the SDK's stream helper gathers the refusal."""
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-fake-refusal": REFUSAL, "x-fake-chunks": "3"},
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert (deltas[0].role, deltas[0].content, deltas[0].refusal) == ("assistant", None, "")
+    assert len(deltas) == 1 + 3 + 1 and "".join(d.refusal or "" for d in deltas) == REFUSAL
+    assert all(d.content is None for d in deltas)
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == math.ceil(len(REFUSAL) / 4)
+
+    with client.chat.completions.stream(
+        model=MODEL, messages=USER, response_format=Person, extra_headers={"x-fake-refusal": REFUSAL}
+    ) as helper:
+        events = [e.type for e in helper]
+        final = helper.get_final_completion().choices[0].message
+    assert "refusal.done" in events and "content.delta" not in events
+    assert (final.refusal, final.content, final.parsed) == (REFUSAL, None, None)
+
+
 def test_parse_with_pydantic_model(client: openai.OpenAI) -> None:
     completion = client.chat.completions.parse(
         model=MODEL,
@@ -397,6 +454,125 @@ def test_responses_stream(client: openai.OpenAI) -> None:
     assert completed.response.output_text == deltas == "Summary: stream me please"
     assert completed.response.usage is not None
     assert completed.response.usage.output_tokens == math.ceil(len(deltas) / 4)
+
+
+def _streamed(client: openai.OpenAI, **kwargs: Any) -> list[ResponseStreamEvent]:
+    """The events of a streamed Response to "hi"."""
+    with client.responses.create(model=MODEL, input="hi", stream=True, **kwargs) as stream:
+        return list(stream)
+
+
+def test_responses_refusal(client: openai.OpenAI) -> None:
+    """``x-fake-refusal`` in a Response: a message whose one content part is a refusal."""
+    response = client.responses.create(model=MODEL, input="hi", extra_headers={"x-fake-refusal": REFUSAL})
+    [message] = response.output
+    assert message.type == "message"
+    [part] = message.content
+    assert (part.type, part.refusal) == ("refusal", REFUSAL)  # type: ignore[union-attr]
+    assert response.output_text == ""
+    assert response.usage is not None
+    assert response.usage.output_tokens == math.ceil(len(REFUSAL) / 4)
+    parsed = client.responses.parse(
+        model=MODEL, input="hi", text_format=Person, extra_headers={"x-fake-refusal": REFUSAL}
+    )
+    assert parsed.output_parsed is None
+
+
+def test_responses_refusal_stream(client: openai.OpenAI) -> None:
+    """A streamed Responses refusal: ``response.refusal.delta`` events, then ``response.refusal.done``
+    with the whole refusal, in a refusal content part."""
+    events = _streamed(client, extra_headers={"x-fake-refusal": REFUSAL, "x-fake-chunks": "2"})
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.refusal.delta"] * 2,
+        "response.refusal.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    added = events[3]
+    assert added.type == "response.content_part.added"
+    assert (added.part.type, added.part.refusal) == ("refusal", "")  # type: ignore[union-attr]
+    deltas = "".join(e.delta for e in events if e.type == "response.refusal.delta")
+    done = events[6]
+    assert done.type == "response.refusal.done"
+    assert deltas == done.refusal == REFUSAL
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    [message] = completed.response.output
+    assert message.type == "message"
+    assert [p.type for p in message.content] == ["refusal"]
+
+
+def test_responses_function_calls(client: openai.OpenAI) -> None:
+    """With ``tools`` and a required or named ``tool_choice`` (or ``x-fake-tool-calls``), a Response
+    answers ``function_call`` output items whose arguments fit the tool, and no text: ``parse()`` gives
+    the parsed arguments."""
+    tools = [openai.pydantic_function_tool(Person), openai.pydantic_function_tool(Weather)]
+    response = client.responses.parse(model=MODEL, input="hi", tools=tools, tool_choice="required")
+    [call] = response.output
+    assert call.type == "function_call"
+    assert (call.name, call.status) == ("Person", "completed")
+    assert call.call_id.startswith("call_") and call.id is not None and call.id.startswith("fc_")
+    assert isinstance(call.parsed_arguments, Person)
+    assert response.output_text == ""
+    assert response.usage is not None
+    assert response.usage.output_tokens == math.ceil(len(call.name + call.arguments) / 4)
+
+    named = client.responses.parse(
+        model=MODEL, input="hi", tools=tools, tool_choice={"type": "function", "name": "Weather"}
+    )
+    [forced] = named.output
+    assert forced.type == "function_call"
+    assert forced.parsed_arguments == Weather(city="fake city")
+
+    two = client.responses.create(
+        model=MODEL, input="hi", tools=[WEATHER_TOOL], extra_headers={"x-fake-tool-calls": "2"}
+    )
+    assert [o.type for o in two.output] == ["function_call"] * 2
+    assert {o.name for o in two.output if isinstance(o, ResponseFunctionToolCall)} == {"get_weather"}
+    plain = client.responses.create(model=MODEL, input="hi", tools=[WEATHER_TOOL])
+    assert [o.type for o in plain.output] == ["message"]
+
+
+def test_responses_function_calls_stream(client: openai.OpenAI) -> None:
+    """A streamed function call: its item added, its arguments in
+    ``response.function_call_arguments.delta`` events, then ``.done`` with them whole, the item done;
+    the SDK's stream helper parses the arguments."""
+    events = _streamed(
+        client, tools=[WEATHER_TOOL], tool_choice="required", extra_headers={"x-fake-chunks": "3"}
+    )
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * 3,
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    added, done = events[2], events[-2]
+    assert added.type == "response.output_item.added" and done.type == "response.output_item.done"
+    assert added.item.type == done.item.type == "function_call"
+    assert (added.item.arguments, added.item.status) == ("", "in_progress")
+    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    assert {e.item_id for e in deltas} == {added.item.id}
+    arguments = events[-3]
+    assert arguments.type == "response.function_call_arguments.done"
+    assert "".join(e.delta for e in deltas) == arguments.arguments == done.item.arguments
+
+    tools = [openai.pydantic_function_tool(Weather)]
+    with client.responses.stream(model=MODEL, input="hi", tools=tools, tool_choice="required") as helper:
+        for _ in helper:
+            pass
+        final = helper.get_final_response()
+    [call] = final.output
+    assert call.type == "function_call"
+    assert call.parsed_arguments == Weather(city="fake city")
 
 
 @pytest.mark.asyncio
@@ -625,6 +801,22 @@ def test_a_body_of_unreadable_length_gets_an_error_answer_and_a_closed_connectio
     assert message in answer["error"]["message"]
     with openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0) as sdk:
         assert sdk.chat.completions.create(model=MODEL, messages=USER).choices  # still serving
+
+
+@pytest.mark.parametrize(
+    "line", [b'{"event": "llm_api_call", "n": 0}', b"hello there"], ids=["four-words", "two-words"]
+)
+def test_a_request_line_that_is_not_http_gets_an_http_400_naming_it(fake: FakeOpenAI, line: bytes) -> None:
+    """Bytes that are no request (a stray write into the connection) get a 400 with a status line,
+    naming them; http.server answered HTTP/0.9 style, a bare page a client reads as "Server
+    disconnected without sending a response", which names nothing."""
+    with socket.create_connection((fake.host, fake.port), timeout=5) as sock:
+        sock.sendall(line + b"\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 400
+        assert repr(line.decode()) in response.read().decode()
+        assert sock.recv(1) == b""  # closed: where a request starts after such bytes is unknown
 
 
 @pytest.mark.parametrize("fault", ["cut-stream", "reset"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -337,3 +339,43 @@ def test_a_file_system_that_hangs_writes_delays_exit_but_never_stops_it(
     answers.set()
     exiting.join(5)
     assert not stuck
+
+
+def test_a_write_that_outlasts_close_lands_in_the_log_never_in_what_reuses_its_descriptor(
+    interval: Any, handler: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() gives up waiting on a hung write (see above), but leaves the file open to it: closed
+    under it, the descriptor's number goes to the next file or socket the process opens, and the late
+    write lands there (a record sent down another test's HTTP connection, read by the server as a
+    request line: "Server disconnected without sending a response"). The writer closes it after."""
+    interval(60.0)
+    monkeypatch.setattr(_jsonl, "_EXIT_TIMEOUT_S", 0.2)
+    h = handler()
+    answers = threading.Event()
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if threading.current_thread() is h._thread:
+            answers.wait(10)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    _emit(h, 0)
+    number = h._fd
+    assert number is not None
+    h.close()  # its waits end, the writer thread's write still hung
+    mine, theirs = socket.socketpair()  # another part of the application, e.g. an HTTP connection
+    with mine, theirs:
+        # the lowest free number from the log's: the log's own once it is closed
+        taken = fcntl.fcntl(mine.fileno(), fcntl.F_DUPFD, number)
+        try:
+            answers.set()
+            h._thread.join(10)
+            assert not h._thread.is_alive()
+            theirs.setblocking(False)
+            with pytest.raises(BlockingIOError):  # nothing came down the socket
+                theirs.recv(1024)
+        finally:
+            os.close(taken)
+    assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == [0]
+    assert h._fd is None  # closed by the writer once its write was done

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import llm_ledger
 import llm_ledger.testing
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
-from tests.plugin_helpers import LoopbackServer
 from tests.sdk import STREAM_BREAKS, sdk_http
 
 MESSAGES: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Stream me a story"}]
@@ -842,112 +840,51 @@ async def test_cancelled_task_mid_request_is_interrupted(
     assert record["status"] == "interrupted" and record["error"]["type"] == "CancelledError"
 
 
-class _RefusalHandler(BaseHTTPRequestHandler):
-    """A chat stream whose answer is a refusal, as OpenAI streams one: ``delta.refusal`` pieces in
-    place of content, then the finish chunk and, when asked for, the usage chunk."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        base = {"id": "chatcmpl-r", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
-        deltas = [{"role": "assistant", "content": None, "refusal": ""}]
-        deltas += [{"refusal": piece} for piece in ("I'm sorry, ", "I cannot ", "help with that.")]
-        chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
-            chunks.append({**base, "choices": [], "usage": usage})
-        payload = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_a_streamed_refusal_has_its_time_to_first_token(
-    monitor: llm_ledger.LLMCallMonitor, records: Captured
+    fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
 ) -> None:
     """A model refusing streams ``delta.refusal`` pieces, no content: the record still has the time to
     its first token, as any stream's has (docs/MONITORING.md), with the answer's usage; the caller
     gets the bare SDK's chunks."""
-    server = LoopbackServer(_RefusalHandler)
-    try:
-        with openai.OpenAI(api_key=FAKE_KEY, base_url=f"{server.address}/v1", max_retries=0) as raw:
-            client = monitor.instrument(raw)
-            stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
-            refusal = "".join(chunk.choices[0].delta.refusal or "" for chunk in stream)
-    finally:
-        server.stop()
-    assert refusal == "I'm sorry, I cannot help with that."
+    kwargs: Any = {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "stream": True,
+        "extra_headers": {"x-fake-refusal": "I'm sorry, I cannot help with that."},
+    }
+    expected = _bare_chunks(fake_openai, **kwargs)
+    got = list(client.chat.completions.create(**kwargs))
+    assert _dump(got) == _dump(expected)
+    assert (
+        "".join(chunk.choices[0].delta.refusal or "" for chunk in got)
+        == "I'm sorry, I cannot help with that."
+    )
     (record,) = records.calls
     assert (record["status"], record["response"]["finish_reason"]) == ("ok", "stop")
-    assert record["usage"]["total_tokens"] == 21
+    assert record["usage"]["total_tokens"] == fake_openai.answers[-1].body[-1]["usage"]["total_tokens"]
     assert record["timing"]["time_to_first_token_ms"] is not None
 
 
-class _ToolCallResponsesHandler(BaseHTTPRequestHandler):
-    """A Responses stream whose answer is a function call only, as OpenAI streams one: its arguments
-    in ``response.function_call_arguments.delta`` events, no output text."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        call = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather"}
-        response = {"id": "resp_1", "object": "response", "created_at": 1, "model": body["model"]}
-        usage = {"input_tokens": 30, "output_tokens": 12, "total_tokens": 42}
-        events: list[dict[str, Any]] = [
-            {"type": "response.created", "response": {**response, "status": "in_progress", "output": []}},
-            {"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": ""}},
-        ]
-        for piece in ('{"city":', ' "Paris"}'):
-            events.append(
-                {
-                    "type": "response.function_call_arguments.delta",
-                    "item_id": "fc_1",
-                    "output_index": 0,
-                    "delta": piece,
-                }
-            )
-        done = {**call, "arguments": '{"city": "Paris"}', "status": "completed"}
-        events.append({"type": "response.output_item.done", "output_index": 0, "item": done})
-        events.append(
-            {
-                "type": "response.completed",
-                "response": {**response, "status": "completed", "output": [done], "usage": usage},
-            }
-        )
-        payload = b"".join(
-            f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': n})}\n\n".encode()
-            for n, e in enumerate(events)
-        )
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_a_responses_stream_answering_with_a_tool_call_has_its_time_to_first_token(
-    monitor: llm_ledger.LLMCallMonitor, records: Captured
+    client: openai.OpenAI, records: Captured
 ) -> None:
     """A Responses stream that only calls a function (an agent's turn) has the time to its first
     token, as a chat stream answering with a tool call has; the usage and the tool call are recorded."""
-    server = LoopbackServer(_ToolCallResponsesHandler)
-    try:
-        with openai.OpenAI(api_key=FAKE_KEY, base_url=f"{server.address}/v1", max_retries=0) as raw:
-            client = monitor.instrument(raw)
-            events = [
-                e.type for e in client.responses.create(model="gpt-4o-mini", input="weather?", stream=True)
-            ]
-    finally:
-        server.stop()
-    assert events.count("response.function_call_arguments.delta") == 2
+    tool: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    events = list(
+        client.responses.create(
+            model="gpt-4o-mini",
+            input="weather?",
+            tools=[tool],
+            tool_choice="required",
+            stream=True,
+            extra_headers={"x-fake-chunks": "2"},
+        )
+    )
+    assert [e.type for e in events].count("response.function_call_arguments.delta") == 2
+    completed = events[-1]
+    assert completed.type == "response.completed" and completed.response.usage is not None
     (record,) = records.calls
     assert (record["status"], record["response"]["tool_calls_count"]) == ("ok", 1)
-    assert record["usage"]["total_tokens"] == 42
+    assert record["usage"]["total_tokens"] == completed.response.usage.total_tokens
     assert record["timing"]["time_to_first_token_ms"] is not None
