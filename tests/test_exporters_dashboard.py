@@ -102,7 +102,7 @@ def _port_below_the_ephemeral_range() -> int:
 
 
 # one job per test that has Prometheus scrape it: each its own metrics port and its own series
-JOBS = ("every_panel", "first_calls", "anomaly")
+JOBS = ("every_panel", "first_calls", "anomaly", "latency")
 
 
 @dataclass
@@ -251,6 +251,53 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
     finally:
         metrics.shutdown()
         metrics.server_close()
+    assert server.errors() == []
+
+
+@pytest.mark.prometheus
+def test_latency_panels_show_successful_calls_and_fast_failures_stay_in_the_error_rate(
+    prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """Three calls that fail at once and one that succeeds after 400 ms: the duration panel's p50 is
+    the successful call's (not a failure's few milliseconds), and the error rate counts the failures."""
+    from prometheus_client import CollectorRegistry
+
+    from llm_ledger.exporters import PrometheusSink, start_metrics_server
+
+    server, job = prometheus.server, "latency"
+    registry = CollectorRegistry()
+    monitor.add_sink(PrometheusSink(registry))
+    metrics = start_metrics_server(prometheus.ports[job], "127.0.0.1", registry=registry)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    hi: Any = [{"role": "user", "content": "hi"}]
+    try:
+        wait("the first scrape", lambda: bool(server.query(f'up{{job="{job}"}} == 1')))
+        client.chat.completions.create(
+            model="gpt-4o", messages=hi, extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "400"}
+        )
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(
+                    model="gpt-4o", messages=hi, extra_headers={"x-fake-status": "500"}
+                )
+        wait(
+            "a scrape of every call",
+            lambda: (
+                sum(float(s["value"][1]) for s in server.query(f'llm_ledger_calls_total{{job="{job}"}}')) == 4
+            ),
+        )
+        p50, p95 = (
+            {s["metric"]["model"]: float(s["value"][1]) for s in server.query(expr)}
+            for title, expr in expressions(job)
+            if title == "Call duration p50 / p95"
+        )
+        error_rate = [float(s["value"][1]) for s in server.query(_panel_expr("Error rate", job))]
+    finally:
+        metrics.shutdown()
+        metrics.server_close()
+    assert 0.32 < p50["gpt-4o"] <= 0.64, p50  # the bucket of the 400 ms call; the failures' is 0.01
+    assert 0.32 < p95["gpt-4o"] <= 0.64, p95
+    assert error_rate == [pytest.approx(0.75)]
     assert server.errors() == []
 
 

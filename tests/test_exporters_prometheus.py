@@ -44,7 +44,7 @@ EXPECTED_LABELS = {
     "llm_ledger_calls_total": CALL_LABELS | {"status"},
     "llm_ledger_tokens_total": CALL_LABELS | {"token_type"},
     "llm_ledger_cost_usd_total": {"lens", "model", "provider", "service_tier"},
-    "llm_ledger_call_duration_seconds_count": {"lens", "model", "operation"},
+    "llm_ledger_call_duration_seconds_count": {"lens", "model", "operation", "status"},
     "llm_ledger_time_to_first_token_seconds_count": {"lens", "model", "operation"},
     "llm_ledger_lens_runs_total": {"lens", "status"},
     "llm_ledger_lens_cost_usd_count": {"lens"},

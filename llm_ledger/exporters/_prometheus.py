@@ -241,9 +241,11 @@ class PrometheusSink:
             pc.Counter, "llm_ledger_cost_usd", "Cost of calls, USD",
             ("lens", "model", "provider", "service_tier"),
         )  # fmt: skip
+        # status as on the calls: a fast failure kept apart from the latency of successful calls (the
+        # conventions' error.type on gen_ai.client.operation.duration, as a fixed vocabulary of three)
         self.duration = metric(
             pc.Histogram, "llm_ledger_call_duration_seconds", "Call duration, seconds",
-            ("lens", "model", "operation"), buckets=self.buckets,
+            ("lens", "model", "operation", "status"), buckets=self.buckets,
         )  # fmt: skip
         self.ttft = metric(
             pc.Histogram, "llm_ledger_time_to_first_token_seconds", "Time to a stream's first chunk, seconds",
@@ -414,7 +416,7 @@ class PrometheusSink:
                 for token_type in ("input", "output", "cached", "reasoning")
             ),
             _adder(self.cost.labels(lens, model, provider, tier)),
-            _observer(self.duration.labels(lens, model, operation)),
+            _observer(self.duration.labels(lens, model, operation, status)),
             # only where a first chunk came: a series of empty buckets for every other call costs
             # as much as the duration histogram
             _observer(self.ttft.labels(lens, model, operation)) if streamed else None,
