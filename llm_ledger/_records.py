@@ -35,6 +35,7 @@ __all__ = [
     "ServerShape",
     "Status",
     "anomaly_record",
+    "billed_without_cost",
     "budget_record",
     "call_record",
     "cost_decimal",
@@ -328,6 +329,15 @@ def call_record(
     return record
 
 
+def billed_without_cost(record: Mapping[str, Any]) -> bool:
+    """Whether a call has no cost yet may have been billed: an ok call without a price (or without
+    usage), or a failed call that reported tokens. A lens with one has ``cost_complete: false``, and
+    the exporters count it as an unpriced call."""
+    if record["cost"]["total_cost_usd"] is not None:
+        return False
+    return record["status"] != "error" or bool(record["usage"]["total_tokens"])
+
+
 class LensTotals:
     """Running totals of one lens run; thread-safe, since a lens may fan out to threads and tasks.
 
@@ -383,8 +393,7 @@ class LensTotals:
             self.reasoning_tokens += usage["reasoning_tokens"] or 0
             if total_cost_units is not None:
                 self.cost_units += total_cost_units
-            elif status != "error" or usage["total_tokens"]:
-                # without a cost: an ok call without a price, or a failed call that was billed
+            elif billed_without_cost(record):
                 self.cost_complete = False
             if usage["total_tokens"] is None and status != "error":
                 self.tokens_complete = False

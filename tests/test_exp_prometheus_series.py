@@ -40,7 +40,9 @@ def test_call_duration_is_split_by_status_so_failures_stay_out_of_successful_lat
     with capture(monitor) as records:
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
         with pytest.raises(openai.InternalServerError):
-            client.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "500"})
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "500"}
+            )
     client.close()
     found = _exposed(registry)
     assert label_names(found, "llm_ledger_call_duration_seconds_count") == {
@@ -50,3 +52,46 @@ def test_call_duration_is_split_by_status_so_failures_stay_out_of_successful_lat
     assert by_labels(found, "llm_ledger_call_duration_seconds_count", "status") == {("ok",): 1, ("error",): 1}
     sums = by_labels(found, "llm_ledger_call_duration_seconds_sum", "status")
     assert sums == {(s,): pytest.approx(v) for s, v in seconds.items()}
+
+
+def test_unpriced_calls_are_counted_with_the_cost_counters_labels_by_both_sinks(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A call billed without a price is counted under the lens, model, provider and service tier its
+    cost would have had, so that the lens whose spend is short can be told; the OTel sink counts the
+    same calls under llm_ledger.cost's attributes."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from llm_ledger.exporters import OTelSink
+    from tests.exporter_helpers import workload
+
+    registry = CollectorRegistry()
+    reader = InMemoryMetricReader()
+    otel = OTelSink(meter_provider=MeterProvider(metric_readers=[reader]))
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry), otel])
+    with capture(monitor) as records:
+        workload(monitor, fake_openai)
+    found = _exposed(registry)
+    assert label_names(found, "llm_ledger_unpriced_calls_total") == label_names(
+        found, "llm_ledger_cost_usd_total"
+    )
+    unpriced = [c for c in records.calls if c["cost"]["total_cost_usd"] is None and c["status"] == "ok"]
+    assert [c["request"]["model"] for c in unpriced] == [UNPRICED_MODEL]
+    counted = by_labels(found, "llm_ledger_unpriced_calls_total", "lens", "model", "provider", "service_tier")
+    assert {k: v for k, v in counted.items() if v} == {("research", UNPRICED_MODEL, "openai", "default"): 1.0}
+
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        metric.name: list(metric.data.data_points)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    (point,) = points["llm_ledger.unpriced_calls"]
+    assert point.value == 1
+    assert point.attributes["llm_ledger.lens"] == "research"
+    assert point.attributes["gen_ai.request.model"] == UNPRICED_MODEL
+    cost_keys = {frozenset(p.attributes) for p in points["llm_ledger.cost"]}
+    assert frozenset(point.attributes) in cost_keys  # the attributes a priced call's cost has

@@ -248,6 +248,9 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
         # no call failed (so no series has status="error"): the error rate is 0 %, not "No data"
         error_rate = server.query(_panel_expr("Error rate", job))
         assert [float(s["value"][1]) for s in error_rate] == [0.0], error_rate
+        # every call was priced: the unpriced stat says 0, not "No data"
+        unpriced = server.query(_panel_expr("Unpriced calls over the range", job))
+        assert [float(s["value"][1]) for s in unpriced] == [0.0], unpriced
     finally:
         metrics.shutdown()
         metrics.server_close()

@@ -397,7 +397,7 @@ def test_metrics_follow_the_conventions_and_equal_the_records(
     found = otel.metrics()
     assert set(found) == {
         "gen_ai.client.token.usage", "gen_ai.client.operation.duration",
-        "gen_ai.client.operation.time_to_first_chunk", "llm_ledger.cost",
+        "gen_ai.client.operation.time_to_first_chunk", "llm_ledger.cost", "llm_ledger.unpriced_calls",
     }  # fmt: skip
     for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
         points = [p for p in found["gen_ai.client.token.usage"] if p.attributes["gen_ai.token.type"] == kind]
@@ -451,7 +451,7 @@ def test_latest_experimental_names_on_opt_in(
         "gen_ai.client.inference.operation.input_tokens", "gen_ai.client.inference.operation.output_tokens",
         "gen_ai.client.embeddings.operation.input_tokens",
         "gen_ai.client.inference.duration", "gen_ai.client.embeddings.duration",
-        "gen_ai.client.inference.time_to_first_chunk", "llm_ledger.cost",
+        "gen_ai.client.inference.time_to_first_chunk", "llm_ledger.cost", "llm_ledger.unpriced_calls",
     }  # fmt: skip
     inference = [c for c in records.calls if c["operation"] != "embeddings"]
     (embedding,) = [c for c in records.calls if c["operation"] == "embeddings"]

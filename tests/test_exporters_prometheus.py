@@ -48,7 +48,7 @@ EXPECTED_LABELS = {
     "llm_ledger_time_to_first_token_seconds_count": {"lens", "model", "operation"},
     "llm_ledger_lens_runs_total": {"lens", "status"},
     "llm_ledger_lens_cost_usd_count": {"lens"},
-    "llm_ledger_unpriced_calls_total": {"model"},
+    "llm_ledger_unpriced_calls_total": {"lens", "model", "provider", "service_tier"},
 }
 
 

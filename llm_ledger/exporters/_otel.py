@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT, made_here
+from .._records import CALL_EVENT, LENS_EVENT, billed_without_cost, made_here
 from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS, MAX_TIERS, OTHER
 
@@ -283,6 +283,12 @@ class OTelSink:
         self._duration = histogram(duration, "s", "GenAI operation duration", DURATION_BUCKETS)
         self._first_chunk = histogram(first_chunk, "s", "Time to a stream's first chunk", DURATION_BUCKETS)
         self._cost = counter("llm_ledger.cost", "{USD}", "Cost of GenAI calls, USD (llm-ledger prices)")
+        # what llm_ledger.cost leaves out, under the same attributes (as llm_ledger_unpriced_calls)
+        self._unpriced = counter(
+            "llm_ledger.unpriced_calls",
+            "{call}",
+            "Calls billed without a known cost (not in llm_ledger.cost)",
+        )
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._tiers: set[str] = set()  # service tiers kept by name in metric attributes
         self._lock = threading.Lock()
@@ -441,6 +447,8 @@ class OTelSink:
         usd = record["cost"]["total_cost_usd"]
         if usd is not None:
             self._cost.add(usd, base, attributes)
+        elif billed_without_cost(record):
+            self._unpriced.add(1, base, attributes)
         timing = record["timing"]
         first = timing["time_to_first_token_ms"]
         if first is not None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._anomalies import METRICS
 from .._errors import ConfigError
-from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT
+from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -256,9 +256,11 @@ class PrometheusSink:
             pc.Histogram, "llm_ledger_lens_cost_usd", "Cost of one lens run, USD", ("lens",),
             buckets=LENS_COST_BUCKETS,
         )  # fmt: skip
+        # the cost counter's labels: which lens's, model's, provider's and tier's spend is short
         self.unpriced = metric(
-            pc.Counter, "llm_ledger_unpriced_calls", "Calls whose cost is unknown", ("model",)
-        )
+            pc.Counter, "llm_ledger_unpriced_calls", "Calls billed at an unknown cost (not in cost_usd)",
+            ("lens", "model", "provider", "service_tier"),
+        )  # fmt: skip
         self.anomalies = metric(
             pc.Counter, "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
         )
@@ -420,7 +422,7 @@ class PrometheusSink:
             # only where a first chunk came: a series of empty buckets for every other call costs
             # as much as the duration histogram
             _observer(self.ttft.labels(lens, model, operation)) if streamed else None,
-            _adder(self.unpriced.labels(model)),
+            _adder(self.unpriced.labels(lens, model, provider, tier)),
             # only where a call counted one: three series of 0 beside every text call's would be a
             # third more series of tokens for nothing
             tuple(
@@ -468,8 +470,7 @@ class PrometheusSink:
             sums[4] += usage["reasoning_tokens"] or 0
             if usd is not None:
                 sums[5] += usd
-            elif status != "error" or usage["total_tokens"]:
-                # the lens's cost_complete rule: an ok call without a cost, or a failed call that was billed
+            elif billed_without_cost(record):
                 sums[6] += 1
             sums[7].append(timing["duration_ms"] / 1000)
             if first is not None:
