@@ -95,3 +95,43 @@ def test_unpriced_calls_are_counted_with_the_cost_counters_labels_by_both_sinks(
     assert point.attributes["gen_ai.request.model"] == UNPRICED_MODEL
     cost_keys = {frozenset(p.attributes) for p in points["llm_ledger.cost"]}
     assert frozenset(point.attributes) in cost_keys  # the attributes a priced call's cost has
+
+
+def test_a_token_type_or_unpriced_series_exists_only_once_a_call_counted_some(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """Every llm_ledger_tokens_total and llm_ledger_unpriced_calls_total series has counted something:
+    no series of zeros for an embedding's output, a text model's audio or a priced model's unpriced
+    calls. A token type a label set counts for the first time is scraped at 0 before its value, as
+    any new series is, so that increase() counts it."""
+    registry = CollectorRegistry()
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry)])
+    from tests.exporter_helpers import workload
+
+    with capture(monitor) as records:
+        workload(monitor, fake_openai)
+    found = _exposed(registry)
+    tokens = {ls: v for (n, ls), v in found.items() if n == "llm_ledger_tokens_total"}
+    assert tokens and all(tokens.values()), {dict(ls)["token_type"]: v for ls, v in tokens.items() if not v}
+    kinds = {dict(ls)["token_type"] for ls in tokens}
+    assert kinds == {"input", "output", "cached", "reasoning"}  # the workload has no cache writes or audio
+    embeddings = {dict(ls)["token_type"] for ls in tokens if dict(ls)["operation"] == "embeddings"}
+    assert embeddings == {"input"}
+    unpriced = {ls: v for (n, ls), v in found.items() if n == "llm_ledger_unpriced_calls_total"}
+    assert [dict(ls)["model"] for ls in unpriced] == [UNPRICED_MODEL]
+    assert sum(c["usage"]["prompt_tokens"] or 0 for c in records.calls) == sum(
+        v for ls, v in tokens.items() if dict(ls)["token_type"] == "input"
+    )
+
+    client = _client(monitor, fake_openai)
+    with monitor.lens("summary"):  # a label set the workload made: its first cache writes
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-cache-write-tokens": "5"}
+        )
+    client.close()
+    cache_write = ("llm_ledger_tokens_total", "cache_write")
+    first = samples(generate_latest(registry).decode())
+    second = samples(generate_latest(registry).decode())
+    for scrape, want in ((first, 0.0), (second, 5.0)):
+        values = [v for (n, ls), v in scrape.items() if (n, dict(ls).get("token_type")) == cache_write]
+        assert values == [want]

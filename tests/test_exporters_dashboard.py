@@ -102,7 +102,7 @@ def _port_below_the_ephemeral_range() -> int:
 
 
 # one job per test that has Prometheus scrape it: each its own metrics port and its own series
-JOBS = ("every_panel", "first_calls", "anomaly", "latency")
+JOBS = ("every_panel", "first_calls", "anomaly", "latency", "token_types")
 
 
 @dataclass
@@ -296,11 +296,64 @@ def test_latency_panels_show_successful_calls_and_fast_failures_stay_in_the_erro
         )
         error_rate = [float(s["value"][1]) for s in server.query(_panel_expr("Error rate", job))]
     finally:
+        client.close()
         metrics.shutdown()
         metrics.server_close()
     assert 0.32 < p50["gpt-4o"] <= 0.64, p50  # the bucket of the 400 ms call; the failures' is 0.01
     assert 0.32 < p95["gpt-4o"] <= 0.64, p95
     assert error_rate == [pytest.approx(0.75)]
+    assert server.errors() == []
+
+
+@pytest.mark.prometheus
+def test_a_token_type_first_counted_later_is_counted_by_increase(
+    prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """A label set's cached-tokens series is made only by its first call that reads from the prompt
+    cache, after the label set's first calls: Prometheus scrapes it at 0 first, so the dashboard's
+    increase() and rate() count those first tokens, and no series of zeros is scraped before."""
+    from prometheus_client import CollectorRegistry
+
+    from llm_ledger.exporters import PrometheusSink, start_metrics_server
+
+    server, job = prometheus.server, "token_types"
+    registry = CollectorRegistry()
+    monitor.add_sink(PrometheusSink(registry))
+    metrics = start_metrics_server(prometheus.ports[job], "127.0.0.1", registry=registry)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    hi: Any = [{"role": "user", "content": "hi"}]
+    tokens = f'llm_ledger_tokens_total{{job="{job}", token_type="cached"}}'
+
+    def calls_scraped(n: int) -> bool:
+        return sum(float(s["value"][1]) for s in server.query(f'llm_ledger_calls_total{{job="{job}"}}')) == n
+
+    try:
+        wait("the first scrape", lambda: bool(server.query(f'up{{job="{job}"}} == 1')))
+        with monitor.lens("cached"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        wait("a scrape of the first call", lambda: calls_scraped(1))
+        assert server.query(f"count_over_time({tokens}[10m])") == []  # no series of zeros
+        with monitor.lens("cached"):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=hi, extra_headers={"x-fake-cached-tokens": "5"}
+            )
+        wait("a scrape of the second call", lambda: calls_scraped(2))
+        wait(
+            "three scrapes of the new series",
+            lambda: bool(server.query(f"count_over_time({tokens}[10m]) >= 3")),
+        )
+        increase = [float(s["value"][1]) for s in server.query(f"increase({tokens}[10m])")]
+        panel = {
+            s["metric"]["token_type"]: float(s["value"][1])
+            for s in server.query(_panel_expr("Tokens by type", job).replace("[30s]", "[10m]"))
+        }
+    finally:
+        client.close()
+        metrics.shutdown()
+        metrics.server_close()
+    # increase() extrapolates up to 1.1 scrape intervals past the last sample (none before the first: 0)
+    assert len(increase) == 1 and 5 <= increase[0] <= 5 * 1.55, increase
+    assert panel["cached"] > 0, panel
     assert server.errors() == []
 
 
