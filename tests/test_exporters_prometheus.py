@@ -546,6 +546,53 @@ def test_configure_turns_the_exporter_on_for_the_default_monitor(
     assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1  # off meanwhile
 
 
+HOLD_A_PORT = (
+    "import socket, sys; s = socket.create_server(('127.0.0.1', 0)); "
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+)
+
+
+@pytest.fixture
+def port_of_another_process() -> Iterator[int]:
+    """A loopback port another process listens on, until the test ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_PORT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        yield int(holder.stdout.readline())
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_moving_the_listener_to_another_address_on_the_same_port_replaces_the_ledgers_own(
+    port_of_another_process: int,
+) -> None:
+    """prometheus:PORT then prometheus:127.0.0.1:PORT (and back) in one process: the ledger's own
+    listener on that port is replaced, not reported as a port in use; a port another process holds
+    is still the clear error, and a configure() that fails that way leaves the old listener serving."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:{port}"])
+    assert set(_setup._servers) == {("0.0.0.0", port)}
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+    assert set(_setup._servers) == {("127.0.0.1", port)}
+    assert total(scrape(url), "llm_ledger_calls_total") >= 0
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:{port}"])
+    assert set(_setup._servers) == {("0.0.0.0", port)}
+    held = port_of_another_process
+    with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{held}: the port is already in use"):
+        llm_ledger.configure(
+            log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}", f"prometheus:127.0.0.1:{held}"]
+        )
+    assert _config._settings is not None and _config._settings.exporters == (f"prometheus:0.0.0.0:{port}",)
+    assert set(_setup._servers) == {("0.0.0.0", port)}
+    assert total(scrape(url), "llm_ledger_calls_total") >= 0  # served again by the listener kept
+
+
 @pytest.mark.usefixtures("fresh_exporters")
 def test_a_second_worker_with_the_same_port_is_told_how_to_serve_several_processes(
     monkeypatch: pytest.MonkeyPatch,
