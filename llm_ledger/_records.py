@@ -82,6 +82,7 @@ class RequestShape(TypedDict):
     image_count: int
     stream: bool
     tools_count: int
+    service_tier: str | None  # the tier asked for ("auto", "flex", "priority"...), null when none was
 
 
 class ResponseShape(TypedDict):
@@ -175,6 +176,9 @@ class LensSummary(TypedDict):
     errors: int
     cached_tokens: int
     reasoning_tokens: int
+    cache_write_tokens: int
+    prompt_audio_tokens: int
+    completion_audio_tokens: int
     duration_ms: float
     open_calls: int
     cost_complete: bool
@@ -360,6 +364,9 @@ class LensTotals:
         self.total_tokens = 0
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        self.cache_write_tokens = 0
+        self.prompt_audio_tokens = 0
+        self.completion_audio_tokens = 0
         self.cost_units = 0
         self.cost_complete = True
         self.tokens_complete = True  # False once a call that was answered reported no usage
@@ -391,6 +398,9 @@ class LensTotals:
             self.total_tokens += usage["total_tokens"] or 0
             self.cached_tokens += usage["cached_tokens"] or 0
             self.reasoning_tokens += usage["reasoning_tokens"] or 0
+            self.cache_write_tokens += usage["cache_write_tokens"] or 0
+            self.prompt_audio_tokens += usage["prompt_audio_tokens"] or 0
+            self.completion_audio_tokens += usage["completion_audio_tokens"] or 0
             if total_cost_units is not None:
                 self.cost_units += total_cost_units
             elif billed_without_cost(record):
@@ -432,6 +442,9 @@ class LensTotals:
             "errors": self.errors,
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "prompt_audio_tokens": self.prompt_audio_tokens,
+            "completion_audio_tokens": self.completion_audio_tokens,
             "duration_ms": round(wall_s * 1000, 3),
             "open_calls": self.open,
             "cost_complete": self.cost_complete and self.open == 0,

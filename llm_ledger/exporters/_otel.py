@@ -523,6 +523,7 @@ class OTelSink:
             ("gen_ai.request.max_tokens", request["max_tokens"]),
             ("gen_ai.request.stream", True if request["stream"] else None),
             ("openai.api.type", _API_TYPES.get(record["operation"])),
+            ("openai.request.service_tier", request.get("service_tier")),  # .get: older records
             ("openai.response.service_tier", response.get("service_tier")),
             ("gen_ai.response.model", response_model),
             ("gen_ai.response.id", response["id"]),
@@ -608,6 +609,19 @@ class OTelSink:
             "llm_ledger.lens.models": list(summary["models_used"]),
             "llm_ledger.lens.cost_complete": summary["cost_complete"],
         }
+        # as on its calls' spans: the cache writes under the mode's name, audio only where there is some
+        # (.get: a record of an older version has none of the three)
+        _present(
+            attributes,
+            (
+                (
+                    "llm_ledger.lens." + self._cache_write.removeprefix("gen_ai.usage."),
+                    summary.get("cache_write_tokens"),
+                ),
+                ("llm_ledger.lens.audio.input_tokens", summary.get("prompt_audio_tokens") or None),
+                ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
+            ),
+        )
         self._context_attributes(context, attributes)
         end = _ns(record["timestamp"])
         # records keep milliseconds: a call begun within a millisecond of its lens can seem to start
