@@ -83,7 +83,7 @@ def test_unpriced_calls_are_counted_with_the_cost_counters_labels_by_both_sinks(
 
     data = reader.get_metrics_data()
     assert data is not None
-    points = {
+    points: dict[str, list[Any]] = {
         metric.name: list(metric.data.data_points)
         for resource in data.resource_metrics
         for scope in resource.scope_metrics
