@@ -45,7 +45,7 @@ def _lines() -> list[bytes]:
             status=status, operation="chat", context=context,  # type: ignore[arg-type]
             request={"model": model, "temperature": 0.2, "max_tokens": 400, "messages_count": 2,
                      "system_prompt_length": 1093, "user_prompt_length": 3049 + i % 50, "has_images": False,
-                     "image_count": 0, "stream": i % 4 == 0, "tools_count": 0},
+                     "image_count": 0, "stream": i % 4 == 0, "tools_count": 0, "service_tier": None},
             response={"model": f"{model}-2024-07-18", "id": f"chatcmpl-{i:024x}",
                       "request_id": f"req_{i:032x}", "content_length": 690 + i % 200, "finish_reason": "stop",
                       "tool_calls_count": 0, "service_tier": "default"},

@@ -98,6 +98,7 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
         temperature = float(temperature) if number else None
     tools = body.get("tools")
+    tier = body.get("service_tier")
     return {
         "model": model if type(model) is str else None,  # a number or dict is the server's to refuse
         "temperature": temperature,
@@ -109,6 +110,7 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         "image_count": images,
         "stream": stream,
         "tools_count": len(tools) if isinstance(tools, (list, tuple)) else 0,
+        "service_tier": tier if type(tier) is str else None,
     }
 
 

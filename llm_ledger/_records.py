@@ -35,6 +35,7 @@ __all__ = [
     "ServerShape",
     "Status",
     "anomaly_record",
+    "billed_without_cost",
     "budget_record",
     "call_record",
     "cost_decimal",
@@ -81,6 +82,7 @@ class RequestShape(TypedDict):
     image_count: int
     stream: bool
     tools_count: int
+    service_tier: str | None  # the tier asked for ("auto", "flex", "priority"...), null when none was
 
 
 class ResponseShape(TypedDict):
@@ -174,6 +176,9 @@ class LensSummary(TypedDict):
     errors: int
     cached_tokens: int
     reasoning_tokens: int
+    cache_write_tokens: int
+    prompt_audio_tokens: int
+    completion_audio_tokens: int
     duration_ms: float
     open_calls: int
     cost_complete: bool
@@ -328,6 +333,15 @@ def call_record(
     return record
 
 
+def billed_without_cost(record: Mapping[str, Any]) -> bool:
+    """Whether a call has no cost yet may have been billed: an ok call without a price (or without
+    usage), or a failed call that reported tokens. A lens with one has ``cost_complete: false``, and
+    the exporters count it as an unpriced call."""
+    if record["cost"]["total_cost_usd"] is not None:
+        return False
+    return record["status"] != "error" or bool(record["usage"]["total_tokens"])
+
+
 class LensTotals:
     """Running totals of one lens run; thread-safe, since a lens may fan out to threads and tasks.
 
@@ -350,6 +364,9 @@ class LensTotals:
         self.total_tokens = 0
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        self.cache_write_tokens = 0
+        self.prompt_audio_tokens = 0
+        self.completion_audio_tokens = 0
         self.cost_units = 0
         self.cost_complete = True
         self.tokens_complete = True  # False once a call that was answered reported no usage
@@ -381,10 +398,12 @@ class LensTotals:
             self.total_tokens += usage["total_tokens"] or 0
             self.cached_tokens += usage["cached_tokens"] or 0
             self.reasoning_tokens += usage["reasoning_tokens"] or 0
+            self.cache_write_tokens += usage["cache_write_tokens"] or 0
+            self.prompt_audio_tokens += usage["prompt_audio_tokens"] or 0
+            self.completion_audio_tokens += usage["completion_audio_tokens"] or 0
             if total_cost_units is not None:
                 self.cost_units += total_cost_units
-            elif status != "error" or usage["total_tokens"]:
-                # without a cost: an ok call without a price, or a failed call that was billed
+            elif billed_without_cost(record):
                 self.cost_complete = False
             if usage["total_tokens"] is None and status != "error":
                 self.tokens_complete = False
@@ -423,6 +442,9 @@ class LensTotals:
             "errors": self.errors,
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "prompt_audio_tokens": self.prompt_audio_tokens,
+            "completion_audio_tokens": self.completion_audio_tokens,
             "duration_ms": round(wall_s * 1000, 3),
             "open_calls": self.open,
             "cost_complete": self.cost_complete and self.open == 0,

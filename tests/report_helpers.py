@@ -46,6 +46,7 @@ def call(
             "image_count": 0,
             "stream": False,
             "tools_count": 0,
+            "service_tier": None,
         },
         response={
             "model": None if failed else model,

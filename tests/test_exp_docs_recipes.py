@@ -89,9 +89,11 @@ tests:
         values: '0 0 0 2x40'
       - series: 'llm_ledger_dropped_records_total{job="my-service",event="lens_summary"}'
         values: '0x43'
-      - series: 'llm_ledger_unpriced_calls_total{job="my-service",model="acme-local-7b"}'
+      - series: 'llm_ledger_unpriced_calls_total{job="my-service",lens="x",model="acme",service_tier="dflt"}'
         values: '0 0 1x100'
-      - series: 'llm_ledger_unpriced_calls_total{job="my-service",model="gpt-4o"}'
+      - series: 'llm_ledger_unpriced_calls_total{job="my-service",lens="x",model="acme",service_tier="flex"}'
+        values: '0 0 1x100'
+      - series: 'llm_ledger_unpriced_calls_total{job="my-service",lens="x",model="gpt",service_tier="dflt"}'
         values: '0x102'
     alert_rule_test:
       - eval_time: 5m
@@ -106,9 +108,9 @@ tests:
       - eval_time: 10m
         alertname: LLMUnpricedCalls
         exp_alerts:
-          - exp_labels: {severity: info, job: my-service, model: acme-local-7b}
+          - exp_labels: {severity: info, job: my-service, lens: x, model: acme}
             exp_annotations:
-              summary: "model acme-local-7b has no price: its spend is missing (add it to a price file)"
+              summary: "model acme (lens x) has no price: its spend is missing (add it to a price file)"
       - eval_time: 90m
         alertname: LLMUnpricedCalls
         exp_alerts: []

@@ -63,6 +63,7 @@ class Exported:
 
     def __init__(self) -> None:
         self.spans: dict[str, dict[str, Any]] = {}
+        self.lenses: dict[str, dict[str, Any]] = {}  # lens spans by lens key
         self.points: dict[str, list[tuple[dict[str, Any], Any]]] = {}
 
 
@@ -98,6 +99,8 @@ def otlp() -> Iterator[Any]:
                         attributes = {a.key: attribute_value(a.value) for a in span.attributes}
                         if "llm_ledger.call_id" in attributes:
                             out.spans[attributes["llm_ledger.call_id"]] = attributes
+                        elif "llm_ledger.lens.calls" in attributes:
+                            out.lenses[attributes["llm_ledger.lens_key"]] = attributes
         # each export holds the cumulative sums (force_flush, then shutdown): the last one has them all
         for body in receiver.bodies.get("/v1/metrics", [])[-1:]:
             for resource in ExportMetricsServiceRequest.FromString(body).resource_metrics:
@@ -148,6 +151,38 @@ def test_spans_carry_the_served_tier_and_the_cache_write_and_audio_counts(
     assert (audio["gen_ai.usage.audio.input_tokens"], audio["gen_ai.usage.audio.output_tokens"]) == (3, 9)
     assert audio["gen_ai.usage.input_tokens"] == calls[2]["usage"]["prompt_tokens"] > 3  # audio and text
     assert not any("gen_ai.usage.audio.input_tokens" in exported.spans[c["call_id"]] for c in calls[:2])
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["v1.41.1", "latest_experimental"])
+def test_spans_carry_the_requested_tier_and_lens_spans_the_cache_write_and_audio_totals(
+    fake_openai: FakeOpenAI, otlp: Any, monkeypatch: pytest.MonkeyPatch, latest: bool
+) -> None:
+    """A call span has openai.request.service_tier, the tier asked for (absent when none was), beside
+    the tier that served it; the lens span totals its calls' cache writes (under the mode's name, as
+    its calls' spans) and audio tokens, as it totals their other tokens."""
+    if latest:
+        monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    records, exported = _recorded(fake_openai, otlp)
+    calls = records.calls
+    assert [c["request"]["service_tier"] for c in calls] == [None, "flex", "priority", "flex", None]
+    for call in calls:
+        span = exported.spans[call["call_id"]]
+        assert span.get("openai.request.service_tier") == call["request"]["service_tier"]
+    (summary,) = (r["summary"] for r in records.lenses)
+    in_lens = [c for c in calls if c["context"].get("lens_key") == "tiers"]
+    for field in ("cache_write_tokens", "prompt_audio_tokens", "completion_audio_tokens"):
+        assert summary[field] == sum(c["usage"][field] for c in in_lens), field
+    assert [summary[k] for k in ("cache_write_tokens", "prompt_audio_tokens", "completion_audio_tokens")] == [
+        8,
+        3,
+        9,
+    ]
+    lens = exported.lenses["tiers"]
+    written = f"llm_ledger.lens.{'cache_write' if latest else 'cache_creation'}.input_tokens"
+    assert lens[written] == 8
+    assert (lens["llm_ledger.lens.audio.input_tokens"], lens["llm_ledger.lens.audio.output_tokens"]) == (3, 9)
+    call_written = f"gen_ai.usage.{'cache_write' if latest else 'cache_creation'}.input_tokens"
+    assert lens[written] == sum(exported.spans[c["call_id"]][call_written] for c in in_lens)
 
 
 def test_metrics_carry_the_tier_so_spend_splits_by_tier(fake_openai: FakeOpenAI, otlp: Any) -> None:
@@ -327,7 +362,7 @@ def test_prometheus_spend_by_tier_and_detail_tokens_through_a_real_prometheus(
         "output_audio": 9,
     }
     assert tokens["cache_write"] == 8
-    # the series of the audio token types: those of the calls that reported any of the three counts
+    # the series of input audio tokens: those of the calls that reported some (not the cache writes')
     assert {(s["metric"]["model"], s["metric"]["service_tier"]) for s in audio_series} == {
-        ("gpt-audio", "priority"), ("gpt-5-mini", "flex"),
-    }  # fmt: skip
+        ("gpt-audio", "priority")
+    }

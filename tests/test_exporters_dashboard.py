@@ -10,6 +10,7 @@ it): Prometheus takes about five seconds to scrape its first targets, however sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -102,7 +103,7 @@ def _port_below_the_ephemeral_range() -> int:
 
 
 # one job per test that has Prometheus scrape it: each its own metrics port and its own series
-JOBS = ("every_panel", "first_calls", "anomaly")
+JOBS = ("every_panel", "first_calls", "anomaly", "latency", "token_types")
 
 
 @dataclass
@@ -184,6 +185,33 @@ def _panel_expr(title: str, job: str) -> str:
     return expr
 
 
+@contextlib.contextmanager
+def _exported(
+    prometheus: Scraped, job: str, monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI
+) -> Iterator[openai.OpenAI]:
+    """A PrometheusSink of its own on ``monitor``, its /metrics on ``job``'s port, scraped once by the
+    module's Prometheus: a client of ``monitor``; afterwards the client closed and the server stopped."""
+    from prometheus_client import CollectorRegistry
+
+    from llm_ledger.exporters import PrometheusSink, start_metrics_server
+
+    registry = CollectorRegistry()
+    monitor.add_sink(PrometheusSink(registry))
+    metrics = start_metrics_server(prometheus.ports[job], "127.0.0.1", registry=registry)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=server.base_url, max_retries=0))
+    try:
+        wait("the first scrape", lambda: bool(prometheus.server.query(f'up{{job="{job}"}} == 1')))
+        yield client
+    finally:
+        client.close()
+        metrics.shutdown()
+        metrics.server_close()
+
+
+def _calls_scraped(server: LocalPrometheus, job: str, n: int) -> bool:
+    return sum(float(s["value"][1]) for s in server.query(f'llm_ledger_calls_total{{job="{job}"}}')) == n
+
+
 @pytest.mark.prometheus
 def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
     prometheus: Scraped,
@@ -194,31 +222,16 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
     """A lens that ran once, and each label set's first calls, count in the dashboard's increase()
     panels (a series Prometheus first sees already at its value has no rise, so it would show $0);
     the cost per run of a lens that cheap is within a bucket's width of the truth."""
-    from prometheus_client import CollectorRegistry
-
-    from llm_ledger.exporters import PrometheusSink, start_metrics_server
-
     server, job = prometheus.server, "first_calls"
-    registry = CollectorRegistry()
-    monitor.add_sink(PrometheusSink(registry))
-    metrics = start_metrics_server(prometheus.ports[job], "127.0.0.1", registry=registry)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
     hi: Any = [{"role": "user", "content": "hi"}]
-    try:
-        wait("the first scrape", lambda: bool(server.query(f'up{{job="{job}"}} == 1')))
+    with _exported(prometheus, job, monitor, fake_openai) as client:
         with monitor.lens("rare"):  # one run, never again
             client.chat.completions.create(model="gpt-4o-mini", messages=hi)
         for _ in range(3):
             with monitor.lens("busy"):
                 client.chat.completions.create(model="gpt-4o", messages=hi)
         calls = len(records.calls)
-        wait(
-            "a scrape of every call",
-            lambda: (
-                sum(float(s["value"][1]) for s in server.query(f'llm_ledger_calls_total{{job="{job}"}}'))
-                == calls
-            ),
-        )
+        wait("a scrape of every call", lambda: _calls_scraped(server, job, calls))
         spend = sum(c["cost"]["total_cost_usd"] for c in records.calls)
 
         def value(expr: str) -> float:
@@ -248,9 +261,74 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
         # no call failed (so no series has status="error"): the error rate is 0 %, not "No data"
         error_rate = server.query(_panel_expr("Error rate", job))
         assert [float(s["value"][1]) for s in error_rate] == [0.0], error_rate
-    finally:
-        metrics.shutdown()
-        metrics.server_close()
+        # every call was priced: the unpriced stat says 0, not "No data"
+        unpriced = server.query(_panel_expr("Unpriced calls over the range", job))
+        assert [float(s["value"][1]) for s in unpriced] == [0.0], unpriced
+    assert server.errors() == []
+
+
+@pytest.mark.prometheus
+def test_latency_panels_show_successful_calls_and_fast_failures_stay_in_the_error_rate(
+    prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """Three calls that fail at once and one that succeeds after 400 ms: the duration panel's p50 is
+    the successful call's (not a failure's few milliseconds), and the error rate counts the failures."""
+    server, job = prometheus.server, "latency"
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with _exported(prometheus, job, monitor, fake_openai) as client:
+        client.chat.completions.create(
+            model="gpt-4o", messages=hi, extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "400"}
+        )
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(
+                    model="gpt-4o", messages=hi, extra_headers={"x-fake-status": "500"}
+                )
+        wait("a scrape of every call", lambda: _calls_scraped(server, job, 4))
+        p50, p95 = (
+            {s["metric"]["model"]: float(s["value"][1]) for s in server.query(expr)}
+            for title, expr in expressions(job)
+            if title == "Call duration p50 / p95"
+        )
+        error_rate = [float(s["value"][1]) for s in server.query(_panel_expr("Error rate", job))]
+    assert 0.32 < p50["gpt-4o"] <= 0.64, p50  # the bucket of the 400 ms call; the failures' is 0.01
+    assert 0.32 < p95["gpt-4o"] <= 0.64, p95
+    assert error_rate == [pytest.approx(0.75)]
+    assert server.errors() == []
+
+
+@pytest.mark.prometheus
+def test_a_token_type_first_counted_later_is_counted_by_increase(
+    prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """A label set's cached-tokens series is made only by its first call that reads from the prompt
+    cache, after the label set's first calls: Prometheus scrapes it at 0 first, so the dashboard's
+    increase() and rate() count those first tokens, and no series of zeros is scraped before."""
+    server, job = prometheus.server, "token_types"
+    hi: Any = [{"role": "user", "content": "hi"}]
+    tokens = f'llm_ledger_tokens_total{{job="{job}", token_type="cached"}}'
+    with _exported(prometheus, job, monitor, fake_openai) as client:
+        with monitor.lens("cached"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        wait("a scrape of the first call", lambda: _calls_scraped(server, job, 1))
+        assert server.query(f"count_over_time({tokens}[10m])") == []  # no series of zeros
+        with monitor.lens("cached"):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=hi, extra_headers={"x-fake-cached-tokens": "5"}
+            )
+        wait("a scrape of the second call", lambda: _calls_scraped(server, job, 2))
+        wait(
+            "three scrapes of the new series",
+            lambda: bool(server.query(f"count_over_time({tokens}[10m]) >= 3")),
+        )
+        increase = [float(s["value"][1]) for s in server.query(f"increase({tokens}[10m])")]
+        panel = {
+            s["metric"]["token_type"]: float(s["value"][1])
+            for s in server.query(_panel_expr("Tokens by type", job).replace("[30s]", "[10m]"))
+        }
+    # increase() extrapolates up to 1.1 scrape intervals past the last sample (none before the first: 0)
+    assert len(increase) == 1 and 5 <= increase[0] <= 5 * 1.55, increase
+    assert panel["cached"] > 0, panel
     assert server.errors() == []
 
 

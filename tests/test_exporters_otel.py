@@ -104,6 +104,7 @@ def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
         "gen_ai.usage.audio.input_tokens": usage["prompt_audio_tokens"] or None,
         "gen_ai.usage.audio.output_tokens": usage["completion_audio_tokens"] or None,
         "gen_ai.usage.reasoning.output_tokens": usage["reasoning_tokens"],
+        "openai.request.service_tier": call["request"]["service_tier"],
         "openai.response.service_tier": response["service_tier"],
         "gen_ai.usage.cost": call["cost"]["total_cost_usd"],
         "error.type": call["error"]["type"] if call["error"] else None,
@@ -215,6 +216,7 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
         "llm_ledger.lens.output_tokens": summary["summary"]["completion_tokens"],
         "llm_ledger.lens.cache_read.input_tokens": 0,
         "llm_ledger.lens.reasoning.output_tokens": 0,
+        "llm_ledger.lens.cache_creation.input_tokens": 0,
         "gen_ai.usage.cost": summary["summary"]["total_cost_usd"],
         "llm_ledger.lens.calls": 2,
         "llm_ledger.lens.errors": 0,
@@ -397,7 +399,7 @@ def test_metrics_follow_the_conventions_and_equal_the_records(
     found = otel.metrics()
     assert set(found) == {
         "gen_ai.client.token.usage", "gen_ai.client.operation.duration",
-        "gen_ai.client.operation.time_to_first_chunk", "llm_ledger.cost",
+        "gen_ai.client.operation.time_to_first_chunk", "llm_ledger.cost", "llm_ledger.unpriced_calls",
     }  # fmt: skip
     for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
         points = [p for p in found["gen_ai.client.token.usage"] if p.attributes["gen_ai.token.type"] == kind]
@@ -451,7 +453,7 @@ def test_latest_experimental_names_on_opt_in(
         "gen_ai.client.inference.operation.input_tokens", "gen_ai.client.inference.operation.output_tokens",
         "gen_ai.client.embeddings.operation.input_tokens",
         "gen_ai.client.inference.duration", "gen_ai.client.embeddings.duration",
-        "gen_ai.client.inference.time_to_first_chunk", "llm_ledger.cost",
+        "gen_ai.client.inference.time_to_first_chunk", "llm_ledger.cost", "llm_ledger.unpriced_calls",
     }  # fmt: skip
     inference = [c for c in records.calls if c["operation"] != "embeddings"]
     (embedding,) = [c for c in records.calls if c["operation"] == "embeddings"]

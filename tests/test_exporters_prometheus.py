@@ -44,11 +44,11 @@ EXPECTED_LABELS = {
     "llm_ledger_calls_total": CALL_LABELS | {"status"},
     "llm_ledger_tokens_total": CALL_LABELS | {"token_type"},
     "llm_ledger_cost_usd_total": {"lens", "model", "provider", "service_tier"},
-    "llm_ledger_call_duration_seconds_count": {"lens", "model", "operation"},
+    "llm_ledger_call_duration_seconds_count": {"lens", "model", "operation", "status"},
     "llm_ledger_time_to_first_token_seconds_count": {"lens", "model", "operation"},
     "llm_ledger_lens_runs_total": {"lens", "status"},
     "llm_ledger_lens_cost_usd_count": {"lens"},
-    "llm_ledger_unpriced_calls_total": {"model"},
+    "llm_ledger_unpriced_calls_total": {"lens", "model", "provider", "service_tier"},
 }
 
 
@@ -182,8 +182,9 @@ def test_unpriced_calls_are_counted_by_model(run: tuple[Captured, Samples]) -> N
     records, found = run
     assert [c for c in records.calls if c["cost"]["total_cost_usd"] is None and c["status"] == "ok"]
     counted = by_labels(found, "llm_ledger_unpriced_calls_total", "model")
-    assert {k: v for k, v in counted.items() if v} == {(UNPRICED_MODEL,): 1.0}
-    assert ("gpt-4o",) in counted  # series start at 0 (the failed gpt-4o call was not billed)
+    # no series of zeros for priced models (the failed gpt-4o call was not billed): the dashboard's
+    # stat says 0 with "or vector(0)"
+    assert counted == {(UNPRICED_MODEL,): 1.0}
 
 
 def test_no_unbounded_value_becomes_a_label(run: tuple[Captured, Samples]) -> None:
@@ -543,6 +544,53 @@ def test_configure_turns_the_exporter_on_for_the_default_monitor(
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
     assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1  # off meanwhile
+
+
+HOLD_A_PORT = (
+    "import socket, sys; s = socket.create_server(('127.0.0.1', 0)); "
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+)
+
+
+@pytest.fixture
+def port_of_another_process() -> Iterator[int]:
+    """A loopback port another process listens on, until the test ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_PORT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        yield int(holder.stdout.readline())
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_moving_the_listener_to_another_address_on_the_same_port_replaces_the_ledgers_own(
+    port_of_another_process: int,
+) -> None:
+    """prometheus:PORT then prometheus:127.0.0.1:PORT (and back) in one process: the ledger's own
+    listener on that port is replaced, not reported as a port in use; a port another process holds
+    is still the clear error, and a configure() that fails that way leaves the old listener serving."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:{port}"])
+    assert set(_setup._servers) == {("0.0.0.0", port)}
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+    assert set(_setup._servers) == {("127.0.0.1", port)}
+    assert total(scrape(url), "llm_ledger_calls_total") >= 0
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:{port}"])
+    assert set(_setup._servers) == {("0.0.0.0", port)}
+    held = port_of_another_process
+    with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{held}: the port is already in use"):
+        llm_ledger.configure(
+            log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}", f"prometheus:127.0.0.1:{held}"]
+        )
+    assert _config._settings is not None and _config._settings.exporters == (f"prometheus:0.0.0.0:{port}",)
+    assert set(_setup._servers) == {("0.0.0.0", port)}
+    assert total(scrape(url), "llm_ledger_calls_total") >= 0  # served again by the listener kept
 
 
 @pytest.mark.usefixtures("fresh_exporters")

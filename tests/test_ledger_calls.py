@@ -94,6 +94,7 @@ def test_request_shape_counts_text_and_images(client: openai.OpenAI, records: Ca
         "image_count": 2,
         "stream": False,
         "tools_count": 0,
+        "service_tier": None,
     }
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT, made_here
+from .._records import CALL_EVENT, LENS_EVENT, billed_without_cost, made_here
 from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS, MAX_TIERS, OTHER
 
@@ -283,6 +283,12 @@ class OTelSink:
         self._duration = histogram(duration, "s", "GenAI operation duration", DURATION_BUCKETS)
         self._first_chunk = histogram(first_chunk, "s", "Time to a stream's first chunk", DURATION_BUCKETS)
         self._cost = counter("llm_ledger.cost", "{USD}", "Cost of GenAI calls, USD (llm-ledger prices)")
+        # what llm_ledger.cost leaves out, under the same attributes (as llm_ledger_unpriced_calls)
+        self._unpriced = counter(
+            "llm_ledger.unpriced_calls",
+            "{call}",
+            "Calls billed without a known cost (not in llm_ledger.cost)",
+        )
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._tiers: set[str] = set()  # service tiers kept by name in metric attributes
         self._lock = threading.Lock()
@@ -441,6 +447,8 @@ class OTelSink:
         usd = record["cost"]["total_cost_usd"]
         if usd is not None:
             self._cost.add(usd, base, attributes)
+        elif billed_without_cost(record):
+            self._unpriced.add(1, base, attributes)
         timing = record["timing"]
         first = timing["time_to_first_token_ms"]
         if first is not None:
@@ -515,6 +523,7 @@ class OTelSink:
             ("gen_ai.request.max_tokens", request["max_tokens"]),
             ("gen_ai.request.stream", True if request["stream"] else None),
             ("openai.api.type", _API_TYPES.get(record["operation"])),
+            ("openai.request.service_tier", request.get("service_tier")),  # .get: older records
             ("openai.response.service_tier", response.get("service_tier")),
             ("gen_ai.response.model", response_model),
             ("gen_ai.response.id", response["id"]),
@@ -600,6 +609,19 @@ class OTelSink:
             "llm_ledger.lens.models": list(summary["models_used"]),
             "llm_ledger.lens.cost_complete": summary["cost_complete"],
         }
+        # as on its calls' spans: the cache writes under the mode's name, audio only where there is some
+        # (.get: a record of an older version has none of the three)
+        _present(
+            attributes,
+            (
+                (
+                    "llm_ledger.lens." + self._cache_write.removeprefix("gen_ai.usage."),
+                    summary.get("cache_write_tokens"),
+                ),
+                ("llm_ledger.lens.audio.input_tokens", summary.get("prompt_audio_tokens") or None),
+                ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
+            ),
+        )
         self._context_attributes(context, attributes)
         end = _ns(record["timestamp"])
         # records keep milliseconds: a call begun within a millisecond of its lens can seem to start

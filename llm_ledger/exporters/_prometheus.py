@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._anomalies import METRICS
 from .._errors import ConfigError
-from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT
+from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -60,10 +60,14 @@ _NONE_LABELS: Final = {"lens": NO_LENS, "model": UNKNOWN_MODEL, "service_tier": 
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
 _ERRORS_LOGGED: Final = 100  # distinct update errors logged with their traceback; later ones only counted
 _CALL_LABELS: Final = ("lens", "model", "provider", "operation", "status", "service_tier")
-# token types beside input, output, cached and reasoning: usage.cache_write_tokens and
-# prompt_audio_tokens (parts of input), completion_audio_tokens (part of output); their series exist
-# only for the label sets of calls that reported one (see _new_children)
-_DETAIL_TYPES: Final = ("cache_write", "input_audio", "output_audio")
+# a call's counts, each in a series of its own that exists only for the label sets whose calls counted
+# some (see _new_children): the token types (cache_write, input_audio within input; output_audio
+# within output, as in OpenAI's usage), and the calls billed without a known cost
+_UNPRICED: Final = "unpriced"
+_COUNTS: Final = (
+    "input", "output", "cached", "reasoning", "cache_write", "input_audio", "output_audio", _UNPRICED
+)  # fmt: skip
+_COUNTS_AT: Final = 4  # where a call key's sums keep them, after calls, cost, durations, first tokens
 # calls summed per label tuple before they reach the metrics (a collection of the registry, a
 # scrape, moves them first): prometheus-client's values are several objects each, cold between
 # the SDK's own work, where a call's sums are one list
@@ -193,9 +197,9 @@ class PrometheusSink:
         }
         # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # a call's label tuple, whether it had a first token and whether it counted detail tokens ->
-        # [calls, input, output, cached, reasoning, cost, unpriced, durations, first tokens, cache
-        # write, input audio, output audio]; a lens run's (lens_key,) -> [ok runs, failed runs, costs]
+        # a call's label tuple, whether it had a first token and which of _COUNTS it counted ->
+        # [calls, cost, durations, first tokens, *_COUNTS]; a lens run's (lens_key,) -> [ok runs,
+        # failed runs, costs]
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
         directory = _multiprocess_dir(check=True)
@@ -241,9 +245,11 @@ class PrometheusSink:
             pc.Counter, "llm_ledger_cost_usd", "Cost of calls, USD",
             ("lens", "model", "provider", "service_tier"),
         )  # fmt: skip
+        # status as on the calls: a fast failure kept apart from the latency of successful calls (the
+        # conventions' error.type on gen_ai.client.operation.duration, as a fixed vocabulary of three)
         self.duration = metric(
             pc.Histogram, "llm_ledger_call_duration_seconds", "Call duration, seconds",
-            ("lens", "model", "operation"), buckets=self.buckets,
+            ("lens", "model", "operation", "status"), buckets=self.buckets,
         )  # fmt: skip
         self.ttft = metric(
             pc.Histogram, "llm_ledger_time_to_first_token_seconds", "Time to a stream's first chunk, seconds",
@@ -254,9 +260,11 @@ class PrometheusSink:
             pc.Histogram, "llm_ledger_lens_cost_usd", "Cost of one lens run, USD", ("lens",),
             buckets=LENS_COST_BUCKETS,
         )  # fmt: skip
+        # the cost counter's labels: which lens's, model's, provider's and tier's spend is short
         self.unpriced = metric(
-            pc.Counter, "llm_ledger_unpriced_calls", "Calls whose cost is unknown", ("model",)
-        )
+            pc.Counter, "llm_ledger_unpriced_calls", "Calls billed at an unknown cost (not in cost_usd)",
+            ("lens", "model", "provider", "service_tier"),
+        )  # fmt: skip
         self.anomalies = metric(
             pc.Counter, "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
         )
@@ -403,31 +411,31 @@ class PrometheusSink:
             return True
 
     def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
-        raw_lens, raw_model, provider, operation, status, raw_tier, streamed, detailed = key
+        raw_lens, raw_model, provider, operation, status, raw_tier, streamed, counted = key
         lens = self._label("lens", raw_lens)
         model = self._label("model", raw_model)
         tier = self._label("service_tier", raw_tier)
         return (
             _adder(self.calls.labels(lens, model, provider, operation, status, tier)),
-            *(
-                _adder(self.tokens.labels(lens, model, provider, operation, tier, token_type))
-                for token_type in ("input", "output", "cached", "reasoning")
-            ),
             _adder(self.cost.labels(lens, model, provider, tier)),
-            _observer(self.duration.labels(lens, model, operation)),
+            _observer(self.duration.labels(lens, model, operation, status)),
             # only where a first chunk came: a series of empty buckets for every other call costs
             # as much as the duration histogram
             _observer(self.ttft.labels(lens, model, operation)) if streamed else None,
-            _adder(self.unpriced.labels(model)),
-            # only where a call counted one: three series of 0 beside every text call's would be a
-            # third more series of tokens for nothing
+            # only the counts this key's calls have: a token type or unpriced series is made (and so
+            # scraped at 0 before its value, as this key is new) once a call counts some
             tuple(
-                _adder(self.tokens.labels(lens, model, provider, operation, tier, token_type))
-                for token_type in _DETAIL_TYPES
-            )
-            if detailed
-            else None,
+                (_COUNTS_AT + i, self._count_child(name, lens, model, provider, operation, tier))
+                for i, name in enumerate(_COUNTS)
+                if counted >> i & 1
+            ),
         )
+
+    def _count_child(self, name: str, *labels: str) -> Callable[[float], None]:
+        lens, model, provider, operation, tier = labels
+        if name == _UNPRICED:
+            return _adder(self.unpriced.labels(lens, model, provider, tier))
+        return _adder(self.tokens.labels(lens, model, provider, operation, tier, name))
 
     # -- records -----------------------------------------------------------------------------------
 
@@ -439,11 +447,21 @@ class PrometheusSink:
         first = timing["time_to_first_token_ms"]
         response = record["response"]
         usage = record["usage"]
-        # .get: a record of an older version has none of these
+        usd = record["cost"]["total_cost_usd"]
+        # in _COUNTS' order, written out (a loop costs a call a third more); .get: a record of an
+        # older version has none of the three after reasoning
+        t_in = usage["prompt_tokens"] or 0
+        t_out = usage["completion_tokens"] or 0
+        cached = usage["cached_tokens"] or 0
+        reasoning = usage["reasoning_tokens"] or 0
         written = usage.get("cache_write_tokens") or 0
         heard = usage.get("prompt_audio_tokens") or 0
         spoken = usage.get("completion_audio_tokens") or 0
-        detailed = bool(written or heard or spoken)
+        unpriced = 1 if usd is None and billed_without_cost(record) else 0
+        counted = (  # a bit for each count that is not 0: (n and b) is 0 or b
+            (t_in and 1) | (t_out and 2) | (cached and 4) | (reasoning and 8) | (written and 16)
+            | (heard and 32) | (spoken and 64) | (unpriced and 128)
+        )  # fmt: skip
         key = (
             record["context"].get("lens_key"),
             request["model"] or response["model"],
@@ -452,53 +470,42 @@ class PrometheusSink:
             status,
             response.get("service_tier"),
             first is not None,  # not a label: whether the call has a time to first token
-            detailed,  # nor this: whether it counted any of _DETAIL_TYPES
+            counted,  # nor this: which of _COUNTS it counted (their series exist only then)
         )
-        usd = record["cost"]["total_cost_usd"]
         with self._pending_lock:
             sums = self._pending.get(key)
             if sums is None:
-                sums = self._pending[key] = [0, 0, 0, 0, 0, 0.0, 0, [], [], 0, 0, 0]
+                sums = self._pending[key] = [0, 0.0, [], [], *(0 for _ in _COUNTS)]
             sums[0] += 1
-            sums[1] += usage["prompt_tokens"] or 0
-            sums[2] += usage["completion_tokens"] or 0
-            sums[3] += usage["cached_tokens"] or 0
-            sums[4] += usage["reasoning_tokens"] or 0
             if usd is not None:
-                sums[5] += usd
-            elif status != "error" or usage["total_tokens"]:
-                # the lens's cost_complete rule: an ok call without a cost, or a failed call that was billed
-                sums[6] += 1
-            sums[7].append(timing["duration_ms"] / 1000)
+                sums[1] += usd
+            sums[2].append(timing["duration_ms"] / 1000)
             if first is not None:
-                sums[8].append(first / 1000)
-            if detailed:
-                sums[9] += written
-                sums[10] += heard
-                sums[11] += spoken
+                sums[3].append(first / 1000)
+            sums[4] += t_in
+            sums[5] += t_out
+            sums[6] += cached
+            sums[7] += reasoning
+            sums[8] += written
+            sums[9] += heard
+            sums[10] += spoken
+            sums[11] += unpriced
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
             self._flush(collecting=False, overflow=True)
 
     def _move(self, children: tuple[Any, ...], sums: list[Any]) -> None:
-        calls, t_in, t_out, t_cached, t_reasoning, cost, duration, ttft, unpriced, details = children
+        calls, cost, duration, ttft, counted = children
         calls(sums[0])
-        for add, n in ((t_in, sums[1]), (t_out, sums[2]), (t_cached, sums[3]), (t_reasoning, sums[4])):
-            if n:
-                add(n)
-        if sums[5]:
-            cost(sums[5])
-        if sums[6]:
-            unpriced(sums[6])
-        for seconds in sums[7]:
+        if sums[1]:
+            cost(sums[1])
+        for seconds in sums[2]:
             duration(seconds)
-        for seconds in sums[8]:
+        for seconds in sums[3]:
             ttft(seconds)
-        if details is not None:
-            for add, n in zip(details, sums[9:], strict=True):
-                if n:
-                    add(n)
+        for index, add in counted:  # each > 0: the key's calls all counted some
+            add(sums[index])
 
     def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
         lens = self._label("lens", key[0])

@@ -4,6 +4,7 @@ built and ports bound by :func:`prepare` before anything changes, and swapped in
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ _lock = threading.Lock()
 _default_sinks: dict[str, Any] = {}  # name -> the one sink of the process's global registry/providers
 _installed: list[Sink] = []  # the exporter sinks on the default monitor now
 _servers: dict[tuple[str, int], WSGIServer] = {}  # (addr, port) -> /metrics server started by configure
+_internal_log = logging.getLogger("llm_ledger.internal")
 
 
 def _one(item: Any, source: str) -> str:
@@ -87,6 +89,9 @@ class Plan:
     sinks: list[Sink]
     wanted: set[tuple[str, int]]  # every (addr, port) the new settings serve /metrics on
     started: list[tuple[str, int]]  # those prepare() bound, to stop on cancel()
+    # the servers of the old settings prepare() stopped to free their port for another address of it
+    # (they would have been stopped at commit()), to start again on cancel()
+    replaced: list[tuple[str, int]]
 
     def commit(self, monitor: LLMCallMonitor) -> None:
         """Put the new exporter sinks on ``monitor`` in place of the old; stop servers no longer named."""
@@ -100,12 +105,17 @@ class Plan:
                 _stop(_servers.pop(key))
 
     def cancel(self) -> None:
-        """Undo ``prepare()``: stop the servers it started."""
+        """Undo ``prepare()``: stop the servers it started, start again those it replaced."""
         with _lock:
             for key in self.started:
                 server = _servers.pop(key, None)
                 if server is not None:
                     _stop(server)
+            for addr, port in self.replaced:
+                try:
+                    _servers[addr, port] = start_metrics_server(port, addr)
+                except ConfigError as exc:  # taken meanwhile: the error that cancelled must still show
+                    _internal_log.error("llm-ledger: the /metrics server could not be restored: %s", exc)
 
 
 def _stop(server: WSGIServer) -> None:
@@ -113,28 +123,42 @@ def _stop(server: WSGIServer) -> None:
     server.server_close()
 
 
+def _address(spec: str) -> tuple[str, int] | None:
+    """The (addr, port) a normalised spec serves /metrics on (``prometheus:HOST:PORT``), else None."""
+    where = spec.partition(":")[2]
+    if not where:
+        return None
+    addr, _, port = where.rpartition(":")
+    return addr, int(port)
+
+
 def prepare(specs: tuple[str, ...]) -> Plan:
     """Build the sinks and bind the ports of ``specs`` (``ConfigError`` naming the fix, nothing changed)."""
     sinks: list[Sink] = []
-    wanted: set[tuple[str, int]] = set()
-    started: list[tuple[str, int]] = []
+    wanted = {key for key in map(_address, specs) if key is not None}
+    plan = Plan(sinks, wanted, [], [])
     try:
         for spec in specs:
-            name, _, where = spec.partition(":")
+            name = spec.partition(":")[0]
             sink: Sink | None = _default_sinks.get(name)
             if sink is None:
                 sink = _default_sinks[name] = PrometheusSink() if name == "prometheus" else OTelSink()
             if sink not in sinks:
                 sinks.append(sink)
-            if where:
-                addr, _, port = where.rpartition(":")
-                key = (addr, int(port))
-                wanted.add(key)
+            key = _address(spec)
+            if key is not None:
                 with _lock:
-                    if key not in _servers:
-                        _servers[key] = start_metrics_server(key[1], key[0])
-                        started.append(key)
+                    if key in _servers:
+                        continue
+                    # the ledger's own server on this port at another address (prometheus:9464, now
+                    # prometheus:127.0.0.1:9464) holds the port: commit() would stop it, so stop it
+                    # first; a port another process holds stays start_metrics_server's error
+                    for old in [k for k in _servers if k[1] == key[1] and k not in wanted]:
+                        _stop(_servers.pop(old))
+                        plan.replaced.append(old)
+                    _servers[key] = start_metrics_server(key[1], key[0])
+                    plan.started.append(key)
     except BaseException:
-        Plan(sinks, wanted, started).cancel()
+        plan.cancel()
         raise
-    return Plan(sinks, wanted, started)
+    return plan
