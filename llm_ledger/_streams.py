@@ -16,7 +16,6 @@ the body ends, fails or is closed, or when an abandoned stream is collected.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sys
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._extract import JsonView, output_text, response_shape
+from ._records import interrupted
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor, _Call
@@ -224,8 +224,9 @@ class _StreamState:
         self._finish("ok" if self.finish_reason is not None else "interrupted")
 
     def fail(self, exc: BaseException) -> None:
-        """The stream raised ``exc``: ``error``, or as ``end()`` for a cancelled task or Ctrl-C."""
-        if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        """The stream raised ``exc``: ``error``, or as ``end()`` when the caller stopped it (a
+        cancelled task, Ctrl-C)."""
+        if not interrupted(exc):
             self._finish("error", exc)
         elif self.finish_reason is not None:
             self._finish("ok")

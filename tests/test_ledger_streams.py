@@ -951,3 +951,43 @@ def test_a_responses_stream_answering_with_a_tool_call_has_its_time_to_first_tok
     assert (record["status"], record["response"]["tool_calls_count"]) == ("ok", 1)
     assert record["usage"]["total_tokens"] == 42
     assert record["timing"]["time_to_first_token_ms"] is not None
+
+
+def test_a_trio_cancelled_stream_or_call_is_interrupted(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """trio cancels a task by raising ``trio.Cancelled`` (a BaseException) in it: a stream or a call
+    cancelled so is recorded interrupted, as one cancelled under asyncio is, not as an error."""
+    import trio
+
+    seen: list[Any] = []
+
+    async def cancelled_during(reading: Any) -> None:
+        async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+            client = monitor.instrument(raw)
+            with trio.CancelScope() as scope:
+                await reading(client, scope)
+            assert scope.cancelled_caught
+
+    async def stream(client: openai.AsyncOpenAI, scope: trio.CancelScope) -> None:
+        chunks = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "100", "x-fake-chunks": "20"},
+        )
+        async for chunk in chunks:
+            seen.append(chunk)
+            if len(seen) == 2:
+                scope.cancel()  # raised at the stream's next read
+
+    async def call(client: openai.AsyncOpenAI, scope: trio.CancelScope) -> None:
+        scope.cancel()  # raised at the request's first wait
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    trio.run(cancelled_during, stream)
+    trio.run(cancelled_during, call)
+    streamed, called = records.calls
+    assert streamed["status"] == called["status"] == "interrupted"
+    assert streamed["error"]["type"] == called["error"]["type"] == "Cancelled"
+    assert streamed["response"]["content_length"] == sum(len(c.choices[0].delta.content or "") for c in seen)
