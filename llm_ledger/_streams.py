@@ -150,7 +150,8 @@ class _StreamState:
                         self.text.append(text)
                 if tool_calls:
                     self.tool_calls += sum(1 for t in tool_calls if (_fields(t) or {}).get("id"))
-            if choice.get("finish_reason") and self.finish_reason is None:
+            # the first choice's, as create() records choices[0]'s: with n > 1 another may end first
+            if choice.get("finish_reason") and self.finish_reason is None and not choice.get("index"):
                 self.finish_reason = choice["finish_reason"]
         if usage is not None:  # some compatible servers send usage on content chunks
             self.usage = usage

@@ -867,6 +867,119 @@ class _RefusalHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _AnswerHandler(BaseHTTPRequestHandler):
+    """Serves one chat answer (``CHOICES``: content or None, refusal or None, finish reason per
+    choice) as OpenAI does: one message per choice, or streamed one choice per chunk, the choices'
+    pieces interleaved in ``ORDER`` (choice index, piece number; -1 for its finish chunk)."""
+
+    CHOICES: tuple[tuple[str | None, str | None, str], ...]
+    ORDER: tuple[tuple[int, int], ...]
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        base = {"id": "chatcmpl-a", "created": 1, "model": body["model"]}
+        usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+        if not body.get("stream"):
+            choices = [
+                {"index": i, "message": {"role": "assistant", "content": text, "refusal": refusal},
+                 "finish_reason": finish}
+                for i, (text, refusal, finish) in enumerate(self.CHOICES)
+            ]  # fmt: skip
+            answer = {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+            self._send(json.dumps(answer).encode(), "application/json")
+            return
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": index, "delta": delta, "finish_reason": finish}
+            return {**base, "object": "chat.completion.chunk", "choices": [choice]}
+
+        chunks = [chunk(i, {"role": "assistant", "content": ""}) for i in range(len(self.CHOICES))]
+        for index, piece in self.ORDER:
+            text, refusal, finish = self.CHOICES[index]
+            if piece < 0:
+                chunks.append(chunk(index, {}, finish))
+            else:  # two pieces each: the first and the rest
+                key, whole = ("refusal", refusal) if refusal else ("content", text or "")
+                chunks.append(chunk(index, {key: whole[:5] if piece == 0 else whole[5:]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        events = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+        self._send(events + b"data: [DONE]\n\n", "text/event-stream")
+
+    def _send(self, payload: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _TwoChoicesHandler(_AnswerHandler):
+    """n=2: choice 1 is cut at its token limit before choice 0 ends."""
+
+    CHOICES = (("Hello there, my friend.", None, "stop"), ("Hi, how", None, "length"))
+    ORDER = ((0, 0), (1, 0), (1, 1), (1, -1), (0, 1), (0, -1))
+
+
+class _RefusalAnswerHandler(_AnswerHandler):
+    CHOICES = ((None, "I'm sorry, I cannot help with that.", "stop"),)
+    ORDER = ((0, 0), (0, 1), (0, -1))
+
+
+def _streamed_and_created(
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    handler: type[BaseHTTPRequestHandler],
+    read: str,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The records of one answer streamed (read as ``read`` says) and of the same answer created."""
+    server = LoopbackServer(handler)
+    try:
+        with openai.OpenAI(api_key=FAKE_KEY, base_url=f"{server.address}/v1", max_retries=0) as raw:
+            client = monitor.instrument(raw)
+            request: Any = {"model": "gpt-4o-mini", "messages": MESSAGES, **kwargs}
+            if read == "sdk stream":
+                for _ in client.chat.completions.create(**request, stream=True):
+                    pass
+            else:
+                with client.chat.completions.with_streaming_response.create(**request, stream=True) as body:
+                    for _ in body.iter_lines():
+                        pass
+            client.chat.completions.create(**request)
+    finally:
+        server.stop()
+    streamed, created = records.calls
+    return streamed, created
+
+
+@pytest.mark.parametrize("read", ["sdk stream", "with_streaming_response"])
+def test_a_stream_of_several_choices_records_what_create_records(
+    monitor: llm_ledger.LLMCallMonitor, records: Captured, read: str
+) -> None:
+    """With n=2 the record's finish_reason is the first choice's (``choices[0]``), as create()
+    records the same answer, even when another choice finishes first in the stream; the content of
+    every choice is counted, as create() counts it."""
+    streamed, created = _streamed_and_created(monitor, records, _TwoChoicesHandler, read, n=2)
+    assert streamed["response"]["finish_reason"] == created["response"]["finish_reason"] == "stop"
+    assert streamed["response"]["content_length"] == created["response"]["content_length"] == 30
+    assert streamed["status"] == "ok"
+
+
+@pytest.mark.parametrize("read", ["sdk stream", "with_streaming_response"])
+def test_a_streamed_refusal_records_what_create_records(
+    monitor: llm_ledger.LLMCallMonitor, records: Captured, read: str
+) -> None:
+    """A refusal is not content: create() records a content_length of 0 for it (the refusal's text
+    is in ``message.refusal``), and so does the same answer streamed as ``delta.refusal`` pieces."""
+    streamed, created = _streamed_and_created(monitor, records, _RefusalAnswerHandler, read)
+    assert streamed["response"]["content_length"] == created["response"]["content_length"] == 0
+    assert streamed["response"]["finish_reason"] == created["response"]["finish_reason"] == "stop"
+
+
 def test_a_streamed_refusal_has_its_time_to_first_token(
     monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
