@@ -842,31 +842,6 @@ async def test_cancelled_task_mid_request_is_interrupted(
     assert record["status"] == "interrupted" and record["error"]["type"] == "CancelledError"
 
 
-class _RefusalHandler(BaseHTTPRequestHandler):
-    """A chat stream whose answer is a refusal, as OpenAI streams one: ``delta.refusal`` pieces in
-    place of content, then the finish chunk and, when asked for, the usage chunk."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        base = {"id": "chatcmpl-r", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
-        deltas = [{"role": "assistant", "content": None, "refusal": ""}]
-        deltas += [{"refusal": piece} for piece in ("I'm sorry, ", "I cannot ", "help with that.")]
-        chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
-            chunks.append({**base, "choices": [], "usage": usage})
-        payload = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 class _AnswerHandler(BaseHTTPRequestHandler):
     """Serves one chat answer (``CHOICES``: content or None, refusal or None, finish reason per
     choice) as OpenAI does: one message per choice, or streamed one choice per chunk, the choices'
@@ -924,7 +899,9 @@ class _TwoChoicesHandler(_AnswerHandler):
     ORDER = ((0, 0), (1, 0), (1, 1), (1, -1), (0, 1), (0, -1))
 
 
-class _RefusalAnswerHandler(_AnswerHandler):
+class _RefusalHandler(_AnswerHandler):
+    """A refusal, as OpenAI streams one: ``delta.refusal`` pieces in place of content."""
+
     CHOICES = ((None, "I'm sorry, I cannot help with that.", "stop"),)
     ORDER = ((0, 0), (0, 1), (0, -1))
 
@@ -975,7 +952,7 @@ def test_a_streamed_refusal_records_what_create_records(
 ) -> None:
     """A refusal is not content: create() records a content_length of 0 for it (the refusal's text
     is in ``message.refusal``), and so does the same answer streamed as ``delta.refusal`` pieces."""
-    streamed, created = _streamed_and_created(monitor, records, _RefusalAnswerHandler, read)
+    streamed, created = _streamed_and_created(monitor, records, _RefusalHandler, read)
     assert streamed["response"]["content_length"] == created["response"]["content_length"] == 0
     assert streamed["response"]["finish_reason"] == created["response"]["finish_reason"] == "stop"
 
