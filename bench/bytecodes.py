@@ -2,9 +2,11 @@
 
 ``python -m bench.bytecodes [--stream] [--lens]`` traces the ledger's own frames (``sys.settrace``
 with opcode events) over a few calls made as ``bench.instructions`` makes them (MockTransport, the
-JSONL file on) and prints the functions that ran the most bytecodes per call (or per stream). The
-counts are exact and repeatable on a busy machine; a bytecode is not an instruction (calls, dict
-building and C helpers weigh more), so confirm a change with ``--only instructions``.
+JSONL file on) and prints the functions that ran the most bytecodes per call. With ``--stream``:
+per chunk, the slope between streams of 10 and of 110 content chunks (what each further chunk
+costs, as ``--only instructions`` counts it), and per stream of 100 chunks. The counts are exact
+and repeatable on a busy machine; a bytecode is not an instruction (calls, dict building and C
+helpers weigh more), so confirm a change with ``--only instructions``.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def count(run: Any, times: int) -> collections.Counter[_Key]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bytecodes", description=__doc__)
-    parser.add_argument("--stream", action="store_true", help="a stream of 100 chunks, not a call")
+    parser.add_argument("--stream", action="store_true", help="streams (per chunk), not calls")
     parser.add_argument("--lens", action="store_true", help="each call in a lens run of its own")
     parser.add_argument("--top", type=int, default=25, help="how many functions to show")
     args = parser.parse_args()
@@ -109,16 +111,30 @@ def main() -> None:
             "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
         }
     ).encode()  # fmt: skip
-    if args.stream:
-        client = _client(_stream_body(100), "text/event-stream")
-        once = _stream
-    else:
-        client = _client(body, "application/json")
-        once = _call
     llm_ledger.configure(log_dir=tempfile.mkdtemp())
+    times = 20
+    if not args.stream:
+        counts = _counts(_client(body, "application/json"), _call, args.lens, times)
+        print(f"{sum(counts.values()) / times:,.0f} ledger bytecodes per call")
+        for (path, line, name), n in counts.most_common(args.top):
+            print(f"{n / times:9,.1f}  {path}:{line} {name}")
+        return
+    short, long = (
+        _counts(_client(_stream_body(chunks), "text/event-stream"), _stream, args.lens, times)
+        for chunks in (10, 110)
+    )
+    slope = {key: (long[key] - short[key]) / times / 100 for key in long | short}
+    print(f"{sum(slope.values()):,.1f} ledger bytecodes per chunk (streams of 10 and 110 chunks)")
+    for (path, line, name), per_chunk in sorted(slope.items(), key=lambda item: -item[1])[: args.top]:
+        if per_chunk:
+            print(f"{per_chunk:9,.2f}  {path}:{line} {name}")
+    per_stream = {key: short[key] / times + 90 * slope[key] for key in slope}  # 90 chunks more than 10
+    print(f"{sum(per_stream.values()):,.0f} ledger bytecodes per stream of 100 chunks")
 
+
+def _counts(client: openai.OpenAI, once: Any, in_lens: bool, times: int) -> collections.Counter[_Key]:
     def run() -> None:
-        if args.lens:
+        if in_lens:
             with llm_ledger.lens("bench"):
                 once(client)
         else:
@@ -126,12 +142,7 @@ def main() -> None:
 
     for _ in range(5):  # first-call imports and caches
         run()
-    times = 20
-    counts = count(run, times)
-    unit = "stream" if args.stream else "call"
-    print(f"{sum(counts.values()) / times:,.0f} ledger bytecodes per {unit}")
-    for (path, line, name), n in counts.most_common(args.top):
-        print(f"{n / times:9,.1f}  {path}:{line} {name}")
+    return count(run, times)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,10 @@ _STREAM_CHILD = textwrap.dedent(
         stream()
     llm_ledger.flush()
     gc.collect()
+    # no collection while counting: where one falls differs between the two runs of a variant, and
+    # moved a chunk's figure by thousands of instructions; the collections are the SDK's (the
+    # ledger allocates no tracked object for a content chunk)
+    gc.disable()
     for _ in range(streams):
         stream()
     llm_ledger.flush()
@@ -225,7 +229,7 @@ def per_chunk(
     added_pct = _added_rows(table, per_chunk)
     table.notes.append(
         f"{streams} streams of {small} and of {large} content chunks per child (the caller asks for "
-        f"usage), after 3 warm-up streams and a full collection; the difference over "
+        f"usage), after 3 warm-up streams and a full collection, the collector off; the difference over "
         f"{large - small} chunks a stream is the cost of one chunk. In time: added % x the bare "
         "per-chunk µs from the streams table."
     )

@@ -9,7 +9,6 @@ clients stay instrumented. Other endpoints pass straight through.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import sys
@@ -23,6 +22,7 @@ from . import _budgets
 from ._context import current_lenses
 from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
 from ._monitor import _Call
+from ._records import interrupted
 from ._servers import Endpoint
 from ._streams import finish_body, tap_body, watch_stream
 
@@ -125,9 +125,7 @@ def _begin(
 
 def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
     """Record a call whose request raised ``exc`` (``interrupted`` for a cancelled task or Ctrl-C)."""
-    status: Status = (
-        "interrupted" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) else "error"
-    )
+    status: Status = "interrupted" if interrupted(exc) else "error"
     try:
         # parse() errors such as LengthFinishReasonError carry the billed completion; others (a
         # pydantic ValidationError) come after a 2xx body the SDK has read: its usage was billed

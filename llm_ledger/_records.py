@@ -8,9 +8,11 @@ plain JSON-ready dicts, so any sink can serialise them; none defines its own cop
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -69,6 +71,15 @@ BUDGET_EVENT = "budget_exceeded"
 
 Status = Literal["ok", "error", "interrupted"]
 _LEVELS: dict[str, str] = {"ok": "INFO", "error": "ERROR", "interrupted": "WARNING"}
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` stopped a call on the caller's side (its task cancelled, under asyncio or
+    trio, or Ctrl-C) rather than failed it: the call is ``interrupted``, not ``error``."""
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return True
+    trio = sys.modules.get("trio")  # never imported here: a trio.Cancelled comes from a loaded trio
+    return trio is not None and isinstance(exc, trio.Cancelled)
 
 
 class RequestShape(TypedDict):

@@ -16,7 +16,6 @@ the body ends, fails or is closed, or when an abandoned stream is collected.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sys
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._extract import JsonView, output_text, response_shape
+from ._records import interrupted
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor, _Call
@@ -77,37 +77,39 @@ class _StreamState:
         self.id: str | None = None
         self.tier: str | None = None
         self.text: list[str] | None = [] if call.content is not None else None
-        self.warm = False  # the id and the first token are known: plain text chunks take the short path
+        self.warm = False  # a chat stream whose id and first token are known: chat()'s short path
 
     # -- chat completions ---------------------------------------------------------------------------
 
     def chat(self, chunk: Any) -> bool:
-        """Count one chunk (an SDK model or the JSON object); False for the usage chunk the caller did
-        not ask for."""
-        fields = chunk if type(chunk) is dict else getattr(chunk, "__dict__", None)
-        if type(fields) is not dict:
-            return True  # not one of the SDK's models: handed on unread
-        counted = False
-        if self.warm and fields.get("usage") is None:
+        """Count one chunk of an SDK stream; False for the usage chunk the caller did not ask for."""
+        if self.warm:
             # the short path (nearly every chunk): one choice, not finished, no tool call, no usage;
-            # what _chat does with such a chunk, without its checks. Fields are read from the models'
-            # __dict__: an attribute read on them goes through pydantic's __getattr__ hook, several
-            # times the cost of a dict lookup
-            choices = fields.get("choices")
-            if choices and len(choices) == 1:
-                choice = choices[0]
-                choice = choice if type(choice) is dict else getattr(choice, "__dict__", None)
-                if type(choice) is dict and choice.get("finish_reason") is None:
-                    delta = choice.get("delta")
-                    delta = delta if type(delta) is dict else getattr(delta, "__dict__", None)
-                    if type(delta) is dict and not delta.get("tool_calls"):
-                        content = delta.get("content")
+            # what chat_fields() does with such a chunk, without its checks: a chunk of another shape
+            # (not a model, not one choice, a field missing) raises here, before anything is counted.
+            # Fields are read from the models' __dict__: each attribute read on a pydantic model
+            # goes through its __getattr__ hook, several times the cost of a dict lookup
+            try:
+                fields = chunk.__dict__
+                if fields["usage"] is None:
+                    (choice,) = fields["choices"]
+                    choice = choice.__dict__
+                    delta = choice["delta"].__dict__
+                    if not (choice["finish_reason"] or delta["tool_calls"]):
+                        content = delta["content"]
+                        if self.hide_usage:  # as below: "usage": null was sent, the bare SDK's chunk has none
+                            chunk.__pydantic_fields_set__.discard("usage")
                         if content:
-                            self.chars += len(content)
+                            self.chars += len(content)  # the last step that can raise: nothing counted twice
                             if self.text is not None:
                                 self.text.append(content)
-                        counted = True
-        shown = counted or self._chat(fields)
+                        return True
+            except (AttributeError, KeyError, TypeError, ValueError):
+                pass  # read by chat_fields() below
+        fields = _fields(chunk)
+        if type(fields) is not dict:
+            return True  # not one of the SDK's models: handed on unread
+        shown = self.chat_fields(fields)
         if shown and self.hide_usage and fields is not chunk:
             # usage asked for on the caller's behalf comes as "usage": null on every chunk, or from
             # some compatible servers as the counts so far: the bare SDK's chunk has no usage set
@@ -116,7 +118,9 @@ class _StreamState:
             chunk.__pydantic_fields_set__.discard("usage")
         return shown
 
-    def _chat(self, fields: dict[str, Any]) -> bool:
+    def chat_fields(self, fields: dict[str, Any]) -> bool:
+        """Count one chunk given as its field dict (a model's ``__dict__``, or the JSON object);
+        False for the usage chunk the caller did not ask for."""
         call = self.call
         if not self.id:  # Azure's first chunk, its prompt filter's verdict, has an empty id and model
             self.model = fields.get("model")
@@ -150,11 +154,13 @@ class _StreamState:
                         self.text.append(text)
                 if tool_calls:
                     self.tool_calls += sum(1 for t in tool_calls if (_fields(t) or {}).get("id"))
-            if choice.get("finish_reason") and self.finish_reason is None:
+            # the first choice's, as create() records choices[0]'s: with n > 1 another may end first
+            if choice.get("finish_reason") and self.finish_reason is None and not choice.get("index"):
                 self.finish_reason = choice["finish_reason"]
         if usage is not None:  # some compatible servers send usage on content chunks
             self.usage = usage
-        self.warm = call.ttft is not None and bool(self.id)
+        # a text completion's chunks have no delta: the short path is for chat chunks
+        self.warm = call.ttft is not None and bool(self.id) and call.operation == "chat"
         return True
 
     def shown_after_fault(self, chunk: Any) -> bool:
@@ -224,8 +230,9 @@ class _StreamState:
         self._finish("ok" if self.finish_reason is not None else "interrupted")
 
     def fail(self, exc: BaseException) -> None:
-        """The stream raised ``exc``: ``error``, or as ``end()`` for a cancelled task or Ctrl-C."""
-        if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        """The stream raised ``exc``: ``error``, or as ``end()`` when the caller stopped it (a
+        cancelled task, Ctrl-C)."""
+        if not interrupted(exc):
             self._finish("error", exc)
         elif self.finish_reason is not None:
             self._finish("ok")
@@ -468,7 +475,7 @@ class _Body:
                 elif fields.get("error"):  # what the SDK raises as APIError, reading this stream
                     self.state.fail(self._api_error(fields["error"]))
                 else:
-                    self.state.chat(fields)
+                    self.state.chat_fields(fields)
 
     def _api_error(self, error: Any) -> BaseException:
         """The ``openai.APIError`` the SDK raises for an error object in a chat stream."""

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import llm_ledger
 import llm_ledger.testing
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
+from tests.plugin_helpers import LoopbackServer
 from tests.sdk import STREAM_BREAKS, sdk_http
 
 MESSAGES: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Stream me a story"}]
@@ -840,6 +842,103 @@ async def test_cancelled_task_mid_request_is_interrupted(
     assert record["status"] == "interrupted" and record["error"]["type"] == "CancelledError"
 
 
+class _TwoChoicesHandler(BaseHTTPRequestHandler):
+    """n=2 answered as OpenAI does, streamed one choice per chunk, the two interleaved: choice 1 is cut
+    at its token limit before choice 0 ends. (The fake server streams its n choices alike, in step.)"""
+
+    CHOICES = (("Hello there, my friend.", "stop"), ("Hi, how", "length"))
+    ORDER = ((0, 0), (1, 0), (1, 1), (1, -1), (0, 1), (0, -1))  # (choice, piece; -1: its finish chunk)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        base = {"id": "chatcmpl-a", "created": 1, "model": body["model"]}
+        usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+        if not body.get("stream"):
+            choices = [
+                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                for i, (text, finish) in enumerate(self.CHOICES)
+            ]
+            answer = {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+            self._send(json.dumps(answer).encode(), "application/json")
+            return
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": index, "delta": delta, "finish_reason": finish}
+            return {**base, "object": "chat.completion.chunk", "choices": [choice]}
+
+        chunks = [chunk(i, {"role": "assistant", "content": ""}) for i in range(len(self.CHOICES))]
+        for index, piece in self.ORDER:
+            text, finish = self.CHOICES[index]
+            if piece < 0:
+                chunks.append(chunk(index, {}, finish))
+            else:  # two pieces each: the first five characters and the rest
+                chunks.append(chunk(index, {"content": text[:5] if piece == 0 else text[5:]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        events = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+        self._send(events + b"data: [DONE]\n\n", "text/event-stream")
+
+    def _send(self, payload: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _streamed_and_created(
+    monitor: llm_ledger.LLMCallMonitor, records: Captured, base_url: str, read: str, **kwargs: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The records of one answer streamed (read as ``read`` says) and of the same answer created."""
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=base_url, max_retries=0) as raw:
+        client = monitor.instrument(raw)
+        request: Any = {"model": "gpt-4o-mini", "messages": MESSAGES, **kwargs}
+        if read == "sdk stream":
+            for _ in client.chat.completions.create(**request, stream=True):
+                pass
+        else:
+            with client.chat.completions.with_streaming_response.create(**request, stream=True) as body:
+                for _ in body.iter_lines():
+                    pass
+        client.chat.completions.create(**request)
+    streamed, created = records.calls
+    return streamed, created
+
+
+@pytest.mark.parametrize("read", ["sdk stream", "with_streaming_response"])
+def test_a_stream_of_several_choices_records_what_create_records(
+    monitor: llm_ledger.LLMCallMonitor, records: Captured, read: str
+) -> None:
+    """With n=2 the record's finish_reason is the first choice's (``choices[0]``), as create()
+    records the same answer, even when another choice finishes first in the stream; the content of
+    every choice is counted, as create() counts it."""
+    server = LoopbackServer(_TwoChoicesHandler)
+    try:
+        streamed, created = _streamed_and_created(monitor, records, f"{server.address}/v1", read, n=2)
+    finally:
+        server.stop()
+    assert streamed["response"]["finish_reason"] == created["response"]["finish_reason"] == "stop"
+    assert streamed["response"]["content_length"] == created["response"]["content_length"] == 30
+    assert streamed["status"] == "ok"
+
+
+@pytest.mark.parametrize("read", ["sdk stream", "with_streaming_response"])
+def test_a_streamed_refusal_records_what_create_records(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, read: str
+) -> None:
+    """A refusal is not content: create() records a content_length of 0 for it (the refusal's text
+    is in ``message.refusal``), and so does the same answer streamed as ``delta.refusal`` pieces."""
+    refusal = {"x-fake-refusal": "I'm sorry, I cannot help with that."}
+    streamed, created = _streamed_and_created(
+        monitor, records, fake_openai.base_url, read, extra_headers=refusal
+    )
+    assert streamed["response"]["content_length"] == created["response"]["content_length"] == 0
+    assert streamed["response"]["finish_reason"] == created["response"]["finish_reason"] == "stop"
+
+
 def test_a_streamed_refusal_has_its_time_to_first_token(
     fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
 ) -> None:
@@ -888,3 +987,43 @@ def test_a_responses_stream_answering_with_a_tool_call_has_its_time_to_first_tok
     assert (record["status"], record["response"]["tool_calls_count"]) == ("ok", 1)
     assert record["usage"]["total_tokens"] == completed.response.usage.total_tokens
     assert record["timing"]["time_to_first_token_ms"] is not None
+
+
+def test_a_trio_cancelled_stream_or_call_is_interrupted(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """trio cancels a task by raising ``trio.Cancelled`` (a BaseException) in it: a stream or a call
+    cancelled so is recorded interrupted, as one cancelled under asyncio is, not as an error."""
+    import trio
+
+    seen: list[Any] = []
+
+    async def cancelled_during(reading: Any) -> None:
+        async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+            client = monitor.instrument(raw)
+            with trio.CancelScope() as scope:
+                await reading(client, scope)
+            assert scope.cancelled_caught
+
+    async def stream(client: openai.AsyncOpenAI, scope: trio.CancelScope) -> None:
+        chunks = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "100", "x-fake-chunks": "20"},
+        )
+        async for chunk in chunks:
+            seen.append(chunk)
+            if len(seen) == 2:
+                scope.cancel()  # raised at the stream's next read
+
+    async def call(client: openai.AsyncOpenAI, scope: trio.CancelScope) -> None:
+        scope.cancel()  # raised at the request's first wait
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    trio.run(cancelled_during, stream)
+    trio.run(cancelled_during, call)
+    streamed, called = records.calls
+    assert streamed["status"] == called["status"] == "interrupted"
+    assert streamed["error"]["type"] == called["error"]["type"] == "Cancelled"
+    assert streamed["response"]["content_length"] == sum(len(c.choices[0].delta.content or "") for c in seen)
