@@ -314,11 +314,16 @@ class SessionLedger:
         self.lens_runs.append((str(context.get("lens_key") or "<unnamed>"), nodeid, run))
 
     def forget(self, nodeid: str) -> None:
-        """Drop what test ``nodeid`` added: it runs again (pytest-rerunfailures), its last attempt counts."""
+        """Drop what test ``nodeid`` added, counts and notices: it runs again (pytest-rerunfailures), its
+        last attempt counts."""
         self.tests[nodeid] = Totals()
         self.lens_runs = [run for run in self.lens_runs if run[1] != nodeid]
         self.usage = {key: row for key, row in self.usage.items() if key[0] != nodeid}
         self._outside.pop(nodeid, None)
+        # its notices too: a 401 of a failed attempt says nothing about the attempt that counts
+        self.auth_errors.pop(nodeid, None)
+        self.replayed_auth_errors.pop(nodeid, None)
+        self.unplayed.pop(nodeid, None)
 
     # -- xdist -----------------------------------------------------------------------------------
 

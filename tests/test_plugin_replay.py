@@ -609,6 +609,45 @@ def test_a_rerun_test_counts_its_last_attempt(
     assert [row["calls"] for row in report["usage"]] == [1]
 
 
+AUTH_FLAKY_TESTS = """
+import os
+
+import openai
+import pytest
+
+ATTEMPTS = []
+
+
+@pytest.mark.llm
+def test_flaky_key():
+    ATTEMPTS.append(1)
+    denied = {"x-fake-status": "401"} if len(ATTEMPTS) == 1 else {}
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        try:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_headers=denied
+            )
+        except openai.AuthenticationError:
+            pytest.fail("the key was refused")
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_rerun_that_passes_drops_the_auth_error_of_its_failed_attempt(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """An authentication error of an attempt that pytest-rerunfailures ran again goes with that
+    attempt, as its counts do: the rerun that recorded without one leaves no notice to check the key."""
+    write_project(pytester, AUTH_FLAKY_TESTS)
+    (pytester.path / "conftest.py").write_text(RERUN_CONFTEST)
+
+    result = run(pytester, "--llm-record-mode=once")
+
+    result.assert_outcomes(passed=1)
+    assert "authentication error" not in result.stdout.str()
+    assert len(server.requests) == 2
+
+
 def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     """An unknown llm_record_mode names the value, the ini file and the valid modes."""
     write_project(pytester)
