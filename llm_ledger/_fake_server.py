@@ -531,7 +531,11 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     chunk_base: JSONDict = {**base, "object": "chat.completion.chunk", **tier}
 
     def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
-        return _sse({**chunk_base, "choices": choices("delta", delta, finish_reason), **extra})
+        """This step of every choice: one choice per chunk, in turn, as OpenAI streams ``n`` > 1."""
+        return b"".join(
+            _sse({**chunk_base, "choices": [choice], **extra})
+            for choice in choices("delta", delta, finish_reason)
+        )
 
     opening = {"content": "", "refusal": None}
     if tool_calls or refusal is not None:

@@ -210,6 +210,27 @@ def test_chat_stream_include_usage(client: openai.OpenAI) -> None:
     assert last.usage.completion_tokens == math.ceil(len(text) / 4)
 
 
+def test_chat_stream_of_several_choices_sends_one_choice_per_chunk(client: openai.OpenAI) -> None:
+    """With ``n`` > 1 OpenAI streams each chunk with one choice, the choices in turn: each choice's
+    pieces add up to the content create() answers, and the usage chunk counts every choice."""
+    created = client.chat.completions.create(model=MODEL, messages=USER, n=2)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=USER, n=2, stream=True, stream_options={"include_usage": True}
+    )
+    with stream:
+        *body, last = list(stream)
+    assert all(len(c.choices) == 1 for c in body)
+    assert [c.choices[0].index for c in body[:4]] == [0, 1, 0, 1]
+    for index in (0, 1):
+        mine = [c.choices[0] for c in body if c.choices[0].index == index]
+        assert (
+            "".join(choice.delta.content or "" for choice in mine) == created.choices[index].message.content
+        )
+        assert mine[-1].finish_reason == created.choices[index].finish_reason
+    assert last.usage is not None and created.usage is not None
+    assert last.usage.completion_tokens == created.usage.completion_tokens
+
+
 @pytest.mark.asyncio
 async def test_chat_async_stream_and_create(fake: FakeOpenAI) -> None:
     async with async_client(fake) as sdk:
