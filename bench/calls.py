@@ -15,6 +15,7 @@ Variants, interleaved in one process (A B C ..., then reversed, every round):
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import gc
 import resource
@@ -241,6 +242,13 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
             ),
         }
         creates = {name: sdk.chat.completions.create for name, sdk in sdks.items()}
+        # the same as "ledger, no file", each call run in a context where one lens stays open
+        in_lens = llm_ledger.LLMCallMonitor(logger=None, sinks=[_discard])
+        lens_context = contextvars.copy_context()
+        lens = in_lens.lens("bench")
+        lens_context.run(lens.__enter__)
+        lens_create = in_lens.instrument(client(transport)).chat.completions.create
+        creates["ledger in a lens, no file"] = functools.partial(lens_context.run, lens_create)
         kwargs = _payloads.chat_kwargs()
         for create in creates.values():
             for _ in range(20):
@@ -293,10 +301,11 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         finally:
             gc.callbacks.remove(gc_timer)
             del handler._drain
+            lens_context.run(lens.__exit__, None, None, None)
     medians = {name: statistics.median(values) / 1000 for name, values in samples.items()}
-    collections = {"bare": 0.0, "ledger": gc_ns / n / 1000, "ledger, no file": 0.0}
-    batches = {"bare": 0.0, "ledger": batches_ns / n / 1000, "ledger, no file": 0.0}
-    writer = {"bare": 0.0, "ledger": writer_ns / n / 1000, "ledger, no file": 0.0}
+    collections = dict.fromkeys(samples, 0.0) | {"ledger": gc_ns / n / 1000}
+    batches = dict.fromkeys(samples, 0.0) | {"ledger": batches_ns / n / 1000}
+    writer = dict.fromkeys(samples, 0.0) | {"ledger": writer_ns / n / 1000}
     means = {name: _trimmed_mean(values) / 1000 for name, values in samples.items()}
     added = {
         name: medians[name] + batches[name] + writer[name] + collections[name] - medians["bare"]
@@ -306,6 +315,7 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         name: means[name] + batches[name] + writer[name] + collections[name] - means["bare"]
         for name in samples
     }
+    lens_added = added["ledger in a lens, no file"] - added["ledger, no file"]
     for name, values in samples.items():
         q = statistics.quantiles(values, n=4)
         table.add(
@@ -317,6 +327,8 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
     table.notes += [
         f"target: the ledger adds ≤ {TARGET_CALL_US:.0f} µs per call (JSONL on, building and writing the "
         f"lines included): {added['ledger']:.1f} µs, {verdict(added['ledger'] <= TARGET_CALL_US)}",
+        f"target: a lens adds ≤ {TARGET_LENS_US:.0f} µs per call inside it: {lens_added:.1f} µs (in a lens "
+        f"less no file), {verdict(lens_added <= TARGET_LENS_US)}",
         "median µs: CPU time of the calling thread per call (time.thread_time_ns around each call, less any "
         "batch it wrote), variants interleaved call by call (A B C, then C B A); added = median - bare's "
         "median + batches + writer thread + gc",
@@ -333,6 +345,7 @@ def per_call(sizes: Sizes) -> tuple[Table, dict[str, float]]:
         "per_call_bare_us": medians["bare"],
         "per_call_added_us": added["ledger"],
         "per_call_nofile_added_us": added["ledger, no file"],
+        "per_call_in_lens_added_us": lens_added,
         "per_call_added_trimmed_mean_us": added_mean["ledger"],
         "per_call_page_faults": faults["ledger"] / n,
     }
