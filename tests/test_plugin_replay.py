@@ -542,27 +542,6 @@ def test_repeated_runs_of_one_test_replay_one_cassette(pytester: pytest.Pytester
     replayed.assert_outcomes(passed=4)
 
 
-# what pytest-rerunfailures does with --reruns 1: a failed test's protocol run again on the same item,
-# within one pytest_runtest_protocol, the last attempt's reports standing for the test
-RERUN_CONFTEST = """
-import pytest
-from _pytest.runner import runtestprotocol
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item, nextitem):
-    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    for attempt in range(2):
-        reports = runtestprotocol(item, nextitem=nextitem, log=False)
-        if attempt or not any(report.failed for report in reports):
-            break
-        item._initrequest()
-    for report in reports:
-        item.ihook.pytest_runtest_logreport(report=report)
-    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-    return True
-"""
-
 FLAKY_TESTS = """
 import os
 
@@ -597,12 +576,11 @@ def test_a_rerun_test_counts_its_last_attempt(
     server.stop()
     base = run(pytester, "--llm-report=base.json")
     assert base.ret == 0
-    (pytester.path / "conftest.py").write_text(RERUN_CONFTEST)
     monkeypatch.setenv("LEDGER_TEST_PASS_AT", "2")
 
-    result = run(pytester, "--llm-report=head.json")
+    result = run(pytester, "--llm-report=head.json", "--reruns", "1")
 
-    result.assert_outcomes(passed=1)
+    assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
     report = json.loads((pytester.path / "head.json").read_text())
     assert report["lenses"] == json.loads((pytester.path / "base.json").read_text())["lenses"]
     assert (report["lenses"]["flaky"]["runs"], report["total"]["api_calls"]) == (1, 1)
@@ -619,6 +597,7 @@ ATTEMPTS = []
 
 
 @pytest.mark.llm
+@pytest.mark.flaky(reruns=1)
 def test_flaky_key():
     ATTEMPTS.append(1)
     denied = {"x-fake-status": "401"} if len(ATTEMPTS) == 1 else {}
@@ -639,11 +618,10 @@ def test_a_rerun_that_passes_drops_the_auth_error_of_its_failed_attempt(
     """An authentication error of an attempt that pytest-rerunfailures ran again goes with that
     attempt, as its counts do: the rerun that recorded without one leaves no notice to check the key."""
     write_project(pytester, AUTH_FLAKY_TESTS)
-    (pytester.path / "conftest.py").write_text(RERUN_CONFTEST)
 
     result = run(pytester, "--llm-record-mode=once")
 
-    result.assert_outcomes(passed=1)
+    assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
     assert "authentication error" not in result.stdout.str()
     assert len(server.requests) == 2
 
