@@ -45,6 +45,7 @@ from llm_ledger import (
 from llm_ledger.loading import BOOLEAN_WORDS, listed
 from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
+from ._attribution import Starts
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._format import write_atomic
 from ._naming import (
@@ -217,7 +218,8 @@ class LedgerRecords(Captured):
     """What the ``llm_ledger`` fixture returns: the llm-ledger records of the running test.
 
     Records of every monitor in the process (the default one and the application's own) emitted
-    during the test's setup, call and teardown, in the order they were emitted, as
+    during the test's setup, call and teardown (less those of calls an earlier test started: a
+    stream it left open, collected now), in the order they were emitted, as
     :class:`llm_ledger.testing.Captured` holds them, and:
 
     * ``nodeid``: the test's node id;
@@ -286,6 +288,7 @@ class _LedgerState:
         self.report_written = False  # --llm-report's file
         self._lock = threading.Lock()
         self.current: LedgerRecords | None = None
+        self._starts = Starts(SESSION_BUCKET)  # which test each record counts in
         self._placeholder_key = False
         self.guard = Guard(self._refuse) if self.mode == "none" else None  # the replay-only guard
         self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
@@ -303,12 +306,14 @@ class _LedgerState:
             return
         with self._lock:
             current = self.current
-            nodeid = current.nodeid if current is not None else SESSION_BUCKET
+            nodeid = self._starts.owner(record)
+            if nodeid is None:
+                return  # started in an attempt of a test that ran again: its last attempt counts
             if event == "llm_api_call":
                 self.ledger.add_call(nodeid, record)
             else:
                 self.ledger.add_lens(nodeid, record)
-            if current is not None:
+            if current is not None and current.nodeid == nodeid:
                 current(record)
 
     @contextmanager
@@ -324,6 +329,7 @@ class _LedgerState:
         guarded = not live and (marker is not None or item.get_closest_marker("vcr") is None)
         with self._lock:
             self.current = records
+            self._starts.begin(item.nodeid)
             self._attempted = False
             self._marked = marker is not None
             self._guarded = item.nodeid if guarded else None
@@ -334,6 +340,7 @@ class _LedgerState:
         finally:
             with self._lock:
                 self.current = None
+                self._starts.begin(None)
                 self._guarded = None
                 self._blocked = []
 
@@ -345,6 +352,7 @@ class _LedgerState:
                 self._attempted = True
                 return
             self.current = LedgerRecords(item.nodeid)
+            self._starts.again()
             self.ledger.forget(item.nodeid)
 
     def _refuse(self, method: str, host: str, path: str) -> str | None:

@@ -17,6 +17,7 @@ from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
+    LEAK_A_STREAM,
     PLUGIN_ARGS,
     load_yaml,
     no_key_fixture,
@@ -624,6 +625,42 @@ def test_a_rerun_that_passes_drops_the_auth_error_of_its_failed_attempt(
     assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
     assert "authentication error" not in result.stdout.str()
     assert len(server.requests) == 2
+
+
+LEAKY_FLAKY_TESTS = (
+    LEAK_A_STREAM
+    + """
+ATTEMPTS = []
+
+
+@pytest.mark.llm
+@pytest.mark.flaky(reruns=1)
+def test_flaky_leak(llm_ledger):
+    ATTEMPTS.append(1)
+    if len(ATTEMPTS) == 1:
+        leak_a_stream("leaky")
+        gc.disable()  # it stays open until the next attempt collects
+        pytest.fail("the first attempt fails")
+    gc.collect()
+    gc.enable()
+    assert llm_ledger.calls == []
+"""
+)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_stream_a_failed_attempt_leaks_counts_in_no_attempt(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A stream that an attempt pytest-rerunfailures ran again left open, collected during the next
+    attempt, goes with the attempt that started it: only the last attempt counts."""
+    write_project(pytester, LEAKY_FLAKY_TESTS)
+
+    result = run(pytester, "--llm-record-mode=once", "--llm-report=report.json")
+
+    assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert (report["total"]["api_calls"], report["lenses"]) == (0, {})
 
 
 def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
