@@ -444,6 +444,89 @@ def test_cassette_names_are_stable_and_filesystem_safe(pytester: pytest.Pytester
     assert re.fullmatch(r"test_param\[lang=fr-be,n=1\]-[0-9a-f]{8}\.yaml", names[3])
 
 
+CASE_TESTS = """
+import pytest
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("word", ["Yes", "yes", "no"])
+def test_word(word):
+    pass
+
+
+@pytest.mark.llm
+def test_Shout():
+    pass
+
+
+@pytest.mark.llm
+def test_shout():
+    pass
+"""
+
+
+def listed_cassettes(pytester: pytest.Pytester, *args: str) -> list[str]:
+    """The cassette file names the plugin picks for the tests ``args`` select, sorted."""
+    result = run(pytester, "--collect-only", "--llm-list-cassettes=listing.json", *args)
+    assert result.ret == 0, result.stdout.str()
+    listing = json.loads((pytester.path / "listing.json").read_text())
+    return sorted(Path(path).name for path in listing["cassettes"])
+
+
+def test_names_that_differ_only_in_case_get_cassettes_apart(pytester: pytest.Pytester) -> None:
+    """Parameters (or test names) differing only in case would name one file on macOS and Windows, and
+    in a checkout there: each gets a short hash of its name, the same whichever tests a run selects;
+    the names of the other tests do not change."""
+    write_project(pytester, CASE_TESTS)
+
+    names = listed_cassettes(pytester)
+
+    assert len({name.lower() for name in names}) == len(names) == 5
+    assert "test_word[word=no].yaml" in names
+    twins = [name for name in names if name != "test_word[word=no].yaml"]
+    assert all(re.fullmatch(r"test_(word\[word=[Yy]es\]|[Ss]hout)-[0-9a-f]{8}\.yaml", n) for n in twins), (
+        twins
+    )
+    for nodeid in ("tests/test_app.py::test_word[yes]", "tests/test_app.py::test_Shout"):
+        (alone,) = listed_cassettes(pytester, nodeid)
+        assert alone in names
+
+
+CASE_CLASS_TESTS = """
+import pytest
+
+
+class TestGroup:
+    @pytest.mark.llm
+    def test_one(self):
+        pass
+
+
+class Testgroup:
+    @pytest.mark.llm
+    def test_one(self):
+        pass
+"""
+
+
+def test_tests_whose_cassettes_differ_only_in_case_elsewhere_fail(pytester: pytest.Pytester) -> None:
+    """Classes whose names differ only in case name cassettes one file on macOS and Windows: the second
+    test fails before it records, naming both tests and the fix."""
+    write_project(pytester, CASE_CLASS_TESTS)
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: tests/test_app.py::Testgroup::test_one would share its cassette "
+            "cassettes/tests/test_app/Testgroup.test_one.yaml with tests/test_app.py::TestGroup::test_one "
+            "on a case-insensitive file system (macOS, Windows), where it is the same file as "
+            "cassettes/tests/test_app/TestGroup.test_one.yaml; rename one of the tests, classes or files*",
+        ]
+    )
+
+
 SHARED_NAME_TESTS = """
 import os
 
