@@ -10,6 +10,12 @@ id rules, which have changed between versions): primitives appear as themselves,
 as a short hash of its repr with memory addresses removed. Characters outside a portable set
 become ``-`` and the name then gets a short hash of the original (so ``a/b`` and ``a:b`` differ),
 and names longer than :data:`MAX_STEM` are cut and suffixed with a short hash.
+
+Names of one module's or class's tests that differ only in case (``test_x[A]`` and ``test_x[a]``,
+``test_X`` and ``test_x``) name one file on a case-insensitive file system (macOS and Windows by
+default, and any checkout there): each gets a short hash of its name too. The plugin marks them when
+pytest collects the module (:func:`mark_case_twins`), before a node id selects one, so a test's
+cassette is the same whichever tests a run selects; other tests' names do not change.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ __all__ = [
     "cassette_folder",
     "cassette_params",
     "cassette_path",
+    "mark_case_twins",
     "orphan_cassettes",
     "project_dir",
     "selected_folders",
@@ -37,6 +44,7 @@ MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _REPEATS = frozenset({"__pytest_repeat_step_number"})  # pytest-repeat's repetition number
+_CASE_TWIN = pytest.StashKey[bool]()  # another test of its module or class has its name but for case
 
 
 def _hash(text: str) -> str:
@@ -65,17 +73,41 @@ def cassette_params(item: pytest.Item) -> dict[str, Any]:
     return {arg: value for arg, value in params.items() if arg not in _REPEATS}
 
 
-def cassette_stem(item: pytest.Item) -> str:
-    """The file name (without ``.yaml``) of ``item``'s cassette."""
+def _raw_stem(item: pytest.Item) -> str:
     owners = [node.name for node in item.listchain() if isinstance(node, pytest.Class)]
     name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
     params = cassette_params(item)
     if params:
         name = f"{name}[{','.join(f'{arg}={_value_text(params[arg])}' for arg in sorted(params))}]"
-    raw = ".".join([*owners, name])
+    return ".".join([*owners, name])
+
+
+def mark_case_twins(nodes: Iterable[object]) -> None:
+    """Mark the tests among ``nodes`` (what one collector collected) whose cassette would be named
+    like another's but for the case of letters: :func:`cassette_stem` tells them apart."""
+    tests = [node for node in nodes if isinstance(node, pytest.Item) and _records(node)]
+    names: dict[str, set[str]] = {}
+    for test in tests:
+        raw = _raw_stem(test)
+        names.setdefault(raw.lower(), set()).add(raw)
+    for test in tests:
+        if len(names[_raw_stem(test).lower()]) > 1:
+            test.stash[_CASE_TWIN] = True
+
+
+def _records(item: pytest.Item) -> bool:
+    """Whether ``item`` has a cassette: marked llm, and not a deliberate live test."""
+    marker = item.get_closest_marker("llm")
+    return marker is not None and marker.kwargs.get("live") is not True
+
+
+def cassette_stem(item: pytest.Item) -> str:
+    """The file name (without ``.yaml``) of ``item``'s cassette."""
+    raw = _raw_stem(item)
     full = _safe(raw)
-    if full != raw:
-        # two names that differ only in unsafe characters ("a/b" and "a:b") must not share a file
+    if full != raw or item.stash.get(_CASE_TWIN, False):
+        # two names that differ only in unsafe characters ("a/b" and "a:b"), or only in case (one file
+        # on macOS and Windows), must not share a file
         full = f"{full}-{_hash(raw)}"
     if len(full) > MAX_STEM:
         full = f"{full[: MAX_STEM - 9]}-{_hash(full)}"

@@ -45,12 +45,14 @@ from llm_ledger import (
 from llm_ledger.loading import BOOLEAN_WORDS, listed
 from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
 
+from ._attribution import Starts
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._format import write_atomic
 from ._naming import (
     cassette_folder,
     cassette_params,
     cassette_path,
+    mark_case_twins,
     orphan_cassettes,
     project_dir,
     selected_folders,
@@ -81,7 +83,8 @@ _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED_BLOCKED = pytest.StashKey[int]()
 _REPORTED_REFUSED = pytest.StashKey[int]()
-_SHARES_WITH = pytest.StashKey[str]()  # the node id of an earlier test with the same cassette path
+# the node id and cassette of an earlier test whose cassette path is the same, or the same but for case
+_SHARES_WITH = pytest.StashKey[tuple[str, Path]]()
 # Sessions configured in this process, innermost last: a session run in-process by pytester
 # inside another gets the records, not the outer session that happens to share the monitor.
 _active: list[_LedgerState] = []
@@ -217,7 +220,8 @@ class LedgerRecords(Captured):
     """What the ``llm_ledger`` fixture returns: the llm-ledger records of the running test.
 
     Records of every monitor in the process (the default one and the application's own) emitted
-    during the test's setup, call and teardown, in the order they were emitted, as
+    during the test's setup, call and teardown (less those of calls an earlier test started: a
+    stream it left open, collected now), in the order they were emitted, as
     :class:`llm_ledger.testing.Captured` holds them, and:
 
     * ``nodeid``: the test's node id;
@@ -286,6 +290,7 @@ class _LedgerState:
         self.report_written = False  # --llm-report's file
         self._lock = threading.Lock()
         self.current: LedgerRecords | None = None
+        self._starts = Starts(SESSION_BUCKET)  # which test each record counts in
         self._placeholder_key = False
         self.guard = Guard(self._refuse) if self.mode == "none" else None  # the replay-only guard
         self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
@@ -303,12 +308,14 @@ class _LedgerState:
             return
         with self._lock:
             current = self.current
-            nodeid = current.nodeid if current is not None else SESSION_BUCKET
+            nodeid = self._starts.owner(record)
+            if nodeid is None:
+                return  # started in an attempt of a test that ran again: its last attempt counts
             if event == "llm_api_call":
                 self.ledger.add_call(nodeid, record)
             else:
                 self.ledger.add_lens(nodeid, record)
-            if current is not None:
+            if current is not None and current.nodeid == nodeid:
                 current(record)
 
     @contextmanager
@@ -324,6 +331,7 @@ class _LedgerState:
         guarded = not live and (marker is not None or item.get_closest_marker("vcr") is None)
         with self._lock:
             self.current = records
+            self._starts.begin(item.nodeid)
             self._attempted = False
             self._marked = marker is not None
             self._guarded = item.nodeid if guarded else None
@@ -334,6 +342,7 @@ class _LedgerState:
         finally:
             with self._lock:
                 self.current = None
+                self._starts.begin(None)
                 self._guarded = None
                 self._blocked = []
 
@@ -345,6 +354,7 @@ class _LedgerState:
                 self._attempted = True
                 return
             self.current = LedgerRecords(item.nodeid)
+            self._starts.again()
             self.ledger.forget(item.nodeid)
 
     def _refuse(self, method: str, host: str, path: str) -> str | None:
@@ -511,10 +521,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             handler.addFilter(_not_a_ledger_record)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report() -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    # every test of a module or class, before a node id picks some: names that differ only in case
+    # are told apart whichever tests a run selects
+    if report.passed:
+        mark_case_twins(report.result)
+    return report
+
+
 @pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect: a deselected test still owns its cassette
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
     owners: dict[Path, tuple[dict[str, Any], str]] = {}  # cassette -> the first test's parameters, node id
+    folded: dict[str, tuple[Path, str]] = {}  # cassette path in lower case -> the first's path, node id
     for first in {item.path: item for item in items}.values():  # one item of each test file
         state.ledger.tested.add(str(cassette_folder(first, state.cassette_dir)))
     for item in items:
@@ -529,7 +550,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 state.ledger.expect_auth_errors.add(str(cassette))
             params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
             if not _equal(params, cassette_params(item)):  # not one test run again (equal values)
-                item.stash[_SHARES_WITH] = owner
+                item.stash[_SHARES_WITH] = (owner, cassette)
+            # the same file on macOS and Windows: tests of other classes or files (one class's or
+            # module's own are told apart when collected, see mark_case_twins)
+            twin, owner = folded.setdefault(str(cassette).lower(), (cassette, item.nodeid))
+            if twin != cassette:
+                item.stash[_SHARES_WITH] = (owner, twin)
         if (
             marker.args
             or set(marker.kwargs) - {"live", "match_host", "record_auth_errors"}
@@ -663,11 +689,19 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             pytrace=False,
         )
     path = cassette_path(item, state.cassette_dir)
-    owner = item.stash.get(_SHARES_WITH, None)
+    owner, theirs = item.stash.get(_SHARES_WITH, (None, path))
     if owner is not None:  # each recording would overwrite the other's
+        shared = f"llm-ledger: {item.nodeid} would share its cassette {_display(request.config, path)}"
+        shared += f" with {owner}"
+        if theirs != path:
+            pytest.fail(
+                f"{shared} on a case-insensitive file system (macOS, Windows), where it is the same file "
+                f"as {_display(request.config, theirs)}; rename one of the tests, classes or files so "
+                "that their names differ in more than case",
+                pytrace=False,
+            )
         pytest.fail(
-            f"llm-ledger: {item.nodeid} would share its cassette {_display(request.config, path)} with "
-            f"{owner}: cassettes are named from the parameter values (an object by its repr, without "
+            f"{shared}: cassettes are named from the parameter values (an object by its repr, without "
             "its memory address), and these name the same file. Give the parameters values that "
             "differ, or their class a __repr__ that tells them apart (a named function, not a lambda)",
             pytrace=False,

@@ -94,6 +94,28 @@ async def test_async(llm_ledger):
 """
 
 
+# The start of an inner test module whose leak_a_stream() opens a stream in a lens, reads one chunk and
+# leaves it open: only the garbage collector ends it (the stream sits in a reference cycle).
+LEAK_A_STREAM = """
+import gc
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def leak_a_stream(lens_key):
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with ledger.lens(lens_key):
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Stream it"}], stream=True
+        )
+        next(iter(stream))
+"""
+
+
 def write_project(pytester: pytest.Pytester, tests: str = CHAT_TESTS, name: str = "test_app") -> Path:
     """An inner project: the ini and one test module at ``tests/<name>.py``."""
     pytester.makefile(".ini", pytest=INI)

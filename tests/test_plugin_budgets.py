@@ -18,6 +18,7 @@ from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
+    LEAK_A_STREAM,
     PLUGIN_ARGS,
     notice_fails_strict,
     recorded_fixture,
@@ -112,26 +113,16 @@ def test_without_the_flag_budgets_never_fail(recorded: pytest.Pytester) -> None:
     assert "exceeded" not in result.stdout.str()
 
 
-ABANDONED_STREAM = """
-import gc
-import os
-
-import openai
-import pytest
-
-import llm_ledger as ledger
-
+ABANDONED_STREAM = (
+    LEAK_A_STREAM
+    + """
 
 @pytest.mark.llm
 def test_abandoned():
-    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
-    with ledger.lens("abandoned"):
-        stream = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Stream it"}], stream=True
-        )
-        next(iter(stream))  # read one chunk and leave the stream open: only the collector ends it
+    leak_a_stream("abandoned")
     gc.disable()  # no collection happens to run before the session ends
 """
+)
 
 
 @pytest.mark.usefixtures("with_key")
@@ -153,6 +144,55 @@ def test_a_lens_left_open_by_an_abandoned_stream_is_checked_and_reported(
     result.stdout.fnmatch_lines(["lens abandoned *max_api_calls *0 *1 *"])
     report = json.loads((pytester.path / "report.json").read_text())
     assert (report["lenses"]["abandoned"]["api_calls"], report["total"]["api_calls"]) == (1, 1)
+
+
+LEAKED_STREAM = (
+    LEAK_A_STREAM
+    + """
+
+@pytest.mark.llm
+def test_leaks():
+    leak_a_stream("leaky")
+    gc.disable()  # it stays open until the next test collects
+
+
+def test_collects(llm_ledger):
+    gc.collect()  # the collector happens to run here, and ends the stream of test_leaks
+    gc.enable()
+    assert llm_ledger.calls == []
+"""
+)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_stream_a_test_leaks_counts_in_that_test_not_where_it_is_collected(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A stream left open by one test and garbage-collected while a later test runs counts in the test
+    that started it (its budget, its lens run, the report), not in the test the collector ran in: a
+    test that makes no call never breaches a budget for another test's leak."""
+    write_project(pytester, LEAKED_STREAM)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    server.stop()
+    budgets(
+        pytester,
+        """
+        tests:
+          "tests/test_app.py::test_leaks": {max_api_calls: 1}
+          "tests/test_app.py::test_collects": {max_api_calls: 0}
+        """,
+    )
+
+    result = run(pytester, "--llm-budget", "--llm-report=report.json")
+
+    result.assert_outcomes(passed=2)
+    assert result.ret == 0, result.stdout.str()
+    report = json.loads((pytester.path / "report.json").read_text())
+    tests = {nodeid.split("::")[1]: test for nodeid, test in report["tests"].items()}
+    assert {name: (test["api_calls"], test["lens_runs"]) for name, test in tests.items()} == {
+        "test_leaks": (1, 1),
+        "test_collects": (0, 0),
+    }
 
 
 BAD_BUDGETS = {

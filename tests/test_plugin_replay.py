@@ -17,6 +17,7 @@ from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
+    LEAK_A_STREAM,
     PLUGIN_ARGS,
     load_yaml,
     no_key_fixture,
@@ -443,6 +444,89 @@ def test_cassette_names_are_stable_and_filesystem_safe(pytester: pytest.Pytester
     assert re.fullmatch(r"test_param\[lang=fr-be,n=1\]-[0-9a-f]{8}\.yaml", names[3])
 
 
+CASE_TESTS = """
+import pytest
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("word", ["Yes", "yes", "no"])
+def test_word(word):
+    pass
+
+
+@pytest.mark.llm
+def test_Shout():
+    pass
+
+
+@pytest.mark.llm
+def test_shout():
+    pass
+"""
+
+
+def listed_cassettes(pytester: pytest.Pytester, *args: str) -> list[str]:
+    """The cassette file names the plugin picks for the tests ``args`` select, sorted."""
+    result = run(pytester, "--collect-only", "--llm-list-cassettes=listing.json", *args)
+    assert result.ret == 0, result.stdout.str()
+    listing = json.loads((pytester.path / "listing.json").read_text())
+    return sorted(Path(path).name for path in listing["cassettes"])
+
+
+def test_names_that_differ_only_in_case_get_cassettes_apart(pytester: pytest.Pytester) -> None:
+    """Parameters (or test names) differing only in case would name one file on macOS and Windows, and
+    in a checkout there: each gets a short hash of its name, the same whichever tests a run selects;
+    the names of the other tests do not change."""
+    write_project(pytester, CASE_TESTS)
+
+    names = listed_cassettes(pytester)
+
+    assert len({name.lower() for name in names}) == len(names) == 5
+    assert "test_word[word=no].yaml" in names
+    twins = [name for name in names if name != "test_word[word=no].yaml"]
+    assert all(re.fullmatch(r"test_(word\[word=[Yy]es\]|[Ss]hout)-[0-9a-f]{8}\.yaml", n) for n in twins), (
+        twins
+    )
+    for nodeid in ("tests/test_app.py::test_word[yes]", "tests/test_app.py::test_Shout"):
+        (alone,) = listed_cassettes(pytester, nodeid)
+        assert alone in names
+
+
+CASE_CLASS_TESTS = """
+import pytest
+
+
+class TestGroup:
+    @pytest.mark.llm
+    def test_one(self):
+        pass
+
+
+class Testgroup:
+    @pytest.mark.llm
+    def test_one(self):
+        pass
+"""
+
+
+def test_tests_whose_cassettes_differ_only_in_case_elsewhere_fail(pytester: pytest.Pytester) -> None:
+    """Classes whose names differ only in case name cassettes one file on macOS and Windows: the second
+    test fails before it records, naming both tests and the fix."""
+    write_project(pytester, CASE_CLASS_TESTS)
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: tests/test_app.py::Testgroup::test_one would share its cassette "
+            "cassettes/tests/test_app/Testgroup.test_one.yaml with tests/test_app.py::TestGroup::test_one "
+            "on a case-insensitive file system (macOS, Windows), where it is the same file as "
+            "cassettes/tests/test_app/TestGroup.test_one.yaml; rename one of the tests, classes or files*",
+        ]
+    )
+
+
 SHARED_NAME_TESTS = """
 import os
 
@@ -542,27 +626,6 @@ def test_repeated_runs_of_one_test_replay_one_cassette(pytester: pytest.Pytester
     replayed.assert_outcomes(passed=4)
 
 
-# what pytest-rerunfailures does with --reruns 1: a failed test's protocol run again on the same item,
-# within one pytest_runtest_protocol, the last attempt's reports standing for the test
-RERUN_CONFTEST = """
-import pytest
-from _pytest.runner import runtestprotocol
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item, nextitem):
-    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    for attempt in range(2):
-        reports = runtestprotocol(item, nextitem=nextitem, log=False)
-        if attempt or not any(report.failed for report in reports):
-            break
-        item._initrequest()
-    for report in reports:
-        item.ihook.pytest_runtest_logreport(report=report)
-    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-    return True
-"""
-
 FLAKY_TESTS = """
 import os
 
@@ -597,12 +660,11 @@ def test_a_rerun_test_counts_its_last_attempt(
     server.stop()
     base = run(pytester, "--llm-report=base.json")
     assert base.ret == 0
-    (pytester.path / "conftest.py").write_text(RERUN_CONFTEST)
     monkeypatch.setenv("LEDGER_TEST_PASS_AT", "2")
 
-    result = run(pytester, "--llm-report=head.json")
+    result = run(pytester, "--llm-report=head.json", "--reruns", "1")
 
-    result.assert_outcomes(passed=1)
+    assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
     report = json.loads((pytester.path / "head.json").read_text())
     assert report["lenses"] == json.loads((pytester.path / "base.json").read_text())["lenses"]
     assert (report["lenses"]["flaky"]["runs"], report["total"]["api_calls"]) == (1, 1)
@@ -619,6 +681,7 @@ ATTEMPTS = []
 
 
 @pytest.mark.llm
+@pytest.mark.flaky(reruns=1)
 def test_flaky_key():
     ATTEMPTS.append(1)
     denied = {"x-fake-status": "401"} if len(ATTEMPTS) == 1 else {}
@@ -639,13 +702,48 @@ def test_a_rerun_that_passes_drops_the_auth_error_of_its_failed_attempt(
     """An authentication error of an attempt that pytest-rerunfailures ran again goes with that
     attempt, as its counts do: the rerun that recorded without one leaves no notice to check the key."""
     write_project(pytester, AUTH_FLAKY_TESTS)
-    (pytester.path / "conftest.py").write_text(RERUN_CONFTEST)
 
     result = run(pytester, "--llm-record-mode=once")
 
-    result.assert_outcomes(passed=1)
+    assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
     assert "authentication error" not in result.stdout.str()
     assert len(server.requests) == 2
+
+
+LEAKY_FLAKY_TESTS = (
+    LEAK_A_STREAM
+    + """
+ATTEMPTS = []
+
+
+@pytest.mark.llm
+@pytest.mark.flaky(reruns=1)
+def test_flaky_leak(llm_ledger):
+    ATTEMPTS.append(1)
+    if len(ATTEMPTS) == 1:
+        leak_a_stream("leaky")
+        gc.disable()  # it stays open until the next attempt collects
+        pytest.fail("the first attempt fails")
+    gc.collect()
+    gc.enable()
+    assert llm_ledger.calls == []
+"""
+)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_stream_a_failed_attempt_leaks_counts_in_no_attempt(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A stream that an attempt pytest-rerunfailures ran again left open, collected during the next
+    attempt, goes with the attempt that started it: only the last attempt counts."""
+    write_project(pytester, LEAKY_FLAKY_TESTS)
+
+    result = run(pytester, "--llm-record-mode=once", "--llm-report=report.json")
+
+    assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert (report["total"]["api_calls"], report["lenses"]) == (0, {})
 
 
 def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
