@@ -573,24 +573,6 @@ def test_two_tests_that_would_share_a_cassette_fail_before_recording(pytester: p
     replayed.assert_outcomes(passed=1, deselected=1)
 
 
-# pytest-repeat's mechanism (--count=2), as it ships: an indirect parameter numbering the repetitions
-REPEAT_CONFTEST = """
-import pytest
-
-
-@pytest.fixture
-def __pytest_repeat_step_number(request):
-    return request.param
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_generate_tests(metafunc):
-    metafunc.fixturenames.append("__pytest_repeat_step_number")
-    metafunc.parametrize(
-        "__pytest_repeat_step_number", range(2), indirect=True, ids=lambda i: f"{i + 1}-2"
-    )
-"""
-
 REPEATED_TESTS = """
 import os
 
@@ -615,14 +597,13 @@ def test_repeated_runs_of_one_test_replay_one_cassette(pytester: pytest.Pytester
     """The repetitions of a test (pytest-repeat's --count, or equal parameter values under other
     ids) are one test run again: they record one cassette and each replays it in full, offline."""
     write_project(pytester, REPEATED_TESTS)
-    (pytester.path / "conftest.py").write_text(REPEAT_CONFTEST)
 
-    record(pytester)
+    record(pytester, "--count=2")  # pytest-repeat
 
     assert [p.name for p in (pytester.path / CASSETTES).iterdir()] == ["test_same[n=1].yaml"]
     assert len(server.requests) == 1
     server.stop()
-    replayed = run(pytester)
+    replayed = run(pytester, "--count=2")
     replayed.assert_outcomes(passed=4)
 
 
