@@ -348,3 +348,28 @@ def test_summaries_of_nested_lenses_count_each_call_once_as_the_calls_do(
         assert from_runs.total.calls == 4
     where = summarise_records(summaries, by="lens", where={"source_id": "doc-1"}, from_summaries=True)
     assert [(r.key["lens"], r.calls) for r in where.rows] == [("outer", 2)]
+
+
+def test_summaries_count_each_call_once_in_any_order(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An app's table gives its summaries back in its own order (newest first, by user...), and a nested
+    run whose stream is read after the blocks ends after its parent: a parent read before its nested
+    runs still counts each call once, under the innermost run."""
+    ask: Any = [{"role": "user", "content": "summarise the quarter"}]
+    with monitor.lens("outer"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=ask)
+        with monitor.lens("inner"):
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=ask, stream=True)
+        with monitor.lens("sibling"):
+            client.chat.completions.create(model="gpt-4o", messages=ask)
+    for _ in stream:
+        pass
+    summaries = [r for r in records if r["event"] == "lens_summary"]
+    from_calls = summarise_records(list(records), by="lens")
+    expected = {r.key["lens"]: (r.calls, r.total_tokens, r.cost_usd) for r in from_calls.rows}
+    for order in (summaries, summaries[::-1]):
+        from_runs = summarise_records(order, by="lens", from_summaries=True)
+        got = {r.key["lens"]: (r.calls, r.total_tokens, r.cost_usd) for r in from_runs.rows}
+        assert got == expected, [r["context"]["lens_key"] for r in order]
+        assert (from_runs.total.calls, from_runs.total.cost_usd) == (3, from_calls.total.cost_usd)

@@ -399,13 +399,30 @@ def _summary_figures(record: dict[str, Any]) -> _Figures:
     )
 
 
-def _own_figures(figures: _Figures, context: dict[str, Any], nested: dict[Any, _Sums]) -> _Figures:
-    """A run's figures without those of the runs nested in it (summaries come innermost first); its
-    whole figures are kept for its parent's. ``unpriced`` stays: a summary does not say whose call it was."""
-    parent, run_id = context.get("parent_lens_run_id"), context.get("lens_run_id")
-    if type(parent) is str:
+def _nested_sums(records: list[dict[str, Any]]) -> dict[Any, _Sums]:
+    """Run id -> the summed figures of the lens runs nested in it, which its own summary counts too:
+    gathered before any run is summed, so that summaries may come in any order (an application's table
+    gives them back in its own; a nested run whose stream is read after the blocks ends after its parent)."""
+    nested: dict[Any, _Sums] = {}
+    for record in records:
+        if record.get("event") != LENS_EVENT:
+            continue
+        parent = _dict(record.get("context")).get("parent_lens_run_id")
+        if type(parent) is not str:
+            continue
+        try:
+            figures = _summary_figures(record)
+        except BadRecord:
+            continue  # left out (and counted as rejected) when the runs are summed
         nested.setdefault(parent, _Sums({})).add(False, figures)
-    inner = nested.pop(run_id, None) if type(run_id) is str else None
+    return nested
+
+
+def _own_figures(figures: _Figures, context: dict[str, Any], nested: dict[Any, _Sums]) -> _Figures:
+    """A run's figures without those of the runs nested in it. ``unpriced`` stays: a summary does not
+    say whose call it was."""
+    run_id = context.get("lens_run_id")
+    inner = nested.get(run_id) if type(run_id) is str else None
     if inner is None:
         return figures
     calls, errors, prompt, completion, total, cost, unpriced, duration = figures
@@ -472,9 +489,11 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     filtered = rejected = 0
     # the context keys and fields seen, to name the valid choices for a dimension no record has
     present: set[str] | None = set() if any(n not in _BUILT_IN for n in (*by, *where)) else None
-    # from summaries: run id -> the summed figures of the runs nested in it, which its own summary
-    # counts too; a call counts under its innermost run only, as with call records
+    # from summaries: a call counts under its innermost run only, as with call records
     nested: dict[Any, _Sums] = {}
+    if from_summaries:
+        records = list(records)
+        nested = _nested_sums(records)
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
@@ -493,7 +512,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
                 if reader is not None:
                     reader.reject()
                 continue
-            if lens_run:  # before the filters: a nested run filtered out still leaves its parent's sums
+            if lens_run:  # a nested run filtered out still leaves its parent's sums (_nested_sums)
                 figures = _own_figures(figures, context, nested)
         if dated and not _in_range(record.get("timestamp"), since, until):
             filtered += 1
