@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
+import llm_ledger
 from llm_ledger._cli import main
+from llm_ledger._jsonl import JsonlFileHandler
+from tests.conftest import Sdk
 from tests.report_helpers import EPOCH, FORMATTER, call, lens_run, line, write
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -355,3 +358,32 @@ def test_serving_commands_refuse_a_bad_port_or_address_with_an_error_not_a_trace
         assert exited.value.code == 2
         err = capsys.readouterr().err
         assert f"argument --port: '{port_text}' is not a port: give 0 to 65535 (0 picks a free one)" in err
+
+
+@pytest.mark.parametrize("command", ["report", "reprice"])
+@pytest.mark.parametrize("fmt", ["text", "markdown"])
+def test_a_value_with_a_line_break_stays_on_its_row(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, fmt: str
+) -> None:
+    """A lens key or source id is the application's text, line breaks included: its row stays one line
+    (written \\n, as `llm-ledger diff` writes it), so a table in a terminal or a PR comment stays whole."""
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    client = sdk(monitor)
+    for lens in ("title\nsubtitle", "crlf\r\nend", "plain"):
+        with monitor.lens(lens):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    handler.close()
+    assert main([command, str(path), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    lines = out.splitlines()
+    rule = next(line for line in lines if line.startswith(("---", "|---")))
+    for key in ("title\\nsubtitle", "crlf\\r\\nend", "plain"):
+        row = next((line for line in lines if key in line), None)
+        assert row is not None, (key, lines)
+        if fmt == "markdown":
+            assert row.startswith(f"| {key} | ") and row.count(" | ") == rule.count("|") - 2, lines
+        else:
+            assert row.startswith(f"{key} ") and len(row) == len(rule), lines
