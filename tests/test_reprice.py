@@ -585,3 +585,28 @@ def test_a_report_written_before_tiers_and_times_reprices_as_before(
         bad.write_text(json.dumps({**data, "usage": [{**data["usage"][0], field: value}]}))
         assert main(["reprice", str(bad)]) == 2
         assert f"{bad}: usage[0].{expected}" in capsys.readouterr().err
+
+
+def test_calls_that_reported_no_usage_are_named_under_the_table(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream read without its usage chunk has no tokens to price: its lens's "after" is marked `*`,
+    and the note under the table (and the JSON) says how many calls that is, as it names the models
+    with no price."""
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    client = sdk(monitor)
+    with monitor.lens("quiet"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        for _ in client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": False}
+        ):
+            pass
+    handler.close()
+    assert main(["reprice", str(path), "--model", "gpt-4o-mini=gpt-4o"]) == 0
+    out = capsys.readouterr().out
+    assert "$0.0000" in next(line for line in out.splitlines() if line.startswith("quiet"))
+    assert "* after leaves out 1 call that reported no usage (no tokens to price)" in out
+    result = reprice_json(capsys, str(path), "--model", "gpt-4o-mini=gpt-4o")
+    assert (result["total"]["after_complete"], result["no_usage_calls"]) == (False, 1)

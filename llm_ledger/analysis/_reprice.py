@@ -104,6 +104,7 @@ class Reprice:
     price_file: str | None
     rows: dict[str, Row] = field(default_factory=dict)
     unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
+    no_usage_calls: int = 0  # calls that reported no usage: no tokens to price, before or after
     hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
 
     def total(self) -> Row:
@@ -121,6 +122,7 @@ class Reprice:
             "lenses": [row.to_json() for _, row in sorted(self.rows.items())],
             "total": self.total().to_json(),
             "unpriced_after": dict(sorted(self.unpriced_after.items())),
+            "no_usage_calls": self.no_usage_calls,
         }
 
 
@@ -283,6 +285,7 @@ def reprice(
         priced_before = item.uncosted_calls == 0 and item.no_usage_calls == 0
         row.before_complete &= priced_before
         row.after_complete &= item.no_usage_calls == 0
+        result.no_usage_calls += item.no_usage_calls
         stays = new is None and provider is None and route.provider == item.provider
         # a server the recording's price file priced itself (self-hosted), which no host entry now maps:
         # its model keeps no price, rather than a vendor's list price for a model of that name
@@ -386,6 +389,9 @@ def render(result: Reprice, fmt: str = "text") -> str:
             for m, n in sorted(result.unpriced_after.items())
         )
         lines += ["", f"* after leaves out calls with no known price: {missing}"]
+    if result.no_usage_calls:
+        calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
+        lines += ["", f"* after leaves out {calls} that reported no usage (no tokens to price)"]
     if not total.before_complete:
         lines += ["", "* before leaves out calls recorded without a cost"]
     if not (total.before_complete and total.after_complete):
