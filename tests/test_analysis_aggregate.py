@@ -373,3 +373,26 @@ def test_summaries_count_each_call_once_in_any_order(
         got = {r.key["lens"]: (r.calls, r.total_tokens, r.cost_usd) for r in from_runs.rows}
         assert got == expected, [r["context"]["lens_key"] for r in order]
         assert (from_runs.total.calls, from_runs.total.cost_usd) == (3, from_calls.total.cost_usd)
+
+
+def test_day_and_hour_of_a_timestamp_stored_in_another_spelling_are_utc(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An application stores each run's summary with its own timestamp (local time with an offset, a
+    database's "YYYY-MM-DD HH:MM:SS"): --by day and hour read it in UTC, as --since and --until do, so
+    the same hour is one row whatever the spelling."""
+    ask: Any = [{"role": "user", "content": "summarise the quarter"}]
+    for lens in ("morning", "night"):
+        with monitor.lens(lens):
+            client.chat.completions.create(model="gpt-4o-mini", messages=ask)
+    morning, night = [dict(r) for r in records.lenses]
+    morning["timestamp"] = "2025-11-24 16:00:00.250"  # naive: UTC
+    night["timestamp"] = "2025-11-25T00:30:00+02:00"  # 2025-11-24T22:30Z
+    ledger = {**morning, "timestamp": "2025-11-24T16:59:59.999Z"}
+    summaries = [morning, night, ledger]
+    days = summarise_records(summaries, by="day", from_summaries=True)
+    assert [(r.key["day"], r.lens_runs) for r in days.rows] == [("2025-11-24", 3)]
+    hours = summarise_records(summaries, by="hour", from_summaries=True)
+    assert [(r.key["hour"], r.lens_runs) for r in hours.rows] == [("2025-11-24T16", 2), ("2025-11-24T22", 1)]
+    since = summarise_records(summaries, by="day", since="2025-11-24T22:00", from_summaries=True)
+    assert since.total.lens_runs == 1

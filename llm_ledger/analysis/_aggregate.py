@@ -283,8 +283,8 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
         model = _dict(record.get("request")).get("model")
         return [_dict(record.get("response")).get("model") if model is None else model]
     if name in TIME_DIMENSIONS:
-        stamp = record.get("timestamp")
-        return [stamp[: TIME_DIMENSIONS[name]] if type(stamp) is str else None]
+        stamp = _utc_stamp(record.get("timestamp"))
+        return [None if stamp is None else stamp[: TIME_DIMENSIONS[name]]]
     if name in context:
         return [context[name]]
     if name in record:
@@ -315,17 +315,23 @@ def _stamp_bound(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
+def _utc_stamp(stamp: Any) -> str | None:
+    """A record's timestamp in the ledger's spelling (UTC, milliseconds, ``Z``); another writer's ISO
+    spelling (an offset, no zone: UTC, a space for the ``T``) is converted; None when it is none."""
     if type(stamp) is not str:
-        return False
-    if len(stamp) != _LEDGER_STAMP or stamp[-1] != "Z" or stamp[10] != "T":  # another writer's spelling
-        try:
-            moment = datetime.fromisoformat(stamp)
-        except ValueError:
-            return False
-        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-        stamp = _stamp_bound(moment)
-    return (since is None or stamp >= since) and (until is None or stamp < until)
+        return None
+    if len(stamp) == _LEDGER_STAMP and stamp[-1] == "Z" and stamp[10] == "T":
+        return stamp
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return _stamp_bound(moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
+
+
+def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
+    stamp = _utc_stamp(stamp)
+    return stamp is not None and (since is None or stamp >= since) and (until is None or stamp < until)
 
 
 @dataclass(slots=True)
