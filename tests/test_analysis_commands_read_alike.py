@@ -80,3 +80,23 @@ def test_a_pytest_report_among_the_logs_is_refused_naming_the_commands_that_read
         assert captured.out == ""
         assert f"llm-ledger {command}: error: {report}: a pytest --llm-report file, not a log" in captured.err
         assert "llm-ledger diff" in captured.err and "llm-ledger reprice" in captured.err
+
+
+@pytest.mark.parametrize("command", ["report", "reprice"])
+def test_a_file_named_twice_is_read_once(
+    command: str, log: tuple[Path, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory and a glob over it, or one file given twice (a shell history edited in a hurry): the
+    same log read twice would double every cost, so each file is read once."""
+    path, _ = log
+    assert main([command, str(path), "--format", "json"]) == 0
+    once = json.loads(capsys.readouterr().out)
+    for inputs in (
+        [str(path.parent), str(path.parent / "llm_calls.jsonl*")],
+        [str(path), str(path.parent / "." / path.name)],
+    ):
+        assert main([command, *inputs, "--format", "json"]) == 0
+        twice = json.loads(capsys.readouterr().out)
+        assert twice["total"] == once["total"], inputs
+        if command == "report":
+            assert len(twice["inputs"]) == 1

@@ -115,8 +115,9 @@ def warn_unread(command: str, stats: Iterable[InputStats]) -> None:
 
 
 def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = False) -> list[str]:
-    """The files ``inputs`` name, in order: ``-``, a glob's matches, a directory's log files, a path;
-    :class:`ConfigError` for one that names none (an empty directory is fine with ``empty_dirs``)."""
+    """The files ``inputs`` name, in order, each once (a directory and a glob over it would count
+    every call twice): ``-``, a glob's matches, a directory's log files, a path; :class:`ConfigError`
+    for one that names none (an empty directory is fine with ``empty_dirs``)."""
     out: list[str] = []
     for item in inputs:
         name = os.fspath(item)
@@ -146,7 +147,10 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
             )
         else:
             out.append(name)
-    return out
+    unique: dict[str, str] = {}  # the file itself (links and "./" resolved) -> its name as given
+    for name in out:
+        unique.setdefault(name if name == STDIN else os.path.realpath(name), name)
+    return list(unique.values())
 
 
 class _Stream(Protocol):
