@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-import llm_ledger
 from llm_ledger._cli import main
-from llm_ledger._jsonl import JsonlFileHandler
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
+from tests.report_helpers import logging_to
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -27,15 +26,12 @@ HI: Any = [{"role": "user", "content": "summarise the quarterly numbers for the 
 def log(sdk: Sdk, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
     """A log of real SDK calls in two lens runs, and its call records."""
     path = tmp_path / "llm_calls.jsonl"
-    handler = JsonlFileHandler(path)
     calls: list[dict[str, Any]] = []
-    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
-    monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
-    client = sdk(monitor)
-    for lens in ("summary", "tags"):
-        with monitor.lens(lens):
-            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    handler.close()
+    with logging_to(path, sdk) as (monitor, client):
+        monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
+        for lens in ("summary", "tags"):
+            with monitor.lens(lens):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     return path, calls
 
 

@@ -15,11 +15,9 @@ from typing import Any
 
 import pytest
 
-import llm_ledger
 from llm_ledger._cli import main
-from llm_ledger._jsonl import JsonlFileHandler
 from tests.conftest import Sdk
-from tests.report_helpers import EPOCH, FORMATTER, call, lens_run, line, write
+from tests.report_helpers import EPOCH, FORMATTER, call, lens_run, line, logging_to, write
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -368,13 +366,12 @@ def test_a_value_with_a_line_break_stays_on_its_row(
     """A lens key or source id is the application's text, line breaks included: its row stays one line
     (written \\n, as `llm-ledger diff` writes it), so a table in a terminal or a PR comment stays whole."""
     path = tmp_path / "llm_calls.jsonl"
-    handler = JsonlFileHandler(path)
-    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
-    client = sdk(monitor)
-    for lens in ("title\nsubtitle", "crlf\r\nend", "plain"):
-        with monitor.lens(lens):
-            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-    handler.close()
+    with logging_to(path, sdk) as (monitor, client):
+        for lens in ("title\nsubtitle", "crlf\r\nend", "plain"):
+            with monitor.lens(lens):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
     assert main([command, str(path), "--format", fmt]) == 0
     out = capsys.readouterr().out
     assert "\r" not in out

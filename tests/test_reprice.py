@@ -20,6 +20,7 @@ from llm_ledger.report import usage_row
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
+from tests.report_helpers import logging_to
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -594,16 +595,12 @@ def test_calls_that_reported_no_usage_are_named_under_the_table(
     and the note under the table (and the JSON) says how many calls that is, as it names the models
     with no price."""
     path = tmp_path / "llm_calls.jsonl"
-    handler = JsonlFileHandler(path)
-    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
-    client = sdk(monitor)
-    with monitor.lens("quiet"):
+    with logging_to(path, sdk) as (monitor, client), monitor.lens("quiet"):
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
         for _ in client.chat.completions.create(
             model="gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": False}
         ):
             pass
-    handler.close()
     assert main(["reprice", str(path), "--model", "gpt-4o-mini=gpt-4o"]) == 0
     out = capsys.readouterr().out
     assert "$0.0000" in next(line for line in out.splitlines() if line.startswith("quiet"))
