@@ -184,6 +184,9 @@ def test_bad_arguments_are_clear_errors(log: Path, kwargs: dict[str, Any], messa
             ["--since", "2025-12-01", "--until", "2025-11-01"],
             "since: 2025-12-01T00:00:00Z is not before until",
         ),
+        # a moment the ledger's UTC milliseconds cannot hold: past year 9999 once rounded up, before year 1
+        (["--until", "9999-12-31T23:59:59.9999"], "until: '9999-12-31T23:59:59.9999' is out of range"),
+        (["--since", "0001-01-01T00:00+01:00"], "since: '0001-01-01T00:00+01:00' is out of range"),
     ],
 )
 def test_bad_command_line_filters_exit_2_with_the_valid_form(
@@ -396,3 +399,12 @@ def test_day_and_hour_of_a_timestamp_stored_in_another_spelling_are_utc(
     assert [(r.key["hour"], r.lens_runs) for r in hours.rows] == [("2025-11-24T16", 2), ("2025-11-24T22", 1)]
     since = summarise_records(summaries, by="day", since="2025-11-24T22:00", from_summaries=True)
     assert since.total.lens_runs == 1
+
+
+def test_a_timestamp_outside_the_years_utc_can_hold_groups_under_null(tmp_path: Path) -> None:
+    """A record stamped at the edge of what a datetime holds (a hand-edited or corrupt line) counts, by
+    day under null and outside every --since / --until range, rather than stopping the report."""
+    edges = ["0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59.9999"]
+    log = write(tmp_path / "llm_calls.jsonl", [{**call(), "timestamp": stamp} for stamp in [*edges, None]])
+    assert [(r.key["day"], r.calls) for r in summarise(log, by="day").rows] == [(None, 3)]
+    assert summarise(log, since="2025-01-01").total.calls == 0

@@ -80,6 +80,7 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
     """A bound as an aware UTC datetime: ISO text, a date (midnight UTC) or a datetime (naive: UTC)."""
     if value is None:
         return None
+    given = value
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip())
@@ -89,7 +90,15 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
         raise QueryError(name, f"expected an ISO date string, a date or a datetime, got {value!r}")
     if not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        _stamp_bound(value)  # compared in the ledger's spelling: rounded up to the millisecond
+    except OverflowError:
+        raise QueryError(
+            name,
+            f"{given!r} is out of range: UTC years 1 to 9999 (to 9999-12-31T23:59:59.999Z); {_DATE_EXAMPLE}",
+        ) from None
+    return value
 
 
 def _dimensions(by: str | Sequence[str]) -> tuple[str, ...]:
@@ -324,9 +333,9 @@ def _utc_stamp(stamp: Any) -> str | None:
         return stamp
     try:
         moment = datetime.fromisoformat(stamp)
-    except ValueError:
+        return _stamp_bound(moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
+    except (ValueError, OverflowError):  # not ISO, or no UTC millisecond (before year 1, past 9999)
         return None
-    return _stamp_bound(moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
 
 
 def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
