@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 
-__all__ = ["markdown_table", "text_table"]
+__all__ = ["markdown_table", "one_line", "text_table"]
 
 
 def text_table(
@@ -20,6 +20,7 @@ def text_table(
 ) -> list[str]:
     """Lines of a plain table: header, rule, rows, and (after another rule) the ``total`` rows."""
     right = range(1, len(headers)) if right is None else right
+    headers, rows, total = _one_line(headers), list(map(_one_line, rows)), list(map(_one_line, total))
     widths = [max(len(row[i]) for row in [headers, *rows, *total]) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
@@ -45,7 +46,7 @@ def markdown_table(
     right = range(1, len(headers)) if right is None else right
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(_cell(cell) for cell in cells) + " |"
+        return "| " + " | ".join(_cell(cell) for cell in _one_line(cells)) + " |"
 
     # an empty cell stays empty: "****" is not bold nothing, Markdown shows the four stars
     bold = [[f"**{cell}**" if cell else "" for cell in row] for row in total]
@@ -54,6 +55,16 @@ def markdown_table(
         "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|",
         *map(line, [*rows, *bold]),
     ]
+
+
+def one_line(text: str) -> str:
+    """``text`` (the application's: a lens key, a source id) with its line breaks written ``\\n`` and
+    ``\\r``: in a table row or a heading a line break would end it."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _one_line(cells: Sequence[str]) -> list[str]:
+    return [one_line(cell) for cell in cells]
 
 
 def _cell(text: str) -> str:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llm_ledger._jsonl import LedgerJsonFormatter
+import openai
+
+import llm_ledger
+from llm_ledger._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from llm_ledger._records import USD_UNIT_DIGITS, LensTotals, call_record, lens_record
+
+if TYPE_CHECKING:
+    from tests.conftest import Sdk
 
 FORMATTER = LedgerJsonFormatter()
 EPOCH = 1_764_000_000.0  # 2025-11-24T16:00:00Z
@@ -101,3 +109,15 @@ def line(record: dict[str, Any]) -> str:
 def write(path: Path, records: list[dict[str, Any]], *, extra_lines: tuple[str, ...] = ()) -> Path:
     path.write_text("".join(line(r) + "\n" for r in records) + "".join(x + "\n" for x in extra_lines))
     return path
+
+
+@contextmanager
+def logging_to(path: Path, sdk: Sdk) -> Iterator[tuple[llm_ledger.LLMCallMonitor, openai.OpenAI]]:
+    """A monitor writing the log ``path`` as ``configure()`` does, and a real SDK client it watches on
+    the loopback server; every line is in the file once the block ends."""
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    try:
+        yield monitor, sdk(monitor)
+    finally:
+        handler.close()

@@ -184,6 +184,9 @@ def test_bad_arguments_are_clear_errors(log: Path, kwargs: dict[str, Any], messa
             ["--since", "2025-12-01", "--until", "2025-11-01"],
             "since: 2025-12-01T00:00:00Z is not before until",
         ),
+        # a moment the ledger's UTC milliseconds cannot hold: past year 9999 once rounded up, before year 1
+        (["--until", "9999-12-31T23:59:59.9999"], "until: '9999-12-31T23:59:59.9999' is out of range"),
+        (["--since", "0001-01-01T00:00+01:00"], "since: '0001-01-01T00:00+01:00' is out of range"),
     ],
 )
 def test_bad_command_line_filters_exit_2_with_the_valid_form(
@@ -348,3 +351,60 @@ def test_summaries_of_nested_lenses_count_each_call_once_as_the_calls_do(
         assert from_runs.total.calls == 4
     where = summarise_records(summaries, by="lens", where={"source_id": "doc-1"}, from_summaries=True)
     assert [(r.key["lens"], r.calls) for r in where.rows] == [("outer", 2)]
+
+
+def test_summaries_count_each_call_once_in_any_order(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An app's table gives its summaries back in its own order (newest first, by user...), and a nested
+    run whose stream is read after the blocks ends after its parent: a parent read before its nested
+    runs still counts each call once, under the innermost run."""
+    ask: Any = [{"role": "user", "content": "summarise the quarter"}]
+    with monitor.lens("outer"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=ask)
+        with monitor.lens("inner"):
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=ask, stream=True)
+        with monitor.lens("sibling"):
+            client.chat.completions.create(model="gpt-4o", messages=ask)
+    for _ in stream:
+        pass
+    summaries = [r for r in records if r["event"] == "lens_summary"]
+    from_calls = summarise_records(list(records), by="lens")
+    expected = {r.key["lens"]: (r.calls, r.total_tokens, r.cost_usd) for r in from_calls.rows}
+    for order in (summaries, summaries[::-1]):
+        from_runs = summarise_records(order, by="lens", from_summaries=True)
+        got = {r.key["lens"]: (r.calls, r.total_tokens, r.cost_usd) for r in from_runs.rows}
+        assert got == expected, [r["context"]["lens_key"] for r in order]
+        assert (from_runs.total.calls, from_runs.total.cost_usd) == (3, from_calls.total.cost_usd)
+
+
+def test_day_and_hour_of_a_timestamp_stored_in_another_spelling_are_utc(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An application stores each run's summary with its own timestamp (local time with an offset, a
+    database's "YYYY-MM-DD HH:MM:SS"): --by day and hour read it in UTC, as --since and --until do, so
+    the same hour is one row whatever the spelling."""
+    ask: Any = [{"role": "user", "content": "summarise the quarter"}]
+    for lens in ("morning", "night"):
+        with monitor.lens(lens):
+            client.chat.completions.create(model="gpt-4o-mini", messages=ask)
+    morning, night = [dict(r) for r in records.lenses]
+    morning["timestamp"] = "2025-11-24 16:00:00.250"  # naive: UTC
+    night["timestamp"] = "2025-11-25T00:30:00+02:00"  # 2025-11-24T22:30Z
+    ledger = {**morning, "timestamp": "2025-11-24T16:59:59.999Z"}
+    summaries = [morning, night, ledger]
+    days = summarise_records(summaries, by="day", from_summaries=True)
+    assert [(r.key["day"], r.lens_runs) for r in days.rows] == [("2025-11-24", 3)]
+    hours = summarise_records(summaries, by="hour", from_summaries=True)
+    assert [(r.key["hour"], r.lens_runs) for r in hours.rows] == [("2025-11-24T16", 2), ("2025-11-24T22", 1)]
+    since = summarise_records(summaries, by="day", since="2025-11-24T22:00", from_summaries=True)
+    assert since.total.lens_runs == 1
+
+
+def test_a_timestamp_outside_the_years_utc_can_hold_groups_under_null(tmp_path: Path) -> None:
+    """A record stamped at the edge of what a datetime holds (a hand-edited or corrupt line) counts, by
+    day under null and outside every --since / --until range, rather than stopping the report."""
+    edges = ["0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59.9999"]
+    log = write(tmp_path / "llm_calls.jsonl", [{**call(), "timestamp": stamp} for stamp in [*edges, None]])
+    assert [(r.key["day"], r.calls) for r in summarise(log, by="day").rows] == [(None, 3)]
+    assert summarise(log, since="2025-01-01").total.calls == 0

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from llm_ledger._cli import main
-from tests.report_helpers import EPOCH, FORMATTER, call, lens_run, line, write
+from tests.conftest import Sdk
+from tests.report_helpers import EPOCH, FORMATTER, call, lens_run, line, logging_to, write
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -241,7 +242,7 @@ def test_unpriced_calls_mark_the_cost_as_a_lower_bound(
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out
     assert "$0.000100+" in out
-    assert "1 successful call has no price" in out and "--by model shows which models" in out
+    assert "1 billed call has no known cost" in out and "--by model shows which models" in out
 
 
 def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
@@ -252,8 +253,10 @@ def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
     path = write(tmp_path / "log.jsonl", [call(prompt=None, completion=None, cost=None), call()])
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "1 successful call has no price" in out
-    assert "(a model the price table does not know, or no usage reported)" in out
+    assert "1 billed call has no known cost" in out
+    assert (
+        "(no usage reported, as by a stream stopped early, or a model the price table does not know)" in out
+    )
 
 
 def test_lone_surrogates_in_context_values_are_counted_not_malformed(
@@ -355,3 +358,51 @@ def test_serving_commands_refuse_a_bad_port_or_address_with_an_error_not_a_trace
         assert exited.value.code == 2
         err = capsys.readouterr().err
         assert f"argument --port: '{port_text}' is not a port: give 0 to 65535 (0 picks a free one)" in err
+
+
+@pytest.mark.parametrize("command", ["report", "reprice"])
+@pytest.mark.parametrize("fmt", ["text", "markdown"])
+def test_a_value_with_a_line_break_stays_on_its_row(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, fmt: str
+) -> None:
+    """A lens key or source id is the application's text, line breaks included: its row stays one line
+    (written \\n, as `llm-ledger diff` writes it), so a table in a terminal or a PR comment stays whole."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        for lens in ("title\nsubtitle", "crlf\r\nend", "plain"):
+            with monitor.lens(lens):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
+    assert main([command, str(path), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    lines = out.splitlines()
+    rule = next(line for line in lines if line.startswith(("---", "|---")))
+    for key in ("title\\nsubtitle", "crlf\\r\\nend", "plain"):
+        row = next((line for line in lines if key in line), None)
+        assert row is not None, (key, lines)
+        if fmt == "markdown":
+            assert row.startswith(f"| {key} | ") and row.count(" | ") == rule.count("|") - 2, lines
+        else:
+            assert row.startswith(f"{key} ") and len(row) == len(rule), lines
+
+
+def test_the_unpriced_note_does_not_call_a_stopped_stream_successful(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream the caller stopped after its first chunk was billed for what the server produced, but
+    reported no usage: it is left out of the cost, and the note under the table names it a billed call,
+    not a successful one (its status is `interrupted`)."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client), monitor.lens("stopped"):
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        next(iter(stream))
+        stream.close()
+    assert json.loads(path.read_text().splitlines()[0])["status"] == "interrupted"
+    assert main(["report", str(path)]) == 0
+    footer = capsys.readouterr().out.splitlines()[-1]
+    assert footer.startswith("+ 1 billed call has no known cost (no usage reported"), footer
+    assert "successful" not in footer

@@ -20,6 +20,7 @@ from llm_ledger.report import usage_row
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
+from tests.report_helpers import logging_to
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -585,3 +586,24 @@ def test_a_report_written_before_tiers_and_times_reprices_as_before(
         bad.write_text(json.dumps({**data, "usage": [{**data["usage"][0], field: value}]}))
         assert main(["reprice", str(bad)]) == 2
         assert f"{bad}: usage[0].{expected}" in capsys.readouterr().err
+
+
+def test_calls_that_reported_no_usage_are_named_under_the_table(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream read without its usage chunk has no tokens to price: its lens's "after" is marked `*`,
+    and the note under the table (and the JSON) says how many calls that is, as it names the models
+    with no price."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client), monitor.lens("quiet"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        for _ in client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": False}
+        ):
+            pass
+    assert main(["reprice", str(path), "--model", "gpt-4o-mini=gpt-4o"]) == 0
+    out = capsys.readouterr().out
+    assert "$0.0000" in next(line for line in out.splitlines() if line.startswith("quiet"))
+    assert "* after leaves out 1 call that reported no usage (no tokens to price)" in out
+    result = reprice_json(capsys, str(path), "--model", "gpt-4o-mini=gpt-4o")
+    assert (result["total"]["after_complete"], result["no_usage_calls"]) == (False, 1)

@@ -80,6 +80,7 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
     """A bound as an aware UTC datetime: ISO text, a date (midnight UTC) or a datetime (naive: UTC)."""
     if value is None:
         return None
+    given = value
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip())
@@ -89,7 +90,15 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
         raise QueryError(name, f"expected an ISO date string, a date or a datetime, got {value!r}")
     if not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        _stamp_bound(value)  # compared in the ledger's spelling: rounded up to the millisecond
+    except OverflowError:
+        raise QueryError(
+            name,
+            f"{given!r} is out of range: UTC years 1 to 9999 (to 9999-12-31T23:59:59.999Z); {_DATE_EXAMPLE}",
+        ) from None
+    return value
 
 
 def _dimensions(by: str | Sequence[str]) -> tuple[str, ...]:
@@ -283,8 +292,8 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
         model = _dict(record.get("request")).get("model")
         return [_dict(record.get("response")).get("model") if model is None else model]
     if name in TIME_DIMENSIONS:
-        stamp = record.get("timestamp")
-        return [stamp[: TIME_DIMENSIONS[name]] if type(stamp) is str else None]
+        stamp = _utc_stamp(record.get("timestamp"))
+        return [None if stamp is None else stamp[: TIME_DIMENSIONS[name]]]
     if name in context:
         return [context[name]]
     if name in record:
@@ -315,17 +324,23 @@ def _stamp_bound(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
+def _utc_stamp(stamp: Any) -> str | None:
+    """A record's timestamp in the ledger's spelling (UTC, milliseconds, ``Z``); another writer's ISO
+    spelling (an offset, no zone: UTC, a space for the ``T``) is converted; None when it is none."""
     if type(stamp) is not str:
-        return False
-    if len(stamp) != _LEDGER_STAMP or stamp[-1] != "Z" or stamp[10] != "T":  # another writer's spelling
-        try:
-            moment = datetime.fromisoformat(stamp)
-        except ValueError:
-            return False
-        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-        stamp = _stamp_bound(moment)
-    return (since is None or stamp >= since) and (until is None or stamp < until)
+        return None
+    if len(stamp) == _LEDGER_STAMP and stamp[-1] == "Z" and stamp[10] == "T":
+        return stamp
+    try:
+        moment = datetime.fromisoformat(stamp)
+        return _stamp_bound(moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
+    except (ValueError, OverflowError):  # not ISO, or no UTC millisecond (before year 1, past 9999)
+        return None
+
+
+def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
+    stamp = _utc_stamp(stamp)
+    return stamp is not None and (since is None or stamp >= since) and (until is None or stamp < until)
 
 
 @dataclass(slots=True)
@@ -399,13 +414,30 @@ def _summary_figures(record: dict[str, Any]) -> _Figures:
     )
 
 
-def _own_figures(figures: _Figures, context: dict[str, Any], nested: dict[Any, _Sums]) -> _Figures:
-    """A run's figures without those of the runs nested in it (summaries come innermost first); its
-    whole figures are kept for its parent's. ``unpriced`` stays: a summary does not say whose call it was."""
-    parent, run_id = context.get("parent_lens_run_id"), context.get("lens_run_id")
-    if type(parent) is str:
+def _nested_sums(records: list[dict[str, Any]]) -> dict[Any, _Sums]:
+    """Run id -> the summed figures of the lens runs nested in it, which its own summary counts too:
+    gathered before any run is summed, so that summaries may come in any order (an application's table
+    gives them back in its own; a nested run whose stream is read after the blocks ends after its parent)."""
+    nested: dict[Any, _Sums] = {}
+    for record in records:
+        if record.get("event") != LENS_EVENT:
+            continue
+        parent = _dict(record.get("context")).get("parent_lens_run_id")
+        if type(parent) is not str:
+            continue
+        try:
+            figures = _summary_figures(record)
+        except BadRecord:
+            continue  # left out (and counted as rejected) when the runs are summed
         nested.setdefault(parent, _Sums({})).add(False, figures)
-    inner = nested.pop(run_id, None) if type(run_id) is str else None
+    return nested
+
+
+def _own_figures(figures: _Figures, context: dict[str, Any], nested: dict[Any, _Sums]) -> _Figures:
+    """A run's figures without those of the runs nested in it. ``unpriced`` stays: a summary does not
+    say whose call it was."""
+    run_id = context.get("lens_run_id")
+    inner = nested.get(run_id) if type(run_id) is str else None
     if inner is None:
         return figures
     calls, errors, prompt, completion, total, cost, unpriced, duration = figures
@@ -472,9 +504,11 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     filtered = rejected = 0
     # the context keys and fields seen, to name the valid choices for a dimension no record has
     present: set[str] | None = set() if any(n not in _BUILT_IN for n in (*by, *where)) else None
-    # from summaries: run id -> the summed figures of the runs nested in it, which its own summary
-    # counts too; a call counts under its innermost run only, as with call records
+    # from summaries: a call counts under its innermost run only, as with call records
     nested: dict[Any, _Sums] = {}
+    if from_summaries:
+        records = list(records)
+        nested = _nested_sums(records)
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
@@ -493,7 +527,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
                 if reader is not None:
                     reader.reject()
                 continue
-            if lens_run:  # before the filters: a nested run filtered out still leaves its parent's sums
+            if lens_run:  # a nested run filtered out still leaves its parent's sums (_nested_sums)
                 figures = _own_figures(figures, context, nested)
         if dated and not _in_range(record.get("timestamp"), since, until):
             filtered += 1

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from .._cli import add_command
 from .._errors import ConfigError
-from .._table import markdown_table, text_table
+from .._table import markdown_table, one_line, text_table
 from ..loading import join, listed, printable, read_file, shown
 from ._read import strict_loads
 from ._render import strict_json
@@ -234,7 +234,7 @@ def _code(text: str) -> str:
     """``text`` as a Markdown code span that a backtick inside cannot end early (CommonMark: a fence
     longer than any run of backticks inside, padded with a space), on one line: a line break would end
     a table row or a heading."""
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    text = one_line(text)
     if "`" not in text:
         return f"`{text}`"
     fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)

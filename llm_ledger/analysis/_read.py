@@ -29,8 +29,10 @@ __all__ = [
     "LogReader",
     "is_pytest_report",
     "iter_records",
+    "refuse_reports",
     "resolve",
     "strict_loads",
+    "warn_unread",
 ]
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
@@ -81,9 +83,41 @@ def is_pytest_report(path: str) -> bool:
     return first == b"{" or first.startswith(b'{"schema": "llm-ledger-report"')
 
 
+def refuse_reports(names: Iterable[str]) -> None:
+    """:class:`ConfigError` for a pytest ``--llm-report`` file among the log files ``names``: read as a
+    log it would be nothing but malformed lines, an empty answer; the error names what reads it."""
+    for name in filter(os.path.isfile, names):  # not a pipe: what is read here would be lost to the reader
+        try:
+            report = is_pytest_report(name)
+        except OSError:
+            continue  # the reader says what is wrong with it
+        if report:
+            raise ConfigError(
+                f"{name}: a pytest --llm-report file, not a log of calls; compare two with "
+                f"`llm-ledger diff BASE.json {name}`, or price it again with `llm-ledger reprice {name}`"
+            )
+
+
+def warn_unread(command: str, stats: Iterable[InputStats]) -> None:
+    """Say on stderr, per input, which malformed lines ``command`` skipped and where an input ended
+    early (a ``.gz`` cut short): its answer leaves them out."""
+    for one in stats:
+        if one.malformed:
+            where = ", ".join(map(str, one.first_malformed))
+            more = ", ..." if one.malformed > len(one.first_malformed) else ""
+            long = f"; {one.too_long:,} over {MAX_LINE_BYTES:,} bytes" if one.too_long else ""
+            sys.stderr.write(
+                f"llm-ledger {command}: {one.name}: skipped {one.malformed:,} malformed line(s) "
+                f"(line {where}{more}{long}); the other lines are counted\n"
+            )
+        if one.error:
+            sys.stderr.write(f"llm-ledger {command}: {one.name}: {one.error}; the lines before are counted\n")
+
+
 def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = False) -> list[str]:
-    """The files ``inputs`` name, in order: ``-``, a glob's matches, a directory's log files, a path;
-    :class:`ConfigError` for one that names none (an empty directory is fine with ``empty_dirs``)."""
+    """The files ``inputs`` name, in order, each once (a directory and a glob over it would count
+    every call twice): ``-``, a glob's matches, a directory's log files, a path; :class:`ConfigError`
+    for one that names none (an empty directory is fine with ``empty_dirs``)."""
     out: list[str] = []
     for item in inputs:
         name = os.fspath(item)
@@ -113,7 +147,10 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
             )
         else:
             out.append(name)
-    return out
+    unique: dict[str, str] = {}  # the file itself (links and "./" resolved) -> its name as given
+    for name in out:
+        unique.setdefault(name if name == STDIN else os.path.realpath(name), name)
+    return list(unique.values())
 
 
 class _Stream(Protocol):

@@ -104,8 +104,9 @@ def _footer(report: CostReport) -> list[str]:
         calls = "call has" if total.unpriced_calls == 1 else "calls have"
         which = "" if "model" in report.query.by else "; --by model shows which models"
         lines.append(
-            f"+ {total.unpriced_calls:,} successful {calls} no price (a model the price table does not "
-            f"know, or no usage reported): their cost is not included{which}; costs are those recorded "
+            f"+ {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
+            f"stopped early, or a model the price table does not know): their cost is not "
+            f"included{which}; costs are those recorded "
             "when each call was made, so `llm-ledger reprice LOG --price-file F` prices them"
         )
     return lines

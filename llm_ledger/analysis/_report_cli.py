@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 from .._cli import add_command
-from .._errors import ConfigError
 from . import _read
 from ._aggregate import TIME_DIMENSIONS, aggregate, make_query, parse_where
 from ._render import FORMATS, render
@@ -60,37 +58,11 @@ def register(subparsers: Any, summary: str) -> None:
     parser.add_argument("--until", metavar="WHEN", help="up to this ISO date or date-time, exclusive (UTC)")
 
 
-def _refuse_reports(inputs: list[str]) -> None:
-    """A pytest --llm-report file (indented JSON) would read as nothing but malformed lines: say
-    which commands read it instead."""
-    for name in filter(os.path.isfile, inputs):  # not a pipe: what is read here would be lost to the reader
-        try:
-            report = _read.is_pytest_report(name)
-        except OSError:
-            continue  # the reader says what is wrong with it
-        if report:
-            raise ConfigError(
-                f"{name}: a pytest --llm-report file, not a log of calls; compare two with "
-                f"`llm-ledger diff BASE.json {name}`, or price it again with `llm-ledger reprice {name}`"
-            )
-
-
 def run(args: argparse.Namespace) -> int:
-    _refuse_reports(args.inputs)
+    reader = _read.LogReader(args.inputs)
+    _read.refuse_reports(reader.names)
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until)
-    report = aggregate(_read.LogReader(args.inputs), query)
+    report = aggregate(reader, query)
     sys.stdout.write(render(report, args.fmt))
-    for stats in report.inputs:
-        if stats.malformed:
-            where = ", ".join(map(str, stats.first_malformed))
-            more = ", ..." if stats.malformed > len(stats.first_malformed) else ""
-            long = f"; {stats.too_long:,} over {_read.MAX_LINE_BYTES:,} bytes" if stats.too_long else ""
-            sys.stderr.write(
-                f"llm-ledger report: {stats.name}: skipped {stats.malformed:,} malformed line(s) "
-                f"(line {where}{more}{long}); the other lines are counted\n"
-            )
-        if stats.error:
-            sys.stderr.write(
-                f"llm-ledger report: {stats.name}: {stats.error}; the lines before are counted\n"
-            )
+    _read.warn_unread("report", report.inputs)
     return 0

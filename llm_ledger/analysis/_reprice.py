@@ -38,7 +38,7 @@ from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
-from ._read import GLOB_CHARS, STDIN, is_pytest_report, iter_records
+from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, refuse_reports, warn_unread
 from ._render import strict_json, usd
 from ._usage import NO_LENS, UsageRow, _epoch, recorded_count, recorded_name, usage_row
 
@@ -104,6 +104,7 @@ class Reprice:
     price_file: str | None
     rows: dict[str, Row] = field(default_factory=dict)
     unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
+    no_usage_calls: int = 0  # calls that reported no usage: no tokens to price, before or after
     hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
 
     def total(self) -> Row:
@@ -121,16 +122,20 @@ class Reprice:
             "lenses": [row.to_json() for _, row in sorted(self.rows.items())],
             "total": self.total().to_json(),
             "unpriced_after": dict(sorted(self.unpriced_after.items())),
+            "no_usage_calls": self.no_usage_calls,
         }
 
 
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_usage(paths: str | Sequence[str], query: Query | None = None) -> tuple[str, list[UsageRow]]:
-    """("log" or "report", the usage recorded in ``paths``); :class:`ConfigError` says what is wrong.
-    One regular file may be the pytest plugin's report; anything else is read as logs, keeping the calls
-    that pass ``query``'s ``where``, ``since`` and ``until``, as ``llm-ledger report`` does."""
+def read_usage(
+    paths: str | Sequence[str], query: Query | None = None
+) -> tuple[str, list[UsageRow], list[InputStats]]:
+    """("log" or "report", the usage recorded in ``paths``, what reading each log found);
+    :class:`ConfigError` says what is wrong. One regular file may be the pytest plugin's report; anything
+    else is read as logs (a report among them is refused), keeping the calls that pass ``query``'s
+    ``where``, ``since`` and ``until``, as ``llm-ledger report`` does."""
     filtered = query is not None and bool(query.where or query.since or query.until)
     inputs = [paths] if isinstance(paths, str) else list(paths)
     one = inputs[0] if len(inputs) == 1 else None
@@ -147,9 +152,11 @@ def read_usage(paths: str | Sequence[str], query: Query | None = None) -> tuple[
                     f"{one}: --where, --since and --until select a log's calls; a pytest report keeps "
                     "no timestamps or context per call: reprice the log instead"
                 )
-            return "report", list(_report_usage(one))
-    calls = iter_records(inputs, events=(CALL_EVENT,))
-    return "log", [usage_row(_billed(c)) for c in (select(calls, query) if filtered and query else calls)]
+            return "report", list(_report_usage(one)), []
+    reader = LogReader(inputs, events=(CALL_EVENT,))
+    refuse_reports(reader.names)
+    calls = select(reader, query) if filtered and query else reader
+    return "log", [usage_row(_billed(c)) for c in calls], reader.stats
 
 
 def _billed(record: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +285,7 @@ def reprice(
         priced_before = item.uncosted_calls == 0 and item.no_usage_calls == 0
         row.before_complete &= priced_before
         row.after_complete &= item.no_usage_calls == 0
+        result.no_usage_calls += item.no_usage_calls
         stays = new is None and provider is None and route.provider == item.provider
         # a server the recording's price file priced itself (self-hosted), which no host entry now maps:
         # its model keeps no price, rather than a vendor's list price for a model of that name
@@ -381,6 +389,9 @@ def render(result: Reprice, fmt: str = "text") -> str:
             for m, n in sorted(result.unpriced_after.items())
         )
         lines += ["", f"* after leaves out calls with no known price: {missing}"]
+    if result.no_usage_calls:
+        calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
+        lines += ["", f"* after leaves out {calls} that reported no usage (no tokens to price)"]
     if not total.before_complete:
         lines += ["", "* before leaves out calls recorded without a cost"]
     if not (total.before_complete and total.after_complete):
@@ -430,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     models = parse_models(args.model)
     query = make_query(("lens",), parse_where(args.where), args.since, args.until)
     table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
-    kind, usage = read_usage(args.sources, query)
+    kind, usage, stats = read_usage(args.sources, query)
     name = Path(args.sources[0]).name if len(args.sources) == 1 else f"{len(args.sources)} inputs"
     selected = [f"{key}={'|'.join(sorted(values))}" for key, values in query.where.items()]
     bounds = query.to_json()
@@ -438,4 +449,5 @@ def run(args: argparse.Namespace) -> int:
     source = f"{name} ({', '.join([kind, *selected])})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
     sys.stdout.write(render(result, args.fmt))
+    warn_unread("reprice", stats)
     return 0

@@ -1,0 +1,98 @@
+"""Every command that reads logs (``report``, ``anomalies``, ``reprice``) says what it could not read, as
+docs/REPORTING.md promises ("the same inputs and the same rules for bad lines"): a malformed line, a
+``.gz`` cut short, a pytest ``--llm-report`` file given where a log was expected."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_ledger._cli import main
+from pytest_llm_ledger._report import SessionLedger
+from tests.conftest import Sdk
+from tests.report_helpers import logging_to
+
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
+COMMANDS = ["report", "anomalies", "reprice"]
+HI: Any = [{"role": "user", "content": "summarise the quarterly numbers for the board please"}]
+
+
+@pytest.fixture
+def log(sdk: Sdk, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """A log of real SDK calls in two lens runs, and its call records."""
+    path = tmp_path / "llm_calls.jsonl"
+    calls: list[dict[str, Any]] = []
+    with logging_to(path, sdk) as (monitor, client):
+        monitor.add_sink(lambda r: calls.append(dict(r)) if r["event"] == "llm_api_call" else None)
+        for lens in ("summary", "tags"):
+            with monitor.lens(lens):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    return path, calls
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_torn_line_and_a_cut_gzip_are_named_on_stderr(
+    command: str, log: tuple[Path, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A torn line (a writer killed mid-write) and a rotated .gz still being compressed: the command
+    reads the rest and says which input lost what, as `report` does; never a silent partial answer."""
+    path, _ = log
+    with path.open("ab") as file:
+        file.write(b'{"event": "llm_api_call", "status": "o\n')
+    lines = path.read_bytes()
+    compressed = gzip.compress(lines * 200)
+    cut = path.with_name("llm_calls.jsonl.1.gz")
+    cut.write_bytes(compressed[: len(compressed) // 2])
+    assert main([command, str(path), str(cut)]) == 0
+    err = capsys.readouterr().err
+    torn_line = len(lines.splitlines())
+    assert f"llm-ledger {command}: {path}: skipped 1 malformed line(s) (line {torn_line})" in err
+    assert f"llm-ledger {command}: {cut}: ended early, after line" in err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_pytest_report_among_the_logs_is_refused_naming_the_commands_that_read_it(
+    command: str,
+    log: tuple[Path, list[dict[str, Any]]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A --llm-report file (indented JSON) read as a log is nothing but malformed lines: given with a log,
+    or matched by a glob, it is an error (exit 2) naming `diff` and `reprice`, not an empty answer."""
+    path, calls = log
+    ledger = SessionLedger()
+    for call in calls:
+        ledger.add_call("tests/test_x.py::test_x", call)
+    report = tmp_path / "head.json"
+    report.write_text(json.dumps(ledger.report(), indent=2))
+    for inputs in ([str(path), str(report)], [str(tmp_path / "*.json")]):
+        assert main([command, *inputs]) == 2, inputs
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert f"llm-ledger {command}: error: {report}: a pytest --llm-report file, not a log" in captured.err
+        assert "llm-ledger diff" in captured.err and "llm-ledger reprice" in captured.err
+
+
+@pytest.mark.parametrize("command", ["report", "reprice"])
+def test_a_file_named_twice_is_read_once(
+    command: str, log: tuple[Path, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory and a glob over it, or one file given twice (a shell history edited in a hurry): the
+    same log read twice would double every cost, so each file is read once."""
+    path, _ = log
+    assert main([command, str(path), "--format", "json"]) == 0
+    once = json.loads(capsys.readouterr().out)
+    for inputs in (
+        [str(path.parent), str(path.parent / "llm_calls.jsonl*")],
+        [str(path), str(path.parent / "." / path.name)],
+    ):
+        assert main([command, *inputs, "--format", "json"]) == 0
+        twice = json.loads(capsys.readouterr().out)
+        assert twice["total"] == once["total"], inputs
+        if command == "report":
+            assert len(twice["inputs"]) == 1
