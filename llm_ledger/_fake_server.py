@@ -834,7 +834,9 @@ def _error(status: int, message: str | None = None, headers: dict[str, str] | No
     return _json_reply(error_body(status, message), status, headers)
 
 
-_AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)")
+# Azure's deployment paths, and its paths of no deployment (``/openai/responses``, as the SDK's
+# AzureOpenAI calls the Responses API), served as the plain ``/v1`` ones
+_AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)|^/openai(?=/(?!v1/))")
 _ROUTES = {
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,

@@ -262,6 +262,35 @@ def test_azure_deployment_is_priced_by_the_model_the_response_reports(
     assert "no price known for model 'prod-gpt4o' at provider 'azure'" in internal_log.text
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_azure_responses_are_recorded_and_priced_as_azure(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, stream: bool
+) -> None:
+    """AzureOpenAI calls the Responses API at ``/openai/responses`` (no deployment in the path): the
+    call is recorded with its usage and priced at Azure's rates for the model the answer names."""
+    endpoint = fake_openai.base_url.removesuffix("/v1")
+    azure = monitor.instrument(
+        openai.AzureOpenAI(
+            api_key=FAKE_KEY, azure_endpoint=endpoint, api_version="2025-03-01-preview", max_retries=0
+        )
+    )
+    with azure:
+        if stream:
+            for _ in azure.responses.create(model="gpt-4o-mini", input="hi", stream=True):
+                pass
+        else:
+            azure.responses.create(model="gpt-4o-mini", input="hi")
+    assert fake_openai.requests[0].path == "/openai/responses"
+    (call,) = records.calls
+    assert call["status"] == "ok" and call["server"]["provider"] == "azure"
+    body = fake_openai.answers[-1].body
+    answer = body[-1]["response"] if stream else body  # a stream's last event: response.completed
+    assert call["usage"]["total_tokens"] == answer["usage"]["total_tokens"]
+    assert call["cost"]["total_cost_usd"] == pytest.approx(
+        expected_usd("azure", call["response"]["model"], call["usage"]), rel=1e-12
+    )
+
+
 def test_a_price_file_entry_for_the_deployment_name_wins_over_the_list_price(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
