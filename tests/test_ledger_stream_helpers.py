@@ -12,8 +12,9 @@ import pydantic
 import pytest
 
 import llm_ledger
-from llm_ledger.testing import Captured, FakeOpenAI
+from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
+from tests.test_ledger_streams import _choice, _chunk, _sse_client, _usage
 
 MESSAGES: Any = [{"role": "user", "content": "Answer in JSON"}]
 NOT_JSON: Any = {"extra_headers": {"x-fake-content": "not json"}}
@@ -148,3 +149,20 @@ def test_an_exception_the_caller_raises_inside_the_helper_block_is_not_the_calls
         read_then_fail()
     [record] = records.calls
     assert record["status"] == "ok" and record["error"] is None and record["usage"]["total_tokens"]
+
+
+def test_a_stream_helper_cut_by_the_content_filter_is_an_error(monitor: llm_ledger.LLMCallMonitor) -> None:
+    """A structured answer stopped by the content filter: the helper raises
+    ContentFilterFinishReasonError at the finish chunk, and the call is recorded with it."""
+    chunks = [
+        _chunk([_choice(role="assistant", content='{"answer": "')]),
+        _chunk([_choice("content_filter")]),
+        _chunk([], usage=_usage(3)),
+    ]
+    with capture(monitor) as records, _sse_client(chunks) as client:
+        monitor.instrument(client)
+        with pytest.raises(openai.ContentFilterFinishReasonError), _stream("chat", client, {}) as stream:
+            stream.until_done()
+    [record] = records.calls
+    assert record["status"] == "error" and record["error"]["type"] == "ContentFilterFinishReasonError"
+    assert record["response"]["finish_reason"] == "content_filter"
