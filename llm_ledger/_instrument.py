@@ -4,14 +4,18 @@ The seam is the client's public ``request`` method, which every resource goes th
 (``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``, ``responses.create``,
 ``completions.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
 The instance gets its own ``request``; ``copy`` / ``with_options`` are extended so derived
-clients stay instrumented. Other endpoints pass straight through.
+clients stay instrumented. Other endpoints pass straight through. A second, narrow seam: the
+instance's ``stream()`` helpers, whose helper raises above the stream ``request`` returned (at a
+structured answer's end) where the ledger would not see it otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import sys
+import warnings
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +28,7 @@ from ._extract import OPERATIONS, JsonView, output_text, request_shape, response
 from ._monitor import _Call
 from ._records import interrupted
 from ._servers import Endpoint
-from ._streams import finish_body, tap_body, watch_stream
+from ._streams import finish_body, tap_body, watch_helper, watch_stream
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor
@@ -193,6 +197,63 @@ def _watch(monitor: LLMCallMonitor, call: _Call, stream: Any, is_async: bool) ->
     watch_stream(monitor, call, stream, is_async=is_async)
 
 
+# the resources whose stream() helper reads a stream the ledger watches (beta's: openai 1.x)
+_HELPER_RESOURCES = (("chat", "completions"), ("responses",), ("beta", "chat", "completions"))
+
+
+@functools.cache
+def _watched_manager(cls: Any, is_async: bool) -> Any:
+    """A subclass of a stream helper's context manager whose ``__enter__`` hands the helper it
+    makes to ``watch_helper`` (a subclass: the caller's ``isinstance`` checks still hold)."""
+    if getattr(cls, "_llm_ledger_watched", False):  # a client instrumented again: stream() wrapped twice
+        return cls
+    if is_async:
+
+        async def __aenter__(self: Any) -> Any:
+            helper = await cls.__aenter__(self)
+            watch_helper(helper, is_async=True)
+            return helper
+
+        body: dict[str, Any] = {"__aenter__": __aenter__}
+    else:
+
+        def __enter__(self: Any) -> Any:
+            helper = cls.__enter__(self)
+            watch_helper(helper, is_async=False)
+            return helper
+
+        body = {"__enter__": __enter__}
+    body.update(__module__=cls.__module__, __qualname__=cls.__qualname__, _llm_ledger_watched=True)
+    return type(cls.__name__, (cls,), body)
+
+
+def _watched_stream(original: Any, is_async: bool) -> Any:
+    """A resource's ``stream()`` whose manager makes a helper the ledger watches."""
+
+    @functools.wraps(original)
+    def stream(*args: Any, **kwargs: Any) -> Any:
+        manager = original(*args, **kwargs)
+        try:
+            manager.__class__ = _watched_manager(manager.__class__, is_async)
+        except TypeError:
+            pass  # a manager of another make (no __dict__, slots): handed over as it is
+        return manager
+
+    return stream
+
+
+def _hook_stream_helpers(instance: Any, is_async: bool) -> None:
+    """Give the client's resources a ``stream()`` whose helper the ledger watches (best effort)."""
+    for path in _HELPER_RESOURCES:
+        try:
+            with warnings.catch_warnings():  # a deprecated resource (beta's) warns when made
+                warnings.simplefilter("ignore")
+                resource = functools.reduce(getattr, path, instance)
+            resource.stream = _watched_stream(resource.stream, is_async)
+        except Exception:  # not in this SDK's version
+            continue
+
+
 def _count_retries(instance: Any) -> bool:
     """Count the SDK's retries of a call by extending its retry sleep; False if it has none."""
     sleep = getattr(type(instance), "_sleep_for_retry", None)
@@ -293,4 +354,5 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     instance.with_options = copy
     setattr(instance, _MONITOR_ATTR, monitor)
     _hook_http_client(instance, is_async)
+    _hook_stream_helpers(instance, is_async)
     return client

@@ -346,11 +346,14 @@ def call_record(
 
 def billed_without_cost(record: Mapping[str, Any]) -> bool:
     """Whether a call has no cost yet may have been billed: an ok call without a price (or without
-    usage), or a failed call that reported tokens. A lens with one has ``cost_complete: false``, and
-    the exporters count it as an unpriced call."""
+    usage), or a failed call that reported tokens or whose streamed answer had begun (its id seen:
+    the tokens produced are billed, their count never came). A lens with one has
+    ``cost_complete: false``, and the exporters count it as an unpriced call."""
     if record["cost"]["total_cost_usd"] is not None:
         return False
-    return record["status"] != "error" or bool(record["usage"]["total_tokens"])
+    if record["status"] != "error" or record["usage"]["total_tokens"]:
+        return True
+    return bool(record["request"].get("stream") and (record["response"] or {}).get("id"))
 
 
 class LensTotals:

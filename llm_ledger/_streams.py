@@ -10,6 +10,9 @@ object's ``__dict__``, or the JSON object itself), driven by thin sync and async
   however it is read (``parse()``, ``iter_lines()``, ``json()``...) the bytes pass through an
   incremental SSE / JSON reader feeding the same state machine.
 
+The SDK's stream helpers read such a stream and may raise above it, at the answer's end: their
+event iterator is wrapped too, to record that exception (``watch_helper``).
+
 The record is written when the answer is complete (the usage chunk, ``response.completed``), when
 the body ends, fails or is closed, or when an abandoned stream is collected.
 """
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor, _Call
     from ._records import Status
 
-__all__ = ["finish_body", "tap_body", "watch_stream"]
+__all__ = ["finish_body", "tap_body", "watch_helper", "watch_stream"]
 
 
 def _fields(obj: Any) -> Any:
@@ -319,6 +322,7 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     see = state.event if call.operation == "responses" else state.chat
     shell: Any = (_sdk_async if is_async else _sdk_sync)(state, stream._iterator, see)
     stream._iterator = shell
+    stream._llm_ledger_state = state  # found there by watch_helper(), if a stream helper reads it
     # a caller stops reading by closing the HTTP response: Stream.close() does, and so do the SDK's
     # stream helpers (chat.completions.stream(), responses.stream()), which never close the stream.
     # A close while the shell runs is the SDK closing a body it ended or failed on: the shell records
@@ -356,6 +360,45 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
         response.close = close
     # an abandoned stream: record it when the SDK object is collected
     weakref.finalize(stream, state.end)
+
+
+# -- the SDK's stream helpers: what they raise above the stream ---------------------------------------
+
+
+def _helper_sync(state: _StreamState, events: Iterator[Any]) -> Iterator[Any]:
+    try:
+        yield from events
+    except Exception as exc:
+        state.fail(exc)  # a no-op when the stream below raised it (recorded there)
+        raise
+
+
+async def _helper_async(state: _StreamState, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        async for event in events:
+            yield event
+    except Exception as exc:
+        state.fail(exc)
+        raise
+
+
+def watch_helper(helper: Any, *, is_async: bool) -> None:
+    """Record what a stream helper (``chat.completions.stream()``, ``responses.stream()``) raises
+    while reading the stream watched below it, as ``parse()`` records it: an ``error``.
+
+    The helper raises in the caller's frame, at the finish chunk (a structured answer cut by its
+    token limit or content filter) or at content that does not parse; the stream below is left
+    suspended, and would end as ``ok`` or ``interrupted`` when the helper closes it. The helper's
+    events pass through ``_iterator``, which its iteration, ``until_done()`` and
+    ``get_final_completion()`` all read. The usage chunk after that point is not read: reading on
+    would make the caller wait on the network for an exception the SDK already has.
+    """
+    try:
+        state = helper._raw_stream._llm_ledger_state
+        shell = _helper_async if is_async else _helper_sync
+        helper._iterator = shell(state, helper._iterator)
+    except AttributeError:
+        pass  # not a helper over a watched stream (or an SDK that built it otherwise): as it is
 
 
 # -- bodies the caller reads itself: the HTTP byte stream tapped -------------------------------------

@@ -177,9 +177,12 @@ def test_abandoned_stream_is_recorded_when_collected(client: openai.OpenAI, reco
     assert [r["status"] for r in records.calls] == ["interrupted"]
 
 
-def test_stream_cut_by_the_server_is_an_error_record(client: openai.OpenAI, records: Captured) -> None:
-    """A connection reset mid-stream raises the SDK's error to the caller and records an error."""
-    with pytest.raises(Exception) as raised:  # noqa: PT011 - whatever httpx2 raises, unchanged
+def test_stream_cut_by_the_server_is_an_error_record(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A connection reset mid-stream raises the SDK's error to the caller and records an error; the
+    tokens produced before the cut were billed, their count unknown: the lens's cost is not complete."""
+    with monitor.lens("cut"), pytest.raises(Exception) as raised:  # noqa: PT011 - whatever httpx2 raises
         list(
             client.chat.completions.create(
                 model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-fault": "reset"}
@@ -187,6 +190,9 @@ def test_stream_cut_by_the_server_is_an_error_record(client: openai.OpenAI, reco
         )
     [record] = records.calls
     assert record["status"] == "error" and record["error"]["type"] == type(raised.value).__name__
+    assert record["response"]["id"] and record["usage"]["total_tokens"] is None
+    [lens] = records.lenses
+    assert lens["summary"]["cost_complete"] is False
 
 
 def test_tool_call_stream_is_counted(client: openai.OpenAI, records: Captured) -> None:

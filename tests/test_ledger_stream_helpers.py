@@ -1,0 +1,168 @@
+"""The SDK's stream helpers (``chat.completions.stream()``, ``responses.stream()``) raising at the
+answer's end: a structured answer cut by its token limit, or content that does not parse. The SDK
+raises in the caller's frame, above the stream the ledger watches: the call is still recorded as
+``parse()`` records the same answer (``error``, with the exception the caller got)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pydantic
+import pytest
+
+import llm_ledger
+from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests.conftest import FAKE_KEY
+from tests.test_ledger_streams import _choice, _chunk, _sse_client, _usage
+
+MESSAGES: Any = [{"role": "user", "content": "Answer in JSON"}]
+NOT_JSON: Any = {"extra_headers": {"x-fake-content": "not json"}}
+
+
+class Out(pydantic.BaseModel):
+    answer: str
+
+
+# each case: the stream helper's arguments and parse()'s, for the same answer
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat cut by its token limit": ("chat", {"max_completion_tokens": 2}),
+    "chat content not json": ("chat", NOT_JSON),
+    "responses content not json": ("responses", NOT_JSON),
+}
+
+
+def _stream(api: str, client: Any, kwargs: dict[str, Any]) -> Any:
+    if api == "chat":
+        return client.chat.completions.stream(
+            model="gpt-4o-mini", messages=MESSAGES, response_format=Out, **kwargs
+        )
+    return client.responses.stream(model="gpt-4o-mini", input="Answer in JSON", text_format=Out, **kwargs)
+
+
+def _parse(api: str, client: Any, kwargs: dict[str, Any]) -> Any:
+    if api == "chat":
+        return client.chat.completions.parse(
+            model="gpt-4o-mini", messages=MESSAGES, response_format=Out, **kwargs
+        )
+    return client.responses.parse(model="gpt-4o-mini", input="Answer in JSON", text_format=Out, **kwargs)
+
+
+# what the SDK raises at such an answer's end: LengthFinishReasonError, or the JSON parser's /
+# pydantic's ValueError
+RAISED = (openai.LengthFinishReasonError, ValueError)
+
+
+def _read(api: str, client: openai.OpenAI, kwargs: dict[str, Any]) -> tuple[list[str], BaseException]:
+    """The event types a caller of the helper gets, and the exception that ends them."""
+    seen: list[str] = []
+    try:
+        with _stream(api, client, kwargs) as stream:
+            for event in stream:
+                seen.append(event.type)
+    except RAISED as exc:
+        return seen, exc
+    raise AssertionError("the helper raised nothing")
+
+
+async def _aread(
+    api: str, client: openai.AsyncOpenAI, kwargs: dict[str, Any]
+) -> tuple[list[str], BaseException]:
+    seen: list[str] = []
+    try:
+        async with _stream(api, client, kwargs) as stream:
+            async for event in stream:
+                seen.append(event.type)
+    except RAISED as exc:
+        return seen, exc
+    raise AssertionError("the helper raised nothing")
+
+
+def _parse_record(api: str, client: openai.OpenAI, records: Captured, kwargs: dict[str, Any]) -> Any:
+    with pytest.raises(RAISED):
+        _parse(api, client, kwargs)
+    return records.calls[-1]
+
+
+def _check(
+    record: dict[str, Any], parsed: dict[str, Any], caught: BaseException, bare: BaseException
+) -> None:
+    # the caller gets what the bare SDK raises
+    assert type(caught) is type(bare) and str(caught) == str(bare)
+    # recorded as parse() records the same answer: an error, of the type the caller got
+    assert parsed["status"] == record["status"] == "error"
+    assert record["error"]["type"] == type(caught).__name__
+    # the usage chunk comes after the point where the SDK raised: never read (docs/RELIABILITY.md)
+    assert record["usage"]["total_tokens"] is None and parsed["usage"]["total_tokens"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_stream_helper_raising_at_the_answers_end_is_recorded_as_parse_records_it(
+    case: str,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+) -> None:
+    api, kwargs = CASES[case]
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        bare_events, bare_exc = _read(api, bare, kwargs)
+    with monitor.lens("helper-raises") as run:
+        events, caught = _read(api, client, kwargs)
+    assert events == bare_events
+    [record] = records.calls
+    # a billed answer whose usage is unknown: the lens cannot say its cost is complete
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    _check(record, _parse_record(api, client, records, kwargs), caught, bare_exc)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", CASES)
+async def test_an_async_stream_helper_raising_at_the_answers_end_is_recorded_as_parse_records_it(
+    case: str,
+    fake_openai: FakeOpenAI,
+    aclient: openai.AsyncOpenAI,
+    client: openai.OpenAI,
+    records: Captured,
+) -> None:
+    api, kwargs = CASES[case]
+    async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        bare_events, bare_exc = await _aread(api, bare, kwargs)
+    events, caught = await _aread(api, aclient, kwargs)
+    assert events == bare_events
+    [record] = records.calls
+    _check(record, _parse_record(api, client, records, kwargs), caught, bare_exc)
+
+
+def test_an_exception_the_caller_raises_inside_the_helper_block_is_not_the_calls(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """The caller's own exception in the ``with`` block, after the answer ended, leaves the call ok."""
+
+    def read_then_fail() -> None:
+        with _stream("chat", client, {}) as stream:
+            for _ in stream:
+                pass
+            raise KeyError("the caller's")
+
+    with pytest.raises(KeyError, match="the caller's"):
+        read_then_fail()
+    [record] = records.calls
+    assert record["status"] == "ok" and record["error"] is None and record["usage"]["total_tokens"]
+
+
+def test_a_stream_helper_cut_by_the_content_filter_is_an_error(monitor: llm_ledger.LLMCallMonitor) -> None:
+    """A structured answer stopped by the content filter: the helper raises
+    ContentFilterFinishReasonError at the finish chunk, and the call is recorded with it."""
+    chunks = [
+        _chunk([_choice(role="assistant", content='{"answer": "')]),
+        _chunk([_choice("content_filter")]),
+        _chunk([], usage=_usage(3)),
+    ]
+    with capture(monitor) as records, _sse_client(chunks) as client:
+        monitor.instrument(client)
+        with pytest.raises(openai.ContentFilterFinishReasonError), _stream("chat", client, {}) as stream:
+            stream.until_done()
+    [record] = records.calls
+    assert record["status"] == "error" and record["error"]["type"] == "ContentFilterFinishReasonError"
+    assert record["response"]["finish_reason"] == "content_filter"
