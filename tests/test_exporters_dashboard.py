@@ -291,8 +291,9 @@ def test_latency_panels_show_successful_calls_and_fast_failures_stay_in_the_erro
             if title == "Call duration p50 / p95"
         )
         error_rate = [float(s["value"][1]) for s in server.query(_panel_expr("Error rate", job))]
-    assert 0.32 < p50["gpt-4o"] <= 0.64, p50  # the bucket of the 400 ms call; the failures' is 0.01
-    assert 0.32 < p95["gpt-4o"] <= 0.64, p95
+    # in the bucket of the 400 ms call or, on a loaded host, the next one; the failures' is 0.01
+    assert 0.32 < p50["gpt-4o"] <= 1.28, p50
+    assert 0.32 < p95["gpt-4o"] <= 1.28, p95
     assert error_rate == [pytest.approx(0.75)]
     assert server.errors() == []
 
