@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from llm_ledger import ConfigError
 from llm_ledger._cli import main
+from llm_ledger.report import summarise
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
 from tests.report_helpers import logging_to
@@ -96,3 +98,23 @@ def test_a_file_named_twice_is_read_once(
         assert twice["total"] == once["total"], inputs
         if command == "report":
             assert len(twice["inputs"]) == 1
+
+
+def test_summarise_refuses_a_pytest_report_it_is_given_but_reads_a_directory_beside_one(
+    log: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The Python API says what the CLI says: a --llm-report file passed to summarise() is an error
+    naming `diff` and `reprice`, not a report of malformed lines; a log directory that also holds one
+    is still read, as `serve` reads it (its lines count as malformed there)."""
+    path, calls = log
+    ledger = SessionLedger()
+    for call in calls:
+        ledger.add_call("tests/test_x.py::test_x", call)
+    report = tmp_path / "head.json"
+    report.write_text(json.dumps(ledger.report(), indent=2))
+    for paths in (report, str(report), [path, report]):
+        with pytest.raises(ConfigError, match="a pytest --llm-report file, not a log") as refused:
+            summarise(paths)
+        assert str(report) in str(refused.value) and "llm-ledger diff" in str(refused.value)
+    (tmp_path / "ci-report.jsonl").write_bytes(report.read_bytes())  # even one the directory lists
+    assert summarise(tmp_path).total.calls == len(calls)
