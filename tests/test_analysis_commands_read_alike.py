@@ -13,6 +13,8 @@ import pytest
 
 from llm_ledger import ConfigError
 from llm_ledger._cli import main
+from llm_ledger._records import CALL_EVENT
+from llm_ledger.analysis import iter_records
 from llm_ledger.report import summarise
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
@@ -118,3 +120,49 @@ def test_summarise_refuses_a_pytest_report_it_is_given_but_reads_a_directory_bes
         assert str(report) in str(refused.value) and "llm-ledger diff" in str(refused.value)
     (tmp_path / "ci-report.jsonl").write_bytes(report.read_bytes())  # even one the directory lists
     assert summarise(tmp_path).total.calls == len(calls)
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [(("lenses", "summary"), "cost_usd"), (("lenses", "tags"), "api_calls"), (("total",), "errors"),
+     (("usage", 0), "uncosted_calls")],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["diff", "reprice"])
+def test_a_report_missing_a_figure_its_version_always_has_is_refused_naming_it(
+    command: str,
+    where: tuple[str | int, ...],
+    field: str,
+    log: tuple[Path, list[dict[str, Any]]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A hand-edited --llm-report whose lens lost its cost_usd (or a count) read as $0 or 0 calls: a
+    silent drop in the diff. A figure every report of its version has is an error naming the file,
+    the place and the field (exit 2); fields added to reports later stay optional (an older report
+    still reads)."""
+    ledger = SessionLedger()
+    for record in iter_records([log[0]]):
+        add = ledger.add_call if record["event"] == CALL_EVENT else ledger.add_lens
+        add("tests/test_x.py::test_x", record)
+    data = ledger.report(exit_status=0)
+    older = tmp_path / "older.json"  # written before lenses and usage rows named failed tests
+    for lens in data["lenses"].values():
+        del lens["tests_with_failed_calls"]
+    for row in data["usage"]:
+        del row["failed_calls"], row["tests_with_failed_calls"], row["total_tokens"]
+    older.write_text(json.dumps(data, indent=2))
+    assert main([command, *[str(older)] * (2 if command == "diff" else 1)]) == 0
+    capsys.readouterr()
+
+    edit: Any = data
+    for key in where:
+        edit = edit[key]
+    del edit[field]
+    edited = tmp_path / "head.json"
+    edited.write_text(json.dumps(data, indent=2))
+    assert main([command, *([str(older), str(edited)] if command == "diff" else [str(edited)])]) == 2
+    captured = capsys.readouterr()
+    place = ".".join(map(str, where)).replace(".0", "[0]")
+    assert captured.out == ""
+    assert captured.err.startswith(f"llm-ledger {command}: error: {edited}: {place}.{field}: missing")
+    assert len(captured.err.splitlines()) == 1
