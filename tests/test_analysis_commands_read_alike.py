@@ -59,21 +59,29 @@ def test_a_torn_line_and_a_cut_gzip_are_named_on_stderr(
     assert f"llm-ledger {command}: {cut}: ended early, after line" in err
 
 
+@pytest.fixture
+def report(log: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> Path:
+    """head.json: the pytest --llm-report of the log's calls and lens runs, as the plugin writes it."""
+    ledger = SessionLedger()
+    for record in iter_records([log[0]]):
+        add = ledger.add_call if record["event"] == CALL_EVENT else ledger.add_lens
+        add("tests/test_x.py::test_x", record)
+    path = tmp_path / "head.json"
+    path.write_text(json.dumps(ledger.report(exit_status=0), indent=2))
+    return path
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_pytest_report_among_the_logs_is_refused_naming_the_commands_that_read_it(
     command: str,
     log: tuple[Path, list[dict[str, Any]]],
+    report: Path,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
     """A --llm-report file (indented JSON) read as a log is nothing but malformed lines: given with a log,
     or matched by a glob, it is an error (exit 2) naming `diff` and `reprice`, not an empty answer."""
-    path, calls = log
-    ledger = SessionLedger()
-    for call in calls:
-        ledger.add_call("tests/test_x.py::test_x", call)
-    report = tmp_path / "head.json"
-    report.write_text(json.dumps(ledger.report(), indent=2))
+    path, _ = log
     for inputs in ([str(path), str(report)], [str(tmp_path / "*.json")]):
         assert main([command, *inputs]) == 2, inputs
         captured = capsys.readouterr()
@@ -103,17 +111,12 @@ def test_a_file_named_twice_is_read_once(
 
 
 def test_summarise_refuses_a_pytest_report_it_is_given_but_reads_a_directory_beside_one(
-    log: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+    log: tuple[Path, list[dict[str, Any]]], report: Path, tmp_path: Path
 ) -> None:
     """The Python API says what the CLI says: a --llm-report file passed to summarise() is an error
     naming `diff` and `reprice`, not a report of malformed lines; a log directory that also holds one
     is still read, as `serve` reads it (its lines count as malformed there)."""
     path, calls = log
-    ledger = SessionLedger()
-    for call in calls:
-        ledger.add_call("tests/test_x.py::test_x", call)
-    report = tmp_path / "head.json"
-    report.write_text(json.dumps(ledger.report(), indent=2))
     for paths in (report, str(report), [path, report]):
         with pytest.raises(ConfigError, match="a pytest --llm-report file, not a log") as refused:
             summarise(paths)
@@ -132,7 +135,7 @@ def test_a_report_missing_a_figure_its_version_always_has_is_refused_naming_it(
     command: str,
     where: tuple[str | int, ...],
     field: str,
-    log: tuple[Path, list[dict[str, Any]]],
+    report: Path,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
@@ -140,11 +143,7 @@ def test_a_report_missing_a_figure_its_version_always_has_is_refused_naming_it(
     silent drop in the diff. A figure every report of its version has is an error naming the file,
     the place and the field (exit 2); fields added to reports later stay optional (an older report
     still reads)."""
-    ledger = SessionLedger()
-    for record in iter_records([log[0]]):
-        add = ledger.add_call if record["event"] == CALL_EVENT else ledger.add_lens
-        add("tests/test_x.py::test_x", record)
-    data = ledger.report(exit_status=0)
+    data = json.loads(report.read_text())
     older = tmp_path / "older.json"  # written before lenses and usage rows named failed tests
     for lens in data["lenses"].values():
         del lens["tests_with_failed_calls"]
@@ -158,7 +157,7 @@ def test_a_report_missing_a_figure_its_version_always_has_is_refused_naming_it(
     for key in where:
         edit = edit[key]
     del edit[field]
-    edited = tmp_path / "head.json"
+    edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(data, indent=2))
     assert main([command, *([str(older), str(edited)] if command == "diff" else [str(edited)])]) == 2
     captured = capsys.readouterr()
