@@ -25,7 +25,7 @@ import orjson
 from . import _budgets
 from ._context import current_lenses
 from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
-from ._monitor import _Call
+from ._monitor import _Call, _warn
 from ._records import interrupted
 from ._servers import Endpoint
 from ._streams import finish_body, tap_body, watch_helper, watch_stream
@@ -40,6 +40,7 @@ C = TypeVar("C")
 
 _MONITOR_ATTR = "_llm_ledger_monitor"
 _HOOKED_ATTR = "_llm_ledger_hooked"
+_MOVED_ATTR = "_llm_ledger_moved"  # set once instrument() moved the client to another monitor
 _RAW_HEADER = "X-Stainless-Raw-Response"
 _USAGE_CHUNKS = frozenset({"chat", "text_completion"})  # streams that send usage when asked to
 
@@ -297,8 +298,19 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
             "instrument() expects an openai client (OpenAI, AsyncOpenAI, AzureOpenAI or AsyncAzureOpenAI), "
             f"got {cls.__module__}.{cls.__qualname__}"
         )
-    if instance.__dict__.get(_MONITOR_ATTR) is monitor:
+    previous = instance.__dict__.get(_MONITOR_ATTR)
+    if previous is monitor:
         return client
+    if previous is not None and not instance.__dict__.get(_MOVED_ATTR):
+        # the last instrument() wins (the one the caller just asked for); the monitor that loses the
+        # client (its log, sinks, budgets) must not do so silently; said once per client
+        setattr(instance, _MOVED_ATTR, True)
+        _warn(
+            "instrument(): this %s client was already instrumented by another monitor; it now reports "
+            "to the monitor instrumenting it last, and the other monitor no longer sees its calls "
+            "(instrument a separate client to watch calls with each)",
+            cls.__name__,
+        )
     _settle_httpx2()
     original = cls.request.__get__(instance)
     is_async = inspect.iscoroutinefunction(original)

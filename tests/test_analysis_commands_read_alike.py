@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
+from llm_ledger import ConfigError
 from llm_ledger._cli import main
+from llm_ledger._records import CALL_EVENT
+from llm_ledger.analysis import iter_records
+from llm_ledger.report import summarise
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
 from tests.report_helpers import logging_to
@@ -55,21 +59,29 @@ def test_a_torn_line_and_a_cut_gzip_are_named_on_stderr(
     assert f"llm-ledger {command}: {cut}: ended early, after line" in err
 
 
+@pytest.fixture
+def report(log: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> Path:
+    """head.json: the pytest --llm-report of the log's calls and lens runs, as the plugin writes it."""
+    ledger = SessionLedger()
+    for record in iter_records([log[0]]):
+        add = ledger.add_call if record["event"] == CALL_EVENT else ledger.add_lens
+        add("tests/test_x.py::test_x", record)
+    path = tmp_path / "head.json"
+    path.write_text(json.dumps(ledger.report(exit_status=0), indent=2))
+    return path
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_pytest_report_among_the_logs_is_refused_naming_the_commands_that_read_it(
     command: str,
     log: tuple[Path, list[dict[str, Any]]],
+    report: Path,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
     """A --llm-report file (indented JSON) read as a log is nothing but malformed lines: given with a log,
     or matched by a glob, it is an error (exit 2) naming `diff` and `reprice`, not an empty answer."""
-    path, calls = log
-    ledger = SessionLedger()
-    for call in calls:
-        ledger.add_call("tests/test_x.py::test_x", call)
-    report = tmp_path / "head.json"
-    report.write_text(json.dumps(ledger.report(), indent=2))
+    path, _ = log
     for inputs in ([str(path), str(report)], [str(tmp_path / "*.json")]):
         assert main([command, *inputs]) == 2, inputs
         captured = capsys.readouterr()
@@ -96,3 +108,60 @@ def test_a_file_named_twice_is_read_once(
         assert twice["total"] == once["total"], inputs
         if command == "report":
             assert len(twice["inputs"]) == 1
+
+
+def test_summarise_refuses_a_pytest_report_it_is_given_but_reads_a_directory_beside_one(
+    log: tuple[Path, list[dict[str, Any]]], report: Path, tmp_path: Path
+) -> None:
+    """The Python API says what the CLI says: a --llm-report file passed to summarise() is an error
+    naming `diff` and `reprice`, not a report of malformed lines; a log directory that also holds one
+    is still read, as `serve` reads it (its lines count as malformed there)."""
+    path, calls = log
+    for paths in (report, str(report), [path, report]):
+        with pytest.raises(ConfigError, match="a pytest --llm-report file, not a log") as refused:
+            summarise(paths)
+        assert str(report) in str(refused.value) and "llm-ledger diff" in str(refused.value)
+    (tmp_path / "ci-report.jsonl").write_bytes(report.read_bytes())  # even one the directory lists
+    assert summarise(tmp_path).total.calls == len(calls)
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [(("lenses", "summary"), "cost_usd"), (("lenses", "tags"), "api_calls"), (("total",), "errors"),
+     (("usage", 0), "uncosted_calls")],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["diff", "reprice"])
+def test_a_report_missing_a_figure_its_version_always_has_is_refused_naming_it(
+    command: str,
+    where: tuple[str | int, ...],
+    field: str,
+    report: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A hand-edited --llm-report whose lens lost its cost_usd (or a count) read as $0 or 0 calls: a
+    silent drop in the diff. A figure every report of its version has is an error naming the file,
+    the place and the field (exit 2); fields added to reports later stay optional (an older report
+    still reads)."""
+    data = json.loads(report.read_text())
+    older = tmp_path / "older.json"  # written before lenses and usage rows named failed tests
+    for lens in data["lenses"].values():
+        del lens["tests_with_failed_calls"]
+    for row in data["usage"]:
+        del row["failed_calls"], row["tests_with_failed_calls"], row["total_tokens"]
+    older.write_text(json.dumps(data, indent=2))
+    assert main([command, *[str(older)] * (2 if command == "diff" else 1)]) == 0
+    capsys.readouterr()
+
+    edit: Any = data
+    for key in where:
+        edit = edit[key]
+    del edit[field]
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data, indent=2))
+    assert main([command, *([str(older), str(edited)] if command == "diff" else [str(edited)])]) == 2
+    captured = capsys.readouterr()
+    place = ".".join(map(str, where)).replace(".0", "[0]")
+    assert captured.out == ""
+    assert captured.err.startswith(f"llm-ledger {command}: error: {edited}: {place}.{field}: missing")
+    assert len(captured.err.splitlines()) == 1

@@ -215,3 +215,38 @@ def test_inputs_that_name_nothing_are_clear_errors(tmp_path: Path, argument: str
     with pytest.raises(ConfigError) as excinfo:
         LogReader([str(tmp_path / argument)])
     assert message in str(excinfo.value)
+
+
+def test_a_log_compressed_by_logrotate_after_the_listing_is_read_under_its_new_name(rotated: Path) -> None:
+    """logrotate (delaycompress) renames .1 to .2, then writes .2.gz and deletes .2: a reader that
+    listed the directory in between finds .2 gone. It lists the inputs again, once, and reads the .gz
+    with the files not read yet; every call counts once, not an error failing the whole report."""
+    gz = rotated / "llm_calls.jsonl.2.gz"
+    plain = rotated / "llm_calls.jsonl.2"
+    plain.write_bytes(gzip.decompress(gz.read_bytes()))
+    gz.unlink()
+    write(rotated / "llm_calls.jsonl.3.gz", [])  # listed after .2: still read, once
+    reader = LogReader([rotated])
+    assert str(plain) in reader.names
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+
+    lenses = [r["context"]["lens_key"] for r in reader if r["event"] == "llm_api_call"]
+
+    assert sorted(lenses) == ["now", "older", "older", "older", "yesterday", "yesterday"]
+    assert [Path(s.name).name for s in reader.stats] == [
+        "llm_calls.jsonl",
+        "llm_calls.jsonl.1",
+        "llm_calls.jsonl.2.gz",
+        "llm_calls.jsonl.3.gz",
+    ]
+
+
+def test_a_named_log_gone_before_it_is_read_is_an_error_naming_it(rotated: Path) -> None:
+    """A file named on the command line that vanished before it was read is no rotation to follow:
+    listed again, it is still missing, and that is the error (not an answer without it)."""
+    named = rotated / "llm_calls.jsonl.1"
+    reader = LogReader([rotated / "llm_calls.jsonl", named])
+    named.unlink()
+    with pytest.raises(ConfigError, match=f"{named}'?: no such file"):
+        list(reader)

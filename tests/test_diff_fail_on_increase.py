@@ -16,7 +16,7 @@ pytestmark = pytest.mark.sdk_independent
 
 
 def lens(runs: int, cost: float, calls: int = 1, tokens: int = 10, **extra: Any) -> dict[str, Any]:
-    return {"runs": runs, "api_calls": calls, "total_tokens": tokens, "cost_usd": cost, **extra}
+    return {"runs": runs, "api_calls": calls, "total_tokens": tokens, "cost_usd": cost, "errors": 0, **extra}
 
 
 def report(lenses: dict[str, dict[str, Any]], usage: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def report(lenses: dict[str, dict[str, Any]], usage: list[dict[str, Any]] | None
         "cost_usd": round(
             sum(e["cost_usd"] for e in lenses.values()) + sum(r["cost_usd"] for r in outside), 12
         ),
+        "errors": sum(e["errors"] for e in lenses.values()),
     }
     return {
         "schema": "llm-ledger-report",

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.sdk_independent
 
 def report(tests: dict[str, int], lenses: dict[str, int]) -> dict[str, Any]:
     """A report whose tests made these numbers of calls, and whose lenses ran once with these calls."""
-    entries = {name: {"runs": 1, "api_calls": calls, "total_tokens": 10 * calls, "cost_usd": 0.0001 * calls}
+    entries = {name: {"runs": 1, "api_calls": calls, "total_tokens": 10 * calls, "errors": 0,
+                      "cost_usd": 0.0001 * calls}
                for name, calls in lenses.items()}  # fmt: skip
     return {
         "schema": "llm-ledger-report",
@@ -24,7 +25,12 @@ def report(tests: dict[str, int], lenses: dict[str, int]) -> dict[str, Any]:
         "tests": {
             nodeid: {"api_calls": calls, "lens_runs": min(calls, 1)} for nodeid, calls in tests.items()
         },
-        "total": {"api_calls": sum(tests.values()), "cost_usd": 0.0001 * sum(tests.values())},
+        "total": {
+            "api_calls": sum(tests.values()),
+            "total_tokens": 10 * sum(tests.values()),
+            "cost_usd": 0.0001 * sum(tests.values()),
+            "errors": 0,
+        },
         "failed_tests": [],
         "exit_status": 0,
         "usage": [],

@@ -371,16 +371,27 @@ def test_connection_error_is_recorded(monitor: llm_ledger.LLMCallMonitor, record
     }
 
 
-def test_instrumenting_with_another_monitor_moves_the_client(
-    client: openai.OpenAI, records: Captured
+def test_instrumenting_with_another_monitor_moves_the_client_and_says_so(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
 ) -> None:
-    """instrument() by a second monitor returns the same client, which then reports to that monitor only."""
+    """instrument() by a second monitor returns the same client, which then reports to that monitor only
+    (the last instrument() wins, as docs/MONITORING.md says); the first monitor losing its calls is said
+    once on llm_ledger.internal, not silently (a client moved back and forth warns once)."""
     other = llm_ledger.LLMCallMonitor(logger=None)
     with llm_ledger.testing.capture(other) as other_records:
+        assert other.instrument(client) is client
         assert other.instrument(client) is client
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert len(other_records.calls) == 1
     assert records.calls == []
+    monitor.instrument(other.instrument(client))
+    warnings = [r.getMessage() for r in internal_log.records]
+    assert len(warnings) == 1, warnings
+    assert "already instrumented by another monitor" in warnings[0]
+    assert "the other monitor no longer sees its calls" in warnings[0]
 
 
 def test_instrumenting_twice_with_one_monitor_records_once(

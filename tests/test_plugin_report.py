@@ -62,17 +62,17 @@ def test_report_json_has_lenses_tests_and_total(recorded: pytest.Pytester) -> No
 
 BASE = report(
     {
-        "summary": {"runs": 2, "api_calls": 2, "total_tokens": 100, "cost_usd": 0.0004},
-        "gone": {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.00001},
+        "summary": {"runs": 2, "api_calls": 2, "total_tokens": 100, "errors": 0, "cost_usd": 0.0004},
+        "gone": {"runs": 1, "api_calls": 1, "total_tokens": 10, "errors": 0, "cost_usd": 0.00001},
     },
-    {"api_calls": 3, "total_tokens": 110, "cost_usd": 0.00041},
+    {"api_calls": 3, "total_tokens": 110, "errors": 0, "cost_usd": 0.00041},
 )
 HEAD = report(
     {
-        "summary": {"runs": 2, "api_calls": 3, "total_tokens": 150, "cost_usd": 0.0006},
-        "fresh": {"runs": 1, "api_calls": 1, "total_tokens": 20, "cost_usd": 0.00002},
+        "summary": {"runs": 2, "api_calls": 3, "total_tokens": 150, "errors": 0, "cost_usd": 0.0006},
+        "fresh": {"runs": 1, "api_calls": 1, "total_tokens": 20, "errors": 0, "cost_usd": 0.00002},
     },
-    {"api_calls": 4, "total_tokens": 170, "cost_usd": 0.00062},
+    {"api_calls": 4, "total_tokens": 170, "errors": 0, "cost_usd": 0.00062},
 )
 
 
@@ -127,7 +127,7 @@ def test_diff_markdown_shows_lens_names_with_backticks_and_pipes_whole(
     comment: a lone backtick in a code span would end it early, a pipe would split the row; a colon
     stays in the name --fail-on-increase gives."""
     odd = "ns:sum`mary|v2"
-    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0001}
+    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "errors": 0, "cost_usd": 0.0001}
     for side, cost in (("base", 0.0001), ("head", 0.0002)):
         lenses = {odd: {**entry, "cost_usd": cost}}
         (tmp_path / f"{side}.json").write_text(json.dumps(report(lenses, {**entry, "cost_usd": cost})))
@@ -147,7 +147,7 @@ def test_diff_markdown_keeps_a_lens_key_with_a_line_break_on_its_row(
 ) -> None:
     """A lens key holding a line break (a key built from a title) shows it as ``\\n``: a line break
     would end its table row, and its heading, halfway through the name."""
-    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0001}
+    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "errors": 0, "cost_usd": 0.0001}
     for side, cost in (("base", 0.0001), ("head", 0.0002)):
         lenses = {"weekly\r\ndigest": {**entry, "cost_usd": cost}}
         (tmp_path / f"{side}.json").write_text(json.dumps(report(lenses, {**entry, "cost_usd": cost})))
@@ -162,7 +162,7 @@ def test_diff_markdown_shows_a_lens_key_with_angle_brackets_as_written(
 ) -> None:
     """A lens key such as `<no lens>` is a code span in the PR comment: GitHub shows it as written
     there (a backslash before its `<` would show too)."""
-    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0001}
+    entry = {"runs": 1, "api_calls": 1, "total_tokens": 10, "errors": 0, "cost_usd": 0.0001}
     for side in ("base", "head"):
         (tmp_path / f"{side}.json").write_text(json.dumps(report({"<no lens>": entry}, entry)))
     assert cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json")]) == 0
@@ -273,8 +273,8 @@ def test_diff_refuses_endless_input_and_writes_strict_json(
 def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
     """--llm-baseline shows the per-lens diff between a saved report and this session."""
     base = report(
-        {"summary": {"runs": 2, "api_calls": 1, "total_tokens": 10, "cost_usd": 0.0}},
-        {"api_calls": 1, "total_tokens": 10, "cost_usd": 0.0},
+        {"summary": {"runs": 2, "api_calls": 1, "total_tokens": 10, "errors": 0, "cost_usd": 0.0}},
+        {"api_calls": 1, "total_tokens": 10, "errors": 0, "cost_usd": 0.0},
     )
     recorded.path.joinpath("base.json").write_text(json.dumps(base))
 
@@ -446,7 +446,7 @@ def test_diff_only_changed_and_fail_on_increase(
 ) -> None:
     """--only-changed drops unchanged lenses; --fail-on-increase exits 1 naming each lens that grew or
     is new, and the total when it grew."""
-    same = {"runs": 1, "api_calls": 1, "total_tokens": 5, "cost_usd": 0.00000045}
+    same = {"runs": 1, "api_calls": 1, "total_tokens": 5, "errors": 0, "cost_usd": 0.00000045}
     base, head = json.loads(Path(reports[0]).read_text()), json.loads(Path(reports[1]).read_text())
     base["lenses"]["same"] = head["lenses"]["same"] = same
     for path, data in zip(reports, (base, head), strict=True):

@@ -243,7 +243,15 @@ def test_a_report_without_usage_says_how_to_get_one(
     """A report written before reprice existed is refused with the command that writes a usable one."""
     report = tmp_path / "old.json"
     report.write_text(
-        json.dumps({"schema": "llm-ledger-report", "version": 1, "lenses": {}, "total": {}}, indent=2)
+        json.dumps(
+            {
+                "schema": "llm-ledger-report",
+                "version": 1,
+                "lenses": {},
+                "total": {"api_calls": 0, "total_tokens": 0, "cost_usd": 0, "errors": 0},
+            },
+            indent=2,
+        )
     )
     assert main(["reprice", str(report)]) == 2
     assert "has no per-model usage" in capsys.readouterr().err

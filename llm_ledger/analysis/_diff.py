@@ -58,6 +58,13 @@ _USAGE_METRICS: Final = (
     "uncosted_calls",
     "failed_calls",
 )
+# the figures every report of a version has had since that version was first written (a hand-edited one
+# may lack one, which would read as 0); fields added to a version later stay optional, 0 when absent
+_REQUIRED: Final = {
+    "lens": ("runs", "api_calls", "total_tokens", "cost_usd", "errors"),
+    "total": ("api_calls", "total_tokens", "cost_usd", "errors"),
+    "usage": ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "uncosted_calls"),
+}
 # a failed call counts what its answer reported: one cut short after a billed answer counts it
 _NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
@@ -97,10 +104,19 @@ def load_report(path: str | Path) -> dict[str, Any]:
             f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
         )
     _test_ids(name, "failed_tests", data.get("failed_tests", []))
-    entries: list[tuple[str, Any, tuple[str, ...]]]
-    entries = [(join("lenses", lens), entry, _READ_METRICS) for lens, entry in data["lenses"].items()]
-    entries += [(f"usage[{i}]", row, _USAGE_METRICS) for i, row in enumerate(data.get("usage", ()))]
-    for where, entry, metrics in [*entries, ("total", data["total"], _READ_METRICS)]:
+    entries: list[tuple[str, Any, tuple[str, ...], tuple[str, ...]]]
+    entries = [
+        (join("lenses", lens), entry, _READ_METRICS, _REQUIRED["lens"])
+        for lens, entry in data["lenses"].items()
+    ]
+    entries += [
+        (f"usage[{i}]", row, _USAGE_METRICS, _REQUIRED["usage"])
+        for i, row in enumerate(data.get("usage", ()))
+    ]
+    for where, entry, metrics, required in [
+        *entries,
+        ("total", data["total"], _READ_METRICS, _REQUIRED["total"]),
+    ]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{name}: {where} must be an object")
         _test_ids(name, f"{where}.tests_with_failed_calls", entry.get("tests_with_failed_calls", []))
@@ -112,6 +128,11 @@ def load_report(path: str | Path) -> dict[str, Any]:
             if not number or not 0 <= value <= _MAX_METRIC:
                 expected = "a whole number >= 0" if whole else "a number >= 0"
                 raise ConfigError(f"{name}: {where}.{metric}: expected {expected}, got {shown(value)}")
+        if missing := [metric for metric in required if metric not in entry]:
+            raise ConfigError(
+                f"{name}: {where}.{missing[0]}: missing, which every version-{data['version']} report has "
+                "(it would read as 0); write the report again with `pytest --llm-report`"
+            )
     return data
 
 

@@ -13,6 +13,7 @@ import os
 import stat
 import sys
 import zlib
+from collections import deque
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,10 +234,13 @@ class LogReader:
         events: Collection[str] = (CALL_EVENT, LENS_EVENT),
         empty_dirs: bool = False,
     ) -> None:
-        self.names = resolve(inputs, empty_dirs=empty_dirs)
+        self._inputs = list(inputs)
+        self._empty_dirs = empty_dirs
+        self.names = resolve(self._inputs, empty_dirs=empty_dirs)
         self.events = frozenset(events)
         self.stats: list[InputStats] = []
         self._current: InputStats | None = None
+        self._relisted = False  # whether the inputs were listed again (a file rotated away): once only
 
     def reject(self) -> None:
         """Count the record just yielded as malformed: it is JSON, but not the record it claims to be."""
@@ -245,12 +249,34 @@ class LogReader:
             stats.records -= 1
             stats.malformed_line(stats.lines)
 
+    def _open_listed(self, name: str, pending: deque[str]) -> tuple[_Stream, _Stream] | None:
+        """``name`` opened; None when it is gone since the listing and the inputs, listed again once,
+        name other files: logrotate compressed it (``.2`` deleted once ``.2.gz`` is written), and
+        ``pending`` now starts with the files the new listing adds."""
+        try:
+            return _open(name)
+        except ConfigError:
+            if self._relisted or name == STDIN or os.path.lexists(name):
+                raise
+        self._relisted = True
+        listed = set(self.names)
+        added = [n for n in resolve(self._inputs, empty_dirs=self._empty_dirs) if n not in listed]
+        at = self.names.index(name)
+        self.names[at : at + 1] = added
+        pending.extendleft(reversed(added))
+        return None
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         events = self.events
-        for name in self.names:
+        self._relisted = False
+        pending = deque(self.names)
+        while pending:
+            name = pending.popleft()
+            if (opened := self._open_listed(name, pending)) is None:
+                continue
+            stream, raw = opened
             stats = self._current = InputStats(name)
             self.stats.append(stats)
-            stream, raw = _open(name)
             number = 0
             try:
                 for line in _lines(stream):
