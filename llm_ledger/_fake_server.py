@@ -131,7 +131,12 @@ _COUNT_HEADERS = (
     "tool-calls",
     "delay-ms",
 )
-_CHOICE_HEADERS = {"fault": FAULTS, "usage-style": USAGE_STYLES, "transfer": ("close",)}
+_CHOICE_HEADERS = {
+    "fault": FAULTS,
+    "usage-style": USAGE_STYLES,
+    "transfer": ("close",),
+    "finish": ("content_filter",),
+}
 _TEXT_HEADERS = ("content", "refusal", "served-model", "cost", "status", "encoding")
 
 
@@ -488,6 +493,8 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         if limit is None:
             limit = body.get("max_tokens")
         content, finish = _truncate(_content(kind, schema, messages, headers), limit)
+        if headers.get("x-fake-finish") == "content_filter":  # the filter stops the answer halfway
+            content, finish = content[: len(content) // 2], "content_filter"
         completion_one = _tokens(content)
     completion = choices_n * completion_one + reasoning + spoken
     usage = {

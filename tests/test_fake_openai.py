@@ -210,6 +210,30 @@ def test_chat_stream_include_usage(client: openai.OpenAI) -> None:
     assert last.usage.completion_tokens == math.ceil(len(text) / 4)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_content_filter_header_stops_the_answer_halfway(client: openai.OpenAI, stream: bool) -> None:
+    """``x-fake-finish: content_filter``: the first half of the answer, finish_reason content_filter,
+    and the usage counts what was sent."""
+    whole = client.chat.completions.create(model=MODEL, messages=USER).choices[0].message.content
+    assert whole is not None
+    cut: Any = {"model": MODEL, "messages": USER, "extra_headers": {"x-fake-finish": "content_filter"}}
+    if stream:
+        chunks = list(
+            client.chat.completions.create(**cut, stream=True, stream_options={"include_usage": True})
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish, usage = chunks[-2].choices[0].finish_reason, chunks[-1].usage
+    else:
+        answer = client.chat.completions.create(**cut)
+        text, finish, usage = (
+            answer.choices[0].message.content or "",
+            answer.choices[0].finish_reason,
+            answer.usage,
+        )
+    assert (text, finish) == (whole[: len(whole) // 2], "content_filter")
+    assert usage is not None and usage.completion_tokens == math.ceil(len(text) / 4)
+
+
 def test_chat_stream_of_several_choices_sends_one_choice_per_chunk(client: openai.OpenAI) -> None:
     """With ``n`` > 1 OpenAI streams each chunk with one choice, the choices in turn: each choice's
     pieces add up to the content create() answers, and the usage chunk counts every choice."""

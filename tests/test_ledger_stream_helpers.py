@@ -1,5 +1,6 @@
 """The SDK's stream helpers (``chat.completions.stream()``, ``responses.stream()``) raising at the
-answer's end: a structured answer cut by its token limit, or content that does not parse. The SDK
+answer's end: a structured answer cut by its token limit or by the content filter, or content that
+does not parse. The SDK
 raises in the caller's frame, above the stream the ledger watches: the call is still recorded as
 ``parse()`` records the same answer (``error``, with the exception the caller got)."""
 
@@ -12,9 +13,8 @@ import pydantic
 import pytest
 
 import llm_ledger
-from llm_ledger.testing import Captured, FakeOpenAI, capture
+from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
-from tests.test_ledger_streams import _choice, _chunk, _sse_client, _usage
 
 MESSAGES: Any = [{"role": "user", "content": "Answer in JSON"}]
 NOT_JSON: Any = {"extra_headers": {"x-fake-content": "not json"}}
@@ -28,6 +28,7 @@ class Out(pydantic.BaseModel):
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "chat cut by its token limit": ("chat", {"max_completion_tokens": 2}),
     "chat content not json": ("chat", NOT_JSON),
+    "chat stopped by the content filter": ("chat", {"extra_headers": {"x-fake-finish": "content_filter"}}),
     "responses content not json": ("responses", NOT_JSON),
 }
 
@@ -48,9 +49,9 @@ def _parse(api: str, client: Any, kwargs: dict[str, Any]) -> Any:
     return client.responses.parse(model="gpt-4o-mini", input="Answer in JSON", text_format=Out, **kwargs)
 
 
-# what the SDK raises at such an answer's end: LengthFinishReasonError, or the JSON parser's /
-# pydantic's ValueError
-RAISED = (openai.LengthFinishReasonError, ValueError)
+# what the SDK raises at such an answer's end: LengthFinishReasonError,
+# ContentFilterFinishReasonError, or the JSON parser's / pydantic's ValueError
+RAISED = (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError, ValueError)
 
 
 def _read(api: str, client: openai.OpenAI, kwargs: dict[str, Any]) -> tuple[list[str], BaseException]:
@@ -149,20 +150,3 @@ def test_an_exception_the_caller_raises_inside_the_helper_block_is_not_the_calls
         read_then_fail()
     [record] = records.calls
     assert record["status"] == "ok" and record["error"] is None and record["usage"]["total_tokens"]
-
-
-def test_a_stream_helper_cut_by_the_content_filter_is_an_error(monitor: llm_ledger.LLMCallMonitor) -> None:
-    """A structured answer stopped by the content filter: the helper raises
-    ContentFilterFinishReasonError at the finish chunk, and the call is recorded with it."""
-    chunks = [
-        _chunk([_choice(role="assistant", content='{"answer": "')]),
-        _chunk([_choice("content_filter")]),
-        _chunk([], usage=_usage(3)),
-    ]
-    with capture(monitor) as records, _sse_client(chunks) as client:
-        monitor.instrument(client)
-        with pytest.raises(openai.ContentFilterFinishReasonError), _stream("chat", client, {}) as stream:
-            stream.until_done()
-    [record] = records.calls
-    assert record["status"] == "error" and record["error"]["type"] == "ContentFilterFinishReasonError"
-    assert record["response"]["finish_reason"] == "content_filter"
