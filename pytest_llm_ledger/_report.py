@@ -434,7 +434,9 @@ class SessionLedger:
                 # the worst test: the one that did most of what went over the limit, or one whose
                 # value is unknown when that is why the limit could not be checked
                 metric = Limits.METRIC_OF[breach.limit_key]
-                tests = list(self.tests.items())
+                # sorted: a tie (a test's parametrizations) names the same test whatever order the
+                # tests ran or the xdist workers reported in
+                tests = sorted(self.tests.items())
                 if breach.unknown:
                     tests = [(nodeid, t) for nodeid, t in tests if _unknown(t, metric)] or tests
                 worst = max(tests, key=lambda kv: kv[1].metric(metric), default=("", Totals()))[0]

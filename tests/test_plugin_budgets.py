@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import llm_ledger  # noqa: F401
 from llm_ledger import BudgetError, Limits, parse_budgets
 from llm_ledger.testing import FakeOpenAI
+from pytest_llm_ledger._report import SessionLedger, Totals
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
@@ -548,6 +549,22 @@ def test_a_session_total_breach_names_the_test_worst_on_that_limit(
         ],
         consecutive=False,
     )
+
+
+@pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])
+def test_the_total_worst_test_is_the_same_whichever_worker_reports_first(order: tuple[str, str]) -> None:
+    """Under xdist the controller merges the workers' totals in the order they finish: tests that tie
+    on the breached limit (the parametrizations of one test) name the same worst test in every run,
+    serial or -n 2, as the lens and test scopes do."""
+    controller = SessionLedger()
+    for param in order:  # one worker each
+        worker = SessionLedger()
+        worker.tests[f"tests/test_app.py::test_x[{param}]"] = Totals(api_calls=1)
+        controller.merge_wire(worker.to_wire())
+
+    (breach,) = controller.check(parse_budgets("total: {max_api_calls: 1}"))
+
+    assert breach.worst_test == "tests/test_app.py::test_x[a]"
 
 
 def test_a_misspelt_lens_key_is_named(recorded: pytest.Pytester) -> None:
