@@ -784,7 +784,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     path = _report_path(session.config)
     if path is not None:
-        report = json.dumps(state.ledger.report(exit_status=int(exitstatus)), indent=2) + "\n"
+        # the status the run ends with: a breach or a strict notice fails a run whose tests passed
+        report = json.dumps(state.ledger.report(exit_status=int(session.exitstatus)), indent=2) + "\n"
         try:
             write_atomic(path, report)  # a killed or failed write leaves the previous report, not half of one
             state.report_written = True

@@ -551,6 +551,19 @@ def test_a_session_total_breach_names_the_test_worst_on_that_limit(
     )
 
 
+def test_the_report_of_a_run_failed_by_its_budget_has_the_exit_status_pytest_exits_with(
+    recorded: pytest.Pytester,
+) -> None:
+    """--llm-report's exit_status is the status the run ends with: a breach fails a green run, and
+    the report says so, not 0."""
+    budgets(recorded, "total: {max_api_calls: 1}\n")
+
+    result = run(recorded, "--llm-budget", "--llm-report=head.json")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert json.loads((recorded.path / "head.json").read_text())["exit_status"] == result.ret
+
+
 @pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])
 def test_the_total_worst_test_is_the_same_whichever_worker_reports_first(order: tuple[str, str]) -> None:
     """Under xdist the controller merges the workers' totals in the order they finish: tests that tie
