@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import ConfigError
+from .._jsonl import json_text
 from .._records import CALL_EVENT, LENS_EVENT, billed_without_cost, made_here
 from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS, MAX_TIERS, OTHER
@@ -583,7 +584,13 @@ class OTelSink:
     @staticmethod
     def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) -> None:
         for key, value in context.items():
-            if value is not None and isinstance(value, (str, bool, int, float)):
+            if value is not None and not isinstance(value, (str, bool, int, float)):
+                # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
+                # its JSON text: an attribute holds no object
+                value = orjson.loads(json_text({key: value}))[key]
+                if isinstance(value, (dict, list)):
+                    value = orjson.dumps(value).decode()
+            if value is not None:
                 attributes[f"llm_ledger.{key}"] = value
 
     def _lens(self, record: Mapping[str, Any], parent: Any) -> None:
