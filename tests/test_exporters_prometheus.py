@@ -701,7 +701,9 @@ def test_a_lens_key_of_a_str_enum_is_its_value_in_the_metrics_as_in_the_file(
         client = monitor.instrument(raw)
         for key in (_Lens.SUMMARY, "summary"):
             with monitor.lens(key):
-                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
     handler.close()
     lines = [json.loads(line) for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert {line["context"]["lens_key"] for line in lines} == {"summary"}

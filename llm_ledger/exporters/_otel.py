@@ -7,6 +7,7 @@ of a lens's calls wait for the lens's record, which comes last, so that it can b
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import sys
@@ -587,9 +588,11 @@ class OTelSink:
             if value is not None and not isinstance(value, (str, bool, int, float)):
                 # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
                 # its JSON text: an attribute holds no object
-                value = orjson.loads(json_text({key: value}))[key]
+                # (the json module: orjson would read a big integer as a float, and refuse a lone
+                # surrogate the file escapes)
+                value = json.loads(json_text({key: value}))[key]
                 if isinstance(value, (dict, list)):
-                    value = orjson.dumps(value).decode()
+                    value = json.dumps(value, separators=(",", ":"))
             if value is not None:
                 attributes[f"llm_ledger.{key}"] = value
 
