@@ -685,7 +685,7 @@ def test_missing_extra_and_busy_port_fail_at_configure_and_change_nothing(
     assert _config._settings == first
 
 
-class _Lens(str, enum.Enum):
+class _Lens(str, enum.Enum):  # noqa: UP042 -- the (str, Enum) mixin is the case: StrEnum str()s to its value
     SUMMARY = "summary"
 
 
