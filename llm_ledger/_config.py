@@ -63,7 +63,8 @@ def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default:
     if value is not UNSET:
         raise ConfigError(f"{name} must be True or False, got {value!r}")
     raw = env.get(variable)
-    flag = default if raw is None else BOOLEAN_WORDS.get(raw.strip().lower())
+    # empty (VAR=${UNSET} in a compose file or .env) is unset, as for the other variables: not false
+    flag = default if raw is None or not raw.strip() else BOOLEAN_WORDS.get(raw.strip().lower())
     if flag is None:
         raise ConfigError(
             f"environment variable {variable}={raw!r} is not a boolean; use one of 1, 0, true, false"

@@ -267,6 +267,9 @@ class LensRun(_Scope):
     def __init__(self, monitor: LLMCallMonitor, lens_key: str, context: dict[str, Any]) -> None:
         if not isinstance(lens_key, str) or not lens_key:
             raise TypeError(f"lens_key must be a non-empty string, got {lens_key!r}")
+        # a str subclass (a `class Lens(str, Enum)` member) as its plain value: what the file writes,
+        # and what exporters, budgets and reports see, rather than str() of the member
+        lens_key = str.__str__(lens_key)
         super().__init__({**context, "lens_key": lens_key})
         self.lens_key = lens_key
         self._monitor = monitor

@@ -3,12 +3,15 @@ attribute: in memory for every operation, and over OTLP/HTTP to a receiver on lo
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import openai
@@ -244,6 +247,31 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
     by_id = {(s.attributes or {}).get("llm_ledger.call_id"): s for s in otel.spans()}
     for record in records.calls:
         check_call_span(by_id[record["call_id"]], record)
+
+
+class _Tier(enum.Enum):
+    GOLD = "gold"
+
+
+def test_context_values_of_other_types_are_span_attributes_as_the_file_writes_them(
+    otel: Telemetry, tmp_path: Path
+) -> None:
+    """A UUID ``source_id`` (a database key), an Enum or a mapping in the context: each span carries it
+    as the JSONL file writes it (text, the Enum's value, JSON text); they used to be left off the
+    spans, so a trace could not be found by the source_id the log line shows."""
+    handler = llm_ledger.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    otel.monitor.add_sink(handler.write_record)
+    source = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    with otel.monitor.lens("summary", source_id=source, tier=_Tier.GOLD, tags={"team": "search"}):
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    handler.close()
+    lines = [json.loads(line) for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert [line["context"]["source_id"] for line in lines] == [str(source)] * 2
+    for span in otel.spans():
+        attributes = dict(span.attributes or {})
+        assert attributes["llm_ledger.source_id"] == str(source), span.name
+        assert attributes["llm_ledger.tier"] == "gold"
+        assert json.loads(str(attributes["llm_ledger.tags"])) == {"team": "search"}
 
 
 def test_a_traces_genai_token_usage_adds_up_to_its_calls_once(otel: Telemetry) -> None:

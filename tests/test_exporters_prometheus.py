@@ -3,6 +3,7 @@ mode, the metrics server, and configure(exporters=...) with its errors."""
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import socket
@@ -682,3 +683,29 @@ def test_missing_extra_and_busy_port_fail_at_configure_and_change_nothing(
     with pytest.raises(ConfigError, match=r"pip install 'llm-ledger\[otel\]'"):
         llm_ledger.configure(log_dir=tmp_path, exporters=["otel"])
     assert _config._settings == first
+
+
+class _Lens(str, enum.Enum):  # noqa: UP042 -- the (str, Enum) mixin is the case: StrEnum str()s to its value
+    SUMMARY = "summary"
+
+
+def test_a_lens_key_of_a_str_enum_is_its_value_in_the_metrics_as_in_the_file(
+    fake_openai: FakeOpenAI, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """``class Lens(str, Enum)`` keys: the file writes the value ("summary"), so the ``lens`` label says
+    the same; it was str() of the member ("_Lens.SUMMARY"), and a plain "summary" run after it counted
+    under that label too (equal keys)."""
+    handler = llm_ledger.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record, PrometheusSink(registry)])
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = monitor.instrument(raw)
+        for key in (_Lens.SUMMARY, "summary"):
+            with monitor.lens(key):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
+    handler.close()
+    lines = [json.loads(line) for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert {line["context"]["lens_key"] for line in lines} == {"summary"}
+    runs = by_labels(exposed(registry), "llm_ledger_lens_runs_total", "lens", "status")
+    assert runs[("summary", "ok")] == 2

@@ -516,6 +516,23 @@ def test_a_path_from_the_environment_expands_the_home_directory(
     assert (tmp_path / "ledger-logs" / "llm_calls.jsonl").is_file()
 
 
+def test_an_empty_boolean_variable_keeps_its_default(
+    default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLM_LEDGER_STREAM_USAGE=${UNSET_VAR} (a compose file, a .env) is empty: the default applies, as
+    for LLM_LEDGER_BUDGET_MODE, and streamed calls keep their usage; it used to read as false, which
+    left every stream's tokens and cost null and dropped the SIGTERM handler without a word."""
+    for name in ("LLM_LEDGER_STREAM_USAGE", "LLM_LEDGER_HANDLE_SIGTERM", "LLM_LEDGER_CAPTURE_CONTENT"):
+        monkeypatch.setenv(name, " ")
+    settings = llm_ledger.configure(log_dir=tmp_path)
+    assert (settings.stream_usage, settings.handle_sigterm, settings.capture_content) == (True, True, False)
+    for _ in default_client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True):
+        pass
+    llm_ledger.flush()
+    [line] = _lines(tmp_path / "llm_calls.jsonl")
+    assert line["usage"]["total_tokens"] > 0
+
+
 def test_arguments_win_over_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
 ) -> None:

@@ -7,6 +7,7 @@ of a lens's calls wait for the lens's record, which comes last, so that it can b
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import ConfigError
+from .._jsonl import json_text
 from .._records import CALL_EVENT, LENS_EVENT, billed_without_cost, made_here
 from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS, MAX_TIERS, OTHER
@@ -583,7 +585,15 @@ class OTelSink:
     @staticmethod
     def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) -> None:
         for key, value in context.items():
-            if value is not None and isinstance(value, (str, bool, int, float)):
+            if value is not None and not isinstance(value, (str, bool, int, float)):
+                # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
+                # its JSON text: an attribute holds no object
+                # (the json module: orjson would read a big integer as a float, and refuse a lone
+                # surrogate the file escapes)
+                value = json.loads(json_text({key: value}))[key]
+                if isinstance(value, (dict, list)):
+                    value = json.dumps(value, separators=(",", ":"))
+            if value is not None:
                 attributes[f"llm_ledger.{key}"] = value
 
     def _lens(self, record: Mapping[str, Any], parent: Any) -> None:
