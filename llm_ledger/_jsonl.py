@@ -284,36 +284,25 @@ class JsonlFileHandler(logging.Handler):
         thread is writing."""
         return self._callers_write and not self._retrying and self._drain_taken(0, on_caller=True)
 
-    def _take(self, timeout: float) -> bool:
-        """Take the write lock, waiting at most ``timeout`` s (-1: for good). A SIGTERM handled on the
-        main thread while it takes or holds the lock waits for ``_give_back()`` (see _on_sigterm)."""
+    def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
+        """``_drain()`` on this thread, once it has the write lock (waiting at most ``timeout`` s, -1:
+        for good); False when it did not get the lock or left the lines to the writer thread. A
+        SIGTERM handled on the main thread while it takes or holds the lock waits for the lock's
+        release (see _on_sigterm)."""
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:
             self._main_writes = True  # before the lock is taken: a signal may come at any bytecode
-        taken = False
         try:
-            taken = self._draining.acquire(timeout=timeout)
+            if not self._draining.acquire(timeout=timeout):
+                return False
+            try:
+                return self._drain(on_caller)
+            finally:
+                self._draining.release()
         finally:
-            if on_main and not taken:
+            if on_main:
                 self._main_writes = False
                 _sigterm_if_pending()
-        return taken
-
-    def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
-        """``_drain()`` on this thread, once it has the write lock (waiting at most ``timeout``);
-        False when it did not get the lock or left the lines to the writer thread."""
-        if not self._take(timeout):
-            return False
-        try:
-            return self._drain(on_caller)
-        finally:
-            self._give_back()
-
-    def _give_back(self) -> None:
-        self._draining.release()
-        if self._main_writes and threading.current_thread() is threading.main_thread():
-            self._main_writes = False
-            _sigterm_if_pending()
 
     def handle(self, record: logging.LogRecord) -> bool:
         # no handler lock: emit() only appends to a thread-safe deque (filters still apply)
