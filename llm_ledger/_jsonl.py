@@ -191,7 +191,9 @@ class JsonlFileHandler(logging.Handler):
         self.path = Path(os.path.abspath(path))
         self.setFormatter(formatter or LedgerJsonFormatter())
         self._new_queue()
-        self._callers_write = True  # see _put and _write
+        # whether callers write their batches: not while writes are slow, failed writes wait for the
+        # writer thread's retry, or another process holds the file's lock (see _write)
+        self._callers_write = True
         self._fd: int | None = None
         self._readable = False  # whether the descriptor can read the file (see _whole_lines_end)
         self._locks = True  # whether the file takes locks (see _lock)
@@ -224,8 +226,6 @@ class JsonlFileHandler(logging.Handler):
         self._started: float | None = None  # when the first line now queued came (monotonic)
         self._bytes = 0  # about how many bytes of lines are queued (callers on several threads add)
         self._pending = bytearray()  # whole lines taken from the queue and not yet written
-        # a write failed, or found another process writing: the writer thread writes the pending lines
-        self._retrying = False
 
     def _after_fork_in_child(self) -> None:
         self._new_queue()  # the writer thread did not survive the fork
@@ -279,10 +279,9 @@ class JsonlFileHandler(logging.Handler):
             self._write_here()
 
     def _write_here(self) -> bool:
-        """Write what is queued on this thread; False when the writer thread must (writes have been
-        slow, failed writes wait for its retry, another process is writing the file) or another
-        thread is writing."""
-        return self._callers_write and not self._retrying and self._drain_taken(0, on_caller=True)
+        """Write what is queued on this thread; False when the writer thread must or another thread
+        is writing."""
+        return self._callers_write and self._drain_taken(0, on_caller=True)
 
     def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
         """``_drain()`` on this thread, once it has the write lock (waiting at most ``timeout`` s, -1:
@@ -405,7 +404,7 @@ class JsonlFileHandler(logging.Handler):
             self._wake.clear()
             if self._flushing or self._closed:
                 self._flushing = False
-            elif woken and self._callers_write and not self._retrying:
+            elif woken and self._callers_write:
                 continue  # a caller is writing
             elif not queue and not self._pending:
                 self._queued.clear()
@@ -414,7 +413,7 @@ class JsonlFileHandler(logging.Handler):
                 continue
             with self._draining:
                 self._drain()
-            if self._retrying and not self._closed:
+            if self._pending and not self._closed:
                 time.sleep(0.05)  # a write failed: not again at once
         with self._draining:
             self._drain()
@@ -469,7 +468,7 @@ class JsonlFileHandler(logging.Handler):
             assert fd is not None
             locked = self._lock(fd, wait)
             if locked is None:  # a call never waits for another process
-                self._retrying = True
+                self._callers_write = False
                 self._wake.set()
                 return False
             try:
@@ -488,7 +487,7 @@ class JsonlFileHandler(logging.Handler):
                     fcntl.flock(fd, fcntl.LOCK_UN)
         except Exception as exc:
             del pending[:written]  # (without the lock, the part of a batch a short write wrote)
-            self._retrying = True
+            self._callers_write = False
             self._lost += _drop_oldest(pending, _MAX_PENDING_LINES)
             if once_a_minute(_last_failure, ("write", self.path)):
                 internal_log.error(
@@ -504,20 +503,21 @@ class JsonlFileHandler(logging.Handler):
             del pending[:written]  # an interrupt: what reached the file is not written again
             raise
         del pending[:]
-        self._retrying = False
         elapsed = time.monotonic() - started
-        if elapsed <= _SLOW_WRITE_S:
-            # fast again (a stalled mount, a host that paused, dirty pages throttled): callers write
-            self._callers_write = True
-        elif self._callers_write:
-            self._callers_write = False
-            if once_a_minute(_last_failure, ("slow write", self.path)):
-                internal_log.warning(
-                    "llm-ledger: writing %s took %.1f s; the writer thread writes it until writes are "
-                    "fast again, so that calls never wait for it",
-                    self.path,
-                    elapsed,
-                )
+        # slow (a stalled mount, a host that paused, dirty pages throttled): the writer thread writes
+        # until a write is fast again
+        if (
+            elapsed > _SLOW_WRITE_S
+            and self._callers_write
+            and once_a_minute(_last_failure, ("slow write", self.path))
+        ):
+            internal_log.warning(
+                "llm-ledger: writing %s took %.1f s; the writer thread writes it until writes are "
+                "fast again, so that calls never wait for it",
+                self.path,
+                elapsed,
+            )
+        self._callers_write = elapsed <= _SLOW_WRITE_S
         return True
 
     def _lock(self, fd: int, wait: bool) -> bool | None:
