@@ -55,8 +55,6 @@ _SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread
 _EXIT_TIMEOUT_S = 10.0  # what a file system that hangs writes may add to each step of an exit
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
-# python-json-logger's option; it costs more per record, so it is only tried when needed
-_NON_STR_KEYS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
 class NotRegularFileError(OSError):
@@ -118,10 +116,9 @@ class LedgerJsonFormatter(OrjsonFormatter):
             try:
                 return orjson.dumps(record, default=self.json_default, option=_ORJSON_OPTIONS)
             except (TypeError, ValueError):
-                try:  # e.g. a context value that is a dict with integer keys
-                    return orjson.dumps(record, default=self.json_default, option=_NON_STR_KEYS_OPTIONS)
-                except (TypeError, ValueError):
-                    pass  # the json module's fallback (format() -> jsonify_log_record)
+                # e.g. a context value that is a dict with integer keys: format() tries orjson with
+                # python-json-logger's options (non-string keys), then the json module
+                pass
         return (self.format(_log_record(dict(record))) + "\n").encode("utf-8", "backslashreplace")
 
 
