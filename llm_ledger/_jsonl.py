@@ -298,7 +298,8 @@ class JsonlFileHandler(logging.Handler):
         finally:
             if on_main:
                 self._main_writes = False
-                _sigterm_if_pending()
+                if _Sigterm.pending:
+                    _on_sigterm(signal.SIGTERM, None)
 
     def handle(self, record: logging.LogRecord) -> bool:
         # no handler lock: emit() only appends to a thread-safe deque (filters still apply)
@@ -638,7 +639,7 @@ atexit.register(_flush_at_exit)
 
 
 class _Sigterm:
-    pending = False  # a SIGTERM came while the main thread was writing: handled once it is done
+    pending = False  # a SIGTERM came (while the main thread was writing: handled once it is done)
     stopping = False
 
 
@@ -663,22 +664,11 @@ def handle_sigterm_signal(on: bool) -> None:
 
 def _on_sigterm(signum: int, frame: object) -> None:
     """Write out every JSONL file, then die by SIGTERM, as the process would have without us."""
-    if _Sigterm.stopping:
-        return
-    if any(handler._main_writes for handler in list(_handlers)):
+    _Sigterm.pending = True
+    if _Sigterm.stopping or any(handler._main_writes for handler in list(_handlers)):
         # the signal stopped the main thread while it writes a batch, holding the write lock:
         # waiting for that lock here would wait for ever, so the signal waits for the write instead
-        _Sigterm.pending = True
         return
-    _die_by_sigterm()
-
-
-def _sigterm_if_pending() -> None:
-    if _Sigterm.pending and not _Sigterm.stopping:
-        _die_by_sigterm()
-
-
-def _die_by_sigterm() -> None:
     _Sigterm.stopping = True
     _each_handler(lambda handler: handler.flush(_EXIT_TIMEOUT_S))  # bounded, as at exit
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
