@@ -171,13 +171,6 @@ def _log_record(record: Mapping[str, Any]) -> logging.LogRecord:
     return logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, record, None, None)
 
 
-def _line_of(formatter: logging.Formatter | None, record: logging.LogRecord) -> bytes:
-    if isinstance(formatter, LedgerJsonFormatter):
-        return formatter.format_line(record)
-    text = formatter.format(record) if formatter is not None else record.getMessage()
-    return (text + "\n").encode("utf-8", "backslashreplace")
-
-
 class JsonlFileHandler(logging.Handler):
     """Append each record as one JSON line to ``path``; a background thread does the writing."""
 
@@ -235,8 +228,13 @@ class JsonlFileHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         # formatted here: bytes are cheap to keep, a record dict held until the next write is not
         # (it outlives young-generation collections and makes the full ones more frequent)
+        formatter = self.formatter
         try:
-            line = _line_of(self.formatter, record)
+            if isinstance(formatter, LedgerJsonFormatter):
+                line = formatter.format_line(record)
+            else:
+                text = formatter.format(record) if formatter is not None else record.getMessage()
+                line = (text + "\n").encode("utf-8", "backslashreplace")
         except Exception as exc:
             _report_format_failure(self.path, exc)
             return
