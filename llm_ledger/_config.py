@@ -72,7 +72,9 @@ def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default:
     return flag
 
 
-_OFF = ("off", "none", "false", "no", "0")  # a path variable set to one of these turns its feature off
+def _env_path(variable: str, raw: str) -> Path | None:
+    """A path from the environment; off, none, false, no or 0 turns its feature off."""
+    return None if raw.strip().lower() in ("off", "none", "false", "no", "0") else _path(variable, raw)
 
 
 def _path(name: str, value: Any) -> Path:
@@ -109,13 +111,12 @@ def resolve(
                 f"environment variable LLM_LEDGER_LOG_DIR={raw!r} is empty; set it to the directory of "
                 f"{LOG_FILE_NAME}, or to off to write no file (unset, it is logs)"
             )
-        resolved_dir = None if raw.strip().lower() in _OFF else _path("LLM_LEDGER_LOG_DIR", raw)
+        resolved_dir = _env_path("LLM_LEDGER_LOG_DIR", raw)
     else:
         resolved_dir = None if log_dir is None else _path("log_dir", log_dir)
     if price_file is UNSET:
         raw_price = env.get("LLM_LEDGER_PRICE_FILE")
-        no_file = not raw_price or raw_price.strip().lower() in _OFF
-        resolved_prices = None if no_file else _path("LLM_LEDGER_PRICE_FILE", raw_price)
+        resolved_prices = _env_path("LLM_LEDGER_PRICE_FILE", raw_price) if raw_price else None
     else:
         resolved_prices = None if price_file is None else _path("price_file", price_file)
     capture = _bool("capture_content", capture_content, "LLM_LEDGER_CAPTURE_CONTENT", env, False)
@@ -188,9 +189,8 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
     hint = "; or pass configure(budgets=None) / unset LLM_LEDGER_BUDGETS for no production budgets"
     if budgets is UNSET:
         raw = env.get("LLM_LEDGER_BUDGETS", "").strip()
-        if not raw or raw.lower() in _OFF:
-            return None, mode
-        return load_budgets(_path("LLM_LEDGER_BUDGETS", raw), hint=hint), mode
+        path = _env_path("LLM_LEDGER_BUDGETS", raw) if raw else None
+        return (None if path is None else load_budgets(path, hint=hint)), mode
     return None if budgets is None else as_budgets(budgets, hint=hint), mode
 
 
