@@ -378,16 +378,17 @@ class JsonlFileHandler(logging.Handler):
                 os.close(self._fd)
             except OSError:
                 pass
-            self._fd = None
+            self._fd = self._inode = None
 
     def _reopen_if_moved(self) -> None:
+        """Open the file again where it was closed or another file took its path (rotation)."""
         try:
             st = os.stat(self.path)
-            moved = (st.st_dev, st.st_ino) != self._inode
+            if (st.st_dev, st.st_ino) == self._inode:
+                return
         except FileNotFoundError:
-            moved = True
-        if moved or self._fd is None:
-            self._open()
+            pass
+        self._open()
 
     def _run(self) -> None:
         # A caller writing a batch wakes the writer just before its write, while the write has the
