@@ -629,8 +629,8 @@ def flush_all() -> None:
 
 
 def _flush_at_exit() -> None:
-    """``flush_all()`` by the writer threads: a file system that hangs a write delays exit by at
-    most each flush's timeout, never for good."""
+    """``flush_all()`` by the writer threads, at exit and on SIGTERM: a file system that hangs a write
+    delays them by at most each flush's timeout, never for good."""
     _each_handler(lambda handler: handler._flush_by_writer(_EXIT_TIMEOUT_S))
 
 
@@ -669,7 +669,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
         # waiting for that lock here would wait for ever, so the signal waits for the write instead
         return
     _Sigterm.stopping = True
-    _each_handler(lambda handler: handler.flush(_EXIT_TIMEOUT_S))  # bounded, as at exit
+    _flush_at_exit()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 

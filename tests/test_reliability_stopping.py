@@ -84,6 +84,21 @@ def test_sigterm_while_the_main_thread_writes_a_batch_loses_nothing_and_never_wa
     assert numbers == list(range(len(numbers)))
 
 
+def test_sigterm_with_a_file_system_that_hangs_writes_still_ends_the_process(tmp_path: Path) -> None:
+    """SIGTERM's flush waits for a hung write (an NFS server that stopped answering) at most its
+    bounded wait, as exit does: the process still dies by SIGTERM, as its supervisor expects."""
+    child = _stopped(tmp_path, "hung")
+    try:
+        assert _said(child) == "ours"
+        assert _said(child) == "returned"
+        child.send_signal(signal.SIGTERM)
+        status, output = _end(child)
+        assert status == -signal.SIGTERM, output
+    finally:
+        child.kill()
+        child.wait()
+
+
 @pytest.mark.parametrize("switch", ["argument", "environment"])
 def test_the_sigterm_handler_can_be_switched_off(tmp_path: Path, switch: str) -> None:
     """configure(handle_sigterm=False) or LLM_LEDGER_HANDLE_SIGTERM=0 installs nothing: SIGTERM keeps

@@ -117,13 +117,18 @@ def stopped(log_dir: str, how: str) -> None:
     installed before / after configure()), ``thread-first`` (configure() ran in a worker thread
     before the main thread called it with the same settings), ``while-writing`` (the signal comes
     while the main thread writes a batch, holding its lock), ``forked`` (the calls are made in a
-    child forked by multiprocessing, which is then terminated).
+    child forked by multiprocessing, which is then terminated), ``hung`` (once the calls return,
+    every write of the file hangs, as on an NFS mount whose server stopped answering).
     """
     import llm_ledger
     from llm_ledger import _jsonl
 
     if how == "app-before":
         signal.signal(signal.SIGTERM, _app_handler)
+    if how == "hung":
+        # nothing written before the signal: the lines wait for the writes that hang
+        _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
+        _jsonl._EXIT_TIMEOUT_S = 0.5
     if how == "while-writing":
         # the main thread must write the batch: on a loaded machine a slow write would hand writing
         # to the writer thread, or the writer would take the lines queued when its first wait (two
@@ -150,6 +155,11 @@ def stopped(log_dir: str, how: str) -> None:
         return
     print("ours" if signal.getsignal(signal.SIGTERM) is _jsonl._on_sigterm else "not ours", flush=True)
     _calls_in_lenses({"many": 100, "while-writing": 60}.get(how, 20), 10)
+    if how == "hung":
+        import threading
+
+        never = threading.Event()
+        os.write = lambda fd, data: never.wait() and 0
     print("returned", flush=True)
     while True:
         time.sleep(1)
