@@ -651,8 +651,8 @@ def handle_sigterm_signal(on: bool) -> None:
             signal.signal(signal.SIGTERM, _on_sigterm)
         elif not on and current is _on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except ValueError:  # not the main thread (or not the main interpreter)
-        if on and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    except ValueError:  # not the main thread (or not the main interpreter), installing or taking out
+        if on:
             internal_log.warning(
                 "llm-ledger: configure() ran outside the main thread, so it could not install its "
                 "SIGTERM handler: a SIGTERM may lose the last records queued (up to 2 s of calls); "
