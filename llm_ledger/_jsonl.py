@@ -270,13 +270,8 @@ class JsonlFileHandler(logging.Handler):
             self._bytes >= _BATCH_BYTES
             or len(queue) >= _BATCH_LINES
             or time.monotonic() - started >= _INTERVAL_S
-        ):
-            self._write_here()
-
-    def _write_here(self) -> bool:
-        """Write what is queued on this thread; False when the writer thread must or another thread
-        is writing."""
-        return self._callers_write and self._drain_taken(0, on_caller=True)
+        ) and self._callers_write:  # else the writer thread writes it (see _write)
+            self._drain_taken(0, on_caller=True)
 
     def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
         """``_drain()`` on this thread, once it has the write lock (waiting at most ``timeout`` s, -1:
@@ -312,7 +307,7 @@ class JsonlFileHandler(logging.Handler):
         The calling thread writes them itself (it would wait anyway), unless another thread is writing
         or writes have been slow (see ``_write``): then it waits for the writer thread, at most
         ``timeout`` seconds."""
-        if not self._write_here():
+        if not (self._callers_write and self._drain_taken(0, on_caller=True)):
             self._flush_by_writer(timeout)
 
     def _flush_by_writer(self, timeout: float | None) -> None:
