@@ -109,10 +109,7 @@ class _Scope:
         if inspect.isasyncgenfunction(func):
             wrapper = _async_generator_in(self._fresh, func)
         elif inspect.isgeneratorfunction(func):
-
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                return (yield from _generator_in(self._fresh(), func, args, kwargs))
-
+            wrapper = _generator_in(self._fresh, func)
         elif inspect.iscoroutinefunction(func):
 
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -148,19 +145,21 @@ def _said_async(func: Callable[..., Any], scope: _Scope) -> None:
 
 
 def _generator_in(
-    scope: _Scope, func: Callable[..., Any], args: Any, kwargs: Any
-) -> Generator[Any, Any, Any]:
-    """Run the generator ``func(*args, **kwargs)`` inside ``scope``, each step in the scope's own context."""
-    context = copy_context()
-    context.run(scope.__enter__)
-    error: BaseException | None = None
-    try:
-        return (yield from _stepped_in(context, context.run(func, *args, **kwargs)))
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        context.run(scope.__exit__, type(error) if error else None, error, None)
+    fresh: Callable[[], _Scope], func: Callable[..., Any]
+) -> Callable[..., Generator[Any, Any, Any]]:
+    """The generator function running ``func``'s generators each inside a ``fresh()`` scope, each
+    step in the scope's own context."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        context = copy_context()
+        scope = fresh()
+        context.run(scope.__enter__)
+        try:
+            return (yield from _stepped_in(context, context.run(func, *args, **kwargs)))
+        finally:  # a scope's exit takes no exception: it ends the block whatever ended the generator
+            context.run(scope.__exit__, None, None, None)
+
+    return wrapper
 
 
 def _async_generator_in(
@@ -175,7 +174,6 @@ def _async_generator_in(
         context = copy_context()
         scope = fresh()
         context.run(scope.__enter__)
-        error: BaseException | None = None
         generator = None
         try:
             generator = context.run(func, *args, **kwargs)
@@ -193,15 +191,12 @@ def _async_generator_in(
                     step = generator.athrow(exc)
                 else:
                     step = generator.asend(sent)
-        except BaseException as exc:
-            error = exc
-            raise
         finally:
             try:
                 if generator is not None:
                     await _stepped_in(context, generator.aclose().__await__())
             finally:
-                context.run(scope.__exit__, type(error) if error else None, error, None)
+                context.run(scope.__exit__, None, None, None)
 
     return wrapper
 
