@@ -206,22 +206,6 @@ def _secret(client: Any) -> str | None:
     return key if isinstance(key, str) and len(key) >= 8 else None
 
 
-def _safe_error_message(exc: BaseException) -> str | None:
-    """A message that quotes nothing from the request or response (used when content capture is off)."""
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        parts = [f"HTTP {status}"]
-        for attr in ("type", "code"):
-            value = getattr(exc, attr, None)
-            if isinstance(value, str) and value:
-                parts.append(value)
-        return " ".join(parts)
-    name = type(exc).__name__
-    if name in ("APIConnectionError", "APITimeoutError"):
-        return str(exc)  # the SDK's fixed wording: "Connection error." / "Request timed out."
-    return None
-
-
 def _callable_sink(where: str, sink: Sink) -> Sink:
     if not callable(sink):
         raise ConfigError(
@@ -419,17 +403,25 @@ class LLMCallMonitor:
         return scrubbed
 
     def _error_shape(self, call: _Call, exc: BaseException) -> ErrorShape:
-        status = getattr(exc, "status_code", None)
-        # quoted only with content capture on (decided when the call began), scrubbed like content
-        if call.content is not None:
-            message: str | None = self._scrub(str(exc), _secret(call.client))
-        else:
-            message = _safe_error_message(exc)
-        return {
-            "type": type(exc).__name__,
-            "status_code": status if isinstance(status, int) else None,
-            "message": message,
-        }
+        """The error's type, status and message: quoted only with content capture on (decided when the
+        call began) and scrubbed like content, else only what quotes neither request nor response;
+        an error that cannot be read keeps its type alone (and is reported)."""
+        name = type(exc).__name__
+        try:
+            status = getattr(exc, "status_code", None)
+            status = status if isinstance(status, int) else None
+            message = None
+            if call.content is not None:
+                message = self._scrub(str(exc), _secret(call.client))
+            elif status is not None:
+                words = (getattr(exc, attr, None) for attr in ("type", "code"))
+                message = " ".join([f"HTTP {status}", *(w for w in words if isinstance(w, str) and w)])
+            elif name in ("APIConnectionError", "APITimeoutError"):
+                message = str(exc)  # the SDK's fixed wording: "Connection error." / "Request timed out."
+        except Exception as failure:
+            self._report("reading a call's error", failure)
+            status = message = None
+        return {"type": name, "status_code": status, "message": message}
 
     def _finish(
         self,
@@ -507,11 +499,6 @@ class LLMCallMonitor:
         reported = reported_cost_units(usage_obj)  # the provider's own figure wins
         if reported is not None:
             total_cost = reported
-        try:
-            error_shape = None if error is None else self._error_shape(call, error)
-        except Exception as exc:
-            self._report("reading a call's error", exc)
-            error_shape = {"type": type(error).__name__, "status_code": None, "message": None}
         record = call_record(
             status=status,
             operation=call.operation,
@@ -526,7 +513,7 @@ class LLMCallMonitor:
             prompt_cost_units=prompt_cost,
             completion_cost_units=completion_cost,
             retries=call.retries,
-            error=error_shape,
+            error=None if error is None else self._error_shape(call, error),
             content=None if call.content is None else self._scrubbed_content(call, call.content, output_text),
             cost_source=source,
             cost_matched_by=route.matched_by,
