@@ -438,11 +438,7 @@ class LLMCallMonitor:
         if call.done or call.forks != _forks:
             return
         call.done = True
-        duration = time.perf_counter() - call.start_perf
-        record, cost_units = self._record(call, status, response, usage_obj, error, output_text, duration)
-        if not call.lenses:
-            self._emit(record)
-            return
+        record, cost_units = self._record(call, status, response, usage_obj, error, output_text)
         # counted before the sinks are handed the record (one may change it in place), settled after
         # (a lens's record follows its calls'); counting cannot fail: it only adds up the record
         # just built from normalised counts (usage_of) and costs (integers or None)
@@ -465,9 +461,9 @@ class LLMCallMonitor:
         usage_obj: Usage | Any,
         error: BaseException | None,
         output_text: str | None,
-        duration: float,
     ) -> tuple[CallRecord, int | None]:
         """The call's record and its cost in 10**-24 USD; what it cannot read is reported and left out."""
+        duration = time.perf_counter() - call.start_perf
         try:
             usage = usage_of(call.operation, usage_obj)
         except Exception as exc:
