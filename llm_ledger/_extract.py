@@ -224,10 +224,7 @@ def usage_of(operation: str, usage: Any) -> Usage:
         heard = getattr(details, "audio_tokens", None)
         if cached is None:  # DeepSeek's, beside prompt_tokens: the SDK's models keep undeclared fields apart
             extra = getattr(usage, "__pydantic_extra__", None)
-            if type(extra) is dict:
-                cached = extra.get("prompt_cache_hit_tokens")
-            else:
-                cached = getattr(usage, "prompt_cache_hit_tokens", None)
+            cached = (extra if type(extra) is dict else fields).get("prompt_cache_hit_tokens")
         details = fields.get("completion_tokens_details")
         reasoning = getattr(details, "reasoning_tokens", None)
         spoken = getattr(details, "audio_tokens", None)
