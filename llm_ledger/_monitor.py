@@ -206,6 +206,20 @@ def _secret(client: Any) -> str | None:
     return key if isinstance(key, str) and len(key) >= 8 else None
 
 
+def _json_ready(value: Any, text: Callable[[str], str]) -> Any:
+    """``value`` as JSON holds it (a mapping a dict, a sequence a list), each string through
+    ``text``; what JSON cannot hold is None."""
+    if isinstance(value, str):
+        return text(value)
+    if value is None or isinstance(value, (int, float)):  # bool is an int
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v, text) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v, text) for v in value]
+    return None
+
+
 def _callable_sink(where: str, sink: Sink) -> Sink:
     if not callable(sink):
         raise ConfigError(
@@ -365,19 +379,9 @@ class LLMCallMonitor:
         """A JSON-ready copy of the request's content, scrubbed when the call is recorded (the
         client's key may only be known then: an API-key provider runs inside the request); None,
         reported, when it cannot be copied: that costs the content, never the record."""
-
-        def copy(value: Any) -> Any:
-            if value is None or isinstance(value, (str, int, float)):  # bool is an int
-                return value
-            if isinstance(value, Mapping):
-                return {str(k): copy(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [copy(v) for v in value]
-            return None
-
         keys = ("messages", "input", "instructions", "tools", "prompt")
         try:
-            return {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
+            return {k: _json_ready(v, lambda text: text) for k in keys if (v := body.get(k)) is not None}
         except Exception as exc:  # e.g. nested deeper than the recursion limit allows
             self._report("capturing a request's content", exc)
             return None
@@ -386,17 +390,7 @@ class LLMCallMonitor:
         self, call: _Call, content: dict[str, Any], output_text: str | None
     ) -> dict[str, Any]:
         secret = _secret(call.client)
-
-        def scrub(value: Any) -> Any:
-            if type(value) is str:
-                return self._scrub(value, secret)
-            if type(value) is dict:
-                return {k: scrub(v) for k, v in value.items()}
-            if type(value) is list:
-                return [scrub(v) for v in value]
-            return value
-
-        scrubbed: dict[str, Any] = scrub(content)
+        scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secret))
         if output_text is not None:
             scrubbed["output"] = self._scrub(output_text, secret)
         return scrubbed
