@@ -249,16 +249,10 @@ def usage_of(operation: str, usage: Any) -> Usage:
 
 
 def reasoning_in_completion(usage: Usage) -> Usage:
-    """``usage`` with the thinking tokens a provider left out of ``completion_tokens`` put back in.
-
-    Google's and xAI's OpenAI-compatible endpoints count a thinking model's reasoning in ``total_tokens``
-    but not in ``completion_tokens`` (xAI reports them in ``completion_tokens_details.reasoning_tokens``,
-    Gemini often nowhere), and bill them as output. The record keeps OpenAI's meaning, as every other
-    provider reports it: ``completion_tokens`` is all output billed, reasoning included, and
-    ``reasoning_tokens`` the part of it that was thinking. The usage is returned unchanged unless
-    ``total_tokens`` exceeds prompt plus completion, so a server that already counts OpenAI's way (or
-    changes to) is never billed twice.
-    """
+    """``usage`` with the thinking tokens Google's and xAI's endpoints leave out of ``completion_tokens``
+    (counted only in ``total_tokens``, billed as output: docs/PRICING.md) put back in, as OpenAI counts
+    them; unchanged unless ``total_tokens`` exceeds prompt plus completion, so a server that counts
+    OpenAI's way is never billed twice."""
     prompt, completion, total = usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
     if type(prompt) is not int or type(completion) is not int or type(total) is not int:
         return usage  # unknown counts (or a caller's dict of anything): nothing to add

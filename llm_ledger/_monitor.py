@@ -179,10 +179,8 @@ class _Call:
         self.start_perf = time.perf_counter()
 
     def let_go(self, error: BaseException | None = None) -> None:
-        """Keep what the record takes from the last HTTP response, then let it go (the call may
-        outlive its request: a stream's finalizer): where the call went (else the request its
-        ``error`` names: a connection error has no response) and the request id (for results that
-        do not carry one)."""
+        """Keep where the call went (from the last HTTP response, else the request ``error`` names)
+        and its request id, then let the response go: the call may outlive it (a stream's finalizer)."""
         response = self.http_response
         source: Any = response if response is not None else error
         if self.server is None and source is not None:
