@@ -289,7 +289,17 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
                 tool_calls += len(calls)
         finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
     elif operation == "responses":
-        content_length, tool_calls, finish_reason = _responses_output(response)
+        content_length = tool_calls = 0
+        for item in fields.get("output") or ():
+            kind = getattr(item, "type", None)
+            if kind == "message":
+                for part in item.content:
+                    text = getattr(part, "text", None)
+                    if isinstance(text, str):
+                        content_length += len(text)
+            elif kind == "function_call":
+                tool_calls += 1
+        finish_reason = getattr(fields.get("incomplete_details"), "reason", None) or fields.get("status")
     elif operation == "text_completion":
         choices = fields.get("choices") or ()
         content_length, tool_calls = sum(len(getattr(c, "text", None) or "") for c in choices), None
@@ -332,23 +342,3 @@ def output_text(operation: str, response: Any) -> str | None:
 
 def _list(obj: Any, name: str) -> Any:
     return getattr(obj, name, None) or ()
-
-
-def _responses_output(response: Any) -> tuple[int, int, Any]:
-    """(content length, tool calls, finish reason) of a Responses API result."""
-    content_length = tool_calls = 0
-    for item in getattr(response, "output", None) or ():
-        kind = getattr(item, "type", None)
-        if kind == "message":
-            for part in item.content:
-                text = getattr(part, "text", None)
-                if isinstance(text, str):
-                    content_length += len(text)
-        elif kind == "function_call":
-            tool_calls += 1
-    incomplete = getattr(response, "incomplete_details", None)
-    return (
-        content_length,
-        tool_calls,
-        getattr(incomplete, "reason", None) or getattr(response, "status", None),
-    )
