@@ -293,10 +293,9 @@ class LensRun(_Scope):
             raise RuntimeError(f"lens run {self.lens_key!r} {state}; call lens() again for each block")
         self.run_id = new_id()
         enclosing = _lenses.get()
-        run: dict[str, str | None] = {"lens_run_id": self.run_id}
+        self._extra = {**self._extra, "lens_run_id": self.run_id}
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
-            run["parent_lens_run_id"] = enclosing[-1].run_id
-        self._extra = {**self._extra, **run}
+            self._extra["parent_lens_run_id"] = enclosing[-1].run_id
         self._enter()
         if self._monitor.budgets is not None:
             try:
