@@ -119,10 +119,10 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
     system = user = images = 0
     messages_count: int | None = None
     if operation == "responses":
-        instructions = _given(body.get("instructions"))
+        instructions = body.get("instructions")
         if isinstance(instructions, str):
             system += len(instructions)
-        items = _given(body.get("input"))
+        items = body.get("input")
         if isinstance(items, str):
             messages_count, user = 1, len(items)
         elif isinstance(items, (list, tuple)):
@@ -139,7 +139,7 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
                     user += chars
         return messages_count, system, user, images, _given(body.get("max_output_tokens"))
     text = operation == "text_completion"  # else embeddings: both take a string or a list of them
-    items = _given(body.get("prompt" if text else "input"))
+    items = body.get("prompt" if text else "input")
     if isinstance(items, str):
         user = len(items)
     elif isinstance(items, (list, tuple)):
