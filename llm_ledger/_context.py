@@ -66,12 +66,15 @@ class _Scope:
     def _fresh(self) -> _Scope:
         raise NotImplementedError
 
-    def _enter(self) -> None:
+    def __enter__(self) -> Self:
         block = _Block({**_context.get(), **self._extra})
         block.scope = self
         block.token = _context.set(block)
+        return self
 
-    def _exit(self) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # this block's own context: the current one, or under blocks left open inside it (a generator
         # suspended in its block, abandoned), which end with it; none when it has ended already
         block = _context.get()
@@ -80,15 +83,6 @@ class _Scope:
                 _reset(_context, block.token)
                 return
             block = block.token.old_value
-
-    def __enter__(self) -> Self:
-        self._enter()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._exit()
 
     async def __aenter__(self) -> Self:
         return self.__enter__()
@@ -296,7 +290,7 @@ class LensRun(_Scope):
         self._extra = {**self._extra, "lens_run_id": self.run_id}
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
             self._extra["parent_lens_run_id"] = enclosing[-1].run_id
-        self._enter()
+        super().__enter__()
         if self._monitor.budgets is not None:
             try:
                 self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
@@ -315,7 +309,7 @@ class LensRun(_Scope):
             token, self._lens_token = self._lens_token, None
             _reset(_lenses, token)
             self._record_context = {**_context.get(), **self._extra}
-            self._exit()
+            super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
             if due:
                 self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)
