@@ -515,23 +515,20 @@ class LLMCallMonitor:
         (an Azure deployment reports the model behind it), else the requested one's, on the service tier
         that served it, at the time it started; None without usage or price (a warning once per name)
         or when the counts do not fit."""
-        served = response["model"]
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
         if prompt_tokens is None or completion_tokens is None:
             return None
-        cached = usage["cached_tokens"] or 0
         try:
-            tier = response["service_tier"]
             costs = route._costs(
-                served,
+                response["model"],
                 prompt_tokens,
                 completion_tokens,
-                cached,
+                usage["cached_tokens"] or 0,
                 1,
                 requested,
                 at,
-                tier,
+                response["service_tier"],
                 written=usage["cache_write_tokens"] or 0,
                 heard=usage["prompt_audio_tokens"] or 0,
                 spoken=usage["completion_audio_tokens"] or 0,
@@ -541,7 +538,7 @@ class LLMCallMonitor:
         except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
             self._report("pricing a call", exc)
             return None  # the call is still recorded, with a null cost
-        name = requested or served or "<none>"
+        name = requested or response["model"] or "<none>"
         if (name, route.provider) not in self._unpriced:
             self._unpriced.add((name, route.provider))
             _warn(
