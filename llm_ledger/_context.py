@@ -66,12 +66,15 @@ class _Scope:
     def _fresh(self) -> _Scope:
         raise NotImplementedError
 
-    def _enter(self) -> None:
+    def __enter__(self) -> Self:
         block = _Block({**_context.get(), **self._extra})
         block.scope = self
         block.token = _context.set(block)
+        return self
 
-    def _exit(self) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # this block's own context: the current one, or under blocks left open inside it (a generator
         # suspended in its block, abandoned), which end with it; none when it has ended already
         block = _context.get()
@@ -80,15 +83,6 @@ class _Scope:
                 _reset(_context, block.token)
                 return
             block = block.token.old_value
-
-    def __enter__(self) -> Self:
-        self._enter()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._exit()
 
     async def __aenter__(self) -> Self:
         return self.__enter__()
@@ -109,10 +103,7 @@ class _Scope:
         if inspect.isasyncgenfunction(func):
             wrapper = _async_generator_in(self._fresh, func)
         elif inspect.isgeneratorfunction(func):
-
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                return (yield from _generator_in(self._fresh(), func, args, kwargs))
-
+            wrapper = _generator_in(self._fresh, func)
         elif inspect.iscoroutinefunction(func):
 
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -148,19 +139,21 @@ def _said_async(func: Callable[..., Any], scope: _Scope) -> None:
 
 
 def _generator_in(
-    scope: _Scope, func: Callable[..., Any], args: Any, kwargs: Any
-) -> Generator[Any, Any, Any]:
-    """Run the generator ``func(*args, **kwargs)`` inside ``scope``, each step in the scope's own context."""
-    context = copy_context()
-    context.run(scope.__enter__)
-    error: BaseException | None = None
-    try:
-        return (yield from _stepped_in(context, context.run(func, *args, **kwargs)))
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        context.run(scope.__exit__, type(error) if error else None, error, None)
+    fresh: Callable[[], _Scope], func: Callable[..., Any]
+) -> Callable[..., Generator[Any, Any, Any]]:
+    """The generator function running ``func``'s generators each inside a ``fresh()`` scope, each
+    step in the scope's own context."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        context = copy_context()
+        scope = fresh()
+        context.run(scope.__enter__)
+        try:
+            return (yield from _stepped_in(context, context.run(func, *args, **kwargs)))
+        finally:  # a scope's exit takes no exception: it ends the block whatever ended the generator
+            context.run(scope.__exit__, None, None, None)
+
+    return wrapper
 
 
 def _async_generator_in(
@@ -175,7 +168,6 @@ def _async_generator_in(
         context = copy_context()
         scope = fresh()
         context.run(scope.__enter__)
-        error: BaseException | None = None
         generator = None
         try:
             generator = context.run(func, *args, **kwargs)
@@ -193,15 +185,12 @@ def _async_generator_in(
                     step = generator.athrow(exc)
                 else:
                     step = generator.asend(sent)
-        except BaseException as exc:
-            error = exc
-            raise
         finally:
             try:
                 if generator is not None:
                     await _stepped_in(context, generator.aclose().__await__())
             finally:
-                context.run(scope.__exit__, type(error) if error else None, error, None)
+                context.run(scope.__exit__, None, None, None)
 
     return wrapper
 
@@ -298,11 +287,10 @@ class LensRun(_Scope):
             raise RuntimeError(f"lens run {self.lens_key!r} {state}; call lens() again for each block")
         self.run_id = new_id()
         enclosing = _lenses.get()
-        run: dict[str, str | None] = {"lens_run_id": self.run_id}
+        self._extra = {**self._extra, "lens_run_id": self.run_id}
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
-            run["parent_lens_run_id"] = enclosing[-1].run_id
-        self._extra = {**self._extra, **run}
-        self._enter()
+            self._extra["parent_lens_run_id"] = enclosing[-1].run_id
+        super().__enter__()
         if self._monitor.budgets is not None:
             try:
                 self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
@@ -321,7 +309,7 @@ class LensRun(_Scope):
             token, self._lens_token = self._lens_token, None
             _reset(_lenses, token)
             self._record_context = {**_context.get(), **self._extra}
-            self._exit()
+            super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
             if due:
                 self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)

@@ -119,10 +119,10 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
     system = user = images = 0
     messages_count: int | None = None
     if operation == "responses":
-        instructions = _given(body.get("instructions"))
+        instructions = body.get("instructions")
         if isinstance(instructions, str):
             system += len(instructions)
-        items = _given(body.get("input"))
+        items = body.get("input")
         if isinstance(items, str):
             messages_count, user = 1, len(items)
         elif isinstance(items, (list, tuple)):
@@ -139,7 +139,7 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
                     user += chars
         return messages_count, system, user, images, _given(body.get("max_output_tokens"))
     text = operation == "text_completion"  # else embeddings: both take a string or a list of them
-    items = _given(body.get("prompt" if text else "input"))
+    items = body.get("prompt" if text else "input")
     if isinstance(items, str):
         user = len(items)
     elif isinstance(items, (list, tuple)):
@@ -224,10 +224,7 @@ def usage_of(operation: str, usage: Any) -> Usage:
         heard = getattr(details, "audio_tokens", None)
         if cached is None:  # DeepSeek's, beside prompt_tokens: the SDK's models keep undeclared fields apart
             extra = getattr(usage, "__pydantic_extra__", None)
-            if type(extra) is dict:
-                cached = extra.get("prompt_cache_hit_tokens")
-            else:
-                cached = getattr(usage, "prompt_cache_hit_tokens", None)
+            cached = (extra if type(extra) is dict else fields).get("prompt_cache_hit_tokens")
         details = fields.get("completion_tokens_details")
         reasoning = getattr(details, "reasoning_tokens", None)
         spoken = getattr(details, "audio_tokens", None)
@@ -252,16 +249,10 @@ def usage_of(operation: str, usage: Any) -> Usage:
 
 
 def reasoning_in_completion(usage: Usage) -> Usage:
-    """``usage`` with the thinking tokens a provider left out of ``completion_tokens`` put back in.
-
-    Google's and xAI's OpenAI-compatible endpoints count a thinking model's reasoning in ``total_tokens``
-    but not in ``completion_tokens`` (xAI reports them in ``completion_tokens_details.reasoning_tokens``,
-    Gemini often nowhere), and bill them as output. The record keeps OpenAI's meaning, as every other
-    provider reports it: ``completion_tokens`` is all output billed, reasoning included, and
-    ``reasoning_tokens`` the part of it that was thinking. The usage is returned unchanged unless
-    ``total_tokens`` exceeds prompt plus completion, so a server that already counts OpenAI's way (or
-    changes to) is never billed twice.
-    """
+    """``usage`` with the thinking tokens Google's and xAI's endpoints leave out of ``completion_tokens``
+    (counted only in ``total_tokens``, billed as output: docs/PRICING.md) put back in, as OpenAI counts
+    them; unchanged unless ``total_tokens`` exceeds prompt plus completion, so a server that counts
+    OpenAI's way is never billed twice."""
     prompt, completion, total = usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
     if type(prompt) is not int or type(completion) is not int or type(total) is not int:
         return usage  # unknown counts (or a caller's dict of anything): nothing to add
@@ -298,7 +289,17 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
                 tool_calls += len(calls)
         finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
     elif operation == "responses":
-        content_length, tool_calls, finish_reason = _responses_output(response)
+        content_length = tool_calls = 0
+        for item in fields.get("output") or ():
+            kind = getattr(item, "type", None)
+            if kind == "message":
+                for part in item.content:
+                    text = getattr(part, "text", None)
+                    if isinstance(text, str):
+                        content_length += len(text)
+            elif kind == "function_call":
+                tool_calls += 1
+        finish_reason = getattr(fields.get("incomplete_details"), "reason", None) or fields.get("status")
     elif operation == "text_completion":
         choices = fields.get("choices") or ()
         content_length, tool_calls = sum(len(getattr(c, "text", None) or "") for c in choices), None
@@ -341,23 +342,3 @@ def output_text(operation: str, response: Any) -> str | None:
 
 def _list(obj: Any, name: str) -> Any:
     return getattr(obj, name, None) or ()
-
-
-def _responses_output(response: Any) -> tuple[int, int, Any]:
-    """(content length, tool calls, finish reason) of a Responses API result."""
-    content_length = tool_calls = 0
-    for item in getattr(response, "output", None) or ():
-        kind = getattr(item, "type", None)
-        if kind == "message":
-            for part in item.content:
-                text = getattr(part, "text", None)
-                if isinstance(text, str):
-                    content_length += len(text)
-        elif kind == "function_call":
-            tool_calls += 1
-    incomplete = getattr(response, "incomplete_details", None)
-    return (
-        content_length,
-        tool_calls,
-        getattr(incomplete, "reason", None) or getattr(response, "status", None),
-    )

@@ -179,10 +179,8 @@ class _Call:
         self.start_perf = time.perf_counter()
 
     def let_go(self, error: BaseException | None = None) -> None:
-        """Keep what the record takes from the last HTTP response, then let it go (the call may
-        outlive its request: a stream's finalizer): where the call went (else the request its
-        ``error`` names: a connection error has no response) and the request id (for results that
-        do not carry one)."""
+        """Keep where the call went (from the last HTTP response, else the request ``error`` names)
+        and its request id, then let the response go: the call may outlive it (a stream's finalizer)."""
         response = self.http_response
         source: Any = response if response is not None else error
         if self.server is None and source is not None:
@@ -206,19 +204,17 @@ def _secret(client: Any) -> str | None:
     return key if isinstance(key, str) and len(key) >= 8 else None
 
 
-def _safe_error_message(exc: BaseException) -> str | None:
-    """A message that quotes nothing from the request or response (used when content capture is off)."""
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        parts = [f"HTTP {status}"]
-        for attr in ("type", "code"):
-            value = getattr(exc, attr, None)
-            if isinstance(value, str) and value:
-                parts.append(value)
-        return " ".join(parts)
-    name = type(exc).__name__
-    if name in ("APIConnectionError", "APITimeoutError"):
-        return str(exc)  # the SDK's fixed wording: "Connection error." / "Request timed out."
+def _json_ready(value: Any, text: Callable[[str], str]) -> Any:
+    """``value`` as JSON holds it (a mapping a dict, a sequence a list), each string through
+    ``text``; what JSON cannot hold is None."""
+    if isinstance(value, str):
+        return text(value)
+    if value is None or isinstance(value, (int, float)):  # bool is an int
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v, text) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v, text) for v in value]
     return None
 
 
@@ -337,13 +333,12 @@ class LLMCallMonitor:
 
     def remove_sink(self, sink: Sink) -> None:
         """Stop sending records to ``sink``; a sink never added is ignored."""
-        with self._sinks_lock:
-            self._sinks = tuple(s for s in self._sinks if s != sink)  # != : a bound method is made anew
+        self._replace_first_sink(sink, None)
 
     def _replace_first_sink(self, old: Sink | None, new: Sink | None) -> None:
-        """Put ``new`` first among the sinks, in place of ``old`` (``configure()``'s JSONL file)."""
+        """Put ``new`` (if any) first among the sinks, in place of ``old`` (``configure()``'s JSONL file)."""
         with self._sinks_lock:
-            rest = tuple(s for s in self._sinks if s != old)
+            rest = tuple(s for s in self._sinks if s != old)  # != : a bound method is made anew
             self._sinks = rest if new is None else (new, *rest)
 
     # -- used by the instrumentation ----------------------------------------------------------------
@@ -382,19 +377,9 @@ class LLMCallMonitor:
         """A JSON-ready copy of the request's content, scrubbed when the call is recorded (the
         client's key may only be known then: an API-key provider runs inside the request); None,
         reported, when it cannot be copied: that costs the content, never the record."""
-
-        def copy(value: Any) -> Any:
-            if value is None or isinstance(value, (str, int, float)):  # bool is an int
-                return value
-            if isinstance(value, Mapping):
-                return {str(k): copy(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [copy(v) for v in value]
-            return None
-
         keys = ("messages", "input", "instructions", "tools", "prompt")
         try:
-            return {k: copy(body[k]) for k in keys if k in body and body[k] is not None}
+            return {k: _json_ready(v, lambda text: text) for k in keys if (v := body.get(k)) is not None}
         except Exception as exc:  # e.g. nested deeper than the recursion limit allows
             self._report("capturing a request's content", exc)
             return None
@@ -403,33 +388,31 @@ class LLMCallMonitor:
         self, call: _Call, content: dict[str, Any], output_text: str | None
     ) -> dict[str, Any]:
         secret = _secret(call.client)
-
-        def scrub(value: Any) -> Any:
-            if type(value) is str:
-                return self._scrub(value, secret)
-            if type(value) is dict:
-                return {k: scrub(v) for k, v in value.items()}
-            if type(value) is list:
-                return [scrub(v) for v in value]
-            return value
-
-        scrubbed: dict[str, Any] = scrub(content)
+        scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secret))
         if output_text is not None:
             scrubbed["output"] = self._scrub(output_text, secret)
         return scrubbed
 
     def _error_shape(self, call: _Call, exc: BaseException) -> ErrorShape:
-        status = getattr(exc, "status_code", None)
-        # quoted only with content capture on (decided when the call began), scrubbed like content
-        if call.content is not None:
-            message: str | None = self._scrub(str(exc), _secret(call.client))
-        else:
-            message = _safe_error_message(exc)
-        return {
-            "type": type(exc).__name__,
-            "status_code": status if isinstance(status, int) else None,
-            "message": message,
-        }
+        """The error's type, status and message: quoted only with content capture on (decided when the
+        call began) and scrubbed like content, else only what quotes neither request nor response;
+        an error that cannot be read keeps its type alone (and is reported)."""
+        name = type(exc).__name__
+        try:
+            status = getattr(exc, "status_code", None)
+            status = status if isinstance(status, int) else None
+            message = None
+            if call.content is not None:
+                message = self._scrub(str(exc), _secret(call.client))
+            elif status is not None:
+                words = (getattr(exc, attr, None) for attr in ("type", "code"))
+                message = " ".join([f"HTTP {status}", *(w for w in words if isinstance(w, str) and w)])
+            elif name in ("APIConnectionError", "APITimeoutError"):
+                message = str(exc)  # the SDK's fixed wording: "Connection error." / "Request timed out."
+        except Exception as failure:
+            self._report("reading a call's error", failure)
+            status = message = None
+        return {"type": name, "status_code": status, "message": message}
 
     def _finish(
         self,
@@ -446,11 +429,7 @@ class LLMCallMonitor:
         if call.done or call.forks != _forks:
             return
         call.done = True
-        duration = time.perf_counter() - call.start_perf
-        record, cost_units = self._record(call, status, response, usage_obj, error, output_text, duration)
-        if not call.lenses:
-            self._emit(record)
-            return
+        record, cost_units = self._record(call, status, response, usage_obj, error, output_text)
         # counted before the sinks are handed the record (one may change it in place), settled after
         # (a lens's record follows its calls'); counting cannot fail: it only adds up the record
         # just built from normalised counts (usage_of) and costs (integers or None)
@@ -473,9 +452,9 @@ class LLMCallMonitor:
         usage_obj: Usage | Any,
         error: BaseException | None,
         output_text: str | None,
-        duration: float,
     ) -> tuple[CallRecord, int | None]:
         """The call's record and its cost in 10**-24 USD; what it cannot read is reported and left out."""
+        duration = time.perf_counter() - call.start_perf
         try:
             usage = usage_of(call.operation, usage_obj)
         except Exception as exc:
@@ -507,11 +486,6 @@ class LLMCallMonitor:
         reported = reported_cost_units(usage_obj)  # the provider's own figure wins
         if reported is not None:
             total_cost = reported
-        try:
-            error_shape = None if error is None else self._error_shape(call, error)
-        except Exception as exc:
-            self._report("reading a call's error", exc)
-            error_shape = {"type": type(error).__name__, "status_code": None, "message": None}
         record = call_record(
             status=status,
             operation=call.operation,
@@ -526,7 +500,7 @@ class LLMCallMonitor:
             prompt_cost_units=prompt_cost,
             completion_cost_units=completion_cost,
             retries=call.retries,
-            error=error_shape,
+            error=None if error is None else self._error_shape(call, error),
             content=None if call.content is None else self._scrubbed_content(call, call.content, output_text),
             cost_source=source,
             cost_matched_by=route.matched_by,
@@ -541,23 +515,20 @@ class LLMCallMonitor:
         (an Azure deployment reports the model behind it), else the requested one's, on the service tier
         that served it, at the time it started; None without usage or price (a warning once per name)
         or when the counts do not fit."""
-        served = response["model"]
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
         if prompt_tokens is None or completion_tokens is None:
             return None
-        cached = usage["cached_tokens"] or 0
         try:
-            tier = response["service_tier"]
             costs = route._costs(
-                served,
+                response["model"],
                 prompt_tokens,
                 completion_tokens,
-                cached,
+                usage["cached_tokens"] or 0,
                 1,
                 requested,
                 at,
-                tier,
+                response["service_tier"],
                 written=usage["cache_write_tokens"] or 0,
                 heard=usage["prompt_audio_tokens"] or 0,
                 spoken=usage["completion_audio_tokens"] or 0,
@@ -567,7 +538,7 @@ class LLMCallMonitor:
         except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
             self._report("pricing a call", exc)
             return None  # the call is still recorded, with a null cost
-        name = requested or served or "<none>"
+        name = requested or response["model"] or "<none>"
         if (name, route.provider) not in self._unpriced:
             self._unpriced.add((name, route.provider))
             _warn(

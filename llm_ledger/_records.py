@@ -290,21 +290,19 @@ def call_record(
     cost_matched_by: str = "model",
     reported_cost_units: int | None = None,
 ) -> CallRecord:
-    """Build one ``llm_api_call`` record; costs are in 10**-24 USD (``USD_UNITS`` per dollar).
+    """Build one ``llm_api_call`` record; costs are in 10**-24 USD (``USD_UNITS`` per dollar), the
+    prompt's and the completion's both given or both ``None`` (unpriced).
 
     ``server`` is where the call went (``None``: unknown, the default provider). ``cost_source``
     names the rates of the computed cost; ``reported_cost_units``, the provider's own figure, wins."""
     end = iso_timestamp(start_epoch + duration_s)
     prompt_usd = completion_usd = total_usd = computed_usd = computed_units = None
-    if prompt_cost_units is not None:
-        prompt_usd = prompt_cost_units / USD_UNITS
-    if completion_cost_units is not None:
-        completion_usd = completion_cost_units / USD_UNITS
-        if prompt_cost_units is not None:
-            computed_units = prompt_cost_units + completion_cost_units
-            total_usd = computed_units / USD_UNITS
-    if total_usd is None:
+    if prompt_cost_units is None or completion_cost_units is None:  # unpriced: both are None
         cost_source = None
+    else:
+        computed_units = prompt_cost_units + completion_cost_units
+        prompt_usd, completion_usd = prompt_cost_units / USD_UNITS, completion_cost_units / USD_UNITS
+        total_usd = computed_units / USD_UNITS
     if reported_cost_units is not None:
         if computed_units != reported_cost_units:
             computed_usd, prompt_usd, completion_usd = total_usd, None, None

@@ -639,6 +639,24 @@ def test_content_capture_records_text_with_redaction_and_never_the_key(
     assert FAKE_KEY not in json.dumps(captured.records)
 
 
+def test_captured_text_of_a_str_subclass_is_redacted_too(fake_openai: FakeOpenAI) -> None:
+    """Message text given as a str subclass (a str-Enum member, a template's string type) goes
+    through the redact hook and loses the API key, as plain text does."""
+
+    class Text(str):
+        pass
+
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, capture_content=True, redact=lambda text: text.replace("PRIVATE", "[P]")
+    )
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    content = Text(f"PRIVATE text with key {FAKE_KEY}")
+    with llm_ledger.testing.capture(monitor) as captured, client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": content}])
+    [call] = captured.calls
+    assert call["content"]["messages"][0]["content"] == "[P] text with key [REDACTED]"
+
+
 def test_content_is_off_by_default_on_every_record_kind(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
 ) -> None:

@@ -18,6 +18,7 @@ import llm_ledger._monitor as monitor_module
 import llm_ledger.testing
 from llm_ledger import _jsonl
 from llm_ledger.testing import Captured, FakeOpenAI
+from tests.sdk import sdk_http
 
 HI: Any = [{"role": "user", "content": "hi"}]
 
@@ -117,6 +118,46 @@ def test_a_fault_while_watching_a_stream_does_not_change_the_chunks(
     assert any("reading a call's result" in r.getMessage() for r in internal_log.records)
     [record] = records.calls
     assert record["status"] == "ok" and record["usage"]["total_tokens"] is None
+
+
+class _Unreadable(Exception):
+    """An error whose status and text cannot be read (a custom transport's, raised mid-stream)."""
+
+    @property
+    def status_code(self) -> int:
+        raise RuntimeError("no status")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize("capture_content", [False, True])
+def test_an_error_that_cannot_be_read_is_recorded_by_its_type(
+    capture_content: bool, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """A stream failing with an error whose status and message raise when read is recorded as an
+    error of that type, the rest left out; the caller gets the error itself."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}  # fmt: skip
+
+    class Body(sdk_http.SyncByteStream):
+        def __iter__(self) -> Any:
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            raise _Unreadable
+
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
+        return sdk_http.Response(200, headers={"content-type": "text/event-stream"}, stream=Body())
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=capture_content)
+    http = sdk_http.Client(transport=sdk_http.MockTransport(handler))
+    client = monitor.instrument(openai.OpenAI(api_key="sk-x-12345678", max_retries=0, http_client=http))
+    with llm_ledger.testing.capture(monitor) as records, pytest.raises(_Unreadable):
+        for _ in client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True):
+            pass
+    [record] = records.calls
+    assert record["status"] == "error"
+    assert record["error"] == {"type": "_Unreadable", "status_code": None, "message": None}
+    assert any("reading a call's error" in r.getMessage() for r in internal_log.records)
 
 
 def test_a_full_disk_keeps_records_for_retry(
