@@ -386,11 +386,17 @@ class LLMCallMonitor:
 
     def _scrubbed_content(
         self, call: _Call, content: dict[str, Any], output_text: str | None
-    ) -> dict[str, Any]:
-        secret = _secret(call.client)
-        scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secret))
-        if output_text is not None:
-            scrubbed["output"] = self._scrub(output_text, secret)
+    ) -> dict[str, Any] | None:
+        """The captured content without the API key, through the ``redact`` hook; None (and
+        reported) when it cannot be copied: the record is kept without it."""
+        try:
+            secret = _secret(call.client)
+            scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secret))
+            if output_text is not None:
+                scrubbed["output"] = self._scrub(output_text, secret)
+        except Exception as exc:  # e.g. nested deeper than the stack allows where the call ended
+            self._report("capturing a call's content", exc)
+            return None
         return scrubbed
 
     def _error_shape(self, call: _Call, exc: BaseException) -> ErrorShape:
@@ -535,7 +541,7 @@ class LLMCallMonitor:
             )
             if costs is not None:
                 return costs
-        except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. cached > prompt tokens
+        except Exception as exc:  # e.g. cached > prompt tokens
             self._report("pricing a call", exc)
             return None  # the call is still recorded, with a null cost
         name = requested or response["model"] or "<none>"

@@ -90,6 +90,52 @@ def test_a_fault_reading_usage_leaves_the_call_alone(
     assert record["status"] == "ok" and record["usage"]["total_tokens"] is None
 
 
+@pytest.mark.parametrize("fault", [KeyError("rate"), AttributeError("tier"), RecursionError()])
+def test_a_fault_pricing_a_call_keeps_its_record_with_a_null_cost(
+    fault: Exception,
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever pricing raises, the call keeps its record and its lens count, with a null cost, and
+    the fault is reported: a record lost here would pass any budget."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise fault
+
+    monkeypatch.setattr(monitor_module.Route, "_costs", fail)
+    with monitor.lens("priced") as run:
+        response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert response.choices[0].message.content
+    [record] = records.calls
+    assert record["usage"]["total_tokens"] and record["cost"]["total_cost_usd"] is None
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert run.summary["cost_complete"] is False
+    assert any("pricing a call" in r.getMessage() for r in internal_log.records)
+
+
+def test_a_fault_scrubbing_captured_content_keeps_the_record_without_it(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """Captured content the ledger cannot copy (e.g. nesting deeper than the stack allows where the
+    call ends) is left out of the record, never the record itself; the fault is reported."""
+    monitor.capture_content = True
+    monkeypatch.setattr(monitor_module, "_secret", _boom)  # read only once the call has ended
+    with monitor.lens("captured") as run:
+        response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert response.choices[0].message.content
+    [record] = records.calls
+    assert record["status"] == "ok" and record["usage"]["total_tokens"] and "content" not in record
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert any("capturing a call's content" in r.getMessage() for r in internal_log.records)
+
+
 def test_a_fault_reading_a_bad_response_shape_is_contained(
     client: openai.OpenAI,
     monkeypatch: pytest.MonkeyPatch,
