@@ -61,7 +61,6 @@ def register(subparsers: Any, summary: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     reader = _read.LogReader(args.inputs)
-    _read.refuse_reports(reader.names)
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until)
     report = aggregate(reader, query)
     sys.stdout.write(render(report, args.fmt))
