@@ -76,7 +76,7 @@ MAX_REPORT_BYTES: Final = 64 << 20
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read and check an llm-ledger report; :class:`ConfigError` says what is wrong with it."""
     name = str(path)
-    hint = f"; write one with `pytest --llm-report {name}`"
+    hint = f"; write one with `pytest --llm-report={name}`"
     raw = read_file(name, ConfigError, "report", hint=hint, max_bytes=MAX_REPORT_BYTES, streams=True)
     try:
         data = strict_loads(raw)
