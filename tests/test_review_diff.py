@@ -262,6 +262,31 @@ def test_a_run_stopped_by_a_collection_error_is_flagged_not_read_as_every_lens_r
     assert f"llm-ledger diff: warning: {flag}" in err
 
 
+def test_a_base_run_stopped_early_is_compared_as_no_base_not_as_every_lens_new(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base branch whose run a collection error stopped measured no lens: --fail-on-increase failed
+    every pull request on "new lens(es) that cost money". It compares nothing, as with no base report,
+    and says why; with --require-base the job fails, naming the base run's exit status."""
+    (project.pytester.path / "tests" / "test_broken.py").write_text("def test_x(:\n")
+    base = project.report("base.json", record=False)
+    (project.pytester.path / "tests" / "test_broken.py").unlink()
+    head = project.report("head.json")
+
+    status, out, err = diff(capsys, base, head, "--fail-on-increase", "25")
+
+    assert status == 0, err
+    assert "new lens(es) that cost money" not in out + err
+    flag = (
+        f"the base run ({base}) stopped early, so --fail-on-increase compared nothing: a lens it never "
+        "reached would read as new"
+    )
+    assert flag in out and f"llm-ledger diff: warning: {flag}" in err
+    status, out, err = diff(capsys, base, head, "--fail-on-increase", "25", "--require-base")
+    assert (status, out) == (2, "")
+    assert f"llm-ledger diff: error: {base}: its run stopped early: pytest exit status 2" in err
+
+
 def test_reports_priced_with_different_price_data_are_flagged(
     project: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -647,6 +647,13 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
             "that step's log"
         )
+    # a base run that stopped early never reached some lenses: they would read as new, and fail
+    stopped = None if base is None else base.get("exit_status")
+    if stopped in _STOPPED and args.require_base:
+        raise ConfigError(
+            f"{args.base}: its run stopped early: pytest exit status {stopped} ({_STOPPED[stopped]}) "
+            "(--require-base); the base branch's test run measured only what it reached: see that step's log"
+        )
     diff = diff_reports(base, load_report(args.head), base_path=args.base, head_path=args.head)
     diff["lens_count"] = len(diff["lenses"])
     if args.only_changed:
@@ -654,7 +661,12 @@ def _run(args: argparse.Namespace) -> int:
         diff["lenses"] = {n: r for n, r in diff["lenses"].items() if r["status"] != "unchanged"}
     if args.fail_on_increase is not None:
         diff["fail_on_increase"] = args.fail_on_increase
-        diff["increases"] = increases(diff, args.fail_on_increase)
+        diff["increases"] = [] if stopped in _STOPPED else increases(diff, args.fail_on_increase)
+        if stopped in _STOPPED:
+            diff["flags"].append(
+                f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a lens "
+                "it never reached would read as new (--require-base fails the job on such a base)"
+            )
     print(render(diff, args.fmt), end="")
     for flag in diff["flags"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
@@ -692,7 +704,8 @@ def register(subparsers: Any, summary: str) -> None:
     parser.add_argument(
         "--require-base",
         action="store_true",
-        help="a missing base report is an error (once the base branch writes one), not every lens new",
+        help="a missing base report, or one whose run stopped early, is an error (once the base branch "
+        "writes reports), not every lens new",
     )
     parser.add_argument(
         "--fail-on-increase",
