@@ -262,6 +262,15 @@ def _code(text: str) -> str:
     return f"{fence} {text} {fence}"
 
 
+# how much of a lens key or test id a warning shows: the warnings are always kept, whole, in a comment
+_NAME_CHARS: Final = 200
+
+
+def _named(name: str) -> str:
+    """``name`` as a warning names it: a code span, cut with an ellipsis when long (the JSON has it whole)."""
+    return _code(name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…")
+
+
 # pytest's exit statuses of a run that stopped before running every test it was asked to
 _STOPPED: Final = {
     2: "interrupted: a collection error, or Ctrl-C",
@@ -282,7 +291,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
         )
     failed = report.get("failed_tests", [])
     if failed:
-        names = listed([_code(t) for t in failed])
+        names = listed([_named(t) for t in failed])
         out.append(
             f"the {name} report ({path}) has {len(failed)} failed test(s): {names}; its numbers leave out "
             "what those tests did not get to do"
@@ -293,7 +302,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
             f"errors): {_NO_ANSWER}"
         )
-    unpriced = [_code(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
+    unpriced = [_named(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
         where = f" in {len(unpriced)} lens(es): {listed(unpriced)}" if unpriced else ""
         out.append(
@@ -329,7 +338,7 @@ def diff_reports(
             "and price file"
         )
     ran = _calling(head) | set(head.get("failed_tests", ()))
-    if idle := [_code(t) for t in sorted(_calling(base) - ran)]:
+    if idle := [_named(t) for t in sorted(_calling(base) - ran)]:
         flags.append(
             f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
             f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
