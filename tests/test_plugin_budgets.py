@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import llm_ledger  # noqa: F401
 from llm_ledger import BudgetError, Limits, parse_budgets
 from llm_ledger.testing import FakeOpenAI
-from pytest_llm_ledger._report import SessionLedger, Totals
+from pytest_llm_ledger._report import SessionLedger, Totals, notices
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
@@ -28,6 +28,7 @@ from tests.plugin_helpers import (
     with_key_fixture,
     write_project,
 )
+from tests.report_helpers import call, lens_run
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -694,6 +695,23 @@ def test_a_lens_with_no_budget_is_named_with_the_yaml_to_add(recorded: pytest.Py
     budgets(recorded, f"lenses:\n  summary: {{max_api_calls: 1}}\n{shown}\n")
 
     assert run(recorded, "--llm-budget", "--llm-strict").ret == pytest.ExitCode.OK
+
+
+def test_the_yaml_shown_for_an_unbudgeted_lens_reads_back_as_that_lens_whatever_its_key() -> None:
+    """The lines shown under "add under lenses" are pasted into budgets.yaml: a key YAML reads as
+    something else unquoted (`yes`, `on`, `null` read as true and none, refused by the loader) is
+    quoted, so each line budgets the lens it names."""
+    keys = ["summary", "yes", "On", "null", "off", "a: b", "#tag", "tags|v2 `x`", "1e3"]
+    ledger = SessionLedger()
+    for key in keys:
+        calls = [call(lens=key)]
+        ledger.add_call("tests/test_x.py::test_x", calls[0])
+        ledger.add_lens("tests/test_x.py::test_x", lens_run(calls))
+
+    shown, _ = notices(ledger, parse_budgets("total: {max_api_calls: 100}", source="budgets.yaml"))
+
+    lines = [line for line in shown[-1].splitlines() if line.startswith("  ")]
+    assert set(parse_budgets("lenses:\n" + "\n".join(lines), source="budgets.yaml").lenses) == set(keys)
 
 
 def test_a_default_budget_covers_every_lens(recorded: pytest.Pytester) -> None:
