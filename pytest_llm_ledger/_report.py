@@ -626,6 +626,20 @@ def _rounded_up(usd: Decimal) -> str:
     return f"{(usd / step).to_integral_value(ROUND_CEILING) * step:f}"
 
 
+def applied(ledger: SessionLedger, budgets: Budgets) -> bool:
+    """Whether a limit of ``budgets`` applied to the session: the total's, a test's that ran, or the
+    limits of a lens that ran (its own entry's, else the default's)."""
+
+    def caps(limits: Limits | None) -> bool:
+        return limits is not None and bool(limits.items())
+
+    return (
+        caps(budgets.total)
+        or any(caps(limits) for test, limits in budgets.tests.items() if test in ledger.tests)
+        or any(caps(budgets.for_lens(key)) for key in {key for key, _, _ in ledger.lens_runs})
+    )
+
+
 def sets_limits(budgets: Budgets) -> bool:
     """Whether ``budgets`` caps anything (an empty file, or lenses listed with no limit, do not)."""
     sections = [budgets.default, budgets.total, *budgets.lenses.values(), *budgets.tests.values()]

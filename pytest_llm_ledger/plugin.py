@@ -64,6 +64,7 @@ from ._report import (
     Breach,
     SessionLedger,
     Totals,
+    applied,
     notices,
     render_breaches,
     render_lens_table,
@@ -938,8 +939,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(line)
         tr.write_line(f"limits from {budget_file}")
     elif state.budgets is not None and sets_limits(state.budgets):
-        checked = " that ran" if state.unchecked_budgets else ""
-        tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
+        if not applied(ledger, state.budgets):  # not "every budget was met": none was checked
+            tr.write_line(
+                f"llm-ledger: no limit in {budget_file} applied to this run (no lens, test or total it "
+                "limits ran), so --llm-budget checked nothing"
+            )
+        else:
+            checked = " that ran" if state.unchecked_budgets else ""
+            tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
     for notice in state.notices:
         tr.write_line(notice, red=state.strict)
     if state.strict and state.notices:

@@ -582,15 +582,18 @@ def test_the_total_worst_test_is_the_same_whichever_worker_reports_first(order: 
 
 
 def test_a_misspelt_lens_key_is_named(recorded: pytest.Pytester) -> None:
-    """A lens budget whose key never ran is a notice with the closest key that did run."""
+    """A lens budget whose key never ran is a notice with the closest key that did run; when no limit
+    applied at all, the run does not say every budget was met (it said so of none)."""
     budgets(recorded, "lenses:\n  summry: {max_api_calls: 1}\n")
 
     result = run(recorded, "--llm-budget")
 
     assert result.ret == 0
+    assert "was met" not in result.stdout.str()
     result.stdout.fnmatch_lines(
         [
-            "llm-ledger: every budget in budgets.yaml that ran was met",
+            "llm-ledger: no limit in budgets.yaml applied to this run (no lens, test or total it limits "
+            "ran), so --llm-budget checked nothing",
             "llm-ledger: no run of 1 lens(es) with a budget, not checked: 'summry' (did you mean "
             "'summary'?); lens keys that ran: digest, summary",
         ]
@@ -722,3 +725,4 @@ def test_a_default_budget_covers_every_lens(recorded: pytest.Pytester) -> None:
 
     assert result.ret == pytest.ExitCode.OK
     assert "no budget" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
