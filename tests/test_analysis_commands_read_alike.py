@@ -177,3 +177,22 @@ def test_a_report_missing_a_figure_its_version_always_has_is_refused_naming_it(
     assert captured.out == ""
     assert captured.err.startswith(f"llm-ledger {command}: error: {edited}: {place}.{field}: missing")
     assert len(captured.err.splitlines()) == 1
+
+
+def test_a_log_given_to_diff_is_refused_naming_the_command_that_reads_it(
+    log: tuple[Path, list[dict[str, Any]]], report: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The mirror of a report given to `report`: `llm-ledger diff logs/llm_calls.jsonl head.json` said
+    "not JSON (Extra data: line 2 ...)" (a one-line log: "not an llm-ledger report"), naming neither
+    what the file is nor what reads it. It names `llm-ledger report` and how to write a report."""
+    path, _ = log
+    one_line = tmp_path / "one.jsonl"
+    one_line.write_text(path.read_text().splitlines()[0] + "\n")
+    for given in (path, one_line):
+        assert main(["diff", str(given), str(report)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith(
+            f"llm-ledger diff: error: {given}: a log of calls, not a pytest --llm-report file; "
+            f"summarise it with `llm-ledger report {given}`; write a report with `pytest --llm-report=PATH`"
+        )

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from .._cli import add_command
 from .._errors import ConfigError
+from .._records import CALL_EVENT, LENS_EVENT
 from .._table import markdown_table, one_line, text_table
 from ..loading import join, listed, printable, read_file, shown
 from ._read import strict_loads
@@ -83,10 +84,12 @@ def load_report(path: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise ConfigError(f"{name}: nested too deeply to be an llm-ledger report") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        _refuse_log(name, raw)
         raise ConfigError(
             f"{name}: not JSON ({exc}); expected a file written by pytest --llm-report"
         ) from None
     if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
+        _refuse_log(name, raw)
         raise ConfigError(f'{name}: not an llm-ledger report (no "schema": {REPORT_SCHEMA!r})')
     if data.get("version") not in SUPPORTED_VERSIONS:
         raise ConfigError(
@@ -134,6 +137,20 @@ def load_report(path: str | Path) -> dict[str, Any]:
                 "(it would read as 0); write the report again with `pytest --llm-report`"
             )
     return data
+
+
+def _refuse_log(name: str, raw: str | bytes) -> None:
+    """:class:`ConfigError` naming `llm-ledger report` when ``raw`` starts with a ledger record: a log
+    of calls given where a report was expected."""
+    try:
+        first = strict_loads(raw.splitlines()[0]) if raw.strip() else None
+    except (ValueError, RecursionError):
+        return
+    if isinstance(first, dict) and first.get("event") in (CALL_EVENT, LENS_EVENT):
+        raise ConfigError(
+            f"{name}: a log of calls, not a pytest --llm-report file; summarise it with "
+            f"`llm-ledger report {name}`; write a report with `pytest --llm-report=PATH`"
+        )
 
 
 def _test_ids(name: str, where: str, tests: Any) -> None:
