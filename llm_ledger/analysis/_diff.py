@@ -622,7 +622,11 @@ def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bo
 
     whole: Counter[str] = Counter()
     left: Counter[str] = Counter()
-    for (part, _), keep in zip(blocks, kept, strict=True):
+    rows = [i for i, (part, _) in enumerate(blocks) if part == "table"]
+    no_lens_row = rows[-1] if diff.get("no_lens") and rows else None  # the table's last row: not a lens
+    for i, ((part, _), keep) in enumerate(zip(blocks, kept, strict=True)):
+        if i == no_lens_row:
+            continue
         part = "increases" if "increases" in part else part  # "kept increases" are in the list too
         whole[part] += 1
         left[part] += not keep
@@ -631,6 +635,8 @@ def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bo
         what.append(f"{left['increases']} of {whole['increases']} items of the list of increases")
     if left["table"]:
         what.append(f"{left['table']} of {whole['table']} lenses from the table")
+    if no_lens_row is not None and not kept[no_lens_row]:
+        what.append(f"the {NO_LENS_ROW} row of the table")
     if left["lens details"]:
         what.append(f"the details of {left['lens details']} of {whole['lens details']} lenses")
     reports = diff.get("reports", {"base": "BASE.json", "head": "HEAD.json"})
