@@ -136,7 +136,7 @@ def test_fail_on_increase_fails_closed_on_a_lens_whose_cost_became_unknown(
         f"- Total: cost cannot be checked: {why}",
     ]
     assert err.splitlines()[-1] == (
-        "llm-ledger diff: cost cannot be checked (the head leaves out calls with no known cost) in "
+        "llm-ledger diff: cost cannot be checked (a report leaves out calls with no known cost) in "
         f"`summary` ({why}), the total ({why})"
     )
     # a lens that stays on that model compares like with like: it does not fail every later pull request

@@ -387,7 +387,7 @@ def diff_reports(
 _GROUPS: Final = {
     ("lens", "grew"): "cost per run grew by more than {pct}%",
     ("lens", "new"): "new lens(es) that cost money (an increase from nothing)",
-    ("any", "unchecked"): "cost cannot be checked (the head leaves out calls with no known cost)",
+    ("any", "unchecked"): "cost cannot be checked (a report leaves out calls with no known cost)",
     ("no_lens", "grew"): "the cost of calls outside any lens grew by more than {pct}%",
     ("total", "grew"): "the total cost grew by more than {pct}%",
 }
@@ -409,17 +409,20 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         m, gaps = row["metrics"][metric], row["cost_gaps"]
         if m["head"] is None:  # removed: a decrease
             continue
+        unknown = None  # the side whose cost leaves out calls the other side's does not
         if "head" in gaps and gaps["head"] != gaps.get("base"):
-            reason = "unchecked"
+            reason, unknown = "unchecked", "head"
         elif m["base"] is None:
             if not m["head"]:
                 continue
             reason = "new" if scope == "lens" else "grew"
         elif not m["delta"] or m["delta"] < 0 or (m["pct"] is not None and m["pct"] <= pct):
-            continue
+            continue  # a head below even the known part of the base's cost is a decrease
+        elif "base" in gaps and "head" not in gaps:  # grown from a base cost that was only a lower bound
+            reason, unknown = "unchecked", "base"
         else:
             reason = "grew"
-        why = f"head: {gaps['head']}" if reason == "unchecked" else None
+        why = None if unknown is None else f"{unknown}: {gaps[unknown]}"
         out.append(
             {"scope": scope, "lens": name, "reason": reason, "metric": metric, "base": m["base"],
              "head": m["head"], "pct": m["pct"], "cost_gaps": why}
