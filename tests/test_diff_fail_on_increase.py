@@ -183,6 +183,23 @@ def test_a_lens_whose_base_cost_was_unknown_cannot_be_checked_not_grown_from_not
     assert "in `local` (base: no known price for model 'acme-7b' (1 call))" in err
 
 
+def test_a_lens_whose_base_calls_failed_cannot_be_checked_not_grown(diff: Any) -> None:
+    """The base's calls of a lens missed their cassette (no answer: no tokens, no cost) and the head's
+    were answered (the pull request re-recorded it): --fail-on-increase said its cost grew, measured
+    from calls that never got an answer. It fails closed as cannot be checked, saying why."""
+    base = report({"summary": lens(1, 0.0001, calls=2, errors=1, tests_with_failed_calls=["t.py::t"])})
+    head = report({"summary": lens(1, 0.0002, calls=2)})
+
+    status, out, err = diff(base, head, "--fail-on-increase", "25", "--format", "json")
+
+    assert status == 1
+    (increase,) = json.loads(out)["increases"][:1]
+    assert (increase["lens"], increase["reason"]) == ("summary", "unchecked")
+    why = "base: 1 failed call(s) (cassette misses or API errors), which count no cost"
+    assert increase["cost_gaps"] == why
+    assert "grew by more than" not in err.split("cannot be checked")[0]
+
+
 def test_increases_are_structured_in_the_json(diff: Any) -> None:
     """--format json lists each increase with its scope, lens, reason, metric and figures, for tools
     that gate or annotate on them without parsing text."""

@@ -409,9 +409,10 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         m, gaps = row["metrics"][metric], row["cost_gaps"]
         if m["head"] is None:  # removed: a decrease
             continue
-        unknown = None  # the side whose cost leaves out calls the other side's does not
+        failed = row["failed_calls"]
+        why = None  # why it cannot be checked: a side's cost leaves out calls the other's does not
         if "head" in gaps and gaps["head"] != gaps.get("base"):
-            reason, unknown = "unchecked", "head"
+            reason, why = "unchecked", f"head: {gaps['head']}"
         elif m["base"] is None:
             if not m["head"]:
                 continue
@@ -419,10 +420,13 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         elif not m["delta"] or m["delta"] < 0 or (m["pct"] is not None and m["pct"] <= pct):
             continue  # a head below even the known part of the base's cost is a decrease
         elif "base" in gaps and "head" not in gaps:  # grown from a base cost that was only a lower bound
-            reason, unknown = "unchecked", "base"
+            reason, why = "unchecked", f"base: {gaps['base']}"
+        elif "base" in failed and "head" not in failed:  # the same: its failed calls counted no cost
+            count = "some" if failed["base"] is None else failed["base"]
+            reason = "unchecked"
+            why = f"base: {count} failed call(s) (cassette misses or API errors), which count no cost"
         else:
             reason = "grew"
-        why = None if unknown is None else f"{unknown}: {gaps[unknown]}"
         out.append(
             {"scope": scope, "lens": name, "reason": reason, "metric": metric, "base": m["base"],
              "head": m["head"], "pct": m["pct"], "cost_gaps": why}
