@@ -191,7 +191,7 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
     ("content", "message"),
     [
         ("{", "not JSON"),
-        ('{"schema": "other"}', "not an llm-ledger report"),
+        ('{"schema": "other"}', "not an llm-ledger report (no \"schema\": 'llm-ledger-report'); write one"),
         ('{"schema": "llm-ledger-report", "version": 9, "lenses": {}, "total": {}}', "report version 9"),
         (json.dumps(report({"s": {"cost_usd": float("nan")}}, {})), "not JSON (NaN is not a number JSON"),
         (json.dumps(report({}, {"cost_usd": float("inf")})), "not JSON (Infinity is not a number JSON"),

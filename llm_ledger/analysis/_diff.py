@@ -90,7 +90,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
         _refuse_log(name, raw)
-        raise ConfigError(f'{name}: not an llm-ledger report (no "schema": {REPORT_SCHEMA!r})')
+        raise ConfigError(f'{name}: not an llm-ledger report (no "schema": {REPORT_SCHEMA!r}){hint}')
     if data.get("version") not in SUPPORTED_VERSIONS:
         raise ConfigError(
             f"{name}: report version {shown(data.get('version'))} is not supported; this llm-ledger reads "
