@@ -387,7 +387,7 @@ def diff_reports(
 _GROUPS: Final = {
     ("lens", "grew"): "cost per run grew by more than {pct}%",
     ("lens", "new"): "new lens(es) that cost money (an increase from nothing)",
-    ("any", "unchecked"): "cost cannot be checked (a report leaves out calls with no known cost)",
+    ("any", "unchecked"): "cost cannot be checked",
     ("no_lens", "grew"): "the cost of calls outside any lens grew by more than {pct}%",
     ("total", "grew"): "the total cost grew by more than {pct}%",
 }
@@ -693,7 +693,8 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.base}: its run stopped early: pytest exit status {stopped} ({_STOPPED[stopped]}) "
             "(--require-base); the base branch's test run measured only what it reached: see that step's log"
         )
-    diff = diff_reports(base, load_report(args.head), base_path=args.base, head_path=args.head)
+    head = load_report(args.head)
+    diff = diff_reports(base, head, base_path=args.base, head_path=args.head)
     diff["lens_count"] = len(diff["lenses"])
     if args.only_changed:
         diff["only_changed"] = True
@@ -701,6 +702,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.fail_on_increase is not None:
         diff["fail_on_increase"] = args.fail_on_increase
         diff["increases"] = [] if stopped in _STOPPED else increases(diff, args.fail_on_increase)
+        if (cut := head.get("exit_status")) in _STOPPED:  # every lens reads as removed: fail closed
+            m = diff["total"]["metrics"]["cost_usd"]
+            why = f"head: its run stopped early: pytest exit status {cut} ({_STOPPED[cut]})"
+            diff["increases"] = [i for i in diff["increases"] if i["scope"] != "total"]
+            diff["increases"].append(
+                {"scope": "total", "lens": None, "reason": "unchecked", "metric": "cost_usd",
+                 "base": m["base"], "head": m["head"], "pct": m["pct"], "cost_gaps": why}
+            )  # fmt: skip
         if stopped in _STOPPED:
             diff["flags"].append(
                 f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a lens "
