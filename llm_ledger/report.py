@@ -22,7 +22,7 @@ from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggrega
 from .analysis._diff import diff_reports, load_report
 from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
-from .analysis._read import InputStats, LogReader, refuse_reports
+from .analysis._read import InputStats, LogReader
 from .analysis._render import FORMATS, render
 from .analysis._usage import NO_LENS, UsageRow, usage_row
 
@@ -63,12 +63,11 @@ def summarise(
     ``by``: a dimension name, ``"lens,model"``, or a list of names. ``where``: dimension -> the
     value (or values) to keep, compared as text. ``since`` (inclusive) and ``until`` (exclusive):
     ISO dates or date-times, dates or datetimes; without a time zone, UTC. A pytest ``--llm-report``
-    file among ``paths`` is refused (read it with :func:`load_report`); one in a directory is not.
+    file among the files ``paths`` name (a glob's matches, a directory's) is refused, as by
+    ``llm-ledger report`` (read it with :func:`load_report`).
     """
     query = make_query(by, where, since, until)
-    names = [os.fspath(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
-    refuse_reports(names)  # the files named, not a directory's: the cost API reads a whole log_dir
-    return aggregate(LogReader(names), query)
+    return aggregate(LogReader([paths] if isinstance(paths, str | os.PathLike) else paths), query)
 
 
 def summarise_records(

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, Self
 
+import yaml
+
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
 from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, text_table, usage_row
@@ -607,12 +609,13 @@ def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
         ]
         if all(t.cost_complete for t in totals):  # an unknown cost would only breach a cost limit
             limits.append(f"max_cost_usd: {_rounded_up(max(t.cost for t in totals))}")
-        name = key if _PLAIN_KEY.fullmatch(key) else json.dumps(key)
+        # quoted unless YAML reads it unquoted as itself (not `yes`, `on` or `null`: true, true, none)
+        name = key if _PLAIN_KEY.fullmatch(key) and yaml.safe_load(key) == key else json.dumps(key)
         lines.append(f"  {name}: {{{', '.join(limits)}}}")
     return "\n".join(lines)
 
 
-_PLAIN_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # a lens key YAML reads unquoted as itself
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # a lens key plain YAML may read as itself
 
 
 def _rounded_up(usd: Decimal) -> str:
@@ -621,6 +624,20 @@ def _rounded_up(usd: Decimal) -> str:
         return "0"
     step = Decimal(1).scaleb(usd.adjusted() - 1)
     return f"{(usd / step).to_integral_value(ROUND_CEILING) * step:f}"
+
+
+def applied(ledger: SessionLedger, budgets: Budgets) -> bool:
+    """Whether a limit of ``budgets`` applied to the session: the total's, a test's that ran, or the
+    limits of a lens that ran (its own entry's, else the default's)."""
+
+    def caps(limits: Limits | None) -> bool:
+        return limits is not None and bool(limits.items())
+
+    return (
+        caps(budgets.total)
+        or any(caps(limits) for test, limits in budgets.tests.items() if test in ledger.tests)
+        or any(caps(budgets.for_lens(key)) for key in {key for key, _, _ in ledger.lens_runs})
+    )
 
 
 def sets_limits(budgets: Budgets) -> bool:

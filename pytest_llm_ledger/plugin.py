@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
+import itertools
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ from ._report import (
     Breach,
     SessionLedger,
     Totals,
+    applied,
     notices,
     render_breaches,
     render_lens_table,
@@ -474,6 +476,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
     if not state.is_worker:
+        _refuse_paths_taken_for_tests(config)
         _report_path(config)  # a path that cannot be written fails now, not after the whole run
     if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
         # replay needs no key, nor does recording against a compatible server, but the SDK refuses
@@ -837,6 +840,33 @@ def _report_path(config: pytest.Config) -> Path | None:
     return path
 
 
+# the options that take a path: pytest picks the rootdir and ini file before it knows any plugin's
+# option, counting an existing path given after one (not after "=") among the test paths
+_PATH_OPTIONS: Final = ("--llm-report", "--llm-baseline", "--llm-budget-file", "--llm-cassette-dir")
+
+
+def _refuse_paths_taken_for_tests(config: pytest.Config) -> None:
+    """A usage error for ``--llm-baseline ../base.json`` (a space, not ``=``) naming an existing path
+    outside the project: pytest chose the rootdir and ini file from it, so the run would take another
+    directory's settings, test ids and cassette names (every cassette a miss)."""
+    if config.option.rootdir:  # given: no path chooses it
+        return
+    here = config.invocation_params.dir.resolve()
+    project = config.inipath.parent.resolve() if config.inipath else here
+    args = [str(arg) for arg in config.invocation_params.args]
+    for flag, value in itertools.pairwise(args):
+        path = Path(here, value).resolve()
+        if flag not in _PATH_OPTIONS or not path.exists() or path.is_relative_to(here):
+            continue
+        if here.is_relative_to(project) and path.is_relative_to(project):
+            continue  # in the project whose ini was found: it chose that ini, as the tests' paths do
+        raise pytest.UsageError(
+            f"llm-ledger: {flag} {value}: pytest also took {value} for a test path when it chose the "
+            f"rootdir ({config.rootpath}) and the ini file, before it knew {flag}, so this run would take "
+            f"that directory's settings, test ids and cassette names; write {flag}={value}"
+        )
+
+
 def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list[str]:
     """Cassettes no collected test owns (a test renamed or deleted), named only by a run that
     collected the whole suite; ``llm-ledger cassettes`` finds them for any selection."""
@@ -909,8 +939,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(line)
         tr.write_line(f"limits from {budget_file}")
     elif state.budgets is not None and sets_limits(state.budgets):
-        checked = " that ran" if state.unchecked_budgets else ""
-        tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
+        if not applied(ledger, state.budgets):  # not "every budget was met": none was checked
+            tr.write_line(
+                f"llm-ledger: no limit in {budget_file} applied to this run (no lens, test or total it "
+                "limits ran), so --llm-budget checked nothing"
+            )
+        else:
+            checked = " that ran" if state.unchecked_budgets else ""
+            tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
     for notice in state.notices:
         tr.write_line(notice, red=state.strict)
     if state.strict and state.notices:

@@ -116,6 +116,31 @@ def test_record_fields_and_dotted_paths_are_dimensions(tmp_path: Path) -> None:
     assert by_address == {"api.openai.com": 1, None: 1}
 
 
+def test_by_status_a_lens_run_counts_as_error_when_a_call_failed_else_ok(tmp_path: Path) -> None:
+    """--by status: a lens run counts under `error` when any of its calls failed, else under `ok` (it
+    was a `(none)` row of every lens run with no calls); `--where status=error` keeps the failed runs,
+    and the runs still add up to the total. Other call fields (operation) have no value for a run."""
+    failed = [call(), call(status="error", prompt=None, completion=None, cost=None)]
+    fine = [call(lens="tags")]
+    cut = [call(lens="stream", status="interrupted", prompt=None, completion=None, cost=None)]
+    runs = [lens_run(failed), lens_run(fine), lens_run(cut)]
+    path = write(tmp_path / "log.jsonl", [*failed, *fine, *cut, *runs])
+    rows = keyed(summarise(path, by="status"))
+    assert {status: (row.lens_runs, row.calls) for status, row in rows.items()} == {
+        "ok": (2, 2),
+        "error": (1, 1),
+        "interrupted": (0, 1),
+    }
+    errors = summarise(path, by="lens", where={"status": "error"})
+    assert [(row.key["lens"], row.lens_runs, row.calls) for row in errors.rows] == [("default_summary", 1, 1)]
+    from_runs = summarise_records(runs[:2], by="status", from_summaries=True)
+    assert {row.key["status"]: (row.lens_runs, row.calls) for row in from_runs.rows} == {
+        "error": (1, 2),
+        "ok": (1, 1),
+    }
+    assert keyed(summarise(path, by="operation"))[None].lens_runs == 3
+
+
 def test_where_keeps_matching_records_and_repeated_keys_mean_any(log: Path) -> None:
     """where: several values of one key are alternatives; several keys must all match."""
     assert summarise(log, by="user_id", where={"user_id": "alice"}).total.calls == 2

@@ -15,6 +15,7 @@ from llm_ledger import ConfigError
 from llm_ledger._cli import main
 from llm_ledger._records import CALL_EVENT
 from llm_ledger.analysis import iter_records
+from llm_ledger.analysis._http import handle
 from llm_ledger.report import summarise
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
@@ -110,19 +111,30 @@ def test_a_file_named_twice_is_read_once(
             assert len(twice["inputs"]) == 1
 
 
-def test_summarise_refuses_a_pytest_report_it_is_given_but_reads_a_directory_beside_one(
-    log: tuple[Path, list[dict[str, Any]]], report: Path, tmp_path: Path
+def test_summarise_refuses_a_pytest_report_wherever_the_cli_does(
+    log: tuple[Path, list[dict[str, Any]]], report: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The Python API says what the CLI says: a --llm-report file passed to summarise() is an error
-    naming `diff` and `reprice`, not a report of malformed lines; a log directory that also holds one
-    is still read, as `serve` reads it (its lines count as malformed there)."""
+    """The Python API says what the CLI says: a --llm-report file given to summarise() or iter_records(),
+    matched by a glob, or named *.jsonl in a log directory, is an error naming `diff` and `reprice`, as
+    `llm-ledger report` refuses it (the glob and the directory read as a report of malformed lines). The
+    cost API still answers over a directory holding one, counting its lines as malformed."""
     path, calls = log
-    for paths in (report, str(report), [path, report]):
+    beside = tmp_path / "ci-report.jsonl"
+    for paths in (report, str(report), [path, report], str(tmp_path / "*.json")):
         with pytest.raises(ConfigError, match="a pytest --llm-report file, not a log") as refused:
             summarise(paths)
         assert str(report) in str(refused.value) and "llm-ledger diff" in str(refused.value)
-    (tmp_path / "ci-report.jsonl").write_bytes(report.read_bytes())  # even one the directory lists
-    assert summarise(tmp_path).total.calls == len(calls)
+    beside.write_bytes(report.read_bytes())
+    for paths in (tmp_path, str(tmp_path / "*.jsonl")):
+        with pytest.raises(ConfigError, match=f"{beside}: a pytest --llm-report file, not a log"):
+            summarise(paths)
+        with pytest.raises(ConfigError, match=f"{beside}: a pytest --llm-report file, not a log"):
+            list(iter_records([paths]))
+        assert main(["report", str(paths)]) == 2
+        assert f"{beside}: a pytest --llm-report file, not a log" in capsys.readouterr().err
+    status, body = handle(tmp_path, "GET", "/costs", "")
+    answer = json.loads(body)
+    assert status == 200 and answer["calls"] == len(calls) and answer["malformed_lines"] > 0
 
 
 @pytest.mark.parametrize(
@@ -165,3 +177,22 @@ def test_a_report_missing_a_figure_its_version_always_has_is_refused_naming_it(
     assert captured.out == ""
     assert captured.err.startswith(f"llm-ledger {command}: error: {edited}: {place}.{field}: missing")
     assert len(captured.err.splitlines()) == 1
+
+
+def test_a_log_given_to_diff_is_refused_naming_the_command_that_reads_it(
+    log: tuple[Path, list[dict[str, Any]]], report: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The mirror of a report given to `report`: `llm-ledger diff logs/llm_calls.jsonl head.json` said
+    "not JSON (Extra data: line 2 ...)" (a one-line log: "not an llm-ledger report"), naming neither
+    what the file is nor what reads it. It names `llm-ledger report` and how to write a report."""
+    path, _ = log
+    one_line = tmp_path / "one.jsonl"
+    one_line.write_text(path.read_text().splitlines()[0] + "\n")
+    for given in (path, one_line):
+        assert main(["diff", str(given), str(report)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith(
+            f"llm-ledger diff: error: {given}: a log of calls, not a pytest --llm-report file; "
+            f"summarise it with `llm-ledger report {given}`; write a report with `pytest --llm-report=PATH`"
+        )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llm_ledger._cli import main as cli_main
-from tests.test_diff_fail_on_increase import lens, report
+from tests.test_diff_fail_on_increase import lens, report, unlensed
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -102,3 +102,48 @@ def test_a_diff_that_fits_leaves_nothing_out(tmp_path: Path, capsys: pytest.Capt
     out = capsys.readouterr().out
     assert len(re.findall(r"^### `lens-", out, flags=re.MULTILINE)) == 20
     assert "leaves out" not in out
+
+
+def test_warnings_naming_very_long_lens_keys_and_test_ids_still_fit_in_one_comment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The warnings at the top, which are always kept, name lenses and tests: one lens key of 70,000
+    characters with no known cost (a key built from an application's input) made the comment longer
+    than GitHub takes. Each name there is cut, with an ellipsis; the JSON keeps it whole."""
+    long_lens, long_test = "k" * 70_000, "tests/test_x.py::test_x[" + "p" * 70_000 + "]"
+    head = report({long_lens: lens(1, 0.001, cost_complete=False)})
+    head["failed_tests"] = [long_test]
+    paths = str(tmp_path / "base.json"), str(tmp_path / "head.json")
+    Path(paths[0]).write_text(json.dumps(report({})))
+    Path(paths[1]).write_text(json.dumps(head))
+
+    assert cli_main(["diff", *paths]) == 0
+    out = capsys.readouterr().out
+
+    assert len(out) < GITHUB_COMMENT_LIMIT
+    warnings = [line for line in out.splitlines() if line.startswith("> **Warning:**")]
+    assert len(warnings) == 2 and all(len(line) < 1_000 for line in warnings)
+    assert "`" + "k" * 100 in warnings[1] and "…`" in warnings[1]
+    assert json.loads(_json(*paths, capsys))["lenses"].keys() == {long_lens}
+
+
+def test_the_note_of_what_was_left_out_counts_lenses_not_the_no_lens_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three lenses and calls outside any lens, one lens key too long for a comment: the note counted
+    the `(no lens)` row as a fourth lens ("4 of 4 lenses from the table"); it names that row apart."""
+    names = ["k" * 70_000, "summary", "tags"]
+    base = report({name: lens(1, 0.001) for name in names}, [unlensed(1, 0.0005)])
+    head = report({name: lens(1, 0.002) for name in names}, [unlensed(1, 0.0005)])
+    paths = str(tmp_path / "base.json"), str(tmp_path / "head.json")
+    for path, data in zip(paths, (base, head), strict=True):
+        Path(path).write_text(json.dumps(data))
+
+    assert cli_main(["diff", *paths]) == 0
+    out = capsys.readouterr().out
+
+    assert len(out) < GITHUB_COMMENT_LIMIT
+    assert (
+        "this leaves out 3 of 3 lenses from the table, the (no lens) row of the table and the details of 3 "
+        "of 3 lenses"
+    ) in out

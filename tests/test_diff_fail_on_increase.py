@@ -161,6 +161,45 @@ def test_a_lens_whose_cost_became_unknown_fails_and_shows_with_only_changed(diff
     assert "in `local` (head: no known price for model 'acme-7b' (1 call))" in err
 
 
+def test_a_lens_whose_base_cost_was_unknown_cannot_be_checked_not_grown_from_nothing(diff: Any) -> None:
+    """The base counted a call to a model with no known price as $0 and the head prices it (a price
+    file added): --fail-on-increase said the cost grew "from nothing", though the base's cost was
+    unknown, not nothing. It fails closed as cannot be checked, naming the base's model; a head
+    cheaper than even the base's known part is a decrease."""
+    gap = {"lens": "local", "model": "acme-7b", "calls": 1, "prompt_tokens": 8, "completion_tokens": 2}
+    base = report(
+        {"local": lens(1, 0.0, cost_complete=False), "cheaper": lens(1, 0.0003, cost_complete=False)},
+        [{**gap, "cost_usd": 0.0, "uncosted_calls": 1, "no_usage_calls": 0}],
+    )
+    head = report({"local": lens(1, 0.0002), "cheaper": lens(1, 0.0001)})
+
+    status, out, err = diff(base, head, "--fail-on-increase", "25", "--format", "json")
+
+    assert status == 1
+    increases = json.loads(out)["increases"]
+    assert [(i["lens"], i["reason"]) for i in increases if i["scope"] == "lens"] == [("local", "unchecked")]
+    assert increases[0]["cost_gaps"] == "base: no known price for model 'acme-7b' (1 call)"
+    assert "from nothing" not in err
+    assert "in `local` (base: no known price for model 'acme-7b' (1 call))" in err
+
+
+def test_a_lens_whose_base_calls_failed_cannot_be_checked_not_grown(diff: Any) -> None:
+    """The base's calls of a lens missed their cassette (no answer: no tokens, no cost) and the head's
+    were answered (the pull request re-recorded it): --fail-on-increase said its cost grew, measured
+    from calls that never got an answer. It fails closed as cannot be checked, saying why."""
+    base = report({"summary": lens(1, 0.0001, calls=2, errors=1, tests_with_failed_calls=["t.py::t"])})
+    head = report({"summary": lens(1, 0.0002, calls=2)})
+
+    status, out, err = diff(base, head, "--fail-on-increase", "25", "--format", "json")
+
+    assert status == 1
+    (increase,) = json.loads(out)["increases"][:1]
+    assert (increase["lens"], increase["reason"]) == ("summary", "unchecked")
+    why = "base: 1 failed call(s) (cassette misses or API errors), which count no cost"
+    assert increase["cost_gaps"] == why
+    assert "grew by more than" not in err.split("cannot be checked")[0]
+
+
 def test_increases_are_structured_in_the_json(diff: Any) -> None:
     """--format json lists each increase with its scope, lens, reason, metric and figures, for tools
     that gate or annotate on them without parsing text."""

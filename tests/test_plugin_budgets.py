@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import llm_ledger  # noqa: F401
 from llm_ledger import BudgetError, Limits, parse_budgets
 from llm_ledger.testing import FakeOpenAI
-from pytest_llm_ledger._report import SessionLedger, Totals
+from pytest_llm_ledger._report import SessionLedger, Totals, notices
 from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
@@ -28,6 +28,7 @@ from tests.plugin_helpers import (
     with_key_fixture,
     write_project,
 )
+from tests.report_helpers import call, lens_run
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -581,15 +582,18 @@ def test_the_total_worst_test_is_the_same_whichever_worker_reports_first(order: 
 
 
 def test_a_misspelt_lens_key_is_named(recorded: pytest.Pytester) -> None:
-    """A lens budget whose key never ran is a notice with the closest key that did run."""
+    """A lens budget whose key never ran is a notice with the closest key that did run; when no limit
+    applied at all, the run does not say every budget was met (it said so of none)."""
     budgets(recorded, "lenses:\n  summry: {max_api_calls: 1}\n")
 
     result = run(recorded, "--llm-budget")
 
     assert result.ret == 0
+    assert "was met" not in result.stdout.str()
     result.stdout.fnmatch_lines(
         [
-            "llm-ledger: every budget in budgets.yaml that ran was met",
+            "llm-ledger: no limit in budgets.yaml applied to this run (no lens, test or total it limits "
+            "ran), so --llm-budget checked nothing",
             "llm-ledger: no run of 1 lens(es) with a budget, not checked: 'summry' (did you mean "
             "'summary'?); lens keys that ran: digest, summary",
         ]
@@ -696,6 +700,23 @@ def test_a_lens_with_no_budget_is_named_with_the_yaml_to_add(recorded: pytest.Py
     assert run(recorded, "--llm-budget", "--llm-strict").ret == pytest.ExitCode.OK
 
 
+def test_the_yaml_shown_for_an_unbudgeted_lens_reads_back_as_that_lens_whatever_its_key() -> None:
+    """The lines shown under "add under lenses" are pasted into budgets.yaml: a key YAML reads as
+    something else unquoted (`yes`, `on`, `null` read as true and none, refused by the loader) is
+    quoted, so each line budgets the lens it names."""
+    keys = ["summary", "yes", "On", "null", "off", "a: b", "#tag", "tags|v2 `x`", "1e3"]
+    ledger = SessionLedger()
+    for key in keys:
+        calls = [call(lens=key)]
+        ledger.add_call("tests/test_x.py::test_x", calls[0])
+        ledger.add_lens("tests/test_x.py::test_x", lens_run(calls))
+
+    shown, _ = notices(ledger, parse_budgets("total: {max_api_calls: 100}", source="budgets.yaml"))
+
+    lines = [line for line in shown[-1].splitlines() if line.startswith("  ")]
+    assert set(parse_budgets("lenses:\n" + "\n".join(lines), source="budgets.yaml").lenses) == set(keys)
+
+
 def test_a_default_budget_covers_every_lens(recorded: pytest.Pytester) -> None:
     """With a default, no lens is unbudgeted; a lens listed with no limit ({}) is deliberately unlimited."""
     budgets(recorded, "lenses:\n  summary: {}\ndefault: {max_api_calls: 1}\n")
@@ -704,3 +725,4 @@ def test_a_default_budget_covers_every_lens(recorded: pytest.Pytester) -> None:
 
     assert result.ret == pytest.ExitCode.OK
     assert "no budget" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])

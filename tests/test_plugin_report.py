@@ -191,7 +191,7 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
     ("content", "message"),
     [
         ("{", "not JSON"),
-        ('{"schema": "other"}', "not an llm-ledger report"),
+        ('{"schema": "other"}', "not an llm-ledger report (no \"schema\": 'llm-ledger-report'); write one"),
         ('{"schema": "llm-ledger-report", "version": 9, "lenses": {}, "total": {}}', "report version 9"),
         (json.dumps(report({"s": {"cost_usd": float("nan")}}, {})), "not JSON (NaN is not a number JSON"),
         (json.dumps(report({}, {"cost_usd": float("inf")})), "not JSON (Infinity is not a number JSON"),
@@ -305,6 +305,24 @@ def test_baseline_diff_warnings_name_the_baseline_file_and_this_run(recorded: py
         ]
     )
     assert "(head)" not in result.stdout.str()
+
+
+def test_a_report_path_after_a_space_outside_the_project_is_refused_naming_the_equals_form(
+    recorded: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`pytest --llm-baseline ../base.json` (a space, not `=`): pytest picks the rootdir and ini file
+    before it knows any plugin's options, and an existing path given that way counts as a test path
+    there, so the run used another directory's settings (the ini's llm_budget and llm_strict lost), test
+    ids and cassette names. It is a usage error naming the `=` form, which runs as asked."""
+    saved = tmp_path_factory.mktemp("elsewhere") / "base.json"
+    assert run(recorded, f"--llm-report={saved}").ret == 0
+    for option in ("--llm-baseline", "--llm-report"):
+        result = run(recorded, option, str(saved))
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+        assert f"write {option}={saved}" in result.stderr.str()
+    result = run(recorded, f"--llm-baseline={saved}")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([f"rootdir: {recorded.path}"])
 
 
 def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:

@@ -136,8 +136,7 @@ def test_fail_on_increase_fails_closed_on_a_lens_whose_cost_became_unknown(
         f"- Total: cost cannot be checked: {why}",
     ]
     assert err.splitlines()[-1] == (
-        "llm-ledger diff: cost cannot be checked (the head leaves out calls with no known cost) in "
-        f"`summary` ({why}), the total ({why})"
+        f"llm-ledger diff: cost cannot be checked in `summary` ({why}), the total ({why})"
     )
     # a lens that stays on that model compares like with like: it does not fail every later pull request
     assert diff(capsys, head, head, "--fail-on-increase", "25")[0] == 0
@@ -260,6 +259,51 @@ def test_a_run_stopped_by_a_collection_error_is_flagged_not_read_as_every_lens_r
     )
     assert f"> **Warning:** {flag}" in out
     assert f"llm-ledger diff: warning: {flag}" in err
+
+
+def test_fail_on_increase_fails_closed_on_a_head_run_stopped_early(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head run that a collection error stopped measured nothing: every lens read as removed, a
+    decrease, and --fail-on-increase passed (a job that runs the diff apart from the tests went
+    green). The total cannot be checked: exit 1, naming the run's exit status."""
+    base = project.report("base.json")
+    (project.pytester.path / "tests" / "test_broken.py").write_text("def test_x(:\n")
+    head = project.report("head.json", record=False)
+
+    status, out, err = diff(capsys, base, head, "--fail-on-increase", "25", "--format", "json")
+
+    assert status == 1
+    (increase,) = json.loads(out)["increases"]
+    assert (increase["scope"], increase["reason"]) == ("total", "unchecked")
+    why = "head: its run stopped early: pytest exit status 2 (interrupted: a collection error, or Ctrl-C)"
+    assert increase["cost_gaps"] == why
+    assert f"llm-ledger diff: cost cannot be checked in the total ({why})" in err
+
+
+def test_a_base_run_stopped_early_is_compared_as_no_base_not_as_every_lens_new(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base branch whose run a collection error stopped measured no lens: --fail-on-increase failed
+    every pull request on "new lens(es) that cost money". It compares nothing, as with no base report,
+    and says why; with --require-base the job fails, naming the base run's exit status."""
+    (project.pytester.path / "tests" / "test_broken.py").write_text("def test_x(:\n")
+    base = project.report("base.json", record=False)
+    (project.pytester.path / "tests" / "test_broken.py").unlink()
+    head = project.report("head.json")
+
+    status, out, err = diff(capsys, base, head, "--fail-on-increase", "25")
+
+    assert status == 0, err
+    assert "new lens(es) that cost money" not in out + err
+    flag = (
+        f"the base run ({base}) stopped early, so --fail-on-increase compared nothing: a lens it never "
+        "reached would read as new"
+    )
+    assert flag in out and f"llm-ledger diff: warning: {flag}" in err
+    status, out, err = diff(capsys, base, head, "--fail-on-increase", "25", "--require-base")
+    assert (status, out) == (2, "")
+    assert f"llm-ledger diff: error: {base}: its run stopped early: pytest exit status 2" in err
 
 
 def test_reports_priced_with_different_price_data_are_flagged(

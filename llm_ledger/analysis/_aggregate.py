@@ -27,7 +27,7 @@ _WHERE_EXAMPLE: Final = "e.g. user_id=alice or model=gpt-4o-mini"
 _BY_EXAMPLE: Final = "e.g. user_id, or lens,model for several"
 _LEDGER_STAMP: Final = len("2025-11-24T16:00:00.000Z")
 _ZERO: Final = Decimal(0)
-_BUILT_IN: Final = frozenset({"lens", "model", *TIME_DIMENSIONS})
+_BUILT_IN: Final = frozenset({"lens", "model", "status", *TIME_DIMENSIONS})  # status: a lens run has one too
 
 
 def _check_known(query: Query, present: set[str]) -> None:
@@ -298,6 +298,9 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
         return [context[name]]
     if name in record:
         return [record[name]]
+    if name == "status" and lens_run:  # a run's summary has no status: its own is whether a call failed
+        errors = _dict(record.get("summary")).get("errors")
+        return ["error" if type(errors) is int and errors > 0 else "ok"]
     value: Any = record  # a dotted path (server.address), else None
     for part in name.split("."):
         value = value.get(part) if type(value) is dict else None

@@ -12,7 +12,7 @@ from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
 from .._cli import add_command
 from .._records import LENS_EVENT, AnomalyRecord
 from .._table import text_table
-from ._read import LogReader, refuse_reports, warn_unread
+from ._read import LogReader, warn_unread
 from ._render import strict_json, usd
 
 __all__ = ["register", "render", "replay", "run"]
@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
         window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
     )
     reader = LogReader(args.inputs, events=(LENS_EVENT,))
-    refuse_reports(reader.names)
     sys.stdout.write(render(replay(reader, config), args.fmt))
     warn_unread("anomalies", reader.stats)
     return 0

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from .._cli import add_command
 from .._errors import ConfigError
+from .._records import CALL_EVENT, LENS_EVENT
 from .._table import markdown_table, one_line, text_table
 from ..loading import join, listed, printable, read_file, shown
 from ._read import strict_loads
@@ -76,18 +77,20 @@ MAX_REPORT_BYTES: Final = 64 << 20
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read and check an llm-ledger report; :class:`ConfigError` says what is wrong with it."""
     name = str(path)
-    hint = f"; write one with `pytest --llm-report {name}`"
+    hint = f"; write one with `pytest --llm-report={name}`"
     raw = read_file(name, ConfigError, "report", hint=hint, max_bytes=MAX_REPORT_BYTES, streams=True)
     try:
         data = strict_loads(raw)
     except RecursionError:
         raise ConfigError(f"{name}: nested too deeply to be an llm-ledger report") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        _refuse_log(name, raw)
         raise ConfigError(
             f"{name}: not JSON ({exc}); expected a file written by pytest --llm-report"
         ) from None
     if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
-        raise ConfigError(f'{name}: not an llm-ledger report (no "schema": {REPORT_SCHEMA!r})')
+        _refuse_log(name, raw)
+        raise ConfigError(f'{name}: not an llm-ledger report (no "schema": {REPORT_SCHEMA!r}){hint}')
     if data.get("version") not in SUPPORTED_VERSIONS:
         raise ConfigError(
             f"{name}: report version {shown(data.get('version'))} is not supported; this llm-ledger reads "
@@ -134,6 +137,20 @@ def load_report(path: str | Path) -> dict[str, Any]:
                 "(it would read as 0); write the report again with `pytest --llm-report`"
             )
     return data
+
+
+def _refuse_log(name: str, raw: str | bytes) -> None:
+    """:class:`ConfigError` naming `llm-ledger report` when ``raw`` starts with a ledger record: a log
+    of calls given where a report was expected."""
+    try:
+        first = strict_loads(raw.splitlines()[0]) if raw.strip() else None
+    except (ValueError, RecursionError):
+        return
+    if isinstance(first, dict) and first.get("event") in (CALL_EVENT, LENS_EVENT):
+        raise ConfigError(
+            f"{name}: a log of calls, not a pytest --llm-report file; summarise it with "
+            f"`llm-ledger report {name}`; write a report with `pytest --llm-report=PATH`"
+        )
 
 
 def _test_ids(name: str, where: str, tests: Any) -> None:
@@ -262,6 +279,15 @@ def _code(text: str) -> str:
     return f"{fence} {text} {fence}"
 
 
+# how much of a lens key or test id a warning shows: the warnings are always kept, whole, in a comment
+_NAME_CHARS: Final = 200
+
+
+def _named(name: str) -> str:
+    """``name`` as a warning names it: a code span, cut with an ellipsis when long (the JSON has it whole)."""
+    return _code(name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…")
+
+
 # pytest's exit statuses of a run that stopped before running every test it was asked to
 _STOPPED: Final = {
     2: "interrupted: a collection error, or Ctrl-C",
@@ -282,7 +308,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
         )
     failed = report.get("failed_tests", [])
     if failed:
-        names = listed([_code(t) for t in failed])
+        names = listed([_named(t) for t in failed])
         out.append(
             f"the {name} report ({path}) has {len(failed)} failed test(s): {names}; its numbers leave out "
             "what those tests did not get to do"
@@ -293,7 +319,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
             f"errors): {_NO_ANSWER}"
         )
-    unpriced = [_code(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
+    unpriced = [_named(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
         where = f" in {len(unpriced)} lens(es): {listed(unpriced)}" if unpriced else ""
         out.append(
@@ -329,7 +355,7 @@ def diff_reports(
             "and price file"
         )
     ran = _calling(head) | set(head.get("failed_tests", ()))
-    if idle := [_code(t) for t in sorted(_calling(base) - ran)]:
+    if idle := [_named(t) for t in sorted(_calling(base) - ran)]:
         flags.append(
             f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
             f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
@@ -361,7 +387,7 @@ def diff_reports(
 _GROUPS: Final = {
     ("lens", "grew"): "cost per run grew by more than {pct}%",
     ("lens", "new"): "new lens(es) that cost money (an increase from nothing)",
-    ("any", "unchecked"): "cost cannot be checked (the head leaves out calls with no known cost)",
+    ("any", "unchecked"): "cost cannot be checked",
     ("no_lens", "grew"): "the cost of calls outside any lens grew by more than {pct}%",
     ("total", "grew"): "the total cost grew by more than {pct}%",
 }
@@ -383,17 +409,24 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         m, gaps = row["metrics"][metric], row["cost_gaps"]
         if m["head"] is None:  # removed: a decrease
             continue
+        failed = row["failed_calls"]
+        why = None  # why it cannot be checked: a side's cost leaves out calls the other's does not
         if "head" in gaps and gaps["head"] != gaps.get("base"):
-            reason = "unchecked"
+            reason, why = "unchecked", f"head: {gaps['head']}"
         elif m["base"] is None:
             if not m["head"]:
                 continue
             reason = "new" if scope == "lens" else "grew"
         elif not m["delta"] or m["delta"] < 0 or (m["pct"] is not None and m["pct"] <= pct):
-            continue
+            continue  # a head below even the known part of the base's cost is a decrease
+        elif "base" in gaps and "head" not in gaps:  # grown from a base cost that was only a lower bound
+            reason, why = "unchecked", f"base: {gaps['base']}"
+        elif "base" in failed and "head" not in failed:  # the same: its failed calls counted no cost
+            count = "some" if failed["base"] is None else failed["base"]
+            reason = "unchecked"
+            why = f"base: {count} failed call(s) (cassette misses or API errors), which count no cost"
         else:
             reason = "grew"
-        why = f"head: {gaps['head']}" if reason == "unchecked" else None
         out.append(
             {"scope": scope, "lens": name, "reason": reason, "metric": metric, "base": m["base"],
              "head": m["head"], "pct": m["pct"], "cost_gaps": why}
@@ -596,7 +629,11 @@ def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bo
 
     whole: Counter[str] = Counter()
     left: Counter[str] = Counter()
-    for (part, _), keep in zip(blocks, kept, strict=True):
+    rows = [i for i, (part, _) in enumerate(blocks) if part == "table"]
+    no_lens_row = rows[-1] if diff.get("no_lens") and rows else None  # the table's last row: not a lens
+    for i, ((part, _), keep) in enumerate(zip(blocks, kept, strict=True)):
+        if i == no_lens_row:
+            continue
         part = "increases" if "increases" in part else part  # "kept increases" are in the list too
         whole[part] += 1
         left[part] += not keep
@@ -605,6 +642,8 @@ def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bo
         what.append(f"{left['increases']} of {whole['increases']} items of the list of increases")
     if left["table"]:
         what.append(f"{left['table']} of {whole['table']} lenses from the table")
+    if no_lens_row is not None and not kept[no_lens_row]:
+        what.append(f"the {NO_LENS_ROW} row of the table")
     if left["lens details"]:
         what.append(f"the details of {left['lens details']} of {whole['lens details']} lenses")
     reports = diff.get("reports", {"base": "BASE.json", "head": "HEAD.json"})
@@ -647,14 +686,35 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
             "that step's log"
         )
-    diff = diff_reports(base, load_report(args.head), base_path=args.base, head_path=args.head)
+    # a base run that stopped early never reached some lenses: they would read as new, and fail
+    stopped = None if base is None else base.get("exit_status")
+    if stopped in _STOPPED and args.require_base:
+        raise ConfigError(
+            f"{args.base}: its run stopped early: pytest exit status {stopped} ({_STOPPED[stopped]}) "
+            "(--require-base); the base branch's test run measured only what it reached: see that step's log"
+        )
+    head = load_report(args.head)
+    diff = diff_reports(base, head, base_path=args.base, head_path=args.head)
     diff["lens_count"] = len(diff["lenses"])
     if args.only_changed:
         diff["only_changed"] = True
         diff["lenses"] = {n: r for n, r in diff["lenses"].items() if r["status"] != "unchanged"}
     if args.fail_on_increase is not None:
         diff["fail_on_increase"] = args.fail_on_increase
-        diff["increases"] = increases(diff, args.fail_on_increase)
+        diff["increases"] = [] if stopped in _STOPPED else increases(diff, args.fail_on_increase)
+        if (cut := head.get("exit_status")) in _STOPPED:  # every lens reads as removed: fail closed
+            m = diff["total"]["metrics"]["cost_usd"]
+            why = f"head: its run stopped early: pytest exit status {cut} ({_STOPPED[cut]})"
+            diff["increases"] = [i for i in diff["increases"] if i["scope"] != "total"]
+            diff["increases"].append(
+                {"scope": "total", "lens": None, "reason": "unchecked", "metric": "cost_usd",
+                 "base": m["base"], "head": m["head"], "pct": m["pct"], "cost_gaps": why}
+            )  # fmt: skip
+        if stopped in _STOPPED:
+            diff["flags"].append(
+                f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a lens "
+                "it never reached would read as new (--require-base fails the job on such a base)"
+            )
     print(render(diff, args.fmt), end="")
     for flag in diff["flags"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
@@ -692,7 +752,8 @@ def register(subparsers: Any, summary: str) -> None:
     parser.add_argument(
         "--require-base",
         action="store_true",
-        help="a missing base report is an error (once the base branch writes one), not every lens new",
+        help="a missing base report, or one whose run stopped early, is an error (once the base branch "
+        "writes reports), not every lens new",
     )
     parser.add_argument(
         "--fail-on-increase",

@@ -81,7 +81,7 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
             params.get("since", [None])[0],
             params.get("until", [None])[0],
         )
-        report = aggregate(LogReader([log_dir], empty_dirs=True), query).to_json()
+        report = aggregate(LogReader([log_dir], empty_dirs=True, allow_reports=True), query).to_json()
         for stats in report["inputs"]:
             stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
         return _json(200, report)

@@ -225,7 +225,9 @@ def _loads(line: bytes) -> Any:
 class LogReader:
     """Iterate over the records whose ``event`` is one of ``events`` in some logs, in file order;
     ``stats`` says, per input, what was read and rejected (a consumer that finds a yielded record
-    unusable calls :meth:`reject`)."""
+    unusable calls :meth:`reject`). A pytest ``--llm-report`` file among the files the inputs name (a
+    glob's matches, a directory's) is a :class:`ConfigError`, unless ``allow_reports``: then its lines
+    count as malformed (the cost API answers over a whole log directory)."""
 
     def __init__(
         self,
@@ -233,10 +235,13 @@ class LogReader:
         *,
         events: Collection[str] = (CALL_EVENT, LENS_EVENT),
         empty_dirs: bool = False,
+        allow_reports: bool = False,
     ) -> None:
         self._inputs = list(inputs)
         self._empty_dirs = empty_dirs
         self.names = resolve(self._inputs, empty_dirs=empty_dirs)
+        if not allow_reports:
+            refuse_reports(self.names)
         self.events = frozenset(events)
         self.stats: list[InputStats] = []
         self._current: InputStats | None = None

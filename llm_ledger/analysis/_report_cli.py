@@ -16,7 +16,8 @@ __all__ = ["register", "run"]
 _EPILOG = f"""\
 dimensions (--by, --where): a context key (user_id, source_id, service, ...), a record field
 (status, operation), a dotted path (server.address), or one of lens, model, {", ".join(TIME_DIMENSIONS)};
-records without the value group under (none). Costs are summed exactly, in USD.
+records without the value group under (none); a lens run's status is error when one of its calls
+failed, else ok. Costs are summed exactly, in USD.
 
 examples:
   llm-ledger report logs/                                  every log in the directory, by lens
@@ -60,7 +61,6 @@ def register(subparsers: Any, summary: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     reader = _read.LogReader(args.inputs)
-    _read.refuse_reports(reader.names)
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until)
     report = aggregate(reader, query)
     sys.stdout.write(render(report, args.fmt))

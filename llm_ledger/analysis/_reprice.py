@@ -38,7 +38,7 @@ from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from .._table import markdown_table, text_table
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
-from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, refuse_reports, warn_unread
+from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
 from ._render import strict_json, usd
 from ._usage import NO_LENS, UsageRow, _epoch, recorded_count, recorded_name, usage_row
 
@@ -154,7 +154,6 @@ def read_usage(
                 )
             return "report", list(_report_usage(one)), []
     reader = LogReader(inputs, events=(CALL_EVENT,))
-    refuse_reports(reader.names)
     calls = select(reader, query) if filtered and query else reader
     return "log", [usage_row(_billed(c)) for c in calls], reader.stats
 
