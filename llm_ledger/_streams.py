@@ -224,18 +224,14 @@ class _StreamState:
 
     # -- the end ----------------------------------------------------------------------------------------
 
-    def end(self) -> None:
-        """The stream ended, or the caller stopped reading (close, collected, break after the answer).
+    def end(self, exc: BaseException | None = None) -> None:
+        """The stream ended, the caller stopped reading (close, collected, break after the answer,
+        a cancelled task, Ctrl-C), or it raised ``exc``: then ``error``.
 
         The call is ``ok`` once the answer finished (a finish_reason seen), with the usage seen so
         far: null when the caller stopped before a separate usage chunk. Before that: ``interrupted``.
         """
-        self._finish("ok" if self.finish_reason is not None else "interrupted")
-
-    def fail(self, exc: BaseException) -> None:
-        """The stream raised ``exc``: ``error``, or as ``end()`` when the caller stopped it (a
-        cancelled task, Ctrl-C)."""
-        if not interrupted(exc):
+        if exc is not None and not interrupted(exc):
             self._finish("error", exc)
         elif self.finish_reason is not None:
             self._finish("ok")
@@ -290,7 +286,7 @@ def _sdk_sync(state: _StreamState, chunks: Iterator[Any], see: Callable[[Any], b
         state.end()
         raise
     except BaseException as exc:
-        state.fail(exc)
+        state.end(exc)
         raise
     state.end()
 
@@ -311,7 +307,7 @@ async def _sdk_async(
         state.end()
         raise
     except BaseException as exc:
-        state.fail(exc)
+        state.end(exc)
         raise
     state.end()
 
@@ -369,7 +365,7 @@ def _helper_sync(state: _StreamState, events: Iterator[Any]) -> Iterator[Any]:
     try:
         yield from events
     except Exception as exc:
-        state.fail(exc)  # a no-op when the stream below raised it (recorded there)
+        state.end(exc)  # a no-op when the stream below raised it (recorded there)
         raise
 
 
@@ -378,7 +374,7 @@ async def _helper_async(state: _StreamState, events: AsyncIterator[Any]) -> Asyn
         async for event in events:
             yield event
     except Exception as exc:
-        state.fail(exc)
+        state.end(exc)
         raise
 
 
@@ -510,13 +506,13 @@ class _Body:
             try:
                 fields = orjson.loads(payload)
             except orjson.JSONDecodeError as exc:  # the SDK's parse() fails here too: as create() records it
-                self.state.fail(exc)
+                self.state.end(exc)
                 return
             if type(fields) is dict:
                 if self.state.call.operation == "responses":
                     self.state.event(fields)
                 elif fields.get("error"):  # what the SDK raises as APIError, reading this stream
-                    self.state.fail(self._api_error(fields["error"]))
+                    self.state.end(self._api_error(fields["error"]))
                 else:
                     self.state.chat_fields(fields)
 
@@ -574,7 +570,7 @@ class _SyncTap:
             body.stop()
             raise
         except BaseException as exc:
-            body.state.fail(exc)
+            body.state.end(exc)
             raise
         body.end()
 
@@ -602,7 +598,7 @@ class _AsyncTap:
             body.stop()
             raise
         except BaseException as exc:
-            body.state.fail(exc)
+            body.state.end(exc)
             raise
         body.end()
 
