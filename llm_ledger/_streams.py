@@ -166,10 +166,11 @@ class _StreamState:
         self.warm = call.ttft is not None and bool(self.id) and call.operation == "chat"
         return True
 
-    def shown_after_fault(self, chunk: Any) -> bool:
-        """Whether the caller gets a chunk the ledger failed to read: yes, unless it is the usage
-        chunk the ledger asked for on the caller's behalf (a caller reading ``choices[0]`` of
-        every chunk would fail on it)."""
+    def fault(self, chunk: Any, exc: Exception) -> bool:
+        """Report the ledger's failure to read ``chunk``; whether the caller gets it: yes, unless it
+        is the usage chunk the ledger asked for on the caller's behalf (a caller reading
+        ``choices[0]`` of every chunk would fail on it)."""
+        self.monitor._report("watching a stream", exc)
         try:
             if self.hide_usage:
                 if not chunk.choices and chunk.usage is not None:
@@ -238,6 +239,8 @@ class _StreamState:
         else:
             self._finish("interrupted", exc)
 
+    stop = end  # the caller closed the stream: as its end
+
     def _finish(self, status: Status, error: BaseException | None = None) -> None:
         call = self.call
         if call.done:
@@ -269,54 +272,57 @@ class ResponseError(Exception):
         self.code = fields.get("code")
 
 
-# -- SDK streams: the chunk iterator wrapped in place ------------------------------------------------
+# -- the shells: each item handed on as it arrives, after the watcher saw it ---------------------------
 
 
-def _sdk_sync(state: _StreamState, chunks: Iterator[Any], see: Callable[[Any], bool]) -> Iterator[Any]:
+def _watch_sync(
+    watcher: _StreamState | _Body, items: Iterator[Any], see: Callable[[Any], bool]
+) -> Iterator[Any]:
     try:
-        for chunk in chunks:
+        for item in items:
             try:
-                show = see(chunk)
-            except Exception as exc:  # a fault in the ledger: the caller still gets the chunk
-                state.monitor._report("watching a stream", exc)
-                show = state.shown_after_fault(chunk)
+                show = see(item)
+            except Exception as exc:  # a fault in the ledger: the caller still gets the item
+                show = watcher.fault(item, exc)
             if show:
-                yield chunk
+                yield item
     except GeneratorExit:
-        state.end()
+        watcher.stop()
         raise
     except BaseException as exc:
-        state.end(exc)
+        watcher.end(exc)
         raise
-    state.end()
+    watcher.end()
 
 
-async def _sdk_async(
-    state: _StreamState, chunks: AsyncIterator[Any], see: Callable[[Any], bool]
+async def _watch_async(
+    watcher: _StreamState | _Body, items: AsyncIterator[Any], see: Callable[[Any], bool]
 ) -> AsyncIterator[Any]:
     try:
-        async for chunk in chunks:
+        async for item in items:
             try:
-                show = see(chunk)
-            except Exception as exc:  # a fault in the ledger: the caller still gets the chunk
-                state.monitor._report("watching a stream", exc)
-                show = state.shown_after_fault(chunk)
+                show = see(item)
+            except Exception as exc:  # a fault in the ledger: the caller still gets the item
+                show = watcher.fault(item, exc)
             if show:
-                yield chunk
+                yield item
     except GeneratorExit:
-        state.end()
+        watcher.stop()
         raise
     except BaseException as exc:
-        state.end(exc)
+        watcher.end(exc)
         raise
-    state.end()
+    watcher.end()
+
+
+# -- SDK streams: the chunk iterator wrapped in place ------------------------------------------------
 
 
 def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async: bool) -> None:
     """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
     state = _StreamState(monitor, call)
     see = state.event if call.operation == "responses" else state.chat
-    shell: Any = (_sdk_async if is_async else _sdk_sync)(state, stream._iterator, see)
+    shell: Any = (_watch_async if is_async else _watch_sync)(state, stream._iterator, see)
     stream._iterator = shell
     stream._llm_ledger_state = state  # found there by watch_helper(), if a stream helper reads it
     # a caller stops reading by closing the HTTP response: Stream.close() does, and so do the SDK's
@@ -467,10 +473,8 @@ class _Body:
             if not self.decoders:
                 self.parts = None  # an encoding the ledger does not read: only the body's end is seen
 
-    def feed(self, raw: bytes) -> None:
-        if self.parts is None:
-            return
-        try:
+    def feed(self, raw: bytes) -> bool:
+        if self.parts is not None:
             data = raw
             for decoder in self.decoders:
                 data = _bytes(decoder.decode(data))
@@ -478,9 +482,13 @@ class _Body:
                 self._lines(data)
             else:
                 self.parts.append(data)
-        except Exception as exc:
-            self.parts = None
-            self.state.monitor._report("reading a streamed body", exc)
+        return True
+
+    def fault(self, raw: bytes, exc: Exception) -> bool:
+        """The ledger failed to read the body: it reads no more of it; the caller gets every byte."""
+        self.parts = None
+        self.state.monitor._report("reading a streamed body", exc)
+        return True
 
     def _lines(self, data: bytes) -> None:
         buffer = self.buffer
@@ -525,9 +533,12 @@ class _Body:
             message = "An error occurred during streaming"
         return openai.APIError(message, self.request, body=error)
 
-    def end(self) -> None:
-        """The whole body was read."""
+    def end(self, exc: BaseException | None = None) -> None:
+        """The whole body was read, or reading it raised ``exc``."""
         state = self.state
+        if exc is not None:
+            state.end(exc)
+            return
         if self.parts is not None:
             try:
                 rest = b""
@@ -537,20 +548,17 @@ class _Body:
                     self._lines(rest + b"\n\n")  # an event not closed by a blank line ends with the body
                 else:
                     finish_body(state.monitor, state.call, b"".join(self.parts) + rest, self.content_type)
-            except Exception as exc:
-                state.monitor._report("reading a streamed body", exc)
-        # no-ops once recorded; a body the ledger could not read ended, so it is complete
-        if self.sse and self.parts is not None:
-            state.end()
-        else:
-            state._finish("ok")
+            except Exception as fault:
+                state.monitor._report("reading a streamed body", fault)
+        self.stop("ok")  # a no-op once recorded; a body the ledger could not read ended: complete
 
-    def stop(self) -> None:
-        """The body was closed before its end."""
+    def stop(self, status: Status = "interrupted") -> None:
+        """The body was closed before its end: an event stream the ledger reads ends as its events
+        say; any other body is ``status``."""
         if self.sse and self.parts is not None:
             self.state.end()
         else:
-            self.state._finish("interrupted")
+            self.state._finish(status)
 
 
 class _SyncTap:
@@ -561,18 +569,7 @@ class _SyncTap:
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
-        body = self._body
-        try:
-            for raw in self._stream:
-                body.feed(raw)
-                yield raw
-        except GeneratorExit:
-            body.stop()
-            raise
-        except BaseException as exc:
-            body.state.end(exc)
-            raise
-        body.end()
+        return _watch_sync(self._body, self._stream, self._body.feed)
 
     def close(self) -> None:
         try:
@@ -588,19 +585,8 @@ class _AsyncTap:
         self._body = body
         self._stream = stream
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        body = self._body
-        try:
-            async for raw in self._stream:
-                body.feed(raw)
-                yield raw
-        except GeneratorExit:
-            body.stop()
-            raise
-        except BaseException as exc:
-            body.state.end(exc)
-            raise
-        body.end()
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _watch_async(self._body, self._stream, self._body.feed)
 
     async def aclose(self) -> None:
         try:
