@@ -172,10 +172,9 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
             if call.request["stream"] and raw == "true":
                 # with_raw_response: parse() is cached by the SDK and not a coroutine, even on async
                 # clients: the caller's parse() gets the stream watched here
-                _watch(monitor, call, result.parse(), is_async)
+                watch_stream(monitor, call, result.parse(), is_async=is_async)
             elif call.request["stream"] or raw == "stream":
                 # the body is not read yet, and the caller may read it any way: watch its bytes
-                call.let_go()
                 tap_body(monitor, call, http_response, is_async=is_async)
             else:
                 # the SDK read the body: read it as create() would, without the caller's parse()
@@ -183,7 +182,7 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
                 finish_body(monitor, call, http_response.content, headers.get("content-type") or "")
             return
         if call.request["stream"] and hasattr(result, "_iterator"):
-            _watch(monitor, call, result, is_async)
+            watch_stream(monitor, call, result, is_async=is_async)
             return
         shape, usage = response_shape(call.operation, result)
         output = output_text(call.operation, result) if call.content is not None else None
@@ -191,11 +190,6 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
     except Exception as exc:
         monitor._report("recording a call", exc)
         _record_bare(monitor, call, "ok", None)
-
-
-def _watch(monitor: LLMCallMonitor, call: _Call, stream: Any, is_async: bool) -> None:
-    call.let_go()
-    watch_stream(monitor, call, stream, is_async=is_async)
 
 
 # the resources whose stream() helper reads a stream the ledger watches (beta's: openai 1.x)

@@ -69,6 +69,7 @@ class _StreamState:
     )
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
+        call.let_go()  # the call outlives its request: what its record takes from the response is kept
         self.monitor = monitor
         self.call = call
         self.hide_usage = call.hide_usage
