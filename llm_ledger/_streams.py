@@ -34,7 +34,7 @@ from ._records import interrupted
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor, _Call
-    from ._records import Status
+    from ._records import ResponseShape, Status
 
 __all__ = ["finish_body", "tap_body", "watch_helper", "watch_stream"]
 
@@ -53,7 +53,6 @@ class _StreamState:
     """What one stream has shown so far, and its record, written once."""
 
     __slots__ = (
-        "__weakref__",
         "call",
         "chars",
         "finish_reason",
@@ -204,17 +203,12 @@ class _StreamState:
                 response = JsonView(response)
             try:
                 shape, usage = response_shape("responses", response)
-                shape["request_id"] = call.request_id
-                error = None
-                if kind == "response.failed":
-                    error = ResponseError(getattr(response, "error", None))
-                text = "".join(self.text) if self.text is not None else None
-                self.monitor._finish(
-                    call, "error" if error else "ok", shape, usage, error=error, output_text=text
-                )
-            except Exception as exc:
+                error = ResponseError(getattr(response, "error", None)) if kind == "response.failed" else None
+            except Exception as exc:  # recorded with what the stream showed
                 self.monitor._report("recording a stream", exc)
                 self._finish("ok")
+            else:
+                self._finish("error" if error else "ok", error, shape, usage)
         elif kind == "error":  # the server gave up mid-stream (the SDK hands the event on)
             self._finish("error", ResponseError(fields))
         elif kind == "response.created":  # what a stream stopped before its end is recorded as
@@ -242,23 +236,33 @@ class _StreamState:
 
     stop = end  # the caller closed the stream: as its end
 
-    def _finish(self, status: Status, error: BaseException | None = None) -> None:
+    def _finish(
+        self,
+        status: Status,
+        error: BaseException | None = None,
+        response: ResponseShape | None = None,
+        usage: Any = None,
+    ) -> None:
+        """Record the call once: from the answer's ``response`` and ``usage``, else from the stream's."""
         call = self.call
         if call.done:
             return
         try:
-            response = {
-                "model": self.model,
-                "id": self.id,
-                "request_id": call.request_id,
-                "content_length": self.chars,
-                "finish_reason": self.finish_reason,
-                # null for a text completion, which has no tools: as create() records it
-                "tool_calls_count": None if call.operation == "text_completion" else self.tool_calls,
-                "service_tier": self.tier,
-            }
+            if response is None:
+                response = {
+                    "model": self.model,
+                    "id": self.id,
+                    "request_id": None,
+                    "content_length": self.chars,
+                    "finish_reason": self.finish_reason,
+                    # null for a text completion, which has no tools: as create() records it
+                    "tool_calls_count": None if call.operation == "text_completion" else self.tool_calls,
+                    "service_tier": self.tier,
+                }
+                usage = self.usage
+            response["request_id"] = call.request_id
             text = "".join(self.text) if self.text is not None else None
-            self.monitor._finish(call, status, response, self.usage, error=error, output_text=text)  # type: ignore[arg-type]
+            self.monitor._finish(call, status, response, usage, error=error, output_text=text)
         except Exception as exc:
             self.monitor._report("recording a stream", exc)
 
