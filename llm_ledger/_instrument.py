@@ -60,12 +60,6 @@ async def _on_response_async(response: Any) -> None:
     _on_response(response)
 
 
-def _count_retry() -> None:
-    call = _active.get()
-    if call is not None and call.retries is not None:
-        call.retries += 1
-
-
 def _hook_http_client(client: Any, is_async: bool) -> None:
     """See each HTTP response of a call, retries included (best effort; absent hooks cost nothing)."""
     http = getattr(client, "_client", None)
@@ -108,14 +102,12 @@ def _begin(
             stream_options = body.get("stream_options")
             said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
             if said is None and (sent is body or "stream_options" not in extra):  # extra's go over ours
-                options = options.model_copy()
-                options.json_data = {
-                    **body,
-                    "stream_options": {
-                        **(stream_options if isinstance(stream_options, Mapping) else {}),
-                        "include_usage": True,
-                    },
+                ours = {
+                    **(stream_options if isinstance(stream_options, Mapping) else {}),
+                    "include_usage": True,
                 }
+                options = options.model_copy()
+                options.json_data = {**body, "stream_options": ours}
                 hide_usage = True
     except Exception as exc:
         monitor._report("reading the request", exc)
@@ -257,7 +249,10 @@ def _count_retries(instance: Any) -> bool:
     original = sleep.__get__(instance)
 
     def sleep_for_retry(*args: Any, **kwargs: Any) -> Any:  # an async client awaits what it returns
-        _count_retry()
+        # the call in flight: an outer one (maybe of a client not counting) while one not watched retries
+        call = _active.get()
+        if call is not None and call.retries is not None:
+            call.retries += 1
         return original(*args, **kwargs)
 
     instance._sleep_for_retry = sleep_for_retry
