@@ -474,7 +474,6 @@ class _Body:
                 self.decoders = _decoders(library, encodings)
             except Exception as exc:
                 state.monitor._report("reading a streamed body", exc)
-                self.parts = None
             if not self.decoders:
                 self.parts = None  # an encoding the ledger does not read: only the body's end is seen
 
