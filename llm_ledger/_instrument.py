@@ -60,12 +60,6 @@ async def _on_response_async(response: Any) -> None:
     _on_response(response)
 
 
-def _count_retry() -> None:
-    call = _active.get()
-    if call is not None and call.retries is not None:
-        call.retries += 1
-
-
 def _hook_http_client(client: Any, is_async: bool) -> None:
     """See each HTTP response of a call, retries included (best effort; absent hooks cost nothing)."""
     http = getattr(client, "_client", None)
@@ -108,14 +102,12 @@ def _begin(
             stream_options = body.get("stream_options")
             said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
             if said is None and (sent is body or "stream_options" not in extra):  # extra's go over ours
-                options = options.model_copy()
-                options.json_data = {
-                    **body,
-                    "stream_options": {
-                        **(stream_options if isinstance(stream_options, Mapping) else {}),
-                        "include_usage": True,
-                    },
+                ours = {
+                    **(stream_options if isinstance(stream_options, Mapping) else {}),
+                    "include_usage": True,
                 }
+                options = options.model_copy()
+                options.json_data = {**body, "stream_options": ours}
                 hide_usage = True
     except Exception as exc:
         monitor._report("reading the request", exc)
@@ -172,10 +164,9 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
             if call.request["stream"] and raw == "true":
                 # with_raw_response: parse() is cached by the SDK and not a coroutine, even on async
                 # clients: the caller's parse() gets the stream watched here
-                _watch(monitor, call, result.parse(), is_async)
+                watch_stream(monitor, call, result.parse(), is_async=is_async)
             elif call.request["stream"] or raw == "stream":
                 # the body is not read yet, and the caller may read it any way: watch its bytes
-                call.let_go()
                 tap_body(monitor, call, http_response, is_async=is_async)
             else:
                 # the SDK read the body: read it as create() would, without the caller's parse()
@@ -183,7 +174,7 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
                 finish_body(monitor, call, http_response.content, headers.get("content-type") or "")
             return
         if call.request["stream"] and hasattr(result, "_iterator"):
-            _watch(monitor, call, result, is_async)
+            watch_stream(monitor, call, result, is_async=is_async)
             return
         shape, usage = response_shape(call.operation, result)
         output = output_text(call.operation, result) if call.content is not None else None
@@ -191,11 +182,6 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
     except Exception as exc:
         monitor._report("recording a call", exc)
         _record_bare(monitor, call, "ok", None)
-
-
-def _watch(monitor: LLMCallMonitor, call: _Call, stream: Any, is_async: bool) -> None:
-    call.let_go()
-    watch_stream(monitor, call, stream, is_async=is_async)
 
 
 # the resources whose stream() helper reads a stream the ledger watches (beta's: openai 1.x)
@@ -263,7 +249,10 @@ def _count_retries(instance: Any) -> bool:
     original = sleep.__get__(instance)
 
     def sleep_for_retry(*args: Any, **kwargs: Any) -> Any:  # an async client awaits what it returns
-        _count_retry()
+        # the call in flight: an outer one (maybe of a client not counting) while one not watched retries
+        call = _active.get()
+        if call is not None and call.retries is not None:
+            call.retries += 1
         return original(*args, **kwargs)
 
     instance._sleep_for_retry = sleep_for_retry

@@ -34,7 +34,7 @@ from ._records import interrupted
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor, _Call
-    from ._records import Status
+    from ._records import ResponseShape, Status
 
 __all__ = ["finish_body", "tap_body", "watch_helper", "watch_stream"]
 
@@ -53,7 +53,6 @@ class _StreamState:
     """What one stream has shown so far, and its record, written once."""
 
     __slots__ = (
-        "__weakref__",
         "call",
         "chars",
         "finish_reason",
@@ -69,6 +68,7 @@ class _StreamState:
     )
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
+        call.let_go()  # the call outlives its request: what its record takes from the response is kept
         self.monitor = monitor
         self.call = call
         self.hide_usage = call.hide_usage
@@ -166,10 +166,11 @@ class _StreamState:
         self.warm = call.ttft is not None and bool(self.id) and call.operation == "chat"
         return True
 
-    def shown_after_fault(self, chunk: Any) -> bool:
-        """Whether the caller gets a chunk the ledger failed to read: yes, unless it is the usage
-        chunk the ledger asked for on the caller's behalf (a caller reading ``choices[0]`` of
-        every chunk would fail on it)."""
+    def fault(self, chunk: Any, exc: Exception) -> bool:
+        """Report the ledger's failure to read ``chunk``; whether the caller gets it: yes, unless it
+        is the usage chunk the ledger asked for on the caller's behalf (a caller reading
+        ``choices[0]`` of every chunk would fail on it)."""
+        self.monitor._report("watching a stream", exc)
         try:
             if self.hide_usage:
                 if not chunk.choices and chunk.usage is not None:
@@ -202,17 +203,12 @@ class _StreamState:
                 response = JsonView(response)
             try:
                 shape, usage = response_shape("responses", response)
-                shape["request_id"] = call.request_id
-                error = None
-                if kind == "response.failed":
-                    error = ResponseError(getattr(response, "error", None))
-                text = "".join(self.text) if self.text is not None else None
-                self.monitor._finish(
-                    call, "error" if error else "ok", shape, usage, error=error, output_text=text
-                )
-            except Exception as exc:
+                error = ResponseError(getattr(response, "error", None)) if kind == "response.failed" else None
+            except Exception as exc:  # recorded with what the stream showed
                 self.monitor._report("recording a stream", exc)
                 self._finish("ok")
+            else:
+                self._finish("error" if error else "ok", error, shape, usage)
         elif kind == "error":  # the server gave up mid-stream (the SDK hands the event on)
             self._finish("error", ResponseError(fields))
         elif kind == "response.created":  # what a stream stopped before its end is recorded as
@@ -224,41 +220,49 @@ class _StreamState:
 
     # -- the end ----------------------------------------------------------------------------------------
 
-    def end(self) -> None:
-        """The stream ended, or the caller stopped reading (close, collected, break after the answer).
+    def end(self, exc: BaseException | None = None) -> None:
+        """The stream ended, the caller stopped reading (close, collected, break after the answer,
+        a cancelled task, Ctrl-C), or it raised ``exc``: then ``error``.
 
         The call is ``ok`` once the answer finished (a finish_reason seen), with the usage seen so
         far: null when the caller stopped before a separate usage chunk. Before that: ``interrupted``.
         """
-        self._finish("ok" if self.finish_reason is not None else "interrupted")
-
-    def fail(self, exc: BaseException) -> None:
-        """The stream raised ``exc``: ``error``, or as ``end()`` when the caller stopped it (a
-        cancelled task, Ctrl-C)."""
-        if not interrupted(exc):
+        if exc is not None and not interrupted(exc):
             self._finish("error", exc)
         elif self.finish_reason is not None:
             self._finish("ok")
         else:
             self._finish("interrupted", exc)
 
-    def _finish(self, status: Status, error: BaseException | None = None) -> None:
+    stop = end  # the caller closed the stream: as its end
+
+    def _finish(
+        self,
+        status: Status,
+        error: BaseException | None = None,
+        response: ResponseShape | None = None,
+        usage: Any = None,
+    ) -> None:
+        """Record the call once: from the answer's ``response`` and ``usage``, else from the stream's."""
         call = self.call
         if call.done:
             return
         try:
-            response = {
-                "model": self.model,
-                "id": self.id,
-                "request_id": call.request_id,
-                "content_length": self.chars,
-                "finish_reason": self.finish_reason,
-                # null for a text completion, which has no tools: as create() records it
-                "tool_calls_count": None if call.operation == "text_completion" else self.tool_calls,
-                "service_tier": self.tier,
-            }
+            if response is None:
+                response = {
+                    "model": self.model,
+                    "id": self.id,
+                    "request_id": None,
+                    "content_length": self.chars,
+                    "finish_reason": self.finish_reason,
+                    # null for a text completion, which has no tools: as create() records it
+                    "tool_calls_count": None if call.operation == "text_completion" else self.tool_calls,
+                    "service_tier": self.tier,
+                }
+                usage = self.usage
+            response["request_id"] = call.request_id
             text = "".join(self.text) if self.text is not None else None
-            self.monitor._finish(call, status, response, self.usage, error=error, output_text=text)  # type: ignore[arg-type]
+            self.monitor._finish(call, status, response, usage, error=error, output_text=text)
         except Exception as exc:
             self.monitor._report("recording a stream", exc)
 
@@ -273,54 +277,57 @@ class ResponseError(Exception):
         self.code = fields.get("code")
 
 
-# -- SDK streams: the chunk iterator wrapped in place ------------------------------------------------
+# -- the shells: each item handed on as it arrives, after the watcher saw it ---------------------------
 
 
-def _sdk_sync(state: _StreamState, chunks: Iterator[Any], see: Callable[[Any], bool]) -> Iterator[Any]:
+def _watch_sync(
+    watcher: _StreamState | _Body, items: Iterator[Any], see: Callable[[Any], bool]
+) -> Iterator[Any]:
     try:
-        for chunk in chunks:
+        for item in items:
             try:
-                show = see(chunk)
-            except Exception as exc:  # a fault in the ledger: the caller still gets the chunk
-                state.monitor._report("watching a stream", exc)
-                show = state.shown_after_fault(chunk)
+                show = see(item)
+            except Exception as exc:  # a fault in the ledger: the caller still gets the item
+                show = watcher.fault(item, exc)
             if show:
-                yield chunk
+                yield item
     except GeneratorExit:
-        state.end()
+        watcher.stop()
         raise
     except BaseException as exc:
-        state.fail(exc)
+        watcher.end(exc)
         raise
-    state.end()
+    watcher.end()
 
 
-async def _sdk_async(
-    state: _StreamState, chunks: AsyncIterator[Any], see: Callable[[Any], bool]
+async def _watch_async(
+    watcher: _StreamState | _Body, items: AsyncIterator[Any], see: Callable[[Any], bool]
 ) -> AsyncIterator[Any]:
     try:
-        async for chunk in chunks:
+        async for item in items:
             try:
-                show = see(chunk)
-            except Exception as exc:  # a fault in the ledger: the caller still gets the chunk
-                state.monitor._report("watching a stream", exc)
-                show = state.shown_after_fault(chunk)
+                show = see(item)
+            except Exception as exc:  # a fault in the ledger: the caller still gets the item
+                show = watcher.fault(item, exc)
             if show:
-                yield chunk
+                yield item
     except GeneratorExit:
-        state.end()
+        watcher.stop()
         raise
     except BaseException as exc:
-        state.fail(exc)
+        watcher.end(exc)
         raise
-    state.end()
+    watcher.end()
+
+
+# -- SDK streams: the chunk iterator wrapped in place ------------------------------------------------
 
 
 def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async: bool) -> None:
     """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
     state = _StreamState(monitor, call)
     see = state.event if call.operation == "responses" else state.chat
-    shell: Any = (_sdk_async if is_async else _sdk_sync)(state, stream._iterator, see)
+    shell: Any = (_watch_async if is_async else _watch_sync)(state, stream._iterator, see)
     stream._iterator = shell
     stream._llm_ledger_state = state  # found there by watch_helper(), if a stream helper reads it
     # a caller stops reading by closing the HTTP response: Stream.close() does, and so do the SDK's
@@ -369,7 +376,7 @@ def _helper_sync(state: _StreamState, events: Iterator[Any]) -> Iterator[Any]:
     try:
         yield from events
     except Exception as exc:
-        state.fail(exc)  # a no-op when the stream below raised it (recorded there)
+        state.end(exc)  # a no-op when the stream below raised it (recorded there)
         raise
 
 
@@ -378,7 +385,7 @@ async def _helper_async(state: _StreamState, events: AsyncIterator[Any]) -> Asyn
         async for event in events:
             yield event
     except Exception as exc:
-        state.fail(exc)
+        state.end(exc)
         raise
 
 
@@ -467,14 +474,11 @@ class _Body:
                 self.decoders = _decoders(library, encodings)
             except Exception as exc:
                 state.monitor._report("reading a streamed body", exc)
-                self.parts = None
             if not self.decoders:
                 self.parts = None  # an encoding the ledger does not read: only the body's end is seen
 
-    def feed(self, raw: bytes) -> None:
-        if self.parts is None:
-            return
-        try:
+    def feed(self, raw: bytes) -> bool:
+        if self.parts is not None:
             data = raw
             for decoder in self.decoders:
                 data = _bytes(decoder.decode(data))
@@ -482,9 +486,13 @@ class _Body:
                 self._lines(data)
             else:
                 self.parts.append(data)
-        except Exception as exc:
-            self.parts = None
-            self.state.monitor._report("reading a streamed body", exc)
+        return True
+
+    def fault(self, raw: bytes, exc: Exception) -> bool:
+        """The ledger failed to read the body: it reads no more of it; the caller gets every byte."""
+        self.parts = None
+        self.state.monitor._report("reading a streamed body", exc)
+        return True
 
     def _lines(self, data: bytes) -> None:
         buffer = self.buffer
@@ -510,13 +518,13 @@ class _Body:
             try:
                 fields = orjson.loads(payload)
             except orjson.JSONDecodeError as exc:  # the SDK's parse() fails here too: as create() records it
-                self.state.fail(exc)
+                self.state.end(exc)
                 return
             if type(fields) is dict:
                 if self.state.call.operation == "responses":
                     self.state.event(fields)
                 elif fields.get("error"):  # what the SDK raises as APIError, reading this stream
-                    self.state.fail(self._api_error(fields["error"]))
+                    self.state.end(self._api_error(fields["error"]))
                 else:
                     self.state.chat_fields(fields)
 
@@ -529,9 +537,12 @@ class _Body:
             message = "An error occurred during streaming"
         return openai.APIError(message, self.request, body=error)
 
-    def end(self) -> None:
-        """The whole body was read."""
+    def end(self, exc: BaseException | None = None) -> None:
+        """The whole body was read, or reading it raised ``exc``."""
         state = self.state
+        if exc is not None:
+            state.end(exc)
+            return
         if self.parts is not None:
             try:
                 rest = b""
@@ -541,20 +552,17 @@ class _Body:
                     self._lines(rest + b"\n\n")  # an event not closed by a blank line ends with the body
                 else:
                     finish_body(state.monitor, state.call, b"".join(self.parts) + rest, self.content_type)
-            except Exception as exc:
-                state.monitor._report("reading a streamed body", exc)
-        # no-ops once recorded; a body the ledger could not read ended, so it is complete
-        if self.sse and self.parts is not None:
-            state.end()
-        else:
-            state._finish("ok")
+            except Exception as fault:
+                state.monitor._report("reading a streamed body", fault)
+        self.stop("ok")  # a no-op once recorded; a body the ledger could not read ended: complete
 
-    def stop(self) -> None:
-        """The body was closed before its end."""
+    def stop(self, status: Status = "interrupted") -> None:
+        """The body was closed before its end: an event stream the ledger reads ends as its events
+        say; any other body is ``status``."""
         if self.sse and self.parts is not None:
             self.state.end()
         else:
-            self.state._finish("interrupted")
+            self.state._finish(status)
 
 
 class _SyncTap:
@@ -565,18 +573,7 @@ class _SyncTap:
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
-        body = self._body
-        try:
-            for raw in self._stream:
-                body.feed(raw)
-                yield raw
-        except GeneratorExit:
-            body.stop()
-            raise
-        except BaseException as exc:
-            body.state.fail(exc)
-            raise
-        body.end()
+        return _watch_sync(self._body, self._stream, self._body.feed)
 
     def close(self) -> None:
         try:
@@ -592,19 +589,8 @@ class _AsyncTap:
         self._body = body
         self._stream = stream
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        body = self._body
-        try:
-            async for raw in self._stream:
-                body.feed(raw)
-                yield raw
-        except GeneratorExit:
-            body.stop()
-            raise
-        except BaseException as exc:
-            body.state.fail(exc)
-            raise
-        body.end()
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _watch_async(self._body, self._stream, self._body.feed)
 
     async def aclose(self) -> None:
         try:
