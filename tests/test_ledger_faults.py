@@ -17,6 +17,7 @@ import llm_ledger._instrument
 import llm_ledger._monitor as monitor_module
 import llm_ledger.testing
 from llm_ledger import _jsonl
+from llm_ledger._pricing import Route
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.sdk import sdk_http
 
@@ -105,7 +106,7 @@ def test_a_fault_pricing_a_call_keeps_its_record_with_a_null_cost(
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise fault
 
-    monkeypatch.setattr(monitor_module.Route, "_costs", fail)
+    monkeypatch.setattr(Route, "_costs", fail)
     with monitor.lens("priced") as run:
         response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert response.choices[0].message.content
