@@ -594,11 +594,16 @@ import sys, openai, llm_ledger
 from llm_ledger.testing import FakeOpenAI
 
 llm_ledger.configure(log_dir=None)  # LLM_LEDGER_EXPORTERS=otel
-if sys.argv[1] == "sdk":  # the application sets OpenTelemetry up after configure(), as many do
+if sys.argv[1] != "none":  # the application sets OpenTelemetry up after configure(), as many do
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
     trace.set_tracer_provider(TracerProvider())
+if sys.argv[1] == "sdk":  # tracing and metrics; "traces": tracing only, as many setups begin
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    metrics.set_meter_provider(MeterProvider())
 with FakeOpenAI() as server:
     client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url=server.base_url))
     for _ in range(2):
@@ -606,10 +611,11 @@ with FakeOpenAI() as server:
 """
 
 
-@pytest.mark.parametrize("setup", ["none", "sdk"])
+@pytest.mark.parametrize("setup", ["none", "traces", "sdk"])
 def test_exporting_to_no_opentelemetry_sdk_says_so_once(setup: str) -> None:
     """LLM_LEDGER_EXPORTERS=otel in an application that never sets a tracer provider: spans go nowhere,
-    and the first call says so on llm_ledger.internal (once); with the SDK set up, nothing is said."""
+    and the first call says so on llm_ledger.internal (once); one that sets up tracing only is told
+    that the metrics (the spend in llm_ledger.cost among them) go nowhere; with both set up, nothing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OTEL_"))}
     app = subprocess.run(
         [sys.executable, "-c", NO_SDK_APP, setup],
@@ -619,12 +625,18 @@ def test_exporting_to_no_opentelemetry_sdk_says_so_once(setup: str) -> None:
         timeout=60,
     )
     assert app.returncode == 0, app.stderr
-    said = [line for line in app.stderr.splitlines() if "no OpenTelemetry tracer provider" in line]
+    spans = [line for line in app.stderr.splitlines() if "no OpenTelemetry tracer provider" in line]
+    metrics = [line for line in app.stderr.splitlines() if "no OpenTelemetry meter provider" in line]
     if setup == "none":
-        assert len(said) == 1, app.stderr
-        assert "opentelemetry-instrument" in said[0] and "set_tracer_provider" in said[0]
+        assert len(spans) == 1, app.stderr
+        assert "opentelemetry-instrument" in spans[0] and "set_tracer_provider" in spans[0]
     else:
-        assert said == [], app.stderr
+        assert spans == [], app.stderr
+    if setup == "sdk":
+        assert metrics == [], app.stderr
+    else:
+        assert len(metrics) == 1, app.stderr
+        assert "llm_ledger.cost" in metrics[0] and "set_meter_provider" in metrics[0]
 
 
 # -- OTLP/HTTP to a receiver on loopback ----------------------------------------------------------

@@ -240,9 +240,11 @@ class OTelSink:
         self._client_kind = trace.SpanKind.CLIENT
         self._internal_kind = trace.SpanKind.INTERNAL
         self.tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
-        # with the global provider: checked at the first record, since applications often set up
-        # OpenTelemetry after configure()
-        self._check_provider = tracer_provider is None
+        # the global providers left unset: checked at the first record, since applications often set
+        # up OpenTelemetry after configure()
+        self._unset_globals = (tracer_provider is None, meter_provider is None)
+        self._check_provider = any(self._unset_globals)
+        self._metrics_api = metrics
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         self.latest = latest_experimental()
         # v1.41.1's name for the prompt tokens written to the cache; the newest conventions renamed it
@@ -306,15 +308,28 @@ class OTelSink:
     def __repr__(self) -> str:
         return f"<OTelSink {'latest experimental' if self.latest else 'v1.41.1'} names>"
 
+    def _say_where_nothing_goes(self) -> None:
+        """Once: which of the global providers this sink uses was never set, so its output is lost."""
+        tracing, metering = self._unset_globals
+        if tracing and isinstance(self._trace.get_tracer_provider(), self._trace.ProxyTracerProvider):
+            _internal_log.warning(
+                "llm-ledger: OTelSink has no OpenTelemetry tracer provider to send spans to, so they "
+                "go nowhere: run the application under opentelemetry-instrument, or call "
+                "trace.set_tracer_provider(...) with an exporter (docs/exporters.md, OpenTelemetry)"
+            )
+        # the API's stand-in before set_meter_provider() has no public class: named as the API names it
+        if metering and type(self._metrics_api.get_meter_provider()).__name__ == "_ProxyMeterProvider":
+            _internal_log.warning(
+                "llm-ledger: OTelSink has no OpenTelemetry meter provider to send metrics to, so its "
+                "metrics (the spend in llm_ledger.cost, token usage, durations) go nowhere: run the "
+                "application under opentelemetry-instrument, or call metrics.set_meter_provider(...) "
+                "with a metric reader and exporter (docs/exporters.md, OpenTelemetry)"
+            )
+
     def __call__(self, record: Mapping[str, Any]) -> None:
         if self._check_provider:
             self._check_provider = False
-            if isinstance(self._trace.get_tracer_provider(), self._trace.ProxyTracerProvider):
-                _internal_log.warning(
-                    "llm-ledger: OTelSink has no OpenTelemetry tracer provider to send spans to, so they "
-                    "go nowhere: run the application under opentelemetry-instrument, or call "
-                    "trace.set_tracer_provider(...) with an exporter (docs/exporters.md, OpenTelemetry)"
-                )
+            self._say_where_nothing_goes()
         event = record["event"]
         if event == CALL_EVENT:
             theirs, their_span = self._openai_v2(record)
