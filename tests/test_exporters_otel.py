@@ -766,3 +766,70 @@ def test_calls_of_processes_forked_inside_a_lens_are_exported_once(fake_openai: 
     (lens,) = [s for s in spans if s.name == "lens batch"]
     (parents,) = [s for s in spans if s.name == "chat gpt-4o"]
     assert parents.parent_span_id == lens.span_id
+
+
+# another thread is inside the sink's cost counter (holding its lock) at the moment the process forks
+# (a pool started by a busy multithreaded service), after the parent spent on a call; the child then
+# makes a call through the same sink and reads its own metrics
+FORK_WHILE_COUNTING = """
+import os, sys, threading, time, openai, llm_ledger
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from llm_ledger.exporters import OTelSink
+from llm_ledger.testing import capture
+
+reader = InMemoryMetricReader()
+sink = OTelSink(TracerProvider(), MeterProvider(metric_readers=[reader]))
+monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
+HI = [{"role": "user", "content": "hi"}]
+with monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0)) as client:
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the parent's spend
+inside, leave = threading.Event(), threading.Event()
+
+def busy():
+    with sink._cost._lock:
+        inside.set()
+        leave.wait()
+
+threading.Thread(target=busy).start()
+inside.wait()
+pid = os.fork()
+if pid == 0:
+    client = monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0))
+    with capture(monitor) as records:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    data = reader.get_metrics_data()
+    cost = sum(
+        point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics if metric.name == "llm_ledger.cost"
+        for point in metric.data.data_points
+    )
+    os.write(1, f"{cost!r} {records.calls[0]['cost']['total_cost_usd']!r}".encode())
+    os._exit(0)
+leave.set()
+for _ in range(200):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit("the child's call hangs in the sink")
+"""
+
+
+def test_a_process_forked_while_another_thread_counts_spend_calls_and_reports_its_own_spend(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A fork copies a lock another thread holds, held for good: the child's calls would hang in the
+    sink. The child gets free locks, and its llm_ledger.cost is its own calls' spend: the parent's,
+    copied at the fork, is the parent's to report (a child reporting it too counts it twice)."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_COUNTING, fake_openai.base_url],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reported, own = (float(value) for value in done.stdout.split())
+    assert own > 0 and reported == pytest.approx(own)

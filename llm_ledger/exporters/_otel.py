@@ -106,6 +106,12 @@ class _Totals:
                     found = self._sums[key] = [attributes, 0]
             found[1] += amount
 
+    def after_fork_in_child(self) -> None:
+        """Free the lock (another thread may have held it at the fork) and drop the parent's sums,
+        which the parent reports: the child reporting them too would count them twice."""
+        self._lock = threading.Lock()
+        self._sums.clear()
+
     def _observe(self, options: Any) -> list[Any]:
         with self._lock:
             sums = [(attributes, total) for attributes, total in self._sums.values()]
@@ -210,9 +216,12 @@ _sinks: weakref.WeakSet[OTelSink] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """A forked child keeps none of its parent's waiting spans (the parent exports them) nor its locks."""
+    """A forked child keeps none of its parent's waiting spans and counter sums (the parent exports
+    them) nor its locks."""
     for sink in list(_sinks):
         sink._lock = threading.Lock()
+        for totals in sink._totals:
+            totals.after_fork_in_child()
         sink._pending.clear()
         sink._pending_count = 0
 
@@ -253,8 +262,11 @@ class OTelSink:
         def histogram(name: str, unit: str, doc: str, buckets: tuple[float, ...]) -> Any:
             return meter.create_histogram(name, unit, doc, explicit_bucket_boundaries_advisory=buckets)
 
+        self._totals: list[_Totals] = []  # the counters whose sums the sink keeps
+
         def counter(name: str, unit: str, doc: str) -> _Totals:
-            return _Totals(meter, metrics.Observation, name, unit, doc)
+            self._totals.append(_Totals(meter, metrics.Observation, name, unit, doc))
+            return self._totals[-1]
 
         if self.latest:
             # semantic-conventions-genai (unreleased): counters by modality for totals, histograms
