@@ -376,6 +376,26 @@ def test_a_busy_port_is_a_config_error() -> None:
             start_metrics_server(port, "127.0.0.1", registry=CollectorRegistry())
 
 
+@pytest.mark.parametrize(
+    ("spec", "addr", "problem"),
+    [
+        ("prometheus:192.0.2.1:9464", "192.0.2.1", "Cannot assign requested address"),  # TEST-NET-1
+        ("prometheus:no-such-host.invalid:9464", "no-such-host.invalid", ""),  # never resolves (RFC 2606)
+    ],
+)
+@pytest.mark.usefixtures("fresh_exporters")
+def test_an_address_this_host_does_not_have_is_a_config_error_naming_the_fix(
+    spec: str, addr: str, problem: str
+) -> None:
+    """LLM_LEDGER_EXPORTERS=prometheus:HOST:PORT with a HOST that is not this machine's (a copied
+    config, a typo): the error names the address and says which to use instead."""
+    with pytest.raises(ConfigError) as raised:
+        llm_ledger.configure(log_dir=None, exporters=[spec])
+    message = str(raised.value)
+    assert f"cannot serve metrics on {addr}:9464" in message and problem in message
+    assert "0.0.0.0" in message and "127.0.0.1" in message and "prometheus:127.0.0.1:9464" in message
+
+
 # -- multiprocess mode ----------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import socket
 import threading
 import weakref
 from bisect import bisect_left
@@ -668,7 +669,13 @@ def start_metrics_server(
                 "LLM_LEDGER_EXPORTERS=prometheus, without a port, and serve /metrics once "
                 "(docs/exporters.md, Multiprocess mode)"
             ) from None
-        raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
+        fix = ""
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:  # not this machine's
+            fix = (
+                "; give an address of this machine: 0.0.0.0 for all its interfaces, 127.0.0.1 for "
+                f"itself only (LLM_LEDGER_EXPORTERS=prometheus:{port} or prometheus:127.0.0.1:{port})"
+            )
+        raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}{fix}") from None
     global _unserved
     _serving.add(os.getpid())
     _unserved = False
