@@ -524,6 +524,44 @@ def test_a_process_forked_while_another_thread_is_inside_the_sink_still_calls(
     assert total(samples(done.stdout), "llm_ledger_calls_total") == 1
 
 
+# an application serving its registry from its own web app (generate_latest in a /metrics view, as
+# docs/exporters.md shows) that then forks a worker (a multiprocessing pool) making calls
+FORK_AFTER_A_SCRAPE = """
+import logging, os, sys, openai, llm_ledger
+from prometheus_client import CollectorRegistry, generate_latest
+from llm_ledger.exporters import PrometheusSink
+
+logging.basicConfig(format="%(name)s %(message)s")
+sink = PrometheusSink(CollectorRegistry())
+monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
+HI = [{"role": "user", "content": "hi"}]
+generate_latest(sink.registry)  # a scrape of the application's own /metrics
+pid = os.fork()
+if pid == 0:
+    with monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0)) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    os._exit(0)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_forked_from_a_process_serving_its_registry_says_its_calls_are_not_served(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A process whose /metrics is its own web app's (no start_metrics_server) forks a worker: the
+    worker's calls go to its copy of the registry, which nothing serves; it says so once, naming the
+    fix, as a gunicorn --preload worker does."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_A_SCRAPE, fake_openai.base_url],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "no /metrics serves" in line]
+    assert len(warnings) == 1, done.stderr
+    assert warnings[0].startswith("llm_ledger.internal") and "PROMETHEUS_MULTIPROC_DIR" in warnings[0]
+
+
 # -- configure(exporters=...) ---------------------------------------------------------------------
 
 

@@ -75,7 +75,7 @@ _COUNTS_AT: Final = 4  # where a call key's sums keep them, after calls, cost, d
 PENDING_CALLS: Final = 1024
 _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
 _internal_log = logging.getLogger("llm_ledger.internal")
-_serving: set[int] = set()  # pids where start_metrics_server serves; a forked child inherits the set
+_serving: set[int] = set()  # pids that serve /metrics (see _serves_here); a forked child inherits the set
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
 _unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)
 _SCRAPED_FILE: Final = "llm_ledger_scraped.labels"  # in the multiprocess directory; not *.db, which it reads
@@ -92,6 +92,14 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _serves_here() -> None:
+    """This process serves its metrics (start_metrics_server, or a collection of a sink's registry: the
+    application's own /metrics): a child forked from it, outside multiprocess mode, is unserved."""
+    global _unserved
+    _serving.add(os.getpid())
+    _unserved = False
 
 
 def _warn_unserved() -> None:
@@ -557,6 +565,7 @@ class _Moving:
         return []
 
     def collect(self) -> list[Any]:
+        _serves_here()
         self._flush(collecting=True)
         return []
 
@@ -676,7 +685,5 @@ def start_metrics_server(
                 f"itself only (LLM_LEDGER_EXPORTERS=prometheus:{port} or prometheus:127.0.0.1:{port})"
             )
         raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}{fix}") from None
-    global _unserved
-    _serving.add(os.getpid())
-    _unserved = False
+    _serves_here()
     return server  # type: ignore[no-any-return]
