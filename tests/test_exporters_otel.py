@@ -553,6 +553,41 @@ def test_counters_kept_by_the_sink_are_bounded(otel: Telemetry) -> None:
     assert sum(p.value for p in points) == pytest.approx((MAX_COUNTER_SETS + extra) * usd)
 
 
+def test_lens_keys_beyond_the_cap_are_other_in_metrics_and_their_own_on_spans(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A bug that puts ids in lens keys costs one more attribute set per instrument, not one per id
+    (which would fill the SDK's limit and push every later model's spend into its overflow set): past
+    max_lenses distinct keys, metrics carry llm_ledger.lens="other", as the Prometheus sink's lens
+    label; the spend still adds up, and each call's span keeps its own key."""
+    telemetry = Telemetry(fake_openai)
+    telemetry.reader = InMemoryMetricReader()  # a sink of its own: its instruments, its provider
+    telemetry.sink = OTelSink(
+        telemetry.tracer_provider, MeterProvider(metric_readers=[telemetry.reader]), max_lenses=3
+    )
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[telemetry.sink])
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    with capture(monitor) as records:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    (call,) = records.calls
+    keys = [f"doc-{index}" for index in range(6)]  # an id where a lens key belongs
+    for key in keys:
+        telemetry.sink({**call, "context": {**call["context"], "lens_key": key}})
+    points = telemetry.metrics()["llm_ledger.cost"]
+    by_lens = {p.attributes["llm_ledger.lens"]: p.value for p in points if "llm_ledger.lens" in p.attributes}
+    usd = call["cost"]["total_cost_usd"]
+    assert by_lens == pytest.approx({"doc-0": usd, "doc-1": usd, "doc-2": usd, "other": 3 * usd})
+    durations = telemetry.metrics()["gen_ai.client.operation.duration"]
+    lenses = {p.attributes.get("llm_ledger.lens") for p in durations}
+    assert lenses == {None, "doc-0", "doc-1", "doc-2", "other"}  # None: the first call, in no lens
+    spans = [s.attributes or {} for s in telemetry.spans()]
+    assert sorted(str(s.get("llm_ledger.lens_key")) for s in spans) == ["None", *keys]
+    with pytest.raises(ConfigError, match="max_lenses must be a whole number >= 1"):
+        OTelSink(telemetry.tracer_provider, MeterProvider(), max_lenses=0)
+    client.close()
+    telemetry.client.close()
+
+
 def test_content_only_with_capture_on(fake_openai: FakeOpenAI) -> None:
     """With capture_content the span carries the conventions' message attributes as JSON strings."""
     otel = Telemetry(fake_openai, capture_content=True)

@@ -23,7 +23,7 @@ from .._errors import ConfigError
 from .._jsonl import json_text
 from .._records import CALL_EVENT, LENS_EVENT, billed_without_cost, made_here
 from .._servers import otel_provider_name
-from ._prometheus import DURATION_BUCKETS, MAX_TIERS, OTHER
+from ._prometheus import DURATION_BUCKETS, MAX_LENSES, MAX_TIERS, OTHER, _cap
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -233,12 +233,18 @@ class OTelSink:
     """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans (one per call, one
     per lens run as their parent) and metrics (docs/exporters.md), through ``tracer_provider`` and
     ``meter_provider``, by default the global ones an application or ``opentelemetry-instrument`` set.
+    Past ``max_lenses`` distinct lens keys, metrics carry later ones as ``"other"`` (spans keep them).
     """
 
     def __init__(
-        self, tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None
+        self,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        *,
+        max_lenses: int = MAX_LENSES,
     ) -> None:
         metrics, trace = _api()
+        self.max_lenses = _cap("max_lenses", max_lenses)
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -307,6 +313,7 @@ class OTelSink:
         )
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._tiers: set[str] = set()  # service tiers kept by name in metric attributes
+        self._lenses: set[str] = set()  # lens keys kept by name in metric attributes
         self._lock = threading.Lock()
         # lens_run_id -> (records whose span waits for the lens: its calls and nested lenses,
         # openai-v2's spans of its other calls)
@@ -432,14 +439,14 @@ class OTelSink:
 
     # -- metrics -----------------------------------------------------------------------------------
 
-    def _tier(self, raw: Any) -> str | None:
-        """A served tier as a metric attribute: itself, or ``other`` past ``MAX_TIERS`` distinct ones
-        (spans carry it as it is)."""
-        if raw is None or raw in self._tiers:
+    def _kept(self, kept: set[str], cap: int, raw: Any) -> str | None:
+        """A served tier or a lens key as a metric attribute: itself, or ``other`` past ``cap``
+        distinct ones (spans carry it as it is)."""
+        if raw is None or raw in kept:
             return raw  # type: ignore[no-any-return]
         with self._lock:
-            if len(self._tiers) < MAX_TIERS:
-                self._tiers.add(raw)
+            if len(kept) < cap:
+                kept.add(raw)
                 return raw  # type: ignore[no-any-return]
         return OTHER
 
@@ -470,7 +477,12 @@ class OTelSink:
     def _metrics(self, record: Mapping[str, Any], theirs: bool, their_usage: bool) -> None:
         """``theirs``: openai-v2 records the call's duration; ``their_usage``: and its token usage
         (not for a stream, whose usage arrives after openai-v2 has recorded its metrics)."""
-        base = (*_identity(record), self._tier(record["response"].get("service_tier")))
+        *identity, lens = _identity(record)
+        base = (
+            *identity,
+            self._kept(self._lenses, self.max_lenses, lens),
+            self._kept(self._tiers, MAX_TIERS, record["response"].get("service_tier")),
+        )
         operation = base[0]
         attributes = self._attributes(base)
         usd = record["cost"]["total_cost_usd"]
