@@ -31,6 +31,41 @@ PROMETHEUS_WORKER = textwrap.dedent(
         sink(json.loads(line))
     """
 )
+
+
+def hold_then_fork(lock: str) -> str:
+    """Script lines that fork (the child's ``pid``) while a thread holds ``lock``, a sink's lock, until
+    the event ``leave`` is set (see AWAIT_FORKED_CHILD): a pool started by a busy threaded service."""
+    return textwrap.dedent(
+        f"""
+        inside, leave = threading.Event(), threading.Event()
+
+        def busy():
+            with {lock}:
+                inside.set()
+                leave.wait()
+
+        threading.Thread(target=busy).start()
+        inside.wait()
+        pid = os.fork()
+        """
+    )
+
+
+# the end of a script that forked while a thread of its own holds a sink's lock (its events ``leave``
+# and the child's ``pid``): the thread lets go, and the script exits as the child did, unless the
+# child hangs in the sink
+AWAIT_FORKED_CHILD = """
+leave.set()
+for _ in range(200):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit("the child's call hangs in the sink")
+"""
+
 # the pre-fork master: serves the multiprocess directory's metrics, prints its port, stops at EOF
 METRICS_SERVER = textwrap.dedent(
     """

@@ -34,7 +34,7 @@ from llm_ledger.exporters._otel import MAX_COUNTER_SETS, MAX_PENDING_CALLS, TOKE
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import Receiver, attribute_value, workload
+from tests.exporter_helpers import AWAIT_FORKED_CHILD, Receiver, attribute_value, hold_then_fork, workload
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -806,7 +806,8 @@ def test_calls_of_processes_forked_inside_a_lens_are_exported_once(fake_openai: 
 # another thread is inside the sink's cost counter (holding its lock) at the moment the process forks
 # (a pool started by a busy multithreaded service), after the parent spent on a call; the child then
 # makes a call through the same sink and reads its own metrics
-FORK_WHILE_COUNTING = """
+FORK_WHILE_COUNTING = (
+    """
 import os, sys, threading, time, openai, llm_ledger
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -820,16 +821,9 @@ monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
 HI = [{"role": "user", "content": "hi"}]
 with monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0)) as client:
     client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the parent's spend
-inside, leave = threading.Event(), threading.Event()
-
-def busy():
-    with sink._cost._lock:
-        inside.set()
-        leave.wait()
-
-threading.Thread(target=busy).start()
-inside.wait()
-pid = os.fork()
+"""
+    + hold_then_fork("sink._cost._lock")
+    + """
 if pid == 0:
     client = monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0))
     with capture(monitor) as records:
@@ -844,15 +838,9 @@ if pid == 0:
     )
     os.write(1, f"{cost!r} {records.calls[0]['cost']['total_cost_usd']!r}".encode())
     os._exit(0)
-leave.set()
-for _ in range(200):
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        sys.exit(os.waitstatus_to_exitcode(status))
-    time.sleep(0.05)
-os.kill(pid, 9)
-sys.exit("the child's call hangs in the sink")
 """
+    + AWAIT_FORKED_CHILD
+)
 
 
 def test_a_process_forked_while_another_thread_counts_spend_calls_and_reports_its_own_spend(

@@ -25,11 +25,13 @@ from llm_ledger.exporters._prometheus import PENDING_CALLS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import (
+    AWAIT_FORKED_CHILD,
     METRICS_SERVER,
     PROMETHEUS_WORKER,
     UNPRICED_MODEL,
     Samples,
     by_labels,
+    hold_then_fork,
     label_names,
     samples,
     scrape,
@@ -474,7 +476,8 @@ def test_multiprocess_mode_sums_every_worker(tmp_path: Path, run: tuple[Captured
 
 # another thread is inside the sink (holding its lock) at the moment the process forks (a pool started
 # by a busy multithreaded service); the child then makes a call through the same sink
-FORK_WHILE_BUSY = """
+FORK_WHILE_BUSY = (
+    """
 import os, sys, threading, time, openai, llm_ledger
 from prometheus_client import CollectorRegistry, generate_latest
 from llm_ledger.exporters import PrometheusSink
@@ -484,31 +487,18 @@ monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
 HI = [{"role": "user", "content": "hi"}]
 with monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0)) as client:
     client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the parent's, pending at the fork
-inside, leave = threading.Event(), threading.Event()
-
-def busy():
-    with sink._pending_lock:
-        inside.set()
-        leave.wait()
-
-threading.Thread(target=busy).start()
-inside.wait()
-pid = os.fork()
+"""
+    + hold_then_fork("sink._pending_lock")
+    + """
 if pid == 0:
     client = monitor.instrument(openai.OpenAI(api_key="sk-fake", base_url=sys.argv[1], max_retries=0))
     client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     sink.flush()
     os.write(1, generate_latest(sink.registry))
     os._exit(0)
-leave.set()
-for _ in range(200):
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        sys.exit(os.waitstatus_to_exitcode(status))
-    time.sleep(0.05)
-os.kill(pid, 9)
-sys.exit("the child's call hangs in the sink")
 """
+    + AWAIT_FORKED_CHILD
+)
 
 
 def test_a_process_forked_while_another_thread_is_inside_the_sink_still_calls(
