@@ -188,6 +188,10 @@ class JsonlFileHandler(logging.Handler):
         self._readable = False  # whether the descriptor can read the file (see _whole_lines_end)
         self._locks = True  # whether the file takes locks (see _lock)
         self._inode: tuple[int, int] | None = None
+        # the file's size after this writer's last write (locked): other writers only append, so a
+        # smaller one at the next write means it was truncated (logrotate's copytruncate)
+        self._end = 0
+        self._truncation_said = False
         self._closed = False
         self._lost = 0
         try:
@@ -366,6 +370,7 @@ class JsonlFileHandler(logging.Handler):
         self._close_fd()
         self._fd, self._readable = fd, readable
         self._inode = (st.st_dev, st.st_ino)
+        self._end = 0
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -465,6 +470,8 @@ class JsonlFileHandler(logging.Handler):
                 return False
             try:
                 end = self._whole_lines_end(fd) if locked else None
+                if end is not None and end < self._end:
+                    self._say_truncated(end)
                 try:
                     # several lines per write, each write whole lines (a copy after a short write, rare:
                     # a view would pin the buffer to its size)
@@ -474,6 +481,8 @@ class JsonlFileHandler(logging.Handler):
                     if end is not None:
                         written = _take_back(fd, end, len(pending))
                     raise
+                if end is not None:
+                    self._end = end + written
             finally:
                 if locked:
                     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -511,6 +520,20 @@ class JsonlFileHandler(logging.Handler):
             )
         self._callers_write = elapsed <= _SLOW_WRITE_S
         return True
+
+    def _say_truncated(self, size: int) -> None:
+        """Once: the file shrank under this writer, which lost what was written since the copy."""
+        if not self._truncation_said:
+            self._truncation_said = True
+            internal_log.warning(
+                "llm-ledger: %s shrank from %d to %d bytes since this process last wrote it: something "
+                "truncated it (logrotate's copytruncate), and the lines written between its copy and "
+                "its truncation are lost; rotate it in logrotate's default create mode instead, without "
+                "copytruncate (docs/MONITORING.md, Several processes, one file, rotation)",
+                self.path,
+                self._end,
+                size,
+            )
 
     def _lock(self, fd: int, wait: bool) -> bool | None:
         """Lock the file for a write: True when locked, None when another process holds the lock

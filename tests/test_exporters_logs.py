@@ -149,3 +149,38 @@ def test_the_documented_logrotate_config_loses_no_line(
         lines += [json.loads(line) for line in data.splitlines()]
     assert len(lines) == calls > 0
     assert len({line["call_id"] for line in lines}) == calls
+
+
+def test_copytruncate_rotation_is_reported_once_with_the_fix(
+    logrotate_binary: str,
+    fresh_config: None,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stanza with copytruncate, which the docs advise against (lines written between logrotate's
+    copy and its truncation are lost, and nothing says so): the ledger notices that the file it writes
+    shrank under it and says once on llm_ledger.internal what happened and which mode to use."""
+    logs = tmp_path / "logs"
+    config = tmp_path / "logrotate.conf"
+    stanza = _documented_logrotate_config().replace("/var/log/app", str(logs))
+    config.write_text(stanza.replace("notifempty", "notifempty\n    copytruncate"))
+    llm_ledger.configure(log_dir=logs)
+    client = llm_ledger.instrument(
+        openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
+    )
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with caplog.at_level("WARNING", logger="llm_ledger.internal"):
+        for _ in range(3):  # rotated twice, with calls before, between and after
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+            llm_ledger.flush()
+            subprocess.run(
+                [logrotate_binary, "--force", "--state", str(tmp_path / "state"), str(config)],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        llm_ledger.flush()
+    said = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert len(said) == 1, said
+    assert "copytruncate" in said[0] and "create" in said[0] and str(logs / "llm_calls.jsonl") in said[0]
+    assert len((logs / "llm_calls.jsonl").read_text().splitlines()) == 1  # the call after the rotation
