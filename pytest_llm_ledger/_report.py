@@ -629,20 +629,17 @@ def _rounded_up(usd: Decimal) -> str:
 def applied(ledger: SessionLedger, budgets: Budgets) -> bool:
     """Whether a limit of ``budgets`` applied to the session: the total's, a test's that ran, or the
     limits of a lens that ran (its own entry's, else the default's)."""
-
-    def caps(limits: Limits | None) -> bool:
-        return limits is not None and bool(limits.items())
-
-    return (
-        caps(budgets.total)
-        or any(caps(limits) for test, limits in budgets.tests.items() if test in ledger.tests)
-        or any(caps(budgets.for_lens(key)) for key in {key for key, _, _ in ledger.lens_runs})
-    )
+    ran: list[Limits | None] = [limits for test, limits in budgets.tests.items() if test in ledger.tests]
+    ran += [budgets.for_lens(key) for key in {key for key, _, _ in ledger.lens_runs}]
+    return _caps([budgets.total, *ran])
 
 
 def sets_limits(budgets: Budgets) -> bool:
     """Whether ``budgets`` caps anything (an empty file, or lenses listed with no limit, do not)."""
-    sections = [budgets.default, budgets.total, *budgets.lenses.values(), *budgets.tests.values()]
+    return _caps([budgets.default, budgets.total, *budgets.lenses.values(), *budgets.tests.values()])
+
+
+def _caps(sections: list[Limits | None]) -> bool:
     return any(limits is not None and limits.items() for limits in sections)
 
 
