@@ -269,6 +269,11 @@ class Breach:
         return f"{self.scope} {self.name}" if self.scope != "total" else "total"
 
 
+# the SessionLedger fields a worker sends as they are (sets sorted), merged into the controller's
+_WIRE_SETS: Final = ("recorded", "cassettes", "tested", "refused")
+_WIRE_DICTS: Final = ("unplayed", "auth_errors", "replayed_auth_errors")
+
+
 class SessionLedger:
     """Everything the session's records add up to; mergeable across xdist workers."""
 
@@ -333,13 +338,8 @@ class SessionLedger:
         return {
             "tests": {nodeid: t.to_wire() for nodeid, t in self.tests.items()},
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
-            "unplayed": self.unplayed,
-            "recorded": sorted(self.recorded),
-            "auth_errors": self.auth_errors,
-            "replayed_auth_errors": self.replayed_auth_errors,
-            "cassettes": sorted(self.cassettes),
-            "tested": sorted(self.tested),
-            "refused": sorted(self.refused),
+            **{name: sorted(getattr(self, name)) for name in _WIRE_SETS},
+            **{name: getattr(self, name) for name in _WIRE_DICTS},
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
             "outside": {nodeid: t.to_wire() for nodeid, t in self._outside.items()},
         }
@@ -349,13 +349,8 @@ class SessionLedger:
             self.tests.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
         for key, nodeid, wire in data.get("lens_runs", []):
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
-        self.unplayed.update(data.get("unplayed", {}))
-        self.recorded.update(data.get("recorded", ()))
-        self.auth_errors.update(data.get("auth_errors", {}))
-        self.replayed_auth_errors.update(data.get("replayed_auth_errors", {}))
-        self.cassettes.update(data.get("cassettes", ()))
-        self.tested.update(data.get("tested", ()))
-        self.refused.update(data.get("refused", ()))
+        for name in (*_WIRE_SETS, *_WIRE_DICTS):
+            getattr(self, name).update(data.get(name, ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
         for nodeid, wire in data.get("outside", {}).items():
