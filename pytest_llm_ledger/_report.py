@@ -388,7 +388,7 @@ class SessionLedger:
         }
 
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
-        """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1); ``exit_status``
+        """The ``--llm-report`` document (:data:`REPORT_SCHEMA`, :data:`REPORT_VERSION`); ``exit_status``
         is pytest's, which says whether the run stopped early (a collection error...)."""
         lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
         usage: dict[tuple[str, ...], UsageSum] = {}
