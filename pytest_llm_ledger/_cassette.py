@@ -272,13 +272,10 @@ class LedgerCassette:
         if not owns(request):
             response: dict[str, Any] = self.fallback.play_response(request)
             return response
-        index: int | None = request.__dict__.pop(_PLAY_ATTR, None)
-        if index is None:
-            if not self.can_play_response_for(request):
-                self._miss(request)
-            index = request.__dict__.pop(_PLAY_ATTR)
-            assert index is not None
-        played = self.loaded[index]
+        # reserved by can_play_response_for; a stub that plays without asking first reserves it here
+        if _PLAY_ATTR not in request.__dict__ and not self.can_play_response_for(request):
+            self._miss(request)
+        played: Interaction = self.loaded[request.__dict__.pop(_PLAY_ATTR)]
         if played.status in AUTH_ERRORS and not self.record_auth_errors:
             # recorded before 401/403 answers were left out: it replays a wrong key's error forever
             with self._lock:

@@ -139,10 +139,8 @@ def _parse_sse(text: str) -> list[dict[str, Any]] | None:
     """Split an event stream into events; None when it holds anything the list form cannot keep."""
     events: list[dict[str, Any]] = []
     blocks = text.replace("\r\n", "\n").split("\n\n")
-    if blocks and blocks[-1] == "":
-        blocks.pop()
-    else:
-        return None  # a stream that does not end with a blank line: keep it verbatim
+    if blocks.pop() != "":  # a stream that does not end with a blank line: keep it verbatim
+        return None
     for block in blocks:
         event: dict[str, Any] = {}
         for line in block.split("\n"):

@@ -269,6 +269,11 @@ class Breach:
         return f"{self.scope} {self.name}" if self.scope != "total" else "total"
 
 
+# the SessionLedger fields a worker sends as they are (sets sorted), merged into the controller's
+_WIRE_SETS: Final = ("recorded", "cassettes", "tested", "refused")
+_WIRE_DICTS: Final = ("unplayed", "auth_errors", "replayed_auth_errors")
+
+
 class SessionLedger:
     """Everything the session's records add up to; mergeable across xdist workers."""
 
@@ -333,13 +338,8 @@ class SessionLedger:
         return {
             "tests": {nodeid: t.to_wire() for nodeid, t in self.tests.items()},
             "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
-            "unplayed": self.unplayed,
-            "recorded": sorted(self.recorded),
-            "auth_errors": self.auth_errors,
-            "replayed_auth_errors": self.replayed_auth_errors,
-            "cassettes": sorted(self.cassettes),
-            "tested": sorted(self.tested),
-            "refused": sorted(self.refused),
+            **{name: sorted(getattr(self, name)) for name in _WIRE_SETS},
+            **{name: getattr(self, name) for name in _WIRE_DICTS},
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
             "outside": {nodeid: t.to_wire() for nodeid, t in self._outside.items()},
         }
@@ -349,13 +349,8 @@ class SessionLedger:
             self.tests.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
         for key, nodeid, wire in data.get("lens_runs", []):
             self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
-        self.unplayed.update(data.get("unplayed", {}))
-        self.recorded.update(data.get("recorded", ()))
-        self.auth_errors.update(data.get("auth_errors", {}))
-        self.replayed_auth_errors.update(data.get("replayed_auth_errors", {}))
-        self.cassettes.update(data.get("cassettes", ()))
-        self.tested.update(data.get("tested", ()))
-        self.refused.update(data.get("refused", ()))
+        for name in (*_WIRE_SETS, *_WIRE_DICTS):
+            getattr(self, name).update(data.get(name, ()))
         for *key, wire in data.get("usage", ()):
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
         for nodeid, wire in data.get("outside", {}).items():
@@ -393,7 +388,7 @@ class SessionLedger:
         }
 
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
-        """The ``--llm-report`` document (schema ``llm-ledger-report``, version 1); ``exit_status``
+        """The ``--llm-report`` document (:data:`REPORT_SCHEMA`, :data:`REPORT_VERSION`); ``exit_status``
         is pytest's, which says whether the run stopped early (a collection error...)."""
         lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
         usage: dict[tuple[str, ...], UsageSum] = {}
@@ -629,20 +624,17 @@ def _rounded_up(usd: Decimal) -> str:
 def applied(ledger: SessionLedger, budgets: Budgets) -> bool:
     """Whether a limit of ``budgets`` applied to the session: the total's, a test's that ran, or the
     limits of a lens that ran (its own entry's, else the default's)."""
-
-    def caps(limits: Limits | None) -> bool:
-        return limits is not None and bool(limits.items())
-
-    return (
-        caps(budgets.total)
-        or any(caps(limits) for test, limits in budgets.tests.items() if test in ledger.tests)
-        or any(caps(budgets.for_lens(key)) for key in {key for key, _, _ in ledger.lens_runs})
-    )
+    ran: list[Limits | None] = [limits for test, limits in budgets.tests.items() if test in ledger.tests]
+    ran += [budgets.for_lens(key) for key in {key for key, _, _ in ledger.lens_runs}]
+    return _caps([budgets.total, *ran])
 
 
 def sets_limits(budgets: Budgets) -> bool:
     """Whether ``budgets`` caps anything (an empty file, or lenses listed with no limit, do not)."""
-    sections = [budgets.default, budgets.total, *budgets.lenses.values(), *budgets.tests.values()]
+    return _caps([budgets.default, budgets.total, *budgets.lenses.values(), *budgets.tests.values()])
+
+
+def _caps(sections: list[Limits | None]) -> bool:
     return any(limits is not None and limits.items() for limits in sections)
 
 

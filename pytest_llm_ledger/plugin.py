@@ -869,8 +869,11 @@ def _refuse_paths_taken_for_tests(config: pytest.Config) -> None:
 
 def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list[str]:
     """Cassettes no collected test owns (a test renamed or deleted), named only by a run that
-    collected the whole suite; ``llm-ledger cassettes`` finds them for any selection."""
-    if not _whole_suite(config):
+    collected the whole suite (no paths or node ids given, nothing deselected); ``llm-ledger cassettes``
+    finds them for any selection."""
+    option = config.option  # -k, -m and --deselect are pytest's own options; --lf comes with cacheprovider
+    narrowed = option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False)
+    if narrowed or config.args_source == pytest.Config.ArgsSource.ARGS:
         return []
     orphans = orphan_cassettes(
         state.cassette_dir,
@@ -886,18 +889,6 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
         f"{listed([_display(config, path) for path in orphans])}; delete them with "
         "`llm-ledger cassettes --prune`"
     ]
-
-
-def _whole_suite(config: pytest.Config) -> bool:
-    """Whether this run collected every test: no paths or node ids given, nothing deselected."""
-    option = config.option
-    return (
-        config.args_source != pytest.Config.ArgsSource.ARGS
-        and not getattr(option, "keyword", "")
-        and not getattr(option, "markexpr", "")
-        and not getattr(option, "deselect", None)
-        and not getattr(option, "lf", False)
-    )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

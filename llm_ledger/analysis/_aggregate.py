@@ -376,10 +376,6 @@ class _Sums:
             self.unpriced_calls += unpriced
             self.duration_ms += duration
 
-    def figures(self) -> _Figures:
-        return (self.calls, self.errors, self.prompt_tokens, self.completion_tokens, self.total_tokens,
-                self.cost_usd, self.unpriced_calls, self.duration_ms)  # fmt: skip
-
     def row(self) -> CostRow:
         return CostRow(**{column.name: getattr(self, column.name) for column in fields(self)})
 
@@ -503,7 +499,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     dated = since is not None or until is not None
     groups: dict[tuple[Any, ...], _Sums] = {}
     # a call counts in one group; a lens run may count under several models: the total counts it once
-    runs = _Sums({})
+    total = _Sums({})
     filtered = rejected = 0
     # the context keys and fields seen, to name the valid choices for a dimension no record has
     present: set[str] | None = set() if any(n not in _BUILT_IN for n in (*by, *where)) else None
@@ -539,8 +535,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         if where and not _keep(record, context, lens_run, by, where, choices):
             filtered += 1
             continue
-        if lens_run:
-            runs.add(lens_run, figures)
+        total.add(lens_run, figures)
         for combo in itertools.product(*choices):
             group_key = tuple(map(_hashable, combo))
             sums = groups.get(group_key)
@@ -549,12 +544,6 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             sums.add(lens_run, figures)
     if present:  # None, or empty when no call or lens summary was read
         _check_known(query, present)
-    total = runs
-    if not from_summaries:
-        total = _Sums({})
-        for sums in groups.values():
-            total.add(False, sums.figures())
-        total.lens_runs = runs.lens_runs
     rows = [sums.row() for sums in groups.values()]
     rows.sort(key=lambda row: tuple(as_text(value) for value in row.key.values()))
     if not all(name in TIME_DIMENSIONS for name in by):  # by time: in time order; else costliest first
