@@ -30,6 +30,9 @@ METRICS: Final = ("total_tokens", "total_cost_usd", "duration_ms")  # lens summa
 SCALES: Final = ("log", "linear")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
+# MAD / mean absolute deviation for normal data (0.6745 / 0.7979): the two then measure the same spread
+# (Iglewicz and Hoaglin's fallback for a MAD of 0)
+_MEAN_TO_MAD: Final = 0.6745 / math.sqrt(2 / math.pi)
 
 
 def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None:
@@ -182,13 +185,16 @@ class AnomalyDetector:
                     continue
                 if len(window) >= config.min_runs:
                     center = statistics.median(window)
-                    mad = statistics.median([abs(v - center) for v in window])
-                    if linear:
-                        median = center
-                        threshold = center + config.k * max(mad, config.min_mad_ratio * abs(center))
-                    else:
-                        median = math.exp(center)
-                        threshold = math.exp(center + config.k * max(mad, math.log1p(config.min_mad_ratio)))
+                    deviations = [abs(v - center) for v in window]
+                    mad = statistics.median(deviations)
+                    floor = config.min_mad_ratio * abs(center) if linear else math.log1p(config.min_mad_ratio)
+                    spread = max(mad, floor)
+                    if mad < floor:
+                        # Most runs alike: the MAD says nothing of the others (a lens that makes one call
+                        # or, now and then, two). Their mean deviation does, scaled to the MAD's unit.
+                        spread = max(spread, _MEAN_TO_MAD * statistics.fmean(deviations))
+                    median = center if linear else math.exp(center)
+                    threshold = center + config.k * spread if linear else math.exp(center + config.k * spread)
                     if value > threshold:
                         anomaly: AnomalyShape = {
                             "metric": metric,

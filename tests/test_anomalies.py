@@ -62,8 +62,11 @@ def _over_threshold(h: Any, run_id: str, config: AnomalyConfig) -> bool:
     for metric in config.metrics:
         logs = [math.log(r["summary"][metric]) for r in before]
         center = statistics.median(logs)
-        mad = statistics.median([abs(v - center) for v in logs])
-        if math.log(run["summary"][metric]) > center + config.k * max(mad, math.log1p(config.min_mad_ratio)):
+        deviations = [abs(v - center) for v in logs]
+        mad, floor = statistics.median(deviations), math.log1p(config.min_mad_ratio)
+        # below the floor, the mean deviation in MAD units (0.6745 / 0.7979 of it) when it is wider
+        spread = max(mad, floor, 0.8453 * statistics.fmean(deviations) if mad < floor else 0)
+        if math.log(run["summary"][metric]) > center + config.k * spread:
             return True
     return False
 
@@ -141,6 +144,24 @@ def test_another_model_starts_its_own_baseline(
     for _ in range(6):
         _run(client, monitor, words=300, model="gpt-4o")
     assert _anomalies(records) == []
+
+
+def test_a_lens_with_two_usual_sizes_of_run_never_alarms_on_either(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A lens whose runs usually make one call and every third run two (a retry, a follow-up): most
+    runs are alike (MAD 0), yet the two-call runs are the lens's ordinary traffic, never an anomaly;
+    a runaway run is still caught."""
+    monitor.anomalies = AnomalyDetector(QUICK)
+    for n in range(30):
+        with monitor.lens("digest"):
+            for _ in range(2 if n % 3 == 2 else 1):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-completion-words": "5"}
+                )
+    assert _anomalies(records) == []
+    _run(client, monitor, words=300)
+    assert {a["anomaly"]["metric"] for a in _anomalies(records)} == {"total_tokens", "total_cost_usd"}
 
 
 def test_a_failing_callback_never_reaches_the_application(
