@@ -30,6 +30,11 @@ METRICS: Final = ("total_tokens", "total_cost_usd", "duration_ms")  # lens summa
 SCALES: Final = ("log", "linear")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
+_COLD_DURATION: Final = "duration_ms at process start"  # the baseline of a process's first runs
+# lens_run_id as new_id() makes it: a per-process prefix of 20 hex digits, then a counter
+_ID_LENGTH: Final = 32
+_PROCESS_PREFIX: Final = 20
+_MAX_STARTS: Final = 10_000  # (process, lens, model) triples kept; past it, the oldest is forgotten
 # MAD / mean absolute deviation for normal data (0.6745 / 0.7979): the two then measure the same spread
 # (Iglewicz and Hoaglin's fallback for a MAD of 0)
 _MEAN_TO_MAD: Final = 0.6745 / math.sqrt(2 / math.pi)
@@ -144,6 +149,8 @@ class AnomalyDetector:
         # (lens key, model) -> metric -> its last `window` values
         self._baselines: collections.OrderedDict[tuple[str, str | None], dict[str, collections.deque[float]]]
         self._baselines = collections.OrderedDict()
+        # (process id prefix, lens key, model) of the runs seen: the others are a process's first
+        self._started: collections.OrderedDict[tuple[str, str, str | None], None] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"<AnomalyDetector {self.config} baselines={len(self._baselines)}>"
@@ -176,7 +183,17 @@ class AnomalyDetector:
                     self._baselines.popitem(last=False)
             else:
                 self._baselines.move_to_end((lens, model))
-            for metric, window in series.items():
+            cold = self._first_of_process(context.get("lens_run_id"), lens, model)
+            for metric in config.metrics:
+                if cold and metric == "duration_ms":
+                    # the process's cold start (imports, first connection, price data) is in this
+                    # run's duration: judged against the lens's other first runs, not its usual ones
+                    metric_key = _COLD_DURATION
+                    if metric_key not in series:
+                        series[metric_key] = collections.deque(maxlen=config.window)
+                else:
+                    metric_key = metric
+                window = series[metric_key]
                 value = _value(summary, metric)
                 if value is None:
                     continue
@@ -210,6 +227,19 @@ class AnomalyDetector:
                         found.append(anomaly_record(lens=record, anomaly=anomaly))
                 window.append(point)
         return found
+
+    def _first_of_process(self, run_id: Any, lens: str, model: str | None) -> bool:
+        """Whether the run ``run_id`` is the first of ``lens`` on ``model`` in the process that made it
+        (the process is the id's prefix: ``new_id()``); ``False`` for an id of another form."""
+        if not (isinstance(run_id, str) and len(run_id) == _ID_LENGTH):
+            return False
+        key = (run_id[:_PROCESS_PREFIX], lens, model)
+        if key in self._started:
+            return False
+        self._started[key] = None
+        if len(self._started) > _MAX_STARTS:
+            self._started.popitem(last=False)
+        return True
 
     def after_lens(self, monitor: LLMCallMonitor, record: Mapping[str, Any]) -> None:
         """Called by ``monitor`` with each lens summary it emitted: emit and hand on its anomalies."""

@@ -353,6 +353,41 @@ def test_the_command_replays_history_in_time_order(
     assert {a["event"] for a in listed} == {"lens_anomaly"}
 
 
+def _process_runs(prefix: str, records: list[dict[str, Any]], **scaled: float) -> list[dict[str, Any]]:
+    """``records`` as runs of one process (ids as the ledger makes them: a per-process prefix and a
+    counter), each figure named in ``scaled`` multiplied."""
+    out = []
+    for n, record in enumerate(records, start=1):
+        summary = {**record["summary"], **{k: v * record["summary"][k] for k, v in scaled.items()}}
+        context = {**record["context"], "lens_run_id": prefix * 20 + f"{n:012x}"}
+        out.append({**record, "summary": summary, "context": context})
+    return out
+
+
+def test_a_process_first_run_of_a_lens_is_not_judged_on_its_duration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a restart, the first run of each lens pays for the process's cold start (imports, the
+    first connection, the price data: a second where the lens usually takes milliseconds): it is no
+    duration anomaly, online or replayed. The next run as slow is one, and the first run's tokens and
+    cost are judged as any run's."""
+    runs = [r for r in history(5, 60).records if r["context"]["lens_key"] == "classify"]
+    before = _process_runs("a", runs[:40])
+    cold, slow = _process_runs("b", runs[40:42], duration_ms=20.0)
+    runaway = _process_runs("c", runs[42:43], duration_ms=20.0, total_tokens=10.0)[0]
+    detector = AnomalyDetector()
+    assert [a for r in before for a in detector.observe(r)] == []
+    assert detector.observe(cold) == []
+    [late] = detector.observe(slow)
+    assert late["anomaly"]["metric"] == "duration_ms"
+    assert [a["anomaly"]["metric"] for a in detector.observe(runaway)] == ["total_tokens"]
+
+    _write_log(tmp_path / "llm_calls.jsonl", [*before, cold, slow])
+    assert main(["anomalies", str(tmp_path / "llm_calls.jsonl"), "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["anomalies"]
+    assert [a["context"]["lens_run_id"] for a in listed] == [slow["context"]["lens_run_id"]]
+
+
 def test_the_command_prints_a_table_and_takes_the_detector_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
