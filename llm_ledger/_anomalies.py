@@ -12,12 +12,14 @@ import statistics
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from ._errors import ConfigError
+from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record
 from .loading import BOOLEAN_WORDS
 
@@ -126,6 +128,22 @@ def _value(summary: Mapping[str, Any], metric: str) -> float | None:
     return float(value)
 
 
+def _part_of_day(record: Mapping[str, Any], summary: Mapping[str, Any], models: Any) -> str | None:
+    """When the run's models are priced by the time of day: the part of the day (UTC) its calls began
+    in, named by the second it starts at for each model; ``None`` otherwise."""
+    parts = [day_parts(m) if isinstance(m, str) else () for m in models] if isinstance(models, list) else []
+    if not any(parts):
+        return None
+    try:
+        end = datetime.fromisoformat(str(record.get("timestamp")).replace("Z", "+00:00"))
+        start = end.timestamp() - float(summary.get("duration_ms") or 0) / 1000
+    except (TypeError, ValueError, OverflowError):
+        return None
+    second = int(start) % 86_400
+    # per model: its last price change at or before that second (the day's last one, before the first)
+    return "+".join(str(max((s for s in p if s <= second), default=p[-1])) if p else "-" for p in parts)
+
+
 class AnomalyDetector:
     """Judges each lens summary record against its lens's (and models') recent runs; thread-safe.
     ``configure(anomalies=...)`` sets one on the default monitor; ``monitor.anomalies = ...`` on yours,
@@ -189,6 +207,12 @@ class AnomalyDetector:
                     # the process's cold start (imports, first connection, price data) is in this
                     # run's duration: judged against the lens's other first runs, not its usual ones
                     metric_key = _COLD_DURATION
+                    if metric_key not in series:
+                        series[metric_key] = collections.deque(maxlen=config.window)
+                elif metric == "total_cost_usd" and (part := _part_of_day(record, summary, models)):
+                    # a price by time of day (DeepSeek's off-peak hours): each part of the day's costs
+                    # are a baseline of their own, or the daily end of a discount looks like a runaway
+                    metric_key = f"{metric} from {part}"
                     if metric_key not in series:
                         series[metric_key] = collections.deque(maxlen=config.window)
                 else:

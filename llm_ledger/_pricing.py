@@ -39,6 +39,7 @@ __all__ = [
     "PriceTable",
     "Rates",
     "Route",
+    "day_parts",
     "known_providers",
     "price",
     "reasoning_outside",
@@ -705,6 +706,22 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     if current is None or len(timed) < len(by_time):
         return None
     return replace(current, by_time=timed if len(timed) > 1 else (), expires=expires)
+
+
+@functools.lru_cache(maxsize=1024)
+def day_parts(model: str) -> tuple[int, ...]:
+    """The seconds of the UTC day at which ``model``'s price changes at a provider listing it, ascending
+    (DeepSeek's off-peak hours, as genai-prices lists them); empty when it costs the same all day."""
+    from genai_prices.types import TimeOfDateConstraint
+
+    seconds: set[int] = set()
+    for provider in _genai_providers():
+        info = provider.find_model(model)
+        for conditional in info.prices if info is not None and isinstance(info.prices, list) else ():
+            window = conditional.constraint
+            if isinstance(window, TimeOfDateConstraint):
+                seconds |= {_utc_second(window.start_time), _utc_second(window.end_time)}
+    return tuple(sorted(seconds))
 
 
 def _utc_second(moment: dt_time) -> int:

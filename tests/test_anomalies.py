@@ -19,6 +19,7 @@ import llm_ledger
 from bench.anomalies import LENSES, flagged, history
 from llm_ledger import AnomalyConfig, AnomalyDetector, ConfigError
 from llm_ledger._cli import main
+from llm_ledger._records import LensSummary, lens_record
 from llm_ledger.exporters import PrometheusSink
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
@@ -89,6 +90,32 @@ def test_a_lasting_change_of_level_becomes_the_baseline() -> None:
     alarms = flagged(h.records, AnomalyConfig())
     steps = sorted(int(run.rsplit("-", 1)[1]) for run in alarms)
     assert steps and steps[0] == 150 and steps[-1] < 250
+
+
+def _deepseek_day(runs: int, runaway_at: int | None = None) -> list[dict[str, Any]]:
+    """``runs`` runs of a lens on deepseek-chat, evenly over two days, its tokens steady: their cost
+    halves in DeepSeek's off-peak hours (16:30 to 00:30 UTC, as genai-prices lists them)."""
+    out = []
+    for n, record in enumerate(r for r in history(6, runs).records if r["context"]["lens_key"] == "digest"):
+        start = 1_767_225_600 + n * 2 * 86_400 // runs  # from 2026-01-01T00:00Z
+        second = start % 86_400
+        off_peak = second >= 16 * 3600 + 1800 or second < 1800
+        summary: LensSummary = record["summary"].copy()
+        summary["models_used"], summary["duration_ms"] = ["deepseek-chat"], 1000.0
+        summary["total_cost_usd"] = summary["total_tokens"] * (0.55 if off_peak else 1.1) / 1e6
+        if n == runaway_at:
+            summary["total_tokens"] *= 5
+            summary["total_cost_usd"] *= 5
+        out.append(dict(lens_record(context=record["context"], summary=summary, end_epoch=start + 1)))
+    return out
+
+
+def test_a_price_by_time_of_day_is_no_cost_anomaly() -> None:
+    """A DeepSeek lens's cost doubles every day when the off-peak discount ends (00:30 UTC): each part
+    of the day has its own cost baseline, so that is no alarm; a runaway run still is."""
+    assert flagged(_deepseek_day(600), AnomalyConfig()) == set()
+    spikes = _deepseek_day(600, runaway_at=400)
+    assert flagged(spikes, AnomalyConfig()) == {spikes[400]["context"]["lens_run_id"]}
 
 
 def test_a_lens_and_model_pair_has_its_own_baseline() -> None:
