@@ -776,8 +776,10 @@ def _rates_from_model_info(
 
 # --- user price file ---------------------------------------------------------------------------------
 
-_MODEL_KEYS: Final = ("input", "cached_input", "output")
+_MODEL_KEYS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
 _HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
+# other tools' names for these rates (litellm's, genai-prices'), which look like another key of ours
+_KEYS_MEANT: Final = {"cache_read": "cached_input", "cache_creation": "cache_write"}
 _MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
 _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
 _STR_TAG: Final = "tag:yaml.org,2002:str"
@@ -804,7 +806,7 @@ def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], di
     if "models" in top:
         for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
             entry_path = join("models", model)
-            fields = doc.fields(node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
+            fields = _rate_fields(doc, node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
             result[model] = _rates(doc, node, entry_path, model, fields)
     hosts: dict[str, HostPrice] = {}
     if "hosts" in top:
@@ -820,6 +822,23 @@ def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], di
     return result, hosts
 
 
+def _rate_fields(
+    doc: Document, node: yaml.Node, entry_path: str, expected: str, keys: tuple[str, ...]
+) -> dict[str, yaml.Node]:
+    """The keys of a ``models`` or ``hosts`` entry; a rate named as another tool names it is an error
+    naming ours (``cache_read`` is ``cached_input``, not the ``cache_write`` it looks like)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            meant = _KEYS_MEANT.get(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if meant is not None:
+                raise doc.error(
+                    key_node, f"{entry_path}.{key_node.value}", f"unknown key; the rate meant is {meant!r}"
+                )
+    return doc.fields(node, entry_path, expected, keys)
+
+
 def _rates(
     doc: Document, node: yaml.Node, entry_path: str, label: str, fields: dict[str, yaml.Node]
 ) -> Rates:
@@ -832,15 +851,24 @@ def _rates(
         for key, value in fields.items()
         if key in _MODEL_KEYS
     }
-    return Rates(label, rates["input"], rates["output"], rates.get("cached_input"), PRICE_FILE_SOURCE)
+    return Rates(
+        label,
+        rates["input"],
+        rates["output"],
+        rates.get("cached_input"),
+        PRICE_FILE_SOURCE,
+        cache_write=rates.get("cache_write"),
+        input_audio=rates.get("input_audio"),
+        output_audio=rates.get("output_audio"),
+    )
 
 
 def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:
     expected = (
-        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input' "
-        "(USD per 1M tokens, for every model)"
+        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input', "
+        "'cache_write', 'input_audio', 'output_audio' (USD per 1M tokens, for every model)"
     )
-    fields = doc.fields(node, entry_path, expected, _HOST_KEYS)
+    fields = _rate_fields(doc, node, entry_path, expected, _HOST_KEYS)
     rates = _rates(doc, node, entry_path, pattern, fields) if fields.keys() & _MODEL_KEYS else None
     provider_node = fields.get("provider")
     provider = None
