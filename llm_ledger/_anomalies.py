@@ -12,12 +12,14 @@ import statistics
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from ._errors import ConfigError
+from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record
 from .loading import BOOLEAN_WORDS
 
@@ -30,6 +32,14 @@ METRICS: Final = ("total_tokens", "total_cost_usd", "duration_ms")  # lens summa
 SCALES: Final = ("log", "linear")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
+_COLD_DURATION: Final = "duration_ms at process start"  # the baseline of a process's first runs
+# lens_run_id as new_id() makes it: a per-process prefix of 20 hex digits, then a counter
+_ID_LENGTH: Final = 32
+_PROCESS_PREFIX: Final = 20
+_MAX_STARTS: Final = 10_000  # (process, lens, model) triples kept; past it, the oldest is forgotten
+# MAD / mean absolute deviation for normal data (0.6745 / 0.7979): the two then measure the same spread
+# (Iglewicz and Hoaglin's fallback for a MAD of 0)
+_MEAN_TO_MAD: Final = 0.6745 / math.sqrt(2 / math.pi)
 
 
 def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None:
@@ -118,6 +128,22 @@ def _value(summary: Mapping[str, Any], metric: str) -> float | None:
     return float(value)
 
 
+def _part_of_day(record: Mapping[str, Any], summary: Mapping[str, Any], models: Any) -> str | None:
+    """When the run's models are priced by the time of day: the part of the day (UTC) its calls began
+    in, named by the second it starts at for each model; ``None`` otherwise."""
+    parts = [day_parts(m) if isinstance(m, str) else () for m in models] if isinstance(models, list) else []
+    if not any(parts):
+        return None
+    try:
+        end = datetime.fromisoformat(str(record.get("timestamp")).replace("Z", "+00:00"))
+        start = end.timestamp() - float(summary.get("duration_ms") or 0) / 1000
+    except (TypeError, ValueError, OverflowError):
+        return None
+    second = int(start) % 86_400
+    # per model: its last price change at or before that second (the day's last one, before the first)
+    return "+".join(str(max((s for s in p if s <= second), default=p[-1])) if p else "-" for p in parts)
+
+
 class AnomalyDetector:
     """Judges each lens summary record against its lens's (and models') recent runs; thread-safe.
     ``configure(anomalies=...)`` sets one on the default monitor; ``monitor.anomalies = ...`` on yours,
@@ -141,6 +167,8 @@ class AnomalyDetector:
         # (lens key, model) -> metric -> its last `window` values
         self._baselines: collections.OrderedDict[tuple[str, str | None], dict[str, collections.deque[float]]]
         self._baselines = collections.OrderedDict()
+        # (process id prefix, lens key, model) of the runs seen: the others are a process's first
+        self._started: collections.OrderedDict[tuple[str, str, str | None], None] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"<AnomalyDetector {self.config} baselines={len(self._baselines)}>"
@@ -173,7 +201,23 @@ class AnomalyDetector:
                     self._baselines.popitem(last=False)
             else:
                 self._baselines.move_to_end((lens, model))
-            for metric, window in series.items():
+            cold = self._first_of_process(context.get("lens_run_id"), lens, model)
+            for metric in config.metrics:
+                if cold and metric == "duration_ms":
+                    # the process's cold start (imports, first connection, price data) is in this
+                    # run's duration: judged against the lens's other first runs, not its usual ones
+                    metric_key = _COLD_DURATION
+                    if metric_key not in series:
+                        series[metric_key] = collections.deque(maxlen=config.window)
+                elif metric == "total_cost_usd" and (part := _part_of_day(record, summary, models)):
+                    # a price by time of day (DeepSeek's off-peak hours): each part of the day's costs
+                    # are a baseline of their own, or the daily end of a discount looks like a runaway
+                    metric_key = f"{metric} from {part}"
+                    if metric_key not in series:
+                        series[metric_key] = collections.deque(maxlen=config.window)
+                else:
+                    metric_key = metric
+                window = series[metric_key]
                 value = _value(summary, metric)
                 if value is None:
                     continue
@@ -182,13 +226,16 @@ class AnomalyDetector:
                     continue
                 if len(window) >= config.min_runs:
                     center = statistics.median(window)
-                    mad = statistics.median([abs(v - center) for v in window])
-                    if linear:
-                        median = center
-                        threshold = center + config.k * max(mad, config.min_mad_ratio * abs(center))
-                    else:
-                        median = math.exp(center)
-                        threshold = math.exp(center + config.k * max(mad, math.log1p(config.min_mad_ratio)))
+                    deviations = [abs(v - center) for v in window]
+                    mad = statistics.median(deviations)
+                    floor = config.min_mad_ratio * abs(center) if linear else math.log1p(config.min_mad_ratio)
+                    spread = max(mad, floor)
+                    if mad < floor:
+                        # Most runs alike: the MAD says nothing of the others (a lens that makes one call
+                        # or, now and then, two). Their mean deviation does, scaled to the MAD's unit.
+                        spread = max(spread, _MEAN_TO_MAD * statistics.fmean(deviations))
+                    median = center if linear else math.exp(center)
+                    threshold = center + config.k * spread if linear else math.exp(center + config.k * spread)
                     if value > threshold:
                         anomaly: AnomalyShape = {
                             "metric": metric,
@@ -204,6 +251,19 @@ class AnomalyDetector:
                         found.append(anomaly_record(lens=record, anomaly=anomaly))
                 window.append(point)
         return found
+
+    def _first_of_process(self, run_id: Any, lens: str, model: str | None) -> bool:
+        """Whether the run ``run_id`` is the first of ``lens`` on ``model`` in the process that made it
+        (the process is the id's prefix: ``new_id()``); ``False`` for an id of another form."""
+        if not (isinstance(run_id, str) and len(run_id) == _ID_LENGTH):
+            return False
+        key = (run_id[:_PROCESS_PREFIX], lens, model)
+        if key in self._started:
+            return False
+        self._started[key] = None
+        if len(self._started) > _MAX_STARTS:
+            self._started.popitem(last=False)
+        return True
 
     def after_lens(self, monitor: LLMCallMonitor, record: Mapping[str, Any]) -> None:
         """Called by ``monitor`` with each lens summary it emitted: emit and hand on its anomalies."""

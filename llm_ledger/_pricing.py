@@ -39,6 +39,7 @@ __all__ = [
     "PriceTable",
     "Rates",
     "Route",
+    "day_parts",
     "known_providers",
     "price",
     "reasoning_outside",
@@ -707,6 +708,22 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     return replace(current, by_time=timed if len(timed) > 1 else (), expires=expires)
 
 
+@functools.lru_cache(maxsize=1024)
+def day_parts(model: str) -> tuple[int, ...]:
+    """The seconds of the UTC day at which ``model``'s price changes at a provider listing it, ascending
+    (DeepSeek's off-peak hours, as genai-prices lists them); empty when it costs the same all day."""
+    from genai_prices.types import TimeOfDateConstraint
+
+    seconds: set[int] = set()
+    for provider in _genai_providers():
+        info = provider.find_model(model)
+        for conditional in info.prices if info is not None and isinstance(info.prices, list) else ():
+            window = conditional.constraint
+            if isinstance(window, TimeOfDateConstraint):
+                seconds |= {_utc_second(window.start_time), _utc_second(window.end_time)}
+    return tuple(sorted(seconds))
+
+
 def _utc_second(moment: dt_time) -> int:
     """The second of the UTC day a time of day is (a time without a zone is UTC, as genai-prices reads it)."""
     if moment.tzinfo is not None:
@@ -759,8 +776,10 @@ def _rates_from_model_info(
 
 # --- user price file ---------------------------------------------------------------------------------
 
-_MODEL_KEYS: Final = ("input", "cached_input", "output")
+_MODEL_KEYS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
 _HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
+# other tools' names for these rates (litellm's, genai-prices'), which look like another key of ours
+_KEYS_MEANT: Final = {"cache_read": "cached_input", "cache_creation": "cache_write"}
 _MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
 _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
 _STR_TAG: Final = "tag:yaml.org,2002:str"
@@ -787,7 +806,7 @@ def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], di
     if "models" in top:
         for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
             entry_path = join("models", model)
-            fields = doc.fields(node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
+            fields = _rate_fields(doc, node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
             result[model] = _rates(doc, node, entry_path, model, fields)
     hosts: dict[str, HostPrice] = {}
     if "hosts" in top:
@@ -803,6 +822,23 @@ def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], di
     return result, hosts
 
 
+def _rate_fields(
+    doc: Document, node: yaml.Node, entry_path: str, expected: str, keys: tuple[str, ...]
+) -> dict[str, yaml.Node]:
+    """The keys of a ``models`` or ``hosts`` entry; a rate named as another tool names it is an error
+    naming ours (``cache_read`` is ``cached_input``, not the ``cache_write`` it looks like)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            meant = _KEYS_MEANT.get(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if meant is not None:
+                raise doc.error(
+                    key_node, f"{entry_path}.{key_node.value}", f"unknown key; the rate meant is {meant!r}"
+                )
+    return doc.fields(node, entry_path, expected, keys)
+
+
 def _rates(
     doc: Document, node: yaml.Node, entry_path: str, label: str, fields: dict[str, yaml.Node]
 ) -> Rates:
@@ -815,15 +851,24 @@ def _rates(
         for key, value in fields.items()
         if key in _MODEL_KEYS
     }
-    return Rates(label, rates["input"], rates["output"], rates.get("cached_input"), PRICE_FILE_SOURCE)
+    return Rates(
+        label,
+        rates["input"],
+        rates["output"],
+        rates.get("cached_input"),
+        PRICE_FILE_SOURCE,
+        cache_write=rates.get("cache_write"),
+        input_audio=rates.get("input_audio"),
+        output_audio=rates.get("output_audio"),
+    )
 
 
 def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:
     expected = (
-        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input' "
-        "(USD per 1M tokens, for every model)"
+        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input', "
+        "'cache_write', 'input_audio', 'output_audio' (USD per 1M tokens, for every model)"
     )
-    fields = doc.fields(node, entry_path, expected, _HOST_KEYS)
+    fields = _rate_fields(doc, node, entry_path, expected, _HOST_KEYS)
     rates = _rates(doc, node, entry_path, pattern, fields) if fields.keys() & _MODEL_KEYS else None
     provider_node = fields.get("provider")
     provider = None

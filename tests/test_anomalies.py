@@ -19,6 +19,7 @@ import llm_ledger
 from bench.anomalies import LENSES, flagged, history
 from llm_ledger import AnomalyConfig, AnomalyDetector, ConfigError
 from llm_ledger._cli import main
+from llm_ledger._records import LensSummary, lens_record
 from llm_ledger.exporters import PrometheusSink
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
@@ -62,8 +63,11 @@ def _over_threshold(h: Any, run_id: str, config: AnomalyConfig) -> bool:
     for metric in config.metrics:
         logs = [math.log(r["summary"][metric]) for r in before]
         center = statistics.median(logs)
-        mad = statistics.median([abs(v - center) for v in logs])
-        if math.log(run["summary"][metric]) > center + config.k * max(mad, math.log1p(config.min_mad_ratio)):
+        deviations = [abs(v - center) for v in logs]
+        mad, floor = statistics.median(deviations), math.log1p(config.min_mad_ratio)
+        # below the floor, the mean deviation in MAD units (0.6745 / 0.7979 of it) when it is wider
+        spread = max(mad, floor, 0.8453 * statistics.fmean(deviations) if mad < floor else 0)
+        if math.log(run["summary"][metric]) > center + config.k * spread:
             return True
     return False
 
@@ -86,6 +90,32 @@ def test_a_lasting_change_of_level_becomes_the_baseline() -> None:
     alarms = flagged(h.records, AnomalyConfig())
     steps = sorted(int(run.rsplit("-", 1)[1]) for run in alarms)
     assert steps and steps[0] == 150 and steps[-1] < 250
+
+
+def _deepseek_day(runs: int, runaway_at: int | None = None) -> list[dict[str, Any]]:
+    """``runs`` runs of a lens on deepseek-chat, evenly over two days, its tokens steady: their cost
+    halves in DeepSeek's off-peak hours (16:30 to 00:30 UTC, as genai-prices lists them)."""
+    out = []
+    for n, record in enumerate(r for r in history(6, runs).records if r["context"]["lens_key"] == "digest"):
+        start = 1_767_225_600 + n * 2 * 86_400 // runs  # from 2026-01-01T00:00Z
+        second = start % 86_400
+        off_peak = second >= 16 * 3600 + 1800 or second < 1800
+        summary: LensSummary = record["summary"].copy()
+        summary["models_used"], summary["duration_ms"] = ["deepseek-chat"], 1000.0
+        summary["total_cost_usd"] = summary["total_tokens"] * (0.55 if off_peak else 1.1) / 1e6
+        if n == runaway_at:
+            summary["total_tokens"] *= 5
+            summary["total_cost_usd"] *= 5
+        out.append(dict(lens_record(context=record["context"], summary=summary, end_epoch=start + 1)))
+    return out
+
+
+def test_a_price_by_time_of_day_is_no_cost_anomaly() -> None:
+    """A DeepSeek lens's cost doubles every day when the off-peak discount ends (00:30 UTC): each part
+    of the day has its own cost baseline, so that is no alarm; a runaway run still is."""
+    assert flagged(_deepseek_day(600), AnomalyConfig()) == set()
+    spikes = _deepseek_day(600, runaway_at=400)
+    assert flagged(spikes, AnomalyConfig()) == {spikes[400]["context"]["lens_run_id"]}
 
 
 def test_a_lens_and_model_pair_has_its_own_baseline() -> None:
@@ -141,6 +171,24 @@ def test_another_model_starts_its_own_baseline(
     for _ in range(6):
         _run(client, monitor, words=300, model="gpt-4o")
     assert _anomalies(records) == []
+
+
+def test_a_lens_with_two_usual_sizes_of_run_never_alarms_on_either(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A lens whose runs usually make one call and every third run two (a retry, a follow-up): most
+    runs are alike (MAD 0), yet the two-call runs are the lens's ordinary traffic, never an anomaly;
+    a runaway run is still caught."""
+    monitor.anomalies = AnomalyDetector(QUICK)
+    for n in range(30):
+        with monitor.lens("digest"):
+            for _ in range(2 if n % 3 == 2 else 1):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-completion-words": "5"}
+                )
+    assert _anomalies(records) == []
+    _run(client, monitor, words=300)
+    assert {a["anomaly"]["metric"] for a in _anomalies(records)} == {"total_tokens", "total_cost_usd"}
 
 
 def test_a_failing_callback_never_reaches_the_application(
@@ -330,6 +378,41 @@ def test_the_command_replays_history_in_time_order(
     assert {a["context"]["lens_run_id"] for a in listed} == expected and expected
     assert [a["timestamp"] for a in listed] == sorted(a["timestamp"] for a in listed)
     assert {a["event"] for a in listed} == {"lens_anomaly"}
+
+
+def _process_runs(prefix: str, records: list[dict[str, Any]], **scaled: float) -> list[dict[str, Any]]:
+    """``records`` as runs of one process (ids as the ledger makes them: a per-process prefix and a
+    counter), each figure named in ``scaled`` multiplied."""
+    out = []
+    for n, record in enumerate(records, start=1):
+        summary = {**record["summary"], **{k: v * record["summary"][k] for k, v in scaled.items()}}
+        context = {**record["context"], "lens_run_id": prefix * 20 + f"{n:012x}"}
+        out.append({**record, "summary": summary, "context": context})
+    return out
+
+
+def test_a_process_first_run_of_a_lens_is_not_judged_on_its_duration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a restart, the first run of each lens pays for the process's cold start (imports, the
+    first connection, the price data: a second where the lens usually takes milliseconds): it is no
+    duration anomaly, online or replayed. The next run as slow is one, and the first run's tokens and
+    cost are judged as any run's."""
+    runs = [r for r in history(5, 60).records if r["context"]["lens_key"] == "classify"]
+    before = _process_runs("a", runs[:40])
+    cold, slow = _process_runs("b", runs[40:42], duration_ms=20.0)
+    runaway = _process_runs("c", runs[42:43], duration_ms=20.0, total_tokens=10.0)[0]
+    detector = AnomalyDetector()
+    assert [a for r in before for a in detector.observe(r)] == []
+    assert detector.observe(cold) == []
+    [late] = detector.observe(slow)
+    assert late["anomaly"]["metric"] == "duration_ms"
+    assert [a["anomaly"]["metric"] for a in detector.observe(runaway)] == ["total_tokens"]
+
+    _write_log(tmp_path / "llm_calls.jsonl", [*before, cold, slow])
+    assert main(["anomalies", str(tmp_path / "llm_calls.jsonl"), "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["anomalies"]
+    assert [a["context"]["lens_run_id"] for a in listed] == [slow["context"]["lens_run_id"]]
 
 
 def test_the_command_prints_a_table_and_takes_the_detector_settings(

@@ -12,7 +12,9 @@ from typing import Any
 import openai
 import pytest
 
-from llm_ledger import price
+import llm_ledger
+from llm_ledger import PriceTable, price
+from llm_ledger._cli import main
 from llm_ledger.testing import Captured
 from tests.cost_helpers import assert_repriced_unchanged, genai_usd
 
@@ -91,3 +93,45 @@ def test_cached_audio_on_a_model_without_a_cached_rate_keeps_the_audio_rate(prom
     )
     assert cost is not None
     assert cost.total_cost_usd == genai_usd("gpt-audio", usage)
+
+
+def test_a_price_file_gives_audio_and_cache_write_rates(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """genai-prices lists no audio rate for gpt-4o-audio-preview: a price file gives its audio (and
+    cache write) rates, the call through the real SDK costs them, and reprice with the file agrees."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "version: 1\nmodels:\n  gpt-4o-audio-preview:\n    input: 2.5\n    output: 10\n"
+        "    input_audio: 40\n    output_audio: 80\n    cache_write: 3.125\n"
+    )
+    monitor.prices = PriceTable.from_file(prices)
+    headers = {
+        "x-fake-prompt-audio-tokens": "800",
+        "x-fake-completion-audio-tokens": "400",
+        "x-fake-cache-write-tokens": "100",
+    }
+    client.chat.completions.create(
+        model="gpt-4o-audio-preview", messages=[{"role": "user", "content": "hi"}], extra_headers=headers
+    )
+    (record,) = records.calls
+    usage = record["usage"]
+    text_in = usage["prompt_tokens"] - 800 - 100
+    expected = (
+        Decimal(text_in) * Decimal("2.5")
+        + 800 * Decimal(40)
+        + 100 * Decimal("3.125")
+        + Decimal(usage["completion_tokens"] - 400) * 10
+        + 400 * Decimal(80)
+    ) / 1_000_000
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected
+    assert record["cost"]["source"] == "price-file"
+
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["reprice", str(log), "--price-file", str(prices), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["change_usd"] == 0

@@ -392,13 +392,19 @@ BAD_FILES = [
     (
         "entry-not-mapping",
         "version: 1\nmodels:\n  gpt-4o: 2.5\n",
-        "3: models.gpt-4o: expected a mapping with keys input, cached_input, output (USD per 1M tokens), "
-        "got 2.5",
+        "3: models.gpt-4o: expected a mapping with keys input, cached_input, cache_write, input_audio, "
+        "output, output_audio (USD per 1M tokens), got 2.5",
     ),
     (
         "unknown-entry-key",
         GOOD_ENTRY + "    input: 1\n    output: 2\n    cache_read: 1\n",
-        "6: models.gpt-4o.cache_read: unknown key; valid keys: input, cached_input, output",
+        "6: models.gpt-4o.cache_read: unknown key; the rate meant is 'cached_input'",
+    ),
+    (
+        "unknown-entry-key-like-ours",
+        GOOD_ENTRY + "    input: 1\n    output: 2\n    audio_in: 1\n",
+        "6: models.gpt-4o.audio_in: unknown key; valid keys: input, cached_input, cache_write, input_audio, "
+        "output, output_audio",
     ),
     (
         "missing-output",
