@@ -291,9 +291,12 @@ class LensRun(_Scope):
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
             self._extra["parent_lens_run_id"] = enclosing[-1].run_id
         super().__enter__()
+        # the run's records carry the context it was opened in and its own, never that of a block
+        # left open inside it (a generator suspended in its track_llm_call block) when it ends
+        self._record_context = _context.get()
         if self._monitor.budgets is not None:
             try:
-                self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
+                self._budget = self._monitor.budgets.watch(self.lens_key, self._record_context)
             except Exception as exc:  # never into the application's with block
                 self._monitor._report("watching a lens run's budget", exc)
         self._lens_token = _lenses.set((*enclosing, self))
@@ -308,7 +311,6 @@ class LensRun(_Scope):
             self._wall = time.perf_counter() - self._started_perf
             token, self._lens_token = self._lens_token, None
             _reset(_lenses, token)
-            self._record_context = {**_context.get(), **self._extra}
             super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
             if due:

@@ -309,6 +309,30 @@ def test_a_block_left_open_inside_a_lens_ends_with_it(
     assert [(c["lens_key"], "step" in c) for c in (after, closed)] == [(None, False), (None, False)]
 
 
+def test_a_lens_record_carries_its_own_context_not_a_block_left_open_inside_it(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A generator suspended in its ``track_llm_call(user_id=...)`` block inside a lens: the calls
+    made while that block is open carry its context, but the lens run was not opened in it, so the
+    lens's record (and the anomaly records that copy it) carries the lens's own context, as its
+    budget records do."""
+
+    def steps() -> Generator[None]:
+        with monitor.track_llm_call(user_id="someone-else"):
+            yield
+
+    with monitor.lens("outer", source_id="doc-1"):
+        pending = steps()
+        next(pending)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    pending.close()
+    [call] = records.calls
+    [lens_record] = records.lenses
+    assert call["context"]["user_id"] == "someone-else"
+    assert "user_id" not in lens_record["context"]
+    assert lens_record["context"]["source_id"] == "doc-1"
+
+
 def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor) -> None:
     """A missing or non-string lens key is rejected with the value shown."""
     with pytest.raises(TypeError, match="lens_key must be a non-empty string"):
