@@ -15,7 +15,7 @@ from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
-from ._records import LensSummary, LensTotals, new_id
+from ._records import LensSummary, LensTotals, made_here, new_id
 
 if TYPE_CHECKING:
     from ._budgets import _RunBudget
@@ -314,9 +314,15 @@ class LensRun(_Scope):
             super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
             if due:
-                self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)
+                self._write(self.summary)
         except Exception as error:  # never into the application's with block
             self._monitor._report("ending a lens", error)
+
+    def _write(self, summary: LensSummary) -> None:
+        """Emit the run's record: in the process that opened the run only, not in a child forked
+        inside it that leaves through its block (its copy also counts the parent's calls)."""
+        if self.run_id is not None and made_here(self.run_id):
+            self._monitor._emit_lens(self._record_context, summary, self._started + self._wall)
 
     # -- used by the monitor ---------------------------------------------------------------------
 
@@ -328,4 +334,4 @@ class LensRun(_Scope):
             self._budget.check(self._monitor, self._totals)
         if due:
             self.summary = self._totals.summary(self._wall)
-            self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)
+            self._write(self.summary)

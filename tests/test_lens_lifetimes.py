@@ -4,11 +4,14 @@ and nothing a call carries makes a lens or a record fail."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -66,6 +69,37 @@ async def test_an_async_stream_closed_after_its_lens_ended_counts_in_it(
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 1 and lens["summary"]["open_calls"] == 0
     assert records.calls[0]["status"] == "interrupted"
+
+
+def test_a_child_forked_inside_a_lens_never_writes_that_lens_run_again(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A process forked inside a lens whose child leaves through the block (``sys.exit()``, an
+    exception): the run is the parent's, so only the parent writes its ``lens_summary``, with its own
+    calls; the child writes its own call, never a second record of the run, with the parent's calls
+    counted again under the same ``lens_run_id``."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        hi = [{{"role": "user", "content": "hi"}}]
+        def client():
+            return llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        with llm_ledger.lens("forks"):
+            client().chat.completions.create(model="gpt-4o-mini", messages=hi)
+            pid = os.fork()
+            if pid == 0:
+                client().chat.completions.create(model="gpt-4o-mini", messages=hi)
+                sys.exit(0)
+            os.waitpid(pid, 0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    calls = [line for line in lines if line["event"] == "llm_api_call"]
+    lenses = [line for line in lines if line["event"] == "lens_summary"]
+    assert len(calls) == 2
+    assert [lens["summary"]["total_api_calls"] for lens in lenses] == [1]
 
 
 def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
