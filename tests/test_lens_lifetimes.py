@@ -102,6 +102,45 @@ def test_a_child_forked_inside_a_lens_never_writes_that_lens_run_again(
     assert [lens["summary"]["total_api_calls"] for lens in lenses] == [1]
 
 
+def test_a_child_forked_inside_a_lens_counts_its_calls_in_none_of_its_parents_runs(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A child forked inside a lens (a worker pool started in it) while another thread of the parent
+    was counting a call in that run: the child's calls carry the run's context, yet count in no run
+    of its parent's (it could never write them), so the child never waits on the parent's counting,
+    which no thread of the child will ever finish (the lock held at the fork is simulated here)."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        hi = [{{"role": "user", "content": "hi"}}]
+        def client():
+            return llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        with llm_ledger.lens("forks") as run:
+            client().chat.completions.create(model="gpt-4o-mini", messages=hi)
+            run._totals._lock.acquire()  # as another thread of the parent counting a call at the fork
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(20)  # a child stuck on the lock dies, and the test fails, rather than hang
+                client().chat.completions.create(model="gpt-4o-mini", messages=hi)
+                llm_ledger.flush()
+                os._exit(0)
+            run._totals._lock.release()
+            _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=True, timeout=60, capture_output=True, text=True
+    )
+    assert done.stdout.split() == ["0"]
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    calls = [line for line in lines if line["event"] == "llm_api_call"]
+    [lens] = [line for line in lines if line["event"] == "lens_summary"]
+    assert [call["context"]["lens_run_id"] for call in calls] == [lens["context"]["lens_run_id"]] * 2
+    assert lens["summary"]["total_api_calls"] == 1
+
+
 def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
