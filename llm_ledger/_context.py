@@ -39,12 +39,33 @@ current_lenses: Callable[[], tuple[LensRun, ...]] = _lenses.get
 """Every open lens run, outermost first."""
 
 
-def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+def _reset(var: ContextVar[Any], token: Token[Any] | None) -> bool:
+    """Undo ``token``'s set; False when exited in another context than it was entered in."""
     if token is not None:
         try:
             var.reset(token)
-        except ValueError:  # exited in another context than it was entered (e.g. another task)
-            pass
+        except ValueError:  # e.g. another task, or a context copy of a thread pool's
+            return False
+    return True
+
+
+_told_elsewhere: set[str] = set()  # lens keys already said to end in another context
+
+
+def _said_elsewhere(lens_key: str) -> None:
+    """Warn, once per lens key, that a lens block ended in another context than it began in."""
+    if lens_key in _told_elsewhere or len(_told_elsewhere) >= 1000:
+        return
+    _told_elsewhere.add(lens_key)
+    from ._monitor import _warn  # imported here: _monitor imports this module
+
+    _warn(  # an application's handler failing on it never reaches its with block
+        "llm-ledger: lens %r ended in another context than it began in: it was entered and left in "
+        "context copies of their own (a sync generator dependency of a web framework, run step by step "
+        "in a thread pool?), so the calls between counted in no run of it. Open the lens where its calls "
+        "are made: with llm_ledger.lens(...) in the handler, or in an async def dependency",
+        lens_key,
+    )
 
 
 class _Block(dict[str, Any]):
@@ -310,7 +331,8 @@ class LensRun(_Scope):
         try:
             self._wall = time.perf_counter() - self._started_perf
             token, self._lens_token = self._lens_token, None
-            _reset(_lenses, token)
+            if not _reset(_lenses, token):
+                _said_elsewhere(self.lens_key)
             super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
             if due:

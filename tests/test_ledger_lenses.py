@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -331,6 +332,33 @@ def test_a_lens_record_carries_its_own_context_not_a_block_left_open_inside_it(
     assert call["context"]["user_id"] == "someone-else"
     assert "user_id" not in lens_record["context"]
     assert lens_record["context"]["source_id"] == "doc-1"
+
+
+def test_a_lens_entered_and_ended_in_context_copies_of_its_own_is_said_once(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lens block entered and left each in a context copy of its own, not around the calls (a web
+    framework running a sync generator dependency's steps in a thread pool, each in a copy of the
+    request's context): its calls count in no run of it, and it records 0 calls. The ledger cannot
+    carry the run back into the caller's context, so it says so once per lens key, naming the fix."""
+
+    def request(key: str) -> None:
+        run = monitor.lens(key)
+        contextvars.copy_context().run(run.__enter__)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        contextvars.copy_context().run(run.__exit__, None, None, None)
+
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    for key in ("in_a_pool", "in_a_pool", "other"):
+        request(key)
+    told = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert len(told) == 2
+    assert "lens 'in_a_pool' ended in another context than it began in" in told[0]
+    assert "Open the lens where its calls are made" in told[0]
+    assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0, 0]
 
 
 def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor) -> None:
