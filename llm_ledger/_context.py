@@ -15,7 +15,7 @@ from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
-from ._records import LensSummary, LensTotals, new_id
+from ._records import LensSummary, LensTotals, made_here, new_id
 
 if TYPE_CHECKING:
     from ._budgets import _RunBudget
@@ -39,12 +39,33 @@ current_lenses: Callable[[], tuple[LensRun, ...]] = _lenses.get
 """Every open lens run, outermost first."""
 
 
-def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+def _reset(var: ContextVar[Any], token: Token[Any] | None) -> bool:
+    """Undo ``token``'s set; False when exited in another context than it was entered in."""
     if token is not None:
         try:
             var.reset(token)
-        except ValueError:  # exited in another context than it was entered (e.g. another task)
-            pass
+        except ValueError:  # e.g. another task, or a context copy of a thread pool's
+            return False
+    return True
+
+
+_told_elsewhere: set[str] = set()  # lens keys already said to end in another context
+
+
+def _said_elsewhere(lens_key: str) -> None:
+    """Warn, once per lens key, that a lens block ended in another context than it began in."""
+    if lens_key in _told_elsewhere or len(_told_elsewhere) >= 1000:
+        return
+    _told_elsewhere.add(lens_key)
+    from ._monitor import _warn  # imported here: _monitor imports this module
+
+    _warn(  # an application's handler failing on it never reaches its with block
+        "llm-ledger: lens %r ended in another context than it began in: it was entered and left in "
+        "context copies of their own (a sync generator dependency of a web framework, run step by step "
+        "in a thread pool?), so the calls between counted in no run of it. Open the lens where its calls "
+        "are made: with llm_ledger.lens(...) in the handler, or in an async def dependency",
+        lens_key,
+    )
 
 
 class _Block(dict[str, Any]):
@@ -291,9 +312,12 @@ class LensRun(_Scope):
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
             self._extra["parent_lens_run_id"] = enclosing[-1].run_id
         super().__enter__()
+        # the run's records carry the context it was opened in and its own, never that of a block
+        # left open inside it (a generator suspended in its track_llm_call block) when it ends
+        self._record_context = _context.get()
         if self._monitor.budgets is not None:
             try:
-                self._budget = self._monitor.budgets.watch(self.lens_key, _context.get())
+                self._budget = self._monitor.budgets.watch(self.lens_key, self._record_context)
             except Exception as exc:  # never into the application's with block
                 self._monitor._report("watching a lens run's budget", exc)
         self._lens_token = _lenses.set((*enclosing, self))
@@ -307,14 +331,20 @@ class LensRun(_Scope):
         try:
             self._wall = time.perf_counter() - self._started_perf
             token, self._lens_token = self._lens_token, None
-            _reset(_lenses, token)
-            self._record_context = {**_context.get(), **self._extra}
+            if not _reset(_lenses, token):
+                _said_elsewhere(self.lens_key)
             super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
             if due:
-                self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)
+                self._write(self.summary)
         except Exception as error:  # never into the application's with block
             self._monitor._report("ending a lens", error)
+
+    def _write(self, summary: LensSummary) -> None:
+        """Emit the run's record: in the process that opened the run only, not in a child forked
+        inside it that leaves through its block (its copy also counts the parent's calls)."""
+        if self.run_id is not None and made_here(self.run_id):
+            self._monitor._emit_lens(self._record_context, summary, self._started + self._wall)
 
     # -- used by the monitor ---------------------------------------------------------------------
 
@@ -326,4 +356,4 @@ class LensRun(_Scope):
             self._budget.check(self._monitor, self._totals)
         if due:
             self.summary = self._totals.summary(self._wall)
-            self._monitor._emit_lens(self._record_context, self.summary, self._started + self._wall)
+            self._write(self.summary)

@@ -366,6 +366,7 @@ class LensTotals:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.made_in = _id_prefix  # the process's: a fork gives the child a prefix of its own
         self.calls = 0
         self.open = 0
         self.emitting = 0  # calls counted whose records are not yet emitted
@@ -386,7 +387,11 @@ class LensTotals:
         self.models: set[str] = set()
 
     def begin(self) -> bool:
-        """Count a call that starts now; False once the lens has ended (it counts in no lens)."""
+        """Count a call that starts now; False once the lens has ended (it counts in no lens), or in a
+        child forked since the run began: the run is the parent's (only it writes the run's record), and
+        the lock may have been held at the fork by a thread the child does not have."""
+        if self.made_in is not _id_prefix:
+            return False
         with self._lock:
             if self.closed:
                 return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -307,6 +308,57 @@ def test_a_block_left_open_inside_a_lens_ends_with_it(
     inside, after, closed = (call["context"] for call in records.calls)
     assert (inside["lens_key"], inside["step"]) == ("outer", "draft")
     assert [(c["lens_key"], "step" in c) for c in (after, closed)] == [(None, False), (None, False)]
+
+
+def test_a_lens_record_carries_its_own_context_not_a_block_left_open_inside_it(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A generator suspended in its ``track_llm_call(user_id=...)`` block inside a lens: the calls
+    made while that block is open carry its context, but the lens run was not opened in it, so the
+    lens's record (and the anomaly records that copy it) carries the lens's own context, as its
+    budget records do."""
+
+    def steps() -> Generator[None]:
+        with monitor.track_llm_call(user_id="someone-else"):
+            yield
+
+    with monitor.lens("outer", source_id="doc-1"):
+        pending = steps()
+        next(pending)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    pending.close()
+    [call] = records.calls
+    [lens_record] = records.lenses
+    assert call["context"]["user_id"] == "someone-else"
+    assert "user_id" not in lens_record["context"]
+    assert lens_record["context"]["source_id"] == "doc-1"
+
+
+def test_a_lens_entered_and_ended_in_context_copies_of_its_own_is_said_once(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lens block entered and left each in a context copy of its own, not around the calls (a web
+    framework running a sync generator dependency's steps in a thread pool, each in a copy of the
+    request's context): its calls count in no run of it, and it records 0 calls. The ledger cannot
+    carry the run back into the caller's context, so it says so once per lens key, naming the fix."""
+
+    def request(key: str) -> None:
+        run = monitor.lens(key)
+        contextvars.copy_context().run(run.__enter__)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        contextvars.copy_context().run(run.__exit__, None, None, None)
+
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    for key in ("in_a_pool", "in_a_pool", "other"):
+        request(key)
+    told = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert len(told) == 2
+    assert "lens 'in_a_pool' ended in another context than it began in" in told[0]
+    assert "Open the lens where its calls are made" in told[0]
+    assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0, 0]
 
 
 def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor) -> None:

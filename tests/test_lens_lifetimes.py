@@ -4,11 +4,14 @@ and nothing a call carries makes a lens or a record fail."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -66,6 +69,80 @@ async def test_an_async_stream_closed_after_its_lens_ended_counts_in_it(
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 1 and lens["summary"]["open_calls"] == 0
     assert records.calls[0]["status"] == "interrupted"
+
+
+def _forked_in_a_lens(fake_openai: FakeOpenAI, log_dir: Path, forking: str) -> tuple[str, list[Any]]:
+    """Run ``forking`` (indented code forking inside a lens ``run`` after one call, ``call()`` making
+    another) in a Python of its own writing to ``log_dir``: its output and the file's records."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(log_dir)!r})
+        hi = [{{"role": "user", "content": "hi"}}]
+        def call():
+            client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        with llm_ledger.lens("forks") as run:
+            call()
+        """
+    ) + textwrap.indent(textwrap.dedent(forking), "    ")
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=True, timeout=60, capture_output=True, text=True
+    )
+    return done.stdout, [json.loads(x) for x in (log_dir / "llm_calls.jsonl").read_text().splitlines()]
+
+
+def test_a_child_forked_inside_a_lens_never_writes_that_lens_run_again(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A process forked inside a lens whose child leaves through the block (``sys.exit()``, an
+    exception): the run is the parent's, so only the parent writes its ``lens_summary``, with its own
+    calls; the child writes its own call, never a second record of the run, with the parent's calls
+    counted again under the same ``lens_run_id``."""
+    _, lines = _forked_in_a_lens(
+        fake_openai,
+        tmp_path,
+        """
+        pid = os.fork()
+        if pid == 0:
+            call()
+            sys.exit(0)
+        os.waitpid(pid, 0)
+        """,
+    )
+    calls = [line for line in lines if line["event"] == "llm_api_call"]
+    lenses = [line for line in lines if line["event"] == "lens_summary"]
+    assert len(calls) == 2
+    assert [lens["summary"]["total_api_calls"] for lens in lenses] == [1]
+
+
+def test_a_child_forked_inside_a_lens_counts_its_calls_in_none_of_its_parents_runs(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A child forked inside a lens (a worker pool started in it) while another thread of the parent
+    was counting a call in that run: the child's calls carry the run's context, yet count in no run
+    of its parent's (it could never write them), so the child never waits on the parent's counting,
+    which no thread of the child will ever finish (the lock held at the fork is simulated here)."""
+    output, lines = _forked_in_a_lens(
+        fake_openai,
+        tmp_path,
+        """
+        run._totals._lock.acquire()  # as another thread of the parent counting a call at the fork
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # a child stuck on the lock dies, and the test fails, rather than hang
+            call()
+            llm_ledger.flush()
+            os._exit(0)
+        run._totals._lock.release()
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """,
+    )
+    assert output.split() == ["0"]
+    calls = [line for line in lines if line["event"] == "llm_api_call"]
+    [lens] = [line for line in lines if line["event"] == "lens_summary"]
+    assert [call["context"]["lens_run_id"] for call in calls] == [lens["context"]["lens_run_id"]] * 2
+    assert lens["summary"]["total_api_calls"] == 1
 
 
 def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
