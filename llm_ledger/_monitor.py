@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
+from ._context import JUDGED, RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, reasoning_in_completion, usage_of
 from ._jsonl import json_text, once_a_minute
@@ -592,8 +592,11 @@ class LLMCallMonitor:
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
         # what it raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)
-        self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
-        if self.anomalies is not None:  # a record of its own: a sink may have changed the emitted one
-            self.anomalies.after_lens(
-                self, lens_record(context=context, summary=summary, end_epoch=end_epoch)
-            )
+        detector = self.anomalies
+        judged = JUDGED.set(detector.config.metrics if detector is not None else ())
+        try:
+            self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
+        finally:
+            JUDGED.reset(judged)
+        if detector is not None:  # a record of its own: a sink may have changed the emitted one
+            detector.after_lens(self, lens_record(context=context, summary=summary, end_epoch=end_epoch))

@@ -346,8 +346,10 @@ def test_prometheus_counts_anomalies_by_lens_and_metric(
     _run(client, monitor, words=400)
     labels = {"lens": "digest", "metric": "total_tokens"}
     assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) == 2
-    labels["metric"] = "duration_ms"
-    assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) == 0  # at 0 from the start
+    labels["metric"] = "total_cost_usd"
+    assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) == 2
+    labels["metric"] = "duration_ms"  # not judged (QUICK.metrics): no series
+    assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) is None
 
 
 # -- offline: llm-ledger anomalies --------------------------------------------------------------------

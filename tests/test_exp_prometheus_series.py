@@ -135,3 +135,30 @@ def test_a_token_type_or_unpriced_series_exists_only_once_a_call_counted_some(
     for scrape, want in ((first, 0.0), (second, 5.0)):
         values = [v for (n, ls), v in scrape.items() if (n, dict(ls).get("token_type")) == cache_write]
         assert values == [want]
+
+
+def test_anomaly_series_exist_only_for_the_metrics_a_monitor_judges(fake_openai: FakeOpenAI) -> None:
+    """With anomaly detection off (the default) a lens has no llm_ledger_lens_anomalies_total series
+    (three per lens that would stay at 0); once its monitor judges lens runs, the lens has a series at
+    0 for each metric judged, before any anomaly, so that increase() counts the first one."""
+    registry = CollectorRegistry()
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry)])
+    client = _client(monitor, fake_openai)
+    for lens in ("digest", "summary"):
+        with monitor.lens(lens):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert by_labels(_exposed(registry), "llm_ledger_lens_runs_total", "lens") == {
+        ("digest",): 1,
+        ("summary",): 1,
+    }
+    assert by_labels(_exposed(registry), "llm_ledger_lens_anomalies_total", "lens", "metric") == {}
+    monitor.anomalies = llm_ledger.AnomalyDetector(
+        llm_ledger.AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens", "duration_ms"))
+    )
+    with monitor.lens("digest"):  # a lens the sink has seen before detection was on
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    client.close()
+    assert by_labels(_exposed(registry), "llm_ledger_lens_anomalies_total", "lens", "metric") == {
+        ("digest", "total_tokens"): 0,
+        ("digest", "duration_ms"): 0,
+    }

@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .._anomalies import METRICS
+from .._context import JUDGED
 from .._errors import ConfigError
 from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
 
@@ -228,6 +228,7 @@ class PrometheusSink:
         self._full: set[str] = set()  # the labels whose shared file holds its cap of values
         self._pending_lock = threading.Lock()
         self._errors_logged: set[tuple[str, str]] = set()
+        self._watched: set[tuple[str, str]] = set()  # (lens, metric) anomaly series made (see _judged)
         _sinks.add(self)
         made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
@@ -518,8 +519,6 @@ class PrometheusSink:
 
     def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
         lens = self._label("lens", key[0])
-        for metric in METRICS:  # at 0 long before a first anomaly, which needs runs before it
-            self.anomalies.labels(lens, metric)
         return (
             _adder(self.lens_runs.labels(lens, "ok")),
             _adder(self.lens_runs.labels(lens, "error")),
@@ -546,8 +545,20 @@ class PrometheusSink:
             sums[2].append(summary["total_cost_usd"])
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
+        judged = JUDGED.get()
+        if judged:
+            self._judged(key[0], judged)
         if full:
             self._flush(collecting=False, overflow=True)
+
+    def _judged(self, raw_lens: Any, metrics: tuple[str, ...]) -> None:
+        """A series at 0 for each metric the lens's monitor judges, long before a first anomaly (which
+        needs runs before it), so that increase() counts it; none for a lens nobody judges."""
+        lens = self._label("lens", raw_lens)
+        for metric in metrics:
+            if (lens, metric) not in self._watched:
+                self.anomalies.labels(lens, metric)
+                self._watched.add((lens, metric))
 
 
 def _records(key: tuple[Any, ...], sums: list[Any]) -> int:
