@@ -30,6 +30,9 @@ _OTEL_NAMES: Final = {
     "moonshotai": "moonshot_ai",
     "x-ai": "x_ai",
 }
+# base URLs genai-prices' patterns miss, with their provider: OpenAI's data residency endpoints
+# (eu.api.openai.com, us.api.openai.com), which genai-prices' ``https://api\.openai\.com`` does not match
+_MORE_PATTERNS: Final = ((re.compile(r"https://[a-z0-9-]+\.api\.openai\.com(?:[:/]|$)"), "openai"),)
 # (scheme, netloc) -> (address, port); hosts are few (one per client base URL), the cap only guards a bug
 _cache: dict[tuple[str, bytes], tuple[str | None, int | None]] = {}
 
@@ -47,10 +50,12 @@ def otel_provider_name(provider: str) -> str:
 @functools.lru_cache(maxsize=256)  # per base URL: a client derived per request (with_options) is new
 def detect_provider(base_url: str, *, azure: bool = False) -> str | None:
     """The genai-prices provider id of a client: ``azure`` for an Azure client, else the first provider
-    whose URL pattern matches ``base_url``; ``None`` for a URL no provider claims."""
+    whose URL pattern matches ``base_url`` (or one of ``_MORE_PATTERNS``); ``None`` for a URL no provider
+    claims."""
     if azure:
         return "azure"
-    return next((p.id for p in _genai_providers() if re.match(p.api_pattern, base_url)), None)
+    found = next((p.id for p in _genai_providers() if re.match(p.api_pattern, base_url)), None)
+    return found or next((provider for regex, provider in _MORE_PATTERNS if regex.match(base_url)), None)
 
 
 class Endpoint:

@@ -18,6 +18,7 @@ from llm_ledger._errors import ConfigError, PriceFileError
 from llm_ledger._pricing import HostPrice, PriceTable, Rates
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY, Sdk
+from tests.sdk import sdk_http
 
 HI: Any = [{"role": "user", "content": "hello there"}]
 GENAI = f"genai-prices {genai_prices.__version__}"
@@ -474,4 +475,43 @@ def test_deepseek_cache_hits_are_priced_at_the_cached_rate(
     assert deepseek_shape["cost"] == openai_shape["cost"]
     assert deepseek_shape["cost"]["prompt_cost_usd"] < expected_usd(
         "openai", "gpt-4o-mini", {**deepseek_shape["usage"], "cached_tokens": 0}
+    )
+
+
+class _ToLoopback(sdk_http.BaseTransport):
+    """The SDK's requests to a public host carried to the loopback server instead (the host cannot be
+    reached here); the SDK, and the ledger, still see the host the client names."""
+
+    def __init__(self, server: FakeOpenAI) -> None:
+        self._server = sdk_http.URL(server.base_url)
+        self._inner = sdk_http.HTTPTransport()
+
+    def handle_request(self, request: Any) -> Any:
+        url = request.url.copy_with(scheme="http", host=self._server.host, port=self._server.port)
+        return self._inner.handle_request(
+            sdk_http.Request(request.method, url, headers=request.headers, content=request.read())
+        )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.mark.parametrize("region", ["eu", "us"])
+def test_openais_data_residency_endpoints_are_openai(
+    region: str, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A client of OpenAI's data residency endpoint (https://eu.api.openai.com/v1) is OpenAI's: its
+    calls are priced at OpenAI's rates and say so (matched_by "provider"), not by model name alone."""
+    with openai.OpenAI(
+        api_key=FAKE_KEY,
+        base_url=f"https://{region}.api.openai.com/v1",
+        max_retries=0,
+        http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
+    ) as raw:
+        monitor.instrument(raw).chat.completions.create(model="gpt-4o-mini", messages=HI)
+    (call,) = records.calls
+    assert call["server"]["address"] == f"{region}.api.openai.com"
+    assert (call["server"]["provider"], call["cost"]["matched_by"]) == ("openai", "provider")
+    assert call["cost"]["total_cost_usd"] == pytest.approx(
+        expected_usd("openai", "gpt-4o-mini", call["usage"]), rel=1e-12
     )
