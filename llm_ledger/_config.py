@@ -20,7 +20,7 @@ from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budge
 from ._errors import ConfigError, PriceFileError
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor, internal_log
-from ._pricing import PriceTable
+from ._pricing import PriceTable, preload
 from ._records import LOGGER_NAME
 from .exporters import _setup as _exporters
 from .loading import BOOLEAN_WORDS
@@ -321,6 +321,8 @@ def configure(
             plan.commit(monitor)
         _guard(monitor, settings, _settings)
         _settings, _prices_read = settings, prices_read
+        if settings.log_dir or settings.exporters or (settings.budgets, settings.anomalies) != (None, None):
+            preload()  # something records costs: the first call need not load the prices itself
         return settings
 
 

@@ -13,6 +13,8 @@ import fnmatch
 import functools
 import os
 import re
+import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -41,6 +43,7 @@ __all__ = [
     "Route",
     "day_parts",
     "known_providers",
+    "preload",
     "price",
     "reasoning_outside",
     "reported_cost_units",
@@ -632,6 +635,40 @@ def _genai_providers() -> list[Provider]:
     from genai_prices.data import providers
 
     return providers
+
+
+_preloading: threading.Thread | None = None
+# how long a fork waits for the load to end: only a fork made from inside an import the load itself
+# waits for (the two would wait for each other) goes ahead unfinished
+_FORK_WAIT_S: Final = 10.0
+
+
+def preload() -> None:
+    """Start loading genai-prices' data on a daemon thread (once per process), so that the first priced
+    call need not wait for it; a call that comes first waits for the same import (Python imports a
+    module once, other threads waiting for it)."""
+    global _preloading
+    if _preloading is None and "genai_prices.data" not in sys.modules:
+        _preloading = threading.Thread(target=_load_quietly, name="llm-ledger-prices", daemon=True)
+        _preloading.start()
+
+
+def _load_quietly() -> None:
+    try:
+        _genai_providers()
+    except Exception:  # not loaded: the first priced call imports it again and reports what fails
+        pass
+
+
+def _before_fork() -> None:
+    # a module another thread is importing at a fork stays locked in the child for good (gunicorn
+    # --preload forks right after the application's configure()): the load ends first
+    thread = _preloading
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(_FORK_WAIT_S)
+
+
+os.register_at_fork(before=_before_fork)
 
 
 def _genai_provider(name: str) -> Provider | None:

@@ -747,3 +747,58 @@ def test_a_monitor_of_its_own_writes_a_file_through_the_handlers_sink(
         assert lines[0]["usage"]["total_tokens"] and lines[1]["summary"]["total_api_calls"] == 1
     finally:
         handler.close()
+
+
+# a fresh process, told which thread loads genai-prices' data (and how many times) by an import hook
+_PRICE_LOADS = textwrap.dedent(
+    """
+    import importlib.abc, json, os, sys, threading
+    loads = []
+    class Watch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "genai_prices.data":
+                loads.append(threading.current_thread().name)
+    sys.meta_path.insert(0, Watch())
+    import openai, llm_ledger
+    from llm_ledger.testing import FakeOpenAI
+    HI = [{"role": "user", "content": "hi"}]
+    with FakeOpenAI() as fake:
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url=fake.base_url, max_retries=0))
+        llm_ledger.configure(log_dir=None, exporters=None)
+        nothing = list(loads)  # nothing records a cost yet: nothing is loaded
+        llm_ledger.configure(log_dir=sys.argv[1])
+        if sys.argv[2] == "fork":  # a worker forked while the data loads (gunicorn --preload)
+            pid = os.fork()
+            if pid == 0:
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+                os._exit(0)
+            assert os.waitpid(pid, 0)[1] == 0
+        if sys.argv[2] == "wait":
+            for thread in threading.enumerate():
+                if thread.name == "llm-ledger-prices":
+                    thread.join()
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.flush()
+    print(json.dumps({"nothing": nothing, "loads": loads}))
+    """
+)
+
+
+@pytest.mark.parametrize("when", ["wait", "call at once", "fork"])
+def test_configure_loads_the_price_data_off_the_callers_thread_once(tmp_path: Path, when: str) -> None:
+    """configure() with a log file loads genai-prices' data on a thread of its own, so that the first
+    priced call does not wait for it; a call that comes first waits for the same load (the data is
+    loaded once), a worker forked meanwhile prices its calls, and a configure() that records nothing
+    loads nothing."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PRICE_LOADS, str(tmp_path), when],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["nothing"] == []
+    assert len(seen["loads"]) == 1, seen
+    if when == "wait":
+        assert seen["loads"] != ["MainThread"], seen
+    calls = [json.loads(line) for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 1 and calls[0]["cost"]["total_cost_usd"] > 0
