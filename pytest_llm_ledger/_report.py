@@ -241,13 +241,14 @@ USAGE_FIX: Final = (
 
 @dataclass(slots=True)
 class LensRuns:
-    """Every run of one lens in the session: how many, their sum, and the node ids of the tests in
-    which they had failed calls (cassette misses, API errors): the tests to look at, or re-record,
-    when the lens's figures drop."""
+    """Every run of one lens in the session: how many, their sum, the node ids of the tests in which
+    they had failed calls (cassette misses, API errors): the tests to look at, or re-record, when the
+    lens's figures drop; and of the tests that ran it (a lens renamed runs in the same tests)."""
 
     runs: int
     sum: Totals
     failed_in: list[str]
+    tests: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +383,10 @@ class SessionLedger:
         """lens key -> its runs, sorted by key."""
         return {
             key: LensRuns(
-                len(runs), Totals.sum_of(run for _, run in runs), sorted({n for n, run in runs if run.errors})
+                len(runs),
+                Totals.sum_of(run for _, run in runs),
+                sorted({n for n, run in runs if run.errors}),
+                sorted({n for n, _ in runs}),
             )
             for key, runs in self.runs_by_lens().items()
         }
@@ -398,7 +402,12 @@ class SessionLedger:
             "schema": REPORT_SCHEMA,
             "version": REPORT_VERSION,
             "lenses": {
-                key: {"runs": agg.runs, **agg.sum.to_report(), "tests_with_failed_calls": agg.failed_in}
+                key: {
+                    "runs": agg.runs,
+                    **agg.sum.to_report(),
+                    "tests_with_failed_calls": agg.failed_in,
+                    "tests": agg.tests,
+                }
                 for key, agg in self.lenses().items()
             },
             "tests": {

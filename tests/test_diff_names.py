@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from llm_ledger._cli import main as cli_main
+from pytest_llm_ledger._report import SessionLedger
+from tests.report_helpers import call, lens_run
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -65,3 +67,54 @@ def test_the_markdown_keeps_names_as_code_spans(
     assert f"### `` {ODD_LENS} `` (new)" in out
     assert f"`{ODD_TEST}`" in out
     assert repr(ODD_LENS) in err  # stderr is a log, whatever the format
+
+
+def renamed(tmp_path: Path, head_tests: list[str]) -> list[str]:
+    """A base whose test ran lens "tags", and a head in which ``head_tests`` ran "labels" instead."""
+    paths = [str(tmp_path / "base.json"), str(tmp_path / "head.json")]
+    base = report({"tags": lens(0.001, tests=["tests/test_app.py::test_tags"])})
+    head = report({"labels": lens(0.001, tests=head_tests)})
+    for path, data in zip(paths, (base, head), strict=True):
+        Path(path).write_text(json.dumps(data))
+    return paths
+
+
+def test_a_lens_renamed_in_the_same_tests_is_hinted_and_still_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lens gone from the base and one new in the head, run by the same tests, reads as a rename:
+    each output asks "renamed from tags?". The new lens still fails --fail-on-increase: whether it
+    is the same work at the same cost is the reviewer's call."""
+    paths = renamed(tmp_path, ["tests/test_app.py::test_tags"])
+
+    assert cli_main(["diff", *paths, "--format=text", "--fail-on-increase=10"]) == 1
+    out, err = capsys.readouterr()
+    assert "lens labels (new; renamed from tags?)" in out.splitlines()
+    assert "renamed from tags?" in err
+    assert cli_main(["diff", *paths, "--fail-on-increase=10"]) == 1
+    assert "| `labels` (new; renamed from `tags`?) |" in capsys.readouterr().out
+    assert cli_main(["diff", *paths, "--format=json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lenses"]["labels"]["renamed_from"] == "tags"
+
+
+def test_a_new_lens_in_other_tests_is_not_called_a_rename(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = renamed(tmp_path, ["tests/test_app.py::test_labels"])
+
+    assert cli_main(["diff", *paths, "--format=text"]) == 0
+    assert "renamed" not in capsys.readouterr().out
+
+
+def test_the_report_names_the_tests_that_ran_each_lens() -> None:
+    """The plugin's report says which tests ran each lens: what tells a rename from a new lens."""
+    ledger = SessionLedger()
+    for nodeid in ("tests/test_b.py::test_two", "tests/test_a.py::test_one", "tests/test_b.py::test_two"):
+        record = call(lens="tags")
+        ledger.add_call(nodeid, record)
+        ledger.add_lens(nodeid, lens_run([record]))
+
+    assert ledger.report()["lenses"]["tags"]["tests"] == [
+        "tests/test_a.py::test_one",
+        "tests/test_b.py::test_two",
+    ]

@@ -123,6 +123,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{name}: {where} must be an object")
         _test_ids(name, f"{where}.tests_with_failed_calls", entry.get("tests_with_failed_calls", []))
+        _test_ids(name, f"{where}.tests", entry.get("tests", []) if where != "total" else [])
         for metric in metrics:
             value = entry.get(metric, 0)
             # counts are whole numbers, costs any number; neither is negative
@@ -356,6 +357,8 @@ def diff_reports(
     lenses = {
         n: _row(n, reports, [base["lenses"].get(n), head["lenses"].get(n)], DIFF_METRICS) for n in names
     }
+    for new, old in _renames(base, head, lenses).items():
+        lenses[new]["renamed_from"] = old
     # a report without usage rows (written before they were) cannot say what ran outside any lens
     outside = [_no_lens(base), _no_lens(head)]
     known = "usage" in base and "usage" in head
@@ -406,6 +409,17 @@ def _report_flags(
     return flags
 
 
+def _renames(base: dict[str, Any], head: dict[str, Any], lenses: dict[str, Any]) -> dict[str, str]:
+    """New lens -> the removed lens it may be renamed from: the one removed lens run by exactly the
+    same tests (the reports' lens ``tests``; none in a report written before they were)."""
+    groups: dict[tuple[str, ...], dict[str, list[str]]] = {}
+    for name, row in lenses.items():
+        report = {"removed": base, "new": head}.get(row["status"])
+        if report is not None and (tests := tuple(report["lenses"][name].get("tests", ()))):
+            groups.setdefault(tests, {"removed": [], "new": []})[row["status"]].append(name)
+    return {g["new"][0]: g["removed"][0] for g in groups.values() if len(g["new"]) == len(g["removed"]) == 1}
+
+
 # what --fail-on-increase fails on, in the order the output lists it: (scope, reason) -> heading
 _GROUPS: Final = {
     ("lens", "grew"): "cost per run grew by more than {pct}%",
@@ -453,6 +467,7 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         out.append(
             {"scope": scope, "lens": name, "reason": reason, "metric": metric, "base": m["base"],
              "head": m["head"], "pct": m["pct"], "cost_gaps": why}
+            | ({"renamed_from": row["renamed_from"]} if row.get("renamed_from") is not None else {})
         )  # fmt: skip
     return out
 
@@ -462,6 +477,8 @@ def _increase(increase: dict[str, Any], names: Names, *, short: bool = False) ->
     it cannot be checked; ``short`` for the exit message, whose heading already says what grew."""
     scope, reason, base, head = increase["scope"], increase["reason"], increase["base"], increase["head"]
     grown = "from nothing" if increase["pct"] is None else f"{increase['pct']:+.1f}%"
+    old = increase.get("renamed_from")
+    renamed = "" if old is None else f"; renamed from {names(old)}?"
     figures = f"{_usd(head)}, absent in the base" if base is None else f"{_usd(base)} -> {_usd(head)}"
     if short:
         if scope != "lens" and reason == "grew":
@@ -470,14 +487,14 @@ def _increase(increase: dict[str, Any], names: Names, *, short: bool = False) ->
         if reason == "unchecked":
             figure = increase["cost_gaps"]
         else:
-            figure = f"{_usd(head)} per run" if base is None else grown
+            figure = f"{_usd(head)} per run{renamed}" if base is None else grown
         return f"{name or names(increase['lens'])} ({figure})"
     name = {"no_lens": NO_LENS_ROW, "total": "Total"}.get(scope) or names(increase["lens"])
     what = "cost per run " if scope == "lens" else ""
     if reason == "unchecked":
         return f"{name}: {what or 'cost '}cannot be checked: {increase['cost_gaps']}"
     if base is None:
-        return f"{name} (new): {what}{figures}"
+        return f"{name} (new{renamed}): {what}{figures}"
     return f"{name}: {what}{figures} ({grown})"
 
 
@@ -574,6 +591,14 @@ def _notes(row: dict[str, Any], names: Names) -> list[str]:
 
 _HEADERS: Final = ("metric", "base", "head", "delta", "%")
 _MARK: Final = {"new": " (new)", "removed": " (removed)", "changed": "", "unchanged": " (unchanged)"}
+
+
+def _mark(row: dict[str, Any], names: Names) -> str:
+    """What follows a lens's name: its status, and for a new lens the removed one it may be renamed from."""
+    old = row.get("renamed_from")
+    return _MARK[row["status"]] if old is None else f" (new; renamed from {names(old)}?)"
+
+
 # GitHub refuses a comment longer than this (in characters); the Markdown keeps some room under it
 COMMENT_LIMIT: Final = 65_536
 _COMMENT_ROOM: Final = 1_500
@@ -604,7 +629,7 @@ def _markdown(diff: dict[str, Any]) -> str:
         # calls outside any lens have no runs: their row shows what they cost in all
         metric = DIFF_METRICS["cost_usd" if kind == "no_lens" else "cost_per_run"]
         label = f"{NO_LENS_ROW}, its whole cost" if kind == "no_lens" else _code(name)
-        cells = [f"{label}{_MARK[row['status']]}", *next(r[1:] for r in rows if r[0] == metric)]
+        cells = [f"{label}{_mark(row, _code)}", *next(r[1:] for r in rows if r[0] == metric)]
         line = markdown_table(("",) * 5, [cells])[-1]
         blocks.append(("table", "\n".join([*table, line]) if not blocks else line))
     order = {name: i for i, name in enumerate(_by_change(diff))}
@@ -617,7 +642,7 @@ def _markdown(diff: dict[str, Any]) -> str:
             blocks.append((part, "\n".join([*lines, f"- {_increase(item, _code)}"])))
     for kind, name, row, rows in sections:
         title = _code(name) if kind == "lens" else "Total" if kind == "total" else _NO_LENS_TITLE
-        lines = ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
+        lines = ["", f"### {title}{_mark(row, _code)}", "", *markdown_table(_HEADERS, rows)]
         for note in _notes(row, _code):
             lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
         part = "lens details" if kind == "lens" else "kept"
@@ -682,7 +707,7 @@ def _text(diff: dict[str, Any]) -> str:
     lines = [f"warning: {flag}" for flag in diff["flags_text"]]
     for kind, name, row, rows in _cells(diff):
         title = f"lens {_plain(name)}" if kind == "lens" else "total" if kind == "total" else _NO_LENS_TITLE
-        lines.append(title + _MARK[row["status"]])
+        lines.append(title + _mark(row, _plain))
         lines += text_table(_HEADERS, rows, indent="  ")
         lines += [f"  {note}" for note in _notes(row, _plain)]
     for heading, items in _grouped(diff):
