@@ -241,13 +241,14 @@ USAGE_FIX: Final = (
 
 @dataclass(slots=True)
 class LensRuns:
-    """Every run of one lens in the session: how many, their sum, and the node ids of the tests in
-    which they had failed calls (cassette misses, API errors): the tests to look at, or re-record,
-    when the lens's figures drop."""
+    """Every run of one lens in the session: how many, their sum, the node ids of the tests in which
+    they had failed calls (cassette misses, API errors): the tests to look at, or re-record, when the
+    lens's figures drop; and of the tests that ran it (a lens renamed runs in the same tests)."""
 
     runs: int
     sum: Totals
     failed_in: list[str]
+    tests: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +383,10 @@ class SessionLedger:
         """lens key -> its runs, sorted by key."""
         return {
             key: LensRuns(
-                len(runs), Totals.sum_of(run for _, run in runs), sorted({n for n, run in runs if run.errors})
+                len(runs),
+                Totals.sum_of(run for _, run in runs),
+                sorted({n for n, run in runs if run.errors}),
+                sorted({n for n, _ in runs}),
             )
             for key, runs in self.runs_by_lens().items()
         }
@@ -398,7 +402,12 @@ class SessionLedger:
             "schema": REPORT_SCHEMA,
             "version": REPORT_VERSION,
             "lenses": {
-                key: {"runs": agg.runs, **agg.sum.to_report(), "tests_with_failed_calls": agg.failed_in}
+                key: {
+                    "runs": agg.runs,
+                    **agg.sum.to_report(),
+                    "tests_with_failed_calls": agg.failed_in,
+                    "tests": agg.tests,
+                }
                 for key, agg in self.lenses().items()
             },
             "tests": {
@@ -486,12 +495,45 @@ def _format_value(limit_key: str, value: float) -> str:
     return format_cost(value) if limit_key == "max_cost_usd" else f"{int(value):,}"
 
 
+# a lens column this wide keeps a row of the table on one line of a 100-column terminal
+_KEY_WIDTH: Final = 40
+
+
+def _cut(key: str, width: int, head: int) -> str:
+    """``key`` in ``width`` characters: its first ``head``, an ellipsis, its end; whole if it fits."""
+    return key if len(key) <= width else key[:head] + "…" + key[len(key) - (width - 1 - head) :]
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """Each lens key as the table shows it: whole up to :data:`_KEY_WIDTH` characters, else cut in the
+    middle (its start and end name it best); keys that would cut alike are cut where they differ, one
+    cut for the group, a little wider if need be, or shown whole (the report keeps every key whole)."""
+    shown = {key: key for key in keys if len(key) <= _KEY_WIDTH}
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        if key not in shown:
+            groups.setdefault(_cut(key, _KEY_WIDTH, _KEY_WIDTH // 2), []).append(key)
+    for group in groups.values():
+        cuts = (
+            [_cut(key, width, head) for key in group]
+            for width in range(_KEY_WIDTH, 2 * _KEY_WIDTH)
+            for head in sorted(range(1, width - 1), key=lambda head: abs(head - width // 2))
+        )
+        taken = set(shown.values())
+        fit = next((c for c in cuts if len(set(c)) == len(c) and not taken & set(c)), group)
+        shown.update(zip(group, fit, strict=True))
+    return shown
+
+
 def render_lens_table(ledger: SessionLedger) -> list[str]:
     """The per-lens totals of the terminal summary; a "failed" column, and a line naming each lens and
-    test, when calls failed: a lens whose calls missed their cassette would read as cheaper."""
+    test, when calls failed: a lens whose calls missed their cassette would read as cheaper. A long
+    lens key is cut (:func:`_short_keys`): one would widen every row past the terminal."""
     rows = []
     incomplete = False
-    named = [(key, str(agg.runs), agg.sum, agg.failed_in) for key, agg in ledger.lenses().items()]
+    by_key = ledger.lenses()
+    short = _short_keys(list(by_key))
+    named = [(key, str(agg.runs), agg.sum, agg.failed_in) for key, agg in by_key.items()]
     if ledger.outside.api_calls:  # calls outside any lens: with the lenses, they add up to the total
         named.append(("(no lens)", "", ledger.outside, ledger.outside_failed_in()))
     total = ledger.total()
@@ -499,8 +541,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     for name, runs, s, _ in [*named, ("(session total)", "", total, [])]:
         incomplete |= not s.cost_complete
         rows.append(
-            [name, runs, str(s.api_calls), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}",
-             f"{s.total_tokens:,}", format_cost(s.cost_usd, s.cost_complete)]
+            [short.get(name, name), runs, str(s.api_calls), f"{s.prompt_tokens:,}",
+             f"{s.completion_tokens:,}", f"{s.total_tokens:,}", format_cost(s.cost_usd, s.cost_complete)]
             + ([str(s.errors) if s.errors else ""] if failed else [])
         )  # fmt: skip
     headers = ["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"] + ["failed"] * failed

@@ -82,11 +82,11 @@ def test_a_new_lens_that_costs_money_fails_as_an_increase_from_nothing(diff: Any
 
     assert status == 1
     assert err.splitlines()[-1] == (
-        "llm-ledger diff: new lens(es) that cost money (an increase from nothing): `fresh` ($0.000300 per "
+        "llm-ledger diff: new lens(es) that cost money (an increase from nothing): fresh ($0.000300 per "
         "run); the total cost grew by more than 25% ($0.000200 -> $0.000800, +300.0%)"
     )
-    assert "  `fresh` (new): cost per run $0.000300, absent in the base" in out.splitlines()
-    assert "`free`" not in err
+    assert "  fresh (new): cost per run $0.000300, absent in the base" in out.splitlines()
+    assert "free" not in err
 
 
 def test_the_total_growing_past_the_threshold_fails_when_no_lens_did(diff: Any) -> None:
@@ -158,7 +158,7 @@ def test_a_lens_whose_cost_became_unknown_fails_and_shows_with_only_changed(diff
     data = json.loads(out)
     assert list(data["lenses"]) == ["local"] and data["lenses"]["local"]["status"] == "changed"
     assert [(i["lens"], i["reason"]) for i in data["increases"]] == [("local", "unchecked")]
-    assert "in `local` (head: no known price for model 'acme-7b' (1 call))" in err
+    assert "in local (head: no known price for model 'acme-7b' (1 call))" in err
 
 
 def test_a_lens_whose_base_cost_was_unknown_cannot_be_checked_not_grown_from_nothing(diff: Any) -> None:
@@ -180,7 +180,7 @@ def test_a_lens_whose_base_cost_was_unknown_cannot_be_checked_not_grown_from_not
     assert [(i["lens"], i["reason"]) for i in increases if i["scope"] == "lens"] == [("local", "unchecked")]
     assert increases[0]["cost_gaps"] == "base: no known price for model 'acme-7b' (1 call)"
     assert "from nothing" not in err
-    assert "in `local` (base: no known price for model 'acme-7b' (1 call))" in err
+    assert "in local (base: no known price for model 'acme-7b' (1 call))" in err
 
 
 def test_a_lens_whose_base_calls_failed_cannot_be_checked_not_grown(diff: Any) -> None:
@@ -241,7 +241,7 @@ def test_a_lens_named_like_the_messages_is_named_whole_and_marks_nothing(diff: A
 
     assert status == 1
     assert "cannot be checked" not in err.replace(odd, "")
-    assert f"cost per run grew by more than 50% in `{odd}` (+100.0%)" in err
+    assert f"cost per run grew by more than 50% in {odd!r} (+100.0%)" in err
     assert "**Cost per run grew by more than 50%:**" in out
 
 
@@ -306,9 +306,9 @@ def test_the_exit_message_words_each_increase_as_the_list_does(diff: Any) -> Non
 
     assert status == 1
     assert "  (no lens) (new): $0.000100, absent in the base" in out.splitlines()
-    assert "  `summary`: cost per run $0.000200 -> $0.000400 (+100.0%)" in out.splitlines()
+    assert "  summary: cost per run $0.000200 -> $0.000400 (+100.0%)" in out.splitlines()
     assert err == (
-        "llm-ledger diff: cost per run grew by more than 25% in `summary` (+100.0%); the cost of calls "
+        "llm-ledger diff: cost per run grew by more than 25% in summary (+100.0%); the cost of calls "
         "outside any lens grew by more than 25% ($0.000100, absent in the base); the total cost grew by "
         "more than 25% ($0.000200 -> $0.000500, +150.0%)\n"
     )

@@ -98,8 +98,8 @@ def test_the_no_lens_row_names_its_failed_calls_and_their_tests(
     """A call outside any lens that missed its cassette: the "(no lens)" row says so under its table
     in text and Markdown, and the JSON has its failed_calls and failed_call_tests, as a lens has."""
     note = (
-        f"1 failed call(s) (cassette misses or API errors) in `{OUTSIDE}`; one that got no answer counts "
-        "no tokens or cost"
+        "1 failed call(s) (cassette misses or API errors) in {}; one that got no answer counts no tokens "
+        "or cost"
     )
     (usage,) = [
         r for r in json.loads((reports / "head.json").read_text())["usage"] if r["lens"] == "<no lens>"
@@ -107,11 +107,11 @@ def test_the_no_lens_row_names_its_failed_calls_and_their_tests(
     assert (usage["failed_calls"], usage["tests_with_failed_calls"]) == (1, [OUTSIDE])
 
     text = diff(reports, capsys, "text").split("(no lens): calls outside any lens")[1].split("\ntotal")[0]
-    assert text.rstrip().splitlines()[-1] == f"  head: {note}"
+    assert text.rstrip().splitlines()[-1] == f"  head: {note.format(OUTSIDE)}"
 
     markdown = diff(reports, capsys, "markdown")
     section = markdown.split("### (no lens): calls outside any lens")[1].split("\n### ")[0]
-    assert section.rstrip().splitlines()[-1] == f"head: {note}"
+    assert section.rstrip().splitlines()[-1] == f"head: {note.format(f'`{OUTSIDE}`')}"
 
     no_lens = json.loads(diff(reports, capsys, "json"))["no_lens"]
     assert (no_lens["failed_calls"], no_lens["failed_call_tests"]) == ({"head": 1}, {"head": [OUTSIDE]})

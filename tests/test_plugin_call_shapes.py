@@ -10,7 +10,7 @@ import pytest
 
 from llm_ledger._records import LensTotals
 from pytest_llm_ledger._report import SessionLedger, render_lens_table
-from tests.report_helpers import call
+from tests.report_helpers import call, lens_run
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -94,3 +94,36 @@ def test_a_lens_summary_and_a_usage_row_agree_on_whether_a_call_left_its_cost_ou
     totals.add(record, None)  # type: ignore[arg-type]
 
     assert totals.summary(0.0)["cost_complete"] is (counts[0] == 0)
+
+
+def lens_names(keys: list[str]) -> tuple[list[str], list[str], SessionLedger]:
+    """The per-lens table of one run of each lens (its lines, and the lens column of its rows)."""
+    ledger = SessionLedger()
+    for key in keys:
+        record = call(lens=key)
+        ledger.add_call("tests/test_x.py::test_y", record)
+        ledger.add_lens("tests/test_x.py::test_y", lens_run([record]))
+    lines = render_lens_table(ledger)
+    return lines, [line[: line.index("  ")] for line in lines[2 : 2 + len(keys)]], ledger
+
+
+def test_the_per_lens_table_shortens_a_long_lens_key_in_the_middle() -> None:
+    """One very long lens key made every row of the terminal's table as wide, so every row wrapped: a
+    key past the width is cut in the middle with an ellipsis, its start and its end shown. The report
+    keeps it whole."""
+    key = "pipeline:" + "summarise_the_quarterly_report_" * 4 + "v2"
+    lines, names, ledger = lens_names([key, "tags"])
+
+    assert all(len(line) <= 100 for line in lines)
+    (short,) = set(names) - {"tags"}
+    assert short.startswith("pipeline:summarise") and short.endswith("report_v2") and "…" in short
+    assert set(ledger.report()["lenses"]) == {key, "tags"}
+
+
+def test_two_long_lens_keys_that_would_read_alike_keep_their_own_rows() -> None:
+    """Two keys that differ only in the middle would cut to the same text: each keeps enough of
+    itself to differ."""
+    keys = [f"pipeline:{'a' * 30}:{step}:{'b' * 30}" for step in ("draft", "final")]
+    _, names, _ = lens_names(keys)
+
+    assert len(set(names)) == 2 and all("…" in name for name in names)

@@ -139,7 +139,7 @@ def test_diff_markdown_shows_lens_names_with_backticks_and_pipes_whole(
         cli_main(["diff", str(tmp_path / "base.json"), str(tmp_path / "head.json"), "--fail-on-increase=50"])
         == 1
     )
-    assert "% in `` ns:sum`mary|v2 `` (+100.0%)" in capsys.readouterr().err  # the whole name, colon and all
+    assert "% in 'ns:sum`mary|v2' (+100.0%)" in capsys.readouterr().err  # the whole name, colon and all
 
 
 def test_diff_markdown_keeps_a_lens_key_with_a_line_break_on_its_row(
@@ -301,7 +301,7 @@ def test_baseline_diff_warnings_name_the_baseline_file_and_this_run(recorded: py
     result.stdout.fnmatch_lines(
         [
             "warning: 1 test(s) of the base report made no call in the head report (this run): "
-            "`tests/test_app.py::test_stream` *",
+            "tests/test_app.py::test_stream *",
         ]
     )
     assert "(head)" not in result.stdout.str()
@@ -453,7 +453,7 @@ def test_diff_flags_reports_with_failed_tests_or_calls(
     assert cli_main(["diff", str(base), reports[1], "--format", "text"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(
-        f"warning: the base report ({base}) has 1 failed test(s): `tests/test_a.py::test_x`; its numbers "
+        f"warning: the base report ({base}) has 1 failed test(s): tests/test_a.py::test_x; its numbers "
         "leave out what those tests did not get to do\n"
         f"warning: the base report ({base}) counts 2 failed call(s) (cassette misses or API errors)"
     )
@@ -477,16 +477,15 @@ def test_diff_only_changed_and_fail_on_increase(
     assert "4 lens(es), 3 with changes (only those are shown)." in out and "`same`" not in out
     # a lens new in the head costs money: an increase from nothing, whatever the threshold
     assert err.strip() == (
-        "llm-ledger diff: new lens(es) that cost money (an increase from nothing): `fresh` "
-        "($0.0000200 per run)"
+        "llm-ledger diff: new lens(es) that cost money (an increase from nothing): fresh ($0.0000200 per run)"
     )
 
     assert cli_main(["diff", *reports, "--fail-on-increase=49.5"]) == 1
     out, err = capsys.readouterr()
     assert "- `summary`: cost per run $0.000200 -> $0.000300 (+50.0%)" in out
     assert err.strip() == (
-        "llm-ledger diff: cost per run grew by more than 49.5% in `summary` (+50.0%); new lens(es) that "
-        "cost money (an increase from nothing): `fresh` ($0.0000200 per run); the total cost grew by more "
+        "llm-ledger diff: cost per run grew by more than 49.5% in summary (+50.0%); new lens(es) that "
+        "cost money (an increase from nothing): fresh ($0.0000200 per run); the total cost grew by more "
         "than 49.5% ($0.000410 -> $0.000620, +51.2%)"
     )
 

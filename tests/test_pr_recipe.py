@@ -289,7 +289,7 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path, origin
     assert json.loads((head / "head.json").read_text())["lenses"]["triage"]["api_calls"] == 2
 
     assert diff_run.returncode == 1, diff_run.stderr
-    assert "cost per run grew by more than 25% in `triage`" in diff_run.stderr
+    assert "cost per run grew by more than 25% in triage (" in diff_run.stderr
     comments = tmp_path / "gh-comments.json"
     other, comment = json.loads(comments.read_text())
     assert other == {"id": 1, **OTHER_BOT}

@@ -113,7 +113,7 @@ def test_a_lens_moved_to_a_model_with_no_known_price_is_not_shown_as_free(
     assert "\\* head: no known price for model 'acme-local-7b' (1 call): counted as $0" in tags
     assert "*" not in section(out, "summary").replace("**", "")
     assert (
-        f"the head report ({head}) has calls with no known cost in 1 lens(es): `tags`; their cost (marked *) "
+        f"the head report ({head}) has calls with no known cost in 1 lens(es): tags; their cost (marked *) "
         "leaves them out"
     ) in err
 
@@ -136,7 +136,7 @@ def test_fail_on_increase_fails_closed_on_a_lens_whose_cost_became_unknown(
         f"- Total: cost cannot be checked: {why}",
     ]
     assert err.splitlines()[-1] == (
-        f"llm-ledger diff: cost cannot be checked in `summary` ({why}), the total ({why})"
+        f"llm-ledger diff: cost cannot be checked in summary ({why}), the total ({why})"
     )
     # a lens that stays on that model compares like with like: it does not fail every later pull request
     assert diff(capsys, head, head, "--fail-on-increase", "25")[0] == 0
@@ -155,7 +155,7 @@ def test_a_lens_whose_calls_missed_their_cassette_says_so_under_its_own_table(
     assert status == 0
     summary = out.split("lens summary\n")[1].split("\nlens ")[0]
     assert summary.splitlines()[-1] == (
-        "  head: 1 failed call(s) (cassette misses or API errors) in `tests/test_app.py::test_summary`; one "
+        "  head: 1 failed call(s) (cassette misses or API errors) in tests/test_app.py::test_summary; one "
         "that got no answer counts no tokens or cost"
     )
     assert "failed call" not in out.split("lens tags")[1].split("\ntotal")[0]
@@ -176,11 +176,12 @@ def test_a_lens_whose_tests_did_not_run_is_not_passed_off_as_removed(
     assert "### `tags` (removed)" in out
     flag = (
         f"1 test(s) of the base report made no call in the head report ({head}): "
-        "`tests/test_app.py::test_tags` (not run: deselected, skipped, renamed or deleted; or no call "
+        "{} (not run: deselected, skipped, renamed or deleted; or no call "
         "left); a lens shown as removed may only not have run"
     )
-    assert f"> **Warning:** {flag}" in out
-    assert f"llm-ledger diff: warning: {flag}" in err
+    test = "tests/test_app.py::test_tags"
+    assert f"> **Warning:** {flag.replace('{}', f'`{test}`')}" in out  # a code span in Markdown
+    assert f"llm-ledger diff: warning: {flag.replace('{}', test)}" in err
 
 
 def test_report_given_a_pytest_report_says_which_command_reads_it(

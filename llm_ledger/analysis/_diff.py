@@ -19,7 +19,7 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -123,6 +123,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{name}: {where} must be an object")
         _test_ids(name, f"{where}.tests_with_failed_calls", entry.get("tests_with_failed_calls", []))
+        _test_ids(name, f"{where}.tests", entry.get("tests", []) if where != "total" else [])
         for metric in metrics:
             value = entry.get(metric, 0)
             # counts are whole numbers, costs any number; neither is negative
@@ -279,13 +280,24 @@ def _code(text: str) -> str:
     return f"{fence} {text} {fence}"
 
 
+# a name shown bare in plain text: nothing that would blur where it ends in a sentence or a list
+_BARE: Final = re.compile(r"[^\s'\"`,;]+")
+
+
+def _plain(name: str) -> str:
+    """``name`` as the text output and stderr show it: bare, or quoted (``repr``) when a space, a quote,
+    a comma or an unprintable character would blur where it ends."""
+    return name if _BARE.fullmatch(name) and name.isprintable() else repr(name)
+
+
+Names = Callable[[str], str]  # how an output shows a lens key or test id: _code (Markdown) or _plain
 # how much of a lens key or test id a warning shows: the warnings are always kept, whole, in a comment
 _NAME_CHARS: Final = 200
 
 
-def _named(name: str) -> str:
-    """``name`` as a warning names it: a code span, cut with an ellipsis when long (the JSON has it whole)."""
-    return _code(name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…")
+def _named(name: str, names: Names) -> str:
+    """``name`` as a warning names it, cut with an ellipsis when long (the JSON's lenses have it whole)."""
+    return names(name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…")
 
 
 # pytest's exit statuses of a run that stopped before running every test it was asked to
@@ -297,7 +309,7 @@ _STOPPED: Final = {
 }
 
 
-def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
+def _flags(name: str, path: str, report: dict[str, Any], names: Names) -> list[str]:
     """What makes a report's numbers untrustworthy: a run stopped early, failed tests, failed calls,
     unpriced calls."""
     out = []
@@ -308,9 +320,9 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
         )
     failed = report.get("failed_tests", [])
     if failed:
-        names = listed([_named(t) for t in failed])
+        tests = listed([_named(t, names) for t in failed])
         out.append(
-            f"the {name} report ({path}) has {len(failed)} failed test(s): {names}; its numbers leave out "
+            f"the {name} report ({path}) has {len(failed)} failed test(s): {tests}; its numbers leave out "
             "what those tests did not get to do"
         )
     errors = _number(report["total"], "errors") or 0
@@ -319,7 +331,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> list[str]:
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
             f"errors): {_NO_ANSWER}"
         )
-    unpriced = [_named(n) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
+    unpriced = [_named(n, names) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
         where = f" in {len(unpriced)} lens(es): {listed(unpriced)}" if unpriced else ""
         out.append(
@@ -334,38 +346,19 @@ def diff_reports(
 ) -> dict[str, Any]:
     """The JSON form of the diff: per lens (and total) base, head, delta and percent per metric.
 
-    ``base`` None stands for a missing base report: every lens is new, and a flag says why.
+    ``base`` None stands for a missing base report: every lens is new, and a flag says why. The flags
+    come twice: ``flags`` names lenses and tests as Markdown code spans, ``flags_text`` in plain text.
     """
-    flags = []
+    flags, flags_text = (_report_flags(base, head, (base_path, head_path), n) for n in (_code, _plain))
     has_base = base is not None
-    if base is None:
-        flags.append(
-            f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
-            "llm-ledger yet, or its test run wrote no report)"
-        )
-        base = {"lenses": {}, "total": {}, "usage": []}
-    else:
-        flags += _flags("base", base_path, base)
-    flags += _flags("head", head_path, head)
-    base_from, head_from = _price_data(base), _price_data(head)
-    if base_from and head_from and base_from != head_from:
-        flags.append(
-            f"the reports were priced with different price data (base: {base_from}; head: {head_from}): a "
-            "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
-            "and price file"
-        )
-    ran = _calling(head) | set(head.get("failed_tests", ()))
-    if idle := [_named(t) for t in sorted(_calling(base) - ran)]:
-        flags.append(
-            f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
-            f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
-            "shown as removed may only not have run"
-        )
+    base = base if base is not None else {"lenses": {}, "total": {}, "usage": []}
     reports = base, head
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
     lenses = {
         n: _row(n, reports, [base["lenses"].get(n), head["lenses"].get(n)], DIFF_METRICS) for n in names
     }
+    for new, old in _renames(base, head, lenses).items():
+        lenses[new]["renamed_from"] = old
     # a report without usage rows (written before they were) cannot say what ran outside any lens
     outside = [_no_lens(base), _no_lens(head)]
     known = "usage" in base and "usage" in head
@@ -377,10 +370,54 @@ def diff_reports(
         "reports": {"base": base_path, "head": head_path},
         "has_base": has_base,
         "flags": flags,
+        "flags_text": flags_text,
         "lenses": lenses,
         "no_lens": no_lens,
         "total": total,
     }
+
+
+def _report_flags(
+    base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str], names: Names
+) -> list[str]:
+    """What makes the diff of two reports (``base`` None: missing) untrustworthy, lenses and tests
+    named by ``names``."""
+    base_path, head_path = paths
+    if base is None:
+        flags = [
+            f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
+            "llm-ledger yet, or its test run wrote no report)"
+        ]
+        base = {"lenses": {}, "total": {}, "usage": []}
+    else:
+        flags = _flags("base", base_path, base, names)
+    flags += _flags("head", head_path, head, names)
+    base_from, head_from = _price_data(base), _price_data(head)
+    if base_from and head_from and base_from != head_from:
+        flags.append(
+            f"the reports were priced with different price data (base: {base_from}; head: {head_from}): a "
+            "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
+            "and price file"
+        )
+    ran = _calling(head) | set(head.get("failed_tests", ()))
+    if idle := [_named(t, names) for t in sorted(_calling(base) - ran)]:
+        flags.append(
+            f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
+            f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
+            "shown as removed may only not have run"
+        )
+    return flags
+
+
+def _renames(base: dict[str, Any], head: dict[str, Any], lenses: dict[str, Any]) -> dict[str, str]:
+    """New lens -> the removed lens it may be renamed from: the one removed lens run by exactly the
+    same tests (the reports' lens ``tests``; none in a report written before they were)."""
+    groups: dict[tuple[str, ...], dict[str, list[str]]] = {}
+    for name, row in lenses.items():
+        report = {"removed": base, "new": head}.get(row["status"])
+        if report is not None and (tests := tuple(report["lenses"][name].get("tests", ()))):
+            groups.setdefault(tests, {"removed": [], "new": []})[row["status"]].append(name)
+    return {g["new"][0]: g["removed"][0] for g in groups.values() if len(g["new"]) == len(g["removed"]) == 1}
 
 
 # what --fail-on-increase fails on, in the order the output lists it: (scope, reason) -> heading
@@ -430,15 +467,18 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         out.append(
             {"scope": scope, "lens": name, "reason": reason, "metric": metric, "base": m["base"],
              "head": m["head"], "pct": m["pct"], "cost_gaps": why}
+            | ({"renamed_from": row["renamed_from"]} if row.get("renamed_from") is not None else {})
         )  # fmt: skip
     return out
 
 
-def _increase(increase: dict[str, Any], *, short: bool = False) -> str:
+def _increase(increase: dict[str, Any], names: Names, *, short: bool = False) -> str:
     """One increase, for the lists of the text and the Markdown: what grew, from what to what, or why
     it cannot be checked; ``short`` for the exit message, whose heading already says what grew."""
     scope, reason, base, head = increase["scope"], increase["reason"], increase["base"], increase["head"]
     grown = "from nothing" if increase["pct"] is None else f"{increase['pct']:+.1f}%"
+    old = increase.get("renamed_from")
+    renamed = "" if old is None else f"; renamed from {names(old)}?"
     figures = f"{_usd(head)}, absent in the base" if base is None else f"{_usd(base)} -> {_usd(head)}"
     if short:
         if scope != "lens" and reason == "grew":
@@ -447,14 +487,14 @@ def _increase(increase: dict[str, Any], *, short: bool = False) -> str:
         if reason == "unchecked":
             figure = increase["cost_gaps"]
         else:
-            figure = f"{_usd(head)} per run" if base is None else grown
-        return f"{name or _code(increase['lens'])} ({figure})"
-    name = {"no_lens": NO_LENS_ROW, "total": "Total"}.get(scope) or _code(increase["lens"])
+            figure = f"{_usd(head)} per run{renamed}" if base is None else grown
+        return f"{name or names(increase['lens'])} ({figure})"
+    name = {"no_lens": NO_LENS_ROW, "total": "Total"}.get(scope) or names(increase["lens"])
     what = "cost per run " if scope == "lens" else ""
     if reason == "unchecked":
         return f"{name}: {what or 'cost '}cannot be checked: {increase['cost_gaps']}"
     if base is None:
-        return f"{name} (new): {what}{figures}"
+        return f"{name} (new{renamed}): {what}{figures}"
     return f"{name}: {what}{figures} ({grown})"
 
 
@@ -473,7 +513,7 @@ def _exit_message(diff: dict[str, Any]) -> str:
     """Why --fail-on-increase fails: each reason with every lens (or the total) it holds, and figures."""
     parts = []
     for heading, items in _grouped(diff):
-        named = ", ".join(_increase(item, short=True) for item in items)
+        named = ", ".join(_increase(item, _plain, short=True) for item in items)
         if items[0]["scope"] != "lens" and items[0]["reason"] == "grew":
             parts.append(f"{heading} ({named})")
         else:
@@ -532,7 +572,7 @@ def _cells(diff: dict[str, Any]) -> list[Section]:
     return out
 
 
-def _notes(row: dict[str, Any]) -> list[str]:
+def _notes(row: dict[str, Any], names: Names) -> list[str]:
     """What the figures of one lens (or the total) leave out, side by side."""
     notes = [f"* {side}: {gaps}: counted as $0" for side, gaps in row["cost_gaps"].items()]
     for side, count in row["failed_calls"].items():
@@ -542,7 +582,7 @@ def _notes(row: dict[str, Any]) -> list[str]:
                 "outside lenses, and its run had some (see the total)"
             )
             continue
-        tests = [_code(test) for test in row["failed_call_tests"].get(side, ())]
+        tests = [names(test) for test in row["failed_call_tests"].get(side, ())]
         where = f" in {listed(tests)}" if tests else ""
         failed = f"{count} failed call(s) (cassette misses or API errors){where}"
         notes.append(f"{side}: {failed}; {_NO_ANSWER}")
@@ -551,6 +591,14 @@ def _notes(row: dict[str, Any]) -> list[str]:
 
 _HEADERS: Final = ("metric", "base", "head", "delta", "%")
 _MARK: Final = {"new": " (new)", "removed": " (removed)", "changed": "", "unchanged": " (unchanged)"}
+
+
+def _mark(row: dict[str, Any], names: Names) -> str:
+    """What follows a lens's name: its status, and for a new lens the removed one it may be renamed from."""
+    old = row.get("renamed_from")
+    return _MARK[row["status"]] if old is None else f" (new; renamed from {names(old)}?)"
+
+
 # GitHub refuses a comment longer than this (in characters); the Markdown keeps some room under it
 COMMENT_LIMIT: Final = 65_536
 _COMMENT_ROOM: Final = 1_500
@@ -581,7 +629,7 @@ def _markdown(diff: dict[str, Any]) -> str:
         # calls outside any lens have no runs: their row shows what they cost in all
         metric = DIFF_METRICS["cost_usd" if kind == "no_lens" else "cost_per_run"]
         label = f"{NO_LENS_ROW}, its whole cost" if kind == "no_lens" else _code(name)
-        cells = [f"{label}{_MARK[row['status']]}", *next(r[1:] for r in rows if r[0] == metric)]
+        cells = [f"{label}{_mark(row, _code)}", *next(r[1:] for r in rows if r[0] == metric)]
         line = markdown_table(("",) * 5, [cells])[-1]
         blocks.append(("table", "\n".join([*table, line]) if not blocks else line))
     order = {name: i for i, name in enumerate(_by_change(diff))}
@@ -591,11 +639,11 @@ def _markdown(diff: dict[str, Any]) -> str:
             lines = ["", f"**{heading[0].upper()}{heading[1:]}:**", ""] if n == 0 else []
             # the total's and the calls' outside any lens are always kept, as their details are
             part = f"increases {number}" if item["scope"] == "lens" else "kept increases"
-            blocks.append((part, "\n".join([*lines, f"- {_increase(item)}"])))
+            blocks.append((part, "\n".join([*lines, f"- {_increase(item, _code)}"])))
     for kind, name, row, rows in sections:
         title = _code(name) if kind == "lens" else "Total" if kind == "total" else _NO_LENS_TITLE
-        lines = ["", f"### {title}{_MARK[row['status']]}", "", *markdown_table(_HEADERS, rows)]
-        for note in _notes(row):
+        lines = ["", f"### {title}{_mark(row, _code)}", "", *markdown_table(_HEADERS, rows)]
+        for note in _notes(row, _code):
             lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
         part = "lens details" if kind == "lens" else "kept"
         blocks.append((part, "\n".join(lines)))
@@ -656,15 +704,15 @@ def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bo
 
 
 def _text(diff: dict[str, Any]) -> str:
-    lines = [f"warning: {flag}" for flag in diff["flags"]]
+    lines = [f"warning: {flag}" for flag in diff["flags_text"]]
     for kind, name, row, rows in _cells(diff):
-        title = f"lens {name}" if kind == "lens" else "total" if kind == "total" else _NO_LENS_TITLE
-        lines.append(title + _MARK[row["status"]])
+        title = f"lens {_plain(name)}" if kind == "lens" else "total" if kind == "total" else _NO_LENS_TITLE
+        lines.append(title + _mark(row, _plain))
         lines += text_table(_HEADERS, rows, indent="  ")
-        lines += [f"  {note}" for note in _notes(row)]
+        lines += [f"  {note}" for note in _notes(row, _plain)]
     for heading, items in _grouped(diff):
         lines.append(f"{heading}:")
-        lines += [f"  {_increase(item)}" for item in items]
+        lines += [f"  {_increase(item, _plain)}" for item in items]
     return "\n".join(lines) + "\n"
 
 
@@ -711,12 +759,13 @@ def _run(args: argparse.Namespace) -> int:
                  "base": m["base"], "head": m["head"], "pct": m["pct"], "cost_gaps": why}
             )  # fmt: skip
         if stopped in _STOPPED:
-            diff["flags"].append(
-                f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a lens "
-                "it never reached would read as new (--require-base fails the job on such a base)"
-            )
+            for flags in (diff["flags"], diff["flags_text"]):
+                flags.append(
+                    f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a "
+                    "lens it never reached would read as new (--require-base fails the job on such a base)"
+                )
     print(render(diff, args.fmt), end="")
-    for flag in diff["flags"]:
+    for flag in diff["flags_text"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
     if diff.get("increases"):
         print(f"llm-ledger diff: {_exit_message(diff)}", file=sys.stderr)
