@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
@@ -22,9 +22,6 @@ from ._errors import ConfigError
 from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record
 from .loading import BOOLEAN_WORDS
-
-if TYPE_CHECKING:
-    from ._monitor import LLMCallMonitor
 
 __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
 
@@ -264,16 +261,6 @@ class AnomalyDetector:
         if len(self._started) > _MAX_STARTS:
             self._started.popitem(last=False)
         return True
-
-    def after_lens(self, monitor: LLMCallMonitor, record: Mapping[str, Any]) -> None:
-        """Called by ``monitor`` with each lens summary it emitted: emit and hand on its anomalies."""
-        try:
-            found = self.observe(record)
-        except Exception as exc:
-            monitor._report("anomaly detection", exc)
-            return
-        for anomaly in found:
-            monitor._alert(anomaly, self.on_anomaly, "the on_anomaly callback")
 
     def rebuild(self, path: str | os.PathLike[str]) -> int:
         """Replay the lens summaries in the last ``history_bytes`` of the log ``path`` into the

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor
 
 __all__ = [
-    "JUDGED",
     "RUN_KEYS",
     "LensRun",
     "TrackedContext",
@@ -38,9 +37,6 @@ _BASE: dict[str, Any] = {"lens_key": None, "source_id": None, "service": None}
 RUN_KEYS = ("lens_key", "lens_run_id", "parent_lens_run_id")  # a run's own: never inherited by a fresh one
 _context: ContextVar[dict[str, Any]] = ContextVar("llm_ledger_context", default=_BASE)
 _lenses: ContextVar[tuple[LensRun, ...]] = ContextVar("llm_ledger_lenses", default=())
-# while a monitor hands a lens record to its sinks: the metrics its anomaly detector judges, () when
-# detection is off (PrometheusSink makes anomaly series only for the lenses and metrics judged)
-JUDGED: ContextVar[tuple[str, ...]] = ContextVar("llm_ledger_judged", default=())
 
 
 # read on every call: the ContextVars' own methods, without a Python frame in between

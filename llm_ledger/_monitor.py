@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ._context import JUDGED, RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
+from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, reasoning_in_completion, usage_of
 from ._jsonl import json_text, once_a_minute
@@ -591,12 +591,21 @@ class LLMCallMonitor:
                 self._report(what, exc)
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
-        # what it raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)
+        """Emit a lens run's record; with anomaly detection on, the record names the metrics judged,
+        is judged before any sink is handed it (one may change it), and its anomalies follow it. What
+        this raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)."""
         detector = self.anomalies
-        judged = JUDGED.set(detector.config.metrics if detector is not None else ())
-        try:
+        if detector is None:
             self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
-        finally:
-            JUDGED.reset(judged)
-        if detector is not None:  # a record of its own: a sink may have changed the emitted one
-            detector.after_lens(self, lens_record(context=context, summary=summary, end_epoch=end_epoch))
+            return
+        record = lens_record(
+            context=context, summary=summary, end_epoch=end_epoch, anomaly_metrics=detector.config.metrics
+        )
+        try:
+            found = detector.observe(record)
+        except Exception as exc:
+            self._report("anomaly detection", exc)
+            found = []
+        self._emit(record)
+        for anomaly in found:
+            self._alert(anomaly, detector.on_anomaly, "the on_anomaly callback")

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
     "ANOMALY_EVENT",
@@ -207,6 +207,7 @@ class _RunRecord(TypedDict):
 
 class LensRecord(_RunRecord):
     summary: LensSummary
+    anomaly_metrics: NotRequired[list[str]]  # only when anomaly detection judged the run: on these
 
 
 def _run_record(timestamp: str, level: str, event: str, context: Mapping[str, Any]) -> _RunRecord:
@@ -468,12 +469,19 @@ class LensTotals:
         }
 
 
-def lens_record(*, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> LensRecord:
+def lens_record(
+    *, context: dict[str, Any], summary: LensSummary, end_epoch: float, anomaly_metrics: tuple[str, ...] = ()
+) -> LensRecord:
     """Build one ``lens_summary`` record, its summary a copy: a sink may change the record it is
-    handed, never the run's ``summary`` the application stores."""
+    handed, never the run's ``summary`` the application stores. ``anomaly_metrics``: the summary keys
+    anomaly detection judges the run on (none: detection is off, and the record says nothing)."""
     summary = summary.copy()
     summary["models_used"] = list(summary["models_used"])
-    return {**_run_record(iso_timestamp(end_epoch), "INFO", LENS_EVENT, context), "summary": summary}
+    run = _run_record(iso_timestamp(end_epoch), "INFO", LENS_EVENT, context)
+    record: LensRecord = {**run, "summary": summary}  # type: ignore[typeddict-item]  # mypy: a NotRequired key
+    if anomaly_metrics:
+        record["anomaly_metrics"] = list(anomaly_metrics)
+    return record
 
 
 class AnomalyShape(TypedDict):

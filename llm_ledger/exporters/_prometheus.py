@@ -19,7 +19,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .._context import JUDGED
 from .._errors import ConfigError
 from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
 
@@ -545,15 +544,15 @@ class PrometheusSink:
             sums[2].append(summary["total_cost_usd"])
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
-        judged = JUDGED.get()
+        judged = record.get("anomaly_metrics")
         if judged:
             self._judged(key[0], judged)
         if full:
             self._flush(collecting=False, overflow=True)
 
-    def _judged(self, raw_lens: Any, metrics: tuple[str, ...]) -> None:
-        """A series at 0 for each metric the lens's monitor judges, long before a first anomaly (which
-        needs runs before it), so that increase() counts it; none for a lens nobody judges."""
+    def _judged(self, raw_lens: Any, metrics: Sequence[str]) -> None:
+        """A series at 0 for each metric the lens record says its run was judged on, long before a first
+        anomaly (which needs runs before it), so that increase() counts it; none for a lens nobody judges."""
         lens = self._label("lens", raw_lens)
         for metric in metrics:
             if (lens, metric) not in self._watched:
