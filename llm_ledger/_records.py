@@ -231,6 +231,8 @@ def _new_id_prefix() -> None:
     _id_prefix, _id_counter = os.urandom(10).hex(), itertools.count(_ID_START)
 
 
+# the prefix is also the process's identity, the one way the core tells a fork: what was begun before
+# one (a lens run, a call in flight) belongs to the process whose prefix it keeps
 _id_prefix, _id_counter = "", itertools.count(_ID_START)
 _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)
