@@ -113,6 +113,20 @@ def _warn_unserved() -> None:
     )
 
 
+# what the lens label's reserved values stand for; a lens keyed as one of them shares its series
+_RESERVED_LENSES: Final = {NO_LENS: "the calls outside any lens", OTHER: "the lenses past the cap"}
+
+
+def _say_reserved(lens: str) -> None:
+    """Once per lens key kept: a lens keyed as a reserved label value shares that value's series."""
+    _internal_log.warning(
+        "llm-ledger: PrometheusSink: the lens key %r is a reserved value of the lens label, so its series "
+        "also count %s (docs/exporters.md, Cardinality); give the lens another key to tell them apart "
+        "(the JSONL file and the OpenTelemetry spans keep it apart)",
+        lens, _RESERVED_LENSES[lens],
+    )  # fmt: skip
+
+
 def _client() -> Any:
     try:
         import prometheus_client
@@ -385,10 +399,14 @@ class PrometheusSink:
         if value in seen:
             return value
         with self._lock:
-            if len(seen) < cap and self._admit(kind, value, cap):
+            kept = len(seen) < cap and self._admit(kind, value, cap)
+            if kept:
                 seen.add(value)
-                return value
-        return OTHER
+        if not kept:
+            return OTHER
+        if kind == "lens" and value in _RESERVED_LENSES:
+            _say_reserved(value)
+        return value
 
     def _admit(self, kind: str, value: str, cap: int) -> bool:
         """Whether ``value`` is among the first ``cap`` values of ``kind`` over every process writing
