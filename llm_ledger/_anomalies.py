@@ -191,30 +191,25 @@ class AnomalyDetector:
         with self._lock:
             series = self._baselines.get((lens, model))
             if series is None:
-                series = self._baselines[(lens, model)] = {
-                    m: collections.deque(maxlen=config.window) for m in config.metrics
-                }
+                series = self._baselines[(lens, model)] = {}
                 if len(self._baselines) > _MAX_BASELINES:
                     self._baselines.popitem(last=False)
             else:
                 self._baselines.move_to_end((lens, model))
             cold = self._first_of_process(context.get("lens_run_id"), lens, model)
             for metric in config.metrics:
+                metric_key = metric
                 if cold and metric == "duration_ms":
                     # the process's cold start (imports, first connection, price data) is in this
                     # run's duration: judged against the lens's other first runs, not its usual ones
                     metric_key = _COLD_DURATION
-                    if metric_key not in series:
-                        series[metric_key] = collections.deque(maxlen=config.window)
                 elif metric == "total_cost_usd" and (part := _part_of_day(record, summary, models)):
                     # a price by time of day (DeepSeek's off-peak hours): each part of the day's costs
                     # are a baseline of their own, or the daily end of a discount looks like a runaway
                     metric_key = f"{metric} from {part}"
-                    if metric_key not in series:
-                        series[metric_key] = collections.deque(maxlen=config.window)
-                else:
-                    metric_key = metric
-                window = series[metric_key]
+                window = series.get(metric_key)
+                if window is None:
+                    window = series[metric_key] = collections.deque(maxlen=config.window)
                 value = _value(summary, metric)
                 if value is None:
                     continue
