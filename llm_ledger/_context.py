@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import time
 import types
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -155,7 +154,9 @@ class _Scope:
 def _said_async(func: Callable[..., Any], scope: _Scope) -> None:
     """Warn that a function decorated as a plain one returned a coroutine: its calls ran after its block."""
     name = "lens" if isinstance(scope, LensRun) else "track_llm_call"
-    logging.getLogger("llm_ledger.internal").warning(
+    from ._monitor import _warn  # imported here: _monitor imports this module
+
+    _warn(  # an application's handler failing on it never reaches its call
         "llm-ledger: %s is decorated with %s() as a plain function, yet returned a coroutine (a plain "
         "decorator between it and its async def?): the block ended before the coroutine ran, so its "
         "calls got none of its context and counted in no lens run. Put @%s(...) directly on the "
