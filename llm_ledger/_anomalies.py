@@ -20,7 +20,7 @@ import orjson
 
 from ._errors import ConfigError
 from ._pricing import day_parts
-from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record
+from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
 from .loading import BOOLEAN_WORDS
 
 __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
@@ -30,9 +30,6 @@ SCALES: Final = ("log", "linear")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
 _COLD_DURATION: Final = "duration_ms at process start"  # the baseline of a process's first runs
-# lens_run_id as new_id() makes it: a per-process prefix of 20 hex digits, then a counter
-_ID_LENGTH: Final = 32
-_PROCESS_PREFIX: Final = 20
 _MAX_STARTS: Final = 10_000  # (process, lens, model) triples kept; past it, the oldest is forgotten
 # MAD / mean absolute deviation for normal data (0.6745 / 0.7979): the two then measure the same spread
 # (Iglewicz and Hoaglin's fallback for a MAD of 0)
@@ -247,9 +244,10 @@ class AnomalyDetector:
     def _first_of_process(self, run_id: Any, lens: str, model: str | None) -> bool:
         """Whether the run ``run_id`` is the first of ``lens`` on ``model`` in the process that made it
         (the process is the id's prefix: ``new_id()``); ``False`` for an id of another form."""
-        if not (isinstance(run_id, str) and len(run_id) == _ID_LENGTH):
+        process = process_of(run_id)
+        if process is None:
             return False
-        key = (run_id[:_PROCESS_PREFIX], lens, model)
+        key = (process, lens, model)
         if key in self._started:
             return False
         self._started[key] = None

@@ -45,6 +45,7 @@ __all__ = [
     "lens_record",
     "made_here",
     "new_id",
+    "process_of",
     "rounded_ms",
 ]
 
@@ -223,7 +224,8 @@ def _run_record(timestamp: str, level: str, event: str, context: Mapping[str, An
 
 
 # ids end in a counter's 12 hex digits, hex(16**12 + n)[3:]: cheaper than a format spec
-_ID_START = 16**12 + 1
+_COUNTER_DIGITS = 12
+_ID_START = 16**_COUNTER_DIGITS + 1
 
 
 def _new_id_prefix() -> None:
@@ -247,6 +249,13 @@ def new_id() -> str:
 def made_here(record_id: str) -> bool:
     """Whether ``new_id()`` made ``record_id`` in this process, not in one it was forked from."""
     return record_id.startswith(_id_prefix)
+
+
+def process_of(record_id: Any) -> str | None:
+    """The process ``new_id()`` made ``record_id`` in (its prefix); None for an id of another form."""
+    if isinstance(record_id, str) and len(record_id) == len(_id_prefix) + _COUNTER_DIGITS:
+        return record_id[: len(_id_prefix)]
+    return None
 
 
 _second_prefixes: dict[int, str] = {}  # whole epoch seconds -> "YYYY-MM-DDTHH:MM:SS"
