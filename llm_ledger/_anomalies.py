@@ -14,17 +14,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
 from ._errors import ConfigError
 from ._pricing import day_parts
-from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record
+from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
 from .loading import BOOLEAN_WORDS
-
-if TYPE_CHECKING:
-    from ._monitor import LLMCallMonitor
 
 __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
 
@@ -33,9 +30,6 @@ SCALES: Final = ("log", "linear")
 _MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
 _COLD_DURATION: Final = "duration_ms at process start"  # the baseline of a process's first runs
-# lens_run_id as new_id() makes it: a per-process prefix of 20 hex digits, then a counter
-_ID_LENGTH: Final = 32
-_PROCESS_PREFIX: Final = 20
 _MAX_STARTS: Final = 10_000  # (process, lens, model) triples kept; past it, the oldest is forgotten
 # MAD / mean absolute deviation for normal data (0.6745 / 0.7979): the two then measure the same spread
 # (Iglewicz and Hoaglin's fallback for a MAD of 0)
@@ -194,30 +188,25 @@ class AnomalyDetector:
         with self._lock:
             series = self._baselines.get((lens, model))
             if series is None:
-                series = self._baselines[(lens, model)] = {
-                    m: collections.deque(maxlen=config.window) for m in config.metrics
-                }
+                series = self._baselines[(lens, model)] = {}
                 if len(self._baselines) > _MAX_BASELINES:
                     self._baselines.popitem(last=False)
             else:
                 self._baselines.move_to_end((lens, model))
             cold = self._first_of_process(context.get("lens_run_id"), lens, model)
             for metric in config.metrics:
+                metric_key = metric
                 if cold and metric == "duration_ms":
                     # the process's cold start (imports, first connection, price data) is in this
                     # run's duration: judged against the lens's other first runs, not its usual ones
                     metric_key = _COLD_DURATION
-                    if metric_key not in series:
-                        series[metric_key] = collections.deque(maxlen=config.window)
                 elif metric == "total_cost_usd" and (part := _part_of_day(record, summary, models)):
                     # a price by time of day (DeepSeek's off-peak hours): each part of the day's costs
                     # are a baseline of their own, or the daily end of a discount looks like a runaway
                     metric_key = f"{metric} from {part}"
-                    if metric_key not in series:
-                        series[metric_key] = collections.deque(maxlen=config.window)
-                else:
-                    metric_key = metric
-                window = series[metric_key]
+                window = series.get(metric_key)
+                if window is None:
+                    window = series[metric_key] = collections.deque(maxlen=config.window)
                 value = _value(summary, metric)
                 if value is None:
                     continue
@@ -255,25 +244,16 @@ class AnomalyDetector:
     def _first_of_process(self, run_id: Any, lens: str, model: str | None) -> bool:
         """Whether the run ``run_id`` is the first of ``lens`` on ``model`` in the process that made it
         (the process is the id's prefix: ``new_id()``); ``False`` for an id of another form."""
-        if not (isinstance(run_id, str) and len(run_id) == _ID_LENGTH):
+        process = process_of(run_id)
+        if process is None:
             return False
-        key = (run_id[:_PROCESS_PREFIX], lens, model)
+        key = (process, lens, model)
         if key in self._started:
             return False
         self._started[key] = None
         if len(self._started) > _MAX_STARTS:
             self._started.popitem(last=False)
         return True
-
-    def after_lens(self, monitor: LLMCallMonitor, record: Mapping[str, Any]) -> None:
-        """Called by ``monitor`` with each lens summary it emitted: emit and hand on its anomalies."""
-        try:
-            found = self.observe(record)
-        except Exception as exc:
-            monitor._report("anomaly detection", exc)
-            return
-        for anomaly in found:
-            monitor._alert(anomaly, self.on_anomaly, "the on_anomaly callback")
 
     def rebuild(self, path: str | os.PathLike[str]) -> int:
         """Replay the lens summaries in the last ``history_bytes`` of the log ``path`` into the

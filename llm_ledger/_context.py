@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import time
 import types
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor
 
 __all__ = [
-    "JUDGED",
     "RUN_KEYS",
     "LensRun",
     "TrackedContext",
@@ -38,9 +36,6 @@ _BASE: dict[str, Any] = {"lens_key": None, "source_id": None, "service": None}
 RUN_KEYS = ("lens_key", "lens_run_id", "parent_lens_run_id")  # a run's own: never inherited by a fresh one
 _context: ContextVar[dict[str, Any]] = ContextVar("llm_ledger_context", default=_BASE)
 _lenses: ContextVar[tuple[LensRun, ...]] = ContextVar("llm_ledger_lenses", default=())
-# while a monitor hands a lens record to its sinks: the metrics its anomaly detector judges, () when
-# detection is off (PrometheusSink makes anomaly series only for the lenses and metrics judged)
-JUDGED: ContextVar[tuple[str, ...]] = ContextVar("llm_ledger_judged", default=())
 
 
 # read on every call: the ContextVars' own methods, without a Python frame in between
@@ -159,7 +154,9 @@ class _Scope:
 def _said_async(func: Callable[..., Any], scope: _Scope) -> None:
     """Warn that a function decorated as a plain one returned a coroutine: its calls ran after its block."""
     name = "lens" if isinstance(scope, LensRun) else "track_llm_call"
-    logging.getLogger("llm_ledger.internal").warning(
+    from ._monitor import _warn  # imported here: _monitor imports this module
+
+    _warn(  # an application's handler failing on it never reaches its call
         "llm-ledger: %s is decorated with %s() as a plain function, yet returned a coroutine (a plain "
         "decorator between it and its async def?): the block ended before the coroutine ran, so its "
         "calls got none of its context and counted in no lens run. Put @%s(...) directly on the "

@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ._context import JUDGED, RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
+from . import _records
+from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._errors import ConfigError
 from ._extract import no_usage, reasoning_in_completion, usage_of
 from ._jsonl import json_text, once_a_minute
@@ -111,19 +112,6 @@ class _LedgerLogRecord(logging.LogRecord):
         return json_text(self.msg) if type(self.msg) is dict else super().getMessage()
 
 
-# how many forks this process descends from: a call in flight at a fork (a stream open in the
-# parent) is the parent's to record, not also the child's when its finalizers run at exit
-_forks = 0
-
-
-def _count_fork() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_count_fork)
-
-
 class _Call:
     """What the monitor knows about one call in flight."""
 
@@ -131,13 +119,12 @@ class _Call:
         "client",
         "content",
         "context",
-        "done",
         "endpoint",
-        "forks",
         "hide_usage",
         "http_response",
         "lenses",
         "operation",
+        "owner",
         "raw",
         "request",
         "request_id",
@@ -171,8 +158,9 @@ class _Call:
         self.http_response: Any = None  # the last HTTP response, set by the client's response hook
         self.ttft: float | None = None
         self.hide_usage = hide_usage  # the ledger asked a stream for usage on the caller's behalf
-        self.done = False
-        self.forks = _forks
+        # the process that records the call (as new_id() knows it), None once recorded: a call in flight
+        # at a fork (a stream open in the parent) is not also the child's when its finalizers run at exit
+        self.owner: str | None = _records._id_prefix
         self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
         self.server: ServerShape | None = None
         self.start_epoch = time.time()
@@ -432,9 +420,9 @@ class LLMCallMonitor:
     ) -> None:
         """Record a call that ended (once per call): its record counts in the lens runs it began in
         and goes to the logger and the sinks; what the ledger cannot read is reported and left out."""
-        if call.done or call.forks != _forks:
+        if call.owner is not _records._id_prefix:
             return
-        call.done = True
+        call.owner = None
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text)
         # counted before the sinks are handed the record (one may change it in place), settled after
         # (a lens's record follows its calls'); counting cannot fail: it only adds up the record
@@ -591,12 +579,21 @@ class LLMCallMonitor:
                 self._report(what, exc)
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
-        # what it raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)
+        """Emit a lens run's record; with anomaly detection on, the record names the metrics judged,
+        is judged before any sink is handed it (one may change it), and its anomalies follow it. What
+        this raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)."""
         detector = self.anomalies
-        judged = JUDGED.set(detector.config.metrics if detector is not None else ())
-        try:
+        if detector is None:
             self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
-        finally:
-            JUDGED.reset(judged)
-        if detector is not None:  # a record of its own: a sink may have changed the emitted one
-            detector.after_lens(self, lens_record(context=context, summary=summary, end_epoch=end_epoch))
+            return
+        record = lens_record(
+            context=context, summary=summary, end_epoch=end_epoch, anomaly_metrics=detector.config.metrics
+        )
+        try:
+            found = detector.observe(record)
+        except Exception as exc:
+            self._report("anomaly detection", exc)
+            found = []
+        self._emit(record)
+        for anomaly in found:
+            self._alert(anomaly, detector.on_anomaly, "the on_anomaly callback")

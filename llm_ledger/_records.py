@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
     "ANOMALY_EVENT",
@@ -45,6 +45,7 @@ __all__ = [
     "lens_record",
     "made_here",
     "new_id",
+    "process_of",
     "rounded_ms",
 ]
 
@@ -207,6 +208,7 @@ class _RunRecord(TypedDict):
 
 class LensRecord(_RunRecord):
     summary: LensSummary
+    anomaly_metrics: NotRequired[list[str]]  # only when anomaly detection judged the run: on these
 
 
 def _run_record(timestamp: str, level: str, event: str, context: Mapping[str, Any]) -> _RunRecord:
@@ -222,7 +224,8 @@ def _run_record(timestamp: str, level: str, event: str, context: Mapping[str, An
 
 
 # ids end in a counter's 12 hex digits, hex(16**12 + n)[3:]: cheaper than a format spec
-_ID_START = 16**12 + 1
+_COUNTER_DIGITS = 12
+_ID_START = 16**_COUNTER_DIGITS + 1
 
 
 def _new_id_prefix() -> None:
@@ -230,6 +233,8 @@ def _new_id_prefix() -> None:
     _id_prefix, _id_counter = os.urandom(10).hex(), itertools.count(_ID_START)
 
 
+# the prefix is also the process's identity, the one way the core tells a fork: what was begun before
+# one (a lens run, a call in flight) belongs to the process whose prefix it keeps
 _id_prefix, _id_counter = "", itertools.count(_ID_START)
 _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)
@@ -244,6 +249,13 @@ def new_id() -> str:
 def made_here(record_id: str) -> bool:
     """Whether ``new_id()`` made ``record_id`` in this process, not in one it was forked from."""
     return record_id.startswith(_id_prefix)
+
+
+def process_of(record_id: Any) -> str | None:
+    """The process ``new_id()`` made ``record_id`` in (its prefix); None for an id of another form."""
+    if isinstance(record_id, str) and len(record_id) == len(_id_prefix) + _COUNTER_DIGITS:
+        return record_id[: len(_id_prefix)]
+    return None
 
 
 _second_prefixes: dict[int, str] = {}  # whole epoch seconds -> "YYYY-MM-DDTHH:MM:SS"
@@ -468,12 +480,19 @@ class LensTotals:
         }
 
 
-def lens_record(*, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> LensRecord:
+def lens_record(
+    *, context: dict[str, Any], summary: LensSummary, end_epoch: float, anomaly_metrics: tuple[str, ...] = ()
+) -> LensRecord:
     """Build one ``lens_summary`` record, its summary a copy: a sink may change the record it is
-    handed, never the run's ``summary`` the application stores."""
+    handed, never the run's ``summary`` the application stores. ``anomaly_metrics``: the summary keys
+    anomaly detection judges the run on (none: detection is off, and the record says nothing)."""
     summary = summary.copy()
     summary["models_used"] = list(summary["models_used"])
-    return {**_run_record(iso_timestamp(end_epoch), "INFO", LENS_EVENT, context), "summary": summary}
+    run = _run_record(iso_timestamp(end_epoch), "INFO", LENS_EVENT, context)
+    record: LensRecord = {**run, "summary": summary}  # type: ignore[typeddict-item]  # mypy: a NotRequired key
+    if anomaly_metrics:
+        record["anomaly_metrics"] = list(anomaly_metrics)
+    return record
 
 
 class AnomalyShape(TypedDict):

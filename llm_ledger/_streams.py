@@ -245,7 +245,7 @@ class _StreamState:
     ) -> None:
         """Record the call once: from the answer's ``response`` and ``usage``, else from the stream's."""
         call = self.call
-        if call.done:
+        if call.owner is None:  # recorded already
             return
         try:
             if response is None:

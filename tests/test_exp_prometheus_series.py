@@ -3,6 +3,7 @@ counter's labels, and token-type series only where a call counted some."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import openai
@@ -161,4 +162,30 @@ def test_anomaly_series_exist_only_for_the_metrics_a_monitor_judges(fake_openai:
     assert by_labels(_exposed(registry), "llm_ledger_lens_anomalies_total", "lens", "metric") == {
         ("digest", "total_tokens"): 0,
         ("digest", "duration_ms"): 0,
+    }
+
+
+def test_anomaly_series_follow_the_lens_record_to_a_sink_on_another_thread(fake_openai: FakeOpenAI) -> None:
+    """A lens record judged for anomalies says which metrics were judged (``anomaly_metrics``), so a
+    PrometheusSink fed by a sink that hands records to a worker thread (or reads them back from the
+    file) still makes the lens's anomaly series at 0; a record of a monitor judging none says nothing."""
+    registry = CollectorRegistry()
+    prometheus = PrometheusSink(registry)
+    handed: list[Any] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handed.append])
+    monitor.anomalies = llm_ledger.AnomalyDetector(llm_ledger.AnomalyConfig(metrics=("total_tokens",)))
+    client = _client(monitor, fake_openai)
+    with monitor.lens("digest"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    monitor.anomalies = None
+    with monitor.lens("summary"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    client.close()
+    lenses = [r for r in handed if r["event"] == "lens_summary"]
+    assert [r.get("anomaly_metrics") for r in lenses] == [["total_tokens"], None]
+    worker = threading.Thread(target=lambda: list(map(prometheus, handed)))
+    worker.start()
+    worker.join()
+    assert by_labels(_exposed(registry), "llm_ledger_lens_anomalies_total", "lens", "metric") == {
+        ("digest", "total_tokens"): 0
     }

@@ -110,7 +110,10 @@ def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
         "openai.request.service_tier": call["request"]["service_tier"],
         "openai.response.service_tier": response["service_tier"],
         "gen_ai.usage.cost": call["cost"]["total_cost_usd"],
-        "error.type": call["error"]["type"] if call["error"] else None,
+        # a stream the caller stopped did not complete, though it raised nothing
+        "error.type": (call["error"] or {}).get(
+            "type", "interrupted" if call["status"] == "interrupted" else None
+        ),
         "server.address": server["address"],
         "server.port": server["port"],
         "llm_ledger.call_id": call["call_id"],
@@ -136,7 +139,7 @@ def check_call_span(span: ReadableSpan, call: dict[str, Any]) -> None:
     assert dict(span.attributes or {}) == expected_call_attributes(call)
     assert span.start_time == _ns(call["timing"]["start_time"])
     assert span.end_time == span.start_time + int(call["timing"]["duration_ms"] * 1_000_000)
-    assert span.status.is_ok is (call["status"] != "error")
+    assert span.status.is_ok is (call["status"] == "ok")
 
 
 def test_every_operation_becomes_a_client_span_with_the_records_values(otel: Telemetry) -> None:
@@ -455,6 +458,30 @@ def test_metrics_follow_the_conventions_and_equal_the_records(
             "server.address",
         } <= set(point.attributes)
         assert "llm_ledger.user_id" not in point.attributes and "llm_ledger.source_id" not in point.attributes
+
+
+def test_a_stream_the_caller_stopped_is_not_a_success_in_duration_or_span(otel: Telemetry) -> None:
+    """A stream the caller stopped before its end (``interrupted``, no exception: a ``break`` then
+    ``close()``) did not complete: its duration and span carry ``error.type="interrupted"`` (and the
+    span status ERROR), as a cancelled or Ctrl-C'd call carries its exception's type, so the latency
+    of completed calls (the points without ``error.type``) leaves it out."""
+    with capture(otel.monitor) as records:
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        stream = otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+        for _ in stream:
+            break
+        stream.close()
+    assert [c["status"] for c in records.calls] == ["ok", "interrupted"]
+    assert records.calls[1]["error"] is None
+    durations = otel.metrics()["gen_ai.client.operation.duration"]
+    assert sorted((p.attributes.get("error.type", ""), p.count) for p in durations) == [
+        ("", 1),
+        ("interrupted", 1),
+    ]
+    ok, stopped = sorted(otel.spans(), key=lambda span: span.start_time or 0)
+    assert ok.status.is_ok and "error.type" not in (ok.attributes or {})
+    assert (stopped.attributes or {})["error.type"] == "interrupted"
+    assert stopped.status.status_code is trace.StatusCode.ERROR
 
 
 def test_latest_experimental_names_on_opt_in(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -21,7 +22,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 import llm_ledger
 from llm_ledger import ConfigError, _config
 from llm_ledger._anomalies import METRICS
-from llm_ledger._context import JUDGED
 from llm_ledger.exporters import PrometheusSink, _setup, start_metrics_server
 from llm_ledger.exporters._prometheus import PENDING_CALLS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
@@ -98,12 +98,8 @@ def test_the_docs_table_lists_every_metric_with_its_type_and_labels(run: tuple[C
     records, _ = run
     registry = CollectorRegistry()
     sink = PrometheusSink(registry)
-    judged = JUDGED.set(METRICS)  # as a monitor judging anomalies hands them over: its anomaly series
-    try:
-        for record in records:
-            sink(record)
-    finally:
-        JUDGED.reset(judged)
+    for record in records:  # lens records as a monitor judging anomalies emits them: their anomaly series
+        sink({**record, "anomaly_metrics": list(METRICS)} if record["event"] == "lens_summary" else record)
     sink.flush()
     exposed_families = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
@@ -227,6 +223,33 @@ def test_lens_and_model_labels_fold_into_other_beyond_the_cap(
         ("b",): 1.0,
         ("other",): 2.0,
     }
+
+
+def test_a_lens_named_as_a_reserved_label_value_is_said_once(
+    fake_openai: FakeOpenAI, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lens keyed "none" or "other" shares its series with the calls outside any lens or the lenses
+    past the cap (the values are kept for the dashboards that query them): the sink says so once per
+    key, naming the fix, on llm_ledger.internal."""
+    sink = PrometheusSink(registry)
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    hi: Any = [{"role": "user", "content": "x"}]
+    with caplog.at_level(logging.WARNING, logger="llm_ledger.internal"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        for lens in ("none", "other", "none", "digest"):
+            with monitor.lens(lens):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        found = exposed(registry)
+    assert by_labels(found, "llm_ledger_calls_total", "lens") == {
+        ("none",): 3.0,
+        ("other",): 1.0,
+        ("digest",): 1.0,
+    }
+    said = [r.getMessage() for r in caplog.records if "reserved" in r.getMessage()]
+    assert len(said) == 2
+    assert "'none'" in said[0] and "outside any lens" in said[0] and "another key" in said[0]
+    assert "'other'" in said[1] and "past the cap" in said[1]
 
 
 @pytest.mark.parametrize(

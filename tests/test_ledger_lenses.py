@@ -183,6 +183,30 @@ async def test_a_decorated_function_returning_a_coroutine_is_said_once(
     assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0]
 
 
+def test_a_failing_log_handler_never_breaks_a_decorated_function_saying_it_returned_a_coroutine(
+    monitor: llm_ledger.LLMCallMonitor,
+) -> None:
+    """The warning that a function decorated as a plain one returned a coroutine goes through the
+    ledger's guarded logging: a log handler that raises on it never reaches the application's call."""
+
+    class Failing(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("handler down")
+
+    async def work() -> str:
+        return "done"
+
+    hidden = monitor.lens("hidden_failing")(lambda: work())
+    internal = logging.getLogger("llm_ledger.internal")
+    handler = Failing()
+    internal.addHandler(handler)
+    try:
+        coroutine = hidden()
+    finally:
+        internal.removeHandler(handler)
+    assert asyncio.run(coroutine) == "done"
+
+
 @pytest.mark.asyncio
 async def test_async_decorator_and_async_with(
     aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured

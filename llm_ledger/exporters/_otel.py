@@ -145,6 +145,15 @@ def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _error_type(record: Mapping[str, Any]) -> str | None:
+    """The conventions' ``error.type``: the error's class, or ``interrupted`` for a call the caller
+    stopped without one (a stream closed before its end: it did not complete); None for a call that did."""
+    error = record["error"]
+    if error:
+        return error["type"]  # type: ignore[no-any-return]
+    return "interrupted" if record["status"] == "interrupted" else None
+
+
 def _modalities(record: Mapping[str, Any]) -> tuple[str, str, int, int]:
     """``gen_ai.token.modality`` of a call's input and output tokens beside the audio ones, and how
     many audio tokens its usage counts apart (input, output). OpenAI's usage splits off audio only:
@@ -505,8 +514,8 @@ class OTelSink:
                         self._token_usage.record(n, self._attributes(base, ("gen_ai.token.type", kind)))
         if theirs:
             return
-        error = record["error"]
-        timed = self._attributes(base, ("error.type", error["type"])) if error else attributes
+        error_type = _error_type(record)
+        timed = self._attributes(base, ("error.type", error_type)) if error_type else attributes
         histogram = self._embeddings_duration if self.latest and operation == "embeddings" else self._duration
         histogram.record(timing["duration_ms"] / 1000, timed)
 
@@ -603,9 +612,9 @@ class OTelSink:
                 if modality != "unknown" and value is not None:
                     attributes[f"gen_ai.usage.{modality}.{key}"] = value
         self._context_attributes(record["context"], attributes)
-        error = record["error"]
-        if error:
-            attributes["error.type"] = error["type"]
+        error_type = _error_type(record)
+        if error_type:
+            attributes["error.type"] = error_type
         if "content" in record:
             attributes.update(_content_attributes(record))
         start = _ns(record["timing"]["start_time"])
@@ -617,8 +626,9 @@ class OTelSink:
             attributes=attributes,
             start_time=start,
         )
-        if error:
-            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error["message"]))
+        if error_type:
+            message = record["error"]["message"] if record["error"] else None
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, message))
         span.end(end_time=end)
 
     @staticmethod

@@ -19,7 +19,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .._context import JUDGED
 from .._errors import ConfigError
 from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
 
@@ -112,6 +111,20 @@ def _warn_unserved() -> None:
         "and serve /metrics once (docs/exporters.md, Multiprocess mode)",
         os.getpid(),
     )
+
+
+# what the lens label's reserved values stand for; a lens keyed as one of them shares its series
+_RESERVED_LENSES: Final = {NO_LENS: "the calls outside any lens", OTHER: "the lenses past the cap"}
+
+
+def _say_reserved(lens: str) -> None:
+    """Once per lens key kept: a lens keyed as a reserved label value shares that value's series."""
+    _internal_log.warning(
+        "llm-ledger: PrometheusSink: the lens key %r is a reserved value of the lens label, so its series "
+        "also count %s (docs/exporters.md, Cardinality); give the lens another key to tell them apart "
+        "(the JSONL file and the OpenTelemetry spans keep it apart)",
+        lens, _RESERVED_LENSES[lens],
+    )  # fmt: skip
 
 
 def _client() -> Any:
@@ -386,10 +399,14 @@ class PrometheusSink:
         if value in seen:
             return value
         with self._lock:
-            if len(seen) < cap and self._admit(kind, value, cap):
+            kept = len(seen) < cap and self._admit(kind, value, cap)
+            if kept:
                 seen.add(value)
-                return value
-        return OTHER
+        if not kept:
+            return OTHER
+        if kind == "lens" and value in _RESERVED_LENSES:
+            _say_reserved(value)
+        return value
 
     def _admit(self, kind: str, value: str, cap: int) -> bool:
         """Whether ``value`` is among the first ``cap`` values of ``kind`` over every process writing
@@ -545,15 +562,15 @@ class PrometheusSink:
             sums[2].append(summary["total_cost_usd"])
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
-        judged = JUDGED.get()
+        judged = record.get("anomaly_metrics")
         if judged:
             self._judged(key[0], judged)
         if full:
             self._flush(collecting=False, overflow=True)
 
-    def _judged(self, raw_lens: Any, metrics: tuple[str, ...]) -> None:
-        """A series at 0 for each metric the lens's monitor judges, long before a first anomaly (which
-        needs runs before it), so that increase() counts it; none for a lens nobody judges."""
+    def _judged(self, raw_lens: Any, metrics: Sequence[str]) -> None:
+        """A series at 0 for each metric the lens record says its run was judged on, long before a first
+        anomaly (which needs runs before it), so that increase() counts it; none for a lens nobody judges."""
         lens = self._label("lens", raw_lens)
         for metric in metrics:
             if (lens, metric) not in self._watched:
