@@ -82,6 +82,9 @@ class Rates:
     ``tiers`` holds long-context prices as ``(start, rates)`` pairs in ascending ``start`` order: when a
     call's ``prompt_tokens`` is strictly greater than ``start``, the tier's rates apply to *all* of that
     call's tokens (a cliff, as OpenAI bills gpt-5.4 above 272k prompt tokens). The highest tier passed wins.
+    ``service_tiers`` holds the prices of service tiers priced apart from the standard one as
+    ``(name, rates)`` pairs (``("flex", Rates(...))``): a call the response says that tier served costs
+    those rates (and their own ``tiers``); any other tier costs these.
     """
 
     model: str
@@ -100,6 +103,7 @@ class Rates:
     """For audio prompt tokens (gpt-audio); ``None`` when they are billed at the ``input`` rate."""
     output_audio: Decimal | None = None
     """For audio completion tokens; ``None`` when they are billed at the ``output`` rate."""
+    service_tiers: tuple[tuple[str, Rates], ...] = ()
 
     def __post_init__(self) -> None:
         for field_name in ("input", "output", "cached_input", "cache_write", "input_audio", "output_audio"):
@@ -113,12 +117,27 @@ class Rates:
                 )
         previous = -1
         for start, tier in self.tiers:
-            if type(start) is not int or start <= previous or not isinstance(tier, Rates) or tier.tiers:
+            if (
+                type(start) is not int
+                or start <= previous
+                or not isinstance(tier, Rates)
+                or tier.tiers
+                or tier.service_tiers
+            ):
                 raise ConfigError(
                     f"Rates({self.model!r}).tiers: expected (start, Rates) pairs with int starts in "
                     f"ascending order and no nested tiers, got {self.tiers!r}"
                 )
             previous = start
+        names = [name for name, _ in self.service_tiers]
+        for name, tier in self.service_tiers:
+            if not (
+                isinstance(name, str) and name and names.count(name) == 1 and isinstance(tier, Rates)
+            ) or (tier.service_tiers):
+                raise ConfigError(
+                    f"Rates({self.model!r}).service_tiers: expected (name, Rates) pairs with distinct names "
+                    f"and no nested service tiers, got {self.service_tiers!r}"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +218,10 @@ def _per_token(rates: Rates) -> _PerToken:
     return inp, cached, written, heard, out, out if rates.output_audio is None else _units(rates.output_audio)
 
 
-def _compile(rates: Rates, by_tier: Mapping[str, _Entry] | None = None) -> _Entry:
+def _compile(rates: Rates) -> _Entry:
     tiers = tuple((start, _per_token(tier)) for start, tier in reversed(rates.tiers))
-    return _Entry(rates, _per_token(rates), tiers, (), by_tier or {})
+    by_tier = {name: _compile(other) for name, other in rates.service_tiers}
+    return _Entry(rates, _per_token(rates), tiers, (), by_tier)
 
 
 def _usd(units: int) -> Decimal:
@@ -710,14 +730,14 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
 
     def entry(moment: datetime) -> _Entry | None:
         rates = _rates_from_model_info(info, source, moment)
-        by_tier = {}
+        by_tier = []
         for tier in served if own and rates is not None else ():
             other = _rates_from_model_info(info, source, moment, {"service_tier": tier})
             if other is None:
                 return None
             if other != rates:
-                by_tier[tier] = _compile(other)
-        return None if rates is None else _compile(rates, by_tier)
+                by_tier.append((tier, other))
+        return None if rates is None else _compile(replace(rates, service_tiers=tuple(by_tier)))
 
     now = datetime.fromtimestamp(time.time(), UTC)
     # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
@@ -813,12 +833,37 @@ def _rates_from_model_info(
 
 # --- user price file ---------------------------------------------------------------------------------
 
-_MODEL_KEYS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
+_RATE_KEYS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
+_RATE_MEANINGS: Final = {
+    "input": "USD per 1M input tokens",
+    "cached_input": "USD per 1M cached input tokens",
+    "cache_write": "USD per 1M input tokens written to the cache",
+    "input_audio": "USD per 1M audio input tokens",
+    "output": "USD per 1M output tokens",
+    "output_audio": "USD per 1M audio output tokens",
+}
+_MODEL_KEYS: Final = (*_RATE_KEYS, "long_context", "service_tiers")
 _HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
-# other tools' names for these rates (litellm's, genai-prices'), which look like another key of ours
-_KEYS_MEANT: Final = {"cache_read": "cached_input", "cache_creation": "cache_write"}
+_LONG_CONTEXT_KEYS: Final = ("above", *_RATE_KEYS)
+_SERVICE_TIER_KEYS: Final = (*_RATE_KEYS, "long_context")
+# the service tiers a response names that a price file may price apart ("default" is the entry itself)
+SERVICE_TIERS: Final = ("flex", "priority", "fast", "scale")
+# other tools' names for our keys (litellm's, genai-prices'), some of which look like another key of ours
+_KEYS_MEANT: Final = {
+    "cache_read": "cached_input",
+    "cache_creation": "cache_write",
+    "tiers": "long_context",
+    "service_tier": "service_tiers",
+    "start": "above",
+    "threshold": "above",
+}
 _MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
 _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
+_TIERS_EXPECTED: Final = "a list of tiers, each a mapping with 'above' (prompt tokens) and the tier's rates"
+_ABOVE_EXPECTED: Final = (
+    "a whole number of prompt tokens above 0 (e.g. 200000: its rates apply to calls with more)"
+)
+_MAX_ABOVE: Final = Decimal(10**9)
 _STR_TAG: Final = "tag:yaml.org,2002:str"
 
 
@@ -862,48 +907,117 @@ def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], di
 def _rate_fields(
     doc: Document, node: yaml.Node, entry_path: str, expected: str, keys: tuple[str, ...]
 ) -> dict[str, yaml.Node]:
-    """The keys of a ``models`` or ``hosts`` entry; a rate named as another tool names it is an error
-    naming ours (``cache_read`` is ``cached_input``, not the ``cache_write`` it looks like)."""
+    """The keys of an entry or tier; a key named as another tool names it is an error naming ours
+    (``cache_read`` is ``cached_input``, not the ``cache_write`` it looks like; ``start`` is ``above``)."""
     import yaml
 
     if isinstance(node, yaml.MappingNode):
         for key_node, _ in node.value:
             meant = _KEYS_MEANT.get(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
-            if meant is not None:
+            if meant in keys:
+                what = "rate" if meant in _RATE_KEYS else "key"
                 raise doc.error(
-                    key_node, f"{entry_path}.{key_node.value}", f"unknown key; the rate meant is {meant!r}"
+                    key_node, f"{entry_path}.{key_node.value}", f"unknown key; the {what} meant is {meant!r}"
                 )
     return doc.fields(node, entry_path, expected, keys)
 
 
 def _rates(
-    doc: Document, node: yaml.Node, entry_path: str, label: str, fields: dict[str, yaml.Node]
+    doc: Document,
+    node: yaml.Node,
+    entry_path: str,
+    label: str,
+    fields: dict[str, yaml.Node],
+    entry: tuple[str, ...] = (),
 ) -> Rates:
-    """The rates in ``fields``, the checked keys of ``node``."""
-    for key, meaning in (("input", "USD per 1M input tokens"), ("output", "USD per 1M output tokens")):
+    """The rates in ``fields``, the checked keys of ``node``. A tier gives each rate its entry gives
+    (``entry``): one it left out would be billed at its own input or output rate, surely not what is meant."""
+    for key in entry or ("input", "output"):
         if key not in fields:
-            raise doc.error(node, entry_path, f"missing required key {key!r} ({meaning})")
+            why = "" if key in ("input", "output") else ": its entry gives one, so each of its tiers must"
+            raise doc.error(node, entry_path, f"missing required key {key!r} ({_RATE_MEANINGS[key]}){why}")
     rates = {
         key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
         for key, value in fields.items()
-        if key in _MODEL_KEYS
+        if key in _RATE_KEYS
     }
+    given = tuple(key for key in _RATE_KEYS if key in rates)
+    long_context = fields.get("long_context")
+    service_tiers = fields.get("service_tiers")
     return Rates(
         label,
         rates["input"],
         rates["output"],
         rates.get("cached_input"),
         PRICE_FILE_SOURCE,
-        cache_write=rates.get("cache_write"),
-        input_audio=rates.get("input_audio"),
-        output_audio=rates.get("output_audio"),
+        ()
+        if long_context is None
+        else _long_context(doc, long_context, f"{entry_path}.long_context", label, given),
+        rates.get("cache_write"),
+        rates.get("input_audio"),
+        rates.get("output_audio"),
+        ()
+        if service_tiers is None
+        else _service_tiers(doc, service_tiers, f"{entry_path}.service_tiers", label, given),
     )
+
+
+def _long_context(
+    doc: Document, node: yaml.Node, key_path: str, label: str, given: tuple[str, ...]
+) -> tuple[tuple[int, Rates], ...]:
+    """``long_context``: a list of tiers in ascending order of ``above``, the prompt tokens past which a
+    call costs the tier's rates (all of its tokens: a cliff, as genai-prices' tiered prices)."""
+    tiers: list[tuple[int, Rates]] = []
+    for index, item in enumerate(doc.sequence(node, key_path, _TIERS_EXPECTED)):
+        tier_path = f"{key_path}[{index}]"
+        fields = _rate_fields(doc, item, tier_path, _TIERS_EXPECTED, _LONG_CONTEXT_KEYS)
+        if "above" not in fields:
+            raise doc.error(
+                item, tier_path, "missing required key 'above' (the prompt tokens past which it applies)"
+            )
+        above_path = f"{tier_path}.above"
+        above = int(doc.number(fields["above"], above_path, _ABOVE_EXPECTED, maximum=_MAX_ABOVE, whole=True))
+        if above == 0:
+            raise doc.error(fields["above"], above_path, f"expected {_ABOVE_EXPECTED}, got 0")
+        if tiers and above <= tiers[-1][0]:
+            raise doc.error(
+                fields["above"],
+                above_path,
+                f"{above} is not above the previous tier's {tiers[-1][0]}: list the tiers in ascending order",
+            )
+        tiers.append((above, _rates(doc, item, tier_path, label, fields, given)))
+    return tuple(tiers)
+
+
+def _service_tiers(
+    doc: Document, node: yaml.Node, key_path: str, label: str, given: tuple[str, ...]
+) -> tuple[tuple[str, Rates], ...]:
+    """``service_tiers``: the rates of a call the response says a tier served (``flex``...)."""
+    expected = f"a mapping of service tier ({', '.join(SERVICE_TIERS)}) to its rates"
+    tiers: list[tuple[str, Rates]] = []
+    for name, key_node, item in doc.mapping(node, key_path, expected):
+        tier_path = join(key_path, name)
+        if name not in SERVICE_TIERS:
+            hint = (
+                f"; the standard tier's rates are the entry's own ({', '.join(given)})"
+                if name in ("default", "auto")
+                else did_you_mean(name, SERVICE_TIERS)
+            )
+            choices = ", ".join(SERVICE_TIERS)
+            raise doc.error(
+                key_node, tier_path, f"unknown service tier{hint}; valid service tiers: {choices}"
+            )
+        rates_expected = f"a mapping with keys {', '.join(_SERVICE_TIER_KEYS)} (USD per 1M tokens)"
+        fields = _rate_fields(doc, item, tier_path, rates_expected, _SERVICE_TIER_KEYS)
+        tiers.append((name, _rates(doc, item, tier_path, label, fields, given)))
+    return tuple(tiers)
 
 
 def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:
     expected = (
         "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input', "
-        "'cache_write', 'input_audio', 'output_audio' (USD per 1M tokens, for every model)"
+        "'cache_write', 'input_audio', 'output_audio', 'long_context', 'service_tiers' (USD per 1M tokens, "
+        "for every model)"
     )
     fields = _rate_fields(doc, node, entry_path, expected, _HOST_KEYS)
     rates = _rates(doc, node, entry_path, pattern, fields) if fields.keys() & _MODEL_KEYS else None
