@@ -324,9 +324,9 @@ class Route:
         counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
         when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
         ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...)."""
-        counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
         for name, count in (
-            *counts,
+            ("prompt_tokens", prompt_tokens),
+            ("completion_tokens", completion_tokens),
             ("cached_tokens", cached_tokens),
             ("cache_write_tokens", cache_write_tokens),
             ("prompt_audio_tokens", prompt_audio_tokens),
@@ -795,11 +795,13 @@ def _rates_from_model_info(
     from genai_prices.types import TieredPrices
 
     prices = info.get_prices(moment, context)
-    input_price = prices.input_mtok
-    output_price = prices.output_mtok
-    cached_price = prices.cache_read_mtok
-    write_price = prices.cache_write_mtok
-    heard_price, spoken_price = prices.input_audio_mtok, prices.output_audio_mtok
+    input_price, output_price = prices.input_mtok, prices.output_mtok
+    optional = (
+        prices.cache_read_mtok,
+        prices.cache_write_mtok,
+        prices.input_audio_mtok,
+        prices.output_audio_mtok,
+    )
     if input_price is None:
         if any(value is not None for value in vars(prices).values()):
             return None  # priced per second, per character...: not something token usage can price
@@ -808,24 +810,18 @@ def _rates_from_model_info(
         output_price = Decimal(0)  # input-only models (embeddings) never produce completion tokens
 
     def at(price: Decimal | TieredPrices, start: int | None) -> Decimal:
+        """The rate at ``start`` prompt tokens (``None``: the base rate); tiers ascend in genai-prices."""
         if not isinstance(price, TieredPrices):
             return price
-        rate = price.base
-        if start is not None:
-            for tier in price.tiers:  # sorted ascending by genai-prices
-                if tier.start <= start:
-                    rate = tier.price
-        return rate
+        passed = [tier.price for tier in price.tiers if start is not None and tier.start <= start]
+        return passed[-1] if passed else price.base
 
     def rates(start: int | None, tiers: tuple[tuple[int, Rates], ...] = ()) -> Rates:
-        cached, written, heard, spoken = (
-            None if price is None else at(price, start)
-            for price in (cached_price, write_price, heard_price, spoken_price)
-        )
+        cached, written, heard, spoken = (None if price is None else at(price, start) for price in optional)
         inp, out = at(input_price, start), at(output_price, start)
         return Rates(info.id, inp, out, cached, source, tiers, written, heard, spoken)
 
-    kinds = (input_price, output_price, cached_price, write_price, heard_price, spoken_price)
+    kinds = (input_price, output_price, *optional)
     starts = sorted({tier.start for p in kinds if isinstance(p, TieredPrices) for tier in p.tiers})
     # genai-prices applies a tier when total input tokens > tier.start; between two consecutive starts,
     # every price kind is at its highest tier whose start is <= the lower start.
