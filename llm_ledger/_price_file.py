@@ -14,7 +14,6 @@ import yaml
 from llm_ledger._errors import PriceFileError
 from llm_ledger._pricing import (
     _MAX_RATE,
-    PRICE_FILE_SOURCE,
     HostPrice,
     Rates,
     _genai_provider,
@@ -98,7 +97,12 @@ def load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], dic
 
 
 def _rate_fields(
-    doc: Document, node: yaml.Node, entry_path: str, expected: str, keys: tuple[str, ...]
+    doc: Document,
+    node: yaml.Node,
+    entry_path: str,
+    expected: str,
+    keys: tuple[str, ...],
+    required: dict[str, str] | None = None,
 ) -> dict[str, yaml.Node]:
     """The keys of an entry or tier; a key named as another tool names it is an error naming ours
     (``cache_read`` is ``cached_input``, not the ``cache_write`` it looks like; ``start`` is ``above``)."""
@@ -110,7 +114,7 @@ def _rate_fields(
                 raise doc.error(
                     key_node, f"{entry_path}.{key_node.value}", f"unknown key; the {what} meant is {meant!r}"
                 )
-    return doc.fields(node, entry_path, expected, keys)
+    return doc.fields(node, entry_path, expected, keys, required)
 
 
 def _rates(
@@ -122,7 +126,7 @@ def _rates(
     entry: tuple[str, ...] = (),
 ) -> Rates:
     """The rates in ``fields``, the checked keys of ``node``. A tier gives each rate its entry gives
-    (``entry``): one it left out would be billed at its own input or output rate, surely not what is meant."""
+    (``entry``): one it left out would be billed at the tier's own input or output rate."""
     for key in entry or ("input", "output"):
         if key not in fields:
             why = "" if key in ("input", "output") else ": its entry gives one, so each of its tiers must"
@@ -133,57 +137,59 @@ def _rates(
         if key in _RATE_KEYS
     }
     given = tuple(key for key in _RATE_KEYS if key in rates)
-    long_context = fields.get("long_context")
-    service_tiers = fields.get("service_tiers")
     return Rates(
         label,
         rates["input"],
         rates["output"],
         rates.get("cached_input"),
-        PRICE_FILE_SOURCE,
-        ()
-        if long_context is None
-        else _long_context(doc, long_context, f"{entry_path}.long_context", label, given),
-        rates.get("cache_write"),
-        rates.get("input_audio"),
-        rates.get("output_audio"),
-        ()
-        if service_tiers is None
-        else _service_tiers(doc, service_tiers, f"{entry_path}.service_tiers", label, given),
+        tiers=_long_context(doc, fields, entry_path, label, given),
+        cache_write=rates.get("cache_write"),
+        input_audio=rates.get("input_audio"),
+        output_audio=rates.get("output_audio"),
+        service_tiers=_service_tiers(doc, fields, entry_path, label, given),
     )
 
 
 def _long_context(
-    doc: Document, node: yaml.Node, key_path: str, label: str, given: tuple[str, ...]
+    doc: Document, fields: dict[str, yaml.Node], entry_path: str, label: str, given: tuple[str, ...]
 ) -> tuple[tuple[int, Rates], ...]:
-    """``long_context``: a list of tiers in ascending order of ``above``, the prompt tokens past which a
-    call costs the tier's rates (all of its tokens: a cliff, as genai-prices' tiered prices)."""
+    """An entry's ``long_context``: a list of tiers in ascending order of ``above``, the prompt tokens past
+    which a call costs the tier's rates (all of its tokens: a cliff, as genai-prices' tiered prices)."""
+    if "long_context" not in fields:
+        return ()
+    node, key_path = fields["long_context"], f"{entry_path}.long_context"
     tiers: list[tuple[int, Rates]] = []
     for index, item in enumerate(doc.sequence(node, key_path, _TIERS_EXPECTED)):
         tier_path = f"{key_path}[{index}]"
-        fields = _rate_fields(doc, item, tier_path, _TIERS_EXPECTED, _LONG_CONTEXT_KEYS)
-        if "above" not in fields:
-            raise doc.error(
-                item, tier_path, "missing required key 'above' (the prompt tokens past which it applies)"
-            )
+        keys = _rate_fields(
+            doc,
+            item,
+            tier_path,
+            _TIERS_EXPECTED,
+            _LONG_CONTEXT_KEYS,
+            {"above": "the prompt tokens past which it applies"},
+        )
         above_path = f"{tier_path}.above"
-        above = int(doc.number(fields["above"], above_path, _ABOVE_EXPECTED, maximum=_MAX_ABOVE, whole=True))
+        above = int(doc.number(keys["above"], above_path, _ABOVE_EXPECTED, maximum=_MAX_ABOVE, whole=True))
         if above == 0:
-            raise doc.error(fields["above"], above_path, f"expected {_ABOVE_EXPECTED}, got 0")
+            raise doc.error(keys["above"], above_path, f"expected {_ABOVE_EXPECTED}, got 0")
         if tiers and above <= tiers[-1][0]:
             raise doc.error(
-                fields["above"],
+                keys["above"],
                 above_path,
                 f"{above} is not above the previous tier's {tiers[-1][0]}: list the tiers in ascending order",
             )
-        tiers.append((above, _rates(doc, item, tier_path, label, fields, given)))
+        tiers.append((above, _rates(doc, item, tier_path, label, keys, given)))
     return tuple(tiers)
 
 
 def _service_tiers(
-    doc: Document, node: yaml.Node, key_path: str, label: str, given: tuple[str, ...]
+    doc: Document, fields: dict[str, yaml.Node], entry_path: str, label: str, given: tuple[str, ...]
 ) -> tuple[tuple[str, Rates], ...]:
-    """``service_tiers``: the rates of a call the response says a tier served (``flex``...)."""
+    """An entry's ``service_tiers``: the rates of a call the response says a tier served (``flex``...)."""
+    if "service_tiers" not in fields:
+        return ()
+    node, key_path = fields["service_tiers"], f"{entry_path}.service_tiers"
     expected = f"a mapping of service tier ({', '.join(SERVICE_TIERS)}) to its rates"
     tiers: list[tuple[str, Rates]] = []
     for name, key_node, item in doc.mapping(node, key_path, expected):
@@ -199,8 +205,8 @@ def _service_tiers(
                 key_node, tier_path, f"unknown service tier{hint}; valid service tiers: {choices}"
             )
         rates_expected = f"a mapping with keys {', '.join(_SERVICE_TIER_KEYS)} (USD per 1M tokens)"
-        fields = _rate_fields(doc, item, tier_path, rates_expected, _SERVICE_TIER_KEYS)
-        tiers.append((name, _rates(doc, item, tier_path, label, fields, given)))
+        keys = _rate_fields(doc, item, tier_path, rates_expected, _SERVICE_TIER_KEYS)
+        tiers.append((name, _rates(doc, item, tier_path, label, keys, given)))
     return tuple(tiers)
 
 
