@@ -50,7 +50,8 @@ _KEYS_MEANT: Final = {
 }
 _MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
 _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
-_TIERS_EXPECTED: Final = "a list of tiers, each a mapping with 'above' (prompt tokens) and the tier's rates"
+_TIER_EXPECTED: Final = "a mapping with 'above' (prompt tokens) and the tier's rates"
+_TIERS_EXPECTED: Final = f"a list of tiers, each {_TIER_EXPECTED}"
 _ABOVE_EXPECTED: Final = (
     "a whole number of prompt tokens above 0 (e.g. 200000: its rates apply to calls with more)"
 )
@@ -165,7 +166,7 @@ def _long_context(
             doc,
             item,
             tier_path,
-            _TIERS_EXPECTED,
+            _TIER_EXPECTED,
             _LONG_CONTEXT_KEYS,
             {"above": "the prompt tokens past which it applies"},
         )

@@ -249,6 +249,12 @@ BAD = [
         "the tier's rates, got a mapping",
     ),
     (
+        "tier-not-mapping",
+        "    long_context: [200000]\n",
+        "7: models.m.long_context[0]: expected a mapping with 'above' (prompt tokens) and the tier's rates, "
+        "got 200000",
+    ),
+    (
         "tier-rates-missing",
         "    long_context: [{above: 200000}]\n",
         "7: models.m.long_context[0]: missing required key 'input' (USD per 1M input tokens)",
