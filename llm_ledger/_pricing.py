@@ -1,9 +1,9 @@
 """What a call costs: USD rates per 1M tokens per provider and model, and the cost of one call's usage.
 
-Built-in rates come from genai-prices' bundled data (never fetched at run time); a price file overrides
-them per model and maps hosts to a provider or a rate (docs/PRICING.md). Resolving a model name walks
-genai-prices' match rules, slow next to a call, so each :class:`Route` resolves a name once and caches
-the answer (unknown names included).
+Built-in rates come from genai-prices' bundled data (never fetched at run time); a price file (read by
+``_price_file``) overrides them per model and maps hosts to a provider or a rate (docs/PRICING.md).
+Resolving a model name walks genai-prices' match rules, slow next to a call, so each :class:`Route`
+resolves a name once and caches the answer (unknown names included).
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from datetime import time as dt_time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from llm_ledger._errors import ConfigError, PriceFileError
+from llm_ledger._errors import ConfigError
 from llm_ledger._extract import JsonView
 from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
-from llm_ledger.loading import Document, did_you_mean, join, read_file, shown
+from llm_ledger.loading import did_you_mean, shown
 
 if TYPE_CHECKING:
-    import yaml
     from genai_prices.types import ModelInfo, Provider, TieredPrices
 
 __all__ = [
@@ -82,6 +81,9 @@ class Rates:
     ``tiers`` holds long-context prices as ``(start, rates)`` pairs in ascending ``start`` order: when a
     call's ``prompt_tokens`` is strictly greater than ``start``, the tier's rates apply to *all* of that
     call's tokens (a cliff, as OpenAI bills gpt-5.4 above 272k prompt tokens). The highest tier passed wins.
+    ``service_tiers`` holds the prices of service tiers priced apart from the standard one as
+    ``(name, rates)`` pairs (``("flex", Rates(...))``): a call the response says that tier served costs
+    those rates (and their own ``tiers``); any other tier costs these.
     """
 
     model: str
@@ -100,6 +102,7 @@ class Rates:
     """For audio prompt tokens (gpt-audio); ``None`` when they are billed at the ``input`` rate."""
     output_audio: Decimal | None = None
     """For audio completion tokens; ``None`` when they are billed at the ``output`` rate."""
+    service_tiers: tuple[tuple[str, Rates], ...] = ()
 
     def __post_init__(self) -> None:
         for field_name in ("input", "output", "cached_input", "cache_write", "input_audio", "output_audio"):
@@ -113,12 +116,27 @@ class Rates:
                 )
         previous = -1
         for start, tier in self.tiers:
-            if type(start) is not int or start <= previous or not isinstance(tier, Rates) or tier.tiers:
+            if (
+                type(start) is not int
+                or start <= previous
+                or not isinstance(tier, Rates)
+                or tier.tiers
+                or tier.service_tiers
+            ):
                 raise ConfigError(
                     f"Rates({self.model!r}).tiers: expected (start, Rates) pairs with int starts in "
                     f"ascending order and no nested tiers, got {self.tiers!r}"
                 )
             previous = start
+        names = [name for name, _ in self.service_tiers]
+        for name, tier in self.service_tiers:
+            if not (
+                isinstance(name, str) and name and names.count(name) == 1 and isinstance(tier, Rates)
+            ) or (tier.service_tiers):
+                raise ConfigError(
+                    f"Rates({self.model!r}).service_tiers: expected (name, Rates) pairs with distinct names "
+                    f"and no nested service tiers, got {self.service_tiers!r}"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +217,10 @@ def _per_token(rates: Rates) -> _PerToken:
     return inp, cached, written, heard, out, out if rates.output_audio is None else _units(rates.output_audio)
 
 
-def _compile(rates: Rates, by_tier: Mapping[str, _Entry] | None = None) -> _Entry:
+def _compile(rates: Rates) -> _Entry:
     tiers = tuple((start, _per_token(tier)) for start, tier in reversed(rates.tiers))
-    return _Entry(rates, _per_token(rates), tiers, (), by_tier or {})
+    by_tier = {name: _compile(other) for name, other in rates.service_tiers}
+    return _Entry(rates, _per_token(rates), tiers, (), by_tier)
 
 
 def _usd(units: int) -> Decimal:
@@ -305,9 +324,9 @@ class Route:
         counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
         when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
         ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...)."""
-        counts = (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens))
         for name, count in (
-            *counts,
+            ("prompt_tokens", prompt_tokens),
+            ("completion_tokens", completion_tokens),
             ("cached_tokens", cached_tokens),
             ("cache_write_tokens", cache_write_tokens),
             ("prompt_audio_tokens", prompt_audio_tokens),
@@ -485,7 +504,9 @@ class PriceTable:
     def from_file(cls, path: str | os.PathLike[str], *, builtin: bool = True) -> PriceTable:
         """Build a table whose overrides and hosts come from a YAML price file (format: docs/PRICING.md);
         :class:`~llm_ledger.PriceFileError` names the file, line and key of any problem."""
-        overrides, hosts = _load_price_file(path)
+        from llm_ledger._price_file import load_price_file  # it imports this module
+
+        overrides, hosts = load_price_file(path)
         return cls(overrides, builtin=builtin, hosts=hosts)
 
     def route(
@@ -710,14 +731,14 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
 
     def entry(moment: datetime) -> _Entry | None:
         rates = _rates_from_model_info(info, source, moment)
-        by_tier = {}
+        by_tier = []
         for tier in served if own and rates is not None else ():
             other = _rates_from_model_info(info, source, moment, {"service_tier": tier})
             if other is None:
                 return None
             if other != rates:
-                by_tier[tier] = _compile(other)
-        return None if rates is None else _compile(rates, by_tier)
+                by_tier.append((tier, other))
+        return None if rates is None else _compile(replace(rates, service_tiers=tuple(by_tier)))
 
     now = datetime.fromtimestamp(time.time(), UTC)
     # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
@@ -774,11 +795,13 @@ def _rates_from_model_info(
     from genai_prices.types import TieredPrices
 
     prices = info.get_prices(moment, context)
-    input_price = prices.input_mtok
-    output_price = prices.output_mtok
-    cached_price = prices.cache_read_mtok
-    write_price = prices.cache_write_mtok
-    heard_price, spoken_price = prices.input_audio_mtok, prices.output_audio_mtok
+    input_price, output_price = prices.input_mtok, prices.output_mtok
+    optional = (
+        prices.cache_read_mtok,
+        prices.cache_write_mtok,
+        prices.input_audio_mtok,
+        prices.output_audio_mtok,
+    )
     if input_price is None:
         if any(value is not None for value in vars(prices).values()):
             return None  # priced per second, per character...: not something token usage can price
@@ -787,144 +810,22 @@ def _rates_from_model_info(
         output_price = Decimal(0)  # input-only models (embeddings) never produce completion tokens
 
     def at(price: Decimal | TieredPrices, start: int | None) -> Decimal:
+        """The rate at ``start`` prompt tokens (``None``: the base rate); tiers ascend in genai-prices."""
         if not isinstance(price, TieredPrices):
             return price
-        rate = price.base
-        if start is not None:
-            for tier in price.tiers:  # sorted ascending by genai-prices
-                if tier.start <= start:
-                    rate = tier.price
-        return rate
+        passed = [tier.price for tier in price.tiers if start is not None and tier.start <= start]
+        return passed[-1] if passed else price.base
 
     def rates(start: int | None, tiers: tuple[tuple[int, Rates], ...] = ()) -> Rates:
-        cached, written, heard, spoken = (
-            None if price is None else at(price, start)
-            for price in (cached_price, write_price, heard_price, spoken_price)
-        )
+        cached, written, heard, spoken = (None if price is None else at(price, start) for price in optional)
         inp, out = at(input_price, start), at(output_price, start)
         return Rates(info.id, inp, out, cached, source, tiers, written, heard, spoken)
 
-    kinds = (input_price, output_price, cached_price, write_price, heard_price, spoken_price)
+    kinds = (input_price, output_price, *optional)
     starts = sorted({tier.start for p in kinds if isinstance(p, TieredPrices) for tier in p.tiers})
     # genai-prices applies a tier when total input tokens > tier.start; between two consecutive starts,
     # every price kind is at its highest tier whose start is <= the lower start.
     return rates(None, tuple((start, rates(start)) for start in starts))
-
-
-# --- user price file ---------------------------------------------------------------------------------
-
-_MODEL_KEYS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
-_HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
-# other tools' names for these rates (litellm's, genai-prices'), which look like another key of ours
-_KEYS_MEANT: Final = {"cache_read": "cached_input", "cache_creation": "cache_write"}
-_MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
-_RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
-_STR_TAG: Final = "tag:yaml.org,2002:str"
-
-
-def _load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
-    if not isinstance(path, (str, os.PathLike)):
-        raise PriceFileError(f"a price file is named by a path (str or os.PathLike), got {path!r}")
-    name = os.fspath(path)
-    doc = Document(name, PriceFileError, "a price file")
-    root = doc.compose(read_file(name, PriceFileError, "price file"))
-    expected_top = "a mapping with keys 'version', 'models' and/or 'hosts'"
-    if root is None:
-        raise PriceFileError(f"{name}: the file is empty, expected {expected_top}")
-    top = doc.fields(root, "", expected_top, ("version", "models", "hosts"), {"version": "the format, 1"})
-    version = top["version"]
-    doc.check_tag(version, "version")
-    if version.tag != "tag:yaml.org,2002:int" or doc.describe(version) != "1":
-        raise doc.error(version, "version", f"expected 1, got {doc.describe(version)}")
-    if "models" not in top and "hosts" not in top:
-        raise doc.error(root, "", "missing key 'models' (rates per model) or 'hosts' (prices per host)")
-
-    result: dict[str, Rates] = {}
-    if "models" in top:
-        for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
-            entry_path = join("models", model)
-            fields = _rate_fields(doc, node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
-            result[model] = _rates(doc, node, entry_path, model, fields)
-    hosts: dict[str, HostPrice] = {}
-    if "hosts" in top:
-        for pattern, key_node, node in doc.mapping(
-            top["hosts"], "hosts", "a mapping of host pattern to its provider or rates"
-        ):
-            entry_path = join("hosts", pattern)
-            try:
-                host_matcher(pattern)
-            except ValueError as exc:
-                raise doc.error(key_node, entry_path, str(exc)) from None
-            hosts[pattern] = _host_price(doc, node, entry_path, pattern)
-    return result, hosts
-
-
-def _rate_fields(
-    doc: Document, node: yaml.Node, entry_path: str, expected: str, keys: tuple[str, ...]
-) -> dict[str, yaml.Node]:
-    """The keys of a ``models`` or ``hosts`` entry; a rate named as another tool names it is an error
-    naming ours (``cache_read`` is ``cached_input``, not the ``cache_write`` it looks like)."""
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        for key_node, _ in node.value:
-            meant = _KEYS_MEANT.get(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
-            if meant is not None:
-                raise doc.error(
-                    key_node, f"{entry_path}.{key_node.value}", f"unknown key; the rate meant is {meant!r}"
-                )
-    return doc.fields(node, entry_path, expected, keys)
-
-
-def _rates(
-    doc: Document, node: yaml.Node, entry_path: str, label: str, fields: dict[str, yaml.Node]
-) -> Rates:
-    """The rates in ``fields``, the checked keys of ``node``."""
-    for key, meaning in (("input", "USD per 1M input tokens"), ("output", "USD per 1M output tokens")):
-        if key not in fields:
-            raise doc.error(node, entry_path, f"missing required key {key!r} ({meaning})")
-    rates = {
-        key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
-        for key, value in fields.items()
-        if key in _MODEL_KEYS
-    }
-    return Rates(
-        label,
-        rates["input"],
-        rates["output"],
-        rates.get("cached_input"),
-        PRICE_FILE_SOURCE,
-        cache_write=rates.get("cache_write"),
-        input_audio=rates.get("input_audio"),
-        output_audio=rates.get("output_audio"),
-    )
-
-
-def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:
-    expected = (
-        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input', "
-        "'cache_write', 'input_audio', 'output_audio' (USD per 1M tokens, for every model)"
-    )
-    fields = _rate_fields(doc, node, entry_path, expected, _HOST_KEYS)
-    rates = _rates(doc, node, entry_path, pattern, fields) if fields.keys() & _MODEL_KEYS else None
-    provider_node = fields.get("provider")
-    provider = None
-    if provider_node is not None:
-        key_path = f"{entry_path}.provider"
-        doc.check_tag(provider_node, key_path)
-        if provider_node.tag != _STR_TAG or not provider_node.value.strip():
-            got = doc.describe(provider_node)
-            raise doc.error(provider_node, key_path, f"expected a provider name, got {got}")
-        provider = provider_node.value.strip()
-        if rates is None and _genai_provider(provider) is None:
-            raise doc.error(
-                provider_node,
-                key_path,
-                f"{provider_error(provider)}; or give rates (input, output) to price this host yourself",
-            )
-    elif rates is None:
-        raise doc.error(node, entry_path, f"expected {expected}, got an empty mapping")
-    return HostPrice(provider, rates)
 
 
 # --- module-level convenience ------------------------------------------------------------------------

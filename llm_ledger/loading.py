@@ -303,6 +303,13 @@ class Document:
             items.append((key, key_node, value_node))
         return items
 
+    def sequence(self, node: yaml.Node, key_path: str, expected: str) -> list[yaml.Node]:
+        """A list node's items (``key_path[i]`` in messages about them)."""
+        self.check_tag(node, key_path)
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
+        return list(node.value)
+
     def fields(
         self,
         node: yaml.Node,

@@ -81,3 +81,55 @@ def test_the_error_examples_are_what_a_mistake_prints(tmp_path: Path, entry: str
     message = str(error.value).replace(str(path), "prices.yaml").replace(":3:", ":N:")
     assert message.startswith(f"prices.yaml:N: {shown}")
     assert shown in DOC
+
+
+TIERS_HEADING = "### Long-context tiers and service tiers in the price file"
+
+
+def test_the_tiers_example_prices_as_described(tmp_path: Path) -> None:
+    """The long-context and service-tier example costs the figures the doc gives for it."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(block("yaml", TIERS_HEADING))
+    table = PriceTable.from_file(path)
+    gemini = [
+        table.cost("gemini-2.5-pro", prompt_tokens=prompt, cached_tokens=50_000, completion_tokens=10_000)
+        for prompt in (200_000, 200_001)
+    ]
+    mini = [
+        table.cost(
+            "gpt-5-mini",
+            prompt_tokens=10_000,
+            cached_tokens=2_000,
+            completion_tokens=4_000,
+            service_tier=tier,
+        )
+        for tier in ("flex", "default", "fast")
+    ]
+    shown = [f"${cost.total_cost_usd}" for cost in gemini + mini if cost is not None]
+    assert shown == ["$0.235", "$0.430002", "$0.005025", "$0.01005", "$0.01005"]
+    section = DOC[DOC.index(TIERS_HEADING) : DOC.index("In Python, rates are")]
+    assert all(figure in section for figure in shown)
+
+
+@pytest.mark.parametrize(
+    ("mistake", "line"),
+    [
+        (("above: 200000", "above: 200k"), "long_context[0].above: expected a whole number"),
+        (("cached_input: 0.2, ", ""), "long_context[0]: missing required key 'cached_input'"),
+        (("flex:", "flx:"), "service_tiers.flx: unknown service tier (did you mean 'flex'?)"),
+    ],
+)
+def test_the_tiers_error_examples_are_what_the_mistakes_print(
+    tmp_path: Path, mistake: tuple[str, str], line: str
+) -> None:
+    """Each error the tiers section shows is what that mistake in its example prints, line number included."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(block("yaml", TIERS_HEADING).replace(*mistake))
+    with pytest.raises(PriceFileError) as error:
+        PriceTable.from_file(path)
+    message = str(error.value).replace(str(path), "prices.yaml")
+    shown = re.search(r"```\n(prices\.yaml:.*?)```", DOC[DOC.index(TIERS_HEADING) :], re.S)
+    assert shown is not None
+    errors = " ".join(shown.group(1).split())  # the doc wraps them
+    assert line in message
+    assert " ".join(message.split()) in errors

@@ -90,16 +90,20 @@ def test_long_context_cliff_applies_to_cached_tokens_too() -> None:
 
 
 def test_rates_name_the_model_that_matched_and_the_source() -> None:
-    """A dated snapshot reports the genai-prices model it resolved to, and where the price came from."""
+    """A dated snapshot reports the genai-prices model it resolved to, where the price came from, and the
+    prices of the service tiers priced apart (priority, and "fast" as genai-prices lists it)."""
     import genai_prices
 
+    source = f"genai-prices {genai_prices.__version__}"
     rates = PriceTable().rates("gpt-4o-2024-08-06")
+    priority = Rates("gpt-4o", Decimal("4.25"), Decimal("17"), Decimal("2.125"), source)
     assert rates == Rates(
         model="gpt-4o",
         input=Decimal("2.5"),
         output=Decimal("10"),
         cached_input=Decimal("1.25"),
-        source=f"genai-prices {genai_prices.__version__}",
+        source=source,
+        service_tiers=(("fast", priority), ("priority", priority)),
     )
 
 
@@ -393,7 +397,7 @@ BAD_FILES = [
         "entry-not-mapping",
         "version: 1\nmodels:\n  gpt-4o: 2.5\n",
         "3: models.gpt-4o: expected a mapping with keys input, cached_input, cache_write, input_audio, "
-        "output, output_audio (USD per 1M tokens), got 2.5",
+        "output, output_audio, long_context, service_tiers (USD per 1M tokens), got 2.5",
     ),
     (
         "unknown-entry-key",

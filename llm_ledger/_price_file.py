@@ -1,0 +1,239 @@
+"""Price files (docs/PRICING.md): a YAML file read and checked into the model :class:`Rates` and
+:class:`HostPrice` entries of a :class:`~llm_ledger.PriceTable` (``PriceTable.from_file``); each mistake
+is a :class:`PriceFileError` naming the file, line, key path and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from typing import Final
+
+import yaml
+
+from llm_ledger._errors import PriceFileError
+from llm_ledger._pricing import (
+    _MAX_RATE,
+    HostPrice,
+    Rates,
+    _genai_provider,
+    host_matcher,
+    provider_error,
+)
+from llm_ledger.loading import Document, did_you_mean, join, read_file
+
+__all__ = ["SERVICE_TIERS", "load_price_file"]
+
+_RATE_KEYS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
+_RATE_MEANINGS: Final = {
+    "input": "USD per 1M input tokens",
+    "cached_input": "USD per 1M cached input tokens",
+    "cache_write": "USD per 1M input tokens written to the cache",
+    "input_audio": "USD per 1M audio input tokens",
+    "output": "USD per 1M output tokens",
+    "output_audio": "USD per 1M audio output tokens",
+}
+_MODEL_KEYS: Final = (*_RATE_KEYS, "long_context", "service_tiers")
+_HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
+_LONG_CONTEXT_KEYS: Final = ("above", *_RATE_KEYS)
+_SERVICE_TIER_KEYS: Final = (*_RATE_KEYS, "long_context")
+# the service tiers a response names that a price file may price apart ("default" is the entry itself)
+SERVICE_TIERS: Final = ("flex", "priority", "fast", "scale")
+# other tools' names for our keys (litellm's, genai-prices'), some of which look like another key of ours
+_KEYS_MEANT: Final = {
+    "cache_read": "cached_input",
+    "cache_creation": "cache_write",
+    "tiers": "long_context",
+    "service_tier": "service_tiers",
+    "start": "above",
+    "threshold": "above",
+}
+_MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
+_RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
+_TIER_EXPECTED: Final = "a mapping with 'above' (prompt tokens) and the tier's rates"
+_TIERS_EXPECTED: Final = f"a list of tiers, each {_TIER_EXPECTED}"
+_ABOVE_EXPECTED: Final = (
+    "a whole number of prompt tokens above 0 (e.g. 200000: its rates apply to calls with more)"
+)
+_MAX_ABOVE: Final = Decimal(10**9)
+_STR_TAG: Final = "tag:yaml.org,2002:str"
+
+
+def load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
+    """The model rates and host prices of the price file at ``path``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise PriceFileError(f"a price file is named by a path (str or os.PathLike), got {path!r}")
+    name = os.fspath(path)
+    doc = Document(name, PriceFileError, "a price file")
+    root = doc.compose(read_file(name, PriceFileError, "price file"))
+    expected_top = "a mapping with keys 'version', 'models' and/or 'hosts'"
+    if root is None:
+        raise PriceFileError(f"{name}: the file is empty, expected {expected_top}")
+    top = doc.fields(root, "", expected_top, ("version", "models", "hosts"), {"version": "the format, 1"})
+    version = top["version"]
+    doc.check_tag(version, "version")
+    if version.tag != "tag:yaml.org,2002:int" or doc.describe(version) != "1":
+        raise doc.error(version, "version", f"expected 1, got {doc.describe(version)}")
+    if "models" not in top and "hosts" not in top:
+        raise doc.error(root, "", "missing key 'models' (rates per model) or 'hosts' (prices per host)")
+
+    result: dict[str, Rates] = {}
+    if "models" in top:
+        for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
+            entry_path = join("models", model)
+            fields = _rate_fields(doc, node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
+            result[model] = _rates(doc, node, entry_path, model, fields)
+    hosts: dict[str, HostPrice] = {}
+    if "hosts" in top:
+        for pattern, key_node, node in doc.mapping(
+            top["hosts"], "hosts", "a mapping of host pattern to its provider or rates"
+        ):
+            entry_path = join("hosts", pattern)
+            try:
+                host_matcher(pattern)
+            except ValueError as exc:
+                raise doc.error(key_node, entry_path, str(exc)) from None
+            hosts[pattern] = _host_price(doc, node, entry_path, pattern)
+    return result, hosts
+
+
+def _rate_fields(
+    doc: Document,
+    node: yaml.Node,
+    entry_path: str,
+    expected: str,
+    keys: tuple[str, ...],
+    required: dict[str, str] | None = None,
+) -> dict[str, yaml.Node]:
+    """The keys of an entry or tier; a key named as another tool names it is an error naming ours
+    (``cache_read`` is ``cached_input``, not the ``cache_write`` it looks like; ``start`` is ``above``)."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            meant = _KEYS_MEANT.get(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if meant in keys:
+                what = "rate" if meant in _RATE_KEYS else "key"
+                raise doc.error(
+                    key_node, f"{entry_path}.{key_node.value}", f"unknown key; the {what} meant is {meant!r}"
+                )
+    return doc.fields(node, entry_path, expected, keys, required)
+
+
+def _rates(
+    doc: Document,
+    node: yaml.Node,
+    entry_path: str,
+    label: str,
+    fields: dict[str, yaml.Node],
+    entry: tuple[str, ...] = (),
+) -> Rates:
+    """The rates in ``fields``, the checked keys of ``node``. A tier gives each rate its entry gives
+    (``entry``): one it left out would be billed at the tier's own input or output rate."""
+    for key in entry or ("input", "output"):
+        if key not in fields:
+            why = "" if key in ("input", "output") else ": its entry gives one, so each of its tiers must"
+            raise doc.error(node, entry_path, f"missing required key {key!r} ({_RATE_MEANINGS[key]}){why}")
+    rates = {
+        key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
+        for key, value in fields.items()
+        if key in _RATE_KEYS
+    }
+    given = tuple(key for key in _RATE_KEYS if key in rates)
+    return Rates(
+        label,
+        rates["input"],
+        rates["output"],
+        rates.get("cached_input"),
+        tiers=_long_context(doc, fields, entry_path, label, given),
+        cache_write=rates.get("cache_write"),
+        input_audio=rates.get("input_audio"),
+        output_audio=rates.get("output_audio"),
+        service_tiers=_service_tiers(doc, fields, entry_path, label, given),
+    )
+
+
+def _long_context(
+    doc: Document, fields: dict[str, yaml.Node], entry_path: str, label: str, given: tuple[str, ...]
+) -> tuple[tuple[int, Rates], ...]:
+    """An entry's ``long_context``: a list of tiers in ascending order of ``above``, the prompt tokens past
+    which a call costs the tier's rates (all of its tokens: a cliff, as genai-prices' tiered prices)."""
+    if "long_context" not in fields:
+        return ()
+    node, key_path = fields["long_context"], f"{entry_path}.long_context"
+    tiers: list[tuple[int, Rates]] = []
+    for index, item in enumerate(doc.sequence(node, key_path, _TIERS_EXPECTED)):
+        tier_path = f"{key_path}[{index}]"
+        keys = _rate_fields(
+            doc,
+            item,
+            tier_path,
+            _TIER_EXPECTED,
+            _LONG_CONTEXT_KEYS,
+            {"above": "the prompt tokens past which it applies"},
+        )
+        above_path = f"{tier_path}.above"
+        above = int(doc.number(keys["above"], above_path, _ABOVE_EXPECTED, maximum=_MAX_ABOVE, whole=True))
+        if above == 0:
+            raise doc.error(keys["above"], above_path, f"expected {_ABOVE_EXPECTED}, got 0")
+        if tiers and above <= tiers[-1][0]:
+            raise doc.error(
+                keys["above"],
+                above_path,
+                f"{above} is not above the previous tier's {tiers[-1][0]}: list the tiers in ascending order",
+            )
+        tiers.append((above, _rates(doc, item, tier_path, label, keys, given)))
+    return tuple(tiers)
+
+
+def _service_tiers(
+    doc: Document, fields: dict[str, yaml.Node], entry_path: str, label: str, given: tuple[str, ...]
+) -> tuple[tuple[str, Rates], ...]:
+    """An entry's ``service_tiers``: the rates of a call the response says a tier served (``flex``...)."""
+    if "service_tiers" not in fields:
+        return ()
+    node, key_path = fields["service_tiers"], f"{entry_path}.service_tiers"
+    expected = f"a mapping of service tier ({', '.join(SERVICE_TIERS)}) to its rates"
+    tiers: list[tuple[str, Rates]] = []
+    for name, key_node, item in doc.mapping(node, key_path, expected):
+        tier_path = join(key_path, name)
+        if name not in SERVICE_TIERS:
+            hint = (
+                f"; the standard tier's rates are the entry's own ({', '.join(given)})"
+                if name in ("default", "auto")
+                else did_you_mean(name, SERVICE_TIERS)
+            )
+            choices = ", ".join(SERVICE_TIERS)
+            raise doc.error(
+                key_node, tier_path, f"unknown service tier{hint}; valid service tiers: {choices}"
+            )
+        rates_expected = f"a mapping with keys {', '.join(_SERVICE_TIER_KEYS)} (USD per 1M tokens)"
+        keys = _rate_fields(doc, item, tier_path, rates_expected, _SERVICE_TIER_KEYS)
+        tiers.append((name, _rates(doc, item, tier_path, label, keys, given)))
+    return tuple(tiers)
+
+
+def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:
+    expected = (
+        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input', "
+        "'cache_write', 'input_audio', 'output_audio', 'long_context', 'service_tiers' (USD per 1M tokens, "
+        "for every model)"
+    )
+    fields = _rate_fields(doc, node, entry_path, expected, _HOST_KEYS)
+    rates = _rates(doc, node, entry_path, pattern, fields) if fields.keys() & _MODEL_KEYS else None
+    provider_node = fields.get("provider")
+    provider = None
+    if provider_node is not None:
+        key_path = f"{entry_path}.provider"
+        doc.check_tag(provider_node, key_path)
+        if provider_node.tag != _STR_TAG or not provider_node.value.strip():
+            got = doc.describe(provider_node)
+            raise doc.error(provider_node, key_path, f"expected a provider name, got {got}")
+        provider = provider_node.value.strip()
+        if rates is None and _genai_provider(provider) is None:
+            raise doc.error(
+                provider_node,
+                key_path,
+                f"{provider_error(provider)}; or give rates (input, output) to price this host yourself",
+            )
+    elif rates is None:
+        raise doc.error(node, entry_path, f"expected {expected}, got an empty mapping")
+    return HostPrice(provider, rates)
