@@ -19,9 +19,9 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .._cli import add_command
 from .._errors import ConfigError
@@ -295,9 +295,18 @@ Names = Callable[[str], str]  # how an output shows a lens key or test id: _code
 _NAME_CHARS: Final = 200
 
 
-def _named(name: str, names: Names) -> str:
-    """``name`` as a warning names it, cut with an ellipsis when long (the JSON's lenses have it whole)."""
-    return names(name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…")
+class _Flag(NamedTuple):
+    """A warning as data: its text, the lens keys or test ids it lists, and the text after them."""
+
+    text: str
+    names: Sequence[str] = ()
+    after: str = ""
+
+    def say(self, names: Names) -> str:
+        """The warning, naming as ``names`` does, each name cut with an ellipsis when long (the JSON's
+        lenses have it whole)."""
+        cut = [names(n if len(n) <= _NAME_CHARS else n[: _NAME_CHARS - 1] + "…") for n in self.names]
+        return self.text + listed(cut) + self.after
 
 
 # pytest's exit statuses of a run that stopped before running every test it was asked to
@@ -309,34 +318,43 @@ _STOPPED: Final = {
 }
 
 
-def _flags(name: str, path: str, report: dict[str, Any], names: Names) -> list[str]:
+def _flags(name: str, path: str, report: dict[str, Any]) -> list[_Flag]:
     """What makes a report's numbers untrustworthy: a run stopped early, failed tests, failed calls,
     unpriced calls."""
     out = []
     if (status := report.get("exit_status")) in _STOPPED:
         out.append(
-            f"the {name} run ({path}) stopped early: pytest exit status {status} ({_STOPPED[status]}); "
-            "its report leaves out every test that did not run"
+            _Flag(
+                f"the {name} run ({path}) stopped early: pytest exit status {status} ({_STOPPED[status]}); "
+                "its report leaves out every test that did not run"
+            )
         )
     failed = report.get("failed_tests", [])
     if failed:
-        tests = listed([_named(t, names) for t in failed])
         out.append(
-            f"the {name} report ({path}) has {len(failed)} failed test(s): {tests}; its numbers leave out "
-            "what those tests did not get to do"
+            _Flag(
+                f"the {name} report ({path}) has {len(failed)} failed test(s): ",
+                failed,
+                "; its numbers leave out what those tests did not get to do",
+            )
         )
     errors = _number(report["total"], "errors") or 0
     if errors:
         out.append(
-            f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
-            f"errors): {_NO_ANSWER}"
+            _Flag(
+                f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
+                f"errors): {_NO_ANSWER}"
+            )
         )
-    unpriced = [_named(n, names) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
+    unpriced = [n for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
-        where = f" in {len(unpriced)} lens(es): {listed(unpriced)}" if unpriced else ""
+        where = f" in {len(unpriced)} lens(es): " if unpriced else ""
         out.append(
-            f"the {name} report ({path}) has calls with no known cost{where}; their cost (marked *) "
-            "leaves them out"
+            _Flag(
+                f"the {name} report ({path}) has calls with no known cost{where}",
+                unpriced,
+                "; their cost (marked *) leaves them out",
+            )
         )
     return out
 
@@ -349,7 +367,7 @@ def diff_reports(
     ``base`` None stands for a missing base report: every lens is new, and a flag says why. The flags
     come twice: ``flags`` names lenses and tests as Markdown code spans, ``flags_text`` in plain text.
     """
-    flags, flags_text = (_report_flags(base, head, (base_path, head_path), n) for n in (_code, _plain))
+    flags = _report_flags(base, head, (base_path, head_path))
     has_base = base is not None
     base = base if base is not None else {"lenses": {}, "total": {}, "usage": []}
     reports = base, head
@@ -369,42 +387,46 @@ def diff_reports(
         "version": 1,
         "reports": {"base": base_path, "head": head_path},
         "has_base": has_base,
-        "flags": flags,
-        "flags_text": flags_text,
+        "flags": [flag.say(_code) for flag in flags],
+        "flags_text": [flag.say(_plain) for flag in flags],
         "lenses": lenses,
         "no_lens": no_lens,
         "total": total,
     }
 
 
-def _report_flags(
-    base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str], names: Names
-) -> list[str]:
-    """What makes the diff of two reports (``base`` None: missing) untrustworthy, lenses and tests
-    named by ``names``."""
+def _report_flags(base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str]) -> list[_Flag]:
+    """What makes the diff of two reports (``base`` None: missing) untrustworthy."""
     base_path, head_path = paths
     if base is None:
         flags = [
-            f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
-            "llm-ledger yet, or its test run wrote no report)"
+            _Flag(
+                f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
+                "llm-ledger yet, or its test run wrote no report)"
+            )
         ]
         base = {"lenses": {}, "total": {}, "usage": []}
     else:
-        flags = _flags("base", base_path, base, names)
-    flags += _flags("head", head_path, head, names)
+        flags = _flags("base", base_path, base)
+    flags += _flags("head", head_path, head)
     base_from, head_from = _price_data(base), _price_data(head)
     if base_from and head_from and base_from != head_from:
         flags.append(
-            f"the reports were priced with different price data (base: {base_from}; head: {head_from}): a "
-            "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
-            "and price file"
+            _Flag(
+                f"the reports were priced with different price data (base: {base_from}; head: {head_from}): "
+                "a cost may change with no change in tokens; run both with the same llm-ledger, "
+                "genai-prices and price file"
+            )
         )
     ran = _calling(head) | set(head.get("failed_tests", ()))
-    if idle := [_named(t, names) for t in sorted(_calling(base) - ran)]:
+    if idle := sorted(_calling(base) - ran):
         flags.append(
-            f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
-            f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
-            "shown as removed may only not have run"
+            _Flag(
+                f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): ",
+                idle,
+                " (not run: deselected, skipped, renamed or deleted; or no call left); a lens shown as "
+                "removed may only not have run",
+            )
         )
     return flags
 
@@ -758,12 +780,13 @@ def _run(args: argparse.Namespace) -> int:
                 {"scope": "total", "lens": None, "reason": "unchecked", "metric": "cost_usd",
                  "base": m["base"], "head": m["head"], "pct": m["pct"], "cost_gaps": why}
             )  # fmt: skip
-        if stopped in _STOPPED:
-            for flags in (diff["flags"], diff["flags_text"]):
-                flags.append(
-                    f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a "
-                    "lens it never reached would read as new (--require-base fails the job on such a base)"
-                )
+        if stopped in _STOPPED:  # a warning that names no lens or test: the same in both
+            flag = (
+                f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a "
+                "lens it never reached would read as new (--require-base fails the job on such a base)"
+            )
+            diff["flags"].append(flag)
+            diff["flags_text"].append(flag)
     print(render(diff, args.fmt), end="")
     for flag in diff["flags_text"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
