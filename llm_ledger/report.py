@@ -24,7 +24,7 @@ from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
 from .analysis._read import InputStats, LogReader
 from .analysis._render import FORMATS, render
-from .analysis._usage import NO_LENS, UsageRow, usage_row
+from .analysis._usage import NO_LENS, UsageRow, cost_gaps, usage_row
 
 __all__ = [
     "FORMATS",
@@ -37,6 +37,7 @@ __all__ = [
     "UsageRow",
     "asgi_app",
     "cost_decimal",
+    "cost_gaps",
     "diff_reports",
     "load_report",
     "render",

@@ -19,7 +19,7 @@ import yaml
 
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
-from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, text_table, usage_row
+from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, cost_gaps, text_table, usage_row
 
 from ._cassette import rerecord_command
 
@@ -146,12 +146,7 @@ class Totals(_ExactCost):
 
     def cost_gaps(self) -> str:
         """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
-        parts = []
-        if self.unpriced:
-            parts.append(f"no known price for model {_models(self.unpriced)}")
-        if self.no_usage:
-            parts.append(f"no usage reported by calls to {_models(self.no_usage)}")
-        return "; ".join(parts) or "a call's cost is unknown"
+        return cost_gaps(self.unpriced, self.no_usage)
 
     def cost_fixes(self) -> str:
         """What makes the missing costs known."""
@@ -222,10 +217,6 @@ def _usage_entry(key: tuple[str, ...], row: UsageSum) -> dict[str, Any]:
     entry["service_tier"] = entry["service_tier"] or None  # null: not named (the standard tier)
     entry["at"] = entry["at"] or None  # null: a price the time does not change, or unknown
     return {**entry, **row.to_report()}
-
-
-def _models(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()))
 
 
 PRICE_FIX: Final = (

@@ -31,7 +31,7 @@ from ..loading import join, listed, printable, read_file, shown
 from ._read import strict_loads
 from ._render import strict_json
 from ._render import usd as _usd
-from ._usage import NO_LENS, model_name, recorded_count
+from ._usage import NO_LENS, cost_gaps, model_name, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -243,15 +243,7 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
             missing = recorded_count(row.get("no_usage_calls")) or 0
             no_usage[model] += missing
             unpriced[model] += max((recorded_count(row.get("uncosted_calls")) or 0) - missing, 0)
-    parts = []
-    for what, counts in (
-        ("no known price for model", +unpriced),
-        ("no usage reported by calls to", +no_usage),
-    ):
-        if counts:
-            calls = (f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()))
-            parts.append(f"{what} {', '.join(calls)}")
-    return "; ".join(parts) or "calls with no known cost"
+    return cost_gaps(unpriced, no_usage)
 
 
 def _calling(report: dict[str, Any]) -> set[str]:
