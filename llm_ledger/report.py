@@ -17,7 +17,7 @@ from datetime import date, datetime
 from typing import Any
 
 from ._records import cost_decimal
-from ._table import text_table
+from ._table import text_table, usd
 from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggregate, make_query
 from .analysis._diff import diff_reports, load_report
 from .analysis._diff import render as render_diff
@@ -46,6 +46,7 @@ __all__ = [
     "summarise_records",
     "text_table",
     "usage_row",
+    "usd",
 ]
 
 Paths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]

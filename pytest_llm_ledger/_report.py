@@ -19,7 +19,7 @@ import yaml
 
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
-from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, cost_gaps, text_table, usage_row
+from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, cost_gaps, text_table, usage_row, usd
 
 from ._cassette import rerecord_command
 
@@ -473,17 +473,8 @@ def _unknown(run: Totals, metric: str) -> bool:
 # -- rendering ----------------------------------------------------------------------------------
 
 
-def format_cost(usd: float, complete: bool = True) -> str:
-    """Dollars with enough digits to see sub-cent amounts; ``*`` marks a cost missing some prices."""
-    if usd and abs(usd) < 0.000001:  # below a micro-dollar: show the digits instead of $0.000000
-        text = f"${usd:.12f}".rstrip("0")
-    else:
-        text = f"${usd:.6f}" if abs(usd) < 100 else f"${usd:,.2f}"
-    return text if complete else text + "*"
-
-
 def _format_value(limit_key: str, value: float) -> str:
-    return format_cost(value) if limit_key == "max_cost_usd" else f"{int(value):,}"
+    return usd(value) if limit_key == "max_cost_usd" else f"{int(value):,}"
 
 
 # a lens column this wide keeps a row of the table on one line of a 100-column terminal
@@ -533,7 +524,7 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
         incomplete |= not s.cost_complete
         rows.append(
             [short.get(name, name), runs, str(s.api_calls), f"{s.prompt_tokens:,}",
-             f"{s.completion_tokens:,}", f"{s.total_tokens:,}", format_cost(s.cost_usd, s.cost_complete)]
+             f"{s.completion_tokens:,}", f"{s.total_tokens:,}", usd(s.cost, complete=s.cost_complete)]
             + ([str(s.errors) if s.errors else ""] if failed else [])
         )  # fmt: skip
     headers = ["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"] + ["failed"] * failed

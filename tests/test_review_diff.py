@@ -13,7 +13,7 @@ import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
-from llm_ledger.analysis._render import usd
+from llm_ledger.report import usd
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
 

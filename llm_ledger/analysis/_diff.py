@@ -27,10 +27,10 @@ from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 from .._table import markdown_table, one_line, text_table
+from .._table import usd as _usd
 from ..loading import join, listed, printable, read_file, shown
 from ._read import strict_loads
 from ._render import strict_json
-from ._render import usd as _usd
 from ._usage import NO_LENS, cost_gaps, model_name, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .._table import markdown_table, text_table
+from .._table import markdown_table, text_table, usd
 from ..loading import printable
 from ._aggregate import CostReport, CostRow, as_text
 
-__all__ = ["FORMATS", "render", "strict_json", "usd"]
+__all__ = ["FORMATS", "render", "strict_json"]
 
 FORMATS: Final = ("text", "json", "markdown")
 _HEADERS: Final = (
@@ -25,15 +24,6 @@ _HEADERS: Final = (
     "cost (USD)",
     "avg ms",
 )
-
-
-def usd(value: Decimal | float, signed: bool = False) -> str:
-    """Dollars with at least six decimals and three significant digits: a non-zero cost never reads $0."""
-    amount = value if isinstance(value, Decimal) else Decimal(repr(value))
-    digits = min(12, max(6, 2 - amount.adjusted())) if amount else 6
-    sign = "-" if amount < 0 else "+" if signed and amount > 0 else ""
-    shown = abs(amount).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)  # money rounds half up
-    return f"{sign}${shown:,.{digits}f}"
 
 
 def _non_finite(value: Any, where: str = "") -> str | None:

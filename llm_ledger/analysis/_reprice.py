@@ -35,11 +35,11 @@ from .._pricing import (
     reasoning_outside,
 )
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from .._table import markdown_table, text_table
+from .._table import markdown_table, text_table, usd
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
-from ._render import strict_json, usd
+from ._render import strict_json
 from ._usage import NO_LENS, UsageRow, _epoch, recorded_count, recorded_name, usage_row
 
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
@@ -344,16 +344,12 @@ def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int
 # -- output ----------------------------------------------------------------------------------------
 
 
-def _money(amount: Decimal, complete: bool = True) -> str:
-    return usd(amount) + ("" if complete else "*")
-
-
 def _cells(row: Row) -> list[str]:
     cells = [
         row.lens,
         f"{row.calls:,}",
-        _money(row.before_usd, row.before_complete),
-        _money(row.after_usd, row.after_complete),
+        usd(row.before_usd, complete=row.before_complete),
+        usd(row.after_usd, complete=row.after_complete),
     ]
     delta = row.change_usd
     if delta is None:

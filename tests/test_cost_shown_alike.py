@@ -1,0 +1,42 @@
+"""A cost reads the same wherever it is shown: the pytest plugin's terminal table and budget table, and
+``llm-ledger report``, ``diff`` and ``reprice`` (one reviewer reads the PR comment and the CLI for the
+same run)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llm_ledger.report import render, summarise_records
+from pytest_llm_ledger._report import Breach, SessionLedger, render_breaches, render_lens_table
+from tests.report_helpers import call
+
+pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
+
+_DOLLARS = re.compile(r"[-+]?\$[\d,.]+[*+]?")
+
+
+def _row_cost(lines: list[str], name: str) -> str:
+    (row,) = [line for line in lines if line.startswith(f"{name} ")]
+    (cost,) = _DOLLARS.findall(row)
+    return str(cost)
+
+
+@pytest.mark.parametrize("cost", ["1234.5", "0.5", "0.0001", "0.00000012345", "0.000000000004"])
+def test_the_plugins_table_shows_a_cost_as_llm_ledger_report_does(cost: str) -> None:
+    """Small, sub-micro-dollar and large costs: the same digits in the plugin's table and the report."""
+    record = call(lens="summary", cost=cost)
+    ledger = SessionLedger()
+    ledger.add_call("tests/test_app.py::test_summary", record)
+    plugin = _row_cost(render_lens_table(ledger), "(session total)")
+    report = _row_cost(render(summarise_records([record])).splitlines(), "total")
+    assert plugin == report
+
+
+def test_a_budget_limit_reads_as_a_cost_does() -> None:
+    """The limit and the figure of a cost budget in the plugin's breach table read as the report's costs."""
+    breach = Breach("lens", "summary", "max_cost_usd", 0.00000012345, 1234.5, "tests/test_app.py::test_a")
+    (row,) = [line for line in render_breaches([breach]) if line.startswith("lens summary")]
+    report = [render(summarise_records([call(cost=cost)])) for cost in ("0.00000012345", "1234.5")]
+    assert _DOLLARS.findall(row) == [_row_cost(text.splitlines(), "total") for text in report]
