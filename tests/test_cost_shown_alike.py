@@ -40,3 +40,23 @@ def test_a_budget_limit_reads_as_a_cost_does() -> None:
     (row,) = [line for line in render_breaches([breach]) if line.startswith("lens summary")]
     report = [render(summarise_records([call(cost=cost)])) for cost in ("0.00000012345", "1234.5")]
     assert _DOLLARS.findall(row) == [_row_cost(text.splitlines(), "total") for text in report]
+
+
+def test_a_cost_that_leaves_calls_out_is_marked_alike() -> None:
+    """A cost that leaves out a call with no known cost is a lower bound: the plugin's table, ``llm-ledger
+    report`` mark it with the ``*`` of ``diff`` and ``reprice``, which a note under the table explains."""
+    records = [call(cost="0.0001"), call(model="acme-7b", cost=None)]
+    ledger = SessionLedger()
+    for record in records:
+        ledger.add_call("tests/test_app.py::test_summary", record)
+    plugin = _row_cost(render_lens_table(ledger), "(session total)")
+    report = render(summarise_records(records)).splitlines()
+    assert plugin == _row_cost(report, "total") == "$0.000100*"
+    assert any(line.startswith("* 1 billed call has no known cost") for line in report)
+
+
+def test_the_markdown_report_keeps_the_mark_of_its_note() -> None:
+    """In Markdown the note under the table starts with an escaped ``*``: a bare one would start a list
+    item, and the note would no longer show the mark it explains."""
+    report = render(summarise_records([call(model="acme-7b", cost=None)]), "markdown").splitlines()
+    assert any(line.startswith("\\* 1 billed call has no known cost") for line in report)
