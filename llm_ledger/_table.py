@@ -9,7 +9,7 @@ import re
 from collections.abc import Collection, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 
-__all__ = ["markdown_table", "one_line", "text_table", "usd"]
+__all__ = ["markdown_table", "one_line", "percent", "text_table", "usd"]
 
 
 def usd(value: Decimal | float, signed: bool = False, *, complete: bool = True) -> str:
@@ -20,6 +20,12 @@ def usd(value: Decimal | float, signed: bool = False, *, complete: bool = True) 
     sign = "-" if amount < 0 else "+" if signed and amount > 0 else ""
     shown = abs(amount).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)  # money rounds half up
     return f"{sign}${shown:,.{digits}f}" + ("" if complete else "*")
+
+
+def percent(value: float | Decimal) -> str:
+    """A change in percent, signed to one decimal: "+50.0%", "-84.0%"; "0.0%" for what rounds to none."""
+    text = f"{value:+.1f}%"
+    return text[1:] if text[1:] == "0.0%" else text
 
 
 def text_table(

@@ -26,8 +26,7 @@ from typing import Any, Final, NamedTuple
 from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
-from .._table import markdown_table, one_line, text_table
-from .._table import usd as _usd
+from .._table import markdown_table, one_line, percent, text_table, usd
 from ..loading import join, listed, printable, read_file, shown
 from ._read import strict_loads
 from ._render import strict_json
@@ -490,10 +489,10 @@ def _increase(increase: dict[str, Any], names: Names, *, short: bool = False) ->
     """One increase, for the lists of the text and the Markdown: what grew, from what to what, or why
     it cannot be checked; ``short`` for the exit message, whose heading already says what grew."""
     scope, reason, base, head = increase["scope"], increase["reason"], increase["base"], increase["head"]
-    grown = "from nothing" if increase["pct"] is None else f"{increase['pct']:+.1f}%"
+    grown = "from nothing" if increase["pct"] is None else percent(increase["pct"])
     old = increase.get("renamed_from")
     renamed = "" if old is None else f"; renamed from {names(old)}?"
-    figures = f"{_usd(head)}, absent in the base" if base is None else f"{_usd(base)} -> {_usd(head)}"
+    figures = f"{usd(head)}, absent in the base" if base is None else f"{usd(base)} -> {usd(head)}"
     if short:
         if scope != "lens" and reason == "grew":
             return figures if base is None else f"{figures}, {grown}"
@@ -501,7 +500,7 @@ def _increase(increase: dict[str, Any], names: Names, *, short: bool = False) ->
         if reason == "unchecked":
             figure = increase["cost_gaps"]
         else:
-            figure = f"{_usd(head)} per run{renamed}" if base is None else grown
+            figure = f"{usd(head)} per run{renamed}" if base is None else grown
         return f"{name or names(increase['lens'])} ({figure})"
     name = {"no_lens": NO_LENS_ROW, "total": "Total"}.get(scope) or names(increase["lens"])
     what = "cost per run " if scope == "lens" else ""
@@ -539,13 +538,13 @@ def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
     if value is None:
         return "—"
     if metric in _COSTS:
-        return _usd(value, signed)
+        return usd(value, signed)
     sign = "+" if signed and value > 0 else ""
     return f"{sign}{int(value):,}"
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.1f}%"
+    return "—" if value is None else percent(value)
 
 
 def _by_change(diff: dict[str, Any]) -> list[str]:

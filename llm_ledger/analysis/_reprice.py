@@ -35,7 +35,7 @@ from .._pricing import (
     reasoning_outside,
 )
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from .._table import markdown_table, text_table, usd
+from .._table import markdown_table, percent, text_table, usd
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
@@ -354,11 +354,9 @@ def _cells(row: Row) -> list[str]:
     delta = row.change_usd
     if delta is None:
         return [*cells, "n/a", "n/a"]
-    sign = "+" if delta > 0 else "-" if delta < 0 else ""
     base = row.compared_before_usd
-    percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
     mark = "" if row.before_complete and row.after_complete else "*"
-    return [*cells, usd(delta, signed=True) + mark, percent + mark if base else percent]
+    return [*cells, usd(delta, signed=True) + mark, percent(delta / base * 100) + mark if base else "n/a"]
 
 
 def render(result: Reprice, fmt: str = "text") -> str:
