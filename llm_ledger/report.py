@@ -22,13 +22,14 @@ from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggrega
 from .analysis._diff import diff_reports, load_report
 from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
-from .analysis._read import InputStats, LogReader
+from .analysis._read import REPORT_SCHEMA, InputStats, LogReader
 from .analysis._render import FORMATS, render
 from .analysis._usage import NO_LENS, UsageRow, cost_gaps, usage_row
 
 __all__ = [
     "FORMATS",
     "NO_LENS",
+    "REPORT_SCHEMA",
     "CostReport",
     "CostRow",
     "InputStats",

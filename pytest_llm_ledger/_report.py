@@ -19,7 +19,16 @@ import yaml
 
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
-from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, cost_gaps, text_table, usage_row, usd
+from llm_ledger.report import (
+    NO_LENS,
+    REPORT_SCHEMA,
+    UsageRow,
+    cost_decimal,
+    cost_gaps,
+    text_table,
+    usage_row,
+    usd,
+)
 
 from ._cassette import rerecord_command
 
@@ -34,7 +43,6 @@ __all__ = [
     "sets_limits",
 ]
 
-REPORT_SCHEMA: Final = "llm-ledger-report"
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
 # what identifies a row of the report's "usage": `llm-ledger reprice` prices each again, so calls a price

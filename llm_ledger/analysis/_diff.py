@@ -28,13 +28,12 @@ from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 from .._table import markdown_table, one_line, percent, text_table, usd
 from ..loading import join, listed, printable, read_file, shown
-from ._read import strict_loads
+from ._read import REPORT_SCHEMA, strict_loads
 from ._render import strict_json
 from ._usage import NO_LENS, cost_gaps, model_name, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
-REPORT_SCHEMA: Final = "llm-ledger-report"
 SUPPORTED_VERSIONS: Final = (1,)
 # metric in the report -> label in the tables; cost_per_run is computed (cost_usd / runs)
 DIFF_METRICS: Final = {
