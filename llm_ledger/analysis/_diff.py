@@ -19,7 +19,7 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -308,45 +308,33 @@ _STOPPED: Final = {
 }
 
 
-def _flags(name: str, path: str, report: dict[str, Any]) -> list[_Flag]:
+def _flags(name: str, path: str, report: dict[str, Any]) -> Iterator[_Flag]:
     """What makes a report's numbers untrustworthy: a run stopped early, failed tests, failed calls,
     unpriced calls."""
-    out = []
     if (status := report.get("exit_status")) in _STOPPED:
-        out.append(
-            _Flag(
-                f"the {name} run ({path}) stopped early: pytest exit status {status} ({_STOPPED[status]}); "
-                "its report leaves out every test that did not run"
-            )
+        yield _Flag(
+            f"the {name} run ({path}) stopped early: pytest exit status {status} ({_STOPPED[status]}); "
+            "its report leaves out every test that did not run"
         )
-    failed = report.get("failed_tests", [])
-    if failed:
-        out.append(
-            _Flag(
-                f"the {name} report ({path}) has {len(failed)} failed test(s): ",
-                failed,
-                "; its numbers leave out what those tests did not get to do",
-            )
+    if failed := report.get("failed_tests", []):
+        yield _Flag(
+            f"the {name} report ({path}) has {len(failed)} failed test(s): ",
+            failed,
+            "; its numbers leave out what those tests did not get to do",
         )
-    errors = _number(report["total"], "errors") or 0
-    if errors:
-        out.append(
-            _Flag(
-                f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
-                f"errors): {_NO_ANSWER}"
-            )
+    if errors := _number(report["total"], "errors"):
+        yield _Flag(
+            f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
+            f"errors): {_NO_ANSWER}"
         )
     unpriced = [n for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
-        where = f" in {len(unpriced)} lens(es): " if unpriced else ""
-        out.append(
-            _Flag(
-                f"the {name} report ({path}) has calls with no known cost{where}",
-                unpriced,
-                "; their cost (marked *) leaves them out",
-            )
+        yield _Flag(
+            f"the {name} report ({path}) has calls with no known cost"
+            + (f" in {len(unpriced)} lens(es): " if unpriced else ""),
+            unpriced,
+            "; their cost (marked *) leaves them out",
         )
-    return out
 
 
 def diff_reports(
@@ -357,7 +345,7 @@ def diff_reports(
     ``base`` None stands for a missing base report: every lens is new, and a flag says why. The flags
     come twice: ``flags`` names lenses and tests as Markdown code spans, ``flags_text`` in plain text.
     """
-    flags = _report_flags(base, head, (base_path, head_path))
+    flags = list(_report_flags(base, head, (base_path, head_path)))
     has_base = base is not None
     base = base if base is not None else {"lenses": {}, "total": {}, "usage": []}
     reports = base, head
@@ -385,40 +373,35 @@ def diff_reports(
     }
 
 
-def _report_flags(base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str]) -> list[_Flag]:
+def _report_flags(
+    base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str]
+) -> Iterator[_Flag]:
     """What makes the diff of two reports (``base`` None: missing) untrustworthy."""
     base_path, head_path = paths
     if base is None:
-        flags = [
-            _Flag(
-                f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
-                "llm-ledger yet, or its test run wrote no report)"
-            )
-        ]
+        yield _Flag(
+            f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
+            "llm-ledger yet, or its test run wrote no report)"
+        )
         base = {"lenses": {}, "total": {}, "usage": []}
     else:
-        flags = _flags("base", base_path, base)
-    flags += _flags("head", head_path, head)
+        yield from _flags("base", base_path, base)
+    yield from _flags("head", head_path, head)
     base_from, head_from = _price_data(base), _price_data(head)
     if base_from and head_from and base_from != head_from:
-        flags.append(
-            _Flag(
-                f"the reports were priced with different price data (base: {base_from}; head: {head_from}): "
-                "a cost may change with no change in tokens; run both with the same llm-ledger, "
-                "genai-prices and price file"
-            )
+        yield _Flag(
+            f"the reports were priced with different price data (base: {base_from}; head: {head_from}): a "
+            "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
+            "and price file"
         )
     ran = _calling(head) | set(head.get("failed_tests", ()))
     if idle := sorted(_calling(base) - ran):
-        flags.append(
-            _Flag(
-                f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): ",
-                idle,
-                " (not run: deselected, skipped, renamed or deleted; or no call left); a lens shown as "
-                "removed may only not have run",
-            )
+        yield _Flag(
+            f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): ",
+            idle,
+            " (not run: deselected, skipped, renamed or deleted; or no call left); a lens shown as removed "
+            "may only not have run",
         )
-    return flags
 
 
 def _renames(base: dict[str, Any], head: dict[str, Any], lenses: dict[str, Any]) -> dict[str, str]:
