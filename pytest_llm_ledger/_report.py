@@ -523,7 +523,7 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     incomplete = False
     by_key = ledger.lenses()
     short = _short_keys(list(by_key))
-    named = [(key, str(agg.runs), agg.sum, agg.failed_in) for key, agg in by_key.items()]
+    named = [(key, f"{agg.runs:,}", agg.sum, agg.failed_in) for key, agg in by_key.items()]
     if ledger.outside.api_calls:  # calls outside any lens: with the lenses, they add up to the total
         named.append(("(no lens)", "", ledger.outside, ledger.outside_failed_in()))
     total = ledger.total()
@@ -531,9 +531,9 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     for name, runs, s, _ in [*named, ("(session total)", "", total, [])]:
         incomplete |= not s.cost_complete
         rows.append(
-            [short.get(name, name), runs, str(s.api_calls), f"{s.prompt_tokens:,}",
+            [short.get(name, name), runs, f"{s.api_calls:,}", f"{s.prompt_tokens:,}",
              f"{s.completion_tokens:,}", f"{s.total_tokens:,}", usd(s.cost, complete=s.cost_complete)]
-            + ([str(s.errors) if s.errors else ""] if failed else [])
+            + ([f"{s.errors:,}" if s.errors else ""] if failed else [])
         )  # fmt: skip
     headers = ["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"] + ["failed"] * failed
     lines = text_table(headers, rows)

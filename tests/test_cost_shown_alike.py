@@ -60,3 +60,18 @@ def test_the_markdown_report_keeps_the_mark_of_its_note() -> None:
     item, and the note would no longer show the mark it explains."""
     report = render(summarise_records([call(model="acme-7b", cost=None)]), "markdown").splitlines()
     assert any(line.startswith("\\* 1 billed call has no known cost") for line in report)
+
+
+def test_the_plugins_table_writes_counts_as_llm_ledger_report_does() -> None:
+    """A run of over a thousand calls: the plugin's table writes the count with a thousands separator,
+    as ``llm-ledger report`` does, for calls and tokens alike."""
+    records = [call(cost="0.0001") for _ in range(1200)]
+    ledger = SessionLedger()
+    for record in records:
+        ledger.add_call("tests/test_app.py::test_summary", record)
+    (plugin,) = [line.split() for line in render_lens_table(ledger) if line.startswith("(session total)")]
+    (report,) = [
+        line.split() for line in render(summarise_records(records)).splitlines() if line.startswith("total")
+    ]
+    assert plugin[2:5] == ["1,200", "120,000", "24,000"]
+    assert report[2] == plugin[2]
