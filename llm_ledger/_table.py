@@ -1,13 +1,31 @@
 """The one table renderer: fixed-width text for terminals, Markdown for PR comments and summaries.
 The first column is a name; the others are figures, right-aligned unless ``right`` says otherwise.
+Costs are shown by :func:`usd` wherever they appear.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from decimal import ROUND_HALF_UP, Decimal
 
-__all__ = ["markdown_table", "one_line", "text_table"]
+__all__ = ["markdown_table", "one_line", "percent", "text_table", "usd"]
+
+
+def usd(value: Decimal | float, signed: bool = False, *, complete: bool = True) -> str:
+    """Dollars with at least six decimals and three significant digits: a non-zero cost never reads $0.
+    ``*`` marks a cost that leaves out calls with no known cost (a lower bound)."""
+    amount = value if isinstance(value, Decimal) else Decimal(repr(value))
+    digits = min(12, max(6, 2 - amount.adjusted())) if amount else 6
+    sign = "-" if amount < 0 else "+" if signed and amount > 0 else ""
+    shown = abs(amount).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)  # money rounds half up
+    return f"{sign}${shown:,.{digits}f}" + ("" if complete else "*")
+
+
+def percent(value: float | Decimal) -> str:
+    """A change in percent, signed to one decimal: "+50.0%", "-84.0%"; "0.0%" for what rounds to none."""
+    text = f"{value:+.1f}%"
+    return text[1:] if text[1:] == "0.0%" else text
 
 
 def text_table(

@@ -17,18 +17,19 @@ from datetime import date, datetime
 from typing import Any
 
 from ._records import cost_decimal
-from ._table import text_table
+from ._table import text_table, usd
 from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggregate, make_query
 from .analysis._diff import diff_reports, load_report
 from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
-from .analysis._read import InputStats, LogReader
+from .analysis._read import REPORT_SCHEMA, InputStats, LogReader
 from .analysis._render import FORMATS, render
-from .analysis._usage import NO_LENS, UsageRow, usage_row
+from .analysis._usage import NO_LENS, UsageRow, cost_gaps, usage_row
 
 __all__ = [
     "FORMATS",
     "NO_LENS",
+    "REPORT_SCHEMA",
     "CostReport",
     "CostRow",
     "InputStats",
@@ -37,6 +38,7 @@ __all__ = [
     "UsageRow",
     "asgi_app",
     "cost_decimal",
+    "cost_gaps",
     "diff_reports",
     "load_report",
     "render",
@@ -45,6 +47,7 @@ __all__ = [
     "summarise_records",
     "text_table",
     "usage_row",
+    "usd",
 ]
 
 Paths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]

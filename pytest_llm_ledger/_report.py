@@ -19,7 +19,16 @@ import yaml
 
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
-from llm_ledger.report import NO_LENS, UsageRow, cost_decimal, text_table, usage_row
+from llm_ledger.report import (
+    NO_LENS,
+    REPORT_SCHEMA,
+    UsageRow,
+    cost_decimal,
+    cost_gaps,
+    text_table,
+    usage_row,
+    usd,
+)
 
 from ._cassette import rerecord_command
 
@@ -34,7 +43,6 @@ __all__ = [
     "sets_limits",
 ]
 
-REPORT_SCHEMA: Final = "llm-ledger-report"
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
 # what identifies a row of the report's "usage": `llm-ledger reprice` prices each again, so calls a price
@@ -146,12 +154,7 @@ class Totals(_ExactCost):
 
     def cost_gaps(self) -> str:
         """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
-        parts = []
-        if self.unpriced:
-            parts.append(f"no known price for model {_models(self.unpriced)}")
-        if self.no_usage:
-            parts.append(f"no usage reported by calls to {_models(self.no_usage)}")
-        return "; ".join(parts) or "a call's cost is unknown"
+        return cost_gaps(self.unpriced, self.no_usage)
 
     def cost_fixes(self) -> str:
         """What makes the missing costs known."""
@@ -222,10 +225,6 @@ def _usage_entry(key: tuple[str, ...], row: UsageSum) -> dict[str, Any]:
     entry["service_tier"] = entry["service_tier"] or None  # null: not named (the standard tier)
     entry["at"] = entry["at"] or None  # null: a price the time does not change, or unknown
     return {**entry, **row.to_report()}
-
-
-def _models(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()))
 
 
 PRICE_FIX: Final = (
@@ -482,17 +481,8 @@ def _unknown(run: Totals, metric: str) -> bool:
 # -- rendering ----------------------------------------------------------------------------------
 
 
-def format_cost(usd: float, complete: bool = True) -> str:
-    """Dollars with enough digits to see sub-cent amounts; ``*`` marks a cost missing some prices."""
-    if usd and abs(usd) < 0.000001:  # below a micro-dollar: show the digits instead of $0.000000
-        text = f"${usd:.12f}".rstrip("0")
-    else:
-        text = f"${usd:.6f}" if abs(usd) < 100 else f"${usd:,.2f}"
-    return text if complete else text + "*"
-
-
 def _format_value(limit_key: str, value: float) -> str:
-    return format_cost(value) if limit_key == "max_cost_usd" else f"{int(value):,}"
+    return usd(value) if limit_key == "max_cost_usd" else f"{int(value):,}"
 
 
 # a lens column this wide keeps a row of the table on one line of a 100-column terminal
@@ -533,7 +523,7 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     incomplete = False
     by_key = ledger.lenses()
     short = _short_keys(list(by_key))
-    named = [(key, str(agg.runs), agg.sum, agg.failed_in) for key, agg in by_key.items()]
+    named = [(key, f"{agg.runs:,}", agg.sum, agg.failed_in) for key, agg in by_key.items()]
     if ledger.outside.api_calls:  # calls outside any lens: with the lenses, they add up to the total
         named.append(("(no lens)", "", ledger.outside, ledger.outside_failed_in()))
     total = ledger.total()
@@ -541,9 +531,9 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     for name, runs, s, _ in [*named, ("(session total)", "", total, [])]:
         incomplete |= not s.cost_complete
         rows.append(
-            [short.get(name, name), runs, str(s.api_calls), f"{s.prompt_tokens:,}",
-             f"{s.completion_tokens:,}", f"{s.total_tokens:,}", format_cost(s.cost_usd, s.cost_complete)]
-            + ([str(s.errors) if s.errors else ""] if failed else [])
+            [short.get(name, name), runs, f"{s.api_calls:,}", f"{s.prompt_tokens:,}",
+             f"{s.completion_tokens:,}", f"{s.total_tokens:,}", usd(s.cost, complete=s.cost_complete)]
+            + ([f"{s.errors:,}" if s.errors else ""] if failed else [])
         )  # fmt: skip
     headers = ["lens", "runs", "calls", "prompt", "completion", "tokens", "cost"] + ["failed"] * failed
     lines = text_table(headers, rows)

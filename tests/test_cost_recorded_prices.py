@@ -30,7 +30,7 @@ def test_unpriced_calls_point_to_reprice_which_prices_them(
 
     assert main(["report", str(log)]) == 0
     footer = capsys.readouterr().out.splitlines()[-1]
-    assert footer.startswith("+ 1 billed call has no known cost")
+    assert footer.startswith("* 1 billed call has no known cost")
     assert "costs are those recorded when each call was made" in footer
     assert "llm-ledger reprice LOG --price-file F" in footer
 

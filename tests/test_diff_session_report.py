@@ -123,7 +123,7 @@ def test_a_failed_call_that_was_billed_is_not_said_to_be_left_out(
     assert result.ret == 0
     table = result.stdout.str().split("llm-ledger: per-lens totals")[1].splitlines()
     row, line = table[3], table[5]
-    assert row.split() == ["digest", "1", "1", "10", "2", "12", "$0.000003", "1"]  # its tokens, counted
+    assert row.split() == ["digest", "1", "1", "10", "2", "12", "$0.00000270", "1"]  # its tokens, counted
     assert line == (
         "failed: calls that failed (cassette misses or API errors); one that got no answer counts no "
         "tokens or cost: digest (1, in tests/test_app.py::test_cut)"

@@ -28,7 +28,7 @@ from examples.lens_app.services import RunnerService, artifact_usage
 from examples.lens_app.sources import Source, load_sources
 from examples.lens_app.store import Store
 from llm_ledger import instrument
-from llm_ledger.report import summarise
+from llm_ledger.report import render, summarise
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger.plugin import LedgerRecords
 from tests.conftest import FAKE_KEY
@@ -216,6 +216,10 @@ def test_demo_replays_the_committed_cassettes_offline(tmp_path: Path, fresh_conf
     rows = [line for line in text.splitlines() if line.split()[:1] and line.split()[0] in LENSES]
     assert len(rows) == 14
     assert re.search(r"^total\s+14 lens runs\s+29\s+[\d,]+\s+\$0\.\d{6}\s*$", text, re.MULTILINE), text
+    # the total cost reads as `llm-ledger report` gives it for the log
+    (cost,) = re.findall(r"^total\s.*\s(\$\S+)\s*$", text, re.MULTILINE)
+    report = render(summarise([str(tmp_path / "logs")])).splitlines()
+    assert cost in next(line for line in report if line.startswith("total")).split()
     log = (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()
     events = [json.loads(line)["event"] for line in log]
     assert events.count("llm_api_call") == 29

@@ -89,7 +89,7 @@ def test_breach_fails_a_green_run_with_a_table(recorded: pytest.Pytester) -> Non
             "lens digest *max_api_calls *0 *1 *tests/test_app.py::test_stream",
             "lens summary *max_total_tokens *5 *2? *tests/test_app.py::test_* (+1 more runs)",
             "test tests/test_app.py::test_stream *max_completion_tokens *1 *10 *test_app.py::test_stream",
-            "total *max_cost_usd *$0.0000001 *$0.0000* *tests/test_app.py::test_*",
+            "total *max_cost_usd *$0.000000100 *$0.0000* *tests/test_app.py::test_*",
             "limits from budgets.yaml",
         ]
     )
@@ -546,7 +546,7 @@ def test_a_session_total_breach_names_the_test_worst_on_that_limit(
     result.stdout.fnmatch_lines(
         [
             "total *max_api_calls *1 *4 *tests/test_app.py::test_chatty",
-            "total *max_cost_usd *$0.000001 *tests/test_app.py::test_costly",
+            "total *max_cost_usd *$0.00000100 *tests/test_app.py::test_costly",
         ],
         consecutive=False,
     )

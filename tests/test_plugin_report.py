@@ -471,7 +471,7 @@ def test_diff_only_changed_and_fail_on_increase(
         Path(path).write_text(json.dumps(data))
 
     assert cli_main(["diff", *reports]) == 0
-    assert "| cost (USD) | $0.000000450 | $0.000000450 | $0.000000 | +0.0% |" in capsys.readouterr().out
+    assert "| cost (USD) | $0.000000450 | $0.000000450 | $0.000000 | 0.0% |" in capsys.readouterr().out
     assert cli_main(["diff", *reports, "--only-changed", "--fail-on-increase", "60"]) == 1
     out, err = capsys.readouterr()
     assert "4 lens(es), 3 with changes (only those are shown)." in out and "`same`" not in out

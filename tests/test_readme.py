@@ -27,6 +27,7 @@ import llm_ledger
 from examples.lens_app import cli
 from examples.lens_app.lenses import LENSES
 from examples.lens_app.sources import load_sources
+from llm_ledger.report import usd
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import no_key_fixture, run, write_project
 
@@ -224,7 +225,7 @@ def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
         [
             "*llm-ledger: 1 budget limit(s) exceeded*",
             "lens / test / total *limit *max *actual *worst run (test id)",
-            f"lens default_summary *max_cost_usd *${limit:.6f} *${cost.total_cost_usd:.6f}"
+            f"lens default_summary *max_cost_usd *{usd(limit)} *{usd(cost.total_cost_usd)}"
             " *tests/test_*.py::test_summary_lens (+1 more runs)",
             "limits from budgets.yaml",
         ]

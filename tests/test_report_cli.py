@@ -241,7 +241,7 @@ def test_unpriced_calls_mark_the_cost_as_a_lower_bound(
     assert rows["gpt-4o-mini"]["cost_complete"] is True
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "$0.000100+" in out
+    assert "$0.000100*" in out
     assert "1 billed call has no known cost" in out and "--by model shows which models" in out
 
 
@@ -404,5 +404,5 @@ def test_the_unpriced_note_does_not_call_a_stopped_stream_successful(
     assert json.loads(path.read_text().splitlines()[0])["status"] == "interrupted"
     assert main(["report", str(path)]) == 0
     footer = capsys.readouterr().out.splitlines()[-1]
-    assert footer.startswith("+ 1 billed call has no known cost (no usage reported"), footer
+    assert footer.startswith("* 1 billed call has no known cost (no usage reported"), footer
     assert "successful" not in footer

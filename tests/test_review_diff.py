@@ -13,7 +13,7 @@ import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
-from llm_ledger.analysis._render import usd
+from llm_ledger.report import usd
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
 
@@ -230,7 +230,7 @@ def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
         "| lens | cost per run: base | head | delta | % |",
         "|---|---:|---:|---:|---:|",
         f"| `summary` | {usd(mini)} | {usd(four)} | {usd(four - mini, True)} | {grown} |",
-        f"| `tags` (unchanged) | {usd(tags['cost_usd'])} | {usd(tags['cost_usd'])} | $0.000000 | +0.0% |",
+        f"| `tags` (unchanged) | {usd(tags['cost_usd'])} | {usd(tags['cost_usd'])} | $0.000000 | 0.0% |",
         "",
         "**Cost per run grew by more than 25%:**",
         "",
@@ -321,7 +321,7 @@ def test_reports_priced_with_different_price_data_are_flagged(
     status, out, err = diff(capsys, base, head)
 
     assert status == 0
-    assert "| tokens | 54 | 54 | 0 | +0.0% |" in out.split("### Total")[1]
+    assert "| tokens | 54 | 54 | 0 | 0.0% |" in out.split("### Total")[1]
     sources = {row["cost_source"] for row in json.loads(Path(head).read_text())["usage"]}
     flag = (
         f"the reports were priced with different price data (base: 'price-file'; head: "

@@ -10,13 +10,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
 import openai
 
 import llm_ledger
-from llm_ledger.report import render
+from llm_ledger.report import cost_decimal, render, text_table, usd
 
 from .app import Mode, RunResult, make_client, open_cassettes, run_lenses
 from .cassettes import CASSETTE_DIR, CassetteMissError, LensCassette, recorded_base_url
@@ -130,10 +131,6 @@ def _headers(parser: argparse.ArgumentParser, raw: Sequence[str]) -> dict[str, s
     return headers
 
 
-def _cost(usd: float, complete: bool = True) -> str:
-    return f"${usd:.6f}" + ("" if complete else "+")
-
-
 def _duration(ms: float) -> str:
     return f"{ms:,.0f} ms" if ms < 10_000 else f"{ms / 1000:,.1f} s"
 
@@ -143,7 +140,7 @@ def render_table(results: Sequence[RunResult]) -> list[str]:
     header = ["lens", "source", "calls", "tokens", "cost (USD)", "duration"]
     rows: list[list[str]] = []
     calls = tokens = 0
-    cost = 0.0
+    cost = Decimal(0)  # summed exactly, as `llm-ledger report` sums the log
     complete = True
     for result in results:
         if result.artifact is None:
@@ -152,7 +149,7 @@ def render_table(results: Sequence[RunResult]) -> list[str]:
         usage = result.artifact.usage
         calls += usage["api_calls"]
         tokens += usage["total_tokens"]
-        cost += usage["total_cost_usd"]
+        cost += cost_decimal(usage["total_cost_usd"]) or 0
         complete = complete and usage["cost_complete"]
         rows.append(
             [
@@ -160,22 +157,12 @@ def render_table(results: Sequence[RunResult]) -> list[str]:
                 result.source.slug,
                 str(usage["api_calls"]),
                 f"{usage['total_tokens']:,}",
-                _cost(usage["total_cost_usd"], usage["cost_complete"]),
+                usd(usage["total_cost_usd"], complete=usage["cost_complete"]),
                 _duration(usage["duration_ms"]),
             ]
         )
-    rows.append(["total", f"{len(results)} lens runs", str(calls), f"{tokens:,}", _cost(cost, complete), ""])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    right = {2, 3, 4, 5}
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return [line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])]
+    total = ["total", f"{len(results)} lens runs", str(calls), f"{tokens:,}", usd(cost, complete=complete)]
+    return text_table(header, rows, total=[[*total, ""]], right={2, 3, 4, 5})
 
 
 def _mode(args: argparse.Namespace) -> Mode:

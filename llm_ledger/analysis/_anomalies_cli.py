@@ -11,9 +11,9 @@ from typing import Any
 from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
 from .._cli import add_command
 from .._records import LENS_EVENT, AnomalyRecord
-from .._table import text_table
+from .._table import text_table, usd
 from ._read import LogReader, warn_unread
-from ._render import strict_json, usd
+from ._render import strict_json
 
 __all__ = ["register", "render", "replay", "run"]
 

@@ -19,23 +19,21 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
-from .._table import markdown_table, one_line, text_table
+from .._table import markdown_table, one_line, percent, text_table, usd
 from ..loading import join, listed, printable, read_file, shown
-from ._read import strict_loads
+from ._read import REPORT_SCHEMA, strict_loads
 from ._render import strict_json
-from ._render import usd as _usd
-from ._usage import NO_LENS, model_name, recorded_count
+from ._usage import NO_LENS, cost_gaps, model_name, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
-REPORT_SCHEMA: Final = "llm-ledger-report"
 SUPPORTED_VERSIONS: Final = (1,)
 # metric in the report -> label in the tables; cost_per_run is computed (cost_usd / runs)
 DIFF_METRICS: Final = {
@@ -243,15 +241,7 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
             missing = recorded_count(row.get("no_usage_calls")) or 0
             no_usage[model] += missing
             unpriced[model] += max((recorded_count(row.get("uncosted_calls")) or 0) - missing, 0)
-    parts = []
-    for what, counts in (
-        ("no known price for model", +unpriced),
-        ("no usage reported by calls to", +no_usage),
-    ):
-        if counts:
-            calls = (f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()))
-            parts.append(f"{what} {', '.join(calls)}")
-    return "; ".join(parts) or "calls with no known cost"
+    return cost_gaps(unpriced, no_usage)
 
 
 def _calling(report: dict[str, Any]) -> set[str]:
@@ -295,9 +285,18 @@ Names = Callable[[str], str]  # how an output shows a lens key or test id: _code
 _NAME_CHARS: Final = 200
 
 
-def _named(name: str, names: Names) -> str:
-    """``name`` as a warning names it, cut with an ellipsis when long (the JSON's lenses have it whole)."""
-    return names(name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…")
+class _Flag(NamedTuple):
+    """A warning as data: its text, the lens keys or test ids it lists, and the text after them."""
+
+    text: str
+    names: Sequence[str] = ()
+    after: str = ""
+
+    def say(self, names: Names) -> str:
+        """The warning, naming as ``names`` does, each name cut with an ellipsis when long (the JSON's
+        lenses have it whole)."""
+        cut = [names(n if len(n) <= _NAME_CHARS else n[: _NAME_CHARS - 1] + "…") for n in self.names]
+        return self.text + listed(cut) + self.after
 
 
 # pytest's exit statuses of a run that stopped before running every test it was asked to
@@ -309,36 +308,33 @@ _STOPPED: Final = {
 }
 
 
-def _flags(name: str, path: str, report: dict[str, Any], names: Names) -> list[str]:
+def _flags(name: str, path: str, report: dict[str, Any]) -> Iterator[_Flag]:
     """What makes a report's numbers untrustworthy: a run stopped early, failed tests, failed calls,
     unpriced calls."""
-    out = []
     if (status := report.get("exit_status")) in _STOPPED:
-        out.append(
+        yield _Flag(
             f"the {name} run ({path}) stopped early: pytest exit status {status} ({_STOPPED[status]}); "
             "its report leaves out every test that did not run"
         )
-    failed = report.get("failed_tests", [])
-    if failed:
-        tests = listed([_named(t, names) for t in failed])
-        out.append(
-            f"the {name} report ({path}) has {len(failed)} failed test(s): {tests}; its numbers leave out "
-            "what those tests did not get to do"
+    if failed := report.get("failed_tests", []):
+        yield _Flag(
+            f"the {name} report ({path}) has {len(failed)} failed test(s): ",
+            failed,
+            "; its numbers leave out what those tests did not get to do",
         )
-    errors = _number(report["total"], "errors") or 0
-    if errors:
-        out.append(
+    if errors := _number(report["total"], "errors"):
+        yield _Flag(
             f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
             f"errors): {_NO_ANSWER}"
         )
-    unpriced = [_named(n, names) for n, e in report["lenses"].items() if e.get("cost_complete") is False]
+    unpriced = [n for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
-        where = f" in {len(unpriced)} lens(es): {listed(unpriced)}" if unpriced else ""
-        out.append(
-            f"the {name} report ({path}) has calls with no known cost{where}; their cost (marked *) "
-            "leaves them out"
+        yield _Flag(
+            f"the {name} report ({path}) has calls with no known cost"
+            + (f" in {len(unpriced)} lens(es): " if unpriced else ""),
+            unpriced,
+            "; their cost (marked *) leaves them out",
         )
-    return out
 
 
 def diff_reports(
@@ -349,7 +345,7 @@ def diff_reports(
     ``base`` None stands for a missing base report: every lens is new, and a flag says why. The flags
     come twice: ``flags`` names lenses and tests as Markdown code spans, ``flags_text`` in plain text.
     """
-    flags, flags_text = (_report_flags(base, head, (base_path, head_path), n) for n in (_code, _plain))
+    flags = list(_report_flags(base, head, (base_path, head_path)))
     has_base = base is not None
     base = base if base is not None else {"lenses": {}, "total": {}, "usage": []}
     reports = base, head
@@ -369,8 +365,8 @@ def diff_reports(
         "version": 1,
         "reports": {"base": base_path, "head": head_path},
         "has_base": has_base,
-        "flags": flags,
-        "flags_text": flags_text,
+        "flags": [flag.say(_code) for flag in flags],
+        "flags_text": [flag.say(_plain) for flag in flags],
         "lenses": lenses,
         "no_lens": no_lens,
         "total": total,
@@ -378,35 +374,34 @@ def diff_reports(
 
 
 def _report_flags(
-    base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str], names: Names
-) -> list[str]:
-    """What makes the diff of two reports (``base`` None: missing) untrustworthy, lenses and tests
-    named by ``names``."""
+    base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str]
+) -> Iterator[_Flag]:
+    """What makes the diff of two reports (``base`` None: missing) untrustworthy."""
     base_path, head_path = paths
     if base is None:
-        flags = [
+        yield _Flag(
             f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
             "llm-ledger yet, or its test run wrote no report)"
-        ]
+        )
         base = {"lenses": {}, "total": {}, "usage": []}
     else:
-        flags = _flags("base", base_path, base, names)
-    flags += _flags("head", head_path, head, names)
+        yield from _flags("base", base_path, base)
+    yield from _flags("head", head_path, head)
     base_from, head_from = _price_data(base), _price_data(head)
     if base_from and head_from and base_from != head_from:
-        flags.append(
+        yield _Flag(
             f"the reports were priced with different price data (base: {base_from}; head: {head_from}): a "
             "cost may change with no change in tokens; run both with the same llm-ledger, genai-prices "
             "and price file"
         )
     ran = _calling(head) | set(head.get("failed_tests", ()))
-    if idle := [_named(t, names) for t in sorted(_calling(base) - ran)]:
-        flags.append(
-            f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): "
-            f"{listed(idle)} (not run: deselected, skipped, renamed or deleted; or no call left); a lens "
-            "shown as removed may only not have run"
+    if idle := sorted(_calling(base) - ran):
+        yield _Flag(
+            f"{len(idle)} test(s) of the base report made no call in the head report ({head_path}): ",
+            idle,
+            " (not run: deselected, skipped, renamed or deleted; or no call left); a lens shown as removed "
+            "may only not have run",
         )
-    return flags
 
 
 def _renames(base: dict[str, Any], head: dict[str, Any], lenses: dict[str, Any]) -> dict[str, str]:
@@ -476,10 +471,10 @@ def _increase(increase: dict[str, Any], names: Names, *, short: bool = False) ->
     """One increase, for the lists of the text and the Markdown: what grew, from what to what, or why
     it cannot be checked; ``short`` for the exit message, whose heading already says what grew."""
     scope, reason, base, head = increase["scope"], increase["reason"], increase["base"], increase["head"]
-    grown = "from nothing" if increase["pct"] is None else f"{increase['pct']:+.1f}%"
+    grown = "from nothing" if increase["pct"] is None else percent(increase["pct"])
     old = increase.get("renamed_from")
     renamed = "" if old is None else f"; renamed from {names(old)}?"
-    figures = f"{_usd(head)}, absent in the base" if base is None else f"{_usd(base)} -> {_usd(head)}"
+    figures = f"{usd(head)}, absent in the base" if base is None else f"{usd(base)} -> {usd(head)}"
     if short:
         if scope != "lens" and reason == "grew":
             return figures if base is None else f"{figures}, {grown}"
@@ -487,7 +482,7 @@ def _increase(increase: dict[str, Any], names: Names, *, short: bool = False) ->
         if reason == "unchecked":
             figure = increase["cost_gaps"]
         else:
-            figure = f"{_usd(head)} per run{renamed}" if base is None else grown
+            figure = f"{usd(head)} per run{renamed}" if base is None else grown
         return f"{name or names(increase['lens'])} ({figure})"
     name = {"no_lens": NO_LENS_ROW, "total": "Total"}.get(scope) or names(increase["lens"])
     what = "cost per run " if scope == "lens" else ""
@@ -525,13 +520,13 @@ def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
     if value is None:
         return "—"
     if metric in _COSTS:
-        return _usd(value, signed)
+        return usd(value, signed)
     sign = "+" if signed and value > 0 else ""
     return f"{sign}{int(value):,}"
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.1f}%"
+    return "—" if value is None else percent(value)
 
 
 def _by_change(diff: dict[str, Any]) -> list[str]:
@@ -758,12 +753,13 @@ def _run(args: argparse.Namespace) -> int:
                 {"scope": "total", "lens": None, "reason": "unchecked", "metric": "cost_usd",
                  "base": m["base"], "head": m["head"], "pct": m["pct"], "cost_gaps": why}
             )  # fmt: skip
-        if stopped in _STOPPED:
-            for flags in (diff["flags"], diff["flags_text"]):
-                flags.append(
-                    f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a "
-                    "lens it never reached would read as new (--require-base fails the job on such a base)"
-                )
+        if stopped in _STOPPED:  # a warning that names no lens or test: the same in both
+            flag = (
+                f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a "
+                "lens it never reached would read as new (--require-base fails the job on such a base)"
+            )
+            diff["flags"].append(flag)
+            diff["flags_text"].append(flag)
     print(render(diff, args.fmt), end="")
     for flag in diff["flags_text"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)

@@ -26,6 +26,7 @@ from .._records import CALL_EVENT, LENS_EVENT
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "REPORT_SCHEMA",
     "InputStats",
     "LogReader",
     "is_pytest_report",
@@ -38,6 +39,7 @@ __all__ = [
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
 MAX_LINE_BYTES: Final = 16 << 20
+REPORT_SCHEMA: Final = "llm-ledger-report"  # the "schema" of a pytest --llm-report file
 _SKIP_BYTES: Final = 1 << 20  # read size while skipping the rest of an over-long line
 _SHOWN_MALFORMED: Final = 5
 GLOB_CHARS: Final = frozenset("*?[")
@@ -81,7 +83,7 @@ def is_pytest_report(path: str) -> bool:
     read as nothing but malformed log lines); ``OSError`` when it cannot be read."""
     with open(path, "rb") as file:
         first = file.readline(1 << 16).strip()
-    return first == b"{" or first.startswith(b'{"schema": "llm-ledger-report"')
+    return first == b"{" or first.startswith(f'{{"schema": "{REPORT_SCHEMA}"'.encode())
 
 
 def refuse_reports(names: Iterable[str]) -> None:

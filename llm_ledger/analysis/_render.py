@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .._table import markdown_table, text_table
+from .._table import markdown_table, text_table, usd
 from ..loading import printable
 from ._aggregate import CostReport, CostRow, as_text
 
-__all__ = ["FORMATS", "render", "strict_json", "usd"]
+__all__ = ["FORMATS", "render", "strict_json"]
 
 FORMATS: Final = ("text", "json", "markdown")
 _HEADERS: Final = (
@@ -25,15 +24,6 @@ _HEADERS: Final = (
     "cost (USD)",
     "avg ms",
 )
-
-
-def usd(value: Decimal | float, signed: bool = False) -> str:
-    """Dollars with at least six decimals and three significant digits: a non-zero cost never reads $0."""
-    amount = value if isinstance(value, Decimal) else Decimal(repr(value))
-    digits = min(12, max(6, 2 - amount.adjusted())) if amount else 6
-    sign = "-" if amount < 0 else "+" if signed and amount > 0 else ""
-    shown = abs(amount).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)  # money rounds half up
-    return f"{sign}${shown:,.{digits}f}"
 
 
 def _non_finite(value: Any, where: str = "") -> str | None:
@@ -82,7 +72,7 @@ def _cells(row: CostRow) -> list[str]:
         f"{row.prompt_tokens:,}",
         f"{row.completion_tokens:,}",
         f"{row.total_tokens:,}",
-        usd(row.cost_usd) + ("" if row.cost_complete else "+"),
+        usd(row.cost_usd, complete=row.cost_complete),
         "-" if avg is None else f"{avg:,.0f}",
     ]
 
@@ -95,16 +85,17 @@ def _footer(report: CostReport) -> list[str]:
     counts = f"{total.calls:,} calls, {total.lens_runs:,} lens runs"
     if not names:  # records handed over, not read from logs
         rejected = f", {report.rejected:,} with unusable numbers left out" if report.rejected else ""
-        return [f"{counts}{filtered}{rejected}"]
-    lines = [
-        f"{printable(source)}: {report.lines:,} lines, {counts}, {report.malformed:,} malformed, "
-        f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
-    ]
+        lines = [f"{counts}{filtered}{rejected}"]
+    else:
+        lines = [
+            f"{printable(source)}: {report.lines:,} lines, {counts}, {report.malformed:,} malformed, "
+            f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
+        ]
     if total.unpriced_calls:
         calls = "call has" if total.unpriced_calls == 1 else "calls have"
         which = "" if "model" in report.query.by else "; --by model shows which models"
         lines.append(
-            f"+ {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
+            f"* {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
             f"stopped early, or a model the price table does not know): their cost is not "
             f"included{which}; costs are those recorded "
             "when each call was made, so `llm-ledger reprice LOG --price-file F` prices them"
@@ -123,5 +114,10 @@ def render(report: CostReport, fmt: str = "text") -> str:
     rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
     total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
     figures = range(len(by), len(headers))
-    table = (markdown_table if fmt == "markdown" else text_table)(headers, rows, total=total, right=figures)
-    return printable("\n".join([*table, "", *_footer(report)]) + "\n")
+    footer = _footer(report)
+    if fmt == "markdown":  # "* " would start a list, hiding the mark the table's costs carry
+        footer = [line.replace("*", "\\*", 1) if line.startswith("* ") else line for line in footer]
+        table = markdown_table(headers, rows, total=total, right=figures)
+    else:
+        table = text_table(headers, rows, total=total, right=figures)
+    return printable("\n".join([*table, "", *footer]) + "\n")

@@ -35,11 +35,11 @@ from .._pricing import (
     reasoning_outside,
 )
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from .._table import markdown_table, text_table
+from .._table import markdown_table, percent, text_table, usd
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
-from ._render import strict_json, usd
+from ._render import strict_json
 from ._usage import NO_LENS, UsageRow, _epoch, recorded_count, recorded_name, usage_row
 
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
@@ -344,25 +344,19 @@ def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int
 # -- output ----------------------------------------------------------------------------------------
 
 
-def _money(amount: Decimal, complete: bool = True) -> str:
-    return usd(amount) + ("" if complete else "*")
-
-
 def _cells(row: Row) -> list[str]:
     cells = [
         row.lens,
         f"{row.calls:,}",
-        _money(row.before_usd, row.before_complete),
-        _money(row.after_usd, row.after_complete),
+        usd(row.before_usd, complete=row.before_complete),
+        usd(row.after_usd, complete=row.after_complete),
     ]
     delta = row.change_usd
     if delta is None:
         return [*cells, "n/a", "n/a"]
-    sign = "+" if delta > 0 else "-" if delta < 0 else ""
     base = row.compared_before_usd
-    percent = f"{sign}{abs(delta) / base * 100:.1f}%" if base else "n/a"
     mark = "" if row.before_complete and row.after_complete else "*"
-    return [*cells, usd(delta, signed=True) + mark, percent + mark if base else percent]
+    return [*cells, usd(delta, signed=True) + mark, percent(delta / base * 100) + mark if base else "n/a"]
 
 
 def render(result: Reprice, fmt: str = "text") -> str:

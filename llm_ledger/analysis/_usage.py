@@ -19,7 +19,7 @@ from .._records import cost_decimal
 if TYPE_CHECKING:
     from .._pricing import PriceTable
 
-__all__ = ["NO_LENS", "UsageRow", "model_name", "usage_row"]
+__all__ = ["NO_LENS", "UsageRow", "cost_gaps", "model_name", "usage_row"]
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
 NO_MODEL: Final = "<no model>"  # the name of a call's model when neither request nor answer has one
@@ -170,6 +170,18 @@ def model_name(model: Any, served_model: Any) -> str:
     for, else the model that answered (a request that names none), else ``"<no model>"``. The
     plugin's terminal lines and ``llm-ledger diff`` both name an unpriced call's model this way."""
     return recorded_name(model) or recorded_name(served_model) or NO_MODEL
+
+
+def cost_gaps(unpriced: Mapping[str, int], no_usage: Mapping[str, int]) -> str:
+    """Why a cost leaves calls out, from the calls per model (:func:`model_name`) billed with tokens
+    but no known price and those that reported no usage: "no known price for model 'x' (2 calls); no
+    usage reported by calls to 'y' (1 call)". The plugin's lines and ``llm-ledger diff`` say it so."""
+    parts = []
+    for what, counts in (("no known price for model", unpriced), ("no usage reported by calls to", no_usage)):
+        calls = [f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()) if n]
+        if calls:
+            parts.append(f"{what} {', '.join(calls)}")
+    return "; ".join(parts) or "calls with no known cost"
 
 
 def _dict(value: Any) -> dict[str, Any]:
