@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         show(*exporters.measure(exporter_calls, args.exporter_runs or (1 if args.quick else 3), args.quick))
     if "peers" in only:
         ledger = headline if "ledger_added_us" in headline else None
-        show(peers.run_peers(sizes.calls, sizes.streams, rounds, sizes.chunks, ledger), {})
+        show(peers.run_peers(sizes.calls, sizes.streams, rounds, sizes.chunks, ledger, args.quick), {})
     if "replay" in only:
         show(*replay.measure(replay_sizes, max(rounds // 3, 2) if not args.quick else 1, vcr_sample))
     if "report" in only:
