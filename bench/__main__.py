@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import calls, exporters, instructions, peers, replay, report
+from . import _timing, calls, exporters, instructions, peers, replay, report
 from ._table import Table
 
 SECTIONS = ("calls", "instructions", "streams", "exporters", "peers", "replay", "report")
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         # the imports' objects (the SDK's types) are never scanned again: each of the timing loops'
         # full collections would walk them all, taking most of a quick run's time
         gc.freeze()
+        _timing.freeze_after_warmup = True
         sizes = calls.Sizes(calls=3, loopback_calls=3, streams=2, rounds=rounds, chunks=(2, 6))
         replay_sizes, vcr_sample, report_lines = [3, 12], 3, args.report_lines or 1_000
     else:
@@ -127,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         show(*calls.streamed(sizes))
     if "exporters" in only:
         exporter_calls = args.exporter_calls or (20 if args.quick else 3000)
-        show(*exporters.measure(exporter_calls, args.exporter_runs or (1 if args.quick else 3)))
+        show(*exporters.measure(exporter_calls, args.exporter_runs or (1 if args.quick else 3), args.quick))
     if "peers" in only:
         ledger = headline if "ledger_added_us" in headline else None
-        show(peers.run_peers(sizes.calls, sizes.streams, rounds, sizes.chunks, ledger), {})
+        show(peers.run_peers(sizes.calls, sizes.streams, rounds, sizes.chunks, ledger, args.quick), {})
     if "replay" in only:
         show(*replay.measure(replay_sizes, max(rounds // 3, 2) if not args.quick else 1, vcr_sample))
     if "report" in only:

@@ -19,6 +19,11 @@ Batch = Callable[[int], None]
 
 Clock = Literal["cpu", "wall"]
 
+freeze_after_warmup = False
+"""Set by ``--quick``: after the warm-up, the heap so far (the SDK's lazily imported types) goes to
+``gc.freeze()``, so each round's full collection no longer walks it (the most time of a quick run).
+Off for measurements: frozen objects would change what a round's collections cost."""
+
 
 @dataclass
 class Timings:
@@ -62,6 +67,8 @@ def interleave(variants: Mapping[str, Batch], *, calls: int, rounds: int, warmup
     """Time ``calls`` calls of each variant per round, alternating the order every round."""
     for batch in variants.values():
         batch(max(warmup, 1))
+    if freeze_after_warmup:
+        gc.freeze()
     result = Timings({name: [] for name in variants}, {name: [] for name in variants})
     items = list(variants.items())
     for index in range(rounds):

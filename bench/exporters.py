@@ -18,7 +18,8 @@ An exporter's cost is its variant's median minus ``ledger, no exporter``'s (the 
 either way); openai-v2's is its median minus ``bare``'s. The CPU time of the span processor's
 thread is added to the variant that feeds it.
 
-Worker: ``python -m bench.exporters prometheus|otel|openai-v2 --calls N`` prints one ``RESULT {json}`` line.
+Worker: ``python -m bench.exporters prometheus|otel|openai-v2 ... --calls N`` prints a ``RESULT name {json}``
+line for each worker named, in turn.
 """
 
 from __future__ import annotations
@@ -165,23 +166,30 @@ def worker(name: str, calls: int) -> dict[str, Any]:
     return out
 
 
-def _run_worker(name: str, calls: int) -> dict[str, Any] | str:
-    command = [sys.executable, "-m", "bench.exporters", name, "--calls", str(calls)]
+def _run_workers(names: Sequence[str], calls: int) -> dict[str, dict[str, Any] | str]:
+    """Each worker's figures, or why it gave none, from one process running ``names`` in turn."""
+    command = [sys.executable, "-m", "bench.exporters", *names, "--calls", str(calls)]
     try:
         proc = subprocess.run(
             command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=3600
         )
     except subprocess.TimeoutExpired:
-        return "timed out"
-    result = next((line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
-    if proc.returncode != 0 or result is None:
-        return (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    data: dict[str, Any] = json.loads(result)
-    return data
+        return dict.fromkeys(names, "timed out")
+    results: dict[str, dict[str, Any] | str] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            name, _, data = line[7:].partition(" ")
+            results[name] = json.loads(data)
+    reason = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return {name: results.get(name, reason) for name in names}
 
 
-def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
-    """Run each worker ``repeats`` times, alternately; report the median of their figures."""
+def measure(calls: int, repeats: int, quick: bool = False) -> tuple[Table, dict[str, float]]:
+    """Run each worker ``repeats`` times, alternately; report the median of their figures.
+
+    ``quick`` runs the workers one after another in a single process (openai-v2, which patches the
+    SDK, last): it proves they work and measures nothing, and interpreter start-up is most of its time.
+    """
     table = Table(
         "Exporters: CPU µs added per non-streamed call (MockTransport, interleaved call by call)",
         [
@@ -198,13 +206,14 @@ def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
     )
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in WORKERS}
     failed: dict[str, str] = {}
+    batches = [WORKERS] if quick else [(name,) for name in WORKERS]
     for _ in range(repeats):
-        for name in WORKERS:
-            result = _run_worker(name, calls)
-            if isinstance(result, str):
-                failed[name] = result
-            else:
-                runs[name].append(result)
+        for batch in batches:
+            for name, result in _run_workers(batch, calls).items():
+                if isinstance(result, str):
+                    failed[name] = result
+                else:
+                    runs[name].append(result)
     bases = {"ledger, no exporter": "bare", "+ PrometheusSink": "ledger, no exporter",
              "+ OTelSink": "ledger, no exporter", "openai-v2": "bare"}  # fmt: skip
     headline: dict[str, float] = {}
@@ -268,15 +277,16 @@ def measure(calls: int, repeats: int) -> tuple[Table, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("worker", choices=WORKERS)
+    parser.add_argument("worker", nargs="+", choices=WORKERS, help="run in turn (openai-v2 last: it patches)")
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args(argv)
-    try:
-        result = worker(args.worker, args.calls)
-    except Exception:
-        traceback.print_exc()
-        sys.exit(1)
-    print("RESULT " + json.dumps(result), flush=True)
+    for name in args.worker:
+        try:
+            result = worker(name, args.calls)
+        except Exception:
+            traceback.print_exc()
+            sys.exit(1)
+        print(f"RESULT {name} " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx2
 
+from . import _timing
 from ._server import REPO, LoopbackServer, child_env
 from ._table import Table
 
@@ -196,9 +197,15 @@ def _version(distribution: str) -> str | None:
 
 
 def run_peers(
-    calls: int, streams: int, rounds: int, chunks: tuple[int, int], ledger: dict[str, float] | None = None
+    calls: int,
+    streams: int,
+    rounds: int,
+    chunks: tuple[int, int],
+    ledger: dict[str, float] | None = None,
+    quick: bool = False,
 ) -> Table:
-    """Run every peer's worker in its own subprocess and tabulate them beside the ledger's figures."""
+    """Run every peer's worker in its own subprocess and tabulate them beside the ledger's figures
+    (``quick``: the workers freeze their heap after each warm-up, as ``--quick`` does here)."""
     table = Table(
         "Peers: process CPU µs added per non-streamed call and per stream chunk (MockTransport)",
         ["monitor", "version", "bare µs/call", "added µs/call", "ratio", "added µs/chunk", "note"],
@@ -223,7 +230,7 @@ def run_peers(
                 continue
             command = [sys.executable, "-m", "bench.peers", name, "--sink", sink.url, "--calls", str(calls),
                        "--streams", str(streams), "--rounds", str(rounds),
-                       "--chunks", f"{chunks[0]},{chunks[1]}"]  # fmt: skip
+                       "--chunks", f"{chunks[0]},{chunks[1]}", *(["--quick"] if quick else [])]  # fmt: skip
             try:
                 proc = subprocess.run(
                     command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1800
@@ -255,7 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--chunks", default="10,100")
+    parser.add_argument("--quick", action="store_true", help="freeze the heap after each warm-up")
     args = parser.parse_args(argv)
+    _timing.freeze_after_warmup = args.quick
     first, second = (int(x) for x in args.chunks.split(","))
     try:
         result = worker(args.peer, args.sink, args.calls, args.streams, args.rounds, (first, second))
