@@ -5,7 +5,6 @@ production check of each lens run against it after each of its calls (``configur
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 import time
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import yaml
 
-from ._errors import BudgetError, BudgetExceededError, ConfigError
+from ._errors import BudgetError, BudgetExceededError, ConfigError, internal_log
 from ._records import USD_UNITS, BudgetRecord, LensTotals, budget_record
 from .loading import Document, join, read_file
 
@@ -271,7 +270,7 @@ class _RunBudget:
         lens_key = str(self._context.get("lens_key"))
         if lens_key not in warned and len(warned) < 10_000:
             warned.add(lens_key)
-            logging.getLogger("llm_ledger.internal").warning(message, lens_key, key, _amount(key, cap))
+            internal_log.warning(message, lens_key, key, _amount(key, cap))
 
     def _exceeded(self, monitor: LLMCallMonitor, key: str, cap: float, actual: float) -> None:
         global stopping

@@ -17,9 +17,9 @@ from typing import Any, Final
 
 from ._anomalies import AnomalyConfig, AnomalyDetector
 from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
-from ._errors import ConfigError, PriceFileError
+from ._errors import ConfigError, PriceFileError, internal_log
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
-from ._monitor import LLMCallMonitor, Redactor, internal_log
+from ._monitor import LLMCallMonitor, Redactor
 from ._pricing import PriceTable, preload
 from ._records import LOGGER_NAME
 from .exporters import _setup as _exporters

@@ -14,6 +14,7 @@ from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
+from ._errors import warn_internal
 from ._records import LensSummary, LensTotals, made_here, new_id
 
 if TYPE_CHECKING:
@@ -63,9 +64,7 @@ def _said_elsewhere(lens_key: str) -> None:
     if lens_key in _told_elsewhere or len(_told_elsewhere) >= 1000:
         return
     _told_elsewhere.add(lens_key)
-    from ._monitor import _warn  # imported here: _monitor imports this module
-
-    _warn(  # an application's handler failing on it never reaches its with block
+    warn_internal(  # an application's handler failing on it never reaches its with block
         "llm-ledger: lens %r ended in another context than it began in: it was entered and left in "
         "context copies of their own (a sync generator dependency of a web framework, run step by step "
         "in a thread pool?), so the calls between counted in no run of it. Open the lens where its calls "
@@ -154,9 +153,7 @@ class _Scope:
 def _said_async(func: Callable[..., Any], scope: _Scope) -> None:
     """Warn that a function decorated as a plain one returned a coroutine: its calls ran after its block."""
     name = "lens" if isinstance(scope, LensRun) else "track_llm_call"
-    from ._monitor import _warn  # imported here: _monitor imports this module
-
-    _warn(  # an application's handler failing on it never reaches its call
+    warn_internal(  # an application's handler failing on it never reaches its call
         "llm-ledger: %s is decorated with %s() as a plain function, yet returned a coroutine (a plain "
         "decorator between it and its async def?): the block ended before the coroutine ran, so its "
         "calls got none of its context and counted in no lens run. Put @%s(...) directly on the "

@@ -14,12 +14,13 @@
 The two errors of a test's requests carry the ``nodeid`` of the test whose request raised them.
 
 Errors inside the monitor while it watches a call are never raised to the caller: they are
-reported on the ``llm_ledger.internal`` logger instead.
+reported on the ``llm_ledger.internal`` logger instead (``internal_log``, defined here once).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._records import BudgetRecord
@@ -34,6 +35,22 @@ __all__ = [
     "LedgerError",
     "PriceFileError",
 ]
+
+internal_log = logging.getLogger("llm_ledger.internal")
+
+# what a user's sink, hook or log handler may raise through the ledger: Ctrl-C, and a generator's
+# close; anything else it raises (SystemExit, a BaseException of its own) would break the call
+PASSED_ON = (KeyboardInterrupt, GeneratorExit)
+
+
+def warn_internal(message: str, *args: Any, exc_info: BaseException | None = None) -> None:
+    """Warn on ``llm_ledger.internal``; an application's log handler failing there is not the call's."""
+    try:
+        internal_log.warning(message, *args, exc_info=exc_info)
+    except PASSED_ON:
+        raise
+    except BaseException:
+        pass
 
 
 class LedgerError(Exception):

@@ -24,8 +24,9 @@ import orjson
 
 from . import _budgets
 from ._context import current_lenses
+from ._errors import warn_internal
 from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
-from ._monitor import _Call, _warn
+from ._monitor import _Call
 from ._records import interrupted
 from ._servers import Endpoint
 from ._streams import finish_body, tap_body, watch_helper, watch_stream
@@ -294,7 +295,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
         # the last instrument() wins (the one the caller just asked for); the monitor that loses the
         # client (its log, sinks, budgets) must not do so silently; said once per client
         setattr(instance, _MOVED_ATTR, True)
-        _warn(
+        warn_internal(
             "instrument(): this %s client was already instrumented by another monitor; it now reports "
             "to the monitor instrumenting it last, and the other monitor no longer sees its calls "
             "(instrument a separate client to watch calls with each)",

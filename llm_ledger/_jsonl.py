@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from ._errors import internal_log
 from ._records import LOGGER_NAME
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "once_a_minute",
 ]
 
-internal_log = logging.getLogger("llm_ledger.internal")
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _records
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
-from ._errors import ConfigError
+from ._errors import PASSED_ON, ConfigError, warn_internal
 from ._extract import no_usage, reasoning_in_completion, usage_of
 from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
@@ -52,14 +52,8 @@ Redactor = Callable[[str], str]
 
 C = TypeVar("C")
 
-internal_log = logging.getLogger("llm_ledger.internal")
-
-
 _NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
-# what a user's sink, hook or log handler may raise through the ledger: Ctrl-C, and a generator's
-# close; anything else it raises (SystemExit, a BaseException of its own) would break the call
-_PASSED_ON = (KeyboardInterrupt, GeneratorExit)
 
 # sinks of every monitor in the process (the pytest plugin's, testing.capture(every_monitor=True))
 _global_sinks: tuple[Sink, ...] = ()
@@ -78,16 +72,6 @@ def remove_global_sink(sink: Sink) -> None:
     global _global_sinks
     with _global_sinks_lock:
         _global_sinks = tuple(s for s in _global_sinks if s != sink)  # != : a bound method is made anew
-
-
-def _warn(message: str, *args: Any, exc_info: BaseException | None = None) -> None:
-    """Warn on ``llm_ledger.internal``; an application's log handler failing there is not the call's."""
-    try:
-        internal_log.warning(message, *args, exc_info=exc_info)
-    except _PASSED_ON:
-        raise
-    except BaseException:
-        pass
 
 
 def _heard(logger: logging.Logger, level: int) -> bool:
@@ -334,7 +318,7 @@ class LLMCallMonitor:
     def _report(self, where: str, exc: BaseException) -> None:
         """Report a failure inside the ledger, at most once a minute per place and kind."""
         if once_a_minute(self._last_report, f"{where}:{type(exc).__name__}"):
-            _warn(
+            warn_internal(
                 "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
                 where,
                 type(exc).__name__,
@@ -355,7 +339,7 @@ class LLMCallMonitor:
             if type(redacted) is not str:
                 raise TypeError(f"redact returned {type(redacted).__name__}, not str")
             return redacted
-        except _PASSED_ON:
+        except PASSED_ON:
             raise
         except BaseException as exc:
             self._report("the redact hook", exc)
@@ -535,7 +519,7 @@ class LLMCallMonitor:
         name = requested or response["model"] or "<none>"
         if (name, route.provider) not in self._unpriced:
             self._unpriced.add((name, route.provider))
-            _warn(
+            warn_internal(
                 "no price known for model %r at provider %r: its calls are recorded with null cost. "
                 "Add it to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...)).",
                 name,
@@ -553,14 +537,14 @@ class LLMCallMonitor:
                 if logger.isEnabledFor(level) and _heard(logger, level):
                     # built directly: logger.log() would walk the stack to find the caller
                     logger.handle(_LedgerLogRecord(logger.name, level, "", 0, record, None, None))
-            except _PASSED_ON:
+            except PASSED_ON:
                 raise
             except BaseException as exc:
                 self._report("a log handler", exc)
         for sink in (*self._sinks, *_global_sinks) if _global_sinks else self._sinks:
             try:
                 sink(record)
-            except _PASSED_ON:
+            except PASSED_ON:
                 raise
             except BaseException as exc:
                 self._report(f"sink {sink!r}", exc)
@@ -573,7 +557,7 @@ class LLMCallMonitor:
         if callback is not None:
             try:
                 callback(record)
-            except _PASSED_ON:
+            except PASSED_ON:
                 raise
             except BaseException as exc:
                 self._report(what, exc)

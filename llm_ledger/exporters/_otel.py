@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import os
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import ConfigError
+from .._errors import internal_log as _internal_log
 from .._jsonl import json_text
 from .._records import CALL_EVENT, LENS_EVENT, billed_without_cost, made_here
 from .._servers import otel_provider_name
@@ -54,7 +54,6 @@ _OVERFLOW: Final = {"otel.metric.overflow": True}
 _OPENAI_V2: Final = "opentelemetry.instrumentation.openai_v2"
 _GENAI_HANDLER: Final = "opentelemetry.util.genai.handler"  # openai-v2's spans under latest_experimental
 _OPENAI_V2_OPERATIONS: Final = frozenset({"chat", "embeddings"})
-_internal_log = logging.getLogger("llm_ledger.internal")
 
 
 def _api() -> tuple[Any, Any]:

@@ -9,7 +9,6 @@ import errno
 import fcntl
 import itertools
 import json
-import logging
 import math
 import os
 import socket
@@ -20,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
+from .._errors import internal_log as _internal_log
 from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ _COUNTS_AT: Final = 4  # where a call key's sums keep them, after calls, cost, d
 # the SDK's own work, where a call's sums are one list
 PENDING_CALLS: Final = 1024
 _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
-_internal_log = logging.getLogger("llm_ledger.internal")
 _serving: set[int] = set()  # pids that serve /metrics (see _serves_here); a forked child inherits the set
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
 _unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)

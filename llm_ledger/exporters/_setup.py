@@ -4,13 +4,13 @@ built and ports bound by :func:`prepare` before anything changes, and swapped in
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
+from .._errors import internal_log as _internal_log
 from ._otel import OTelSink
 from ._prometheus import PrometheusSink, start_metrics_server
 
@@ -28,7 +28,6 @@ _lock = threading.Lock()
 _default_sinks: dict[str, Any] = {}  # name -> the one sink of the process's global registry/providers
 _installed: list[Sink] = []  # the exporter sinks on the default monitor now
 _servers: dict[tuple[str, int], WSGIServer] = {}  # (addr, port) -> /metrics server started by configure
-_internal_log = logging.getLogger("llm_ledger.internal")
 
 
 def _one(item: Any, source: str) -> str:
