@@ -150,6 +150,10 @@ class _Call:
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
 
+    def first_token(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.start_perf
+
     def let_go(self, error: BaseException | None = None) -> None:
         """Keep where the call went (from the last HTTP response, else the request ``error`` names)
         and its request id, then let the response go: the call may outlive it (a stream's finalizer)."""

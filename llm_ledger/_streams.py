@@ -1,20 +1,10 @@
 """Watching streams and bodies the caller reads itself: counters only, never the chunks.
 
-One state machine (``_StreamState``) reads each chunk or Responses event as a field dict (an SDK
-object's ``__dict__``, or the JSON object itself), driven by thin sync and async shells:
-
-- an SDK ``Stream`` / ``AsyncStream`` keeps its identity; only its chunk iterator is wrapped and its
-  ``close`` extended. Each chunk reaches the caller as it arrives, as the bare SDK gives it (minus
-  the usage the ledger asked for on the caller's behalf);
-- a body the caller reads itself (``with_streaming_response``) is tapped at its HTTP byte stream:
-  however it is read (``parse()``, ``iter_lines()``, ``json()``...) the bytes pass through an
-  incremental SSE / JSON reader feeding the same state machine.
-
-The SDK's stream helpers read such a stream and may raise above it, at the answer's end: their
-event iterator is wrapped too, to record that exception (``watch_helper``).
-
-The record is written when the answer is complete (the usage chunk, ``response.completed``), when
-the body ends, fails or is closed, or when an abandoned stream is collected.
+One state machine (``_StreamState``) reads each chunk or Responses event as a field dict, driven
+by thin sync and async shells over an SDK stream's chunk iterator (the stream keeps its identity)
+or over the HTTP byte stream of a body the caller reads itself (``with_streaming_response``). Each
+item reaches the caller as it arrives, as the bare SDK gives it. The record is written once: when
+the answer is complete, when the body ends, fails or is closed, or when it is collected.
 """
 
 from __future__ import annotations
@@ -22,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -72,8 +61,7 @@ class _StreamState:
         self.monitor = monitor
         self.call = call
         self.hide_usage = call.hide_usage
-        self.chars = 0
-        self.tool_calls = 0
+        self.chars = self.tool_calls = 0
         self.finish_reason: str | None = None
         self.usage: Any = None
         self.model: str | None = None
@@ -87,11 +75,9 @@ class _StreamState:
     def chat(self, chunk: Any) -> bool:
         """Count one chunk of an SDK stream; False for the usage chunk the caller did not ask for."""
         if self.warm:
-            # the short path (nearly every chunk): one choice, not finished, no tool call, no usage;
-            # what chat_fields() does with such a chunk, without its checks: a chunk of another shape
-            # (not a model, not one choice, a field missing) raises here, before anything is counted.
-            # Fields are read from the models' __dict__: each attribute read on a pydantic model
-            # goes through its __getattr__ hook, several times the cost of a dict lookup
+            # the short path of nearly every chunk (one choice, no finish, tool call or usage), read
+            # from the models' __dict__ (a pydantic attribute read costs several dict lookups); any
+            # other shape raises before anything is counted, and goes to chat_fields()
             try:
                 fields = chunk.__dict__
                 if fields["usage"] is None:
@@ -114,9 +100,8 @@ class _StreamState:
             return True  # not one of the SDK's models: handed on unread
         shown = self.chat_fields(fields)
         if shown and self.hide_usage and fields is not chunk:
-            # usage asked for on the caller's behalf comes as "usage": null on every chunk, or from
-            # some compatible servers as the counts so far: the bare SDK's chunk has no usage set
-            # (to_dict() / model_dump(exclude_unset=True) show it)
+            # usage asked for on the caller's behalf comes as null (or counts so far) on every
+            # chunk: the bare SDK's chunk has no usage set (to_dict() shows it)
             fields["usage"] = None
             chunk.__pydantic_fields_set__.discard("usage")
         return shown
@@ -149,8 +134,8 @@ class _StreamState:
             if delta:
                 text, tool_calls = delta.get("content"), delta.get("tool_calls")
                 # a refusal streams in place of content: its first piece is the first token too
-                if (text or tool_calls or delta.get("refusal")) and call.ttft is None:
-                    call.ttft = time.perf_counter() - call.start_perf
+                if text or tool_calls or delta.get("refusal"):
+                    call.first_token()
                 if text:
                     self.chars += len(text)
                     if self.text is not None:
@@ -185,15 +170,13 @@ class _StreamState:
 
     def event(self, event: Any) -> bool:
         """Count one Responses event (an SDK model or the JSON object); the caller gets every one."""
-        fields = event if type(event) is dict else getattr(event, "__dict__", None)
+        fields = _fields(event)
         if type(fields) is not dict:
             return True  # not one of the SDK's models: handed on unread
         kind = fields.get("type")
-        call = self.call
         if kind == "response.output_text.delta":
             delta = fields.get("delta") or ""
-            if call.ttft is None:
-                call.ttft = time.perf_counter() - call.start_perf
+            self.call.first_token()
             self.chars += len(delta)
             if self.text is not None:
                 self.text.append(delta)
@@ -214,19 +197,15 @@ class _StreamState:
         elif kind == "response.created":  # what a stream stopped before its end is recorded as
             response = _fields(fields.get("response")) or {}
             self.model, self.id = response.get("model"), response.get("id")
-        elif call.ttft is None and kind in _FIRST_TOKENS:
-            call.ttft = time.perf_counter() - call.start_perf
+        elif kind in _FIRST_TOKENS:
+            self.call.first_token()
         return True
 
     # -- the end ----------------------------------------------------------------------------------------
 
     def end(self, exc: BaseException | None = None) -> None:
-        """The stream ended, the caller stopped reading (close, collected, break after the answer,
-        a cancelled task, Ctrl-C), or it raised ``exc``: then ``error``.
-
-        The call is ``ok`` once the answer finished (a finish_reason seen), with the usage seen so
-        far: null when the caller stopped before a separate usage chunk. Before that: ``interrupted``.
-        """
+        """The stream ended or the caller stopped reading it: ``ok`` once the answer finished (with
+        the usage seen so far), else ``interrupted``; ``error`` when it raised ``exc``."""
         if exc is not None and not interrupted(exc):
             self._finish("error", exc)
         elif self.finish_reason is not None:
@@ -335,20 +314,23 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     # A close while the shell runs is the SDK closing a body it ended or failed on: the shell records
     # that. Weak references: an abandoned stream must stay free of new cycles, to be collected promptly
     response = stream.response
-    shell_ref = weakref.ref(shell)
-    response_ref = weakref.ref(response)
+    shell_ref, response_ref = weakref.ref(shell), weakref.ref(response)
+    running = "ag_running" if is_async else "gi_running"
+
+    def closed() -> None:
+        live = shell_ref()
+        if live is None or not getattr(live, running):
+            state.end()
+
     if is_async:
         class_aclose = type(response).aclose
 
         async def aclose() -> None:
             try:
-                target = response_ref()
-                if target is not None:
+                if (target := response_ref()) is not None:
                     await class_aclose(target)
             finally:
-                running = shell_ref()
-                if running is None or not running.ag_running:
-                    state.end()
+                closed()
 
         response.aclose = aclose
     else:
@@ -356,13 +338,10 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
 
         def close() -> None:
             try:
-                target = response_ref()
-                if target is not None:
+                if (target := response_ref()) is not None:
                     class_close(target)
             finally:
-                running = shell_ref()
-                if running is None or not running.gi_running:
-                    state.end()
+                closed()
 
         response.close = close
     # an abandoned stream: record it when the SDK object is collected
@@ -391,15 +370,9 @@ async def _helper_async(state: _StreamState, events: AsyncIterator[Any]) -> Asyn
 
 def watch_helper(helper: Any, *, is_async: bool) -> None:
     """Record what a stream helper (``chat.completions.stream()``, ``responses.stream()``) raises
-    while reading the stream watched below it, as ``parse()`` records it: an ``error``.
-
-    The helper raises in the caller's frame, at the finish chunk (a structured answer cut by its
-    token limit or content filter) or at content that does not parse; the stream below is left
-    suspended, and would end as ``ok`` or ``interrupted`` when the helper closes it. The helper's
-    events pass through ``_iterator``, which its iteration, ``until_done()`` and
-    ``get_final_completion()`` all read. The usage chunk after that point is not read: reading on
-    would make the caller wait on the network for an exception the SDK already has.
-    """
+    above the stream watched below it (a structured answer cut short or not parsing), as ``parse()``
+    records it: ``error``. Its events all pass through ``_iterator``; the usage chunk after that
+    point is not read (the caller would wait on the network for an exception it already has)."""
     try:
         state = helper._raw_stream._llm_ledger_state
         shell = _helper_async if is_async else _helper_sync
@@ -436,12 +409,8 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
 
 def _decoders(library: str, encodings: list[str]) -> list[Any]:
     """Decoders for a body's ``encodings``, in the order to apply them, from the HTTP library the
-    caller reads it with; none when one of them is not an encoding that library decodes.
-
-    The library's own decoders, private as they are, decode exactly what the caller's read decodes,
-    with the modules that library chose (httpx: brotli or brotlicffi, zstandard; httpx2: brotli or
-    brotlicffi, backports.zstd or compression.zstd), multi-frame zstd and raw deflate included.
-    """
+    caller reads it with (its own, private as they are: they decode exactly what the caller's read
+    decodes); none when one of them is not an encoding that library decodes."""
     supported = sys.modules[f"{library}._decoders"].SUPPORTED_DECODERS
     if not all(encoding in supported for encoding in encodings):
         return []
@@ -456,9 +425,7 @@ def _bytes(decoded: Any) -> bytes:
 class _Body:
     """Reads a body as its bytes pass to the caller: SSE events into the state, or JSON at its end."""
 
-    def __init__(
-        self, state: _StreamState, headers: Any, sse: bool, library: str, request: Any = None
-    ) -> None:
+    def __init__(self, state: _StreamState, headers: Any, sse: bool, library: str, request: Any) -> None:
         self.state = state
         self.request = request
         self.sse = sse
@@ -565,8 +532,8 @@ class _Body:
             self.state._finish(status)
 
 
-class _SyncTap:
-    """Mixed with the HTTP library's ``SyncByteStream`` (httpx or httpx2, see :func:`_tap_classes`)."""
+class _Tap:
+    """Mixed with the HTTP library's ``SyncByteStream`` or ``AsyncByteStream`` (see :func:`_tap_class`)."""
 
     def __init__(self, body: _Body, stream: Any) -> None:
         self._body = body
@@ -575,22 +542,14 @@ class _SyncTap:
     def __iter__(self) -> Iterator[bytes]:
         return _watch_sync(self._body, self._stream, self._body.feed)
 
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _watch_async(self._body, self._stream, self._body.feed)
+
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
             self._body.stop()
-
-
-class _AsyncTap:
-    """Mixed with the HTTP library's ``AsyncByteStream`` (httpx or httpx2)."""
-
-    def __init__(self, body: _Body, stream: Any) -> None:
-        self._body = body
-        self._stream = stream
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return _watch_async(self._body, self._stream, self._body.feed)
 
     async def aclose(self) -> None:
         try:
@@ -600,14 +559,11 @@ class _AsyncTap:
 
 
 @functools.cache
-def _tap_classes(library: str) -> tuple[type, type]:
-    """The taps for one HTTP library: openai 1.x and 2.x send through httpx, 3.x through httpx2, and
-    each checks that a response's stream is its own ``SyncByteStream`` / ``AsyncByteStream``."""
-    module: Any = sys.modules[library]
-    return (
-        type("_SyncTap", (_SyncTap, module.SyncByteStream), {"__module__": __name__}),
-        type("_AsyncTap", (_AsyncTap, module.AsyncByteStream), {"__module__": __name__}),
-    )
+def _tap_class(library: str, is_async: bool) -> type:
+    """The tap for one HTTP library (openai 1.x and 2.x send through httpx, 3.x through httpx2), a
+    subclass of its ``SyncByteStream`` / ``AsyncByteStream``, as it checks a response's stream is."""
+    base = getattr(sys.modules[library], "AsyncByteStream" if is_async else "SyncByteStream")
+    return type("_Tap", (_Tap, base), {"__module__": __name__})
 
 
 def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool) -> None:
@@ -619,8 +575,6 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
         request = None
     library = type(http_response).__module__.partition(".")[0]
     body = _Body(state, http_response.headers, call.request["stream"], library, request)
-    sync_tap, async_tap = _tap_classes(library)
-    tap = async_tap if is_async else sync_tap
-    http_response.stream = tap(body, http_response.stream)
+    http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected
     weakref.finalize(http_response, body.stop)
