@@ -1,12 +1,8 @@
 """Instrumenting one OpenAI client instance (never the library as a whole).
 
-The seam is the client's public ``request`` method, which every resource goes through
-(``chat.completions.create`` / ``parse`` / ``stream``, ``embeddings.create``, ``responses.create``,
-``completions.create``, and their ``with_raw_response`` / ``with_streaming_response`` variants).
-The instance gets its own ``request``; ``copy`` / ``with_options`` are extended so derived
-clients stay instrumented. Other endpoints pass straight through. A second, narrow seam: the
-instance's ``stream()`` helpers, whose helper raises above the stream ``request`` returned (at a
-structured answer's end) where the ledger would not see it otherwise.
+The seam is the instance's own ``request``, which every resource and its ``with_raw_response`` /
+``with_streaming_response`` variants go through; ``copy`` / ``with_options`` keep derived clients
+instrumented. A narrow second seam: the ``stream()`` helpers, which may raise above that stream.
 """
 
 from __future__ import annotations
@@ -134,15 +130,7 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
         monitor._finish(call, status, shape, usage, error=exc)
     except Exception as inner:
         monitor._report("recording a failed call", inner)
-        _record_bare(monitor, call, status, exc)
-
-
-def _record_bare(monitor: LLMCallMonitor, call: _Call, status: Status, exc: BaseException | None) -> None:
-    """After a failure reading a call: record it with what is known for sure (never twice)."""
-    try:
-        monitor._finish(call, status, None, None, error=exc)
-    except Exception as inner:  # pragma: no cover - _finish reports what it cannot read
-        monitor._report("recording a call", inner)
+        monitor._finish(call, status, None, None, error=exc)  # what is known for sure (never twice)
 
 
 def _read_body(call: _Call) -> Any:
@@ -182,7 +170,7 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
         monitor._finish(call, "ok", shape, usage, output_text=output)
     except Exception as exc:
         monitor._report("recording a call", exc)
-        _record_bare(monitor, call, "ok", None)
+        monitor._finish(call, "ok", None, None)
 
 
 # the resources whose stream() helper reads a stream the ledger watches (beta's: openai 1.x)
@@ -191,8 +179,8 @@ _HELPER_RESOURCES = (("chat", "completions"), ("responses",), ("beta", "chat", "
 
 @functools.cache
 def _watched_manager(cls: Any, is_async: bool) -> Any:
-    """A subclass of a stream helper's context manager whose ``__enter__`` hands the helper it
-    makes to ``watch_helper`` (a subclass: the caller's ``isinstance`` checks still hold)."""
+    """A subclass (``isinstance`` still holds) of a stream helper's manager whose ``__enter__``
+    hands the helper it makes to ``watch_helper``."""
     if getattr(cls, "_llm_ledger_watched", False):  # a client instrumented again: stream() wrapped twice
         return cls
     if is_async:
@@ -261,12 +249,9 @@ def _count_retries(instance: Any) -> bool:
 
 
 def _settle_httpx2() -> None:
-    """Import httpx2 now, on the instrumenting thread, when the SDK peeks at it on every request.
-
-    openai 2.x reads ``sys.modules["httpx2"]`` for each request, and the ledger's pricing imports
-    genai-prices, hence httpx2, when the first call ends, on whichever thread ends it: a request
-    peeking meanwhile finds a partly initialised module and fails (lost calls, with threads).
-    """
+    """Import httpx2 now, on the instrumenting thread: openai 2.x reads ``sys.modules["httpx2"]``
+    on every request, and one reading it while pricing imports it on another thread (through
+    genai-prices) finds a partly initialised module and fails."""
     if "httpx2" not in sys.modules and "openai._httpx2" in sys.modules:
         try:
             importlib.import_module("httpx2")
