@@ -1,11 +1,9 @@
-"""The JSON-lines file: whole lines appended in batches, losing nothing (docs/RELIABILITY.md says
-what each failure can lose, and the test that proves it).
+"""The JSON-lines file: whole lines appended in batches, losing nothing (docs/RELIABILITY.md).
 
-``JsonlFileHandler`` takes ledger records as a sink (``write_record``) or as a logging handler
-(``emit``): the caller's thread serialises the record and the call that fills a batch appends it. A
-timer-driven writer thread, what most monitors use, costs the callers more than the writing while
-the application keeps the GIL busy (bench/RESULTS.md); so the writer thread, asleep while nothing is
-queued, only writes what callers leave when they stop, and all of it while writes are slow.
+``JsonlFileHandler`` takes records as a sink (``write_record``) or a logging handler (``emit``).
+The caller's thread serialises each record and the call that fills a batch appends it: a timer
+thread costs busy callers more than the writing (bench/RESULTS.md). The writer thread, asleep while
+nothing is queued, writes what callers leave when they stop, and everything while writes are slow.
 """
 
 from __future__ import annotations
@@ -47,9 +45,7 @@ __all__ = [
 
 _MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
-# ... or this many bytes, a bound on what waits in memory when lines are large (content capture);
-# smaller batches wake the writer thread more often, which costs the callers (bench/RESULTS.md)
-_BATCH_BYTES = 1024 * 1024
+_BATCH_BYTES = 1024 * 1024  # ... or this many bytes (large lines: content capture)
 _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
 _SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread, until one is fast
 _EXIT_TIMEOUT_S = 10.0  # what a file system that hangs writes may add to each step of an exit
@@ -80,8 +76,7 @@ _KINDS = {
 
 class LedgerJsonFormatter(OrjsonFormatter):
     """python-json-logger formatter that writes a record dict exactly as built, keys in order, with
-    orjson (the json module for what orjson refuses, such as integers beyond 64 bits). Plain-string
-    messages (other code logging to ``llm_monitor``) keep python-json-logger's default shape."""
+    orjson (else the json module); plain-string messages keep python-json-logger's shape."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,21 +98,18 @@ class LedgerJsonFormatter(OrjsonFormatter):
             return _json_module_text(log_data)
 
     def format_line(self, record: logging.LogRecord) -> bytes:
-        """One line of the JSONL file, newline included: ``format()``'s text, a ledger record (a dict
-        message, no exception) serialised in one step, without python-json-logger's copy."""
+        """``format()``'s line, newline included; a ledger record's serialised in one step."""
         msg = record.msg
         if self._plain and type(msg) is dict and not record.exc_info and not record.stack_info:
             return self.record_line(msg)  # a plain formatter's line depends on the dict alone
         return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
 
     def record_line(self, record: Mapping[str, Any]) -> bytes:
-        """The line of a ledger record dict: what ``format_line`` gives for it, without a ``LogRecord``."""
+        """What ``format_line`` gives for a ledger record dict, without a ``LogRecord``."""
         if self._plain:
             try:
                 return orjson.dumps(record, default=self.json_default, option=_ORJSON_OPTIONS)
-            except (TypeError, ValueError):
-                # e.g. a context value that is a dict with integer keys: format() tries orjson with
-                # python-json-logger's options (non-string keys), then the json module
+            except (TypeError, ValueError):  # e.g. integer keys: format() falls back
                 pass
         return (self.format(_log_record(dict(record))) + "\n").encode("utf-8", "backslashreplace")
 
@@ -132,16 +124,14 @@ def json_text(value: Mapping[str, Any]) -> str:
 
 
 def _json_module_text(value: Any) -> str:
-    # standard JSON, as orjson writes it: a NaN or an infinity is null, never a bare NaN that
-    # readers (llm-ledger report) reject with the whole line
+    # standard JSON, as orjson writes it: NaN and infinities null (readers reject the bare words)
     try:
         return json.dumps(_finite(value), default=str, ensure_ascii=False, allow_nan=False)
     except Exception:
         context = value.get("context") if isinstance(value, Mapping) else None
         if not isinstance(context, Mapping):
             raise
-        # a context value JSON cannot hold at all (a dict keyed by tuples, a list holding itself): its
-        # text in its place, so that the record is not lost for it
+        # a context value JSON cannot hold at all (tuple keys, a cycle): its text, not a lost record
         return _json_module_text({**value, "context": {k: _json_or_text(v) for k, v in context.items()}})
 
 
@@ -176,21 +166,16 @@ class JsonlFileHandler(logging.Handler):
 
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
-        # absolute, as logging.FileHandler's: a relative path (the default "logs") must not move
-        # when the process changes directory (each write checks the path for rotation)
+        # absolute: the file must not move when the process changes directory
         self.path = Path(os.path.abspath(path))
         self.setFormatter(formatter or LedgerJsonFormatter())
         self._new_queue()
-        # whether callers write their batches: not while writes are slow, failed writes wait for the
-        # writer thread's retry, or another process holds the file's lock (see _write)
-        self._callers_write = True
+        self._callers_write = True  # not while writes are slow or failing, or locked elsewhere
         self._fd: int | None = None
         self._readable = False  # whether the descriptor can read the file (see _whole_lines_end)
         self._locks = True  # whether the file takes locks (see _lock)
         self._inode: tuple[int, int] | None = None
-        # the file's size after this writer's last write (locked): other writers only append, so a
-        # smaller one at the next write means it was truncated (logrotate's copytruncate)
-        self._end = 0
+        self._end = 0  # the file's size after our last write: smaller later means truncated
         self._truncation_said = False
         self._closed = False
         self._lost = 0
@@ -208,8 +193,7 @@ class JsonlFileHandler(logging.Handler):
         return thread
 
     def _new_queue(self) -> None:
-        """An empty queue, its events and its lock: at start, and in a forked child (what the parent
-        queued is the parent's to write; another thread may have held the lock at the fork)."""
+        """An empty queue, its events and its lock: at start, and in a forked child."""
         # lines and flush() markers, in the order they came
         self._queue: collections.deque[bytes | threading.Event] = collections.deque()
         self._queued = threading.Event()  # cleared while the writer is idle (see _run)
@@ -230,8 +214,7 @@ class JsonlFileHandler(logging.Handler):
     # -- caller side ------------------------------------------------------------------------------
 
     def emit(self, record: logging.LogRecord) -> None:
-        # formatted here: bytes are cheap to keep, a record dict held until the next write is not
-        # (it outlives young-generation collections and makes the full ones more frequent)
+        # formatted now: bytes are cheap to keep, a dict held until the write burdens the collector
         formatter = self.formatter
         try:
             if isinstance(formatter, LedgerJsonFormatter):
@@ -278,10 +261,8 @@ class JsonlFileHandler(logging.Handler):
             self._drain_taken(0, on_caller=True)
 
     def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
-        """``_drain()`` on this thread, once it has the write lock (waiting at most ``timeout`` s, -1:
-        for good); False when it did not get the lock or left the lines to the writer thread. A
-        SIGTERM handled on the main thread while it takes or holds the lock waits for the lock's
-        release (see _on_sigterm)."""
+        """``_drain()`` on this thread once it has the write lock (``timeout`` s, -1: for good);
+        False when it did not get it or left the lines to the writer thread."""
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:
             self._main_writes = True  # before the lock is taken: a signal may come at any bytecode
@@ -306,11 +287,8 @@ class JsonlFileHandler(logging.Handler):
         return True
 
     def flush(self, timeout: float | None = 10.0) -> None:
-        """Write every record emitted before this call; return once they are written.
-
-        The calling thread writes them itself (it would wait anyway), unless another thread is writing
-        or writes have been slow (see ``_write``): then it waits for the writer thread, at most
-        ``timeout`` seconds."""
+        """Write every record emitted before this call: on this thread, else (another thread is
+        writing, or writes are slow) by the writer thread, waiting at most ``timeout`` seconds."""
         if not (self._callers_write and self._drain_taken(0, on_caller=True)):
             self._flush_by_writer(timeout)
 
@@ -327,17 +305,15 @@ class JsonlFileHandler(logging.Handler):
         done.wait(timeout)
 
     def close(self) -> None:
-        # bounded waits: close() runs at exit (logging.shutdown), where a file system that hangs a
-        # write must delay the exit, not stop it
+        # bounded waits: at exit a hung file system may delay the exit, not stop it
         if not self._closed:
             self._flush_by_writer(_EXIT_TIMEOUT_S)
             self._closed = True
             self._queued.set()
             self._wake.set()
             self._thread.join(timeout=_EXIT_TIMEOUT_S)
-            # not if a write hangs, holding the lock: the _drain() of that write closes the file, once
-            # done (closed under it, its descriptor's number goes to the next file or socket opened,
-            # where the late write would land)
+            # a write that hangs holding the lock closes the file itself once done (else its late
+            # write could land in whatever reuses the descriptor's number)
             self._drain_taken(_EXIT_TIMEOUT_S)
             _handlers.discard(self)  # flush_all() and exit leave it alone from now on
         super().close()
@@ -345,8 +321,8 @@ class JsonlFileHandler(logging.Handler):
     # -- writer side --------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        """Open the file to append to (and read, where allowed: see ``_whole_lines_end``); raises
-        ``NotRegularFileError`` when the path is not a regular file, without blocking on a FIFO."""
+        """Open the file to append (and read, where allowed); ``NotRegularFileError`` if it is not a
+        regular file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_NONBLOCK: opening a FIFO to write would wait for a reader; it is refused below instead
         flags = os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
@@ -391,10 +367,8 @@ class JsonlFileHandler(logging.Handler):
         self._open()
 
     def _run(self) -> None:
-        # A caller writing a batch wakes the writer just before its write, while the write has the
-        # GIL released: waking then costs next to nothing, and the writer sleeps again. So the writer
-        # writes only when no caller has written for two intervals (they stopped: their last lines),
-        # for a flush or close, and sleeps without a timer while nothing is queued.
+        # A caller writing a batch wakes the writer during its write (cheap: the GIL is released),
+        # so the writer writes only when callers stopped for two intervals, for a flush or close.
         queue = self._queue
         while not self._closed:
             woken = self._wake.wait(2 * _INTERVAL_S)
@@ -416,11 +390,9 @@ class JsonlFileHandler(logging.Handler):
             self._drain()
 
     def _drain(self, on_caller: bool = False) -> bool:
-        """Write the queued lines; False when they were left to the writer thread (a caller found
-        another process writing the file)."""
+        """Write the queued lines; False when they were left to the writer thread."""
         events: list[threading.Event] = []
-        # one buffer, kept until written (an interrupt anywhere loses no line), reused: separate lines
-        # freed together went back to the system and were faulted in again page by page
+        # one buffer, kept until written (an interrupt loses no line) and reused (cheaper on memory)
         pending = self._pending
         self._started = None
         self._bytes = 0
@@ -434,9 +406,7 @@ class JsonlFileHandler(logging.Handler):
                 else:
                     events.append(item)
             if pending and on_caller:
-                # the writer wakes while the write has the GIL released: it sees callers writing,
-                # so leaves the lines they queue next to them (see _run)
-                self._wake.set()
+                self._wake.set()  # the writer sees callers writing (see _run)
             done = not pending or self._write(wait=not on_caller)
         finally:
             if not done:  # the flushes waiting on these lines wait for the writer thread
@@ -449,13 +419,10 @@ class JsonlFileHandler(logging.Handler):
         return done
 
     def _write(self, wait: bool = True) -> bool:
-        """Append the pending lines, all of them or none; False when ``wait`` is false and another
-        process is writing the file (the writer thread then writes them). A failed write is reported,
-        and what it could not write stays pending.
-
-        Under the exclusive ``flock`` every ledger writer takes, the file grows by this writer's writes
-        alone: it can take back the part of a batch a full disk cut short, and cut a partial line a
-        killed writer left, without touching another process's lines."""
+        """Append the pending lines, all or none (a failure is reported, the lines stay pending); False
+        when ``wait`` is false and another process holds the lock. Under the ``flock`` every ledger
+        writer takes, only this writer grows the file: it can take back a batch a full disk cut short,
+        and cut a partial line a killed writer left."""
         pending = self._pending
         written = 0
         started = time.monotonic()
@@ -473,8 +440,7 @@ class JsonlFileHandler(logging.Handler):
                 if end is not None and end < self._end:
                     self._say_truncated(end)
                 try:
-                    # several lines per write, each write whole lines (a copy after a short write, rare:
-                    # a view would pin the buffer to its size)
+                    # a copy after a short write (rare): a view would pin the buffer's size
                     while written < len(pending):
                         written += os.write(fd, pending[written:] if written else pending)
                 except BaseException:
@@ -505,8 +471,7 @@ class JsonlFileHandler(logging.Handler):
             raise
         del pending[:]
         elapsed = time.monotonic() - started
-        # slow (a stalled mount, a host that paused, dirty pages throttled): the writer thread writes
-        # until a write is fast again
+        # slow: the writer thread writes until a write is fast again
         if (
             elapsed > _SLOW_WRITE_S
             and self._callers_write

@@ -75,9 +75,8 @@ def remove_global_sink(sink: Sink) -> None:
 
 
 def _heard(logger: logging.Logger, level: int) -> bool:
-    """Whether a handler other than a ``NullHandler`` would get a record of ``level``: a ``LogRecord``
-    nobody hears is not built, and logging's last resort (stderr) never wakes in an application
-    that configured no logging."""
+    """Whether a handler other than a ``NullHandler`` would get a record of ``level`` (else none is
+    built, and logging's last resort never prints records to stderr)."""
     current: logging.Logger | None = logger
     while current is not None:
         for handler in current.handlers:
@@ -155,8 +154,8 @@ class _Call:
             self.ttft = time.perf_counter() - self.start_perf
 
     def let_go(self, error: BaseException | None = None) -> None:
-        """Keep where the call went (from the last HTTP response, else the request ``error`` names)
-        and its request id, then let the response go: the call may outlive it (a stream's finalizer)."""
+        """Keep the call's server and request id (from the last HTTP response, else the request
+        ``error`` names) and let the response go: the call may outlive it."""
         response = self.http_response
         source: Any = response if response is not None else error
         if self.server is None and source is not None:
@@ -181,8 +180,7 @@ def _secret(client: Any) -> str | None:
 
 
 def _json_ready(value: Any, text: Callable[[str], str]) -> Any:
-    """``value`` as JSON holds it (a mapping a dict, a sequence a list), each string through
-    ``text``; what JSON cannot hold is None."""
+    """``value`` as JSON holds it, each string through ``text``; what JSON cannot hold is None."""
     if isinstance(value, str):
         return text(value)
     if value is None or isinstance(value, (int, float)):  # bool is an int
@@ -331,8 +329,7 @@ class LLMCallMonitor:
             )
 
     def _scrub(self, text: str, secret: str | None) -> str:
-        """``text`` without the API key, through the ``redact`` hook; never raises, never leaks:
-        a hook that fails gives a placeholder (and is reported)."""
+        """``text`` without the API key, through the ``redact`` hook (a placeholder if it fails)."""
         if secret and secret in text:
             text = text.replace(secret, "[REDACTED]")
         redact = self.redact
@@ -350,9 +347,8 @@ class LLMCallMonitor:
             return "[REDACTION FAILED]"
 
     def _captured_request(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        """A JSON-ready copy of the request's content, scrubbed when the call is recorded (the
-        client's key may only be known then: an API-key provider runs inside the request); None,
-        reported, when it cannot be copied: that costs the content, never the record."""
+        """A JSON-ready copy of the request's content (scrubbed when the call is recorded: an API-key
+        provider runs inside the request); None, reported, when it cannot be copied."""
         keys = ("messages", "input", "instructions", "tools", "prompt")
         try:
             return {k: _json_ready(v, lambda text: text) for k in keys if (v := body.get(k)) is not None}
@@ -363,8 +359,7 @@ class LLMCallMonitor:
     def _scrubbed_content(
         self, call: _Call, content: dict[str, Any], output_text: str | None
     ) -> dict[str, Any] | None:
-        """The captured content without the API key, through the ``redact`` hook; None (and
-        reported) when it cannot be copied: the record is kept without it."""
+        """The captured content and output, scrubbed; None, reported, when it cannot be copied."""
         try:
             secret = _secret(call.client)
             scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secret))
@@ -376,9 +371,8 @@ class LLMCallMonitor:
         return scrubbed
 
     def _error_shape(self, call: _Call, exc: BaseException) -> ErrorShape:
-        """The error's type, status and message: quoted only with content capture on (decided when the
-        call began) and scrubbed like content, else only what quotes neither request nor response;
-        an error that cannot be read keeps its type alone (and is reported)."""
+        """The error's type, status and message: quoted and scrubbed with content capture on, else
+        only what quotes neither request nor response."""
         name = type(exc).__name__
         try:
             status = getattr(exc, "status_code", None)
@@ -406,15 +400,13 @@ class LLMCallMonitor:
         error: BaseException | None = None,
         output_text: str | None = None,
     ) -> None:
-        """Record a call that ended (once per call): its record counts in the lens runs it began in
-        and goes to the logger and the sinks; what the ledger cannot read is reported and left out."""
+        """Record a call that ended, once: counted in the lens runs it began in, then emitted."""
         if call.owner is not _records._id_prefix:
             return
         call.owner = None
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text)
-        # counted before the sinks are handed the record (one may change it in place), settled after
-        # (a lens's record follows its calls'); counting cannot fail: it only adds up the record
-        # just built from normalised counts (usage_of) and costs (integers or None)
+        # counted before the sinks may change the record, settled after (a lens's record follows
+        # its calls'); counting adds up normalised counts only: it cannot fail
         for run in call.lenses:
             run._totals.add(record, cost_units)
         try:
@@ -493,10 +485,8 @@ class LLMCallMonitor:
     def _price(
         self, route: Route, response: ResponseShape, requested: str | None, usage: Usage, at: float
     ) -> tuple[int, int, str] | None:
-        """(prompt, completion) cost in 10**-24 USD and the rates' source, at the served model's price
-        (an Azure deployment reports the model behind it), else the requested one's, on the service tier
-        that served it, at the time it started; None without usage or price (a warning once per name)
-        or when the counts do not fit."""
+        """(prompt, completion) cost in 10**-24 USD and the rates' source, for the served model (else
+        the requested one) on its service tier at the call's start; None without usage or price."""
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
         if prompt_tokens is None or completion_tokens is None:
@@ -532,8 +522,7 @@ class LLMCallMonitor:
         return None
 
     def _emit(self, record: CallRecord | LensRecord | AnomalyRecord | BudgetRecord) -> None:
-        """Hand a record to the ``llm_monitor`` logger and to every sink (``configure()``'s JSONL file
-        first), each failure caught and reported."""
+        """Hand a record to the logger and to every sink, each failure reported."""
         logger = self._logger
         if logger is not None:
             level = _LEVELNO[record["level"]]
@@ -567,9 +556,8 @@ class LLMCallMonitor:
                 self._report(what, exc)
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:
-        """Emit a lens run's record; with anomaly detection on, the record names the metrics judged,
-        is judged before any sink is handed it (one may change it), and its anomalies follow it. What
-        this raises is reported as ending the lens by both callers (LensRun.__exit__, _finish)."""
+        """Emit a lens run's record; with anomaly detection on, it is judged before any sink may
+        change it, and its anomalies follow it."""
         detector = self.anomalies
         if detector is None:
             self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
