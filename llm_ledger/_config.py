@@ -1,8 +1,5 @@
-"""``configure()``: one validated, frozen set of settings for the default monitor and its JSONL file.
-
-Each setting comes from its argument, else its environment variable, else its default: the table is
-in docs/MONITORING.md ("Configuration"); budgets, anomalies and the SIGTERM handler have their own
-pages (docs/BUDGETS.md, docs/ANOMALIES.md, docs/RELIABILITY.md).
+"""``configure()``: one validated, frozen set of settings for the default monitor and its JSONL file,
+each from its argument, else its environment variable, else its default (docs/MONITORING.md).
 """
 
 from __future__ import annotations
@@ -169,7 +166,7 @@ def resolve(
 
 def _why_off(name: str, value: Any, variable: str, env: Mapping[str, str]) -> str | None:
     """Why a feature another setting acts on is off, for the error saying so; None when an operator
-    turned it off on purpose (``variable=off``): the setting then waits unused, as a switch should."""
+    turned it off on purpose (``variable=off``)."""
     if value is not UNSET:
         return f"{name}={value!r}"
     return None if env.get(variable, "").strip() else f"neither {name}= nor {variable} is set"
@@ -237,9 +234,8 @@ def configure(
 ) -> Settings:
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
-    Calling it again with the same settings changes nothing (an edited price or budgets file is read
-    again); a new ``log_dir`` switches file (after writing out what was queued for the old one).
-    Raises ``ConfigError`` or ``PriceFileError`` naming the bad value, and changes nothing in that case.
+    Calling it again with the same settings changes nothing (an edited price or budgets file is read again); a
+    new ``log_dir`` switches file. Raises ``ConfigError`` naming the bad value, changing nothing.
     """
     global _settings, _handler, _prices_read
     settings = resolve(
@@ -300,8 +296,7 @@ def configure(
                         "choose a writable directory (or LLM_LEDGER_LOG_DIR=off to write no file)"
                     ) from exc
             old, _handler = _handler, new_handler
-            # the file is the default monitor's first sink: it gets the record dict itself, and
-            # the logger stays free for the application's own handlers
+            # the file is the default monitor's first sink (the logger is the application's)
             monitor._replace_first_sink(
                 None if old is None else old.write_record,
                 None if new_handler is None else new_handler.write_record,

@@ -1,6 +1,5 @@
-"""Who a call belongs to: the context stack and the open lens runs, carried by contextvars: each
-thread has its own, each asyncio task a copy of its parent's (docs/MONITORING.md says what that
-means for lenses, and where ``propagate(fn)`` carries the context into a thread).
+"""Who a call belongs to: the context and the open lens runs, in contextvars (each thread its own,
+each task a copy of its parent's; ``propagate(fn)`` carries them into a thread).
 """
 
 from __future__ import annotations
@@ -74,9 +73,8 @@ def _said_elsewhere(lens_key: str) -> None:
 
 
 class _Block(dict[str, Any]):
-    """The context a block set, carrying what its exit needs: no state is kept on the scope object, so
-    one object (made once, at module level) may be entered by concurrent tasks and threads, and
-    nested, and a block exited in another context than its own leaves nothing behind."""
+    """The context a block set, carrying what its exit needs: the scope object keeps no state, so it
+    may be entered by concurrent tasks and threads, and nested."""
 
     __slots__ = ("scope", "token")
     scope: _Scope
@@ -119,12 +117,8 @@ class _Scope:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        """Use as a decorator: each call of ``func`` runs in a new block of its own.
-
-        A generator or async generator keeps its block open from its first item to its end (or
-        its ``close()``); its steps run in a context of their own, so the code iterating over it
-        is never inside the block.
-        """
+        """Use as a decorator: each call of ``func`` runs in a new block of its own (a generator's
+        stays open for its life, its steps in a context of their own)."""
         wrapper: Callable[..., Any]
         if inspect.isasyncgenfunction(func):
             wrapper = _async_generator_in(self._fresh, func)
@@ -167,8 +161,7 @@ def _said_async(func: Callable[..., Any], scope: _Scope) -> None:
 def _generator_in(
     fresh: Callable[[], _Scope], func: Callable[..., Any]
 ) -> Callable[..., Generator[Any, Any, Any]]:
-    """The generator function running ``func``'s generators each inside a ``fresh()`` scope, each
-    step in the scope's own context."""
+    """``func``'s generators, each inside a ``fresh()`` scope, each step in its context."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         context = copy_context()
@@ -185,10 +178,7 @@ def _generator_in(
 def _async_generator_in(
     fresh: Callable[[], _Scope], func: Callable[..., Any]
 ) -> Callable[..., AsyncGenerator[Any, Any]]:
-    """The async generator function running ``func``'s generators each inside a ``fresh()`` scope,
-    each step in the scope's own context (an asyncio task's context is its caller's: the steps are
-    driven here). There is no ``yield from`` for async generators: what is sent or thrown in is
-    passed on by hand."""
+    """``_generator_in`` for async generators, whose sends and throws are passed on by hand."""
 
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         context = copy_context()
@@ -223,8 +213,7 @@ def _async_generator_in(
 
 @types.coroutine
 def _stepped_in(context: Context, steps: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
-    """Drive ``steps`` (a generator, or an awaitable's ``__await__()``) with each step run in
-    ``context``: what it yields is yielded on, what is sent or thrown in goes on to it."""
+    """Drive ``steps`` (a generator, or an awaitable's ``__await__()``), each step in ``context``."""
     sent: Any = None
     thrown: BaseException | None = None
     while True:
@@ -263,8 +252,8 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
 
 
 class TrackedContext(_Scope):
-    """Returned by :func:`llm_ledger.track_llm_call`: adds context to every call inside. One object
-    may serve many blocks, nested or open at once in concurrent tasks and threads."""
+    """Returned by :func:`llm_ledger.track_llm_call`: adds context to every call inside (one object
+    may serve many blocks, nested or concurrent)."""
 
     def _fresh(self) -> TrackedContext:
         return TrackedContext(self._extra)
@@ -282,8 +271,7 @@ class LensRun(_Scope):
     def __init__(self, monitor: LLMCallMonitor, lens_key: str, context: dict[str, Any]) -> None:
         if not isinstance(lens_key, str) or not lens_key:
             raise TypeError(f"lens_key must be a non-empty string, got {lens_key!r}")
-        # a str subclass (a `class Lens(str, Enum)` member) as its plain value: what the file writes,
-        # and what exporters, budgets and reports see, rather than str() of the member
+        # a str subclass (a `class Lens(str, Enum)` member) as its plain value, not str() of it
         lens_key = str.__str__(lens_key)
         super().__init__({**context, "lens_key": lens_key})
         self.lens_key = lens_key
@@ -317,8 +305,7 @@ class LensRun(_Scope):
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
             self._extra["parent_lens_run_id"] = enclosing[-1].run_id
         super().__enter__()
-        # the run's records carry the context it was opened in and its own, never that of a block
-        # left open inside it (a generator suspended in its track_llm_call block) when it ends
+        # the run's records carry this context, never a block's left open inside it at its end
         self._record_context = _context.get()
         if self._monitor.budgets is not None:
             try:
@@ -346,16 +333,14 @@ class LensRun(_Scope):
             self._monitor._report("ending a lens", error)
 
     def _write(self, summary: LensSummary) -> None:
-        """Emit the run's record: in the process that opened the run only, not in a child forked
-        inside it that leaves through its block (its copy also counts the parent's calls)."""
+        """Emit the run's record, in the process that opened the run only (not a forked child)."""
         if self.run_id is not None and made_here(self.run_id):
             self._monitor._emit_lens(self._record_context, summary, self._started + self._wall)
 
     # -- used by the monitor ---------------------------------------------------------------------
 
     def _settle_call(self) -> None:
-        """Once the counted call's record is emitted: check the budget, and write the run's record if
-        it is due (the run ended, and this was the last of its calls)."""
+        """Once a counted call's record is emitted: check the budget; write the run's record if due."""
         due = self._totals.settle()
         if self._budget is not None:
             self._budget.check(self._monitor, self._totals)

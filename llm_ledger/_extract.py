@@ -1,8 +1,5 @@
-"""Read the shape of a request body and of an SDK response, without copying content.
-
-Request bodies are the JSON-ready mappings the SDK is about to send; responses are the SDK's
-pydantic objects (read by attribute, never ``model_dump``-ed: that would cost more than the
-whole ledger's budget per call).
+"""Read the shape of a request body and of an SDK response, without copying content: responses are
+read by attribute or ``__dict__``, never ``model_dump``-ed (that would cost more than the ledger).
 """
 
 from __future__ import annotations
@@ -160,11 +157,8 @@ class _Attributes:
 
 
 class JsonView:
-    """A JSON object read by attribute, as the SDK's models are (nested objects wrapped when read).
-
-    A body the ledger parses itself (raw and streamed responses) is read by the same functions as
-    the SDK's objects; only what they read is wrapped (an embeddings body's vectors never are).
-    """
+    """A JSON object the ledger parsed itself, read by attribute as the SDK's models are (nested
+    objects wrapped only when read)."""
 
     __slots__ = ("_data",)
 
@@ -184,9 +178,8 @@ class JsonView:
 
 
 def _fields(obj: Any) -> Any:
-    """An SDK object's field values, read by ``.get(name)`` after one attribute lookup: the SDK's
-    pydantic models keep every declared field in their ``__dict__``, and reading a name they lack by
-    attribute goes through pydantic's slow ``__getattr__`` hook."""
+    """An SDK object's fields, read by ``.get(name)``: a pydantic model's ``__dict__`` holds every
+    declared field, and a name it lacks read by attribute goes through a slow ``__getattr__``."""
     fields = getattr(obj, "__dict__", None)
     return fields if type(fields) is dict else _Attributes(obj)
 
@@ -197,8 +190,7 @@ def no_usage() -> Usage:
 
 
 def usage_of(operation: str, usage: Any) -> Usage:
-    """Normalise a chat / embeddings / responses ``usage`` object to the record's names (``None``:
-    a usage of unknowns). A usage body the ledger parsed itself comes as a ``JsonView``."""
+    """Normalise a chat / embeddings / responses ``usage`` object to the record's names."""
     if usage is None:
         return no_usage()
     try:
@@ -249,10 +241,9 @@ def usage_of(operation: str, usage: Any) -> Usage:
 
 
 def reasoning_in_completion(usage: Usage) -> Usage:
-    """``usage`` with the thinking tokens Google's and xAI's endpoints leave out of ``completion_tokens``
-    (counted only in ``total_tokens``, billed as output: docs/PRICING.md) put back in, as OpenAI counts
-    them; unchanged unless ``total_tokens`` exceeds prompt plus completion, so a server that counts
-    OpenAI's way is never billed twice."""
+    """``usage`` with the thinking tokens Google's and xAI's endpoints count only in ``total_tokens``
+    put back in ``completion_tokens``, as OpenAI counts them (docs/PRICING.md); unchanged unless the
+    total exceeds prompt plus completion, so none is billed twice."""
     prompt, completion, total = usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
     if type(prompt) is not int or type(completion) is not int or type(total) is not int:
         return usage  # unknown counts (or a caller's dict of anything): nothing to add

@@ -1,9 +1,6 @@
-"""The one place that defines the shape of every record llm-ledger emits (docs/MONITORING.md, "The
-records"): ``llm_api_call`` per SDK call (:func:`call_record`), ``lens_summary`` per lens run
-(:func:`lens_record`), ``lens_anomaly`` (docs/ANOMALIES.md) and ``budget_exceeded`` (docs/BUDGETS.md).
-
-Everything else (the JSONL file, the pytest plugin, ``llm-ledger report``, exporters) consumes these
-plain JSON-ready dicts, so any sink can serialise them; none defines its own copy of the schema.
+"""The one place that defines the shape of every record llm-ledger emits (docs/MONITORING.md):
+``llm_api_call``, ``lens_summary``, ``lens_anomaly`` and ``budget_exceeded``, as plain JSON-ready
+dicts that every sink, the plugin, reports and exporters consume without a copy of the schema.
 """
 
 from __future__ import annotations
@@ -56,8 +53,7 @@ USD_UNITS = 10**USD_UNIT_DIGITS
 
 
 def cost_decimal(value: Any) -> Decimal | None:
-    """A cost as records carry it (a JSON number of USD) as the exact decimal it was written as, not
-    its binary approximation; ``None`` for anything that is not a finite number >= 0."""
+    """A record's cost (a JSON number of USD) as the exact decimal written; None unless finite >= 0."""
     if type(value) is int:
         return Decimal(value) if value >= 0 else None
     if type(value) is float and math.isfinite(value) and value >= 0:
@@ -75,8 +71,7 @@ _LEVELS: dict[str, str] = {"ok": "INFO", "error": "ERROR", "interrupted": "WARNI
 
 
 def interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` stopped a call on the caller's side (its task cancelled, under asyncio or
-    trio, or Ctrl-C) rather than failed it: the call is ``interrupted``, not ``error``."""
+    """Whether ``exc`` stopped a call on the caller's side (a cancelled task, Ctrl-C): ``interrupted``."""
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
         return True
     trio = sys.modules.get("trio")  # never imported here: a trio.Cancelled comes from a loaded trio
@@ -116,11 +111,9 @@ class ServerShape(TypedDict):
 
 
 class Usage(TypedDict):
-    """Token counts as OpenAI means them, whoever served the call: ``cached_tokens`` (read from the
-    prompt cache), ``cache_write_tokens`` (written to it) and ``prompt_audio_tokens`` are parts of
-    ``prompt_tokens``; ``completion_tokens`` is all output billed, ``reasoning_tokens`` and
-    ``completion_audio_tokens`` included (Google's and xAI's thinking, which their usage leaves out of
-    it, is put back: docs/PRICING.md)."""
+    """Token counts as OpenAI means them, whoever served the call (docs/PRICING.md): the cached,
+    cache-write and audio prompt tokens are parts of ``prompt_tokens``; ``completion_tokens`` is all
+    output billed, reasoning and audio included."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -140,8 +133,8 @@ class Timing(TypedDict):
 
 
 class CostShape(TypedDict):
-    """What the call cost and where that figure comes from: the provider's own figure when it reports
-    one, ``computed_usd`` then keeping the price table's and the split null (docs/PRICING.md)."""
+    """What the call cost and where the figure comes from: the provider's own, when it reports one
+    (``computed_usd`` then keeps the price table's, the split null), else the price table's."""
 
     prompt_cost_usd: float | None
     completion_cost_usd: float | None
@@ -212,8 +205,7 @@ class LensRecord(_RunRecord):
 
 
 def _run_record(timestamp: str, level: str, event: str, context: Mapping[str, Any]) -> _RunRecord:
-    # the context copied: a sink may change the record it is handed, never the lens's live context
-    # (a budget record's is the one the run's later calls take theirs from) nor the next record's
+    # the context copied: a sink may change the record, never the lens's live context
     return {
         "timestamp": timestamp,
         "level": level,
@@ -233,16 +225,14 @@ def _new_id_prefix() -> None:
     _id_prefix, _id_counter = os.urandom(10).hex(), itertools.count(_ID_START)
 
 
-# the prefix is also the process's identity, the one way the core tells a fork: what was begun before
-# one (a lens run, a call in flight) belongs to the process whose prefix it keeps
+# the prefix is also the process's identity: what began before a fork is the prefix's process's
 _id_prefix, _id_counter = "", itertools.count(_ID_START)
 _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_id() -> str:
-    """32 hex digits (``call_id``, ``lens_run_id``), unique across processes and forks: a random
-    per-process prefix and a counter (``uuid4()`` makes a system call per id)."""
+    """32 hex digits, unique across processes and forks: a random per-process prefix and a counter."""
     return _id_prefix + hex(next(_id_counter))[3:]
 
 
@@ -263,10 +253,8 @@ _MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def iso_timestamp(epoch: float) -> str:
-    """UTC ISO-8601 with milliseconds and a ``Z``: ``2025-02-14T10:30:45.123Z``.
-
-    The last seconds' text is cached (``strftime`` costs more than the rest of a record; a call's
-    start and end often fall in different seconds) and the milliseconds come from a table."""
+    """UTC ISO-8601 with milliseconds and a ``Z`` (``2025-02-14T10:30:45.123Z``), the last seconds'
+    text cached (``strftime`` is costly)."""
     seconds = int(epoch)
     prefix = _second_prefixes.get(seconds)
     if prefix is None:
@@ -302,11 +290,8 @@ def call_record(
     cost_matched_by: str = "model",
     reported_cost_units: int | None = None,
 ) -> CallRecord:
-    """Build one ``llm_api_call`` record; costs are in 10**-24 USD (``USD_UNITS`` per dollar), the
-    prompt's and the completion's both given or both ``None`` (unpriced).
-
-    ``server`` is where the call went (``None``: unknown, the default provider). ``cost_source``
-    names the rates of the computed cost; ``reported_cost_units``, the provider's own figure, wins."""
+    """Build one ``llm_api_call`` record; costs in 10**-24 USD, prompt and completion both given or
+    both None (unpriced); ``reported_cost_units``, the provider's own figure, wins."""
     end = iso_timestamp(start_epoch + duration_s)
     prompt_usd = completion_usd = total_usd = computed_usd = computed_units = None
     if prompt_cost_units is None or completion_cost_units is None:  # unpriced: both are None
@@ -355,10 +340,8 @@ def call_record(
 
 
 def billed_without_cost(record: Mapping[str, Any]) -> bool:
-    """Whether a call has no cost yet may have been billed: an ok call without a price (or without
-    usage), or a failed call that reported tokens or whose streamed answer had begun (its id seen:
-    the tokens produced are billed, their count never came). A lens with one has
-    ``cost_complete: false``, and the exporters count it as an unpriced call."""
+    """Whether a call has no cost yet may have been billed: an ok call unpriced, or a failed one that
+    reported tokens or whose streamed answer had begun (``cost_complete: false`` in its lens)."""
     if record["cost"]["total_cost_usd"] is not None:
         return False
     if record["status"] != "error" or record["usage"]["total_tokens"]:
@@ -367,14 +350,9 @@ def billed_without_cost(record: Mapping[str, Any]) -> bool:
 
 
 class LensTotals:
-    """Running totals of one lens run; thread-safe, since a lens may fan out to threads and tasks.
-
-    A call counts from the moment it starts (``begin``) to the moment it ends (``add``), and its
-    record reaches the sinks before the run's (``settle``). A lens that ends while calls it started
-    are still open (a stream read after the block, a thread still running) reports them as
-    ``open_calls``; its record is then emitted by the last of them to settle (``settle`` returns
-    True), so the log always carries the whole run, after its calls.
-    """
+    """Running totals of one lens run, thread-safe. A call counts from ``begin`` to ``add``, and its
+    record is emitted before the run's (``settle``): a run ending with calls open reports them as
+    ``open_calls``, and the last of them to settle emits the run's whole record."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -399,9 +377,8 @@ class LensTotals:
         self.models: set[str] = set()
 
     def begin(self) -> bool:
-        """Count a call that starts now; False once the lens has ended (it counts in no lens), or in a
-        child forked since the run began: the run is the parent's (only it writes the run's record), and
-        the lock may have been held at the fork by a thread the child does not have."""
+        """Count a call that starts now; False once the run ended, or in a child forked since it began
+        (the run is the parent's, and the lock may have been held at the fork)."""
         if self.made_in is not _id_prefix:
             return False
         with self._lock:
@@ -441,15 +418,13 @@ class LensTotals:
                 self.models.add(model)
 
     def settle(self) -> bool:
-        """A counted call's record was emitted; True when the run's record is due now (the run has
-        ended, and this was the last of its calls to end)."""
+        """A counted call's record was emitted; True when the run's record is due now."""
         with self._lock:
             self.emitting -= 1
             return self.closed and self.open == 0 and self.emitting == 0
 
     def close(self, wall_s: float) -> tuple[LensSummary, bool]:
-        """End the run: its summary now, and whether its record is due now (every call it counts
-        ended, and its record was emitted)."""
+        """End the run: its summary now, and whether its record is due now."""
         with self._lock:
             self.closed = True
             return self._summary(wall_s), self.open == 0 and self.emitting == 0
@@ -483,9 +458,8 @@ class LensTotals:
 def lens_record(
     *, context: dict[str, Any], summary: LensSummary, end_epoch: float, anomaly_metrics: tuple[str, ...] = ()
 ) -> LensRecord:
-    """Build one ``lens_summary`` record, its summary a copy: a sink may change the record it is
-    handed, never the run's ``summary`` the application stores. ``anomaly_metrics``: the summary keys
-    anomaly detection judges the run on (none: detection is off, and the record says nothing)."""
+    """Build one ``lens_summary`` record, its summary a copy (a sink never changes the run's);
+    ``anomaly_metrics``: the keys anomaly detection judges the run on (none: it is off)."""
     summary = summary.copy()
     summary["models_used"] = list(summary["models_used"])
     run = _run_record(iso_timestamp(end_epoch), "INFO", LENS_EVENT, context)
