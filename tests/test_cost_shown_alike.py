@@ -75,3 +75,19 @@ def test_the_plugins_table_writes_counts_as_llm_ledger_report_does() -> None:
     ]
     assert plugin[2:5] == ["1,200", "120,000", "24,000"]
     assert report[2] == plugin[2]
+
+
+def test_a_failed_call_is_explained_alike_by_the_plugin_and_the_diff() -> None:
+    """What a failed call is and what it counts reads the same in the plugin's per-lens table and in
+    ``llm-ledger diff``: the words of :mod:`llm_ledger.report`, written once."""
+    from llm_ledger.report import NO_ANSWER, diff_reports, failed_calls, render_diff
+
+    assert failed_calls(2) == "2 failed call(s) (cassette misses or API errors)"
+    assert failed_calls() == "calls that failed (cassette misses or API errors)"
+    assert NO_ANSWER == "one that got no answer counts no tokens or cost"
+    ledger = SessionLedger()
+    test = "tests/test_app.py::test_summary"
+    ledger.add_call(test, call(lens=None, status="error", cost=None))
+    assert render_lens_table(ledger)[-1] == f"failed: {failed_calls()}; {NO_ANSWER}: (no lens) (1, in {test})"
+    diff = render_diff(diff_reports(SessionLedger().report(), ledger.report()), "text")
+    assert f"head: {failed_calls(1)} in {test}; {NO_ANSWER}" in diff
