@@ -26,7 +26,7 @@ from typing import Any, Final, NamedTuple
 from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
-from .._table import markdown_table, one_line, percent, text_table, usd
+from .._table import NO_FIGURE, markdown_table, one_line, percent, text_table, usd
 from ..loading import join, listed, printable, read_file, shown
 from ._read import REPORT_SCHEMA, strict_loads
 from ._render import strict_json
@@ -514,7 +514,7 @@ def _exit_message(diff: dict[str, Any]) -> str:
 
 def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
     if value is None:
-        return "—"
+        return NO_FIGURE
     if metric in _COSTS:
         return usd(value, signed)
     sign = "+" if signed and value > 0 else ""
@@ -522,7 +522,7 @@ def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else percent(value)
+    return NO_FIGURE if value is None else percent(value)
 
 
 def _by_change(diff: dict[str, Any]) -> list[str]:
@@ -557,7 +557,7 @@ def _cells(diff: dict[str, Any]) -> list[Section]:
             if metric in _COSTS:  # a lower bound: * on each side that leaves calls out, and on its change
                 marked = [side in row["cost_gaps"] for side in ("base", "head")]
                 marked += [any(marked)] * 2
-                cells = [c + "*" if mark and c != "—" else c for c, mark in zip(cells, marked, strict=True)]
+                cells = [c + "*" * (m and c != NO_FIGURE) for c, m in zip(cells, marked, strict=True)]
             rows.append([DIFF_METRICS[metric], *cells])
         out.append((kind, name, row, rows))
     return out
