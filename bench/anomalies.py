@@ -25,7 +25,7 @@ from typing import Any
 
 from llm_ledger import AnomalyConfig, AnomalyDetector
 from llm_ledger._records import LensSummary, lens_record
-from llm_ledger._table import NO_FIGURE
+from llm_ledger._table import NO_FIGURE, markdown_table
 
 LENSES = {"digest": (1500, 0.0009, 1200.0), "classify": (300, 0.00005, 400.0)}  # tokens, USD, ms
 PRICE_PER_TOKEN = {name: usd / tokens for name, (tokens, usd, _) in LENSES.items()}
@@ -132,8 +132,7 @@ def _ratio(value: float | None) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+    return "\n".join(markdown_table(headers, rows))
 
 
 def main(argv: list[str] | None = None) -> None:
