@@ -64,7 +64,6 @@ _REQUIRED: Final = {
     "total": ("api_calls", "total_tokens", "cost_usd", "errors"),
     "usage": ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "uncosted_calls"),
 }
-# a failed call counts what its answer reported: one cut short after a billed answer counts it
 NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
 _NO_LENS_TITLE: Final = f"{NO_LENS_ROW}: calls outside any lens"
 _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would overflow a percentage
