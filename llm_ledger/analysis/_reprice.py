@@ -388,10 +388,7 @@ def render(result: Reprice, fmt: str = "text") -> str:
     if not total.before_complete:
         lines += ["", "* before leaves out calls recorded without a cost"]
     if not (total.before_complete and total.after_complete):
-        lines += [
-            "",
-            f"* change compares only the calls with a price before and after ({NO_FIGURE}: none has)",
-        ]
+        lines += ["", f"* change compares only the calls priced before and after ({NO_FIGURE}: none is)"]
     return printable("\n".join(lines) + "\n")  # a file or model name may hold a lone surrogate
 
 
