@@ -25,6 +25,7 @@ from typing import Any
 
 from llm_ledger import AnomalyConfig, AnomalyDetector
 from llm_ledger._records import LensSummary, lens_record
+from llm_ledger._table import NO_FIGURE, markdown_table
 
 LENSES = {"digest": (1500, 0.0009, 1200.0), "classify": (300, 0.00005, 400.0)}  # tokens, USD, ms
 PRICE_PER_TOKEN = {name: usd / tokens for name, (tokens, usd, _) in LENSES.items()}
@@ -127,12 +128,11 @@ def score(histories: list[History], config: AnomalyConfig) -> dict[str, Any]:
 
 
 def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    return NO_FIGURE if value is None else f"{value:.3f}"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+    return "\n".join(markdown_table(headers, rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 str(seed),
                 str(sum(1 for n in at if n < 0)),
                 str(len(soon)),
-                str(max(soon, default="-")),
+                str(max(soon, default=NO_FIGURE)),
                 str(late),
             ]
         )

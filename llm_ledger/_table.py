@@ -8,8 +8,11 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Final
 
-__all__ = ["markdown_table", "one_line", "percent", "text_table", "usd"]
+__all__ = ["NO_FIGURE", "markdown_table", "one_line", "percent", "text_table", "usd"]
+
+NO_FIGURE: Final = "—"  # a cell whose figure cannot be given: an absent side, a change with no price after
 
 
 def usd(value: Decimal | float, signed: bool = False, *, complete: bool = True) -> str:

@@ -24,10 +24,11 @@ from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
 from .analysis._read import REPORT_SCHEMA, InputStats, LogReader
 from .analysis._render import FORMATS, render
-from .analysis._usage import NO_LENS, UsageRow, cost_gaps, usage_row
+from .analysis._usage import NO_ANSWER, NO_LENS, UsageRow, cost_gaps, failed_calls, usage_row
 
 __all__ = [
     "FORMATS",
+    "NO_ANSWER",
     "NO_LENS",
     "REPORT_SCHEMA",
     "CostReport",
@@ -40,6 +41,7 @@ __all__ = [
     "cost_decimal",
     "cost_gaps",
     "diff_reports",
+    "failed_calls",
     "load_report",
     "render",
     "render_diff",

@@ -20,11 +20,13 @@ import yaml
 from llm_ledger import Budgets, Limits
 from llm_ledger.loading import did_you_mean, listed
 from llm_ledger.report import (
+    NO_ANSWER,
     NO_LENS,
     REPORT_SCHEMA,
     UsageRow,
     cost_decimal,
     cost_gaps,
+    failed_calls,
     text_table,
     usage_row,
     usd,
@@ -545,11 +547,7 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
             for key, _, s, tests in named
             if s.errors
         ]
-        # a failed call counts what its answer reported: one cut short after a billed answer counts it
-        lines.append(
-            "failed: calls that failed (cassette misses or API errors); one that got no answer counts no "
-            f"tokens or cost: {listed(lenses)}"
-        )
+        lines.append(f"failed: {failed_calls()}; {NO_ANSWER}: {listed(lenses)}")
     return lines
 
 

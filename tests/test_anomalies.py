@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 import llm_ledger
 from bench.anomalies import LENSES, flagged, history
+from bench.anomalies import main as bench_main
 from llm_ledger import AnomalyConfig, AnomalyDetector, ConfigError
 from llm_ledger._cli import main
 from llm_ledger._records import LensSummary, lens_record
@@ -90,6 +91,20 @@ def test_a_lasting_change_of_level_becomes_the_baseline() -> None:
     alarms = flagged(h.records, AnomalyConfig())
     steps = sorted(int(run.rsplit("-", 1)[1]) for run in alarms)
     assert steps and steps[0] == 150 and steps[-1] < 250
+
+
+def test_the_benchmark_prints_the_tables_of_the_docs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench.anomalies`` prints Markdown tables as the reports do (docs/ANOMALIES.md shows
+    them): names left, figures right, and a ratio with nothing to divide (no spike) as "—"."""
+    bench_main(["--seeds", "1", "--runs", "30"])
+    lines = capsys.readouterr().out.splitlines()
+    tables = [n for n, line in enumerate(lines) if line.startswith("|---")]
+    assert len(tables) == 3
+    assert lines[tables[0] - 1].startswith("| history | spike | spikes | caught | false alarms | precision |")
+    assert lines[tables[0]] == "|---" + "|---:" * 8 + "|"
+    assert lines[tables[0] + 1].startswith("| steady | none | 0 | 0 | ") and lines[tables[0] + 1].endswith(
+        " | — | — | — | — |"
+    )
 
 
 def _deepseek_day(runs: int, runaway_at: int | None = None) -> list[dict[str, Any]]:

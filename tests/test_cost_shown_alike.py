@@ -17,6 +17,10 @@ pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the ne
 _DOLLARS = re.compile(r"[-+]?\$[\d,.]+[*+]?")
 
 
+def _row_cells(lines: list[str], name: str) -> list[str]:
+    return next(line.split() for line in lines if line.split()[:1] == [name])
+
+
 def _row_cost(lines: list[str], name: str) -> str:
     (row,) = [line for line in lines if line.startswith(f"{name} ")]
     (cost,) = _DOLLARS.findall(row)
@@ -75,3 +79,34 @@ def test_the_plugins_table_writes_counts_as_llm_ledger_report_does() -> None:
     ]
     assert plugin[2:5] == ["1,200", "120,000", "24,000"]
     assert report[2] == plugin[2]
+
+
+def test_a_failed_call_is_explained_alike_by_the_plugin_and_the_diff() -> None:
+    """What a failed call is and what it counts reads the same in the plugin's per-lens table and in
+    ``llm-ledger diff``: the words of :mod:`llm_ledger.report`, written once."""
+    from llm_ledger.report import NO_ANSWER, diff_reports, failed_calls, render_diff
+
+    assert failed_calls(2) == "2 failed call(s) (cassette misses or API errors)"
+    assert failed_calls() == "calls that failed (cassette misses or API errors)"
+    assert NO_ANSWER == "one that got no answer counts no tokens or cost"
+    ledger = SessionLedger()
+    test = "tests/test_app.py::test_summary"
+    ledger.add_call(test, call(lens=None, status="error", cost=None))
+    assert render_lens_table(ledger)[-1] == f"failed: {failed_calls()}; {NO_ANSWER}: (no lens) (1, in {test})"
+    diff = render_diff(diff_reports(SessionLedger().report(), ledger.report()), "text")
+    assert f"head: {failed_calls(1)} in {test}; {NO_ANSWER}" in diff
+
+
+def test_a_figure_that_cannot_be_given_reads_alike() -> None:
+    """A figure with nothing to give it (the average duration of a lens that made no call, the change
+    of a lens that has no price after, a lens absent from a side of a diff) reads "—" in every report."""
+    from llm_ledger._records import LensTotals, lens_record
+    from llm_ledger.report import diff_reports, render_diff
+
+    idle = lens_record(context={"lens_key": "idle"}, summary=LensTotals().summary(1.0), end_epoch=1e9)
+    report = render(summarise_records([dict(idle)])).splitlines()
+    assert _row_cells(report, "idle")[-1] == "—"
+    ledger = SessionLedger()
+    ledger.add_call("tests/test_app.py::test_summary", call(lens=None))
+    diff = render_diff(diff_reports(SessionLedger().report(), ledger.report()), "text").splitlines()
+    assert _row_cells(diff, "calls")[1] == "—"  # no base

@@ -388,13 +388,13 @@ def test_a_report_reprices_long_context_tiers_per_call_not_per_sum(
 def test_calls_with_no_price_after_are_not_a_saving(
     capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]]
 ) -> None:
-    """At a provider that sells none of the models, "after" knows no price: the change is n/a, not
+    """At a provider that sells none of the models, "after" knows no price: the change is "—", not
     -100%; where some calls keep a price, the change compares only those (marked *)."""
     path, _ = recorded
     assert main(["reprice", str(path), "--provider", "groq"]) == 0
     lines = capsys.readouterr().out.splitlines()
     total = next(line for line in lines if line.startswith("(total)")).split()
-    assert total[-3:] == ["$0.000000*", "n/a", "n/a"]
+    assert total[-3:] == ["$0.000000*", "—", "—"]
     # gpt-4o moved to a Llama on Groq: only lens "summary" has a price after, and it alone is compared
     llama = "gpt-4o=llama-3.3-70b-versatile"
     result = reprice_json(capsys, str(path), "--provider", "groq", "--model", llama)

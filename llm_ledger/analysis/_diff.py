@@ -26,11 +26,11 @@ from typing import Any, Final, NamedTuple
 from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
-from .._table import markdown_table, one_line, percent, text_table, usd
+from .._table import NO_FIGURE, markdown_table, one_line, percent, text_table, usd
 from ..loading import join, listed, printable, read_file, shown
 from ._read import REPORT_SCHEMA, strict_loads
 from ._render import strict_json
-from ._usage import NO_LENS, cost_gaps, model_name, recorded_count
+from ._usage import NO_ANSWER, NO_LENS, cost_gaps, failed_calls, model_name, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -64,8 +64,6 @@ _REQUIRED: Final = {
     "total": ("api_calls", "total_tokens", "cost_usd", "errors"),
     "usage": ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "uncosted_calls"),
 }
-# a failed call counts what its answer reported: one cut short after a billed answer counts it
-_NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
 _NO_LENS_TITLE: Final = f"{NO_LENS_ROW}: calls outside any lens"
 _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would overflow a percentage
@@ -323,10 +321,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> Iterator[_Flag]:
             "; its numbers leave out what those tests did not get to do",
         )
     if errors := _number(report["total"], "errors"):
-        yield _Flag(
-            f"the {name} report ({path}) counts {int(errors)} failed call(s) (cassette misses or API "
-            f"errors): {_NO_ANSWER}"
-        )
+        yield _Flag(f"the {name} report ({path}) counts {failed_calls(int(errors))}: {NO_ANSWER}")
     unpriced = [n for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
         yield _Flag(
@@ -456,7 +451,7 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         elif "base" in failed and "head" not in failed:  # the same: its failed calls counted no cost
             count = "some" if failed["base"] is None else failed["base"]
             reason = "unchecked"
-            why = f"base: {count} failed call(s) (cassette misses or API errors), which count no cost"
+            why = f"base: {failed_calls(count)}, which count no cost"
         else:
             reason = "grew"
         out.append(
@@ -518,7 +513,7 @@ def _exit_message(diff: dict[str, Any]) -> str:
 
 def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
     if value is None:
-        return "—"
+        return NO_FIGURE
     if metric in _COSTS:
         return usd(value, signed)
     sign = "+" if signed and value > 0 else ""
@@ -526,7 +521,7 @@ def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else percent(value)
+    return NO_FIGURE if value is None else percent(value)
 
 
 def _by_change(diff: dict[str, Any]) -> list[str]:
@@ -561,7 +556,7 @@ def _cells(diff: dict[str, Any]) -> list[Section]:
             if metric in _COSTS:  # a lower bound: * on each side that leaves calls out, and on its change
                 marked = [side in row["cost_gaps"] for side in ("base", "head")]
                 marked += [any(marked)] * 2
-                cells = [c + "*" if mark and c != "—" else c for c, mark in zip(cells, marked, strict=True)]
+                cells = [c + "*" * (m and c != NO_FIGURE) for c, m in zip(cells, marked, strict=True)]
             rows.append([DIFF_METRICS[metric], *cells])
         out.append((kind, name, row, rows))
     return out
@@ -579,8 +574,7 @@ def _notes(row: dict[str, Any], names: Names) -> list[str]:
             continue
         tests = [names(test) for test in row["failed_call_tests"].get(side, ())]
         where = f" in {listed(tests)}" if tests else ""
-        failed = f"{count} failed call(s) (cassette misses or API errors){where}"
-        notes.append(f"{side}: {failed}; {_NO_ANSWER}")
+        notes.append(f"{side}: {failed_calls(count)}{where}; {NO_ANSWER}")
     return notes
 
 

@@ -7,7 +7,7 @@ import math
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .._table import markdown_table, text_table, usd
+from .._table import NO_FIGURE, markdown_table, text_table, usd
 from ..loading import printable
 from ._aggregate import CostReport, CostRow, as_text
 
@@ -73,7 +73,7 @@ def _cells(row: CostRow) -> list[str]:
         f"{row.completion_tokens:,}",
         f"{row.total_tokens:,}",
         usd(row.cost_usd, complete=row.cost_complete),
-        "-" if avg is None else f"{avg:,.0f}",
+        NO_FIGURE if avg is None else f"{avg:,.0f}",
     ]
 
 

@@ -35,7 +35,7 @@ from .._pricing import (
     reasoning_outside,
 )
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from .._table import markdown_table, percent, text_table, usd
+from .._table import NO_FIGURE, markdown_table, percent, text_table, usd
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
@@ -353,10 +353,10 @@ def _cells(row: Row) -> list[str]:
     ]
     delta = row.change_usd
     if delta is None:
-        return [*cells, "n/a", "n/a"]
+        return [*cells, NO_FIGURE, NO_FIGURE]
     base = row.compared_before_usd
     mark = "" if row.before_complete and row.after_complete else "*"
-    return [*cells, usd(delta, signed=True) + mark, percent(delta / base * 100) + mark if base else "n/a"]
+    return [*cells, usd(delta, signed=True) + mark, percent(delta / base * 100) + mark if base else NO_FIGURE]
 
 
 def render(result: Reprice, fmt: str = "text") -> str:
@@ -388,7 +388,7 @@ def render(result: Reprice, fmt: str = "text") -> str:
     if not total.before_complete:
         lines += ["", "* before leaves out calls recorded without a cost"]
     if not (total.before_complete and total.after_complete):
-        lines += ["", "* change compares only the calls with a price before and after (n/a: none has)"]
+        lines += ["", f"* change compares only the calls priced before and after ({NO_FIGURE}: none is)"]
     return printable("\n".join(lines) + "\n")  # a file or model name may hold a lone surrogate
 
 

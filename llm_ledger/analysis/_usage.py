@@ -19,9 +19,11 @@ from .._records import cost_decimal
 if TYPE_CHECKING:
     from .._pricing import PriceTable
 
-__all__ = ["NO_LENS", "UsageRow", "cost_gaps", "model_name", "usage_row"]
+__all__ = ["NO_ANSWER", "NO_LENS", "UsageRow", "cost_gaps", "failed_calls", "model_name", "usage_row"]
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
+# A failed call counts what its answer reported: one cut short after a billed answer counts it.
+NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_MODEL: Final = "<no model>"  # the name of a call's model when neither request nor answer has one
 # The first port of Linux's default range of ports given to sockets bound to port 0 (the other systems'
 # start higher, at 49152): a loopback server on one of these was started for a run, not configured.
@@ -37,6 +39,13 @@ def _loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def failed_calls(count: int | str | None = None) -> str:
+    """Calls that failed, as every report names them: "2 failed call(s) (cassette misses or API
+    errors)"; without ``count``, "calls that failed (...)"."""
+    what = "calls that failed" if count is None else f"{count} failed call(s)"
+    return f"{what} (cassette misses or API errors)"
 
 
 @functools.cache
