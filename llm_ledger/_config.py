@@ -20,7 +20,8 @@ from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budge
 from ._errors import ConfigError, PriceFileError, internal_log
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor
-from ._pricing import PriceTable, preload
+from ._pricing import PriceTable
+from ._rates import preload
 from ._records import LOGGER_NAME
 from .exporters import _setup as _exporters
 from .loading import BOOLEAN_WORDS

@@ -12,14 +12,7 @@ from typing import Final
 import yaml
 
 from llm_ledger._errors import PriceFileError
-from llm_ledger._pricing import (
-    _MAX_RATE,
-    HostPrice,
-    Rates,
-    _genai_provider,
-    host_matcher,
-    provider_error,
-)
+from llm_ledger._rates import MAX_RATE, HostPrice, Rates, _genai_provider, host_matcher, provider_error
 from llm_ledger.loading import Document, did_you_mean, join, read_file
 
 __all__ = ["SERVICE_TIERS", "load_price_file"]
@@ -133,7 +126,7 @@ def _rates(
             why = "" if key in ("input", "output") else ": its entry gives one, so each of its tiers must"
             raise doc.error(node, entry_path, f"missing required key {key!r} ({_RATE_MEANINGS[key]}){why}")
     rates = {
-        key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
+        key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=MAX_RATE)
         for key, value in fields.items()
         if key in _RATE_KEYS
     }
