@@ -12,12 +12,21 @@ from typing import Final
 import yaml
 
 from llm_ledger._errors import PriceFileError
-from llm_ledger._rates import MAX_RATE, HostPrice, Rates, _genai_provider, host_matcher, provider_error
-from llm_ledger.loading import Document, did_you_mean, join, read_file
+from llm_ledger._rates import (
+    MAX_RATE,
+    RATE_FIELDS,
+    SERVICE_TIERS,
+    HostPrice,
+    Rates,
+    _genai_provider,
+    host_matcher,
+    provider_error,
+    service_tier_error,
+)
+from llm_ledger.loading import Document, join, read_file
 
-__all__ = ["SERVICE_TIERS", "load_price_file"]
+__all__ = ["load_price_file"]
 
-_RATE_KEYS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
 _RATE_MEANINGS: Final = {
     "input": "USD per 1M input tokens",
     "cached_input": "USD per 1M cached input tokens",
@@ -26,12 +35,10 @@ _RATE_MEANINGS: Final = {
     "output": "USD per 1M output tokens",
     "output_audio": "USD per 1M audio output tokens",
 }
-_MODEL_KEYS: Final = (*_RATE_KEYS, "long_context", "service_tiers")
+_MODEL_KEYS: Final = (*RATE_FIELDS, "long_context", "service_tiers")
 _HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
-_LONG_CONTEXT_KEYS: Final = ("above", *_RATE_KEYS)
-_SERVICE_TIER_KEYS: Final = (*_RATE_KEYS, "long_context")
-# the service tiers a response names that a price file may price apart ("default" is the entry itself)
-SERVICE_TIERS: Final = ("flex", "priority", "fast", "scale")
+_LONG_CONTEXT_KEYS: Final = ("above", *RATE_FIELDS)
+_SERVICE_TIER_KEYS: Final = (*RATE_FIELDS, "long_context")
 # other tools' names for our keys (litellm's, genai-prices'), some of which look like another key of ours
 _KEYS_MEANT: Final = {
     "cache_read": "cached_input",
@@ -104,7 +111,7 @@ def _rate_fields(
         for key_node, _ in node.value:
             meant = _KEYS_MEANT.get(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
             if meant in keys:
-                what = "rate" if meant in _RATE_KEYS else "key"
+                what = "rate" if meant in RATE_FIELDS else "key"
                 raise doc.error(
                     key_node, f"{entry_path}.{key_node.value}", f"unknown key; the {what} meant is {meant!r}"
                 )
@@ -128,9 +135,9 @@ def _rates(
     rates = {
         key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=MAX_RATE)
         for key, value in fields.items()
-        if key in _RATE_KEYS
+        if key in RATE_FIELDS
     }
-    given = tuple(key for key in _RATE_KEYS if key in rates)
+    given = tuple(key for key in RATE_FIELDS if key in rates)
     return Rates(
         label,
         rates["input"],
@@ -189,15 +196,7 @@ def _service_tiers(
     for name, key_node, item in doc.mapping(node, key_path, expected):
         tier_path = join(key_path, name)
         if name not in SERVICE_TIERS:
-            hint = (
-                f"; the standard tier's rates are the entry's own ({', '.join(given)})"
-                if name in ("default", "auto")
-                else did_you_mean(name, SERVICE_TIERS)
-            )
-            choices = ", ".join(SERVICE_TIERS)
-            raise doc.error(
-                key_node, tier_path, f"unknown service tier{hint}; valid service tiers: {choices}"
-            )
+            raise doc.error(key_node, tier_path, service_tier_error(name, list(given)))
         rates_expected = f"a mapping with keys {', '.join(_SERVICE_TIER_KEYS)} (USD per 1M tokens)"
         keys = _rate_fields(doc, item, tier_path, rates_expected, _SERVICE_TIER_KEYS)
         tiers.append((name, _rates(doc, item, tier_path, label, keys, given)))

@@ -27,6 +27,7 @@ from llm_ledger._price_file import load_price_file
 from llm_ledger._rates import (
     DEFAULT_PROVIDER,
     PRICE_FILE_SOURCE,
+    SERVICE_TIERS,
     HostPrice,
     Rates,
     _genai_provider,
@@ -540,11 +541,11 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
         return None
     source = f"genai-prices {genai_prices.__version__}"
     # the service tiers genai-prices prices apart (OpenAI's flex and priority); as in genai-prices, only
-    # at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's)
+    # at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's). A
+    # tier Rates does not know (one genai-prices adds later) costs the standard rates, as it did before.
     own = any(info is model for model in provider.models)
-    served = sorted(
-        {v.when["service_tier"] for v in info.price_variants or () if set(v.when) == {"service_tier"}}
-    )
+    variants = [v.when for v in info.price_variants or () if set(v.when) == {"service_tier"}]
+    served = sorted({when["service_tier"] for when in variants} & set(SERVICE_TIERS))
 
     def entry(moment: datetime) -> _Entry | None:
         rates = _rates_from_model_info(info, source, moment)

@@ -25,12 +25,15 @@ __all__ = [
     "HOST_FORM",
     "MAX_RATE",
     "PRICE_FILE_SOURCE",
+    "RATE_FIELDS",
+    "SERVICE_TIERS",
     "HostPrice",
     "Rates",
     "host_matcher",
     "known_providers",
     "preload",
     "provider_error",
+    "service_tier_error",
 ]
 
 
@@ -43,6 +46,10 @@ MAX_RATE: Final = Decimal(1_000_000)
 _HOST_PATTERN: Final = re.compile(
     r"(?P<host>[a-z0-9*?](?:[a-z0-9*?.-]*[a-z0-9*?])?|\[[0-9a-f:.*?]+\])(?::(?P<port>[0-9]{1,5}))?"
 )
+# the rates a model may give, in the order messages list them; all but input and output are optional
+RATE_FIELDS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
+# the service tiers a response names that may be priced apart ("default" is the standard rates)
+SERVICE_TIERS: Final = ("flex", "priority", "fast", "scale")
 HOST_FORM: Final = (
     "a host name or IP address with an optional :port and * ? wildcards, no scheme or path "
     '(e.g. "localhost:11434", "*.internal.example.com", "10.0.0.*")'
@@ -80,7 +87,7 @@ class Rates:
     service_tiers: tuple[tuple[str, Rates], ...] = ()
 
     def __post_init__(self) -> None:
-        for field_name in ("input", "output", "cached_input", "cache_write", "input_audio", "output_audio"):
+        for field_name in RATE_FIELDS:
             value = getattr(self, field_name)
             if value is None and field_name not in ("input", "output"):
                 continue
@@ -112,6 +119,20 @@ class Rates:
                     f"Rates({self.model!r}).service_tiers: expected (name, Rates) pairs with distinct names "
                     f"and no nested service tiers, got {self.service_tiers!r}"
                 )
+            if name not in SERVICE_TIERS:
+                given = [key for key in RATE_FIELDS if getattr(self, key) is not None]
+                raise ConfigError(
+                    f"Rates({self.model!r}).service_tiers.{name}: {service_tier_error(name, given)}"
+                )
+
+
+def service_tier_error(name: str, given: list[str]) -> str:
+    """Why ``name`` is not in :data:`SERVICE_TIERS`, for an entry giving the rates ``given``."""
+    if name in ("default", "auto"):
+        hint = f"; the standard tier's rates are the entry's own ({', '.join(given)})"
+    else:
+        hint = did_you_mean(name, SERVICE_TIERS)
+    return f"unknown service tier{hint}; valid service tiers: {', '.join(SERVICE_TIERS)}"
 
 
 @dataclass(frozen=True, slots=True)
