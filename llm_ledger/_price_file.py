@@ -59,13 +59,20 @@ _MAX_ABOVE: Final = Decimal(10**9)
 _STR_TAG: Final = "tag:yaml.org,2002:str"
 
 
-def load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
-    """The model rates and host prices of the price file at ``path``."""
+def load_price_file(
+    path: str | os.PathLike[str], *, without: str = "give no price file"
+) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
+    """The model rates and host prices of the price file at ``path``; ``without`` says how to do without
+    one when it is missing (configure()'s "unset LLM_LEDGER_PRICE_FILE")."""
     if not isinstance(path, (str, os.PathLike)):
         raise PriceFileError(f"a price file is named by a path (str or os.PathLike), got {path!r}")
     name = os.fspath(path)
     doc = Document(name, PriceFileError, "a price file")
-    root = doc.compose(read_file(name, PriceFileError, "price file"))
+    hint = (
+        "; create it (version: 1, and models: with each model's input and output USD per 1M tokens; "
+        f"docs/PRICING.md), or {without} to use genai-prices alone"
+    )
+    root = doc.compose(read_file(name, PriceFileError, "price file", hint=hint))
     expected_top = "a mapping with keys 'version', 'models' and/or 'hosts'"
     if root is None:
         raise PriceFileError(f"{name}: the file is empty, expected {expected_top}")

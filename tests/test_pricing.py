@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import llm_ledger
 from llm_ledger import _pricing
 from llm_ledger._errors import ConfigError, PriceFileError
 from llm_ledger._pricing import Cost, PriceTable, Rates, price
@@ -511,10 +512,19 @@ def test_bad_price_file_names_file_line_key_and_value(tmp_path: Path, text: str,
 
 
 def test_missing_price_file(tmp_path: Path) -> None:
-    """A missing price file is a PriceFileError naming the path."""
+    """A missing price file is one PriceFileError, wherever it is named: the path, then how to create it
+    or do without it (configure() says which setting to drop: tests/test_ledger_config.py)."""
     path = tmp_path / "nope.yaml"
-    with pytest.raises(PriceFileError, match=r"nope\.yaml: price file not found$"):
+    message = (
+        f"{path}: price file not found; create it (version: 1, and models: with each model's input and "
+        "output USD per 1M tokens; docs/PRICING.md), or give no price file to use genai-prices alone"
+    )
+    with pytest.raises(PriceFileError) as excinfo:
         PriceTable.from_file(path)
+    assert str(excinfo.value) == message
+    with pytest.raises(PriceFileError) as excinfo:
+        llm_ledger.LLMCallMonitor(logger=None, prices=path)
+    assert str(excinfo.value) == message
 
 
 def test_unreadable_price_files(tmp_path: Path) -> None:
