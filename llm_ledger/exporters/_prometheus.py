@@ -112,17 +112,27 @@ def _warn_unserved() -> None:
     )
 
 
-# what the lens label's reserved values stand for; a lens keyed as one of them shares its series
-_RESERVED_LENSES: Final = {NO_LENS: "the calls outside any lens", OTHER: "the lenses past the cap"}
+# each label's reserved values and what they stand for: a lens, model or service tier named as one
+# shares their series (kept rather than escaped: dashboards already query lens="none"), and is told once
+_RESERVED: Final = {
+    "lens": {NO_LENS: "the calls outside any lens", OTHER: "the lenses past the cap"},
+    "model": {UNKNOWN_MODEL: "the calls that name no model", OTHER: "the models past the cap"},
+    "service_tier": {
+        NO_TIER: "the answers that name no service tier",
+        OTHER: "the service tiers past the cap",
+    },
+}
+_NAMED: Final = {"lens": "lens key", "model": "model", "service_tier": "service tier"}
 
 
-def _say_reserved(lens: str) -> None:
-    """Once per lens key kept: a lens keyed as a reserved label value shares that value's series."""
+def _say_reserved(kind: str, value: str) -> None:
+    """Once per value kept: a label value named as a reserved one shares that value's series."""
+    fix = "; give the lens another key to tell them apart" if kind == "lens" else ""
     _internal_log.warning(
-        "llm-ledger: PrometheusSink: the lens key %r is a reserved value of the lens label, so its series "
-        "also count %s (docs/exporters.md, Cardinality); give the lens another key to tell them apart "
-        "(the JSONL file and the OpenTelemetry spans keep it apart)",
-        lens, _RESERVED_LENSES[lens],
+        "llm-ledger: PrometheusSink: the %s %r is a reserved value of the %s label, so its series also "
+        "count %s (docs/exporters.md, Cardinality)%s; the JSONL file and the OpenTelemetry spans keep "
+        "them apart",
+        _NAMED[kind], value, kind, _RESERVED[kind][value], fix,
     )  # fmt: skip
 
 
@@ -403,8 +413,8 @@ class PrometheusSink:
                 seen.add(value)
         if not kept:
             return OTHER
-        if kind == "lens" and value in _RESERVED_LENSES:
-            _say_reserved(value)
+        if value in _RESERVED[kind]:
+            _say_reserved(kind, value)
         return value
 
     def _admit(self, kind: str, value: str, cap: int) -> bool:
