@@ -43,15 +43,16 @@ _SECTIONS: Final = ("default", "lenses", "tests", "total")
 class Limits:
     """The caps one lens run, test or session must stay within; ``None`` means no cap."""
 
-    # limit key -> the aggregate metric it caps
-    METRIC_OF: ClassVar[Mapping[str, str]] = {
-        "max_api_calls": "api_calls",
-        "max_completion_tokens": "completion_tokens",
-        "max_cost_usd": "cost_usd",
-        "max_prompt_tokens": "prompt_tokens",
-        "max_total_tokens": "total_tokens",
-    }
-    KEYS: ClassVar[tuple[str, ...]] = tuple(METRIC_OF)
+    # Each limit is named by its budgets.yaml key; the total it caps is the key without "max_", as the
+    # plugin's totals and the lens summaries name them (api_calls, cost_usd...).
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "max_api_calls",
+        "max_completion_tokens",
+        "max_cost_usd",
+        "max_prompt_tokens",
+        "max_total_tokens",
+    )
+    METRIC_OF: ClassVar[Mapping[str, str]] = {key: key.removeprefix("max_") for key in KEYS}
 
     max_cost_usd: float | None = None
     max_total_tokens: int | None = None
@@ -160,14 +161,8 @@ def as_budgets(value: Budgets | Mapping[str, Any] | str | os.PathLike[str], *, h
 
 # -- production ----------------------------------------------------------------------------------
 
-# LensTotals attribute each limit compares with (costs in 10**-24 USD)
-_TOTAL_OF: Final = {
-    "max_api_calls": "calls",
-    "max_completion_tokens": "completion_tokens",
-    "max_cost_usd": "cost_units",
-    "max_prompt_tokens": "prompt_tokens",
-    "max_total_tokens": "total_tokens",
-}
+# the two totals LensTotals names its own way (its cost in 10**-24 USD); the others it names as Limits
+_LENS_TOTALS: Final = {"api_calls": "calls", "cost_usd": "cost_units"}
 # a cost budget's calls with no price (an unknown model, or no usage reported)
 _UNPRICED: Final = (
     "llm-ledger: lens %r has calls with no price (a model the price table does not know, or no usage "
@@ -226,7 +221,8 @@ class BudgetGuard:
             found = []
             for key, cap in limits.items() if limits else ():
                 exact = int(Decimal(str(cap)) * USD_UNITS) if key == "max_cost_usd" else int(cap)
-                found.append((_TOTAL_OF[key], exact, key, cap))
+                metric = Limits.METRIC_OF[key]
+                found.append((_LENS_TOTALS.get(metric, metric), exact, key, cap))
             checks = tuple(found) or None
             if len(self._checks) < 10_000:  # lens keys are few; a key made per request is not cached
                 self._checks[lens_key] = checks
@@ -255,13 +251,13 @@ class _RunBudget:
             actual = getattr(totals, attribute)
             if actual > cap and key not in self._over:
                 try:
-                    usd_or_count = actual / USD_UNITS if attribute == "cost_units" else actual
+                    usd_or_count = actual / USD_UNITS if key == "max_cost_usd" else actual
                     self._exceeded(monitor, key, written, usd_or_count)
                 except Exception as exc:  # never in the way of the call, nor of the run's summary
                     monitor._report("checking a lens run's budget", exc)
-            elif attribute == "cost_units" and not totals.cost_complete:
+            elif key == "max_cost_usd" and not totals.cost_complete:
                 self._blind(self._guard._unpriced, _UNPRICED, key, written)
-            elif attribute.endswith("_tokens") and not totals.tokens_complete:
+            elif key.endswith("_tokens") and not totals.tokens_complete:
                 self._blind(self._guard._no_usage, _NO_USAGE, key, written)
 
     def _blind(self, warned: set[str], message: str, key: str, cap: float) -> None:
