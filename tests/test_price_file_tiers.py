@@ -192,11 +192,13 @@ def test_python_service_tiers_are_checked() -> None:
         Rates("m", Decimal(2), Decimal(2), tiers=((1_000, nested),))
 
 
-
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("flx", "unknown service tier (did you mean 'flex'?); valid service tiers: flex, priority, fast, scale"),
+        (
+            "flx",
+            "unknown service tier (did you mean 'flex'?); valid service tiers: flex, priority, fast, scale",
+        ),
         (
             "default",
             "unknown service tier; the standard tier's rates are the entry's own (input, cached_input, "
