@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, Unpack
 
 from llm_ledger._errors import ConfigError
 from llm_ledger._extract import JsonView
@@ -48,6 +48,7 @@ __all__ = [
     "HostPrice",
     "MatchedBy",
     "PriceTable",
+    "PricedCall",
     "Rates",
     "Route",
     "day_parts",
@@ -68,6 +69,39 @@ _GLOB_CHARS: Final = frozenset("*?[")
 # Resolved names kept per route; past this, new names are still resolved but no longer cached, so a
 # stream of distinct bogus names cannot grow memory without bound.
 _MAX_CACHED_NAMES: Final = 10_000
+
+
+class PricedCall(TypedDict, total=False):
+    """One call as it is priced: the keywords :func:`price`, :meth:`PriceTable.cost` and
+    :meth:`Route.cost` take after the model. ``prompt_tokens`` and ``completion_tokens`` are required.
+    ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
+    ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
+    ``completion_audio_tokens`` is the audio part of ``completion_tokens`` (each default 0). Reasoning
+    tokens are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now)
+    is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
+    ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...; default
+    the standard one)."""
+
+    prompt_tokens: Required[int]
+    completion_tokens: Required[int]
+    cached_tokens: int
+    cache_write_tokens: int
+    prompt_audio_tokens: int
+    completion_audio_tokens: int
+    at: datetime | None
+    service_tier: str | None
+
+
+# PricedCall's keys (typing's own lists miss Required under postponed annotations before 3.12)
+_COUNTS: Final = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "prompt_audio_tokens",
+    "completion_audio_tokens",
+)
+_CALL_KEYS: Final = (*_COUNTS, "at", "service_tier")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,49 +249,31 @@ class Route:
         entry = self._flat or self._entry(model)
         return None if entry is None else entry.rates
 
-    def cost(
-        self,
-        model: str,
-        *,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        prompt_audio_tokens: int = 0,
-        completion_audio_tokens: int = 0,
-        at: datetime | None = None,
-        service_tier: str | None = None,
-    ) -> Cost | None:
-        """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
-        ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
-        ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
-        ``completion_audio_tokens`` the audio part of ``completion_tokens``. Reasoning tokens are
-        counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
-        when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
-        ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...)."""
-        for name, count in (
-            ("prompt_tokens", prompt_tokens),
-            ("completion_tokens", completion_tokens),
-            ("cached_tokens", cached_tokens),
-            ("cache_write_tokens", cache_write_tokens),
-            ("prompt_audio_tokens", prompt_audio_tokens),
-            ("completion_audio_tokens", completion_audio_tokens),
-        ):
+    def cost(self, model: str, **call: Unpack[PricedCall]) -> Cost | None:
+        """The cost of one call (the keywords: :class:`PricedCall`), or ``None`` (never zero) when
+        ``model`` has no known price here."""
+        unknown = sorted(call.keys() - _CALL_KEYS)
+        missing = [name for name in _COUNTS[:2] if name not in call]
+        if unknown or missing:
+            wrong = f"an unexpected keyword {unknown[0]!r}" if unknown else f"no keyword {missing[0]!r}"
+            raise TypeError(f"cost() got {wrong}; it takes {', '.join(_CALL_KEYS)}")
+        for name in _COUNTS:
+            count = call.get(name, 0)
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
                 raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
+        at = call.get("at")
         if at is not None and not (isinstance(at, datetime) and at.tzinfo is not None):
             raise ValueError(f"at must be a datetime with a time zone (e.g. datetime.now(UTC)), got {at!r}")
-        epoch = None if at is None else at.timestamp()
         costs = self._costs(
             model,
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens,
-            at=epoch,
-            tier=service_tier,
-            written=cache_write_tokens,
-            heard=prompt_audio_tokens,
-            spoken=completion_audio_tokens,
+            call["prompt_tokens"],
+            call["completion_tokens"],
+            call.get("cached_tokens", 0),
+            at=None if at is None else at.timestamp(),
+            tier=call.get("service_tier"),
+            written=call.get("cache_write_tokens", 0),
+            heard=call.get("prompt_audio_tokens", 0),
+            spoken=call.get("completion_audio_tokens", 0),
         )
         if costs is None:
             return None
@@ -467,34 +483,10 @@ class PriceTable:
         entry = None if route._flat is not None else route._entry(model)
         return entry is not None and bool(entry.by_time)
 
-    def cost(
-        self,
-        model: str,
-        *,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        prompt_audio_tokens: int = 0,
-        completion_audio_tokens: int = 0,
-        provider: str | None = None,
-        at: datetime | None = None,
-        service_tier: str | None = None,
-    ) -> Cost | None:
-        """The cost of one call (at ``provider``, else by model name alone, made ``at``, default now, on
-        ``service_tier``, default the standard one), or ``None`` (never zero) when ``model`` has no known
-        price. See :meth:`Route.cost`."""
-        return self._priced_at(provider).cost(
-            model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cached_tokens=cached_tokens,
-            cache_write_tokens=cache_write_tokens,
-            prompt_audio_tokens=prompt_audio_tokens,
-            completion_audio_tokens=completion_audio_tokens,
-            at=at,
-            service_tier=service_tier,
-        )
+    def cost(self, model: str, *, provider: str | None = None, **call: Unpack[PricedCall]) -> Cost | None:
+        """The cost of one call (the keywords: :class:`PricedCall`) at ``provider``, else by model name
+        alone, or ``None`` (never zero) when ``model`` has no known price."""
+        return self._priced_at(provider).cost(model, **call)
 
     def _override(self, candidates: list[str]) -> Rates | None:
         for name in candidates:
@@ -657,29 +649,13 @@ def _builtin_table() -> PriceTable:
 def price(
     model: str,
     *,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int = 0,
-    cache_write_tokens: int = 0,
-    prompt_audio_tokens: int = 0,
-    completion_audio_tokens: int = 0,
     provider: str | None = None,
     table: PriceTable | None = None,
-    at: datetime | None = None,
-    service_tier: str | None = None,
+    **call: Unpack[PricedCall],
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
-    model name at OpenAI's list price), made ``at`` (default: now) on ``service_tier`` (default: the
-    standard one), ``None`` for an unknown model."""
-    return (table or _builtin_table()).cost(
-        model,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        cached_tokens=cached_tokens,
-        cache_write_tokens=cache_write_tokens,
-        prompt_audio_tokens=prompt_audio_tokens,
-        completion_audio_tokens=completion_audio_tokens,
-        provider=provider,
-        at=at,
-        service_tier=service_tier,
-    )
+    model name at OpenAI's list price), ``None`` for an unknown model. The call's keywords
+    (:class:`PricedCall`): ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``,
+    ``cache_write_tokens``, ``prompt_audio_tokens``, ``completion_audio_tokens``, ``at``,
+    ``service_tier``."""
+    return (table or _builtin_table()).cost(model, provider=provider, **call)

@@ -220,6 +220,25 @@ def test_cost_names_a_token_count_that_is_not_a_whole_number(counts: dict[str, A
         price("gpt-4o", **arguments)
 
 
+@pytest.mark.parametrize(
+    ("counts", "wrong"),
+    [
+        (
+            {"prompt_tokens": 10, "completion_tokens": 5, "cache_tokens": 1},
+            "an unexpected keyword 'cache_tokens'",
+        ),
+        ({"prompt_tokens": 10}, "no keyword 'completion_tokens'"),
+    ],
+)
+def test_cost_names_a_keyword_it_does_not_take_or_misses(counts: dict[str, Any], wrong: str) -> None:
+    """A misspelt count (cache_tokens) is a TypeError naming it and the keywords taken, never a count
+    quietly left at 0; so is a missing required count, whichever of price(), PriceTable.cost() and
+    Route.cost() is called."""
+    for cost in (price, PriceTable().cost, PriceTable().route().cost):
+        with pytest.raises(TypeError, match=re.escape(f"cost() got {wrong}; it takes prompt_tokens, ")):
+            cost("gpt-4o", **counts)
+
+
 def test_rates_reject_float_and_negative_prices() -> None:
     """Rates accept only finite, non-negative Decimals (no float money)."""
     with pytest.raises(ConfigError, match=r"Rates\('m'\)\.input"):
