@@ -14,7 +14,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
@@ -92,16 +92,8 @@ class PricedCall(TypedDict, total=False):
     service_tier: str | None
 
 
-# PricedCall's keys (typing's own lists miss Required under postponed annotations before 3.12)
-_COUNTS: Final = (
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "prompt_audio_tokens",
-    "completion_audio_tokens",
-)
-_CALL_KEYS: Final = (*_COUNTS, "at", "service_tier")
+_CALL_KEYS: Final = tuple(PricedCall.__annotations__)
+_COUNTS: Final = _CALL_KEYS[:6]  # the token counts, the two required first
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +355,7 @@ class Route:
     def _resolve(self, model: str) -> _Entry | None:
         if not isinstance(model, str) or not model:
             return None
-        candidates = list(_candidate_names(model, strip_openai=self._provider_id in _OPENAI_NAMED))
+        candidates = _candidate_names(model, strip_openai=self._provider_id in _OPENAI_NAMED)
         rates = self._table._override(candidates)
         if rates is not None:
             return _compile(rates)
@@ -462,15 +454,13 @@ class PriceTable:
     def _host_route(self, rule: HostPrice) -> Route:
         if rule.rates is not None:
             return Route(self, rule.provider or SELF_HOSTED, "host", flat=rule.rates)
-        provider = _genai_provider(rule.provider or "")
-        assert provider is not None  # HostPrice checked it
-        return Route(self, provider.id, "host", provider_id=provider.id)
+        return self._provider_route(rule.provider or "", "host")  # a provider HostPrice checked
 
-    def _provider_route(self, name: str) -> Route:
+    def _provider_route(self, name: str, matched_by: MatchedBy = "provider") -> Route:
         provider = _genai_provider(name)
         if provider is None:
             return Route(self, name, "model")  # not a provider genai-prices prices: by model name
-        return Route(self, provider.id, "provider", provider_id=provider.id)
+        return Route(self, provider.id, matched_by, provider_id=provider.id)
 
     def rates(self, model: str, *, provider: str | None = None) -> Rates | None:
         """The rates that price ``model`` (at ``provider``, else by name alone), or ``None`` if none does."""
@@ -508,21 +498,18 @@ class PriceTable:
         return names
 
 
-def _candidate_names(model: str, *, strip_openai: bool = True) -> Iterator[str]:
+def _candidate_names(model: str, *, strip_openai: bool = True) -> list[str]:
     """The names to try for ``model``, most specific first, without repeats."""
-    seen: set[str] = set()
     bare = model
     if strip_openai and model.lower().startswith(_PROVIDER_PREFIX):
         bare = model[len(_PROVIDER_PREFIX) :]
-    for name in (model, bare, _DATE_SUFFIX.sub("", model), _DATE_SUFFIX.sub("", bare)):
-        if name and name not in seen:
-            seen.add(name)
-            yield name
+    names = (model, bare, _DATE_SUFFIX.sub("", model), _DATE_SUFFIX.sub("", bare))
+    return [name for name in dict.fromkeys(names) if name]
 
 
 def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
     import genai_prices
-    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
+    from genai_prices.types import StartDateConstraint
 
     providers = _genai_providers()
     provider = _genai_provider(provider_id)
@@ -560,10 +547,7 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
         c.start_date for c in constraints if isinstance(c, StartDateConstraint) and c.start_date > now.date()
     ]
     expires = datetime(*min(later).timetuple()[:3], tzinfo=UTC).timestamp() if later else None
-    windows = [c.constraint for c in conditional if isinstance(c.constraint, TimeOfDateConstraint)]
-    starts = sorted(
-        {0} | {_utc_second(w.start_time) for w in windows} | {_utc_second(w.end_time) for w in windows}
-    )
+    starts = sorted({0} | _price_changes(info))
     midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
     try:
         current = entry(now)
@@ -580,16 +564,16 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
 def day_parts(model: str) -> tuple[int, ...]:
     """The seconds of the UTC day at which ``model``'s price changes at a provider listing it, ascending
     (DeepSeek's off-peak hours, as genai-prices lists them); empty when it costs the same all day."""
+    return tuple(sorted(set().union(*(_price_changes(p.find_model(model)) for p in _genai_providers()))))
+
+
+def _price_changes(info: ModelInfo | None) -> set[int]:
+    """The seconds of the UTC day at which a model's price by time of day changes."""
     from genai_prices.types import TimeOfDateConstraint
 
-    seconds: set[int] = set()
-    for provider in _genai_providers():
-        info = provider.find_model(model)
-        for conditional in info.prices if info is not None and isinstance(info.prices, list) else ():
-            window = conditional.constraint
-            if isinstance(window, TimeOfDateConstraint):
-                seconds |= {_utc_second(window.start_time), _utc_second(window.end_time)}
-    return tuple(sorted(seconds))
+    prices = info.prices if info is not None and isinstance(info.prices, list) else []
+    windows = [p.constraint for p in prices if isinstance(p.constraint, TimeOfDateConstraint)]
+    return {_utc_second(w.start_time) for w in windows} | {_utc_second(w.end_time) for w in windows}
 
 
 def _utc_second(moment: dt_time) -> int:
