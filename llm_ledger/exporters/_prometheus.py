@@ -219,11 +219,10 @@ class PrometheusSink:
         self.max_lenses = _cap("max_lenses", max_lenses)
         self.max_models = _cap("max_models", max_models)
         self._lock = threading.Lock()
-        self._lenses: set[str] = set()
-        self._models: set[str] = set()
+        # label -> (the values kept by name, how many may be)
         self._caps: dict[str, tuple[set[str], int]] = {
-            "lens": (self._lenses, self.max_lenses),
-            "model": (self._models, self.max_models),
+            "lens": (set(), self.max_lenses),
+            "model": (set(), self.max_models),
             "service_tier": (set(), MAX_TIERS),
         }
         # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
@@ -308,8 +307,8 @@ class PrometheusSink:
             self.dropped.labels(event)
 
     def __repr__(self) -> str:
-        lenses = f"{len(self._lenses)}/{self.max_lenses}"
-        return f"<PrometheusSink lenses={lenses} models={len(self._models)}/{self.max_models}>"
+        lenses, models = (f"{len(kept)}/{cap}" for kept, cap in (self._caps["lens"], self._caps["model"]))
+        return f"<PrometheusSink lenses={lenses} models={models}>"
 
     def __call__(self, record: Mapping[str, Any]) -> None:
         if _unserved:
@@ -361,12 +360,8 @@ class PrometheusSink:
                         continue
                 (self._move_lens if lens else self._move)(children, sums)
             except Exception as exc:  # one series must not cost the others, nor a scrape
-                if lens:
-                    self._dropped(LENS_EVENT, _records(key, sums), {"lens": key[0]}, exc)
-                else:
-                    self._dropped(
-                        CALL_EVENT, _records(key, sums), dict(zip(_CALL_LABELS, key[:-2], strict=True)), exc
-                    )
+                labels = {"lens": key[0]} if lens else dict(zip(_CALL_LABELS, key[:-2], strict=True))
+                self._dropped(LENS_EVENT if lens else CALL_EVENT, _records(key, sums), labels, exc)
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
