@@ -402,8 +402,7 @@ class PriceTable:
                 self._exact[name] = rates
             else:
                 self._patterns.append((re.compile(fnmatch.translate(name)), rates))
-        exact_hosts: list[tuple[str, re.Pattern[str], int | None, HostPrice]] = []
-        glob_hosts: list[tuple[str, re.Pattern[str], int | None, HostPrice]] = []
+        rules: list[tuple[tuple[bool, bool], str, re.Pattern[str], int | None, HostPrice]] = []
         for pattern, host_price in (hosts or {}).items():
             if not isinstance(pattern, str):
                 raise ConfigError(f"price hosts: a host pattern must be a string, got {pattern!r}")
@@ -413,9 +412,9 @@ class PriceTable:
                 raise ConfigError(f"price hosts[{pattern!r}]: {exc}") from None
             if not isinstance(host_price, HostPrice):
                 raise ConfigError(f"price hosts[{pattern!r}]: expected a HostPrice, got {host_price!r}")
-            (glob_hosts if is_glob else exact_hosts).append((pattern, regex, port, host_price))
-        exact_hosts.sort(key=lambda rule: rule[2] is None)  # host:port before the bare host
-        self._hosts = exact_hosts + glob_hosts
+            # exact hosts first, host:port before the bare host; patterns after, in mapping order
+            rules.append(((is_glob, not is_glob and port is None), pattern, regex, port, host_price))
+        self._hosts = [rule[1:] for rule in sorted(rules, key=lambda rule: rule[0])]
         self._routes: dict[tuple[str, str], Route] = {}
         self._model_route = Route(self, DEFAULT_PROVIDER, "model")
 

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PROVIDER",
-    "HOST_FORM",
     "MAX_RATE",
     "PRICE_FILE_SOURCE",
     "RATE_FIELDS",
@@ -30,7 +29,6 @@ __all__ = [
     "HostPrice",
     "Rates",
     "host_matcher",
-    "known_providers",
     "preload",
     "provider_error",
     "service_tier_error",
@@ -50,7 +48,7 @@ _HOST_PATTERN: Final = re.compile(
 RATE_FIELDS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
 # the service tiers a response names that may be priced apart ("default" is the standard rates)
 SERVICE_TIERS: Final = ("flex", "priority", "fast", "scale")
-HOST_FORM: Final = (
+_HOST_FORM: Final = (
     "a host name or IP address with an optional :port and * ? wildcards, no scheme or path "
     '(e.g. "localhost:11434", "*.internal.example.com", "10.0.0.*")'
 )
@@ -159,7 +157,7 @@ def host_matcher(pattern: str) -> tuple[re.Pattern[str], int | None, bool]:
     """(host regex, port or None, has wildcards) of a host pattern; a ValueError says what is wrong."""
     text = pattern.strip().lower()
     if not text:
-        raise ValueError(f"an empty host pattern; expected {HOST_FORM}")
+        raise ValueError(f"an empty host pattern; expected {_HOST_FORM}")
     why = None
     if "://" in text:
         why = "a scheme (http://) is not part of a host"
@@ -179,7 +177,7 @@ def host_matcher(pattern: str) -> tuple[re.Pattern[str], int | None, bool]:
                 host = text[: match.end("host")].strip("[]")
                 regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in host)
                 return re.compile(regex), None if port is None else int(port), "*" in host or "?" in host
-    raise ValueError(f"not a host pattern: {why}; expected {HOST_FORM}")
+    raise ValueError(f"not a host pattern: {why}; expected {_HOST_FORM}")
 
 
 # --- built-in prices (genai-prices) ------------------------------------------------------------------
@@ -234,13 +232,8 @@ def _genai_provider(name: str) -> Provider | None:
     return find_provider_by_id(_genai_providers(), name) if name.strip() else None
 
 
-def known_providers() -> list[str]:
-    """The ids of the providers genai-prices' bundled data prices (``openai``, ``azure``, ``groq``...)."""
-    return [provider.id for provider in _genai_providers()]
-
-
 def provider_error(name: str) -> str:
     """ "unknown provider 'grok' (did you mean 'groq'?); known providers: ..." for an error message."""
-    known = known_providers()
+    known = [provider.id for provider in _genai_providers()]
     hint = did_you_mean(name.lower(), known, n=3)
     return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"

@@ -117,12 +117,8 @@ def _warn_unserved() -> None:
 _RESERVED: Final = {
     "lens": {NO_LENS: "the calls outside any lens", OTHER: "the lenses past the cap"},
     "model": {UNKNOWN_MODEL: "the calls that name no model", OTHER: "the models past the cap"},
-    "service_tier": {
-        NO_TIER: "the answers that name no service tier",
-        OTHER: "the service tiers past the cap",
-    },
+    "service_tier": {NO_TIER: "the answers that name no service tier", OTHER: "the tiers past the cap"},
 }
-_NAMED: Final = {"lens": "lens key", "model": "model", "service_tier": "service tier"}
 
 
 def _say_reserved(kind: str, value: str) -> None:
@@ -132,7 +128,7 @@ def _say_reserved(kind: str, value: str) -> None:
         "llm-ledger: PrometheusSink: the %s %r is a reserved value of the %s label, so its series also "
         "count %s (docs/exporters.md, Cardinality)%s; the JSONL file and the OpenTelemetry spans keep "
         "them apart",
-        _NAMED[kind], value, kind, _RESERVED[kind][value], fix,
+        "lens key" if kind == "lens" else kind.replace("_", " "), value, kind, _RESERVED[kind][value], fix,
     )  # fmt: skip
 
 
