@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -41,18 +41,12 @@ _SECTIONS: Final = ("default", "lenses", "tests", "total")
 
 @dataclass(frozen=True)
 class Limits:
-    """The caps one lens run, test or session must stay within; ``None`` means no cap."""
+    """The caps one lens run, test or session must stay within; ``None`` means no cap. Each is named by
+    its budgets.yaml key; the total it caps is the key without ``max_`` (:attr:`METRIC_OF`), as the
+    plugin's totals and the lens summaries name them."""
 
-    # Each limit is named by its budgets.yaml key; the total it caps is the key without "max_", as the
-    # plugin's totals and the lens summaries name them (api_calls, cost_usd...).
-    KEYS: ClassVar[tuple[str, ...]] = (
-        "max_api_calls",
-        "max_completion_tokens",
-        "max_cost_usd",
-        "max_prompt_tokens",
-        "max_total_tokens",
-    )
-    METRIC_OF: ClassVar[Mapping[str, str]] = {key: key.removeprefix("max_") for key in KEYS}
+    KEYS: ClassVar[tuple[str, ...]]  # the fields' names, sorted: the order limits are checked and listed
+    METRIC_OF: ClassVar[Mapping[str, str]]  # limit key -> the total it caps
 
     max_cost_usd: float | None = None
     max_total_tokens: int | None = None
@@ -63,6 +57,10 @@ class Limits:
     def items(self) -> list[tuple[str, float]]:
         """``(limit key, value)`` for each cap that is set, in :attr:`KEYS` order."""
         return [(key, value) for key in self.KEYS if (value := getattr(self, key)) is not None]
+
+
+Limits.KEYS = tuple(sorted(limit.name for limit in fields(Limits)))
+Limits.METRIC_OF = {key: key.removeprefix("max_") for key in Limits.KEYS}
 
 
 @dataclass(frozen=True)

@@ -415,10 +415,11 @@ class OTelSink:
                 _waited_for(records[0]), MAX_PENDING_CALLS,
             )  # fmt: skip
         for record in records:
-            if record["event"] == LENS_EVENT:
-                self._lens(record, None)
-            else:
-                self._call_span(record, None)
+            self._span(record, None)
+
+    def _span(self, record: Mapping[str, Any], parent: Any) -> None:
+        """The span of a record that waited for its lens: a call's, or a nested lens run's."""
+        (self._lens if record["event"] == LENS_EVENT else self._call_span)(record, parent)
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
@@ -702,9 +703,6 @@ class OTelSink:
                 self._exported.popitem(last=False)
         try:
             for item in calls:
-                if item["event"] == LENS_EVENT:
-                    self._lens(item, lens_context)
-                else:
-                    self._call_span(item, lens_context)
+                self._span(item, lens_context)
         finally:
             lens_span.end(end_time=max(end, start))
