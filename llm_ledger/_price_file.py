@@ -49,6 +49,10 @@ _KEYS_MEANT: Final = {
     "threshold": "above",
 }
 _MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
+_HOST_EXPECTED: Final = (
+    f"a mapping with 'provider' (a provider's rates) and/or rates {', '.join(map(repr, _MODEL_KEYS))} "
+    "(USD per 1M tokens, for every model)"
+)
 _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
 _TIER_EXPECTED: Final = "a mapping with 'above' (prompt tokens) and the tier's rates"
 _TIERS_EXPECTED: Final = f"a list of tiers, each {_TIER_EXPECTED}"
@@ -211,12 +215,7 @@ def _service_tiers(
 
 
 def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:
-    expected = (
-        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input', "
-        "'cache_write', 'input_audio', 'output_audio', 'long_context', 'service_tiers' (USD per 1M tokens, "
-        "for every model)"
-    )
-    fields = _rate_fields(doc, node, entry_path, expected, _HOST_KEYS)
+    fields = _rate_fields(doc, node, entry_path, _HOST_EXPECTED, _HOST_KEYS)
     rates = _rates(doc, node, entry_path, pattern, fields) if fields.keys() & _MODEL_KEYS else None
     provider_node = fields.get("provider")
     provider = None
@@ -234,5 +233,5 @@ def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -
                 f"{provider_error(provider)}; or give rates (input, output) to price this host yourself",
             )
     elif rates is None:
-        raise doc.error(node, entry_path, f"expected {expected}, got an empty mapping")
+        raise doc.error(node, entry_path, f"expected {_HOST_EXPECTED}, got an empty mapping")
     return HostPrice(provider, rates)
