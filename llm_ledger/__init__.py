@@ -33,7 +33,8 @@ from ._errors import (
 from ._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from ._jsonl import flush_all as _flush_all
 from ._monitor import LLMCallMonitor, Redactor, Sink
-from ._pricing import Cost, HostPrice, PriceTable, Rates, price
+from ._pricing import Cost, PriceTable, price
+from ._rates import HostPrice, Rates
 from ._records import AnomalyRecord, BudgetRecord, CallRecord, LensRecord, LensSummary
 
 __all__ = [

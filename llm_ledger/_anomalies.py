@@ -159,8 +159,7 @@ class AnomalyDetector:
         self.on_anomaly = on_anomaly
         self._lock = threading.Lock()
         # (lens key, model) -> metric -> its last `window` values
-        self._baselines: collections.OrderedDict[tuple[str, str | None], dict[str, collections.deque[float]]]
-        self._baselines = collections.OrderedDict()
+        self._baselines: dict[tuple[str, str | None], dict[str, collections.deque[float]]] = {}
         # (process id prefix, lens key, model) of the runs seen: the others are a process's first
         self._started: collections.OrderedDict[tuple[str, str, str | None], None] = collections.OrderedDict()
 
@@ -186,13 +185,11 @@ class AnomalyDetector:
         linear = config.scale == "linear"
         found: list[AnomalyRecord] = []
         with self._lock:
-            series = self._baselines.get((lens, model))
-            if series is None:
-                series = self._baselines[(lens, model)] = {}
-                if len(self._baselines) > _MAX_BASELINES:
-                    self._baselines.popitem(last=False)
-            else:
-                self._baselines.move_to_end((lens, model))
+            # the least recently seen (lens, model) is dropped past _MAX_BASELINES: a dict keeps order
+            series = self._baselines.pop((lens, model), None) or {}
+            self._baselines[(lens, model)] = series
+            if len(self._baselines) > _MAX_BASELINES:
+                del self._baselines[next(iter(self._baselines))]
             cold = self._first_of_process(context.get("lens_run_id"), lens, model)
             for metric in config.metrics:
                 metric_key = metric
@@ -204,15 +201,11 @@ class AnomalyDetector:
                     # a price by time of day (DeepSeek's off-peak hours): each part of the day's costs
                     # are a baseline of their own, or the daily end of a discount looks like a runaway
                     metric_key = f"{metric} from {part}"
-                window = series.get(metric_key)
-                if window is None:
-                    window = series[metric_key] = collections.deque(maxlen=config.window)
+                window = series.setdefault(metric_key, collections.deque(maxlen=config.window))
                 value = _value(summary, metric)
-                if value is None:
+                if value is None or (value <= 0 and not linear):  # a log scale has no place for 0
                     continue
-                point = value if linear else math.log(value) if value > 0 else None
-                if point is None:
-                    continue
+                point = value if linear else math.log(value)
                 if len(window) >= config.min_runs:
                     center = statistics.median(window)
                     deviations = [abs(v - center) for v in window]

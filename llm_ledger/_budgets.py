@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -41,17 +41,12 @@ _SECTIONS: Final = ("default", "lenses", "tests", "total")
 
 @dataclass(frozen=True)
 class Limits:
-    """The caps one lens run, test or session must stay within; ``None`` means no cap."""
+    """The caps one lens run, test or session must stay within; ``None`` means no cap. Each is named by
+    its budgets.yaml key; the total it caps is the key without ``max_`` (:attr:`METRIC_OF`), as the
+    plugin's totals and the lens summaries name them."""
 
-    # limit key -> the aggregate metric it caps
-    METRIC_OF: ClassVar[Mapping[str, str]] = {
-        "max_api_calls": "api_calls",
-        "max_completion_tokens": "completion_tokens",
-        "max_cost_usd": "cost_usd",
-        "max_prompt_tokens": "prompt_tokens",
-        "max_total_tokens": "total_tokens",
-    }
-    KEYS: ClassVar[tuple[str, ...]] = tuple(METRIC_OF)
+    KEYS: ClassVar[tuple[str, ...]]  # the fields' names, sorted: the order limits are checked and listed
+    METRIC_OF: ClassVar[Mapping[str, str]]  # limit key -> the total it caps
 
     max_cost_usd: float | None = None
     max_total_tokens: int | None = None
@@ -62,6 +57,10 @@ class Limits:
     def items(self) -> list[tuple[str, float]]:
         """``(limit key, value)`` for each cap that is set, in :attr:`KEYS` order."""
         return [(key, value) for key in self.KEYS if (value := getattr(self, key)) is not None]
+
+
+Limits.KEYS = tuple(sorted(limit.name for limit in fields(Limits)))
+Limits.METRIC_OF = {key: key.removeprefix("max_") for key in Limits.KEYS}
 
 
 @dataclass(frozen=True)
@@ -160,14 +159,8 @@ def as_budgets(value: Budgets | Mapping[str, Any] | str | os.PathLike[str], *, h
 
 # -- production ----------------------------------------------------------------------------------
 
-# LensTotals attribute each limit compares with (costs in 10**-24 USD)
-_TOTAL_OF: Final = {
-    "max_api_calls": "calls",
-    "max_completion_tokens": "completion_tokens",
-    "max_cost_usd": "cost_units",
-    "max_prompt_tokens": "prompt_tokens",
-    "max_total_tokens": "total_tokens",
-}
+# the two totals LensTotals names its own way (its cost in 10**-24 USD); the others it names as Limits
+_LENS_TOTALS: Final = {"api_calls": "calls", "cost_usd": "cost_units"}
 # a cost budget's calls with no price (an unknown model, or no usage reported)
 _UNPRICED: Final = (
     "llm-ledger: lens %r has calls with no price (a model the price table does not know, or no usage "
@@ -226,7 +219,8 @@ class BudgetGuard:
             found = []
             for key, cap in limits.items() if limits else ():
                 exact = int(Decimal(str(cap)) * USD_UNITS) if key == "max_cost_usd" else int(cap)
-                found.append((_TOTAL_OF[key], exact, key, cap))
+                metric = Limits.METRIC_OF[key]
+                found.append((_LENS_TOTALS.get(metric, metric), exact, key, cap))
             checks = tuple(found) or None
             if len(self._checks) < 10_000:  # lens keys are few; a key made per request is not cached
                 self._checks[lens_key] = checks
@@ -255,13 +249,13 @@ class _RunBudget:
             actual = getattr(totals, attribute)
             if actual > cap and key not in self._over:
                 try:
-                    usd_or_count = actual / USD_UNITS if attribute == "cost_units" else actual
+                    usd_or_count = actual / USD_UNITS if key == "max_cost_usd" else actual
                     self._exceeded(monitor, key, written, usd_or_count)
                 except Exception as exc:  # never in the way of the call, nor of the run's summary
                     monitor._report("checking a lens run's budget", exc)
-            elif attribute == "cost_units" and not totals.cost_complete:
+            elif key == "max_cost_usd" and not totals.cost_complete:
                 self._blind(self._guard._unpriced, _UNPRICED, key, written)
-            elif attribute.endswith("_tokens") and not totals.tokens_complete:
+            elif key.endswith("_tokens") and not totals.tokens_complete:
                 self._blind(self._guard._no_usage, _NO_USAGE, key, written)
 
     def _blind(self, warned: set[str], message: str, key: str, cap: float) -> None:

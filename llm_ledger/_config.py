@@ -14,10 +14,12 @@ from typing import Any, Final
 
 from ._anomalies import AnomalyConfig, AnomalyDetector
 from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
-from ._errors import ConfigError, PriceFileError, internal_log
+from ._errors import ConfigError, internal_log
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor
-from ._pricing import PriceTable, preload
+from ._price_file import load_price_file
+from ._pricing import PriceTable
+from ._rates import preload
 from ._records import LOGGER_NAME
 from .exporters import _setup as _exporters
 from .loading import BOOLEAN_WORDS
@@ -263,13 +265,12 @@ def configure(
                 handle_sigterm_signal(True)  # a first configure() in another thread could not install it
             return settings
         monitor = get_monitor()
-        if settings.price_file is not None and not settings.price_file.exists():
+        if settings.price_file is None:
+            prices = PriceTable()
+        else:
             unset = "pass price_file=None" if price_file is not UNSET else "unset LLM_LEDGER_PRICE_FILE"
-            raise PriceFileError(
-                f"{settings.price_file}: price file not found; create it (version: 1, and models: with "
-                f"each model's input and output USD per 1M tokens), or {unset} to use genai-prices alone"
-            )
-        prices = PriceTable() if settings.price_file is None else PriceTable.from_file(settings.price_file)
+            overrides, hosts = load_price_file(settings.price_file, without=unset)
+            prices = PriceTable(overrides, hosts=hosts)
         plan = None
         if settings.exporters != (_settings.exporters if _settings is not None else ()):
             plan = _exporters.prepare(settings.exporters)  # sinks built, ports bound; nothing changed yet

@@ -12,19 +12,21 @@ from typing import Final
 import yaml
 
 from llm_ledger._errors import PriceFileError
-from llm_ledger._pricing import (
-    _MAX_RATE,
+from llm_ledger._rates import (
+    MAX_RATE,
+    RATE_FIELDS,
+    SERVICE_TIERS,
     HostPrice,
     Rates,
     _genai_provider,
     host_matcher,
     provider_error,
+    service_tier_error,
 )
-from llm_ledger.loading import Document, did_you_mean, join, read_file
+from llm_ledger.loading import Document, join, read_file
 
-__all__ = ["SERVICE_TIERS", "load_price_file"]
+__all__ = ["load_price_file"]
 
-_RATE_KEYS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
 _RATE_MEANINGS: Final = {
     "input": "USD per 1M input tokens",
     "cached_input": "USD per 1M cached input tokens",
@@ -33,12 +35,10 @@ _RATE_MEANINGS: Final = {
     "output": "USD per 1M output tokens",
     "output_audio": "USD per 1M audio output tokens",
 }
-_MODEL_KEYS: Final = (*_RATE_KEYS, "long_context", "service_tiers")
+_MODEL_KEYS: Final = (*RATE_FIELDS, "long_context", "service_tiers")
 _HOST_KEYS: Final = ("provider", *_MODEL_KEYS)
-_LONG_CONTEXT_KEYS: Final = ("above", *_RATE_KEYS)
-_SERVICE_TIER_KEYS: Final = (*_RATE_KEYS, "long_context")
-# the service tiers a response names that a price file may price apart ("default" is the entry itself)
-SERVICE_TIERS: Final = ("flex", "priority", "fast", "scale")
+_LONG_CONTEXT_KEYS: Final = ("above", *RATE_FIELDS)
+_SERVICE_TIER_KEYS: Final = (*RATE_FIELDS, "long_context")
 # other tools' names for our keys (litellm's, genai-prices'), some of which look like another key of ours
 _KEYS_MEANT: Final = {
     "cache_read": "cached_input",
@@ -49,6 +49,10 @@ _KEYS_MEANT: Final = {
     "threshold": "above",
 }
 _MODEL_EXPECTED: Final = f"a mapping with keys {', '.join(_MODEL_KEYS)} (USD per 1M tokens)"
+_HOST_EXPECTED: Final = (
+    f"a mapping with 'provider' (a provider's rates) and/or rates {', '.join(map(repr, _MODEL_KEYS))} "
+    "(USD per 1M tokens, for every model)"
+)
 _RATE_EXPECTED: Final = "a non-negative number of USD per 1M tokens"
 _TIER_EXPECTED: Final = "a mapping with 'above' (prompt tokens) and the tier's rates"
 _TIERS_EXPECTED: Final = f"a list of tiers, each {_TIER_EXPECTED}"
@@ -59,13 +63,20 @@ _MAX_ABOVE: Final = Decimal(10**9)
 _STR_TAG: Final = "tag:yaml.org,2002:str"
 
 
-def load_price_file(path: str | os.PathLike[str]) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
-    """The model rates and host prices of the price file at ``path``."""
+def load_price_file(
+    path: str | os.PathLike[str], *, without: str = "give no price file"
+) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
+    """The model rates and host prices of the price file at ``path``; ``without`` says how to do without
+    one when it is missing (configure()'s "unset LLM_LEDGER_PRICE_FILE")."""
     if not isinstance(path, (str, os.PathLike)):
         raise PriceFileError(f"a price file is named by a path (str or os.PathLike), got {path!r}")
     name = os.fspath(path)
     doc = Document(name, PriceFileError, "a price file")
-    root = doc.compose(read_file(name, PriceFileError, "price file"))
+    hint = (
+        "; create it (version: 1, and models: with each model's input and output USD per 1M tokens; "
+        f"docs/PRICING.md), or {without} to use genai-prices alone"
+    )
+    root = doc.compose(read_file(name, PriceFileError, "price file", hint=hint))
     expected_top = "a mapping with keys 'version', 'models' and/or 'hosts'"
     if root is None:
         raise PriceFileError(f"{name}: the file is empty, expected {expected_top}")
@@ -111,7 +122,7 @@ def _rate_fields(
         for key_node, _ in node.value:
             meant = _KEYS_MEANT.get(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
             if meant in keys:
-                what = "rate" if meant in _RATE_KEYS else "key"
+                what = "rate" if meant in RATE_FIELDS else "key"
                 raise doc.error(
                     key_node, f"{entry_path}.{key_node.value}", f"unknown key; the {what} meant is {meant!r}"
                 )
@@ -133,11 +144,11 @@ def _rates(
             why = "" if key in ("input", "output") else ": its entry gives one, so each of its tiers must"
             raise doc.error(node, entry_path, f"missing required key {key!r} ({_RATE_MEANINGS[key]}){why}")
     rates = {
-        key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=_MAX_RATE)
+        key: doc.number(value, f"{entry_path}.{key}", _RATE_EXPECTED, maximum=MAX_RATE)
         for key, value in fields.items()
-        if key in _RATE_KEYS
+        if key in RATE_FIELDS
     }
-    given = tuple(key for key in _RATE_KEYS if key in rates)
+    given = tuple(key for key in RATE_FIELDS if key in rates)
     return Rates(
         label,
         rates["input"],
@@ -196,15 +207,7 @@ def _service_tiers(
     for name, key_node, item in doc.mapping(node, key_path, expected):
         tier_path = join(key_path, name)
         if name not in SERVICE_TIERS:
-            hint = (
-                f"; the standard tier's rates are the entry's own ({', '.join(given)})"
-                if name in ("default", "auto")
-                else did_you_mean(name, SERVICE_TIERS)
-            )
-            choices = ", ".join(SERVICE_TIERS)
-            raise doc.error(
-                key_node, tier_path, f"unknown service tier{hint}; valid service tiers: {choices}"
-            )
+            raise doc.error(key_node, tier_path, service_tier_error(name, list(given)))
         rates_expected = f"a mapping with keys {', '.join(_SERVICE_TIER_KEYS)} (USD per 1M tokens)"
         keys = _rate_fields(doc, item, tier_path, rates_expected, _SERVICE_TIER_KEYS)
         tiers.append((name, _rates(doc, item, tier_path, label, keys, given)))
@@ -212,12 +215,7 @@ def _service_tiers(
 
 
 def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:
-    expected = (
-        "a mapping with 'provider' (a provider's rates) and/or rates 'input', 'output', 'cached_input', "
-        "'cache_write', 'input_audio', 'output_audio', 'long_context', 'service_tiers' (USD per 1M tokens, "
-        "for every model)"
-    )
-    fields = _rate_fields(doc, node, entry_path, expected, _HOST_KEYS)
+    fields = _rate_fields(doc, node, entry_path, _HOST_EXPECTED, _HOST_KEYS)
     rates = _rates(doc, node, entry_path, pattern, fields) if fields.keys() & _MODEL_KEYS else None
     provider_node = fields.get("provider")
     provider = None
@@ -235,5 +233,5 @@ def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -
                 f"{provider_error(provider)}; or give rates (input, output) to price this host yourself",
             )
     elif rates is None:
-        raise doc.error(node, entry_path, f"expected {expected}, got an empty mapping")
+        raise doc.error(node, entry_path, f"expected {_HOST_EXPECTED}, got an empty mapping")
     return HostPrice(provider, rates)

@@ -13,45 +13,53 @@ import fnmatch
 import functools
 import os
 import re
-import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, Unpack
 
 from llm_ledger._errors import ConfigError
 from llm_ledger._extract import JsonView
+from llm_ledger._price_file import load_price_file
+from llm_ledger._rates import (
+    DEFAULT_PROVIDER,
+    PRICE_FILE_SOURCE,
+    SERVICE_TIERS,
+    HostPrice,
+    Rates,
+    _genai_provider,
+    _genai_providers,
+    host_matcher,
+    provider_error,
+)
 from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
-from llm_ledger.loading import did_you_mean, shown
 
 if TYPE_CHECKING:
-    from genai_prices.types import ModelInfo, Provider, TieredPrices
+    from genai_prices.types import ModelInfo, TieredPrices
 
 __all__ = [
+    "DEFAULT_PROVIDER",
     "PRICE_FILE_SOURCE",
     "PROVIDER_REPORTED",
     "Cost",
     "HostPrice",
     "MatchedBy",
     "PriceTable",
+    "PricedCall",
     "Rates",
     "Route",
     "day_parts",
-    "known_providers",
-    "preload",
     "price",
+    "provider_error",
     "reasoning_outside",
     "reported_cost_units",
 ]
 
-PRICE_FILE_SOURCE: Final = "price-file"
 PROVIDER_REPORTED: Final = "provider-reported"
 SELF_HOSTED: Final = "self-hosted"  # the provider recorded for a host the price file gives a rate
-DEFAULT_PROVIDER: Final = "openai"  # what the client speaks: the provider of a host nobody knows
 MatchedBy = Literal["host", "provider", "model"]
 
 _DATE_SUFFIX: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
@@ -61,102 +69,31 @@ _GLOB_CHARS: Final = frozenset("*?[")
 # Resolved names kept per route; past this, new names are still resolved but no longer cached, so a
 # stream of distinct bogus names cannot grow memory without bound.
 _MAX_CACHED_NAMES: Final = 10_000
-# Rates above this are certainly typos (a dollar per token) and would only risk Decimal overflow.
-_MAX_RATE: Final = Decimal(1_000_000)
-# A host pattern: a DNS name, an IPv4 address or a bracketed IPv6 one, with * and ? wildcards, and an
-# optional port. No scheme, path, user or character class: those are mistakes, not patterns.
-_HOST_PATTERN: Final = re.compile(
-    r"(?P<host>[a-z0-9*?](?:[a-z0-9*?.-]*[a-z0-9*?])?|\[[0-9a-f:.*?]+\])(?::(?P<port>[0-9]{1,5}))?"
-)
-HOST_FORM: Final = (
-    "a host name or IP address with an optional :port and * ? wildcards, no scheme or path "
-    '(e.g. "localhost:11434", "*.internal.example.com", "10.0.0.*")'
-)
 
 
-@dataclass(frozen=True, slots=True)
-class Rates:
-    """A model's prices in USD per 1,000,000 tokens.
+class PricedCall(TypedDict, total=False):
+    """One call as it is priced: the keywords :func:`price`, :meth:`PriceTable.cost` and
+    :meth:`Route.cost` take after the model. ``prompt_tokens`` and ``completion_tokens`` are required.
+    ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
+    ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
+    ``completion_audio_tokens`` is the audio part of ``completion_tokens`` (each default 0). Reasoning
+    tokens are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now)
+    is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
+    ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...; default
+    the standard one)."""
 
-    ``tiers`` holds long-context prices as ``(start, rates)`` pairs in ascending ``start`` order: when a
-    call's ``prompt_tokens`` is strictly greater than ``start``, the tier's rates apply to *all* of that
-    call's tokens (a cliff, as OpenAI bills gpt-5.4 above 272k prompt tokens). The highest tier passed wins.
-    ``service_tiers`` holds the prices of service tiers priced apart from the standard one as
-    ``(name, rates)`` pairs (``("flex", Rates(...))``): a call the response says that tier served costs
-    those rates (and their own ``tiers``); any other tier costs these.
-    """
-
-    model: str
-    """The name that matched: the genai-prices model id, or the price file's key (a name or a pattern)."""
-    input: Decimal
-    output: Decimal
-    cached_input: Decimal | None = None
-    """``None`` when cached prompt tokens are billed at the ``input`` rate."""
-    source: str = PRICE_FILE_SOURCE
-    """``"genai-prices <version>"`` or ``"price-file"`` (recorded as ``cost.source``)."""
-    tiers: tuple[tuple[int, Rates], ...] = ()
-    cache_write: Decimal | None = None
-    """For prompt tokens written to the prompt cache (OpenAI's gpt-5.6 on, Claude through OpenRouter);
-    ``None`` when they are billed at the ``input`` rate."""
-    input_audio: Decimal | None = None
-    """For audio prompt tokens (gpt-audio); ``None`` when they are billed at the ``input`` rate."""
-    output_audio: Decimal | None = None
-    """For audio completion tokens; ``None`` when they are billed at the ``output`` rate."""
-    service_tiers: tuple[tuple[str, Rates], ...] = ()
-
-    def __post_init__(self) -> None:
-        for field_name in ("input", "output", "cached_input", "cache_write", "input_audio", "output_audio"):
-            value = getattr(self, field_name)
-            if value is None and field_name not in ("input", "output"):
-                continue
-            if not (isinstance(value, Decimal) and value.is_finite() and 0 <= value <= _MAX_RATE):
-                raise ConfigError(
-                    f"Rates({self.model!r}).{field_name}: expected a finite Decimal between 0 and "
-                    f"{_MAX_RATE} USD per 1M tokens, got {value!r}"
-                )
-        previous = -1
-        for start, tier in self.tiers:
-            if (
-                type(start) is not int
-                or start <= previous
-                or not isinstance(tier, Rates)
-                or tier.tiers
-                or tier.service_tiers
-            ):
-                raise ConfigError(
-                    f"Rates({self.model!r}).tiers: expected (start, Rates) pairs with int starts in "
-                    f"ascending order and no nested tiers, got {self.tiers!r}"
-                )
-            previous = start
-        names = [name for name, _ in self.service_tiers]
-        for name, tier in self.service_tiers:
-            if not (
-                isinstance(name, str) and name and names.count(name) == 1 and isinstance(tier, Rates)
-            ) or (tier.service_tiers):
-                raise ConfigError(
-                    f"Rates({self.model!r}).service_tiers: expected (name, Rates) pairs with distinct names "
-                    f"and no nested service tiers, got {self.service_tiers!r}"
-                )
+    prompt_tokens: Required[int]
+    completion_tokens: Required[int]
+    cached_tokens: int
+    cache_write_tokens: int
+    prompt_audio_tokens: int
+    completion_audio_tokens: int
+    at: datetime | None
+    service_tier: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class HostPrice:
-    """How calls to a host are priced: as ``provider`` prices them, or at ``rates`` for every model (then
-    ``provider`` is only the name recorded in ``server.provider``, default ``"self-hosted"``)."""
-
-    provider: str | None = None
-    rates: Rates | None = None
-
-    def __post_init__(self) -> None:
-        if self.rates is not None and not isinstance(self.rates, Rates):
-            raise ConfigError(f"HostPrice.rates: expected a Rates or None, got {self.rates!r}")
-        if self.provider is not None and (not isinstance(self.provider, str) or not self.provider.strip()):
-            raise ConfigError(f"HostPrice.provider: expected a non-empty name or None, got {self.provider!r}")
-        if self.rates is None:
-            if self.provider is None:
-                raise ConfigError("HostPrice: give a provider, rates, or both")
-            if _genai_provider(self.provider) is None:
-                raise ConfigError(f"HostPrice.provider: {provider_error(self.provider)}")
+_CALL_KEYS: Final = tuple(PricedCall.__annotations__)
+_COUNTS: Final = _CALL_KEYS[:6]  # the token counts, the two required first
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,49 +241,31 @@ class Route:
         entry = self._flat or self._entry(model)
         return None if entry is None else entry.rates
 
-    def cost(
-        self,
-        model: str,
-        *,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        prompt_audio_tokens: int = 0,
-        completion_audio_tokens: int = 0,
-        at: datetime | None = None,
-        service_tier: str | None = None,
-    ) -> Cost | None:
-        """The cost of one call, or ``None`` (never zero) when ``model`` has no known price here.
-        ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
-        ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
-        ``completion_audio_tokens`` the audio part of ``completion_tokens``. Reasoning tokens are
-        counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now) is
-        when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
-        ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...)."""
-        for name, count in (
-            ("prompt_tokens", prompt_tokens),
-            ("completion_tokens", completion_tokens),
-            ("cached_tokens", cached_tokens),
-            ("cache_write_tokens", cache_write_tokens),
-            ("prompt_audio_tokens", prompt_audio_tokens),
-            ("completion_audio_tokens", completion_audio_tokens),
-        ):
+    def cost(self, model: str, **call: Unpack[PricedCall]) -> Cost | None:
+        """The cost of one call (the keywords: :class:`PricedCall`), or ``None`` (never zero) when
+        ``model`` has no known price here."""
+        unknown = sorted(call.keys() - _CALL_KEYS)
+        missing = [name for name in _COUNTS[:2] if name not in call]
+        if unknown or missing:
+            wrong = f"an unexpected keyword {unknown[0]!r}" if unknown else f"no keyword {missing[0]!r}"
+            raise TypeError(f"cost() got {wrong}; it takes {', '.join(_CALL_KEYS)}")
+        for name in _COUNTS:
+            count = call.get(name, 0)
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
                 raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
+        at = call.get("at")
         if at is not None and not (isinstance(at, datetime) and at.tzinfo is not None):
             raise ValueError(f"at must be a datetime with a time zone (e.g. datetime.now(UTC)), got {at!r}")
-        epoch = None if at is None else at.timestamp()
         costs = self._costs(
             model,
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens,
-            at=epoch,
-            tier=service_tier,
-            written=cache_write_tokens,
-            heard=prompt_audio_tokens,
-            spoken=completion_audio_tokens,
+            call["prompt_tokens"],
+            call["completion_tokens"],
+            call.get("cached_tokens", 0),
+            at=None if at is None else at.timestamp(),
+            tier=call.get("service_tier"),
+            written=call.get("cache_write_tokens", 0),
+            heard=call.get("prompt_audio_tokens", 0),
+            spoken=call.get("completion_audio_tokens", 0),
         )
         if costs is None:
             return None
@@ -436,7 +355,7 @@ class Route:
     def _resolve(self, model: str) -> _Entry | None:
         if not isinstance(model, str) or not model:
             return None
-        candidates = list(_candidate_names(model, strip_openai=self._provider_id in _OPENAI_NAMED))
+        candidates = _candidate_names(model, strip_openai=self._provider_id in _OPENAI_NAMED)
         rates = self._table._override(candidates)
         if rates is not None:
             return _compile(rates)
@@ -483,8 +402,7 @@ class PriceTable:
                 self._exact[name] = rates
             else:
                 self._patterns.append((re.compile(fnmatch.translate(name)), rates))
-        exact_hosts: list[tuple[str, re.Pattern[str], int | None, HostPrice]] = []
-        glob_hosts: list[tuple[str, re.Pattern[str], int | None, HostPrice]] = []
+        rules: list[tuple[tuple[bool, bool], str, re.Pattern[str], int | None, HostPrice]] = []
         for pattern, host_price in (hosts or {}).items():
             if not isinstance(pattern, str):
                 raise ConfigError(f"price hosts: a host pattern must be a string, got {pattern!r}")
@@ -494,9 +412,9 @@ class PriceTable:
                 raise ConfigError(f"price hosts[{pattern!r}]: {exc}") from None
             if not isinstance(host_price, HostPrice):
                 raise ConfigError(f"price hosts[{pattern!r}]: expected a HostPrice, got {host_price!r}")
-            (glob_hosts if is_glob else exact_hosts).append((pattern, regex, port, host_price))
-        exact_hosts.sort(key=lambda rule: rule[2] is None)  # host:port before the bare host
-        self._hosts = exact_hosts + glob_hosts
+            # exact hosts first, host:port before the bare host; patterns after, in mapping order
+            rules.append(((is_glob, not is_glob and port is None), pattern, regex, port, host_price))
+        self._hosts = [rule[1:] for rule in sorted(rules, key=lambda rule: rule[0])]
         self._routes: dict[tuple[str, str], Route] = {}
         self._model_route = Route(self, DEFAULT_PROVIDER, "model")
 
@@ -504,8 +422,6 @@ class PriceTable:
     def from_file(cls, path: str | os.PathLike[str], *, builtin: bool = True) -> PriceTable:
         """Build a table whose overrides and hosts come from a YAML price file (format: docs/PRICING.md);
         :class:`~llm_ledger.PriceFileError` names the file, line and key of any problem."""
-        from llm_ledger._price_file import load_price_file  # it imports this module
-
         overrides, hosts = load_price_file(path)
         return cls(overrides, builtin=builtin, hosts=hosts)
 
@@ -537,15 +453,13 @@ class PriceTable:
     def _host_route(self, rule: HostPrice) -> Route:
         if rule.rates is not None:
             return Route(self, rule.provider or SELF_HOSTED, "host", flat=rule.rates)
-        provider = _genai_provider(rule.provider or "")
-        assert provider is not None  # HostPrice checked it
-        return Route(self, provider.id, "host", provider_id=provider.id)
+        return self._provider_route(rule.provider or "", "host")  # a provider HostPrice checked
 
-    def _provider_route(self, name: str) -> Route:
+    def _provider_route(self, name: str, matched_by: MatchedBy = "provider") -> Route:
         provider = _genai_provider(name)
         if provider is None:
             return Route(self, name, "model")  # not a provider genai-prices prices: by model name
-        return Route(self, provider.id, "provider", provider_id=provider.id)
+        return Route(self, provider.id, matched_by, provider_id=provider.id)
 
     def rates(self, model: str, *, provider: str | None = None) -> Rates | None:
         """The rates that price ``model`` (at ``provider``, else by name alone), or ``None`` if none does."""
@@ -558,34 +472,10 @@ class PriceTable:
         entry = None if route._flat is not None else route._entry(model)
         return entry is not None and bool(entry.by_time)
 
-    def cost(
-        self,
-        model: str,
-        *,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        prompt_audio_tokens: int = 0,
-        completion_audio_tokens: int = 0,
-        provider: str | None = None,
-        at: datetime | None = None,
-        service_tier: str | None = None,
-    ) -> Cost | None:
-        """The cost of one call (at ``provider``, else by model name alone, made ``at``, default now, on
-        ``service_tier``, default the standard one), or ``None`` (never zero) when ``model`` has no known
-        price. See :meth:`Route.cost`."""
-        return self._priced_at(provider).cost(
-            model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cached_tokens=cached_tokens,
-            cache_write_tokens=cache_write_tokens,
-            prompt_audio_tokens=prompt_audio_tokens,
-            completion_audio_tokens=completion_audio_tokens,
-            at=at,
-            service_tier=service_tier,
-        )
+    def cost(self, model: str, *, provider: str | None = None, **call: Unpack[PricedCall]) -> Cost | None:
+        """The cost of one call (the keywords: :class:`PricedCall`) at ``provider``, else by model name
+        alone, or ``None`` (never zero) when ``model`` has no known price."""
+        return self._priced_at(provider).cost(model, **call)
 
     def _override(self, candidates: list[str]) -> Rates | None:
         for name in candidates:
@@ -607,112 +497,18 @@ class PriceTable:
         return names
 
 
-def _candidate_names(model: str, *, strip_openai: bool = True) -> Iterator[str]:
+def _candidate_names(model: str, *, strip_openai: bool = True) -> list[str]:
     """The names to try for ``model``, most specific first, without repeats."""
-    seen: set[str] = set()
     bare = model
     if strip_openai and model.lower().startswith(_PROVIDER_PREFIX):
         bare = model[len(_PROVIDER_PREFIX) :]
-    for name in (model, bare, _DATE_SUFFIX.sub("", model), _DATE_SUFFIX.sub("", bare)):
-        if name and name not in seen:
-            seen.add(name)
-            yield name
-
-
-def host_matcher(pattern: str) -> tuple[re.Pattern[str], int | None, bool]:
-    """(host regex, port or None, has wildcards) of a host pattern; a ValueError says what is wrong."""
-    text = pattern.strip().lower()
-    if not text:
-        raise ValueError(f"an empty host pattern; expected {HOST_FORM}")
-    why = None
-    if "://" in text:
-        why = "a scheme (http://) is not part of a host"
-    elif "/" in text:
-        why = "a path is not part of a host"
-    elif "@" in text:
-        why = "a user@ part is not part of a host"
-    else:
-        match = _HOST_PATTERN.fullmatch(text.replace("_", "-"))  # internal names (compose services) have _
-        if match is None:
-            why = "only letters, digits, '.', '-', '_', ':' (before a port) and the wildcards * ? are allowed"
-        else:
-            port = match["port"]
-            if port is not None and not 1 <= int(port) <= 65535:
-                why = f"port {port} is not between 1 and 65535"
-            else:
-                host = text[: match.end("host")].strip("[]")
-                regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in host)
-                return re.compile(regex), None if port is None else int(port), "*" in host or "?" in host
-    raise ValueError(f"not a host pattern: {why}; expected {HOST_FORM}")
-
-
-# --- built-in prices (genai-prices) ------------------------------------------------------------------
-
-
-def _genai_providers() -> list[Provider]:
-    # Imported here: genai-prices' data module is slow to import, paid only when a price is needed.
-    # The bundled data, not get_snapshot(): an UpdatePrices running elsewhere in the process must not
-    # change our prices (or make them depend on the network) mid-run.
-    from genai_prices.data import providers
-
-    return providers
-
-
-_preloading: threading.Thread | None = None
-# how long a fork waits for the load to end: only a fork made from inside an import the load itself
-# waits for (the two would wait for each other) goes ahead unfinished
-_FORK_WAIT_S: Final = 10.0
-
-
-def preload() -> None:
-    """Start loading genai-prices' data on a daemon thread (once per process), so that the first priced
-    call need not wait for it; a call that comes first waits for the same import (Python imports a
-    module once, other threads waiting for it)."""
-    global _preloading
-    if _preloading is None and "genai_prices.data" not in sys.modules:
-        _preloading = threading.Thread(target=_load_quietly, name="llm-ledger-prices", daemon=True)
-        _preloading.start()
-
-
-def _load_quietly() -> None:
-    try:
-        _genai_providers()
-    except Exception:  # not loaded: the first priced call imports it again and reports what fails
-        pass
-
-
-def _before_fork() -> None:
-    # a module another thread is importing at a fork stays locked in the child for good (gunicorn
-    # --preload forks right after the application's configure()): the load ends first
-    thread = _preloading
-    if thread is not None and thread is not threading.current_thread():
-        thread.join(_FORK_WAIT_S)
-
-
-os.register_at_fork(before=_before_fork)
-
-
-def _genai_provider(name: str) -> Provider | None:
-    from genai_prices.data_snapshot import find_provider_by_id
-
-    return find_provider_by_id(_genai_providers(), name) if name.strip() else None
-
-
-def known_providers() -> list[str]:
-    """The ids of the providers genai-prices' bundled data prices (``openai``, ``azure``, ``groq``...)."""
-    return [provider.id for provider in _genai_providers()]
-
-
-def provider_error(name: str) -> str:
-    """ "unknown provider 'grok' (did you mean 'groq'?); known providers: ..." for an error message."""
-    known = known_providers()
-    hint = did_you_mean(name.lower(), known, n=3)
-    return f"unknown provider {shown(name)}{hint}; known providers: {', '.join(known)}"
+    names = (model, bare, _DATE_SUFFIX.sub("", model), _DATE_SUFFIX.sub("", bare))
+    return [name for name in dict.fromkeys(names) if name]
 
 
 def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
     import genai_prices
-    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
+    from genai_prices.types import StartDateConstraint
 
     providers = _genai_providers()
     provider = _genai_provider(provider_id)
@@ -723,11 +519,11 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
         return None
     source = f"genai-prices {genai_prices.__version__}"
     # the service tiers genai-prices prices apart (OpenAI's flex and priority); as in genai-prices, only
-    # at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's)
+    # at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's). A
+    # tier Rates does not know (one genai-prices adds later) costs the standard rates, as it did before.
     own = any(info is model for model in provider.models)
-    served = sorted(
-        {v.when["service_tier"] for v in info.price_variants or () if set(v.when) == {"service_tier"}}
-    )
+    variants = [v.when for v in info.price_variants or () if set(v.when) == {"service_tier"}]
+    served = sorted({when["service_tier"] for when in variants} & set(SERVICE_TIERS))
 
     def entry(moment: datetime) -> _Entry | None:
         rates = _rates_from_model_info(info, source, moment)
@@ -750,10 +546,7 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
         c.start_date for c in constraints if isinstance(c, StartDateConstraint) and c.start_date > now.date()
     ]
     expires = datetime(*min(later).timetuple()[:3], tzinfo=UTC).timestamp() if later else None
-    windows = [c.constraint for c in conditional if isinstance(c.constraint, TimeOfDateConstraint)]
-    starts = sorted(
-        {0} | {_utc_second(w.start_time) for w in windows} | {_utc_second(w.end_time) for w in windows}
-    )
+    starts = sorted({0} | _price_changes(info))
     midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
     try:
         current = entry(now)
@@ -770,16 +563,16 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
 def day_parts(model: str) -> tuple[int, ...]:
     """The seconds of the UTC day at which ``model``'s price changes at a provider listing it, ascending
     (DeepSeek's off-peak hours, as genai-prices lists them); empty when it costs the same all day."""
+    return tuple(sorted(set().union(*(_price_changes(p.find_model(model)) for p in _genai_providers()))))
+
+
+def _price_changes(info: ModelInfo | None) -> set[int]:
+    """The seconds of the UTC day at which a model's price by time of day changes."""
     from genai_prices.types import TimeOfDateConstraint
 
-    seconds: set[int] = set()
-    for provider in _genai_providers():
-        info = provider.find_model(model)
-        for conditional in info.prices if info is not None and isinstance(info.prices, list) else ():
-            window = conditional.constraint
-            if isinstance(window, TimeOfDateConstraint):
-                seconds |= {_utc_second(window.start_time), _utc_second(window.end_time)}
-    return tuple(sorted(seconds))
+    prices = info.prices if info is not None and isinstance(info.prices, list) else []
+    windows = [p.constraint for p in prices if isinstance(p.constraint, TimeOfDateConstraint)]
+    return {_utc_second(w.start_time) for w in windows} | {_utc_second(w.end_time) for w in windows}
 
 
 def _utc_second(moment: dt_time) -> int:
@@ -839,29 +632,13 @@ def _builtin_table() -> PriceTable:
 def price(
     model: str,
     *,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int = 0,
-    cache_write_tokens: int = 0,
-    prompt_audio_tokens: int = 0,
-    completion_audio_tokens: int = 0,
     provider: str | None = None,
     table: PriceTable | None = None,
-    at: datetime | None = None,
-    service_tier: str | None = None,
+    **call: Unpack[PricedCall],
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
-    model name at OpenAI's list price), made ``at`` (default: now) on ``service_tier`` (default: the
-    standard one), ``None`` for an unknown model."""
-    return (table or _builtin_table()).cost(
-        model,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        cached_tokens=cached_tokens,
-        cache_write_tokens=cache_write_tokens,
-        prompt_audio_tokens=prompt_audio_tokens,
-        completion_audio_tokens=completion_audio_tokens,
-        provider=provider,
-        at=at,
-        service_tier=service_tier,
-    )
+    model name at OpenAI's list price), ``None`` for an unknown model. The call's keywords
+    (:class:`PricedCall`): ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``,
+    ``cache_write_tokens``, ``prompt_audio_tokens``, ``completion_audio_tokens``, ``at``,
+    ``service_tier``."""
+    return (table or _builtin_table()).cost(model, provider=provider, **call)

@@ -11,7 +11,7 @@ import functools
 import re
 from typing import TYPE_CHECKING, Any, Final
 
-from ._pricing import DEFAULT_PROVIDER, _genai_providers
+from ._rates import DEFAULT_PROVIDER, _genai_providers
 from ._records import ServerShape
 
 if TYPE_CHECKING:

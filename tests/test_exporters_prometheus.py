@@ -252,6 +252,39 @@ def test_a_lens_named_as_a_reserved_label_value_is_said_once(
     assert "'other'" in said[1] and "past the cap" in said[1]
 
 
+def test_a_model_or_tier_named_as_a_reserved_label_value_is_said_once(
+    fake_openai: FakeOpenAI, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model named "unknown" shares its series with the calls that name no model, and a service tier
+    named "none" with the answers that name none, as a lens keyed "none" does: the sink says so once per
+    value on llm_ledger.internal, naming what the series also count."""
+    made: list[Any] = []
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[made.append])
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    call = made[0]
+    named = [
+        {
+            **call,
+            "request": {**call["request"], "model": model},
+            "response": {**call["response"], "model": model},
+        }
+        for model in ("unknown", None)
+    ]
+    tiered = [{**call, "response": {**call["response"], "service_tier": tier}} for tier in ("none", None)]
+    sink = PrometheusSink(registry)
+    with caplog.at_level(logging.WARNING, logger="llm_ledger.internal"):
+        for record in [*named, *tiered] * 2:
+            sink(record)
+        found = exposed(registry)
+    assert by_labels(found, "llm_ledger_calls_total", "model") == {("unknown",): 4.0, ("gpt-4o-mini",): 4.0}
+    assert by_labels(found, "llm_ledger_calls_total", "service_tier") == {("default",): 4.0, ("none",): 4.0}
+    said = [r.getMessage() for r in caplog.records if "reserved" in r.getMessage()]
+    assert len(said) == 2
+    assert "model 'unknown'" in said[0] and "calls that name no model" in said[0]
+    assert "service tier 'none'" in said[1] and "answers that name no service tier" in said[1]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -12,7 +12,7 @@ import pytest
 
 import llm_ledger
 import llm_ledger.testing
-from llm_ledger import _pricing, _servers
+from llm_ledger import _rates, _servers
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
 
@@ -419,7 +419,7 @@ def test_a_client_derived_per_request_is_not_matched_against_every_provider_agai
     client each time: its provider, found by matching the base URL against every provider genai-prices
     knows (tens of microseconds), is found once per base URL, not once per derived client."""
     matched: list[int] = []
-    providers = _pricing._genai_providers
+    providers = _rates._genai_providers
 
     def counted() -> Any:
         matched.append(1)

@@ -192,6 +192,29 @@ def test_python_service_tiers_are_checked() -> None:
         Rates("m", Decimal(2), Decimal(2), tiers=((1_000, nested),))
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "flx",
+            "unknown service tier (did you mean 'flex'?); valid service tiers: flex, priority, fast, scale",
+        ),
+        (
+            "default",
+            "unknown service tier; the standard tier's rates are the entry's own (input, cached_input, "
+            "output); valid service tiers: flex, priority, fast, scale",
+        ),
+    ],
+)
+def test_python_service_tier_names_are_checked_as_in_a_price_file(name: str, message: str) -> None:
+    """``Rates(service_tiers=...)`` rejects a tier no response names, with the price file's message (the
+    valid choices), instead of keeping rates no call would ever be priced at."""
+    other = Rates("m", Decimal("0.5"), Decimal(1))
+    with pytest.raises(ConfigError) as excinfo:
+        Rates("m", Decimal(1), Decimal(2), Decimal("0.1"), service_tiers=((name, other),))
+    assert str(excinfo.value) == f"Rates('m').service_tiers.{name}: {message}"
+
+
 ENTRY = "version: 1\nmodels:\n  m:\n    input: 1\n    cached_input: 0.1\n    output: 2\n"
 
 BAD = [

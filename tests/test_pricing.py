@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import llm_ledger
 from llm_ledger import _pricing
 from llm_ledger._errors import ConfigError, PriceFileError
 from llm_ledger._pricing import Cost, PriceTable, Rates, price
@@ -217,6 +218,25 @@ def test_cost_names_a_token_count_that_is_not_a_whole_number(counts: dict[str, A
     arguments: dict[str, Any] = {"prompt_tokens": 10, "completion_tokens": 5, **counts}
     with pytest.raises(ValueError, match=re.escape(message)):
         price("gpt-4o", **arguments)
+
+
+@pytest.mark.parametrize(
+    ("counts", "wrong"),
+    [
+        (
+            {"prompt_tokens": 10, "completion_tokens": 5, "cache_tokens": 1},
+            "an unexpected keyword 'cache_tokens'",
+        ),
+        ({"prompt_tokens": 10}, "no keyword 'completion_tokens'"),
+    ],
+)
+def test_cost_names_a_keyword_it_does_not_take_or_misses(counts: dict[str, Any], wrong: str) -> None:
+    """A misspelt count (cache_tokens) is a TypeError naming it and the keywords taken, never a count
+    quietly left at 0; so is a missing required count, whichever of price(), PriceTable.cost() and
+    Route.cost() is called."""
+    for cost in (price, PriceTable().cost, PriceTable().route().cost):
+        with pytest.raises(TypeError, match=re.escape(f"cost() got {wrong}; it takes prompt_tokens, ")):
+            cost("gpt-4o", **counts)
 
 
 def test_rates_reject_float_and_negative_prices() -> None:
@@ -511,10 +531,19 @@ def test_bad_price_file_names_file_line_key_and_value(tmp_path: Path, text: str,
 
 
 def test_missing_price_file(tmp_path: Path) -> None:
-    """A missing price file is a PriceFileError naming the path."""
+    """A missing price file is one PriceFileError, wherever it is named: the path, then how to create it
+    or do without it (configure() says which setting to drop: tests/test_ledger_config.py)."""
     path = tmp_path / "nope.yaml"
-    with pytest.raises(PriceFileError, match=r"nope\.yaml: price file not found$"):
+    message = (
+        f"{path}: price file not found; create it (version: 1, and models: with each model's input and "
+        "output USD per 1M tokens; docs/PRICING.md), or give no price file to use genai-prices alone"
+    )
+    with pytest.raises(PriceFileError) as excinfo:
         PriceTable.from_file(path)
+    assert str(excinfo.value) == message
+    with pytest.raises(PriceFileError) as excinfo:
+        llm_ledger.LLMCallMonitor(logger=None, prices=path)
+    assert str(excinfo.value) == message
 
 
 def test_unreadable_price_files(tmp_path: Path) -> None:

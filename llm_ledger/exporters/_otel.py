@@ -363,32 +363,29 @@ class OTelSink:
             self._metrics(record, theirs, their_span is not None)
             if theirs and their_span is None:
                 return  # openai-v2 makes the span; nothing to link it by
-            run_id = record["context"].get("lens_run_id")
-            lens = None
-            if run_id is not None and made_here(run_id):  # a run of a parent process: no record here
-                with self._lock:
-                    # a call that began after its lens's record went out (a thread outliving the
-                    # block) joins the lens span; waiting for that record would keep it for good
-                    lens = self._exported.get(run_id)
-                    if lens is None:
-                        given_up = self._wait(run_id, their_span if theirs else record, link=theirs)
-                if lens is None:
-                    self._give_up(given_up)
-                    return
-            if not theirs:
+            waits, lens = self._parent(record, their_span if theirs else record, link=theirs)
+            if not (waits or theirs):
                 self._call_span(record, lens)
         elif event == LENS_EVENT:
-            parent_id = record["context"].get("parent_lens_run_id")
-            parent = None
-            if parent_id is not None and made_here(parent_id):
-                with self._lock:
-                    parent = self._exported.get(parent_id)
-                    if parent is None:
-                        given_up = self._wait(parent_id, record)
-                if parent is None:
-                    self._give_up(given_up)
-                    return
-            self._lens(record, parent)
+            waits, parent = self._parent(record, record)
+            if not waits:
+                self._lens(record, parent)
+
+    def _parent(self, record: Mapping[str, Any], item: Any, *, link: bool = False) -> tuple[bool, Any]:
+        """(whether ``item`` now waits for its lens's record, else the lens span's context or None).
+        A run of a parent process has no record here; a call that began after its lens's record went
+        out (a thread outliving the block) joins the lens span, as waiting would keep it for good."""
+        run_id = _waited_for(record)
+        if run_id is None or not made_here(run_id):
+            return False, None
+        with self._lock:
+            lens = self._exported.get(run_id)
+            if lens is None:
+                given_up = self._wait(run_id, item, link=link)
+        if lens is None:
+            self._give_up(given_up)
+            return True, None
+        return False, lens
 
     def _wait(self, run_id: str, item: Any, *, link: bool = False) -> list[Mapping[str, Any]]:
         """Keep ``item`` (a record, or with ``link`` the context of openai-v2's span) until lens run
@@ -418,10 +415,11 @@ class OTelSink:
                 _waited_for(records[0]), MAX_PENDING_CALLS,
             )  # fmt: skip
         for record in records:
-            if record["event"] == LENS_EVENT:
-                self._lens(record, None)
-            else:
-                self._call_span(record, None)
+            self._span(record, None)
+
+    def _span(self, record: Mapping[str, Any], parent: Any) -> None:
+        """The span of a record that waited for its lens: a call's, or a nested lens run's."""
+        (self._lens if record["event"] == LENS_EVENT else self._call_span)(record, parent)
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
@@ -705,9 +703,6 @@ class OTelSink:
                 self._exported.popitem(last=False)
         try:
             for item in calls:
-                if item["event"] == LENS_EVENT:
-                    self._lens(item, lens_context)
-                else:
-                    self._call_span(item, lens_context)
+                self._span(item, lens_context)
         finally:
             lens_span.end(end_time=max(end, start))

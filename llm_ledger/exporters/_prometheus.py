@@ -112,17 +112,23 @@ def _warn_unserved() -> None:
     )
 
 
-# what the lens label's reserved values stand for; a lens keyed as one of them shares its series
-_RESERVED_LENSES: Final = {NO_LENS: "the calls outside any lens", OTHER: "the lenses past the cap"}
+# each label's reserved values and what they stand for: a lens, model or service tier named as one
+# shares their series (kept rather than escaped: dashboards already query lens="none"), and is told once
+_RESERVED: Final = {
+    "lens": {NO_LENS: "the calls outside any lens", OTHER: "the lenses past the cap"},
+    "model": {UNKNOWN_MODEL: "the calls that name no model", OTHER: "the models past the cap"},
+    "service_tier": {NO_TIER: "the answers that name no service tier", OTHER: "the tiers past the cap"},
+}
 
 
-def _say_reserved(lens: str) -> None:
-    """Once per lens key kept: a lens keyed as a reserved label value shares that value's series."""
+def _say_reserved(kind: str, value: str) -> None:
+    """Once per value kept: a label value named as a reserved one shares that value's series."""
+    fix = "; give the lens another key to tell them apart" if kind == "lens" else ""
     _internal_log.warning(
-        "llm-ledger: PrometheusSink: the lens key %r is a reserved value of the lens label, so its series "
-        "also count %s (docs/exporters.md, Cardinality); give the lens another key to tell them apart "
-        "(the JSONL file and the OpenTelemetry spans keep it apart)",
-        lens, _RESERVED_LENSES[lens],
+        "llm-ledger: PrometheusSink: the %s %r is a reserved value of the %s label, so its series also "
+        "count %s (docs/exporters.md, Cardinality)%s; the JSONL file and the OpenTelemetry spans keep "
+        "them apart",
+        "lens key" if kind == "lens" else kind.replace("_", " "), value, kind, _RESERVED[kind][value], fix,
     )  # fmt: skip
 
 
@@ -209,11 +215,10 @@ class PrometheusSink:
         self.max_lenses = _cap("max_lenses", max_lenses)
         self.max_models = _cap("max_models", max_models)
         self._lock = threading.Lock()
-        self._lenses: set[str] = set()
-        self._models: set[str] = set()
+        # label -> (the values kept by name, how many may be)
         self._caps: dict[str, tuple[set[str], int]] = {
-            "lens": (self._lenses, self.max_lenses),
-            "model": (self._models, self.max_models),
+            "lens": (set(), self.max_lenses),
+            "model": (set(), self.max_models),
             "service_tier": (set(), MAX_TIERS),
         }
         # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
@@ -298,8 +303,8 @@ class PrometheusSink:
             self.dropped.labels(event)
 
     def __repr__(self) -> str:
-        lenses = f"{len(self._lenses)}/{self.max_lenses}"
-        return f"<PrometheusSink lenses={lenses} models={len(self._models)}/{self.max_models}>"
+        lenses, models = (f"{len(kept)}/{cap}" for kept, cap in (self._caps["lens"], self._caps["model"]))
+        return f"<PrometheusSink lenses={lenses} models={models}>"
 
     def __call__(self, record: Mapping[str, Any]) -> None:
         if _unserved:
@@ -351,12 +356,8 @@ class PrometheusSink:
                         continue
                 (self._move_lens if lens else self._move)(children, sums)
             except Exception as exc:  # one series must not cost the others, nor a scrape
-                if lens:
-                    self._dropped(LENS_EVENT, _records(key, sums), {"lens": key[0]}, exc)
-                else:
-                    self._dropped(
-                        CALL_EVENT, _records(key, sums), dict(zip(_CALL_LABELS, key[:-2], strict=True)), exc
-                    )
+                labels = {"lens": key[0]} if lens else dict(zip(_CALL_LABELS, key[:-2], strict=True))
+                self._dropped(LENS_EVENT if lens else CALL_EVENT, _records(key, sums), labels, exc)
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
@@ -403,8 +404,8 @@ class PrometheusSink:
                 seen.add(value)
         if not kept:
             return OTHER
-        if kind == "lens" and value in _RESERVED_LENSES:
-            _say_reserved(value)
+        if value in _RESERVED[kind]:
+            _say_reserved(kind, value)
         return value
 
     def _admit(self, kind: str, value: str, cap: int) -> bool:
