@@ -204,6 +204,20 @@ def _returns_within(seconds: float, function: Callable[[], object]) -> bool:
     return not thread.is_alive()
 
 
+def _read_until_ended(fifo: Path, thread: threading.Thread) -> None:
+    """Read ``fifo`` until ``thread`` ends: a writer blocked opening it or writing to it goes on."""
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while thread.is_alive():
+            try:
+                os.read(fd, 1 << 16)
+            except BlockingIOError:
+                pass
+            thread.join(0.05)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize(
     ("kind", "named"),
     [("fifo", "FIFO (named pipe)"), ("directory", "directory"), ("device", "character device")],
@@ -257,12 +271,23 @@ def test_a_log_file_replaced_by_a_fifo_never_blocks_a_call(
         os.rename(path, rotated)
         os.mkfifo(path)
 
+        stop = threading.Event()
+
         def call_and_flush() -> None:
             for _ in range(calls):
+                if stop.is_set():
+                    return
                 client.chat.completions.create(model="gpt-4o-mini", messages=messages)
             llm_ledger.flush()
 
-        assert _returns_within(10, call_and_flush)
+        thread = threading.Thread(target=call_and_flush, daemon=True)
+        thread.start()
+        thread.join(30)  # a blocked call waits for a reader forever: far longer than a slow machine takes
+        blocked = thread.is_alive()
+        if blocked:  # stop the calls before failing: a thread still calling while pytest reports the
+            stop.set()  # failure can crash the worker (CPython 3.11.7, gh-106905)
+            _read_until_ended(path, thread)
+        assert not blocked, "a call or flush() blocked on the FIFO at the log path"
         reports = [r.getMessage() for r in internal_log.records if r.name == "llm_ledger.internal"]
         assert any("FIFO (named pipe), not a regular file" in m and "kept for retry" in m for m in reports)
         assert len(read_lines(rotated)) == 10
