@@ -384,7 +384,7 @@ def _run_as_printed(command: str, cwd: Path) -> subprocess.CompletedProcess[str]
     """A command the demo printed, run as a user pastes it into a new terminal: no venv on PATH."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "OPENAI_API_KEY")}
     env["PATH"] = os.defpath
-    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 
 
 def test_the_commands_the_demo_prints_run_as_printed(
