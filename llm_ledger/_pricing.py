@@ -41,19 +41,14 @@ if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, TieredPrices
 
 __all__ = [
-    "DEFAULT_PROVIDER",
-    "PRICE_FILE_SOURCE",
     "PROVIDER_REPORTED",
     "Cost",
-    "HostPrice",
     "MatchedBy",
     "PriceTable",
     "PricedCall",
-    "Rates",
     "Route",
     "day_parts",
     "price",
-    "provider_error",
     "reasoning_outside",
     "reported_cost_units",
 ]

@@ -13,8 +13,7 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger import PriceTable, price
-from llm_ledger._pricing import HostPrice
+from llm_ledger import HostPrice, PriceTable, price
 from llm_ledger.testing import Captured
 from tests.cost_helpers import assert_repriced_unchanged, genai_usd
 

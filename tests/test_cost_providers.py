@@ -14,9 +14,10 @@ import openai
 import pytest
 
 import llm_ledger
+from llm_ledger import HostPrice, PriceTable, Rates
 from llm_ledger._cli import main
 from llm_ledger._jsonl import JsonlFileHandler
-from llm_ledger._pricing import HostPrice, PriceTable, Rates, reported_cost_units
+from llm_ledger._pricing import reported_cost_units
 from llm_ledger._records import USD_UNITS
 from llm_ledger.testing import Captured, FakeOpenAI
 

@@ -16,9 +16,8 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger import _monitor, _pricing
+from llm_ledger import HostPrice, PriceTable, _monitor, _pricing
 from llm_ledger._cli import main
-from llm_ledger._pricing import HostPrice, PriceTable
 from llm_ledger.testing import Captured
 
 # deepseek-chat: the list price from 00:30 to 16:30 UTC, half of it the rest of the day

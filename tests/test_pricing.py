@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 
 import llm_ledger
-from llm_ledger import _pricing
+from llm_ledger import Cost, PriceTable, Rates, _pricing, price
 from llm_ledger._errors import ConfigError, PriceFileError
-from llm_ledger._pricing import Cost, PriceTable, Rates, price
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 

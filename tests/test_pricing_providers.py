@@ -13,9 +13,8 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger import _servers
+from llm_ledger import HostPrice, PriceTable, Rates, _servers
 from llm_ledger._errors import ConfigError, PriceFileError
-from llm_ledger._pricing import HostPrice, PriceTable, Rates
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY, Sdk
 from tests.sdk import sdk_http

@@ -26,14 +26,8 @@ from typing import Any, Final, cast
 from .._cli import add_command
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
-from .._pricing import (
-    DEFAULT_PROVIDER,
-    PROVIDER_REPORTED,
-    PriceTable,
-    Route,
-    provider_error,
-    reasoning_outside,
-)
+from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
+from .._rates import DEFAULT_PROVIDER, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from .._table import NO_FIGURE, markdown_table, percent, text_table, usd
 from ..loading import did_you_mean, printable, shown
