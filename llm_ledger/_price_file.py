@@ -15,13 +15,13 @@ from llm_ledger._errors import PriceFileError
 from llm_ledger._rates import (
     MAX_RATE,
     RATE_FIELDS,
-    SERVICE_TIERS,
     HostPrice,
     Rates,
     _genai_provider,
     host_matcher,
     provider_error,
     service_tier_error,
+    service_tiers,
 )
 from llm_ledger.loading import Document, join, read_file
 
@@ -202,11 +202,11 @@ def _service_tiers(
     if "service_tiers" not in fields:
         return ()
     node, key_path = fields["service_tiers"], f"{entry_path}.service_tiers"
-    expected = f"a mapping of service tier ({', '.join(SERVICE_TIERS)}) to its rates"
+    expected = f"a mapping of service tier ({', '.join(service_tiers())}) to its rates"
     tiers: list[tuple[str, Rates]] = []
     for name, key_node, item in doc.mapping(node, key_path, expected):
         tier_path = join(key_path, name)
-        if name not in SERVICE_TIERS:
+        if name not in service_tiers():
             raise doc.error(key_node, tier_path, service_tier_error(name, list(given)))
         rates_expected = f"a mapping with keys {', '.join(_SERVICE_TIER_KEYS)} (USD per 1M tokens)"
         keys = _rate_fields(doc, item, tier_path, rates_expected, _SERVICE_TIER_KEYS)

@@ -27,13 +27,13 @@ from llm_ledger._price_file import load_price_file
 from llm_ledger._rates import (
     DEFAULT_PROVIDER,
     PRICE_FILE_SOURCE,
-    SERVICE_TIERS,
     HostPrice,
     Rates,
     _genai_provider,
     _genai_providers,
     host_matcher,
     provider_error,
+    service_tiers,
 )
 from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
 
@@ -513,12 +513,11 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     if info is None:
         return None
     source = f"genai-prices {genai_prices.__version__}"
-    # the service tiers genai-prices prices apart (OpenAI's flex and priority); as in genai-prices, only
-    # at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's). A
-    # tier Rates does not know (one genai-prices adds later) costs the standard rates, as it did before.
+    # the service tiers genai-prices prices apart (OpenAI's flex, priority, fast...); as in genai-prices,
+    # only at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's)
     own = any(info is model for model in provider.models)
     variants = [v.when for v in info.price_variants or () if set(v.when) == {"service_tier"}]
-    served = sorted({when["service_tier"] for when in variants} & set(SERVICE_TIERS))
+    served = sorted({when["service_tier"] for when in variants} & set(service_tiers()))
 
     def entry(moment: datetime) -> _Entry | None:
         rates = _rates_from_model_info(info, source, moment)

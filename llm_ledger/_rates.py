@@ -6,6 +6,7 @@ internals.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -32,6 +33,7 @@ __all__ = [
     "preload",
     "provider_error",
     "service_tier_error",
+    "service_tiers",
 ]
 
 
@@ -46,8 +48,10 @@ _HOST_PATTERN: Final = re.compile(
 )
 # the rates a model may give, in the order messages list them; all but input and output are optional
 RATE_FIELDS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
-# the service tiers a response names that may be priced apart ("default" is the standard rates)
+# the service tiers a response names that may be priced apart ("default" is the standard rates); those
+# genai-prices prices apart are added by service_tiers()
 SERVICE_TIERS: Final = ("flex", "priority", "fast", "scale")
+_STANDARD_TIERS: Final = ("default", "auto")
 _HOST_FORM: Final = (
     "a host name or IP address with an optional :port and * ? wildcards, no scheme or path "
     '(e.g. "localhost:11434", "*.internal.example.com", "10.0.0.*")'
@@ -117,20 +121,35 @@ class Rates:
                     f"Rates({self.model!r}).service_tiers: expected (name, Rates) pairs with distinct names "
                     f"and no nested service tiers, got {self.service_tiers!r}"
                 )
-            if name not in SERVICE_TIERS:
+            if name not in service_tiers():
                 given = [key for key in RATE_FIELDS if getattr(self, key) is not None]
                 raise ConfigError(
                     f"Rates({self.model!r}).service_tiers.{name}: {service_tier_error(name, given)}"
                 )
 
 
+@functools.cache
+def service_tiers() -> tuple[str, ...]:
+    """The service tiers a price may be given for: :data:`SERVICE_TIERS`, then any other that
+    genai-prices prices apart (a tier a provider adds reaches users with genai-prices' data)."""
+    priced = {
+        variant.when["service_tier"]
+        for provider in _genai_providers()
+        for model in provider.models
+        for variant in model.price_variants or ()
+        if set(variant.when) == {"service_tier"}
+    }
+    return SERVICE_TIERS + tuple(sorted(priced - {*SERVICE_TIERS, *_STANDARD_TIERS}))
+
+
 def service_tier_error(name: str, given: list[str]) -> str:
-    """Why ``name`` is not in :data:`SERVICE_TIERS`, for an entry giving the rates ``given``."""
-    if name in ("default", "auto"):
+    """Why ``name`` is not in :func:`service_tiers`, for an entry giving the rates ``given``."""
+    valid = service_tiers()
+    if name in _STANDARD_TIERS:
         hint = f"; the standard tier's rates are the entry's own ({', '.join(given)})"
     else:
-        hint = did_you_mean(name, SERVICE_TIERS)
-    return f"unknown service tier{hint}; valid service tiers: {', '.join(SERVICE_TIERS)}"
+        hint = did_you_mean(name, valid)
+    return f"unknown service tier{hint}; valid service tiers: {', '.join(valid)}"
 
 
 @dataclass(frozen=True, slots=True)

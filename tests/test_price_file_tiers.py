@@ -15,7 +15,11 @@ import pytest
 from llm_ledger import LLMCallMonitor, PriceFileError, PriceTable, Rates, price
 from llm_ledger._cli import main
 from llm_ledger._errors import ConfigError
+from llm_ledger._rates import service_tiers
 from llm_ledger.testing import Captured
+
+# the tiers a price may be given for: ours, then those genai-prices prices apart (its data grows)
+TIERS = ", ".join(service_tiers())
 
 # A negotiated Gemini rate with its long-context cliff, and a gpt-5-mini rate with its flex tier; the
 # figures differ from genai-prices' so that a built-in price would show.
@@ -197,12 +201,12 @@ def test_python_service_tiers_are_checked() -> None:
     [
         (
             "flx",
-            "unknown service tier (did you mean 'flex'?); valid service tiers: flex, priority, fast, scale",
+            f"unknown service tier (did you mean 'flex'?); valid service tiers: {TIERS}",
         ),
         (
             "default",
             "unknown service tier; the standard tier's rates are the entry's own (input, cached_input, "
-            "output); valid service tiers: flex, priority, fast, scale",
+            f"output); valid service tiers: {TIERS}",
         ),
     ],
 )
@@ -302,14 +306,14 @@ BAD = [
     (
         "unknown-service-tier",
         "    service_tiers:\n      flx: {input: 0.5, cached_input: 0.05, output: 1}\n",
-        "8: models.m.service_tiers.flx: unknown service tier (did you mean 'flex'?); valid service tiers: "
-        "flex, priority, fast, scale",
+        f"8: models.m.service_tiers.flx: unknown service tier (did you mean 'flex'?); valid service tiers: "
+        f"{TIERS}",
     ),
     (
         "default-service-tier",
         "    service_tiers:\n      default: {input: 0.5, cached_input: 0.05, output: 1}\n",
         "8: models.m.service_tiers.default: unknown service tier; the standard tier's rates are the entry's "
-        "own (input, cached_input, output); valid service tiers: flex, priority, fast, scale",
+        f"own (input, cached_input, output); valid service tiers: {TIERS}",
     ),
     (
         "service-tier-singular",
@@ -324,8 +328,7 @@ BAD = [
     (
         "service-tier-not-mapping",
         "    service_tiers: [flex]\n",
-        "7: models.m.service_tiers: expected a mapping of service tier (flex, priority, fast, scale) to its "
-        "rates, got a list",
+        f"7: models.m.service_tiers: expected a mapping of service tier ({TIERS}) to its rates, got a list",
     ),
     (
         "nested-service-tiers",
@@ -345,3 +348,16 @@ def test_bad_tiers_name_the_file_line_key_and_fix(tmp_path: Path, tail: str, mes
     with pytest.raises(PriceFileError) as error:
         PriceTable.from_file(path)
     assert str(error.value).startswith(f"{path}:{message}")
+
+
+def test_a_tier_genai_prices_prices_apart_can_be_given_and_is_listed_after_ours(tmp_path: Path) -> None:
+    """A tier a provider adds (OpenAI's ultrafast, in genai-prices' data) is priced apart built in, so a
+    price file may correct it too; the valid choices list ours first, then genai-prices' own."""
+    assert service_tiers()[:4] == ("flex", "priority", "fast", "scale") and "ultrafast" in service_tiers()
+    path = tmp_path / "prices.yaml"
+    path.write_text(ENTRY + "    service_tiers:\n      ultrafast: {input: 3, cached_input: 0.3, output: 6}\n")
+    counts: dict[str, Any] = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000}
+    table = PriceTable.from_file(path, builtin=False)
+    assert (cost := table.cost("m", **counts, service_tier="ultrafast")) is not None
+    assert cost.total_cost_usd == Decimal(9)
+    assert (cost := table.cost("m", **counts)) is not None and cost.total_cost_usd == Decimal(3)
