@@ -4,6 +4,11 @@ br and zstd bodies, when asked for, need brotli and backports.zstd).
 Public as :class:`llm_ledger.testing.FakeOpenAI` and as ``llm-ledger fake-server``. Its endpoints, token
 accounting, response headers and the ``x-fake-*`` request headers that steer it (faults included) are
 described in docs/FAKE_SERVER.md; keep that page true to this module.
+
+A request goes: ``_Handler._dispatch`` (read, record, check the headers, the faults that come before
+an answer) → ``_Handler._answer`` (queued failures, statuses, routing) → an endpoint, which returns a
+:class:`_Reply` (JSON) or a :class:`_Stream` (server-sent events), or raises :class:`_Refusal` for an
+error answer → ``_Handler._send`` (encoding, and the faults that break the answer on the wire).
 """
 
 from __future__ import annotations
@@ -38,18 +43,12 @@ __all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
 
 JSONDict = dict[str, Any]
 
-DEFAULT_CHUNKS = 5
-DEFAULT_DELAY_MS = 50
-DEFAULT_EMBEDDING_DIMENSIONS = 8
 CREATED = 1_700_000_000
-SYSTEM_FINGERPRINT = "fp_fake0001"
 STREAM_ERROR = "The server had an error while processing your request."
-SNAPSHOT_SUFFIX = "-2024-07-18"
-_LOREM_TEXT = (
+_LOREM = (
     "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et "
     "dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco laboris nisi"
 )
-LOREM = _LOREM_TEXT.split()
 RESPONSE_HEADERS = {
     "openai-organization": "org-fake-secret",
     "openai-project": "proj_fake",
@@ -66,6 +65,39 @@ _ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
     409: ("invalid_request_error", None, "Conflict (fake)."),
     422: ("invalid_request_error", None, "Unprocessable entity (fake)."),
     429: ("requests", "rate_limit_exceeded", "Rate limit reached (fake)."),
+}
+MAX_BODY_BYTES = 64 * 2**20  # larger bodies answer 413 unread: a stray Content-Length must not eat the memory
+# the x-fake-* request headers (docs/FAKE_SERVER.md), without the prefix: int for a whole number, str
+# for any text, else the values it takes (x-fake-fault: a comma-separated list of them)
+_HEADERS: dict[str, Any] = {
+    "chunks": int,
+    "completion-words": int,
+    "cached-tokens": int,
+    "cache-write-tokens": int,
+    "prompt-audio-tokens": int,
+    "completion-audio-tokens": int,
+    "reasoning-tokens": int,
+    "tool-calls": int,
+    "delay-ms": int,
+    "content": str,
+    "refusal": str,
+    "served-model": str,
+    "cost": str,
+    "status": str,
+    "fault": ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed"),
+    "usage-style": (
+        "openai",
+        "deepseek",
+        "xai",
+        "gemini",
+        "perplexity",
+        "openrouter",
+        "openrouter-byok",
+        "every-chunk",
+    ),
+    "transfer": ("close",),
+    "finish": ("content_filter",),
+    "encoding": ("gzip", "br", "zstd"),
 }
 
 
@@ -104,124 +136,74 @@ class RecordedAnswer:
     body: Any
 
 
-_Failure = tuple[JSONDict, int, dict[str, str]]  # a fail_next() answer: its body, status, headers
-MAX_BODY_BYTES = (
-    64 * 2**20
-)  # larger bodies answer 413 unread (a stray Content-Length must not eat the memory)
-FAULTS = ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed")
-USAGE_STYLES = (
-    "openai",
-    "deepseek",
-    "xai",
-    "gemini",
-    "perplexity",
-    "openrouter",
-    "openrouter-byok",
-    "every-chunk",
-)
-# the x-fake-* request headers, by the values they take (docs/FAKE_SERVER.md); encoding checked where used
-_COUNT_HEADERS = (
-    "chunks",
-    "completion-words",
-    "cached-tokens",
-    "cache-write-tokens",
-    "prompt-audio-tokens",
-    "completion-audio-tokens",
-    "reasoning-tokens",
-    "tool-calls",
-    "delay-ms",
-)
-_CHOICE_HEADERS = {
-    "fault": FAULTS,
-    "usage-style": USAGE_STYLES,
-    "transfer": ("close",),
-    "finish": ("content_filter",),
-}
-_TEXT_HEADERS = ("content", "refusal", "served-model", "cost", "status", "encoding")
-
-
-class _BadRequest(Exception):
-    """A request the fake refuses, answered with ``status`` and the message (an OpenAI error body)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass
 class _Reply:
-    status: int
-    body: bytes
+    body: Any  # the JSON answer; bytes are sent as they are
+    status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
-class _StreamReply:
-    events: list[bytes]
+class _Stream:
+    # each sent as ``data: {...}``, after ``event: <type>`` when it has a ``type`` (Responses' events do,
+    # chunks do not)
+    events: list[JSONDict]
+    done: bool = True  # chunk streams end with ``data: [DONE]``, Responses streams do not
 
 
-_Event = tuple[str, JSONDict]  # a Responses stream event: its type, its fields
+class _Refusal(Exception):
+    """A request the fake refuses: an OpenAI error answer (``error`` fields beyond the message too)."""
+
+    def __init__(
+        self, status: int, message: str | None = None, headers: dict[str, str] | None = None, **error: Any
+    ) -> None:
+        super().__init__(message)
+        body = error_body(status, message)
+        body["error"].update(error)
+        self.reply = _Reply(body, status, dict(headers or {}))
 
 
 # --------------------------------------------------------------------------------------------------------
-# Pure helpers: text, tokens, schema samples
+# Pure helpers: steering headers, text, tokens, schema samples
 
 
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:  # an empty or malformed body
-        return None
-
-
-def _int_header(headers: dict[str, str], name: str, default: int) -> int:
-    return int(headers[name]) if name in headers else default  # checked by _check_headers()
+def _count(headers: dict[str, str], name: str, default: int = 0) -> int:
+    """The whole number of ``x-fake-NAME`` (checked by :func:`_check_headers`)."""
+    return int(headers.get("x-fake-" + name, default))
 
 
 def _check_headers(headers: dict[str, str]) -> None:
     """Refuse a misspelt ``x-fake-*`` header name or value: ignored, it would leave a test asserting on
     the defaults without knowing it."""
     for name, value in headers.items():
-        if not name.startswith("x-fake-"):
-            continue
-        key = name.removeprefix("x-fake-")
-        if key in _COUNT_HEADERS:
-            if not value.strip().isdigit():
-                raise _BadRequest(f"{name}: {value!r} is not a whole number (0 or more).")
-        elif key in _CHOICE_HEADERS:
-            choices = _CHOICE_HEADERS[key]
-            wrong = [
-                v
-                for v in (value.split(",") if key == "fault" else [value])
-                if v.strip() and v.strip() not in choices
-            ]
+        kind = _HEADERS.get(name.removeprefix("x-fake-")) if name.startswith("x-fake-") else str
+        if kind is None:
+            known = ", ".join(sorted("x-fake-" + k for k in _HEADERS))
+            raise _Refusal(400, f"{name} is not a header the fake server knows; it knows {known}.")
+        if kind is int and not value.strip().isdigit():
+            raise _Refusal(400, f"{name}: {value!r} is not a whole number (0 or more).")
+        if isinstance(kind, tuple):
+            values = [v.strip() for v in (value.split(",") if name == "x-fake-fault" else [value])]
+            wrong = [v for v in values if v and v not in kind]
             if wrong:
-                raise _BadRequest(f"{name}: {wrong[0].strip()!r} is not one of {', '.join(choices)}.")
-        elif key not in _TEXT_HEADERS:
-            known = sorted(f"x-fake-{k}" for k in (*_COUNT_HEADERS, *_CHOICE_HEADERS, *_TEXT_HEADERS))
-            raise _BadRequest(f"{name} is not a header the fake server knows; it knows {', '.join(known)}.")
+                raise _Refusal(400, f"{name}: {wrong[0]!r} is not one of {', '.join(kind)}.")
     status = headers.get("x-fake-status", "400")
     if not (status.strip().isdigit() and 400 <= int(status) <= 599):
-        raise _BadRequest(f"x-fake-status: {status!r} is not an error status (400 to 599).")
+        raise _Refusal(400, f"x-fake-status: {status!r} is not an error status (400 to 599).")
     cost = headers.get("x-fake-cost", "0")
     try:
         float(cost)
     except ValueError:
-        raise _BadRequest(f"x-fake-cost: {cost!r} is not a number of US dollars (e.g. 0.0012).") from None
+        raise _Refusal(400, f"x-fake-cost: {cost!r} is not a number of US dollars (e.g. 0.0012).") from None
 
 
 def _parts(content: Any) -> tuple[list[str], int]:
     """The text parts of a message's content, and how many image parts it has."""
     if isinstance(content, str):
         return [content], 0
-    texts: list[str] = []
-    images = 0
-    for part in content if isinstance(content, list) else ():
-        if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text"):
-            texts.append(str(part.get("text", "")))
-        elif isinstance(part, dict) and part.get("type") in ("image_url", "input_image"):
-            images += 1
-    return texts, images
+    parts = [p for p in content if isinstance(p, dict)] if isinstance(content, list) else []
+    texts = [str(p.get("text", "")) for p in parts if p.get("type") in ("text", "input_text", "output_text")]
+    return texts, sum(p.get("type") in ("image_url", "input_image") for p in parts)
 
 
 def _tokens(text: str) -> int:
@@ -236,47 +218,61 @@ def _truncate(text: str, limit: Any) -> tuple[str, str]:
     return text, "stop"
 
 
-def _prompt_tokens(messages: list[Any], tools: Any) -> int:
+def _counts(messages: list[Any], tools: Any, headers: dict[str, str]) -> tuple[int, int, int, int]:
+    """(prompt tokens, cached tokens, cache write tokens, reasoning tokens) of a request."""
     texts: list[str] = []
     images = 0
     for message in messages:
         parts, image_parts = _parts(message.get("content") if isinstance(message, dict) else message)
         texts += parts
         images += image_parts
-    tokens = _tokens("".join(texts)) + 4 * len(messages) + 85 * images
-    if tools:
-        tokens += _tokens(json.dumps(tools))
-    return tokens
-
-
-def _last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return " ".join(_parts(message.get("content"))[0])
-    return ""
+    prompt = (
+        _tokens("".join(texts))
+        + 4 * len(messages)
+        + 85 * images
+        + (_tokens(json.dumps(tools)) if tools else 0)
+    )
+    cached, written = _count(headers, "cached-tokens"), _count(headers, "cache-write-tokens")
+    return max(prompt, cached + written), cached, written, _count(headers, "reasoning-tokens")
 
 
 def _reply_text(user_text: str, headers: dict[str, str]) -> str:
     if "x-fake-content" in headers:
         return headers["x-fake-content"]
-    words = _int_header(headers, "x-fake-completion-words", -1)
+    words = _count(headers, "completion-words", -1)
     if words >= 0:
-        text = " ".join(itertools.islice(itertools.cycle(LOREM), words))
+        text = " ".join(itertools.islice(itertools.cycle(_LOREM.split()), words))
         return text[:1].upper() + text[1:] + ("." if text else "")
     head = user_text.split()[:8]
     return "Summary: " + " ".join(head) if head else "Hello! How can I help you today?"
+
+
+def _content(kind: Any, schema: Any, messages: list[Any], headers: dict[str, str]) -> str:
+    """The answer's text for the response format ``kind`` (``json_schema`` with ``schema``,
+    ``json_object``, else plain text); ``x-fake-content`` wins over any format."""
+    if "x-fake-content" not in headers and kind == "json_schema":
+        return json.dumps(_sample(schema, schema, "value"))
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    text = _reply_text(" ".join(_parts(users[-1].get("content"))[0]) if users else "", headers)
+    return (
+        json.dumps({"summary": text}) if "x-fake-content" not in headers and kind == "json_object" else text
+    )
 
 
 def _sample(schema: Any, root: JSONDict, key: str, depth: int = 0) -> Any:
     """A value valid for a simple JSON schema (objects, arrays, scalars, enums, $ref, anyOf)."""
     if not isinstance(schema, dict) or depth > 8:
         return None
+
+    def sample(sub: Any, name: str = key) -> Any:
+        return _sample(sub, root, name, depth + 1)
+
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
         target: Any = root
         for part in ref[2:].split("/"):
             target = target.get(part, {}) if isinstance(target, dict) else {}
-        return _sample(target, root, key, depth + 1)
+        return sample(target)
     if "const" in schema:
         return schema["const"]
     if isinstance(schema.get("enum"), list) and schema["enum"]:
@@ -285,50 +281,38 @@ def _sample(schema: Any, root: JSONDict, key: str, depth: int = 0) -> Any:
         options = schema.get(combinator)
         if isinstance(options, list) and options:
             non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-            return _sample((non_null or options)[0], root, key, depth + 1)
+            return sample((non_null or options)[0])
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object" or (kind is None and "properties" in schema):
-        props = schema.get("properties") or {}
-        return {name: _sample(sub, root, name, depth + 1) for name, sub in props.items()}
+        return {name: sample(sub, name) for name, sub in (schema.get("properties") or {}).items()}
     if kind == "array":
         count = max(int(schema.get("minItems", 2)), 0)
-        count = min(count, int(schema.get("maxItems", count)))
-        return [_sample(schema.get("items", {}), root, key, depth + 1) for _ in range(count)]
-    if kind == "integer":
-        return int(min(max(42, schema.get("minimum", 42)), schema.get("maximum", 42)))
-    if kind == "number":
-        return float(min(max(0.5, schema.get("minimum", 0.5)), schema.get("maximum", 0.5)))
-    if kind == "boolean":
-        return True
+        return [
+            sample(schema.get("items", {})) for _ in range(min(count, int(schema.get("maxItems", count))))
+        ]
+    if kind in ("integer", "number"):
+        default = 42 if kind == "integer" else 0.5
+        value = min(max(default, schema.get("minimum", default)), schema.get("maximum", default))
+        return int(value) if kind == "integer" else float(value)
     if kind == "string":
-        fmt = schema.get("format")
-        if fmt == "date-time":
-            return "2024-01-01T00:00:00Z"
-        if fmt == "date":
-            return "2024-01-01"
-        return f"fake {key}"
-    return None
+        dates = {"date-time": "2024-01-01T00:00:00Z", "date": "2024-01-01"}
+        return dates.get(str(schema.get("format")), f"fake {key}")
+    return True if kind == "boolean" else None
 
 
 def _split(text: str, headers: dict[str, str]) -> list[str]:
     """``text`` cut into at most ``x-fake-chunks`` non-empty pieces (one empty piece for empty text)."""
-    parts = max(1, min(_int_header(headers, "x-fake-chunks", DEFAULT_CHUNKS), len(text)))
+    parts = max(1, min(_count(headers, "chunks", 5), len(text)))
     size, extra = divmod(len(text), parts)
-    pieces, pos = [], 0
-    for i in range(parts):
-        end = pos + size + (1 if i < extra else 0)
-        pieces.append(text[pos:end])
-        pos = end
-    return pieces
+    starts = [i * size + min(i, extra) for i in range(parts + 1)]  # the first `extra` pieces one longer
+    return [text[start:end] for start, end in itertools.pairwise(starts)]
 
 
-def _served_model(model: str, headers: dict[str, str]) -> str:
-    served = headers.get("x-fake-served-model")
-    if not served:
-        return model
-    return model + SNAPSHOT_SUFFIX if served == "dated" else served
+def _served_model(body: JSONDict, headers: dict[str, str]) -> str:
+    model, served = str(body["model"]), headers.get("x-fake-served-model")
+    return (model + "-2024-07-18" if served == "dated" else served) if served else model
 
 
 def _served_tier(body: JSONDict) -> str:
@@ -345,8 +329,12 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
         if style == "xai":  # whole ticks of 10**-10 USD
             usage["cost_in_usd_ticks"] = round(cost * 10**10)
         elif style == "perplexity":  # an object: the token costs and the per-request fee
-            usage["cost"] = {"input_tokens_cost": 0.0, "output_tokens_cost": 0.0, "request_cost": cost}
-            usage["cost"]["total_cost"] = cost
+            usage["cost"] = {
+                "input_tokens_cost": 0.0,
+                "output_tokens_cost": 0.0,
+                "request_cost": cost,
+                "total_cost": cost,
+            }
         elif style in ("openrouter", "openrouter-byok"):
             # BYOK: the provider bills your own key (upstream); OpenRouter charges a 5% fee
             byok = style == "openrouter-byok"
@@ -383,35 +371,13 @@ def _encoder(encoding: str) -> tuple[Callable[[bytes], bytes], Callable[[], byte
     return lambda data: zs.compress(data, zs.FLUSH_BLOCK), lambda: zs.flush(zs.FLUSH_FRAME)
 
 
-_ENCODINGS = ("gzip", "br", "zstd")
-
-
-def _sse(payload: JSONDict, event: str | None = None) -> bytes:
-    data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-    return b"event: " + event.encode() + b"\n" + data if event else data
+def _sse(event: JSONDict) -> bytes:
+    data = b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+    return b"event: " + event["type"].encode() + b"\n" + data if "type" in event else data
 
 
 # --------------------------------------------------------------------------------------------------------
-# Endpoints
-
-
-def _counts(messages: list[Any], tools: Any, headers: dict[str, str]) -> tuple[int, int, int, int]:
-    """(prompt tokens, cached tokens, cache write tokens, reasoning tokens) of a request."""
-    cached = _int_header(headers, "x-fake-cached-tokens", 0)
-    written = _int_header(headers, "x-fake-cache-write-tokens", 0)
-    reasoning = _int_header(headers, "x-fake-reasoning-tokens", 0)
-    return max(_prompt_tokens(messages, tools or None), cached + written), cached, written, reasoning
-
-
-def _content(kind: Any, schema: Any, messages: list[Any], headers: dict[str, str]) -> str:
-    """The answer's text for the response format ``kind`` (``json_schema`` with ``schema``,
-    ``json_object``, else plain text); ``x-fake-content`` wins over any format."""
-    if "x-fake-content" not in headers and kind == "json_schema":
-        return json.dumps(_sample(schema, schema, "value"))
-    text = _reply_text(_last_user_text(messages), headers)
-    if "x-fake-content" not in headers and kind == "json_object":
-        return json.dumps({"summary": text})
-    return text
+# Endpoints: (body, headers, request number, faults) -> the answer
 
 
 def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSONDict]:
@@ -426,77 +392,79 @@ def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSOND
     ]
     if not functions or "x-fake-refusal" in headers:
         return []
-    tool_choice = body.get("tool_choice")
+    choice = body.get("tool_choice")
     forced = None  # {"type": "function", "function": {"name": ...}} (chat), {"type": "function", "name": ...}
-    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
-        forced = (tool_choice.get("function") or tool_choice).get("name")
-    count = _int_header(headers, "x-fake-tool-calls", 1 if tool_choice == "required" or forced else 0)
-    if count <= 0:
-        return []
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        forced = (choice.get("function") or choice).get("name")
     function = next((f for f in functions if f.get("name") == forced), functions[0])
     params = function.get("parameters") or {"type": "object", "properties": {}}
-    arguments = json.dumps(_sample(params, params, "arg"))
-    return [
-        {
-            "id": f"call_fake{num}x{i}",
-            "type": "function",
-            "function": {"name": str(function.get("name", "tool")), "arguments": arguments},
-        }
-        for i in range(count)
-    ]
-
-
-def _below_minimum(body: JSONDict, name: str, minimum: int) -> _Reply | None:
-    """The API's 400 for a token limit ``name`` below ``minimum``; None when it is absent or fine."""
-    value = body.get(name)
-    if not isinstance(value, int) or value >= minimum:
-        return None
-    expected = f"Expected a value >= {minimum}, but got {value} instead."
-    message = f"Invalid '{name}': integer below minimum value. {expected}"
-    error = {
-        "message": message,
-        "type": "invalid_request_error",
-        "param": name,
-        "code": "integer_below_min_value",
+    call = {
+        "name": str(function.get("name", "tool")),
+        "arguments": json.dumps(_sample(params, params, "arg")),
     }
-    return _json_reply({"error": error}, 400)
+    count = _count(headers, "tool-calls", 1 if choice == "required" or forced else 0)
+    return [{"id": f"call_fake{num}x{i}", "type": "function", "function": call} for i in range(count)]
 
 
-def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
+def _call_text(call: JSONDict) -> str:
+    """What a tool call's tokens are counted on: the function's name and arguments."""
+    return str(call["function"]["name"] + call["function"]["arguments"])
+
+
+def _check_minimum(body: JSONDict, name: str, minimum: int) -> None:
+    """The API's 400 for a token limit ``name`` below ``minimum``."""
+    value = body.get(name)
+    if isinstance(value, int) and value < minimum:
+        expected = f"Expected a value >= {minimum}, but got {value} instead."
+        message = f"Invalid '{name}': integer below minimum value. {expected}"
+        raise _Refusal(400, message, param=name, code="integer_below_min_value")
+
+
+def _with_usage(answer: JSONDict, usage: JSONDict, faults: set[str]) -> _Reply:
+    """A non-streamed answer, its ``usage`` last (left out under the ``no-usage`` fault)."""
+    return _Reply(answer if "no-usage" in faults else {**answer, "usage": usage})
+
+
+def _chunk_usage(body: JSONDict, headers: dict[str, str], faults: set[str], usage: JSONDict) -> JSONDict:
+    """The ``usage`` field of a stream's chunks: none without ``stream_options.include_usage``, else
+    null (``x-fake-usage-style: every-chunk``: the usage itself, as some compatible servers send it)."""
+    if not (body.get("stream_options") or {}).get("include_usage") or "no-usage" in faults:
+        return {}
+    return {"usage": usage if headers.get("x-fake-usage-style") == "every-chunk" else None}
+
+
+def _chunks_end(events: list[JSONDict], head: JSONDict, extra: JSONDict, usage: JSONDict) -> _Stream:
+    """A chunk stream's end: the usage chunk when the chunks carry a ``usage`` field, then ``[DONE]``."""
+    return _Stream([*events, *([{**head, "choices": [], "usage": usage}] if extra else [])])
+
+
+def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
     messages = body.get("messages")
     if not isinstance(messages, list):
-        return _error(400, "Missing required parameter: 'messages'.")
-    refused = _below_minimum(body, "max_completion_tokens", 1) or _below_minimum(body, "max_tokens", 1)
-    if refused is not None:
-        return refused
+        raise _Refusal(400, "Missing required parameter: 'messages'.")
+    _check_minimum(body, "max_completion_tokens", 1)
+    _check_minimum(body, "max_tokens", 1)
     prompt, cached, written, reasoning = _counts(messages, body.get("tools"), headers)
-    heard = _int_header(
-        headers, "x-fake-prompt-audio-tokens", 0
-    )  # audio in the prompt, as an audio model counts it
-    spoken = _int_header(headers, "x-fake-completion-audio-tokens", 0)
-    prompt = max(prompt, heard)
-    choices_n = max(1, int(body.get("n") or 1))
+    # audio in the prompt and in the answer, as an audio model counts it
+    heard, spoken = _count(headers, "prompt-audio-tokens"), _count(headers, "completion-audio-tokens")
+    n = max(1, int(body.get("n") or 1))
     tool_calls = _tool_calls(body, headers, num)
-    content: str | None
     refusal = headers.get("x-fake-refusal")
+    content: str | None = None
     if tool_calls:
-        content, finish = None, "tool_calls"
-        completion_one = sum(_tokens(c["function"]["name"] + c["function"]["arguments"]) for c in tool_calls)
+        finish, produced = "tool_calls", [_call_text(c) for c in tool_calls]
     elif refusal is not None:  # a refusal in place of content, whatever the response format
-        content, finish = None, "stop"
-        completion_one = _tokens(refusal)
+        finish, produced = "stop", [refusal]
     else:
         fmt = body.get("response_format") or {}
-        kind = fmt.get("type")
-        schema = (fmt.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
         limit = body.get("max_completion_tokens")
-        if limit is None:
-            limit = body.get("max_tokens")
-        content, finish = _truncate(_content(kind, schema, messages, headers), limit)
+        text = _content(fmt.get("type"), (fmt.get("json_schema") or {}).get("schema"), messages, headers)
+        content, finish = _truncate(text, body.get("max_tokens") if limit is None else limit)
         if headers.get("x-fake-finish") == "content_filter":  # the filter stops the answer halfway
             content, finish = content[: len(content) // 2], "content_filter"
-        completion_one = _tokens(content)
-    completion = choices_n * completion_one + reasoning + spoken
+        produced = [content]
+    prompt = max(prompt, heard)
+    completion = n * sum(map(_tokens, produced)) + reasoning + spoken
     usage = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -514,85 +482,63 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         },
     }
     _add_cost(usage, headers)
-    base: JSONDict = {
-        "id": f"chatcmpl-{num}",
-        "created": CREATED,
-        "model": _served_model(body["model"], headers),
-    }
-    tier = {"service_tier": _served_tier(body), "system_fingerprint": SYSTEM_FINGERPRINT}
+    base = {"id": f"chatcmpl-{num}", "created": CREATED, "model": _served_model(body, headers)}
+    tier = {"service_tier": _served_tier(body), "system_fingerprint": "fp_fake0001"}
 
     def choices(key: str, value: JSONDict, finish_reason: str | None) -> list[JSONDict]:
-        return [
-            {"index": i, key: value, "logprobs": None, "finish_reason": finish_reason}
-            for i in range(choices_n)
-        ]
+        return [{"index": i, key: value, "logprobs": None, "finish_reason": finish_reason} for i in range(n)]
 
     if not body.get("stream"):
         message: JSONDict = {"role": "assistant", "content": content, "refusal": refusal, "annotations": []}
         if tool_calls:
             message["tool_calls"] = tool_calls
         answer = {**base, "object": "chat.completion", "choices": choices("message", message, finish), **tier}
-        return _answer_with_usage(answer, usage, faults)
+        return _with_usage(answer, usage, faults)
 
     extra = _chunk_usage(body, headers, faults, usage)
-    chunk_base: JSONDict = {**base, "object": "chat.completion.chunk", **tier}
+    head = {**base, "object": "chat.completion.chunk", **tier}
 
-    def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
+    def chunks(delta: JSONDict, finish_reason: str | None = None) -> list[JSONDict]:
         """This step of every choice: one choice per chunk, in turn, as OpenAI streams ``n`` > 1."""
-        return b"".join(
-            _sse({**chunk_base, "choices": [choice], **extra})
-            for choice in choices("delta", delta, finish_reason)
-        )
+        return [{**head, "choices": [choice], **extra} for choice in choices("delta", delta, finish_reason)]
 
-    opening = {"content": "", "refusal": None}
-    if tool_calls or refusal is not None:
-        opening = {"content": None, "refusal": None if tool_calls else ""}
-    events = [chunk({"role": "assistant", **opening})]
+    events: list[JSONDict] = []
     if "azure" in faults:  # Azure's streams open with its prompt filter's verdict: no choices, id or model
         filters = {"hate": {"filtered": False, "severity": "safe"}}
         verdict = [{"prompt_index": 0, "content_filter_results": filters}]
-        head = {"choices": [], "created": 0, "id": "", "model": "", "object": ""}
-        events.insert(0, _sse({**head, "prompt_filter_results": verdict}))
+        nothing = {"choices": [], "created": 0, "id": "", "model": "", "object": ""}
+        events.append({**nothing, "prompt_filter_results": verdict})
+    opening = {"content": "", "refusal": None}
+    if tool_calls or refusal is not None:
+        opening = {"content": None, "refusal": None if tool_calls else ""}
+    events += chunks({"role": "assistant", **opening})
     for index, call in enumerate(tool_calls):
-        head = {"index": index, "id": call["id"], "type": "function"}
-        name = call["function"]["name"]
-        events.append(chunk({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]}))
+        opened = {"index": index, "id": call["id"], "type": "function"}
+        events += chunks({"tool_calls": [{**opened, "function": {**call["function"], "arguments": ""}}]})
         for piece in _split(call["function"]["arguments"], headers):
-            events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
-    if content is not None:
-        events += [chunk({"content": piece}) for piece in _split(content, headers) if piece]
-    if refusal is not None:
-        events += [chunk({"refusal": piece}) for piece in _split(refusal, headers) if piece]
+            events += chunks({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    for key, said in (("content", content), ("refusal", refusal)):
+        if said is not None:
+            events += [chunk for piece in _split(said, headers) if piece for chunk in chunks({key: piece})]
     if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
-        return _StreamReply([*events[: len(events) // 2 + 1], _sse({"error": error})])
-    events.append(chunk({}, finish))
-    return _stream_end(events, chunk_base, extra, usage)
+        return _Stream([*events[: len(events) // 2 + 1], {"error": error}], done=False)
+    return _chunks_end(events + chunks({}, finish), head, extra, usage)
 
 
-def _completions(
-    body: JSONDict, headers: dict[str, str], num: int, faults: set[str]
-) -> _Reply | _StreamReply:
+def _completions(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
     """The legacy text completions endpoint (vLLM and other servers still serve it): one choice per
     prompt (times ``n``), each with the text chat would give for that prompt as its user message."""
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        return _error(400, "Missing required parameter: 'prompt' (a string or a list of strings).")
-    limit = body.get("max_tokens")
+        raise _Refusal(400, "Missing required parameter: 'prompt' (a string or a list of strings).")
     n = max(1, int(body.get("n") or 1))
-    texts: list[tuple[str, str]] = []  # (text, finish reason) of each choice
-    for p in prompts:
-        texts += [_truncate(_reply_text(p, headers), limit)] * n
-    prompt_tokens = sum(map(_tokens, prompts))
-    completion = sum(_tokens(text) for text, _ in texts)
-    usage: JSONDict = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-    }
+    texts = [_truncate(_reply_text(p, headers), body.get("max_tokens")) for p in prompts for _ in range(n)]
+    asked, completion = sum(map(_tokens, prompts)), sum(_tokens(text) for text, _ in texts)
+    usage = {"prompt_tokens": asked, "completion_tokens": completion, "total_tokens": asked + completion}
     _add_cost(usage, headers)
-    model = _served_model(body["model"], headers)
+    model = _served_model(body, headers)
     base = {"id": f"cmpl-{num}", "object": "text_completion", "created": CREATED, "model": model}
 
     def choice(index: int, text: str, finish: str | None) -> JSONDict:
@@ -600,102 +546,89 @@ def _completions(
 
     if not body.get("stream"):
         answer = {**base, "choices": [choice(i, *pair) for i, pair in enumerate(texts)]}
-        return _answer_with_usage(answer, usage, faults)
-    pieces: list[tuple[int, str, str | None]] = [
-        (i, piece, None) for i, (text, _) in enumerate(texts) for piece in _split(text, headers)
-    ]
+        return _with_usage(answer, usage, faults)
+    pieces: list[tuple[int, str, str | None]]
+    pieces = [(i, piece, None) for i, (text, _) in enumerate(texts) for piece in _split(text, headers)]
     pieces += [(i, "", finish) for i, (_, finish) in enumerate(texts)]  # each choice's finish chunk
     extra = _chunk_usage(body, headers, faults, usage)
-    events = [_sse({**base, "choices": [choice(*piece)], **extra}) for piece in pieces]
-    return _stream_end(events, base, extra, usage)
+    events = [{**base, "choices": [choice(*piece)], **extra} for piece in pieces]
+    return _chunks_end(events, base, extra, usage)
 
 
-def _answer_with_usage(answer: JSONDict, usage: JSONDict, faults: set[str]) -> _Reply:
-    """A non-streamed answer, its ``usage`` last (left out under the ``no-usage`` fault)."""
-    return _json_reply(answer if "no-usage" in faults else {**answer, "usage": usage})
-
-
-def _stream_end(events: list[bytes], base: JSONDict, extra: JSONDict, usage: JSONDict) -> _StreamReply:
-    """A chunk stream's end: the usage chunk when the chunks carry a ``usage`` field, then ``[DONE]``."""
-    if extra:
-        events.append(_sse({**base, "choices": [], "usage": usage}))
-    return _StreamReply([*events, b"data: [DONE]\n\n"])
-
-
-def _chunk_usage(body: JSONDict, headers: dict[str, str], faults: set[str], usage: JSONDict) -> JSONDict:
-    """The ``usage`` field of a stream's chunks: none without ``stream_options.include_usage``, else
-    null (``x-fake-usage-style: every-chunk``: the usage itself, as some compatible servers send it)."""
-    if not (body.get("stream_options") or {}).get("include_usage") or "no-usage" in faults:
-        return {}
-    return {"usage": usage if headers.get("x-fake-usage-style") == "every-chunk" else None}
-
-
-def _embedding_vector(item: Any, dimensions: int) -> list[float]:
+def _embedding(item: Any, dimensions: int) -> list[float]:
+    """A deterministic unit vector for ``item``, from a hash of it."""
     seed = json.dumps(item).encode()
-    raw: list[float] = []
-    counter = 0
-    while len(raw) < dimensions:
-        digest = hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
-        raw += [(b - 127.5) / 127.5 for b in digest]
-        counter += 1
-    vector = raw[:dimensions]
+    raw = b"".join(
+        hashlib.sha256(seed + i.to_bytes(4, "little")).digest() for i in range(-(-dimensions // 32))
+    )
+    vector = [(b - 127.5) / 127.5 for b in raw[:dimensions]]
     norm = math.sqrt(sum(v * v for v in vector)) or 1.0
     # round-trip through float32 so that "float" and "base64" answers carry the same values
     return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in vector))))
 
 
 def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
-    raw_input = body.get("input")
-    if isinstance(raw_input, str) or (
-        isinstance(raw_input, list) and raw_input and all(isinstance(t, int) for t in raw_input)
-    ):
-        inputs: list[Any] = [raw_input]
-    elif isinstance(raw_input, list) and raw_input:
-        inputs = raw_input
-    else:
-        return _error(400, "'input' must be a non-empty string or array.")
-    dimensions = int(body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS)
-    b64 = body.get("encoding_format") == "base64"
-    data: list[JSONDict] = []
-    tokens = 0
+    given = body.get("input")
+    one_token_list = isinstance(given, list) and given and all(isinstance(t, int) for t in given)
+    inputs = [given] if isinstance(given, str) or one_token_list else given
+    if not isinstance(inputs, list) or not inputs:
+        raise _Refusal(400, "'input' must be a non-empty string or array.")
+    dimensions = int(body.get("dimensions") or 8)
+    data, tokens = [], 0
     for index, item in enumerate(inputs):
         tokens += _tokens(item) if isinstance(item, str) else len(item)
-        vector = _embedding_vector(item, dimensions)
-        embedding: Any = (
-            base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii") if b64 else vector
-        )
-        data.append({"object": "embedding", "index": index, "embedding": embedding})
-    answer: JSONDict = {"object": "list", "data": data, "model": _served_model(body["model"], headers)}
-    return _answer_with_usage(answer, {"prompt_tokens": tokens, "total_tokens": tokens}, faults)
+        vector: Any = _embedding(item, dimensions)
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    answer = {"object": "list", "data": data, "model": _served_model(body, headers)}
+    return _with_usage(answer, {"prompt_tokens": tokens, "total_tokens": tokens}, faults)
 
 
-def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _StreamReply:
-    refused = _below_minimum(body, "max_output_tokens", 16)
-    if refused is not None:
-        return refused
-    raw_input = body.get("input")
-    items: list[Any] = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else []
-    if isinstance(raw_input, list):
-        items = [i for i in raw_input if isinstance(i, dict)]
+def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
+    _check_minimum(body, "max_output_tokens", 16)
+    given = body.get("input")
+    items = [{"role": "user", "content": given}] if isinstance(given, str) else []
+    items = [i for i in given if isinstance(i, dict)] if isinstance(given, list) else items
     instructions = body.get("instructions")
     counted = items + ([{"content": instructions}] if isinstance(instructions, str) else [])
-    tools = body.get("tools") or []
-    input_tokens, cached, written, reasoning = _counts(counted, tools, headers)
+    input_tokens, cached, written, reasoning = _counts(counted, body.get("tools"), headers)
     text_format = (body.get("text") or {}).get("format") or {"type": "text"}
     # only json_schema: a json_object format gets plain text here
     kind = "json_schema" if text_format.get("type") == "json_schema" else None
     refusal = headers.get("x-fake-refusal")
     text = _content(kind, text_format.get("schema"), items, headers) if refusal is None else refusal
-    limit = body.get("max_output_tokens")
-    finish = "stop"
+    limit, finish = body.get("max_output_tokens"), "stop"
     calls = _tool_calls(body, headers, num)
     if isinstance(limit, int):  # the limit counts the reasoning too
         reasoning = min(reasoning, limit)
         if not calls:  # a function call's arguments are never cut
             text, finish = _truncate(text, limit - reasoning)
     done = "incomplete" if finish == "length" else "completed"
-    output = _response_output(calls, text, refusal is not None, f"msg_fake{num}", done)
-    produced = [c["function"]["name"] + c["function"]["arguments"] for c in calls] if calls else [text]
+    # a function_call item per tool call, else one message whose content is the text, or the refusal
+    output: list[JSONDict] = [
+        {
+            "id": "fc_" + c["id"].removeprefix("call_"),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": c["id"],
+            **c["function"],
+        }
+        for c in calls
+    ]
+    if not calls:
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        part = {"type": "refusal", "refusal": text} if refusal is not None else part
+        output = [
+            {
+                "id": f"msg_fake{num}",
+                "type": "message",
+                "status": done,
+                "role": "assistant",
+                "content": [part],
+            }
+        ]
+    produced = [_call_text(c) for c in calls] if calls else [text]
     output_tokens = sum(map(_tokens, produced)) + reasoning
     usage = {
         "input_tokens": input_tokens,
@@ -717,9 +650,9 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "error": {"code": "server_error", "message": STREAM_ERROR} if status == "failed" else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": instructions,
-            "max_output_tokens": body.get("max_output_tokens"),
+            "max_output_tokens": limit,
             "max_tool_calls": None,
-            "model": _served_model(str(body["model"]), headers),
+            "model": _served_model(body, headers),
             "output": output,
             "parallel_tool_calls": True,
             "previous_response_id": body.get("previous_response_id"),
@@ -731,120 +664,69 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "temperature": 1.0,
             "text": {"format": text_format, "verbosity": "medium"},
             "tool_choice": body.get("tool_choice", "auto"),
-            "tools": tools,
+            "tools": body.get("tools") or [],
             "top_logprobs": 0,
             "top_p": 1.0,
             "truncation": "disabled",
             "user": None,
             "metadata": body.get("metadata") or {},
         }
-        if final and "no-usage" not in faults:
-            answer["usage"] = usage
-        elif not final:
+        if not final:
             answer["usage"] = None
+        elif "no-usage" not in faults:
+            answer["usage"] = usage
         return answer
 
     if not body.get("stream"):
-        return _json_reply(response(done, output, True))
-
-    opening: list[_Event] = [("response.created", {"response": response("in_progress", [], False)})]
-    items_events = [e for index, item in enumerate(output) for e in _item_events(index, item, headers)]
+        return _Reply(response(done, output, True))
+    created = ("response.created", {"response": response("in_progress", [], False)})
+    in_items = [e for index, item in enumerate(output) for e in _item_events(index, item, headers)]
     if "stream-error" in faults:  # an error event after the first delta, then the end
-        first = [e for e in items_events if e[0].endswith(".delta")][:1]
+        first = [e for e in in_items if e[0].endswith(".delta")][:1]
         error = {"code": "server_error", "message": STREAM_ERROR, "param": None}
-        return _StreamReply(_numbered([*opening, *first, ("error", error)]))
-    final = response("failed", [], True) if "response-failed" in faults else response(done, output, True)
-    opening.append(("response.in_progress", {"response": response("in_progress", [], False)}))
-    return _StreamReply(
-        _numbered([*opening, *items_events, (f"response.{final['status']}", {"response": final})])
-    )
+        events = [created, *first, ("error", error)]
+    else:
+        final = response("failed", [], True) if "response-failed" in faults else response(done, output, True)
+        in_progress = ("response.in_progress", {"response": response("in_progress", [], False)})
+        events = [created, in_progress, *in_items, (f"response.{final['status']}", {"response": final})]
+    return _Stream([{"type": t, "sequence_number": n, **e} for n, (t, e) in enumerate(events)], done=False)
 
 
-def _response_output(
-    calls: list[JSONDict], text: str, refused: bool, msg_id: str, status: str
-) -> list[JSONDict]:
-    """A Response's ``output``: a ``function_call`` item per tool call, else one message whose content
-    is the text, or the refusal."""
-    if calls:
-        return [
-            {
-                "id": f"fc_{call['id'].removeprefix('call_')}",
-                "type": "function_call",
-                "status": "completed",
-                "arguments": call["function"]["arguments"],
-                "call_id": call["id"],
-                "name": call["function"]["name"],
-            }
-            for call in calls
-        ]
-    part = (
-        {"type": "refusal", "refusal": text}
-        if refused
-        else {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    )
-    return [{"id": msg_id, "type": "message", "status": status, "role": "assistant", "content": [part]}]
-
-
-def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[_Event]:
-    """The stream events of one output item: added, its deltas (in ``x-fake-chunks`` pieces), done."""
-    at = {"item_id": item["id"], "output_index": index}
+def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[tuple[str, JSONDict]]:
+    """The stream events (type, fields) of one output item: added, its deltas (in ``x-fake-chunks``
+    pieces), done; a message's content part is added before its deltas and done after."""
+    at: JSONDict = {"item_id": item["id"], "output_index": index}
+    extra: JSONDict = {}
+    opened: list[tuple[str, JSONDict]] = []
+    closed: list[tuple[str, JSONDict]] = []
     if item["type"] == "function_call":
-        arguments = item["arguments"]
-        return [
-            (
-                "response.output_item.added",
-                {"output_index": index, "item": {**item, "status": "in_progress", "arguments": ""}},
-            ),
-            *(
-                ("response.function_call_arguments.delta", {**at, "delta": p})
-                for p in _split(arguments, headers)
-                if p
-            ),
-            ("response.function_call_arguments.done", {**at, "arguments": arguments}),
-            ("response.output_item.done", {"output_index": index, "item": item}),
-        ]
-    [part] = item["content"]
-    where = {**at, "content_index": 0}
-    # output_text: response.output_text.delta/done events with logprobs; refusal: response.refusal.*
-    extra: JSONDict = {} if part["type"] == "refusal" else {"logprobs": []}
-    key, kind = ("refusal", "refusal") if part["type"] == "refusal" else ("text", "output_text")
+        key, kind, text = "arguments", "function_call_arguments", item["arguments"]
+        added = {**item, "status": "in_progress", "arguments": ""}
+    else:
+        [part] = item["content"]
+        kind = part["type"]  # output_text (its deltas carry logprobs) or refusal
+        key, extra = ("refusal", {}) if kind == "refusal" else ("text", {"logprobs": []})
+        text, at, added = (
+            part[key],
+            {**at, "content_index": 0},
+            {**item, "status": "in_progress", "content": []},
+        )
+        opened = [("response.content_part.added", {**at, "part": {**part, key: ""}})]
+        closed = [("response.content_part.done", {**at, "part": part})]
     return [
-        (
-            "response.output_item.added",
-            {"output_index": index, "item": {**item, "status": "in_progress", "content": []}},
-        ),
-        ("response.content_part.added", {**where, "part": {**part, key: ""}}),
-        *(
-            (f"response.{kind}.delta", {**where, "delta": p, **extra})
-            for p in _split(part[key], headers)
-            if p
-        ),
-        (f"response.{kind}.done", {**where, key: part[key], **extra}),
-        ("response.content_part.done", {**where, "part": part}),
+        ("response.output_item.added", {"output_index": index, "item": added}),
+        *opened,
+        *((f"response.{kind}.delta", {**at, "delta": p, **extra}) for p in _split(text, headers) if p),
+        (f"response.{kind}.done", {**at, key: text, **extra}),
+        *closed,
         ("response.output_item.done", {"output_index": index, "item": item}),
     ]
-
-
-def _numbered(events: list[_Event]) -> list[bytes]:
-    """The events as SSE, each ``event: <type>`` with its ``sequence_number``."""
-    return [
-        _sse({"type": kind, "sequence_number": n, **payload}, kind)
-        for n, (kind, payload) in enumerate(events)
-    ]
-
-
-def _json_reply(payload: JSONDict, status: int = 200, headers: dict[str, str] | None = None) -> _Reply:
-    return _Reply(status, json.dumps(payload).encode(), headers=dict(headers or {}))
-
-
-def _error(status: int, message: str | None = None, headers: dict[str, str] | None = None) -> _Reply:
-    return _json_reply(error_body(status, message), status, headers)
 
 
 # Azure's deployment paths, and its paths of no deployment (``/openai/responses``, as the SDK's
 # AzureOpenAI calls the Responses API), served as the plain ``/v1`` ones
 _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)|^/openai(?=/(?!v1/))")
-_ROUTES = {
+_ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | _Stream]] = {
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
     "/v1/embeddings": _embeddings,
@@ -883,7 +765,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
-    _encoding = ""  # the answer's Content-Encoding (x-fake-encoding), "" for none
+    # per request (a handler serves every request of its connection): the answer's Content-Encoding
+    # (x-fake-encoding, "" for none), the `slow` fault's delay, the request's number and arrival
+    _encoding, _delay, _num, _started = "", 0.0, 0, 0.0
 
     def setup(self) -> None:
         super().setup()
@@ -918,62 +802,54 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def _read_body(self) -> bytes:
-        """The body, or :class:`_BadRequest` for one whose length cannot be read or is over the limit."""
-        if "chunked" in self.headers.get("transfer-encoding", "").lower():
-            data = bytearray()
-            while True:
-                line = self.rfile.readline(1024)
-                size = line.split(b";")[0].strip() or b"0"
-                if not re.fullmatch(rb"[0-9a-fA-F]+", size):
-                    raise _BadRequest(f"chunk size {size.decode(errors='replace')!r} is not hexadecimal.")
-                if len(data) + int(size, 16) > MAX_BODY_BYTES:
-                    raise _BadRequest(f"the body is over the fake server's {MAX_BODY_BYTES} bytes.", 413)
-                if int(size, 16) == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(data)
-                data += self.rfile.read(int(size, 16))
-                self.rfile.readline()
-        length = self.headers.get("content-length") or "0"
-        if not length.strip().isdigit():
-            raise _BadRequest(f"Content-Length {length!r} is not a number of bytes.")
-        if int(length) > MAX_BODY_BYTES:
-            raise _BadRequest(
-                f"Content-Length {length} is over the fake server's {MAX_BODY_BYTES} bytes.", 413
-            )
-        return self.rfile.read(int(length))
+        """The body; :class:`_Refusal` for one whose length cannot be read or is over the limit."""
+        limit = f"over the fake server's {MAX_BODY_BYTES} bytes."
+        if "chunked" not in self.headers.get("transfer-encoding", "").lower():
+            length = self.headers.get("content-length") or "0"
+            if not length.strip().isdigit():
+                raise _Refusal(400, f"Content-Length {length!r} is not a number of bytes.")
+            if int(length) > MAX_BODY_BYTES:
+                raise _Refusal(413, f"Content-Length {length} is {limit}")
+            return self.rfile.read(int(length))
+        data = bytearray()
+        while True:
+            size = self.rfile.readline(1024).split(b";")[0].strip() or b"0"
+            if not re.fullmatch(rb"[0-9a-fA-F]+", size):
+                raise _Refusal(400, f"chunk size {size.decode(errors='replace')!r} is not hexadecimal.")
+            if len(data) + int(size, 16) > MAX_BODY_BYTES:
+                raise _Refusal(413, f"the body is {limit}")
+            if not int(size, 16):
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # the trailer
+                    pass
+                return bytes(data)
+            data += self.rfile.read(int(size, 16))
+            self.rfile.readline()
 
     def _dispatch(self) -> None:
-        self._started = time.monotonic()
-        self._delay, self._encoding = 0.0, ""  # the handler serves every request of its connection
+        self._started, self._delay, self._encoding = time.monotonic(), 0.0, ""
         fake = self.server.fake
-        unreadable: _BadRequest | None = None
+        unreadable: _Refusal | None = None
         try:
             raw = self._read_body()
-        except _BadRequest as exc:  # where this body ends, and the next request starts, is unknown
+        except _Refusal as exc:  # where this body ends, and the next request starts, is unknown
             raw, unreadable = b"", exc
             self.close_connection = True
         headers = {k.lower(): v for k, v in self.headers.items()}
-        body = _json_or_none(raw)
+        try:
+            body = json.loads(raw)
+        except ValueError:  # an empty or malformed body
+            body = None
         url = urlsplit(self.path)
-        path = url.path
-        route = _AZURE_DEPLOYMENT.sub("/v1", path)
+        route = _AZURE_DEPLOYMENT.sub("/v1", url.path)
         route = route[route.find("/v1/") :] if route.find("/v1/") > 0 else route  # a proxy's prefix
         retry = headers.get("x-stainless-retry-count", "")
-        num = fake._record(
+        self._num = fake._record(
             RecordedRequest(
-                method=self.command,
-                path=path,
-                headers=headers,
-                body=body,
-                raw_body=raw,
-                retry_count=int(retry) if retry.isdigit() else None,
-                query=url.query,
+                self.command, url.path, headers, body, raw, int(retry) if retry.isdigit() else None, url.query
             )
         )
-        self._num = num
         faults = {f.strip() for f in headers.get("x-fake-fault", "").split(",") if f.strip()}
-        if _AZURE_DEPLOYMENT.match(path):
+        if _AZURE_DEPLOYMENT.match(url.path):
             faults.add("azure")  # not a fault: how Azure's answers differ
         # a queued failure goes to the request that arrives next, not to whichever finishes its delay
         # first (a slow request outliving its test's timeout took the next test's failure)
@@ -983,70 +859,88 @@ class _Handler(BaseHTTPRequestHandler):
                 raise unreadable
             _check_headers(headers)
             if "slow" in faults:
-                self._delay = _int_header(headers, "x-fake-delay-ms", DEFAULT_DELAY_MS) / 1000
+                self._delay = _count(headers, "delay-ms", 50) / 1000
                 if self.server.stopping.wait(self._delay):
                     self.close_connection = True
                     return
-            reply = self._answer(route, headers, body, num, faults, failure)
-        except _BadRequest as exc:
-            reply = _error(exc.status, str(exc))
+            reply = self._answer(route, headers, body, faults, failure)
+        except _Refusal as exc:
+            reply = exc.reply
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
-            reply = _error(500, f"fake server error: {exc!r}")
+            reply = _Refusal(500, f"fake server error: {exc!r}").reply
         fake._answered(route, reply)
-        if isinstance(reply, _StreamReply):
-            self._send_stream(reply, faults, headers.get("x-fake-transfer", "").lower() == "close")
-        else:
-            self._send(reply, faults)
+        self._send(reply, faults, headers.get("x-fake-transfer") == "close")
 
     def _answer(
-        self,
-        path: str,
-        headers: dict[str, str],
-        body: Any,
-        num: int,
-        faults: set[str],
-        failure: _Failure | None,
-    ) -> _Reply | _StreamReply:
-        wrong_encoding = self._pick_encoding(headers)
-        if wrong_encoding is not None:
-            return wrong_encoding
-        if failure is not None:
-            return _json_reply(*failure)
-        status = _int_header(headers, "x-fake-status", 0)
-        if status == 401:
-            key = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
-            return _error(401, f"Incorrect API key provided: {key}.", headers={"retry-after-ms": "1"})
-        if status >= 400:
-            return _error(status, headers={"retry-after-ms": "1"})
-        if "not-json" in faults:
-            return _Reply(200, b"<html>oops</html>")
-        if self.command != "POST" or path not in _ROUTES:
-            return _error(404, f"Invalid URL ({self.command} {path})")
-        if not isinstance(body, dict):
-            return _error(400, "We could not parse the JSON body of your request (fake).")
-        if not isinstance(body.get("model"), str):
-            return _error(400, "You must provide a model parameter.")
-        return _ROUTES[path](body, headers, num, faults)
-
-    def _pick_encoding(self, headers: dict[str, str]) -> _Reply | None:
-        """Set the body's encoding from ``x-fake-encoding`` when the request's Accept-Encoding takes it
-        (a server sends no encoding the client did not offer); an error answer for a bad value."""
-        self._encoding = ""
-        wanted = headers.get("x-fake-encoding", "").strip().lower()
-        if not wanted:
-            return None
-        if wanted not in _ENCODINGS:
-            return _error(400, f"x-fake-encoding: {wanted!r} is not one of {', '.join(_ENCODINGS)}.")
-        offered = {
-            part.split(";")[0].strip().lower() for part in headers.get("accept-encoding", "").split(",")
-        }
-        if wanted in offered:
+        self, path: str, headers: dict[str, str], body: Any, faults: set[str], failure: _Reply | None
+    ) -> _Reply | _Stream:
+        # the body is compressed as x-fake-encoding asks when the request's Accept-Encoding offers it
+        # (a server sends no encoding the client did not offer)
+        wanted = headers.get("x-fake-encoding", "").strip()
+        if wanted and wanted in {
+            p.split(";")[0].strip().lower() for p in headers.get("accept-encoding", "").split(",")
+        }:
             try:
                 _encoder(wanted)
             except ImportError as exc:
-                return _error(400, f"x-fake-encoding: {wanted} needs the {exc.name} package in the server.")
+                raise _Refusal(
+                    400, f"x-fake-encoding: {wanted} needs the {exc.name} package in the server."
+                ) from None
             self._encoding = wanted
-        return None
+        if failure is not None:
+            return failure
+        status = _count(headers, "status")
+        if status == 401:
+            key = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+            raise _Refusal(401, f"Incorrect API key provided: {key}.", {"retry-after-ms": "1"})
+        if status:
+            raise _Refusal(status, headers={"retry-after-ms": "1"})
+        if "not-json" in faults:
+            return _Reply(b"<html>oops</html>")
+        if self.command != "POST" or path not in _ROUTES:
+            raise _Refusal(404, f"Invalid URL ({self.command} {path})")
+        if not isinstance(body, dict):
+            raise _Refusal(400, "We could not parse the JSON body of your request (fake).")
+        if not isinstance(body.get("model"), str):
+            raise _Refusal(400, "You must provide a model parameter.")
+        return _ROUTES[path](body, headers, self._num, faults)
+
+    def _send(self, reply: _Reply | _Stream, faults: set[str], close_delimited: bool) -> None:
+        """Send ``reply``; under the ``cut-stream`` and ``reset`` faults, its first half then the end of the
+        connection (FIN or RST)."""
+        cut = bool({"cut-stream", "reset"} & faults)
+        compress, end = _encoder(self._encoding)
+        if isinstance(reply, _Reply):
+            raw = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+            body = compress(raw) + end()
+            self._send_head(reply.status, {**reply.headers, "content-length": str(len(body))})
+            self.wfile.write(body[: len(body) // 2] if cut else body)
+        else:
+            framing = {"connection": "close"} if close_delimited else {"transfer-encoding": "chunked"}
+            self._send_head(200, {"cache-control": "no-cache", **framing}, "text/event-stream; charset=utf-8")
+            events = [*map(_sse, reply.events), *([b"data: [DONE]\n\n"] if reply.done else [])]
+
+            def write(data: bytes) -> None:
+                self.wfile.write(data if close_delimited else b"%x\r\n%s\r\n" % (len(data), data))
+
+            for index, event in enumerate(events[: len(events) // 2] if cut else events):
+                if index and self._delay and self.server.stopping.wait(self._delay):
+                    self.close_connection = True  # stopping: no more of it
+                    return
+                write(compress(event))
+            if not cut:
+                tail = end()
+                if tail:  # an empty chunk would end a chunked body
+                    write(tail)
+                if not close_delimited:
+                    self.wfile.write(b"0\r\n\r\n")
+        if cut:
+            self.close_connection = True
+            if "reset" in faults:
+                time.sleep(0.02)  # let the client read what was sent before the RST
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # detach() leaves the socket object (still used by rfile/wfile/finish()) closed and inert
+                os.close(self.connection.detach())
 
     def _send_head(self, status: int, extra: dict[str, str], content_type: str = "application/json") -> None:
         self.send_response(status)
@@ -1057,55 +951,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("openai-processing-ms", str(int((time.monotonic() - self._started) * 1000)))
         for name, value in {**RESPONSE_HEADERS, **extra}.items():
             self.send_header(name, value)
-
-    def _send(self, reply: _Reply, faults: set[str]) -> None:
-        compress, end = _encoder(self._encoding)
-        body = compress(reply.body) + end()
-        self._send_head(reply.status, reply.headers)
-        self.send_header("content-length", str(len(body)))
         self.end_headers()
-        if "cut-stream" in faults or "reset" in faults:
-            self.wfile.write(body[: len(body) // 2])
-            self._abort(reset="reset" in faults)
-            return
-        self.wfile.write(body)
-
-    def _send_stream(self, reply: _StreamReply, faults: set[str], close_delimited: bool) -> None:
-        extra = {"cache-control": "no-cache"}
-        if close_delimited:
-            extra["connection"] = "close"
-        else:
-            extra["transfer-encoding"] = "chunked"
-        self._send_head(200, extra, "text/event-stream; charset=utf-8")
-        self.end_headers()
-        compress, end = _encoder(self._encoding)
-        cut = len(reply.events) // 2 if {"cut-stream", "reset"} & faults else len(reply.events)
-
-        def write(data: bytes) -> None:
-            self.wfile.write(data if close_delimited else b"%x\r\n%s\r\n" % (len(data), data))
-
-        for index, event in enumerate(reply.events[:cut]):
-            if index and self._delay and self.server.stopping.wait(self._delay):
-                self._abort(reset=False)
-                return
-            write(compress(event))
-        if cut < len(reply.events):
-            self._abort(reset="reset" in faults)
-            return
-        tail = end()
-        if tail:  # an empty chunk would end a chunked body
-            write(tail)
-        if not close_delimited:
-            self.wfile.write(b"0\r\n\r\n")
-
-    def _abort(self, reset: bool) -> None:
-        """Close the connection now: FIN (truncated body) or, with ``reset``, RST."""
-        self.close_connection = True
-        if reset:
-            time.sleep(0.02)  # let the client read what was sent before the RST
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            # detach() leaves the socket object (still used by rfile/wfile/finish()) closed and inert
-            os.close(self.connection.detach())
 
 
 class FakeOpenAI:
@@ -1126,7 +972,7 @@ class FakeOpenAI:
         self.answers: list[RecordedAnswer] = []
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
-        self._failures: list[_Failure] = []  # queued by fail_next(), one per request
+        self._failures: list[_Reply] = []  # queued by fail_next(), one per request
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -1180,10 +1026,8 @@ class FakeOpenAI:
         headers: dict[str, str] | None = None,
     ) -> None:
         """The next ``times`` requests (any endpoint) answer ``status`` with an OpenAI error body."""
-        answer = (
-            error_body(status) if body is None else body,
-            status,
-            {"retry-after-ms": "1", **(headers or {})},
+        answer = _Reply(
+            error_body(status) if body is None else body, status, {"retry-after-ms": "1", **(headers or {})}
         )
         with self._lock:
             self._failures += [answer] * times
@@ -1200,21 +1044,15 @@ class FakeOpenAI:
             self.requests.append(request)
             return next(self._counter)
 
-    def _answered(self, path: str, reply: _Reply | _StreamReply) -> None:
-        if isinstance(reply, _StreamReply):
-            events = [
-                json.loads(line[6:])
-                for event in reply.events
-                for line in event.split(b"\n")
-                if line.startswith(b"data: {")
-            ]
-            answer = RecordedAnswer(path, 200, events)
+    def _answered(self, path: str, reply: _Reply | _Stream) -> None:
+        if isinstance(reply, _Stream):
+            answer = RecordedAnswer(path, 200, reply.events)
         else:
-            answer = RecordedAnswer(path, reply.status, _json_or_none(reply.body))
+            answer = RecordedAnswer(path, reply.status, None if isinstance(reply.body, bytes) else reply.body)
         with self._lock:
             self.answers.append(answer)
 
-    def _take_failure(self) -> _Failure | None:
+    def _take_failure(self) -> _Reply | None:
         with self._lock:
             return self._failures.pop(0) if self._failures else None
 
