@@ -33,7 +33,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,35 +69,19 @@ MAX_BODY_BYTES = 64 * 2**20  # larger bodies answer 413 unread: a stray Content-
 # the x-fake-* request headers (docs/FAKE_SERVER.md), without the prefix: int for a whole number, str
 # for any text, else the values it takes (x-fake-fault: a comma-separated list of them)
 _HEADERS: dict[str, Any] = {
-    "chunks": int,
-    "completion-words": int,
-    "cached-tokens": int,
-    "cache-write-tokens": int,
-    "prompt-audio-tokens": int,
-    "completion-audio-tokens": int,
-    "reasoning-tokens": int,
-    "tool-calls": int,
-    "delay-ms": int,
-    "content": str,
-    "refusal": str,
-    "served-model": str,
-    "cost": str,
-    "status": str,
+    **dict.fromkeys((
+        "chunks", "completion-words", "cached-tokens", "cache-write-tokens", "prompt-audio-tokens",
+        "completion-audio-tokens", "reasoning-tokens", "tool-calls", "delay-ms",
+    ), int),
+    **dict.fromkeys(("content", "refusal", "served-model", "cost", "status"), str),
     "fault": ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed"),
     "usage-style": (
-        "openai",
-        "deepseek",
-        "xai",
-        "gemini",
-        "perplexity",
-        "openrouter",
-        "openrouter-byok",
-        "every-chunk",
+        "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "every-chunk",
     ),
     "transfer": ("close",),
     "finish": ("content_filter",),
     "encoding": ("gzip", "br", "zstd"),
-}
+}  # fmt: skip
 
 
 def error_body(status: int, message: str | None = None) -> JSONDict:
@@ -508,9 +491,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         verdict = [{"prompt_index": 0, "content_filter_results": filters}]
         nothing = {"choices": [], "created": 0, "id": "", "model": "", "object": ""}
         events.append({**nothing, "prompt_filter_results": verdict})
-    opening = {"content": "", "refusal": None}
-    if tool_calls or refusal is not None:
-        opening = {"content": None, "refusal": None if tool_calls else ""}
+    opening = {"content": None if content is None else "", "refusal": None if refusal is None else ""}
     events += chunks({"role": "assistant", **opening})
     for index, call in enumerate(tool_calls):
         opened = {"index": index, "id": call["id"], "type": "function"}
@@ -642,33 +623,20 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     def response(status: str, output: list[JSONDict], final: bool) -> JSONDict:
         answer: JSONDict = {
             "id": f"resp_{num}",
-            "object": "response",
-            "created_at": CREATED,
+            **_RESPONSE_FIXED,
             "status": status,
-            "background": False,
             "completed_at": CREATED + 1 if status == "completed" else None,
             "error": {"code": "server_error", "message": STREAM_ERROR} if status == "failed" else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": instructions,
             "max_output_tokens": limit,
-            "max_tool_calls": None,
             "model": _served_model(body, headers),
             "output": output,
-            "parallel_tool_calls": True,
             "previous_response_id": body.get("previous_response_id"),
-            "prompt_cache_key": None,
-            "reasoning": {"effort": None, "summary": None},
-            "safety_identifier": None,
             "service_tier": _served_tier(body),
-            "store": True,
-            "temperature": 1.0,
             "text": {"format": text_format, "verbosity": "medium"},
             "tool_choice": body.get("tool_choice", "auto"),
             "tools": body.get("tools") or [],
-            "top_logprobs": 0,
-            "top_p": 1.0,
-            "truncation": "disabled",
-            "user": None,
             "metadata": body.get("metadata") or {},
         }
         if not final:
@@ -723,6 +691,13 @@ def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[tu
     ]
 
 
+# the fields of every Response the fake sends that no request changes
+_RESPONSE_FIXED: JSONDict = {
+    "object": "response", "created_at": CREATED, "background": False, "max_tool_calls": None,
+    "parallel_tool_calls": True, "prompt_cache_key": None, "reasoning": {"effort": None, "summary": None},
+    "safety_identifier": None, "store": True, "temperature": 1.0, "top_logprobs": 0, "top_p": 1.0,
+    "truncation": "disabled", "user": None,
+}  # fmt: skip
 # Azure's deployment paths, and its paths of no deployment (``/openai/responses``, as the SDK's
 # AzureOpenAI calls the Responses API), served as the plain ``/v1`` ones
 _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)|^/openai(?=/(?!v1/))")
@@ -796,11 +771,6 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.fake.verbose:
             super().log_message(format, *args)
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
     def _read_body(self) -> bytes:
         """The body; :class:`_Refusal` for one whose length cannot be read or is over the limit."""
         limit = f"over the fake server's {MAX_BODY_BYTES} bytes."
@@ -843,17 +813,15 @@ class _Handler(BaseHTTPRequestHandler):
         route = _AZURE_DEPLOYMENT.sub("/v1", url.path)
         route = route[route.find("/v1/") :] if route.find("/v1/") > 0 else route  # a proxy's prefix
         retry = headers.get("x-stainless-retry-count", "")
-        self._num = fake._record(
-            RecordedRequest(
-                self.command, url.path, headers, body, raw, int(retry) if retry.isdigit() else None, url.query
-            )
+        retries = int(retry) if retry.isdigit() else None
+        # a queued failure goes to the request that arrives next, not to whichever finishes its delay
+        # first (a slow request outliving its test's timeout took the next test's failure)
+        self._num, failure = fake._arrived(
+            RecordedRequest(self.command, url.path, headers, body, raw, retries, url.query)
         )
         faults = {f.strip() for f in headers.get("x-fake-fault", "").split(",") if f.strip()}
         if _AZURE_DEPLOYMENT.match(url.path):
             faults.add("azure")  # not a fault: how Azure's answers differ
-        # a queued failure goes to the request that arrives next, not to whichever finishes its delay
-        # first (a slow request outliving its test's timeout took the next test's failure)
-        failure = fake._take_failure()
         try:
             if unreadable is not None:
                 raise unreadable
@@ -871,21 +839,20 @@ class _Handler(BaseHTTPRequestHandler):
         fake._answered(route, reply)
         self._send(reply, faults, headers.get("x-fake-transfer") == "close")
 
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch  # the rest get http.server's 501
+
     def _answer(
         self, path: str, headers: dict[str, str], body: Any, faults: set[str], failure: _Reply | None
     ) -> _Reply | _Stream:
         # the body is compressed as x-fake-encoding asks when the request's Accept-Encoding offers it
         # (a server sends no encoding the client did not offer)
         wanted = headers.get("x-fake-encoding", "").strip()
-        if wanted and wanted in {
-            p.split(";")[0].strip().lower() for p in headers.get("accept-encoding", "").split(",")
-        }:
+        offered = {p.split(";")[0].strip().lower() for p in headers.get("accept-encoding", "").split(",")}
+        if wanted and wanted in offered:
             try:
                 _encoder(wanted)
             except ImportError as exc:
-                raise _Refusal(
-                    400, f"x-fake-encoding: {wanted} needs the {exc.name} package in the server."
-                ) from None
+                raise _Refusal(400, f"x-fake-encoding: {wanted} needs {exc.name} in the server.") from None
             self._encoding = wanted
         if failure is not None:
             return failure
@@ -1012,9 +979,7 @@ class FakeOpenAI:
     def __enter__(self) -> FakeOpenAI:
         return self.start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def fail_next(
@@ -1039,10 +1004,11 @@ class FakeOpenAI:
             self.answers.clear()
             self._failures.clear()
 
-    def _record(self, request: RecordedRequest) -> int:
+    def _arrived(self, request: RecordedRequest) -> tuple[int, _Reply | None]:
+        """Record ``request``: its number, and the failure queued for it."""
         with self._lock:
             self.requests.append(request)
-            return next(self._counter)
+            return next(self._counter), self._failures.pop(0) if self._failures else None
 
     def _answered(self, path: str, reply: _Reply | _Stream) -> None:
         if isinstance(reply, _Stream):
@@ -1051,10 +1017,6 @@ class FakeOpenAI:
             answer = RecordedAnswer(path, reply.status, None if isinstance(reply.body, bytes) else reply.body)
         with self._lock:
             self.answers.append(answer)
-
-    def _take_failure(self) -> _Reply | None:
-        with self._lock:
-            return self._failures.pop(0) if self._failures else None
 
 
 def register(subparsers: Any, summary: str) -> None:
