@@ -203,18 +203,9 @@ def _truncate(text: str, limit: Any) -> tuple[str, str]:
 
 def _counts(messages: list[Any], tools: Any, headers: dict[str, str]) -> tuple[int, int, int, int]:
     """(prompt tokens, cached tokens, cache write tokens, reasoning tokens) of a request."""
-    texts: list[str] = []
-    images = 0
-    for message in messages:
-        parts, image_parts = _parts(message.get("content") if isinstance(message, dict) else message)
-        texts += parts
-        images += image_parts
-    prompt = (
-        _tokens("".join(texts))
-        + 4 * len(messages)
-        + 85 * images
-        + (_tokens(json.dumps(tools)) if tools else 0)
-    )
+    parts = [_parts(m.get("content") if isinstance(m, dict) else m) for m in messages]
+    prompt = _tokens("".join(t for texts, _ in parts for t in texts)) + 4 * len(messages)
+    prompt += 85 * sum(images for _, images in parts) + (_tokens(json.dumps(tools)) if tools else 0)
     cached, written = _count(headers, "cached-tokens"), _count(headers, "cache-write-tokens")
     return max(prompt, cached + written), cached, written, _count(headers, "reasoning-tokens")
 
@@ -237,9 +228,9 @@ def _content(kind: Any, schema: Any, messages: list[Any], headers: dict[str, str
         return json.dumps(_sample(schema, schema, "value"))
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     text = _reply_text(" ".join(_parts(users[-1].get("content"))[0]) if users else "", headers)
-    return (
-        json.dumps({"summary": text}) if "x-fake-content" not in headers and kind == "json_object" else text
-    )
+    if "x-fake-content" not in headers and kind == "json_object":
+        return json.dumps({"summary": text})
+    return text
 
 
 def _sample(schema: Any, root: JSONDict, key: str, depth: int = 0) -> Any:
@@ -272,9 +263,8 @@ def _sample(schema: Any, root: JSONDict, key: str, depth: int = 0) -> Any:
         return {name: sample(sub, name) for name, sub in (schema.get("properties") or {}).items()}
     if kind == "array":
         count = max(int(schema.get("minItems", 2)), 0)
-        return [
-            sample(schema.get("items", {})) for _ in range(min(count, int(schema.get("maxItems", count))))
-        ]
+        count = min(count, int(schema.get("maxItems", count)))
+        return [sample(schema.get("items", {})) for _ in range(count)]
     if kind in ("integer", "number"):
         default = 42 if kind == "integer" else 0.5
         value = min(max(default, schema.get("minimum", default)), schema.get("maximum", default))
@@ -381,10 +371,8 @@ def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSOND
         forced = (choice.get("function") or choice).get("name")
     function = next((f for f in functions if f.get("name") == forced), functions[0])
     params = function.get("parameters") or {"type": "object", "properties": {}}
-    call = {
-        "name": str(function.get("name", "tool")),
-        "arguments": json.dumps(_sample(params, params, "arg")),
-    }
+    arguments = json.dumps(_sample(params, params, "arg"))
+    call = {"name": str(function.get("name", "tool")), "arguments": arguments}
     count = _count(headers, "tool-calls", 1 if choice == "required" or forced else 0)
     return [{"id": f"call_fake{num}x{i}", "type": "function", "function": call} for i in range(count)]
 
@@ -536,16 +524,15 @@ def _completions(body: JSONDict, headers: dict[str, str], num: int, faults: set[
     return _chunks_end(events, base, extra, usage)
 
 
-def _embedding(item: Any, dimensions: int) -> list[float]:
-    """A deterministic unit vector for ``item``, from a hash of it."""
+def _embedding(item: Any, dimensions: int) -> bytes:
+    """A deterministic unit vector for ``item`` (from a hash of it), as little-endian float32."""
     seed = json.dumps(item).encode()
     raw = b"".join(
         hashlib.sha256(seed + i.to_bytes(4, "little")).digest() for i in range(-(-dimensions // 32))
     )
     vector = [(b - 127.5) / 127.5 for b in raw[:dimensions]]
     norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    # round-trip through float32 so that "float" and "base64" answers carry the same values
-    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in vector))))
+    return struct.pack(f"<{dimensions}f", *(v / norm for v in vector))
 
 
 def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
@@ -558,10 +545,10 @@ def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[s
     data, tokens = [], 0
     for index, item in enumerate(inputs):
         tokens += _tokens(item) if isinstance(item, str) else len(item)
-        vector: Any = _embedding(item, dimensions)
-        if body.get("encoding_format") == "base64":
-            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii")
-        data.append({"object": "embedding", "index": index, "embedding": vector})
+        packed = _embedding(item, dimensions)  # "float" answers carry these float32 values too
+        vector = list(struct.unpack(f"<{dimensions}f", packed))
+        embedding = base64.b64encode(packed).decode() if body.get("encoding_format") == "base64" else vector
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
     answer = {"object": "list", "data": data, "model": _served_model(body, headers)}
     return _with_usage(answer, {"prompt_tokens": tokens, "total_tokens": tokens}, faults)
 
