@@ -302,12 +302,8 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
         if style == "xai":  # whole ticks of 10**-10 USD
             usage["cost_in_usd_ticks"] = round(cost * 10**10)
         elif style == "perplexity":  # an object: the token costs and the per-request fee
-            usage["cost"] = {
-                "input_tokens_cost": 0.0,
-                "output_tokens_cost": 0.0,
-                "request_cost": cost,
-                "total_cost": cost,
-            }
+            usage["cost"] = {"input_tokens_cost": 0.0, "output_tokens_cost": 0.0, "request_cost": cost}
+            usage["cost"]["total_cost"] = cost
         elif style in ("openrouter", "openrouter-byok"):
             # BYOK: the provider bills your own key (upstream); OpenRouter charges a 5% fee
             byok = style == "openrouter-byok"
@@ -941,9 +937,7 @@ class FakeOpenAI:
         if self._server is None:
             self._server = _Server((self.host, self.port), self)
             self.port = int(self._server.server_address[1])
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
             self._thread.start()
         return self
 
