@@ -583,15 +583,8 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     if not calls:
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         part = {"type": "refusal", "refusal": text} if refusal is not None else part
-        output = [
-            {
-                "id": f"msg_fake{num}",
-                "type": "message",
-                "status": done,
-                "role": "assistant",
-                "content": [part],
-            }
-        ]
+        message = {"id": f"msg_fake{num}", "type": "message", "status": done, "role": "assistant"}
+        output = [{**message, "content": [part]}]
     produced = [_call_text(c) for c in calls] if calls else [text]
     output_tokens = sum(map(_tokens, produced)) + reasoning
     usage = {
