@@ -30,7 +30,7 @@ from .._table import NO_FIGURE, markdown_table, one_line, percent, text_table, u
 from ..loading import join, listed, printable, read_file, shown
 from ._read import REPORT_SCHEMA, strict_loads
 from ._render import strict_json
-from ._usage import NO_ANSWER, NO_LENS, cost_gaps, failed_calls, model_name, recorded_count
+from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name, recorded_count
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -46,22 +46,14 @@ DIFF_METRICS: Final = {
 TOTAL_METRICS: Final = ("api_calls", "total_tokens", "cost_usd")
 _COSTS: Final = frozenset({"cost_usd", "cost_per_run"})
 FORMATS: Final = ("markdown", "text", "json")
-_READ_METRICS: Final = ("runs", "api_calls", "total_tokens", "cost_usd", "errors")
-# the figures of a usage row the diff reads (the calls outside any lens are summed from them)
-_USAGE_METRICS: Final = (
-    "calls",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_usd",
-    "uncosted_calls",
-    "failed_calls",
-)
+_LENS_FIGURES: Final = ("runs", "api_calls", "total_tokens", "cost_usd", "errors")
+# kind of entry -> the figures read from it: whole numbers >= 0, costs any number >= 0
+_FIGURES: Final = {"lens": _LENS_FIGURES, "total": _LENS_FIGURES, "usage": (*COUNTS, "cost_usd")}
 # the figures every report of a version has had since that version was first written (a hand-edited one
 # may lack one, which would read as 0); fields added to a version later stay optional, 0 when absent
 _REQUIRED: Final = {
-    "lens": ("runs", "api_calls", "total_tokens", "cost_usd", "errors"),
-    "total": ("api_calls", "total_tokens", "cost_usd", "errors"),
+    "lens": _LENS_FIGURES,
+    "total": _LENS_FIGURES[1:],
     "usage": ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "uncosted_calls"),
 }
 NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
@@ -95,45 +87,44 @@ def load_report(path: str | Path) -> dict[str, Any]:
     for section in ("lenses", "total"):
         if section not in data:
             raise ConfigError(f"{name}: no {section!r}: not a whole report{hint}")
-    for section, kind in (("lenses", dict), ("total", dict), ("tests", dict), ("usage", list)):
-        if not isinstance(data.get(section, kind()), kind):
-            raise ConfigError(f"{name}: {section!r} must be {'an object' if kind is dict else 'a list'}")
+    for section, shape in (("lenses", dict), ("total", dict), ("tests", dict), ("usage", list)):
+        if not isinstance(data.get(section, shape()), shape):
+            raise ConfigError(f"{name}: {section!r} must be {'an object' if shape is dict else 'a list'}")
     if data.get("exit_status") is not None and type(data["exit_status"]) is not int:
         raise ConfigError(
             f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
         )
     _test_ids(name, "failed_tests", data.get("failed_tests", []))
-    entries: list[tuple[str, Any, tuple[str, ...], tuple[str, ...]]]
-    entries = [
-        (join("lenses", lens), entry, _READ_METRICS, _REQUIRED["lens"])
-        for lens, entry in data["lenses"].items()
-    ]
-    entries += [
-        (f"usage[{i}]", row, _USAGE_METRICS, _REQUIRED["usage"])
-        for i, row in enumerate(data.get("usage", ()))
-    ]
-    for where, entry, metrics, required in [
-        *entries,
-        ("total", data["total"], _READ_METRICS, _REQUIRED["total"]),
-    ]:
+    entries = [(join("lenses", lens), entry, "lens") for lens, entry in data["lenses"].items()]
+    entries += [(f"usage[{i}]", row, "usage") for i, row in enumerate(data.get("usage", ()))]
+    for where, entry, kind in [*entries, ("total", data["total"], "total")]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{name}: {where} must be an object")
         _test_ids(name, f"{where}.tests_with_failed_calls", entry.get("tests_with_failed_calls", []))
-        _test_ids(name, f"{where}.tests", entry.get("tests", []) if where != "total" else [])
-        for metric in metrics:
-            value = entry.get(metric, 0)
-            # counts are whole numbers, costs any number; neither is negative
-            whole = metric != "cost_usd"
-            number = type(value) is int or (not whole and type(value) is float)
-            if not number or not 0 <= value <= _MAX_METRIC:
-                expected = "a whole number >= 0" if whole else "a number >= 0"
-                raise ConfigError(f"{name}: {where}.{metric}: expected {expected}, got {shown(value)}")
-        if missing := [metric for metric in required if metric not in entry]:
+        _test_ids(name, f"{where}.tests", entry.get("tests", []) if kind != "total" else [])
+        if problem := _problem(kind, entry):
+            field = problem.partition(":")[0]
+            raise ConfigError(f"{name}: {where}.{problem}, got {shown(entry.get(field, 0))}")
+        if missing := [metric for metric in _REQUIRED[kind] if metric not in entry]:
             raise ConfigError(
                 f"{name}: {where}.{missing[0]}: missing, which every version-{data['version']} report has "
                 "(it would read as 0); write the report again with `pytest --llm-report`"
             )
     return data
+
+
+def _problem(kind: str, entry: dict[str, Any]) -> str:
+    """What is wrong with a figure of a report's entry ("calls: expected a whole number >= 0"), or ""."""
+    for metric in _FIGURES[kind]:
+        value, cost = entry.get(metric, 0), metric == "cost_usd"
+        if type(value) not in ((int, float) if cost else (int,)) or not 0 <= value <= _MAX_METRIC:
+            return f"{metric}: expected {'a number' if cost else 'a whole number'} >= 0"
+    # a usage row written before the plugin kept a tier or a time has none
+    if kind == "usage" and not isinstance(entry.get("service_tier"), str | None):
+        return "service_tier: expected a tier name or null"
+    if kind == "usage" and entry.get("at") is not None and _epoch(entry["at"]) is None:
+        return "at: expected an ISO date-time or null"
+    return ""
 
 
 def _refuse_log(name: str, raw: str | bytes) -> None:

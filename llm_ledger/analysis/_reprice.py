@@ -34,18 +34,11 @@ from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
 from ._render import strict_json
-from ._usage import NO_LENS, UsageRow, _epoch, recorded_count, recorded_name, usage_row
+from ._usage import COUNTS, NO_LENS, UsageRow, _epoch, recorded_name, usage_row
 
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
 
 FORMATS: Final = ("text", "markdown", "json")
-# the counts of a report's usage row that only a price reads
-_PRICE_COUNTS: Final = (
-    "cached_tokens",
-    "cache_write_tokens",
-    "prompt_audio_tokens",
-    "completion_audio_tokens",
-)
 
 
 @dataclass(slots=True)
@@ -175,21 +168,7 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             f"{path}: this report has no per-model usage (written before llm-ledger could reprice); "
             "write it again with `pytest --llm-report`"
         )
-    for number, row in enumerate(rows):
-        # load_report checked every row is an object and its counts (the price-only ones aside) and cost;
-        # a row written before the plugin kept a tier, a time or these counts reads as none
-        counts = {name: recorded_count(row.get(name, 0)) for name in _PRICE_COUNTS}
-        tier, at = row.get("service_tier"), row.get("at")
-        problem = next(
-            (f"{name}: expected a whole number >= 0" for name, n in counts.items() if n is None), ""
-        )
-        if tier is not None and not isinstance(tier, str):
-            problem = "service_tier: expected a tier name or null"
-        elif at is not None and _epoch(at) is None:
-            problem = "at: expected an ISO date-time or null"
-        if problem:
-            name = problem.partition(":")[0]
-            raise ConfigError(f"{path}: usage[{number}].{problem}, got {shown(row.get(name))}")
+    for row in rows:  # load_report checked each; a row written before the plugin kept a field lacks it
         host, _, port = str(row.get("server") or "").rpartition(":")
         yield UsageRow(
             lens=str(row.get("lens") or NO_LENS),
@@ -199,18 +178,10 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             model=recorded_name(row.get("model")),
             served_model=recorded_name(row.get("served_model")),
             cost_source=recorded_name(row.get("cost_source")),
-            calls=row.get("calls", 0),
-            prompt_tokens=row.get("prompt_tokens", 0),
-            cached_tokens=counts["cached_tokens"] or 0,
-            completion_tokens=row.get("completion_tokens", 0),
-            uncosted_calls=row.get("uncosted_calls", 0),
             cost_usd=cost_decimal(row.get("cost_usd", 0)) or Decimal(0),
-            no_usage_calls=recorded_count(row.get("no_usage_calls", 0)) or 0,
-            at=_epoch(at),
-            service_tier=tier,
-            cache_write_tokens=counts["cache_write_tokens"] or 0,
-            prompt_audio_tokens=counts["prompt_audio_tokens"] or 0,
-            completion_audio_tokens=counts["completion_audio_tokens"] or 0,
+            at=_epoch(row.get("at")),
+            service_tier=row.get("service_tier"),
+            **{name: row.get(name, 0) for name in COUNTS},
         )
 
 

@@ -19,12 +19,19 @@ from .._records import cost_decimal
 if TYPE_CHECKING:
     from .._pricing import PriceTable
 
-__all__ = ["NO_ANSWER", "NO_LENS", "UsageRow", "cost_gaps", "failed_calls", "model_name", "usage_row"]
+__all__ = [
+    "COUNTS", "NO_ANSWER", "NO_LENS", "UsageRow", "cost_gaps", "failed_calls", "model_name", "usage_row"
+]  # fmt: skip
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
 # A failed call counts what its answer reported: one cut short after a billed answer counts it.
 NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_MODEL: Final = "<no model>"  # the name of a call's model when neither request nor answer has one
+# the whole-number fields of a UsageRow, which a report's usage row holds under the same names
+COUNTS: Final = (
+    "calls", "prompt_tokens", "cached_tokens", "completion_tokens", "uncosted_calls", "no_usage_calls",
+    "total_tokens", "failed_calls", "cache_write_tokens", "prompt_audio_tokens", "completion_audio_tokens",
+)  # fmt: skip
 # The first port of Linux's default range of ports given to sockets bound to port 0 (the other systems'
 # start higher, at 49152): a loopback server on one of these was started for a run, not configured.
 _PASSING_PORTS: Final = 32768
