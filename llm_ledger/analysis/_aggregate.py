@@ -189,16 +189,10 @@ class CostRow:
 
     def to_json(self) -> dict[str, Any]:
         avg = self.avg_duration_ms
-        return {
+        out = {column.name: getattr(self, column.name) for column in fields(self)[:-1]}  # the sums
+        return out | {
             "key": dict(self.key),
-            "lens_runs": self.lens_runs,
-            "calls": self.calls,
-            "errors": self.errors,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
             "cost_usd": float(self.cost_usd),
-            "unpriced_calls": self.unpriced_calls,
             "cost_complete": self.cost_complete,
             "avg_duration_ms": None if avg is None else round(avg, 3),
         }

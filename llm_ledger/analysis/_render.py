@@ -15,30 +15,19 @@ __all__ = ["FORMATS", "render", "strict_json"]
 
 FORMATS: Final = ("text", "json", "markdown")
 _HEADERS: Final = (
-    "lens runs",
-    "calls",
-    "errors",
-    "prompt tokens",
-    "completion tokens",
-    "total tokens",
-    "cost (USD)",
+    "lens runs", "calls", "errors", "prompt tokens", "completion tokens", "total tokens", "cost (USD)",
     "avg ms",
-)
+)  # fmt: skip
 
 
 def _non_finite(value: Any, where: str = "") -> str | None:
     """The path of the first NaN or infinity in ``value``, or None."""
     if isinstance(value, float) and not math.isfinite(value):
         return where or "the value"
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _non_finite(item, f"{where}.{key}" if where else str(key))
-        if found is not None:
+    if isinstance(value, list | tuple):
+        value = dict(enumerate(value))
+    for key, item in value.items() if isinstance(value, dict) else ():
+        if (found := _non_finite(item, f"{where}.{key}" if where else str(key))) is not None:
             return found
     return None
 
