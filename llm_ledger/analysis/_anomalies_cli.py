@@ -69,15 +69,13 @@ def register(subparsers: Any, summary: str) -> None:
             "(and models') previous runs."
         ),
     )
-    parser.add_argument(
-        "--window", type=int, default=defaults.window, help="runs in a baseline (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--k", type=float, default=defaults.k, help="MADs above the median (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--min-runs", type=int, default=defaults.min_runs, help="runs before judging (default: %(default)s)"
-    )
+    for flag, kind, what in (
+        ("--window", int, "runs in a baseline"),
+        ("--k", float, "MADs above the median"),
+        ("--min-runs", int, "runs before judging"),
+    ):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=f"{what} (default: %(default)s)")
     parser.add_argument(
         "--metric",
         action="append",

@@ -30,7 +30,7 @@ from .._table import NO_FIGURE, markdown_table, one_line, percent, text_table, u
 from ..loading import join, listed, printable, read_file, shown
 from ._read import REPORT_SCHEMA, strict_loads
 from ._render import strict_json
-from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name, recorded_count
+from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
 
@@ -224,12 +224,11 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     """Why a lens's cost (every lens's for None) is incomplete, from the report's usage rows."""
     unpriced: Counter[str] = Counter()
     no_usage: Counter[str] = Counter()
-    for row in report.get("usage", ()):
-        if isinstance(row, dict) and lens in (None, row.get("lens")):
+    for row in report.get("usage", ()):  # load_report checked their counts
+        if lens in (None, row.get("lens")):
             model = model_name(row.get("model"), row.get("served_model"))
-            missing = recorded_count(row.get("no_usage_calls")) or 0
-            no_usage[model] += missing
-            unpriced[model] += max((recorded_count(row.get("uncosted_calls")) or 0) - missing, 0)
+            no_usage[model] += row.get("no_usage_calls", 0)
+            unpriced[model] += max(row.get("uncosted_calls", 0) - row.get("no_usage_calls", 0), 0)
     return cost_gaps(unpriced, no_usage)
 
 
@@ -244,8 +243,8 @@ def _calling(report: dict[str, Any]) -> set[str]:
 
 def _price_data(report: dict[str, Any]) -> str:
     """The price data a report's costs come from ("'genai-prices 0.2.3', 'price-file'"), "" if none."""
-    rows = [row for row in report.get("usage", ()) if isinstance(row, dict)]
-    return ", ".join(sorted({repr(str(row["cost_source"])) for row in rows if row.get("cost_source")}))
+    sources = {repr(str(row["cost_source"])) for row in report.get("usage", ()) if row.get("cost_source")}
+    return ", ".join(sorted(sources))
 
 
 def _code(text: str) -> str:
@@ -511,10 +510,6 @@ def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
     return f"{sign}{int(value):,}"
 
 
-def _pct(value: float | None) -> str:
-    return NO_FIGURE if value is None else percent(value)
-
-
 def _by_change(diff: dict[str, Any]) -> list[str]:
     """The lens names, the largest change in cost first (then in cost per run, in tokens; then by name)."""
 
@@ -543,7 +538,7 @@ def _cells(diff: dict[str, Any]) -> list[Section]:
         rows = []
         for metric, m in row["metrics"].items():
             cells = [_fmt(metric, m["base"]), _fmt(metric, m["head"]), _fmt(metric, m["delta"], signed=True)]
-            cells.append(_pct(m["pct"]))
+            cells.append(NO_FIGURE if m["pct"] is None else percent(m["pct"]))
             if metric in _COSTS:  # a lower bound: * on each side that leaves calls out, and on its change
                 marked = [side in row["cost_gaps"] for side in ("base", "head")]
                 marked += [any(marked)] * 2
@@ -654,32 +649,30 @@ def _fit(head: list[str], blocks: list[tuple[str, str]]) -> list[bool]:
 
 def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bool]) -> str:
     """The line saying what :func:`_fit` left out, and the command that prints the whole diff."""
-
-    whole: Counter[str] = Counter()
-    left: Counter[str] = Counter()
     rows = [i for i, (part, _) in enumerate(blocks) if part == "table"]
     no_lens_row = rows[-1] if diff.get("no_lens") and rows else None  # the table's last row: not a lens
+    whole: Counter[str] = Counter()
+    left: Counter[str] = Counter()
     for i, ((part, _), keep) in enumerate(zip(blocks, kept, strict=True)):
-        if i == no_lens_row:
-            continue
-        part = "increases" if "increases" in part else part  # "kept increases" are in the list too
+        # "kept increases" are in the list too
+        part = "no_lens" if i == no_lens_row else "increases" if "increases" in part else part
         whole[part] += 1
         left[part] += not keep
-    what = []
-    if left["increases"]:
-        what.append(f"{left['increases']} of {whole['increases']} items of the list of increases")
-    if left["table"]:
-        what.append(f"{left['table']} of {whole['table']} lenses from the table")
-    if no_lens_row is not None and not kept[no_lens_row]:
-        what.append(f"the {NO_LENS_ROW} row of the table")
-    if left["lens details"]:
-        what.append(f"the details of {left['lens details']} of {whole['lens details']} lenses")
+    what = [
+        text.format(left[part], whole[part])
+        for part, text in (
+            ("increases", "{} of {} items of the list of increases"),
+            ("table", "{} of {} lenses from the table"),
+            ("no_lens", f"the {NO_LENS_ROW} row of the table"),
+            ("lens details", "the details of {} of {} lenses"),
+        )
+        if left[part]
+    ]
     reports = diff.get("reports", {"base": "BASE.json", "head": "HEAD.json"})
     command = _code(f"llm-ledger diff --format json {reports['base']} {reports['head']}")
-    listed = ", ".join(what[:-1]) + (" and " if len(what) > 1 else "") + what[-1]
     return (
-        f"_To fit in a GitHub comment, this leaves out {listed} (the smallest changes). "
-        f"The whole diff: {command}._"
+        f"_To fit in a GitHub comment, this leaves out {', '.join(what[:-1])}{' and ' * (len(what) > 1)}"
+        f"{what[-1]} (the smallest changes). The whole diff: {command}._"
     )
 
 
