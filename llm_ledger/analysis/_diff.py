@@ -26,7 +26,7 @@ from typing import Any, Final, NamedTuple
 from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
-from .._table import NO_FIGURE, markdown_table, one_line, percent, text_table, usd
+from .._table import NO_FIGURE, markdown_table, notes, one_line, percent, text_table, usd
 from ..loading import join, listed, printable, read_file, shown
 from ._read import REPORT_SCHEMA, strict_loads
 from ._render import strict_json
@@ -618,8 +618,7 @@ def _markdown(diff: dict[str, Any]) -> str:
     for kind, name, row, rows in sections:
         title = _code(name) if kind == "lens" else "Total" if kind == "total" else _NO_LENS_TITLE
         lines = ["", f"### {title}{_mark(row, _code)}", "", *markdown_table(_HEADERS, rows)]
-        for note in _notes(row, _code):
-            lines += ["", note.replace("*", "\\*", 1)]  # "* " would start a list
+        lines += [line for note in notes(_notes(row, _code), "markdown") for line in ("", note)]
         part = "lens details" if kind == "lens" else "kept"
         blocks.append((part, "\n".join(lines)))
     kept = _fit(head, blocks)

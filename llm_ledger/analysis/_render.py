@@ -7,7 +7,7 @@ import math
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .._table import NO_FIGURE, markdown_table, text_table, usd
+from .._table import NO_FIGURE, notes, table, usd
 from ..loading import printable
 from ._aggregate import CostReport, CostRow, as_text
 
@@ -102,11 +102,5 @@ def render(report: CostReport, fmt: str = "text") -> str:
     headers = [*by, *_HEADERS]
     rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
     total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
-    figures = range(len(by), len(headers))
-    footer = _footer(report)
-    if fmt == "markdown":  # "* " would start a list, hiding the mark the table's costs carry
-        footer = [line.replace("*", "\\*", 1) if line.startswith("* ") else line for line in footer]
-        table = markdown_table(headers, rows, total=total, right=figures)
-    else:
-        table = text_table(headers, rows, total=total, right=figures)
-    return printable("\n".join([*table, "", *footer]) + "\n")
+    lines = table(fmt, headers, rows, total=total, right=range(len(by), len(headers)))
+    return printable("\n".join([*lines, "", *notes(_footer(report), fmt)]) + "\n")

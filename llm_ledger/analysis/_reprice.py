@@ -29,7 +29,7 @@ from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
 from .._rates import DEFAULT_PROVIDER, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from .._table import NO_FIGURE, markdown_table, percent, text_table, usd
+from .._table import NO_FIGURE, notes, percent, table, usd
 from ..loading import did_you_mean, printable, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
@@ -339,21 +339,23 @@ def render(result: Reprice, fmt: str = "text") -> str:
     lines = [
         f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
         "",
-        *(markdown_table if fmt == "markdown" else text_table)(headers, rows, total=[_cells(total)]),
+        *table(fmt, headers, rows, total=[_cells(total)]),
     ]
+    said = []
     if result.unpriced_after:
         missing = ", ".join(
             f"{m!r} ({n} call{'s' if n != 1 else ''}{'; ' + result.hints[m] if m in result.hints else ''})"
             for m, n in sorted(result.unpriced_after.items())
         )
-        lines += ["", f"* after leaves out calls with no known price: {missing}"]
+        said.append(f"* after leaves out calls with no known price: {missing}")
     if result.no_usage_calls:
         calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
-        lines += ["", f"* after leaves out {calls} that reported no usage (no tokens to price)"]
+        said.append(f"* after leaves out {calls} that reported no usage (no tokens to price)")
     if not total.before_complete:
-        lines += ["", "* before leaves out calls recorded without a cost"]
+        said.append("* before leaves out calls recorded without a cost")
     if not (total.before_complete and total.after_complete):
-        lines += ["", f"* change compares only the calls priced before and after ({NO_FIGURE}: none is)"]
+        said.append(f"* change compares only the calls priced before and after ({NO_FIGURE}: none is)")
+    lines += [line for note in notes(said, fmt) for line in ("", note)]
     return printable("\n".join(lines) + "\n")  # a file or model name may hold a lone surrogate
 
 
