@@ -29,11 +29,10 @@ from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
 from .._rates import DEFAULT_PROVIDER, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from .._table import NO_FIGURE, notes, percent, table, usd
-from ..loading import did_you_mean, printable, shown
+from ..loading import did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
-from ._render import strict_json
+from ._render import render_reprice as render
 from ._usage import COUNTS, NO_LENS, UsageRow, _epoch, recorded_name, usage_row
 
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
@@ -304,59 +303,6 @@ def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int
     except ValueError:  # more cached than prompt tokens: the ledger recorded no cost for such a call either
         return None
     return None if costs is None else costs[0] + costs[1]
-
-
-# -- output ----------------------------------------------------------------------------------------
-
-
-def _cells(row: Row) -> list[str]:
-    cells = [
-        row.lens,
-        f"{row.calls:,}",
-        usd(row.before_usd, complete=row.before_complete),
-        usd(row.after_usd, complete=row.after_complete),
-    ]
-    delta = row.change_usd
-    if delta is None:
-        return [*cells, NO_FIGURE, NO_FIGURE]
-    base = row.compared_before_usd
-    mark = "" if row.before_complete and row.after_complete else "*"
-    return [*cells, usd(delta, signed=True) + mark, percent(delta / base * 100) + mark if base else NO_FIGURE]
-
-
-def render(result: Reprice, fmt: str = "text") -> str:
-    """The before/after table (``text`` or ``markdown``) or the JSON document."""
-    if fmt == "json":
-        return strict_json(result.to_json()) + "\n"
-    changes = [f"{old} -> {new}" for old, new in result.models.items()]
-    if result.provider:
-        changes.append(f"every call at provider {result.provider}")
-    if result.price_file:
-        changes.append(f"prices from {result.price_file}")
-    headers = ["lens", "calls", "before", "after", "change", "%"]
-    rows = [_cells(row) for _, row in sorted(result.rows.items())]
-    total = result.total()
-    lines = [
-        f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
-        "",
-        *table(fmt, headers, rows, total=[_cells(total)]),
-    ]
-    said = []
-    if result.unpriced_after:
-        missing = ", ".join(
-            f"{m!r} ({n} call{'s' if n != 1 else ''}{'; ' + result.hints[m] if m in result.hints else ''})"
-            for m, n in sorted(result.unpriced_after.items())
-        )
-        said.append(f"* after leaves out calls with no known price: {missing}")
-    if result.no_usage_calls:
-        calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
-        said.append(f"* after leaves out {calls} that reported no usage (no tokens to price)")
-    if not total.before_complete:
-        said.append("* before leaves out calls recorded without a cost")
-    if not (total.before_complete and total.after_complete):
-        said.append(f"* change compares only the calls priced before and after ({NO_FIGURE}: none is)")
-    lines += [line for note in notes(said, fmt) for line in ("", note)]
-    return printable("\n".join(lines) + "\n")  # a file or model name may hold a lone surrogate
 
 
 def register(subparsers: Any, summary: str) -> None:
