@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final
+from typing import Final
 
 __all__ = ["NO_FIGURE", "markdown_table", "notes", "one_line", "percent", "table", "text_table", "usd"]
 
@@ -78,9 +78,16 @@ def markdown_table(
     ]
 
 
-def table(fmt: str, headers: Sequence[str], rows: Sequence[Sequence[str]], **options: Any) -> list[str]:
+def table(
+    fmt: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    total: Sequence[Sequence[str]] = (),
+    right: Collection[int] | None = None,
+) -> list[str]:
     """:func:`markdown_table` for ``fmt`` "markdown", else :func:`text_table`."""
-    return (markdown_table if fmt == "markdown" else text_table)(headers, rows, **options)
+    return (markdown_table if fmt == "markdown" else text_table)(headers, rows, total=total, right=right)
 
 
 def notes(lines: Iterable[str], fmt: str) -> list[str]:
