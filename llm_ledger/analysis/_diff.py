@@ -229,7 +229,7 @@ def _calling(report: dict[str, Any]) -> set[str]:
 
 
 def _price_data(report: dict[str, Any]) -> str:
-    """The price data a report's costs come from ("'genai-prices 0.2.3', 'price-file'"), "" if none."""
+    """The price data a report's costs come from ("'genai-prices X.Y.Z', 'price-file'"), "" if none."""
     sources = {repr(str(row["cost_source"])) for row in report.get("usage", ()) if row.get("cost_source")}
     return ", ".join(sorted(sources))
 
