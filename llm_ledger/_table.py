@@ -6,11 +6,11 @@ Costs are shown by :func:`usd` wherever they appear.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Final
 
-__all__ = ["NO_FIGURE", "markdown_table", "one_line", "percent", "text_table", "usd"]
+__all__ = ["NO_FIGURE", "markdown_table", "notes", "one_line", "percent", "table", "text_table", "usd"]
 
 NO_FIGURE: Final = "—"  # a cell whose figure cannot be given: an absent side, a change with no price after
 
@@ -76,6 +76,25 @@ def markdown_table(
         "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|",
         *map(line, [*rows, *bold]),
     ]
+
+
+def table(
+    fmt: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    total: Sequence[Sequence[str]] = (),
+    right: Collection[int] | None = None,
+) -> list[str]:
+    """:func:`markdown_table` for ``fmt`` "markdown", else :func:`text_table`."""
+    return (markdown_table if fmt == "markdown" else text_table)(headers, rows, total=total, right=right)
+
+
+def notes(lines: Iterable[str], fmt: str) -> list[str]:
+    """The lines under a table; in Markdown a leading "* " is escaped: it would start a list, hiding the
+    mark the table's costs carry."""
+    markdown = fmt == "markdown"
+    return [line.replace("*", "\\*", 1) if markdown and line.startswith("* ") else line for line in lines]
 
 
 def one_line(text: str) -> str:

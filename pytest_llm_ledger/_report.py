@@ -547,6 +547,17 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
             for key, _, s, tests in named
             if s.errors
         ]
+        # a lens whose summary never came (a log cut short, records built by hand) has no row: its
+        # failed calls are named from their usage rows, else the line would name none of them
+        unsummarised: dict[str, UsageSum] = {}
+        for (_, lens, *_), row in sorted(ledger.usage.items()):
+            if row.failed_calls and lens != NO_LENS and lens not in by_key:
+                unsummarised.setdefault(lens, UsageSum()).add(row)
+        lenses += [
+            f"{key} ({row.failed_calls}, in {listed(row.tests_with_failed_calls)}; no lens summary came, "
+            "so in no row)"
+            for key, row in unsummarised.items()
+        ]
         lines.append(f"failed: {failed_calls()}; {NO_ANSWER}: {listed(lenses)}")
     return lines
 

@@ -189,16 +189,10 @@ class CostRow:
 
     def to_json(self) -> dict[str, Any]:
         avg = self.avg_duration_ms
-        return {
+        out = {column.name: getattr(self, column.name) for column in fields(self)[:-1]}  # the sums
+        return out | {
             "key": dict(self.key),
-            "lens_runs": self.lens_runs,
-            "calls": self.calls,
-            "errors": self.errors,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
             "cost_usd": float(self.cost_usd),
-            "unpriced_calls": self.unpriced_calls,
             "cost_complete": self.cost_complete,
             "avg_duration_ms": None if avg is None else round(avg, 3),
         }
@@ -399,18 +393,11 @@ def _call_figures(record: dict[str, Any]) -> _Figures:
 def _summary_figures(record: dict[str, Any]) -> _Figures:
     # a summary does not say how many of its calls had no price: a run with any counts as one
     summary = _dict(record.get("summary"))
-    calls = _tokens(summary.get("total_api_calls"))
-    avg = _number(summary.get("avg_duration_ms"))
-    return (
-        calls,
-        _tokens(summary.get("errors")),
-        _tokens(summary.get("prompt_tokens")),
-        _tokens(summary.get("completion_tokens")),
-        _tokens(summary.get("total_tokens")),
-        _usd(summary.get("total_cost_usd")),
-        int(summary.get("cost_complete") is False),
-        avg * calls,
-    )
+    counts = ("total_api_calls", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
+    calls, errors, prompt, completion, total = (_tokens(summary.get(name)) for name in counts)
+    cost, unpriced = _usd(summary.get("total_cost_usd")), int(summary.get("cost_complete") is False)
+    duration = _number(summary.get("avg_duration_ms")) * calls
+    return calls, errors, prompt, completion, total, cost, unpriced, duration
 
 
 def _nested_sums(records: list[dict[str, Any]]) -> dict[Any, _Sums]:

@@ -15,7 +15,7 @@ import sys
 import zlib
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -25,17 +25,9 @@ from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 
 __all__ = [
-    "MAX_LINE_BYTES",
-    "REPORT_SCHEMA",
-    "InputStats",
-    "LogReader",
-    "is_pytest_report",
-    "iter_records",
-    "refuse_reports",
-    "resolve",
-    "strict_loads",
-    "warn_unread",
-]
+    "MAX_LINE_BYTES", "REPORT_SCHEMA", "InputStats", "LogReader", "is_pytest_report", "iter_records",
+    "refuse_reports", "resolve", "strict_loads", "warn_unread",
+]  # fmt: skip
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
 MAX_LINE_BYTES: Final = 16 << 20
@@ -66,16 +58,8 @@ class InputStats:
             self.first_malformed.append(number)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "lines": self.lines,
-            "records": self.records,
-            "malformed_lines": self.malformed,
-            "first_malformed_lines": list(self.first_malformed),
-            "too_long_lines": self.too_long,
-            "skipped_lines": self.skipped,
-            "error": self.error,
-        }
+        named = ("name", "lines", "records", "error")  # the other fields count lines: "malformed_lines"
+        return {k if k in named else f"{k}_lines": v for k, v in asdict(self).items()}
 
 
 def is_pytest_report(path: str) -> bool:

@@ -1,44 +1,38 @@
-"""A cost report as a text table, a Markdown table (:mod:`llm_ledger._table`) or strict JSON."""
+"""The output of ``llm-ledger report``, ``reprice`` and ``anomalies``: text and Markdown tables
+(:mod:`llm_ledger._table`) or strict JSON. The diff's, sized for a PR comment, is :mod:`._render_diff`."""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
-from .._table import NO_FIGURE, markdown_table, text_table, usd
+from .._records import AnomalyRecord
+from .._table import NO_FIGURE, notes, percent, table, text_table, usd
 from ..loading import printable
 from ._aggregate import CostReport, CostRow, as_text
 
-__all__ = ["FORMATS", "render", "strict_json"]
+if TYPE_CHECKING:
+    from ._reprice import Reprice, Row
+
+__all__ = ["FORMATS", "render", "render_anomalies", "render_reprice", "strict_json"]
 
 FORMATS: Final = ("text", "json", "markdown")
 _HEADERS: Final = (
-    "lens runs",
-    "calls",
-    "errors",
-    "prompt tokens",
-    "completion tokens",
-    "total tokens",
-    "cost (USD)",
+    "lens runs", "calls", "errors", "prompt tokens", "completion tokens", "total tokens", "cost (USD)",
     "avg ms",
-)
+)  # fmt: skip
 
 
 def _non_finite(value: Any, where: str = "") -> str | None:
     """The path of the first NaN or infinity in ``value``, or None."""
     if isinstance(value, float) and not math.isfinite(value):
         return where or "the value"
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _non_finite(item, f"{where}.{key}" if where else str(key))
-        if found is not None:
+    if isinstance(value, list | tuple):
+        value = dict(enumerate(value))
+    for key, item in value.items() if isinstance(value, dict) else ():
+        if (found := _non_finite(item, f"{where}.{key}" if where else str(key))) is not None:
             return found
     return None
 
@@ -113,11 +107,84 @@ def render(report: CostReport, fmt: str = "text") -> str:
     headers = [*by, *_HEADERS]
     rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
     total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
-    figures = range(len(by), len(headers))
-    footer = _footer(report)
-    if fmt == "markdown":  # "* " would start a list, hiding the mark the table's costs carry
-        footer = [line.replace("*", "\\*", 1) if line.startswith("* ") else line for line in footer]
-        table = markdown_table(headers, rows, total=total, right=figures)
-    else:
-        table = text_table(headers, rows, total=total, right=figures)
-    return printable("\n".join([*table, "", *footer]) + "\n")
+    lines = table(fmt, headers, rows, total=total, right=range(len(by), len(headers)))
+    return printable("\n".join([*lines, "", *notes(_footer(report), fmt)]) + "\n")
+
+
+def _reprice_cells(row: Row) -> list[str]:
+    cells = [
+        row.lens,
+        f"{row.calls:,}",
+        usd(row.before_usd, complete=row.before_complete),
+        usd(row.after_usd, complete=row.after_complete),
+    ]
+    delta = row.change_usd
+    if delta is None:
+        return [*cells, NO_FIGURE, NO_FIGURE]
+    base = row.compared_before_usd
+    mark = "" if row.before_complete and row.after_complete else "*"
+    return [*cells, usd(delta, signed=True) + mark, percent(delta / base * 100) + mark if base else NO_FIGURE]
+
+
+def render_reprice(result: Reprice, fmt: str = "text") -> str:
+    """The before/after table (``text`` or ``markdown``) or the JSON document."""
+    if fmt == "json":
+        return strict_json(result.to_json()) + "\n"
+    changes = [f"{old} -> {new}" for old, new in result.models.items()]
+    if result.provider:
+        changes.append(f"every call at provider {result.provider}")
+    if result.price_file:
+        changes.append(f"prices from {result.price_file}")
+    headers = ["lens", "calls", "before", "after", "change", "%"]
+    rows = [_reprice_cells(row) for _, row in sorted(result.rows.items())]
+    total = result.total()
+    lines = [
+        f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
+        "",
+        *table(fmt, headers, rows, total=[_reprice_cells(total)]),
+    ]
+    said = []
+    if result.unpriced_after:
+        missing = ", ".join(
+            f"{m!r} ({n} call{'s' if n != 1 else ''}{'; ' + result.hints[m] if m in result.hints else ''})"
+            for m, n in sorted(result.unpriced_after.items())
+        )
+        said.append(f"* after leaves out calls with no known price: {missing}")
+    if result.no_usage_calls:
+        calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
+        said.append(f"* after leaves out {calls} that reported no usage (no tokens to price)")
+    if not total.before_complete:
+        said.append("* before leaves out calls recorded without a cost")
+    if not (total.before_complete and total.after_complete):
+        said.append(f"* change compares only the calls priced before and after ({NO_FIGURE}: none is)")
+    lines += [line for note in notes(said, fmt) for line in ("", note)]
+    return printable("\n".join(lines) + "\n")  # a file or model name may hold a lone surrogate
+
+
+def _anomaly_figure(metric: str, value: float) -> str:
+    if metric == "total_cost_usd":
+        return usd(value)
+    if metric == "duration_ms":
+        return f"{value:,.0f} ms"
+    return f"{value:,.0f}"
+
+
+def render_anomalies(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
+    if fmt == "json":
+        return strict_json({"anomalies": anomalies}) + "\n"
+    if not anomalies:
+        return "no anomalous lens run\n"
+    headers = ("time", "lens", "model", "metric", "value", "median", "MAD", "threshold", "lens run")
+    rows = []
+    for record in anomalies:
+        a = record["anomaly"]
+        m = a["metric"]
+        rows.append([
+            record["timestamp"], str(record["context"].get("lens_key")), a["model"] or "(none)", m,
+            _anomaly_figure(m, a["value"]), _anomaly_figure(m, a["median"]),
+            f"x{math.exp(a['mad']):.2f}" if a["scale"] == "log" else _anomaly_figure(m, a["mad"]),
+            _anomaly_figure(m, a["threshold"]),
+            str(record["context"].get("lens_run_id") or ""),
+        ])  # fmt: skip
+    # on the log scale the MAD is a ratio: x1.10 means runs usually within 10% of the median
+    return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{len(anomalies)} anomaly(ies)\n"

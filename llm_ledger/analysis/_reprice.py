@@ -29,23 +29,15 @@ from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
 from .._rates import DEFAULT_PROVIDER, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from .._table import NO_FIGURE, markdown_table, percent, text_table, usd
-from ..loading import did_you_mean, printable, shown
+from ..loading import did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
-from ._render import strict_json
-from ._usage import NO_LENS, UsageRow, _epoch, recorded_count, recorded_name, usage_row
+from ._render import render_reprice as render
+from ._usage import COUNTS, NO_LENS, UsageRow, _epoch, recorded_name, usage_row
 
 __all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
 
 FORMATS: Final = ("text", "markdown", "json")
-# the counts of a report's usage row that only a price reads
-_PRICE_COUNTS: Final = (
-    "cached_tokens",
-    "cache_write_tokens",
-    "prompt_audio_tokens",
-    "completion_audio_tokens",
-)
 
 
 @dataclass(slots=True)
@@ -175,21 +167,7 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             f"{path}: this report has no per-model usage (written before llm-ledger could reprice); "
             "write it again with `pytest --llm-report`"
         )
-    for number, row in enumerate(rows):
-        # load_report checked every row is an object and its counts (the price-only ones aside) and cost;
-        # a row written before the plugin kept a tier, a time or these counts reads as none
-        counts = {name: recorded_count(row.get(name, 0)) for name in _PRICE_COUNTS}
-        tier, at = row.get("service_tier"), row.get("at")
-        problem = next(
-            (f"{name}: expected a whole number >= 0" for name, n in counts.items() if n is None), ""
-        )
-        if tier is not None and not isinstance(tier, str):
-            problem = "service_tier: expected a tier name or null"
-        elif at is not None and _epoch(at) is None:
-            problem = "at: expected an ISO date-time or null"
-        if problem:
-            name = problem.partition(":")[0]
-            raise ConfigError(f"{path}: usage[{number}].{problem}, got {shown(row.get(name))}")
+    for row in rows:  # load_report checked each; a row written before the plugin kept a field lacks it
         host, _, port = str(row.get("server") or "").rpartition(":")
         yield UsageRow(
             lens=str(row.get("lens") or NO_LENS),
@@ -199,18 +177,10 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             model=recorded_name(row.get("model")),
             served_model=recorded_name(row.get("served_model")),
             cost_source=recorded_name(row.get("cost_source")),
-            calls=row.get("calls", 0),
-            prompt_tokens=row.get("prompt_tokens", 0),
-            cached_tokens=counts["cached_tokens"] or 0,
-            completion_tokens=row.get("completion_tokens", 0),
-            uncosted_calls=row.get("uncosted_calls", 0),
             cost_usd=cost_decimal(row.get("cost_usd", 0)) or Decimal(0),
-            no_usage_calls=recorded_count(row.get("no_usage_calls", 0)) or 0,
-            at=_epoch(at),
-            service_tier=tier,
-            cache_write_tokens=counts["cache_write_tokens"] or 0,
-            prompt_audio_tokens=counts["prompt_audio_tokens"] or 0,
-            completion_audio_tokens=counts["completion_audio_tokens"] or 0,
+            at=_epoch(row.get("at")),
+            service_tier=row.get("service_tier"),
+            **{name: row.get(name, 0) for name in COUNTS},
         )
 
 
@@ -333,57 +303,6 @@ def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int
     except ValueError:  # more cached than prompt tokens: the ledger recorded no cost for such a call either
         return None
     return None if costs is None else costs[0] + costs[1]
-
-
-# -- output ----------------------------------------------------------------------------------------
-
-
-def _cells(row: Row) -> list[str]:
-    cells = [
-        row.lens,
-        f"{row.calls:,}",
-        usd(row.before_usd, complete=row.before_complete),
-        usd(row.after_usd, complete=row.after_complete),
-    ]
-    delta = row.change_usd
-    if delta is None:
-        return [*cells, NO_FIGURE, NO_FIGURE]
-    base = row.compared_before_usd
-    mark = "" if row.before_complete and row.after_complete else "*"
-    return [*cells, usd(delta, signed=True) + mark, percent(delta / base * 100) + mark if base else NO_FIGURE]
-
-
-def render(result: Reprice, fmt: str = "text") -> str:
-    """The before/after table (``text`` or ``markdown``) or the JSON document."""
-    if fmt == "json":
-        return strict_json(result.to_json()) + "\n"
-    changes = [f"{old} -> {new}" for old, new in result.models.items()]
-    if result.provider:
-        changes.append(f"every call at provider {result.provider}")
-    if result.price_file:
-        changes.append(f"prices from {result.price_file}")
-    headers = ["lens", "calls", "before", "after", "change", "%"]
-    rows = [_cells(row) for _, row in sorted(result.rows.items())]
-    total = result.total()
-    lines = [
-        f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
-        "",
-        *(markdown_table if fmt == "markdown" else text_table)(headers, rows, total=[_cells(total)]),
-    ]
-    if result.unpriced_after:
-        missing = ", ".join(
-            f"{m!r} ({n} call{'s' if n != 1 else ''}{'; ' + result.hints[m] if m in result.hints else ''})"
-            for m, n in sorted(result.unpriced_after.items())
-        )
-        lines += ["", f"* after leaves out calls with no known price: {missing}"]
-    if result.no_usage_calls:
-        calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
-        lines += ["", f"* after leaves out {calls} that reported no usage (no tokens to price)"]
-    if not total.before_complete:
-        lines += ["", "* before leaves out calls recorded without a cost"]
-    if not (total.before_complete and total.after_complete):
-        lines += ["", f"* change compares only the calls priced before and after ({NO_FIGURE}: none is)"]
-    return printable("\n".join(lines) + "\n")  # a file or model name may hold a lone surrogate
 
 
 def register(subparsers: Any, summary: str) -> None:

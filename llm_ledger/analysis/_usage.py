@@ -19,12 +19,21 @@ from .._records import cost_decimal
 if TYPE_CHECKING:
     from .._pricing import PriceTable
 
-__all__ = ["NO_ANSWER", "NO_LENS", "UsageRow", "cost_gaps", "failed_calls", "model_name", "usage_row"]
+__all__ = [
+    "COUNTS", "NO_ANSWER", "NO_LENS", "UsageRow", "cost_gaps", "failed_calls", "model_name", "usage_row"
+]  # fmt: skip
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
 # A failed call counts what its answer reported: one cut short after a billed answer counts it.
 NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_MODEL: Final = "<no model>"  # the name of a call's model when neither request nor answer has one
+# the token counts of a UsageRow, named as a call record's usage names them
+TOKENS: Final = (
+    "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cache_write_tokens",
+    "prompt_audio_tokens", "completion_audio_tokens",
+)  # fmt: skip
+# all its whole numbers, named as a report's usage row names them
+COUNTS: Final = (*TOKENS, "calls", "uncosted_calls", "no_usage_calls", "failed_calls")
 # The first port of Linux's default range of ports given to sockets bound to port 0 (the other systems'
 # start higher, at 49152): a loopback server on one of these was started for a run, not configured.
 _PASSING_PORTS: Final = 32768
@@ -95,19 +104,17 @@ class UsageRow:
 
     @property
     def stable_server(self) -> str:
-        """:attr:`server` as a report keeps it: a loopback server's port from the range the system
-        hands out for the asking (a test's fake server, started anew on each run) is left out, so
-        that a report written again from the same cassettes is the same; a local server's fixed port
-        (11434, 8000) stays, for a price file's ``hosts`` entry naming it."""
+        """:attr:`server` without a loopback server's port handed out for the asking (a test's fake
+        server, new on each run), so a report written again from the same cassettes is the same; a
+        local server's fixed port stays, for a price file's ``hosts`` entry naming it."""
         if self.port is not None and self.port >= _PASSING_PORTS and _loopback(self.host):
             return self.host or ""
         return self.server
 
     @property
     def priced_minute(self) -> str:
-        """The UTC minute the call started (ISO), when its price depends on the time of day at its
-        provider (genai-prices' prices); "" otherwise, or unknown: a report keeps a call's moment only
-        where repricing needs it, so that its rows do not change with the minute a run was made in."""
+        """The UTC minute the call started (ISO) when its price depends on the time of day, else "":
+        a report's rows do not change with the minute a run was made in unless repricing needs it."""
         if self.at is None or not any(
             _prices().priced_by_time(name, provider=self.provider)
             for name in {self.model, self.served_model} - {""}
@@ -118,26 +125,23 @@ class UsageRow:
 
 def usage_row(record: Mapping[str, Any]) -> UsageRow:
     """The :class:`UsageRow` of one ``llm_api_call`` record (``calls`` is 1): the one reading of a
-    call's usage, which the pytest plugin's totals and reports and ``llm-ledger reprice`` share.
+    call's usage, shared by the pytest plugin's totals and reports and ``llm-ledger reprice``.
 
     Missing or malformed fields read as unknown: no lens is ``"<no lens>"``, no provider ``"openai"``,
-    a token count that is not a whole number >= 0 is 0. ``uncosted_calls`` is 1 for a call recorded
-    without a cost that was billed (it did not fail, or it failed after using tokens: the lens summary's
-    ``cost_complete`` rule); ``no_usage_calls``
-    is 1 for a call that did not fail but reported no prompt and completion tokens (a ``total_tokens``
-    alone cannot be priced).
+    a token count that is not a whole number >= 0 is 0. A call recorded without a cost is uncosted when
+    it was billed (it did not fail, or failed after using tokens: the lens summary's rule); one that did
+    not fail but reported no prompt and completion tokens has no usage (a total alone cannot be priced).
     """
     usage = _dict(record.get("usage"))
     server = _dict(record.get("server"))
     tier = _dict(record.get("response")).get("service_tier")
     cost = _dict(record.get("cost"))
     recorded = cost_decimal(cost.get("total_cost_usd"))
-    prompt = recorded_count(usage.get("prompt_tokens"))
-    completion = recorded_count(usage.get("completion_tokens"))
+    counts = {name: recorded_count(usage.get(name)) for name in TOKENS}
+    prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
     known = prompt is not None and completion is not None
-    total = recorded_count(usage.get("total_tokens"))
-    if total is None:
-        total = prompt + completion if prompt is not None and completion is not None else 0
+    if (total := counts["total_tokens"]) is None:  # as recorded, else prompt + completion
+        total = counts["total_tokens"] = (prompt or 0) + (completion or 0) if known else 0
     ok = record.get("status") != "error"
     address, port = server.get("address"), server.get("port")
     return UsageRow(
@@ -149,19 +153,13 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         served_model=recorded_name(_dict(record.get("response")).get("model")),
         cost_source=recorded_name(cost.get("source")),
         calls=1,
-        prompt_tokens=prompt or 0,
-        cached_tokens=recorded_count(usage.get("cached_tokens")) or 0,
-        completion_tokens=completion or 0,
         cost_usd=recorded or Decimal(0),
         uncosted_calls=int(recorded is None and (ok or total > 0)),
         no_usage_calls=int(not known and ok),
-        total_tokens=total,
         failed_calls=int(not ok),
         at=_epoch(_dict(record.get("timing")).get("start_time") or record.get("timestamp")),
         service_tier=tier if isinstance(tier, str) else None,
-        cache_write_tokens=recorded_count(usage.get("cache_write_tokens")) or 0,
-        prompt_audio_tokens=recorded_count(usage.get("prompt_audio_tokens")) or 0,
-        completion_audio_tokens=recorded_count(usage.get("completion_audio_tokens")) or 0,
+        **{name: count or 0 for name, count in counts.items()},
     )
 
 

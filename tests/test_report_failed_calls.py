@@ -1,0 +1,47 @@
+"""The per-lens table's "failed:" line names every failed call the session counts: one made in a lens
+whose summary never came (a log cut short, records built by hand) is in no row, so the line is all
+that says where it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llm_ledger._report import SessionLedger, render_lens_table
+from tests.report_helpers import call, lens_run
+
+pytestmark = pytest.mark.sdk_independent
+
+TEST = "tests/test_x.py::test_y"
+
+
+def failed_line(ledger: SessionLedger) -> str:
+    (line,) = [line for line in render_lens_table(ledger) if line.startswith("failed: ")]
+    return line
+
+
+def test_a_failed_call_of_a_lens_with_no_summary_is_named_under_its_lens() -> None:
+    """A failed call whose lens never summarised: the line names the lens, the count and the test,
+    rather than ending at its colon."""
+    ledger = SessionLedger()
+    ledger.add_call(TEST, call(lens="summary", status="error", prompt=None, completion=None, cost=None))
+
+    line = failed_line(ledger)
+
+    assert line.endswith(f": summary (1, in {TEST}; no lens summary came, so in no row)")
+
+
+def test_failed_calls_with_and_without_a_lens_summary_are_each_named() -> None:
+    """A lens that summarised keeps its entry; the one that did not follows it, with its own count."""
+    ledger = SessionLedger()
+    done = call(lens="digest", status="error", prompt=None, completion=None, cost=None)
+    ledger.add_call(TEST, done)
+    ledger.add_lens(TEST, lens_run([done]))
+    for _ in range(2):
+        ledger.add_call("tests/test_x.py::test_z", call(lens="summary", status="error", cost=None))
+
+    line = failed_line(ledger)
+
+    assert line.endswith(
+        f": digest (1, in {TEST}), summary (2, in tests/test_x.py::test_z; no lens summary came, "
+        "so in no row)"
+    )
