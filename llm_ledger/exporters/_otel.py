@@ -38,7 +38,6 @@ TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))
 # spans of calls waiting for their lens's record; past this, calls are emitted at once (no lens parent)
 MAX_PENDING_CALLS: Final = 10_000
 _EXPORTED_RUNS: Final = 1_000  # lens spans kept as parents for nested runs that end after them
-_EXTRA_HINT: Final = "pip install 'llm-ledger[otel]'"
 _OPERATIONS: Final = {"chat": "chat", "responses": "chat", "embeddings": "embeddings"}
 _API_TYPES: Final = {"chat": "chat_completions", "responses": "responses"}
 _LATEST_USAGE: Final = (
@@ -54,14 +53,13 @@ _OVERFLOW: Final = {"otel.metric.overflow": True}
 _OPENAI_V2: Final = "opentelemetry.instrumentation.openai_v2"
 _GENAI_HANDLER: Final = "opentelemetry.util.genai.handler"  # openai-v2's spans under latest_experimental
 _OPENAI_V2_OPERATIONS: Final = frozenset({"chat", "embeddings"})
-
-
-def _api() -> tuple[Any, Any]:
-    try:
-        from opentelemetry import metrics, trace
-    except ImportError as exc:
-        raise ConfigError(f"the OpenTelemetry exporter needs opentelemetry-api: {_EXTRA_HINT}") from exc
-    return metrics, trace
+# the attributes a call's span and its metrics share (the values: _identity); metrics add the lens key
+# and the served tier, each capped
+_IDENTITY: Final = (
+    "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model",
+    "server.address", "server.port",
+)  # fmt: skip
+_METRIC_ATTRIBUTES: Final = (*_IDENTITY, "llm_ledger.lens", "openai.response.service_tier")
 
 
 def _present(attributes: dict[str, Any], pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
@@ -130,8 +128,7 @@ def _waited_for(record: Mapping[str, Any]) -> Any:
 
 
 def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A call's (operation, provider, request model, response model, server address, server port, lens
-    key): the attributes its span and its metrics share."""
+    """A call's values of the ``_IDENTITY`` attributes."""
     server = record.get("server") or {}
     return (
         _OPERATIONS.get(record["operation"], record["operation"]),
@@ -140,7 +137,6 @@ def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
         record["response"]["model"],
         server.get("address"),
         server.get("port"),
-        record["context"].get("lens_key"),
     )
 
 
@@ -220,6 +216,21 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
     return attributes
 
 
+def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) -> None:
+    """The record's context as ``llm_ledger.*`` attributes."""
+    for key, value in context.items():
+        if value is not None and not isinstance(value, (str, bool, int, float)):
+            # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
+            # its JSON text: an attribute holds no object
+            # (the json module: orjson would read a big integer as a float, and refuse a lone
+            # surrogate the file escapes)
+            value = json.loads(json_text({key: value}))[key]
+            if isinstance(value, (dict, list)):
+                value = json.dumps(value, separators=(",", ":"))
+        if value is not None:
+            attributes[f"llm_ledger.{key}"] = value
+
+
 _sinks: weakref.WeakSet[OTelSink] = weakref.WeakSet()
 
 
@@ -251,7 +262,12 @@ class OTelSink:
         *,
         max_lenses: int = MAX_LENSES,
     ) -> None:
-        metrics, trace = _api()
+        try:
+            from opentelemetry import metrics, trace
+        except ImportError as exc:
+            raise ConfigError(
+                "the OpenTelemetry exporter needs opentelemetry-api: pip install 'llm-ledger[otel]'"
+            ) from exc
         self.max_lenses = _cap("max_lenses", max_lenses)
         from importlib.metadata import PackageNotFoundError, version
 
@@ -261,7 +277,6 @@ class OTelSink:
             ours = ""  # get_meter's default; get_tracer takes None for it
         self._trace = trace
         self._client_kind = trace.SpanKind.CLIENT
-        self._internal_kind = trace.SpanKind.INTERNAL
         self.tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
         # the global providers left unset: checked at the first record, since applications often set
         # up OpenTelemetry after configure()
@@ -372,37 +387,29 @@ class OTelSink:
                 self._lens(record, parent)
 
     def _parent(self, record: Mapping[str, Any], item: Any, *, link: bool = False) -> tuple[bool, Any]:
-        """(whether ``item`` now waits for its lens's record, else the lens span's context or None).
-        A run of a parent process has no record here; a call that began after its lens's record went
-        out (a thread outliving the block) joins the lens span, as waiting would keep it for good."""
+        """(whether ``item``, a record or with ``link`` the context of openai-v2's span, now waits for its
+        lens's record, else the lens span's context or None). A run of a parent process has no record
+        here; a call that began after its lens's record went out (a thread outliving the block) joins
+        the lens span, as waiting would keep it for good. Past ``MAX_PENDING_CALLS`` the runs that
+        waited longest are given up (a lens of another monitor never reaches this sink)."""
         run_id = _waited_for(record)
         if run_id is None or not made_here(run_id):
             return False, None
+        given_up: list[Mapping[str, Any]] = []
         with self._lock:
             lens = self._exported.get(run_id)
             if lens is None:
-                given_up = self._wait(run_id, item, link=link)
-        if lens is None:
-            self._give_up(given_up)
-            return True, None
-        return False, lens
-
-    def _wait(self, run_id: str, item: Any, *, link: bool = False) -> list[Mapping[str, Any]]:
-        """Keep ``item`` (a record, or with ``link`` the context of openai-v2's span) until lens run
-        ``run_id``'s record arrives. Past ``MAX_PENDING_CALLS`` the runs that waited longest are given
-        up (a lens of another monitor, whose record never reaches this sink, would hold them for good):
-        their records are returned, for ``_give_up``. Called with the lock held."""
-        given_up: list[Mapping[str, Any]] = []
-        while self._pending_count >= MAX_PENDING_CALLS:
-            records, links = self._pending.pop(next(iter(self._pending)))
-            self._pending_count -= len(records) + len(links)
-            given_up.extend(records)
-        self._pending.setdefault(run_id, ([], []))[1 if link else 0].append(item)
-        self._pending_count += 1
-        return given_up
+                while self._pending_count >= MAX_PENDING_CALLS:
+                    records, links = self._pending.pop(next(iter(self._pending)))
+                    self._pending_count -= len(records) + len(links)
+                    given_up.extend(records)
+                self._pending.setdefault(run_id, ([], []))[1 if link else 0].append(item)
+                self._pending_count += 1
+        self._give_up(given_up)
+        return lens is None, lens
 
     def _give_up(self, records: list[Mapping[str, Any]]) -> None:
-        """Emit the records of lens runs given up by ``_wait``, without their lens parent."""
+        """Emit the records of lens runs given up by ``_parent``, without their lens parent."""
         if not records:
             return
         if not self._gave_up:
@@ -438,7 +445,7 @@ class OTelSink:
         ):
             attributes = {"llm_ledger.call_id": record["call_id"]}
             _present(attributes, [("gen_ai.usage.cost", record["cost"]["total_cost_usd"])])
-            self._context_attributes(record["context"], attributes)
+            _context_attributes(record["context"], attributes)
             span.set_attributes(attributes)
             return True, span.get_span_context()
         return record["operation"] in _OPENAI_V2_OPERATIONS and _openai_v2_instrumented(), None
@@ -461,18 +468,7 @@ class OTelSink:
         key = (base, extra)
         found = self._attribute_sets.get(key)
         if found is None:
-            operation, provider, request_model, response_model, address, port, lens, tier = base
-            found = _present(
-                {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider},
-                (
-                    ("gen_ai.request.model", request_model),
-                    ("gen_ai.response.model", response_model),
-                    ("server.address", address),
-                    ("server.port", port),
-                    ("llm_ledger.lens", lens),
-                    ("openai.response.service_tier", tier),
-                ),
-            )
+            found = _present({}, zip(_METRIC_ATTRIBUTES, base, strict=True))
             if extra is not None:
                 found[extra[0]] = extra[1]
             if len(self._attribute_sets) >= _ATTRIBUTE_SETS:
@@ -483,10 +479,9 @@ class OTelSink:
     def _metrics(self, record: Mapping[str, Any], theirs: bool, their_usage: bool) -> None:
         """``theirs``: openai-v2 records the call's duration; ``their_usage``: and its token usage
         (not for a stream, whose usage arrives after openai-v2 has recorded its metrics)."""
-        *identity, lens = _identity(record)
         base = (
-            *identity,
-            self._kept(self._lenses, self.max_lenses, lens),
+            *_identity(record),
+            self._kept(self._lenses, self.max_lenses, record["context"].get("lens_key")),
             self._kept(self._tiers, MAX_TIERS, record["response"].get("service_tier")),
         )
         operation = base[0]
@@ -561,18 +556,17 @@ class OTelSink:
         request = record["request"]
         response = record["response"]
         usage = record["usage"]
-        operation, provider, model, response_model, address, port, _ = _identity(record)
+        identity = _identity(record)
+        operation, model = identity[0], identity[2]
         first = record["timing"]["time_to_first_token_ms"]
-        attributes = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
+        attributes = _present({}, zip(_IDENTITY, identity, strict=True))
         optional = (
-            ("gen_ai.request.model", model),
             ("gen_ai.request.temperature", request["temperature"]),
             ("gen_ai.request.max_tokens", request["max_tokens"]),
             ("gen_ai.request.stream", True if request["stream"] else None),
             ("openai.api.type", _API_TYPES.get(record["operation"])),
             ("openai.request.service_tier", request.get("service_tier")),  # .get: older records
             ("openai.response.service_tier", response.get("service_tier")),
-            ("gen_ai.response.model", response_model),
             ("gen_ai.response.id", response["id"]),
             (
                 "gen_ai.response.finish_reasons",
@@ -584,8 +578,6 @@ class OTelSink:
             (self._cache_write, usage.get("cache_write_tokens")),
             ("gen_ai.usage.reasoning.output_tokens", usage["reasoning_tokens"]),
             ("gen_ai.usage.cost", record["cost"]["total_cost_usd"]),
-            ("server.address", address),
-            ("server.port", port),
             ("llm_ledger.call_id", record["call_id"]),
             ("llm_ledger.status", record["status"]),
             ("llm_ledger.request_id", response["request_id"]),
@@ -608,7 +600,7 @@ class OTelSink:
             ):
                 if modality != "unknown" and value is not None:
                     attributes[f"gen_ai.usage.{modality}.{key}"] = value
-        self._context_attributes(record["context"], attributes)
+        _context_attributes(record["context"], attributes)
         error_type = _error_type(record)
         if error_type:
             attributes["error.type"] = error_type
@@ -627,20 +619,6 @@ class OTelSink:
             message = record["error"]["message"] if record["error"] else None
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, message))
         span.end(end_time=end)
-
-    @staticmethod
-    def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) -> None:
-        for key, value in context.items():
-            if value is not None and not isinstance(value, (str, bool, int, float)):
-                # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
-                # its JSON text: an attribute holds no object
-                # (the json module: orjson would read a big integer as a float, and refuse a lone
-                # surrogate the file escapes)
-                value = json.loads(json_text({key: value}))[key]
-                if isinstance(value, (dict, list)):
-                    value = json.dumps(value, separators=(",", ":"))
-            if value is not None:
-                attributes[f"llm_ledger.{key}"] = value
 
     def _lens(self, record: Mapping[str, Any], parent: Any) -> None:
         """The lens run's span (under ``parent``, its enclosing run's span context, else the current
@@ -678,7 +656,7 @@ class OTelSink:
                 ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
             ),
         )
-        self._context_attributes(context, attributes)
+        _context_attributes(context, attributes)
         end = _ns(record["timestamp"])
         # records keep milliseconds: a call begun within a millisecond of its lens can seem to start
         # first; the lens span starts no later than its calls, as a parent span contains its children
@@ -691,7 +669,7 @@ class OTelSink:
         lens_span = self.tracer.start_span(
             f"lens {context.get('lens_key')}",
             context=parent,  # None: the application's current span when the lens ended
-            kind=self._internal_kind,
+            kind=self._trace.SpanKind.INTERNAL,
             attributes=attributes,
             links=[self._trace.Link(link) for link in links],
             start_time=start,
