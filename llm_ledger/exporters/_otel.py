@@ -98,9 +98,7 @@ class _Totals:
             if found is None:
                 if len(self._sums) >= MAX_COUNTER_SETS:
                     key, attributes = None, _OVERFLOW
-                    found = self._sums.get(key)
-                if found is None:
-                    found = self._sums[key] = [attributes, 0]
+                found = self._sums.setdefault(key, [attributes, 0])
             found[1] += amount
 
     def after_fork_in_child(self) -> None:
@@ -111,8 +109,7 @@ class _Totals:
 
     def _observe(self, options: Any) -> list[Any]:
         with self._lock:
-            sums = [(attributes, total) for attributes, total in self._sums.values()]
-        return [self._observation(total, attributes) for attributes, total in sums]
+            return [self._observation(total, attributes) for attributes, total in self._sums.values()]
 
 
 def _openai_v2_instrumented() -> bool:
@@ -164,19 +161,17 @@ def _modalities(record: Mapping[str, Any]) -> tuple[str, str, int, int]:
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
-    """Chat / Responses message content as the conventions' message parts."""
+    """Chat / Responses message content as the conventions' message parts (an image only as a part: the
+    image itself is never exported)."""
     if isinstance(content, str):
         return [{"type": "text", "content": content}]
     parts: list[dict[str, Any]] = []
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            kind = part.get("type")
-            if kind in ("text", "input_text", "output_text"):
-                parts.append({"type": "text", "content": part.get("text")})
-            elif kind in ("image_url", "input_image"):
-                parts.append({"type": "uri", "modality": "image"})  # the image itself is never exported
+    for part in content if isinstance(content, list) else ():
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "input_text", "output_text"):
+            parts.append({"type": "text", "content": part.get("text")})
+        elif kind in ("image_url", "input_image"):
+            parts.append({"type": "uri", "modality": "image"})
     return parts
 
 
@@ -185,12 +180,13 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
     content = record["content"]
     inputs: list[dict[str, Any]] = []
     system: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
+    if isinstance(content.get("instructions"), str):
+        system.append({"type": "text", "content": content["instructions"]})
     messages = content.get("messages")
     if messages is None and "input" in content:
         raw = content["input"]
         messages = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
-    if isinstance(content.get("instructions"), str):
-        system.append({"type": "text", "content": content["instructions"]})
     for message in messages or ():
         if not isinstance(message, dict):
             continue
@@ -199,21 +195,15 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
             system.extend(_parts(message.get("content")))
         else:
             inputs.append({"role": role, "parts": _parts(message.get("content"))})
-    attributes: dict[str, str] = {}
-    if inputs:
-        attributes["gen_ai.input.messages"] = orjson.dumps(inputs).decode()
-    if system:
-        attributes["gen_ai.system_instructions"] = orjson.dumps(system).decode()
-    if content.get("tools"):
-        attributes["gen_ai.tool.definitions"] = orjson.dumps(content["tools"]).decode()
-    output = content.get("output")
-    if output is not None:
-        message = {"role": "assistant", "parts": [{"type": "text", "content": output}]}
-        finish = record["response"]["finish_reason"]
-        if finish:
-            message["finish_reason"] = finish
-        attributes["gen_ai.output.messages"] = orjson.dumps([message]).decode()
-    return attributes
+    if content.get("output") is not None:
+        outputs.append({"role": "assistant", "parts": [{"type": "text", "content": content["output"]}]})
+        if record["response"]["finish_reason"]:
+            outputs[0]["finish_reason"] = record["response"]["finish_reason"]
+    found = (
+        ("gen_ai.input.messages", inputs), ("gen_ai.system_instructions", system),
+        ("gen_ai.tool.definitions", content.get("tools")), ("gen_ai.output.messages", outputs),
+    )  # fmt: skip
+    return {key: orjson.dumps(value).decode() for key, value in found if value}
 
 
 def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) -> None:
@@ -286,7 +276,7 @@ class OTelSink:
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         self.latest = latest_experimental()
         # v1.41.1's name for the prompt tokens written to the cache; the newest conventions renamed it
-        self._cache_write = f"gen_ai.usage.{'cache_write' if self.latest else 'cache_creation'}.input_tokens"
+        self._cache_write = "cache_write" if self.latest else "cache_creation"
 
         def histogram(name: str, unit: str, doc: str, buckets: tuple[float, ...]) -> Any:
             return meter.create_histogram(name, unit, doc, explicit_bucket_boundaries_advisory=buckets)
@@ -559,6 +549,7 @@ class OTelSink:
         identity = _identity(record)
         operation, model = identity[0], identity[2]
         first = record["timing"]["time_to_first_token_ms"]
+        finish = response["finish_reason"]
         attributes = _present({}, zip(_IDENTITY, identity, strict=True))
         optional = (
             ("gen_ai.request.temperature", request["temperature"]),
@@ -568,14 +559,11 @@ class OTelSink:
             ("openai.request.service_tier", request.get("service_tier")),  # .get: older records
             ("openai.response.service_tier", response.get("service_tier")),
             ("gen_ai.response.id", response["id"]),
-            (
-                "gen_ai.response.finish_reasons",
-                [response["finish_reason"]] if response["finish_reason"] else None,
-            ),
+            ("gen_ai.response.finish_reasons", [finish] if finish else None),
             ("gen_ai.usage.input_tokens", usage["prompt_tokens"]),
             ("gen_ai.usage.output_tokens", usage["completion_tokens"]),
             ("gen_ai.usage.cache_read.input_tokens", usage["cached_tokens"]),
-            (self._cache_write, usage.get("cache_write_tokens")),
+            (f"gen_ai.usage.{self._cache_write}.input_tokens", usage.get("cache_write_tokens")),
             ("gen_ai.usage.reasoning.output_tokens", usage["reasoning_tokens"]),
             ("gen_ai.usage.cost", record["cost"]["total_cost_usd"]),
             ("llm_ledger.call_id", record["call_id"]),
@@ -645,27 +633,18 @@ class OTelSink:
         }
         # as on its calls' spans: the cache writes under the mode's name, audio only where there is some
         # (.get: a record of an older version has none of the three)
-        _present(
-            attributes,
-            (
-                (
-                    "llm_ledger.lens." + self._cache_write.removeprefix("gen_ai.usage."),
-                    summary.get("cache_write_tokens"),
-                ),
-                ("llm_ledger.lens.audio.input_tokens", summary.get("prompt_audio_tokens") or None),
-                ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
-            ),
+        optional = (
+            (f"llm_ledger.lens.{self._cache_write}.input_tokens", summary.get("cache_write_tokens")),
+            ("llm_ledger.lens.audio.input_tokens", summary.get("prompt_audio_tokens") or None),
+            ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
         )
+        _present(attributes, optional)
         _context_attributes(context, attributes)
         end = _ns(record["timestamp"])
         # records keep milliseconds: a call begun within a millisecond of its lens can seem to start
         # first; the lens span starts no later than its calls, as a parent span contains its children
-        start = min(
-            [
-                end - int(summary["duration_ms"] * 1_000_000),
-                *(_ns(item["timing"]["start_time"]) for item in calls if item["event"] != LENS_EVENT),
-            ]
-        )
+        starts = [_ns(item["timing"]["start_time"]) for item in calls if item["event"] != LENS_EVENT]
+        start = min([end - int(summary["duration_ms"] * 1_000_000), *starts])
         lens_span = self.tracer.start_span(
             f"lens {context.get('lens_key')}",
             context=parent,  # None: the application's current span when the lens ended
