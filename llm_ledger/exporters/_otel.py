@@ -75,12 +75,6 @@ def _ns(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1000) * 1_000_000
 
 
-def latest_experimental() -> bool:
-    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` asks for the newest experimental GenAI names."""
-    values = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
-    return "gen_ai_latest_experimental" in {v.strip() for v in values.split(",")}
-
-
 class _Totals:
     """A monotonic counter whose sums are kept here and reported when the meter collects (an
     observable counter): a call adds to a dict, where ``Counter.add`` sends a measurement through the
@@ -274,7 +268,8 @@ class OTelSink:
         self._check_provider = any(self._unset_globals)
         self._metrics_api = metrics
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
-        self.latest = latest_experimental()
+        opt_in = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")  # the newest experimental names?
+        self.latest = "gen_ai_latest_experimental" in {value.strip() for value in opt_in.split(",")}
         # v1.41.1's name for the prompt tokens written to the cache; the newest conventions renamed it
         self._cache_write = "cache_write" if self.latest else "cache_creation"
 

@@ -556,19 +556,16 @@ class _NewSeriesAtZero:
                 file.seek(0)
                 lines = file.read().split("\n")  # the last: "", or a line cut short by a killed writer
                 shown = set(lines[:-1])
-                new: list[str] = []
+                new: dict[str, None] = {}  # in the order met
                 for family in families:
                     if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
                         continue
-                    keys: dict[Any, str] = {}  # a histogram's buckets, sum and count: one series, one key
                     for index, sample in enumerate(family.samples):
-                        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
-                        key = keys.get(labels)
-                        if key is None:
-                            key = keys[labels] = json.dumps([family.name, labels], separators=(",", ":"))
-                            if key not in shown:
-                                new.append(key)
+                        # a histogram's buckets, sum and count: one series, one key
+                        labels = sorted((k, v) for k, v in sample.labels.items() if k != "le")
+                        key = json.dumps([family.name, labels], separators=(",", ":"))
                         if key not in shown:
+                            new[key] = None
                             family.samples[index] = sample._replace(value=0.0)
                 if new:
                     file.write(("\n" if lines[-1] else "") + "".join(key + "\n" for key in new))
