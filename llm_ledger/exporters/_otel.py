@@ -501,16 +501,13 @@ class OTelSink:
     ) -> None:
         usage = record["usage"]
         if operation == "embeddings":
-            n = usage["prompt_tokens"]
-            if n is not None:
-                self._embeddings_tokens.record(n, attributes)
+            if usage["prompt_tokens"] is not None:
+                self._embeddings_tokens.record(usage["prompt_tokens"], attributes)
             return
         if usage["prompt_tokens"] is None and usage["completion_tokens"] is None:
             if record["error"]:  # the conventions: a failed call counts 0 tokens of unknown modality
-                extra = ("gen_ai.token.modality", "unknown")
-                unknown = self._attributes(base, extra)
-                self._usage["input_tokens"].add(0, (base, extra), unknown)
-                self._usage["output_tokens"].add(0, (base, extra), unknown)
+                self._tokens("input_tokens", 0, base, "unknown")
+                self._tokens("output_tokens", 0, base, "unknown")
             return
         inputs, outputs, heard, spoken = _modalities(record)
         cached = inputs if not heard else "unknown"  # which part of the prompt was cached: not said
@@ -527,13 +524,15 @@ class OTelSink:
             if kind in self._operation_tokens:
                 self._operation_tokens[kind].record(n, attributes)
             if audio:
-                extra = ("gen_ai.token.modality", "audio")
-                self._usage[kind].add(audio, (base, extra), self._attributes(base, extra))
+                self._tokens(kind, audio, base, "audio")
                 n -= audio
-                if not n:
-                    continue
-            extra = ("gen_ai.token.modality", modality)
-            self._usage[kind].add(n, (base, extra), self._attributes(base, extra))
+            if n or not audio:
+                self._tokens(kind, n, base, modality)
+
+    def _tokens(self, kind: str, n: int, base: tuple[Any, ...], modality: str) -> None:
+        """Add ``n`` tokens of ``modality`` to the ``kind`` usage counter."""
+        extra = ("gen_ai.token.modality", modality)
+        self._usage[kind].add(n, (base, extra), self._attributes(base, extra))
 
     # -- spans -------------------------------------------------------------------------------------
 
@@ -545,6 +544,8 @@ class OTelSink:
         operation, model = identity[0], identity[2]
         first = record["timing"]["time_to_first_token_ms"]
         finish = response["finish_reason"]
+        inputs, outputs, heard, spoken = _modalities(record)
+        error_type = _error_type(record)
         attributes = _present({}, zip(_IDENTITY, identity, strict=True))
         optional = (
             ("gen_ai.request.temperature", request["temperature"]),
@@ -560,20 +561,18 @@ class OTelSink:
             ("gen_ai.usage.cache_read.input_tokens", usage["cached_tokens"]),
             (f"gen_ai.usage.{self._cache_write}.input_tokens", usage.get("cache_write_tokens")),
             ("gen_ai.usage.reasoning.output_tokens", usage["reasoning_tokens"]),
+            # the newest conventions' names, in both modes: v1.41.1 has none for audio tokens
+            ("gen_ai.usage.audio.input_tokens", heard or None),
+            ("gen_ai.usage.audio.output_tokens", spoken or None),
             ("gen_ai.usage.cost", record["cost"]["total_cost_usd"]),
             ("llm_ledger.call_id", record["call_id"]),
             ("llm_ledger.status", record["status"]),
             ("llm_ledger.request_id", response["request_id"]),
             ("llm_ledger.retries", record["retries"]),
             ("gen_ai.response.time_to_first_chunk", None if first is None else first / 1000),
+            ("error.type", error_type),
         )
         _present(attributes, optional)
-        inputs, outputs, heard, spoken = _modalities(record)
-        # the newest conventions' names, in both modes: v1.41.1 has none for audio tokens
-        if heard:
-            attributes["gen_ai.usage.audio.input_tokens"] = heard
-        if spoken:
-            attributes["gen_ai.usage.audio.output_tokens"] = spoken
         if self.latest and operation != "embeddings":
             prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
             for modality, key, value in (
@@ -584,9 +583,6 @@ class OTelSink:
                 if modality != "unknown" and value is not None:
                     attributes[f"gen_ai.usage.{modality}.{key}"] = value
         _context_attributes(record["context"], attributes)
-        error_type = _error_type(record)
-        if error_type:
-            attributes["error.type"] = error_type
         if "content" in record:
             attributes.update(_content_attributes(record))
         start = _ns(record["timing"]["start_time"])
