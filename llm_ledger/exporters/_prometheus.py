@@ -75,7 +75,7 @@ _NO_COUNTS: Final = (0,) * len(_COUNT_INDEXES)
 # the SDK's own work, where a call's sums are one list
 PENDING_CALLS: Final = 1024
 _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
-_serving: set[int] = set()  # pids that serve /metrics (see _serves_here); a forked child inherits the set
+_serving = False  # this process, or one it was forked from, serves /metrics (see _serves_here)
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
 _unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)
 _SCRAPED_FILE: Final = "llm_ledger_scraped.labels"  # in the multiprocess directory; not *.db, which it reads
@@ -84,7 +84,7 @@ _sinks: weakref.WeakSet[PrometheusSink] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     global _unserved
-    _unserved = bool(_serving) and not _multiprocess_dir()
+    _unserved = _serving and not _multiprocess_dir()
     for sink in list(_sinks):  # a lock held by another thread at the fork would be held for good
         sink._lock, sink._pending_lock = threading.Lock(), threading.Lock()
         sink._pending.clear()  # the parent's calls: the parent moves them
@@ -97,9 +97,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _serves_here() -> None:
     """This process serves its metrics (start_metrics_server, or a collection of a sink's registry: the
     application's own /metrics): a child forked from it, outside multiprocess mode, is unserved."""
-    global _unserved
-    _serving.add(os.getpid())
-    _unserved = False
+    global _serving, _unserved
+    _serving, _unserved = True, False
 
 
 def _warn_unserved() -> None:
