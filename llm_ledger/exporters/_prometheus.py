@@ -195,7 +195,7 @@ class PrometheusSink:
             "model": (set(), self.max_models),
             "service_tier": (set(), MAX_TIERS),
         }
-        # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
+        # a pending key (below) -> its metric children (_new_children, _new_lens_children)
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # a call's label tuple, whether it had a first token and which counts it has -> its sums (see
         # _call); a lens run's (lens_key,) -> [costs, failed runs]. Each sums list starts with a list
