@@ -38,7 +38,6 @@ TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))
 # spans of calls waiting for their lens's record; past this, calls are emitted at once (no lens parent)
 MAX_PENDING_CALLS: Final = 10_000
 _EXPORTED_RUNS: Final = 1_000  # lens spans kept as parents for nested runs that end after them
-_EXTRA_HINT: Final = "pip install 'llm-ledger[otel]'"
 _OPERATIONS: Final = {"chat": "chat", "responses": "chat", "embeddings": "embeddings"}
 _API_TYPES: Final = {"chat": "chat_completions", "responses": "responses"}
 _LATEST_USAGE: Final = (
@@ -54,14 +53,13 @@ _OVERFLOW: Final = {"otel.metric.overflow": True}
 _OPENAI_V2: Final = "opentelemetry.instrumentation.openai_v2"
 _GENAI_HANDLER: Final = "opentelemetry.util.genai.handler"  # openai-v2's spans under latest_experimental
 _OPENAI_V2_OPERATIONS: Final = frozenset({"chat", "embeddings"})
-
-
-def _api() -> tuple[Any, Any]:
-    try:
-        from opentelemetry import metrics, trace
-    except ImportError as exc:
-        raise ConfigError(f"the OpenTelemetry exporter needs opentelemetry-api: {_EXTRA_HINT}") from exc
-    return metrics, trace
+# the attributes a call's span and its metrics share (the values: _identity); metrics add the lens key
+# and the served tier, each capped
+_IDENTITY: Final = (
+    "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model",
+    "server.address", "server.port",
+)  # fmt: skip
+_METRIC_ATTRIBUTES: Final = (*_IDENTITY, "llm_ledger.lens", "openai.response.service_tier")
 
 
 def _present(attributes: dict[str, Any], pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
@@ -75,12 +73,6 @@ def _present(attributes: dict[str, Any], pairs: Iterable[tuple[str, Any]]) -> di
 def _ns(iso: str) -> int:
     """Epoch nanoseconds of a record's ``...Z`` timestamp (millisecond precision)."""
     return int(datetime.fromisoformat(iso).timestamp() * 1000) * 1_000_000
-
-
-def latest_experimental() -> bool:
-    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` asks for the newest experimental GenAI names."""
-    values = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
-    return "gen_ai_latest_experimental" in {v.strip() for v in values.split(",")}
 
 
 class _Totals:
@@ -100,9 +92,7 @@ class _Totals:
             if found is None:
                 if len(self._sums) >= MAX_COUNTER_SETS:
                     key, attributes = None, _OVERFLOW
-                    found = self._sums.get(key)
-                if found is None:
-                    found = self._sums[key] = [attributes, 0]
+                found = self._sums.setdefault(key, [attributes, 0])
             found[1] += amount
 
     def after_fork_in_child(self) -> None:
@@ -113,8 +103,7 @@ class _Totals:
 
     def _observe(self, options: Any) -> list[Any]:
         with self._lock:
-            sums = [(attributes, total) for attributes, total in self._sums.values()]
-        return [self._observation(total, attributes) for attributes, total in sums]
+            return [self._observation(total, attributes) for attributes, total in self._sums.values()]
 
 
 def _openai_v2_instrumented() -> bool:
@@ -130,8 +119,7 @@ def _waited_for(record: Mapping[str, Any]) -> Any:
 
 
 def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A call's (operation, provider, request model, response model, server address, server port, lens
-    key): the attributes its span and its metrics share."""
+    """A call's values of the ``_IDENTITY`` attributes."""
     server = record.get("server") or {}
     return (
         _OPERATIONS.get(record["operation"], record["operation"]),
@@ -140,7 +128,6 @@ def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
         record["response"]["model"],
         server.get("address"),
         server.get("port"),
-        record["context"].get("lens_key"),
     )
 
 
@@ -168,19 +155,17 @@ def _modalities(record: Mapping[str, Any]) -> tuple[str, str, int, int]:
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
-    """Chat / Responses message content as the conventions' message parts."""
+    """Chat / Responses message content as the conventions' message parts (an image only as a part: the
+    image itself is never exported)."""
     if isinstance(content, str):
         return [{"type": "text", "content": content}]
     parts: list[dict[str, Any]] = []
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            kind = part.get("type")
-            if kind in ("text", "input_text", "output_text"):
-                parts.append({"type": "text", "content": part.get("text")})
-            elif kind in ("image_url", "input_image"):
-                parts.append({"type": "uri", "modality": "image"})  # the image itself is never exported
+    for part in content if isinstance(content, list) else ():
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "input_text", "output_text"):
+            parts.append({"type": "text", "content": part.get("text")})
+        elif kind in ("image_url", "input_image"):
+            parts.append({"type": "uri", "modality": "image"})
     return parts
 
 
@@ -189,12 +174,13 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
     content = record["content"]
     inputs: list[dict[str, Any]] = []
     system: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
+    if isinstance(content.get("instructions"), str):
+        system.append({"type": "text", "content": content["instructions"]})
     messages = content.get("messages")
     if messages is None and "input" in content:
         raw = content["input"]
         messages = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
-    if isinstance(content.get("instructions"), str):
-        system.append({"type": "text", "content": content["instructions"]})
     for message in messages or ():
         if not isinstance(message, dict):
             continue
@@ -203,21 +189,30 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
             system.extend(_parts(message.get("content")))
         else:
             inputs.append({"role": role, "parts": _parts(message.get("content"))})
-    attributes: dict[str, str] = {}
-    if inputs:
-        attributes["gen_ai.input.messages"] = orjson.dumps(inputs).decode()
-    if system:
-        attributes["gen_ai.system_instructions"] = orjson.dumps(system).decode()
-    if content.get("tools"):
-        attributes["gen_ai.tool.definitions"] = orjson.dumps(content["tools"]).decode()
-    output = content.get("output")
-    if output is not None:
-        message = {"role": "assistant", "parts": [{"type": "text", "content": output}]}
-        finish = record["response"]["finish_reason"]
-        if finish:
-            message["finish_reason"] = finish
-        attributes["gen_ai.output.messages"] = orjson.dumps([message]).decode()
-    return attributes
+    if content.get("output") is not None:
+        outputs.append({"role": "assistant", "parts": [{"type": "text", "content": content["output"]}]})
+        if record["response"]["finish_reason"]:
+            outputs[0]["finish_reason"] = record["response"]["finish_reason"]
+    found = (
+        ("gen_ai.input.messages", inputs), ("gen_ai.system_instructions", system),
+        ("gen_ai.tool.definitions", content.get("tools")), ("gen_ai.output.messages", outputs),
+    )  # fmt: skip
+    return {key: orjson.dumps(value).decode() for key, value in found if value}
+
+
+def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) -> None:
+    """The record's context as ``llm_ledger.*`` attributes."""
+    for key, value in context.items():
+        if value is not None and not isinstance(value, (str, bool, int, float)):
+            # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
+            # its JSON text: an attribute holds no object
+            # (the json module: orjson would read a big integer as a float, and refuse a lone
+            # surrogate the file escapes)
+            value = json.loads(json_text({key: value}))[key]
+            if isinstance(value, (dict, list)):
+                value = json.dumps(value, separators=(",", ":"))
+        if value is not None:
+            attributes[f"llm_ledger.{key}"] = value
 
 
 _sinks: weakref.WeakSet[OTelSink] = weakref.WeakSet()
@@ -251,7 +246,12 @@ class OTelSink:
         *,
         max_lenses: int = MAX_LENSES,
     ) -> None:
-        metrics, trace = _api()
+        try:
+            from opentelemetry import metrics, trace
+        except ImportError as exc:
+            raise ConfigError(
+                "the OpenTelemetry exporter needs opentelemetry-api: pip install 'llm-ledger[otel]'"
+            ) from exc
         self.max_lenses = _cap("max_lenses", max_lenses)
         from importlib.metadata import PackageNotFoundError, version
 
@@ -261,7 +261,6 @@ class OTelSink:
             ours = ""  # get_meter's default; get_tracer takes None for it
         self._trace = trace
         self._client_kind = trace.SpanKind.CLIENT
-        self._internal_kind = trace.SpanKind.INTERNAL
         self.tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
         # the global providers left unset: checked at the first record, since applications often set
         # up OpenTelemetry after configure()
@@ -269,9 +268,10 @@ class OTelSink:
         self._check_provider = any(self._unset_globals)
         self._metrics_api = metrics
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
-        self.latest = latest_experimental()
+        opt_in = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")  # the newest experimental names?
+        self.latest = "gen_ai_latest_experimental" in {value.strip() for value in opt_in.split(",")}
         # v1.41.1's name for the prompt tokens written to the cache; the newest conventions renamed it
-        self._cache_write = f"gen_ai.usage.{'cache_write' if self.latest else 'cache_creation'}.input_tokens"
+        self._cache_write = "cache_write" if self.latest else "cache_creation"
 
         def histogram(name: str, unit: str, doc: str, buckets: tuple[float, ...]) -> Any:
             return meter.create_histogram(name, unit, doc, explicit_bucket_boundaries_advisory=buckets)
@@ -372,37 +372,29 @@ class OTelSink:
                 self._lens(record, parent)
 
     def _parent(self, record: Mapping[str, Any], item: Any, *, link: bool = False) -> tuple[bool, Any]:
-        """(whether ``item`` now waits for its lens's record, else the lens span's context or None).
-        A run of a parent process has no record here; a call that began after its lens's record went
-        out (a thread outliving the block) joins the lens span, as waiting would keep it for good."""
+        """(whether ``item``, a record or with ``link`` the context of openai-v2's span, now waits for its
+        lens's record, else the lens span's context or None). A run of a parent process has no record
+        here; a call that began after its lens's record went out (a thread outliving the block) joins
+        the lens span, as waiting would keep it for good. Past ``MAX_PENDING_CALLS`` the runs that
+        waited longest are given up (a lens of another monitor never reaches this sink)."""
         run_id = _waited_for(record)
         if run_id is None or not made_here(run_id):
             return False, None
+        given_up: list[Mapping[str, Any]] = []
         with self._lock:
             lens = self._exported.get(run_id)
             if lens is None:
-                given_up = self._wait(run_id, item, link=link)
-        if lens is None:
-            self._give_up(given_up)
-            return True, None
-        return False, lens
-
-    def _wait(self, run_id: str, item: Any, *, link: bool = False) -> list[Mapping[str, Any]]:
-        """Keep ``item`` (a record, or with ``link`` the context of openai-v2's span) until lens run
-        ``run_id``'s record arrives. Past ``MAX_PENDING_CALLS`` the runs that waited longest are given
-        up (a lens of another monitor, whose record never reaches this sink, would hold them for good):
-        their records are returned, for ``_give_up``. Called with the lock held."""
-        given_up: list[Mapping[str, Any]] = []
-        while self._pending_count >= MAX_PENDING_CALLS:
-            records, links = self._pending.pop(next(iter(self._pending)))
-            self._pending_count -= len(records) + len(links)
-            given_up.extend(records)
-        self._pending.setdefault(run_id, ([], []))[1 if link else 0].append(item)
-        self._pending_count += 1
-        return given_up
+                while self._pending_count >= MAX_PENDING_CALLS:
+                    records, links = self._pending.pop(next(iter(self._pending)))
+                    self._pending_count -= len(records) + len(links)
+                    given_up.extend(records)
+                self._pending.setdefault(run_id, ([], []))[1 if link else 0].append(item)
+                self._pending_count += 1
+        self._give_up(given_up)
+        return lens is None, lens
 
     def _give_up(self, records: list[Mapping[str, Any]]) -> None:
-        """Emit the records of lens runs given up by ``_wait``, without their lens parent."""
+        """Emit the records of lens runs given up by ``_parent``, without their lens parent."""
         if not records:
             return
         if not self._gave_up:
@@ -438,7 +430,7 @@ class OTelSink:
         ):
             attributes = {"llm_ledger.call_id": record["call_id"]}
             _present(attributes, [("gen_ai.usage.cost", record["cost"]["total_cost_usd"])])
-            self._context_attributes(record["context"], attributes)
+            _context_attributes(record["context"], attributes)
             span.set_attributes(attributes)
             return True, span.get_span_context()
         return record["operation"] in _OPENAI_V2_OPERATIONS and _openai_v2_instrumented(), None
@@ -461,18 +453,7 @@ class OTelSink:
         key = (base, extra)
         found = self._attribute_sets.get(key)
         if found is None:
-            operation, provider, request_model, response_model, address, port, lens, tier = base
-            found = _present(
-                {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider},
-                (
-                    ("gen_ai.request.model", request_model),
-                    ("gen_ai.response.model", response_model),
-                    ("server.address", address),
-                    ("server.port", port),
-                    ("llm_ledger.lens", lens),
-                    ("openai.response.service_tier", tier),
-                ),
-            )
+            found = _present({}, zip(_METRIC_ATTRIBUTES, base, strict=True))
             if extra is not None:
                 found[extra[0]] = extra[1]
             if len(self._attribute_sets) >= _ATTRIBUTE_SETS:
@@ -483,10 +464,9 @@ class OTelSink:
     def _metrics(self, record: Mapping[str, Any], theirs: bool, their_usage: bool) -> None:
         """``theirs``: openai-v2 records the call's duration; ``their_usage``: and its token usage
         (not for a stream, whose usage arrives after openai-v2 has recorded its metrics)."""
-        *identity, lens = _identity(record)
         base = (
-            *identity,
-            self._kept(self._lenses, self.max_lenses, lens),
+            *_identity(record),
+            self._kept(self._lenses, self.max_lenses, record["context"].get("lens_key")),
             self._kept(self._tiers, MAX_TIERS, record["response"].get("service_tier")),
         )
         operation = base[0]
@@ -521,16 +501,13 @@ class OTelSink:
     ) -> None:
         usage = record["usage"]
         if operation == "embeddings":
-            n = usage["prompt_tokens"]
-            if n is not None:
-                self._embeddings_tokens.record(n, attributes)
+            if usage["prompt_tokens"] is not None:
+                self._embeddings_tokens.record(usage["prompt_tokens"], attributes)
             return
         if usage["prompt_tokens"] is None and usage["completion_tokens"] is None:
             if record["error"]:  # the conventions: a failed call counts 0 tokens of unknown modality
-                extra = ("gen_ai.token.modality", "unknown")
-                unknown = self._attributes(base, extra)
-                self._usage["input_tokens"].add(0, (base, extra), unknown)
-                self._usage["output_tokens"].add(0, (base, extra), unknown)
+                self._tokens("input_tokens", 0, base, "unknown")
+                self._tokens("output_tokens", 0, base, "unknown")
             return
         inputs, outputs, heard, spoken = _modalities(record)
         cached = inputs if not heard else "unknown"  # which part of the prompt was cached: not said
@@ -547,13 +524,15 @@ class OTelSink:
             if kind in self._operation_tokens:
                 self._operation_tokens[kind].record(n, attributes)
             if audio:
-                extra = ("gen_ai.token.modality", "audio")
-                self._usage[kind].add(audio, (base, extra), self._attributes(base, extra))
+                self._tokens(kind, audio, base, "audio")
                 n -= audio
-                if not n:
-                    continue
-            extra = ("gen_ai.token.modality", modality)
-            self._usage[kind].add(n, (base, extra), self._attributes(base, extra))
+            if n or not audio:
+                self._tokens(kind, n, base, modality)
+
+    def _tokens(self, kind: str, n: int, base: tuple[Any, ...], modality: str) -> None:
+        """Add ``n`` tokens of ``modality`` to the ``kind`` usage counter."""
+        extra = ("gen_ai.token.modality", modality)
+        self._usage[kind].add(n, (base, extra), self._attributes(base, extra))
 
     # -- spans -------------------------------------------------------------------------------------
 
@@ -561,44 +540,39 @@ class OTelSink:
         request = record["request"]
         response = record["response"]
         usage = record["usage"]
-        operation, provider, model, response_model, address, port, _ = _identity(record)
+        identity = _identity(record)
+        operation, model = identity[0], identity[2]
         first = record["timing"]["time_to_first_token_ms"]
-        attributes = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
+        finish = response["finish_reason"]
+        inputs, outputs, heard, spoken = _modalities(record)
+        error_type = _error_type(record)
+        attributes = _present({}, zip(_IDENTITY, identity, strict=True))
         optional = (
-            ("gen_ai.request.model", model),
             ("gen_ai.request.temperature", request["temperature"]),
             ("gen_ai.request.max_tokens", request["max_tokens"]),
             ("gen_ai.request.stream", True if request["stream"] else None),
             ("openai.api.type", _API_TYPES.get(record["operation"])),
             ("openai.request.service_tier", request.get("service_tier")),  # .get: older records
             ("openai.response.service_tier", response.get("service_tier")),
-            ("gen_ai.response.model", response_model),
             ("gen_ai.response.id", response["id"]),
-            (
-                "gen_ai.response.finish_reasons",
-                [response["finish_reason"]] if response["finish_reason"] else None,
-            ),
+            ("gen_ai.response.finish_reasons", [finish] if finish else None),
             ("gen_ai.usage.input_tokens", usage["prompt_tokens"]),
             ("gen_ai.usage.output_tokens", usage["completion_tokens"]),
             ("gen_ai.usage.cache_read.input_tokens", usage["cached_tokens"]),
-            (self._cache_write, usage.get("cache_write_tokens")),
+            (f"gen_ai.usage.{self._cache_write}.input_tokens", usage.get("cache_write_tokens")),
             ("gen_ai.usage.reasoning.output_tokens", usage["reasoning_tokens"]),
+            # the newest conventions' names, in both modes: v1.41.1 has none for audio tokens
+            ("gen_ai.usage.audio.input_tokens", heard or None),
+            ("gen_ai.usage.audio.output_tokens", spoken or None),
             ("gen_ai.usage.cost", record["cost"]["total_cost_usd"]),
-            ("server.address", address),
-            ("server.port", port),
             ("llm_ledger.call_id", record["call_id"]),
             ("llm_ledger.status", record["status"]),
             ("llm_ledger.request_id", response["request_id"]),
             ("llm_ledger.retries", record["retries"]),
             ("gen_ai.response.time_to_first_chunk", None if first is None else first / 1000),
+            ("error.type", error_type),
         )
         _present(attributes, optional)
-        inputs, outputs, heard, spoken = _modalities(record)
-        # the newest conventions' names, in both modes: v1.41.1 has none for audio tokens
-        if heard:
-            attributes["gen_ai.usage.audio.input_tokens"] = heard
-        if spoken:
-            attributes["gen_ai.usage.audio.output_tokens"] = spoken
         if self.latest and operation != "embeddings":
             prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
             for modality, key, value in (
@@ -608,10 +582,7 @@ class OTelSink:
             ):
                 if modality != "unknown" and value is not None:
                     attributes[f"gen_ai.usage.{modality}.{key}"] = value
-        self._context_attributes(record["context"], attributes)
-        error_type = _error_type(record)
-        if error_type:
-            attributes["error.type"] = error_type
+        _context_attributes(record["context"], attributes)
         if "content" in record:
             attributes.update(_content_attributes(record))
         start = _ns(record["timing"]["start_time"])
@@ -627,20 +598,6 @@ class OTelSink:
             message = record["error"]["message"] if record["error"] else None
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, message))
         span.end(end_time=end)
-
-    @staticmethod
-    def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) -> None:
-        for key, value in context.items():
-            if value is not None and not isinstance(value, (str, bool, int, float)):
-                # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
-                # its JSON text: an attribute holds no object
-                # (the json module: orjson would read a big integer as a float, and refuse a lone
-                # surrogate the file escapes)
-                value = json.loads(json_text({key: value}))[key]
-                if isinstance(value, (dict, list)):
-                    value = json.dumps(value, separators=(",", ":"))
-            if value is not None:
-                attributes[f"llm_ledger.{key}"] = value
 
     def _lens(self, record: Mapping[str, Any], parent: Any) -> None:
         """The lens run's span (under ``parent``, its enclosing run's span context, else the current
@@ -667,31 +624,22 @@ class OTelSink:
         }
         # as on its calls' spans: the cache writes under the mode's name, audio only where there is some
         # (.get: a record of an older version has none of the three)
-        _present(
-            attributes,
-            (
-                (
-                    "llm_ledger.lens." + self._cache_write.removeprefix("gen_ai.usage."),
-                    summary.get("cache_write_tokens"),
-                ),
-                ("llm_ledger.lens.audio.input_tokens", summary.get("prompt_audio_tokens") or None),
-                ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
-            ),
+        optional = (
+            (f"llm_ledger.lens.{self._cache_write}.input_tokens", summary.get("cache_write_tokens")),
+            ("llm_ledger.lens.audio.input_tokens", summary.get("prompt_audio_tokens") or None),
+            ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
         )
-        self._context_attributes(context, attributes)
+        _present(attributes, optional)
+        _context_attributes(context, attributes)
         end = _ns(record["timestamp"])
         # records keep milliseconds: a call begun within a millisecond of its lens can seem to start
         # first; the lens span starts no later than its calls, as a parent span contains its children
-        start = min(
-            [
-                end - int(summary["duration_ms"] * 1_000_000),
-                *(_ns(item["timing"]["start_time"]) for item in calls if item["event"] != LENS_EVENT),
-            ]
-        )
+        starts = [_ns(item["timing"]["start_time"]) for item in calls if item["event"] != LENS_EVENT]
+        start = min([end - int(summary["duration_ms"] * 1_000_000), *starts])
         lens_span = self.tracer.start_span(
             f"lens {context.get('lens_key')}",
             context=parent,  # None: the application's current span when the lens ended
-            kind=self._internal_kind,
+            kind=self._trace.SpanKind.INTERNAL,
             attributes=attributes,
             links=[self._trace.Link(link) for link in links],
             start_time=start,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import itertools
 import json
 import math
@@ -14,7 +15,6 @@ import os
 import socket
 import threading
 import weakref
-from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -60,20 +60,22 @@ _NONE_LABELS: Final = {"lens": NO_LENS, "model": UNKNOWN_MODEL, "service_tier": 
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
 _ERRORS_LOGGED: Final = 100  # distinct update errors logged with their traceback; later ones only counted
 _CALL_LABELS: Final = ("lens", "model", "provider", "operation", "status", "service_tier")
-# a call's counts, each in a series of its own that exists only for the label sets whose calls counted
-# some (see _new_children): the token types (cache_write, input_audio within input; output_audio
-# within output, as in OpenAI's usage), and the calls billed without a known cost
-_UNPRICED: Final = "unpriced"
-_COUNTS: Final = (
-    "input", "output", "cached", "reasoning", "cache_write", "input_audio", "output_audio", _UNPRICED
+# a call's token counts by token_type, from its usage (cache_write, input_audio within input; output_audio
+# within output, as in OpenAI's usage); after them, the calls billed without a known cost
+_TOKENS: Final = (
+    ("input", "prompt_tokens"), ("output", "completion_tokens"), ("cached", "cached_tokens"),
+    ("reasoning", "reasoning_tokens"), ("cache_write", "cache_write_tokens"),
+    ("input_audio", "prompt_audio_tokens"), ("output_audio", "completion_audio_tokens"),
 )  # fmt: skip
-_COUNTS_AT: Final = 4  # where a call key's sums keep them, after calls, cost, durations, first tokens
+_USAGE_FIELDS: Final = tuple(field for _, field in _TOKENS)
+_COUNT_INDEXES: Final = range(len(_TOKENS) + 1)
+_NO_COUNTS: Final = (0,) * len(_COUNT_INDEXES)
 # calls summed per label tuple before they reach the metrics (a collection of the registry, a
 # scrape, moves them first): prometheus-client's values are several objects each, cold between
 # the SDK's own work, where a call's sums are one list
 PENDING_CALLS: Final = 1024
 _EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
-_serving: set[int] = set()  # pids that serve /metrics (see _serves_here); a forked child inherits the set
+_serving = False  # this process, or one it was forked from, serves /metrics (see _serves_here)
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
 _unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)
 _SCRAPED_FILE: Final = "llm_ledger_scraped.labels"  # in the multiprocess directory; not *.db, which it reads
@@ -82,7 +84,7 @@ _sinks: weakref.WeakSet[PrometheusSink] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     global _unserved
-    _unserved = bool(_serving) and not _multiprocess_dir()
+    _unserved = _serving and not _multiprocess_dir()
     for sink in list(_sinks):  # a lock held by another thread at the fork would be held for good
         sink._lock, sink._pending_lock = threading.Lock(), threading.Lock()
         sink._pending.clear()  # the parent's calls: the parent moves them
@@ -95,9 +97,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _serves_here() -> None:
     """This process serves its metrics (start_metrics_server, or a collection of a sink's registry: the
     application's own /metrics): a child forked from it, outside multiprocess mode, is unserved."""
-    global _unserved
-    _serving.add(os.getpid())
-    _unserved = False
+    global _serving, _unserved
+    _serving, _unserved = True, False
 
 
 def _warn_unserved() -> None:
@@ -156,33 +157,6 @@ def _buckets(buckets: Sequence[float] | None) -> tuple[float, ...]:
     return values
 
 
-def _adder(child: Any) -> Callable[[float], None]:
-    """A counter child's ``inc`` without its checks (the amounts here are never negative): the inc of
-    the value it keeps (a float under a lock, or a multiprocess file entry), else ``child.inc``."""
-    inc = getattr(getattr(child, "_value", None), "inc", None)
-    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
-
-
-def _observer(child: Any) -> Callable[[float], None]:
-    """A histogram child's ``observe`` as two increments: its sum, and the one bucket that holds the
-    amount, found by bisection instead of ``observe``'s scan; ``child.observe`` itself should
-    prometheus-client keep its buckets otherwise."""
-    bounds = getattr(child, "_upper_bounds", None)
-    buckets = getattr(child, "_buckets", None)
-    add = getattr(getattr(child, "_sum", None), "inc", None)
-    if not (isinstance(bounds, Sequence) and isinstance(buckets, list) and callable(add)) or len(
-        bounds
-    ) != len(buckets):
-        return child.observe  # type: ignore[no-any-return]
-    incs = [bucket.inc for bucket in buckets]
-
-    def observe(amount: float) -> None:
-        add(amount)
-        incs[bisect_left(bounds, amount)](1)  # the last bound is +Inf
-
-    return observe
-
-
 def _cap(name: str, value: Any) -> int:
     if type(value) is not int or value < 1:
         raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -221,11 +195,11 @@ class PrometheusSink:
             "model": (set(), self.max_models),
             "service_tier": (set(), MAX_TIERS),
         }
-        # a pending key -> the updates of its metric children (a call's or a lens run's, as below)
+        # a pending key (below) -> its metric children (_new_children, _new_lens_children)
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # a call's label tuple, whether it had a first token and which of _COUNTS it counted ->
-        # [calls, cost, durations, first tokens, *_COUNTS]; a lens run's (lens_key,) -> [ok runs,
-        # failed runs, costs]
+        # a call's label tuple, whether it had a first token and which counts it has -> its sums (see
+        # _call); a lens run's (lens_key,) -> [costs, failed runs]. Each sums list starts with a list
+        # holding one value per record
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
         directory = _multiprocess_dir(check=True)
@@ -250,9 +224,9 @@ class PrometheusSink:
         made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
 
-        def metric(kind: Any, name: str, doc: str, labels: tuple[str, ...], **kwargs: Any) -> Any:
+        def metric(kind: Any, name: str, doc: str, labels: tuple[str, ...], **buckets: Any) -> Any:
             try:
-                made.append(kind(name, doc, labels, registry=self.registry, **kwargs))
+                made.append(kind(name, doc, labels, registry=self.registry, **buckets))
             except ValueError as exc:  # a name already registered: leave the registry as it was
                 for done in made:
                     self.registry.unregister(done)
@@ -262,41 +236,38 @@ class PrometheusSink:
                 ) from None
             return made[-1]
 
-        self.calls = metric(pc.Counter, "llm_ledger_calls", "LLM API calls", _CALL_LABELS)
-        self.tokens = metric(
-            pc.Counter, "llm_ledger_tokens",
-            "Tokens by type (cached, cache_write, input_audio within input; reasoning, output_audio "
-            "within output)", ("lens", "model", "provider", "operation", "service_tier", "token_type"),
+        counter, histogram = functools.partial(metric, pc.Counter), functools.partial(metric, pc.Histogram)
+        spend = ("lens", "model", "provider", "service_tier")
+        self.calls = counter("llm_ledger_calls", "LLM API calls", _CALL_LABELS)
+        self.tokens = counter(
+            "llm_ledger_tokens", "Tokens by type (cached, cache_write, input_audio within input; reasoning, "
+            "output_audio within output)",
+            ("lens", "model", "provider", "operation", "service_tier", "token_type"),
         )  # fmt: skip
-        self.cost = metric(
-            pc.Counter, "llm_ledger_cost_usd", "Cost of calls, USD",
-            ("lens", "model", "provider", "service_tier"),
-        )  # fmt: skip
+        self.cost = counter("llm_ledger_cost_usd", "Cost of calls, USD", spend)
         # status as on the calls: a fast failure kept apart from the latency of successful calls (the
         # conventions' error.type on gen_ai.client.operation.duration, as a fixed vocabulary of three)
-        self.duration = metric(
-            pc.Histogram, "llm_ledger_call_duration_seconds", "Call duration, seconds",
+        self.duration = histogram(
+            "llm_ledger_call_duration_seconds", "Call duration, seconds",
             ("lens", "model", "operation", "status"), buckets=self.buckets,
         )  # fmt: skip
-        self.ttft = metric(
-            pc.Histogram, "llm_ledger_time_to_first_token_seconds", "Time to a stream's first chunk, seconds",
+        self.ttft = histogram(
+            "llm_ledger_time_to_first_token_seconds", "Time to a stream's first chunk, seconds",
             ("lens", "model", "operation"), buckets=self.buckets,
         )  # fmt: skip
-        self.lens_runs = metric(pc.Counter, "llm_ledger_lens_runs", "Lens runs", ("lens", "status"))
-        self.lens_cost = metric(
-            pc.Histogram, "llm_ledger_lens_cost_usd", "Cost of one lens run, USD", ("lens",),
-            buckets=LENS_COST_BUCKETS,
-        )  # fmt: skip
-        # the cost counter's labels: which lens's, model's, provider's and tier's spend is short
-        self.unpriced = metric(
-            pc.Counter, "llm_ledger_unpriced_calls", "Calls billed at an unknown cost (not in cost_usd)",
-            ("lens", "model", "provider", "service_tier"),
-        )  # fmt: skip
-        self.anomalies = metric(
-            pc.Counter, "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
+        self.lens_runs = counter("llm_ledger_lens_runs", "Lens runs", ("lens", "status"))
+        self.lens_cost = histogram(
+            "llm_ledger_lens_cost_usd", "Cost of one lens run, USD", ("lens",), buckets=LENS_COST_BUCKETS
         )
-        self.dropped = metric(
-            pc.Counter, "llm_ledger_dropped_records",
+        # the cost counter's labels: which lens's, model's, provider's and tier's spend is short
+        self.unpriced = counter(
+            "llm_ledger_unpriced_calls", "Calls billed at an unknown cost (not in cost_usd)", spend
+        )
+        self.anomalies = counter(
+            "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
+        )
+        self.dropped = counter(
+            "llm_ledger_dropped_records",
             "Records whose values could not reach the metrics (see the llm_ledger.internal log)", ("event",),
         )  # fmt: skip
         for event in (CALL_EVENT, LENS_EVENT, ANOMALY_EVENT):  # at 0 from the start: alert on increase()
@@ -338,7 +309,7 @@ class PrometheusSink:
         held: dict[Any, list[Any]] = {}
         if overflow and self._pending_limit > 1:
             new = {key: sums for key, sums in pending.items() if key not in self._children}
-            if sum(_records(key, sums) for key, sums in new.items()) <= PENDING_CALLS:
+            if sum(len(sums[0]) for sums in new.values()) <= PENDING_CALLS:
                 held = new
         for key, sums in pending.items():
             if key in held:
@@ -357,7 +328,7 @@ class PrometheusSink:
                 (self._move_lens if lens else self._move)(children, sums)
             except Exception as exc:  # one series must not cost the others, nor a scrape
                 labels = {"lens": key[0]} if lens else dict(zip(_CALL_LABELS, key[:-2], strict=True))
-                self._dropped(LENS_EVENT if lens else CALL_EVENT, _records(key, sums), labels, exc)
+                self._dropped(LENS_EVENT if lens else CALL_EVENT, len(sums[0]), labels, exc)
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
@@ -442,124 +413,93 @@ class PrometheusSink:
         lens = self._label("lens", raw_lens)
         model = self._label("model", raw_model)
         tier = self._label("service_tier", raw_tier)
+        spend = (lens, model, provider, tier)
         return (
-            _adder(self.calls.labels(lens, model, provider, operation, status, tier)),
-            _adder(self.cost.labels(lens, model, provider, tier)),
-            _observer(self.duration.labels(lens, model, operation, status)),
+            self.calls.labels(lens, model, provider, operation, status, tier),
+            self.cost.labels(*spend),
+            self.duration.labels(lens, model, operation, status),
             # only where a first chunk came: a series of empty buckets for every other call costs
             # as much as the duration histogram
-            _observer(self.ttft.labels(lens, model, operation)) if streamed else None,
+            self.ttft.labels(lens, model, operation) if streamed else None,
             # only the counts this key's calls have: a token type or unpriced series is made (and so
             # scraped at 0 before its value, as this key is new) once a call counts some
-            tuple(
-                (_COUNTS_AT + i, self._count_child(name, lens, model, provider, operation, tier))
-                for i, name in enumerate(_COUNTS)
-                if counted >> i & 1
-            ),
+            [
+                (i, self.tokens.labels(lens, model, provider, operation, tier, _TOKENS[i][0]))
+                if i < len(_TOKENS)
+                else (i, self.unpriced.labels(*spend))
+                for i in counted
+            ],
         )
-
-    def _count_child(self, name: str, *labels: str) -> Callable[[float], None]:
-        lens, model, provider, operation, tier = labels
-        if name == _UNPRICED:
-            return _adder(self.unpriced.labels(lens, model, provider, tier))
-        return _adder(self.tokens.labels(lens, model, provider, operation, tier, name))
 
     # -- records -----------------------------------------------------------------------------------
 
     def _call(self, record: Mapping[str, Any]) -> None:
-        request = record["request"]
         server = record.get("server")
-        status = record["status"]
+        response = record["response"]
         timing = record["timing"]
         first = timing["time_to_first_token_ms"]
-        response = record["response"]
-        usage = record["usage"]
         usd = record["cost"]["total_cost_usd"]
-        # in _COUNTS' order, written out (a loop costs a call a third more); .get: a record of an
-        # older version has none of the three after reasoning
-        t_in = usage["prompt_tokens"] or 0
-        t_out = usage["completion_tokens"] or 0
-        cached = usage["cached_tokens"] or 0
-        reasoning = usage["reasoning_tokens"] or 0
-        written = usage.get("cache_write_tokens") or 0
-        heard = usage.get("prompt_audio_tokens") or 0
-        spoken = usage.get("completion_audio_tokens") or 0
-        unpriced = 1 if usd is None and billed_without_cost(record) else 0
-        counted = (  # a bit for each count that is not 0: (n and b) is 0 or b
-            (t_in and 1) | (t_out and 2) | (cached and 4) | (reasoning and 8) | (written and 16)
-            | (heard and 32) | (spoken and 64) | (unpriced and 128)
-        )  # fmt: skip
+        usage = record["usage"]
+        # .get: a record of an older version lacks the newer usage fields; None or 0 counts nothing
+        counts = [*map(usage.get, _USAGE_FIELDS), int(usd is None and billed_without_cost(record))]
+        counted = tuple(itertools.compress(_COUNT_INDEXES, counts))
         key = (
             record["context"].get("lens_key"),
-            request["model"] or response["model"],
+            record["request"]["model"] or response["model"],
             server["provider"] if server else "openai",
             record["operation"],
-            status,
+            record["status"],
             response.get("service_tier"),
             first is not None,  # not a label: whether the call has a time to first token
-            counted,  # nor this: which of _COUNTS it counted (their series exist only then)
+            counted,  # nor this: which counts it has (their series exist only then)
         )
         with self._pending_lock:
-            sums = self._pending.get(key)
-            if sums is None:
-                sums = self._pending[key] = [0, 0.0, [], [], *(0 for _ in _COUNTS)]
-            sums[0] += 1
-            if usd is not None:
-                sums[1] += usd
-            sums[2].append(timing["duration_ms"] / 1000)
+            # durations, times to first token, cost, then each count (those of ``counted`` added)
+            sums = self._pending.get(key) or self._pending.setdefault(key, [[], [], 0.0, *_NO_COUNTS])
+            sums[0].append(timing["duration_ms"] / 1000)
             if first is not None:
-                sums[3].append(first / 1000)
-            sums[4] += t_in
-            sums[5] += t_out
-            sums[6] += cached
-            sums[7] += reasoning
-            sums[8] += written
-            sums[9] += heard
-            sums[10] += spoken
-            sums[11] += unpriced
+                sums[1].append(first / 1000)
+            if usd is not None:
+                sums[2] += usd
+            for i in counted:
+                sums[3 + i] += counts[i]
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
             self._flush(collecting=False, overflow=True)
 
     def _move(self, children: tuple[Any, ...], sums: list[Any]) -> None:
-        calls, cost, duration, ttft, counted = children
-        calls(sums[0])
-        if sums[1]:
-            cost(sums[1])
-        for seconds in sums[2]:
-            duration(seconds)
-        for seconds in sums[3]:
-            ttft(seconds)
-        for index, add in counted:  # each > 0: the key's calls all counted some
-            add(sums[index])
+        calls, cost, duration, ttft, counts = children
+        durations, firsts, usd = sums[:3]
+        calls.inc(len(durations))
+        cost.inc(usd)
+        for seconds in durations:
+            duration.observe(seconds)
+        for seconds in firsts:
+            ttft.observe(seconds)
+        for i, child in counts:
+            child.inc(sums[3 + i])
 
     def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
         lens = self._label("lens", key[0])
-        return (
-            _adder(self.lens_runs.labels(lens, "ok")),
-            _adder(self.lens_runs.labels(lens, "error")),
-            _observer(self.lens_cost.labels(lens)),
-        )
+        runs = self.lens_runs
+        return runs.labels(lens, "ok"), runs.labels(lens, "error"), self.lens_cost.labels(lens)
 
     def _move_lens(self, children: tuple[Any, ...], sums: list[Any]) -> None:
         ok, failed, cost = children
-        if sums[0]:
-            ok(sums[0])
-        if sums[1]:
-            failed(sums[1])
-        for usd in sums[2]:
-            cost(usd)
+        costs, errors = sums
+        ok.inc(len(costs) - errors)
+        failed.inc(errors)
+        for usd in costs:
+            cost.observe(usd)
 
     def _lens(self, record: Mapping[str, Any]) -> None:
         summary = record["summary"]
         key = (record["context"].get("lens_key"),)
         with self._pending_lock:
-            sums = self._pending.get(key)
-            if sums is None:
-                sums = self._pending[key] = [0, 0, []]
-            sums[1 if summary["errors"] else 0] += 1
-            sums[2].append(summary["total_cost_usd"])
+            sums = self._pending.get(key) or self._pending.setdefault(key, [[], 0])  # costs, failed runs
+            sums[0].append(summary["total_cost_usd"])
+            sums[1] += 1 if summary["errors"] else 0
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         judged = record.get("anomaly_metrics")
@@ -576,11 +516,6 @@ class PrometheusSink:
             if (lens, metric) not in self._watched:
                 self.anomalies.labels(lens, metric)
                 self._watched.add((lens, metric))
-
-
-def _records(key: tuple[Any, ...], sums: list[Any]) -> int:
-    """How many records a pending key's sums hold: a lens's ok and failed runs, or a call tuple's calls."""
-    return int(sums[0] + sums[1]) if len(key) == 1 else int(sums[0])
 
 
 class _Moving:
@@ -620,19 +555,16 @@ class _NewSeriesAtZero:
                 file.seek(0)
                 lines = file.read().split("\n")  # the last: "", or a line cut short by a killed writer
                 shown = set(lines[:-1])
-                new: list[str] = []
+                new: dict[str, None] = {}  # in the order met
                 for family in families:
                     if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
                         continue
-                    keys: dict[Any, str] = {}  # a histogram's buckets, sum and count: one series, one key
                     for index, sample in enumerate(family.samples):
-                        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
-                        key = keys.get(labels)
-                        if key is None:
-                            key = keys[labels] = json.dumps([family.name, labels], separators=(",", ":"))
-                            if key not in shown:
-                                new.append(key)
+                        # a histogram's buckets, sum and count: one series, one key
+                        labels = sorted((k, v) for k, v in sample.labels.items() if k != "le")
+                        key = json.dumps([family.name, labels], separators=(",", ":"))
                         if key not in shown:
+                            new[key] = None
                             family.samples[index] = sample._replace(value=0.0)
                 if new:
                     file.write(("\n" if lines[-1] else "") + "".join(key + "\n" for key in new))

@@ -124,11 +124,8 @@ def _stop(server: WSGIServer) -> None:
 
 def _address(spec: str) -> tuple[str, int] | None:
     """The (addr, port) a normalised spec serves /metrics on (``prometheus:HOST:PORT``), else None."""
-    where = spec.partition(":")[2]
-    if not where:
-        return None
-    addr, _, port = where.rpartition(":")
-    return addr, int(port)
+    addr, _, port = spec.partition(":")[2].rpartition(":")
+    return (addr, int(port)) if port else None
 
 
 def prepare(specs: tuple[str, ...]) -> Plan:
@@ -139,9 +136,9 @@ def prepare(specs: tuple[str, ...]) -> Plan:
     try:
         for spec in specs:
             name = spec.partition(":")[0]
-            sink: Sink | None = _default_sinks.get(name)
-            if sink is None:
-                sink = _default_sinks[name] = PrometheusSink() if name == "prometheus" else OTelSink()
+            if name not in _default_sinks:
+                _default_sinks[name] = PrometheusSink() if name == "prometheus" else OTelSink()
+            sink: Sink = _default_sinks[name]
             if sink not in sinks:
                 sinks.append(sink)
             key = _address(spec)
