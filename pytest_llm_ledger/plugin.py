@@ -78,13 +78,11 @@ _CONFLICTING_DISTS: Final = frozenset({"pytest-llm-cost"})
 _EVENTS: Final = ("llm_api_call", "lens_summary")  # the records the plugin keeps
 _STATE = pytest.StashKey["_LedgerState"]()
 _CASSETTE = pytest.StashKey[LedgerCassette]()
-_REPORTED_MISSES = pytest.StashKey[int]()
 _PASSED = pytest.StashKey[bool]()
 _FLAG_OWNER = pytest.StashKey[str]()
 _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
-_REPORTED_BLOCKED = pytest.StashKey[int]()
-_REPORTED_REFUSED = pytest.StashKey[int]()
+_REPORTED = pytest.StashKey[tuple[int, ...]]()  # how many of each list of failures the test's reports showed
 # the node id and cassette of an earlier test whose cassette path is the same, or the same but for case
 _SHARES_WITH = pytest.StashKey[tuple[str, Path]]()
 # Sessions configured in this process, innermost last: a session run in-process by pytester
@@ -108,83 +106,59 @@ def _llm_cost_installed(pluginmanager: pytest.PytestPluginManager) -> str | None
     return None
 
 
+# Every setting once: its flag (None: ini only), its ini twin (None: flag only), the ini default and the
+# help. A flag given wins over its twin; a path flag is relative to the current directory, its ini twin
+# to the ini file. --llm-budget, whose flag another plugin may own, is added in
+# pytest_load_initial_conftests.
+_SETTINGS: Final[tuple[tuple[str | None, str | None, str | list[str] | None, str], ...]] = (
+    ("--llm-record-mode", "llm_record_mode", "none",
+     "record mode of tests marked llm: none (replay only, the default), once (record missing cassettes), "
+     "new_episodes (record unmatched requests), all (re-record every request, keep the rest), rewrite "
+     "(replace each cassette)"),
+    ("--llm-cassette-dir", "llm_cassette_dir", "cassettes", "cassette directory"),
+    ("--llm-budget-file", "llm_budget_file", "budgets.yaml", "budgets file"),
+    (None, "llm_budget", "false", "enforce the budgets file without --llm-budget (true/false)"),
+    ("--llm-strict", "llm_strict", "false",
+     "fail the run on any llm-ledger notice: budgets that checked nothing, stale cassettes, calls with no "
+     "known cost"),
+    ("--llm-block-network", "llm_block_network", "false",
+     "refuse the requests of tests marked llm that their cassette does not record (hosts in ini "
+     "llm_allowed_hosts excepted); by default they are sent, unrecorded"),
+    ("--llm-report", None, None, "write per-lens totals as JSON"),
+    ("--llm-list-cassettes", None, None,
+     "write the cassette paths of the collected tests as JSON (used by `llm-ledger cassettes`)"),
+    ("--llm-baseline", None, None, "show the cost diff against an --llm-report file"),
+    (None, "llm_cassette_keep", [],
+     "cassettes no test owns that are not orphans (globs relative to the cassette directory, e.g. a demo's "
+     "own cassettes)"),
+    (None, "llm_allowed_hosts", [],
+     "hosts (glob patterns) that tests not marked llm may send OpenAI API requests to in record mode none, "
+     "e.g. 127.0.0.1 for a local server, and that network blocking lets through (default: none)"),
+    (None, "llm_log_dir", "",
+     "directory of the llm_calls.jsonl the default monitor writes during the run (default: none, keeping "
+     "test runs out of the application's own log)"),
+    (None, "llm_match_host", "false",
+     "match cassette requests on the host too (true/false; default: method, API path and body only); "
+     "@pytest.mark.llm(match_host=...) overrides it"),
+)  # fmt: skip
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup(
         "llm-ledger", "llm-ledger: replay LLM calls from cassettes, budgets, cost reports"
     )
-    group.addoption(
-        "--llm-record-mode",
-        choices=RECORD_MODES,
-        help="cassettes of tests marked llm: none (replay only, the default), once (record missing "
-        "cassettes), new_episodes (record unmatched requests), all (re-record every request, keep the "
-        "rest), rewrite (replace each cassette).",
-    )
-    group.addoption(
-        "--llm-cassette-dir",
-        help="cassette directory, relative to the current one (default: ini llm_cassette_dir).",
-    )
-    group.addoption(
-        "--llm-budget-file",
-        help="budgets file, relative to the current directory (default: ini llm_budget_file).",
-    )
-    group.addoption("--llm-report", metavar="PATH", help="write per-lens totals as JSON.")
-    group.addoption(
-        "--llm-list-cassettes",
-        metavar="PATH",
-        help="write the cassette paths of the collected tests as JSON (used by `llm-ledger cassettes`).",
-    )
-    group.addoption("--llm-baseline", metavar="PATH", help="show the cost diff against an --llm-report file.")
-    group.addoption(
-        "--llm-block-network",
-        action="store_true",
-        help="refuse the requests of tests marked llm that their cassette does not record (hosts in ini "
-        "llm_allowed_hosts excepted); by default they are sent, unrecorded.",
-    )
-    group.addoption(
-        "--llm-strict",
-        action="store_true",
-        help="fail the run on any llm-ledger notice: budgets that checked nothing, stale cassettes, "
-        "calls with no known cost.",
-    )
-    parser.addini(
-        "llm_record_mode", "record mode for tests marked llm (see --llm-record-mode)", default="none"
-    )
-    parser.addini("llm_cassette_dir", "cassette directory, relative to the ini file", default="cassettes")
-    parser.addini(
-        "llm_cassette_keep",
-        "cassettes no test owns that are not orphans (globs relative to the cassette directory, e.g. a "
-        "demo's own cassettes)",
-        type="args",
-        default=[],
-    )
-    parser.addini("llm_budget_file", "budgets file, relative to the ini file", default="budgets.yaml")
-    parser.addini("llm_budget", "enforce the budgets file without --llm-budget (true/false)", default="false")
-    parser.addini("llm_strict", "fail the run on any llm-ledger notice, as --llm-strict", default="false")
-    parser.addini(
-        "llm_block_network",
-        "refuse the requests of tests marked llm that their cassette does not record, as "
-        "--llm-block-network (true/false)",
-        default="false",
-    )
-    parser.addini(
-        "llm_allowed_hosts",
-        "hosts (glob patterns) that tests not marked llm may send OpenAI API requests to in record "
-        "mode none, e.g. 127.0.0.1 for a local server, and that network blocking lets through "
-        "(default: none)",
-        type="args",
-        default=[],
-    )
-    parser.addini(
-        "llm_log_dir",
-        "directory of the llm_calls.jsonl the default monitor writes during the run, relative to the "
-        "ini file (default: none, keeping test runs out of the application's own log)",
-        default="",
-    )
-    parser.addini(
-        "llm_match_host",
-        "match cassette requests on the host too (true/false; default: method, API path and body only)",
-        default="false",
-    )
+    for flag, ini, default, text in _SETTINGS:
+        if flag is not None:
+            kind: dict[str, Any] = {"metavar": "PATH"}
+            if default == "false":
+                kind = {"action": "store_true"}
+            elif ini == "llm_record_mode":
+                kind = {"choices": RECORD_MODES}
+            group.addoption(flag, help=f"{text} (ini {ini})" if ini else text, **kind)
+        if isinstance(default, list):
+            parser.addini(str(ini), text, type="args", default=default)
+        elif ini is not None:
+            parser.addini(ini, text, default=default)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -274,13 +248,16 @@ class LedgerRecords(Captured):
 
 class _LedgerState:
     def __init__(self, config: pytest.Config) -> None:
-        self.mode = _record_mode(config)
+        modes = {mode: mode for mode in RECORD_MODES}
+        self.mode = str(
+            _setting(config, "llm_record_mode", modes, f"a record mode; use one of {', '.join(modes)}")
+        )
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.budget_file = _path_option(config, "llm_budget_file")
-        self.enforce = _switch(config, "llm_ledger_budget", "llm_budget")
-        self.strict = _switch(config, "llm_strict", "llm_strict")
-        self.block_network = _switch(config, "llm_block_network", "llm_block_network")
-        self.match_host = _switch(config, None, "llm_match_host")  # no flag: the marker overrides it
+        self.enforce = _switch(config, "llm_budget", dest="llm_ledger_budget")
+        self.strict = _switch(config, "llm_strict")
+        self.block_network = _switch(config, "llm_block_network")
+        self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -406,27 +383,19 @@ class _LedgerState:
         return message
 
 
-def _switch(config: pytest.Config, dest: str | None, ini: str) -> bool:
-    """A command-line flag, else its ini twin (true/false)."""
-    if dest is not None and config.getoption(dest, False):
-        return True
+def _setting(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
+    """A flag when given, else its ini twin's value in ``choices``: a usage error saying ``what`` it
+    should be when it is none of them."""
+    if flag := config.getoption(dest or ini, None):
+        return flag
     raw = str(config.getini(ini))
-    value = BOOLEAN_WORDS.get(raw.strip().lower())
-    if value is None:
-        raise pytest.UsageError(
-            f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not a boolean; use true or false"
-        )
+    if (value := choices.get(raw.strip().lower())) is None:
+        raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
     return value
 
 
-def _record_mode(config: pytest.Config) -> str:
-    mode = config.getoption("llm_record_mode") or config.getini("llm_record_mode")
-    if mode not in RECORD_MODES:
-        raise pytest.UsageError(
-            f"llm_record_mode = {mode!r} in {config.inipath or 'the ini file'} is not a record mode; "
-            f"use one of {', '.join(RECORD_MODES)}"
-        )
-    return str(mode)
+def _switch(config: pytest.Config, ini: str, dest: str = "") -> bool:
+    return bool(_setting(config, ini, BOOLEAN_WORDS, "a boolean; use true or false", dest))
 
 
 def _compatible_server() -> str | None:
@@ -621,12 +590,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     item.config.stash[_STATE].attempt(item)
 
 
-def _unreported(item: pytest.Item, key: pytest.StashKey[int], messages: list[str]) -> list[str]:
-    done = item.stash.get(key, 0)
-    item.stash[key] = len(messages)
-    return messages[done:]
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report: pytest.TestReport = yield
@@ -636,10 +599,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # requests refused (by the guard of a test without a cassette, or by network blocking), then
     # cassette misses: both fail the test whether the exception propagated, was wrapped or was
     # swallowed, with one message (concurrent calls miss together)
-    failures = _unreported(item, _REPORTED_BLOCKED, item.stash.get(_BLOCKED, []))
-    if cassette is not None:
-        failures += _unreported(item, _REPORTED_REFUSED, cassette.blocked)
-        failures += _unreported(item, _REPORTED_MISSES, cassette.misses)
+    lists = [item.stash.get(_BLOCKED, []), *((cassette.blocked, cassette.misses) if cassette else ([], []))]
+    done = item.stash.get(_REPORTED, (0, 0, 0))
+    failures = [message for seen, each in zip(done, lists, strict=True) for message in each[seen:]]
+    item.stash[_REPORTED] = tuple(map(len, lists))
     if failures:
         report.outcome = "failed"
         more = len(failures) - 1
