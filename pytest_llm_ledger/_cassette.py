@@ -1,24 +1,16 @@
 """Record and replay HTTP interactions for one test, on top of vcrpy's transport patches.
 
-vcrpy intercepts the HTTP libraries (httpx for openai 1.x/2.x, httpx2 for 3.x); this module
-supplies the cassette object its stubs talk to. A cassette owns the OpenAI SDK's requests (its
+vcrpy intercepts the HTTP libraries (httpx for openai 1.x/2.x, httpx2 for 3.x); this module supplies
+the cassette object its stubs talk to. A cassette owns the OpenAI SDK's requests (its
 ``x-stainless-*`` / user-agent headers) and requests to ``api.openai.com``: anything else (a library
 downloading data when first imported, a test's own HTTP calls) goes out unrecorded, is never a miss,
 and is refused only with network blocking on; a test that also has a pytest-recording / vcrpy
 cassette (``@pytest.mark.vcr``) hands it to that cassette instead.
 
-Matching is ours, on the method, the *API path* (what follows the last version segment: ``/v1``,
-``/v1beta``...), the body as canonical JSON and, on request, the host (docs/CI.md says why). Ports
-are not stored, so re-recording on another port changes no ``url:`` line.
-
-Credentials are redacted before anything is stored, and each request is redacted the same way
-before it is matched (``_secrets``, the list ``llm-ledger scrub`` uses): a cassette holds
-no key, a scrubbed cassette still replays, and a miss message never shows a credential's value.
-
-Recorded interactions sit in a dict keyed by that canonical form, each key holding a queue of
-unplayed interactions, so a replayed call costs one parse of its own body and a dict lookup
-whatever the cassette's size. Each interaction plays once, in recorded order; an extra identical
-call is a miss.
+Matching is on a canonical key (docs/CI.md: method, API path, canonical JSON body, the host on
+request), with credentials redacted as ``_secrets`` redacts them for storage: a scrubbed cassette
+still replays, and a miss message never shows a credential. Each key holds a queue of unplayed
+interactions, so a replay costs one parse of its own body and a dict lookup.
 
 A miss raises :class:`CassetteMissError` from inside the transport (the OpenAI SDK lets exceptions
 it does not know propagate unchanged) and is also kept on the cassette, so the plugin fails the

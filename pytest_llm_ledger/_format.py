@@ -480,9 +480,5 @@ def interaction_to_yaml(
 
 
 def _message_to_yaml(start: dict[str, Any], headers: Mapping[str, str], body: Body) -> dict[str, Any]:
-    if headers:
-        start["headers"] = dict(headers)
     kind, value = body
-    if kind:
-        start[kind] = value
-    return start
+    return {**start, **({"headers": dict(headers)} if headers else {}), **({kind: value} if kind else {})}

@@ -1,21 +1,11 @@
 """Where a test's cassette lives: ``<dir>/<test file relative to the project, no .py>/<name>.yaml``.
 
 The project is the ini file's folder (else pytest's rootdir), the base of the cassette directory too,
-so ``--rootdir`` moves no cassette.
-
-``tests/test_x.py::test_y`` gives ``tests/test_x/test_y.yaml``; a method of a class gives
-``TestCls.test_y.yaml``. Parametrized tests are named from their parameter *values* sorted by
-argument name, not from pytest's generated ids (those depend on parameter order and on pytest's
-id rules, which have changed between versions): primitives appear as themselves, anything else
-as a short hash of its repr with memory addresses removed. Characters outside a portable set
-become ``-`` and the name then gets a short hash of the original (so ``a/b`` and ``a:b`` differ),
-and names longer than :data:`MAX_STEM` are cut and suffixed with a short hash.
-
-Names of one module's or class's tests that differ only in case (``test_x[A]`` and ``test_x[a]``,
-``test_X`` and ``test_x``) name one file on a case-insensitive file system (macOS and Windows by
-default, and any checkout there): each gets a short hash of its name too. The plugin marks them when
-pytest collects the module (:func:`mark_case_twins`), before a node id selects one, so a test's
-cassette is the same whichever tests a run selects; other tests' names do not change.
+so ``--rootdir`` moves no cassette. The naming rules users rely on (parameter values rather than
+pytest's ids, which have changed between pytest versions; a short hash for unsafe characters, long
+names and names that differ only in case) are in docs/CI.md. Case twins are marked when pytest
+collects their module (:func:`mark_case_twins`), before a node id selects one, so a test's cassette
+is the same whichever tests a run selects.
 """
 
 from __future__ import annotations

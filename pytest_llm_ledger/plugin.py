@@ -1,9 +1,5 @@
 """The pytest plugin: options, hooks and fixtures.
 
-Settings come in two layers, the command line over the ini file; docs/CI.md lists them with their
-defaults. ``--llm-ledger-budget`` is an alias of ``--llm-budget`` that stays available when another
-plugin (pytest-llm-cost) owns ``--llm-budget``.
-
 The ``llm`` marker runs a test inside its cassette; ``@pytest.mark.llm(live=True)`` marks a
 deliberate live test instead (no cassette: its requests go to the network in every mode).
 
