@@ -226,7 +226,12 @@ class LedgerCassette:
         self.replayed_auth_errors: list[str] = []  # 401/403 answers replayed that the test does not expect
         self.played = 0
         if self.existed and mode != "rewrite":
-            self.loaded = [_interaction(item) for item in _format.load_cassette(path)]
+            self.loaded = [
+                Interaction(
+                    q["method"], q["url"], q["headers"], q["body"], a["status"], a["headers"], a["body"]
+                )
+                for q, a in ((item["request"], item["response"]) for item in _format.load_cassette(path))
+            ]
         self._unplayed: dict[Key, deque[int]] = {}
         for index, interaction in enumerate(self.loaded):
             self._unplayed.setdefault(self._lookup(interaction.key), deque()).append(index)
@@ -458,13 +463,6 @@ class LedgerCassette:
         if count > _MAX_DIFFS:
             lines.append(f"    ... and {count - _MAX_DIFFS} more")
         return lines
-
-
-def _interaction(item: dict[str, Any]) -> Interaction:
-    req, resp = item["request"], item["response"]
-    return Interaction(
-        req["method"], req["url"], req["headers"], req["body"], resp["status"], resp["headers"], resp["body"]
-    )
 
 
 def _parsed(raw: str | bytes | None) -> Any:

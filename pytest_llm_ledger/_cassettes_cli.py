@@ -78,15 +78,14 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     owned = data["cassettes"]
-    within = data.get("within")  # the folders of the files and folders collected; None: all of it
+    within = data["within"]  # the folders of the files and folders collected; None: all of it
     folders = None if within is None else [Path(path) for path in within]
-    tested = (Path(data["project"]), data["tested"])
-    orphans = orphan_cassettes(directory, owned, data.get("keep", ()), folders, tested)
+    orphans = orphan_cassettes(directory, owned, data["keep"], folders, Path(data["project"]), data["tested"])
     never = sorted(path for path in owned if not Path(path).exists())
     print(f"{len(owned)} collected test(s) replay from cassettes under {_shown(directory)}")
     for path in never:
         print(f"  never recorded: {_shown(Path(path))}")
-    expected = set(data.get("expect_auth_errors", ()))
+    expected = set(data["expect_auth_errors"])
     denied, status = _auth_errors(sorted(set(owned) - set(never) - expected))
     if denied:
         print(

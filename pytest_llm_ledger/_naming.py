@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -151,33 +151,27 @@ def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | Non
 def orphan_cassettes(
     directory: Path,
     owned: Iterable[str],
-    keep: Iterable[str] = (),
-    within: Iterable[Path] | None = None,
-    tested: tuple[Path, Iterable[str]] | None = None,
+    keep: Sequence[str],
+    within: Sequence[Path] | None,
+    project: Path,
+    tested: Iterable[str],
 ) -> list[Path]:
     """The cassette files under ``directory`` that none of the ``owned`` paths names, sorted, less
-    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns), when
-    ``within`` is given those outside its folders (see :func:`selected_folders`), and when ``tested``
-    (the project folder, the :func:`cassette_folder` of each file the collection found tests in) is
-    given those of a test file that exists but gave no test (left out with --ignore, skipped at import)."""
+    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns), those
+    outside the ``within`` folders (None: all of ``directory``; see :func:`selected_folders`), and those
+    of a test file in ``project`` that exists but gave no test (left out with --ignore, skipped at
+    import): ``tested`` holds the :func:`cassette_folder` of each file the collection found tests in."""
     mine = {Path(path) for path in owned}
-    patterns = tuple(keep)
-    folders = None if within is None else tuple(within)
-    project, found = (None, set()) if tested is None else (tested[0], set(tested[1]))
-
-    def uncollected(folder: Path) -> bool:
-        return (
-            project is not None
-            and str(folder) not in found
-            and project.joinpath(f"{folder.relative_to(directory)}.py").is_file()
-        )
-
+    found = set(tested)
     return sorted(
         path
         for path in directory.rglob("*.yaml")
         if path.is_file()
         and path not in mine
-        and not any(fnmatchcase(path.relative_to(directory).as_posix(), p) for p in patterns)
-        and (folders is None or any(path.is_relative_to(folder) for folder in folders))
-        and not uncollected(path.parent)
+        and not any(fnmatchcase(path.relative_to(directory).as_posix(), p) for p in keep)
+        and (within is None or any(path.is_relative_to(folder) for folder in within))
+        and (
+            str(path.parent) in found
+            or not project.joinpath(f"{path.parent.relative_to(directory)}.py").is_file()
+        )
     )

@@ -839,7 +839,8 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
         state.ledger.cassettes,
         config.getini("llm_cassette_keep"),
         selected_folders(config, state.cassette_dir),
-        (project_dir(config), state.ledger.tested),
+        project_dir(config),
+        state.ledger.tested,
     )
     if not orphans:
         return []
