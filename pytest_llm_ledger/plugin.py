@@ -595,7 +595,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # requests refused (by the guard of a test without a cassette, or by network blocking), then
     # cassette misses: both fail the test whether the exception propagated, was wrapped or was
     # swallowed, with one message (concurrent calls miss together)
-    lists = [item.stash.get(_BLOCKED, []), *((cassette.blocked, cassette.misses) if cassette else ([], []))]
+    lists = [
+        item.stash.get(_BLOCKED, []),
+        *((cassette.blocked, cassette.misses) if cassette is not None else ([], [])),
+    ]
     done = item.stash.get(_REPORTED, (0, 0, 0))
     failures = [message for seen, each in zip(done, lists, strict=True) for message in each[seen:]]
     item.stash[_REPORTED] = tuple(map(len, lists))
