@@ -103,16 +103,16 @@ def _llm_cost_installed(pluginmanager: pytest.PytestPluginManager) -> str | None
 
 
 # Every setting once: its flag (None: ini only), its ini twin (None: flag only), the ini default and the
-# help. A flag given wins over its twin; a path flag is relative to the current directory, its ini twin
-# to the ini file. --llm-budget, whose flag another plugin may own, is added in
+# help. A flag given wins over its twin. --llm-budget, whose flag another plugin may own, is added in
 # pytest_load_initial_conftests.
+_RELATIVE: Final = " (the flag's relative to the current directory, the ini value's to the ini file)"
 _SETTINGS: Final[tuple[tuple[str | None, str | None, str | list[str] | None, str], ...]] = (
     ("--llm-record-mode", "llm_record_mode", "none",
      "record mode of tests marked llm: none (replay only, the default), once (record missing cassettes), "
      "new_episodes (record unmatched requests), all (re-record every request, keep the rest), rewrite "
      "(replace each cassette)"),
-    ("--llm-cassette-dir", "llm_cassette_dir", "cassettes", "cassette directory"),
-    ("--llm-budget-file", "llm_budget_file", "budgets.yaml", "budgets file"),
+    ("--llm-cassette-dir", "llm_cassette_dir", "cassettes", "cassette directory" + _RELATIVE),
+    ("--llm-budget-file", "llm_budget_file", "budgets.yaml", "budgets file" + _RELATIVE),
     (None, "llm_budget", "false", "enforce the budgets file without --llm-budget (true/false)"),
     ("--llm-strict", "llm_strict", "false",
      "fail the run on any llm-ledger notice: budgets that checked nothing, stale cassettes, calls with no "
@@ -131,8 +131,8 @@ _SETTINGS: Final[tuple[tuple[str | None, str | None, str | list[str] | None, str
      "hosts (glob patterns) that tests not marked llm may send OpenAI API requests to in record mode none, "
      "e.g. 127.0.0.1 for a local server, and that network blocking lets through (default: none)"),
     (None, "llm_log_dir", "",
-     "directory of the llm_calls.jsonl the default monitor writes during the run (default: none, keeping "
-     "test runs out of the application's own log)"),
+     "directory of the llm_calls.jsonl the default monitor writes during the run, relative to the ini "
+     "file (default: none, keeping test runs out of the application's own log)"),
     (None, "llm_match_host", "false",
      "match cassette requests on the host too (true/false; default: method, API path and body only); "
      "@pytest.mark.llm(match_host=...) overrides it"),
@@ -150,7 +150,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 kind = {"action": "store_true"}
             elif ini == "llm_record_mode":
                 kind = {"choices": RECORD_MODES}
-            group.addoption(flag, help=f"{text} (ini {ini})" if ini else text, **kind)
+            group.addoption(flag, help=f"{text}; ini {ini}" if ini else text, **kind)
         if isinstance(default, list):
             parser.addini(str(ini), text, type="args", default=default)
         elif ini is not None:
