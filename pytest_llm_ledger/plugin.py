@@ -1,8 +1,5 @@
 """The pytest plugin: options, hooks and fixtures.
 
-The ``llm`` marker runs a test inside its cassette; ``@pytest.mark.llm(live=True)`` marks a
-deliberate live test instead (no cassette: its requests go to the network in every mode).
-
 A cassette records and replays the OpenAI SDK's requests only. With pytest-recording installed, a
 test marked both ``vcr`` and ``llm`` keeps its vcrpy cassette for everything else (one interception,
 two files that never hold the same request); a test marked ``vcr`` alone is left to pytest-recording.
