@@ -322,7 +322,7 @@ class Document:
         values: dict[str, yaml.Node] = {}
         for key, key_node, value_node in self.mapping(node, key_path, expected):
             if key not in keys:
-                known = _KEY_LIKE.fullmatch(key) is not None
+                known = _KEY_LIKE.fullmatch(key) is not None and not _SECRET_KEY.search(key)
                 name = key if known else f"<a key of {len(key)} characters>"
                 where = f"{key_path}.{name}" if key_path else name
                 hint = did_you_mean(key, keys) if known else ""

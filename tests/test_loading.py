@@ -97,11 +97,12 @@ def test_yaml_1_1_numbers_that_read_as_another_value_are_errors(
 @pytest.mark.parametrize("kind", LOADERS)
 @pytest.mark.parametrize(
     "text",
-    [DOT_ENV, SHADOW, LOCKED_SHADOW, PASSWD, f"models: {{m: {{input: {SECRET}}}}}\n"],
-    ids=["env", "shadow", "locked-shadow", "passwd", "value"],
+    [DOT_ENV, SHADOW, LOCKED_SHADOW, PASSWD, f"models: {{m: {{input: {SECRET}}}}}\n", f"{SECRET[:20]}: 1\n"],
+    ids=["env", "shadow", "locked-shadow", "passwd", "value", "key"],
 )
 def test_errors_never_quote_credential_looking_content(tmp_path: Path, kind: str, text: str) -> None:
-    """A .env or /etc/shadow given as a config file is refused without printing what it holds."""
+    """A .env or /etc/shadow given as a config file is refused without printing what it holds; a key
+    that looks like an API key is not quoted either."""
     load, error = LOADERS[kind]
     path = tmp_path / "wrong.yaml"
     path.write_text(text, encoding="utf-8")
