@@ -346,7 +346,7 @@ class Document:
                     value = Decimal(self._constructor.construct_yaml_int(node))
                 except (ValueError, TypeError):
                     value = None
-            elif node.tag == _FLOAT or (node.tag == _STR and node.style is None):
+            elif node.tag == _FLOAT or (node.tag == _STR and not node.style):  # plain: None, or libyaml's ""
                 text = node.value.replace("_", "")
                 if node.tag == _FLOAT or _PLAIN_NUMBER.fullmatch(text):
                     value = _to_decimal(text)

@@ -217,6 +217,17 @@ def test_a_document_reads_a_free_form_value_as_json_does() -> None:
     assert doc.value(node) == {"when": "2024-01-01", "tags": ["a", 1, 2.5, None, True]}
 
 
+def test_a_document_reads_plain_exponent_numbers_whichever_parser_composed_it() -> None:
+    """``1e-3`` unquoted is a number with libyaml's parser (JsonLoader's) as with PyYAML's; quoted, not."""
+    doc = Document("f.yaml", ConfigError, "a file", loader=JsonLoader)
+    root = doc.compose("plain: 1e-3\nquoted: '1e-3'\n")
+    assert root is not None
+    (_, _, plain), (_, _, quoted) = doc.mapping(root, "", "a mapping")
+    assert doc.number(plain, "plain", "a number", maximum=Decimal(1)) == Decimal("0.001")
+    with pytest.raises(ConfigError, match=r"^f.yaml:2: quoted: expected a number, got '1e-3'$"):
+        doc.number(quoted, "quoted", "a number", maximum=Decimal(1))
+
+
 def test_oversized_and_device_cassettes_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
