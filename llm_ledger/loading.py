@@ -183,12 +183,26 @@ for _tag in ("int", "float", "bool"):
 class JsonLoader(SafeLoader):
     """A safe YAML loader that builds only what JSON holds (cassettes are JSON bodies written as YAML): an
     unquoted date stays the string it reads as; ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and
-    ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``."""
+    ``!!timestamp`` are errors at their line, not objects that fail later as a ``TypeError``; so is a key
+    written twice in one mapping (a merge conflict resolved by keeping both sides), which YAML would
+    settle by keeping the last value without a word."""
 
     yaml_implicit_resolvers: ClassVar = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]
         for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
     }
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key.value!r} (first on line {first_line[key.value]})",
+                        key.start_mark,
+                    )  # fmt: skip
+                first_line[key.value] = key.start_mark.line + 1
+        return dict(super().construct_mapping(node, deep))
 
 
 def _not_json(loader: yaml.SafeLoader, node: yaml.Node) -> None:
@@ -226,7 +240,8 @@ class Document:
         self.what = what  # "a price file": for messages
         self._error = error
         self._loader = loader  # what composes: JsonLoader reads as JSON does (libyaml where installed)
-        self._constructor = SafeLoader("")  # its constructor, for nodes already composed
+        # its constructor (with SafeLoader's checks), for nodes already composed
+        self._constructor = (loader if issubclass(loader, SafeLoader) else SafeLoader)("")
 
     def error(self, node: yaml.Node | None, key_path: str, message: str) -> Exception:
         where = self.name if node is None else f"{self.name}:{node.start_mark.line + 1}"
@@ -269,8 +284,8 @@ class Document:
         return shown(node.value)
 
     def value(self, node: yaml.Node) -> Any:
-        """The Python value of a node whose tags are plain (strings, numbers, booleans, null,
-        mappings and lists), e.g. a free-form body."""
+        """The Python value of a node, built by the document's loader (``JsonLoader``: only what JSON
+        holds, or the ``yaml.YAMLError`` naming the first tag or key that is not), e.g. a free-form body."""
         return self._constructor.construct_document(node)
 
     def is_null(self, node: yaml.Node) -> bool:
@@ -310,6 +325,13 @@ class Document:
             raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
         return list(node.value)
 
+    def string(self, node: yaml.Node, key_path: str, expected: str, *, empty: bool = False) -> str:
+        """A string (quoted or not: a plain ``1`` or ``true`` is not one), non-empty unless ``empty``."""
+        self.check_tag(node, key_path)
+        if not (isinstance(node, yaml.ScalarNode) and node.tag == _STR and (empty or node.value)):
+            raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
+        return str(node.value)
+
     def fields(
         self,
         node: yaml.Node,
@@ -322,7 +344,7 @@ class Document:
         values: dict[str, yaml.Node] = {}
         for key, key_node, value_node in self.mapping(node, key_path, expected):
             if key not in keys:
-                known = _KEY_LIKE.fullmatch(key) is not None
+                known = _KEY_LIKE.fullmatch(key) is not None and not _SECRET_KEY.search(key)
                 name = key if known else f"<a key of {len(key)} characters>"
                 where = f"{key_path}.{name}" if key_path else name
                 hint = did_you_mean(key, keys) if known else ""
@@ -334,9 +356,16 @@ class Document:
         return values
 
     def number(
-        self, node: yaml.Node, key_path: str, expected: str, *, maximum: Decimal, whole: bool = False
+        self,
+        node: yaml.Node,
+        key_path: str,
+        expected: str,
+        *,
+        maximum: Decimal,
+        minimum: Decimal = Decimal(0),
+        whole: bool = False,
     ) -> Decimal:
-        """A non-negative finite number up to ``maximum`` (a whole one if ``whole``), read exactly."""
+        """A finite number from ``minimum`` (0) to ``maximum`` (a whole one if ``whole``), read exactly."""
         self.check_tag(node, key_path)
         value: Decimal | None = None
         if isinstance(node, yaml.ScalarNode):
@@ -346,7 +375,7 @@ class Document:
                     value = Decimal(self._constructor.construct_yaml_int(node))
                 except (ValueError, TypeError):
                     value = None
-            elif node.tag == _FLOAT or (node.tag == _STR and node.style is None):
+            elif node.tag == _FLOAT or (node.tag == _STR and not node.style):  # plain: None, or libyaml's ""
                 text = node.value.replace("_", "")
                 if node.tag == _FLOAT or _PLAIN_NUMBER.fullmatch(text):
                     value = _to_decimal(text)
@@ -366,6 +395,10 @@ class Document:
                     f"expected {expected}, got {text!r}: write {text[1:]}, without the $ (the unit is USD)",
                 )
             raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
+        if value < minimum:
+            raise self.error(
+                node, key_path, f"expected {expected} (at least {minimum}), got {self.describe(node)}"
+            )
         if value > maximum:
             raise self.error(
                 node, key_path, f"expected {expected} (at most {maximum}), got {self.describe(node)}"

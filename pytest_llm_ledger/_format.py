@@ -22,16 +22,15 @@ import json
 import os
 import tempfile
 import zlib
-from collections import deque
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.constructor import ConstructorError
 
 from llm_ledger import CassetteError
-from llm_ledger.loading import Document, JsonLoader, read_file
+from llm_ledger.loading import Document, JsonLoader, join, read_file
 from llm_ledger.loading import invalid_yaml as loading_invalid_yaml
 
 __all__ = [
@@ -52,8 +51,11 @@ MAX_CASSETTE_BYTES = 64 << 20  # far past any recording; a bigger file is a mist
 REQUEST_HEADERS = frozenset({"content-type"})
 RESPONSE_HEADERS = frozenset({"content-type"})
 _BODY_KEYS = ("json", "sse", "text", "base64")
-_REQUEST_KEYS = frozenset({"method", "url", "headers", *_BODY_KEYS})
-_RESPONSE_KEYS = frozenset({"status", "headers", *_BODY_KEYS})
+_REQUEST_KEYS = ("method", "url", "headers", *_BODY_KEYS)
+_RESPONSE_KEYS = ("status", "headers", *_BODY_KEYS)
+_INTERACTION = "a mapping with keys 'request' and 'response'"
+_TOP = "a mapping with keys 'version' and 'interactions'"
+_METHOD_URL = {"method": "a non-empty string, e.g. POST", "url": "a non-empty string, the URL requested"}
 
 Body = tuple[str, Any]  # (kind, value); kind is "" for an empty body
 
@@ -287,10 +289,7 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
     try:
         _refuse_aliases(path, text)
         doc = Document(str(path), CassetteError, "a cassette", loader=JsonLoader)
-        root = doc.compose(text)
-        if root is not None:
-            _check_yaml(root)
-        return _interactions(doc, root)
+        return _interactions(doc, doc.compose(text))
     except yaml.YAMLError as exc:
         problem = str(invalid_yaml(path, exc, text))
     except CassetteError as exc:
@@ -314,158 +313,74 @@ def _refuse_aliases(path: Path, text: str) -> None:
             )
 
 
-_TAG = "tag:yaml.org,2002:"
-_PLAIN_TAGS: dict[type[yaml.Node], frozenset[str]] = {
-    yaml.ScalarNode: frozenset(_TAG + name for name in ("str", "int", "float", "bool", "null")),
-    yaml.SequenceNode: frozenset({_TAG + "seq"}),
-    yaml.MappingNode: frozenset({_TAG + "map"}),
-}
-
-
-def _check_yaml(root: yaml.Node) -> None:
-    """Raise the ``yaml.YAMLError`` that constructing the document with :class:`JsonLoader` would
-    (for a tag that builds what JSON has not: a Python object, a set...), in the order it would, and
-    refuse a key written twice in one mapping: a merge conflict resolved by keeping both sides,
-    which YAML would settle by keeping the last value without a word."""
-    loader = JsonLoader("")
-    filling: deque[yaml.Node] = deque()  # collections, in the order construction fills them
-
-    def construct(node: yaml.Node) -> None:
-        if node.tag not in _PLAIN_TAGS[type(node)]:
-            loader.construct_document(node)  # raises the error naming the tag
-        if not isinstance(node, yaml.ScalarNode):
-            filling.append(node)
-
-    construct(root)
-    while filling:
-        node = filling.popleft()
-        if isinstance(node, yaml.SequenceNode):
-            for item in node.value:
-                construct(item)
-            continue
-        first_line: dict[str, int] = {}
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in first_line:
-                    raise ConstructorError(
-                        None, None,
-                        f"duplicate key {key.value!r} (first on line {first_line[key.value]})",
-                        key.start_mark,
-                    )  # fmt: skip
-                first_line[key.value] = key.start_mark.line + 1
-        loader.flatten_mapping(node)  # as construction does: "<<" keys merged in, "=" keys strings
-        for key, value in node.value:
-            construct(key)
-            if not isinstance(key, yaml.ScalarNode):
-                context = "while constructing a mapping"
-                raise ConstructorError(context, node.start_mark, "found unhashable key", key.start_mark)
-            construct(value)
-
-
-_Entries = dict[Any, tuple[yaml.Node, yaml.Node]]  # a mapping's keys, each with its key and value nodes
-
-
-def _entries(
-    doc: Document, node: yaml.Node | None, at: yaml.Node | None, place: str, allowed: frozenset[str]
-) -> _Entries:
-    """``node``, a mapping with only ``allowed`` keys; ``at`` is where to say it is not a mapping (its
-    key, its place in a list, or nowhere for the whole file)."""
-    if not isinstance(node, yaml.MappingNode):
-        got = type(None if node is None else doc.value(node)).__name__
-        raise doc.error(at, place, f"must be a mapping, not {got}")
-    entries: _Entries = {
-        key.value if key.tag == _TAG + "str" else doc.value(key): (key, value) for key, value in node.value
-    }
-    unknown = sorted(str(key) for key in entries if key not in allowed)
-    if unknown:
-        at = next((key for key, _ in node.value if key.value == unknown[0]), node)
-        raise doc.error(at, place, f"unknown key(s) {unknown!r}; valid keys are {sorted(allowed)!r}")
-    return entries
-
-
-def _get(doc: Document, entries: _Entries, key: str) -> Any:
-    return doc.value(entries[key][1]) if key in entries else None
-
-
-def _at(entries: _Entries, key: str, node: yaml.Node) -> yaml.Node:
-    """Where an error about ``key`` points: the key, or the mapping that lacks it."""
-    return entries[key][0] if key in entries else node
-
-
 def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]:
-    top = _entries(doc, root, None, "top level", frozenset({"version", "interactions"}))
-    assert root is not None
-    if (version := _get(doc, top, "version")) != FORMAT_VERSION:
-        raise doc.error(_at(top, "version", root), "version", f"is {version!r}, expected {FORMAT_VERSION}")
-    items = top.get("interactions", (None, None))[1]
-    if not isinstance(items, yaml.SequenceNode):
-        raise doc.error(_at(top, "interactions", root), "interactions", "must be a list")
+    if root is None:
+        raise doc.error(None, "", f"the file is empty, expected {_TOP}")
+    # built first, once: what is not YAML a JSON loader reads (a tag, a key written twice) is named
+    # before what is not a cassette, wherever it is; bodies are taken from it once their place is checked
+    data = doc.value(root)
+    required = {"version": f"the format, {FORMAT_VERSION}", "interactions": "the requests and responses"}
+    top = doc.fields(root, "", _TOP, ("version", "interactions"), required)
+    if data["version"] != FORMAT_VERSION:
+        raise doc.error(
+            top["version"], "version", f"expected {FORMAT_VERSION}, got {doc.describe(top['version'])}"
+        )
+    expected = f"a list of interactions, each {_INTERACTION}"
     loaded: list[dict[str, Any]] = []
-    for index, item in enumerate(items.value):
-        place = f"interactions[{index}]"
-        parts = _entries(doc, item, item, place, frozenset({"request", "response"}))
-        if "request" not in parts or "response" not in parts:
-            raise doc.error(item, place, "needs both 'request' and 'response'")
-        (req_at, req_node), (resp_at, resp_node) = parts["request"], parts["response"]
-        req = _entries(doc, req_node, req_at, f"{place}.request", _REQUEST_KEYS)
-        resp = _entries(doc, resp_node, resp_at, f"{place}.response", _RESPONSE_KEYS)
-        request: dict[str, Any] = {}
-        for key in ("method", "url"):
-            value = _get(doc, req, key)
-            if not isinstance(value, str) or not value:
-                raise doc.error(
-                    _at(req, key, req_node),
-                    f"{place}.request.{key}",
-                    f"must be a non-empty string, not {value!r}",
-                )
-            request[key] = value
-        status = _get(doc, resp, "status")
-        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            raise doc.error(
-                _at(resp, "status", resp_node),
-                f"{place}.response.status",
-                f"must be an HTTP status code, not {status!r}",
-            )
+    for index, item in enumerate(doc.sequence(top["interactions"], "interactions", expected)):
+        place, values = f"interactions[{index}]", data["interactions"][index]
+        required = {"request": "what was sent", "response": "what came back"}
+        parts = doc.fields(item, place, _INTERACTION, ("request", "response"), required)
+        req = doc.fields(parts["request"], f"{place}.request", "a mapping", _REQUEST_KEYS, _METHOD_URL)
+        required = {"status": "the HTTP status code"}
+        resp = doc.fields(parts["response"], f"{place}.response", "a mapping", _RESPONSE_KEYS, required)
+        request = {
+            key: doc.string(req[key], f"{place}.request.{key}", meaning)
+            for key, meaning in _METHOD_URL.items()
+        }
         request["method"] = request["method"].upper()
-        request.update(_message(doc, req, f"{place}.request"))
-        response = {"status": status, **_message(doc, resp, f"{place}.response")}
+        status = doc.number(
+            resp["status"], f"{place}.response.status", "an HTTP status code",
+            minimum=Decimal(100), maximum=Decimal(599), whole=True,
+        )  # fmt: skip
+        request.update(_message(doc, req, f"{place}.request", values["request"]))
+        response = {"status": int(status), **_message(doc, resp, f"{place}.response", values["response"])}
         loaded.append({"request": request, "response": response})
     return loaded
 
 
-def _message(doc: Document, entries: _Entries, place: str) -> dict[str, Any]:
-    """The headers and the body of a request or a response."""
-    headers = _get(doc, entries, "headers")
-    if headers is not None and (
-        not isinstance(headers, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
-    ):
-        raise doc.error(entries["headers"][0], f"{place}.headers", "must map header names to strings")
-    return {"headers": dict(headers or {}), "body": _body(doc, entries, place)}
-
-
-def _body(doc: Document, entries: _Entries, place: str) -> Body:
-    kinds = [k for k in _BODY_KEYS if k in entries]
+def _message(
+    doc: Document, fields: dict[str, yaml.Node], place: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    """The headers and the body of a request or a response (``values``: the mapping ``fields`` read as)."""
+    if "headers" in fields and not doc.is_null(fields["headers"]):
+        where = f"{place}.headers"
+        for name, _, node in doc.mapping(fields["headers"], where, "a mapping of header name to value"):
+            doc.string(node, join(where, name), "a header value (a string)", empty=True)
+    kinds = [kind for kind in _BODY_KEYS if kind in fields]
     if len(kinds) > 1:
-        raise doc.error(
-            entries[kinds[1]][0], place, f"has several bodies {kinds!r}; keep one of {list(_BODY_KEYS)!r}"
-        )
-    if not kinds:
-        return ("", None)
-    kind = kinds[0]
-    at, value_node = entries[kind]
-    value = doc.value(value_node)
+        message = f"a second body (after {kinds[0]!r}); keep one of: {', '.join(_BODY_KEYS)}"
+        raise doc.error(fields[kinds[1]], f"{place}.{kinds[1]}", message)
+    for kind in kinds:
+        _check_body(doc, kind, fields[kind], f"{place}.{kind}")
+    return {
+        "headers": values.get("headers") or {},
+        "body": (kinds[0], values[kinds[0]]) if kinds else ("", None),
+    }
+
+
+def _check_body(doc: Document, kind: str, node: yaml.Node, where: str) -> None:
     if kind == "sse":
-        if not isinstance(value, list) or not all(isinstance(e, dict) and "data" in e for e in value):
-            raise doc.error(at, f"{place}.sse", "must be a list of events, each a mapping with a 'data' key")
-    elif kind in ("text", "base64") and not isinstance(value, str):
-        raise doc.error(at, f"{place}.{kind}", f"must be a string, not {type(value).__name__}")
-    if kind == "base64":
-        try:
-            base64.b64decode(value, validate=True)
-        except ValueError:
-            raise doc.error(at, f"{place}.base64", "is not valid base64") from None
-    return (kind, value)
+        for number, event in enumerate(doc.sequence(node, where, "a list of events, each a mapping")):
+            expected = "an event: a mapping with 'data' and optional 'event' and 'id'"
+            doc.fields(event, f"{where}[{number}]", expected, ("event", "id", "data"), {"data": "its data"})
+    elif kind in ("text", "base64"):
+        text = doc.string(node, where, "a string", empty=True)
+        if kind == "base64":
+            try:
+                base64.b64decode(text, validate=True)
+            except ValueError as exc:
+                raise doc.error(node, where, f"not valid base64 ({exc})") from None
 
 
 def interaction_to_yaml(

@@ -58,21 +58,22 @@ REQUEST = "- request:\n    method: POST\n    url: https://api.openai.com/v1/chat
 STRUCTURE = {
     "status": (
         f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 99\n",
-        7, "interactions[0].response.status: must be an HTTP status code, not 99",
+        7, "interactions[0].response.status: expected an HTTP status code (at least 100), got 99",
     ),
     "misspelt key": (
         f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 200\n    headrs: {{}}\n",
-        8, "interactions[0].response: unknown key(s) ['headrs']; valid keys are ['base64', 'headers',",
+        8, "interactions[0].response.headrs: unknown key (did you mean 'headers'?); "
+        "valid keys: status, headers, json, sse, text, base64",
     ),
     "not a mapping": (
         f"version: 1\ninteractions:\n{REQUEST}  response: {{status: 200}}\n- 1\n",
-        7, "interactions[1]: must be a mapping, not int",
+        7, "interactions[1]: expected a mapping with keys 'request' and 'response', got 1",
     ),
     "two bodies": (
         f"version: 1\ninteractions:\n{REQUEST}    json: {{}}\n    text: hi\n  response: {{status: 200}}\n",
-        7, "interactions[0].request: has several bodies ['json', 'text']; keep one of",
+        7, "interactions[0].request.text: a second body (after 'json'); keep one of: json, sse, text, base64",
     ),
-    "version": ("interactions: []\nversion: 2\n", 2, "version: is 2, expected 1"),
+    "version": ("interactions: []\nversion: 2\n", 2, "version: expected 1, got 2"),
 }  # fmt: skip
 
 

@@ -97,11 +97,12 @@ def test_yaml_1_1_numbers_that_read_as_another_value_are_errors(
 @pytest.mark.parametrize("kind", LOADERS)
 @pytest.mark.parametrize(
     "text",
-    [DOT_ENV, SHADOW, LOCKED_SHADOW, PASSWD, f"models: {{m: {{input: {SECRET}}}}}\n"],
-    ids=["env", "shadow", "locked-shadow", "passwd", "value"],
+    [DOT_ENV, SHADOW, LOCKED_SHADOW, PASSWD, f"models: {{m: {{input: {SECRET}}}}}\n", f"{SECRET[:20]}: 1\n"],
+    ids=["env", "shadow", "locked-shadow", "passwd", "value", "key"],
 )
 def test_errors_never_quote_credential_looking_content(tmp_path: Path, kind: str, text: str) -> None:
-    """A .env or /etc/shadow given as a config file is refused without printing what it holds."""
+    """A .env or /etc/shadow given as a config file is refused without printing what it holds; a key
+    that looks like an API key is not quoted either."""
     load, error = LOADERS[kind]
     path = tmp_path / "wrong.yaml"
     path.write_text(text, encoding="utf-8")
@@ -214,6 +215,17 @@ def test_a_document_reads_a_free_form_value_as_json_does() -> None:
     assert root is not None
     [(_, _, node)] = doc.mapping(root, "", "a mapping")
     assert doc.value(node) == {"when": "2024-01-01", "tags": ["a", 1, 2.5, None, True]}
+
+
+def test_a_document_reads_plain_exponent_numbers_whichever_parser_composed_it() -> None:
+    """``1e-3`` unquoted is a number with libyaml's parser (JsonLoader's) as with PyYAML's; quoted, not."""
+    doc = Document("f.yaml", ConfigError, "a file", loader=JsonLoader)
+    root = doc.compose("plain: 1e-3\nquoted: '1e-3'\n")
+    assert root is not None
+    (_, _, plain), (_, _, quoted) = doc.mapping(root, "", "a mapping")
+    assert doc.number(plain, "plain", "a number", maximum=Decimal(1)) == Decimal("0.001")
+    with pytest.raises(ConfigError, match=r"^f.yaml:2: quoted: expected a number, got '1e-3'$"):
+        doc.number(quoted, "quoted", "a number", maximum=Decimal(1))
 
 
 def test_oversized_and_device_cassettes_are_refused(
