@@ -31,6 +31,10 @@ FAKE_KEY = "sk-test-LEAKCHECK-0123456789abcdef"
 # anew, while the HTTP library still maps the old module's exceptions, so a connection error would
 # escape unmapped. Imported here, the stack outlives every in-process run.
 openai.OpenAI(api_key=FAKE_KEY).close()
+# So is what instrument() imports: it reaches the client's chat, responses and beta resources, whose
+# modules (most of the SDK's types) a run would otherwise import anew, about a CPU-second each time.
+with openai.OpenAI(api_key=FAKE_KEY) as _client:
+    llm_ledger.LLMCallMonitor(logger=None).instrument(_client)
 
 # The modules whose tests take seconds each (real servers, interpreters, pip, fuzzing), slowest first:
 # they run first, so that no xdist worker is left alone with one of them at the end of the run.

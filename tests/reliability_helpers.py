@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -201,6 +202,30 @@ def _write_calls(log_dir: str, proc: int, threads: int, calls: int, ending: str)
     # "return": the interpreter exits with records still queued; atexit must write them
 
 
+def _write_in_processes(log_dir: str, procs: int, threads: int, calls: int) -> None:
+    """``procs`` processes each make ``threads`` x ``calls`` calls (``_write_calls``, ending by flush)
+    on one file, at once; exits 1 if any of them failed. The processes are forked once the SDK is
+    imported (a second of start-up each, the most of a small run's time); each configures the ledger
+    and opens the file itself, as a process started on its own does."""
+    with mock_client() as client, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a deprecated resource warns when made
+        for name in ("chat", "responses", "beta"):  # imported on first use; instrument() uses them
+            getattr(client, name, None)
+    children = []
+    for proc in range(procs):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the forked writer
+            status = 1
+            try:
+                _write_calls(log_dir, proc, threads, calls, "flush")
+                status = 0
+            finally:
+                os._exit(status)
+        children.append(pid)
+    failed = [pid for pid in children if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0]
+    sys.exit(1 if failed else 0)
+
+
 def _render(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = ["| test | scale | figures |", "|---|---|---|"]
@@ -214,5 +239,7 @@ def _render(path: Path) -> str:
 if __name__ == "__main__":  # pragma: no cover - run as a child process, or to print the figures table
     if sys.argv[1] == "write":
         _write_calls(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+    elif sys.argv[1] == "write-forked":
+        _write_in_processes(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
         print(_render(Path(sys.argv[1])))

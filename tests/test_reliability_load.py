@@ -93,6 +93,13 @@ def _spawn(
     return subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _spawn_processes(log_dir: Path, procs: int, threads: int, calls: int) -> subprocess.Popen[bytes]:
+    """One child whose ``procs`` processes (forked, each with its own configure()) write at once."""
+    command = [sys.executable, "-m", "tests.reliability_helpers", "write-forked", str(log_dir)]
+    command += [str(procs), str(threads), str(calls)]
+    return subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def _wait(children: list[subprocess.Popen[bytes]], *, status: int = 0) -> None:
     for child in children:
         _, err = child.communicate(timeout=600)
@@ -110,7 +117,7 @@ def test_processes_and_threads_share_one_file_without_losing_a_line(tmp_path: Pa
     """Several processes x threads appending to one llm_calls.jsonl leave exactly one whole line per call."""
     procs, threads, calls = 4, 8, sized(40, 5000)
     started = time.perf_counter()
-    _wait([_spawn(tmp_path, p, threads, calls) for p in range(procs)])
+    _wait([_spawn_processes(tmp_path, procs, threads, calls)])
     elapsed = time.perf_counter() - started
     lines = read_lines(tmp_path / "llm_calls.jsonl")
     assert len(lines) == procs * threads * calls
@@ -130,7 +137,7 @@ def test_rotation_in_create_mode_loses_no_line(tmp_path: Path) -> None:
     """Renaming the shared file again and again while processes write (logrotate `create`) loses nothing."""
     procs, threads, calls = 4, 8, sized(60, 5000)
     path = tmp_path / "llm_calls.jsonl"
-    children = [_spawn(tmp_path, p, threads, calls) for p in range(procs)]
+    children = [_spawn_processes(tmp_path, procs, threads, calls)]
     rotations = 0
     while any(child.poll() is None for child in children):
         time.sleep(0.02)
