@@ -161,25 +161,31 @@ def test_sigkill_loses_at_most_one_batch_and_two_intervals(tmp_path: Path) -> No
     its last batch (fewer than 512), and none that waited two batch intervals (2 s)."""
     emitted = 1000 + 100  # a ``many`` child's records
     at_once, later = _stopped(tmp_path / "at-once", "many"), _stopped(tmp_path / "later", "many")
-    assert _said(at_once) == "ours" and _said(at_once) == "returned"
-    at_once.kill()
-    assert _end(at_once)[0] == -signal.SIGKILL
-    kept = read_lines(tmp_path / "at-once" / "llm_calls.jsonl")
-    lost = emitted - len(kept)
-    assert 0 <= lost < _jsonl._BATCH_LINES
-    numbers = [line["context"]["i"] for line in kept if line["event"] == "llm_api_call"]
-    assert numbers == list(range(len(numbers)))  # the oldest lines are the ones written
+    try:
+        assert _said(at_once) == "ours" and _said(at_once) == "returned"
+        at_once.kill()
+        assert _end(at_once)[0] == -signal.SIGKILL
+        kept = read_lines(tmp_path / "at-once" / "llm_calls.jsonl")
+        lost = emitted - len(kept)
+        assert 0 <= lost < _jsonl._BATCH_LINES
+        numbers = [line["context"]["i"] for line in kept if line["event"] == "llm_api_call"]
+        assert numbers == list(range(len(numbers)))  # the oldest lines are the ones written
 
-    assert _said(later) == "ours" and _said(later) == "returned"
-    returned = time.monotonic()
-    path = tmp_path / "later" / "llm_calls.jsonl"
-    while len(read_lines(path)) < emitted and time.monotonic() - returned < 10:
-        time.sleep(0.05)
-    window = time.monotonic() - returned
-    later.kill()
-    assert _end(later)[0] == -signal.SIGKILL
-    assert len(read_lines(path)) == emitted
-    assert window <= 2 * _jsonl._INTERVAL_S + 1.0  # a second of slack for a loaded machine
+        assert _said(later) == "ours" and _said(later) == "returned"
+        returned = time.monotonic()
+        path = tmp_path / "later" / "llm_calls.jsonl"
+        while len(read_lines(path)) < emitted and time.monotonic() - returned < 10:
+            time.sleep(0.05)
+        window = time.monotonic() - returned
+        later.kill()
+        assert _end(later)[0] == -signal.SIGKILL
+        assert len(read_lines(path)) == emitted
+        assert window <= 2 * _jsonl._INTERVAL_S + 1.0  # a second of slack for a loaded machine
+    finally:  # a failed assertion leaves no child waiting for good
+        for child in (at_once, later):
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
     record_figures(
         "stopping: SIGKILL right after the calls",
         records=emitted,
