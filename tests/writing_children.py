@@ -12,7 +12,10 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llm_ledger._jsonl import JsonlFileHandler
 
 PAD = "x" * 1000  # about 1 kB a line: a small disk fills in a few hundred lines
 
@@ -161,16 +164,24 @@ def stopped(log_dir: str, how: str) -> None:
         never = threading.Event()
         os.write = lambda fd, data: never.wait() and 0
     print("returned", flush=True)
+    if how == "many":  # whose threads write: the calls' own, or (writes were slow) the writer thread
+        handler = _config_handler()
+        print("callers write" if handler._callers_write else "the writer thread writes", flush=True)
     while True:
         time.sleep(1)
 
 
-def _signal_while_writing() -> None:
-    """SIGTERM this process as its main thread starts writing a batch (with the lock held)."""
+def _config_handler() -> JsonlFileHandler:
     from llm_ledger import _config
 
     handler = _config._handler
     assert handler is not None
+    return handler
+
+
+def _signal_while_writing() -> None:
+    """SIGTERM this process as its main thread starts writing a batch (with the lock held)."""
+    handler = _config_handler()
     write = handler._write
 
     def signalled(wait: bool = True) -> bool:
