@@ -60,14 +60,9 @@ _NONE_LABELS: Final = {"lens": NO_LENS, "model": UNKNOWN_MODEL, "service_tier": 
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
 _ERRORS_LOGGED: Final = 100  # distinct update errors logged with their traceback; later ones only counted
 _CALL_LABELS: Final = ("lens", "model", "provider", "operation", "status", "service_tier")
-# a call's token counts by token_type, from its usage (cache_write, input_audio within input; output_audio
-# within output, as in OpenAI's usage); after them, the calls billed without a known cost
-_TOKENS: Final = (
-    ("input", "prompt_tokens"), ("output", "completion_tokens"), ("cached", "cached_tokens"),
-    ("reasoning", "reasoning_tokens"), ("cache_write", "cache_write_tokens"),
-    ("input_audio", "prompt_audio_tokens"), ("output_audio", "completion_audio_tokens"),
-)  # fmt: skip
-_USAGE_FIELDS: Final = tuple(field for _, field in _TOKENS)
+# a call's token counts by token_type (cache_write, input_audio within input; output_audio within output,
+# as in OpenAI's usage); after them, the calls billed without a known cost
+_TOKENS: Final = ("input", "output", "cached", "reasoning", "cache_write", "input_audio", "output_audio")
 _COUNT_INDEXES: Final = range(len(_TOKENS) + 1)
 _NO_COUNTS: Final = (0,) * len(_COUNT_INDEXES)
 # calls summed per label tuple before they reach the metrics (a collection of the registry, a
@@ -424,10 +419,11 @@ class PrometheusSink:
             # only the counts this key's calls have: a token type or unpriced series is made (and so
             # scraped at 0 before its value, as this key is new) once a call counts some
             [
-                (i, self.tokens.labels(lens, model, provider, operation, tier, _TOKENS[i][0]))
+                (i, self.tokens.labels(lens, model, provider, operation, tier, _TOKENS[i]))
                 if i < len(_TOKENS)
                 else (i, self.unpriced.labels(*spend))
-                for i in counted
+                for i in _COUNT_INDEXES
+                if counted >> i & 1
             ],
         )
 
@@ -440,9 +436,20 @@ class PrometheusSink:
         first = timing["time_to_first_token_ms"]
         usd = record["cost"]["total_cost_usd"]
         usage = record["usage"]
-        # .get: a record of an older version lacks the newer usage fields; None or 0 counts nothing
-        counts = [*map(usage.get, _USAGE_FIELDS), int(usd is None and billed_without_cost(record))]
-        counted = tuple(itertools.compress(_COUNT_INDEXES, counts))
+        # in _TOKENS' order, written out: a loop over them, with the lists it made, about doubled what the
+        # sink adds to a call; .get: a record of an older version lacks the newer usage fields
+        t_in = usage["prompt_tokens"] or 0
+        t_out = usage["completion_tokens"] or 0
+        cached = usage["cached_tokens"] or 0
+        reasoning = usage["reasoning_tokens"] or 0
+        written = usage.get("cache_write_tokens") or 0
+        heard = usage.get("prompt_audio_tokens") or 0
+        spoken = usage.get("completion_audio_tokens") or 0
+        unpriced = 1 if usd is None and billed_without_cost(record) else 0
+        counted = (  # a bit for each count that is not 0: (n and b) is 0 or b
+            (t_in and 1) | (t_out and 2) | (cached and 4) | (reasoning and 8) | (written and 16)
+            | (heard and 32) | (spoken and 64) | (unpriced and 128)
+        )  # fmt: skip
         key = (
             record["context"].get("lens_key"),
             record["request"]["model"] or response["model"],
@@ -451,7 +458,7 @@ class PrometheusSink:
             record["status"],
             response.get("service_tier"),
             first is not None,  # not a label: whether the call has a time to first token
-            counted,  # nor this: which counts it has (their series exist only then)
+            counted,  # nor this: which counts it has, a bit each (their series exist only then)
         )
         with self._pending_lock:
             # durations, times to first token, cost, then each count (those of ``counted`` added)
@@ -461,8 +468,14 @@ class PrometheusSink:
                 sums[1].append(first / 1000)
             if usd is not None:
                 sums[2] += usd
-            for i in counted:
-                sums[3 + i] += counts[i]
+            sums[3] += t_in
+            sums[4] += t_out
+            sums[5] += cached
+            sums[6] += reasoning
+            sums[7] += written
+            sums[8] += heard
+            sums[9] += spoken
+            sums[10] += unpriced
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
