@@ -11,9 +11,9 @@ from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
 from .._cli import add_command
 from .._records import LENS_EVENT, AnomalyRecord
 from ._read import LogReader, warn_unread
-from ._render import render_anomalies as render
+from ._render import render_anomalies
 
-__all__ = ["register", "render", "replay", "run"]
+__all__ = ["register", "replay", "run"]
 
 
 def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig) -> list[AnomalyRecord]:
@@ -59,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
         window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
     )
     reader = LogReader(args.inputs, events=(LENS_EVENT,))
-    sys.stdout.write(render(replay(reader, config), args.fmt))
+    sys.stdout.write(render_anomalies(replay(reader, config), args.fmt))
     warn_unread("anomalies", reader.stats)
     return 0

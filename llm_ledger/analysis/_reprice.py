@@ -32,10 +32,10 @@ from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from ..loading import did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
-from ._render import render_reprice as render
+from ._render import render_reprice
 from ._usage import COUNTS, NO_LENS, UsageRow, _epoch, recorded_name, usage_row
 
-__all__ = ["FORMATS", "Reprice", "read_usage", "register", "render", "reprice"]
+__all__ = ["FORMATS", "Reprice", "read_usage", "register", "reprice"]
 
 FORMATS: Final = ("text", "markdown", "json")
 
@@ -354,6 +354,6 @@ def run(args: argparse.Namespace) -> int:
     selected += [f"{bound} {bounds[bound]}" for bound in ("since", "until") if bounds[bound]]
     source = f"{name} ({', '.join([kind, *selected])})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
-    sys.stdout.write(render(result, args.fmt))
+    sys.stdout.write(render_reprice(result, args.fmt))
     warn_unread("reprice", stats)
     return 0
