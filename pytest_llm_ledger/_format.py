@@ -321,7 +321,7 @@ def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]
     data = doc.value(root)
     required = {"version": f"the format, {FORMAT_VERSION}", "interactions": "the requests and responses"}
     top = doc.fields(root, "", _TOP, ("version", "interactions"), required)
-    if data["version"] != FORMAT_VERSION:
+    if data["version"] != FORMAT_VERSION or type(data["version"]) is bool:  # True == 1
         raise doc.error(
             top["version"], "version", f"expected {FORMAT_VERSION}, got {doc.describe(top['version'])}"
         )

@@ -74,6 +74,7 @@ STRUCTURE = {
         7, "interactions[0].request.text: a second body (after 'json'); keep one of: json, sse, text, base64",
     ),
     "version": ("interactions: []\nversion: 2\n", 2, "version: expected 1, got 2"),
+    "version true": ("version: true\ninteractions: []\n", 1, "version: expected 1, got True"),  # == 1
 }  # fmt: skip
 
 
