@@ -253,8 +253,8 @@ class _HookedResource:
 
 def _hook_stream_helpers(instance: Any, is_async: bool) -> None:
     """Hook the helpers of the resources the client made already, and of the others when it makes
-    them: never make one here, since that imports its part of the SDK (beta's package: about 0.5 CPU-s,
-    half the cold start of a client instrumented and used for chat)."""
+    them: never make one here, since that imports its part of the SDK (beta's package: about 0.6 CPU-s
+    on openai 3.x, more than the rest of the ledger's cold start)."""
     cls = type(instance)
     for name, path in _HELPER_RESOURCES.items():
         if name not in instance.__dict__:
