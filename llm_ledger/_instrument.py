@@ -2,7 +2,8 @@
 
 The seam is the instance's own ``request``, which every resource and its ``with_raw_response`` /
 ``with_streaming_response`` variants go through; ``copy`` / ``with_options`` keep derived clients
-instrumented. A narrow second seam: the ``stream()`` helpers, which may raise above that stream.
+instrumented. A narrow second seam: the ``stream()`` helpers, which may raise above that stream,
+hooked when the client makes their resources.
 """
 
 from __future__ import annotations
@@ -173,8 +174,9 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
         monitor._finish(call, "ok", None, None)
 
 
-# the resources whose stream() helper reads a stream the ledger watches (beta's: openai 1.x)
-_HELPER_RESOURCES = (("chat", "completions"), ("responses",), ("beta", "chat", "completions"))
+# the resources whose stream() helper reads a stream the ledger watches, by the client attribute
+# making them (beta's: openai 1.x's home of chat's helper)
+_HELPER_RESOURCES = {"chat": ("completions",), "responses": (), "beta": ("chat", "completions")}
 
 
 @functools.cache
@@ -218,16 +220,54 @@ def _watched_stream(original: Any, is_async: bool) -> Any:
     return stream
 
 
+def _hook_stream_helper(root: Any, path: tuple[str, ...], is_async: bool) -> None:
+    """Give the resource at ``path`` from ``root`` a ``stream()`` whose helper the ledger watches
+    (best effort)."""
+    try:
+        with warnings.catch_warnings():  # a deprecated resource (beta's) warns when made
+            warnings.simplefilter("ignore")
+            resource = functools.reduce(getattr, path, root)
+        resource.stream = _watched_stream(resource.stream, is_async)
+    except Exception:  # not in this SDK's version
+        pass
+
+
+class _HookedResource:
+    """A client class's resource attribute (the SDK's ``cached_property``) that hooks the stream
+    helper of the resource an instrumented client makes, once per client (then it is in the client's
+    ``__dict__``). Set on the class, as only a class attribute is found before the instance's: a
+    client not instrumented gets the resource as the SDK makes it."""
+
+    def __init__(self, make: Any, path: tuple[str, ...]) -> None:
+        self.make = make
+        self.path = path
+        self.__doc__ = make.__doc__
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        resource = self.make.__get__(instance, owner)
+        if instance is not None and _MONITOR_ATTR in instance.__dict__:
+            is_async = inspect.iscoroutinefunction(type(instance).request)
+            _hook_stream_helper(resource, self.path, is_async)
+        return resource
+
+
 def _hook_stream_helpers(instance: Any, is_async: bool) -> None:
-    """Give the client's resources a ``stream()`` whose helper the ledger watches (best effort)."""
-    for path in _HELPER_RESOURCES:
-        try:
-            with warnings.catch_warnings():  # a deprecated resource (beta's) warns when made
-                warnings.simplefilter("ignore")
-                resource = functools.reduce(getattr, path, instance)
-            resource.stream = _watched_stream(resource.stream, is_async)
-        except Exception:  # not in this SDK's version
-            continue
+    """Hook the helpers of the resources the client made already, and of the others when it makes
+    them: never make one here, since that imports its part of the SDK (beta's package: about 0.6 CPU-s
+    on openai 3.x, more than the rest of the ledger's cold start)."""
+    cls = type(instance)
+    for name, path in _HELPER_RESOURCES.items():
+        if name not in instance.__dict__:
+            make = inspect.getattr_static(cls, name, None)
+            if isinstance(make, _HookedResource):
+                continue
+            if isinstance(make, functools.cached_property):
+                try:
+                    setattr(cls, name, _HookedResource(make, path))
+                    continue
+                except Exception:  # a class of another make: hooked now, as below
+                    pass
+        _hook_stream_helper(instance, (name, *path), is_async)
 
 
 def _count_retries(instance: Any) -> bool:

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import traceback
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -208,10 +207,8 @@ def _write_in_processes(log_dir: str, procs: int, threads: int, calls: int) -> N
     on one file, at once; exits 1 if any of them failed. The processes are forked once the SDK is
     imported (a second of start-up each, the most of a small run's time); each configures the ledger
     and opens the file itself, as a process started on its own does."""
-    with mock_client() as client, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a deprecated resource warns when made
-        for name in ("chat", "responses", "beta"):  # imported on first use; instrument() uses them
-            getattr(client, name, None)
+    with mock_client() as client:
+        client.chat.completions  # noqa: B018 (the SDK imports a resource's modules when it is first made)
     children = []
     for proc in range(procs):
         pid = os.fork()

@@ -6,6 +6,9 @@ raises in the caller's frame, above the stream the ledger watches: the call is s
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -34,6 +37,10 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def _stream(api: str, client: Any, kwargs: dict[str, Any]) -> Any:
+    if api == "beta chat":  # openai 1.x's home of the chat helper (in 2.x and 3.x chat's own, in beta)
+        return client.beta.chat.completions.stream(
+            model="gpt-4o-mini", messages=MESSAGES, response_format=Out, **kwargs
+        )
     if api == "chat":
         return client.chat.completions.stream(
             model="gpt-4o-mini", messages=MESSAGES, response_format=Out, **kwargs
@@ -150,3 +157,86 @@ def test_an_exception_the_caller_raises_inside_the_helper_block_is_not_the_calls
         read_then_fail()
     [record] = records.calls
     assert record["status"] == "ok" and record["error"] is None and record["usage"]["total_tokens"]
+
+
+def test_instrument_imports_none_of_the_sdks_resources() -> None:
+    """``instrument()`` (and a copy of the client) makes none of the client's resources, so imports none
+    of their modules: openai's beta package (assistants, threads, realtime...: about half a CPU-second)
+    is imported only by a caller using it, and responses' only by one calling it."""
+    code = (
+        "import sys, openai, llm_ledger\n"
+        "before = set(sys.modules)\n"
+        "monitor = llm_ledger.LLMCallMonitor(logger=None)\n"
+        "for cls in (openai.OpenAI, openai.AsyncOpenAI):\n"
+        "    monitor.instrument(cls(api_key='sk-x', base_url='http://127.0.0.1:9/v1')).with_options(timeout=5)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('openai.resources') and m not in before))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def _made_first(raw: Any, monitor: llm_ledger.LLMCallMonitor) -> Any:
+    raw.chat, raw.responses, raw.beta  # noqa: B018 (made before the client is instrumented)
+    return monitor.instrument(raw)
+
+
+def _copy_after(raw: Any, monitor: llm_ledger.LLMCallMonitor) -> Any:
+    client = monitor.instrument(raw)
+    client.chat, client.beta  # noqa: B018 (the original's made: the copy makes its own)
+    return client.copy()
+
+
+# each: an instrumented client made from a bare one, whose resources are made (or not yet) at a
+# different moment
+MADE: dict[str, Callable[[Any, llm_ledger.LLMCallMonitor], Any]] = {
+    "resources first read after instrument()": lambda raw, monitor: monitor.instrument(raw),
+    "resources read before instrument()": _made_first,
+    "a with_options() copy": lambda raw, monitor: monitor.instrument(raw).with_options(timeout=30),
+    "a copy() of a client whose resources were read": _copy_after,
+}
+CUT: dict[str, Any] = {"max_completion_tokens": 2}
+
+
+@pytest.mark.parametrize("api", ["chat", "beta chat"])
+@pytest.mark.parametrize("made", MADE)
+def test_a_stream_helper_is_watched_whenever_the_client_makes_its_resource(
+    made: str, api: str, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """``chat.completions.stream()`` and ``beta.chat.completions.stream()`` raising at the answer's end
+    are recorded as ``parse()`` records it, whether the client made the resource before
+    ``instrument()``, after it, or is a copy."""
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        bare_events, bare_exc = _read(api, bare, CUT)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = MADE[made](raw, monitor)
+        events, caught = _read(api, client, CUT)
+        assert events == bare_events
+        [record] = records.calls
+        _check(record, _parse_record("chat", client, records, CUT), caught, bare_exc)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("made", MADE)
+async def test_the_async_beta_stream_helper_is_watched_whenever_the_client_makes_its_beta(
+    made: str, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, client: Any
+) -> None:
+    """The same for an async client's ``beta.chat.completions.stream()``."""
+    async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        bare_events, bare_exc = await _aread("beta chat", bare, CUT)
+    async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        events, caught = await _aread("beta chat", MADE[made](raw, monitor), CUT)
+    assert events == bare_events
+    [record] = records.calls
+    _check(record, _parse_record("chat", client, records, CUT), caught, bare_exc)
+
+
+def test_a_client_not_instrumented_gets_its_resources_as_the_sdk_makes_them(
+    client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    """Another client of an instrumented client's class makes its resources untouched: its stream
+    helpers are the SDK's own."""
+    client.chat, client.beta  # noqa: B018
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url) as other:
+        for resource in (other.chat.completions, other.responses, other.beta.chat.completions):
+            assert "stream" not in vars(resource)  # the class's own
+    assert "stream" in vars(client.chat.completions) and "stream" in vars(client.beta.chat.completions)
