@@ -12,7 +12,6 @@ import functools
 import importlib
 import inspect
 import sys
-import warnings
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -223,10 +222,10 @@ def _watched_stream(original: Any, is_async: bool) -> Any:
 def _hook_stream_helper(root: Any, path: tuple[str, ...], is_async: bool) -> None:
     """Give the resource at ``path`` from ``root`` a ``stream()`` whose helper the ledger watches
     (best effort)."""
+    # no warnings.catch_warnings() (none of the SDKs warns here): it changes the process's filters,
+    # and this may run on any thread, at the client's first use of the resource
     try:
-        with warnings.catch_warnings():  # a deprecated resource (beta's) warns when made
-            warnings.simplefilter("ignore")
-            resource = functools.reduce(getattr, path, root)
+        resource = functools.reduce(getattr, path, root)
         resource.stream = _watched_stream(resource.stream, is_async)
     except Exception:  # not in this SDK's version
         pass
