@@ -5,7 +5,6 @@ dicts that every sink, the plugin, reports and exporters consume without a copy 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 import os
@@ -72,10 +71,14 @@ _LEVELS: dict[str, str] = {"ok": "INFO", "error": "ERROR", "interrupted": "WARNI
 
 def interrupted(exc: BaseException) -> bool:
     """Whether ``exc`` stopped a call on the caller's side (a cancelled task, Ctrl-C): ``interrupted``."""
-    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+    if isinstance(exc, KeyboardInterrupt):
         return True
-    trio = sys.modules.get("trio")  # never imported here: a trio.Cancelled comes from a loaded trio
-    return trio is not None and isinstance(exc, trio.Cancelled)
+    # neither imported here (a process that never loads them pays nothing): a cancellation comes
+    # from a loaded one
+    asyncio, trio = sys.modules.get("asyncio"), sys.modules.get("trio")
+    return (asyncio is not None and isinstance(exc, asyncio.CancelledError)) or (
+        trio is not None and isinstance(exc, trio.Cancelled)
+    )
 
 
 class RequestShape(TypedDict):

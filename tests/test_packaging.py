@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -30,6 +31,14 @@ def test_a_production_install_needs_no_vcrpy_nor_pytest() -> None:
     extras = project["optional-dependencies"]
     assert {"vcrpy", "pytest", "pytest-asyncio"} <= {_name(d) for d in extras["pytest"]}
     assert any(_name(d) == "llm-ledger" and "pytest" in d.split("[")[1] for d in extras["dev"] if "[" in d)
+
+
+def test_importing_the_package_loads_no_asyncio_nor_price_data() -> None:
+    """A process pays at import only for what every use needs: asyncio comes with an async client,
+    genai-prices' data with the first priced call (or configure()'s thread)."""
+    code = "import sys, llm_ledger; print(sorted({'asyncio', 'genai_prices.data'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "[]\n", done.stdout
 
 
 def test_the_fake_server_ships_with_the_package() -> None:
