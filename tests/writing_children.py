@@ -157,6 +157,8 @@ def stopped(log_dir: str, how: str) -> None:
         _forked_and_terminated()
         return
     print("ours" if signal.getsignal(signal.SIGTERM) is _jsonl._on_sigterm else "not ours", flush=True)
+    if how == "many":
+        writer_wrote = _watch_the_writer_thread()
     _calls_in_lenses({"many": 100, "while-writing": 60}.get(how, 20), 10)
     if how == "hung":
         import threading
@@ -164,11 +166,26 @@ def stopped(log_dir: str, how: str) -> None:
         never = threading.Event()
         os.write = lambda fd, data: never.wait() and 0
     print("returned", flush=True)
-    if how == "many":  # whose threads write: the calls' own, or (writes were slow) the writer thread
-        handler = _config_handler()
-        print("callers write" if handler._callers_write else "the writer thread writes", flush=True)
+    if how == "many":  # whose threads wrote: the calls' own throughout, or (a write was slow, or the
+        # calls paused for two intervals on a loaded machine) the writer thread too
+        callers = _config_handler()._callers_write and not writer_wrote
+        print("callers write" if callers else "the writer thread writes", flush=True)
     while True:
         time.sleep(1)
+
+
+def _watch_the_writer_thread() -> list[bool]:
+    """A list that gains an item each time the writer thread (not a call) takes lines to write."""
+    handler = _config_handler()
+    drain, wrote = handler._drain, []
+
+    def watched(on_caller: bool = False) -> bool:
+        if not on_caller and (handler._queue or handler._pending):
+            wrote.append(True)
+        return drain(on_caller)
+
+    handler._drain = watched  # type: ignore[method-assign]
+    return wrote
 
 
 def _config_handler() -> JsonlFileHandler:
