@@ -37,8 +37,10 @@ openai.OpenAI(api_key=FAKE_KEY).close()
 # modules (most of the SDK's types) a run would otherwise import anew, about a CPU-second each time.
 with openai.OpenAI(api_key=FAKE_KEY) as _client:
     llm_ledger.LLMCallMonitor(logger=None).instrument(_client)
-# And genai-prices' bundled data, which the first priced call of a run would import again (0.2 CPU-s).
+# And genai-prices' bundled data and vcrpy, which a run's first priced call and first cassette would
+# import again (0.2 CPU-s each).
 importlib.import_module("genai_prices.data")
+importlib.import_module("vcr")
 
 # The modules whose tests take seconds each (real servers, interpreters, pip, fuzzing), slowest first:
 # they run first, so that no xdist worker is left alone with one of them at the end of the run.
