@@ -234,14 +234,16 @@ class Document:
     """One YAML file being validated: its name, the error class to raise, and the node readers."""
 
     def __init__(
-        self, name: str, error: type[Exception], what: str, *, loader: type[yaml.SafeLoader] = yaml.SafeLoader
+        self, name: str, error: type[Exception], what: str, *, loader: type[yaml.SafeLoader] | None = None
     ) -> None:
         self.name = name
         self.what = what  # "a price file": for messages
         self._error = error
-        self._loader = loader  # what composes: JsonLoader reads as JSON does (libyaml where installed)
+        # what composes: SafeLoader, or JsonLoader to read as JSON does; both libyaml's where installed,
+        # which refuses nesting past 1,000 levels where pure-Python PyYAML takes time quadratic in it
+        self._loader = loader or SafeLoader
         # its constructor (with SafeLoader's checks), for nodes already composed
-        self._constructor = (loader if issubclass(loader, SafeLoader) else SafeLoader)("")
+        self._constructor = (self._loader if issubclass(self._loader, SafeLoader) else SafeLoader)("")
 
     def error(self, node: yaml.Node | None, key_path: str, message: str) -> Exception:
         where = self.name if node is None else f"{self.name}:{node.start_mark.line + 1}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
 import os
 import shutil
@@ -35,6 +37,10 @@ openai.OpenAI(api_key=FAKE_KEY).close()
 # modules (most of the SDK's types) a run would otherwise import anew, about a CPU-second each time.
 with openai.OpenAI(api_key=FAKE_KEY) as _client:
     llm_ledger.LLMCallMonitor(logger=None).instrument(_client)
+# And genai-prices' bundled data and vcrpy, which a run's first priced call and first cassette would
+# import again (0.2 CPU-s each).
+importlib.import_module("genai_prices.data")
+importlib.import_module("vcr")
 
 # The modules whose tests take seconds each (real servers, interpreters, pip, fuzzing), slowest first:
 # they run first, so that no xdist worker is left alone with one of them at the end of the run.
@@ -100,6 +106,19 @@ def prometheus_binary() -> str:
             )
         pytest.skip("no prometheus binary (apt-get install prometheus): PromQL is not evaluated")
     return path
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester) -> Iterator[pytest.Pytester]:
+    """pytester, its in-process runs collecting only their own garbage: the plugin collects it all at
+    the end of each session (an abandoned stream ends when collected), and a full collection of this
+    process (the SDK, hypothesis, every module imported so far) costs about half a CPU-second. Frozen
+    objects stay alive; the run's own, and cycles holding them, are collected as in a fresh process."""
+    gc.freeze()
+    try:
+        yield pytester
+    finally:
+        gc.unfreeze()
 
 
 @pytest.fixture

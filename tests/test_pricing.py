@@ -375,7 +375,7 @@ BAD_FILES = [
     (
         "invalid-yaml",
         "version: 1\nmodels: [1,\n",
-        "3: invalid YAML: while parsing a flow node, expected the node content",
+        "3: invalid YAML: while parsing a flow node, did not find expected node content",
     ),
     (
         "two-documents",
@@ -555,7 +555,7 @@ def test_unreadable_price_files(tmp_path: Path) -> None:
         PriceTable.from_file(path)
     path.write_text("version: 1\nmodels:\n  m\x00: {}\n", encoding="utf-8")
     with pytest.raises(
-        PriceFileError, match=r"prices\.yaml:3: invalid YAML: special characters are not allowed"
+        PriceFileError, match=r"prices\.yaml:3: invalid YAML: control characters are not allowed"
     ):
         PriceTable.from_file(path)
 
