@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         show(*calls.per_call(sizes))
         show(*calls.file_lines(sizes))
     if "instructions" in only:
-        show(*instructions.measure(quick=args.quick))
-        show(*instructions.per_chunk(quick=args.quick))
+        if args.quick:
+            for table in instructions.quick():
+                show(table, {})
+        else:
+            show(*instructions.measure())
+            show(*instructions.per_chunk())
     if "streams" in only:
         show(*calls.streamed(sizes))
     if "exporters" in only:
