@@ -125,8 +125,9 @@ def write_project(pytester: pytest.Pytester, tests: str = CHAT_TESTS, name: str 
     return path
 
 
-# hypothesis' plugin costs ~0.8 s per in-process session and inner projects do not use it
-FAST_ARGS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
+# plugins inner projects do not use: hypothesis' costs ~0.8 s per in-process session; anyio's imports
+# trio (~0.15 CPU-s in each new process: a subprocess session, an xdist worker)
+FAST_ARGS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio"]
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

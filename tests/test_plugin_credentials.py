@@ -203,7 +203,7 @@ def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_comman
     cassette and the re-record command (a failure with --llm-strict), and `llm-ledger cassettes`
     lists it (exit 1). A test marked record_auth_errors=True expects its 401: neither names it."""
     write_project(pytester, DENIED_TESTS.format(marker="(record_auth_errors=True)"))
-    pytester.makefile(".ini", pytest=INI + "addopts = -p no:hypothesispytest\n")
+    pytester.makefile(".ini", pytest=INI + "addopts = -p no:hypothesispytest -p no:anyio\n")
     assert run(pytester, "--llm-record-mode=once").ret == 0
     server.stop()
 

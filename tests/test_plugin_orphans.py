@@ -27,9 +27,9 @@ def test_unmarked():
 """
 
 
-# `llm-ledger cassettes` collects in a pytest of its own: without hypothesis' plugin, as FAST_ARGS
-# runs the in-process sessions (these projects never use it, and it costs each collection an import)
-PROJECT_INI = INI + "addopts = -p no:hypothesispytest\nllm_cassette_keep = demo/*\n"
+# `llm-ledger cassettes` collects in a pytest of its own: without hypothesis' and anyio's plugins, as
+# FAST_ARGS runs the sessions (these projects never use them, and they cost each collection imports)
+PROJECT_INI = INI + "addopts = -p no:hypothesispytest -p no:anyio\nllm_cassette_keep = demo/*\n"
 
 
 def _project(pytester: pytest.Pytester) -> tuple[Path, Path, Path]:

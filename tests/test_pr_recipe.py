@@ -113,7 +113,7 @@ def test_triage():
 FILES = {
     "pyproject.toml": PYPROJECT,
     "_build/sample_backend.py": BACKEND,
-    "pytest.ini": "[pytest]\naddopts = -p no:hypothesispytest\nfilterwarnings = error\n"
+    "pytest.ini": "[pytest]\naddopts = -p no:hypothesispytest -p no:anyio\nfilterwarnings = error\n"
     "asyncio_default_fixture_loop_scope = function\n",
     "budgets.yaml": "default: {max_cost_usd: 0.01}\n",
     "tests/test_triage.py": TESTS,
