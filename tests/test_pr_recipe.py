@@ -322,9 +322,7 @@ def after_base(tmp_path_factory: pytest.TempPathFactory, origin: Path) -> AfterB
     return tmp_path, head, env, base_run
 
 
-def test_readme_pr_recipe_diffs_the_base_branchs_own_code(
-    after_base: AfterBase,
-) -> None:
+def test_readme_pr_recipe_diffs_the_base_branchs_own_code(after_base: AfterBase) -> None:
     """Base and head (changed prompt, one more call) replay offline; the base runs its own code, the
     diff flags nothing, names the lens whose cost per run grew, and that diff is the posted comment;
     the next push edits that comment, never another workflow's comment posted since by the same bot."""
@@ -364,9 +362,7 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(
 
 
 def test_readme_pr_recipe_passes_a_fork_whose_token_cannot_comment(
-    tmp_path: Path,
-    origin: Path,
-    after_base: AfterBase,
+    tmp_path: Path, origin: Path, after_base: AfterBase
 ) -> None:
     """A pull request from a fork gets a read-only token: the comment fails, but the job's status is
     the diff's (a cost within bounds passes), with a warning saying where the diff is."""
