@@ -122,12 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         show(*calls.per_call(sizes))
         show(*calls.file_lines(sizes))
     if "instructions" in only:
-        show(*instructions.measure(quick=args.quick))
-        show(*instructions.per_chunk(quick=args.quick))
+        if args.quick:
+            for table in instructions.quick():
+                show(table, {})
+        else:
+            show(*instructions.measure())
+            show(*instructions.per_chunk())
     if "streams" in only:
         show(*calls.streamed(sizes))
     if "exporters" in only:
-        exporter_calls = args.exporter_calls or (20 if args.quick else 3000)
+        exporter_calls = args.exporter_calls or (4 if args.quick else 3000)
         show(*exporters.measure(exporter_calls, args.exporter_runs or (1 if args.quick else 3), args.quick))
     if "peers" in only:
         ledger = headline if "ledger_added_us" in headline else None

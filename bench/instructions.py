@@ -134,43 +134,62 @@ def _instructions(script: Path, variant: str, *args: int) -> int:
     raise RuntimeError(f"callgrind printed no instruction count:\n{done.stderr[-2000:]}")
 
 
+CALL_TABLE = (
+    "Instructions per non-streamed call (callgrind, all threads): what the ledger adds",
+    ["variant", "instructions per call", "added", "added, % of bare"],
+)
+CHUNK_TABLE = (
+    "Instructions per stream chunk (callgrind, all threads): what the ledger adds",
+    ["variant", "instructions per chunk", "added", "added, % of bare"],
+)
+
+
 def _per_unit(
     table: Table,
     source: str,
     variants: tuple[str, ...],
     args: tuple[tuple[int, ...], tuple[int, ...]],
     units: int,
-    quick: tuple[int, ...] | None,
 ) -> dict[str, float] | None:
     """Instructions per unit of each variant: its child run with the small and the large ``args``
     under callgrind, the difference divided by ``units``. None when nothing was counted, with a note
-    saying why: ``quick`` (tiny args) runs each child once without valgrind; without valgrind nothing
-    runs."""
+    saying why: without valgrind nothing runs."""
+    if shutil.which("valgrind") is None:
+        table.notes.append("valgrind is not installed (`apt-get install valgrind`): nothing counted")
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "child.py"
         script.write_text(source)
-        if quick is not None:
-            # one interpreter runs the child of every variant in turn: start-up, not the variants, is
-            # what takes time, and nothing is measured
-            run_all = (
-                "import gc, runpy, sys\n"
-                "import openai, llm_ledger\n"
-                "gc.freeze()  # each child's full collection would walk the SDK's objects again\n"
-                f"for variant in {list(variants)!r}:\n"
-                f"    sys.argv = [{str(script)!r}, variant, *{list(map(str, quick))!r}]\n"
-                f"    runpy.run_path({str(script)!r}, run_name='__main__')\n"
-            )
-            subprocess.run([sys.executable, "-c", run_all], check=True, capture_output=True)
-            table.notes.append("--quick: each variant's child ran once without valgrind; nothing measured")
-            return None
-        if shutil.which("valgrind") is None:
-            table.notes.append("valgrind is not installed (`apt-get install valgrind`): nothing counted")
-            return None
         # two children at a time (instruction counts do not depend on what else runs)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             counts = {(v, a): pool.submit(_instructions, script, v, *a) for v in variants for a in args}
             small, large = args
             return {v: (counts[v, large].result() - counts[v, small].result()) / units for v in variants}
+
+
+def quick() -> list[Table]:
+    """``--quick``: the children of both tables, each variant's once at tiny sizes without valgrind,
+    in one interpreter (a callgrind run takes ~20 s of interpreter start-up alone, and start-up, not
+    the children, is most of a plain run's time): proves the children work, measures nothing."""
+    runs = [(_CHILD, VARIANTS, (2,)), (_STREAM_CHILD, STREAM_VARIANTS, (1, 3))]  # the streams' last: gc off
+    with tempfile.TemporaryDirectory() as tmp:
+        children = []
+        for index, (source, variants, args) in enumerate(runs):
+            script = Path(tmp) / f"child{index}.py"
+            script.write_text(source)
+            children += [[str(script), variant, *map(str, args)] for variant in variants]
+        run_all = (
+            "import gc, runpy, sys\n"
+            "import openai, llm_ledger\n"
+            "gc.freeze()  # each child's full collection would walk the SDK's objects again\n"
+            f"for sys.argv in {children!r}:\n"
+            "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        )
+        subprocess.run([sys.executable, "-c", run_all], check=True, capture_output=True)
+    tables = [Table(*CALL_TABLE), Table(*CHUNK_TABLE)]
+    for table in tables:
+        table.notes.append("--quick: each variant's child ran once without valgrind; nothing measured")
+    return tables
 
 
 def _added_rows(table: Table, per_unit: dict[str, float]) -> dict[str, float]:
@@ -187,19 +206,10 @@ def _added_rows(table: Table, per_unit: dict[str, float]) -> dict[str, float]:
     return added_pct
 
 
-def measure(small: int = 30, large: int = 130, *, quick: bool = False) -> tuple[Table, dict[str, float]]:
-    """Instructions per non-streamed call (MockTransport) for each variant, and what the ledger adds.
-
-    ``quick`` runs each variant's child once without valgrind (a callgrind run takes ~20 s of
-    interpreter start-up alone), proving the children work and measuring nothing.
-    """
-    table = Table(
-        "Instructions per non-streamed call (callgrind, all threads): what the ledger adds",
-        ["variant", "instructions per call", "added", "added, % of bare"],
-    )
-    per_call = _per_unit(
-        table, _CHILD, VARIANTS, ((small,), (large,)), large - small, (2,) if quick else None
-    )
+def measure(small: int = 30, large: int = 130) -> tuple[Table, dict[str, float]]:
+    """Instructions per non-streamed call (MockTransport) for each variant, and what the ledger adds."""
+    table = Table(*CALL_TABLE)
+    per_call = _per_unit(table, _CHILD, VARIANTS, ((small,), (large,)), large - small)
     if per_call is None:
         return table, {}
     added_pct = _added_rows(table, per_call)
@@ -212,18 +222,13 @@ def measure(small: int = 30, large: int = 130, *, quick: bool = False) -> tuple[
     return table, {f"instructions_added_pct_{v}": pct for v, pct in added_pct.items()}
 
 
-def per_chunk(
-    streams: int = 5, chunks: tuple[int, int] = (10, 200), *, quick: bool = False
-) -> tuple[Table, dict[str, float]]:
+def per_chunk(streams: int = 5, chunks: tuple[int, int] = (10, 200)) -> tuple[Table, dict[str, float]]:
     """Instructions per stream chunk, bare and instrumented: the slope between two stream lengths."""
     small, large = chunks
-    table = Table(
-        "Instructions per stream chunk (callgrind, all threads): what the ledger adds",
-        ["variant", "instructions per chunk", "added", "added, % of bare"],
-    )
+    table = Table(*CHUNK_TABLE)
     args = ((streams, small), (streams, large))
     units = (large - small) * streams
-    per_chunk = _per_unit(table, _STREAM_CHILD, STREAM_VARIANTS, args, units, (1, 3) if quick else None)
+    per_chunk = _per_unit(table, _STREAM_CHILD, STREAM_VARIANTS, args, units)
     if per_chunk is None:
         return table, {}
     added_pct = _added_rows(table, per_chunk)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import subprocess
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from llm_ledger._cli import main as cli_main
 from llm_ledger.testing import FakeOpenAI
 
 # When the package is installed its pytest11 entry point loads the plugin; loading it a second
@@ -125,8 +127,9 @@ def write_project(pytester: pytest.Pytester, tests: str = CHAT_TESTS, name: str 
     return path
 
 
-# hypothesis' plugin costs ~0.8 s per in-process session and inner projects do not use it
-FAST_ARGS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
+# plugins inner projects do not use: hypothesis' costs ~0.8 s per in-process session; anyio's imports
+# trio (~0.15 CPU-s in each new process: a subprocess session, an xdist worker)
+FAST_ARGS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio"]
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -137,6 +140,15 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
         patch.delenv("CI", raising=False)
         patch.delenv("BUILD_NUMBER", raising=False)
         return pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS, *args)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``llm-ledger ARGS`` in the current directory, run in this process (``python -m llm_ledger`` would
+    only add a start-up): its exit status and output."""
+    capsys.readouterr()
+    status = cli_main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["llm-ledger", *args], status, out, err)
 
 
 def notice_fails_strict(pytester: pytest.Pytester, *args: str, notice: list[str]) -> pytest.RunResult:

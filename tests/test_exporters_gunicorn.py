@@ -53,7 +53,7 @@ def _documented_gunicorn_conf(metrics_port: int) -> str:
 def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
-    """Three gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR; the
+    """Two gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR; the
     documented when_ready/child_exit hooks: the master's /metrics counts every request's call and lens
     run, whichever worker served it, and the JSONL file has each call once."""
     metrics_port, app_port = free_port(), free_port()
@@ -65,7 +65,7 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
         "LLM_LEDGER_LOG_DIR": str(tmp_path / "logs"),
     }
     gunicorn = _gunicorn(
-        fake_openai, tmp_path, app_port, env, "--config", "gunicorn.conf.py", "--workers", "3"
+        fake_openai, tmp_path, app_port, env, "--config", "gunicorn.conf.py", "--workers", "2"
     )
     try:
 

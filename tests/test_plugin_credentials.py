@@ -17,6 +17,7 @@ import llm_ledger  # noqa: F401
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     INI,
+    cli,
     load_yaml,
     notice_fails_strict,
     run,
@@ -196,20 +197,19 @@ def test_denied():
 
 @pytest.mark.usefixtures("with_key")
 def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_command(
-    pytester: pytest.Pytester, server: FakeOpenAI
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A cassette holding a 401 answer its test does not expect (recorded before llm-ledger left them
     out) would replay an auth error in every CI run: replaying it is a notice naming the test, the
     cassette and the re-record command (a failure with --llm-strict), and `llm-ledger cassettes`
     lists it (exit 1). A test marked record_auth_errors=True expects its 401: neither names it."""
     write_project(pytester, DENIED_TESTS.format(marker="(record_auth_errors=True)"))
-    pytester.makefile(".ini", pytest=INI + "addopts = -p no:hypothesispytest\n")
+    pytester.makefile(".ini", pytest=INI + "addopts = -p no:hypothesispytest -p no:anyio\n")
     assert run(pytester, "--llm-record-mode=once").ret == 0
     server.stop()
 
     def cassettes() -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "llm_ledger", "cassettes"]
-        return subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
+        return cli(capsys, "cassettes")
 
     expected = run(pytester, "--llm-strict")
     assert expected.ret == pytest.ExitCode.OK and "401" not in expected.stdout.str()

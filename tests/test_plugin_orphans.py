@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin_helpers import INI, run, write_project
+from tests.plugin_helpers import INI, cli, run, write_project
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -27,9 +27,13 @@ def test_unmarked():
 """
 
 
-# `llm-ledger cassettes` collects in a pytest of its own: without hypothesis' plugin, as FAST_ARGS
-# runs the in-process sessions (these projects never use it, and it costs each collection an import)
-PROJECT_INI = INI + "addopts = -p no:hypothesispytest\nllm_cassette_keep = demo/*\n"
+# `llm-ledger cassettes` collects in a pytest of its own: without hypothesis' and anyio's plugins, as
+# FAST_ARGS runs the sessions (these projects never use them, and they cost each collection imports)
+PROJECT_INI = INI + "addopts = -p no:hypothesispytest -p no:anyio\nllm_cassette_keep = demo/*\n"
+
+
+def cassettes(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(capsys, "cassettes", *args)
 
 
 def _project(pytester: pytest.Pytester) -> tuple[Path, Path, Path]:
@@ -63,29 +67,29 @@ def test_a_whole_suite_run_names_orphans_and_strict_fails_on_them(pytester: pyte
     assert orphan.exists()
 
 
-def test_llm_ledger_cassettes_lists_and_prunes_orphans(pytester: pytest.Pytester) -> None:
+def test_llm_ledger_cassettes_lists_and_prunes_orphans(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``llm-ledger cassettes`` lists the orphans (exit 1), ``--prune`` deletes them and their empty
     folders (exit 0); owned and kept cassettes stay."""
     owned, orphan, demo = _project(pytester)
 
-    def cassettes(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "llm_ledger", "cassettes", *args]
-        return subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
-
-    listed = cassettes()
+    listed = cassettes(capsys)
     assert listed.returncode == 1, listed.stderr
     assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout
     assert "never recorded: cassettes/tests/test_app/test_kept.yaml" in listed.stdout
     assert "lens.yaml" not in listed.stdout and orphan.exists()
 
-    pruned = cassettes("--prune")
+    pruned = cassettes(capsys, "--prune")
     assert pruned.returncode == 0, pruned.stderr
     assert not orphan.exists() and not orphan.parent.exists()
     assert demo.exists() and not owned.exists()
-    assert cassettes().returncode == 0
+    assert cassettes(capsys).returncode == 0
 
 
-def test_cassettes_for_a_path_selection_leave_other_files_cassettes_alone(pytester: pytest.Pytester) -> None:
+def test_cassettes_for_a_path_selection_leave_other_files_cassettes_alone(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``llm-ledger cassettes --prune -- tests/test_app.py`` judges only the cassettes of that file:
     the cassettes of tests in files it did not collect are not orphans, and are never deleted."""
     owned, orphan, _ = _project(pytester)
@@ -97,21 +101,17 @@ def test_cassettes_for_a_path_selection_leave_other_files_cassettes_alone(pytest
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("interactions: []\n")
 
-    def cassettes(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "llm_ledger", "cassettes", *args]
-        return subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
-
-    listed = cassettes("--", "tests/test_app.py")
+    listed = cassettes(capsys, "--", "tests/test_app.py")
     assert listed.returncode == 1, listed.stderr
     assert "1 orphan cassette(s)" in listed.stdout and "test_app/test_renamed.yaml" in listed.stdout
     assert "test_other.yaml" not in listed.stdout and "test_gone" not in listed.stdout
 
-    pruned = cassettes("--prune", "--", "tests/test_app.py")
+    pruned = cassettes(capsys, "--prune", "--", "tests/test_app.py")
     assert pruned.returncode == 0, pruned.stderr
     assert not renamed.exists()
     assert other.exists() and orphan.exists()  # outside the selection: not judged, not deleted
     # a node id selects part of a file: no cassette of it can be judged, so none is an orphan
-    assert "no orphan cassettes" in cassettes("--", "tests/test_other.py::test_other").stdout
+    assert "no orphan cassettes" in cassettes(capsys, "--", "tests/test_other.py::test_other").stdout
 
 
 def test_a_run_from_a_subfolder_judges_only_the_cassettes_of_that_folder(
@@ -146,7 +146,7 @@ def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
         assert inspected.ret == pytest.ExitCode.OK, inspected.stdout.str()
         assert "llm-ledger: " not in inspected.stdout.str(), inspect
 
-    listed = subprocess.run(
+    listed = subprocess.run(  # as a shell runs it, once: the other tests run the command in-process
         [sys.executable, "-m", "llm_ledger", "cassettes"],
         cwd=pytester.path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -154,7 +154,9 @@ def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
     assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout
 
 
-def test_cassettes_of_test_files_not_collected_are_not_orphans(pytester: pytest.Pytester) -> None:
+def test_cassettes_of_test_files_not_collected_are_not_orphans(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A test file that exists but yielded no test in this collection (skipped at import for a missing
     optional dependency, or left out with --ignore) still owns its cassettes: a strict run names none
     of them, and ``llm-ledger cassettes --prune`` deletes none of them; a file that is gone leaves
@@ -181,34 +183,29 @@ def test_cassettes_of_test_files_not_collected_are_not_orphans(pytester: pytest.
         [f"*1 cassette(s) belong to no collected test (renamed or deleted): {gone};*"]
     )
 
-    pruned = subprocess.run(
-        [sys.executable, "-m", "llm_ledger", "cassettes", "--prune", "--", "--ignore=tests/test_other.py"],
-        cwd=pytester.path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    pruned = cassettes(capsys, "--prune", "--", "--ignore=tests/test_other.py")
     assert pruned.returncode == 0, pruned.stderr
     assert "deleted 1 orphan cassette(s)" in pruned.stdout
     assert not orphan.exists() and all(path.exists() for path in kept)
 
 
-def test_cassettes_of_a_missing_or_empty_cassette_directory_fail(pytester: pytest.Pytester) -> None:
+def test_cassettes_of_a_missing_or_empty_cassette_directory_fail(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``llm-ledger cassettes`` with a cassette directory that does not exist (a misspelt
     llm_cassette_dir) or holds no cassette checks nothing: an error naming the directory and the
     setting, exit 2, rather than "no orphan cassettes"."""
     write_project(pytester, TESTS)
     pytester.makefile(".ini", pytest=PROJECT_INI + "llm_cassette_dir = casettes\n")
 
-    def cassettes(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "llm_ledger", "cassettes", *args]
-        return subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
-
-    missing = cassettes()
+    missing = cassettes(capsys)
     assert missing.returncode == 2, missing.stdout
     assert missing.stderr == (
         "llm-ledger cassettes: error: the cassette directory casettes does not exist (ini llm_cassette_dir, "
         "or --llm-cassette-dir after --); nothing was checked\n"
     )
     (pytester.path / "casettes" / "tests").mkdir(parents=True)
-    empty = cassettes()
+    empty = cassettes(capsys)
     assert empty.returncode == 2, empty.stdout
     assert empty.stderr == (
         "llm-ledger cassettes: error: the cassette directory casettes holds no cassette (.yaml file); "

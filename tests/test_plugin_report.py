@@ -13,9 +13,7 @@ import vcr  # noqa: F401
 import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
 from tests.plugin_helpers import (
-    FAST_ARGS,
     INI,
-    PLUGIN_ARGS,
     recorded_fixture,
     run,
     server_fixture,
@@ -328,7 +326,7 @@ def test_a_report_path_after_a_space_outside_the_project_is_refused_naming_the_e
 def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
     """With -n 2 the workers' records are merged on the controller: the same report as a serial run."""
     assert run(recorded, "--llm-report=serial.json").ret == 0
-    result = recorded.runpytest_subprocess(*PLUGIN_ARGS, *FAST_ARGS, "-n", "2", "--llm-report=parallel.json")
+    result = run(recorded, "-n", "2", "--llm-report=parallel.json")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*llm-ledger: per-lens totals*", "summary *2 *2 *"])
     serial = json.loads((recorded.path / "serial.json").read_text())

@@ -5,7 +5,8 @@ GitHub runs them (``continue-on-error`` and ``if: always()`` honoured); ``uses:`
 by the test (a clone of the sample repository, an interpreter of its own). No step reaches a
 network: pip is told ``--no-index --no-deps`` and finds the dependencies through ``PYTHONPATH``;
 cassettes are recorded beforehand against the loopback server, which is stopped before the recipe
-runs; ``gh`` is a stub that keeps the comment it was asked to post.
+runs; ``gh`` is a stub that keeps the comment it was asked to post. The base step, the same for
+every pull request, runs once for the module: both pull requests are diffed against its report.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -111,7 +113,7 @@ def test_triage():
 FILES = {
     "pyproject.toml": PYPROJECT,
     "_build/sample_backend.py": BACKEND,
-    "pytest.ini": "[pytest]\naddopts = -p no:hypothesispytest\nfilterwarnings = error\n"
+    "pytest.ini": "[pytest]\naddopts = -p no:hypothesispytest -p no:anyio\nfilterwarnings = error\n"
     "asyncio_default_fixture_loop_scope = function\n",
     "budgets.yaml": "default: {max_cost_usd: 0.01}\n",
     "tests/test_triage.py": TESTS,
@@ -125,20 +127,45 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout  # fmt: skip
 
 
-def commit_version(repo: Path, prompts: list[str], mode: str, server: FakeOpenAI, message: str) -> None:
-    """Write the app with these prompts, record its cassettes against the loopback server, commit."""
+def write_version(repo: Path, prompts: list[str]) -> None:
+    """The sample project, its app asking these prompts."""
+    for name, text in FILES.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(textwrap.dedent(text).lstrip())
     app = repo / "src" / "sample_app" / "__init__.py"
     app.parent.mkdir(parents=True, exist_ok=True)
     app.write_text(APP.format(prompt=prompts))
+
+
+# each project's tests run in turn in one interpreter (start-up and imports were most of each run's
+# time), with its own src/ on the path and its modules forgotten after its run
+RECORD = """
+import os, sys
+import pytest
+
+for repo, mode in zip(sys.argv[1::2], sys.argv[2::2]):
+    path = list(sys.path)
+    os.chdir(repo)
+    sys.path.insert(0, os.path.join(repo, "src"))
+    code = pytest.main([f"--llm-record-mode={mode}", "-p", "no:cacheprovider"])
+    if code != 0:
+        sys.exit(f"recording in {repo} exited {code}")
+    sys.path[:] = path
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(repo + os.sep):
+            del sys.modules[name]
+"""
+
+
+def record(server: FakeOpenAI, modes: dict[Path, str]) -> None:
+    """Record each project's cassettes against the loopback server, in that record mode."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_"))}
-    env |= {"OPENAI_BASE_URL": server.base_url, "PYTHONPATH": str(repo / "src")}  # and no key
+    env |= {"OPENAI_BASE_URL": server.base_url}  # and no key
+    args = [str(arg) for repo, mode in modes.items() for arg in (repo, mode)]
     recorded = subprocess.run(
-        [sys.executable, "-m", "pytest", f"--llm-record-mode={mode}", "-p", "no:cacheprovider"],
-        cwd=repo, env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [sys.executable, "-c", RECORD, *args], env=env, capture_output=True, text=True, check=False
+    )
     assert recorded.returncode == 0, recorded.stdout + recorded.stderr
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
 
 
 def readme_workflow() -> dict[str, Any]:
@@ -218,27 +245,30 @@ HEADS = {
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample's repository: a main branch, and a branch of HEADS for each pull request, each
-    version's cassettes recorded (once for the module: each recording is a pytest run of its own)."""
+    version's cassettes recorded (once for the module: the recordings are pytest runs)."""
     origin = tmp_path_factory.mktemp("sample")
-    for name, text in FILES.items():
-        (origin / name).parent.mkdir(parents=True, exist_ok=True)
-        (origin / name).write_text(textwrap.dedent(text).lstrip())
-    git(origin, "init", "-q", "-b", "main")
+    write_version(origin, ["Summarise: "])
+    heads = {branch: tmp_path_factory.mktemp(branch) for branch in HEADS}
+    for branch, prompts in HEADS.items():
+        write_version(heads[branch], prompts)
     with FakeOpenAI() as server:
-        commit_version(origin, ["Summarise: "], "once", server, "base")
-        for branch, prompts in HEADS.items():
-            git(origin, "checkout", "-q", "-b", branch, "main")
-            commit_version(origin, prompts, "rewrite", server, "head")
+        record(server, {origin: "once", **{head: "rewrite" for head in heads.values()}})
+    git(origin, "init", "-q", "-b", "main")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-q", "-m", "base")
+    for branch, head in heads.items():  # each head's code and its cassettes on a branch from main
+        git(origin, "checkout", "-q", "-b", branch, "main")
+        for tree in ("src", "cassettes"):
+            shutil.rmtree(origin / tree)
+            shutil.copytree(head / tree, origin / tree)
+        git(origin, "add", "-A")
+        git(origin, "commit", "-q", "-m", "head")
     return origin
 
 
-def run_recipe(
-    tmp_path: Path, origin: Path, branch: str, gh: str = GH_POSTS
-) -> tuple[Path, dict[str, str], list[subprocess.CompletedProcess[str]]]:
-    """The recipe's steps run on a checkout of the pull request from ``branch`` of ``origin`` to its
-    main, with ``gh`` as that script, the pull request's comments in ``gh-comments.json`` (another
-    bot's first); returns the checkout, the steps' environment and each step's run."""
-    (tmp_path / "gh-comments.json").write_text(json.dumps([{"id": 1, **OTHER_BOT}]))
+def runner(tmp_path: Path, origin: Path, branch: str, gh: str = GH_POSTS) -> tuple[Path, dict[str, str]]:
+    """A runner's checkout (``ci/head``) of the pull request from ``branch`` of ``origin`` to its main,
+    with ``gh`` as that script; returns the checkout and the steps' environment."""
     head = tmp_path / "ci" / "head"  # the runner's checkout of the pull request
     git(tmp_path, "clone", "-q", "--branch", branch, str(origin), str(head))
 
@@ -266,14 +296,40 @@ def run_recipe(
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "HTTPS_PROXY": "http://127.0.0.1:9",  # anything that tried the network would fail here
     }
-    return head, env, run_steps(workflow["jobs"]["lenses"]["steps"], head, env)
+    return head, env
 
 
-def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path, origin: Path) -> None:
+def recipe_steps() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The recipe's base step (the base's report, ``../base.json``) and the steps after it."""
+    base, *rest = [step for step in readme_workflow()["jobs"]["lenses"]["steps"] if "run" in step]
+    # it continues on error: the steps after it run whatever it did, so they can start from its report
+    assert "../base.json" in base["run"] and base["continue-on-error"] is True, base
+    return base, rest
+
+
+# a runner's directory, its checkout, the steps' environment, and the base step's run
+AfterBase = tuple[Path, Path, dict[str, str], subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def after_base(tmp_path_factory: pytest.TempPathFactory, origin: Path) -> AfterBase:
+    """A runner of the pull request from ``two-calls`` after the recipe's base step; returns its
+    directory, checkout, environment and the step's run. Once for the module: the base step does the
+    same whatever the pull request, and a fork's pull request is diffed against the report it wrote."""
+    tmp_path = tmp_path_factory.mktemp("two-calls-runner")
+    head, env = runner(tmp_path, origin, "two-calls")
+    (base_run,) = run_steps([recipe_steps()[0]], head, env)
+    return tmp_path, head, env, base_run
+
+
+def test_readme_pr_recipe_diffs_the_base_branchs_own_code(after_base: AfterBase) -> None:
     """Base and head (changed prompt, one more call) replay offline; the base runs its own code, the
     diff flags nothing, names the lens whose cost per run grew, and that diff is the posted comment;
     the next push edits that comment, never another workflow's comment posted since by the same bot."""
-    head, env, (base_run, head_run, diff_run) = run_recipe(tmp_path, origin, "two-calls")
+    tmp_path, head, env, base_run = after_base
+    comments = tmp_path / "gh-comments.json"  # the pull request's: another bot's first
+    comments.write_text(json.dumps([{"id": 1, **OTHER_BOT}]))
+    head_run, diff_run = run_steps(recipe_steps()[1], head, env)
 
     assert base_run.returncode == 0 and "::warning::" not in base_run.stdout, (
         base_run.stdout + base_run.stderr
@@ -290,7 +346,6 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path, origin
 
     assert diff_run.returncode == 1, diff_run.stderr
     assert "cost per run grew by more than 25% in triage (" in diff_run.stderr
-    comments = tmp_path / "gh-comments.json"
     other, comment = json.loads(comments.read_text())
     assert other == {"id": 1, **OTHER_BOT}
     assert comment["body"] == (tmp_path / "summary.md").read_text() == (head / "diff.md").read_text()
@@ -306,10 +361,15 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(tmp_path: Path, origin
     assert json.loads(comments.read_text()) == [other, comment, later]
 
 
-def test_readme_pr_recipe_passes_a_fork_whose_token_cannot_comment(tmp_path: Path, origin: Path) -> None:
+def test_readme_pr_recipe_passes_a_fork_whose_token_cannot_comment(
+    tmp_path: Path, origin: Path, after_base: AfterBase
+) -> None:
     """A pull request from a fork gets a read-only token: the comment fails, but the job's status is
     the diff's (a cost within bounds passes), with a warning saying where the diff is."""
-    _, _, (_, head_run, diff_run) = run_recipe(tmp_path, origin, "one-call", gh=GH_READ_ONLY)
+    head, env = runner(tmp_path, origin, "one-call", gh=GH_READ_ONLY)
+    (tmp_path / "gh-comments.json").write_text(json.dumps([{"id": 1, **OTHER_BOT}]))
+    shutil.copy(after_base[0] / "ci" / "base.json", tmp_path / "ci" / "base.json")  # main's report
+    head_run, diff_run = run_steps(recipe_steps()[1], head, env)
 
     assert head_run.returncode == 0, head_run.stdout + head_run.stderr
     assert (tmp_path / "gh.log").read_text().count("pr comment 7") >= 1
