@@ -96,9 +96,11 @@ class LocalPrometheus:
             raise RuntimeError(f"Prometheus answered {answer!r} to {params!r}")
         return answer["data"]["result"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """The instant vector of ``expr`` now: ``[{"metric": {...}, "value": [t, "v"]}, ...]``."""
-        result: list[dict[str, Any]] = self._api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The instant vector of ``expr`` now (or at the Unix time ``at``):
+        ``[{"metric": {...}, "value": [t, "v"]}, ...]``."""
+        when = {} if at is None else {"time": f"{at:.3f}"}
+        result: list[dict[str, Any]] = self._api("query", query=expr, **when)
         return result
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:

@@ -285,12 +285,18 @@ def test_latency_panels_show_successful_calls_and_fast_failures_stay_in_the_erro
                     model="gpt-4o", messages=hi, extra_headers={"x-fake-status": "500"}
                 )
         wait("a scrape of every call", lambda: _calls_scraped(server, job, 4))
+        # read at that scrape: rate() extrapolates each series from its last sample to the time read
+        # in proportion to the time it has samples for, and the failures' series may begin a scrape
+        # after the success's (a ratio of two rates is exact only at a scrape's own time)
+        (at,) = {
+            float(s["value"][1]) for s in server.query(f'timestamp(llm_ledger_calls_total{{job="{job}"}})')
+        }
         p50, p95 = (
-            {s["metric"]["model"]: float(s["value"][1]) for s in server.query(expr)}
+            {s["metric"]["model"]: float(s["value"][1]) for s in server.query(expr, at)}
             for title, expr in expressions(job)
             if title == "Call duration p50 / p95"
         )
-        error_rate = [float(s["value"][1]) for s in server.query(_panel_expr("Error rate", job))]
+        error_rate = [float(s["value"][1]) for s in server.query(_panel_expr("Error rate", job), at)]
     # in the bucket of the 400 ms call or, on a loaded host, the next one; the failures' is 0.01
     assert 0.32 < p50["gpt-4o"] <= 1.28, p50
     assert 0.32 < p95["gpt-4o"] <= 1.28, p95
