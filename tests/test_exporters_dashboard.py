@@ -169,8 +169,7 @@ def _exported(
         yield client
     finally:
         client.close()
-        metrics.shutdown()
-        metrics.server_close()
+        _setup._stop(metrics)  # as configure() stops its server: at once
 
 
 def _calls_scraped(server: LocalPrometheus, job: str, n: int) -> bool:
@@ -347,8 +346,7 @@ def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
         )
         firing = server.query(alert)  # as documented: every job's (the other tests' jobs have no anomaly)
     finally:
-        metrics.shutdown()
-        metrics.server_close()
+        _setup._stop(metrics)
     assert [(s["metric"]["job"], s["metric"]["lens"], s["metric"]["metric"]) for s in firing] == [
         (job, "digest", "total_tokens")
     ]
