@@ -1,10 +1,11 @@
 """A real ``prometheus`` server on loopback, for the dashboard test and ``python -m dashboards.render``.
 
-``LocalPrometheus(binary, targets, workdir)`` writes a scrape configuration (every second), starts
-the server on a free port, and answers PromQL through its HTTP API (``query``, ``query_range``).
-``targets`` may also map job names to targets: Prometheus scrapes its first targets about five
-seconds after it starts (a fixed delay of its target discovery, whatever the scrape interval), so
-the tests start one server for several jobs, each test's metrics server on a port reserved up front.
+``LocalPrometheus(binary, targets, workdir)`` writes a scrape configuration (every second, or each
+job's interval), starts the server on a free port, and answers PromQL through its HTTP API
+(``query``, ``query_range``). ``targets`` may also map job names to targets: Prometheus scrapes its
+first targets about five seconds after it starts (its scrape manager applies discovered targets on
+a fixed 5 s tick, whatever the scrape interval), so the tests start one server per session for
+several jobs, each test's metrics server on a port reserved up front.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ def wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
                 return
         except OSError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class LocalPrometheus:
     """``prometheus`` scraping ``targets`` (``host:port``) every second as job ``job``, or each job of
-    a ``{job: targets}`` mapping."""
+    a ``{job: targets}`` mapping, every ``intervals[job]`` (a Prometheus duration: ``200ms``) if given."""
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class LocalPrometheus:
         workdir: Path,
         *,
         job: str = "lens_app",
+        intervals: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -66,7 +68,9 @@ class LocalPrometheus:
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
             + "".join(
-                f"  - job_name: {name}\n    static_configs: [{{targets: {json.dumps(list(hosts))}}}]\n"
+                f"  - job_name: {name}\n"
+                f"    scrape_interval: {(intervals or {}).get(name, '1s')}\n"
+                f"    static_configs: [{{targets: {json.dumps(list(hosts))}}}]\n"
                 for name, hosts in jobs.items()
             )
         )
@@ -96,9 +100,11 @@ class LocalPrometheus:
             raise RuntimeError(f"Prometheus answered {answer!r} to {params!r}")
         return answer["data"]["result"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """The instant vector of ``expr`` now: ``[{"metric": {...}, "value": [t, "v"]}, ...]``."""
-        result: list[dict[str, Any]] = self._api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The instant vector of ``expr`` now (or at the Unix time ``at``):
+        ``[{"metric": {...}, "value": [t, "v"]}, ...]``."""
+        when = {} if at is None else {"time": f"{at:.3f}"}
+        result: list[dict[str, Any]] = self._api("query", query=expr, **when)
         return result
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import openai
 import pytest
@@ -17,6 +18,9 @@ import pytest_asyncio
 import llm_ledger
 from llm_ledger import _config, _monitor
 from llm_ledger.testing import Captured, FakeOpenAI, capture
+
+if TYPE_CHECKING:
+    from tests.exporter_helpers import SharedPrometheus
 
 pytest_plugins = ["pytester"]
 
@@ -106,6 +110,25 @@ def prometheus_binary() -> str:
             )
         pytest.skip("no prometheus binary (apt-get install prometheus): PromQL is not evaluated")
     return path
+
+
+@pytest.fixture(scope="session")
+def prometheus(
+    prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedPrometheus]:
+    """The session's real Prometheus (each xdist worker's), scraping a job per test that uses it."""
+    from tests.exporter_helpers import SharedPrometheus
+
+    with SharedPrometheus(prometheus_binary, tmp_path_factory.mktemp("prometheus")) as shared:
+        yield shared
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prometheus_started_early(request: pytest.FixtureRequest) -> None:
+    """Prometheus scrapes its first targets about five seconds after it starts: when the session has
+    tests that need it, it starts with the first test, and that wait passes while other tests run."""
+    if shutil.which("prometheus") and any(i.get_closest_marker("prometheus") for i in request.session.items):
+        request.getfixturevalue("prometheus")
 
 
 @pytest.fixture

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import random
+import socket
 import textwrap
 import urllib.request
 from collections import defaultdict
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import openai
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 import llm_ledger
+from dashboards.local_prometheus import LocalPrometheus
 from llm_ledger.testing import FakeOpenAI
 from tests.conftest import FAKE_KEY
 
@@ -66,16 +71,79 @@ os.kill(pid, 9)
 sys.exit("the child's call hangs in the sink")
 """
 
-# the pre-fork master: serves the multiprocess directory's metrics, prints its port, stops at EOF
+# the pre-fork master: serves the multiprocess directory's metrics (on port argv[1], if given), prints
+# its port, stops at EOF
 METRICS_SERVER = textwrap.dedent(
     """
     import sys
     from llm_ledger.exporters import start_metrics_server
-    server = start_metrics_server(0, "127.0.0.1")
+    server = start_metrics_server(int(sys.argv[1]) if len(sys.argv) > 1 else 0, "127.0.0.1")
     print(server.server_port, flush=True)
     sys.stdin.read()
     """
 )
+
+
+# one job per test that has the session's Prometheus scrape it: each its own metrics port and series
+PROMETHEUS_JOBS = (
+    *("every_panel", "first_calls", "anomaly", "latency", "token_types"),  # test_exporters_dashboard
+    "multiprocess",
+    "service_tiers",
+)
+# short, so that a test waits for a few scrapes in a second or two; yet a scrape must answer within it
+# (Prometheus' scrape timeout is at most the interval), on a loaded machine too: a scrape of a test's
+# few series takes a millisecond, of every_panel's demo (500 samples) up to 0.2 s on a loaded host
+SCRAPE_INTERVALS = {job: "1s" if job == "every_panel" else "200ms" for job in PROMETHEUS_JOBS}
+
+
+def _hold_a_port() -> socket.socket:
+    """A socket bound (not listening) to a free loopback port under 32768, where Linux picks no local
+    port of an outgoing connection: no one else takes the port while its test has not started."""
+    for port in random.sample(range(20_000, 32_768), 200):
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        return sock
+    raise RuntimeError("no free loopback port between 20000 and 32767")
+
+
+class SharedPrometheus:
+    """A real Prometheus scraping every job of PROMETHEUS_JOBS, each a port reserved up front (so that
+    the ~5 s Prometheus takes to scrape its first targets is paid once, early): ``port(job)`` lets
+    the port go for the test that serves its metrics there; ``server`` answers PromQL."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self._held = {job: _hold_a_port() for job in PROMETHEUS_JOBS}
+        targets = {job: [f"127.0.0.1:{sock.getsockname()[1]}"] for job, sock in self._held.items()}
+        try:
+            self.server = LocalPrometheus(binary, targets, workdir, intervals=SCRAPE_INTERVALS)
+        except BaseException:
+            self.close()
+            raise
+
+    def port(self, job: str) -> int:
+        """``job``'s port, free for its test (once a session: a job's series are its test's alone)."""
+        sock = self._held.pop(job)
+        port: int = sock.getsockname()[1]
+        sock.close()
+        return port
+
+    def close(self) -> None:
+        for sock in self._held.values():
+            sock.close()
+        if hasattr(self, "server"):
+            self.server.close()
+
+    def __enter__(self) -> SharedPrometheus:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def workload(monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI, *, lens_prefix: str = "") -> None:
@@ -153,6 +221,11 @@ class Receiver(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         self.bodies: dict[str, list[bytes]] = {}
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    def shutdown(self) -> None:
+        """Stops ``serve_forever`` now, not when its loop next looks (up to half a second later)."""
+        self.socket.shutdown(socket.SHUT_RD)  # wakes the loop: its accept fails, it sees the request
+        super().shutdown()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import llm_ledger
-from dashboards.local_prometheus import LocalPrometheus, wait
+from dashboards.local_prometheus import wait
 from llm_ledger.exporters import metrics_registry
 from llm_ledger.testing import FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
@@ -26,6 +26,7 @@ from tests.exporter_helpers import (
     METRICS_SERVER,
     PROMETHEUS_WORKER,
     Samples,
+    SharedPrometheus,
     by_labels,
     samples,
     scrape,
@@ -69,12 +70,12 @@ def run_worker(env: dict[str, str], lines: Path) -> None:
 
 @pytest.fixture
 def serve(env: dict[str, str]) -> Iterator[Any]:
-    """``serve()`` starts ``start_metrics_server(0)`` in a process of its own; its URL."""
+    """``serve(port=0)`` starts ``start_metrics_server(port)`` in a process of its own; its address."""
     started: list[subprocess.Popen[str]] = []
 
-    def start() -> str:
+    def start(port: int = 0) -> str:
         process = subprocess.Popen(
-            [sys.executable, "-c", METRICS_SERVER],
+            [sys.executable, "-c", METRICS_SERVER, str(port)],
             env=env,
             cwd=REPO,
             stdin=subprocess.PIPE,
@@ -92,21 +93,20 @@ def serve(env: dict[str, str]) -> Iterator[Any]:
 
 @pytest.mark.prometheus
 def test_a_new_label_set_is_scraped_at_zero_first_so_increase_counts_its_first_calls(
-    prometheus_binary: str, fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+    prometheus: SharedPrometheus, fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
 ) -> None:
     """A worker's first calls of a new lens, written to the multiprocess files between two scrapes,
     appear in Prometheus as 0 then 3: increase() counts all three."""
-    target = serve()
+    server, job = prometheus.server, "multiprocess"
+    serve(prometheus.port(job))
     lines = records_of(fake_openai, tmp_path / "fresh.jsonl", "fresh", 3)
-    (tmp_path / "prom").mkdir()
-    with LocalPrometheus(prometheus_binary, [target], tmp_path / "prom") as prometheus:
-        wait("the first scrape", lambda: bool(prometheus.query('up{job="lens_app"} == 1')))
-        run_worker(env, lines)
-        selector = 'llm_ledger_calls_total{lens="fresh"}'
-        wait("a scrape of the calls", lambda: [s["value"][1] for s in prometheus.query(selector)] == ["3"])
-        history = prometheus.query(f"{selector}[5m]")
-        increase = prometheus.query(f"increase({selector}[5m])")
-        assert not prometheus.errors()
+    wait("the first scrape", lambda: bool(server.query(f'up{{job="{job}"}} == 1')))
+    run_worker(env, lines)
+    selector = f'llm_ledger_calls_total{{job="{job}", lens="fresh"}}'
+    wait("a scrape of the calls", lambda: [s["value"][1] for s in server.query(selector)] == ["3"])
+    history = server.query(f"{selector}[5m]")
+    increase = server.query(f"increase({selector}[5m])")
+    assert not server.errors()
     assert len(history) == 1
     values = [float(v) for _, v in history[0]["values"]]
     assert values[0] == 0 and values[-1] == 3, values

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -23,12 +22,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client import CollectorRegistry, generate_latest
 
 import llm_ledger
-from dashboards.local_prometheus import LocalPrometheus, wait
-from llm_ledger.exporters import OTelSink, PrometheusSink, start_metrics_server
+from dashboards.local_prometheus import wait
+from llm_ledger.exporters import OTelSink, PrometheusSink, _setup, start_metrics_server
 from llm_ledger.exporters._prometheus import MAX_TIERS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import Receiver, attribute_value, by_labels, samples
+from tests.exporter_helpers import Receiver, SharedPrometheus, attribute_value, by_labels, samples
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -311,43 +310,43 @@ def test_prometheus_counts_beyond_the_tier_cap_under_other(fake_openai: FakeOpen
 
 @pytest.mark.prometheus
 def test_prometheus_spend_by_tier_and_detail_tokens_through_a_real_prometheus(
-    prometheus_binary: str, fake_openai: FakeOpenAI, tmp_path: Path
+    prometheus: SharedPrometheus, fake_openai: FakeOpenAI
 ) -> None:
     """Scraped by a real Prometheus: spend and calls by service_tier equal the records' (``none`` for
     embeddings); cache_write, input_audio and output_audio tokens equal the records' and have series
     only where a call reported some."""
+    job = "service_tiers"
     registry = CollectorRegistry()
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry)])
-    server = start_metrics_server(0, "127.0.0.1", registry=registry)
+    server = start_metrics_server(prometheus.port(job), "127.0.0.1", registry=registry)
     try:
-        with LocalPrometheus(prometheus_binary, [f"127.0.0.1:{server.server_port}"], tmp_path) as prometheus:
-            wait("the first scrape", lambda: bool(prometheus.query('up{job="lens_app"} == 1')))
-            with capture(monitor) as records:
-                tiered_calls(monitor, fake_openai)
-            calls = records.calls
+        wait("the first scrape", lambda: bool(prometheus.server.query(f'up{{job="{job}"}} == 1')))
+        with capture(monitor) as records:
+            tiered_calls(monitor, fake_openai)
+        calls = records.calls
 
-            def by(expr: str, label: str) -> dict[str, float]:
-                return {s["metric"].get(label, ""): float(s["value"][1]) for s in prometheus.query(expr)}
+        def by(expr: str, label: str) -> dict[str, float]:
+            return {s["metric"].get(label, ""): float(s["value"][1]) for s in prometheus.server.query(expr)}
 
-            wait(
-                "a scrape of every call",
-                lambda: (
-                    sum(by("sum by (service_tier) (llm_ledger_calls_total)", "service_tier").values())
-                    == len(calls)
-                ),
-            )
-            calls_by_tier = by("sum by (service_tier) (llm_ledger_calls_total)", "service_tier")
-            spend = by("sum by (service_tier) (llm_ledger_cost_usd_total)", "service_tier")
-            increase = by("sum by (service_tier) (increase(llm_ledger_calls_total[5m]))", "service_tier")
-            tokens = by(
-                'sum by (token_type) (llm_ledger_tokens_total{token_type=~"cache_write|.*_audio"})',
-                "token_type",
-            )
-            audio_series = prometheus.query('llm_ledger_tokens_total{token_type="input_audio"}')
-            assert not prometheus.errors()
+        of_job = f'{{job="{job}"}}'
+        wait(
+            "a scrape of every call",
+            lambda: (
+                sum(by(f"sum by (service_tier) (llm_ledger_calls_total{of_job})", "service_tier").values())
+                == len(calls)
+            ),
+        )
+        calls_by_tier = by(f"sum by (service_tier) (llm_ledger_calls_total{of_job})", "service_tier")
+        spend = by(f"sum by (service_tier) (llm_ledger_cost_usd_total{of_job})", "service_tier")
+        increase = by(f"sum by (service_tier) (increase(llm_ledger_calls_total{of_job}[5m]))", "service_tier")
+        detail = f'llm_ledger_tokens_total{{job="{job}", token_type=~"cache_write|.*_audio"}}'
+        tokens = by(f"sum by (token_type) ({detail})", "token_type")
+        audio_series = prometheus.server.query(
+            f'llm_ledger_tokens_total{{job="{job}", token_type="input_audio"}}'
+        )
+        assert not prometheus.server.errors()
     finally:
-        server.shutdown()
-        server.server_close()
+        _setup._stop(server)  # as configure() stops its server: at once
     tiers = Counter(c["response"]["service_tier"] or "none" for c in calls)
     assert calls_by_tier == {"default": 1, "flex": 2, "priority": 1, "none": 1} == tiers
     want_spend: dict[str, float] = {}

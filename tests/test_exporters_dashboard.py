@@ -3,9 +3,10 @@
 A real ``prometheus`` server (Debian's package; ``.ci/run`` installs it) scrapes the demo's metrics
 endpoint on loopback while the demo's lenses run against the fake OpenAI server; each panel's
 queries then go through Prometheus' HTTP API. Without the binary the test is skipped, with the
-reason, on a developer's machine, and fails when ``CI`` is set. One server, started once for the
-module, scrapes every test's metrics as a job of its own (the dashboard's ``$job`` variable set to
-it): Prometheus takes about five seconds to scrape its first targets, however short the interval.
+reason, on a developer's machine, and fails when ``CI`` is set. The session's server (conftest's
+``prometheus``) scrapes every test's metrics as a job of its own (the dashboard's ``$job`` variable
+set to it): Prometheus takes about five seconds to scrape its first targets, however short the
+interval.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from examples.lens_app.store import Store
 from llm_ledger.exporters import _setup
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY, sigint_default
-from tests.exporter_helpers import scrape, total, workload
+from tests.exporter_helpers import SharedPrometheus, scrape, total, workload
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -89,43 +87,10 @@ def test_dashboard_covers_what_the_issue_asks_and_uses_its_datasource_variable()
     assert all("telemetry_sdk" not in expr for _, expr in expressions())
 
 
-def _port_below_the_ephemeral_range() -> int:
-    """A free loopback port under 32768, where Linux picks no local port of an outgoing connection:
-    nothing else takes it while it waits, reserved, for its test's metrics server."""
-    for port in random.sample(range(20_000, 32_768), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port between 20000 and 32767")
-
-
-# one job per test that has Prometheus scrape it: each its own metrics port and its own series
-JOBS = ("every_panel", "first_calls", "anomaly", "latency", "token_types")
-
-
-@dataclass
-class Scraped:
-    """The module's Prometheus and, for each job of JOBS, the port its test serves metrics on."""
-
-    server: LocalPrometheus
-    ports: dict[str, int]
-
-
-@pytest.fixture(scope="module")
-def prometheus(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
-    ports = {job: _port_below_the_ephemeral_range() for job in JOBS}
-    targets = {job: [f"127.0.0.1:{port}"] for job, port in ports.items()}
-    with LocalPrometheus(prometheus_binary, targets, tmp_path_factory.mktemp("prometheus")) as server:
-        yield Scraped(server, ports)
-
-
 @pytest.fixture
-def default_monitor_exports(fresh_config: None, prometheus: Scraped) -> Iterator[int]:
+def default_monitor_exports(fresh_config: None, prometheus: SharedPrometheus) -> Iterator[int]:
     """configure(exporters=["prometheus:127.0.0.1:PORT"]) as the demo's --metrics does; the port."""
-    port = prometheus.ports["every_panel"]
+    port = prometheus.port("every_panel")
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
     yield port
     _setup.prepare(()).commit(llm_ledger.get_monitor())
@@ -151,7 +116,7 @@ def _traffic(server: FakeOpenAI, db: Path) -> None:
 
 @pytest.mark.prometheus
 def test_every_panel_returns_data_from_a_real_prometheus(
-    prometheus: Scraped, default_monitor_exports: int, fake_openai: FakeOpenAI, tmp_path: Path
+    prometheus: SharedPrometheus, default_monitor_exports: int, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     """Prometheus scrapes the demo's /metrics twice around two rounds of traffic; then every panel's
     every query returns at least one series with a finite value."""
@@ -187,25 +152,24 @@ def _panel_expr(title: str, job: str) -> str:
 
 @contextlib.contextmanager
 def _exported(
-    prometheus: Scraped, job: str, monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI
+    prometheus: SharedPrometheus, job: str, monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI
 ) -> Iterator[openai.OpenAI]:
     """A PrometheusSink of its own on ``monitor``, its /metrics on ``job``'s port, scraped once by the
-    module's Prometheus: a client of ``monitor``; afterwards the client closed and the server stopped."""
+    session's Prometheus: a client of ``monitor``; afterwards the client closed and the server stopped."""
     from prometheus_client import CollectorRegistry
 
     from llm_ledger.exporters import PrometheusSink, start_metrics_server
 
     registry = CollectorRegistry()
     monitor.add_sink(PrometheusSink(registry))
-    metrics = start_metrics_server(prometheus.ports[job], "127.0.0.1", registry=registry)
+    metrics = start_metrics_server(prometheus.port(job), "127.0.0.1", registry=registry)
     client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=server.base_url, max_retries=0))
     try:
         wait("the first scrape", lambda: bool(prometheus.server.query(f'up{{job="{job}"}} == 1')))
         yield client
     finally:
         client.close()
-        metrics.shutdown()
-        metrics.server_close()
+        _setup._stop(metrics)  # as configure() stops its server: at once
 
 
 def _calls_scraped(server: LocalPrometheus, job: str, n: int) -> bool:
@@ -214,7 +178,7 @@ def _calls_scraped(server: LocalPrometheus, job: str, n: int) -> bool:
 
 @pytest.mark.prometheus
 def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
-    prometheus: Scraped,
+    prometheus: SharedPrometheus,
     monitor: llm_ledger.LLMCallMonitor,
     records: Captured,
     fake_openai: FakeOpenAI,
@@ -269,7 +233,7 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
 
 @pytest.mark.prometheus
 def test_latency_panels_show_successful_calls_and_fast_failures_stay_in_the_error_rate(
-    prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+    prometheus: SharedPrometheus, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
 ) -> None:
     """Three calls that fail at once and one that succeeds after 400 ms: the duration panel's p50 is
     the successful call's (not a failure's few milliseconds), and the error rate counts the failures."""
@@ -285,12 +249,18 @@ def test_latency_panels_show_successful_calls_and_fast_failures_stay_in_the_erro
                     model="gpt-4o", messages=hi, extra_headers={"x-fake-status": "500"}
                 )
         wait("a scrape of every call", lambda: _calls_scraped(server, job, 4))
+        # read at that scrape: rate() extrapolates each series from its last sample to the time read
+        # in proportion to the time it has samples for, and the failures' series may begin a scrape
+        # after the success's (a ratio of two rates is exact only at a scrape's own time)
+        (at,) = {
+            float(s["value"][1]) for s in server.query(f'timestamp(llm_ledger_calls_total{{job="{job}"}})')
+        }
         p50, p95 = (
-            {s["metric"]["model"]: float(s["value"][1]) for s in server.query(expr)}
+            {s["metric"]["model"]: float(s["value"][1]) for s in server.query(expr, at)}
             for title, expr in expressions(job)
             if title == "Call duration p50 / p95"
         )
-        error_rate = [float(s["value"][1]) for s in server.query(_panel_expr("Error rate", job))]
+        error_rate = [float(s["value"][1]) for s in server.query(_panel_expr("Error rate", job), at)]
     # in the bucket of the 400 ms call or, on a loaded host, the next one; the failures' is 0.01
     assert 0.32 < p50["gpt-4o"] <= 1.28, p50
     assert 0.32 < p95["gpt-4o"] <= 1.28, p95
@@ -300,7 +270,7 @@ def test_latency_panels_show_successful_calls_and_fast_failures_stay_in_the_erro
 
 @pytest.mark.prometheus
 def test_a_token_type_first_counted_later_is_counted_by_increase(
-    prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+    prometheus: SharedPrometheus, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
 ) -> None:
     """A label set's cached-tokens series is made only by its first call that reads from the prompt
     cache, after the label set's first calls: Prometheus scrapes it at 0 first, so the dashboard's
@@ -335,7 +305,7 @@ def test_a_token_type_first_counted_later_is_counted_by_increase(
 
 @pytest.mark.prometheus
 def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
-    prometheus: Scraped, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+    prometheus: SharedPrometheus, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
 ) -> None:
     """docs/ANOMALIES.md's alert rule, evaluated by Prometheus: it fires on the first anomaly of a lens
     (its counter series is at 0 from the lens's first runs on, so increase() sees the rise)."""
@@ -350,7 +320,7 @@ def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
     registry = CollectorRegistry()
     monitor.add_sink(PrometheusSink(registry))
     monitor.anomalies = AnomalyDetector(AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens",)))
-    metrics = start_metrics_server(prometheus.ports[job], "127.0.0.1", registry=registry)
+    metrics = start_metrics_server(prometheus.port(job), "127.0.0.1", registry=registry)
     client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
 
     def run(words: int) -> None:
@@ -376,8 +346,7 @@ def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
         )
         firing = server.query(alert)  # as documented: every job's (the other tests' jobs have no anomaly)
     finally:
-        metrics.shutdown()
-        metrics.server_close()
+        _setup._stop(metrics)
     assert [(s["metric"]["job"], s["metric"]["lens"], s["metric"]["metric"]) for s in firing] == [
         (job, "digest", "total_tokens")
     ]

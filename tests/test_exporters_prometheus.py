@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -655,6 +656,21 @@ def test_configure_turns_the_exporter_on_for_the_default_monitor(
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
     assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1  # off meanwhile
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_configure_stops_the_metrics_server_at_once() -> None:
+    """configure() that turns the exporter off returns as soon as the /metrics server stopped, not
+    after the server's idle loop next looks (up to half a second each time): ten on-and-off turns
+    take well under a second."""
+    port = _free_port()
+    started = time.monotonic()
+    for _ in range(10):
+        llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+        llm_ledger.configure(log_dir=None, exporters=[])
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(OSError, match="Connection refused"):
+        scrape(f"http://127.0.0.1:{port}/metrics")
 
 
 HOLD_A_PORT = (

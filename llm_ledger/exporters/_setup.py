@@ -4,6 +4,8 @@ built and ports bound by :func:`prepare` before anything changes, and swapped in
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -118,6 +120,10 @@ class Plan:
 
 
 def _stop(server: WSGIServer) -> None:
+    # shutdown() alone returns when the serving loop next wakes, up to half a second later: closing
+    # the listening socket's reading side wakes it now (its accept fails, the loop sees the request)
+    with contextlib.suppress(OSError):
+        server.socket.shutdown(socket.SHUT_RD)
     server.shutdown()
     server.server_close()
 
