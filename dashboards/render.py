@@ -305,7 +305,7 @@ def render(binary: str, seconds: float, step: float, workdir: Path) -> str:
 
 def draw(prometheus: LocalPrometheus, port: int, job: str, seconds: float, step: float, workdir: Path) -> str:
     """``seconds`` of the demo's traffic with its metrics served on ``port``, which ``prometheus``
-    scrapes as ``job`` every second: the panels over the range, as SVG."""
+    scrapes as ``job`` (every second, or more often): the panels over the range, as SVG."""
     import llm_ledger
     from llm_ledger.testing import FakeOpenAI
 
