@@ -25,7 +25,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .local_prometheus import LocalPrometheus
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "dashboards" / "llm-ledger.json"
@@ -38,9 +41,9 @@ PALETTE = ("#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b
 WIDTH, PANEL_H, STAT_H, GAP = 1200, 300, 92, 12
 
 
-def panel_queries(range_s: int) -> dict[str, list[tuple[str, str]]]:
+def panel_queries(range_s: int, job: str = ".*") -> dict[str, list[tuple[str, str]]]:
     """Panel title -> [(PromQL, legend format)], Grafana's variables filled in as Grafana would."""
-    variables = {"$__rate_interval": RATE_INTERVAL, "$__range": f"{range_s}s", "$job": ".*",
+    variables = {"$__rate_interval": RATE_INTERVAL, "$__range": f"{range_s}s", "$job": job,
                  "$lens": ".*", "$model": ".*"}  # fmt: skip
     found: dict[str, list[tuple[str, str]]] = {}
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
@@ -115,7 +118,7 @@ async def _round(base_url: str, delay_ms: int, db: Path, fail: bool) -> None:
 
 def traffic(base_url: str, seconds: float, db: Path) -> None:
     """Rounds of the demo's lenses for ``seconds``: the server slows down and speeds up, a failure
-    every few rounds, a pause of its own after each round (so rates move)."""
+    every few rounds, a pause of its own after each round (so rates move), none past the end."""
     rng = random.Random(17)
     end = time.monotonic() + seconds
     index = 0
@@ -123,7 +126,8 @@ def traffic(base_url: str, seconds: float, db: Path) -> None:
         phase = math.sin(index / 6)
         delay = int(120 + 90 * phase + rng.uniform(0, 60))
         asyncio.run(_round(base_url, delay, db, fail=index % 4 == 0))
-        time.sleep(max(0.0, 1.5 - phase + rng.uniform(0, 1.5)))
+        pause = max(0.0, 1.5 - phase + rng.uniform(0, 1.5))
+        time.sleep(max(0.0, min(pause, end - time.monotonic())))
         index += 1
 
 
@@ -290,22 +294,39 @@ def svg(
 
 
 def render(binary: str, seconds: float, step: float, workdir: Path) -> str:
-    import llm_ledger
-    from llm_ledger.testing import FakeOpenAI
-
+    """The image: a Prometheus of its own (it scrapes its first target about five seconds after it
+    starts) scraping the demo's traffic, drawn by :func:`draw`."""
     from .local_prometheus import LocalPrometheus, free_port
 
     port = free_port()
+    with LocalPrometheus(binary, [f"127.0.0.1:{port}"], workdir, job="lens_app") as prometheus:
+        return draw(prometheus, port, "lens_app", seconds, step, workdir)
+
+
+def draw(prometheus: LocalPrometheus, port: int, job: str, seconds: float, step: float, workdir: Path) -> str:
+    """``seconds`` of the demo's traffic with its metrics served on ``port``, which ``prometheus``
+    scrapes as ``job`` (every second, or more often): the panels over the range, as SVG."""
+    import llm_ledger
+    from llm_ledger.testing import FakeOpenAI
+
+    from .local_prometheus import wait
+
+    def scraped_since(t: float) -> bool:  # a successful scrape that began at or after t
+        found = prometheus.query(f'max(timestamp(llm_ledger_calls_total{{job="{job}"}}))')
+        return bool(found) and float(found[0]["value"][1]) >= t
+
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
-    with FakeOpenAI() as server, LocalPrometheus(binary, [f"127.0.0.1:{port}"], workdir) as prometheus:
+    with FakeOpenAI() as server:
+        wait("the first scrape", lambda: bool(prometheus.query(f'up{{job="{job}"}} == 1')))
         start = time.time()
         traffic(server.base_url, seconds, workdir / "app.sqlite3")
-        time.sleep(2.5)  # a last scrape
+        traffic_end = time.time()
+        wait("a scrape after the last call", lambda: scraped_since(traffic_end))
         end = time.time()
         errors = prometheus.errors()
         if errors:
             raise SystemExit("prometheus logged errors:\n" + "\n".join(errors))
-        queries = panel_queries(int(end - start))
+        queries = panel_queries(int(end - start), job)
         stats: dict[str, float | None] = {}
         for title in STATS:
             result = prometheus.query(queries[title][0][0])

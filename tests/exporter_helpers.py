@@ -86,14 +86,19 @@ METRICS_SERVER = textwrap.dedent(
 
 # one job per test that has the session's Prometheus scrape it: each its own metrics port and series
 PROMETHEUS_JOBS = (
-    *("every_panel", "first_calls", "anomaly", "latency", "token_types"),  # test_exporters_dashboard
+    # test_exporters_dashboard
+    *("every_panel", "first_calls", "anomaly", "latency", "token_types", "render"),
     "multiprocess",
     "service_tiers",
 )
 # short, so that a test waits for a few scrapes in a second or two; yet a scrape must answer within it
 # (Prometheus' scrape timeout is at most the interval), on a loaded machine too: a scrape of a test's
 # few series takes a millisecond, of every_panel's demo (500 samples) up to 0.2 s on a loaded host
-SCRAPE_INTERVALS = {job: "1s" if job == "every_panel" else "200ms" for job in PROMETHEUS_JOBS}
+SCRAPE_INTERVALS = {
+    **{job: "200ms" for job in PROMETHEUS_JOBS},
+    "every_panel": "1s",
+    "render": "500ms",  # the demo's lenses alone, fewer samples than every_panel's
+}
 
 
 def _hold_a_port() -> socket.socket:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import socket
 import subprocess
 import textwrap
 import threading
@@ -236,6 +237,8 @@ class LoopbackServer:
     def stop(self) -> None:
         if not self._stopped:
             self._stopped = True
+            # wakes serve_forever (its accept fails) now, not when it next looks (up to 0.5 s later)
+            self._server.socket.shutdown(socket.SHUT_RD)
             self._server.shutdown()
             self._server.server_close()
 

@@ -453,16 +453,17 @@ def test_docker_compose_files_agree_with_each_other_and_the_demo() -> None:
 
 @pytest.mark.prometheus
 def test_render_draws_the_panels_from_a_real_prometheus(
-    prometheus_binary: str, fresh_config: None, tmp_path: Path
+    prometheus: SharedPrometheus, fresh_config: None, tmp_path: Path
 ) -> None:
     """``python -m dashboards.render`` (the README's image): a short run draws every chosen panel, each
-    with data: the stats' values, a line per series of the time series panels, a bar per lens."""
+    with data: the stats' values, a line per series of the time series panels, a bar per lens. Drawn
+    from the session's Prometheus (render() starts one of its own, whose first scrape takes 5 s)."""
     import xml.etree.ElementTree as ET
 
     from dashboards import render
 
-    (tmp_path / "work").mkdir()
-    image = render.render(prometheus_binary, seconds=8, step=1, workdir=tmp_path / "work")
+    job = "render"
+    image = render.draw(prometheus.server, prometheus.port(job), job, seconds=5, step=1, workdir=tmp_path)
     root = ET.fromstring(image)
     texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
     for title in render.STATS + render.CHARTS:

@@ -431,6 +431,20 @@ def test_metrics_server_serves_the_registry(run: tuple[Captured, Samples]) -> No
     again.server_close()
 
 
+def test_shutting_the_metrics_server_down_returns_at_once() -> None:
+    """shutdown() after a scrape returns at once, not when the serving loop next looks for it (every
+    half second): an application, or a test, that stops its /metrics server is not held up."""
+    server = start_metrics_server(0, "127.0.0.1", registry=CollectorRegistry())
+    try:
+        scrape(f"http://127.0.0.1:{server.server_port}/metrics", settled=False)
+        started = time.monotonic()
+        server.shutdown()
+        took = time.monotonic() - started
+    finally:
+        server.server_close()
+    assert took < 0.25, took
+
+
 def test_a_busy_port_is_a_config_error() -> None:
     """A port something already listens on gives a ConfigError naming the port and the fix."""
     with socket.socket() as busy:

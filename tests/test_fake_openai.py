@@ -710,7 +710,10 @@ def test_a_queued_failure_goes_to_the_next_request_to_arrive(fake: FakeOpenAI) -
         time.sleep(0.01)
     time.sleep(0.05)  # past taking its answer (none queued yet)
     fake.fail_next(401)
-    time.sleep(0.4)  # the slow request's handler has finished its delay
+    # then the slow request's handler finishes its delay
+    while not fake.answers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.answers and fake.answers[0].status == 200  # the queued failure was not the slow request's
     client = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0)
     with client as sdk, pytest.raises(openai.AuthenticationError):
         sdk.chat.completions.create(model=MODEL, messages=USER)

@@ -123,9 +123,9 @@ def test_the_writer_thread_writes_what_callers_leave_when_they_stop(
 ) -> None:
     interval(0.05)
     h = handler()
-    for n in range(100):  # calls for about half a second, then none
+    for n in range(100):  # calls for about four intervals, then none
         _emit(h, n)
-        time.sleep(0.005)
+        time.sleep(0.002)
     assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 100, timeout=2 * 0.05 + 1.0)
     assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(100))
 
@@ -316,7 +316,7 @@ def test_a_file_system_that_hangs_writes_delays_exit_but_never_stops_it(
 ) -> None:
     """At exit (the ledger's flush, then logging's close), each wait on a hung write is bounded."""
     interval(60.0)
-    monkeypatch.setattr(_jsonl, "_EXIT_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(_jsonl, "_EXIT_TIMEOUT_S", 0.05)
     h = handler()
     answers = threading.Event()  # a hard-mounted NFS server that stopped answering
     real_write = os.write
@@ -349,7 +349,7 @@ def test_a_write_that_outlasts_close_lands_in_the_log_never_in_what_reuses_its_d
     write lands there (a record sent down another test's HTTP connection, read by the server as a
     request line: "Server disconnected without sending a response"). The writer closes it after."""
     interval(60.0)
-    monkeypatch.setattr(_jsonl, "_EXIT_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(_jsonl, "_EXIT_TIMEOUT_S", 0.05)
     h = handler()
     answers = threading.Event()
     real_write = os.write

@@ -811,7 +811,7 @@ async def test_cancelled_task_mid_stream_is_interrupted(
             model="gpt-4o-mini",
             messages=MESSAGES,
             stream=True,
-            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "200", "x-fake-chunks": "20"},
+            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "50", "x-fake-chunks": "20"},
         )
         async for chunk in stream:
             seen.append(chunk)
@@ -830,7 +830,7 @@ async def test_cancelled_task_mid_stream_is_interrupted(
 
 @pytest.mark.asyncio
 async def test_cancelled_task_mid_request_is_interrupted(
-    aclient: openai.AsyncOpenAI, records: Captured
+    fake_openai: FakeOpenAI, aclient: openai.AsyncOpenAI, records: Captured
 ) -> None:
     """A task cancelled while it waits for a slow answer is recorded interrupted."""
     task = asyncio.create_task(
@@ -840,7 +840,8 @@ async def test_cancelled_task_mid_request_is_interrupted(
             extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "2000"},
         )
     )
-    await asyncio.sleep(0.2)
+    while not fake_openai.requests:  # noqa: ASYNC110 (sent: the task waits for the answer; the server is a thread)
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -1016,7 +1017,7 @@ def test_a_trio_cancelled_stream_or_call_is_interrupted(
             model="gpt-4o-mini",
             messages=MESSAGES,
             stream=True,
-            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "100", "x-fake-chunks": "20"},
+            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "50", "x-fake-chunks": "20"},
         )
         async for chunk in chunks:
             seen.append(chunk)

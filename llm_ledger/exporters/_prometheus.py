@@ -5,6 +5,7 @@ that ``rate()`` counts them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
@@ -658,5 +659,15 @@ def start_metrics_server(
                 f"itself only (LLM_LEDGER_EXPORTERS=prometheus:{port} or prometheus:127.0.0.1:{port})"
             )
         raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}{fix}") from None
+    # shutdown() alone returns when the serving loop next looks for it, up to half a second later
+    server.shutdown = functools.partial(_shutdown_now, server)
     _serves_here()
     return server  # type: ignore[no-any-return]
+
+
+def _shutdown_now(server: WSGIServer) -> None:
+    """``server.shutdown()``, returning at once: closing the listening socket's reading side wakes the
+    serving loop (its accept fails, it sees the request)."""
+    with contextlib.suppress(OSError):
+        server.socket.shutdown(socket.SHUT_RD)
+    type(server).shutdown(server)

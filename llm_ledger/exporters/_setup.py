@@ -4,8 +4,6 @@ built and ports bound by :func:`prepare` before anything changes, and swapped in
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -120,11 +118,7 @@ class Plan:
 
 
 def _stop(server: WSGIServer) -> None:
-    # shutdown() alone returns when the serving loop next wakes, up to half a second later: closing
-    # the listening socket's reading side wakes it now (its accept fails, the loop sees the request)
-    with contextlib.suppress(OSError):
-        server.socket.shutdown(socket.SHUT_RD)
-    server.shutdown()
+    server.shutdown()  # at once (start_metrics_server's)
     server.server_close()
 
 
