@@ -126,11 +126,16 @@ def test_the_documented_logrotate_config_loses_no_line(
             client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
             calls += 1
 
+    live = logs / "llm_calls.jsonl"
     worker = threading.Thread(target=service)
     worker.start()
     try:
         for _ in range(4):
-            time.sleep(1.2)  # a batch reaches the file at least once a second: never an empty file
+            # rotate once the service's own next batch (512 lines, or a second's worth) reached the
+            # new file: never an empty file, which logrotate's notifempty would skip
+            deadline = time.monotonic() + 30
+            while not (live.exists() and live.stat().st_size) and time.monotonic() < deadline:
+                time.sleep(0.02)
             subprocess.run(
                 [logrotate_binary, "--force", "--state", str(tmp_path / "state"), str(config)],
                 check=True,
