@@ -152,16 +152,18 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedP
     return subprocess.CompletedProcess(["llm-ledger", *args], status, out, err)
 
 
-def notice_fails_strict(pytester: pytest.Pytester, *args: str, notice: list[str]) -> pytest.RunResult:
+def notice_fails_strict(
+    pytester: pytest.Pytester, *args: str, notice: list[str]
+) -> tuple[pytest.RunResult, pytest.RunResult]:
     """Run the session as is and with --llm-strict: both print the ``notice`` lines (fnmatch patterns),
-    only the strict one fails; the strict run's result."""
+    only the strict one fails; the two runs' results (as is, strict)."""
     lenient = run(pytester, *args)
     strict = run(pytester, *args, "--llm-strict")
     assert lenient.ret == pytest.ExitCode.OK, lenient.stdout.str()
     assert strict.ret == pytest.ExitCode.TESTS_FAILED, strict.stdout.str()
     for result in (lenient, strict):
         result.stdout.fnmatch_lines(notice)
-    return strict
+    return lenient, strict
 
 
 def load_yaml(path: Path) -> Any:
