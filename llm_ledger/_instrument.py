@@ -252,8 +252,8 @@ class _HookedResource:
 
 def _hook_stream_helpers(instance: Any, is_async: bool) -> None:
     """Hook the helpers of the resources the client made already, and of the others when it makes
-    them: never make one here, since that imports its part of the SDK (beta's package: about 0.6 CPU-s
-    on openai 3.x, more than the rest of the ledger's cold start)."""
+    them: never make one here, since that imports its part of the SDK (on openai 3.x beta's whole
+    package, which costs a cold start more than the rest of the ledger)."""
     cls = type(instance)
     for name, path in _HELPER_RESOURCES.items():
         if name not in instance.__dict__:
