@@ -11,15 +11,16 @@ from __future__ import annotations
 import decimal
 import fnmatch
 import functools
+import inspect
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, Unpack, get_type_hints
 
 from llm_ledger._errors import ConfigError
 from llm_ledger._extract import JsonView
@@ -631,8 +632,25 @@ def price(
     **call: Unpack[PricedCall],
 ) -> Cost | None:
     """The cost of one call priced by ``table`` (default: built-in prices) at ``provider`` (default: by
-    model name at OpenAI's list price), ``None`` for an unknown model. The call's keywords
-    (:class:`PricedCall`): ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``,
-    ``cache_write_tokens``, ``prompt_audio_tokens``, ``completion_audio_tokens``, ``at``,
-    ``service_tier``."""
+    model name at OpenAI's list price), ``None`` for an unknown model. The call's keywords:
+    :class:`PricedCall`."""
     return (table or _builtin_table()).cost(model, provider=provider, **call)
+
+
+def _show_call_keywords(*functions: Callable[..., Any]) -> None:
+    """Give each function a signature with :class:`PricedCall`'s keywords in place of ``**call`` (the two
+    counts required, the others defaulting to 0, or None for ``at`` and ``service_tier``), so help() and
+    editors show them; :meth:`Route.cost` still checks the keywords given."""
+    keywords = []
+    for name, hint in get_type_hints(PricedCall).items():
+        default = inspect.Parameter.empty if name in _COUNTS[:2] else 0 if hint is int else None
+        keywords.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
+        )
+    for function in functions:
+        signature = inspect.signature(function, eval_str=True)
+        kept = [param for param in signature.parameters.values() if param.kind is not param.VAR_KEYWORD]
+        function.__signature__ = signature.replace(parameters=[*kept, *keywords])  # type: ignore[attr-defined]
+
+
+_show_call_keywords(Route.cost, PriceTable.cost, price)

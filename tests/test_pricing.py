@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import pydoc
 import re
 import subprocess
 import sys
@@ -236,6 +238,26 @@ def test_cost_names_a_keyword_it_does_not_take_or_misses(counts: dict[str, Any],
     for cost in (price, PriceTable().cost, PriceTable().route().cost):
         with pytest.raises(TypeError, match=re.escape(f"cost() got {wrong}; it takes prompt_tokens, ")):
             cost("gpt-4o", **counts)
+
+
+def test_help_shows_the_keywords_of_a_priced_call() -> None:
+    """help() and IDEs reading the signature show every PricedCall keyword, the required counts without
+    a default and the others with theirs, on price(), PriceTable.cost() and Route.cost() alike."""
+    keys = _pricing.PricedCall.__annotations__
+    for cost in (price, PriceTable().cost, PriceTable().route().cost):
+        params = inspect.signature(cost).parameters
+        assert list(keys) == [name for name in params if name in keys], cost
+        assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in keys)
+        defaults = {name: params[name].default for name in keys}
+        assert defaults == {
+            "prompt_tokens": inspect.Parameter.empty,
+            "completion_tokens": inspect.Parameter.empty,
+            **dict.fromkeys(("cached_tokens", "cache_write_tokens"), 0),
+            **dict.fromkeys(("prompt_audio_tokens", "completion_audio_tokens"), 0),
+            "at": None,
+            "service_tier": None,
+        }
+    assert "completion_audio_tokens: int = 0" in pydoc.render_doc(price)
 
 
 def test_rates_reject_float_and_negative_prices() -> None:
