@@ -60,7 +60,6 @@ _ABOVE_EXPECTED: Final = (
     "a whole number of prompt tokens above 0 (e.g. 200000: its rates apply to calls with more)"
 )
 _MAX_ABOVE: Final = Decimal(10**9)
-_STR_TAG: Final = "tag:yaml.org,2002:str"
 
 
 def load_price_file(
@@ -221,11 +220,7 @@ def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -
     provider = None
     if provider_node is not None:
         key_path = f"{entry_path}.provider"
-        doc.check_tag(provider_node, key_path)
-        if provider_node.tag != _STR_TAG or not provider_node.value.strip():
-            got = doc.describe(provider_node)
-            raise doc.error(provider_node, key_path, f"expected a provider name, got {got}")
-        provider = provider_node.value.strip()
+        provider = doc.string(provider_node, key_path, "a provider name").strip()
         if rates is None and _genai_provider(provider) is None:
             raise doc.error(
                 provider_node,

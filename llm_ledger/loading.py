@@ -328,9 +328,9 @@ class Document:
         return list(node.value)
 
     def string(self, node: yaml.Node, key_path: str, expected: str, *, empty: bool = False) -> str:
-        """A string (quoted or not: a plain ``1`` or ``true`` is not one), non-empty unless ``empty``."""
+        """A string (quoted or not: a plain ``1`` or ``true`` is not one), not blank unless ``empty``."""
         self.check_tag(node, key_path)
-        if not (isinstance(node, yaml.ScalarNode) and node.tag == _STR and (empty or node.value)):
+        if not (isinstance(node, yaml.ScalarNode) and node.tag == _STR and (empty or node.value.strip())):
             raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
         return str(node.value)
 

@@ -424,6 +424,10 @@ def test_bad_host_pattern_names_file_line_key_and_the_valid_form(
         ('"gw.internal": {input: 1}', "3: hosts.gw.internal: missing required key 'output'"),
         ('"gw.internal": {provider: 7, input: 1, output: 1}', "3: hosts.gw.internal.provider: expected a "),
         (
+            '"gw.internal": {provider: " ", input: 1, output: 1}',
+            "3: hosts.gw.internal.provider: expected a provider name, got ' '",
+        ),
+        (
             '"gw.internal": {provider: openai, rate: 0}',
             "3: hosts.gw.internal.rate: unknown key; valid keys: ",
         ),
