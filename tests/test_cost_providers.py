@@ -100,6 +100,61 @@ def test_thinking_left_out_of_completion_tokens_is_billed_as_output(
     assert Decimal(repr(reported["cost"]["total_cost_usd"])) == genai_usd(provider, model, usage)
 
 
+def sent(prompt: int, completion: int, total: int, **details: Any) -> dict[str, Any]:
+    """A usage as an OpenAI-compatible Gemini answer sent it."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total, **details}
+
+
+NO_PREDICTION = {"accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+ONE_HUB = {"prompt_tokens_details": {}, "completion_tokens_details": {"reasoning_tokens": 0, **NO_PREDICTION}}
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "completion", "reasoning"),
+    [
+        # genai-prices' recorded gemini-2.5-pro answer: the thinking in total_tokens only, no details
+        ("gemini-2.5-pro", sent(35, 12, 109), 74, 62),
+        # MartialBE/one-hub#795: details present, reasoning_tokens 0, the thinking still outside
+        ("gemini-2.5-flash", sent(9, 664, 1994, **ONE_HUB), 1985, 1321),
+        # router-for-me/CLIProxyAPI#5733: all thinking, completion_tokens 0, reasoning_tokens given
+        ("gemini-2.5-flash", sent(21, 0, 81, completion_tokens_details={"reasoning_tokens": 60}), 60, 60),
+        # the same once that proxy counts OpenAI's way (#5744): nothing added, nothing billed twice
+        ("gemini-2.5-flash", sent(21, 60, 81, completion_tokens_details={"reasoning_tokens": 60}), 60, 60),
+    ],
+)
+def test_gemini_usages_seen_in_the_wild_add_up_and_cost_what_google_bills(
+    client: openai.OpenAI,
+    fake_openai: FakeOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    model: str,
+    usage: dict[str, Any],
+    completion: int,
+    reasoning: int,
+) -> None:
+    """Real usages of Gemini's OpenAI-compatible answers, through the SDK: the caller sees them as sent;
+    the record's prompt and completion tokens add up to the total Gemini reported, the thinking is its
+    reasoning_tokens, and the cost is genai-prices' for those tokens (all output at the output rate)."""
+    monitor.prices = at("google")
+    choice = {"index": 0, "message": {"role": "assistant", "content": "Hi, team!"}, "finish_reason": "stop"}
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [choice],
+    }
+    fake_openai.fail_next(200, body={**answer, "usage": usage})
+    reply = client.chat.completions.create(model=model, messages=HI)
+    assert reply.usage == openai.types.CompletionUsage(**usage)
+    (record,) = records.calls
+    got = record["usage"]
+    assert got["prompt_tokens"] + got["completion_tokens"] == got["total_tokens"] == usage["total_tokens"]
+    assert (got["completion_tokens"], got["reasoning_tokens"]) == (completion, reasoning)
+    assert record["cost"]["source"] == GENAI
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == genai_usd("google", model, got)
+
+
 def test_a_server_nobody_mapped_keeps_its_usage_as_reported(
     client: openai.OpenAI, records: Captured, fake_openai: FakeOpenAI
 ) -> None:
