@@ -14,6 +14,7 @@ import pytest
 
 import llm_ledger
 from llm_ledger import HostPrice, PriceTable, price
+from llm_ledger._pricing import PricedCall
 from llm_ledger.testing import Captured
 from tests.cost_helpers import assert_repriced_unchanged, genai_usd
 
@@ -130,3 +131,22 @@ def test_claude_through_openrouter_bills_its_cache_writes(
     assert Decimal(repr(record["cost"]["total_cost_usd"])) == genai_usd(
         "anthropic/claude-haiku-4.5", record["usage"], provider="openrouter"
     )
+
+
+def test_claude_cache_writes_cost_the_five_minute_rate_unless_a_price_file_gives_another(
+    tmp_path: Path,
+) -> None:
+    """No OpenAI-compatible usage says how long a write is cached (docs/PRICING.md): Claude's writes cost
+    the five-minute rate genai-prices lists, and a price file whose cache_write is the one-hour rate prices
+    calls that write one-hour caches."""
+    # claude-haiku-4-5: input $1, 5-minute cache write $1.25, 1-hour cache write $2, output $5 per 1M tokens
+    call: PricedCall = {"prompt_tokens": 10_000, "cache_write_tokens": 4_000, "completion_tokens": 100}
+    five = price("claude-haiku-4-5", provider="anthropic", **call)
+    # (6,000 x 1 + 4,000 x 1.25 + 100 x 5) / 1M
+    assert five is not None and five.total_cost_usd == Decimal("0.0115")
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "version: 1\nmodels:\n  claude-haiku-4-5: {input: 1, cached_input: 0.1, cache_write: 2, output: 5}"
+    )
+    hour = price("claude-haiku-4-5", provider="anthropic", table=PriceTable.from_file(path), **call)
+    assert hour is not None and hour.total_cost_usd == Decimal("0.0145")  # 4,000 x 2 in place of x 1.25
