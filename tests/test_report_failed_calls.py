@@ -1,6 +1,6 @@
 """The per-lens table's "failed:" line names every failed call the session counts: one made in a lens
-whose summary never came (a log cut short, records built by hand) is in no row, so the line is all
-that says where it was."""
+whose summary never came (a lens still open at the session's end) too, under that lens's row, which is
+marked cut short."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ def failed_line(ledger: SessionLedger) -> str:
 
 
 def test_a_failed_call_of_a_lens_with_no_summary_is_named_under_its_lens() -> None:
-    """A failed call whose lens never summarised: the line names the lens, the count and the test,
-    rather than ending at its colon."""
+    """A failed call whose lens never summarised: its lens has a row, and the line names the lens, the
+    count and the test, rather than ending at its colon."""
     ledger = SessionLedger()
     ledger.add_call(TEST, call(lens="summary", status="error", prompt=None, completion=None, cost=None))
 
     line = failed_line(ledger)
 
-    assert line.endswith(f": summary (1, in {TEST}; no lens summary came, so in no row)")
+    assert line.endswith(f": summary (1, in {TEST})")
+    assert any(row.startswith("summary  ") and "1 (1 cut short)" in row for row in render_lens_table(ledger))
 
 
 def test_failed_calls_with_and_without_a_lens_summary_are_each_named() -> None:
@@ -41,7 +42,4 @@ def test_failed_calls_with_and_without_a_lens_summary_are_each_named() -> None:
 
     line = failed_line(ledger)
 
-    assert line.endswith(
-        f": digest (1, in {TEST}), summary (2, in tests/test_x.py::test_z; no lens summary came, "
-        "so in no row)"
-    )
+    assert line.endswith(f": digest (1, in {TEST}), summary (2, in tests/test_x.py::test_z)")

@@ -1,0 +1,108 @@
+"""A lens run whose ``lens_summary`` never came (the process was killed, the log was cut short, a lens
+left open at the session's end) has a row of its own, made from its call records and marked cut
+short: in ``llm-ledger report``, the plugin's per-lens table and ``--llm-report``, and ``llm-ledger
+diff``; a lens with one such run among summarised ones counts that run's calls too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llm_ledger.testing import FakeOpenAI
+from tests.plugin_helpers import cli, run, server_fixture, with_key_fixture, write_project
+
+pytestmark = pytest.mark.sdk_independent
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+
+# a lens whose second call, a stream, is still open when the session ends: its summary never comes
+CUT_SHORT_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+from conftest import KEEP
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def client():
+    KEEP.append(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    return ledger.instrument(KEEP[-1])
+
+
+def one_call_then_an_open_stream(lens_key):
+    with ledger.lens(lens_key):
+        chat = client().chat.completions
+        chat.create(model="gpt-4o-mini", messages=HI)
+        stream = chat.create(model="gpt-4o-mini", messages=HI, stream=True)
+        next(iter(stream))
+        KEEP.insert(0, stream)
+
+
+@pytest.mark.llm
+def test_summarised():
+    with ledger.lens("partly"):
+        client().chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+
+@pytest.mark.llm
+def test_partly_cut_short():
+    one_call_then_an_open_stream("partly")
+
+
+@pytest.mark.llm
+def test_cut_short():
+    one_call_then_an_open_stream("cut")
+"""
+
+# the streams end once the session is over, after the report and the table; then their clients close
+KEEP_CONFTEST = """
+KEEP = []
+
+
+def pytest_unconfigure(config):
+    for stream_or_client in KEEP:
+        stream_or_client.close()
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_lens_runs_whose_summary_never_came_have_rows_in_the_table_the_report_and_the_diff(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The per-lens table, the --llm-report lenses and the diff show the lens with no summary and count
+    the cut-short run of the partly summarised lens, each marked; the lenses add up to the total."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    pytester.makeconftest(KEEP_CONFTEST)
+
+    result = run(pytester, "--llm-record-mode=once", "--llm-report=head.json")
+
+    assert result.ret == 0, result.stdout.str()
+    data = json.loads((pytester.path / "head.json").read_text())
+    lenses = data["lenses"]
+    assert set(lenses) == {"partly", "cut"}
+    assert (lenses["partly"]["runs"], lenses["partly"]["cut_short_runs"], lenses["partly"]["api_calls"]) == (
+        2,
+        1,
+        2,
+    )
+    assert (lenses["cut"]["runs"], lenses["cut"]["cut_short_runs"], lenses["cut"]["api_calls"]) == (1, 1, 1)
+    assert lenses["cut"]["tests"] == ["tests/test_app.py::test_cut_short"]
+    assert data["total"]["api_calls"] == 3 == sum(entry["api_calls"] for entry in lenses.values())
+    assert sum(entry["cost_usd"] for entry in lenses.values()) == pytest.approx(data["total"]["cost_usd"])
+    result.stdout.re_match_lines([r"^cut +1 \(1 cut short\) +1 ", r"^partly +2 \(1 cut short\) +2 "])
+    result.stdout.fnmatch_lines(["cut short: * lens_summary never came*"])
+
+    diff = json.loads(cli(capsys, "diff", "missing.json", "head.json", "--format", "json").stdout)
+    assert diff["lenses"]["cut"]["cut_short_runs"] == {"head": 1}
+    assert diff["lenses"]["partly"]["cut_short_runs"] == {"head": 1}
+    assert diff["lenses"]["cut"]["metrics"]["api_calls"]["head"] == 1
+    markdown = cli(capsys, "diff", "missing.json", "head.json").stdout
+    assert "| `cut` (new; cut short) |" in markdown
+    assert "head: 1 of 1 runs cut short" in markdown
