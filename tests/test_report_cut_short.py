@@ -6,11 +6,15 @@ diff``; a lens with one such run among summarised ones counts that run's calls t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from llm_ledger._cli import main
 from llm_ledger.testing import FakeOpenAI
+from tests.conftest import Sdk
 from tests.plugin_helpers import cli, run, server_fixture, with_key_fixture, write_project
+from tests.report_helpers import logging_to
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -106,3 +110,50 @@ def test_lens_runs_whose_summary_never_came_have_rows_in_the_table_the_report_an
     markdown = cli(capsys, "diff", "missing.json", "head.json").stdout
     assert "| `cut` (new; cut short) |" in markdown
     assert "head: 1 of 1 runs cut short" in markdown
+
+
+def test_a_log_cut_short_before_a_lens_summary_gives_its_lens_a_marked_row(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llm-ledger report` counts a run whose summary the log lost among its lens's runs, says how many
+    were cut short in the row, the total and the JSON, and counts no call twice."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        for lens in ("done", "partly", "partly", "cut"):
+            with monitor.lens(lens):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
+    lines = path.read_text().splitlines(keepends=True)
+    summaries = [n for n, text in enumerate(lines) if '"lens_summary"' in text]
+    path.write_text("".join(text for n, text in enumerate(lines) if n not in summaries[2:]))  # cut short
+
+    assert main(["report", str(path), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {row["key"]["lens"]: row for row in report["rows"]}
+    got = {lens: (row["lens_runs"], row["cut_short_runs"], row["calls"]) for lens, row in rows.items()}
+    assert got == {"done": (1, 0, 1), "partly": (2, 1, 2), "cut": (1, 1, 1)}
+    assert (report["lens_runs"], report["total"]["cut_short_runs"], report["calls"]) == (4, 2, 4)
+
+    assert main(["report", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert any(line.startswith("cut ") and " 1 (1 cut short) " in line for line in text.splitlines())
+    assert "cut short: 2 lens runs whose lens_summary never came" in text
+
+
+def test_a_run_whose_summary_was_rotated_into_the_newer_file_is_not_cut_short(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """logrotate moved a run's calls to `llm_calls.jsonl.1` and its summary is in the live file, which
+    a directory lists first: the summary read before the calls still counts the run as summarised."""
+    live = tmp_path / "llm_calls.jsonl"
+    with logging_to(live, sdk) as (monitor, client), monitor.lens("rotated"):
+        for _ in range(2):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    *calls, summary = live.read_text().splitlines(keepends=True)
+    (tmp_path / "llm_calls.jsonl.1").write_text("".join(calls))
+    live.write_text(summary)
+
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)
