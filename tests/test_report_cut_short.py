@@ -12,14 +12,16 @@ import pytest
 
 from llm_ledger._cli import main
 from llm_ledger.testing import FakeOpenAI
+from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
 from tests.plugin_helpers import cli, run, server_fixture, with_key_fixture, write_project
-from tests.report_helpers import logging_to
+from tests.report_helpers import call, lens_run, logging_to
 
 pytestmark = pytest.mark.sdk_independent
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (server_fixture, with_key_fixture)  # used by name
+TEST = "tests/test_app.py::test_x"
 
 # a lens whose second call, a stream, is still open when the session ends: its summary never comes
 CUT_SHORT_TESTS = """
@@ -110,6 +112,22 @@ def test_lens_runs_whose_summary_never_came_have_rows_in_the_table_the_report_an
     markdown = cli(capsys, "diff", "missing.json", "head.json").stdout
     assert "| `cut` (new; cut short) |" in markdown
     assert "head: 1 of 1 runs cut short" in markdown
+
+
+def test_an_xdist_worker_sends_its_open_runs_to_the_controller() -> None:
+    """A worker's lens run still open at its session's end is in the controller's report, as it would be
+    in a serial run's."""
+    worker = SessionLedger()
+    calls = [call(lens="partly", extra={"lens_run_id": run_id}) for run_id in ("run-1", "run-2")]
+    for record in calls:
+        worker.add_call(TEST, record)
+    worker.add_lens(TEST, lens_run(calls[:1]))
+    controller = SessionLedger()
+
+    controller.merge_wire(json.loads(json.dumps(worker.to_wire())))
+
+    assert controller.report()["lenses"] == worker.report()["lenses"]
+    assert controller.report()["lenses"]["partly"]["cut_short_runs"] == 1
 
 
 def test_a_log_cut_short_before_a_lens_summary_gives_its_lens_a_marked_row(

@@ -43,3 +43,18 @@ def test_failed_calls_with_and_without_a_lens_summary_are_each_named() -> None:
     line = failed_line(ledger)
 
     assert line.endswith(f": digest (1, in {TEST}), summary (2, in tests/test_x.py::test_z)")
+
+
+def test_a_lens_partly_summarised_counts_the_failed_calls_of_its_cut_short_run() -> None:
+    """One run of the lens summarised, another cut short: its row and the line count the failed calls
+    of both, in both tests, and the row says one run was cut short."""
+    ledger = SessionLedger()
+    done = call(lens="summary", status="error", prompt=None, cost=None, extra={"lens_run_id": "run-1"})
+    ledger.add_call(TEST, done)
+    ledger.add_lens(TEST, lens_run([done]))
+    other = "tests/test_x.py::test_z"
+    ledger.add_call(other, call(lens="summary", status="error", cost=None, extra={"lens_run_id": "run-2"}))
+
+    assert failed_line(ledger).endswith(f": summary (2, in {TEST}, {other})")
+    (row,) = [row for row in render_lens_table(ledger) if row.startswith("summary ")]
+    assert row.split()[1:5] == ["2", "(1", "cut", "short)"] and row.split()[-1] == "2"
