@@ -42,6 +42,7 @@ __all__ = [
     "notices",
     "render_breaches",
     "render_lens_table",
+    "replayed_auth_advice",
     "sets_limits",
 ]
 
@@ -579,6 +580,19 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     return lines
 
 
+def replayed_auth_advice(count: int, test: str | None = None) -> str:
+    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
+    command for ``test`` when it is the one): the words of the session's notice and of ``llm-ledger
+    cassettes``."""
+    command = rerecord_command(test, "rewrite") if test else "pytest NODE_ID... --llm-record-mode=rewrite"
+    return (
+        f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "
+        "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
+        f"the key set: {command}, or mark a test that expects the error "
+        "@pytest.mark.llm(record_auth_errors=True)"
+    )
+
+
 def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], bool]:
     """What the session could not check or found out of date (--llm-strict fails the run on any),
     and whether a budget checked nothing."""
@@ -598,18 +612,9 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
         )
     if ledger.replayed_auth_errors:
         tests = sorted(ledger.replayed_auth_errors)
-        command = (
-            rerecord_command(tests[0], "rewrite")
-            if len(tests) == 1
-            else "pytest NODE_ID... --llm-record-mode=rewrite"
-        )
         named = [f"{nodeid} ({ledger.replayed_auth_errors[nodeid]})" for nodeid in tests]
-        out.append(
-            f"llm-ledger: {len(tests)} test(s) replayed an authentication error (401/403) from their "
-            "cassette, recorded with a wrong or expired key; CI replays it whatever key it has: "
-            f"{listed(named)}; re-record each with the key set: {command}, or mark a test that expects the "
-            "error @pytest.mark.llm(record_auth_errors=True)"
-        )
+        one = tests[0] if len(tests) == 1 else None
+        out.append(f"llm-ledger: {replayed_auth_advice(len(tests), one)}: {listed(named)}")
     total = ledger.total()
     if not total.cost_complete:
         out.append(
