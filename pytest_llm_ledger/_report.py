@@ -593,9 +593,12 @@ def replayed_auth_advice(count: int, test: str | None = None) -> str:
     )
 
 
-def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], bool]:
+def notices(
+    ledger: SessionLedger, budgets: Budgets | None, cassettes: Iterable[str] = ()
+) -> tuple[list[str], bool]:
     """What the session could not check or found out of date (--llm-strict fails the run on any),
-    and whether a budget checked nothing."""
+    and whether a budget checked nothing. The cassettes first: stale ones, then the plugin's other
+    ``cassettes`` notices (orphans, recorded on CI), then the authentication errors; costs; budgets."""
     out = []
     if ledger.unplayed:
         stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
@@ -603,6 +606,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
             f"{listed(stale)}; re-record them with --llm-record-mode=rewrite"
         )
+    out += cassettes
     if ledger.auth_errors:
         refused = [f"{test} ({', '.join(answers)})" for test, answers in sorted(ledger.auth_errors.items())]
         out.append(
