@@ -126,7 +126,7 @@ def test_notices_come_in_one_order_whichever_of_them_there_are(
     result.stdout.fnmatch_lines(
         [
             "llm-ledger: 2 test(s) recorded their cassette in this CI run *",
-            "llm-ledger: 1 test(s) got authentication errors while recording, *tests/test_app.py::test_chat *",
+            "llm-ledger: 1 test(s) got authentication errors while recording, *::test_chat (401 *",
         ]
     )
 
