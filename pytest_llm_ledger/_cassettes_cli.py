@@ -88,11 +88,9 @@ def run(args: argparse.Namespace) -> int:
     expected = set(data["expect_auth_errors"])
     denied, status = _auth_errors(sorted(set(owned) - set(never) - expected))
     if denied:
-        print(
-            f"{len(denied)} cassette(s) replay an authentication error (401/403) their test does not "
-            "expect; re-record each with --llm-record-mode=rewrite, or mark its test "
-            "@pytest.mark.llm(record_auth_errors=True):"
-        )
+        from pytest_llm_ledger._report import replayed_auth_advice
+
+        print(f"{replayed_auth_advice(len(denied))}:")
         for path, answers in denied.items():
             print(f"  {_shown(path)}: {', '.join(answers)}")
         status = max(status, 1)

@@ -42,6 +42,7 @@ __all__ = [
     "notices",
     "render_breaches",
     "render_lens_table",
+    "replayed_auth_advice",
     "sets_limits",
 ]
 
@@ -210,6 +211,10 @@ class UsageSum(_ExactCost):
         return out
 
 
+def _run_id(context: Mapping[str, Any]) -> str:
+    return str(context.get("lens_run_id") or context.get("lens_key"))
+
+
 def _usage_key(row: UsageRow) -> tuple[str, ...]:
     """The row's USAGE_KEYS, which stay the same when unchanged cassettes are replayed again: the
     server without a passing port, the minute only for a price by time of day (which changes on a
@@ -244,12 +249,14 @@ USAGE_FIX: Final = (
 class LensRuns:
     """Every run of one lens in the session: how many, their sum, the node ids of the tests in which
     they had failed calls (cassette misses, API errors): the tests to look at, or re-record, when the
-    lens's figures drop; and of the tests that ran it (a lens renamed runs in the same tests)."""
+    lens's figures drop; and of the tests that ran it (a lens renamed runs in the same tests). ``cut_short``
+    of the runs never summarised (still open when the session ended): they count their ended calls."""
 
     runs: int
     sum: Totals
     failed_in: list[str]
     tests: list[str]
+    cut_short: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +302,9 @@ class SessionLedger:
         # (node id, *USAGE_KEYS) -> the tokens of those calls; node id -> its calls outside any lens
         self.usage: dict[tuple[str, ...], UsageSum] = {}
         self._outside: dict[str, Totals] = {}
-        # lens run id -> its ended calls with no known cost, its ended nested runs' included, until
-        # its summary names them
-        self._run_gaps: dict[str, Totals] = {}
+        # lens run id -> (its lens key, node id, its ended calls, its ended nested runs' included) until
+        # its summary comes; a run left here never ended (key "": known only as a nested run's parent)
+        self._open: dict[str, tuple[str, str, Totals]] = {}
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         row = usage_row(record)
@@ -306,8 +313,8 @@ class SessionLedger:
         context = record.get("context") or {}
         if not context.get("lens_key"):
             self._outside.setdefault(nodeid, Totals()).add(call)
-        elif not call.cost_complete:
-            self._run_gaps.setdefault(str(context.get("lens_run_id")), Totals()).add(call)
+        else:
+            self._open_run(_run_id(context), nodeid, str(context["lens_key"])).add(call)
         self.usage.setdefault((nodeid, *_usage_key(row)), UsageSum()).add(UsageSum.of_row(row, nodeid))
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
@@ -315,18 +322,24 @@ class SessionLedger:
         run = Totals.of_lens(record)
         self.tests.setdefault(nodeid, Totals())
         # a run's calls reach the ledger before its summary, a nested run's summary before its parent's
-        gaps = self._run_gaps.pop(str(context.get("lens_run_id")), None)
-        if gaps is not None:
-            if context.get("parent_lens_run_id"):
-                self._run_gaps.setdefault(str(context["parent_lens_run_id"]), Totals()).add(gaps)
-            run.unpriced, run.no_usage = dict(gaps.unpriced), dict(gaps.no_usage)
+        _, _, calls = self._open.pop(_run_id(context), ("", nodeid, Totals()))
+        if context.get("parent_lens_run_id"):
+            self._open_run(str(context["parent_lens_run_id"]), nodeid).add(calls)
+        run.unpriced, run.no_usage = dict(calls.unpriced), dict(calls.no_usage)
         self.lens_runs.append((str(context.get("lens_key") or "<unnamed>"), nodeid, run))
+
+    def _open_run(self, run_id: str, nodeid: str, key: str = "") -> Totals:
+        """The ended calls of lens run ``run_id`` while its summary has not come."""
+        old_key, owner, calls = self._open.get(run_id) or ("", nodeid, Totals())
+        self._open[run_id] = (key or old_key, owner, calls)
+        return calls
 
     def forget(self, nodeid: str) -> None:
         """Drop what test ``nodeid`` added, counts and notices: it runs again (pytest-rerunfailures), its
         last attempt counts."""
         self.tests[nodeid] = Totals()
         self.lens_runs = [run for run in self.lens_runs if run[1] != nodeid]
+        self._open = {run_id: run for run_id, run in self._open.items() if run[1] != nodeid}
         self.usage = {key: row for key, row in self.usage.items() if key[0] != nodeid}
         self._outside.pop(nodeid, None)
         # its notices too: a 401 of a failed attempt says nothing about the attempt that counts
@@ -344,6 +357,7 @@ class SessionLedger:
             **{name: getattr(self, name) for name in _WIRE_DICTS},
             "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
             "outside": {nodeid: t.to_wire() for nodeid, t in self._outside.items()},
+            "open": [[run_id, key, nodeid, t.to_wire()] for run_id, (key, nodeid, t) in self._open.items()],
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -357,6 +371,8 @@ class SessionLedger:
             self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
         for nodeid, wire in data.get("outside", {}).items():
             self._outside.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
+        for run_id, key, nodeid, wire in data.get("open", ()):
+            self._open[run_id] = (key, nodeid, Totals.from_wire(wire))
 
     # -- aggregates ------------------------------------------------------------------------------
 
@@ -380,22 +396,28 @@ class SessionLedger:
         rows = (row for key, row in self.usage.items() if key[1] == NO_LENS)
         return sorted({nodeid for row in rows for nodeid in row.tests_with_failed_calls})
 
+    def cut_short(self) -> dict[str, list[tuple[str, Totals]]]:
+        """lens key -> (node id, ended calls) of each of its runs never summarised: still open."""
+        out: dict[str, list[tuple[str, Totals]]] = {}
+        for key, nodeid, calls in self._open.values():
+            if key:
+                out.setdefault(key, []).append((nodeid, calls))
+        return out
+
     def lenses(self) -> dict[str, LensRuns]:
-        """lens key -> its runs, sorted by key."""
-        return {
-            key: LensRuns(
-                len(runs),
-                Totals.sum_of(run for _, run in runs),
-                sorted({n for n, run in runs if run.errors}),
-                sorted({n for n, _ in runs}),
-            )
-            for key, runs in self.runs_by_lens().items()
-        }
+        """lens key -> its runs, those cut short included, sorted by key."""
+        summarised, cut = self.runs_by_lens(), self.cut_short()
+        out = {}
+        for key in sorted({*summarised, *cut}):
+            runs, cut_short = summarised.get(key, []) + cut.get(key, []), len(cut.get(key, []))
+            failed, tests = sorted({n for n, run in runs if run.errors}), sorted({n for n, _ in runs})
+            out[key] = LensRuns(len(runs), Totals.sum_of(r for _, r in runs), failed, tests, cut_short)
+        return out
 
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
         """The ``--llm-report`` document (:data:`REPORT_SCHEMA`, :data:`REPORT_VERSION`); ``exit_status``
         is pytest's, which says whether the run stopped early (a collection error...)."""
-        lens_runs = Counter(nodeid for _, nodeid, _ in self.lens_runs)
+        lens_runs = Counter(nodeid for key, nodeid, _ in [*self.lens_runs, *self._open.values()] if key)
         usage: dict[tuple[str, ...], UsageSum] = {}
         for (_, *key), row in self.usage.items():
             usage.setdefault(tuple(key), UsageSum()).add(row)
@@ -405,6 +427,7 @@ class SessionLedger:
             "lenses": {
                 key: {
                     "runs": agg.runs,
+                    "cut_short_runs": agg.cut_short,
                     **agg.sum.to_report(),
                     "tests_with_failed_calls": agg.failed_in,
                     "tests": agg.tests,
@@ -525,7 +548,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     incomplete = False
     by_key = ledger.lenses()
     short = _short_keys(list(by_key))
-    named = [(key, f"{agg.runs:,}", agg.sum, agg.failed_in) for key, agg in by_key.items()]
+    cut = {key: f" ({agg.cut_short:,} cut short)" * bool(agg.cut_short) for key, agg in by_key.items()}
+    named = [(key, f"{agg.runs:,}{cut[key]}", agg.sum, agg.failed_in) for key, agg in by_key.items()]
     if ledger.outside.api_calls:  # calls outside any lens: with the lenses, they add up to the total
         named.append(("(no lens)", "", ledger.outside, ledger.outside_failed_in()))
     total = ledger.total()
@@ -541,30 +565,40 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     lines = text_table(headers, rows)
     if incomplete:
         lines.append(f"* the cost shown leaves out calls with no known cost: {total.cost_gaps()}")
+    if any(cut.values()):
+        lines.append(
+            "cut short: a lens run whose lens_summary never came (still open when the session ended: a "
+            "stream not read to its end, a thread still running) counts its calls that had ended"
+        )
     if failed:
         lenses = [
             f"{key} ({s.errors}, in {listed(tests)})" if tests else f"{key} ({s.errors})"
             for key, _, s, tests in named
             if s.errors
         ]
-        # a lens whose summary never came (a log cut short, records built by hand) has no row: its
-        # failed calls are named from their usage rows, else the line would name none of them
-        unsummarised: dict[str, UsageSum] = {}
-        for (_, lens, *_), row in sorted(ledger.usage.items()):
-            if row.failed_calls and lens != NO_LENS and lens not in by_key:
-                unsummarised.setdefault(lens, UsageSum()).add(row)
-        lenses += [
-            f"{key} ({row.failed_calls}, in {listed(row.tests_with_failed_calls)}; no lens summary came, "
-            "so in no row)"
-            for key, row in unsummarised.items()
-        ]
         lines.append(f"failed: {failed_calls()}; {NO_ANSWER}: {listed(lenses)}")
     return lines
 
 
-def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], bool]:
+def replayed_auth_advice(count: int, test: str | None = None) -> str:
+    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
+    command for ``test`` when it is the one): the words of the session's notice and of ``llm-ledger
+    cassettes``."""
+    command = rerecord_command(test, "rewrite") if test else "pytest NODE_ID... --llm-record-mode=rewrite"
+    return (
+        f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "
+        "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
+        f"the key set: {command}, or mark a test that expects the error "
+        "@pytest.mark.llm(record_auth_errors=True)"
+    )
+
+
+def notices(
+    ledger: SessionLedger, budgets: Budgets | None, cassettes: Iterable[str] = ()
+) -> tuple[list[str], bool]:
     """What the session could not check or found out of date (--llm-strict fails the run on any),
-    and whether a budget checked nothing."""
+    and whether a budget checked nothing. The cassettes first: stale ones, then the plugin's other
+    ``cassettes`` notices (orphans, recorded on CI), then the authentication errors; costs; budgets."""
     out = []
     if ledger.unplayed:
         stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
@@ -572,6 +606,7 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
             f"{listed(stale)}; re-record them with --llm-record-mode=rewrite"
         )
+    out += cassettes
     if ledger.auth_errors:
         refused = [f"{test} ({', '.join(answers)})" for test, answers in sorted(ledger.auth_errors.items())]
         out.append(
@@ -581,18 +616,9 @@ def notices(ledger: SessionLedger, budgets: Budgets | None) -> tuple[list[str], 
         )
     if ledger.replayed_auth_errors:
         tests = sorted(ledger.replayed_auth_errors)
-        command = (
-            rerecord_command(tests[0], "rewrite")
-            if len(tests) == 1
-            else "pytest NODE_ID... --llm-record-mode=rewrite"
-        )
         named = [f"{nodeid} ({ledger.replayed_auth_errors[nodeid]})" for nodeid in tests]
-        out.append(
-            f"llm-ledger: {len(tests)} test(s) replayed an authentication error (401/403) from their "
-            "cassette, recorded with a wrong or expired key; CI replays it whatever key it has: "
-            f"{listed(named)}; re-record each with the key set: {command}, or mark a test that expects the "
-            "error @pytest.mark.llm(record_auth_errors=True)"
-        )
+        one = tests[0] if len(tests) == 1 else None
+        out.append(f"llm-ledger: {replayed_auth_advice(len(tests), one)}: {listed(named)}")
     total = ledger.total()
     if not total.cost_complete:
         out.append(

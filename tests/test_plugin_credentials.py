@@ -195,6 +195,14 @@ def test_denied():
 """
 
 
+# the session's notice and `llm-ledger cassettes` say it in the same words
+REPLAYED_401 = (
+    "1 cassette(s) replay an authentication error (401/403) their test does not expect, recorded with a "
+    "wrong or expired key (CI replays it whatever key it has); re-record each with the key set:"
+)
+OR_MARK = "or mark a test that expects the error @pytest.mark.llm(record_auth_errors=True)"
+
+
 @pytest.mark.usefixtures("with_key")
 def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_command(
     pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
@@ -219,18 +227,14 @@ def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_comman
     notice_fails_strict(
         pytester,
         notice=[
-            "llm-ledger: 1 test(s) replayed an authentication error (401/403) from their cassette, "
-            "recorded with a wrong or expired key; CI replays it whatever key it has: "
-            "tests/test_app.py::test_denied (cassettes/tests/test_app/test_denied.yaml: 401 POST "
-            "/chat/completions); re-record each with the key set: pytest "
-            "tests/test_app.py::test_denied --llm-record-mode=rewrite, or mark a test that expects "
-            "the error @pytest.mark.llm(record_auth_errors=True)"
+            f"llm-ledger: {REPLAYED_401} pytest tests/test_app.py::test_denied --llm-record-mode=rewrite, "
+            f"{OR_MARK}: tests/test_app.py::test_denied (cassettes/tests/test_app/test_denied.yaml: 401 "
+            "POST /chat/completions)"
         ],
     )
     listed = cassettes()
     assert listed.returncode == 1, listed.stderr
     assert (
-        "1 cassette(s) replay an authentication error (401/403) their test does not expect; re-record "
-        "each with --llm-record-mode=rewrite, or mark its test @pytest.mark.llm(record_auth_errors=True):\n"
+        f"{REPLAYED_401} pytest NODE_ID... --llm-record-mode=rewrite, {OR_MARK}:\n"
         "  cassettes/tests/test_app/test_denied.yaml: 401 POST /chat/completions\n"
     ) in listed.stdout

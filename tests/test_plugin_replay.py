@@ -110,6 +110,28 @@ def test_recording_on_ci_is_a_notice_naming_the_cassettes_ci_throws_away(
 
 
 @pytest.mark.usefixtures("with_key")
+def test_notices_come_in_one_order_whichever_of_them_there_are(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notices about cassettes come first, in a fixed order (stale, orphans, recorded on CI, then the
+    authentication errors): with no stale cassette, the CI notice still comes before the 401's."""
+    write_project(pytester)
+    pytester.makefile(".ini", pytest=INI + "llm_record_mode = once\n")
+    server.fail_next(401)  # test_chat's call: a wrong key while recording
+    monkeypatch.setenv("CI", "true")
+
+    result = pytester.runpytest(*PLUGIN_ARGS, *FAST_ARGS)
+
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: 2 test(s) recorded their cassette in this CI run *",
+            "llm-ledger: 1 test(s) got authentication errors while recording, *::test_chat (401 *",
+        ]
+    )
+
+
+@pytest.mark.usefixtures("with_key")
 def test_record_then_replay_offline_without_key(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -193,6 +193,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "total_tokens",
         "cost_usd",
         "unpriced_calls",
+        "cut_short_runs",
         "cost_complete",
         "avg_duration_ms",
     }

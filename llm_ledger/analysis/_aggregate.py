@@ -166,7 +166,8 @@ def make_query(
 @dataclass(frozen=True, slots=True)
 class CostRow:
     """The sums of one group: ``key`` maps each dimension to its value (None when records lack it).
-    ``cost_usd`` leaves out ``unpriced_calls`` (docs/REPORTING.md, "The rows")."""
+    ``cost_usd`` leaves out ``unpriced_calls``; ``cut_short_runs`` of the ``lens_runs`` have calls in the
+    logs but no summary (docs/REPORTING.md, "The rows")."""
 
     key: dict[str, Any]
     lens_runs: int = 0
@@ -177,6 +178,7 @@ class CostRow:
     total_tokens: int = 0
     cost_usd: Decimal = _ZERO
     unpriced_calls: int = 0
+    cut_short_runs: int = 0
     duration_ms: float = 0.0  # of all calls together
 
     @property
@@ -353,6 +355,7 @@ class _Sums:
     total_tokens: int = 0
     cost_usd: Decimal = _ZERO
     unpriced_calls: int = 0
+    cut_short_runs: int = 0
     duration_ms: float = 0.0
 
     def add(self, lens_run: bool, figures: _Figures | None) -> None:
@@ -495,6 +498,11 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     if from_summaries:
         records = list(records)
         nested = _nested_sums(records)
+    # from calls: lens run id -> the groups its kept calls count in, until its summary is read; a run
+    # left here was cut short (its summary never came). Ids of runs summarised before any of their
+    # calls was read (a rotated log, read newest first), so that those calls open no run.
+    open_runs: dict[str, set[tuple[Any, ...]]] = {}
+    summarised: set[str] = set()
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
@@ -504,6 +512,15 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         if present is not None:
             present.update(record)
             present.update(context)
+        run_id, run_groups = None if from_summaries else context.get("lens_run_id"), None
+        if type(run_id) is str and not lens_run:
+            run_groups = None if run_id in summarised else open_runs.setdefault(run_id, set())
+        elif (
+            type(run_id) is str
+            and open_runs.pop(run_id, None) is None
+            and _dict(record.get("summary")).get("total_api_calls")
+        ):
+            summarised.add(run_id)  # its calls come later: a run with none leaves no id behind
         figures = None
         if lens_run == from_summaries:
             try:
@@ -529,6 +546,12 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
+            if run_groups is not None:
+                run_groups.add(group_key)
+    for run_groups in open_runs.values():  # each cut-short run counts once in the total
+        for sums in [total, *map(groups.__getitem__, run_groups)] if run_groups else ():
+            sums.lens_runs += 1
+            sums.cut_short_runs += 1
     if present:  # None, or empty when no call or lens summary was read
         _check_known(query, present)
     rows = [sums.row() for sums in groups.values()]

@@ -37,7 +37,11 @@ SUPPORTED_VERSIONS: Final = (1,)
 TOTAL_METRICS: Final = ("api_calls", "total_tokens", "cost_usd")
 _LENS_FIGURES: Final = ("runs", "api_calls", "total_tokens", "cost_usd", "errors")
 # kind of entry -> the figures read from it: whole numbers >= 0, costs any number >= 0
-_FIGURES: Final = {"lens": _LENS_FIGURES, "total": _LENS_FIGURES, "usage": (*COUNTS, "cost_usd")}
+_FIGURES: Final = {
+    "lens": (*_LENS_FIGURES, "cut_short_runs"),
+    "total": _LENS_FIGURES,
+    "usage": (*COUNTS, "cost_usd"),
+}
 # the figures every report of a version has had since that version was first written (a hand-edited one
 # may lack one, which would read as 0); fields added to a version later stay optional, 0 when absent
 _REQUIRED: Final = {
@@ -165,8 +169,10 @@ def _row(
         if status == "unchanged" and delta:
             status = "changed"
     row: dict[str, Any] = {"status": status, "metrics": out}
-    row |= {"cost_gaps": {}, "failed_calls": {}, "failed_call_tests": {}}
+    row |= {"cost_gaps": {}, "failed_calls": {}, "failed_call_tests": {}, "cut_short_runs": {}}
     for side, report, entry in zip(("base", "head"), reports, entries, strict=True):
+        if entry and entry.get("cut_short_runs"):  # runs never summarised: counted from their calls
+            row["cut_short_runs"][side] = entry["cut_short_runs"]
         # a side whose cost leaves out calls with no known cost: why (its costs are lower bounds, marked *)
         if entry and entry.get("cost_complete") is False:
             row["cost_gaps"][side] = _cost_gaps(report, lens)
@@ -259,6 +265,13 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> Iterator[Flag]:
         )
     if errors := _number(report["total"], "errors"):
         yield Flag(f"the {name} report ({path}) counts {failed_calls(int(errors))}: {NO_ANSWER}")
+    if cut := [n for n, e in report["lenses"].items() if e.get("cut_short_runs")]:
+        yield Flag(
+            f"the {name} report ({path}) has lens runs cut short (their lens_summary never came) in "
+            f"{len(cut)} lens(es): ",
+            cut,
+            "; their figures count only the calls that had ended",
+        )
     unpriced = [n for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
         yield Flag(

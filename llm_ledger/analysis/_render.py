@@ -60,7 +60,7 @@ def _label(value: Any) -> str:
 def _cells(row: CostRow) -> list[str]:
     avg = row.avg_duration_ms
     return [
-        f"{row.lens_runs:,}",
+        f"{row.lens_runs:,}" + f" ({row.cut_short_runs:,} cut short)" * bool(row.cut_short_runs),
         f"{row.calls:,}",
         f"{row.errors:,}",
         f"{row.prompt_tokens:,}",
@@ -85,6 +85,11 @@ def _footer(report: CostReport) -> list[str]:
             f"{printable(source)}: {report.lines:,} lines, {counts}, {report.malformed:,} malformed, "
             f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
         ]
+    if cut := total.cut_short_runs:
+        lines.append(
+            f"cut short: {cut:,} lens run{'s' * (cut != 1)} whose lens_summary never came (the process was "
+            "killed, or the log ends before it): counted from the calls the logs hold"
+        )
     if total.unpriced_calls:
         calls = "call has" if total.unpriced_calls == 1 else "calls have"
         which = "" if "model" in report.query.by else "; --by model shows which models"

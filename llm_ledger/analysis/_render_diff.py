@@ -192,17 +192,26 @@ def _notes(row: dict[str, Any], names: Names) -> list[str]:
         tests = [names(test) for test in row["failed_call_tests"].get(side, ())]
         where = f" in {listed(tests)}" if tests else ""
         notes.append(f"{side}: {failed_calls(count)}{where}; {NO_ANSWER}")
+    for side, count in row["cut_short_runs"].items():
+        runs = row["metrics"]["runs"][side]
+        notes.append(
+            f"{side}: {count:,} of {runs:,} runs cut short: their lens_summary never came (still open when "
+            "the tests ended), so they count only their calls that had ended"
+        )
     return notes
 
 
 _HEADERS: Final = ("metric", "base", "head", "delta", "%")
-_MARK: Final = {"new": " (new)", "removed": " (removed)", "changed": "", "unchanged": " (unchanged)"}
 
 
 def _mark(row: dict[str, Any], names: Names) -> str:
-    """What follows a lens's name: its status, and for a new lens the removed one it may be renamed from."""
-    old = row.get("renamed_from")
-    return _MARK[row["status"]] if old is None else f" (new; renamed from {names(old)}?)"
+    """What follows a lens's name: its status, for a new lens the removed one it may be renamed from,
+    and whether runs of it were cut short."""
+    said = [] if row["status"] == "changed" else [row["status"]]
+    if row.get("renamed_from") is not None:
+        said.append(f"renamed from {names(row['renamed_from'])}?")
+    said += ["cut short"] * bool(row["cut_short_runs"])
+    return f" ({'; '.join(said)})" if said else ""
 
 
 # GitHub refuses a comment longer than this (in characters); the Markdown keeps some room under it

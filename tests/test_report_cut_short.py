@@ -1,0 +1,177 @@
+"""A lens run whose ``lens_summary`` never came (the process was killed, the log was cut short, a lens
+left open at the session's end) has a row of its own, made from its call records and marked cut
+short: in ``llm-ledger report``, the plugin's per-lens table and ``--llm-report``, and ``llm-ledger
+diff``; a lens with one such run among summarised ones counts that run's calls too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_ledger._cli import main
+from llm_ledger.testing import FakeOpenAI
+from pytest_llm_ledger._report import SessionLedger
+from tests.conftest import Sdk
+from tests.plugin_helpers import cli, run, server_fixture, with_key_fixture, write_project
+from tests.report_helpers import call, lens_run, logging_to
+
+pytestmark = pytest.mark.sdk_independent
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+TEST = "tests/test_app.py::test_x"
+
+# a lens whose second call, a stream, is still open when the session ends: its summary never comes
+CUT_SHORT_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+from conftest import KEEP
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def client():
+    KEEP.append(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    return ledger.instrument(KEEP[-1])
+
+
+def one_call_then_an_open_stream(lens_key):
+    with ledger.lens(lens_key):
+        chat = client().chat.completions
+        chat.create(model="gpt-4o-mini", messages=HI)
+        stream = chat.create(model="gpt-4o-mini", messages=HI, stream=True)
+        next(iter(stream))
+        KEEP.insert(0, stream)
+
+
+@pytest.mark.llm
+def test_summarised():
+    with ledger.lens("partly"):
+        client().chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+
+@pytest.mark.llm
+def test_partly_cut_short():
+    one_call_then_an_open_stream("partly")
+
+
+@pytest.mark.llm
+def test_cut_short():
+    one_call_then_an_open_stream("cut")
+"""
+
+# the streams end once the session is over, after the report and the table; then their clients close
+KEEP_CONFTEST = """
+KEEP = []
+
+
+def pytest_unconfigure(config):
+    for stream_or_client in KEEP:
+        stream_or_client.close()
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_lens_runs_whose_summary_never_came_have_rows_in_the_table_the_report_and_the_diff(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The per-lens table, the --llm-report lenses and the diff show the lens with no summary and count
+    the cut-short run of the partly summarised lens, each marked; the lenses add up to the total."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    pytester.makeconftest(KEEP_CONFTEST)
+
+    result = run(pytester, "--llm-record-mode=once", "--llm-report=head.json")
+
+    assert result.ret == 0, result.stdout.str()
+    data = json.loads((pytester.path / "head.json").read_text())
+    lenses = data["lenses"]
+    assert set(lenses) == {"partly", "cut"}
+    assert (lenses["partly"]["runs"], lenses["partly"]["cut_short_runs"], lenses["partly"]["api_calls"]) == (
+        2,
+        1,
+        2,
+    )
+    assert (lenses["cut"]["runs"], lenses["cut"]["cut_short_runs"], lenses["cut"]["api_calls"]) == (1, 1, 1)
+    assert lenses["cut"]["tests"] == ["tests/test_app.py::test_cut_short"]
+    assert data["total"]["api_calls"] == 3 == sum(entry["api_calls"] for entry in lenses.values())
+    assert sum(entry["cost_usd"] for entry in lenses.values()) == pytest.approx(data["total"]["cost_usd"])
+    result.stdout.re_match_lines([r"^cut +1 \(1 cut short\) +1 ", r"^partly +2 \(1 cut short\) +2 "])
+    result.stdout.fnmatch_lines(["cut short: * lens_summary never came*"])
+
+    diff = json.loads(cli(capsys, "diff", "missing.json", "head.json", "--format", "json").stdout)
+    assert diff["lenses"]["cut"]["cut_short_runs"] == {"head": 1}
+    assert diff["lenses"]["partly"]["cut_short_runs"] == {"head": 1}
+    assert diff["lenses"]["cut"]["metrics"]["api_calls"]["head"] == 1
+    markdown = cli(capsys, "diff", "missing.json", "head.json").stdout
+    assert "| `cut` (new; cut short) |" in markdown
+    assert "head: 1 of 1 runs cut short" in markdown
+
+
+def test_an_xdist_worker_sends_its_open_runs_to_the_controller() -> None:
+    """A worker's lens run still open at its session's end is in the controller's report, as it would be
+    in a serial run's."""
+    worker = SessionLedger()
+    calls = [call(lens="partly", extra={"lens_run_id": run_id}) for run_id in ("run-1", "run-2")]
+    for record in calls:
+        worker.add_call(TEST, record)
+    worker.add_lens(TEST, lens_run(calls[:1]))
+    controller = SessionLedger()
+
+    controller.merge_wire(json.loads(json.dumps(worker.to_wire())))
+
+    assert controller.report()["lenses"] == worker.report()["lenses"]
+    assert controller.report()["lenses"]["partly"]["cut_short_runs"] == 1
+
+
+def test_a_log_cut_short_before_a_lens_summary_gives_its_lens_a_marked_row(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llm-ledger report` counts a run whose summary the log lost among its lens's runs, says how many
+    were cut short in the row, the total and the JSON, and counts no call twice."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        for lens in ("done", "partly", "partly", "cut"):
+            with monitor.lens(lens):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
+    lines = path.read_text().splitlines(keepends=True)
+    summaries = [n for n, text in enumerate(lines) if '"lens_summary"' in text]
+    path.write_text("".join(text for n, text in enumerate(lines) if n not in summaries[2:]))  # cut short
+
+    assert main(["report", str(path), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {row["key"]["lens"]: row for row in report["rows"]}
+    got = {lens: (row["lens_runs"], row["cut_short_runs"], row["calls"]) for lens, row in rows.items()}
+    assert got == {"done": (1, 0, 1), "partly": (2, 1, 2), "cut": (1, 1, 1)}
+    assert (report["lens_runs"], report["total"]["cut_short_runs"], report["calls"]) == (4, 2, 4)
+
+    assert main(["report", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert any(line.startswith("cut ") and " 1 (1 cut short) " in line for line in text.splitlines())
+    assert "cut short: 2 lens runs whose lens_summary never came" in text
+
+
+def test_a_run_whose_summary_was_rotated_into_the_newer_file_is_not_cut_short(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """logrotate moved a run's calls to `llm_calls.jsonl.1` and its summary is in the live file, which
+    a directory lists first: the summary read before the calls still counts the run as summarised."""
+    live = tmp_path / "llm_calls.jsonl"
+    with logging_to(live, sdk) as (monitor, client), monitor.lens("rotated"):
+        for _ in range(2):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    *calls, summary = live.read_text().splitlines(keepends=True)
+    (tmp_path / "llm_calls.jsonl.1").write_text("".join(calls))
+    live.write_text(summary)
+
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)
