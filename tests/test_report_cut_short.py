@@ -14,7 +14,14 @@ from llm_ledger._cli import main
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import Sdk
-from tests.plugin_helpers import cli, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import (
+    cli,
+    notice_fails_strict,
+    run,
+    server_fixture,
+    with_key_fixture,
+    write_project,
+)
 from tests.report_helpers import call, lens_run, logging_to
 
 pytestmark = pytest.mark.sdk_independent
@@ -175,3 +182,48 @@ def test_a_run_whose_summary_was_rotated_into_the_newer_file_is_not_cut_short(
     assert main(["report", str(tmp_path), "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cut_short_run_over_its_lens_limit_is_a_breach_said_to_be_a_lower_bound(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """`--llm-budget` checks a run whose summary never came on its ended calls: more than the limit
+    already is a breach, whose line says the run was cut short, so its figures are at least those."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    pytester.makeconftest(KEEP_CONFTEST)
+    pytester.path.joinpath("budgets.yaml").write_text("lenses:\n  cut: {max_api_calls: 0}\n")
+
+    result = run(pytester, "--llm-record-mode=once", "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.re_match_lines(
+        [r"^lens cut +max_api_calls +0 +at least 1 +tests/test_app.py::test_cut_short \(cut short\)$"]
+    )
+    result.stdout.fnmatch_lines(["cut short: * lens_summary never came*so its figures are at least *"])
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cut_short_run_within_its_lens_limits_is_a_notice_it_went_unchecked(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A run whose summary never came, within its limits on the calls that ended, was not checked: a
+    notice names it, whether it is the lens's only run or one of several (--llm-strict fails), and the
+    run never says every budget was met."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    pytester.makeconftest(KEEP_CONFTEST)
+    pytester.path.joinpath("budgets.yaml").write_text("default: {max_api_calls: 1}\n")
+
+    lenient, _ = notice_fails_strict(
+        pytester,
+        "--llm-record-mode=once",
+        "--llm-budget",
+        notice=[
+            "llm-ledger: 2 lens run(s) with a budget were cut short (their lens_summary never came), so "
+            "not checked: cut (tests/test_app.py::test_cut_short), partly "
+            "(tests/test_app.py::test_partly_cut_short); *"
+        ],
+    )
+
+    assert "was met" not in lenient.stdout.str()
+    assert "no run of" not in lenient.stdout.str()
