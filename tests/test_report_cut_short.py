@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from llm_ledger import parse_budgets
 from llm_ledger._cli import main
 from llm_ledger.testing import FakeOpenAI
-from pytest_llm_ledger._report import SessionLedger
+from pytest_llm_ledger._report import SessionLedger, notices
 from tests.conftest import Sdk
 from tests.plugin_helpers import (
     cli,
@@ -208,11 +209,13 @@ def test_a_cut_short_run_within_its_lens_limits_is_a_notice_it_went_unchecked(
     pytester: pytest.Pytester, server: FakeOpenAI
 ) -> None:
     """A run whose summary never came, within its limits on the calls that ended, was not checked: a
-    notice names it, whether it is the lens's only run or one of several (--llm-strict fails), and the
-    run never says every budget was met."""
+    notice names it, whether it is the lens's only run or one of several (--llm-strict fails); the run says
+    every budget that could be checked was met, not every budget, and never that the lens did not run."""
     write_project(pytester, CUT_SHORT_TESTS)
     pytester.makeconftest(KEEP_CONFTEST)
-    pytester.path.joinpath("budgets.yaml").write_text("default: {max_api_calls: 1}\n")
+    pytester.path.joinpath("budgets.yaml").write_text(
+        "lenses:\n  cut: {max_api_calls: 1}\ndefault: {max_api_calls: 1}\n"
+    )
 
     lenient, _ = notice_fails_strict(
         pytester,
@@ -225,5 +228,16 @@ def test_a_cut_short_run_within_its_lens_limits_is_a_notice_it_went_unchecked(
         ],
     )
 
-    assert "was met" not in lenient.stdout.str()
+    lenient.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml that could be checked was met"])
     assert "no run of" not in lenient.stdout.str()
+
+
+def test_a_lens_with_no_budget_whose_every_run_was_cut_short_is_named() -> None:
+    """With no default budget, a lens that ran only cut short is named as running with no budget, as a
+    summarised one is: with --llm-strict it fails the run until it has limits."""
+    ledger = SessionLedger()
+    ledger.add_call(TEST, call(lens="cut", extra={"lens_run_id": "run-1"}))
+
+    found, _ = notices(ledger, parse_budgets("lenses:\n  other: {max_api_calls: 1}\n"))
+
+    assert any("ran with no budget" in notice and "\n  cut: {max_api_calls: 1," in notice for notice in found)
