@@ -241,3 +241,30 @@ def test_a_lens_with_no_budget_whose_every_run_was_cut_short_is_named() -> None:
     found, _ = notices(ledger, parse_budgets("lenses:\n  other: {max_api_calls: 1}\n"))
 
     assert any("ran with no budget" in notice and "\n  cut: {max_api_calls: 1," in notice for notice in found)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_fail_on_increase_cannot_check_a_lens_with_runs_cut_short_on_either_side(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head whose lens runs were cut short counts only their ended calls, which can hide an increase
+    (it reads as cheaper); a base cut short reads as cheaper, so the head reads as grown: either way
+    --fail-on-increase fails closed with the lens as cannot be checked, saying which side and why."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    pytester.makeconftest(KEEP_CONFTEST)
+    assert run(pytester, "--llm-record-mode=rewrite", "--llm-report=cut.json").ret == 0
+    write_project(pytester, CUT_SHORT_TESTS.replace("next(iter(stream))", "list(stream)"))
+    assert run(pytester, "--llm-record-mode=rewrite", "--llm-report=whole.json").ret == 0
+
+    for base, head, side in (("whole.json", "cut.json", "head"), ("cut.json", "whole.json", "base")):
+        got = cli(capsys, "diff", base, head, "--fail-on-increase", "10", "--format", "json")
+        increases = {i["lens"]: i for i in json.loads(got.stdout)["increases"] if i["scope"] == "lens"}
+        assert got.returncode == 1
+        assert {lens: i["reason"] for lens, i in increases.items()} == {
+            "cut": "unchecked",
+            "partly": "unchecked",
+        }
+        assert increases["cut"]["cost_gaps"] == (
+            f"{side}: 1 of 1 runs cut short (their lens_summary never came), which count only their ended calls"
+        )
+        assert "partly (" + side + ": 1 of 2 runs cut short" in got.stderr
