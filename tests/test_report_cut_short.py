@@ -6,6 +6,8 @@ diff``; a lens with one such run among summarised ones counts that run's calls t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -265,6 +267,44 @@ def test_fail_on_increase_cannot_check_a_lens_with_runs_cut_short_on_either_side
             "partly": "unchecked",
         }
         assert increases["cut"]["cost_gaps"] == (
-            f"{side}: 1 of 1 runs cut short (their lens_summary never came), which count only their ended calls"
+            f"{side}: 1 of 1 runs cut short (their lens_summary never came), which count only their "
+            "ended calls"
         )
         assert "partly (" + side + ": 1 of 2 runs cut short" in got.stderr
+
+
+# a child forked inside a lens makes its call once the parent's lens summary is written
+FORKED_AFTER_THE_SUMMARY = """
+import os, openai, llm_ledger
+llm_ledger.configure(log_dir={log_dir!r})
+client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={base_url!r}, max_retries=0))
+hi = [{{"role": "user", "content": "hi"}}]
+summarised, tell_child = os.pipe()
+with llm_ledger.lens("forks"):
+    client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    pid = os.fork()
+    if pid == 0:
+        os.read(summarised, 1)
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        llm_ledger.flush()
+        os._exit(0)
+llm_ledger.flush()  # the summary is in the file
+os.write(tell_child, b"x")
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_childs_call_logged_after_its_parents_lens_summary_opens_no_cut_short_run(
+    fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A process forked inside a lens (a worker pool) whose child calls after the parent's run ended:
+    its call carries the run's context but counts in no run of the parent's, so `llm-ledger report`
+    counts the call in the lens and the run as summarised, not as a second run cut short."""
+    script = FORKED_AFTER_THE_SUMMARY.format(log_dir=str(tmp_path), base_url=fake_openai.base_url)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    events = [json.loads(line)["event"] for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert events == ["llm_api_call", "lens_summary", "llm_api_call"]
+
+    assert main(["report", str(tmp_path / "llm_calls.jsonl"), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)
