@@ -272,6 +272,7 @@ class Breach:
     runs_over: int = 1
     unknown: str = ""  # a limit that cannot be checked: why (the models with no known cost or usage)
     fix: str = ""  # and what makes the value known
+    cut_short: bool = False  # the worst run's summary never came: its figures are at least ``actual``
 
     @property
     def where(self) -> str:
@@ -384,10 +385,12 @@ class SessionLedger:
         """The calls made outside any lens."""
         return Totals.sum_of(self._outside.values())
 
-    def runs_by_lens(self) -> dict[str, list[tuple[str, Totals]]]:
-        """lens key -> (node id, run totals) of each of its runs, both sorted."""
+    def runs_by_lens(self, *, cut_short: bool = False) -> dict[str, list[tuple[str, Totals]]]:
+        """lens key -> (node id, run totals) of each of its summarised runs, both sorted; with
+        ``cut_short``, of its runs never summarised too, counted from their ended calls."""
+        runs = [*self.lens_runs, *(run for run in self._open.values() if cut_short and run[0])]
         out: dict[str, list[tuple[str, Totals]]] = {}
-        for key, nodeid, run in sorted(self.lens_runs, key=lambda r: (r[0], r[1])):
+        for key, nodeid, run in sorted(runs, key=lambda r: (r[0], r[1])):
             out.setdefault(key, []).append((nodeid, run))
         return out
 
@@ -399,7 +402,7 @@ class SessionLedger:
     def cut_short(self) -> dict[str, list[tuple[str, Totals]]]:
         """lens key -> (node id, ended calls) of each of its runs never summarised: still open."""
         out: dict[str, list[tuple[str, Totals]]] = {}
-        for key, nodeid, calls in self._open.values():
+        for key, nodeid, calls in sorted(self._open.values(), key=lambda r: (r[0], r[1])):
             if key:
                 out.setdefault(key, []).append((nodeid, calls))
         return out
@@ -452,10 +455,11 @@ class SessionLedger:
     def check(self, budgets: Budgets) -> list[Breach]:
         """Every limit in ``budgets`` this session exceeds, worst run first within each limit."""
         breaches: list[Breach] = []
-        for key, runs in self.runs_by_lens().items():
+        summarised, cut = self.runs_by_lens(), self.cut_short()
+        for key in sorted({*summarised, *cut}):
             limits = budgets.for_lens(key)
             if limits is not None:
-                breaches.extend(_check_runs("lens", key, limits, runs))
+                breaches.extend(_check_runs("lens", key, limits, summarised.get(key, []), cut.get(key, [])))
         for nodeid, limits in sorted(budgets.tests.items()):
             if nodeid in self.tests:
                 breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
@@ -474,14 +478,23 @@ class SessionLedger:
         return breaches
 
 
-def _check_runs(scope: str, name: str, limits: Limits, runs: list[tuple[str, Totals]]) -> list[Breach]:
+def _check_runs(
+    scope: str,
+    name: str,
+    limits: Limits,
+    runs: list[tuple[str, Totals]],
+    cut: Iterable[tuple[str, Totals]] = (),
+) -> list[Breach]:
+    """The limits ``runs`` exceed, or cannot be checked on; runs ``cut`` short (no summary came) are
+    checked on their ended calls, a lower bound: over a limit is a breach, within it unchecked (a notice)."""
     out = []
     for limit_key, limit in limits.items():
         metric = Limits.METRIC_OF[limit_key]
-        over = [(run.metric(metric), nodeid) for nodeid, run in runs if run.metric(metric) > limit]
+        each = [(run.metric(metric), nodeid, False) for nodeid, run in runs]
+        over = [t for t in each + [(run.metric(metric), nodeid, True) for nodeid, run in cut] if t[0] > limit]
         if over:
-            actual, nodeid = max(over, key=lambda pair: pair[0])
-            out.append(Breach(scope, name, limit_key, limit, actual, nodeid, len(over)))
+            actual, nodeid, cut_short = max(over, key=lambda t: t[0])
+            out.append(Breach(scope, name, limit_key, limit, actual, nodeid, len(over), cut_short=cut_short))
         elif unknown := [(nodeid, run) for nodeid, run in runs if _unknown(run, metric)]:
             # fail closed: a limit is met only by a value that is known
             nodeid, run = unknown[0]
@@ -493,6 +506,10 @@ def _check_runs(scope: str, name: str, limits: Limits, runs: list[tuple[str, Tot
                        gaps.cost_gaps(), gaps.cost_fixes())
             )  # fmt: skip
     return out
+
+
+def _over(run: Totals, limits: Limits) -> bool:
+    return any(run.metric(Limits.METRIC_OF[key]) > limit for key, limit in limits.items())
 
 
 def _unknown(run: Totals, metric: str) -> bool:
@@ -636,17 +653,32 @@ def notices(
     idle = sorted(set(budgets.tests) - set(ledger.tests))
     if idle:
         out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {listed(idle)}")
-    ran = sorted({key for key, _, _ in ledger.lens_runs})
+    ran = sorted(ledger.lenses())  # cut short or not
     idle_lenses = [f"{key!r}{did_you_mean(key, ran)}" for key in sorted(set(budgets.lenses) - set(ran))]
     if idle_lenses:
         out.append(
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
             f"{listed(idle_lenses)}; lens keys that ran: {listed(ran) or 'none'}"
         )
+    # fail closed: a run cut short within its limits may have gone over them after its calls that ended
+    unchecked = [
+        f"{key} ({nodeid})"
+        for key, runs in ledger.cut_short().items()
+        if (limits := budgets.for_lens(key)) is not None
+        for nodeid, run in runs
+        if limits.items() and not _over(run, limits)
+    ]
+    if unchecked:
+        out.append(
+            f"llm-ledger: {len(unchecked)} lens run(s) with a budget were cut short (their lens_summary "
+            f"never came), so not checked: {listed(unchecked)}; their ended calls are within the limits, "
+            "the rest is unknown: end each lens inside its test (read its streams to the end or close "
+            "them, join its threads)"
+        )
     unbudgeted = _unbudgeted(ledger, budgets)
     if unbudgeted:
         out.append(unbudgeted)
-    return out, bool(idle or idle_lenses)
+    return out, bool(idle or idle_lenses or unchecked)
 
 
 def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
@@ -655,7 +687,9 @@ def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
     named, and fails a strict run, until it has a budget)."""
     if budgets.default is not None:
         return ""
-    runs = {key: runs for key, runs in ledger.runs_by_lens().items() if key not in budgets.lenses}
+    runs = {
+        key: runs for key, runs in ledger.runs_by_lens(cut_short=True).items() if key not in budgets.lenses
+    }
     if not runs:
         return ""
     lines = [
@@ -692,7 +726,7 @@ def applied(ledger: SessionLedger, budgets: Budgets) -> bool:
     """Whether a limit of ``budgets`` applied to the session: the total's, a test's that ran, or the
     limits of a lens that ran (its own entry's, else the default's)."""
     ran: list[Limits | None] = [limits for test, limits in budgets.tests.items() if test in ledger.tests]
-    ran += [budgets.for_lens(key) for key in {key for key, _, _ in ledger.lens_runs}]
+    ran += [budgets.for_lens(key) for key in ledger.lenses()]
     return _caps([budgets.total, *ran])
 
 
@@ -708,8 +742,9 @@ def _caps(sections: list[Limits | None]) -> bool:
 def render_breaches(breaches: list[Breach]) -> list[str]:
     rows = []
     for b in breaches:
-        worst = b.worst_test + (f" (+{b.runs_over - 1} more runs)" if b.runs_over > 1 else "")
-        actual = "unknown" if b.unknown else _format_value(b.limit_key, b.actual)
+        worst = b.worst_test + " (cut short)" * b.cut_short
+        worst += f" (+{b.runs_over - 1} more runs)" if b.runs_over > 1 else ""
+        actual = "unknown" if b.unknown else "at least " * b.cut_short + _format_value(b.limit_key, b.actual)
         rows.append([b.where, b.limit_key, _format_value(b.limit_key, b.limit), actual, worst])
     lines = text_table(
         ["lens / test / total", "limit", "max", "actual", "worst run (test id)"], rows, right={2, 3}
@@ -717,4 +752,9 @@ def render_breaches(breaches: list[Breach]) -> list[str]:
     for b in breaches:
         if b.unknown:
             lines.append(f"{b.where}: {b.limit_key} cannot be checked: {b.unknown}; {b.fix}")
+    if any(b.cut_short for b in breaches):
+        lines.append(
+            "cut short: a lens run whose lens_summary never came counts only its calls that had ended, so "
+            "its figures are at least those shown"
+        )
     return lines

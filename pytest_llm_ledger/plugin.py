@@ -896,7 +896,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                 "limits ran), so --llm-budget checked nothing"
             )
         else:
-            checked = " that ran" if state.unchecked_budgets else ""
+            checked = " that could be checked" if state.unchecked_budgets else ""
             tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
     for notice in state.notices:
         tr.write_line(notice, red=state.strict)

@@ -6,15 +6,25 @@ diff``; a lens with one such run among summarised ones counts that run's calls t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from llm_ledger import parse_budgets
 from llm_ledger._cli import main
 from llm_ledger.testing import FakeOpenAI
-from pytest_llm_ledger._report import SessionLedger
+from pytest_llm_ledger._report import SessionLedger, notices
 from tests.conftest import Sdk
-from tests.plugin_helpers import cli, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import (
+    cli,
+    notice_fails_strict,
+    run,
+    server_fixture,
+    with_key_fixture,
+    write_project,
+)
 from tests.report_helpers import call, lens_run, logging_to
 
 pytestmark = pytest.mark.sdk_independent
@@ -173,5 +183,128 @@ def test_a_run_whose_summary_was_rotated_into_the_newer_file_is_not_cut_short(
     live.write_text(summary)
 
     assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cut_short_run_over_its_lens_limit_is_a_breach_said_to_be_a_lower_bound(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """`--llm-budget` checks a run whose summary never came on its ended calls: more than the limit
+    already is a breach, whose line says the run was cut short, so its figures are at least those."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    pytester.makeconftest(KEEP_CONFTEST)
+    pytester.path.joinpath("budgets.yaml").write_text("lenses:\n  cut: {max_api_calls: 0}\n")
+
+    result = run(pytester, "--llm-record-mode=once", "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.re_match_lines(
+        [r"^lens cut +max_api_calls +0 +at least 1 +tests/test_app.py::test_cut_short \(cut short\)$"]
+    )
+    result.stdout.fnmatch_lines(["cut short: * lens_summary never came*so its figures are at least *"])
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cut_short_run_within_its_lens_limits_is_a_notice_it_went_unchecked(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A run whose summary never came, within its limits on the calls that ended, was not checked: a
+    notice names it, whether it is the lens's only run or one of several (--llm-strict fails); the run says
+    every budget that could be checked was met, not every budget, and never that the lens did not run."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    pytester.makeconftest(KEEP_CONFTEST)
+    pytester.path.joinpath("budgets.yaml").write_text(
+        "lenses:\n  cut: {max_api_calls: 1}\ndefault: {max_api_calls: 1}\n"
+    )
+
+    lenient, _ = notice_fails_strict(
+        pytester,
+        "--llm-record-mode=once",
+        "--llm-budget",
+        notice=[
+            "llm-ledger: 2 lens run(s) with a budget were cut short (their lens_summary never came), so "
+            "not checked: cut (tests/test_app.py::test_cut_short), partly "
+            "(tests/test_app.py::test_partly_cut_short); *"
+        ],
+    )
+
+    lenient.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml that could be checked was met"])
+    assert "no run of" not in lenient.stdout.str()
+
+
+def test_a_lens_with_no_budget_whose_every_run_was_cut_short_is_named() -> None:
+    """With no default budget, a lens that ran only cut short is named as running with no budget, as a
+    summarised one is: with --llm-strict it fails the run until it has limits."""
+    ledger = SessionLedger()
+    ledger.add_call(TEST, call(lens="cut", extra={"lens_run_id": "run-1"}))
+
+    found, _ = notices(ledger, parse_budgets("lenses:\n  other: {max_api_calls: 1}\n"))
+
+    assert any("ran with no budget" in notice and "\n  cut: {max_api_calls: 1," in notice for notice in found)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_fail_on_increase_cannot_check_a_lens_with_runs_cut_short_on_either_side(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head whose lens runs were cut short counts only their ended calls, which can hide an increase
+    (it reads as cheaper); a base cut short reads as cheaper, so the head reads as grown: either way
+    --fail-on-increase fails closed with the lens as cannot be checked, saying which side and why."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    pytester.makeconftest(KEEP_CONFTEST)
+    assert run(pytester, "--llm-record-mode=rewrite", "--llm-report=cut.json").ret == 0
+    write_project(pytester, CUT_SHORT_TESTS.replace("next(iter(stream))", "list(stream)"))
+    assert run(pytester, "--llm-record-mode=rewrite", "--llm-report=whole.json").ret == 0
+
+    for base, head, side in (("whole.json", "cut.json", "head"), ("cut.json", "whole.json", "base")):
+        got = cli(capsys, "diff", base, head, "--fail-on-increase", "10", "--format", "json")
+        increases = {i["lens"]: i for i in json.loads(got.stdout)["increases"] if i["scope"] == "lens"}
+        assert got.returncode == 1
+        assert {lens: i["reason"] for lens, i in increases.items()} == {
+            "cut": "unchecked",
+            "partly": "unchecked",
+        }
+        assert increases["cut"]["cost_gaps"] == (
+            f"{side}: 1 of 1 runs cut short (their lens_summary never came), which count only their "
+            "ended calls"
+        )
+        assert "partly (" + side + ": 1 of 2 runs cut short" in got.stderr
+
+
+# a child forked inside a lens makes its call once the parent's lens summary is written
+FORKED_AFTER_THE_SUMMARY = """
+import os, openai, llm_ledger
+llm_ledger.configure(log_dir={log_dir!r})
+client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={base_url!r}, max_retries=0))
+hi = [{{"role": "user", "content": "hi"}}]
+summarised, tell_child = os.pipe()
+with llm_ledger.lens("forks"):
+    client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    pid = os.fork()
+    if pid == 0:
+        os.read(summarised, 1)
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        llm_ledger.flush()
+        os._exit(0)
+llm_ledger.flush()  # the summary is in the file
+os.write(tell_child, b"x")
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_childs_call_logged_after_its_parents_lens_summary_opens_no_cut_short_run(
+    fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A process forked inside a lens (a worker pool) whose child calls after the parent's run ended:
+    its call carries the run's context but counts in no run of the parent's, so `llm-ledger report`
+    counts the call in the lens and the run as summarised, not as a second run cut short."""
+    script = FORKED_AFTER_THE_SUMMARY.format(log_dir=str(tmp_path), base_url=fake_openai.base_url)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    events = [json.loads(line)["event"] for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert events == ["llm_api_call", "lens_summary", "llm_api_call"]
+
+    assert main(["report", str(tmp_path / "llm_calls.jsonl"), "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)

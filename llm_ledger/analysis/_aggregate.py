@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT, cost_decimal
+from .._records import CALL_EVENT, LENS_EVENT, cost_decimal, process_of
 from ..loading import did_you_mean
 from ._read import InputStats, LogReader
 
@@ -500,7 +500,8 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         nested = _nested_sums(records)
     # from calls: lens run id -> the groups its kept calls count in, until its summary is read; a run
     # left here was cut short (its summary never came). Ids of runs summarised before any of their
-    # calls was read (a rotated log, read newest first), so that those calls open no run.
+    # calls was read (a rotated log, read newest first), so that those calls open no run. A call a child
+    # forked inside a run made (its id's process is not the run's) counts in no run, so opens none.
     open_runs: dict[str, set[tuple[Any, ...]]] = {}
     summarised: set[str] = set()
     for record in records:
@@ -514,7 +515,9 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             present.update(context)
         run_id, run_groups = None if from_summaries else context.get("lens_run_id"), None
         if type(run_id) is str and not lens_run:
-            run_groups = None if run_id in summarised else open_runs.setdefault(run_id, set())
+            processes = {process_of(run_id), process_of(record.get("call_id"))}
+            forked = len(processes) == 2 and None not in processes
+            run_groups = None if forked or run_id in summarised else open_runs.setdefault(run_id, set())
         elif (
             type(run_id) is str
             and open_runs.pop(run_id, None) is None

@@ -376,10 +376,12 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         m, gaps = row["metrics"][metric], row["cost_gaps"]
         if m["head"] is None:  # removed: a decrease
             continue
-        failed = row["failed_calls"]
+        failed, cut = row["failed_calls"], _cut_short(row) if scope == "lens" else {}
         why = None  # why it cannot be checked: a side's cost leaves out calls the other's does not
         if "head" in gaps and gaps["head"] != gaps.get("base"):
             reason, why = "unchecked", f"head: {gaps['head']}"
+        elif "head" in cut:  # its cost per run is a lower bound: it can hide an increase
+            reason, why = "unchecked", cut["head"]
         elif m["base"] is None:
             if not m["head"]:
                 continue
@@ -392,6 +394,8 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
             count = "some" if failed["base"] is None else failed["base"]
             reason = "unchecked"
             why = f"base: {failed_calls(count)}, which count no cost"
+        elif "base" in cut:  # the same: its cut-short runs counted only their ended calls
+            reason, why = "unchecked", cut["base"]
         else:
             reason = "grew"
         out.append(
@@ -400,6 +404,15 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
             | ({"renamed_from": row["renamed_from"]} if row.get("renamed_from") is not None else {})
         )  # fmt: skip
     return out
+
+
+def _cut_short(row: dict[str, Any]) -> dict[str, str]:
+    """side -> why a lens's cost per run on that side is a lower bound: runs cut short."""
+    return {
+        side: f"{side}: {count} of {row['metrics']['runs'][side]:g} runs cut short (their lens_summary "
+        "never came), which count only their ended calls"
+        for side, count in row["cut_short_runs"].items()
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -487,7 +500,8 @@ def register(subparsers: Any, summary: str) -> None:
         help=(
             "exit 1 when a lens's cost per run, the cost of calls outside any lens or the total cost grows "
             "by more than PCT percent, or a lens absent in BASE costs money (an increase from nothing); "
-            "a cost that leaves out calls with no known cost in HEAD only fails too (it cannot be "
-            "checked); each is named on stderr. Without a BASE report nothing is compared"
+            "a cost that leaves out calls with no known cost in HEAD only, or a lens with runs cut short, "
+            "fails too (it cannot be checked); each is named on stderr. Without a BASE report nothing is "
+            "compared"
         ),
     )
