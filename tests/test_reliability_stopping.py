@@ -12,20 +12,22 @@ from typing import Any
 import pytest
 
 from llm_ledger import _jsonl
+from tests import warm_python
 from tests.reliability_helpers import child_env, read_lines, record_figures
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]  # the writer, whatever the SDK
 
+Child = warm_python.Child | subprocess.Popen[bytes]
 CALLS, LENSES = 200, 20  # what a ``stopped`` child makes (``many``: 1,000 calls in 100 lenses)
 
 
-def _stopped(log_dir: Path, how: str, **env: str) -> subprocess.Popen[bytes]:
+def _stopped(log_dir: Path, how: str, **env: str) -> Child:
     """A child that makes its calls, prints whose SIGTERM handler is installed and "returned", then waits."""
     command = [sys.executable, "-m", "tests.writing_children", "stopped", str(log_dir), how]
-    return subprocess.Popen(command, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return warm_python.popen(command, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _said(child: subprocess.Popen[bytes]) -> str:
+def _said(child: Child) -> str:
     assert child.stdout is not None
     line = child.stdout.readline().decode().strip()
     if not line:
@@ -34,7 +36,7 @@ def _said(child: subprocess.Popen[bytes]) -> str:
     return line
 
 
-def _end(child: subprocess.Popen[bytes]) -> tuple[int, str]:
+def _end(child: Child) -> tuple[int, str]:
     out, err = child.communicate(timeout=60)
     assert child.returncode is not None
     return child.returncode, out.decode() + err.decode()
