@@ -17,6 +17,7 @@ import pytest
 
 import llm_ledger
 from llm_ledger.testing import FakeOpenAI, capture
+from tests import warm_python
 from tests.reliability_helpers import FAKE_KEY, child_env, read_lines, record_figures, sized
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]  # writer and lenses, any SDK
@@ -87,20 +88,20 @@ async def test_concurrent_calls_are_attributed_to_their_lens(fake_openai: FakeOp
 
 def _spawn(
     log_dir: Path, proc: int, threads: int, calls: int, ending: str = "flush"
-) -> subprocess.Popen[bytes]:
+) -> warm_python.Process:
     command = [sys.executable, "-m", "tests.reliability_helpers", "write", str(log_dir)]
     command += [str(proc), str(threads), str(calls), ending]
-    return subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return warm_python.popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _spawn_processes(log_dir: Path, procs: int, threads: int, calls: int) -> subprocess.Popen[bytes]:
+def _spawn_processes(log_dir: Path, procs: int, threads: int, calls: int) -> warm_python.Process:
     """One child whose ``procs`` processes (forked, each with its own configure()) write at once."""
     command = [sys.executable, "-m", "tests.reliability_helpers", "write-forked", str(log_dir)]
     command += [str(procs), str(threads), str(calls)]
-    return subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return warm_python.popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait(children: list[subprocess.Popen[bytes]], *, status: int = 0) -> None:
+def _wait(children: list[warm_python.Process], *, status: int = 0) -> None:
     for child in children:
         _, err = child.communicate(timeout=600)
         assert child.returncode == status, err.decode(errors="replace")

@@ -17,17 +17,16 @@ from tests.reliability_helpers import child_env, read_lines, record_figures
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]  # the writer, whatever the SDK
 
-Child = warm_python.Child | subprocess.Popen[bytes]
 CALLS, LENSES = 200, 20  # what a ``stopped`` child makes (``many``: 1,000 calls in 100 lenses)
 
 
-def _stopped(log_dir: Path, how: str, **env: str) -> Child:
+def _stopped(log_dir: Path, how: str, **env: str) -> warm_python.Process:
     """A child that makes its calls, prints whose SIGTERM handler is installed and "returned", then waits."""
     command = [sys.executable, "-m", "tests.writing_children", "stopped", str(log_dir), how]
     return warm_python.popen(command, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _said(child: Child) -> str:
+def _said(child: warm_python.Process) -> str:
     assert child.stdout is not None
     line = child.stdout.readline().decode().strip()
     if not line:
@@ -36,7 +35,7 @@ def _said(child: Child) -> str:
     return line
 
 
-def _end(child: Child) -> tuple[int, str]:
+def _end(child: warm_python.Process) -> tuple[int, str]:
     out, err = child.communicate(timeout=60)
     assert child.returncode is not None
     return child.returncode, out.decode() + err.decode()

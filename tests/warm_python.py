@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-__all__ = ["Child", "popen", "run"]
+__all__ = ["Child", "Process", "popen", "run"]
 
 _PRELOAD = ("openai",)  # what a child would import anyway: the costly part of its start
 _server: tuple[subprocess.Popen[bytes], socket.socket] | None = None
@@ -117,6 +117,9 @@ class Child:
         self.wait()
 
 
+Process = Child | subprocess.Popen[Any]  # what popen() returns
+
+
 def popen(
     args: Sequence[str],
     *,
@@ -126,7 +129,7 @@ def popen(
     stdout: int | None = None,
     stderr: int | None = None,
     text: bool = False,
-) -> Child | subprocess.Popen[Any]:
+) -> Process:
     """``subprocess.Popen(args, ...)``, forked from the warm server when it can be faithful."""
     env = dict(os.environ if env is None else env)
     if not _faithful(args, env):
