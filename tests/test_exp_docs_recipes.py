@@ -15,6 +15,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llm_ledger.testing import FakeOpenAI
+from tests import warm_python
 from tests.exporter_helpers import Receiver
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -54,7 +55,7 @@ def test_the_otlp_recipe_sends_spans_and_metrics_to_the_endpoint_in_the_environm
         "LLM_LEDGER_LOG_DIR": "off",
     }
     try:
-        done = subprocess.run(
+        done = warm_python.run(
             [sys.executable, "-c", app], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
     finally:

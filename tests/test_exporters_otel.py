@@ -6,7 +6,6 @@ from __future__ import annotations
 import enum
 import json
 import os
-import subprocess
 import sys
 import threading
 import uuid
@@ -33,6 +32,7 @@ from llm_ledger.exporters import OTelSink, _setup
 from llm_ledger.exporters._otel import MAX_COUNTER_SETS, MAX_PENDING_CALLS, TOKEN_BUCKETS
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests import warm_python
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import AWAIT_FORKED_CHILD, Receiver, attribute_value, hold_then_fork, workload
 
@@ -679,7 +679,7 @@ def test_exporting_to_no_opentelemetry_sdk_says_so_once(setup: str) -> None:
     and the first call says so on llm_ledger.internal (once); one that sets up tracing only is told
     that the metrics (the spend in llm_ledger.cost among them) go nowhere; with both set up, nothing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OTEL_"))}
-    app = subprocess.run(
+    app = warm_python.run(
         [sys.executable, "-c", NO_SDK_APP, setup],
         env=env | {"LLM_LEDGER_EXPORTERS": "otel"},
         capture_output=True,
@@ -808,7 +808,7 @@ def test_calls_of_processes_forked_inside_a_lens_are_exported_once(fake_openai: 
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
     try:
-        done = subprocess.run(
+        done = warm_python.run(
             [sys.executable, "-c", FORKED_POOL, f"http://127.0.0.1:{receiver.server_port}/v1/traces",
              fake_openai.base_url],
             capture_output=True, text=True, timeout=60, env={**os.environ, "LLM_LEDGER_LOG_DIR": "off"},
@@ -876,7 +876,7 @@ def test_a_process_forked_while_another_thread_counts_spend_calls_and_reports_it
     """A fork copies a lock another thread holds, held for good: the child's calls would hang in the
     sink. The child gets free locks, and its llm_ledger.cost is its own calls' spend: the parent's,
     copied at the fork, is the parent's to report (a child reporting it too counts it twice)."""
-    done = subprocess.run(
+    done = warm_python.run(
         [sys.executable, "-c", FORK_WHILE_COUNTING, fake_openai.base_url],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip

@@ -26,6 +26,7 @@ from llm_ledger._anomalies import METRICS
 from llm_ledger.exporters import PrometheusSink, _setup, start_metrics_server
 from llm_ledger.exporters._prometheus import PENDING_CALLS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests import warm_python
 from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import (
     AWAIT_FORKED_CHILD,
@@ -583,7 +584,7 @@ def test_a_process_forked_while_another_thread_is_inside_the_sink_still_calls(
 ) -> None:
     """A fork copies a lock another thread holds, held for good: the child's calls would hang in the
     sink. The child gets free locks and none of its parent's pending sums, and counts its own call."""
-    done = subprocess.run(
+    done = warm_python.run(
         [sys.executable, "-c", FORK_WHILE_BUSY, fake_openai.base_url],
         cwd=REPO, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
@@ -619,7 +620,7 @@ def test_a_child_forked_from_a_process_serving_its_registry_says_its_calls_are_n
     """A process whose /metrics is its own web app's (no start_metrics_server) forks a worker: the
     worker's calls go to its copy of the registry, which nothing serves; it says so once, naming the
     fix, as a gunicorn --preload worker does."""
-    done = subprocess.run(
+    done = warm_python.run(
         [sys.executable, "-c", FORK_AFTER_A_SCRAPE, fake_openai.base_url],
         cwd=REPO, capture_output=True, text=True, timeout=30,
     )  # fmt: skip

@@ -23,6 +23,7 @@ from llm_ledger.analysis._read import strict_loads
 from llm_ledger.report import summarise
 from llm_ledger.testing import FakeOpenAI
 from llm_ledger.testing import capture as capture_records
+from tests import warm_python
 from tests.conftest import FAKE_KEY
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -688,7 +689,7 @@ def test_records_are_written_at_interpreter_exit(fake_openai: FakeOpenAI, tmp_pa
                 client.chat.completions.create(model="gpt-4o-mini", messages=hi)
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    warm_python.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
     lines = _lines(tmp_path / "llm_calls.jsonl")
     assert len(lines) == 51 and lines[-1]["summary"]["total_api_calls"] == 50
 
@@ -790,7 +791,7 @@ def test_configure_loads_the_price_data_off_the_callers_thread_once(tmp_path: Pa
     priced call does not wait for it; a call that comes first waits for the same load (the data is
     loaded once), a worker forked meanwhile prices its calls, and a configure() that records nothing
     loads nothing."""
-    done = subprocess.run(
+    done = warm_python.run(
         [sys.executable, "-c", _PRICE_LOADS, str(tmp_path), when],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

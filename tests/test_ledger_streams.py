@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import subprocess
 import sys
 import textwrap
 from http.server import BaseHTTPRequestHandler
@@ -18,6 +17,7 @@ import pytest
 import llm_ledger
 import llm_ledger.testing
 from llm_ledger.testing import Captured, FakeOpenAI
+from tests import warm_python
 from tests.conftest import FAKE_KEY
 from tests.plugin_helpers import LoopbackServer
 from tests.sdk import STREAM_BREAKS, sdk_http
@@ -408,7 +408,7 @@ def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: 
         next(kept)
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    warm_python.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
     [line] = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert line["status"] == "interrupted"
 
@@ -433,7 +433,7 @@ def test_calls_made_in_an_atexit_hook_are_written(fake_openai: FakeOpenAI, tmp_p
                 next(completions.create(model="gpt-4o-mini", messages=hi, stream=True))
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    warm_python.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
     lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert [line.get("status") for line in lines if line["event"] == "llm_api_call"] == ["ok", "interrupted"]
     assert [line["summary"]["total_api_calls"] for line in lines if line["event"] == "lens_summary"] == [2]
@@ -463,7 +463,7 @@ def test_a_stream_open_at_a_fork_is_recorded_once_by_the_parent(
                 pass
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    warm_python.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
     lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     streams = [line for line in lines if line["event"] == "llm_api_call" and line["request"]["stream"]]
     plain = [line for line in lines if line["event"] == "llm_api_call" and not line["request"]["stream"]]

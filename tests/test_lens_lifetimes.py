@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import textwrap
 import threading
@@ -19,6 +18,7 @@ import pytest
 
 import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI
+from tests import warm_python
 from tests.conftest import FAKE_KEY
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -86,7 +86,7 @@ def _forked_in_a_lens(fake_openai: FakeOpenAI, log_dir: Path, forking: str) -> t
             call()
         """
     ) + textwrap.indent(textwrap.dedent(forking), "    ")
-    done = subprocess.run(
+    done = warm_python.run(
         [sys.executable, "-c", script], check=True, timeout=60, capture_output=True, text=True
     )
     return done.stdout, [json.loads(x) for x in (log_dir / "llm_calls.jsonl").read_text().splitlines()]
@@ -420,10 +420,10 @@ try:
 except openai.BadRequestError:
     pass
 """
-    bare = subprocess.run([sys.executable, "-c", script, "bare"], capture_output=True, text=True, timeout=60)
+    bare = warm_python.run([sys.executable, "-c", script, "bare"], capture_output=True, text=True, timeout=60)
     assert bare.returncode == 0, bare.stderr
     assert "{'timestamp'" not in bare.stderr and "llm_api_call" not in bare.stderr
-    rooted = subprocess.run(
+    rooted = warm_python.run(
         [sys.executable, "-c", script, "root"], capture_output=True, text=True, timeout=60
     )
     assert rooted.returncode == 0, rooted.stderr

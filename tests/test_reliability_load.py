@@ -86,9 +86,7 @@ async def test_concurrent_calls_are_attributed_to_their_lens(fake_openai: FakeOp
     )
 
 
-def _spawn(
-    log_dir: Path, proc: int, threads: int, calls: int, ending: str = "flush"
-) -> warm_python.Process:
+def _spawn(log_dir: Path, proc: int, threads: int, calls: int, ending: str = "flush") -> warm_python.Process:
     command = [sys.executable, "-m", "tests.reliability_helpers", "write", str(log_dir)]
     command += [str(proc), str(threads), str(calls), ending]
     return warm_python.popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)

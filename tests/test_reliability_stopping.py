@@ -28,7 +28,8 @@ def _stopped(log_dir: Path, how: str, **env: str) -> warm_python.Process:
 
 def _said(child: warm_python.Process) -> str:
     assert child.stdout is not None
-    line = child.stdout.readline().decode().strip()
+    said: bytes = child.stdout.readline()
+    line = said.decode().strip()
     if not line:
         _, err = child.communicate(timeout=30)
         raise AssertionError(f"the child said nothing; it exited {child.returncode}: {err.decode()}")
