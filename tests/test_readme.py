@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from examples.lens_app.lenses import LENSES
 from examples.lens_app.sources import load_sources
 from llm_ledger.report import usd
 from llm_ledger.testing import FakeOpenAI
+from tests import warm_python
 from tests.plugin_helpers import no_key_fixture, run, write_project
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -94,7 +94,7 @@ def test_monitoring_a_service_writes_the_records_the_readme_shows(
     env |= {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake_openai.base_url}
     (tmp_path / "quickstart.py").write_text(code)
 
-    done = subprocess.run(
+    done = warm_python.run(
         [sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
 

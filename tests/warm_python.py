@@ -1,4 +1,4 @@
-"""Child Pythons with the openai SDK already imported: ``python -c`` and ``python -m`` without its cost.
+"""Child Pythons with the openai SDK already imported: ``python -c``, ``-m`` or a script without its cost.
 
 Importing openai takes about a CPU-second, most of what a short child process costs. This module's
 server (one per test process, started at first use) imports it once, then forks a child for each
@@ -150,7 +150,8 @@ def popen(
             assert wanted is None, wanted
             ends.append(os.dup(fd))
             mine.append(None)
-    request = {"argv": list(args[1:]), "env": env, "cwd": os.fspath(cwd or os.getcwd())}
+    argv = list(args[1:]) if args[1] in ("-c", "-m") else ["", *args[1:]]  # a script: no flag
+    request = {"argv": argv, "env": env, "cwd": os.fspath(cwd or os.getcwd())}
     try:
         pid = _ask(request, ends)
     finally:
@@ -186,8 +187,13 @@ def run(
 
 
 def _faithful(args: Sequence[str], env: Mapping[str, str]) -> bool:
-    """``python -c CODE ...`` or ``python -m MODULE ...`` whose start-up settings match the server's."""
-    if len(args) < 3 or args[0] != sys.executable or args[1] not in ("-c", "-m"):
+    """``python -c CODE ...``, ``python -m MODULE ...`` or ``python SCRIPT.py ...`` whose start-up
+    settings match the server's."""
+    if len(args) < 2 or args[0] != sys.executable:
+        return False
+    # pytest must import its plugins itself (it rewrites their asserts; anyio, which openai imports, is one)
+    code_or_module = args[1] in ("-c", "-m") and len(args) > 2 and args[1:3] != ["-m", "pytest"]
+    if not (code_or_module or (args[1].endswith(".py") and not args[1].startswith("-"))):
         return False
     startup = {k: v for k, v in env.items() if k.startswith("PYTHON") and k != "PYTHONPATH"}
     ours = {k: v for k, v in os.environ.items() if k.startswith("PYTHON") and k != "PYTHONPATH"}
@@ -282,8 +288,12 @@ def _child(request: dict[str, Any], fds: list[int], site: list[str]) -> None:
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
     flag, what, *rest = request["argv"]
-    sys.path[:] = ["" if flag == "-c" else os.getcwd(), *_pythonpath(os.environ), *site]
-    if flag == "-c":
+    first = {"-c": "", "-m": os.getcwd()}.get(flag) or os.path.dirname(os.path.abspath(what))
+    sys.path[:] = [first, *_pythonpath(os.environ), *site]
+    if not flag:
+        sys.argv = [what, *rest]
+        runpy.run_path(os.path.abspath(what), run_name="__main__")
+    elif flag == "-c":
         main = types.ModuleType("__main__")
         sys.modules["__main__"] = main
         sys.argv = ["-c", *rest]
