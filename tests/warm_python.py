@@ -33,6 +33,7 @@ __all__ = ["Child", "Process", "popen", "run"]
 
 _PRELOAD = ("openai",)  # what a child would import anyway: the costly part of its start
 _server: tuple[subprocess.Popen[bytes], socket.socket] | None = None
+_SERVER_ENV = dict(os.environ)  # the test process's, before any test changes it
 
 
 # -- the caller's side ---------------------------------------------------------------------------
@@ -103,7 +104,8 @@ class Child:
                 out.append(None)
                 continue
             data = b"".join(chunks[pipe])
-            out.append(data.decode() if hasattr(pipe, "buffer") else data)
+            text = hasattr(pipe, "buffer")  # universal newlines, as Popen's text mode reads
+            out.append(data.decode().replace("\r\n", "\n").replace("\r", "\n") if text else data)
             pipe.close()
         return out[0], out[1]
 
@@ -195,9 +197,14 @@ def _faithful(args: Sequence[str], env: Mapping[str, str]) -> bool:
     code_or_module = args[1] in ("-c", "-m") and len(args) > 2 and args[1:3] != ["-m", "pytest"]
     if not (code_or_module or (args[1].endswith(".py") and not args[1].startswith("-"))):
         return False
-    startup = {k: v for k, v in env.items() if k.startswith("PYTHON") and k != "PYTHONPATH"}
-    ours = {k: v for k, v in os.environ.items() if k.startswith("PYTHON") and k != "PYTHONPATH"}
-    return startup == ours and env.get("OPENAI_LOG") == os.environ.get("OPENAI_LOG")
+    return _startup(env) == _startup(_SERVER_ENV)
+
+
+def _startup(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables that act when Python starts or openai is imported (PYTHONPATH is rebuilt)."""
+    return {
+        k: v for k, v in env.items() if (k.startswith("PYTHON") and k != "PYTHONPATH") or k == "OPENAI_LOG"
+    }
 
 
 def _ask(request: dict[str, Any], fds: list[int] | None = None) -> Any:
@@ -206,6 +213,7 @@ def _ask(request: dict[str, Any], fds: list[int] | None = None) -> Any:
         ours, theirs = socket.socketpair()
         server = subprocess.Popen(
             [sys.executable, "-m", "tests.warm_python", str(theirs.fileno())],
+            env=_SERVER_ENV,
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
