@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import llm_ledger
 from llm_ledger import ConfigError
-from llm_ledger.exporters import OTelSink, _setup
-from llm_ledger.exporters._otel import MAX_COUNTER_SETS, MAX_PENDING_CALLS, TOKEN_BUCKETS
+from llm_ledger.exporters import OTelSink, _otel, _setup
+from llm_ledger.exporters._otel import MAX_COUNTER_SETS, TOKEN_BUCKETS
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
@@ -392,24 +392,28 @@ def test_a_call_begun_after_its_lens_ended_is_exported_under_the_lens_span(otel:
 
 
 def test_calls_waiting_for_a_lens_record_that_never_comes_are_given_up_oldest_first(
-    otel: Telemetry, caplog: pytest.LogCaptureFixture
+    otel: Telemetry, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client of one's own monitor called inside ``llm_ledger.lens()`` (the default monitor's) counts in
     that lens, whose record reaches only the default monitor's sinks: its span cannot wait for it for
     good. Past MAX_PENDING_CALLS waiting calls the run that waited longest is given up (its calls
     exported without a lens parent, said once on llm_ledger.internal), and a lens of the sink's own
     monitor still parents its calls."""
+    # the cap lowered from 10,000 to 100: the same loop gives up the same run, and the OTel SDK's
+    # metrics and spans for 10,000 records took 2 CPU-s
+    cap = 100
+    monkeypatch.setattr(_otel, "MAX_PENDING_CALLS", cap)
     with capture(otel.monitor) as records, llm_ledger.lens("of the default monitor"):
         otel.client.chat.completions.create(model="gpt-4o", messages=HI)
     (stranded,) = records.calls
     assert otel.spans() == []  # waiting for a lens record that goes to another monitor's sinks
-    for index in range(MAX_PENDING_CALLS - 1):  # the same call, as a busy service would make it
+    for index in range(cap - 1):  # the same call, as a busy service would make it
         otel.sink({**stranded, "call_id": f"stranded-{index}"})
     with caplog.at_level("WARNING", logger="llm_ledger.internal"), otel.monitor.lens("own") as own:
         otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     spans = otel.spans()
     given_up = [s for s in spans if s.name == "chat gpt-4o"]
-    assert len(given_up) == MAX_PENDING_CALLS and all(s.parent is None for s in given_up)
+    assert len(given_up) == cap and all(s.parent is None for s in given_up)
     (lens,) = [s for s in spans if s.name == "lens own"]
     (call,) = [s for s in spans if s.name == "chat gpt-4o-mini"]
     assert call.parent is not None and lens.context is not None
