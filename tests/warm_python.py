@@ -298,17 +298,21 @@ def _child(request: dict[str, Any], fds: list[int], site: list[str]) -> None:
     flag, what, *rest = request["argv"]
     first = {"-c": "", "-m": os.getcwd()}.get(flag) or os.path.dirname(os.path.abspath(what))
     sys.path[:] = [first, *_pythonpath(os.environ), *site]
-    if not flag:
+    # a __main__ of its own that stays in sys.modules, as python's: its globals live until shutdown
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    if flag == "-m":
         sys.argv = [what, *rest]
-        runpy.run_path(os.path.abspath(what), run_name="__main__")
-    elif flag == "-c":
-        main = types.ModuleType("__main__")
-        sys.modules["__main__"] = main
-        sys.argv = ["-c", *rest]
-        exec(compile(what, "<string>", "exec"), main.__dict__)
+        runpy._run_module_as_main(what)  # type: ignore[attr-defined]  # what python -m runs
     else:
-        sys.argv = [what, *rest]
-        runpy.run_module(what, run_name="__main__", alter_sys=True)
+        if flag == "-c":
+            sys.argv, name, code = ["-c", *rest], "<string>", what
+        else:
+            sys.argv, name = [what, *rest], os.path.abspath(what)
+            main.__file__ = name
+            with open(name, "rb") as script:
+                code = script.read()
+        exec(compile(code, name, "exec"), main.__dict__)
     sys.exit(0)
 
 
