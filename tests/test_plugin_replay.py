@@ -353,12 +353,8 @@ def test_an_authentication_error_is_seen_live_and_never_recorded(
     that replays offline."""
     write_project(pytester, RETRY_TESTS)
     server.fail_next(status)
-    if workers:
-        bad = pytester.runpytest_subprocess(
-            *PLUGIN_ARGS, *FAST_ARGS, "-n", str(workers), "--llm-record-mode=once"
-        )
-    else:
-        bad = run(pytester, "--llm-record-mode=once")
+    # with xdist the session runs in this process; its worker is a process of its own
+    bad = run(pytester, *(["-n", str(workers)] if workers else []), "--llm-record-mode=once")
     bad.assert_outcomes(failed=1)
     bad.stdout.fnmatch_lines(
         [
