@@ -11,6 +11,7 @@ every pull request, runs once for the module: both pull requests are diffed agai
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -137,35 +138,28 @@ def write_version(repo: Path, prompts: list[str]) -> None:
     app.write_text(APP.format(prompt=prompts))
 
 
-# each project's tests run in turn in one interpreter (start-up and imports were most of each run's
-# time), with its own src/ on the path and its modules forgotten after its run
-RECORD = """
-import os, sys
-import pytest
-
-for repo, mode in zip(sys.argv[1::2], sys.argv[2::2]):
-    path = list(sys.path)
-    os.chdir(repo)
-    sys.path.insert(0, os.path.join(repo, "src"))
-    code = pytest.main([f"--llm-record-mode={mode}", "-p", "no:cacheprovider"])
-    if code != 0:
-        sys.exit(f"recording in {repo} exited {code}")
-    sys.path[:] = path
-    for name, module in list(sys.modules.items()):
-        if (getattr(module, "__file__", None) or "").startswith(repo + os.sep):
-            del sys.modules[name]
-"""
-
-
 def record(server: FakeOpenAI, modes: dict[Path, str]) -> None:
-    """Record each project's cassettes against the loopback server, in that record mode."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_"))}
-    env |= {"OPENAI_BASE_URL": server.base_url}  # and no key
-    args = [str(arg) for repo, mode in modes.items() for arg in (repo, mode)]
-    recorded = subprocess.run(
-        [sys.executable, "-c", RECORD, *args], env=env, capture_output=True, text=True, check=False
-    )
-    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    """Record each project's cassettes against the loopback server, in that record mode: a pytest
+    session each, run in this process as pytester's are, with that project's src/ on the path, no
+    key and ``OPENAI_BASE_URL`` set; its modules and paths forgotten after its run."""
+    path = list(sys.path)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith(("OPENAI_", "PYTEST_"))]:
+            patch.delenv(name)
+        patch.setenv("OPENAI_BASE_URL", server.base_url)
+        gc.freeze()  # each session's final collection scans its own objects, not this whole process
+        try:
+            for repo, mode in modes.items():
+                patch.chdir(repo)
+                sys.path.insert(0, str(repo / "src"))
+                code = pytest.main([f"--llm-record-mode={mode}", "-p", "no:cacheprovider"])
+                assert code == 0, f"recording in {repo} exited {code}"
+                sys.path[:] = path
+                for name, module in list(sys.modules.items()):
+                    if (getattr(module, "__file__", None) or "").startswith(f"{repo}{os.sep}"):
+                        del sys.modules[name]
+        finally:
+            gc.unfreeze()
 
 
 def readme_workflow() -> dict[str, Any]:
