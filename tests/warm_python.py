@@ -2,7 +2,7 @@
 
 Importing openai takes about a CPU-second, most of what a short child process costs. This module's
 server (one per test process, started at first use) imports it once, then forks a child for each
-``spawn()``: the child takes the caller's pipes as its stdin/stdout/stderr, its environment and
+``popen()`` or ``run()``: the child takes the caller's pipes as its stdin/stdout/stderr, its environment and
 directory, builds ``sys.path`` as ``python`` would from them, and runs the code or module as
 ``__main__``. It is a real process making real SDK calls: it gets signals, runs its atexit hooks and
 exits through the interpreter's own shutdown, and its exit status (``-SIGTERM`` included) is the
@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
@@ -34,6 +35,7 @@ __all__ = ["Child", "Process", "popen", "run"]
 _PRELOAD = ("openai",)  # what a child would import anyway: the costly part of its start
 _server: tuple[subprocess.Popen[bytes], socket.socket] | None = None
 _SERVER_ENV = dict(os.environ)  # the test process's, before any test changes it
+_asking = threading.Lock()  # one question at a time on the server's socket
 
 
 # -- the caller's side ---------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def _faithful(args: Sequence[str], env: Mapping[str, str]) -> bool:
     if len(args) < 2 or args[0] != sys.executable:
         return False
     # pytest must import its plugins itself (it rewrites their asserts; anyio, which openai imports, is one)
-    code_or_module = args[1] in ("-c", "-m") and len(args) > 2 and args[1:3] != ["-m", "pytest"]
+    code_or_module = args[1] in ("-c", "-m") and len(args) > 2 and list(args[1:3]) != ["-m", "pytest"]
     if not (code_or_module or (args[1].endswith(".py") and not args[1].startswith("-"))):
         return False
     return _startup(env) == _startup(_SERVER_ENV)
@@ -208,6 +210,11 @@ def _startup(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _ask(request: dict[str, Any], fds: list[int] | None = None) -> Any:
+    with _asking:
+        return _answer(request, fds)
+
+
+def _answer(request: dict[str, Any], fds: list[int] | None) -> Any:
     global _server
     if _server is None:
         ours, theirs = socket.socketpair()
