@@ -293,6 +293,7 @@ def _pythonpath(env: Mapping[str, str]) -> list[str]:
 
 
 def _child(request: dict[str, Any], fds: list[int], site: list[str]) -> None:
+    import importlib.machinery
     import runpy
     import types
 
@@ -303,23 +304,31 @@ def _child(request: dict[str, Any], fds: list[int], site: list[str]) -> None:
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
     flag, what, *rest = request["argv"]
-    first = {"-c": "", "-m": os.getcwd()}.get(flag) or os.path.dirname(os.path.abspath(what))
+    first = "" if flag == "-c" else os.getcwd() if flag == "-m" else os.path.dirname(os.path.abspath(what))
     sys.path[:] = [first, *_pythonpath(os.environ), *site]
     # a __main__ of its own that stays in sys.modules, as python's: its globals live until shutdown
     main = types.ModuleType("__main__")
+    main.__annotations__ = {}
     sys.modules["__main__"] = main
-    if flag == "-m":
-        sys.argv = [what, *rest]
-        runpy._run_module_as_main(what)  # type: ignore[attr-defined]  # what python -m runs
-    else:
-        if flag == "-c":
-            sys.argv, name, code = ["-c", *rest], "<string>", what
+    try:
+        if flag == "-m":
+            sys.argv = [what, *rest]
+            runpy._run_module_as_main(what)  # type: ignore[attr-defined]  # what python -m runs
+        elif flag == "-c":
+            sys.argv, main.__loader__ = ["-c", *rest], importlib.machinery.BuiltinImporter
+            exec(compile(what, "<string>", "exec"), main.__dict__)
         else:
             sys.argv, name = [what, *rest], os.path.abspath(what)
-            main.__file__ = name
+            main.__dict__.update(__file__=name, __cached__=None)
+            main.__loader__ = importlib.machinery.SourceFileLoader("__main__", name)
             with open(name, "rb") as script:
-                code = script.read()
-        exec(compile(code, name, "exec"), main.__dict__)
+                exec(compile(script.read(), name, "exec"), main.__dict__)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # printed as python prints it: without this module's frame
+        exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        sys.exit(1)
     sys.exit(0)
 
 
