@@ -37,6 +37,9 @@ _SHOWN_MALFORMED: Final = 5
 GLOB_CHARS: Final = frozenset("*?[")
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 STDIN: Final = "-"
+_LISTINGS: Final = 10  # listings of the inputs before giving up on files that keep rotating
+_HEAD_BYTES: Final = 4096  # of a file, to tell a compressed copy (a line's first 4 KiB are unique)
+_SAME_BYTES: Final = 160  # of a line: past its call_id
 
 
 @dataclass(slots=True)
@@ -145,14 +148,16 @@ class _Stream(Protocol):
     def close(self) -> None: ...
 
 
-def _open(name: str) -> tuple[_Stream, _Stream]:
-    """``name`` opened for reading bytes, decompressed when it starts like gzip; and the raw file."""
+def _open(name: str) -> tuple[object, _Stream, _Stream] | None:
+    """What identifies ``name`` ((device, inode), or ``-``), and ``name`` opened for reading bytes,
+    decompressed when it starts like gzip, with the raw file; None when no file has the name now."""
     raw: Any = None
     try:
         if name == STDIN:
             raw = sys.stdin.buffer
             if not hasattr(raw, "peek"):  # a replaced stdin (BytesIO)
                 raw = io.BufferedReader(raw)
+            key: object = STDIN
         else:
             info = os.stat(name)
             if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) or stat.S_ISSOCK(info.st_mode):
@@ -161,12 +166,44 @@ def _open(name: str) -> tuple[_Stream, _Stream]:
                     "or - to read stdin"
                 )
             raw = open(name, "rb")  # noqa: SIM115 (closed by the caller)
+            info = os.fstat(raw.fileno())
+            key = (info.st_dev, info.st_ino)
         gzipped = raw.peek(2)[:2] == _GZIP_MAGIC
     except OSError as exc:
         if raw is not None:
             raw.close()
+        if isinstance(exc, FileNotFoundError) and not os.path.lexists(name):
+            return None  # renamed or deleted since it was listed
         raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
-    return (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), raw
+    return key, (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), raw
+
+
+def _head(raw: Any, gzipped: bool) -> bytes:
+    """The first bytes of the regular file ``raw`` (decompressed; up to its first line's end when
+    gzipped), read without moving it; b"" for a pipe."""
+    try:
+        head = os.pread(raw.fileno(), 1 << 16 if gzipped else _HEAD_BYTES, 0)
+        if not gzipped:
+            return head
+        head = zlib.decompressobj(31).decompress(head, _HEAD_BYTES)  # a .gz cut short: what it holds
+    except (OSError, zlib.error):
+        return b""
+    return head[: head.find(b"\n") + 1 or None]
+
+
+def _copies(files: list[tuple[str, _Stream, _Stream]]) -> set[str]:
+    """The ``.gz`` files among ``files`` that are the compressed copy of a plain one of them (logrotate's
+    compress step writes a new file, then deletes the plain one): their first line (or, cut short, at
+    least its first :data:`_SAME_BYTES`: its timestamp and call_id) starts a plain file."""
+    gzipped = [(name, _head(raw, True)) for name, stream, raw in files if stream is not raw]
+    if not gzipped or len(gzipped) == len(files):
+        return set()
+    plain = [_head(raw, False) for _, stream, raw in files if stream is raw]
+    return {
+        name
+        for name, first in gzipped
+        if len(first) >= _SAME_BYTES and any(p.startswith(first) for p in plain)
+    }
 
 
 def _lines(stream: _Stream) -> Iterator[bytes | None]:
@@ -231,7 +268,6 @@ class LogReader:
         self.events = frozenset(events)
         self.stats: list[InputStats] = []
         self._current: InputStats | None = None
-        self._relisted = False  # whether the inputs were listed again (a file rotated away): once only
 
     def reject(self) -> None:
         """Count the record just yielded as malformed: it is JSON, but not the record it claims to be."""
@@ -240,62 +276,94 @@ class LogReader:
             stats.records -= 1
             stats.malformed_line(stats.lines)
 
-    def _open_listed(self, name: str, pending: deque[str]) -> tuple[_Stream, _Stream] | None:
-        """``name`` opened; None when it is gone since the listing and the inputs, listed again once,
-        name other files: logrotate compressed it (``.2`` deleted once ``.2.gz`` is written), and
-        ``pending`` now starts with the files the new listing adds."""
+    def _open_all(self) -> list[tuple[str, _Stream, _Stream]]:
+        """Every file the inputs name, opened, each once: the inputs are listed again until a listing
+        names only files open already (a rotation while they are listed renames files: a file is known
+        by its (device, inode), whatever its name, and a name gone is found under its new one); a
+        ``.gz`` that is the compressed copy of a plain file open beside it is left out."""
+        opened: dict[object, tuple[str, _Stream, _Stream]] = {}
         try:
-            return _open(name)
-        except ConfigError:
-            if self._relisted or name == STDIN or os.path.lexists(name):
-                raise
-        self._relisted = True
-        listed = set(self.names)
-        added = [n for n in resolve(self._inputs, empty_dirs=self._empty_dirs) if n not in listed]
-        at = self.names.index(name)
-        self.names[at : at + 1] = added
-        pending.extendleft(reversed(added))
-        return None
+            for _ in range(_LISTINGS):
+                settled = True
+                for name in resolve(self._inputs, empty_dirs=self._empty_dirs):
+                    if _identity(name) in opened:
+                        continue
+                    settled = False  # a file not open yet, or a name gone: list again once it is open
+                    if (found := _open(name)) is not None:
+                        key, stream, raw = found
+                        if key in opened:  # open already, under another name
+                            _close(name, stream, raw)
+                        else:
+                            opened[key] = (name, stream, raw)
+                if settled:
+                    copies = _copies(list(opened.values()))
+                    for name, stream, raw in opened.values():
+                        if name in copies:
+                            _close(name, stream, raw)
+                    return [f for f in opened.values() if f[0] not in copies]
+            raise ConfigError(
+                f"{', '.join(repr(os.fspath(i)) for i in self._inputs)}: the files changed in each "
+                f"of {_LISTINGS} listings (rotated again and again?); try again"
+            )
+        except BaseException:
+            for name, stream, raw in opened.values():
+                _close(name, stream, raw)
+            raise
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         events = self.events
-        self._relisted = False
-        pending = deque(self.names)
-        while pending:
-            name = pending.popleft()
-            if (opened := self._open_listed(name, pending)) is None:
-                continue
-            stream, raw = opened
-            stats = self._current = InputStats(name)
-            self.stats.append(stats)
-            number = 0
-            try:
-                for line in _lines(stream):
-                    number += 1
-                    stats.lines = number
-                    try:
-                        record = None if line is None else _loads(line)
-                    except (ValueError, RecursionError):
-                        record = None
-                    if type(record) is not dict:
-                        if line is None:
-                            stats.too_long += 1
-                        if line is None or line.strip():  # a blank line is no record and no damage
-                            stats.malformed_line(number)
-                        continue
-                    if record.get("event") in events:
-                        stats.records += 1
-                        yield record
-                    else:
-                        stats.skipped += 1
-            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-                stats.error = f"ended early, after line {number}: {exc or 'truncated gzip'}"
-            except OSError as exc:
-                stats.error = f"ended early, after line {number}: {exc.strerror or exc}"
-            finally:
-                stream.close()  # a GzipFile leaves its raw file open
-                if name != STDIN:  # stdin stays open for the caller
-                    raw.close()
+        pending = deque(self._open_all())
+        self.names = [name for name, _, _ in pending]
+        try:
+            while pending:
+                name, stream, _ = pending[0]
+                stats = self._current = InputStats(name)
+                self.stats.append(stats)
+                number = 0
+                try:
+                    for line in _lines(stream):
+                        number += 1
+                        stats.lines = number
+                        try:
+                            record = None if line is None else _loads(line)
+                        except (ValueError, RecursionError):
+                            record = None
+                        if type(record) is not dict:
+                            if line is None:
+                                stats.too_long += 1
+                            if line is None or line.strip():  # a blank line is no record and no damage
+                                stats.malformed_line(number)
+                            continue
+                        if record.get("event") in events:
+                            stats.records += 1
+                            yield record
+                        else:
+                            stats.skipped += 1
+                except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                    stats.error = f"ended early, after line {number}: {exc or 'truncated gzip'}"
+                except OSError as exc:
+                    stats.error = f"ended early, after line {number}: {exc.strerror or exc}"
+                _close(*pending.popleft())
+        finally:
+            for opened in pending:  # the consumer stopped early
+                _close(*opened)
+
+
+def _identity(name: str) -> object:
+    """What :func:`_open` says identifies the file ``name`` now; None when there is none."""
+    if name == STDIN:
+        return STDIN
+    try:
+        info = os.stat(name)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def _close(name: str, stream: _Stream, raw: _Stream) -> None:
+    stream.close()  # a GzipFile leaves its raw file open
+    if name != STDIN:  # stdin stays open for the caller
+        raw.close()
 
 
 def iter_records(
