@@ -219,7 +219,7 @@ def test_inputs_that_name_nothing_are_clear_errors(tmp_path: Path, argument: str
 
 def test_a_log_compressed_by_logrotate_after_the_listing_is_read_under_its_new_name(rotated: Path) -> None:
     """logrotate (delaycompress) renames .1 to .2, then writes .2.gz and deletes .2: a reader that
-    listed the directory in between finds .2 gone. It lists the inputs again, once, and reads the .gz
+    listed the directory in between finds .2 gone. It lists the inputs again and reads the .gz
     with the files not read yet; every call counts once, not an error failing the whole report."""
     gz = rotated / "llm_calls.jsonl.2.gz"
     plain = rotated / "llm_calls.jsonl.2"
