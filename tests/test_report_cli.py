@@ -180,6 +180,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
             "first_malformed_lines": [],
             "too_long_lines": 0,
             "skipped_lines": 0,
+            "copied_lines": 0,
             "error": None,
         }
     ]

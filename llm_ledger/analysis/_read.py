@@ -13,7 +13,6 @@ import os
 import stat
 import sys
 import zlib
-from collections import deque
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +37,7 @@ GLOB_CHARS: Final = frozenset("*?[")
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 STDIN: Final = "-"
 _LISTINGS: Final = 10  # listings of the inputs before giving up on files that keep rotating
-_HEAD_BYTES: Final = 4096  # of a file, to tell a compressed copy (a line's first 4 KiB are unique)
-_SAME_BYTES: Final = 160  # of a line: past its call_id
+_HEAD_BYTES: Final = 4096  # of a file, to find a compressed copy of it
 
 
 @dataclass(slots=True)
@@ -53,6 +51,7 @@ class InputStats:
     first_malformed: list[int] = field(default_factory=list)  # 1-based line numbers, the first few
     too_long: int = 0  # of the malformed lines, those over MAX_LINE_BYTES (skipped unread)
     skipped: int = 0  # JSON objects of other events (plain log messages)
+    copied: int = 0  # lines of a compressed copy that a plain file read has too (logrotate compressing it)
     error: str | None = None  # why the input ended early (a truncated .gz), if it did
 
     def malformed_line(self, number: int) -> None:
@@ -191,19 +190,16 @@ def _head(raw: Any, gzipped: bool) -> bytes:
     return head[: head.find(b"\n") + 1 or None]
 
 
-def _copies(files: list[tuple[str, _Stream, _Stream]]) -> set[str]:
-    """The ``.gz`` files among ``files`` that are the compressed copy of a plain one of them (logrotate's
-    compress step writes a new file, then deletes the plain one): their first line (or, cut short, at
-    least its first :data:`_SAME_BYTES`: its timestamp and call_id) starts a plain file."""
-    gzipped = [(name, _head(raw, True)) for name, stream, raw in files if stream is not raw]
-    if not gzipped or len(gzipped) == len(files):
-        return set()
-    plain = [_head(raw, False) for _, stream, raw in files if stream is raw]
-    return {
-        name
-        for name, first in gzipped
-        if len(first) >= _SAME_BYTES and any(p.startswith(first) for p in plain)
-    }
+def _copies(files: dict[object, tuple[str, _Stream, _Stream]]) -> dict[object, Any]:
+    """The ``.gz`` files among ``files`` whose first line (or what it holds yet) starts a plain one of
+    them: maybe its compressed copy (logrotate's compress step writes a new file, then deletes the
+    plain one); each with that plain (raw) file, against which its lines are checked as they are read."""
+    plain = [(_head(raw, False), raw) for _, stream, raw in files.values() if stream is raw]
+    copies: dict[object, Any] = {}
+    for key, (_, stream, raw) in files.items():
+        if stream is not raw and (first := _head(raw, True)):
+            copies.update((key, source) for head, source in plain if head.startswith(first))
+    return copies
 
 
 def _lines(stream: _Stream) -> Iterator[bytes | None]:
@@ -276,17 +272,17 @@ class LogReader:
             stats.records -= 1
             stats.malformed_line(stats.lines)
 
-    def _open_all(self) -> list[tuple[str, _Stream, _Stream]]:
+    def _open_all(self) -> dict[object, tuple[str, _Stream, _Stream]]:
         """Every file the inputs name, opened, each once: the inputs are listed again until a listing
         names only files open already (a rotation while they are listed renames files: a file is known
-        by its (device, inode), whatever its name, and a name gone is found under its new one); a
-        ``.gz`` that is the compressed copy of a plain file open beside it is left out."""
+        by its (device, inode), whatever its name, and a name gone is found under its new one)."""
         opened: dict[object, tuple[str, _Stream, _Stream]] = {}
         try:
             for _ in range(_LISTINGS):
                 settled = True
                 for name in resolve(self._inputs, empty_dirs=self._empty_dirs):
-                    if _identity(name) in opened:
+                    if (key := _identity(name)) in opened:
+                        opened[key] = (name, *opened[key][1:])  # its name now
                         continue
                     settled = False  # a file not open yet, or a name gone: list again once it is open
                     if (found := _open(name)) is not None:
@@ -296,11 +292,7 @@ class LogReader:
                         else:
                             opened[key] = (name, stream, raw)
                 if settled:
-                    copies = _copies(list(opened.values()))
-                    for name, stream, raw in opened.values():
-                        if name in copies:
-                            _close(name, stream, raw)
-                    return [f for f in opened.values() if f[0] not in copies]
+                    return opened
             raise ConfigError(
                 f"{', '.join(repr(os.fspath(i)) for i in self._inputs)}: the files changed in each "
                 f"of {_LISTINGS} listings (rotated again and again?); try again"
@@ -312,18 +304,25 @@ class LogReader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         events = self.events
-        pending = deque(self._open_all())
-        self.names = [name for name, _, _ in pending]
+        opened = self._open_all()
+        copies = _copies(opened)
+        self.names = [name for name, _, _ in opened.values()]
         try:
-            while pending:
-                name, stream, _ = pending[0]
+            for key, (name, stream, _) in opened.items():
                 stats = self._current = InputStats(name)
                 self.stats.append(stats)
-                number = 0
+                number = offset = 0
+                source = copies.get(key)  # a plain file whose lines this .gz may copy
                 try:
                     for line in _lines(stream):
                         number += 1
                         stats.lines = number
+                        if source is not None:  # a line the plain file has at the same offset: read there
+                            if line is not None and os.pread(source.fileno(), len(line), offset) == line:
+                                offset += len(line)
+                                stats.copied += 1
+                                continue
+                            source = None
                         try:
                             record = None if line is None else _loads(line)
                         except (ValueError, RecursionError):
@@ -340,13 +339,13 @@ class LogReader:
                         else:
                             stats.skipped += 1
                 except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-                    stats.error = f"ended early, after line {number}: {exc or 'truncated gzip'}"
+                    if source is None:  # a copy still being written ends early, its lines all read
+                        stats.error = f"ended early, after line {number}: {exc or 'truncated gzip'}"
                 except OSError as exc:
                     stats.error = f"ended early, after line {number}: {exc.strerror or exc}"
-                _close(*pending.popleft())
         finally:
-            for opened in pending:  # the consumer stopped early
-                _close(*opened)
+            for files in opened.values():
+                _close(*files)
 
 
 def _identity(name: str) -> object:
