@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from llm_ledger import ConfigError
 from llm_ledger._records import CALL_EVENT
 from llm_ledger.analysis import LogReader, _read
 from llm_ledger.report import summarise
@@ -84,9 +85,7 @@ def test_a_rotation_between_opening_two_files_counts_each_line_once(
     assert call_ids(LogReader([path])) == Counter(ids)
 
 
-def test_a_rotation_while_reading_counts_each_line_once(
-    logs: tuple[Path, list[str]], sdk: Sdk
-) -> None:
+def test_a_rotation_while_reading_counts_each_line_once(logs: tuple[Path, list[str]], sdk: Sdk) -> None:
     """logrotate runs, and the service logs new calls to the new live file, while the reader is in
     the live file: the files it listed are read as they were listed, each line once."""
     path, ids = logs
@@ -117,3 +116,44 @@ def test_a_log_and_its_compressed_copy_count_once(logs: tuple[Path, list[str]], 
     (copy,) = [s for s in reader.stats if Path(s.name) == gz]
     assert (copy.records, copy.copied) == (0, copy.lines)
     assert copy.lines == 3 or cut  # its 2 calls and its lens summary
+
+
+def test_a_gz_that_starts_like_a_plain_file_and_goes_on_counts_the_rest(
+    logs: tuple[Path, list[str]], sdk: Sdk
+) -> None:
+    """Only the lines a plain file holds at the same place are a copy: a .gz that starts with
+    yesterday's lines and goes on with others counts those others."""
+    path, ids = logs
+    more = calls(path / "more", sdk, "more", 2)
+    both = (path / "llm_calls.jsonl.1").read_bytes() + (path / "more").read_bytes()
+    (path / "more").unlink()
+    (path / "llm_calls.jsonl.1.gz").write_bytes(gzip.compress(both))
+    reader = LogReader([path])
+    assert call_ids(reader) == Counter(ids + more)
+    (gz,) = [s for s in reader.stats if s.name.endswith(".1.gz")]
+    assert (gz.copied, gz.records) == (3, 3)  # yesterday's 2 calls and lens summary; 2 calls, 1 summary
+
+
+def test_one_file_under_two_names_is_read_once(logs: tuple[Path, list[str]]) -> None:
+    """A hard link (logrotate's olddir on the same disk, an operator's backup link) is one file."""
+    path, ids = logs
+    os.link(path / "llm_calls.jsonl.1", path / "llm_calls.jsonl.backup")
+    assert call_ids(LogReader([path])) == Counter(ids)
+
+
+def test_a_directory_that_never_stops_changing_is_an_error(
+    logs: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new file at every listing: the reader stops after 10 listings and says why, never loops."""
+    path, _ = logs
+    listed = _read.resolve
+
+    def resolve_then_add(*args: Any, **kwargs: Any) -> list[str]:
+        names = listed(*args, **kwargs)
+        (path / f"llm_calls.jsonl-{len(names)}").touch()
+        return names
+
+    reader = LogReader([path])
+    monkeypatch.setattr(_read, "resolve", resolve_then_add)
+    with pytest.raises(ConfigError, match="changed in each of 10 listings"):
+        list(reader)
