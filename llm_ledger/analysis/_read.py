@@ -242,7 +242,9 @@ def _loads(line: bytes) -> Any:
 
 
 class LogReader:
-    """Iterate over the records whose ``event`` is one of ``events`` in some logs, in file order;
+    """Iterate over the records whose ``event`` is one of ``events`` in some logs, in file order, every
+    file opened before the first line is read, so that a rotation meanwhile counts no line twice and
+    loses none (docs/REPORTING.md, "Reading while logrotate rotates");
     ``stats`` says, per input, what was read and rejected (a consumer that finds a yielded record
     unusable calls :meth:`reject`). A pytest ``--llm-report`` file among the files the inputs name (a
     glob's matches, a directory's) is a :class:`ConfigError`, unless ``allow_reports``: then its lines
