@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -157,3 +159,21 @@ def test_a_directory_that_never_stops_changing_is_an_error(
     monkeypatch.setattr(_read, "resolve", resolve_then_add)
     with pytest.raises(ConfigError, match="changed in each of 10 listings"):
         list(reader)
+
+
+def test_more_files_than_may_be_open_is_an_error_naming_the_fix(tmp_path: Path) -> None:
+    """Every input is held open while the reader reads: past the open-file limit, the error says so
+    and how to get past it, instead of a bare "Too many open files"."""
+    for n in range(40):
+        (tmp_path / f"llm_calls-{n}.jsonl").write_text("")
+    script = (
+        "import resource, sys\n"
+        "from llm_ledger._cli import main\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (32, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "sys.exit(main(['report', sys.argv[1]]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Too many open files (more files than this process may have open: raise `ulimit -n`" in done.stderr

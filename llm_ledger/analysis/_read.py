@@ -4,6 +4,7 @@ malformed and skipped lines: docs/REPORTING.md, "Inputs").
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import io
@@ -173,7 +174,10 @@ def _open(name: str) -> tuple[object, _Stream, _Stream] | None:
             raw.close()
         if isinstance(exc, FileNotFoundError) and not os.path.lexists(name):
             return None  # renamed or deleted since it was listed
-        raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}") from None
+        fix = ""
+        if exc.errno == errno.EMFILE:  # every input is held open while the reader reads
+            fix = " (more files than this process may have open: raise `ulimit -n`, or pass fewer files)"
+        raise ConfigError(f"{name!r}: cannot read: {exc.strerror or exc}{fix}") from None
     return key, (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), raw
 
 
