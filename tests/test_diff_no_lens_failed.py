@@ -15,7 +15,14 @@ import vcr  # noqa: F401
 import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import once_per_process, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import (
+    NATIVE_TB,
+    once_per_process,
+    run,
+    server_fixture,
+    with_key_fixture,
+    write_project,
+)
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -76,7 +83,7 @@ def reports(
         assert run(pytester, "--llm-report=base.json").ret == 0
         with monkeypatch.context() as patch:
             patch.setenv("LEDGER_TEST_PROMPT", "Say goodbye")
-            head = run(pytester, "--llm-report=head.json")
+            head = run(pytester, NATIVE_TB, "--llm-report=head.json")  # a miss: the plugin's message
         assert head.ret == pytest.ExitCode.TESTS_FAILED
         (pytester.path / "head.out").write_text(head.stdout.str())
 

@@ -33,7 +33,8 @@ from examples.lens_app.sources import load_sources
 from examples.lens_app.store import Store
 from llm_ledger.exporters import _setup
 from llm_ledger.testing import Captured, FakeOpenAI
-from tests.conftest import FAKE_KEY, sigint_default
+from tests import warm_python
+from tests.conftest import FAKE_KEY
 from tests.exporter_helpers import SharedPrometheus, scrape, total, workload
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -356,7 +357,7 @@ def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
 def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
     """`make demo DEMO_ARGS=--metrics`: the replayed lenses' metrics on /metrics, and the URL printed."""
     port = free_port()
-    demo = subprocess.Popen(
+    demo = warm_python.popen(
         [
             *(sys.executable, "-m", "examples.lens_app", "--metrics", "--metrics-port", str(port)),
             *("--db", str(tmp_path / "demo.sqlite3"), "--log-dir", str(tmp_path / "logs")),
@@ -366,7 +367,7 @@ def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("LLM_LEDGER_")},
-        preexec_fn=sigint_default,
+        sigint_default=True,
     )
     try:
         assert demo.stdout is not None

@@ -18,6 +18,7 @@ from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
     LEAK_A_STREAM,
+    NATIVE_TB,
     PLUGIN_ARGS,
     load_yaml,
     no_key_fixture,
@@ -195,7 +196,7 @@ def test_an_extra_identical_call_is_a_miss(
     server.stop()
     monkeypatch.setenv("LEDGER_TEST_TIMES", "2")
 
-    result = run(pytester, "-k", "test_repeat")
+    result = run(pytester, NATIVE_TB, "-k", "test_repeat")  # a miss: the plugin's message
 
     result.assert_outcomes(failed=1, deselected=1)
     result.stdout.fnmatch_lines(["*the cassette holds 1 identical request(s), all already played*"])
@@ -252,7 +253,7 @@ def test_never_recorded_test_fails_offline_with_the_record_command(pytester: pyt
     write_project(pytester)
     os.environ["LEDGER_TEST_BASE_URL"] = "http://127.0.0.1:9/v1"  # nothing listens there
     try:
-        result = run(pytester, "-k", "test_chat")
+        result = run(pytester, NATIVE_TB, "-k", "test_chat")  # a miss: the plugin's message
     finally:
         del os.environ["LEDGER_TEST_BASE_URL"]
 
@@ -279,7 +280,8 @@ def test_rewrite_replaces_and_new_episodes_appends(
 
     record(pytester, "-k", "test_chat")
     monkeypatch.setenv("LEDGER_TEST_PROMPT", "second prompt")
-    assert run(pytester, "-k", "test_chat", "--llm-record-mode=once").ret == 1  # exists: replay strictly
+    once = run(pytester, NATIVE_TB, "-k", "test_chat", "--llm-record-mode=once")
+    assert once.ret == 1  # exists: replay strictly
     assert run(pytester, "-k", "test_chat", "--llm-record-mode=rewrite").ret == 0
     assert prompts() == ["second prompt"]
     monkeypatch.setenv("LEDGER_TEST_PROMPT", "third prompt")
@@ -824,7 +826,7 @@ def test_file_uploads_replay_and_a_changed_file_misses(
     run(pytester).assert_outcomes(passed=1)
 
     monkeypatch.setenv("LEDGER_TEST_AUDIO", "take two")
-    result = run(pytester)
+    result = run(pytester, NATIVE_TB)  # a miss: the plugin's message
     result.assert_outcomes(failed=1)
     assert_lines_in(result, "llm-ledger: request not found in cassette ")
 

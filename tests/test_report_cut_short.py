@@ -6,7 +6,6 @@ diff``; a lens with one such run among summarised ones counts that run's calls t
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from llm_ledger import parse_budgets
 from llm_ledger._cli import main
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger._report import SessionLedger, notices
+from tests import warm_python
 from tests.conftest import Sdk
 from tests.plugin_helpers import (
     cli,
@@ -301,7 +301,7 @@ def test_a_childs_call_logged_after_its_parents_lens_summary_opens_no_cut_short_
     its call carries the run's context but counts in no run of the parent's, so `llm-ledger report`
     counts the call in the lens and the run as summarised, not as a second run cut short."""
     script = FORKED_AFTER_THE_SUMMARY.format(log_dir=str(tmp_path), base_url=fake_openai.base_url)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    warm_python.run([sys.executable, "-c", script], check=True, timeout=60)
     events = [json.loads(line)["event"] for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert events == ["llm_api_call", "lens_summary", "llm_api_call"]
 

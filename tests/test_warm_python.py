@@ -4,6 +4,7 @@ tests that use them (stopping, exit, fork, load...) stand for an application sta
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import warm_python
+from tests.conftest import sigint_default
 
 PROBE = """
 import json, os, random, signal, sys
@@ -88,3 +90,34 @@ def test_a_warm_child_ends_as_a_fresh_python_does(
                 '  File "<string>", line 1, in <module>',
                 "ZeroDivisionError: division by zero",
             ]
+
+
+INTERRUPTED = """
+import signal, sys, time
+try:
+    print(signal.getsignal(signal.SIGINT), flush=True)  # in the try: SIGINT comes after it
+    while True:
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_warm_child_given_sigint_s_default_stops_on_ctrl_c_as_a_fresh_python_does() -> None:
+    """A child started with SIGINT's default disposition (preexec_fn=sigint_default; the suite may run
+    with SIGINT ignored) has Python's handler, and SIGINT raises KeyboardInterrupt in it."""
+    args = [sys.executable, "-c", INTERRUPTED]
+    fresh = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+    warm = warm_python.popen(args, stdout=subprocess.PIPE, text=True, sigint_default=True)
+    ends = []
+    for child in (fresh, warm):
+        assert child.stdout is not None
+        try:
+            handler = child.stdout.readline()
+            child.send_signal(signal.SIGINT)
+            out, _ = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:  # it ignored SIGINT: not left looping
+                child.kill()
+        ends.append((handler, out, child.returncode))
+    assert ends[0] == ends[1] == ("<built-in function default_int_handler>\n", "interrupted\n", 0)

@@ -133,11 +133,24 @@ def popen(
     stdout: int | None = None,
     stderr: int | None = None,
     text: bool = False,
+    sigint_default: bool = False,
 ) -> Process:
-    """``subprocess.Popen(args, ...)``, forked from the warm server when it can be faithful."""
+    """``subprocess.Popen(args, ...)``, forked from the warm server when it can be faithful.
+    ``sigint_default``: the child starts with SIGINT's default disposition, as with
+    ``preexec_fn=sigint_default`` (a suite started in the background has SIGINT ignored), so that
+    Ctrl-C raises KeyboardInterrupt in it."""
     env = dict(os.environ if env is None else env)
     if not _faithful(args, env):
-        return subprocess.Popen(args, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
+        return subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            preexec_fn=_sigint_default if sigint_default else None,
+        )
     ends: list[int] = []  # the child's 0, 1, 2
     mine: list[IO[Any] | None] = []
     for fd, wanted in enumerate((stdin, stdout, stderr)):
@@ -155,7 +168,12 @@ def popen(
             ends.append(os.dup(fd))
             mine.append(None)
     argv = list(args[1:]) if args[1] in ("-c", "-m") else ["", *args[1:]]  # a script: no flag
-    request = {"argv": argv, "env": env, "cwd": os.fspath(cwd or os.getcwd())}
+    request = {
+        "argv": argv,
+        "env": env,
+        "cwd": os.fspath(cwd or os.getcwd()),
+        "sigint_default": sigint_default,
+    }
     try:
         pid = _ask(request, ends)
     finally:
@@ -188,6 +206,10 @@ def run(
     if check:
         done.check_returncode()
     return done
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _faithful(args: Sequence[str], env: Mapping[str, str]) -> bool:
@@ -303,6 +325,8 @@ def _child(request: dict[str, Any], fds: list[int], site: list[str]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    if request["sigint_default"]:  # what python installs when it starts with SIGINT's default disposition
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     flag, what, *rest = request["argv"]
     first = "" if flag == "-c" else os.getcwd() if flag == "-m" else os.path.dirname(os.path.abspath(what))
     sys.path[:] = [first, *_pythonpath(os.environ), *site]
