@@ -661,9 +661,11 @@ def notices(
             f"{listed(idle_lenses)}; lens keys that ran: {listed(ran) or 'none'}"
         )
     # fail closed: a run cut short within its limits may have gone over them after its calls that ended
+    end_lenses = "end each lens inside its test (read its streams to the end or close them, join its threads)"
+    cut = ledger.cut_short()
     unchecked = [
         f"{key} ({nodeid})"
-        for key, runs in ledger.cut_short().items()
+        for key, runs in cut.items()
         if (limits := budgets.for_lens(key)) is not None
         for nodeid, run in runs
         if limits.items() and not _over(run, limits)
@@ -672,9 +674,21 @@ def notices(
         out.append(
             f"llm-ledger: {len(unchecked)} lens run(s) with a budget were cut short (their lens_summary "
             f"never came), so not checked: {listed(unchecked)}; their ended calls are within the limits, "
-            "the rest is unknown: end each lens inside its test (read its streams to the end or close "
-            "them, join its threads)"
+            f"the rest is unknown: {end_lenses}"
         )
+    # the same for the limits of the tests that ran them, and the session's: calls still open count nowhere
+    open_in = {nodeid for runs in cut.values() for nodeid, _ in runs}
+    limited = [(f"test {n}", ledger.tests[n], budgets.tests[n]) for n in sorted(open_in & set(budgets.tests))]
+    if open_in and budgets.total is not None:
+        limited.append(("the session total", ledger.total(), budgets.total))
+    within = [name for name, totals, limits in limited if limits.items() and not _over(totals, limits)]
+    if within:
+        out.append(
+            f"llm-ledger: {len(within)} budget(s) cover lens runs cut short, so not checked: "
+            f"{listed(within)}; their figures are within the limits but leave out the calls still open: "
+            f"{end_lenses}"
+        )
+        unchecked += within
     unbudgeted = _unbudgeted(ledger, budgets)
     if unbudgeted:
         out.append(unbudgeted)

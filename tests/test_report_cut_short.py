@@ -308,3 +308,31 @@ def test_a_childs_call_logged_after_its_parents_lens_summary_opens_no_cut_short_
     assert main(["report", str(tmp_path / "llm_calls.jsonl"), "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("budgets", "named"),
+    [
+        (f"tests:\n  '{TEST}': {{max_api_calls: 5}}\n", f"test {TEST}"),
+        ("total: {max_api_calls: 5}\n", "the session total"),
+    ],
+)
+def test_a_test_or_total_budget_over_a_run_cut_short_is_a_notice_it_went_unchecked(
+    budgets: str, named: str
+) -> None:
+    """A test's or the session's figures leave out the calls its cut-short runs still had open: within
+    the limits, they were not checked (--llm-strict fails); over them, the breach stands as it is."""
+    ledger = SessionLedger()
+    ledger.add_call(TEST, call(lens="cut", extra={"lens_run_id": "run-1"}))
+
+    found, unchecked = notices(ledger, parse_budgets(budgets))
+
+    assert unchecked
+    assert [n for n in found if "cover lens runs cut short" in n] == [
+        f"llm-ledger: 1 budget(s) cover lens runs cut short, so not checked: {named}; their figures are "
+        "within the limits but leave out the calls still open: end each lens inside its test (read its "
+        "streams to the end or close them, join its threads)"
+    ]
+    over = parse_budgets(budgets.replace("5", "0"))
+    assert [b.limit_key for b in ledger.check(over)] == ["max_api_calls"]
+    assert not [n for n in notices(ledger, over)[0] if "cover lens runs cut short" in n]
