@@ -271,6 +271,12 @@ def test_fail_on_increase_cannot_check_a_lens_with_runs_cut_short_on_either_side
             "ended calls"
         )
         assert "partly (" + side + ": 1 of 2 runs cut short" in got.stderr
+        # the total leaves out the calls those runs still had open: it cannot be checked either
+        (total,) = [i for i in json.loads(got.stdout)["increases"] if i["scope"] == "total"]
+        assert (total["reason"], total["cost_gaps"]) == (
+            "unchecked",
+            f"{side}: 2 lens run(s) cut short, whose calls still open count nowhere",
+        )
 
 
 # a child forked inside a lens makes its call once the parent's lens summary is written

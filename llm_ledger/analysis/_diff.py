@@ -371,12 +371,22 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
     if diff.get("no_lens"):
         rows.append(("no_lens", None, diff["no_lens"], "cost_usd"))
     rows.append(("total", None, diff["total"], "cost_usd"))
+    # a side with lens runs cut short: their calls still open count in no total either
+    runs_cut: dict[str, int] = {}
+    for row in diff["lenses"].values():
+        for side, count in row["cut_short_runs"].items():
+            runs_cut[side] = runs_cut.get(side, 0) + count
     out = []
     for scope, name, row, metric in rows:
         m, gaps = row["metrics"][metric], row["cost_gaps"]
         if m["head"] is None:  # removed: a decrease
             continue
         failed, cut = row["failed_calls"], _cut_short(row) if scope == "lens" else {}
+        if scope == "total":
+            cut = {
+                side: f"{side}: {n} lens run(s) cut short, whose calls still open count nowhere"
+                for side, n in runs_cut.items()
+            }
         why = None  # why it cannot be checked: a side's cost leaves out calls the other's does not
         if "head" in gaps and gaps["head"] != gaps.get("base"):
             reason, why = "unchecked", f"head: {gaps['head']}"
@@ -500,8 +510,8 @@ def register(subparsers: Any, summary: str) -> None:
         help=(
             "exit 1 when a lens's cost per run, the cost of calls outside any lens or the total cost grows "
             "by more than PCT percent, or a lens absent in BASE costs money (an increase from nothing); "
-            "a cost that leaves out calls with no known cost in HEAD only, or a lens with runs cut short, "
-            "fails too (it cannot be checked); each is named on stderr. Without a BASE report nothing is "
-            "compared"
+            "a cost that leaves out calls with no known cost in HEAD only, or a lens with runs cut short "
+            "(and the total then), fails too (it cannot be checked); each is named on stderr. Without a "
+            "BASE report nothing is compared"
         ),
     )
