@@ -388,11 +388,7 @@ class SessionLedger:
     def runs_by_lens(self, *, cut_short: bool = False) -> dict[str, list[tuple[str, Totals]]]:
         """lens key -> (node id, run totals) of each of its summarised runs, both sorted; with
         ``cut_short``, of its runs never summarised too, counted from their ended calls."""
-        runs = [*self.lens_runs, *(run for run in self._open.values() if cut_short and run[0])]
-        out: dict[str, list[tuple[str, Totals]]] = {}
-        for key, nodeid, run in sorted(runs, key=lambda r: (r[0], r[1])):
-            out.setdefault(key, []).append((nodeid, run))
-        return out
+        return _by_lens([*self.lens_runs, *(run for run in self._open.values() if cut_short and run[0])])
 
     def outside_failed_in(self) -> list[str]:
         """The node ids of the tests whose calls outside any lens failed, sorted."""
@@ -401,11 +397,7 @@ class SessionLedger:
 
     def cut_short(self) -> dict[str, list[tuple[str, Totals]]]:
         """lens key -> (node id, ended calls) of each of its runs never summarised: still open."""
-        out: dict[str, list[tuple[str, Totals]]] = {}
-        for key, nodeid, calls in sorted(self._open.values(), key=lambda r: (r[0], r[1])):
-            if key:
-                out.setdefault(key, []).append((nodeid, calls))
-        return out
+        return _by_lens(run for run in self._open.values() if run[0])
 
     def lenses(self) -> dict[str, LensRuns]:
         """lens key -> its runs, those cut short included, sorted by key."""
@@ -476,6 +468,14 @@ class SessionLedger:
                 worst = max(tests, key=lambda kv: kv[1].metric(metric), default=("", Totals()))[0]
                 breaches.append(replace(breach, worst_test=worst))
         return breaches
+
+
+def _by_lens(runs: Iterable[tuple[str, str, Totals]]) -> dict[str, list[tuple[str, Totals]]]:
+    """lens key -> (node id, totals) of each of ``runs`` (lens key, node id, totals), both sorted."""
+    out: dict[str, list[tuple[str, Totals]]] = {}
+    for key, nodeid, run in sorted(runs, key=lambda r: (r[0], r[1])):
+        out.setdefault(key, []).append((nodeid, run))
+    return out
 
 
 def _check_runs(

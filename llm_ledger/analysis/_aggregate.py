@@ -515,8 +515,8 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             present.update(context)
         run_id, run_groups = None if from_summaries else context.get("lens_run_id"), None
         if type(run_id) is str and not lens_run:
-            processes = {process_of(run_id), process_of(record.get("call_id"))}
-            forked = len(processes) == 2 and None not in processes
+            run_process, call_process = process_of(run_id), process_of(record.get("call_id"))
+            forked = bool(run_process and call_process) and run_process != call_process
             run_groups = None if forked or run_id in summarised else open_runs.setdefault(run_id, set())
         elif (
             type(run_id) is str
