@@ -486,7 +486,8 @@ class LLMCallMonitor:
         self, route: Route, response: ResponseShape, requested: str | None, usage: Usage, at: float
     ) -> tuple[int, int, str] | None:
         """(prompt, completion) cost in 10**-24 USD and the rates' source, for the served model (else
-        the requested one) on its service tier at the call's start; None without usage or price."""
+        the requested one) on its service tier at the call's start (or at the time of day a test
+        session fixes: ``price_time_of_day``); None without usage or price."""
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
         if prompt_tokens is None or completion_tokens is None:
@@ -504,6 +505,7 @@ class LLMCallMonitor:
                 written=usage["cache_write_tokens"] or 0,
                 heard=usage["prompt_audio_tokens"] or 0,
                 spoken=usage["completion_audio_tokens"] or 0,
+                live=True,
             )
             if costs is not None:
                 return costs

@@ -50,6 +50,7 @@ __all__ = [
     "Route",
     "day_parts",
     "price",
+    "price_time_of_day",
     "reasoning_outside",
     "reported_cost_units",
 ]
@@ -112,6 +113,12 @@ _REASONING_OUTSIDE: Final = frozenset({"google", "x-ai"})
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 _ONE: Final = Decimal(1)
 _DAY: Final = 24 * 60 * 60
+_TIME_OF_DAY: Final = re.compile(r"(\d{1,2}):(\d{2})")
+_DEAREST: Final = -1
+# The time of day the monitors price calls at when their price depends on it (price_time_of_day): None,
+# the moment each call started; _DEAREST, the dearest part of the day; else a second of the UTC day.
+_fixed_second: int | None = None
+_time_of_day = "now"
 
 # Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
 # 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
@@ -134,6 +141,7 @@ class _Entry:
     # when these prices end (epoch seconds: the next price change genai-prices lists, such as the end of
     # an introductory rate); None: no change listed
     expires: float | None = None
+    dearest: int = 0  # the second of the day the dearest part of by_time starts (its rates are highest)
 
 
 def _units(rate_per_mtok: Decimal) -> int:
@@ -281,6 +289,7 @@ class Route:
         written: int = 0,
         heard: int = 0,
         spoken: int = 0,
+        live: bool = False,
     ) -> tuple[int, int, str] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
         source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
@@ -291,7 +300,8 @@ class Route:
         the call was made: a price by time of day is the one of that time. ``tier`` is the service tier
         that served the call (the response's ``service_tier``): its own price when it has one.
         ``written`` prompt tokens were written to the prompt cache; ``heard`` prompt and ``spoken``
-        completion tokens are audio."""
+        completion tokens are audio. ``live``: a call a monitor records, priced at the time of day
+        :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -319,7 +329,10 @@ class Route:
                 f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}"
             )
         if entry.by_time:
-            second = int(time.time() if at is None else at) % _DAY
+            moment = time.time() if at is None else at
+            if live and _fixed_second is not None:
+                moment = _fixed_moment(entry, moment)
+            second = int(moment) % _DAY
             entry = next(timed for start, timed in entry.by_time if second >= start)
         if tier is not None:
             entry = entry.by_tier.get(tier, entry)
@@ -468,6 +481,16 @@ class PriceTable:
         entry = None if route._flat is not None else route._entry(model)
         return entry is not None and bool(entry.by_time)
 
+    def priced_at(self, model: str, at: datetime, *, provider: str | None = None) -> datetime:
+        """The moment a monitor prices a call of ``model`` made at ``at`` (UTC): ``at`` itself, unless
+        the price depends on the time of day and :func:`price_time_of_day` fixed one (a pytest session):
+        then that time of day on ``at``'s UTC date."""
+        route = self.route(provider=provider)
+        entry = None if route._flat is not None else route._entry(model)
+        if entry is None or not entry.by_time or _fixed_second is None:
+            return at.astimezone(UTC)
+        return datetime.fromtimestamp(_fixed_moment(entry, at.timestamp()), UTC)
+
     def cost(self, model: str, *, provider: str | None = None, **call: Unpack[PricedCall]) -> Cost | None:
         """The cost of one call (the keywords: :class:`PricedCall`) at ``provider``, else by model name
         alone, or ``None`` (never zero) when ``model`` has no known price."""
@@ -551,7 +574,42 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     timed = tuple((start, other) for start, other in by_time if other is not None)
     if current is None or len(timed) < len(by_time):
         return None
-    return replace(current, by_time=timed if len(timed) > 1 else (), expires=expires)
+    # the dearest part of the day: the highest rates, compared input first (DeepSeek's parts differ by one
+    # factor on every rate, so it is the dearest for any call); the earliest of equal parts
+    dearest = max(reversed(timed), key=lambda part: part[1].base)[0]
+    return replace(current, by_time=timed if len(timed) > 1 else (), expires=expires, dearest=dearest)
+
+
+def price_time_of_day(when: str) -> str:
+    """Price the calls every monitor records from now on whose price depends on the time of day
+    (DeepSeek's peak hours) at one time of day, on the UTC day each started, rather than at the moment it
+    started: ``"dearest"`` (the part of the day whose rates are highest), ``"HH:MM"`` (UTC) or ``"now"``
+    (the moment: the default, production's rule). Returns the setting it replaces, to restore it. The
+    pytest plugin sets it for its session (docs/CI.md); ``price()``, ``PriceTable.cost()`` and
+    ``llm-ledger reprice`` price at the ``at`` they are given, whatever it is."""
+    global _fixed_second, _time_of_day
+    text = when.strip().lower() if isinstance(when, str) else ""
+    hour_minute = _TIME_OF_DAY.fullmatch(text)
+    if text == "now":
+        second = None
+    elif text == "dearest":
+        second = _DEAREST
+    elif hour_minute and int(hour_minute[1]) < 24 and int(hour_minute[2]) < 60:
+        second = (int(hour_minute[1]) * 60 + int(hour_minute[2])) * 60
+        text = f"{int(hour_minute[1]):02}:{hour_minute[2]}"
+    else:
+        raise ConfigError(
+            f"{when!r} is not a time of day; use dearest (the day's dearest rate), HH:MM (UTC, e.g. 13:30) "
+            "or now (when each call ran)"
+        )
+    previous, _fixed_second, _time_of_day = _time_of_day, second, text
+    return previous
+
+
+def _fixed_moment(entry: _Entry, moment: float) -> float:
+    """The moment a call made at ``moment`` is priced at under :func:`price_time_of_day`'s setting."""
+    assert _fixed_second is not None
+    return moment // _DAY * _DAY + (entry.dearest if _fixed_second == _DEAREST else _fixed_second)
 
 
 @functools.lru_cache(maxsize=1024)

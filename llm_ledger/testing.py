@@ -1,6 +1,6 @@
 """Helpers for testing code that uses llm-ledger: collect records in memory (:func:`capture`, docs/CI.md),
 no file, no network; serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`, docs/FAKE_SERVER.md)
-to point the real SDK at.
+to point the real SDK at; price calls at one time of day whatever the hour (:func:`price_time_of_day`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from ._config import get_monitor
 from ._fake_server import FakeOpenAI, RecordedAnswer, RecordedRequest
 from ._monitor import LLMCallMonitor, add_global_sink, remove_global_sink
+from ._pricing import price_time_of_day
 from ._records import CALL_EVENT, LENS_EVENT
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "RecordedRequest",
     "add_global_sink",
     "capture",
+    "price_time_of_day",
     "remove_global_sink",
 ]
 

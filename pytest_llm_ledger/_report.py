@@ -40,6 +40,7 @@ __all__ = [
     "SessionLedger",
     "Totals",
     "notices",
+    "priced_at_fixed_time",
     "render_breaches",
     "render_lens_table",
     "replayed_auth_advice",
@@ -607,6 +608,22 @@ def replayed_auth_advice(count: int, test: str | None = None) -> str:
         "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
         f"the key set: {command}, or mark a test that expects the error "
         "@pytest.mark.llm(record_auth_errors=True)"
+    )
+
+
+def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
+    """The line saying which models' calls were priced at the time of day ``setting`` fixes (``dearest``
+    or ``HH:MM``: ``price_time_of_day``) rather than when they ran, each with the time its usage rows
+    say; None when no call's price depends on the time of day."""
+    # a usage key: node id, then USAGE_KEYS (model asked for, model served...); "at" is set only for a
+    # price by the time of day, and then the calls have a model
+    timed = {f"{key[4] or key[5]} ({key[-1][11:16]} UTC)" for key in ledger.usage if key[-1]}
+    if not timed:
+        return None
+    when = "its dearest rate" if setting.strip().lower() == "dearest" else f"{setting.strip()} UTC"
+    return (
+        f"llm-ledger: calls priced by the time of day were priced at {when}, not when they ran: "
+        f"{listed(sorted(timed))} (--llm-time-of-day=now prices them at the hour they run)"
     )
 
 

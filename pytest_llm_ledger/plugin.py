@@ -34,10 +34,11 @@ from llm_ledger import (
     Budgets,
     CassetteError,
     CassetteMissError,
+    ConfigError,
     load_budgets,
 )
 from llm_ledger.loading import BOOLEAN_WORDS, listed
-from llm_ledger.testing import Captured, add_global_sink, remove_global_sink
+from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
 from ._attribution import Starts
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
@@ -59,6 +60,7 @@ from ._report import (
     Totals,
     applied,
     notices,
+    priced_at_fixed_time,
     render_breaches,
     render_lens_table,
     sets_limits,
@@ -117,6 +119,10 @@ _SETTINGS: Final[tuple[tuple[str | None, str | None, str | list[str] | None, str
     ("--llm-block-network", "llm_block_network", "false",
      "refuse the requests of tests marked llm that their cassette does not record (hosts in ini "
      "llm_allowed_hosts excepted); by default they are sent, unrecorded"),
+    ("--llm-time-of-day", "llm_time_of_day", "dearest",
+     "the time of day calls whose price depends on it (DeepSeek's peak hours) are priced at, on the day they "
+     "ran, so costs and budgets do not change with the hour: dearest (the day's dearest rate, the default), "
+     "HH:MM (UTC) or now (when each call ran)"),
     ("--llm-report", None, None, "write per-lens totals as JSON"),
     ("--llm-list-cassettes", None, None,
      "write the cassette paths of the collected tests as JSON (used by `llm-ledger cassettes`)"),
@@ -142,7 +148,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     for flag, ini, default, text in _SETTINGS:
         if flag is not None:
-            kind: dict[str, Any] = {"metavar": "PATH"}
+            kind: dict[str, Any] = {"metavar": "HH:MM" if ini == "llm_time_of_day" else "PATH"}
             if default == "false":
                 kind = {"action": "store_true"}
             elif ini == "llm_record_mode":
@@ -252,6 +258,11 @@ class _LedgerState:
         self.block_network = _switch(config, "llm_block_network")
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
+        flag = config.getoption("llm_time_of_day", None)
+        self.time_of_day = str(flag or config.getini("llm_time_of_day"))
+        ini_file = config.inipath or "the ini file"
+        self.where_time_of_day = "--llm-time-of-day" if flag else f"ini llm_time_of_day in {ini_file}"
+        self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
         self.budgets: Budgets | None = None
@@ -440,6 +451,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not state.is_worker:
         _refuse_paths_taken_for_tests(config)
         _report_path(config)  # a path that cannot be written fails now, not after the whole run
+    try:  # replayed calls priced by the time of day cost the same at any hour (docs/CI.md)
+        state.previous_time_of_day = price_time_of_day(state.time_of_day)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"llm-ledger: {state.where_time_of_day}: {exc}") from None
     if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
         # replay needs no key, nor does recording against a compatible server, but the SDK refuses
         # to build a client without one; recording against OpenAI itself keeps the SDK's error
@@ -464,6 +479,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     if state.guard is not None:
         state.guard.uninstall()
+    if state.previous_time_of_day is not None:
+        price_time_of_day(state.previous_time_of_day)
     remove_global_sink(state.sink)
     _active.remove(state)
     if state._placeholder_key and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
@@ -878,6 +895,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_sep("-", "llm-ledger: per-lens totals")
         for line in render_lens_table(ledger):
             tr.write_line(line)
+        if state.time_of_day != "now" and (fixed := priced_at_fixed_time(ledger, state.time_of_day)):
+            tr.write_line(fixed)
     baseline = config.getoption("llm_baseline")
     if baseline:
         _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)

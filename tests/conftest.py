@@ -17,7 +17,7 @@ import pytest_asyncio
 
 import llm_ledger
 from llm_ledger import _config, _monitor
-from llm_ledger.testing import Captured, FakeOpenAI, capture
+from llm_ledger.testing import Captured, FakeOpenAI, capture, price_time_of_day
 
 if TYPE_CHECKING:
     from tests.exporter_helpers import SharedPrometheus
@@ -166,6 +166,15 @@ def _only_llm_tests_count_in_this_sessions_report(
 def monitor(monkeypatch: pytest.MonkeyPatch) -> llm_ledger.LLMCallMonitor:
     """A fresh monitor with no logger, so tests see only their own records."""
     return llm_ledger.LLMCallMonitor(logger=None)
+
+
+@pytest.fixture
+def priced_when_made() -> Iterator[None]:
+    """Calls whose price depends on the time of day priced at the moment they started, as outside
+    pytest: this suite runs in the plugin's session, which prices them at the day's dearest rate."""
+    previous = price_time_of_day("now")
+    yield
+    price_time_of_day(previous)
 
 
 @pytest.fixture

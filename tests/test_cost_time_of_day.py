@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import genai_prices
+import genai_prices.data
 import openai
 import pytest
 
 import llm_ledger
 from llm_ledger import HostPrice, PriceTable, _monitor, _pricing
 from llm_ledger._cli import main
-from llm_ledger.testing import Captured
+from llm_ledger._pricing import day_parts
+from llm_ledger.testing import Captured, price_time_of_day
 
 # deepseek-chat: the list price from 00:30 to 16:30 UTC, half of it the rest of the day
 PEAK = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -86,6 +88,7 @@ def test_at_must_be_an_aware_datetime() -> None:
         PriceTable().cost("deepseek-chat", prompt_tokens=1, completion_tokens=1, at=datetime(2026, 12, 4, 12))
 
 
+@pytest.mark.usefixtures("priced_when_made")
 def test_each_call_is_priced_at_its_own_hour_and_a_repriced_log_agrees(
     client: openai.OpenAI,
     monitor: llm_ledger.LLMCallMonitor,
@@ -155,3 +158,74 @@ def test_a_listed_price_change_applies_from_its_day_in_a_running_process(
         costs.append(Decimal(repr(record["cost"]["total_cost_usd"])))
         assert costs[-1] == calc.total_price
     assert costs[1] == 2 * costs[0]
+
+
+def test_a_fixed_time_of_day_prices_a_monitors_calls_but_not_an_explicit_moment(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``price_time_of_day`` (what the pytest plugin sets for its session) prices a monitor's off-peak
+    call at the day's dearest rate, or at the time of day it names, while ``PriceTable.cost(at=...)``
+    still prices the moment it is given; the setting it replaced comes back to restore it."""
+    monitor.prices = DEEPSEEK
+    monkeypatch.setattr(_monitor, "time", _Clock(OFF_PEAK.timestamp()))
+    previous = price_time_of_day("dearest")
+    try:
+        for when in ("dearest", "20:00", "now"):
+            price_time_of_day(when)
+            client.chat.completions.create(
+                model="deepseek-chat", messages=[{"role": "user", "content": "hi " * 500}]
+            )
+        explicit = PriceTable().cost(
+            "deepseek-chat", prompt_tokens=1000, completion_tokens=0, provider="deepseek", at=OFF_PEAK
+        )
+        assert price_time_of_day(previous) == "now"
+    finally:
+        price_time_of_day(previous)
+    monkeypatch.undo()
+    usage = records.calls[0]["usage"]
+    costs = [Decimal(repr(record["cost"]["total_cost_usd"])) for record in records.calls]
+    peak = genai_usd("deepseek-chat", usage["prompt_tokens"], usage["completion_tokens"], PEAK)
+    off_peak = genai_usd("deepseek-chat", usage["prompt_tokens"], usage["completion_tokens"], OFF_PEAK)
+    assert costs == [peak, off_peak, off_peak] and off_peak < peak
+    assert explicit is not None and explicit.total_cost_usd == genai_usd("deepseek-chat", 1000, 0, OFF_PEAK)
+
+
+def test_the_dearest_time_of_day_is_the_dearest_for_any_call_of_any_model() -> None:
+    """For every model genai-prices prices by the time of day, the moment a session fixed at "dearest"
+    prices a call at costs at least what any other part of the day costs, whatever the token mix: the
+    default of the plugin fails closed (this fails if genai-prices ever lists parts of a day that no
+    single part outprices)."""
+    table = PriceTable()
+    day = datetime(2026, 12, 4, tzinfo=UTC)
+    timed = [
+        (provider.id, model.id)
+        for provider in genai_prices.data.providers  # the bundled data, as the ledger reads it
+        for model in provider.models
+        if table.priced_by_time(model.id, provider=provider.id)
+    ]
+    assert ("deepseek", "deepseek-v4-pro") in timed
+    previous = price_time_of_day("dearest")
+    try:
+        for provider, model in timed:
+            dearest = table.priced_at(model, day, provider=provider)
+            assert dearest.date() == day.date()
+            for prompt, completion, cached in ((1000, 0, 0), (0, 1000, 0), (1000, 10, 900)):
+                costs = [
+                    table.cost(
+                        model,
+                        provider=provider,
+                        at=at,
+                        prompt_tokens=prompt,
+                        completion_tokens=completion,
+                        cached_tokens=cached,
+                    )
+                    for at in (dearest, *(day + timedelta(seconds=start) for start in (0, *day_parts(model))))
+                ]
+                worst = costs.pop(0)
+                assert worst is not None
+                assert all(c is not None and c.total_cost_usd <= worst.total_cost_usd for c in costs)
+    finally:
+        price_time_of_day(previous)

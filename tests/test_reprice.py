@@ -533,6 +533,7 @@ def _report_of(calls: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("priced_when_made")
 def test_a_report_reprices_each_call_at_its_own_time_of_day(
     capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
