@@ -614,16 +614,17 @@ def replayed_auth_advice(count: int, test: str | None = None) -> str:
 def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
     """The line saying which models' calls were priced at the time of day ``setting`` fixes (``dearest``
     or ``HH:MM``: ``price_time_of_day``) rather than when they ran, each with the time its usage rows
-    say; None when no call's price depends on the time of day."""
+    say; None when no call's price depends on the time of day, or ``setting`` is ``now``."""
+    setting = setting.strip().lower()
     # a usage key: node id, then USAGE_KEYS (model asked for, model served...); "at" is set only for a
     # price by the time of day, and then the calls have a model
     timed = {f"{key[4] or key[5]} ({key[-1][11:16]} UTC)" for key in ledger.usage if key[-1]}
-    if not timed:
+    if not timed or setting == "now":
         return None
-    when = "its dearest rate" if setting.strip().lower() == "dearest" else f"{setting.strip()} UTC"
+    when = "the day's dearest rate" if setting == "dearest" else "a fixed time of day"
     return (
-        f"llm-ledger: calls priced by the time of day were priced at {when}, not when they ran: "
-        f"{listed(sorted(timed))} (--llm-time-of-day=now prices them at the hour they run)"
+        f"llm-ledger: calls whose price depends on the time of day were priced at {when}, not at the hour "
+        f"they ran: {listed(sorted(timed))}; --llm-time-of-day=now prices them at the hour they run"
     )
 
 

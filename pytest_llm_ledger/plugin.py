@@ -895,7 +895,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_sep("-", "llm-ledger: per-lens totals")
         for line in render_lens_table(ledger):
             tr.write_line(line)
-        if state.time_of_day != "now" and (fixed := priced_at_fixed_time(ledger, state.time_of_day)):
+        if fixed := priced_at_fixed_time(ledger, state.time_of_day):
             tr.write_line(fixed)
     baseline = config.getoption("llm_baseline")
     if baseline:

@@ -123,9 +123,9 @@ def test_a_replayed_call_costs_the_dearest_rate_whatever_the_hour(
         assert peak_usd in (None, cost(record))
         peak_usd = cost(record)
         result.stdout.fnmatch_lines(
-            ["llm-ledger: calls priced by the time of day were priced at its dearest rate, not when they*"]
+            ["llm-ledger: calls whose price depends on the time of day were priced at the day's dearest *"]
         )
-        assert result.stdout.str().count("not when they ran") == 1
+        assert result.stdout.str().count("not at the hour they ran") == 1
         assert "deepseek-v4-pro (01:00 UTC)" in result.stdout.str()
 
         report = json.loads((v4.path / f"report-{i}.json").read_text())
@@ -159,7 +159,7 @@ def test_a_budget_between_off_peak_and_peak_fails_at_any_hour_unless_told_otherw
 
     result, record = replay_at(v4, monkeypatch, OFF_PEAK, "--llm-budget", "--llm-time-of-day=now")
     assert (result.ret, cost(record)) == (pytest.ExitCode.OK, off_peak)
-    assert "not when they ran" not in result.stdout.str()
+    assert "not at the hour they ran" not in result.stdout.str()
 
     v4.makefile(".ini", pytest=INI + "llm_time_of_day = 12:00\n")
     result, record = replay_at(v4, monkeypatch, PEAK, "--llm-budget")
