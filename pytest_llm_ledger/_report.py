@@ -32,7 +32,7 @@ from llm_ledger.report import (
     usd,
 )
 
-from ._cassette import rerecord_command
+from ._cassette import replayed_auth_advice
 
 __all__ = [
     "SESSION_BUCKET",
@@ -42,7 +42,6 @@ __all__ = [
     "notices",
     "render_breaches",
     "render_lens_table",
-    "replayed_auth_advice",
     "sets_limits",
 ]
 
@@ -595,19 +594,6 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
         ]
         lines.append(f"failed: {failed_calls()}; {NO_ANSWER}: {listed(lenses)}")
     return lines
-
-
-def replayed_auth_advice(count: int, test: str | None = None) -> str:
-    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
-    command for ``test`` when it is the one): the words of the session's notice and of ``llm-ledger
-    cassettes``."""
-    command = rerecord_command(test, "rewrite") if test else "pytest NODE_ID... --llm-record-mode=rewrite"
-    return (
-        f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "
-        "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
-        f"the key set: {command}, or mark a test that expects the error "
-        "@pytest.mark.llm(record_auth_errors=True)"
-    )
 
 
 def notices(
