@@ -4,7 +4,8 @@ errors: only a regular file, of at most :data:`MAX_BYTES` (:func:`read_file`); Y
 and read node by node, free-form values (:meth:`Document.value`) built only by PyYAML's safe constructor
 (so no tag can run code); one number parser (:meth:`Document.number`:
 ``2.50``, ``1e-3``, ``1_000`` mean the same in every file, and YAML 1.1's other bases, ``1:30``
-(base 60: 90), ``0x10``, ``010`` (octal: 8), are errors); every error reads ``file:line: key.path: what
+(base 60: 90), ``0x10``, ``010`` (octal: 8), are errors; :meth:`Document.integer` for a code or a
+version, written in digits only); every error reads ``file:line: key.path: what
 is wrong; valid choices``, quoting at most the offending value, shortened, and never one that looks like
 a credential (:func:`shown`: a price file pointed at a ``.env`` must not print the key it holds).
 :func:`did_you_mean` is the one "(did you mean 'x'?)" hint of every error naming a bad name.
@@ -406,6 +407,23 @@ class Document:
                 node, key_path, f"expected {expected} (at most {maximum}), got {self.describe(node)}"
             )
         return value
+
+    def integer(
+        self, node: yaml.Node, key_path: str, expected: str, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        """A number as :meth:`number` reads it, written as an integer (``200``, not ``200.0``, ``2e2`` or
+        ``!!float 200``): for a code or a version, where another spelling is a hand edit gone wrong, not
+        a count someone wrote as ``1e3``. From ``minimum`` (0) to ``maximum`` (unbounded if None)."""
+        top = Decimal("Infinity") if maximum is None else Decimal(maximum)
+        value = self.number(node, key_path, expected, minimum=Decimal(minimum), maximum=top, whole=True)
+        if node.tag != _INT:
+            raise self.error(
+                node,
+                key_path,
+                f"expected {expected} written as an integer (digits, no decimal point or exponent), "
+                f"got {self.describe(node)}",
+            )
+        return int(value)
 
     def _refuse_other_bases(self, node: yaml.ScalarNode, key_path: str) -> None:
         """YAML 1.1 reads ``1:30`` as 90 (base 60), ``0x10`` as 16, ``010`` as 8 (octal), ``0b11`` as 3;

@@ -46,6 +46,7 @@ __all__ = [
     "LedgerCassette",
     "activate",
     "canonical_key",
+    "replayed_auth_advice",
     "rerecord_command",
     "vcrpy_problem",
 ]
@@ -129,6 +130,19 @@ def auth_answer(status: int, method: str, url: str) -> str:
 def rerecord_command(nodeid: str, mode: str) -> str:
     """The command that runs one test in ``mode``, to record or re-record its cassette."""
     return f"pytest {shlex.quote(nodeid)} --llm-record-mode={mode}"
+
+
+def replayed_auth_advice(count: int, test: str | None = None) -> str:
+    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
+    command for ``test`` when it is the one): the words of the session's notice and of ``llm-ledger
+    cassettes``."""
+    command = rerecord_command(test, "rewrite") if test else "pytest NODE_ID... --llm-record-mode=rewrite"
+    return (
+        f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "
+        "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
+        f"the key set: {command}, or mark a test that expects the error "
+        "@pytest.mark.llm(record_auth_errors=True)"
+    )
 
 
 def stored_url(url: str, redactor: CredentialRedactor) -> str:

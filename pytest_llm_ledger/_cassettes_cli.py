@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     expected = set(data["expect_auth_errors"])
     denied, status = _auth_errors(sorted(set(owned) - set(never) - expected))
     if denied:
-        from pytest_llm_ledger._report import replayed_auth_advice
+        from pytest_llm_ledger._cassette import replayed_auth_advice
 
         print(f"{replayed_auth_advice(len(denied))}:")
         for path, answers in denied.items():

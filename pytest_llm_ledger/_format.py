@@ -23,7 +23,6 @@ import os
 import tempfile
 import zlib
 from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -321,7 +320,7 @@ def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]
     data = doc.value(root)
     required = {"version": f"the format, {FORMAT_VERSION}", "interactions": "the requests and responses"}
     top = doc.fields(root, "", _TOP, ("version", "interactions"), required)
-    if data["version"] != FORMAT_VERSION or type(data["version"]) is bool:  # True == 1
+    if doc.integer(top["version"], "version", str(FORMAT_VERSION)) != FORMAT_VERSION:
         raise doc.error(
             top["version"], "version", f"expected {FORMAT_VERSION}, got {doc.describe(top['version'])}"
         )
@@ -339,12 +338,11 @@ def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]
             for key, meaning in _METHOD_URL.items()
         }
         request["method"] = request["method"].upper()
-        status = doc.number(
-            resp["status"], f"{place}.response.status", "an HTTP status code",
-            minimum=Decimal(100), maximum=Decimal(599), whole=True,
-        )  # fmt: skip
+        status = doc.integer(
+            resp["status"], f"{place}.response.status", "an HTTP status code", minimum=100, maximum=599
+        )
         request.update(_message(doc, req, f"{place}.request", values["request"]))
-        response = {"status": int(status), **_message(doc, resp, f"{place}.response", values["response"])}
+        response = {"status": status, **_message(doc, resp, f"{place}.response", values["response"])}
         loaded.append({"request": request, "response": response})
     return loaded
 

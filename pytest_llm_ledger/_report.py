@@ -32,7 +32,7 @@ from llm_ledger.report import (
     usd,
 )
 
-from ._cassette import rerecord_command
+from ._cassette import replayed_auth_advice
 
 __all__ = [
     "SESSION_BUCKET",
@@ -43,7 +43,6 @@ __all__ = [
     "priced_at_fixed_time",
     "render_breaches",
     "render_lens_table",
-    "replayed_auth_advice",
     "sets_limits",
 ]
 
@@ -598,27 +597,15 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
     return lines
 
 
-def replayed_auth_advice(count: int, test: str | None = None) -> str:
-    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
-    command for ``test`` when it is the one): the words of the session's notice and of ``llm-ledger
-    cassettes``."""
-    command = rerecord_command(test, "rewrite") if test else "pytest NODE_ID... --llm-record-mode=rewrite"
-    return (
-        f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "
-        "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
-        f"the key set: {command}, or mark a test that expects the error "
-        "@pytest.mark.llm(record_auth_errors=True)"
-    )
-
-
 def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
     """The line saying which models' calls were priced at the time of day ``setting`` fixes (``dearest``
     or ``HH:MM``: ``price_time_of_day``) rather than when they ran, each with the time its usage rows
     say; None when no call's price depends on the time of day, or ``setting`` is ``now``."""
     setting = setting.strip().lower()
-    # a usage key: node id, then USAGE_KEYS (model asked for, model served...); "at" is set only for a
-    # price by the time of day, and then the calls have a model
-    timed = {f"{key[4] or key[5]} ({key[-1][11:16]} UTC)" for key in ledger.usage if key[-1]}
+    # a usage key: node id, then USAGE_KEYS; "at" is set only for a price by the time of day, and then
+    # the calls have a model
+    model, served, at = (1 + USAGE_KEYS.index(name) for name in ("model", "served_model", "at"))
+    timed = {f"{key[model] or key[served]} ({key[at][11:16]} UTC)" for key in ledger.usage if key[at]}
     if not timed or setting == "now":
         return None
     when = "the day's dearest rate" if setting == "dearest" else "a fixed time of day"

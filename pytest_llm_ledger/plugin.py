@@ -12,6 +12,7 @@ tests marked ``llm`` fail, with one message saying what to install.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import importlib.metadata
 import itertools
@@ -74,6 +75,7 @@ _EVENTS: Final = ("llm_api_call", "lens_summary")  # the records the plugin keep
 _STATE = pytest.StashKey["_LedgerState"]()
 _CASSETTE = pytest.StashKey[LedgerCassette]()
 _PASSED = pytest.StashKey[bool]()
+_VERDICT = pytest.StashKey[tuple[bool, str | None]]()  # of the phase being reported: see _verdict
 _FLAG_OWNER = pytest.StashKey[str]()
 _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
 _BLOCKED = pytest.StashKey[list[str]]()
@@ -603,12 +605,54 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report: pytest.TestReport = yield
-    cassette = item.stash.get(_CASSETTE, None)
     if call.when == "call":
         item.stash[_PASSED] = report.passed
-    # requests refused (by the guard of a test without a cassette, or by network blocking), then
-    # cassette misses: both fail the test whether the exception propagated, was wrapped or was
-    # swallowed, with one message (concurrent calls miss together)
+    if _VERDICT in item.stash:  # decided before pytest's report: pytest_runtest_makereport_without_traceback
+        fails, message = item.stash[_VERDICT]
+        del item.stash[_VERDICT]
+    else:  # another plugin made the report
+        fails, message = _verdict(item, call)
+    if fails:  # whatever the hooks in between made of the report (an xfail marker's "skipped")
+        report.outcome = "failed"
+    if message is not None:
+        report.longrepr = message
+    return report
+
+
+# not tryfirst: after the hooks that adjust the call first (unittest's sets its exception), before pytest's
+@pytest.hookimpl(specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_without_traceback(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> pytest.TestReport | None:
+    """The report of a phase that fails with the plugin's message, made in place of pytest's, which
+    would format a traceback of the exception for the plugin to throw away: reading the source of every
+    frame, openai's and httpx's included, a tenth of a CPU-second or more per test."""
+    _, message = item.stash[_VERDICT] = _verdict(item, call)
+    if message is None or call.excinfo is None or _skips(call.excinfo.value):
+        return None  # pytest's report: nothing to format, or a skip (reported by its reason alone)
+    unraised = copy.copy(call)
+    unraised.excinfo = None  # the report of the phase as if it had passed: timing, sections, keywords
+    report = pytest.TestReport.from_item_and_call(item, unraised)
+    report.outcome = "failed"
+    report.longrepr = message
+    return report
+
+
+def _skips(exc: BaseException) -> bool:
+    """Whether pytest reports ``exc`` as a skip (its report's rule), not as a failure."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(pytest.skip.Exception)[1] is None
+    return isinstance(exc, pytest.skip.Exception)
+
+
+def _verdict(item: pytest.Item, call: pytest.CallInfo[None]) -> tuple[bool, str | None]:
+    """Whether the plugin fails the phase, and its message in place of pytest's traceback (None: the
+    report is pytest's). Requests refused (by the guard of a test without a cassette, or by network
+    blocking), then cassette misses, that no report of the test has shown yet fail it, whether the
+    exception propagated, was wrapped or was swallowed, with one message (concurrent calls miss
+    together); a miss or refusal raised again (reported in an earlier phase, or another test's that a
+    library kept) only gets the plugin's wording."""
+    cassette = item.stash.get(_CASSETTE, None)
     lists = [
         item.stash.get(_BLOCKED, []),
         *((cassette.blocked, cassette.misses) if cassette is not None else ([], [])),
@@ -617,25 +661,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     failures = [message for seen, each in zip(done, lists, strict=True) for message in each[seen:]]
     item.stash[_REPORTED] = tuple(map(len, lists))
     if failures:
-        report.outcome = "failed"
         more = len(failures) - 1
-        report.longrepr = failures[0] + (
+        return True, failures[0] + (
             f"\n\nllm-ledger: {more} more request(s) of this test failed the same way; the first is shown"
             if more
             else ""
         )
-    elif call.excinfo is not None and (error := _ledger_error(call.excinfo.value)) is not None:
+    if call.excinfo is not None and (error := _ledger_error(call.excinfo.value)) is not None:
         origin = getattr(error, "nodeid", None)
         if origin is not None and origin != item.nodeid:
             # a library kept the error of an earlier test's request (a failed start-up) and raised it again
-            report.longrepr = (
+            return False, (
                 f"llm-ledger: {item.nodeid} raised an error that a request of another test, {origin}, "
                 "raised first (some library kept it and raised it again here); that test's error:\n"
                 + str(error)
             )
-        else:
-            report.longrepr = str(error)
-    return report
+        return False, str(error)
+    return False, None
 
 
 def _ledger_error(exc: BaseException) -> BaseException | None:

@@ -132,12 +132,6 @@ def write_project(pytester: pytest.Pytester, tests: str = CHAT_TESTS, name: str 
 # trio (~0.15 CPU-s in each new process: a subprocess session, an xdist worker)
 FAST_ARGS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio"]
 
-# for inner sessions whose failures are the plugin's own (a miss or a refusal: it replaces pytest's
-# traceback with its message, so the output is the same) or whose failure text the test does not read:
-# pytest's default traceback is built and thrown away, walking the AST of openai's 2-4k-line modules for
-# each frame (0.1-0.4 CPU-s a session); Python's native one reads only the lines it shows
-NATIVE_TB = "--tb=native"
-
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """An in-process pytest session with the plugin loaded, its output as on a developer's machine:

@@ -55,6 +55,7 @@ def test_an_alias_fails_its_test_naming_the_file_and_line(pytester: pytest.Pytes
 
 # hand edits gone wrong: (cassette, the line named, the key path and what is wrong)
 REQUEST = "- request:\n    method: POST\n    url: https://api.openai.com/v1/chat/completions\n"
+INTEGER = "written as an integer (digits, no decimal point or exponent), got"
 STRUCTURE = {
     "status": (
         f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 99\n",
@@ -75,6 +76,19 @@ STRUCTURE = {
     ),
     "version": ("interactions: []\nversion: 2\n", 2, "version: expected 1, got 2"),
     "version true": ("version: true\ninteractions: []\n", 1, "version: expected 1, got True"),  # == 1
+    # a status code and the format version are integers, recorded as digits: a decimal, an exponent or
+    # another base is a hand edit, refused (a price or a budget may be written 1e3; these may not)
+    "status 200.0": (f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 200.0\n", 7,
+                     f"interactions[0].response.status: expected an HTTP status code {INTEGER} 200.0"),
+    "status 2e2": (f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 2e2\n", 7,
+                   f"interactions[0].response.status: expected an HTTP status code {INTEGER} '2e2'"),
+    "status !!float": (f"version: 1\ninteractions:\n{REQUEST}  response: {{status: !!float 200}}\n", 6,
+                       f"interactions[0].response.status: expected an HTTP status code {INTEGER} 200.0"),
+    "version 1.0": ("version: 1.0\ninteractions: []\n", 1, f"version: expected 1 {INTEGER} 1.0"),
+    "version octal": ("interactions: []\nversion: 01\n", 2,
+                      "version: 01 is not a plain decimal number: YAML 1.1 reads it as 1 (octal)"),
+    "version 0x1": ("version: 0x1\ninteractions: []\n", 1,
+                    "version: 0x1 is not a plain decimal number: YAML 1.1 reads it as 1 (hexadecimal)"),
 }  # fmt: skip
 
 
@@ -83,7 +97,8 @@ def test_a_structure_error_names_the_line_and_the_key_path(
     tmp_path: Path, text: str, line: int, problem: str
 ) -> None:
     """A wrong status, a misspelt key, an interaction that is not a mapping, two bodies, a wrong
-    version: ``file:line: key.path: what is wrong``, the line where it is."""
+    version, a status or version not written as an integer: ``file:line: key.path: what is wrong``, the
+    line where it is."""
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with pytest.raises(CassetteError) as raised:

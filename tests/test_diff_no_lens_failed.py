@@ -16,7 +16,6 @@ import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
-    NATIVE_TB,
     once_per_process,
     run,
     server_fixture,
@@ -83,7 +82,7 @@ def reports(
         assert run(pytester, "--llm-report=base.json").ret == 0
         with monkeypatch.context() as patch:
             patch.setenv("LEDGER_TEST_PROMPT", "Say goodbye")
-            head = run(pytester, NATIVE_TB, "--llm-report=head.json")  # a miss: the plugin's message
+            head = run(pytester, "--llm-report=head.json")
         assert head.ret == pytest.ExitCode.TESTS_FAILED
         (pytester.path / "head.out").write_text(head.stdout.str())
 

@@ -19,7 +19,6 @@ from llm_ledger._cli import main as cli_main
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     FAST_ARGS,
-    NATIVE_TB,
     PLUGIN_ARGS,
     recorded_fixture,
     run,
@@ -44,7 +43,7 @@ def test_a_lens_whose_call_missed_its_cassette_is_marked_in_the_table_and_the_re
     under the lens, so a diff can name it too."""
     monkeypatch.setenv("LEDGER_TEST_PROMPT", "Summarise it in three lines")
 
-    result = run(recorded, NATIVE_TB, "--llm-report=head.json")
+    result = run(recorded, "--llm-report=head.json")
 
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     table = result.stdout.str().split("llm-ledger: per-lens totals")[1].splitlines()[1:7]
@@ -68,7 +67,7 @@ def test_the_diff_names_the_test_whose_calls_failed_under_the_lens(
     one to re-record."""
     run(recorded, "--llm-report=base.json")
     monkeypatch.setenv("LEDGER_TEST_PROMPT", "Summarise it in three lines")
-    run(recorded, NATIVE_TB, "--llm-report=head.json")
+    run(recorded, "--llm-report=head.json")
     capsys.readouterr()
 
     status = cli_main(["diff", str(recorded.path / "base.json"), str(recorded.path / "head.json")])

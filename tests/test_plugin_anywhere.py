@@ -12,7 +12,7 @@ import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import INI, NATIVE_TB, no_key_fixture, run, write_project
+from tests.plugin_helpers import INI, no_key_fixture, run, write_project
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (no_key_fixture,)  # used by name
@@ -83,7 +83,7 @@ def test_host_matching_on_request_names_the_host_and_the_fix(
 ) -> None:
     """match_host=True (or llm_match_host) fails a replay against another host, says so and what to do;
     the same host on another port still replays."""
-    result = run(pytester, NATIVE_TB)  # a miss: the plugin's message
+    result = run(pytester)
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert (
@@ -98,7 +98,7 @@ def test_host_matching_on_request_names_the_host_and_the_fix(
     assert "    pytest tests/test_env.py::test_pinned --llm-record-mode=rewrite" in out
 
     pytester.makefile(".ini", pytest=INI + "llm_match_host = true\n")
-    run(pytester, NATIVE_TB).assert_outcomes(failed=2)
+    run(pytester).assert_outcomes(failed=2)
 
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens: replay only
     run(pytester).assert_outcomes(passed=2)

@@ -18,7 +18,6 @@ from tests.plugin_helpers import (
     FAST_ARGS,
     INI,
     LEAK_A_STREAM,
-    NATIVE_TB,
     PLUGIN_ARGS,
     load_yaml,
     no_key_fixture,
@@ -196,7 +195,7 @@ def test_an_extra_identical_call_is_a_miss(
     server.stop()
     monkeypatch.setenv("LEDGER_TEST_TIMES", "2")
 
-    result = run(pytester, NATIVE_TB, "-k", "test_repeat")  # a miss: the plugin's message
+    result = run(pytester, "-k", "test_repeat")
 
     result.assert_outcomes(failed=1, deselected=1)
     result.stdout.fnmatch_lines(["*the cassette holds 1 identical request(s), all already played*"])
@@ -253,7 +252,7 @@ def test_never_recorded_test_fails_offline_with_the_record_command(pytester: pyt
     write_project(pytester)
     os.environ["LEDGER_TEST_BASE_URL"] = "http://127.0.0.1:9/v1"  # nothing listens there
     try:
-        result = run(pytester, NATIVE_TB, "-k", "test_chat")  # a miss: the plugin's message
+        result = run(pytester, "-k", "test_chat")
     finally:
         del os.environ["LEDGER_TEST_BASE_URL"]
 
@@ -280,7 +279,7 @@ def test_rewrite_replaces_and_new_episodes_appends(
 
     record(pytester, "-k", "test_chat")
     monkeypatch.setenv("LEDGER_TEST_PROMPT", "second prompt")
-    once = run(pytester, NATIVE_TB, "-k", "test_chat", "--llm-record-mode=once")
+    once = run(pytester, "-k", "test_chat", "--llm-record-mode=once")
     assert once.ret == 1  # exists: replay strictly
     assert run(pytester, "-k", "test_chat", "--llm-record-mode=rewrite").ret == 0
     assert prompts() == ["second prompt"]
@@ -826,7 +825,7 @@ def test_file_uploads_replay_and_a_changed_file_misses(
     run(pytester).assert_outcomes(passed=1)
 
     monkeypatch.setenv("LEDGER_TEST_AUDIO", "take two")
-    result = run(pytester, NATIVE_TB)  # a miss: the plugin's message
+    result = run(pytester)
     result.assert_outcomes(failed=1)
     assert_lines_in(result, "llm-ledger: request not found in cassette ")
 
@@ -871,4 +870,93 @@ def test_concurrent_misses_print_one_message_and_no_ledger_records(
     assert out.count("llm-ledger: request not found in cassette") == 1
     assert "llm-ledger: 2 more request(s) of this test failed the same way; the first is shown" in out
     assert "llm_api_call" not in out and "lens_summary" not in out and "Captured log" not in out
+    assert server.requests == []
+
+
+MISSING_TESTS = """
+import os
+import unittest
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def ask():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.fixture
+def answer():
+    ask()
+
+
+@pytest.mark.llm
+def test_call_misses():
+    ask()
+
+
+@pytest.mark.llm
+def test_setup_misses(answer):
+    pass
+
+
+@pytest.mark.llm
+class TestCase(unittest.TestCase):
+    def test_misses(self):
+        ask()
+
+
+def test_plain_failure():
+    assert 1 == 2
+"""
+
+# counts the tracebacks pytest formats in the inner session (the costly step: it reads the source of
+# every frame, openai's and httpx's included), by the type of their exception
+COUNT_TRACEBACKS = """
+import pytest
+
+formatted = []
+_getrepr = pytest.ExceptionInfo.getrepr
+
+
+def getrepr(self, *args, **kwargs):
+    formatted.append(type(self.value).__name__)
+    return _getrepr(self, *args, **kwargs)
+
+
+pytest.ExceptionInfo.getrepr = getrepr
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"tracebacks formatted: {formatted}")
+
+
+def pytest_unconfigure():
+    pytest.ExceptionInfo.getrepr = _getrepr
+"""
+
+
+@pytest.mark.usefixtures("no_key")
+@pytest.mark.parametrize("tb", ["auto", "short", "no"])
+def test_a_failure_the_plugin_words_builds_no_traceback(
+    pytester: pytest.Pytester, server: FakeOpenAI, tb: str
+) -> None:
+    """A miss (in a test, its fixture or a unittest TestCase) fails with the plugin's message without
+    pytest formatting the exception's traceback first (re-reading the SDK's sources, a tenth of a
+    CPU-second or more per test), whatever --tb says; any other failure keeps its traceback."""
+    write_project(pytester, MISSING_TESTS)
+    pytester.makeconftest(COUNT_TRACEBACKS)
+
+    result = run(pytester, f"--tb={tb}")
+
+    result.assert_outcomes(failed=3, errors=1)
+    result.stdout.fnmatch_lines(["tracebacks formatted: ['AssertionError']"])
+    if tb != "no":
+        out = result.stdout.str()
+        assert out.count("the cassette file does not exist: this test has never been recorded") == 3
+        assert "APIConnectionError" not in out
     assert server.requests == []

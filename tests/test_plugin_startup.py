@@ -13,7 +13,6 @@ import pytest
 from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     INI,
-    NATIVE_TB,
     DataServer,
     data_server_fixture,
     load_yaml,
@@ -156,7 +155,7 @@ def test_an_error_kept_by_a_library_names_the_test_whose_request_raised_it(
 ) -> None:
     """test_second re-raises test_first's miss: its failure says so and names test_first's cassette."""
     write_project(pytester, KEPT_ERROR_TESTS)
-    result = run(pytester, NATIVE_TB)  # both failures are the plugin's messages
+    result = run(pytester)
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
     second = out[out.index("_ test_second _") :]

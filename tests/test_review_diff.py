@@ -15,7 +15,7 @@ import llm_ledger  # noqa: F401
 from llm_ledger._cli import main as cli_main
 from llm_ledger.report import usd
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import NATIVE_TB, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -74,7 +74,7 @@ class Project:
             self.monkeypatch.setenv(key, value)
         if record:
             assert run(self.pytester, "--llm-record-mode=rewrite").ret == 0
-        run(self.pytester, NATIVE_TB, f"--llm-report={name}", *args)  # the tests read its report only
+        run(self.pytester, f"--llm-report={name}", *args)  # the tests read its report only
         return str(self.pytester.path / name)
 
 
