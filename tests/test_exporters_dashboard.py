@@ -480,3 +480,58 @@ def test_render_draws_the_panels_from_a_real_prometheus(
     assert sum(len(line.attrib["points"].split()) >= 4 for line in lines) >= len(LENSES) + 3
     for lens in LENSES:
         assert texts.count(lens) >= 2, lens  # a legend and a bar
+
+
+def _child_prometheuses() -> set[int]:
+    """The pids of this process's ``prometheus`` children (the session's own among them)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if name == "prometheus" and int(fields[1]) == os.getpid():
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.prometheus
+def test_render_main_runs_a_prometheus_of_its_own_and_writes_the_image(
+    prometheus_binary: str, fresh_config: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m dashboards.render --out PATH`` as a user runs it: it starts Debian's ``prometheus``
+    on loopback for itself, has it scrape the demo, writes an image with data in every chosen panel
+    and a caption counting the calls, says where, and leaves no Prometheus running."""
+    import xml.etree.ElementTree as ET
+
+    from dashboards import render
+
+    before = _child_prometheuses()
+    out = tmp_path / "dashboard.svg"
+    argv = ["--seconds", "2", "--step", "1", "--out", str(out), "--prometheus", prometheus_binary]
+    assert render.main(argv) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert _child_prometheuses() == before
+    root = ET.fromstring(out.read_text())
+    texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    for title in render.STATS + render.CHARTS:
+        assert title in texts, title
+    assert "no data" not in texts
+    calls = int(texts[texts.index("Calls over the range") + 1].replace(",", ""))
+    assert calls > 0 and f"({calls} calls to the loopback FakeOpenAI)" in texts[-1]
+
+
+def test_render_without_the_prometheus_binary_says_how_to_install_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the binary, ``python -m dashboards.render`` stops at once with the package to install
+    (or the option to point at one), and writes nothing."""
+    from dashboards import render
+
+    out = tmp_path / "dashboard.svg"
+    with pytest.raises(SystemExit) as stopped:
+        render.main(["--prometheus", str(tmp_path / "no-prometheus"), "--out", str(out)])
+    assert stopped.value.code == 2
+    assert "apt-get install prometheus (or --prometheus PATH)" in capsys.readouterr().err
+    assert not out.exists()
