@@ -502,7 +502,8 @@ def test_render_main_runs_a_prometheus_of_its_own_and_writes_the_image(
 ) -> None:
     """``python -m dashboards.render --out PATH`` as a user runs it: it starts Debian's ``prometheus``
     on loopback for itself, has it scrape the demo, writes an image with data in every chosen panel
-    and a caption counting the calls, says where, and leaves no Prometheus running."""
+    (the demo's lenses named in it), says where, and leaves no Prometheus running. (A run this short
+    may count no increase: its calls can all precede their series' first scrape.)"""
     import xml.etree.ElementTree as ET
 
     from dashboards import render
@@ -518,8 +519,8 @@ def test_render_main_runs_a_prometheus_of_its_own_and_writes_the_image(
     for title in render.STATS + render.CHARTS:
         assert title in texts, title
     assert "no data" not in texts
-    calls = int(texts[texts.index("Calls over the range") + 1].replace(",", ""))
-    assert calls > 0 and f"({calls} calls to the loopback FakeOpenAI)" in texts[-1]
+    for lens in LENSES:
+        assert lens in texts, lens  # a series label, scraped from the demo
 
 
 def test_render_without_the_prometheus_binary_says_how_to_install_it(
