@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._cli import add_listen_options, listening
+from .exporters._prometheus import shutdown_now
 
 __all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
 
@@ -930,7 +931,7 @@ class FakeOpenAI:
         if self._server is None:
             self._server = _Server((self.host, self.port), self)
             self.port = int(self._server.server_address[1])
-            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
             self._thread.start()
         return self
 
@@ -940,7 +941,7 @@ class FakeOpenAI:
             return
         self._server = self._thread = None
         server.stopping.set()
-        server.shutdown()
+        shutdown_now(server)
         with server.connections_cv:
             for connection in list(server.connections):  # wake handlers idling on keep-alive connections
                 with contextlib.suppress(OSError):

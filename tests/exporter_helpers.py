@@ -19,6 +19,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 import llm_ledger
 from dashboards.local_prometheus import LocalPrometheus
+from llm_ledger.exporters._prometheus import shutdown_now
 from llm_ledger.testing import FakeOpenAI
 from tests.conftest import FAKE_KEY
 
@@ -229,8 +230,7 @@ class Receiver(http.server.ThreadingHTTPServer):
 
     def shutdown(self) -> None:
         """Stops ``serve_forever`` now, not when its loop next looks (up to half a second later)."""
-        self.socket.shutdown(socket.SHUT_RD)  # wakes the loop: its accept fails, it sees the request
-        super().shutdown()
+        shutdown_now(self)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

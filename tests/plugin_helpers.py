@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
-import socket
 import subprocess
 import textwrap
 import threading
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from llm_ledger._cli import main as cli_main
+from llm_ledger.exporters._prometheus import shutdown_now
 from llm_ledger.testing import FakeOpenAI
 
 # When the package is installed its pytest11 entry point loads the plugin; loading it a second
@@ -239,9 +239,7 @@ class LoopbackServer:
     def stop(self) -> None:
         if not self._stopped:
             self._stopped = True
-            # wakes serve_forever (its accept fails) now, not when it next looks (up to 0.5 s later)
-            self._server.socket.shutdown(socket.SHUT_RD)
-            self._server.shutdown()
+            shutdown_now(self._server)
             self._server.server_close()
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ from llm_ledger import AnomalyConfig, AnomalyDetector, ConfigError
 from llm_ledger._cli import main
 from llm_ledger._records import LensSummary, lens_record
 from llm_ledger.exporters import PrometheusSink
-from llm_ledger.testing import Captured, FakeOpenAI, capture
+from llm_ledger.testing import Captured, FakeOpenAI
+from tests import warm_python
 from tests.conftest import FAKE_KEY
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -221,31 +224,40 @@ def test_a_failing_callback_never_reaches_the_application(
     assert "on_anomaly callback" in internal_log.text and "pager down" in internal_log.text
 
 
-def test_the_baseline_survives_a_restart(
-    fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """configure(anomalies=...) rebuilds the baselines from the log: after a restart the first
-    runaway run is caught, without waiting for min_runs new runs."""
+# the restarted process: the default monitor configured from the environment, one runaway run
+_RESTARTED = """
+import json, sys
+import openai, llm_ledger
+from llm_ledger.testing import capture
+llm_ledger.configure(log_dir=sys.argv[1], handle_sigterm=False)
+with openai.OpenAI(api_key="sk-test", base_url=sys.argv[2], max_retries=0) as raw, capture() as records:
+    client = llm_ledger.instrument(raw)
+    with llm_ledger.lens("digest"):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-completion-words": "300"},
+        )
+print(json.dumps([r for r in records if r["event"] == "lens_anomaly"]))
+"""
+
+
+def test_the_baseline_survives_a_restart(fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """configure(anomalies=...) rebuilds the baselines from the log: after a restart (a new process,
+    LLM_LEDGER_ANOMALIES set) the first runaway run is caught, without waiting for min_runs new runs."""
     llm_ledger.configure(log_dir=tmp_path, anomalies=QUICK, handle_sigterm=False)
     with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
         client = llm_ledger.instrument(raw)
         for _ in range(6):
             _run(client, llm_ledger.get_monitor(), words=5)
         llm_ledger.flush()
-
-        # a new process: a fresh default monitor and settings, the same log
-        from llm_ledger import _config
-
-        monkeypatch.setattr(_config, "_monitor", None)
-        monkeypatch.setattr(_config, "_settings", None)
-        monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "window=10,min_runs=5,metrics=total_tokens")
-        llm_ledger.configure(log_dir=tmp_path, handle_sigterm=False)
-        client = llm_ledger.instrument(raw.copy())
-        with capture() as records:
-            _run(client, llm_ledger.get_monitor(), words=300)
-    [anomaly] = _anomalies(records)
+    env = {**os.environ, "LLM_LEDGER_ANOMALIES": "window=10,min_runs=5,metrics=total_tokens"}
+    done = warm_python.run(
+        [sys.executable, "-c", _RESTARTED, str(tmp_path), fake_openai.base_url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [anomaly] = json.loads(done.stdout)
     assert anomaly["anomaly"]["metric"] == "total_tokens" and anomaly["anomaly"]["runs"] == 6
-    llm_ledger.flush()
     logged = [
         orjson.loads(line)["event"] for line in (tmp_path / "llm_calls.jsonl").read_bytes().splitlines()
     ]

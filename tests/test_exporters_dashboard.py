@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -480,3 +481,86 @@ def test_render_draws_the_panels_from_a_real_prometheus(
     assert sum(len(line.attrib["points"].split()) >= 4 for line in lines) >= len(LENSES) + 3
     for lens in LENSES:
         assert texts.count(lens) >= 2, lens  # a legend and a bar
+
+
+RENDER_TEST = "test_render_main_runs_a_prometheus_of_its_own_and_writes_the_image"
+Render = tuple[warm_python.Process, Path]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def render_started_early(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Render | None]:
+    """``python -m dashboards.render`` spends most of its ~8 s waiting for its own Prometheus' first
+    scrape (about 5 s after it starts): when the session runs the test of it, it starts with this
+    module's first test and runs beside the others (its files, and its Prometheus', under one dir)."""
+    binary = shutil.which("prometheus")
+    if binary is None or not any(item.name == RENDER_TEST for item in request.session.items):
+        yield None
+        return
+    workdir = tmp_path_factory.mktemp("render")
+    command = [sys.executable, "-m", "dashboards.render", "--seconds", "2", "--step", "1",
+               "--out", str(workdir / "dashboard.svg"), "--prometheus", binary]  # fmt: skip
+    render = warm_python.popen(
+        command, env={**os.environ, "TMPDIR": str(workdir)}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    yield render, workdir
+    if render.poll() is None:  # its test did not run here: let it end (a kill would leave its Prometheus)
+        render.communicate(timeout=60)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """The command lines of the running processes that mention ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and entry.name.isdigit() and int(entry.name) != os.getpid():
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.prometheus
+def test_render_main_runs_a_prometheus_of_its_own_and_writes_the_image(
+    prometheus_binary: str, render_started_early: Render | None
+) -> None:
+    """``python -m dashboards.render --out PATH`` as a user runs it: it starts Debian's ``prometheus``
+    on loopback for itself, has it scrape the demo, writes an image with data in every chosen panel
+    (the demo's lenses named in it), says where, and leaves no Prometheus running. (A run this short
+    may count no increase: its calls can all precede their series' first scrape.)"""
+    import xml.etree.ElementTree as ET
+
+    from dashboards import render
+
+    assert render_started_early is not None
+    process, workdir = render_started_early
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    image = workdir / "dashboard.svg"
+    assert out == f"wrote {image}\n"
+    assert [line for line in _processes_mentioning(str(workdir)) if "prometheus" in line] == []
+    root = ET.fromstring(image.read_text())
+    texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    for title in render.STATS + render.CHARTS:
+        assert title in texts, title
+    assert "no data" not in texts
+    for lens in LENSES:
+        assert lens in texts, lens  # a series label, scraped from the demo
+
+
+def test_render_without_the_prometheus_binary_says_how_to_install_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the binary, ``python -m dashboards.render`` stops at once with the package to install
+    (or the option to point at one), and writes nothing."""
+    from dashboards import render
+
+    out = tmp_path / "dashboard.svg"
+    with pytest.raises(SystemExit) as stopped:
+        render.main(["--prometheus", str(tmp_path / "no-prometheus"), "--out", str(out)])
+    assert stopped.value.code == 2
+    assert "apt-get install prometheus (or --prometheus PATH)" in capsys.readouterr().err
+    assert not out.exists()

@@ -1028,6 +1028,19 @@ def test_stop_does_not_wait_for_a_slow_answer() -> None:
     assert len(fake.requests) == 1
 
 
+def test_stop_returns_at_once() -> None:
+    """stop() returns as soon as the server stopped, not when its idle loop next looks for a stop:
+    a test that starts a server of its own pays for no wait. Ten starts and stops take well under a
+    second, and each leaves its port refusing connections."""
+    started = time.monotonic()
+    for _ in range(10):
+        fake = FakeOpenAI().start()
+        fake.stop()
+    assert time.monotonic() - started < 0.25
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", fake.port), timeout=1).close()
+
+
 @pytest.mark.asyncio
 async def test_concurrent_async_calls(fake: FakeOpenAI) -> None:
     async with async_client(fake) as sdk:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import socket
+import socketserver
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "PENDING_CALLS",
     "PrometheusSink",
     "metrics_registry",
+    "shutdown_now",
     "start_metrics_server",
 ]
 
@@ -660,14 +662,15 @@ def start_metrics_server(
             )
         raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}{fix}") from None
     # shutdown() alone returns when the serving loop next looks for it, up to half a second later
-    server.shutdown = functools.partial(_shutdown_now, server)
+    server.shutdown = functools.partial(shutdown_now, server)
     _serves_here()
     return server  # type: ignore[no-any-return]
 
 
-def _shutdown_now(server: WSGIServer) -> None:
-    """``server.shutdown()``, returning at once: closing the listening socket's reading side wakes the
-    serving loop (its accept fails, it sees the request)."""
+def shutdown_now(server: socketserver.TCPServer) -> None:
+    """``server.shutdown()`` returning at once, not when its ``serve_forever()`` loop next looks (up to
+    its poll interval later): closing the listening socket's reading side wakes the loop (its accept
+    fails, then it sees the request). The /metrics server's, and the fake OpenAI server's."""
     with contextlib.suppress(OSError):
         server.socket.shutdown(socket.SHUT_RD)
-    type(server).shutdown(server)
+    socketserver.TCPServer.shutdown(server)
