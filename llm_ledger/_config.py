@@ -4,6 +4,7 @@ each from its argument, else its environment variable, else its default (docs/MO
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -27,6 +28,12 @@ from .loading import BOOLEAN_WORDS
 __all__ = ["LOG_FILE_NAME", "Settings", "configure", "get_monitor"]
 
 LOG_FILE_NAME: Final = "llm_calls.jsonl"
+# every variable configure() reads: another LLM_LEDGER_* name is a misspelt one, which would be ignored
+_SUFFIXES: Final = (
+    "ANOMALIES", "BUDGETS", "BUDGET_MODE", "CAPTURE_CONTENT", "EXPORTERS", "HANDLE_SIGTERM", "LOG_DIR",
+    "PRICE_FILE", "STREAM_USAGE",
+)  # fmt: skip
+_VARIABLES: Final = tuple(f"LLM_LEDGER_{name}" for name in _SUFFIXES)
 
 
 class _Unset:
@@ -166,6 +173,23 @@ def resolve(
     )  # fmt: skip
 
 
+def _warn_unknown_variables() -> None:
+    """Name each LLM_LEDGER_* variable configure() does not read (a misspelt one), once per process."""
+    prefix = "LLM_LEDGER_"
+    for variable in sorted(os.environ):
+        if variable.upper().startswith(prefix) and variable not in (*_VARIABLES, *_warned):
+            _warned.add(variable)
+            # the closest by what follows the prefix, which every name shares
+            close = difflib.get_close_matches(variable[len(prefix) :].upper(), _SUFFIXES, n=1)
+            internal_log.warning(
+                "llm-ledger: environment variable %s is not one llm-ledger reads%s, so it changes nothing; "
+                "it reads %s",
+                variable,
+                f" (did you mean '{prefix}{close[0]}'?)" if close else "",
+                ", ".join(_VARIABLES),
+            )
+
+
 def _why_off(name: str, value: Any, variable: str, env: Mapping[str, str]) -> str | None:
     """Why a feature another setting acts on is off, for the error saying so; None when an operator
     turned it off on purpose (``variable=off``)."""
@@ -193,6 +217,7 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
     return None if budgets is None else as_budgets(budgets, hint=hint), mode
 
 
+_warned: set[str] = set()  # the unknown variables named already
 _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_monitor()
 _monitor: LLMCallMonitor | None = None
 _settings: Settings | None = None
@@ -240,6 +265,7 @@ def configure(
     new ``log_dir`` switches file. Raises ``ConfigError`` naming the bad value, changing nothing.
     """
     global _settings, _handler, _prices_read
+    _warn_unknown_variables()
     settings = resolve(
         log_dir=log_dir,
         price_file=price_file,

@@ -592,6 +592,33 @@ def test_bad_configuration_is_a_clear_error(
     assert _config._settings is None
 
 
+def test_a_misspelt_variable_is_named_with_the_closest_one(
+    tmp_path: Path,
+    fresh_config: None,
+    monkeypatch: pytest.MonkeyPatch,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """An LLM_LEDGER_* variable configure() does not read is a warning naming it and the closest one
+    (it was ignored without a word: the records went to ./logs, the budgets went unenforced), once per
+    process; not an error, since a deployment may use the prefix for variables of its own."""
+    monkeypatch.setattr(_config, "_warned", set())
+    monkeypatch.setenv("LLM_LEDGER_LOGDIR", "/var/log/app")
+    monkeypatch.setenv("LLM_LEDGER_BUDGETMODE", "raise")
+    monkeypatch.setenv("LLM_LEDGER_IMAGE_TAG", "1.2")
+    llm_ledger.configure(log_dir=tmp_path)
+    llm_ledger.configure(log_dir=tmp_path)
+    warnings = [r.getMessage() for r in internal_log.records if r.levelno == logging.WARNING]
+    known = ", ".join(_config._VARIABLES)
+    assert warnings == [
+        f"llm-ledger: environment variable LLM_LEDGER_BUDGETMODE is not one llm-ledger reads (did you mean "
+        f"'LLM_LEDGER_BUDGET_MODE'?), so it changes nothing; it reads {known}",
+        f"llm-ledger: environment variable LLM_LEDGER_IMAGE_TAG is not one llm-ledger reads, so it changes "
+        f"nothing; it reads {known}",
+        f"llm-ledger: environment variable LLM_LEDGER_LOGDIR is not one llm-ledger reads (did you mean "
+        f"'LLM_LEDGER_LOG_DIR'?), so it changes nothing; it reads {known}",
+    ]
+
+
 def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None) -> None:
     """A log_dir that cannot hold the file raises ConfigError at configure(), not at the first call."""
     blocker = tmp_path / "file"
