@@ -303,25 +303,13 @@ def configure(
         logger = logging.getLogger(LOGGER_NAME)
         if _settings is None or settings.log_dir != _settings.log_dir:
             new_handler = None
-            source = "log_dir" if log_dir is not UNSET else "LLM_LEDGER_LOG_DIR"
             if settings.log_dir is not None:
                 try:
                     new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
                 except OSError as exc:
                     if plan is not None:
                         plan.cancel()
-                    if isinstance(exc, NotRegularFileError):
-                        raise ConfigError(f"cannot write the log file: {exc}") from exc
-                    if settings.log_dir.is_file():
-                        raise ConfigError(
-                            f"cannot write the log file: {source}={str(settings.log_dir)!r} is a file, not a "
-                            f"directory; {source} is the directory that holds {LOG_FILE_NAME}"
-                        ) from exc
-                    raise ConfigError(
-                        f"cannot write the log file in {source}={str(settings.log_dir)!r}: "
-                        f"{exc.strerror or exc}; "
-                        "choose a writable directory (or LLM_LEDGER_LOG_DIR=off to write no file)"
-                    ) from exc
+                    raise _log_dir_error(exc, settings.log_dir, log_dir is not UNSET) from exc
             old, _handler = _handler, new_handler
             # the file is the default monitor's first sink (the logger is the application's)
             monitor._replace_first_sink(
@@ -346,6 +334,29 @@ def configure(
         if settings.log_dir or settings.exporters or (settings.budgets, settings.anomalies) != (None, None):
             preload()  # something records costs: the first call need not load the prices itself
         return settings
+
+
+def _log_dir_error(exc: OSError, log_dir: Path, argument: bool) -> ConfigError:
+    """Why ``log_dir`` cannot hold the log file, naming where it came from: the argument, the variable,
+    or the default (a relative ``logs`` in whatever directory the service was started in)."""
+    if isinstance(exc, NotRegularFileError):
+        return ConfigError(f"cannot write the log file: {exc}")
+    source = "log_dir" if argument else "LLM_LEDGER_LOG_DIR" if "LLM_LEDGER_LOG_DIR" in os.environ else None
+    named, fix = f"{source}={str(log_dir)!r}", f"{source} is the directory that holds {LOG_FILE_NAME}"
+    choose = ""
+    if source is None:
+        named, choose = f"the default log_dir {str(log_dir)!r}", " with log_dir= or LLM_LEDGER_LOG_DIR"
+        fix = f"set log_dir= or LLM_LEDGER_LOG_DIR to the directory that holds {LOG_FILE_NAME}"
+        try:
+            named += f" (in {os.getcwd()!r})"
+        except OSError:  # the current directory was deleted
+            pass
+    if log_dir.is_file():
+        return ConfigError(f"cannot write the log file: {named} is a file, not a directory; {fix}")
+    return ConfigError(
+        f"cannot write the log file in {named}: {exc.strerror or exc}; choose a writable directory{choose} "
+        "(or LLM_LEDGER_LOG_DIR=off to write no file)"
+    )
 
 
 def _guard(monitor: LLMCallMonitor, settings: Settings, old: Settings | None) -> None:

@@ -627,6 +627,34 @@ def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None)
         llm_ledger.configure(log_dir=blocker / "logs")
 
 
+def test_the_default_log_dir_refused_is_named_as_the_default(
+    tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With neither log_dir= nor LLM_LEDGER_LOG_DIR, a ./logs that cannot be the log directory (a
+    service started in / or in a read-only directory) is named as the default, in the directory it was
+    looked for in, with both ways to choose another: the error named LLM_LEDGER_LOG_DIR='logs', a
+    variable nobody had set."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").write_text("")
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure()
+    assert str(raised.value) == (
+        f"cannot write the log file: the default log_dir 'logs' (in {str(tmp_path)!r}) is a file, not a "
+        "directory; set log_dir= or LLM_LEDGER_LOG_DIR to the directory that holds llm_calls.jsonl"
+    )
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # the current directory deleted: ./logs cannot be made
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure()
+    assert str(raised.value) == (
+        "cannot write the log file in the default log_dir 'logs': No such file or directory; choose a "
+        "writable directory with log_dir= or LLM_LEDGER_LOG_DIR (or LLM_LEDGER_LOG_DIR=off to write no file)"
+    )
+    assert _config._settings is None
+
+
 def test_a_log_dir_that_is_a_file_says_so(
     tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
