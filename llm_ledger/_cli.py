@@ -134,6 +134,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         importlib.import_module(module_name).register(subparsers, summary)
         command = subparsers.choices[name]
         command.set_defaults(command_parser=command)
+        if command.description:  # a module docstring's ``code`` reads as plain text in a terminal
+            command.description = command.description.replace("``", "")
     return parser
 
 

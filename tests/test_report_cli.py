@@ -446,3 +446,15 @@ def test_pytest_options_before_the_dashes_name_the_fix(capsys: pytest.CaptureFix
         "llm-ledger cassettes: error: unrecognized arguments: -k; pytest's own options go after --: "
         "llm-ledger cassettes -- -k app\n"
     )
+
+
+def test_help_shows_no_rst_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's --help reads as plain text in a terminal: the descriptions taken from module
+    docstrings showed their reStructuredText ``double backticks``."""
+    from llm_ledger._cli import _COMMANDS
+
+    for command in _COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: llm-ledger {command} ") and "``" not in out, (command, out)
