@@ -458,3 +458,15 @@ def test_help_shows_no_rst_markup(capsys: pytest.CaptureFixture[str]) -> None:
             main([command, "--help"])
         out = capsys.readouterr().out
         assert out.startswith(f"usage: llm-ledger {command} ") and "``" not in out, (command, out)
+
+
+def test_a_where_written_with_spaces_around_the_equals_sign_still_filters(
+    capsys: pytest.CaptureFixture[str], sample: Path
+) -> None:
+    """`--where "source_id = src-2"` keeps src-2's records, as `--by "lens, model"` takes its names
+    with spaces: the key was stripped and the value was not, so ' src-2' matched nothing and the
+    report was silently empty."""
+    spaced = report_json(capsys, str(sample), "--by", "source_id", "--where", "source_id = src-2")
+    plain = report_json(capsys, str(sample), "--by", "source_id", "--where", "source_id=src-2")
+    assert set(rows_by_key(spaced)) == {"src-2"}
+    assert spaced["rows"] == plain["rows"]
