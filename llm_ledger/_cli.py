@@ -132,6 +132,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             subparsers.add_parser(name, help=summary, add_help=False)
             continue
         importlib.import_module(module_name).register(subparsers, summary)
+        command = subparsers.choices[name]
+        command.set_defaults(command_parser=command)
+        if command.description:  # a module docstring's ``code`` reads as plain text in a terminal
+            command.description = command.description.replace("``", "")
     return parser
 
 
@@ -139,7 +143,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), "")
     parser = build_parser(command if command in _COMMANDS else "")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # options and positionals in any order (`report a.jsonl --by model b.jsonl`); what is left over
+        # is the subcommand's error, shown with its usage
+        sub: argparse.ArgumentParser = args.command_parser
+        at = argv.index(args.command)
+        if at:  # only --help and --version come before the command, and both exit
+            parser.error(f"unrecognized arguments: {' '.join(argv[:at])}")
+        rest = argv[at + 1 :]
+        args, extra = sub.parse_known_intermixed_args(rest, argparse.Namespace(command=args.command))
+        if extra:
+            hint = getattr(args, "unknown_hint", None)
+            sub.error(f"unrecognized arguments: {' '.join(extra)}{hint(rest) if hint else ''}")
     try:
         status: int = args.func(args)
     except LedgerError as exc:

@@ -4,6 +4,7 @@ each from its argument, else its environment variable, else its default (docs/MO
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -27,6 +28,12 @@ from .loading import BOOLEAN_WORDS
 __all__ = ["LOG_FILE_NAME", "Settings", "configure", "get_monitor"]
 
 LOG_FILE_NAME: Final = "llm_calls.jsonl"
+# every variable configure() reads: another LLM_LEDGER_* name is a misspelt one, which would be ignored
+_SUFFIXES: Final = (
+    "ANOMALIES", "BUDGETS", "BUDGET_MODE", "CAPTURE_CONTENT", "EXPORTERS", "HANDLE_SIGTERM", "LOG_DIR",
+    "PRICE_FILE", "STREAM_USAGE",
+)  # fmt: skip
+_VARIABLES: Final = tuple(f"LLM_LEDGER_{name}" for name in _SUFFIXES)
 
 
 class _Unset:
@@ -166,6 +173,23 @@ def resolve(
     )  # fmt: skip
 
 
+def _warn_unknown_variables() -> None:
+    """Name each LLM_LEDGER_* variable configure() does not read (a misspelt one), once per process."""
+    prefix = "LLM_LEDGER_"
+    for variable in sorted(os.environ):
+        if variable.upper().startswith(prefix) and variable not in (*_VARIABLES, *_warned):
+            _warned.add(variable)
+            # the closest by what follows the prefix, which every name shares
+            close = difflib.get_close_matches(variable[len(prefix) :].upper(), _SUFFIXES, n=1)
+            internal_log.warning(
+                "llm-ledger: environment variable %s is not one llm-ledger reads%s, so it changes nothing; "
+                "it reads %s",
+                variable,
+                f" (did you mean '{prefix}{close[0]}'?)" if close else "",
+                ", ".join(_VARIABLES),
+            )
+
+
 def _why_off(name: str, value: Any, variable: str, env: Mapping[str, str]) -> str | None:
     """Why a feature another setting acts on is off, for the error saying so; None when an operator
     turned it off on purpose (``variable=off``)."""
@@ -193,6 +217,7 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
     return None if budgets is None else as_budgets(budgets, hint=hint), mode
 
 
+_warned: set[str] = set()  # the unknown variables named already
 _lock = threading.RLock()  # re-entrant: configure() holds it while calling get_monitor()
 _monitor: LLMCallMonitor | None = None
 _settings: Settings | None = None
@@ -240,6 +265,7 @@ def configure(
     new ``log_dir`` switches file. Raises ``ConfigError`` naming the bad value, changing nothing.
     """
     global _settings, _handler, _prices_read
+    _warn_unknown_variables()
     settings = resolve(
         log_dir=log_dir,
         price_file=price_file,
@@ -277,25 +303,13 @@ def configure(
         logger = logging.getLogger(LOGGER_NAME)
         if _settings is None or settings.log_dir != _settings.log_dir:
             new_handler = None
-            source = "log_dir" if log_dir is not UNSET else "LLM_LEDGER_LOG_DIR"
             if settings.log_dir is not None:
                 try:
                     new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
                 except OSError as exc:
                     if plan is not None:
                         plan.cancel()
-                    if isinstance(exc, NotRegularFileError):
-                        raise ConfigError(f"cannot write the log file: {exc}") from exc
-                    if settings.log_dir.is_file():
-                        raise ConfigError(
-                            f"cannot write the log file: {source}={str(settings.log_dir)!r} is a file, not a "
-                            f"directory; {source} is the directory that holds {LOG_FILE_NAME}"
-                        ) from exc
-                    raise ConfigError(
-                        f"cannot write the log file in {source}={str(settings.log_dir)!r}: "
-                        f"{exc.strerror or exc}; "
-                        "choose a writable directory (or LLM_LEDGER_LOG_DIR=off to write no file)"
-                    ) from exc
+                    raise _log_dir_error(exc, settings.log_dir, log_dir is not UNSET) from exc
             old, _handler = _handler, new_handler
             # the file is the default monitor's first sink (the logger is the application's)
             monitor._replace_first_sink(
@@ -320,6 +334,29 @@ def configure(
         if settings.log_dir or settings.exporters or (settings.budgets, settings.anomalies) != (None, None):
             preload()  # something records costs: the first call need not load the prices itself
         return settings
+
+
+def _log_dir_error(exc: OSError, log_dir: Path, argument: bool) -> ConfigError:
+    """Why ``log_dir`` cannot hold the log file, naming where it came from: the argument, the variable,
+    or the default (a relative ``logs`` in whatever directory the service was started in)."""
+    if isinstance(exc, NotRegularFileError):
+        return ConfigError(f"cannot write the log file: {exc}")
+    source = "log_dir" if argument else "LLM_LEDGER_LOG_DIR" if "LLM_LEDGER_LOG_DIR" in os.environ else None
+    named, fix = f"{source}={str(log_dir)!r}", f"{source} is the directory that holds {LOG_FILE_NAME}"
+    choose = ""
+    if source is None:
+        named, choose = f"the default log_dir {str(log_dir)!r}", " with log_dir= or LLM_LEDGER_LOG_DIR"
+        fix = f"set log_dir= or LLM_LEDGER_LOG_DIR to the directory that holds {LOG_FILE_NAME}"
+        try:
+            named += f" (in {os.getcwd()!r})"
+        except OSError:  # the current directory was deleted
+            pass
+    if log_dir.is_file():
+        return ConfigError(f"cannot write the log file: {named} is a file, not a directory; {fix}")
+    return ConfigError(
+        f"cannot write the log file in {named}: {exc.strerror or exc}; choose a writable directory{choose} "
+        "(or LLM_LEDGER_LOG_DIR=off to write no file)"
+    )
 
 
 def _guard(monitor: LLMCallMonitor, settings: Settings, old: Settings | None) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,15 @@ def register(subparsers: Any, summary: str) -> None:
     parser.add_argument(
         "pytest_args", nargs="*", metavar="PYTEST_ARG", help="passed to pytest's collection (after --)"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, unknown_hint=_after_dashes)
+
+
+def _after_dashes(argv: list[str]) -> str:
+    """pytest's options given before ``--``: the command that passes them on."""
+    prune = ["--prune"] if "--prune" in argv else []
+    rest = [arg for arg in argv if arg not in ("--prune", "--")]
+    command = shlex.join(["llm-ledger", "cassettes", *prune, "--", *rest])
+    return f"; pytest's own options go after --: {command}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -592,12 +592,67 @@ def test_bad_configuration_is_a_clear_error(
     assert _config._settings is None
 
 
+def test_a_misspelt_variable_is_named_with_the_closest_one(
+    tmp_path: Path,
+    fresh_config: None,
+    monkeypatch: pytest.MonkeyPatch,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """An LLM_LEDGER_* variable configure() does not read is a warning naming it and the closest one
+    (it was ignored without a word: the records went to ./logs, the budgets went unenforced), once per
+    process; not an error, since a deployment may use the prefix for variables of its own."""
+    monkeypatch.setattr(_config, "_warned", set())
+    monkeypatch.setenv("LLM_LEDGER_LOGDIR", "/var/log/app")
+    monkeypatch.setenv("LLM_LEDGER_BUDGETMODE", "raise")
+    monkeypatch.setenv("LLM_LEDGER_IMAGE_TAG", "1.2")
+    llm_ledger.configure(log_dir=tmp_path)
+    llm_ledger.configure(log_dir=tmp_path)
+    warnings = [r.getMessage() for r in internal_log.records if r.levelno == logging.WARNING]
+    known = ", ".join(_config._VARIABLES)
+    assert warnings == [
+        f"llm-ledger: environment variable LLM_LEDGER_BUDGETMODE is not one llm-ledger reads (did you mean "
+        f"'LLM_LEDGER_BUDGET_MODE'?), so it changes nothing; it reads {known}",
+        f"llm-ledger: environment variable LLM_LEDGER_IMAGE_TAG is not one llm-ledger reads, so it changes "
+        f"nothing; it reads {known}",
+        f"llm-ledger: environment variable LLM_LEDGER_LOGDIR is not one llm-ledger reads (did you mean "
+        f"'LLM_LEDGER_LOG_DIR'?), so it changes nothing; it reads {known}",
+    ]
+
+
 def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None) -> None:
     """A log_dir that cannot hold the file raises ConfigError at configure(), not at the first call."""
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(llm_ledger.ConfigError, match="cannot write the log file"):
         llm_ledger.configure(log_dir=blocker / "logs")
+
+
+def test_the_default_log_dir_refused_is_named_as_the_default(
+    tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With neither log_dir= nor LLM_LEDGER_LOG_DIR, a ./logs that cannot be the log directory (a
+    service started in / or in a read-only directory) is named as the default, in the directory it was
+    looked for in, with both ways to choose another: the error named LLM_LEDGER_LOG_DIR='logs', a
+    variable nobody had set."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").write_text("")
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure()
+    assert str(raised.value) == (
+        f"cannot write the log file: the default log_dir 'logs' (in {str(tmp_path)!r}) is a file, not a "
+        "directory; set log_dir= or LLM_LEDGER_LOG_DIR to the directory that holds llm_calls.jsonl"
+    )
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # the current directory deleted: ./logs cannot be made
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure()
+    assert str(raised.value) == (
+        "cannot write the log file in the default log_dir 'logs': No such file or directory; choose a "
+        "writable directory with log_dir= or LLM_LEDGER_LOG_DIR (or LLM_LEDGER_LOG_DIR=off to write no file)"
+    )
+    assert _config._settings is None
 
 
 def test_a_log_dir_that_is_a_file_says_so(

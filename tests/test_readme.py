@@ -360,3 +360,18 @@ def test_the_readme_counts_the_demo_s_lenses_and_articles() -> None:
     assert found is not None
     numbers = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
     assert (numbers[found[1]], numbers[found[2]]) == (len(LENSES), len(load_sources()))
+
+
+def test_the_fake_server_example_passes_as_a_test_of_a_project_with_the_plugin(
+    pytester: pytest.Pytester,
+) -> None:
+    """docs/FAKE_SERVER.md's example, as the body of a test in a project whose pytest has the plugin
+    (any project that installed llm-ledger[pytest]) with the ini lines the doc gives, passes: the doc
+    showed the example alone, and the plugin refused its unmarked request to 127.0.0.1."""
+    section = "## Running it"
+    [ini] = blocks("ini", section, REPO / "docs" / "FAKE_SERVER.md")
+    [example] = blocks("python", section, REPO / "docs" / "FAKE_SERVER.md")
+    pytester.makefile(".ini", pytest=ini)
+    body = "\n".join("    " + line if line.strip() else "" for line in example.splitlines())
+    pytester.makepyfile(test_own_code=f"def test_my_code():\n{body}\n    client.close()\n")
+    run(pytester, "-p", "no:asyncio").assert_outcomes(passed=1)  # the example needs no pytest-asyncio

@@ -408,3 +408,65 @@ def test_the_unpriced_note_does_not_call_a_stopped_stream_successful(
     footer = capsys.readouterr().out.splitlines()[-1]
     assert footer.startswith("* 1 billed call has no known cost (no usage reported"), footer
     assert "successful" not in footer
+
+
+def test_logs_named_after_an_option_are_read_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`llm-ledger report a.jsonl --by model b.jsonl` reads both logs (argparse refused b.jsonl as an
+    unrecognized argument once an option came between the logs)."""
+    first = write(tmp_path / "a.jsonl", [call()])
+    second = write(tmp_path / "b.jsonl", [call(model="gpt-4o")])
+    report = report_json(capsys, str(first), "--by", "model", str(second))
+    assert set(rows_by_key(report)) == {"gpt-4o-mini", "gpt-4o"}
+
+
+@pytest.mark.parametrize("command", [["report", "LOG"], ["diff", "LOG", "LOG"], ["serve", "."]])
+def test_an_unknown_option_is_the_subcommand_s_error(
+    command: list[str], capsys: pytest.CaptureFixture[str], sample: Path
+) -> None:
+    """A misspelt option shows the subcommand's usage and names the subcommand, as a missing argument
+    does (it showed `llm-ledger COMMAND ...` and `llm-ledger: error:`, leaving out which command)."""
+    argv = [str(sample) if arg == "LOG" else arg for arg in command]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--formt", "json"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: llm-ledger {command[0]} ")
+    assert f"\nllm-ledger {command[0]}: error: unrecognized arguments: --formt" in err
+
+
+def test_pytest_options_before_the_dashes_name_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm-ledger cassettes -k app` says pytest's options go after `--` (the docs' form), instead of
+    `llm-ledger: error: unrecognized arguments: -k`."""
+    with pytest.raises(SystemExit) as exited:
+        main(["cassettes", "-k", "app"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: llm-ledger cassettes ")
+    assert err.endswith(
+        "llm-ledger cassettes: error: unrecognized arguments: -k; pytest's own options go after --: "
+        "llm-ledger cassettes -- -k app\n"
+    )
+
+
+def test_help_shows_no_rst_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's --help reads as plain text in a terminal: the descriptions taken from module
+    docstrings showed their reStructuredText ``double backticks``."""
+    from llm_ledger._cli import _COMMANDS
+
+    for command in _COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: llm-ledger {command} ") and "``" not in out, (command, out)
+
+
+def test_a_where_written_with_spaces_around_the_equals_sign_still_filters(
+    capsys: pytest.CaptureFixture[str], sample: Path
+) -> None:
+    """`--where "source_id = src-2"` keeps src-2's records, as `--by "lens, model"` takes its names
+    with spaces: the key was stripped and the value was not, so ' src-2' matched nothing and the
+    report was silently empty."""
+    spaced = report_json(capsys, str(sample), "--by", "source_id", "--where", "source_id = src-2")
+    plain = report_json(capsys, str(sample), "--by", "source_id", "--where", "source_id=src-2")
+    assert set(rows_by_key(spaced)) == {"src-2"}
+    assert spaced["rows"] == plain["rows"]

@@ -125,7 +125,7 @@ def parse_where(items: Iterable[str]) -> dict[str, list[str]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise QueryError("where", f"{item!r} is not KEY=VALUE; {_WHERE_EXAMPLE}")
-        out.setdefault(key.strip(), []).append(value)
+        out.setdefault(key.strip(), []).append(value.strip())  # "user_id = alice" as "user_id=alice"
     return out
 
 
