@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -625,6 +626,23 @@ def test_unwritable_log_dir_is_a_clear_error(tmp_path: Path, fresh_config: None)
     blocker.write_text("")
     with pytest.raises(llm_ledger.ConfigError, match="cannot write the log file"):
         llm_ledger.configure(log_dir=blocker / "logs")
+
+
+def test_every_variable_the_docs_name_is_one_configure_reads(
+    fresh_config: None, monkeypatch: pytest.MonkeyPatch, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """The variables the README and docs tell operators to set are exactly those configure() reads, so
+    none of them is ever named as misspelt, and none it reads goes undocumented."""
+    root = Path(__file__).resolve().parent.parent
+    documented = set()
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        documented |= set(re.findall(r"LLM_LEDGER_[A-Z_]+", doc.read_text()))
+    assert documented == set(_config._VARIABLES)
+    monkeypatch.setattr(_config, "_warned", set())
+    for variable in documented:
+        monkeypatch.setenv(variable, "off")
+    _config._warn_unknown_variables()
+    assert not [r for r in internal_log.records if "is not one llm-ledger reads" in r.getMessage()]
 
 
 def test_the_default_log_dir_refused_is_named_as_the_default(
