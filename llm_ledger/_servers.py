@@ -63,10 +63,14 @@ class Endpoint:
     by, resolved at its first priced call and again only when the monitor's price table or the client's
     ``base_url`` changes (a reassigned ``client.base_url`` is a new URL object: one identity check)."""
 
-    __slots__ = ("_client", "_resolved", "azure", "host", "port")
+    __slots__ = ("_client", "_resolved", "_url_attr", "azure", "host", "port")
 
     def __init__(self, client: Any) -> None:
         self._client = client
+        # the attribute behind the SDK's base_url property, read instead of it on every priced call:
+        # the property is slow (from openai 3.61 it runs an import); None for a client of another make
+        fields = getattr(client, "__dict__", {})
+        self._url_attr = next((n for n in ("_configured_base_url", "_base_url") if n in fields), None)
         self.azure = any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
         self.host: str | None = None
         self.port: int | None = None
@@ -75,8 +79,8 @@ class Endpoint:
     def _current_url(self) -> Any:
         client = self._client
         try:
-            # the SDK's base_url property is a slow read on every call; its attribute is not
-            return client._base_url if "_base_url" in client.__dict__ else client.base_url
+            name = self._url_attr
+            return client.base_url if name is None else client.__dict__[name]
         except Exception:  # not the SDK's client: a host nobody knows
             return None
 

@@ -37,6 +37,8 @@ ANSWER_FORMAT: Any = {
     "type": "json_schema",
     "json_schema": {"name": "Answer", "schema": Answer.model_json_schema(), "strict": True},
 }
+# responses.parse() with the parameters a record shows (openai 3.61 rebuilt how parse() passes them on)
+RESPONSES_PARSE: Any = {**RESPONSES, "max_output_tokens": 300, "temperature": 0.5, "service_tier": "flex"}
 
 
 async def _maybe(value: Any) -> Any:
@@ -141,6 +143,16 @@ async def responses_create(c: Any) -> None:
     await _maybe(c.responses.create(**RESPONSES))
 
 
+async def responses_create_json_schema(c: Any) -> None:
+    text: Any = {"format": {"type": "json_schema", **ANSWER_FORMAT["json_schema"]}}
+    await _maybe(c.responses.create(**RESPONSES_PARSE, text=text))
+
+
+async def responses_parse(c: Any) -> None:
+    parsed = await _maybe(c.responses.parse(**RESPONSES_PARSE, text_format=Answer))
+    assert parsed.output_parsed is not None
+
+
 async def responses_create_stream(c: Any) -> None:
     await _drain(await _maybe(c.responses.create(**RESPONSES, stream=True)))
 
@@ -203,6 +215,7 @@ PATHS: dict[str, tuple[Path, Path]] = {
     "responses with_streaming_response": (responses_streaming_response, responses_create),
     "responses with_streaming_response stream": (responses_streaming_response_stream, responses_create),
     "responses stream() helper": (responses_stream_helper, responses_create),
+    "responses parse": (responses_parse, responses_create_json_schema),
     "embeddings create": (embeddings_create, embeddings_create),
     "embeddings with_raw_response": (embeddings_raw, embeddings_create),
     "embeddings with_streaming_response": (embeddings_streaming_response, embeddings_create),

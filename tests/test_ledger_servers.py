@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
 from typing import Any
 
 import httpx2
@@ -12,6 +14,7 @@ import llm_ledger
 from llm_ledger._servers import Endpoint, otel_provider_name, server_of
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
+from tests.test_pricing_providers import port_of
 
 
 @pytest.mark.parametrize(
@@ -93,3 +96,36 @@ def test_every_outcome_records_its_server(
         {"address": "127.0.0.1", "port": port, "provider": "openai"},
     ] * 3 + [{"address": "127.0.0.1", "port": 9, "provider": "openai"}]
     assert [c["status"] for c in records.calls] == ["ok", "ok", "error", "error"]
+
+
+def test_calls_read_the_clients_url_from_its_attribute_not_its_base_url_property(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Each priced call checks the client's URL (a reassigned ``base_url`` moves its route) from the
+    attribute behind the SDK's ``base_url`` property, never through it: from openai 3.61 the property
+    runs an import on every read (about 3 µs a call), and the attribute is ``_configured_base_url``
+    there (``_base_url`` before). The route still follows a reassigned URL."""
+    sdk_property = inspect.getattr_static(openai.OpenAI, "base_url")
+    reads: list[str] = []
+
+    class Spied(openai.OpenAI):
+        @property
+        def base_url(self) -> Any:
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("llm_ledger"):  # the SDK reads it too, building each request
+                reads.append(caller)
+            return sdk_property.fget(self)
+
+        @base_url.setter
+        def base_url(self, url: Any) -> None:
+            sdk_property.fset(self, url)
+
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with FakeOpenAI() as other, Spied(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = monitor.instrument(raw)
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        client.base_url = other.base_url
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    assert reads == []
+    assert [c["server"]["port"] for c in records.calls] == [port_of(fake_openai)] * 2 + [port_of(other)]
