@@ -61,7 +61,7 @@ test: lint
 COMPAT := .venv-compat
 OPENAI_1 := 1.109.1
 OPENAI_2 := 2.54.0
-OPENAI_3 := 3.57.0
+OPENAI_3 := 3.63.0
 EXTRAS_1 := dev,compat-openai1
 EXTRAS_2 := dev,compat-openai2
 EXTRAS_3 := dev,compat-openai3
