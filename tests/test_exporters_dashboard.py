@@ -491,15 +491,15 @@ Render = tuple[warm_python.Process, Path]
 def render_started_early(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Render | None]:
-    """``python -m dashboards.render`` spends most of its ~8 s waiting for its own Prometheus' first
-    scrape (about 5 s after it starts): when the session runs the test of it, it starts with this
+    """``python -m dashboards.render`` spends its ~12 s waiting for its own Prometheus' first scrape
+    (about 5 s after it starts) and in the demo's paced rounds: when the session runs the test of it, it starts with this
     module's first test and runs beside the others (its files, and its Prometheus', under one dir)."""
     binary = shutil.which("prometheus")
     if binary is None or not any(item.name == RENDER_TEST for item in request.session.items):
         yield None
         return
     workdir = tmp_path_factory.mktemp("render")
-    command = [sys.executable, "-m", "dashboards.render", "--seconds", "2", "--step", "1",
+    command = [sys.executable, "-m", "dashboards.render", "--seconds", "6", "--step", "1",
                "--out", str(workdir / "dashboard.svg"), "--prometheus", binary]  # fmt: skip
     render = warm_python.popen(
         command, env={**os.environ, "TMPDIR": str(workdir)}, cwd=REPO,
@@ -529,8 +529,9 @@ def test_render_main_runs_a_prometheus_of_its_own_and_writes_the_image(
 ) -> None:
     """``python -m dashboards.render --out PATH`` as a user runs it: it starts Debian's ``prometheus``
     on loopback for itself, has it scrape the demo, writes an image with data in every chosen panel
-    (the demo's lenses named in it), says where, and leaves no Prometheus running. (A run this short
-    may count no increase: its calls can all precede their series' first scrape.)"""
+    (the demo's lenses named in it), says where, and leaves no Prometheus running. (Six seconds of
+    traffic: in two, under load, every call could precede its series' first scrape, leaving panels
+    with no data.)"""
     import xml.etree.ElementTree as ET
 
     from dashboards import render
