@@ -195,9 +195,10 @@ def samples(text: str) -> Samples:
 
 def scrape(url: str, *, settled: bool = True) -> Samples:
     """``/metrics`` at ``url``; ``settled``: the second of two scrapes, since a new series shows 0 in
-    the first scrape that sees it and its values from the next one (so that rate() counts them)."""
+    the first scrape that sees it and its values from the next one (so that rate() counts them). The
+    timeout is a loaded host's (a gunicorn master merging its workers' files at load 8 took over 10 s)."""
     for _ in range(2 if settled else 1):
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=30) as response:
             text = response.read().decode()
     return samples(text)
 
