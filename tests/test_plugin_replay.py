@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 # imported here so in-process inner sessions reuse them instead of importing them again each time
@@ -264,6 +265,53 @@ def test_never_recorded_test_fails_offline_with_the_record_command(pytester: pyt
         ]
     )
     assert not (pytester.path / CASSETTES).exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "kept"),
+    [
+        (["--llm-cassette-dir=nosuch"], "--llm-cassette-dir=nosuch"),
+        (["-o", "llm_cassette_dir=nosuch"], "-o llm_cassette_dir=nosuch"),
+    ],
+)
+@pytest.mark.usefixtures("with_key", "server")
+def test_the_record_command_keeps_the_cassette_directory_it_was_given(
+    pytester: pytest.Pytester, where: list[str], kept: str
+) -> None:
+    """A miss under another cassette directory prints a command that records into that directory, says
+    that the directory does not exist, and after running the command the same run replays."""
+    write_project(pytester)
+    record(pytester, "-k", "test_chat")  # into cassettes/, the default
+
+    missed = run(pytester, "-k", "test_chat", *where)
+
+    missed.assert_outcomes(failed=1, deselected=2)
+    command = f"pytest tests/test_app.py::test_chat --llm-record-mode=once {kept}"
+    assert_lines_in(missed, f"    {command}\n", "the cassette directory nosuch does not exist")
+    run(pytester, *shlex.split(command)[1:]).assert_outcomes(passed=1)
+    run(pytester, "-k", "test_chat", *where).assert_outcomes(passed=1, deselected=2)
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_stale_cassette_and_replace_commands_keep_the_cassette_directory(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stale-cassette notice and a malformed cassette's fix name --llm-cassette-dir when it was given."""
+    write_project(pytester, REPEAT_TESTS)
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "2")
+    record(pytester, "-k", "test_repeat", "--llm-cassette-dir=elsewhere")
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "1")
+
+    result = run(pytester, "-k", "test_repeat", "--llm-cassette-dir=elsewhere")
+
+    assert_lines_in(result, "re-record them with --llm-record-mode=rewrite --llm-cassette-dir=elsewhere")
+    (pytester.path / "elsewhere" / "tests" / "test_app" / "test_repeat.yaml").write_text("- [")
+    result = run(pytester, "-k", "test_repeat", "--llm-cassette-dir=elsewhere")
+    assert_lines_in(
+        result,
+        "to replace it with a fresh recording: pytest tests/test_app.py::test_repeat "
+        "--llm-record-mode=rewrite --llm-cassette-dir=elsewhere",
+    )
 
 
 @pytest.mark.usefixtures("with_key")
