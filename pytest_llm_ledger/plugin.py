@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import threading
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -263,8 +264,7 @@ class _LedgerState:
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         flag = config.getoption("llm_time_of_day", None)
         self.time_of_day = str(flag or config.getini("llm_time_of_day"))
-        ini_file = config.inipath or "the ini file"
-        self.where_time_of_day = "--llm-time-of-day" if flag else f"ini llm_time_of_day in {ini_file}"
+        self.where_time_of_day = "--llm-time-of-day" if flag else _ini_source(config, "llm_time_of_day")
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -397,8 +397,17 @@ def _setting(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: 
         return flag
     raw = str(config.getini(ini))
     if (value := choices.get(raw.strip().lower())) is None:
-        raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
+        if _override(config, ini) is None:
+            raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
+        raise pytest.UsageError(f"{_ini_source(config, ini)}: {raw!r} is not {what}")
     return value
+
+
+def _ini_source(config: pytest.Config, ini: str) -> str:
+    """Where an ini setting's value came from, for messages: ``-o ini=VALUE`` or the ini file."""
+    if (value := _override(config, ini)) is not None:
+        return shlex.join(["-o", f"{ini}={value}"])
+    return f"ini {ini} in {config.inipath or 'the ini file'}"
 
 
 def _switch(config: pytest.Config, ini: str, dest: str = "") -> bool:

@@ -808,6 +808,27 @@ def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("llm_strict=maybe", "-o llm_strict=maybe: 'maybe' is not a boolean; use true or false"),
+        ("llm_record_mode=onc", "-o llm_record_mode=onc: 'onc' is not a record mode; use one of none, once, *"),
+        ("llm_time_of_day=25:00", "llm-ledger: -o llm_time_of_day=25:00: '25:00' is not a time of day; *"),
+    ],
+)
+def test_a_bad_override_on_the_command_line_names_the_override_not_the_ini_file(
+    pytester: pytest.Pytester, override: str, message: str
+) -> None:
+    """A bad value given with -o is blamed on the -o option the user typed, not on the ini file."""
+    write_project(pytester, "def test_nothing():\n    pass\n")
+
+    result = run(pytester, "-o", override)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "pytest.ini" not in result.stderr.str()
+
+
 OTHER_ENDPOINTS = """
 import os
 
