@@ -617,7 +617,10 @@ def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
 
 
 def notices(
-    ledger: SessionLedger, budgets: Budgets | None, cassettes: Iterable[str] = (), location: Sequence[str] = ()
+    ledger: SessionLedger,
+    budgets: Budgets | None,
+    cassettes: Iterable[str] = (),
+    location: Sequence[str] = (),
 ) -> tuple[list[str], bool]:
     """What the session could not check or found out of date (--llm-strict fails the run on any),
     and whether a budget checked nothing. The cassettes first: stale ones, then the plugin's other

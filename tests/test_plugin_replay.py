@@ -812,7 +812,7 @@ def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> N
     ("override", "message"),
     [
         ("llm_strict=maybe", "-o llm_strict=maybe: 'maybe' is not a boolean; use true or false"),
-        ("llm_record_mode=onc", "-o llm_record_mode=onc: 'onc' is not a record mode; use one of none, once, *"),
+        ("llm_record_mode=onc", "-o llm_record_mode=onc: 'onc' is not a record mode; use one of none, *"),
         ("llm_time_of_day=25:00", "llm-ledger: -o llm_time_of_day=25:00: '25:00' is not a time of day; *"),
     ],
 )
