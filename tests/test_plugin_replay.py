@@ -272,6 +272,7 @@ def test_never_recorded_test_fails_offline_with_the_record_command(pytester: pyt
     [
         (["--llm-cassette-dir=nosuch"], "--llm-cassette-dir=nosuch"),
         (["-o", "llm_cassette_dir=nosuch"], "-o llm_cassette_dir=nosuch"),
+        (["-c", "alt.ini"], "--config-file=alt.ini"),  # an ini file of its own, whose cassette directory
     ],
 )
 @pytest.mark.usefixtures("with_key", "server")
@@ -282,6 +283,7 @@ def test_the_record_command_keeps_the_cassette_directory_it_was_given(
     that the directory does not exist, and after running the command the same run replays."""
     write_project(pytester)
     record(pytester, "-k", "test_chat")  # into cassettes/, the default
+    pytester.path.joinpath("alt.ini").write_text(INI + "llm_cassette_dir = nosuch\n")
 
     missed = run(pytester, "-k", "test_chat", *where)
 
