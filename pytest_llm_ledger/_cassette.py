@@ -25,7 +25,7 @@ import re
 import shlex
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -127,16 +127,17 @@ def auth_answer(status: int, method: str, url: str) -> str:
     return f"{status} {method.upper()} {api_path(urlsplit(url).path)}"
 
 
-def rerecord_command(nodeid: str, mode: str) -> str:
-    """The command that runs one test in ``mode``, to record or re-record its cassette."""
-    return f"pytest {shlex.quote(nodeid)} --llm-record-mode={mode}"
+def rerecord_command(nodeid: str, mode: str, options: Sequence[str] = ()) -> str:
+    """The command that runs one test in ``mode``, to record or re-record its cassette; ``options``:
+    the command-line options that chose where the cassettes are (``--llm-cassette-dir``...)."""
+    return shlex.join(["pytest", nodeid, f"--llm-record-mode={mode}", *options])
 
 
-def replayed_auth_advice(count: int, test: str | None = None) -> str:
+def replayed_auth_advice(count: int, test: str | None = None, options: Sequence[str] = ()) -> str:
     """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
-    command for ``test`` when it is the one): the words of the session's notice and of ``llm-ledger
-    cassettes``."""
-    command = rerecord_command(test, "rewrite") if test else "pytest NODE_ID... --llm-record-mode=rewrite"
+    command for ``test`` when it is the one, with ``options`` as :func:`rerecord_command`): the words of
+    the session's notice and of ``llm-ledger cassettes``."""
+    command = rerecord_command(test or "NODE_ID...", "rewrite", options)
     return (
         f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "
         "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
@@ -210,6 +211,8 @@ class LedgerCassette:
         block_network: bool = False,
         allowed_hosts: tuple[str, ...] = (),
         fallback: Any = None,
+        rerecord_options: Sequence[str] = (),
+        directory: Path | None = None,
     ) -> None:
         if mode not in RECORD_MODES:
             raise ConfigError(
@@ -224,6 +227,8 @@ class LedgerCassette:
         self.block_network = block_network  # refuse the requests this cassette does not own
         self.allowed_hosts = allowed_hosts  # ... except to these hosts (glob patterns)
         self.fallback = fallback  # the test's own vcrpy cassette (pytest-recording), for the rest
+        self.rerecord_options = tuple(rerecord_options)  # what chose the cassette's place, for commands
+        self.directory = directory  # the cassette directory, named in a miss when it does not exist
         # attributes vcrpy's patch builder and stubs read
         self._path = str(path)
         self.custom_patches: tuple[Any, ...] = ()
@@ -395,7 +400,7 @@ class LedgerCassette:
 
     def rerecord_command(self, mode: str) -> str:
         """The command that records this cassette in ``mode`` (the lens demo's cassettes override it)."""
-        return rerecord_command(self.nodeid, mode)
+        return rerecord_command(self.nodeid, mode, self.rerecord_options)
 
     def _miss(self, request: Any) -> None:
         message = self.describe_miss(request.method, request.uri, request.body, request.headers)
@@ -420,6 +425,8 @@ class LedgerCassette:
         )
         if not self.existed:
             lines.append("  the cassette file does not exist: this test has never been recorded")
+            if self.directory is not None and not self.directory.is_dir():
+                lines.append(f"  the cassette directory {_shown(self.directory)} does not exist either")
             fix = [self.rerecord_command("once")]
         elif same := [i for i in self.loaded if self._lookup(i.key) == self._lookup(key)]:
             lines.append(
@@ -477,6 +484,14 @@ class LedgerCassette:
         if count > _MAX_DIFFS:
             lines.append(f"    ... and {count - _MAX_DIFFS} more")
         return lines
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it, else whole."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _parsed(raw: str | bytes | None) -> Any:

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if denied:
         from pytest_llm_ledger._cassette import replayed_auth_advice
 
-        print(f"{replayed_auth_advice(len(denied))}:")
+        print(f"{replayed_auth_advice(len(denied), options=data['location'])}:")
         for path, answers in denied.items():
             print(f"  {_shown(path)}: {', '.join(answers)}")
         status = max(status, 1)

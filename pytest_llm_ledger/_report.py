@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, Self
@@ -616,17 +617,21 @@ def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
 
 
 def notices(
-    ledger: SessionLedger, budgets: Budgets | None, cassettes: Iterable[str] = ()
+    ledger: SessionLedger,
+    budgets: Budgets | None,
+    cassettes: Iterable[str] = (),
+    location: Sequence[str] = (),
 ) -> tuple[list[str], bool]:
     """What the session could not check or found out of date (--llm-strict fails the run on any),
     and whether a budget checked nothing. The cassettes first: stale ones, then the plugin's other
-    ``cassettes`` notices (orphans, recorded on CI), then the authentication errors; costs; budgets."""
+    ``cassettes`` notices (orphans, recorded on CI), then the authentication errors; costs; budgets.
+    ``location``: the options that chose where the cassettes are, kept in re-record commands."""
     out = []
     if ledger.unplayed:
         stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
         out.append(
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
-            f"{listed(stale)}; re-record them with --llm-record-mode=rewrite"
+            f"{listed(stale)}; re-record them with {shlex.join(['--llm-record-mode=rewrite', *location])}"
         )
     out += cassettes
     if ledger.auth_errors:
@@ -640,7 +645,7 @@ def notices(
         tests = sorted(ledger.replayed_auth_errors)
         named = [f"{nodeid} ({ledger.replayed_auth_errors[nodeid]})" for nodeid in tests]
         one = tests[0] if len(tests) == 1 else None
-        out.append(f"llm-ledger: {replayed_auth_advice(len(tests), one)}: {listed(named)}")
+        out.append(f"llm-ledger: {replayed_auth_advice(len(tests), one, location)}: {listed(named)}")
     total = ledger.total()
     if not total.cost_complete:
         out.append(

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import threading
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -254,6 +255,7 @@ class _LedgerState:
             _setting(config, "llm_record_mode", modes, f"a record mode; use one of {', '.join(modes)}")
         )
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
+        self.location = _location_options(config)
         self.budget_file = _path_option(config, "llm_budget_file")
         self.enforce = _switch(config, "llm_budget", dest="llm_ledger_budget")
         self.strict = _switch(config, "llm_strict")
@@ -262,8 +264,7 @@ class _LedgerState:
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         flag = config.getoption("llm_time_of_day", None)
         self.time_of_day = str(flag or config.getini("llm_time_of_day"))
-        ini_file = config.inipath or "the ini file"
-        self.where_time_of_day = "--llm-time-of-day" if flag else f"ini llm_time_of_day in {ini_file}"
+        self.where_time_of_day = "--llm-time-of-day" if flag else _ini_source(config, "llm_time_of_day")
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -380,7 +381,7 @@ class _LedgerState:
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
                 "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
                 "  once (needs network and OPENAI_API_KEY):",
-                f"    {rerecord_command(nodeid, 'once')}",
+                f"    {rerecord_command(nodeid, 'once', self.location)}",
                 hint,
             ]
         message = "\n".join(lines)
@@ -396,12 +397,44 @@ def _setting(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: 
         return flag
     raw = str(config.getini(ini))
     if (value := choices.get(raw.strip().lower())) is None:
-        raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
+        if _override(config, ini) is None:
+            raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
+        raise pytest.UsageError(f"{_ini_source(config, ini)}: {raw!r} is not {what}")
     return value
+
+
+def _ini_source(config: pytest.Config, ini: str) -> str:
+    """Where an ini setting's value came from, for messages: ``-o ini=VALUE`` or the ini file."""
+    if (value := _override(config, ini)) is not None:
+        return shlex.join(["-o", f"{ini}={value}"])
+    return f"ini {ini} in {config.inipath or 'the ini file'}"
 
 
 def _switch(config: pytest.Config, ini: str, dest: str = "") -> bool:
     return bool(_setting(config, ini, BOOLEAN_WORDS, "a boolean; use true or false", dest))
+
+
+def _override(config: pytest.Config, ini: str) -> str | None:
+    """The value ``-o ini=VALUE`` gave on the command line (the last one, as pytest takes), or None."""
+    found = None
+    for item in config.option.override_ini or ():
+        name, equals, value = item.partition("=")
+        if equals and name == ini:
+            found = value
+    return found
+
+
+def _location_options(config: pytest.Config) -> tuple[str, ...]:
+    """The command-line options that chose where the cassettes are, kept in every re-record command
+    the plugin prints; an ini setting needs none (the command reads the ini file again)."""
+    options = []
+    if config.option.inifilename:  # -c: another ini file, another project folder and cassette directory
+        options.append(f"--config-file={config.option.inifilename}")
+    if (value := _override(config, "llm_cassette_dir")) is not None:
+        options += ["-o", f"llm_cassette_dir={value}"]
+    if value := config.getoption("llm_cassette_dir"):
+        options.append(f"--llm-cassette-dir={value}")
+    return tuple(options)
 
 
 def _compatible_server() -> str | None:
@@ -749,11 +782,13 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             block_network=state.block_network,
             allowed_hosts=state.allowed_hosts,
             fallback=fallback,
+            rerecord_options=state.location,
+            directory=state.cassette_dir,
         )
     except CassetteError as exc:
         error = str(exc)
     if error is not None:  # raised outside the except block, so the message is not printed twice
-        command = rerecord_command(item.nodeid, "rewrite")
+        command = rerecord_command(item.nodeid, "rewrite", state.location)
         pytest.fail(f"{error}\n  to replace it with a fresh recording: {command}", pytrace=False)
     item.stash[_CASSETTE] = cassette
     with activate(cassette):
@@ -799,7 +834,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
     cassettes = _orphan_cassette_notices(state, session.config) + _ci_recording_notices(state)
-    state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets, cassettes)
+    state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets, cassettes, state.location)
     failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -917,6 +952,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         folders = selected_folders(session.config, state.cassette_dir)
         listing = {
             "cassette_dir": str(state.cassette_dir),
+            "location": list(state.location),
             "cassettes": sorted(state.ledger.cassettes),
             "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
             "keep": list(session.config.getini("llm_cassette_keep")),

@@ -179,9 +179,11 @@ def test_other_paths_and_methods_are_refused_in_json(base_url: str) -> None:
 
 
 def test_a_log_dir_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
-    """asgi_app and serve check their directory when they start, not on the first request."""
-    with pytest.raises(ConfigError, match="does not exist; pass the ledger's log directory"):
-        asgi_app(tmp_path / "nope")
+    """asgi_app refuses a regular file when it is built, and serve a directory that is not there when
+    it starts (a path typed at a prompt), not on the first request."""
+    (tmp_path / "llm_calls.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="is not a directory; pass the ledger's log directory"):
+        asgi_app(tmp_path / "llm_calls.jsonl")
     done = subprocess.run(
         [sys.executable, "-m", "llm_ledger", "serve", str(tmp_path / "nope"), "--port", "0"],
         capture_output=True,
@@ -191,6 +193,25 @@ def test_a_log_dir_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "llm-ledger serve: error: " in done.stderr and "does not exist" in done.stderr
+
+
+def test_an_app_mounted_before_its_log_directory_exists_answers_empty_until_then(tmp_path: Path) -> None:
+    """asgi_app over a log directory not created yet (an application mounting it at import, before
+    configure() makes logs/) answers an empty report, then the calls once logged; a file where the
+    directory should be is a 500 naming the problem."""
+    logs = tmp_path / "logs"
+    with under_uvicorn(asgi_app(logs)) as url:
+        empty = get(url, "?by=user_id")
+        assert (empty.status_code, empty.json()["rows"], empty.json()["inputs"]) == (200, [], [])
+        logs.mkdir()
+        write(logs / "llm_calls.jsonl", [call(extra={"user_id": "carol"})])
+        assert get(url, "?by=user_id").json()["rows"][0]["key"] == {"user_id": "carol"}
+        (logs / "llm_calls.jsonl").unlink()
+        logs.rmdir()
+        logs.write_text("not a directory")
+        broken = get(url)
+    assert broken.status_code == 500
+    assert broken.json()["error"] == "cannot read the logs: the log directory 'logs' is not a directory"
 
 
 def test_the_asgi_app_answers_under_a_mount_prefix(log_dir: Path) -> None:

@@ -142,6 +142,25 @@ def test_a_cost_up_by_exactly_the_threshold_passes(diff: Any) -> None:
     assert json.loads(out)["lenses"]["summary"]["metrics"]["cost_per_run"]["pct"] == 10.0
 
 
+@pytest.mark.parametrize("given", ["25%", "25 %"])
+def test_a_threshold_written_with_a_percent_sign_means_the_same(
+    diff: Any, given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--fail-on-increase 25% is --fail-on-increase 25: a 30% growth fails, a 10% one passes; a sign with
+    no number is still refused, naming the value."""
+    base = report({"summary": lens(1, 0.001)})
+
+    grown = report({"summary": lens(1, 0.0013)})
+    status, _, err = diff(base, grown, "--fail-on-increase", given)
+    assert (status, err) == (1, diff(base, grown, "--fail-on-increase", "25")[2])
+    assert diff(base, report({"summary": lens(1, 0.0011)}), f"--fail-on-increase={given}")[0] == 0
+    with pytest.raises(SystemExit) as refused:
+        diff(base, base, "--fail-on-increase", "%")
+    assert refused.value.code == 2
+    refusal = "argument --fail-on-increase: '%' is not a number (a percentage, e.g. 20)"
+    assert refusal in capsys.readouterr().err
+
+
 def test_a_lens_whose_cost_became_unknown_fails_and_shows_with_only_changed(diff: Any) -> None:
     """A lens with the same figures whose head cost now leaves out a call to a model with no known
     price cannot be checked: --only-changed keeps it, as changed, and --fail-on-increase fails on it."""

@@ -238,3 +238,11 @@ def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_comman
         f"{REPLAYED_401} pytest NODE_ID... --llm-record-mode=rewrite, {OR_MARK}:\n"
         "  cassettes/tests/test_app/test_denied.yaml: 401 POST /chat/completions\n"
     ) in listed.stdout
+
+    # a cassette directory given on the command line is kept in both commands
+    (pytester.path / "cassettes").rename(pytester.path / "elsewhere")
+    moved = run(pytester, "--llm-cassette-dir=elsewhere")
+    command = "--llm-record-mode=rewrite --llm-cassette-dir=elsewhere, "
+    assert f"pytest tests/test_app.py::test_denied {command}" in moved.stdout.str()
+    listed = cli(capsys, "cassettes", "--", "--llm-cassette-dir=elsewhere")
+    assert (listed.returncode, f"pytest NODE_ID... {command}" in listed.stdout) == (1, True), listed

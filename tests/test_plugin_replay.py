@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 # imported here so in-process inner sessions reuse them instead of importing them again each time
@@ -264,6 +265,55 @@ def test_never_recorded_test_fails_offline_with_the_record_command(pytester: pyt
         ]
     )
     assert not (pytester.path / CASSETTES).exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "kept"),
+    [
+        (["--llm-cassette-dir=nosuch"], "--llm-cassette-dir=nosuch"),
+        (["-o", "llm_cassette_dir=nosuch"], "-o llm_cassette_dir=nosuch"),
+        (["-c", "alt.ini"], "--config-file=alt.ini"),  # an ini file of its own, whose cassette directory
+    ],
+)
+@pytest.mark.usefixtures("with_key", "server")
+def test_the_record_command_keeps_the_cassette_directory_it_was_given(
+    pytester: pytest.Pytester, where: list[str], kept: str
+) -> None:
+    """A miss under another cassette directory prints a command that records into that directory, says
+    that the directory does not exist, and after running the command the same run replays."""
+    write_project(pytester)
+    record(pytester, "-k", "test_chat")  # into cassettes/, the default
+    pytester.path.joinpath("alt.ini").write_text(INI + "llm_cassette_dir = nosuch\n")
+
+    missed = run(pytester, "-k", "test_chat", *where)
+
+    missed.assert_outcomes(failed=1, deselected=2)
+    command = f"pytest tests/test_app.py::test_chat --llm-record-mode=once {kept}"
+    assert_lines_in(missed, f"    {command}\n", "the cassette directory nosuch does not exist")
+    run(pytester, *shlex.split(command)[1:]).assert_outcomes(passed=1)
+    run(pytester, "-k", "test_chat", *where).assert_outcomes(passed=1, deselected=2)
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_stale_cassette_and_replace_commands_keep_the_cassette_directory(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stale-cassette notice and a malformed cassette's fix name --llm-cassette-dir when it was given."""
+    write_project(pytester, REPEAT_TESTS)
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "2")
+    record(pytester, "-k", "test_repeat", "--llm-cassette-dir=elsewhere")
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "1")
+
+    result = run(pytester, "-k", "test_repeat", "--llm-cassette-dir=elsewhere")
+
+    assert_lines_in(result, "re-record them with --llm-record-mode=rewrite --llm-cassette-dir=elsewhere")
+    (pytester.path / "elsewhere" / "tests" / "test_app" / "test_repeat.yaml").write_text("- [")
+    result = run(pytester, "-k", "test_repeat", "--llm-cassette-dir=elsewhere")
+    assert_lines_in(
+        result,
+        "to replace it with a fresh recording: pytest tests/test_app.py::test_repeat "
+        "--llm-record-mode=rewrite --llm-cassette-dir=elsewhere",
+    )
 
 
 @pytest.mark.usefixtures("with_key")
@@ -758,6 +808,27 @@ def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> N
     result.stderr.fnmatch_lines(
         ["*llm_record_mode = 'never' in *pytest.ini is not a record mode; use one of none, once, *"]
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("llm_strict=maybe", "-o llm_strict=maybe: 'maybe' is not a boolean; use true or false"),
+        ("llm_record_mode=onc", "-o llm_record_mode=onc: 'onc' is not a record mode; use one of none, *"),
+        ("llm_time_of_day=25:00", "llm-ledger: -o llm_time_of_day=25:00: '25:00' is not a time of day; *"),
+    ],
+)
+def test_a_bad_override_on_the_command_line_names_the_override_not_the_ini_file(
+    pytester: pytest.Pytester, override: str, message: str
+) -> None:
+    """A bad value given with -o is blamed on the -o option the user typed, not on the ini file."""
+    write_project(pytester, "def test_nothing():\n    pass\n")
+
+    result = run(pytester, "-o", override)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "pytest.ini" not in result.stderr.str()
 
 
 OTHER_ENDPOINTS = """

@@ -164,20 +164,24 @@ def pytest_commands() -> list[list[str]]:
 
 
 def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, no_key: None
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, no_key: None, recwarn: pytest.WarningsRecorder
 ) -> None:
     """The "Five minutes: budgets and replay in CI" path: its test module and budgets.yaml, recorded
     once with the README's command against the loopback server (a key, OPENAI_BASE_URL), leave a
     cassette under cassettes/ with no key or auth header; replayed with the README's CI command, with
     no key and no server, the build passes; with the lens's cost limit below the recorded cost, the
     same replay fails the build naming the lens, the limit and the test. docs/CI.md's version of the
-    test module runs beside it."""
+    test module runs beside it. The project's pytest settings are the README's pyproject.toml, and no
+    run warns (pytest-asyncio's deprecation warning of an unset fixture loop scope)."""
     (test_code,) = blocks("python", CI_HEADING)
     (budgets,) = blocks("yaml", CI_HEADING)
+    (settings,) = blocks("toml", CI_HEADING)
     guide_code = blocks("python", "## Cassettes, the guard and the settings", CI_GUIDE)[0]
     record, replay = pytest_commands()
     write_project(pytester, test_code, "test_summary")
     write_project(pytester, guide_code, "test_guide")
+    pytester.path.joinpath("pytest.ini").unlink()  # the README's settings only
+    pytester.path.joinpath("pyproject.toml").write_text(settings)
     pytester.path.joinpath("myapp.py").write_text(MYAPP)
     pytester.path.joinpath("budgets.yaml").write_text(budgets)
     pytester.syspathinsert()  # the application importable, as an installed package is
@@ -206,6 +210,8 @@ def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
     assert passed.ret == 0, passed.stdout.str()
     passed.assert_outcomes(passed=2)
     passed.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
+    # in-process sessions: their configure-time warnings reach this test's recorder
+    assert not [w for w in recwarn if issubclass(w.category, pytest.PytestDeprecationWarning)]
 
     (interaction,) = yaml.safe_load(cassettes[1].read_text())["interactions"]
     usage = interaction["response"]["json"]["usage"]

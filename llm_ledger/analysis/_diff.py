@@ -474,7 +474,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _percent(text: str) -> float:
     try:
-        value = float(text)
+        value = float(text.removesuffix("%"))  # 25% is 25: what users write
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (a percentage, e.g. 20)") from None
     if not math.isfinite(value) or value < 0:
@@ -512,6 +512,6 @@ def register(subparsers: Any, summary: str) -> None:
             "by more than PCT percent, or a lens absent in BASE costs money (an increase from nothing); "
             "a cost that leaves out calls with no known cost in HEAD only, or a lens with runs cut short "
             "(and the total then), fails too (it cannot be checked); each is named on stderr. Without a "
-            "BASE report nothing is compared"
+            "BASE report nothing is compared. PCT is a number, with or without %%: 25 or 25%%"
         ),
     )

@@ -39,10 +39,11 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def log_directory(path: str | os.PathLike[str]) -> Path:
-    """``path`` checked to be a directory; :class:`ConfigError` otherwise."""
+def log_directory(path: str | os.PathLike[str], *, yet: bool = False) -> Path:
+    """``path`` checked to be a directory (or, with ``yet``, not to exist yet); :class:`ConfigError`
+    otherwise."""
     directory = Path(path)
-    if not directory.is_dir():
+    if not directory.is_dir() and (directory.exists() or not yet):
         what = "is not a directory" if directory.exists() else "does not exist"
         raise ConfigError(
             f"{str(directory)!r} {what}; pass the ledger's log directory (log_dir, 'logs' by default), "
@@ -81,7 +82,10 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
             params.get("since", [None])[0],
             params.get("until", [None])[0],
         )
-        report = aggregate(LogReader([log_dir], empty_dirs=True, allow_reports=True), query).to_json()
+        if log_dir.exists() and not log_dir.is_dir():
+            raise ConfigError(f"the log directory {log_dir.name!r} is not a directory")
+        inputs = [log_dir] if log_dir.exists() else []  # not created yet: no call logged so far
+        report = aggregate(LogReader(inputs, empty_dirs=True, allow_reports=True), query).to_json()
         for stats in report["inputs"]:
             stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
         return _json(200, report)
@@ -93,8 +97,10 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
 
 def asgi_app(log_dir: str | os.PathLike[str]) -> ASGIApp:
     """An ASGI app answering ``GET /costs`` over the logs in ``log_dir``; mount it anywhere. Logs are
-    read in a worker thread, so a large log never blocks the event loop."""
-    directory = log_directory(log_dir)
+    read in a worker thread, so a large log never blocks the event loop. A ``log_dir`` not created yet
+    (an application mounting this at import, before ``configure()`` makes it) answers an empty report
+    until it appears; a path that is a file is a :class:`ConfigError`."""
+    directory = log_directory(log_dir, yet=True)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
