@@ -492,8 +492,9 @@ def render_started_early(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Render | None]:
     """``python -m dashboards.render`` spends its ~12 s waiting for its own Prometheus' first scrape
-    (about 5 s after it starts) and in the demo's paced rounds: when the session runs the test of it, it starts with this
-    module's first test and runs beside the others (its files, and its Prometheus', under one dir)."""
+    (about 5 s after it starts) and in the demo's paced rounds: when the session runs the test of it,
+    it starts with this module's first test and runs beside the others (its files, and its
+    Prometheus', under one dir)."""
     binary = shutil.which("prometheus")
     if binary is None or not any(item.name == RENDER_TEST for item in request.session.items):
         yield None
