@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -706,6 +707,31 @@ def test_public_api_is_complete_and_sorted() -> None:
     }
     assert set(llm_ledger.__all__) == public
     assert list(llm_ledger.__all__) == sorted(llm_ledger.__all__)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "message"),
+    [
+        ("LLMCallMonitor", {"capture_content": "yes"}, "capture_content must be True or False, got 'yes'"),
+        ("LLMCallMonitor", {"stream_usage": 1}, "stream_usage must be True or False, got 1"),
+        ("LLMCallMonitor", {"redact": "[redacted]"}, "redact must be a callable taking and returning a str"),
+        ("LLMCallMonitor", {"logger": logging.getLogger("x")}, "logger must be a logger name or None, got <"),
+        ("LLMCallMonitor", {"prices": {"gpt-4o": 1}}, "prices must be a PriceTable or the path of a price"),
+        ("AnomalyDetector", {"config": "k=5"}, "must be True, False or an AnomalyConfig, got 'k=5'"),
+        (
+            "AnomalyDetector",
+            {"on_anomaly": "log"},
+            "on_anomaly must be a callable taking a record, got 'log'",
+        ),
+    ],
+)
+def test_a_monitor_or_detector_built_with_a_wrong_argument_says_which(
+    kind: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """``LLMCallMonitor`` and ``AnomalyDetector`` built directly (not through ``configure``) refuse an
+    argument of the wrong kind at once, naming it and the value given."""
+    with pytest.raises(llm_ledger.ConfigError, match=re.escape(message)):
+        getattr(llm_ledger, kind)(**kwargs)
 
 
 def test_a_sink_that_cannot_be_called_is_refused_when_added(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
