@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pydantic
@@ -468,6 +468,34 @@ def test_responses_non_stream(client: openai.OpenAI) -> None:
     assert usage.output_tokens == math.ceil(len(response.output_text) / 4) + 3
     assert usage.output_tokens_details.reasoning_tokens == 3
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+
+
+class Address(pydantic.BaseModel):
+    city: str
+
+
+class Order(pydantic.BaseModel):
+    kind: Literal["order"]
+    paid: bool
+    ship_to: Address  # a nested model: a $ref into the schema's $defs
+
+
+def test_parse_with_nested_models_constants_and_booleans(client: openai.OpenAI) -> None:
+    """A schema with a nested model (``$ref``), a ``Literal`` (``const``) and a ``bool`` gets an answer
+    that validates: ``parse()`` gives the model."""
+    completion = client.chat.completions.parse(model=MODEL, messages=USER, response_format=Order)
+    assert completion.choices[0].message.parsed == Order(
+        kind="order", paid=True, ship_to=Address(city="fake city")
+    )
+
+
+def test_json_object_mode_answers_a_json_object(client: openai.OpenAI) -> None:
+    """``response_format={"type": "json_object"}`` is answered with a JSON object (the reply in it)."""
+    completion = client.chat.completions.create(
+        model=MODEL, messages=USER, response_format={"type": "json_object"}
+    )
+    answer = json.loads(completion.choices[0].message.content or "")
+    assert isinstance(answer, dict) and answer["summary"].startswith("Summary:")
 
 
 def test_responses_parse(client: openai.OpenAI) -> None:
