@@ -709,6 +709,9 @@ def test_public_api_is_complete_and_sorted() -> None:
     assert list(llm_ledger.__all__) == sorted(llm_ledger.__all__)
 
 
+HOST = llm_ledger.HostPrice("openrouter")
+
+
 @pytest.mark.parametrize(
     ("kind", "kwargs", "message"),
     [
@@ -723,13 +726,36 @@ def test_public_api_is_complete_and_sorted() -> None:
             {"on_anomaly": "log"},
             "on_anomaly must be a callable taking a record, got 'log'",
         ),
+        (
+            "BudgetGuard",
+            {"budgets": {}, "mode": "fail"},
+            "budget_mode must be one of 'warn', 'raise', got 'fail'",
+        ),
+        (
+            "BudgetGuard",
+            {"budgets": {}, "on_exceeded": "email"},
+            "on_budget_exceeded must be a callable taking",
+        ),
+        ("PriceTable", {"hosts": {11434: HOST}}, "price hosts: a host pattern must be a string, got 11434"),
+        (
+            "PriceTable",
+            {"hosts": {"localhost": "openrouter"}},
+            "hosts['localhost']: expected a HostPrice, got 'o",
+        ),
+        (
+            "PriceTable",
+            {"hosts": {" ": HOST}},
+            "price hosts[' ']: an empty host pattern; expected a host name",
+        ),
+        ("HostPrice", {"rates": 0.5}, "HostPrice.rates: expected a Rates or None, got 0.5"),
+        ("HostPrice", {"provider": " "}, "HostPrice.provider: expected a non-empty name or None, got ' '"),
     ],
 )
-def test_a_monitor_or_detector_built_with_a_wrong_argument_says_which(
+def test_a_public_object_built_with_a_wrong_argument_says_which(
     kind: str, kwargs: dict[str, Any], message: str
 ) -> None:
-    """``LLMCallMonitor`` and ``AnomalyDetector`` built directly (not through ``configure``) refuse an
-    argument of the wrong kind at once, naming it and the value given."""
+    """The public classes built directly (not through ``configure`` or a file) refuse an argument of
+    the wrong kind at once, naming it and the value given."""
     with pytest.raises(llm_ledger.ConfigError, match=re.escape(message)):
         getattr(llm_ledger, kind)(**kwargs)
 
