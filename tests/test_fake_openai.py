@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
+import httpx
 import openai
 import pydantic
 import pytest
@@ -864,8 +865,9 @@ def _raw_exchange(fake: FakeOpenAI, head: bytes, body: bytes = b"") -> tuple[int
             413,
             "Content-Length 100000000000 is over the fake server",
         ),
+        (b"Transfer-Encoding: chunked\r\n", b"FFFFFFFFFF\r\n", 413, "the body is over the fake server"),
     ],
-    ids=["not-a-number", "negative", "bad-chunk", "huge"],
+    ids=["not-a-number", "negative", "bad-chunk", "huge", "huge-chunk"],
 )
 def test_a_body_of_unreadable_length_gets_an_error_answer_and_a_closed_connection(
     fake: FakeOpenAI, head: bytes, body: bytes, status: int, message: str
@@ -877,6 +879,21 @@ def test_a_body_of_unreadable_length_gets_an_error_answer_and_a_closed_connectio
     assert message in answer["error"]["message"]
     with openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0) as sdk:
         assert sdk.chat.completions.create(model=MODEL, messages=USER).choices  # still serving
+
+
+def test_a_chunked_request_body_is_read_whole(fake: FakeOpenAI) -> None:
+    """A client that streams its request body (``Transfer-Encoding: chunked``: httpx given an iterator)
+    is answered as if it had sent the body in one piece."""
+    body = json.dumps({"model": MODEL, "messages": USER}).encode()
+    with httpx.Client(timeout=5) as raw:
+        response = raw.post(
+            f"{fake.base_url}/chat/completions",
+            content=iter([body[:10], body[10:]]),
+            headers={"authorization": "Bearer sk-test", "content-type": "application/json"},
+        )
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Summary: " + USER_TEXT
 
 
 @pytest.mark.parametrize(
