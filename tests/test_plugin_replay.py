@@ -157,6 +157,38 @@ def test_record_then_replay_offline_without_key(
     assert "OPENAI_API_KEY" not in os.environ  # the placeholder is gone after the session
 
 
+NO_BODY_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_models():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, pytest.raises(openai.NotFoundError, match=r"Invalid URL \\(GET /v1/models/gpt-4o-mini\\)"):
+        client.models.retrieve("gpt-4o-mini")
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_request_without_a_body_is_recorded_and_replayed_offline(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A call that sends no body (a GET: ``models.retrieve``) is recorded without one and replayed,
+    its answer (here the fake's 404) and all, with the server stopped."""
+    write_project(pytester, NO_BODY_TESTS)
+    record(pytester)
+    [interaction] = load_yaml(pytester.path / CASSETTES / "test_models.yaml")["interactions"]
+    assert interaction["request"]["method"] == "GET"
+    assert interaction["request"]["url"].endswith("/models/gpt-4o-mini")
+    server.stop()
+    run(pytester).assert_outcomes(passed=1)
+
+
 @pytest.mark.usefixtures("with_key")
 def test_changed_prompt_fails_with_a_clear_message(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
