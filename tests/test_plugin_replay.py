@@ -496,6 +496,40 @@ def test_cassette_names_are_stable_and_filesystem_safe(pytester: pytest.Pytester
     assert re.fullmatch(r"test_param\[lang=fr-be,n=1\]-[0-9a-f]{8}\.yaml", names[3])
 
 
+VALUE_KIND_TESTS = """
+import enum
+import os
+
+import openai
+import pytest
+
+
+class Kind(enum.Enum):
+    CHAT = object()  # a value whose repr changes from run to run: the name is the member's
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("raw", [b"a\\xffb"])
+@pytest.mark.parametrize("kind", [Kind.CHAT])
+def test_kinds(kind, raw):
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+"""
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_enum_and_bytes_parameters_name_a_cassette_by_their_text(pytester: pytest.Pytester) -> None:
+    """An Enum parameter names its cassette as ``Class.MEMBER`` and a bytes parameter as its text (a
+    non-ASCII byte escaped): stable from run to run, so the cassette recorded is the one replayed."""
+    write_project(pytester, VALUE_KIND_TESTS)
+    record(pytester, "--llm-cassette-dir=recorded")
+    names = sorted(p.name for p in (pytester.path / "recorded" / "tests" / "test_app").iterdir())
+    assert len(names) == 1 and re.fullmatch(
+        r"test_kinds\[kind=Kind\.CHAT,raw=a-xffb\]-[0-9a-f]{8}\.yaml", names[0]
+    )
+    run(pytester, "--llm-cassette-dir=recorded").assert_outcomes(passed=1)
+
+
 CASE_TESTS = """
 import pytest
 
