@@ -258,9 +258,6 @@ class LedgerCassette:
         self.write_protected = mode == "none" or (mode == "once" and self.existed)
         self._plays = mode in ("none", "new_episodes") or self.write_protected
 
-    def __len__(self) -> int:
-        return len(self.loaded) + len(self.recorded)
-
     def _lookup(self, key: Key) -> Key:
         """The part of a key this cassette matches on: the host only with ``match_host``."""
         return key if self.match_host else (key[0], "", key[2], key[3])
@@ -337,9 +334,6 @@ class LedgerCassette:
         )
         with self._lock:
             self.recorded.append(interaction)
-
-    def find_requests_with_most_matches(self, request: Any) -> list[Any]:
-        return []
 
     def _others(self, request: Any) -> bool:
         """A request this cassette does not own: the test's vcrpy cassette plays, refuses or records

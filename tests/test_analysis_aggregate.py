@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 import llm_ledger
 from llm_ledger import ConfigError
 from llm_ledger._cli import main
-from llm_ledger.report import CostReport, CostRow, QueryError, render, summarise, summarise_records
+from llm_ledger.report import (
+    CostReport,
+    CostRow,
+    QueryError,
+    render,
+    render_diff,
+    summarise,
+    summarise_records,
+)
 from llm_ledger.testing import Captured
 from tests.report_helpers import EPOCH, call, lens_run, write
 
@@ -175,6 +183,14 @@ def test_since_is_inclusive_and_until_exclusive(log: Path, since: Any, until: An
     assert summarise(log, since=since, until=until).total.calls == calls
 
 
+def test_render_and_render_diff_refuse_an_unknown_format_naming_the_valid_ones(log: Path) -> None:
+    """``render()`` and ``render_diff()`` given a format they do not write: ConfigError naming the formats."""
+    with pytest.raises(ConfigError, match="unknown format 'html'; choose one of text, json, markdown"):
+        render(summarise(log), "html")
+    with pytest.raises(ConfigError, match="format 'html' is not one of markdown, text, json"):
+        render_diff({}, "html")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -190,6 +206,9 @@ def test_since_is_inclusive_and_until_exclusive(log: Path, since: Any, until: An
         ),
         ({"where": [("user_id", "alice")]}, "where: expected a mapping of dimension to value(s)"),
         ({"by": 5}, "by: 5 is not a dimension name; e.g. user_id"),
+        ({"by": []}, "by: no dimension given; e.g. user_id, or lens,model for several"),
+        ({"where": {"": "alice"}}, "where: '' is not a dimension name; e.g. user_id=alice"),
+        ({"since": 20251124}, "since: expected an ISO date string, a date or a datetime, got 20251124"),
     ],
 )
 def test_bad_arguments_are_clear_errors(log: Path, kwargs: dict[str, Any], message: str) -> None:

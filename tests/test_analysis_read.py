@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -100,6 +102,31 @@ def test_stdin_is_read_with_a_dash(tmp_path: Path, compressed: bool) -> None:
     result = json.loads(done.stdout)
     assert {row["key"]["lens"]: row["calls"] for row in result["rows"]} == {"a": 1, "b": 2}
     assert result["inputs"][0]["name"] == "-"
+
+
+class _CtrlC(io.BufferedIOBase):
+    """A terminal's stdin whose read is interrupted by Ctrl-C (no ``peek()``, as a replaced stdin)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise KeyboardInterrupt
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise KeyboardInterrupt
+
+    read1 = read
+
+
+def test_ctrl_c_while_reading_stdin_exits_130_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`llm-ledger report -` stopped by Ctrl-C (waiting on a pipe or a terminal) exits 130, the
+    shell's status for SIGINT, and prints no traceback."""
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=_CtrlC()))
+    assert main(["report", "-"]) == 130
+    assert capsys.readouterr() == ("", "")
 
 
 def test_torn_and_concatenated_lines_are_malformed_never_calls(

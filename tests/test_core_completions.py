@@ -162,6 +162,35 @@ def test_completions_with_a_list_of_prompts_and_content_capture(fake_openai: Fak
     assert record["response"]["content_length"] == len(record["content"]["output"])
 
 
+def test_captured_content_keeps_an_earlier_answer_and_tools_as_sent(
+    fake_openai: FakeOpenAI, sdk: Any
+) -> None:
+    """Content capture of a conversation that goes on with the SDK's own message object from the
+    previous answer, and tools whose schemas hold booleans and numbers: the record has them as sent."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    client = sdk(monitor)
+    messages: list[Any] = [{"role": "user", "content": "hi"}]
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "pick",
+                "strict": True,
+                "parameters": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1.5}}},
+            },
+        }
+    ]
+    with llm_ledger.testing.capture(monitor) as records:
+        first = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        messages += [first.choices[0].message, {"role": "user", "content": "more"}]
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools)
+    content = records.calls[1]["content"]
+    assert content["messages"][1]["role"] == "assistant"
+    assert content["messages"][1]["content"] == first.choices[0].message.content
+    assert content["messages"][2] == {"role": "user", "content": "more"}
+    assert content["tools"] == tools
+
+
 def test_completions_error_is_recorded(
     fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
 ) -> None:

@@ -174,3 +174,31 @@ def test_ctrl_c_in_a_sink_still_reaches_the_caller(
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     [record] = records.calls
     assert record["status"] == "ok"
+
+
+class _CtrlCHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["sink", "log handler", "redact hook", "alert callback"])
+def test_ctrl_c_in_the_applications_code_reaches_the_application(
+    where: str, sdk: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (KeyboardInterrupt) in a sink, a log handler, the redact hook or an alert callback is the
+    one exception not caught: it reaches the application, as Ctrl-C anywhere else in the call would."""
+    ctrl_c = _raiser(KeyboardInterrupt())
+    if where == "log handler":
+        logger = logging.getLogger("tests.ctrl_c_in_a_handler")
+        monkeypatch.setattr(logger, "handlers", [_CtrlCHandler()])
+        monkeypatch.setattr(logger, "level", logging.INFO)
+        monitor = llm_ledger.LLMCallMonitor(logger=logger.name)
+    elif where == "redact hook":
+        monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True, redact=ctrl_c)
+    else:
+        monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[ctrl_c] if where == "sink" else [])
+        if where == "alert callback":
+            monitor.budgets = BudgetGuard({"default": {"max_api_calls": 0}}, on_exceeded=ctrl_c)
+    client = sdk(monitor)
+    with pytest.raises(KeyboardInterrupt), monitor.lens("digest"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)

@@ -636,6 +636,45 @@ def test_content_only_with_capture_on(fake_openai: FakeOpenAI) -> None:
     assert output["parts"][0]["content"].startswith("Summary:")
 
 
+def test_content_of_responses_calls_and_image_messages_as_the_conventions_parts(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """Responses ``instructions`` are system instructions and a string ``input`` the user's message; a
+    chat message of parts keeps its text, and an image is a part without the image itself."""
+    otel = Telemetry(fake_openai, capture_content=True)
+    otel.client.responses.create(model="gpt-4o-mini", instructions="be brief", input="hello there")
+    image = "data:image/png;base64,iVBORw0KGgo="
+    otel.client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "be kind"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            },
+        ],
+    )
+    responses, chat = (span.attributes or {} for span in otel.spans())
+    assert json.loads(str(responses["gen_ai.system_instructions"])) == [
+        {"type": "text", "content": "be brief"}
+    ]
+    assert json.loads(str(responses["gen_ai.input.messages"])) == [
+        {"role": "user", "parts": [{"type": "text", "content": "hello there"}]}
+    ]
+    assert json.loads(str(chat["gen_ai.system_instructions"])) == [{"type": "text", "content": "be kind"}]
+    assert json.loads(str(chat["gen_ai.input.messages"])) == [
+        {
+            "role": "user",
+            "parts": [{"type": "text", "content": "what is this?"}, {"type": "uri", "modality": "image"}],
+        }
+    ]
+    assert image not in str(chat)
+    otel.client.close()
+
+
 def test_without_opentelemetry_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without opentelemetry-api installed, building the sink says which extra to install."""
     monkeypatch.setitem(sys.modules, "opentelemetry", None)

@@ -795,6 +795,23 @@ def test_bad_exporter_names_are_config_errors(value: Any, message: str) -> None:
 
 
 @pytest.mark.usefixtures("fresh_exporters")
+def test_prometheus_with_a_port_includes_the_plain_sink() -> None:
+    """``prometheus`` beside ``prometheus:PORT`` (in either order) is the one exporter: the sink is the
+    server's, so the records are not counted twice."""
+    spec = f"prometheus:127.0.0.1:{_free_port()}"
+    assert llm_ledger.configure(log_dir=None, exporters=["prometheus", spec]).exporters == (spec,)
+    assert llm_ledger.configure(log_dir=None, exporters=[spec, "prometheus"]).exporters == (spec,)
+
+
+@pytest.mark.parametrize("port", ["9464", 70000, -1, True])
+def test_start_metrics_server_refuses_a_port_that_is_not_one(port: Any) -> None:
+    """``start_metrics_server()`` given a port that is not a whole number from 0 to 65535 (a string, a
+    bool) says so, with the value, before binding anything."""
+    with pytest.raises(ConfigError, match=f"port must be a whole number from 0 to 65535, got {port!r}"):
+        start_metrics_server(port)
+
+
+@pytest.mark.usefixtures("fresh_exporters")
 def test_bad_environment_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """The error names the variable."""
     monkeypatch.setenv("LLM_LEDGER_EXPORTERS", "prometheus,statsd")

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import openai
 import pydantic
 import pytest
@@ -470,6 +471,34 @@ def test_responses_non_stream(client: openai.OpenAI) -> None:
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
 
 
+class Address(pydantic.BaseModel):
+    city: str
+
+
+class Order(pydantic.BaseModel):
+    kind: Literal["order"]
+    paid: bool
+    ship_to: Address  # a nested model: a $ref into the schema's $defs
+
+
+def test_parse_with_nested_models_constants_and_booleans(client: openai.OpenAI) -> None:
+    """A schema with a nested model (``$ref``), a ``Literal`` (``const``) and a ``bool`` gets an answer
+    that validates: ``parse()`` gives the model."""
+    completion = client.chat.completions.parse(model=MODEL, messages=USER, response_format=Order)
+    assert completion.choices[0].message.parsed == Order(
+        kind="order", paid=True, ship_to=Address(city="fake city")
+    )
+
+
+def test_json_object_mode_answers_a_json_object(client: openai.OpenAI) -> None:
+    """``response_format={"type": "json_object"}`` is answered with a JSON object (the reply in it)."""
+    completion = client.chat.completions.create(
+        model=MODEL, messages=USER, response_format={"type": "json_object"}
+    )
+    answer = json.loads(completion.choices[0].message.content or "")
+    assert isinstance(answer, dict) and answer["summary"].startswith("Summary:")
+
+
 def test_responses_parse(client: openai.OpenAI) -> None:
     response = client.responses.parse(model=MODEL, input="who?", text_format=Person)
     assert isinstance(response.output_parsed, Person)
@@ -836,8 +865,9 @@ def _raw_exchange(fake: FakeOpenAI, head: bytes, body: bytes = b"") -> tuple[int
             413,
             "Content-Length 100000000000 is over the fake server",
         ),
+        (b"Transfer-Encoding: chunked\r\n", b"FFFFFFFFFF\r\n", 413, "the body is over the fake server"),
     ],
-    ids=["not-a-number", "negative", "bad-chunk", "huge"],
+    ids=["not-a-number", "negative", "bad-chunk", "huge", "huge-chunk"],
 )
 def test_a_body_of_unreadable_length_gets_an_error_answer_and_a_closed_connection(
     fake: FakeOpenAI, head: bytes, body: bytes, status: int, message: str
@@ -849,6 +879,21 @@ def test_a_body_of_unreadable_length_gets_an_error_answer_and_a_closed_connectio
     assert message in answer["error"]["message"]
     with openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0) as sdk:
         assert sdk.chat.completions.create(model=MODEL, messages=USER).choices  # still serving
+
+
+def test_a_chunked_request_body_is_read_whole(fake: FakeOpenAI) -> None:
+    """A client that streams its request body (``Transfer-Encoding: chunked``: httpx given an iterator)
+    is answered as if it had sent the body in one piece."""
+    body = json.dumps({"model": MODEL, "messages": USER}).encode()
+    with httpx.Client(timeout=5) as raw:
+        response = raw.post(
+            f"{fake.base_url}/chat/completions",
+            content=iter([body[:10], body[10:]]),
+            headers={"authorization": "Bearer sk-test", "content-type": "application/json"},
+        )
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Summary: " + USER_TEXT
 
 
 @pytest.mark.parametrize(

@@ -465,6 +465,17 @@ def test_other_endpoints_pass_through(client: openai.OpenAI, records: Captured) 
     assert records.calls == []
 
 
+@pytest.mark.asyncio
+async def test_other_endpoints_pass_through_an_async_client(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """On an async client too, an endpoint the ledger does not price is sent unwatched: its error
+    reaches the caller as without the ledger, and nothing is recorded."""
+    with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(GET /v1/models/gpt-4o-mini\)"):
+        await aclient.models.retrieve("gpt-4o-mini")
+    assert records.calls == []
+
+
 @pytest.mark.parametrize("client_class", [openai.AzureOpenAI, openai.AsyncAzureOpenAI])
 def test_azure_clients_can_be_instrumented(
     client_class: type[Any], monitor: llm_ledger.LLMCallMonitor

@@ -781,6 +781,57 @@ def test_public_api_is_complete_and_sorted() -> None:
     assert list(llm_ledger.__all__) == sorted(llm_ledger.__all__)
 
 
+HOST = llm_ledger.HostPrice("openrouter")
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "message"),
+    [
+        ("LLMCallMonitor", {"capture_content": "yes"}, "capture_content must be True or False, got 'yes'"),
+        ("LLMCallMonitor", {"stream_usage": 1}, "stream_usage must be True or False, got 1"),
+        ("LLMCallMonitor", {"redact": "[redacted]"}, "redact must be a callable taking and returning a str"),
+        ("LLMCallMonitor", {"logger": logging.getLogger("x")}, "logger must be a logger name or None, got <"),
+        ("LLMCallMonitor", {"prices": {"gpt-4o": 1}}, "prices must be a PriceTable or the path of a price"),
+        ("AnomalyDetector", {"config": "k=5"}, "must be True, False or an AnomalyConfig, got 'k=5'"),
+        (
+            "AnomalyDetector",
+            {"on_anomaly": "log"},
+            "on_anomaly must be a callable taking a record, got 'log'",
+        ),
+        (
+            "BudgetGuard",
+            {"budgets": {}, "mode": "fail"},
+            "budget_mode must be one of 'warn', 'raise', got 'fail'",
+        ),
+        (
+            "BudgetGuard",
+            {"budgets": {}, "on_exceeded": "email"},
+            "on_budget_exceeded must be a callable taking",
+        ),
+        ("PriceTable", {"hosts": {11434: HOST}}, "price hosts: a host pattern must be a string, got 11434"),
+        (
+            "PriceTable",
+            {"hosts": {"localhost": "openrouter"}},
+            "hosts['localhost']: expected a HostPrice, got 'o",
+        ),
+        (
+            "PriceTable",
+            {"hosts": {" ": HOST}},
+            "price hosts[' ']: an empty host pattern; expected a host name",
+        ),
+        ("HostPrice", {"rates": 0.5}, "HostPrice.rates: expected a Rates or None, got 0.5"),
+        ("HostPrice", {"provider": " "}, "HostPrice.provider: expected a non-empty name or None, got ' '"),
+    ],
+)
+def test_a_public_object_built_with_a_wrong_argument_says_which(
+    kind: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """The public classes built directly (not through ``configure`` or a file) refuse an argument of
+    the wrong kind at once, naming it and the value given."""
+    with pytest.raises(llm_ledger.ConfigError, match=re.escape(message)):
+        getattr(llm_ledger, kind)(**kwargs)
+
+
 def test_a_sink_that_cannot_be_called_is_refused_when_added(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     """A sink that is not callable (a handler instead of its write_record, a path), or one sink given
     as ``sinks=`` in place of a list of them, is a ConfigError when it is given, not a failure on

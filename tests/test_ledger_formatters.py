@@ -95,3 +95,25 @@ def test_ledger_json_formatter_writes_the_line_the_file_has(
     assert written["context"]["score"] is None
     assert list(written) == list(record)
     assert written["timestamp"] == record["timestamp"] and "message" not in written
+
+
+def test_jsonl_file_handler_on_an_applications_logger_writes_its_messages_as_python_json_logger(
+    tmp_path: Path,
+) -> None:
+    """``JsonlFileHandler`` used as an ordinary logging handler: a string message is written in
+    python-json-logger's shape (the message, then the ``extra`` fields), a dict message as the dict;
+    the handler's filters apply."""
+    path = tmp_path / "app.jsonl"
+    handler = llm_ledger.JsonlFileHandler(path)
+    handler.addFilter(lambda record: "noisy" not in record.getMessage())
+    logger = logging.getLogger("tests.app_using_the_handler")
+    logger.addHandler(handler)
+    try:
+        logger.warning("disk %s is full", "/var", extra={"host": "a1"})
+        logger.warning("noisy retry")
+        logger.warning({"event": "custom", "n": 1})
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = [strict_loads(line) for line in path.read_text().splitlines()]
+    assert lines == [{"message": "disk /var is full", "host": "a1"}, {"event": "custom", "n": 1}]

@@ -55,6 +55,22 @@ def test_summary_has_the_seed_keys_and_sums_the_calls(
         assert call["context"]["lens_run_id"] == lens_record["context"]["lens_run_id"] == run.run_id
 
 
+def test_a_runs_context_is_what_its_records_carry(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """``run.context`` is the lens's own context as its call and summary records carry it: its key,
+    its run id and the values passed to ``lens()``; a copy the caller may change."""
+    with monitor.lens("digest", user_id="u1") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        context = run.context
+    assert context == {"user_id": "u1", "lens_key": "digest", "lens_run_id": run.run_id}
+    [call], [summary] = records.calls, records.lenses
+    for record in (call, summary):  # which also carry the seed's keys (source_id, service), None here
+        assert record["context"] == {**context, "source_id": None, "service": None}
+    context["user_id"] = "changed"
+    assert run.context["user_id"] == "u1"
+
+
 def test_failed_calls_and_unknown_prices_show_in_the_summary(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
 ) -> None:

@@ -388,6 +388,22 @@ async def test_async_abandoned_stream_is_recorded_when_collected(
     assert [r["status"] for r in records.calls] == ["interrupted"]
 
 
+def test_a_stream_that_ends_after_its_file_handler_closed_is_still_written(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A call that ends after the ``JsonlFileHandler`` it goes to was closed (a stream read to its end
+    at shutdown, after logging closed its handlers) is written at once, not dropped."""
+    handler = llm_ledger.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[handler.write_record])
+    raw = openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
+    with monitor.instrument(raw) as client:
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        handler.close()
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    [line] = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert line["status"] == "ok" and line["response"]["content_length"] == len(text)
+
+
 # weakref.finalize runs its finalizers at exit from one atexit hook, registered by the first
 # finalize made: made before logging is imported, it runs after logging.shutdown() closed the file
 EARLY_FINALIZE = "import weakref, tempfile; kept_dir = tempfile.TemporaryDirectory()"

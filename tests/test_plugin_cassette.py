@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import stat
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -96,6 +97,19 @@ def test_compressed_responses_are_stored_decoded() -> None:
     raw = gzip.compress(b'{"ok": true}')
     stored, headers = _format.response_body(
         raw, {"Content-Type": ["application/json"], "Content-Encoding": ["gzip"], "Set-Cookie": ["s=1"]}
+    )
+    assert stored == ("json", {"ok": True})
+    assert headers == {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+def test_deflate_responses_are_stored_decoded_with_or_without_the_zlib_wrapper(wbits: int) -> None:
+    """``Content-Encoding: deflate`` is sent both as zlib data (the standard) and as a bare deflate
+    stream (servers that misread it); either is stored as readable JSON, the header dropped."""
+    deflate = zlib.compressobj(wbits=wbits)
+    raw = deflate.compress(b'{"ok": true}') + deflate.flush()
+    stored, headers = _format.response_body(
+        raw, {"Content-Type": ["application/json"], "Content-Encoding": ["deflate"]}
     )
     assert stored == ("json", {"ok": True})
     assert headers == {"content-type": "application/json"}

@@ -158,6 +158,38 @@ def test_record_then_replay_offline_without_key(
     assert "OPENAI_API_KEY" not in os.environ  # the placeholder is gone after the session
 
 
+NO_BODY_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_models():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, pytest.raises(openai.NotFoundError, match=r"Invalid URL \\(GET /v1/models/gpt-4o-mini\\)"):
+        client.models.retrieve("gpt-4o-mini")
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_request_without_a_body_is_recorded_and_replayed_offline(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A call that sends no body (a GET: ``models.retrieve``) is recorded without one and replayed,
+    its answer (here the fake's 404) and all, with the server stopped."""
+    write_project(pytester, NO_BODY_TESTS)
+    record(pytester)
+    [interaction] = load_yaml(pytester.path / CASSETTES / "test_models.yaml")["interactions"]
+    assert interaction["request"]["method"] == "GET"
+    assert interaction["request"]["url"].endswith("/models/gpt-4o-mini")
+    server.stop()
+    run(pytester).assert_outcomes(passed=1)
+
+
 @pytest.mark.usefixtures("with_key")
 def test_changed_prompt_fails_with_a_clear_message(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
@@ -512,6 +544,40 @@ def test_cassette_names_are_stable_and_filesystem_safe(pytester: pytest.Pytester
     assert names[2] == "test_param[lang=en,n=1].yaml"
     # "/" is unsafe: replaced, plus a hash of the original so "fr/be" and "fr:be" get different files
     assert re.fullmatch(r"test_param\[lang=fr-be,n=1\]-[0-9a-f]{8}\.yaml", names[3])
+
+
+VALUE_KIND_TESTS = """
+import enum
+import os
+
+import openai
+import pytest
+
+
+class Kind(enum.Enum):
+    CHAT = object()  # a value whose repr changes from run to run: the name is the member's
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("raw", [b"a\\xffb"])
+@pytest.mark.parametrize("kind", [Kind.CHAT])
+def test_kinds(kind, raw):
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+"""
+
+
+@pytest.mark.usefixtures("with_key", "server")
+def test_enum_and_bytes_parameters_name_a_cassette_by_their_text(pytester: pytest.Pytester) -> None:
+    """An Enum parameter names its cassette as ``Class.MEMBER`` and a bytes parameter as its text (a
+    non-ASCII byte escaped): stable from run to run, so the cassette recorded is the one replayed."""
+    write_project(pytester, VALUE_KIND_TESTS)
+    record(pytester, "--llm-cassette-dir=recorded")
+    names = sorted(p.name for p in (pytester.path / "recorded" / "tests" / "test_app").iterdir())
+    assert len(names) == 1 and re.fullmatch(
+        r"test_kinds\[kind=Kind\.CHAT,raw=a-xffb\]-[0-9a-f]{8}\.yaml", names[0]
+    )
+    run(pytester, "--llm-cassette-dir=recorded").assert_outcomes(passed=1)
 
 
 CASE_TESTS = """

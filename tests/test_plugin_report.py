@@ -494,6 +494,14 @@ def test_diff_only_changed_and_fail_on_increase(
         "argument --fail-on-increase: 'ten' is not a number (a percentage, e.g. 20)"
         in capsys.readouterr().err
     )
+    for bad in ("-5", "nan", "inf"):  # a threshold no increase can be measured against
+        with pytest.raises(SystemExit) as excinfo:
+            cli_main(["diff", *reports, f"--fail-on-increase={bad}"])
+        assert excinfo.value.code == 2
+        assert (
+            f"argument --fail-on-increase: {bad!r} must be a percentage of 0 or more, e.g. 20"
+            in capsys.readouterr().err
+        )
 
 
 FAILING_TESTS = """

@@ -147,7 +147,8 @@ def test_another_provider_prices_every_call_at_its_rates(
 def test_price_file_hosts_apply_to_the_recorded_servers(
     capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    """A price file mapping the recorded host to a rate of 0 (moving to a self-hosted box) prices all at 0."""
+    """A price file mapping the recorded host to a rate of 0 (moving to a self-hosted box) prices all at 0;
+    the table's heading names the price file."""
     path, _ = recorded
     prices = tmp_path / "prices.yaml"
     prices.write_text('version: 1\nhosts:\n  "127.0.0.1": {provider: vllm, input: 0, output: 0}\n')
@@ -155,6 +156,8 @@ def test_price_file_hosts_apply_to_the_recorded_servers(
     assert result["total"]["after_usd"] == 0.0
     assert result["total"]["before_usd"] > 0
     assert result["changes"]["price_file"] == str(prices)
+    assert main(["reprice", str(path), "--price-file", str(prices)]) == 0
+    assert capsys.readouterr().out.startswith(f"Repriced llm_calls.jsonl (log): prices from {prices}\n")
 
 
 @pytest.mark.parametrize(

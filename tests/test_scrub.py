@@ -177,6 +177,33 @@ def test_compressed_and_sse_bodies_are_scrubbed(tmp_path: Path, capsys: pytest.C
     assert "query parameter 'key' redacted" in out
 
 
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [
+        (gzip.compress(b'{"data": [], "note": "nothing secret"}'), "gzip"),  # decoded, nothing found
+        (bytes(range(256)), ""),  # binary (audio, an image): no text to search
+        (b"\x1f\x9d\x90 compressed", "compress"),  # an encoding the scrubber cannot undo
+    ],
+    ids=["clean-gzip", "binary", "unknown-encoding"],
+)
+def test_a_response_body_with_nothing_to_scrub_is_left_byte_for_byte(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: bytes, encoding: str
+) -> None:
+    """A byte body that holds no secret (or none the scrubber can read) keeps its bytes and its
+    Content-Encoding header, so it replays as recorded; the request's credentials still go."""
+    headers = {"Content-Type": ["application/octet-stream"]}
+    if encoding:
+        headers["Content-Encoding"] = [encoding]
+    path = tmp_path / "clean.yaml"
+    path.write_text(yaml.safe_dump(_vcr_doc("{}", body, headers)))
+    status, _, err = _run(capsys, str(path))
+    assert status == 0, err
+    scrubbed = yaml.safe_load(path.read_text())["interactions"][0]
+    assert scrubbed["response"]["body"]["string"] == body
+    assert scrubbed["response"]["headers"] == headers
+    assert FAKE_KEY not in path.read_text()
+
+
 def test_llm_ledger_cassettes_keep_their_header_comment(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
