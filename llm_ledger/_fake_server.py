@@ -80,6 +80,7 @@ _HEADERS: dict[str, Any] = {
         "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "every-chunk",
     ),
     "transfer": ("close",),
+    "line-ending": ("crlf",),
     "finish": ("content_filter",),
     "encoding": ("gzip", "br", "zstd"),
 }  # fmt: skip
@@ -814,7 +815,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
             reply = _Refusal(500, f"fake server error: {exc!r}").reply
         fake._answered(route, reply)
-        self._send(reply, faults, headers.get("x-fake-transfer") == "close")
+        self._send(reply, faults, headers)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch  # the rest get http.server's 501
 
@@ -849,10 +850,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(400, "You must provide a model parameter.")
         return _ROUTES[path](body, headers, self._num, faults)
 
-    def _send(self, reply: _Reply | _Stream, faults: set[str], close_delimited: bool) -> None:
+    def _send(self, reply: _Reply | _Stream, faults: set[str], headers: dict[str, str]) -> None:
         """Send ``reply``; under the ``cut-stream`` and ``reset`` faults, its first half then the end of the
         connection (FIN or RST)."""
         cut = bool({"cut-stream", "reset"} & faults)
+        close_delimited = headers.get("x-fake-transfer") == "close"
         compress, end = _encoder(self._encoding)
         if isinstance(reply, _Reply):
             raw = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
@@ -863,6 +865,8 @@ class _Handler(BaseHTTPRequestHandler):
             framing = {"connection": "close"} if close_delimited else {"transfer-encoding": "chunked"}
             self._send_head(200, {"cache-control": "no-cache", **framing}, "text/event-stream; charset=utf-8")
             events = [*map(_sse, reply.events), *([b"data: [DONE]\n\n"] if reply.done else [])]
+            if headers.get("x-fake-line-ending") == "crlf":  # as some proxies send them
+                events = [event.replace(b"\n", b"\r\n") for event in events]
 
             def write(data: bytes) -> None:
                 self.wfile.write(data if close_delimited else b"%x\r\n%s\r\n" % (len(data), data))

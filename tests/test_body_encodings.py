@@ -1,4 +1,5 @@
-"""Bodies the caller reads itself (``with_streaming_response``), compressed as a server may send them.
+"""Bodies the caller reads itself (``with_streaming_response``), compressed or with CRLF line endings
+as a server may send them.
 
 The fake server compresses its answer with ``x-fake-encoding`` when the SDK's Accept-Encoding offers
 that encoding (the HTTP library offers ``br`` with brotli installed and ``zstd`` with its zstd module).
@@ -30,14 +31,13 @@ def _resource(c: Any, operation: str) -> Any:
     return c.chat.completions if operation == "chat" else c.responses
 
 
-async def _read(c: Any, body: str, how: str, encoding: str) -> str:
+async def _read(c: Any, body: str, how: str, headers: dict[str, str]) -> str:
     """What the caller gets from a with_streaming_response body read by ``how``, ids masked."""
     operation, kwargs = BODIES[body]
-    manager = _resource(c, operation).with_streaming_response.create(
-        **kwargs, extra_headers={"x-fake-encoding": encoding}
-    )
+    manager = _resource(c, operation).with_streaming_response.create(**kwargs, extra_headers=headers)
     response = await _enter(manager)
-    assert response.headers["content-encoding"] == encoding  # the server did compress it
+    if "x-fake-encoding" in headers:
+        assert response.headers["content-encoding"] == headers["x-fake-encoding"]  # compressed
     if how == "iter_bytes":
         pieces = response.iter_bytes()
         got = b"".join([p async for p in pieces] if hasattr(pieces, "__aiter__") else list(pieces)).decode()
@@ -52,11 +52,9 @@ async def _read(c: Any, body: str, how: str, encoding: str) -> str:
     return _IDS.sub(r"\1N", got)
 
 
-async def _create(c: Any, body: str, encoding: str) -> None:
+async def _create(c: Any, body: str, headers: dict[str, str]) -> None:
     operation, kwargs = BODIES[body]
-    result = await _maybe(
-        _resource(c, operation).create(**kwargs, extra_headers={"x-fake-encoding": encoding})
-    )
+    result = await _maybe(_resource(c, operation).create(**kwargs, extra_headers=headers))
     if kwargs.get("stream"):
         await _drain(result)
 
@@ -79,13 +77,14 @@ async def test_a_compressed_body_is_recorded_as_create_records_it(
     """A gzip, br or zstd body read through with_streaming_response has create()'s usage and cost,
     and the caller reads exactly what the bare SDK reads."""
     target = aclient if is_async else client
-    got = await _read(target, body, how, encoding)
-    await _create(target, body, encoding)
+    headers = {"x-fake-encoding": encoding}
+    got = await _read(target, body, how, headers)
+    await _create(target, body, headers)
     bare: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
         api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
     )
     try:
-        assert got == await _read(bare, body, how, encoding)
+        assert got == await _read(bare, body, how, headers)
     finally:
         await _maybe(bare.close())
     watched, expected = records.calls
@@ -93,3 +92,23 @@ async def test_a_compressed_body_is_recorded_as_create_records_it(
     assert (
         watched["status"] == "ok" and watched["usage"]["total_tokens"] and watched["cost"]["total_cost_usd"]
     )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["parse", "iter_bytes"])
+@pytest.mark.parametrize("body", ["chat stream", "responses stream"])
+async def test_a_stream_with_crlf_line_endings_is_recorded_as_with_lf(
+    body: str, how: str, fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+) -> None:
+    """A stream whose lines end with CRLF (as some proxies and compatible servers send them), read
+    through with_streaming_response, is recorded as the same stream with LF endings, and the caller
+    reads exactly what the bare SDK reads."""
+    crlf = {"x-fake-line-ending": "crlf"}
+    got = await _read(client, body, how, crlf)
+    await _read(client, body, how, {})
+    with openai.OpenAI(api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0) as bare:
+        assert got == await _read(bare, body, how, crlf)
+    assert ("\r\n" in got) is (how == "iter_bytes")  # the bytes the caller read did end lines with CRLF
+    watched, expected = records.calls
+    assert _essentials(watched) == _essentials(expected)
+    assert watched["status"] == "ok" and watched["usage"]["total_tokens"] > 0
