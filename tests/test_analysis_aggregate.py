@@ -184,11 +184,25 @@ def test_since_is_inclusive_and_until_exclusive(log: Path, since: Any, until: An
 
 
 def test_render_and_render_diff_refuse_an_unknown_format_naming_the_valid_ones(log: Path) -> None:
-    """``render()`` and ``render_diff()`` given a format they do not write: ConfigError naming the formats."""
-    with pytest.raises(ConfigError, match="unknown format 'html'; choose one of text, json, markdown"):
+    """``render()`` and ``render_diff()`` given a format they do not write: ConfigError in one wording,
+    naming the bad value and the formats each writes."""
+    with pytest.raises(ConfigError, match=r"^unknown format 'html'; choose one of text, json, markdown$"):
         render(summarise(log), "html")
-    with pytest.raises(ConfigError, match="format 'html' is not one of markdown, text, json"):
+    with pytest.raises(ConfigError, match=r"^unknown format 'html'; choose one of markdown, text, json$"):
         render_diff({}, "html")
+
+
+@pytest.mark.parametrize("command", ["report", "diff"])
+def test_the_cli_refuses_an_unknown_format_as_argparse_does(
+    command: str, log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``llm-ledger report|diff --format html``: argparse's usage error (exit 2) listing the choices."""
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--format", "html", str(log), *([str(log)] if command == "diff" else [])])
+    assert exited.value.code == 2
+    assert f"llm-ledger {command}: error: argument --format: invalid choice: 'html' (choose from " in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from ._aggregate import CostReport, CostRow, as_text
 if TYPE_CHECKING:
     from ._reprice import Reprice, Row
 
-__all__ = ["FORMATS", "render", "render_anomalies", "render_reprice", "strict_json"]
+__all__ = ["FORMATS", "render", "render_anomalies", "render_reprice", "strict_json", "unknown_format"]
 
 FORMATS: Final = ("text", "json", "markdown")
 _HEADERS: Final = (
@@ -102,12 +102,17 @@ def _footer(report: CostReport) -> list[str]:
     return lines
 
 
+def unknown_format(fmt: str, formats: tuple[str, ...]) -> ConfigError:
+    """The error for a format a renderer does not write (one wording for every renderer)."""
+    return ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(formats)}")
+
+
 def render(report: CostReport, fmt: str = "text") -> str:
     """The report as ``text``, ``markdown`` or ``json``."""
     if fmt == "json":
         return strict_json(report.to_json()) + "\n"
     if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise unknown_format(fmt, FORMATS)
     by = report.query.by
     headers = [*by, *_HEADERS]
     rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]

@@ -9,10 +9,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
-from .._errors import ConfigError
 from .._table import NO_FIGURE, markdown_table, notes, one_line, percent, text_table, usd
 from ..loading import listed, printable
-from ._render import strict_json
+from ._render import strict_json, unknown_format
 from ._usage import NO_ANSWER, failed_calls
 
 __all__ = [
@@ -336,4 +335,4 @@ def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
         return printable(_text(diff))
     if fmt == "markdown":
         return printable(_markdown(diff))
-    raise ConfigError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    raise unknown_format(fmt, FORMATS)
