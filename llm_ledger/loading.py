@@ -414,6 +414,8 @@ class Document:
         """A number as :meth:`number` reads it, written as an integer (``200``, not ``200.0``, ``2e2`` or
         ``!!float 200``): for a code or a version, where another spelling is a hand edit gone wrong, not
         a count someone wrote as ``1e3``. From ``minimum`` (0) to ``maximum`` (unbounded if None)."""
+        if isinstance(node, yaml.ScalarNode):  # its hint shows integers: 0.5 or 1e-3 is refused here
+            self._refuse_other_bases(node, key_path, "1, 200")
         top = Decimal("Infinity") if maximum is None else Decimal(maximum)
         value = self.number(node, key_path, expected, minimum=Decimal(minimum), maximum=top, whole=True)
         if node.tag != _INT:
@@ -425,7 +427,9 @@ class Document:
             )
         return int(value)
 
-    def _refuse_other_bases(self, node: yaml.ScalarNode, key_path: str) -> None:
+    def _refuse_other_bases(
+        self, node: yaml.ScalarNode, key_path: str, examples: str = "90, 0.5, 1e-3"
+    ) -> None:
         """YAML 1.1 reads ``1:30`` as 90 (base 60), ``0x10`` as 16, ``010`` as 8 (octal), ``0b11`` as 3;
         YAML 1.2 tools read some of them otherwise, and a reader of the file none as that number: an
         error naming what YAML 1.1 makes of it, so that a limit or a price is only ever what it reads as."""
@@ -450,7 +454,7 @@ class Document:
             node,
             key_path,
             f"{text} is not a plain decimal number: YAML 1.1 reads it as {meant} ({base}); write the "
-            "number in decimal digits (e.g. 90, 0.5, 1e-3)",
+            f"number in decimal digits (e.g. {examples})",
         )
 
     def _float_text(self, node: yaml.ScalarNode) -> str:

@@ -56,6 +56,8 @@ def test_an_alias_fails_its_test_naming_the_file_and_line(pytester: pytest.Pytes
 # hand edits gone wrong: (cassette, the line named, the key path and what is wrong)
 REQUEST = "- request:\n    method: POST\n    url: https://api.openai.com/v1/chat/completions\n"
 INTEGER = "written as an integer (digits, no decimal point or exponent), got"
+# an integer field's hint shows integers only (no 0.5 or 1e-3, refused there)
+DIGITS = "write the number in decimal digits (e.g. 1, 200)"
 STRUCTURE = {
     "status": (
         f"version: 1\ninteractions:\n{REQUEST}  response:\n    status: 99\n",
@@ -86,9 +88,13 @@ STRUCTURE = {
                        f"interactions[0].response.status: expected an HTTP status code {INTEGER} 200.0"),
     "version 1.0": ("version: 1.0\ninteractions: []\n", 1, f"version: expected 1 {INTEGER} 1.0"),
     "version octal": ("interactions: []\nversion: 01\n", 2,
-                      "version: 01 is not a plain decimal number: YAML 1.1 reads it as 1 (octal)"),
+                      f"version: 01 is not a plain decimal number: YAML 1.1 reads it as 1 (octal); {DIGITS}"),
     "version 0x1": ("version: 0x1\ninteractions: []\n", 1,
-                    "version: 0x1 is not a plain decimal number: YAML 1.1 reads it as 1 (hexadecimal)"),
+                    "version: 0x1 is not a plain decimal number: YAML 1.1 reads it as 1 (hexadecimal); "
+                    f"{DIGITS}"),
+    "status 0x1F4": (f"version: 1\ninteractions:\n{REQUEST}  response: {{status: 0x1F4}}\n", 6,
+                     "interactions[0].response.status: 0x1F4 is not a plain decimal number: YAML 1.1 reads "
+                     f"it as 500 (hexadecimal); {DIGITS}"),
 }  # fmt: skip
 
 
