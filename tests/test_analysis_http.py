@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import uvicorn
 
 from llm_ledger import ConfigError
 from llm_ledger.report import asgi_app, summarise
+from tests import warm_python
 from tests.report_helpers import EPOCH, call, lens_run, write
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -220,3 +222,33 @@ def test_the_asgi_app_answers_under_a_mount_prefix(log_dir: Path) -> None:
         response = get(url, "?by=user_id")  # uvicorn hands the app /ledger/costs
     assert response.status_code == 200
     assert response.json()["calls"] == 3
+
+
+def test_ctrl_c_stops_llm_ledger_serve_with_130_and_frees_the_port(log_dir: Path) -> None:
+    """SIGINT (Ctrl-C) stops a serving ``llm-ledger serve`` at once, even with a client connected and
+    silent: exit 130, the shell's status for SIGINT, no traceback, and the port free for the next one."""
+    child = warm_python.popen(
+        [sys.executable, "-m", "llm_ledger", "serve", str(log_dir), "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        sigint_default=True,
+    )
+    try:
+        assert child.stdout is not None
+        url = child.stdout.readline().split()[3]
+        assert httpx2.get(url).status_code == 200  # it serves
+        port = int(url.split(":")[2].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port)):  # a client that sends nothing
+            started = time.monotonic()
+            child.send_signal(signal.SIGINT)
+            _, err = child.communicate(timeout=10)
+        assert time.monotonic() - started < 2
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))

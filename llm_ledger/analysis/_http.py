@@ -173,9 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"llm-ledger serve: GET http://{host}:{port}{ENDPOINT} over {args.log_dir} (Ctrl-C stops)", flush=True
     )
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()  # until Ctrl-C: the KeyboardInterrupt is main()'s exit status 130
     finally:
         server.server_close()
     return 0
