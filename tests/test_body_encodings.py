@@ -94,20 +94,30 @@ async def test_a_compressed_body_is_recorded_as_create_records_it(
     )
 
 
+async def _streamed(c: Any, body: str, how: str, headers: dict[str, str]) -> str:
+    """What the caller gets from a stream: ``create()``'s events, or a with_streaming_response body read
+    by ``how``; ids masked."""
+    if how != "create":
+        return await _read(c, body, how, headers)
+    operation, kwargs = BODIES[body]
+    events = _resource(c, operation).create(**kwargs, extra_headers=headers)
+    return _IDS.sub(r"\1N", json.dumps([event.to_dict() for event in events]))
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("how", ["parse", "iter_bytes"])
+@pytest.mark.parametrize("how", ["create", "parse", "iter_bytes"])
 @pytest.mark.parametrize("body", ["chat stream", "responses stream"])
 async def test_a_stream_with_crlf_line_endings_is_recorded_as_with_lf(
     body: str, how: str, fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
 ) -> None:
-    """A stream whose lines end with CRLF (as some proxies and compatible servers send them), read
-    through with_streaming_response, is recorded as the same stream with LF endings, and the caller
-    reads exactly what the bare SDK reads."""
+    """A stream whose lines end with CRLF (as some proxies and compatible servers send them), from
+    create() or read through with_streaming_response, is recorded as the same stream with LF endings,
+    and the caller gets exactly what the bare SDK gets."""
     crlf = {"x-fake-line-ending": "crlf"}
-    got = await _read(client, body, how, crlf)
-    await _read(client, body, how, {})
+    got = await _streamed(client, body, how, crlf)
+    await _streamed(client, body, how, {})
     with openai.OpenAI(api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0) as bare:
-        assert got == await _read(bare, body, how, crlf)
+        assert got == await _streamed(bare, body, how, crlf)
     assert ("\r\n" in got) is (how == "iter_bytes")  # the bytes the caller read did end lines with CRLF
     watched, expected = records.calls
     assert _essentials(watched) == _essentials(expected)
