@@ -244,11 +244,13 @@ def test_ctrl_c_stops_llm_ledger_serve_with_130_and_frees_the_port(log_dir: Path
             started = time.monotonic()
             child.send_signal(signal.SIGINT)
             _, err = child.communicate(timeout=10)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 5  # at once, even on a loaded machine
     finally:
         if child.poll() is None:
             child.kill()
     assert child.returncode == 130, err
     assert "Traceback" not in err
-    with socket.socket() as again:
+    with socket.socket() as again:  # bound as a server binds (its closed connections wait in TIME_WAIT)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
+        again.listen()
