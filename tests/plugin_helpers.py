@@ -12,11 +12,13 @@ import importlib.metadata
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ import yaml
 from llm_ledger._cli import main as cli_main
 from llm_ledger.exporters._prometheus import shutdown_now
 from llm_ledger.testing import FakeOpenAI
+from pytest_llm_ledger import _cassettes_cli
 
 # When the package is installed its pytest11 entry point loads the plugin; loading it a second
 # time with -p would be an error, so pass -p only when it is not installed (the scratch venv).
@@ -150,6 +153,23 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedP
     status = cli_main(list(args))
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["llm-ledger", *args], status, out, err)
+
+
+@pytest.fixture(name="collect_in_process")
+def collect_in_process_fixture(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``llm-ledger cassettes`` asks pytest which cassettes the tests own through a ``python -m pytest
+    --collect-only`` child; here that collection runs as an in-process session in the same directory,
+    with the same arguments and environment, its exit status and output handed back as the child's
+    (a new Python costs about 0.6 CPU-s a listing). test_plugin_orphans runs the command once as a
+    shell does, child and all."""
+
+    def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        assert command[:3] == [sys.executable, "-m", "pytest"], command
+        assert kwargs == {"capture_output": True, "text": True, "check": False}, kwargs
+        result = pytester.runpytest_inprocess(*PLUGIN_ARGS, *command[3:])
+        return subprocess.CompletedProcess(command, int(result.ret), result.stdout.str(), result.stderr.str())
+
+    monkeypatch.setattr(_cassettes_cli, "subprocess", SimpleNamespace(run=run))
 
 
 def notice_fails_strict(

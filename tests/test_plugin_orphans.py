@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin_helpers import INI, cli, run, write_project
+from tests.plugin_helpers import INI, cli, collect_in_process_fixture, run, write_project
+
+_FIXTURES = (collect_in_process_fixture,)  # used by name
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -67,6 +69,7 @@ def test_a_whole_suite_run_names_orphans_and_strict_fails_on_them(pytester: pyte
     assert orphan.exists()
 
 
+@pytest.mark.usefixtures("collect_in_process")
 def test_llm_ledger_cassettes_lists_and_prunes_orphans(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -87,6 +90,7 @@ def test_llm_ledger_cassettes_lists_and_prunes_orphans(
     assert cassettes(capsys).returncode == 0
 
 
+@pytest.mark.usefixtures("collect_in_process")
 def test_cassettes_for_a_path_selection_leave_other_files_cassettes_alone(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -146,7 +150,7 @@ def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
         assert inspected.ret == pytest.ExitCode.OK, inspected.stdout.str()
         assert "llm-ledger: " not in inspected.stdout.str(), inspect
 
-    listed = subprocess.run(  # as a shell runs it, once: the other tests run the command in-process
+    listed = subprocess.run(  # as a shell runs it, child and all, once: the others run both in-process
         [sys.executable, "-m", "llm_ledger", "cassettes"],
         cwd=pytester.path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -154,6 +158,7 @@ def test_collecting_only_checks_nothing_so_strict_ci_settings_do_not_break_it(
     assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout
 
 
+@pytest.mark.usefixtures("collect_in_process")
 def test_cassettes_of_test_files_not_collected_are_not_orphans(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -189,6 +194,7 @@ def test_cassettes_of_test_files_not_collected_are_not_orphans(
     assert not orphan.exists() and all(path.exists() for path in kept)
 
 
+@pytest.mark.usefixtures("collect_in_process")
 def test_cassettes_of_a_missing_or_empty_cassette_directory_fail(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
