@@ -18,6 +18,7 @@ from llm_ledger.testing import FakeOpenAI
 from tests.plugin_helpers import (
     INI,
     cli,
+    collect_in_process_fixture,
     load_yaml,
     notice_fails_strict,
     run,
@@ -27,7 +28,7 @@ from tests.plugin_helpers import (
 )
 
 pytest_plugins = ["pytester"]
-_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+_FIXTURES = (collect_in_process_fixture, server_fixture, with_key_fixture)  # used by name
 
 CASSETTES = Path("cassettes", "tests", "test_keys")
 # one credential per route a key can take into a recording; none is the process's OPENAI_API_KEY
@@ -203,7 +204,7 @@ REPLAYED_401 = (
 OR_MARK = "or mark a test that expects the error @pytest.mark.llm(record_auth_errors=True)"
 
 
-@pytest.mark.usefixtures("with_key")
+@pytest.mark.usefixtures("with_key", "collect_in_process")
 def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_command(
     pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -211,7 +212,8 @@ def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_comman
     out) would replay an auth error in every CI run: replaying it is a notice naming the test, the
     cassette and the re-record command (a failure with --llm-strict), and `llm-ledger cassettes`
     lists it (exit 1). A test marked record_auth_errors=True expects its 401: neither names it."""
-    write_project(pytester, DENIED_TESTS.format(marker="(record_auth_errors=True)"))
+    app = write_project(pytester, DENIED_TESTS.format(marker="(record_auth_errors=True)"))
+    # `llm-ledger cassettes` collects under this ini: without the plugins the project never uses (FAST_ARGS)
     pytester.makefile(".ini", pytest=INI + "addopts = -p no:hypothesispytest -p no:anyio\n")
     assert run(pytester, "--llm-record-mode=once").ret == 0
     server.stop()
@@ -223,7 +225,7 @@ def test_a_cassette_that_replays_an_auth_error_is_named_with_the_rerecord_comman
     assert expected.ret == pytest.ExitCode.OK and "401" not in expected.stdout.str()
     assert cassettes().returncode == 0
 
-    write_project(pytester, DENIED_TESTS.format(marker=""))  # as a cassette recorded before the refusal
+    app.write_text(DENIED_TESTS.format(marker=""))  # as a cassette recorded before the refusal (same ini)
     notice_fails_strict(
         pytester,
         notice=[
