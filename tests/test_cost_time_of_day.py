@@ -35,7 +35,7 @@ def genai_usd(model: str, prompt: int, completion: int, when: datetime, cached: 
     return calc.total_price
 
 
-class _Clock:
+class StoppedClock:
     """The ``time`` module, with ``time()`` stopped at ``epoch`` (when the monitor says a call started)."""
 
     def __init__(self, epoch: float) -> None:
@@ -102,7 +102,7 @@ def test_each_call_is_priced_at_its_own_hour_and_a_repriced_log_agrees(
     repricing the log with nothing changed finds no change."""
     monitor.prices = DEEPSEEK
     for when in (PEAK, OFF_PEAK):
-        monkeypatch.setattr(_monitor, "time", _Clock(when.timestamp()))
+        monkeypatch.setattr(_monitor, "time", StoppedClock(when.timestamp()))
         with llm_ledger.lens("digest"):
             client.chat.completions.create(
                 model="deepseek-chat", messages=[{"role": "user", "content": "hi " * 500}]
@@ -139,7 +139,7 @@ def test_a_listed_price_change_applies_from_its_day_in_a_running_process(
     monitor that priced it on New Year's Eve prices the next call, after midnight, at the new price."""
     monitor.prices = PriceTable(hosts={"127.0.0.1": HostPrice("google")})
     for when in (NEW_YEARS_EVE, NEW_YEAR):
-        clock = _Clock(when.timestamp())
+        clock = StoppedClock(when.timestamp())
         monkeypatch.setattr(_monitor, "time", clock)
         monkeypatch.setattr(_pricing, "time", clock)
         client.chat.completions.create(
@@ -170,7 +170,7 @@ def test_a_fixed_time_of_day_prices_a_monitors_calls_but_not_an_explicit_moment(
     call at the day's dearest rate, or at the time of day it names, while ``PriceTable.cost(at=...)``
     still prices the moment it is given; the setting it replaced comes back to restore it."""
     monitor.prices = DEEPSEEK
-    monkeypatch.setattr(_monitor, "time", _Clock(OFF_PEAK.timestamp()))
+    monkeypatch.setattr(_monitor, "time", StoppedClock(OFF_PEAK.timestamp()))
     previous = price_time_of_day("dearest")
     try:
         for when in ("dearest", "20:00", "now"):

@@ -5,7 +5,6 @@ in its records, its table, its budgets and its report, and `llm-ledger reprice` 
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,6 +18,7 @@ import llm_ledger  # noqa: F401
 from llm_ledger import _monitor
 from llm_ledger._cli import main as cli_main
 from tests.plugin_helpers import INI, run, server_fixture, with_key_fixture, write_project
+from tests.test_cost_time_of_day import StoppedClock
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -58,19 +58,6 @@ def test_review():
 """
 
 
-class _Clock:
-    """The ``time`` module, with ``time()`` stopped at ``epoch`` (when the monitor says a call started)."""
-
-    def __init__(self, epoch: float) -> None:
-        self.epoch = epoch
-
-    def time(self) -> float:
-        return self.epoch
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
 @pytest.fixture
 def v4(pytester: pytest.Pytester, server: Any, with_key: None) -> pytest.Pytester:
     """An inner project whose deepseek-v4-pro call is recorded, with the server then stopped."""
@@ -86,7 +73,7 @@ def replay_at(
 ) -> tuple[pytest.RunResult, dict[str, Any]]:
     """Replay the project with the wall clock at ``when``: the session's result and its one call record."""
     with monkeypatch.context() as patch:
-        patch.setattr(_monitor, "time", _Clock(when.timestamp()))
+        patch.setattr(_monitor, "time", StoppedClock(when.timestamp()))
         result = run(pytester, *args)
     calls = pytester.path / "calls.jsonl"
     [record] = [json.loads(line) for line in calls.read_text().splitlines()]
