@@ -477,17 +477,20 @@ class PriceTable:
     def priced_by_time(self, model: str, *, provider: str | None = None) -> bool:
         """Whether ``model``'s price at ``provider`` (else by name alone) depends on the time of day
         (DeepSeek's off-peak discount): only then does the moment of a call change its cost."""
+        return self._timed_entry(model, provider) is not None
+
+    def _timed_entry(self, model: str, provider: str | None) -> _Entry | None:
+        """``model``'s prices at ``provider`` when they depend on the time of day, else None."""
         route = self.route(provider=provider)
         entry = None if route._flat is not None else route._entry(model)
-        return entry is not None and bool(entry.by_time)
+        return entry if entry is not None and entry.by_time else None
 
     def priced_at(self, model: str, at: datetime, *, provider: str | None = None) -> datetime:
         """The moment a monitor prices a call of ``model`` made at ``at`` (UTC): ``at`` itself, unless
         the price depends on the time of day and :func:`price_time_of_day` fixed one (a pytest session):
         then that time of day on ``at``'s UTC date."""
-        route = self.route(provider=provider)
-        entry = None if route._flat is not None else route._entry(model)
-        if entry is None or not entry.by_time or _fixed_second is None:
+        entry = self._timed_entry(model, provider)
+        if entry is None or _fixed_second is None:
             return at.astimezone(UTC)
         return datetime.fromtimestamp(_fixed_moment(entry, at.timestamp()), UTC)
 
