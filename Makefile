@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the extras a user can install, all of them; what only contributors need is pyproject's `dev` group
+EXTRAS := pytest,prometheus,otel
 # a venv made by another Python, in another directory (its scripts start the Python there: a moved or
 # copied clone) or whose Python is gone is recreated, not left failing until `make clean`
 PY_VERSION := import sys; print("%d.%d" % sys.version_info[:2])
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml $(if $(STALE_VENV),FORCE)
 	@# a venv whose making was interrupted (Ctrl-C while venv installs pip) has a Python and no pip
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' --group dev
 	echo '$(CURDIR)' > $(STAMP)
 
 demo: $(STAMP)
@@ -62,9 +64,6 @@ COMPAT := .venv-compat
 OPENAI_1 := 1.109.1
 OPENAI_2 := 2.54.0
 OPENAI_3 := 3.63.0
-EXTRAS_1 := dev,compat-openai1
-EXTRAS_2 := dev,compat-openai2
-EXTRAS_3 := dev,compat-openai3
 LIBS_1 := llama_index
 LIBS_2 := langchain_openai litellm instructor llama_index
 LIBS_3 := langchain_openai openai_agents pydantic_ai litellm
@@ -72,7 +71,8 @@ LIBS_3 := langchain_openai openai_agents pydantic_ai litellm
 $(COMPAT)/openai%/.installed: pyproject.toml
 	$(COMPAT)/openai$*/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(COMPAT)/openai$*
 	$(COMPAT)/openai$*/bin/python -m pip install --quiet --upgrade pip
-	$(COMPAT)/openai$*/bin/python -m pip install --quiet -e '.[$(EXTRAS_$*)]' 'openai==$(OPENAI_$*)'
+	$(COMPAT)/openai$*/bin/python -m pip install --quiet -e '.[$(EXTRAS)]' --group dev --group compat-openai$* \
+		'openai==$(OPENAI_$*)'
 	touch $@
 
 test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)/openai3/.installed
@@ -84,7 +84,7 @@ bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv
 	bench/out/venv/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear bench/out/venv
 	bench/out/venv/bin/python -m pip install --quiet --upgrade pip
-	bench/out/venv/bin/python -m pip install --quiet -e '.[pytest,prometheus,otel]' -r bench/requirements.txt
+	bench/out/venv/bin/python -m pip install --quiet -e '.[$(EXTRAS)]' -r bench/requirements.txt
 	bench/out/venv/bin/python -m bench $(BENCH_ARGS)
 
 # the demo's database goes with its log: `--costs` then still sums what `llm-ledger report logs` does

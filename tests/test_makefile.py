@@ -83,7 +83,7 @@ def test_a_venv_left_without_pip_by_an_interrupted_set_up_is_made_again(
     result = _make(clone, python, f"{venv}/.installed")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"venv -m venv --clear {venv}" in log.read_text()
-    assert "pip -m pip install --quiet -e .[dev" in log.read_text()
+    assert "pip -m pip install --quiet -e .[pytest,prometheus,otel] --group dev" in log.read_text()
 
 
 def test_a_moved_clone_gets_a_venv_of_its_own(clone: Path, tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_a_moved_clone_gets_a_venv_of_its_own(clone: Path, tmp_path: Path) -> No
     result = _make(moved, python)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f".venv was made in {clone}: recreating it" in result.stdout
-    assert "pip -m pip install --quiet -e .[dev]" in log.read_text()
+    assert "pip -m pip install --quiet -e .[pytest,prometheus,otel] --group dev" in log.read_text()
     assert (moved / ".venv/.installed").read_text().strip() == str(moved)
 
 

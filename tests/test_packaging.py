@@ -25,13 +25,24 @@ def _name(requirement: str) -> str:
 
 
 def test_a_production_install_needs_no_vcrpy_nor_pytest() -> None:
-    """vcrpy and pytest are in the pytest extra, not in the dependencies; dev installs that extra. The
-    extra brings pytest-asyncio too: the README's CI test is an asyncio test."""
+    """vcrpy and pytest are in the pytest extra, not in the dependencies. The extra brings
+    pytest-asyncio too: the README's CI test is an asyncio test."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert {"vcrpy", "pytest"}.isdisjoint(_name(d) for d in project["dependencies"])
     extras = project["optional-dependencies"]
     assert {"vcrpy", "pytest", "pytest-asyncio"} <= {_name(d) for d in extras["pytest"]}
-    assert any(_name(d) == "llm-ledger" and "pytest" in d.split("[")[1] for d in extras["dev"] if "[" in d)
+
+
+def test_only_the_extras_users_install_ship_and_the_makefile_installs_them_all() -> None:
+    """The tools and libraries only the suite needs are dependency groups, which stay out of the
+    wheel's metadata (`pip install llm-ledger[dev]` offers nothing); `make` installs every extra
+    beside the dev group, so the suite runs what users install."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = set(pyproject["project"]["optional-dependencies"])
+    assert extras == {"pytest", "prometheus", "otel"}
+    assert {"dev", "compat-openai1", "compat-openai2", "compat-openai3"} <= set(pyproject["dependency-groups"])
+    made = re.search(r"^EXTRAS := (.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert made is not None and set(made.group(1).split(",")) == extras
 
 
 def test_importing_the_package_loads_no_asyncio_nor_price_data() -> None:
