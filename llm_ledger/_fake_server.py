@@ -80,7 +80,7 @@ _HEADERS: dict[str, Any] = {
         "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "every-chunk",
     ),
     "transfer": ("close",),
-    "line-ending": ("crlf",),
+    "line-ending": ("crlf", "cr"),
     "finish": ("content_filter",),
     "encoding": ("gzip", "br", "zstd"),
 }  # fmt: skip
@@ -865,8 +865,9 @@ class _Handler(BaseHTTPRequestHandler):
             framing = {"connection": "close"} if close_delimited else {"transfer-encoding": "chunked"}
             self._send_head(200, {"cache-control": "no-cache", **framing}, "text/event-stream; charset=utf-8")
             events = [*map(_sse, reply.events), *([b"data: [DONE]\n\n"] if reply.done else [])]
-            if headers.get("x-fake-line-ending") == "crlf":  # as some proxies send them
-                events = [event.replace(b"\n", b"\r\n") for event in events]
+            ending = {"crlf": b"\r\n", "cr": b"\r"}.get(headers.get("x-fake-line-ending", ""))
+            if ending:  # as some proxies send them
+                events = [event.replace(b"\n", ending) for event in events]
 
             def write(data: bytes) -> None:
                 self.wfile.write(data if close_delimited else b"%x\r\n%s\r\n" % (len(data), data))

@@ -96,15 +96,12 @@ def _begin(
         # (only the SDK's parsed chunks can hide the extra usage chunk) or said include_usage: False
         hide_usage = False
         if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw in (None, "true"):
-            stream_options = body.get("stream_options")
-            said = stream_options.get("include_usage") if isinstance(stream_options, Mapping) else None
-            if said is None and (sent is body or "stream_options" not in extra):  # extra's go over ours
-                ours = {
-                    **(stream_options if isinstance(stream_options, Mapping) else {}),
-                    "include_usage": True,
-                }
+            given = body.get("stream_options")
+            given = given if isinstance(given, Mapping) else {}
+            # stream_options in extra_body would go over ours: theirs stand
+            if given.get("include_usage") is None and (sent is body or "stream_options" not in extra):
                 options = options.model_copy()
-                options.json_data = {**body, "stream_options": ours}
+                options.json_data = {**body, "stream_options": {**given, "include_usage": True}}
                 hide_usage = True
     except Exception as exc:
         monitor._report("reading the request", exc)

@@ -561,12 +561,11 @@ class LLMCallMonitor:
         """Emit a lens run's record; with anomaly detection on, it is judged before any sink may
         change it, and its anomalies follow it."""
         detector = self.anomalies
+        metrics = () if detector is None else detector.config.metrics
+        record = lens_record(context=context, summary=summary, end_epoch=end_epoch, anomaly_metrics=metrics)
         if detector is None:
-            self._emit(lens_record(context=context, summary=summary, end_epoch=end_epoch))
+            self._emit(record)
             return
-        record = lens_record(
-            context=context, summary=summary, end_epoch=end_epoch, anomaly_metrics=detector.config.metrics
-        )
         try:
             found = detector.observe(record)
         except Exception as exc:

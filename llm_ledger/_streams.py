@@ -431,6 +431,7 @@ class _Body:
         self.sse = sse
         self.content_type = headers.get("content-type") or ""
         self.buffer = bytearray()
+        self.after_cr = False  # the last piece ended with CR: an LF starting the next ends that line
         self.data: list[bytes | bytearray] = []
         self.parts: list[bytes] | None = []
         self.decoders: list[Any] = []
@@ -462,6 +463,11 @@ class _Body:
         return True
 
     def _lines(self, data: bytes) -> None:
+        if self.after_cr or b"\r" in data:  # SSE lines end with CR, LF or CRLF: all read as LF
+            if self.after_cr and data.startswith(b"\n"):
+                data = data[1:]  # the LF of a CRLF split between two pieces
+            self.after_cr = data.endswith(b"\r")
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self.buffer
         buffer += data  # in place: a long event read in many pieces is copied once, not at each piece
         if b"\n" not in data:
@@ -472,8 +478,6 @@ class _Body:
             self._line(line)
 
     def _line(self, line: bytes | bytearray) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
         if line.startswith(b"data:"):
             value = line[5:]
             self.data.append(value[1:] if value.startswith(b" ") else value)

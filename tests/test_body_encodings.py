@@ -1,5 +1,5 @@
-"""Bodies the caller reads itself (``with_streaming_response``), compressed or with CRLF line endings
-as a server may send them.
+"""Bodies the caller reads itself (``with_streaming_response``), compressed or with CRLF or CR line
+endings as a server may send them.
 
 The fake server compresses its answer with ``x-fake-encoding`` when the SDK's Accept-Encoding offers
 that encoding (the HTTP library offers ``br`` with brotli installed and ``zstd`` with its zstd module).
@@ -14,8 +14,10 @@ from typing import Any
 import openai
 import pytest
 
+from llm_ledger import LLMCallMonitor
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.test_ledger_paths import CHAT, CHAT_STREAM, RESPONSES, _drain, _enter, _essentials, _exit, _maybe
+from tests.test_ledger_streams import _ANSWER, MESSAGES, _chunk, _scripted_client, _usage
 
 BODIES: dict[str, tuple[str, dict[str, Any]]] = {
     "chat": ("chat", CHAT),
@@ -105,20 +107,43 @@ async def _streamed(c: Any, body: str, how: str, headers: dict[str, str]) -> str
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("ending", ["crlf", "cr"])
 @pytest.mark.parametrize("how", ["create", "parse", "iter_bytes"])
 @pytest.mark.parametrize("body", ["chat stream", "responses stream"])
-async def test_a_stream_with_crlf_line_endings_is_recorded_as_with_lf(
-    body: str, how: str, fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
+async def test_a_stream_with_crlf_or_cr_line_endings_is_recorded_as_with_lf(
+    body: str, how: str, ending: str, fake_openai: FakeOpenAI, client: openai.OpenAI, records: Captured
 ) -> None:
-    """A stream whose lines end with CRLF (as some proxies and compatible servers send them), from
-    create() or read through with_streaming_response, is recorded as the same stream with LF endings,
-    and the caller gets exactly what the bare SDK gets."""
-    crlf = {"x-fake-line-ending": "crlf"}
-    got = await _streamed(client, body, how, crlf)
+    """A stream whose lines end with CRLF or a bare CR (SSE allows both; some proxies and compatible
+    servers send them), from create() or read through with_streaming_response, is recorded as the
+    same stream with LF endings, and the caller gets exactly what the bare SDK gets."""
+    headers = {"x-fake-line-ending": ending}
+    got = await _streamed(client, body, how, headers)
     await _streamed(client, body, how, {})
     with openai.OpenAI(api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0) as bare:
-        assert got == await _streamed(bare, body, how, crlf)
-    assert ("\r\n" in got) is (how == "iter_bytes")  # the bytes the caller read did end lines with CRLF
+        assert got == await _streamed(bare, body, how, headers)
+    # the bytes the caller read did end lines so
+    assert ({"crlf": "\r\n", "cr": "\r"}[ending] in got) is (how == "iter_bytes")
     watched, expected = records.calls
     assert _essentials(watched) == _essentials(expected)
     assert watched["status"] == "ok" and watched["usage"]["total_tokens"] > 0
+
+
+def test_a_crlf_split_between_two_reads_ends_one_line(monitor: LLMCallMonitor, records: Captured) -> None:
+    """A CRLF whose CR and LF come in two network reads ends one line, not two: an event whose data
+    spans two lines is read whole, and the stream read through with_streaming_response is recorded as
+    the same stream with LF endings."""
+    chunks = [*_ANSWER, _chunk([], _usage(8))]
+
+    def body(end: bytes) -> bytes:  # each event's JSON split over two data lines
+        events = [b"data: {" + end + b"data: " + json.dumps(c).encode()[1:] + end + end for c in chunks]
+        return b"".join(events) + b"data: [DONE]" + end + end
+
+    lines = body(b"\r\n").split(b"\n")  # every read but the first starts with the LF of a CRLF
+    for reads in ([body(b"\n")], [lines[0], *(b"\n" + line for line in lines[1:])]):
+        with monitor.instrument(_scripted_client(reads)) as client:
+            request: Any = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+            with client.chat.completions.with_streaming_response.create(**request) as response:
+                assert [c.to_dict().get("usage") for c in response.parse()][-1] == _usage(8)
+    lf, split = records.calls
+    assert _essentials(split) == _essentials(lf)
+    assert split["status"] == "ok" and split["usage"]["total_tokens"] == 18
