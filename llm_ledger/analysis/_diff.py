@@ -408,12 +408,17 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
             reason, why = "unchecked", cut["base"]
         else:
             reason = "grew"
-        out.append(
-            {"scope": scope, "lens": name, "reason": reason, "metric": metric, "base": m["base"],
-             "head": m["head"], "pct": m["pct"], "cost_gaps": why}
-            | ({"renamed_from": row["renamed_from"]} if row.get("renamed_from") is not None else {})
-        )  # fmt: skip
+        renamed = {"renamed_from": row["renamed_from"]} if row.get("renamed_from") is not None else {}
+        out.append(_increase(scope, name, reason, metric, m, why) | renamed)
     return out
+
+
+def _increase(
+    scope: str, lens: str | None, reason: str, metric: str, m: dict[str, Any], why: str | None
+) -> dict[str, Any]:
+    """One entry of :func:`increases`, from the metric's figures ``m`` in the diff."""
+    return {"scope": scope, "lens": lens, "reason": reason, "metric": metric, "base": m["base"],
+            "head": m["head"], "pct": m["pct"], "cost_gaps": why}  # fmt: skip
 
 
 def _cut_short(row: dict[str, Any]) -> dict[str, str]:
@@ -452,10 +457,7 @@ def _run(args: argparse.Namespace) -> int:
             m = diff["total"]["metrics"]["cost_usd"]
             why = f"head: its run stopped early: pytest exit status {cut} ({_STOPPED[cut]})"
             diff["increases"] = [i for i in diff["increases"] if i["scope"] != "total"]
-            diff["increases"].append(
-                {"scope": "total", "lens": None, "reason": "unchecked", "metric": "cost_usd",
-                 "base": m["base"], "head": m["head"], "pct": m["pct"], "cost_gaps": why}
-            )  # fmt: skip
+            diff["increases"].append(_increase("total", None, "unchecked", "cost_usd", m, why))
         if stopped in _STOPPED:  # a warning that names no lens or test: the same in both
             flag = (
                 f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a "
