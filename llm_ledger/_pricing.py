@@ -314,12 +314,9 @@ class Route:
                     entry = other
             if entry is None:
                 return None
-        if (
-            min(cached_tokens, written, heard, spoken, completion_tokens) < 0
-            or cached_tokens + written > prompt_tokens
-            or heard > prompt_tokens
-            or spoken > completion_tokens
-        ):
+        # every count is >= 0 already: cost() checks its keywords, the monitor's and reprice's counts are
+        # checked where they are read (_extract.usage_of, usage_row, load_report)
+        if cached_tokens + written > prompt_tokens or heard > prompt_tokens or spoken > completion_tokens:
             raise ValueError(
                 "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, "
                 "prompt_audio_tokens <= prompt_tokens and completion_audio_tokens <= completion_tokens, "
