@@ -477,8 +477,7 @@ class PriceTable:
 
     def _timed_entry(self, model: str, provider: str | None) -> _Entry | None:
         """``model``'s prices at ``provider`` when they depend on the time of day, else None."""
-        route = self.route(provider=provider)
-        entry = None if route._flat is not None else route._entry(model)
+        entry = self.route(provider=provider)._entry(model)  # a provider's route: never a host's flat rate
         return entry if entry is not None and entry.by_time else None
 
     def priced_at(self, model: str, at: datetime, *, provider: str | None = None) -> datetime:
