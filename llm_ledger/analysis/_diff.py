@@ -290,9 +290,9 @@ def diff_reports(
     ``base`` None stands for a missing base report: every lens is new, and a flag says why. The flags
     come twice: ``flags`` names lenses and tests as Markdown code spans, ``flags_text`` in plain text.
     """
-    flags = list(_report_flags(base, head, (base_path, head_path)))
     has_base = base is not None
     base = base if base is not None else {"lenses": {}, "total": {}, "usage": []}
+    flags = list(_report_flags(base, head, (base_path, head_path), has_base))
     reports = base, head
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
     lenses = {
@@ -319,16 +319,15 @@ def diff_reports(
 
 
 def _report_flags(
-    base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str]
+    base: dict[str, Any], head: dict[str, Any], paths: tuple[str, str], has_base: bool
 ) -> Iterator[Flag]:
-    """What makes the diff of two reports (``base`` None: missing) untrustworthy."""
+    """What makes the diff of two reports untrustworthy (``base`` empty when ``has_base`` is false)."""
     base_path, head_path = paths
-    if base is None:
+    if not has_base:
         yield Flag(
             f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
             "llm-ledger yet, or its test run wrote no report)"
         )
-        base = {"lenses": {}, "total": {}, "usage": []}
     else:
         yield from _flags("base", base_path, base)
     yield from _flags("head", head_path, head)
