@@ -14,6 +14,7 @@ import yaml
 from llm_ledger._errors import PriceFileError
 from llm_ledger._rates import (
     MAX_RATE,
+    PRICE_FILE_SOURCE,
     RATE_FIELDS,
     HostPrice,
     Rates,
@@ -150,13 +151,9 @@ def _rates(
     given = tuple(key for key in RATE_FIELDS if key in rates)
     return Rates(
         label,
-        rates["input"],
-        rates["output"],
-        rates.get("cached_input"),
+        source=PRICE_FILE_SOURCE,
+        **rates,  # named as Rates' fields are (RATE_FIELDS); input and output are always given
         tiers=_long_context(doc, fields, entry_path, label, given),
-        cache_write=rates.get("cache_write"),
-        input_audio=rates.get("input_audio"),
-        output_audio=rates.get("output_audio"),
         service_tiers=_service_tiers(doc, fields, entry_path, label, given),
     )
 

@@ -118,7 +118,6 @@ _DEAREST: Final = -1
 # The time of day the monitors price calls at when their price depends on it (price_time_of_day): None,
 # the moment each call started; _DEAREST, the dearest part of the day; else a second of the UTC day.
 _fixed_second: int | None = None
-_time_of_day = "now"
 
 # Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
 # 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
@@ -315,12 +314,9 @@ class Route:
                     entry = other
             if entry is None:
                 return None
-        if (
-            min(cached_tokens, written, heard, spoken, completion_tokens) < 0
-            or cached_tokens + written > prompt_tokens
-            or heard > prompt_tokens
-            or spoken > completion_tokens
-        ):
+        # every count is >= 0 already: cost() checks its keywords, the monitor's and reprice's counts are
+        # checked where they are read (_extract.usage_of, usage_row, load_report)
+        if cached_tokens + written > prompt_tokens or heard > prompt_tokens or spoken > completion_tokens:
             raise ValueError(
                 "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, "
                 "prompt_audio_tokens <= prompt_tokens and completion_audio_tokens <= completion_tokens, "
@@ -481,8 +477,7 @@ class PriceTable:
 
     def _timed_entry(self, model: str, provider: str | None) -> _Entry | None:
         """``model``'s prices at ``provider`` when they depend on the time of day, else None."""
-        route = self.route(provider=provider)
-        entry = None if route._flat is not None else route._entry(model)
+        entry = self.route(provider=provider)._entry(model)  # a provider's route: never a host's flat rate
         return entry if entry is not None and entry.by_time else None
 
     def priced_at(self, model: str, at: datetime, *, provider: str | None = None) -> datetime:
@@ -590,7 +585,7 @@ def price_time_of_day(when: str) -> str:
     (the moment: the default, production's rule). Returns the setting it replaces, to restore it. The
     pytest plugin sets it for its session (docs/CI.md); ``price()``, ``PriceTable.cost()`` and
     ``llm-ledger reprice`` price at the ``at`` they are given, whatever it is."""
-    global _fixed_second, _time_of_day
+    global _fixed_second
     text = when.strip().lower() if isinstance(when, str) else ""
     hour_minute = _TIME_OF_DAY.fullmatch(text)
     if text == "now":
@@ -599,14 +594,15 @@ def price_time_of_day(when: str) -> str:
         second = _DEAREST
     elif hour_minute and int(hour_minute[1]) < 24 and int(hour_minute[2]) < 60:
         second = (int(hour_minute[1]) * 60 + int(hour_minute[2])) * 60
-        text = f"{int(hour_minute[1]):02}:{hour_minute[2]}"
     else:
         raise ConfigError(
             f"{when!r} is not a time of day; use dearest (the day's dearest rate), HH:MM (UTC, e.g. 13:30) "
             "or now (when each call ran)"
         )
-    previous, _fixed_second, _time_of_day = _time_of_day, second, text
-    return previous
+    previous, _fixed_second = _fixed_second, second
+    if previous is None:
+        return "now"
+    return "dearest" if previous == _DEAREST else f"{previous // 3600:02}:{previous // 60 % 60:02}"
 
 
 def _fixed_moment(entry: _Entry, moment: float) -> float:

@@ -367,12 +367,14 @@ class Document:
         maximum: Decimal,
         minimum: Decimal = Decimal(0),
         whole: bool = False,
+        examples: str = "90, 0.5, 1e-3",
     ) -> Decimal:
-        """A finite number from ``minimum`` (0) to ``maximum`` (a whole one if ``whole``), read exactly."""
+        """A finite number from ``minimum`` (0) to ``maximum`` (a whole one if ``whole``), read exactly;
+        ``examples`` are the numbers the error for YAML 1.1's other bases suggests."""
         self.check_tag(node, key_path)
         value: Decimal | None = None
         if isinstance(node, yaml.ScalarNode):
-            self._refuse_other_bases(node, key_path)
+            self._refuse_other_bases(node, key_path, examples)
             if node.tag == _INT:
                 try:
                     value = Decimal(self._constructor.construct_yaml_int(node))
@@ -414,10 +416,10 @@ class Document:
         """A number as :meth:`number` reads it, written as an integer (``200``, not ``200.0``, ``2e2`` or
         ``!!float 200``): for a code or a version, where another spelling is a hand edit gone wrong, not
         a count someone wrote as ``1e3``. From ``minimum`` (0) to ``maximum`` (unbounded if None)."""
-        if isinstance(node, yaml.ScalarNode):  # its hint shows integers: 0.5 or 1e-3 is refused here
-            self._refuse_other_bases(node, key_path, "1, 200")
         top = Decimal("Infinity") if maximum is None else Decimal(maximum)
-        value = self.number(node, key_path, expected, minimum=Decimal(minimum), maximum=top, whole=True)
+        value = self.number(  # its examples are integers: 0.5 or 1e-3 is refused here
+            node, key_path, expected, minimum=Decimal(minimum), maximum=top, whole=True, examples="1, 200"
+        )
         if node.tag != _INT:
             raise self.error(
                 node,
@@ -427,9 +429,7 @@ class Document:
             )
         return int(value)
 
-    def _refuse_other_bases(
-        self, node: yaml.ScalarNode, key_path: str, examples: str = "90, 0.5, 1e-3"
-    ) -> None:
+    def _refuse_other_bases(self, node: yaml.ScalarNode, key_path: str, examples: str) -> None:
         """YAML 1.1 reads ``1:30`` as 90 (base 60), ``0x10`` as 16, ``010`` as 8 (octal), ``0b11`` as 3;
         YAML 1.2 tools read some of them otherwise, and a reader of the file none as that number: an
         error naming what YAML 1.1 makes of it, so that a limit or a price is only ever what it reads as."""

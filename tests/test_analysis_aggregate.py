@@ -192,6 +192,20 @@ def test_render_and_render_diff_refuse_an_unknown_format_naming_the_valid_ones(l
         render_diff({}, "html")
 
 
+@pytest.mark.parametrize("fmt", ["html", "markdown"])
+def test_reprice_and_anomalies_output_refuse_a_format_they_do_not_write(fmt: str) -> None:
+    """The renderers behind ``reprice`` and ``anomalies`` refuse a format they do not write (anomalies
+    has no Markdown table) in the wording of ``render()``, instead of writing a text table for it."""
+    from llm_ledger.analysis._render import render_anomalies, render_reprice
+    from llm_ledger.analysis._reprice import Reprice
+
+    if fmt == "html":
+        with pytest.raises(ConfigError, match=r"^unknown format 'html'; choose one of text, markdown, json$"):
+            render_reprice(Reprice("log.jsonl", {}, None, None), fmt)
+    with pytest.raises(ConfigError, match=rf"^unknown format '{fmt}'; choose one of text, json$"):
+        render_anomalies([], fmt)
+
+
 @pytest.mark.parametrize("command", ["report", "diff"])
 def test_the_cli_refuses_an_unknown_format_as_argparse_does(
     command: str, log: Path, capsys: pytest.CaptureFixture[str]

@@ -11,7 +11,7 @@ from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
 from .._cli import add_command
 from .._records import LENS_EVENT, AnomalyRecord
 from ._read import LogReader, warn_unread
-from ._render import render_anomalies
+from ._render import ANOMALY_FORMATS, render_anomalies
 
 __all__ = ["register", "replay", "run"]
 
@@ -30,7 +30,7 @@ def register(subparsers: Any, summary: str) -> None:
         "anomalies",
         summary,
         run,
-        formats=("text", "json"),
+        formats=ANOMALY_FORMATS,
         logs=True,
         description=(
             "Replay the lens runs of llm-ledger logs in time order through the anomaly detector and list "

@@ -290,9 +290,9 @@ def diff_reports(
     ``base`` None stands for a missing base report: every lens is new, and a flag says why. The flags
     come twice: ``flags`` names lenses and tests as Markdown code spans, ``flags_text`` in plain text.
     """
-    flags = list(_report_flags(base, head, (base_path, head_path)))
     has_base = base is not None
     base = base if base is not None else {"lenses": {}, "total": {}, "usage": []}
+    flags = list(_report_flags(base, head, (base_path, head_path), has_base))
     reports = base, head
     names = sorted(set(base["lenses"]) | set(head["lenses"]))
     lenses = {
@@ -319,16 +319,15 @@ def diff_reports(
 
 
 def _report_flags(
-    base: dict[str, Any] | None, head: dict[str, Any], paths: tuple[str, str]
+    base: dict[str, Any], head: dict[str, Any], paths: tuple[str, str], has_base: bool
 ) -> Iterator[Flag]:
-    """What makes the diff of two reports (``base`` None: missing) untrustworthy."""
+    """What makes the diff of two reports untrustworthy (``base`` empty when ``has_base`` is false)."""
     base_path, head_path = paths
-    if base is None:
+    if not has_base:
         yield Flag(
             f"no base report at {base_path}: every lens is shown as new (the base branch may not run "
             "llm-ledger yet, or its test run wrote no report)"
         )
-        base = {"lenses": {}, "total": {}, "usage": []}
     else:
         yield from _flags("base", base_path, base)
     yield from _flags("head", head_path, head)
@@ -408,12 +407,17 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
             reason, why = "unchecked", cut["base"]
         else:
             reason = "grew"
-        out.append(
-            {"scope": scope, "lens": name, "reason": reason, "metric": metric, "base": m["base"],
-             "head": m["head"], "pct": m["pct"], "cost_gaps": why}
-            | ({"renamed_from": row["renamed_from"]} if row.get("renamed_from") is not None else {})
-        )  # fmt: skip
+        renamed = {"renamed_from": row["renamed_from"]} if row.get("renamed_from") is not None else {}
+        out.append(_increase(scope, name, reason, metric, m, why) | renamed)
     return out
+
+
+def _increase(
+    scope: str, lens: str | None, reason: str, metric: str, m: dict[str, Any], why: str | None
+) -> dict[str, Any]:
+    """One entry of :func:`increases`, from the metric's figures ``m`` in the diff."""
+    return {"scope": scope, "lens": lens, "reason": reason, "metric": metric, "base": m["base"],
+            "head": m["head"], "pct": m["pct"], "cost_gaps": why}  # fmt: skip
 
 
 def _cut_short(row: dict[str, Any]) -> dict[str, str]:
@@ -452,10 +456,7 @@ def _run(args: argparse.Namespace) -> int:
             m = diff["total"]["metrics"]["cost_usd"]
             why = f"head: its run stopped early: pytest exit status {cut} ({_STOPPED[cut]})"
             diff["increases"] = [i for i in diff["increases"] if i["scope"] != "total"]
-            diff["increases"].append(
-                {"scope": "total", "lens": None, "reason": "unchecked", "metric": "cost_usd",
-                 "base": m["base"], "head": m["head"], "pct": m["pct"], "cost_gaps": why}
-            )  # fmt: skip
+            diff["increases"].append(_increase("total", None, "unchecked", "cost_usd", m, why))
         if stopped in _STOPPED:  # a warning that names no lens or test: the same in both
             flag = (
                 f"the base run ({args.base}) stopped early, so --fail-on-increase compared nothing: a "

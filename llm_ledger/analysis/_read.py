@@ -320,8 +320,7 @@ class LogReader:
                 number = offset = 0
                 source = copies.get(key)  # a plain file whose lines this .gz may copy
                 try:
-                    for line in _lines(stream):
-                        number += 1
+                    for number, line in enumerate(_lines(stream), 1):
                         stats.lines = number
                         if source is not None:  # a line the plain file has at the same offset: read there
                             if line is not None and os.pread(source.fileno(), len(line), offset) == line:

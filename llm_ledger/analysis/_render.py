@@ -16,9 +16,14 @@ from ._aggregate import CostReport, CostRow, as_text
 if TYPE_CHECKING:
     from ._reprice import Reprice, Row
 
-__all__ = ["FORMATS", "render", "render_anomalies", "render_reprice", "strict_json", "unknown_format"]
+__all__ = [
+    "ANOMALY_FORMATS", "FORMATS", "REPRICE_FORMATS", "check_format", "render", "render_anomalies",
+    "render_reprice", "strict_json",
+]  # fmt: skip
 
 FORMATS: Final = ("text", "json", "markdown")
+REPRICE_FORMATS: Final = ("text", "markdown", "json")
+ANOMALY_FORMATS: Final = ("text", "json")
 _HEADERS: Final = (
     "lens runs", "calls", "errors", "prompt tokens", "completion tokens", "total tokens", "cost (USD)",
     "avg ms",
@@ -102,17 +107,17 @@ def _footer(report: CostReport) -> list[str]:
     return lines
 
 
-def unknown_format(fmt: str, formats: tuple[str, ...]) -> ConfigError:
-    """The error for a format a renderer does not write (one wording for every renderer)."""
-    return ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(formats)}")
+def check_format(fmt: str, formats: tuple[str, ...]) -> None:
+    """Refuse a format a renderer does not write, in one wording for every renderer."""
+    if fmt not in formats:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(formats)}")
 
 
 def render(report: CostReport, fmt: str = "text") -> str:
     """The report as ``text``, ``markdown`` or ``json``."""
+    check_format(fmt, FORMATS)
     if fmt == "json":
         return strict_json(report.to_json()) + "\n"
-    if fmt not in FORMATS:
-        raise unknown_format(fmt, FORMATS)
     by = report.query.by
     headers = [*by, *_HEADERS]
     rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
@@ -138,6 +143,7 @@ def _reprice_cells(row: Row) -> list[str]:
 
 def render_reprice(result: Reprice, fmt: str = "text") -> str:
     """The before/after table (``text`` or ``markdown``) or the JSON document."""
+    check_format(fmt, REPRICE_FORMATS)
     if fmt == "json":
         return strict_json(result.to_json()) + "\n"
     changes = [f"{old} -> {new}" for old, new in result.models.items()]
@@ -180,6 +186,8 @@ def _anomaly_figure(metric: str, value: float) -> str:
 
 
 def render_anomalies(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
+    """The anomalies as a ``text`` table or the JSON document."""
+    check_format(fmt, ANOMALY_FORMATS)
     if fmt == "json":
         return strict_json({"anomalies": anomalies}) + "\n"
     if not anomalies:

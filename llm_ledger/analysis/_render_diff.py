@@ -11,7 +11,7 @@ from typing import Any, Final, NamedTuple
 
 from .._table import NO_FIGURE, markdown_table, notes, one_line, percent, text_table, usd
 from ..loading import listed, printable
-from ._render import strict_json, unknown_format
+from ._render import check_format, strict_json
 from ._usage import NO_ANSWER, failed_calls
 
 __all__ = [
@@ -329,10 +329,7 @@ def _text(diff: dict[str, Any]) -> str:
 
 def render(diff: dict[str, Any], fmt: str = "markdown") -> str:
     """The diff as ``markdown``, ``text`` or ``json``."""
+    check_format(fmt, FORMATS)
     if fmt == "json":
         return strict_json(diff) + "\n"
-    if fmt == "text":
-        return printable(_text(diff))
-    if fmt == "markdown":
-        return printable(_markdown(diff))
-    raise unknown_format(fmt, FORMATS)
+    return printable(_text(diff) if fmt == "text" else _markdown(diff))

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, cast
 
 from .._cli import add_command
 from .._errors import ConfigError
@@ -32,12 +32,10 @@ from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from ..loading import did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
-from ._render import render_reprice
+from ._render import REPRICE_FORMATS, render_reprice
 from ._usage import COUNTS, NO_LENS, UsageRow, _epoch, recorded_name, usage_row
 
-__all__ = ["FORMATS", "Reprice", "read_usage", "register", "reprice"]
-
-FORMATS: Final = ("text", "markdown", "json")
+__all__ = ["Reprice", "read_usage", "register", "reprice"]
 
 
 @dataclass(slots=True)
@@ -311,7 +309,7 @@ def register(subparsers: Any, summary: str) -> None:
         "reprice",
         summary,
         run,
-        formats=FORMATS,
+        formats=REPRICE_FORMATS,
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         epilog="exit status: 0 repriced, 2 bad input (an unknown model or provider names the close matches)",
     )

@@ -116,15 +116,13 @@ class UsageRow:
         """The UTC minute the call was priced at (ISO) when its price depends on the time of day, else "":
         a report's rows do not change with the minute a run was made in unless repricing needs it. That
         minute is the call's start, or the time of day a test session fixed (``price_time_of_day``)."""
-        timed = [
-            name
-            for name in (self.served_model, self.model)  # the monitor prices the served model first
-            if name and _prices().priced_by_time(name, provider=self.provider)
-        ]
-        if self.at is None or not timed:
+        if self.at is None:
             return ""
         started = datetime.fromtimestamp(self.at // 60 * 60, UTC)
-        return _prices().priced_at(timed[0], started, provider=self.provider).isoformat()
+        for name in (self.served_model, self.model):  # the monitor prices the served model first
+            if name and _prices().priced_by_time(name, provider=self.provider):
+                return _prices().priced_at(name, started, provider=self.provider).isoformat()
+        return ""
 
 
 def usage_row(record: Mapping[str, Any]) -> UsageRow:
