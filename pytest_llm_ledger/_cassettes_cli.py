@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             print(done.stdout[-2000:] + done.stderr[-2000:], file=sys.stderr)
             print(
                 f"llm-ledger cassettes: error: pytest could not collect the tests (exit {done.returncode}); "
-                "run `pytest --collect-only` to see why",
+                "its output above says why",
                 file=sys.stderr,
             )
             return 2
