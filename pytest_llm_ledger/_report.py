@@ -601,8 +601,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
 def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
     """The line saying which models' calls were priced at the time of day ``setting`` fixes (``dearest``
     or ``HH:MM``: ``price_time_of_day``) rather than when they ran, each with the time its usage rows
-    say; None when no call's price depends on the time of day, or ``setting`` is ``now``."""
-    setting = setting.strip().lower()
+    say; None when no call's price depends on the time of day, or ``setting`` is ``now`` (the plugin
+    passes it trimmed and in lower case)."""
     # a usage key: node id, then USAGE_KEYS; "at" is set only for a price by the time of day, and then
     # the calls have a model
     model, served, at = (1 + USAGE_KEYS.index(name) for name in ("model", "served_model", "at"))

@@ -252,7 +252,7 @@ class _LedgerState:
     def __init__(self, config: pytest.Config) -> None:
         modes = {mode: mode for mode in RECORD_MODES}
         self.mode = str(
-            _setting(config, "llm_record_mode", modes, f"a record mode; use one of {', '.join(modes)}")
+            _choice(config, "llm_record_mode", modes, f"a record mode; use one of {', '.join(modes)}")
         )
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.location = _location_options(config)
@@ -262,9 +262,9 @@ class _LedgerState:
         self.block_network = _switch(config, "llm_block_network")
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
-        flag = config.getoption("llm_time_of_day", None)
-        self.time_of_day = str(flag or config.getini("llm_time_of_day"))
-        self.where_time_of_day = "--llm-time-of-day" if flag else _ini_source(config, "llm_time_of_day")
+        when, source = _setting(config, "llm_time_of_day")
+        self.time_of_day = str(when).strip().lower()
+        self.where_time_of_day = source or f"ini llm_time_of_day in {config.inipath or 'the ini file'}"
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -390,28 +390,28 @@ class _LedgerState:
         return message
 
 
-def _setting(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
-    """A flag when given, else its ini twin's value in ``choices``: a usage error saying ``what`` it
-    should be when it is none of them."""
+def _setting(config: pytest.Config, ini: str, dest: str = "") -> tuple[Any, str | None]:
+    """A setting's value and, for messages, where it came from: its flag when given (``--llm-x``, which
+    wins), ``-o ini=VALUE``, or None for the ini file (its value or the default)."""
     if flag := config.getoption(dest or ini, None):
-        return flag
-    raw = str(config.getini(ini))
-    if (value := choices.get(raw.strip().lower())) is None:
-        if _override(config, ini) is None:
-            raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
-        raise pytest.UsageError(f"{_ini_source(config, ini)}: {raw!r} is not {what}")
-    return value
+        return flag, "--" + ini.replace("_", "-")
+    override = _override(config, ini)
+    return config.getini(ini), None if override is None else shlex.join(["-o", f"{ini}={override}"])
 
 
-def _ini_source(config: pytest.Config, ini: str) -> str:
-    """Where an ini setting's value came from, for messages: ``-o ini=VALUE`` or the ini file."""
-    if (value := _override(config, ini)) is not None:
-        return shlex.join(["-o", f"{ini}={value}"])
-    return f"ini {ini} in {config.inipath or 'the ini file'}"
+def _choice(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
+    """A setting's value in ``choices`` (a flag's always is one): a usage error saying ``what`` it should
+    be when it is none of them."""
+    raw, source = _setting(config, ini, dest)
+    if (value := choices.get(str(raw).strip().lower())) is not None:
+        return value
+    if source is None:
+        raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
+    raise pytest.UsageError(f"{source}: {raw!r} is not {what}")
 
 
 def _switch(config: pytest.Config, ini: str, dest: str = "") -> bool:
-    return bool(_setting(config, ini, BOOLEAN_WORDS, "a boolean; use true or false", dest))
+    return bool(_choice(config, ini, BOOLEAN_WORDS, "a boolean; use true or false", dest))
 
 
 def _override(config: pytest.Config, ini: str) -> str | None:
