@@ -499,7 +499,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _active.append(state)
     add_global_sink(state.sink)
     if state.guard is not None:
-        # now, not at the first test: a test that imports openai in its body is guarded too
+        # now, not at the first test, and with --collect-only too: a test module that imports openai and
+        # calls it at collection, and a test that imports it in its body, are guarded
         state.guard.install(load=True)
     if not state.is_worker:
         config.pluginmanager.register(_ControllerHooks(state), "llm_ledger_controller")
