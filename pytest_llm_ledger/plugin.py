@@ -273,7 +273,8 @@ class _LedgerState:
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
-        self.report_written = False  # --llm-report's file
+        self.report_path: Path | None = None  # where --llm-report writes (not on an xdist worker)
+        self.report_written = False
         self._lock = threading.Lock()
         self.current: LedgerRecords | None = None
         self._starts = Starts(SESSION_BUCKET)  # which test each record counts in
@@ -485,7 +486,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
     if not state.is_worker:
         _refuse_paths_taken_for_tests(config)
-        _report_path(config)  # a path that cannot be written fails now, not after the whole run
+        state.report_path = _report_path(config)  # a path that cannot be written fails now, not after the run
     try:  # replayed calls priced by the time of day cost the same at any hour (docs/CI.md)
         state.previous_time_of_day = price_time_of_day(state.time_of_day)
     except ConfigError as exc:
@@ -839,8 +840,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    path = _report_path(session.config)
-    if path is not None:
+    if (path := state.report_path) is not None:
         # the status the run ends with: a breach or a strict notice fails a run whose tests passed
         report = json.dumps(state.ledger.report(exit_status=int(session.exitstatus)), indent=2) + "\n"
         try:
