@@ -731,8 +731,8 @@ def _ledger_error(exc: BaseException) -> BaseException | None:
 @pytest.fixture(autouse=True)
 def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
-    item = request.node
-    marker = item.get_closest_marker("llm") if isinstance(item, pytest.Item) else None
+    item: pytest.Item = request.node  # a function-scoped fixture's node is always the test item
+    marker = item.get_closest_marker("llm")
     if marker is None or marker.kwargs.get("live") is True:
         yield
         return
