@@ -929,14 +929,7 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     narrowed = option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False)
     if narrowed or config.args_source == pytest.Config.ArgsSource.ARGS:
         return []
-    orphans = orphan_cassettes(
-        state.cassette_dir,
-        state.ledger.cassettes,
-        config.getini("llm_cassette_keep"),
-        selected_folders(config, state.cassette_dir),
-        project_dir(config),
-        state.ledger.tested,
-    )
+    orphans = _orphans(state, config)
     if not orphans:
         return []
     return [
@@ -946,20 +939,28 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     ]
 
 
+def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:
+    """The cassettes no test of this collection owns, less those it cannot judge: see orphan_cassettes."""
+    return orphan_cassettes(
+        state.cassette_dir,
+        state.ledger.cassettes,
+        config.getini("llm_cassette_keep"),
+        selected_folders(config, state.cassette_dir),
+        project_dir(config),
+        state.ledger.tested,
+    )
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("llm_list_cassettes", None)
     state = session.config.stash.get(_STATE, None)
     if path and state is not None:  # for `llm-ledger cassettes`
-        folders = selected_folders(session.config, state.cassette_dir)
         listing = {
             "cassette_dir": str(state.cassette_dir),
             "location": list(state.location),
             "cassettes": sorted(state.ledger.cassettes),
             "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
-            "keep": list(session.config.getini("llm_cassette_keep")),
-            "within": None if folders is None else [str(folder) for folder in folders],
-            "project": str(project_dir(session.config)),
-            "tested": sorted(state.ledger.tested),
+            "orphans": [str(orphan) for orphan in _orphans(state, session.config)],
         }
         Path(path).write_text(json.dumps(listing), encoding="utf-8")
 
