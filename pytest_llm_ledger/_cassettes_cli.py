@@ -1,6 +1,6 @@
 """``llm-ledger cassettes``: the cassettes no test owns any more (renamed or deleted tests).
 
-Which cassettes the tests own is asked of pytest itself (a collection with the plugin, nothing run),
+Which cassettes no test owns is asked of pytest itself (a collection with the plugin, nothing run),
 so the answer follows the project's own configuration: its ini, rootdir, cassette directory and
 test selection. It also lists the cassettes that replay a 401/403 answer their test does not
 expect (one not marked ``record_auth_errors=True``: recorded before llm-ledger left such answers out).
@@ -64,13 +64,11 @@ def run(args: argparse.Namespace) -> int:
             print(done.stdout[-2000:] + done.stderr[-2000:], file=sys.stderr)
             print(
                 f"llm-ledger cassettes: error: pytest could not collect the tests (exit {done.returncode}); "
-                "run `pytest --collect-only` to see why",
+                "its output above says why",
                 file=sys.stderr,
             )
             return 2
         data = json.loads(listing.read_text(encoding="utf-8"))
-    from pytest_llm_ledger._naming import orphan_cassettes
-
     directory = Path(data["cassette_dir"])
     # a directory that is not there, or holds no cassette, checks nothing: a misspelt llm_cassette_dir
     # must not read as "no orphan cassettes" in CI
@@ -87,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     owned = data["cassettes"]
-    within = data["within"]  # the folders of the files and folders collected; None: all of it
-    folders = None if within is None else [Path(path) for path in within]
-    orphans = orphan_cassettes(directory, owned, data["keep"], folders, Path(data["project"]), data["tested"])
+    orphans = [Path(path) for path in data["orphans"]]
     never = sorted(path for path in owned if not Path(path).exists())
     print(f"{len(owned)} collected test(s) replay from cassettes under {_shown(directory)}")
     for path in never:

@@ -386,28 +386,24 @@ class SessionLedger:
         """The calls made outside any lens."""
         return Totals.sum_of(self._outside.values())
 
-    def runs_by_lens(self, *, cut_short: bool = False) -> dict[str, list[tuple[str, Totals]]]:
-        """lens key -> (node id, run totals) of each of its summarised runs, both sorted; with
-        ``cut_short``, of its runs never summarised too, counted from their ended calls."""
-        return _by_lens([*self.lens_runs, *(run for run in self._open.values() if cut_short and run[0])])
+    def runs_by_lens(self) -> dict[str, tuple[list[tuple[str, Totals]], list[tuple[str, Totals]]]]:
+        """lens key -> (node id, totals) of each of its summarised runs, and of each of its runs cut short
+        (never summarised: still open), counted from their ended calls; keys and runs sorted."""
+        summarised, cut = _by_lens(self.lens_runs), _by_lens(run for run in self._open.values() if run[0])
+        return {key: (summarised.get(key, []), cut.get(key, [])) for key in sorted({*summarised, *cut})}
 
     def outside_failed_in(self) -> list[str]:
         """The node ids of the tests whose calls outside any lens failed, sorted."""
         rows = (row for key, row in self.usage.items() if key[1] == NO_LENS)
         return sorted({nodeid for row in rows for nodeid in row.tests_with_failed_calls})
 
-    def cut_short(self) -> dict[str, list[tuple[str, Totals]]]:
-        """lens key -> (node id, ended calls) of each of its runs never summarised: still open."""
-        return _by_lens(run for run in self._open.values() if run[0])
-
     def lenses(self) -> dict[str, LensRuns]:
         """lens key -> its runs, those cut short included, sorted by key."""
-        summarised, cut = self.runs_by_lens(), self.cut_short()
         out = {}
-        for key in sorted({*summarised, *cut}):
-            runs, cut_short = summarised.get(key, []) + cut.get(key, []), len(cut.get(key, []))
+        for key, (summarised, cut) in self.runs_by_lens().items():
+            runs = summarised + cut
             failed, tests = sorted({n for n, run in runs if run.errors}), sorted({n for n, _ in runs})
-            out[key] = LensRuns(len(runs), Totals.sum_of(r for _, r in runs), failed, tests, cut_short)
+            out[key] = LensRuns(len(runs), Totals.sum_of(r for _, r in runs), failed, tests, len(cut))
         return out
 
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
@@ -448,11 +444,10 @@ class SessionLedger:
     def check(self, budgets: Budgets) -> list[Breach]:
         """Every limit in ``budgets`` this session exceeds, worst run first within each limit."""
         breaches: list[Breach] = []
-        summarised, cut = self.runs_by_lens(), self.cut_short()
-        for key in sorted({*summarised, *cut}):
+        for key, (summarised, cut) in self.runs_by_lens().items():
             limits = budgets.for_lens(key)
             if limits is not None:
-                breaches.extend(_check_runs("lens", key, limits, summarised.get(key, []), cut.get(key, [])))
+                breaches.extend(_check_runs("lens", key, limits, summarised, cut))
         for nodeid, limits in sorted(budgets.tests.items()):
             if nodeid in self.tests:
                 breaches.extend(_check_runs("test", nodeid, limits, [(nodeid, self.tests[nodeid])]))
@@ -601,8 +596,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
 def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
     """The line saying which models' calls were priced at the time of day ``setting`` fixes (``dearest``
     or ``HH:MM``: ``price_time_of_day``) rather than when they ran, each with the time its usage rows
-    say; None when no call's price depends on the time of day, or ``setting`` is ``now``."""
-    setting = setting.strip().lower()
+    say; None when no call's price depends on the time of day, or ``setting`` is ``now`` (the plugin
+    passes it trimmed and in lower case)."""
     # a usage key: node id, then USAGE_KEYS; "at" is set only for a price by the time of day, and then
     # the calls have a model
     model, served, at = (1 + USAGE_KEYS.index(name) for name in ("model", "served_model", "at"))
@@ -672,7 +667,7 @@ def notices(
         )
     # fail closed: a run cut short within its limits may have gone over them after its calls that ended
     end_lenses = "end each lens inside its test (read its streams to the end or close them, join its threads)"
-    cut = ledger.cut_short()
+    cut = {key: runs for key, (_, runs) in ledger.runs_by_lens().items() if runs}
     unchecked = [
         f"{key} ({nodeid})"
         for key, runs in cut.items()
@@ -712,7 +707,9 @@ def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
     if budgets.default is not None:
         return ""
     runs = {
-        key: runs for key, runs in ledger.runs_by_lens(cut_short=True).items() if key not in budgets.lenses
+        key: summarised + cut
+        for key, (summarised, cut) in ledger.runs_by_lens().items()
+        if key not in budgets.lenses
     }
     if not runs:
         return ""

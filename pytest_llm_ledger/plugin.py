@@ -252,7 +252,7 @@ class _LedgerState:
     def __init__(self, config: pytest.Config) -> None:
         modes = {mode: mode for mode in RECORD_MODES}
         self.mode = str(
-            _setting(config, "llm_record_mode", modes, f"a record mode; use one of {', '.join(modes)}")
+            _choice(config, "llm_record_mode", modes, f"a record mode; use one of {', '.join(modes)}")
         )
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.location = _location_options(config)
@@ -262,9 +262,9 @@ class _LedgerState:
         self.block_network = _switch(config, "llm_block_network")
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
-        flag = config.getoption("llm_time_of_day", None)
-        self.time_of_day = str(flag or config.getini("llm_time_of_day"))
-        self.where_time_of_day = "--llm-time-of-day" if flag else _ini_source(config, "llm_time_of_day")
+        when, source = _setting(config, "llm_time_of_day")
+        self.time_of_day = str(when).strip().lower()
+        self.where_time_of_day = source or f"ini llm_time_of_day in {config.inipath or 'the ini file'}"
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -273,7 +273,8 @@ class _LedgerState:
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
-        self.report_written = False  # --llm-report's file
+        self.report_path: Path | None = None  # where --llm-report writes (not on an xdist worker)
+        self.report_written = False
         self._lock = threading.Lock()
         self.current: LedgerRecords | None = None
         self._starts = Starts(SESSION_BUCKET)  # which test each record counts in
@@ -390,28 +391,28 @@ class _LedgerState:
         return message
 
 
-def _setting(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
-    """A flag when given, else its ini twin's value in ``choices``: a usage error saying ``what`` it
-    should be when it is none of them."""
+def _setting(config: pytest.Config, ini: str, dest: str = "") -> tuple[Any, str | None]:
+    """A setting's value and, for messages, where it came from: its flag when given (``--llm-x``, which
+    wins), ``-o ini=VALUE``, or None for the ini file (its value or the default)."""
     if flag := config.getoption(dest or ini, None):
-        return flag
-    raw = str(config.getini(ini))
-    if (value := choices.get(raw.strip().lower())) is None:
-        if _override(config, ini) is None:
-            raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
-        raise pytest.UsageError(f"{_ini_source(config, ini)}: {raw!r} is not {what}")
-    return value
+        return flag, "--" + ini.replace("_", "-")
+    override = _override(config, ini)
+    return config.getini(ini), None if override is None else shlex.join(["-o", f"{ini}={override}"])
 
 
-def _ini_source(config: pytest.Config, ini: str) -> str:
-    """Where an ini setting's value came from, for messages: ``-o ini=VALUE`` or the ini file."""
-    if (value := _override(config, ini)) is not None:
-        return shlex.join(["-o", f"{ini}={value}"])
-    return f"ini {ini} in {config.inipath or 'the ini file'}"
+def _choice(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
+    """A setting's value in ``choices`` (a flag's always is one): a usage error saying ``what`` it should
+    be when it is none of them."""
+    raw, source = _setting(config, ini, dest)
+    if (value := choices.get(str(raw).strip().lower())) is not None:
+        return value
+    if source is None:
+        raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
+    raise pytest.UsageError(f"{source}: {raw!r} is not {what}")
 
 
 def _switch(config: pytest.Config, ini: str, dest: str = "") -> bool:
-    return bool(_setting(config, ini, BOOLEAN_WORDS, "a boolean; use true or false", dest))
+    return bool(_choice(config, ini, BOOLEAN_WORDS, "a boolean; use true or false", dest))
 
 
 def _override(config: pytest.Config, ini: str) -> str | None:
@@ -485,7 +486,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
     if not state.is_worker:
         _refuse_paths_taken_for_tests(config)
-        _report_path(config)  # a path that cannot be written fails now, not after the whole run
+        state.report_path = _report_path(config)  # a path that cannot be written fails now, not after the run
     try:  # replayed calls priced by the time of day cost the same at any hour (docs/CI.md)
         state.previous_time_of_day = price_time_of_day(state.time_of_day)
     except ConfigError as exc:
@@ -499,7 +500,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _active.append(state)
     add_global_sink(state.sink)
     if state.guard is not None:
-        # now, not at the first test: a test that imports openai in its body is guarded too
+        # now, not at the first test, and with --collect-only too: a test module that imports openai and
+        # calls it at collection, and a test that imports it in its body, are guarded
         state.guard.install(load=True)
     if not state.is_worker:
         config.pluginmanager.register(_ControllerHooks(state), "llm_ledger_controller")
@@ -729,8 +731,8 @@ def _ledger_error(exc: BaseException) -> BaseException | None:
 @pytest.fixture(autouse=True)
 def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
-    item = request.node
-    marker = item.get_closest_marker("llm") if isinstance(item, pytest.Item) else None
+    item: pytest.Item = request.node  # a function-scoped fixture's node is always the test item
+    marker = item.get_closest_marker("llm")
     if marker is None or marker.kwargs.get("live") is True:
         yield
         return
@@ -838,8 +840,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    path = _report_path(session.config)
-    if path is not None:
+    if (path := state.report_path) is not None:
         # the status the run ends with: a breach or a strict notice fails a run whose tests passed
         report = json.dumps(state.ledger.report(exit_status=int(session.exitstatus)), indent=2) + "\n"
         try:
@@ -928,14 +929,7 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     narrowed = option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False)
     if narrowed or config.args_source == pytest.Config.ArgsSource.ARGS:
         return []
-    orphans = orphan_cassettes(
-        state.cassette_dir,
-        state.ledger.cassettes,
-        config.getini("llm_cassette_keep"),
-        selected_folders(config, state.cassette_dir),
-        project_dir(config),
-        state.ledger.tested,
-    )
+    orphans = _orphans(state, config)
     if not orphans:
         return []
     return [
@@ -945,20 +939,28 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     ]
 
 
+def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:
+    """The cassettes no test of this collection owns, less those it cannot judge: see orphan_cassettes."""
+    return orphan_cassettes(
+        state.cassette_dir,
+        state.ledger.cassettes,
+        config.getini("llm_cassette_keep"),
+        selected_folders(config, state.cassette_dir),
+        project_dir(config),
+        state.ledger.tested,
+    )
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("llm_list_cassettes", None)
     state = session.config.stash.get(_STATE, None)
     if path and state is not None:  # for `llm-ledger cassettes`
-        folders = selected_folders(session.config, state.cassette_dir)
         listing = {
             "cassette_dir": str(state.cassette_dir),
             "location": list(state.location),
             "cassettes": sorted(state.ledger.cassettes),
             "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
-            "keep": list(session.config.getini("llm_cassette_keep")),
-            "within": None if folders is None else [str(folder) for folder in folders],
-            "project": str(project_dir(session.config)),
-            "tested": sorted(state.ledger.tested),
+            "orphans": [str(orphan) for orphan in _orphans(state, session.config)],
         }
         Path(path).write_text(json.dumps(listing), encoding="utf-8")
 

@@ -45,7 +45,10 @@ def test_a_failed_collection_is_an_error_naming_it_and_prunes_nothing(
     orphan = _orphan(pytester, tests)
     done = cli(capsys, "cassettes", "--prune", *pytest_args)
     assert done.returncode == 2
-    assert said in done.stderr
-    assert "llm-ledger cassettes: error: pytest could not collect the tests" in done.stderr
+    *shown, error = done.stderr.rstrip("\n").splitlines()
+    assert said in "\n".join(shown)
+    # pytest's message is just above: the error line points at it rather than at another command
+    assert error.startswith("llm-ledger cassettes: error: pytest could not collect the tests (exit ")
+    assert error.endswith("); its output above says why")
     assert "Traceback" not in done.stderr and "orphan" not in done.stdout
     assert orphan.exists()

@@ -8,7 +8,15 @@ import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import INI, no_key_fixture, run, server_fixture, write_project
+from tests.plugin_helpers import (
+    FAST_ARGS,
+    INI,
+    PLUGIN_ARGS,
+    no_key_fixture,
+    run,
+    server_fixture,
+    write_project,
+)
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (no_key_fixture, server_fixture)  # used by name
@@ -170,6 +178,21 @@ def test_a_request_outside_any_test_is_refused_unsent_and_fails_the_run(
             "leaves the machine: make the call in a test marked llm, or in a function-scoped fixture of one",
         ]
     )
+
+
+@pytest.mark.usefixtures("no_key")
+def test_a_request_at_collection_is_refused_unsent_when_only_collecting(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """--collect-only (what ``llm-ledger cassettes`` runs) imports the test modules too: an OpenAI request
+    one makes at its import is refused unsent there as well. In a new Python, as the command's is: the
+    guard must wrap httpx before a test module imports it, and this process imported it long ago."""
+    write_project(pytester, IMPORT_TIME_TESTS)
+
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, *FAST_ARGS, "--collect-only")
+
+    assert result.ret == pytest.ExitCode.OK
+    assert server.requests == []
 
 
 @pytest.mark.usefixtures("no_key")
