@@ -1021,10 +1021,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
     try:
-        while True:
+        while True:  # until Ctrl-C: the KeyboardInterrupt is main()'s exit status 130
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
-    return 0
