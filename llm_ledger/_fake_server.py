@@ -66,6 +66,8 @@ _ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
     422: ("invalid_request_error", None, "Unprocessable entity (fake)."),
     429: ("requests", "rate_limit_exceeded", "Rate limit reached (fake)."),
 }
+# a requested service tier -> the one the API answers (the SDK's ``service_tier`` docs)
+_SERVED_TIERS = {"flex": "flex", "priority": "priority", "fast": "priority", "ultrafast": "ultrafast"}
 MAX_BODY_BYTES = 64 * 2**20  # larger bodies answer 413 unread: a stray Content-Length must not eat the memory
 # the x-fake-* request headers (docs/FAKE_SERVER.md), without the prefix: int for a whole number, str
 # for any text, else the values it takes (x-fake-fault: a comma-separated list of them)
@@ -291,9 +293,10 @@ def _served_model(body: JSONDict, headers: dict[str, str]) -> str:
 
 
 def _served_tier(body: JSONDict) -> str:
-    """The ``service_tier`` of the answer: the one asked for (``flex``, ``priority``), else ``default``."""
+    """The ``service_tier`` of the answer, as the API names the tier that served the call: ``flex``,
+    ``priority`` and ``ultrafast`` as asked, ``priority`` for Fast mode (``fast``), else ``default``."""
     tier = body.get("service_tier")
-    return tier if tier in ("flex", "priority") else "default"
+    return _SERVED_TIERS.get(tier, "default") if isinstance(tier, str) else "default"
 
 
 def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
@@ -1019,10 +1022,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
     try:
-        while True:
+        while True:  # until Ctrl-C: the KeyboardInterrupt is main()'s exit status 130
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
-    return 0

@@ -63,7 +63,7 @@ class Endpoint:
     by, resolved at its first priced call and again only when the monitor's price table or the client's
     ``base_url`` changes (a reassigned ``client.base_url`` is a new URL object: one identity check)."""
 
-    __slots__ = ("_client", "_resolved", "_url_attr", "azure", "host", "port")
+    __slots__ = ("_client", "_resolved", "_url_attr", "azure")
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -72,8 +72,6 @@ class Endpoint:
         fields = getattr(client, "__dict__", {})
         self._url_attr = next((n for n in ("_configured_base_url", "_base_url") if n in fields), None)
         self.azure = any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
-        self.host: str | None = None
-        self.port: int | None = None
         self._resolved: tuple[PriceTable, Any, Route] | None = None  # the table, the URL, their route
 
     def _current_url(self) -> Any:
@@ -94,7 +92,6 @@ class Endpoint:
             base_url, (host, port) = str(url), _address(url)
         except Exception:
             base_url, host, port = "", None, None
-        self.host, self.port = host, port
         provider = detect_provider(base_url, azure=self.azure)
         route = table.route(host, port, provider=provider)
         self._resolved = (table, url, route)

@@ -144,3 +144,36 @@ def test_calls_on_flex_and_priority_are_recorded_at_their_tiers_price_and_repric
     by_tier = {row["key"]["response.service_tier"]: Decimal(repr(row["cost_usd"])) for row in rows}
     assert by_tier == costs
     assert_repriced_unchanged(log, capsys)
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_fast_mode_is_answered_and_priced_as_priority_and_ultrafast_as_itself(
+    client: openai.OpenAI, records: Captured, api: str
+) -> None:
+    """As the API answers (the SDK's ``service_tier`` docs): a call asking for ``fast`` is served, and
+    answered, as ``priority``, so its record costs the priority price; ``ultrafast`` is answered as
+    itself and costs genai-prices' ultrafast price, above the default one."""
+    for tier in ("priority", "fast"):
+        _call(client, api, tier, stream=False)
+    asked_priority, asked_fast = records.calls
+    assert asked_fast["response"]["service_tier"] == "priority"
+    assert asked_fast["cost"]["total_cost_usd"] == asked_priority["cost"]["total_cost_usd"]
+    usage = asked_fast["usage"]
+    assert Decimal(repr(asked_fast["cost"]["total_cost_usd"])) == genai_usd(
+        "gpt-5-mini", usage, tier="priority"
+    )
+
+    body: Any = {
+        "model": "gpt-6.2-sol",
+        "service_tier": "ultrafast",
+        "extra_headers": {"x-fake-reasoning-tokens": "9"},
+    }
+    if api == "chat":
+        client.chat.completions.create(messages=HI, **body)
+    else:
+        client.responses.create(input=HI[0]["content"], **body)
+    ultrafast = records.calls[-1]
+    assert ultrafast["response"]["service_tier"] == "ultrafast"
+    usd = Decimal(repr(ultrafast["cost"]["total_cost_usd"]))
+    assert usd == genai_usd("gpt-6.2-sol", ultrafast["usage"], tier="ultrafast")
+    assert usd > genai_usd("gpt-6.2-sol", ultrafast["usage"])

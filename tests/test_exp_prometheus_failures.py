@@ -29,16 +29,14 @@ HI: Any = [{"role": "user", "content": "hi"}]
 
 
 def _failing_for(sink: PrometheusSink, lens: str, exc: BaseException) -> None:
-    """Make every update of ``lens``'s call series raise ``exc`` (a full disk under a multiprocess
-    directory, a bug in a newer prometheus-client), as the metrics would."""
-    move = sink._move
+    """Make every update of the call count of ``lens``'s calls raise ``exc`` (a full disk under a
+    multiprocess directory, a bug in a newer prometheus-client), as prometheus-client's series would."""
+    series = sink.calls.labels(lens, "gpt-4o-mini", "openai", "chat", "ok", "default")
 
-    def failing(children: tuple[Any, ...], sums: list[Any]) -> None:
-        if any(children is sink._children.get(k) for k in sink._children if k[0] == lens):
-            raise exc
-        move(children, sums)
+    def failing(amount: float = 1) -> None:
+        raise exc
 
-    sink._move = failing  # type: ignore[method-assign]
+    series.inc = failing
 
 
 def test_a_failing_series_is_logged_once_counted_as_dropped_and_the_others_keep_counting(

@@ -216,3 +216,34 @@ def test_an_unusable_file_of_scraped_series_leaves_every_scrape_whole(
     assert [total(found, "llm_ledger_calls_total", lens="fresh") for found in shown] == [2, 2]
     warnings = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
     assert len(warnings) == 1 and "llm_ledger_scraped.labels" in warnings[0], warnings
+
+
+def test_a_cap_file_line_cut_short_by_a_killed_worker_keeps_the_cap_shared(
+    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+) -> None:
+    """A worker killed while it wrote a lens to the shared cap file leaves a line cut short: the next
+    workers add their lenses on lines of their own, so the cap stays shared, with no warning."""
+    (Path(env["PROMETHEUS_MULTIPROC_DIR"]) / "llm_ledger_lens.labels").write_text('"lens0"\n"le')
+    monitor = llm_ledger.LLMCallMonitor(logger=None)
+    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    files = []
+    for w in range(2):
+        with capture(monitor) as records:
+            for i in range(3):
+                with monitor.lens(f"w{w}-lens{i}"):
+                    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        files.append(tmp_path / f"w{w}.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in records))
+    for lines in files:
+        done = subprocess.run(
+            [sys.executable, "-c", PROMETHEUS_WORKER, str(lines), json.dumps({"max_lenses": 3})],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "could not share" not in done.stderr, done.stderr
+    lenses = by_labels(scrape(f"http://{serve()}/metrics"), "llm_ledger_calls_total", "lens")
+    assert lenses == {("w0-lens0",): 1.0, ("w0-lens1",): 1.0, ("other",): 4.0}

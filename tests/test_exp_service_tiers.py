@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import llm_ledger
 from dashboards.local_prometheus import wait
-from llm_ledger.exporters import OTelSink, PrometheusSink, _setup, start_metrics_server
+from llm_ledger.exporters import OTelSink, PrometheusSink, start_metrics_server
 from llm_ledger.exporters._prometheus import MAX_TIERS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
@@ -346,7 +346,8 @@ def test_prometheus_spend_by_tier_and_detail_tokens_through_a_real_prometheus(
         )
         assert not prometheus.server.errors()
     finally:
-        _setup._stop(server)  # as configure() stops its server: at once
+        server.shutdown()  # at once, as configure() stops its server
+        server.server_close()
     tiers = Counter(c["response"]["service_tier"] or "none" for c in calls)
     assert calls_by_tier == {"default": 1, "flex": 2, "priority": 1, "none": 1} == tiers
     want_spend: dict[str, float] = {}

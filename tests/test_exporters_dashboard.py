@@ -171,7 +171,8 @@ def _exported(
         yield client
     finally:
         client.close()
-        _setup._stop(metrics)  # as configure() stops its server: at once
+        metrics.shutdown()  # at once, as configure() stops its server
+        metrics.server_close()
 
 
 def _calls_scraped(server: LocalPrometheus, job: str, n: int) -> bool:
@@ -348,7 +349,8 @@ def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
         )
         firing = server.query(alert)  # as documented: every job's (the other tests' jobs have no anomaly)
     finally:
-        _setup._stop(metrics)
+        metrics.shutdown()  # at once, as configure() stops its server
+        metrics.server_close()
     assert [(s["metric"]["job"], s["metric"]["lens"], s["metric"]["metric"]) for s in firing] == [
         (job, "digest", "total_tokens")
     ]

@@ -1106,10 +1106,12 @@ async def test_concurrent_async_calls(fake: FakeOpenAI) -> None:
 
 
 def test_fake_server_subcommand() -> None:
-    """`llm-ledger fake-server` serves the real SDK until Ctrl-C, then exits 0."""
+    """`llm-ledger fake-server` serves the real SDK until Ctrl-C, then exits 130 (the shell's status
+    for SIGINT, as `llm-ledger serve` does) without a traceback."""
     with subprocess.Popen(
         [sys.executable, "-m", "llm_ledger", "fake-server", "--port", "0", "--quiet"],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         preexec_fn=sigint_default,
     ) as proc:
@@ -1122,6 +1124,6 @@ def test_fake_server_subcommand() -> None:
             assert completion.choices[0].message.content
         finally:
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=5)
-            proc.stdout.close()
-    assert proc.returncode == 0
+            _, err = proc.communicate(timeout=5)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err

@@ -17,8 +17,8 @@ import socket
 import socketserver
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from .._errors import ConfigError
 from .._errors import internal_log as _internal_log
@@ -386,10 +386,8 @@ class PrometheusSink:
         if kind in self._full:
             return False
         try:
-            with open(path, "a+", encoding="utf-8") as file:
-                fcntl.flock(file, fcntl.LOCK_EX)  # one process at a time; released when closed
-                file.seek(0)
-                kept = {json.loads(line) for line in file if line.endswith("\n")}
+            with _shared_lines(path) as (lines, file):
+                kept = {json.loads(line) for line in lines}
                 if value in kept:
                     return True
                 if len(kept) >= cap:
@@ -549,6 +547,20 @@ class _Moving:
         return []
 
 
+@contextlib.contextmanager
+def _shared_lines(path: str) -> Iterator[tuple[list[str], TextIO]]:
+    """A file the processes of a multiprocess directory share, locked for the block: its lines, and the
+    file to append lines to (a line cut short by a writer killed mid-write is dropped first)."""
+    with open(path, "a+", encoding="utf-8") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # released when the file is closed
+        file.seek(0)
+        text = file.read()
+        if not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+            file.truncate(len(text.encode()))
+        yield text.split("\n")[:-1], file
+
+
 class _NewSeriesAtZero:
     """The multiprocess files' metrics, where an llm-ledger series no scrape of the directory has shown
     yet shows 0, as ``_flush`` does in one process (why: there). The series shown are kept in a file
@@ -566,11 +578,8 @@ class _NewSeriesAtZero:
     def collect(self) -> list[Any]:
         families = list(self._inner.collect())
         try:
-            with open(self._path, "a+", encoding="utf-8") as file:
-                fcntl.flock(file, fcntl.LOCK_EX)  # one scrape at a time; released when closed
-                file.seek(0)
-                lines = file.read().split("\n")  # the last: "", or a line cut short by a killed writer
-                shown = set(lines[:-1])
+            with _shared_lines(self._path) as (lines, file):
+                shown = set(lines)
                 new: dict[str, None] = {}  # in the order met
                 for family in families:
                     if not family.name.startswith("llm_ledger_"):  # the application's own: as they are
@@ -582,8 +591,7 @@ class _NewSeriesAtZero:
                         if key not in shown:
                             new[key] = None
                             family.samples[index] = sample._replace(value=0.0)
-                if new:
-                    file.write(("\n" if lines[-1] else "") + "".join(key + "\n" for key in new))
+                file.write("".join(key + "\n" for key in new))
         except OSError as exc:
             if self._path not in _unusable:
                 _unusable.add(self._path)
