@@ -187,6 +187,38 @@ def test_a_run_whose_summary_was_rotated_into_the_newer_file_is_not_cut_short(
     assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)
 
 
+def test_a_run_that_logrotate_split_between_two_files_is_not_cut_short(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """logrotate renamed the file in the middle of a run, nested runs included: its first calls are in
+    `llm_calls.jsonl.1`, its last call and summary in the live file, read first. Each run counts once,
+    summarised, not once more as cut short."""
+    live = tmp_path / "llm_calls.jsonl"
+    hi = [{"role": "user", "content": "hi"}]
+    with logging_to(live, sdk) as (monitor, client):
+        with monitor.lens("outer"):
+            with monitor.lens("inner"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+            for _ in range(3):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        with monitor.lens("flat"):
+            for _ in range(3):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    lines = live.read_text().splitlines(keepends=True)
+    # inner call, inner summary, 3 outer calls, outer summary, 3 flat calls, flat summary
+    assert [json.loads(text)["event"] for text in lines[4:6]] == ["llm_api_call", "lens_summary"]
+    rotated = lines[:4] + lines[6:8]  # the rename came before each run's last call
+    (tmp_path / "llm_calls.jsonl.1").write_text("".join(rotated))
+    live.write_text("".join(lines[4:6] + lines[8:]))
+
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {row["key"]["lens"]: row for row in report["rows"]}
+    got = {lens: (row["lens_runs"], row["cut_short_runs"], row["calls"]) for lens, row in rows.items()}
+    assert got == {"outer": (1, 0, 3), "inner": (1, 0, 1), "flat": (1, 0, 3)}
+    assert (report["lens_runs"], report["total"]["cut_short_runs"], report["calls"]) == (3, 0, 7)
+
+
 @pytest.mark.usefixtures("with_key")
 def test_a_cut_short_run_over_its_lens_limit_is_a_breach_said_to_be_a_lower_bound(
     pytester: pytest.Pytester, server: FakeOpenAI
