@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -516,6 +517,26 @@ def test_a_path_from_the_environment_expands_the_home_directory(
     monkeypatch.setenv("LLM_LEDGER_LOG_DIR", "~/ledger-logs")
     assert llm_ledger.configure().log_dir == tmp_path / "ledger-logs"
     assert (tmp_path / "ledger-logs" / "llm_calls.jsonl").is_file()
+
+
+def test_handle_sigterm_false_gives_the_application_its_own_handler_back(
+    tmp_path: Path, fresh_config: None
+) -> None:
+    """A SIGTERM handler the application installed before configure() is wrapped (so that the lines
+    are written first) and still runs; configure(handle_sigterm=False) puts it back as it was."""
+    ran: list[int] = []
+
+    def own(signum: int, frame: object) -> None:
+        ran.append(signum)
+
+    signal.signal(signal.SIGTERM, own)  # fresh_config restores the handler before the test
+    llm_ledger.configure(log_dir=tmp_path)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert callable(handler)
+    handler(signal.SIGTERM, None)
+    assert ran == [signal.SIGTERM]
+    llm_ledger.configure(log_dir=tmp_path, handle_sigterm=False)
+    assert signal.getsignal(signal.SIGTERM) is own
 
 
 def test_an_empty_boolean_variable_keeps_its_default(
