@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from llm_ledger import parse_budgets
 from llm_ledger._cli import main
@@ -194,7 +195,7 @@ def test_a_run_that_logrotate_split_between_two_files_is_not_cut_short(
     `llm_calls.jsonl.1`, its last call and summary in the live file, read first. Each run counts once,
     summarised, not once more as cut short."""
     live = tmp_path / "llm_calls.jsonl"
-    hi = [{"role": "user", "content": "hi"}]
+    hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     with logging_to(live, sdk) as (monitor, client):
         with monitor.lens("outer"):
             with monitor.lens("inner"):
