@@ -20,7 +20,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 import llm_ledger
 import llm_ledger.testing
-from llm_ledger import JsonlFileHandler, _config
+from llm_ledger import JsonlFileHandler, _config, _jsonl
 from llm_ledger.analysis._read import strict_loads
 from llm_ledger.report import summarise
 from llm_ledger.testing import FakeOpenAI
@@ -520,10 +520,12 @@ def test_a_path_from_the_environment_expands_the_home_directory(
 
 
 def test_handle_sigterm_false_gives_the_application_its_own_handler_back(
-    tmp_path: Path, fresh_config: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
 ) -> None:
     """A SIGTERM handler the application installed before configure() is wrapped (so that the lines
     are written first) and still runs; configure(handle_sigterm=False) puts it back as it was."""
+    # the wrapper run here switches this process's writers to a line at a time: back to batches after
+    monkeypatch.setattr(_jsonl._Sigterm, "passed_on", False)
     ran: list[int] = []
 
     def own(signum: int, frame: object) -> None:
