@@ -247,7 +247,9 @@ class JsonlFileHandler(logging.Handler):
         self._bytes += len(item)
         started = self._started
         if started is None:  # the first line of a batch
-            if self._closed:  # a record made after close(), at exit (a stream's finalizer): no writer is left
+            # a record made after close(), at exit (a stream's finalizer): no writer is left; or after a
+            # SIGTERM passed on to the application's handler, which may end the process past every hook
+            if self._closed or _Sigterm.passed_on:
                 self._flush_by_writer(_EXIT_TIMEOUT_S)
                 return
             self._started = time.monotonic()
@@ -623,17 +625,41 @@ atexit.register(_flush_at_exit)
 class _Sigterm:
     pending = False  # a SIGTERM came (while the main thread was writing: handled once it is done)
     stopping = False
+    passed_on = False  # a SIGTERM went to the application's handler: lines are written at once
+
+
+class _PassOn:
+    """The application's own SIGTERM handler, found installed by ``configure()``, wrapped: a server's
+    (uvicorn's workers import the application after installing theirs) may end its graceful shutdown
+    by restoring the default action and raising SIGTERM again, which skips every exit hook. So the
+    lines queued are written first, and every line after is written at once; then it runs as written."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Callable[[int, Any], Any]) -> None:
+        self.handler = handler
+
+    def __call__(self, signum: int, frame: Any) -> Any:
+        _Sigterm.passed_on = True
+        if not any(handler._main_writes for handler in list(_handlers)):  # else see _on_sigterm
+            _flush_at_exit()
+        return self.handler(signum, frame)
 
 
 def handle_sigterm_signal(on: bool) -> None:
-    """With ``on``, install ``_on_sigterm`` for SIGTERM where it has its default action; else take
-    it out again where it is still installed. Only the main thread can do either (a warning says so)."""
+    """With ``on``, install ``_on_sigterm`` for SIGTERM where it has its default action, or wrap the
+    application's handler in ``_PassOn``; else take either out again where it is still installed.
+    Only the main thread can do either (a warning says so)."""
     try:
         current = signal.getsignal(signal.SIGTERM)
         if on and current is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
+        elif on and callable(current) and current is not _on_sigterm and type(current) is not _PassOn:
+            signal.signal(signal.SIGTERM, _PassOn(current))
         elif not on and current is _on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        elif not on and type(current) is _PassOn:
+            signal.signal(signal.SIGTERM, current.handler)
     except ValueError:  # not the main thread (or not the main interpreter), installing or taking out
         if on:
             internal_log.warning(
@@ -658,7 +684,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _after_fork_in_child() -> None:
-    _Sigterm.pending = _Sigterm.stopping = False
+    _Sigterm.pending = _Sigterm.stopping = _Sigterm.passed_on = False
     for handler in list(_handlers):
         handler._after_fork_in_child()
 

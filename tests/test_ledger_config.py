@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 import llm_ledger
 import llm_ledger.testing
-from llm_ledger import JsonlFileHandler, _config
+from llm_ledger import JsonlFileHandler, _config, _jsonl
 from llm_ledger.analysis._read import strict_loads
 from llm_ledger.report import summarise
 from llm_ledger.testing import FakeOpenAI
@@ -516,6 +517,28 @@ def test_a_path_from_the_environment_expands_the_home_directory(
     monkeypatch.setenv("LLM_LEDGER_LOG_DIR", "~/ledger-logs")
     assert llm_ledger.configure().log_dir == tmp_path / "ledger-logs"
     assert (tmp_path / "ledger-logs" / "llm_calls.jsonl").is_file()
+
+
+def test_handle_sigterm_false_gives_the_application_its_own_handler_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
+) -> None:
+    """A SIGTERM handler the application installed before configure() is wrapped (so that the lines
+    are written first) and still runs; configure(handle_sigterm=False) puts it back as it was."""
+    # the wrapper run here switches this process's writers to a line at a time: back to batches after
+    monkeypatch.setattr(_jsonl._Sigterm, "passed_on", False)
+    ran: list[int] = []
+
+    def own(signum: int, frame: object) -> None:
+        ran.append(signum)
+
+    signal.signal(signal.SIGTERM, own)  # fresh_config restores the handler before the test
+    llm_ledger.configure(log_dir=tmp_path)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert callable(handler)
+    handler(signal.SIGTERM, None)
+    assert ran == [signal.SIGTERM]
+    llm_ledger.configure(log_dir=tmp_path, handle_sigterm=False)
+    assert signal.getsignal(signal.SIGTERM) is own
 
 
 def test_an_empty_boolean_variable_keeps_its_default(

@@ -151,6 +151,22 @@ def test_an_applications_own_sigterm_handler_keeps_working(tmp_path: Path, when:
     _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"))
 
 
+def test_a_server_that_raises_sigterm_again_after_its_graceful_shutdown_loses_no_record(
+    tmp_path: Path,
+) -> None:
+    """A web server's SIGTERM handler installed before configure() (uvicorn's workers import the
+    application after installing theirs) lets the requests in flight finish, then restores SIGTERM's
+    default action and raises it again, which skips every exit hook: the records queued at the signal
+    and those of the calls made after it are all written, and the process dies by SIGTERM."""
+    child = _stopped(tmp_path, "server")
+    assert _said(child) == "not ours"
+    assert _said(child) == "returned"
+    child.send_signal(signal.SIGTERM)
+    status, output = _end(child)
+    assert status == -signal.SIGTERM, output
+    _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"), CALLS + 10, LENSES + 1)
+
+
 def test_a_forked_child_terminated_by_sigterm_writes_its_records(tmp_path: Path) -> None:
     """A multiprocessing child (fork) inherits the handler: terminate() (SIGTERM) right after its
     calls loses none of its records, and its exit code stays -SIGTERM."""

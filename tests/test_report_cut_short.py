@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from llm_ledger import parse_budgets
 from llm_ledger._cli import main
@@ -185,6 +186,38 @@ def test_a_run_whose_summary_was_rotated_into_the_newer_file_is_not_cut_short(
     assert main(["report", str(tmp_path), "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert (row["lens_runs"], row["cut_short_runs"], row["calls"]) == (1, 0, 2)
+
+
+def test_a_run_that_logrotate_split_between_two_files_is_not_cut_short(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """logrotate renamed the file in the middle of a run, nested runs included: its first calls are in
+    `llm_calls.jsonl.1`, its last call and summary in the live file, read first. Each run counts once,
+    summarised, not once more as cut short."""
+    live = tmp_path / "llm_calls.jsonl"
+    hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    with logging_to(live, sdk) as (monitor, client):
+        with monitor.lens("outer"):
+            with monitor.lens("inner"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+            for _ in range(3):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        with monitor.lens("flat"):
+            for _ in range(3):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    lines = live.read_text().splitlines(keepends=True)
+    # inner call, inner summary, 3 outer calls, outer summary, 3 flat calls, flat summary
+    assert [json.loads(text)["event"] for text in lines[4:6]] == ["llm_api_call", "lens_summary"]
+    rotated = lines[:4] + lines[6:8]  # the rename came before each run's last call
+    (tmp_path / "llm_calls.jsonl.1").write_text("".join(rotated))
+    live.write_text("".join(lines[4:6] + lines[8:]))
+
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {row["key"]["lens"]: row for row in report["rows"]}
+    got = {lens: (row["lens_runs"], row["cut_short_runs"], row["calls"]) for lens, row in rows.items()}
+    assert got == {"outer": (1, 0, 3), "inner": (1, 0, 1), "flat": (1, 0, 3)}
+    assert (report["lens_runs"], report["total"]["cut_short_runs"], report["calls"]) == (3, 0, 7)
 
 
 @pytest.mark.usefixtures("with_key")

@@ -112,6 +112,13 @@ def _app_handler(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
+def _server_handler(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)  # a server's: stop taking requests, finish those in flight, then exit
+
+
+_SIGNALLED: list[int] = []
+
+
 def stopped(log_dir: str, how: str) -> None:
     """Make 200 calls in 20 lenses, say so, then wait for work as a service does, until stopped.
 
@@ -121,13 +128,17 @@ def stopped(log_dir: str, how: str) -> None:
     before the main thread called it with the same settings), ``while-writing`` (the signal comes
     while the main thread writes a batch, holding its lock), ``forked`` (the calls are made in a
     child forked by multiprocessing, which is then terminated), ``hung`` (once the calls return,
-    every write of the file hangs, as on an NFS mount whose server stopped answering).
+    every write of the file hangs, as on an NFS mount whose server stopped answering), ``server``
+    (as a uvicorn worker: its SIGTERM handler, installed before configure(), lets the calls in flight
+    finish, then restores the default action and raises SIGTERM again).
     """
     import llm_ledger
     from llm_ledger import _jsonl
 
     if how == "app-before":
         signal.signal(signal.SIGTERM, _app_handler)
+    if how == "server":
+        signal.signal(signal.SIGTERM, _server_handler)
     if how == "hung":
         # nothing written before the signal: the lines wait for the writes that hang
         _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
@@ -166,6 +177,12 @@ def stopped(log_dir: str, how: str) -> None:
         never = threading.Event()
         os.write = lambda fd, data: never.wait() and 0
     print("returned", flush=True)
+    if how == "server":
+        while not _SIGNALLED:
+            time.sleep(0.01)
+        _calls_in_lenses(1, 10, start=200)  # the requests in flight at the signal end after it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
     if how == "many":  # whose threads wrote: the calls' own throughout, or (a write was slow, or the
         # calls paused for two intervals on a loaded machine) the writer thread too
         callers = _config_handler()._callers_write and not writer_wrote

@@ -499,10 +499,13 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         records = list(records)
         nested = _nested_sums(records)
     # from calls: lens run id -> the groups its kept calls count in, until its summary is read; a run
-    # left here was cut short (its summary never came). Ids of runs summarised before any of their
-    # calls was read (a rotated log, read newest first), so that those calls open no run. A call a child
-    # forked inside a run made (its id's process is not the run's) counts in no run, so opens none.
+    # left here was cut short (its summary never came). Ids of runs summarised before all of their
+    # calls were read (a rotated log, read newest first: logrotate may rename the file mid-run), so that
+    # the rest open no run: a run's calls read so far are its own plus its nested runs' summaries' (its
+    # summary counts those too). A call a child forked inside a run made (its id's process is not the
+    # run's) counts in no run, so opens none.
     open_runs: dict[str, set[tuple[Any, ...]]] = {}
+    calls_read: dict[str, int] = {}
     summarised: set[str] = set()
     for record in records:
         event = record.get("event")
@@ -517,13 +520,18 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         if type(run_id) is str and not lens_run:
             run_process, call_process = process_of(run_id), process_of(record.get("call_id"))
             forked = bool(run_process and call_process) and run_process != call_process
-            run_groups = None if forked or run_id in summarised else open_runs.setdefault(run_id, set())
-        elif (
-            type(run_id) is str
-            and open_runs.pop(run_id, None) is None
-            and _dict(record.get("summary")).get("total_api_calls")
-        ):
-            summarised.add(run_id)  # its calls come later: a run with none leaves no id behind
+            if not forked and run_id not in summarised:
+                run_groups = open_runs.setdefault(run_id, set())
+                calls_read[run_id] = calls_read.get(run_id, 0) + 1
+        elif type(run_id) is str:
+            open_runs.pop(run_id, None)
+            run_calls = _dict(record.get("summary")).get("total_api_calls")
+            if type(run_calls) is int:  # the rest of its calls come later: a whole run leaves no id behind
+                if calls_read.pop(run_id, 0) < run_calls:
+                    summarised.add(run_id)
+                parent = context.get("parent_lens_run_id")
+                if type(parent) is str and parent not in summarised:
+                    calls_read[parent] = calls_read.get(parent, 0) + run_calls
         figures = None
         if lens_run == from_summaries:
             try:
