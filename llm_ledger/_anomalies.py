@@ -216,7 +216,8 @@ class AnomalyDetector:
                         # Most runs alike: the MAD says nothing of the others (a lens that makes one call
                         # or, now and then, two). Their mean deviation does, scaled to the MAD's unit.
                         spread = max(spread, _MEAN_TO_MAD * statistics.fmean(deviations))
-                    median = center if linear else math.exp(center)
+                    # exp(ln x) is x give or take its last bits: 73, not 72.99999999999999
+                    median = center if linear else float(f"{math.exp(center):.12g}")
                     threshold = center + config.k * spread if linear else math.exp(center + config.k * spread)
                     if value > threshold:
                         anomaly: AnomalyShape = {

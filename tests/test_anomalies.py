@@ -150,16 +150,18 @@ def test_a_lens_and_model_pair_has_its_own_baseline() -> None:
 # -- online, with the real SDK ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("words", [5, 40])  # 40: 73 tokens, whose exp(ln(73)) is 72.99999999999999
 def test_a_run_above_its_baseline_emits_a_lens_anomaly_and_calls_back(
-    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, words: int
 ) -> None:
     """After min_runs ordinary runs, a run with many more tokens is followed by its lens_anomaly
-    records (tokens and cost), in the sinks and through the callback."""
+    records (tokens and cost), in the sinks and through the callback; the median of runs alike is
+    their value, with no float noise from the log scale."""
     heard: list[llm_ledger.AnomalyRecord] = []
     config = dataclasses.replace(QUICK, k=5)  # a whole number, as people write it
     monitor.anomalies = AnomalyDetector(config, on_anomaly=heard.append)
     for _ in range(6):
-        _run(client, monitor, words=5)
+        _run(client, monitor, words=words)
     assert _anomalies(records) == []
     _run(client, monitor, words=300)
     spike = records.lenses[-1]
