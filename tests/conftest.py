@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.metadata
 import logging
 import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
@@ -45,6 +46,43 @@ with openai.OpenAI(api_key=FAKE_KEY) as _client:
 # import again (0.2 CPU-s each).
 importlib.import_module("genai_prices.data")
 importlib.import_module("vcr")
+
+
+def _parsed_once(prop: property, copy: Callable[[Any], Any]) -> property:
+    """``prop`` of an installed distribution, parsed once per state of its directory (a file written,
+    renamed or removed there changes the directory's mtime, and it is parsed again)."""
+    parsed: dict[tuple[str, int], Any] = {}
+    read: Callable[[importlib.metadata.Distribution], Any] = prop.__get__
+
+    def get(dist: importlib.metadata.Distribution) -> Any:
+        path = getattr(dist, "_path", None)
+        if type(dist) is not importlib.metadata.PathDistribution or path is None:
+            return read(dist)
+        try:
+            key = (str(path), os.stat(path).st_mtime_ns)
+        except OSError:
+            return read(dist)
+        if key not in parsed:
+            parsed[key] = read(dist)
+        return copy(parsed[key])
+
+    return property(get, doc=prop.__doc__)
+
+
+# Each in-process pytest session (pytester) reads every installed distribution's metadata again:
+# pluggy's entry-point loading, pytest's rewrite marking and report header, the plugin's own check
+# of the pytest11 entry points parse the same METADATA, RECORD and entry_points.txt (about 15 ms a
+# session, hundreds of sessions). Parsed once here, they give the same answers.
+for _name, _copy in (
+    ("metadata", lambda value: value),  # read only (nobody sets a header of an installed package)
+    ("entry_points", lambda value: value),  # immutable
+    ("files", lambda files: None if files is None else list(files)),  # a list: each caller its own
+):
+    setattr(
+        importlib.metadata.Distribution,
+        _name,
+        _parsed_once(getattr(importlib.metadata.Distribution, _name), _copy),
+    )
 
 # The modules whose tests take seconds each (real servers, interpreters, pip, fuzzing), slowest first:
 # they run first, so that no xdist worker is left alone with one of them at the end of the run.
