@@ -6,7 +6,6 @@ raises in the caller's frame, above the stream the ledger watches: the call is s
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI
+from tests import warm_python
 from tests.conftest import FAKE_KEY
 
 MESSAGES: Any = [{"role": "user", "content": "Answer in JSON"}]
@@ -166,12 +166,14 @@ def test_instrument_imports_none_of_the_sdks_resources() -> None:
     code = (
         "import sys, openai, llm_ledger\n"
         "before = set(sys.modules)\n"
+        "assert not [m for m in before if m.startswith('openai.resources')], 'imported before the test'\n"
         "monitor = llm_ledger.LLMCallMonitor(logger=None)\n"
         "for cls in (openai.OpenAI, openai.AsyncOpenAI):\n"
         "    monitor.instrument(cls(api_key='sk-x', base_url='http://127.0.0.1:9/v1')).with_options(timeout=5)\n"
         "print(sorted(m for m in sys.modules if m.startswith('openai.resources') and m not in before))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # a child forked with openai imported (and no resource of it: checked above), as `import openai` leaves it
+    done = warm_python.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
 
 
