@@ -82,7 +82,7 @@ def _canonical_body(raw: bytes | None, redactor: CredentialRedactor) -> str | by
             value = json.loads(raw)
         except ValueError:
             return raw
-        redactor.known = sorted(known_secrets(body=value) | set(redactor.known), key=len, reverse=True)
+        redactor.known = [*redactor.known, *known_secrets(body=value)]
         value = redactor.json(value, "body")
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     try:

@@ -153,10 +153,9 @@ def scrub_document(doc: Any) -> list[str]:
         if isinstance(request, dict):
             headers = request.get("headers")
             url = request.get("uri") or request.get("url")
-            known = known_secrets(
+            scrubber.known = known_secrets(
                 headers if isinstance(headers, dict) else None, url if isinstance(url, str) else ""
             )
-            scrubber.known = sorted(known, key=len, reverse=True)
         for part, allowed in _KEPT_HEADERS.items():
             if part in interaction:
                 scrubber.message(interaction[part], f"{place}.{part}", allowed)

@@ -19,6 +19,7 @@ from llm_ledger._cli import build_parser, main
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger import _scrub
 from pytest_llm_ledger._cassette import LedgerCassette
+from pytest_llm_ledger._secrets import CredentialRedactor
 from tests.reliability_helpers import FAKE_KEY
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]
@@ -430,3 +431,15 @@ def test_a_missing_directory_is_named(tmp_path: Path, capsys: pytest.CaptureFixt
     status, out, err = _run(capsys, "--check", str(tmp_path / "casettes"))
     assert status == 2 and "checked" not in out
     assert err == f"llm-ledger scrub: error: {tmp_path / 'casettes'}: no such file or directory\n"
+
+
+def test_a_redactor_replaces_the_longest_known_secret_first_whatever_order_it_is_told() -> None:
+    """A known credential that is the start of another (a key and the same key with a suffix) never
+    leaves the longer one's tail behind, in whatever order the redactor learnt them."""
+    short, long = "azure0123456789", "azure0123456789-tail-secret"
+    for known in ([short, long], [long, short]):
+        redactor = CredentialRedactor(known)
+        assert redactor.text(f"echo {long} and {short}", "body") == "echo REDACTED and REDACTED"
+        redactor = CredentialRedactor()
+        redactor.known = known
+        assert redactor.text(f"echo {long} and {short}", "body") == "echo REDACTED and REDACTED"
