@@ -42,6 +42,7 @@ __all__ = [
     "invalid_yaml",
     "load_cassette",
     "read_text",
+    "shown_path",
     "write_atomic",
 ]
 
@@ -250,6 +251,16 @@ def dump_document(doc: dict[str, Any], *, keep_aliases: bool = False) -> str:
     dumper = _AliasDumper if keep_aliases else _Dumper
     text: str = yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
     return text
+
+
+def shown_path(path: Path | str) -> str:
+    """How every message of the plugin and its commands shows a path: relative to the current
+    directory when below it (as the user's shell reaches it), else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
 
 
 def write_atomic(path: Path, text: str) -> None:
