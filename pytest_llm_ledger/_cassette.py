@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 from llm_ledger import BlockedRequestError, CassetteMissError, ConfigError
 
 from . import _format
-from ._format import Body
+from ._format import Body, shown_path
 from ._network import is_openai_request
 from ._secrets import CredentialRedactor, known_secrets
 
@@ -82,7 +82,7 @@ def _canonical_body(raw: bytes | None, redactor: CredentialRedactor) -> str | by
             value = json.loads(raw)
         except ValueError:
             return raw
-        redactor.known = sorted(known_secrets(body=value) | set(redactor.known), key=len, reverse=True)
+        redactor.known = [*redactor.known, *known_secrets(body=value)]
         value = redactor.json(value, "body")
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     try:
@@ -409,7 +409,7 @@ class LedgerCassette:
         shown_url = CredentialRedactor(known_secrets(headers, url)).url(url, "url")
         host_rule = "method, host, API path and body" if self.match_host else "method, API path and body"
         lines = [
-            f"llm-ledger: request not found in cassette {self.path} (record mode {self.mode!r})",
+            f"llm-ledger: request not found in cassette {shown_path(self.path)} (record mode {self.mode!r})",
             f"  request: {key[0]} {key[2]}  (API path of {shown_url}; matched on {host_rule})",
         ]
         fix = [self.rerecord_command("rewrite"), self.rerecord_command("new_episodes") + "  (keeps the rest)"]
@@ -420,7 +420,7 @@ class LedgerCassette:
         if not self.existed:
             lines.append("  the cassette file does not exist: this test has never been recorded")
             if self.directory is not None and not self.directory.is_dir():
-                lines.append(f"  the cassette directory {_shown(self.directory)} does not exist either")
+                lines.append(f"  the cassette directory {shown_path(self.directory)} does not exist either")
             fix = [self.rerecord_command("once")]
         elif same := [i for i in self.loaded if self._lookup(i.key) == self._lookup(key)]:
             lines.append(
@@ -478,14 +478,6 @@ class LedgerCassette:
         if count > _MAX_DIFFS:
             lines.append(f"    ... and {count - _MAX_DIFFS} more")
         return lines
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the current directory when it is below it, else whole."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _parsed(raw: str | bytes | None) -> Any:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from ._format import shown_path
 
 __all__ = ["register"]
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         problem = "holds no cassette (.yaml file)"
     if problem is not None:
         print(
-            f"llm-ledger cassettes: error: the cassette directory {_shown(directory)} {problem}; nothing "
+            f"llm-ledger cassettes: error: the cassette directory {shown_path(directory)} {problem}; nothing "
             "was checked",
             file=sys.stderr,
         )
@@ -87,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     owned = data["cassettes"]
     orphans = [Path(path) for path in data["orphans"]]
     never = sorted(path for path in owned if not Path(path).exists())
-    print(f"{len(owned)} collected test(s) replay from cassettes under {_shown(directory)}")
+    print(f"{len(owned)} collected test(s) replay from cassettes under {shown_path(directory)}")
     for path in never:
-        print(f"  never recorded: {_shown(Path(path))}")
+        print(f"  never recorded: {shown_path(Path(path))}")
     expected = set(data["expect_auth_errors"])
     denied, status = _auth_errors(sorted(set(owned) - set(never) - expected))
     if denied:
@@ -97,14 +98,14 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"{replayed_auth_advice(len(denied), options=data['location'])}:")
         for path, answers in denied.items():
-            print(f"  {_shown(path)}: {', '.join(answers)}")
+            print(f"  {shown_path(path)}: {', '.join(answers)}")
         status = max(status, 1)
     if not orphans:
         print("no orphan cassettes")
         return status
     print(f"{len(orphans)} orphan cassette(s), owned by no collected test:")
     for path in orphans:
-        print(f"  {_shown(path)}")
+        print(f"  {shown_path(path)}")
     if not args.prune:
         print("delete them with `llm-ledger cassettes --prune` (with the same pytest arguments)")
         return max(status, 1)
@@ -138,10 +139,3 @@ def _auth_errors(paths: list[str]) -> tuple[dict[Path, list[str]], int]:
         if answers:
             found[path] = answers
     return found, status
-
-
-def _shown(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)

@@ -38,9 +38,11 @@ __all__ = [
     "body_bytes",
     "decode_body",
     "dump_cassette",
+    "dump_document",
     "invalid_yaml",
     "load_cassette",
     "read_text",
+    "shown_path",
     "write_atomic",
 ]
 
@@ -74,6 +76,14 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _represent_str)
+
+
+class _AliasDumper(_Dumper):
+    """:class:`_Dumper` that writes a shared mapping or list once, with an anchor (only a loaded file
+    that had aliases has any)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return bool(_SafeDumper.ignore_aliases(self, data))
 
 
 # -- bodies -------------------------------------------------------------------------------------
@@ -230,9 +240,27 @@ def response_body(raw: bytes, headers: Mapping[str, list[str]]) -> tuple[Body, d
 def dump_cassette(interactions: list[dict[str, Any]], header: str) -> str:
     """The YAML text of a cassette; ``header`` becomes leading comment lines."""
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
-    doc = {"version": FORMAT_VERSION, "interactions": interactions}
-    text: str = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-    return comment + text
+    return comment + dump_document({"version": FORMAT_VERSION, "interactions": interactions})
+
+
+def dump_document(doc: dict[str, Any], *, keep_aliases: bool = False) -> str:
+    """The YAML text of a cassette document, without its comment lines: the one serializer of the
+    plugin's recordings and of ``llm-ledger scrub``, so a scrub's diff shows only what it removed.
+    ``keep_aliases``: write objects a loaded file shared through aliases once (scrub: a billion
+    laughs stays small); a document without them comes out the same either way."""
+    dumper = _AliasDumper if keep_aliases else _Dumper
+    text: str = yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
+    return text
+
+
+def shown_path(path: Path | str) -> str:
+    """How every message of the plugin and its commands shows a path: relative to the current
+    directory when below it (as the user's shell reaches it), else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -3,8 +3,9 @@
 For teams moving from plain vcrpy, whose cassettes often hold ``Authorization`` headers, cookies and
 organisation ids. Reads vcrpy cassettes (YAML or JSON serializer) and llm-ledger's own, always with
 a safe loader (YAML tags that would build Python objects are refused), and rewrites each file in
-place atomically (temporary file + rename, file mode kept). It removes every header not on the
-plugin's allow-list (``Authorization``, ``api-key``, cookies, ``OpenAI-Organization`` /
+place atomically (temporary file + rename, file mode kept) with the plugin's YAML serializer, so a
+cassette the plugin recorded changes only on the lines that held a secret. It removes every header
+not on the plugin's allow-list (``Authorization``, ``api-key``, cookies, ``OpenAI-Organization`` /
 ``OpenAI-Project``, ``x-stainless-*``, ``user-agent``...), and redacts the credentials ``_secrets``
 describes in URLs and bodies (SSE events included). The plugin records cassettes already redacted
 this way, so a fresh recording passes ``--check``.
@@ -33,6 +34,7 @@ from ._format import (
     REQUEST_HEADERS,
     RESPONSE_HEADERS,
     decompress,
+    dump_document,
     invalid_yaml,
     read_text,
     write_atomic,
@@ -153,10 +155,9 @@ def scrub_document(doc: Any) -> list[str]:
         if isinstance(request, dict):
             headers = request.get("headers")
             url = request.get("uri") or request.get("url")
-            known = known_secrets(
+            scrubber.known = known_secrets(
                 headers if isinstance(headers, dict) else None, url if isinstance(url, str) else ""
             )
-            scrubber.known = sorted(known, key=len, reverse=True)
         for part, allowed in _KEPT_HEADERS.items():
             if part in interaction:
                 scrubber.message(interaction[part], f"{place}.{part}", allowed)
@@ -183,8 +184,9 @@ def _load(path: Path) -> tuple[Any, str, bool]:
 def _dump(doc: Any, header: str, as_json: bool) -> str:
     if as_json:
         return json.dumps(doc, indent=4, ensure_ascii=False) + "\n"
-    dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return header + yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
+    # the plugin's serializer, whoever wrote the file: a scrubbed llm-ledger cassette differs from the
+    # recording only where a secret was, and multi-line bodies diff by line in any cassette
+    return header + dump_document(doc, keep_aliases=True)
 
 
 def scrub_file(path: Path, *, check: bool = False) -> list[str]:

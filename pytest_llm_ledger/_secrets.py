@@ -94,8 +94,18 @@ class CredentialRedactor:
 
     def __init__(self, known: Iterable[str] = ()) -> None:
         self.findings: list[str] = []
-        self.known = sorted({k for k in known if len(k) >= MIN_KNOWN_SECRET}, key=len, reverse=True)
+        self.known = known
         self._seen: set[int] = set()  # YAML aliases share objects: visit each once (no alias bombs)
+
+    @property
+    def known(self) -> list[str]:
+        """The credential values replaced wherever they occur, longest first: a secret that starts
+        another never leaves the longer one's tail behind."""
+        return self._known
+
+    @known.setter
+    def known(self, values: Iterable[str]) -> None:
+        self._known = sorted({k for k in values if len(k) >= MIN_KNOWN_SECRET}, key=len, reverse=True)
 
     def note(self, place: str, what: str) -> None:
         self.findings.append(f"{place}: {what}")

@@ -44,7 +44,7 @@ from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, rem
 
 from ._attribution import Starts
 from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
-from ._format import write_atomic
+from ._format import shown_path, write_atomic
 from ._naming import (
     cassette_folder,
     cassette_params,
@@ -457,13 +457,6 @@ def _ini_path(config: pytest.Config, name: str) -> Path:
     return Path(project_dir(config), str(config.getini(name)).strip()).resolve()
 
 
-def _display(config: pytest.Config, path: Path) -> str:
-    try:
-        return str(path.relative_to(config.rootpath))
-    except ValueError:
-        return str(path)
-
-
 # -- hooks --------------------------------------------------------------------------------------
 
 
@@ -479,7 +472,7 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             state.budgets = load_budgets(
                 state.budget_file,
-                _display(config, state.budget_file),
+                shown_path(state.budget_file),
                 hint=", point --llm-budget-file / ini llm_budget_file at it, or drop --llm-budget",
             )
         except BudgetError as exc:
@@ -599,13 +592,13 @@ def _equal(first: dict[str, Any], second: dict[str, Any]) -> bool:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[_STATE]
-    budget = _display(config, state.budget_file)
+    budget = shown_path(state.budget_file)
     flag = "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
     enforced = "enforced" if state.enforce else f"not enforced (add {flag})"
     strict = ", strict" if state.strict else ""
     strict += ", network blocked" if state.block_network else ""
     lines = [
-        f"llm-ledger: record mode {state.mode!r}, cassettes {_display(config, state.cassette_dir)}, "
+        f"llm-ledger: record mode {state.mode!r}, cassettes {shown_path(state.cassette_dir)}, "
         f"budgets {budget} {enforced}{strict}"
     ]
     if state._placeholder_key and state.mode != "none":
@@ -747,12 +740,12 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     path = cassette_path(item, state.cassette_dir)
     owner, theirs = item.stash.get(_SHARES_WITH, (None, path))
     if owner is not None:  # each recording would overwrite the other's
-        shared = f"llm-ledger: {item.nodeid} would share its cassette {_display(request.config, path)}"
+        shared = f"llm-ledger: {item.nodeid} would share its cassette {shown_path(path)}"
         shared += f" with {owner}"
         if theirs != path:
             pytest.fail(
                 f"{shared} on a case-insensitive file system (macOS, Windows), where it is the same file "
-                f"as {_display(request.config, theirs)}; rename one of the tests, classes or files so "
+                f"as {shown_path(theirs)}; rename one of the tests, classes or files so "
                 "that their names differ in more than case",
                 pytrace=False,
             )
@@ -768,8 +761,9 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     fallback = request.getfixturevalue("vcr") if vcr_marked else None
     if fallback is not None and Path(str(getattr(fallback, "_path", ""))).resolve() == path.resolve():
         pytest.fail(
-            f"llm-ledger: {item.nodeid} is marked vcr and llm, and both cassettes would be {path}; give "
-            "llm-ledger another directory (ini llm_cassette_dir, or --llm-cassette-dir)",
+            f"llm-ledger: {item.nodeid} is marked vcr and llm, and both cassettes would be "
+            f"{shown_path(path)}; give llm-ledger another directory (ini llm_cassette_dir, or "
+            "--llm-cassette-dir)",
             pytrace=False,
         )
     error = None
@@ -809,7 +803,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             state.ledger.auth_errors[item.nodeid] = cassette.auth_errors
         if cassette.replayed_auth_errors:
             answers = ", ".join(sorted(set(cassette.replayed_auth_errors)))
-            state.ledger.replayed_auth_errors[item.nodeid] = f"{_display(request.config, path)}: {answers}"
+            state.ledger.replayed_auth_errors[item.nodeid] = f"{shown_path(path)}: {answers}"
         if passed and cassette.write_protected and unplayed > 0:
             # the code now makes fewer calls than were recorded: the cassette (and its cost) is stale
             state.ledger.unplayed[item.nodeid] = unplayed
@@ -848,7 +842,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
             state.report_written = True
         except OSError as exc:  # a read-only directory, a full disk: the diff after would have no report
             state.notices.append(
-                f"llm-ledger: could not write the report {_display(session.config, path)}: "
+                f"llm-ledger: could not write the report {shown_path(path)}: "
                 f"{exc.strerror or exc}; give --llm-report a path in a writable directory"
             )
             if session.exitstatus == pytest.ExitCode.OK:
@@ -885,7 +879,7 @@ def _report_path(config: pytest.Config) -> Path | None:
     if path.is_dir():
         problem = "is a directory"
     elif not existing.is_dir():
-        problem = f"{_display(config, existing)} is a file"
+        problem = f"{shown_path(existing)} is a file"
     if problem is not None:
         raise pytest.UsageError(
             f"llm-ledger: --llm-report {given}: {problem}; give the path of a JSON file to write, e.g. "
@@ -934,7 +928,7 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
         return []
     return [
         f"llm-ledger: {len(orphans)} cassette(s) belong to no collected test (renamed or deleted): "
-        f"{listed([_display(config, path) for path in orphans])}; delete them with "
+        f"{listed([shown_path(path) for path in orphans])}; delete them with "
         "`llm-ledger cassettes --prune`"
     ]
 
@@ -982,7 +976,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)
     for refused in sorted(ledger.refused):
         tr.write_line(refused, red=True)
-    budget_file = _display(config, state.budget_file)
+    budget_file = shown_path(state.budget_file)
     if state.breaches:
         tr.write_sep("=", f"llm-ledger: {len(state.breaches)} budget limit(s) exceeded", red=True, bold=True)
         for line in render_breaches(state.breaches):
@@ -1013,13 +1007,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: SessionLedger) -> None:
     from llm_ledger.report import diff_reports, load_report, render_diff
 
-    tr.write_sep("-", f"llm-ledger: cost diff against {_display(config, path)}")
+    tr.write_sep("-", f"llm-ledger: cost diff against {shown_path(path)}")
     try:
         base = load_report(path)
     except Exception as exc:
         tr.write_line(f"cannot read the baseline: {exc}", red=True)
         return
-    diff = diff_reports(base, ledger.report(), base_path=_display(config, path), head_path="this run")
+    diff = diff_reports(base, ledger.report(), base_path=shown_path(path), head_path="this run")
     for line in render_diff(diff, "text").splitlines():
         tr.write_line(line)
 

@@ -218,3 +218,29 @@ def test_cassettes_of_a_missing_or_empty_cassette_directory_fail(
         "nothing was checked\n"
     )
     assert "no orphan" not in missing.stdout + empty.stdout
+
+
+@pytest.mark.usefixtures("collect_in_process")
+def test_paths_outside_the_current_directory_are_shown_whole(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every message shows a path as the shell it was run from reaches it: relative below the current
+    directory, whole elsewhere. ``cd tests && pytest`` names the project's cassettes and budget file
+    whole, not relative to a rootdir the user is not in, and ``llm-ledger cassettes`` names them alike."""
+    owned, orphan, _ = _project(pytester)
+    monkeypatch.chdir(pytester.path / "tests")
+    project = Path.cwd().parent
+    owned, orphan = (project / path.relative_to(pytester.path) for path in (owned, orphan))
+
+    result = run(pytester)
+    result.stdout.fnmatch_lines(
+        [
+            f"llm-ledger: record mode 'none', cassettes {project / 'cassettes'}, budgets "
+            f"{project / 'budgets.yaml'} not enforced*",
+            f"llm-ledger: 1 cassette(s) belong to no collected test*: {orphan}; delete them*",
+        ]
+    )
+    listed = cassettes(capsys)
+    assert f"replay from cassettes under {project / 'cassettes'}\n" in listed.stdout
+    assert f"never recorded: {owned}\n" in listed.stdout
+    assert f"  {orphan}\n" in listed.stdout

@@ -19,7 +19,11 @@ from llm_ledger._cli import build_parser, main
 from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger import _scrub
 from pytest_llm_ledger._cassette import LedgerCassette
+from pytest_llm_ledger._secrets import CredentialRedactor
+from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
 from tests.reliability_helpers import FAKE_KEY
+
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]
 
@@ -430,3 +434,53 @@ def test_a_missing_directory_is_named(tmp_path: Path, capsys: pytest.CaptureFixt
     status, out, err = _run(capsys, "--check", str(tmp_path / "casettes"))
     assert status == 2 and "checked" not in out
     assert err == f"llm-ledger scrub: error: {tmp_path / 'casettes'}: no such file or directory\n"
+
+
+# a prompt over several lines: the plugin writes it as a `|` block, one line of YAML per line of prompt
+_LONG_PROMPT = "Summarise the quarterly report:\nrevenue up four percent\nheadcount flat\n"
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_recorded_cassette_is_rewritten_exactly_as_the_plugin_wrote_it(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Reviewers read a scrub's diff in a pull request: on a cassette the plugin recorded (multi-line
+    bodies in `|` blocks) scrub changes no byte when it is clean, and only the lines holding a secret
+    when it is not, so the diff shows the secrets removed rather than every body restyled."""
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", _LONG_PROMPT)
+    write_project(pytester)
+    assert run(pytester, "--llm-record-mode=once", "-k", "test_chat or test_stream").ret == 0
+    cassettes = pytester.path / "cassettes" / "tests" / "test_app"
+    for name in ("test_chat.yaml", "test_stream.yaml"):
+        path = cassettes / name
+        recorded = path.read_text()
+        assert _run(capsys, str(path))[0] == 0
+        assert path.read_text() == recorded, name
+
+    path = cassettes / "test_chat.yaml"
+    recorded = path.read_text()
+    assert "content: |" in recorded and "      revenue up four percent\n" in recorded  # a block body
+    dirty = recorded.replace("revenue up four percent", f"revenue up four percent {FAKE_KEY}")
+    dirty = dirty.replace("model: gpt-4o-mini", f"model: gpt-4o-mini-{FAKE_KEY}", 1)
+    path.write_text(dirty)
+    assert _run(capsys, str(path))[0] == 0
+    scrubbed = path.read_text()
+    assert scrubbed == dirty.replace(FAKE_KEY, "sk-REDACTED")
+    changed = [
+        i for i, (a, b) in enumerate(zip(dirty.splitlines(), scrubbed.splitlines(), strict=True)) if a != b
+    ]
+    assert changed == [i for i, line in enumerate(dirty.splitlines()) if FAKE_KEY in line]
+    assert len(changed) == dirty.count(FAKE_KEY) >= 2  # the block line, the model line (and echoes)
+
+
+def test_a_redactor_replaces_the_longest_known_secret_first_whatever_order_it_is_told() -> None:
+    """A known credential that is the start of another (a key and the same key with a suffix) never
+    leaves the longer one's tail behind, in whatever order the redactor learnt them."""
+    short, long = "azure0123456789", "azure0123456789-tail-secret"
+    for known in ([short, long], [long, short]):
+        redactor = CredentialRedactor(known)
+        assert redactor.text(f"echo {long} and {short}", "body") == "echo REDACTED and REDACTED"
+        redactor = CredentialRedactor()
+        redactor.known = known
+        assert redactor.text(f"echo {long} and {short}", "body") == "echo REDACTED and REDACTED"
