@@ -58,13 +58,15 @@ test: lint
 # The whole of make test on the other Pythons that requires-python accepts, one venv each (.venv-python/3.N),
 # for whoever changes what a Python version may change (run before a release; not in .ci/run, whose time
 # it would double): PYTHONS names them, e.g. make test-python PYTHONS=~/.pyenv/versions/3.13.0/bin/python3.13;
-# one that does not run is skipped, saying so, and none at all is an error
+# one that does not run is skipped, saying so, and none at all is an error. mypy checks there as that
+# Python too (pyproject's python_version, the oldest accepted, leaves the branches for newer ones unchecked)
 PYTHONS ?= python3.12 python3.13
 test-python:
 	@ran=; for py in $(PYTHONS); do \
 		v=$$($$py -c '$(PY_VERSION)' 2>/dev/null) || { echo "test-python: $$py does not run: skipped"; continue; }; \
 		echo "test-python: Python $$v ($$py)"; \
-		$(MAKE) --no-print-directory test PYTHON=$$py VENV=.venv-python/$$v || exit 1; ran=1; done; \
+		$(MAKE) --no-print-directory test PYTHON=$$py VENV=.venv-python/$$v || exit 1; ran=1; \
+		.venv-python/$$v/bin/mypy --python-version $$v || exit 1; done; \
 		[ -n "$$ran" ] || { echo "test-python: none of $(PYTHONS) runs; name them: make test-python PYTHONS=..."; exit 1; }
 
 # The SDK majors besides the one `make test` runs on (the latest 3.x): one venv each, pinned to the
