@@ -316,6 +316,7 @@ def _pythonpath(env: Mapping[str, str]) -> list[str]:
 
 def _child(request: dict[str, Any], fds: list[int], site: list[str]) -> None:
     import importlib.machinery
+    import linecache
     import runpy
     import types
 
@@ -340,7 +341,11 @@ def _child(request: dict[str, Any], fds: list[int], site: list[str]) -> None:
             runpy._run_module_as_main(what)  # type: ignore[attr-defined]  # what python -m runs
         elif flag == "-c":
             sys.argv, main.__loader__ = ["-c", *rest], importlib.machinery.BuiltinImporter
-            exec(compile(what, "<string>", "exec"), main.__dict__)
+            code = compile(what, "<string>", "exec")
+            if sys.version_info >= (3, 13):  # python -c keeps its source there: tracebacks show the line
+                lines = [f"{line}\n" for line in what.splitlines()]
+                linecache.cache["<string>"] = (len(what), None, lines, "<string>")
+            exec(code, main.__dict__)
         else:
             sys.argv, name = [what, *rest], os.path.abspath(what)
             main.__dict__.update(__file__=name, __cached__=None)

@@ -86,11 +86,15 @@ class Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path)
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(source_logs)")}
-        if "user_id" not in columns:  # a database made before source_logs had users
-            with self._db:
-                self._db.execute("ALTER TABLE source_logs ADD COLUMN user_id TEXT")
+        try:
+            self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(source_logs)")}
+            if "user_id" not in columns:  # a database made before source_logs had users
+                with self._db:
+                    self._db.execute("ALTER TABLE source_logs ADD COLUMN user_id TEXT")
+        except BaseException:  # a file that is no database: closed, not left to the collector
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()

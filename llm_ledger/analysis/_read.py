@@ -241,7 +241,9 @@ def _loads(line: bytes) -> Any:
     surrogate)."""
     try:
         return orjson.loads(line)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # malformed on every Python: json's own limit
+            raise  # is the recursion limit before 3.13, far deeper from 3.13 on
         return strict_loads(line)
 
 
