@@ -68,6 +68,20 @@ def run_worker(env: dict[str, str], lines: Path) -> None:
     assert worker(env, lines).wait(timeout=60) == 0
 
 
+def run_capped_worker(env: dict[str, str], lines: Path, max_lenses: int) -> str:
+    """A worker handing ``lines`` to a ``PrometheusSink(max_lenses=...)``, run to its end: its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROMETHEUS_WORKER, str(lines), json.dumps({"max_lenses": max_lenses})],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
 @pytest.fixture
 def serve(env: dict[str, str]) -> Iterator[Any]:
     """``serve(port=0)`` starts ``start_metrics_server(port)`` in a process of its own; its address."""
@@ -184,17 +198,9 @@ def test_an_unusable_shared_cap_file_is_reported_once_and_the_worker_caps_its_ow
                 client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     lines = tmp_path / "records.jsonl"
     lines.write_text("".join(json.dumps(r) + "\n" for r in records))
-    done = subprocess.run(
-        [sys.executable, "-c", PROMETHEUS_WORKER, str(lines), json.dumps({"max_lenses": 2})],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.count("could not share the lens label's cap") == 1, done.stderr
-    assert "llm_ledger_lens.labels" in done.stderr and "may exceed 2" in done.stderr
+    stderr = run_capped_worker(env, lines, max_lenses=2)
+    assert stderr.count("could not share the lens label's cap") == 1, stderr
+    assert "llm_ledger_lens.labels" in stderr and "may exceed 2" in stderr
     lenses = by_labels(scrape(f"http://{serve()}/metrics"), "llm_ledger_calls_total", "lens")
     assert lenses == {("lens0",): 1.0, ("lens1",): 1.0, ("other",): 2.0}
 
@@ -235,15 +241,7 @@ def test_a_cap_file_line_cut_short_by_a_killed_worker_keeps_the_cap_shared(
         files.append(tmp_path / f"w{w}.jsonl")
         files[-1].write_text("".join(json.dumps(r) + "\n" for r in records))
     for lines in files:
-        done = subprocess.run(
-            [sys.executable, "-c", PROMETHEUS_WORKER, str(lines), json.dumps({"max_lenses": 3})],
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        assert "could not share" not in done.stderr, done.stderr
+        stderr = run_capped_worker(env, lines, max_lenses=3)
+        assert "could not share" not in stderr, stderr
     lenses = by_labels(scrape(f"http://{serve()}/metrics"), "llm_ledger_calls_total", "lens")
     assert lenses == {("w0-lens0",): 1.0, ("w0-lens1",): 1.0, ("other",): 4.0}
