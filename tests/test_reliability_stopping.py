@@ -140,8 +140,8 @@ def test_configure_from_the_main_thread_installs_the_handler_a_worker_thread_cou
 
 @pytest.mark.parametrize("when", ["app-before", "app-after"])
 def test_an_applications_own_sigterm_handler_keeps_working(tmp_path: Path, when: str) -> None:
-    """An application's SIGTERM handler, installed before configure() (then the ledger installs none)
-    or after it (it replaces the ledger's), runs as written; its sys.exit() writes every record."""
+    """An application's SIGTERM handler, installed before configure() (the ledger wraps it) or after it
+    (it replaces the ledger's), runs as written; its sys.exit() writes every record."""
     child = _stopped(tmp_path, when)
     assert _said(child) == "not ours"
     assert _said(child) == "returned"
