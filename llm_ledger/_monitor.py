@@ -452,10 +452,10 @@ class LLMCallMonitor:
         server["provider"] = route.provider
         if route.reasoning_outside:  # Google, xAI: thinking tokens left out of completion_tokens
             usage = reasoning_in_completion(usage)
-        prompt_cost = completion_cost = total_cost = source = None
+        prompt_cost = completion_cost = total_cost = source = priced_at = None
         costs = self._price(route, response, call.request["model"], usage, call.start_epoch)
         if costs is not None:
-            prompt_cost, completion_cost, source = costs
+            prompt_cost, completion_cost, source, priced_at = costs
             total_cost = prompt_cost + completion_cost
         reported = reported_cost_units(usage_obj)  # the provider's own figure wins
         if reported is not None:
@@ -479,15 +479,17 @@ class LLMCallMonitor:
             cost_source=source,
             cost_matched_by=route.matched_by,
             reported_cost_units=reported,
+            priced_epoch=priced_at,
         )
         return record, total_cost
 
     def _price(
         self, route: Route, response: ResponseShape, requested: str | None, usage: Usage, at: float
-    ) -> tuple[int, int, str] | None:
-        """(prompt, completion) cost in 10**-24 USD and the rates' source, for the served model (else
-        the requested one) on its service tier at the call's start (or at the time of day a test
-        session fixes: ``price_time_of_day``); None without usage or price."""
+    ) -> tuple[int, int, str, float | None] | None:
+        """(prompt, completion) cost in 10**-24 USD, the rates' source and the moment they were taken
+        at (None: the time of day does not change them), for the served model (else the requested one)
+        on its service tier at the call's start (or at the time of day a test session fixes:
+        ``price_time_of_day``); None without usage or price."""
         prompt_tokens = usage["prompt_tokens"]
         completion_tokens = usage["completion_tokens"]
         if prompt_tokens is None or completion_tokens is None:

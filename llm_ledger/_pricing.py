@@ -272,7 +272,7 @@ class Route:
         )
         if costs is None:
             return None
-        prompt_cost, completion_cost, _ = costs
+        prompt_cost, completion_cost = costs[:2]
         return Cost(_usd(prompt_cost), _usd(completion_cost), _usd(prompt_cost + completion_cost))
 
     def _costs(
@@ -289,9 +289,10 @@ class Route:
         heard: int = 0,
         spoken: int = 0,
         live: bool = False,
-    ) -> tuple[int, int, str] | None:
-        """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar) and the rates'
-        source, or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
+    ) -> tuple[int, int, str, float | None] | None:
+        """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar), the rates' source
+        and the moment they were taken at (epoch seconds; None: a price the time of day does not
+        change), or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
         ``model`` is the one served). A price-file entry for ``fallback`` wins over a built-in price for
         ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
         The tokens may be the sum of ``calls`` calls (a report's row): a long-context tier is judged on
@@ -324,6 +325,7 @@ class Route:
                 f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
                 f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}"
             )
+        moment = None
         if entry.by_time:
             moment = time.time() if at is None else at
             if live and _fixed_second is not None:
@@ -344,7 +346,12 @@ class Route:
             heard -= max(0, cached_tokens + written + heard - prompt_tokens)
         text = prompt_tokens - cached_tokens - written - heard
         prompt_cost = text * inp + cached_tokens * cached + written * write + heard * audio_in
-        return prompt_cost, (completion_tokens - spoken) * out + spoken * audio_out, entry.rates.source
+        return (
+            prompt_cost,
+            (completion_tokens - spoken) * out + spoken * audio_out,
+            entry.rates.source,
+            moment,
+        )
 
     def _entry(self, model: str) -> _Entry | None:
         """``model``'s rates here, resolved once (unknown names too), and again when they expire."""

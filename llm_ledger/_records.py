@@ -145,6 +145,10 @@ class CostShape(TypedDict):
     source: str | None  # "genai-prices <version>", "price-file", "provider-reported"; null: no cost
     matched_by: str  # how the rates were chosen: "host", "provider" or "model" (a host nobody knows)
     computed_usd: float | None
+    # the moment the price table's rates were taken at (ISO, UTC) when they depend on the time of day
+    # (DeepSeek's off-peak hours): the call's start, or the time of day a pytest session fixes on its
+    # day; null for every other call. Absent from records written before llm-ledger kept it.
+    priced_at: str | None
 
 
 class ErrorShape(TypedDict):
@@ -292,9 +296,11 @@ def call_record(
     cost_source: str | None = None,
     cost_matched_by: str = "model",
     reported_cost_units: int | None = None,
+    priced_epoch: float | None = None,
 ) -> CallRecord:
     """Build one ``llm_api_call`` record; costs in 10**-24 USD, prompt and completion both given or
-    both None (unpriced); ``reported_cost_units``, the provider's own figure, wins."""
+    both None (unpriced); ``reported_cost_units``, the provider's own figure, wins. ``priced_epoch``:
+    the moment the rates were taken at, given only when the time of day sets them."""
     end = iso_timestamp(start_epoch + duration_s)
     prompt_usd = completion_usd = total_usd = computed_usd = computed_units = None
     if prompt_cost_units is None or completion_cost_units is None:  # unpriced: both are None
@@ -333,6 +339,7 @@ def call_record(
             "source": cost_source,
             "matched_by": cost_matched_by,
             "computed_usd": computed_usd,
+            "priced_at": None if priced_epoch is None else iso_timestamp(priced_epoch),
         },
         "retries": retries,
         "error": error,

@@ -50,8 +50,8 @@ __all__ = [
 REPORT_VERSION: Final = 1
 SESSION_BUCKET: Final = "<session>"  # records emitted outside any test's setup, call or teardown
 # what identifies a row of the report's "usage": `llm-ledger reprice` prices each again, so calls a price
-# tells apart stay apart: the service tier that served them, the minute they started (UTC) where their
-# price depends on the time of day ("" elsewhere, or unknown)
+# tells apart stay apart: the service tier that served them, the minute they were priced at (UTC) where
+# their price depends on the time of day ("" elsewhere, or unknown)
 USAGE_KEYS: Final = (
     "lens",
     "provider",

@@ -20,6 +20,7 @@ import llm_ledger
 from llm_ledger import HostPrice, PriceTable, _monitor, _pricing
 from llm_ledger._cli import main
 from llm_ledger._pricing import day_parts
+from llm_ledger.report import usage_row
 from llm_ledger.testing import Captured, price_time_of_day
 
 # deepseek-chat: the list price from 00:30 to 16:30 UTC, half of it the rest of the day
@@ -229,3 +230,70 @@ def test_the_dearest_time_of_day_is_the_dearest_for_any_call_of_any_model() -> N
                 assert all(c is not None and c.total_cost_usd <= worst.total_cost_usd for c in costs)
     finally:
         price_time_of_day(previous)
+
+
+@pytest.mark.usefixtures("priced_when_made")
+def test_a_record_says_the_moment_its_price_was_taken_only_when_the_time_of_day_sets_it(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Outside a test session a DeepSeek call priced by the time of day says it was priced at its start
+    (``cost.priced_at``); a model priced the same all day, or a call with no price, says null."""
+    monitor.prices = DEEPSEEK
+    monkeypatch.setattr(_monitor, "time", StoppedClock(OFF_PEAK.timestamp()))
+    for model in ("deepseek-chat", "deepseek-v3.2", "no-such-model"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi " * 500}])
+    monkeypatch.undo()
+    timed, flat, unpriced = records.calls
+    assert timed["cost"]["priced_at"] == timed["timing"]["start_time"]
+    assert timed["timing"]["start_time"].startswith("2026-12-04T20:00")
+    assert flat["cost"]["total_cost_usd"] is not None
+    assert flat["cost"]["priced_at"] is None
+    assert unpriced["cost"]["total_cost_usd"] is None
+    assert unpriced["cost"]["priced_at"] is None
+
+
+def test_a_record_priced_at_a_fixed_time_of_day_says_so_and_reprices_to_its_cost(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An off-peak call priced at the day's dearest rate (a test session's rule) records that moment;
+    its usage row keeps it whatever the process's setting is when the row is read, and repricing the
+    log gives the recorded cost back. The same log without ``cost.priced_at`` (written before records
+    said it) reprices each call at its start, as it always did."""
+    monitor.prices = DEEPSEEK
+    monkeypatch.setattr(_monitor, "time", StoppedClock(OFF_PEAK.timestamp()))
+    previous = price_time_of_day("dearest")
+    try:
+        client.chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": "hi " * 500}]
+        )
+        price_time_of_day("now")  # the rows are read under another rule than the call was priced by
+        [record] = records.calls
+        assert record["cost"]["priced_at"] == "2026-12-04T00:30:00.000Z"  # the dearest part's start
+        assert usage_row(record).priced_minute == "2026-12-04T00:30:00+00:00"
+        old = {**record, "cost": {k: v for k, v in record["cost"].items() if k != "priced_at"}}
+        assert usage_row(old).priced_minute == "2026-12-04T20:00:00+00:00"  # its start
+    finally:
+        price_time_of_day(previous)
+    monkeypatch.undo()
+    usage = record["usage"]
+    peak = genai_usd("deepseek-chat", usage["prompt_tokens"], usage["completion_tokens"], PEAK)
+    off_peak = genai_usd("deepseek-chat", usage["prompt_tokens"], usage["completion_tokens"], OFF_PEAK)
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == peak
+
+    totals = []
+    for name, logged in (("new.jsonl", record), ("old.jsonl", old)):
+        (tmp_path / name).write_text(json.dumps(logged) + "\n")
+        assert main(["reprice", str(tmp_path / name), "--format", "json"]) == 0
+        totals.append(json.loads(capsys.readouterr().out)["total"])
+    new, before = totals
+    assert Decimal(repr(new["after_usd"])) == Decimal(repr(new["before_usd"])) == peak
+    assert new["change_usd"] == 0
+    assert Decimal(repr(before["after_usd"])) == off_peak < peak

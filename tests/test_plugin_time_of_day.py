@@ -15,7 +15,7 @@ import pytest
 import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
-from llm_ledger import _monitor
+from llm_ledger import _monitor, _pricing
 from llm_ledger._cli import main as cli_main
 from tests.plugin_helpers import INI, run, server_fixture, with_key_fixture, write_project
 from tests.test_cost_time_of_day import StoppedClock
@@ -188,3 +188,69 @@ def test_a_project_without_calls_priced_by_time_says_nothing_of_it(
     [record] = [json.loads(line) for line in (pytester.path / "calls.jsonl").read_text().splitlines()]
     assert record["cost"]["total_cost_usd"] > 0
     assert "time of day" not in result.stdout.str()
+
+
+LOGGED_CONFTEST = """
+import llm_ledger
+
+llm_ledger.configure(price_file="prices.yaml")  # its gateway on this machine forwards to DeepSeek
+
+
+def pytest_sessionfinish():
+    llm_ledger.flush()
+"""
+
+LOGGED_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_review():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens("review"):
+        client.chat.completions.create(
+            model="deepseek-v4-pro", messages=[{"role": "user", "content": "Review this diff " * 40}]
+        )
+"""
+
+
+@pytest.mark.usefixtures("fresh_config", "with_key")
+def test_the_sessions_log_reprices_to_the_sessions_cost_at_any_hour(
+    pytester: pytest.Pytester,
+    server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A session replayed off-peak prices its call at the day's dearest rate; the llm_calls.jsonl of ini
+    llm_log_dir says so (``cost.priced_at``), so `llm-ledger reprice` of that log, run at another hour,
+    gives the session's cost, as repricing its --llm-report does: a PR's reviewer gets one figure."""
+    write_project(pytester, LOGGED_TESTS)
+    pytester.makeconftest(LOGGED_CONFTEST)
+    prices = 'version: 1\nhosts:\n  "127.0.0.1": {provider: deepseek}\n'
+    pytester.path.joinpath("prices.yaml").write_text(prices)
+    run(pytester, "--llm-record-mode=once").assert_outcomes(passed=1)
+    server.stop()
+    pytester.makefile(".ini", pytest=INI + "llm_log_dir = test-logs\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(_monitor, "time", StoppedClock(OFF_PEAK.timestamp()))
+        run(pytester, "--llm-report=report.json").assert_outcomes(passed=1)
+    log = pytester.path / "test-logs" / "llm_calls.jsonl"
+    [record] = [r for r in map(json.loads, log.read_text().splitlines()) if r["event"] == "llm_api_call"]
+    assert record["timing"]["start_time"].startswith("2026-12-04T12:00")
+    assert record["cost"]["priced_at"] == "2026-12-04T01:00:00.000Z"  # the dearest part's start, that day
+    session_usd = Decimal(repr(json.loads((pytester.path / "report.json").read_text())["total"]["cost_usd"]))
+    assert cost(record) == session_usd == genai_usd(record, PEAK) == 2 * genai_usd(record, OFF_PEAK)
+
+    capsys.readouterr()  # the inner sessions' output
+    for source in (log, pytester.path / "report.json"):
+        with monkeypatch.context() as patch:  # repriced later, at an off-peak hour
+            patch.setattr(_pricing, "time", StoppedClock(LATE.timestamp()))
+            assert cli_main(["reprice", str(source), "--format", "json"]) == 0
+        total = json.loads(capsys.readouterr().out)["total"]
+        assert Decimal(repr(total["after_usd"])) == Decimal(repr(total["before_usd"])) == session_usd
+        assert total["change_usd"] == 0

@@ -644,6 +644,7 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
             "source": "test",
             "matched_by": "model",
             "computed_usd": None,
+            "priced_at": None,
         }
         totals.add(record, units[0] + units[1])
         exact_total += exact.total_cost_usd

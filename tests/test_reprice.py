@@ -537,19 +537,26 @@ def _report_of(calls: list[dict[str, Any]], path: Path) -> Path:
 
 
 @pytest.mark.usefixtures("priced_when_made")
+@pytest.mark.parametrize("said", [True, False], ids=["priced_at", "log-before-priced_at"])
 def test_a_report_reprices_each_call_at_its_own_time_of_day(
-    capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+    capsys: pytest.CaptureFixture[str],
+    recorded: tuple[Path, list[dict[str, Any]]],
+    tmp_path: Path,
+    said: bool,
 ) -> None:
     """Calls priced by the time of day (DeepSeek's peak and off-peak hours) keep their minute in the
     report's usage rows, so repricing the report gives what repricing the calls gives, whatever the time
     now, on another model too; calls whose price the time does not change keep none (a report written
-    again from the same cassettes stays the same), and a what-if prices them at the time of repricing."""
+    again from the same cassettes stays the same), and a what-if prices them at the time of repricing.
+    The minute is the record's ``cost.priced_at``, else (a log written before records said it) its start."""
     _, calls = recorded
     hours = ("2026-12-03T10:00:05.250000+00:00", "2026-12-03T20:00:05.250000+00:00")  # peak, off-peak
     timed = [
         {
             **call,
             "timing": {**call["timing"], "start_time": hours[number % 2]},
+            "cost": {k: v for k, v in call["cost"].items() if k != "priced_at"}
+            | ({"priced_at": hours[number % 2]} if said else {}),
             "server": {**call["server"], "provider": "deepseek"},
             "request": {**call["request"], "model": "deepseek-chat"},
             "response": {**call["response"], "model": "deepseek-chat"},

@@ -60,7 +60,8 @@ def failed_calls(count: int | str | None = None) -> str:
 @functools.cache
 def _prices() -> PriceTable:
     """genai-prices' table alone, which is what prices a call by the time of day (a price file's rates
-    are flat): the one that tells whether a report row needs its moment."""
+    are flat): the one that tells whether a row read from a log written before records said
+    (``cost.priced_at``) needs its moment."""
     from .._pricing import PriceTable
 
     return PriceTable()
@@ -86,11 +87,15 @@ class UsageRow:
     no_usage_calls: int  # calls that reported no usage: unknown before and after
     total_tokens: int = 0  # as recorded, else prompt + completion when both are known
     failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
-    at: float | None = None  # when the call started (epoch seconds; None: unknown, or many calls)
+    # the moment the call was priced at (epoch seconds): cost.priced_at, else its start; None: unknown
+    at: float | None = None
     service_tier: str | None = None  # the tier that served the calls (None: unknown, or the standard one)
     cache_write_tokens: int = 0  # the part of prompt_tokens written to the prompt cache
     prompt_audio_tokens: int = 0  # the audio part of prompt_tokens
     completion_audio_tokens: int = 0  # the audio part of completion_tokens
+    # whether the record says the time of day set its price (cost.priced_at not null); None: it does not
+    # say (a log written before records did, a report's row)
+    priced_by_time: bool | None = None
 
     @property
     def model_name(self) -> str:
@@ -115,14 +120,15 @@ class UsageRow:
     def priced_minute(self) -> str:
         """The UTC minute the call was priced at (ISO) when its price depends on the time of day, else "":
         a report's rows do not change with the minute a run was made in unless repricing needs it. That
-        minute is the call's start, or the time of day a test session fixed (``price_time_of_day``)."""
-        if self.at is None:
+        minute is the record's ``cost.priced_at`` (the call's start, or the time of day a test session
+        fixed); a record written before records said it was priced at its start."""
+        if self.at is None or self.priced_by_time is False:
             return ""
-        started = datetime.fromtimestamp(self.at // 60 * 60, UTC)
-        for name in (self.served_model, self.model):  # the monitor prices the served model first
-            if name and _prices().priced_by_time(name, provider=self.provider):
-                return _prices().priced_at(name, started, provider=self.provider).isoformat()
-        return ""
+        minute = datetime.fromtimestamp(self.at // 60 * 60, UTC).isoformat()
+        if self.priced_by_time:
+            return minute
+        names = (self.served_model, self.model)  # the monitor prices the served model first
+        return minute if any(n and _prices().priced_by_time(n, provider=self.provider) for n in names) else ""
 
 
 def usage_row(record: Mapping[str, Any]) -> UsageRow:
@@ -139,6 +145,8 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     tier = _dict(record.get("response")).get("service_tier")
     cost = _dict(record.get("cost"))
     recorded = cost_decimal(cost.get("total_cost_usd"))
+    started = _dict(record.get("timing")).get("start_time") or record.get("timestamp")
+    priced = _epoch(cost.get("priced_at"))  # None: not priced by the time of day, or an older record
     counts = {name: recorded_count(usage.get(name)) for name in TOKENS}
     prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
     known = prompt is not None and completion is not None
@@ -159,7 +167,8 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         uncosted_calls=int(recorded is None and (ok or total > 0)),
         no_usage_calls=int(not known and ok),
         failed_calls=int(not ok),
-        at=_epoch(_dict(record.get("timing")).get("start_time") or record.get("timestamp")),
+        at=_epoch(started) if priced is None else priced,
+        priced_by_time=None if "priced_at" not in cost else priced is not None,
         service_tier=tier if isinstance(tier, str) else None,
         **{name: count or 0 for name, count in counts.items()},
     )
