@@ -21,7 +21,7 @@ import logging
 import os
 import shlex
 import threading
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -256,6 +256,7 @@ class _LedgerState:
         )
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.location = _location_options(config)
+        self.here = _here(config)  # how commands name a test where pytest was started
         self.budget_file = _path_option(config, "llm_budget_file")
         self.enforce = _switch(config, "llm_budget", dest="llm_ledger_budget")
         self.strict = _switch(config, "llm_strict")
@@ -382,7 +383,7 @@ class _LedgerState:
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
                 "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
                 "  once (needs network and OPENAI_API_KEY):",
-                f"    {rerecord_command(nodeid, 'once', self.location)}",
+                f"    {rerecord_command(self.here(nodeid), 'once', self.location)}",
                 hint,
             ]
         message = "\n".join(lines)
@@ -436,6 +437,25 @@ def _location_options(config: pytest.Config) -> tuple[str, ...]:
     if value := config.getoption("llm_cassette_dir"):
         options.append(f"--llm-cassette-dir={value}")
     return tuple(options)
+
+
+def _here(config: pytest.Config) -> Callable[[str], str]:
+    """How a command run where pytest was started names a test: its node id with the file's path
+    relative to that folder, as pytest's own summary names it (from ``tests/``: ``test_x.py::test_y``);
+    the node id itself when pytest was started in the rootdir."""
+    root, here = config.rootpath, config.invocation_params.dir
+
+    def shown(nodeid: str) -> str:
+        if here == root:
+            return nodeid
+        path, sep, rest = nodeid.partition("::")
+        try:
+            path = Path(os.path.relpath(root / path, here)).as_posix()
+        except ValueError:  # another drive (Windows): absolute
+            path = (root / path).as_posix()
+        return f"{path}{sep}{rest}"
+
+    return shown
 
 
 def _compatible_server() -> str | None:
@@ -780,11 +800,12 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             fallback=fallback,
             rerecord_options=state.location,
             directory=state.cassette_dir,
+            command_nodeid=state.here(item.nodeid),
         )
     except CassetteError as exc:
         error = str(exc)
     if error is not None:  # raised outside the except block, so the message is not printed twice
-        command = rerecord_command(item.nodeid, "rewrite", state.location)
+        command = rerecord_command(state.here(item.nodeid), "rewrite", state.location)
         pytest.fail(f"{error}\n  to replace it with a fresh recording: {command}", pytrace=False)
     item.stash[_CASSETTE] = cassette
     with activate(cassette):

@@ -301,3 +301,17 @@ def test_the_sdks_aiohttp_backend_is_guarded_and_replayed(
         ["llm-ledger: tests/test_app.py::test_unmarked_aiohttp is not marked llm, so its OpenAI * not sent"]
     )
     assert prompts(server) == ["marked aiohttp"]  # the unmarked request never reached the server
+
+
+@pytest.mark.usefixtures("no_key", "server")
+def test_an_unmarked_test_run_from_a_subdirectory_gets_a_command_that_runs_there(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from the tests folder, the refusal's record command names the test as pytest does there."""
+    write_project(pytester, UNMARKED_TESTS)
+    monkeypatch.chdir(pytester.path / "tests")
+
+    result = run(pytester, "-k", "test_unmarked and not async")
+
+    result.assert_outcomes(failed=1, deselected=2)
+    assert "    pytest test_app.py::test_unmarked --llm-record-mode=once\n" in result.stdout.str()

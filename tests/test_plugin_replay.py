@@ -219,6 +219,31 @@ def test_changed_prompt_fails_with_a_clear_message(
 
 
 @pytest.mark.usefixtures("with_key")
+def test_a_miss_in_a_run_from_a_subdirectory_gives_a_command_that_runs_there(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from the tests folder, a miss names the test as pytest does there (``test_app.py::...``),
+    so the re-record command it prints records the cassette when run as given, in that folder; the
+    cassette's header still names it from the root."""
+    write_project(pytester)
+    record(pytester, "-k", "test_chat")
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "Summarise the annual report")
+    monkeypatch.chdir(pytester.path / "tests")
+
+    missed = run(pytester, "-k", "test_chat")
+
+    missed.assert_outcomes(failed=1, deselected=2)
+    command = "pytest test_app.py::test_chat --llm-record-mode=rewrite"
+    assert_lines_in(missed, f"    {command}")
+    rerecorded = run(pytester, *shlex.split(command)[1:])
+    rerecorded.assert_outcomes(passed=1)
+    cassette = (pytester.path / CASSETTES / "test_chat.yaml").read_text()
+    assert "Summarise the annual report" in cassette
+    # the committed header names the test from the project's root, wherever it was recorded
+    assert "# re-record: pytest tests/test_app.py::test_chat --llm-record-mode=rewrite\n" in cassette
+
+
+@pytest.mark.usefixtures("with_key")
 def test_an_extra_identical_call_is_a_miss(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
