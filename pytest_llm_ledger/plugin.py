@@ -851,7 +851,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
     cassettes = _orphan_cassette_notices(state, session.config) + _ci_recording_notices(state)
-    state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets, cassettes, state.location)
+    state.notices, state.unchecked_budgets = notices(
+        state.ledger, state.budgets, cassettes, state.location, state.here
+    )
     failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -281,6 +281,30 @@ def test_fewer_calls_than_recorded_are_reported_as_stale(
 
 
 @pytest.mark.usefixtures("with_key")
+def test_a_stale_cassette_in_a_run_from_a_subdirectory_names_the_test_as_pytest_does_there(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from the tests folder, the stale-cassette notice names the test as a command there takes it,
+    so ``pytest ID --llm-record-mode=rewrite`` with the ID it names re-records the cassette."""
+    write_project(pytester, REPEAT_TESTS)
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "3")
+    record(pytester, "-k", "test_repeat")
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "1")
+    monkeypatch.chdir(pytester.path / "tests")
+
+    result = run(pytester, "-k", "test_repeat")
+
+    result.assert_outcomes(passed=1, deselected=1)
+    assert_lines_in(
+        result,
+        "llm-ledger: 1 cassette(s) hold interactions their test no longer makes: "
+        "test_app.py::test_repeat (2); re-record them with --llm-record-mode=rewrite",
+    )
+    run(pytester, "test_app.py::test_repeat", "--llm-record-mode=rewrite").assert_outcomes(passed=1)
+    assert len(load_yaml(pytester.path / CASSETTES / "test_repeat.yaml")["interactions"]) == 1
+
+
+@pytest.mark.usefixtures("with_key")
 def test_a_swallowed_miss_still_fails_the_test(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
