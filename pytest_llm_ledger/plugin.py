@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import pytest
@@ -39,6 +39,7 @@ from llm_ledger import (
     ConfigError,
     load_budgets,
 )
+from llm_ledger import __all__ as _MODULE_NAMES  # the module's names, which the fixture's name hides
 from llm_ledger.loading import BOOLEAN_WORDS, listed
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
@@ -217,7 +218,17 @@ class LedgerRecords(Captured):
 
     def lens(self, lens_key: str) -> list[dict[str, Any]]:
         """The ``lens_summary`` records of ``lens_key``, in the order the runs ended."""
-        return [r for r in self.lenses if (r.get("context") or {}).get("lens_key") == lens_key]
+        return _LensRecords(r for r in self.lenses if (r.get("context") or {}).get("lens_key") == lens_key)
+
+    if not TYPE_CHECKING:  # a type checker still refuses an attribute the fixture lacks
+
+        def __getattr__(self, name: str) -> Any:
+            # a test that imports llm_ledger and takes this fixture reaches the fixture by that name
+            if name in _MODULE_NAMES:
+                raise AttributeError(
+                    f"{name!r}: llm_ledger here is the pytest fixture (the test's records), {_HIDDEN}"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def totals(self) -> Totals:
         """Calls, tokens, errors and cost of ``calls``, summed."""
@@ -246,6 +257,22 @@ class LedgerRecords(Captured):
     @property
     def cost_complete(self) -> bool:
         return self.totals().cost_complete
+
+
+_HIDDEN: Final = (
+    "which hides the llm_ledger module inside this test; import the module under another name "
+    "(import llm_ledger as ledger)"
+)
+
+
+class _LensRecords(list[dict[str, Any]]):
+    """``llm_ledger.lens(key)``'s list, which says what went wrong when taken for the module's ``lens()``."""
+
+    def __enter__(self) -> None:
+        raise TypeError(f"llm_ledger.lens(...) here is the pytest fixture's list of lens records, {_HIDDEN}")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 class _LedgerState:
