@@ -307,7 +307,9 @@ class _LedgerState:
         self.current: LedgerRecords | None = None
         self._starts = Starts(SESSION_BUCKET)  # which test each record counts in
         self._placeholder_key = False
-        self.guard = Guard(self._refuse) if self.mode == "none" else None  # the replay-only guard
+        # refuses what no cassette replays: an unmarked test's OpenAI request (in none mode), a marked
+        # test's from a fixture set up before its cassette (in every mode)
+        self.guard = Guard(self._refuse)
         self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None  # the running test's node id while its OpenAI requests are refused
         self._attempted = False  # the running test's setup began: another one is a rerun
@@ -379,6 +381,9 @@ class _LedgerState:
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
         nodeid = self._guarded
+        recording = self.mode != "none"
+        if recording and not (self.current is not None and self._marked):
+            return None  # while recording only a marked test's fixture of a wider scope is refused
         if self.current is None:  # no test running: a test module's import, a thread left running
             message = (
                 "llm-ledger: an OpenAI API request was made while no test was running (at import or "
@@ -392,11 +397,13 @@ class _LedgerState:
         if nodeid is None:
             return None  # a live test, or a test marked vcr alone
         if self._marked:
+            sent = "it would not be recorded, and the replay would refuse it"
+            why = sent if recording else "nothing leaves the machine"
             lines = [
                 f"llm-ledger: {nodeid} sent an OpenAI API request outside its cassette (a fixture of a "
                 "wider scope than the test's, set up before it), so it was not sent",
                 f"  request: {method} {host}{path}",
-                f"  in record mode {self.mode!r} nothing leaves the machine; a cassette records the requests "
+                f"  in record mode {self.mode!r} {why}; a cassette records the requests "
                 "of its test's function-scoped fixtures and body: make that fixture function-scoped, or "
                 "move the call into the test",
             ]
@@ -539,10 +546,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = state
     _active.append(state)
     add_global_sink(state.sink)
-    if state.guard is not None:
-        # now, not at the first test, and with --collect-only too: a test module that imports openai and
-        # calls it at collection, and a test that imports it in its body, are guarded
-        state.guard.install(load=True)
+    # now, not at the first test, and with --collect-only too: a test module that imports openai and
+    # calls it at collection, and a test that imports it in its body, are guarded
+    state.guard.install(load=True)
     if not state.is_worker:
         config.pluginmanager.register(_ControllerHooks(state), "llm_ledger_controller")
 
@@ -554,8 +560,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
     if state is None:
         return
-    if state.guard is not None:
-        state.guard.uninstall()
+    state.guard.uninstall()
     if state.previous_time_of_day is not None:
         price_time_of_day(state.previous_time_of_day)
     remove_global_sink(state.sink)
@@ -666,8 +671,7 @@ def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, object, object]:
     state = item.config.stash[_STATE]
-    if state.guard is not None:  # the transports of an HTTP library imported since
-        state.guard.install()
+    state.guard.install()  # the transports of an HTTP library imported since
     with state.test(item):
         return (yield)
 
