@@ -213,6 +213,7 @@ class LedgerCassette:
         fallback: Any = None,
         rerecord_options: Sequence[str] = (),
         directory: Path | None = None,
+        command_nodeid: str | None = None,
     ) -> None:
         if mode not in RECORD_MODES:
             raise ConfigError(
@@ -228,6 +229,9 @@ class LedgerCassette:
         self.allowed_hosts = allowed_hosts  # ... except to these hosts (glob patterns)
         self.fallback = fallback  # the test's own vcrpy cassette (pytest-recording), for the rest
         self.rerecord_options = tuple(rerecord_options)  # what chose the cassette's place, for commands
+        # the test as a command run where pytest was started names it (from a subdirectory:
+        # ``test_x.py::test_y``); the cassette's header keeps ``nodeid``, the same wherever it was recorded
+        self.command_nodeid = command_nodeid or nodeid
         self.directory = directory  # the cassette directory, named in a miss when it does not exist
         # attributes vcrpy's patch builder and stubs read
         self._path = str(path)
@@ -383,9 +387,14 @@ class LedgerCassette:
             self._write(self.loaded + self.recorded)
 
     def _write(self, interactions: list[Interaction]) -> None:
+        command = (
+            self.rerecord_command("rewrite")
+            if self.command_nodeid == self.nodeid
+            else rerecord_command(self.nodeid, "rewrite", self.rerecord_options)
+        )
         header = (
             f"llm-ledger cassette for {self.nodeid}\n"
-            f"re-record: {self.rerecord_command('rewrite')}\n"
+            f"re-record: {command}\n"
             "bodies are stored decoded; headers are allow-listed and credentials redacted"
         )
         _format.write_atomic(self.path, _format.dump_cassette([i.to_yaml() for i in interactions], header))
@@ -394,7 +403,7 @@ class LedgerCassette:
 
     def rerecord_command(self, mode: str) -> str:
         """The command that records this cassette in ``mode`` (the lens demo's cassettes override it)."""
-        return rerecord_command(self.nodeid, mode, self.rerecord_options)
+        return rerecord_command(self.command_nodeid, mode, self.rerecord_options)
 
     def _miss(self, request: Any) -> None:
         message = self.describe_miss(request.method, request.uri, request.body, request.headers)

@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     for path in orphans:
         print(f"  {shown_path(path)}")
     if not args.prune:
-        print("delete them with `llm-ledger cassettes --prune` (with the same pytest arguments)")
+        pytest_args = ["--", *args.pytest_args] if args.pytest_args else []
+        print(f"delete them with `{shlex.join(['llm-ledger', 'cassettes', '--prune', *pytest_args])}`")
         return max(status, 1)
     for path in orphans:
         path.unlink()

@@ -11,7 +11,7 @@ import json
 import re
 import shlex
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, Self
@@ -616,14 +616,16 @@ def notices(
     budgets: Budgets | None,
     cassettes: Iterable[str] = (),
     location: Sequence[str] = (),
+    here: Callable[[str], str] = str,
 ) -> tuple[list[str], bool]:
     """What the session could not check or found out of date (--llm-strict fails the run on any),
     and whether a budget checked nothing. The cassettes first: stale ones, then the plugin's other
     ``cassettes`` notices (orphans, recorded on CI), then the authentication errors; costs; budgets.
-    ``location``: the options that chose where the cassettes are, kept in re-record commands."""
+    ``location``: the options that chose where the cassettes are, kept in re-record commands;
+    ``here``: how a command run where pytest started names a test, for the tests to re-record."""
     out = []
     if ledger.unplayed:
-        stale = [f"{nodeid} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
+        stale = [f"{here(nodeid)} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
         out.append(
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
             f"{listed(stale)}; re-record them with {shlex.join(['--llm-record-mode=rewrite', *location])}"
@@ -639,7 +641,7 @@ def notices(
     if ledger.replayed_auth_errors:
         tests = sorted(ledger.replayed_auth_errors)
         named = [f"{nodeid} ({ledger.replayed_auth_errors[nodeid]})" for nodeid in tests]
-        one = tests[0] if len(tests) == 1 else None
+        one = here(tests[0]) if len(tests) == 1 else None
         out.append(f"llm-ledger: {replayed_auth_advice(len(tests), one, location)}: {listed(named)}")
     total = ledger.total()
     if not total.cost_complete:

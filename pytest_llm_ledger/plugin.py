@@ -21,11 +21,11 @@ import logging
 import os
 import shlex
 import threading
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import pytest
@@ -39,6 +39,7 @@ from llm_ledger import (
     ConfigError,
     load_budgets,
 )
+from llm_ledger import __all__ as _MODULE_NAMES  # the module's names, which the fixture's name hides
 from llm_ledger.loading import BOOLEAN_WORDS, listed
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
@@ -217,7 +218,17 @@ class LedgerRecords(Captured):
 
     def lens(self, lens_key: str) -> list[dict[str, Any]]:
         """The ``lens_summary`` records of ``lens_key``, in the order the runs ended."""
-        return [r for r in self.lenses if (r.get("context") or {}).get("lens_key") == lens_key]
+        return _LensRecords(r for r in self.lenses if (r.get("context") or {}).get("lens_key") == lens_key)
+
+    if not TYPE_CHECKING:  # a type checker still refuses an attribute the fixture lacks
+
+        def __getattr__(self, name: str) -> Any:
+            # a test that imports llm_ledger and takes this fixture reaches the fixture by that name
+            if name in _MODULE_NAMES:
+                raise AttributeError(
+                    f"{name!r}: llm_ledger here is the pytest fixture (the test's records), {_HIDDEN}"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def totals(self) -> Totals:
         """Calls, tokens, errors and cost of ``calls``, summed."""
@@ -248,6 +259,22 @@ class LedgerRecords(Captured):
         return self.totals().cost_complete
 
 
+_HIDDEN: Final = (
+    "which hides the llm_ledger module inside this test; import the module under another name "
+    "(import llm_ledger as ledger)"
+)
+
+
+class _LensRecords(list[dict[str, Any]]):
+    """``llm_ledger.lens(key)``'s list, which says what went wrong when taken for the module's ``lens()``."""
+
+    def __enter__(self) -> None:
+        raise TypeError(f"llm_ledger.lens(...) here is the pytest fixture's list of lens records, {_HIDDEN}")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 class _LedgerState:
     def __init__(self, config: pytest.Config) -> None:
         modes = {mode: mode for mode in RECORD_MODES}
@@ -256,6 +283,7 @@ class _LedgerState:
         )
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.location = _location_options(config)
+        self.here = _here(config)  # how commands name a test where pytest was started
         self.budget_file = _path_option(config, "llm_budget_file")
         self.enforce = _switch(config, "llm_budget", dest="llm_ledger_budget")
         self.strict = _switch(config, "llm_strict")
@@ -279,7 +307,9 @@ class _LedgerState:
         self.current: LedgerRecords | None = None
         self._starts = Starts(SESSION_BUCKET)  # which test each record counts in
         self._placeholder_key = False
-        self.guard = Guard(self._refuse) if self.mode == "none" else None  # the replay-only guard
+        # refuses what no cassette replays: an unmarked test's OpenAI request (in none mode), a marked
+        # test's from a fixture set up before its cassette (in every mode)
+        self.guard = Guard(self._refuse)
         self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None  # the running test's node id while its OpenAI requests are refused
         self._attempted = False  # the running test's setup began: another one is a rerun
@@ -351,6 +381,9 @@ class _LedgerState:
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
         nodeid = self._guarded
+        recording = self.mode != "none"
+        if recording and not (self.current is not None and self._marked):
+            return None  # while recording only a marked test's fixture of a wider scope is refused
         if self.current is None:  # no test running: a test module's import, a thread left running
             message = (
                 "llm-ledger: an OpenAI API request was made while no test was running (at import or "
@@ -364,11 +397,13 @@ class _LedgerState:
         if nodeid is None:
             return None  # a live test, or a test marked vcr alone
         if self._marked:
+            sent = "it would not be recorded, and the replay would refuse it"
+            why = sent if recording else "nothing leaves the machine"
             lines = [
                 f"llm-ledger: {nodeid} sent an OpenAI API request outside its cassette (a fixture of a "
                 "wider scope than the test's, set up before it), so it was not sent",
                 f"  request: {method} {host}{path}",
-                f"  in record mode {self.mode!r} nothing leaves the machine; a cassette records the requests "
+                f"  in record mode {self.mode!r} {why}; a cassette records the requests "
                 "of its test's function-scoped fixtures and body: make that fixture function-scoped, or "
                 "move the call into the test",
             ]
@@ -382,7 +417,7 @@ class _LedgerState:
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
                 "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
                 "  once (needs network and OPENAI_API_KEY):",
-                f"    {rerecord_command(nodeid, 'once', self.location)}",
+                f"    {rerecord_command(self.here(nodeid), 'once', self.location)}",
                 hint,
             ]
         message = "\n".join(lines)
@@ -436,6 +471,25 @@ def _location_options(config: pytest.Config) -> tuple[str, ...]:
     if value := config.getoption("llm_cassette_dir"):
         options.append(f"--llm-cassette-dir={value}")
     return tuple(options)
+
+
+def _here(config: pytest.Config) -> Callable[[str], str]:
+    """How a command run where pytest was started names a test: its node id with the file's path
+    relative to that folder, as pytest's own summary names it (from ``tests/``: ``test_x.py::test_y``);
+    the node id itself when pytest was started in the rootdir."""
+    root, here = config.rootpath, config.invocation_params.dir
+
+    def shown(nodeid: str) -> str:
+        if here == root:
+            return nodeid
+        path, sep, rest = nodeid.partition("::")
+        try:
+            path = Path(os.path.relpath(root / path, here)).as_posix()
+        except ValueError:  # another drive (Windows): absolute
+            path = (root / path).as_posix()
+        return f"{path}{sep}{rest}"
+
+    return shown
 
 
 def _compatible_server() -> str | None:
@@ -492,10 +546,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = state
     _active.append(state)
     add_global_sink(state.sink)
-    if state.guard is not None:
-        # now, not at the first test, and with --collect-only too: a test module that imports openai and
-        # calls it at collection, and a test that imports it in its body, are guarded
-        state.guard.install(load=True)
+    # now, not at the first test, and with --collect-only too: a test module that imports openai and
+    # calls it at collection, and a test that imports it in its body, are guarded
+    state.guard.install(load=True)
     if not state.is_worker:
         config.pluginmanager.register(_ControllerHooks(state), "llm_ledger_controller")
 
@@ -507,8 +560,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
     if state is None:
         return
-    if state.guard is not None:
-        state.guard.uninstall()
+    state.guard.uninstall()
     if state.previous_time_of_day is not None:
         price_time_of_day(state.previous_time_of_day)
     remove_global_sink(state.sink)
@@ -619,8 +671,7 @@ def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, object, object]:
     state = item.config.stash[_STATE]
-    if state.guard is not None:  # the transports of an HTTP library imported since
-        state.guard.install()
+    state.guard.install()  # the transports of an HTTP library imported since
     with state.test(item):
         return (yield)
 
@@ -780,11 +831,12 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             fallback=fallback,
             rerecord_options=state.location,
             directory=state.cassette_dir,
+            command_nodeid=state.here(item.nodeid),
         )
     except CassetteError as exc:
         error = str(exc)
     if error is not None:  # raised outside the except block, so the message is not printed twice
-        command = rerecord_command(item.nodeid, "rewrite", state.location)
+        command = rerecord_command(state.here(item.nodeid), "rewrite", state.location)
         pytest.fail(f"{error}\n  to replace it with a fresh recording: {command}", pytrace=False)
     item.stash[_CASSETTE] = cassette
     with activate(cassette):
@@ -830,7 +882,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
     cassettes = _orphan_cassette_notices(state, session.config) + _ci_recording_notices(state)
-    state.notices, state.unchecked_budgets = notices(state.ledger, state.budgets, cassettes, state.location)
+    state.notices, state.unchecked_budgets = notices(
+        state.ledger, state.budgets, cassettes, state.location, state.here
+    )
     failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

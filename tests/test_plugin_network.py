@@ -15,11 +15,12 @@ from tests.plugin_helpers import (
     no_key_fixture,
     run,
     server_fixture,
+    with_key_fixture,
     write_project,
 )
 
 pytest_plugins = ["pytester"]
-_FIXTURES = (no_key_fixture, server_fixture)  # used by name
+_FIXTURES = (no_key_fixture, server_fixture, with_key_fixture)  # used by name
 
 UNMARKED_TESTS = """
 import os
@@ -136,6 +137,30 @@ def test_a_marked_tests_fixture_of_a_wider_scope_is_refused_unsent(
             "  in record mode 'none' nothing leaves the machine; a cassette records the requests of its "
             "test's function-scoped fixtures and body: make that fixture function-scoped, or move the "
             "call into the test",
+        ]
+    )
+
+
+@pytest.mark.usefixtures("with_key")
+def test_recording_refuses_a_wider_fixtures_request_that_the_replay_would_refuse(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """While recording, the same module-scoped fixture's request is refused unsent too: sent, it would
+    go live and stay out of the cassette, so the recording would pass and every replay (CI) fail."""
+    write_project(pytester, WIDER_FIXTURE_TESTS)
+
+    result = run(pytester, "--llm-record-mode=once")
+
+    result.assert_outcomes(errors=1)
+    assert prompts(server) == []
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: tests/test_app.py::test_marked sent an OpenAI API request outside its cassette "
+            "(a fixture of a wider scope than the test's, set up before it), so it was not sent",
+            "  request: POST 127.0.0.1/v1/chat/completions",
+            "  in record mode 'once' it would not be recorded, and the replay would refuse it; a cassette "
+            "records the requests of its test's function-scoped fixtures and body: make that fixture "
+            "function-scoped, or move the call into the test",
         ]
     )
 
@@ -301,3 +326,17 @@ def test_the_sdks_aiohttp_backend_is_guarded_and_replayed(
         ["llm-ledger: tests/test_app.py::test_unmarked_aiohttp is not marked llm, so its OpenAI * not sent"]
     )
     assert prompts(server) == ["marked aiohttp"]  # the unmarked request never reached the server
+
+
+@pytest.mark.usefixtures("no_key", "server")
+def test_an_unmarked_test_run_from_a_subdirectory_gets_a_command_that_runs_there(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from the tests folder, the refusal's record command names the test as pytest does there."""
+    write_project(pytester, UNMARKED_TESTS)
+    monkeypatch.chdir(pytester.path / "tests")
+
+    result = run(pytester, "-k", "test_unmarked and not async")
+
+    result.assert_outcomes(failed=1, deselected=2)
+    assert "    pytest test_app.py::test_unmarked --llm-record-mode=once\n" in result.stdout.str()

@@ -82,6 +82,7 @@ def test_llm_ledger_cassettes_lists_and_prunes_orphans(
     assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout
     assert "never recorded: cassettes/tests/test_app/test_kept.yaml" in listed.stdout
     assert "lens.yaml" not in listed.stdout and orphan.exists()
+    assert "delete them with `llm-ledger cassettes --prune`\n" in listed.stdout
 
     pruned = cassettes(capsys, "--prune")
     assert pruned.returncode == 0, pruned.stderr
@@ -109,6 +110,8 @@ def test_cassettes_for_a_path_selection_leave_other_files_cassettes_alone(
     assert listed.returncode == 1, listed.stderr
     assert "1 orphan cassette(s)" in listed.stdout and "test_app/test_renamed.yaml" in listed.stdout
     assert "test_other.yaml" not in listed.stdout and "test_gone" not in listed.stdout
+    # the fix is the same command, pytest's arguments and all, ready to paste
+    assert "delete them with `llm-ledger cassettes --prune -- tests/test_app.py`\n" in listed.stdout
 
     pruned = cassettes(capsys, "--prune", "--", "tests/test_app.py")
     assert pruned.returncode == 0, pruned.stderr

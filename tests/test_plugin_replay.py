@@ -219,6 +219,31 @@ def test_changed_prompt_fails_with_a_clear_message(
 
 
 @pytest.mark.usefixtures("with_key")
+def test_a_miss_in_a_run_from_a_subdirectory_gives_a_command_that_runs_there(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from the tests folder, a miss names the test as pytest does there (``test_app.py::...``),
+    so the re-record command it prints records the cassette when run as given, in that folder; the
+    cassette's header still names it from the root."""
+    write_project(pytester)
+    record(pytester, "-k", "test_chat")
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "Summarise the annual report")
+    monkeypatch.chdir(pytester.path / "tests")
+
+    missed = run(pytester, "-k", "test_chat")
+
+    missed.assert_outcomes(failed=1, deselected=2)
+    command = "pytest test_app.py::test_chat --llm-record-mode=rewrite"
+    assert_lines_in(missed, f"    {command}")
+    rerecorded = run(pytester, *shlex.split(command)[1:])
+    rerecorded.assert_outcomes(passed=1)
+    cassette = (pytester.path / CASSETTES / "test_chat.yaml").read_text()
+    assert "Summarise the annual report" in cassette
+    # the committed header names the test from the project's root, wherever it was recorded
+    assert "# re-record: pytest tests/test_app.py::test_chat --llm-record-mode=rewrite\n" in cassette
+
+
+@pytest.mark.usefixtures("with_key")
 def test_an_extra_identical_call_is_a_miss(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,6 +278,30 @@ def test_fewer_calls_than_recorded_are_reported_as_stale(
         "llm-ledger: 1 cassette(s) hold interactions their test no longer makes: "
         "tests/test_app.py::test_repeat (2); re-record them with --llm-record-mode=rewrite",
     )
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_stale_cassette_in_a_run_from_a_subdirectory_names_the_test_as_pytest_does_there(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from the tests folder, the stale-cassette notice names the test as a command there takes it,
+    so ``pytest ID --llm-record-mode=rewrite`` with the ID it names re-records the cassette."""
+    write_project(pytester, REPEAT_TESTS)
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "3")
+    record(pytester, "-k", "test_repeat")
+    monkeypatch.setenv("LEDGER_TEST_TIMES", "1")
+    monkeypatch.chdir(pytester.path / "tests")
+
+    result = run(pytester, "-k", "test_repeat")
+
+    result.assert_outcomes(passed=1, deselected=1)
+    assert_lines_in(
+        result,
+        "llm-ledger: 1 cassette(s) hold interactions their test no longer makes: "
+        "test_app.py::test_repeat (2); re-record them with --llm-record-mode=rewrite",
+    )
+    run(pytester, "test_app.py::test_repeat", "--llm-record-mode=rewrite").assert_outcomes(passed=1)
+    assert len(load_yaml(pytester.path / CASSETTES / "test_repeat.yaml")["interactions"]) == 1
 
 
 @pytest.mark.usefixtures("with_key")

@@ -429,6 +429,40 @@ def test_fixture_and_capture_attributes_as_documented(pytester: pytest.Pytester,
     run(pytester, "--llm-record-mode=once").assert_outcomes(passed=1)
 
 
+SHADOWED_TESTS = """
+import openai
+import pytest
+
+import llm_ledger
+
+
+@pytest.mark.llm
+def test_instrument(llm_ledger):
+    llm_ledger.instrument(openai.OpenAI())
+
+
+@pytest.mark.llm
+def test_lens(llm_ledger):
+    with llm_ledger.lens("summary"):
+        pass
+"""
+
+
+def test_the_fixture_hiding_the_module_says_so_and_how_to_import_it(pytester: pytest.Pytester) -> None:
+    """A test that imports llm_ledger and takes the llm_ledger fixture reaches the fixture by that name:
+    the module's functions (instrument, lens as a context manager) fail naming the clash and the fix."""
+    write_project(pytester, SHADOWED_TESTS)
+
+    result = run(pytester)
+
+    result.assert_outcomes(failed=2)
+    fix = "import the module under another name (import llm_ledger as ledger)"
+    out = result.stdout.str()
+    assert "AttributeError: 'instrument': llm_ledger here is the pytest fixture (the test's records)" in out
+    assert "TypeError: llm_ledger.lens(...) here is the pytest fixture's list of lens records" in out
+    assert out.count(fix) == 2
+
+
 def test_diff_against_a_missing_base_shows_every_lens_as_new(
     tmp_path: Path, reports: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
