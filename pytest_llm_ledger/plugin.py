@@ -1044,7 +1044,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             )
         else:
             checked = " that could be checked" if state.unchecked_budgets else ""
-            tr.write_line(f"llm-ledger: every budget in {budget_file}{checked} was met")
+            met = f"llm-ledger: every budget in {budget_file}{checked} was met"
+            if failed := ledger.total().errors:  # a call that missed its cassette counts nothing
+                met += f" ({failed} call(s) failed: one that got no answer counts no tokens or cost)"
+            tr.write_line(met)
     for notice in state.notices:
         tr.write_line(notice, red=state.strict)
     if state.strict and state.notices:

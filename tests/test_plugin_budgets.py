@@ -52,6 +52,25 @@ def test_budgets_met_pass(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
 
 
+def test_budgets_met_by_a_run_whose_calls_failed_say_those_count_nothing(
+    recorded: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that missed its cassette got no answer and counts no tokens or cost: the line saying the
+    budgets were met says so, so a run that failed for it is not read as within budget."""
+    budgets(recorded, "total: {max_api_calls: 3}\n")
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "Summarise the annual report")
+
+    result = run(recorded, "--llm-budget", "-k", "test_chat")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: every budget in budgets.yaml was met (1 call(s) failed: one that got no answer "
+            "counts no tokens or cost)"
+        ]
+    )
+
+
 def test_a_budget_for_a_test_that_did_not_run_is_named(recorded: pytest.Pytester) -> None:
     """A test budget whose node id never ran (a typo, or a subset run) is listed as not checked."""
     budgets(recorded, 'tests:\n  "tests/test_app.py::test_typo": {max_api_calls: 1}\n')
