@@ -21,7 +21,7 @@ import llm_ledger
 from dashboards.local_prometheus import wait
 from llm_ledger.exporters import metrics_registry
 from llm_ledger.testing import FakeOpenAI, capture
-from tests.conftest import FAKE_KEY
+from tests.conftest import FAKE_KEY, Sdk
 from tests.exporter_helpers import (
     METRICS_SERVER,
     PROMETHEUS_WORKER,
@@ -53,6 +53,7 @@ def records_of(fake_openai: FakeOpenAI, path: Path, lens: str, calls: int) -> Pa
     with capture(monitor) as records, monitor.lens(lens):
         for _ in range(calls):
             client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    client.close()  # left to the garbage collector, its socket may warn in a later test
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
@@ -157,13 +158,13 @@ def test_a_new_series_shows_0_once_whichever_process_serves_the_directory(
 
 
 def test_the_lens_and_model_caps_hold_across_every_worker_process(
-    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+    env: dict[str, str], serve: Any, tmp_path: Path, sdk: Sdk
 ) -> None:
     """Four workers at once, each with 12 lenses and models of its own, under max_lenses=10 and
     max_models=5: /metrics names exactly 10 lenses and 5 models (the rest under "other"), not 10 and 5
     per process, and counts every call."""
     monitor = llm_ledger.LLMCallMonitor(logger=None)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     files = []
     for w in range(4):
         with capture(monitor) as records:
@@ -185,13 +186,13 @@ def test_the_lens_and_model_caps_hold_across_every_worker_process(
 
 
 def test_an_unusable_shared_cap_file_is_reported_once_and_the_worker_caps_its_own_values(
-    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+    env: dict[str, str], serve: Any, tmp_path: Path, sdk: Sdk
 ) -> None:
     """Should the file that shares a cap be unusable (here a directory in its place), the worker says
     so once, naming the file, and still folds its own values beyond the cap into "other"."""
     (Path(env["PROMETHEUS_MULTIPROC_DIR"]) / "llm_ledger_lens.labels").mkdir()
     monitor = llm_ledger.LLMCallMonitor(logger=None)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with capture(monitor) as records:
         for i in range(4):
             with monitor.lens(f"lens{i}"):
@@ -225,13 +226,13 @@ def test_an_unusable_file_of_scraped_series_leaves_every_scrape_whole(
 
 
 def test_a_cap_file_line_cut_short_by_a_killed_worker_keeps_the_cap_shared(
-    fake_openai: FakeOpenAI, env: dict[str, str], serve: Any, tmp_path: Path
+    env: dict[str, str], serve: Any, tmp_path: Path, sdk: Sdk
 ) -> None:
     """A worker killed while it wrote a lens to the shared cap file leaves a line cut short: the next
     workers add their lenses on lines of their own, so the cap stays shared, with no warning."""
     (Path(env["PROMETHEUS_MULTIPROC_DIR"]) / "llm_ledger_lens.labels").write_text('"lens0"\n"le')
     monitor = llm_ledger.LLMCallMonitor(logger=None)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     files = []
     for w in range(2):
         with capture(monitor) as records:
