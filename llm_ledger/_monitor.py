@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _records
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
+from ._credentials import request_credentials
 from ._errors import PASSED_ON, ConfigError, warn_internal
 from ._extract import no_usage, reasoning_in_completion, usage_of
 from ._jsonl import json_text, once_a_minute
@@ -112,6 +113,7 @@ class _Call:
         "request",
         "request_id",
         "retries",
+        "secrets",
         "server",
         "start_epoch",
         "start_perf",
@@ -134,7 +136,8 @@ class _Call:
         lenses = current_lenses()
         # the lens runs this call counts in (a run that has ended counts no new call)
         self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
-        self.client: Any = None  # only with content capture: its API key is scrubbed from the text
+        self.client: Any = None  # only with content capture: its API key is scrubbed from the text, as
+        # are the credentials its request carried (secrets, set then once it is sent)
         self.retries = retries  # None when the client's retries cannot be counted
         self.request_id: str | None = None
         self.raw = raw  # the SDK's raw-response header: "true" or "stream" (with_*_response)
@@ -164,6 +167,8 @@ class _Call:
             except Exception:
                 url = None  # no request known: the server stays unknown
             self.server = server_of(url)
+        if self.client is not None and source is not None:  # content is captured: kept to scrub it of
+            self.secrets = _carried(source)
         if response is not None:
             self.http_response = None
             if self.request_id is None:
@@ -173,10 +178,22 @@ class _Call:
                     pass  # a response without readable headers: no request id
 
 
-def _secret(client: Any) -> str | None:
-    """The client's API key, scrubbed from captured text (read only when content is captured)."""
-    key = getattr(client, "api_key", None)
-    return key if isinstance(key, str) and len(key) >= 8 else None
+def _carried(source: Any) -> set[str]:
+    """The credentials of the HTTP request behind a response or an SDK error (its headers, query and
+    URL: a gateway's own header, an Azure AD token, a proxy's password...)."""
+    try:
+        request = source.request
+        return request_credentials(request.headers, str(request.url))
+    except Exception:  # no request known: the client's API key is still scrubbed
+        return set()
+
+
+def _secrets(call: _Call) -> list[str]:
+    """What is scrubbed from a call's captured text (read only when content is captured): its client's
+    API key and the credentials its request carried, longest first (none left half-replaced)."""
+    key = getattr(call.client, "api_key", None)
+    found = {key, *getattr(call, "secrets", ())}  # unset when the call never reached the network
+    return sorted((s for s in found if isinstance(s, str) and len(s) >= 8), key=len, reverse=True)
 
 
 def _json_ready(value: Any, text: Callable[[str], str]) -> Any:
@@ -328,10 +345,11 @@ class LLMCallMonitor:
                 exc_info=exc,
             )
 
-    def _scrub(self, text: str, secret: str | None) -> str:
-        """``text`` without the API key, through the ``redact`` hook (a placeholder if it fails)."""
-        if secret and secret in text:
-            text = text.replace(secret, "[REDACTED]")
+    def _scrub(self, text: str, secrets: list[str]) -> str:
+        """``text`` without the call's credentials, through the ``redact`` hook (a placeholder on failure)."""
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, "[REDACTED]")
         redact = self.redact
         if redact is None:
             return text
@@ -361,10 +379,10 @@ class LLMCallMonitor:
     ) -> dict[str, Any] | None:
         """The captured content and output, scrubbed; None, reported, when it cannot be copied."""
         try:
-            secret = _secret(call.client)
-            scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secret))
+            secrets = _secrets(call)
+            scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secrets))
             if output_text is not None:
-                scrubbed["output"] = self._scrub(output_text, secret)
+                scrubbed["output"] = self._scrub(output_text, secrets)
         except Exception as exc:  # e.g. nested deeper than the stack allows where the call ended
             self._report("capturing a call's content", exc)
             return None
@@ -379,7 +397,7 @@ class LLMCallMonitor:
             status = status if isinstance(status, int) else None
             message = None
             if call.content is not None:
-                message = self._scrub(str(exc), _secret(call.client))
+                message = self._scrub(str(exc), _secrets(call))
             elif status is not None:
                 words = (getattr(exc, attr, None) for attr in ("type", "code"))
                 message = " ".join([f"HTTP {status}", *(w for w in words if isinstance(w, str) and w)])

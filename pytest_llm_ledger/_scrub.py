@@ -135,6 +135,16 @@ def _drop_header(node: dict[str, Any], name: str) -> None:
         del headers[key]
 
 
+def _json_body(body: Any) -> Any:
+    """A request's body as JSON (a vcrpy body is a string or bytes), for the credentials it names."""
+    if isinstance(body, str | bytes):
+        try:
+            return json.loads(body)
+        except ValueError:  # UnicodeDecodeError included
+            return None
+    return body
+
+
 def scrub_document(doc: Any) -> list[str]:
     """Scrub a loaded cassette in place; returns what changed (places and names, never values).
 
@@ -156,7 +166,9 @@ def scrub_document(doc: Any) -> list[str]:
             headers = request.get("headers")
             url = request.get("uri") or request.get("url")
             scrubber.known = known_secrets(
-                headers if isinstance(headers, dict) else None, url if isinstance(url, str) else ""
+                headers if isinstance(headers, dict) else None,
+                url if isinstance(url, str) else "",
+                _json_body(request.get("json", request.get("body"))),
             )
         for part, allowed in _KEPT_HEADERS.items():
             if part in interaction:

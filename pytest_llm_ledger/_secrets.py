@@ -16,8 +16,11 @@ Names are compared lower-case with ``-`` read as ``_``:
 * anything shaped like an OpenAI secret key (``sk-`` and 16 or more key characters) becomes
   ``sk-REDACTED`` wherever it appears: URL, request body, response body (a key echoed in an
   error message);
-* the values of the credentials an exchange carried (its ``Authorization`` / ``api-key``
-  headers, credential-named query parameters and JSON fields), wherever else they appear, e.g.
+* the user information of a URL (``https://user:password@host``) becomes ``REDACTED@host``;
+* the values of the credentials an exchange carried (the headers, query parameters and URL user
+  information :mod:`llm_ledger._credentials` names: ``Authorization``, ``api-key``,
+  ``x-goog-api-key``, the organisation and project ids...; and credential-named JSON fields),
+  wherever else they appear, e.g.
   echoed whole in a 401 body by a compatible server. Values shorter than
   :data:`MIN_KNOWN_SECRET` are left alone (``EMPTY`` or ``ollama`` is a placeholder, and replacing
   it would rewrite prompts).
@@ -30,6 +33,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from llm_ledger._credentials import FIELD_NAMES, QUERY_NAMES, normal, request_credentials
+
 __all__ = ["REDACTED", "CredentialRedactor", "known_secrets"]
 
 REDACTED: Final = "REDACTED"
@@ -37,46 +42,17 @@ KEY_REPLACEMENT: Final = "sk-" + REDACTED
 KEY_SHAPE: Final = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
 MIN_KNOWN_SECRET: Final = 12
 
-FIELD_NAMES: Final = frozenset(
-    {"api_key", "apikey", "openai_api_key", "x_api_key", "access_token", "refresh_token", "id_token",
-     "client_secret", "secret", "password", "authorization", "api_token", "auth_token",
-     "subscription_key", "ocp_apim_subscription_key"}
-)  # fmt: skip
-QUERY_NAMES: Final = FIELD_NAMES | frozenset({"key", "token", "code", "sig", "signature", "auth"})
-# request headers whose values are credentials (never stored: headers are allow-listed; their values
-# are looked for elsewhere in the exchange)
-HEADER_NAMES: Final = frozenset(
-    {"authorization", "proxy_authorization", "api_key", "x_api_key", "subscription_key",
-     "ocp_apim_subscription_key"}
-)  # fmt: skip
-
-
-def _normal(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
-
-
-def _header_value(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        value = value[0] if value else ""
-    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-    scheme, _, rest = text.strip().partition(" ")
-    return rest.strip() if rest and scheme.lower() in ("bearer", "basic", "token") else text.strip()
-
 
 def known_secrets(headers: Mapping[str, Any] | None = None, url: str = "", body: Any = None) -> set[str]:
-    """The credential values one request carries: in its headers, its query and its JSON body."""
-    found: set[str] = set()
-    for name, value in (headers or {}).items():
-        if _normal(str(name)) in HEADER_NAMES:
-            found.add(_header_value(value))
-    if "?" in url:
-        found.update(v for n, v in parse_qsl(urlsplit(url).query) if _normal(n) in QUERY_NAMES)
+    """The credential values one request carries: in its headers, its query, its URL's user information
+    (:func:`llm_ledger._credentials.request_credentials`) and its JSON body."""
+    found = request_credentials(headers, url)
     stack = [body]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             for key, value in node.items():
-                if isinstance(key, str) and _normal(key) in FIELD_NAMES and isinstance(value, str):
+                if isinstance(key, str) and normal(key) in FIELD_NAMES and isinstance(value, str):
                     found.add(value)
                 else:
                     stack.append(value)
@@ -131,7 +107,7 @@ class CredentialRedactor:
             if self.first_visit(value):
                 for key in list(value):
                     sub = f"{path}.{key}"
-                    secret = isinstance(key, str) and _normal(key) in FIELD_NAMES
+                    secret = isinstance(key, str) and normal(key) in FIELD_NAMES
                     if secret and value[key] not in (REDACTED, None):
                         value[key] = REDACTED
                         self.note(place, f"JSON field {sub} redacted")
@@ -151,10 +127,14 @@ class CredentialRedactor:
         parts = urlsplit(value)
         if parts.query:
             pairs = parse_qsl(parts.query, keep_blank_values=True)
-            secret = [name for name, v in pairs if _normal(name) in QUERY_NAMES and v != REDACTED]
+            secret = [name for name, v in pairs if normal(name) in QUERY_NAMES and v != REDACTED]
             if secret:
                 for name in secret:
                     self.note(place, f"query parameter {name!r} redacted")
                 query = urlencode([(n, REDACTED if n in secret else v) for n, v in pairs])
                 value = urlunsplit(parts._replace(query=query))
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if at and userinfo != REDACTED:  # https://user:password@host
+            self.note(place, "user information redacted")
+            value = urlunsplit(urlsplit(value)._replace(netloc=f"{REDACTED}@{host}"))
         return self.text(value, place)

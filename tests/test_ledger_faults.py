@@ -127,7 +127,7 @@ def test_a_fault_scrubbing_captured_content_keeps_the_record_without_it(
     """Captured content the ledger cannot copy (e.g. nesting deeper than the stack allows where the
     call ends) is left out of the record, never the record itself; the fault is reported."""
     monitor.capture_content = True
-    monkeypatch.setattr(monitor_module, "_secret", _boom)  # read only once the call has ended
+    monkeypatch.setattr(monitor_module, "_secrets", _boom)  # read only once the call has ended
     with monitor.lens("captured") as run:
         response = client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert response.choices[0].message.content

@@ -1,0 +1,59 @@
+"""The credentials an HTTP request carries: one rule for the monitor (text it captures is scrubbed of
+them) and the pytest plugin (so are cassettes and its messages; ``pytest_llm_ledger._secrets``).
+
+Names are compared lower-case with ``-`` read as ``_``. A credential travels in:
+
+* a header named like one: any name holding ``key``, ``token``, ``secret``, ``auth``, ``passw``,
+  ``signature`` or ``cookie`` (``Authorization``, Azure's ``api-key``, ``x-goog-api-key``,
+  ``x-auth-token``, ``cf-aig-authorization``...), its ``Bearer``/``Basic`` scheme left out; the
+  organisation and project ids (``OpenAI-Organization``, ``OpenAI-Project``) count too;
+* a query parameter in :data:`QUERY_NAMES` (``key``, ``api-key``, ``sig``, ``token``...);
+* the user information of the URL (``https://user:password@host``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+__all__ = ["FIELD_NAMES", "QUERY_NAMES", "normal", "request_credentials"]
+
+# JSON fields (and so query parameters) named like credentials
+FIELD_NAMES: Final = frozenset(
+    {"api_key", "apikey", "openai_api_key", "x_api_key", "access_token", "refresh_token", "id_token",
+     "client_secret", "secret", "password", "authorization", "api_token", "auth_token",
+     "subscription_key", "ocp_apim_subscription_key"}
+)  # fmt: skip
+QUERY_NAMES: Final = FIELD_NAMES | frozenset({"key", "token", "code", "sig", "signature", "auth"})
+_HEADER_NAME: Final = re.compile(r"key|token|secret|auth|passw|signature|cookie")
+_ID_HEADERS: Final = frozenset({"openai_organization", "openai_project"})
+
+
+def normal(name: str) -> str:
+    """``name`` as the rules compare it: lower-case, ``-`` read as ``_``."""
+    return name.strip().lower().replace("-", "_")
+
+
+def _header_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        value = value[0] if value else ""
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    scheme, _, rest = text.strip().partition(" ")
+    return rest.strip() if rest and scheme.lower() in ("bearer", "basic", "token") else text.strip()
+
+
+def request_credentials(headers: Mapping[Any, Any] | None, url: str) -> set[str]:
+    """The credential values a request carries in its headers, its query and its URL's user information."""
+    found: set[str] = set()
+    for name, value in (headers or {}).items():
+        key = normal(name.decode("latin-1") if isinstance(name, bytes) else str(name))
+        if key in _ID_HEADERS or _HEADER_NAME.search(key):
+            found.add(_header_value(value))
+    if "?" in url or "@" in url:
+        parts = urlsplit(url)
+        found.update(v for n, v in parse_qsl(parts.query) if normal(n) in QUERY_NAMES)
+        found.update(unquote(v) for v in (parts.username, parts.password) if v)
+    found.discard("")
+    return found

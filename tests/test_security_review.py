@@ -1,0 +1,199 @@
+"""A security review's findings: credentials that travel in other places than the API key (a gateway's
+own header, the URL's user information, the organisation id), and hostile names in report output."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+from llm_ledger._fake_server import error_body
+from llm_ledger.testing import FakeOpenAI, capture
+from tests.plugin_helpers import run, server_fixture, write_project
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture,)  # used by name
+
+GATEWAY_KEY = "goog-LEAKCHECK-0123456789abcdef"  # a gateway's own header (x-goog-api-key)
+PASSWORD = "pw-LEAKCHECK-0123456789abcdef"  # https://user:PASSWORD@host, as some proxies are reached
+ORG = "org-LEAKCHECK-0123456789"
+
+GATEWAY_TESTS = f"""
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+BASE = os.environ["LEDGER_TEST_BASE_URL"]
+PROMPT = os.environ.get("LEDGER_TEST_PROMPT", "hello")
+
+
+def ask(client, echo):
+    with client:
+        ledger.instrument(client).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{{"role": "user", "content": PROMPT}}],
+            extra_headers={{"x-fake-content": "the server echoes " + echo}},
+        )
+
+
+@pytest.mark.llm
+def test_gateway_header():
+    headers = {{"x-goog-api-key": {GATEWAY_KEY!r}}}
+    client = openai.OpenAI(api_key="unused", base_url=BASE, default_headers=headers, max_retries=0)
+    ask(client, {GATEWAY_KEY!r})
+
+
+@pytest.mark.llm
+def test_user_information():
+    base = BASE.replace("http://", "http://user:{PASSWORD}@")
+    ask(openai.OpenAI(api_key="unused", base_url=base, max_retries=0), {PASSWORD!r})
+
+
+@pytest.mark.llm
+def test_organization():
+    ask(openai.OpenAI(api_key="unused", base_url=BASE, organization={ORG!r}, max_retries=0), {ORG!r})
+
+
+@pytest.mark.llm
+def test_other_host():
+    import httpx
+
+    httpx.get(BASE.replace("http://", "http://user:{PASSWORD}@") + "/health")
+"""
+
+
+def test_credentials_in_a_gateway_header_the_url_or_the_org_never_reach_a_cassette_or_a_message(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server echoing an ``x-goog-api-key``, a URL's password or the organisation id records none of
+    them; a cassette miss and a request refused by network blocking quote the URL without its password."""
+    write_project(pytester, GATEWAY_TESTS, "test_gateway")
+    recorded = run(pytester, "--llm-record-mode=once", "-k", "not other_host")
+    assert recorded.ret == 0, recorded.stdout.str()
+    echoed = [a.body["choices"][0]["message"]["content"] for a in server.answers]
+    assert all(any(s in text for text in echoed) for s in (GATEWAY_KEY, PASSWORD, ORG))  # really echoed
+    files = sorted((pytester.path / "cassettes").rglob("*.yaml"))
+    assert len(files) == 3
+    for file in files:
+        text = file.read_text()
+        assert "LEAKCHECK" not in text, file
+        assert "the server echoes REDACTED" in text, file
+    server.stop()
+    run(pytester, "-k", "not other_host").assert_outcomes(passed=3)  # a redacted cassette still replays
+
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", "changed")
+    missed = run(pytester, "--llm-block-network")
+    missed.assert_outcomes(failed=4)
+    out = missed.stdout.str()
+    assert "API path of http://REDACTED@127.0.0.1:" in out  # the miss of test_user_information
+    assert "request: GET http://REDACTED@127.0.0.1:" in out  # the request network blocking refused
+    assert "LEAKCHECK" not in out
+
+
+def test_scrub_redacts_a_url_password_and_what_the_request_body_named(tmp_path: Path) -> None:
+    """``llm-ledger scrub`` on a vcrpy cassette: the URL's user information is redacted, and so is a key
+    its request body named, where the response echoes it."""
+    from llm_ledger._cli import main
+
+    body_key = "body-LEAKCHECK-0123456789abcdef"
+    cassette = tmp_path / "old.json"
+    cassette.write_text(
+        json.dumps(
+            {
+                "interactions": [
+                    {
+                        "request": {
+                            "method": "POST",
+                            "uri": f"https://user:{PASSWORD}@gateway.example/v1/chat/completions",
+                            "body": json.dumps({"model": "m", "api_key": body_key}),
+                            "headers": {},
+                        },
+                        "response": {
+                            "status": {"code": 401, "message": "Unauthorized"},
+                            "headers": {},
+                            "body": {"string": json.dumps({"error": {"message": f"bad key {body_key}"}})},
+                        },
+                    }
+                ],
+                "version": 1,
+            }
+        )
+    )
+    assert main(["scrub", str(cassette)]) == 0
+    text = cassette.read_text()
+    assert "LEAKCHECK" not in text
+    assert "https://REDACTED@gateway.example/v1/chat/completions" in text
+    assert main(["scrub", "--check", str(cassette)]) == 0  # scrubbing again changes nothing
+
+
+SECRET = "LEAKCHECK-credential-0123456789"  # what each route below carries, and the server echoes
+
+
+def _client(route: str, base_url: str) -> openai.OpenAI:
+    """A client whose credential travels by ``route``."""
+    if route == "azure AD token":
+        return openai.AzureOpenAI(azure_endpoint=base_url[:-3], api_version="v", azure_ad_token=SECRET)
+    if route == "azure AD token provider":
+        return openai.AzureOpenAI(
+            azure_endpoint=base_url[:-3], api_version="v", azure_ad_token_provider=lambda: SECRET
+        )
+    if route == "URL password":
+        return openai.OpenAI(api_key="placeholder", base_url=base_url.replace("//", f"//user:{SECRET}@"))
+    headers = {
+        "gateway header": {"x-goog-api-key": SECRET},
+        "proxy authorization": {"Authorization": f"Bearer {SECRET}"},
+    }
+    query = {"key": SECRET} if route == "query key" else None
+    return openai.OpenAI(
+        api_key="placeholder", base_url=base_url, default_headers=headers.get(route), default_query=query
+    )
+
+
+def _sent(headers: dict[str, str]) -> str:
+    """The request's headers as text, a Basic Authorization (a URL's user information) decoded."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return json.dumps(headers) + (base64.b64decode(value).decode() if scheme == "Basic" else "")
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        "gateway header",
+        "proxy authorization",
+        "query key",
+        "URL password",
+        "azure AD token",
+        "azure AD token provider",
+    ],
+)
+def test_captured_content_is_scrubbed_of_every_credential_the_request_carried(
+    fake_openai: FakeOpenAI, route: str
+) -> None:
+    """With content capture on, a key the request carried other than ``api_key`` (a gateway's header,
+    a proxy's Authorization, a query key, a URL's password, an Azure AD token) is scrubbed from the
+    error message and the output that echo it, streamed or not."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    messages: Any = [{"role": "user", "content": "hi"}]
+    echo = {"x-fake-content": f"your key is {SECRET}"}
+    with _client(route, fake_openai.base_url) as client, capture(monitor) as records:
+        monitor.instrument(client)
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages, extra_headers=echo)
+        for _ in client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, extra_headers=echo, stream=True
+        ):
+            pass
+        fake_openai.fail_next(401, body=error_body(401, f"Incorrect API key provided: {SECRET}"))
+        with pytest.raises(openai.AuthenticationError, match=SECRET):  # the caller sees the SDK's error
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert all(SECRET in _sent(r.headers) + r.query for r in fake_openai.requests)  # really sent
+    assert [r["content"]["output"] for r in records.calls[:2]] == ["your key is [REDACTED]"] * 2
+    assert records.calls[2]["error"]["message"] == "Error code: 401 - Incorrect API key provided: [REDACTED]"
+    assert SECRET not in json.dumps(records.records)
