@@ -43,10 +43,20 @@ internal_log = logging.getLogger("llm_ledger.internal")
 PASSED_ON = (KeyboardInterrupt, GeneratorExit)
 
 
+def unchained(exc: BaseException) -> BaseException:
+    """``exc``, a failure the ledger caught and reports, cut from the exceptions it was raised while
+    handling: its traceback would show theirs too, such as the SDK's error of the call being recorded
+    (which quotes what the server answered: an echoed key, the prompt) or the application's own."""
+    exc.__cause__ = None
+    exc.__suppress_context__ = True
+    return exc
+
+
 def warn_internal(message: str, *args: Any, exc_info: BaseException | None = None) -> None:
-    """Warn on ``llm_ledger.internal``; an application's log handler failing there is not the call's."""
+    """Warn on ``llm_ledger.internal`` (``exc_info``'s traceback :func:`unchained`); an application's
+    log handler failing there is not the call's."""
     try:
-        internal_log.warning(message, *args, exc_info=exc_info)
+        internal_log.warning(message, *args, exc_info=None if exc_info is None else unchained(exc_info))
     except PASSED_ON:
         raise
     except BaseException:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +199,24 @@ def test_captured_content_is_scrubbed_of_every_credential_the_request_carried(
     assert [r["content"]["output"] for r in records.calls[:2]] == ["your key is [REDACTED]"] * 2
     assert records.calls[2]["error"]["message"] == "Error code: 401 - Incorrect API key provided: [REDACTED]"
     assert SECRET not in json.dumps(records.records)
+
+
+def test_a_ledger_failure_while_recording_an_error_logs_no_traceback_of_the_sdks_error(
+    fake_openai: FakeOpenAI, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """A sink failing on an error's record is reported with its own traceback only: not the SDK's
+    error it was raised while handling, whose message quotes the answer (an echoed key, the prompt)."""
+
+    def failing_sink(record: Mapping[str, Any]) -> None:
+        raise RuntimeError("sink down")
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[failing_sink])
+    with openai.OpenAI(api_key=SECRET, base_url=fake_openai.base_url, max_retries=0) as client:
+        monitor.instrument(client)
+        fake_openai.fail_next(400, body=error_body(400, f"{SECRET} cannot say CANARY-PROMPT"))
+        with pytest.raises(openai.BadRequestError, match="CANARY-PROMPT"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    [reported] = internal_log.records
+    logged = logging.Formatter().format(reported)
+    assert "RuntimeError: sink down" in logged and "Traceback" in logged  # the sink's own failure
+    assert "BadRequestError" not in logged and "CANARY-PROMPT" not in logged and SECRET not in logged

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from .._errors import ConfigError
+from .._errors import ConfigError, unchained
 from .._errors import internal_log as _internal_log
 from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
 
@@ -349,7 +349,7 @@ class PrometheusSink:
                 "PrometheusSink could not update the series {%s}, so %d %s record(s) are missing from "
                 "its metrics: %s: %s. Every record lost this way is counted in "
                 "llm_ledger_dropped_records_total{event=...}; this error is not logged again",
-                labels, count, event, *error, exc_info=exc,
+                labels, count, event, *error, exc_info=unchained(exc),
             )  # fmt: skip
         try:
             self.dropped.labels(event).inc(count)
