@@ -10,7 +10,11 @@ from collections.abc import Collection, Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Final
 
-__all__ = ["NO_FIGURE", "markdown_table", "notes", "one_line", "percent", "table", "text_table", "usd"]
+from .loading import no_controls
+
+__all__ = [
+    "NO_FIGURE", "code", "markdown_table", "notes", "one_line", "percent", "table", "text_table", "usd",
+]  # fmt: skip
 
 NO_FIGURE: Final = "—"  # a cell whose figure cannot be given: an absent side, a change with no price after
 
@@ -99,8 +103,21 @@ def notes(lines: Iterable[str], fmt: str) -> list[str]:
 
 def one_line(text: str) -> str:
     """``text`` (the application's: a lens key, a source id) with its line breaks written ``\\n`` and
-    ``\\r``: in a table row or a heading a line break would end it."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    ``\\r``: in a table row or a heading a line break would end it; other control characters escaped
+    as :func:`~llm_ledger.loading.no_controls` escapes them."""
+    return no_controls(text).replace("\n", "\\n")
+
+
+def code(text: str) -> str:
+    """``text`` as a Markdown code span that a backtick inside cannot end early (CommonMark: a fence
+    longer than any run of backticks inside, padded with a space), on one line: a line break would end
+    a table row or a heading. Inside, Markdown, HTML, links and @mentions are shown as text: how a PR
+    comment names what the application named (a lens key, a user id)."""
+    text = one_line(text)
+    if "`" not in text:
+        return f"`{text}`"
+    fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)
+    return f"{fence} {text} {fence}"
 
 
 def _one_line(cells: Sequence[str]) -> list[str]:
@@ -113,7 +130,8 @@ def _cell(text: str) -> str:
     return _LT_OUTSIDE_CODE.sub(_escape_lt, text).replace("|", "\\|")
 
 
-_LT_OUTSIDE_CODE = re.compile(r"(`+).+?(?<!`)\1(?!`)|<")  # a code span (kept) or a "<"
+# a code span (kept: from a whole run of backticks to the next run of the same length) or a "<"
+_LT_OUTSIDE_CODE = re.compile(r"(?<!`)(`+)(?!`).+?(?<!`)\1(?!`)|<")
 
 
 def _escape_lt(match: re.Match[str]) -> str:

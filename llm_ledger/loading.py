@@ -33,6 +33,7 @@ __all__ = [
     "invalid_yaml",
     "join",
     "listed",
+    "no_controls",
     "printable",
     "read_file",
     "shown",
@@ -81,6 +82,18 @@ def shown(value: object, *, key: bool = False) -> str:
 def printable(text: str) -> str:
     """``text`` with lone surrogates (valid in JSON escapes, not in UTF-8) written as ``\\udXXX``."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# what a terminal runs or reorders rather than shows: control characters (C0 but the line break, DEL,
+# C1) and the bidirectional overrides and isolates
+_CONTROLS: Final = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def no_controls(text: str) -> str:
+    """``text`` with its control characters, the line break aside, written as escapes (``\\x1b``,
+    ``\\r``, ``\\u202e``): a name the application chose (a lens key) is shown in a terminal, never
+    run there (colours, a link, a window title, the clipboard) or left to reorder what follows it."""
+    return _CONTROLS.sub(lambda char: ascii(char.group())[1:-1], text) if _CONTROLS.search(text) else text
 
 
 def listed(names: list[str]) -> str:

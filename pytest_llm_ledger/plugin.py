@@ -40,7 +40,7 @@ from llm_ledger import (
     load_budgets,
 )
 from llm_ledger import __all__ as _MODULE_NAMES  # the module's names, which the fixture's name hides
-from llm_ledger.loading import BOOLEAN_WORDS, listed
+from llm_ledger.loading import BOOLEAN_WORDS, listed, no_controls
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
 from ._attribution import Starts
@@ -1018,27 +1018,31 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if state is None or state.is_worker or _runs_no_test(config):
         return
     tr = terminalreporter
+
+    def say(line: str, **markup: bool) -> None:  # lens keys and test ids are the application's text
+        tr.write_line(no_controls(line), **markup)
+
     ledger = state.ledger
     if ledger.lens_runs or ledger.total().api_calls:
         tr.write_sep("-", "llm-ledger: per-lens totals")
         for line in render_lens_table(ledger):
-            tr.write_line(line)
+            say(line)
         if fixed := priced_at_fixed_time(ledger, state.time_of_day):
-            tr.write_line(fixed)
+            say(fixed)
     baseline = config.getoption("llm_baseline")
     if baseline:
         _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)
     for refused in sorted(ledger.refused):
-        tr.write_line(refused, red=True)
+        say(refused, red=True)
     budget_file = shown_path(state.budget_file)
     if state.breaches:
         tr.write_sep("=", f"llm-ledger: {len(state.breaches)} budget limit(s) exceeded", red=True, bold=True)
         for line in render_breaches(state.breaches):
-            tr.write_line(line)
-        tr.write_line(f"limits from {budget_file}")
+            say(line)
+        say(f"limits from {budget_file}")
     elif state.budgets is not None and sets_limits(state.budgets):
         if not applied(ledger, state.budgets):  # not "every budget was met": none was checked
-            tr.write_line(
+            say(
                 f"llm-ledger: no limit in {budget_file} applied to this run (no lens, test or total it "
                 "limits ran), so --llm-budget checked nothing"
             )
@@ -1047,18 +1051,18 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             met = f"llm-ledger: every budget in {budget_file}{checked} was met"
             if failed := ledger.total().errors:  # a call that missed its cassette counts nothing
                 met += f" ({failed} call(s) failed: one that got no answer counts no tokens or cost)"
-            tr.write_line(met)
+            say(met)
     for notice in state.notices:
-        tr.write_line(notice, red=state.strict)
+        say(notice, red=state.strict)
     if state.strict and state.notices:
-        tr.write_line(
+        say(
             f"llm-ledger: strict mode (--llm-strict / ini llm_strict): {len(state.notices)} notice(s) "
             "above fail the run",
             red=True,
             bold=True,
         )
     if state.report_written:
-        tr.write_line(f"llm-ledger: report written to {config.getoption('llm_report')}")
+        say(f"llm-ledger: report written to {config.getoption('llm_report')}")
 
 
 def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: SessionLedger) -> None:

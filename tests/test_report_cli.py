@@ -385,7 +385,7 @@ def test_a_value_with_a_line_break_stays_on_its_row(
         row = next((line for line in lines if key in line), None)
         assert row is not None, (key, lines)
         if fmt == "markdown":
-            assert row.startswith(f"| {key} | ") and row.count(" | ") == rule.count("|") - 2, lines
+            assert row.startswith(f"| `{key}` | ") and row.count(" | ") == rule.count("|") - 2, lines
         else:
             assert row.startswith(f"{key} ") and len(row) == len(rule), lines
 

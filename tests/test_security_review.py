@@ -14,9 +14,12 @@ import openai
 import pytest
 
 import llm_ledger
+from llm_ledger._cli import main
 from llm_ledger._fake_server import error_body
 from llm_ledger.testing import FakeOpenAI, capture
+from tests.conftest import Sdk
 from tests.plugin_helpers import run, server_fixture, write_project
+from tests.report_helpers import logging_to
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (server_fixture,)  # used by name
@@ -103,8 +106,6 @@ def test_credentials_in_a_gateway_header_the_url_or_the_org_never_reach_a_casset
 def test_scrub_redacts_a_url_password_and_what_the_request_body_named(tmp_path: Path) -> None:
     """``llm-ledger scrub`` on a vcrpy cassette: the URL's user information is redacted, and so is a key
     its request body named, where the response echoes it."""
-    from llm_ledger._cli import main
-
     body_key = "body-LEAKCHECK-0123456789abcdef"
     cassette = tmp_path / "old.json"
     cassette.write_text(
@@ -220,3 +221,81 @@ def test_a_ledger_failure_while_recording_an_error_logs_no_traceback_of_the_sdks
     logged = logging.Formatter().format(reported)
     assert "RuntimeError: sink down" in logged and "Traceback" in logged  # the sink's own failure
     assert "BadRequestError" not in logged and "CANARY-PROMPT" not in logged and SECRET not in logged
+
+
+# an end user's or a document's text, as the application passes it on as a lens key or a user id
+HOSTILE = {
+    "image": "![x](https://evil.example/pixel.png)",
+    "link and mention": "@octocat [click](https://evil.example)",
+    "html after unmatched backticks": "``<img src=https://evil.example/p.png>`",
+    "terminal escapes": "esc\x1b[2J\x1b]8;;https://evil.example\x07link\x1b]8;;\x07\x9b0m",
+    "bidi override": "invoice\u202egnp.exe",
+}
+
+
+def test_hostile_names_are_shown_never_run_in_markdown_or_a_terminal(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lens keys and context values holding Markdown, HTML, @mentions or terminal control sequences
+    are shown as text: each a code span in ``report`` and ``reprice`` Markdown (a PR comment), and
+    with every control character escaped in the text tables (a terminal, a CI log)."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        for name in HOSTILE.values():
+            with monitor.lens(name, user_id=name):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
+    assert main(["report", str(path), "--by", "user_id", "--format", "markdown"]) == 0
+    report = capsys.readouterr().out
+    assert main(["reprice", str(path), "--format", "markdown"]) == 0
+    reprice = capsys.readouterr().out
+    for markdown in (report, reprice):
+        assert "| `![x](https://evil.example/pixel.png)` |" in markdown
+        assert "| `@octocat [click](https://evil.example)` |" in markdown
+        assert "| ``` ``<img src=https://evil.example/p.png>` ``` |" in markdown
+        assert "| `esc\\x1b[2J\\x1b]8;;https://evil.example\\x07link\\x1b]8;;\\x07\\x9b0m` |" in markdown
+    for command in (["report", str(path), "--by", "lens"], ["report", str(path), "--by", "user_id"]):
+        assert main(command) == 0
+        text = capsys.readouterr().out
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e"), text
+        assert "esc\\x1b[2J\\x1b]8;;https://evil.example\\x07link" in text and "invoice\\u202egnp.exe" in text
+        widths = {len(line) for line in text.splitlines()[:7]}  # the header, the rule and the five rows
+        assert len(widths) == 1, text  # an escape shown takes the room it is given
+
+
+TERMINAL_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_titled():
+    with ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)) as c:
+        with ledger.lens("report\\x1b]0;pwned\\x07\\u202eend"):
+            with pytest.raises(openai.BadRequestError):
+                c.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "hi"}],
+                    extra_headers={"x-fake-status": "400"},
+                )
+"""
+
+
+def test_the_plugins_terminal_summary_shows_a_lens_key_never_runs_it(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A lens key holding a terminal's control sequence (here: set the window title) and a bidi
+    override is written escaped in the per-lens table and in the line naming the lens whose call failed."""
+    write_project(pytester, TERMINAL_TESTS, "test_terminal")
+    result = run(pytester, "--llm-record-mode=once")
+    assert result.ret == 0, result.stdout.str()
+    out = result.stdout.str()
+    assert not any(c in out for c in "\x1b\x07\u202e"), out
+    shown = "report\\x1b]0;pwned\\x07\\u202eend"
+    assert any(line.startswith(shown + " ") for line in result.stdout.lines)  # its row in the table
+    assert any(line.startswith("failed: ") and shown in line for line in result.stdout.lines)

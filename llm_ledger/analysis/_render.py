@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
 from .._records import AnomalyRecord
-from .._table import NO_FIGURE, notes, percent, table, text_table, usd
+from .._table import NO_FIGURE, code, notes, percent, table, text_table, usd
 from ..loading import printable
 from ._aggregate import CostReport, CostRow, as_text
+from ._usage import NO_LENS
 
 if TYPE_CHECKING:
     from ._reprice import Reprice, Row
@@ -58,8 +59,13 @@ def strict_json(value: Any, *, indent: int | None = 2) -> str:
     return printable(text)
 
 
-def _label(value: Any) -> str:
-    return "(none)" if value is None else printable(as_text(value))
+def _label(value: Any, fmt: str) -> str:
+    """A value a row is named by; in Markdown a code span: the application's text (a user id, a lens
+    key) is shown in a PR comment, never read as Markdown, HTML or an @mention."""
+    if value is None:
+        return "(none)"
+    text = printable(as_text(value))
+    return code(text) if fmt == "markdown" else text
 
 
 def _cells(row: CostRow) -> list[str]:
@@ -120,15 +126,15 @@ def render(report: CostReport, fmt: str = "text") -> str:
         return strict_json(report.to_json()) + "\n"
     by = report.query.by
     headers = [*by, *_HEADERS]
-    rows = [[*(_label(row.key[name]) for name in by), *_cells(row)] for row in report.rows]
+    rows = [[*(_label(row.key[name], fmt) for name in by), *_cells(row)] for row in report.rows]
     total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
     lines = table(fmt, headers, rows, total=total, right=range(len(by), len(headers)))
     return printable("\n".join([*lines, "", *notes(_footer(report), fmt)]) + "\n")
 
 
-def _reprice_cells(row: Row) -> list[str]:
+def _reprice_cells(row: Row, name: str) -> list[str]:
     cells = [
-        row.lens,
+        name,
         f"{row.calls:,}",
         usd(row.before_usd, complete=row.before_complete),
         usd(row.after_usd, complete=row.after_complete),
@@ -152,17 +158,22 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
     if result.price_file:
         changes.append(f"prices from {result.price_file}")
     headers = ["lens", "calls", "before", "after", "change", "%"]
-    rows = [_reprice_cells(row) for _, row in sorted(result.rows.items())]
+    # in Markdown a lens key is a code span, as in the report's table
+    rows = [
+        _reprice_cells(row, code(row.lens) if fmt == "markdown" and row.lens != NO_LENS else row.lens)
+        for _, row in sorted(result.rows.items())
+    ]
     total = result.total()
     lines = [
         f"Repriced {result.source}: {'; '.join(changes) or 'the same models at the current prices'}",
         "",
-        *table(fmt, headers, rows, total=[_reprice_cells(total)]),
+        *table(fmt, headers, rows, total=[_reprice_cells(total, total.lens)]),
     ]
     said = []
     if result.unpriced_after:
+        name = code if fmt == "markdown" else repr
         missing = ", ".join(
-            f"{m!r} ({n} call{'s' if n != 1 else ''}{'; ' + result.hints[m] if m in result.hints else ''})"
+            f"{name(m)} ({n} call{'s' * (n != 1)}{'; ' + result.hints[m] if m in result.hints else ''})"
             for m, n in sorted(result.unpriced_after.items())
         )
         said.append(f"* after leaves out calls with no known price: {missing}")

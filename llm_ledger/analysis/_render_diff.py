@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
-from .._table import NO_FIGURE, markdown_table, notes, one_line, percent, text_table, usd
+from .._table import NO_FIGURE, code, markdown_table, notes, percent, text_table, usd
 from ..loading import listed, printable
 from ._render import check_format, strict_json
 from ._usage import NO_ANSWER, failed_calls
@@ -30,17 +30,6 @@ COSTS: Final = frozenset({"cost_usd", "cost_per_run"})
 FORMATS: Final = ("markdown", "text", "json")
 NO_LENS_ROW: Final = "(no lens)"  # how the calls made outside any lens are shown
 _NO_LENS_TITLE: Final = f"{NO_LENS_ROW}: calls outside any lens"
-
-
-def code(text: str) -> str:
-    """``text`` as a Markdown code span that a backtick inside cannot end early (CommonMark: a fence
-    longer than any run of backticks inside, padded with a space), on one line: a line break would end
-    a table row or a heading."""
-    text = one_line(text)
-    if "`" not in text:
-        return f"`{text}`"
-    fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)
-    return f"{fence} {text} {fence}"
 
 
 # a name shown bare in plain text: nothing that would blur where it ends in a sentence or a list
