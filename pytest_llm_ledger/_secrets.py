@@ -48,8 +48,13 @@ def known_secrets(headers: Mapping[str, Any] | None = None, url: str = "", body:
     (:func:`llm_ledger._credentials.request_credentials`) and its JSON body."""
     found = request_credentials(headers, url)
     stack = [body]
+    seen: set[int] = set()  # YAML aliases share objects: visit each once (no alias bombs)
     while stack:
         node = stack.pop()
+        if isinstance(node, dict | list):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
         if isinstance(node, dict):
             for key, value in node.items():
                 if isinstance(key, str) and normal(key) in FIELD_NAMES and isinstance(value, str):
