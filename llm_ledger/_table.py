@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Final
 
-from .loading import no_controls
+from .loading import one_line
 
 __all__ = [
     "NO_FIGURE", "code", "markdown_table", "notes", "one_line", "percent", "table", "text_table", "usd",
@@ -99,13 +99,6 @@ def notes(lines: Iterable[str], fmt: str) -> list[str]:
     mark the table's costs carry."""
     markdown = fmt == "markdown"
     return [line.replace("*", "\\*", 1) if markdown and line.startswith("* ") else line for line in lines]
-
-
-def one_line(text: str) -> str:
-    """``text`` (the application's: a lens key, a source id) with its line breaks written ``\\n`` and
-    ``\\r``: in a table row or a heading a line break would end it; other control characters escaped
-    as :func:`~llm_ledger.loading.no_controls` escapes them."""
-    return no_controls(text).replace("\n", "\\n")
 
 
 def code(text: str) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "join",
     "listed",
     "no_controls",
+    "one_line",
     "printable",
     "read_file",
     "shown",
@@ -94,6 +95,14 @@ def no_controls(text: str) -> str:
     ``\\r``, ``\\u202e``): a name the application chose (a lens key) is shown in a terminal, never
     run there (colours, a link, a window title, the clipboard) or left to reorder what follows it."""
     return _CONTROLS.sub(lambda char: ascii(char.group())[1:-1], text) if _CONTROLS.search(text) else text
+
+
+def one_line(text: str) -> str:
+    """``text`` (the application's: a lens key, a source id) on one line, its line breaks written
+    ``\\n`` and ``\\r`` and its other control characters escaped as by :func:`no_controls`: in a table
+    row, a heading or a message a line break would end it (and a CI log would read what follows as a
+    line of its own, such as a GitHub Actions ``::error::`` command)."""
+    return no_controls(text).replace("\n", "\\n")
 
 
 def listed(names: list[str]) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Final, Self
 import yaml
 
 from llm_ledger import Budgets, Limits
-from llm_ledger.loading import did_you_mean, listed
+from llm_ledger.loading import did_you_mean, listed, one_line
 from llm_ledger.report import (
     NO_ANSWER,
     NO_LENS,
@@ -585,7 +585,7 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
         )
     if failed:
         lenses = [
-            f"{key} ({s.errors}, in {listed(tests)})" if tests else f"{key} ({s.errors})"
+            f"{one_line(key)} ({s.errors}, in {listed(tests)})" if tests else f"{one_line(key)} ({s.errors})"
             for key, _, s, tests in named
             if s.errors
         ]
@@ -601,7 +601,9 @@ def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
     # a usage key: node id, then USAGE_KEYS; "at" is set only for a price by the time of day, and then
     # the calls have a model
     model, served, at = (1 + USAGE_KEYS.index(name) for name in ("model", "served_model", "at"))
-    timed = {f"{key[model] or key[served]} ({key[at][11:16]} UTC)" for key in ledger.usage if key[at]}
+    timed = {
+        f"{one_line(key[model] or key[served])} ({key[at][11:16]} UTC)" for key in ledger.usage if key[at]
+    }
     if not timed or setting == "now":
         return None
     when = "the day's dearest rate" if setting == "dearest" else "a fixed time of day"
@@ -665,13 +667,13 @@ def notices(
     if idle_lenses:
         out.append(
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
-            f"{listed(idle_lenses)}; lens keys that ran: {listed(ran) or 'none'}"
+            f"{listed(idle_lenses)}; lens keys that ran: {listed(list(map(one_line, ran))) or 'none'}"
         )
     # fail closed: a run cut short within its limits may have gone over them after its calls that ended
     end_lenses = "end each lens inside its test (read its streams to the end or close them, join its threads)"
     cut = {key: runs for key, (_, runs) in ledger.runs_by_lens().items() if runs}
     unchecked = [
-        f"{key} ({nodeid})"
+        f"{one_line(key)} ({nodeid})"
         for key, runs in cut.items()
         if (limits := budgets.for_lens(key)) is not None
         for nodeid, run in runs
@@ -717,8 +719,8 @@ def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
         return ""
     lines = [
         f"llm-ledger: {len(runs)} lens(es) ran with no budget in {budgets.source} (no entry under lenses, "
-        f"no default), so --llm-budget checked nothing for them: {listed(list(runs))}; add under lenses "
-        "(their largest run's figures, raise them for headroom):"
+        f"no default), so --llm-budget checked nothing for them: {listed(list(map(one_line, runs)))}; add "
+        "under lenses (their largest run's figures, raise them for headroom):"
     ]
     for key, each in runs.items():
         totals = [run for _, run in each]

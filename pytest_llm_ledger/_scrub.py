@@ -28,7 +28,7 @@ from typing import Any, Final
 import yaml
 
 from llm_ledger import CassetteError
-from llm_ledger.loading import SafeLoader
+from llm_ledger.loading import SafeLoader, one_line
 
 from ._format import (
     REQUEST_HEADERS,
@@ -267,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
             verb = "would scrub" if args.check else "scrubbed"
             print(f"{path}: {verb} {len(findings)} item(s)")
             for finding in findings:
-                print(f"  {finding}")
+                print(f"  {one_line(finding)}")  # JSON paths name the cassette's keys, whatever they hold
     if args.check and changed:
         files = " ".join(shlex.quote(n) for n in args.cassettes)
         print(f"{changed} cassette(s) hold credentials or identifiers; fix with: llm-ledger scrub {files}")

@@ -276,7 +276,7 @@ import llm_ledger as ledger
 @pytest.mark.llm
 def test_titled():
     with ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)) as c:
-        with ledger.lens("report\\x1b]0;pwned\\x07\\u202eend"):
+        with ledger.lens("report\\x1b]0;pwned\\x07\\u202eend\\n::error title=CI::forged"):
             with pytest.raises(openai.BadRequestError):
                 c.chat.completions.create(
                     model="gpt-4o-mini",
@@ -289,13 +289,39 @@ def test_titled():
 def test_the_plugins_terminal_summary_shows_a_lens_key_never_runs_it(
     pytester: pytest.Pytester, server: FakeOpenAI
 ) -> None:
-    """A lens key holding a terminal's control sequence (here: set the window title) and a bidi
-    override is written escaped in the per-lens table and in the line naming the lens whose call failed."""
+    """A lens key holding a terminal's control sequence (here: set the window title), a bidi override
+    and a line break followed by a GitHub Actions command is written escaped, on its own line, in the
+    per-lens table, the line naming the lens whose call failed and the notice of lenses with no budget."""
     write_project(pytester, TERMINAL_TESTS, "test_terminal")
-    result = run(pytester, "--llm-record-mode=once")
+    pytester.makefile(".yaml", budgets="lenses:\n  other: {max_cost_usd: 1}\n")
+    result = run(pytester, "--llm-record-mode=once", "--llm-budget")
     assert result.ret == 0, result.stdout.str()
     out = result.stdout.str()
     assert not any(c in out for c in "\x1b\x07\u202e"), out
-    shown = "report\\x1b]0;pwned\\x07\\u202eend"
-    assert any(line.startswith(shown + " ") for line in result.stdout.lines)  # its row in the table
+    assert not any(line.startswith("::") for line in result.stdout.lines), out  # no forged CI command
+    shown = "report\\x1b]0;pwned\\x07\\u202eend\\n::error title=CI::forged"
+    assert any(line.startswith(shown[:30]) and "$0.000000" in line for line in result.stdout.lines)  # table
     assert any(line.startswith("failed: ") and shown in line for line in result.stdout.lines)
+    assert any("ran with no budget" in line and shown in line for line in result.stdout.lines)
+
+
+def test_scrub_check_prints_a_hostile_cassettes_keys_on_their_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``llm-ledger scrub --check`` in CI on a cassette from a pull request: a JSON key holding a line
+    break and a GitHub Actions command, or a terminal escape, is printed escaped within its finding."""
+    cassette = tmp_path / "hostile.json"
+    key = "x\n::error title=CI::forged\x1b[2J"
+    request = {
+        "method": "POST",
+        "uri": "https://h/v1/chat/completions",
+        "body": json.dumps({key: {"api_key": "k"}}),
+    }
+    response = {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": "{}"}}
+    cassette.write_text(
+        json.dumps({"interactions": [{"request": request, "response": response}], "version": 1})
+    )
+    assert main(["scrub", "--check", str(cassette)]) == 1
+    out = capsys.readouterr().out
+    assert "JSON field $.x\\n::error title=CI::forged\\x1b[2J.api_key redacted" in out
+    assert "\x1b" not in out and not any(line.startswith("::") for line in out.splitlines())
