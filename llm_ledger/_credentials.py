@@ -3,11 +3,11 @@ them) and the pytest plugin (so are cassettes and its messages; ``pytest_llm_led
 
 Names are compared lower-case with ``-`` read as ``_``. A credential travels in:
 
-* a header named like one: any name holding ``key``, ``token``, ``secret``, ``auth``, ``passw``,
-  ``signature`` or ``cookie`` (``Authorization``, Azure's ``api-key``, ``x-goog-api-key``,
-  ``x-auth-token``, ``cf-aig-authorization``...), its ``Bearer``/``Basic`` scheme left out; the
-  organisation and project ids (``OpenAI-Organization``, ``OpenAI-Project``) count too;
-* a query parameter in :data:`QUERY_NAMES` (``key``, ``api-key``, ``sig``, ``token``...);
+* a header or query parameter named like one (:func:`credential_name`): any name holding ``key``,
+  ``token``, ``secret``, ``auth``, ``passw``, ``signature`` or ``cookie`` (``Authorization``, Azure's
+  ``api-key``, ``x-goog-api-key``, ``x-auth-token``, ``cf-aig-authorization``...), one of
+  :data:`QUERY_NAMES` (``code``, ``sig``...), or the organisation and project ids
+  (``OpenAI-Organization``, ``OpenAI-Project``); a header's ``Bearer``/``Basic`` scheme is left out;
 * the user information of the URL (``https://user:password@host``).
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["FIELD_NAMES", "QUERY_NAMES", "normal", "request_credentials"]
+__all__ = ["FIELD_NAMES", "QUERY_NAMES", "credential_name", "normal", "request_credentials"]
 
 # JSON fields (and so query parameters) named like credentials
 FIELD_NAMES: Final = frozenset(
@@ -27,13 +27,20 @@ FIELD_NAMES: Final = frozenset(
      "subscription_key", "ocp_apim_subscription_key"}
 )  # fmt: skip
 QUERY_NAMES: Final = FIELD_NAMES | frozenset({"key", "token", "code", "sig", "signature", "auth"})
-_HEADER_NAME: Final = re.compile(r"key|token|secret|auth|passw|signature|cookie")
+_NAMED: Final = re.compile(r"key|token|secret|auth|passw|signature|cookie")
 _ID_HEADERS: Final = frozenset({"openai_organization", "openai_project"})
 
 
 def normal(name: str) -> str:
     """``name`` as the rules compare it: lower-case, ``-`` read as ``_``."""
     return name.strip().lower().replace("-", "_")
+
+
+def credential_name(name: str) -> bool:
+    """Whether a header or query parameter named ``name`` carries a credential (or an organisation or
+    project id)."""
+    key = normal(name)
+    return key in QUERY_NAMES or key in _ID_HEADERS or _NAMED.search(key) is not None
 
 
 def _header_value(value: Any) -> str:
@@ -48,12 +55,11 @@ def request_credentials(headers: Mapping[Any, Any] | None, url: str) -> set[str]
     """The credential values a request carries in its headers, its query and its URL's user information."""
     found: set[str] = set()
     for name, value in (headers or {}).items():
-        key = normal(name.decode("latin-1") if isinstance(name, bytes) else str(name))
-        if key in _ID_HEADERS or _HEADER_NAME.search(key):
+        if credential_name(name.decode("latin-1") if isinstance(name, bytes) else str(name)):
             found.add(_header_value(value))
     if "?" in url or "@" in url:
         parts = urlsplit(url)
-        found.update(v for n, v in parse_qsl(parts.query) if normal(n) in QUERY_NAMES)
+        found.update(v for n, v in parse_qsl(parts.query) if credential_name(n))
         found.update(unquote(v) for v in (parts.username, parts.password) if v)
     found.discard("")
     return found

@@ -7,12 +7,13 @@ and the plugin applies the same redaction to each request before matching it.
 
 Names are compared lower-case with ``-`` read as ``_``:
 
-* query parameters in :data:`QUERY_NAMES` (``api-key``, ``subscription-key``, ``code``, ``sig``,
-  ``token``...) have their values replaced by ``REDACTED``;
-* JSON fields in :data:`FIELD_NAMES` likewise, at any depth, in request and response bodies. The
-  short query names ``code``, ``token``, ``key`` and ``sig`` are not field names: ``code`` is the
-  error code of every OpenAI error body and ``token`` each logprob's token, so redacting them
-  would change what the SDK sees on replay;
+* query parameters named like credentials (``api-key``, ``subscription-key``, ``code``, ``sig``,
+  ``token``, ``x-goog-api-key``...: :func:`llm_ledger._credentials.credential_name`) have their
+  values replaced by ``REDACTED``;
+* JSON fields in :data:`~llm_ledger._credentials.FIELD_NAMES` likewise, at any depth, in request
+  and response bodies. The short query names ``code``, ``token``, ``key`` and ``sig`` are not field
+  names: ``code`` is the error code of every OpenAI error body and ``token`` each logprob's token,
+  so redacting them would change what the SDK sees on replay;
 * anything shaped like an OpenAI secret key (``sk-`` and 16 or more key characters) becomes
   ``sk-REDACTED`` wherever it appears: URL, request body, response body (a key echoed in an
   error message);
@@ -20,8 +21,7 @@ Names are compared lower-case with ``-`` read as ``_``:
 * the values of the credentials an exchange carried (the headers, query parameters and URL user
   information :mod:`llm_ledger._credentials` names: ``Authorization``, ``api-key``,
   ``x-goog-api-key``, the organisation and project ids...; and credential-named JSON fields),
-  wherever else they appear, e.g.
-  echoed whole in a 401 body by a compatible server. Values shorter than
+  wherever else they appear, e.g. echoed whole in a 401 body by a compatible server. Values shorter than
   :data:`MIN_KNOWN_SECRET` are left alone (``EMPTY`` or ``ollama`` is a placeholder, and replacing
   it would rewrite prompts).
 """
@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from llm_ledger._credentials import FIELD_NAMES, QUERY_NAMES, normal, request_credentials
+from llm_ledger._credentials import FIELD_NAMES, credential_name, normal, request_credentials
 
 __all__ = ["REDACTED", "CredentialRedactor", "known_secrets"]
 
@@ -132,7 +132,7 @@ class CredentialRedactor:
         parts = urlsplit(value)
         if parts.query:
             pairs = parse_qsl(parts.query, keep_blank_values=True)
-            secret = [name for name, v in pairs if normal(name) in QUERY_NAMES and v != REDACTED]
+            secret = [name for name, v in pairs if credential_name(name) and v != REDACTED]
             if secret:
                 for name in secret:
                     self.note(place, f"query parameter {name!r} redacted")

@@ -52,7 +52,10 @@ def ask(client, echo):
 @pytest.mark.llm
 def test_gateway_header():
     headers = {{"x-goog-api-key": {GATEWAY_KEY!r}}}
-    client = openai.OpenAI(api_key="unused", base_url=BASE, default_headers=headers, max_retries=0)
+    query = {{"x-goog-api-key": "query-LEAKCHECK-0123456789"}}  # a name that is no usual query name
+    client = openai.OpenAI(
+        api_key="unused", base_url=BASE, default_headers=headers, default_query=query, max_retries=0
+    )
     ask(client, {GATEWAY_KEY!r})
 
 
@@ -91,6 +94,7 @@ def test_credentials_in_a_gateway_header_the_url_or_the_org_never_reach_a_casset
         text = file.read_text()
         assert "LEAKCHECK" not in text, file
         assert "the server echoes REDACTED" in text, file
+    assert "?x-goog-api-key=REDACTED" in files[0].read_text()  # test_gateway_header.yaml
     server.stop()
     run(pytester, "-k", "not other_host").assert_outcomes(passed=3)  # a redacted cassette still replays
 
