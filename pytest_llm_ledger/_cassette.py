@@ -214,6 +214,7 @@ class LedgerCassette:
         rerecord_options: Sequence[str] = (),
         directory: Path | None = None,
         command_nodeid: str | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
         if mode not in RECORD_MODES:
             raise ConfigError(
@@ -233,6 +234,7 @@ class LedgerCassette:
         # ``test_x.py::test_y``); the cassette's header keeps ``nodeid``, the same wherever it was recorded
         self.command_nodeid = command_nodeid or nodeid
         self.directory = directory  # the cassette directory, named in a miss when it does not exist
+        self.secrets = secrets  # credentials among the test's parameters: its node id shows them
         # attributes vcrpy's patch builder and stubs read
         self._path = str(path)
         self.custom_patches: tuple[Any, ...] = ()
@@ -392,8 +394,11 @@ class LedgerCassette:
             if self.command_nodeid == self.nodeid
             else rerecord_command(self.nodeid, "rewrite", self.rerecord_options)
         )
+        nodeid = CredentialRedactor(self.secrets).text(self.nodeid, "header")
+        if nodeid != self.nodeid:  # a credential among the parameters: the command names the function
+            command = rerecord_command(self.nodeid.split("[", 1)[0], "rewrite", self.rerecord_options)
         header = (
-            f"llm-ledger cassette for {self.nodeid}\n"
+            f"llm-ledger cassette for {nodeid}\n"
             f"re-record: {command}\n"
             "bodies are stored decoded; headers are allow-listed and credentials redacted"
         )

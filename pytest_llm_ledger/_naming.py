@@ -20,6 +20,10 @@ from typing import Any
 
 import pytest
 
+from llm_ledger._credentials import credential_name
+
+from ._secrets import KEY_SHAPE, MIN_KNOWN_SECRET, REDACTED
+
 __all__ = [
     "cassette_folder",
     "cassette_params",
@@ -27,6 +31,7 @@ __all__ = [
     "mark_case_twins",
     "orphan_cassettes",
     "project_dir",
+    "secret_params",
     "selected_folders",
 ]
 
@@ -51,6 +56,25 @@ def _value_text(value: Any) -> str:
     return _hash(_ADDRESS.sub("", repr(value)))
 
 
+def _secret(arg: str, text: str) -> bool:
+    """Whether a parameter's value is a credential: named like one (``api_key``) and long enough to be
+    one (``EMPTY`` is a placeholder), or shaped like an OpenAI key."""
+    return (credential_name(arg) and len(text) >= MIN_KNOWN_SECRET) or KEY_SHAPE.search(text) is not None
+
+
+def secret_params(item: pytest.Item) -> list[str]:
+    """The values of ``item``'s parameters that are credentials: a cassette's name and heading, written
+    to a repository, never show them."""
+    texts = ((arg, _value_text(value)) for arg, value in cassette_params(item).items())
+    return [text for arg, text in texts if _secret(arg, text)]
+
+
+def _param_text(arg: str, value: Any) -> str:
+    """A parameter as a cassette's name shows it: its value, a credential by a hash of it alone."""
+    text = _value_text(value)
+    return f"{REDACTED}-{_hash(text)}" if _secret(arg, text) else text
+
+
 def _safe(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-.") or "_"
 
@@ -68,7 +92,7 @@ def _raw_stem(item: pytest.Item) -> str:
     name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
     params = cassette_params(item)
     if params:
-        name = f"{name}[{','.join(f'{arg}={_value_text(params[arg])}' for arg in sorted(params))}]"
+        name = f"{name}[{','.join(f'{arg}={_param_text(arg, params[arg])}' for arg in sorted(params))}]"
     return ".".join([*owners, name])
 
 

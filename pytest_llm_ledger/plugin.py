@@ -53,6 +53,7 @@ from ._naming import (
     mark_case_twins,
     orphan_cassettes,
     project_dir,
+    secret_params,
     selected_folders,
 )
 from ._network import Guard
@@ -832,6 +833,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             rerecord_options=state.location,
             directory=state.cassette_dir,
             command_nodeid=state.here(item.nodeid),
+            secrets=secret_params(item),
         )
     except CassetteError as exc:
         error = str(exc)

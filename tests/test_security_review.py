@@ -329,3 +329,68 @@ def test_scrub_check_prints_a_hostile_cassettes_keys_on_their_line(
     out = capsys.readouterr().out
     assert "JSON field $.x\\n::error title=CI::forged\\x1b[2J.api_key redacted" in out
     assert "\x1b" not in out and not any(line.startswith("::") for line in out.splitlines())
+
+
+AZURE_LIKE = "azure0LEAKCHECK0123456789abcdef"  # not key-shaped: a secret by its parameter's name
+SK_LIKE = "sk-proj-LEAKCHECK0123456789abcdef"
+PARAM_TESTS = f"""
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("api_key", [{AZURE_LIKE!r}, {SK_LIKE!r}, "EMPTY"])
+def test_per_key(api_key):
+    with ledger.instrument(
+        openai.OpenAI(api_key=api_key, base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    ) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
+"""
+
+
+def test_a_key_among_a_tests_parameters_is_neither_in_its_cassettes_name_nor_in_the_file(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A test parametrized by API key names its cassettes by a hash of each key (a placeholder such as
+    ``EMPTY`` stays readable), their heading redacts it and re-records the function; they replay."""
+    write_project(pytester, PARAM_TESTS, "test_param")
+    recorded = run(pytester, "--llm-record-mode=once")
+    assert recorded.ret == 0, recorded.stdout.str()
+    files = sorted((pytester.path / "cassettes").rglob("*.yaml"))
+    names = [f.name for f in files]
+    assert len(names) == 3 and "test_per_key[api_key=EMPTY].yaml" in names
+    assert all(
+        n == "test_per_key[api_key=EMPTY].yaml" or n.startswith("test_per_key[api_key=REDACTED-")
+        for n in names
+    )
+    for file in files:
+        text = file.read_text()
+        assert "LEAKCHECK" not in text, (file.name, text[:300])
+        if "EMPTY" not in file.name:
+            assert "re-record: pytest tests/test_param.py::test_per_key --llm" in text
+    server.stop()
+    run(pytester, "--llm-record-mode=none").assert_outcomes(passed=3)
+    assert main(["scrub", "--check", str(pytester.path / "cassettes")]) == 0
+    capsys.readouterr()
+
+
+def test_scrub_redacts_a_key_in_the_comment_heading_an_older_cassette(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cassette recorded before parameters were redacted names the key in its heading's node id:
+    ``scrub --check`` finds it, ``scrub`` redacts it and keeps the rest of the heading."""
+    cassette = tmp_path / "test_per_key.yaml"
+    cassette.write_text(
+        f"# llm-ledger cassette for t.py::test_per_key[{SK_LIKE}]\n# re-record: pytest t.py\n"
+        "version: 1\ninteractions: []\n"
+    )
+    assert main(["scrub", "--check", str(cassette)]) == 1
+    assert "the comment heading the file: 1 secret key(s) shaped sk-... redacted" in capsys.readouterr().out
+    assert main(["scrub", str(cassette)]) == 0
+    assert cassette.read_text().startswith(
+        "# llm-ledger cassette for t.py::test_per_key[sk-REDACTED]\n# re-record: pytest t.py\n"
+    )
