@@ -20,7 +20,6 @@ import base64
 import importlib
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -266,27 +265,28 @@ def shown_path(path: Path | str) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash or a parallel reader never sees half a file.
 
-    A file that exists keeps its mode; a new one gets the ordinary mode (0666 less the umask), not
-    mkstemp's private 0600: cassettes are committed, reports read by other CI steps. Cassettes and
-    ``--llm-report`` files are written this way.
+    A file that exists keeps its mode; a new one gets the ordinary mode (0666 less the umask, as the
+    system applies it: the process's umask is never changed, even for a moment, as other threads may
+    be creating files), not mkstemp's private 0600: cassettes are committed, reports read by other CI
+    steps. Cassettes and ``--llm-report`` files are written this way.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = path.stat().st_mode & 0o7777
+        mode: int | None = path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        mode = None
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
-        os.fchmod(fd, mode)
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

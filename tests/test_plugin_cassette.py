@@ -122,14 +122,20 @@ def test_unusual_event_streams_are_kept_verbatim() -> None:
     assert _format.body_bytes(("text", raw)) == raw.encode()
 
 
-def test_cassettes_are_written_with_the_ordinary_file_mode(tmp_path: Path) -> None:
-    """A written cassette gets 0666 less the umask (so 0644 under 022), not mkstemp's private 0600."""
+def test_cassettes_are_written_with_the_ordinary_file_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A written cassette gets 0666 less the umask (so 0644 under 022), not mkstemp's private 0600,
+    without changing the process's umask even for a moment (another thread may be creating a file)."""
     old = os.umask(0o022)
     try:
-        _format.write_atomic(tmp_path / "c.yaml", "version: 1\ninteractions: []\n")
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "umask", lambda mask: pytest.fail(f"write_atomic set the umask to {mask:o}"))
+            _format.write_atomic(tmp_path / "c.yaml", "version: 1\ninteractions: []\n")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "c.yaml").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]  # no temporary file left
 
 
 @pytest.mark.parametrize(
