@@ -239,14 +239,23 @@ for _tag in ("set", "binary", "omap", "pairs", "timestamp"):
     JsonLoader.add_constructor(_TAG_PREFIX + _tag, _not_json)
 
 
+_QUOTED: Final = re.compile(r"'([^']*)'")
+
+
+def _unless_secret(quoted: re.Match[str]) -> str:
+    text = quoted.group(1)
+    return f"a text of {len(text)} characters (not shown)" if _SECRET_KEY.search(text) else quoted.group(0)
+
+
 def invalid_yaml(name: str, exc: yaml.YAMLError, text: str) -> str:
     """The one message for a file that is not YAML a safe loader reads: ``name:line: invalid YAML:
     what is wrong`` (``text`` is the file's, to find the line of an unreadable character)."""
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         where = f"{name}:{mark.line + 1}" if mark is not None else name
-        what = ", ".join(str(part) for part in (exc.context, exc.problem) if part)
-        return f"{where}: invalid YAML: {what.replace(_TAG_PREFIX, '!!')}"
+        what = ", ".join(str(part) for part in (exc.context, exc.problem) if part).replace(_TAG_PREFIX, "!!")
+        # PyYAML quotes what it read (a tag): never a credential (a key written as !sk-...)
+        return f"{where}: invalid YAML: {_QUOTED.sub(_unless_secret, what)}"
     if isinstance(exc, yaml.reader.ReaderError):
         line = text.count("\n", 0, exc.position) + 1
         return f"{name}:{line}: invalid YAML: {exc.reason}"

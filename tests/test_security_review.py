@@ -394,3 +394,21 @@ def test_scrub_redacts_a_key_in_the_comment_heading_an_older_cassette(
     assert cassette.read_text().startswith(
         "# llm-ledger cassette for t.py::test_per_key[sk-REDACTED]\n# re-record: pytest t.py\n"
     )
+
+
+def test_a_yaml_error_never_quotes_a_key_written_as_a_tag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PyYAML quotes the tag it cannot build; one that holds a key is described, not quoted, while a
+    Python tag is still named (the reason it is refused)."""
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text(f"version: 1\ninteractions: !{SK_LIKE} []\n")
+    python = tmp_path / "python.yaml"
+    python.write_text("version: 1\ninteractions: !!python/object/apply:os.system ['true']\n")
+    assert main(["scrub", "--check", str(hostile), str(python)]) == 2
+    err = capsys.readouterr().err
+    assert "LEAKCHECK" not in err
+    assert "hostile.yaml:2: invalid YAML: could not determine a constructor for the tag a text of 34" in err
+    assert (
+        "python.yaml:2: invalid YAML: could not determine a constructor for the tag '!!python/object" in err
+    )
