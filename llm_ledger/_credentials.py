@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["FIELD_NAMES", "QUERY_NAMES", "credential_name", "normal", "request_credentials"]
+__all__ = ["FIELD_NAMES", "QUERY_NAMES", "credential_field", "credential_name", "request_credentials"]
 
 # JSON fields (and so query parameters) named like credentials
 FIELD_NAMES: Final = frozenset(
@@ -34,6 +34,12 @@ _ID_HEADERS: Final = frozenset({"openai_organization", "openai_project"})
 def normal(name: str) -> str:
     """``name`` as the rules compare it: lower-case, ``-`` read as ``_``."""
     return name.strip().lower().replace("-", "_")
+
+
+def credential_field(name: str) -> bool:
+    """Whether a JSON field named ``name`` holds a credential (:data:`FIELD_NAMES`, at any depth of a
+    body: never the short query names such as ``code``, an error body's, or ``token``, a logprob's)."""
+    return normal(name) in FIELD_NAMES
 
 
 def credential_name(name: str) -> bool:

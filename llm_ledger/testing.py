@@ -1,6 +1,8 @@
 """Helpers for testing code that uses llm-ledger: collect records in memory (:func:`capture`, docs/CI.md),
 no file, no network; serve a loopback OpenAI-compatible API (:class:`FakeOpenAI`, docs/FAKE_SERVER.md)
-to point the real SDK at; price calls at one time of day whatever the hour (:func:`price_time_of_day`).
+to point the real SDK at; price calls at one time of day whatever the hour (:func:`price_time_of_day`);
+tell the credentials a request carries (:func:`request_credentials`), as cassettes and captured content
+are redacted of them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._config import get_monitor
+from ._credentials import credential_field, credential_name, request_credentials
 from ._fake_server import FakeOpenAI, RecordedAnswer, RecordedRequest
 from ._monitor import LLMCallMonitor, add_global_sink, remove_global_sink
 from ._pricing import price_time_of_day
@@ -23,8 +26,11 @@ __all__ = [
     "RecordedRequest",
     "add_global_sink",
     "capture",
+    "credential_field",
+    "credential_name",
     "price_time_of_day",
     "remove_global_sink",
+    "request_credentials",
 ]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from llm_ledger._credentials import credential_name
+from llm_ledger.testing import credential_name
 
 from ._secrets import KEY_SHAPE, MIN_KNOWN_SECRET, REDACTED
 

@@ -8,9 +8,9 @@ and the plugin applies the same redaction to each request before matching it.
 Names are compared lower-case with ``-`` read as ``_``:
 
 * query parameters named like credentials (``api-key``, ``subscription-key``, ``code``, ``sig``,
-  ``token``, ``x-goog-api-key``...: :func:`llm_ledger._credentials.credential_name`) have their
+  ``token``, ``x-goog-api-key``...: :func:`llm_ledger.testing.credential_name`) have their
   values replaced by ``REDACTED``;
-* JSON fields in :data:`~llm_ledger._credentials.FIELD_NAMES` likewise, at any depth, in request
+* JSON fields in :func:`llm_ledger.testing.credential_field` likewise, at any depth, in request
   and response bodies. The short query names ``code``, ``token``, ``key`` and ``sig`` are not field
   names: ``code`` is the error code of every OpenAI error body and ``token`` each logprob's token,
   so redacting them would change what the SDK sees on replay;
@@ -19,7 +19,7 @@ Names are compared lower-case with ``-`` read as ``_``:
   error message);
 * the user information of a URL (``https://user:password@host``) becomes ``REDACTED@host``;
 * the values of the credentials an exchange carried (the headers, query parameters and URL user
-  information :mod:`llm_ledger._credentials` names: ``Authorization``, ``api-key``,
+  information ``llm_ledger.testing`` names: ``Authorization``, ``api-key``,
   ``x-goog-api-key``, the organisation and project ids...; and credential-named JSON fields),
   wherever else they appear, e.g. echoed whole in a 401 body by a compatible server. Values shorter than
   :data:`MIN_KNOWN_SECRET` are left alone (``EMPTY`` or ``ollama`` is a placeholder, and replacing
@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from llm_ledger._credentials import FIELD_NAMES, credential_name, normal, request_credentials
+from llm_ledger.testing import credential_field, credential_name, request_credentials
 
 __all__ = ["REDACTED", "CredentialRedactor", "known_secrets"]
 
@@ -45,7 +45,7 @@ MIN_KNOWN_SECRET: Final = 12
 
 def known_secrets(headers: Mapping[str, Any] | None = None, url: str = "", body: Any = None) -> set[str]:
     """The credential values one request carries: in its headers, its query, its URL's user information
-    (:func:`llm_ledger._credentials.request_credentials`) and its JSON body."""
+    (:func:`llm_ledger.testing.request_credentials`) and its JSON body."""
     found = request_credentials(headers, url)
     stack = [body]
     seen: set[int] = set()  # YAML aliases share objects: visit each once (no alias bombs)
@@ -57,7 +57,7 @@ def known_secrets(headers: Mapping[str, Any] | None = None, url: str = "", body:
             seen.add(id(node))
         if isinstance(node, dict):
             for key, value in node.items():
-                if isinstance(key, str) and normal(key) in FIELD_NAMES and isinstance(value, str):
+                if isinstance(key, str) and credential_field(key) and isinstance(value, str):
                     found.add(value)
                 else:
                     stack.append(value)
@@ -112,7 +112,7 @@ class CredentialRedactor:
             if self.first_visit(value):
                 for key in list(value):
                     sub = f"{path}.{key}"
-                    secret = isinstance(key, str) and normal(key) in FIELD_NAMES
+                    secret = isinstance(key, str) and credential_field(key)
                     if secret and value[key] not in (REDACTED, None):
                         value[key] = REDACTED
                         self.note(place, f"JSON field {sub} redacted")
