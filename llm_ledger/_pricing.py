@@ -12,6 +12,7 @@ import decimal
 import fnmatch
 import functools
 import inspect
+import math
 import os
 import re
 import time
@@ -75,7 +76,8 @@ class PricedCall(TypedDict, total=False):
     ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
     ``completion_audio_tokens`` is the audio part of ``completion_tokens`` (each default 0). Reasoning
     tokens are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now)
-    is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
+    is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours) or
+    the day (a price change genai-prices lists);
     ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...; default
     the standard one)."""
 
@@ -112,6 +114,7 @@ _REASONING_OUTSIDE: Final = frozenset({"google", "x-ai"})
 # 60 digits keep every conversion between rates, units and USD exact.
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 _ONE: Final = Decimal(1)
+_FOREVER: Final = math.inf
 _DAY: Final = 24 * 60 * 60
 _TIME_OF_DAY: Final = re.compile(r"(\d{1,2}):(\d{2})")
 _DEAREST: Final = -1
@@ -137,10 +140,13 @@ class _Entry:
     by_time: tuple[tuple[int, _Entry], ...] = ()
     # prices of the service tiers priced apart from the standard one: tier -> its entry, e.g. OpenAI's flex
     by_tier: Mapping[str, _Entry] = field(default_factory=dict)
-    # when these prices end (epoch seconds: the next price change genai-prices lists, such as the end of
-    # an introductory rate); None: no change listed
-    expires: float | None = None
+    # the moments (epoch seconds) these prices hold from and until: the price changes genai-prices lists
+    # either side of the day they were resolved on (o3's cut, the end of an introductory rate)
+    since: float = -_FOREVER
+    until: float = _FOREVER
     dearest: int = 0  # the second of the day the dearest part of by_time starts (its rates are highest)
+    # the entry of the UTC day of a moment outside since..until (a logged call's day); None: no other day
+    on_day: Callable[[float], _Entry | None] | None = None
 
 
 def _units(rate_per_mtok: Decimal) -> int:
@@ -325,6 +331,12 @@ class Route:
                 f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
                 f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}"
             )
+        # a call made on a day priced apart (a log's, before a price change); a monitor prices its calls
+        # as they end, at the prices _entry keeps current
+        if not live and at is not None and entry.on_day is not None and not entry.since <= at < entry.until:
+            entry = entry.on_day(at)
+            if entry is None:
+                return None
         moment = None
         if entry.by_time:
             moment = time.time() if at is None else at
@@ -357,7 +369,7 @@ class Route:
         """``model``'s rates here, resolved once (unknown names too), and again when they expire."""
         entry: _Entry | None = self._cache.get(model, _MISSING)
         if entry is _MISSING or (
-            entry is not None and entry.expires is not None and time.time() >= entry.expires
+            entry is not None and entry.until != _FOREVER and time.time() >= entry.until
         ):
             entry = self._resolve(model)
             if model in self._cache or len(self._cache) < _MAX_CACHED_NAMES:
@@ -482,16 +494,19 @@ class PriceTable:
         (DeepSeek's off-peak discount): only then does the moment of a call change its cost."""
         return self._timed_entry(model, provider) is not None
 
-    def _timed_entry(self, model: str, provider: str | None) -> _Entry | None:
-        """``model``'s prices at ``provider`` when they depend on the time of day, else None."""
+    def _timed_entry(self, model: str, provider: str | None, at: float | None = None) -> _Entry | None:
+        """``model``'s prices at ``provider`` (on the day of ``at``, default today) when they depend on
+        the time of day, else None."""
         entry = self.route(provider=provider)._entry(model)  # a provider's route: never a host's flat rate
+        if entry is not None and at is not None and not entry.since <= at < entry.until and entry.on_day:
+            entry = entry.on_day(at)
         return entry if entry is not None and entry.by_time else None
 
     def priced_at(self, model: str, at: datetime, *, provider: str | None = None) -> datetime:
         """The moment a monitor prices a call of ``model`` made at ``at`` (UTC): ``at`` itself, unless
         the price depends on the time of day and :func:`price_time_of_day` fixed one (a pytest session):
         then that time of day on ``at``'s UTC date."""
-        entry = self._timed_entry(model, provider)
+        entry = self._timed_entry(model, provider, at.timestamp())
         if entry is None or _fixed_second is None:
             return at.astimezone(UTC)
         return datetime.fromtimestamp(_fixed_moment(entry, at.timestamp()), UTC)
@@ -559,30 +574,51 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
                 by_tier.append((tier, other))
         return None if rates is None else _compile(replace(rates, service_tiers=tuple(by_tier)))
 
-    now = datetime.fromtimestamp(time.time(), UTC)
-    # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
-    # resolved once, and each call is priced at the part of the day it was made in. A price change
-    # listed for a later day ends these prices: the name is resolved again then.
+    # Prices of a day and, for a model priced by time of day, those of each part of it: the name is
+    # resolved once, and each call is priced at the part of the day it was made in. The price changes
+    # genai-prices lists (StartDateConstraint) bound the days these prices hold: a call made outside them
+    # (a logged call before a change; after one, in a running process) is priced at its own day's.
     conditional = info.prices if isinstance(info.prices, list) else []
     constraints = [c.constraint for c in conditional] + [v.constraint for v in info.price_variants or ()]
-    later = [
-        c.start_date for c in constraints if isinstance(c, StartDateConstraint) and c.start_date > now.date()
-    ]
-    expires = datetime(*min(later).timetuple()[:3], tzinfo=UTC).timestamp() if later else None
+    changes = sorted({c.start_date for c in constraints if isinstance(c, StartDateConstraint)})
     starts = sorted({0} | _price_changes(info))
-    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
-    try:
-        current = entry(now)
-        by_time = [(start, entry(midnight + timedelta(seconds=start))) for start in reversed(starts)]
-    except ConfigError:
-        return None  # a price genai-prices itself would reject: better unknown than wrong
-    timed = tuple((start, other) for start, other in by_time if other is not None)
-    if current is None or len(timed) < len(by_time):
-        return None
-    # the dearest part of the day: the highest rates, compared input first (DeepSeek's parts differ by one
-    # factor on every rate, so it is the dearest for any call); the earliest of equal parts
-    dearest = max(reversed(timed), key=lambda part: part[1].base)[0]
-    return replace(current, by_time=timed if len(timed) > 1 else (), expires=expires, dearest=dearest)
+    days: dict[float, _Entry | None] = {}  # the entries of other days, by their midnight
+
+    def on_day(moment: float) -> _Entry | None:
+        midnight = datetime.fromtimestamp(moment // _DAY * _DAY, UTC)
+        if midnight.timestamp() in days:
+            return days[midnight.timestamp()]
+        since = max((change for change in changes if change <= midnight.date()), default=None)
+        until = min((change for change in changes if change > midnight.date()), default=None)
+        try:
+            current = entry(datetime.fromtimestamp(moment, UTC))
+            by_time = [(start, entry(midnight + timedelta(seconds=start))) for start in reversed(starts)]
+        except ConfigError:
+            current = None  # a price genai-prices itself would reject: better unknown than wrong
+            by_time = []
+        timed = tuple((start, other) for start, other in by_time if other is not None)
+        result = None
+        if current is not None and len(timed) == len(by_time):
+            # the dearest part of the day: the highest rates, compared input first (DeepSeek's parts differ
+            # by one factor on every rate, so it is the dearest for any call); the earliest of equal parts
+            result = replace(
+                current,
+                by_time=timed if len(timed) > 1 else (),
+                since=-_FOREVER if since is None else _midnight(since),
+                until=_FOREVER if until is None else _midnight(until),
+                dearest=max(reversed(timed), key=lambda part: part[1].base)[0],
+                on_day=on_day if changes else None,
+            )
+        if len(days) < _MAX_CACHED_NAMES:
+            days[midnight.timestamp()] = result
+        return result
+
+    return on_day(time.time())
+
+
+def _midnight(day: date) -> float:
+    """The start of a UTC day, in epoch seconds."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
 def price_time_of_day(when: str) -> str:

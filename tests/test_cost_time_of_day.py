@@ -297,3 +297,84 @@ def test_a_record_priced_at_a_fixed_time_of_day_says_so_and_reprices_to_its_cost
     assert Decimal(repr(new["after_usd"])) == Decimal(repr(new["before_usd"])) == peak
     assert new["change_usd"] == 0
     assert Decimal(repr(before["after_usd"])) == off_peak < peak
+
+
+# prices genai-prices lists as changing on a given day: o3's cut (2025-06-10), deepseek-v4-pro's rise
+# (2026-08-17), gpt-4o's priority tier (priced apart from 2026-10-12) and gemini-3.8-flash's
+# introductory rate ending (2027-01-01)
+@pytest.mark.parametrize(
+    ("provider", "model", "when", "tier"),
+    [
+        ("openai", "o3", datetime(2025, 5, 1, 12, 0, tzinfo=UTC), None),
+        ("deepseek", "deepseek-v4-pro", datetime(2026, 8, 1, 12, 0, tzinfo=UTC), None),
+        ("openai", "gpt-4o", datetime(2026, 10, 11, 12, 0, tzinfo=UTC), "priority"),
+        ("google", "gemini-3.8-flash", datetime(2027, 1, 2, 12, 0, tzinfo=UTC), None),
+    ],
+)
+def test_cost_at_a_moment_on_another_day_is_genai_prices_price_that_day(
+    provider: str, model: str, when: datetime, tier: str | None
+) -> None:
+    """``cost(at=...)`` on a day whose prices genai-prices lists apart from today's (before a price
+    change, or after one listed ahead) is genai-prices' price that day, from a table that resolved the
+    model today; the same table still prices today at today's price."""
+    table = PriceTable()
+    now = datetime.now(UTC)
+    usage = genai_prices.Usage(input_tokens=30_000, cache_read_tokens=10_000, output_tokens=4_000)
+    context = None if tier is None else {"service_tier": tier}
+    expected = [
+        genai_prices.calc_price(
+            usage, model, provider_id=provider, genai_request_timestamp=at, price_context=context
+        ).total_price
+        for at in (now, when)
+    ]
+    assert expected[0] != expected[1]  # that day really is priced apart from today
+    for at, usd in zip((now, when, now), (*expected, expected[0]), strict=True):
+        cost = table.cost(
+            model,
+            provider=provider,
+            at=at,
+            service_tier=tier,
+            prompt_tokens=30_000,
+            completion_tokens=4_000,
+            cached_tokens=10_000,
+        )
+        assert cost is not None and cost.total_cost_usd == usd, at
+
+
+def test_a_log_written_before_a_price_change_reprices_to_what_it_cost(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A monitor that ran on 2026-08-01 priced a deepseek-v4-pro call at that day's price (genai-prices
+    lists a rise from 2026-08-17); repricing its log today with nothing changed finds no change, rather
+    than the difference between that day's price and today's."""
+    monitor.prices = PriceTable(hosts={"127.0.0.1": HostPrice("deepseek")})
+    then = datetime(2026, 8, 1, 12, 0, tzinfo=UTC)
+    clock = StoppedClock(then.timestamp())
+    monkeypatch.setattr(_monitor, "time", clock)
+    monkeypatch.setattr(_pricing, "time", clock)
+    previous = price_time_of_day("now")
+    try:
+        client.chat.completions.create(
+            model="deepseek-v4-pro", messages=[{"role": "user", "content": "hi " * 500}]
+        )
+    finally:
+        price_time_of_day(previous)
+    monkeypatch.undo()
+    [record] = records.calls
+    usage = record["usage"]
+    recorded = Decimal(repr(record["cost"]["total_cost_usd"]))
+    assert recorded == genai_usd("deepseek-v4-pro", usage["prompt_tokens"], usage["completion_tokens"], then)
+    assert recorded != genai_usd(
+        "deepseek-v4-pro", usage["prompt_tokens"], usage["completion_tokens"], then.replace(month=9)
+    )
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["reprice", str(log), "--format", "json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert total["change_usd"] == 0
+    assert Decimal(repr(total["after_usd"])) == recorded
