@@ -35,6 +35,7 @@ from llm_ledger._rates import (
     _genai_providers,
     host_matcher,
     provider_error,
+    same_host,
     service_tiers,
 )
 from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
@@ -427,9 +428,12 @@ class PriceTable:
             else:
                 self._patterns.append((re.compile(fnmatch.translate(name)), rates))
         rules: list[tuple[tuple[bool, bool], str, re.Pattern[str], int | None, HostPrice]] = []
+        seen: dict[str, str] = {}  # each pattern as matched (lower case): as given
         for pattern, host_price in (hosts or {}).items():
             if not isinstance(pattern, str):
                 raise ConfigError(f"price hosts: a host pattern must be a string, got {pattern!r}")
+            if (first := seen.setdefault(pattern.strip().lower(), pattern)) != pattern:
+                raise ConfigError(f"price hosts[{pattern!r}]: {same_host(first)}")
             try:
                 regex, port, is_glob = host_matcher(pattern)
             except ValueError as exc:

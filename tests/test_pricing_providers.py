@@ -451,6 +451,8 @@ def test_host_prices_in_python_are_checked_too() -> None:
         HostPrice("open-ai")
     with pytest.raises(ConfigError, match="give a provider, rates, or both"):
         HostPrice()
+    with pytest.raises(ConfigError, match=r"hosts\['GW.internal'\]: the same host pattern as 'gw.internal'"):
+        PriceTable(hosts={"gw.internal": HostPrice("groq"), "GW.internal": HostPrice("openai")})
     table = PriceTable(hosts={"GW.internal:8080": HostPrice("groq")})
     assert table.route("gw.internal", 8080).provider == "groq"
     assert table.route("gw.internal", 8081).matched_by == "model"
