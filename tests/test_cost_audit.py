@@ -1,0 +1,101 @@
+"""Usage shapes found auditing the cost of calls against genai-prices and the providers' own documentation,
+through the real SDK with a client pointed at the provider's own base URL (carried to the loopback server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import genai_prices
+import openai
+import pytest
+
+import llm_ledger
+from llm_ledger.testing import Captured, FakeOpenAI
+from tests.conftest import FAKE_KEY
+from tests.sdk import sdk_http
+
+HI: Any = [{"role": "user", "content": "summarise the meeting notes for the whole team"}]
+GENAI = f"genai-prices {genai_prices.__version__}"
+
+
+class _ToLoopback(sdk_http.BaseTransport):
+    """The SDK's requests to a provider's host carried to the loopback server (the host cannot be reached
+    here), at the endpoint's plain path; the SDK, and the ledger, still see the base URL the client names."""
+
+    def __init__(self, server: FakeOpenAI) -> None:
+        self._server = sdk_http.URL(server.base_url)
+        self._inner = sdk_http.HTTPTransport()
+
+    def handle_request(self, request: Any) -> Any:
+        endpoint = request.url.path.rsplit("/", 2)
+        path = "/v1/" + ("/".join(endpoint[1:]) if endpoint[-2] == "chat" else endpoint[-1])
+        url = request.url.copy_with(scheme="http", host=self._server.host, port=self._server.port, path=path)
+        return self._inner.handle_request(
+            sdk_http.Request(request.method, url, headers=request.headers, content=request.read())
+        )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.fixture
+def moonshot(fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor) -> Iterator[openai.OpenAI]:
+    """A client of Moonshot's API (https://api.moonshot.ai/v1), instrumented by the test's monitor."""
+    with openai.OpenAI(
+        api_key=FAKE_KEY,
+        base_url="https://api.moonshot.ai/v1",
+        max_retries=0,
+        http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
+    ) as raw:
+        yield monitor.instrument(raw)
+
+
+def genai_usd(provider: str, model: str, prompt: int, cached: int, completion: int) -> Decimal:
+    """genai-prices' price of these tokens (the independent reference, given the cache hits)."""
+    usage = genai_prices.Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion)
+    return genai_prices.calc_price(usage, model, provider_id=provider).total_price
+
+
+ANSWER = {
+    "id": "chatcmpl-69bbcc292af1bf47c1d8a74b",
+    "object": "chat.completion",
+    "created": 1773915177,
+    "model": "kimi-k2-0905-preview",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Done."}, "finish_reason": "stop"}],
+}
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        # Kimi's API reference: the cache hits at the top of usage, no prompt_tokens_details
+        {"prompt_tokens": 1336, "completion_tokens": 31, "total_tokens": 1367, "cached_tokens": 1280},
+        # as kimi-k2-0905-preview answered in AstrBotDevs/AstrBot#6614: both
+        {
+            "prompt_tokens": 1336,
+            "completion_tokens": 31,
+            "total_tokens": 1367,
+            "cached_tokens": 1280,
+            "prompt_tokens_details": {"cached_tokens": 1280},
+        },
+    ],
+    ids=["top-level", "both"],
+)
+def test_moonshot_cache_hits_reported_at_the_top_of_usage_cost_the_cached_rate(
+    moonshot: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured, usage: dict[str, Any]
+) -> None:
+    """Moonshot reports the prompt tokens its cache served as ``usage.cached_tokens`` (not under
+    ``prompt_tokens_details``): the record counts them as cached and the call costs Kimi's cache-hit rate
+    for them, as Moonshot bills it, not the full input rate."""
+    fake_openai.fail_next(200, body={**ANSWER, "usage": usage})
+    reply = moonshot.chat.completions.create(model="kimi-k2-0905-preview", messages=HI)
+    assert reply.usage is not None and reply.usage.prompt_tokens == 1336  # the caller's answer, unchanged
+    (record,) = records.calls
+    assert record["server"]["provider"] == "moonshotai" and record["cost"]["matched_by"] == "provider"
+    assert record["usage"]["cached_tokens"] == 1280
+    assert record["cost"]["source"] == GENAI
+    cost = Decimal(repr(record["cost"]["total_cost_usd"]))
+    assert cost == genai_usd("moonshotai", "kimi-k2-0905-preview", 1336, 1280, 31)
+    assert cost < genai_usd("moonshotai", "kimi-k2-0905-preview", 1336, 0, 31)
