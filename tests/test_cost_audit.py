@@ -99,3 +99,32 @@ def test_moonshot_cache_hits_reported_at_the_top_of_usage_cost_the_cached_rate(
     cost = Decimal(repr(record["cost"]["total_cost_usd"]))
     assert cost == genai_usd("moonshotai", "kimi-k2-0905-preview", 1336, 1280, 31)
     assert cost < genai_usd("moonshotai", "kimi-k2-0905-preview", 1336, 0, 31)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_moonshot_call_costs_the_same_streamed_or_not_as_openais_shape_of_it(
+    moonshot: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured, stream: bool
+) -> None:
+    """The same Kimi call answered in OpenAI's usage shape and in Moonshot's (cache hits beside
+    ``prompt_tokens``), streamed or not: one usage and one cost, with the cache hits at Kimi's rate."""
+    for style in ("openai", "moonshot"):
+        answer = moonshot.chat.completions.create(
+            model="kimi-k2-0905-preview",
+            messages=HI,
+            stream=stream,
+            extra_headers={"x-fake-cached-tokens": "2048", "x-fake-usage-style": style},
+        )
+        if stream:
+            for _ in answer:
+                pass
+    body = fake_openai.answers[-1].body
+    sent = body[-1]["usage"] if isinstance(body, list) else body["usage"]
+    assert sent["cached_tokens"] == 2048 and "prompt_tokens_details" not in sent  # Moonshot's shape
+    openai_shape, moonshot_shape = records.calls
+    assert moonshot_shape["usage"] == openai_shape["usage"]
+    assert moonshot_shape["usage"]["cached_tokens"] == 2048
+    assert moonshot_shape["cost"] == openai_shape["cost"]
+    usage = moonshot_shape["usage"]
+    assert Decimal(repr(moonshot_shape["cost"]["total_cost_usd"])) == genai_usd(
+        "moonshotai", "kimi-k2-0905-preview", usage["prompt_tokens"], 2048, usage["completion_tokens"]
+    )
