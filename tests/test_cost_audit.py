@@ -128,3 +128,38 @@ def test_a_moonshot_call_costs_the_same_streamed_or_not_as_openais_shape_of_it(
     assert Decimal(repr(moonshot_shape["cost"]["total_cost_usd"])) == genai_usd(
         "moonshotai", "kimi-k2-0905-preview", usage["prompt_tokens"], 2048, usage["completion_tokens"]
     )
+
+
+def test_an_unknown_model_costs_null_and_warns_once_per_model_and_provider(
+    client: openai.OpenAI, records: Captured, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """Calls of a model no price table knows are recorded with a null cost (never zero) and no source,
+    streamed or not; the warning that says how to price it comes once per model and provider, not per
+    call, and a stream read without its usage (nothing to price) raises none."""
+    for model, stream in (("acme-llm-7b", False), ("acme-llm-7b", True), ("acme-llm-7b", False)):
+        answer = client.chat.completions.create(
+            model=model,
+            messages=HI,
+            stream=stream,
+            stream_options={"include_usage": True} if stream else None,
+        )
+        if stream:
+            for _ in answer:
+                pass
+    for _ in client.chat.completions.create(model="acme-llm-13b", messages=HI, stream=True):
+        pass  # no usage asked for by the caller: the ledger asks for it on the caller's behalf
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    client.chat.completions.create(
+        model="acme-llm-70b", messages=HI, extra_headers={"x-fake-fault": "no-usage"}
+    )
+    calls = records.calls
+    costs = [c["cost"]["total_cost_usd"] for c in calls]
+    assert costs[:4] == [None] * 4 and costs[4] is not None and costs[5] is None
+    assert [c["cost"]["source"] for c in calls[:4]] == [None] * 4
+    assert all(c["usage"]["prompt_tokens"] for c in calls[:5]) and calls[5]["usage"]["prompt_tokens"] is None
+    warnings = [r.getMessage() for r in internal_log.records if "no price known" in r.getMessage()]
+    fix = "its calls are recorded with null cost. Add it to a price file (LLM_LEDGER_PRICE_FILE or configure("
+    assert warnings == [
+        f"no price known for model 'acme-llm-7b' at provider 'openai': {fix}price_file=...)).",
+        f"no price known for model 'acme-llm-13b' at provider 'openai': {fix}price_file=...)).",
+    ]
