@@ -4,6 +4,7 @@ through the real SDK with a client pointed at the provider's own base URL (carri
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -56,6 +57,26 @@ def genai_usd(provider: str, model: str, prompt: int, cached: int, completion: i
     """genai-prices' price of these tokens (the independent reference, given the cache hits)."""
     usage = genai_prices.Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion)
     return genai_prices.calc_price(usage, model, provider_id=provider).total_price
+
+
+def genai_calc(record: dict[str, Any], provider: str) -> Any:
+    """genai-prices' ``calc_price`` of a record's usage: its served model at ``provider``, on the service
+    tier that served it, at the moment it was priced at (the independent reference)."""
+    usage, priced_at = record["usage"], record["cost"]["priced_at"]
+    return genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=usage["prompt_tokens"],
+            cache_read_tokens=usage["cached_tokens"],
+            cache_write_tokens=usage["cache_write_tokens"],
+            input_audio_tokens=usage["prompt_audio_tokens"],
+            output_tokens=usage["completion_tokens"],
+            output_audio_tokens=usage["completion_audio_tokens"],
+        ),
+        record["response"]["model"],
+        provider_id=provider,
+        genai_request_timestamp=priced_at and datetime.fromisoformat(priced_at),
+        price_context={"service_tier": record["response"]["service_tier"]},
+    )
 
 
 ANSWER = {
@@ -163,3 +184,127 @@ def test_an_unknown_model_costs_null_and_warns_once_per_model_and_provider(
         f"no price known for model 'acme-llm-7b' at provider 'openai': {fix}price_file=...)).",
         f"no price known for model 'acme-llm-13b' at provider 'openai': {fix}price_file=...)).",
     ]
+
+
+# (base URL a user gives the client, provider it is, model, how the server answers, service tier asked)
+PROVIDER_CALLS = [
+    (
+        "https://api.openai.com/v1",
+        "openai",
+        "gpt-4o",
+        {"served-model": "gpt-4o-2024-11-20", "cached-tokens": "1024"},
+        None,
+    ),
+    ("https://api.openai.com/v1", "openai", "o3", {"reasoning-tokens": "4500"}, None),
+    ("https://api.openai.com/v1", "openai", "gpt-5-mini", {"cached-tokens": "64"}, "flex"),
+    ("https://api.openai.com/v1", "openai", "gpt-5-mini", {}, "priority"),
+    ("https://api.openai.com/v1", "openai", "gpt-5.4", {"cached-tokens": "280000"}, None),  # long context
+    ("https://api.openai.com/v1", "openai", "gpt-audio", {"prompt-audio-tokens": "800"}, None),
+    ("https://api.openai.com/v1", "openai", "gpt-5.6", {"cache-write-tokens": "3000"}, None),
+    (
+        "https://openrouter.ai/api/v1",
+        "openrouter",
+        "anthropic/claude-sonnet-4.5",
+        {"cache-write-tokens": "900"},
+        None,
+    ),
+    (
+        "https://generativelanguage.googleapis.com/v1beta/openai/",
+        "google",
+        "gemini-2.5-pro",  # above its 200k tier, thinking left out of completion_tokens
+        {"cached-tokens": "210000", "reasoning-tokens": "300", "usage-style": "gemini"},
+        None,
+    ),
+    ("https://api.anthropic.com/v1/", "anthropic", "claude-sonnet-4-5", {}, None),
+    ("https://api.groq.com/openai/v1", "groq", "openai/gpt-oss-120b", {"cached-tokens": "200"}, None),
+    (
+        "https://api.deepseek.com",
+        "deepseek",
+        "deepseek-chat",
+        {"cached-tokens": "64", "usage-style": "deepseek"},
+        None,
+    ),
+    ("https://api.x.ai/v1", "x-ai", "grok-4", {"reasoning-tokens": "500", "usage-style": "xai"}, None),
+    ("https://api.together.xyz/v1", "together", "meta-llama/Llama-3.3-70B-Instruct-Turbo", {}, None),
+    ("https://api.mistral.ai/v1", "mistral", "mistral-large-latest", {}, None),
+    ("https://api.cerebras.ai/v1", "cerebras", "llama-3.3-70b", {}, None),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize(
+    ("base_url", "provider", "model", "answer", "tier"),
+    PROVIDER_CALLS,
+    ids=[f"{case[1]}-{case[2]}-{case[4] or 'default'}" for case in PROVIDER_CALLS],
+)
+def test_a_call_at_a_providers_base_url_costs_what_genai_prices_charges_for_it(
+    fake_openai: FakeOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    base_url: str,
+    provider: str,
+    model: str,
+    answer: dict[str, str],
+    tier: str | None,
+    stream: bool,
+) -> None:
+    """A client pointed at a provider's base URL records that provider and costs, streamed or not, what
+    genai-prices' ``calc_price`` charges for the usage the record holds (cached, cache-write, audio and
+    thinking tokens, the long-context tier, the service tier that served it, the moment it was priced at)."""
+    with openai.OpenAI(
+        api_key=FAKE_KEY,
+        base_url=base_url,
+        max_retries=0,
+        http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
+    ) as raw:
+        client = monitor.instrument(raw)
+        asked: Any = {} if tier is None else {"service_tier": tier}
+        reply = client.chat.completions.create(
+            model=model,
+            messages=HI,
+            stream=stream,
+            extra_headers={f"x-fake-{name}": value for name, value in answer.items()},
+            **asked,
+        )
+        if stream:
+            for _ in reply:
+                pass
+    (record,) = records.calls
+    usage, cost = record["usage"], record["cost"]
+    assert (record["server"]["provider"], cost["matched_by"], cost["source"]) == (provider, "provider", GENAI)
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == usage["total_tokens"]
+    calc = genai_calc(record, provider)
+    assert Decimal(repr(cost["total_cost_usd"])) == calc.total_price
+    assert Decimal(repr(cost["prompt_cost_usd"])) == calc.input_price
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_responses_and_embeddings_calls_cost_what_genai_prices_charges_for_them(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, stream: bool
+) -> None:
+    """The Responses API's usage (input and output tokens, cached and reasoning details) on the flex tier,
+    and an embeddings call (prompt tokens only), cost what genai-prices charges, streamed or not."""
+    with openai.OpenAI(
+        api_key=FAKE_KEY,
+        base_url="https://api.openai.com/v1",
+        max_retries=0,
+        http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
+    ) as raw:
+        client = monitor.instrument(raw)
+        answer = client.responses.create(
+            model="gpt-5-mini",
+            input="summarise the meeting notes",
+            stream=stream,
+            service_tier="flex",
+            extra_headers={"x-fake-cached-tokens": "1024", "x-fake-reasoning-tokens": "700"},
+        )
+        if stream:
+            for _ in answer:
+                pass
+        client.embeddings.create(model="text-embedding-3-small", input=["meeting notes"] * 3)
+    responses, embeddings = records.calls
+    assert responses["usage"]["cached_tokens"] == 1024 and responses["usage"]["reasoning_tokens"] == 700
+    assert responses["response"]["service_tier"] == "flex"
+    assert embeddings["usage"]["completion_tokens"] == 0
+    for record in (responses, embeddings):
+        assert Decimal(repr(record["cost"]["total_cost_usd"])) == genai_calc(record, "openai").total_price
