@@ -21,7 +21,7 @@ from llm_ledger._rates import (
     _genai_provider,
     host_matcher,
     provider_error,
-    same_host,
+    same_name,
     service_tier_error,
     service_tiers,
 )
@@ -93,13 +93,18 @@ def load_price_file(
         raise doc.error(root, "", "missing key 'models' (rates per model) or 'hosts' (prices per host)")
 
     result: dict[str, Rates] = {}
+    lines: dict[str, tuple[str, str]] = {}  # each name as matched (lower case): as written, where
     if "models" in top:
-        for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
+        for model, key_node, node in doc.mapping(
+            top["models"], "models", "a mapping of model name to its rates"
+        ):
             entry_path = join("models", model)
+            first = lines.setdefault("m" + model.strip().lower(), (model, _line(key_node)))
+            if first[0] != model:
+                raise doc.error(key_node, entry_path, same_name("model", *first))
             fields = _rate_fields(doc, node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
             result[model] = _rates(doc, node, entry_path, model, fields)
     hosts: dict[str, HostPrice] = {}
-    lines: dict[str, tuple[str, int]] = {}  # each pattern as matched (lower case): as written, its line
     if "hosts" in top:
         for pattern, key_node, node in doc.mapping(
             top["hosts"], "hosts", "a mapping of host pattern to its provider or rates"
@@ -109,11 +114,15 @@ def load_price_file(
                 host_matcher(pattern)
             except ValueError as exc:
                 raise doc.error(key_node, entry_path, str(exc)) from None
-            first = lines.setdefault(pattern.strip().lower(), (pattern, key_node.start_mark.line + 1))
+            first = lines.setdefault("h" + pattern.strip().lower(), (pattern, _line(key_node)))
             if first[0] != pattern:
-                raise doc.error(key_node, entry_path, same_host(first[0], f" (line {first[1]})"))
+                raise doc.error(key_node, entry_path, same_name("host pattern", *first))
             hosts[pattern] = _host_price(doc, node, entry_path, pattern)
     return result, hosts
+
+
+def _line(node: yaml.Node) -> str:
+    return f" (line {node.start_mark.line + 1})"
 
 
 def _rate_fields(

@@ -35,7 +35,7 @@ from llm_ledger._rates import (
     _genai_providers,
     host_matcher,
     provider_error,
-    same_host,
+    same_name,
     service_tiers,
 )
 from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
@@ -395,9 +395,10 @@ class PriceTable:
     """Rates per provider and model: user overrides first, then genai-prices' bundled prices.
 
     ``overrides`` maps an exact model name, or a glob pattern such as ``"ft:gpt-4o-mini:*"``, to its
-    :class:`Rates`. Exact names win over patterns, patterns are tried in mapping order, and every
-    override wins over the built-in prices, whatever the provider. ``builtin=False`` leaves only the
-    overrides.
+    :class:`Rates`, matched whatever the case (as genai-prices matches names; two names differing only
+    in case are a ``ConfigError``). Exact names win over patterns, patterns are tried in mapping order,
+    and every override wins over the built-in prices, whatever the provider. ``builtin=False`` leaves
+    only the overrides.
 
     ``hosts`` maps a host pattern (``"localhost:11434"``, ``"*.internal.example.com"``) to a
     :class:`HostPrice`: calls to a matching server are priced that way, whatever the client says.
@@ -414,26 +415,29 @@ class PriceTable:
         builtin: bool = True,
         hosts: Mapping[str, HostPrice] | None = None,
     ) -> None:
-        self._exact: dict[str, Rates] = {}
+        self._exact: dict[str, Rates] = {}  # by the name in lower case: names match whatever their case
         self._patterns: list[tuple[re.Pattern[str], Rates]] = []
         self._builtin = builtin
         self._overridden = bool(overrides)  # a model name may have a price-file entry
+        names: dict[str, str] = {}  # each name in lower case: as given
         for name, rates in (overrides or {}).items():
             if not isinstance(name, str) or not name.strip():
                 raise ConfigError(f"price overrides: model name must be a non-empty string, got {name!r}")
             if not isinstance(rates, Rates):
                 raise ConfigError(f"price overrides[{name!r}]: expected a Rates, got {rates!r}")
+            if (first := names.setdefault(name.strip().lower(), name)) != name:
+                raise ConfigError(f"price overrides[{name!r}]: {same_name('model', first)}")
             if _GLOB_CHARS.isdisjoint(name):
-                self._exact[name] = rates
+                self._exact[name.strip().lower()] = rates
             else:
-                self._patterns.append((re.compile(fnmatch.translate(name)), rates))
+                self._patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), rates))
         rules: list[tuple[tuple[bool, bool], str, re.Pattern[str], int | None, HostPrice]] = []
         seen: dict[str, str] = {}  # each pattern as matched (lower case): as given
         for pattern, host_price in (hosts or {}).items():
             if not isinstance(pattern, str):
                 raise ConfigError(f"price hosts: a host pattern must be a string, got {pattern!r}")
             if (first := seen.setdefault(pattern.strip().lower(), pattern)) != pattern:
-                raise ConfigError(f"price hosts[{pattern!r}]: {same_host(first)}")
+                raise ConfigError(f"price hosts[{pattern!r}]: {same_name('host pattern', first)}")
             try:
                 regex, port, is_glob = host_matcher(pattern)
             except ValueError as exc:
@@ -522,7 +526,7 @@ class PriceTable:
 
     def _override(self, candidates: list[str]) -> Rates | None:
         for name in candidates:
-            if (rates := self._exact.get(name)) is not None:
+            if (rates := self._exact.get(name.lower())) is not None:
                 return rates
         for name in candidates:
             for pattern, rates in self._patterns:
@@ -532,7 +536,7 @@ class PriceTable:
 
     def model_names(self, provider: str | None = None) -> list[str]:
         """Every model name this table prices at ``provider`` (else OpenAI's list): for "did you mean"."""
-        names = list(self._exact)
+        names = [rates.model for rates in self._exact.values()]
         if self._builtin:
             found = _genai_provider(provider or DEFAULT_PROVIDER)
             if found is not None:

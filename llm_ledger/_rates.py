@@ -32,7 +32,7 @@ __all__ = [
     "host_matcher",
     "preload",
     "provider_error",
-    "same_host",
+    "same_name",
     "service_tier_error",
     "service_tiers",
 ]
@@ -200,10 +200,10 @@ def host_matcher(pattern: str) -> tuple[re.Pattern[str], int | None, bool]:
     raise ValueError(f"not a host pattern: {why}; expected {_HOST_FORM}")
 
 
-def same_host(first: str, where: str = "") -> str:
-    """Why a host pattern is refused that differs from an earlier one (``first``, at ``where``) only in case
-    or surrounding space: one of the two entries would never be used."""
-    return f"the same host pattern as {first!r}{where}: host patterns ignore case; keep one entry"
+def same_name(what: str, first: str, where: str = "") -> str:
+    """Why a model name or host pattern (``what``) is refused that differs from an earlier one (``first``,
+    at ``where``) only in case or surrounding space: one of the two entries would never be used."""
+    return f"the same {what} as {first!r}{where} but for case, which matching ignores; keep one entry"
 
 
 # --- built-in prices (genai-prices) ------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import genai_prices
@@ -308,3 +309,40 @@ def test_responses_and_embeddings_calls_cost_what_genai_prices_charges_for_them(
     assert embeddings["usage"]["completion_tokens"] == 0
     for record in (responses, embeddings):
         assert Decimal(repr(record["cost"]["total_cost_usd"])) == genai_calc(record, "openai").total_price
+
+
+def test_a_price_file_entry_applies_whatever_the_case_of_the_model_name(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Model names match without regard to case, as genai-prices matches them (and hosts are matched):
+    an entry written ``Prod-GPT4o`` prices the deployment a client calls ``prod-gpt4o``, and a pattern
+    ``FT:GPT-4o-mini:acme:*`` a fine-tune named in lower case, rather than being silently unused."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "version: 1\nmodels:\n"
+        "  Prod-GPT4o: {input: 2.0, output: 8.0}\n"
+        '  "FT:GPT-4o-mini:acme:*": {input: 0.3, output: 1.2}\n'
+    )
+    monitor = llm_ledger.LLMCallMonitor(logger=None, prices=prices)
+    with (
+        openai.OpenAI(
+            api_key=FAKE_KEY,
+            base_url="https://api.openai.com/v1",
+            max_retries=0,
+            http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
+        ) as raw,
+        llm_ledger.testing.capture(monitor) as records,
+    ):
+        client = monitor.instrument(raw)
+        client.chat.completions.create(
+            model="prod-gpt4o", messages=HI, extra_headers={"x-fake-served-model": "gpt-4o-2024-08-06"}
+        )
+        client.chat.completions.create(model="ft:gpt-4o-mini:acme::abc123", messages=HI)
+    deployment, fine_tune = records.calls
+    for record, (inp, out) in ((deployment, ("2", "8")), (fine_tune, ("0.3", "1.2"))):
+        usage = record["usage"]
+        assert record["cost"]["source"] == "price-file"
+        expected = (usage["prompt_tokens"] * Decimal(inp) + usage["completion_tokens"] * Decimal(out)).scaleb(
+            -6
+        )
+        assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected

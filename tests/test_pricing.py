@@ -549,10 +549,16 @@ BAD_FILES = [
         "token; rates here are USD per 1M tokens (input: 2, output: 0), or 0 for free",
     ),
     (
+        "same-model-in-other-case",
+        "version: 1\nmodels:\n  gpt-4o: {input: 1, output: 2}\n  GPT-4o: {input: 3, output: 4}\n",
+        "4: models.GPT-4o: the same model as 'gpt-4o' (line 3) but for case, which matching ignores; "
+        "keep one entry",
+    ),
+    (
         "same-host-in-other-case",
         "version: 1\nhosts:\n  gw.internal: {provider: groq}\n  GW.Internal: {provider: openai}\n",
-        "4: hosts.GW.Internal: the same host pattern as 'gw.internal' (line 3): host patterns ignore case; "
-        "keep one entry",
+        "4: hosts.GW.Internal: the same host pattern as 'gw.internal' (line 3) but for case, which "
+        "matching ignores; keep one entry",
     ),
 ]
 
