@@ -65,6 +65,10 @@ _DATE_SUFFIX: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _PROVIDER_PREFIX: Final = "openai/"
 _OPENAI_NAMED: Final = frozenset({None, "openai", "azure"})  # providers whose ids may carry "openai/"
 _GLOB_CHARS: Final = frozenset("*?[")
+# Providers whose prices by the time of day hold Monday to Friday only, from a day on: DeepSeek bills a
+# weekend (Beijing time: its peak hours, 01:00-04:00 and 06:00-10:00 UTC, fall on the same date in UTC)
+# at the off-peak rate all day from 2026-08-23, which genai-prices' time-of-day prices cannot say.
+_WEEKENDS_OFF_PEAK: Final = {"deepseek": date(2026, 8, 23)}
 # Resolved names kept per route; past this, new names are still resolved but no longer cached, so a
 # stream of distinct bogus names cannot grow memory without bound.
 _MAX_CACHED_NAMES: Final = 10_000
@@ -148,6 +152,9 @@ class _Entry:
     dearest: int = 0  # the second of the day the dearest part of by_time starts (its rates are highest)
     # the entry of the UTC day of a moment outside since..until (a logged call's day); None: no other day
     on_day: Callable[[float], _Entry | None] | None = None
+    # a weekend day's prices when they are off-peak all day (DeepSeek's): the Friday before's, which a test
+    # session's fixed time of day takes (CI costs do not change with the day of the week either)
+    friday: _Entry | None = None
 
 
 def _units(rate_per_mtok: Decimal) -> int:
@@ -332,17 +339,17 @@ class Route:
                 f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
                 f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}"
             )
-        # a call made on a day priced apart (a log's, before a price change); a monitor prices its calls
-        # as they end, at the prices _entry keeps current
-        if not live and at is not None and entry.on_day is not None and not entry.since <= at < entry.until:
-            entry = entry.on_day(at)
+        # a call made on a day priced apart from the one the entry holds (a log's call before a price
+        # change; a DeepSeek call on a weekend): that day's prices (an entry without on_day holds forever)
+        if at is not None and not entry.since <= at < entry.until:
+            entry = entry.on_day(at)  # type: ignore[misc]
             if entry is None:
                 return None
         moment = None
         if entry.by_time:
             moment = time.time() if at is None else at
             if live and _fixed_second is not None:
-                moment = _fixed_moment(entry, moment)
+                entry, moment = _fixed_moment(entry, moment)
             second = int(moment) % _DAY
             entry = next(timed for start, timed in entry.by_time if second >= start)
         if tier is not None:
@@ -517,7 +524,7 @@ class PriceTable:
         entry = self._timed_entry(model, provider, at.timestamp())
         if entry is None or _fixed_second is None:
             return at.astimezone(UTC)
-        return datetime.fromtimestamp(_fixed_moment(entry, at.timestamp()), UTC)
+        return datetime.fromtimestamp(_fixed_moment(entry, at.timestamp())[1], UTC)
 
     def cost(self, model: str, *, provider: str | None = None, **call: Unpack[PricedCall]) -> Cost | None:
         """The cost of one call (the keywords: :class:`PricedCall`) at ``provider``, else by model name
@@ -590,6 +597,7 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     constraints = [c.constraint for c in conditional] + [v.constraint for v in info.price_variants or ()]
     changes = sorted({c.start_date for c in constraints if isinstance(c, StartDateConstraint)})
     starts = sorted({0} | _price_changes(info))
+    weekends_off_peak = _WEEKENDS_OFF_PEAK.get(provider.id) if own and len(starts) > 1 else None
     days: dict[float, _Entry | None] = {}  # the entries of other days, by their midnight
 
     def on_day(moment: float) -> _Entry | None:
@@ -605,17 +613,28 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
             current = None  # a price genai-prices itself would reject: better unknown than wrong
             by_time = []
         timed = tuple((start, other) for start, other in by_time if other is not None)
-        result = None
+        result = friday = None
         if current is not None and len(timed) == len(by_time):
+            bounds = (
+                -_FOREVER if since is None else _midnight(since),
+                _FOREVER if until is None else _midnight(until),
+            )
+            if weekends_off_peak and midnight.date() >= weekends_off_peak:
+                bounds = (max(bounds[0], midnight.timestamp()), min(bounds[1], midnight.timestamp() + _DAY))
+                if midnight.weekday() >= 5:  # Saturday or Sunday: the cheapest part of the day, all day
+                    friday = on_day(midnight.timestamp() - (midnight.weekday() - 4) * _DAY)
+                    current = min(timed, key=lambda part: part[1].base)[1]
+                    timed = tuple((start, current) for start, _ in timed)
             # the dearest part of the day: the highest rates, compared input first (DeepSeek's parts differ
             # by one factor on every rate, so it is the dearest for any call); the earliest of equal parts
             result = replace(
                 current,
                 by_time=timed if len(timed) > 1 else (),
-                since=-_FOREVER if since is None else _midnight(since),
-                until=_FOREVER if until is None else _midnight(until),
+                since=bounds[0],
+                until=bounds[1],
                 dearest=max(reversed(timed), key=lambda part: part[1].base)[0],
-                on_day=on_day if changes else None,
+                on_day=on_day if changes or weekends_off_peak else None,
+                friday=friday,
             )
         if len(days) < _MAX_CACHED_NAMES:
             days[midnight.timestamp()] = result
@@ -656,10 +675,13 @@ def price_time_of_day(when: str) -> str:
     return "dearest" if previous == _DEAREST else f"{previous // 3600:02}:{previous // 60 % 60:02}"
 
 
-def _fixed_moment(entry: _Entry, moment: float) -> float:
-    """The moment a call made at ``moment`` is priced at under :func:`price_time_of_day`'s setting."""
+def _fixed_moment(entry: _Entry, moment: float) -> tuple[_Entry, float]:
+    """The prices and the moment a call made at ``moment`` is priced at under :func:`price_time_of_day`'s
+    setting: that time of day on its day, or on a weekend whose prices are off-peak all day, the Friday's."""
     assert _fixed_second is not None
-    return moment // _DAY * _DAY + (entry.dearest if _fixed_second == _DEAREST else _fixed_second)
+    if (friday := entry.friday) is not None:
+        entry, moment = friday, friday.since  # a weekday's prices hold that day only
+    return entry, moment // _DAY * _DAY + (entry.dearest if _fixed_second == _DEAREST else _fixed_second)
 
 
 @functools.lru_cache(maxsize=1024)
