@@ -346,3 +346,41 @@ def test_a_price_file_entry_applies_whatever_the_case_of_the_model_name(
             -6
         )
         assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected
+
+
+def test_a_model_only_the_price_file_prices_costs_its_rates_at_any_provider(
+    fake_openai: FakeOpenAI, tmp_path: Path, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """A model genai-prices does not list at the client's provider (a fine-tune, a new model) but the price
+    file prices costs the file's rates there, recorded as that provider's call, with no warning."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text('version: 1\nmodels:\n  "ft:gpt-4.1-mini-2025-04-14:*": {input: 0.8, output: 3.2}\n')
+    monitor = llm_ledger.LLMCallMonitor(logger=None, prices=prices)
+    with pytest.raises(LookupError):  # the reference does not list it
+        genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=1), "ft:gpt-4.1-mini-2025-04-14:acme::x1", provider_id="openai"
+        )
+    with (
+        openai.OpenAI(
+            api_key=FAKE_KEY,
+            base_url="https://api.openai.com/v1",
+            max_retries=0,
+            http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
+        ) as raw,
+        llm_ledger.testing.capture(monitor) as records,
+    ):
+        monitor.instrument(raw).chat.completions.create(
+            model="ft:gpt-4.1-mini-2025-04-14:acme::x1", messages=HI
+        )
+    (record,) = records.calls
+    usage, cost = record["usage"], record["cost"]
+    assert (record["server"]["provider"], cost["matched_by"], cost["source"]) == (
+        "openai",
+        "provider",
+        "price-file",
+    )
+    expected = (usage["prompt_tokens"] * Decimal("0.8") + usage["completion_tokens"] * Decimal("3.2")).scaleb(
+        -6
+    )
+    assert Decimal(repr(cost["total_cost_usd"])) == expected
+    assert "no price known" not in internal_log.text
