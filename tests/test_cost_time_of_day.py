@@ -316,9 +316,10 @@ def test_cost_at_a_moment_on_another_day_is_genai_prices_price_that_day(
 ) -> None:
     """``cost(at=...)`` on a day whose prices genai-prices lists apart from today's (before a price
     change, or after one listed ahead) is genai-prices' price that day, from a table that resolved the
-    model today; the same table still prices today at today's price."""
+    model today; the same table still prices another day (a Friday) at that day's price."""
     table = PriceTable()
-    now = datetime.now(UTC)
+    table.cost(model, provider=provider, prompt_tokens=1, completion_tokens=1)  # resolved today
+    now = PEAK  # a weekday: genai-prices knows no weekend rule (DeepSeek's, below)
     usage = genai_prices.Usage(input_tokens=30_000, cache_read_tokens=10_000, output_tokens=4_000)
     context = None if tier is None else {"service_tier": tier}
     expected = [
