@@ -214,9 +214,10 @@ def usage_of(operation: str, usage: Any) -> Usage:
         cached = getattr(details, "cached_tokens", None)
         written = getattr(details, "cache_write_tokens", None)  # OpenAI's (gpt-5.6 on), OpenRouter's
         heard = getattr(details, "audio_tokens", None)
-        if cached is None:  # DeepSeek's, beside prompt_tokens: the SDK's models keep undeclared fields apart
+        if cached is None:  # beside prompt_tokens: the SDK's models keep undeclared fields apart
             extra = getattr(usage, "__pydantic_extra__", None)
-            cached = (extra if type(extra) is dict else fields).get("prompt_cache_hit_tokens")
+            extra = extra if type(extra) is dict else fields
+            cached = extra.get("prompt_cache_hit_tokens") or extra.get("cached_tokens")  # DeepSeek's, Kimi's
         details = fields.get("completion_tokens_details")
         reasoning = getattr(details, "reasoning_tokens", None)
         spoken = getattr(details, "audio_tokens", None)

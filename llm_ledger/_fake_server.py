@@ -79,7 +79,8 @@ _HEADERS: dict[str, Any] = {
     **dict.fromkeys(("content", "refusal", "served-model", "cost", "status"), str),
     "fault": ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed"),
     "usage-style": (
-        "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "every-chunk",
+        "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "moonshot",
+        "every-chunk",
     ),
     "transfer": ("close",),
     "line-ending": ("crlf", "cr"),
@@ -321,6 +322,9 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
         cached = usage.pop("prompt_tokens_details")["cached_tokens"]
         usage["prompt_cache_hit_tokens"] = cached
         usage["prompt_cache_miss_tokens"] = usage["prompt_tokens"] - cached
+    elif style == "moonshot" and "prompt_tokens_details" in usage:
+        # Moonshot (Kimi) reports its cache hits beside prompt_tokens too: cached_tokens
+        usage["cached_tokens"] = usage.pop("prompt_tokens_details")["cached_tokens"]
     elif style in ("xai", "gemini") and "completion_tokens" in usage:
         # reasoning left out of completion_tokens, still in total_tokens; Gemini leaves out the details too
         usage["completion_tokens"] -= usage["completion_tokens_details"]["reasoning_tokens"]

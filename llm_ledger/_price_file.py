@@ -21,6 +21,7 @@ from llm_ledger._rates import (
     _genai_provider,
     host_matcher,
     provider_error,
+    same_name,
     service_tier_error,
     service_tiers,
 )
@@ -61,6 +62,9 @@ _ABOVE_EXPECTED: Final = (
     "a whole number of prompt tokens above 0 (e.g. 200000: its rates apply to calls with more)"
 )
 _MAX_ABOVE: Final = Decimal(10**9)
+# Input and output rates both under this are prices per token (litellm's unit), not per 1M tokens: the
+# cheapest rate genai-prices lists is $0.0011 per 1M, the dearest per token $0.0006 (o1-pro's output).
+_LEAST_RATE: Final = Decimal("0.0001")
 
 
 def load_price_file(
@@ -89,9 +93,15 @@ def load_price_file(
         raise doc.error(root, "", "missing key 'models' (rates per model) or 'hosts' (prices per host)")
 
     result: dict[str, Rates] = {}
+    lines: dict[str, tuple[str, str]] = {}  # each name as matched (lower case): as written, where
     if "models" in top:
-        for model, _, node in doc.mapping(top["models"], "models", "a mapping of model name to its rates"):
+        for model, key_node, node in doc.mapping(
+            top["models"], "models", "a mapping of model name to its rates"
+        ):
             entry_path = join("models", model)
+            first = lines.setdefault("m" + model.strip().lower(), (model, _line(key_node)))
+            if first[0] != model:
+                raise doc.error(key_node, entry_path, same_name("model", *first))
             fields = _rate_fields(doc, node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
             result[model] = _rates(doc, node, entry_path, model, fields)
     hosts: dict[str, HostPrice] = {}
@@ -104,8 +114,15 @@ def load_price_file(
                 host_matcher(pattern)
             except ValueError as exc:
                 raise doc.error(key_node, entry_path, str(exc)) from None
+            first = lines.setdefault("h" + pattern.strip().lower(), (pattern, _line(key_node)))
+            if first[0] != pattern:
+                raise doc.error(key_node, entry_path, same_name("host pattern", *first))
             hosts[pattern] = _host_price(doc, node, entry_path, pattern)
     return result, hosts
+
+
+def _line(node: yaml.Node) -> str:
+    return f" (line {node.start_mark.line + 1})"
 
 
 def _rate_fields(
@@ -148,6 +165,15 @@ def _rates(
         for key, value in fields.items()
         if key in RATE_FIELDS
     }
+    if 0 < max(rates["input"], rates["output"]) < _LEAST_RATE:
+        written = " and ".join(f"{key} {fields[key].value}" for key in ("input", "output"))
+        meant = ", ".join(f"{key}: {rates[key].scaleb(6).normalize():f}" for key in ("input", "output"))
+        raise doc.error(
+            node,
+            entry_path,
+            f"{written} USD per 1M tokens look like USD per token; rates here are USD per 1M tokens "
+            f"({meant}), or 0 for free",
+        )
     given = tuple(key for key in RATE_FIELDS if key in rates)
     return Rates(
         label,

@@ -12,6 +12,7 @@ import decimal
 import fnmatch
 import functools
 import inspect
+import math
 import os
 import re
 import time
@@ -34,6 +35,7 @@ from llm_ledger._rates import (
     _genai_providers,
     host_matcher,
     provider_error,
+    same_name,
     service_tiers,
 )
 from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
@@ -63,6 +65,10 @@ _DATE_SUFFIX: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _PROVIDER_PREFIX: Final = "openai/"
 _OPENAI_NAMED: Final = frozenset({None, "openai", "azure"})  # providers whose ids may carry "openai/"
 _GLOB_CHARS: Final = frozenset("*?[")
+# Providers whose prices by the time of day hold Monday to Friday only, from a day on: DeepSeek bills a
+# weekend (Beijing time: its peak hours, 01:00-04:00 and 06:00-10:00 UTC, fall on the same date in UTC)
+# at the off-peak rate all day from 2026-08-23, which genai-prices' time-of-day prices cannot say.
+_WEEKENDS_OFF_PEAK: Final = {"deepseek": date(2026, 8, 23)}
 # Resolved names kept per route; past this, new names are still resolved but no longer cached, so a
 # stream of distinct bogus names cannot grow memory without bound.
 _MAX_CACHED_NAMES: Final = 10_000
@@ -75,7 +81,8 @@ class PricedCall(TypedDict, total=False):
     ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
     ``completion_audio_tokens`` is the audio part of ``completion_tokens`` (each default 0). Reasoning
     tokens are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now)
-    is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours);
+    is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours) or
+    the day (a price change genai-prices lists);
     ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...; default
     the standard one)."""
 
@@ -112,6 +119,7 @@ _REASONING_OUTSIDE: Final = frozenset({"google", "x-ai"})
 # 60 digits keep every conversion between rates, units and USD exact.
 _CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 _ONE: Final = Decimal(1)
+_FOREVER: Final = math.inf
 _DAY: Final = 24 * 60 * 60
 _TIME_OF_DAY: Final = re.compile(r"(\d{1,2}):(\d{2})")
 _DEAREST: Final = -1
@@ -137,10 +145,16 @@ class _Entry:
     by_time: tuple[tuple[int, _Entry], ...] = ()
     # prices of the service tiers priced apart from the standard one: tier -> its entry, e.g. OpenAI's flex
     by_tier: Mapping[str, _Entry] = field(default_factory=dict)
-    # when these prices end (epoch seconds: the next price change genai-prices lists, such as the end of
-    # an introductory rate); None: no change listed
-    expires: float | None = None
+    # the moments (epoch seconds) these prices hold from and until: the price changes genai-prices lists
+    # either side of the day they were resolved on (o3's cut, the end of an introductory rate)
+    since: float = -_FOREVER
+    until: float = _FOREVER
     dearest: int = 0  # the second of the day the dearest part of by_time starts (its rates are highest)
+    # the entry of the UTC day of a moment outside since..until (a logged call's day); None: no other day
+    on_day: Callable[[float], _Entry | None] | None = None
+    # a weekend day's prices when they are off-peak all day (DeepSeek's): the Friday before's, which a test
+    # session's fixed time of day takes (CI costs do not change with the day of the week either)
+    friday: _Entry | None = None
 
 
 def _units(rate_per_mtok: Decimal) -> int:
@@ -325,11 +339,17 @@ class Route:
                 f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
                 f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}"
             )
+        # a call made on a day priced apart from the one the entry holds (a log's call before a price
+        # change; a DeepSeek call on a weekend): that day's prices (an entry without on_day holds forever)
+        if at is not None and not entry.since <= at < entry.until:
+            entry = entry.on_day(at)  # type: ignore[misc]
+            if entry is None:
+                return None
         moment = None
         if entry.by_time:
             moment = time.time() if at is None else at
             if live and _fixed_second is not None:
-                moment = _fixed_moment(entry, moment)
+                entry, moment = _fixed_moment(entry, moment)
             second = int(moment) % _DAY
             entry = next(timed for start, timed in entry.by_time if second >= start)
         if tier is not None:
@@ -357,7 +377,7 @@ class Route:
         """``model``'s rates here, resolved once (unknown names too), and again when they expire."""
         entry: _Entry | None = self._cache.get(model, _MISSING)
         if entry is _MISSING or (
-            entry is not None and entry.expires is not None and time.time() >= entry.expires
+            entry is not None and entry.until != _FOREVER and time.time() >= entry.until
         ):
             entry = self._resolve(model)
             if model in self._cache or len(self._cache) < _MAX_CACHED_NAMES:
@@ -382,9 +402,10 @@ class PriceTable:
     """Rates per provider and model: user overrides first, then genai-prices' bundled prices.
 
     ``overrides`` maps an exact model name, or a glob pattern such as ``"ft:gpt-4o-mini:*"``, to its
-    :class:`Rates`. Exact names win over patterns, patterns are tried in mapping order, and every
-    override wins over the built-in prices, whatever the provider. ``builtin=False`` leaves only the
-    overrides.
+    :class:`Rates`, matched whatever the case (as genai-prices matches names; two names differing only
+    in case are a ``ConfigError``). Exact names win over patterns, patterns are tried in mapping order,
+    and every override wins over the built-in prices, whatever the provider. ``builtin=False`` leaves
+    only the overrides.
 
     ``hosts`` maps a host pattern (``"localhost:11434"``, ``"*.internal.example.com"``) to a
     :class:`HostPrice`: calls to a matching server are priced that way, whatever the client says.
@@ -401,23 +422,29 @@ class PriceTable:
         builtin: bool = True,
         hosts: Mapping[str, HostPrice] | None = None,
     ) -> None:
-        self._exact: dict[str, Rates] = {}
+        self._exact: dict[str, Rates] = {}  # by the name in lower case: names match whatever their case
         self._patterns: list[tuple[re.Pattern[str], Rates]] = []
         self._builtin = builtin
         self._overridden = bool(overrides)  # a model name may have a price-file entry
+        names: dict[str, str] = {}  # each name in lower case: as given
         for name, rates in (overrides or {}).items():
             if not isinstance(name, str) or not name.strip():
                 raise ConfigError(f"price overrides: model name must be a non-empty string, got {name!r}")
             if not isinstance(rates, Rates):
                 raise ConfigError(f"price overrides[{name!r}]: expected a Rates, got {rates!r}")
+            if (first := names.setdefault(name.strip().lower(), name)) != name:
+                raise ConfigError(f"price overrides[{name!r}]: {same_name('model', first)}")
             if _GLOB_CHARS.isdisjoint(name):
-                self._exact[name] = rates
+                self._exact[name.strip().lower()] = rates
             else:
-                self._patterns.append((re.compile(fnmatch.translate(name)), rates))
+                self._patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), rates))
         rules: list[tuple[tuple[bool, bool], str, re.Pattern[str], int | None, HostPrice]] = []
+        seen: dict[str, str] = {}  # each pattern as matched (lower case): as given
         for pattern, host_price in (hosts or {}).items():
             if not isinstance(pattern, str):
                 raise ConfigError(f"price hosts: a host pattern must be a string, got {pattern!r}")
+            if (first := seen.setdefault(pattern.strip().lower(), pattern)) != pattern:
+                raise ConfigError(f"price hosts[{pattern!r}]: {same_name('host pattern', first)}")
             try:
                 regex, port, is_glob = host_matcher(pattern)
             except ValueError as exc:
@@ -482,19 +509,22 @@ class PriceTable:
         (DeepSeek's off-peak discount): only then does the moment of a call change its cost."""
         return self._timed_entry(model, provider) is not None
 
-    def _timed_entry(self, model: str, provider: str | None) -> _Entry | None:
-        """``model``'s prices at ``provider`` when they depend on the time of day, else None."""
+    def _timed_entry(self, model: str, provider: str | None, at: float | None = None) -> _Entry | None:
+        """``model``'s prices at ``provider`` (on the day of ``at``, default today) when they depend on
+        the time of day, else None."""
         entry = self.route(provider=provider)._entry(model)  # a provider's route: never a host's flat rate
+        if entry is not None and at is not None and not entry.since <= at < entry.until and entry.on_day:
+            entry = entry.on_day(at)
         return entry if entry is not None and entry.by_time else None
 
     def priced_at(self, model: str, at: datetime, *, provider: str | None = None) -> datetime:
         """The moment a monitor prices a call of ``model`` made at ``at`` (UTC): ``at`` itself, unless
         the price depends on the time of day and :func:`price_time_of_day` fixed one (a pytest session):
         then that time of day on ``at``'s UTC date."""
-        entry = self._timed_entry(model, provider)
+        entry = self._timed_entry(model, provider, at.timestamp())
         if entry is None or _fixed_second is None:
             return at.astimezone(UTC)
-        return datetime.fromtimestamp(_fixed_moment(entry, at.timestamp()), UTC)
+        return datetime.fromtimestamp(_fixed_moment(entry, at.timestamp())[1], UTC)
 
     def cost(self, model: str, *, provider: str | None = None, **call: Unpack[PricedCall]) -> Cost | None:
         """The cost of one call (the keywords: :class:`PricedCall`) at ``provider``, else by model name
@@ -503,7 +533,7 @@ class PriceTable:
 
     def _override(self, candidates: list[str]) -> Rates | None:
         for name in candidates:
-            if (rates := self._exact.get(name)) is not None:
+            if (rates := self._exact.get(name.lower())) is not None:
                 return rates
         for name in candidates:
             for pattern, rates in self._patterns:
@@ -513,7 +543,7 @@ class PriceTable:
 
     def model_names(self, provider: str | None = None) -> list[str]:
         """Every model name this table prices at ``provider`` (else OpenAI's list): for "did you mean"."""
-        names = list(self._exact)
+        names = [rates.model for rates in self._exact.values()]
         if self._builtin:
             found = _genai_provider(provider or DEFAULT_PROVIDER)
             if found is not None:
@@ -559,30 +589,63 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
                 by_tier.append((tier, other))
         return None if rates is None else _compile(replace(rates, service_tiers=tuple(by_tier)))
 
-    now = datetime.fromtimestamp(time.time(), UTC)
-    # Today's prices and, for a model priced by time of day, those of each part of the day: the name is
-    # resolved once, and each call is priced at the part of the day it was made in. A price change
-    # listed for a later day ends these prices: the name is resolved again then.
+    # Prices of a day and, for a model priced by time of day, those of each part of it: the name is
+    # resolved once, and each call is priced at the part of the day it was made in. The price changes
+    # genai-prices lists (StartDateConstraint) bound the days these prices hold: a call made outside them
+    # (a logged call before a change; after one, in a running process) is priced at its own day's.
     conditional = info.prices if isinstance(info.prices, list) else []
     constraints = [c.constraint for c in conditional] + [v.constraint for v in info.price_variants or ()]
-    later = [
-        c.start_date for c in constraints if isinstance(c, StartDateConstraint) and c.start_date > now.date()
-    ]
-    expires = datetime(*min(later).timetuple()[:3], tzinfo=UTC).timestamp() if later else None
+    changes = sorted({c.start_date for c in constraints if isinstance(c, StartDateConstraint)})
     starts = sorted({0} | _price_changes(info))
-    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
-    try:
-        current = entry(now)
-        by_time = [(start, entry(midnight + timedelta(seconds=start))) for start in reversed(starts)]
-    except ConfigError:
-        return None  # a price genai-prices itself would reject: better unknown than wrong
-    timed = tuple((start, other) for start, other in by_time if other is not None)
-    if current is None or len(timed) < len(by_time):
-        return None
-    # the dearest part of the day: the highest rates, compared input first (DeepSeek's parts differ by one
-    # factor on every rate, so it is the dearest for any call); the earliest of equal parts
-    dearest = max(reversed(timed), key=lambda part: part[1].base)[0]
-    return replace(current, by_time=timed if len(timed) > 1 else (), expires=expires, dearest=dearest)
+    weekends_off_peak = _WEEKENDS_OFF_PEAK.get(provider.id) if own and len(starts) > 1 else None
+    days: dict[float, _Entry | None] = {}  # the entries of other days, by their midnight
+
+    def on_day(moment: float) -> _Entry | None:
+        midnight = datetime.fromtimestamp(moment // _DAY * _DAY, UTC)
+        if midnight.timestamp() in days:
+            return days[midnight.timestamp()]
+        since = max((change for change in changes if change <= midnight.date()), default=None)
+        until = min((change for change in changes if change > midnight.date()), default=None)
+        try:
+            current = entry(datetime.fromtimestamp(moment, UTC))
+            by_time = [(start, entry(midnight + timedelta(seconds=start))) for start in reversed(starts)]
+        except ConfigError:
+            current = None  # a price genai-prices itself would reject: better unknown than wrong
+            by_time = []
+        timed = tuple((start, other) for start, other in by_time if other is not None)
+        result = friday = None
+        if current is not None and len(timed) == len(by_time):
+            bounds = (
+                -_FOREVER if since is None else _midnight(since),
+                _FOREVER if until is None else _midnight(until),
+            )
+            if weekends_off_peak and midnight.date() >= weekends_off_peak:
+                bounds = (max(bounds[0], midnight.timestamp()), min(bounds[1], midnight.timestamp() + _DAY))
+                if midnight.weekday() >= 5:  # Saturday or Sunday: the cheapest part of the day, all day
+                    friday = on_day(midnight.timestamp() - (midnight.weekday() - 4) * _DAY)
+                    current = min(timed, key=lambda part: part[1].base)[1]
+                    timed = tuple((start, current) for start, _ in timed)
+            # the dearest part of the day: the highest rates, compared input first (DeepSeek's parts differ
+            # by one factor on every rate, so it is the dearest for any call); the earliest of equal parts
+            result = replace(
+                current,
+                by_time=timed if len(timed) > 1 else (),
+                since=bounds[0],
+                until=bounds[1],
+                dearest=max(reversed(timed), key=lambda part: part[1].base)[0],
+                on_day=on_day if changes or weekends_off_peak else None,
+                friday=friday,
+            )
+        if len(days) < _MAX_CACHED_NAMES:
+            days[midnight.timestamp()] = result
+        return result
+
+    return on_day(time.time())
+
+
+def _midnight(day: date) -> float:
+    """The start of a UTC day, in epoch seconds."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
 def price_time_of_day(when: str) -> str:
@@ -612,10 +675,13 @@ def price_time_of_day(when: str) -> str:
     return "dearest" if previous == _DEAREST else f"{previous // 3600:02}:{previous // 60 % 60:02}"
 
 
-def _fixed_moment(entry: _Entry, moment: float) -> float:
-    """The moment a call made at ``moment`` is priced at under :func:`price_time_of_day`'s setting."""
+def _fixed_moment(entry: _Entry, moment: float) -> tuple[_Entry, float]:
+    """The prices and the moment a call made at ``moment`` is priced at under :func:`price_time_of_day`'s
+    setting: that time of day on its day, or on a weekend whose prices are off-peak all day, the Friday's."""
     assert _fixed_second is not None
-    return moment // _DAY * _DAY + (entry.dearest if _fixed_second == _DEAREST else _fixed_second)
+    if (friday := entry.friday) is not None:
+        entry, moment = friday, friday.since  # a weekday's prices hold that day only
+    return entry, moment // _DAY * _DAY + (entry.dearest if _fixed_second == _DEAREST else _fixed_second)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -32,6 +32,7 @@ __all__ = [
     "host_matcher",
     "preload",
     "provider_error",
+    "same_name",
     "service_tier_error",
     "service_tiers",
 ]
@@ -197,6 +198,12 @@ def host_matcher(pattern: str) -> tuple[re.Pattern[str], int | None, bool]:
                 regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in host)
                 return re.compile(regex), None if port is None else int(port), "*" in host or "?" in host
     raise ValueError(f"not a host pattern: {why}; expected {_HOST_FORM}")
+
+
+def same_name(what: str, first: str, where: str = "") -> str:
+    """Why a model name or host pattern (``what``) is refused that differs from an earlier one (``first``,
+    at ``where``) only in case or surrounding space: one of the two entries would never be used."""
+    return f"the same {what} as {first!r}{where} but for case, which matching ignores; keep one entry"
 
 
 # --- built-in prices (genai-prices) ------------------------------------------------------------------

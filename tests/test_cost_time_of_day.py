@@ -297,3 +297,161 @@ def test_a_record_priced_at_a_fixed_time_of_day_says_so_and_reprices_to_its_cost
     assert Decimal(repr(new["after_usd"])) == Decimal(repr(new["before_usd"])) == peak
     assert new["change_usd"] == 0
     assert Decimal(repr(before["after_usd"])) == off_peak < peak
+
+
+# prices genai-prices lists as changing on a given day: o3's cut (2025-06-10), deepseek-v4-pro's rise
+# (2026-08-17), gpt-4o's priority tier (priced apart from 2026-10-12) and gemini-3.8-flash's
+# introductory rate ending (2027-01-01)
+@pytest.mark.parametrize(
+    ("provider", "model", "when", "tier"),
+    [
+        ("openai", "o3", datetime(2025, 5, 1, 12, 0, tzinfo=UTC), None),
+        ("deepseek", "deepseek-v4-pro", datetime(2026, 8, 1, 12, 0, tzinfo=UTC), None),
+        ("openai", "gpt-4o", datetime(2026, 10, 11, 12, 0, tzinfo=UTC), "priority"),
+        ("google", "gemini-3.8-flash", datetime(2027, 1, 2, 12, 0, tzinfo=UTC), None),
+    ],
+)
+def test_cost_at_a_moment_on_another_day_is_genai_prices_price_that_day(
+    provider: str, model: str, when: datetime, tier: str | None
+) -> None:
+    """``cost(at=...)`` on a day whose prices genai-prices lists apart from today's (before a price
+    change, or after one listed ahead) is genai-prices' price that day, from a table that resolved the
+    model today; the same table still prices another day (a Friday) at that day's price."""
+    table = PriceTable()
+    table.cost(model, provider=provider, prompt_tokens=1, completion_tokens=1)  # resolved today
+    now = PEAK  # a weekday: genai-prices knows no weekend rule (DeepSeek's, below)
+    usage = genai_prices.Usage(input_tokens=30_000, cache_read_tokens=10_000, output_tokens=4_000)
+    context = None if tier is None else {"service_tier": tier}
+    expected = [
+        genai_prices.calc_price(
+            usage, model, provider_id=provider, genai_request_timestamp=at, price_context=context
+        ).total_price
+        for at in (now, when)
+    ]
+    assert expected[0] != expected[1]  # that day really is priced apart from today
+    for at, usd in zip((now, when, now), (*expected, expected[0]), strict=True):
+        cost = table.cost(
+            model,
+            provider=provider,
+            at=at,
+            service_tier=tier,
+            prompt_tokens=30_000,
+            completion_tokens=4_000,
+            cached_tokens=10_000,
+        )
+        assert cost is not None and cost.total_cost_usd == usd, at
+
+
+def test_a_log_written_before_a_price_change_reprices_to_what_it_cost(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A monitor that ran on 2026-08-01 priced a deepseek-v4-pro call at that day's price (genai-prices
+    lists a rise from 2026-08-17); repricing its log today with nothing changed finds no change, rather
+    than the difference between that day's price and today's."""
+    monitor.prices = PriceTable(hosts={"127.0.0.1": HostPrice("deepseek")})
+    then = datetime(2026, 8, 1, 12, 0, tzinfo=UTC)
+    clock = StoppedClock(then.timestamp())
+    monkeypatch.setattr(_monitor, "time", clock)
+    monkeypatch.setattr(_pricing, "time", clock)
+    previous = price_time_of_day("now")
+    try:
+        client.chat.completions.create(
+            model="deepseek-v4-pro", messages=[{"role": "user", "content": "hi " * 500}]
+        )
+    finally:
+        price_time_of_day(previous)
+    monkeypatch.undo()
+    [record] = records.calls
+    usage = record["usage"]
+    recorded = Decimal(repr(record["cost"]["total_cost_usd"]))
+    assert recorded == genai_usd("deepseek-v4-pro", usage["prompt_tokens"], usage["completion_tokens"], then)
+    assert recorded != genai_usd(
+        "deepseek-v4-pro", usage["prompt_tokens"], usage["completion_tokens"], then.replace(month=9)
+    )
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["reprice", str(log), "--format", "json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert total["change_usd"] == 0
+    assert Decimal(repr(total["after_usd"])) == recorded
+
+
+FRIDAY_PEAK = datetime(2026, 12, 4, 2, 0, tzinfo=UTC)
+SATURDAY_PEAK_HOURS = datetime(2026, 12, 5, 2, 0, tzinfo=UTC)  # 10:00 in Beijing, a Saturday
+
+
+@pytest.mark.parametrize("model", ["deepseek-v4-pro", "deepseek-flash", "deepseek-chat"])
+def test_deepseek_bills_weekends_at_the_off_peak_rate_all_day(model: str) -> None:
+    """DeepSeek's peak hours are Monday to Friday (Beijing time) from 2026-08-23: a call in the peak hours
+    of a Saturday or Sunday costs the off-peak rate, where genai-prices' data (no weekdays) says peak;
+    the same hours of a weekday, and of a weekend before the rule, cost genai-prices' peak price."""
+    table = PriceTable()
+
+    def usd(at: datetime) -> Decimal:
+        cost = table.cost(model, provider="deepseek", at=at, prompt_tokens=30_000, completion_tokens=4_000)
+        assert cost is not None
+        return cost.total_cost_usd
+
+    off_peak = genai_usd(model, 30_000, 4_000, SATURDAY_PEAK_HOURS.replace(hour=20))
+    peak = genai_usd(model, 30_000, 4_000, FRIDAY_PEAK)
+    assert off_peak < peak == genai_usd(model, 30_000, 4_000, SATURDAY_PEAK_HOURS)  # genai-prices: peak
+    assert usd(FRIDAY_PEAK) == peak
+    for weekend in (SATURDAY_PEAK_HOURS, SATURDAY_PEAK_HOURS + timedelta(days=1, hours=6)):  # Sunday 08:00
+        assert usd(weekend) == off_peak
+    assert usd(SATURDAY_PEAK_HOURS + timedelta(days=2)) == peak  # Monday
+    assert usd(datetime(2026, 8, 22, 2, 0, tzinfo=UTC)) == genai_usd(  # the Saturday before the rule
+        model, 30_000, 4_000, datetime(2026, 8, 22, 2, 0, tzinfo=UTC)
+    )
+    previous = price_time_of_day("dearest")  # a test session's rule: the weekday's dearest part, any day
+    try:
+        at = table.priced_at(model, SATURDAY_PEAK_HOURS, provider="deepseek")
+        assert at.date() == FRIDAY_PEAK.date() and usd(at) == peak
+    finally:
+        price_time_of_day(previous)
+
+
+def test_a_monitors_weekend_deepseek_call_costs_the_off_peak_rate_and_reprices_to_it(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A deepseek-v4-pro call a monitor makes at 02:00 UTC on a Saturday is recorded at the off-peak price,
+    priced at its start; in a test session (the dearest time of day) at the peak price, priced at the
+    Friday's peak hour, so CI costs do not change with the day of the week. The log reprices to both."""
+    monitor.prices = PriceTable(hosts={"127.0.0.1": HostPrice("deepseek")})
+    clock = StoppedClock(SATURDAY_PEAK_HOURS.timestamp())
+    monkeypatch.setattr(_monitor, "time", clock)
+    monkeypatch.setattr(_pricing, "time", clock)
+    previous = price_time_of_day("now")
+    try:
+        for when in ("now", "dearest"):
+            price_time_of_day(when)
+            client.chat.completions.create(
+                model="deepseek-v4-pro", messages=[{"role": "user", "content": "hi " * 500}]
+            )
+    finally:
+        price_time_of_day(previous)
+    monkeypatch.undo()
+    weekend, session = records.calls
+    usage = weekend["usage"]
+    off_peak, peak = (
+        genai_usd("deepseek-v4-pro", usage["prompt_tokens"], usage["completion_tokens"], at)
+        for at in (SATURDAY_PEAK_HOURS.replace(hour=20), FRIDAY_PEAK)
+    )
+    assert Decimal(repr(weekend["cost"]["total_cost_usd"])) == off_peak
+    assert weekend["cost"]["priced_at"] == "2026-12-05T02:00:00.000Z"
+    assert Decimal(repr(session["cost"]["total_cost_usd"])) == peak
+    assert session["cost"]["priced_at"] == "2026-12-04T01:00:00.000Z"  # Friday's dearest part
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text("".join(json.dumps(record) + "\n" for record in records.calls))
+    assert main(["reprice", str(log), "--format", "json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert total["change_usd"] == 0 and Decimal(repr(total["after_usd"])) == off_peak + peak

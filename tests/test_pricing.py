@@ -535,6 +535,31 @@ BAD_FILES = [
         "4: models.gpt-4o.input: YAML tag '!usd'",
     ),
     ("set-tag", "version: 1\nmodels: !!set {a}\n", "2: models: YAML tag '!!set' is not allowed"),
+    (
+        "per-token-rates",  # litellm's unit: 1,000,000 times too cheap here
+        GOOD_ENTRY + "    input: 0.0000025\n    output: 1e-5\n",
+        "4: models.gpt-4o: input 0.0000025 and output 1e-5 USD per 1M tokens look like USD per token; "
+        "rates here are USD per 1M tokens (input: 2.5, output: 10), or 0 for free",
+    ),
+    (
+        "per-token-tier-rates",
+        GOOD_ENTRY
+        + "    input: 1\n    output: 2\n    long_context:\n      - {above: 1000, input: 2e-6, output: 0}\n",
+        "7: models.gpt-4o.long_context[0]: input 2e-6 and output 0 USD per 1M tokens look like USD per "
+        "token; rates here are USD per 1M tokens (input: 2, output: 0), or 0 for free",
+    ),
+    (
+        "same-model-in-other-case",
+        "version: 1\nmodels:\n  gpt-4o: {input: 1, output: 2}\n  GPT-4o: {input: 3, output: 4}\n",
+        "4: models.GPT-4o: the same model as 'gpt-4o' (line 3) but for case, which matching ignores; "
+        "keep one entry",
+    ),
+    (
+        "same-host-in-other-case",
+        "version: 1\nhosts:\n  gw.internal: {provider: groq}\n  GW.Internal: {provider: openai}\n",
+        "4: hosts.GW.Internal: the same host pattern as 'gw.internal' (line 3) but for case, which "
+        "matching ignores; keep one entry",
+    ),
 ]
 
 

@@ -53,7 +53,7 @@ def expected_usd(provider: str | None, model: str, usage: dict[str, Any]) -> flo
     [
         ("openrouter", "openai/gpt-4o"),
         ("groq", "llama-3.3-70b-versatile"),
-        ("deepseek", "deepseek-chat"),
+        ("deepseek", "deepseek-v3.2"),  # one price all week (deepseek-chat's: test_cost_time_of_day.py)
         ("mistral", "mistral-large-latest"),
         ("x-ai", "grok-3"),
         ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
@@ -451,6 +451,8 @@ def test_host_prices_in_python_are_checked_too() -> None:
         HostPrice("open-ai")
     with pytest.raises(ConfigError, match="give a provider, rates, or both"):
         HostPrice()
+    with pytest.raises(ConfigError, match=r"hosts\['GW.internal'\]: the same host pattern as 'gw.internal'"):
+        PriceTable(hosts={"gw.internal": HostPrice("groq"), "GW.internal": HostPrice("openai")})
     table = PriceTable(hosts={"GW.internal:8080": HostPrice("groq")})
     assert table.route("gw.internal", 8080).provider == "groq"
     assert table.route("gw.internal", 8081).matched_by == "model"
