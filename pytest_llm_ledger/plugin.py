@@ -291,7 +291,8 @@ class _LedgerState:
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         when, source = _setting(config, "llm_time_of_day")
-        self.time_of_day = str(when).strip().lower()
+        self.given_time_of_day = str(when)  # as written: an error quotes it so
+        self.time_of_day = self.given_time_of_day.strip().lower()
         self.where_time_of_day = source or f"ini llm_time_of_day in {config.inipath or 'the ini file'}"
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
@@ -535,7 +536,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _refuse_paths_taken_for_tests(config)
         state.report_path = _report_path(config)  # a path that cannot be written fails now, not after the run
     try:  # replayed calls priced by the time of day cost the same at any hour (docs/CI.md)
-        state.previous_time_of_day = price_time_of_day(state.time_of_day)
+        state.previous_time_of_day = price_time_of_day(state.given_time_of_day)
     except ConfigError as exc:
         raise pytest.UsageError(f"llm-ledger: {state.where_time_of_day}: {exc}") from None
     if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
