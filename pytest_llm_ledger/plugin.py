@@ -51,8 +51,10 @@ from ._naming import (
     cassette_params,
     cassette_path,
     mark_case_twins,
+    move_command,
     orphan_cassettes,
     project_dir,
+    renamed_cassettes,
     selected_folders,
 )
 from ._network import Guard
@@ -317,6 +319,17 @@ class _LedgerState:
         self._marked = False  # the running test is marked llm: the guard refuses outside its cassette
         self.in_cassette = False  # the running test's cassette is active: it replays or refuses
         self._blocked: list[str] = []
+        self._config = config
+        self._renamed: dict[Path, Path] | None = None  # see moved_from
+        self.owners: dict[str, str] = {}  # cassette path -> the node id of its (first) test, to record it
+
+    def moved_from(self, path: Path) -> Path | None:
+        """The orphan cassette that ``path``, a cassette not recorded yet, plausibly was before its test
+        was renamed or moved (see renamed_cassettes); found at the first miss of such a cassette."""
+        with self._lock:
+            if self._renamed is None:
+                self._renamed = _renamed(self, self._config)
+            return self._renamed.get(path)
 
     def _add(self, record: Mapping[str, Any]) -> None:
         """The session's global sink: records of every llm_ledger monitor (the default one and the
@@ -611,6 +624,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not live:
             cassette = cassette_path(item, state.cassette_dir)
             state.ledger.cassettes.add(str(cassette))
+            state.owners.setdefault(str(cassette), item.nodeid)
             if marker.kwargs.get("record_auth_errors") is True:
                 state.ledger.expect_auth_errors.add(str(cassette))
             params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
@@ -833,6 +847,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             rerecord_options=state.location,
             directory=state.cassette_dir,
             command_nodeid=state.here(item.nodeid),
+            moved_from=state.moved_from,
         )
     except CassetteError as exc:
         error = str(exc)
@@ -981,10 +996,14 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     orphans = _orphans(state, config)
     if not orphans:
         return []
+    fix = "delete them with `llm-ledger cassettes --prune`"
+    if moved := _renamed(state, config, orphans):
+        commands = listed([f"`{move_command(old, new)}`" for new, old in sorted(moved.items())])
+        fix = "tests renamed or moved since, never recorded under their new names, keep theirs with "
+        fix += f"{commands}; then delete the rest with `llm-ledger cassettes --prune`"
     return [
         f"llm-ledger: {len(orphans)} cassette(s) belong to no collected test (renamed or deleted): "
-        f"{listed([shown_path(path) for path in orphans])}; delete them with "
-        "`llm-ledger cassettes --prune`"
+        f"{listed([shown_path(path) for path in orphans])}; {fix}"
     ]
 
 
@@ -1000,6 +1019,17 @@ def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:
     )
 
 
+def _renamed(
+    state: _LedgerState, config: pytest.Config, orphans: list[Path] | None = None
+) -> dict[Path, Path]:
+    """The cassettes of the collected tests that were never recorded, each with the orphan (of
+    ``orphans``, else found now) that plausibly was it before its test was renamed or moved."""
+    never = [Path(path) for path in state.ledger.cassettes if not Path(path).exists()]
+    if not never:
+        return {}
+    return renamed_cassettes(never, _orphans(state, config) if orphans is None else orphans)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("llm_list_cassettes", None)
     state = session.config.stash.get(_STATE, None)
@@ -1008,6 +1038,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "cassette_dir": str(state.cassette_dir),
             "location": list(state.location),
             "cassettes": sorted(state.ledger.cassettes),
+            "record": {
+                path: rerecord_command(state.here(nodeid), "once", state.location)
+                for path, nodeid in state.owners.items()
+                if not Path(path).exists()
+            },
             "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
             "orphans": [str(orphan) for orphan in _orphans(state, session.config)],
         }
