@@ -115,8 +115,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.prune:
         pytest_args = ["--", *args.pytest_args] if args.pytest_args else []
         prune = f"`{shlex.join(['llm-ledger', 'cassettes', '--prune', *pytest_args])}`"
-        keep = "keep the cassettes of tests renamed or moved with the git mv above, then " if moved else ""
-        print(f"{keep}delete {'the rest' if moved else 'them'} with {prune}")
+        if not moved:
+            print(f"delete them with {prune}")
+        else:
+            rest = "the rest" if len(moved) < len(orphans) else "any that are not theirs"
+            print(
+                f"keep the cassettes of tests renamed or moved with the git mv above; delete {rest} with",
+                prune,
+            )
         return max(status, 1)
     for path in orphans:
         path.unlink()

@@ -999,8 +999,9 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     fix = "delete them with `llm-ledger cassettes --prune`"
     if moved := _renamed(state, config, orphans):
         commands = listed([f"`{move_command(old, new)}`" for new, old in sorted(moved.items())])
+        rest = "the rest" if len(moved) < len(orphans) else "any that are not theirs"
         fix = "tests renamed or moved since, never recorded under their new names, keep theirs with "
-        fix += f"{commands}; then delete the rest with `llm-ledger cassettes --prune`"
+        fix += f"{commands}; delete {rest} with `llm-ledger cassettes --prune`"
     return [
         f"llm-ledger: {len(orphans)} cassette(s) belong to no collected test (renamed or deleted): "
         f"{listed([shown_path(path) for path in orphans])}; {fix}"

@@ -295,8 +295,8 @@ def test_a_renamed_test_is_given_the_git_mv_that_keeps_its_recording(
             "server):",
             "    pytest tests/test_app.py::test_summary_chat --llm-record-mode=once",
             f"llm-ledger: 1 cassette(s) belong to no collected test (renamed or deleted): {old}; tests "
-            f"renamed or moved since, never recorded under their new names, keep theirs with `{move}`; then "
-            "delete the rest with `llm-ledger cassettes --prune`",
+            "renamed or moved since, never recorded under their new names, keep theirs with "
+            f"`{move}`; delete any that are not theirs with `llm-ledger cassettes --prune`",
         ]
     )
 
@@ -309,8 +309,8 @@ def test_a_renamed_test_is_given_the_git_mv_that_keeps_its_recording(
         "    to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a compatible "
         "server): pytest tests/test_app.py::test_summary_chat --llm-record-mode=once\n"
         f"1 orphan cassette(s), owned by no collected test:\n  {old}\n"
-        "keep the cassettes of tests renamed or moved with the git mv above, then delete the rest with "
-        "`llm-ledger cassettes --prune`\n"
+        "keep the cassettes of tests renamed or moved with the git mv above; delete any that are not theirs "
+        "with `llm-ledger cassettes --prune`\n"
     ) in listed.stdout
 
     subprocess.run(move, shell=True, cwd=recorded.path, check=True)
@@ -340,7 +340,7 @@ def test_tests_moved_to_another_file_are_given_the_folder_and_the_git_mv(recorde
         for name in ("test_async", "test_chat")
     ]
     assert out.count(f"    {commands[0]}\n") == out.count(f"    {commands[1]}\n") == 1
-    assert f"keep theirs with `{commands[0]}`, `{commands[1]}`; then delete the rest" in out
+    assert f"keep theirs with `{commands[0]}`, `{commands[1]}`; delete the rest with" in out
     assert "git mv cassettes/tests/test_app/test_stream.yaml" not in out
 
     subprocess.run(commands[0], shell=True, cwd=recorded.path, check=True)
