@@ -44,7 +44,7 @@ from llm_ledger.loading import BOOLEAN_WORDS, listed
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
 from ._attribution import Starts
-from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
+from ._cassette import RECORD_MODES, TO_RECORD, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._format import shown_path, write_atomic
 from ._naming import (
     cassette_folder,
@@ -429,8 +429,8 @@ class _LedgerState:
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
                 f"  request: {method} {host}{path}",
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
-                "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
-                "  once (needs network and OPENAI_API_KEY):",
+                "  to replay it from a cassette, mark it @pytest.mark.llm and record its cassette once;",
+                f"  {TO_RECORD}:",
                 f"    {rerecord_command(self.here(nodeid), 'once', self.location)}",
                 hint,
             ]
