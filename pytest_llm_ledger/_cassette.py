@@ -25,7 +25,7 @@ import re
 import shlex
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -37,6 +37,7 @@ from llm_ledger import BlockedRequestError, CassetteMissError, ConfigError
 
 from . import _format
 from ._format import Body, shown_path
+from ._naming import move_command, moved_hint
 from ._network import is_openai_request
 from ._secrets import CredentialRedactor, known_secrets
 
@@ -127,6 +128,12 @@ def auth_answer(status: int, method: str, url: str) -> str:
     return f"{status} {method.upper()} {api_path(urlsplit(url).path)}"
 
 
+# what recording a cassette needs, before the command that does it
+TO_RECORD: Final = (
+    "to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a compatible server)"
+)
+
+
 def rerecord_command(nodeid: str, mode: str, options: Sequence[str] = ()) -> str:
     """The command that runs one test in ``mode``, to record or re-record its cassette; ``options``:
     the command-line options that chose where the cassettes are (``--llm-cassette-dir``...)."""
@@ -215,6 +222,7 @@ class LedgerCassette:
         directory: Path | None = None,
         command_nodeid: str | None = None,
         secrets: Sequence[str] = (),
+        moved_from: Callable[[Path], Path | None] | None = None,
     ) -> None:
         if mode not in RECORD_MODES:
             raise ConfigError(
@@ -235,6 +243,8 @@ class LedgerCassette:
         self.command_nodeid = command_nodeid or nodeid
         self.directory = directory  # the cassette directory, named in a miss when it does not exist
         self.secrets = secrets  # credentials among the test's parameters: its node id shows them
+        # the orphan cassette a missing one plausibly was before its test was renamed, named in a miss
+        self.moved_from = moved_from
         # attributes vcrpy's patch builder and stubs read
         self._path = str(path)
         self.custom_patches: tuple[Any, ...] = ()
@@ -427,14 +437,13 @@ class LedgerCassette:
             f"  request: {key[0]} {key[2]}  (API path of {shown_url}; matched on {host_rule})",
         ]
         fix = [self.rerecord_command("rewrite"), self.rerecord_command("new_episodes") + "  (keeps the rest)"]
-        how = (
-            "  to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a "
-            "compatible server):"
-        )
+        how = f"  {TO_RECORD}:"
         if not self.existed:
             lines.append("  the cassette file does not exist: this test has never been recorded")
             if self.directory is not None and not self.directory.is_dir():
                 lines.append(f"  the cassette directory {shown_path(self.directory)} does not exist either")
+            if self.moved_from is not None and (old := self.moved_from(self.path)) is not None:
+                lines += [f"  {moved_hint(old)}:", f"    {move_command(old, self.path)}"]
             fix = [self.rerecord_command("once")]
         elif same := [i for i in self.loaded if self._lookup(i.key) == self._lookup(key)]:
             lines.append(

@@ -52,6 +52,9 @@ def _after_dashes(argv: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._cassette import TO_RECORD, replayed_auth_advice
+    from ._naming import move_command, moved_hint, renamed_cassettes
+
     with tempfile.TemporaryDirectory(prefix="llm-ledger-cassettes-") as tmp:
         listing = Path(tmp) / "cassettes.json"
         command = [
@@ -88,14 +91,17 @@ def run(args: argparse.Namespace) -> int:
     owned = data["cassettes"]
     orphans = [Path(path) for path in data["orphans"]]
     never = sorted(path for path in owned if not Path(path).exists())
+    # a prune deletes the orphans: none is left to move
+    moved = {} if args.prune else renamed_cassettes(map(Path, never), orphans)
     print(f"{len(owned)} collected test(s) replay from cassettes under {shown_path(directory)}")
     for path in never:
         print(f"  never recorded: {shown_path(Path(path))}")
+        if (old := moved.get(Path(path))) is not None:
+            print(f"    {moved_hint(old)}: {move_command(old, Path(path))}")
+        print(f"    {TO_RECORD}: {data['record'][path]}")
     expected = set(data["expect_auth_errors"])
     denied, status = _auth_errors(sorted(set(owned) - set(never) - expected))
     if denied:
-        from pytest_llm_ledger._cassette import replayed_auth_advice
-
         print(f"{replayed_auth_advice(len(denied), options=data['location'])}:")
         for path, answers in denied.items():
             print(f"  {shown_path(path)}: {', '.join(answers)}")
@@ -108,7 +114,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {shown_path(path)}")
     if not args.prune:
         pytest_args = ["--", *args.pytest_args] if args.pytest_args else []
-        print(f"delete them with `{shlex.join(['llm-ledger', 'cassettes', '--prune', *pytest_args])}`")
+        prune = f"`{shlex.join(['llm-ledger', 'cassettes', '--prune', *pytest_args])}`"
+        if not moved:
+            print(f"delete them with {prune}")
+        else:
+            rest = "the rest" if len(moved) < len(orphans) else "any that are not theirs"
+            print(
+                f"keep the cassettes of tests renamed or moved with the git mv above; delete {rest} with",
+                prune,
+            )
         return max(status, 1)
     for path in orphans:
         path.unlink()

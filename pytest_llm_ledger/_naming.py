@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 from llm_ledger.testing import credential_name
 
+from ._format import shown_path
 from ._secrets import KEY_SHAPE, MIN_KNOWN_SECRET, REDACTED
 
 __all__ = [
@@ -29,8 +31,11 @@ __all__ = [
     "cassette_params",
     "cassette_path",
     "mark_case_twins",
+    "move_command",
+    "moved_hint",
     "orphan_cassettes",
     "project_dir",
+    "renamed_cassettes",
     "secret_params",
     "selected_folders",
 ]
@@ -198,4 +203,42 @@ def orphan_cassettes(
             str(path.parent) in found
             or not project.joinpath(f"{path.parent.relative_to(directory)}.py").is_file()
         )
+    )
+
+
+def renamed_cassettes(never: Iterable[Path], orphans: Iterable[Path]) -> dict[Path, Path]:
+    """The orphan cassette each cassette of ``never`` (not recorded yet) plausibly was before its test
+    was renamed or moved, by path: an orphan of the same test file whose parameters are the same (the
+    test or its class renamed), or of another file with the same name (the test moved). Only a pair
+    that is each other's one candidate counts: a guess between two is no guess."""
+    never, orphans = list(never), list(orphans)
+
+    def akin(new: Path, old: Path) -> bool:
+        if new.parent == old.parent:
+            return new.stem.partition("[")[2] == old.stem.partition("[")[2]
+        return new.name == old.name
+
+    pairs = {}
+    for new in never:
+        found = [old for old in orphans if akin(new, old)]
+        if len(found) == 1 and sum(akin(other, found[0]) for other in never) == 1:
+            pairs[new] = found[0]
+    return pairs
+
+
+def move_command(old: Path, new: Path) -> str:
+    """The command that gives the cassette ``old`` to the test whose cassette is ``new``, in the
+    current directory (making ``new``'s folder first when there is none: ``git mv`` does not)."""
+    move = shlex.join(["git", "mv", shown_path(old), shown_path(new)])
+    if new.parent.is_dir():
+        return move
+    return f"{shlex.join(['mkdir', '-p', shown_path(new.parent)])} && {move}"
+
+
+def moved_hint(old: Path) -> str:
+    """What the orphan cassette ``old`` may be, said of a test never recorded, before its
+    :func:`move_command`."""
+    return (
+        f"{shown_path(old)} belongs to no collected test: if it is this test's cassette from before a "
+        "rename or move, keep it with"
     )

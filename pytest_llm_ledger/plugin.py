@@ -44,15 +44,17 @@ from llm_ledger.loading import BOOLEAN_WORDS, listed, no_controls
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
 from ._attribution import Starts
-from ._cassette import RECORD_MODES, LedgerCassette, activate, rerecord_command, vcrpy_problem
+from ._cassette import RECORD_MODES, TO_RECORD, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._format import shown_path, write_atomic
 from ._naming import (
     cassette_folder,
     cassette_params,
     cassette_path,
     mark_case_twins,
+    move_command,
     orphan_cassettes,
     project_dir,
+    renamed_cassettes,
     secret_params,
     selected_folders,
 )
@@ -292,7 +294,8 @@ class _LedgerState:
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
         when, source = _setting(config, "llm_time_of_day")
-        self.time_of_day = str(when).strip().lower()
+        self.given_time_of_day = str(when)  # as written: an error quotes it so
+        self.time_of_day = self.given_time_of_day.strip().lower()
         self.where_time_of_day = source or f"ini llm_time_of_day in {config.inipath or 'the ini file'}"
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
@@ -317,6 +320,17 @@ class _LedgerState:
         self._marked = False  # the running test is marked llm: the guard refuses outside its cassette
         self.in_cassette = False  # the running test's cassette is active: it replays or refuses
         self._blocked: list[str] = []
+        self._config = config
+        self._renamed: dict[Path, Path] | None = None  # see moved_from
+        self.owners: dict[str, str] = {}  # cassette path -> the node id of its (first) test, to record it
+
+    def moved_from(self, path: Path) -> Path | None:
+        """The orphan cassette that ``path``, a cassette not recorded yet, plausibly was before its test
+        was renamed or moved (see renamed_cassettes); found at the first miss of such a cassette."""
+        with self._lock:
+            if self._renamed is None:
+                self._renamed = _renamed(self, self._config)
+            return self._renamed.get(path)
 
     def _add(self, record: Mapping[str, Any]) -> None:
         """The session's global sink: records of every llm_ledger monitor (the default one and the
@@ -416,8 +430,8 @@ class _LedgerState:
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
                 f"  request: {method} {host}{path}",
                 f"  in record mode {self.mode!r} nothing leaves the machine unless a test records it.",
-                "  to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
-                "  once (needs network and OPENAI_API_KEY):",
+                "  to replay it from a cassette, mark it @pytest.mark.llm and record its cassette once;",
+                f"  {TO_RECORD}:",
                 f"    {rerecord_command(self.here(nodeid), 'once', self.location)}",
                 hint,
             ]
@@ -536,7 +550,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _refuse_paths_taken_for_tests(config)
         state.report_path = _report_path(config)  # a path that cannot be written fails now, not after the run
     try:  # replayed calls priced by the time of day cost the same at any hour (docs/CI.md)
-        state.previous_time_of_day = price_time_of_day(state.time_of_day)
+        state.previous_time_of_day = price_time_of_day(state.given_time_of_day)
     except ConfigError as exc:
         raise pytest.UsageError(f"llm-ledger: {state.where_time_of_day}: {exc}") from None
     if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
@@ -611,6 +625,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not live:
             cassette = cassette_path(item, state.cassette_dir)
             state.ledger.cassettes.add(str(cassette))
+            state.owners.setdefault(str(cassette), item.nodeid)
             if marker.kwargs.get("record_auth_errors") is True:
                 state.ledger.expect_auth_errors.add(str(cassette))
             params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
@@ -834,6 +849,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             directory=state.cassette_dir,
             command_nodeid=state.here(item.nodeid),
             secrets=secret_params(item),
+            moved_from=state.moved_from,
         )
     except CassetteError as exc:
         error = str(exc)
@@ -982,10 +998,15 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     orphans = _orphans(state, config)
     if not orphans:
         return []
+    fix = "delete them with `llm-ledger cassettes --prune`"
+    if moved := _renamed(state, config, orphans):
+        commands = listed([f"`{move_command(old, new)}`" for new, old in sorted(moved.items())])
+        rest = "the rest" if len(moved) < len(orphans) else "any that are not theirs"
+        fix = "tests renamed or moved since, never recorded under their new names, keep theirs with "
+        fix += f"{commands}; delete {rest} with `llm-ledger cassettes --prune`"
     return [
         f"llm-ledger: {len(orphans)} cassette(s) belong to no collected test (renamed or deleted): "
-        f"{listed([shown_path(path) for path in orphans])}; delete them with "
-        "`llm-ledger cassettes --prune`"
+        f"{listed([shown_path(path) for path in orphans])}; {fix}"
     ]
 
 
@@ -1001,6 +1022,17 @@ def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:
     )
 
 
+def _renamed(
+    state: _LedgerState, config: pytest.Config, orphans: list[Path] | None = None
+) -> dict[Path, Path]:
+    """The cassettes of the collected tests that were never recorded, each with the orphan (of
+    ``orphans``, else found now) that plausibly was it before its test was renamed or moved."""
+    never = [Path(path) for path in state.ledger.cassettes if not Path(path).exists()]
+    if not never:
+        return {}
+    return renamed_cassettes(never, _orphans(state, config) if orphans is None else orphans)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("llm_list_cassettes", None)
     state = session.config.stash.get(_STATE, None)
@@ -1009,6 +1041,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "cassette_dir": str(state.cassette_dir),
             "location": list(state.location),
             "cassettes": sorted(state.ledger.cassettes),
+            "record": {
+                path: rerecord_command(state.here(nodeid), "once", state.location)
+                for path, nodeid in state.owners.items()
+                if not Path(path).exists()
+            },
             "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
             "orphans": [str(orphan) for orphan in _orphans(state, session.config)],
         }

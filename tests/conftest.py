@@ -9,7 +9,11 @@ import logging
 import os
 import shutil
 import signal
+import sys
+import sysconfig
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -128,6 +132,70 @@ def _empty_trust_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
 def _fake_server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:
         yield server
+
+
+# The SDK clients this suite made since the running test began, each with where. A client left open
+# is closed by the garbage collector later, inside whichever test runs a full collection, whose
+# socket then warns there ("unclosed socket": a ResourceWarning, an error under filterwarnings): a
+# flake far from its cause. Noted when made, checked when the test ends: no collection per test.
+_made_clients: weakref.WeakKeyDictionary[openai.OpenAI | openai.AsyncOpenAI, str] = (
+    weakref.WeakKeyDictionary()
+)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OPENAI = os.path.dirname(os.path.abspath(openai.__file__)) + os.sep
+_LIBRARIES = tuple({sysconfig.get_path("purelib") + os.sep, sysconfig.get_path("platlib") + os.sep})
+
+
+def _maker(frame: FrameType | None) -> str | None:
+    """Where the code that made a client is (``file:line``; the SDK's own frames, a copy made by
+    ``with_options()``, skipped), or None for a client a library made for itself (LangChain's,
+    LiteLLM's cached ones): the library closes it, or keeps it on purpose."""
+    while frame is not None and frame.f_code.co_filename.startswith(_OPENAI):
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_filename.startswith(_LIBRARIES):
+        return None
+    path = frame.f_code.co_filename
+    shown = os.path.relpath(path, _ROOT) if path.startswith(_ROOT + os.sep) else path
+    return f"{shown}:{frame.f_lineno}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sdk_clients_noted() -> Iterator[None]:
+    """Every OpenAI SDK client built from now on (sync or async, Azure's too: their ``__init__``
+    runs ``OpenAI``'s or ``AsyncOpenAI``'s) is noted, weakly, for :func:`_sdk_clients_closed`."""
+    with pytest.MonkeyPatch.context() as patch:
+        for cls in (openai.OpenAI, openai.AsyncOpenAI):
+
+            def noted(
+                self: Any, *args: Any, _init: Callable[..., None] = cls.__init__, **kwargs: Any
+            ) -> None:
+                _init(self, *args, **kwargs)
+                if (where := _maker(sys._getframe(1))) is not None:
+                    _made_clients[self] = where
+
+            patch.setattr(cls, "__init__", noted)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _sdk_clients_closed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test fails at teardown when an SDK client made during it (its fixtures' included: they are
+    torn down first) is still open: close it with ``with`` or take it from the ``client``, ``aclient``
+    or ``sdk`` fixture. A test that leaves clients to the garbage collector on purpose is marked
+    ``unclosed_clients``."""
+    _made_clients.clear()
+    yield
+    open_ones = [where for client, where in list(_made_clients.items()) if not client.is_closed()]
+    _made_clients.clear()
+    if open_ones and request.node.get_closest_marker("unclosed_clients") is None:
+        pytest.fail(
+            f"{len(open_ones)} OpenAI SDK client(s) made during this test are still open when it ends "
+            f"(made at {', '.join(sorted(open_ones))}); the garbage collector would close them later, in "
+            "another test, whose 'unclosed socket' warning then fails it: close each with `with` or use the "
+            "client, aclient or sdk fixture (or mark a test that leaves them on purpose "
+            "@pytest.mark.unclosed_clients)",
+            pytrace=False,
+        )
 
 
 def sigint_default() -> None:

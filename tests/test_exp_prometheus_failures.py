@@ -13,14 +13,13 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import llm_ledger
 from llm_ledger.exporters import PrometheusSink
-from llm_ledger.testing import FakeOpenAI, capture
-from tests.conftest import FAKE_KEY
+from llm_ledger.testing import capture
+from tests.conftest import Sdk
 from tests.exporter_helpers import by_labels, samples, total
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -40,14 +39,14 @@ def _failing_for(sink: PrometheusSink, lens: str, exc: BaseException) -> None:
 
 
 def test_a_failing_series_is_logged_once_counted_as_dropped_and_the_others_keep_counting(
-    fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+    sdk: Sdk, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Ten flushes of a series whose update raises give one error on llm_ledger.internal naming the
     series and where the losses are counted; its calls are counted as dropped; other series count."""
     registry = CollectorRegistry()
     sink = PrometheusSink(registry)
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     _failing_for(sink, "broken", OSError(errno.ENOSPC, "No space left on device"))
     caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
     for _ in range(10):
@@ -72,14 +71,12 @@ def test_a_failing_series_is_logged_once_counted_as_dropped_and_the_others_keep_
     assert "llm_ledger_dropped_records_total" in message and "not logged again" in message, message
 
 
-def test_each_distinct_error_is_logged_once(
-    fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_each_distinct_error_is_logged_once(sdk: Sdk, caplog: pytest.LogCaptureFixture) -> None:
     """A second kind of failure is news, and is logged too (once)."""
     registry = CollectorRegistry()
     sink = PrometheusSink(registry)
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
     for exc in (
         OSError(errno.ENOSPC, "No space left on device"),
@@ -111,12 +108,12 @@ WORKER = textwrap.dedent(
 
 
 def test_a_multiprocess_directory_removed_under_a_worker_is_logged_once_not_at_every_call(
-    fake_openai: FakeOpenAI, tmp_path: Path
+    sdk: Sdk, tmp_path: Path
 ) -> None:
     """PROMETHEUS_MULTIPROC_DIR deleted after the sink started: each call's update fails (the files of
     its histograms cannot be made), and the worker says so once on stderr, not once per call."""
     monitor = llm_ledger.LLMCallMonitor(logger=None)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     with capture(monitor) as records:
         for model in ("gpt-4o-mini", "gpt-4o"):
             for _ in range(10):

@@ -18,12 +18,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
 import llm_ledger
 from llm_ledger.testing import FakeOpenAI
-from tests.conftest import FAKE_KEY
+from tests.conftest import Sdk
 from tests.exporter_helpers import workload
 
 pytestmark = pytest.mark.sdk_independent
@@ -61,7 +60,7 @@ def _field_types(lines: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 def test_every_field_keeps_one_json_type_for_an_index_mapping(
-    fresh_config: None, fake_openai: FakeOpenAI, tmp_path: Path
+    fresh_config: None, fake_openai: FakeOpenAI, sdk: Sdk, tmp_path: Path
 ) -> None:
     """Across chat (temperature 0, 1 and 0.7, max_tokens), streams, responses, embeddings, failed and
     unpriced calls, lens runs and budget breaches (of tokens, cost and calls), each field of the file
@@ -70,7 +69,7 @@ def test_every_field_keeps_one_json_type_for_an_index_mapping(
     llm_ledger.configure(log_dir=tmp_path, budgets=budgets)
     monitor = llm_ledger.get_monitor()
     workload(monitor, fake_openai)
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     hi: Any = [{"role": "user", "content": "hi"}]
     with llm_ledger.lens("settings"):
         for temperature in (0, 1, 0.7):
@@ -106,7 +105,7 @@ def _documented_logrotate_config() -> str:
 
 
 def test_the_documented_logrotate_config_loses_no_line(
-    logrotate_binary: str, fresh_config: None, fake_openai: FakeOpenAI, tmp_path: Path
+    logrotate_binary: str, fresh_config: None, sdk: Sdk, tmp_path: Path
 ) -> None:
     """The real logrotate, run (forced) with docs/MONITORING.md's stanza again and again while a service
     keeps calling: every call is one whole line in the live file or a rotated (gzipped) one."""
@@ -114,9 +113,7 @@ def test_the_documented_logrotate_config_loses_no_line(
     config = tmp_path / "logrotate.conf"
     config.write_text(_documented_logrotate_config().replace("/var/log/app", str(logs)))
     llm_ledger.configure(log_dir=logs)
-    client = llm_ledger.instrument(
-        openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
-    )
+    client = sdk(llm_ledger.get_monitor())  # the configured monitor, which llm_ledger.instrument() uses
     calls = 0
     stop = threading.Event()
 
@@ -159,7 +156,7 @@ def test_the_documented_logrotate_config_loses_no_line(
 def test_copytruncate_rotation_is_reported_once_with_the_fix(
     logrotate_binary: str,
     fresh_config: None,
-    fake_openai: FakeOpenAI,
+    sdk: Sdk,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -171,9 +168,7 @@ def test_copytruncate_rotation_is_reported_once_with_the_fix(
     stanza = _documented_logrotate_config().replace("/var/log/app", str(logs))
     config.write_text(stanza.replace("notifempty", "notifempty\n    copytruncate"))
     llm_ledger.configure(log_dir=logs)
-    client = llm_ledger.instrument(
-        openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
-    )
+    client = sdk(llm_ledger.get_monitor())  # the configured monitor, which llm_ledger.instrument() uses
     hi: Any = [{"role": "user", "content": "hi"}]
     with caplog.at_level("WARNING", logger="llm_ledger.internal"):
         for _ in range(3):  # rotated twice, with calls before, between and after

@@ -9,7 +9,6 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,7 +32,7 @@ from llm_ledger.exporters._otel import MAX_COUNTER_SETS, TOKEN_BUCKETS
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
-from tests.conftest import FAKE_KEY
+from tests.conftest import FAKE_KEY, Sdk
 from tests.exporter_helpers import AWAIT_FORKED_CHILD, Receiver, attribute_value, hold_then_fork, workload
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
@@ -44,7 +43,7 @@ HI: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content"
 class Telemetry:
     """An OTelSink on its own providers, with in-memory exporters; and a monitor feeding it."""
 
-    def __init__(self, server: FakeOpenAI, *, capture_content: bool = False) -> None:
+    def __init__(self, sdk: Sdk, *, capture_content: bool = False) -> None:
         self.spans_out = InMemorySpanExporter()
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans_out))
@@ -54,8 +53,7 @@ class Telemetry:
         self.monitor = llm_ledger.LLMCallMonitor(
             logger=None, sinks=[self.sink], capture_content=capture_content
         )
-        raw = openai.OpenAI(api_key=FAKE_KEY, base_url=server.base_url, max_retries=0)
-        self.client = self.monitor.instrument(raw)
+        self.client = sdk(self.monitor)  # closed when the test ends
 
     def spans(self) -> list[ReadableSpan]:
         return list(self.spans_out.get_finished_spans())
@@ -74,10 +72,8 @@ class Telemetry:
 
 
 @pytest.fixture
-def otel(fake_openai: FakeOpenAI) -> Iterator[Telemetry]:
-    telemetry = Telemetry(fake_openai)
-    yield telemetry
-    telemetry.client.close()
+def otel(sdk: Sdk) -> Telemetry:
+    return Telemetry(sdk)
 
 
 def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
@@ -176,20 +172,18 @@ def test_every_operation_becomes_a_client_span_with_the_records_values(otel: Tel
     assert not any("gen_ai.input.messages" in (s.attributes or {}) for s in spans)  # capture is off
 
 
-def test_an_azure_call_is_named_by_the_conventions_provider_name(fake_openai: FakeOpenAI) -> None:
+def test_an_azure_call_is_named_by_the_conventions_provider_name(fake_openai: FakeOpenAI, sdk: Sdk) -> None:
     """The record says ``azure`` (genai-prices' id, which chose the price); the span and the metrics
     say ``azure.ai.openai``, the GenAI conventions' name."""
-    telemetry = Telemetry(fake_openai)
-    azure = telemetry.monitor.instrument(
-        openai.AzureOpenAI(
-            api_key=FAKE_KEY,
-            azure_endpoint=fake_openai.base_url.removesuffix("/v1"),
-            api_version="2024-10-21",
-            max_retries=0,
-        )
+    telemetry = Telemetry(sdk)
+    azure = openai.AzureOpenAI(
+        api_key=FAKE_KEY,
+        azure_endpoint=fake_openai.base_url.removesuffix("/v1"),
+        api_version="2024-10-21",
+        max_retries=0,
     )
-    with capture(telemetry.monitor) as records:
-        azure.chat.completions.create(model="prod-gpt4o", messages=HI)
+    with azure, capture(telemetry.monitor) as records:
+        telemetry.monitor.instrument(azure).chat.completions.create(model="prod-gpt4o", messages=HI)
     (call,) = records.calls
     assert call["server"]["provider"] == "azure"
     (span,) = telemetry.spans()
@@ -489,13 +483,13 @@ def test_a_stream_the_caller_stopped_is_not_a_success_in_duration_or_span(otel: 
 
 
 def test_latest_experimental_names_on_opt_in(
-    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    fake_openai: FakeOpenAI, sdk: Sdk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental: token counters by modality (a failed
     call counts 0 of ``unknown``), per-call token histograms, inference and embeddings durations apart,
     and usage by modality on the call spans."""
     monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, gen_ai_latest_experimental")
-    otel = Telemetry(fake_openai)
+    otel = Telemetry(sdk)
     image: Any = [{"role": "user", "content": [
         {"type": "text", "text": "what is this?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
@@ -584,22 +578,19 @@ def test_counters_kept_by_the_sink_are_bounded(otel: Telemetry) -> None:
     assert sum(p.value for p in points) == pytest.approx((MAX_COUNTER_SETS + extra) * usd)
 
 
-def test_lens_keys_beyond_the_cap_are_other_in_metrics_and_their_own_on_spans(
-    fake_openai: FakeOpenAI,
-) -> None:
+def test_lens_keys_beyond_the_cap_are_other_in_metrics_and_their_own_on_spans(sdk: Sdk) -> None:
     """A bug that puts ids in lens keys costs one more attribute set per instrument, not one per id
     (which would fill the SDK's limit and push every later model's spend into its overflow set): past
     max_lenses distinct keys, metrics carry llm_ledger.lens="other", as the Prometheus sink's lens
     label; the spend still adds up, and each call's span keeps its own key."""
-    telemetry = Telemetry(fake_openai)
+    telemetry = Telemetry(sdk)
     telemetry.reader = InMemoryMetricReader()  # a sink of its own: its instruments, its provider
     telemetry.sink = OTelSink(
         telemetry.tracer_provider, MeterProvider(metric_readers=[telemetry.reader]), max_lenses=3
     )
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[telemetry.sink])
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
     with capture(monitor) as records:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        sdk(monitor).chat.completions.create(model="gpt-4o-mini", messages=HI)
     (call,) = records.calls
     keys = [f"doc-{index}" for index in range(6)]  # an id where a lens key belongs
     for key in keys:
@@ -615,13 +606,11 @@ def test_lens_keys_beyond_the_cap_are_other_in_metrics_and_their_own_on_spans(
     assert sorted(str(s.get("llm_ledger.lens_key")) for s in spans) == ["None", *keys]
     with pytest.raises(ConfigError, match="max_lenses must be a whole number >= 1"):
         OTelSink(telemetry.tracer_provider, MeterProvider(), max_lenses=0)
-    client.close()
-    telemetry.client.close()
 
 
-def test_content_only_with_capture_on(fake_openai: FakeOpenAI) -> None:
+def test_content_only_with_capture_on(sdk: Sdk) -> None:
     """With capture_content the span carries the conventions' message attributes as JSON strings."""
-    otel = Telemetry(fake_openai, capture_content=True)
+    otel = Telemetry(sdk, capture_content=True)
     otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     (span,) = otel.spans()
     attributes = span.attributes or {}
@@ -636,12 +625,10 @@ def test_content_only_with_capture_on(fake_openai: FakeOpenAI) -> None:
     assert output["parts"][0]["content"].startswith("Summary:")
 
 
-def test_content_of_responses_calls_and_image_messages_as_the_conventions_parts(
-    fake_openai: FakeOpenAI,
-) -> None:
+def test_content_of_responses_calls_and_image_messages_as_the_conventions_parts(sdk: Sdk) -> None:
     """Responses ``instructions`` are system instructions and a string ``input`` the user's message; a
     chat message of parts keeps its text, and an image is a part without the image itself."""
-    otel = Telemetry(fake_openai, capture_content=True)
+    otel = Telemetry(sdk, capture_content=True)
     otel.client.responses.create(model="gpt-4o-mini", instructions="be brief", input="hello there")
     image = "data:image/png;base64,iVBORw0KGgo="
     otel.client.chat.completions.create(
@@ -672,7 +659,6 @@ def test_content_of_responses_calls_and_image_messages_as_the_conventions_parts(
         }
     ]
     assert image not in str(chat)
-    otel.client.close()
 
 
 def test_without_opentelemetry_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

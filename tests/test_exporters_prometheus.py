@@ -27,7 +27,7 @@ from llm_ledger.exporters import PrometheusSink, _setup, start_metrics_server
 from llm_ledger.exporters._prometheus import PENDING_CALLS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
-from tests.conftest import FAKE_KEY
+from tests.conftest import FAKE_KEY, Sdk
 from tests.exporter_helpers import (
     AWAIT_FORKED_CHILD,
     METRICS_SERVER,
@@ -203,13 +203,11 @@ def test_no_unbounded_value_becomes_a_label(run: tuple[Captured, Samples]) -> No
     assert not values & forbidden
 
 
-def test_lens_and_model_labels_fold_into_other_beyond_the_cap(
-    fake_openai: FakeOpenAI, registry: CollectorRegistry
-) -> None:
+def test_lens_and_model_labels_fold_into_other_beyond_the_cap(sdk: Sdk, registry: CollectorRegistry) -> None:
     """The first max_lenses lens keys and max_models models keep their names; later ones count as "other"."""
     sink = PrometheusSink(registry, max_lenses=2, max_models=2)
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     for lens, model in [("a", "m1"), ("b", "m2"), ("c", "m3"), ("d", "m1"), ("a", "m4")]:
         with monitor.lens(lens):
             client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
@@ -228,14 +226,14 @@ def test_lens_and_model_labels_fold_into_other_beyond_the_cap(
 
 
 def test_a_lens_named_as_a_reserved_label_value_is_said_once(
-    fake_openai: FakeOpenAI, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    sdk: Sdk, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A lens keyed "none" or "other" shares its series with the calls outside any lens or the lenses
     past the cap (the values are kept for the dashboards that query them): the sink says so once per
     key, naming the fix, on llm_ledger.internal."""
     sink = PrometheusSink(registry)
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink])
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     hi: Any = [{"role": "user", "content": "x"}]
     with caplog.at_level(logging.WARNING, logger="llm_ledger.internal"):
         client.chat.completions.create(model="gpt-4o-mini", messages=hi)
@@ -255,14 +253,14 @@ def test_a_lens_named_as_a_reserved_label_value_is_said_once(
 
 
 def test_a_model_or_tier_named_as_a_reserved_label_value_is_said_once(
-    fake_openai: FakeOpenAI, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    sdk: Sdk, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A model named "unknown" shares its series with the calls that name no model, and a service tier
     named "none" with the answers that name none, as a lens keyed "none" does: the sink says so once per
     value on llm_ledger.internal, naming what the series also count."""
     made: list[Any] = []
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[made.append])
-    client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    client = sdk(monitor)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     call = made[0]
     named = [
@@ -648,9 +646,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.usefixtures("fresh_exporters")
-def test_configure_turns_the_exporter_on_for_the_default_monitor(
-    fake_openai: FakeOpenAI, tmp_path: Path
-) -> None:
+def test_configure_turns_the_exporter_on_for_the_default_monitor(sdk: Sdk, tmp_path: Path) -> None:
     """exporters=["prometheus:HOST:PORT"] counts the default monitor's calls and serves them on PORT;
     exporters=[] turns it off again and stops the server."""
     port = _free_port()
@@ -658,9 +654,7 @@ def test_configure_turns_the_exporter_on_for_the_default_monitor(
     assert settings.exporters == (f"prometheus:127.0.0.1:{port}",)
     url = f"http://127.0.0.1:{port}/metrics"
     before = total(scrape(url), "llm_ledger_calls_total", lens="configured")
-    client = llm_ledger.instrument(
-        openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
-    )
+    client = sdk(llm_ledger.get_monitor())  # the default monitor, as llm_ledger.instrument() uses
     with llm_ledger.lens("configured"):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import re
 from typing import Any
@@ -482,8 +484,12 @@ def test_azure_clients_can_be_instrumented(
 ) -> None:
     """Azure clients are accepted and their derived clients stay instrumented."""
     azure = client_class(api_key=FAKE_KEY, api_version="2024-10-21", azure_endpoint="http://127.0.0.1:9")
-    assert monitor.instrument(azure) is azure
-    assert azure.with_options(timeout=3)._llm_ledger_monitor is monitor
+    try:
+        assert monitor.instrument(azure) is azure
+        assert azure.with_options(timeout=3)._llm_ledger_monitor is monitor  # shares azure's connections
+    finally:
+        if inspect.iscoroutine(closing := azure.close()):  # the async client's close is a coroutine
+            asyncio.run(closing)
 
 
 def test_instrumenting_something_else_is_a_clear_error(monitor: llm_ledger.LLMCallMonitor) -> None:

@@ -198,7 +198,7 @@ def test_an_error_that_cannot_be_read_is_recorded_by_its_type(
     monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=capture_content)
     http = sdk_http.Client(transport=sdk_http.MockTransport(handler))
     client = monitor.instrument(openai.OpenAI(api_key="sk-x-12345678", max_retries=0, http_client=http))
-    with llm_ledger.testing.capture(monitor) as records, pytest.raises(_Unreadable):
+    with client, llm_ledger.testing.capture(monitor) as records, pytest.raises(_Unreadable):
         for _ in client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True):
             pass
     [record] = records.calls

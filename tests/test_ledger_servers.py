@@ -86,11 +86,9 @@ def test_every_outcome_records_its_server(
         client.chat.completions.create(
             model="gpt-4o-mini", messages=hi, extra_headers={"x-fake-status": "500"}
         )
-    closed = monitor.instrument(
-        openai.OpenAI(api_key=FAKE_KEY, base_url="http://127.0.0.1:9/v1", max_retries=0)
-    )
-    with pytest.raises(openai.APIConnectionError):
-        closed.embeddings.create(model="text-embedding-3-small", input="x")
+    closed = openai.OpenAI(api_key=FAKE_KEY, base_url="http://127.0.0.1:9/v1", max_retries=0)
+    with closed, pytest.raises(openai.APIConnectionError):
+        monitor.instrument(closed).embeddings.create(model="text-embedding-3-small", input="x")
     port = int(fake_openai.base_url.rsplit(":", 1)[1].split("/")[0])
     assert [c["server"] for c in records.calls] == [
         {"address": "127.0.0.1", "port": port, "provider": "openai"},

@@ -84,7 +84,9 @@ def test_unmarked_requests_fail_their_test_and_are_never_sent(
     result.stdout.fnmatch_lines(
         [
             "  request: POST 127.0.0.1/v1/chat/completions",
-            "*to replay it from a cassette, mark the test @pytest.mark.llm and record the cassette",
+            "  to replay it from a cassette, mark it @pytest.mark.llm and record its cassette once;",
+            "  to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a compatible "
+            "server):",
             "  for a deliberate live test: @pytest.mark.llm(live=True); for a local server: ini "
             "llm_allowed_hosts = 127.0.0.1",
         ]

@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin_helpers import INI, cli, collect_in_process_fixture, run, write_project
+from tests.plugin_helpers import (
+    INI,
+    cli,
+    collect_in_process_fixture,
+    no_key_fixture,
+    recorded_fixture,
+    run,
+    server_fixture,
+    with_key_fixture,
+    write_project,
+)
 
-_FIXTURES = (collect_in_process_fixture,)  # used by name
+_FIXTURES = (collect_in_process_fixture, no_key_fixture, recorded_fixture, server_fixture, with_key_fixture)
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -101,21 +111,21 @@ def test_cassettes_for_a_path_selection_leave_other_files_cassettes_alone(
     other_test = pytester.path / "tests" / "test_other.py"
     other_test.write_text("import pytest\n\n\n@pytest.mark.llm\ndef test_other():\n    pass\n")
     other = pytester.path / "cassettes" / "tests" / "test_other" / "test_other.yaml"
-    renamed = owned.with_name("test_renamed.yaml")  # a test of test_app.py that was renamed
-    for path in (other, renamed):
+    deleted = owned.with_name("test_dropped[n=1].yaml")  # a test of test_app.py that was deleted
+    for path in (other, deleted):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("interactions: []\n")
 
     listed = cassettes(capsys, "--", "tests/test_app.py")
     assert listed.returncode == 1, listed.stderr
-    assert "1 orphan cassette(s)" in listed.stdout and "test_app/test_renamed.yaml" in listed.stdout
+    assert "1 orphan cassette(s)" in listed.stdout and "test_app/test_dropped[n=1].yaml" in listed.stdout
     assert "test_other.yaml" not in listed.stdout and "test_gone" not in listed.stdout
     # the fix is the same command, pytest's arguments and all, ready to paste
     assert "delete them with `llm-ledger cassettes --prune -- tests/test_app.py`\n" in listed.stdout
 
     pruned = cassettes(capsys, "--prune", "--", "tests/test_app.py")
     assert pruned.returncode == 0, pruned.stderr
-    assert not renamed.exists()
+    assert not deleted.exists()
     assert other.exists() and orphan.exists()  # outside the selection: not judged, not deleted
     # a node id selects part of a file: no cassette of it can be judged, so none is an orphan
     assert "no orphan cassettes" in cassettes(capsys, "--", "tests/test_other.py::test_other").stdout
@@ -247,3 +257,113 @@ def test_paths_outside_the_current_directory_are_shown_whole(
     assert f"replay from cassettes under {project / 'cassettes'}\n" in listed.stdout
     assert f"never recorded: {owned}\n" in listed.stdout
     assert f"  {orphan}\n" in listed.stdout
+
+
+def _committed(project: Path) -> None:
+    """``project`` as a git repository with everything committed (the cassettes a ``git mv`` moves)."""
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "recorded"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+            cwd=project, check=True, capture_output=True,
+        )  # fmt: skip
+
+
+@pytest.mark.usefixtures("collect_in_process", "no_key")
+def test_a_renamed_test_is_given_the_git_mv_that_keeps_its_recording(
+    recorded: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A test renamed since it was recorded misses its cassette and leaves the old one an orphan: the
+    miss, the orphans notice and ``llm-ledger cassettes`` give the ``git mv`` that moves the recording
+    to the new name (the one orphan of its file), which then replays; ``llm-ledger cassettes`` gives
+    a test never recorded the command that records it."""
+    tests = recorded.path / "tests" / "test_app.py"
+    tests.write_text(tests.read_text().replace("def test_chat(", "def test_summary_chat("))
+    recorded.makefile(".ini", pytest=PROJECT_INI)
+    _committed(recorded.path)
+    old, new = "cassettes/tests/test_app/test_chat.yaml", "cassettes/tests/test_app/test_summary_chat.yaml"
+    move = f"git mv {old} {new}"
+
+    result = run(recorded)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "  the cassette file does not exist: this test has never been recorded",
+            f"  {old} belongs to no collected test: if it is this test's cassette from before a rename or "
+            "move, keep it with:",
+            f"    {move}",
+            "  to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a compatible "
+            "server):",
+            "    pytest tests/test_app.py::test_summary_chat --llm-record-mode=once",
+            f"llm-ledger: 1 cassette(s) belong to no collected test (renamed or deleted): {old}; tests "
+            "renamed or moved since, never recorded under their new names, keep theirs with "
+            f"`{move}`; delete any that are not theirs with `llm-ledger cassettes --prune`",
+        ]
+    )
+
+    listed = cassettes(capsys)
+    assert listed.returncode == 1, listed.stderr
+    assert (
+        f"  never recorded: {new}\n"
+        f"    {old} belongs to no collected test: if it is this test's cassette from before a rename or "
+        f"move, keep it with: {move}\n"
+        "    to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a compatible "
+        "server): pytest tests/test_app.py::test_summary_chat --llm-record-mode=once\n"
+        f"1 orphan cassette(s), owned by no collected test:\n  {old}\n"
+        "keep the cassettes of tests renamed or moved with the git mv above; delete any that are not theirs "
+        "with `llm-ledger cassettes --prune`\n"
+    ) in listed.stdout
+
+    subprocess.run(move, shell=True, cwd=recorded.path, check=True)
+    replayed = run(recorded)
+    assert replayed.ret == pytest.ExitCode.OK, replayed.stdout.str()
+    assert "no collected test" not in replayed.stdout.str()
+
+
+@pytest.mark.usefixtures("no_key")
+def test_tests_moved_to_another_file_are_given_the_folder_and_the_git_mv(recorded: pytest.Pytester) -> None:
+    """Tests moved to another file keep their names: each old cassette is the one orphan named like the
+    new one, so the ``git mv`` is given, after a ``mkdir -p`` of the new file's folder; a test both
+    moved and renamed has no plausible old cassette, and is given none."""
+    tests = recorded.path / "tests" / "test_app.py"
+    moved = recorded.path / "tests" / "unit" / "test_app.py"
+    moved.parent.mkdir()
+    moved.write_text(tests.read_text().replace("def test_stream(", "def test_digest("))
+    tests.unlink()
+    _committed(recorded.path)
+
+    result = run(recorded)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    commands = [
+        f"mkdir -p cassettes/tests/unit/test_app && git mv cassettes/tests/test_app/{name}.yaml "
+        f"cassettes/tests/unit/test_app/{name}.yaml"
+        for name in ("test_async", "test_chat")
+    ]
+    assert out.count(f"    {commands[0]}\n") == out.count(f"    {commands[1]}\n") == 1
+    assert f"keep theirs with `{commands[0]}`, `{commands[1]}`; delete the rest with" in out
+    assert "git mv cassettes/tests/test_app/test_stream.yaml" not in out
+
+    subprocess.run(commands[0], shell=True, cwd=recorded.path, check=True)
+    assert run(recorded, "tests/unit/test_app.py::test_async").ret == pytest.ExitCode.OK
+
+
+@pytest.mark.usefixtures("collect_in_process")
+def test_no_git_mv_is_guessed_between_two_candidates(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A never-recorded test with two plausible old cassettes (two orphans of its file), or an orphan
+    that two never-recorded tests could have been (one name in two files), gets no ``git mv``: a
+    guess between two could move the wrong recording."""
+    write_project(pytester, TESTS)
+    (pytester.path / "tests" / "test_more.py").write_text(TESTS)
+    pytester.makefile(".ini", pytest=PROJECT_INI)
+    folder = pytester.path / "cassettes" / "tests"
+    for name in ("test_app/test_old_one", "test_app/test_old_two", "test_gone/test_kept"):
+        (folder / f"{name}.yaml").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.yaml").write_text("interactions: []\n")
+
+    listed = cassettes(capsys)
+    assert listed.returncode == 1, listed.stderr
+    assert "3 orphan cassette(s)" in listed.stdout
+    assert "git mv" not in listed.stdout and "belongs to no collected test" not in listed.stdout
+    assert "delete them with `llm-ledger cassettes --prune`" in listed.stdout

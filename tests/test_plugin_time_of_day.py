@@ -157,18 +157,20 @@ def test_a_budget_between_off_peak_and_peak_fails_at_any_hour_unless_told_otherw
 @pytest.mark.parametrize(
     ("args", "ini", "message"),
     [
-        (["--llm-time-of-day=7pm"], "", "--llm-time-of-day: '7pm' is not a time of day; "),
+        (["--llm-time-of-day=7PM"], "", "--llm-time-of-day: '7PM' is not a time of day; "),
+        (["-o", "llm_time_of_day= Noon"], "", "-o 'llm_time_of_day= Noon': ' Noon' is not a time of day; "),
         (
             [],
-            "llm_time_of_day = 25:00\n",
-            "ini llm_time_of_day in *pytest.ini: '25:00' is not a time of day; ",
+            "llm_time_of_day = 25:00 UTC\n",
+            "ini llm_time_of_day in *pytest.ini: '25:00 UTC' is not a time of day; ",
         ),
     ],
 )
 def test_a_time_of_day_that_is_none_is_a_usage_error(
     pytester: pytest.Pytester, args: list[str], ini: str, message: str
 ) -> None:
-    """A bad --llm-time-of-day or ini llm_time_of_day stops the run, naming the valid choices."""
+    """A bad --llm-time-of-day or ini llm_time_of_day stops the run, quoting the value as written and
+    naming the valid choices."""
     write_project(pytester, "def test_nothing():\n    pass\n")
     pytester.makefile(".ini", pytest=INI + ini)
     result = run(pytester, *args)

@@ -133,9 +133,10 @@ import openai
 
 @pytest.mark.llm
 def test_chain(llm_ledger):
-    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
-    llm = ChatOpenAI(model="gpt-4o-mini", client=client.chat.completions, root_client=client)
-    reply = llm.invoke("Replay this through the plugin please")
+    url = os.environ["LEDGER_TEST_BASE_URL"]
+    with ledger.instrument(openai.OpenAI(base_url=url, max_retries=0)) as client:
+        llm = ChatOpenAI(model="gpt-4o-mini", client=client.chat.completions, root_client=client)
+        reply = llm.invoke("Replay this through the plugin please")
     assert reply.content == "Summary: Replay this through the plugin please"
     assert llm_ledger.api_calls == 1 and llm_ledger.total_tokens == reply.usage_metadata["total_tokens"]
 """
