@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import _jsonl
 from ._extract import JsonView, output_text, response_shape
 from ._records import interrupted
 
@@ -69,6 +70,7 @@ class _StreamState:
         self.tier: str | None = None
         self.text: list[str] | None = [] if call.content is not None else None
         self.warm = False  # a chat stream whose id and first token are known: chat()'s short path
+        _open.add(self)
 
     # -- chat completions ---------------------------------------------------------------------------
 
@@ -223,6 +225,7 @@ class _StreamState:
         usage: Any = None,
     ) -> None:
         """Record the call once: from the answer's ``response`` and ``usage``, else from the stream's."""
+        _open.discard(self)
         call = self.call
         if call.owner is None:  # recorded already
             return
@@ -244,6 +247,19 @@ class _StreamState:
             self.monitor._finish(call, status, response, usage, error=error, output_text=text)
         except Exception as exc:
             self.monitor._report("recording a stream", exc)
+
+
+# every stream not yet recorded (not the streams themselves: an abandoned one is still collected)
+_open: set[_StreamState] = set()
+
+
+def _end_open_streams() -> None:
+    """Record every stream still open, as exit does (SIGTERM's death skips it)."""
+    for state in list(_open):
+        state.end()
+
+
+_jsonl.before_sigterm_death.append(_end_open_streams)
 
 
 class ResponseError(Exception):
