@@ -4,6 +4,7 @@ and nothing a call carries makes a lens or a record fail."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 import textwrap
@@ -69,6 +70,36 @@ async def test_an_async_stream_closed_after_its_lens_ended_counts_in_it(
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 1 and lens["summary"]["open_calls"] == 0
     assert records.calls[0]["status"] == "interrupted"
+
+
+@pytest.mark.asyncio
+async def test_a_lens_in_an_abandoned_async_generator_ends_with_its_calls_and_no_false_warning(
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """An SSE handler's async generator that opens a lens and yields its stream's chunks, abandoned
+    by a web client that disconnected: asyncio closes it later in a task of its own (its finalizer
+    hook does so when the generator is collected). The lens's record counts its call, and nothing
+    says its calls counted in no run of it."""
+
+    async def relay() -> AsyncIterator[str]:
+        async with monitor.lens("relay"):
+            stream = await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+            async for chunk in stream:
+                yield chunk.id
+
+    generator = relay()
+    await generator.__anext__()  # the client read one event, then went away
+    await asyncio.create_task(generator.aclose())  # as asyncio's finalizer hook closes it
+    del generator
+    for _ in range(3):  # the stream it left open is a cycle (the SDK's), whose iterators asyncio closes
+        gc.collect()
+        await asyncio.sleep(0.01)
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 1
+    assert [r.getMessage() for r in internal_log.records] == []
 
 
 def _forked_in_a_lens(fake_openai: FakeOpenAI, log_dir: Path, forking: str) -> tuple[str, list[Any]]:
