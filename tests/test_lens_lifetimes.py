@@ -84,7 +84,7 @@ async def test_a_lens_in_an_abandoned_async_generator_ends_with_its_calls_and_no
     hook does so when the generator is collected). The lens's record counts its call, and nothing
     says its calls counted in no run of it."""
 
-    async def relay() -> AsyncIterator[str]:
+    async def relay() -> AsyncGenerator[str]:
         async with monitor.lens("relay"):
             stream = await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
             async for chunk in stream:
