@@ -5,7 +5,10 @@ each task a copy of its parent's; ``propagate(fn)`` carries them into a thread).
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
+import sys
+import threading
 import time
 import types
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -228,6 +231,33 @@ def _stepped_in(context: Context, steps: Generator[Any, Any, Any]) -> Generator[
             thrown = exc
 
 
+_collector: int | None = None  # the thread the garbage collector runs on, while it runs
+
+
+def _collection(phase: str, info: dict[str, int]) -> None:
+    global _collector
+    _collector = threading.get_ident() if phase == "start" else None
+
+
+gc.callbacks.append(_collection)
+
+
+def recorded_apart(record: Callable[..., object], *args: Any) -> bool:
+    """Whether ``record(*args)`` ran on a thread of its own, as it does when the collector runs it (an
+    abandoned stream's end, a generator's lens block): the collection may have stopped this thread
+    inside the ledger, holding a lock that recording takes. Waited for a bounded time."""
+    # the interpreter shutting down starts no thread (3.11 hangs trying): nothing holds a lock by then
+    if _collector != threading.get_ident() or sys.is_finalizing():
+        return False
+    thread = threading.Thread(target=record, args=args, name="llm-ledger-collected", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # started no thread (Python 3.12's atexit hooks): recorded here
+        return False
+    thread.join(1.0)
+    return True
+
+
 def propagate(func: Callable[P, R]) -> Callable[P, R]:
     """``func``, run in the context it is wrapped in: its lenses and ``track_llm_call`` context.
 
@@ -336,7 +366,7 @@ class LensRun(_Scope):
 
     def _write(self, summary: LensSummary) -> None:
         """Emit the run's record, in the process that opened the run only (not a forked child)."""
-        if self.run_id is not None and made_here(self.run_id):
+        if self.run_id is not None and made_here(self.run_id) and not recorded_apart(self._write, summary):
             self._monitor._emit_lens(self._record_context, summary, self._started + self._wall)
 
     # -- used by the monitor ---------------------------------------------------------------------

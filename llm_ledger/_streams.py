@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import _jsonl
+from ._context import recorded_apart
 from ._extract import JsonView, output_text, response_shape
 from ._records import interrupted
 
@@ -227,8 +228,8 @@ class _StreamState:
         """Record the call once: from the answer's ``response`` and ``usage``, else from the stream's."""
         _open.discard(self)
         call = self.call
-        if call.owner is None:  # recorded already
-            return
+        if call.owner is None or recorded_apart(self._finish, status, error, response, usage):
+            return  # recorded already, or by a thread of its own
         try:
             if response is None:
                 response = {

@@ -176,6 +176,60 @@ def test_a_child_forked_inside_a_lens_counts_its_calls_in_none_of_its_parents_ru
     assert lens["summary"]["total_api_calls"] == 1
 
 
+# Where the collector finds an abandoned stream while the ledger holds a lock that recording it takes:
+# a lens run's totals (the stream counts in the run whose summary is being built), the anomaly
+# detector's baselines (the stream ends a lens run that ended before, whose record is then judged)
+_COLLECTED_INSIDE = {
+    "LensTotals._summary": """
+        with llm_ledger.lens("same"):
+            abandon()
+            sys.setprofile(collect_in)
+    """,
+    "AnomalyDetector._first_of_process": """
+        with llm_ledger.lens("relayed"):
+            abandon()
+        sys.setprofile(collect_in)
+        with llm_ledger.lens("next"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    """,
+}
+
+
+@pytest.mark.parametrize("where", list(_COLLECTED_INSIDE))
+def test_the_collector_recording_an_abandoned_stream_inside_the_ledger_never_hangs(
+    fake_openai: FakeOpenAI, tmp_path: Path, where: str
+) -> None:
+    """The collector runs at any allocation, the ledger's own included, and a stream a web client
+    abandoned (a cycle, as the SDK's stream is) is recorded when it is collected. Made to run where the
+    ledger holds a lock that recording takes (here by a profile hook, at the allocation of ``where``):
+    the thread goes on, and the stream and its lens are written."""
+    script = textwrap.dedent(
+        f"""
+        import gc, sys, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r}, anomalies=True)
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        gc.disable()  # collected where the hook says, not before
+
+        def abandon():
+            kept = [client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)]
+            next(kept[0])
+            kept.append(kept)
+
+        def collect_in(frame, event, arg):
+            if event == "call" and frame.f_code.co_qualname == {where!r}:
+                sys.setprofile(None)
+                gc.collect()
+        """
+    ) + textwrap.dedent(_COLLECTED_INSIDE[where])
+    warm_python.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=30)
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert "interrupted" in [line.get("status") for line in lines]
+    lenses = [line["summary"] for line in lines if line["event"] == "lens_summary"]
+    assert len(lenses) == len(_COLLECTED_INSIDE[where].split("lens(")) - 1
+    assert sum(summary["total_api_calls"] for summary in lenses) == len(lines) - len(lenses)
+
+
 def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
