@@ -353,9 +353,10 @@ class LensRun(_Scope):
         try:
             self._wall = time.perf_counter() - self._started_perf
             token, self._lens_token = self._lens_token, None
-            # ended elsewhere with no call counted: entered and left in context copies of their own;
-            # with calls counted, closed by another task (an abandoned async generator's, by asyncio)
-            if not _reset(_lenses, token) and not (self._totals.calls or self._totals.open):
+            # ended in another context than it began in: entered and left in context copies of their
+            # own, unless closed from outside (an abandoned async generator's block, which asyncio
+            # closes in a task of its own: its steps ran in one context)
+            if not _reset(_lenses, token) and exc_type is not GeneratorExit:
                 _said_elsewhere(self.lens_key)
             super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
