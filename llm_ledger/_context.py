@@ -68,9 +68,11 @@ def _said_elsewhere(lens_key: str) -> None:
     _told_elsewhere.add(lens_key)
     warn_internal(  # an application's handler failing on it never reaches its with block
         "llm-ledger: lens %r ended in another context than it began in: it was entered and left in "
-        "context copies of their own (a sync generator dependency of a web framework, run step by step "
-        "in a thread pool?), so the calls between counted in no run of it. Open the lens where its calls "
-        "are made: with llm_ledger.lens(...) in the handler, or in an async def dependency",
+        "context copies of their own (a sync generator run step by step in a thread pool: a web "
+        "framework's dependency or streaming response body?), so the calls of its later steps counted in "
+        "no run of it. Open the lens where its calls are made: with llm_ledger.lens(...) in the handler "
+        "or an async def, or on the generator as a decorator (llm_ledger.lens(...)(generator_function)), "
+        "which keeps each of its steps in the lens",
         lens_key,
     )
 
