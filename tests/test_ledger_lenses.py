@@ -423,8 +423,11 @@ def test_a_sync_generator_stepped_in_a_thread_pool_counts_every_call_once_decora
             yield from relay()
 
     def stepped_in_a_pool(generator: Generator[str]) -> None:
+        def step() -> str | None:
+            return next(generator, None)
+
         with ThreadPoolExecutor(2) as pool:
-            while pool.submit(contextvars.copy_context().run, next, generator, None).result() is not None:
+            while pool.submit(contextvars.copy_context().run, step).result() is not None:
                 pass
 
     caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
