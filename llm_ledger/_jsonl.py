@@ -652,11 +652,11 @@ class _PassOn:
 
 
 def _on_a_thread(work: Callable[[], object]) -> None:
-    """``work`` on a thread, waited for a bounded time: a signal may have stopped the main thread
-    inside the ledger, holding a lock that recording a call takes."""
+    """``work`` on a thread, waited for as for each step of an exit: a signal may have stopped the
+    main thread inside the ledger, holding a lock that recording a call takes."""
     thread = threading.Thread(target=work, name="llm-ledger-sigterm", daemon=True)
     thread.start()
-    thread.join(_INTERVAL_S)
+    thread.join(_EXIT_TIMEOUT_S)
 
 
 def handle_sigterm_signal(on: bool) -> None:
