@@ -109,7 +109,9 @@ class _Scope:
         block = _context.get()
         while type(block) is _Block:
             if block.scope is self:
-                _reset(_context, block.token)
+                if not _reset(_context, block.token):  # another context holding it: it ends there too
+                    old = block.token.old_value
+                    _context.set(_BASE if old is Token.MISSING else old)
                 return
             block = block.token.old_value
 
@@ -355,11 +357,16 @@ class LensRun(_Scope):
         try:
             self._wall = time.perf_counter() - self._started_perf
             token, self._lens_token = self._lens_token, None
-            # ended in another context than it began in: entered and left in context copies of their
-            # own, unless closed from outside (an abandoned async generator's block, which asyncio
-            # closes in a task of its own: its steps ran in one context)
-            if not _reset(_lenses, token) and exc_type is not GeneratorExit:
-                _said_elsewhere(self.lens_key)
+            # ended in another context than it began in: one holding the run (asgiref's sync_to_async
+            # copies it back into its caller's) ends it there too; one that never held it was entered and
+            # left in copies of their own, which is said, unless the block was closed from outside (an
+            # abandoned async generator's, which asyncio closes in a task of its own)
+            if not _reset(_lenses, token):
+                lenses = _lenses.get()
+                if self in lenses:
+                    _lenses.set(lenses[: lenses.index(self)])
+                elif exc_type is not GeneratorExit:
+                    _said_elsewhere(self.lens_key)
             super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
             if due:
