@@ -277,9 +277,20 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
     if not callable(func):
         raise TypeError(f"propagate() expects a function to run in another thread, got {func!r}")
     context = copy_context()
+    hides = not context.get(_lenses)  # a run inside a lens (a decorator's wrapping, at import) hides it
+    told: list[bool] = []
 
     @functools.wraps(func)
     def in_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        if hides and not told and (lenses := _lenses.get()):
+            told.append(True)
+            warn_internal(  # an application's handler failing on it never reaches the call
+                "llm-ledger: %s was wrapped by propagate() where no lens was open (as a decorator, at "
+                "import?) and now runs inside lens %r, which it hides: its calls count in no lens. Wrap "
+                "it where it is handed to another thread: pool.submit(llm_ledger.propagate(fn), ...)",
+                getattr(func, "__qualname__", func),
+                lenses[-1].lens_key,
+            )
         return context.copy().run(func, *args, **kwargs)
 
     return in_context

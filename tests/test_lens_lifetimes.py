@@ -280,6 +280,31 @@ def test_propagate_carries_the_lens_into_threads_and_executors(
     assert [c["context"]["lens_key"] for c in records.calls].count(None) == 1
 
 
+def test_propagate_used_as_a_decorator_says_it_hides_the_lens_it_runs_in(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """``@llm_ledger.propagate`` on a function's definition wraps it where no lens is open (at
+    import): every run of it then hides the lens it is called in, on its own thread too, and its calls
+    count in none. That is said once, naming the fix, when it first runs inside a lens."""
+
+    @llm_ledger.propagate
+    def summarise() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    summarise()  # outside any lens: nothing is hidden, nothing said
+    for _ in range(2):
+        with monitor.lens("decorated_propagate") as run:
+            summarise()
+        assert run.summary is not None and run.summary["total_api_calls"] == 0
+    (told,) = [r.getMessage() for r in internal_log.records]
+    assert "summarise" in told and "'decorated_propagate'" in told
+    assert "pool.submit(llm_ledger.propagate(fn)" in told
+    assert [c["context"]["lens_key"] for c in records.calls] == [None, None, None]
+
+
 def test_a_decorated_generator_keeps_its_lens_open_for_its_life(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
