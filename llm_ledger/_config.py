@@ -79,8 +79,10 @@ def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default:
 
 
 def _env_path(variable: str, raw: str) -> Path | None:
-    """A path from the environment; off, none, false, no or 0 turns its feature off."""
-    return None if raw.strip().lower() in ("off", "none", "false", "no", "0") else _path(variable, raw)
+    """A path from the environment, without the spaces a .env line may leave around it; off, none,
+    false, no or 0 turns its feature off."""
+    raw = raw.strip()
+    return None if raw.lower() in ("off", "none", "false", "no", "0") else _path(variable, raw)
 
 
 def _path(name: str, value: Any) -> Path:

@@ -5,7 +5,10 @@ each task a copy of its parent's; ``propagate(fn)`` carries them into a thread).
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
+import sys
+import threading
 import time
 import types
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -65,9 +68,11 @@ def _said_elsewhere(lens_key: str) -> None:
     _told_elsewhere.add(lens_key)
     warn_internal(  # an application's handler failing on it never reaches its with block
         "llm-ledger: lens %r ended in another context than it began in: it was entered and left in "
-        "context copies of their own (a sync generator dependency of a web framework, run step by step "
-        "in a thread pool?), so the calls between counted in no run of it. Open the lens where its calls "
-        "are made: with llm_ledger.lens(...) in the handler, or in an async def dependency",
+        "context copies of their own (a sync generator run step by step in a thread pool: a web "
+        "framework's dependency or streaming response body?), so the calls of its later steps counted in "
+        "no run of it. Open the lens where its calls are made: with llm_ledger.lens(...) in the handler "
+        "or an async def, or on the generator as a decorator (llm_ledger.lens(...)(generator_function)), "
+        "which keeps each of its steps in the lens",
         lens_key,
     )
 
@@ -104,7 +109,9 @@ class _Scope:
         block = _context.get()
         while type(block) is _Block:
             if block.scope is self:
-                _reset(_context, block.token)
+                if not _reset(_context, block.token):  # another context holding it: it ends there too
+                    old = block.token.old_value
+                    _context.set(_BASE if old is Token.MISSING else old)
                 return
             block = block.token.old_value
 
@@ -228,6 +235,33 @@ def _stepped_in(context: Context, steps: Generator[Any, Any, Any]) -> Generator[
             thrown = exc
 
 
+_collector: int | None = None  # the thread the garbage collector runs on, while it runs
+
+
+def _collection(phase: str, info: dict[str, int]) -> None:
+    global _collector
+    _collector = threading.get_ident() if phase == "start" else None
+
+
+gc.callbacks.append(_collection)
+
+
+def recorded_apart(record: Callable[..., object], *args: Any) -> bool:
+    """Whether ``record(*args)`` ran on a thread of its own, as it does when the collector runs it (an
+    abandoned stream's end, a generator's lens block): the collection may have stopped this thread
+    inside the ledger, holding a lock that recording takes. Waited for a bounded time."""
+    # the interpreter shutting down starts no thread (3.11 hangs trying): nothing holds a lock by then
+    if _collector != threading.get_ident() or sys.is_finalizing():
+        return False
+    thread = threading.Thread(target=record, args=args, name="llm-ledger-collected", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # started no thread (Python 3.12's atexit hooks): recorded here
+        return False
+    thread.join(1.0)
+    return True
+
+
 def propagate(func: Callable[P, R]) -> Callable[P, R]:
     """``func``, run in the context it is wrapped in: its lenses and ``track_llm_call`` context.
 
@@ -243,9 +277,20 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
     if not callable(func):
         raise TypeError(f"propagate() expects a function to run in another thread, got {func!r}")
     context = copy_context()
+    hides = not context.get(_lenses)  # a run inside a lens (a decorator's wrapping, at import) hides it
+    told: list[bool] = []
 
     @functools.wraps(func)
     def in_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        if hides and not told and (lenses := _lenses.get()):
+            told.append(True)
+            warn_internal(  # an application's handler failing on it never reaches the call
+                "llm-ledger: %s was wrapped by propagate() where no lens was open (as a decorator, at "
+                "import?) and now runs inside lens %r, which it hides: its calls count in no lens. Wrap "
+                "it where it is handed to another thread: pool.submit(llm_ledger.propagate(fn), ...)",
+                getattr(func, "__qualname__", func),
+                lenses[-1].lens_key,
+            )
         return context.copy().run(func, *args, **kwargs)
 
     return in_context
@@ -323,8 +368,16 @@ class LensRun(_Scope):
         try:
             self._wall = time.perf_counter() - self._started_perf
             token, self._lens_token = self._lens_token, None
+            # ended in another context than it began in: one holding the run (asgiref's sync_to_async
+            # copies it back into its caller's) ends it there too; one that never held it was entered and
+            # left in copies of their own, which is said, unless the block was closed from outside (an
+            # abandoned async generator's, which asyncio closes in a task of its own)
             if not _reset(_lenses, token):
-                _said_elsewhere(self.lens_key)
+                lenses = _lenses.get()
+                if self in lenses:
+                    _lenses.set(lenses[: lenses.index(self)])
+                elif exc_type is not GeneratorExit:
+                    _said_elsewhere(self.lens_key)
             super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
             if due:
@@ -334,7 +387,7 @@ class LensRun(_Scope):
 
     def _write(self, summary: LensSummary) -> None:
         """Emit the run's record, in the process that opened the run only (not a forked child)."""
-        if self.run_id is not None and made_here(self.run_id):
+        if self.run_id is not None and made_here(self.run_id) and not recorded_apart(self._write, summary):
             self._monitor._emit_lens(self._record_context, summary, self._started + self._wall)
 
     # -- used by the monitor ---------------------------------------------------------------------

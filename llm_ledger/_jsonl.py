@@ -12,6 +12,7 @@ import atexit
 import collections
 import errno
 import fcntl
+import gc
 import json
 import logging
 import math
@@ -50,6 +51,9 @@ _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this l
 _SLOW_WRITE_S = 0.1  # a write this slow leaves all writing to the writer thread, until one is fast
 _EXIT_TIMEOUT_S = 10.0  # what a file system that hangs writes may add to each step of an exit
 _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
+# what records the calls still open (streams) as exit would, before SIGTERM ends the process past
+# every exit hook (``_streams`` adds its own)
+before_sigterm_death: list[Callable[[], object]] = []
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
 
@@ -641,9 +645,18 @@ class _PassOn:
 
     def __call__(self, signum: int, frame: Any) -> Any:
         _Sigterm.passed_on = True
+        _on_a_thread(gc.collect)  # streams abandoned before the signal, not yet collected, are recorded
         if not any(handler._main_writes for handler in list(_handlers)):  # else see _on_sigterm
             _flush_at_exit()
         return self.handler(signum, frame)
+
+
+def _on_a_thread(work: Callable[[], object]) -> None:
+    """``work`` on a thread, waited for as for each step of an exit: a signal may have stopped the
+    main thread inside the ledger, holding a lock that recording a call takes."""
+    thread = threading.Thread(target=work, name="llm-ledger-sigterm", daemon=True)
+    thread.start()
+    thread.join(_EXIT_TIMEOUT_S)
 
 
 def handle_sigterm_signal(on: bool) -> None:
@@ -678,6 +691,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
         # waiting for that lock here would wait for ever, so the signal waits for the write instead
         return
     _Sigterm.stopping = True
+    for record_open_calls in before_sigterm_death:
+        _on_a_thread(record_open_calls)
     _flush_at_exit()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

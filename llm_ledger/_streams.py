@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import _jsonl
+from ._context import recorded_apart
 from ._extract import JsonView, output_text, response_shape
 from ._records import interrupted
 
@@ -69,6 +71,7 @@ class _StreamState:
         self.tier: str | None = None
         self.text: list[str] | None = [] if call.content is not None else None
         self.warm = False  # a chat stream whose id and first token are known: chat()'s short path
+        _open.add(self)
 
     # -- chat completions ---------------------------------------------------------------------------
 
@@ -223,9 +226,10 @@ class _StreamState:
         usage: Any = None,
     ) -> None:
         """Record the call once: from the answer's ``response`` and ``usage``, else from the stream's."""
+        _open.discard(self)
         call = self.call
-        if call.owner is None:  # recorded already
-            return
+        if call.owner is None or recorded_apart(self._finish, status, error, response, usage):
+            return  # recorded already, or by a thread of its own
         try:
             if response is None:
                 response = {
@@ -244,6 +248,19 @@ class _StreamState:
             self.monitor._finish(call, status, response, usage, error=error, output_text=text)
         except Exception as exc:
             self.monitor._report("recording a stream", exc)
+
+
+# every stream not yet recorded (not the streams themselves: an abandoned one is still collected)
+_open: set[_StreamState] = set()
+
+
+def _end_open_streams() -> None:
+    """Record every stream still open, as exit does (SIGTERM's death skips it)."""
+    for state in list(_open):
+        state.end()
+
+
+_jsonl.before_sigterm_death.append(_end_open_streams)
 
 
 class ResponseError(Exception):

@@ -519,6 +519,18 @@ def test_a_path_from_the_environment_expands_the_home_directory(
     assert (tmp_path / "ledger-logs" / "llm_calls.jsonl").is_file()
 
 
+def test_spaces_around_a_path_from_the_environment_are_not_part_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
+) -> None:
+    """A .env line or compose value with a space after the path (LLM_LEDGER_LOG_DIR=/var/log/app )
+    names the directory without it, as " off" and " true " read as their words: a directory named
+    with a trailing space, or one under a directory named " ", is no one's intent."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLM_LEDGER_LOG_DIR", f" {tmp_path / 'ledger-logs'} ")
+    assert llm_ledger.configure().log_dir == tmp_path / "ledger-logs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger-logs"]
+
+
 def test_handle_sigterm_false_gives_the_application_its_own_handler_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
 ) -> None:

@@ -401,6 +401,90 @@ def test_a_lens_entered_and_ended_in_context_copies_of_its_own_is_said_once(
     assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0, 0]
 
 
+def test_a_sync_generator_stepped_in_a_thread_pool_counts_every_call_once_decorated(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sync generator given to a streaming response is stepped in a thread pool, each step in a
+    copy of the request's context (Starlette's iterate_in_threadpool): a lens block inside it counts
+    only its first step's calls, and the warning names the fix that works there, the lens as a
+    decorator on the generator, which counts every call."""
+
+    def relay() -> Generator[str]:
+        for _ in client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True):
+            yield "chunk"
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # a title, after the stream
+        yield "title"
+
+    def body() -> Generator[str]:
+        with monitor.lens("block_in_the_body"):
+            yield from relay()
+
+    def stepped_in_a_pool(generator: Generator[str]) -> None:
+        def step() -> str | None:
+            return next(generator, None)
+
+        with ThreadPoolExecutor(2) as pool:
+            while pool.submit(contextvars.copy_context().run, step).result() is not None:
+                pass
+
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    stepped_in_a_pool(body())
+    stepped_in_a_pool(monitor.lens("decorated")(relay)())
+    counted = {r["context"]["lens_key"]: r["summary"]["total_api_calls"] for r in records.lenses}
+    assert counted == {"block_in_the_body": 1, "decorated": 2}
+    (told,) = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert "lens 'block_in_the_body' ended in another context" in told
+    assert "llm_ledger.lens(...)(generator_function)" in told
+
+
+def test_a_sync_generator_stepped_by_asgirefs_sync_to_async_ends_its_lens_in_the_caller(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asgiref's sync_to_async (Django under ASGI) runs each step of a sync function in a copy of the
+    caller's context on a thread, then copies what it changed back into the caller's: a lens block in
+    a sync generator stepped that way counts every call and says nothing, and once it has ended, the
+    caller's later calls carry none of its context (they were filed under the ended run)."""
+
+    def body() -> Generator[str]:
+        with monitor.lens("stepped", source_id="doc-1"):
+            yield "first"
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            yield "second"
+
+    def sync_to_async(step: Any) -> Any:
+        """asgiref.sync.SyncToAsync, less the event loop: the step in a context copy, then the
+        copy's values set back where they differ (its _restore_context)."""
+        context = contextvars.copy_context()
+        with ThreadPoolExecutor(1) as pool:
+            result = pool.submit(context.run, step).result()
+        for var in context:
+            try:
+                if var.get() != context[var]:
+                    var.set(context[var])
+            except LookupError:
+                var.set(context[var])
+        return result
+
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    generator = body()
+    while sync_to_async(lambda: next(generator, None)) is not None:
+        pass
+    sync_to_async(lambda: client.chat.completions.create(model="gpt-4o-mini", messages=HI))
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert [(r["context"]["lens_key"], r["summary"]["total_api_calls"]) for r in records.lenses] == [
+        ("stepped", 1)
+    ]
+    assert [r["context"]["lens_key"] for r in records.calls] == ["stepped", None, None]
+    assert [r["context"]["source_id"] for r in records.calls] == ["doc-1", None, None]
+    assert [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"] == []
+
+
 def test_lens_key_must_be_a_non_empty_string(monitor: llm_ledger.LLMCallMonitor) -> None:
     """A missing or non-string lens key is rejected with the value shown."""
     with pytest.raises(TypeError, match="lens_key must be a non-empty string"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import signal
 import sys
 import textwrap
 from http.server import BaseHTTPRequestHandler
@@ -427,6 +428,79 @@ def test_stream_left_open_at_exit_is_written(fake_openai: FakeOpenAI, tmp_path: 
     warm_python.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=60)
     [line] = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert line["status"] == "interrupted"
+
+
+def test_streams_open_at_sigterm_are_written_before_the_process_dies(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """SIGTERM mid-stream (Kubernetes stopping a worker, a web client's stream relayed after its lens
+    ended, an abandoned one not yet collected) writes each open stream as interrupted, and the lens
+    it was waiting for, before the process dies by SIGTERM, past every exit hook."""
+    script = textwrap.dedent(
+        f"""
+        import gc, os, signal, time, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        gc.disable()  # the abandoned stream below stays uncollected, as between two collections
+        with llm_ledger.lens("relayed"):
+            relayed = client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)
+        with llm_ledger.lens("abandoned"):
+            abandoned = [client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)]
+            next(abandoned[0])
+            abandoned.append(abandoned)  # a cycle, as an exception's traceback makes
+            del abandoned
+        next(relayed)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        """
+    )
+    done = warm_python.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == -signal.SIGTERM
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    calls = {line["context"]["lens_key"]: line["status"] for line in lines if line["event"] == "llm_api_call"}
+    assert calls == {"relayed": "interrupted", "abandoned": "interrupted"}
+    summaries = {
+        line["context"]["lens_key"]: line["summary"]["total_api_calls"]
+        for line in lines
+        if line["event"] == "lens_summary"
+    }
+    assert summaries == {"relayed": 1, "abandoned": 1}
+
+
+def test_a_stream_abandoned_before_a_servers_sigterm_is_written(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A web client that disconnected mid-stream leaves its stream to the collector; a server whose
+    graceful shutdown ends by raising SIGTERM again past every exit hook (uvicorn's) still gets its
+    record and its lens's written: the ledger collects such garbage when the signal comes."""
+    script = textwrap.dedent(
+        f"""
+        import gc, os, signal, time, openai, llm_ledger
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))  # the server's
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        gc.disable()  # the abandoned stream below stays uncollected, as between two collections
+        with llm_ledger.lens("abandoned"):
+            hi = [{{"role": "user", "content": "hi"}}]
+            abandoned = [client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)]
+            next(abandoned[0])
+            abandoned.append(abandoned)  # a cycle, as an exception's traceback makes
+            del abandoned
+        os.kill(os.getpid(), signal.SIGTERM)
+        while not stopping:
+            time.sleep(0.01)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the graceful shutdown is over
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(30)
+        """
+    )
+    done = warm_python.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == -signal.SIGTERM
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert [line.get("status") for line in lines] == ["interrupted", None]
+    assert lines[1]["summary"]["total_api_calls"] == 1
 
 
 def test_calls_made_in_an_atexit_hook_are_written(fake_openai: FakeOpenAI, tmp_path: Path) -> None:

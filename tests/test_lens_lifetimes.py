@@ -4,6 +4,7 @@ and nothing a call carries makes a lens or a record fail."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 import textwrap
@@ -69,6 +70,36 @@ async def test_an_async_stream_closed_after_its_lens_ended_counts_in_it(
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 1 and lens["summary"]["open_calls"] == 0
     assert records.calls[0]["status"] == "interrupted"
+
+
+@pytest.mark.asyncio
+async def test_a_lens_in_an_abandoned_async_generator_ends_with_its_calls_and_no_false_warning(
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """An SSE handler's async generator that opens a lens and yields its stream's chunks, abandoned
+    by a web client that disconnected: asyncio closes it later in a task of its own (its finalizer
+    hook does so when the generator is collected). The lens's record counts its call, and nothing
+    says its calls counted in no run of it."""
+
+    async def relay() -> AsyncGenerator[str]:
+        async with monitor.lens("relay"):
+            stream = await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+            async for chunk in stream:
+                yield chunk.id
+
+    generator = relay()
+    await generator.__anext__()  # the client read one event, then went away
+    await asyncio.create_task(generator.aclose())  # as asyncio's finalizer hook closes it
+    del generator
+    for _ in range(3):  # the stream it left open is a cycle (the SDK's), whose iterators asyncio closes
+        gc.collect()
+        await asyncio.sleep(0.01)
+    (lens,) = records.lenses
+    assert lens["summary"]["total_api_calls"] == 1
+    assert [r.getMessage() for r in internal_log.records] == []
 
 
 def _forked_in_a_lens(fake_openai: FakeOpenAI, log_dir: Path, forking: str) -> tuple[str, list[Any]]:
@@ -145,6 +176,60 @@ def test_a_child_forked_inside_a_lens_counts_its_calls_in_none_of_its_parents_ru
     assert lens["summary"]["total_api_calls"] == 1
 
 
+# Where the collector finds an abandoned stream while the ledger holds a lock that recording it takes:
+# a lens run's totals (the stream counts in the run whose summary is being built), the anomaly
+# detector's baselines (the stream ends a lens run that ended before, whose record is then judged)
+_COLLECTED_INSIDE = {
+    "LensTotals._summary": """
+        with llm_ledger.lens("same"):
+            abandon()
+            sys.setprofile(collect_in)
+    """,
+    "AnomalyDetector._first_of_process": """
+        with llm_ledger.lens("relayed"):
+            abandon()
+        sys.setprofile(collect_in)
+        with llm_ledger.lens("next"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    """,
+}
+
+
+@pytest.mark.parametrize("where", list(_COLLECTED_INSIDE))
+def test_the_collector_recording_an_abandoned_stream_inside_the_ledger_never_hangs(
+    fake_openai: FakeOpenAI, tmp_path: Path, where: str
+) -> None:
+    """The collector runs at any allocation, the ledger's own included, and a stream a web client
+    abandoned (a cycle, as the SDK's stream is) is recorded when it is collected. Made to run where the
+    ledger holds a lock that recording takes (here by a profile hook, at the allocation of ``where``):
+    the thread goes on, and the stream and its lens are written."""
+    script = textwrap.dedent(
+        f"""
+        import gc, sys, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r}, anomalies=True)
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        gc.disable()  # collected where the hook says, not before
+
+        def abandon():
+            kept = [client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)]
+            next(kept[0])
+            kept.append(kept)
+
+        def collect_in(frame, event, arg):
+            if event == "call" and frame.f_code.co_qualname == {where!r}:
+                sys.setprofile(None)
+                gc.collect()
+        """
+    ) + textwrap.dedent(_COLLECTED_INSIDE[where])
+    warm_python.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=30)
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert "interrupted" in [line.get("status") for line in lines]
+    lenses = [line["summary"] for line in lines if line["event"] == "lens_summary"]
+    assert len(lenses) == len(_COLLECTED_INSIDE[where].split("lens(")) - 1
+    assert sum(summary["total_api_calls"] for summary in lenses) == len(lines) - len(lenses)
+
+
 def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
@@ -193,6 +278,31 @@ def test_propagate_carries_the_lens_into_threads_and_executors(
     mine = [c for c in records.calls if c["context"].get("lens_run_id") == run.run_id]
     assert len(mine) == 6 and all(c["context"]["source_id"] == "doc-1" for c in mine)
     assert [c["context"]["lens_key"] for c in records.calls].count(None) == 1
+
+
+def test_propagate_used_as_a_decorator_says_it_hides_the_lens_it_runs_in(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """``@llm_ledger.propagate`` on a function's definition wraps it where no lens is open (at
+    import): every run of it then hides the lens it is called in, on its own thread too, and its calls
+    count in none. That is said once, naming the fix, when it first runs inside a lens."""
+
+    @llm_ledger.propagate
+    def summarise() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    summarise()  # outside any lens: nothing is hidden, nothing said
+    for _ in range(2):
+        with monitor.lens("decorated_propagate") as run:
+            summarise()
+        assert run.summary is not None and run.summary["total_api_calls"] == 0
+    (told,) = [r.getMessage() for r in internal_log.records]
+    assert "summarise" in told and "'decorated_propagate'" in told
+    assert "pool.submit(llm_ledger.propagate(fn)" in told
+    assert [c["context"]["lens_key"] for c in records.calls] == [None, None, None]
 
 
 def test_a_decorated_generator_keeps_its_lens_open_for_its_life(
