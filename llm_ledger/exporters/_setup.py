@@ -33,14 +33,14 @@ _servers: dict[tuple[str, int], WSGIServer] = {}  # (addr, port) -> /metrics ser
 def _one(item: Any, source: str) -> str:
     if not isinstance(item, str):
         raise ConfigError(f"exporters must be names (str), got {item!r} in {source}")
-    name, _, where = item.strip().partition(":")
+    name, colon, where = item.strip().partition(":")
     name = name.strip().lower()
     if name not in EXPORTER_NAMES:
         raise ConfigError(
             f"unknown exporter {item.strip()!r} in {source}; choose from {', '.join(EXPORTER_NAMES)} "
             "(prometheus:PORT also serves /metrics on PORT)"
         )
-    if not where:
+    if not colon:
         return name
     if name != "prometheus":
         raise ConfigError(f"exporter {item.strip()!r} in {source} takes no port; only prometheus:PORT does")
@@ -51,8 +51,10 @@ def _one(item: Any, source: str) -> str:
     except ValueError:
         port = -1
     if not 1 <= port <= 65535:
+        # nothing after the colon: most likely prometheus:$PORT with the variable unset
+        empty = " is empty (an unset variable in prometheus:$PORT?); it" if not port_text.strip() else ""
         raise ConfigError(
-            f"exporter {item.strip()!r} in {source}: the port must be a number from 1 to 65535 "
+            f"exporter {item.strip()!r} in {source}: the port{empty} must be a number from 1 to 65535 "
             "(prometheus:9464 or prometheus:127.0.0.1:9464)"
         )
     return f"prometheus:{host}:{port}"
