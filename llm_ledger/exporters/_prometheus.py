@@ -39,6 +39,7 @@ __all__ = [
     "OTHER",
     "PENDING_CALLS",
     "PrometheusSink",
+    "flush_sinks",
     "metrics_registry",
     "shutdown_now",
     "start_metrics_server",
@@ -530,6 +531,13 @@ class PrometheusSink:
             if (lens, metric) not in self._watched:
                 self.anomalies.labels(lens, metric)
                 self._watched.add((lens, metric))
+
+
+def flush_sinks() -> None:
+    """``flush()`` every ``PrometheusSink`` of this process (``llm_ledger.flush()``: before a batch job
+    pushes its metrics, whose collection would show each new series at 0)."""
+    for sink in list(_sinks):
+        sink.flush()
 
 
 class _Moving:
