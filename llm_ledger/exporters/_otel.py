@@ -406,12 +406,20 @@ class OTelSink:
                 "reach this sink: open them with that monitor's lens() (docs/exporters.md, OpenTelemetry)",
                 _waited_for(records[0]), MAX_PENDING_CALLS,
             )  # fmt: skip
-        for record in records:
-            self._span(record, None)
+        self._spans(records, None)
 
-    def _span(self, record: Mapping[str, Any], parent: Any) -> None:
-        """The span of a record that waited for its lens: a call's, or a nested lens run's."""
-        (self._lens if record["event"] == LENS_EVENT else self._call_span)(record, parent)
+    def _spans(self, records: list[Mapping[str, Any]], parent: Any) -> None:
+        """The spans of records that waited for their lens: calls' and nested lens runs'. One that fails
+        (the application's span processor raising on it) costs no other; the first failure is raised
+        once every span is out, for the monitor to report."""
+        failed: Exception | None = None
+        for record in records:
+            try:
+                (self._lens if record["event"] == LENS_EVENT else self._call_span)(record, parent)
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
@@ -650,7 +658,6 @@ class OTelSink:
             if len(self._exported) > _EXPORTED_RUNS:
                 self._exported.popitem(last=False)
         try:
-            for item in calls:
-                self._span(item, lens_context)
+            self._spans(calls, lens_context)
         finally:
             lens_span.end(end_time=max(end, start))
