@@ -787,6 +787,12 @@ def test_exporters_none_turns_them_off_as_none_does_for_the_other_settings() -> 
         (["prometheus:"], r"port is empty \(an unset variable in prometheus:\$PORT\?\); it must be a"),
         (["prometheus:127.0.0.1:"], r"the port is empty"),
         (["otel:"], r"'otel:' in exporters takes no port"),
+        # names run together, as a shell user writes them
+        (
+            ["prometheus:9464 otel"],
+            r"more than one exporter: separate them with commas, 'prometheus:9464,otel'",
+        ),
+        (["otel; prometheus"], r"'otel; prometheus' in exporters is more than .* 'otel,prometheus'"),
         ("prometheus", r"exporters must be a list of names"),
         ([9464], r"exporters must be names \(str\), got 9464"),
     ],

@@ -4,6 +4,7 @@ built and ports bound by :func:`prepare` before anything changes, and swapped in
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ _servers: dict[tuple[str, int], WSGIServer] = {}  # (addr, port) -> /metrics ser
 def _one(item: Any, source: str) -> str:
     if not isinstance(item, str):
         raise ConfigError(f"exporters must be names (str), got {item!r} in {source}")
+    parts = re.sub(r"\s*:\s*", ":", item).replace(";", " ").split()
+    if len(parts) > 1:  # "prometheus:9464 otel": names run together
+        raise ConfigError(
+            f"{item.strip()!r} in {source} is more than one exporter: separate them with commas, "
+            f"{','.join(parts)!r}"
+        )
     name, colon, where = item.strip().partition(":")
     name = name.strip().lower()
     if name not in EXPORTER_NAMES:
