@@ -36,7 +36,6 @@ from ._monitor import LLMCallMonitor, Redactor, Sink
 from ._pricing import Cost, PriceTable, price
 from ._rates import HostPrice, Rates
 from ._records import AnomalyRecord, BudgetRecord, CallRecord, LensRecord, LensSummary
-from .exporters._prometheus import flush_sinks as _flush_prometheus
 
 __all__ = [
     "AnomalyConfig",
@@ -104,7 +103,5 @@ def track_llm_call(**context: _Any) -> TrackedContext:
 
 
 def flush() -> None:
-    """Return once every record so far is written to the JSONL file and counted in the Prometheus
-    exporters' metrics (new series at their values: a batch job's push, docs/exporters.md)."""
+    """Return once every record so far is written to the JSONL file."""
     _flush_all()
-    _flush_prometheus()

@@ -19,9 +19,9 @@ from tests.test_exp_docs_recipes import recipe
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
 
-def test_a_batch_job_pushes_its_calls_after_flush(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+def test_a_batch_job_pushes_its_calls_after_flush_metrics(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     """The "Batch jobs" block, in a process of its own with LLM_LEDGER_EXPORTERS unset: the job's two
-    calls in a lens (one streamed), then flush(), then push_to_gateway() to a loopback receiver and
+    calls in a lens (one streamed), then flush_metrics(), then push_to_gateway() to a loopback receiver and
     write_to_textfile(): both carry the two calls, their tokens, cost and the lens run."""
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()

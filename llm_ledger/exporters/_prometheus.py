@@ -39,7 +39,7 @@ __all__ = [
     "OTHER",
     "PENDING_CALLS",
     "PrometheusSink",
-    "flush_sinks",
+    "flush_metrics",
     "metrics_registry",
     "shutdown_now",
     "start_metrics_server",
@@ -533,9 +533,11 @@ class PrometheusSink:
                 self._watched.add((lens, metric))
 
 
-def flush_sinks() -> None:
-    """``flush()`` every ``PrometheusSink`` of this process (``llm_ledger.flush()``: before a batch job
-    pushes its metrics, whose collection would show each new series at 0)."""
+def flush_metrics() -> None:
+    """Move the pending sums of every ``PrometheusSink`` of this process (``configure()``'s included)
+    into its metrics, new series at their values: before a batch job's last collection
+    (``push_to_gateway``, ``write_to_textfile``), which would show each new series at 0
+    (docs/exporters.md, Batch jobs)."""
     for sink in list(_sinks):
         sink.flush()
 
