@@ -50,21 +50,27 @@ def _documented_gunicorn_conf(metrics_port: int) -> str:
     return code.replace("start_metrics_server(9464)", f"start_metrics_server({metrics_port}, '127.0.0.1')")
 
 
+@pytest.mark.parametrize("settings", ["environment", "raw_env"])
 def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
-    fake_openai: FakeOpenAI, tmp_path: Path
+    fake_openai: FakeOpenAI, tmp_path: Path, settings: str
 ) -> None:
-    """Two gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR, each
-    replaced after 5 requests (--max-requests); the documented when_ready/child_exit hooks: the
-    master's /metrics counts every request's call and lens run once, whichever worker served it and
-    whether it has exited since, and the JSONL file has each call once."""
+    """Two gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR (in the
+    environment gunicorn starts with, or in its raw_env setting, which gunicorn applies after reading
+    gunicorn.conf.py), each replaced after 5 requests (--max-requests); the documented
+    when_ready/child_exit hooks: the master's /metrics counts every request's call and lens run once,
+    whichever worker served it and whether it has exited since, and the JSONL file has each call once."""
     metrics_port, app_port = free_port(), free_port()
-    (tmp_path / "gunicorn.conf.py").write_text(_documented_gunicorn_conf(metrics_port))
     (tmp_path / "multiproc").mkdir()
     env = {
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
         "LLM_LEDGER_EXPORTERS": "prometheus",
         "LLM_LEDGER_LOG_DIR": str(tmp_path / "logs"),
     }
+    conf = _documented_gunicorn_conf(metrics_port)
+    if settings == "raw_env":
+        conf += f"\nraw_env = {[f'{name}={value}' for name, value in env.items()]!r}\n"
+        env = {}
+    (tmp_path / "gunicorn.conf.py").write_text(conf)
     gunicorn = _gunicorn(
         fake_openai, tmp_path, app_port, env, "--config", "gunicorn.conf.py", "--workers", "2",
         "--max-requests", "5",
