@@ -102,6 +102,23 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     assert sum('"event":"llm_api_call"' in line for line in lines) == requests, output
 
 
+def test_prometheus_client_imported_before_raw_env_is_applied_names_the_fix(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR in gunicorn's raw_env, prometheus_client imported at the top of
+    gunicorn.conf.py (before gunicorn applies raw_env): the workers fail to boot, and their error
+    says where to import it."""
+    (tmp_path / "multiproc").mkdir()
+    settings = [f"PROMETHEUS_MULTIPROC_DIR={tmp_path / 'multiproc'}", "LLM_LEDGER_EXPORTERS=prometheus"]
+    (tmp_path / "gunicorn.conf.py").write_text(f"import prometheus_client\nraw_env = {settings!r}\n")
+    gunicorn = _gunicorn(fake_openai, tmp_path, free_port(), {}, "--config", "gunicorn.conf.py")
+    output, _ = gunicorn.communicate(timeout=60)
+    assert gunicorn.returncode != 0, output
+    assert "Worker failed to boot" in output, output
+    assert "was set after prometheus_client was imported" in output, output
+    assert "with gunicorn's raw_env: import it in gunicorn.conf.py only inside a hook" in output, output
+
+
 def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:

@@ -207,7 +207,8 @@ class PrometheusSink:
                 f"PROMETHEUS_MULTIPROC_DIR={directory} was set after prometheus_client was imported, so "
                 "it keeps this process's metrics in memory, where no /metrics of that directory sees "
                 "them: set it in the environment the process starts with, before anything imports "
-                "prometheus_client (docs/exporters.md, Multiprocess mode)"
+                "prometheus_client (with gunicorn's raw_env: import it in gunicorn.conf.py only inside "
+                "a hook; docs/exporters.md, Multiprocess mode)"
             )
         self._pending_limit = 1 if directory else PENDING_CALLS
         # multiprocess mode: the values each cap keeps, in a file every worker's sink shares (not *.db,
