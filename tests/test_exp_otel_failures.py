@@ -1,9 +1,15 @@
 """OTelSink when the application's OpenTelemetry pipeline fails: a span processor that raises on one
-span costs that span only (not its lens's other calls), the call is unaffected, and it is said once."""
+span costs that span only (not its lens's other calls), the call is unaffected, and it is said once;
+an OTLP endpoint that is down leaves the calls alone."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -13,9 +19,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import llm_ledger
+from dashboards.local_prometheus import free_port
 from llm_ledger.exporters import OTelSink
 from llm_ledger.testing import FakeOpenAI, capture
+from tests import warm_python
 from tests.conftest import FAKE_KEY
+from tests.test_exp_docs_recipes import recipe
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -71,3 +80,38 @@ def test_a_span_processor_raising_on_one_call_costs_that_span_only(
         r.getMessage() for r in caplog.records if "the application's span processor failed" in r.getMessage()
     ]
     assert len(said) == 1 and "the monitored call is unaffected" in said[0], said
+
+
+def test_the_otlp_recipe_with_the_endpoint_down_leaves_the_calls_alone(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The "Sending to an OTLP endpoint" block with nothing listening at OTEL_EXPORTER_OTLP_ENDPOINT
+    (a Collector down): the application's calls in a lens return their answers, the process exits
+    normally within OTEL_EXPORTER_OTLP_TIMEOUT per provider, and the failure is the SDK's to log,
+    nothing of llm-ledger's."""
+    app = recipe("**Sending to an OTLP endpoint**") + textwrap.dedent(
+        f"""
+        import openai
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        with llm_ledger.lens("checkout_summary"):
+            for _ in range(3):
+                answer = client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+                print(answer.choices[0].message.content is not None)
+        """
+    )
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        "LLM_LEDGER_LOG_DIR": "off",
+    }
+    started = time.monotonic()
+    done = warm_python.run(
+        [sys.executable, "-c", app], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"] * 3
+    assert time.monotonic() - started < 20, done.stderr  # two providers, at most a second each, and start-up
+    assert "Failed to export" in done.stderr  # the SDK says so
+    assert "llm-ledger" not in done.stderr and "llm_ledger" not in done.stderr, done.stderr
