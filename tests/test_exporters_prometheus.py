@@ -792,6 +792,12 @@ def test_exporters_none_turns_them_off_as_none_does_for_the_other_settings() -> 
             ["prometheus:9464 otel"],
             r"more than one exporter: separate them with commas, 'prometheus:9464,otel'",
         ),
+        # one port at two addresses: one listener would hold the port and the other fail
+        (
+            ["prometheus:9464", "prometheus:127.0.0.1:9464"],
+            r"prometheus:0.0.0.0:9464 and prometheus:127.0.0.1:9464 in exporters serve /metrics twice "
+            r"on port 9464; keep one",
+        ),
         (["otel; prometheus"], r"'otel; prometheus' in exporters is more than .* 'otel,prometheus'"),
         ("prometheus", r"exporters must be a list of names"),
         ([9464], r"exporters must be names \(str\), got 9464"),

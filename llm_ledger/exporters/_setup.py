@@ -81,10 +81,17 @@ def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]
             f"exporters must be a list of names such as ['prometheus', 'otel'] (or None), got {value!r}"
         )
     specs: list[str] = []
+    ports: dict[int, str] = {}
     for item in items:
         spec = _one(item, source)
         if spec not in specs:
             specs.append(spec)
+            key = _address(spec)
+            if key is not None and ports.setdefault(key[1], spec) != spec:  # one listener a port
+                raise ConfigError(
+                    f"{ports[key[1]]} and {spec} in {source} serve /metrics twice on port {key[1]}; keep "
+                    "one (0.0.0.0 serves every interface of this machine, 127.0.0.1 included)"
+                )
     if sum(s.startswith("prometheus") for s in specs) > 1 and "prometheus" in specs:
         specs.remove("prometheus")  # prometheus:PORT includes the sink
     return tuple(specs)
