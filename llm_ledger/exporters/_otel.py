@@ -360,7 +360,8 @@ class OTelSink:
         event = record["event"]
         if event == CALL_EVENT:
             theirs, their_span = self._openai_v2(record)
-            self._metrics(record, theirs, their_span is not None)
+            # openai-v2 records a non-streamed call's token usage, its span sampled out or not
+            self._metrics(record, theirs, theirs and not record["request"]["stream"])
             if theirs and their_span is None:
                 return  # openai-v2 makes the span; nothing to link it by
             waits, lens = self._parent(record, their_span if theirs else record, link=theirs)
