@@ -82,6 +82,42 @@ def test_a_span_processor_raising_on_one_call_costs_that_span_only(
     assert len(said) == 1 and "the monitored call is unaffected" in said[0], said
 
 
+class RaisesOnLensStart(SpanProcessor):
+    """An application's span processor with a bug on the lens spans: it raises as one starts (the SDK
+    lets the exception out of ``start_span()``)."""
+
+    def on_start(self, span: Span, parent_context: Any = None) -> None:
+        if span.name.startswith("lens "):
+            raise RuntimeError("the application's span processor failed")
+
+
+def test_a_span_processor_raising_on_a_lens_span_still_lets_its_calls_spans_out(
+    fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lens span cannot be made: its calls' spans, which waited for it, are exported under the
+    span the lens ended in (the application's request span), not lost, and llm_ledger.internal says so."""
+    spans_out = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(RaisesOnLensStart())
+    provider.add_span_processor(SimpleSpanProcessor(spans_out))
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[OTelSink(provider)])
+    raw = openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0)
+    with raw, caplog.at_level(logging.WARNING, "llm_ledger.internal"):
+        client = monitor.instrument(raw)
+        with provider.get_tracer("app").start_as_current_span("request") as request, monitor.lens("summary"):
+            for model in ("gpt-4o-mini", "o3-mini"):
+                client.chat.completions.create(model=model, messages=HI)
+    spans = {span.name: span for span in spans_out.get_finished_spans()}
+    assert set(spans) == {"request", "chat gpt-4o-mini", "chat o3-mini"}
+    for name in ("chat gpt-4o-mini", "chat o3-mini"):
+        parent = spans[name].parent
+        assert parent is not None and parent.span_id == request.get_span_context().span_id
+    said = [
+        r.getMessage() for r in caplog.records if "the application's span processor failed" in r.getMessage()
+    ]
+    assert len(said) == 1, said
+
+
 def test_the_otlp_recipe_with_the_endpoint_down_leaves_the_calls_alone(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:

@@ -645,14 +645,18 @@ class OTelSink:
         # first; the lens span starts no later than its calls, as a parent span contains its children
         starts = [_ns(item["timing"]["start_time"]) for item in calls if item["event"] != LENS_EVENT]
         start = min([end - int(summary["duration_ms"] * 1_000_000), *starts])
-        lens_span = self.tracer.start_span(
-            f"lens {context.get('lens_key')}",
-            context=parent,  # None: the application's current span when the lens ended
-            kind=self._trace.SpanKind.INTERNAL,
-            attributes=attributes,
-            links=[self._trace.Link(link) for link in links],
-            start_time=start,
-        )
+        try:
+            lens_span = self.tracer.start_span(
+                f"lens {context.get('lens_key')}",
+                context=parent,  # None: the application's current span when the lens ended
+                kind=self._trace.SpanKind.INTERNAL,
+                attributes=attributes,
+                links=[self._trace.Link(link) for link in links],
+                start_time=start,
+            )
+        except Exception:  # the application's span processor raising on it: its calls still go out
+            self._spans(calls, parent)
+            raise
         lens_context = self._trace.set_span_in_context(lens_span)
         with self._lock:
             self._exported[run_id] = lens_context
