@@ -223,7 +223,7 @@ def by_labels(found: Samples, name: str, *keys: str) -> dict[tuple[str, ...], fl
 
 
 class Receiver(http.server.ThreadingHTTPServer):
-    """Collects OTLP/HTTP protobuf requests by path."""
+    """Collects OTLP/HTTP protobuf requests (and Pushgateway pushes) by path."""
 
     def __init__(self) -> None:
         self.bodies: dict[str, list[bytes]] = {}
@@ -246,6 +246,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    do_PUT = do_POST  # prometheus-client's push_to_gateway (a Pushgateway stand-in)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -50,23 +50,31 @@ def _documented_gunicorn_conf(metrics_port: int) -> str:
     return code.replace("start_metrics_server(9464)", f"start_metrics_server({metrics_port}, '127.0.0.1')")
 
 
+@pytest.mark.parametrize("settings", ["environment", "raw_env"])
 def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
-    fake_openai: FakeOpenAI, tmp_path: Path
+    fake_openai: FakeOpenAI, tmp_path: Path, settings: str
 ) -> None:
-    """Two gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR; the
-    documented when_ready/child_exit hooks: the master's /metrics counts every request's call and lens
-    run, whichever worker served it, and the JSONL file has each call once."""
+    """Two gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR (in the
+    environment gunicorn starts with, or in its raw_env setting, which gunicorn applies after reading
+    gunicorn.conf.py), each replaced after 5 requests (--max-requests); the documented
+    when_ready/child_exit hooks: the master's /metrics counts every request's call and lens run once,
+    whichever worker served it and whether it has exited since, and the JSONL file has each call once."""
     metrics_port, app_port = free_port(), free_port()
-    (tmp_path / "gunicorn.conf.py").write_text(_documented_gunicorn_conf(metrics_port))
     (tmp_path / "multiproc").mkdir()
     env = {
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
         "LLM_LEDGER_EXPORTERS": "prometheus",
         "LLM_LEDGER_LOG_DIR": str(tmp_path / "logs"),
     }
+    conf = _documented_gunicorn_conf(metrics_port)
+    if settings == "raw_env":
+        conf += f"\nraw_env = {[f'{name}={value}' for name, value in env.items()]!r}\n"
+        env = {}
+    (tmp_path / "gunicorn.conf.py").write_text(conf)
     gunicorn = _gunicorn(
-        fake_openai, tmp_path, app_port, env, "--config", "gunicorn.conf.py", "--workers", "2"
-    )
+        fake_openai, tmp_path, app_port, env, "--config", "gunicorn.conf.py", "--workers", "2",
+        "--max-requests", "5",
+    )  # fmt: skip
     try:
 
         def answers(port: int) -> bool:
@@ -86,12 +94,29 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     finally:
         gunicorn.send_signal(signal.SIGTERM)
         output, _ = gunicorn.communicate(timeout=60)
-    assert len(set(pids)) >= 2, "the requests all went to one worker"
+    assert len(set(pids)) > 2, "no worker was replaced"
     assert total(found, "llm_ledger_calls_total", lens="web", status="ok") == requests, output
     assert total(found, "llm_ledger_lens_runs_total", lens="web", status="ok") == requests
     assert total(found, "llm_ledger_cost_usd_total", lens="web") > 0
     lines = (tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()
     assert sum('"event":"llm_api_call"' in line for line in lines) == requests, output
+
+
+def test_prometheus_client_imported_before_raw_env_is_applied_names_the_fix(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR in gunicorn's raw_env, prometheus_client imported at the top of
+    gunicorn.conf.py (before gunicorn applies raw_env): the workers fail to boot, and their error
+    says where to import it."""
+    (tmp_path / "multiproc").mkdir()
+    settings = [f"PROMETHEUS_MULTIPROC_DIR={tmp_path / 'multiproc'}", "LLM_LEDGER_EXPORTERS=prometheus"]
+    (tmp_path / "gunicorn.conf.py").write_text(f"import prometheus_client\nraw_env = {settings!r}\n")
+    gunicorn = _gunicorn(fake_openai, tmp_path, free_port(), {}, "--config", "gunicorn.conf.py")
+    output, _ = gunicorn.communicate(timeout=60)
+    assert gunicorn.returncode != 0, output
+    assert "Worker failed to boot" in output, output
+    assert "was set after prometheus_client was imported" in output, output
+    assert "with gunicorn's raw_env: import it in gunicorn.conf.py only inside a hook" in output, output
 
 
 def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(

@@ -19,6 +19,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 
 import llm_ledger
 from llm_ledger.exporters import OTelSink
@@ -32,9 +33,9 @@ HI: Any = [{"role": "user", "content": "hello there"}]
 class Both:
     """openai-v2 and an OTelSink on the same in-memory providers, and a monitor feeding the sink."""
 
-    def __init__(self, server: FakeOpenAI) -> None:
+    def __init__(self, server: FakeOpenAI, sampler: Sampler | None = None) -> None:
         self.spans_out = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
+        self.tracer_provider = TracerProvider(sampler)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans_out))
         self.reader = InMemoryMetricReader()
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
@@ -190,6 +191,35 @@ def test_genai_metrics_are_recorded_once(both: Both) -> None:
     assert sum(p.value for p in found[("llm_ledger", "llm_ledger.cost")]) == pytest.approx(
         sum(c["cost"]["total_cost_usd"] for c in records.calls)
     )
+
+
+def test_genai_metrics_are_recorded_once_when_the_spans_are_sampled_out(fake_openai: FakeOpenAI) -> None:
+    """A sampler that records no span (a production trace ratio's unsampled calls): openai-v2 still
+    records the token usage of the non-streamed calls it wraps, so llm-ledger records only the
+    stream's and the Responses call's, as when the spans are recorded."""
+    setup = Both(fake_openai, ALWAYS_OFF)
+    OpenAIInstrumentor().instrument(
+        tracer_provider=setup.tracer_provider, meter_provider=setup.meter_provider
+    )
+    try:
+        with capture(setup.monitor) as records:
+            setup.workload()
+    finally:
+        OpenAIInstrumentor().uninstrument()
+        setup.client.close()
+    assert setup.spans_out.get_finished_spans() == ()
+    found = setup.metrics()
+    chat, stream, embedding, responses, outside = records.calls
+    for scope, calls in (
+        (V2, (chat, embedding, outside)),
+        ("llm_ledger", (stream, responses)),
+    ):
+        inputs = [p for p in found[(scope, "gen_ai.client.token.usage")]
+                  if p.attributes["gen_ai.token.type"] == "input"]  # fmt: skip
+        assert sum(p.count for p in inputs) == len(calls), scope
+        assert sum(p.sum for p in inputs) == sum(c["usage"]["prompt_tokens"] for c in calls), scope
+    ours = found[("llm_ledger", "gen_ai.client.operation.duration")]
+    assert [p.attributes["gen_ai.request.model"] for p in ours] == ["o3-mini"]
 
 
 def test_without_openai_v2_the_sink_makes_every_span_again(both: Both) -> None:

@@ -777,6 +777,22 @@ def test_exporters_none_turns_them_off_as_none_does_for_the_other_settings() -> 
         (["otel:4318"], r"'otel:4318' in exporters takes no port"),
         (["prometheus:http"], r"the port must be a number from 1 to 65535"),
         (["prometheus:70000"], r"the port must be a number from 1 to 65535"),
+        # prometheus:$PORT with the variable unset: an error, not a sink serving no /metrics
+        (["prometheus:"], r"port is empty \(an unset variable in prometheus:\$PORT\?\); it must be a"),
+        (["prometheus:127.0.0.1:"], r"the port is empty"),
+        (["otel:"], r"'otel:' in exporters takes no port"),
+        # names run together, as a shell user writes them
+        (
+            ["prometheus:9464 otel"],
+            r"more than one exporter: separate them with commas, 'prometheus:9464,otel'",
+        ),
+        # one port at two addresses: one listener would hold the port and the other fail
+        (
+            ["prometheus:9464", "prometheus:127.0.0.1:9464"],
+            r"prometheus:0.0.0.0:9464 and prometheus:127.0.0.1:9464 in exporters serve /metrics twice "
+            r"on port 9464; keep one",
+        ),
+        (["otel; prometheus"], r"'otel; prometheus' in exporters is more than .* 'otel,prometheus'"),
         ("prometheus", r"exporters must be a list of names"),
         ([9464], r"exporters must be names \(str\), got 9464"),
     ],

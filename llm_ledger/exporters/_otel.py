@@ -360,7 +360,8 @@ class OTelSink:
         event = record["event"]
         if event == CALL_EVENT:
             theirs, their_span = self._openai_v2(record)
-            self._metrics(record, theirs, their_span is not None)
+            # openai-v2 records a non-streamed call's token usage, its span sampled out or not
+            self._metrics(record, theirs, theirs and not record["request"]["stream"])
             if theirs and their_span is None:
                 return  # openai-v2 makes the span; nothing to link it by
             waits, lens = self._parent(record, their_span if theirs else record, link=theirs)
@@ -406,12 +407,20 @@ class OTelSink:
                 "reach this sink: open them with that monitor's lens() (docs/exporters.md, OpenTelemetry)",
                 _waited_for(records[0]), MAX_PENDING_CALLS,
             )  # fmt: skip
-        for record in records:
-            self._span(record, None)
+        self._spans(records, None)
 
-    def _span(self, record: Mapping[str, Any], parent: Any) -> None:
-        """The span of a record that waited for its lens: a call's, or a nested lens run's."""
-        (self._lens if record["event"] == LENS_EVENT else self._call_span)(record, parent)
+    def _spans(self, records: list[Mapping[str, Any]], parent: Any) -> None:
+        """The spans of records that waited for their lens: calls' and nested lens runs'. One that fails
+        (the application's span processor raising on it) costs no other; the first failure is raised
+        once every span is out, for the monitor to report."""
+        failed: Exception | None = None
+        for record in records:
+            try:
+                (self._lens if record["event"] == LENS_EVENT else self._call_span)(record, parent)
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     # -- the OTel openai-v2 instrumentation --------------------------------------------------------
 
@@ -636,21 +645,24 @@ class OTelSink:
         # first; the lens span starts no later than its calls, as a parent span contains its children
         starts = [_ns(item["timing"]["start_time"]) for item in calls if item["event"] != LENS_EVENT]
         start = min([end - int(summary["duration_ms"] * 1_000_000), *starts])
-        lens_span = self.tracer.start_span(
-            f"lens {context.get('lens_key')}",
-            context=parent,  # None: the application's current span when the lens ended
-            kind=self._trace.SpanKind.INTERNAL,
-            attributes=attributes,
-            links=[self._trace.Link(link) for link in links],
-            start_time=start,
-        )
+        try:
+            lens_span = self.tracer.start_span(
+                f"lens {context.get('lens_key')}",
+                context=parent,  # None: the application's current span when the lens ended
+                kind=self._trace.SpanKind.INTERNAL,
+                attributes=attributes,
+                links=[self._trace.Link(link) for link in links],
+                start_time=start,
+            )
+        except Exception:  # the application's span processor raising on it: its calls still go out
+            self._spans(calls, parent)
+            raise
         lens_context = self._trace.set_span_in_context(lens_span)
         with self._lock:
             self._exported[run_id] = lens_context
             if len(self._exported) > _EXPORTED_RUNS:
                 self._exported.popitem(last=False)
         try:
-            for item in calls:
-                self._span(item, lens_context)
+            self._spans(calls, lens_context)
         finally:
             lens_span.end(end_time=max(end, start))

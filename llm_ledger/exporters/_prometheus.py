@@ -39,6 +39,7 @@ __all__ = [
     "OTHER",
     "PENDING_CALLS",
     "PrometheusSink",
+    "flush_metrics",
     "metrics_registry",
     "shutdown_now",
     "start_metrics_server",
@@ -206,7 +207,8 @@ class PrometheusSink:
                 f"PROMETHEUS_MULTIPROC_DIR={directory} was set after prometheus_client was imported, so "
                 "it keeps this process's metrics in memory, where no /metrics of that directory sees "
                 "them: set it in the environment the process starts with, before anything imports "
-                "prometheus_client (docs/exporters.md, Multiprocess mode)"
+                "prometheus_client (with gunicorn's raw_env: import it in gunicorn.conf.py only inside "
+                "a hook; docs/exporters.md, Multiprocess mode)"
             )
         self._pending_limit = 1 if directory else PENDING_CALLS
         # multiprocess mode: the values each cap keeps, in a file every worker's sink shares (not *.db,
@@ -530,6 +532,15 @@ class PrometheusSink:
             if (lens, metric) not in self._watched:
                 self.anomalies.labels(lens, metric)
                 self._watched.add((lens, metric))
+
+
+def flush_metrics() -> None:
+    """Move the pending sums of every ``PrometheusSink`` of this process (``configure()``'s included)
+    into its metrics, new series at their values: before a batch job's last collection
+    (``push_to_gateway``, ``write_to_textfile``), which would show each new series at 0
+    (docs/exporters.md, Batch jobs)."""
+    for sink in list(_sinks):
+        sink.flush()
 
 
 class _Moving:

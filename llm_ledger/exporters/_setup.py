@@ -4,6 +4,7 @@ built and ports bound by :func:`prepare` before anything changes, and swapped in
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,14 +34,20 @@ _servers: dict[tuple[str, int], WSGIServer] = {}  # (addr, port) -> /metrics ser
 def _one(item: Any, source: str) -> str:
     if not isinstance(item, str):
         raise ConfigError(f"exporters must be names (str), got {item!r} in {source}")
-    name, _, where = item.strip().partition(":")
+    parts = re.sub(r"\s*:\s*", ":", item).replace(";", " ").split()
+    if len(parts) > 1:  # "prometheus:9464 otel": names run together
+        raise ConfigError(
+            f"{item.strip()!r} in {source} is more than one exporter: separate them with commas, "
+            f"{','.join(parts)!r}"
+        )
+    name, colon, where = item.strip().partition(":")
     name = name.strip().lower()
     if name not in EXPORTER_NAMES:
         raise ConfigError(
             f"unknown exporter {item.strip()!r} in {source}; choose from {', '.join(EXPORTER_NAMES)} "
             "(prometheus:PORT also serves /metrics on PORT)"
         )
-    if not where:
+    if not colon:
         return name
     if name != "prometheus":
         raise ConfigError(f"exporter {item.strip()!r} in {source} takes no port; only prometheus:PORT does")
@@ -51,8 +58,10 @@ def _one(item: Any, source: str) -> str:
     except ValueError:
         port = -1
     if not 1 <= port <= 65535:
+        # nothing after the colon: most likely prometheus:$PORT with the variable unset
+        empty = " is empty (an unset variable in prometheus:$PORT?); it" if not port_text.strip() else ""
         raise ConfigError(
-            f"exporter {item.strip()!r} in {source}: the port must be a number from 1 to 65535 "
+            f"exporter {item.strip()!r} in {source}: the port{empty} must be a number from 1 to 65535 "
             "(prometheus:9464 or prometheus:127.0.0.1:9464)"
         )
     return f"prometheus:{host}:{port}"
@@ -72,10 +81,17 @@ def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]
             f"exporters must be a list of names such as ['prometheus', 'otel'] (or None), got {value!r}"
         )
     specs: list[str] = []
+    ports: dict[int, str] = {}
     for item in items:
         spec = _one(item, source)
         if spec not in specs:
             specs.append(spec)
+            key = _address(spec)
+            if key is not None and ports.setdefault(key[1], spec) != spec:  # one listener a port
+                raise ConfigError(
+                    f"{ports[key[1]]} and {spec} in {source} serve /metrics twice on port {key[1]}; keep "
+                    "one (0.0.0.0 serves every interface of this machine, 127.0.0.1 included)"
+                )
     if sum(s.startswith("prometheus") for s in specs) > 1 and "prometheus" in specs:
         specs.remove("prometheus")  # prometheus:PORT includes the sink
     return tuple(specs)
