@@ -4,6 +4,7 @@ filters and rows: docs/REPORTING.md, "The query" and "The rows").
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -21,7 +22,8 @@ from ._read import InputStats, LogReader
 
 __all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where", "select"]
 
-TIME_DIMENSIONS: Final = {"day": 10, "month": 7, "hour": 13}  # -> length of the timestamp prefix
+# -> length of the timestamp prefix (a week: the ISO week of the day's date, 2026-W45)
+TIME_DIMENSIONS: Final = {"hour": 13, "day": 10, "week": 10, "month": 7}
 _DATE_EXAMPLE: Final = "e.g. 2025-11-24, 2025-11-24T16:00 or 2025-11-24T16:00:00+02:00 (no zone: UTC)"
 _WHERE_EXAMPLE: Final = "e.g. user_id=alice or model=gpt-4o-mini"
 _BY_EXAMPLE: Final = "e.g. user_id, or lens,model for several"
@@ -289,7 +291,9 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
         return [_dict(record.get("response")).get("model") if model is None else model]
     if name in TIME_DIMENSIONS:
         stamp = _utc_stamp(record.get("timestamp"))
-        return [None if stamp is None else stamp[: TIME_DIMENSIONS[name]]]
+        if stamp is None:
+            return [None]
+        return [_iso_week(stamp[:10]) if name == "week" else stamp[: TIME_DIMENSIONS[name]]]
     if name in context:
         return [context[name]]
     if name in record:
@@ -301,6 +305,14 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
     for part in name.split("."):
         value = value.get(part) if type(value) is dict else None
     return [value]
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_week(day: str) -> str:
+    """``2026-11-09`` as its ISO week, ``2026-W46``: weeks start on Monday, and text order is time order
+    (2027-01-01 is in 2026-W53)."""
+    year, week, _ = date.fromisoformat(day).isocalendar()
+    return f"{year}-W{week:02d}"
 
 
 def as_text(value: Any) -> str:
@@ -569,6 +581,8 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     rows.sort(key=lambda row: tuple(as_text(value) for value in row.key.values()))
     if not all(name in TIME_DIMENSIONS for name in by):  # by time: in time order; else costliest first
         rows.sort(key=lambda row: (-row.cost_usd, -row.calls, -row.lens_runs))
+        times = [name for name in by if name in TIME_DIMENSIONS]  # user_id,day: day by day, costliest first
+        rows.sort(key=lambda row: tuple(as_text(row.key[name]) for name in times))
     seconds = time.perf_counter() - started
     inputs = () if reader is None else tuple(reader.stats)
     return CostReport(query, tuple(rows), total.row(), inputs, filtered, rejected, seconds)
