@@ -132,6 +132,24 @@ def test_filters_and_time_range_apply(base_url: str) -> None:
     assert get(base_url, "?by=user_id&by=lens").json()["by"] == ["user_id", "lens"]
 
 
+def test_a_zone_offset_written_with_a_bare_plus_in_the_url_is_read_as_one(base_url: str) -> None:
+    """since=2025-11-25T01:00+02:00 typed into a URL: the query string decodes its '+' as a space, which
+    the API reads back as the offset it must be (as %2B), not a 400 about a date with a space in it."""
+    encoded = get(
+        base_url, "?by=user_id&since=2025-11-25T01:00%2B02:00&until=2025-11-26T12:00:00.000%2B05:30"
+    )
+    for query in (
+        "?by=user_id&since=2025-11-25T01:00+02:00&until=2025-11-26T12:00:00.000+05:30",
+        "?by=user_id&since=2025-11-25+01:00+02:00&until=2025-11-26+12:00:00.000+05:30",  # ' ' for 'T' too
+    ):
+        response = get(base_url, query)
+        assert response.status_code == 200, response.text
+        assert response.json() == encoded.json()
+    body = encoded.json()
+    assert (body["since"], body["until"]) == ("2025-11-24T23:00:00Z", "2025-11-26T06:30:00Z")
+    assert [(row["key"]["user_id"], row["calls"]) for row in body["rows"]] == [("bob", 1)]
+
+
 @pytest.mark.parametrize("how", ["serve", "asgi"])
 def test_each_request_reads_the_logs_afresh(tmp_path: Path, how: str) -> None:
     """A call logged after the server started is in the next answer; an empty directory is no error."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,11 @@ PARAMETERS: Final = {
     "since": "an ISO date or date-time, inclusive: e.g. 2025-11-24 or 2025-11-24T16:00:00Z",
     "until": "an ISO date or date-time, exclusive: e.g. 2025-12-01",
 }
+
+# "since=2025-11-24T16:00+02:00" typed into a URL: the query string decodes its "+" as a space
+_DECODED_PLUS: Final = re.compile(
+    r"^(\d{4}-\d\d-\d\d[T ]\d\d(?::\d\d(?::\d\d(?:\.\d+)?)?)?) (\d\d(?::?\d\d)?)$"
+)
 
 Response = tuple[int, bytes]
 Scope = MutableMapping[str, Any]
@@ -60,6 +66,12 @@ def _error(status: int, message: str, parameter: str | None = None, valid: Any =
     return _json(status, {"error": message, "parameter": parameter, "valid": valid})
 
 
+def _bound(params: dict[str, list[str]], name: str) -> str | None:
+    """``since`` or ``until`` as given, a zone offset's "+" decoded as a space put back."""
+    values = params.get(name)
+    return None if values is None else _DECODED_PLUS.sub(r"\1+\2", values[0])
+
+
 def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response:
     """The status and JSON body answering one request."""
     if path.rstrip("/") != ENDPOINT:
@@ -79,8 +91,8 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         query = make_query(
             params.get("by", ["lens"]),
             parse_where(params.get("where", [])),
-            params.get("since", [None])[0],
-            params.get("until", [None])[0],
+            _bound(params, "since"),
+            _bound(params, "until"),
         )
         if log_dir.exists() and not log_dir.is_dir():
             raise ConfigError(f"the log directory {log_dir.name!r} is not a directory")
