@@ -180,6 +180,12 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
     if result.no_usage_calls:
         calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
         said.append(f"* after leaves out {calls} that reported no usage (no tokens to price)")
+    if result.price_file_calls:
+        calls = f"{result.price_file_calls:,} call{'s' if result.price_file_calls != 1 else ''}"
+        said.append(
+            f"* after prices {calls} from genai-prices that a price file priced when made (cost.source "
+            '"price-file"): pass that file (--price-file) to keep their rates'
+        )
     if not total.before_complete:
         said.append("* before leaves out calls recorded without a cost")
     if not (total.before_complete and total.after_complete):

@@ -27,7 +27,7 @@ from .._cli import add_command
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
-from .._rates import DEFAULT_PROVIDER, provider_error
+from .._rates import DEFAULT_PROVIDER, PRICE_FILE_SOURCE, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from ..loading import did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
@@ -90,6 +90,8 @@ class Reprice:
     unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
     no_usage_calls: int = 0  # calls that reported no usage: no tokens to price, before or after
     hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
+    # calls a price file priced when made, whose model stays, priced again without it (no price_file)
+    price_file_calls: int = 0
 
     def total(self) -> Row:
         total = Row("(total)")
@@ -107,6 +109,7 @@ class Reprice:
             "total": self.total().to_json(),
             "unpriced_after": dict(sorted(self.unpriced_after.items())),
             "no_usage_calls": self.no_usage_calls,
+            "price_file_calls": self.price_file_calls,
         }
 
 
@@ -248,6 +251,8 @@ def reprice(
         row.after_complete &= item.no_usage_calls == 0
         result.no_usage_calls += item.no_usage_calls
         stays = new is None and provider is None and route.provider == item.provider
+        if stays and price_file is None and item.cost_source == PRICE_FILE_SOURCE:
+            result.price_file_calls += item.calls  # its change is the table's, not the what-if's
         # a server the recording's price file priced itself (self-hosted), which no host entry now maps:
         # its model keeps no price, rather than a vendor's list price for a model of that name
         own_server = new is None and route.matched_by == "model" and item.provider != DEFAULT_PROVIDER
