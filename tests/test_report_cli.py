@@ -169,6 +169,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "inputs",
         "rows",
         "total",
+        "unmatched_where",
     }
     assert report["by"] == ["service"]
     assert report["inputs"] == [

@@ -4,6 +4,7 @@ filters and rows: docs/REPORTING.md, "The query" and "The rows").
 
 from __future__ import annotations
 
+import difflib
 import functools
 import itertools
 import json
@@ -214,6 +215,9 @@ class CostReport:
     filtered_out: int = 0  # records left out by where / since / until
     rejected: int = 0  # records with numbers no record has, left out (from logs: malformed lines too)
     seconds: float = 0.0
+    # (key, value, the closest value the records have or None) of each where value no call or lens run
+    # has, in any period: a typo that empties the report
+    unmatched: tuple[tuple[str, str, str | None], ...] = ()
 
     @property
     def lines(self) -> int:
@@ -240,6 +244,9 @@ class CostReport:
             "inputs": [stats.to_json() for stats in self.inputs],
             "rows": [row.to_json() for row in self.rows],
             "total": {k: v for k, v in self.total.to_json().items() if k != "key"},
+            "unmatched_where": {
+                key: [v for k, v, _ in self.unmatched if k == key] for key, _, _ in self.unmatched
+            },
         }
 
 
@@ -471,6 +478,28 @@ def _keep(
     )
 
 
+_HINT_VALUES: Final = 1000  # values of a where key kept to suggest one for a value no record has
+
+
+def _look_for(
+    record: dict[str, Any],
+    context: dict[str, Any],
+    lens_run: bool,
+    missing: dict[str, set[str]],
+    seen: dict[str, set[str]],
+) -> None:
+    """Strike off ``missing`` (where key -> the values no record had so far) the values ``record`` has,
+    keeping a few of each key's values in ``seen``; a key whose values were all found leaves ``missing``."""
+    for name in list(missing):
+        for value in _values(record, context, name, lens_run):
+            text = as_text(value)
+            missing[name].discard(text)
+            if len(seen[name]) < _HINT_VALUES:
+                seen[name].add(text)
+        if not missing[name]:
+            del missing[name]
+
+
 def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
     """The records that pass ``query``'s ``where``, ``since`` and ``until`` (its ``by`` aside), as
     :func:`aggregate` judges them; a ``where`` dimension no record has is a :class:`QueryError`."""
@@ -519,6 +548,8 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     open_runs: dict[str, set[tuple[Any, ...]]] = {}
     calls_read: dict[str, int] = {}
     summarised: set[str] = set()
+    missing = {name: set(wanted) for name, wanted in where.items()}  # where values no record has yet
+    seen: dict[str, set[str]] = {name: set() for name in where}
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
@@ -555,6 +586,8 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
                 continue
             if lens_run:  # a nested run filtered out still leaves its parent's sums (_nested_sums)
                 figures = _own_figures(figures, context, nested)
+        if missing:
+            _look_for(record, context, lens_run, missing, seen)
         if dated and not _in_range(record.get("timestamp"), since, until):
             filtered += 1
             continue
@@ -585,4 +618,9 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         rows.sort(key=lambda row: tuple(as_text(row.key[name]) for name in times))
     seconds = time.perf_counter() - started
     inputs = () if reader is None else tuple(reader.stats)
-    return CostReport(query, tuple(rows), total.row(), inputs, filtered, rejected, seconds)
+    unmatched = tuple(
+        (name, value, next(iter(difflib.get_close_matches(value, seen[name], n=1)), None))
+        for name in missing
+        for value in sorted(missing[name])
+    )
+    return CostReport(query, tuple(rows), total.row(), inputs, filtered, rejected, seconds, unmatched)

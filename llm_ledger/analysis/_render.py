@@ -82,7 +82,7 @@ def _cells(row: CostRow) -> list[str]:
     ]
 
 
-def _footer(report: CostReport) -> list[str]:
+def _footer(report: CostReport, fmt: str) -> list[str]:
     total = report.total
     names = [stats.name for stats in report.inputs]
     source = names[0] if len(names) == 1 else f"{len(names)} inputs"
@@ -96,6 +96,9 @@ def _footer(report: CostReport) -> list[str]:
             f"{printable(source)}: {report.lines:,} lines, {counts}, {report.malformed:,} malformed, "
             f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
         ]
+    for key, value, close in report.unmatched:
+        hint = "" if close is None else f" (did you mean {_label(close, fmt)}?)"
+        lines.append(f"--where {_label(f'{key}={value}', fmt)}: no call or lens run has this value{hint}")
     if cut := total.cut_short_runs:
         lines.append(
             f"cut short: {cut:,} lens run{'s' * (cut != 1)} whose lens_summary never came (the process was "
@@ -129,7 +132,7 @@ def render(report: CostReport, fmt: str = "text") -> str:
     rows = [[*(_label(row.key[name], fmt) for name in by), *_cells(row)] for row in report.rows]
     total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
     lines = table(fmt, headers, rows, total=total, right=range(len(by), len(headers)))
-    return printable("\n".join([*lines, "", *notes(_footer(report), fmt)]) + "\n")
+    return printable("\n".join([*lines, "", *notes(_footer(report, fmt), fmt)]) + "\n")
 
 
 def _reprice_cells(row: Row, name: str) -> list[str]:
