@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -660,3 +661,27 @@ def test_calls_priced_by_a_price_file_when_made_are_named_when_repriced_without_
     assert "price file priced" not in out
     summary = by_lens(reprice_json(capsys, *what_if[1:], "--price-file", str(prices)))["summary"]
     assert summary["after_usd"] == summary["before_usd"]
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_repricing_a_long_log_holds_no_call_in_memory(
+    capsys: pytest.CaptureFixture[str],
+    recorded: tuple[Path, list[dict[str, Any]]],
+    tmp_path: Path,
+    filtered: bool,
+) -> None:
+    """A month of logs is millions of calls: reprice streams them as report does, so its memory stays
+    flat whatever the log's length (it held every call read, about 1 KB each: 660 MB for a million)."""
+    path, _ = recorded
+    lines = path.read_bytes().splitlines(keepends=True)
+    long = tmp_path / "long.jsonl"
+    long.write_bytes(b"".join(lines) * 3000)  # 18,000 calls as the ledger wrote them
+    selection = ["--where", "lens=summary", "--since", "2020-01-01"] if filtered else []
+    tracemalloc.start()
+    try:
+        assert main(["reprice", str(long), "--model", "gpt-4o=gpt-4.1-mini", *selection]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "6,000" in capsys.readouterr().out  # the summary lens's calls, all read
+    assert peak < 4 << 20, f"{peak / 2**20:.1f} MiB"

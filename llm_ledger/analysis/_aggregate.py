@@ -10,7 +10,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -500,13 +500,13 @@ def _look_for(
             del missing[name]
 
 
-def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+def select(records: Iterable[dict[str, Any]], query: Query) -> Iterator[dict[str, Any]]:
     """The records that pass ``query``'s ``where``, ``since`` and ``until`` (its ``by`` aside), as
-    :func:`aggregate` judges them; a ``where`` dimension no record has is a :class:`QueryError`."""
+    :func:`aggregate` judges them, one at a time (a log's calls are never held together); a ``where``
+    dimension no record has is a :class:`QueryError` once they are all read."""
     since, until = _stamp_bound(query.since), _stamp_bound(query.until)
     dated = since is not None or until is not None
     present: set[str] = set()
-    kept = []
     for record in records:
         context = _dict(record.get("context"))
         present.update(record)
@@ -514,10 +514,9 @@ def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, An
         if dated and not _in_range(record.get("timestamp"), since, until):
             continue
         if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, []):
-            kept.append(record)
+            yield record
     if present:
         _check_known(query, present)
-    return kept
 
 
 def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries: bool = False) -> CostReport:
