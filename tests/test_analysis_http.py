@@ -150,6 +150,16 @@ def test_a_zone_offset_written_with_a_bare_plus_in_the_url_is_read_as_one(base_u
     assert [(row["key"]["user_id"], row["calls"]) for row in body["rows"]] == [("bob", 1)]
 
 
+def test_tz_reads_days_on_that_zones_clock(base_url: str) -> None:
+    """tz=Pacific/Kiritimati (UTC+14): calls at 16:00 UTC count on the next local day."""
+    body = get(base_url, "?by=day&tz=Pacific/Kiritimati").json()
+    assert body["tz"] == "Pacific/Kiritimati"
+    assert [(row["key"]["day"], row["calls"]) for row in body["rows"]] == [
+        ("2025-11-25", 2),
+        ("2025-11-26", 1),
+    ]
+
+
 @pytest.mark.parametrize("how", ["serve", "asgi"])
 def test_each_request_reads_the_logs_afresh(tmp_path: Path, how: str) -> None:
     """A call logged after the server started is in the next answer; an empty directory is no error."""
@@ -169,6 +179,7 @@ def test_each_request_reads_the_logs_afresh(tmp_path: Path, how: str) -> None:
         ("?since=2025-12-01&until=2025-11-01", "since", "since: 2025-12-01T00:00:00Z is not before until"),
         ("?since=2025-11-01&since=2025-11-02", "since", "since is given 2 times; give it once"),
         ("?by=", "by", "by: '' has an empty dimension name"),
+        ("?tz=Mars/Olympus", "tz", "tz: 'Mars/Olympus' is not a time zone name"),
     ],
 )
 def test_bad_parameters_are_400_with_the_problem_and_the_valid_choices(
@@ -182,7 +193,7 @@ def test_bad_parameters_are_400_with_the_problem_and_the_valid_choices(
     assert body["error"].startswith(error)
     assert body["valid"]
     if parameter == "bye":
-        assert set(body["valid"]) == {"by", "where", "since", "until"}
+        assert set(body["valid"]) == {"by", "where", "since", "until", "tz"}
 
 
 def test_other_paths_and_methods_are_refused_in_json(base_url: str) -> None:

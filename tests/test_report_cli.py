@@ -159,6 +159,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "where",
         "since",
         "until",
+        "tz",
         "lines",
         "calls",
         "lens_runs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,54 @@ def test_a_time_dimension_beside_another_lists_periods_in_order_costliest_first_
         ["tags", "2026-W53"],
         ["summary", "2026-W53"],
     ]
+
+
+@pytest.fixture
+def evenings(sdk: Sdk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Real SDK calls, each in a lens run, at 2026-11-01T03:30Z (New York: 23:30 on 31 October, summer
+    time), 2026-11-02T03:30Z (22:30 on 1 November, winter time since 1 November) and 2026-11-02T12:00Z."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        for when in ((2026, 11, 1, 3, 30), (2026, 11, 2, 3, 30), (2026, 11, 2, 12, 0)):
+            at(monkeypatch, datetime(*when, tzinfo=UTC))
+            with monitor.lens("summary"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=SHORT)
+    return path
+
+
+def test_tz_buckets_days_and_reads_dates_on_the_local_clock(evenings: Path) -> None:
+    """--tz America/New_York: a call at 22:30 local counts on that local day, across a change of
+    summer time, and a --since without a zone is local midnight; the default stays UTC."""
+    utc = summarise(evenings, by="day").rows
+    assert [(row.key["day"], row.calls, row.lens_runs) for row in utc] == [
+        ("2026-11-01", 1, 1),
+        ("2026-11-02", 2, 2),
+    ]
+    local = summarise(evenings, by="day", tz="America/New_York").rows
+    assert [(row.key["day"], row.calls, row.lens_runs) for row in local] == [
+        ("2026-10-31", 1, 1),
+        ("2026-11-01", 1, 1),
+        ("2026-11-02", 1, 1),
+    ]
+    months = summarise(evenings, by="month,hour", tz="America/New_York").rows
+    assert [tuple(row.key.values()) for row in months] == [
+        ("2026-10", "2026-10-31T23"),
+        ("2026-11", "2026-11-01T22"),
+        ("2026-11", "2026-11-02T07"),
+    ]
+    since = summarise(evenings, by="day", since="2026-11-02", tz="America/New_York")
+    assert since.query.since == datetime(2026, 11, 2, 5, tzinfo=UTC)
+    assert [row.key["day"] for row in since.rows] == ["2026-11-02"]
+    offset = summarise(evenings, since="2026-11-02T00:00+00:00", tz="America/New_York")  # a zone given wins
+    assert offset.total.calls == 2
+
+
+def test_tz_on_the_command_line_and_a_bad_zone(evenings: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--tz is echoed in the JSON; an unknown zone is exit status 2 naming the closest one."""
+    assert main(["report", str(evenings), "--by", "day", "--tz", "America/New_York", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tz"] == "America/New_York"
+    assert [row["key"]["day"] for row in report["rows"]] == ["2026-10-31", "2026-11-01", "2026-11-02"]
+    assert main(["report", str(evenings), "--by", "day", "--tz", "America/New_Yrok"]) == 2
+    err = capsys.readouterr().err
+    assert "tz: 'America/New_Yrok' is not a time zone name (did you mean 'America/New_York'?)" in err

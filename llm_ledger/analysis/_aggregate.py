@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT, cost_decimal, process_of
@@ -59,12 +60,19 @@ class QueryError(ConfigError):
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """What to sum: the dimensions of a row, the filters and the time range (UTC, half-open)."""
+    """What to sum: the dimensions of a row, the filters, the time range (UTC, half-open) and the time
+    zone whose clock the time dimensions read (``tz``, an IANA name)."""
 
     by: tuple[str, ...] = ("lens",)
     where: Mapping[str, frozenset[str]] = field(default_factory=dict)
     since: datetime | None = None
     until: datetime | None = None
+    tz: str = "UTC"
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        """The zone of ``tz``; None for UTC (the records' own)."""
+        return None if self.tz == "UTC" else ZoneInfo(self.tz)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +80,7 @@ class Query:
             "where": {key: sorted(values) for key, values in self.where.items()},
             "since": None if self.since is None else _iso(self.since),
             "until": None if self.until is None else _iso(self.until),
+            "tz": self.tz,
         }
 
 
@@ -79,8 +88,22 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
-    """A bound as an aware UTC datetime: ISO text, a date (midnight UTC) or a datetime (naive: UTC)."""
+def _zone(tz: Any) -> ZoneInfo | None:
+    """The zone an IANA name (``Europe/Paris``) names; None for UTC."""
+    if tz in ("UTC", "Z"):
+        return None
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        close = did_you_mean(tz, sorted(available_timezones())) if isinstance(tz, str) else ""
+        raise QueryError(
+            "tz", f"{tz!r} is not a time zone name{close}; e.g. Europe/Paris, America/New_York or UTC"
+        ) from None
+
+
+def _moment(name: str, value: str | date | datetime | None, zone: ZoneInfo | None) -> datetime | None:
+    """A bound as an aware UTC datetime: ISO text, a date (midnight) or a datetime; without a zone, on
+    ``zone``'s clock (None: UTC)."""
     if value is None:
         return None
     given = value
@@ -94,7 +117,8 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
     if not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
     try:
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = value.replace(tzinfo=zone or UTC) if value.tzinfo is None else value
+        value = value.astimezone(UTC)
         _stamp_bound(value)  # compared in the ledger's spelling: rounded up to the millisecond
     except OverflowError:
         raise QueryError(
@@ -137,6 +161,7 @@ def make_query(
     where: Mapping[str, str | Sequence[str]] | None = None,
     since: str | date | datetime | None = None,
     until: str | date | datetime | None = None,
+    tz: str | None = None,
 ) -> Query:
     """A checked :class:`Query`; :class:`ConfigError` names a bad value and shows a valid one."""
     filters: dict[str, frozenset[str]] = {}
@@ -156,14 +181,15 @@ def make_query(
         ):
             raise QueryError("where", f"{key}: expected a string or a list of strings, got {values!r}")
         filters[key.strip()] = frozenset(chosen)
-    start, end = _moment("since", since), _moment("until", until)
+    zone = _zone("UTC" if tz is None else tz)
+    start, end = _moment("since", since, zone), _moment("until", until, zone)
     if start is not None and end is not None and start >= end:
         raise QueryError(
             "since",
             f"{_iso(start)} is not before until ({_iso(end)}); since is inclusive and until exclusive: "
             "since 2025-11-01 until 2025-12-01 is November",
         )
-    return Query(_dimensions(by), filters, start, end)
+    return Query(_dimensions(by), filters, start, end, "UTC" if zone is None else str(zone))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,8 +312,11 @@ def _usd(value: Any) -> Decimal | None:
     return cost
 
 
-def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run: bool) -> list[Any]:
-    """The values of dimension ``name`` in a record (one, or each model a lens run used)."""
+def _values(
+    record: dict[str, Any], context: dict[str, Any], name: str, lens_run: bool, zone: ZoneInfo | None
+) -> list[Any]:
+    """The values of dimension ``name`` in a record (one, or each model a lens run used); time
+    dimensions on ``zone``'s clock (None: UTC)."""
     if name == "lens":
         return [context.get("lens_key")]
     if name == "model":
@@ -298,6 +327,8 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
         return [_dict(record.get("response")).get("model") if model is None else model]
     if name in TIME_DIMENSIONS:
         stamp = _utc_stamp(record.get("timestamp"))
+        if stamp is not None and zone is not None:
+            stamp = _local_minute(stamp[:16], zone)
         if stamp is None:
             return [None]
         return [_iso_week(stamp[:10]) if name == "week" else stamp[: TIME_DIMENSIONS[name]]]
@@ -312,6 +343,16 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
     for part in name.split("."):
         value = value.get(part) if type(value) is dict else None
     return [value]
+
+
+@functools.lru_cache(maxsize=4096)
+def _local_minute(minute: str, zone: ZoneInfo) -> str | None:
+    """A UTC minute (``2026-11-02T03:30``) as that minute on ``zone``'s clock (``2026-11-01T22:30``);
+    None past the years a date can hold. By the minute: a zone may be half an hour off UTC."""
+    try:
+        return datetime.fromisoformat(minute).replace(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+    except OverflowError:
+        return None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -463,6 +504,7 @@ def _keep(
     by: tuple[str, ...],
     where: Mapping[str, frozenset[str]],
     choices: list[list[Any]],
+    zone: ZoneInfo | None,
 ) -> bool:
     """Whether ``record`` passes ``where``; the values of a filtered dimension in ``choices`` are
     narrowed to those that pass (a lens run counts under the models it used that were asked for)."""
@@ -472,7 +514,7 @@ def _keep(
             if not choices[index]:
                 return False
     return all(
-        any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
+        any(as_text(v) in wanted for v in _values(record, context, name, lens_run, zone))
         for name, wanted in where.items()
         if name not in by
     )
@@ -487,11 +529,12 @@ def _look_for(
     lens_run: bool,
     missing: dict[str, set[str]],
     seen: dict[str, set[str]],
+    zone: ZoneInfo | None,
 ) -> None:
     """Strike off ``missing`` (where key -> the values no record had so far) the values ``record`` has,
     keeping a few of each key's values in ``seen``; a key whose values were all found leaves ``missing``."""
     for name in list(missing):
-        for value in _values(record, context, name, lens_run):
+        for value in _values(record, context, name, lens_run, zone):
             text = as_text(value)
             missing[name].discard(text)
             if len(seen[name]) < _HINT_VALUES:
@@ -507,13 +550,14 @@ def select(records: Iterable[dict[str, Any]], query: Query) -> Iterator[dict[str
     since, until = _stamp_bound(query.since), _stamp_bound(query.until)
     dated = since is not None or until is not None
     present: set[str] = set()
+    zone = query.zone
     for record in records:
         context = _dict(record.get("context"))
         present.update(record)
         present.update(context)
         if dated and not _in_range(record.get("timestamp"), since, until):
             continue
-        if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, []):
+        if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, [], zone):
             yield record
     if present:
         _check_known(query, present)
@@ -524,7 +568,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     record's is left out; from a :class:`LogReader`, its line counts as malformed in the reader's stats."""
     reader = records if isinstance(records, LogReader) else None
     started = time.perf_counter()
-    by, where = query.by, query.where
+    by, where, zone = query.by, query.where, query.zone
     since, until = _stamp_bound(query.since), _stamp_bound(query.until)
     dated = since is not None or until is not None
     groups: dict[tuple[Any, ...], _Sums] = {}
@@ -586,12 +630,12 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             if lens_run:  # a nested run filtered out still leaves its parent's sums (_nested_sums)
                 figures = _own_figures(figures, context, nested)
         if missing:
-            _look_for(record, context, lens_run, missing, seen)
+            _look_for(record, context, lens_run, missing, seen, zone)
         if dated and not _in_range(record.get("timestamp"), since, until):
             filtered += 1
             continue
-        choices = [_values(record, context, name, lens_run) for name in by]
-        if where and not _keep(record, context, lens_run, by, where, choices):
+        choices = [_values(record, context, name, lens_run, zone) for name in by]
+        if where and not _keep(record, context, lens_run, by, where, choices, zone):
             filtered += 1
             continue
         total.add(lens_run, figures)

@@ -31,6 +31,8 @@ PARAMETERS: Final = {
     "where": "KEY=VALUE, repeatable: e.g. where=user_id=alice",
     "since": "an ISO date or date-time, inclusive: e.g. 2025-11-24 or 2025-11-24T16:00:00Z",
     "until": "an ISO date or date-time, exclusive: e.g. 2025-12-01",
+    "tz": "a time zone name whose clock hour, day, week, month, since and until read: e.g. America/New_York "
+    "(default: UTC)",
 }
 
 # "since=2025-11-24T16:00+02:00" typed into a URL: the query string decodes its "+" as a space
@@ -83,7 +85,7 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         if name not in PARAMETERS:
             return _error(400, f"unknown parameter {name[:100]!r}", name[:100], PARAMETERS)
         params.setdefault(name, []).append(value)
-    for name in ("since", "until"):
+    for name in ("since", "until", "tz"):
         if len(params.get(name, [])) > 1:
             message = f"{name} is given {len(params[name])} times; give it once"
             return _error(400, message, name, PARAMETERS[name])
@@ -93,6 +95,7 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
             parse_where(params.get("where", [])),
             _bound(params, "since"),
             _bound(params, "until"),
+            params.get("tz", [None])[0],
         )
         if log_dir.exists() and not log_dir.is_dir():
             raise ConfigError(f"the log directory {log_dir.name!r} is not a directory")
