@@ -4,6 +4,7 @@ against the whole history the logs hold."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,21 @@ def test_a_bad_filter_is_an_error_naming_the_valid_form(
     assert "since: '1/11/2026' is not an ISO date or date-time" in capsys.readouterr().err
     assert main(["anomalies", str(log), "--where", "usr_id=bob"]) == 2
     assert "no record has a dimension 'usr_id' (did you mean 'user_id'?)" in capsys.readouterr().err
+
+
+def test_replaying_a_long_history_holds_each_run_compactly(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs are put in time order before they are judged, so each is held until its turn: as its JSON
+    text (about 700 bytes), not as the parsed record (about 2.6 KB; 790 MB for a million-line log)."""
+    summaries = [line for line in log.read_bytes().splitlines(keepends=True) if b'"lens_summary"' in line]
+    long = tmp_path / "long.jsonl"
+    long.write_bytes(b"".join(summaries) * 200)  # 6,000 lens runs as the ledger wrote them
+    tracemalloc.start()
+    try:
+        assert main(["anomalies", str(long), "--metric", "total_tokens", "--format", "json"]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert json.loads(capsys.readouterr().out)["anomalies"]  # the runaways, judged as before
+    assert peak < 7 << 20, f"{peak / 2**20:.1f} MiB"  # it held 10 MiB
