@@ -58,6 +58,13 @@ def test_since_until_and_where_list_the_anomalies_of_a_period_or_a_user(
     assert runs(capsys, log, "--where", "user_id=alice", "--since", "2026-11-01T12:00") == [
         ("2026-11-02T01", "alice")
     ]
+    assert main(["anomalies", str(log), "--min-runs", "5", "--metric", "total_tokens"]) == 0
+    assert capsys.readouterr().out.endswith("\n2 anomalies\n")
+    assert (
+        main(["anomalies", str(log), "--min-runs", "5", "--metric", "total_tokens", "--since", "2026-11-02"])
+        == 0
+    )
+    assert capsys.readouterr().out.endswith("\n1 anomaly\n")
 
 
 def test_a_bad_filter_is_an_error_naming_the_valid_form(

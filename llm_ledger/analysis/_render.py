@@ -82,12 +82,16 @@ def _cells(row: CostRow) -> list[str]:
     ]
 
 
+def _count(number: int, what: str) -> str:
+    return f"{number:,} {what}{'s' * (number != 1)}"
+
+
 def _footer(report: CostReport, fmt: str) -> list[str]:
     total = report.total
     names = [stats.name for stats in report.inputs]
     source = names[0] if len(names) == 1 else f"{len(names)} inputs"
     filtered = f", {report.filtered_out:,} left out by the filters" if report.filtered_out else ""
-    counts = f"{total.calls:,} calls, {total.lens_runs:,} lens runs"
+    counts = f"{_count(total.calls, 'call')}, {_count(total.lens_runs, 'lens run')}"
     if not names:  # records handed over, not read from logs
         rejected = f", {report.rejected:,} with unusable numbers left out" if report.rejected else ""
         lines = [f"{counts}{filtered}{rejected}"]
@@ -225,4 +229,5 @@ def render_anomalies(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
             str(record["context"].get("lens_run_id") or ""),
         ])  # fmt: skip
     # on the log scale the MAD is a ratio: x1.10 means runs usually within 10% of the median
-    return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{len(anomalies)} anomaly(ies)\n"
+    found = f"{len(anomalies):,} anomal{'y' if len(anomalies) == 1 else 'ies'}"
+    return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{found}\n"
