@@ -18,7 +18,7 @@ from typing import Any
 
 from ._records import cost_decimal
 from ._table import text_table, usd
-from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggregate, make_query
+from .analysis._aggregate import EVENTS, CostReport, CostRow, Query, QueryError, aggregate, make_query
 from .analysis._diff import diff_reports, load_report
 from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
@@ -76,7 +76,9 @@ def summarise(
     meanwhile is read as it was when its files were opened: each line once (docs/REPORTING.md).
     """
     query = make_query(by, where, since, until, tz)
-    return aggregate(LogReader([paths] if isinstance(paths, str | os.PathLike) else paths), query)
+    return aggregate(
+        LogReader([paths] if isinstance(paths, str | os.PathLike) else paths, events=EVENTS), query
+    )
 
 
 def summarise_records(

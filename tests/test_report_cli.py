@@ -197,6 +197,8 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "cost_usd",
         "unpriced_calls",
         "cut_short_runs",
+        "over_budget",
+        "anomalies",
         "cost_complete",
         "avg_duration_ms",
     }

@@ -18,11 +18,17 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT, cost_decimal, process_of
+from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, cost_decimal, process_of
 from ..loading import did_you_mean
 from ._read import InputStats, LogReader
 
-__all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where", "select"]
+__all__ = [
+    "EVENTS", "CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where",
+    "select",
+]  # fmt: skip
+
+# the records a report reads: calls and lens runs, and the budget breaches and anomalies it counts
+EVENTS: Final = (CALL_EVENT, LENS_EVENT, BUDGET_EVENT, ANOMALY_EVENT)
 
 # -> length of the timestamp prefix (a week: the ISO week of the day's date, 2026-W45)
 TIME_DIMENSIONS: Final = {"hour": 13, "day": 10, "week": 10, "month": 7}
@@ -208,6 +214,8 @@ class CostRow:
     cost_usd: Decimal = _ZERO
     unpriced_calls: int = 0
     cut_short_runs: int = 0
+    over_budget: int = 0  # budget_exceeded records: limits a lens run went over
+    anomalies: int = 0  # lens_anomaly records: a run's metric far above its baseline
     duration_ms: float = 0.0  # of all calls together
 
     @property
@@ -416,7 +424,15 @@ class _Sums:
     cost_usd: Decimal = _ZERO
     unpriced_calls: int = 0
     cut_short_runs: int = 0
+    over_budget: int = 0
+    anomalies: int = 0
     duration_ms: float = 0.0
+
+    def alert(self, event: Any) -> None:
+        if event == BUDGET_EVENT:
+            self.over_budget += 1
+        else:
+            self.anomalies += 1
 
     def add(self, lens_run: bool, figures: _Figures | None) -> None:
         if lens_run:
@@ -596,13 +612,14 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
-        if not lens_run and event != CALL_EVENT:
+        alert = event == BUDGET_EVENT or event == ANOMALY_EVENT  # counted in its groups, no figures
+        if not (lens_run or alert) and event != CALL_EVENT:
             continue
         context = _dict(record.get("context"))
         if present is not None:
             present.update(record)
             present.update(context)
-        run_id, run_groups = None if from_summaries else context.get("lens_run_id"), None
+        run_id, run_groups = None if from_summaries or alert else context.get("lens_run_id"), None
         if type(run_id) is str and not lens_run:
             run_process, call_process = process_of(run_id), process_of(record.get("call_id"))
             forked = bool(run_process and call_process) and run_process != call_process
@@ -619,7 +636,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
                 if type(parent) is str and parent not in summarised:
                     calls_read[parent] = calls_read.get(parent, 0) + run_calls
         figures = None
-        if lens_run == from_summaries:
+        if lens_run == from_summaries and not alert:
             try:
                 figures = _summary_figures(record) if lens_run else _call_figures(record)
             except BadRecord:
@@ -639,12 +656,16 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             filtered += 1
             continue
         total.add(lens_run, figures)
+        if alert:
+            total.alert(event)
         for combo in itertools.product(*choices):
             group_key = tuple(map(_hashable, combo))
             sums = groups.get(group_key)
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
+            if alert:
+                sums.alert(event)
             if run_groups is not None:
                 run_groups.add(group_key)
     for run_groups in open_runs.values():  # each cut-short run counts once in the total

@@ -29,6 +29,7 @@ _HEADERS: Final = (
     "lens runs", "calls", "errors", "prompt tokens", "completion tokens", "total tokens", "cost (USD)",
     "avg ms",
 )  # fmt: skip
+_ALERT_HEADERS: Final = ("over budget", "anomalies")  # budget_exceeded and lens_anomaly records
 
 
 def _non_finite(value: Any, where: str = "") -> str | None:
@@ -68,8 +69,9 @@ def _label(value: Any, fmt: str) -> str:
     return code(text) if fmt == "markdown" else text
 
 
-def _cells(row: CostRow) -> list[str]:
+def _cells(row: CostRow, alerts: bool) -> list[str]:
     avg = row.avg_duration_ms
+    counts = [f"{row.over_budget:,}", f"{row.anomalies:,}"] if alerts else []
     return [
         f"{row.lens_runs:,}" + f" ({row.cut_short_runs:,} cut short)" * bool(row.cut_short_runs),
         f"{row.calls:,}",
@@ -79,6 +81,7 @@ def _cells(row: CostRow) -> list[str]:
         f"{row.total_tokens:,}",
         usd(row.cost_usd, complete=row.cost_complete),
         NO_FIGURE if avg is None else f"{avg:,.0f}",
+        *counts,
     ]
 
 
@@ -132,9 +135,10 @@ def render(report: CostReport, fmt: str = "text") -> str:
     if fmt == "json":
         return strict_json(report.to_json()) + "\n"
     by = report.query.by
-    headers = [*by, *_HEADERS]
-    rows = [[*(_label(row.key[name], fmt) for name in by), *_cells(row)] for row in report.rows]
-    total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
+    alerts = bool(report.total.over_budget or report.total.anomalies)  # columns only when there are some
+    headers = [*by, *_HEADERS, *_ALERT_HEADERS * alerts]
+    rows = [[*(_label(row.key[name], fmt) for name in by), *_cells(row, alerts)] for row in report.rows]
+    total = [["total", *[""] * (len(by) - 1), *_cells(report.total, alerts)]]
     lines = table(fmt, headers, rows, total=total, right=range(len(by), len(headers)))
     return printable("\n".join([*lines, "", *notes(_footer(report, fmt), fmt)]) + "\n")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .._cli import add_command
 from . import _read
-from ._aggregate import TIME_DIMENSIONS, aggregate, make_query, parse_where
+from ._aggregate import EVENTS, TIME_DIMENSIONS, aggregate, make_query, parse_where
 from ._render import FORMATS, render
 
 __all__ = ["register", "run"]
@@ -66,7 +66,7 @@ def register(subparsers: Any, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    reader = _read.LogReader(args.inputs)
+    reader = _read.LogReader(args.inputs, events=EVENTS)
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until, args.tz)
     report = aggregate(reader, query)
     sys.stdout.write(render(report, args.fmt))
