@@ -161,20 +161,22 @@ def as_budgets(value: Budgets | Mapping[str, Any] | str | os.PathLike[str], *, h
 
 # the two totals LensTotals names its own way (its cost in 10**-24 USD); the others it names as Limits
 _LENS_TOTALS: Final = {"api_calls": "calls", "cost_usd": "cost_units"}
-# a cost budget's calls with no price (an unknown model, or no usage reported)
+# a cost budget's calls with no price (a model the price table does not know)
 _UNPRICED: Final = (
-    "llm-ledger: lens %r has calls with no price (a model the price table does not know, or no usage "
-    "reported), which its budget %s %s counts as $0 (its summaries say cost_complete: false); add their "
-    "models to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...)) so that the budget sees "
-    "them, or keep a token or call limit beside it"
+    "llm-ledger: lens %r has calls with no price (a model the price table does not know), which its "
+    "budget %s %s counts as $0 (its summaries say cost_complete: false); add their models to a price file "
+    "(LLM_LEDGER_PRICE_FILE or configure(price_file=...)) so that the budget sees them, or keep a token "
+    "or call limit beside it"
 )
-# a token budget's calls answered with no usage (a compatible server that sends none, a stream stopped
-# before its usage chunk)
+# a token or cost budget's calls answered with no usage (a compatible server that sends none, a stream
+# stopped before its usage chunk): only a call limit sees them
 _NO_USAGE: Final = (
-    "llm-ledger: lens %r has calls that reported no usage, which its budget %s %s counts as 0 tokens; "
-    "keep a max_api_calls limit beside it, or have the server report usage (for streams: leave "
-    "stream_usage on, and read each stream to its end)"
+    "llm-ledger: lens %r has calls that reported no usage, which its budget %s %s counts as {}; keep a "
+    "max_api_calls limit beside it, or have the server report usage (for streams: leave stream_usage on, "
+    "and read each stream to its end)"
 )
+_NO_USAGE_TOKENS: Final = _NO_USAGE.format("0 tokens")
+_NO_USAGE_COST: Final = _NO_USAGE.format("$0")
 # set once a run in raise mode goes over a limit: only then does each call look for a stopped run
 stopping = False
 
@@ -254,9 +256,11 @@ class _RunBudget:
                 except Exception as exc:  # never in the way of the call, nor of the run's summary
                     monitor._report("checking a lens run's budget", exc)
             elif key == "max_cost_usd" and not totals.cost_complete:
-                self._blind(self._guard._unpriced, _UNPRICED, key, written)
+                # no usage reported, else (or also: told once) a model with no price
+                message = _UNPRICED if totals.tokens_complete else _NO_USAGE_COST
+                self._blind(self._guard._unpriced, message, key, written)
             elif key.endswith("_tokens") and not totals.tokens_complete:
-                self._blind(self._guard._no_usage, _NO_USAGE, key, written)
+                self._blind(self._guard._no_usage, _NO_USAGE_TOKENS, key, written)
 
     def _blind(self, warned: set[str], message: str, key: str, cap: float) -> None:
         """Warn once per lens key (``warned`` holds the keys told) that the limit ``key`` cannot see

@@ -18,7 +18,7 @@ from typing import Any
 
 from ._records import cost_decimal
 from ._table import text_table, usd
-from .analysis._aggregate import CostReport, CostRow, Query, QueryError, aggregate, make_query
+from .analysis._aggregate import EVENTS, CostReport, CostRow, Query, QueryError, aggregate, make_query
 from .analysis._diff import diff_reports, load_report
 from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
@@ -62,18 +62,23 @@ def summarise(
     where: Mapping[str, str | Sequence[str]] | None = None,
     since: When = None,
     until: When = None,
+    tz: str | None = None,
 ) -> CostReport:
     """Read the logs at ``paths`` and sum their calls per value of the ``by`` dimensions.
 
     ``by``: a dimension name, ``"lens,model"``, or a list of names. ``where``: dimension -> the
     value (or values) to keep, compared as text. ``since`` (inclusive) and ``until`` (exclusive):
-    ISO dates or date-times, dates or datetimes; without a time zone, UTC. A pytest ``--llm-report``
+    ISO dates or date-times, dates or datetimes; without a time zone, on ``tz``'s clock. ``tz``: an IANA
+    time zone name (``"America/New_York"``) whose clock the day, hour, week and month read; UTC by
+    default. A pytest ``--llm-report``
     file among the files ``paths`` name (a glob's matches, a directory's) is refused, as by
     ``llm-ledger report`` (read it with :func:`load_report`). A directory that logrotate rotates
     meanwhile is read as it was when its files were opened: each line once (docs/REPORTING.md).
     """
-    query = make_query(by, where, since, until)
-    return aggregate(LogReader([paths] if isinstance(paths, str | os.PathLike) else paths), query)
+    query = make_query(by, where, since, until, tz)
+    return aggregate(
+        LogReader([paths] if isinstance(paths, str | os.PathLike) else paths, events=EVENTS), query
+    )
 
 
 def summarise_records(
@@ -82,11 +87,12 @@ def summarise_records(
     where: Mapping[str, str | Sequence[str]] | None = None,
     since: When = None,
     until: When = None,
+    tz: str | None = None,
     *,
     from_summaries: bool = False,
 ) -> CostReport:
     """Sum call records and lens summaries held in memory, as :func:`summarise` sums a log's; with
     ``from_summaries`` the figures come from the lens summaries alone (docs/REPORTING.md). A record with
     unusable numbers is left out."""
-    query = make_query(by, where, since, until)
+    query = make_query(by, where, since, until, tz)
     return aggregate((dict(r) for r in records), query, from_summaries=from_summaries)

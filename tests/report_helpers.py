@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import openai
+import pytest
 
 import llm_ledger
+from llm_ledger import _context, _monitor
 from llm_ledger._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from llm_ledger._records import USD_UNIT_DIGITS, LensTotals, call_record, lens_record
 
@@ -109,6 +113,27 @@ def line(record: dict[str, Any]) -> str:
 def write(path: Path, records: list[dict[str, Any]], *, extra_lines: tuple[str, ...] = ()) -> Path:
     path.write_text("".join(line(r) + "\n" for r in records) + "".join(x + "\n" for x in extra_lines))
     return path
+
+
+class StoppedClock:
+    """The ``time`` module with ``time()`` stopped at ``epoch``: set on the monitor and the lens
+    context (``at``), it dates the calls and lens runs of real SDK calls on any day."""
+
+    def __init__(self, epoch: float) -> None:
+        self.epoch = epoch
+
+    def time(self) -> float:
+        return self.epoch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def at(monkeypatch: pytest.MonkeyPatch, when: datetime) -> None:
+    """Calls and lens runs from now on start at ``when`` (an aware datetime)."""
+    clock = StoppedClock(when.timestamp())
+    monkeypatch.setattr(_monitor, "time", clock)
+    monkeypatch.setattr(_context, "time", clock)
 
 
 @contextmanager

@@ -395,7 +395,7 @@ def test_records_handed_over_with_unusable_numbers_are_counted_not_summed() -> N
     bad["usage"] = {**bad["usage"], "prompt_tokens": "100"}
     report = summarise_records([call(), bad])
     assert (report.total.calls, report.rejected) == (1, 1)
-    assert render(report, "text").splitlines()[-1] == "1 calls, 0 lens runs, 1 with unusable numbers left out"
+    assert render(report, "text").splitlines()[-1] == "1 call, 0 lens runs, 1 with unusable numbers left out"
 
 
 def test_summaries_of_nested_lenses_count_each_call_once_as_the_calls_do(

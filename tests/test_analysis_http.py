@@ -132,6 +132,34 @@ def test_filters_and_time_range_apply(base_url: str) -> None:
     assert get(base_url, "?by=user_id&by=lens").json()["by"] == ["user_id", "lens"]
 
 
+def test_a_zone_offset_written_with_a_bare_plus_in_the_url_is_read_as_one(base_url: str) -> None:
+    """since=2025-11-25T01:00+02:00 typed into a URL: the query string decodes its '+' as a space, which
+    the API reads back as the offset it must be (as %2B), not a 400 about a date with a space in it."""
+    encoded = get(
+        base_url, "?by=user_id&since=2025-11-25T01:00%2B02:00&until=2025-11-26T12:00:00.000%2B05:30"
+    )
+    for query in (
+        "?by=user_id&since=2025-11-25T01:00+02:00&until=2025-11-26T12:00:00.000+05:30",
+        "?by=user_id&since=2025-11-25+01:00+02:00&until=2025-11-26+12:00:00.000+05:30",  # ' ' for 'T' too
+    ):
+        response = get(base_url, query)
+        assert response.status_code == 200, response.text
+        assert response.json() == encoded.json()
+    body = encoded.json()
+    assert (body["since"], body["until"]) == ("2025-11-24T23:00:00Z", "2025-11-26T06:30:00Z")
+    assert [(row["key"]["user_id"], row["calls"]) for row in body["rows"]] == [("bob", 1)]
+
+
+def test_tz_reads_days_on_that_zones_clock(base_url: str) -> None:
+    """tz=Pacific/Kiritimati (UTC+14): calls at 16:00 UTC count on the next local day."""
+    body = get(base_url, "?by=day&tz=Pacific/Kiritimati").json()
+    assert body["tz"] == "Pacific/Kiritimati"
+    assert [(row["key"]["day"], row["calls"]) for row in body["rows"]] == [
+        ("2025-11-25", 2),
+        ("2025-11-26", 1),
+    ]
+
+
 @pytest.mark.parametrize("how", ["serve", "asgi"])
 def test_each_request_reads_the_logs_afresh(tmp_path: Path, how: str) -> None:
     """A call logged after the server started is in the next answer; an empty directory is no error."""
@@ -151,6 +179,7 @@ def test_each_request_reads_the_logs_afresh(tmp_path: Path, how: str) -> None:
         ("?since=2025-12-01&until=2025-11-01", "since", "since: 2025-12-01T00:00:00Z is not before until"),
         ("?since=2025-11-01&since=2025-11-02", "since", "since is given 2 times; give it once"),
         ("?by=", "by", "by: '' has an empty dimension name"),
+        ("?tz=Mars/Olympus", "tz", "tz: 'Mars/Olympus' is not a time zone name"),
     ],
 )
 def test_bad_parameters_are_400_with_the_problem_and_the_valid_choices(
@@ -164,7 +193,7 @@ def test_bad_parameters_are_400_with_the_problem_and_the_valid_choices(
     assert body["error"].startswith(error)
     assert body["valid"]
     if parameter == "bye":
-        assert set(body["valid"]) == {"by", "where", "since", "until"}
+        assert set(body["valid"]) == {"by", "where", "since", "until", "tz"}
 
 
 def test_other_paths_and_methods_are_refused_in_json(base_url: str) -> None:

@@ -144,8 +144,9 @@ def test_a_cost_budget_says_once_when_calls_have_no_price(
 def test_a_cost_budget_blind_to_a_call_without_usage_says_why(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A priced model whose server reported no usage has no cost either: the warning names both
-    causes, not only a price file the model is already in."""
+    """A priced model whose server reported no usage (a stream stopped early) has no cost either: the
+    warning says so, with the fixes that apply (a call limit, usage reported), never a price file the
+    model is already in, nor a token limit, as blind to that call as the cost."""
     monitor.budgets = BudgetGuard({"lenses": {"digest": {"max_cost_usd": 1.0}}})
     caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
     with monitor.lens("digest") as run:
@@ -154,8 +155,12 @@ def test_a_cost_budget_blind_to_a_call_without_usage_says_why(
         )
     assert run.summary is not None and run.summary["cost_complete"] is False
     [said] = [r.getMessage() for r in caplog.records if "max_cost_usd" in r.getMessage()]
-    assert "(a model the price table does not know, or no usage reported)" in said
-    assert "keep a token or call limit beside it" in said
+    assert (
+        "lens 'digest' has calls that reported no usage, which its budget max_cost_usd $1.0 counts as $0"
+        in said
+    )
+    assert "keep a max_api_calls limit beside it" in said
+    assert "price file" not in said and "token" not in said.replace("no usage", "")
 
 
 def test_a_token_budget_blind_to_calls_without_usage_says_so_once(

@@ -159,6 +159,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "where",
         "since",
         "until",
+        "tz",
         "lines",
         "calls",
         "lens_runs",
@@ -169,6 +170,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "inputs",
         "rows",
         "total",
+        "unmatched_where",
     }
     assert report["by"] == ["service"]
     assert report["inputs"] == [
@@ -195,6 +197,8 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "cost_usd",
         "unpriced_calls",
         "cut_short_runs",
+        "over_budget",
+        "anomalies",
         "cost_complete",
         "avg_duration_ms",
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -626,3 +627,61 @@ def test_calls_that_reported_no_usage_are_named_under_the_table(
     assert "* after leaves out 1 call that reported no usage (no tokens to price)" in out
     result = reprice_json(capsys, str(path), "--model", "gpt-4o-mini=gpt-4o")
     assert (result["total"]["after_complete"], result["no_usage_calls"]) == (False, 1)
+
+
+def test_calls_priced_by_a_price_file_when_made_are_named_when_repriced_without_it(
+    capsys: pytest.CaptureFixture[str], sdk: Sdk, tmp_path: Path
+) -> None:
+    """A log whose gpt-4o-mini calls a price file priced (a negotiated rate), asked "what if gpt-4o were
+    gpt-4.1-mini" without that file: the lens that stays on gpt-4o-mini changes too, at the list price;
+    a note under the table says why and how to keep the recorded rates, so the what-if is not misread."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("version: 1\nmodels:\n  gpt-4o-mini: {input: 0.30, output: 1.20}\n")
+    path = tmp_path / "llm_calls.jsonl"
+    handler = JsonlFileHandler(path)
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, sinks=[handler.write_record], prices=llm_ledger.PriceTable.from_file(prices)
+    )
+    client = sdk(monitor)
+    for lens, model in (("summary", "gpt-4o-mini"), ("summary", "gpt-4o-mini"), ("deep_dive", "gpt-4o")):
+        with monitor.lens(lens):
+            client.chat.completions.create(model=model, messages=HI)
+    handler.close()
+    what_if = ["reprice", str(path), "--model", "gpt-4o=gpt-4.1-mini"]
+    assert main(what_if) == 0
+    out = capsys.readouterr().out
+    assert (
+        "* after prices 2 calls from genai-prices that a price file priced when made (cost.source "
+        '"price-file"): pass that file (--price-file) to keep their rates' in out
+    )
+    summary = by_lens(reprice_json(capsys, *what_if[1:]))["summary"]
+    assert summary["after_usd"] < summary["before_usd"]  # the list price, half the negotiated one
+    assert main([*what_if, "--price-file", str(prices)]) == 0
+    out = capsys.readouterr().out
+    assert "price file priced" not in out
+    summary = by_lens(reprice_json(capsys, *what_if[1:], "--price-file", str(prices)))["summary"]
+    assert summary["after_usd"] == summary["before_usd"]
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_repricing_a_long_log_holds_no_call_in_memory(
+    capsys: pytest.CaptureFixture[str],
+    recorded: tuple[Path, list[dict[str, Any]]],
+    tmp_path: Path,
+    filtered: bool,
+) -> None:
+    """A month of logs is millions of calls: reprice streams them as report does, so its memory stays
+    flat whatever the log's length (it held every call read, about 1 KB each: 660 MB for a million)."""
+    path, _ = recorded
+    lines = path.read_bytes().splitlines(keepends=True)
+    long = tmp_path / "long.jsonl"
+    long.write_bytes(b"".join(lines) * 3000)  # 18,000 calls as the ledger wrote them
+    selection = ["--where", "lens=summary", "--since", "2020-01-01"] if filtered else []
+    tracemalloc.start()
+    try:
+        assert main(["reprice", str(long), "--model", "gpt-4o=gpt-4.1-mini", *selection]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "6,000" in capsys.readouterr().out  # the summary lens's calls, all read
+    assert peak < 4 << 20, f"{peak / 2**20:.1f} MiB"

@@ -4,24 +4,34 @@ filters and rows: docs/REPORTING.md, "The query" and "The rows").
 
 from __future__ import annotations
 
+import difflib
+import functools
 import itertools
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT, cost_decimal, process_of
+from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, cost_decimal, process_of
 from ..loading import did_you_mean
 from ._read import InputStats, LogReader
 
-__all__ = ["CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where", "select"]
+__all__ = [
+    "EVENTS", "CostReport", "CostRow", "Query", "QueryError", "aggregate", "make_query", "parse_where",
+    "select",
+]  # fmt: skip
 
-TIME_DIMENSIONS: Final = {"day": 10, "month": 7, "hour": 13}  # -> length of the timestamp prefix
+# the records a report reads: calls and lens runs, and the budget breaches and anomalies it counts
+EVENTS: Final = (CALL_EVENT, LENS_EVENT, BUDGET_EVENT, ANOMALY_EVENT)
+
+# -> length of the timestamp prefix (a week: the ISO week of the day's date, 2026-W45)
+TIME_DIMENSIONS: Final = {"hour": 13, "day": 10, "week": 10, "month": 7}
 _DATE_EXAMPLE: Final = "e.g. 2025-11-24, 2025-11-24T16:00 or 2025-11-24T16:00:00+02:00 (no zone: UTC)"
 _WHERE_EXAMPLE: Final = "e.g. user_id=alice or model=gpt-4o-mini"
 _BY_EXAMPLE: Final = "e.g. user_id, or lens,model for several"
@@ -56,12 +66,19 @@ class QueryError(ConfigError):
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """What to sum: the dimensions of a row, the filters and the time range (UTC, half-open)."""
+    """What to sum: the dimensions of a row, the filters, the time range (UTC, half-open) and the time
+    zone whose clock the time dimensions read (``tz``, an IANA name)."""
 
     by: tuple[str, ...] = ("lens",)
     where: Mapping[str, frozenset[str]] = field(default_factory=dict)
     since: datetime | None = None
     until: datetime | None = None
+    tz: str = "UTC"
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        """The zone of ``tz``; None for UTC (the records' own)."""
+        return None if self.tz == "UTC" else ZoneInfo(self.tz)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +86,7 @@ class Query:
             "where": {key: sorted(values) for key, values in self.where.items()},
             "since": None if self.since is None else _iso(self.since),
             "until": None if self.until is None else _iso(self.until),
+            "tz": self.tz,
         }
 
 
@@ -76,8 +94,22 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
-    """A bound as an aware UTC datetime: ISO text, a date (midnight UTC) or a datetime (naive: UTC)."""
+def _zone(tz: Any) -> ZoneInfo | None:
+    """The zone an IANA name (``Europe/Paris``) names; None for UTC."""
+    if tz in ("UTC", "Z"):
+        return None
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        close = did_you_mean(tz, sorted(available_timezones())) if isinstance(tz, str) else ""
+        raise QueryError(
+            "tz", f"{tz!r} is not a time zone name{close}; e.g. Europe/Paris, America/New_York or UTC"
+        ) from None
+
+
+def _moment(name: str, value: str | date | datetime | None, zone: ZoneInfo | None) -> datetime | None:
+    """A bound as an aware UTC datetime: ISO text, a date (midnight) or a datetime; without a zone, on
+    ``zone``'s clock (None: UTC)."""
     if value is None:
         return None
     given = value
@@ -91,7 +123,8 @@ def _moment(name: str, value: str | date | datetime | None) -> datetime | None:
     if not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
     try:
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = value.replace(tzinfo=zone or UTC) if value.tzinfo is None else value
+        value = value.astimezone(UTC)
         _stamp_bound(value)  # compared in the ledger's spelling: rounded up to the millisecond
     except OverflowError:
         raise QueryError(
@@ -134,6 +167,7 @@ def make_query(
     where: Mapping[str, str | Sequence[str]] | None = None,
     since: str | date | datetime | None = None,
     until: str | date | datetime | None = None,
+    tz: str | None = None,
 ) -> Query:
     """A checked :class:`Query`; :class:`ConfigError` names a bad value and shows a valid one."""
     filters: dict[str, frozenset[str]] = {}
@@ -153,14 +187,15 @@ def make_query(
         ):
             raise QueryError("where", f"{key}: expected a string or a list of strings, got {values!r}")
         filters[key.strip()] = frozenset(chosen)
-    start, end = _moment("since", since), _moment("until", until)
+    zone = _zone("UTC" if tz is None else tz)
+    start, end = _moment("since", since, zone), _moment("until", until, zone)
     if start is not None and end is not None and start >= end:
         raise QueryError(
             "since",
             f"{_iso(start)} is not before until ({_iso(end)}); since is inclusive and until exclusive: "
             "since 2025-11-01 until 2025-12-01 is November",
         )
-    return Query(_dimensions(by), filters, start, end)
+    return Query(_dimensions(by), filters, start, end, "UTC" if zone is None else str(zone))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +214,8 @@ class CostRow:
     cost_usd: Decimal = _ZERO
     unpriced_calls: int = 0
     cut_short_runs: int = 0
+    over_budget: int = 0  # budget_exceeded records: limits a lens run went over
+    anomalies: int = 0  # lens_anomaly records: a run's metric far above its baseline
     duration_ms: float = 0.0  # of all calls together
 
     @property
@@ -212,6 +249,9 @@ class CostReport:
     filtered_out: int = 0  # records left out by where / since / until
     rejected: int = 0  # records with numbers no record has, left out (from logs: malformed lines too)
     seconds: float = 0.0
+    # (key, value, the closest value the records have or None) of each where value no call or lens run
+    # has, in any period: a typo that empties the report
+    unmatched: tuple[tuple[str, str, str | None], ...] = ()
 
     @property
     def lines(self) -> int:
@@ -238,6 +278,9 @@ class CostReport:
             "inputs": [stats.to_json() for stats in self.inputs],
             "rows": [row.to_json() for row in self.rows],
             "total": {k: v for k, v in self.total.to_json().items() if k != "key"},
+            "unmatched_where": {
+                key: [v for k, v, _ in self.unmatched if k == key] for key, _, _ in self.unmatched
+            },
         }
 
 
@@ -277,8 +320,11 @@ def _usd(value: Any) -> Decimal | None:
     return cost
 
 
-def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run: bool) -> list[Any]:
-    """The values of dimension ``name`` in a record (one, or each model a lens run used)."""
+def _values(
+    record: dict[str, Any], context: dict[str, Any], name: str, lens_run: bool, zone: ZoneInfo | None
+) -> list[Any]:
+    """The values of dimension ``name`` in a record (one, or each model a lens run used); time
+    dimensions on ``zone``'s clock (None: UTC)."""
     if name == "lens":
         return [context.get("lens_key")]
     if name == "model":
@@ -289,7 +335,11 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
         return [_dict(record.get("response")).get("model") if model is None else model]
     if name in TIME_DIMENSIONS:
         stamp = _utc_stamp(record.get("timestamp"))
-        return [None if stamp is None else stamp[: TIME_DIMENSIONS[name]]]
+        if stamp is not None and zone is not None:
+            stamp = _local_minute(stamp[:16], zone)
+        if stamp is None:
+            return [None]
+        return [_iso_week(stamp[:10]) if name == "week" else stamp[: TIME_DIMENSIONS[name]]]
     if name in context:
         return [context[name]]
     if name in record:
@@ -301,6 +351,24 @@ def _values(record: dict[str, Any], context: dict[str, Any], name: str, lens_run
     for part in name.split("."):
         value = value.get(part) if type(value) is dict else None
     return [value]
+
+
+@functools.lru_cache(maxsize=4096)
+def _local_minute(minute: str, zone: ZoneInfo) -> str | None:
+    """A UTC minute (``2026-11-02T03:30``) as that minute on ``zone``'s clock (``2026-11-01T22:30``);
+    None past the years a date can hold. By the minute: a zone may be half an hour off UTC."""
+    try:
+        return datetime.fromisoformat(minute).replace(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+    except OverflowError:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_week(day: str) -> str:
+    """``2026-11-09`` as its ISO week, ``2026-W46``: weeks start on Monday, and text order is time order
+    (2027-01-01 is in 2026-W53)."""
+    year, week, _ = date.fromisoformat(day).isocalendar()
+    return f"{year}-W{week:02d}"
 
 
 def as_text(value: Any) -> str:
@@ -356,7 +424,15 @@ class _Sums:
     cost_usd: Decimal = _ZERO
     unpriced_calls: int = 0
     cut_short_runs: int = 0
+    over_budget: int = 0
+    anomalies: int = 0
     duration_ms: float = 0.0
+
+    def alert(self, event: Any) -> None:
+        if event == BUDGET_EVENT:
+            self.over_budget += 1
+        else:
+            self.anomalies += 1
 
     def add(self, lens_run: bool, figures: _Figures | None) -> None:
         if lens_run:
@@ -444,6 +520,7 @@ def _keep(
     by: tuple[str, ...],
     where: Mapping[str, frozenset[str]],
     choices: list[list[Any]],
+    zone: ZoneInfo | None,
 ) -> bool:
     """Whether ``record`` passes ``where``; the values of a filtered dimension in ``choices`` are
     narrowed to those that pass (a lens run counts under the models it used that were asked for)."""
@@ -453,30 +530,53 @@ def _keep(
             if not choices[index]:
                 return False
     return all(
-        any(as_text(v) in wanted for v in _values(record, context, name, lens_run))
+        any(as_text(v) in wanted for v in _values(record, context, name, lens_run, zone))
         for name, wanted in where.items()
         if name not in by
     )
 
 
-def select(records: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+_HINT_VALUES: Final = 1000  # values of a where key kept to suggest one for a value no record has
+
+
+def _look_for(
+    record: dict[str, Any],
+    context: dict[str, Any],
+    lens_run: bool,
+    missing: dict[str, set[str]],
+    seen: dict[str, set[str]],
+    zone: ZoneInfo | None,
+) -> None:
+    """Strike off ``missing`` (where key -> the values no record had so far) the values ``record`` has,
+    keeping a few of each key's values in ``seen``; a key whose values were all found leaves ``missing``."""
+    for name in list(missing):
+        for value in _values(record, context, name, lens_run, zone):
+            text = as_text(value)
+            missing[name].discard(text)
+            if len(seen[name]) < _HINT_VALUES:
+                seen[name].add(text)
+        if not missing[name]:
+            del missing[name]
+
+
+def select(records: Iterable[dict[str, Any]], query: Query) -> Iterator[dict[str, Any]]:
     """The records that pass ``query``'s ``where``, ``since`` and ``until`` (its ``by`` aside), as
-    :func:`aggregate` judges them; a ``where`` dimension no record has is a :class:`QueryError`."""
+    :func:`aggregate` judges them, one at a time (a log's calls are never held together); a ``where``
+    dimension no record has is a :class:`QueryError` once they are all read."""
     since, until = _stamp_bound(query.since), _stamp_bound(query.until)
     dated = since is not None or until is not None
     present: set[str] = set()
-    kept = []
+    zone = query.zone
     for record in records:
         context = _dict(record.get("context"))
         present.update(record)
         present.update(context)
         if dated and not _in_range(record.get("timestamp"), since, until):
             continue
-        if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, []):
-            kept.append(record)
+        if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, [], zone):
+            yield record
     if present:
         _check_known(query, present)
-    return kept
 
 
 def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries: bool = False) -> CostReport:
@@ -484,7 +584,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     record's is left out; from a :class:`LogReader`, its line counts as malformed in the reader's stats."""
     reader = records if isinstance(records, LogReader) else None
     started = time.perf_counter()
-    by, where = query.by, query.where
+    by, where, zone = query.by, query.where, query.zone
     since, until = _stamp_bound(query.since), _stamp_bound(query.until)
     dated = since is not None or until is not None
     groups: dict[tuple[Any, ...], _Sums] = {}
@@ -507,16 +607,19 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     open_runs: dict[str, set[tuple[Any, ...]]] = {}
     calls_read: dict[str, int] = {}
     summarised: set[str] = set()
+    missing = {name: set(wanted) for name, wanted in where.items()}  # where values no record has yet
+    seen: dict[str, set[str]] = {name: set() for name in where}
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
-        if not lens_run and event != CALL_EVENT:
+        alert = event == BUDGET_EVENT or event == ANOMALY_EVENT  # counted in its groups, no figures
+        if not (lens_run or alert) and event != CALL_EVENT:
             continue
         context = _dict(record.get("context"))
         if present is not None:
             present.update(record)
             present.update(context)
-        run_id, run_groups = None if from_summaries else context.get("lens_run_id"), None
+        run_id, run_groups = None if from_summaries or alert else context.get("lens_run_id"), None
         if type(run_id) is str and not lens_run:
             run_process, call_process = process_of(run_id), process_of(record.get("call_id"))
             forked = bool(run_process and call_process) and run_process != call_process
@@ -533,7 +636,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
                 if type(parent) is str and parent not in summarised:
                     calls_read[parent] = calls_read.get(parent, 0) + run_calls
         figures = None
-        if lens_run == from_summaries:
+        if lens_run == from_summaries and not alert:
             try:
                 figures = _summary_figures(record) if lens_run else _call_figures(record)
             except BadRecord:
@@ -543,20 +646,26 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
                 continue
             if lens_run:  # a nested run filtered out still leaves its parent's sums (_nested_sums)
                 figures = _own_figures(figures, context, nested)
+        if missing:
+            _look_for(record, context, lens_run, missing, seen, zone)
         if dated and not _in_range(record.get("timestamp"), since, until):
             filtered += 1
             continue
-        choices = [_values(record, context, name, lens_run) for name in by]
-        if where and not _keep(record, context, lens_run, by, where, choices):
+        choices = [_values(record, context, name, lens_run, zone) for name in by]
+        if where and not _keep(record, context, lens_run, by, where, choices, zone):
             filtered += 1
             continue
         total.add(lens_run, figures)
+        if alert:
+            total.alert(event)
         for combo in itertools.product(*choices):
             group_key = tuple(map(_hashable, combo))
             sums = groups.get(group_key)
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures)
+            if alert:
+                sums.alert(event)
             if run_groups is not None:
                 run_groups.add(group_key)
     for run_groups in open_runs.values():  # each cut-short run counts once in the total
@@ -569,6 +678,13 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     rows.sort(key=lambda row: tuple(as_text(value) for value in row.key.values()))
     if not all(name in TIME_DIMENSIONS for name in by):  # by time: in time order; else costliest first
         rows.sort(key=lambda row: (-row.cost_usd, -row.calls, -row.lens_runs))
+        times = [name for name in by if name in TIME_DIMENSIONS]  # user_id,day: day by day, costliest first
+        rows.sort(key=lambda row: tuple(as_text(row.key[name]) for name in times))
     seconds = time.perf_counter() - started
     inputs = () if reader is None else tuple(reader.stats)
-    return CostReport(query, tuple(rows), total.row(), inputs, filtered, rejected, seconds)
+    unmatched = tuple(
+        (name, value, next(iter(difflib.get_close_matches(value, seen[name], n=1)), None))
+        for name in missing
+        for value in sorted(missing[name])
+    )
+    return CostReport(query, tuple(rows), total.row(), inputs, filtered, rejected, seconds, unmatched)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .._cli import add_command, add_listen_options, listening
 from .._errors import ConfigError
-from ._aggregate import TIME_DIMENSIONS, QueryError, aggregate, make_query, parse_where
+from ._aggregate import EVENTS, TIME_DIMENSIONS, QueryError, aggregate, make_query, parse_where
 from ._read import LogReader
 from ._render import strict_json
 
@@ -30,7 +31,14 @@ PARAMETERS: Final = {
     "where": "KEY=VALUE, repeatable: e.g. where=user_id=alice",
     "since": "an ISO date or date-time, inclusive: e.g. 2025-11-24 or 2025-11-24T16:00:00Z",
     "until": "an ISO date or date-time, exclusive: e.g. 2025-12-01",
+    "tz": "a time zone name whose clock hour, day, week, month, since and until read: e.g. America/New_York "
+    "(default: UTC)",
 }
+
+# "since=2025-11-24T16:00+02:00" typed into a URL: the query string decodes its "+" as a space
+_DECODED_PLUS: Final = re.compile(
+    r"^(\d{4}-\d\d-\d\d[T ]\d\d(?::\d\d(?::\d\d(?:\.\d+)?)?)?) (\d\d(?::?\d\d)?)$"
+)
 
 Response = tuple[int, bytes]
 Scope = MutableMapping[str, Any]
@@ -60,6 +68,12 @@ def _error(status: int, message: str, parameter: str | None = None, valid: Any =
     return _json(status, {"error": message, "parameter": parameter, "valid": valid})
 
 
+def _bound(params: dict[str, list[str]], name: str) -> str | None:
+    """``since`` or ``until`` as given, a zone offset's "+" decoded as a space put back."""
+    values = params.get(name)
+    return None if values is None else _DECODED_PLUS.sub(r"\1+\2", values[0])
+
+
 def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response:
     """The status and JSON body answering one request."""
     if path.rstrip("/") != ENDPOINT:
@@ -71,7 +85,7 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         if name not in PARAMETERS:
             return _error(400, f"unknown parameter {name[:100]!r}", name[:100], PARAMETERS)
         params.setdefault(name, []).append(value)
-    for name in ("since", "until"):
+    for name in ("since", "until", "tz"):
         if len(params.get(name, [])) > 1:
             message = f"{name} is given {len(params[name])} times; give it once"
             return _error(400, message, name, PARAMETERS[name])
@@ -79,13 +93,16 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         query = make_query(
             params.get("by", ["lens"]),
             parse_where(params.get("where", [])),
-            params.get("since", [None])[0],
-            params.get("until", [None])[0],
+            _bound(params, "since"),
+            _bound(params, "until"),
+            params.get("tz", [None])[0],
         )
         if log_dir.exists() and not log_dir.is_dir():
             raise ConfigError(f"the log directory {log_dir.name!r} is not a directory")
         inputs = [log_dir] if log_dir.exists() else []  # not created yet: no call logged so far
-        report = aggregate(LogReader(inputs, empty_dirs=True, allow_reports=True), query).to_json()
+        report = aggregate(
+            LogReader(inputs, events=EVENTS, empty_dirs=True, allow_reports=True), query
+        ).to_json()
         for stats in report["inputs"]:
             stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
         return _json(200, report)

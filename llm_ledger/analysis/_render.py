@@ -29,6 +29,7 @@ _HEADERS: Final = (
     "lens runs", "calls", "errors", "prompt tokens", "completion tokens", "total tokens", "cost (USD)",
     "avg ms",
 )  # fmt: skip
+_ALERT_HEADERS: Final = ("over budget", "anomalies")  # budget_exceeded and lens_anomaly records
 
 
 def _non_finite(value: Any, where: str = "") -> str | None:
@@ -68,8 +69,9 @@ def _label(value: Any, fmt: str) -> str:
     return code(text) if fmt == "markdown" else text
 
 
-def _cells(row: CostRow) -> list[str]:
+def _cells(row: CostRow, alerts: bool) -> list[str]:
     avg = row.avg_duration_ms
+    counts = [f"{row.over_budget:,}", f"{row.anomalies:,}"] if alerts else []
     return [
         f"{row.lens_runs:,}" + f" ({row.cut_short_runs:,} cut short)" * bool(row.cut_short_runs),
         f"{row.calls:,}",
@@ -79,15 +81,20 @@ def _cells(row: CostRow) -> list[str]:
         f"{row.total_tokens:,}",
         usd(row.cost_usd, complete=row.cost_complete),
         NO_FIGURE if avg is None else f"{avg:,.0f}",
+        *counts,
     ]
 
 
-def _footer(report: CostReport) -> list[str]:
+def _count(number: int, what: str) -> str:
+    return f"{number:,} {what}{'s' * (number != 1)}"
+
+
+def _footer(report: CostReport, fmt: str) -> list[str]:
     total = report.total
     names = [stats.name for stats in report.inputs]
     source = names[0] if len(names) == 1 else f"{len(names)} inputs"
     filtered = f", {report.filtered_out:,} left out by the filters" if report.filtered_out else ""
-    counts = f"{total.calls:,} calls, {total.lens_runs:,} lens runs"
+    counts = f"{_count(total.calls, 'call')}, {_count(total.lens_runs, 'lens run')}"
     if not names:  # records handed over, not read from logs
         rejected = f", {report.rejected:,} with unusable numbers left out" if report.rejected else ""
         lines = [f"{counts}{filtered}{rejected}"]
@@ -96,6 +103,9 @@ def _footer(report: CostReport) -> list[str]:
             f"{printable(source)}: {report.lines:,} lines, {counts}, {report.malformed:,} malformed, "
             f"{report.skipped:,} skipped{filtered}, read in {report.seconds:.2f} s"
         ]
+    for key, value, close in report.unmatched:
+        hint = "" if close is None else f" (did you mean {_label(close, fmt)}?)"
+        lines.append(f"--where {_label(f'{key}={value}', fmt)}: no call or lens run has this value{hint}")
     if cut := total.cut_short_runs:
         lines.append(
             f"cut short: {cut:,} lens run{'s' * (cut != 1)} whose lens_summary never came (the process was "
@@ -125,11 +135,12 @@ def render(report: CostReport, fmt: str = "text") -> str:
     if fmt == "json":
         return strict_json(report.to_json()) + "\n"
     by = report.query.by
-    headers = [*by, *_HEADERS]
-    rows = [[*(_label(row.key[name], fmt) for name in by), *_cells(row)] for row in report.rows]
-    total = [["total", *[""] * (len(by) - 1), *_cells(report.total)]]
+    alerts = bool(report.total.over_budget or report.total.anomalies)  # columns only when there are some
+    headers = [*by, *_HEADERS, *_ALERT_HEADERS * alerts]
+    rows = [[*(_label(row.key[name], fmt) for name in by), *_cells(row, alerts)] for row in report.rows]
+    total = [["total", *[""] * (len(by) - 1), *_cells(report.total, alerts)]]
     lines = table(fmt, headers, rows, total=total, right=range(len(by), len(headers)))
-    return printable("\n".join([*lines, "", *notes(_footer(report), fmt)]) + "\n")
+    return printable("\n".join([*lines, "", *notes(_footer(report, fmt), fmt)]) + "\n")
 
 
 def _reprice_cells(row: Row, name: str) -> list[str]:
@@ -180,6 +191,12 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
     if result.no_usage_calls:
         calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
         said.append(f"* after leaves out {calls} that reported no usage (no tokens to price)")
+    if result.price_file_calls:
+        calls = f"{result.price_file_calls:,} call{'s' if result.price_file_calls != 1 else ''}"
+        said.append(
+            f"* after prices {calls} from genai-prices that a price file priced when made (cost.source "
+            '"price-file"): pass that file (--price-file) to keep their rates'
+        )
     if not total.before_complete:
         said.append("* before leaves out calls recorded without a cost")
     if not (total.before_complete and total.after_complete):
@@ -216,4 +233,5 @@ def render_anomalies(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
             str(record["context"].get("lens_run_id") or ""),
         ])  # fmt: skip
     # on the log scale the MAD is a ratio: x1.10 means runs usually within 10% of the median
-    return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{len(anomalies)} anomaly(ies)\n"
+    found = f"{len(anomalies):,} anomal{'y' if len(anomalies) == 1 else 'ies'}"
+    return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{found}\n"

@@ -8,7 +8,7 @@ from typing import Any
 
 from .._cli import add_command
 from . import _read
-from ._aggregate import TIME_DIMENSIONS, aggregate, make_query, parse_where
+from ._aggregate import EVENTS, TIME_DIMENSIONS, aggregate, make_query, parse_where
 from ._render import FORMATS, render
 
 __all__ = ["register", "run"]
@@ -57,11 +57,17 @@ def register(subparsers: Any, summary: str) -> None:
     )
     parser.add_argument("--since", metavar="WHEN", help="from this ISO date or date-time, inclusive (UTC)")
     parser.add_argument("--until", metavar="WHEN", help="up to this ISO date or date-time, exclusive (UTC)")
+    parser.add_argument(
+        "--tz",
+        metavar="ZONE",
+        help="read hour, day, week and month, and --since/--until without a zone, on this time zone's "
+        "clock, e.g. America/New_York (default: UTC)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    reader = _read.LogReader(args.inputs)
-    query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until)
+    reader = _read.LogReader(args.inputs, events=EVENTS)
+    query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until, args.tz)
     report = aggregate(reader, query)
     sys.stdout.write(render(report, args.fmt))
     _read.warn_unread("report", report.inputs)

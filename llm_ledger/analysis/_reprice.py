@@ -27,7 +27,7 @@ from .._cli import add_command
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
-from .._rates import DEFAULT_PROVIDER, provider_error
+from .._rates import DEFAULT_PROVIDER, PRICE_FILE_SOURCE, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from ..loading import did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
@@ -90,6 +90,8 @@ class Reprice:
     unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
     no_usage_calls: int = 0  # calls that reported no usage: no tokens to price, before or after
     hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
+    # calls a price file priced when made, whose model stays, priced again without it (no price_file)
+    price_file_calls: int = 0
 
     def total(self) -> Row:
         total = Row("(total)")
@@ -107,6 +109,7 @@ class Reprice:
             "total": self.total().to_json(),
             "unpriced_after": dict(sorted(self.unpriced_after.items())),
             "no_usage_calls": self.no_usage_calls,
+            "price_file_calls": self.price_file_calls,
         }
 
 
@@ -115,8 +118,9 @@ class Reprice:
 
 def read_usage(
     paths: str | Sequence[str], query: Query | None = None
-) -> tuple[str, list[UsageRow], list[InputStats]]:
-    """("log" or "report", the usage recorded in ``paths``, what reading each log found);
+) -> tuple[str, Iterable[UsageRow], list[InputStats]]:
+    """("log" or "report", the usage recorded in ``paths``, what reading each log found: filled in as
+    the usage, read one call at a time, is iterated);
     :class:`ConfigError` says what is wrong. One regular file may be the pytest plugin's report; anything
     else is read as logs (a report among them is refused), keeping the calls that pass ``query``'s
     ``where``, ``since`` and ``until``, as ``llm-ledger report`` does."""
@@ -139,7 +143,7 @@ def read_usage(
             return "report", list(_report_usage(one)), []
     reader = LogReader(inputs, events=(CALL_EVENT,))
     calls = select(reader, query) if filtered and query else reader
-    return "log", [usage_row(_billed(c)) for c in calls], reader.stats
+    return "log", (usage_row(_billed(c)) for c in calls), reader.stats
 
 
 def _billed(record: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +207,7 @@ def parse_models(pairs: Iterable[str]) -> dict[str, str]:
 
 def reprice(
     source: str,
-    usage: list[UsageRow],
+    usage: Iterable[UsageRow],
     table: PriceTable,
     *,
     models: dict[str, str] | None = None,
@@ -216,16 +220,13 @@ def reprice(
     models = models or {}
     if provider is not None and table.route(provider=provider).matched_by != "provider":
         raise ConfigError(f"--provider: {provider_error(provider)}")
-    used = sorted({u.model or u.served_model for u in usage} - {""})
-    for old in models:
-        if not any(old in (u.model, u.served_model) for u in usage):
-            raise ConfigError(
-                f"--model {old}={models[old]}: no call in {source} used {old!r}{did_you_mean(old, used)}; "
-                f"models used: {', '.join(used) or 'none'}"
-            )
+    used: set[str] = set()  # the models the calls asked for, else were served
+    named: set[str] = set()  # the models they asked for or were served
     result = Reprice(source, models, provider, price_file)
     checked: set[tuple[int, str]] = set()
-    for item in usage:
+    for item in usage:  # one pass, one call at a time: a log's calls are never held together
+        used.add(item.model or item.served_model)
+        named.update((item.model, item.served_model))
         route = (
             table.route(provider=provider)
             if provider is not None
@@ -248,6 +249,8 @@ def reprice(
         row.after_complete &= item.no_usage_calls == 0
         result.no_usage_calls += item.no_usage_calls
         stays = new is None and provider is None and route.provider == item.provider
+        if stays and price_file is None and item.cost_source == PRICE_FILE_SOURCE:
+            result.price_file_calls += item.calls  # its change is the table's, not the what-if's
         # a server the recording's price file priced itself (self-hosted), which no host entry now maps:
         # its model keeps no price, rather than a vendor's list price for a model of that name
         own_server = new is None and route.matched_by == "model" and item.provider != DEFAULT_PROVIDER
@@ -280,6 +283,13 @@ def reprice(
             row.compared += item.calls
             row.compared_before_usd += item.cost_usd
             row.compared_after_units += cost
+    used.discard("")
+    for old in models:
+        if old not in named:
+            raise ConfigError(
+                f"--model {old}={models[old]}: no call in {source} used {old!r}{did_you_mean(old, used)}; "
+                f"models used: {', '.join(sorted(used)) or 'none'}"
+            )
     return result
 
 
