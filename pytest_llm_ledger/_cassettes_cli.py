@@ -52,8 +52,16 @@ def _after_dashes(argv: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._cassette import TO_RECORD, replayed_auth_advice
-    from ._naming import move_command, moved_hint, renamed_cassettes
+    try:
+        from ._cassette import TO_RECORD, replayed_auth_advice
+        from ._naming import move_command, moved_hint, renamed_cassettes
+    except ImportError as exc:  # a production install: pytest and vcrpy come with the plugin's extra
+        print(
+            f"llm-ledger cassettes: error: {exc}; this command asks pytest which tests own the cassettes, "
+            "which needs the plugin's extra: pip install 'llm-ledger[pytest]'",
+            file=sys.stderr,
+        )
+        return 2
 
     with tempfile.TemporaryDirectory(prefix="llm-ledger-cassettes-") as tmp:
         listing = Path(tmp) / "cassettes.json"

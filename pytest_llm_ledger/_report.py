@@ -281,7 +281,7 @@ class Breach:
 
 
 # the SessionLedger fields a worker sends as they are (sets sorted), merged into the controller's
-_WIRE_SETS: Final = ("recorded", "cassettes", "tested", "refused")
+_WIRE_SETS: Final = ("recorded", "cassettes", "tested", "refused", "unmarked_live")
 _WIRE_DICTS: Final = ("unplayed", "auth_errors", "replayed_auth_errors")
 
 
@@ -301,6 +301,7 @@ class SessionLedger:
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.refused: set[str] = set()  # OpenAI requests refused while no test ran: they fail the run
+        self.unmarked_live: set[str] = set()  # node ids not marked llm whose OpenAI requests went out live
         # (node id, *USAGE_KEYS) -> the tokens of those calls; node id -> its calls outside any lens
         self.usage: dict[tuple[str, ...], UsageSum] = {}
         self._outside: dict[str, Totals] = {}
@@ -348,6 +349,7 @@ class SessionLedger:
         self.auth_errors.pop(nodeid, None)
         self.replayed_auth_errors.pop(nodeid, None)
         self.unplayed.pop(nodeid, None)
+        self.unmarked_live.discard(nodeid)
 
     # -- xdist -----------------------------------------------------------------------------------
 

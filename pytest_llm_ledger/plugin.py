@@ -398,6 +398,9 @@ class _LedgerState:
         nodeid = self._guarded
         recording = self.mode != "none"
         if recording and not (self.current is not None and self._marked):
+            if self.current is not None and nodeid is not None:  # sent live, and no cassette keeps it
+                with self._lock:
+                    self.ledger.unmarked_live.add(nodeid)
             return None  # while recording only a marked test's fixture of a wider scope is refused
         if self.current is None:  # no test running: a test module's import, a thread left running
             message = (
@@ -899,7 +902,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         return
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
-    cassettes = _orphan_cassette_notices(state, session.config) + _ci_recording_notices(state)
+    cassettes = [
+        *_orphan_cassette_notices(state, session.config),
+        *_ci_recording_notices(state),
+        *_unmarked_live_notices(state),
+    ]
     state.notices, state.unchecked_budgets = notices(
         state.ledger, state.budgets, cassettes, state.location, state.here
     )
@@ -936,6 +943,19 @@ def _ci_recording_notices(state: _LedgerState) -> list[str]:
         f"llm-ledger: {len(recorded)} test(s) recorded their cassette in this CI run (record mode "
         f"{state.mode!r}), so they called the API and CI keeps nothing: {listed(recorded)}; record them "
         "locally, commit the cassettes, and run CI in record mode none"
+    ]
+
+
+def _unmarked_live_notices(state: _LedgerState) -> list[str]:
+    """Tests not marked llm that called the API while recording: they pass now, and the replay refuses
+    their requests, since no cassette recorded them."""
+    if not (tests := sorted(state.ledger.unmarked_live)):
+        return []
+    return [
+        f"llm-ledger: {len(tests)} test(s) not marked llm sent OpenAI API requests live in record mode "
+        f"{state.mode!r}, so no cassette recorded them and the replay (record mode none) will refuse them: "
+        f"{listed(tests)}; mark them @pytest.mark.llm and record again (@pytest.mark.llm(live=True) for a "
+        "deliberate live test)"
     ]
 
 

@@ -105,3 +105,25 @@ def test_without_vcrpy_only_marked_tests_fail_with_one_message(
         out,
     )
     assert "Traceback" not in out and "INTERNALERROR" not in out and "ImportError:" not in out
+
+
+def test_the_cassettes_command_without_the_extra_says_what_to_install() -> None:
+    """`llm-ledger cassettes` in a production install (no pytest): one line naming the extra, exit 2,
+    no traceback."""
+    code = (
+        "import sys; sys.modules['pytest'] = None; "
+        "from llm_ledger._cli import main; sys.exit(main(['cassettes']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("llm-ledger cassettes: error: ")
+    assert "pip install 'llm-ledger[pytest]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_license_the_metadata_names_ships_as_a_file() -> None:
+    """`license = "MIT"` comes with its text: hatchling puts LICENSE in the sdist and in the wheel's
+    .dist-info/licenses (its default license-files globs)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and "license-files" not in project
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n") and "Permission is hereby granted, free of charge" in text

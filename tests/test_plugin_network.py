@@ -13,6 +13,7 @@ from tests.plugin_helpers import (
     INI,
     PLUGIN_ARGS,
     no_key_fixture,
+    notice_fails_strict,
     run,
     server_fixture,
     with_key_fixture,
@@ -93,6 +94,31 @@ def test_unmarked_requests_fail_their_test_and_are_never_sent(
     )
     assert out.count("is not marked llm") == 2  # once per test: no traceback, no retry, no repeat
     assert "APIConnectionError" not in out and "Traceback" not in out
+
+
+@pytest.mark.usefixtures("with_key")
+def test_recording_names_the_unmarked_tests_whose_requests_went_out_live(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """While recording, an unmarked test's call goes out and the test passes, but no cassette keeps it,
+    so the replay will fail it: the session ends naming it (not the live test), a failure under
+    --llm-strict."""
+    write_project(pytester, UNMARKED_TESTS)
+
+    lenient, _ = notice_fails_strict(
+        pytester,
+        "--llm-record-mode=once",
+        notice=[
+            "llm-ledger: 2 test(s) not marked llm sent OpenAI API requests live in record mode 'once', so no "
+            "cassette recorded them and the replay (record mode none) will refuse them: "
+            "tests/test_app.py::test_unmarked, tests/test_app.py::test_unmarked_async_swallowed; mark them "
+            "@pytest.mark.llm and record again (@pytest.mark.llm(live=True) for a deliberate live test)"
+        ],
+    )
+
+    lenient.assert_outcomes(passed=3)
+    assert sorted(prompts(server)) == sorted(["unmarked", "swallowed", "live"] * 2)
+    assert not (pytester.path / "cassettes").exists()
 
 
 WIDER_FIXTURE_TESTS = """

@@ -130,6 +130,32 @@ def test_monitoring_a_service_writes_the_records_the_readme_shows(
     assert cost is not None and float(cost.total_cost_usd) == shown_call["cost"]["total_cost_usd"]
 
 
+def test_without_configure_the_records_reach_only_the_logger_and_the_summary(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The README's service without its configure() line: no logs/ directory is written, the records
+    reach the `llm_monitor` logger (a handler of the application's own), and run.summary is printed."""
+    code = blocks("python", "## Five minutes: monitoring a service")[0]
+    without = "\n".join(line for line in code.splitlines() if not line.startswith("llm_ledger.configure("))
+    assert len(without.splitlines()) == len(code.splitlines()) - 1
+    handler = "import logging\nlogging.getLogger('llm_monitor').addHandler(logging.StreamHandler())\n"
+    (tmp_path / "quickstart.py").write_text(handler + without)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OPENAI_"))}
+    env |= {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake_openai.base_url}
+
+    done = warm_python.run(
+        [sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == [
+        "llm_api_call",
+        "lens_summary",
+    ]
+    assert ast.literal_eval(done.stdout)["total_api_calls"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.py"]
+
+
 # What the README's CI test leaves to the application: something that runs a lens over a source.
 MYAPP = """
 import llm_ledger
