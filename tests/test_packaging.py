@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -120,10 +121,51 @@ def test_the_cassettes_command_without_the_extra_says_what_to_install() -> None:
     assert "pip install 'llm-ledger[pytest]'" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_the_license_the_metadata_names_ships_as_a_file() -> None:
-    """`license = "MIT"` comes with its text: hatchling puts LICENSE in the sdist and in the wheel's
-    .dist-info/licenses (its default license-files globs)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["license"] == "MIT" and "license-files" not in project
-    text = (ROOT / "LICENSE").read_text()
-    assert text.startswith("MIT License\n") and "Permission is hereby granted, free of charge" in text
+def test_the_wheel_ships_both_packages_typed_with_their_entry_points_and_license(tmp_path: Path) -> None:
+    """The wheel a user installs, built as pip builds it (hatchling, from the dev group): every module
+    git tracks in both packages and nothing else, a ``py.typed`` in each, the pytest plugin and the
+    console script, the MIT text in .dist-info/licenses, and metadata PyPI renders."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp_path,
+            ROOT,
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("llm_ledger-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (info,) = {name.split("/")[0] for name in names if ".dist-info/" in name}
+        entry_points, metadata, license_text = (
+            archive.read(f"{info}/{name}").decode()
+            for name in ("entry_points.txt", "METADATA", "licenses/LICENSE")
+        )
+    tracked = subprocess.run(
+        ["git", "ls-files", "llm_ledger", "pytest_llm_ledger"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    packaged = {name for name in names if not name.startswith(info)}
+    assert packaged == set(tracked), packaged ^ set(tracked)
+    assert {"llm_ledger/py.typed", "pytest_llm_ledger/py.typed"} <= packaged
+    assert "[pytest11]\nllm_ledger = pytest_llm_ledger.plugin" in entry_points
+    assert "llm-ledger = llm_ledger._cli:main" in entry_points
+    assert (
+        license_text.startswith("MIT License\n")
+        and "Permission is hereby granted, free of charge" in license_text
+    )
+    for line in ("License-Expression: MIT", "License-File: LICENSE", "Requires-Python: >=3.11"):
+        assert line in metadata.splitlines(), line
+    assert "Description-Content-Type: text/markdown" in metadata
