@@ -155,11 +155,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     for flag, ini, default, text in _SETTINGS:
         if flag is not None:
-            kind: dict[str, Any] = {"metavar": "HH:MM" if ini == "llm_time_of_day" else "PATH"}
+            # the record mode is checked as its ini twin is (whatever its case), not by argparse's choices
+            metavar = {"llm_time_of_day": "HH:MM", "llm_record_mode": "MODE"}.get(str(ini), "PATH")
+            kind: dict[str, Any] = {"metavar": metavar}
             if default == "false":
                 kind = {"action": "store_true"}
-            elif ini == "llm_record_mode":
-                kind = {"choices": RECORD_MODES}
             group.addoption(flag, help=f"{text}; ini {ini}" if ini else text, **kind)
         if isinstance(default, list):
             parser.addini(str(ini), text, type="args", default=default)

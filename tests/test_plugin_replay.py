@@ -925,6 +925,28 @@ def test_bad_record_mode_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> N
     )
 
 
+@pytest.mark.parametrize("flag", ["--llm-record-mode=ONCE", "-ollm_record_mode=ONCE"])
+def test_a_record_mode_is_read_whatever_its_case_as_flag_or_ini(pytester: pytest.Pytester, flag: str) -> None:
+    """`--llm-record-mode=ONCE` is accepted, as `llm_record_mode = ONCE` in the ini (or -o) is."""
+    write_project(pytester, "def test_nothing():\n    pass\n")
+
+    result = run(pytester, flag, "-v")
+
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+
+
+def test_a_bad_record_mode_flag_quotes_it_and_names_the_modes(pytester: pytest.Pytester) -> None:
+    """An unknown --llm-record-mode is quoted as typed, with the valid modes."""
+    write_project(pytester, "def test_nothing():\n    pass\n")
+
+    result = run(pytester, "--llm-record-mode=Never")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --llm-record-mode: 'Never' is not a record mode; use one of none, once, *"]
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
