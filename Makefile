@@ -16,7 +16,7 @@ STALE_WHY := $(if $(VENV_PY),$(if $(filter-out $(WANT_PY),$(VENV_PY)),was made b
 	not $(PYTHON) ($(WANT_PY)),$(if $(MADE_IN),was made in $(MADE_IN))),$(if $(wildcard $(VENV)),has no working Python))
 STALE_VENV := $(and $(WANT_PY),$(STALE_WHY))
 
-.PHONY: demo test test-python test-compat lint typecheck unit bench clean FORCE
+.PHONY: demo test test-python test-compat test-min lint typecheck unit bench clean FORCE
 
 $(STAMP): pyproject.toml $(if $(STALE_VENV),FORCE)
 	@case "$(WANT_PY)" in 3.1[1-9]|3.[2-9][0-9]) ;; *) \
@@ -94,6 +94,35 @@ test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)
 	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3 and not sdk_independent'
 	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 --dist worksteal -q tests/integration
 
+# The oldest versions pyproject.toml allows, as a lock file pinning them gets: every dependency and
+# extra at its floor (each `>=X` installed as `==X`, openai 1.109.1 among them; what they bring in at its
+# newest), with the dev group's test tools at versions that go with them, in .venv-min; then the whole
+# suite but the tests that need openai 3.x (sdk3) and OpenTelemetry's openai-v2 instrumentation (it
+# needs a newer OpenTelemetry than the floor). Run it after raising a floor or using something new of
+# a dependency; not in .ci/run (the suite again: 2.5 minutes on two cores, the venv made).
+MIN := .venv-min
+define FLOORS
+import re, tomllib
+toml = tomllib.load(open("pyproject.toml", "rb"))
+needs = toml["project"]["dependencies"] + sum(toml["project"]["optional-dependencies"].values(), [])
+for need in needs:
+    name, floor = re.fullmatch(r"([\w.-]+)(?:\[.*\])?>=([\w.]+).*", need.split(";")[0].strip()).groups()
+    print(f"{name}=={floor}")
+newer = ("opentelemetry-instrumentation-openai-v2", "opentelemetry-util-genai", "ruff", "mypy", "types-")
+print(*(tool for tool in toml["dependency-groups"]["dev"] if not tool.startswith(newer)), sep="\n")
+endef
+export FLOORS
+
+$(MIN)/.installed: pyproject.toml
+	$(MIN)/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(MIN)
+	$(MIN)/bin/python -m pip install --quiet --upgrade pip
+	$(MIN)/bin/python -c "$$FLOORS" > $(MIN)/floors.txt
+	$(MIN)/bin/python -m pip install --quiet -e '.[$(EXTRAS)]' -r $(MIN)/floors.txt
+	touch $@
+
+test-min: $(MIN)/.installed
+	$(MIN)/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3' --ignore tests/test_exporters_openai_v2.py
+
 bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv
 	bench/out/venv/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear bench/out/venv
@@ -103,4 +132,4 @@ bench: $(STAMP)
 
 # the demo's database goes with its log: `--costs` then still sums what `llm-ledger report logs` does
 clean:
-	rm -rf $(VENV) $(COMPAT) .venv-python logs lens_app.sqlite3 .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) $(MIN) .venv-python logs lens_app.sqlite3 .mypy_cache .pytest_cache .ruff_cache

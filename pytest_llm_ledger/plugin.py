@@ -11,7 +11,6 @@ tests marked ``llm`` fail, with one message saying what to install.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import importlib.metadata
@@ -180,12 +179,14 @@ def pytest_load_initial_conftests(
         "dest": "llm_ledger_budget",
         "help": "fail the run when a limit in the budgets file is exceeded.",
     }
-    owner = "llm-ledger"
-    try:
-        group.addoption("--llm-budget", "--llm-ledger-budget", **attrs)
-    except (ValueError, argparse.ArgumentError):
+    # pytest 9 refuses a flag already added; pytest 8 takes it and crashes parsing the command line
+    groups = [parser._anonymous, *parser._groups]  # the anonymous group is among the others since pytest 9
+    if any("--llm-budget" in option.names() for g in groups for option in g.options):
         owner = _llm_cost_installed(early_config.pluginmanager) or "another plugin"
         group.addoption("--llm-ledger-budget", **attrs)
+    else:
+        owner = "llm-ledger"
+        group.addoption("--llm-budget", "--llm-ledger-budget", **attrs)
     early_config.stash[_FLAG_OWNER] = owner
     # before conftest files import the application (which may call llm_ledger.configure()): test
     # runs stay out of its own log unless ini llm_log_dir asks for one
