@@ -123,7 +123,8 @@ class SharedPrometheus:
 
     def __init__(self, binary: str, workdir: Path) -> None:
         self._held = {job: _hold_a_port() for job in PROMETHEUS_JOBS}
-        targets = {job: [f"127.0.0.1:{sock.getsockname()[1]}"] for job, sock in self._held.items()}
+        self._ports: dict[str, int] = {job: sock.getsockname()[1] for job, sock in self._held.items()}
+        targets = {job: [f"127.0.0.1:{port}"] for job, port in self._ports.items()}
         try:
             self.server = LocalPrometheus(binary, targets, workdir, intervals=SCRAPE_INTERVALS)
         except BaseException:
@@ -131,11 +132,15 @@ class SharedPrometheus:
             raise
 
     def port(self, job: str) -> int:
-        """``job``'s port, free for its test (once a session: a job's series are its test's alone)."""
-        sock = self._held.pop(job)
-        port: int = sock.getsockname()[1]
+        """``job``'s port, free for its test. A job's series are its test's alone: a test run again in
+        the session (pytest-rerunfailures' --reruns, pytest-repeat's --count) gets the same port, its
+        job's earlier series deleted first."""
+        sock = self._held.pop(job, None)
+        if sock is None:
+            self.server.delete(f'{{job="{job}"}}')
+            return self._ports[job]
         sock.close()
-        return port
+        return self._ports[job]
 
     def close(self) -> None:
         for sock in self._held.values():
