@@ -82,6 +82,7 @@ class LocalPrometheus:
                 f"--storage.tsdb.path={workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                "--web.enable-admin-api",  # delete(): loopback only
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -113,6 +114,13 @@ class LocalPrometheus:
             "query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}"
         )
         return result
+
+    def delete(self, selector: str) -> None:
+        """Delete every sample so far of the series ``selector`` matches (a job's earlier data); their
+        later samples stay (without ``end``, Prometheus would hide those too)."""
+        query = urllib.parse.urlencode({"match[]": selector, "end": f"{time.time():.3f}"})
+        url = f"{self.url}/api/v1/admin/tsdb/delete_series?{query}"
+        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10).close()
 
     def errors(self) -> list[str]:
         """The error and fatal lines of the server's log."""

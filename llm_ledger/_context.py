@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import AsyncGenerator, Callable, Generator
 from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
@@ -259,7 +260,21 @@ def recorded_apart(record: Callable[..., object], *args: Any) -> bool:
     except RuntimeError:  # started no thread (Python 3.12's atexit hooks): recorded here
         return False
     thread.join(1.0)
+    if thread.is_alive():
+        _still_recording.add(thread)
     return True
+
+
+# the threads of recorded_apart() not done when it stopped waiting: exit waits for them (the interpreter
+# stops a daemon thread where it is, and the records it was making would be lost)
+_still_recording: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def wait_recorded_apart(timeout: float) -> None:
+    """Wait for the threads of ``recorded_apart()`` still recording, ``timeout`` seconds at most."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_still_recording):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def propagate(func: Callable[P, R]) -> Callable[P, R]:

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from ._context import wait_recorded_apart
 from ._errors import internal_log
 from ._records import LOGGER_NAME
 
@@ -623,7 +624,14 @@ def _flush_at_exit() -> None:
     _each_handler(lambda handler: handler._flush_by_writer(_EXIT_TIMEOUT_S))
 
 
-atexit.register(_flush_at_exit)
+def _exit() -> None:
+    # the records the collector's threads are still making first (not on SIGTERM: the signal may have
+    # stopped the main thread holding a lock that they wait for)
+    wait_recorded_apart(_EXIT_TIMEOUT_S)
+    _flush_at_exit()
+
+
+atexit.register(_exit)
 
 
 class _Sigterm:

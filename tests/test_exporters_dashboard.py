@@ -492,18 +492,8 @@ RENDER_TEST = "test_render_main_runs_a_prometheus_of_its_own_and_writes_the_imag
 Render = tuple[warm_python.Process, Path]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def render_started_early(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Render | None]:
-    """``python -m dashboards.render`` spends its ~12 s waiting for its own Prometheus' first scrape
-    (about 5 s after it starts) and in the demo's paced rounds: when the session runs the test of it,
-    it starts with this module's first test and runs beside the others (its files, and its
-    Prometheus', under one dir)."""
-    binary = shutil.which("prometheus")
-    if binary is None or not any(item.name == RENDER_TEST for item in request.session.items):
-        yield None
-        return
+def _render(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Render:
+    """``python -m dashboards.render`` started (its files, and its Prometheus', under one dir)."""
     workdir = tmp_path_factory.mktemp("render")
     command = [sys.executable, "-m", "dashboards.render", "--seconds", "6", "--step", "1",
                "--out", str(workdir / "dashboard.svg"), "--prometheus", binary]  # fmt: skip
@@ -511,8 +501,23 @@ def render_started_early(
         command, env={**os.environ, "TMPDIR": str(workdir)}, cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    yield render, workdir
-    if render.poll() is None:  # its test did not run here: let it end (a kill would leave its Prometheus)
+    return render, workdir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def render_started_early(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Render]]:
+    """``python -m dashboards.render`` spends its ~12 s waiting for its own Prometheus' first scrape
+    (about 5 s after it starts) and in the demo's paced rounds: when the session runs the test of it,
+    it starts with this module's first test and runs beside the others, for the test's first run
+    (a run again, by --reruns or --count, starts its own)."""
+    binary = shutil.which("prometheus")
+    started: list[Render] = []
+    if binary is not None and any(i.name.partition("[")[0] == RENDER_TEST for i in request.session.items):
+        started.append(_render(binary, tmp_path_factory))
+    yield started
+    for render, _ in started:  # its test did not run here: let it end (a kill would leave its Prometheus)
         render.communicate(timeout=60)
 
 
@@ -531,7 +536,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 @pytest.mark.prometheus
 def test_render_main_runs_a_prometheus_of_its_own_and_writes_the_image(
-    prometheus_binary: str, render_started_early: Render | None
+    prometheus_binary: str, render_started_early: list[Render], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """``python -m dashboards.render --out PATH`` as a user runs it: it starts Debian's ``prometheus``
     on loopback for itself, has it scrape the demo, writes an image with data in every chosen panel
@@ -542,8 +547,10 @@ def test_render_main_runs_a_prometheus_of_its_own_and_writes_the_image(
 
     from dashboards import render
 
-    assert render_started_early is not None
-    process, workdir = render_started_early
+    if render_started_early:
+        process, workdir = render_started_early.pop()
+    else:
+        process, workdir = _render(prometheus_binary, tmp_path_factory)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     image = workdir / "dashboard.svg"

@@ -76,12 +76,8 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
         "--max-requests", "5",
     )  # fmt: skip
     try:
-
-        def answers(port: int) -> bool:
-            return bool(urllib.request.urlopen(f"http://127.0.0.1:{port}/").status == 200)
-
-        wait("the master's metrics server", lambda: answers(metrics_port))
-        wait("a worker", lambda: answers(app_port))  # its call counts too
+        _await(gunicorn, "the master's metrics server", metrics_port)
+        _await(gunicorn, "a worker", app_port)  # its call counts too
 
         def get(i: int) -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/doc-{i}", timeout=30) as response:
@@ -128,7 +124,7 @@ def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
     env = {"LLM_LEDGER_EXPORTERS": f"prometheus:127.0.0.1:{metrics_port}", "LLM_LEDGER_LOG_DIR": "off"}
     gunicorn = _gunicorn(fake_openai, tmp_path, app_port, env, "--preload", "--workers", "2")
     try:
-        wait("a worker", lambda: urllib.request.urlopen(f"http://127.0.0.1:{app_port}/").status == 200)
+        _await(gunicorn, "a worker", app_port)
         urllib.request.urlopen(f"http://127.0.0.1:{app_port}/again").read()
         found = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
@@ -138,6 +134,21 @@ def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
     warnings = [line for line in output.splitlines() if "no /metrics serves" in line]
     assert len(warnings) == len({line.split("pid ")[1].split()[0] for line in warnings}) >= 1, output
     assert "PROMETHEUS_MULTIPROC_DIR" in warnings[0] and "Multiprocess mode" in warnings[0], warnings
+
+
+def _await(gunicorn: subprocess.Popen[str], what: str, port: int) -> None:
+    """Wait for ``what`` to answer 200 on ``port``; should gunicorn stop first (a worker failed to
+    boot, the port was taken), fail at once with its output rather than time out without it."""
+
+    def answers() -> bool:
+        if gunicorn.poll() is not None:
+            output = gunicorn.communicate()[0]
+            pytest.fail(f"gunicorn exited ({gunicorn.returncode}) before {what} answered:\n{output}")
+        # no timeout: a request given up on and served later would count a call too many
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as response:
+            return bool(response.status == 200)
+
+    wait(what, answers)
 
 
 def _gunicorn(

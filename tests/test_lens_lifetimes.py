@@ -230,6 +230,36 @@ def test_the_collector_recording_an_abandoned_stream_inside_the_ledger_never_han
     assert sum(summary["total_api_calls"] for summary in lenses) == len(lines) - len(lenses)
 
 
+def test_a_process_exiting_while_a_collected_stream_is_recorded_apart_writes_it_and_its_lens(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The collector's recording of an abandoned stream runs on a thread of its own, waited for a
+    second; a process that ends while that thread still records (here behind a slow sink) waits for
+    it at exit: the stream's call and its lens run, whose record it completes, are written."""
+    script = textwrap.dedent(
+        f"""
+        import gc, time, openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        llm_ledger.get_monitor().add_sink(lambda record: record["event"] == "llm_api_call" and time.sleep(2))
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r}))
+        gc.disable()
+        with llm_ledger.lens("short"):
+            kept = [client.chat.completions.create(model="gpt-4o-mini", messages=[], stream=True)]
+            next(kept[0])
+            kept.append(kept)  # abandoned in a cycle, as the SDK's stream is
+            del kept
+            gc.collect()
+        """
+    )
+    warm_python.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=30)
+    lines = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert [(line["event"], line.get("status")) for line in lines] == [
+        ("llm_api_call", "interrupted"),
+        ("lens_summary", None),
+    ]
+    assert lines[1]["summary"]["total_api_calls"] == 1
+
+
 def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
