@@ -5,11 +5,9 @@ from its day in a running process), as genai-prices prices them."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import genai_prices
 import genai_prices.data
@@ -22,6 +20,7 @@ from llm_ledger._cli import main
 from llm_ledger._pricing import day_parts
 from llm_ledger.report import usage_row
 from llm_ledger.testing import Captured, price_time_of_day
+from tests.report_helpers import StoppedClock
 
 # deepseek-chat: the list price from 00:30 to 16:30 UTC, half of it the rest of the day
 PEAK = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -34,19 +33,6 @@ def genai_usd(model: str, prompt: int, completion: int, when: datetime, cached: 
     usage = genai_prices.Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion)
     calc = genai_prices.calc_price(usage, model, provider_id="deepseek", genai_request_timestamp=when)
     return calc.total_price
-
-
-class StoppedClock:
-    """The ``time`` module, with ``time()`` stopped at ``epoch`` (when the monitor says a call started)."""
-
-    def __init__(self, epoch: float) -> None:
-        self.epoch = epoch
-
-    def time(self) -> float:
-        return self.epoch
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
 
 
 @pytest.mark.parametrize("model", ["deepseek-chat", "deepseek-reasoner", "deepseek-v4-flash"])
