@@ -18,7 +18,7 @@ import llm_ledger  # noqa: F401
 from llm_ledger import _monitor, _pricing
 from llm_ledger._cli import main as cli_main
 from tests.plugin_helpers import INI, run, server_fixture, with_key_fixture, write_project
-from tests.test_cost_time_of_day import StoppedClock
+from tests.report_helpers import StoppedClock
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
