@@ -303,6 +303,23 @@ def test_a_traces_genai_token_usage_adds_up_to_its_calls_once(otel: Telemetry) -
         assert attributes["gen_ai.usage.cost"] == summary["summary"]["total_cost_usd"]
 
 
+def test_a_lens_with_a_failed_call_has_status_error_as_its_run_counts_in_prometheus(otel: Telemetry) -> None:
+    """A lens run one of whose calls failed is an ``error`` run (``llm_ledger_lens_runs_total``): its
+    span's status is ERROR, saying how many calls failed; a run whose calls all succeeded stays unset."""
+    with otel.monitor.lens("flaky"):
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(openai.BadRequestError):
+            otel.client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-status": "400"}
+            )
+    with otel.monitor.lens("steady"):
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    spans = {s.name: s for s in otel.spans()}
+    assert spans["lens flaky"].status.status_code is trace.StatusCode.ERROR
+    assert spans["lens flaky"].status.description == "1 of 2 call(s) failed"
+    assert spans["lens steady"].status.status_code is trace.StatusCode.UNSET
+
+
 def test_nested_lenses_are_nested_spans_even_when_the_inner_run_ends_last(otel: Telemetry) -> None:
     """A lens run inside another is a child span of it (its record names the enclosing run in
     ``parent_lens_run_id``), its calls under it; a nested run still open when its parent's record

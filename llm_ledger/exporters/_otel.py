@@ -657,6 +657,9 @@ class OTelSink:
         except Exception:  # the application's span processor raising on it: its calls still go out
             self._spans(calls, parent)
             raise
+        if summary["errors"]:  # as llm_ledger_lens_runs_total counts the run: status="error"
+            calls_failed = f"{summary['errors']} of {summary['total_api_calls']} call(s) failed"
+            lens_span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, calls_failed))
         lens_context = self._trace.set_span_in_context(lens_span)
         with self._lock:
             self._exported[run_id] = lens_context
