@@ -70,6 +70,10 @@ def test_a_dimension_no_record_has_is_an_error_naming_those_they_have(log: Path)
     ) as by:
         summarise(log, by="usr_id")
     assert by.value.parameter == "by" and "lens, lens_key" in str(by.value)
+    # only what a row can be named by: the fields holding objects are named as dotted paths into them
+    listed, _, dotted = str(by.value).partition("the records have: ")[2].partition("; and dotted paths into ")
+    assert {"usage", "request", "context", "timing"}.isdisjoint(listed.split(", "))
+    assert {"usage.*", "request.*", "timing.*"} <= set(dotted.split(", "))
     with pytest.raises(QueryError, match=r"where: no record has a dimension 'tenant'"):
         summarise(log, where={"tenant": "acme"})
     empty = log.parent / "empty.jsonl"

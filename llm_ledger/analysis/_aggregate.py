@@ -38,6 +38,10 @@ _BY_EXAMPLE: Final = "e.g. user_id, or lens,model for several"
 _LEDGER_STAMP: Final = len("2025-11-24T16:00:00.000Z")
 _ZERO: Final = Decimal(0)
 _BUILT_IN: Final = frozenset({"lens", "model", "status", *TIME_DIMENSIONS})  # status: a lens run has one too
+# the record fields that hold objects: a dimension is a dotted path into them (server.address), never one
+_OBJECTS: Final = frozenset(
+    {"context", "request", "response", "usage", "cost", "timing", "server", "error", "summary"}
+)
 
 
 def _check_known(query: Query, present: set[str]) -> None:
@@ -48,11 +52,13 @@ def _check_known(query: Query, present: set[str]) -> None:
         for name in names:
             if name in _BUILT_IN or name in present or name.partition(".")[0] in present:
                 continue
-            choices = sorted(_BUILT_IN | present)
+            choices = sorted(_BUILT_IN | present - _OBJECTS)
+            objects = ", ".join(f"{field}.*" for field in sorted(present & _OBJECTS - {"context"}))
             raise QueryError(
                 parameter,
                 f"no record has a dimension {name!r}{did_you_mean(name, choices)}; "
-                f"the records have: {', '.join(choices)}",
+                f"the records have: {', '.join(choices)}"
+                + (f"; and dotted paths into {objects}" if objects else ""),
             )
 
 
