@@ -40,7 +40,7 @@ _ZERO: Final = Decimal(0)
 _BUILT_IN: Final = frozenset({"lens", "model", "status", *TIME_DIMENSIONS})  # status: a lens run has one too
 # the record fields that hold objects: a dimension is a dotted path into them (server.address), never one
 _OBJECTS: Final = frozenset(
-    {"context", "request", "response", "usage", "cost", "timing", "server", "error", "summary"}
+    {"context", "request", "response", "usage", "cost", "timing", "server", "error", "summary", "content"}
 )
 
 
