@@ -70,11 +70,16 @@ def test_since_until_and_where_list_the_anomalies_of_a_period_or_a_user(
 def test_a_bad_filter_is_an_error_naming_the_valid_form(
     log: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """As in llm-ledger report: exit status 2 and the problem, for a bad date or an unknown dimension."""
+    """As in llm-ledger report: exit status 2 and the problem, for a bad date or an unknown dimension; a
+    bad setting named by its flag."""
     assert main(["anomalies", str(log), "--since", "1/11/2026"]) == 2
     assert "since: '1/11/2026' is not an ISO date or date-time" in capsys.readouterr().err
     assert main(["anomalies", str(log), "--where", "usr_id=bob"]) == 2
     assert "no record has a dimension 'usr_id' (did you mean 'user_id'?)" in capsys.readouterr().err
+    assert main(["anomalies", str(log), "--min-runs", "200"]) == 2
+    assert "error: --min-runs (200) must not exceed --window (100): " in capsys.readouterr().err
+    assert main(["anomalies", str(log), "--k", "0"]) == 2
+    assert "error: --k must be " in capsys.readouterr().err
 
 
 def test_replaying_a_long_history_holds_each_run_compactly(

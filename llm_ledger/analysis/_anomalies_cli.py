@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import operator
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
 from .._cli import add_command
+from .._errors import ConfigError
 from .._records import LENS_EVENT, AnomalyRecord
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import LogReader, warn_unread
@@ -87,10 +89,18 @@ def register(subparsers: Any, summary: str) -> None:
         )
 
 
+# a setting as its flag names it, where an AnomalyConfig error names the setting
+_FLAG: Final = re.compile(r"\b(min_runs|window|k)\b(?= \(| must)")
+
+
 def run(args: argparse.Namespace) -> int:
-    config = AnomalyConfig(
-        window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
-    )
+    try:
+        config = AnomalyConfig(
+            window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
+        )
+    except ConfigError as exc:  # named by the flags the user typed: --min-runs, not min_runs
+        text = str(exc).removeprefix("anomalies: ")
+        raise ConfigError(_FLAG.sub(lambda name: "--" + name[1].replace("_", "-"), text)) from None
     query = make_query(("lens",), parse_where(args.where), args.since, args.until)
     filtered = bool(query.where or query.since or query.until)
     reader = LogReader(args.inputs, events=(LENS_EVENT,))
