@@ -467,8 +467,8 @@ def test_the_command_prints_a_table_and_takes_the_detector_settings(
     [
         (["missing.jsonl"], "no such file"),
         (["/dev/zero"], "is not a regular file"),
-        (["log.jsonl", "--k", "0"], "k must be a number of MADs, greater than 0"),
-        (["log.jsonl", "--window", "5"], "min_runs (20) must not exceed window (5)"),
+        (["log.jsonl", "--k", "0"], "--k must be a number of MADs, greater than 0"),
+        (["log.jsonl", "--window", "5"], "--min-runs (20) must not exceed --window (5)"),
     ],
 )
 def test_the_command_explains_bad_input(
