@@ -42,15 +42,20 @@ class _ToLoopback(sdk_http.BaseTransport):
         self._inner.close()
 
 
+def provider_client(server: FakeOpenAI, base_url: str) -> openai.OpenAI:
+    """An SDK client of the provider at ``base_url`` whose requests reach the loopback ``server``."""
+    return openai.OpenAI(
+        api_key=FAKE_KEY,
+        base_url=base_url,
+        max_retries=0,
+        http_client=sdk_http.Client(transport=_ToLoopback(server)),
+    )
+
+
 @pytest.fixture
 def moonshot(fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor) -> Iterator[openai.OpenAI]:
     """A client of Moonshot's API (https://api.moonshot.ai/v1), instrumented by the test's monitor."""
-    with openai.OpenAI(
-        api_key=FAKE_KEY,
-        base_url="https://api.moonshot.ai/v1",
-        max_retries=0,
-        http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
-    ) as raw:
+    with provider_client(fake_openai, "https://api.moonshot.ai/v1") as raw:
         yield monitor.instrument(raw)
 
 
@@ -252,12 +257,7 @@ def test_a_call_at_a_providers_base_url_costs_what_genai_prices_charges_for_it(
     """A client pointed at a provider's base URL records that provider and costs, streamed or not, what
     genai-prices' ``calc_price`` charges for the usage the record holds (cached, cache-write, audio and
     thinking tokens, the long-context tier, the service tier that served it, the moment it was priced at)."""
-    with openai.OpenAI(
-        api_key=FAKE_KEY,
-        base_url=base_url,
-        max_retries=0,
-        http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
-    ) as raw:
+    with provider_client(fake_openai, base_url) as raw:
         client = monitor.instrument(raw)
         asked: Any = {} if tier is None else {"service_tier": tier}
         reply = client.chat.completions.create(
@@ -285,12 +285,7 @@ def test_responses_and_embeddings_calls_cost_what_genai_prices_charges_for_them(
 ) -> None:
     """The Responses API's usage (input and output tokens, cached and reasoning details) on the flex tier,
     and an embeddings call (prompt tokens only), cost what genai-prices charges, streamed or not."""
-    with openai.OpenAI(
-        api_key=FAKE_KEY,
-        base_url="https://api.openai.com/v1",
-        max_retries=0,
-        http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
-    ) as raw:
+    with provider_client(fake_openai, "https://api.openai.com/v1") as raw:
         client = monitor.instrument(raw)
         answer = client.responses.create(
             model="gpt-5-mini",
@@ -325,12 +320,7 @@ def test_a_price_file_entry_applies_whatever_the_case_of_the_model_name(
     )
     monitor = llm_ledger.LLMCallMonitor(logger=None, prices=prices)
     with (
-        openai.OpenAI(
-            api_key=FAKE_KEY,
-            base_url="https://api.openai.com/v1",
-            max_retries=0,
-            http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
-        ) as raw,
+        provider_client(fake_openai, "https://api.openai.com/v1") as raw,
         llm_ledger.testing.capture(monitor) as records,
     ):
         client = monitor.instrument(raw)
@@ -361,12 +351,7 @@ def test_a_model_only_the_price_file_prices_costs_its_rates_at_any_provider(
             genai_prices.Usage(input_tokens=1), "ft:gpt-4.1-mini-2025-04-14:acme::x1", provider_id="openai"
         )
     with (
-        openai.OpenAI(
-            api_key=FAKE_KEY,
-            base_url="https://api.openai.com/v1",
-            max_retries=0,
-            http_client=sdk_http.Client(transport=_ToLoopback(fake_openai)),
-        ) as raw,
+        provider_client(fake_openai, "https://api.openai.com/v1") as raw,
         llm_ledger.testing.capture(monitor) as records,
     ):
         monitor.instrument(raw).chat.completions.create(
