@@ -184,7 +184,7 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
     if result.unpriced_after:
         name = code if fmt == "markdown" else repr
         missing = ", ".join(
-            f"{name(m)} ({n} call{'s' * (n != 1)}{'; ' + result.hints[m] if m in result.hints else ''})"
+            f"{name(m)} ({_count(n, 'call')}{'; ' + result.hints[m] if m in result.hints else ''})"
             for m, n in sorted(result.unpriced_after.items())
         )
         said.append(f"* after leaves out calls with no known price: {missing}")
@@ -192,7 +192,7 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
         calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
         said.append(f"* after leaves out {calls} that reported no usage (no tokens to price)")
     if result.price_file_calls:
-        calls = f"{result.price_file_calls:,} call{'s' if result.price_file_calls != 1 else ''}"
+        calls = _count(result.price_file_calls, "call")
         said.append(
             f"* after prices {calls} from genai-prices that a price file priced when made (cost.source "
             '"price-file"): pass that file (--price-file) to keep their rates'
