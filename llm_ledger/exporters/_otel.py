@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -62,14 +62,6 @@ _IDENTITY: Final = (
 _METRIC_ATTRIBUTES: Final = (*_IDENTITY, "llm_ledger.lens", "openai.response.service_tier")
 
 
-def _present(attributes: dict[str, Any], pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """``attributes`` with each of ``pairs`` whose value is not ``None`` (OpenTelemetry drops None)."""
-    for key, value in pairs:
-        if value is not None:
-            attributes[key] = value
-    return attributes
-
-
 def _ns(iso: str) -> int:
     """Epoch nanoseconds of a record's ``...Z`` timestamp (millisecond precision)."""
     return int(datetime.fromisoformat(iso).timestamp() * 1000) * 1_000_000
@@ -80,10 +72,9 @@ class _Totals:
     observable counter): a call adds to a dict, where ``Counter.add`` sends a measurement through the
     SDK's whole path (cleaning, hashing and looking up its attributes) on every call."""
 
-    def __init__(self, meter: Any, observation: Any, name: str, unit: str, description: str) -> None:
+    def __init__(self, meter: Any, name: str, unit: str, description: str) -> None:
         self._sums: dict[Any, list[Any]] = {}  # key -> [attributes, total]
         self._lock = threading.Lock()
-        self._observation = observation
         meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
 
     def add(self, amount: float, key: Any, attributes: Mapping[str, Any]) -> None:
@@ -95,15 +86,11 @@ class _Totals:
                 found = self._sums.setdefault(key, [attributes, 0])
             found[1] += amount
 
-    def after_fork_in_child(self) -> None:
-        """Free the lock (another thread may have held it at the fork) and drop the parent's sums,
-        which the parent reports: the child reporting them too would count them twice."""
-        self._lock = threading.Lock()
-        self._sums.clear()
-
     def _observe(self, options: Any) -> list[Any]:
+        from opentelemetry.metrics import Observation
+
         with self._lock:
-            return [self._observation(total, attributes) for attributes, total in self._sums.values()]
+            return [Observation(total, attributes) for attributes, total in self._sums.values()]
 
 
 def _openai_v2_instrumented() -> bool:
@@ -220,11 +207,13 @@ _sinks: weakref.WeakSet[OTelSink] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     """A forked child keeps none of its parent's waiting spans and counter sums (the parent exports
-    them) nor its locks."""
+    them: the child exporting them too would count them twice) nor its locks (another thread may
+    have held one at the fork)."""
     for sink in list(_sinks):
         sink._lock = threading.Lock()
         for totals in sink._totals:
-            totals.after_fork_in_child()
+            totals._lock = threading.Lock()
+            totals._sums.clear()
         sink._pending.clear()
         sink._pending_count = 0
 
@@ -279,7 +268,7 @@ class OTelSink:
         self._totals: list[_Totals] = []  # the counters whose sums the sink keeps
 
         def counter(name: str, unit: str, doc: str) -> _Totals:
-            self._totals.append(_Totals(meter, metrics.Observation, name, unit, doc))
+            self._totals.append(_Totals(meter, name, unit, doc))
             return self._totals[-1]
 
         if self.latest:
@@ -438,7 +427,8 @@ class OTelSink:
             and span.is_recording()
         ):
             attributes = {"llm_ledger.call_id": record["call_id"]}
-            _present(attributes, [("gen_ai.usage.cost", record["cost"]["total_cost_usd"])])
+            if record["cost"]["total_cost_usd"] is not None:  # OpenTelemetry drops an attribute of None
+                attributes["gen_ai.usage.cost"] = record["cost"]["total_cost_usd"]
             _context_attributes(record["context"], attributes)
             span.set_attributes(attributes)
             return True, span.get_span_context()
@@ -462,7 +452,9 @@ class OTelSink:
         key = (base, extra)
         found = self._attribute_sets.get(key)
         if found is None:
-            found = _present({}, zip(_METRIC_ATTRIBUTES, base, strict=True))
+            found = {
+                key: value for key, value in zip(_METRIC_ATTRIBUTES, base, strict=True) if value is not None
+            }
             if extra is not None:
                 found[extra[0]] = extra[1]
             if len(self._attribute_sets) >= _ATTRIBUTE_SETS:
@@ -555,8 +547,8 @@ class OTelSink:
         finish = response["finish_reason"]
         inputs, outputs, heard, spoken = _modalities(record)
         error_type = _error_type(record)
-        attributes = _present({}, zip(_IDENTITY, identity, strict=True))
         optional = (
+            *zip(_IDENTITY, identity, strict=True),
             ("gen_ai.request.temperature", request["temperature"]),
             ("gen_ai.request.max_tokens", request["max_tokens"]),
             ("gen_ai.request.stream", True if request["stream"] else None),
@@ -581,7 +573,7 @@ class OTelSink:
             ("gen_ai.response.time_to_first_chunk", None if first is None else first / 1000),
             ("error.type", error_type),
         )
-        _present(attributes, optional)
+        attributes = {key: value for key, value in optional if value is not None}
         if self.latest and operation != "embeddings":
             prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
             for modality, key, value in (
@@ -638,7 +630,7 @@ class OTelSink:
             ("llm_ledger.lens.audio.input_tokens", summary.get("prompt_audio_tokens") or None),
             ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
         )
-        _present(attributes, optional)
+        attributes.update((key, value) for key, value in optional if value is not None)
         _context_attributes(context, attributes)
         end = _ns(record["timestamp"])
         # records keep milliseconds: a call begun within a millisecond of its lens can seem to start
