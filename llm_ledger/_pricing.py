@@ -63,7 +63,7 @@ MatchedBy = Literal["host", "provider", "model"]
 
 _DATE_SUFFIX: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _PROVIDER_PREFIX: Final = "openai/"
-_OPENAI_NAMED: Final = frozenset({None, "openai", "azure"})  # providers whose ids may carry "openai/"
+_OPENAI_NAMED: Final = frozenset({"openai", "azure"})  # providers whose ids may carry "openai/"
 _GLOB_CHARS: Final = frozenset("*?[")
 # Providers whose prices by the time of day hold Monday to Friday only, from a day on: DeepSeek bills a
 # weekend (Beijing time: its peak hours, 01:00-04:00 and 06:00-10:00 UTC, fall on the same date in UTC)
@@ -231,21 +231,14 @@ class Route:
     nothing per call. ``provider`` and ``matched_by`` are what the record's ``server.provider`` and
     ``cost.matched_by`` say (docs/PRICING.md)."""
 
-    __slots__ = ("_cache", "_flat", "_provider_id", "_table", "matched_by", "provider", "reasoning_outside")
+    __slots__ = ("_cache", "_flat", "_table", "matched_by", "provider", "reasoning_outside")
 
     def __init__(
-        self,
-        table: PriceTable,
-        provider: str,
-        matched_by: MatchedBy,
-        *,
-        provider_id: str | None = None,
-        flat: Rates | None = None,
+        self, table: PriceTable, provider: str, matched_by: MatchedBy, *, flat: Rates | None = None
     ) -> None:
         self._table = table
         self.provider = provider
         self.matched_by: MatchedBy = matched_by
-        self._provider_id = provider_id  # genai-prices' provider whose rates apply; None: OpenAI's by name
         self.reasoning_outside = reasoning_outside(provider)
         self._flat = None if flat is None else _compile(flat)
         self._cache: dict[str, _Entry | None] = {}
@@ -387,13 +380,15 @@ class Route:
     def _resolve(self, model: str) -> _Entry | None:
         if not isinstance(model, str) or not model:
             return None
-        candidates = _candidate_names(model, strip_openai=self._provider_id in _OPENAI_NAMED)
+        # genai-prices' provider whose rates apply: OpenAI's for a name priced alone
+        provider_id = DEFAULT_PROVIDER if self.matched_by == "model" else self.provider
+        candidates = _candidate_names(model, strip_openai=provider_id in _OPENAI_NAMED)
         rates = self._table._override(candidates)
         if rates is not None:
             return _compile(rates)
         if self._table._builtin:
             for name in candidates:
-                if (entry := _builtin_entry(name, self._provider_id or DEFAULT_PROVIDER)) is not None:
+                if (entry := _builtin_entry(name, provider_id)) is not None:
                     return entry
         return None
 
@@ -498,7 +493,7 @@ class PriceTable:
         provider = _genai_provider(name)
         if provider is None:
             return Route(self, name, "model")  # not a provider genai-prices prices: by model name
-        return Route(self, provider.id, matched_by, provider_id=provider.id)
+        return Route(self, provider.id, matched_by)
 
     def rates(self, model: str, *, provider: str | None = None) -> Rates | None:
         """The rates that price ``model`` (at ``provider``, else by name alone), or ``None`` if none does."""
