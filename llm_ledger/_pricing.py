@@ -590,17 +590,18 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
     # (a logged call before a change; after one, in a running process) is priced at its own day's.
     conditional = info.prices if isinstance(info.prices, list) else []
     constraints = [c.constraint for c in conditional] + [v.constraint for v in info.price_variants or ()]
-    changes = sorted({c.start_date for c in constraints if isinstance(c, StartDateConstraint)})
+    changes = {_midnight(c.start_date) for c in constraints if isinstance(c, StartDateConstraint)}
     starts = sorted({0} | _price_changes(info))
     weekends_off_peak = _WEEKENDS_OFF_PEAK.get(provider.id) if own and len(starts) > 1 else None
     days: dict[float, _Entry | None] = {}  # the entries of other days, by their midnight
 
     def on_day(moment: float) -> _Entry | None:
-        midnight = datetime.fromtimestamp(moment // _DAY * _DAY, UTC)
-        if midnight.timestamp() in days:
-            return days[midnight.timestamp()]
-        since = max((change for change in changes if change <= midnight.date()), default=None)
-        until = min((change for change in changes if change > midnight.date()), default=None)
+        day = moment // _DAY * _DAY  # its midnight
+        if day in days:
+            return days[day]
+        midnight = datetime.fromtimestamp(day, UTC)
+        since = max((change for change in changes if change <= day), default=-_FOREVER)
+        until = min((change for change in changes if change > day), default=_FOREVER)
         try:
             current = entry(datetime.fromtimestamp(moment, UTC))
             by_time = [(start, entry(midnight + timedelta(seconds=start))) for start in reversed(starts)]
@@ -610,14 +611,10 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
         timed = tuple((start, other) for start, other in by_time if other is not None)
         result = friday = None
         if current is not None and len(timed) == len(by_time):
-            bounds = (
-                -_FOREVER if since is None else _midnight(since),
-                _FOREVER if until is None else _midnight(until),
-            )
             if weekends_off_peak and midnight.date() >= weekends_off_peak:
-                bounds = (max(bounds[0], midnight.timestamp()), min(bounds[1], midnight.timestamp() + _DAY))
+                since, until = max(since, day), min(until, day + _DAY)
                 if midnight.weekday() >= 5:  # Saturday or Sunday: the cheapest part of the day, all day
-                    friday = on_day(midnight.timestamp() - (midnight.weekday() - 4) * _DAY)
+                    friday = on_day(day - (midnight.weekday() - 4) * _DAY)
                     current = min(timed, key=lambda part: part[1].base)[1]
                     timed = tuple((start, current) for start, _ in timed)
             # the dearest part of the day: the highest rates, compared input first (DeepSeek's parts differ
@@ -625,14 +622,14 @@ def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | N
             result = replace(
                 current,
                 by_time=timed if len(timed) > 1 else (),
-                since=bounds[0],
-                until=bounds[1],
+                since=since,
+                until=until,
                 dearest=max(reversed(timed), key=lambda part: part[1].base)[0],
                 on_day=on_day if changes or weekends_off_peak else None,
                 friday=friday,
             )
         if len(days) < _MAX_CACHED_NAMES:
-            days[midnight.timestamp()] = result
+            days[day] = result
         return result
 
     return on_day(time.time())
