@@ -160,10 +160,9 @@ def _content_attributes(record: Mapping[str, Any]) -> dict[str, str]:
     """The opt-in content attributes (JSON strings), from a record made with content capture on."""
     content = record["content"]
     inputs: list[dict[str, Any]] = []
-    system: list[dict[str, Any]] = []
     outputs: list[dict[str, Any]] = []
-    if isinstance(content.get("instructions"), str):
-        system.append({"type": "text", "content": content["instructions"]})
+    instructions = content.get("instructions")
+    system = [{"type": "text", "content": instructions}] if isinstance(instructions, str) else []
     messages = content.get("messages")
     if messages is None and "input" in content:
         raw = content["input"]
