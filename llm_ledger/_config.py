@@ -78,11 +78,15 @@ def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default:
     return flag
 
 
-def _env_path(variable: str, raw: str) -> Path | None:
-    """A path from the environment, without the spaces a .env line may leave around it; off, none,
-    false, no or 0 turns its feature off."""
-    raw = raw.strip()
-    return None if raw.lower() in ("off", "none", "false", "no", "0") else _path(variable, raw)
+def _path_setting(
+    name: str, value: Any, variable: str, env: Mapping[str, str], default: str = ""
+) -> Path | None:
+    """A path setting: the argument (None: off) when given, else its environment variable, without the
+    spaces a .env line may leave around it (off, none, false, no or 0: off), else ``default``."""
+    if value is not UNSET:
+        return None if value is None else _path(name, value)
+    raw = env.get(variable, default).strip()
+    return None if raw.lower() in ("", "off", "none", "false", "no", "0") else _path(variable, raw)
 
 
 def _path(name: str, value: Any) -> Path:
@@ -112,21 +116,14 @@ def resolve(
 ) -> Settings:
     """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``)."""
     env = os.environ if env is None else env
-    if log_dir is UNSET:
-        raw = env.get("LLM_LEDGER_LOG_DIR", "logs")
-        if not raw.strip():  # e.g. LLM_LEDGER_LOG_DIR=${LOG_DIR} with LOG_DIR unset
-            raise ConfigError(
-                f"environment variable LLM_LEDGER_LOG_DIR={raw!r} is empty; set it to the directory of "
-                f"{LOG_FILE_NAME}, or to off to write no file (unset, it is logs)"
-            )
-        resolved_dir = _env_path("LLM_LEDGER_LOG_DIR", raw)
-    else:
-        resolved_dir = None if log_dir is None else _path("log_dir", log_dir)
-    if price_file is UNSET:
-        raw_price = env.get("LLM_LEDGER_PRICE_FILE")
-        resolved_prices = _env_path("LLM_LEDGER_PRICE_FILE", raw_price) if raw_price else None
-    else:
-        resolved_prices = None if price_file is None else _path("price_file", price_file)
+    # e.g. LLM_LEDGER_LOG_DIR=${LOG_DIR} with LOG_DIR unset
+    if log_dir is UNSET and not env.get("LLM_LEDGER_LOG_DIR", "logs").strip():
+        raise ConfigError(
+            f"environment variable LLM_LEDGER_LOG_DIR={env['LLM_LEDGER_LOG_DIR']!r} is empty; set it to the "
+            f"directory of {LOG_FILE_NAME}, or to off to write no file (unset, it is logs)"
+        )
+    resolved_dir = _path_setting("log_dir", log_dir, "LLM_LEDGER_LOG_DIR", env, default="logs")
+    resolved_prices = _path_setting("price_file", price_file, "LLM_LEDGER_PRICE_FILE", env)
     capture = _bool("capture_content", capture_content, "LLM_LEDGER_CAPTURE_CONTENT", env, False)
     usage = _bool("stream_usage", stream_usage, "LLM_LEDGER_STREAM_USAGE", env, True)
     if redact is not None and not callable(redact):
@@ -213,8 +210,7 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
         raise ConfigError(f"{source} must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}")
     hint = "; or pass configure(budgets=None) / unset LLM_LEDGER_BUDGETS for no production budgets"
     if budgets is UNSET:
-        raw = env.get("LLM_LEDGER_BUDGETS", "").strip()
-        path = _env_path("LLM_LEDGER_BUDGETS", raw) if raw else None
+        path = _path_setting("budgets", budgets, "LLM_LEDGER_BUDGETS", env)
         return (None if path is None else load_budgets(path, hint=hint)), mode
     return None if budgets is None else as_budgets(budgets, hint=hint), mode
 
