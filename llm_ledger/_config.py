@@ -264,20 +264,7 @@ def configure(
     """
     global _settings, _handler, _prices_read
     _warn_unknown_variables()
-    settings = resolve(
-        log_dir=log_dir,
-        price_file=price_file,
-        capture_content=capture_content,
-        stream_usage=stream_usage,
-        redact=redact,
-        handle_sigterm=handle_sigterm,
-        exporters=exporters,
-        budgets=budgets,
-        budget_mode=budget_mode,
-        on_budget_exceeded=on_budget_exceeded,
-        anomalies=anomalies,
-        on_anomaly=on_anomaly,
-    )
+    settings = resolve(**locals())  # the arguments alone: nothing else is bound yet
     with _lock:
         prices_read = _file_stamp(settings.price_file)  # before reading: an edit meanwhile is read next time
         if settings == _settings and prices_read == _prices_read:

@@ -379,8 +379,7 @@ class Document:
         for key, key_node, value_node in self.mapping(node, key_path, expected):
             if key not in keys:
                 known = _KEY_LIKE.fullmatch(key) is not None and not _SECRET_KEY.search(key)
-                name = key if known else f"<a key of {len(key)} characters>"
-                where = f"{key_path}.{name}" if key_path else name
+                where = join(key_path, key if known else f"<a key of {len(key)} characters>")
                 hint = did_you_mean(key, keys) if known else ""
                 raise self.error(key_node, where, f"unknown key{hint}; valid keys: {', '.join(keys)}")
             values[key] = value_node
@@ -431,14 +430,9 @@ class Document:
                     f"expected {expected}, got {text!r}: write {text[1:]}, without the $ (the unit is USD)",
                 )
             raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
-        if value < minimum:
-            raise self.error(
-                node, key_path, f"expected {expected} (at least {minimum}), got {self.describe(node)}"
-            )
-        if value > maximum:
-            raise self.error(
-                node, key_path, f"expected {expected} (at most {maximum}), got {self.describe(node)}"
-            )
+        if not minimum <= value <= maximum:
+            bound = f"at least {minimum}" if value < minimum else f"at most {maximum}"
+            raise self.error(node, key_path, f"expected {expected} ({bound}), got {self.describe(node)}")
         return value
 
     def integer(
