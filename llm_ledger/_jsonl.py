@@ -673,14 +673,13 @@ def handle_sigterm_signal(on: bool) -> None:
     Only the main thread can do either (a warning says so)."""
     try:
         current = signal.getsignal(signal.SIGTERM)
+        ours = current is _on_sigterm or type(current) is _PassOn
         if on and current is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
-        elif on and callable(current) and current is not _on_sigterm and type(current) is not _PassOn:
+        elif on and callable(current) and not ours:
             signal.signal(signal.SIGTERM, _PassOn(current))
-        elif not on and current is _on_sigterm:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        elif not on and type(current) is _PassOn:
-            signal.signal(signal.SIGTERM, current.handler)
+        elif not on and ours:
+            signal.signal(signal.SIGTERM, current.handler if type(current) is _PassOn else signal.SIG_DFL)
     except ValueError:  # not the main thread (or not the main interpreter), installing or taking out
         if on:
             internal_log.warning(
