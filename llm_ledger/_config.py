@@ -145,27 +145,25 @@ def resolve(
         anomaly_config = anomalies
     else:
         raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {anomalies!r}")
-    if guard_budgets is None:
-        off = _why_off("budgets", budgets, "LLM_LEDGER_BUDGETS", env)
+    if guard_budgets is None and (off := _why_off("budgets", budgets, "LLM_LEDGER_BUDGETS", env)):
         fix = "pass budgets= a budgets.yaml path or a mapping (or set LLM_LEDGER_BUDGETS)"
-        if off and mode == "raise":
+        if mode == "raise":
             source = "budget_mode" if budget_mode is not UNSET else "LLM_LEDGER_BUDGET_MODE"
             raise ConfigError(
                 f"{source}='raise' acts on production budgets, and there are none ({off}): {fix}; "
                 f"or set {source} to 'warn'"
             )
-        if off and on_budget_exceeded is not None:
+        if on_budget_exceeded is not None:
             raise ConfigError(
                 f"on_budget_exceeded acts on production budgets, and there are none ({off}): {fix}; "
                 "or drop on_budget_exceeded"
             )
-    if anomaly_config is None and on_anomaly is not None:
-        off = _why_off("anomalies", anomalies, "LLM_LEDGER_ANOMALIES", env)
-        if off:
-            raise ConfigError(
-                f"on_anomaly acts on anomaly detection, which is off ({off}): pass anomalies=True or an "
-                "AnomalyConfig (or set LLM_LEDGER_ANOMALIES=on); or drop on_anomaly"
-            )
+    off = _why_off("anomalies", anomalies, "LLM_LEDGER_ANOMALIES", env)
+    if anomaly_config is None and on_anomaly is not None and off:
+        raise ConfigError(
+            f"on_anomaly acts on anomaly detection, which is off ({off}): pass anomalies=True or an "
+            "AnomalyConfig (or set LLM_LEDGER_ANOMALIES=on); or drop on_anomaly"
+        )
     return Settings(
         resolved_dir, resolved_prices, capture, usage, redact, sigterm, specs,
         guard_budgets, mode, on_budget_exceeded, anomaly_config, on_anomaly,
