@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import errno
 import fcntl
 import gc
@@ -357,20 +358,16 @@ class JsonlFileHandler(logging.Handler):
 
     def _close_fd(self) -> None:
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = self._inode = None
 
     def _reopen_if_moved(self) -> None:
         """Open the file again where it was closed or another file took its path (rotation)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             st = os.stat(self.path)
             if (st.st_dev, st.st_ino) == self._inode:
                 return
-        except FileNotFoundError:
-            pass
         self._open()
 
     def _run(self) -> None:
@@ -607,10 +604,8 @@ def _report_format_failure(path: Path, exc: BaseException) -> None:
 
 def _each_handler(flush: Callable[[JsonlFileHandler], object]) -> None:
     for handler in list(_handlers):
-        try:
+        with contextlib.suppress(Exception):  # flushing, exit or SIGTERM must not fail because of the ledger
             flush(handler)
-        except Exception:  # pragma: no cover - flushing, exit or SIGTERM must not fail because of the ledger
-            pass
 
 
 def flush_all() -> None:

@@ -8,6 +8,7 @@ credential (:func:`shown`: a price file pointed at a ``.env`` must not print the
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -306,10 +307,8 @@ class Document:
         if isinstance(node, yaml.SequenceNode):
             return "a list"
         if node.tag in (_INT, _FLOAT, _BOOL, _NULL):
-            try:
+            with contextlib.suppress(yaml.YAMLError, ValueError, TypeError, OverflowError):
                 return shown(self._constructor.construct_object(node))
-            except (yaml.YAMLError, ValueError, TypeError, OverflowError):
-                pass
         return shown(node.value)
 
     def value(self, node: yaml.Node) -> Any:
