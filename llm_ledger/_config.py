@@ -4,6 +4,7 @@ each from its argument, else its environment variable, else its default (docs/MO
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -330,10 +331,8 @@ def _log_dir_error(exc: OSError, log_dir: Path, argument: bool) -> ConfigError:
     if source is None:
         named, choose = f"the default log_dir {str(log_dir)!r}", " with log_dir= or LLM_LEDGER_LOG_DIR"
         fix = f"set log_dir= or LLM_LEDGER_LOG_DIR to the directory that holds {LOG_FILE_NAME}"
-        try:
+        with contextlib.suppress(OSError):  # the current directory was deleted
             named += f" (in {os.getcwd()!r})"
-        except OSError:  # the current directory was deleted
-            pass
     if log_dir.is_file():
         return ConfigError(f"cannot write the log file: {named} is a file, not a directory; {fix}")
     return ConfigError(

@@ -619,14 +619,12 @@ def _flush_at_exit() -> None:
     _each_handler(lambda handler: handler._flush_by_writer(_EXIT_TIMEOUT_S))
 
 
+@atexit.register
 def _exit() -> None:
     # the records the collector's threads are still making first (not on SIGTERM: the signal may have
     # stopped the main thread holding a lock that they wait for)
     wait_recorded_apart(_EXIT_TIMEOUT_S)
     _flush_at_exit()
-
-
-atexit.register(_exit)
 
 
 class _Sigterm:
