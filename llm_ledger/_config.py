@@ -4,6 +4,7 @@ each from its argument, else its environment variable, else its default (docs/MO
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -78,11 +79,15 @@ def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default:
     return flag
 
 
-def _env_path(variable: str, raw: str) -> Path | None:
-    """A path from the environment, without the spaces a .env line may leave around it; off, none,
-    false, no or 0 turns its feature off."""
-    raw = raw.strip()
-    return None if raw.lower() in ("off", "none", "false", "no", "0") else _path(variable, raw)
+def _path_setting(
+    name: str, value: Any, variable: str, env: Mapping[str, str], default: str = ""
+) -> Path | None:
+    """A path setting: the argument (None: off) when given, else its environment variable, without the
+    spaces a .env line may leave around it (off, none, false, no or 0: off), else ``default``."""
+    if value is not UNSET:
+        return None if value is None else _path(name, value)
+    raw = env.get(variable, default).strip()
+    return None if raw.lower() in ("", "off", "none", "false", "no", "0") else _path(variable, raw)
 
 
 def _path(name: str, value: Any) -> Path:
@@ -112,21 +117,14 @@ def resolve(
 ) -> Settings:
     """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``)."""
     env = os.environ if env is None else env
-    if log_dir is UNSET:
-        raw = env.get("LLM_LEDGER_LOG_DIR", "logs")
-        if not raw.strip():  # e.g. LLM_LEDGER_LOG_DIR=${LOG_DIR} with LOG_DIR unset
-            raise ConfigError(
-                f"environment variable LLM_LEDGER_LOG_DIR={raw!r} is empty; set it to the directory of "
-                f"{LOG_FILE_NAME}, or to off to write no file (unset, it is logs)"
-            )
-        resolved_dir = _env_path("LLM_LEDGER_LOG_DIR", raw)
-    else:
-        resolved_dir = None if log_dir is None else _path("log_dir", log_dir)
-    if price_file is UNSET:
-        raw_price = env.get("LLM_LEDGER_PRICE_FILE")
-        resolved_prices = _env_path("LLM_LEDGER_PRICE_FILE", raw_price) if raw_price else None
-    else:
-        resolved_prices = None if price_file is None else _path("price_file", price_file)
+    # e.g. LLM_LEDGER_LOG_DIR=${LOG_DIR} with LOG_DIR unset
+    if log_dir is UNSET and not env.get("LLM_LEDGER_LOG_DIR", "logs").strip():
+        raise ConfigError(
+            f"environment variable LLM_LEDGER_LOG_DIR={env['LLM_LEDGER_LOG_DIR']!r} is empty; set it to the "
+            f"directory of {LOG_FILE_NAME}, or to off to write no file (unset, it is logs)"
+        )
+    resolved_dir = _path_setting("log_dir", log_dir, "LLM_LEDGER_LOG_DIR", env, default="logs")
+    resolved_prices = _path_setting("price_file", price_file, "LLM_LEDGER_PRICE_FILE", env)
     capture = _bool("capture_content", capture_content, "LLM_LEDGER_CAPTURE_CONTENT", env, False)
     usage = _bool("stream_usage", stream_usage, "LLM_LEDGER_STREAM_USAGE", env, True)
     if redact is not None and not callable(redact):
@@ -148,27 +146,25 @@ def resolve(
         anomaly_config = anomalies
     else:
         raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {anomalies!r}")
-    if guard_budgets is None:
-        off = _why_off("budgets", budgets, "LLM_LEDGER_BUDGETS", env)
+    if guard_budgets is None and (off := _why_off("budgets", budgets, "LLM_LEDGER_BUDGETS", env)):
         fix = "pass budgets= a budgets.yaml path or a mapping (or set LLM_LEDGER_BUDGETS)"
-        if off and mode == "raise":
+        if mode == "raise":
             source = "budget_mode" if budget_mode is not UNSET else "LLM_LEDGER_BUDGET_MODE"
             raise ConfigError(
                 f"{source}='raise' acts on production budgets, and there are none ({off}): {fix}; "
                 f"or set {source} to 'warn'"
             )
-        if off and on_budget_exceeded is not None:
+        if on_budget_exceeded is not None:
             raise ConfigError(
                 f"on_budget_exceeded acts on production budgets, and there are none ({off}): {fix}; "
                 "or drop on_budget_exceeded"
             )
-    if anomaly_config is None and on_anomaly is not None:
-        off = _why_off("anomalies", anomalies, "LLM_LEDGER_ANOMALIES", env)
-        if off:
-            raise ConfigError(
-                f"on_anomaly acts on anomaly detection, which is off ({off}): pass anomalies=True or an "
-                "AnomalyConfig (or set LLM_LEDGER_ANOMALIES=on); or drop on_anomaly"
-            )
+    off = _why_off("anomalies", anomalies, "LLM_LEDGER_ANOMALIES", env)
+    if anomaly_config is None and on_anomaly is not None and off:
+        raise ConfigError(
+            f"on_anomaly acts on anomaly detection, which is off ({off}): pass anomalies=True or an "
+            "AnomalyConfig (or set LLM_LEDGER_ANOMALIES=on); or drop on_anomaly"
+        )
     return Settings(
         resolved_dir, resolved_prices, capture, usage, redact, sigterm, specs,
         guard_budgets, mode, on_budget_exceeded, anomaly_config, on_anomaly,
@@ -213,8 +209,7 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
         raise ConfigError(f"{source} must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}")
     hint = "; or pass configure(budgets=None) / unset LLM_LEDGER_BUDGETS for no production budgets"
     if budgets is UNSET:
-        raw = env.get("LLM_LEDGER_BUDGETS", "").strip()
-        path = _env_path("LLM_LEDGER_BUDGETS", raw) if raw else None
+        path = _path_setting("budgets", budgets, "LLM_LEDGER_BUDGETS", env)
         return (None if path is None else load_budgets(path, hint=hint)), mode
     return None if budgets is None else as_budgets(budgets, hint=hint), mode
 
@@ -268,20 +263,7 @@ def configure(
     """
     global _settings, _handler, _prices_read
     _warn_unknown_variables()
-    settings = resolve(
-        log_dir=log_dir,
-        price_file=price_file,
-        capture_content=capture_content,
-        stream_usage=stream_usage,
-        redact=redact,
-        handle_sigterm=handle_sigterm,
-        exporters=exporters,
-        budgets=budgets,
-        budget_mode=budget_mode,
-        on_budget_exceeded=on_budget_exceeded,
-        anomalies=anomalies,
-        on_anomaly=on_anomaly,
-    )
+    settings = resolve(**locals())  # the arguments alone: nothing else is bound yet
     with _lock:
         prices_read = _file_stamp(settings.price_file)  # before reading: an edit meanwhile is read next time
         if settings == _settings and prices_read == _prices_read:
@@ -349,10 +331,8 @@ def _log_dir_error(exc: OSError, log_dir: Path, argument: bool) -> ConfigError:
     if source is None:
         named, choose = f"the default log_dir {str(log_dir)!r}", " with log_dir= or LLM_LEDGER_LOG_DIR"
         fix = f"set log_dir= or LLM_LEDGER_LOG_DIR to the directory that holds {LOG_FILE_NAME}"
-        try:
+        with contextlib.suppress(OSError):  # the current directory was deleted
             named += f" (in {os.getcwd()!r})"
-        except OSError:  # the current directory was deleted
-            pass
     if log_dir.is_file():
         return ConfigError(f"cannot write the log file: {named} is a file, not a directory; {fix}")
     return ConfigError(

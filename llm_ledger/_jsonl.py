@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import errno
 import fcntl
 import gc
@@ -357,20 +358,16 @@ class JsonlFileHandler(logging.Handler):
 
     def _close_fd(self) -> None:
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = self._inode = None
 
     def _reopen_if_moved(self) -> None:
         """Open the file again where it was closed or another file took its path (rotation)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             st = os.stat(self.path)
             if (st.st_dev, st.st_ino) == self._inode:
                 return
-        except FileNotFoundError:
-            pass
         self._open()
 
     def _run(self) -> None:
@@ -607,10 +604,8 @@ def _report_format_failure(path: Path, exc: BaseException) -> None:
 
 def _each_handler(flush: Callable[[JsonlFileHandler], object]) -> None:
     for handler in list(_handlers):
-        try:
+        with contextlib.suppress(Exception):  # flushing, exit or SIGTERM must not fail because of the ledger
             flush(handler)
-        except Exception:  # pragma: no cover - flushing, exit or SIGTERM must not fail because of the ledger
-            pass
 
 
 def flush_all() -> None:
@@ -624,14 +619,12 @@ def _flush_at_exit() -> None:
     _each_handler(lambda handler: handler._flush_by_writer(_EXIT_TIMEOUT_S))
 
 
+@atexit.register
 def _exit() -> None:
     # the records the collector's threads are still making first (not on SIGTERM: the signal may have
     # stopped the main thread holding a lock that they wait for)
     wait_recorded_apart(_EXIT_TIMEOUT_S)
     _flush_at_exit()
-
-
-atexit.register(_exit)
 
 
 class _Sigterm:
@@ -673,14 +666,13 @@ def handle_sigterm_signal(on: bool) -> None:
     Only the main thread can do either (a warning says so)."""
     try:
         current = signal.getsignal(signal.SIGTERM)
+        ours = current is _on_sigterm or type(current) is _PassOn
         if on and current is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
-        elif on and callable(current) and current is not _on_sigterm and type(current) is not _PassOn:
+        elif on and callable(current) and not ours:
             signal.signal(signal.SIGTERM, _PassOn(current))
-        elif not on and current is _on_sigterm:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        elif not on and type(current) is _PassOn:
-            signal.signal(signal.SIGTERM, current.handler)
+        elif not on and ours:
+            signal.signal(signal.SIGTERM, current.handler if type(current) is _PassOn else signal.SIG_DFL)
     except ValueError:  # not the main thread (or not the main interpreter), installing or taking out
         if on:
             internal_log.warning(

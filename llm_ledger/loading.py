@@ -1,18 +1,14 @@
 """The one loader for the YAML and JSON files llm-ledger reads (price files, budgets.yaml, cassettes,
 reports), public so that the pytest plugin and your own tools read files with the same limits and
-errors: only a regular file, of at most :data:`MAX_BYTES` (:func:`read_file`); YAML composed into nodes
-and read node by node, free-form values (:meth:`Document.value`) built only by PyYAML's safe constructor
-(so no tag can run code); one number parser (:meth:`Document.number`:
-``2.50``, ``1e-3``, ``1_000`` mean the same in every file, and YAML 1.1's other bases, ``1:30``
-(base 60: 90), ``0x10``, ``010`` (octal: 8), are errors; :meth:`Document.integer` for a code or a
-version, written in digits only); every error reads ``file:line: key.path: what
-is wrong; valid choices``, quoting at most the offending value, shortened, and never one that looks like
-a credential (:func:`shown`: a price file pointed at a ``.env`` must not print the key it holds).
-:func:`did_you_mean` is the one "(did you mean 'x'?)" hint of every error naming a bad name.
+errors: :func:`read_file` reads at most :data:`MAX_BYTES` of a regular file; a :class:`Document` reads
+YAML node by node (no tag can run code) with one number parser (:meth:`Document.number`); every error
+reads ``file:line: key.path: what is wrong; valid choices`` and never quotes a value that looks like a
+credential (:func:`shown`: a price file pointed at a ``.env`` must not print the key it holds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -311,10 +307,8 @@ class Document:
         if isinstance(node, yaml.SequenceNode):
             return "a list"
         if node.tag in (_INT, _FLOAT, _BOOL, _NULL):
-            try:
+            with contextlib.suppress(yaml.YAMLError, ValueError, TypeError, OverflowError):
                 return shown(self._constructor.construct_object(node))
-            except (yaml.YAMLError, ValueError, TypeError, OverflowError):
-                pass
         return shown(node.value)
 
     def value(self, node: yaml.Node) -> Any:
@@ -379,8 +373,7 @@ class Document:
         for key, key_node, value_node in self.mapping(node, key_path, expected):
             if key not in keys:
                 known = _KEY_LIKE.fullmatch(key) is not None and not _SECRET_KEY.search(key)
-                name = key if known else f"<a key of {len(key)} characters>"
-                where = f"{key_path}.{name}" if key_path else name
+                where = join(key_path, key if known else f"<a key of {len(key)} characters>")
                 hint = did_you_mean(key, keys) if known else ""
                 raise self.error(key_node, where, f"unknown key{hint}; valid keys: {', '.join(keys)}")
             values[key] = value_node
@@ -400,8 +393,9 @@ class Document:
         whole: bool = False,
         examples: str = "90, 0.5, 1e-3",
     ) -> Decimal:
-        """A finite number from ``minimum`` (0) to ``maximum`` (a whole one if ``whole``), read exactly;
-        ``examples`` are the numbers the error for YAML 1.1's other bases suggests."""
+        """A finite number from ``minimum`` (0) to ``maximum`` (a whole one if ``whole``), read exactly:
+        ``2.50``, ``1e-3``, ``1_000`` alike in every file; ``examples`` are the numbers the error for YAML
+        1.1's other bases (``1:30``, ``0x10``, ``010``) suggests."""
         self.check_tag(node, key_path)
         value: Decimal | None = None
         if isinstance(node, yaml.ScalarNode):
@@ -431,14 +425,9 @@ class Document:
                     f"expected {expected}, got {text!r}: write {text[1:]}, without the $ (the unit is USD)",
                 )
             raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
-        if value < minimum:
-            raise self.error(
-                node, key_path, f"expected {expected} (at least {minimum}), got {self.describe(node)}"
-            )
-        if value > maximum:
-            raise self.error(
-                node, key_path, f"expected {expected} (at most {maximum}), got {self.describe(node)}"
-            )
+        if not minimum <= value <= maximum:
+            bound = f"at least {minimum}" if value < minimum else f"at most {maximum}"
+            raise self.error(node, key_path, f"expected {expected} ({bound}), got {self.describe(node)}")
         return value
 
     def integer(

@@ -509,6 +509,15 @@ def test_a_path_variable_set_to_an_off_word_turns_its_feature_off(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_price_file_or_budgets_variable_is_unset(blank: str, fresh_config: None) -> None:
+    """LLM_LEDGER_PRICE_FILE and LLM_LEDGER_BUDGETS set blank (VAR=${UNSET} in a compose file) are
+    unset, as the boolean variables are; a price file of spaces was refused as an empty path."""
+    env = {"LLM_LEDGER_LOG_DIR": "off", "LLM_LEDGER_PRICE_FILE": blank, "LLM_LEDGER_BUDGETS": blank}
+    settings = _config.resolve(env=env)
+    assert (settings.price_file, settings.budgets) == (None, None)
+
+
 def test_a_path_from_the_environment_expands_the_home_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
 ) -> None:
