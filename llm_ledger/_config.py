@@ -159,8 +159,11 @@ def resolve(
                 f"on_budget_exceeded acts on production budgets, and there are none ({off}): {fix}; "
                 "or drop on_budget_exceeded"
             )
-    off = _why_off("anomalies", anomalies, "LLM_LEDGER_ANOMALIES", env)
-    if anomaly_config is None and on_anomaly is not None and off:
+    if (
+        anomaly_config is None
+        and on_anomaly is not None
+        and (off := _why_off("anomalies", anomalies, "LLM_LEDGER_ANOMALIES", env))
+    ):
         raise ConfigError(
             f"on_anomaly acts on anomaly detection, which is off ({off}): pass anomalies=True or an "
             "AnomalyConfig (or set LLM_LEDGER_ANOMALIES=on); or drop on_anomaly"
@@ -263,7 +266,20 @@ def configure(
     """
     global _settings, _handler, _prices_read
     _warn_unknown_variables()
-    settings = resolve(**locals())  # the arguments alone: nothing else is bound yet
+    settings = resolve(
+        log_dir=log_dir,
+        price_file=price_file,
+        capture_content=capture_content,
+        stream_usage=stream_usage,
+        redact=redact,
+        handle_sigterm=handle_sigterm,
+        exporters=exporters,
+        budgets=budgets,
+        budget_mode=budget_mode,
+        on_budget_exceeded=on_budget_exceeded,
+        anomalies=anomalies,
+        on_anomaly=on_anomaly,
+    )
     with _lock:
         prices_read = _file_stamp(settings.price_file)  # before reading: an edit meanwhile is read next time
         if settings == _settings and prices_read == _prices_read:
