@@ -899,7 +899,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     # after them, so its lens is neither passed unchecked nor left out of the report
     gc.collect()
     if state.is_worker:
-        session.config.workeroutput["llm_ledger"] = json.dumps(state.ledger.to_wire())  # type: ignore[attr-defined]
+        session.config.workeroutput["llm_ledger"] = state.ledger.to_wire()  # type: ignore[attr-defined]
         return
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
@@ -1153,6 +1153,5 @@ class _ControllerHooks:
 
     @pytest.hookimpl(optionalhook=True)  # an xdist hook, unknown without pytest-xdist
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        data = getattr(node, "workeroutput", {}).get("llm_ledger")
-        if data:
-            self.state.ledger.merge_wire(json.loads(data))
+        if wire := getattr(node, "workeroutput", {}).get("llm_ledger"):
+            self.state.ledger.merge_wire(wire)
