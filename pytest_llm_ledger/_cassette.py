@@ -164,11 +164,9 @@ def stored_url(url: str, redactor: CredentialRedactor) -> str:
 
 def _redact_body(body: Body, redactor: CredentialRedactor) -> Body:
     kind, value = body
-    if kind in ("json", "sse"):
-        return (kind, redactor.json(value, kind))
-    if kind == "text":
-        return (kind, redactor.text(value, kind))
-    return body  # base64: bytes we cannot read, nothing text-shaped to find
+    if kind == "base64":  # bytes we cannot read, nothing text-shaped to find
+        return body
+    return (kind, redactor.json(value, kind))  # a string (text) is redacted as one in JSON is
 
 
 @dataclass(slots=True)
