@@ -287,7 +287,8 @@ class SessionLedger:
         # node id -> "its cassette: the 401/403 answers it replayed" (the test does not expect them)
         self.replayed_auth_errors: dict[str, str] = {}
         self.expect_auth_errors: set[str] = set()  # the cassette paths of tests marked record_auth_errors
-        self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
+        # the cassette paths of the collected tests marked llm (not live) -> the node id of the first
+        self.cassettes: dict[str, str] = {}
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.refused: set[str] = set()  # OpenAI requests refused while no test ran: they fail the run

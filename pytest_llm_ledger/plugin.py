@@ -323,7 +323,6 @@ class _LedgerState:
         self._blocked: list[str] = []
         self._config = config
         self._renamed: dict[Path, Path] | None = None  # see moved_from
-        self.owners: dict[str, str] = {}  # cassette path -> the node id of its (first) test, to record it
 
     def moved_from(self, path: Path) -> Path | None:
         """The orphan cassette that ``path``, a cassette not recorded yet, plausibly was before its test
@@ -628,8 +627,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         live = marker.kwargs.get("live", False)
         if not live:
             cassette = cassette_path(item, state.cassette_dir)
-            state.ledger.cassettes.add(str(cassette))
-            state.owners.setdefault(str(cassette), item.nodeid)
+            state.ledger.cassettes.setdefault(str(cassette), item.nodeid)
             if marker.kwargs.get("record_auth_errors") is True:
                 state.ledger.expect_auth_errors.add(str(cassette))
             params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
@@ -1064,7 +1062,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "cassettes": sorted(state.ledger.cassettes),
             "record": {
                 path: rerecord_command(state.here(nodeid), "once", state.location)
-                for path, nodeid in state.owners.items()
+                for path, nodeid in state.ledger.cassettes.items()
                 if not Path(path).exists()
             },
             "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
