@@ -51,6 +51,7 @@ from ._naming import (
     cassette_path,
     mark_case_twins,
     move_command,
+    moved_hint,
     orphan_cassettes,
     project_dir,
     renamed_cassettes,
@@ -1056,17 +1057,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("llm_list_cassettes", None)
     state = session.config.stash.get(_STATE, None)
     if path and state is not None:  # for `llm-ledger cassettes`
+        orphans = _orphans(state, session.config)
+        moved = _renamed(state, session.config, orphans)
         listing = {
             "cassette_dir": str(state.cassette_dir),
             "location": list(state.location),
             "cassettes": sorted(state.ledger.cassettes),
-            "record": {
+            "record": {  # the cassettes never recorded
                 path: rerecord_command(state.here(nodeid), "once", state.location)
                 for path, nodeid in state.ledger.cassettes.items()
                 if not Path(path).exists()
             },
+            "moved": {str(new): f"{moved_hint(old)}: {move_command(old, new)}" for new, old in moved.items()},
             "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
-            "orphans": [str(orphan) for orphan in _orphans(state, session.config)],
+            "orphans": [str(orphan) for orphan in orphans],
         }
         Path(path).write_text(json.dumps(listing), encoding="utf-8")
 
