@@ -95,7 +95,7 @@ class Totals:
         return float(self.cost)
 
     def metric(self, name: str) -> float:
-        return self.cost_usd if name == "cost_usd" else float(getattr(self, name))
+        return float(getattr(self, name))  # cost_usd included
 
     def add(self, other: Totals) -> None:
         for name in _INTS:
