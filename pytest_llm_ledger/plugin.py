@@ -625,8 +625,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("llm")
         if marker is None:
             continue
-        live = marker.kwargs.get("live", False)
-        if not live:
+        if marker.kwargs.get("live") is not True:
             cassette = cassette_path(item, state.cassette_dir)
             state.ledger.cassettes.setdefault(str(cassette), item.nodeid)
             if marker.kwargs.get("record_auth_errors") is True:
@@ -902,11 +901,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         return
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
-    cassettes = [
-        *_orphan_cassette_notices(state, session.config),
-        *_ci_recording_notices(state),
-        *_unmarked_live_notices(state),
-    ]
+    cassettes = [*_orphan_cassette_notices(state, session.config), *_recording_notices(state)]
     state.notices, state.unchecked_budgets = notices(
         state.ledger, state.budgets, cassettes, state.location, state.here
     )
@@ -934,29 +929,26 @@ def _runs_no_test(config: pytest.Config) -> bool:
     return any(getattr(config.option, name, False) for name in options)
 
 
-def _ci_recording_notices(state: _LedgerState) -> list[str]:
-    """Tests that recorded on CI (a record mode committed by mistake): live calls, cassettes thrown away."""
+def _recording_notices(state: _LedgerState) -> list[str]:
+    """Tests that called the API live while recording and that the next replay fails: on CI (a record
+    mode committed by mistake), whose cassettes CI keeps nothing of; and tests not marked llm, whose
+    requests no cassette recorded, so the replay refuses them."""
+    out = []
     recorded = sorted(state.ledger.recorded)
-    if not recorded or not any(name in os.environ for name in ("CI", "BUILD_NUMBER")):  # as pytest tells CI
-        return []
-    return [
-        f"llm-ledger: {len(recorded)} test(s) recorded their cassette in this CI run (record mode "
-        f"{state.mode!r}), so they called the API and CI keeps nothing: {listed(recorded)}; record them "
-        "locally, commit the cassettes, and run CI in record mode none"
-    ]
-
-
-def _unmarked_live_notices(state: _LedgerState) -> list[str]:
-    """Tests not marked llm that called the API while recording: they pass now, and the replay refuses
-    their requests, since no cassette recorded them."""
-    if not (tests := sorted(state.ledger.unmarked_live)):
-        return []
-    return [
-        f"llm-ledger: {len(tests)} test(s) not marked llm sent OpenAI API requests live in record mode "
-        f"{state.mode!r}, so no cassette recorded them and the replay (record mode none) will refuse them: "
-        f"{listed(tests)}; mark them @pytest.mark.llm and record again (@pytest.mark.llm(live=True) for a "
-        "deliberate live test)"
-    ]
+    if recorded and any(name in os.environ for name in ("CI", "BUILD_NUMBER")):  # as pytest tells CI
+        out.append(
+            f"llm-ledger: {len(recorded)} test(s) recorded their cassette in this CI run (record mode "
+            f"{state.mode!r}), so they called the API and CI keeps nothing: {listed(recorded)}; record them "
+            "locally, commit the cassettes, and run CI in record mode none"
+        )
+    if tests := sorted(state.ledger.unmarked_live):
+        out.append(
+            f"llm-ledger: {len(tests)} test(s) not marked llm sent OpenAI API requests live in record mode "
+            f"{state.mode!r}, so no cassette recorded them and the replay (record mode none) will refuse "
+            f"them: {listed(tests)}; mark them @pytest.mark.llm and record again "
+            "(@pytest.mark.llm(live=True) for a deliberate live test)"
+        )
+    return out
 
 
 def _report_path(config: pytest.Config) -> Path | None:
