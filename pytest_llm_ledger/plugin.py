@@ -809,8 +809,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     path = cassette_path(item, state.cassette_dir)
     owner, theirs = item.stash.get(_SHARES_WITH, (None, path))
     if owner is not None:  # each recording would overwrite the other's
-        shared = f"llm-ledger: {item.nodeid} would share its cassette {shown_path(path)}"
-        shared += f" with {owner}"
+        shared = f"llm-ledger: {item.nodeid} would share its cassette {shown_path(path)} with {owner}"
         if theirs != path:
             pytest.fail(
                 f"{shared} on a case-insensitive file system (macOS, Windows), where it is the same file "
