@@ -1082,9 +1082,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             say(line)
         if fixed := priced_at_fixed_time(ledger, state.time_of_day):
             say(fixed)
-    baseline = config.getoption("llm_baseline")
-    if baseline:
-        _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)
+    if baseline := config.getoption("llm_baseline"):
+        _write_baseline_diff(tr, Path(config.invocation_params.dir, baseline), ledger)
     for refused in sorted(ledger.refused):
         say(refused, red=True)
     budget_file = shown_path(state.budget_file)
@@ -1118,7 +1117,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         say(f"llm-ledger: report written to {config.getoption('llm_report')}")
 
 
-def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: SessionLedger) -> None:
+def _write_baseline_diff(tr: Any, path: Path, ledger: SessionLedger) -> None:
     from llm_ledger.report import diff_reports, load_report, render_diff
 
     tr.write_sep("-", f"llm-ledger: cost diff against {shown_path(path)}")
