@@ -316,7 +316,6 @@ class _LedgerState:
         # refuses what no cassette replays: an unmarked test's OpenAI request (in none mode), a marked
         # test's from a fixture set up before its cassette (in every mode)
         self.guard = Guard(self._refuse)
-        self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None  # the running test's node id while its OpenAI requests are refused
         self._attempted = False  # the running test's setup began: another one is a rerun
         self._marked = False  # the running test is marked llm: the guard refuses outside its cassette
@@ -333,7 +332,7 @@ class _LedgerState:
                 self._renamed = _renamed(self, self._config)
             return self._renamed.get(path)
 
-    def _add(self, record: Mapping[str, Any]) -> None:
+    def sink(self, record: Mapping[str, Any]) -> None:
         """The session's global sink: records of every llm_ledger monitor (the default one and the
         application's own), on the emitting thread."""
         event = record.get("event")
