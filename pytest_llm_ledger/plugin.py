@@ -20,7 +20,7 @@ import logging
 import os
 import shlex
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -288,7 +288,6 @@ class _LedgerState:
         )
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.location = _location_options(config)
-        self.here = _here(config)  # how commands name a test where pytest was started
         self.budget_file = _path_option(config, "llm_budget_file")
         self.enforce = _switch(config, "llm_budget", dest="llm_ledger_budget")
         self.strict = _switch(config, "llm_strict")
@@ -323,6 +322,20 @@ class _LedgerState:
         self._blocked: list[str] = []
         self._config = config
         self._renamed: dict[Path, Path] | None = None  # see moved_from
+
+    def here(self, nodeid: str) -> str:
+        """How a command run where pytest was started names a test: its node id with the file's path
+        relative to that folder, as pytest's own summary names it (from ``tests/``: ``test_x.py::test_y``);
+        the node id itself when pytest was started in the rootdir."""
+        root, here = self._config.rootpath, self._config.invocation_params.dir
+        if here == root:
+            return nodeid
+        path, sep, rest = nodeid.partition("::")
+        try:
+            path = Path(os.path.relpath(root / path, here)).as_posix()
+        except ValueError:  # another drive (Windows): absolute
+            path = (root / path).as_posix()
+        return f"{path}{sep}{rest}"
 
     def moved_from(self, path: Path) -> Path | None:
         """The orphan cassette that ``path``, a cassette not recorded yet, plausibly was before its test
@@ -489,25 +502,6 @@ def _location_options(config: pytest.Config) -> tuple[str, ...]:
     if value := config.getoption("llm_cassette_dir"):
         options.append(f"--llm-cassette-dir={value}")
     return tuple(options)
-
-
-def _here(config: pytest.Config) -> Callable[[str], str]:
-    """How a command run where pytest was started names a test: its node id with the file's path
-    relative to that folder, as pytest's own summary names it (from ``tests/``: ``test_x.py::test_y``);
-    the node id itself when pytest was started in the rootdir."""
-    root, here = config.rootpath, config.invocation_params.dir
-
-    def shown(nodeid: str) -> str:
-        if here == root:
-            return nodeid
-        path, sep, rest = nodeid.partition("::")
-        try:
-            path = Path(os.path.relpath(root / path, here)).as_posix()
-        except ValueError:  # another drive (Windows): absolute
-            path = (root / path).as_posix()
-        return f"{path}{sep}{rest}"
-
-    return shown
 
 
 def _compatible_server() -> str | None:
