@@ -431,8 +431,7 @@ class SessionLedger:
         """Every limit in ``budgets`` this session exceeds, worst run first within each limit."""
         breaches: list[Breach] = []
         for key, (summarised, cut) in self.runs_by_lens().items():
-            limits = budgets.for_lens(key)
-            if limits is not None:
+            if (limits := budgets.for_lens(key)) is not None:
                 breaches.extend(_check_runs("lens", key, limits, summarised, cut))
         for nodeid, limits in sorted(budgets.tests.items()):
             if nodeid in self.tests:
@@ -684,8 +683,7 @@ def notices(
             f"{end_lenses}"
         )
         unchecked += within
-    unbudgeted = _unbudgeted(ledger, budgets)
-    if unbudgeted:
+    if unbudgeted := _unbudgeted(ledger, budgets):
         out.append(unbudgeted)
     return out, bool(idle or idle_lenses or unchecked)
 

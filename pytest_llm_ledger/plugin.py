@@ -792,8 +792,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     state = request.config.stash[_STATE]
-    problem = vcrpy_problem()
-    if problem is not None:
+    if (problem := vcrpy_problem()) is not None:
         pytest.fail(
             f"llm-ledger: {problem}; tests marked llm replay from cassettes, which needs the plugin's "
             "extra: pip install 'llm-ledger[pytest]'",
