@@ -367,8 +367,6 @@ class _LedgerState:
     def test(self, item: pytest.Item) -> Iterator[LedgerRecords]:
         records = LedgerRecords(item.nodeid)
         marker = item.get_closest_marker("llm")
-        blocked: list[str] = []
-        item.stash[_BLOCKED] = blocked
         # an OpenAI request reaches the guard outside a cassette: an unmarked test's, or one from a
         # fixture of a marked test set up before its cassette (a wider scope); a deliberate live test,
         # and a test marked vcr alone (pytest-recording's cassette), are not guarded
@@ -380,7 +378,7 @@ class _LedgerState:
             self._attempted = False
             self._marked = marker is not None
             self._guarded = item.nodeid if guarded else None
-            self._blocked = blocked
+            self._blocked = item.stash[_BLOCKED] = []
             self.ledger.tests.setdefault(item.nodeid, Totals())
         try:
             yield records
@@ -827,13 +825,12 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             pytrace=False,
         )
     error = None
-    match_host = marker.kwargs.get("match_host", state.match_host)
     try:
         cassette = LedgerCassette(
             path,
             state.mode,
             item.nodeid,
-            match_host=match_host,
+            match_host=marker.kwargs.get("match_host", state.match_host),
             record_auth_errors=marker.kwargs.get("record_auth_errors", False),
             block_network=state.block_network,
             allowed_hosts=state.allowed_hosts,
