@@ -27,7 +27,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
@@ -164,11 +164,9 @@ def stored_url(url: str, redactor: CredentialRedactor) -> str:
 
 def _redact_body(body: Body, redactor: CredentialRedactor) -> Body:
     kind, value = body
-    if kind in ("json", "sse"):
-        return (kind, redactor.json(value, kind))
-    if kind == "text":
-        return (kind, redactor.text(value, kind))
-    return body  # base64: bytes we cannot read, nothing text-shaped to find
+    if kind == "base64":  # bytes we cannot read, nothing text-shaped to find
+        return body
+    return (kind, redactor.json(value, kind))  # a string (text) is redacted as one in JSON is
 
 
 @dataclass(slots=True)
@@ -204,47 +202,37 @@ class Interaction:
         )  # fmt: skip
 
 
+@dataclass(eq=False)
 class LedgerCassette:
     """The cassette of one test, in one record mode; duck-types what vcrpy's stubs call."""
 
-    def __init__(
-        self,
-        path: Path,
-        mode: str,
-        nodeid: str,
-        *,
-        match_host: bool = False,
-        record_auth_errors: bool = False,
-        block_network: bool = False,
-        allowed_hosts: tuple[str, ...] = (),
-        fallback: Any = None,
-        rerecord_options: Sequence[str] = (),
-        directory: Path | None = None,
-        command_nodeid: str | None = None,
-        secrets: Sequence[str] = (),
-        moved_from: Callable[[Path], Path | None] | None = None,
-    ) -> None:
+    path: Path
+    mode: str
+    nodeid: str
+    _: KW_ONLY
+    match_host: bool = False
+    record_auth_errors: bool = False  # keep 401/403 answers: the test expects them
+    block_network: bool = False  # refuse the requests this cassette does not own
+    allowed_hosts: tuple[str, ...] = ()  # ... except to these hosts (glob patterns)
+    fallback: Any = None  # the test's own vcrpy cassette (pytest-recording), for the rest
+    rerecord_options: Sequence[str] = ()  # what chose the cassette's place, for commands
+    directory: Path | None = None  # the cassette directory, named in a miss when it does not exist
+    # the test as a command run where pytest was started names it (from a subdirectory:
+    # ``test_x.py::test_y``; by default ``nodeid``, which the cassette's header keeps, the same
+    # wherever it was recorded)
+    command_nodeid: str = ""
+    secrets: Sequence[str] = ()  # credentials among the test's parameters: its node id shows them
+    # the orphan cassette a missing one plausibly was before its test was renamed, named in a miss
+    moved_from: Callable[[Path], Path | None] | None = None
+
+    def __post_init__(self) -> None:
+        path, mode = self.path, self.mode
         if mode not in RECORD_MODES:
             raise ConfigError(
                 f"LedgerCassette({str(path)!r}, mode={mode!r}): {mode!r} is not a record mode; use one of "
                 f"{', '.join(RECORD_MODES)}"
             )
-        self.path = path
-        self.mode = mode
-        self.nodeid = nodeid
-        self.match_host = match_host
-        self.record_auth_errors = record_auth_errors  # keep 401/403 answers: the test expects them
-        self.block_network = block_network  # refuse the requests this cassette does not own
-        self.allowed_hosts = allowed_hosts  # ... except to these hosts (glob patterns)
-        self.fallback = fallback  # the test's own vcrpy cassette (pytest-recording), for the rest
-        self.rerecord_options = tuple(rerecord_options)  # what chose the cassette's place, for commands
-        # the test as a command run where pytest was started names it (from a subdirectory:
-        # ``test_x.py::test_y``); the cassette's header keeps ``nodeid``, the same wherever it was recorded
-        self.command_nodeid = command_nodeid or nodeid
-        self.directory = directory  # the cassette directory, named in a miss when it does not exist
-        self.secrets = secrets  # credentials among the test's parameters: its node id shows them
-        # the orphan cassette a missing one plausibly was before its test was renamed, named in a miss
-        self.moved_from = moved_from
+        self.command_nodeid = self.command_nodeid or self.nodeid
         # attributes vcrpy's patch builder and stubs read
         self._path = str(path)
         self.custom_patches: tuple[Any, ...] = ()

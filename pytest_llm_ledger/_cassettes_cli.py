@@ -23,7 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._format import shown_path
+from llm_ledger import CassetteError
+
+from ._format import load_cassette, shown_path
 
 __all__ = ["register"]
 
@@ -54,7 +56,6 @@ def _after_dashes(argv: list[str]) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         from ._cassette import TO_RECORD, replayed_auth_advice
-        from ._naming import move_command, moved_hint, renamed_cassettes
     except ImportError as exc:  # a production install: pytest and vcrpy come with the plugin's extra
         print(
             f"llm-ledger cassettes: error: {exc}; this command asks pytest which tests own the cassettes, "
@@ -96,19 +97,16 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    owned = data["cassettes"]
+    owned, never = data["cassettes"], data["record"]
     orphans = [Path(path) for path in data["orphans"]]
-    never = sorted(path for path in owned if not Path(path).exists())
-    # a prune deletes the orphans: none is left to move
-    moved = {} if args.prune else renamed_cassettes(map(Path, never), orphans)
+    moved = {} if args.prune else data["moved"]  # a prune deletes the orphans: none is left to move
     print(f"{len(owned)} collected test(s) replay from cassettes under {shown_path(directory)}")
-    for path in never:
+    for path in sorted(never):
         print(f"  never recorded: {shown_path(Path(path))}")
-        if (old := moved.get(Path(path))) is not None:
-            print(f"    {moved_hint(old)}: {move_command(old, Path(path))}")
-        print(f"    {TO_RECORD}: {data['record'][path]}")
-    expected = set(data["expect_auth_errors"])
-    denied, status = _auth_errors(sorted(set(owned) - set(never) - expected))
+        if path in moved:
+            print(f"    {moved[path]}")
+        print(f"    {TO_RECORD}: {never[path]}")
+    denied, status = _auth_errors(sorted(set(owned) - set(never) - set(data["expect_auth_errors"])))
     if denied:
         print(f"{replayed_auth_advice(len(denied), options=data['location'])}:")
         for path, answers in denied.items():
@@ -145,9 +143,7 @@ def run(args: argparse.Namespace) -> int:
 def _auth_errors(paths: list[str]) -> tuple[dict[Path, list[str]], int]:
     """The cassettes of ``paths`` holding 401/403 answers (recorded before llm-ledger left them out):
     CI replays a wrong key's error from them forever. And 2 when one could not be read, else 0."""
-    from llm_ledger import CassetteError
-    from pytest_llm_ledger._cassette import auth_answers
-    from pytest_llm_ledger._format import load_cassette
+    from ._cassette import auth_answers  # run() checked that it imports
 
     found: dict[Path, list[str]] = {}
     status = 0

@@ -62,11 +62,9 @@ Body = tuple[str, Any]  # (kind, value); kind is "" for an empty body
 _SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-class _Dumper(_SafeDumper):  # type: ignore[valid-type,misc]
-    """Safe dumper that writes multi-line strings as literal blocks, so prompts diff by line."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True  # a cassette never uses anchors: they hurt review, and loading refuses them
+class _AliasDumper(_SafeDumper):  # type: ignore[valid-type,misc]
+    """Safe dumper that writes multi-line strings as literal blocks, so prompts diff by line, and a
+    shared mapping or list once, with an anchor (only a loaded file that had aliases has any)."""
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -74,15 +72,12 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-_Dumper.add_representer(str, _represent_str)
+_AliasDumper.add_representer(str, _represent_str)
 
 
-class _AliasDumper(_Dumper):
-    """:class:`_Dumper` that writes a shared mapping or list once, with an anchor (only a loaded file
-    that had aliases has any)."""
-
+class _Dumper(_AliasDumper):
     def ignore_aliases(self, data: Any) -> bool:
-        return bool(_SafeDumper.ignore_aliases(self, data))
+        return True  # a cassette never uses anchors: they hurt review, and loading refuses them
 
 
 # -- bodies -------------------------------------------------------------------------------------

@@ -53,23 +53,20 @@ class Guard:
 
     def __init__(self, refuse: Refuse) -> None:
         self._refuse = refuse
-        self._wrapped: set[tuple[str, str, str]] = set()
         self._saved: list[tuple[type, str, Any, Any]] = []  # (class, attribute, original, wrapper)
 
     def install(self, *, load: bool = False) -> None:
         """Wrap the transports of each HTTP library imported so far; with ``load``, import httpx and
         httpx2 first."""
-        for entry in TRANSPORTS:
-            module_name, class_name, method = entry
-            loadable = load and module_name in HTTP_LIBRARIES
-            if entry in self._wrapped or (module_name not in sys.modules and not loadable):
+        for module_name, class_name, method in TRANSPORTS:
+            if module_name not in sys.modules and not (load and module_name in HTTP_LIBRARIES):
                 continue
             try:
                 cls = getattr(importlib.import_module(module_name), class_name)
             except (ImportError, AttributeError):  # not installed, or not this version: unused
                 continue
-            self._wrapped.add(entry)
-            self._wrap(cls, method)
+            if not any(saved[:2] == (cls, method) for saved in self._saved):
+                self._wrap(cls, method)
 
     def _wrap(self, cls: type, method: str) -> None:
         original = getattr(cls, method)
@@ -95,7 +92,6 @@ class Guard:
             if cls.__dict__.get(name) is wrapper:
                 setattr(cls, name, original)
         self._saved.clear()
-        self._wrapped.clear()
 
     def check(self, request: Any) -> None:
         if not self._saved or not is_openai_request(request):

@@ -7,14 +7,16 @@ they leave as JSON numbers.
 
 from __future__ import annotations
 
+import base64
 import json
+import pickle
 import re
 import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import yaml
 
@@ -69,22 +71,8 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-class _ExactCost:
-    """JSON from an xdist worker keeps the ``cost`` exact, as a string."""
-
-    __slots__ = ()
-    cost: Decimal
-
-    def to_wire(self) -> dict[str, Any]:
-        return {**asdict(self), "cost": str(self.cost)}  # type: ignore[call-overload]
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**{**data, "cost": Decimal(data["cost"])})
-
-
 @dataclass(slots=True)
-class Totals(_ExactCost):
+class Totals:
     """Calls, tokens and cost of a call, a lens run, a test, a lens or the session.
 
     A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
@@ -107,7 +95,7 @@ class Totals(_ExactCost):
         return float(self.cost)
 
     def metric(self, name: str) -> float:
-        return self.cost_usd if name == "cost_usd" else float(getattr(self, name))
+        return float(getattr(self, name))  # cost_usd included
 
     def add(self, other: Totals) -> None:
         for name in _INTS:
@@ -173,7 +161,7 @@ class Totals(_ExactCost):
 
 
 @dataclass(slots=True)
-class UsageSum(_ExactCost):
+class UsageSum:
     """The tokens of the calls of one lens to one server and model (the innermost lens they ran in)."""
 
     calls: int = 0
@@ -280,9 +268,11 @@ class Breach:
         return f"{self.scope} {self.name}" if self.scope != "total" else "total"
 
 
-# the SessionLedger fields a worker sends as they are (sets sorted), merged into the controller's
-_WIRE_SETS: Final = ("recorded", "cassettes", "tested", "refused", "unmarked_live")
-_WIRE_DICTS: Final = ("unplayed", "auth_errors", "replayed_auth_errors")
+# the SessionLedger sets and dicts a worker's update the controller's with
+_MERGED: Final = (
+    *("recorded", "cassettes", "tested", "refused", "unmarked_live"),
+    *("unplayed", "auth_errors", "replayed_auth_errors"),
+)
 
 
 class SessionLedger:
@@ -297,7 +287,8 @@ class SessionLedger:
         # node id -> "its cassette: the 401/403 answers it replayed" (the test does not expect them)
         self.replayed_auth_errors: dict[str, str] = {}
         self.expect_auth_errors: set[str] = set()  # the cassette paths of tests marked record_auth_errors
-        self.cassettes: set[str] = set()  # the cassette paths of the collected tests marked llm (not live)
+        # the cassette paths of the collected tests marked llm (not live) -> the node id of the first
+        self.cassettes: dict[str, str] = {}
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.refused: set[str] = set()  # OpenAI requests refused while no test ran: they fail the run
@@ -353,30 +344,23 @@ class SessionLedger:
 
     # -- xdist -----------------------------------------------------------------------------------
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "tests": {nodeid: t.to_wire() for nodeid, t in self.tests.items()},
-            "lens_runs": [[key, nodeid, t.to_wire()] for key, nodeid, t in self.lens_runs],
-            **{name: sorted(getattr(self, name)) for name in _WIRE_SETS},
-            **{name: getattr(self, name) for name in _WIRE_DICTS},
-            "usage": [[*key, row.to_wire()] for key, row in self.usage.items()],
-            "outside": {nodeid: t.to_wire() for nodeid, t in self._outside.items()},
-            "open": [[run_id, key, nodeid, t.to_wire()] for run_id, (key, nodeid, t) in self._open.items()],
-        }
+    def to_wire(self) -> str:
+        """This ledger as an xdist worker sends it to the controller (``workeroutput`` holds text)."""
+        return base64.b64encode(pickle.dumps(self)).decode("ascii")
 
-    def merge_wire(self, data: Mapping[str, Any]) -> None:
-        for nodeid, wire in data.get("tests", {}).items():
-            self.tests.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
-        for key, nodeid, wire in data.get("lens_runs", []):
-            self.lens_runs.append((key, nodeid, Totals.from_wire(wire)))
-        for name in (*_WIRE_SETS, *_WIRE_DICTS):
-            getattr(self, name).update(data.get(name, ()))
-        for *key, wire in data.get("usage", ()):
-            self.usage.setdefault(tuple(key), UsageSum()).add(UsageSum.from_wire(wire))
-        for nodeid, wire in data.get("outside", {}).items():
-            self._outside.setdefault(nodeid, Totals()).add(Totals.from_wire(wire))
-        for run_id, key, nodeid, wire in data.get("open", ()):
-            self._open[run_id] = (key, nodeid, Totals.from_wire(wire))
+    def merge_wire(self, wire: str) -> None:
+        """Add the ledger of an xdist worker (its :meth:`to_wire`)."""
+        other: SessionLedger = pickle.loads(base64.b64decode(wire))
+        for nodeid, totals in other.tests.items():
+            self.tests.setdefault(nodeid, Totals()).add(totals)
+        self.lens_runs += other.lens_runs
+        for name in _MERGED:
+            getattr(self, name).update(getattr(other, name))
+        for key, row in other.usage.items():
+            self.usage.setdefault(key, UsageSum()).add(row)
+        for nodeid, totals in other._outside.items():
+            self._outside.setdefault(nodeid, Totals()).add(totals)
+        self._open.update(other._open)
 
     # -- aggregates ------------------------------------------------------------------------------
 
@@ -447,8 +431,7 @@ class SessionLedger:
         """Every limit in ``budgets`` this session exceeds, worst run first within each limit."""
         breaches: list[Breach] = []
         for key, (summarised, cut) in self.runs_by_lens().items():
-            limits = budgets.for_lens(key)
-            if limits is not None:
+            if (limits := budgets.for_lens(key)) is not None:
                 breaches.extend(_check_runs("lens", key, limits, summarised, cut))
         for nodeid, limits in sorted(budgets.tests.items()):
             if nodeid in self.tests:
@@ -700,8 +683,7 @@ def notices(
             f"{end_lenses}"
         )
         unchecked += within
-    unbudgeted = _unbudgeted(ledger, budgets)
-    if unbudgeted:
+    if unbudgeted := _unbudgeted(ledger, budgets):
         out.append(unbudgeted)
     return out, bool(idle or idle_lenses or unchecked)
 

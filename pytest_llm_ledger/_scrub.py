@@ -114,12 +114,9 @@ class _Scrubber(CredentialRedactor):
             body["string"] = self.raw_body(body["string"], f"{place}.body", node)
         elif body is not None:  # vcrpy request
             node["body"] = self.raw_body(body, f"{place}.body", node)
-        if "json" in node:  # llm-ledger cassette bodies
-            node["json"] = self.json(node["json"], f"{place}.json")
-        if isinstance(node.get("sse"), list):
-            node["sse"] = self.json(node["sse"], f"{place}.sse")
-        if isinstance(node.get("text"), str):
-            node["text"] = self.text(node["text"], f"{place}.text")
+        for kind in ("json", "sse", "text"):  # llm-ledger cassette bodies
+            if kind in node:
+                node[kind] = self.json(node[kind], f"{place}.{kind}")
 
 
 def _header(node: dict[str, Any], name: str) -> str:

@@ -20,7 +20,7 @@ import logging
 import os
 import shlex
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -51,6 +51,7 @@ from ._naming import (
     cassette_path,
     mark_case_twins,
     move_command,
+    moved_hint,
     orphan_cassettes,
     project_dir,
     renamed_cassettes,
@@ -287,7 +288,6 @@ class _LedgerState:
         )
         self.cassette_dir = _path_option(config, "llm_cassette_dir")
         self.location = _location_options(config)
-        self.here = _here(config)  # how commands name a test where pytest was started
         self.budget_file = _path_option(config, "llm_budget_file")
         self.enforce = _switch(config, "llm_budget", dest="llm_ledger_budget")
         self.strict = _switch(config, "llm_strict")
@@ -315,7 +315,6 @@ class _LedgerState:
         # refuses what no cassette replays: an unmarked test's OpenAI request (in none mode), a marked
         # test's from a fixture set up before its cassette (in every mode)
         self.guard = Guard(self._refuse)
-        self.sink = self._add  # one bound method, so that remove_global_sink finds the one added
         self._guarded: str | None = None  # the running test's node id while its OpenAI requests are refused
         self._attempted = False  # the running test's setup began: another one is a rerun
         self._marked = False  # the running test is marked llm: the guard refuses outside its cassette
@@ -323,7 +322,20 @@ class _LedgerState:
         self._blocked: list[str] = []
         self._config = config
         self._renamed: dict[Path, Path] | None = None  # see moved_from
-        self.owners: dict[str, str] = {}  # cassette path -> the node id of its (first) test, to record it
+
+    def here(self, nodeid: str) -> str:
+        """How a command run where pytest was started names a test: its node id with the file's path
+        relative to that folder, as pytest's own summary names it (from ``tests/``: ``test_x.py::test_y``);
+        the node id itself when pytest was started in the rootdir."""
+        root, here = self._config.rootpath, self._config.invocation_params.dir
+        if here == root:
+            return nodeid
+        path, sep, rest = nodeid.partition("::")
+        try:
+            path = Path(os.path.relpath(root / path, here)).as_posix()
+        except ValueError:  # another drive (Windows): absolute
+            path = (root / path).as_posix()
+        return f"{path}{sep}{rest}"
 
     def moved_from(self, path: Path) -> Path | None:
         """The orphan cassette that ``path``, a cassette not recorded yet, plausibly was before its test
@@ -333,7 +345,7 @@ class _LedgerState:
                 self._renamed = _renamed(self, self._config)
             return self._renamed.get(path)
 
-    def _add(self, record: Mapping[str, Any]) -> None:
+    def sink(self, record: Mapping[str, Any]) -> None:
         """The session's global sink: records of every llm_ledger monitor (the default one and the
         application's own), on the emitting thread."""
         event = record.get("event")
@@ -355,8 +367,6 @@ class _LedgerState:
     def test(self, item: pytest.Item) -> Iterator[LedgerRecords]:
         records = LedgerRecords(item.nodeid)
         marker = item.get_closest_marker("llm")
-        blocked: list[str] = []
-        item.stash[_BLOCKED] = blocked
         # an OpenAI request reaches the guard outside a cassette: an unmarked test's, or one from a
         # fixture of a marked test set up before its cassette (a wider scope); a deliberate live test,
         # and a test marked vcr alone (pytest-recording's cassette), are not guarded
@@ -368,7 +378,7 @@ class _LedgerState:
             self._attempted = False
             self._marked = marker is not None
             self._guarded = item.nodeid if guarded else None
-            self._blocked = blocked
+            self._blocked = item.stash[_BLOCKED] = []
             self.ledger.tests.setdefault(item.nodeid, Totals())
         try:
             yield records
@@ -492,25 +502,6 @@ def _location_options(config: pytest.Config) -> tuple[str, ...]:
     return tuple(options)
 
 
-def _here(config: pytest.Config) -> Callable[[str], str]:
-    """How a command run where pytest was started names a test: its node id with the file's path
-    relative to that folder, as pytest's own summary names it (from ``tests/``: ``test_x.py::test_y``);
-    the node id itself when pytest was started in the rootdir."""
-    root, here = config.rootpath, config.invocation_params.dir
-
-    def shown(nodeid: str) -> str:
-        if here == root:
-            return nodeid
-        path, sep, rest = nodeid.partition("::")
-        try:
-            path = Path(os.path.relpath(root / path, here)).as_posix()
-        except ValueError:  # another drive (Windows): absolute
-            path = (root / path).as_posix()
-        return f"{path}{sep}{rest}"
-
-    return shown
-
-
 def _compatible_server() -> str | None:
     """``OPENAI_BASE_URL`` when it names a server other than OpenAI's (a loopback or compatible one)."""
     url = os.environ.get("OPENAI_BASE_URL", "").strip()
@@ -625,11 +616,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("llm")
         if marker is None:
             continue
-        live = marker.kwargs.get("live", False)
-        if not live:
+        if marker.kwargs.get("live") is not True:
             cassette = cassette_path(item, state.cassette_dir)
-            state.ledger.cassettes.add(str(cassette))
-            state.owners.setdefault(str(cassette), item.nodeid)
+            state.ledger.cassettes.setdefault(str(cassette), item.nodeid)
             if marker.kwargs.get("record_auth_errors") is True:
                 state.ledger.expect_auth_errors.add(str(cassette))
             params, owner = owners.setdefault(cassette, (cassette_params(item), item.nodeid))
@@ -801,8 +790,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     state = request.config.stash[_STATE]
-    problem = vcrpy_problem()
-    if problem is not None:
+    if (problem := vcrpy_problem()) is not None:
         pytest.fail(
             f"llm-ledger: {problem}; tests marked llm replay from cassettes, which needs the plugin's "
             "extra: pip install 'llm-ledger[pytest]'",
@@ -811,8 +799,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     path = cassette_path(item, state.cassette_dir)
     owner, theirs = item.stash.get(_SHARES_WITH, (None, path))
     if owner is not None:  # each recording would overwrite the other's
-        shared = f"llm-ledger: {item.nodeid} would share its cassette {shown_path(path)}"
-        shared += f" with {owner}"
+        shared = f"llm-ledger: {item.nodeid} would share its cassette {shown_path(path)} with {owner}"
         if theirs != path:
             pytest.fail(
                 f"{shared} on a case-insensitive file system (macOS, Windows), where it is the same file "
@@ -838,13 +825,12 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
             pytrace=False,
         )
     error = None
-    match_host = marker.kwargs.get("match_host", state.match_host)
     try:
         cassette = LedgerCassette(
             path,
             state.mode,
             item.nodeid,
-            match_host=match_host,
+            match_host=marker.kwargs.get("match_host", state.match_host),
             record_auth_errors=marker.kwargs.get("record_auth_errors", False),
             block_network=state.block_network,
             allowed_hosts=state.allowed_hosts,
@@ -899,15 +885,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     # after them, so its lens is neither passed unchecked nor left out of the report
     gc.collect()
     if state.is_worker:
-        session.config.workeroutput["llm_ledger"] = json.dumps(state.ledger.to_wire())  # type: ignore[attr-defined]
+        session.config.workeroutput["llm_ledger"] = state.ledger.to_wire()  # type: ignore[attr-defined]
         return
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
-    cassettes = [
-        *_orphan_cassette_notices(state, session.config),
-        *_ci_recording_notices(state),
-        *_unmarked_live_notices(state),
-    ]
+    cassettes = [*_orphan_cassette_notices(state, session.config), *_recording_notices(state)]
     state.notices, state.unchecked_budgets = notices(
         state.ledger, state.budgets, cassettes, state.location, state.here
     )
@@ -935,29 +917,26 @@ def _runs_no_test(config: pytest.Config) -> bool:
     return any(getattr(config.option, name, False) for name in options)
 
 
-def _ci_recording_notices(state: _LedgerState) -> list[str]:
-    """Tests that recorded on CI (a record mode committed by mistake): live calls, cassettes thrown away."""
+def _recording_notices(state: _LedgerState) -> list[str]:
+    """Tests that called the API live while recording and that the next replay fails: on CI (a record
+    mode committed by mistake), whose cassettes CI keeps nothing of; and tests not marked llm, whose
+    requests no cassette recorded, so the replay refuses them."""
+    out = []
     recorded = sorted(state.ledger.recorded)
-    if not recorded or not any(name in os.environ for name in ("CI", "BUILD_NUMBER")):  # as pytest tells CI
-        return []
-    return [
-        f"llm-ledger: {len(recorded)} test(s) recorded their cassette in this CI run (record mode "
-        f"{state.mode!r}), so they called the API and CI keeps nothing: {listed(recorded)}; record them "
-        "locally, commit the cassettes, and run CI in record mode none"
-    ]
-
-
-def _unmarked_live_notices(state: _LedgerState) -> list[str]:
-    """Tests not marked llm that called the API while recording: they pass now, and the replay refuses
-    their requests, since no cassette recorded them."""
-    if not (tests := sorted(state.ledger.unmarked_live)):
-        return []
-    return [
-        f"llm-ledger: {len(tests)} test(s) not marked llm sent OpenAI API requests live in record mode "
-        f"{state.mode!r}, so no cassette recorded them and the replay (record mode none) will refuse them: "
-        f"{listed(tests)}; mark them @pytest.mark.llm and record again (@pytest.mark.llm(live=True) for a "
-        "deliberate live test)"
-    ]
+    if recorded and any(name in os.environ for name in ("CI", "BUILD_NUMBER")):  # as pytest tells CI
+        out.append(
+            f"llm-ledger: {len(recorded)} test(s) recorded their cassette in this CI run (record mode "
+            f"{state.mode!r}), so they called the API and CI keeps nothing: {listed(recorded)}; record them "
+            "locally, commit the cassettes, and run CI in record mode none"
+        )
+    if tests := sorted(state.ledger.unmarked_live):
+        out.append(
+            f"llm-ledger: {len(tests)} test(s) not marked llm sent OpenAI API requests live in record mode "
+            f"{state.mode!r}, so no cassette recorded them and the replay (record mode none) will refuse "
+            f"them: {listed(tests)}; mark them @pytest.mark.llm and record again "
+            "(@pytest.mark.llm(live=True) for a deliberate live test)"
+        )
+    return out
 
 
 def _report_path(config: pytest.Config) -> Path | None:
@@ -1058,17 +1037,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("llm_list_cassettes", None)
     state = session.config.stash.get(_STATE, None)
     if path and state is not None:  # for `llm-ledger cassettes`
+        orphans = _orphans(state, session.config)
+        moved = _renamed(state, session.config, orphans)
         listing = {
             "cassette_dir": str(state.cassette_dir),
             "location": list(state.location),
             "cassettes": sorted(state.ledger.cassettes),
-            "record": {
+            "record": {  # the cassettes never recorded
                 path: rerecord_command(state.here(nodeid), "once", state.location)
-                for path, nodeid in state.owners.items()
+                for path, nodeid in state.ledger.cassettes.items()
                 if not Path(path).exists()
             },
+            "moved": {str(new): f"{moved_hint(old)}: {move_command(old, new)}" for new, old in moved.items()},
             "expect_auth_errors": sorted(state.ledger.expect_auth_errors),
-            "orphans": [str(orphan) for orphan in _orphans(state, session.config)],
+            "orphans": [str(orphan) for orphan in orphans],
         }
         Path(path).write_text(json.dumps(listing), encoding="utf-8")
 
@@ -1089,9 +1071,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             say(line)
         if fixed := priced_at_fixed_time(ledger, state.time_of_day):
             say(fixed)
-    baseline = config.getoption("llm_baseline")
-    if baseline:
-        _write_baseline_diff(tr, config, Path(config.invocation_params.dir, baseline), ledger)
+    if baseline := config.getoption("llm_baseline"):
+        _write_baseline_diff(tr, Path(config.invocation_params.dir, baseline), ledger)
     for refused in sorted(ledger.refused):
         say(refused, red=True)
     budget_file = shown_path(state.budget_file)
@@ -1125,7 +1106,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         say(f"llm-ledger: report written to {config.getoption('llm_report')}")
 
 
-def _write_baseline_diff(tr: Any, config: pytest.Config, path: Path, ledger: SessionLedger) -> None:
+def _write_baseline_diff(tr: Any, path: Path, ledger: SessionLedger) -> None:
     from llm_ledger.report import diff_reports, load_report, render_diff
 
     tr.write_sep("-", f"llm-ledger: cost diff against {shown_path(path)}")
@@ -1153,6 +1134,5 @@ class _ControllerHooks:
 
     @pytest.hookimpl(optionalhook=True)  # an xdist hook, unknown without pytest-xdist
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        data = getattr(node, "workeroutput", {}).get("llm_ledger")
-        if data:
-            self.state.ledger.merge_wire(json.loads(data))
+        if wire := getattr(node, "workeroutput", {}).get("llm_ledger"):
+            self.state.ledger.merge_wire(wire)

@@ -559,7 +559,7 @@ def test_report_names_failed_tests(pytester: pytest.Pytester) -> None:
 def test_session_totals_sum_costs_exactly_in_dollars() -> None:
     """A session of many calls each costing a fraction of a pico-dollar totals what they cost, and the
     order records arrive in (xdist) changes nothing: costs are summed as exact decimals."""
-    from pytest_llm_ledger._report import Totals
+    from pytest_llm_ledger._report import SessionLedger, Totals
 
     def call(cost: float) -> dict[str, Any]:
         return {"status": "ok", "usage": {"total_tokens": 1}, "cost": {"total_cost_usd": cost}}
@@ -571,7 +571,10 @@ def test_session_totals_sum_costs_exactly_in_dollars() -> None:
     for cost in reversed(costs):
         backward.add(Totals.of_call(call(cost)))
     assert forward.cost_usd == backward.cost_usd == 0.300000000003
-    assert Totals.from_wire(forward.to_wire()).cost_usd == 0.300000000003
+    worker, controller = SessionLedger(), SessionLedger()  # an xdist worker sends its totals
+    worker.tests["tests/test_x.py::test_x"] = forward
+    controller.merge_wire(worker.to_wire())
+    assert controller.total().cost_usd == 0.300000000003
 
 
 def test_a_report_that_cannot_be_written_fails_the_run_with_the_reason(recorded: pytest.Pytester) -> None:
