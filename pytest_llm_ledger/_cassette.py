@@ -527,7 +527,9 @@ def _json_diff(recorded: Any, requested: Any, path: str) -> Iterator[str]:
         yield f"{path}: recorded {_short(recorded)}, requested {_short(requested)}"
 
 
-_VCRPY_FLOOR: Final = (8, 2, 1)  # intercepts httpx2 (openai 3.x) and loads YAML safely
+# pyproject's bound, for an install that skipped it: 8.2.1 intercepts httpx2 (openai 3.x) and loads YAML
+# safely, 8.5.0 replays the SDK's aiohttp backend
+_VCRPY_FLOOR: Final = (8, 5, 0)
 
 
 def vcrpy_problem() -> str | None:

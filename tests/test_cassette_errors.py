@@ -123,3 +123,17 @@ def test_an_alias_and_a_yaml_error_are_worded_in_one_form(tmp_path: Path) -> Non
         messages.append(str(raised.value))
     for message, (name, line) in zip(messages, (("aliased.yaml", 11), ("twice.yaml", 2)), strict=True):
         assert re.match(rf"{re.escape(str(tmp_path / name))}:{line}: \S", message), message
+
+
+def test_a_vcrpy_older_than_the_floor_fails_the_marked_test_naming_the_version(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install that skipped pyproject's bound (``--no-deps``, a pinned lock file) gets the version
+    it needs, the same as pyproject's, not replays with empty aiohttp bodies."""
+    import vcr
+
+    monkeypatch.setattr(vcr, "__version__", "8.4.0")
+    write_project(pytester)
+    result = run(pytester, "-k", "test_chat")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*vcrpy 8.4.0 is installed; llm-ledger needs vcrpy >= 8.5.0*"])
