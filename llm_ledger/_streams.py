@@ -43,21 +43,6 @@ _FIRST_TOKENS = frozenset({"response.function_call_arguments.delta", "response.r
 class _StreamState:
     """What one stream has shown so far, and its record, written once."""
 
-    __slots__ = (
-        "call",
-        "chars",
-        "finish_reason",
-        "hide_usage",
-        "id",
-        "model",
-        "monitor",
-        "text",
-        "tier",
-        "tool_calls",
-        "usage",
-        "warm",
-    )
-
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
         call.let_go()  # the call outlives its request: what its record takes from the response is kept
         self.monitor = monitor
