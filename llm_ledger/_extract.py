@@ -33,13 +33,6 @@ _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
-def _given(value: Any) -> Any:
-    """``None`` for a parameter the caller did not pass (the SDK's NotGiven / Omit sentinels)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return None if type(value).__name__ in ("NotGiven", "Omit") else value
-
-
 def _text_and_images(content: Any) -> tuple[int, int]:
     if isinstance(content, str):
         return len(content), 0
@@ -83,8 +76,6 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
-        if max_tokens is not None and type(max_tokens) is not int:
-            max_tokens = _given(max_tokens)
     else:
         messages_count, system, user, images, max_tokens = _input_shape(operation, body)
     model = body.get("model")
@@ -134,14 +125,14 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
                     system += chars
                 elif item["role"] == "user":
                     user += chars
-        return messages_count, system, user, images, _given(body.get("max_output_tokens"))
+        return messages_count, system, user, images, body.get("max_output_tokens")
     text = operation == "text_completion"  # else embeddings: both take a string or a list of them
     items = body.get("prompt" if text else "input")
     if isinstance(items, str):
         user = len(items)
     elif isinstance(items, (list, tuple)):
         user = sum(len(item) for item in items if isinstance(item, str))
-    return messages_count, system, user, images, _given(body.get("max_tokens")) if text else None
+    return messages_count, system, user, images, body.get("max_tokens") if text else None
 
 
 class _Attributes:
