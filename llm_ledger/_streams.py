@@ -353,32 +353,20 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
 # -- the SDK's stream helpers: what they raise above the stream ---------------------------------------
 
 
-def _helper_sync(state: _StreamState, events: Iterator[Any]) -> Iterator[Any]:
-    try:
-        yield from events
-    except Exception as exc:
-        state.end(exc)  # a no-op when the stream below raised it (recorded there)
-        raise
-
-
-async def _helper_async(state: _StreamState, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    try:
-        async for event in events:
-            yield event
-    except Exception as exc:
-        state.end(exc)
-        raise
+def _unread(event: Any) -> bool:
+    return True  # a helper's events are the stream's, seen below it: each handed on
 
 
 def watch_helper(helper: Any, *, is_async: bool) -> None:
     """Record what a stream helper (``chat.completions.stream()``, ``responses.stream()``) raises
     above the stream watched below it (a structured answer cut short or not parsing), as ``parse()``
-    records it: ``error``. Its events all pass through ``_iterator``; the usage chunk after that
-    point is not read (the caller would wait on the network for an exception it already has)."""
+    records it: ``error``; what ends the stream below is recorded there (a second end is a no-op).
+    Its events all pass through ``_iterator``; the usage chunk after that point is not read (the
+    caller would wait on the network for an exception it already has)."""
     try:
         state = helper._raw_stream._llm_ledger_state
-        shell = _helper_async if is_async else _helper_sync
-        helper._iterator = shell(state, helper._iterator)
+        shell: Any = (_watch_async if is_async else _watch_sync)(state, helper._iterator, _unread)
+        helper._iterator = shell
     except AttributeError:
         pass  # not a helper over a watched stream (or an SDK that built it otherwise): as it is
 
