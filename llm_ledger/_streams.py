@@ -397,16 +397,6 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
     monitor._finish(call, "ok", None, None)  # what is known for sure (a no-op once recorded)
 
 
-def _decoders(library: str, encodings: list[str]) -> list[Any]:
-    """Decoders for a body's ``encodings``, in the order to apply them, from the HTTP library the
-    caller reads it with (its own, private as they are: they decode exactly what the caller's read
-    decodes); none when one of them is not an encoding that library decodes."""
-    supported = sys.modules[f"{library}._decoders"].SUPPORTED_DECODERS
-    if not all(encoding in supported for encoding in encodings):
-        return []
-    return [supported[encoding]() for encoding in reversed(encodings)]
-
-
 def _bytes(decoded: Any) -> bytes:
     """A decoder's output: bytes from httpx, an iterator of bytes from httpx2."""
     return decoded if type(decoded) is bytes else b"".join(decoded)
@@ -428,8 +418,12 @@ class _Body:
         encodings = [e.strip().lower() for e in (headers.get("content-encoding") or "").split(",")]
         encodings = [e for e in encodings if e not in ("", "identity")]
         if encodings:
+            # the decoders of the HTTP library the caller reads it with (its own, private as they are:
+            # they decode exactly what the caller's read decodes), in the order to apply them
             try:
-                self.decoders = _decoders(library, encodings)
+                supported = sys.modules[f"{library}._decoders"].SUPPORTED_DECODERS
+                if all(encoding in supported for encoding in encodings):
+                    self.decoders = [supported[encoding]() for encoding in reversed(encodings)]
             except Exception as exc:
                 state.monitor._report("reading a streamed body", exc)
             if not self.decoders:
