@@ -33,13 +33,6 @@ _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
-def _given(value: Any) -> Any:
-    """``None`` for a parameter the caller did not pass (the SDK's NotGiven / Omit sentinels)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return None if type(value).__name__ in ("NotGiven", "Omit") else value
-
-
 def _text_and_images(content: Any) -> tuple[int, int]:
     if isinstance(content, str):
         return len(content), 0
@@ -83,8 +76,6 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
-        if max_tokens is not None and type(max_tokens) is not int:
-            max_tokens = _given(max_tokens)
     else:
         messages_count, system, user, images, max_tokens = _input_shape(operation, body)
     model = body.get("model")
@@ -134,31 +125,19 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
                     system += chars
                 elif item["role"] == "user":
                     user += chars
-        return messages_count, system, user, images, _given(body.get("max_output_tokens"))
+        return messages_count, system, user, images, body.get("max_output_tokens")
     text = operation == "text_completion"  # else embeddings: both take a string or a list of them
     items = body.get("prompt" if text else "input")
     if isinstance(items, str):
         user = len(items)
     elif isinstance(items, (list, tuple)):
         user = sum(len(item) for item in items if isinstance(item, str))
-    return messages_count, system, user, images, _given(body.get("max_tokens")) if text else None
-
-
-class _Attributes:
-    """``.get()`` by attribute, for an object without a ``__dict__``."""
-
-    __slots__ = ("_obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self._obj = obj
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self._obj, name, default)
+    return messages_count, system, user, images, body.get("max_tokens") if text else None
 
 
 class JsonView:
     """A JSON object the ledger parsed itself, read by attribute as the SDK's models are (nested
-    objects wrapped only when read)."""
+    objects wrapped only when read), and by ``.get(name)`` as their ``__dict__`` is."""
 
     __slots__ = ("_data",)
 
@@ -176,12 +155,20 @@ class JsonView:
             return [JsonView(v) if type(v) is dict else v for v in value]
         return value
 
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+
+_NO_FIELDS: dict[str, Any] = {}  # what the ledger reads of an object that is neither (a str...)
+
 
 def _fields(obj: Any) -> Any:
     """An SDK object's fields, read by ``.get(name)``: a pydantic model's ``__dict__`` holds every
     declared field, and a name it lacks read by attribute goes through a slow ``__getattr__``."""
     fields = getattr(obj, "__dict__", None)
-    return fields if type(fields) is dict else _Attributes(obj)
+    if type(fields) is dict:
+        return fields
+    return obj if type(obj) is JsonView else _NO_FIELDS
 
 
 def no_usage() -> Usage:
@@ -196,7 +183,7 @@ def usage_of(operation: str, usage: Any) -> Usage:
     try:
         fields = usage.__dict__
     except AttributeError:
-        fields = _Attributes(usage)
+        fields = usage if type(usage) is JsonView else _NO_FIELDS
     if operation == "responses":
         prompt = fields.get("input_tokens")
         completion = fields.get("output_tokens")
@@ -262,7 +249,7 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
     try:  # the SDK's models: their __dict__ holds every declared field (see _fields)
         fields = response.__dict__
     except AttributeError:
-        fields = _Attributes(response)
+        fields = response if type(response) is JsonView else _NO_FIELDS
     content_length: int | None
     tool_calls: int | None
     if operation == "chat":  # the common case first and compact: this runs cold on every call

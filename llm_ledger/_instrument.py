@@ -181,24 +181,20 @@ def _watched_manager(cls: Any, is_async: bool) -> Any:
     hands the helper it makes to ``watch_helper``."""
     if getattr(cls, "_llm_ledger_watched", False):  # a client instrumented again: stream() wrapped twice
         return cls
-    if is_async:
 
-        async def __aenter__(self: Any) -> Any:
-            helper = await cls.__aenter__(self)
-            watch_helper(helper, is_async=True)
-            return helper
+    def __enter__(self: Any) -> Any:
+        helper = cls.__enter__(self)
+        watch_helper(helper, is_async=False)
+        return helper
 
-        body: dict[str, Any] = {"__aenter__": __aenter__}
-    else:
+    async def __aenter__(self: Any) -> Any:
+        helper = await cls.__aenter__(self)
+        watch_helper(helper, is_async=True)
+        return helper
 
-        def __enter__(self: Any) -> Any:
-            helper = cls.__enter__(self)
-            watch_helper(helper, is_async=False)
-            return helper
-
-        body = {"__enter__": __enter__}
-    body.update(__module__=cls.__module__, __qualname__=cls.__qualname__, _llm_ledger_watched=True)
-    return type(cls.__name__, (cls,), body)
+    enter = {"__aenter__": __aenter__} if is_async else {"__enter__": __enter__}
+    body = {**enter, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), {**body, "_llm_ledger_watched": True})
 
 
 def _watched_stream(original: Any, is_async: bool) -> Any:

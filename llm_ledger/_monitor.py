@@ -99,27 +99,6 @@ class _LedgerLogRecord(logging.LogRecord):
 class _Call:
     """What the monitor knows about one call in flight."""
 
-    __slots__ = (
-        "client",
-        "content",
-        "context",
-        "endpoint",
-        "hide_usage",
-        "http_response",
-        "lenses",
-        "operation",
-        "owner",
-        "raw",
-        "request",
-        "request_id",
-        "retries",
-        "secrets",
-        "server",
-        "start_epoch",
-        "start_perf",
-        "ttft",
-    )
-
     def __init__(
         self,
         operation: str,

@@ -303,9 +303,7 @@ def call_record(
     the moment the rates were taken at, given only when the time of day sets them."""
     end = iso_timestamp(start_epoch + duration_s)
     prompt_usd = completion_usd = total_usd = computed_usd = computed_units = None
-    if prompt_cost_units is None or completion_cost_units is None:  # unpriced: both are None
-        cost_source = None
-    else:
+    if prompt_cost_units is not None and completion_cost_units is not None:
         computed_units = prompt_cost_units + completion_cost_units
         prompt_usd, completion_usd = prompt_cost_units / USD_UNITS, completion_cost_units / USD_UNITS
         total_usd = computed_units / USD_UNITS

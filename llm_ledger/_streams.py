@@ -43,21 +43,6 @@ _FIRST_TOKENS = frozenset({"response.function_call_arguments.delta", "response.r
 class _StreamState:
     """What one stream has shown so far, and its record, written once."""
 
-    __slots__ = (
-        "call",
-        "chars",
-        "finish_reason",
-        "hide_usage",
-        "id",
-        "model",
-        "monitor",
-        "text",
-        "tier",
-        "tool_calls",
-        "usage",
-        "warm",
-    )
-
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
         call.let_go()  # the call outlives its request: what its record takes from the response is kept
         self.monitor = monitor
@@ -368,32 +353,20 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
 # -- the SDK's stream helpers: what they raise above the stream ---------------------------------------
 
 
-def _helper_sync(state: _StreamState, events: Iterator[Any]) -> Iterator[Any]:
-    try:
-        yield from events
-    except Exception as exc:
-        state.end(exc)  # a no-op when the stream below raised it (recorded there)
-        raise
-
-
-async def _helper_async(state: _StreamState, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    try:
-        async for event in events:
-            yield event
-    except Exception as exc:
-        state.end(exc)
-        raise
+def _unread(event: Any) -> bool:
+    return True  # a helper's events are the stream's, seen below it: each handed on
 
 
 def watch_helper(helper: Any, *, is_async: bool) -> None:
     """Record what a stream helper (``chat.completions.stream()``, ``responses.stream()``) raises
     above the stream watched below it (a structured answer cut short or not parsing), as ``parse()``
-    records it: ``error``. Its events all pass through ``_iterator``; the usage chunk after that
-    point is not read (the caller would wait on the network for an exception it already has)."""
+    records it: ``error``; what ends the stream below is recorded there (a second end is a no-op).
+    Its events all pass through ``_iterator``; the usage chunk after that point is not read (the
+    caller would wait on the network for an exception it already has)."""
     try:
         state = helper._raw_stream._llm_ledger_state
-        shell = _helper_async if is_async else _helper_sync
-        helper._iterator = shell(state, helper._iterator)
+        shell: Any = (_watch_async if is_async else _watch_sync)(state, helper._iterator, _unread)
+        helper._iterator = shell
     except AttributeError:
         pass  # not a helper over a watched stream (or an SDK that built it otherwise): as it is
 
@@ -424,16 +397,6 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
     monitor._finish(call, "ok", None, None)  # what is known for sure (a no-op once recorded)
 
 
-def _decoders(library: str, encodings: list[str]) -> list[Any]:
-    """Decoders for a body's ``encodings``, in the order to apply them, from the HTTP library the
-    caller reads it with (its own, private as they are: they decode exactly what the caller's read
-    decodes); none when one of them is not an encoding that library decodes."""
-    supported = sys.modules[f"{library}._decoders"].SUPPORTED_DECODERS
-    if not all(encoding in supported for encoding in encodings):
-        return []
-    return [supported[encoding]() for encoding in reversed(encodings)]
-
-
 def _bytes(decoded: Any) -> bytes:
     """A decoder's output: bytes from httpx, an iterator of bytes from httpx2."""
     return decoded if type(decoded) is bytes else b"".join(decoded)
@@ -455,8 +418,12 @@ class _Body:
         encodings = [e.strip().lower() for e in (headers.get("content-encoding") or "").split(",")]
         encodings = [e for e in encodings if e not in ("", "identity")]
         if encodings:
+            # the decoders of the HTTP library the caller reads it with (its own, private as they are:
+            # they decode exactly what the caller's read decodes), in the order to apply them
             try:
-                self.decoders = _decoders(library, encodings)
+                supported = sys.modules[f"{library}._decoders"].SUPPORTED_DECODERS
+                if all(encoding in supported for encoding in encodings):
+                    self.decoders = [supported[encoding]() for encoding in reversed(encodings)]
             except Exception as exc:
                 state.monitor._report("reading a streamed body", exc)
             if not self.decoders:
