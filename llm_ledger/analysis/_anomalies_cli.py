@@ -12,7 +12,7 @@ from typing import Any, Final
 import orjson
 
 from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
-from .._cli import add_command
+from .._cli import add_command, add_query_options
 from .._errors import ConfigError
 from .._records import LENS_EVENT, AnomalyRecord
 from ._aggregate import Query, make_query, parse_where, select
@@ -76,17 +76,7 @@ def register(subparsers: Any, summary: str) -> None:
         dest="metrics",
         help="judge only this metric (repeatable)",
     )
-    parser.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="list the runs whose KEY is VALUE, as in llm-ledger report (repeatable)",
-    )
-    for bound, which in (("--since", "from"), ("--until", "before")):
-        parser.add_argument(
-            bound, metavar="WHEN", help=f"list the runs {which} this ISO date or date-time (UTC)"
-        )
+    add_query_options(parser, "runs listed")
 
 
 # a setting as its flag names it, where an AnomalyConfig error names the setting

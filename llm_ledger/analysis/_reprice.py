@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
-from .._cli import add_command
+from .._cli import add_command, add_query_options
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
@@ -336,17 +336,7 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="OLD=NEW",
         help="price the calls to OLD as calls to NEW (repeatable)",
     )
-    parser.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only the calls whose KEY is VALUE, as in llm-ledger report (repeatable; logs only)",
-    )
-    for bound, which in (("--since", "from"), ("--until", "before")):
-        parser.add_argument(
-            bound, metavar="WHEN", help=f"calls {which} this ISO date or date-time (UTC; logs only)"
-        )
+    add_query_options(parser, "calls of a log")
     parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
     parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
 
