@@ -253,21 +253,21 @@ class LogReader:
     loses none (docs/REPORTING.md, "Reading while logrotate rotates");
     ``stats`` says, per input, what was read and rejected (a consumer that finds a yielded record
     unusable calls :meth:`reject`). A pytest ``--llm-report`` file among the files the inputs name (a
-    glob's matches, a directory's) is a :class:`ConfigError`, unless ``allow_reports``: then its lines
-    count as malformed (the cost API answers over a whole log directory)."""
+    glob's matches, a directory's) is a :class:`ConfigError`, unless ``whole_dirs`` (the cost API, which
+    answers over whatever a log directory holds): then its lines count as malformed, and an empty
+    directory is no error."""
 
     def __init__(
         self,
         inputs: Iterable[str | os.PathLike[str]],
         *,
         events: Collection[str] = (CALL_EVENT, LENS_EVENT),
-        empty_dirs: bool = False,
-        allow_reports: bool = False,
+        whole_dirs: bool = False,
     ) -> None:
         self._inputs = list(inputs)
-        self._empty_dirs = empty_dirs
-        self.names = resolve(self._inputs, empty_dirs=empty_dirs)
-        if not allow_reports:
+        self._empty_dirs = whole_dirs
+        self.names = resolve(self._inputs, empty_dirs=whole_dirs)
+        if not whole_dirs:
             refuse_reports(self.names)
         self.events = frozenset(events)
         self.stats: list[InputStats] = []
