@@ -371,17 +371,23 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         rows.append(("no_lens", None, diff["no_lens"], "cost_usd"))
     rows.append(("total", None, diff["total"], "cost_usd"))
     # a side with lens runs cut short: their calls still open count in no total either
-    runs_cut: dict[str, int] = {}
+    runs_cut: Counter[str] = Counter()
     for row in diff["lenses"].values():
-        for side, count in row["cut_short_runs"].items():
-            runs_cut[side] = runs_cut.get(side, 0) + count
+        runs_cut.update(row["cut_short_runs"])
     out = []
     for scope, name, row, metric in rows:
-        m, gaps = row["metrics"][metric], row["cost_gaps"]
+        m, gaps, failed = row["metrics"][metric], row["cost_gaps"], row["failed_calls"]
         if m["head"] is None:  # removed: a decrease
             continue
-        failed, cut = row["failed_calls"], _cut_short(row) if scope == "lens" else {}
-        if scope == "total":
+        cut = {}  # side -> why its cost is a lower bound: lens runs cut short
+        if scope == "lens":
+            runs = row["metrics"]["runs"]
+            cut = {
+                side: f"{side}: {n} of {runs[side]:g} runs cut short (their lens_summary never came), which "
+                "count only their ended calls"
+                for side, n in row["cut_short_runs"].items()
+            }
+        elif scope == "total":
             cut = {
                 side: f"{side}: {n} lens run(s) cut short, whose calls still open count nowhere"
                 for side, n in runs_cut.items()
@@ -418,15 +424,6 @@ def _increase(
     """One entry of :func:`increases`, from the metric's figures ``m`` in the diff."""
     return {"scope": scope, "lens": lens, "reason": reason, "metric": metric, "base": m["base"],
             "head": m["head"], "pct": m["pct"], "cost_gaps": why}  # fmt: skip
-
-
-def _cut_short(row: dict[str, Any]) -> dict[str, str]:
-    """side -> why a lens's cost per run on that side is a lower bound: runs cut short."""
-    return {
-        side: f"{side}: {count} of {row['metrics']['runs'][side]:g} runs cut short (their lens_summary "
-        "never came), which count only their ended calls"
-        for side, count in row["cut_short_runs"].items()
-    }
 
 
 def _run(args: argparse.Namespace) -> int:
