@@ -4,6 +4,7 @@ malformed and skipped lines: docs/REPORTING.md, "Inputs").
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import gzip
@@ -280,42 +281,36 @@ class LogReader:
             stats.records -= 1
             stats.malformed_line(stats.lines)
 
-    def _open_all(self) -> dict[object, tuple[str, _Stream, _Stream]]:
-        """Every file the inputs name, opened, each once: the inputs are listed again until a listing
-        names only files open already (a rotation while they are listed renames files: a file is known
-        by its (device, inode), whatever its name, and a name gone is found under its new one)."""
+    def _open_all(self, stack: contextlib.ExitStack) -> dict[object, tuple[str, _Stream, _Stream]]:
+        """Every file the inputs name, opened (``stack`` closes them), each once: the inputs are listed
+        again until a listing names only files open already (a rotation while they are listed renames
+        files: a file is known by its (device, inode), whatever its name, and a name gone is found under
+        its new one)."""
         opened: dict[object, tuple[str, _Stream, _Stream]] = {}
-        try:
-            for _ in range(_LISTINGS):
-                settled = True
-                for name in resolve(self._inputs, empty_dirs=self._empty_dirs):
-                    if (key := _identity(name)) in opened:
-                        opened[key] = (name, *opened[key][1:])  # its name now
-                        continue
-                    settled = False  # a file not open yet, or a name gone: list again once it is open
-                    if (found := _open(name)) is not None:
-                        key, stream, raw = found
-                        if key in opened:  # open already, under another name
-                            _close(name, stream, raw)
-                        else:
-                            opened[key] = (name, stream, raw)
-                if settled:
-                    return opened
-            raise ConfigError(
-                f"{', '.join(repr(os.fspath(i)) for i in self._inputs)}: the files changed in each "
-                f"of {_LISTINGS} listings (rotated again and again?); try again"
-            )
-        except BaseException:
-            for name, stream, raw in opened.values():
-                _close(name, stream, raw)
-            raise
+        for _ in range(_LISTINGS):
+            settled = True
+            for name in resolve(self._inputs, empty_dirs=self._empty_dirs):
+                if (key := _identity(name)) in opened:
+                    opened[key] = (name, *opened[key][1:])  # its name now
+                    continue
+                settled = False  # a file not open yet, or a name gone: list again once it is open
+                if (found := _open(name)) is not None:
+                    key, stream, raw = found
+                    stack.callback(_close, name, stream, raw)
+                    opened.setdefault(key, (name, stream, raw))  # or open already, under another name
+            if settled:
+                return opened
+        raise ConfigError(
+            f"{', '.join(repr(os.fspath(i)) for i in self._inputs)}: the files changed in each "
+            f"of {_LISTINGS} listings (rotated again and again?); try again"
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         events = self.events
-        opened = self._open_all()
-        copies = _copies(opened)
-        self.names = [name for name, _, _ in opened.values()]
-        try:
+        with contextlib.ExitStack() as stack:
+            opened = self._open_all(stack)
+            copies = _copies(opened)
+            self.names = [name for name, _, _ in opened.values()]
             for key, (name, stream, _) in opened.items():
                 stats = self._current = InputStats(name)
                 self.stats.append(stats)
@@ -350,9 +345,6 @@ class LogReader:
                         stats.error = f"ended early, after line {number}: {exc or 'truncated gzip'}"
                 except OSError as exc:
                     stats.error = f"ended early, after line {number}: {exc.strerror or exc}"
-        finally:
-            for files in opened.values():
-                _close(*files)
 
 
 def _identity(name: str) -> object:
