@@ -26,9 +26,10 @@ from typing import Any, Final
 from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
+from .._table import code
 from ..loading import join, read_file, shown
 from ._read import REPORT_SCHEMA, strict_loads
-from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, code, exit_message, plain, render
+from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
