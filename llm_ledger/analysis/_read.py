@@ -68,9 +68,12 @@ class InputStats:
 
 def is_pytest_report(path: str) -> bool:
     """Whether the regular file ``path`` is a pytest ``--llm-report`` file (indented JSON, which would
-    read as nothing but malformed log lines); ``OSError`` when it cannot be read."""
-    with open(path, "rb") as file:
-        first = file.readline(1 << 16).strip()
+    read as nothing but malformed log lines); False when it cannot be read: the reader says why."""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(1 << 16).strip()
+    except OSError:
+        return False
     return first == b"{" or first.startswith(f'{{"schema": "{REPORT_SCHEMA}"'.encode())
 
 
@@ -78,11 +81,7 @@ def refuse_reports(names: Iterable[str]) -> None:
     """:class:`ConfigError` for a pytest ``--llm-report`` file among the log files ``names``: read as a
     log it would be nothing but malformed lines, an empty answer; the error names what reads it."""
     for name in filter(os.path.isfile, names):  # not a pipe: what is read here would be lost to the reader
-        try:
-            report = is_pytest_report(name)
-        except OSError:
-            continue  # the reader says what is wrong with it
-        if report:
+        if is_pytest_report(name):
             raise ConfigError(
                 f"{name}: a pytest --llm-report file, not a log of calls; compare two with "
                 f"`llm-ledger diff BASE.json {name}`, or price it again with `llm-ledger reprice {name}`"

@@ -129,18 +129,13 @@ def read_usage(
     one = inputs[0] if len(inputs) == 1 else None
     if one is not None and not os.path.exists(one) and one != STDIN and not GLOB_CHARS & set(one):
         raise ConfigError(f"{one}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file")
-    if one is not None and os.path.isfile(one):
-        try:
-            report = is_pytest_report(one)
-        except OSError as exc:
-            raise ConfigError(f"{one}: cannot read: {exc.strerror or exc}") from None
-        if report:
-            if filtered:
-                raise ConfigError(
-                    f"{one}: --where, --since and --until select a log's calls; a pytest report keeps "
-                    "no timestamps or context per call: reprice the log instead"
-                )
-            return "report", list(_report_usage(one)), []
+    if one is not None and os.path.isfile(one) and is_pytest_report(one):
+        if filtered:
+            raise ConfigError(
+                f"{one}: --where, --since and --until select a log's calls; a pytest report keeps no "
+                "timestamps or context per call: reprice the log instead"
+            )
+        return "report", list(_report_usage(one)), []
     reader = LogReader(inputs, events=(CALL_EVENT,))
     calls = select(reader, query) if filtered and query else reader
     return "log", (usage_row(_billed(c)) for c in calls), reader.stats
