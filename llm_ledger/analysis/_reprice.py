@@ -116,16 +116,13 @@ class Reprice:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_usage(
-    paths: str | Sequence[str], query: Query | None = None
-) -> tuple[str, Iterable[UsageRow], list[InputStats]]:
-    """("log" or "report", the usage recorded in ``paths``, what reading each log found: filled in as
-    the usage, read one call at a time, is iterated);
-    :class:`ConfigError` says what is wrong. One regular file may be the pytest plugin's report; anything
-    else is read as logs (a report among them is refused), keeping the calls that pass ``query``'s
-    ``where``, ``since`` and ``until``, as ``llm-ledger report`` does."""
-    filtered = query is not None and bool(query.where or query.since or query.until)
-    inputs = [paths] if isinstance(paths, str) else list(paths)
+def read_usage(inputs: Sequence[str], query: Query) -> tuple[str, Iterable[UsageRow], list[InputStats]]:
+    """("log" or "report", the usage recorded in ``inputs``, what reading each log found: filled in as
+    the usage, read one call at a time, is iterated); :class:`ConfigError` says what is wrong. One
+    regular file may be the pytest plugin's report; anything else is read as logs (a report among them
+    is refused), keeping the calls that pass ``query``'s ``where``, ``since`` and ``until``, as
+    ``llm-ledger report`` does."""
+    filtered = bool(query.where or query.since or query.until)
     one = inputs[0] if len(inputs) == 1 else None
     if one is not None and not os.path.exists(one) and one != STDIN and not GLOB_CHARS & set(one):
         raise ConfigError(f"{one}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file")
@@ -137,7 +134,7 @@ def read_usage(
             )
         return "report", list(_report_usage(one)), []
     reader = LogReader(inputs, events=(CALL_EVENT,))
-    calls = select(reader, query) if filtered and query else reader
+    calls = select(reader, query) if filtered else reader
     return "log", (usage_row(_billed(c)) for c in calls), reader.stats
 
 
