@@ -202,14 +202,13 @@ def reprice(
     usage: Iterable[UsageRow],
     table: PriceTable,
     *,
-    models: dict[str, str] | None = None,
-    provider: str | None = None,
-    price_file: str | None = None,
+    models: dict[str, str],
+    provider: str | None,
+    price_file: str | None,
 ) -> Reprice:
     """Price ``usage`` again with ``table``, ``models`` swapped and every call at ``provider`` if given;
     :class:`ConfigError` names the close matches of a model no call used, a new model with no price where
     it would be used, or an unknown provider."""
-    models = models or {}
     if provider is not None and table.route(provider=provider).matched_by != "provider":
         raise ConfigError(f"--provider: {provider_error(provider)}")
     used: set[str] = set()  # the models the calls asked for, else were served
