@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import orjson
 
@@ -143,9 +143,7 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
     return list(unique.values())
 
 
-class _Stream(Protocol):
-    def readline(self, size: int = -1, /) -> bytes: ...
-    def close(self) -> None: ...
+_Stream = io.BufferedIOBase  # a file opened for reading bytes, or a GzipFile over one
 
 
 def _open(name: str) -> tuple[object, _Stream, _Stream] | None:
