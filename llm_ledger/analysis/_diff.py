@@ -195,10 +195,7 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
     rows = [row for row in report.get("usage", ()) if (row.get("lens") or NO_LENS) == NO_LENS]
     if not rows:
         return None
-    if all("failed_calls" in row for row in rows) or not report["total"].get("errors"):
-        errors = sum(row.get("failed_calls", 0) for row in rows)
-    else:
-        errors = None
+    counted = all("failed_calls" in row for row in rows) or not report["total"].get("errors")
     return {
         "api_calls": sum(row.get("calls", 0) for row in rows),
         "total_tokens": sum(
@@ -207,7 +204,7 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
         ),
         "cost_usd": sum(row.get("cost_usd", 0) for row in rows),
         "cost_complete": not any(row.get("uncosted_calls") for row in rows),
-        "errors": errors,
+        "errors": sum(row.get("failed_calls", 0) for row in rows) if counted else None,
         "tests_with_failed_calls": sorted(
             {t for row in rows for t in row.get("tests_with_failed_calls", ())}
         ),
