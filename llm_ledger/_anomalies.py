@@ -69,7 +69,7 @@ class AnomalyConfig:
         _number("history_bytes", self.history_bytes, whole=True, low=0, why="from 0 up")
         if isinstance(self.metrics, list):  # a list reads as well as a tuple; the config stays hashable
             object.__setattr__(self, "metrics", tuple(self.metrics))
-        if isinstance(self.metrics, str) or not isinstance(self.metrics, tuple) or not self.metrics:
+        if not isinstance(self.metrics, tuple) or not self.metrics:
             raise ConfigError(
                 f"anomalies: metrics must be a non-empty tuple or list of {', '.join(METRICS)}, "
                 f"got {self.metrics!r}"

@@ -92,6 +92,31 @@ def add_command(
     return parser
 
 
+def add_query_options(parser: argparse.ArgumentParser, what: str, *, tz: bool = False) -> None:
+    """``--where``, ``--since`` and ``--until`` (and ``--tz``), as ``llm-ledger report`` takes them, keeping
+    the ``what`` (calls, runs) they select."""
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"keep the {what} whose KEY is VALUE (repeatable: one key several times means any of them)",
+    )
+    clock = "without a zone: --tz's clock" if tz else "UTC"
+    for bound, which in (
+        ("--since", "from this ISO date or date-time, inclusive"),
+        ("--until", "up to this ISO date or date-time, exclusive"),
+    ):
+        parser.add_argument(bound, metavar="WHEN", help=f"the {what} {which} ({clock})")
+    if tz:
+        parser.add_argument(
+            "--tz",
+            metavar="ZONE",
+            help="read hour, day, week and month, and --since/--until without a zone, on this time zone's "
+            "clock, e.g. America/New_York (default: UTC)",
+        )
+
+
 def add_listen_options(parser: argparse.ArgumentParser, default_port: int) -> None:
     """``--port`` and ``--host``, spelled and checked the same way by every command that serves."""
     parser.add_argument(

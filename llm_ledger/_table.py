@@ -13,7 +13,7 @@ from typing import Final
 from .loading import one_line
 
 __all__ = [
-    "NO_FIGURE", "code", "markdown_table", "notes", "one_line", "percent", "table", "text_table", "usd",
+    "NO_FIGURE", "code", "markdown_table", "notes", "percent", "table", "text_table", "usd",
 ]  # fmt: skip
 
 NO_FIGURE: Final = "—"  # a cell whose figure cannot be given: an absent side, a change with no price after

@@ -434,15 +434,12 @@ class _Sums:
     anomalies: int = 0
     duration_ms: float = 0.0
 
-    def alert(self, event: Any) -> None:
-        if event == BUDGET_EVENT:
-            self.over_budget += 1
-        else:
-            self.anomalies += 1
-
-    def add(self, lens_run: bool, figures: _Figures | None) -> None:
+    def add(self, lens_run: bool, figures: _Figures | None, alert: str | None = None) -> None:
         if lens_run:
             self.lens_runs += 1
+        if alert is not None:  # the event of a budget_exceeded or lens_anomaly record
+            self.over_budget += alert == BUDGET_EVENT
+            self.anomalies += alert == ANOMALY_EVENT
         if figures is not None:
             calls, errors, prompt, completion, total, cost, unpriced, duration = figures
             self.calls += calls
@@ -618,7 +615,8 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
-        alert = event == BUDGET_EVENT or event == ANOMALY_EVENT  # counted in its groups, no figures
+        # a budget breach or an anomaly: counted in its groups, no figures
+        alert = event if event in (BUDGET_EVENT, ANOMALY_EVENT) else None
         if not (lens_run or alert) and event != CALL_EVENT:
             continue
         context = _dict(record.get("context"))
@@ -661,17 +659,13 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         if where and not _keep(record, context, lens_run, by, where, choices, zone):
             filtered += 1
             continue
-        total.add(lens_run, figures)
-        if alert:
-            total.alert(event)
+        total.add(lens_run, figures, alert)
         for combo in itertools.product(*choices):
             group_key = tuple(map(_hashable, combo))
             sums = groups.get(group_key)
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
-            sums.add(lens_run, figures)
-            if alert:
-                sums.alert(event)
+            sums.add(lens_run, figures, alert)
             if run_groups is not None:
                 run_groups.add(group_key)
     for run_groups in open_runs.values():  # each cut-short run counts once in the total

@@ -12,7 +12,7 @@ from typing import Any, Final
 import orjson
 
 from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
-from .._cli import add_command
+from .._cli import add_command, add_query_options
 from .._errors import ConfigError
 from .._records import LENS_EVENT, AnomalyRecord
 from ._aggregate import Query, make_query, parse_where, select
@@ -22,12 +22,10 @@ from ._render import ANOMALY_FORMATS, render_anomalies
 __all__ = ["register", "replay", "run"]
 
 
-def replay(
-    records: Iterable[Mapping[str, Any]], config: AnomalyConfig, query: Query | None = None
-) -> list[AnomalyRecord]:
-    """Every anomaly in ``records`` (lens summaries), judged in time order as they would have been live;
-    with ``query``, those of the runs its ``where``, ``since`` and ``until`` keep (each still judged
-    against every run before it)."""
+def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig, query: Query) -> list[AnomalyRecord]:
+    """The anomalies of the runs in ``records`` (lens summaries) that ``query``'s ``where``, ``since`` and
+    ``until`` keep, judged in time order as they would have been live (each against every run before
+    it, kept or not)."""
     detector = AnomalyDetector(config)
     # each run waits for its turn as its JSON text, a quarter of the memory of the parsed record; copied
     # to its size (orjson's own bytes keep an allocation of several KB each)
@@ -43,7 +41,7 @@ def replay(
             yield record
 
     # select() takes one run at a time: judged holds the anomalies of the run it lists
-    listed = in_turn() if query is None else select(in_turn(), query)
+    listed = select(in_turn(), query) if query.where or query.since or query.until else in_turn()
     return [anomaly for _ in listed for anomaly in judged]
 
 
@@ -76,17 +74,7 @@ def register(subparsers: Any, summary: str) -> None:
         dest="metrics",
         help="judge only this metric (repeatable)",
     )
-    parser.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="list the runs whose KEY is VALUE, as in llm-ledger report (repeatable)",
-    )
-    for bound, which in (("--since", "from"), ("--until", "before")):
-        parser.add_argument(
-            bound, metavar="WHEN", help=f"list the runs {which} this ISO date or date-time (UTC)"
-        )
+    add_query_options(parser, "runs listed")
 
 
 # a setting as its flag names it, where an AnomalyConfig error names the setting
@@ -102,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
         text = str(exc).removeprefix("anomalies: ")
         raise ConfigError(_FLAG.sub(lambda name: "--" + name[1].replace("_", "-"), text)) from None
     query = make_query(("lens",), parse_where(args.where), args.since, args.until)
-    filtered = bool(query.where or query.since or query.until)
     reader = LogReader(args.inputs, events=(LENS_EVENT,))
-    sys.stdout.write(render_anomalies(replay(reader, config, query if filtered else None), args.fmt))
+    sys.stdout.write(render_anomalies(replay(reader, config, query), args.fmt))
     warn_unread("anomalies", reader.stats)
     return 0

@@ -26,9 +26,10 @@ from typing import Any, Final
 from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
+from .._table import code
 from ..loading import join, read_file, shown
 from ._read import REPORT_SCHEMA, strict_loads
-from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, code, exit_message, plain, render
+from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
@@ -194,10 +195,7 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
     rows = [row for row in report.get("usage", ()) if (row.get("lens") or NO_LENS) == NO_LENS]
     if not rows:
         return None
-    if all("failed_calls" in row for row in rows) or not report["total"].get("errors"):
-        errors = sum(row.get("failed_calls", 0) for row in rows)
-    else:
-        errors = None
+    counted = all("failed_calls" in row for row in rows) or not report["total"].get("errors")
     return {
         "api_calls": sum(row.get("calls", 0) for row in rows),
         "total_tokens": sum(
@@ -206,7 +204,7 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
         ),
         "cost_usd": sum(row.get("cost_usd", 0) for row in rows),
         "cost_complete": not any(row.get("uncosted_calls") for row in rows),
-        "errors": errors,
+        "errors": sum(row.get("failed_calls", 0) for row in rows) if counted else None,
         "tests_with_failed_calls": sorted(
             {t for row in rows for t in row.get("tests_with_failed_calls", ())}
         ),
@@ -371,17 +369,23 @@ def increases(diff: dict[str, Any], pct: float) -> list[dict[str, Any]]:
         rows.append(("no_lens", None, diff["no_lens"], "cost_usd"))
     rows.append(("total", None, diff["total"], "cost_usd"))
     # a side with lens runs cut short: their calls still open count in no total either
-    runs_cut: dict[str, int] = {}
+    runs_cut: Counter[str] = Counter()
     for row in diff["lenses"].values():
-        for side, count in row["cut_short_runs"].items():
-            runs_cut[side] = runs_cut.get(side, 0) + count
+        runs_cut.update(row["cut_short_runs"])
     out = []
     for scope, name, row, metric in rows:
-        m, gaps = row["metrics"][metric], row["cost_gaps"]
+        m, gaps, failed = row["metrics"][metric], row["cost_gaps"], row["failed_calls"]
         if m["head"] is None:  # removed: a decrease
             continue
-        failed, cut = row["failed_calls"], _cut_short(row) if scope == "lens" else {}
-        if scope == "total":
+        cut = {}  # side -> why its cost is a lower bound: lens runs cut short
+        if scope == "lens":
+            runs = row["metrics"]["runs"]
+            cut = {
+                side: f"{side}: {n} of {runs[side]:g} runs cut short (their lens_summary never came), which "
+                "count only their ended calls"
+                for side, n in row["cut_short_runs"].items()
+            }
+        elif scope == "total":
             cut = {
                 side: f"{side}: {n} lens run(s) cut short, whose calls still open count nowhere"
                 for side, n in runs_cut.items()
@@ -418,15 +422,6 @@ def _increase(
     """One entry of :func:`increases`, from the metric's figures ``m`` in the diff."""
     return {"scope": scope, "lens": lens, "reason": reason, "metric": metric, "base": m["base"],
             "head": m["head"], "pct": m["pct"], "cost_gaps": why}  # fmt: skip
-
-
-def _cut_short(row: dict[str, Any]) -> dict[str, str]:
-    """side -> why a lens's cost per run on that side is a lower bound: runs cut short."""
-    return {
-        side: f"{side}: {count} of {row['metrics']['runs'][side]:g} runs cut short (their lens_summary "
-        "never came), which count only their ended calls"
-        for side, count in row["cut_short_runs"].items()
-    }
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -100,9 +100,7 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         if log_dir.exists() and not log_dir.is_dir():
             raise ConfigError(f"the log directory {log_dir.name!r} is not a directory")
         inputs = [log_dir] if log_dir.exists() else []  # not created yet: no call logged so far
-        report = aggregate(
-            LogReader(inputs, events=EVENTS, empty_dirs=True, allow_reports=True), query
-        ).to_json()
+        report = aggregate(LogReader(inputs, events=EVENTS, whole_dirs=True), query).to_json()
         for stats in report["inputs"]:
             stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
         return _json(200, report)

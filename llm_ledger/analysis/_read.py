@@ -4,6 +4,7 @@ malformed and skipped lines: docs/REPORTING.md, "Inputs").
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import gzip
@@ -17,7 +18,7 @@ import zlib
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import orjson
 
@@ -67,9 +68,12 @@ class InputStats:
 
 def is_pytest_report(path: str) -> bool:
     """Whether the regular file ``path`` is a pytest ``--llm-report`` file (indented JSON, which would
-    read as nothing but malformed log lines); ``OSError`` when it cannot be read."""
-    with open(path, "rb") as file:
-        first = file.readline(1 << 16).strip()
+    read as nothing but malformed log lines); False when it cannot be read: the reader says why."""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(1 << 16).strip()
+    except OSError:
+        return False
     return first == b"{" or first.startswith(f'{{"schema": "{REPORT_SCHEMA}"'.encode())
 
 
@@ -77,11 +81,7 @@ def refuse_reports(names: Iterable[str]) -> None:
     """:class:`ConfigError` for a pytest ``--llm-report`` file among the log files ``names``: read as a
     log it would be nothing but malformed lines, an empty answer; the error names what reads it."""
     for name in filter(os.path.isfile, names):  # not a pipe: what is read here would be lost to the reader
-        try:
-            report = is_pytest_report(name)
-        except OSError:
-            continue  # the reader says what is wrong with it
-        if report:
+        if is_pytest_report(name):
             raise ConfigError(
                 f"{name}: a pytest --llm-report file, not a log of calls; compare two with "
                 f"`llm-ledger diff BASE.json {name}`, or price it again with `llm-ledger reprice {name}`"
@@ -143,9 +143,7 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
     return list(unique.values())
 
 
-class _Stream(Protocol):
-    def readline(self, size: int = -1, /) -> bytes: ...
-    def close(self) -> None: ...
+_Stream = io.BufferedIOBase  # a file opened for reading bytes, or a GzipFile over one
 
 
 def _open(name: str) -> tuple[object, _Stream, _Stream] | None:
@@ -253,21 +251,21 @@ class LogReader:
     loses none (docs/REPORTING.md, "Reading while logrotate rotates");
     ``stats`` says, per input, what was read and rejected (a consumer that finds a yielded record
     unusable calls :meth:`reject`). A pytest ``--llm-report`` file among the files the inputs name (a
-    glob's matches, a directory's) is a :class:`ConfigError`, unless ``allow_reports``: then its lines
-    count as malformed (the cost API answers over a whole log directory)."""
+    glob's matches, a directory's) is a :class:`ConfigError`, unless ``whole_dirs`` (the cost API, which
+    answers over whatever a log directory holds): then its lines count as malformed, and an empty
+    directory is no error."""
 
     def __init__(
         self,
         inputs: Iterable[str | os.PathLike[str]],
         *,
         events: Collection[str] = (CALL_EVENT, LENS_EVENT),
-        empty_dirs: bool = False,
-        allow_reports: bool = False,
+        whole_dirs: bool = False,
     ) -> None:
         self._inputs = list(inputs)
-        self._empty_dirs = empty_dirs
-        self.names = resolve(self._inputs, empty_dirs=empty_dirs)
-        if not allow_reports:
+        self._empty_dirs = whole_dirs
+        self.names = resolve(self._inputs, empty_dirs=whole_dirs)
+        if not whole_dirs:
             refuse_reports(self.names)
         self.events = frozenset(events)
         self.stats: list[InputStats] = []
@@ -280,42 +278,36 @@ class LogReader:
             stats.records -= 1
             stats.malformed_line(stats.lines)
 
-    def _open_all(self) -> dict[object, tuple[str, _Stream, _Stream]]:
-        """Every file the inputs name, opened, each once: the inputs are listed again until a listing
-        names only files open already (a rotation while they are listed renames files: a file is known
-        by its (device, inode), whatever its name, and a name gone is found under its new one)."""
+    def _open_all(self, stack: contextlib.ExitStack) -> dict[object, tuple[str, _Stream, _Stream]]:
+        """Every file the inputs name, opened (``stack`` closes them), each once: the inputs are listed
+        again until a listing names only files open already (a rotation while they are listed renames
+        files: a file is known by its (device, inode), whatever its name, and a name gone is found under
+        its new one)."""
         opened: dict[object, tuple[str, _Stream, _Stream]] = {}
-        try:
-            for _ in range(_LISTINGS):
-                settled = True
-                for name in resolve(self._inputs, empty_dirs=self._empty_dirs):
-                    if (key := _identity(name)) in opened:
-                        opened[key] = (name, *opened[key][1:])  # its name now
-                        continue
-                    settled = False  # a file not open yet, or a name gone: list again once it is open
-                    if (found := _open(name)) is not None:
-                        key, stream, raw = found
-                        if key in opened:  # open already, under another name
-                            _close(name, stream, raw)
-                        else:
-                            opened[key] = (name, stream, raw)
-                if settled:
-                    return opened
-            raise ConfigError(
-                f"{', '.join(repr(os.fspath(i)) for i in self._inputs)}: the files changed in each "
-                f"of {_LISTINGS} listings (rotated again and again?); try again"
-            )
-        except BaseException:
-            for name, stream, raw in opened.values():
-                _close(name, stream, raw)
-            raise
+        for _ in range(_LISTINGS):
+            settled = True
+            for name in resolve(self._inputs, empty_dirs=self._empty_dirs):
+                if (key := _identity(name)) in opened:
+                    opened[key] = (name, *opened[key][1:])  # its name now
+                    continue
+                settled = False  # a file not open yet, or a name gone: list again once it is open
+                if (found := _open(name)) is not None:
+                    key, stream, raw = found
+                    stack.callback(_close, name, stream, raw)
+                    opened.setdefault(key, (name, stream, raw))  # or open already, under another name
+            if settled:
+                return opened
+        raise ConfigError(
+            f"{', '.join(repr(os.fspath(i)) for i in self._inputs)}: the files changed in each "
+            f"of {_LISTINGS} listings (rotated again and again?); try again"
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         events = self.events
-        opened = self._open_all()
-        copies = _copies(opened)
-        self.names = [name for name, _, _ in opened.values()]
-        try:
+        with contextlib.ExitStack() as stack:
+            opened = self._open_all(stack)
+            copies = _copies(opened)
+            self.names = [name for name, _, _ in opened.values()]
             for key, (name, stream, _) in opened.items():
                 stats = self._current = InputStats(name)
                 self.stats.append(stats)
@@ -350,9 +342,6 @@ class LogReader:
                         stats.error = f"ended early, after line {number}: {exc or 'truncated gzip'}"
                 except OSError as exc:
                     stats.error = f"ended early, after line {number}: {exc.strerror or exc}"
-        finally:
-            for files in opened.values():
-                _close(*files)
 
 
 def _identity(name: str) -> object:

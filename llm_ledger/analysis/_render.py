@@ -108,8 +108,8 @@ def _footer(report: CostReport, fmt: str) -> list[str]:
         lines.append(f"--where {_label(f'{key}={value}', fmt)}: no call or lens run has this value{hint}")
     if cut := total.cut_short_runs:
         lines.append(
-            f"cut short: {cut:,} lens run{'s' * (cut != 1)} whose lens_summary never came (the process was "
-            "killed, or the log ends before it): counted from the calls the logs hold"
+            f"cut short: {_count(cut, 'lens run')} whose lens_summary never came (the process was killed, "
+            "or the log ends before it): counted from the calls the logs hold"
         )
     if total.unpriced_calls:
         calls = "call has" if total.unpriced_calls == 1 else "calls have"
@@ -188,14 +188,12 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
             for m, n in sorted(result.unpriced_after.items())
         )
         said.append(f"* after leaves out calls with no known price: {missing}")
-    if result.no_usage_calls:
-        calls = f"{result.no_usage_calls:,} call{'s' if result.no_usage_calls != 1 else ''}"
-        said.append(f"* after leaves out {calls} that reported no usage (no tokens to price)")
-    if result.price_file_calls:
-        calls = _count(result.price_file_calls, "call")
+    if calls := result.no_usage_calls:
+        said.append(f"* after leaves out {_count(calls, 'call')} that reported no usage (no tokens to price)")
+    if calls := result.price_file_calls:
         said.append(
-            f"* after prices {calls} from genai-prices that a price file priced when made (cost.source "
-            '"price-file"): pass that file (--price-file) to keep their rates'
+            f"* after prices {_count(calls, 'call')} from genai-prices that a price file priced when made "
+            '(cost.source "price-file"): pass that file (--price-file) to keep their rates'
         )
     if not total.before_complete:
         said.append("* before leaves out calls recorded without a cost")

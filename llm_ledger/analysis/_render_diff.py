@@ -15,7 +15,7 @@ from ._render import check_format, strict_json
 from ._usage import NO_ANSWER, failed_calls
 
 __all__ = [
-    "COSTS", "DIFF_METRICS", "FORMATS", "NO_LENS_ROW", "Flag", "code", "exit_message", "plain", "render"
+    "COSTS", "DIFF_METRICS", "FORMATS", "NO_LENS_ROW", "Flag", "exit_message", "plain", "render"
 ]  # fmt: skip
 
 # metric in the report -> label in the tables; cost_per_run is computed (cost_usd / runs)

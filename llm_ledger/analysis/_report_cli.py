@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .._cli import add_command
+from .._cli import add_command, add_query_options
 from . import _read
 from ._aggregate import EVENTS, TIME_DIMENSIONS, aggregate, make_query, parse_where
 from ._render import FORMATS, render
@@ -48,21 +48,7 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="DIM[,DIM]",
         help="group rows by these dimensions (repeatable; default: lens)",
     )
-    parser.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="keep records whose KEY is VALUE (repeatable: one key several times means any of them)",
-    )
-    parser.add_argument("--since", metavar="WHEN", help="from this ISO date or date-time, inclusive (UTC)")
-    parser.add_argument("--until", metavar="WHEN", help="up to this ISO date or date-time, exclusive (UTC)")
-    parser.add_argument(
-        "--tz",
-        metavar="ZONE",
-        help="read hour, day, week and month, and --since/--until without a zone, on this time zone's "
-        "clock, e.g. America/New_York (default: UTC)",
-    )
+    add_query_options(parser, "records", tz=True)
 
 
 def run(args: argparse.Namespace) -> int:

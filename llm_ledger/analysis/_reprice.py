@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
-from .._cli import add_command
+from .._cli import add_command, add_query_options
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
@@ -116,33 +116,25 @@ class Reprice:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_usage(
-    paths: str | Sequence[str], query: Query | None = None
-) -> tuple[str, Iterable[UsageRow], list[InputStats]]:
-    """("log" or "report", the usage recorded in ``paths``, what reading each log found: filled in as
-    the usage, read one call at a time, is iterated);
-    :class:`ConfigError` says what is wrong. One regular file may be the pytest plugin's report; anything
-    else is read as logs (a report among them is refused), keeping the calls that pass ``query``'s
-    ``where``, ``since`` and ``until``, as ``llm-ledger report`` does."""
-    filtered = query is not None and bool(query.where or query.since or query.until)
-    inputs = [paths] if isinstance(paths, str) else list(paths)
+def read_usage(inputs: Sequence[str], query: Query) -> tuple[str, Iterable[UsageRow], list[InputStats]]:
+    """("log" or "report", the usage recorded in ``inputs``, what reading each log found: filled in as
+    the usage, read one call at a time, is iterated); :class:`ConfigError` says what is wrong. One
+    regular file may be the pytest plugin's report; anything else is read as logs (a report among them
+    is refused), keeping the calls that pass ``query``'s ``where``, ``since`` and ``until``, as
+    ``llm-ledger report`` does."""
+    filtered = bool(query.where or query.since or query.until)
     one = inputs[0] if len(inputs) == 1 else None
     if one is not None and not os.path.exists(one) and one != STDIN and not GLOB_CHARS & set(one):
         raise ConfigError(f"{one}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file")
-    if one is not None and os.path.isfile(one):
-        try:
-            report = is_pytest_report(one)
-        except OSError as exc:
-            raise ConfigError(f"{one}: cannot read: {exc.strerror or exc}") from None
-        if report:
-            if filtered:
-                raise ConfigError(
-                    f"{one}: --where, --since and --until select a log's calls; a pytest report keeps "
-                    "no timestamps or context per call: reprice the log instead"
-                )
-            return "report", list(_report_usage(one)), []
+    if one is not None and os.path.isfile(one) and is_pytest_report(one):
+        if filtered:
+            raise ConfigError(
+                f"{one}: --where, --since and --until select a log's calls; a pytest report keeps no "
+                "timestamps or context per call: reprice the log instead"
+            )
+        return "report", list(_report_usage(one)), []
     reader = LogReader(inputs, events=(CALL_EVENT,))
-    calls = select(reader, query) if filtered and query else reader
+    calls = select(reader, query) if filtered else reader
     return "log", (usage_row(_billed(c)) for c in calls), reader.stats
 
 
@@ -210,14 +202,13 @@ def reprice(
     usage: Iterable[UsageRow],
     table: PriceTable,
     *,
-    models: dict[str, str] | None = None,
-    provider: str | None = None,
-    price_file: str | None = None,
+    models: dict[str, str],
+    provider: str | None,
+    price_file: str | None,
 ) -> Reprice:
     """Price ``usage`` again with ``table``, ``models`` swapped and every call at ``provider`` if given;
     :class:`ConfigError` names the close matches of a model no call used, a new model with no price where
     it would be used, or an unknown provider."""
-    models = models or {}
     if provider is not None and table.route(provider=provider).matched_by != "provider":
         raise ConfigError(f"--provider: {provider_error(provider)}")
     used: set[str] = set()  # the models the calls asked for, else were served
@@ -336,17 +327,7 @@ def register(subparsers: Any, summary: str) -> None:
         metavar="OLD=NEW",
         help="price the calls to OLD as calls to NEW (repeatable)",
     )
-    parser.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only the calls whose KEY is VALUE, as in llm-ledger report (repeatable; logs only)",
-    )
-    for bound, which in (("--since", "from"), ("--until", "before")):
-        parser.add_argument(
-            bound, metavar="WHEN", help=f"calls {which} this ISO date or date-time (UTC; logs only)"
-        )
+    add_query_options(parser, "calls of a log")
     parser.add_argument("--provider", help="price every call at this provider's rates (e.g. groq, azure)")
     parser.add_argument("--price-file", help="the price table to use (default: genai-prices' bundled prices)")
 
