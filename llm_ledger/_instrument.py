@@ -9,9 +9,7 @@ hooked when the client makes their resources.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
-import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +21,7 @@ from ._context import current_lenses
 from ._errors import warn_internal
 from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
 from ._monitor import _Call
+from ._rates import settle_httpx2
 from ._records import interrupted
 from ._servers import Endpoint
 from ._streams import finish_body, tap_body, watch_helper, watch_stream
@@ -280,17 +279,6 @@ def _count_retries(instance: Any) -> bool:
     return True
 
 
-def _settle_httpx2() -> None:
-    """Import httpx2 now, on the instrumenting thread: openai 2.x reads ``sys.modules["httpx2"]``
-    on every request, and one reading it while pricing imports it on another thread (through
-    genai-prices) finds a partly initialised module and fails."""
-    if "httpx2" not in sys.modules and "openai._httpx2" in sys.modules:
-        try:
-            importlib.import_module("httpx2")
-        except ImportError:  # not installed: nothing can be half imported
-            pass
-
-
 def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
     """Instrument ``client`` in place for ``monitor`` and return the same object."""
     instance: Any = client
@@ -318,7 +306,7 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
             "(instrument a separate client to watch calls with each)",
             cls.__name__,
         )
-    _settle_httpx2()
+    settle_httpx2()
     original = cls.request.__get__(instance)
     is_async = inspect.iscoroutinefunction(original)
     counts_retries = _count_retries(instance)

@@ -7,6 +7,7 @@ internals.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import sys
@@ -224,12 +225,24 @@ _preloading: threading.Thread | None = None
 _FORK_WAIT_S: Final = 10.0
 
 
+def settle_httpx2() -> None:
+    """Import httpx2 now, on the caller's thread (configuring or instrumenting, at start-up): openai
+    2.x reads ``sys.modules["httpx2"]`` in every client's constructor and request, and genai-prices
+    imports httpx2: a thread loading the prices meanwhile shows it a partly initialised module."""
+    if "httpx2" not in sys.modules and "openai._httpx2" in sys.modules:
+        try:
+            importlib.import_module("httpx2")
+        except ImportError:  # not installed: nothing can be half imported
+            pass
+
+
 def preload() -> None:
     """Start loading genai-prices' data on a daemon thread (once per process), so that the first priced
     call need not wait for it; a call that comes first waits for the same import (Python imports a
     module once, other threads waiting for it)."""
     global _preloading
     if _preloading is None and "genai_prices.data" not in sys.modules:
+        settle_httpx2()
         _preloading = threading.Thread(target=_load_quietly, name="llm-ledger-prices", daemon=True)
         _preloading.start()
 
