@@ -195,7 +195,7 @@ class BudgetGuard:
         mode: str = "warn",
         on_exceeded: Callable[[BudgetRecord], object] | None = None,
     ) -> None:
-        self.budgets = as_budgets(budgets)
+        self.budgets: Budgets = as_budgets(budgets)
         if mode not in BUDGET_MODES:
             raise ConfigError(
                 f"budget_mode must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}"

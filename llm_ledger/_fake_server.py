@@ -922,7 +922,7 @@ class FakeOpenAI:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> None:
         self.host = host
-        self.port = port
+        self.port: int = port
         self.verbose = verbose
         self.requests: list[RecordedRequest] = []
         self.answers: list[RecordedAnswer] = []

@@ -173,7 +173,7 @@ class JsonlFileHandler(logging.Handler):
     def __init__(self, path: str | os.PathLike[str], *, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
         # absolute: the file must not move when the process changes directory
-        self.path = Path(os.path.abspath(path))
+        self.path: Path = Path(os.path.abspath(path))
         self.setFormatter(formatter or LedgerJsonFormatter())
         self._new_queue()
         self._callers_write = True  # not while writes are slow or failing, or locked elsewhere

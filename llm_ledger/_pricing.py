@@ -237,9 +237,9 @@ class Route:
         self, table: PriceTable, provider: str, matched_by: MatchedBy, *, flat: Rates | None = None
     ) -> None:
         self._table = table
-        self.provider = provider
+        self.provider: str = provider
         self.matched_by: MatchedBy = matched_by
-        self.reasoning_outside = reasoning_outside(provider)
+        self.reasoning_outside: bool = reasoning_outside(provider)
         self._flat = None if flat is None else _compile(flat)
         self._cache: dict[str, _Entry | None] = {}
 

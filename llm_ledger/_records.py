@@ -364,24 +364,24 @@ class LensTotals:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.made_in = _id_prefix  # the process's: a fork gives the child a prefix of its own
-        self.calls = 0
-        self.open = 0
-        self.emitting = 0  # calls counted whose records are not yet emitted
-        self.closed = False
-        self.errors = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.total_tokens = 0
-        self.cached_tokens = 0
-        self.reasoning_tokens = 0
-        self.cache_write_tokens = 0
-        self.prompt_audio_tokens = 0
-        self.completion_audio_tokens = 0
-        self.cost_units = 0
-        self.cost_complete = True
-        self.tokens_complete = True  # False once a call that was answered reported no usage
-        self.duration_s = 0.0
+        self.made_in: str = _id_prefix  # the process's: a fork gives the child a prefix of its own
+        self.calls: int = 0
+        self.open: int = 0
+        self.emitting: int = 0  # calls counted whose records are not yet emitted
+        self.closed: bool = False
+        self.errors: int = 0
+        self.prompt_tokens: int = 0
+        self.completion_tokens: int = 0
+        self.total_tokens: int = 0
+        self.cached_tokens: int = 0
+        self.reasoning_tokens: int = 0
+        self.cache_write_tokens: int = 0
+        self.prompt_audio_tokens: int = 0
+        self.completion_audio_tokens: int = 0
+        self.cost_units: int = 0
+        self.cost_complete: bool = True
+        self.tokens_complete: bool = True  # False once a call that was answered reported no usage
+        self.duration_s: float = 0.0
         self.models: set[str] = set()
 
     def begin(self) -> bool:

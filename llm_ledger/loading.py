@@ -206,7 +206,8 @@ class JsonLoader(SafeLoader):
     written twice in one mapping (a merge conflict resolved by keeping both sides), which YAML would
     settle by keeping the last value without a word."""
 
-    yaml_implicit_resolvers: ClassVar = {
+    # first character of a plain scalar (None: any) -> the (tag, pattern) pairs it may resolve to
+    yaml_implicit_resolvers: ClassVar[dict[str | None, list[tuple[str, re.Pattern[str]]]]] = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]
         for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
     }

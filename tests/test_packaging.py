@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -74,6 +76,32 @@ def test_the_fixture_type_is_public(llm_ledger: LedgerRecords) -> None:
     assert calls == 0 and cost == 0 and not summaries and wrong
     assert pytest_llm_ledger.__all__ == ["LedgerRecords"]
     assert type(llm_ledger) is LedgerRecords  # (after the lines above: it narrows the type for mypy)
+
+
+@pytest.mark.parametrize("package", ["llm_ledger", "pytest_llm_ledger"])
+def test_pyright_knows_the_type_of_everything_each_package_exports(package: str) -> None:
+    """What Pylance shows users: ``pyright --verifytypes`` scores each package 100% typed, every symbol
+    reachable from its public API declared rather than inferred (other packages' types left out)."""
+    # --outputjson: pyright-python does not ask PyPI for a newer version then; pyright finds the packages
+    # and their dependencies through the first `python` on PATH, this venv's
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYRIGHT_PYTHON")}
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "pyright", "--verifytypes", package, "--ignoreexternal", "--outputjson"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    report = json.loads(done.stdout)
+    completeness = report["typeCompleteness"]
+    errors = [diagnostic["message"] for diagnostic in report["generalDiagnostics"]] + [
+        f"{symbol['name']}: {diagnostic['message']}"
+        for symbol in completeness["symbols"]
+        for diagnostic in symbol["diagnostics"]
+        if diagnostic["severity"] == "error"
+    ]
+    assert completeness["completenessScore"] == 1 and not errors, "\n".join(errors)
 
 
 NO_EXTRA_TESTS = """

@@ -264,10 +264,10 @@ class LogReader:
     ) -> None:
         self._inputs = list(inputs)
         self._empty_dirs = whole_dirs
-        self.names = resolve(self._inputs, empty_dirs=whole_dirs)
+        self.names: list[str] = resolve(self._inputs, empty_dirs=whole_dirs)
         if not whole_dirs:
             refuse_reports(self.names)
-        self.events = frozenset(events)
+        self.events: frozenset[str] = frozenset(events)
         self.stats: list[InputStats] = []
         self._current: InputStats | None = None
 

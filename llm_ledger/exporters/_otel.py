@@ -28,7 +28,7 @@ from ._prometheus import DURATION_BUCKETS, MAX_LENSES, MAX_TIERS, OTHER, _cap
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import TracerProvider
+    from opentelemetry.trace import Tracer, TracerProvider
 
 __all__ = ["MAX_COUNTER_SETS", "MAX_PENDING_CALLS", "TOKEN_BUCKETS", "OTelSink"]
 
@@ -240,7 +240,7 @@ class OTelSink:
             raise ConfigError(
                 "the OpenTelemetry exporter needs opentelemetry-api: pip install 'llm-ledger[otel]'"
             ) from exc
-        self.max_lenses = _cap("max_lenses", max_lenses)
+        self.max_lenses: int = _cap("max_lenses", max_lenses)
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -249,7 +249,7 @@ class OTelSink:
             ours = ""  # get_meter's default; get_tracer takes None for it
         self._trace = trace
         self._client_kind = trace.SpanKind.CLIENT
-        self.tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
+        self.tracer: Tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
         # the global providers left unset: checked at the first record, since applications often set
         # up OpenTelemetry after configure()
         self._unset_globals = (tracer_provider is None, meter_provider is None)
@@ -257,7 +257,7 @@ class OTelSink:
         self._metrics_api = metrics
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         opt_in = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")  # the newest experimental names?
-        self.latest = "gen_ai_latest_experimental" in {value.strip() for value in opt_in.split(",")}
+        self.latest: bool = "gen_ai_latest_experimental" in {value.strip() for value in opt_in.split(",")}
         # v1.41.1's name for the prompt tokens written to the cache; the newest conventions renamed it
         self._cache_write = "cache_write" if self.latest else "cache_creation"
 

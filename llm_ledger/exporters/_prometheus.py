@@ -27,7 +27,7 @@ from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cos
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Counter, Histogram
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -183,10 +183,10 @@ class PrometheusSink:
         max_models: int = MAX_MODELS,
     ) -> None:
         pc = _client()
-        self.registry = pc.REGISTRY if registry is None else registry
-        self.buckets = _buckets(buckets)
-        self.max_lenses = _cap("max_lenses", max_lenses)
-        self.max_models = _cap("max_models", max_models)
+        self.registry: CollectorRegistry = pc.REGISTRY if registry is None else registry
+        self.buckets: tuple[float, ...] = _buckets(buckets)
+        self.max_lenses: int = _cap("max_lenses", max_lenses)
+        self.max_models: int = _cap("max_models", max_models)
         self._lock = threading.Lock()
         # label -> (the values kept by name, how many may be)
         self._caps: dict[str, tuple[set[str], int]] = {
@@ -238,35 +238,35 @@ class PrometheusSink:
 
         counter, histogram = functools.partial(metric, pc.Counter), functools.partial(metric, pc.Histogram)
         spend = ("lens", "model", "provider", "service_tier")
-        self.calls = counter("llm_ledger_calls", "LLM API calls", _CALL_LABELS)
-        self.tokens = counter(
+        self.calls: Counter = counter("llm_ledger_calls", "LLM API calls", _CALL_LABELS)
+        self.tokens: Counter = counter(
             "llm_ledger_tokens", "Tokens by type (cached, cache_write, input_audio within input; reasoning, "
             "output_audio within output)",
             ("lens", "model", "provider", "operation", "service_tier", "token_type"),
         )  # fmt: skip
-        self.cost = counter("llm_ledger_cost_usd", "Cost of calls, USD", spend)
+        self.cost: Counter = counter("llm_ledger_cost_usd", "Cost of calls, USD", spend)
         # status as on the calls: a fast failure kept apart from the latency of successful calls (the
         # conventions' error.type on gen_ai.client.operation.duration, as a fixed vocabulary of three)
-        self.duration = histogram(
+        self.duration: Histogram = histogram(
             "llm_ledger_call_duration_seconds", "Call duration, seconds",
             ("lens", "model", "operation", "status"), buckets=self.buckets,
         )  # fmt: skip
-        self.ttft = histogram(
+        self.ttft: Histogram = histogram(
             "llm_ledger_time_to_first_token_seconds", "Time to a stream's first chunk, seconds",
             ("lens", "model", "operation"), buckets=self.buckets,
         )  # fmt: skip
-        self.lens_runs = counter("llm_ledger_lens_runs", "Lens runs", ("lens", "status"))
-        self.lens_cost = histogram(
+        self.lens_runs: Counter = counter("llm_ledger_lens_runs", "Lens runs", ("lens", "status"))
+        self.lens_cost: Histogram = histogram(
             "llm_ledger_lens_cost_usd", "Cost of one lens run, USD", ("lens",), buckets=LENS_COST_BUCKETS
         )
         # the cost counter's labels: which lens's, model's, provider's and tier's spend is short
-        self.unpriced = counter(
+        self.unpriced: Counter = counter(
             "llm_ledger_unpriced_calls", "Calls billed at an unknown cost (not in cost_usd)", spend
         )
-        self.anomalies = counter(
+        self.anomalies: Counter = counter(
             "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
         )
-        self.dropped = counter(
+        self.dropped: Counter = counter(
             "llm_ledger_dropped_records",
             "Records whose values could not reach the metrics (see the llm_ledger.internal log)", ("event",),
         )  # fmt: skip
