@@ -544,7 +544,7 @@ def _embeddings(body: JSONDict, headers: dict[str, str], num: int, faults: set[s
     given = body.get("input")
     one_token_list = isinstance(given, list) and given and all(isinstance(t, int) for t in given)
     inputs = [given] if isinstance(given, str) or one_token_list else given
-    if not isinstance(inputs, list) or not inputs:
+    if not isinstance(inputs, list) or not inputs or not all(inputs):  # an empty text or token list too
         raise _Refusal(400, "'input' must be a non-empty string or array.")
     dimensions = int(body.get("dimensions") or 8)
     data, tokens = [], 0

@@ -441,6 +441,16 @@ def test_embeddings_base64_default_and_float(fake: FakeOpenAI, client: openai.Op
     assert len(single.data[0].embedding) == 4
 
 
+@pytest.mark.parametrize(
+    "given", ["", [], ["alpha", ""], [[]]], ids=["empty string", "empty list", "empty item", "empty tokens"]
+)
+def test_embeddings_of_an_empty_input_are_a_400(client: openai.OpenAI, given: Any) -> None:
+    """An empty input, or an empty text or token list among the inputs, is refused as the API refuses it
+    (docs/FAKE_SERVER.md): a client's code that sends one fails here as it would against OpenAI."""
+    with pytest.raises(openai.BadRequestError, match="'input' must be a non-empty string or array"):
+        client.embeddings.create(model="text-embedding-3-small", input=given)
+
+
 @pytest.mark.asyncio
 async def test_embeddings_async(fake: FakeOpenAI) -> None:
     async with async_client(fake) as sdk:

@@ -1,0 +1,170 @@
+"""What the docs cite and quote, checked against the code: every test they name as proof exists under
+that name, docs/MONITORING.md's settings table names exactly the variables configure() reads, and the
+errors docs/BUDGETS.md and docs/ANOMALIES.md quote are what those mistakes print."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llm_ledger
+from llm_ledger import AnomalyConfig, ConfigError
+from llm_ledger._config import _VARIABLES, resolve
+
+pytestmark = pytest.mark.sdk_independent
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# test files the docs name as examples of a user's project, not as proof
+EXAMPLES = {"tests/test_x.py", "tests/test_app.py"}
+
+
+def cited_tests() -> list[tuple[str, str, str | None, str | None]]:
+    """(doc, file, test, parameter id) of each test a doc names in code spans: ``tests/f.py::test[id]``,
+    then, in the same line, ``::other[id]`` and ``[id]`` (or ``…[id]``) continuing it."""
+    cited = []
+    for doc in DOCS:
+        for line in doc.read_text().splitlines():
+            path = test = None
+            for span in re.findall(r"`([^`]+)`", line):
+                if found := re.fullmatch(r"(tests/[\w/]+\.py)(?:::(\w+))?(\[.+\])?", span):
+                    path, test, param = found.groups()
+                elif path and (found := re.fullmatch(r"::(\w+)(\[.+\])?", span)):
+                    test, param = found.groups()
+                elif path and test and (found := re.fullmatch(r"…?(\[.+\])", span)):
+                    param = found.group(1)
+                else:
+                    continue
+                if path not in EXAMPLES:
+                    cited.append((doc.name, path, test, param and param[1:-1]))
+    return cited
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """Each test file, test function and parameter id a doc names as proof is in the suite, so a renamed
+    or deleted test fails here rather than leaving a guarantee with no proof."""
+    cited = cited_tests()
+    assert len(cited) > 150  # RELIABILITY.md's tables alone name more
+    missing = []
+    for doc, path, test, param in cited:
+        file = REPO / path
+        if not file.is_file():
+            missing.append(f"{doc}: {path}")
+            continue
+        source = file.read_text()
+        names = {
+            node.name
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
+        if test is not None and test not in names:
+            missing.append(f"{doc}: {path}::{test}")
+        elif param is not None and param not in source:  # every id the docs cite is written in its test
+            missing.append(f"{doc}: {path}::{test}[{param}]")
+    assert missing == []
+
+
+def test_the_settings_table_names_every_variable_configure_reads() -> None:
+    """docs/MONITORING.md's configuration table lists the variables configure() reads, no more, no less;
+    and no doc names an LLM_LEDGER_ variable that does not exist."""
+    text = (REPO / "docs" / "MONITORING.md").read_text()
+    table = text[text.index("| argument | environment variable |") :].split("\n\n", 1)[0]
+    in_table = set(re.findall(r"`(LLM_LEDGER_\w+)`", table))
+    read = set(_VARIABLES)
+    assert in_table == read
+    named = {name for doc in DOCS for name in re.findall(r"\bLLM_LEDGER_[A-Z_]+\b", doc.read_text())}
+    assert named <= read
+
+
+def _budgets(mapping: dict[str, Any]) -> Callable[[], object]:
+    return lambda: resolve(log_dir=None, budgets=mapping, env={})
+
+
+def _mode(mode: str) -> Callable[[], object]:
+    return lambda: resolve(log_dir=None, budgets={"lenses": {}}, budget_mode=mode, env={})
+
+
+@pytest.mark.parametrize(
+    ("quoted", "mistake"),
+    [
+        ("lenses.digest.max_calls: unknown key", _budgets({"lenses": {"digest": {"max_calls": 3}}})),
+        ("lense: unknown key", _budgets({"lense": {}})),
+        ("budget_mode must be one of", _mode("hard")),
+        ("budget_mode='raise' acts on", lambda: resolve(log_dir=None, budget_mode="raise", env={})),
+    ],
+)
+def test_the_budget_errors_the_guide_quotes_are_what_the_mistakes_print(
+    quoted: str, mistake: Callable[[], object]
+) -> None:
+    """docs/BUDGETS.md's "Bad input" lines for a mapping or an option are, whole, what configure() raises."""
+    text = (REPO / "docs" / "BUDGETS.md").read_text()
+    block = text[text.index("## Bad input") :].split("```")[1]
+    [line] = [line for line in block.splitlines() if quoted in line]
+    with pytest.raises(ConfigError) as raised:
+        mistake()
+    assert str(raised.value) == line
+
+
+@pytest.mark.parametrize(
+    ("line", "path", "text"),
+    [
+        ("budgets.yaml:3:", "budgets.yaml", "lenses:\n  digest:\n    max_api_calls: -1\n"),
+        (
+            "budgets.yaml:4:",
+            "budgets.yaml",
+            "lenses:\n  digest:\n    max_api_calls: 1\n    max_total_tokens: 1:30\n",
+        ),
+        ("ci/limits.yaml:", "ci/limits.yaml", None),
+    ],
+)
+def test_the_budget_file_errors_the_guide_quotes_are_what_the_mistakes_print(
+    line: str, path: str, text: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/BUDGETS.md's "Bad input" lines for a file are, whole, what loading that file raises."""
+    doc = (REPO / "docs" / "BUDGETS.md").read_text()
+    [quoted] = [
+        shown
+        for shown in doc[doc.index("## Bad input") :].split("```")[1].splitlines()
+        if shown.startswith(line)
+    ]
+    monkeypatch.chdir(tmp_path)
+    if text is not None:
+        Path(path).write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        resolve(log_dir=None, budgets=path, env={})
+    assert str(raised.value) == quoted
+
+
+@pytest.mark.parametrize(
+    ("quoted", "config"),
+    [
+        ("anomalies: k must be", lambda: AnomalyConfig(k=0)),
+        ("anomalies: unknown metric", lambda: AnomalyConfig(metrics=("tokens",))),
+    ],
+)
+def test_the_anomaly_errors_the_guide_quotes_are_what_the_mistakes_print(
+    quoted: str, config: Callable[[], AnomalyConfig]
+) -> None:
+    """docs/ANOMALIES.md's example errors are what a bad AnomalyConfig raises."""
+    text = (REPO / "docs" / "ANOMALIES.md").read_text()
+    [shown] = re.findall(rf"`({re.escape(quoted)}[^`]*)`", text)
+    with pytest.raises(ConfigError) as raised:
+        resolve(log_dir=None, anomalies=config(), env={})
+    assert str(raised.value) == shown
+
+
+def test_the_errors_section_names_every_exception_of_the_tree() -> None:
+    """docs/MONITORING.md's "Errors" names every exception llm-ledger exports under LedgerError."""
+    text = (REPO / "docs" / "MONITORING.md").read_text()
+    section = text[text.index("## Errors") :].split("\n## ", 1)[0]
+    exported = {
+        name
+        for name in llm_ledger.__all__
+        if isinstance(obj := getattr(llm_ledger, name), type) and issubclass(obj, llm_ledger.LedgerError)
+    }
+    assert exported == set(re.findall(r"`(\w+Error)`", section))
