@@ -26,7 +26,16 @@ OPERATIONS: dict[str, str] = {
     "/embeddings": "embeddings",
     "/responses": "responses",
     "/completions": "text_completion",  # the legacy text completions (vLLM and others serve it)
+    # billed, though not priced by tokens alone (docs/PRICING.md, "Images and audio"); uploads are
+    # multipart: their form fields arrive here as the body, their files never do
+    "/images/generations": "image_generation",
+    "/images/edits": "image_edit",
+    "/images/variations": "image_variation",
+    "/audio/transcriptions": "transcription",
+    "/audio/translations": "translation",
+    "/audio/speech": "speech",
 }
+_IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
@@ -126,8 +135,9 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
                 elif item["role"] == "user":
                     user += chars
         return messages_count, system, user, images, body.get("max_output_tokens")
-    text = operation == "text_completion"  # else embeddings: both take a string or a list of them
-    items = body.get("prompt" if text else "input")
+    text = operation == "text_completion"
+    # embeddings' and speech's text is its input, the others' (images, transcriptions) their prompt
+    items = body.get("input" if operation in ("embeddings", "speech") else "prompt")
     if isinstance(items, str):
         user = len(items)
     elif isinstance(items, (list, tuple)):
@@ -285,6 +295,10 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
     else:
         content_length = tool_calls = finish_reason = None
+        usage = fields.get("usage")
+        if usage is not None and operation != "embeddings":  # an image or audio answer
+            usage = _billed_usage(operation, usage)
+            fields = {**(fields._data if type(fields) is JsonView else fields), "usage": usage}
     return (
         {
             "model": fields.get("model"),
@@ -297,6 +311,21 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         },
         fields.get("usage"),
     )
+
+
+def _billed_usage(operation: str, usage: Any) -> JsonView:
+    """An image or audio answer's ``usage`` in the record's terms, only where a count means what it
+    means for chat (docs/PRICING.md): a transcription's tokens (its audio part as prompt audio); an
+    image's total alone, as its input and output tokens are image tokens billed at image rates, which
+    no record field prices. A usage in seconds (whisper-1) has no tokens."""
+    fields = _fields(usage)
+    counts: dict[str, Any] = {"total_tokens": fields.get("total_tokens")}
+    if operation not in _IMAGES and fields.get("type") == "tokens":
+        audio = getattr(fields.get("input_token_details"), "audio_tokens", None)
+        counts["prompt_tokens"] = fields.get("input_tokens")
+        counts["completion_tokens"] = fields.get("output_tokens")
+        counts["prompt_tokens_details"] = {"audio_tokens": audio}
+    return JsonView(counts)
 
 
 def output_text(operation: str, response: Any) -> str | None:

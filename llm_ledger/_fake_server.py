@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import email
+import email.policy
 import hashlib
 import importlib
 import itertools
@@ -44,6 +46,7 @@ __all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
 JSONDict = dict[str, Any]
 
 CREATED = 1_700_000_000
+SPEECH_HEAD = b"\xff\xf3\x44\xc4"  # how the fake's speech starts: an MPEG audio frame header
 STREAM_ERROR = "The server had an error while processing your request."
 _LOREM = (
     "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et "
@@ -129,6 +132,7 @@ class _Reply:
     body: Any  # the JSON answer; bytes are sent as they are
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -676,6 +680,143 @@ def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[tu
     ]
 
 
+# Images and audio: their uploads come as multipart forms (a file field is {"filename", "size"})
+
+# a 1x1 transparent PNG: every image the fake makes
+_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+    )
+).decode()
+# gpt-image-1's output tokens per image of 1024x1024, by quality (OpenAI's image pricing table)
+_IMAGE_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "auto": 1056}
+_IMAGE_INPUT_TOKENS = 388  # the input image tokens of each uploaded image
+
+
+def _files(body: JSONDict, *names: str) -> list[JSONDict]:
+    """The uploaded files of the form fields ``names`` (``image`` or ``image[]``...)."""
+    found = [body.get(n) for n in names]
+    return [f for f in found if isinstance(f, dict)] + [
+        f for n in names for f in (body.get(n + "[]") or []) if isinstance(f, dict)
+    ]
+
+
+def _images(body: JSONDict, headers: dict[str, str], uploads: int) -> _Reply:
+    """An images answer: GPT Image models report token usage, DALL·E's none."""
+    n = int(body.get("n") or 1)
+    model = str(body["model"])
+    if not model.startswith("gpt-image"):
+        data = [{"url": f"https://images.example/fake-{i}.png"} for i in range(n)]
+        return _Reply({"created": CREATED, "data": data})
+    quality = str(body.get("quality") or "auto")
+    text = _tokens(str(body.get("prompt") or ""))
+    images = uploads * _IMAGE_INPUT_TOKENS
+    output = n * _IMAGE_TOKENS.get(quality, _IMAGE_TOKENS["auto"])
+    usage = {
+        "input_tokens": text + images,
+        "input_tokens_details": {"image_tokens": images, "text_tokens": text},
+        "output_tokens": output,
+        "total_tokens": text + images + output,
+    }
+    answer = {
+        "created": CREATED, "data": [{"b64_json": _PNG} for _ in range(n)], "background": "opaque",
+        "output_format": "png", "quality": "medium" if quality == "auto" else quality, "size": "1024x1024",
+        "usage": usage,
+    }  # fmt: skip
+    return _Reply(answer)
+
+
+def _no_stream(body: JSONDict) -> None:
+    if str(body.get("stream", "")).lower() in ("true", "1"):
+        raise _Refusal(400, "The fake server does not stream images or transcriptions.", param="stream")
+
+
+def _image_generation(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+    _no_stream(body)
+    return _images(body, headers, 0)
+
+
+def _image_upload(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+    _no_stream(body)
+    uploads = len(_files(body, "image"))
+    if not uploads:
+        raise _Refusal(400, "'image' is required: upload it as a file field.", param="image")
+    return _images(body, headers, uploads)
+
+
+def _audio_text(body: JSONDict, headers: dict[str, str], task: str) -> _Reply:
+    """A transcription or translation of the uploaded ``file``: gpt-4o models report tokens (the
+    audio's, a token per 100 bytes), whisper-1 seconds (a second per 16,000 bytes)."""
+    _no_stream(body)
+    uploads = _files(body, "file")
+    if not uploads:
+        raise _Refusal(400, "'file' is required: upload the audio as a file field.", param="file")
+    text = _reply_text(str(body.get("prompt") or "the recording"), headers)
+    size = int(uploads[0]["size"])
+    audio = max(1, size // 100)
+    if str(body["model"]).startswith("whisper") or task == "translate":
+        usage: JSONDict = {"type": "duration", "seconds": max(1, size // 16_000)}
+    else:
+        prompt = _tokens(str(body.get("prompt") or ""))
+        output = _tokens(text)
+        usage = {
+            "type": "tokens", "input_tokens": audio + prompt,
+            "input_token_details": {"audio_tokens": audio, "text_tokens": prompt},
+            "output_tokens": output, "total_tokens": audio + prompt + output,
+        }  # fmt: skip
+    kind = body.get("response_format") or "json"
+    if kind == "text":
+        return _Reply(text.encode(), content_type="text/plain; charset=utf-8")
+    answer: JSONDict = {"text": text}
+    if kind == "verbose_json":
+        answer = {"task": task, "language": "english", "duration": usage.get("seconds", 1.0), **answer}
+    if task == "transcribe":
+        answer["usage"] = usage
+    return _Reply(answer)
+
+
+def _transcriptions(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+    return _audio_text(body, headers, "transcribe")
+
+
+def _translations(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+    return _audio_text(body, headers, "translate")
+
+
+def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+    """Speech of ``input``: audio bytes (an MP3 frame header, not UTF-8, and a byte per character), no
+    usage."""
+    text = body.get("input")
+    if not isinstance(text, str) or not text:
+        raise _Refusal(400, "'input' must be a non-empty string.", param="input")
+    return _Reply(SPEECH_HEAD + bytes(len(text)), content_type="audio/mpeg")
+
+
+def _form(raw: bytes, content_type: str) -> JSONDict | None:
+    """A multipart form's fields: text as str, a file as {"filename", "size"} (its bytes are not kept);
+    a field sent more than once (``image[]``) as the list of them. None when it does not parse."""
+    message = email.message_from_bytes(
+        b"content-type: " + content_type.encode() + b"\r\n\r\n" + raw, policy=email.policy.HTTP
+    )
+    if not message.is_multipart():
+        return None
+    form: JSONDict = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        filename = part.get_filename()
+        value: Any = {"filename": filename, "size": len(data)} if filename is not None else data.decode()
+        if name.endswith("[]"):
+            form.setdefault(name, []).append(value)
+        else:
+            form[name] = value
+    return form
+
+
 # the fields of every Response the fake sends that no request changes
 _RESPONSE_FIXED: JSONDict = {
     "object": "response", "created_at": CREATED, "background": False, "max_tool_calls": None,
@@ -691,6 +832,12 @@ _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | 
     "/v1/responses": _responses,
     "/v1/embeddings": _embeddings,
     "/v1/completions": _completions,
+    "/v1/images/generations": _image_generation,
+    "/v1/images/edits": _image_upload,
+    "/v1/images/variations": _image_upload,
+    "/v1/audio/transcriptions": _transcriptions,
+    "/v1/audio/translations": _translations,
+    "/v1/audio/speech": _speech,
 }
 
 
@@ -790,8 +937,12 @@ class _Handler(BaseHTTPRequestHandler):
             raw, unreadable = b"", exc
             self.close_connection = True
         headers = {k.lower(): v for k, v in self.headers.items()}
+        content_type = headers.get("content-type", "")
         try:
-            body = json.loads(raw)
+            if content_type.lower().startswith("multipart/form-data"):
+                body = _form(raw, content_type)  # an upload's form: images, audio
+            else:
+                body = json.loads(raw)
         except ValueError:  # an empty or malformed body
             body = None
         url = urlsplit(self.path)
@@ -866,7 +1017,9 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(reply, _Reply):
             raw = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
             body = compress(raw) + end()
-            self._send_head(reply.status, {**reply.headers, "content-length": str(len(body))})
+            self._send_head(
+                reply.status, {**reply.headers, "content-length": str(len(body))}, reply.content_type
+            )
             self.wfile.write(body[: len(body) // 2] if cut else body)
         else:
             framing = {"connection": "close"} if close_delimited else {"transfer-encoding": "chunked"}

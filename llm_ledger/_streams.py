@@ -376,6 +376,9 @@ def watch_helper(helper: Any, *, is_async: bool) -> None:
 
 def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_type: str) -> None:
     """Record a call from its whole JSON body, as ``create()`` records the SDK's reading of it."""
+    if call.operation == "speech":  # an answer of audio bytes: nothing in it is recorded, nor read
+        monitor._finish(call, "ok", None, None)
+        return
     try:
         try:
             data = orjson.loads(content)
@@ -563,6 +566,8 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
         request = None
     library = type(http_response).__module__.partition(".")[0]
     body = _Body(state, http_response.headers, call.request["stream"], library, request)
+    if call.operation == "speech":
+        body.parts = None  # audio bytes, not kept: only the body's end is seen
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected
     weakref.finalize(http_response, body.stop)

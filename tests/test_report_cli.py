@@ -261,7 +261,8 @@ def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
     out = capsys.readouterr().out
     assert "1 billed call has no known cost" in out
     assert (
-        "(no usage reported, as by a stream stopped early, or a model the price table does not know)" in out
+        "(no usage reported, as by a stream stopped early, an image or audio call billed in other units "
+        "than tokens, or a model the price table does not know)" in out
     )
 
 

@@ -116,9 +116,9 @@ def _footer(report: CostReport, fmt: str) -> list[str]:
         which = "" if "model" in report.query.by else "; --by model shows which models"
         lines.append(
             f"* {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
-            f"stopped early, or a model the price table does not know): their cost is not "
-            f"included{which}; costs are those recorded "
-            "when each call was made, so `llm-ledger reprice LOG --price-file F` prices them"
+            "stopped early, an image or audio call billed in other units than tokens, or a model the "
+            f"price table does not know): their cost is not included{which}; costs are those recorded "
+            "when each call was made, so `llm-ledger reprice LOG --price-file F` prices those with tokens"
         )
     return lines
 

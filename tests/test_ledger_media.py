@@ -1,0 +1,236 @@
+"""Image and audio calls (``images.*``, ``audio.*``) bill real money: each is recorded like a chat call,
+with the usage the answer reports where it means what a chat usage means, and a cost only where the
+price engine prices every billed unit (a transcription's text and audio tokens); an image's tokens,
+whisper-1's seconds and tts-1's characters leave the cost null and the lens ``cost_complete: false``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+from llm_ledger._cli import main
+from llm_ledger._fake_server import SPEECH_HEAD
+from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests.conftest import FAKE_KEY
+from tests.cost_helpers import genai_usd
+
+pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # variations, translations
+
+PNG = ("fox.png", b"\x89PNG-not-really-an-image" * 20, "image/png")
+AUDIO = ("memo.mp3", b"ID3-AUDIO-BYTES-" * 500, "audio/mpeg")  # 8,000 bytes: 80 audio tokens at the fake
+
+# operation -> (the call, the model asked for, the record's usage counts that are not null or 0)
+CALLS: dict[str, tuple[Callable[[Any], Any], str, dict[str, int]]] = {
+    "image_generation": (
+        lambda c: c.images.generate(model="gpt-image-1", prompt="a red fox", quality="low"),
+        "gpt-image-1",
+        {"total_tokens": 3 + 272},  # text input + one low-quality image out: image tokens, not priced
+    ),
+    "image_edit": (
+        lambda c: c.images.edit(model="gpt-image-1", image=PNG, prompt="make it blue", quality="low"),
+        "gpt-image-1",
+        {"total_tokens": 3 + 388 + 272},
+    ),
+    "image_variation": (
+        lambda c: c.images.create_variation(model="dall-e-2", image=PNG),
+        "dall-e-2",
+        {},  # billed per image: no usage
+    ),
+    "transcription": (
+        lambda c: c.audio.transcriptions.create(model="gpt-4o-transcribe", file=AUDIO),
+        "gpt-4o-transcribe",
+        {"prompt_tokens": 80, "prompt_audio_tokens": 80, "completion_tokens": 6, "total_tokens": 86},
+    ),
+    "translation": (
+        lambda c: c.audio.translations.create(model="whisper-1", file=AUDIO),
+        "whisper-1",
+        {},  # billed by the minute of audio
+    ),
+    "speech": (
+        lambda c: c.audio.speech.create(model="tts-1", voice="alloy", input="hello team"),
+        "tts-1",
+        {},  # billed by the character
+    ),
+}
+
+
+def _counts(record: dict[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in record["usage"].items() if v}
+
+
+def _answer(result: Any) -> Any:
+    """What the caller can compare of an answer: its JSON, text or bytes."""
+    if isinstance(result, str):
+        return result
+    if hasattr(result, "model_dump"):
+        return result.model_dump()
+    return result.content  # speech: the audio bytes
+
+
+def _check(record: dict[str, Any], operation: str) -> None:
+    _, model, counts = CALLS[operation]
+    assert (record["operation"], record["status"], record["request"]["model"]) == (operation, "ok", model)
+    assert record["error"] is None
+    assert record["server"]["address"] == "127.0.0.1"
+    assert _counts(record) == counts
+    if operation == "transcription":  # 74 audio tokens at $6, 6 output tokens at $10 per 1M
+        assert Decimal(repr(record["cost"]["total_cost_usd"])) == genai_usd(model, record["usage"])
+        assert record["cost"]["total_cost_usd"] == pytest.approx((80 * 6 + 6 * 10) / 1e6)
+    else:
+        assert record["cost"]["total_cost_usd"] is None
+
+
+@pytest.mark.parametrize("operation", CALLS)
+def test_each_image_and_audio_call_is_recorded_and_returns_what_the_bare_sdk_returns(
+    client: openai.OpenAI, records: Captured, fake_openai: FakeOpenAI, operation: str
+) -> None:
+    """Sync: one ``llm_api_call`` record with its operation, model, status, usage and cost; the caller
+    gets the answer a client without the ledger gets."""
+    call = CALLS[operation][0]
+    with llm_ledger.LLMCallMonitor(logger=None).lens("media") as run:  # counted whichever monitor's lens
+        result = call(client)
+    (record,) = records.calls
+    _check(record, operation)
+    assert record["context"]["lens_key"] == "media"
+    assert run.summary is not None
+    assert run.summary["total_api_calls"] == 1
+    assert run.summary["cost_complete"] is (operation == "transcription")
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        assert _answer(result) == _answer(call(bare))
+    assert type(result) is type(call(client))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("operation", CALLS)
+async def test_each_image_and_audio_call_is_recorded_on_an_async_client(
+    aclient: openai.AsyncOpenAI, records: Captured, operation: str
+) -> None:
+    """Async: the same record as the sync client's."""
+    result = await CALLS[operation][0](aclient)
+    (record,) = records.calls
+    _check(record, operation)
+    assert _answer(result)
+
+
+def test_a_lens_with_an_image_call_says_its_cost_is_incomplete(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """A lens whose chat call is priced and whose image is not: its total is the chat's alone, and it
+    says so (``cost_complete: false``); a priced transcription alone keeps it complete."""
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with monitor.lens("illustrate") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        client.images.generate(model="gpt-image-1", prompt="a red fox")
+    assert run.summary is not None
+    assert run.summary["total_api_calls"] == 2
+    assert run.summary["total_cost_usd"] > 0
+    assert run.summary["cost_complete"] is False
+    with monitor.lens("transcribe") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        client.audio.transcriptions.create(model="gpt-4o-mini-transcribe", file=AUDIO)
+    assert run.summary is not None
+    assert run.summary["cost_complete"] is True
+
+
+@pytest.mark.parametrize("operation", ["image_edit", "transcription", "speech"])
+def test_a_refused_image_or_audio_call_is_recorded_as_an_error(
+    client: openai.OpenAI, records: Captured, fake_openai: FakeOpenAI, operation: str
+) -> None:
+    """A 4xx answer: the SDK's exception reaches the caller, after an ``error`` record naming it."""
+    fake_openai.fail_next(400)
+    with pytest.raises(openai.BadRequestError):
+        CALLS[operation][0](client)
+    (record,) = records.calls
+    assert (record["operation"], record["status"]) == (operation, "error")
+    assert record["error"] == {
+        "type": "BadRequestError", "status_code": 400, "message": "HTTP 400 invalid_request_error"
+    }  # fmt: skip
+    assert record["cost"]["total_cost_usd"] is None
+
+
+def test_an_upload_is_never_copied_into_the_record(
+    fake_openai: FakeOpenAI, sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI]
+) -> None:
+    """With content capture on, an edit's and a transcription's prompt are captured, their files'
+    bytes and names are not (the server got them whole)."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    client = sdk(monitor)
+    with capture(monitor) as records:
+        client.images.edit(model="gpt-image-1", image=PNG, prompt="make it blue")
+        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=AUDIO, prompt="a memo")
+    text = json.dumps(records.calls)
+    for name, data, _ in (PNG, AUDIO):
+        assert name not in text
+        assert data[4:20].decode() not in text
+    assert [r["content"] for r in records.calls] == [{"prompt": "make it blue"}, {"prompt": "a memo"}]
+    assert [r["request"]["user_prompt_length"] for r in records.calls] == [12, 6]
+    uploads = [r.body for r in fake_openai.requests]
+    assert uploads[0]["image"] == {"filename": "fox.png", "size": len(PNG[1])}
+    assert uploads[1]["file"] == {"filename": "memo.mp3", "size": len(AUDIO[1])}
+
+
+def test_raw_and_streaming_responses_are_recorded_and_hand_over_the_bytes(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """``with_raw_response`` (a transcription, parsed as the bare SDK parses it) and
+    ``with_streaming_response`` (speech, its audio streamed to the caller) are recorded as ``create()``
+    records them; the speech's audio is handed over whole."""
+    raw = client.audio.transcriptions.with_raw_response.create(model="gpt-4o-transcribe", file=AUDIO)
+    assert raw.parse().text == "Summary: the recording"
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team"
+    ) as response:
+        audio = b"".join(response.iter_bytes(chunk_size=4))
+    assert audio == SPEECH_HEAD + bytes(len("hello team"))
+    transcription, speech = records.calls
+    _check(transcription, "transcription")
+    assert (speech["operation"], speech["status"], speech["request"]["model"]) == (
+        "speech",
+        "ok",
+        "gpt-4o-mini-tts",
+    )
+    assert speech["cost"]["total_cost_usd"] is None
+
+
+def test_a_whisper_transcription_as_text_has_no_usage_and_no_cost(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """whisper-1 bills minutes of audio, and ``response_format="text"`` answers plain text: the caller
+    gets the text, the record no usage and no cost."""
+    text = client.audio.transcriptions.create(model="whisper-1", file=AUDIO, response_format="text")
+    assert text.strip() == "Summary: the recording"
+    (record,) = records.calls
+    assert (record["operation"], record["status"]) == ("transcription", "ok")
+    assert _counts(record) == {}
+    assert record["cost"]["total_cost_usd"] is None
+
+
+def test_reports_and_reprice_count_image_and_audio_calls_as_unpriced(
+    client: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``llm-ledger report`` lists the new operations and ``reprice`` prices none of the image calls at
+    a text rate: they stay outside its total, which says it is incomplete."""
+    for operation in CALLS:
+        CALLS[operation][0](client)
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records.calls))
+    capsys.readouterr()
+    assert main(["report", str(log), "--by", "operation", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    text = json.dumps(rows)
+    for operation in CALLS:
+        assert operation in text
+    assert main(["reprice", str(log), "--format", "json"]) == 0
+    repriced = json.loads(capsys.readouterr().out)
+    transcription = next(r for r in records.calls if r["operation"] == "transcription")
+    assert Decimal(str(repriced["total"]["after_usd"])) == Decimal(
+        repr(transcription["cost"]["total_cost_usd"])
+    )
+    assert repriced["total"]["after_complete"] is False
