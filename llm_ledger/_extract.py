@@ -10,6 +10,7 @@ from typing import Any, cast
 from ._records import RequestShape, ResponseShape, Usage
 
 __all__ = [
+    "MEDIA",
     "OPERATIONS",
     "JsonView",
     "no_usage",
@@ -36,6 +37,7 @@ OPERATIONS: dict[str, str] = {
     "/audio/speech": "speech",
 }
 _IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
+MEDIA = frozenset({*_IMAGES, "transcription", "translation", "speech"})  # the operations above
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})

@@ -702,8 +702,14 @@ def _files(body: JSONDict, *names: str) -> list[JSONDict]:
     ]
 
 
-def _images(body: JSONDict, headers: dict[str, str], uploads: int) -> _Reply:
-    """An images answer: GPT Image models report token usage, DALL·E's none."""
+def _streamed(body: JSONDict) -> bool:
+    """Whether an images or audio request asks for a stream (a form sends ``stream`` as text)."""
+    return body.get("stream") in (True, "true", "True")
+
+
+def _images(body: JSONDict, faults: set[str], uploads: int, kind: str) -> _Reply | _Stream:
+    """An images answer: GPT Image models report token usage, DALL·E's none. Streamed (GPT Image
+    models), ``partial_images`` events ``{kind}.partial_image`` then one ``{kind}.completed``."""
     n = int(body.get("n") or 1)
     model = str(body["model"])
     if not model.startswith("gpt-image"):
@@ -719,36 +725,42 @@ def _images(body: JSONDict, headers: dict[str, str], uploads: int) -> _Reply:
         "output_tokens": output,
         "total_tokens": text + images + output,
     }
-    answer = {
-        "created": CREATED, "data": [{"b64_json": _PNG} for _ in range(n)], "background": "opaque",
-        "output_format": "png", "quality": "medium" if quality == "auto" else quality, "size": "1024x1024",
-        "usage": usage,
+    image = {
+        "b64_json": _PNG, "background": "opaque", "output_format": "png",
+        "quality": "medium" if quality == "auto" else quality, "size": "1024x1024",
     }  # fmt: skip
-    return _Reply(answer)
+    if _streamed(body):
+        partial = [
+            {"type": f"{kind}.partial_image", "partial_image_index": i, "created_at": CREATED, **image}
+            for i in range(int(body.get("partial_images") or 0))
+        ]
+        done = {"type": f"{kind}.completed", "created_at": CREATED, **image, "usage": usage}
+        return _Stream([*partial, *([] if "no-usage" in faults else [done])], done=False)
+    data = [{"b64_json": _PNG} for _ in range(n)]
+    return _with_usage(
+        {"created": CREATED, "data": data, **{k: v for k, v in image.items() if k != "b64_json"}},
+        usage,
+        faults,
+    )
 
 
-def _no_stream(body: JSONDict) -> None:
-    if str(body.get("stream", "")).lower() in ("true", "1"):
-        raise _Refusal(400, "The fake server does not stream images or transcriptions.", param="stream")
+def _image_generation(
+    body: JSONDict, headers: dict[str, str], num: int, faults: set[str]
+) -> _Reply | _Stream:
+    return _images(body, faults, 0, "image_generation")
 
 
-def _image_generation(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
-    _no_stream(body)
-    return _images(body, headers, 0)
-
-
-def _image_upload(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
-    _no_stream(body)
+def _image_upload(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
     uploads = len(_files(body, "image"))
     if not uploads:
         raise _Refusal(400, "'image' is required: upload it as a file field.", param="image")
-    return _images(body, headers, uploads)
+    return _images(body, faults, uploads, "image_edit")
 
 
-def _audio_text(body: JSONDict, headers: dict[str, str], task: str) -> _Reply:
+def _audio_text(body: JSONDict, headers: dict[str, str], faults: set[str], task: str) -> _Reply | _Stream:
     """A transcription or translation of the uploaded ``file``: gpt-4o models report tokens (the
-    audio's, a token per 100 bytes), whisper-1 seconds (a second per 16,000 bytes)."""
-    _no_stream(body)
+    audio's, a token per 100 bytes), whisper-1 seconds (a second per 16,000 bytes). A streamed
+    transcription: ``transcript.text.delta`` events, then ``transcript.text.done`` with the usage."""
     uploads = _files(body, "file")
     if not uploads:
         raise _Refusal(400, "'file' is required: upload the audio as a file field.", param="file")
@@ -765,23 +777,29 @@ def _audio_text(body: JSONDict, headers: dict[str, str], task: str) -> _Reply:
             "input_token_details": {"audio_tokens": audio, "text_tokens": prompt},
             "output_tokens": output, "total_tokens": audio + prompt + output,
         }  # fmt: skip
+    if _streamed(body) and task == "transcribe":
+        deltas = [{"type": "transcript.text.delta", "delta": p} for p in _split(text, headers) if p]
+        done = {
+            "type": "transcript.text.done",
+            "text": text,
+            **({} if "no-usage" in faults else {"usage": usage}),
+        }
+        return _Stream([*deltas, done], done=False)
     kind = body.get("response_format") or "json"
     if kind == "text":
         return _Reply(text.encode(), content_type="text/plain; charset=utf-8")
     answer: JSONDict = {"text": text}
     if kind == "verbose_json":
         answer = {"task": task, "language": "english", "duration": usage.get("seconds", 1.0), **answer}
-    if task == "transcribe":
-        answer["usage"] = usage
-    return _Reply(answer)
+    return _with_usage(answer, usage, faults) if task == "transcribe" else _Reply(answer)
 
 
-def _transcriptions(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
-    return _audio_text(body, headers, "transcribe")
+def _transcriptions(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
+    return _audio_text(body, headers, faults, "transcribe")
 
 
-def _translations(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
-    return _audio_text(body, headers, "translate")
+def _translations(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
+    return _audio_text(body, headers, faults, "translate")
 
 
 def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:

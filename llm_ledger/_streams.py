@@ -20,7 +20,7 @@ import orjson
 
 from . import _jsonl
 from ._context import recorded_apart
-from ._extract import JsonView, output_text, response_shape
+from ._extract import MEDIA, JsonView, output_text, response_shape
 from ._records import interrupted
 
 if TYPE_CHECKING:
@@ -189,6 +189,22 @@ class _StreamState:
             self.call.first_token()
         return True
 
+    # -- images and transcriptions ---------------------------------------------------------------------
+
+    def media(self, event: Any) -> bool:
+        """Count one event of a streamed image or transcription: the first (a partial image, a piece of
+        text) is the first token; the last (``*.completed``, ``transcript.text.done``, with the usage)
+        ends the answer, recorded as ``create()`` records it. The caller gets every event."""
+        fields = _fields(event)
+        if type(fields) is not dict:
+            return True  # not one of the SDK's models: handed on unread
+        self.call.first_token()
+        kind = fields.get("type")
+        if type(kind) is str and kind.endswith((".completed", ".done")):
+            shape, usage = response_shape(self.call.operation, JsonView({"usage": fields.get("usage")}))
+            self._finish("ok", None, shape, usage)
+        return True
+
     # -- the end ----------------------------------------------------------------------------------------
 
     def end(self, exc: BaseException | None = None) -> None:
@@ -307,7 +323,8 @@ async def _watch_async(
 def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async: bool) -> None:
     """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
     state = _StreamState(monitor, call)
-    see = state.event if call.operation == "responses" else state.chat
+    operation = call.operation
+    see = state.event if operation == "responses" else state.media if operation in MEDIA else state.chat
     shell: Any = (_watch_async if is_async else _watch_sync)(state, stream._iterator, see)
     stream._iterator = shell
     stream._llm_ledger_state = state  # found there by watch_helper(), if a stream helper reads it
@@ -410,6 +427,7 @@ class _Body:
 
     def __init__(self, state: _StreamState, headers: Any, sse: bool, library: str, request: Any) -> None:
         self.state = state
+        self.see = state.media if state.call.operation in MEDIA else state.chat_fields  # a chunk's reader
         self.request = request
         self.sse = sse
         self.content_type = headers.get("content-type") or ""
@@ -484,7 +502,7 @@ class _Body:
                 elif fields.get("error"):  # what the SDK raises as APIError, reading this stream
                     self.state.end(self._api_error(fields["error"]))
                 else:
-                    self.state.chat_fields(fields)
+                    self.see(fields)
 
     def _api_error(self, error: Any) -> BaseException:
         """The ``openai.APIError`` the SDK raises for an error object in a chat stream."""

@@ -234,3 +234,72 @@ def test_reports_and_reprice_count_image_and_audio_calls_as_unpriced(
         repr(transcription["cost"]["total_cost_usd"])
     )
     assert repriced["total"]["after_complete"] is False
+
+
+# operation -> a streamed call, and the usage its record holds (as the same call not streamed)
+STREAMS: dict[str, tuple[Callable[[Any], Any], dict[str, int]]] = {
+    "image_generation": (
+        lambda c: c.images.generate(
+            model="gpt-image-1", prompt="a red fox", quality="low", stream=True, partial_images=2
+        ),
+        CALLS["image_generation"][2],
+    ),
+    "image_edit": (
+        lambda c: c.images.edit(
+            model="gpt-image-1", image=PNG, prompt="make it blue", quality="low", stream=True
+        ),
+        CALLS["image_edit"][2],
+    ),
+    "transcription": (
+        lambda c: c.audio.transcriptions.create(model="gpt-4o-transcribe", file=AUDIO, stream=True),
+        CALLS["transcription"][2],
+    ),
+}
+
+
+@pytest.mark.parametrize("operation", STREAMS)
+def test_a_streamed_image_or_transcription_is_recorded_as_the_same_call_not_streamed(
+    client: openai.OpenAI, records: Captured, operation: str
+) -> None:
+    """``stream=True``: the caller gets every event; the record, written at the last one, has the
+    usage and cost of the same call not streamed, and a time to the first event."""
+    call, counts = STREAMS[operation]
+    events = [event.type for event in call(client)]
+    assert events[-1].endswith((".completed", ".done"))
+    (record,) = records.calls
+    assert (record["operation"], record["status"], record["request"]["stream"]) == (operation, "ok", True)
+    assert _counts(record) == counts
+    assert (record["cost"]["total_cost_usd"] is None) is (operation != "transcription")
+    assert record["timing"]["time_to_first_token_ms"] is not None
+
+
+@pytest.mark.asyncio
+async def test_a_streamed_transcription_is_priced_on_an_async_client(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """Async ``stream=True``: as the sync client's."""
+    stream = await aclient.audio.transcriptions.create(model="gpt-4o-transcribe", file=AUDIO, stream=True)
+    text = "".join([e.delta async for e in stream if e.type == "transcript.text.delta"])
+    assert text == "Summary: the recording"
+    (record,) = records.calls
+    _check(record, "transcription")
+
+
+def test_a_streamed_transcription_read_as_bytes_is_recorded_and_one_stopped_early_is_interrupted(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """``with_streaming_response`` hands the caller the event stream's bytes; the ledger reads the
+    events as they pass (priced as ``create()``); a stream closed before its last event is
+    ``interrupted``, with no usage, and its lens's cost incomplete."""
+    with client.audio.transcriptions.with_streaming_response.create(
+        model="gpt-4o-transcribe", file=AUDIO, stream=True
+    ) as response:
+        body = b"".join(response.iter_bytes())
+    assert b"transcript.text.done" in body
+    stream = client.images.generate(model="gpt-image-1", prompt="a red fox", stream=True, partial_images=2)
+    next(iter(stream))
+    stream.close()
+    read, stopped = records.calls
+    _check(read, "transcription")
+    assert (stopped["operation"], stopped["status"]) == ("image_generation", "interrupted")
+    assert _counts(stopped) == {}
