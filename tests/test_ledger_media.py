@@ -303,3 +303,44 @@ def test_a_streamed_transcription_read_as_bytes_is_recorded_and_one_stopped_earl
     _check(read, "transcription")
     assert (stopped["operation"], stopped["status"]) == ("image_generation", "interrupted")
     assert _counts(stopped) == {}
+
+
+@pytest.mark.sdk_independent
+def test_prometheus_and_otel_export_image_and_audio_calls_by_their_operation(
+    sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI],
+) -> None:
+    """Both exporters take the new operations as they are: a Prometheus ``operation`` label and an
+    unpriced-calls count for the image; an OTel span named ``{operation} {model}`` per call, the
+    transcription's audio tokens and cost on its span."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from llm_ledger.exporters import OTelSink, PrometheusSink
+    from tests.exporter_helpers import samples, total
+
+    registry = CollectorRegistry()
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    otel = OTelSink(tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry), otel])
+    client = sdk(monitor)
+    with monitor.lens("media"):
+        for operation in ("image_generation", "transcription", "speech"):
+            CALLS[operation][0](client)
+    generate_latest(registry)  # the first scrape shows a new series at 0 (tests/exporter_helpers.py)
+    found = samples(generate_latest(registry).decode())
+    for operation, model in (("image_generation", "gpt-image-1"), ("transcription", "gpt-4o-transcribe")):
+        assert total(found, "llm_ledger_calls_total", operation=operation, model=model, status="ok") == 1
+    assert total(found, "llm_ledger_unpriced_calls_total", model="gpt-image-1") == 1
+    assert total(found, "llm_ledger_cost_usd_total", model="gpt-4o-transcribe") == pytest.approx(0.00054)
+    by_name = {span.name: dict(span.attributes or {}) for span in spans.get_finished_spans()}
+    assert {"image_generation gpt-image-1", "transcription gpt-4o-transcribe", "speech tts-1"} <= set(by_name)
+    heard = by_name["transcription gpt-4o-transcribe"]
+    assert heard["gen_ai.usage.audio.input_tokens"] == 80
+    assert heard["gen_ai.usage.cost"] == pytest.approx(0.00054)
+    assert "gen_ai.usage.cost" not in by_name["image_generation gpt-image-1"]
