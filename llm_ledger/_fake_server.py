@@ -734,8 +734,8 @@ def _images(body: JSONDict, faults: set[str], uploads: int, kind: str) -> _Reply
             {"type": f"{kind}.partial_image", "partial_image_index": i, "created_at": CREATED, **image}
             for i in range(int(body.get("partial_images") or 0))
         ]
-        done = {"type": f"{kind}.completed", "created_at": CREATED, **image, "usage": usage}
-        return _Stream([*partial, *([] if "no-usage" in faults else [done])], done=False)
+        done = {"type": f"{kind}.completed", "created_at": CREATED, **image}
+        return _Stream([*partial, done if "no-usage" in faults else {**done, "usage": usage}], done=False)
     data = [{"b64_json": _PNG} for _ in range(n)]
     return _with_usage(
         {"created": CREATED, "data": data, **{k: v for k, v in image.items() if k != "b64_json"}},

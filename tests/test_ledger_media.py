@@ -344,3 +344,19 @@ def test_prometheus_and_otel_export_image_and_audio_calls_by_their_operation(
     assert heard["gen_ai.usage.audio.input_tokens"] == 80
     assert heard["gen_ai.usage.cost"] == pytest.approx(0.00054)
     assert "gen_ai.usage.cost" not in by_name["image_generation gpt-image-1"]
+
+
+def test_a_streamed_image_whose_last_event_has_no_usage_is_complete_without_usage(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """A server that reports no usage: the stream still finished (``ok``), with null counts."""
+    stream = client.images.generate(
+        model="gpt-image-1", prompt="a red fox", stream=True, extra_headers={"x-fake-fault": "no-usage"}
+    )
+    assert [event.type for event in stream] == ["image_generation.completed"]
+    (record,) = records.calls
+    assert (record["status"], record["usage"]["total_tokens"], record["cost"]["total_cost_usd"]) == (
+        "ok",
+        None,
+        None,
+    )
