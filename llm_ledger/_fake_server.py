@@ -7,8 +7,9 @@ described in docs/FAKE_SERVER.md; keep that page true to this module.
 
 A request goes: ``_Handler._dispatch`` (read, record, check the headers, the faults that come before
 an answer) → ``_Handler._answer`` (queued failures, statuses, routing) → an endpoint, which returns a
-:class:`_Reply` (JSON) or a :class:`_Stream` (server-sent events), or raises :class:`_Refusal` for an
-error answer → ``_Handler._send`` (encoding, and the faults that break the answer on the wire).
+:class:`_Reply` (JSON, or bytes: speech) or a :class:`_Stream` (server-sent events), or raises
+:class:`_Refusal` for an error answer → ``_Handler._send`` (encoding, and the faults that break the
+answer on the wire).
 """
 
 from __future__ import annotations
@@ -1082,10 +1083,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeOpenAI:
-    """A loopback OpenAI-compatible server (chat completions, responses, embeddings, legacy completions;
-    streamed or not) with deterministic text and usage, to point the real SDK at: ``base_url`` for the client,
-    ``requests`` and ``answers`` as received and sent, ``fail_next()`` to queue errors. ``start()`` (or
-    ``with``) runs it in a daemon thread.
+    """A loopback OpenAI-compatible server (chat completions, responses, embeddings, legacy completions,
+    images and audio; streamed or not) with deterministic text and usage, to point the real SDK at:
+    ``base_url`` for the client, ``requests`` and ``answers`` as received and sent, ``fail_next()`` to
+    queue errors. ``start()`` (or ``with``) runs it in a daemon thread.
 
     ``x-fake-*`` request headers steer it (tool calls, cached tokens, error statuses, cut or reset
     streams...): the reference is docs/FAKE_SERVER.md.

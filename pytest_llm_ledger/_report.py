@@ -230,7 +230,8 @@ PRICE_FIX: Final = (
 USAGE_FIX: Final = (
     "re-record it with usage: streamed chat calls report it with stream_options include_usage "
     "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0), and a stream closed before its end "
-    "reports none: read it to the end"
+    "reports none: read it to the end; an image or audio call billed in other units than tokens has "
+    "none to price (docs/PRICING.md, Images and audio)"
 )
 
 

@@ -53,6 +53,11 @@ def test_image_and_audio_calls_record_and_replay_offline(
     write_project(pytester, MEDIA_TESTS)
     recorded = run(pytester, "--llm-record-mode=once")
     assert recorded.ret == 0, recorded.stdout.str()
+    recorded.stdout.fnmatch_lines([
+        "llm-ledger: calls with no known cost count as $0: no usage reported by calls to 'gpt-image-1' "
+        "(1 call), 'tts-1' (1 call); *an image or audio call billed in other units than tokens has none "
+        "to price*"
+    ])  # fmt: skip
     cassette = load_yaml(pytester.path / Path("cassettes", "tests", "test_app", "test_media.yaml"))
     edit, transcription, speech = cassette["interactions"]
     assert edit["request"]["url"].endswith("/images/edits")
