@@ -17,6 +17,7 @@ import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
 from tests.sdk import sdk_http
+from tests.test_cost_providers import call
 
 HI: Any = [{"role": "user", "content": "summarise the meeting notes for the whole team"}]
 GENAI = f"genai-prices {genai_prices.__version__}"
@@ -135,15 +136,7 @@ def test_a_moonshot_call_costs_the_same_streamed_or_not_as_openais_shape_of_it(
     """The same Kimi call answered in OpenAI's usage shape and in Moonshot's (cache hits beside
     ``prompt_tokens``), streamed or not: one usage and one cost, with the cache hits at Kimi's rate."""
     for style in ("openai", "moonshot"):
-        answer = moonshot.chat.completions.create(
-            model="kimi-k2-0905-preview",
-            messages=HI,
-            stream=stream,
-            extra_headers={"x-fake-cached-tokens": "2048", "x-fake-usage-style": style},
-        )
-        if stream:
-            for _ in answer:
-                pass
+        call(moonshot, "kimi-k2-0905-preview", stream, cached_tokens="2048", usage_style=style)
     body = fake_openai.answers[-1].body
     sent = body[-1]["usage"] if isinstance(body, list) else body["usage"]
     assert sent["cached_tokens"] == 2048 and "prompt_tokens_details" not in sent  # Moonshot's shape
@@ -258,18 +251,7 @@ def test_a_call_at_a_providers_base_url_costs_what_genai_prices_charges_for_it(
     genai-prices' ``calc_price`` charges for the usage the record holds (cached, cache-write, audio and
     thinking tokens, the long-context tier, the service tier that served it, the moment it was priced at)."""
     with provider_client(fake_openai, base_url) as raw:
-        client = monitor.instrument(raw)
-        asked: Any = {} if tier is None else {"service_tier": tier}
-        reply = client.chat.completions.create(
-            model=model,
-            messages=HI,
-            stream=stream,
-            extra_headers={f"x-fake-{name}": value for name, value in answer.items()},
-            **asked,
-        )
-        if stream:
-            for _ in reply:
-                pass
+        call(monitor.instrument(raw), model, stream, service_tier=tier, **answer)
     (record,) = records.calls
     usage, cost = record["usage"], record["cost"]
     assert (record["server"]["provider"], cost["matched_by"], cost["source"]) == (provider, "provider", GENAI)

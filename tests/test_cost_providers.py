@@ -46,12 +46,18 @@ def genai_usd(provider: str, model: str, usage: dict[str, Any]) -> Decimal:
     return calc.input_price + calc.output_price
 
 
-def call(client: openai.OpenAI, model: str, stream: bool, **headers: str) -> None:
+def call(
+    client: openai.OpenAI, model: str, stream: bool, service_tier: str | None = None, **headers: str
+) -> None:
+    """A chat call answered as ``headers`` ask the fake server (``cached_tokens="64"``:
+    ``x-fake-cached-tokens``), a stream read to its end."""
+    tier: Any = {} if service_tier is None else {"service_tier": service_tier}
     answer = client.chat.completions.create(
         model=model,
         messages=HI,
         stream=stream,
         extra_headers={f"x-fake-{name.replace('_', '-')}": value for name, value in headers.items()},
+        **tier,
     )
     if stream:
         for _ in answer:

@@ -5,9 +5,11 @@ from its day in a running process), as genai-prices prices them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import genai_prices
 import genai_prices.data
@@ -75,6 +77,16 @@ def test_at_must_be_an_aware_datetime() -> None:
         PriceTable().cost("deepseek-chat", prompt_tokens=1, completion_tokens=1, at=datetime(2026, 12, 4, 12))
 
 
+def _repriced(
+    records: Iterable[Mapping[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Any:
+    """The total of ``llm-ledger reprice --format json`` over a log holding ``records``."""
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert main(["reprice", str(log), "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)["total"]
+
+
 @pytest.mark.usefixtures("priced_when_made")
 def test_each_call_is_priced_at_its_own_hour_and_a_repriced_log_agrees(
     client: openai.OpenAI,
@@ -103,10 +115,7 @@ def test_each_call_is_priced_at_its_own_hour_and_a_repriced_log_agrees(
         assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected
     assert off_peak["cost"]["total_cost_usd"] < peak["cost"]["total_cost_usd"]
 
-    log = tmp_path / "llm_calls.jsonl"
-    log.write_text("".join(json.dumps(record) + "\n" for record in records))
-    assert main(["reprice", str(log), "--format", "json"]) == 0
-    total = json.loads(capsys.readouterr().out)["total"]
+    total = _repriced(records, tmp_path, capsys)
     assert total["calls"] == 2
     assert total["change_usd"] == 0
     assert total["after_usd"] == total["before_usd"]
@@ -359,10 +368,7 @@ def test_a_log_written_before_a_price_change_reprices_to_what_it_cost(
     assert recorded != genai_usd(
         "deepseek-v4-pro", usage["prompt_tokens"], usage["completion_tokens"], then.replace(month=9)
     )
-    log = tmp_path / "llm_calls.jsonl"
-    log.write_text(json.dumps(record) + "\n")
-    assert main(["reprice", str(log), "--format", "json"]) == 0
-    total = json.loads(capsys.readouterr().out)["total"]
+    total = _repriced([record], tmp_path, capsys)
     assert total["change_usd"] == 0
     assert Decimal(repr(total["after_usd"])) == recorded
 
