@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+import orjson
+
 from ._records import RequestShape, ResponseShape, Usage
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "reasoning_in_completion",
     "request_shape",
     "response_shape",
+    "speech_usage",
     "usage_of",
 ]
 
@@ -298,6 +301,10 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
     else:
         content_length = tool_calls = finish_reason = None
         usage = fields.get("usage")
+        if usage is None and operation == "speech" and (http := fields.get("response")) is not None:
+            # the SDK's HttpxBinaryResponseContent, its body read whole: audio, or the events of a
+            # stream_format="sse" answer
+            usage = speech_usage(http.content, http.headers.get("content-type") or "")
         if usage is not None and operation != "embeddings":  # an image or audio answer
             usage = _billed_usage(operation, usage)
             fields = {**(fields._data if type(fields) is JsonView else fields), "usage": usage}
@@ -317,17 +324,38 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
 
 def _billed_usage(operation: str, usage: Any) -> JsonView:
     """An image or audio answer's ``usage`` in the record's terms, only where a count means what it
-    means for chat (docs/PRICING.md): a transcription's tokens (its audio part as prompt audio); an
-    image's total alone, as its input and output tokens are image tokens billed at image rates, which
-    no record field prices. A usage in seconds (whisper-1) has no tokens."""
+    means for chat (docs/PRICING.md): a transcription's tokens (its audio part as prompt audio); a
+    speech's (text in, every output token audio); an image's total alone, as its input and output
+    tokens are image tokens billed at image rates, which no record field prices. A usage in seconds
+    (whisper-1) has no tokens."""
     fields = _fields(usage)
     counts: dict[str, Any] = {"total_tokens": fields.get("total_tokens")}
-    if operation not in _IMAGES and fields.get("type") == "tokens":
+    if operation == "speech":
+        spoken = fields.get("output_tokens")
+        counts["prompt_tokens"] = fields.get("input_tokens")
+        counts["completion_tokens"] = spoken
+        counts["completion_tokens_details"] = {"audio_tokens": spoken}
+    elif operation not in _IMAGES and fields.get("type") == "tokens":
         audio = getattr(fields.get("input_token_details"), "audio_tokens", None)
         counts["prompt_tokens"] = fields.get("input_tokens")
         counts["completion_tokens"] = fields.get("output_tokens")
         counts["prompt_tokens_details"] = {"audio_tokens": audio}
     return JsonView(counts)
+
+
+def speech_usage(content: bytes, content_type: str) -> JsonView | None:
+    """The usage of a whole speech answer: none in audio bytes; in the events of a
+    ``stream_format="sse"`` answer, that of its last (``speech.audio.done``)."""
+    if not content_type.lower().startswith("text/event-stream"):
+        return None
+    for line in reversed(content.splitlines()):
+        if line.startswith(b"data:"):
+            event = orjson.loads(line[5:])
+            if type(event) is dict and event.get("type") == "speech.audio.done":
+                usage = event.get("usage")
+                return JsonView(usage) if type(usage) is dict else None
+            return None  # a stream cut before its end: no usage
+    return None
 
 
 def output_text(operation: str, response: Any) -> str | None:

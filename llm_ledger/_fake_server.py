@@ -803,13 +803,27 @@ def _translations(body: JSONDict, headers: dict[str, str], num: int, faults: set
     return _audio_text(body, headers, faults, "translate")
 
 
-def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
     """Speech of ``input``: audio bytes (an MP3 frame header, not UTF-8, and a byte per character), no
-    usage."""
+    usage. With ``stream_format: "sse"`` (not for tts-1): the audio in ``speech.audio.delta`` events
+    (base64, in ``x-fake-chunks`` pieces), then ``speech.audio.done`` with the usage: the input's text
+    tokens, and an audio token per character spoken."""
     text = body.get("input")
     if not isinstance(text, str) or not text:
         raise _Refusal(400, "'input' must be a non-empty string.", param="input")
-    return _Reply(SPEECH_HEAD + bytes(len(text)), content_type="audio/mpeg")
+    audio = SPEECH_HEAD + bytes(len(text))
+    if body.get("stream_format") != "sse":
+        return _Reply(audio, content_type="audio/mpeg")
+    if str(body["model"]).startswith("tts-1"):
+        raise _Refusal(
+            400, "stream_format 'sse' is not supported for tts-1 or tts-1-hd.", param="stream_format"
+        )
+    pieces = [p.encode("latin-1") for p in _split(audio.decode("latin-1"), headers)]
+    deltas = [{"type": "speech.audio.delta", "audio": base64.b64encode(p).decode()} for p in pieces]
+    usage = {"input_tokens": _tokens(text), "output_tokens": len(text)}
+    usage["total_tokens"] = usage["input_tokens"] + len(text)
+    done = {"type": "speech.audio.done", **({} if "no-usage" in faults else {"usage": usage})}
+    return _Stream([*deltas, done], done=False)
 
 
 def _form(raw: bytes, content_type: str) -> JSONDict | None:

@@ -20,7 +20,7 @@ import orjson
 
 from . import _jsonl
 from ._context import recorded_apart
-from ._extract import MEDIA, JsonView, output_text, response_shape
+from ._extract import MEDIA, JsonView, output_text, response_shape, speech_usage
 from ._records import interrupted
 
 if TYPE_CHECKING:
@@ -396,20 +396,20 @@ def watch_helper(helper: Any, *, is_async: bool) -> None:
 
 def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_type: str) -> None:
     """Record a call from its whole JSON body, as ``create()`` records the SDK's reading of it."""
-    if call.operation == "speech":  # an answer of audio bytes: nothing in it is recorded, nor read
-        monitor._finish(call, "ok", None, None)
-        return
     try:
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError:
+        if call.operation == "speech":  # audio bytes (not read), or the events of stream_format="sse"
+            data: Any = {"usage": speech_usage(content, content_type)}
+        else:
             try:
-                data = json.loads(content)  # what the SDK's parse() uses: its exception, if it fails
-            except ValueError as exc:
-                if content_type.split(";")[0].strip().endswith("json"):
-                    monitor._finish(call, "error", None, None, error=exc)
-                    return
-                data = None  # the SDK hands such a body over as text
+                data = orjson.loads(content)
+            except orjson.JSONDecodeError:
+                try:
+                    data = json.loads(content)  # what the SDK's parse() uses: its exception, if it fails
+                except ValueError as exc:
+                    if content_type.split(";")[0].strip().endswith("json"):
+                        monitor._finish(call, "error", None, None, error=exc)
+                        return
+                    data = None  # the SDK hands such a body over as text
         if type(data) is dict:
             view = JsonView(data)
             shape, usage = response_shape(call.operation, view)
@@ -586,9 +586,13 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
     except Exception:
         request = None
     library = type(http_response).__module__.partition(".")[0]
-    body = _Body(state, http_response.headers, call.request["stream"], library, request)
-    if call.operation == "speech":
-        body.parts = None  # audio bytes, not kept: only the body's end is seen
+    headers = http_response.headers
+    sse = call.request["stream"]
+    if call.operation == "speech":  # the events of stream_format="sse", else audio bytes (not read)
+        sse = (headers.get("content-type") or "").lower().startswith("text/event-stream")
+    body = _Body(state, headers, sse, library, request)
+    if call.operation == "speech" and not sse:
+        body.parts = None  # only the body's end is seen
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected
     weakref.finalize(http_response, body.stop)

@@ -360,3 +360,91 @@ def test_a_streamed_image_whose_last_event_has_no_usage_is_complete_without_usag
         None,
         None,
     )
+
+
+SPOKEN = {"prompt_tokens": 3, "completion_tokens": 10, "completion_audio_tokens": 10, "total_tokens": 13}
+
+
+def _check_spoken(record: dict[str, Any]) -> None:
+    """A gpt-4o-mini-tts speech streamed as events: its text in, audio tokens out, priced at the
+    model's text input and audio output rates ($0.60 and $12 per 1M)."""
+    assert (record["operation"], record["status"], record["error"]) == ("speech", "ok", None)
+    assert _counts(record) == SPOKEN
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == genai_usd("gpt-4o-mini-tts", record["usage"])
+    assert record["cost"]["total_cost_usd"] == pytest.approx((3 * 0.6 + 10 * 12) / 1e6)
+
+
+def _speak(c: Any, **extra: Any) -> Any:
+    return c.audio.speech.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse", **extra
+    )
+
+
+def _audio(events: bytes) -> bytes:
+    """The audio of a speech answer's events, joined as a caller joins them."""
+    import base64
+
+    lines = [line[6:] for line in events.splitlines() if line.startswith(b"data: ")]
+    return b"".join(base64.b64decode(json.loads(line)["audio"]) for line in lines[:-1])
+
+
+def test_a_speech_streamed_as_events_is_recorded_with_its_usage_and_cost(
+    client: openai.OpenAI, records: Captured, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """``stream_format="sse"``: the SDK hands over the event stream's bytes (read whole by
+    ``create()``, as they pass by ``with_streaming_response``, or by ``with_raw_response``); the ledger
+    reads the usage of its last event (``speech.audio.done``) and prices it; the caller gets every
+    byte, and the lens stays complete."""
+    with monitor.lens("speak") as run:
+        whole = _speak(client).content
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse"
+    ) as response:
+        streamed = b"".join(response.iter_bytes(chunk_size=7))
+    raw = client.audio.speech.with_raw_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse"
+    )
+    assert whole == streamed == raw.content
+    assert _audio(whole) == SPEECH_HEAD + bytes(len("hello team"))
+    assert len(records.calls) == 3
+    for record in records.calls:
+        _check_spoken(record)
+    assert [r["timing"]["time_to_first_token_ms"] is not None for r in records.calls] == [False, True, False]
+    assert run.summary is not None
+    assert run.summary["cost_complete"] is True
+
+
+@pytest.mark.asyncio
+async def test_a_speech_streamed_as_events_is_priced_on_an_async_client(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """Async: ``create()`` and ``with_streaming_response`` as the sync client's."""
+    whole = await _speak(aclient)
+    async with aclient.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse"
+    ) as response:
+        streamed = b"".join([piece async for piece in response.iter_bytes()])
+    assert whole.content == streamed
+    for record in records.calls:
+        _check_spoken(record)
+
+
+def test_a_speech_stream_without_usage_or_cut_short_has_no_cost(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """A last event without usage: ``ok``, null counts and cost; a stream the caller stops reading
+    before its last event: ``interrupted``; plain audio (``tts-1``) is not read as events."""
+    _speak(client, extra_headers={"x-fake-fault": "no-usage"})
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse"
+    ) as response:
+        next(response.iter_bytes(chunk_size=8))
+    client.audio.speech.create(model="tts-1", voice="alloy", input="speech.audio.done")
+    (no_usage, stopped, plain) = records.calls
+    assert (no_usage["status"], _counts(no_usage), no_usage["cost"]["total_cost_usd"]) == ("ok", {}, None)
+    assert (stopped["status"], _counts(stopped), stopped["cost"]["total_cost_usd"]) == (
+        "interrupted",
+        {},
+        None,
+    )
+    assert (plain["status"], _counts(plain), plain["cost"]["total_cost_usd"]) == ("ok", {}, None)
