@@ -359,7 +359,7 @@ def speech_usage(content: bytes, content_type: str) -> JsonView | None:
 
 
 def output_text(operation: str, response: Any) -> str | None:
-    """The text of a chat / responses answer (captured only when content capture is on)."""
+    """The text of a chat / responses / transcription answer (captured only when content capture is on)."""
     if operation == "chat":
         return "".join(
             getattr(getattr(c, "message", None), "content", None) or "" for c in _list(response, "choices")
@@ -375,6 +375,9 @@ def output_text(operation: str, response: Any) -> str | None:
         return "".join(parts)
     if operation == "text_completion":
         return "".join(getattr(c, "text", None) or "" for c in _list(response, "choices"))
+    if operation in ("transcription", "translation"):  # response_format "text", "srt"...: the bare text
+        text = response if type(response) is str else getattr(response, "text", None)
+        return text if type(text) is str else None
     return None
 
 

@@ -200,7 +200,11 @@ class _StreamState:
             return True  # not one of the SDK's models: handed on unread
         self.call.first_token()
         kind = fields.get("type")
-        if type(kind) is str and kind.endswith((".completed", ".done")):
+        if kind == "transcript.text.delta" and self.text is not None:
+            delta = fields.get("delta")
+            if type(delta) is str:
+                self.text.append(delta)
+        elif type(kind) is str and kind.endswith((".completed", ".done")):
             shape, usage = response_shape(self.call.operation, JsonView({"usage": fields.get("usage")}))
             self._finish("ok", None, shape, usage)
         return True
@@ -415,6 +419,9 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
             shape, usage = response_shape(call.operation, view)
             text = output_text(call.operation, view) if call.content is not None else None
             monitor._finish(call, "ok", shape, usage, output_text=text)
+        elif call.content is not None:  # a transcription's text answer is its output, as the SDK's str
+            text = output_text(call.operation, content.decode(errors="replace"))
+            monitor._finish(call, "ok", None, None, output_text=text)
     except Exception as exc:
         monitor._report("recording a call", exc)
     monitor._finish(call, "ok", None, None)  # what is known for sure (a no-op once recorded)

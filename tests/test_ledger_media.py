@@ -158,8 +158,9 @@ def test_a_refused_image_or_audio_call_is_recorded_as_an_error(
 def test_an_upload_is_never_copied_into_the_record(
     fake_openai: FakeOpenAI, sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI]
 ) -> None:
-    """With content capture on, an edit's and a transcription's prompt are captured, their files'
-    bytes and names are not (the server got them whole)."""
+    """With content capture on, an edit's and a transcription's prompt are captured (and the
+    transcription's text as its output), their files' bytes and names are not (the server got them
+    whole)."""
     monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
     client = sdk(monitor)
     with capture(monitor) as records:
@@ -169,7 +170,9 @@ def test_an_upload_is_never_copied_into_the_record(
     for name, data, _ in (PNG, AUDIO):
         assert name not in text
         assert data[4:20].decode() not in text
-    assert [r["content"] for r in records.calls] == [{"prompt": "make it blue"}, {"prompt": "a memo"}]
+    assert [r["content"] for r in records.calls] == [
+        {"prompt": "make it blue"}, {"prompt": "a memo", "output": "Summary: a memo"}
+    ]  # fmt: skip
     assert [r["request"]["user_prompt_length"] for r in records.calls] == [12, 6]
     uploads = [r.body for r in fake_openai.requests]
     assert uploads[0]["image"] == {"filename": "fox.png", "size": len(PNG[1])}
@@ -448,3 +451,54 @@ def test_a_speech_stream_without_usage_or_cut_short_has_no_cost(
         None,
     )
     assert (plain["status"], _counts(plain), plain["cost"]["total_cost_usd"]) == ("ok", {}, None)
+
+
+def test_a_transcriptions_text_is_its_captured_output(
+    sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI],
+) -> None:
+    """With content capture on, a transcription's or translation's text is the record's output, through
+    the ``redact`` hook as a chat answer's is: ``json``, ``verbose_json`` and ``text`` answers, streamed
+    or not, read by ``create()`` or by ``with_raw_response`` / ``with_streaming_response``."""
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, capture_content=True, redact=lambda text: text.replace("recording", "[gone]")
+    )
+    client = sdk(monitor)
+    transcriptions, translations = client.audio.transcriptions, client.audio.translations
+    model = "gpt-4o-transcribe"
+    with capture(monitor) as records:
+        transcriptions.create(model=model, file=AUDIO)
+        transcriptions.create(model="whisper-1", file=AUDIO, response_format="verbose_json")
+        transcriptions.create(model="whisper-1", file=AUDIO, response_format="text")
+        translations.create(model="whisper-1", file=AUDIO)
+        translations.create(model="whisper-1", file=AUDIO, response_format="text")
+        for _ in transcriptions.create(model=model, file=AUDIO, stream=True):
+            pass
+        transcriptions.with_raw_response.create(model="whisper-1", file=AUDIO, response_format="text")
+        with transcriptions.with_streaming_response.create(model=model, file=AUDIO, stream=True) as response:
+            response.read()
+    assert len(records.calls) == 8
+    assert [r["content"] for r in records.calls] == [{"output": "Summary: the [gone]"}] * 8
+
+
+@pytest.mark.asyncio
+async def test_a_streamed_transcriptions_text_is_captured_on_an_async_client(fake_openai: FakeOpenAI) -> None:
+    """Async: the text of a streamed transcription, as the sync client's; one stopped early keeps the
+    text it had."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = monitor.instrument(raw)
+        with capture(monitor) as records:
+            stream = await client.audio.transcriptions.create(
+                model="gpt-4o-transcribe", file=AUDIO, stream=True, prompt="a memo"
+            )
+            pieces = [e.delta async for e in stream if e.type == "transcript.text.delta"]
+            stream = await client.audio.transcriptions.create(
+                model="gpt-4o-transcribe", file=AUDIO, stream=True, extra_headers={"x-fake-chunks": "3"}
+            )
+            first = await stream.__anext__()
+            await stream.close()
+    done, stopped = records.calls
+    assert done["content"] == {"prompt": "a memo", "output": "".join(pieces)} == {
+        "prompt": "a memo", "output": "Summary: a memo"
+    }  # fmt: skip
+    assert (stopped["status"], stopped["content"]) == ("interrupted", {"output": first.delta})
