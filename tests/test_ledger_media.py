@@ -497,6 +497,7 @@ async def test_a_streamed_transcriptions_text_is_captured_on_an_async_client(fak
             )
             first = await stream.__anext__()
             await stream.close()
+    assert first.type == "transcript.text.delta"
     done, stopped = records.calls
     assert done["content"] == {"prompt": "a memo", "output": "".join(pieces)} == {
         "prompt": "a memo", "output": "Summary: a memo"
