@@ -318,8 +318,18 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
             "tool_calls_count": tool_calls,
             "service_tier": tier if type(tier := fields.get("service_tier")) is str else None,
         },
-        fields.get("usage"),
+        fields.get("usage") or _choice_usage(operation, fields),
     )
+
+
+def _choice_usage(operation: str, fields: Any) -> Any:
+    """The usage a chat answer with none beside its choices has in its first choice (Moonshot's, in a
+    stream without ``include_usage``; some servers' answers); None when it has none there either."""
+    choices = fields.get("choices") if operation == "chat" else None
+    if not choices:
+        return None
+    usage = getattr(choices[0], "usage", None)  # an SDK model keeps the undeclared field apart
+    return JsonView(usage) if type(usage) is dict else usage
 
 
 def _billed_usage(operation: str, usage: Any) -> JsonView:

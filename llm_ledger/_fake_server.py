@@ -84,7 +84,7 @@ _HEADERS: dict[str, Any] = {
     "fault": ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed"),
     "usage-style": (
         "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "moonshot",
-        "every-chunk",
+        "every-chunk", "in-choice",
     ),
     "transfer": ("close",),
     "line-ending": ("crlf", "cr"),
@@ -463,6 +463,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         },
     }
     _add_cost(usage, headers)
+    style = headers.get("x-fake-usage-style")
     base = {"id": f"chatcmpl-{num}", "created": CREATED, "model": _served_model(body, headers)}
     tier = {"service_tier": _served_tier(body), "system_fingerprint": "fp_fake0001"}
 
@@ -473,7 +474,11 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         message: JSONDict = {"role": "assistant", "content": content, "refusal": refusal, "annotations": []}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        answer = {**base, "object": "chat.completion", "choices": choices("message", message, finish), **tier}
+        answered = choices("message", message, finish)
+        answer = {**base, "object": "chat.completion", "choices": answered, **tier}
+        if style == "in-choice" and "no-usage" not in faults:  # in the first choice, none beside it
+            answered[0]["usage"] = usage
+            return _Reply(answer)
         return _with_usage(answer, usage, faults)
 
     extra = _chunk_usage(body, headers, faults, usage)
@@ -502,7 +507,11 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
         return _Stream([*events[: len(events) // 2 + 1], {"error": error}], done=False)
-    return _chunks_end(events + chunks({}, finish), head, extra, usage)
+    ending = chunks({}, finish)
+    if not extra and style in ("moonshot", "in-choice") and "no-usage" not in faults:
+        # Moonshot's stream without include_usage: the usage in the choice that finishes
+        ending[0]["choices"][0]["usage"] = usage
+    return _chunks_end(events + ending, head, extra, usage)
 
 
 def _completions(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:

@@ -114,8 +114,8 @@ class _StreamState:
             self.usage = usage
             self._finish("ok")
             return not self.hide_usage
-        for choice in choices:
-            choice = _fields(choice) or {}
+        for item in choices:
+            choice = _fields(item) or {}
             delta = _fields(choice.get("delta"))
             if delta is None:  # a text completion's choice: its text in place of a delta
                 delta = {"content": choice.get("text")}
@@ -133,6 +133,12 @@ class _StreamState:
             # the first choice's, as create() records choices[0]'s: with n > 1 another may end first
             if choice.get("finish_reason") and self.finish_reason is None and not choice.get("index"):
                 self.finish_reason = choice["finish_reason"]
+                if usage is None:  # Moonshot's, without include_usage: in the choice that finishes
+                    # (an SDK model keeps the undeclared field apart)
+                    extra = choice if choice is item else getattr(item, "__pydantic_extra__", None) or {}
+                    usage = extra.get("usage")
+                    if type(usage) is dict:
+                        usage = JsonView(usage)
         if usage is not None:  # some compatible servers send usage on content chunks
             self.usage = usage
         # a text completion's chunks have no delta: the short path is for chat chunks
