@@ -38,9 +38,10 @@ OPERATIONS: dict[str, str] = {
     "/audio/transcriptions": "transcription",
     "/audio/translations": "translation",
     "/audio/speech": "speech",
+    "/videos": "video_generation",  # Sora, billed per second of video: no usage in its answer
 }
 _IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
-MEDIA = frozenset({*_IMAGES, "transcription", "translation", "speech"})  # the operations above
+MEDIA = frozenset({*_IMAGES, "transcription", "translation", "speech", "video_generation"})  # the above
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})

@@ -835,6 +835,20 @@ def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str])
     return _Stream([*deltas, done], done=False)
 
 
+def _video(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+    """A video generation job (Sora), answered queued, as ``videos.create()`` is: no usage (billed per
+    second of video); ``model`` ``sora-2`` when the request names none."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise _Refusal(400, "'prompt' must be a non-empty string.", param="prompt")
+    return _Reply({
+        "id": f"video_fake{num}", "object": "video", "created_at": CREATED, "completed_at": None,
+        "expires_at": None, "error": None, "model": body.get("model") or "sora-2", "progress": 0,
+        "prompt": prompt, "remixed_from_video_id": None, "seconds": str(body.get("seconds") or "4"),
+        "size": str(body.get("size") or "720x1280"), "status": "queued",
+    })  # fmt: skip
+
+
 def _form(raw: bytes, content_type: str) -> JSONDict | None:
     """A multipart form's fields: text as str, a file as {"filename", "size"} (its bytes are not kept);
     a field sent more than once (``image[]``) as the list of them. None when it does not parse."""
@@ -880,6 +894,7 @@ _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | 
     "/v1/audio/transcriptions": _transcriptions,
     "/v1/audio/translations": _translations,
     "/v1/audio/speech": _speech,
+    "/v1/videos": _video,
 }
 
 
@@ -1046,7 +1061,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(404, f"Invalid URL ({self.command} {path})")
         if not isinstance(body, dict):
             raise _Refusal(400, "We could not parse the JSON body of your request (fake).")
-        if not isinstance(body.get("model"), str):
+        if not isinstance(body.get("model"), str) and path != "/v1/videos":  # a video's model defaults
             raise _Refusal(400, "You must provide a model parameter.")
         return _ROUTES[path](body, headers, self._num, faults)
 

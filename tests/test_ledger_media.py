@@ -503,3 +503,51 @@ async def test_a_streamed_transcriptions_text_is_captured_on_an_async_client(fak
         "prompt": "a memo", "output": "Summary: a memo"
     }  # fmt: skip
     assert (stopped["status"], stopped["content"]) == ("interrupted", {"output": first.delta})
+
+
+# openai 1.x has no videos resource; the videos of 2.x and 3.x are deprecated (Sora's API shuts down)
+@pytest.mark.sdk3
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+def test_a_video_generation_is_recorded_unpriced_and_leaves_its_lens_incomplete(
+    client: openai.OpenAI, records: Captured, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """``videos.create()`` (Sora, billed per second of video, with no usage in its answer): a
+    ``video_generation`` record of the model that answered (the request may name none), a null cost,
+    and its lens says ``cost_complete: false``; the caller gets the job the bare SDK gets."""
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with monitor.lens("trailer") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        video = client.videos.create(prompt="a red fox running", seconds="8")
+    chat, made = records.calls
+    assert (made["operation"], made["status"], made["error"]) == ("video_generation", "ok", None)
+    assert (made["request"]["model"], made["response"]["model"], made["response"]["id"]) == (
+        None,
+        "sora-2",
+        video.id,
+    )
+    assert made["request"]["user_prompt_length"] == len("a red fox running")
+    assert _counts(made) == {} and made["cost"]["total_cost_usd"] is None
+    assert chat["cost"]["total_cost_usd"] is not None
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["cost_complete"]) == (2, False)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        alike = bare.videos.create(prompt="a red fox running", seconds="8")
+    assert video.model_dump(exclude={"id"}) == alike.model_dump(exclude={"id"})
+    assert video.seconds == "8" and video.status == "queued"
+
+
+@pytest.mark.sdk3
+@pytest.mark.asyncio
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+async def test_a_video_generation_is_recorded_on_an_async_client(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """Async: the same record as the sync client's."""
+    video = await aclient.videos.create(prompt="a red fox running", model="sora-2-pro")
+    (made,) = records.calls
+    assert (made["operation"], made["request"]["model"], made["response"]["id"]) == (
+        "video_generation",
+        "sora-2-pro",
+        video.id,
+    )
+    assert made["cost"]["total_cost_usd"] is None
