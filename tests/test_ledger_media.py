@@ -505,7 +505,8 @@ async def test_a_streamed_transcriptions_text_is_captured_on_an_async_client(fak
     assert (stopped["status"], stopped["content"]) == ("interrupted", {"output": first.delta})
 
 
-# openai 1.x has no videos resource; the videos of 2.x and 3.x are deprecated (Sora's API shuts down)
+# openai 1.x has no videos resource (2.x's passes these too: sdk3 leaves them to one run); 3.x
+# deprecates it, as Sora's API shuts down
 @pytest.mark.sdk3
 @pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
 def test_a_video_generation_is_recorded_unpriced_and_leaves_its_lens_incomplete(
