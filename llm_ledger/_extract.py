@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+import orjson
+
 from ._records import RequestShape, ResponseShape, Usage
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "reasoning_in_completion",
     "request_shape",
     "response_shape",
+    "speech_usage",
     "usage_of",
 ]
 
@@ -35,9 +38,10 @@ OPERATIONS: dict[str, str] = {
     "/audio/transcriptions": "transcription",
     "/audio/translations": "translation",
     "/audio/speech": "speech",
+    "/videos": "video_generation",  # Sora, billed per second of video: no usage in its answer
 }
 _IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
-MEDIA = frozenset({*_IMAGES, "transcription", "translation", "speech"})  # the operations above
+MEDIA = frozenset({*_IMAGES, "transcription", "translation", "speech", "video_generation"})  # the above
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
@@ -298,6 +302,10 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
     else:
         content_length = tool_calls = finish_reason = None
         usage = fields.get("usage")
+        if usage is None and operation == "speech" and (http := fields.get("response")) is not None:
+            # the SDK's HttpxBinaryResponseContent, its body read whole: audio, or the events of a
+            # stream_format="sse" answer
+            usage = speech_usage(http.content, http.headers.get("content-type") or "")
         if usage is not None and operation != "embeddings":  # an image or audio answer
             usage = _billed_usage(operation, usage)
             fields = {**(fields._data if type(fields) is JsonView else fields), "usage": usage}
@@ -311,18 +319,34 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
             "tool_calls_count": tool_calls,
             "service_tier": tier if type(tier := fields.get("service_tier")) is str else None,
         },
-        fields.get("usage"),
+        fields.get("usage") or _choice_usage(operation, fields),
     )
+
+
+def _choice_usage(operation: str, fields: Any) -> Any:
+    """The usage a chat answer with none beside its choices has in its first choice (Moonshot's, in a
+    stream without ``include_usage``; some servers' answers); None when it has none there either."""
+    choices = fields.get("choices") if operation == "chat" else None
+    if not choices:
+        return None
+    usage = getattr(choices[0], "usage", None)  # an SDK model keeps the undeclared field apart
+    return JsonView(usage) if type(usage) is dict else usage
 
 
 def _billed_usage(operation: str, usage: Any) -> JsonView:
     """An image or audio answer's ``usage`` in the record's terms, only where a count means what it
-    means for chat (docs/PRICING.md): a transcription's tokens (its audio part as prompt audio); an
-    image's total alone, as its input and output tokens are image tokens billed at image rates, which
-    no record field prices. A usage in seconds (whisper-1) has no tokens."""
+    means for chat (docs/PRICING.md): a transcription's tokens (its audio part as prompt audio); a
+    speech's (text in, every output token audio); an image's total alone, as its input and output
+    tokens are image tokens billed at image rates, which no record field prices. A usage in seconds
+    (whisper-1) has no tokens."""
     fields = _fields(usage)
     counts: dict[str, Any] = {"total_tokens": fields.get("total_tokens")}
-    if operation not in _IMAGES and fields.get("type") == "tokens":
+    if operation == "speech":
+        spoken = fields.get("output_tokens")
+        counts["prompt_tokens"] = fields.get("input_tokens")
+        counts["completion_tokens"] = spoken
+        counts["completion_tokens_details"] = {"audio_tokens": spoken}
+    elif operation not in _IMAGES and fields.get("type") == "tokens":
         audio = getattr(fields.get("input_token_details"), "audio_tokens", None)
         counts["prompt_tokens"] = fields.get("input_tokens")
         counts["completion_tokens"] = fields.get("output_tokens")
@@ -330,8 +354,23 @@ def _billed_usage(operation: str, usage: Any) -> JsonView:
     return JsonView(counts)
 
 
+def speech_usage(content: bytes, content_type: str) -> JsonView | None:
+    """The usage of a whole speech answer: none in audio bytes; in the events of a
+    ``stream_format="sse"`` answer, that of its last (``speech.audio.done``)."""
+    if not content_type.lower().startswith("text/event-stream"):
+        return None
+    for line in reversed(content.splitlines()):
+        if line.startswith(b"data:"):
+            event = orjson.loads(line[5:])
+            if type(event) is dict and event.get("type") == "speech.audio.done":
+                usage = event.get("usage")
+                return JsonView(usage) if type(usage) is dict else None
+            return None  # a stream cut before its end: no usage
+    return None
+
+
 def output_text(operation: str, response: Any) -> str | None:
-    """The text of a chat / responses answer (captured only when content capture is on)."""
+    """The text of a chat / responses / transcription answer (captured only when content capture is on)."""
     if operation == "chat":
         return "".join(
             getattr(getattr(c, "message", None), "content", None) or "" for c in _list(response, "choices")
@@ -347,6 +386,9 @@ def output_text(operation: str, response: Any) -> str | None:
         return "".join(parts)
     if operation == "text_completion":
         return "".join(getattr(c, "text", None) or "" for c in _list(response, "choices"))
+    if operation in ("transcription", "translation"):  # response_format "text", "srt"...: the bare text
+        text = response if type(response) is str else getattr(response, "text", None)
+        return text if type(text) is str else None
     return None
 
 

@@ -84,7 +84,7 @@ _HEADERS: dict[str, Any] = {
     "fault": ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed"),
     "usage-style": (
         "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "moonshot",
-        "every-chunk",
+        "every-chunk", "in-choice",
     ),
     "transfer": ("close",),
     "line-ending": ("crlf", "cr"),
@@ -463,6 +463,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         },
     }
     _add_cost(usage, headers)
+    style = headers.get("x-fake-usage-style")
     base = {"id": f"chatcmpl-{num}", "created": CREATED, "model": _served_model(body, headers)}
     tier = {"service_tier": _served_tier(body), "system_fingerprint": "fp_fake0001"}
 
@@ -473,7 +474,11 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         message: JSONDict = {"role": "assistant", "content": content, "refusal": refusal, "annotations": []}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        answer = {**base, "object": "chat.completion", "choices": choices("message", message, finish), **tier}
+        answered = choices("message", message, finish)
+        answer = {**base, "object": "chat.completion", "choices": answered, **tier}
+        if style == "in-choice" and "no-usage" not in faults:  # in the first choice, none beside it
+            answered[0]["usage"] = usage
+            return _Reply(answer)
         return _with_usage(answer, usage, faults)
 
     extra = _chunk_usage(body, headers, faults, usage)
@@ -502,7 +507,11 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
         return _Stream([*events[: len(events) // 2 + 1], {"error": error}], done=False)
-    return _chunks_end(events + chunks({}, finish), head, extra, usage)
+    ending = chunks({}, finish)
+    if not extra and style in ("moonshot", "in-choice") and "no-usage" not in faults:
+        # Moonshot's stream without include_usage: the usage in the choice that finishes
+        ending[0]["choices"][0]["usage"] = usage
+    return _chunks_end(events + ending, head, extra, usage)
 
 
 def _completions(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
@@ -803,13 +812,41 @@ def _translations(body: JSONDict, headers: dict[str, str], num: int, faults: set
     return _audio_text(body, headers, faults, "translate")
 
 
-def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
     """Speech of ``input``: audio bytes (an MP3 frame header, not UTF-8, and a byte per character), no
-    usage."""
+    usage. With ``stream_format: "sse"`` (not for tts-1): the audio in ``speech.audio.delta`` events
+    (base64, in ``x-fake-chunks`` pieces), then ``speech.audio.done`` with the usage: the input's text
+    tokens, and an audio token per character spoken."""
     text = body.get("input")
     if not isinstance(text, str) or not text:
         raise _Refusal(400, "'input' must be a non-empty string.", param="input")
-    return _Reply(SPEECH_HEAD + bytes(len(text)), content_type="audio/mpeg")
+    audio = SPEECH_HEAD + bytes(len(text))
+    if body.get("stream_format") != "sse":
+        return _Reply(audio, content_type="audio/mpeg")
+    if str(body["model"]).startswith("tts-1"):
+        raise _Refusal(
+            400, "stream_format 'sse' is not supported for tts-1 or tts-1-hd.", param="stream_format"
+        )
+    pieces = [p.encode("latin-1") for p in _split(audio.decode("latin-1"), headers)]
+    deltas = [{"type": "speech.audio.delta", "audio": base64.b64encode(p).decode()} for p in pieces]
+    usage = {"input_tokens": _tokens(text), "output_tokens": len(text)}
+    usage["total_tokens"] = usage["input_tokens"] + len(text)
+    done = {"type": "speech.audio.done", **({} if "no-usage" in faults else {"usage": usage})}
+    return _Stream([*deltas, done], done=False)
+
+
+def _video(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+    """A video generation job (Sora), answered queued, as ``videos.create()`` is: no usage (billed per
+    second of video); ``model`` ``sora-2`` when the request names none."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise _Refusal(400, "'prompt' must be a non-empty string.", param="prompt")
+    return _Reply({
+        "id": f"video_fake{num}", "object": "video", "created_at": CREATED, "completed_at": None,
+        "expires_at": None, "error": None, "model": body.get("model") or "sora-2", "progress": 0,
+        "prompt": prompt, "remixed_from_video_id": None, "seconds": str(body.get("seconds") or "4"),
+        "size": str(body.get("size") or "720x1280"), "status": "queued",
+    })  # fmt: skip
 
 
 def _form(raw: bytes, content_type: str) -> JSONDict | None:
@@ -857,6 +894,7 @@ _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | 
     "/v1/audio/transcriptions": _transcriptions,
     "/v1/audio/translations": _translations,
     "/v1/audio/speech": _speech,
+    "/v1/videos": _video,
 }
 
 
@@ -1023,7 +1061,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(404, f"Invalid URL ({self.command} {path})")
         if not isinstance(body, dict):
             raise _Refusal(400, "We could not parse the JSON body of your request (fake).")
-        if not isinstance(body.get("model"), str):
+        if not isinstance(body.get("model"), str) and path != "/v1/videos":  # a video's model defaults
             raise _Refusal(400, "You must provide a model parameter.")
         return _ROUTES[path](body, headers, self._num, faults)
 

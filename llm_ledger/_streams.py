@@ -20,7 +20,7 @@ import orjson
 
 from . import _jsonl
 from ._context import recorded_apart
-from ._extract import MEDIA, JsonView, output_text, response_shape
+from ._extract import MEDIA, JsonView, output_text, response_shape, speech_usage
 from ._records import interrupted
 
 if TYPE_CHECKING:
@@ -114,8 +114,8 @@ class _StreamState:
             self.usage = usage
             self._finish("ok")
             return not self.hide_usage
-        for choice in choices:
-            choice = _fields(choice) or {}
+        for item in choices:
+            choice = _fields(item) or {}
             delta = _fields(choice.get("delta"))
             if delta is None:  # a text completion's choice: its text in place of a delta
                 delta = {"content": choice.get("text")}
@@ -133,6 +133,12 @@ class _StreamState:
             # the first choice's, as create() records choices[0]'s: with n > 1 another may end first
             if choice.get("finish_reason") and self.finish_reason is None and not choice.get("index"):
                 self.finish_reason = choice["finish_reason"]
+                if usage is None:  # Moonshot's, without include_usage: in the choice that finishes
+                    # (an SDK model keeps the undeclared field apart)
+                    extra = choice if choice is item else getattr(item, "__pydantic_extra__", None) or {}
+                    usage = extra.get("usage")
+                    if type(usage) is dict:
+                        usage = JsonView(usage)
         if usage is not None:  # some compatible servers send usage on content chunks
             self.usage = usage
         # a text completion's chunks have no delta: the short path is for chat chunks
@@ -200,7 +206,11 @@ class _StreamState:
             return True  # not one of the SDK's models: handed on unread
         self.call.first_token()
         kind = fields.get("type")
-        if type(kind) is str and kind.endswith((".completed", ".done")):
+        if kind == "transcript.text.delta" and self.text is not None:
+            delta = fields.get("delta")
+            if type(delta) is str:
+                self.text.append(delta)
+        elif type(kind) is str and kind.endswith((".completed", ".done")):
             shape, usage = response_shape(self.call.operation, JsonView({"usage": fields.get("usage")}))
             self._finish("ok", None, shape, usage)
         return True
@@ -396,25 +406,28 @@ def watch_helper(helper: Any, *, is_async: bool) -> None:
 
 def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_type: str) -> None:
     """Record a call from its whole JSON body, as ``create()`` records the SDK's reading of it."""
-    if call.operation == "speech":  # an answer of audio bytes: nothing in it is recorded, nor read
-        monitor._finish(call, "ok", None, None)
-        return
     try:
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError:
+        if call.operation == "speech":  # audio bytes (not read), or the events of stream_format="sse"
+            data: Any = {"usage": speech_usage(content, content_type)}
+        else:
             try:
-                data = json.loads(content)  # what the SDK's parse() uses: its exception, if it fails
-            except ValueError as exc:
-                if content_type.split(";")[0].strip().endswith("json"):
-                    monitor._finish(call, "error", None, None, error=exc)
-                    return
-                data = None  # the SDK hands such a body over as text
+                data = orjson.loads(content)
+            except orjson.JSONDecodeError:
+                try:
+                    data = json.loads(content)  # what the SDK's parse() uses: its exception, if it fails
+                except ValueError as exc:
+                    if content_type.split(";")[0].strip().endswith("json"):
+                        monitor._finish(call, "error", None, None, error=exc)
+                        return
+                    data = None  # the SDK hands such a body over as text
         if type(data) is dict:
             view = JsonView(data)
             shape, usage = response_shape(call.operation, view)
             text = output_text(call.operation, view) if call.content is not None else None
             monitor._finish(call, "ok", shape, usage, output_text=text)
+        elif call.content is not None:  # a transcription's text answer is its output, as the SDK's str
+            text = output_text(call.operation, content.decode(errors="replace"))
+            monitor._finish(call, "ok", None, None, output_text=text)
     except Exception as exc:
         monitor._report("recording a call", exc)
     monitor._finish(call, "ok", None, None)  # what is known for sure (a no-op once recorded)
@@ -586,9 +599,13 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
     except Exception:
         request = None
     library = type(http_response).__module__.partition(".")[0]
-    body = _Body(state, http_response.headers, call.request["stream"], library, request)
-    if call.operation == "speech":
-        body.parts = None  # audio bytes, not kept: only the body's end is seen
+    headers = http_response.headers
+    sse = call.request["stream"]
+    if call.operation == "speech":  # the events of stream_format="sse", else audio bytes (not read)
+        sse = (headers.get("content-type") or "").lower().startswith("text/event-stream")
+    body = _Body(state, headers, sse, library, request)
+    if call.operation == "speech" and not sse:
+        body.parts = None  # only the body's end is seen
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected
     weakref.finalize(http_response, body.stop)

@@ -76,8 +76,9 @@ class Totals:
     """Calls, tokens and cost of a call, a lens run, a test, a lens or the session.
 
     A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
-    ``unpriced`` (tokens but no price) or ``no_usage`` (a call that was not refused but reported no
-    usage), so a budget that cannot be checked can say why.
+    ``unpriced`` (tokens but no price), ``no_usage`` (a call that was not refused but reported no
+    usage) or ``units`` (an image, audio or video call billed in units no price table prices), so a
+    budget that cannot be checked can say why.
     """
 
     api_calls: int = 0
@@ -89,6 +90,7 @@ class Totals:
     cost_complete: bool = True
     unpriced: dict[str, int] = field(default_factory=dict)  # model -> calls with tokens but no price
     no_usage: dict[str, int] = field(default_factory=dict)  # model -> calls that reported no usage
+    units: dict[str, int] = field(default_factory=dict)  # model -> calls billed in units not priced
 
     @property
     def cost_usd(self) -> float:
@@ -102,7 +104,9 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cost += other.cost
         self.cost_complete = self.cost_complete and other.cost_complete
-        for mine, theirs in ((self.unpriced, other.unpriced), (self.no_usage, other.no_usage)):
+        for mine, theirs in (
+            (self.unpriced, other.unpriced), (self.no_usage, other.no_usage), (self.units, other.units)
+        ):  # fmt: skip
             for model, count in theirs.items():
                 mine[model] = mine.get(model, 0) + count
 
@@ -127,7 +131,10 @@ class Totals:
         )
         if row.uncosted_calls:  # billed, with no cost: say why, per model
             totals.cost_complete = False
-            (totals.no_usage if row.no_usage_calls else totals.unpriced)[row.model_name] = 1
+            gaps = (
+                totals.units if row.unpriced_unit_calls else totals.no_usage if row.no_usage_calls else None
+            )
+            (gaps if gaps is not None else totals.unpriced)[row.model_name] = 1
         return totals
 
     @classmethod
@@ -146,11 +153,12 @@ class Totals:
 
     def cost_gaps(self) -> str:
         """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
-        return cost_gaps(self.unpriced, self.no_usage)
+        return cost_gaps(self.unpriced, self.no_usage, self.units)
 
     def cost_fixes(self) -> str:
         """What makes the missing costs known."""
-        fixes = [fix for gaps, fix in ((self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX)) if gaps]
+        pairs = ((self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX), (self.units, UNITS_FIX))
+        fixes = [fix for gaps, fix in pairs if gaps]
         return "; ".join(fixes or [PRICE_FIX])
 
     def to_report(self) -> dict[str, Any]:
@@ -175,6 +183,7 @@ class UsageSum:
     cost: Decimal = Decimal(0)  # USD, as recorded
     uncosted_calls: int = 0  # billed calls recorded without a cost
     no_usage_calls: int = 0  # calls that were not refused but reported no usage
+    unpriced_unit_calls: int = 0  # of those, image, audio and video calls billed in units not priced
     failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
     tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
@@ -230,8 +239,11 @@ PRICE_FIX: Final = (
 USAGE_FIX: Final = (
     "re-record it with usage: streamed chat calls report it with stream_options include_usage "
     "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0), and a stream closed before its end "
-    "reports none: read it to the end; an image or audio call billed in other units than tokens has "
-    "none to price (docs/PRICING.md, Images and audio)"
+    "reports none: read it to the end"
+)
+UNITS_FIX: Final = (
+    "llm-ledger prices prompt and completion tokens: docs/PRICING.md (Images and audio) says what each "
+    "image, audio and video call is billed in"
 )
 
 
@@ -320,7 +332,7 @@ class SessionLedger:
         _, _, calls = self._open.pop(_run_id(context), ("", nodeid, Totals()))
         if context.get("parent_lens_run_id"):
             self._open_run(str(context["parent_lens_run_id"]), nodeid).add(calls)
-        run.unpriced, run.no_usage = dict(calls.unpriced), dict(calls.no_usage)
+        run.unpriced, run.no_usage, run.units = dict(calls.unpriced), dict(calls.no_usage), dict(calls.units)
         self.lens_runs.append((str(context.get("lens_key") or "<unnamed>"), nodeid, run))
 
     def _open_run(self, run_id: str, nodeid: str, key: str = "") -> Totals:
@@ -481,8 +493,8 @@ def _check_runs(
             # fail closed: a limit is met only by a value that is known
             nodeid, run = unknown[0]
             gaps = Totals.sum_of(each for _, each in unknown)
-            if metric != "cost_usd":  # tokens are unknown only for calls that reported no usage
-                gaps = Totals(no_usage=gaps.no_usage)
+            if metric != "cost_usd":  # tokens are unknown only for calls that reported none to price
+                gaps = Totals(no_usage=gaps.no_usage, units=gaps.units)
             out.append(
                 Breach(scope, name, limit_key, limit, run.metric(metric), nodeid, len(unknown),
                        gaps.cost_gaps(), gaps.cost_fixes())
@@ -496,10 +508,10 @@ def _over(run: Totals, limits: Limits) -> bool:
 
 def _unknown(run: Totals, metric: str) -> bool:
     """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known
-    cost, its tokens calls that reported no usage. The number of calls is always known."""
+    cost, its tokens calls that reported none to price. The number of calls is always known."""
     if metric == "cost_usd":
         return not run.cost_complete
-    return metric != "api_calls" and bool(run.no_usage)
+    return metric != "api_calls" and bool(run.no_usage or run.units)
 
 
 # -- rendering ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger.testing import Captured, FakeOpenAI
+from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 from tests.sdk import sdk_http
 from tests.test_cost_providers import call
@@ -148,6 +148,58 @@ def test_a_moonshot_call_costs_the_same_streamed_or_not_as_openais_shape_of_it(
     assert Decimal(repr(moonshot_shape["cost"]["total_cost_usd"])) == genai_usd(
         "moonshotai", "kimi-k2-0905-preview", usage["prompt_tokens"], 2048, usage["completion_tokens"]
     )
+
+
+def test_usage_in_the_first_choice_is_recorded_as_usage_beside_it(
+    moonshot: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
+) -> None:
+    """Moonshot streams the usage in the choice that finishes when the stream was made without
+    ``include_usage`` (the caller said False, which the ledger respects; or ``stream_usage=False``), and
+    some servers answer it there unstreamed: the record has that usage, and the cost of the same call
+    answered in OpenAI's shape, read by the SDK or from the body the caller reads."""
+    kimi = "kimi-k2-0905-preview"
+    no_usage: Any = {"include_usage": False}  # the caller's: the ledger asks for no usage chunk
+    moonshot.chat.completions.create(model=kimi, messages=HI, extra_headers={"x-fake-cached-tokens": "8"})
+    for _ in moonshot.chat.completions.create(
+        model=kimi,
+        messages=HI,
+        stream=True,
+        stream_options=no_usage,
+        extra_headers={"x-fake-usage-style": "moonshot", "x-fake-cached-tokens": "8"},
+    ):
+        pass
+    in_choice = fake_openai.answers[-1].body[-1]["choices"][0]["usage"]
+    assert in_choice["cached_tokens"] == 8 and fake_openai.answers[-1].body[-1].get("usage") is None
+    with moonshot.chat.completions.with_streaming_response.create(
+        model=kimi,
+        messages=HI,
+        stream=True,
+        stream_options=no_usage,
+        extra_headers={"x-fake-usage-style": "moonshot", "x-fake-cached-tokens": "8"},
+    ) as response:
+        response.read()
+    answer = moonshot.chat.completions.create(
+        model=kimi,
+        messages=HI,
+        extra_headers={"x-fake-usage-style": "in-choice", "x-fake-cached-tokens": "8"},
+    )
+    assert answer.usage is None  # the caller's answer, unchanged
+    quiet = llm_ledger.LLMCallMonitor(logger=None, stream_usage=False)
+    with provider_client(fake_openai, "https://api.moonshot.ai/v1") as raw, capture(quiet) as unasked:
+        for _ in quiet.instrument(raw).chat.completions.create(
+            model=kimi,
+            messages=HI,
+            stream=True,
+            extra_headers={"x-fake-usage-style": "moonshot", "x-fake-cached-tokens": "8"},
+        ):
+            pass
+    expected, *others = records.calls
+    assert len(others) == 3
+    assert expected["usage"]["prompt_tokens"] and expected["usage"]["cached_tokens"] == 8
+    assert expected["cost"]["total_cost_usd"] is not None
+    for record in [*others, *unasked.calls]:
+        assert record["usage"] == expected["usage"]
+        assert record["cost"] == expected["cost"]
 
 
 def test_an_unknown_model_costs_null_and_warns_once_per_model_and_provider(

@@ -158,8 +158,9 @@ def test_a_refused_image_or_audio_call_is_recorded_as_an_error(
 def test_an_upload_is_never_copied_into_the_record(
     fake_openai: FakeOpenAI, sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI]
 ) -> None:
-    """With content capture on, an edit's and a transcription's prompt are captured, their files'
-    bytes and names are not (the server got them whole)."""
+    """With content capture on, an edit's and a transcription's prompt are captured (and the
+    transcription's text as its output), their files' bytes and names are not (the server got them
+    whole)."""
     monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
     client = sdk(monitor)
     with capture(monitor) as records:
@@ -169,7 +170,9 @@ def test_an_upload_is_never_copied_into_the_record(
     for name, data, _ in (PNG, AUDIO):
         assert name not in text
         assert data[4:20].decode() not in text
-    assert [r["content"] for r in records.calls] == [{"prompt": "make it blue"}, {"prompt": "a memo"}]
+    assert [r["content"] for r in records.calls] == [
+        {"prompt": "make it blue"}, {"prompt": "a memo", "output": "Summary: a memo"}
+    ]  # fmt: skip
     assert [r["request"]["user_prompt_length"] for r in records.calls] == [12, 6]
     uploads = [r.body for r in fake_openai.requests]
     assert uploads[0]["image"] == {"filename": "fox.png", "size": len(PNG[1])}
@@ -360,3 +363,192 @@ def test_a_streamed_image_whose_last_event_has_no_usage_is_complete_without_usag
         None,
         None,
     )
+
+
+SPOKEN = {"prompt_tokens": 3, "completion_tokens": 10, "completion_audio_tokens": 10, "total_tokens": 13}
+
+
+def _check_spoken(record: dict[str, Any]) -> None:
+    """A gpt-4o-mini-tts speech streamed as events: its text in, audio tokens out, priced at the
+    model's text input and audio output rates ($0.60 and $12 per 1M)."""
+    assert (record["operation"], record["status"], record["error"]) == ("speech", "ok", None)
+    assert _counts(record) == SPOKEN
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == genai_usd("gpt-4o-mini-tts", record["usage"])
+    assert record["cost"]["total_cost_usd"] == pytest.approx((3 * 0.6 + 10 * 12) / 1e6)
+
+
+def _speak(c: Any, **extra: Any) -> Any:
+    return c.audio.speech.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse", **extra
+    )
+
+
+def _audio(events: bytes) -> bytes:
+    """The audio of a speech answer's events, joined as a caller joins them."""
+    import base64
+
+    lines = [line[6:] for line in events.splitlines() if line.startswith(b"data: ")]
+    return b"".join(base64.b64decode(json.loads(line)["audio"]) for line in lines[:-1])
+
+
+def test_a_speech_streamed_as_events_is_recorded_with_its_usage_and_cost(
+    client: openai.OpenAI, records: Captured, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """``stream_format="sse"``: the SDK hands over the event stream's bytes (read whole by
+    ``create()``, as they pass by ``with_streaming_response``, or by ``with_raw_response``); the ledger
+    reads the usage of its last event (``speech.audio.done``) and prices it; the caller gets every
+    byte, and the lens stays complete."""
+    with monitor.lens("speak") as run:
+        whole = _speak(client).content
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse"
+    ) as response:
+        streamed = b"".join(response.iter_bytes(chunk_size=7))
+    raw = client.audio.speech.with_raw_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse"
+    )
+    assert whole == streamed == raw.content
+    assert _audio(whole) == SPEECH_HEAD + bytes(len("hello team"))
+    assert len(records.calls) == 3
+    for record in records.calls:
+        _check_spoken(record)
+    assert [r["timing"]["time_to_first_token_ms"] is not None for r in records.calls] == [False, True, False]
+    assert run.summary is not None
+    assert run.summary["cost_complete"] is True
+
+
+@pytest.mark.asyncio
+async def test_a_speech_streamed_as_events_is_priced_on_an_async_client(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """Async: ``create()`` and ``with_streaming_response`` as the sync client's."""
+    whole = await _speak(aclient)
+    async with aclient.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse"
+    ) as response:
+        streamed = b"".join([piece async for piece in response.iter_bytes()])
+    assert whole.content == streamed
+    for record in records.calls:
+        _check_spoken(record)
+
+
+def test_a_speech_stream_without_usage_or_cut_short_has_no_cost(
+    client: openai.OpenAI, records: Captured
+) -> None:
+    """A last event without usage: ``ok``, null counts and cost; a stream the caller stops reading
+    before its last event: ``interrupted``; plain audio (``tts-1``) is not read as events."""
+    _speak(client, extra_headers={"x-fake-fault": "no-usage"})
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input="hello team", stream_format="sse"
+    ) as response:
+        next(response.iter_bytes(chunk_size=8))
+    client.audio.speech.create(model="tts-1", voice="alloy", input="speech.audio.done")
+    (no_usage, stopped, plain) = records.calls
+    assert (no_usage["status"], _counts(no_usage), no_usage["cost"]["total_cost_usd"]) == ("ok", {}, None)
+    assert (stopped["status"], _counts(stopped), stopped["cost"]["total_cost_usd"]) == (
+        "interrupted",
+        {},
+        None,
+    )
+    assert (plain["status"], _counts(plain), plain["cost"]["total_cost_usd"]) == ("ok", {}, None)
+
+
+def test_a_transcriptions_text_is_its_captured_output(
+    sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI],
+) -> None:
+    """With content capture on, a transcription's or translation's text is the record's output, through
+    the ``redact`` hook as a chat answer's is: ``json``, ``verbose_json`` and ``text`` answers, streamed
+    or not, read by ``create()`` or by ``with_raw_response`` / ``with_streaming_response``."""
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, capture_content=True, redact=lambda text: text.replace("recording", "[gone]")
+    )
+    client = sdk(monitor)
+    transcriptions, translations = client.audio.transcriptions, client.audio.translations
+    model = "gpt-4o-transcribe"
+    with capture(monitor) as records:
+        transcriptions.create(model=model, file=AUDIO)
+        transcriptions.create(model="whisper-1", file=AUDIO, response_format="verbose_json")
+        transcriptions.create(model="whisper-1", file=AUDIO, response_format="text")
+        translations.create(model="whisper-1", file=AUDIO)
+        translations.create(model="whisper-1", file=AUDIO, response_format="text")
+        for _ in transcriptions.create(model=model, file=AUDIO, stream=True):
+            pass
+        transcriptions.with_raw_response.create(model="whisper-1", file=AUDIO, response_format="text")
+        with transcriptions.with_streaming_response.create(model=model, file=AUDIO, stream=True) as response:
+            response.read()
+    assert len(records.calls) == 8
+    assert [r["content"] for r in records.calls] == [{"output": "Summary: the [gone]"}] * 8
+
+
+@pytest.mark.asyncio
+async def test_a_streamed_transcriptions_text_is_captured_on_an_async_client(fake_openai: FakeOpenAI) -> None:
+    """Async: the text of a streamed transcription, as the sync client's; one stopped early keeps the
+    text it had."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = monitor.instrument(raw)
+        with capture(monitor) as records:
+            stream = await client.audio.transcriptions.create(
+                model="gpt-4o-transcribe", file=AUDIO, stream=True, prompt="a memo"
+            )
+            pieces = [e.delta async for e in stream if e.type == "transcript.text.delta"]
+            stream = await client.audio.transcriptions.create(
+                model="gpt-4o-transcribe", file=AUDIO, stream=True, extra_headers={"x-fake-chunks": "3"}
+            )
+            first = await stream.__anext__()
+            await stream.close()
+    assert first.type == "transcript.text.delta"
+    done, stopped = records.calls
+    assert done["content"] == {"prompt": "a memo", "output": "".join(pieces)} == {
+        "prompt": "a memo", "output": "Summary: a memo"
+    }  # fmt: skip
+    assert (stopped["status"], stopped["content"]) == ("interrupted", {"output": first.delta})
+
+
+# openai 1.x has no videos resource (2.x's passes these too: sdk3 leaves them to one run); 3.x
+# deprecates it, as Sora's API shuts down
+@pytest.mark.sdk3
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+def test_a_video_generation_is_recorded_unpriced_and_leaves_its_lens_incomplete(
+    client: openai.OpenAI, records: Captured, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """``videos.create()`` (Sora, billed per second of video, with no usage in its answer): a
+    ``video_generation`` record of the model that answered (the request may name none), a null cost,
+    and its lens says ``cost_complete: false``; the caller gets the job the bare SDK gets."""
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with monitor.lens("trailer") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        video = client.videos.create(prompt="a red fox running", seconds="8")
+    chat, made = records.calls
+    assert (made["operation"], made["status"], made["error"]) == ("video_generation", "ok", None)
+    assert (made["request"]["model"], made["response"]["model"], made["response"]["id"]) == (
+        None,
+        "sora-2",
+        video.id,
+    )
+    assert made["request"]["user_prompt_length"] == len("a red fox running")
+    assert _counts(made) == {} and made["cost"]["total_cost_usd"] is None
+    assert chat["cost"]["total_cost_usd"] is not None
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["cost_complete"]) == (2, False)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        alike = bare.videos.create(prompt="a red fox running", seconds="8")
+    assert video.model_dump(exclude={"id"}) == alike.model_dump(exclude={"id"})
+    assert video.seconds == "8" and video.status == "queued"
+
+
+@pytest.mark.sdk3
+@pytest.mark.asyncio
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+async def test_a_video_generation_is_recorded_on_an_async_client(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """Async: the same record as the sync client's."""
+    video = await aclient.videos.create(prompt="a red fox running", model="sora-2-pro")
+    (made,) = records.calls
+    assert (made["operation"], made["request"]["model"], made["response"]["id"]) == (
+        "video_generation",
+        "sora-2-pro",
+        video.id,
+    )
+    assert made["cost"]["total_cost_usd"] is None

@@ -215,12 +215,14 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     """Why a lens's cost (every lens's for None) is incomplete, from the report's usage rows."""
     unpriced: Counter[str] = Counter()
     no_usage: Counter[str] = Counter()
+    units: Counter[str] = Counter()  # of no_usage, calls billed in units no price table prices
     for row in report.get("usage", ()):  # load_report checked their counts
         if lens in (None, row.get("lens")):
             model = model_name(row.get("model"), row.get("served_model"))
-            no_usage[model] += row.get("no_usage_calls", 0)
+            units[model] += row.get("unpriced_unit_calls", 0)
+            no_usage[model] += max(row.get("no_usage_calls", 0) - row.get("unpriced_unit_calls", 0), 0)
             unpriced[model] += max(row.get("uncosted_calls", 0) - row.get("no_usage_calls", 0), 0)
-    return cost_gaps(unpriced, no_usage)
+    return cost_gaps(unpriced, no_usage, units)
 
 
 def _calling(report: dict[str, Any]) -> set[str]:

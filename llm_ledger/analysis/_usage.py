@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
+from .._extract import MEDIA
 from .._records import cost_decimal
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ TOKENS: Final = (
     "prompt_audio_tokens", "completion_audio_tokens",
 )  # fmt: skip
 # all its whole numbers, named as a report's usage row names them
-COUNTS: Final = (*TOKENS, "calls", "uncosted_calls", "no_usage_calls", "failed_calls")
+COUNTS: Final = (*TOKENS, "calls", "uncosted_calls", "no_usage_calls", "unpriced_unit_calls", "failed_calls")
 # The first port of Linux's default range of ports given to sockets bound to port 0 (the other systems'
 # start higher, at 49152): a loopback server on one of these was started for a run, not configured.
 _PASSING_PORTS: Final = 32768
@@ -85,6 +86,9 @@ class UsageRow:
     cost_usd: Decimal  # as recorded
     uncosted_calls: int  # billed calls recorded without a cost
     no_usage_calls: int  # calls that reported no usage: unknown before and after
+    # of those, the image, audio and video calls: billed in units (images, seconds, characters, image
+    # tokens) that have no prompt and completion tokens to price
+    unpriced_unit_calls: int = 0
     total_tokens: int = 0  # as recorded, else prompt + completion when both are known
     failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
     # the moment the call was priced at (epoch seconds): cost.priced_at, else its start; None: unknown
@@ -166,6 +170,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         cost_usd=recorded or Decimal(0),
         uncosted_calls=int(recorded is None and (ok or total > 0)),
         no_usage_calls=int(not known and ok),
+        unpriced_unit_calls=int(not known and ok and record.get("operation") in MEDIA),
         failed_calls=int(not ok),
         at=_epoch(started) if priced is None else priced,
         priced_by_time=None if "priced_at" not in cost else priced is not None,
@@ -190,12 +195,20 @@ def model_name(model: Any, served_model: Any) -> str:
     return recorded_name(model) or recorded_name(served_model) or NO_MODEL
 
 
-def cost_gaps(unpriced: Mapping[str, int], no_usage: Mapping[str, int]) -> str:
+def cost_gaps(
+    unpriced: Mapping[str, int], no_usage: Mapping[str, int], units: Mapping[str, int] | None = None
+) -> str:
     """Why a cost leaves calls out, from the calls per model (:func:`model_name`) billed with tokens
-    but no known price and those that reported no usage: "no known price for model 'x' (2 calls); no
-    usage reported by calls to 'y' (1 call)". The plugin's lines and ``llm-ledger diff`` say it so."""
+    but no known price, those that reported no usage, and the image, audio and video calls billed in
+    ``units`` no price table prices: "no known price for model 'x' (2 calls); no usage reported by
+    calls to 'y' (1 call); billed in unpriced units (...) by calls to 'z' (1 call)". The plugin's lines
+    and ``llm-ledger diff`` say it so."""
     parts = []
-    for what, counts in (("no known price for model", unpriced), ("no usage reported by calls to", no_usage)):
+    for what, counts in (
+        ("no known price for model", unpriced),
+        ("no usage reported by calls to", no_usage),
+        ("billed in unpriced units (image, audio or video) by calls to", units or {}),
+    ):
         calls = [f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()) if n]
         if calls:
             parts.append(f"{what} {', '.join(calls)}")
