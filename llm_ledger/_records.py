@@ -402,6 +402,7 @@ class LensTotals:
         self.cost_units: int = 0
         self.cost_complete: bool = True
         self.tokens_complete: bool = True  # False once a call that was answered reported no usage
+        self.fees_left_out: bool = False  # True once a call's cost left out its built-in tools' fees
         self.duration_s: float = 0.0
         self.models: set[str] = set()
 
@@ -440,6 +441,7 @@ class LensTotals:
                 self.cost_units += total_cost_units
                 if record["cost"]["left_out"]:  # tool uses billed apart, with no price
                     self.cost_complete = False
+                    self.fees_left_out = True
             elif billed_without_cost(record):
                 self.cost_complete = False
             if usage["total_tokens"] is None and status != "error":

@@ -77,7 +77,8 @@ class Totals:
 
     A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
     ``unpriced`` (tokens but no price) or ``no_usage`` (a call that was not refused but reported no
-    usage), so a budget that cannot be checked can say why.
+    usage), so a budget that cannot be checked can say why; so does a call whose cost leaves out its
+    built-in tools' fees (``tool_fees``: its tokens' cost is in ``cost``).
     """
 
     api_calls: int = 0
@@ -89,6 +90,7 @@ class Totals:
     cost_complete: bool = True
     unpriced: dict[str, int] = field(default_factory=dict)  # model -> calls with tokens but no price
     no_usage: dict[str, int] = field(default_factory=dict)  # model -> calls that reported no usage
+    tool_fees: dict[str, int] = field(default_factory=dict)  # model -> calls with tool fees left out
 
     @property
     def cost_usd(self) -> float:
@@ -102,7 +104,12 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cost += other.cost
         self.cost_complete = self.cost_complete and other.cost_complete
-        for mine, theirs in ((self.unpriced, other.unpriced), (self.no_usage, other.no_usage)):
+        pairs = (
+            (self.unpriced, other.unpriced),
+            (self.no_usage, other.no_usage),
+            (self.tool_fees, other.tool_fees),
+        )
+        for mine, theirs in pairs:
             for model, count in theirs.items():
                 mine[model] = mine.get(model, 0) + count
 
@@ -128,6 +135,9 @@ class Totals:
         if row.uncosted_calls:  # billed, with no cost: say why, per model
             totals.cost_complete = False
             (totals.no_usage if row.no_usage_calls else totals.unpriced)[row.model_name] = 1
+        if row.tool_fee_calls:  # priced, its built-in tools' fees left out
+            totals.cost_complete = False
+            totals.tool_fees[row.model_name] = 1
         return totals
 
     @classmethod
@@ -146,11 +156,12 @@ class Totals:
 
     def cost_gaps(self) -> str:
         """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
-        return cost_gaps(self.unpriced, self.no_usage)
+        return cost_gaps(self.unpriced, self.no_usage, self.tool_fees)
 
     def cost_fixes(self) -> str:
         """What makes the missing costs known."""
-        fixes = [fix for gaps, fix in ((self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX)) if gaps]
+        known = (self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX), (self.tool_fees, TOOL_FEE_FIX)
+        fixes = [fix for gaps, fix in known if gaps]
         return "; ".join(fixes or [PRICE_FIX])
 
     def to_report(self) -> dict[str, Any]:
@@ -176,6 +187,7 @@ class UsageSum:
     uncosted_calls: int = 0  # billed calls recorded without a cost
     no_usage_calls: int = 0  # calls that were not refused but reported no usage
     failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
+    tool_fee_calls: int = 0  # calls whose cost leaves out their built-in tools' fees (web search...)
     tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
     @classmethod
@@ -232,6 +244,13 @@ USAGE_FIX: Final = (
     "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0), and a stream closed before its end "
     "reports none: read it to the end; an image or audio call billed in other units than tokens has "
     "none to price (docs/PRICING.md, Images and audio)"
+)
+
+
+TOOL_FEE_FIX: Final = (
+    "no price table prices the fees of built-in tools billed per use (web search, file search, code "
+    "interpreter, image generation): the cost shown is their calls' tokens' (docs/PRICING.md, Built-in "
+    "tools billed per use); limit such a lens by max_api_calls or tokens rather than max_cost_usd"
 )
 
 

@@ -5,15 +5,20 @@ its lens says ``cost_complete: false`` however the call was made."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
 import llm_ledger
-from llm_ledger.testing import Captured
+from llm_ledger._cli import main
+from llm_ledger.testing import Captured, capture
+from tests.conftest import Sdk
 from tests.cost_helpers import genai_usd
 
 HI: Any = [{"role": "user", "content": "what is new today?"}]
@@ -170,3 +175,82 @@ def test_a_cost_the_provider_reports_includes_the_tools_fees(
     assert (record["cost"]["total_cost_usd"], record["cost"]["left_out"]) == (0.05, None)
     assert run.summary is not None
     assert run.summary["cost_complete"] is True
+
+
+def test_reports_and_repricing_count_the_calls_whose_tool_fees_are_left_out(
+    client: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``llm-ledger report`` adds the tokens' cost and counts the call among those with no known
+    cost; ``reprice`` reprices its tokens and says both sides leave the fees out."""
+    client.responses.create(**RESPONSES)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records.calls))
+    capsys.readouterr()
+    assert main(["report", str(log), "--format", "json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    costs = sum(_token_cost(r) for r in records.calls)
+    assert (total["calls"], total["unpriced_calls"], total["cost_complete"]) == (2, 1, False)
+    assert Decimal(repr(total["cost_usd"])) == costs
+    assert main(["reprice", str(log), "--format", "json"]) == 0
+    repriced = json.loads(capsys.readouterr().out)
+    assert repriced["tool_fee_calls"] == 1
+    assert (repriced["total"]["before_complete"], repriced["total"]["after_complete"]) == (False, False)
+    assert Decimal(repr(repriced["total"]["after_usd"])) == costs
+    assert main(["reprice", str(log)]) == 0
+    assert "leave out the fees of the built-in tools (web search...) 1 call used" in capsys.readouterr().out
+
+
+def test_the_exporters_count_a_call_whose_tool_fees_are_left_out_as_unpriced(sdk: Sdk) -> None:
+    """Prometheus and OpenTelemetry add the call's tokens' cost and count it among the unpriced
+    calls, as its lens says ``cost_complete: false``."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from llm_ledger.exporters import OTelSink, PrometheusSink
+    from tests.exporter_helpers import samples, total
+
+    registry = CollectorRegistry()
+    reader = InMemoryMetricReader()
+    monitor = llm_ledger.LLMCallMonitor(
+        logger=None, sinks=[PrometheusSink(registry), OTelSink(TracerProvider(), MeterProvider([reader]))]
+    )
+    client = sdk(monitor)
+    with capture(monitor) as records:
+        client.chat.completions.create(model="gpt-4o-search-preview", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    search = records.calls[0]
+    generate_latest(registry)  # the first scrape shows a new series at 0 (tests/exporter_helpers.py)
+    found = samples(generate_latest(registry).decode())
+    assert total(found, "llm_ledger_unpriced_calls_total", model="gpt-4o-search-preview") == 1
+    assert total(found, "llm_ledger_unpriced_calls_total", model="gpt-4o-mini") == 0
+    cost = total(found, "llm_ledger_cost_usd_total", model="gpt-4o-search-preview")
+    assert cost == pytest.approx(search["cost"]["total_cost_usd"])
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [
+        (dict(point.attributes or {}).get("gen_ai.request.model"), getattr(point, "value", None))
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "llm_ledger.unpriced_calls"
+        for point in metric.data.data_points
+    ]
+    assert points == [("gpt-4o-search-preview", 1)]
+
+
+def test_a_cost_budget_blind_to_tool_fees_says_why(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cost budget counts the fees as $0: it says so once, naming the tools, never a price file
+    the model is already in."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"answer": {"max_cost_usd": 1.0}}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    for _ in range(2):
+        with monitor.lens("answer"):
+            client.chat.completions.create(model="gpt-4o-mini-search-preview", messages=HI)
+    [said] = [r.getMessage() for r in caplog.records if "max_cost_usd" in r.getMessage()]
+    assert "lens 'answer' has calls that used built-in tools billed per use (web search...)" in said
+    assert "price file" not in said
