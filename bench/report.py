@@ -48,7 +48,7 @@ def _lines(distinct: int) -> list[bytes]:
                      "image_count": 0, "stream": i % 4 == 0, "tools_count": 0, "service_tier": None},
             response={"model": f"{model}-2024-07-18", "id": f"chatcmpl-{i:024x}",
                       "request_id": f"req_{i:032x}", "content_length": 690 + i % 200, "finish_reason": "stop",
-                      "tool_calls_count": 0, "service_tier": "default"},
+                      "tool_calls_count": 0, "service_tier": "default", "tool_uses": None},
             usage={"prompt_tokens": prompt, "completion_tokens": completion,
                    "total_tokens": prompt + completion, "cached_tokens": 0, "reasoning_tokens": 0,
                    "cache_write_tokens": 0, "prompt_audio_tokens": 0, "completion_audio_tokens": 0},

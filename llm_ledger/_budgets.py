@@ -168,6 +168,12 @@ _UNPRICED: Final = (
     "(LLM_LEDGER_PRICE_FILE or configure(price_file=...)) so that the budget sees them, or keep a token "
     "or call limit beside it"
 )
+# a cost budget's calls whose cost leaves out their built-in tools' fees (docs/PRICING.md)
+_TOOL_FEES: Final = (
+    "llm-ledger: lens %r has calls that used built-in tools billed per use (web search...), whose fees "
+    "its budget %s %s counts as $0 (its summaries say cost_complete: false): no price table prices them; "
+    "keep a call limit beside it"
+)
 # a token or cost budget's calls answered with no usage (a compatible server that sends none, a stream
 # stopped before its usage chunk): only a call limit sees them
 _NO_USAGE: Final = (
@@ -256,8 +262,10 @@ class _RunBudget:
                 except Exception as exc:  # never in the way of the call, nor of the run's summary
                     monitor._report("checking a lens run's budget", exc)
             elif key == "max_cost_usd" and not totals.cost_complete:
-                # no usage reported, else (or also: told once) a model with no price
-                message = _UNPRICED if totals.tokens_complete else _NO_USAGE_COST
+                # no usage reported, else (or also: told once) tools' fees or a model with no price
+                message = _NO_USAGE_COST if not totals.tokens_complete else _UNPRICED
+                if totals.tokens_complete and totals.fees_left_out:
+                    message = _TOOL_FEES
                 self._blind(self._guard._unpriced, message, key, written)
             elif key.endswith("_tokens") and not totals.tokens_complete:
                 self._blind(self._guard._no_usage, _NO_USAGE_TOKENS, key, written)

@@ -43,6 +43,15 @@ OPERATIONS: dict[str, str] = {
 _IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
 MEDIA = frozenset({*_IMAGES, "transcription", "translation", "speech", "video_generation"})  # the above
 
+# Responses output items of the built-in tools billed per use, beside the tokens (docs/PRICING.md,
+# "Built-in tools"): the item type -> the kind recorded in response.tool_uses
+_BILLED_TOOLS = {
+    "web_search_call": "web_search",
+    "file_search_call": "file_search",
+    "code_interpreter_call": "code_interpreter",
+    "image_generation_call": "image_generation",
+}
+
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 _SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -268,6 +277,7 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         fields = response if type(response) is JsonView else _NO_FIELDS
     content_length: int | None
     tool_calls: int | None
+    uses: dict[str, int] | None = None
     if operation == "chat":  # the common case first and compact: this runs cold on every call
         choices = fields.get("choices") or ()
         content_length = tool_calls = 0
@@ -294,6 +304,10 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
                         content_length += len(text)
             elif kind == "function_call":
                 tool_calls += 1
+            elif type(kind) is str and kind in _BILLED_TOOLS:
+                tool = _BILLED_TOOLS[kind]
+                uses = uses or {}
+                uses[tool] = uses.get(tool, 0) + 1
         finish_reason = getattr(fields.get("incomplete_details"), "reason", None) or fields.get("status")
     elif operation == "text_completion":
         choices = fields.get("choices") or ()
@@ -318,6 +332,7 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
             "finish_reason": finish_reason,
             "tool_calls_count": tool_calls,
             "service_tier": tier if type(tier := fields.get("service_tier")) is str else None,
+            "tool_uses": uses,
         },
         fields.get("usage") or _choice_usage(operation, fields),
     )

@@ -78,7 +78,7 @@ MAX_BODY_BYTES = 64 * 2**20  # larger bodies answer 413 unread: a stray Content-
 _HEADERS: dict[str, Any] = {
     **dict.fromkeys((
         "chunks", "completion-words", "cached-tokens", "cache-write-tokens", "prompt-audio-tokens",
-        "completion-audio-tokens", "reasoning-tokens", "tool-calls", "delay-ms",
+        "completion-audio-tokens", "reasoning-tokens", "tool-calls", "tool-uses", "delay-ms",
     ), int),
     **dict.fromkeys(("content", "refusal", "served-model", "cost", "status"), str),
     "fault": ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed"),
@@ -387,6 +387,35 @@ def _tool_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSOND
     return [{"id": f"call_fake{num}x{i}", "type": "function", "function": call} for i in range(count)]
 
 
+# a built-in tool's type in a Responses request -> its output item's type and fields
+_BUILT_IN_ITEMS: dict[str, tuple[str, JSONDict]] = {
+    "web_search": ("web_search_call", {"action": {"type": "search", "query": "fake query"}}),
+    "file_search": ("file_search_call", {"queries": ["fake query"], "results": None}),
+    "code_interpreter": (
+        "code_interpreter_call",
+        {"code": "print(6 * 7)", "container_id": "cntr_fake", "outputs": [{"type": "logs", "logs": "42\n"}]},
+    ),
+    "image_generation": ("image_generation_call", {"result": None}),  # the image: set below (_PNG)
+}
+_BUILT_IN_ITEMS["web_search_preview"] = _BUILT_IN_ITEMS["web_search"]
+
+
+def _built_in_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[JSONDict]:
+    """The output items of the built-in tools a Responses request sends (web search, file search, code
+    interpreter, image generation): each used ``x-fake-tool-uses`` times (default 1), in order."""
+    kinds = [t.get("type") for t in body.get("tools") or [] if isinstance(t, dict)]
+    found = [_BUILT_IN_ITEMS[k] for k in kinds if isinstance(k, str) and k in _BUILT_IN_ITEMS]
+    uses = _count(headers, "tool-uses", 1)
+    items: list[JSONDict] = []
+    for kind, fields in found:
+        for _ in range(uses):
+            prefix = "".join(word[0] for word in kind.split("_")[:2])  # ws_, fs_, ci_, ig_
+            extra = {"result": _PNG} if kind == "image_generation_call" else {}
+            items.append({"id": f"{prefix}_fake{num}x{len(items)}", "type": kind, "status": "completed"})
+            items[-1].update(fields, **extra)
+    return items
+
+
 def _call_text(call: JSONDict) -> str:
     """What a tool call's tokens are counted on: the function's name and arguments."""
     return str(call["function"]["name"] + call["function"]["arguments"])
@@ -466,12 +495,21 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     style = headers.get("x-fake-usage-style")
     base = {"id": f"chatcmpl-{num}", "created": CREATED, "model": _served_model(body, headers)}
     tier = {"service_tier": _served_tier(body), "system_fingerprint": "fp_fake0001"}
+    cited: list[JSONDict] = []  # a search model's answer cites the page it found
+    if content and ("-search-" in str(body["model"]) or "web_search_options" in body):
+        found = {"url": "https://example.com/fake", "title": "Fake source", "start_index": 0}
+        cited = [{"type": "url_citation", "url_citation": {**found, "end_index": len(content)}}]
 
     def choices(key: str, value: JSONDict, finish_reason: str | None) -> list[JSONDict]:
         return [{"index": i, key: value, "logprobs": None, "finish_reason": finish_reason} for i in range(n)]
 
     if not body.get("stream"):
-        message: JSONDict = {"role": "assistant", "content": content, "refusal": refusal, "annotations": []}
+        message: JSONDict = {
+            "role": "assistant",
+            "content": content,
+            "refusal": refusal,
+            "annotations": cited,
+        }
         if tool_calls:
             message["tool_calls"] = tool_calls
         answered = choices("message", message, finish)
@@ -504,6 +542,8 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     for key, said in (("content", content), ("refusal", refusal)):
         if said is not None:
             events += [chunk for piece in _split(said, headers) if piece for chunk in chunks({key: piece})]
+    if cited:
+        events += chunks({"annotations": cited})
     if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
         return _Stream([*events[: len(events) // 2 + 1], {"error": error}], done=False)
@@ -593,7 +633,8 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             text, finish = _truncate(text, limit - reasoning)
     done = "incomplete" if finish == "length" else "completed"
     # a function_call item per tool call, else one message whose content is the text, or the refusal
-    output: list[JSONDict] = [
+    output: list[JSONDict] = _built_in_calls(body, headers, num)
+    output += [
         {
             "id": "fc_" + c["id"].removeprefix("call_"),
             "type": "function_call",
@@ -607,7 +648,7 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         part = {"type": "refusal", "refusal": text} if refusal is not None else part
         message = {"id": f"msg_fake{num}", "type": "message", "status": done, "role": "assistant"}
-        output = [{**message, "content": [part]}]
+        output.append({**message, "content": [part]})
     produced = [_call_text(c) for c in calls] if calls else [text]
     output_tokens = sum(map(_tokens, produced)) + reasoning
     usage = {
@@ -666,6 +707,14 @@ def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[tu
     extra: JSONDict = {}
     opened: list[tuple[str, JSONDict]] = []
     closed: list[tuple[str, JSONDict]] = []
+    if item["type"].endswith("_call") and item["type"] != "function_call":  # a built-in tool's
+        added = {**item, "status": "in_progress"}
+        return [
+            ("response.output_item.added", {"output_index": index, "item": added}),
+            (f"response.{item['type']}.in_progress", at),
+            (f"response.{item['type']}.completed", at),
+            ("response.output_item.done", {"output_index": index, "item": item}),
+        ]
     if item["type"] == "function_call":
         key, kind, text = "arguments", "function_call_arguments", item["arguments"]
         added = {**item, "status": "in_progress", "arguments": ""}

@@ -457,6 +457,11 @@ class LLMCallMonitor:
         reported = reported_cost_units(usage_obj)  # the provider's own figure wins
         if reported is not None:
             total_cost = reported
+        uses = response["tool_uses"]
+        # a search model answering in chat searched the web first, as it does for every request:
+        # billed per request (docs/PRICING.md, "Built-in tools")
+        if "-search-" in (response["model"] or "") and call.operation == "chat":
+            uses = response["tool_uses"] = {"web_search": 1}
         record = call_record(
             status=status,
             operation=call.operation,
@@ -477,6 +482,8 @@ class LLMCallMonitor:
             cost_matched_by=route.matched_by,
             reported_cost_units=reported,
             priced_epoch=priced_at,
+            # no price table prices them; a provider's own cost includes them
+            left_out=sorted(uses) if uses and reported is None else None,
         )
         return record, total_cost
 

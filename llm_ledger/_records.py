@@ -37,6 +37,7 @@ __all__ = [
     "budget_record",
     "call_record",
     "cost_decimal",
+    "cost_left_out",
     "iso_timestamp",
     "lens_record",
     "made_here",
@@ -103,6 +104,9 @@ class ResponseShape(TypedDict):
     finish_reason: str | None
     tool_calls_count: int | None
     service_tier: str | None  # the tier that served the call, as the answer says ("default", "flex"...)
+    # the built-in tools billed per use that the answer used, kind -> uses: web_search, file_search,
+    # code_interpreter, image_generation (docs/PRICING.md, "Built-in tools"); null when none was
+    tool_uses: dict[str, int] | None
 
 
 class ServerShape(TypedDict):
@@ -149,6 +153,9 @@ class CostShape(TypedDict):
     # (DeepSeek's off-peak hours): the call's start, or the time of day a pytest session fixes on its
     # day; null for every other call. Absent from records written before llm-ledger kept it.
     priced_at: str | None
+    # the tool uses (``response.tool_uses`` kinds) billed on top of the tokens that the total leaves
+    # out, no price being known for them; null when it leaves none out. Absent from older records.
+    left_out: list[str] | None
 
 
 class ErrorShape(TypedDict):
@@ -297,10 +304,12 @@ def call_record(
     cost_matched_by: str = "model",
     reported_cost_units: int | None = None,
     priced_epoch: float | None = None,
+    left_out: list[str] | None = None,
 ) -> CallRecord:
     """Build one ``llm_api_call`` record; costs in 10**-24 USD, prompt and completion both given or
     both None (unpriced); ``reported_cost_units``, the provider's own figure, wins. ``priced_epoch``:
-    the moment the rates were taken at, given only when the time of day sets them."""
+    the moment the rates were taken at, given only when the time of day sets them; ``left_out``: the
+    tool uses billed apart that the cost leaves out."""
     end = iso_timestamp(start_epoch + duration_s)
     prompt_usd = completion_usd = total_usd = computed_usd = computed_units = None
     if prompt_cost_units is not None and completion_cost_units is not None:
@@ -338,6 +347,7 @@ def call_record(
             "matched_by": cost_matched_by,
             "computed_usd": computed_usd,
             "priced_at": None if priced_epoch is None else iso_timestamp(priced_epoch),
+            "left_out": left_out,
         },
         "retries": retries,
         "error": error,
@@ -349,12 +359,23 @@ def call_record(
 
 def billed_without_cost(record: Mapping[str, Any]) -> bool:
     """Whether a call has no cost yet may have been billed: an ok call unpriced, or a failed one that
-    reported tokens or whose streamed answer had begun (``cost_complete: false`` in its lens)."""
+    reported tokens or whose streamed answer had begun (``cost_complete: false`` in its lens). A call
+    whose cost leaves out tool uses billed apart (``cost.left_out``) has a cost: see ``cost_left_out``."""
     if record["cost"]["total_cost_usd"] is not None:
         return False
     if record["status"] != "error" or record["usage"]["total_tokens"]:
         return True
     return bool(record["request"].get("stream") and (record["response"] or {}).get("id"))
+
+
+def cost_left_out(record: Mapping[str, Any]) -> bool:
+    """Whether a call's recorded cost leaves out something it may have been billed: it has none
+    (``billed_without_cost``), or its cost leaves out tool uses billed apart (``cost.left_out``, as
+    records written before it existed lack it). What ``cost_complete: false`` says of a lens."""
+    cost = record.get("cost")
+    if isinstance(cost, Mapping) and cost.get("total_cost_usd") is not None:
+        return bool(cost.get("left_out"))
+    return billed_without_cost(record)
 
 
 class LensTotals:
@@ -381,6 +402,7 @@ class LensTotals:
         self.cost_units: int = 0
         self.cost_complete: bool = True
         self.tokens_complete: bool = True  # False once a call that was answered reported no usage
+        self.fees_left_out: bool = False  # True once a call's cost left out its built-in tools' fees
         self.duration_s: float = 0.0
         self.models: set[str] = set()
 
@@ -417,6 +439,9 @@ class LensTotals:
             self.completion_audio_tokens += usage["completion_audio_tokens"] or 0
             if total_cost_units is not None:
                 self.cost_units += total_cost_units
+                if record["cost"]["left_out"]:  # tool uses billed apart, with no price
+                    self.cost_complete = False
+                    self.fees_left_out = True
             elif billed_without_cost(record):
                 self.cost_complete = False
             if usage["total_tokens"] is None and status != "error":

@@ -252,6 +252,7 @@ class _StreamState:
                     # null for a text completion, which has no tools: as create() records it
                     "tool_calls_count": None if call.operation == "text_completion" else self.tool_calls,
                     "service_tier": self.tier,
+                    "tool_uses": None,  # a Responses stream's come with its end (response_shape)
                 }
                 usage = self.usage
             response["request_id"] = call.request_id

@@ -78,7 +78,8 @@ class Totals:
     A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
     ``unpriced`` (tokens but no price), ``no_usage`` (a call that was not refused but reported no
     usage) or ``units`` (an image, audio or video call billed in units no price table prices), so a
-    budget that cannot be checked can say why.
+    budget that cannot be checked can say why; so does a call whose cost leaves out its built-in
+    tools' fees (``tool_fees``: its tokens' cost is in ``cost``).
     """
 
     api_calls: int = 0
@@ -91,6 +92,7 @@ class Totals:
     unpriced: dict[str, int] = field(default_factory=dict)  # model -> calls with tokens but no price
     no_usage: dict[str, int] = field(default_factory=dict)  # model -> calls that reported no usage
     units: dict[str, int] = field(default_factory=dict)  # model -> calls billed in units not priced
+    tool_fees: dict[str, int] = field(default_factory=dict)  # model -> calls with tool fees left out
 
     @property
     def cost_usd(self) -> float:
@@ -104,9 +106,13 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cost += other.cost
         self.cost_complete = self.cost_complete and other.cost_complete
-        for mine, theirs in (
-            (self.unpriced, other.unpriced), (self.no_usage, other.no_usage), (self.units, other.units)
-        ):  # fmt: skip
+        pairs = (
+            (self.unpriced, other.unpriced),
+            (self.no_usage, other.no_usage),
+            (self.units, other.units),
+            (self.tool_fees, other.tool_fees),
+        )
+        for mine, theirs in pairs:
             for model, count in theirs.items():
                 mine[model] = mine.get(model, 0) + count
 
@@ -135,6 +141,9 @@ class Totals:
                 totals.units if row.unpriced_unit_calls else totals.no_usage if row.no_usage_calls else None
             )
             (gaps if gaps is not None else totals.unpriced)[row.model_name] = 1
+        if row.tool_fee_calls:  # priced, its built-in tools' fees left out
+            totals.cost_complete = False
+            totals.tool_fees[row.model_name] = 1
         return totals
 
     @classmethod
@@ -153,11 +162,16 @@ class Totals:
 
     def cost_gaps(self) -> str:
         """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
-        return cost_gaps(self.unpriced, self.no_usage, self.units)
+        return cost_gaps(self.unpriced, self.no_usage, self.units, self.tool_fees)
 
     def cost_fixes(self) -> str:
         """What makes the missing costs known."""
-        pairs = ((self.unpriced, PRICE_FIX), (self.no_usage, USAGE_FIX), (self.units, UNITS_FIX))
+        pairs = (
+            (self.unpriced, PRICE_FIX),
+            (self.no_usage, USAGE_FIX),
+            (self.units, UNITS_FIX),
+            (self.tool_fees, TOOL_FEE_FIX),
+        )
         fixes = [fix for gaps, fix in pairs if gaps]
         return "; ".join(fixes or [PRICE_FIX])
 
@@ -185,6 +199,7 @@ class UsageSum:
     no_usage_calls: int = 0  # calls that were not refused but reported no usage
     unpriced_unit_calls: int = 0  # of those, image, audio and video calls billed in units not priced
     failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
+    tool_fee_calls: int = 0  # calls whose cost leaves out their built-in tools' fees (web search...)
     tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
     @classmethod
@@ -244,6 +259,13 @@ USAGE_FIX: Final = (
 UNITS_FIX: Final = (
     "llm-ledger prices prompt and completion tokens: docs/PRICING.md (Images and audio) says what each "
     "image, audio and video call is billed in"
+)
+
+
+TOOL_FEE_FIX: Final = (
+    "no price table prices the fees of built-in tools billed per use (web search, file search, code "
+    "interpreter, image generation): the cost shown is their calls' tokens' (docs/PRICING.md, Built-in "
+    "tools billed per use); limit such a lens by max_api_calls or tokens rather than max_cost_usd"
 )
 
 

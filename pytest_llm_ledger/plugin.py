@@ -214,7 +214,8 @@ class LedgerRecords(Captured):
     * ``api_calls``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cost_usd``:
       sums over ``calls`` (``totals()`` gives them all at once);
     * ``cost_complete``: false when a call has no known cost (a model with no known price, or a
-      call that reported no usage): ``cost_usd`` then leaves it out.
+      call that reported no usage): ``cost_usd`` then leaves it out; or a cost that leaves out its
+      built-in tools' fees (``cost.left_out``: web search...).
     """
 
     def __init__(self, nodeid: str) -> None:

@@ -68,6 +68,7 @@ def call(
             "finish_reason": None if failed else "stop",
             "tool_calls_count": None if failed else 0,
             "service_tier": None if failed else "default",
+            "tool_uses": None,
         },
         usage={
             "prompt_tokens": prompt,

@@ -670,6 +670,7 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
             "matched_by": "model",
             "computed_usd": None,
             "priced_at": None,
+            "left_out": None,
         }
         totals.add(record, units[0] + units[1])
         exact_total += exact.total_cost_usd

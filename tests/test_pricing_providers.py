@@ -156,6 +156,7 @@ def test_self_hosted_host_is_priced_at_its_own_rate_never_the_list_price(
             "matched_by": "host",
             "computed_usd": None,
             "priced_at": None,
+            "left_out": None,
         }
 
 
@@ -205,6 +206,7 @@ def test_reported_cost_wins_and_both_are_kept_when_they_differ(
         "matched_by": "model",
         "computed_usd": pytest.approx(computed, rel=1e-12),
         "priced_at": None,
+        "left_out": None,
     }
     assert streamed["cost"]["total_cost_usd"] == 0.25
     assert streamed["cost"]["source"] == "provider-reported"

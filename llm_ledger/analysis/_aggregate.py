@@ -465,9 +465,11 @@ def _call_figures(record: dict[str, Any]) -> _Figures:
     prompt, completion = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
     total = _tokens(usage.get("total_tokens"))
     failed = record.get("status") == "error"
-    cost = _usd(_dict(record.get("cost")).get("total_cost_usd"))
-    # without a cost: a successful call without a price, or a failed call that was billed
-    unpriced = cost is None and (not failed or total > 0)
+    recorded = _dict(record.get("cost"))
+    cost = _usd(recorded.get("total_cost_usd"))
+    # without a cost: a successful call without a price, or a failed call that was billed; or a cost
+    # that leaves out its built-in tools' fees (web search...)
+    unpriced = (not failed or total > 0) if cost is None else bool(recorded.get("left_out"))
     duration = _number(_dict(record.get("timing")).get("duration_ms"))
     return 1, int(failed), prompt, completion, total, cost, int(unpriced), duration
 

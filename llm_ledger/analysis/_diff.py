@@ -203,7 +203,7 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
             for row in rows
         ),
         "cost_usd": sum(row.get("cost_usd", 0) for row in rows),
-        "cost_complete": not any(row.get("uncosted_calls") for row in rows),
+        "cost_complete": not any(row.get("uncosted_calls") or row.get("tool_fee_calls") for row in rows),
         "errors": sum(row.get("failed_calls", 0) for row in rows) if counted else None,
         "tests_with_failed_calls": sorted(
             {t for row in rows for t in row.get("tests_with_failed_calls", ())}
@@ -216,13 +216,15 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     unpriced: Counter[str] = Counter()
     no_usage: Counter[str] = Counter()
     units: Counter[str] = Counter()  # of no_usage, calls billed in units no price table prices
+    tool_fees: Counter[str] = Counter()
     for row in report.get("usage", ()):  # load_report checked their counts
         if lens in (None, row.get("lens")):
             model = model_name(row.get("model"), row.get("served_model"))
             units[model] += row.get("unpriced_unit_calls", 0)
             no_usage[model] += max(row.get("no_usage_calls", 0) - row.get("unpriced_unit_calls", 0), 0)
             unpriced[model] += max(row.get("uncosted_calls", 0) - row.get("no_usage_calls", 0), 0)
-    return cost_gaps(unpriced, no_usage, units)
+            tool_fees[model] += row.get("tool_fee_calls", 0)
+    return cost_gaps(unpriced, no_usage, units, tool_fees)
 
 
 def _calling(report: dict[str, Any]) -> set[str]:

@@ -116,8 +116,9 @@ def _footer(report: CostReport, fmt: str) -> list[str]:
         which = "" if "model" in report.query.by else "; --by model shows which models"
         lines.append(
             f"* {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
-            "stopped early, an image or audio call billed in other units than tokens, or a model the "
-            f"price table does not know): their cost is not included{which}; costs are those recorded "
+            "stopped early, an image or audio call billed in other units than tokens, a model the "
+            "price table does not know, or the fee of a built-in tool such as web search): their cost is "
+            f"not included{which}; costs are those recorded "
             "when each call was made, so `llm-ledger reprice LOG --price-file F` prices those with tokens"
         )
     return lines
@@ -190,6 +191,11 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
         said.append(f"* after leaves out calls with no known price: {missing}")
     if calls := result.no_usage_calls:
         said.append(f"* after leaves out {_count(calls, 'call')} that reported no usage (no tokens to price)")
+    if calls := result.tool_fee_calls:
+        said.append(
+            "* before and after leave out the fees of the built-in tools (web search...) "
+            f"{_count(calls, 'call')} used: no price table prices them"
+        )
     if calls := result.price_file_calls:
         said.append(
             f"* after prices {_count(calls, 'call')} from genai-prices that a price file priced when made "

@@ -92,6 +92,7 @@ class Reprice:
     hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
     # calls a price file priced when made, whose model stays, priced again without it (no price_file)
     price_file_calls: int = 0
+    tool_fee_calls: int = 0  # calls whose built-in tools' fees (web search...) no price covers, either side
 
     def total(self) -> Row:
         total = Row("(total)")
@@ -110,6 +111,7 @@ class Reprice:
             "unpriced_after": dict(sorted(self.unpriced_after.items())),
             "no_usage_calls": self.no_usage_calls,
             "price_file_calls": self.price_file_calls,
+            "tool_fee_calls": self.tool_fee_calls,
         }
 
 
@@ -236,8 +238,10 @@ def reprice(
         row.calls += item.calls
         row.before_usd += item.cost_usd
         priced_before = item.uncosted_calls == 0 and item.no_usage_calls == 0
-        row.before_complete &= priced_before
-        row.after_complete &= item.no_usage_calls == 0
+        fees_known = item.tool_fee_calls == 0  # built-in tools' fees: priced neither before nor after
+        row.before_complete &= priced_before and fees_known
+        row.after_complete &= item.no_usage_calls == 0 and fees_known
+        result.tool_fee_calls += item.tool_fee_calls
         result.no_usage_calls += item.no_usage_calls
         stays = new is None and provider is None and route.provider == item.provider
         if stays and price_file is None and item.cost_source == PRICE_FILE_SOURCE:

@@ -34,7 +34,15 @@ TOKENS: Final = (
     "prompt_audio_tokens", "completion_audio_tokens",
 )  # fmt: skip
 # all its whole numbers, named as a report's usage row names them
-COUNTS: Final = (*TOKENS, "calls", "uncosted_calls", "no_usage_calls", "unpriced_unit_calls", "failed_calls")
+COUNTS: Final = (
+    *TOKENS,
+    "calls",
+    "uncosted_calls",
+    "no_usage_calls",
+    "unpriced_unit_calls",
+    "failed_calls",
+    "tool_fee_calls",
+)
 # The first port of Linux's default range of ports given to sockets bound to port 0 (the other systems'
 # start higher, at 49152): a loopback server on one of these was started for a run, not configured.
 _PASSING_PORTS: Final = 32768
@@ -100,6 +108,8 @@ class UsageRow:
     # whether the record says the time of day set its price (cost.priced_at not null); None: it does not
     # say (a log written before records did, a report's row)
     priced_by_time: bool | None = None
+    # calls whose cost leaves out fees of built-in tools billed per use (cost.left_out: web search...)
+    tool_fee_calls: int = 0
 
     @property
     def model_name(self) -> str:
@@ -143,6 +153,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     a token count that is not a whole number >= 0 is 0. A call recorded without a cost is uncosted when
     it was billed (it did not fail, or failed after using tokens: the lens summary's rule); one that did
     not fail but reported no prompt and completion tokens has no usage (a total alone cannot be priced).
+    One whose cost leaves out its built-in tools' fees (``cost.left_out``) counts in ``tool_fee_calls``.
     """
     usage = _dict(record.get("usage"))
     server = _dict(record.get("server"))
@@ -175,6 +186,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         at=_epoch(started) if priced is None else priced,
         priced_by_time=None if "priced_at" not in cost else priced is not None,
         service_tier=tier if isinstance(tier, str) else None,
+        tool_fee_calls=int(recorded is not None and bool(cost.get("left_out"))),
         **{name: count or 0 for name, count in counts.items()},
     )
 
@@ -196,18 +208,22 @@ def model_name(model: Any, served_model: Any) -> str:
 
 
 def cost_gaps(
-    unpriced: Mapping[str, int], no_usage: Mapping[str, int], units: Mapping[str, int] | None = None
+    unpriced: Mapping[str, int],
+    no_usage: Mapping[str, int],
+    units: Mapping[str, int] | None = None,
+    tool_fees: Mapping[str, int] | None = None,
 ) -> str:
     """Why a cost leaves calls out, from the calls per model (:func:`model_name`) billed with tokens
-    but no known price, those that reported no usage, and the image, audio and video calls billed in
-    ``units`` no price table prices: "no known price for model 'x' (2 calls); no usage reported by
-    calls to 'y' (1 call); billed in unpriced units (...) by calls to 'z' (1 call)". The plugin's lines
+    but no known price, those that reported no usage, the image, audio and video calls billed in
+    ``units`` no price table prices, and those whose built-in tools' fees have no price: "no known
+    price for model 'x' (2 calls); no usage reported by calls to 'y' (1 call)". The plugin's lines
     and ``llm-ledger diff`` say it so."""
     parts = []
     for what, counts in (
         ("no known price for model", unpriced),
         ("no usage reported by calls to", no_usage),
         ("billed in unpriced units (image, audio or video) by calls to", units or {}),
+        ("no price for the built-in tools' fees (web search...) of calls to", tool_fees or {}),
     ):
         calls = [f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()) if n]
         if calls:

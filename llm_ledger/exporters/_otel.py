@@ -21,7 +21,7 @@ import orjson
 from .._errors import ConfigError
 from .._errors import internal_log as _internal_log
 from .._jsonl import json_text
-from .._records import CALL_EVENT, LENS_EVENT, billed_without_cost, made_here
+from .._records import CALL_EVENT, LENS_EVENT, cost_left_out, made_here
 from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS, MAX_LENSES, MAX_TIERS, OTHER, _cap
 
@@ -474,7 +474,7 @@ class OTelSink:
         usd = record["cost"]["total_cost_usd"]
         if usd is not None:
             self._cost.add(usd, base, attributes)
-        elif billed_without_cost(record):
+        if cost_left_out(record):
             self._unpriced.add(1, base, attributes)
         timing = record["timing"]
         first = timing["time_to_first_token_ms"]

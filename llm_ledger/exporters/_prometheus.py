@@ -448,7 +448,10 @@ class PrometheusSink:
         written = usage.get("cache_write_tokens") or 0
         heard = usage.get("prompt_audio_tokens") or 0
         spoken = usage.get("completion_audio_tokens") or 0
-        unpriced = 1 if usd is None and billed_without_cost(record) else 0
+        # no cost though billed, or one leaving out its built-in tools' fees (.get: an older record)
+        unpriced = (
+            1 if (billed_without_cost(record) if usd is None else record["cost"].get("left_out")) else 0
+        )
         counted = (  # a bit for each count that is not 0: (n and b) is 0 or b
             (t_in and 1) | (t_out and 2) | (cached and 4) | (reasoning and 8) | (written and 16)
             | (heard and 32) | (spoken and 64) | (unpriced and 128)

@@ -1,0 +1,63 @@
+"""Built-in tools billed per use in a marked test: the fixture, the terminal summary and the report
+say the cost leaves their fees out, recording and replaying alike."""
+
+from __future__ import annotations
+
+import json
+
+# imported here so in-process inner sessions reuse them instead of importing them again each time
+import openai  # noqa: F401
+import pytest
+import vcr  # noqa: F401
+
+from llm_ledger.testing import FakeOpenAI
+from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+
+TOOL_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_research(llm_ledger):
+    raw = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with raw, ledger.lens("research"):
+        c = ledger.instrument(raw)
+        c.responses.create(model="gpt-4.1", input="news?", tools=[{"type": "web_search"}])
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert llm_ledger.api_calls == 2
+    assert llm_ledger.cost_usd == pytest.approx(sum(r["cost"]["total_cost_usd"] for r in llm_ledger.calls))
+    assert llm_ledger.cost_usd > 0
+    assert llm_ledger.cost_complete is False
+    assert llm_ledger.lens("research")[0]["summary"]["cost_complete"] is False
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_call_whose_tool_fees_are_left_out_makes_the_session_cost_incomplete(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """The test's totals and lens say incomplete, the summary names the model and why, and the
+    report's row counts the call in ``tool_fee_calls``; the same again replayed offline."""
+    write_project(pytester, TOOL_TESTS)
+    for mode in ("--llm-record-mode=once", "--llm-record-mode=none"):
+        result = run(pytester, mode, "--llm-report=report.json")
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines([
+            "llm-ledger: calls with no known cost count as $0: no price for the built-in tools' fees "
+            "(web search...) of calls to 'gpt-4.1' (1 call); no price table prices the fees of built-in "
+            "tools billed per use*"
+        ])  # fmt: skip
+        report = json.loads((pytester.path / "report.json").read_text())
+        rows = {row["model"]: row for row in report["usage"]}
+        assert (rows["gpt-4.1"]["tool_fee_calls"], rows["gpt-4o-mini"]["tool_fee_calls"]) == (1, 0)
+        assert rows["gpt-4.1"]["uncosted_calls"] == 0 and rows["gpt-4.1"]["cost_usd"] > 0
+        assert report["total"]["cost_complete"] is False
+        server.stop()  # the replay runs offline
