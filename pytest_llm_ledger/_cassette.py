@@ -524,7 +524,30 @@ def _json_diff(recorded: Any, requested: Any, path: str) -> Iterator[str]:
                 f"{path}[{index}]",
             )
     elif recorded != requested or type(recorded) is not type(requested):
-        yield f"{path}: recorded {_short(recorded)}, requested {_short(requested)}"
+        if isinstance(recorded, str) and isinstance(requested, str) and _long(recorded, requested):
+            yield _text_diff(recorded, requested, path)
+        else:
+            yield f"{path}: recorded {_short(recorded)}, requested {_short(requested)}"
+
+
+def _long(*texts: str) -> bool:
+    return any(len(repr(text)) > _MAX_VALUE for text in texts)
+
+
+def _text_diff(recorded: str, requested: str, path: str) -> str:
+    """Two long strings around where they first differ: their starts alone can read the same."""
+    pairs = zip(recorded, requested, strict=False)
+    at = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(recorded), len(requested)))
+    start = max(0, at - _MAX_VALUE // 3)
+
+    def window(text: str) -> str:
+        shown = repr(text[start : start + _MAX_VALUE])
+        return "..." * (start > 0) + shown + "..." * (start + _MAX_VALUE < len(text))
+
+    return (
+        f"{path}: differs from character {at + 1} (of {len(recorded)} recorded, {len(requested)} requested): "
+        f"recorded {window(recorded)}, requested {window(requested)}"
+    )
 
 
 # pyproject's bound, for an install that skipped it: 8.2.1 intercepts httpx2 (openai 3.x) and loads YAML

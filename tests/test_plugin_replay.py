@@ -219,6 +219,30 @@ def test_changed_prompt_fails_with_a_clear_message(
 
 
 @pytest.mark.usefixtures("with_key")
+def test_a_long_prompt_changed_at_its_end_shows_where_it_differs(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long prompt (a template over a document) changed past its first 120 characters: the miss shows
+    both values from just before the first difference, not two starts that read the same."""
+    article = "Bakeries in the city throw away a third of their bread every evening, a study finds. " * 3
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", f"Summarise in one line: {article}Be brief.")
+    write_project(pytester)
+    record(pytester, "-k", "test_chat")
+    server.stop()
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", f"Summarise in one line: {article}Be very brief.")
+
+    result = run(pytester, "-k", "test_chat")
+
+    result.assert_outcomes(failed=1, deselected=2)
+    assert_lines_in(
+        result,
+        "    $.messages[0].content: differs from character 282 (of 287 recorded, 292 requested): "
+        "recorded ...' bread every evening, a study finds. Be brief.', "
+        "requested ...' bread every evening, a study finds. Be very brief.'",
+    )
+
+
+@pytest.mark.usefixtures("with_key")
 def test_a_miss_in_a_run_from_a_subdirectory_gives_a_command_that_runs_there(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
