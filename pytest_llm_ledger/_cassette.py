@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from llm_ledger import BlockedRequestError, CassetteMissError, ConfigError
+from llm_ledger import BlockedRequestError, CassetteError, CassetteMissError, ConfigError
 
 from . import _format
 from ._format import Body, shown_path
 from ._naming import move_command, moved_hint
 from ._network import is_openai_request
+from ._scrub import scrub_file
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = [
@@ -255,6 +256,13 @@ class LedgerCassette:
                 )
                 for q, a in ((item["request"], item["response"]) for item in _format.load_cassette(path))
             ]
+            if findings := scrub_file(path, check=True):  # a commit must not keep them: fail closed
+                shown = shown_path(path)
+                raise CassetteError(
+                    f"{shown}: holds credentials or identifiers (llm-ledger scrub --check: "
+                    f"{'; '.join(findings)}); remove them with: llm-ledger scrub {shlex.quote(shown)}, "
+                    "and revoke any key they held"
+                )
         self._unplayed: dict[Key, deque[int]] = {}
         for index, interaction in enumerate(self.loaded):
             self._unplayed.setdefault(self._lookup(interaction.key), deque()).append(index)
