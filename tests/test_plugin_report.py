@@ -284,7 +284,7 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
             "*llm-ledger: cost diff against base.json*",
             "lens summary",  # the largest change in cost first
             "*calls *1 *2 *+1 *+100.0%",
-            "lens digest (new)",
+            "lens digest (new; gpt-4o-mini)",  # the model a new lens's calls ask for
         ]
     )
 

@@ -182,10 +182,33 @@ def _row(
             row["failed_calls"][side] = None if errors is None else int(errors)
             if entry.get("tests_with_failed_calls"):
                 row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
-    # the same figures, but what they leave out changed: --only-changed keeps it
-    if status == "unchanged" and row["cost_gaps"].get("base") != row["cost_gaps"].get("head"):
+    if lens not in (None, NO_LENS):  # the models its calls asked for: a swap explains a change in cost
+        row["models"] = {
+            side: _models(report, lens)
+            for side, report, entry in zip(("base", "head"), reports, entries, strict=True)
+            if entry
+        }
+    # the same figures, but what they leave out, or the models, changed: --only-changed keeps it
+    models = row.get("models", {})
+    if status == "unchanged" and (
+        row["cost_gaps"].get("base") != row["cost_gaps"].get("head")
+        or (all(models.values()) and models.get("base") != models.get("head"))
+    ):
         row["status"] = "changed"
     return row
+
+
+def _models(report: dict[str, Any], lens: str) -> list[str]:
+    """The models the calls of a lens asked for, from a report's usage rows
+    (none in a report written before it had them)."""
+    rows = report.get("usage", ())
+    return sorted(
+        {
+            model_name(r.get("model"), r.get("served_model"))
+            for r in rows
+            if (r.get("lens") or NO_LENS) == lens
+        }
+    )
 
 
 def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:

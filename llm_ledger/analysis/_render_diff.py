@@ -193,9 +193,15 @@ _HEADERS: Final = ("metric", "base", "head", "delta", "%")
 
 
 def _mark(row: dict[str, Any], names: Names) -> str:
-    """What follows a lens's name: its status, for a new lens the removed one it may be renamed from,
-    and whether runs of it were cut short."""
+    """What follows a lens's name: its status, its models when it is new or they changed (a swap explains
+    a change in cost), for a new lens the removed one it may be renamed from, and whether runs of it
+    were cut short."""
     said = [] if row["status"] == "changed" else [row["status"]]
+    models = {side: ", ".join(map(names, used)) for side, used in row.get("models", {}).items()}
+    if row["status"] == "new" and models.get("head"):  # "" from a report written before it had usage rows
+        said.append(models["head"])
+    elif len(models) == 2 and all(models.values()) and models["base"] != models["head"]:
+        said.append(f"{models['base']} -> {models['head']}")
     if row.get("renamed_from") is not None:
         said.append(f"renamed from {names(row['renamed_from'])}?")
     said += ["cut short"] * bool(row["cut_short_runs"])
