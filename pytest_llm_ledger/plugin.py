@@ -65,6 +65,7 @@ from ._report import (
     SessionLedger,
     Totals,
     applied,
+    budget_report,
     notices,
     priced_at_fixed_time,
     render_breaches,
@@ -898,7 +899,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if (path := state.report_path) is not None:
         # the status the run ends with: a breach or a strict notice fails a run whose tests passed
-        report = json.dumps(state.ledger.report(exit_status=int(session.exitstatus)), indent=2) + "\n"
+        document = state.ledger.report(exit_status=int(session.exitstatus))
+        if state.budgets is not None:  # what --llm-budget found, for the pull request's diff
+            document["budgets"] = budget_report(state.ledger, state.budgets, state.breaches)
+        report = json.dumps(document, indent=2) + "\n"
         try:
             write_atomic(path, report)  # a killed or failed write leaves the previous report, not half of one
             state.report_written = True

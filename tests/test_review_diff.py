@@ -426,3 +426,39 @@ def test_a_model_swapped_at_the_same_price_shows_with_only_changed(
     assert "2 lens(es), 1 with changes (only those are shown)." in out
     assert "### `tags` (`gpt-4o-mini` -> `gpt-4o-mini-2024-07-18`)\n" in out
     assert "| cost per run | " in section(out, "tags") and "`summary`" not in out
+
+
+def test_the_comment_says_what_the_budgets_found_in_the_head_run(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head run with --llm-budget writes what it found into its report, and the comment shows it
+    after the increases: each limit exceeded with its figures and worst run, and each lens that ran
+    with no budget (what failed the job, beside the cost diff the reviewer reads), or that every limit
+    was met; a head run without --llm-budget shows no budgets."""
+    base = project.report("base.json")
+    unchecked = project.report("unchecked.json", record=False)
+    (project.pytester.path / "budgets.yaml").write_text("lenses:\n  summary: {max_total_tokens: 5}\n")
+    head = project.report("head.json", "--llm-budget", record=False)
+
+    status, out, _ = diff(capsys, base, head)
+
+    assert status == 0
+    lens = json.loads(Path(head).read_text())["lenses"]["summary"]
+    assert out.split("**Budgets")[1].split("\n### ")[0] == (
+        " (budgets.yaml) in the head run: 1 limit(s) exceeded, 1 lens(es) with no budget:**\n\n"
+        f"- lens `summary`: max_total_tokens 5, actual {lens['total_tokens']} (worst run "
+        "`tests/test_app.py::test_summary`)\n"
+        "- lens `tags`: no budget (no entry under lenses, no default)\n"
+    )
+    text = diff(capsys, base, head, "--format", "text")[1]
+    assert text.endswith(
+        "Budgets (budgets.yaml) in the head run: 1 limit(s) exceeded, 1 lens(es) with no budget:\n"
+        f"  lens summary: max_total_tokens 5, actual {lens['total_tokens']} (worst run "
+        "tests/test_app.py::test_summary)\n"
+        "  lens tags: no budget (no entry under lenses, no default)\n"
+    )
+    assert json.loads(diff(capsys, base, head, "--format", "json")[1])["budgets"]["no_budget"] == ["tags"]
+    assert "Budgets" not in diff(capsys, base, unchecked)[1]
+    (project.pytester.path / "budgets.yaml").write_text("default: {max_total_tokens: 1000}\n")
+    met = project.report("met.json", "--llm-budget", record=False)
+    assert "\n**Budgets (budgets.yaml) in the head run: every limit met.**\n" in diff(capsys, base, met)[1]
