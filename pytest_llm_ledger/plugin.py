@@ -655,8 +655,7 @@ def _equal(first: dict[str, Any], second: dict[str, Any]) -> bool:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[_STATE]
     budget = shown_path(state.budget_file)
-    flag = "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
-    enforced = "enforced" if state.enforce else f"not enforced (add {flag})"
+    enforced = "enforced" if state.enforce else f"not enforced (add {_budget_flag(state)})"
     strict = ", strict" if state.strict else ""
     strict += ", network blocked" if state.block_network else ""
     lines = [
@@ -674,6 +673,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             "here; use --llm-ledger-budget to enforce the budgets file"
         )
     return lines
+
+
+def _budget_flag(state: _LedgerState) -> str:
+    return "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
+
+
+def _unenforced_breaches(state: _LedgerState) -> list[Breach]:
+    """The limits of a budgets file this run did not enforce that it would exceed (none when the file
+    is missing or has an error, which only an enforcing run reports)."""
+    if state.enforce or not state.budget_file.is_file():
+        return []
+    try:
+        return state.ledger.check(load_budgets(state.budget_file, shown_path(state.budget_file)))
+    except BudgetError:
+        return []
 
 
 @pytest.hookimpl(wrapper=True)
@@ -1097,6 +1111,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             if failed := ledger.total().errors:  # a call that missed its cassette counts nothing
                 met += f" ({failed} call(s) failed: one that got no answer counts no tokens or cost)"
             say(met)
+    elif would := _unenforced_breaches(state):  # a CI that forgot the flag passes: say what it let by
+        over = listed([f"{b.where} {b.limit_key}" for b in would])
+        say(
+            f"llm-ledger: {budget_file} is not enforced (add {_budget_flag(state)}); enforced, this run "
+            f"would exceed {len(would)} of its limit(s): {over}",
+            yellow=True,
+        )
     for notice in state.notices:
         say(notice, red=state.strict)
     if state.strict and state.notices:

@@ -788,3 +788,21 @@ def test_the_ci_command_the_docs_give_fails_closed_on_a_lens_with_no_budget(
             "llm-ledger: 2 lens(es) ran with no budget in budgets.yaml *",
         ]
     )
+
+
+def test_a_run_without_the_budget_flag_says_which_limits_it_let_by(recorded: pytest.Pytester) -> None:
+    """A run that does not enforce budgets.yaml (a CI that forgot --llm-budget) passes, but its end says
+    which limits enforcing it would have failed, and how to enforce it; within them, nothing is said."""
+    budgets(recorded, "lenses:\n  summary: {max_api_calls: 0}\ntotal: {max_api_calls: 1}\n")
+
+    result = run(recorded)
+
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: budgets.yaml is not enforced (add --llm-budget); enforced, this run would exceed 2 "
+            "of its limit(s): lens summary max_api_calls, total max_api_calls"
+        ]
+    )
+    budgets(recorded, "total: {max_api_calls: 3}\n")
+    assert "not enforced (add" not in run(recorded).stdout.str().split("per-lens totals")[1]
