@@ -113,6 +113,7 @@ def canonical_key(method: str, url: str, body: bytes | None, headers: Any = None
 
 
 AUTH_ERRORS: Final = (401, 403)
+_RETRIED: Final = frozenset({408, 409, 429, *range(500, 600)})  # the statuses the OpenAI SDK retries
 
 
 def auth_answers(interactions: list[dict[str, Any]]) -> list[str]:
@@ -447,6 +448,14 @@ class LedgerCassette:
                 "recorded interaction plays once, so the test now makes more identical calls "
                 "than were recorded"
             )
+            if retried := sorted({i.status for i in same if i.status in _RETRIED}):
+                # a hand-edited or converted cassette: the plugin never records these answers
+                lines.append(
+                    f"  the recorded answer is HTTP {', '.join(map(str, retried))}, which the OpenAI SDK "
+                    "retries (max_retries), so each retry is one more call: llm-ledger never records 429 "
+                    "or 5xx answers; re-record the test, or give a test of that error a client with "
+                    "max_retries=0"
+                )
         elif self.match_host and (
             other := [i for i in self.loaded if i.key[::2] + i.key[3:] == key[::2] + key[3:]]
         ):

@@ -284,6 +284,30 @@ def test_an_extra_identical_call_is_a_miss(
 
 
 @pytest.mark.usefixtures("with_key")
+def test_a_hand_edited_server_error_the_sdk_retries_is_named_in_the_miss(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cassette edited (or converted) to hold a 500 answer, which the plugin never records: the SDK
+    retries it and the retry misses. The miss says why, not only that the test makes more calls."""
+    write_project(pytester, REPEAT_TESTS.replace("max_retries=0", "max_retries=1"))
+    record(pytester, "-k", "test_repeat")
+    server.stop()
+    cassette = pytester.path / CASSETTES / "test_repeat.yaml"
+    cassette.write_text(cassette.read_text().replace("    status: 200\n", "    status: 500\n"))
+
+    result = run(pytester, "-k", "test_repeat")
+
+    result.assert_outcomes(failed=1, deselected=1)
+    assert_lines_in(
+        result,
+        "  the cassette holds 1 identical request(s), all already played",
+        "  the recorded answer is HTTP 500, which the OpenAI SDK retries (max_retries), so each retry is one "
+        "more call: llm-ledger never records 429 or 5xx answers; re-record the test, or give a test of that "
+        "error a client with max_retries=0",
+    )
+
+
+@pytest.mark.usefixtures("with_key")
 def test_fewer_calls_than_recorded_are_reported_as_stale(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
