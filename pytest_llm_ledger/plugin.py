@@ -1098,7 +1098,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_sep("=", f"llm-ledger: {len(state.breaches)} budget limit(s) exceeded", red=True, bold=True)
         for line in render_breaches(state.breaches):
             say(line)
-        say(f"limits from {budget_file}")
+        fix = "bring each back within its limit, or raise the limit there if the increase is intended"
+        say(f"limits from {budget_file}: {fix}")
     elif state.budgets is not None and sets_limits(state.budgets):
         if not applied(ledger, state.budgets):  # not "every budget was met": none was checked
             say(

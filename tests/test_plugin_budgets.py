@@ -114,7 +114,8 @@ def test_breach_fails_a_green_run_with_a_table(recorded: pytest.Pytester) -> Non
             "lens summary *max_total_tokens *5 *2? *tests/test_app.py::test_* (+1 more runs)",
             "test tests/test_app.py::test_stream *max_completion_tokens *1 *10 *test_app.py::test_stream",
             "total *max_cost_usd *$0.000000100 *$0.0000* *tests/test_app.py::test_*",
-            "limits from budgets.yaml",
+            "limits from budgets.yaml: "
+            "bring each back within its limit, or raise the limit there if the increase is intended",
         ]
     )
 
@@ -285,7 +286,13 @@ def test_budget_file_from_ini(recorded: pytest.Pytester) -> None:
     result = run(recorded, "--llm-budget")
 
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["total *max_api_calls *1 *3 *", "limits from ci/budgets.yaml"])
+    result.stdout.fnmatch_lines(
+        [
+            "total *max_api_calls *1 *3 *",
+            "limits from ci/budgets.yaml: "
+            "bring each back within its limit, or raise the limit there if the increase is intended",
+        ]
+    )
 
 
 FAKE_LLM_COST = """
