@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from llm_ledger import BlockedRequestError, CassetteMissError, ConfigError
+from llm_ledger import BlockedRequestError, CassetteError, CassetteMissError, ConfigError
 
 from . import _format
 from ._format import Body, shown_path
 from ._naming import move_command, moved_hint
 from ._network import is_openai_request
+from ._scrub import scrub_file
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = [
@@ -112,6 +113,7 @@ def canonical_key(method: str, url: str, body: bytes | None, headers: Any = None
 
 
 AUTH_ERRORS: Final = (401, 403)
+_RETRIED: Final = frozenset({408, 409, 429, *range(500, 600)})  # the statuses the OpenAI SDK retries
 
 
 def auth_answers(interactions: list[dict[str, Any]]) -> list[str]:
@@ -255,6 +257,13 @@ class LedgerCassette:
                 )
                 for q, a in ((item["request"], item["response"]) for item in _format.load_cassette(path))
             ]
+            if findings := scrub_file(path, check=True):  # a commit must not keep them: fail closed
+                shown = shown_path(path)
+                raise CassetteError(
+                    f"{shown}: holds credentials or identifiers (llm-ledger scrub --check: "
+                    f"{'; '.join(findings)}); remove them with: llm-ledger scrub {shlex.quote(shown)}, "
+                    "and revoke any key they held"
+                )
         self._unplayed: dict[Key, deque[int]] = {}
         for index, interaction in enumerate(self.loaded):
             self._unplayed.setdefault(self._lookup(interaction.key), deque()).append(index)
@@ -439,6 +448,14 @@ class LedgerCassette:
                 "recorded interaction plays once, so the test now makes more identical calls "
                 "than were recorded"
             )
+            if retried := sorted({i.status for i in same if i.status in _RETRIED}):
+                # a hand-edited or converted cassette: the plugin never records these answers
+                lines.append(
+                    f"  the recorded answer is HTTP {', '.join(map(str, retried))}, which the OpenAI SDK "
+                    "retries (max_retries), so each retry is one more call: llm-ledger never records 429 "
+                    "or 5xx answers; re-record the test, or give a test of that error a client with "
+                    "max_retries=0"
+                )
         elif self.match_host and (
             other := [i for i in self.loaded if i.key[::2] + i.key[3:] == key[::2] + key[3:]]
         ):
@@ -524,7 +541,30 @@ def _json_diff(recorded: Any, requested: Any, path: str) -> Iterator[str]:
                 f"{path}[{index}]",
             )
     elif recorded != requested or type(recorded) is not type(requested):
-        yield f"{path}: recorded {_short(recorded)}, requested {_short(requested)}"
+        if isinstance(recorded, str) and isinstance(requested, str) and _long(recorded, requested):
+            yield _text_diff(recorded, requested, path)
+        else:
+            yield f"{path}: recorded {_short(recorded)}, requested {_short(requested)}"
+
+
+def _long(*texts: str) -> bool:
+    return any(len(repr(text)) > _MAX_VALUE for text in texts)
+
+
+def _text_diff(recorded: str, requested: str, path: str) -> str:
+    """Two long strings around where they first differ: their starts alone can read the same."""
+    pairs = zip(recorded, requested, strict=False)
+    at = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(recorded), len(requested)))
+    start = max(0, at - _MAX_VALUE // 3)
+
+    def window(text: str) -> str:
+        shown = repr(text[start : start + _MAX_VALUE])
+        return "..." * (start > 0) + shown + "..." * (start + _MAX_VALUE < len(text))
+
+    return (
+        f"{path}: differs from character {at + 1} (of {len(recorded)} recorded, {len(requested)} requested): "
+        f"recorded {window(recorded)}, requested {window(requested)}"
+    )
 
 
 # pyproject's bound, for an install that skipped it: 8.2.1 intercepts httpx2 (openai 3.x) and loads YAML

@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         if path in moved:
             print(f"    {moved[path]}")
         print(f"    {TO_RECORD}: {never[path]}")
+    if never:  # else recording it again and again would leave it listed
+        print("  (a test that sends no OpenAI request records no cassette: it needs no llm marker)")
     denied, status = _auth_errors(sorted(set(owned) - set(never) - set(data["expect_auth_errors"])))
     if denied:
         print(f"{replayed_auth_advice(len(denied), options=data['location'])}:")

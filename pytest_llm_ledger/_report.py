@@ -42,6 +42,7 @@ __all__ = [
     "Breach",
     "SessionLedger",
     "Totals",
+    "budget_report",
     "notices",
     "priced_at_fixed_time",
     "render_breaches",
@@ -723,17 +724,32 @@ def notices(
     return out, bool(idle or idle_lenses or unchecked)
 
 
+def no_budget(ledger: SessionLedger, budgets: Budgets) -> list[str]:
+    """The keys of the lenses that ran with no limits: no entry under lenses (one listed with ``{}`` is
+    unlimited on purpose), no default."""
+    if budgets.default is not None:
+        return []
+    return [key for key in ledger.runs_by_lens() if key not in budgets.lenses]
+
+
+def budget_report(ledger: SessionLedger, budgets: Budgets, breaches: list[Breach]) -> dict[str, Any]:
+    """The report's ``budgets``, in a run that enforced them: the limits exceeded and the lenses with no
+    budget, which the pull request's cost diff shows."""
+    exceeded = [
+        {"scope": b.scope, "name": b.name, "limit": b.limit_key, "max": float(b.limit),
+         "actual": None if b.unknown else float(b.actual), "at_least": b.cut_short,
+         "worst_test": b.worst_test, "unknown": b.unknown or None}
+        for b in breaches
+    ]  # fmt: skip
+    return {"file": budgets.source, "exceeded": exceeded, "no_budget": no_budget(ledger, budgets)}
+
+
 def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
     """The lenses that ran with no limits (no entry, no default), which would otherwise pass with any
     cost, and the budgets.yaml lines that limit each to its largest run (fail closed: a new lens is
     named, and fails a strict run, until it has a budget)."""
-    if budgets.default is not None:
-        return ""
-    runs = {
-        key: summarised + cut
-        for key, (summarised, cut) in ledger.runs_by_lens().items()
-        if key not in budgets.lenses
-    }
+    by_lens = ledger.runs_by_lens()
+    runs = {key: by_lens[key][0] + by_lens[key][1] for key in no_budget(ledger, budgets)}
     if not runs:
         return ""
     lines = [

@@ -65,6 +65,7 @@ from ._report import (
     SessionLedger,
     Totals,
     applied,
+    budget_report,
     notices,
     priced_at_fixed_time,
     render_breaches,
@@ -655,8 +656,7 @@ def _equal(first: dict[str, Any], second: dict[str, Any]) -> bool:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[_STATE]
     budget = shown_path(state.budget_file)
-    flag = "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
-    enforced = "enforced" if state.enforce else f"not enforced (add {flag})"
+    enforced = "enforced" if state.enforce else f"not enforced (add {_budget_flag(state)})"
     strict = ", strict" if state.strict else ""
     strict += ", network blocked" if state.block_network else ""
     lines = [
@@ -674,6 +674,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             "here; use --llm-ledger-budget to enforce the budgets file"
         )
     return lines
+
+
+def _budget_flag(state: _LedgerState) -> str:
+    return "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
+
+
+def _unenforced_breaches(state: _LedgerState) -> list[Breach]:
+    """The limits of a budgets file this run did not enforce that it would exceed (none when the file
+    is missing or has an error, which only an enforcing run reports)."""
+    if state.enforce or not state.budget_file.is_file():
+        return []
+    try:
+        return state.ledger.check(load_budgets(state.budget_file, shown_path(state.budget_file)))
+    except BudgetError:
+        return []
 
 
 @pytest.hookimpl(wrapper=True)
@@ -899,7 +914,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if (path := state.report_path) is not None:
         # the status the run ends with: a breach or a strict notice fails a run whose tests passed
-        report = json.dumps(state.ledger.report(exit_status=int(session.exitstatus)), indent=2) + "\n"
+        document = state.ledger.report(exit_status=int(session.exitstatus))
+        if state.budgets is not None:  # what --llm-budget found, for the pull request's diff
+            document["budgets"] = budget_report(state.ledger, state.budgets, state.breaches)
+        report = json.dumps(document, indent=2) + "\n"
         try:
             write_atomic(path, report)  # a killed or failed write leaves the previous report, not half of one
             state.report_written = True
@@ -1081,7 +1099,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_sep("=", f"llm-ledger: {len(state.breaches)} budget limit(s) exceeded", red=True, bold=True)
         for line in render_breaches(state.breaches):
             say(line)
-        say(f"limits from {budget_file}")
+        fix = "bring each back within its limit, or raise the limit there if the increase is intended"
+        say(f"limits from {budget_file}: {fix}")
     elif state.budgets is not None and sets_limits(state.budgets):
         if not applied(ledger, state.budgets):  # not "every budget was met": none was checked
             say(
@@ -1094,6 +1113,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             if failed := ledger.total().errors:  # a call that missed its cassette counts nothing
                 met += f" ({failed} call(s) failed: one that got no answer counts no tokens or cost)"
             say(met)
+    elif would := _unenforced_breaches(state):  # a CI that forgot the flag passes: say what it let by
+        over = listed([f"{b.where} {b.limit_key}" for b in would])
+        say(
+            f"llm-ledger: {budget_file} is not enforced (add {_budget_flag(state)}); enforced, this run "
+            f"would exceed {len(would)} of its limit(s): {over}",
+            yellow=True,
+        )
     for notice in state.notices:
         say(notice, red=state.strict)
     if state.strict and state.notices:

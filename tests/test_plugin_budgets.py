@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import openai  # noqa: F401  (kept imported across in-process sessions)
@@ -34,6 +37,8 @@ pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the ne
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (recorded_fixture, server_fixture, with_key_fixture)  # used by name
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def budgets(pytester: pytest.Pytester, text: str, name: str = "budgets.yaml") -> None:
@@ -109,7 +114,8 @@ def test_breach_fails_a_green_run_with_a_table(recorded: pytest.Pytester) -> Non
             "lens summary *max_total_tokens *5 *2? *tests/test_app.py::test_* (+1 more runs)",
             "test tests/test_app.py::test_stream *max_completion_tokens *1 *10 *test_app.py::test_stream",
             "total *max_cost_usd *$0.000000100 *$0.0000* *tests/test_app.py::test_*",
-            "limits from budgets.yaml",
+            "limits from budgets.yaml: "
+            "bring each back within its limit, or raise the limit there if the increase is intended",
         ]
     )
 
@@ -280,7 +286,13 @@ def test_budget_file_from_ini(recorded: pytest.Pytester) -> None:
     result = run(recorded, "--llm-budget")
 
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["total *max_api_calls *1 *3 *", "limits from ci/budgets.yaml"])
+    result.stdout.fnmatch_lines(
+        [
+            "total *max_api_calls *1 *3 *",
+            "limits from ci/budgets.yaml: "
+            "bring each back within its limit, or raise the limit there if the increase is intended",
+        ]
+    )
 
 
 FAKE_LLM_COST = """
@@ -745,3 +757,59 @@ def test_a_default_budget_covers_every_lens(recorded: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.OK
     assert "no budget" not in result.stdout.str()
     result.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
+
+
+def _ci_commands() -> dict[str, list[str]]:
+    """The pytest options of the CI commands the docs give: the README's and the Actions recipe's."""
+    readme = (REPO / "README.md").read_text()
+    recipe = (REPO / "docs" / "CI.md").read_text()
+    found = {
+        "README": re.search(r"^pytest (--llm-budget[^#\n]*)# in CI", readme, re.M),
+        "recipe": re.search(r"^ +python -m pytest (--llm-budget.*)$", recipe, re.M),
+    }
+    return {
+        name: [a for a in shlex.split(m[1]) if not a.startswith("--llm-report")]
+        for name, m in found.items()
+        if m
+    }
+
+
+@pytest.mark.parametrize("where", ["README", "recipe"])
+def test_the_ci_command_the_docs_give_fails_closed_on_a_lens_with_no_budget(
+    recorded: pytest.Pytester, where: str
+) -> None:
+    """The CI command of the README and of the GitHub Actions recipe, run as written, fails a run whose
+    lenses have no budget (a lens a pull request adds) and whose budgets.yaml misspells a lens key,
+    although every test passes and no limit is exceeded."""
+    args = _ci_commands()[where]
+    budgets(recorded, "lenses:\n  summry: {max_api_calls: 1}\n")
+
+    result = run(recorded, *args)
+
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, args
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: no run of 1 lens(es) with a budget, not checked: 'summry' "
+            "(did you mean 'summary'?)*",
+            "llm-ledger: 2 lens(es) ran with no budget in budgets.yaml *",
+        ]
+    )
+
+
+def test_a_run_without_the_budget_flag_says_which_limits_it_let_by(recorded: pytest.Pytester) -> None:
+    """A run that does not enforce budgets.yaml (a CI that forgot --llm-budget) passes, but its end says
+    which limits enforcing it would have failed, and how to enforce it; within them, nothing is said."""
+    budgets(recorded, "lenses:\n  summary: {max_api_calls: 0}\ntotal: {max_api_calls: 1}\n")
+
+    result = run(recorded)
+
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "llm-ledger: budgets.yaml is not enforced (add --llm-budget); enforced, this run would exceed 2 "
+            "of its limit(s): lens summary max_api_calls, total max_api_calls"
+        ]
+    )
+    budgets(recorded, "total: {max_api_calls: 3}\n")
+    assert "not enforced (add" not in run(recorded).stdout.str().split("per-lens totals")[1]

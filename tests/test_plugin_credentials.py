@@ -147,8 +147,9 @@ def test_recorded_cassettes_pass_scrub_check_and_replay_offline(
 def test_scrubbed_old_cassette_replays_and_misses_never_show_a_key(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cassette holding a body key (as older versions wrote it) replays before and after ``scrub``;
-    a miss diff shows the prompt that changed, never the key."""
+    """A cassette holding a body key (as older versions wrote it, or a hand edit) fails its test, naming
+    the cassette and the ``scrub`` command, never the key: CI fails closed on a committed secret. Once
+    scrubbed it replays; a miss diff shows the prompt that changed, never the key."""
     write_project(pytester, KEY_TESTS, "test_keys")
     assert run(pytester, "--llm-record-mode=once", "-k", "test_body_key").ret == 0
     server.stop()
@@ -157,7 +158,17 @@ def test_scrubbed_old_cassette_replays_and_misses_never_show_a_key(
     doc["interactions"][0]["request"]["json"]["api_key"] = BODY_KEY  # what the old recorder kept
     cassette.write_text(yaml.safe_dump(doc))
     assert scrub_check(cassette).returncode == 1
-    run(pytester, "-k", "test_body_key").assert_outcomes(passed=1, deselected=3)
+    leaked = run(pytester, "-k", "test_body_key")
+    leaked.assert_outcomes(errors=1, deselected=3)
+    leaked.stdout.fnmatch_lines(
+        [
+            "cassettes/tests/test_keys/test_body_key.yaml: holds credentials or identifiers (llm-ledger "
+            "scrub --check: interactions[0].request.json: JSON field $.api_key redacted); remove them "
+            "with: llm-ledger scrub cassettes/tests/test_keys/test_body_key.yaml, and revoke any key they "
+            "held"
+        ]
+    )
+    assert "LEAKCHECK" not in leaked.stdout.str()
 
     scrubbed = subprocess.run(
         [sys.executable, "-m", "llm_ledger", "scrub", str(cassette)],

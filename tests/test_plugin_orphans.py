@@ -83,14 +83,19 @@ def test_a_whole_suite_run_names_orphans_and_strict_fails_on_them(pytester: pyte
 def test_llm_ledger_cassettes_lists_and_prunes_orphans(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``llm-ledger cassettes`` lists the orphans (exit 1), ``--prune`` deletes them and their empty
-    folders (exit 0); owned and kept cassettes stay."""
+    """``llm-ledger cassettes`` lists the orphans (exit 1), and a cassette never recorded with why a
+    test that makes no call has none (recording it writes nothing); ``--prune`` deletes the orphans and
+    their empty folders (exit 0); owned and kept cassettes stay."""
     owned, orphan, demo = _project(pytester)
 
     listed = cassettes(capsys)
     assert listed.returncode == 1, listed.stderr
     assert "1 orphan cassette(s)" in listed.stdout and "test_renamed.yaml" in listed.stdout
     assert "never recorded: cassettes/tests/test_app/test_kept.yaml" in listed.stdout
+    assert (
+        "  (a test that sends no OpenAI request records no cassette: it needs no llm marker)\n"
+        in listed.stdout
+    )
     assert "lens.yaml" not in listed.stdout and orphan.exists()
     assert "delete them with `llm-ledger cassettes --prune`\n" in listed.stdout
 
@@ -308,6 +313,7 @@ def test_a_renamed_test_is_given_the_git_mv_that_keeps_its_recording(
         f"move, keep it with: {move}\n"
         "    to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a compatible "
         "server): pytest tests/test_app.py::test_summary_chat --llm-record-mode=once\n"
+        "  (a test that sends no OpenAI request records no cassette: it needs no llm marker)\n"
         f"1 orphan cassette(s), owned by no collected test:\n  {old}\n"
         "keep the cassettes of tests renamed or moved with the git mv above; delete any that are not theirs "
         "with `llm-ledger cassettes --prune`\n"

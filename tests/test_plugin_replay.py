@@ -219,6 +219,30 @@ def test_changed_prompt_fails_with_a_clear_message(
 
 
 @pytest.mark.usefixtures("with_key")
+def test_a_long_prompt_changed_at_its_end_shows_where_it_differs(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long prompt (a template over a document) changed past its first 120 characters: the miss shows
+    both values from just before the first difference, not two starts that read the same."""
+    article = "Bakeries in the city throw away a third of their bread every evening, a study finds. " * 3
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", f"Summarise in one line: {article}Be brief.")
+    write_project(pytester)
+    record(pytester, "-k", "test_chat")
+    server.stop()
+    monkeypatch.setenv("LEDGER_TEST_PROMPT", f"Summarise in one line: {article}Be very brief.")
+
+    result = run(pytester, "-k", "test_chat")
+
+    result.assert_outcomes(failed=1, deselected=2)
+    assert_lines_in(
+        result,
+        "    $.messages[0].content: differs from character 282 (of 287 recorded, 292 requested): "
+        "recorded ...' bread every evening, a study finds. Be brief.', "
+        "requested ...' bread every evening, a study finds. Be very brief.'",
+    )
+
+
+@pytest.mark.usefixtures("with_key")
 def test_a_miss_in_a_run_from_a_subdirectory_gives_a_command_that_runs_there(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -257,6 +281,30 @@ def test_an_extra_identical_call_is_a_miss(
 
     result.assert_outcomes(failed=1, deselected=1)
     result.stdout.fnmatch_lines(["*the cassette holds 1 identical request(s), all already played*"])
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_hand_edited_server_error_the_sdk_retries_is_named_in_the_miss(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cassette edited (or converted) to hold a 500 answer, which the plugin never records: the SDK
+    retries it and the retry misses. The miss says why, not only that the test makes more calls."""
+    write_project(pytester, REPEAT_TESTS.replace("max_retries=0", "max_retries=1"))
+    record(pytester, "-k", "test_repeat")
+    server.stop()
+    cassette = pytester.path / CASSETTES / "test_repeat.yaml"
+    cassette.write_text(cassette.read_text().replace("    status: 200\n", "    status: 500\n"))
+
+    result = run(pytester, "-k", "test_repeat")
+
+    result.assert_outcomes(failed=1, deselected=1)
+    assert_lines_in(
+        result,
+        "  the cassette holds 1 identical request(s), all already played",
+        "  the recorded answer is HTTP 500, which the OpenAI SDK retries (max_retries), so each retry is one "
+        "more call: llm-ledger never records 429 or 5xx answers; re-record the test, or give a test of that "
+        "error a client with max_retries=0",
+    )
 
 
 @pytest.mark.usefixtures("with_key")

@@ -217,6 +217,13 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         (json.dumps({**report({}, {}), "tests": 5}), "'tests' must be an object"),
         (json.dumps({**report({}, {}), "usage": {}}), "'usage' must be a list"),
         (json.dumps({**report({}, {}), "exit_status": [2]}), "exit_status: expected pytest's exit status"),
+        (
+            json.dumps(
+                {**report({}, {}), "budgets": {"file": "budgets.yaml", "exceeded": [{}], "no_budget": []}}
+            ),
+            "budgets: expected what --llm-budget found, as pytest --llm-report writes it ('file', "
+            "'exceeded', 'no_budget'), got {'file': 'budgets.yaml', ",
+        ),
         ('{"schema": "llm-ledger-report", "version": 1}', "no 'lenses': not a whole report; write one with"),
         ('{"schema": "llm-ledger-report", "version": 1, "lenses": {}}', "no 'total': not a whole report"),
     ],
@@ -238,6 +245,7 @@ def test_diff_text_and_json_formats(reports: tuple[str, str], capsys: pytest.Cap
         "tests-not-object",
         "usage-not-list",
         "exit-status-list",
+        "budgets-shape",
         "no-lenses",
         "no-total",
     ],
@@ -284,7 +292,7 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
             "*llm-ledger: cost diff against base.json*",
             "lens summary",  # the largest change in cost first
             "*calls *1 *2 *+1 *+100.0%",
-            "lens digest (new)",
+            "lens digest (new; gpt-4o-mini)",  # the model a new lens's calls ask for
         ]
     )
 

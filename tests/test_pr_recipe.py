@@ -370,3 +370,29 @@ def test_readme_pr_recipe_passes_a_fork_whose_token_cannot_comment(
     assert diff_run.returncode == 0, diff_run.stdout + diff_run.stderr
     assert "::warning::could not comment on the pull request" in diff_run.stdout
     assert "### `triage`" in (tmp_path / "summary.md").read_text()
+
+
+def test_readme_pr_recipe_replaces_the_last_comment_when_there_is_no_diff(after_base: AfterBase) -> None:
+    """A push whose head run wrote no report (a usage error stopped it) has no diff: the job fails, and
+    the pull request's comment says so rather than keep showing the last push's figures as current."""
+    tmp_path, _, env, _ = after_base
+    comments = tmp_path / "gh-comments.json"
+    earlier = {
+        "id": 5,
+        "user": "github-actions[bot]",
+        "body": "## llm-ledger: cost diff\n\nlast push's figures",
+    }
+    comments.write_text(json.dumps([earlier]))
+    checkout = tmp_path / "ci" / "no-report"  # the head's checkout, where its run wrote no head.json
+    checkout.mkdir()
+
+    (diff_run,) = run_steps([readme_workflow()["jobs"]["lenses"]["steps"][-1]], checkout, env)
+
+    assert diff_run.returncode == 2, diff_run.stdout + diff_run.stderr
+    assert "head.json: report not found" in diff_run.stderr
+    ((comment),) = json.loads(comments.read_text())
+    assert comment["id"] == 5
+    assert comment["body"] == (
+        "## llm-ledger: cost diff\n\nNo diff for this push: `llm-ledger diff` exited 2; see the job log.\n"
+    )
+    assert comment["body"] in (tmp_path / "summary.md").read_text()

@@ -259,7 +259,8 @@ def test_budgets_and_replay_in_ci_as_the_readme_writes_them(
             "lens / test / total *limit *max *actual *worst run (test id)",
             f"lens default_summary *max_cost_usd *{usd(limit)} *{usd(cost.total_cost_usd)}"
             " *tests/test_*.py::test_summary_lens (+1 more runs)",
-            "limits from budgets.yaml",
+            "limits from budgets.yaml: "
+            "bring each back within its limit, or raise the limit there if the increase is intended",
         ]
     )
 

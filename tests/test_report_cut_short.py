@@ -121,7 +121,7 @@ def test_lens_runs_whose_summary_never_came_have_rows_in_the_table_the_report_an
     assert diff["lenses"]["partly"]["cut_short_runs"] == {"head": 1}
     assert diff["lenses"]["cut"]["metrics"]["api_calls"]["head"] == 1
     markdown = cli(capsys, "diff", "missing.json", "head.json").stdout
-    assert "| `cut` (new; cut short) |" in markdown
+    assert "| `cut` (new; `gpt-4o-mini`; cut short) |" in markdown
     assert "head: 1 of 1 runs cut short" in markdown
 
 

@@ -206,8 +206,9 @@ def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
     project: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A reviewer sees first, in one table, each lens's cost per run before and after (checked by
-    hand from the tokens and the list prices), then what went over --fail-on-increase (the lens, then
-    the total it raised); the per-lens details follow, not the other way round."""
+    hand from the tokens and the list prices), and the model swap that explains it, then what went over
+    --fail-on-increase (the lens, then the total it raised); the per-lens details follow, not the other
+    way round."""
     base = project.report("base.json")
     head = project.report("head.json", MODEL_SUMMARY="gpt-4o")
 
@@ -229,7 +230,8 @@ def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
         "",
         "| lens | cost per run: base | head | delta | % |",
         "|---|---:|---:|---:|---:|",
-        f"| `summary` | {usd(mini)} | {usd(four)} | {usd(four - mini, True)} | {grown} |",
+        f"| `summary` (`gpt-4o-mini` -> `gpt-4o`) | {usd(mini)} | {usd(four)} | {usd(four - mini, True)} "
+        f"| {grown} |",
         f"| `tags` (unchanged) | {usd(tags['cost_usd'])} | {usd(tags['cost_usd'])} | $0.000000 | 0.0% |",
         "",
         "**Cost per run grew by more than 25%:**",
@@ -240,6 +242,10 @@ def test_the_comment_opens_with_each_lens_cost_per_run_and_what_failed(
         "",
         f"- Total: {usd(total[0])} -> {usd(total[1])} ({(total[1] / total[0] - 1) * 100:+.1f}%)",
     ]
+    assert "### `summary` (`gpt-4o-mini` -> `gpt-4o`)\n" in out
+    as_json = json.loads(diff(capsys, base, head, "--format", "json")[1])["lenses"]
+    assert as_json["summary"]["models"] == {"base": ["gpt-4o-mini"], "head": ["gpt-4o"]}
+    assert as_json["tags"]["models"] == {"base": ["gpt-4o-mini"], "head": ["gpt-4o-mini"]}
 
 
 def test_a_run_stopped_by_a_collection_error_is_flagged_not_read_as_every_lens_removed(
@@ -403,3 +409,56 @@ def test_calls_outside_any_lens_compare_base_to_head_in_json(
         rows[0]["cost_usd"],
         rows[1]["cost_usd"],
     )
+
+
+def test_a_model_swapped_at_the_same_price_shows_with_only_changed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pull request that moves a lens to another model of the same price (a dated snapshot) changes
+    no figure, but the model is a change a reviewer must see: --only-changed keeps that lens, with both
+    models after its name."""
+    base = project.report("base.json")
+    head = project.report("head.json", MODEL_TAGS="gpt-4o-mini-2024-07-18")
+
+    status, out, _ = diff(capsys, base, head, "--only-changed")
+
+    assert status == 0
+    assert "2 lens(es), 1 with changes (only those are shown)." in out
+    assert "### `tags` (`gpt-4o-mini` -> `gpt-4o-mini-2024-07-18`)\n" in out
+    assert "| cost per run | " in section(out, "tags") and "`summary`" not in out
+
+
+def test_the_comment_says_what_the_budgets_found_in_the_head_run(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head run with --llm-budget writes what it found into its report, and the comment shows it
+    after the increases: each limit exceeded with its figures and worst run, and each lens that ran
+    with no budget (what failed the job, beside the cost diff the reviewer reads), or that every limit
+    was met; a head run without --llm-budget shows no budgets."""
+    base = project.report("base.json")
+    unchecked = project.report("unchecked.json", record=False)
+    (project.pytester.path / "budgets.yaml").write_text("lenses:\n  summary: {max_total_tokens: 5}\n")
+    head = project.report("head.json", "--llm-budget", record=False)
+
+    status, out, _ = diff(capsys, base, head)
+
+    assert status == 0
+    lens = json.loads(Path(head).read_text())["lenses"]["summary"]
+    assert out.split("**Budgets")[1].split("\n### ")[0] == (
+        " (budgets.yaml) in the head run: 1 limit(s) exceeded, 1 lens(es) with no budget:**\n\n"
+        f"- lens `summary`: max_total_tokens 5, actual {lens['total_tokens']} (worst run "
+        "`tests/test_app.py::test_summary`)\n"
+        "- lens `tags`: no budget (no entry under lenses, no default)\n"
+    )
+    text = diff(capsys, base, head, "--format", "text")[1]
+    assert text.endswith(
+        "Budgets (budgets.yaml) in the head run: 1 limit(s) exceeded, 1 lens(es) with no budget:\n"
+        f"  lens summary: max_total_tokens 5, actual {lens['total_tokens']} (worst run "
+        "tests/test_app.py::test_summary)\n"
+        "  lens tags: no budget (no entry under lenses, no default)\n"
+    )
+    assert json.loads(diff(capsys, base, head, "--format", "json")[1])["budgets"]["no_budget"] == ["tags"]
+    assert "Budgets" not in diff(capsys, base, unchecked)[1]
+    (project.pytester.path / "budgets.yaml").write_text("default: {max_total_tokens: 1000}\n")
+    met = project.report("met.json", "--llm-budget", record=False)
+    assert "\n**Budgets (budgets.yaml) in the head run: every limit met.**\n" in diff(capsys, base, met)[1]

@@ -87,6 +87,11 @@ def load_report(path: str | Path) -> dict[str, Any]:
             f"{name}: exit_status: expected pytest's exit status, got {shown(data['exit_status'])}"
         )
     _test_ids(name, "failed_tests", data.get("failed_tests", []))
+    if data.get("budgets") is not None and not _budgets_ok(data["budgets"]):
+        raise ConfigError(
+            f"{name}: budgets: expected what --llm-budget found, as pytest --llm-report writes it ('file', "
+            f"'exceeded', 'no_budget'), got {shown(data['budgets'])}"
+        )
     entries = [(join("lenses", lens), entry, "lens") for lens, entry in data["lenses"].items()]
     entries += [(f"usage[{i}]", row, "usage") for i, row in enumerate(data.get("usage", ()))]
     for where, entry, kind in [*entries, ("total", data["total"], "total")]:
@@ -117,6 +122,27 @@ def _problem(kind: str, entry: dict[str, Any]) -> str:
     if kind == "usage" and entry.get("at") is not None and _epoch(entry["at"]) is None:
         return "at: expected an ISO date-time or null"
     return ""
+
+
+def _budgets_ok(budgets: Any) -> bool:
+    """Whether a report's ``budgets`` (a run with --llm-budget) has the shape the diff reads."""
+    if not isinstance(budgets, dict) or not isinstance(budgets.get("file"), str):
+        return False
+    lenses, exceeded = budgets.get("no_budget"), budgets.get("exceeded")
+    return (
+        isinstance(lenses, list)
+        and all(isinstance(key, str) for key in lenses)
+        and isinstance(exceeded, list)
+        and all(
+            isinstance(e, dict)
+            and all(isinstance(e.get(k), str) for k in ("scope", "name", "limit", "worst_test"))
+            and all(
+                type(e.get(k)) in (int, float) or (k == "actual" and k in e and e[k] is None)
+                for k in ("max", "actual")
+            )
+            for e in exceeded
+        )
+    )
 
 
 def _refuse_log(name: str, raw: str | bytes) -> None:
@@ -182,10 +208,33 @@ def _row(
             row["failed_calls"][side] = None if errors is None else int(errors)
             if entry.get("tests_with_failed_calls"):
                 row["failed_call_tests"][side] = entry["tests_with_failed_calls"]
-    # the same figures, but what they leave out changed: --only-changed keeps it
-    if status == "unchanged" and row["cost_gaps"].get("base") != row["cost_gaps"].get("head"):
+    if lens not in (None, NO_LENS):  # the models its calls asked for: a swap explains a change in cost
+        row["models"] = {
+            side: _models(report, lens)
+            for side, report, entry in zip(("base", "head"), reports, entries, strict=True)
+            if entry
+        }
+    # the same figures, but what they leave out, or the models, changed: --only-changed keeps it
+    models = row.get("models", {})
+    if status == "unchanged" and (
+        row["cost_gaps"].get("base") != row["cost_gaps"].get("head")
+        or (all(models.values()) and models.get("base") != models.get("head"))
+    ):
         row["status"] = "changed"
     return row
+
+
+def _models(report: dict[str, Any], lens: str) -> list[str]:
+    """The models the calls of a lens asked for, from a report's usage rows
+    (none in a report written before it had them)."""
+    rows = report.get("usage", ())
+    return sorted(
+        {
+            model_name(r.get("model"), r.get("served_model"))
+            for r in rows
+            if (r.get("lens") or NO_LENS) == lens
+        }
+    )
 
 
 def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -317,6 +366,7 @@ def diff_reports(
         "lenses": lenses,
         "no_lens": no_lens,
         "total": total,
+        "budgets": head.get("budgets"),  # what --llm-budget found in the head run; None without it
     }
 
 

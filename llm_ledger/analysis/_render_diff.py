@@ -120,6 +120,35 @@ def exit_message(diff: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+_MAX_BUDGET_ITEMS: Final = 20  # the test run's log lists them all
+
+
+def _budgets(diff: dict[str, Any], names: Names) -> tuple[str, list[str]]:
+    """What --llm-budget found in the head run: a heading, and a line per limit exceeded and per lens
+    with no budget; ("", []) when the head run did not enforce budgets."""
+    if not (budgets := diff.get("budgets")):
+        return "", []
+    exceeded, lenses = budgets["exceeded"], budgets["no_budget"]
+    said = [f"{len(exceeded)} limit(s) exceeded"] * bool(exceeded)
+    said += [f"{len(lenses)} lens(es) with no budget"] * bool(lenses)
+    heading = f"Budgets ({budgets['file']}) in the head run: {', '.join(said) or 'every limit met'}"
+    items = []
+    for e in exceeded:
+        value = usd if e["limit"] == "max_cost_usd" else lambda v: f"{int(v):,}"
+        where = "total" if e["scope"] == "total" else f"{e['scope']} {names(e['name'])}"
+        actual = (
+            "unknown" if e["actual"] is None else "at least " * bool(e.get("at_least")) + value(e["actual"])
+        )
+        why = f": {e['unknown']}" if e.get("unknown") else ""
+        worst = f" (worst run {names(e['worst_test'])})" if e["worst_test"] else ""
+        items.append(f"{where}: {e['limit']} {value(e['max'])}, actual {actual}{worst}{why}")
+    items += [f"lens {names(key)}: no budget (no entry under lenses, no default)" for key in lenses]
+    if len(items) > _MAX_BUDGET_ITEMS:
+        more = len(items) - _MAX_BUDGET_ITEMS + 1
+        items[_MAX_BUDGET_ITEMS - 1 :] = [f"and {more} more (the head run's log lists them)"]
+    return heading, items
+
+
 def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
     if value is None:
         return NO_FIGURE
@@ -193,9 +222,15 @@ _HEADERS: Final = ("metric", "base", "head", "delta", "%")
 
 
 def _mark(row: dict[str, Any], names: Names) -> str:
-    """What follows a lens's name: its status, for a new lens the removed one it may be renamed from,
-    and whether runs of it were cut short."""
+    """What follows a lens's name: its status, its models when it is new or they changed (a swap explains
+    a change in cost), for a new lens the removed one it may be renamed from, and whether runs of it
+    were cut short."""
     said = [] if row["status"] == "changed" else [row["status"]]
+    models = {side: ", ".join(map(names, used)) for side, used in row.get("models", {}).items()}
+    if row["status"] == "new" and models.get("head"):  # "" from a report written before it had usage rows
+        said.append(models["head"])
+    elif len(models) == 2 and all(models.values()) and models["base"] != models["head"]:
+        said.append(f"{models['base']} -> {models['head']}")
     if row.get("renamed_from") is not None:
         said.append(f"renamed from {names(row['renamed_from'])}?")
     said += ["cut short"] * bool(row["cut_short_runs"])
@@ -243,6 +278,10 @@ def _markdown(diff: dict[str, Any]) -> str:
             # the total's and the calls' outside any lens are always kept, as their details are
             part = f"increases {number}" if item["scope"] == "lens" else "kept increases"
             blocks.append((part, "\n".join([*lines, f"- {_increase(item, code)}"])))
+    budgets, found = _budgets(diff, code)
+    if budgets:
+        lines = ["", f"**{budgets}{':' if found else '.'}**", *[""] * bool(found), *(f"- {i}" for i in found)]
+        blocks.append(("kept budgets", "\n".join(lines)))
     for kind, name, row, rows in sections:
         title = code(name) if kind == "lens" else "Total" if kind == "total" else _NO_LENS_TITLE
         lines = ["", f"### {title}{_mark(row, code)}", "", *markdown_table(_HEADERS, rows)]
@@ -313,6 +352,9 @@ def _text(diff: dict[str, Any]) -> str:
     for heading, items in _grouped(diff):
         lines.append(f"{heading}:")
         lines += [f"  {_increase(item, plain)}" for item in items]
+    heading, said = _budgets(diff, plain)
+    if heading:
+        lines += [f"{heading}{':' if said else ''}", *(f"  {item}" for item in said)]
     return "\n".join(lines) + "\n"
 
 
