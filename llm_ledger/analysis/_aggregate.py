@@ -18,7 +18,15 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .._errors import ConfigError
-from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, cost_decimal, process_of
+from .._records import (
+    ANOMALY_EVENT,
+    BUDGET_EVENT,
+    CALL_EVENT,
+    LENS_EVENT,
+    cost_decimal,
+    cost_pending,
+    process_of,
+)
 from ..loading import did_you_mean
 from ._read import InputStats, LogReader
 
@@ -466,8 +474,9 @@ def _call_figures(record: dict[str, Any]) -> _Figures:
     total = _tokens(usage.get("total_tokens"))
     failed = record.get("status") == "error"
     cost = _usd(_dict(record.get("cost")).get("total_cost_usd"))
-    # without a cost: a successful call without a price, or a failed call that was billed
-    unpriced = cost is None and (not failed or total > 0)
+    # without a cost: a successful call without a price, or a failed call that was billed (not a
+    # background response's start: its cost is its end's record's)
+    unpriced = cost is None and (not failed or total > 0) and not cost_pending(record)
     duration = _number(_dict(record.get("timing")).get("duration_ms"))
     return 1, int(failed), prompt, completion, total, cost, int(unpriced), duration
 
