@@ -35,11 +35,12 @@ def _keep(ids: OrderedDict[str, Any], key: str, value: Any) -> None:
 
 
 def begun(monitor: LLMCallMonitor, call: _Call, response_id: Any) -> None:
-    """``call`` began the background response ``response_id`` (still queued or in progress)."""
+    """``call`` began the background response ``response_id`` (still queued or in progress): a new
+    one, even under an id seen before (a cassette replayed again in the process)."""
     if type(response_id) is str and response_id:
         with _lock:
-            if response_id not in _ended:
-                _keep(_pending, response_id, (monitor, call))
+            _ended.pop(response_id, None)
+            _keep(_pending, response_id, (monitor, call))
 
 
 def take(response_id: str, background: Callable[[], bool]) -> tuple[LLMCallMonitor, _Call] | Any | None:

@@ -1082,7 +1082,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body.get("model"), str) and path != "/v1/videos":  # a video's model defaults
             raise _Refusal(400, "You must provide a model parameter.")
         reply = _ROUTES[path](body, headers, self._num, faults)
-        return self.server.fake._store(body, headers, reply) if path == "/v1/responses" else reply
+        if path != "/v1/responses":
+            return reply
+        # a background response answered whole is streamed too when retrieved with stream=true
+        whole = isinstance(reply, _Reply) and body.get("background") is True
+        streamed = _responses({**body, "stream": True}, headers, self._num, faults) if whole else reply
+        return self.server.fake._store(body, headers, reply, streamed)
 
     def _send(self, reply: _Reply | _Stream, faults: set[str], headers: dict[str, str]) -> None:
         """Send ``reply``; under the ``cut-stream`` and ``reset`` faults, its first half then the end of the
@@ -1222,28 +1227,28 @@ class FakeOpenAI:
             self._failures.clear()
             self._responses.clear()
 
-    def _store(self, body: JSONDict, headers: dict[str, str], reply: _Reply | _Stream) -> _Reply | _Stream:
+    def _store(
+        self, body: JSONDict, headers: dict[str, str], reply: _Reply | _Stream, streamed: _Reply | _Stream
+    ) -> _Reply | _Stream:
         """Keep a Response answered (its stream's last event's) for ``GET /v1/responses/{id}``. One asked
         for with ``background: true`` runs on: answered ``queued`` (a stream: its ``response.created``
         says so), ``in_progress`` to the first ``x-fake-polls`` retrieves (1 unless given),
         then as it ended."""
         background = body.get("background") is True
-        if isinstance(reply, _Stream):
-            events: list[JSONDict] | None = reply.events
-            final = reply.events[-1].get("response") if reply.events else None
-        else:
-            events, final = None, reply.body
+        events = streamed.events if isinstance(streamed, _Stream) else []
+        last = events[-1].get("response") if events else None  # a stream's Response, as it ended
+        final = reply.body if isinstance(reply, _Reply) else last
         if not isinstance(final, dict) or not isinstance(final.get("id"), str):
             return reply  # an error answer, a stream ending in an error event: nothing to keep
         final["background"] = background
-        if background and events is not None:
+        if background and events:
             for event in events:
                 if isinstance(event.get("response"), dict):
                     event["response"]["background"] = True
             events[0]["response"]["status"] = "queued"
         polls = _count(headers, "polls", 1) if background else 0
         with self._lock:
-            self._responses[final["id"]] = _Job(final, events or [], polls)
+            self._responses[final["id"]] = _Job(final, events, polls)
             while len(self._responses) > 1000:
                 del self._responses[next(iter(self._responses))]
         if background and isinstance(reply, _Reply):
