@@ -474,6 +474,7 @@ class LLMCallMonitor:
             call.request = {**began.request, "stream": call.request["stream"]}
             call.context, call.endpoint = context, began.endpoint
             call.start_epoch, call.start_perf = began.start_epoch, began.start_perf
+            call.ttft = None  # a resumed stream's first token is not the response's
             call.client, call.content = began.client, began.content
         call.lenses = runs
         call.owner = _records._id_prefix
