@@ -76,13 +76,14 @@ def test_a_background_response_ended_after_its_lens_says_its_cost_is_pending_the
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """A lens that only begins the response (a web handler) writes its record at its end, its cost not
-    complete yet; the end, retrieved later, is recorded with the lens's context (not its finished run),
-    so a report by lens has the cost, nothing unpriced and no run cut short."""
+    complete yet, as a report over the log says too (the start's end is not in it: never $0 and
+    complete); the end, retrieved later, is recorded with the lens's context (not its finished run), so
+    a report by lens then has the cost, nothing unpriced and no run cut short."""
     with monitor.lens("start_job", source_id="doc-7") as run:
         queued = client.responses.create(**ASK, background=True)
     assert run.summary is not None and [r["event"] for r in records] == ["llm_api_call", "lens_summary"]
     assert run.summary["cost_complete"] is False and run.summary["total_cost_usd"] == 0
-    assert _report(records).unpriced_calls == 0  # the create is no unpriced call: its end has the cost
+    assert _report(records).unpriced_calls == 1
     _poll_sync(client, queued)
     begun, ended = records.calls
     assert ended["context"] == {k: v for k, v in begun["context"].items() if k != "lens_run_id"}

@@ -620,6 +620,9 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     calls_read: dict[str, int] = {}
     summarised: set[str] = set()
     missing = {name: set(wanted) for name, wanted in where.items()}  # where values no record has yet
+    # a background response's start kept -> the sums it counts in, until a record of its end is read (its
+    # cost); one never ended in the records read counts as unpriced there (docs/PRICING.md)
+    waiting: dict[str, list[_Sums]] = {}
     seen: dict[str, set[str]] = {name: set() for name in where}
     for record in records:
         event = record.get("event")
@@ -669,14 +672,25 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             filtered += 1
             continue
         total.add(lens_run, figures, alert)
+        counted = [total]
         for combo in itertools.product(*choices):
             group_key = tuple(map(_hashable, combo))
             sums = groups.get(group_key)
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures, alert)
+            counted.append(sums)
             if run_groups is not None:
                 run_groups.add(group_key)
+        response_id = _dict(record.get("response")).get("id") if event == CALL_EVENT else None
+        if type(response_id) is str and record.get("operation") == "responses":
+            if cost_pending(record):
+                waiting[response_id] = counted
+            else:
+                waiting.pop(response_id, None)
+    for counted in waiting.values():
+        for sums in counted:
+            sums.unpriced_calls += 1
     for run_groups in open_runs.values():  # each cut-short run counts once in the total
         for sums in [total, *map(groups.__getitem__, run_groups)] if run_groups else ():
             sums.lens_runs += 1
