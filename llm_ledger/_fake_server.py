@@ -78,7 +78,7 @@ MAX_BODY_BYTES = 64 * 2**20  # larger bodies answer 413 unread: a stray Content-
 _HEADERS: dict[str, Any] = {
     **dict.fromkeys((
         "chunks", "completion-words", "cached-tokens", "cache-write-tokens", "prompt-audio-tokens",
-        "completion-audio-tokens", "reasoning-tokens", "tool-calls", "tool-uses", "delay-ms",
+        "completion-audio-tokens", "reasoning-tokens", "tool-calls", "tool-uses", "delay-ms", "polls",
     ), int),
     **dict.fromkeys(("content", "refusal", "served-model", "cost", "status"), str),
     "fault": ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed"),
@@ -142,6 +142,22 @@ class _Stream:
     # chunks do not)
     events: list[JSONDict]
     done: bool = True  # chunk streams end with ``data: [DONE]``, Responses streams do not
+
+
+@dataclass
+class _Job:
+    """A Response kept for ``GET /v1/responses/{id}``: as it ends, its stream's events, and how many
+    retrieves still find it running (a background one)."""
+
+    final: JSONDict
+    events: list[JSONDict]
+    polls: int
+
+
+def _running(final: JSONDict, status: str) -> JSONDict:
+    """A background Response before its end (or cancelled): no output, no usage yet."""
+    return {**final, "status": status, "output": [], "usage": None, "completed_at": None,
+            "incomplete_details": None}  # fmt: skip
 
 
 class _Refusal(Exception):
@@ -1106,13 +1122,21 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(status, headers={"retry-after-ms": "1"})
         if "not-json" in faults:
             return _Reply(b"<html>oops</html>")
+        if path.startswith("/v1/responses/"):  # a stored Response: retrieved (streamed or not), cancelled
+            return self.server.fake._stored(self.command, path, urlsplit(self.path).query)
         if self.command != "POST" or path not in _ROUTES:
             raise _Refusal(404, f"Invalid URL ({self.command} {path})")
         if not isinstance(body, dict):
             raise _Refusal(400, "We could not parse the JSON body of your request (fake).")
         if not isinstance(body.get("model"), str) and path != "/v1/videos":  # a video's model defaults
             raise _Refusal(400, "You must provide a model parameter.")
-        return _ROUTES[path](body, headers, self._num, faults)
+        reply = _ROUTES[path](body, headers, self._num, faults)
+        if path != "/v1/responses":
+            return reply
+        # a background response answered whole is streamed too when retrieved with stream=true
+        whole = isinstance(reply, _Reply) and body.get("background") is True
+        streamed = _responses({**body, "stream": True}, headers, self._num, faults) if whole else reply
+        return self.server.fake._store(body, headers, reply, streamed)
 
     def _send(self, reply: _Reply | _Stream, faults: set[str], headers: dict[str, str]) -> None:
         """Send ``reply``; under the ``cut-stream`` and ``reset`` faults, its first half then the end of the
@@ -1188,6 +1212,7 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._failures: list[_Reply] = []  # queued by fail_next(), one per request
+        self._responses: dict[str, _Job] = {}  # the last Responses answered, by id, for GET and cancel
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -1249,6 +1274,63 @@ class FakeOpenAI:
             self.requests.clear()
             self.answers.clear()
             self._failures.clear()
+            self._responses.clear()
+
+    def _store(
+        self, body: JSONDict, headers: dict[str, str], reply: _Reply | _Stream, streamed: _Reply | _Stream
+    ) -> _Reply | _Stream:
+        """Keep a Response answered (its stream's last event's) for ``GET /v1/responses/{id}``. One asked
+        for with ``background: true`` runs on: answered ``queued`` (a stream: its ``response.created``
+        says so), ``in_progress`` to the first ``x-fake-polls`` retrieves (1 unless given),
+        then as it ended."""
+        background = body.get("background") is True
+        events = streamed.events if isinstance(streamed, _Stream) else []
+        last = events[-1].get("response") if events else None  # a stream's Response, as it ended
+        final = reply.body if isinstance(reply, _Reply) else last
+        if not isinstance(final, dict) or not isinstance(final.get("id"), str):
+            return reply  # an error answer, a stream ending in an error event: nothing to keep
+        final["background"] = background
+        if background and events:
+            for event in events:
+                if isinstance(event.get("response"), dict):
+                    event["response"]["background"] = True
+            events[0]["response"]["status"] = "queued"
+        polls = _count(headers, "polls", 1) if background else 0
+        with self._lock:
+            self._responses[final["id"]] = _Job(final, events, polls)
+            while len(self._responses) > 1000:
+                del self._responses[next(iter(self._responses))]
+        if background and isinstance(reply, _Reply):
+            return _Reply(_running(final, "queued"))
+        return reply
+
+    def _stored(self, method: str, path: str, query: str) -> _Reply | _Stream:
+        """``GET /v1/responses/{id}`` (``?stream=true&starting_after=N``: its events after N) and
+        ``POST /v1/responses/{id}/cancel``: a background Response running, ended, or cancelled."""
+        response_id, _, action = path.removeprefix("/v1/responses/").partition("/")
+        if (method, action) not in (("GET", ""), ("POST", "cancel")):
+            raise _Refusal(404, f"Invalid URL ({method} {path})")
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        with self._lock:
+            job = self._responses.get(response_id)
+            if job is None:
+                raise _Refusal(404, f"No response found with id '{response_id}'.", param="response_id")
+            if action == "cancel":
+                if not job.final["background"]:
+                    raise _Refusal(400, "Only responses created with background=true can be cancelled.")
+                if job.polls > 0:  # still running: cancelled, with no usage (as OpenAI answers it)
+                    job.final, job.events, job.polls = _running(job.final, "cancelled"), job.events[:1], 0
+                return _Reply(job.final)
+            if params.get("stream") == "true":
+                after = params.get("starting_after", "-1")
+                if not after.lstrip("-").isdigit():
+                    raise _Refusal(400, f"starting_after: {after!r} is not a sequence number.")
+                job.polls = 0  # a stream runs with it to its end
+                return _Stream([e for e in job.events if e["sequence_number"] > int(after)], done=False)
+            if job.polls > 0:
+                job.polls -= 1
+                return _Reply(_running(job.final, "in_progress"))
+            return _Reply(job.final)
 
     def _arrived(self, request: RecordedRequest) -> tuple[int, _Reply | None]:
         """Record ``request``: its number, and the failure queued for it."""

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from . import _budgets
-from ._context import current_lenses
+from ._background import LATER
+from ._context import _lenses, current_lenses
 from ._errors import warn_internal
 from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
 from ._monitor import _Call
@@ -78,6 +79,8 @@ def _begin(
     """Start watching a call; returns the call (None if not watched) and the options to send."""
     operation = OPERATIONS.get(options.url)
     if operation is None or options.method != "post":
+        if operation is None and options.url.startswith("/responses/"):
+            return _begin_later(monitor, client, options, stream, counts_retries, endpoint), options
         return None, options
     if _budgets.stopping:  # a lens run went over its budget in raise mode: is it one of ours?
         _budgets.refuse_if_stopped(current_lenses())
@@ -111,6 +114,39 @@ def _begin(
         call.client = client
         call.content = monitor._captured_request(sent)
     return call, options
+
+
+def _begin_later(
+    monitor: LLMCallMonitor, client: Any, options: Any, stream: bool, counts_retries: bool, endpoint: Endpoint
+) -> _Call | None:
+    """Watch ``responses.retrieve(id)`` (streamed or not) and ``responses.cancel(id)``: what a
+    background response's end is recorded from (``LLMCallMonitor._later``); None for another call."""
+    rest = options.url[len("/responses/") :]
+    method = options.method
+    cancel = method == "post" and rest.count("/") == 1 and rest.endswith("/cancel")
+    if not (cancel or (method == "get" and "/" not in rest)):
+        return None  # a delete, input items, compact...
+    try:
+        headers = options.headers
+        raw = headers.get(_RAW_HEADER) if isinstance(headers, Mapping) else None
+        around = current_lenses()
+        token = _lenses.set(())  # counted in no lens run unless it sees the end (a poll counts nowhere)
+        try:
+            shape = request_shape("responses", {}, stream=stream)
+            call = _Call("responses", shape, endpoint, raw, False, 0 if counts_retries else None)
+        finally:
+            _lenses.reset(token)
+    except Exception as exc:
+        monitor._report("reading the request", exc)
+        return None
+    call.owner = LATER
+    call.background_id = rest.partition("/")[0]
+    call.background = None
+    call.around = around
+    if monitor.capture_content:
+        call.client = client
+        call.content = {}  # the request's, when the response began here; the output
+    return call
 
 
 def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:

@@ -13,7 +13,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from . import _records
+import orjson
+
+from . import _background, _records
+from ._background import LATER
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._credentials import request_credentials
 from ._errors import PASSED_ON, ConfigError, warn_internal
@@ -22,6 +25,7 @@ from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
     LOGGER_NAME,
+    PENDING_STATUSES,
     AnomalyRecord,
     BudgetRecord,
     CallRecord,
@@ -99,6 +103,12 @@ class _LedgerLogRecord(logging.LogRecord):
 class _Call:
     """What the monitor knows about one call in flight."""
 
+    # a retrieve or cancel of a response only (owner LATER): its id, whether the answer says it runs
+    # in the background (None: not read yet), and the lens runs open where it was made
+    background_id: str
+    background: bool | None
+    around: tuple[LensRun, ...]
+
     def __init__(
         self,
         operation: str,
@@ -155,6 +165,17 @@ class _Call:
                     self.request_id = response.headers.get("x-request-id")
                 except Exception:
                     pass  # a response without readable headers: no request id
+
+
+def _was_background(call: _Call) -> bool:
+    """Whether the response a retrieve or cancel answered runs in the background (the answer's
+    ``background``: a stream's last event, else the JSON body the SDK read)."""
+    if call.background is not None:
+        return call.background is True
+    try:
+        return orjson.loads(call.http_response.content).get("background") is True
+    except Exception:
+        return False
 
 
 def _carried(source: Any) -> set[str]:
@@ -399,6 +420,8 @@ class LLMCallMonitor:
     ) -> None:
         """Record a call that ended, once: counted in the lens runs it began in, then emitted."""
         if call.owner is not _records._id_prefix:
+            if call.owner is LATER:  # a background response's retrieve or cancel
+                self._later(call, status, response, usage_obj, error, output_text)
             return
         call.owner = None
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text)
@@ -414,6 +437,50 @@ class LLMCallMonitor:
                     run._settle_call()
                 except Exception as exc:
                     self._report("ending a lens", exc)
+
+    def _later(
+        self,
+        call: _Call,
+        status: Status,
+        response: ResponseShape | None,
+        usage_obj: Usage | Any,
+        error: BaseException | None,
+        output_text: str | None,
+    ) -> None:
+        """A retrieve or cancel of a response answered: a background response's end, when it shows
+        it, is recorded once in this process; a poll of one still running (or a request that failed)
+        records nothing. One begun here is recorded by its monitor as its end: the request, context
+        and start of the call that began it, counted in its lens runs still open; one begun
+        elsewhere (another process) with the context and lens runs of the retrieve."""
+        call.owner = None
+        reason = None if response is None else response["finish_reason"]
+        if reason is None or reason in PENDING_STATUSES:
+            return
+        entry = _background.take(call.background_id, lambda: _was_background(call))
+        if entry is _background.ENDED:
+            return
+        monitor = self
+        if entry is None:
+            runs = tuple(run for run in call.around if run._totals.begin())
+        else:
+            monitor, began = entry
+            runs = tuple(run for run in began.lenses if run._totals.begin())
+            for run in runs:
+                run._totals.ended()
+            context = began.context
+            if began.lenses and began.lenses[-1] not in runs:
+                # its run wrote its record already: a report finds the lens and source, not a run cut short
+                context = {k: v for k, v in context.items() if k not in RUN_KEYS[1:]}
+            call.request = {**began.request, "stream": call.request["stream"]}
+            call.context, call.endpoint = context, began.endpoint
+            call.start_epoch, call.start_perf = began.start_epoch, began.start_perf
+            call.ttft = None  # a resumed stream's first token is not the response's
+            call.client, call.content = began.client, began.content
+        call.lenses = runs
+        call.owner = _records._id_prefix
+        if reason == "cancelled":  # stopped by a caller: billed for what ran, which OpenAI does not say
+            status = "interrupted"
+        monitor._finish(call, status, response, usage_obj, error=error, output_text=output_text)
 
     def _record(
         self,
@@ -451,7 +518,10 @@ class LLMCallMonitor:
             usage = reasoning_in_completion(usage)
         prompt_cost = completion_cost = total_cost = source = priced_at = None
         costs = self._price(route, response, call.request["model"], usage, call.start_epoch)
-        if costs is not None:
+        if costs is None:
+            if response["finish_reason"] in PENDING_STATUSES and call.operation == "responses":
+                _background.begun(self, call, response["id"])  # its end is recorded when a retrieve sees it
+        else:
             prompt_cost, completion_cost, source, priced_at = costs
             total_cost = prompt_cost + completion_cost
         reported = reported_cost_units(usage_obj)  # the provider's own figure wins

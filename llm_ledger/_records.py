@@ -38,6 +38,7 @@ __all__ = [
     "call_record",
     "cost_decimal",
     "cost_left_out",
+    "cost_pending",
     "iso_timestamp",
     "lens_record",
     "made_here",
@@ -357,11 +358,28 @@ def call_record(
     return record
 
 
+# the statuses of a background response still running: its cost comes in the record of its end
+PENDING_STATUSES = ("queued", "in_progress")
+
+
+def cost_pending(record: Mapping[str, Any]) -> bool:
+    """Whether a call is a background response's start (``responses.create(background=True)``) whose
+    usage and cost come in the record of its end, written when a retrieve sees it end (read leniently:
+    a report reads records of any make)."""
+    response = record.get("response")
+    return (
+        record.get("operation") == "responses"
+        and type(response) is dict
+        and response.get("finish_reason") in PENDING_STATUSES
+    )
+
+
 def billed_without_cost(record: Mapping[str, Any]) -> bool:
     """Whether a call has no cost yet may have been billed: an ok call unpriced, or a failed one that
-    reported tokens or whose streamed answer had begun (``cost_complete: false`` in its lens). A call
-    whose cost leaves out tool uses billed apart (``cost.left_out``) has a cost: see ``cost_left_out``."""
-    if record["cost"]["total_cost_usd"] is not None:
+    reported tokens or whose streamed answer had begun (``cost_complete: false`` in its lens); not a
+    background response's start, whose cost is its end's (``cost_pending``). A call whose cost
+    leaves out tool uses billed apart (``cost.left_out``) has a cost: see ``cost_left_out``."""
+    if record["cost"]["total_cost_usd"] is not None or cost_pending(record):
         return False
     if record["status"] != "error" or record["usage"]["total_tokens"]:
         return True
@@ -382,6 +400,11 @@ class LensTotals:
     """Running totals of one lens run, thread-safe. A call counts from ``begin`` to ``add``, and its
     record is emitted before the run's (``settle``): a run ending with calls open reports them as
     ``open_calls``, and the last of them to settle emits the run's whole record."""
+
+    # set only by a run with background responses (none costs the others a thing): how many began in
+    # the run whose end it has not counted, and whether its other calls all had a cost
+    pending: int = 0
+    priced: bool = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -440,15 +463,24 @@ class LensTotals:
             if total_cost_units is not None:
                 self.cost_units += total_cost_units
                 if record["cost"]["left_out"]:  # tool uses billed apart, with no price
-                    self.cost_complete = False
+                    self.cost_complete = self.priced = False
                     self.fees_left_out = True
             elif billed_without_cost(record):
+                self.cost_complete = self.priced = False
+            elif cost_pending(record):  # complete once its end is counted (ended())
+                self.pending += 1
                 self.cost_complete = False
             if usage["total_tokens"] is None and status != "error":
                 self.tokens_complete = False
             self.duration_s += record["timing"]["duration_ms"] / 1000
             if type(model) is str:
                 self.models.add(model)
+
+    def ended(self) -> None:
+        """A background response begun in the run ended: its end's record is counted next."""
+        with self._lock:
+            self.pending -= 1
+            self.cost_complete = self.priced and self.pending <= 0
 
     def settle(self) -> bool:
         """A counted call's record was emitted; True when the run's record is due now."""

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _jsonl
+from . import _background, _jsonl
+from ._background import LATER
 from ._context import recorded_apart
 from ._extract import MEDIA, JsonView, output_text, response_shape, speech_usage
 from ._records import interrupted
@@ -35,6 +36,8 @@ def _fields(obj: Any) -> Any:
     return obj if type(obj) is dict else getattr(obj, "__dict__", None)
 
 
+# Responses events before the answer: a background response's say it runs on if the stream stops
+_BEGUN = frozenset({"response.created", "response.queued", "response.in_progress"})
 # Responses events whose first is the answer's first token when it has no text (as a chat stream's
 # tool-call or refusal delta is)
 _FIRST_TOKENS = frozenset({"response.function_call_arguments.delta", "response.refusal.delta"})
@@ -42,6 +45,8 @@ _FIRST_TOKENS = frozenset({"response.function_call_arguments.delta", "response.r
 
 class _StreamState:
     """What one stream has shown so far, and its record, written once."""
+
+    running: str | None = None  # a background response's last status while it runs (set on it only)
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
         call.let_go()  # the call outlives its request: what its record takes from the response is kept
@@ -180,6 +185,10 @@ class _StreamState:
                 response = JsonView(response)
             try:
                 shape, usage = response_shape("responses", response)
+                call = self.call
+                call.background = getattr(response, "background", None)
+                if call.background is True and call.owner is not LATER:  # begun and ended here
+                    _background.ended_here(shape["id"])
                 error = ResponseError(getattr(response, "error", None)) if kind == "response.failed" else None
             except Exception as exc:  # recorded with what the stream showed
                 self.monitor._report("recording a stream", exc)
@@ -188,9 +197,11 @@ class _StreamState:
                 self._finish("error" if error else "ok", error, shape, usage)
         elif kind == "error":  # the server gave up mid-stream (the SDK hands the event on)
             self._finish("error", ResponseError(fields))
-        elif kind == "response.created":  # what a stream stopped before its end is recorded as
+        elif kind in _BEGUN:  # what a stream stopped before its end is recorded as
             response = _fields(fields.get("response")) or {}
             self.model, self.id = response.get("model"), response.get("id")
+            if response.get("background") is True:  # it runs on: its end is recorded once retrieved
+                self.running = response.get("status")
         elif kind in _FIRST_TOKENS:
             self.call.first_token()
         return True
@@ -248,7 +259,7 @@ class _StreamState:
                     "id": self.id,
                     "request_id": None,
                     "content_length": self.chars,
-                    "finish_reason": self.finish_reason,
+                    "finish_reason": self.finish_reason or self.running,
                     # null for a text completion, which has no tools: as create() records it
                     "tool_calls_count": None if call.operation == "text_completion" else self.tool_calls,
                     "service_tier": self.tier,

@@ -18,7 +18,15 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .._errors import ConfigError
-from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, cost_decimal, process_of
+from .._records import (
+    ANOMALY_EVENT,
+    BUDGET_EVENT,
+    CALL_EVENT,
+    LENS_EVENT,
+    cost_decimal,
+    cost_pending,
+    process_of,
+)
 from ..loading import did_you_mean
 from ._read import InputStats, LogReader
 
@@ -467,9 +475,13 @@ def _call_figures(record: dict[str, Any]) -> _Figures:
     failed = record.get("status") == "error"
     recorded = _dict(record.get("cost"))
     cost = _usd(recorded.get("total_cost_usd"))
-    # without a cost: a successful call without a price, or a failed call that was billed; or a cost
-    # that leaves out its built-in tools' fees (web search...)
-    unpriced = (not failed or total > 0) if cost is None else bool(recorded.get("left_out"))
+    # without a cost: a successful call without a price, or a failed call that was billed (not a
+    # background response's start: its cost is its end's record's); or a cost that leaves out its
+    # built-in tools' fees (web search...)
+    if cost is None:
+        unpriced = (not failed or total > 0) and not cost_pending(record)
+    else:
+        unpriced = bool(recorded.get("left_out"))
     duration = _number(_dict(record.get("timing")).get("duration_ms"))
     return 1, int(failed), prompt, completion, total, cost, int(unpriced), duration
 
@@ -613,6 +625,9 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     calls_read: dict[str, int] = {}
     summarised: set[str] = set()
     missing = {name: set(wanted) for name, wanted in where.items()}  # where values no record has yet
+    # a background response's start kept -> the sums it counts in, until a record of its end is read (its
+    # cost); one never ended in the records read counts as unpriced there (docs/PRICING.md)
+    waiting: dict[str, list[_Sums]] = {}
     seen: dict[str, set[str]] = {name: set() for name in where}
     for record in records:
         event = record.get("event")
@@ -662,14 +677,25 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             filtered += 1
             continue
         total.add(lens_run, figures, alert)
+        counted = [total]
         for combo in itertools.product(*choices):
             group_key = tuple(map(_hashable, combo))
             sums = groups.get(group_key)
             if sums is None:
                 sums = groups[group_key] = _Sums(dict(zip(by, combo, strict=True)))
             sums.add(lens_run, figures, alert)
+            counted.append(sums)
             if run_groups is not None:
                 run_groups.add(group_key)
+        response_id = _dict(record.get("response")).get("id") if event == CALL_EVENT else None
+        if type(response_id) is str and record.get("operation") == "responses":
+            if cost_pending(record):
+                waiting[response_id] = counted
+            else:
+                waiting.pop(response_id, None)
+    for counted in waiting.values():
+        for sums in counted:
+            sums.unpriced_calls += 1
     for run_groups in open_runs.values():  # each cut-short run counts once in the total
         for sums in [total, *map(groups.__getitem__, run_groups)] if run_groups else ():
             sums.lens_runs += 1

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from .._extract import MEDIA
-from .._records import cost_decimal
+from .._records import cost_decimal, cost_pending
 
 if TYPE_CHECKING:
     from .._pricing import PriceTable
@@ -168,6 +168,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     if (total := counts["total_tokens"]) is None:  # as recorded, else prompt + completion
         total = counts["total_tokens"] = (prompt or 0) + (completion or 0) if known else 0
     ok = record.get("status") != "error"
+    pending = cost_pending(record)  # a background response's start: its cost is its end's record's
     address, port = server.get("address"), server.get("port")
     return UsageRow(
         lens=str(_dict(record.get("context")).get("lens_key") or NO_LENS),
@@ -179,8 +180,8 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         cost_source=recorded_name(cost.get("source")),
         calls=1,
         cost_usd=recorded or Decimal(0),
-        uncosted_calls=int(recorded is None and (ok or total > 0)),
-        no_usage_calls=int(not known and ok),
+        uncosted_calls=int(recorded is None and (ok or total > 0) and not pending),
+        no_usage_calls=int(not known and ok and not pending),
         unpriced_unit_calls=int(not known and ok and record.get("operation") in MEDIA),
         failed_calls=int(not ok),
         at=_epoch(started) if priced is None else priced,

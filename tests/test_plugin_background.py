@@ -1,0 +1,56 @@
+"""The pytest plugin records a background response's polling in a cassette and replays it offline, its
+cost counted once, complete, in the test's calls and lens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llm_ledger.testing import FakeOpenAI
+from tests.plugin_helpers import load_yaml, run, server_fixture, with_key_fixture, write_project
+
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
+
+BACKGROUND_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_deep_research(llm_ledger):
+    raw = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(raw) as c, ledger.lens("deep_research"):
+        r = c.responses.create(
+            model="gpt-4o-mini", input="Write about otters", background=True,
+            extra_headers={"x-fake-polls": "2"},
+        )
+        while r.status in ("queued", "in_progress"):
+            r = c.responses.retrieve(r.id)
+    assert r.status == "completed"
+    assert [c["response"]["finish_reason"] for c in llm_ledger.calls] == ["queued", "completed"]
+    assert llm_ledger.cost_complete and llm_ledger.cost_usd > 0
+    assert llm_ledger.total_tokens == r.usage.total_tokens
+    [lens] = llm_ledger.lens("deep_research")
+    assert lens["summary"]["cost_complete"] and lens["summary"]["total_cost_usd"] == llm_ledger.cost_usd
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_background_polling_is_recorded_and_replayed_offline_with_its_cost_once(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """The create and its three polls are recorded in order; replayed with the server stopped, the
+    polls answer as recorded (in progress twice, then ended) and the test sees the same cost, once."""
+    write_project(pytester, BACKGROUND_TESTS)
+    recorded = run(pytester, "--llm-record-mode=once")
+    assert recorded.ret == 0, recorded.stdout.str()
+    cassette = load_yaml(pytester.path / Path("cassettes", "tests", "test_app", "test_deep_research.yaml"))
+    assert [i["request"]["method"] for i in cassette["interactions"]] == ["POST", "GET", "GET", "GET"]
+    server.stop()
+    run(pytester).assert_outcomes(passed=1)
