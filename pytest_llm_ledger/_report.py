@@ -66,6 +66,8 @@ USAGE_KEYS: Final = (
     "at",
 )
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
+# the per-model counts of calls whose cost is unknown or incomplete, each its own reason (cost_gaps)
+_GAPS: Final = ("unpriced", "no_usage", "units", "tool_fees")
 
 
 def _int(value: Any) -> int:
@@ -107,14 +109,9 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cost += other.cost
         self.cost_complete = self.cost_complete and other.cost_complete
-        pairs = (
-            (self.unpriced, other.unpriced),
-            (self.no_usage, other.no_usage),
-            (self.units, other.units),
-            (self.tool_fees, other.tool_fees),
-        )
-        for mine, theirs in pairs:
-            for model, count in theirs.items():
+        for name in _GAPS:
+            mine = getattr(self, name)
+            for model, count in getattr(other, name).items():
                 mine[model] = mine.get(model, 0) + count
 
     @classmethod
@@ -355,7 +352,8 @@ class SessionLedger:
         _, _, calls = self._open.pop(_run_id(context), ("", nodeid, Totals()))
         if context.get("parent_lens_run_id"):
             self._open_run(str(context["parent_lens_run_id"]), nodeid).add(calls)
-        run.unpriced, run.no_usage, run.units = dict(calls.unpriced), dict(calls.no_usage), dict(calls.units)
+        for name in _GAPS:  # why its cost is incomplete: its summary does not say
+            setattr(run, name, dict(getattr(calls, name)))
         self.lens_runs.append((str(context.get("lens_key") or "<unnamed>"), nodeid, run))
 
     def _open_run(self, run_id: str, nodeid: str, key: str = "") -> Totals:

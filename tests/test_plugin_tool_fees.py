@@ -61,3 +61,19 @@ def test_a_call_whose_tool_fees_are_left_out_makes_the_session_cost_incomplete(
         assert rows["gpt-4.1"]["uncosted_calls"] == 0 and rows["gpt-4.1"]["cost_usd"] > 0
         assert report["total"]["cost_complete"] is False
         server.stop()  # the replay runs offline
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_lens_cost_budget_blind_to_tool_fees_names_them(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A lens's ``max_cost_usd`` over a call whose tool fees are left out cannot be checked: the breach
+    says it is the tools' fees, and their fix, not a missing price."""
+    write_project(pytester, TOOL_TESTS)
+    pytester.makefile(".yaml", budgets="lenses:\n  research:\n    max_cost_usd: 1.0\n")
+    result = run(pytester, "--llm-record-mode=once", "--llm-budget")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*lens research: max_cost_usd cannot be checked: no price for the built-in tools' fees"
+        " (web search...) of calls to 'gpt-4.1' (1 call)*"
+    ])  # fmt: skip
