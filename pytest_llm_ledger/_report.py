@@ -44,6 +44,7 @@ __all__ = [
     "Totals",
     "budget_report",
     "notices",
+    "paired",
     "priced_at_fixed_time",
     "render_breaches",
     "render_lens_table",
@@ -67,7 +68,7 @@ USAGE_KEYS: Final = (
 )
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
 # the per-model counts of calls whose cost is unknown or incomplete, each its own reason (cost_gaps)
-_GAPS: Final = ("unpriced", "no_usage", "units", "tool_fees")
+_GAPS: Final = ("unpriced", "no_usage", "units", "tool_fees", "pending")
 
 
 def _int(value: Any) -> int:
@@ -82,7 +83,9 @@ class Totals:
     ``unpriced`` (tokens but no price), ``no_usage`` (a call that was not refused but reported no
     usage) or ``units`` (an image, audio or video call billed in units no price table prices), so a
     budget that cannot be checked can say why; so does a call whose cost leaves out its built-in
-    tools' fees (``tool_fees``: its tokens' cost is in ``cost``).
+    tools' fees (``tool_fees``: its tokens' cost is in ``cost``). A background response begun counts
+    1 in ``pending`` and the record of its end -1 (see :func:`paired`): the cost is complete once
+    every one begun has ended.
     """
 
     api_calls: int = 0
@@ -91,11 +94,16 @@ class Totals:
     total_tokens: int = 0
     errors: int = 0
     cost: Decimal = Decimal(0)  # USD, summed exactly
-    cost_complete: bool = True
+    priced: bool = True  # every call's cost known (background responses aside: ``pending``)
     unpriced: dict[str, int] = field(default_factory=dict)  # model -> calls with tokens but no price
     no_usage: dict[str, int] = field(default_factory=dict)  # model -> calls that reported no usage
     units: dict[str, int] = field(default_factory=dict)  # model -> calls billed in units not priced
     tool_fees: dict[str, int] = field(default_factory=dict)  # model -> calls with tool fees left out
+    pending: dict[str, int] = field(default_factory=dict)  # model -> background responses begun, not ended
+
+    @property
+    def cost_complete(self) -> bool:
+        return self.priced and not any(count > 0 for count in self.pending.values())
 
     @property
     def cost_usd(self) -> float:
@@ -108,11 +116,13 @@ class Totals:
         for name in _INTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cost += other.cost
-        self.cost_complete = self.cost_complete and other.cost_complete
+        self.priced = self.priced and other.priced
         for name in _GAPS:
             mine = getattr(self, name)
             for model, count in getattr(other, name).items():
                 mine[model] = mine.get(model, 0) + count
+                if not mine[model]:  # a background response's start and end
+                    del mine[model]
 
     @classmethod
     def sum_of(cls, parts: Iterable[Totals]) -> Totals:
@@ -134,13 +144,13 @@ class Totals:
             cost=row.cost_usd,
         )
         if row.uncosted_calls:  # billed, with no cost: say why, per model
-            totals.cost_complete = False
+            totals.priced = False
             gaps = (
                 totals.units if row.unpriced_unit_calls else totals.no_usage if row.no_usage_calls else None
             )
             (gaps if gaps is not None else totals.unpriced)[row.model_name] = 1
         if row.tool_fee_calls:  # priced, its built-in tools' fees left out
-            totals.cost_complete = False
+            totals.priced = False
             totals.tool_fees[row.model_name] = 1
         return totals
 
@@ -155,12 +165,12 @@ class Totals:
             total_tokens=_int(summary.get("total_tokens")),
             errors=_int(summary.get("errors")),
             cost=cost or Decimal(0),
-            cost_complete=bool(summary.get("cost_complete", True)) and cost is not None,
+            priced=bool(summary.get("cost_complete", True)) and cost is not None,
         )
 
     def cost_gaps(self) -> str:
         """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
-        return cost_gaps(self.unpriced, self.no_usage, self.units, self.tool_fees)
+        return cost_gaps(self.unpriced, self.no_usage, self.units, self.tool_fees, self.pending)
 
     def cost_fixes(self) -> str:
         """What makes the missing costs known."""
@@ -169,6 +179,7 @@ class Totals:
             (self.no_usage, USAGE_FIX),
             (self.units, UNITS_FIX),
             (self.tool_fees, TOOL_FEE_FIX),
+            ({m: n for m, n in self.pending.items() if n > 0}, PENDING_FIX),
         )
         fixes = [fix for gaps, fix in pairs if gaps]
         return "; ".join(fixes or [PRICE_FIX])
@@ -178,6 +189,23 @@ class Totals:
         out["cost_usd"] = self.cost_usd
         out["cost_complete"] = self.cost_complete
         return out
+
+
+def paired(record: Mapping[str, Any], begun: dict[str, str]) -> Totals:
+    """The totals of a call record, counting a background response it begins (+1 in ``pending``) or
+    the end of one begun before it (-1); ``begun`` (response id -> model) is kept across the records
+    read one after another, so that a start whose end never comes leaves the cost incomplete."""
+    row = usage_row(record)
+    totals = Totals.of_call(record, row)
+    response = record.get("response")
+    response_id = response.get("id") if isinstance(response, Mapping) else None
+    if type(response_id) is str:
+        if row.pending_calls:
+            begun[response_id] = row.model_name
+            totals.pending[row.model_name] = 1
+        elif response_id in begun and record.get("operation") == "responses":
+            totals.pending[begun.pop(response_id)] = -1
+    return totals
 
 
 @dataclass(slots=True)
@@ -260,6 +288,10 @@ UNITS_FIX: Final = (
 )
 
 
+PENDING_FIX: Final = (
+    "a background response's cost is in the record of its end: retrieve it (responses.retrieve) until it "
+    "ends, in the test that began it (docs/PRICING.md, Background responses)"
+)
 TOOL_FEE_FIX: Final = (
     "no price table prices the fees of built-in tools billed per use (web search, file search, code "
     "interpreter, image generation): the cost shown is their calls' tokens' (docs/PRICING.md, Built-in "
@@ -332,10 +364,11 @@ class SessionLedger:
         # lens run id -> (its lens key, node id, its ended calls, its ended nested runs' included) until
         # its summary comes; a run left here never ended (key "": known only as a nested run's parent)
         self._open: dict[str, tuple[str, str, Totals]] = {}
+        self._begun: dict[str, str] = {}  # background response id -> model, until the record of its end
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         row = usage_row(record)
-        call = Totals.of_call(record, row)
+        call = paired(record, self._begun)
         self.tests.setdefault(nodeid, Totals()).add(call)
         context = record.get("context") or {}
         if not context.get("lens_key"):

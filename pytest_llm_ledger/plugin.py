@@ -67,6 +67,7 @@ from ._report import (
     applied,
     budget_report,
     notices,
+    paired,
     priced_at_fixed_time,
     render_breaches,
     render_lens_table,
@@ -239,7 +240,8 @@ class LedgerRecords(Captured):
 
     def totals(self) -> Totals:
         """Calls, tokens, errors and cost of ``calls``, summed."""
-        return Totals.sum_of(map(Totals.of_call, self.calls))
+        begun: dict[str, str] = {}
+        return Totals.sum_of(paired(record, begun) for record in self.calls)
 
     @property
     def api_calls(self) -> int:

@@ -3,6 +3,7 @@ cost counted once, complete, in the test's calls and lens."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,42 @@ def test_background_polling_is_recorded_and_replayed_offline_with_its_cost_once(
     assert [i["request"]["method"] for i in cassette["interactions"]] == ["POST", "GET", "GET", "GET"]
     server.stop()
     run(pytester).assert_outcomes(passed=1)
+
+
+STARTED_ONLY_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_research_started(llm_ledger):
+    raw = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(raw) as c:
+        c.responses.create(model="gpt-4o-mini", input="Write about otters", background=True)
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert llm_ledger.cost_usd > 0 and llm_ledger.cost_complete is False
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_background_response_whose_end_the_test_never_sees_leaves_its_cost_unknown(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """Fail closed: a test that starts a background response and never retrieves its end has an unknown
+    cost (the fixture, the session's totals, the report), so a cost budget cannot pass it as $0; the
+    session says why and how to fix it."""
+    write_project(pytester, STARTED_ONLY_TESTS)
+    pytester.makefile(".yaml", budgets="total:\n  max_cost_usd: 1.0\n")
+    result = run(pytester, "--llm-record-mode=once", "--llm-budget", "--llm-report=report.json")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*total: max_cost_usd cannot be checked: no record of the end of the background "
+        "responses begun by calls to 'gpt-4o-mini' (1 call); a background response's cost is in the record "
+        "of its end: retrieve it*"
+    ])  # fmt: skip
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert report["total"]["cost_complete"] is False

@@ -110,6 +110,8 @@ class UsageRow:
     priced_by_time: bool | None = None
     # calls whose cost leaves out fees of built-in tools billed per use (cost.left_out: web search...)
     tool_fee_calls: int = 0
+    # background responses begun (their start's record): their cost is the record's of their end
+    pending_calls: int = 0
 
     @property
     def model_name(self) -> str:
@@ -188,6 +190,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         priced_by_time=None if "priced_at" not in cost else priced is not None,
         service_tier=tier if isinstance(tier, str) else None,
         tool_fee_calls=int(recorded is not None and bool(cost.get("left_out"))),
+        pending_calls=int(pending),
         **{name: count or 0 for name, count in counts.items()},
     )
 
@@ -213,10 +216,12 @@ def cost_gaps(
     no_usage: Mapping[str, int],
     units: Mapping[str, int] | None = None,
     tool_fees: Mapping[str, int] | None = None,
+    pending: Mapping[str, int] | None = None,
 ) -> str:
     """Why a cost leaves calls out, from the calls per model (:func:`model_name`) billed with tokens
     but no known price, those that reported no usage, the image, audio and video calls billed in
-    ``units`` no price table prices, and those whose built-in tools' fees have no price: "no known
+    ``units`` no price table prices, those whose built-in tools' fees have no price, and the
+    background responses whose end no record shows (``pending``): "no known
     price for model 'x' (2 calls); no usage reported by calls to 'y' (1 call)". The plugin's lines
     and ``llm-ledger diff`` say it so."""
     parts = []
@@ -225,8 +230,9 @@ def cost_gaps(
         ("no usage reported by calls to", no_usage),
         ("billed in unpriced units (image, audio or video) by calls to", units or {}),
         ("no price for the built-in tools' fees (web search...) of calls to", tool_fees or {}),
+        ("no record of the end of the background responses begun by calls to", pending or {}),
     ):
-        calls = [f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()) if n]
+        calls = [f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()) if n > 0]
         if calls:
             parts.append(f"{what} {', '.join(calls)}")
     return "; ".join(parts) or "calls with no known cost"
