@@ -87,7 +87,7 @@ def test_research(llm_ledger):
 CONFIGURE = "import llm_ledger\n\nllm_ledger.configure(log_dir=None)\n"
 
 
-@pytest.mark.usefixtures("with_key")
+@pytest.mark.usefixtures("fresh_config", "with_key")  # the inner session configures this process's ledger
 def test_a_price_file_with_tool_fees_lets_a_cost_budget_be_checked(
     pytester: pytest.Pytester,
     server: FakeOpenAI,
