@@ -562,7 +562,7 @@ class PriceTable:
 
     def _fees(self, model: str | None) -> dict[str, int]:
         """``model``'s fee per use of each kind a ``tool_fees`` entry gives, resolved once per name."""
-        if not model or not (self._exact_fees or self._fee_patterns):
+        if not (isinstance(model, str) and model and (self._exact_fees or self._fee_patterns)):
             return {}
         fees = self._fees_of.get(model)
         if fees is None:
