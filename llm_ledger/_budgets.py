@@ -171,8 +171,10 @@ _UNPRICED: Final = (
 # a cost budget's calls whose cost leaves out their built-in tools' fees (docs/PRICING.md)
 _TOOL_FEES: Final = (
     "llm-ledger: lens %r has calls that used built-in tools billed per use (web search...), whose fees "
-    "its budget %s %s counts as $0 (its summaries say cost_complete: false): no price table prices them; "
-    "keep a call limit beside it"
+    "its budget %s %s counts as $0 (its summaries say cost_complete: false); give their fees in USD per "
+    'use in a price file\'s tool_fees (tool_fees: {"*": {web_search: 0.01}}, with the fees your provider '
+    "bills: docs/PRICING.md) and point LLM_LEDGER_PRICE_FILE or configure(price_file=...) at it, or keep "
+    "a call limit beside it"
 )
 # a token or cost budget's calls answered with no usage (a compatible server that sends none, a stream
 # stopped before its usage chunk): only a call limit sees them

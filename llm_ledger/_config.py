@@ -295,8 +295,8 @@ def configure(
             prices = PriceTable()
         else:
             unset = "pass price_file=None" if price_file is not UNSET else "unset LLM_LEDGER_PRICE_FILE"
-            overrides, hosts = load_price_file(settings.price_file, without=unset)
-            prices = PriceTable(overrides, hosts=hosts)
+            overrides, hosts, fees = load_price_file(settings.price_file, without=unset)
+            prices = PriceTable(overrides, hosts=hosts, tool_fees=fees)
         plan = None
         if settings.exporters != (_settings.exporters if _settings is not None else ()):
             plan = _exporters.prepare(settings.exporters)  # sinks built, ports bound; nothing changed yet

@@ -14,6 +14,7 @@ from ._records import RequestShape, ResponseShape, Usage
 __all__ = [
     "MEDIA",
     "OPERATIONS",
+    "TOOL_KINDS",
     "JsonView",
     "no_usage",
     "output_text",
@@ -51,6 +52,7 @@ _BILLED_TOOLS = {
     "code_interpreter_call": "code_interpreter",
     "image_generation_call": "image_generation",
 }
+TOOL_KINDS = tuple(_BILLED_TOOLS.values())  # the kinds a price file's tool_fees may price
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})

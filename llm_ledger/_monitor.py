@@ -37,6 +37,7 @@ from ._records import (
     ServerShape,
     Status,
     Usage,
+    add_tool_fees,
     call_record,
     lens_record,
 )
@@ -552,9 +553,10 @@ class LLMCallMonitor:
             cost_matched_by=route.matched_by,
             reported_cost_units=reported,
             priced_epoch=priced_at,
-            # no price table prices them; a provider's own cost includes them
-            left_out=sorted(uses) if uses and reported is None else None,
         )
+        if uses and reported is None:  # the price file's fees, else left out; a provider's cost has them
+            fees, left_out = prices._tool_fees(response["model"], call.request["model"], uses)
+            total_cost = add_tool_fees(record["cost"], total_cost, fees, left_out)
         return record, total_cost
 
     def _price(

@@ -1,6 +1,7 @@
-"""Price files (docs/PRICING.md): a YAML file read and checked into the model :class:`Rates` and
-:class:`HostPrice` entries of a :class:`~llm_ledger.PriceTable` (``PriceTable.from_file``); each mistake
-is a :class:`PriceFileError` naming the file, line, key path and the fix.
+"""Price files (docs/PRICING.md): a YAML file read and checked into the model :class:`Rates`,
+:class:`HostPrice` and built-in tool fee entries of a :class:`~llm_ledger.PriceTable`
+(``PriceTable.from_file``); each mistake is a :class:`PriceFileError` naming the file, line, key path
+and the fix.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Final
 import yaml
 
 from llm_ledger._errors import PriceFileError
+from llm_ledger._extract import TOOL_KINDS
 from llm_ledger._rates import (
     MAX_RATE,
     PRICE_FILE_SOURCE,
@@ -65,13 +67,20 @@ _MAX_ABOVE: Final = Decimal(10**9)
 # Input and output rates both under this are prices per token (litellm's unit), not per 1M tokens: the
 # cheapest rate genai-prices lists is $0.0011 per 1M, the dearest per token $0.0006 (o1-pro's output).
 _LEAST_RATE: Final = Decimal("0.0001")
+_FEE_EXPECTED: Final = "a non-negative number of USD per use"
+_FEES_EXPECTED: Final = f"a mapping of built-in tool kind ({', '.join(TOOL_KINDS)}) to its fee in USD per use"
+# A fee from this up is a price per 1,000 uses, as OpenAI's pricing page quotes them (web search $10 per
+# 1k calls), not per use: the dearest per use it lists is a 64 GB code interpreter container's $1.92,
+# the cheapest per 1k file search's $2.50.
+_LEAST_FEE_PER_1K: Final = Decimal("2.5")
 
 
 def load_price_file(
     path: str | os.PathLike[str], *, without: str = "give no price file"
-) -> tuple[dict[str, Rates], dict[str, HostPrice]]:
-    """The model rates and host prices of the price file at ``path``; ``without`` says how to do without
-    one when it is missing (configure()'s "unset LLM_LEDGER_PRICE_FILE")."""
+) -> tuple[dict[str, Rates], dict[str, HostPrice], dict[str, dict[str, Decimal]]]:
+    """The model rates, host prices and built-in tool fees (model name or pattern -> kind -> USD per
+    use) of the price file at ``path``; ``without`` says how to do without one when it is missing
+    (configure()'s "unset LLM_LEDGER_PRICE_FILE")."""
     if not isinstance(path, (str, os.PathLike)):
         raise PriceFileError(f"a price file is named by a path (str or os.PathLike), got {path!r}")
     name = os.fspath(path)
@@ -81,16 +90,22 @@ def load_price_file(
         f"docs/PRICING.md), or {without} to use genai-prices alone"
     )
     root = doc.compose(read_file(name, PriceFileError, "price file", hint=hint))
-    expected_top = "a mapping with keys 'version', 'models' and/or 'hosts'"
+    expected_top = "a mapping with keys 'version', 'models', 'hosts' and/or 'tool_fees'"
     if root is None:
         raise PriceFileError(f"{name}: the file is empty, expected {expected_top}")
-    top = doc.fields(root, "", expected_top, ("version", "models", "hosts"), {"version": "the format, 1"})
+    sections = ("models", "hosts", "tool_fees")
+    top = doc.fields(root, "", expected_top, ("version", *sections), {"version": "the format, 1"})
     version = top["version"]
     doc.check_tag(version, "version")
     if version.tag != "tag:yaml.org,2002:int" or doc.describe(version) != "1":
         raise doc.error(version, "version", f"expected 1, got {doc.describe(version)}")
-    if "models" not in top and "hosts" not in top:
-        raise doc.error(root, "", "missing key 'models' (rates per model) or 'hosts' (prices per host)")
+    if not top.keys() & set(sections):
+        raise doc.error(
+            root,
+            "",
+            "missing key 'models' (rates per model), 'hosts' (prices per host) or 'tool_fees' (built-in "
+            "tools' fees per use)",
+        )
 
     result: dict[str, Rates] = {}
     lines: dict[str, tuple[str, str]] = {}  # each name as matched (lower case): as written, where
@@ -118,7 +133,17 @@ def load_price_file(
             if first[0] != pattern:
                 raise doc.error(key_node, entry_path, same_name("host pattern", *first))
             hosts[pattern] = _host_price(doc, node, entry_path, pattern)
-    return result, hosts
+    fees: dict[str, dict[str, Decimal]] = {}
+    if "tool_fees" in top:
+        for model, key_node, node in doc.mapping(
+            top["tool_fees"], "tool_fees", "a mapping of model name or pattern to its built-in tools' fees"
+        ):
+            entry_path = join("tool_fees", model)
+            first = lines.setdefault("f" + model.strip().lower(), (model, _line(key_node)))
+            if first[0] != model:
+                raise doc.error(key_node, entry_path, same_name("model", *first))
+            fees[model] = _tool_fees(doc, node, entry_path)
+    return result, hosts, fees
 
 
 def _line(node: yaml.Node) -> str:
@@ -234,6 +259,24 @@ def _service_tiers(
         keys = _rate_fields(doc, item, tier_path, rates_expected, _SERVICE_TIER_KEYS)
         tiers.append((name, _rates(doc, item, tier_path, label, keys, given)))
     return tuple(tiers)
+
+
+def _tool_fees(doc: Document, node: yaml.Node, entry_path: str) -> dict[str, Decimal]:
+    """A ``tool_fees`` entry: USD per use of each kind it prices (at least one)."""
+    fields = doc.fields(node, entry_path, _FEES_EXPECTED, TOOL_KINDS)
+    if not fields:
+        raise doc.error(node, entry_path, f"expected {_FEES_EXPECTED}, got an empty mapping")
+    fees: dict[str, Decimal] = {}
+    for kind, value in fields.items():
+        fee = fees[kind] = doc.number(value, f"{entry_path}.{kind}", _FEE_EXPECTED, maximum=MAX_RATE)
+        if fee >= _LEAST_FEE_PER_1K:
+            raise doc.error(
+                value,
+                f"{entry_path}.{kind}",
+                f"{value.value} USD per use looks like USD per 1,000 uses (as OpenAI's pricing page "
+                f"quotes them); fees here are USD per use ({kind}: {(fee / 1000).normalize():f})",
+            )
+    return fees
 
 
 def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -> HostPrice:

@@ -24,10 +24,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, Unpack, get_type_hints
 
 from llm_ledger._errors import ConfigError
-from llm_ledger._extract import JsonView
+from llm_ledger._extract import TOOL_KINDS, JsonView
 from llm_ledger._price_file import load_price_file
 from llm_ledger._rates import (
     DEFAULT_PROVIDER,
+    MAX_RATE,
     PRICE_FILE_SOURCE,
     HostPrice,
     Rates,
@@ -39,6 +40,7 @@ from llm_ledger._rates import (
     service_tiers,
 )
 from llm_ledger._records import USD_UNIT_DIGITS, cost_decimal
+from llm_ledger.loading import did_you_mean
 
 if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, TieredPrices
@@ -406,6 +408,12 @@ class PriceTable:
     :class:`HostPrice`: calls to a matching server are priced that way, whatever the client says.
     Exact hosts win over patterns, patterns are tried in mapping order.
 
+    ``tool_fees`` maps a model name or glob pattern to the fees of built-in tools billed per use, kind
+    (``"web_search"``, ``"file_search"``, ``"code_interpreter"``, ``"image_generation"``) to USD per
+    use as a ``Decimal``: a call's cost adds uses times fee, on top of its tokens however they are
+    priced. Each kind takes the fee of the first entry giving one whose name matches the model served
+    (else the one asked for): exact names first, then patterns in mapping order.
+
     A name is tried as given, then (for OpenAI and Azure) without an ``openai/`` prefix, then without a
     ``-YYYY-MM-DD`` snapshot suffix, so ``gpt-4o-2024-08-06`` finds an override for ``gpt-4o``.
     """
@@ -416,6 +424,7 @@ class PriceTable:
         *,
         builtin: bool = True,
         hosts: Mapping[str, HostPrice] | None = None,
+        tool_fees: Mapping[str, Mapping[str, Decimal]] | None = None,
     ) -> None:
         self._exact: dict[str, Rates] = {}  # by the name in lower case: names match whatever their case
         self._patterns: list[tuple[re.Pattern[str], Rates]] = []
@@ -449,6 +458,21 @@ class PriceTable:
             # exact hosts first, host:port before the bare host; patterns after, in mapping order
             rules.append(((is_glob, not is_glob and port is None), pattern, regex, port, host_price))
         self._hosts = [rule[1:] for rule in sorted(rules, key=lambda rule: rule[0])]
+        # built-in tools' fees: kind -> 10**-24 USD per use, by exact name (lower case), then by pattern
+        self._exact_fees: dict[str, dict[str, int]] = {}
+        self._fee_patterns: list[tuple[re.Pattern[str], dict[str, int]]] = []
+        self._fees_of: dict[str, dict[str, int]] = {}  # by model name, resolved once
+        fee_names: dict[str, str] = {}  # each name in lower case: as given
+        for name, fees in (tool_fees or {}).items():
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"tool_fees: model name must be a non-empty string, got {name!r}")
+            if (first := fee_names.setdefault(name.strip().lower(), name)) != name:
+                raise ConfigError(f"tool_fees[{name!r}]: {same_name('model', first)}")
+            units = _fee_units(name, fees)
+            if _GLOB_CHARS.isdisjoint(name):
+                self._exact_fees[name.strip().lower()] = units
+            else:
+                self._fee_patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), units))
         self._routes: dict[tuple[str, str], Route] = {}
         self._model_route = Route(self, DEFAULT_PROVIDER, "model")
 
@@ -456,8 +480,8 @@ class PriceTable:
     def from_file(cls, path: str | os.PathLike[str], *, builtin: bool = True) -> PriceTable:
         """Build a table whose overrides and hosts come from a YAML price file (format: docs/PRICING.md);
         :class:`~llm_ledger.PriceFileError` names the file, line and key of any problem."""
-        overrides, hosts = load_price_file(path)
-        return cls(overrides, builtin=builtin, hosts=hosts)
+        overrides, hosts, fees = load_price_file(path)
+        return cls(overrides, builtin=builtin, hosts=hosts, tool_fees=fees)
 
     def route(
         self, host: str | None = None, port: int | None = None, *, provider: str | None = None
@@ -526,6 +550,33 @@ class PriceTable:
         alone, or ``None`` (never zero) when ``model`` has no known price."""
         return self._priced_at(provider).cost(model, **call)
 
+    def _tool_fees(
+        self, served: str | None, requested: str | None, uses: Mapping[str, int]
+    ) -> tuple[int | None, list[str] | None]:
+        """The fees of a call's built-in tool ``uses`` (kind -> uses) in 10**-24 USD, None when no kind
+        used has a fee; and the kinds used that have none, None when every one has."""
+        fees = self._fees(requested) | self._fees(served)  # the served model's fee first, kind by kind
+        priced = [uses[kind] * fees[kind] for kind in uses if kind in fees]
+        left_out = sorted(kind for kind in uses if kind not in fees)
+        return sum(priced) if priced else None, left_out or None
+
+    def _fees(self, model: str | None) -> dict[str, int]:
+        """``model``'s fee per use of each kind a ``tool_fees`` entry gives, resolved once per name."""
+        if not (isinstance(model, str) and model and (self._exact_fees or self._fee_patterns)):
+            return {}
+        fees = self._fees_of.get(model)
+        if fees is None:
+            candidates = [name.lower() for name in _candidate_names(model)]
+            entries = [self._exact_fees[name] for name in candidates if name in self._exact_fees]
+            entries += [units for pattern, units in self._fee_patterns if any(map(pattern.match, candidates))]
+            fees = {}
+            for entry in entries:  # the first entry giving a kind's fee wins
+                for kind, fee in entry.items():
+                    fees.setdefault(kind, fee)
+            if len(self._fees_of) < _MAX_CACHED_NAMES:
+                self._fees_of[model] = fees
+        return fees
+
     def _override(self, candidates: list[str]) -> Rates | None:
         for name in candidates:
             if (rates := self._exact.get(name.lower())) is not None:
@@ -544,6 +595,28 @@ class PriceTable:
             if found is not None:
                 names += [model.id for model in found.models]
         return names
+
+
+def _fee_units(name: str, fees: Mapping[str, Decimal]) -> dict[str, int]:
+    """A ``tool_fees`` entry checked, as 10**-24 USD per use of each kind; ConfigError names a mistake."""
+    kinds = ", ".join(TOOL_KINDS)
+    if not isinstance(fees, Mapping) or not fees:
+        raise ConfigError(
+            f"tool_fees[{name!r}]: expected a mapping of built-in tool kind ({kinds}) to its USD per use "
+            f"(a Decimal), got {fees!r}"
+        )
+    units: dict[str, int] = {}
+    for kind, fee in fees.items():
+        if kind not in TOOL_KINDS:
+            hint = did_you_mean(kind, TOOL_KINDS) if isinstance(kind, str) else ""
+            raise ConfigError(f"tool_fees[{name!r}][{kind!r}]: unknown tool kind{hint}; valid kinds: {kinds}")
+        if not (isinstance(fee, Decimal) and fee.is_finite() and 0 <= fee <= MAX_RATE):
+            raise ConfigError(
+                f"tool_fees[{name!r}][{kind!r}]: expected a finite Decimal between 0 and {MAX_RATE} USD per "
+                f"use, got {fee!r}"
+            )
+        units[kind] = int(_CONTEXT.scaleb(fee, USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
+    return units
 
 
 def _candidate_names(model: str, *, strip_openai: bool = True) -> list[str]:

@@ -32,6 +32,7 @@ __all__ = [
     "LensTotals",
     "ServerShape",
     "Status",
+    "add_tool_fees",
     "anomaly_record",
     "billed_without_cost",
     "budget_record",
@@ -146,6 +147,10 @@ class CostShape(TypedDict):
 
     prompt_cost_usd: float | None
     completion_cost_usd: float | None
+    # the built-in tools' fees (``response.tool_uses`` times the price file's ``tool_fees``) in the
+    # total, so that prompt + completion + tool fees = total; null when it has none (no tool used, no
+    # fee known, a provider's own cost). Absent from records written before llm-ledger priced them.
+    tool_fees_usd: float | None
     total_cost_usd: float | None
     source: str | None  # "genai-prices <version>", "price-file", "provider-reported"; null: no cost
     matched_by: str  # how the rates were chosen: "host", "provider" or "model" (a host nobody knows)
@@ -155,7 +160,7 @@ class CostShape(TypedDict):
     # day; null for every other call. Absent from records written before llm-ledger kept it.
     priced_at: str | None
     # the tool uses (``response.tool_uses`` kinds) billed on top of the tokens that the total leaves
-    # out, no price being known for them; null when it leaves none out. Absent from older records.
+    # out, no fee being known for them; null when it leaves none out. Absent from older records.
     left_out: list[str] | None
 
 
@@ -305,12 +310,11 @@ def call_record(
     cost_matched_by: str = "model",
     reported_cost_units: int | None = None,
     priced_epoch: float | None = None,
-    left_out: list[str] | None = None,
 ) -> CallRecord:
     """Build one ``llm_api_call`` record; costs in 10**-24 USD, prompt and completion both given or
     both None (unpriced); ``reported_cost_units``, the provider's own figure, wins. ``priced_epoch``:
-    the moment the rates were taken at, given only when the time of day sets them; ``left_out``: the
-    tool uses billed apart that the cost leaves out."""
+    the moment the rates were taken at, given only when the time of day sets them. Built-in tools'
+    fees: :func:`add_tool_fees`."""
     end = iso_timestamp(start_epoch + duration_s)
     prompt_usd = completion_usd = total_usd = computed_usd = computed_units = None
     if prompt_cost_units is not None and completion_cost_units is not None:
@@ -343,12 +347,13 @@ def call_record(
         "cost": {
             "prompt_cost_usd": prompt_usd,
             "completion_cost_usd": completion_usd,
+            "tool_fees_usd": None,
             "total_cost_usd": total_usd,
             "source": cost_source,
             "matched_by": cost_matched_by,
             "computed_usd": computed_usd,
             "priced_at": None if priced_epoch is None else iso_timestamp(priced_epoch),
-            "left_out": left_out,
+            "left_out": None,
         },
         "retries": retries,
         "error": error,
@@ -372,6 +377,22 @@ def cost_pending(record: Mapping[str, Any]) -> bool:
         and type(response) is dict
         and response.get("finish_reason") in PENDING_STATUSES
     )
+
+
+def add_tool_fees(
+    cost: CostShape, token_units: int | None, fee_units: int | None, left_out: list[str] | None
+) -> int | None:
+    """Add a call's built-in tools' fees to the cost :func:`call_record` priced from its tokens alone
+    (``token_units``, 10**-24 USD; None: unpriced, which stays so): ``fee_units`` (None: no kind it
+    used has a fee) in ``tool_fees_usd`` and the total; ``left_out`` names the kinds with no fee. The
+    call's total in 10**-24 USD. Not for a provider's own cost, which includes the fees."""
+    cost["left_out"] = left_out
+    if token_units is None or fee_units is None:
+        return token_units
+    total = token_units + fee_units
+    cost["tool_fees_usd"] = fee_units / USD_UNITS
+    cost["total_cost_usd"] = total / USD_UNITS
+    return total
 
 
 def billed_without_cost(record: Mapping[str, Any]) -> bool:

@@ -226,14 +226,20 @@ class UsageSum:
     unpriced_unit_calls: int = 0  # of those, image, audio and video calls billed in units not priced
     failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
     tool_fee_calls: int = 0  # calls whose cost leaves out their built-in tools' fees (web search...)
+    tool_uses: dict[str, int] = field(default_factory=dict)  # built-in tools' uses: kind -> uses
     tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
     @classmethod
     def of_row(cls, row: UsageRow, nodeid: str) -> UsageSum:
         """The sum of one call, read by :func:`usage_row`, made by test ``nodeid``."""
-        sums = ("cost", "tests_with_failed_calls")
+        sums = ("cost", "tool_uses", "tests_with_failed_calls")
         counts = {name: getattr(row, name) for name in UsageSum.__slots__ if name not in sums}
-        return cls(**counts, cost=row.cost_usd, tests_with_failed_calls=[nodeid] if row.failed_calls else [])
+        return cls(
+            **counts,
+            cost=row.cost_usd,
+            tool_uses=dict(row.tool_uses),
+            tests_with_failed_calls=[nodeid] if row.failed_calls else [],
+        )
 
     def add(self, other: UsageSum) -> None:
         for name in self.__slots__:
@@ -241,11 +247,15 @@ class UsageSum:
                 self.tests_with_failed_calls = sorted(
                     {*self.tests_with_failed_calls, *other.tests_with_failed_calls}
                 )
+            elif name == "tool_uses":
+                for kind, uses in other.tool_uses.items():
+                    self.tool_uses[kind] = self.tool_uses.get(kind, 0) + uses
             else:
                 setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__ if name != "cost"}
+        out["tool_uses"] = dict(sorted(self.tool_uses.items()))
         out["cost_usd"] = float(self.cost)
         return out
 
@@ -293,9 +303,10 @@ PENDING_FIX: Final = (
     "ends, in the test that began it (docs/PRICING.md, Background responses)"
 )
 TOOL_FEE_FIX: Final = (
-    "no price table prices the fees of built-in tools billed per use (web search, file search, code "
-    "interpreter, image generation): the cost shown is their calls' tokens' (docs/PRICING.md, Built-in "
-    "tools billed per use); limit such a lens by max_api_calls or tokens rather than max_cost_usd"
+    "give their fees in USD per use in the price file's tool_fees, by model name or pattern "
+    '(tool_fees: {"*": {web_search: 0.01, file_search: 0.0025}}: the fees your provider bills), and '
+    "point LLM_LEDGER_PRICE_FILE at it (or configure(price_file=...)); see docs/PRICING.md, Built-in "
+    "tools billed per use"
 )
 
 

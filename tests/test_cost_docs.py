@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from llm_ledger import PriceFileError, PriceTable
+from llm_ledger import LLMCallMonitor, PriceFileError, PriceTable
 from llm_ledger._servers import detect_provider, otel_provider_name
+from llm_ledger.testing import capture
+from tests.conftest import Sdk
 
 DOC = (Path(__file__).parent.parent / "docs" / "PRICING.md").read_text()
 
@@ -133,3 +136,58 @@ def test_the_tiers_error_examples_are_what_the_mistakes_print(
     errors = " ".join(shown.group(1).split())  # the doc wraps them
     assert line in message
     assert " ".join(message.split()) in errors
+
+
+FEES_HEADING = "### Built-in tools billed per use"
+
+
+def test_the_tool_fees_example_prices_as_described(tmp_path: Path, sdk: Sdk) -> None:
+    """gpt-4.1's two web searches cost its own fee and its two file searches the catch-all's, as the
+    section says; a dated search model finds its entry."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(block("yaml", FEES_HEADING))
+    monitor = LLMCallMonitor(logger=None, prices=path)
+    client = sdk(monitor)
+    tools: Any = [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}]
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with capture(monitor) as records:
+        client.responses.create(
+            model="gpt-4.1", input="hi", tools=tools, extra_headers={"x-fake-tool-uses": "2"}
+        )
+        client.chat.completions.create(
+            model="gpt-4o-mini-search-preview", messages=hi, extra_headers={"x-fake-served-model": "dated"}
+        )
+    fees = [f"${Decimal(repr(r['cost']['tool_fees_usd']))}" for r in records.calls]
+    assert fees == ["$0.055", "$0.0275"]
+    section = DOC[DOC.index(FEES_HEADING) : DOC.index("### Thinking tokens")]
+    assert "add $0.055" in section
+    assert "$0.025 and its file searches\n  $0.0025" in section
+
+
+@pytest.mark.parametrize(
+    ("mistake", "line"),
+    [
+        (("{web_search: 0.01,", "{web_serch: 0.01,"), "5: tool_fees.*.web_serch: unknown key"),
+        (
+            ("{web_search: 0.025}", "{web_search: 25}"),
+            "4: tool_fees.gpt-4.1*.web_search: 25 USD per use looks",
+        ),
+        (
+            ("file_search: 0.0025", "file_search: -0.0025"),
+            "5: tool_fees.*.file_search: expected a non-negative",
+        ),
+    ],
+)
+def test_the_tool_fees_error_examples_are_what_the_mistakes_print(
+    tmp_path: Path, mistake: tuple[str, str], line: str
+) -> None:
+    """Each error the tool fees section shows is what that mistake in its example prints."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(block("yaml", FEES_HEADING).replace(*mistake))
+    with pytest.raises(PriceFileError) as error:
+        PriceTable.from_file(path)
+    message = str(error.value).replace(str(path), "prices.yaml")
+    shown = re.search(r"```\n(prices\.yaml:.*?)```", DOC[DOC.index(FEES_HEADING) :], re.S)
+    assert shown is not None
+    assert line in message
+    assert " ".join(message.split()) in " ".join(shown.group(1).split())

@@ -181,7 +181,7 @@ def test_reports_and_repricing_count_the_calls_whose_tool_fees_are_left_out(
     client: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``llm-ledger report`` adds the tokens' cost and counts the call among those with no known
-    cost; ``reprice`` reprices its tokens and says both sides leave the fees out."""
+    cost; ``reprice`` without a price file reprices its tokens and says both sides leave the fees out."""
     client.responses.create(**RESPONSES)
     client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     log = tmp_path / "llm_calls.jsonl"
@@ -195,10 +195,16 @@ def test_reports_and_repricing_count_the_calls_whose_tool_fees_are_left_out(
     assert main(["reprice", str(log), "--format", "json"]) == 0
     repriced = json.loads(capsys.readouterr().out)
     assert repriced["tool_fee_calls"] == 1
+    assert repriced["unpriced_tools_after"] == dict.fromkeys(USES, 1)
     assert (repriced["total"]["before_complete"], repriced["total"]["after_complete"]) == (False, False)
     assert Decimal(repr(repriced["total"]["after_usd"])) == costs
     assert main(["reprice", str(log)]) == 0
-    assert "leave out the fees of the built-in tools (web search...) 1 call used" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "before leaves out the fees of the built-in tools (web search...) 1 call used" in said
+    assert (
+        "after leaves out the fees of 1 code_interpreter use, 1 file_search use, 1 image_generation use, "
+        "1 web_search use: give them in the price file's tool_fees"
+    ) in said
 
 
 def test_the_exporters_count_a_call_whose_tool_fees_are_left_out_as_unpriced(sdk: Sdk) -> None:
@@ -244,8 +250,8 @@ def test_the_exporters_count_a_call_whose_tool_fees_are_left_out_as_unpriced(sdk
 def test_a_cost_budget_blind_to_tool_fees_says_why(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A cost budget counts the fees as $0: it says so once, naming the tools, never a price file
-    the model is already in."""
+    """A cost budget counts the fees as $0: it says so once, naming the tools and the price file's
+    tool_fees that prices them, never a price file the model is already in."""
     monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"answer": {"max_cost_usd": 1.0}}})
     caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
     for _ in range(2):
@@ -253,4 +259,5 @@ def test_a_cost_budget_blind_to_tool_fees_says_why(
             client.chat.completions.create(model="gpt-4o-mini-search-preview", messages=HI)
     [said] = [r.getMessage() for r in caplog.records if "max_cost_usd" in r.getMessage()]
     assert "lens 'answer' has calls that used built-in tools billed per use (web search...)" in said
-    assert "price file" not in said
+    assert 'a price file\'s tool_fees (tool_fees: {"*": {web_search: 0.01}}' in said
+    assert "add their models" not in said

@@ -11,7 +11,7 @@ import pytest
 import vcr  # noqa: F401
 
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import cli, run, server_fixture, with_key_fixture, write_project
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (server_fixture, with_key_fixture)  # used by name
@@ -52,8 +52,8 @@ def test_a_call_whose_tool_fees_are_left_out_makes_the_session_cost_incomplete(
         assert result.ret == 0, result.stdout.str()
         result.stdout.fnmatch_lines([
             "llm-ledger: calls with no known cost count as $0: no price for the built-in tools' fees "
-            "(web search...) of calls to 'gpt-4.1' (1 call); no price table prices the fees of built-in "
-            "tools billed per use*"
+            "(web search...) of calls to 'gpt-4.1' (1 call); give their fees in USD per use in the price "
+            "file's tool_fees*"
         ])  # fmt: skip
         report = json.loads((pytester.path / "report.json").read_text())
         rows = {row["model"]: row for row in report["usage"]}
@@ -77,3 +77,71 @@ def test_a_lens_cost_budget_blind_to_tool_fees_names_them(
         "*lens research: max_cost_usd cannot be checked: no price for the built-in tools' fees"
         " (web search...) of calls to 'gpt-4.1' (1 call)*"
     ])  # fmt: skip
+
+
+PRICED_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_research(llm_ledger):
+    raw = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with raw, ledger.lens("research"):
+        c = ledger.instrument(raw)
+        thrice, web = {"x-fake-tool-uses": "3"}, [{"type": "web_search"}]
+        c.responses.create(model="gpt-4.1", input="news?", tools=web, extra_headers=thrice)
+    (call,) = llm_ledger.calls
+    assert call["cost"]["tool_fees_usd"] == pytest.approx(0.09)
+    assert llm_ledger.cost_complete is True
+"""
+# the application's start-up: configure() reads LLM_LEDGER_PRICE_FILE
+CONFIGURE = "import llm_ledger\n\nllm_ledger.configure(log_dir=None)\n"
+
+
+@pytest.mark.usefixtures("fresh_config", "with_key")  # the inner session configures this process's ledger
+def test_a_price_file_with_tool_fees_lets_a_cost_budget_be_checked(
+    pytester: pytest.Pytester,
+    server: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With the fees in the session's price file, a tool-using lens's max_cost_usd is checked on the
+    real total: three searches at $0.03 pass $0.10 and break $0.05, which the tokens alone stay under;
+    recording and replaying alike. The report's row counts the uses, and repricing the report with other
+    fees prices them."""
+    write_project(pytester, PRICED_TESTS)
+    pytester.makeconftest(CONFIGURE)
+    pytester.path.joinpath("prices.yaml").write_text('version: 1\ntool_fees:\n  "*": {web_search: 0.03}\n')
+    monkeypatch.setenv("LLM_LEDGER_PRICE_FILE", "prices.yaml")
+    budgets = pytester.path / "budgets.yaml"
+    for mode in ("--llm-record-mode=once", "--llm-record-mode=none"):
+        budgets.write_text("lenses:\n  research: {max_cost_usd: 0.10}\n")
+        result = run(pytester, mode, "--llm-budget", "--llm-report=report.json")
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml was met"])
+        report = json.loads((pytester.path / "report.json").read_text())
+        [row] = report["usage"]
+        assert (row["tool_uses"], row["tool_fee_calls"]) == ({"web_search": 3}, 0)
+        assert report["lenses"]["research"]["cost_complete"] is True
+        tokens = row["cost_usd"] - 0.09
+        assert 0 < tokens < 0.05
+        budgets.write_text("lenses:\n  research: {max_cost_usd: 0.05}\n")
+        result = run(pytester, mode, "--llm-budget")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+        result.stdout.fnmatch_lines(
+            ["lens research *max_cost_usd *$0.050000 *$0.09* *test_app.py::test_research"]
+        )
+        server.stop()  # the replay runs offline
+    pytester.path.joinpath("other.yaml").write_text(
+        'version: 1\ntool_fees:\n  "gpt-4.1": {web_search: 0.01}\n'
+    )
+    done = cli(capsys, "reprice", "report.json", "--price-file", "other.yaml", "--format", "json")
+    total = json.loads(done.stdout)["total"]
+    assert total["before_usd"] == row["cost_usd"]
+    assert total["after_usd"] == pytest.approx(tokens + 0.03, rel=1e-12)
+    assert (total["before_complete"], total["after_complete"]) == (True, True)

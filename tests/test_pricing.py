@@ -404,16 +404,21 @@ BAD_FILES = [
         "version: 1\n---\nversion: 1\n",
         "2: invalid YAML: expected a single document in the stream, but found another document",
     ),
-    ("empty-file", "", " the file is empty, expected a mapping with keys 'version', 'models' and/or 'hosts'"),
+    (
+        "empty-file",
+        "",
+        " the file is empty, expected a mapping with keys 'version', 'models', 'hosts' and/or 'tool_fees'",
+    ),
     (
         "top-level-list",
         "- version\n",
-        "1: expected a mapping with keys 'version', 'models' and/or 'hosts', got a list",
+        "1: expected a mapping with keys 'version', 'models', 'hosts' and/or 'tool_fees', got a list",
     ),
     (
         "top-level-scalar",
         "hello\n",
-        "1: expected a mapping with keys 'version', 'models' and/or 'hosts', got a string of 5 characters",
+        "1: expected a mapping with keys 'version', 'models', 'hosts' and/or 'tool_fees', got a string of 5 "
+        "characters",
     ),
     (
         "unknown-top-level-key",
@@ -424,7 +429,8 @@ BAD_FILES = [
     (
         "missing-models",
         "version: 1\n",
-        "1: missing key 'models' (rates per model) or 'hosts' (prices per host)",
+        "1: missing key 'models' (rates per model), 'hosts' (prices per host) or 'tool_fees' (built-in "
+        "tools' fees per use)",
     ),
     ("wrong-version", "version: 2\nmodels: {}\n", "1: version: expected 1, got 2"),
     ("string-version", "version: '1'\nmodels: {}\n", "1: version: expected 1, got '1'"),
@@ -671,6 +677,7 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
             "computed_usd": None,
             "priced_at": None,
             "left_out": None,
+            "tool_fees_usd": None,
         }
         totals.add(record, units[0] + units[1])
         exact_total += exact.total_cost_usd

@@ -157,6 +157,7 @@ def test_self_hosted_host_is_priced_at_its_own_rate_never_the_list_price(
             "computed_usd": None,
             "priced_at": None,
             "left_out": None,
+            "tool_fees_usd": None,
         }
 
 
@@ -207,6 +208,7 @@ def test_reported_cost_wins_and_both_are_kept_when_they_differ(
         "computed_usd": pytest.approx(computed, rel=1e-12),
         "priced_at": None,
         "left_out": None,
+        "tool_fees_usd": None,
     }
     assert streamed["cost"]["total_cost_usd"] == 0.25
     assert streamed["cost"]["source"] == "provider-reported"

@@ -121,6 +121,11 @@ def _problem(kind: str, entry: dict[str, Any]) -> str:
         return "service_tier: expected a tier name or null"
     if kind == "usage" and entry.get("at") is not None and _epoch(entry["at"]) is None:
         return "at: expected an ISO date-time or null"
+    uses = entry.get("tool_uses", {}) if kind == "usage" else {}
+    if not isinstance(uses, dict) or any(
+        type(n) is not int or not 0 <= n <= _MAX_METRIC for n in uses.values()
+    ):
+        return "tool_uses: expected an object of built-in tool kind to whole number of uses >= 0"
     return ""
 
 

@@ -118,8 +118,9 @@ def _footer(report: CostReport, fmt: str) -> list[str]:
             f"* {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
             "stopped early, an image or audio call billed in other units than tokens, a model the "
             "price table does not know, or the fee of a built-in tool such as web search): their cost is "
-            f"not included{which}; costs are those recorded "
-            "when each call was made, so `llm-ledger reprice LOG --price-file F` prices those with tokens"
+            f"not included{which}; costs are those recorded when each call was made, so "
+            "`llm-ledger reprice LOG --price-file F` prices those with tokens, and tools' fees F's "
+            "tool_fees gives"
         )
     return lines
 
@@ -193,8 +194,14 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
         said.append(f"* after leaves out {_count(calls, 'call')} that reported no usage (no tokens to price)")
     if calls := result.tool_fee_calls:
         said.append(
-            "* before and after leave out the fees of the built-in tools (web search...) "
-            f"{_count(calls, 'call')} used: no price table prices them"
+            "* before leaves out the fees of the built-in tools (web search...) "
+            f"{_count(calls, 'call')} used: recorded with no fee for them"
+        )
+    if unpriced := result.unpriced_tools_after:
+        uses = ", ".join(f"{_count(n, kind + ' use')}" for kind, n in sorted(unpriced.items()))
+        said.append(
+            f"* after leaves out the fees of {uses}: give them in the price file's tool_fees "
+            "(USD per use, docs/PRICING.md) and pass it (--price-file)"
         )
     if calls := result.price_file_calls:
         said.append(
@@ -202,7 +209,7 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
             '(cost.source "price-file"): pass that file (--price-file) to keep their rates'
         )
     if not total.before_complete:
-        said.append("* before leaves out calls recorded without a cost")
+        said.append("* before leaves out calls, or built-in tools' fees, recorded without a cost")
     if not (total.before_complete and total.after_complete):
         said.append(f"* change compares only the calls priced before and after ({NO_FIGURE}: none is)")
     lines += [line for note in notes(said, fmt) for line in ("", note)]

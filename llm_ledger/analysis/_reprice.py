@@ -6,10 +6,11 @@ pytest ``--llm-report`` file (its ``usage`` rows, e.g. from replayed cassettes) 
 tokens again: ``--model gpt-4o=gpt-4.1-mini`` (repeatable) swaps the model asked for, ``--provider groq``
 prices every call at that provider's rates, ``--price-file F`` uses that price table (its ``hosts``
 apply to the recorded servers); ``--where``, ``--since`` and ``--until`` pick a log's calls as
-``llm-ledger report`` does. "before" is the cost recorded; "after" is the price table's figure, except
-for a cost the provider reported (OpenRouter) on a call whose model and provider stay (no --provider,
-and no host entry in the price file sending its server to another provider): that one stands.
-Calls count under the innermost lens they ran in.
+``llm-ledger report`` does. "before" is the cost recorded; "after" is the price table's figure (its
+tokens, and its built-in tools' uses at the price file's ``tool_fees``), except for a cost the provider
+reported (OpenRouter) on a call whose model and provider stay (no --provider, and no host entry in the
+price file sending its server to another provider): that one stands. Calls count under the innermost
+lens they ran in.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..loading import did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
 from ._render import REPRICE_FORMATS, render_reprice
-from ._usage import COUNTS, NO_LENS, UsageRow, _epoch, recorded_name, usage_row
+from ._usage import COUNTS, NO_LENS, UsageRow, _epoch, recorded_name, tool_uses, usage_row
 
 __all__ = ["Reprice", "read_usage", "register", "reprice"]
 
@@ -92,7 +93,8 @@ class Reprice:
     hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
     # calls a price file priced when made, whose model stays, priced again without it (no price_file)
     price_file_calls: int = 0
-    tool_fee_calls: int = 0  # calls whose built-in tools' fees (web search...) no price covers, either side
+    tool_fee_calls: int = 0  # calls whose cost before leaves out their built-in tools' fees (web search...)
+    unpriced_tools_after: dict[str, int] = field(default_factory=dict)  # kind -> uses with no fee after
 
     def total(self) -> Row:
         total = Row("(total)")
@@ -112,6 +114,7 @@ class Reprice:
             "no_usage_calls": self.no_usage_calls,
             "price_file_calls": self.price_file_calls,
             "tool_fee_calls": self.tool_fee_calls,
+            "unpriced_tools_after": dict(sorted(self.unpriced_tools_after.items())),
         }
 
 
@@ -176,6 +179,7 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             cost_usd=cost_decimal(row.get("cost_usd", 0)) or Decimal(0),
             at=_epoch(row.get("at")),
             service_tier=row.get("service_tier"),
+            tool_uses=tool_uses(row.get("tool_uses")),
             **{name: row.get(name, 0) for name in COUNTS},
         )
 
@@ -238,9 +242,8 @@ def reprice(
         row.calls += item.calls
         row.before_usd += item.cost_usd
         priced_before = item.uncosted_calls == 0 and item.no_usage_calls == 0
-        fees_known = item.tool_fee_calls == 0  # built-in tools' fees: priced neither before nor after
-        row.before_complete &= priced_before and fees_known
-        row.after_complete &= item.no_usage_calls == 0 and fees_known
+        row.before_complete &= priced_before and not item.tool_fee_calls
+        row.after_complete &= item.no_usage_calls == 0
         result.tool_fee_calls += item.tool_fee_calls
         result.no_usage_calls += item.no_usage_calls
         stays = new is None and provider is None and route.provider == item.provider
@@ -250,14 +253,27 @@ def reprice(
         # its model keeps no price, rather than a vendor's list price for a model of that name
         own_server = new is None and route.matched_by == "model" and item.provider != DEFAULT_PROVIDER
         cost: int | None = None
+        fees_left_out = False  # whether after leaves out built-in tools' fees
         if stays and item.cost_source == PROVIDER_REPORTED:
             # what the provider billed stands while the model and provider stay: no price table knows
             # better (a host entry sending the server to another provider, e.g. self-hosted, prices it)
             cost = int(item.cost_usd.scaleb(USD_UNIT_DIGITS))
-        elif new:
-            cost = _cost(route, new, None, item)
-        elif not own_server:
-            cost = _cost(route, item.served_model, item.model, item)
+        else:
+            if new:
+                cost = _cost(route, new, None, item)
+            elif not own_server:
+                cost = _cost(route, item.served_model, item.model, item)
+            # uses unknown: a report row written before rows counted them
+            fees_left_out = bool(item.tool_fee_calls) and not item.tool_uses
+            if cost is not None and item.tool_uses:
+                fees, left_out = table._tool_fees(new or item.served_model, new or item.model, item.tool_uses)
+                cost += fees or 0
+                for kind in left_out or ():
+                    result.unpriced_tools_after[kind] = (
+                        result.unpriced_tools_after.get(kind, 0) + item.tool_uses[kind]
+                    )
+                fees_left_out = bool(left_out)
+            row.after_complete &= not fees_left_out
         if cost is None:
             if item.prompt_tokens or item.completion_tokens:
                 row.after_complete = False
@@ -274,7 +290,7 @@ def reprice(
                     result.hints[name] = f"at {route.provider} it is {vendored!r}: --model {name}={vendored}"
             continue
         row.after_units += cost
-        if priced_before:
+        if priced_before and not item.tool_fee_calls and not fees_left_out:  # complete on both sides
             row.compared += item.calls
             row.compared_before_usd += item.cost_usd
             row.compared_after_units += cost

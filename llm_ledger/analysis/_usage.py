@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .._pricing import PriceTable
 
 __all__ = [
-    "COUNTS", "NO_ANSWER", "NO_LENS", "UsageRow", "cost_gaps", "failed_calls", "model_name", "usage_row"
+    "COUNTS", "NO_ANSWER", "NO_LENS", "UsageRow", "cost_gaps", "failed_calls", "model_name", "tool_uses",
+    "usage_row",
 ]  # fmt: skip
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
@@ -112,6 +113,9 @@ class UsageRow:
     tool_fee_calls: int = 0
     # background responses begun (their start's record): their cost is the record's of their end
     pending_calls: int = 0
+    # the uses of built-in tools billed per use, kind -> uses (response.tool_uses): what a price file's
+    # tool_fees price when repriced
+    tool_uses: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -155,11 +159,13 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     a token count that is not a whole number >= 0 is 0. A call recorded without a cost is uncosted when
     it was billed (it did not fail, or failed after using tokens: the lens summary's rule); one that did
     not fail but reported no prompt and completion tokens has no usage (a total alone cannot be priced).
-    One whose cost leaves out its built-in tools' fees (``cost.left_out``) counts in ``tool_fee_calls``.
+    One whose cost leaves out its built-in tools' fees (``cost.left_out``) counts in ``tool_fee_calls``;
+    its uses of them (``response.tool_uses``) are kept (:func:`tool_uses`).
     """
     usage = _dict(record.get("usage"))
     server = _dict(record.get("server"))
-    tier = _dict(record.get("response")).get("service_tier")
+    response = _dict(record.get("response"))
+    tier = response.get("service_tier")
     cost = _dict(record.get("cost"))
     recorded = cost_decimal(cost.get("total_cost_usd"))
     started = _dict(record.get("timing")).get("start_time") or record.get("timestamp")
@@ -178,7 +184,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         host=address if isinstance(address, str) else None,
         port=port if type(port) is int else None,
         model=recorded_name(_dict(record.get("request")).get("model")),
-        served_model=recorded_name(_dict(record.get("response")).get("model")),
+        served_model=recorded_name(response.get("model")),
         cost_source=recorded_name(cost.get("source")),
         calls=1,
         cost_usd=recorded or Decimal(0),
@@ -191,8 +197,16 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         service_tier=tier if isinstance(tier, str) else None,
         tool_fee_calls=int(recorded is not None and bool(cost.get("left_out"))),
         pending_calls=int(pending),
+        tool_uses=tool_uses(response.get("tool_uses")),
         **{name: count or 0 for name, count in counts.items()},
     )
+
+
+def tool_uses(value: Any) -> dict[str, int]:
+    """Uses of built-in tools as recorded (a record's ``response.tool_uses``, a report row's
+    ``tool_uses``): kind -> a whole number > 0; anything else left out."""
+    uses = _dict(value)
+    return {kind: n for kind, n in uses.items() if isinstance(kind, str) and type(n) is int and n > 0}
 
 
 def _epoch(stamp: Any) -> float | None:
