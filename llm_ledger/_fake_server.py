@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._cli import add_listen_options, listening
+from ._fake_realtime import RealtimeServer
 from .exporters._prometheus import shutdown_now
 
 __all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
@@ -1190,6 +1191,7 @@ class FakeOpenAI:
         self._failures: list[_Reply] = []  # queued by fail_next(), one per request
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._realtime: RealtimeServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -1197,6 +1199,20 @@ class FakeOpenAI:
         if self.port == 0:
             raise RuntimeError("FakeOpenAI(port=0) picks its port in start(): read base_url after start()")
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def websocket_base_url(self) -> str:
+        """``ws://HOST:PORT2/v1``, the Realtime API's (a client's ``websocket_base_url``): a ``websockets``
+        server on a port of its own, started at the first read (docs/FAKE_SERVER.md, "Realtime")."""
+        with self._lock:
+            if self._realtime is None:
+                self._realtime = RealtimeServer(self.host)
+        return f"ws://{self.host}:{self._realtime.port}/v1"
+
+    @property
+    def realtime_events(self) -> list[JSONDict]:
+        """Every Realtime client event received (by ``websocket_base_url``'s server), in order."""
+        return [] if self._realtime is None else self._realtime.received
 
     def start(self) -> FakeOpenAI:
         if self._server is None:
@@ -1207,6 +1223,9 @@ class FakeOpenAI:
         return self
 
     def stop(self) -> None:
+        realtime, self._realtime = self._realtime, None
+        if realtime is not None:
+            realtime.stop()
         server, thread = self._server, self._thread
         if server is None:
             return
@@ -1244,11 +1263,13 @@ class FakeOpenAI:
             self._failures += [answer] * times
 
     def reset(self) -> None:
-        """Forget recorded requests and answers, and queued failures."""
+        """Forget recorded requests and answers (Realtime events too), and queued failures."""
         with self._lock:
             self.requests.clear()
             self.answers.clear()
             self._failures.clear()
+            if self._realtime is not None:
+                self._realtime.received.clear()
 
     def _arrived(self, request: RecordedRequest) -> tuple[int, _Reply | None]:
         """Record ``request``: its number, and the failure queued for it."""
