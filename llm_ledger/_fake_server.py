@@ -1174,7 +1174,8 @@ class FakeOpenAI:
     """A loopback OpenAI-compatible server (chat completions, responses, embeddings, legacy completions,
     images and audio; streamed or not) with deterministic text and usage, to point the real SDK at:
     ``base_url`` for the client, ``requests`` and ``answers`` as received and sent, ``fail_next()`` to
-    queue errors. ``start()`` (or ``with``) runs it in a daemon thread.
+    queue errors. ``start()`` (or ``with``) runs it in a daemon thread; ``websocket_base_url`` starts
+    its Realtime API endpoint (a WebSocket, on a port of its own).
 
     ``x-fake-*`` request headers steer it (tool calls, cached tokens, error statuses, cut or reset
     streams...): the reference is docs/FAKE_SERVER.md.
@@ -1305,6 +1306,10 @@ def register(subparsers: Any, summary: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
+    try:  # the Realtime API's WebSocket, on a port of its own, when websockets is installed
+        print(f"Realtime API on {server.websocket_base_url} (a client's websocket_base_url)", flush=True)
+    except RuntimeError:
+        pass
     try:
         while True:  # until Ctrl-C: the KeyboardInterrupt is main()'s exit status 130
             time.sleep(3600)

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import genai_prices
@@ -18,7 +22,9 @@ from websockets.exceptions import ConnectionClosedError
 
 import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests import warm_python
 from tests.conftest import FAKE_KEY
+from tests.test_ledger_streams import EARLY_FINALIZE
 
 MODEL = "gpt-realtime"
 ASK: Any = {
@@ -325,7 +331,6 @@ def test_transcripts_are_captured_only_with_content_capture_and_scrubbed(fake_op
                 assert record["content"] == {"output": "Summary: what is the [W] like"}
 
 
-@pytest.mark.sdk3
 def test_the_beta_realtime_connect_is_watched_too(rt: openai.OpenAI, records: Captured) -> None:
     """``client.beta.realtime.connect()`` (the preview interface, kept by the SDK) is recorded alike."""
     with rt.beta.realtime.connect(model="gpt-4o-realtime-preview") as connection:
@@ -334,3 +339,38 @@ def test_the_beta_realtime_connect_is_watched_too(rt: openai.OpenAI, records: Ca
     (record,) = records.calls
     assert record["operation"] == "realtime" and record["request"]["model"] == "gpt-4o-realtime-preview"
     assert Decimal(repr(record["cost"]["total_cost_usd"])) == _genai(record)
+
+
+SIGTERM = "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
+
+
+@pytest.mark.parametrize(
+    ("prelude", "end"),
+    [("", ""), (EARLY_FINALIZE, ""), ("", SIGTERM)],
+    ids=["exit", "exit, finalize made before logging", "SIGTERM"],
+)
+def test_a_connection_left_open_at_exit_is_written_with_its_lens(
+    fake_openai: FakeOpenAI, tmp_path: Path, prelude: str, end: str
+) -> None:
+    """A connection still open when the process ends (at exit, or by SIGTERM past every exit hook), a
+    response streaming on it, is written: the response as interrupted, then the lens run it held open."""
+    script = textwrap.dedent(
+        f"""
+        {prelude}
+        import openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        raw = openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r},
+                            websocket_base_url={fake_openai.websocket_base_url!r})
+        with llm_ledger.lens("voice_agent"):
+            connection = llm_ledger.instrument(raw).realtime.connect(model="gpt-realtime").enter()
+        connection.response.create()
+        while connection.recv().type != "response.created":
+            pass
+        {end}
+        """
+    )
+    done = warm_python.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == (-signal.SIGTERM if end else 0)
+    call, lens = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert (call["operation"], call["status"]) == ("realtime", "interrupted")
+    assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
