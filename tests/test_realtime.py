@@ -374,3 +374,37 @@ def test_a_connection_left_open_at_exit_is_written_with_its_lens(
     call, lens = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert (call["operation"], call["status"]) == ("realtime", "interrupted")
     assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
+
+
+def test_events_read_as_raw_bytes_are_watched_alike(rt: openai.OpenAI, records: Captured) -> None:
+    """A caller reading ``recv_bytes()`` and parsing the events itself gets the bytes the SDK gives,
+    and each response is recorded as when it reads ``recv()``."""
+    with rt.realtime.connect(model=MODEL) as connection:
+        connection.response.create()
+        kinds: list[str] = []
+        while not kinds or kinds[-1] != "response.done":
+            data = connection.recv_bytes()
+            assert type(data) is bytes
+            kinds.append(json.loads(data)["type"])
+    (record,) = records.calls
+    assert record["status"] == "ok" and record["usage"]["total_tokens"] > 0
+    assert kinds[:2] == ["session.created", "response.created"]
+
+
+@pytest.mark.sdk3
+def test_events_dispatched_to_handlers_are_watched_alike(rt: openai.OpenAI, records: Captured) -> None:
+    """openai 3.x's push interface (``on()`` handlers run by ``dispatch_events()``) reads through the
+    same connection: each response is recorded, and every handler gets its events."""
+    done: list[Any] = []
+    with rt.realtime.connect(model=MODEL) as connection:
+
+        def finished(event: Any) -> None:
+            done.append(event)
+            connection.close()
+
+        connection.on("response.done", finished)
+        connection.response.create()
+        connection.dispatch_events()
+    (record,) = records.calls
+    assert [event.response.id for event in done] == [record["response"]["id"]]
+    assert record["status"] == "ok"
