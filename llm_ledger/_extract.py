@@ -18,6 +18,7 @@ __all__ = [
     "JsonView",
     "no_usage",
     "output_text",
+    "realtime_usage",
     "reasoning_in_completion",
     "request_shape",
     "response_shape",
@@ -369,6 +370,34 @@ def _billed_usage(operation: str, usage: Any) -> JsonView:
         counts["completion_tokens"] = fields.get("output_tokens")
         counts["prompt_tokens_details"] = {"audio_tokens": audio}
     return JsonView(counts)
+
+
+def realtime_usage(usage: Any) -> JsonView | None:
+    """A Realtime ``response.done``'s ``usage`` (a JSON object) in the record's terms, as chat reports
+    it: the audio prompt tokens are those the cache did not serve, since the cached ones are part of
+    ``cached_tokens``, billed there (docs/PRICING.md, "Realtime"); image tokens stay in the prompt's."""
+    if type(usage) is not dict:
+        return None
+    heard = _object(usage.get("input_token_details"))
+    cached = _object(heard.get("cached_tokens_details"))
+    audio, cached_audio = heard.get("audio_tokens"), cached.get("audio_tokens")
+    if type(audio) is int and type(cached_audio) is int:
+        audio -= min(audio, cached_audio)
+    return JsonView(
+        {
+            "prompt_tokens": usage.get("input_tokens"),
+            "completion_tokens": usage.get("output_tokens"),
+            "total_tokens": usage.get("total_tokens"),
+            "prompt_tokens_details": {"cached_tokens": heard.get("cached_tokens"), "audio_tokens": audio},
+            "completion_tokens_details": {
+                "audio_tokens": _object(usage.get("output_token_details")).get("audio_tokens")
+            },
+        }
+    )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if type(value) is dict else {}
 
 
 def speech_usage(content: bytes, content_type: str) -> JsonView | None:

@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._cli import add_listen_options, listening
+from ._fake_realtime import RealtimeServer
 from .exporters._prometheus import shutdown_now
 
 __all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
@@ -1197,7 +1198,8 @@ class FakeOpenAI:
     """A loopback OpenAI-compatible server (chat completions, responses, embeddings, legacy completions,
     images and audio; streamed or not) with deterministic text and usage, to point the real SDK at:
     ``base_url`` for the client, ``requests`` and ``answers`` as received and sent, ``fail_next()`` to
-    queue errors. ``start()`` (or ``with``) runs it in a daemon thread.
+    queue errors. ``start()`` (or ``with``) runs it in a daemon thread; ``websocket_base_url`` starts
+    its Realtime API endpoint (a WebSocket, on a port of its own).
 
     ``x-fake-*`` request headers steer it (tool calls, cached tokens, error statuses, cut or reset
     streams...): the reference is docs/FAKE_SERVER.md.
@@ -1215,6 +1217,7 @@ class FakeOpenAI:
         self._responses: dict[str, _Job] = {}  # the last Responses answered, by id, for GET and cancel
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._realtime: RealtimeServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -1222,6 +1225,20 @@ class FakeOpenAI:
         if self.port == 0:
             raise RuntimeError("FakeOpenAI(port=0) picks its port in start(): read base_url after start()")
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def websocket_base_url(self) -> str:
+        """``ws://HOST:PORT2/v1``, the Realtime API's (a client's ``websocket_base_url``): a ``websockets``
+        server on a port of its own, started at the first read (docs/FAKE_SERVER.md, "Realtime")."""
+        with self._lock:
+            if self._realtime is None:
+                self._realtime = RealtimeServer(self.host)
+        return f"ws://{self.host}:{self._realtime.port}/v1"
+
+    @property
+    def realtime_events(self) -> list[JSONDict]:
+        """Every Realtime client event received (by ``websocket_base_url``'s server), in order."""
+        return [] if self._realtime is None else self._realtime.received
 
     def start(self) -> FakeOpenAI:
         if self._server is None:
@@ -1232,6 +1249,9 @@ class FakeOpenAI:
         return self
 
     def stop(self) -> None:
+        realtime, self._realtime = self._realtime, None
+        if realtime is not None:
+            realtime.stop()
         server, thread = self._server, self._thread
         if server is None:
             return
@@ -1269,12 +1289,14 @@ class FakeOpenAI:
             self._failures += [answer] * times
 
     def reset(self) -> None:
-        """Forget recorded requests and answers, and queued failures."""
+        """Forget recorded requests and answers (Realtime events too), and queued failures."""
         with self._lock:
             self.requests.clear()
             self.answers.clear()
             self._failures.clear()
             self._responses.clear()
+            if self._realtime is not None:
+                self._realtime.received.clear()
 
     def _store(
         self, body: JSONDict, headers: dict[str, str], reply: _Reply | _Stream, streamed: _Reply | _Stream
@@ -1366,6 +1388,10 @@ def register(subparsers: Any, summary: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
+    try:  # the Realtime API's WebSocket, on a port of its own, when websockets is installed
+        print(f"Realtime API on {server.websocket_base_url} (a client's websocket_base_url)", flush=True)
+    except RuntimeError:
+        pass
     try:
         while True:  # until Ctrl-C: the KeyboardInterrupt is main()'s exit status 130
             time.sleep(3600)

@@ -3,7 +3,8 @@
 The seam is the instance's own ``request``, which every resource and its ``with_raw_response`` /
 ``with_streaming_response`` variants go through; ``copy`` / ``with_options`` keep derived clients
 instrumented. A narrow second seam: the ``stream()`` helpers, which may raise above that stream,
-hooked when the client makes their resources.
+hooked when the client makes their resources, and the Realtime API's ``connect()``, whose
+WebSocket connections pass that seam by (``_realtime``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ._errors import warn_internal
 from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
 from ._monitor import _Call
 from ._rates import settle_httpx2
+from ._realtime import watch_connect
 from ._records import interrupted
 from ._servers import Endpoint
 from ._streams import finish_body, tap_body, watch_helper, watch_stream
@@ -205,9 +207,15 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
         monitor._finish(call, "ok", None, None)
 
 
-# the resources whose stream() helper reads a stream the ledger watches, by the client attribute
-# making them (beta's: openai 1.x's home of chat's helper)
-_HELPER_RESOURCES = {"chat": ("completions",), "responses": (), "beta": ("chat", "completions")}
+# the resources whose helpers the ledger hooks, by the client attribute making them: the path to each
+# and the helper, stream() (reading a stream the ledger watches; beta's: openai 1.x's home of chat's)
+# or the Realtime API's connect()
+_HELPER_RESOURCES = {
+    "chat": ((("completions",), "stream"),),
+    "responses": (((), "stream"),),
+    "beta": ((("chat", "completions"), "stream"), (("realtime",), "connect")),
+    "realtime": (((), "connect"),),
+}
 
 
 @functools.cache
@@ -247,16 +255,21 @@ def _watched_stream(original: Any, is_async: bool) -> Any:
     return stream
 
 
-def _hook_stream_helper(root: Any, path: tuple[str, ...], is_async: bool) -> None:
-    """Give the resource at ``path`` from ``root`` a ``stream()`` whose helper the ledger watches
-    (best effort)."""
+def _hook_helpers(client: Any, root: Any, hooks: Any, is_async: bool) -> None:
+    """Give each resource a ``hooks`` path leads to from ``root`` a ``stream()`` whose helper the ledger
+    watches, or a ``connect()`` whose realtime connection it watches (best effort)."""
     # no warnings.catch_warnings() (none of the SDKs warns here): it changes the process's filters,
     # and this may run on any thread, at the client's first use of the resource
-    try:
-        resource = functools.reduce(getattr, path, root)
-        resource.stream = _watched_stream(resource.stream, is_async)
-    except Exception:  # not in this SDK's version
-        pass
+    for path, helper in hooks:
+        try:
+            resource = functools.reduce(getattr, path, root)
+            if helper == "stream":
+                resource.stream = _watched_stream(resource.stream, is_async)
+            else:
+                monitor_of = functools.partial(client.__dict__.get, _MONITOR_ATTR)
+                resource.connect = watch_connect(resource.connect, client, monitor_of, is_async)
+        except Exception:  # not in this SDK's version
+            pass
 
 
 class _HookedResource:
@@ -265,16 +278,16 @@ class _HookedResource:
     ``__dict__``). Set on the class, as only a class attribute is found before the instance's: a
     client not instrumented gets the resource as the SDK makes it."""
 
-    def __init__(self, make: Any, path: tuple[str, ...]) -> None:
+    def __init__(self, make: Any, hooks: Any) -> None:
         self.make = make
-        self.path = path
+        self.hooks = hooks
         self.__doc__ = make.__doc__
 
     def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
         resource = self.make.__get__(instance, owner)
         if instance is not None and _MONITOR_ATTR in instance.__dict__:
             is_async = inspect.iscoroutinefunction(type(instance).request)
-            _hook_stream_helper(resource, self.path, is_async)
+            _hook_helpers(instance, resource, self.hooks, is_async)
         return resource
 
 
@@ -283,18 +296,18 @@ def _hook_stream_helpers(instance: Any, is_async: bool) -> None:
     them: never make one here, since that imports its part of the SDK (on openai 3.x beta's whole
     package, which costs a cold start more than the rest of the ledger)."""
     cls = type(instance)
-    for name, path in _HELPER_RESOURCES.items():
+    for name, hooks in _HELPER_RESOURCES.items():
         if name not in instance.__dict__:
             make = inspect.getattr_static(cls, name, None)
             if isinstance(make, _HookedResource):
                 continue
             if isinstance(make, functools.cached_property):
                 try:
-                    setattr(cls, name, _HookedResource(make, path))
+                    setattr(cls, name, _HookedResource(make, hooks))
                     continue
                 except Exception:  # a class of another make: hooked now, as below
                     pass
-        _hook_stream_helper(instance, (name, *path), is_async)
+        _hook_helpers(instance, instance, [((name, *path), helper) for path, helper in hooks], is_async)
 
 
 def _count_retries(instance: Any) -> bool:

@@ -461,6 +461,18 @@ class LensTotals:
             self.open += 1
             return True
 
+    def hold(self) -> None:
+        """Count one more call of a realtime connection the run counts (its ``begin``), even once the run
+        ended: the connection holds it open until it ends (``release``)."""
+        with self._lock:
+            self.open += 1
+
+    def release(self) -> None:
+        """The realtime connection ``begin`` counted ended: settled as a call (``settle``), counting none."""
+        with self._lock:
+            self.open -= 1
+            self.emitting += 1
+
     def add(self, record: CallRecord, total_cost_units: int | None) -> None:
         """Count one ended call (failed and interrupted calls count too); cost in 10**-24 USD."""
         status = record["status"]

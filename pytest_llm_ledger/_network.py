@@ -11,6 +11,11 @@ returns a message to raise :class:`BlockedRequestError` with before anything is 
 let it through. Other traffic, mock transports and the requests of tests that have a cassette are
 not touched.
 
+The Realtime API's WebSocket (``realtime.connect()``) goes past those transports, through the
+``websockets`` library, and no cassette records it: its connections' opening handshakes (sync and
+asyncio) are wrapped too, and one carrying the SDK's headers is handed to ``refuse`` with the method
+``WEBSOCKET``, before the handshake request (and the key it carries) is sent.
+
 Wrappers stay harmless once uninstalled: an HTTP library patch that saved one (vcrpy keeps the
 transport method it found at import) calls straight through it.
 """
@@ -18,15 +23,18 @@ transport method it found at import) calls straight through it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any, Final
 
 from llm_ledger import BlockedRequestError
 
-__all__ = ["Guard", "is_openai_request"]
+__all__ = ["WEBSOCKET", "Guard", "is_openai_request"]
 
 Refuse = Callable[[str, str, str], "str | None"]  # (method, host, path) -> message, or None to send
+WEBSOCKET: Final = "WEBSOCKET"  # the method refuse() is given for a WebSocket's opening handshake
 
 
 def is_openai_request(request: Any) -> bool:
@@ -44,6 +52,9 @@ TRANSPORTS: Final = (
     *((library, "AsyncHTTPTransport", "handle_async_request") for library in HTTP_LIBRARIES),
     ("openai._vendor.httpx_aiohttp", "AiohttpTransport", "handle_async_request"),
     ("httpx_aiohttp", "AiohttpTransport", "handle_async_request"),
+    # websockets' client connections (the SDK imports them at its first connect: loaded with httpx)
+    ("websockets.sync.client", "ClientConnection", "handshake"),
+    ("websockets.asyncio.client", "ClientConnection", "handshake"),
 )
 
 
@@ -59,7 +70,8 @@ class Guard:
         """Wrap the transports of each HTTP library imported so far; with ``load``, import httpx and
         httpx2 first."""
         for module_name, class_name, method in TRANSPORTS:
-            if module_name not in sys.modules and not (load and module_name in HTTP_LIBRARIES):
+            loads = module_name in HTTP_LIBRARIES or (method == "handshake" and _installed("websockets"))
+            if module_name not in sys.modules and not (load and loads):
                 continue
             try:
                 cls = getattr(importlib.import_module(module_name), class_name)
@@ -71,7 +83,19 @@ class Guard:
     def _wrap(self, cls: type, method: str) -> None:
         original = getattr(cls, method)
         wrapper: Any
-        if method == "handle_request":
+        if method == "handshake" and inspect.iscoroutinefunction(original):
+
+            async def wrapper(connection: Any, *args: Any, **kwargs: Any) -> Any:
+                self.check_handshake(connection, *args, **kwargs)
+                return await original(connection, *args, **kwargs)
+
+        elif method == "handshake":
+
+            def wrapper(connection: Any, *args: Any, **kwargs: Any) -> Any:
+                self.check_handshake(connection, *args, **kwargs)
+                return original(connection, *args, **kwargs)
+
+        elif method == "handle_request":
 
             def wrapper(transport: Any, request: Any) -> Any:
                 self.check(request)
@@ -93,6 +117,30 @@ class Guard:
                 setattr(cls, name, original)
         self._saved.clear()
 
+    def check_handshake(
+        self,
+        connection: Any,
+        additional_headers: Any = None,
+        user_agent_header: Any = None,
+        *_: Any,
+        **__: Any,
+    ) -> None:
+        """Refuse a WebSocket whose handshake would carry the OpenAI SDK's headers, as ``refuse`` says."""
+        if not self._saved:
+            return
+        pairs = (
+            additional_headers.items() if hasattr(additional_headers, "items") else additional_headers or ()
+        )
+        headers = {str(name).lower(): str(value) for name, value in pairs}
+        headers.setdefault("user-agent", str(user_agent_header or ""))
+        if not is_openai_request(_Handshake(headers)):
+            return
+        protocol = connection.protocol
+        uri = getattr(protocol, "uri", None) or protocol.wsuri  # websockets 14 on / 13
+        message = self._refuse(WEBSOCKET, str(uri.host).lower(), str(uri.path) or "/")
+        if message is not None:
+            raise BlockedRequestError(message)
+
     def check(self, request: Any) -> None:
         if not self._saved or not is_openai_request(request):
             return
@@ -100,3 +148,14 @@ class Guard:
         message = self._refuse(str(request.method), str(url.host).lower(), str(url.path) or "/")
         if message is not None:
             raise BlockedRequestError(message)
+
+
+class _Handshake:
+    """A WebSocket handshake's headers, read as ``is_openai_request`` reads a request's."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None

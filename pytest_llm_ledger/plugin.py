@@ -58,7 +58,7 @@ from ._naming import (
     secret_params,
     selected_folders,
 )
-from ._network import Guard
+from ._network import WEBSOCKET, Guard
 from ._report import (
     SESSION_BUCKET,
     Breach,
@@ -404,12 +404,34 @@ class _LedgerState:
             self._starts.again()
             self.ledger.forget(item.nodeid)
 
+    def _refuse_websocket(self, host: str, path: str) -> str | None:
+        """The failure message for a WebSocket to the OpenAI API (the Realtime API) of a guarded test,
+        marked llm or not, in none mode: no cassette records or replays one."""
+        nodeid = self._guarded
+        if self.mode != "none" or nodeid is None:
+            return None  # recording (it goes out live, unrecorded), a live test, or a test marked vcr alone
+        message = "\n".join([
+            f"llm-ledger: {nodeid} opened a WebSocket to the OpenAI API (the Realtime API), which "
+            "cassettes do not record or replay, so it was not opened",
+            f"  request: {WEBSOCKET} {host}{path}",
+            "  in record mode 'none' nothing leaves the machine: point the client's websocket_base_url at a "
+            "local server listed in llm_allowed_hosts (llm_ledger.testing.FakeOpenAI().websocket_base_url "
+            "serves the Realtime API), or mark the test @pytest.mark.llm(live=True) to let it go live",
+        ])  # fmt: skip
+        with self._lock:
+            self._blocked.append(message)
+        return message
+
     def _refuse(self, method: str, host: str, path: str) -> str | None:
         """The failure message for an OpenAI request of the running test, or None to send it."""
-        if self.in_cassette or not _active or _active[-1] is not self:
-            return None  # inside the cassette, or an outer session's guard
+        if not _active or _active[-1] is not self:
+            return None  # an outer session's guard
         if any(fnmatchcase(host, pattern) for pattern in self.allowed_hosts):
             return None
+        if method == WEBSOCKET:
+            return self._refuse_websocket(host, path)
+        if self.in_cassette:
+            return None  # the cassette replays it, or refuses it
         nodeid = self._guarded
         recording = self.mode != "none"
         if recording and not (self.current is not None and self._marked):

@@ -368,3 +368,75 @@ def test_an_unmarked_test_run_from_a_subdirectory_gets_a_command_that_runs_there
 
     result.assert_outcomes(failed=1, deselected=2)
     assert "    pytest test_app.py::test_unmarked --llm-record-mode=once\n" in result.stdout.str()
+
+
+REALTIME_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+def session_of(client):
+    with client.realtime.connect(model="gpt-realtime") as connection:
+        connection.response.create()
+        for event in connection:
+            if event.type == "response.done":
+                return event
+
+
+URLS = dict(base_url=os.environ["LEDGER_TEST_BASE_URL"], websocket_base_url=os.environ["LEDGER_TEST_WS_URL"])
+
+
+def realtime():
+    return openai.OpenAI(**URLS, max_retries=0)
+
+
+def test_unmarked_realtime():
+    with ledger.instrument(realtime()) as client:
+        session_of(client)
+
+
+@pytest.mark.llm
+@pytest.mark.asyncio
+async def test_marked_realtime_async():
+    async with openai.AsyncOpenAI(**URLS) as client:
+        async with client.realtime.connect(model="gpt-realtime") as connection:
+            await connection.response.create()
+
+
+@pytest.mark.llm(live=True)
+def test_live_realtime():
+    with realtime() as client:
+        assert session_of(client).response.status == "completed"
+"""
+
+
+@pytest.mark.usefixtures("no_key")
+def test_realtime_websockets_no_cassette_replays_are_refused_unopened(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In none mode a Realtime API connection (a WebSocket, which no cassette records) of an unmarked
+    test, and of a marked one, fails its test, naming the fix, before its handshake is sent; a live test
+    connects; ini llm_allowed_hosts lets the others through."""
+    monkeypatch.setenv("LEDGER_TEST_WS_URL", server.websocket_base_url)
+    write_project(pytester, REALTIME_TESTS)
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1, failed=2)
+    assert [e["type"] for e in server.realtime_events] == ["response.create"]  # the live test's alone
+    out = result.stdout.str()
+    for name in ("test_unmarked_realtime", "test_marked_realtime_async"):
+        assert (
+            f"llm-ledger: tests/test_app.py::{name} opened a WebSocket to the OpenAI API (the Realtime API), "
+            "which cassettes do not record or replay, so it was not opened"
+        ) in out
+    result.stdout.fnmatch_lines(
+        ["  request: WEBSOCKET 127.0.0.1/v1/realtime", "*llm_allowed_hosts*live=True*"]
+    )
+
+    pytester.makefile(".ini", pytest=INI + "llm_allowed_hosts = 127.0.0.1\n")
+    run(pytester).assert_outcomes(passed=3)

@@ -1,0 +1,281 @@
+"""The fake OpenAI server's Realtime API: ``/v1/realtime`` over a WebSocket (the ``websockets`` library's
+server, in a thread of its own, on a port of its own), speaking the events the SDK's ``realtime.connect()``
+expects, with deterministic text and usage. Started by :attr:`FakeOpenAI.websocket_base_url`; described in
+docs/FAKE_SERVER.md ("Realtime"), which must stay true to this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import threading
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["RealtimeServer"]
+
+JSONDict = dict[str, Any]
+
+GREETING = "Hello! How can I help you today?"
+FAILED = "The server had an error while processing your request."
+# the x-fake-* keys a response.create's metadata takes (strings, as metadata is): int, or the values taken
+_STEERING: dict[str, Any] = {
+    "x-fake-chunks": int,
+    "x-fake-cached-tokens": int,
+    "x-fake-cached-audio-tokens": int,
+    "x-fake-status": ("completed", "cancelled", "incomplete", "failed"),
+    "x-fake-fault": ("close", "error"),
+}
+_DETAILS: dict[str, JSONDict] = {
+    "cancelled": {"type": "cancelled", "reason": "client_cancelled"},
+    "incomplete": {"type": "incomplete", "reason": "max_output_tokens"},
+    "failed": {
+        "type": "failed",
+        "error": {"type": "server_error", "code": "server_error", "message": FAILED},
+    },
+}
+
+
+def _tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+class _Refused(Exception):
+    """A client event the fake refuses: answered with an ``error`` event, as the API does."""
+
+    def __init__(self, message: str, event: JSONDict, code: str | None = None) -> None:
+        super().__init__(message)
+        self.event_id = event.get("event_id")
+        self.code = code
+
+
+class _Session:
+    """One connection's state: its session, conversation and input audio buffer."""
+
+    def __init__(self, server: RealtimeServer, connection: Any, model: str | None) -> None:
+        self.server = server
+        self.connection = connection
+        self.session: JSONDict = {
+            "id": f"sess_{next(server.counter)}",
+            "object": "realtime.session",
+            "type": "realtime",
+            "model": model,
+            "output_modalities": ["audio"],
+            "instructions": "",
+        }
+        self.ids = itertools.count(1)  # of its items and responses: a script replayed gets the same ids
+        self.items: list[JSONDict] = []  # each: role, text, audio tokens (the conversation, in order)
+        self.buffer = bytearray()
+        self.events = (f"event_{n}" for n in itertools.count(1))
+
+    def send(self, event: JSONDict) -> None:
+        self.connection.send(json.dumps({"event_id": next(self.events), **event}))
+
+    def run(self) -> None:
+        self.send({"type": "session.created", "session": self.session})
+        for message in self.connection:
+            try:
+                event = json.loads(message)
+                if type(event) is not dict:
+                    raise _Refused("The event must be a JSON object.", {})
+                self.server.received.append(event)
+                if self.handle(event) == "close":
+                    return
+            except _Refused as refused:
+                error = {"type": "invalid_request_error", "code": refused.code, "message": str(refused)}
+                self.send({"type": "error", "error": {**error, "param": None, "event_id": refused.event_id}})
+            except ValueError:
+                self.send(
+                    {"type": "error", "error": {"type": "invalid_request_error", "message": "Invalid JSON."}}
+                )
+
+    def handle(self, event: JSONDict) -> str | None:
+        kind = event.get("type")
+        if kind == "session.update":
+            self.session.update(event.get("session") or {})
+            self.send({"type": "session.updated", "session": self.session})
+        elif kind == "conversation.item.create":
+            item = event.get("item") or {}
+            text = "".join(
+                part.get("text") or part.get("transcript") or ""
+                for part in item.get("content") or ()
+                if isinstance(part, dict)
+            )
+            self.items.append({"role": item.get("role", "user"), "text": text, "audio": 0})
+            stored = {"id": f"item_{next(self.ids)}", "status": "completed", **item}
+            self.send({"type": "conversation.item.created", "previous_item_id": None, "item": stored})
+        elif kind == "input_audio_buffer.append":
+            try:
+                self.buffer += base64.b64decode(event.get("audio") or "", validate=True)
+            except ValueError:
+                raise _Refused("Invalid 'audio': not base64.", event, "invalid_value") from None
+        elif kind == "input_audio_buffer.commit":
+            if not self.buffer:
+                raise _Refused(
+                    "Error committing input audio buffer: buffer is empty.",
+                    event,
+                    "input_audio_buffer_commit_empty",
+                )
+            # a token of audio per 100 bytes, as the fake's transcriptions count it
+            self.items.append({"role": "user", "text": "", "audio": math.ceil(len(self.buffer) / 100)})
+            self.buffer.clear()
+            self.send({"type": "input_audio_buffer.committed", "item_id": f"item_{next(self.ids)}"})
+        elif kind == "input_audio_buffer.clear":
+            self.buffer.clear()
+            self.send({"type": "input_audio_buffer.cleared"})
+        elif kind == "response.create":
+            return self.respond(event)
+        elif kind == "response.cancel":  # every response has ended by the time the next event is read
+            raise _Refused(
+                "Cancellation failed: no active response found", event, "response_cancel_not_active"
+            )
+        else:
+            raise _Refused(
+                f"Invalid value: {kind!r}. Supported values are the Realtime client events.", event
+            )
+        return None
+
+    def respond(self, event: JSONDict) -> str | None:
+        asked = event.get("response") or {}
+        steering = asked.get("metadata") or {}
+        for key, value in steering.items():
+            kind = _STEERING.get(key)
+            if key.startswith("x-fake-") and (
+                kind is None
+                or (kind is int and not str(value).isdigit())
+                or (kind is not int and value not in kind)
+            ):
+                raise _Refused(
+                    f"Unknown fake steering {key}: {value!r} (docs/FAKE_SERVER.md, Realtime)", event
+                )
+        if steering.get("x-fake-fault") == "error":
+            raise _Refused(
+                "The fake refused this response.create (x-fake-fault: error).", event, "fake_error"
+            )
+        modalities = (
+            asked.get("output_modalities") or asked.get("modalities") or self.session.get("output_modalities")
+        )
+        audio = "audio" in (modalities or ())
+        status = steering.get("x-fake-status", "completed")
+        user = next(
+            (item["text"] for item in reversed(self.items) if item["role"] == "user" and item["text"]), ""
+        )
+        text = " ".join(["Summary:", *user.split()[:8]]) if user else GREETING
+        chunks = max(1, int(steering.get("x-fake-chunks", 5)))
+        size = math.ceil(len(text) / chunks)
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        if status in ("cancelled", "incomplete"):  # stopped halfway
+            pieces = pieces[: max(1, len(pieces) // 2)]
+        elif status == "failed":
+            pieces = []
+        said = "".join(pieces)
+        rid = f"resp_{next(self.ids)}"
+        iid = f"item_{next(self.ids)}"
+        created: JSONDict = {
+            "id": rid,
+            "object": "realtime.response",
+            "status": "in_progress",
+            "output": [],
+            "usage": None,
+        }
+        self.send({"type": "response.created", "response": created})
+        part = "output_audio" if audio else "output_text"
+        for piece in pieces:
+            where = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
+            if audio:
+                self.send({"type": "response.output_audio_transcript.delta", **where, "delta": piece})
+                self.send({"type": "response.output_audio.delta", **where,
+                           "delta": base64.b64encode(bytes(len(piece))).decode()})  # fmt: skip
+            else:
+                self.send({"type": "response.output_text.delta", **where, "delta": piece})
+        if steering.get("x-fake-fault") == "close":
+            self.connection.close(1011, "fake fault: closed mid-response")
+            return "close"
+        # the input: every item of the conversation so far (text, 4 a message; audio apart), as the API
+        # bills each response the whole conversation it reads
+        text_in = sum(_tokens(item["text"]) + 4 for item in self.items) + _tokens(
+            self.session.get("instructions") or ""
+        )
+        audio_in = sum(item["audio"] for item in self.items)
+        cached_audio = min(audio_in, int(steering.get("x-fake-cached-audio-tokens", 0)))
+        cached_text = min(text_in, int(steering.get("x-fake-cached-tokens", 0)))
+        text_out = _tokens(said)
+        audio_out = len(said) if audio else 0  # an audio token a character, as the fake's speech
+        output = []
+        if status != "failed":
+            content = {"type": part, "transcript": said} if audio else {"type": part, "text": said}
+            done = "completed" if status == "completed" else "incomplete"
+            output.append({"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
+                           "status": done, "content": [content]})  # fmt: skip
+            self.items.append({"role": "assistant", "text": said, "audio": audio_out})
+        usage = {
+            "total_tokens": text_in + audio_in + text_out + audio_out,
+            "input_tokens": text_in + audio_in,
+            "output_tokens": text_out + audio_out,
+            "input_token_details": {
+                "text_tokens": text_in,
+                "audio_tokens": audio_in,
+                "image_tokens": 0,
+                "cached_tokens": cached_text + cached_audio,
+                "cached_tokens_details": {
+                    "text_tokens": cached_text,
+                    "audio_tokens": cached_audio,
+                    "image_tokens": 0,
+                },
+            },
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+        }
+        response = {"id": rid, "object": "realtime.response", "status": status,
+                    "status_details": _DETAILS.get(status), "output": output, "output_modalities": modalities,
+                    "metadata": asked.get("metadata"), "usage": usage}  # fmt: skip
+        self.send({"type": "response.done", "response": response})
+        return None
+
+
+class RealtimeServer:
+    """The Realtime endpoint: a ``websockets`` server on loopback, each connection served in a thread."""
+
+    def __init__(self, host: str) -> None:
+        try:
+            from websockets.sync.server import serve
+        except ImportError as exc:
+            raise RuntimeError(
+                "FakeOpenAI's Realtime endpoint needs the websockets package: pip install 'openai[realtime]'"
+            ) from exc
+        self.counter = itertools.count(1)
+        self.received: list[JSONDict] = []  # every client event, in order
+        self._connections: set[Any] = set()
+        self._lock = threading.Lock()
+        self._server = serve(self._serve, host, 0, process_request=self._check)
+        self.port = int(self._server.socket.getsockname()[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _check(connection: Any, request: Any) -> Any:
+        path = urlsplit(request.path).path
+        if not path.endswith("/realtime"):
+            return connection.respond(404, f"The fake serves the Realtime API at /v1/realtime, not {path}\n")
+        return None
+
+    def _serve(self, connection: Any) -> None:
+        with self._lock:
+            self._connections.add(connection)
+        try:
+            query = parse_qs(urlsplit(connection.request.path).query)
+            _Session(self, connection, (query.get("model") or [None])[0]).run()
+        except Exception:  # the client went away: its connection is done
+            pass
+        finally:
+            with self._lock:
+                self._connections.discard(connection)
+
+    def stop(self) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            connection.close(1001)
+        self._server.shutdown()
+        self._thread.join(timeout=5)

@@ -1,0 +1,351 @@
+"""Watching the Realtime API's connections (``client.realtime.connect()``, ``client.beta.realtime.connect()``,
+sync and async), which go over a WebSocket, past the client's ``request`` seam.
+
+The connection an instrumented client's manager opens is watched in place: its ``recv_bytes`` (which
+``recv()``, iteration and ``dispatch_events()`` go through) sees each server event after the SDK
+received it, its ``send`` notes each ``response.create``, its ``close`` ends the watch. Each response the
+server ends (``response.done``) is one call record (operation ``realtime``), from its ``response.create``
+sent (else its ``response.created``) to its ``response.done``, with the context and lens runs in effect
+where the connection was opened: the connection holds those runs open until it ends, as a stream read
+after its lens ended does (docs/MONITORING.md, "Realtime sessions").
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import _jsonl
+from ._context import current_context, current_lenses
+from ._extract import realtime_usage
+from ._monitor import _Call
+from ._records import interrupted
+from ._servers import Endpoint, server_of
+from ._streams import ResponseError
+
+if TYPE_CHECKING:
+    from ._monitor import LLMCallMonitor
+    from ._records import RequestShape, ResponseShape, Status
+
+__all__ = ["watch_connect"]
+
+OPERATION = "realtime"
+# response.status -> the record's: a response cancelled (response.cancel, or the user speaking over it)
+# stopped on the caller's side; one cut by max_output_tokens or a filter ("incomplete") was answered
+_STATUSES: dict[Any, Status] = {
+    "completed": "ok",
+    "incomplete": "ok",
+    "cancelled": "interrupted",
+    "failed": "error",
+}
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if type(value) is dict else {}
+
+
+def _closed(exc: BaseException) -> bool:
+    """Whether ``exc`` is websockets' ``ConnectionClosed`` (the connection ended; not imported here)."""
+    return any(cls.__name__ == "ConnectionClosed" for cls in type(exc).__mro__)
+
+
+class _Session:
+    """One watched connection: its responses in flight, each a call, and the lens runs it holds open."""
+
+    def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
+        self.monitor = monitor
+        self.client = client
+        self.endpoint = Endpoint(client)
+        self.model = model if type(model) is str else None
+        self.context = current_context()
+        lenses = current_lenses()
+        self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
+        self.ended = False
+        try:
+            url = client.websocket_base_url or client.base_url
+            self.server = server_of(url if hasattr(url, "netloc") else type(client.base_url)(url))
+        except Exception:  # not the SDK's client: an unknown server
+            self.server = server_of(None)
+        self.asked: deque[tuple[float, float]] = deque()  # response.create sent, not yet created: when
+        self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
+        _open.add(self)
+
+    # -- what passes through the connection ---------------------------------------------------------------
+
+    def sent(self, event: Any) -> None:
+        kind = event.get("type") if isinstance(event, dict) else getattr(event, "type", None)
+        if kind == "response.create":
+            self.asked.append((time.time(), time.perf_counter()))
+
+    def seen(self, data: Any) -> None:
+        """Read one server event (its JSON text): what it says of the responses."""
+        event = orjson.loads(data)
+        if type(event) is not dict:
+            return
+        kind = event.get("type")
+        if type(kind) is not str:
+            return
+        if kind.endswith(".delta"):  # response.output_text.delta, response.output_audio.delta...
+            call = self.calls.get(event.get("response_id"))
+            if call is not None:
+                call.first_token()
+        elif kind == "response.created":
+            self.calls[_object(event.get("response")).get("id")] = self._call()
+        elif kind == "response.done":
+            response = _object(event.get("response"))
+            call = self.calls.pop(response.get("id"), None) or self._call()
+            self._done(call, response)
+        elif kind == "error":  # a response.create refused makes no response: its time is not the next's
+            self.asked.clear()
+        elif kind in ("session.created", "session.updated") and self.model is None:
+            model = _object(event.get("session")).get("model")
+            self.model = model if type(model) is str else None
+
+    def _call(self) -> _Call:
+        """A response's call, begun when its response.create was sent (else now), in the connection's
+        context and lens runs (which the connection holds open: each counts it, even once ended)."""
+        request: RequestShape = {
+            "model": self.model,
+            "temperature": None,
+            "max_tokens": None,
+            "messages_count": None,
+            "system_prompt_length": 0,
+            "user_prompt_length": 0,
+            "has_images": False,
+            "image_count": 0,
+            "stream": True,
+            "tools_count": 0,
+            "service_tier": None,
+        }
+        # made in an empty context: it begins in none of the lens runs of the thread reading the events
+        call = contextvars.Context().run(_Call, OPERATION, request, self.endpoint, None, False, None)
+        call.context = self.context
+        call.lenses = self.lenses
+        for run in self.lenses:
+            run._totals.hold()
+        call.server = dict(self.server)  # type: ignore[assignment]
+        if self.asked:
+            call.start_epoch, call.start_perf = self.asked.popleft()
+        if self.monitor.capture_content:
+            call.client = self.client
+            call.content = {}
+        return call
+
+    def _shape(self, response: dict[str, Any], chars: int | None, tools: int | None) -> ResponseShape:
+        details = _object(response.get("status_details"))
+        return {
+            "model": self.model,
+            "id": response.get("id"),
+            "request_id": None,
+            "content_length": chars,
+            "finish_reason": details.get("reason") or response.get("status"),
+            "tool_calls_count": tools,
+            "service_tier": None,
+            "tool_uses": None,
+        }
+
+    def _done(self, call: _Call, response: dict[str, Any]) -> None:
+        status = _STATUSES.get(response.get("status"), "ok")
+        texts: list[str] = []
+        tools = 0
+        for item in response.get("output") or ():
+            item = _object(item)
+            if item.get("type") == "function_call":
+                tools += 1
+            for part in item.get("content") or ():
+                text = _object(part).get("text") or _object(part).get("transcript")
+                if type(text) is str:
+                    texts.append(text)
+        error = None
+        if status == "error":
+            error = ResponseError(_object(_object(response.get("status_details")).get("error")))
+        self.monitor._finish(
+            call,
+            status,
+            self._shape(response, sum(map(len, texts)), tools),
+            realtime_usage(response.get("usage")),
+            error=error,
+            output_text="".join(texts) if call.content is not None else None,
+        )
+
+    # -- the end -------------------------------------------------------------------------------------------
+
+    def lost(self, exc: BaseException | None) -> None:
+        """The connection ended under the responses in flight: ``interrupted`` when the caller closed it
+        (or the server did, cleanly), ``error`` when it broke; nothing more comes for them."""
+        calls, self.calls = self.calls, {}
+        self.asked.clear()
+        name = type(exc).__name__
+        status: Status = "interrupted"
+        if exc is not None and not (interrupted(exc) or name == "ConnectionClosedOK"):
+            status = "error"
+        for response_id, call in calls.items():
+            self.monitor._finish(call, status, self._shape({"id": response_id}, None, None), None, error=exc)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
+        if self.ended:
+            return
+        self.ended = True
+        _open.discard(self)
+        try:
+            self.lost(exc)
+        finally:
+            for run in self.lenses:
+                run._totals.release()
+                try:
+                    run._settle_call()
+                except Exception as error:
+                    self.monitor._report("ending a lens", error)
+
+
+_open: set[_Session] = set()
+
+
+def _end_open_sessions() -> None:
+    """Record the responses of every connection still open, as exit does (SIGTERM's death skips it)."""
+    for session in list(_open):
+        session.close()
+
+
+_jsonl.before_sigterm_death.append(_end_open_sessions)
+
+
+def _watch(session: _Session, connection: Any, is_async: bool) -> None:
+    """Wrap ``connection``'s ``recv_bytes``, ``send`` and ``close`` in place (its identity kept)."""
+    monitor = session.monitor
+    recv_bytes, send, close = connection.recv_bytes, connection.send, connection.close
+    # a connection never closed: its watch ends when it is collected, or at exit
+    weakref.finalize(connection, session.close)
+
+    def seen(data: Any) -> None:
+        try:
+            session.seen(data)
+        except Exception as exc:
+            monitor._report("watching a realtime connection", exc)
+
+    def broke(exc: BaseException) -> None:
+        if _closed(exc):  # not a recv cancelled by its caller (safe, says the SDK): the connection ended
+            try:
+                session.lost(exc)
+            except Exception as fault:
+                monitor._report("watching a realtime connection", fault)
+
+    def sent(event: Any) -> None:
+        try:
+            session.sent(event)
+        except Exception as exc:
+            monitor._report("watching a realtime connection", exc)
+
+    if is_async:
+
+        async def arecv_bytes(*args: Any, **kwargs: Any) -> Any:
+            try:
+                data = await recv_bytes(*args, **kwargs)
+            except BaseException as exc:
+                broke(exc)
+                raise
+            seen(data)
+            return data
+
+        async def asend(event: Any, *args: Any, **kwargs: Any) -> Any:
+            sent(event)
+            return await send(event, *args, **kwargs)
+
+        async def aclose(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await close(*args, **kwargs)
+            finally:
+                session.close()
+
+        connection.recv_bytes, connection.send, connection.close = arecv_bytes, asend, aclose
+    else:
+
+        def srecv_bytes(*args: Any, **kwargs: Any) -> Any:
+            try:
+                data = recv_bytes(*args, **kwargs)
+            except BaseException as exc:
+                broke(exc)
+                raise
+            seen(data)
+            return data
+
+        def ssend(event: Any, *args: Any, **kwargs: Any) -> Any:
+            sent(event)
+            return send(event, *args, **kwargs)
+
+        def sclose(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return close(*args, **kwargs)
+            finally:
+                session.close()
+
+        connection.recv_bytes, connection.send, connection.close = srecv_bytes, ssend, sclose
+
+
+def _opened(manager: Any, connection: Any, is_async: bool) -> None:
+    """Watch the connection ``manager`` just opened (best effort: a failure is reported, never raised)."""
+    watch = getattr(manager, "_llm_ledger_watch", None)
+    if watch is None:  # set by watch_connect() with the class: only a manager made otherwise lacks it
+        return
+    monitor, client, model = watch
+    session = None
+    try:
+        session = _Session(monitor, client, model)
+        _watch(session, connection, is_async)
+    except Exception as exc:
+        monitor._report("watching a realtime connection", exc)
+        if session is not None:
+            session.close()  # lets its lens runs go: nothing of the connection is watched
+
+
+@functools.cache
+def _watched_manager(cls: Any, is_async: bool) -> Any:
+    """A subclass (``isinstance`` still holds) of a connection manager whose ``__enter__`` /
+    ``__aenter__`` (and ``enter``, their alias) watch the connection they open."""
+    if getattr(cls, "_llm_ledger_watched", False):
+        return cls
+
+    def __enter__(self: Any) -> Any:
+        connection = cls.__enter__(self)
+        _opened(self, connection, False)
+        return connection
+
+    async def __aenter__(self: Any) -> Any:
+        connection = await cls.__aenter__(self)
+        _opened(self, connection, True)
+        return connection
+
+    opens: Any = __aenter__ if is_async else __enter__
+    body = {
+        opens.__name__: opens,
+        "enter": opens,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+    }
+    return type(cls.__name__, (cls,), {**body, "_llm_ledger_watched": True})
+
+
+def watch_connect(original: Any, client: Any, monitor_of: Any, is_async: bool) -> Any:
+    """A realtime resource's ``connect()`` whose manager watches the connection it opens for the monitor
+    ``monitor_of()`` gives then (the client's)."""
+
+    @functools.wraps(original)
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        manager = original(*args, **kwargs)
+        try:
+            monitor = monitor_of()
+            if monitor is not None:
+                manager.__class__ = _watched_manager(manager.__class__, is_async)
+                manager._llm_ledger_watch = (monitor, client, kwargs.get("model"))
+        except Exception:
+            pass  # a manager of another make (no __dict__, slots): handed over as it is
+        return manager
+
+    return connect

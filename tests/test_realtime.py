@@ -1,0 +1,410 @@
+"""Realtime API sessions (``client.realtime.connect()``, a WebSocket past the client's ``request`` seam):
+each response the server ends is one call record, priced at the realtime model's text, audio and cached
+rates, counted in the lens the connection was opened in; the caller's events are the SDK's."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import openai
+import pytest
+import pytest_asyncio
+from websockets.exceptions import ConnectionClosedError
+
+import llm_ledger
+from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests import warm_python
+from tests.conftest import FAKE_KEY
+from tests.test_ledger_streams import EARLY_FINALIZE
+
+MODEL = "gpt-realtime"
+ASK: Any = {
+    "type": "message",
+    "role": "user",
+    "content": [{"type": "input_text", "text": "what is the weather like"}],
+}
+
+
+def _raw(fake_openai: FakeOpenAI) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=FAKE_KEY,
+        base_url=fake_openai.base_url,
+        websocket_base_url=fake_openai.websocket_base_url,
+        max_retries=0,
+    )
+
+
+@pytest.fixture
+def rt(fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor) -> Iterator[openai.OpenAI]:
+    """A sync client whose Realtime connections reach the loopback server, instrumented by the monitor."""
+    with _raw(fake_openai) as raw:
+        yield monitor.instrument(raw)
+
+
+@pytest_asyncio.fixture
+async def art(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The async twin of ``rt``."""
+    raw = openai.AsyncOpenAI(
+        api_key=FAKE_KEY,
+        base_url=fake_openai.base_url,
+        websocket_base_url=fake_openai.websocket_base_url,
+        max_retries=0,
+    )
+    async with raw:
+        yield monitor.instrument(raw)
+
+
+def _until_done(connection: Any) -> list[Any]:
+    """The events up to and including the next ``response.done``."""
+    events = []
+    for event in connection:
+        events.append(event)
+        if event.type == "response.done":
+            return events
+    raise AssertionError(f"the connection ended before response.done: {[e.type for e in events]}")
+
+
+async def _until_done_async(connection: Any) -> list[Any]:
+    events = []
+    async for event in connection:
+        events.append(event)
+        if event.type == "response.done":
+            return events
+    raise AssertionError(f"the connection ended before response.done: {[e.type for e in events]}")
+
+
+def _conversation(client: openai.OpenAI) -> list[str]:
+    """Two responses, audio then text, in one session: every event the caller receives, as JSON."""
+    with client.realtime.connect(model=MODEL) as connection:
+        received = [connection.recv()]  # session.created
+        connection.conversation.item.create(item=ASK)
+        connection.response.create()
+        received += _until_done(connection)
+        connection.response.create(response={"output_modalities": ["text"]})
+        received += _until_done(connection)
+    return [event.to_json() for event in received]
+
+
+def fake_session_id(event: str) -> str:
+    return str(json.loads(event)["session"]["id"])
+
+
+def _genai(record: dict[str, Any], cached_audio: int = 0) -> Decimal:
+    """genai-prices' own price of a realtime record's usage (the independent reference), given the cached
+    audio tokens the record folds into ``cached_tokens``."""
+    usage = record["usage"]
+    return genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=usage["prompt_tokens"],
+            cache_read_tokens=usage["cached_tokens"],
+            input_audio_tokens=usage["prompt_audio_tokens"] + cached_audio,
+            cache_audio_read_tokens=cached_audio,
+            output_tokens=usage["completion_tokens"],
+            output_audio_tokens=usage["completion_audio_tokens"],
+        ),
+        record["request"]["model"],
+        provider_id="openai",
+    ).total_price
+
+
+def test_a_session_of_two_responses_is_two_calls_of_its_lens(
+    rt: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Each response.done of a connection opened in a lens is one ``realtime`` call of that lens, its
+    usage and cost those of the response; the lens adds them up and its cost is complete."""
+    with monitor.lens("voice_agent", source_id="call-1") as run:
+        _conversation(rt)
+    first, second = records.calls
+    assert [c["operation"] for c in records.calls] == ["realtime", "realtime"]
+    assert all(c["status"] == "ok" and c["request"]["model"] == MODEL for c in records.calls)
+    assert all(
+        c["context"]["lens_run_id"] == run.run_id and c["context"]["source_id"] == "call-1"
+        for c in records.calls
+    )
+    assert first["server"]["address"] == "127.0.0.1" and first["server"]["provider"] == "openai"
+    # the first answered in audio (its transcript's tokens as text, a token a character as audio), the
+    # second in text, reading the first's audio as its input
+    assert first["usage"]["completion_audio_tokens"] == first["response"]["content_length"] > 0
+    assert second["usage"]["completion_audio_tokens"] == 0
+    assert second["usage"]["prompt_audio_tokens"] == first["usage"]["completion_audio_tokens"]
+    assert first["response"]["id"] != second["response"]["id"]
+    assert first["response"]["finish_reason"] == "completed"
+    for record in records.calls:
+        assert record["timing"]["time_to_first_token_ms"] is not None
+        assert record["timing"]["time_to_first_token_ms"] <= record["timing"]["duration_ms"]
+        assert Decimal(repr(record["cost"]["total_cost_usd"])) == _genai(record)
+    (lens,) = records.lenses
+    summary = lens["summary"]
+    assert summary["total_api_calls"] == 2 and summary["open_calls"] == 0 and summary["cost_complete"] is True
+    assert summary["total_tokens"] == sum(c["usage"]["total_tokens"] for c in records.calls)
+    assert summary["total_cost_usd"] == pytest.approx(sum(c["cost"]["total_cost_usd"] for c in records.calls))
+    assert summary["prompt_audio_tokens"] == second["usage"]["prompt_audio_tokens"]
+    assert run.summary == summary
+
+
+def test_the_caller_receives_exactly_the_events_of_an_uninstrumented_client(
+    rt: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
+) -> None:
+    """Watching a connection changes none of the events the caller receives, nor their order."""
+    watched = _conversation(rt)
+    with _raw(fake_openai) as raw:
+        bare = _conversation(raw)
+    assert len(records.calls) == 2  # the watched session's; the bare client's is nobody's
+    assert watched[1:] == bare[1:]  # after session.created, whose session ids differ
+    assert watched[0].replace(fake_session_id(watched[0]), "") == bare[0].replace(
+        fake_session_id(bare[0]), ""
+    )
+
+
+def test_audio_and_cached_tokens_cost_their_realtime_rates(
+    rt: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
+) -> None:
+    """Spoken input, text and audio the cache served and spoken output each cost gpt-realtime's rate for
+    them ($32 and $64 per 1M audio tokens), as genai-prices charges them."""
+    with rt.realtime.connect(model=MODEL) as connection:
+        connection.conversation.item.create(item=ASK)
+        connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+        connection.input_audio_buffer.commit()
+        connection.response.create(
+            response={"metadata": {"x-fake-cached-tokens": "6", "x-fake-cached-audio-tokens": "15"}}
+        )
+        _until_done(connection)
+    (record,) = records.calls
+    usage = record["usage"]
+    # 40 tokens of audio in (a token per 100 bytes), 15 of them from the cache: the record's audio is
+    # what the cache did not serve, the cached tokens text and audio alike (docs/PRICING.md, Realtime)
+    assert (usage["prompt_audio_tokens"], usage["cached_tokens"]) == (25, 21)
+    assert usage["completion_audio_tokens"] > 0
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == usage["total_tokens"]
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == _genai(record, cached_audio=15)
+    # the audio at its own rates, not the text's: $32 (less the cache) in, $64 out per 1M tokens
+    text_only = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"]),
+        MODEL,
+        provider_id="openai",
+    ).total_price
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) > text_only
+
+
+@pytest.mark.asyncio
+async def test_an_async_session_is_recorded_as_a_sync_one(
+    art: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """The async client's connections are watched alike: each response one call of the lens."""
+    async with monitor.lens("voice_agent") as run, art.realtime.connect(model=MODEL) as connection:
+        await connection.conversation.item.create(item=ASK)
+        await connection.response.create()
+        await _until_done_async(connection)
+        await connection.response.create(response={"output_modalities": ["text"]})
+        await _until_done_async(connection)
+    assert [c["status"] for c in records.calls] == ["ok", "ok"]
+    assert all(c["context"]["lens_run_id"] == run.run_id for c in records.calls)
+    for record in records.calls:
+        assert Decimal(repr(record["cost"]["total_cost_usd"])) == _genai(record)
+    assert run.summary is not None and run.summary["total_api_calls"] == 2
+    assert run.summary["cost_complete"] is True
+
+
+def test_a_cancelled_response_is_interrupted_and_a_failed_one_an_error(
+    rt: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A response cancelled (``response.cancel``, or the user speaking over it) is ``interrupted``, its
+    billed tokens priced; one that failed is an ``error`` naming the server's error; neither leaves the
+    lens's cost incomplete, since both report their usage."""
+    with monitor.lens("voice_agent") as run, rt.realtime.connect(model=MODEL) as connection:
+        connection.conversation.item.create(item=ASK)
+        connection.response.create(response={"metadata": {"x-fake-status": "cancelled"}})
+        _until_done(connection)
+        connection.response.create(response={"metadata": {"x-fake-status": "failed"}})
+        _until_done(connection)
+    cancelled, failed = records.calls
+    assert (
+        cancelled["status"] == "interrupted" and cancelled["response"]["finish_reason"] == "client_cancelled"
+    )
+    assert cancelled["usage"]["completion_tokens"] > 0 and cancelled["cost"]["total_cost_usd"] > 0
+    assert failed["status"] == "error" and failed["level"] == "ERROR"
+    assert failed["error"] == {"type": "ResponseError", "status_code": None, "message": None}
+    assert failed["usage"]["completion_tokens"] == 0 and failed["cost"]["total_cost_usd"] > 0
+    assert run.summary is not None
+    assert (run.summary["errors"], run.summary["cost_complete"]) == (1, True)
+
+
+def test_a_connection_closed_mid_response_records_it_interrupted_and_the_lens_incomplete(
+    rt: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A caller closing the connection while a response streams records that response ``interrupted``,
+    with no usage (the server never sent it): its lens's cost is incomplete, not silently short."""
+    with monitor.lens("voice_agent") as run, rt.realtime.connect(model=MODEL) as connection:
+        connection.response.create()
+        for event in connection:
+            if event.type.endswith(".delta"):
+                break
+        connection.close()
+    (record,) = records.calls
+    assert record["status"] == "interrupted" and record["response"]["id"].startswith("resp_")
+    assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
+    assert record["timing"]["time_to_first_token_ms"] is not None
+    assert run.summary is not None and run.summary["cost_complete"] is False
+
+
+def test_a_connection_the_server_breaks_mid_response_records_it_as_an_error(
+    rt: openai.OpenAI, records: Captured
+) -> None:
+    """The server closing the connection abnormally mid-response: the caller gets the SDK's error, the
+    response is an ``error`` naming it."""
+    with rt.realtime.connect(model=MODEL) as connection:
+        connection.response.create(response={"metadata": {"x-fake-fault": "close"}})
+        with pytest.raises(ConnectionClosedError):
+            _until_done(connection)
+    (record,) = records.calls
+    assert record["status"] == "error" and record["error"]["type"] == "ConnectionClosedError"
+    assert record["usage"]["total_tokens"] is None
+
+
+def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
+    rt: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A connection opened in a lens and used after the block (a voice session handed to a background
+    task) holds the lens open: the summary at the block's end shows it open and incomplete, and the lens
+    record, written when the connection closes, counts every response it ended."""
+    with monitor.lens("voice_agent") as run:
+        connection = rt.realtime.connect(model=MODEL).enter()
+    assert run.summary is not None
+    assert (run.summary["open_calls"], run.summary["cost_complete"]) == (1, False)
+    with monitor.lens("another"):  # the thread reading the events is elsewhere: the response is not its
+        connection.response.create()
+        _until_done(connection)
+    assert records.lenses[0]["context"]["lens_key"] == "another"
+    assert records.lenses[0]["summary"]["total_api_calls"] == 0
+    connection.response.create()
+    _until_done(connection)
+    assert len(records.lenses) == 1  # the voice agent's is not written while its connection is open
+    connection.close()
+    first, second = records.calls
+    assert first["context"]["lens_run_id"] == second["context"]["lens_run_id"] == run.run_id
+    voice = records.lenses[1]["summary"]
+    assert (voice["total_api_calls"], voice["open_calls"], voice["cost_complete"]) == (2, 0, True)
+    assert run.summary == voice
+
+
+def test_a_refused_response_create_records_nothing(rt: openai.OpenAI, records: Captured) -> None:
+    """A ``response.create`` the server refuses (an ``error`` event) makes no response, so no call; the
+    caller gets the error event as the SDK gives it."""
+    with rt.realtime.connect(model=MODEL) as connection:
+        connection.response.create(response={"metadata": {"x-fake-fault": "error"}})
+        event = next(e for e in connection if e.type != "session.created")
+        assert event.type == "error"
+        connection.response.create()
+        _until_done(connection)
+    (record,) = records.calls
+    assert record["status"] == "ok"
+
+
+def test_transcripts_are_captured_only_with_content_capture_and_scrubbed(fake_openai: FakeOpenAI) -> None:
+    """The text and audio transcripts of a response are the record's captured output only when content
+    capture is on, through the redact hook as other captured text."""
+    plain = llm_ledger.LLMCallMonitor(logger=None)
+    capturing = llm_ledger.LLMCallMonitor(
+        logger=None, capture_content=True, redact=lambda t: t.replace("weather", "[W]")
+    )
+    for monitor in (plain, capturing):
+        with _raw(fake_openai) as raw, capture(monitor) as records:
+            with monitor.instrument(raw).realtime.connect(model=MODEL) as connection:
+                connection.conversation.item.create(item=ASK)
+                connection.response.create()
+                _until_done(connection)
+            (record,) = records.calls
+            if monitor is plain:
+                assert "content" not in record
+            else:
+                assert record["content"] == {"output": "Summary: what is the [W] like"}
+
+
+def test_the_beta_realtime_connect_is_watched_too(rt: openai.OpenAI, records: Captured) -> None:
+    """``client.beta.realtime.connect()`` (the preview interface, kept by the SDK) is recorded alike."""
+    with rt.beta.realtime.connect(model="gpt-4o-realtime-preview") as connection:
+        connection.response.create()
+        _until_done(connection)
+    (record,) = records.calls
+    assert record["operation"] == "realtime" and record["request"]["model"] == "gpt-4o-realtime-preview"
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == _genai(record)
+
+
+SIGTERM = "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
+
+
+@pytest.mark.parametrize(
+    ("prelude", "end"),
+    [("", ""), (EARLY_FINALIZE, ""), ("", SIGTERM)],
+    ids=["exit", "exit, finalize made before logging", "SIGTERM"],
+)
+def test_a_connection_left_open_at_exit_is_written_with_its_lens(
+    fake_openai: FakeOpenAI, tmp_path: Path, prelude: str, end: str
+) -> None:
+    """A connection still open when the process ends (at exit, or by SIGTERM past every exit hook), a
+    response streaming on it, is written: the response as interrupted, then the lens run it held open."""
+    script = textwrap.dedent(
+        f"""
+        {prelude}
+        import openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        raw = openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r},
+                            websocket_base_url={fake_openai.websocket_base_url!r})
+        with llm_ledger.lens("voice_agent"):
+            connection = llm_ledger.instrument(raw).realtime.connect(model="gpt-realtime").enter()
+        connection.response.create()
+        while connection.recv().type != "response.created":
+            pass
+        {end}
+        """
+    )
+    done = warm_python.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == (-signal.SIGTERM if end else 0)
+    call, lens = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert (call["operation"], call["status"]) == ("realtime", "interrupted")
+    assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
+
+
+def test_events_read_as_raw_bytes_are_watched_alike(rt: openai.OpenAI, records: Captured) -> None:
+    """A caller reading ``recv_bytes()`` and parsing the events itself gets the bytes the SDK gives,
+    and each response is recorded as when it reads ``recv()``."""
+    with rt.realtime.connect(model=MODEL) as connection:
+        connection.response.create()
+        kinds: list[str] = []
+        while not kinds or kinds[-1] != "response.done":
+            data = connection.recv_bytes()
+            assert type(data) is bytes
+            kinds.append(json.loads(data)["type"])
+    (record,) = records.calls
+    assert record["status"] == "ok" and record["usage"]["total_tokens"] > 0
+    assert kinds[:2] == ["session.created", "response.created"]
+
+
+@pytest.mark.sdk3
+def test_events_dispatched_to_handlers_are_watched_alike(rt: openai.OpenAI, records: Captured) -> None:
+    """openai 3.x's push interface (``on()`` handlers run by ``dispatch_events()``) reads through the
+    same connection: each response is recorded, and every handler gets its events."""
+    done: list[Any] = []
+    with rt.realtime.connect(model=MODEL) as connection:
+
+        def finished(event: Any) -> None:
+            done.append(event)
+            connection.close()
+
+        connection.on("response.done", finished)
+        connection.response.create()
+        connection.dispatch_events()
+    (record,) = records.calls
+    assert [event.response.id for event in done] == [record["response"]["id"]]
+    assert record["status"] == "ok"
