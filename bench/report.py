@@ -43,9 +43,12 @@ def _lines(distinct: int) -> list[bytes]:
         start = 1_732_000_000 + i * 37.123
         record = call_record(
             status=status, operation="chat", context=context,  # type: ignore[arg-type]
-            request={"model": model, "temperature": 0.2, "max_tokens": 400, "messages_count": 2,
+            request={"model": model, "temperature": 0.2, "top_p": None, "frequency_penalty": None,
+                     "presence_penalty": None, "max_tokens": 400, "seed": None, "n": None,
+                     "reasoning_effort": None, "output_type": None, "messages_count": 2,
                      "system_prompt_length": 1093, "user_prompt_length": 3049 + i % 50, "has_images": False,
-                     "image_count": 0, "stream": i % 4 == 0, "tools_count": 0, "service_tier": None},
+                     "image_count": 0, "stream": i % 4 == 0, "tools_count": 0, "service_tier": None,
+                     "dimensions": None, "encoding_format": None},
             response={"model": f"{model}-2024-07-18", "id": f"chatcmpl-{i:024x}",
                       "request_id": f"req_{i:032x}", "content_length": 690 + i % 200, "finish_reason": "stop",
                       "tool_calls_count": 0, "service_tier": "default", "tool_uses": None},

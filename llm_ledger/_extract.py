@@ -78,6 +78,38 @@ def _text_and_images(content: Any) -> tuple[int, int]:
     return chars, images
 
 
+# the sampling and output parameters kept beside the counts, each as one JSON type (a log index maps
+# a field by its first value): read only when the body holds them, as most hold one or two
+_FLOATS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
+_INTEGERS = frozenset({"seed", "n", "dimensions"})
+_STRINGS = frozenset({"service_tier", "reasoning_effort", "encoding_format"})
+_PARAMETERS = _FLOATS | _INTEGERS | _STRINGS | {"tools", "reasoning", "response_format", "text"}
+_INT64 = 2**63  # integers outside a signed 64-bit one are null: what indexes and OpenTelemetry hold
+# a request's shape before its body is read, in the record's order: what a body without them records
+_ABSENT: RequestShape = {
+    "model": None,
+    "temperature": None,
+    "top_p": None,
+    "frequency_penalty": None,
+    "presence_penalty": None,
+    "max_tokens": None,
+    "seed": None,
+    "n": None,
+    "reasoning_effort": None,
+    "output_type": None,
+    "messages_count": None,
+    "system_prompt_length": 0,
+    "user_prompt_length": 0,
+    "has_images": False,
+    "image_count": 0,
+    "stream": False,
+    "tools_count": 0,
+    "service_tier": None,
+    "dimensions": None,
+    "encoding_format": None,
+}
+
+
 def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> RequestShape:
     """Counts and parameters of one request; text is measured in characters, never copied."""
     if operation == "chat":  # the common case first and compact: this runs cold on every call
@@ -106,27 +138,50 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
     else:
         messages_count, system, user, images, max_tokens = _input_shape(operation, body)
     model = body.get("model")
-    temperature = body.get("temperature")
-    if temperature is not None and type(temperature) is not float:
-        # always a float (or null): a log index maps the field by its first value, and an integer 0
-        # or 1 there would cut every later 0.7; anything but a number (not given) is null
-        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-        temperature = float(temperature) if number else None
-    tools = body.get("tools")
-    tier = body.get("service_tier")
-    return {
+    shape: RequestShape = {
+        **_ABSENT,
         "model": model if type(model) is str else None,  # a number or dict is the server's to refuse
-        "temperature": temperature,
-        "max_tokens": max_tokens,
+        "max_tokens": max_tokens if type(max_tokens) is int else None,
         "messages_count": messages_count,
         "system_prompt_length": system,
         "user_prompt_length": user,
         "has_images": images > 0,
         "image_count": images,
         "stream": stream,
-        "tools_count": len(tools) if isinstance(tools, (list, tuple)) else 0,
-        "service_tier": tier if type(tier) is str else None,
     }
+    for key in _PARAMETERS.intersection(body):
+        _parameter(shape, key, body[key])
+    return shape
+
+
+def _parameter(shape: Any, key: str, value: Any) -> None:
+    """Set the field of one parameter of the body in ``shape``; a value of another type (not a
+    number, a string where a number goes, a bool where an integer goes) stays null."""
+    kind = type(value)
+    if key in _FLOATS:
+        if kind is float:
+            shape[key] = value
+        elif kind is int and -_INT64 <= value < _INT64:
+            shape[key] = float(value)  # an integer 0 or 1 first would make an index cut every later 0.7
+    elif key in _INTEGERS:
+        if kind is int and -_INT64 <= value < _INT64:
+            shape[key] = value
+    elif key in _STRINGS:
+        if kind is str:
+            shape[key] = value
+    elif key == "tools":
+        if isinstance(value, (list, tuple)):
+            shape["tools_count"] = len(value)
+    elif isinstance(value, Mapping):
+        if key == "reasoning":  # the Responses API's {"effort": ...}; chat's reasoning_effort wins
+            effort = value.get("effort")
+            if type(effort) is str and shape["reasoning_effort"] is None:
+                shape["reasoning_effort"] = effort
+        else:  # chat's response_format {"type": ...}, the Responses API's text {"format": {"type": ...}}
+            found = value.get("format") if key == "text" else value
+            output = found.get("type") if isinstance(found, Mapping) else None
+            if type(output) is str:
+                shape["output_type"] = output
 
 
 def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, int, int, int, Any]:

@@ -85,9 +85,20 @@ def interrupted(exc: BaseException) -> bool:
 
 
 class RequestShape(TypedDict):
+    """What the request asked for: a parameter not given (or not of its type) is null."""
+
     model: str | None
     temperature: float | None
+    top_p: float | None
+    frequency_penalty: float | None
+    presence_penalty: float | None
     max_tokens: int | None
+    seed: int | None
+    n: int | None  # the choices asked for (chat, text completions), images (image generation)
+    # chat's reasoning_effort, the Responses API's reasoning.effort ("minimal", "low", "high"...)
+    reasoning_effort: str | None
+    # the type of chat's response_format, of the Responses API's text.format ("text", "json_schema"...)
+    output_type: str | None
     messages_count: int | None
     system_prompt_length: int
     user_prompt_length: int
@@ -96,6 +107,8 @@ class RequestShape(TypedDict):
     stream: bool
     tools_count: int
     service_tier: str | None  # the tier asked for ("auto", "flex", "priority"...), null when none was
+    dimensions: int | None  # embeddings'
+    encoding_format: str | None  # embeddings', as sent: the SDK asks "base64" when the caller names none
 
 
 class ResponseShape(TypedDict):

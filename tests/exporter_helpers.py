@@ -159,7 +159,7 @@ class SharedPrometheus:
 
 def workload(monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI, *, lens_prefix: str = "") -> None:
     """Every operation once or more: chat, a stream, responses, embeddings, a failed call, an
-    unpriced model; inside two lenses and outside any."""
+    unpriced model; inside two lenses and outside any; request parameters beside the defaults."""
     client = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=server.base_url, max_retries=0))
     hi: Any = [{"role": "user", "content": "hello there, summarise this"}]
     with (
@@ -168,14 +168,19 @@ def workload(monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI, *, lens_pre
     ):
         client.chat.completions.create(model="gpt-4o-mini", messages=hi)
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=hi, extra_headers={"x-fake-cached-tokens": "4"}
+            model="gpt-4o-mini", messages=hi, extra_headers={"x-fake-cached-tokens": "4"},
+            seed=7, top_p=0.9, frequency_penalty=0.1, presence_penalty=0, reasoning_effort="low",
+        )  # fmt: skip
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=hi, stream=True, n=1, response_format={"type": "json_object"}
         )
-        for _ in client.chat.completions.create(model="gpt-4o", messages=hi, stream=True):
+        for _ in stream:
             pass
     with monitor.lens(lens_prefix + "research", source_id="src-2"):
         client.responses.create(
-            model="o3-mini", input="think", extra_headers={"x-fake-reasoning-tokens": "7"}
-        )
+            model="o3-mini", input="think", extra_headers={"x-fake-reasoning-tokens": "7"},
+            reasoning={"effort": "high"}, text={"format": {"type": "text"}},
+        )  # fmt: skip
         try:
             client.chat.completions.create(
                 model="gpt-4o", messages=hi, extra_headers={"x-fake-status": "500"}
@@ -183,7 +188,7 @@ def workload(monitor: llm_ledger.LLMCallMonitor, server: FakeOpenAI, *, lens_pre
         except openai.InternalServerError:
             pass
         client.chat.completions.create(model=UNPRICED_MODEL, messages=hi)
-    client.embeddings.create(model="text-embedding-3-small", input=["a", "bb"])
+    client.embeddings.create(model="text-embedding-3-small", input=["a", "bb"], dimensions=16)
     client.close()
 
 

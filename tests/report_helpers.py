@@ -50,7 +50,14 @@ def call(
         request={
             "model": model,
             "temperature": 0.2,
+            "top_p": None,
+            "frequency_penalty": None,
+            "presence_penalty": None,
             "max_tokens": None,
+            "seed": None,
+            "n": None,
+            "reasoning_effort": None,
+            "output_type": None,
             "messages_count": 2,
             "system_prompt_length": 10,
             "user_prompt_length": 100,
@@ -59,6 +66,8 @@ def call(
             "stream": False,
             "tools_count": 0,
             "service_tier": None,
+            "dimensions": None,
+            "encoding_format": None,
         },
         response={
             "model": None if failed else model,

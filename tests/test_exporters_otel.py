@@ -38,6 +38,8 @@ from tests.exporter_helpers import AWAIT_FORKED_CHILD, Receiver, attribute_value
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
 HI: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+# the conventions' gen_ai.output.type of the record's output_type, where they differ
+JSON_OUTPUTS = {"json_object": "json", "json_schema": "json"}
 
 
 class Telemetry:
@@ -87,6 +89,17 @@ def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
         "gen_ai.request.temperature": request["temperature"],
         "gen_ai.request.max_tokens": request["max_tokens"],
         "gen_ai.request.stream": True if request["stream"] else None,
+        "gen_ai.request.top_p": request["top_p"],
+        "gen_ai.request.frequency_penalty": request["frequency_penalty"],
+        "gen_ai.request.presence_penalty": request["presence_penalty"],
+        "gen_ai.request.seed": request["seed"],
+        "gen_ai.request.choice.count": None if request["n"] == 1 else request["n"],
+        "gen_ai.request.reasoning.level": request["reasoning_effort"],
+        "gen_ai.output.type": JSON_OUTPUTS.get(request["output_type"], request["output_type"]),
+        "gen_ai.request.encoding_formats": (
+            (request["encoding_format"],) if request["encoding_format"] else None
+        ),
+        "gen_ai.embeddings.dimension.count": request["dimensions"],
         "openai.api.type": {"chat": "chat_completions", "responses": "responses"}.get(call["operation"]),
         "gen_ai.response.model": response["model"],
         "gen_ai.response.id": response["id"],
@@ -499,6 +512,63 @@ def test_a_stream_the_caller_stopped_is_not_a_success_in_duration_or_span(otel: 
     assert stopped.status.status_code is trace.StatusCode.ERROR
 
 
+PARAMETER_ATTRIBUTES = (
+    "gen_ai.request.top_p", "gen_ai.request.frequency_penalty", "gen_ai.request.presence_penalty",
+    "gen_ai.request.seed", "gen_ai.request.choice.count", "gen_ai.request.reasoning.level",
+    "gen_ai.output.type", "gen_ai.request.encoding_formats", "gen_ai.embeddings.dimension.count",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["v1.41.1", "latest-experimental"])
+def test_request_parameters_are_span_attributes(
+    sdk: Sdk, monkeypatch: pytest.MonkeyPatch, latest: bool
+) -> None:
+    """A call's sampling parameters, seed, choice count (only when not 1), reasoning effort, output
+    type (json_object and json_schema as ``json``) and an embedding's dimensions and encoding are the
+    conventions' attributes on its span, under both namings; none is there when not given."""
+    if latest:
+        monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    otel = Telemetry(sdk)
+    schema: Any = {"type": "json_schema", "json_schema": {"name": "A", "schema": {"type": "object"}}}
+    with capture(otel.monitor) as records:
+        otel.client.chat.completions.create(
+            model="o4-mini", messages=HI, top_p=0.5, frequency_penalty=0.5, presence_penalty=0, seed=7, n=3,
+            reasoning_effort="medium", response_format=schema,
+        )  # fmt: skip
+        stream = otel.client.chat.completions.create(
+            model="gpt-4o", messages=HI, stream=True, n=1, response_format={"type": "text"}
+        )
+        for _ in stream:
+            pass
+        json_object: Any = {"format": {"type": "json_object"}}
+        otel.client.responses.create(
+            model="o4-mini", input="hi", reasoning={"effort": "high"}, text=json_object
+        )
+        otel.client.embeddings.create(
+            model="text-embedding-3-small", input="a", dimensions=16, encoding_format="float"
+        )
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    found = [
+        {key: value for key, value in (span.attributes or {}).items() if key in PARAMETER_ATTRIBUTES}
+        for span in otel.spans()
+    ]
+    assert found == [
+        {
+            "gen_ai.request.top_p": 0.5, "gen_ai.request.frequency_penalty": 0.5,
+            "gen_ai.request.presence_penalty": 0.0, "gen_ai.request.seed": 7,
+            "gen_ai.request.choice.count": 3, "gen_ai.request.reasoning.level": "medium",
+            "gen_ai.output.type": "json",
+        },
+        {"gen_ai.output.type": "text"},
+        {"gen_ai.request.reasoning.level": "high", "gen_ai.output.type": "json"},
+        {"gen_ai.request.encoding_formats": ("float",), "gen_ai.embeddings.dimension.count": 16},
+        {},
+    ]  # fmt: skip
+    if not latest:  # every other attribute too, as the record says
+        for span, call in zip(otel.spans(), records.calls, strict=True):
+            check_call_span(span, call)
+
+
 def test_latest_experimental_names_on_opt_in(
     fake_openai: FakeOpenAI, sdk: Sdk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -796,6 +866,12 @@ def test_otlp_http_carries_every_attribute_of_the_records(fake_openai: FakeOpenA
             assert span.parent_span_id == lens_span.span_id and span.trace_id == lens_span.trace_id
         else:
             assert span.parent_span_id == b""
+    # the workload's request parameters: a string array and integers over the wire too
+    embedding = next(a for _, a in spans.values() if a.get("gen_ai.operation.name") == "embeddings")
+    assert embedding["gen_ai.request.encoding_formats"] == ("base64",)
+    assert embedding["gen_ai.embeddings.dimension.count"] == 16
+    assert {a.get("gen_ai.request.seed") for _, a in spans.values()} == {None, 7}
+    assert {a.get("gen_ai.request.reasoning.level") for _, a in spans.values()} == {None, "low", "high"}
     for lens in calls.lenses:
         span, attributes = spans[f"lens {lens['context']['lens_key']}"]
         assert span.kind == span.SPAN_KIND_INTERNAL

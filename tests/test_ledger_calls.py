@@ -88,7 +88,14 @@ def test_request_shape_counts_text_and_images(client: openai.OpenAI, records: Ca
     assert request == {
         "model": "gpt-4o-mini",
         "temperature": 0.3,
+        "top_p": None,
+        "frequency_penalty": None,
+        "presence_penalty": None,
         "max_tokens": 200,
+        "seed": None,
+        "n": None,
+        "reasoning_effort": None,
+        "output_type": None,
         "messages_count": 5,
         "system_prompt_length": len("You are terse.") + len("Use English."),
         "user_prompt_length": len("Describe these.") + len("And this?"),
@@ -97,6 +104,8 @@ def test_request_shape_counts_text_and_images(client: openai.OpenAI, records: Ca
         "stream": False,
         "tools_count": 0,
         "service_tier": None,
+        "dimensions": None,
+        "encoding_format": None,
     }
 
 

@@ -40,6 +40,7 @@ MAX_PENDING_CALLS: Final = 10_000
 _EXPORTED_RUNS: Final = 1_000  # lens spans kept as parents for nested runs that end after them
 _OPERATIONS: Final = {"chat": "chat", "responses": "chat", "embeddings": "embeddings"}
 _API_TYPES: Final = {"chat": "chat_completions", "responses": "responses"}
+_JSON_OUTPUTS: Final = frozenset({"json_object", "json_schema"})
 _LATEST_USAGE: Final = (
     "input_tokens", "output_tokens", "cache_read.input_tokens", "cache_write.input_tokens",
     "reasoning.output_tokens",
@@ -115,6 +116,24 @@ def _identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
         record["response"]["model"],
         server.get("address"),
         server.get("port"),
+    )
+
+
+def _parameters(request: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The span attributes of a request's other parameters (.get: records of older versions lack
+    them). The reasoning effort has no name in v1.41.1: the newest conventions' is used in both modes."""
+    n, output, encoding = request.get("n"), request.get("output_type"), request.get("encoding_format")
+    return (
+        ("gen_ai.request.top_p", request.get("top_p")),
+        ("gen_ai.request.frequency_penalty", request.get("frequency_penalty")),
+        ("gen_ai.request.presence_penalty", request.get("presence_penalty")),
+        ("gen_ai.request.seed", request.get("seed")),
+        ("gen_ai.request.choice.count", n if n != 1 else None),  # the conventions: only when not 1
+        ("gen_ai.request.reasoning.level", request.get("reasoning_effort")),
+        # the conventions' values are text, json, image and speech: json_object and json_schema are json
+        ("gen_ai.output.type", "json" if output in _JSON_OUTPUTS else output),
+        ("gen_ai.request.encoding_formats", [encoding] if encoding is not None else None),
+        ("gen_ai.embeddings.dimension.count", request.get("dimensions")),
     )
 
 
@@ -551,6 +570,7 @@ class OTelSink:
             ("gen_ai.request.temperature", request["temperature"]),
             ("gen_ai.request.max_tokens", request["max_tokens"]),
             ("gen_ai.request.stream", True if request["stream"] else None),
+            *_parameters(request),
             ("openai.api.type", _API_TYPES.get(record["operation"])),
             ("openai.request.service_tier", request.get("service_tier")),  # .get: older records
             ("openai.response.service_tier", response.get("service_tier")),
