@@ -12,6 +12,7 @@ import orjson
 from ._records import RequestShape, ResponseShape, Usage
 
 __all__ = [
+    "EMPTY_REQUEST",
     "MEDIA",
     "OPERATIONS",
     "TOOL_KINDS",
@@ -86,7 +87,7 @@ _STRINGS = frozenset({"service_tier", "reasoning_effort", "encoding_format"})
 _PARAMETERS = _FLOATS | _INTEGERS | _STRINGS | {"tools", "reasoning", "response_format", "text"}
 _INT64 = 2**63  # integers outside a signed 64-bit one are null: what indexes and OpenTelemetry hold
 # a request's shape before its body is read, in the record's order: what a body without them records
-_ABSENT: RequestShape = {
+EMPTY_REQUEST: RequestShape = {
     "model": None,
     "temperature": None,
     "top_p": None,
@@ -139,7 +140,7 @@ def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> R
         messages_count, system, user, images, max_tokens = _input_shape(operation, body)
     model = body.get("model")
     shape: RequestShape = {
-        **_ABSENT,
+        **EMPTY_REQUEST,
         "model": model if type(model) is str else None,  # a number or dict is the server's to refuse
         "max_tokens": max_tokens if type(max_tokens) is int else None,
         "messages_count": messages_count,

@@ -23,7 +23,7 @@ import orjson
 
 from . import _jsonl
 from ._context import current_context, current_lenses
-from ._extract import realtime_usage
+from ._extract import EMPTY_REQUEST, realtime_usage
 from ._monitor import _Call
 from ._records import interrupted
 from ._servers import Endpoint, server_of
@@ -110,19 +110,7 @@ class _Session:
     def _call(self) -> _Call:
         """A response's call, begun when its response.create was sent (else now), in the connection's
         context and lens runs (which the connection holds open: each counts it, even once ended)."""
-        request: RequestShape = {
-            "model": self.model,
-            "temperature": None,
-            "max_tokens": None,
-            "messages_count": None,
-            "system_prompt_length": 0,
-            "user_prompt_length": 0,
-            "has_images": False,
-            "image_count": 0,
-            "stream": True,
-            "tools_count": 0,
-            "service_tier": None,
-        }
+        request: RequestShape = {**EMPTY_REQUEST, "model": self.model, "stream": True}
         # made in an empty context: it begins in none of the lens runs of the thread reading the events
         call = contextvars.Context().run(_Call, OPERATION, request, self.endpoint, None, False, None)
         call.context = self.context
