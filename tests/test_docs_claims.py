@@ -1,6 +1,8 @@
 """What the docs cite and quote, checked against the code: every test they name as proof exists under
-that name, docs/MONITORING.md's settings table names exactly the variables configure() reads, and the
-errors docs/BUDGETS.md and docs/ANOMALIES.md quote are what those mistakes print."""
+that name, docs/MONITORING.md's settings table names exactly the variables configure() reads, the
+errors docs/BUDGETS.md and docs/ANOMALIES.md quote are what those mistakes print, every record field
+they name exists, every link between them lands on a section, and docs/FAKE_SERVER.md's header tables
+name what the fake server takes."""
 
 from __future__ import annotations
 
@@ -15,6 +17,18 @@ import pytest
 import llm_ledger
 from llm_ledger import AnomalyConfig, ConfigError
 from llm_ledger._config import _VARIABLES, resolve
+from llm_ledger._fake_realtime import _STEERING
+from llm_ledger._fake_server import _HEADERS
+from llm_ledger._records import (
+    CostShape,
+    ErrorShape,
+    LensSummary,
+    RequestShape,
+    ResponseShape,
+    ServerShape,
+    Timing,
+    Usage,
+)
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -168,3 +182,94 @@ def test_the_errors_section_names_every_exception_of_the_tree() -> None:
         if isinstance(obj := getattr(llm_ledger, name), type) and issubclass(obj, llm_ledger.LedgerError)
     }
     assert exported == set(re.findall(r"`(\w+Error)`", section))
+
+
+# the record's sections and the shape each has in _records.py
+SHAPES: dict[str, Any] = {
+    "request": RequestShape, "response": ResponseShape, "usage": Usage, "timing": Timing,
+    "cost": CostShape, "server": ServerShape, "error": ErrorShape, "summary": LensSummary,
+}  # fmt: skip
+# dotted names the docs give that are the API's or the SDK's, not the record's: stream and Realtime
+# event types, the usage fields a provider reports its cost in, an exception's attribute, an OTel one
+NOT_RECORD_FIELDS = {
+    "response.cancel", "response.completed", "response.create", "response.created", "response.done",
+    "response.failed", "response.in_progress", "response.incomplete", "usage.cost",
+    "usage.cost_in_usd_ticks", "usage.type", "error.record", "server.server_port",
+}  # fmt: skip
+
+
+def test_every_record_field_the_docs_name_is_one_the_record_has() -> None:
+    """A record field a doc names as ``cost.left_out`` or ``response.tool_uses`` is a field of that
+    section's shape in _records.py (docs/FAKE_SERVER.md, which names the API's side, aside), so a field
+    renamed or never added fails here rather than sending a reader to a key no record has."""
+    named = set()
+    for doc in DOCS:
+        if doc.name == "FAKE_SERVER.md":
+            continue
+        for span in re.findall(r"`([^`]+)`", doc.read_text().replace("```", "")):
+            named |= {
+                (found[0], found[1], found[2], doc.name)
+                for found in re.finditer(rf"(?<![\w.])({'|'.join(SHAPES)})\.([a-z_]+)(?![\w.(])", span)
+            }
+    assert len(named) > 40
+    unknown = sorted(
+        f"{doc}: {name}"
+        for name, section, field, doc in named
+        if field not in SHAPES[section].__annotations__ and name not in NOT_RECORD_FIELDS
+    )
+    assert unknown == []
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation but ``-`` and ``_`` dropped."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_reaches_its_section() -> None:
+    """Each link from one doc to another (``MONITORING.md#the-records``, ``#realtime``) names a file
+    that exists and, after ``#``, a heading of it: a section renamed leaves no link landing at the top."""
+    broken, links = [], 0
+    for doc in DOCS:
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md|)(?:#([\w-]+))?\)", doc.read_text()):
+            file = (doc.parent / target).resolve() if target else doc
+            links += 1
+            if not file.is_file():
+                broken.append(f"{doc.name}: ({target})")
+            elif anchor and anchor not in {
+                _slug(line.lstrip("#")) for line in file.read_text().splitlines() if re.match(r"#+ ", line)
+            }:
+                broken.append(f"{doc.name}: ({target}#{anchor})")
+    assert links > 80
+    assert broken == []
+
+
+def test_the_fake_server_s_header_tables_name_every_header_it_takes() -> None:
+    """docs/FAKE_SERVER.md's tables of ``x-fake-*`` request headers (with each value a header takes from
+    a list, and each fault) and of Realtime ``metadata`` keys name exactly what the server accepts: it
+    refuses any other, so a header missing from the table is one no reader can find."""
+    text = (REPO / "docs" / "FAKE_SERVER.md").read_text()
+
+    def table(after: str) -> list[list[str]]:
+        """The code spans of the first cell of each row of the first table from ``after`` on."""
+        start = text.index(after)
+        start = text.index("\n|", start - 1) + 1
+        rows = text[start:].split("\n\n", 1)[0].splitlines()[2:]
+        return [re.findall(r"`([^`]+)`", row.split(" | ")[0]) for row in rows]
+
+    shown: dict[str, set[str]] = {}
+    for spans in table("## Request headers that steer it"):
+        name = ""
+        for span in spans:
+            if span.startswith("x-fake-"):
+                name, _, value = span.removeprefix("x-fake-").partition(": ")
+            else:
+                value = span
+            shown.setdefault(name, set()).add(value)
+    assert set(shown) == set(_HEADERS)
+    for name, kind in _HEADERS.items():
+        if isinstance(kind, tuple) and name != "fault":
+            assert shown[name] == set(kind), name
+    faults = {spans[0] for spans in table("Faults (`x-fake-fault`)")}
+    assert faults == set(_HEADERS["fault"])
+    realtime = {s.split(":")[0] for spans in table("| metadata key | effect |") for s in spans if ":" in s}
+    assert realtime == set(_STEERING)
