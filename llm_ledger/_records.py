@@ -34,6 +34,7 @@ __all__ = [
     "Status",
     "add_tool_fees",
     "anomaly_record",
+    "billed",
     "billed_without_cost",
     "budget_record",
     "call_record",
@@ -409,15 +410,30 @@ def add_tool_fees(
 
 
 def billed_without_cost(record: Mapping[str, Any]) -> bool:
-    """Whether a call has no cost yet may have been billed: an ok call unpriced, or a failed one that
-    reported tokens or whose streamed answer had begun (``cost_complete: false`` in its lens); not a
-    background response's start, whose cost is its end's (``cost_pending``). A call whose cost
-    leaves out tool uses billed apart (``cost.left_out``) has a cost: see ``cost_left_out``."""
-    if record["cost"]["total_cost_usd"] is not None or cost_pending(record):
+    """Whether a call has no cost yet may have been billed (:func:`billed`): ``cost_complete: false``
+    in its lens. A call whose cost leaves out tool uses billed apart (``cost.left_out``) has a cost:
+    see ``cost_left_out``."""
+    cost = record.get("cost")
+    return (not isinstance(cost, Mapping) or cost.get("total_cost_usd") is None) and billed(record)
+
+
+def billed(record: Mapping[str, Any]) -> bool:
+    """Whether a call may have been billed: it did not fail, or it failed after reporting tokens or
+    after its streamed answer had begun; never a background response's start, whose cost is its end's
+    (``cost_pending``). The one rule of the lens summary, the reports and the plugin, read leniently
+    (a report reads records of any make)."""
+    if cost_pending(record):
         return False
-    if record["status"] != "error" or record["usage"]["total_tokens"]:
+    usage = record.get("usage")
+    if record.get("status") != "error" or (isinstance(usage, Mapping) and usage.get("total_tokens")):
         return True
-    return bool(record["request"].get("stream") and (record["response"] or {}).get("id"))
+    request, response = record.get("request"), record.get("response")
+    return bool(
+        isinstance(request, Mapping)
+        and request.get("stream")
+        and isinstance(response, Mapping)
+        and response.get("id")
+    )
 
 
 def cost_left_out(record: Mapping[str, Any]) -> bool:

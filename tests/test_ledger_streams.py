@@ -17,6 +17,7 @@ import pytest
 
 import llm_ledger
 import llm_ledger.testing
+from llm_ledger.report import summarise_records, usage_row
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests import warm_python
 from tests.conftest import FAKE_KEY
@@ -194,6 +195,10 @@ def test_stream_cut_by_the_server_is_an_error_record(
     assert record["response"]["id"] and record["usage"]["total_tokens"] is None
     [lens] = records.lenses
     assert lens["summary"]["cost_complete"] is False
+    # the reports and the pytest plugin read it as the lens does: billed, with no cost
+    assert usage_row(record).uncosted_calls == 1
+    total = summarise_records(records, by=["lens"]).total
+    assert total.unpriced_calls == 1 and total.cost_complete is False
 
 
 def test_tool_call_stream_is_counted(client: openai.OpenAI, records: Captured) -> None:

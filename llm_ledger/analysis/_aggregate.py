@@ -23,6 +23,7 @@ from .._records import (
     BUDGET_EVENT,
     CALL_EVENT,
     LENS_EVENT,
+    billed,
     cost_decimal,
     cost_pending,
     process_of,
@@ -475,13 +476,9 @@ def _call_figures(record: dict[str, Any]) -> _Figures:
     failed = record.get("status") == "error"
     recorded = _dict(record.get("cost"))
     cost = _usd(recorded.get("total_cost_usd"))
-    # without a cost: a successful call without a price, or a failed call that was billed (not a
-    # background response's start: its cost is its end's record's); or a cost that leaves out its
-    # built-in tools' fees (web search...)
-    if cost is None:
-        unpriced = (not failed or total > 0) and not cost_pending(record)
-    else:
-        unpriced = bool(recorded.get("left_out"))
+    # without a cost though billed (the lens summary's rule); or a cost that leaves out its built-in
+    # tools' fees (web search...)
+    unpriced = billed(record) if cost is None else bool(recorded.get("left_out"))
     duration = _number(_dict(record.get("timing")).get("duration_ms"))
     return 1, int(failed), prompt, completion, total, cost, int(unpriced), duration
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from .._extract import MEDIA
-from .._records import cost_decimal, cost_pending
+from .._records import billed, cost_decimal, cost_pending
 
 if TYPE_CHECKING:
     from .._pricing import PriceTable
@@ -173,8 +173,8 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     counts = {name: recorded_count(usage.get(name)) for name in TOKENS}
     prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
     known = prompt is not None and completion is not None
-    if (total := counts["total_tokens"]) is None:  # as recorded, else prompt + completion
-        total = counts["total_tokens"] = (prompt or 0) + (completion or 0) if known else 0
+    if counts["total_tokens"] is None:  # as recorded, else prompt + completion
+        counts["total_tokens"] = (prompt or 0) + (completion or 0) if known else 0
     ok = record.get("status") != "error"
     pending = cost_pending(record)  # a background response's start: its cost is its end's record's
     address, port = server.get("address"), server.get("port")
@@ -188,7 +188,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         cost_source=recorded_name(cost.get("source")),
         calls=1,
         cost_usd=recorded or Decimal(0),
-        uncosted_calls=int(recorded is None and (ok or total > 0) and not pending),
+        uncosted_calls=int(recorded is None and billed(record)),
         no_usage_calls=int(not known and ok and not pending),
         unpriced_unit_calls=int(not known and ok and record.get("operation") in MEDIA),
         failed_calls=int(not ok),
