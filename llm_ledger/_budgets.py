@@ -263,7 +263,7 @@ class _RunBudget:
                     self._exceeded(monitor, key, written, usd_or_count)
                 except Exception as exc:  # never in the way of the call, nor of the run's summary
                     monitor._report("checking a lens run's budget", exc)
-            elif key == "max_cost_usd" and not totals.cost_complete:
+            elif key == "max_cost_usd" and not totals.priced:  # (not a background start: its end comes)
                 # no usage reported, else (or also: told once) tools' fees or a model with no price
                 message = _NO_USAGE_COST if not totals.tokens_complete else _UNPRICED
                 if totals.tokens_complete and totals.fees_left_out:

@@ -516,8 +516,8 @@ class LensTotals:
             elif cost_pending(record):  # complete once its end is counted (ended())
                 self.pending += 1
                 self.cost_complete = False
-            if usage["total_tokens"] is None and status != "error":
-                self.tokens_complete = False
+            if usage["total_tokens"] is None and status != "error" and not cost_pending(record):
+                self.tokens_complete = False  # (a background start's usage comes with its end)
             self.duration_s += record["timing"]["duration_ms"] / 1000
             if type(model) is str:
                 self.models.add(model)

@@ -440,3 +440,26 @@ def test_a_cost_written_with_a_dollar_sign_says_to_drop_it(tmp_path: Path) -> No
     prices.write_text("version: 1\nmodels:\n  house-7b: {input: $2.50, output: 10}\n")
     with pytest.raises(llm_ledger.PriceFileError, match=r"got '\$2\.50': write 2\.50, without the \$"):
         llm_ledger.PriceTable.from_file(prices)
+
+
+def test_a_background_response_polled_in_its_run_is_no_blind_spot_of_its_budget(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A background response's start has no usage yet (its cost is pending, not missing): its run's
+    cost and token limits are not told they cannot see calls that "reported no usage"; they count its
+    end, polled in the run, like any call (here over both limits)."""
+    monitor.budgets = BudgetGuard(
+        {"lenses": {"deep_research": {"max_cost_usd": 0.000001, "max_total_tokens": 10}}}
+    )
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    with monitor.lens("deep_research") as run:
+        response = client.responses.create(model="gpt-4o-mini", input="otters " * 20, background=True)
+        while response.status in ("queued", "in_progress"):
+            response = client.responses.retrieve(response.id)
+    assert run.summary is not None and run.summary["cost_complete"] is True
+    assert [r.getMessage() for r in caplog.records if "lens 'deep_research'" in r.getMessage()] == []
+    limits = [r["budget"]["limit"] for r in _budget_records(records)]
+    assert sorted(limits) == ["max_cost_usd", "max_total_tokens"]
