@@ -12,7 +12,7 @@ import openai
 import pytest
 
 import llm_ledger
-from llm_ledger.report import summarise_records
+from llm_ledger.report import render, summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests import warm_python
 from tests.test_ledger_paths import _maybe
@@ -312,3 +312,17 @@ def test_a_background_response_ending_leaves_a_run_incomplete_for_its_other_call
     searched, _, ended = records.calls
     assert searched["cost"]["left_out"] == ["web_search"] and ended["cost"]["total_cost_usd"]
     assert run.summary is not None and run.summary["cost_complete"] is False
+
+
+def test_a_report_before_the_end_is_logged_names_the_background_start_as_why_its_cost_is_unknown(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A report read while a background response runs on (its end in no record yet) marks the cost as
+    a lower bound, and its footnote gives that reason among the others, so the reader waits for the
+    end rather than hunting for a missing price or usage."""
+    with monitor.lens("start_job"):
+        client.responses.create(**ASK, background=True)
+    text = render(summarise_records(records, by=["lens"]))
+    assert "$0.000000*" in text
+    assert "* 1 billed call has no known cost" in text
+    assert "or a background response whose end is in no log read)" in text

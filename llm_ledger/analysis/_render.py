@@ -117,7 +117,8 @@ def _footer(report: CostReport, fmt: str) -> list[str]:
         lines.append(
             f"* {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
             "stopped early, an image or audio call billed in other units than tokens, a model the "
-            "price table does not know, or the fee of a built-in tool such as web search): their cost is "
+            "price table does not know, the fee of a built-in tool such as web search, or a background "
+            "response whose end is in no log read): their cost is "
             f"not included{which}; costs are those recorded when each call was made, so "
             "`llm-ledger reprice LOG --price-file F` prices those with tokens, and tools' fees F's "
             "tool_fees gives"
