@@ -284,8 +284,9 @@ def _usage_entry(key: tuple[str, ...], row: UsageSum) -> dict[str, Any]:
 
 
 PRICE_FIX: Final = (
-    "add the model to a price file (USD per 1M tokens) and point LLM_LEDGER_PRICE_FILE at it (or "
-    "configure(price_file=...)); see the Prices section of docs/MONITORING.md"
+    "add the model to a price file (USD per 1M tokens) and point LLM_LEDGER_PRICE_FILE at it, read by "
+    "llm_ledger.configure() (call it in conftest.py if the tests run none), or pass "
+    "configure(price_file=...); see the Prices section of docs/MONITORING.md"
 )
 USAGE_FIX: Final = (
     "re-record it with usage: streamed chat calls report it with stream_options include_usage "
@@ -305,8 +306,8 @@ PENDING_FIX: Final = (
 TOOL_FEE_FIX: Final = (
     "give their fees in USD per use in the price file's tool_fees, by model name or pattern "
     '(tool_fees: {"*": {web_search: 0.01, file_search: 0.0025}}: the fees your provider bills), and '
-    "point LLM_LEDGER_PRICE_FILE at it (or configure(price_file=...)); see docs/PRICING.md, Built-in "
-    "tools billed per use"
+    "point LLM_LEDGER_PRICE_FILE at it, read by llm_ledger.configure() (call it in conftest.py if the "
+    "tests run none), or pass configure(price_file=...); see docs/PRICING.md, Built-in tools billed per use"
 )
 
 
