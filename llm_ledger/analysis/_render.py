@@ -209,6 +209,11 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
             f"* after prices {_count(calls, 'call')} from genai-prices that a price file priced when made "
             '(cost.source "price-file"): pass that file (--price-file) to keep their rates'
         )
+    if calls := result.pending_calls:
+        said.append(
+            f"* before and after leave out {_count(calls, 'background response')} begun whose end no "
+            "record read shows (the cost is in the record of the end)"
+        )
     if not total.before_complete:
         said.append("* before leaves out calls, or built-in tools' fees, recorded without a cost")
     if not (total.before_complete and total.after_complete):
