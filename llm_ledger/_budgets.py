@@ -183,6 +183,12 @@ _NO_USAGE: Final = (
     "max_api_calls limit beside it, or have the server report usage (for streams: leave stream_usage on, "
     "and read each stream to its end)"
 )
+# a run that ends before the background responses it began: their end's record counts in no run
+_LEFT_RUNNING: Final = (
+    "llm-ledger: lens %r ended with background responses (background=True) still running, whose cost "
+    "its budget %s %s cannot count: the record of their end comes after the run; retrieve them until they "
+    "end inside the lens, or keep a max_api_calls limit beside it"
+)
 _NO_USAGE_TOKENS: Final = _NO_USAGE.format("0 tokens")
 _NO_USAGE_COST: Final = _NO_USAGE.format("$0")
 # set once a run in raise mode goes over a limit: only then does each call look for a stopped run
@@ -216,6 +222,7 @@ class BudgetGuard:
         self._checks: dict[str, tuple[tuple[str, int, str, float], ...] | None] = {}
         self._unpriced: set[str] = set()  # lens keys warned of calls their cost budget cannot see
         self._no_usage: set[str] = set()  # lens keys warned of calls their token budgets cannot see
+        self._pending: set[str] = set()  # lens keys warned of runs ended before their background responses
 
     def __repr__(self) -> str:
         return f"<BudgetGuard {self.budgets.source} mode={self.mode}>"
@@ -271,6 +278,13 @@ class _RunBudget:
                 self._blind(self._guard._unpriced, message, key, written)
             elif key.endswith("_tokens") and not totals.tokens_complete:
                 self._blind(self._guard._no_usage, _NO_USAGE_TOKENS, key, written)
+
+    def left_running(self) -> None:
+        """The run ended before background responses it began: their cost and tokens come after it."""
+        for _, _, key, written in self._checks:
+            if key != "max_api_calls":
+                self._blind(self._guard._pending, _LEFT_RUNNING, key, written)
+                return
 
     def _blind(self, warned: set[str], message: str, key: str, cap: float) -> None:
         """Warn once per lens key (``warned`` holds the keys told) that the limit ``key`` cannot see

@@ -463,3 +463,24 @@ def test_a_background_response_polled_in_its_run_is_no_blind_spot_of_its_budget(
     assert [r.getMessage() for r in caplog.records if "lens 'deep_research'" in r.getMessage()] == []
     limits = [r["budget"]["limit"] for r in _budget_records(records)]
     assert sorted(limits) == ["max_cost_usd", "max_total_tokens"]
+
+
+def test_a_run_that_ends_before_its_background_response_says_its_budget_cannot_count_it(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lens that only starts a background response (a web handler) ends before its cost comes, which
+    its run's cost limit then never sees: said once per lens key, naming the fix, never as calls that
+    "reported no usage"; a lens with only a call limit is told nothing."""
+    monitor.budgets = BudgetGuard(
+        {"lenses": {"start_job": {"max_cost_usd": 1.0}, "counted": {"max_api_calls": 5}}}
+    )
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    for lens in ("start_job", "start_job", "counted"):
+        with monitor.lens(lens):
+            client.responses.create(model="gpt-4o-mini", input="otters", background=True)
+    said = [r.getMessage() for r in caplog.records if "lens '" in r.getMessage()]
+    assert said == [
+        "llm-ledger: lens 'start_job' ended with background responses (background=True) still running, "
+        "whose cost its budget max_cost_usd $1.0 cannot count: the record of their end comes after the "
+        "run; retrieve them until they end inside the lens, or keep a max_api_calls limit beside it"
+    ]
