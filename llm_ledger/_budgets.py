@@ -189,6 +189,12 @@ _LEFT_RUNNING: Final = (
     "its budget %s %s cannot count: the record of their end comes after the run; retrieve them until they "
     "end inside the lens, or keep a max_api_calls limit beside it"
 )
+# a token or cost budget's image, audio and video calls billed in other units (docs/PRICING.md)
+_UNITS: Final = (
+    "llm-ledger: lens %r has image, audio or video calls billed in other units than tokens (images, "
+    "seconds), which no price table prices and its budget %s %s counts as {}; keep a max_api_calls limit "
+    "beside it (docs/PRICING.md, Images and audio)"
+)
 _NO_USAGE_TOKENS: Final = _NO_USAGE.format("0 tokens")
 _NO_USAGE_COST: Final = _NO_USAGE.format("$0")
 # set once a run in raise mode goes over a limit: only then does each call look for a stopped run
@@ -273,11 +279,15 @@ class _RunBudget:
             elif key == "max_cost_usd" and not totals.priced:  # (not a background start: its end comes)
                 # no usage reported, else (or also: told once) tools' fees or a model with no price
                 message = _NO_USAGE_COST if not totals.tokens_complete else _UNPRICED
-                if totals.tokens_complete and totals.fees_left_out:
+                if totals.tokens_complete and totals.units_left_out:
+                    message = _UNITS.format("$0")
+                elif totals.tokens_complete and totals.fees_left_out:
                     message = _TOOL_FEES
                 self._blind(self._guard._unpriced, message, key, written)
             elif key.endswith("_tokens") and not totals.tokens_complete:
                 self._blind(self._guard._no_usage, _NO_USAGE_TOKENS, key, written)
+            elif key.endswith("_tokens") and totals.units_left_out:
+                self._blind(self._guard._no_usage, _UNITS.format("0 tokens"), key, written)
 
     def left_running(self) -> None:
         """The run ended before background responses it began: their cost and tokens come after it."""

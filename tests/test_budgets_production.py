@@ -484,3 +484,22 @@ def test_a_run_that_ends_before_its_background_response_says_its_budget_cannot_c
         "whose cost its budget max_cost_usd $1.0 cannot count: the record of their end comes after the "
         "run; retrieve them until they end inside the lens, or keep a max_api_calls limit beside it"
     ]
+
+
+def test_a_budget_blind_to_an_image_or_video_billed_in_units_says_so_not_no_usage(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """dall-e-3 (billed per image) reports no usage, and never will: the run's cost and token limits
+    cannot see it, which is said once each, naming what it is billed in, never telling the user to have
+    the server report usage or read streams to their end."""
+    monitor.budgets = BudgetGuard({"lenses": {"promo": {"max_cost_usd": 1.0, "max_total_tokens": 1000}}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    for _ in range(2):
+        with monitor.lens("promo") as run:
+            client.images.generate(model="dall-e-3", prompt="an otter")
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    said = [r.getMessage() for r in caplog.records if "lens 'promo'" in r.getMessage()]
+    assert [s.split(" counts as ")[1].partition(";")[0] for s in said] == ["$0", "0 tokens"]
+    for message in said:
+        assert "image, audio or video calls billed in other units than tokens" in message
+        assert "report usage" not in message and "stream" not in message
