@@ -181,7 +181,7 @@ _TOOL_FEES: Final = (
 _NO_USAGE: Final = (
     "llm-ledger: lens %r has calls that reported no usage, which its budget %s %s counts as {}; keep a "
     "max_api_calls limit beside it, or have the server report usage (for streams: leave stream_usage on, "
-    "and read each stream to its end)"
+    "and read each stream to its end; a cancelled background response never reports it)"
 )
 # a run that ends before the background responses it began: their end's record counts in no run
 _LEFT_RUNNING: Final = (

@@ -292,7 +292,8 @@ PRICE_FIX: Final = (
 USAGE_FIX: Final = (
     "re-record it with usage: streamed chat calls report it with stream_options include_usage "
     "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0), and a stream closed before its end "
-    "reports none: read it to the end"
+    "reports none: read it to the end; a cancelled background response (responses.cancel) never reports "
+    "its usage: keep a max_api_calls limit in place of a cost limit for it"
 )
 UNITS_FIX: Final = (
     "llm-ledger prices prompt and completion tokens: docs/PRICING.md (Images and audio) says what each "

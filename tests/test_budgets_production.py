@@ -503,3 +503,21 @@ def test_a_budget_blind_to_an_image_or_video_billed_in_units_says_so_not_no_usag
     for message in said:
         assert "image, audio or video calls billed in other units than tokens" in message
         assert "report usage" not in message and "stream" not in message
+
+
+def test_a_cost_budget_blind_to_a_cancelled_background_response_says_it_never_reports_usage(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A background response cancelled while it runs is billed for what ran, and OpenAI's answer says
+    no usage: the run's cost limit cannot see it, and the warning says a cancelled response never
+    reports it (the stream advice alone would send the user looking for a stream)."""
+    monitor.budgets = BudgetGuard({"lenses": {"research": {"max_cost_usd": 1.0}}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    with monitor.lens("research") as run:
+        queued = client.responses.create(
+            model="gpt-4o-mini", input="otters", background=True, extra_headers={"x-fake-polls": "5"}
+        )
+        assert client.responses.cancel(queued.id).status == "cancelled"
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    [said] = [r.getMessage() for r in caplog.records if "lens 'research'" in r.getMessage()]
+    assert "reported no usage" in said and "a cancelled background response never reports it" in said

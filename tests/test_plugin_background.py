@@ -122,3 +122,41 @@ def test_a_report_row_keeps_a_background_start_never_ended_so_reprice_and_diff_s
         "no record of the end of the background responses begun by calls to 'gpt-4o-mini' (1 call): "
         "counted as $0" in diff
     )
+
+
+CANCEL_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_research_cancelled(llm_ledger):
+    raw = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(raw) as c, ledger.lens("research"):
+        r = c.responses.create(
+            model="gpt-4o-mini", input="otters", background=True, extra_headers={"x-fake-polls": "5"}
+        )
+        assert c.responses.cancel(r.id).status == "cancelled"
+    assert llm_ledger.cost_complete is False
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cost_limit_over_a_cancelled_background_response_names_what_fixes_it(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A cancelled background response's answer has no usage: its lens's cost limit cannot be checked
+    (fail closed), and the fix named says a cancelled response never reports it, besides the advice for
+    streams."""
+    write_project(pytester, CANCEL_TESTS)
+    pytester.makefile(".yaml", budgets="lenses:\n  research: {max_cost_usd: 1.0}\n")
+    result = run(pytester, "--llm-record-mode=once", "--llm-budget")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "lens research: max_cost_usd cannot be checked: no usage reported by calls to 'gpt-4o-mini' "
+        "(1 call); *a cancelled background response (responses.cancel) never reports its usage*"
+    ])  # fmt: skip
