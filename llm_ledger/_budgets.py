@@ -181,7 +181,19 @@ _TOOL_FEES: Final = (
 _NO_USAGE: Final = (
     "llm-ledger: lens %r has calls that reported no usage, which its budget %s %s counts as {}; keep a "
     "max_api_calls limit beside it, or have the server report usage (for streams: leave stream_usage on, "
-    "and read each stream to its end)"
+    "and read each stream to its end; a cancelled background response never reports it)"
+)
+# a run that ends before the background responses it began: their end's record counts in no run
+_LEFT_RUNNING: Final = (
+    "llm-ledger: lens %r ended with background responses (background=True) still running, whose cost "
+    "its budget %s %s cannot count: the record of their end comes after the run; retrieve them until they "
+    "end inside the lens, or keep a max_api_calls limit beside it"
+)
+# a token or cost budget's image, audio and video calls billed in other units (docs/PRICING.md)
+_UNITS: Final = (
+    "llm-ledger: lens %r has image, audio or video calls billed in other units than tokens (images, "
+    "seconds), which no price table prices and its budget %s %s counts as {}; keep a max_api_calls limit "
+    "beside it (docs/PRICING.md, Images and audio)"
 )
 _NO_USAGE_TOKENS: Final = _NO_USAGE.format("0 tokens")
 _NO_USAGE_COST: Final = _NO_USAGE.format("$0")
@@ -216,6 +228,7 @@ class BudgetGuard:
         self._checks: dict[str, tuple[tuple[str, int, str, float], ...] | None] = {}
         self._unpriced: set[str] = set()  # lens keys warned of calls their cost budget cannot see
         self._no_usage: set[str] = set()  # lens keys warned of calls their token budgets cannot see
+        self._pending: set[str] = set()  # lens keys warned of runs ended before their background responses
 
     def __repr__(self) -> str:
         return f"<BudgetGuard {self.budgets.source} mode={self.mode}>"
@@ -263,14 +276,25 @@ class _RunBudget:
                     self._exceeded(monitor, key, written, usd_or_count)
                 except Exception as exc:  # never in the way of the call, nor of the run's summary
                     monitor._report("checking a lens run's budget", exc)
-            elif key == "max_cost_usd" and not totals.cost_complete:
+            elif key == "max_cost_usd" and not totals.priced:  # (not a background start: its end comes)
                 # no usage reported, else (or also: told once) tools' fees or a model with no price
                 message = _NO_USAGE_COST if not totals.tokens_complete else _UNPRICED
-                if totals.tokens_complete and totals.fees_left_out:
+                if totals.tokens_complete and totals.units_left_out:
+                    message = _UNITS.format("$0")
+                elif totals.tokens_complete and totals.fees_left_out:
                     message = _TOOL_FEES
                 self._blind(self._guard._unpriced, message, key, written)
             elif key.endswith("_tokens") and not totals.tokens_complete:
                 self._blind(self._guard._no_usage, _NO_USAGE_TOKENS, key, written)
+            elif key.endswith("_tokens") and totals.units_left_out:
+                self._blind(self._guard._no_usage, _UNITS.format("0 tokens"), key, written)
+
+    def left_running(self) -> None:
+        """The run ended before background responses it began: their cost and tokens come after it."""
+        for _, _, key, written in self._checks:
+            if key != "max_api_calls":
+                self._blind(self._guard._pending, _LEFT_RUNNING, key, written)
+                return
 
     def _blind(self, warned: set[str], message: str, key: str, cap: float) -> None:
         """Warn once per lens key (``warned`` holds the keys told) that the limit ``key`` cannot see

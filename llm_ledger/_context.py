@@ -395,6 +395,8 @@ class LensRun(_Scope):
                     _said_elsewhere(self.lens_key)
             super().__exit__(exc_type, exc, tb)
             self.summary, due = self._totals.close(self._wall)
+            if self._budget is not None and self._totals.pending > 0:
+                self._budget.left_running()
             if due:
                 self._write(self.summary)
         except Exception as error:  # never into the application's with block

@@ -455,6 +455,7 @@ class LensTotals:
     # the run whose end it has not counted, and whether its other calls all had a cost
     pending: int = 0
     priced: bool = True
+    units_left_out: bool = False  # set by an image, audio or video call billed in other units than tokens
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -532,8 +533,13 @@ class LensTotals:
             elif cost_pending(record):  # complete once its end is counted (ended())
                 self.pending += 1
                 self.cost_complete = False
-            if usage["total_tokens"] is None and status != "error":
-                self.tokens_complete = False
+            if usage["total_tokens"] is None and status != "error" and not cost_pending(record):
+                from ._extract import MEDIA  # (a background start's usage comes with its end)
+
+                if record["operation"] in MEDIA:  # billed in images, seconds...: never tokens
+                    self.units_left_out = True
+                else:
+                    self.tokens_complete = False
             self.duration_s += record["timing"]["duration_ms"] / 1000
             if type(model) is str:
                 self.models.add(model)

@@ -59,7 +59,8 @@ class _StreamState:
         self.model: str | None = None
         self.id: str | None = None
         self.tier: str | None = None
-        self.text: list[str] | None = [] if call.content is not None else None
+        # a speech's answer is audio: no text output (a tapped body's too)
+        self.text: list[str] | None = [] if call.content is not None and call.operation != "speech" else None
         self.warm = False  # a chat stream whose id and first token are known: chat()'s short path
         _open.add(self)
 

@@ -226,6 +226,7 @@ class UsageSum:
     unpriced_unit_calls: int = 0  # of those, image, audio and video calls billed in units not priced
     failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
     tool_fee_calls: int = 0  # calls whose cost leaves out their built-in tools' fees (web search...)
+    pending_calls: int = 0  # background responses begun whose end the session never recorded
     tool_uses: dict[str, int] = field(default_factory=dict)  # built-in tools' uses: kind -> uses
     tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
@@ -284,13 +285,15 @@ def _usage_entry(key: tuple[str, ...], row: UsageSum) -> dict[str, Any]:
 
 
 PRICE_FIX: Final = (
-    "add the model to a price file (USD per 1M tokens) and point LLM_LEDGER_PRICE_FILE at it (or "
-    "configure(price_file=...)); see the Prices section of docs/MONITORING.md"
+    "add the model to a price file (USD per 1M tokens) and point LLM_LEDGER_PRICE_FILE at it, read by "
+    "llm_ledger.configure() (call it in conftest.py if the tests run none), or pass "
+    "configure(price_file=...); see the Prices section of docs/MONITORING.md"
 )
 USAGE_FIX: Final = (
     "re-record it with usage: streamed chat calls report it with stream_options include_usage "
     "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0), and a stream closed before its end "
-    "reports none: read it to the end"
+    "reports none: read it to the end; a cancelled background response (responses.cancel) never reports "
+    "its usage: keep a max_api_calls limit in place of a cost limit for it"
 )
 UNITS_FIX: Final = (
     "llm-ledger prices prompt and completion tokens: docs/PRICING.md (Images and audio) says what each "
@@ -305,8 +308,8 @@ PENDING_FIX: Final = (
 TOOL_FEE_FIX: Final = (
     "give their fees in USD per use in the price file's tool_fees, by model name or pattern "
     '(tool_fees: {"*": {web_search: 0.01, file_search: 0.0025}}: the fees your provider bills), and '
-    "point LLM_LEDGER_PRICE_FILE at it (or configure(price_file=...)); see docs/PRICING.md, Built-in "
-    "tools billed per use"
+    "point LLM_LEDGER_PRICE_FILE at it, read by llm_ledger.configure() (call it in conftest.py if the "
+    "tests run none), or pass configure(price_file=...); see docs/PRICING.md, Built-in tools billed per use"
 )
 
 
@@ -376,6 +379,7 @@ class SessionLedger:
         # its summary comes; a run left here never ended (key "": known only as a nested run's parent)
         self._open: dict[str, tuple[str, str, Totals]] = {}
         self._begun: dict[str, str] = {}  # background response id -> model, until the record of its end
+        self._begun_rows: dict[str, tuple[str, ...]] = {}  # background response id -> its start's usage row
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         row = usage_row(record)
@@ -386,7 +390,12 @@ class SessionLedger:
             self._outside.setdefault(nodeid, Totals()).add(call)
         else:
             self._open_run(_run_id(context), nodeid, str(context["lens_key"])).add(call)
-        self.usage.setdefault((nodeid, *_usage_key(row)), UsageSum()).add(UsageSum.of_row(row, nodeid))
+        key = (nodeid, *_usage_key(row))
+        self.usage.setdefault(key, UsageSum()).add(UsageSum.of_row(row, nodeid))
+        if row.pending_calls and row.response_id is not None:
+            self._begun_rows[row.response_id] = key
+        elif row.response_id in self._begun_rows:  # ended: the cost of its start's row is the end's
+            self.usage[self._begun_rows.pop(row.response_id)].pending_calls -= 1
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         context = record.get("context") or {}

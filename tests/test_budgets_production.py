@@ -440,3 +440,84 @@ def test_a_cost_written_with_a_dollar_sign_says_to_drop_it(tmp_path: Path) -> No
     prices.write_text("version: 1\nmodels:\n  house-7b: {input: $2.50, output: 10}\n")
     with pytest.raises(llm_ledger.PriceFileError, match=r"got '\$2\.50': write 2\.50, without the \$"):
         llm_ledger.PriceTable.from_file(prices)
+
+
+def test_a_background_response_polled_in_its_run_is_no_blind_spot_of_its_budget(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A background response's start has no usage yet (its cost is pending, not missing): its run's
+    cost and token limits are not told they cannot see calls that "reported no usage"; they count its
+    end, polled in the run, like any call (here over both limits)."""
+    monitor.budgets = BudgetGuard(
+        {"lenses": {"deep_research": {"max_cost_usd": 0.000001, "max_total_tokens": 10}}}
+    )
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    with monitor.lens("deep_research") as run:
+        response = client.responses.create(model="gpt-4o-mini", input="otters " * 20, background=True)
+        while response.status in ("queued", "in_progress"):
+            response = client.responses.retrieve(response.id)
+    assert run.summary is not None and run.summary["cost_complete"] is True
+    assert [r.getMessage() for r in caplog.records if "lens 'deep_research'" in r.getMessage()] == []
+    limits = [r["budget"]["limit"] for r in _budget_records(records)]
+    assert sorted(limits) == ["max_cost_usd", "max_total_tokens"]
+
+
+def test_a_run_that_ends_before_its_background_response_says_its_budget_cannot_count_it(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lens that only starts a background response (a web handler) ends before its cost comes, which
+    its run's cost limit then never sees: said once per lens key, naming the fix, never as calls that
+    "reported no usage"; a lens with only a call limit is told nothing."""
+    monitor.budgets = BudgetGuard(
+        {"lenses": {"start_job": {"max_cost_usd": 1.0}, "counted": {"max_api_calls": 5}}}
+    )
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    for lens in ("start_job", "start_job", "counted"):
+        with monitor.lens(lens):
+            client.responses.create(model="gpt-4o-mini", input="otters", background=True)
+    said = [r.getMessage() for r in caplog.records if "lens '" in r.getMessage()]
+    assert said == [
+        "llm-ledger: lens 'start_job' ended with background responses (background=True) still running, "
+        "whose cost its budget max_cost_usd $1.0 cannot count: the record of their end comes after the "
+        "run; retrieve them until they end inside the lens, or keep a max_api_calls limit beside it"
+    ]
+
+
+def test_a_budget_blind_to_an_image_or_video_billed_in_units_says_so_not_no_usage(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """dall-e-3 (billed per image) reports no usage, and never will: the run's cost and token limits
+    cannot see it, which is said once each, naming what it is billed in, never telling the user to have
+    the server report usage or read streams to their end."""
+    monitor.budgets = BudgetGuard({"lenses": {"promo": {"max_cost_usd": 1.0, "max_total_tokens": 1000}}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    for _ in range(2):
+        with monitor.lens("promo") as run:
+            client.images.generate(model="dall-e-3", prompt="an otter")
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    said = [r.getMessage() for r in caplog.records if "lens 'promo'" in r.getMessage()]
+    assert [s.split(" counts as ")[1].partition(";")[0] for s in said] == ["$0", "0 tokens"]
+    for message in said:
+        assert "image, audio or video calls billed in other units than tokens" in message
+        assert "report usage" not in message and "stream" not in message
+
+
+def test_a_cost_budget_blind_to_a_cancelled_background_response_says_it_never_reports_usage(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A background response cancelled while it runs is billed for what ran, and OpenAI's answer says
+    no usage: the run's cost limit cannot see it, and the warning says a cancelled response never
+    reports it (the stream advice alone would send the user looking for a stream)."""
+    monitor.budgets = BudgetGuard({"lenses": {"research": {"max_cost_usd": 1.0}}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    with monitor.lens("research") as run:
+        queued = client.responses.create(
+            model="gpt-4o-mini", input="otters", background=True, extra_headers={"x-fake-polls": "5"}
+        )
+        assert client.responses.cancel(queued.id).status == "cancelled"
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    [said] = [r.getMessage() for r in caplog.records if "lens 'research'" in r.getMessage()]
+    assert "reported no usage" in said and "a cancelled background response never reports it" in said

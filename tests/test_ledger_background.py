@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
 import llm_ledger
-from llm_ledger.report import summarise_records
+from llm_ledger._cli import main
+from llm_ledger.report import render, summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests import warm_python
+from tests.conftest import Sdk
+from tests.report_helpers import logging_to
 from tests.test_ledger_paths import _maybe
 
 ASK: Any = {"model": "gpt-4o-mini", "input": "Summarise the history of the otters in space, please."}
@@ -312,3 +316,45 @@ def test_a_background_response_ending_leaves_a_run_incomplete_for_its_other_call
     searched, _, ended = records.calls
     assert searched["cost"]["left_out"] == ["web_search"] and ended["cost"]["total_cost_usd"]
     assert run.summary is not None and run.summary["cost_complete"] is False
+
+
+def test_a_report_before_the_end_is_logged_names_the_background_start_as_why_its_cost_is_unknown(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A report read while a background response runs on (its end in no record yet) marks the cost as
+    a lower bound, and its footnote gives that reason among the others, so the reader waits for the
+    end rather than hunting for a missing price or usage."""
+    with monitor.lens("start_job"):
+        client.responses.create(**ASK, background=True)
+    text = render(summarise_records(records, by=["lens"]))
+    assert "$0.000000*" in text
+    assert "* 1 billed call has no known cost" in text
+    assert "or a background response whose end is in no log read)" in text
+
+
+def test_reprice_of_a_log_counts_a_background_start_unpriced_until_it_reads_its_end(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``llm-ledger reprice`` reads a log as ``report`` does: a start whose end is in no record read
+    (the log as it was before the end came) leaves before and after incomplete, saying why (never $0
+    and complete); the whole log pairs the start with its end, complete on both sides."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        with monitor.lens("start_job"):
+            queued = client.responses.create(**ASK, background=True)
+        _poll_sync(client, queued)
+    begun, summary, _end = path.read_text().splitlines()
+    before_the_end = tmp_path / "before.jsonl"
+    before_the_end.write_text(f"{begun}\n{summary}\n")
+    assert main(["reprice", str(before_the_end)]) == 0
+    said = capsys.readouterr().out
+    assert "$0.000000*" in said
+    assert "* before and after leave out 1 background response begun whose end no record read shows" in said
+    totals = []
+    for log in (before_the_end, path):
+        assert main(["reprice", str(log), "--format", "json"]) == 0
+        totals.append(json.loads(capsys.readouterr().out))
+    assert [t["pending_calls"] for t in totals] == [1, 0]
+    complete = [(t["total"]["before_complete"], t["total"]["after_complete"]) for t in totals]
+    assert complete == [(False, False), (True, True)]
+    assert totals[1]["total"]["before_usd"] == totals[1]["total"]["after_usd"] > 0

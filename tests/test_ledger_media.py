@@ -480,6 +480,25 @@ def test_a_transcriptions_text_is_its_captured_output(
     assert [r["content"] for r in records.calls] == [{"output": "Summary: the [gone]"}] * 8
 
 
+def test_a_speech_captures_its_input_and_no_output_however_it_is_read(
+    sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI],
+) -> None:
+    """A speech's captured content is its input text, and no output (its answer is audio, never read
+    as text), the same whether ``create()`` or ``with_streaming_response`` reads it, as audio or as
+    events (``stream_format="sse"``): never an empty output beside the input."""
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
+    speech = sdk(monitor).audio.speech
+    with capture(monitor) as records:
+        for stream_format in ("audio", "sse"):
+            ask: Any = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "hi there"}
+            speech.create(**ask, stream_format=stream_format).read()
+            with speech.with_streaming_response.create(**ask, stream_format=stream_format) as response:
+                response.read()
+            with speech.with_streaming_response.create(**ask, stream_format=stream_format) as response:
+                list(response.iter_lines())
+    assert [r["content"] for r in records.calls] == [{"input": "hi there"}] * 6
+
+
 @pytest.mark.asyncio
 async def test_a_streamed_transcriptions_text_is_captured_on_an_async_client(fake_openai: FakeOpenAI) -> None:
     """Async: the text of a streamed transcription, as the sync client's; one stopped early keeps the

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llm_ledger.testing import FakeOpenAI
-from tests.plugin_helpers import load_yaml, run, server_fixture, with_key_fixture, write_project
+from tests.plugin_helpers import cli, load_yaml, run, server_fixture, with_key_fixture, write_project
 
 pytest_plugins = ["pytester"]
 _FIXTURES = (server_fixture, with_key_fixture)  # used by name
@@ -94,3 +94,69 @@ def test_a_background_response_whose_end_the_test_never_sees_leaves_its_cost_unk
     ])  # fmt: skip
     report = json.loads((pytester.path / "report.json").read_text())
     assert report["total"]["cost_complete"] is False
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_report_row_keeps_a_background_start_never_ended_so_reprice_and_diff_say_so(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report's usage row of a start whose end the session never recorded counts it
+    (``pending_calls``): ``llm-ledger reprice`` of the report then marks before and after incomplete
+    and says why (never $0 and complete), and ``llm-ledger diff`` names it; one polled to its end in the
+    test leaves nothing pending."""
+    write_project(pytester, STARTED_ONLY_TESTS + BACKGROUND_TESTS.split("import llm_ledger as ledger")[1])
+    result = run(pytester, "--llm-record-mode=once", "--llm-report=report.json")
+    assert result.ret == 0, result.stdout.str()
+    report = json.loads((pytester.path / "report.json").read_text())
+    pending = {(row["lens"], row["pending_calls"]) for row in report["usage"] if row["pending_calls"]}
+    assert pending == {("<no lens>", 1)}
+    done = cli(capsys, "reprice", "report.json", "--format", "json")
+    repriced = json.loads(done.stdout)
+    assert repriced["pending_calls"] == 1
+    lenses = {row["lens"]: (row["before_complete"], row["after_complete"]) for row in repriced["lenses"]}
+    assert lenses == {"<no lens>": (False, False), "deep_research": (True, True)}
+    text = cli(capsys, "reprice", "report.json").stdout
+    assert "* before and after leave out 1 background response begun whose end no record read shows" in text
+    diff = cli(capsys, "diff", "report.json", "report.json").stdout
+    assert (
+        "no record of the end of the background responses begun by calls to 'gpt-4o-mini' (1 call): "
+        "counted as $0" in diff
+    )
+
+
+CANCEL_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_research_cancelled(llm_ledger):
+    raw = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(raw) as c, ledger.lens("research"):
+        r = c.responses.create(
+            model="gpt-4o-mini", input="otters", background=True, extra_headers={"x-fake-polls": "5"}
+        )
+        assert c.responses.cancel(r.id).status == "cancelled"
+    assert llm_ledger.cost_complete is False
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_cost_limit_over_a_cancelled_background_response_names_what_fixes_it(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A cancelled background response's answer has no usage: its lens's cost limit cannot be checked
+    (fail closed), and the fix named says a cancelled response never reports it, besides the advice for
+    streams."""
+    write_project(pytester, CANCEL_TESTS)
+    pytester.makefile(".yaml", budgets="lenses:\n  research: {max_cost_usd: 1.0}\n")
+    result = run(pytester, "--llm-record-mode=once", "--llm-budget")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "lens research: max_cost_usd cannot be checked: no usage reported by calls to 'gpt-4o-mini' "
+        "(1 call); *a cancelled background response (responses.cancel) never reports its usage*"
+    ])  # fmt: skip

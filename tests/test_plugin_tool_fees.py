@@ -145,3 +145,22 @@ def test_a_price_file_with_tool_fees_lets_a_cost_budget_be_checked(
     assert total["before_usd"] == row["cost_usd"]
     assert total["after_usd"] == pytest.approx(tokens + 0.03, rel=1e-12)
     assert (total["before_complete"], total["after_complete"]) == (True, True)
+
+
+@pytest.mark.usefixtures("with_key")
+def test_the_fix_named_for_unpriced_fees_says_configure_must_read_the_price_file(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLM_LEDGER_PRICE_FILE is read by configure(): a test session that never runs it leaves the fees
+    unpriced however the variable is set, so the fix the summary names says where to call it, rather
+    than sending the user to set a variable that changes nothing."""
+    write_project(pytester, TOOL_TESTS)
+    pytester.path.joinpath("prices.yaml").write_text('version: 1\ntool_fees:\n  "*": {web_search: 0.03}\n')
+    monkeypatch.setenv("LLM_LEDGER_PRICE_FILE", "prices.yaml")
+    result = run(pytester, "--llm-record-mode=once")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "llm-ledger: calls with no known cost count as $0: no price for the built-in tools' fees *"
+        "LLM_LEDGER_PRICE_FILE at it, read by llm_ledger.configure() (call it in conftest.py if the "
+        "tests run none)*"
+    ])  # fmt: skip

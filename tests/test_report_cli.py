@@ -262,8 +262,8 @@ def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
     assert "1 billed call has no known cost" in out
     assert (
         "(no usage reported, as by a stream stopped early, an image or audio call billed in other units "
-        "than tokens, a model the price table does not know, or the fee of a built-in tool such as web "
-        "search)" in out
+        "than tokens, a model the price table does not know, the fee of a built-in tool such as web "
+        "search, or a background response whose end is in no log read)" in out
     )
 
 

@@ -257,7 +257,9 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
             for row in rows
         ),
         "cost_usd": sum(row.get("cost_usd", 0) for row in rows),
-        "cost_complete": not any(row.get("uncosted_calls") or row.get("tool_fee_calls") for row in rows),
+        "cost_complete": not any(
+            row.get("uncosted_calls") or row.get("tool_fee_calls") or row.get("pending_calls") for row in rows
+        ),
         "errors": sum(row.get("failed_calls", 0) for row in rows) if counted else None,
         "tests_with_failed_calls": sorted(
             {t for row in rows for t in row.get("tests_with_failed_calls", ())}
@@ -271,6 +273,7 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     no_usage: Counter[str] = Counter()
     units: Counter[str] = Counter()  # of no_usage, calls billed in units no price table prices
     tool_fees: Counter[str] = Counter()
+    pending: Counter[str] = Counter()  # background responses begun whose end the session never recorded
     for row in report.get("usage", ()):  # load_report checked their counts
         if lens in (None, row.get("lens")):
             model = model_name(row.get("model"), row.get("served_model"))
@@ -278,7 +281,8 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
             no_usage[model] += max(row.get("no_usage_calls", 0) - row.get("unpriced_unit_calls", 0), 0)
             unpriced[model] += max(row.get("uncosted_calls", 0) - row.get("no_usage_calls", 0), 0)
             tool_fees[model] += row.get("tool_fee_calls", 0)
-    return cost_gaps(unpriced, no_usage, units, tool_fees)
+            pending[model] += row.get("pending_calls", 0)
+    return cost_gaps(unpriced, no_usage, units, tool_fees, pending)
 
 
 def _calling(report: dict[str, Any]) -> set[str]:

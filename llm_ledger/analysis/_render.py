@@ -117,7 +117,8 @@ def _footer(report: CostReport, fmt: str) -> list[str]:
         lines.append(
             f"* {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
             "stopped early, an image or audio call billed in other units than tokens, a model the "
-            "price table does not know, or the fee of a built-in tool such as web search): their cost is "
+            "price table does not know, the fee of a built-in tool such as web search, or a background "
+            "response whose end is in no log read): their cost is "
             f"not included{which}; costs are those recorded when each call was made, so "
             "`llm-ledger reprice LOG --price-file F` prices those with tokens, and tools' fees F's "
             "tool_fees gives"
@@ -207,6 +208,11 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
         said.append(
             f"* after prices {_count(calls, 'call')} from genai-prices that a price file priced when made "
             '(cost.source "price-file"): pass that file (--price-file) to keep their rates'
+        )
+    if calls := result.pending_calls:
+        said.append(
+            f"* before and after leave out {_count(calls, 'background response')} begun whose end no "
+            "record read shows (the cost is in the record of the end)"
         )
     if not total.before_complete:
         said.append("* before leaves out calls, or built-in tools' fees, recorded without a cost")

@@ -94,6 +94,7 @@ class Reprice:
     # calls a price file priced when made, whose model stays, priced again without it (no price_file)
     price_file_calls: int = 0
     tool_fee_calls: int = 0  # calls whose cost before leaves out their built-in tools' fees (web search...)
+    pending_calls: int = 0  # background responses begun whose end no record read shows: no cost either side
     unpriced_tools_after: dict[str, int] = field(default_factory=dict)  # kind -> uses with no fee after
 
     def total(self) -> Row:
@@ -114,6 +115,7 @@ class Reprice:
             "no_usage_calls": self.no_usage_calls,
             "price_file_calls": self.price_file_calls,
             "tool_fee_calls": self.tool_fee_calls,
+            "pending_calls": self.pending_calls,
             "unpriced_tools_after": dict(sorted(self.unpriced_tools_after.items())),
         }
 
@@ -221,6 +223,7 @@ def reprice(
     named: set[str] = set()  # the models they asked for or were served
     result = Reprice(source, models, provider, price_file)
     checked: set[tuple[int, str]] = set()
+    waiting: dict[str, Row] = {}  # a log's background response begun -> its row, until its end is read
     for item in usage:  # one pass, one call at a time: a log's calls are never held together
         used.add(item.model or item.served_model)
         named.update((item.model, item.served_model))
@@ -246,6 +249,13 @@ def reprice(
         row.after_complete &= item.no_usage_calls == 0
         result.tool_fee_calls += item.tool_fee_calls
         result.no_usage_calls += item.no_usage_calls
+        if item.pending_calls and item.response_id is not None:
+            waiting[item.response_id] = row
+        elif item.response_id is not None:
+            waiting.pop(item.response_id, None)
+        elif item.pending_calls:  # a report's row: begun in its session, never ended there
+            row.before_complete = row.after_complete = False
+            result.pending_calls += item.pending_calls
         stays = new is None and provider is None and route.provider == item.provider
         if stays and price_file is None and item.cost_source == PRICE_FILE_SOURCE:
             result.price_file_calls += item.calls  # its change is the table's, not the what-if's
@@ -294,6 +304,9 @@ def reprice(
             row.compared += item.calls
             row.compared_before_usd += item.cost_usd
             row.compared_after_units += cost
+    for row in waiting.values():  # begun, and no record read shows its end: its cost is unknown
+        row.before_complete = row.after_complete = False
+        result.pending_calls += 1
     used.discard("")
     for old in models:
         if old not in named:

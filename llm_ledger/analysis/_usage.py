@@ -43,6 +43,7 @@ COUNTS: Final = (
     "unpriced_unit_calls",
     "failed_calls",
     "tool_fee_calls",
+    "pending_calls",
 )
 # The first port of Linux's default range of ports given to sockets bound to port 0 (the other systems'
 # start higher, at 49152): a loopback server on one of these was started for a run, not configured.
@@ -111,8 +112,11 @@ class UsageRow:
     priced_by_time: bool | None = None
     # calls whose cost leaves out fees of built-in tools billed per use (cost.left_out: web search...)
     tool_fee_calls: int = 0
-    # background responses begun (their start's record): their cost is the record's of their end
+    # background responses begun, whose cost is the record's of their end: a log's start (its record),
+    # a report's starts whose end its session never recorded
     pending_calls: int = 0
+    # a Responses call's response id (a log's record): a start and its end pair up by it
+    response_id: str | None = None
     # the uses of built-in tools billed per use, kind -> uses (response.tool_uses): what a price file's
     # tool_fees price when repriced
     tool_uses: Mapping[str, int] = field(default_factory=dict)
@@ -177,6 +181,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         counts["total_tokens"] = (prompt or 0) + (completion or 0) if known else 0
     ok = record.get("status") != "error"
     pending = cost_pending(record)  # a background response's start: its cost is its end's record's
+    response_id = response.get("id") if record.get("operation") == "responses" else None
     address, port = server.get("address"), server.get("port")
     return UsageRow(
         lens=str(_dict(record.get("context")).get("lens_key") or NO_LENS),
@@ -197,6 +202,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         service_tier=tier if isinstance(tier, str) else None,
         tool_fee_calls=int(recorded is not None and bool(cost.get("left_out"))),
         pending_calls=int(pending),
+        response_id=response_id if type(response_id) is str else None,
         tool_uses=tool_uses(response.get("tool_uses")),
         **{name: count or 0 for name, count in counts.items()},
     )
