@@ -676,25 +676,25 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         "total_tokens": input_tokens + output_tokens,
     }
     _add_cost(usage, headers)
+    # the request's parameters, as the Response echoes them: the default where the request gave none
+    echoed = {key: default if body.get(key) is None else body[key] for key, default in _ECHOED.items()}
+    effort = body.get("reasoning")
+    echoed["reasoning"] = {**_ECHOED["reasoning"], **(effort if isinstance(effort, dict) else {})}
+    echoed["text"] = {"verbosity": "medium", **(body.get("text") or {}), "format": text_format}
 
     def response(status: str, output: list[JSONDict], final: bool) -> JSONDict:
         answer: JSONDict = {
             "id": f"resp_{num}",
-            **_RESPONSE_FIXED,
+            "object": "response",
+            "created_at": CREATED,
+            **echoed,
             "status": status,
             "completed_at": CREATED + 1 if status == "completed" else None,
             "error": {"code": "server_error", "message": STREAM_ERROR} if status == "failed" else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "instructions": instructions,
-            "max_output_tokens": limit,
             "model": _served_model(body, headers),
             "output": output,
-            "previous_response_id": body.get("previous_response_id"),
             "service_tier": _served_tier(body),
-            "text": {"format": text_format, "verbosity": "medium"},
-            "tool_choice": body.get("tool_choice", "auto"),
-            "tools": body.get("tools") or [],
-            "metadata": body.get("metadata") or {},
         }
         if not final:
             answer["usage"] = None
@@ -939,11 +939,12 @@ def _form(raw: bytes, content_type: str) -> JSONDict | None:
     return form
 
 
-# the fields of every Response the fake sends that no request changes
-_RESPONSE_FIXED: JSONDict = {
-    "object": "response", "created_at": CREATED, "background": False, "max_tool_calls": None,
-    "parallel_tool_calls": True, "prompt_cache_key": None, "reasoning": {"effort": None, "summary": None},
-    "safety_identifier": None, "store": True, "temperature": 1.0, "top_logprobs": 0, "top_p": 1.0,
+# the request parameters every Response echoes, as OpenAI's do: each one's value when not given
+_ECHOED: JSONDict = {
+    "background": False, "instructions": None, "max_output_tokens": None, "max_tool_calls": None,
+    "metadata": {}, "parallel_tool_calls": True, "previous_response_id": None, "prompt_cache_key": None,
+    "reasoning": {"effort": None, "summary": None}, "safety_identifier": None, "store": True,
+    "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0,
     "truncation": "disabled", "user": None,
 }  # fmt: skip
 # Azure's deployment paths, and its paths of no deployment (``/openai/responses``, as the SDK's

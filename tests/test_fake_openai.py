@@ -481,6 +481,27 @@ def test_responses_non_stream(client: openai.OpenAI) -> None:
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
 
 
+def test_a_response_echoes_its_request_parameters(client: openai.OpenAI) -> None:
+    """A Response states the parameters it ran with, as OpenAI's does (when created and when retrieved):
+    each one asked for, else its default; the tier the one that served it."""
+    asked = client.responses.create(
+        model=MODEL, input="hi", instructions="Be brief.", temperature=0.2, top_p=0.9, max_output_tokens=900,
+        reasoning={"effort": "high"}, text={"format": {"type": "json_object"}}, service_tier="flex",
+        tools=[{"type": "function", "name": "f", "parameters": {}, "strict": None}], metadata={"job": "7"},
+    )  # fmt: skip
+    for response in (asked, client.responses.retrieve(asked.id)):
+        assert (response.temperature, response.top_p, response.max_output_tokens) == (0.2, 0.9, 900)
+        assert response.reasoning is not None and response.reasoning.effort == "high"
+        assert response.text is not None and response.text.format is not None
+        assert (response.text.format.type, response.service_tier) == ("json_object", "flex")
+        assert ([t.type for t in response.tools], response.instructions) == (["function"], "Be brief.")
+        assert response.metadata == {"job": "7"}
+    plain = client.responses.create(model=MODEL, input="hi")
+    assert (plain.temperature, plain.top_p, plain.max_output_tokens, plain.tools) == (1.0, 1.0, None, [])
+    assert plain.reasoning is not None and plain.reasoning.effort is None
+    assert plain.service_tier == "default"
+
+
 class Address(pydantic.BaseModel):
     city: str
 
