@@ -143,7 +143,7 @@ def _begin_later(
         return None
     call.owner = LATER
     call.background_id = rest.partition("/")[0]
-    call.background = None
+    call.answer = None
     call.around = around
     if monitor.capture_content:
         call.client = client

@@ -20,7 +20,7 @@ from ._background import LATER
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._credentials import request_credentials
 from ._errors import PASSED_ON, ConfigError, warn_internal
-from ._extract import no_usage, reasoning_in_completion, usage_of
+from ._extract import JsonView, no_usage, reasoning_in_completion, request_shape, usage_of
 from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
@@ -104,10 +104,10 @@ class _LedgerLogRecord(logging.LogRecord):
 class _Call:
     """What the monitor knows about one call in flight."""
 
-    # a retrieve or cancel of a response only (owner LATER): its id, whether the answer says it runs
-    # in the background (None: not read yet), and the lens runs open where it was made
+    # a retrieve or cancel of a response only (owner LATER): its id, the Response it answered (a
+    # stream's last; None: not read yet), and the lens runs open where it was made
     background_id: str
-    background: bool | None
+    answer: Any
     around: tuple[LensRun, ...]
 
     def __init__(
@@ -168,15 +168,36 @@ class _Call:
                     pass  # a response without readable headers: no request id
 
 
+def _answer(call: _Call) -> Any:
+    """The Response a retrieve or cancel answered: a stream's last event's, else the JSON body the SDK
+    read (None if it cannot be read)."""
+    if call.answer is None:
+        try:
+            data = orjson.loads(call.http_response.content)
+        except Exception:
+            return None
+        call.answer = JsonView(data) if type(data) is dict else None
+    return call.answer
+
+
 def _was_background(call: _Call) -> bool:
-    """Whether the response a retrieve or cancel answered runs in the background (the answer's
-    ``background``: a stream's last event, else the JSON body the SDK read)."""
-    if call.background is not None:
-        return call.background is True
-    try:
-        return orjson.loads(call.http_response.content).get("background") is True
-    except Exception:
-        return False
+    """Whether the response a retrieve or cancel answered runs in the background (its ``background``)."""
+    return getattr(_answer(call), "background", None) is True
+
+
+_STATED = ("model", "temperature", "top_p", "max_output_tokens", "service_tier", "tools")
+
+
+def _stated_request(call: _Call) -> RequestShape:
+    """The request of a response begun elsewhere, as the Response a retrieve or cancel answered states
+    it: the model and parameters that applied (a default where the request gave none, the tier that
+    served it). Its input is not in the Response: the prompt lengths and messages stay unknown."""
+    answer = _answer(call)
+    reasoning, text = getattr(answer, "reasoning", None), getattr(answer, "text", None)
+    body = {key: getattr(answer, key, None) for key in _STATED}
+    body["reasoning"] = {"effort": getattr(reasoning, "effort", None)}
+    body["text"] = {"format": {"type": getattr(getattr(text, "format", None), "type", None)}}
+    return request_shape("responses", body, stream=call.request["stream"])
 
 
 def _carried(source: Any) -> set[str]:
@@ -452,7 +473,8 @@ class LLMCallMonitor:
         it, is recorded once in this process; a poll of one still running (or a request that failed)
         records nothing. One begun here is recorded by its monitor as its end: the request, context
         and start of the call that began it, counted in its lens runs still open; one begun
-        elsewhere (another process) with the context and lens runs of the retrieve."""
+        elsewhere (another process) with the context and lens runs of the retrieve, and the request
+        its Response states."""
         call.owner = None
         reason = None if response is None else response["finish_reason"]
         if reason is None or reason in PENDING_STATUSES:
@@ -463,6 +485,10 @@ class LLMCallMonitor:
         monitor = self
         if entry is None:
             runs = tuple(run for run in call.around if run._totals.begin())
+            try:
+                call.request = _stated_request(call)
+            except Exception as exc:  # recorded with the retrieve's own request
+                self._report("reading a background response's request", exc)
         else:
             monitor, began = entry
             runs = tuple(run for run in began.lenses if run._totals.begin())

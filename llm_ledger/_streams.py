@@ -187,8 +187,9 @@ class _StreamState:
             try:
                 shape, usage = response_shape("responses", response)
                 call = self.call
-                call.background = getattr(response, "background", None)
-                if call.background is True and call.owner is not LATER:  # begun and ended here
+                if call.owner is LATER:
+                    call.answer = response  # what its end is read from (see LLMCallMonitor._later)
+                elif getattr(response, "background", None) is True:  # begun and ended here
                     _background.ended_here(shape["id"])
                 error = ResponseError(getattr(response, "error", None)) if kind == "response.failed" else None
             except Exception as exc:  # recorded with what the stream showed

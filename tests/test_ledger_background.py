@@ -164,7 +164,7 @@ _WORKER = """
 import json, sys
 import openai, llm_ledger
 from llm_ledger.testing import capture
-base_url, job, stored = sys.argv[1:]
+base_url, job, *shown = sys.argv[1:]
 monitor = llm_ledger.LLMCallMonitor(logger=None)
 with capture(monitor) as records, openai.OpenAI(api_key="sk-test", base_url=base_url) as raw:
     client = monitor.instrument(raw)
@@ -173,9 +173,82 @@ with capture(monitor) as records, openai.OpenAI(api_key="sk-test", base_url=base
         while response.status in ("queued", "in_progress"):
             response = client.responses.retrieve(job)
         client.responses.retrieve(job)
-        client.responses.retrieve(stored)
+        for other in shown:
+            client.responses.retrieve(other)
 print(json.dumps(list(records)))
 """
+
+# what a background response's start asks for, beyond its input: the end's record names it all
+ASKED: Any = {
+    "model": "o4-mini", "input": ASK["input"], "reasoning": {"effort": "high"}, "temperature": 0.2,
+    "top_p": 0.9, "max_output_tokens": 900, "text": {"format": {"type": "json_object"}},
+    "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}],
+    "service_tier": "flex", "background": True,
+}  # fmt: skip
+ECHOED = {
+    "model": "o4-mini", "temperature": 0.2, "top_p": 0.9, "max_tokens": 900, "reasoning_effort": "high",
+    "output_type": "json_object", "tools_count": 1, "service_tier": "flex",
+}  # fmt: skip
+
+
+def test_another_process_ending_a_background_response_records_the_request_its_start_made(
+    client: openai.OpenAI,
+    records: Captured,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The end a worker records (it only polls the response) names the model and parameters the start
+    asked for, as the ended Response states them, so a report by any of them files the end's cost with
+    its start: not under ``(none)``."""
+    client.responses.create(**ASKED, extra_headers={"x-fake-polls": "2", "x-fake-reasoning-tokens": "300"})
+    [begun] = records.calls
+    assert {key: begun["request"][key] for key in ECHOED} == ECHOED
+    done = warm_python.run(
+        [sys.executable, "-c", _WORKER, fake_openai.base_url, begun["response"]["id"]],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [ended] = [r for r in json.loads(done.stdout) if r["event"] == "llm_api_call"]
+    assert ended["response"]["finish_reason"] == "completed" and ended["cost"]["total_cost_usd"] > 0
+    assert {key: ended["request"][key] for key in ECHOED} == ECHOED
+    # the input is not in the Response: its length and messages stay unknown
+    assert (ended["request"]["messages_count"], ended["request"]["user_prompt_length"]) == (None, 0)
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text("".join(json.dumps(record) + "\n" for record in [*records, ended]))
+    assert main(["report", str(log), "--by", "request.reasoning_effort", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    found = [(row["key"]["request.reasoning_effort"], row["calls"], row["cost_usd"]) for row in rows]
+    assert found == [("high", 2, pytest.approx(ended["cost"]["total_cost_usd"]))]
+
+
+def _poll_to_end(client: openai.OpenAI, response_id: str) -> None:
+    while client.responses.retrieve(response_id).status in RUNNING:
+        pass
+
+
+def _resume(client: openai.OpenAI, response_id: str) -> None:
+    list(client.responses.retrieve(response_id, stream=True, starting_after=1))
+
+
+def _cancel(client: openai.OpenAI, response_id: str) -> None:
+    client.responses.cancel(response_id)
+
+
+@pytest.mark.parametrize("end", [_poll_to_end, _resume, _cancel])
+def test_an_end_of_a_response_begun_elsewhere_records_the_request_the_response_states(
+    end: Any, client: openai.OpenAI, records: Captured, fake_openai: FakeOpenAI
+) -> None:
+    """A response begun through a client the ledger does not watch: its end, however it is seen (a
+    poll, a resumed stream, a cancel), records the model and parameters the Response states, and the
+    retrieve's own ``stream``."""
+    with openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url) as plain:
+        response_id = plain.responses.create(**ASKED, extra_headers={"x-fake-polls": "2"}).id
+    end(client, response_id)
+    [ended] = records.calls
+    assert {key: ended["request"][key] for key in ECHOED} == ECHOED
+    assert ended["request"]["stream"] is (end is _resume)
+    assert ended["status"] == ("interrupted" if end is _cancel else "ok")
 
 
 @pytest.mark.asyncio
