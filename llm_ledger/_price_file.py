@@ -7,6 +7,7 @@ and the fix.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Final
 
@@ -107,42 +108,38 @@ def load_price_file(
             "tools' fees per use)",
         )
 
-    result: dict[str, Rates] = {}
     lines: dict[str, tuple[str, str]] = {}  # each name as matched (lower case): as written, where
-    if "models" in top:
-        for model, key_node, node in doc.mapping(
-            top["models"], "models", "a mapping of model name to its rates"
-        ):
-            entry_path = join("models", model)
-            first = lines.setdefault("m" + model.strip().lower(), (model, _line(key_node)))
-            if first[0] != model:
-                raise doc.error(key_node, entry_path, same_name("model", *first))
-            fields = _rate_fields(doc, node, entry_path, _MODEL_EXPECTED, _MODEL_KEYS)
-            result[model] = _rates(doc, node, entry_path, model, fields)
+
+    def entries(section: str, expected: str, kind: str) -> Iterator[tuple[str, yaml.Node, yaml.Node, str]]:
+        """The entries of ``section``, if given: each name once, whatever its case."""
+        if section not in top:
+            return
+        for name, key_node, node in doc.mapping(top[section], section, expected):
+            path = join(section, name)
+            first = lines.setdefault(section + name.strip().lower(), (name, _line(key_node)))
+            if first[0] != name:
+                raise doc.error(key_node, path, same_name(kind, *first))
+            yield name, key_node, node, path
+
+    result: dict[str, Rates] = {}
+    for model, _, node, path in entries("models", "a mapping of model name to its rates", "model"):
+        result[model] = _rates(
+            doc, node, path, model, _rate_fields(doc, node, path, _MODEL_EXPECTED, _MODEL_KEYS)
+        )
     hosts: dict[str, HostPrice] = {}
-    if "hosts" in top:
-        for pattern, key_node, node in doc.mapping(
-            top["hosts"], "hosts", "a mapping of host pattern to its provider or rates"
-        ):
-            entry_path = join("hosts", pattern)
-            try:
-                host_matcher(pattern)
-            except ValueError as exc:
-                raise doc.error(key_node, entry_path, str(exc)) from None
-            first = lines.setdefault("h" + pattern.strip().lower(), (pattern, _line(key_node)))
-            if first[0] != pattern:
-                raise doc.error(key_node, entry_path, same_name("host pattern", *first))
-            hosts[pattern] = _host_price(doc, node, entry_path, pattern)
+    for pattern, key_node, node, path in entries(
+        "hosts", "a mapping of host pattern to its provider or rates", "host pattern"
+    ):
+        try:
+            host_matcher(pattern)
+        except ValueError as exc:
+            raise doc.error(key_node, path, str(exc)) from None
+        hosts[pattern] = _host_price(doc, node, path, pattern)
     fees: dict[str, dict[str, Decimal]] = {}
-    if "tool_fees" in top:
-        for model, key_node, node in doc.mapping(
-            top["tool_fees"], "tool_fees", "a mapping of model name or pattern to its built-in tools' fees"
-        ):
-            entry_path = join("tool_fees", model)
-            first = lines.setdefault("f" + model.strip().lower(), (model, _line(key_node)))
-            if first[0] != model:
-                raise doc.error(key_node, entry_path, same_name("model", *first))
-            fees[model] = _tool_fees(doc, node, entry_path)
+    for model, _, node, path in entries(
+        "tool_fees", "a mapping of model name or pattern to its built-in tools' fees", "model"
+    ):
+        fees[model] = _tool_fees(doc, node, path)
     return result, hosts, fees
 
 
