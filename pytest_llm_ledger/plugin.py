@@ -215,9 +215,9 @@ class LedgerRecords(Captured):
     * ``lenses``: the ``lens_summary`` records; ``lens(lens_key)`` those of one lens;
     * ``api_calls``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cost_usd``:
       sums over ``calls`` (``totals()`` gives them all at once);
-    * ``cost_complete``: false when a call has no known cost (a model with no known price, or a
-      call that reported no usage): ``cost_usd`` then leaves it out; or a cost that leaves out its
-      built-in tools' fees (``cost.left_out``: web search...).
+    * ``cost_complete``: false when ``cost_usd`` leaves something out: a call with no known cost
+      (docs/MONITORING.md lists why one can have none), a cost without its built-in tools' fees
+      (``cost.left_out``), or a background response begun whose end no record of the test shows.
     """
 
     def __init__(self, nodeid: str) -> None:
