@@ -323,6 +323,7 @@ def test_readme_pr_recipe_diffs_the_base_branchs_own_code(after_base: AfterBase)
     tmp_path, head, env, base_run = after_base
     comments = tmp_path / "gh-comments.json"  # the pull request's: another bot's first
     comments.write_text(json.dumps([{"id": 1, **OTHER_BOT}]))
+    (tmp_path / "summary.md").write_text("")  # the module's runner: another test's steps wrote there
     head_run, diff_run = run_steps(recipe_steps()[1], head, env)
 
     assert base_run.returncode == 0 and "::warning::" not in base_run.stdout, (
@@ -384,7 +385,7 @@ def test_readme_pr_recipe_replaces_the_last_comment_when_there_is_no_diff(after_
     }
     comments.write_text(json.dumps([earlier]))
     checkout = tmp_path / "ci" / "no-report"  # the head's checkout, where its run wrote no head.json
-    checkout.mkdir()
+    checkout.mkdir(exist_ok=True)  # the module's runner: made already when the test runs again (--count)
 
     (diff_run,) = run_steps([readme_workflow()["jobs"]["lenses"]["steps"][-1]], checkout, env)
 
