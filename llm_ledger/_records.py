@@ -452,9 +452,8 @@ class LensTotals:
     ``open_calls``, and the last of them to settle emits the run's whole record."""
 
     # set only by a run with background responses (none costs the others a thing): how many began in
-    # the run whose end it has not counted, and whether its other calls all had a cost
+    # the run whose end it has not counted
     pending: int = 0
-    priced: bool = True
     units_left_out: bool = False  # set by an image, audio or video call billed in other units than tokens
 
     def __init__(self) -> None:
@@ -474,7 +473,7 @@ class LensTotals:
         self.prompt_audio_tokens: int = 0
         self.completion_audio_tokens: int = 0
         self.cost_units: int = 0
-        self.cost_complete: bool = True
+        self.priced: bool = True  # every call counted had its whole cost (background starts aside)
         self.tokens_complete: bool = True  # False once a call that was answered reported no usage
         self.fees_left_out: bool = False  # True once a call's cost left out its built-in tools' fees
         self.duration_s: float = 0.0
@@ -526,13 +525,12 @@ class LensTotals:
             if total_cost_units is not None:
                 self.cost_units += total_cost_units
                 if record["cost"]["left_out"]:  # tool uses billed apart, with no price
-                    self.cost_complete = self.priced = False
+                    self.priced = False
                     self.fees_left_out = True
             elif billed_without_cost(record):
-                self.cost_complete = self.priced = False
+                self.priced = False
             elif cost_pending(record):  # complete once its end is counted (ended())
                 self.pending += 1
-                self.cost_complete = False
             if usage["total_tokens"] is None and status != "error" and not cost_pending(record):
                 from ._extract import MEDIA  # (a background start's usage comes with its end)
 
@@ -548,7 +546,11 @@ class LensTotals:
         """A background response begun in the run ended: its end's record is counted next."""
         with self._lock:
             self.pending -= 1
-            self.cost_complete = self.priced and self.pending <= 0
+
+    @property
+    def cost_complete(self) -> bool:
+        """Every call counted had its whole cost, and every background response begun here ended."""
+        return self.priced and self.pending <= 0
 
     def settle(self) -> bool:
         """A counted call's record was emitted; True when the run's record is due now."""
