@@ -57,6 +57,7 @@ def _record(lens: str, n: int, tokens: float, cost: float, duration: float) -> d
         "completion_audio_tokens": 0,
         "duration_ms": round(duration, 3),
         "open_calls": 0,
+        "pending_calls": 0,
         "cost_complete": True,
     }
     context = {"lens_key": lens, "lens_run_id": f"{lens}-{n:05d}", "source_id": None, "service": None}

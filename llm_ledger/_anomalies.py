@@ -177,7 +177,10 @@ class AnomalyDetector:
         ):
             return []
         lens = context.get("lens_key")
-        if not isinstance(lens, str):
+        pending = summary.get("pending_calls")
+        if not isinstance(lens, str) or (type(pending) is int and pending > 0):
+            # a run that began a background response and ended before it: its tokens, cost and
+            # duration leave out the response's, which its end's record has (docs/ANOMALIES.md)
             return []
         models = summary.get("models_used")
         model = "+".join(map(str, models)) if isinstance(models, list) and models else None

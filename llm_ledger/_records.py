@@ -220,6 +220,7 @@ class LensSummary(TypedDict):
     completion_audio_tokens: int
     duration_ms: float
     open_calls: int
+    pending_calls: int  # background responses begun in the run whose end it has not counted
     cost_complete: bool
 
 
@@ -586,6 +587,7 @@ class LensTotals:
             "completion_audio_tokens": self.completion_audio_tokens,
             "duration_ms": round(wall_s * 1000, 3),
             "open_calls": self.open,
+            "pending_calls": max(self.pending, 0),
             "cost_complete": self.cost_complete and self.open == 0,
         }
 

@@ -211,6 +211,34 @@ def test_a_lens_with_two_usual_sizes_of_run_never_alarms_on_either(
     assert {a["anomaly"]["metric"] for a in _anomalies(records)} == {"total_tokens", "total_cost_usd"}
 
 
+def test_a_run_that_only_starts_a_background_response_neither_joins_nor_drags_the_baseline(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A lens whose runs now and then only start a background response (a handler that queues the job
+    and returns): such a run's summary counts the start's 0 tokens and pending cost (pending_calls 1),
+    so it is never judged and never joins the baseline; the next whole run is judged against the whole
+    runs before it, not flagged against the starts' low figures."""
+    monitor.anomalies = AnomalyDetector(QUICK)
+    ask: Any = {"model": "gpt-4o-mini", "input": "Summarise the otters' report, please."}
+
+    def research(whole: bool) -> None:
+        with monitor.lens("research"):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-completion-words": "5"}
+            )
+            job = client.responses.create(**ask, background=True)
+            while whole and job.status in ("queued", "in_progress"):
+                job = client.responses.retrieve(job.id)
+
+    for whole in [True] * 5 + [False] * 10 + [True]:
+        research(whole)
+    pending = [lens["summary"]["pending_calls"] for lens in records.lenses]
+    assert pending == [0] * 5 + [1] * 10 + [0]
+    started, ended = records.lenses[5]["summary"], records.lenses[-1]["summary"]
+    assert started["total_tokens"] < ended["total_tokens"] and started["cost_complete"] is False
+    assert _anomalies(records) == []
+
+
 def test_a_failing_callback_never_reaches_the_application(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, internal_log: pytest.LogCaptureFixture
 ) -> None:

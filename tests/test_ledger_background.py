@@ -72,6 +72,7 @@ async def test_a_background_response_polled_in_its_lens_costs_what_the_same_answ
     assert run.summary is not None
     assert run.summary["total_cost_usd"] == cost and run.summary["cost_complete"] is True
     assert run.summary["total_tokens"] == done.usage.total_tokens and run.summary["total_api_calls"] == 2
+    assert run.summary["pending_calls"] == 0
     total = _report(records)
     assert float(total.cost_usd) == cost and total.unpriced_calls == 0 and total.cut_short_runs == 0
 
@@ -87,8 +88,11 @@ def test_a_background_response_ended_after_its_lens_says_its_cost_is_pending_the
         queued = client.responses.create(**ASK, background=True)
     assert run.summary is not None and [r["event"] for r in records] == ["llm_api_call", "lens_summary"]
     assert run.summary["cost_complete"] is False and run.summary["total_cost_usd"] == 0
+    assert run.summary["pending_calls"] == 1 and run.summary["total_api_calls"] == 1
     assert _report(records).unpriced_calls == 1
+    stored = dict(run.summary)
     _poll_sync(client, queued)
+    assert run.summary == stored == records.lenses[0]["summary"]  # what the application stored, for good
     begun, ended = records.calls
     assert ended["context"] == {k: v for k, v in begun["context"].items() if k != "lens_run_id"}
     assert ended["context"]["lens_key"] == "start_job" and ended["context"]["source_id"] == "doc-7"
