@@ -479,7 +479,9 @@ class LLMCallMonitor:
         reason = None if response is None else response["finish_reason"]
         if reason is None or reason in PENDING_STATUSES:
             return
-        entry = _background.take(call.background_id, lambda: _was_background(call))
+        entry = _background.take(
+            _background.key(call.endpoint, call.background_id), lambda: _was_background(call)
+        )
         if entry is _background.ENDED:
             return
         monitor = self

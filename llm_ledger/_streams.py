@@ -190,7 +190,7 @@ class _StreamState:
                 if call.owner is LATER:
                     call.answer = response  # what its end is read from (see LLMCallMonitor._later)
                 elif getattr(response, "background", None) is True:  # begun and ended here
-                    _background.ended_here(shape["id"])
+                    _background.ended_here(call, shape["id"])
                 error = ResponseError(getattr(response, "error", None)) if kind == "response.failed" else None
             except Exception as exc:  # recorded with what the stream showed
                 self.monitor._report("recording a stream", exc)

@@ -17,7 +17,7 @@ from llm_ledger._cli import main
 from llm_ledger.report import render, summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests import warm_python
-from tests.conftest import Sdk
+from tests.conftest import FAKE_KEY, Sdk
 from tests.report_helpers import logging_to
 from tests.test_ledger_paths import _maybe
 
@@ -100,6 +100,36 @@ def test_a_background_response_ended_after_its_lens_says_its_cost_is_pending_the
     [row] = summarise_records(records, by=["lens"]).rows
     assert row.key == {"lens": "start_job"} and float(row.cost_usd) == ended["cost"]["total_cost_usd"] > 0
     assert (row.unpriced_calls, row.cut_short_runs, row.lens_runs) == (0, 0, 1)
+
+
+def test_two_servers_giving_the_same_id_have_each_end_recorded_with_its_own_start(
+    monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Ids are a server's own: two servers (here two fake ones, each numbering from resp_1, as one
+    started anew does) that give two responses the same id have each end recorded once, in the lens
+    and with the request of the start it answers, never one end under the other's start and the other
+    lost."""
+    with (
+        FakeOpenAI() as one,
+        FakeOpenAI() as two,
+        openai.OpenAI(api_key=FAKE_KEY, base_url=one.base_url, max_retries=0) as raw_one,
+        openai.OpenAI(api_key=FAKE_KEY, base_url=two.base_url, max_retries=0) as raw_two,
+    ):
+        first, second = monitor.instrument(raw_one), monitor.instrument(raw_two)
+        with monitor.lens("first"):
+            queued_one = first.responses.create(**ASK, background=True)
+        with monitor.lens("second"):
+            queued_two = second.responses.create(**{**ASK, "model": "gpt-4o"}, background=True)
+        assert queued_one.id == queued_two.id  # the same id, from two servers
+        _poll_sync(first, queued_one)
+        _poll_sync(second, queued_two)
+    ends = [r for r in records.calls if r["response"]["finish_reason"] == "completed"]
+    assert [(r["context"]["lens_key"], r["request"]["model"]) for r in ends] == [
+        ("first", "gpt-4o-mini"),
+        ("second", "gpt-4o"),
+    ]
+    assert all(r["cost"]["total_cost_usd"] for r in ends)
+    assert [r["server"]["port"] for r in ends] == [one.port, two.port]
 
 
 def _poll_sync(client: openai.OpenAI, response: Any) -> Any:
