@@ -48,7 +48,7 @@ def _lines(distinct: int) -> list[bytes]:
                      "reasoning_effort": None, "output_type": None, "messages_count": 2,
                      "system_prompt_length": 1093, "user_prompt_length": 3049 + i % 50, "has_images": False,
                      "image_count": 0, "stream": i % 4 == 0, "tools_count": 0, "service_tier": None,
-                     "dimensions": None, "encoding_format": None},
+                     "dimensions": None, "encoding_format": None, "stop_sequences": None, "verbosity": None},
             response={"model": f"{model}-2024-07-18", "id": f"chatcmpl-{i:024x}",
                       "request_id": f"req_{i:032x}", "content_length": 690 + i % 200, "finish_reason": "stop",
                       "tool_calls_count": 0, "service_tier": "default", "tool_uses": None},

@@ -83,8 +83,8 @@ def _text_and_images(content: Any) -> tuple[int, int]:
 # a field by its first value): read only when the body holds them, as most hold one or two
 _FLOATS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
 _INTEGERS = frozenset({"seed", "n", "dimensions"})
-_STRINGS = frozenset({"service_tier", "reasoning_effort", "encoding_format"})
-_PARAMETERS = _FLOATS | _INTEGERS | _STRINGS | {"tools", "reasoning", "response_format", "text"}
+_STRINGS = frozenset({"service_tier", "reasoning_effort", "encoding_format", "verbosity"})
+_PARAMETERS = _FLOATS | _INTEGERS | _STRINGS | {"tools", "reasoning", "response_format", "text", "stop"}
 _INT64 = 2**63  # integers outside a signed 64-bit one are null: what indexes and OpenTelemetry hold
 # a request's shape before its body is read, in the record's order: what a body without them records
 EMPTY_REQUEST: RequestShape = {
@@ -108,6 +108,8 @@ EMPTY_REQUEST: RequestShape = {
     "service_tier": None,
     "dimensions": None,
     "encoding_format": None,
+    "stop_sequences": None,
+    "verbosity": None,
 }
 
 
@@ -173,6 +175,11 @@ def _parameter(shape: Any, key: str, value: Any) -> None:
     elif key == "tools":
         if isinstance(value, (list, tuple)):
             shape["tools_count"] = len(value)
+    elif key == "stop":  # a string or a list of them (chat, text completions): always a list
+        if kind is str:
+            shape["stop_sequences"] = [value]
+        elif isinstance(value, (list, tuple)) and all(type(v) is str for v in value):
+            shape["stop_sequences"] = list(value)
     elif isinstance(value, Mapping):
         if key == "reasoning":  # the Responses API's {"effort": ...}; chat's reasoning_effort wins
             effort = value.get("effort")
@@ -183,6 +190,9 @@ def _parameter(shape: Any, key: str, value: Any) -> None:
             output = found.get("type") if isinstance(found, Mapping) else None
             if type(output) is str:
                 shape["output_type"] = output
+            verbosity = value.get("verbosity") if key == "text" else None  # the Responses API's
+            if type(verbosity) is str and shape["verbosity"] is None:
+                shape["verbosity"] = verbosity
 
 
 def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, int, int, int, Any]:

@@ -196,7 +196,10 @@ def _stated_request(call: _Call) -> RequestShape:
     reasoning, text = getattr(answer, "reasoning", None), getattr(answer, "text", None)
     body = {key: getattr(answer, key, None) for key in _STATED}
     body["reasoning"] = {"effort": getattr(reasoning, "effort", None)}
-    body["text"] = {"format": {"type": getattr(getattr(text, "format", None), "type", None)}}
+    body["text"] = {
+        "format": {"type": getattr(getattr(text, "format", None), "type", None)},
+        "verbosity": getattr(text, "verbosity", None),
+    }
     return request_shape("responses", body, stream=call.request["stream"])
 
 

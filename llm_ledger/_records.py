@@ -110,6 +110,8 @@ class RequestShape(TypedDict):
     service_tier: str | None  # the tier asked for ("auto", "flex", "priority"...), null when none was
     dimensions: int | None  # embeddings'
     encoding_format: str | None  # embeddings', as sent: the SDK asks "base64" when the caller names none
+    stop_sequences: list[str] | None  # chat's and text completions' stop, a string given as a list of one
+    verbosity: str | None  # chat's verbosity, the Responses API's text.verbosity ("low", "medium", "high")
 
 
 class ResponseShape(TypedDict):

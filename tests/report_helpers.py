@@ -68,6 +68,8 @@ def call(
             "service_tier": None,
             "dimensions": None,
             "encoding_format": None,
+            "stop_sequences": None,
+            "verbosity": None,
         },
         response={
             "model": None if failed else model,

@@ -100,6 +100,9 @@ def expected_call_attributes(call: dict[str, Any]) -> dict[str, Any]:
             (request["encoding_format"],) if request["encoding_format"] else None
         ),
         "gen_ai.embeddings.dimension.count": request["dimensions"],
+        "gen_ai.request.stop_sequences": (
+            tuple(request["stop_sequences"]) if request.get("stop_sequences") else None
+        ),
         "openai.api.type": {"chat": "chat_completions", "responses": "responses"}.get(call["operation"]),
         "gen_ai.response.model": response["model"],
         "gen_ai.response.id": response["id"],
@@ -516,6 +519,7 @@ PARAMETER_ATTRIBUTES = (
     "gen_ai.request.top_p", "gen_ai.request.frequency_penalty", "gen_ai.request.presence_penalty",
     "gen_ai.request.seed", "gen_ai.request.choice.count", "gen_ai.request.reasoning.level",
     "gen_ai.output.type", "gen_ai.request.encoding_formats", "gen_ai.embeddings.dimension.count",
+    "gen_ai.request.stop_sequences",
 )  # fmt: skip
 
 
@@ -524,8 +528,9 @@ def test_request_parameters_are_span_attributes(
     sdk: Sdk, monkeypatch: pytest.MonkeyPatch, latest: bool
 ) -> None:
     """A call's sampling parameters, seed, choice count (only when not 1), reasoning effort, output
-    type (json_object and json_schema as ``json``) and an embedding's dimensions and encoding are the
-    conventions' attributes on its span, under both namings; none is there when not given."""
+    type (json_object and json_schema as ``json``), stop sequences (a string as a list of one) and an
+    embedding's dimensions and encoding are the conventions' attributes on its span, under both
+    namings; none is there when not given."""
     if latest:
         monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
     otel = Telemetry(sdk)
@@ -536,7 +541,7 @@ def test_request_parameters_are_span_attributes(
             reasoning_effort="medium", response_format=schema,
         )  # fmt: skip
         stream = otel.client.chat.completions.create(
-            model="gpt-4o", messages=HI, stream=True, n=1, response_format={"type": "text"}
+            model="gpt-4o", messages=HI, stream=True, n=1, response_format={"type": "text"}, stop="END"
         )
         for _ in stream:
             pass
@@ -559,7 +564,7 @@ def test_request_parameters_are_span_attributes(
             "gen_ai.request.choice.count": 3, "gen_ai.request.reasoning.level": "medium",
             "gen_ai.output.type": "json",
         },
-        {"gen_ai.output.type": "text"},
+        {"gen_ai.output.type": "text", "gen_ai.request.stop_sequences": ("END",)},
         {"gen_ai.request.reasoning.level": "high", "gen_ai.output.type": "json"},
         {"gen_ai.request.encoding_formats": ("float",), "gen_ai.embeddings.dimension.count": 16},
         {},

@@ -215,13 +215,13 @@ print(json.dumps(list(records)))
 # what a background response's start asks for, beyond its input: the end's record names it all
 ASKED: Any = {
     "model": "o4-mini", "input": ASK["input"], "reasoning": {"effort": "high"}, "temperature": 0.2,
-    "top_p": 0.9, "max_output_tokens": 900, "text": {"format": {"type": "json_object"}},
+    "top_p": 0.9, "max_output_tokens": 900, "text": {"format": {"type": "json_object"}, "verbosity": "low"},
     "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}],
     "service_tier": "flex", "background": True,
 }  # fmt: skip
 ECHOED = {
     "model": "o4-mini", "temperature": 0.2, "top_p": 0.9, "max_tokens": 900, "reasoning_effort": "high",
-    "output_type": "json_object", "tools_count": 1, "service_tier": "flex",
+    "output_type": "json_object", "tools_count": 1, "service_tier": "flex", "verbosity": "low",
 }  # fmt: skip
 
 

@@ -106,6 +106,8 @@ def test_request_shape_counts_text_and_images(client: openai.OpenAI, records: Ca
         "service_tier": None,
         "dimensions": None,
         "encoding_format": None,
+        "stop_sequences": None,
+        "verbosity": None,
     }
 
 

@@ -1,6 +1,6 @@
 """The request parameters a record keeps (temperature, top_p, penalties, seed, n, reasoning effort,
-output type, embeddings' dimensions and encoding), through the real SDK over loopback HTTP: each as
-one JSON type, null when absent or of another type, never a failed call."""
+output type, embeddings' dimensions and encoding, stop sequences, verbosity), through the real SDK
+over loopback HTTP: each as one JSON type, null when absent or of another type, never a failed call."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ PARAMETERS = {
     "service_tier": None,
     "dimensions": None,
     "encoding_format": None,
+    "stop_sequences": None,
+    "verbosity": None,
 }
 
 
@@ -56,6 +58,7 @@ def test_chat_parameters_are_recorded(client: openai.OpenAI, records: Captured, 
         model="gpt-5-mini", messages=HI, stream=stream, temperature=1, top_p=0.5,
         frequency_penalty=0.25, presence_penalty=-1, seed=42, n=2, reasoning_effort="high",
         response_format={"type": "json_object"}, max_completion_tokens=300, service_tier="flex",
+        stop=["\n\n", "END"], verbosity="low",
     )  # fmt: skip
     _drain(answer, stream)
     [record] = records.calls
@@ -72,6 +75,8 @@ def test_chat_parameters_are_recorded(client: openai.OpenAI, records: Captured, 
         "reasoning_effort": "high",
         "output_type": "json_object",
         "service_tier": "flex",
+        "stop_sequences": ["\n\n", "END"],
+        "verbosity": "low",
     }
     floats = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
     assert all(type(record["request"][key]) is float for key in floats)
@@ -97,7 +102,8 @@ def test_responses_parameters_are_recorded(client: openai.OpenAI, records: Captu
     }
     answer = client.responses.create(
         model="o4-mini", input="think", stream=stream, temperature=0.5, top_p=1,
-        reasoning={"effort": "minimal", "summary": "auto"}, text={"format": schema}, max_output_tokens=200,
+        reasoning={"effort": "minimal", "summary": "auto"}, text={"format": schema, "verbosity": "high"},
+        max_output_tokens=200,
     )  # fmt: skip
     _drain(answer, stream)
     [record] = records.calls
@@ -109,6 +115,7 @@ def test_responses_parameters_are_recorded(client: openai.OpenAI, records: Captu
         "max_tokens": 200,
         "reasoning_effort": "minimal",
         "output_type": "json_schema",
+        "verbosity": "high",
     }
 
 
@@ -122,10 +129,10 @@ def test_structured_outputs_record_json_schema(client: openai.OpenAI, records: C
 
 
 def test_text_completion_parameters_are_recorded(client: openai.OpenAI, records: Captured) -> None:
-    """The legacy text completions keep the same parameters as chat."""
+    """The legacy text completions keep the same parameters as chat; one stop string is a list of one."""
     client.completions.create(
         model="gpt-3.5-turbo-instruct", prompt="hi", n=3, seed=-1, top_p=0.1, temperature=0,
-        frequency_penalty=1, presence_penalty=1.5, max_tokens=20,
+        frequency_penalty=1, presence_penalty=1.5, max_tokens=20, stop="###",
     )  # fmt: skip
     [record] = records.calls
     assert record["operation"] == "text_completion" and record["status"] == "ok"
@@ -138,6 +145,7 @@ def test_text_completion_parameters_are_recorded(client: openai.OpenAI, records:
         "max_tokens": 20,
         "seed": -1,
         "n": 3,
+        "stop_sequences": ["###"],
     }
 
 
@@ -165,11 +173,12 @@ def test_odd_values_are_null_and_never_break_the_call(
     odd: Any = {
         "seed": "42", "n": True, "reasoning_effort": {"effort": "high"}, "temperature": True,
         "top_p": "0.5", "frequency_penalty": None, "presence_penalty": 2**70, "max_tokens": "9",
-        "response_format": {"type": 5}, "service_tier": 1, "tools": "none",
+        "response_format": {"type": 5}, "service_tier": 1, "tools": "none", "stop": ["a", 1],
+        "verbosity": 2,
     }  # fmt: skip
     client.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_body=odd)
     client.chat.completions.create(model="gpt-4o-mini", messages=HI, seed=2**64, n=0)
-    not_a_type: Any = {"reasoning": "high", "text": {"format": {"type": None}}}
+    not_a_type: Any = {"reasoning": "high", "text": {"format": {"type": None}, "verbosity": ["low"]}}
     client.responses.create(model="o4-mini", input="hi", **not_a_type)
     listed: Any = {"effort": ["high"]}
     client.responses.create(model="o4-mini", input="hi", reasoning=listed, top_p=None)

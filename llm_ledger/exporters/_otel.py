@@ -134,6 +134,7 @@ def _parameters(request: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         ("gen_ai.output.type", "json" if output in _JSON_OUTPUTS else output),
         ("gen_ai.request.encoding_formats", [encoding] if encoding is not None else None),
         ("gen_ai.embeddings.dimension.count", request.get("dimensions")),
+        ("gen_ai.request.stop_sequences", request.get("stop_sequences")),
     )
 
 
