@@ -42,6 +42,8 @@ OPERATIONS: dict[str, str] = {
     "/audio/translations": "translation",
     "/audio/speech": "speech",
     "/videos": "video_generation",  # Sora, billed per second of video: no usage in its answer
+    "/videos/edits": "video_generation",  # so are an edit and an extension (and a remix: _instrument)
+    "/videos/extensions": "video_generation",
 }
 _IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
 MEDIA = frozenset({*_IMAGES, "transcription", "translation", "speech", "video_generation"})  # the above

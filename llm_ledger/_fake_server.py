@@ -901,16 +901,19 @@ def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str])
     return _Stream([*deltas, done], done=False)
 
 
-def _video(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
-    """A video generation job (Sora), answered queued, as ``videos.create()`` is: no usage (billed per
-    second of video); ``model`` ``sora-2`` when the request names none."""
+def _video(
+    body: JSONDict, headers: dict[str, str], num: int, faults: set[str], remixed: str | None = None
+) -> _Reply:
+    """A video generation job (Sora), answered queued, as ``videos.create()`` is, and its edit,
+    extension or remix (of the video ``remixed``): no usage (billed per second of video); ``model``
+    ``sora-2`` when the request names none."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise _Refusal(400, "'prompt' must be a non-empty string.", param="prompt")
     return _Reply({
         "id": f"video_fake{num}", "object": "video", "created_at": CREATED, "completed_at": None,
         "expires_at": None, "error": None, "model": body.get("model") or "sora-2", "progress": 0,
-        "prompt": prompt, "remixed_from_video_id": None, "seconds": str(body.get("seconds") or "4"),
+        "prompt": prompt, "remixed_from_video_id": remixed, "seconds": str(body.get("seconds") or "4"),
         "size": str(body.get("size") or "720x1280"), "status": "queued",
     })  # fmt: skip
 
@@ -962,7 +965,10 @@ _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | 
     "/v1/audio/translations": _translations,
     "/v1/audio/speech": _speech,
     "/v1/videos": _video,
+    "/v1/videos/edits": _video,
+    "/v1/videos/extensions": _video,
 }
+_REMIX = re.compile(r"^/v1/videos/([^/]+)/remix$")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1126,12 +1132,15 @@ class _Handler(BaseHTTPRequestHandler):
             return _Reply(b"<html>oops</html>")
         if path.startswith("/v1/responses/"):  # a stored Response: retrieved (streamed or not), cancelled
             return self.server.fake._stored(self.command, path, urlsplit(self.path).query)
-        if self.command != "POST" or path not in _ROUTES:
+        remix = _REMIX.match(path)
+        if self.command != "POST" or (path not in _ROUTES and remix is None):
             raise _Refusal(404, f"Invalid URL ({self.command} {path})")
         if not isinstance(body, dict):
             raise _Refusal(400, "We could not parse the JSON body of your request (fake).")
-        if not isinstance(body.get("model"), str) and path != "/v1/videos":  # a video's model defaults
+        if not isinstance(body.get("model"), str) and not path.startswith("/v1/videos"):  # a video's defaults
             raise _Refusal(400, "You must provide a model parameter.")
+        if remix is not None:
+            return _video(body, headers, self._num, faults, remixed=remix[1])
         reply = _ROUTES[path](body, headers, self._num, faults)
         if path != "/v1/responses":
             return reply

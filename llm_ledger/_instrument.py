@@ -81,9 +81,12 @@ def _begin(
     """Start watching a call; returns the call (None if not watched) and the options to send."""
     operation = OPERATIONS.get(options.url)
     if operation is None or options.method != "post":
-        if operation is None and options.url.startswith("/responses/"):
+        url = options.url
+        if operation is None and url.startswith("/responses/"):
             return _begin_later(monitor, client, options, stream, counts_retries, endpoint), options
-        return None, options
+        if operation is not None or options.method != "post" or not _remix(url):
+            return None, options
+        operation = "video_generation"  # a remix: a new video, billed as one
     if _budgets.stopping:  # a lens run went over its budget in raise mode: is it one of ours?
         _budgets.refuse_if_stopped(current_lenses())
     try:
@@ -116,6 +119,11 @@ def _begin(
         call.client = client
         call.content = monitor._captured_request(sent)
     return call, options
+
+
+def _remix(url: str) -> bool:
+    """Whether ``url`` is a video's remix, ``/videos/{id}/remix`` (its id is in its path)."""
+    return url.startswith("/videos/") and url.endswith("/remix") and url.count("/") == 3
 
 
 def _begin_later(

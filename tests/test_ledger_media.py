@@ -556,6 +556,44 @@ def test_a_video_generation_is_recorded_unpriced_and_leaves_its_lens_incomplete(
     assert video.seconds == "8" and video.status == "queued"
 
 
+CLIP = ("clip.mp4", b"\x00\x00\x00\x18ftypmp42" * 50, "video/mp4")
+# a video's edit, extension and remix: each a new video job, billed per second as videos.create() is
+VIDEO_CALLS: dict[str, Callable[[Any, str], Any]] = {  # (openai 3.63 refuses a video given as {"id": ...})
+    "edit": lambda c, v: c.videos.edit(prompt="make it snow", video=CLIP),
+    "extend": lambda c, v: c.videos.extend(prompt="make it snow", seconds="8", video=CLIP),
+    "remix": lambda c, v: c.videos.remix(v, prompt="make it snow"),
+}
+
+
+@pytest.mark.sdk3
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+@pytest.mark.parametrize("call", list(VIDEO_CALLS))
+def test_a_video_edit_extension_or_remix_is_recorded_as_a_video_generation(
+    call: str,
+    client: openai.OpenAI,
+    records: Captured,
+    monitor: llm_ledger.LLMCallMonitor,
+    fake_openai: FakeOpenAI,
+) -> None:
+    """``videos.edit()``, ``.extend()`` and ``.remix()`` each start a new video job, billed per second
+    of video as ``videos.create()``'s is: a ``video_generation`` record (its prompt's length, the job's
+    id, a null cost) that leaves its lens incomplete; the caller gets the job the bare SDK gets."""
+    source = client.videos.create(prompt="a red fox running")
+    records.records.clear()
+    with monitor.lens("trailer") as run:
+        video = VIDEO_CALLS[call](client, source.id)
+    [made] = records.calls
+    assert (made["operation"], made["status"], made["response"]["id"]) == ("video_generation", "ok", video.id)
+    assert made["response"]["model"] == "sora-2" and made["request"]["user_prompt_length"] == len(
+        "make it snow"
+    )
+    assert _counts(made) == {} and made["cost"]["total_cost_usd"] is None
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as bare:
+        alike = VIDEO_CALLS[call](bare, source.id)
+    assert video.model_dump(exclude={"id"}) == alike.model_dump(exclude={"id"})
+
+
 @pytest.mark.sdk3
 @pytest.mark.asyncio
 @pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
