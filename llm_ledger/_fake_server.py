@@ -82,7 +82,9 @@ _HEADERS: dict[str, Any] = {
         "completion-audio-tokens", "reasoning-tokens", "tool-calls", "tool-uses", "delay-ms", "polls",
     ), int),
     **dict.fromkeys(("content", "refusal", "served-model", "cost", "status"), str),
-    "fault": ("cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed"),
+    "fault": (
+        "cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed", "no-done",
+    ),
     "usage-style": (
         "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "moonshot",
         "every-chunk", "in-choice",
@@ -898,7 +900,7 @@ def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str])
     usage = {"input_tokens": _tokens(text), "output_tokens": len(text)}
     usage["total_tokens"] = usage["input_tokens"] + len(text)
     done = {"type": "speech.audio.done", **({} if "no-usage" in faults else {"usage": usage})}
-    return _Stream([*deltas, done], done=False)
+    return _Stream(deltas if "no-done" in faults else [*deltas, done], done=False)
 
 
 def _video(

@@ -556,6 +556,9 @@ class _Body:
                     rest = (_bytes(decoder.decode(rest)) if rest else b"") + _bytes(decoder.flush())
                 if self.sse:
                     self._lines(rest + b"\n\n")  # an event not closed by a blank line ends with the body
+                    if state.call.operation == "speech":  # ended cleanly, with no speech.audio.done (else
+                        # recorded already): answered, as create() records the same body
+                        state._finish("ok", None, *response_shape("speech", JsonView({"usage": None})))
                 else:
                     finish_body(state.monitor, state.call, b"".join(self.parts) + rest, self.content_type)
             except Exception as fault:

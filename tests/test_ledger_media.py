@@ -453,6 +453,36 @@ def test_a_speech_stream_without_usage_or_cut_short_has_no_cost(
     assert (plain["status"], _counts(plain), plain["cost"]["total_cost_usd"]) == ("ok", {}, None)
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_a_speech_stream_ended_cleanly_without_its_last_event_is_ok_without_usage(
+    is_async: bool,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+    monitor: llm_ledger.LLMCallMonitor,
+) -> None:
+    """A speech's event stream read to its end, which the server ended cleanly without its
+    ``speech.audio.done`` (a compatible server that sends none): answered, so ``ok`` (not
+    ``interrupted``: nobody stopped it), as ``create()`` records the same body; no usage, so no cost
+    and its lens incomplete."""
+    ask: Any = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "hello team", "stream_format": "sse"}
+    headers = {"x-fake-fault": "no-done"}
+    with monitor.lens("speak") as run:
+        if is_async:
+            async with aclient.audio.speech.with_streaming_response.create(**ask, extra_headers=headers) as r:
+                streamed = b"".join([piece async for piece in r.iter_bytes(chunk_size=7)])
+        else:
+            with client.audio.speech.with_streaming_response.create(**ask, extra_headers=headers) as response:
+                streamed = b"".join(response.iter_bytes(chunk_size=7))
+        whole = client.audio.speech.create(**ask, extra_headers=headers).content
+    assert streamed == whole and b"speech.audio.done" not in whole
+    assert [(r["status"], _counts(r), r["cost"]["total_cost_usd"]) for r in records.calls] == [
+        ("ok", {}, None)
+    ] * 2
+    assert run.summary is not None and run.summary["cost_complete"] is False
+
+
 def test_a_transcriptions_text_is_its_captured_output(
     sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI],
 ) -> None:
