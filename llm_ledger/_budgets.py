@@ -195,6 +195,14 @@ _UNITS: Final = (
     "seconds), which no price table prices and its budget %s %s counts as {}; keep a max_api_calls limit "
     "beside it (docs/PRICING.md, Images and audio)"
 )
+# a cost or prompt / completion token budget's calls whose usage gave total_tokens alone (some
+# compatible servers): their tokens count in the total, with no split no price applies to them
+_TOTAL_ONLY: Final = (
+    "llm-ledger: lens %r has calls whose usage gave only total_tokens (no prompt_tokens and "
+    "completion_tokens, as some compatible servers report it), which its budget %s %s counts as {}; "
+    "keep a max_total_tokens or max_api_calls limit beside it, or have the server report prompt and "
+    "completion tokens"
+)
 _NO_USAGE_TOKENS: Final = _NO_USAGE.format("0 tokens")
 _NO_USAGE_COST: Final = _NO_USAGE.format("$0")
 # set once a run in raise mode goes over a limit: only then does each call look for a stopped run
@@ -281,6 +289,8 @@ class _RunBudget:
                 message = _NO_USAGE_COST if not totals.tokens_complete else _UNPRICED
                 if totals.tokens_complete and totals.units_left_out:
                     message = _UNITS.format("$0")
+                elif totals.tokens_complete and totals.unsplit:
+                    message = _TOTAL_ONLY.format("$0")
                 elif totals.tokens_complete and totals.fees_left_out:
                     message = _TOOL_FEES
                 self._blind(self._guard._unpriced, message, key, written)
@@ -288,6 +298,8 @@ class _RunBudget:
                 self._blind(self._guard._no_usage, _NO_USAGE_TOKENS, key, written)
             elif key.endswith("_tokens") and totals.units_left_out:
                 self._blind(self._guard._no_usage, _UNITS.format("0 tokens"), key, written)
+            elif key != "max_total_tokens" and key.endswith("_tokens") and totals.unsplit:
+                self._blind(self._guard._no_usage, _TOTAL_ONLY.format("0 tokens"), key, written)
 
     def left_running(self) -> None:
         """The run ended before background responses it began: their cost and tokens come after it."""

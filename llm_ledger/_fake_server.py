@@ -87,7 +87,7 @@ _HEADERS: dict[str, Any] = {
     ),
     "usage-style": (
         "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "moonshot",
-        "every-chunk", "in-choice",
+        "every-chunk", "in-choice", "total-only",
     ),
     "transfer": ("close",),
     "line-ending": ("crlf", "cr"),
@@ -354,6 +354,9 @@ def _add_cost(usage: JSONDict, headers: dict[str, str]) -> None:
         usage["completion_tokens"] -= usage["completion_tokens_details"]["reasoning_tokens"]
         if style == "gemini":
             del usage["completion_tokens_details"]
+    elif style == "total-only" and "total_tokens" in usage:  # some compatible servers say no more
+        for key in [key for key in usage if key != "total_tokens"]:
+            del usage[key]
 
 
 def _encoder(encoding: str) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:

@@ -458,6 +458,7 @@ class LensTotals:
     # the run whose end it has not counted
     pending: int = 0
     units_left_out: bool = False  # set by an image, audio or video call billed in other units than tokens
+    unsplit: bool = False  # set by a call whose usage gave total_tokens alone: no price applies to it
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -532,6 +533,10 @@ class LensTotals:
                     self.fees_left_out = True
             elif billed_without_cost(record):
                 self.priced = False
+                if usage["prompt_tokens"] is None and usage["total_tokens"] is not None:
+                    from ._extract import MEDIA  # (a GPT Image call's total is in image tokens)
+
+                    self.unsplit = self.unsplit or record["operation"] not in MEDIA
             elif cost_pending(record):  # complete once its end is counted (ended())
                 self.pending += 1
             if usage["total_tokens"] is None and status != "error" and not cost_pending(record):

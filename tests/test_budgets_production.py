@@ -14,6 +14,7 @@ import pytest
 
 import llm_ledger
 from llm_ledger import BudgetError, BudgetExceededError, BudgetGuard, ConfigError
+from llm_ledger.report import summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 
@@ -161,6 +162,49 @@ def test_a_cost_budget_blind_to_a_call_without_usage_says_why(
     )
     assert "keep a max_api_calls limit beside it" in said
     assert "price file" not in said and "token" not in said.replace("no usage", "")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_call_whose_usage_gives_only_its_total_keeps_its_tokens_with_no_cost(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+    stream: bool,
+) -> None:
+    """A compatible server whose usage gives ``total_tokens`` alone: the record keeps the total (prompt
+    and completion unknown), the run and a report count its tokens, and a total-token budget sees them;
+    with no split no price applies, so the cost is left out (``cost_complete: false``) and the cost and
+    prompt-token budgets say why: the server's usage, never a price file the model is already in."""
+    limits = {"max_cost_usd": 1.0, "max_prompt_tokens": 10_000, "max_total_tokens": 5}
+    monitor.budgets = BudgetGuard({"lenses": {"digest": limits}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    with monitor.lens("digest") as run:
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=HI,
+            stream=stream,
+            extra_headers={"x-fake-usage-style": "total-only"},
+        )
+        for _ in answer if stream else ():
+            pass
+    [call] = records.calls
+    total = call["usage"]["total_tokens"]
+    assert total and (call["usage"]["prompt_tokens"], call["usage"]["completion_tokens"]) == (None, None)
+    assert call["status"] == "ok" and call["cost"]["total_cost_usd"] is None
+    assert run.summary is not None
+    assert (run.summary["total_tokens"], run.summary["cost_complete"]) == (total, False)
+    report = summarise_records(records, by=["lens"]).total
+    assert (report.total_tokens, report.unpriced_calls) == (total, 1)
+    said = [r.getMessage() for r in caplog.records]
+    cost, prompt = (
+        next(m for m in said if f"budget {key}" in m) for key in ("max_cost_usd", "max_prompt_tokens")
+    )
+    assert (
+        "whose usage gave only total_tokens" in cost and "counts as $0" in cost and "price file" not in cost
+    )
+    assert "whose usage gave only total_tokens" in prompt and "counts as 0 tokens" in prompt
+    assert [r["budget"]["limit"] for r in records if r["event"] == "budget_exceeded"] == ["max_total_tokens"]
 
 
 def test_a_token_budget_blind_to_calls_without_usage_says_so_once(
