@@ -9,11 +9,10 @@ from typing import Any, cast
 
 import orjson
 
-from ._records import RequestShape, ResponseShape, Usage
+from ._records import IMAGES, RequestShape, ResponseShape, Usage
 
 __all__ = [
     "EMPTY_REQUEST",
-    "MEDIA",
     "OPERATIONS",
     "TOOL_KINDS",
     "JsonView",
@@ -45,8 +44,6 @@ OPERATIONS: dict[str, str] = {
     "/videos/edits": "video_generation",  # so are an edit and an extension (and a remix: _instrument)
     "/videos/extensions": "video_generation",
 }
-_IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
-MEDIA = frozenset({*_IMAGES, "transcription", "translation", "speech", "video_generation"})  # the above
 
 # Responses output items of the built-in tools billed per use, beside the tokens (docs/PRICING.md,
 # "Built-in tools"): the item type -> the kind recorded in response.tool_uses
@@ -432,7 +429,7 @@ def _billed_usage(operation: str, usage: Any) -> JsonView:
         counts["prompt_tokens"] = fields.get("input_tokens")
         counts["completion_tokens"] = spoken
         counts["completion_tokens_details"] = {"audio_tokens": spoken}
-    elif operation not in _IMAGES and fields.get("type") == "tokens":
+    elif operation not in IMAGES and fields.get("type") == "tokens":
         audio = getattr(fields.get("input_token_details"), "audio_tokens", None)
         counts["prompt_tokens"] = fields.get("input_tokens")
         counts["completion_tokens"] = fields.get("output_tokens")

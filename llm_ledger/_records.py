@@ -19,8 +19,10 @@ __all__ = [
     "ANOMALY_EVENT",
     "BUDGET_EVENT",
     "CALL_EVENT",
+    "IMAGES",
     "LENS_EVENT",
     "LOGGER_NAME",
+    "MEDIA",
     "USD_UNITS",
     "USD_UNIT_DIGITS",
     "AnomalyRecord",
@@ -380,6 +382,9 @@ def call_record(
     return record
 
 
+IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
+# the operations billed in images, seconds or characters, whose usage (if any) is never text tokens
+MEDIA = frozenset({*IMAGES, "transcription", "translation", "speech", "video_generation"})
 # the statuses of a background response still running: its cost comes in the record of its end
 PENDING_STATUSES = ("queued", "in_progress")
 
@@ -534,14 +539,10 @@ class LensTotals:
             elif billed_without_cost(record):
                 self.priced = False
                 if usage["prompt_tokens"] is None and usage["total_tokens"] is not None:
-                    from ._extract import MEDIA  # (a GPT Image call's total is in image tokens)
-
                     self.unsplit = self.unsplit or record["operation"] not in MEDIA
             elif cost_pending(record):  # complete once its end is counted (ended())
                 self.pending += 1
             if usage["total_tokens"] is None and status != "error" and not cost_pending(record):
-                from ._extract import MEDIA  # (a background start's usage comes with its end)
-
                 if record["operation"] in MEDIA:  # billed in images, seconds...: never tokens
                     self.units_left_out = True
                 else:

@@ -21,8 +21,8 @@ import orjson
 from . import _background, _jsonl
 from ._background import LATER
 from ._context import recorded_apart
-from ._extract import MEDIA, JsonView, output_text, response_shape, speech_usage
-from ._records import interrupted
+from ._extract import JsonView, output_text, response_shape, speech_usage
+from ._records import MEDIA, interrupted
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor, _Call

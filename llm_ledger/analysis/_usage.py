@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from .._extract import MEDIA
-from .._records import billed, cost_decimal, cost_pending
+from .._records import MEDIA, billed, cost_decimal, cost_pending
 
 if TYPE_CHECKING:
     from .._pricing import PriceTable
