@@ -39,7 +39,7 @@ from . import _format
 from ._format import Body, shown_path
 from ._naming import move_command, moved_hint
 from ._network import is_openai_request
-from ._scrub import scrub_file
+from ._scrub import check_loaded
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = [
@@ -251,19 +251,20 @@ class LedgerCassette:
         self.replayed_auth_errors: list[str] = []  # 401/403 answers replayed that the test does not expect
         self.played = 0
         if self.existed and mode != "rewrite":
-            self.loaded = [
-                Interaction(
-                    q["method"], q["url"], q["headers"], q["body"], a["status"], a["headers"], a["body"]
-                )
-                for q, a in ((item["request"], item["response"]) for item in _format.load_cassette(path))
-            ]
-            if findings := scrub_file(path, check=True):  # a commit must not keep them: fail closed
+            interactions, document, text = _format.read_cassette(path)
+            if findings := check_loaded(path, document, text):  # a commit must not keep them: fail closed
                 shown = shown_path(path)
                 raise CassetteError(
                     f"{shown}: holds credentials or identifiers (llm-ledger scrub --check: "
                     f"{'; '.join(findings)}); remove them with: llm-ledger scrub {shlex.quote(shown)}, "
                     "and revoke any key they held"
                 )
+            self.loaded = [
+                Interaction(
+                    q["method"], q["url"], q["headers"], q["body"], a["status"], a["headers"], a["body"]
+                )
+                for q, a in ((item["request"], item["response"]) for item in interactions)
+            ]
         self._unplayed: dict[Key, deque[int]] = {}
         for index, interaction in enumerate(self.loaded):
             self._unplayed.setdefault(self._lookup(interaction.key), deque()).append(index)

@@ -40,6 +40,7 @@ __all__ = [
     "dump_document",
     "invalid_yaml",
     "load_cassette",
+    "read_cassette",
     "read_text",
     "shown_path",
     "write_atomic",
@@ -307,11 +308,19 @@ def invalid_yaml(path: Path, exc: yaml.YAMLError, text: str) -> CassetteError:
 def load_cassette(path: Path) -> list[dict[str, Any]]:
     """Load and validate a cassette with a safe loader; each item is ``{"request": .., "response": ..}``
     with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
+    return read_cassette(path)[0]
+
+
+def read_cassette(path: Path) -> tuple[list[dict[str, Any]], Any, str]:
+    """:func:`load_cassette`'s interactions, with the document they were read from (which shares their
+    bodies and headers) and the file's text, for ``llm-ledger scrub``'s check without a second parse."""
     text = read_text(path)
     try:
         _refuse_aliases(path, text)
         doc = Document(str(path), CassetteError, "a cassette", loader=JsonLoader)
-        return _interactions(doc, doc.compose(text))
+        root = doc.compose(text)
+        data = doc.value(root) if root is not None else None
+        return _interactions(doc, root, data), data, text
     except yaml.YAMLError as exc:
         problem = str(invalid_yaml(path, exc, text))
     except CassetteError as exc:
@@ -335,12 +344,12 @@ def _refuse_aliases(path: Path, text: str) -> None:
             )
 
 
-def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]:
+def _interactions(doc: Document, root: yaml.Node | None, data: Any) -> list[dict[str, Any]]:
+    # ``data`` (the value of ``root``) is built first, once: what is not YAML a JSON loader reads (a tag,
+    # a key written twice) is named before what is not a cassette, wherever it is; bodies are taken
+    # from it once their place is checked
     if root is None:
         raise doc.error(None, "", f"the file is empty, expected {_TOP}")
-    # built first, once: what is not YAML a JSON loader reads (a tag, a key written twice) is named
-    # before what is not a cassette, wherever it is; bodies are taken from it once their place is checked
-    data = doc.value(root)
     required = {"version": f"the format, {FORMAT_VERSION}", "interactions": "the requests and responses"}
     top = doc.fields(root, "", _TOP, ("version", "interactions"), required)
     if doc.integer(top["version"], "version", str(FORMAT_VERSION)) != FORMAT_VERSION:

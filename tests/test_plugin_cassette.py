@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import stat
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,6 +64,31 @@ def test_replay_computes_one_key_per_request_whatever_the_size(
     assert cassette.can_play_response_for(req)
     assert json.loads(cassette.play_response(req)["body"]["string"]) == {"answer": 199}
     assert calls == 1
+
+
+_COUNT_OPENS = """
+import sys
+from pathlib import Path
+
+opened = []
+sys.addaudithook(lambda event, args: event == "open" and args[0] == sys.argv[1] and opened.append(args))
+from pytest_llm_ledger._cassette import LedgerCassette
+
+assert len(LedgerCassette(Path(sys.argv[1]), "none", "t.py::t").loaded) == 50
+print(len(opened))
+"""
+
+
+def test_a_cassette_is_read_and_parsed_once_for_replay_and_the_credential_check(tmp_path: Path) -> None:
+    """Loading a test's cassette reads the file once: the credential check (llm-ledger scrub --check)
+    looks at what the replay parsed, not at a second parse of the file, which doubled the cost of a
+    large suite's setups."""
+    path = tmp_path / "big.yaml"
+    write(path, 50)
+    opened = subprocess.run(
+        [sys.executable, "-c", _COUNT_OPENS, str(path)], capture_output=True, text=True, check=True
+    )
+    assert opened.stdout == "1\n"
 
 
 def test_json_bodies_match_whatever_their_key_order_and_spacing(tmp_path: Path) -> None:
