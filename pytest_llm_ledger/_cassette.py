@@ -254,10 +254,13 @@ class LedgerCassette:
             interactions, document, text = _format.read_cassette(path)
             if findings := check_loaded(path, document, text):  # a commit must not keep them: fail closed
                 shown = shown_path(path)
+                fix = f"llm-ledger scrub {shlex.quote(shown)}"
+                if self.directory is not None:  # an upgrade meets this in every cassette: one command
+                    every = shlex.quote(shown_path(self.directory))
+                    fix += f" (from every cassette: llm-ledger scrub {every})"
                 raise CassetteError(
                     f"{shown}: holds credentials or identifiers (llm-ledger scrub --check: "
-                    f"{'; '.join(findings)}); remove them with: llm-ledger scrub {shlex.quote(shown)}, "
-                    "and revoke any key they held"
+                    f"{'; '.join(findings)}); remove them with: {fix}, and revoke any key they held"
                 )
             self.loaded = [
                 Interaction(
