@@ -143,8 +143,8 @@ _SETTINGS: Final[tuple[tuple[str | None, str | None, str | list[str] | None, str
      "hosts (glob patterns) that tests not marked llm may send OpenAI API requests to in record mode none, "
      "e.g. 127.0.0.1 for a local server, and that network blocking lets through (default: none)"),
     (None, "llm_log_dir", "",
-     "directory of the llm_calls.jsonl the default monitor writes during the run, relative to the ini "
-     "file (default: none, keeping test runs out of the application's own log)"),
+     "directory of the llm_calls.jsonl the application's llm_ledger.configure() writes during the run, "
+     "relative to the ini file (default: none, keeping test runs out of the application's own log)"),
     (None, "llm_match_host", "false",
      "match cassette requests on the host too (true/false; default: method, API path and body only); "
      "@pytest.mark.llm(match_host=...) overrides it"),
