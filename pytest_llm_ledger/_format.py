@@ -350,6 +350,8 @@ def _interactions(doc: Document, root: yaml.Node | None, data: Any) -> list[dict
     # from it once their place is checked
     if root is None:
         raise doc.error(None, "", f"the file is empty, expected {_TOP}")
+    if _from_vcrpy(data):  # a team moving from pytest-recording copies its cassettes over
+        raise doc.error(root, "", _VCRPY)
     required = {"version": f"the format, {FORMAT_VERSION}", "interactions": "the requests and responses"}
     top = doc.fields(root, "", _TOP, ("version", "interactions"), required)
     if doc.integer(top["version"], "version", str(FORMAT_VERSION)) != FORMAT_VERSION:
@@ -377,6 +379,19 @@ def _interactions(doc: Document, root: yaml.Node | None, data: Any) -> list[dict
         response = {"status": status, **_message(doc, resp, f"{place}.response", values["response"])}
         loaded.append({"request": request, "response": response})
     return loaded
+
+
+_VCRPY = (
+    "a vcrpy (pytest-recording) cassette (requests with 'uri' and 'body'), not an llm-ledger one: llm-ledger "
+    "reads only the cassettes it records; record this test's anew, or keep the test on pytest-recording "
+    "(@pytest.mark.vcr without llm) and its cassette where that looks for it"
+)
+
+
+def _from_vcrpy(data: Any) -> bool:
+    first = (data.get("interactions") or [None])[0] if isinstance(data, dict) else None
+    request = first.get("request") if isinstance(first, dict) else None
+    return isinstance(request, dict) and "uri" in request and "url" not in request
 
 
 def _message(
