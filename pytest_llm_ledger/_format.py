@@ -314,6 +314,7 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
 def read_cassette(path: Path) -> tuple[list[dict[str, Any]], Any, str]:
     """:func:`load_cassette`'s interactions, with the document they were read from (which shares their
     bodies and headers) and the file's text, for ``llm-ledger scrub``'s check without a second parse."""
+    path = Path(shown_path(path))  # as every message shows it
     text = read_text(path)
     try:
         _refuse_aliases(path, text)
@@ -389,7 +390,8 @@ _VCRPY = (
 
 
 def _from_vcrpy(data: Any) -> bool:
-    first = (data.get("interactions") or [None])[0] if isinstance(data, dict) else None
+    items = data.get("interactions") if isinstance(data, dict) else None
+    first = items[0] if isinstance(items, list) and items else None
     request = first.get("request") if isinstance(first, dict) else None
     return isinstance(request, dict) and "uri" in request and "url" not in request
 

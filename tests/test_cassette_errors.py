@@ -47,7 +47,7 @@ def test_an_alias_fails_its_test_naming_the_file_and_line(pytester: pytest.Pytes
     result.assert_outcomes(errors=1, deselected=2)
     result.stdout.fnmatch_lines(
         [
-            f"*{CASSETTE}:11: YAML alias [*]question is not allowed: llm-ledger cassettes never contain "
+            f"{CASSETTE}:11: YAML alias [*]question is not allowed: llm-ledger cassettes never contain "
             "anchors or aliases*not a valid llm-ledger cassette*",
             "  to replace it with a fresh recording: "
             "pytest tests/test_app.py::test_chat --llm-record-mode=rewrite",
