@@ -381,7 +381,8 @@ def test_a_test_whose_name_gains_a_case_twin_hash_is_given_the_git_mv(recorded: 
     """A test added with a name differing only in case (``test_Chat`` beside ``test_chat``) gives the
     recorded one's cassette a hash (``test_chat-1a2b3c4d.yaml``): its old cassette is the orphan named
     like it but for the hash, so its ``git mv`` is given (though two tests of the file have no
-    recording), which then replays; the new test, whose name is not the orphan's, is given none."""
+    recording), which then replays; the new test, whose name is not the orphan's, is given none. When
+    the twin goes, the hash goes, and the ``git mv`` back is given."""
     tests = recorded.path / "tests" / "test_app.py"
     chat = tests.read_text().split("@pytest.mark.llm\n")[1]
     tests.write_text(
@@ -399,3 +400,10 @@ def test_a_test_whose_name_gains_a_case_twin_hash_is_given_the_git_mv(recorded: 
 
     subprocess.run(move, shell=True, cwd=recorded.path, check=True)
     assert run(recorded, "tests/test_app.py::test_chat").ret == pytest.ExitCode.OK
+
+    # the twin goes, and the hash with it
+    tests.write_text(tests.read_text().rsplit("\n\n\n@pytest.mark.llm\n", 1)[0])
+    back = f"git mv cassettes/tests/test_app/{hashed}.yaml cassettes/tests/test_app/test_chat.yaml"
+    assert f"    {back}\n" in run(recorded).stdout.str()
+    subprocess.run(back, shell=True, cwd=recorded.path, check=True)
+    run(recorded).assert_outcomes(passed=3)
