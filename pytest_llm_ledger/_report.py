@@ -349,7 +349,7 @@ class Breach:
 
 # the SessionLedger sets and dicts a worker's update the controller's with
 _MERGED: Final = (
-    *("recorded", "cassettes", "tested", "refused", "unmarked_live"),
+    *("recorded", "cassettes", "tested", "deselected", "refused", "unmarked_live"),
     *("unplayed", "auth_errors", "replayed_auth_errors"),
 )
 
@@ -369,6 +369,7 @@ class SessionLedger:
         # the cassette paths of the collected tests marked llm (not live) -> the node id of the first
         self.cassettes: dict[str, str] = {}
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
+        self.deselected: set[str] = set()  # node ids of collected tests left out (-k, a CI shard)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.refused: set[str] = set()  # OpenAI requests refused while no test ran: they fail the run
         self.unmarked_live: set[str] = set()  # node ids not marked llm whose OpenAI requests went out live

@@ -310,7 +310,6 @@ class _LedgerState:
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
-        self.deselected = False  # some collected tests were deselected: the run ran a selection
         self.report_path: Path | None = None  # where --llm-report writes (not on an xdist worker)
         self.report_written = False
         self._lock = threading.Lock()
@@ -931,7 +930,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
     cassettes = [*_orphan_cassette_notices(state, session.config), *_recording_notices(state)]
-    selection = _narrowed(session.config) or state.deselected
+    selection = _narrowed(session.config) or bool(state.ledger.deselected)
     state.notices, state.unchecked_budgets = notices(
         state.ledger, state.budgets, cassettes, state.location, state.here, selection=selection
     )
@@ -1063,7 +1062,7 @@ def _narrowed(config: pytest.Config) -> bool:
 def pytest_deselected(items: Sequence[pytest.Item]) -> None:
     # -k and -m, and plugins that split a suite into shards (pytest-split), deselect through this hook
     if items and (state := items[0].config.stash.get(_STATE, None)) is not None:
-        state.deselected = True
+        state.ledger.deselected.update(item.nodeid for item in items)  # on an xdist worker: sent on
 
 
 def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:

@@ -640,7 +640,7 @@ def pytest_collection_modifyitems(config, items):
 """
 
 
-@pytest.mark.parametrize("selection", ["node id", "-k", "shard"])
+@pytest.mark.parametrize("selection", ["node id", "-k", "shard", "shard under xdist"])
 def test_a_strict_run_of_some_tests_is_not_failed_by_the_budgets_of_the_others(
     recorded: pytest.Pytester, selection: str
 ) -> None:
@@ -652,13 +652,17 @@ def test_a_strict_run_of_some_tests_is_not_failed_by_the_budgets_of_the_others(
         "lenses:\n  summary: {max_api_calls: 1}\n  digest: {max_api_calls: 1}\n"
         'tests:\n  "tests/test_app.py::test_stream": {max_api_calls: 1}\n',
     )
-    args = {"node id": ["tests/test_app.py::test_chat"], "-k": ["-k", "test_chat"], "shard": []}[selection]
-    if selection == "shard":
+    args = {
+        "node id": ["tests/test_app.py::test_chat"],
+        "-k": ["-k", "test_chat"],
+        "shard under xdist": ["-n", "2"],
+    }
+    if selection.startswith("shard"):
         recorded.makeconftest(SHARD)
 
-    result = run(recorded, "--llm-budget", "--llm-strict", *args)
+    result = run(recorded, "--llm-budget", "--llm-strict", *args.get(selection, []))
 
-    result.assert_outcomes(passed=1, deselected=2 * (selection != "node id"))
+    result.assert_outcomes(passed=1, deselected=2 * (selection in ("-k", "shard")))
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     assert "no run of" not in result.stdout.str()
     result.stdout.fnmatch_lines(["llm-ledger: every budget in budgets.yaml that could be checked was met"])
