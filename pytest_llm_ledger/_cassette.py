@@ -437,7 +437,11 @@ class LedgerCassette:
             f"llm-ledger: request not found in cassette {shown_path(self.path)} (record mode {self.mode!r})",
             f"  request: {key[0]} {key[2]}  (API path of {shown_url}; matched on {host_rule})",
         ]
-        fix = [self.rerecord_command("rewrite"), self.rerecord_command("new_episodes") + "  (keeps the rest)"]
+        fix = [self.rerecord_command("rewrite")]
+        same = [i for i in self.loaded if self._lookup(i.key) == self._lookup(key)]
+        if same or self.played == len(self.loaded):
+            # one more call: a changed one would leave its recording unplayed, a stale cassette
+            fix.append(self.rerecord_command("new_episodes") + "  (keeps the rest)")
         how = f"  {TO_RECORD}:"
         if not self.existed:
             lines.append("  the cassette file does not exist: this test has never been recorded")
@@ -446,7 +450,7 @@ class LedgerCassette:
             if self.moved_from is not None and (old := self.moved_from(self.path)) is not None:
                 lines += [f"  {moved_hint(old)}:", f"    {move_command(old, self.path)}"]
             fix = [self.rerecord_command("once")]
-        elif same := [i for i in self.loaded if self._lookup(i.key) == self._lookup(key)]:
+        elif same:
             lines.append(
                 f"  the cassette holds {len(same)} identical request(s), all already played: each "
                 "recorded interaction plays once, so the test now makes more identical calls "
