@@ -20,6 +20,7 @@ import base64
 import importlib
 import json
 import os
+import re
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -332,8 +333,13 @@ def read_cassette(path: Path) -> tuple[list[dict[str, Any]], Any, str]:
     )
 
 
+# where an anchor can start (after a line's indentation, "- ", ": ", "[", "{" or ","); a prompt's "Q&A"
+# or a URL's "?a=1&b=2" is no anchor, and a parse of the whole file to make sure would cost half a load
+_ANCHOR = re.compile(r"(?:^|[\s\[{,:])&[^\s\[\]{},]")
+
+
 def _refuse_aliases(path: Path, text: str) -> None:
-    if "&" not in text:  # an alias needs an anchor: only then look for one (an alias bomb)
+    if not _ANCHOR.search(text):  # an alias needs an anchor: only then look for one (an alias bomb)
         return
     for event in yaml.parse(text, Loader=JsonLoader):
         if isinstance(event, yaml.AliasEvent):
