@@ -14,7 +14,7 @@ import enum
 import hashlib
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -192,12 +192,14 @@ def orphan_cassettes(
     of a test file in ``project`` that exists but gave no test (left out with --ignore, skipped at
     import): ``tested`` holds the :func:`cassette_folder` of each file the collection found tests in."""
     mine = {Path(path) for path in owned}
+    folded = {str(path).lower(): path for path in mine}
     found = set(tested)
     return sorted(
         path
         for path in directory.rglob("*.yaml")
         if path.is_file()
         and path not in mine
+        and not _same_file(path, folded)
         and not any(fnmatchcase(path.relative_to(directory).as_posix(), p) for p in keep)
         and (within is None or any(path.is_relative_to(folder) for folder in within))
         and (
@@ -205,6 +207,14 @@ def orphan_cassettes(
             or not project.joinpath(f"{path.parent.relative_to(directory)}.py").is_file()
         )
     )
+
+
+def _same_file(path: Path, folded: Mapping[str, Path]) -> bool:
+    """Whether ``path`` is the file of an owned cassette named like it but for case (``folded``: the
+    owned paths by their lower case): a test renamed in case only, on macOS or Windows, where one file
+    has both names, so its cassette is no orphan (and no prune deletes it)."""
+    owned = folded.get(str(path).lower())
+    return owned is not None and owned.exists() and path.samefile(owned)
 
 
 def renamed_cassettes(never: Iterable[Path], orphans: Iterable[Path]) -> dict[Path, Path]:

@@ -407,3 +407,25 @@ def test_a_test_whose_name_gains_a_case_twin_hash_is_given_the_git_mv(recorded: 
     assert f"    {back}\n" in run(recorded).stdout.str()
     subprocess.run(back, shell=True, cwd=recorded.path, check=True)
     run(recorded).assert_outcomes(passed=3)
+
+
+@pytest.mark.usefixtures("collect_in_process", "no_key")
+def test_a_cassette_that_is_the_renamed_tests_own_file_is_no_orphan(
+    recorded: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On macOS or Windows a test renamed in case only (``test_chat`` to ``test_Chat``) replays its
+    cassette under the old name, one file with both names (a hard link here): it is named no orphan,
+    and ``--prune`` does not delete the test's recording."""
+    tests = recorded.path / "tests" / "test_app.py"
+    tests.write_text(tests.read_text().replace("def test_chat(", "def test_Chat("))
+    recorded.makefile(".ini", pytest=PROJECT_INI)
+    folder = recorded.path / "cassettes" / "tests" / "test_app"
+    (folder / "test_Chat.yaml").hardlink_to(folder / "test_chat.yaml")
+
+    result = run(recorded)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert "no collected test" not in result.stdout.str()
+    pruned = cassettes(capsys, "--prune")
+    assert pruned.returncode == 0, pruned.stdout
+    assert "no orphan cassettes" in pruned.stdout
+    assert (folder / "test_chat.yaml").exists()
