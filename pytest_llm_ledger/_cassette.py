@@ -39,7 +39,7 @@ from . import _format
 from ._format import Body, shown_path
 from ._naming import move_command, moved_hint
 from ._network import is_openai_request
-from ._scrub import scrub_file
+from ._scrub import check_loaded
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = [
@@ -251,19 +251,23 @@ class LedgerCassette:
         self.replayed_auth_errors: list[str] = []  # 401/403 answers replayed that the test does not expect
         self.played = 0
         if self.existed and mode != "rewrite":
+            interactions, document, text = _format.read_cassette(path)
+            if findings := check_loaded(path, document, text):  # a commit must not keep them: fail closed
+                shown = shown_path(path)
+                fix = f"llm-ledger scrub {shlex.quote(shown)}"
+                if self.directory is not None:  # an upgrade meets this in every cassette: one command
+                    every = shlex.quote(shown_path(self.directory))
+                    fix += f" (from every cassette: llm-ledger scrub {every})"
+                raise CassetteError(
+                    f"{shown}: holds credentials or identifiers (llm-ledger scrub --check: "
+                    f"{'; '.join(findings)}); remove them with: {fix}, and revoke any key they held"
+                )
             self.loaded = [
                 Interaction(
                     q["method"], q["url"], q["headers"], q["body"], a["status"], a["headers"], a["body"]
                 )
-                for q, a in ((item["request"], item["response"]) for item in _format.load_cassette(path))
+                for q, a in ((item["request"], item["response"]) for item in interactions)
             ]
-            if findings := scrub_file(path, check=True):  # a commit must not keep them: fail closed
-                shown = shown_path(path)
-                raise CassetteError(
-                    f"{shown}: holds credentials or identifiers (llm-ledger scrub --check: "
-                    f"{'; '.join(findings)}); remove them with: llm-ledger scrub {shlex.quote(shown)}, "
-                    "and revoke any key they held"
-                )
         self._unplayed: dict[Key, deque[int]] = {}
         for index, interaction in enumerate(self.loaded):
             self._unplayed.setdefault(self._lookup(interaction.key), deque()).append(index)
@@ -433,7 +437,11 @@ class LedgerCassette:
             f"llm-ledger: request not found in cassette {shown_path(self.path)} (record mode {self.mode!r})",
             f"  request: {key[0]} {key[2]}  (API path of {shown_url}; matched on {host_rule})",
         ]
-        fix = [self.rerecord_command("rewrite"), self.rerecord_command("new_episodes") + "  (keeps the rest)"]
+        fix = [self.rerecord_command("rewrite")]
+        same = [i for i in self.loaded if self._lookup(i.key) == self._lookup(key)]
+        if same or self.played == len(self.loaded):
+            # one more call: a changed one would leave its recording unplayed, a stale cassette
+            fix.append(self.rerecord_command("new_episodes") + "  (keeps the rest)")
         how = f"  {TO_RECORD}:"
         if not self.existed:
             lines.append("  the cassette file does not exist: this test has never been recorded")
@@ -442,7 +450,7 @@ class LedgerCassette:
             if self.moved_from is not None and (old := self.moved_from(self.path)) is not None:
                 lines += [f"  {moved_hint(old)}:", f"    {move_command(old, self.path)}"]
             fix = [self.rerecord_command("once")]
-        elif same := [i for i in self.loaded if self._lookup(i.key) == self._lookup(key)]:
+        elif same:
             lines.append(
                 f"  the cassette holds {len(same)} identical request(s), all already played: each "
                 "recorded interaction plays once, so the test now makes more identical calls "

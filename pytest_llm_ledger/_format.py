@@ -20,6 +20,7 @@ import base64
 import importlib
 import json
 import os
+import re
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "dump_document",
     "invalid_yaml",
     "load_cassette",
+    "read_cassette",
     "read_text",
     "shown_path",
     "write_atomic",
@@ -307,11 +309,20 @@ def invalid_yaml(path: Path, exc: yaml.YAMLError, text: str) -> CassetteError:
 def load_cassette(path: Path) -> list[dict[str, Any]]:
     """Load and validate a cassette with a safe loader; each item is ``{"request": .., "response": ..}``
     with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
+    return read_cassette(path)[0]
+
+
+def read_cassette(path: Path) -> tuple[list[dict[str, Any]], Any, str]:
+    """:func:`load_cassette`'s interactions, with the document they were read from (which shares their
+    bodies and headers) and the file's text, for ``llm-ledger scrub``'s check without a second parse."""
+    path = Path(shown_path(path))  # as every message shows it
     text = read_text(path)
     try:
         _refuse_aliases(path, text)
         doc = Document(str(path), CassetteError, "a cassette", loader=JsonLoader)
-        return _interactions(doc, doc.compose(text))
+        root = doc.compose(text)
+        data = doc.value(root) if root is not None else None
+        return _interactions(doc, root, data), data, text
     except yaml.YAMLError as exc:
         problem = str(invalid_yaml(path, exc, text))
     except CassetteError as exc:
@@ -322,8 +333,13 @@ def load_cassette(path: Path) -> list[dict[str, Any]]:
     )
 
 
+# where an anchor can start (after a line's indentation, "- ", ": ", "[", "{" or ","); a prompt's "Q&A"
+# or a URL's "?a=1&b=2" is no anchor, and a parse of the whole file to make sure would cost half a load
+_ANCHOR = re.compile(r"(?:^|[\s\[{,:])&[^\s\[\]{},]")
+
+
 def _refuse_aliases(path: Path, text: str) -> None:
-    if "&" not in text:  # an alias needs an anchor: only then look for one (an alias bomb)
+    if not _ANCHOR.search(text):  # an alias needs an anchor: only then look for one (an alias bomb)
         return
     for event in yaml.parse(text, Loader=JsonLoader):
         if isinstance(event, yaml.AliasEvent):
@@ -335,12 +351,14 @@ def _refuse_aliases(path: Path, text: str) -> None:
             )
 
 
-def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]:
+def _interactions(doc: Document, root: yaml.Node | None, data: Any) -> list[dict[str, Any]]:
+    # ``data`` (the value of ``root``) is built first, once: what is not YAML a JSON loader reads (a tag,
+    # a key written twice) is named before what is not a cassette, wherever it is; bodies are taken
+    # from it once their place is checked
     if root is None:
         raise doc.error(None, "", f"the file is empty, expected {_TOP}")
-    # built first, once: what is not YAML a JSON loader reads (a tag, a key written twice) is named
-    # before what is not a cassette, wherever it is; bodies are taken from it once their place is checked
-    data = doc.value(root)
+    if _from_vcrpy(data):  # a team moving from pytest-recording copies its cassettes over
+        raise doc.error(root, "", _VCRPY)
     required = {"version": f"the format, {FORMAT_VERSION}", "interactions": "the requests and responses"}
     top = doc.fields(root, "", _TOP, ("version", "interactions"), required)
     if doc.integer(top["version"], "version", str(FORMAT_VERSION)) != FORMAT_VERSION:
@@ -368,6 +386,20 @@ def _interactions(doc: Document, root: yaml.Node | None) -> list[dict[str, Any]]
         response = {"status": status, **_message(doc, resp, f"{place}.response", values["response"])}
         loaded.append({"request": request, "response": response})
     return loaded
+
+
+_VCRPY = (
+    "a vcrpy (pytest-recording) cassette (requests with 'uri' and 'body'), not an llm-ledger one: llm-ledger "
+    "reads only the cassettes it records; record this test's anew, or keep the test on pytest-recording "
+    "(@pytest.mark.vcr without llm) and its cassette where that looks for it"
+)
+
+
+def _from_vcrpy(data: Any) -> bool:
+    items = data.get("interactions") if isinstance(data, dict) else None
+    first = items[0] if isinstance(items, list) and items else None
+    request = first.get("request") if isinstance(first, dict) else None
+    return isinstance(request, dict) and "uri" in request and "url" not in request
 
 
 def _message(

@@ -14,7 +14,7 @@ import enum
 import hashlib
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+\[\]-]+")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _REPEATS = frozenset({"__pytest_repeat_step_number"})  # pytest-repeat's repetition number
+_HASHED = re.compile(r"-[0-9a-f]{8}$")  # the hash cassette_stem appends
 _CASE_TWIN = pytest.StashKey[bool]()  # another test of its module or class has its name but for case
 
 
@@ -191,12 +192,14 @@ def orphan_cassettes(
     of a test file in ``project`` that exists but gave no test (left out with --ignore, skipped at
     import): ``tested`` holds the :func:`cassette_folder` of each file the collection found tests in."""
     mine = {Path(path) for path in owned}
+    folded = {str(path).lower(): path for path in mine}
     found = set(tested)
     return sorted(
         path
         for path in directory.rglob("*.yaml")
         if path.is_file()
         and path not in mine
+        and not _same_file(path, folded)
         and not any(fnmatchcase(path.relative_to(directory).as_posix(), p) for p in keep)
         and (within is None or any(path.is_relative_to(folder) for folder in within))
         and (
@@ -206,23 +209,39 @@ def orphan_cassettes(
     )
 
 
+def _same_file(path: Path, folded: Mapping[str, Path]) -> bool:
+    """Whether ``path`` is the file of an owned cassette named like it but for case (``folded``: the
+    owned paths by their lower case): a test renamed in case only, on macOS or Windows, where one file
+    has both names, so its cassette is no orphan (and no prune deletes it)."""
+    owned = folded.get(str(path).lower())
+    return owned is not None and owned.exists() and path.samefile(owned)
+
+
 def renamed_cassettes(never: Iterable[Path], orphans: Iterable[Path]) -> dict[Path, Path]:
     """The orphan cassette each cassette of ``never`` (not recorded yet) plausibly was before its test
-    was renamed or moved, by path: an orphan of the same test file whose parameters are the same (the
-    test or its class renamed), or of another file with the same name (the test moved). Only a pair
-    that is each other's one candidate counts: a guess between two is no guess."""
+    was renamed or moved, by path: first an orphan of the same test file named the same but for the
+    hash of a case twin (another test named like it but for case came or went: its own name did not
+    change), then an orphan of the same test file whose parameters are the same (the test or its class
+    renamed), or of another file with the same name (the test moved). Only a pair that is each other's
+    one candidate counts: a guess between two is no guess."""
     never, orphans = list(never), list(orphans)
+
+    def twin(new: Path, old: Path) -> bool:
+        return new.parent == old.parent and _HASHED.sub("", new.stem) == _HASHED.sub("", old.stem)
 
     def akin(new: Path, old: Path) -> bool:
         if new.parent == old.parent:
             return new.stem.partition("[")[2] == old.stem.partition("[")[2]
         return new.name == old.name
 
-    pairs = {}
-    for new in never:
-        found = [old for old in orphans if akin(new, old)]
-        if len(found) == 1 and sum(akin(other, found[0]) for other in never) == 1:
-            pairs[new] = found[0]
+    pairs: dict[Path, Path] = {}
+    for rule in (twin, akin):
+        left = [old for old in orphans if old not in pairs.values()]
+        waiting = [new for new in never if new not in pairs]
+        for new in waiting:
+            found = [old for old in left if rule(new, old)]
+            if len(found) == 1 and sum(rule(other, found[0]) for other in waiting) == 1:
+                pairs[new] = found[0]
     return pairs
 
 

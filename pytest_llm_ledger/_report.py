@@ -349,7 +349,7 @@ class Breach:
 
 # the SessionLedger sets and dicts a worker's update the controller's with
 _MERGED: Final = (
-    *("recorded", "cassettes", "tested", "refused", "unmarked_live"),
+    *("recorded", "cassettes", "tested", "deselected", "refused", "unmarked_live"),
     *("unplayed", "auth_errors", "replayed_auth_errors"),
 )
 
@@ -369,6 +369,7 @@ class SessionLedger:
         # the cassette paths of the collected tests marked llm (not live) -> the node id of the first
         self.cassettes: dict[str, str] = {}
         self.tested: set[str] = set()  # the cassette folders of the test files the collection found tests in
+        self.deselected: set[str] = set()  # node ids of collected tests left out (-k, a CI shard)
         self.failed: set[str] = set()  # node ids of failed tests (seen on the controller under xdist)
         self.refused: set[str] = set()  # OpenAI requests refused while no test ran: they fail the run
         self.unmarked_live: set[str] = set()  # node ids not marked llm whose OpenAI requests went out live
@@ -691,12 +692,16 @@ def notices(
     cassettes: Iterable[str] = (),
     location: Sequence[str] = (),
     here: Callable[[str], str] = str,
+    *,
+    selection: bool = False,
 ) -> tuple[list[str], bool]:
     """What the session could not check or found out of date (--llm-strict fails the run on any),
     and whether a budget checked nothing. The cassettes first: stale ones, then the plugin's other
     ``cassettes`` notices (orphans, recorded on CI), then the authentication errors; costs; budgets.
     ``location``: the options that chose where the cassettes are, kept in re-record commands;
-    ``here``: how a command run where pytest started names a test, for the tests to re-record."""
+    ``here``: how a command run where pytest started names a test, for the tests to re-record;
+    ``selection``: the run ran some of the tests (a path, a node id, -k, a shard), so a budget whose
+    test or lens did not run is no news (a whole-suite run names it: a typo, a lens gone)."""
     out = []
     if ledger.unplayed:
         stale = [f"{here(nodeid)} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
@@ -730,13 +735,13 @@ def notices(
             f"({', '.join(Limits.KEYS)}) under its sections: default, lenses, tests, total"
         )
         return out, True
-    # a budget whose test or lens never ran checks nothing: say so (a subset run, or a typo)
+    # a budget whose test or lens never ran checks nothing: say so (a typo, a lens or test gone)
     idle = sorted(set(budgets.tests) - set(ledger.tests))
-    if idle:
+    if idle and not selection:
         out.append(f"llm-ledger: no run of {len(idle)} test(s) with a budget, not checked: {listed(idle)}")
     ran = sorted(ledger.lenses())  # cut short or not
     idle_lenses = [f"{key!r}{did_you_mean(key, ran)}" for key in sorted(set(budgets.lenses) - set(ran))]
-    if idle_lenses:
+    if idle_lenses and not selection:
         out.append(
             f"llm-ledger: no run of {len(idle_lenses)} lens(es) with a budget, not checked: "
             f"{listed(idle_lenses)}; lens keys that ran: {listed(list(map(one_line, ran))) or 'none'}"

@@ -41,7 +41,7 @@ from ._format import (
 )
 from ._secrets import CredentialRedactor, known_secrets
 
-__all__ = ["register", "scrub_document", "scrub_file"]
+__all__ = ["check_loaded", "register", "scrub_document", "scrub_file"]
 
 # the plugin's allow-lists, so recording and scrubbing keep the same headers; content-encoding
 # stays on responses so that a compressed body remains readable
@@ -185,9 +185,14 @@ def _load(path: Path) -> tuple[Any, str, bool]:
         raise CassetteError(f"{path}: not valid JSON ({exc})") from None
     except yaml.YAMLError as exc:
         raise invalid_yaml(path, exc, text) from None
+    return doc, _heading(text), False
+
+
+def _heading(text: str) -> str:
+    """The comment block heading a YAML file (kept by a scrub)."""
     lines = text.splitlines(True)
     top = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
-    return doc, "".join(lines[:top]), False  # the comment block heading the file is kept
+    return "".join(lines[:top])
 
 
 def _dump(doc: Any, header: str, as_json: bool) -> str:
@@ -203,18 +208,29 @@ def scrub_file(path: Path, *, check: bool = False) -> list[str]:
 
     Raises :class:`~llm_ledger.CassetteError` naming the file for anything that cannot be read safely.
     """
+    doc, header, as_json = _load(path)
+    findings, header = _scrub(path, doc, header)
+    if findings and not check:
+        write_atomic(path, _dump(doc, header, as_json))
+    return findings
+
+
+def check_loaded(path: Path, doc: Any, text: str) -> list[str]:
+    """What ``llm-ledger scrub --check`` finds in the cassette ``path`` already read (its document and
+    text, from :func:`~._format.read_cassette`). A scrub changes ``doc`` only where it finds something."""
+    return _scrub(path, doc, _heading(text))[0]
+
+
+def _scrub(path: Path, doc: Any, header: str) -> tuple[list[str], str]:
+    """Scrub a cassette's document and heading in place: what changed, and the heading scrubbed."""
     try:
-        doc, header, as_json = _load(path)
         heading = CredentialRedactor()  # older recordings named a key among a test's parameters there
         header = heading.text(header, "the comment heading the file")
-        findings = heading.findings + scrub_document(doc)
+        return heading.findings + scrub_document(doc), header
     except ValueError as exc:
         raise CassetteError(f"{path}: not a cassette: {exc}") from None
     except RecursionError:
         raise CassetteError(f"{path}: nested too deeply to be a cassette") from None
-    if findings and not check:
-        write_atomic(path, _dump(doc, header, as_json))
-    return findings
 
 
 _SUFFIXES: Final = (".yaml", ".yml", ".json")

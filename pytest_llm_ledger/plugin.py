@@ -20,7 +20,7 @@ import logging
 import os
 import shlex
 import threading
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -143,8 +143,8 @@ _SETTINGS: Final[tuple[tuple[str | None, str | None, str | list[str] | None, str
      "hosts (glob patterns) that tests not marked llm may send OpenAI API requests to in record mode none, "
      "e.g. 127.0.0.1 for a local server, and that network blocking lets through (default: none)"),
     (None, "llm_log_dir", "",
-     "directory of the llm_calls.jsonl the default monitor writes during the run, relative to the ini "
-     "file (default: none, keeping test runs out of the application's own log)"),
+     "directory of the llm_calls.jsonl the application's llm_ledger.configure() writes during the run, "
+     "relative to the ini file (default: none, keeping test runs out of the application's own log)"),
     (None, "llm_match_host", "false",
      "match cassette requests on the host too (true/false; default: method, API path and body only); "
      "@pytest.mark.llm(match_host=...) overrides it"),
@@ -930,8 +930,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if state.budgets is not None:
         state.breaches = state.ledger.check(state.budgets)
     cassettes = [*_orphan_cassette_notices(state, session.config), *_recording_notices(state)]
+    selection = _narrowed(session.config) or bool(state.ledger.deselected)
     state.notices, state.unchecked_budgets = notices(
-        state.ledger, state.budgets, cassettes, state.location, state.here
+        state.ledger, state.budgets, cassettes, state.location, state.here, selection=selection
     )
     failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
     if failed and session.exitstatus == pytest.ExitCode.OK:
@@ -1034,9 +1035,7 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
     """Cassettes no collected test owns (a test renamed or deleted), named only by a run that
     collected the whole suite (no paths or node ids given, nothing deselected); ``llm-ledger cassettes``
     finds them for any selection."""
-    option = config.option  # -k, -m and --deselect are pytest's own options; --lf comes with cacheprovider
-    narrowed = option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False)
-    if narrowed or config.args_source == pytest.Config.ArgsSource.ARGS:
+    if _narrowed(config):
         return []
     orphans = _orphans(state, config)
     if not orphans:
@@ -1051,6 +1050,19 @@ def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list
         f"llm-ledger: {len(orphans)} cassette(s) belong to no collected test (renamed or deleted): "
         f"{listed([shown_path(path) for path in orphans])}; {fix}"
     ]
+
+
+def _narrowed(config: pytest.Config) -> bool:
+    """Whether the run was given a selection of the tests: paths or node ids, -k, -m, --deselect, --lf."""
+    option = config.option  # -k, -m and --deselect are pytest's own options; --lf comes with cacheprovider
+    narrowed = option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False)
+    return bool(narrowed) or config.args_source == pytest.Config.ArgsSource.ARGS
+
+
+def pytest_deselected(items: Sequence[pytest.Item]) -> None:
+    # -k and -m, and plugins that split a suite into shards (pytest-split), deselect through this hook
+    if items and (state := items[0].config.stash.get(_STATE, None)) is not None:
+        state.ledger.deselected.update(item.nodeid for item in items)  # on an xdist worker: sent on
 
 
 def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import openai
 import pytest
+import vcr
 
 from llm_ledger import CassetteError
+from llm_ledger.testing import FakeOpenAI
 from pytest_llm_ledger._cassette import LedgerCassette
 from tests.plugin_helpers import run, write_project
 
@@ -44,7 +47,7 @@ def test_an_alias_fails_its_test_naming_the_file_and_line(pytester: pytest.Pytes
     result.assert_outcomes(errors=1, deselected=2)
     result.stdout.fnmatch_lines(
         [
-            f"*{CASSETTE}:11: YAML alias [*]question is not allowed: llm-ledger cassettes never contain "
+            f"{CASSETTE}:11: YAML alias [*]question is not allowed: llm-ledger cassettes never contain "
             "anchors or aliases*not a valid llm-ledger cassette*",
             "  to replace it with a fresh recording: "
             "pytest tests/test_app.py::test_chat --llm-record-mode=rewrite",
@@ -137,3 +140,19 @@ def test_a_vcrpy_older_than_the_floor_fails_the_marked_test_naming_the_version(
     result = run(pytester, "-k", "test_chat")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*vcrpy 8.4.0 is installed; llm-ledger needs vcrpy >= 8.5.0*"])
+
+
+def test_a_vcrpy_cassette_is_named_as_one_with_both_ways_on(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """A cassette pytest-recording wrote, copied where llm-ledger looks by a team moving over, is named
+    as vcrpy's, with the two ways on (record anew, or keep the test on pytest-recording), not as a
+    list of keys llm-ledger does not know."""
+    path = tmp_path / "test_chat.yaml"
+    with vcr.use_cassette(str(path)), openai.OpenAI(base_url=fake_openai.base_url, max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(CassetteError) as raised:
+        LedgerCassette(path, "none", "t.py::t")
+    assert str(raised.value).startswith(
+        f"{path}:1: a vcrpy (pytest-recording) cassette (requests with 'uri' and 'body'), not an llm-ledger "
+        "one: llm-ledger reads only the cassettes it records; record this test's anew, or keep the test on "
+        "pytest-recording (@pytest.mark.vcr without llm) and its cassette where that looks for it. "
+    ), str(raised.value)

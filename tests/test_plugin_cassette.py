@@ -6,13 +6,17 @@ import gzip
 import json
 import os
 import stat
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 
+from llm_ledger import CassetteError
 from pytest_llm_ledger import _cassette, _format
 from pytest_llm_ledger._cassette import CassetteMissError, LedgerCassette
 
@@ -62,6 +66,65 @@ def test_replay_computes_one_key_per_request_whatever_the_size(
     assert cassette.can_play_response_for(req)
     assert json.loads(cassette.play_response(req)["body"]["string"]) == {"answer": 199}
     assert calls == 1
+
+
+_COUNT_OPENS = """
+import sys
+from pathlib import Path
+
+opened = []
+sys.addaudithook(lambda event, args: event == "open" and args[0] == sys.argv[1] and opened.append(args))
+from pytest_llm_ledger._cassette import LedgerCassette
+
+assert len(LedgerCassette(Path(sys.argv[1]), "none", "t.py::t").loaded) == 50
+print(len(opened))
+"""
+
+
+def test_a_cassette_is_read_and_parsed_once_for_replay_and_the_credential_check(tmp_path: Path) -> None:
+    """Loading a test's cassette reads the file once: the credential check (llm-ledger scrub --check)
+    looks at what the replay parsed, not at a second parse of the file, which doubled the cost of a
+    large suite's setups."""
+    path = tmp_path / "big.yaml"
+    write(path, 50)
+    opened = subprocess.run(
+        [sys.executable, "-c", _COUNT_OPENS, str(path)], capture_output=True, text=True, check=True
+    )
+    assert opened.stdout == "1\n"
+
+
+def test_an_ampersand_in_a_prompt_costs_no_second_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt's "Q&A" or a URL's "?a=1&b=2" is no YAML anchor: the cassette loads without the parse
+    that looks for aliases (half the cost of a load again), which an anchor still gets, and is refused."""
+    path = tmp_path / "c.yaml"
+    question = {"model": "m", "messages": [{"role": "user", "content": "Q&A"}]}
+    interaction = _format.interaction_to_yaml(
+        "POST",
+        URL + "?a=1&b=2",
+        {},
+        ("json", question),
+        200,
+        {},
+        ("json", {"answer": "salt & pepper, R&amp;D"}),
+    )
+    _format.write_atomic(path, _format.dump_cassette([interaction], "test"))
+    parses = []
+    real = yaml.parse
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        parses.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(yaml, "parse", counting)
+
+    assert len(LedgerCassette(path, "none", "t.py::t").loaded) == 1
+    assert parses == []
+    path.write_text(path.read_text().replace("    json:\n", "    json: &shared\n", 1) + "- *shared\n")
+    with pytest.raises(CassetteError, match=r"YAML alias \*shared is not allowed"):
+        LedgerCassette(path, "none", "t.py::t")
+    assert parses == [1]
 
 
 def test_json_bodies_match_whatever_their_key_order_and_spacing(tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ from tests.plugin_helpers import (
     cli,
     collect_in_process_fixture,
     load_yaml,
+    no_key_fixture,
     notice_fails_strict,
+    recorded_fixture,
     run,
     server_fixture,
     with_key_fixture,
@@ -28,7 +30,7 @@ from tests.plugin_helpers import (
 )
 
 pytest_plugins = ["pytester"]
-_FIXTURES = (collect_in_process_fixture, server_fixture, with_key_fixture)  # used by name
+_FIXTURES = (collect_in_process_fixture, no_key_fixture, recorded_fixture, server_fixture, with_key_fixture)
 
 CASSETTES = Path("cassettes", "tests", "test_keys")
 # one credential per route a key can take into a recording; none is the process's OPENAI_API_KEY
@@ -164,8 +166,8 @@ def test_scrubbed_old_cassette_replays_and_misses_never_show_a_key(
         [
             "cassettes/tests/test_keys/test_body_key.yaml: holds credentials or identifiers (llm-ledger "
             "scrub --check: interactions[0].request.json: JSON field $.api_key redacted); remove them "
-            "with: llm-ledger scrub cassettes/tests/test_keys/test_body_key.yaml, and revoke any key they "
-            "held"
+            "with: llm-ledger scrub cassettes/tests/test_keys/test_body_key.yaml (from every cassette: "
+            "llm-ledger scrub cassettes), and revoke any key they held"
         ]
     )
     assert "LEAKCHECK" not in leaked.stdout.str()
@@ -186,6 +188,40 @@ def test_scrubbed_old_cassette_replays_and_misses_never_show_a_key(
     assert "$.messages[0].content: recorded 'hello', requested 'changed prompt'" in out
     assert "the body differs at 1 place(s)" in out  # api_key and the note match once redacted
     assert BODY_KEY not in out and "LEAKCHECK" not in out
+
+
+@pytest.mark.usefixtures("no_key")
+def test_cassettes_that_kept_extra_headers_are_fixed_by_one_scrub_command(recorded: pytest.Pytester) -> None:
+    """Cassettes written with headers the allow-list leaves out (an older version, a vcrpy cassette
+    converted by hand: ``x-request-id``...) fail their tests, each naming its file's command and the one
+    for every cassette; that one command makes them all replay."""
+    folder = recorded.path / "cassettes" / "tests" / "test_app"
+    for name in ("test_chat", "test_stream"):
+        doc = load_yaml(folder / f"{name}.yaml")
+        doc["interactions"][0]["response"]["headers"]["x-request-id"] = "req_123"
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+
+    old = run(recorded)
+    old.assert_outcomes(passed=1, errors=2)
+    old.stdout.fnmatch_lines(
+        [
+            f"cassettes/tests/test_app/{name}.yaml: holds credentials or identifiers (llm-ledger scrub "
+            "--check: interactions[0].response.headers: dropped x-request-id); remove them with: "
+            f"llm-ledger scrub cassettes/tests/test_app/{name}.yaml (from every cassette: llm-ledger scrub "
+            "cassettes), and "
+            "revoke any key they held"
+            for name in ("test_chat", "test_stream")
+        ],
+        consecutive=False,
+    )
+    scrub = subprocess.run(
+        [sys.executable, "-m", "llm_ledger", "scrub", "cassettes"],
+        cwd=recorded.path,
+        capture_output=True,
+        text=True,
+    )
+    assert scrub.returncode == 0, scrub.stderr
+    run(recorded).assert_outcomes(passed=3)
 
 
 DENIED_TESTS = """

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -373,3 +374,58 @@ def test_no_git_mv_is_guessed_between_two_candidates(
     assert "3 orphan cassette(s)" in listed.stdout
     assert "git mv" not in listed.stdout and "belongs to no collected test" not in listed.stdout
     assert "delete them with `llm-ledger cassettes --prune`" in listed.stdout
+
+
+@pytest.mark.usefixtures("no_key")
+def test_a_test_whose_name_gains_a_case_twin_hash_is_given_the_git_mv(recorded: pytest.Pytester) -> None:
+    """A test added with a name differing only in case (``test_Chat`` beside ``test_chat``) gives the
+    recorded one's cassette a hash (``test_chat-1a2b3c4d.yaml``): its old cassette is the orphan named
+    like it but for the hash, so its ``git mv`` is given (though two tests of the file have no
+    recording), which then replays; the new test, whose name is not the orphan's, is given none. When
+    the twin goes, the hash goes, and the ``git mv`` back is given."""
+    tests = recorded.path / "tests" / "test_app.py"
+    chat = tests.read_text().split("@pytest.mark.llm\n")[1]
+    tests.write_text(
+        tests.read_text() + "\n\n@pytest.mark.llm\n" + chat.replace("def test_chat(", "def test_Chat(")
+    )
+    _committed(recorded.path)
+    hashed = f"test_chat-{hashlib.sha1(b'test_chat', usedforsecurity=False).hexdigest()[:8]}"
+    move = f"git mv cassettes/tests/test_app/test_chat.yaml cassettes/tests/test_app/{hashed}.yaml"
+
+    result = run(recorded)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert out.count(f"    {move}\n") == 1, out  # the miss of test_chat, not of test_Chat
+    assert f"keep theirs with `{move}`; delete any that are not theirs" in out
+
+    subprocess.run(move, shell=True, cwd=recorded.path, check=True)
+    assert run(recorded, "tests/test_app.py::test_chat").ret == pytest.ExitCode.OK
+
+    # the twin goes, and the hash with it
+    tests.write_text(tests.read_text().rsplit("\n\n\n@pytest.mark.llm\n", 1)[0])
+    back = f"git mv cassettes/tests/test_app/{hashed}.yaml cassettes/tests/test_app/test_chat.yaml"
+    assert f"    {back}\n" in run(recorded).stdout.str()
+    subprocess.run(back, shell=True, cwd=recorded.path, check=True)
+    run(recorded).assert_outcomes(passed=3)
+
+
+@pytest.mark.usefixtures("collect_in_process", "no_key")
+def test_a_cassette_that_is_the_renamed_tests_own_file_is_no_orphan(
+    recorded: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On macOS or Windows a test renamed in case only (``test_chat`` to ``test_Chat``) replays its
+    cassette under the old name, one file with both names (a hard link here): it is named no orphan,
+    and ``--prune`` does not delete the test's recording."""
+    tests = recorded.path / "tests" / "test_app.py"
+    tests.write_text(tests.read_text().replace("def test_chat(", "def test_Chat("))
+    recorded.makefile(".ini", pytest=PROJECT_INI)
+    folder = recorded.path / "cassettes" / "tests" / "test_app"
+    (folder / "test_Chat.yaml").hardlink_to(folder / "test_chat.yaml")
+
+    result = run(recorded)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert "no collected test" not in result.stdout.str()
+    pruned = cassettes(capsys, "--prune")
+    assert pruned.returncode == 0, pruned.stdout
+    assert "no orphan cassettes" in pruned.stdout
+    assert (folder / "test_chat.yaml").exists()

@@ -194,7 +194,8 @@ def test_a_request_without_a_body_is_recorded_and_replayed_offline(
 def test_changed_prompt_fails_with_a_clear_message(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A request no longer in the cassette fails the test naming the file, mode, JSON diff and fix."""
+    """A request no longer in the cassette fails the test naming the file, mode, JSON diff and fix: a
+    re-recording, not new_episodes, which would keep the old request's recording, never played again."""
     write_project(pytester)
     record(pytester, "-k", "test_chat")
     server.stop()
@@ -216,6 +217,8 @@ def test_changed_prompt_fails_with_a_clear_message(
         "    pytest tests/test_app.py::test_chat --llm-record-mode=rewrite",
     )
     assert "APIConnectionError" not in result.stdout.str()
+    # new_episodes would keep the old prompt's recording, unplayed: a stale cassette that --llm-strict fails
+    assert "new_episodes" not in result.stdout.str()
 
 
 @pytest.mark.usefixtures("with_key")
@@ -271,7 +274,8 @@ def test_a_miss_in_a_run_from_a_subdirectory_gives_a_command_that_runs_there(
 def test_an_extra_identical_call_is_a_miss(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each recorded interaction plays once: a second identical call fails instead of repeating."""
+    """Each recorded interaction plays once: a second identical call fails instead of repeating; the
+    miss offers new_episodes, which records the one more call and keeps the rest."""
     write_project(pytester, REPEAT_TESTS)
     record(pytester, "-k", "test_repeat")
     server.stop()
@@ -280,7 +284,12 @@ def test_an_extra_identical_call_is_a_miss(
     result = run(pytester, "-k", "test_repeat")
 
     result.assert_outcomes(failed=1, deselected=1)
-    result.stdout.fnmatch_lines(["*the cassette holds 1 identical request(s), all already played*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*the cassette holds 1 identical request(s), all already played*",
+            "    pytest tests/test_app.py::test_repeat --llm-record-mode=new_episodes  (keeps the rest)",
+        ]
+    )
 
 
 @pytest.mark.usefixtures("with_key")

@@ -476,3 +476,24 @@ def test_a_where_written_with_spaces_around_the_equals_sign_still_filters(
     plain = report_json(capsys, str(sample), "--by", "source_id", "--where", "source_id=src-2")
     assert set(rows_by_key(spaced)) == {"src-2"}
     assert spaced["rows"] == plain["rows"]
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown"])
+def test_a_number_and_the_same_digits_as_text_are_two_rows_that_read_apart(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """An application that gives ``source_id=42`` in one place and ``"42"`` in another gets two rows
+    (the JSON keeps both values); the table shows them as 42 and "42", not as two rows labelled 42."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        for source in (42, "42", "doc-1"):
+            with monitor.lens("summary", source_id=source):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
+    assert main(["report", str(path), "--by", "source_id", "--format", fmt]) == 0
+    lines = [line.split(" ") for line in capsys.readouterr().out.splitlines() if line]
+    labels = [words[0 if fmt == "text" else 1] for words in lines if len(words) > 1]
+    shown = ["42", '"42"', "doc-1"] if fmt == "text" else ["`42`", '`"42"`', "`doc-1`"]
+    assert sorted(label for label in labels if label in shown) == sorted(shown), labels
+    assert set(rows_by_key(report_json(capsys, str(path), "--by", "source_id"))) == {42, "42", "doc-1"}

@@ -69,6 +69,10 @@ def _label(value: Any, fmt: str) -> str:
     return code(text) if fmt == "markdown" else text
 
 
+def _shown(value: Any, clash: set[str]) -> Any:
+    return json.dumps(value, ensure_ascii=False) if type(value) is str and value in clash else value
+
+
 def _cells(row: CostRow, alerts: bool) -> list[str]:
     avg = row.avg_duration_ms
     counts = [f"{row.over_budget:,}", f"{row.anomalies:,}"] if alerts else []
@@ -140,7 +144,13 @@ def render(report: CostReport, fmt: str = "text") -> str:
     by = report.query.by
     alerts = bool(report.total.over_budget or report.total.anomalies)  # columns only when there are some
     headers = [*by, *_HEADERS, *_ALERT_HEADERS * alerts]
-    rows = [[*(_label(row.key[name], fmt) for name in by), *_cells(row, alerts)] for row in report.rows]
+    # 42 and "42" are two rows (the application gave both); a string a number's row would share a label
+    # with is shown as JSON ("42"), so the two read apart
+    clash = {name: {as_text(v) for row in report.rows if type(v := row.key[name]) is not str} for name in by}
+    rows = [
+        [*(_label(_shown(row.key[name], clash[name]), fmt) for name in by), *_cells(row, alerts)]
+        for row in report.rows
+    ]
     total = [["total", *[""] * (len(by) - 1), *_cells(report.total, alerts)]]
     lines = table(fmt, headers, rows, total=total, right=range(len(by), len(headers)))
     return printable("\n".join([*lines, "", *notes(_footer(report, fmt), fmt)]) + "\n")
