@@ -609,6 +609,7 @@ class LLMCallMonitor:
                 written=usage["cache_write_tokens"] or 0,
                 heard=usage["prompt_audio_tokens"] or 0,
                 spoken=usage["completion_audio_tokens"] or 0,
+                cached_heard=usage["cached_audio_tokens"] or 0,
                 live=True,
             )
             if costs is not None:

@@ -23,7 +23,7 @@ import orjson
 
 from . import _jsonl
 from ._context import current_context, current_lenses
-from ._extract import EMPTY_REQUEST, realtime_usage
+from ._extract import EMPTY_REQUEST, JsonView
 from ._monitor import _Call
 from ._records import interrupted
 from ._servers import Endpoint, server_of
@@ -157,7 +157,7 @@ class _Session:
             call,
             status,
             self._shape(response, sum(map(len, texts)), tools),
-            realtime_usage(response.get("usage")),
+            JsonView(usage) if type(usage := response.get("usage")) is dict else None,
             error=error,
             output_text="".join(texts) if call.content is not None else None,
         )

@@ -136,7 +136,9 @@ class ServerShape(TypedDict):
 class Usage(TypedDict):
     """Token counts as OpenAI means them, whoever served the call (docs/PRICING.md): the cached,
     cache-write and audio prompt tokens are parts of ``prompt_tokens``; ``completion_tokens`` is all
-    output billed, reasoning and audio included."""
+    output billed, reasoning and audio included. ``cached_audio_tokens`` is the audio part of
+    ``cached_tokens``, which only a Realtime response says (its ``prompt_audio_tokens`` are then the
+    audio the cache did not serve); 0 for every other call."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -146,6 +148,7 @@ class Usage(TypedDict):
     cache_write_tokens: int | None
     prompt_audio_tokens: int | None
     completion_audio_tokens: int | None
+    cached_audio_tokens: int | None
 
 
 class Timing(TypedDict):

@@ -88,6 +88,7 @@ def call(
             "cache_write_tokens": 0,
             "prompt_audio_tokens": 0,
             "completion_audio_tokens": 0,
+            "cached_audio_tokens": 0,
         },
         start_epoch=epoch,
         duration_s=duration_s,

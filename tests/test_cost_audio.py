@@ -135,3 +135,25 @@ def test_a_price_file_gives_audio_and_cache_write_rates(
     log.write_text(json.dumps(record) + "\n")
     assert main(["reprice", str(log), "--price-file", str(prices), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["total"]["change_usd"] == 0
+
+
+def test_cached_audio_above_the_cached_tokens_is_an_error() -> None:
+    """Cached audio is a part of the cached tokens: more of it than them is a caller bug."""
+    with pytest.raises(ValueError, match="cached_audio_tokens <= cached_tokens"):
+        price(
+            "gpt-realtime-mini", prompt_tokens=10, completion_tokens=1, cached_tokens=2, cached_audio_tokens=3
+        )
+
+
+def test_a_price_file_gives_the_cached_audio_rate(tmp_path: Path) -> None:
+    """A price file's ``cached_input_audio`` prices the cached audio; without it, cached audio costs the
+    ``cached_input`` rate."""
+    prices = tmp_path / "prices.yaml"
+    entry = "version: 1\nmodels:\n  my-realtime:\n    input: 1\n    output: 2\n    cached_input: 0.1\n"
+    call: Any = {"prompt_tokens": 1_000_000, "completion_tokens": 0, "cached_tokens": 1_000_000}
+    for rate, usd in (("    cached_input_audio: 0.5\n", "0.5"), ("", "0.1")):
+        prices.write_text(entry + "    input_audio: 10\n" + rate)
+        cost = PriceTable.from_file(prices, builtin=False).cost(
+            "my-realtime", **call, cached_audio_tokens=1_000_000
+        )
+        assert cost is not None and cost.total_cost_usd == Decimal(usd)

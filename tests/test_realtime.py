@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import genai_prices
 import openai
@@ -24,6 +24,8 @@ import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
 from tests.conftest import FAKE_KEY
+from tests.cost_helpers import assert_repriced_unchanged
+from tests.exporter_helpers import samples, total
 from tests.test_ledger_streams import EARLY_FINALIZE
 
 MODEL = "gpt-realtime"
@@ -195,6 +197,127 @@ def test_audio_and_cached_tokens_cost_their_realtime_rates(
         provider_id="openai",
     ).total_price
     assert Decimal(repr(record["cost"]["total_cost_usd"])) > text_only
+
+
+@pytest.mark.parametrize("model", ["gpt-realtime", "gpt-realtime-mini"])
+def test_cached_audio_costs_the_cached_audio_rate(
+    rt: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    """Audio the cache served costs the model's cached *audio* rate, not its cached text rate:
+    gpt-realtime-mini's is $0.30 per 1M tokens against $0.06 for text. The record says how much of
+    ``cached_tokens`` was audio, so a reprice prices it alike; the cost is genai-prices' for the usage
+    the caller received, and repricing the log finds no change."""
+    with rt.realtime.connect(model=model) as connection:
+        connection.conversation.item.create(item=ASK)
+        connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+        connection.input_audio_buffer.commit()
+        connection.response.create(
+            response={"metadata": {"x-fake-cached-tokens": "6", "x-fake-cached-audio-tokens": "40"}}
+        )
+        done = _until_done(connection)[-1]
+    (record,) = records.calls
+    usage = record["usage"]
+    assert (usage["cached_tokens"], usage["cached_audio_tokens"], usage["prompt_audio_tokens"]) == (46, 40, 0)
+    billed = done.response.usage
+    heard = billed.input_token_details
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=billed.input_tokens,
+            cache_read_tokens=heard.cached_tokens,
+            input_audio_tokens=heard.audio_tokens,
+            cache_audio_read_tokens=heard.cached_tokens_details.audio_tokens,
+            output_tokens=billed.output_tokens,
+            output_audio_tokens=billed.output_token_details.audio_tokens,
+        ),
+        model,
+        provider_id="openai",
+    ).total_price
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected
+    # priced the same from the record alone (what reprice and a price table read)
+    again = llm_ledger.price(
+        model,
+        prompt_tokens=usage["prompt_tokens"],
+        completion_tokens=usage["completion_tokens"],
+        cached_tokens=usage["cached_tokens"],
+        cached_audio_tokens=usage["cached_audio_tokens"],
+        prompt_audio_tokens=usage["prompt_audio_tokens"],
+        completion_audio_tokens=usage["completion_audio_tokens"],
+    )
+    assert again is not None and again.total_cost_usd == expected
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    assert_repriced_unchanged(log, capsys)
+
+
+def test_the_exporters_count_cached_audio_as_audio(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OTel sink's token counters and span split a response's input by modality as its usage does:
+    the audio the cache served is audio, in the input and the cache reads, and only the rest is text;
+    Prometheus's ``input_audio`` is all the audio in, cached or not."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from llm_ledger.exporters import OTelSink, PrometheusSink
+
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    sink = OTelSink(tracer_provider, MeterProvider(metric_readers=[reader]))
+    registry = CollectorRegistry()
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink, PrometheusSink(registry)])
+    with _raw(fake_openai) as raw, capture(monitor) as records:
+        connection = monitor.instrument(raw).realtime.connect(model=MODEL).enter()
+        connection.conversation.item.create(item=ASK)
+        connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+        connection.input_audio_buffer.commit()
+        connection.response.create(
+            response={"metadata": {"x-fake-cached-tokens": "6", "x-fake-cached-audio-tokens": "30"}}
+        )
+        _until_done(connection)
+        connection.close()
+    (record,) = records.calls
+    usage = record["usage"]
+    assert (usage["prompt_audio_tokens"], usage["cached_audio_tokens"], usage["cached_tokens"]) == (
+        10,
+        30,
+        36,
+    )
+    data = reader.get_metrics_data()
+    assert data is not None
+    counted: dict[tuple[str, str], float] = {}
+    for metric in data.resource_metrics[0].scope_metrics[0].metrics:
+        if metric.name.startswith("gen_ai.client.inference.usage."):
+            for point in cast(list[Any], metric.data.data_points):  # the counters' NumberDataPoints
+                key = (metric.name.rpartition("usage.")[2], point.attributes["gen_ai.token.modality"])
+                counted[key] = counted.get(key, 0) + point.value
+    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    spoken = usage["completion_audio_tokens"]
+    assert counted == {
+        ("input_tokens", "audio"): 40,
+        ("input_tokens", "text"): prompt - 40,
+        ("cache_read.input_tokens", "audio"): 30,
+        ("cache_read.input_tokens", "text"): 6,
+        ("output_tokens", "audio"): spoken,
+        ("output_tokens", "text"): completion - spoken,
+        ("reasoning.output_tokens", "text"): 0,
+        ("cache_write.input_tokens", "text"): 0,
+    }
+    (span,) = spans.get_finished_spans()
+    attributes = span.attributes or {}
+    assert attributes["gen_ai.usage.audio.input_tokens"] == 40
+    assert attributes["gen_ai.usage.text.input_tokens"] == prompt - 40
+    assert attributes["gen_ai.usage.text.cache_read.input_tokens"] == 6
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 36
+    generate_latest(registry)  # a new series is first scraped at 0
+    scraped = samples(generate_latest(registry).decode())
+    assert total(scraped, "llm_ledger_tokens_total", token_type="input_audio") == 40
+    assert total(scraped, "llm_ledger_tokens_total", token_type="cached") == 36
 
 
 @pytest.mark.asyncio
