@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import threading
 import time
 import weakref
 from collections import deque
@@ -67,6 +68,10 @@ class _Session:
         lenses = current_lenses()
         self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
         self.ended = False
+        # what one thread reads of the events and another's close() take turns: a response begun while
+        # the connection is closed would hold its lens runs open for good. Reentrant: a SIGTERM handler
+        # ending the sessions may run on a thread inside seen()
+        self.lock = threading.RLock()
         try:
             url = client.websocket_base_url or client.base_url
             self.server = server_of(url if hasattr(url, "netloc") else type(client.base_url)(url))
@@ -91,6 +96,11 @@ class _Session:
         kind = event.get("type")
         if type(kind) is not str:
             return
+        with self.lock:
+            if not self.ended:  # a connection closed records nothing more
+                self._seen(kind, event)
+
+    def _seen(self, kind: str, event: dict[str, Any]) -> None:
         if kind.endswith(".delta"):  # response.output_text.delta, response.output_audio.delta...
             call = self.calls.get(event.get("response_id"))
             if call is not None:
@@ -167,8 +177,9 @@ class _Session:
     def lost(self, exc: BaseException | None) -> None:
         """The connection ended under the responses in flight: ``interrupted`` when the caller closed it
         (or the server did, cleanly), ``error`` when it broke; nothing more comes for them."""
-        calls, self.calls = self.calls, {}
-        self.asked.clear()
+        with self.lock:
+            calls, self.calls = self.calls, {}
+            self.asked.clear()
         name = type(exc).__name__
         status: Status = "interrupted"
         if exc is not None and not (interrupted(exc) or name == "ConnectionClosedOK"):
@@ -178,9 +189,10 @@ class _Session:
 
     def close(self, exc: BaseException | None = None) -> None:
         """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
-        if self.ended:
-            return
-        self.ended = True
+        with self.lock:
+            if self.ended:
+                return
+            self.ended = True
         _open.discard(self)
         try:
             self.lost(exc)
