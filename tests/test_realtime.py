@@ -454,6 +454,31 @@ def test_transcripts_are_captured_only_with_content_capture_and_scrubbed(fake_op
                 assert record["content"] == {"output": "Summary: what is the [W] like"}
 
 
+def test_a_cancelled_responses_word_cut_mid_way_is_not_captured(fake_openai: FakeOpenAI) -> None:
+    """A response cancelled mid-word ("Ali" of "Alice") keeps its captured text up to its last whole
+    word: a cut word, which a redact hook matching whole words would miss, is never stored; the redact
+    hook sees exactly the text stored."""
+    seen: list[str] = []
+
+    def redact(text: str) -> str:
+        seen.append(text)
+        return text.replace("Alice", "[NAME]")
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True, redact=redact)
+    name: Any = {**ASK, "content": [{"type": "input_text", "text": " ".join(["Alice"] * 8)}]}
+    with _raw(fake_openai) as raw, capture(monitor) as records:
+        with monitor.instrument(raw).realtime.connect(model=MODEL) as connection:
+            connection.conversation.item.create(item=name)
+            metadata = {"x-fake-status": "cancelled", "x-fake-chunks": "5"}
+            connection.response.create(response={"output_modalities": ["text"], "metadata": metadata})
+            said = "".join(e.delta for e in _until_done(connection) if e.type == "response.output_text.delta")
+    assert said == "Summary: Alice Alice Ali"  # what the caller received, cut mid-name
+    (record,) = records.calls
+    assert record["status"] == "interrupted" and record["response"]["content_length"] == len(said)
+    assert record["content"]["output"] == "Summary: [NAME] [NAME] "
+    assert seen == ["Summary: Alice Alice "]
+
+
 def test_the_beta_realtime_connect_is_watched_too(rt: openai.OpenAI, records: Captured) -> None:
     """``client.beta.realtime.connect()`` (the preview interface, kept by the SDK) is recorded alike."""
     with rt.beta.realtime.connect(model="gpt-4o-realtime-preview") as connection:
