@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -421,6 +422,28 @@ def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
     assert run.summary == voice
 
 
+def test_events_read_after_close_record_nothing_and_hold_no_lens(
+    rt: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Events the connection had received when it was closed (a thread reading them while another closes
+    the connection) are still the caller's, but record nothing: a response begun after the close holds
+    no lens open, and the lens record is written when its block ends."""
+    with monitor.lens("voice_agent") as run:
+        connection = rt.realtime.connect(model=MODEL).enter()
+        connection.response.create()
+        connection.input_audio_buffer.clear()  # answered once the whole response was sent
+        deadline = time.monotonic() + 10
+        while not any(e.get("type") == "input_audio_buffer.clear" for e in fake_openai.realtime_events):
+            assert time.monotonic() < deadline, "the fake never read input_audio_buffer.clear"
+            time.sleep(0.01)
+        connection.close()
+        assert [connection.recv().type for _ in range(2)] == ["session.created", "response.created"]
+    assert records.calls == []
+    (lens,) = records.lenses
+    assert (lens["summary"]["open_calls"], lens["summary"]["cost_complete"]) == (0, True)
+    assert run.summary == lens["summary"]
+
+
 def test_a_refused_response_create_records_nothing(rt: openai.OpenAI, records: Captured) -> None:
     """A ``response.create`` the server refuses (an ``error`` event) makes no response, so no call; the
     caller gets the error event as the SDK gives it."""
@@ -466,12 +489,15 @@ def test_a_cancelled_responses_word_cut_mid_way_is_not_captured(fake_openai: Fak
 
     monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True, redact=redact)
     name: Any = {**ASK, "content": [{"type": "input_text", "text": " ".join(["Alice"] * 8)}]}
-    with _raw(fake_openai) as raw, capture(monitor) as records:
-        with monitor.instrument(raw).realtime.connect(model=MODEL) as connection:
-            connection.conversation.item.create(item=name)
-            metadata = {"x-fake-status": "cancelled", "x-fake-chunks": "5"}
-            connection.response.create(response={"output_modalities": ["text"], "metadata": metadata})
-            said = "".join(e.delta for e in _until_done(connection) if e.type == "response.output_text.delta")
+    metadata = {"x-fake-status": "cancelled", "x-fake-chunks": "5"}
+    with (
+        _raw(fake_openai) as raw,
+        capture(monitor) as records,
+        monitor.instrument(raw).realtime.connect(model=MODEL) as connection,
+    ):
+        connection.conversation.item.create(item=name)
+        connection.response.create(response={"output_modalities": ["text"], "metadata": metadata})
+        said = "".join(e.delta for e in _until_done(connection) if e.type == "response.output_text.delta")
     assert said == "Summary: Alice Alice Ali"  # what the caller received, cut mid-name
     (record,) = records.calls
     assert record["status"] == "interrupted" and record["response"]["content_length"] == len(said)
