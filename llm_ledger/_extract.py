@@ -275,20 +275,29 @@ def usage_of(operation: str, usage: Any) -> Usage:
         written = getattr(details, "cache_write_tokens", None)
         heard = spoken = None  # the Responses API reports no audio
         reasoning = getattr(fields.get("output_tokens_details"), "reasoning_tokens", None)
-        cached_heard = 0
+        cached_heard = seen = cached_seen = 0
     elif operation == "realtime":  # a response.done's (docs/PRICING.md, "Realtime")
         prompt = fields.get("input_tokens")
         completion = fields.get("output_tokens")
         details = fields.get("input_token_details")
         cached = getattr(details, "cached_tokens", None)
-        # the audio prompt tokens are those the cache did not serve: the others are cached_tokens'
-        heard = getattr(details, "audio_tokens", None)
-        served = getattr(getattr(details, "cached_tokens_details", None), "audio_tokens", None)
-        if not (type(served) is int and type(cached) is int and 0 <= served <= cached):
-            served = 0  # not a part of the cached tokens (a broken server): none known
-        cached_heard = served
+        # its audio and image prompt tokens are those the cache did not serve: the others are cached_tokens'
+        heard, image = getattr(details, "audio_tokens", None), getattr(details, "image_tokens", None)
+        served = getattr(details, "cached_tokens_details", None)
+        audio_served = getattr(served, "audio_tokens", None)
+        image_served = getattr(served, "image_tokens", None)
+        cached_heard = cached_seen = 0  # unless they are parts of the cached tokens (not a broken server's)
+        if (
+            type(audio_served) is int
+            and type(image_served) is int
+            and type(cached) is int
+            and min(audio_served, image_served) >= 0
+            and audio_served + image_served <= cached
+        ):
+            cached_heard, cached_seen = audio_served, image_served
         if type(heard) is int:
             heard -= min(heard, cached_heard)
+        seen = image - min(image, cached_seen) if type(image) is int and image >= 0 else 0
         spoken = getattr(fields.get("output_token_details"), "audio_tokens", None)
         written = reasoning = None
     else:
@@ -307,7 +316,7 @@ def usage_of(operation: str, usage: Any) -> Usage:
         details = fields.get("completion_tokens_details")
         reasoning = getattr(details, "reasoning_tokens", None)
         spoken = getattr(details, "audio_tokens", None)
-        cached_heard = 0
+        cached_heard = seen = cached_seen = 0
     total = fields.get("total_tokens")
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
     if not (type(prompt) is int and prompt >= 0):
@@ -326,6 +335,8 @@ def usage_of(operation: str, usage: Any) -> Usage:
         "prompt_audio_tokens": heard if type(heard) is int and heard >= 0 else 0,
         "completion_audio_tokens": spoken if type(spoken) is int and spoken >= 0 else 0,
         "cached_audio_tokens": cached_heard,
+        "prompt_image_tokens": seen,
+        "cached_image_tokens": cached_seen,
     }
 
 

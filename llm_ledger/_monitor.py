@@ -610,6 +610,8 @@ class LLMCallMonitor:
                 heard=usage["prompt_audio_tokens"] or 0,
                 spoken=usage["completion_audio_tokens"] or 0,
                 cached_heard=usage["cached_audio_tokens"] or 0,
+                seen=usage["prompt_image_tokens"] or 0,
+                cached_seen=usage["cached_image_tokens"] or 0,
                 live=True,
             )
             if costs is not None:

@@ -89,6 +89,8 @@ def call(
             "prompt_audio_tokens": 0,
             "completion_audio_tokens": 0,
             "cached_audio_tokens": 0,
+            "prompt_image_tokens": 0,
+            "cached_image_tokens": 0,
         },
         start_epoch=epoch,
         duration_s=duration_s,

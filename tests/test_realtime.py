@@ -201,24 +201,36 @@ def test_audio_and_cached_tokens_cost_their_realtime_rates(
 
 
 @pytest.mark.parametrize("model", ["gpt-realtime", "gpt-realtime-mini"])
-def test_cached_audio_costs_the_cached_audio_rate(
+def test_cached_audio_and_images_cost_their_own_rates(
     rt: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
 ) -> None:
-    """Audio the cache served costs the model's cached *audio* rate, not its cached text rate:
-    gpt-realtime-mini's is $0.30 per 1M tokens against $0.06 for text. The record says how much of
-    ``cached_tokens`` was audio, so a reprice prices it alike; the cost is genai-prices' for the usage
-    the caller received, and repricing the log finds no change."""
+    """Audio the cache served costs the model's cached *audio* rate, not its cached text rate
+    (gpt-realtime-mini's is $0.30 per 1M tokens against $0.06 for text), and image input its image
+    rates, cached or not ($0.80 and $0.08 against $0.60 and $0.06). The record says how much of its
+    prompt and cached tokens were audio and images, so a reprice prices them alike; the cost is
+    genai-prices' for the usage the caller received, and repricing the log finds no change."""
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    photos: Any = {"type": "message", "role": "user", "content": [image, image]}
+    metadata = {
+        "x-fake-cached-tokens": "6",
+        "x-fake-cached-audio-tokens": "40",
+        "x-fake-cached-image-tokens": "100",
+    }
     with rt.realtime.connect(model=model) as connection:
         connection.conversation.item.create(item=ASK)
+        connection.conversation.item.create(item=photos)  # 85 image tokens each
         connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
         connection.input_audio_buffer.commit()
-        connection.response.create(
-            response={"metadata": {"x-fake-cached-tokens": "6", "x-fake-cached-audio-tokens": "40"}}
-        )
+        connection.response.create(response={"metadata": metadata})
         done = _until_done(connection)[-1]
     (record,) = records.calls
     usage = record["usage"]
-    assert (usage["cached_tokens"], usage["cached_audio_tokens"], usage["prompt_audio_tokens"]) == (46, 40, 0)
+    assert (usage["cached_tokens"], usage["cached_audio_tokens"], usage["prompt_audio_tokens"]) == (
+        146,
+        40,
+        0,
+    )
+    assert (usage["cached_image_tokens"], usage["prompt_image_tokens"]) == (100, 70)
     billed = done.response.usage
     heard = billed.input_token_details
     expected = genai_prices.calc_price(
@@ -227,6 +239,8 @@ def test_cached_audio_costs_the_cached_audio_rate(
             cache_read_tokens=heard.cached_tokens,
             input_audio_tokens=heard.audio_tokens,
             cache_audio_read_tokens=heard.cached_tokens_details.audio_tokens,
+            input_image_tokens=heard.image_tokens,
+            cache_image_read_tokens=heard.cached_tokens_details.image_tokens,
             output_tokens=billed.output_tokens,
             output_audio_tokens=billed.output_token_details.audio_tokens,
         ),
@@ -241,6 +255,8 @@ def test_cached_audio_costs_the_cached_audio_rate(
         completion_tokens=usage["completion_tokens"],
         cached_tokens=usage["cached_tokens"],
         cached_audio_tokens=usage["cached_audio_tokens"],
+        cached_image_tokens=usage["cached_image_tokens"],
+        prompt_image_tokens=usage["prompt_image_tokens"],
         prompt_audio_tokens=usage["prompt_audio_tokens"],
         completion_audio_tokens=usage["completion_audio_tokens"],
     )

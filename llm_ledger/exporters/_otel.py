@@ -153,7 +153,7 @@ def _modalities(record: Mapping[str, Any]) -> tuple[str, str, str, int, int, int
     count, inseparable) or the model is an audio model whose usage counts no audio apart (unknown).
     Which part of the cached tokens was audio only a Realtime response says (``cached_audio_tokens``,
     its ``prompt_audio_tokens`` being the audio the cache did not serve); its usage splits audio off
-    even when there is none."""
+    even when there is none, and its image tokens, counted apart, make the rest unknown too."""
     usage = record["usage"]
     cached_heard = usage.get("cached_audio_tokens") or 0  # .get: records of older versions
     heard = (usage.get("prompt_audio_tokens") or 0) + cached_heard
@@ -161,7 +161,12 @@ def _modalities(record: Mapping[str, Any]) -> tuple[str, str, str, int, int, int
     model = record["request"]["model"] or ""
     realtime = record["operation"] == "realtime"
     unsplit = not (heard or spoken or realtime) and ("audio" in model or "realtime" in model)
-    inputs = "unknown" if unsplit or record["request"]["has_images"] else "text"
+    images = (
+        record["request"]["has_images"]
+        or usage.get("prompt_image_tokens")
+        or usage.get("cached_image_tokens")
+    )
+    inputs = "unknown" if unsplit or images else "text"
     cached = inputs if not heard or realtime else "unknown"
     return inputs, "unknown" if unsplit else "text", cached, heard, spoken, cached_heard
 
