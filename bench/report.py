@@ -54,7 +54,8 @@ def _lines(distinct: int) -> list[bytes]:
                       "tool_calls_count": 0, "service_tier": "default", "tool_uses": None},
             usage={"prompt_tokens": prompt, "completion_tokens": completion,
                    "total_tokens": prompt + completion, "cached_tokens": 0, "reasoning_tokens": 0,
-                   "cache_write_tokens": 0, "prompt_audio_tokens": 0, "completion_audio_tokens": 0},
+                   "cache_write_tokens": 0, "prompt_audio_tokens": 0, "completion_audio_tokens": 0,
+                   "cached_audio_tokens": 0, "prompt_image_tokens": 0, "cached_image_tokens": 0},
             start_epoch=start, duration_s=0.4 + (i % 100) / 50, ttft_s=None if i % 4 else 0.2,
             prompt_cost_units=prompt * 150_000_000_000_000_000,  # $0.15 and $0.60 per 1M tokens
             completion_cost_units=completion * 600_000_000_000_000_000, retries=0,

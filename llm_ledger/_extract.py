@@ -18,7 +18,6 @@ __all__ = [
     "JsonView",
     "no_usage",
     "output_text",
-    "realtime_usage",
     "reasoning_in_completion",
     "request_shape",
     "response_shape",
@@ -285,6 +284,31 @@ def usage_of(operation: str, usage: Any) -> Usage:
         written = getattr(details, "cache_write_tokens", None)
         heard = spoken = None  # the Responses API reports no audio
         reasoning = getattr(fields.get("output_tokens_details"), "reasoning_tokens", None)
+        cached_heard = seen = cached_seen = 0
+    elif operation == "realtime":  # a response.done's (docs/PRICING.md, "Realtime")
+        prompt = fields.get("input_tokens")
+        completion = fields.get("output_tokens")
+        details = fields.get("input_token_details")
+        cached = getattr(details, "cached_tokens", None)
+        # its audio and image prompt tokens are those the cache did not serve: the others are cached_tokens'
+        heard, image = getattr(details, "audio_tokens", None), getattr(details, "image_tokens", None)
+        served = getattr(details, "cached_tokens_details", None)
+        audio_served = getattr(served, "audio_tokens", None)
+        image_served = getattr(served, "image_tokens", None)
+        cached_heard = cached_seen = 0  # unless they are parts of the cached tokens (not a broken server's)
+        if (
+            type(audio_served) is int
+            and type(image_served) is int
+            and type(cached) is int
+            and min(audio_served, image_served) >= 0
+            and audio_served + image_served <= cached
+        ):
+            cached_heard, cached_seen = audio_served, image_served
+        if type(heard) is int:
+            heard -= min(heard, cached_heard)
+        seen = image - min(image, cached_seen) if type(image) is int and image >= 0 else 0
+        spoken = getattr(fields.get("output_token_details"), "audio_tokens", None)
+        written = reasoning = None
     else:
         prompt = fields.get("prompt_tokens")
         completion = fields.get("completion_tokens")
@@ -301,6 +325,7 @@ def usage_of(operation: str, usage: Any) -> Usage:
         details = fields.get("completion_tokens_details")
         reasoning = getattr(details, "reasoning_tokens", None)
         spoken = getattr(details, "audio_tokens", None)
+        cached_heard = seen = cached_seen = 0
     total = fields.get("total_tokens")
     # a count that is not a whole number >= 0 (a broken compatible server) is unknown, not a crash later
     if not (type(prompt) is int and prompt >= 0):
@@ -318,6 +343,9 @@ def usage_of(operation: str, usage: Any) -> Usage:
         "cache_write_tokens": written if type(written) is int and written >= 0 else 0,
         "prompt_audio_tokens": heard if type(heard) is int and heard >= 0 else 0,
         "completion_audio_tokens": spoken if type(spoken) is int and spoken >= 0 else 0,
+        "cached_audio_tokens": cached_heard,
+        "prompt_image_tokens": seen,
+        "cached_image_tokens": cached_seen,
     }
 
 
@@ -435,34 +463,6 @@ def _billed_usage(operation: str, usage: Any) -> JsonView:
         counts["completion_tokens"] = fields.get("output_tokens")
         counts["prompt_tokens_details"] = {"audio_tokens": audio}
     return JsonView(counts)
-
-
-def realtime_usage(usage: Any) -> JsonView | None:
-    """A Realtime ``response.done``'s ``usage`` (a JSON object) in the record's terms, as chat reports
-    it: the audio prompt tokens are those the cache did not serve, since the cached ones are part of
-    ``cached_tokens``, billed there (docs/PRICING.md, "Realtime"); image tokens stay in the prompt's."""
-    if type(usage) is not dict:
-        return None
-    heard = _object(usage.get("input_token_details"))
-    cached = _object(heard.get("cached_tokens_details"))
-    audio, cached_audio = heard.get("audio_tokens"), cached.get("audio_tokens")
-    if type(audio) is int and type(cached_audio) is int:
-        audio -= min(audio, cached_audio)
-    return JsonView(
-        {
-            "prompt_tokens": usage.get("input_tokens"),
-            "completion_tokens": usage.get("output_tokens"),
-            "total_tokens": usage.get("total_tokens"),
-            "prompt_tokens_details": {"cached_tokens": heard.get("cached_tokens"), "audio_tokens": audio},
-            "completion_tokens_details": {
-                "audio_tokens": _object(usage.get("output_token_details")).get("audio_tokens")
-            },
-        }
-    )
-
-
-def _object(value: Any) -> dict[str, Any]:
-    return value if type(value) is dict else {}
 
 
 def speech_usage(content: bytes, content_type: str) -> JsonView | None:

@@ -19,12 +19,14 @@ __all__ = ["RealtimeServer"]
 JSONDict = dict[str, Any]
 
 GREETING = "Hello! How can I help you today?"
+IMAGE_TOKENS = 85  # the tokens of each input_image part of an item (a low-detail image's)
 FAILED = "The server had an error while processing your request."
 # the x-fake-* keys a response.create's metadata takes (strings, as metadata is): int, or the values taken
 _STEERING: dict[str, Any] = {
     "x-fake-chunks": int,
     "x-fake-cached-tokens": int,
     "x-fake-cached-audio-tokens": int,
+    "x-fake-cached-image-tokens": int,
     "x-fake-status": ("completed", "cancelled", "incomplete", "failed"),
     "x-fake-fault": ("close", "error"),
 }
@@ -103,7 +105,13 @@ class _Session:
                 for part in item.get("content") or ()
                 if isinstance(part, dict)
             )
-            self.items.append({"role": item.get("role", "user"), "text": text, "audio": 0})
+            images = sum(
+                isinstance(part, dict) and part.get("type") == "input_image"
+                for part in item.get("content") or ()
+            )
+            self.items.append(
+                {"role": item.get("role", "user"), "text": text, "audio": 0, "image": images * IMAGE_TOKENS}
+            )
             stored = {"id": f"item_{next(self.ids)}", "status": "completed", **item}
             self.send({"type": "conversation.item.created", "previous_item_id": None, "item": stored})
         elif kind == "input_audio_buffer.append":
@@ -119,7 +127,9 @@ class _Session:
                     "input_audio_buffer_commit_empty",
                 )
             # a token of audio per 100 bytes, as the fake's transcriptions count it
-            self.items.append({"role": "user", "text": "", "audio": math.ceil(len(self.buffer) / 100)})
+            self.items.append(
+                {"role": "user", "text": "", "audio": math.ceil(len(self.buffer) / 100), "image": 0}
+            )
             self.buffer.clear()
             self.send({"type": "input_audio_buffer.committed", "item_id": f"item_{next(self.ids)}"})
         elif kind == "input_audio_buffer.clear":
@@ -199,7 +209,9 @@ class _Session:
             self.session.get("instructions") or ""
         )
         audio_in = sum(item["audio"] for item in self.items)
+        image_in = sum(item["image"] for item in self.items)
         cached_audio = min(audio_in, int(steering.get("x-fake-cached-audio-tokens", 0)))
+        cached_image = min(image_in, int(steering.get("x-fake-cached-image-tokens", 0)))
         cached_text = min(text_in, int(steering.get("x-fake-cached-tokens", 0)))
         text_out = _tokens(said)
         audio_out = len(said) if audio else 0  # an audio token a character, as the fake's speech
@@ -209,20 +221,20 @@ class _Session:
             done = "completed" if status == "completed" else "incomplete"
             output.append({"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
                            "status": done, "content": [content]})  # fmt: skip
-            self.items.append({"role": "assistant", "text": said, "audio": audio_out})
+            self.items.append({"role": "assistant", "text": said, "audio": audio_out, "image": 0})
         usage = {
-            "total_tokens": text_in + audio_in + text_out + audio_out,
-            "input_tokens": text_in + audio_in,
+            "total_tokens": text_in + audio_in + image_in + text_out + audio_out,
+            "input_tokens": text_in + audio_in + image_in,
             "output_tokens": text_out + audio_out,
             "input_token_details": {
                 "text_tokens": text_in,
                 "audio_tokens": audio_in,
-                "image_tokens": 0,
-                "cached_tokens": cached_text + cached_audio,
+                "image_tokens": image_in,
+                "cached_tokens": cached_text + cached_audio + cached_image,
                 "cached_tokens_details": {
                     "text_tokens": cached_text,
                     "audio_tokens": cached_audio,
-                    "image_tokens": 0,
+                    "image_tokens": cached_image,
                 },
             },
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},

@@ -614,6 +614,9 @@ class LLMCallMonitor:
                 written=usage["cache_write_tokens"] or 0,
                 heard=usage["prompt_audio_tokens"] or 0,
                 spoken=usage["completion_audio_tokens"] or 0,
+                cached_heard=usage["cached_audio_tokens"] or 0,
+                seen=usage["prompt_image_tokens"] or 0,
+                cached_seen=usage["cached_image_tokens"] or 0,
                 live=True,
             )
             if costs is not None:

@@ -37,6 +37,9 @@ _RATE_MEANINGS: Final = {
     "cached_input": "USD per 1M cached input tokens",
     "cache_write": "USD per 1M input tokens written to the cache",
     "input_audio": "USD per 1M audio input tokens",
+    "cached_input_audio": "USD per 1M cached audio input tokens",
+    "input_image": "USD per 1M image input tokens",
+    "cached_input_image": "USD per 1M cached image input tokens",
     "output": "USD per 1M output tokens",
     "output_audio": "USD per 1M audio output tokens",
 }
@@ -47,6 +50,8 @@ _SERVICE_TIER_KEYS: Final = (*RATE_FIELDS, "long_context")
 # other tools' names for our keys (litellm's, genai-prices'), some of which look like another key of ours
 _KEYS_MEANT: Final = {
     "cache_read": "cached_input",
+    "cache_audio_read": "cached_input_audio",
+    "cache_image_read": "cached_input_image",
     "cache_creation": "cache_write",
     "tiers": "long_context",
     "service_tier": "service_tiers",

@@ -81,7 +81,10 @@ class PricedCall(TypedDict, total=False):
     :meth:`Route.cost` take after the model. ``prompt_tokens`` and ``completion_tokens`` are required.
     ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
     ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
-    ``completion_audio_tokens`` is the audio part of ``completion_tokens`` (each default 0). Reasoning
+    ``completion_audio_tokens`` is the audio part of ``completion_tokens``. A Realtime response's also
+    says ``cached_audio_tokens`` and ``cached_image_tokens``, the audio and image parts of
+    ``cached_tokens``, and ``prompt_image_tokens``, the image prompt tokens the cache did not serve (its
+    ``prompt_audio_tokens`` are then the audio the cache did not serve) (each default 0). Reasoning
     tokens are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now)
     is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours) or
     the day (a price change genai-prices lists);
@@ -94,12 +97,15 @@ class PricedCall(TypedDict, total=False):
     cache_write_tokens: int
     prompt_audio_tokens: int
     completion_audio_tokens: int
+    cached_audio_tokens: int
+    prompt_image_tokens: int
+    cached_image_tokens: int
     at: datetime | None
     service_tier: str | None
 
 
 _CALL_KEYS: Final = tuple(PricedCall.__annotations__)
-_COUNTS: Final = _CALL_KEYS[:6]  # the token counts, the two required first
+_COUNTS: Final = _CALL_KEYS[:9]  # the token counts, the two required first
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +138,10 @@ _fixed_second: int | None = None
 # Calls are priced in integers of 10**-24 USD (USD_UNITS per dollar): a rate of up to 18 decimals per
 # 1M tokens is a whole number of units per token, so costs and their sums are exact, as with Decimal,
 # at a fraction of its cost on the path of every call.
-# (input, cached input, cache write, audio input, output, audio output) in units per token; the
-# cache and audio rates already defaulted.
-_PerToken = tuple[int, int, int, int, int, int]
+# (input, cached input, cache write, audio input, output, audio output, (cached audio input, image input,
+# cached image input)) in units per token; the cache, audio and image rates already defaulted. The last
+# three, which only a Realtime response uses, apart: a chat call does not unpack them.
+_PerToken = tuple[int, int, int, int, int, int, tuple[int, int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +177,15 @@ def _per_token(rates: Rates) -> _PerToken:
     written = inp if rates.cache_write is None else _units(rates.cache_write)
     heard = inp if rates.input_audio is None else _units(rates.input_audio)
     out = _units(rates.output)
-    return inp, cached, written, heard, out, out if rates.output_audio is None else _units(rates.output_audio)
+    spoken = out if rates.output_audio is None else _units(rates.output_audio)
+    seen = inp if rates.input_image is None else _units(rates.input_image)
+    # audio and images the cache served: at their own cached rate, else as other cached tokens, else as
+    # other audio and images
+    cached_heard, cached_seen = (
+        _units(own) if own is not None else uncached if rates.cached_input is None else cached
+        for own, uncached in ((rates.cached_input_audio, heard), (rates.cached_input_image, seen))
+    )
+    return inp, cached, written, heard, out, spoken, (cached_heard, seen, cached_seen)
 
 
 def _compile(rates: Rates) -> _Entry:
@@ -278,6 +293,9 @@ class Route:
             written=call.get("cache_write_tokens", 0),
             heard=call.get("prompt_audio_tokens", 0),
             spoken=call.get("completion_audio_tokens", 0),
+            cached_heard=call.get("cached_audio_tokens", 0),
+            seen=call.get("prompt_image_tokens", 0),
+            cached_seen=call.get("cached_image_tokens", 0),
         )
         if costs is None:
             return None
@@ -297,6 +315,9 @@ class Route:
         written: int = 0,
         heard: int = 0,
         spoken: int = 0,
+        cached_heard: int = 0,
+        seen: int = 0,
+        cached_seen: int = 0,
         live: bool = False,
     ) -> tuple[int, int, str, float | None] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar), the rates' source
@@ -309,8 +330,9 @@ class Route:
         the call was made: a price by time of day is the one of that time. ``tier`` is the service tier
         that served the call (the response's ``service_tier``): its own price when it has one.
         ``written`` prompt tokens were written to the prompt cache; ``heard`` prompt and ``spoken``
-        completion tokens are audio. ``live``: a call a monitor records, priced at the time of day
-        :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
+        completion tokens are audio, and ``cached_heard`` of the cached ones; ``seen`` prompt tokens the
+        cache did not serve and ``cached_seen`` it did are images. ``live``: a call a monitor
+        records, priced at the time of day :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -326,13 +348,30 @@ class Route:
                 return None
         # every count is >= 0 already: cost() checks its keywords, the monitor's and reprice's counts are
         # checked where they are read (_extract.usage_of, usage_row, load_report)
-        if cached_tokens + written > prompt_tokens or heard > prompt_tokens or spoken > completion_tokens:
+        media = cached_heard or seen or cached_seen  # a Realtime response's cached audio, images
+        if (
+            cached_tokens + written > prompt_tokens
+            or heard > prompt_tokens
+            or spoken > completion_tokens
+            or (
+                media
+                and (
+                    cached_heard + cached_seen > cached_tokens
+                    or seen + heard > prompt_tokens - cached_tokens - written
+                )
+            )
+        ):
             raise ValueError(
                 "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, "
-                "prompt_audio_tokens <= prompt_tokens and completion_audio_tokens <= completion_tokens, "
+                "prompt_audio_tokens <= prompt_tokens, completion_audio_tokens <= completion_tokens, "
+                "cached_audio_tokens + cached_image_tokens <= cached_tokens and (with those) "
+                "prompt_audio_tokens + prompt_image_tokens + cached_tokens + cache_write_tokens "
+                "<= prompt_tokens, "
                 f"each >= 0, got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
                 f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
-                f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}"
+                f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}, "
+                f"cached_audio_tokens={cached_heard!r}, prompt_image_tokens={seen!r}, "
+                f"cached_image_tokens={cached_seen!r}"
             )
         # a call made on a day priced apart from the one the entry holds (a log's call before a price
         # change; a DeepSeek call on a weekend): that day's prices (an entry without on_day holds forever)
@@ -349,10 +388,10 @@ class Route:
             entry = next(timed for start, timed in entry.by_time if second >= start)
         if tier is not None:
             entry = entry.by_tier.get(tier, entry)
-        inp, cached, write, audio_in, out, audio_out = entry.base
+        inp, cached, write, audio_in, out, audio_out, media_rates = entry.base
         for start, per_token in entry.tiers_desc:
             if prompt_tokens > start * calls:
-                inp, cached, write, audio_in, out, audio_out = per_token
+                inp, cached, write, audio_in, out, audio_out, media_rates = per_token
                 break
         # Audio the cache served is counted in cached_tokens too: billed there, at the cached rate. A model
         # with no cached rate bills cached tokens as any other (cached == inp: text may go below 0 and
@@ -361,6 +400,13 @@ class Route:
             heard -= max(0, cached_tokens + written + heard - prompt_tokens)
         text = prompt_tokens - cached_tokens - written - heard
         prompt_cost = text * inp + cached_tokens * cached + written * write + heard * audio_in
+        if media:  # counted as text or cached text so far: their own rates
+            cached_audio, image_in, cached_image = media_rates
+            prompt_cost += (
+                cached_heard * (cached_audio - cached)
+                + seen * (image_in - inp)
+                + cached_seen * (cached_image - cached)
+            )
         return (
             prompt_cost,
             (completion_tokens - spoken) * out + spoken * audio_out,
@@ -784,6 +830,9 @@ def _rates_from_model_info(
         prices.cache_write_mtok,
         prices.input_audio_mtok,
         prices.output_audio_mtok,
+        prices.cache_audio_read_mtok,
+        prices.input_image_mtok,
+        prices.cache_image_read_mtok,
     )
     if input_price is None:
         if any(value is not None for value in vars(prices).values()):
@@ -800,9 +849,11 @@ def _rates_from_model_info(
         return passed[-1] if passed else price.base
 
     def rates(start: int | None, tiers: tuple[tuple[int, Rates], ...] = ()) -> Rates:
-        cached, written, heard, spoken = (None if price is None else at(price, start) for price in optional)
+        cached, written, heard, spoken, *media = (
+            None if price is None else at(price, start) for price in optional
+        )
         inp, out = at(input_price, start), at(output_price, start)
-        return Rates(info.id, inp, out, cached, source, tiers, written, heard, spoken)
+        return Rates(info.id, inp, out, cached, source, tiers, written, heard, spoken, (), *media)
 
     kinds = (input_price, output_price, *optional)
     starts = sorted({tier.start for p in kinds if isinstance(p, TieredPrices) for tier in p.tiers})

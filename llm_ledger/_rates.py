@@ -49,7 +49,10 @@ _HOST_PATTERN: Final = re.compile(
     r"(?P<host>[a-z0-9*?](?:[a-z0-9*?.-]*[a-z0-9*?])?|\[[0-9a-f:.*?]+\])(?::(?P<port>[0-9]{1,5}))?"
 )
 # the rates a model may give, in the order messages list them; all but input and output are optional
-RATE_FIELDS: Final = ("input", "cached_input", "cache_write", "input_audio", "output", "output_audio")
+RATE_FIELDS: Final = (
+    "input", "cached_input", "cache_write", "input_audio", "cached_input_audio", "input_image",
+    "cached_input_image", "output", "output_audio",
+)  # fmt: skip
 # the service tiers a response names that may be priced apart ("default" is the standard rates); those
 # genai-prices prices apart are added by service_tiers()
 SERVICE_TIERS: Final = ("flex", "priority", "fast", "scale")
@@ -89,6 +92,14 @@ class Rates:
     output_audio: Decimal | None = None
     """For audio completion tokens; ``None`` when they are billed at the ``output`` rate."""
     service_tiers: tuple[tuple[str, Rates], ...] = ()
+    cached_input_audio: Decimal | None = None
+    """For audio prompt tokens the prompt cache served (the Realtime API's); ``None`` when they are
+    billed at the ``cached_input`` rate, else (no cached rate) at the ``input_audio`` rate."""
+    input_image: Decimal | None = None
+    """For image prompt tokens (the Realtime API's); ``None`` when they are billed at the ``input`` rate."""
+    cached_input_image: Decimal | None = None
+    """For image prompt tokens the prompt cache served; ``None`` when they are billed at the
+    ``cached_input`` rate, else (no cached rate) at the ``input_image`` rate."""
 
     def __post_init__(self) -> None:
         for field_name in RATE_FIELDS:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import re
+import threading
 import time
 import weakref
 from collections import deque
@@ -23,7 +25,7 @@ import orjson
 
 from . import _jsonl
 from ._context import current_context, current_lenses
-from ._extract import EMPTY_REQUEST, realtime_usage
+from ._extract import EMPTY_REQUEST, JsonView
 from ._monitor import _Call
 from ._records import interrupted
 from ._servers import Endpoint, server_of
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["watch_connect"]
 
 OPERATION = "realtime"
+# the last word of a text, unless it is followed by a space: cut mid-way in a response cut short
+_LAST_WORD = re.compile(r"\S+\Z")
 # response.status -> the record's: a response cancelled (response.cancel, or the user speaking over it)
 # stopped on the caller's side; one cut by max_output_tokens or a filter ("incomplete") was answered
 _STATUSES: dict[Any, Status] = {
@@ -67,6 +71,10 @@ class _Session:
         lenses = current_lenses()
         self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
         self.ended = False
+        # what one thread reads of the events and another's close() take turns: a response begun while
+        # the connection is closed would hold its lens runs open for good. Reentrant: a SIGTERM handler
+        # ending the sessions may run on a thread inside seen()
+        self.lock = threading.RLock()
         try:
             url = client.websocket_base_url or client.base_url
             self.server = server_of(url if hasattr(url, "netloc") else type(client.base_url)(url))
@@ -91,6 +99,11 @@ class _Session:
         kind = event.get("type")
         if type(kind) is not str:
             return
+        with self.lock:
+            if not self.ended:  # a connection closed records nothing more
+                self._seen(kind, event)
+
+    def _seen(self, kind: str, event: dict[str, Any]) -> None:
         if kind.endswith(".delta"):  # response.output_text.delta, response.output_audio.delta...
             call = self.calls.get(event.get("response_id"))
             if call is not None:
@@ -153,13 +166,18 @@ class _Session:
         error = None
         if status == "error":
             error = ResponseError(_object(_object(response.get("status_details")).get("error")))
+        output = None
+        if call.content is not None:
+            output = "".join(texts)
+            if response.get("status") != "completed":  # cut short: a word cut mid-way ("Ali" of "Alice"),
+                output = _LAST_WORD.sub("", output)  # which the redact hook would not know, is left out
         self.monitor._finish(
             call,
             status,
             self._shape(response, sum(map(len, texts)), tools),
-            realtime_usage(response.get("usage")),
+            JsonView(usage) if type(usage := response.get("usage")) is dict else None,
             error=error,
-            output_text="".join(texts) if call.content is not None else None,
+            output_text=output,
         )
 
     # -- the end -------------------------------------------------------------------------------------------
@@ -167,8 +185,9 @@ class _Session:
     def lost(self, exc: BaseException | None) -> None:
         """The connection ended under the responses in flight: ``interrupted`` when the caller closed it
         (or the server did, cleanly), ``error`` when it broke; nothing more comes for them."""
-        calls, self.calls = self.calls, {}
-        self.asked.clear()
+        with self.lock:
+            calls, self.calls = self.calls, {}
+            self.asked.clear()
         name = type(exc).__name__
         status: Status = "interrupted"
         if exc is not None and not (interrupted(exc) or name == "ConnectionClosedOK"):
@@ -178,9 +197,10 @@ class _Session:
 
     def close(self, exc: BaseException | None = None) -> None:
         """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
-        if self.ended:
-            return
-        self.ended = True
+        with self.lock:
+            if self.ended:
+                return
+            self.ended = True
         _open.discard(self)
         try:
             self.lost(exc)

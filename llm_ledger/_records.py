@@ -140,7 +140,11 @@ class ServerShape(TypedDict):
 class Usage(TypedDict):
     """Token counts as OpenAI means them, whoever served the call (docs/PRICING.md): the cached,
     cache-write and audio prompt tokens are parts of ``prompt_tokens``; ``completion_tokens`` is all
-    output billed, reasoning and audio included."""
+    output billed, reasoning and audio included. A Realtime response also says which of its prompt
+    tokens are image tokens (priced apart, docs/PRICING.md): ``prompt_image_tokens`` those the cache did
+    not serve, and ``cached_audio_tokens`` and ``cached_image_tokens`` the audio and image parts of
+    ``cached_tokens`` (its ``prompt_audio_tokens`` are then the audio the cache did not serve); all three
+    are 0 for every other call."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -150,6 +154,9 @@ class Usage(TypedDict):
     cache_write_tokens: int | None
     prompt_audio_tokens: int | None
     completion_audio_tokens: int | None
+    cached_audio_tokens: int | None
+    prompt_image_tokens: int | None
+    cached_image_tokens: int | None
 
 
 class Timing(TypedDict):

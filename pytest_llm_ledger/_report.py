@@ -219,6 +219,9 @@ class UsageSum:
     prompt_audio_tokens: int = 0
     completion_tokens: int = 0
     completion_audio_tokens: int = 0
+    cached_audio_tokens: int = 0  # the audio part of cached_tokens (a Realtime response's)
+    prompt_image_tokens: int = 0  # the image part of prompt_tokens the cache did not serve (Realtime)
+    cached_image_tokens: int = 0  # the image part of cached_tokens (a Realtime response's)
     total_tokens: int = 0
     cost: Decimal = Decimal(0)  # USD, as recorded
     uncosted_calls: int = 0  # billed calls recorded without a cost

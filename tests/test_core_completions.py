@@ -90,6 +90,9 @@ async def test_completions_create_is_recorded(
         "cache_write_tokens": 0,
         "prompt_audio_tokens": 0,
         "completion_audio_tokens": 0,
+        "cached_audio_tokens": 0,
+        "prompt_image_tokens": 0,
+        "cached_image_tokens": 0,
     }
     assert record["response"]["model"] == "gpt-3.5-turbo-instruct"
     assert record["response"]["finish_reason"] == "stop"
@@ -145,6 +148,9 @@ async def test_completions_stream_gets_usage_without_showing_it(
         "cache_write_tokens": 0,
         "prompt_audio_tokens": 0,
         "completion_audio_tokens": 0,
+        "cached_audio_tokens": 0,
+        "prompt_image_tokens": 0,
+        "cached_image_tokens": 0,
     }
 
 

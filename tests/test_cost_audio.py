@@ -135,3 +135,38 @@ def test_a_price_file_gives_audio_and_cache_write_rates(
     log.write_text(json.dumps(record) + "\n")
     assert main(["reprice", str(log), "--price-file", str(prices), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["total"]["change_usd"] == 0
+
+
+def test_cached_audio_above_the_cached_tokens_is_an_error() -> None:
+    """Cached audio is a part of the cached tokens: more of it than them is a caller bug."""
+    with pytest.raises(ValueError, match="cached_audio_tokens \\+ cached_image_tokens <= cached_tokens"):
+        price(
+            "gpt-realtime-mini", prompt_tokens=10, completion_tokens=1, cached_tokens=2, cached_audio_tokens=3
+        )
+
+
+@pytest.mark.parametrize(
+    ("rates", "counts", "usd"),
+    [
+        # 1M cached audio tokens at its own rate, else the cached rate (not the audio rate)
+        ("    cached_input_audio: 0.5\n", {"cached_tokens": 10**6, "cached_audio_tokens": 10**6}, "0.5"),
+        ("", {"cached_tokens": 10**6, "cached_audio_tokens": 10**6}, "0.1"),
+        # 1M image tokens at the image rate, else the input rate; cached at the cached image rate
+        ("    input_image: 1.25\n", {"prompt_image_tokens": 10**6}, "1.25"),
+        ("", {"prompt_image_tokens": 10**6}, "1"),
+        ("    cached_input_image: 0.2\n", {"cached_tokens": 10**6, "cached_image_tokens": 10**6}, "0.2"),
+        ("", {"cached_tokens": 10**6, "cached_image_tokens": 10**6}, "0.1"),
+    ],
+)
+def test_a_price_file_gives_the_cached_audio_and_image_rates(
+    tmp_path: Path, rates: str, counts: dict[str, int], usd: str
+) -> None:
+    """A price file's ``cached_input_audio``, ``input_image`` and ``cached_input_image`` price a
+    realtime response's cached audio and its images; without them, they cost the ``cached_input`` and
+    ``input`` rates."""
+    prices = tmp_path / "prices.yaml"
+    entry = "version: 1\nmodels:\n  my-realtime:\n    input: 1\n    output: 2\n    cached_input: 0.1\n"
+    prices.write_text(entry + "    input_audio: 10\n" + rates)
+    call: Any = {"prompt_tokens": 10**6, "completion_tokens": 0, **counts}
+    cost = PriceTable.from_file(prices, builtin=False).cost("my-realtime", **call)
+    assert cost is not None and cost.total_cost_usd == Decimal(usd)

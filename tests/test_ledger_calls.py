@@ -169,6 +169,9 @@ def test_usage_and_cost_match_the_response(
         "cache_write_tokens": 0,
         "prompt_audio_tokens": 0,
         "completion_audio_tokens": 0,
+        "cached_audio_tokens": 0,
+        "prompt_image_tokens": 0,
+        "cached_image_tokens": 0,
     }
     # gpt-4o: $2.50 / 1M input, $1.25 / 1M cached input, $10 / 1M output (public price list)
     expected_prompt = ((usage.prompt_tokens - 1024) * 2.50 + 1024 * 1.25) / 1e6

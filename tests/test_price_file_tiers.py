@@ -335,7 +335,8 @@ BAD = [
         "    service_tiers:\n      flex:\n        input: 0.5\n        cached_input: 0.05\n        output: 1\n"
         "        service_tiers: {}\n",
         "12: models.m.service_tiers.flex.service_tiers: unknown key; valid keys: input, cached_input, "
-        "cache_write, input_audio, output, output_audio, long_context",
+        "cache_write, input_audio, cached_input_audio, input_image, cached_input_image, output, "
+        "output_audio, long_context",
     ),
 ]
 

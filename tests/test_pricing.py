@@ -253,7 +253,8 @@ def test_help_shows_the_keywords_of_a_priced_call() -> None:
             "prompt_tokens": inspect.Parameter.empty,
             "completion_tokens": inspect.Parameter.empty,
             **dict.fromkeys(("cached_tokens", "cache_write_tokens"), 0),
-            **dict.fromkeys(("prompt_audio_tokens", "completion_audio_tokens"), 0),
+            **dict.fromkeys(("prompt_audio_tokens", "completion_audio_tokens", "cached_audio_tokens"), 0),
+            **dict.fromkeys(("prompt_image_tokens", "cached_image_tokens"), 0),
             "at": None,
             "service_tier": None,
         }
@@ -444,7 +445,8 @@ BAD_FILES = [
         "entry-not-mapping",
         "version: 1\nmodels:\n  gpt-4o: 2.5\n",
         "3: models.gpt-4o: expected a mapping with keys input, cached_input, cache_write, input_audio, "
-        "output, output_audio, long_context, service_tiers (USD per 1M tokens), got 2.5",
+        "cached_input_audio, input_image, cached_input_image, output, output_audio, long_context, "
+        "service_tiers (USD per 1M tokens), got 2.5",
     ),
     (
         "unknown-entry-key",
@@ -455,7 +457,7 @@ BAD_FILES = [
         "unknown-entry-key-like-ours",
         GOOD_ENTRY + "    input: 1\n    output: 2\n    audio_in: 1\n",
         "6: models.gpt-4o.audio_in: unknown key; valid keys: input, cached_input, cache_write, input_audio, "
-        "output, output_audio",
+        "cached_input_audio, input_image, cached_input_image, output, output_audio",
     ),
     (
         "missing-output",
@@ -658,6 +660,9 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
                 "cache_write_tokens": 0,
                 "prompt_audio_tokens": 0,
                 "completion_audio_tokens": 0,
+                "cached_audio_tokens": 0,
+                "prompt_image_tokens": 0,
+                "cached_image_tokens": 0,
             },
             start_epoch=1_732_000_000.0,
             duration_s=0.25,

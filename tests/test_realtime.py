@@ -9,10 +9,11 @@ import json
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import genai_prices
 import openai
@@ -24,6 +25,8 @@ import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
 from tests.conftest import FAKE_KEY
+from tests.cost_helpers import assert_repriced_unchanged
+from tests.exporter_helpers import samples, total
 from tests.test_ledger_streams import EARLY_FINALIZE
 
 MODEL = "gpt-realtime"
@@ -197,6 +200,143 @@ def test_audio_and_cached_tokens_cost_their_realtime_rates(
     assert Decimal(repr(record["cost"]["total_cost_usd"])) > text_only
 
 
+@pytest.mark.parametrize("model", ["gpt-realtime", "gpt-realtime-mini"])
+def test_cached_audio_and_images_cost_their_own_rates(
+    rt: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    """Audio the cache served costs the model's cached *audio* rate, not its cached text rate
+    (gpt-realtime-mini's is $0.30 per 1M tokens against $0.06 for text), and image input its image
+    rates, cached or not ($0.80 and $0.08 against $0.60 and $0.06). The record says how much of its
+    prompt and cached tokens were audio and images, so a reprice prices them alike; the cost is
+    genai-prices' for the usage the caller received, and repricing the log finds no change."""
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    photos: Any = {"type": "message", "role": "user", "content": [image, image]}
+    metadata = {
+        "x-fake-cached-tokens": "6",
+        "x-fake-cached-audio-tokens": "40",
+        "x-fake-cached-image-tokens": "100",
+    }
+    with rt.realtime.connect(model=model) as connection:
+        connection.conversation.item.create(item=ASK)
+        connection.conversation.item.create(item=photos)  # 85 image tokens each
+        connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+        connection.input_audio_buffer.commit()
+        connection.response.create(response={"metadata": metadata})
+        done = _until_done(connection)[-1]
+    (record,) = records.calls
+    usage = record["usage"]
+    assert (usage["cached_tokens"], usage["cached_audio_tokens"], usage["prompt_audio_tokens"]) == (
+        146,
+        40,
+        0,
+    )
+    assert (usage["cached_image_tokens"], usage["prompt_image_tokens"]) == (100, 70)
+    billed = done.response.usage
+    heard = billed.input_token_details
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=billed.input_tokens,
+            cache_read_tokens=heard.cached_tokens,
+            input_audio_tokens=heard.audio_tokens,
+            cache_audio_read_tokens=heard.cached_tokens_details.audio_tokens,
+            input_image_tokens=heard.image_tokens,
+            cache_image_read_tokens=heard.cached_tokens_details.image_tokens,
+            output_tokens=billed.output_tokens,
+            output_audio_tokens=billed.output_token_details.audio_tokens,
+        ),
+        model,
+        provider_id="openai",
+    ).total_price
+    assert Decimal(repr(record["cost"]["total_cost_usd"])) == expected
+    # priced the same from the record alone (what reprice and a price table read)
+    again = llm_ledger.price(
+        model,
+        prompt_tokens=usage["prompt_tokens"],
+        completion_tokens=usage["completion_tokens"],
+        cached_tokens=usage["cached_tokens"],
+        cached_audio_tokens=usage["cached_audio_tokens"],
+        cached_image_tokens=usage["cached_image_tokens"],
+        prompt_image_tokens=usage["prompt_image_tokens"],
+        prompt_audio_tokens=usage["prompt_audio_tokens"],
+        completion_audio_tokens=usage["completion_audio_tokens"],
+    )
+    assert again is not None and again.total_cost_usd == expected
+    log = tmp_path / "llm_calls.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    assert_repriced_unchanged(log, capsys)
+
+
+def test_the_exporters_count_cached_audio_as_audio(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OTel sink's token counters and span split a response's input by modality as its usage does:
+    the audio the cache served is audio, in the input and the cache reads, and only the rest is text;
+    Prometheus's ``input_audio`` is all the audio in, cached or not."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from llm_ledger.exporters import OTelSink, PrometheusSink
+
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    sink = OTelSink(tracer_provider, MeterProvider(metric_readers=[reader]))
+    registry = CollectorRegistry()
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink, PrometheusSink(registry)])
+    with _raw(fake_openai) as raw, capture(monitor) as records:
+        connection = monitor.instrument(raw).realtime.connect(model=MODEL).enter()
+        connection.conversation.item.create(item=ASK)
+        connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+        connection.input_audio_buffer.commit()
+        connection.response.create(
+            response={"metadata": {"x-fake-cached-tokens": "6", "x-fake-cached-audio-tokens": "30"}}
+        )
+        _until_done(connection)
+        connection.close()
+    (record,) = records.calls
+    usage = record["usage"]
+    assert (usage["prompt_audio_tokens"], usage["cached_audio_tokens"], usage["cached_tokens"]) == (
+        10,
+        30,
+        36,
+    )
+    data = reader.get_metrics_data()
+    assert data is not None
+    counted: dict[tuple[str, str], float] = {}
+    for metric in data.resource_metrics[0].scope_metrics[0].metrics:
+        if metric.name.startswith("gen_ai.client.inference.usage."):
+            for point in cast(list[Any], metric.data.data_points):  # the counters' NumberDataPoints
+                key = (metric.name.rpartition("usage.")[2], point.attributes["gen_ai.token.modality"])
+                counted[key] = counted.get(key, 0) + point.value
+    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    spoken = usage["completion_audio_tokens"]
+    assert counted == {
+        ("input_tokens", "audio"): 40,
+        ("input_tokens", "text"): prompt - 40,
+        ("cache_read.input_tokens", "audio"): 30,
+        ("cache_read.input_tokens", "text"): 6,
+        ("output_tokens", "audio"): spoken,
+        ("output_tokens", "text"): completion - spoken,
+        ("reasoning.output_tokens", "text"): 0,
+        ("cache_write.input_tokens", "text"): 0,
+    }
+    (span,) = spans.get_finished_spans()
+    attributes = span.attributes or {}
+    assert attributes["gen_ai.usage.audio.input_tokens"] == 40
+    assert attributes["gen_ai.usage.text.input_tokens"] == prompt - 40
+    assert attributes["gen_ai.usage.text.cache_read.input_tokens"] == 6
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 36
+    generate_latest(registry)  # a new series is first scraped at 0
+    scraped = samples(generate_latest(registry).decode())
+    assert total(scraped, "llm_ledger_tokens_total", token_type="input_audio") == 40
+    assert total(scraped, "llm_ledger_tokens_total", token_type="cached") == 36
+
+
 @pytest.mark.asyncio
 async def test_an_async_session_is_recorded_as_a_sync_one(
     art: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
@@ -298,6 +438,28 @@ def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
     assert run.summary == voice
 
 
+def test_events_read_after_close_record_nothing_and_hold_no_lens(
+    rt: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Events the connection had received when it was closed (a thread reading them while another closes
+    the connection) are still the caller's, but record nothing: a response begun after the close holds
+    no lens open, and the lens record is written when its block ends."""
+    with monitor.lens("voice_agent") as run:
+        connection = rt.realtime.connect(model=MODEL).enter()
+        connection.response.create()
+        connection.input_audio_buffer.clear()  # answered once the whole response was sent
+        deadline = time.monotonic() + 10
+        while not any(e.get("type") == "input_audio_buffer.clear" for e in fake_openai.realtime_events):
+            assert time.monotonic() < deadline, "the fake never read input_audio_buffer.clear"
+            time.sleep(0.01)
+        connection.close()
+        assert [connection.recv().type for _ in range(2)] == ["session.created", "response.created"]
+    assert records.calls == []
+    (lens,) = records.lenses
+    assert (lens["summary"]["open_calls"], lens["summary"]["cost_complete"]) == (0, True)
+    assert run.summary == lens["summary"]
+
+
 def test_a_refused_response_create_records_nothing(rt: openai.OpenAI, records: Captured) -> None:
     """A ``response.create`` the server refuses (an ``error`` event) makes no response, so no call; the
     caller gets the error event as the SDK gives it."""
@@ -329,6 +491,34 @@ def test_transcripts_are_captured_only_with_content_capture_and_scrubbed(fake_op
                 assert "content" not in record
             else:
                 assert record["content"] == {"output": "Summary: what is the [W] like"}
+
+
+def test_a_cancelled_responses_word_cut_mid_way_is_not_captured(fake_openai: FakeOpenAI) -> None:
+    """A response cancelled mid-word ("Ali" of "Alice") keeps its captured text up to its last whole
+    word: a cut word, which a redact hook matching whole words would miss, is never stored; the redact
+    hook sees exactly the text stored."""
+    seen: list[str] = []
+
+    def redact(text: str) -> str:
+        seen.append(text)
+        return text.replace("Alice", "[NAME]")
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True, redact=redact)
+    name: Any = {**ASK, "content": [{"type": "input_text", "text": " ".join(["Alice"] * 8)}]}
+    metadata = {"x-fake-status": "cancelled", "x-fake-chunks": "5"}
+    with (
+        _raw(fake_openai) as raw,
+        capture(monitor) as records,
+        monitor.instrument(raw).realtime.connect(model=MODEL) as connection,
+    ):
+        connection.conversation.item.create(item=name)
+        connection.response.create(response={"output_modalities": ["text"], "metadata": metadata})
+        said = "".join(e.delta for e in _until_done(connection) if e.type == "response.output_text.delta")
+    assert said == "Summary: Alice Alice Ali"  # what the caller received, cut mid-name
+    (record,) = records.calls
+    assert record["status"] == "interrupted" and record["response"]["content_length"] == len(said)
+    assert record["content"]["output"] == "Summary: [NAME] [NAME] "
+    assert seen == ["Summary: Alice Alice "]
 
 
 def test_the_beta_realtime_connect_is_watched_too(rt: openai.OpenAI, records: Captured) -> None:

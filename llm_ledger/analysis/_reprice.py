@@ -331,6 +331,9 @@ def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int
             written=item.cache_write_tokens,
             heard=item.prompt_audio_tokens,
             spoken=item.completion_audio_tokens,
+            cached_heard=item.cached_audio_tokens,
+            seen=item.prompt_image_tokens,
+            cached_seen=item.cached_image_tokens,
         )
     except ValueError:  # more cached than prompt tokens: the ledger recorded no cost for such a call either
         return None

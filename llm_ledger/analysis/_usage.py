@@ -31,7 +31,8 @@ NO_MODEL: Final = "<no model>"  # the name of a call's model when neither reques
 # the token counts of a UsageRow, named as a call record's usage names them
 TOKENS: Final = (
     "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cache_write_tokens",
-    "prompt_audio_tokens", "completion_audio_tokens",
+    "prompt_audio_tokens", "completion_audio_tokens", "cached_audio_tokens", "prompt_image_tokens",
+    "cached_image_tokens",
 )  # fmt: skip
 # all its whole numbers, named as a report's usage row names them
 COUNTS: Final = (
@@ -106,6 +107,9 @@ class UsageRow:
     cache_write_tokens: int = 0  # the part of prompt_tokens written to the prompt cache
     prompt_audio_tokens: int = 0  # the audio part of prompt_tokens
     completion_audio_tokens: int = 0  # the audio part of completion_tokens
+    cached_audio_tokens: int = 0  # the audio part of cached_tokens (a Realtime response's)
+    prompt_image_tokens: int = 0  # the image part of prompt_tokens the cache did not serve (Realtime)
+    cached_image_tokens: int = 0  # the image part of cached_tokens (a Realtime response's)
     # whether the record says the time of day set its price (cost.priced_at not null); None: it does not
     # say (a log written before records did, a report's row)
     priced_by_time: bool | None = None

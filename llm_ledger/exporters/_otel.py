@@ -147,18 +147,29 @@ def _error_type(record: Mapping[str, Any]) -> str | None:
     return "interrupted" if record["status"] == "interrupted" else None
 
 
-def _modalities(record: Mapping[str, Any]) -> tuple[str, str, int, int]:
-    """``gen_ai.token.modality`` of a call's input and output tokens beside the audio ones, and how
-    many audio tokens its usage counts apart (input, output). OpenAI's usage splits off audio only:
-    the rest is text, unless the request holds an image (its tokens are inside the input count,
-    inseparable) or the model is an audio model whose usage counts no audio apart (unknown)."""
+def _modalities(record: Mapping[str, Any]) -> tuple[str, str, str, int, int, int]:
+    """``gen_ai.token.modality`` of a call's input, output and cached tokens beside the audio ones, and
+    how many audio tokens its usage counts apart (input, output, cached). OpenAI's usage splits off
+    audio only: the rest is text, unless the request holds an image (its tokens are inside the input
+    count, inseparable) or the model is an audio model whose usage counts no audio apart (unknown).
+    Which part of the cached tokens was audio only a Realtime response says (``cached_audio_tokens``,
+    its ``prompt_audio_tokens`` being the audio the cache did not serve); its usage splits audio off
+    even when there is none, and its image tokens, counted apart, make the rest unknown too."""
     usage = record["usage"]
-    heard = usage.get("prompt_audio_tokens") or 0  # .get: records of older versions
+    cached_heard = usage.get("cached_audio_tokens") or 0  # .get: records of older versions
+    heard = (usage.get("prompt_audio_tokens") or 0) + cached_heard
     spoken = usage.get("completion_audio_tokens") or 0
     model = record["request"]["model"] or ""
-    unsplit = not (heard or spoken) and ("audio" in model or "realtime" in model)
-    inputs = "unknown" if unsplit or record["request"]["has_images"] else "text"
-    return inputs, "unknown" if unsplit else "text", heard, spoken
+    realtime = record["operation"] == "realtime"
+    unsplit = not (heard or spoken or realtime) and ("audio" in model or "realtime" in model)
+    images = (
+        record["request"]["has_images"]
+        or usage.get("prompt_image_tokens")
+        or usage.get("cached_image_tokens")
+    )
+    inputs = "unknown" if unsplit or images else "text"
+    cached = inputs if not heard or realtime else "unknown"
+    return inputs, "unknown" if unsplit else "text", cached, heard, spoken, cached_heard
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -529,12 +540,11 @@ class OTelSink:
                 self._tokens("input_tokens", 0, base, "unknown")
                 self._tokens("output_tokens", 0, base, "unknown")
             return
-        inputs, outputs, heard, spoken = _modalities(record)
-        cached = inputs if not heard else "unknown"  # which part of the prompt was cached: not said
+        inputs, outputs, cached, heard, spoken, cached_heard = _modalities(record)
         for kind, field, modality, audio in (
             ("input_tokens", "prompt_tokens", inputs, heard),
             ("output_tokens", "completion_tokens", outputs, spoken),
-            ("cache_read.input_tokens", "cached_tokens", cached, 0),
+            ("cache_read.input_tokens", "cached_tokens", cached, cached_heard),
             ("cache_write.input_tokens", "cache_write_tokens", cached, 0),
             ("reasoning.output_tokens", "reasoning_tokens", outputs, 0),
         ):
@@ -564,7 +574,7 @@ class OTelSink:
         operation, model = identity[0], identity[2]
         first = record["timing"]["time_to_first_token_ms"]
         finish = response["finish_reason"]
-        inputs, outputs, heard, spoken = _modalities(record)
+        inputs, outputs, cached, heard, spoken, cached_heard = _modalities(record)
         error_type = _error_type(record)
         optional = (
             *zip(_IDENTITY, identity, strict=True),
@@ -595,11 +605,15 @@ class OTelSink:
         )
         attributes = {key: value for key, value in optional if value is not None}
         if self.latest and operation != "embeddings":
-            prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+            prompt, completion, served = (
+                usage["prompt_tokens"],
+                usage["completion_tokens"],
+                usage["cached_tokens"],
+            )
             for modality, key, value in (
                 (inputs, "input_tokens", None if prompt is None else prompt - heard),
                 (outputs, "output_tokens", None if completion is None else completion - spoken),
-                (inputs if not heard else "unknown", "cache_read.input_tokens", usage["cached_tokens"]),
+                (cached, "cache_read.input_tokens", None if served is None else served - cached_heard),
             ):
                 if modality != "unknown" and value is not None:
                     attributes[f"gen_ai.usage.{modality}.{key}"] = value

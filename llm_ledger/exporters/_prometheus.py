@@ -446,7 +446,8 @@ class PrometheusSink:
         cached = usage["cached_tokens"] or 0
         reasoning = usage["reasoning_tokens"] or 0
         written = usage.get("cache_write_tokens") or 0
-        heard = usage.get("prompt_audio_tokens") or 0
+        # all the audio in: a Realtime response's cached audio is apart from its prompt_audio_tokens
+        heard = (usage.get("prompt_audio_tokens") or 0) + (usage.get("cached_audio_tokens") or 0)
         spoken = usage.get("completion_audio_tokens") or 0
         # no cost though billed, or one leaving out its built-in tools' fees (.get: an older record)
         unpriced = (
