@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import orjson
 
+from ._credentials import shown
 from ._errors import ConfigError
 from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
@@ -93,11 +94,11 @@ class AnomalyConfig:
             name, sep, raw = (s.strip() for s in part.partition("="))
             if not sep or name not in settings:
                 raise ConfigError(
-                    f"{source}={text!r}: expected on, off, or comma-separated settings such as "
-                    f"k=6,window=100,min_runs=20 (settings: {', '.join(settings)}), got {part.strip()!r}"
+                    f"{source}={shown(text)}: expected on, off, or comma-separated settings such as "
+                    f"k=6,window=100,min_runs=20 (settings: {', '.join(settings)}), got {shown(part.strip())}"
                 )
             if name in values:
-                raise ConfigError(f"{source}={text!r}: {name} is given twice; give each setting once")
+                raise ConfigError(f"{source}={shown(text)}: {name} is given twice; give each setting once")
             if name in ("metrics", "scale"):
                 values[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
                 continue
@@ -106,11 +107,12 @@ class AnomalyConfig:
                 values[name] = float(raw) if real and not raw.lstrip("+-").isdigit() else int(raw)
             except ValueError:
                 kind = "a number" if real else "a whole number"
-                raise ConfigError(f"{source}={text!r}: {name} must be {kind}, got {raw!r}") from None
+                got = shown(raw)
+                raise ConfigError(f"{source}={shown(text)}: {name} must be {kind}, got {got}") from None
         try:
             return cls(**values)
         except ConfigError as exc:  # the checks of the settings, named after the variable holding them
-            raise ConfigError(f"{source}={text!r}: {str(exc).removeprefix('anomalies: ')}") from None
+            raise ConfigError(f"{source}={shown(text)}: {str(exc).removeprefix('anomalies: ')}") from None
 
 
 def _value(summary: Mapping[str, Any], metric: str) -> float | None:

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from ._anomalies import AnomalyConfig, AnomalyDetector
 from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
+from ._credentials import looks_like_credential, shown
 from ._errors import ConfigError, internal_log
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor
@@ -74,7 +75,7 @@ def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default:
     flag = default if raw is None or not raw.strip() else BOOLEAN_WORDS.get(raw.strip().lower())
     if flag is None:
         raise ConfigError(
-            f"environment variable {variable}={raw!r} is not a boolean; use one of 1, 0, true, false"
+            f"environment variable {variable}={shown(str(raw))} is not a boolean; use 1, 0, true or false"
         )
     return flag
 
@@ -87,6 +88,10 @@ def _path_setting(
     if value is not UNSET:
         return None if value is None else _path(name, value)
     raw = env.get(variable, default).strip()
+    if looks_like_credential(raw) and os.sep not in raw:  # a key in the wrong variable: make no file of it
+        raise ConfigError(
+            f"environment variable {variable}={shown(raw)} is not a path; set it to a path, or unset it"
+        )
     return None if raw.lower() in ("", "off", "none", "false", "no", "0") else _path(variable, raw)
 
 
@@ -209,7 +214,8 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
         if isinstance(mode, str):
             mode = mode.strip().lower()  # as the environment variable is read: "RAISE" is "raise"
     if mode not in BUDGET_MODES:
-        raise ConfigError(f"{source} must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}")
+        got = shown(mode) if source.startswith("LLM_") else repr(mode)
+        raise ConfigError(f"{source} must be one of {', '.join(map(repr, BUDGET_MODES))}, got {got}")
     hint = "; or pass configure(budgets=None) / unset LLM_LEDGER_BUDGETS for no production budgets"
     if budgets is UNSET:
         path = _path_setting("budgets", budgets, "LLM_LEDGER_BUDGETS", env)

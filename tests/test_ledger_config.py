@@ -971,3 +971,38 @@ def test_configure_loads_the_price_data_off_the_callers_thread_once(tmp_path: Pa
         assert seen["loads"] != ["MainThread"], seen
     calls = [json.loads(line) for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert len(calls) == 1 and calls[0]["cost"]["total_cost_usd"] > 0
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["EXPORTERS", "ANOMALIES", "BUDGET_MODE", "CAPTURE_CONTENT", "STREAM_USAGE", "HANDLE_SIGTERM",
+     "LOG_DIR", "PRICE_FILE", "BUDGETS"],
+)  # fmt: skip
+def test_a_key_put_in_the_wrong_variable_is_never_printed(
+    variable: str, tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator who pastes the OpenAI key into an LLM_LEDGER_* variable gets an error naming the
+    variable, not quoting the key (it goes to the service's logs), and no directory named after it: the
+    error quoted the key whole, and LLM_LEDGER_LOG_DIR made ./sk-proj-.../ for the log file."""
+    key = "sk-proj-" + "Ab3dEf5hIj7lMn9pQr" * 3
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(f"LLM_LEDGER_{variable}", key)
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure()
+    message = str(raised.value)
+    assert f"LLM_LEDGER_{variable}" in message
+    assert "<62 characters not shown: they look like a credential>" in message
+    assert key[8:20].lower() not in message.lower()
+    assert list(tmp_path.iterdir()) == []
+    assert _config._settings is None
+
+
+def test_a_long_bad_value_is_quoted_cut_short(fresh_config: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value that is no credential is quoted, cut to 40 characters: enough to recognise it."""
+    monkeypatch.setenv("LLM_LEDGER_BUDGET_MODE", "warn-only-in-staging-and-raise-in-production-please")
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure(log_dir=None)
+    assert str(raised.value) == (
+        "LLM_LEDGER_BUDGET_MODE must be one of 'warn', 'raise', got "
+        "'warn-only-in-staging-and-raise-in-produ…'"
+    )
