@@ -229,6 +229,7 @@ _monitor: LLMCallMonitor | None = None
 _settings: Settings | None = None
 _handler: JsonlFileHandler | None = None
 _prices_read: tuple[int, int, int] | None = None  # the price file as configure() last read it
+_propagate_was = True  # llm_monitor's propagate before configure() set up the file, for when it stops
 
 
 def _file_stamp(path: Path | None) -> tuple[int, int, int] | None:
@@ -270,7 +271,7 @@ def configure(
     Calling it again with the same settings changes nothing (an edited price or budgets file is read again); a
     new ``log_dir`` switches file. Raises ``ConfigError`` naming the bad value, changing nothing.
     """
-    global _settings, _handler, _prices_read
+    global _settings, _handler, _prices_read, _propagate_was
     _warn_unknown_variables()
     settings = resolve(
         log_dir=log_dir,
@@ -324,11 +325,16 @@ def configure(
             )
             if old is not None:
                 old.close()
+            # while the file takes the records, the application's root handlers need no second copy;
+            # with no file, the logger is where they go (a service logging to stdout), as unconfigured
+            if old is None and new_handler is not None:
+                _propagate_was, logger.propagate = logger.propagate, False
+            elif old is not None and new_handler is None:
+                logger.propagate = _propagate_was
         if _handler is not None or not settings.handle_sigterm:
             handle_sigterm_signal(settings.handle_sigterm)
         if logger.level == logging.NOTSET:  # a level the application gave it is its own
             logger.setLevel(logging.INFO)
-        logger.propagate = False
         monitor.prices = prices
         monitor.capture_content = settings.capture_content
         monitor.stream_usage = settings.stream_usage

@@ -257,6 +257,37 @@ def test_a_level_the_application_gave_the_logger_is_kept_by_configure(
     assert [line["status"] for line in _lines(tmp_path / "llm_calls.jsonl")] == ["ok", "error"]
 
 
+def test_the_applications_root_logging_gets_the_records_while_no_file_is_written(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """A service that logs to stdout through the root logger and turns the file off
+    (LLM_LEDGER_LOG_DIR=off, its log stack reading stdout) gets every record there, as before
+    configure(); while the file is written its root handlers are spared a second copy. It lost every
+    record: configure() cut llm_monitor off from the root logger whether or not it wrote a file."""
+    heard: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.msg["event"])  # type: ignore[index]
+
+    root = logging.getLogger()
+    keep = Keep()
+    root.addHandler(keep)
+    try:
+        llm_ledger.configure(log_dir=None)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert heard == ["llm_api_call"]
+        llm_ledger.configure(log_dir=tmp_path)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert heard == ["llm_api_call"]
+        llm_ledger.configure(log_dir=None)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        root.removeHandler(keep)
+    assert heard == ["llm_api_call", "llm_api_call"]
+    assert len(_lines(tmp_path / "llm_calls.jsonl")) == 1
+
+
 def test_a_refused_log_dir_leaves_nothing_behind_for_exit(tmp_path: Path) -> None:
     """configure() refusing a log path raises ConfigError and nothing else: the handler it began to
     build (alive while the error's traceback is, as when it goes unhandled) prints no traceback when
