@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import gzip
+import itertools
 import math
 import os
 import statistics
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -253,17 +256,60 @@ class AnomalyDetector:
 
     def rebuild(self, path: str | os.PathLike[str]) -> int:
         """Replay the lens summaries in the last ``history_bytes`` of the log ``path`` into the
-        baseline, silently; returns how many runs were read (0 when there is no file)."""
+        baseline, silently, those of the log logrotate last moved away first when ``path`` holds
+        less (``path.1``, ``.1.gz``, ``-YYYYMMDD``...); returns how many runs were read (0: no file)."""
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        older = _rotated(path) if size < self.config.history_bytes else None
         runs = 0
-        for record in _tail_records(Path(path), self.config.history_bytes):
+        for record in itertools.chain(
+            () if older is None else _tail_records(older, self.config.history_bytes - size),
+            _tail_records(path, self.config.history_bytes),
+        ):
             self.observe(record)
             runs += 1
         return runs
 
 
+def _rotated(path: Path) -> Path | None:
+    """The log rotated away last: of the files named ``path`` plus a suffix, the one written last."""
+    found: list[tuple[float, Path]] = []
+    with contextlib.suppress(OSError):
+        for sibling in path.parent.iterdir():
+            name = sibling.name
+            if name.startswith(path.name) and name[len(path.name) : len(path.name) + 1] in (".", "-"):
+                with contextlib.suppress(OSError):
+                    found.append((sibling.stat().st_mtime, sibling))
+    return max(found, default=(0.0, None))[1]
+
+
+def _gz_tail(path: Path, max_bytes: int) -> list[bytes]:
+    """The lens lines in the last ``max_bytes`` of the compressed log ``path``, read through (gzip
+    cannot seek back from its end); one cut short (being compressed now) gives those before the cut."""
+    kept: collections.deque[tuple[int, bytes]] = collections.deque()  # (where the line ends, line)
+    read = 0
+    try:
+        with gzip.open(path, "rb") as file:
+            for line in file:
+                read += len(line)
+                if _LENS_MARK in line:
+                    kept.append((read, line))
+                while kept and kept[0][0] - len(kept[0][1]) < read - max_bytes:
+                    kept.popleft()
+    except (OSError, EOFError):
+        pass
+    return [line for _, line in kept]
+
+
 def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
-    """The lens summaries in the last ``max_bytes`` of ``path``, read a line at a time; other events
-    and malformed lines are skipped."""
+    """The lens summaries in the last ``max_bytes`` of ``path`` (a ``.gz`` read through), a line at a
+    time; other events and malformed lines are skipped."""
+    if path.name.endswith(".gz"):
+        yield from _records(_gz_tail(path, max_bytes))
+        return
     try:
         file = path.open("rb")
     except FileNotFoundError:
@@ -273,11 +319,15 @@ def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
         if start:
             file.seek(start - 1)
             file.readline()  # the rest of the line cut at the start
-        for line in file:
-            if _LENS_MARK in line:
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and record.get("event") == LENS_EVENT:
-                    yield record
+        yield from _records(file)
+
+
+def _records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if _LENS_MARK in line:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("event") == LENS_EVENT:
+                yield record
