@@ -336,7 +336,8 @@ def configure(
                 _propagate_was, logger.propagate = logger.propagate, False
             elif old is not None and new_handler is None:
                 logger.propagate = _propagate_was
-        if _handler is not None or not settings.handle_sigterm:
+        # (the OpenTelemetry exporter's providers, too, hold what SIGTERM's death would lose)
+        if _handler is not None or "otel" in settings.exporters or not settings.handle_sigterm:
             handle_sigterm_signal(settings.handle_sigterm)
         if logger.level == logging.NOTSET:  # a level the application gave it is its own
             logger.setLevel(logging.INFO)
