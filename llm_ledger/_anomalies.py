@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import gzip
+import itertools
 import math
 import os
 import statistics
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any, Final
 
 import orjson
 
+from ._credentials import shown
 from ._errors import ConfigError
 from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
@@ -93,11 +97,11 @@ class AnomalyConfig:
             name, sep, raw = (s.strip() for s in part.partition("="))
             if not sep or name not in settings:
                 raise ConfigError(
-                    f"{source}={text!r}: expected on, off, or comma-separated settings such as "
-                    f"k=6,window=100,min_runs=20 (settings: {', '.join(settings)}), got {part.strip()!r}"
+                    f"{source}={shown(text)}: expected on, off, or comma-separated settings such as "
+                    f"k=6,window=100,min_runs=20 (settings: {', '.join(settings)}), got {shown(part.strip())}"
                 )
             if name in values:
-                raise ConfigError(f"{source}={text!r}: {name} is given twice; give each setting once")
+                raise ConfigError(f"{source}={shown(text)}: {name} is given twice; give each setting once")
             if name in ("metrics", "scale"):
                 values[name] = tuple(m for m in raw.split("+") if m) if name == "metrics" else raw
                 continue
@@ -106,11 +110,12 @@ class AnomalyConfig:
                 values[name] = float(raw) if real and not raw.lstrip("+-").isdigit() else int(raw)
             except ValueError:
                 kind = "a number" if real else "a whole number"
-                raise ConfigError(f"{source}={text!r}: {name} must be {kind}, got {raw!r}") from None
+                got = shown(raw)
+                raise ConfigError(f"{source}={shown(text)}: {name} must be {kind}, got {got}") from None
         try:
             return cls(**values)
         except ConfigError as exc:  # the checks of the settings, named after the variable holding them
-            raise ConfigError(f"{source}={text!r}: {str(exc).removeprefix('anomalies: ')}") from None
+            raise ConfigError(f"{source}={shown(text)}: {str(exc).removeprefix('anomalies: ')}") from None
 
 
 def _value(summary: Mapping[str, Any], metric: str) -> float | None:
@@ -254,17 +259,60 @@ class AnomalyDetector:
 
     def rebuild(self, path: str | os.PathLike[str]) -> int:
         """Replay the lens summaries in the last ``history_bytes`` of the log ``path`` into the
-        baseline, silently; returns how many runs were read (0 when there is no file)."""
+        baseline, silently, those of the log logrotate last moved away first when ``path`` holds
+        less (``path.1``, ``.1.gz``, ``-YYYYMMDD``...); returns how many runs were read (0: no file)."""
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        older = _rotated(path) if size < self.config.history_bytes else None
         runs = 0
-        for record in _tail_records(Path(path), self.config.history_bytes):
+        for record in itertools.chain(
+            () if older is None else _tail_records(older, self.config.history_bytes - size),
+            _tail_records(path, self.config.history_bytes),
+        ):
             self.observe(record)
             runs += 1
         return runs
 
 
+def _rotated(path: Path) -> Path | None:
+    """The log rotated away last: of the files named ``path`` plus a suffix, the one written last."""
+    found: list[tuple[float, Path]] = []
+    with contextlib.suppress(OSError):
+        for sibling in path.parent.iterdir():
+            name = sibling.name
+            if name.startswith(path.name) and name[len(path.name) : len(path.name) + 1] in (".", "-"):
+                with contextlib.suppress(OSError):
+                    found.append((sibling.stat().st_mtime, sibling))
+    return max(found, default=(0.0, None))[1]
+
+
+def _gz_tail(path: Path, max_bytes: int) -> list[bytes]:
+    """The lens lines in the last ``max_bytes`` of the compressed log ``path``, read through (gzip
+    cannot seek back from its end); one cut short (being compressed now) gives those before the cut."""
+    kept: collections.deque[tuple[int, bytes]] = collections.deque()  # (where the line ends, line)
+    read = 0
+    try:
+        with gzip.open(path, "rb") as file:
+            for line in file:
+                read += len(line)
+                if _LENS_MARK in line:
+                    kept.append((read, line))
+                while kept and kept[0][0] - len(kept[0][1]) < read - max_bytes:
+                    kept.popleft()
+    except (OSError, EOFError):
+        pass
+    return [line for _, line in kept]
+
+
 def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
-    """The lens summaries in the last ``max_bytes`` of ``path``, read a line at a time; other events
-    and malformed lines are skipped."""
+    """The lens summaries in the last ``max_bytes`` of ``path`` (a ``.gz`` read through), a line at a
+    time; other events and malformed lines are skipped."""
+    if path.name.endswith(".gz"):
+        yield from _records(_gz_tail(path, max_bytes))
+        return
     try:
         file = path.open("rb")
     except FileNotFoundError:
@@ -274,11 +322,15 @@ def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
         if start:
             file.seek(start - 1)
             file.readline()  # the rest of the line cut at the start
-        for line in file:
-            if _LENS_MARK in line:
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and record.get("event") == LENS_EVENT:
-                    yield record
+        yield from _records(file)
+
+
+def _records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if _LENS_MARK in line:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("event") == LENS_EVENT:
+                yield record

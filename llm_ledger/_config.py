@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from ._anomalies import AnomalyConfig, AnomalyDetector
 from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
+from ._credentials import looks_like_credential, shown
 from ._errors import ConfigError, internal_log
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor
@@ -74,7 +75,7 @@ def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default:
     flag = default if raw is None or not raw.strip() else BOOLEAN_WORDS.get(raw.strip().lower())
     if flag is None:
         raise ConfigError(
-            f"environment variable {variable}={raw!r} is not a boolean; use one of 1, 0, true, false"
+            f"environment variable {variable}={shown(str(raw))} is not a boolean; use 1, 0, true or false"
         )
     return flag
 
@@ -87,6 +88,10 @@ def _path_setting(
     if value is not UNSET:
         return None if value is None else _path(name, value)
     raw = env.get(variable, default).strip()
+    if looks_like_credential(raw) and os.sep not in raw:  # a key in the wrong variable: make no file of it
+        raise ConfigError(
+            f"environment variable {variable}={shown(raw)} is not a path; set it to a path, or unset it"
+        )
     return None if raw.lower() in ("", "off", "none", "false", "no", "0") else _path(variable, raw)
 
 
@@ -114,8 +119,10 @@ def resolve(
     anomalies: Any = UNSET,
     on_anomaly: Any = None,
     env: Mapping[str, str] | None = None,
+    inherited: frozenset[str] = frozenset(),
 ) -> Settings:
-    """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``)."""
+    """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``); the
+    arguments named in ``inherited`` (an earlier ``configure()``'s) wait unused when their feature is off."""
     env = os.environ if env is None else env
     # e.g. LLM_LEDGER_LOG_DIR=${LOG_DIR} with LOG_DIR unset
     if log_dir is UNSET and not env.get("LLM_LEDGER_LOG_DIR", "logs").strip():
@@ -148,13 +155,13 @@ def resolve(
         raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {anomalies!r}")
     if guard_budgets is None and (off := _why_off("budgets", budgets, "LLM_LEDGER_BUDGETS", env)):
         fix = "pass budgets= a budgets.yaml path or a mapping (or set LLM_LEDGER_BUDGETS)"
-        if mode == "raise":
+        if mode == "raise" and "budget_mode" not in inherited:
             source = "budget_mode" if budget_mode is not UNSET else "LLM_LEDGER_BUDGET_MODE"
             raise ConfigError(
                 f"{source}='raise' acts on production budgets, and there are none ({off}): {fix}; "
                 f"or set {source} to 'warn'"
             )
-        if on_budget_exceeded is not None:
+        if on_budget_exceeded is not None and "on_budget_exceeded" not in inherited:
             raise ConfigError(
                 f"on_budget_exceeded acts on production budgets, and there are none ({off}): {fix}; "
                 "or drop on_budget_exceeded"
@@ -162,6 +169,7 @@ def resolve(
     if (
         anomaly_config is None
         and on_anomaly is not None
+        and "on_anomaly" not in inherited
         and (off := _why_off("anomalies", anomalies, "LLM_LEDGER_ANOMALIES", env))
     ):
         raise ConfigError(
@@ -209,7 +217,8 @@ def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets |
         if isinstance(mode, str):
             mode = mode.strip().lower()  # as the environment variable is read: "RAISE" is "raise"
     if mode not in BUDGET_MODES:
-        raise ConfigError(f"{source} must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}")
+        got = shown(mode) if source.startswith("LLM_") else repr(mode)
+        raise ConfigError(f"{source} must be one of {', '.join(map(repr, BUDGET_MODES))}, got {got}")
     hint = "; or pass configure(budgets=None) / unset LLM_LEDGER_BUDGETS for no production budgets"
     if budgets is UNSET:
         path = _path_setting("budgets", budgets, "LLM_LEDGER_BUDGETS", env)
@@ -223,6 +232,8 @@ _monitor: LLMCallMonitor | None = None
 _settings: Settings | None = None
 _handler: JsonlFileHandler | None = None
 _prices_read: tuple[int, int, int] | None = None  # the price file as configure() last read it
+_propagate_was = True  # llm_monitor's propagate before configure() set up the file, for when it stops
+_given: dict[str, Any] = {}  # the arguments configure() calls have passed, the latest of each
 
 
 def _file_stamp(path: Path | None) -> tuple[int, int, int] | None:
@@ -250,37 +261,37 @@ def configure(
     price_file: str | os.PathLike[str] | _Unset | None = UNSET,
     capture_content: bool | _Unset = UNSET,
     stream_usage: bool | _Unset = UNSET,
-    redact: Redactor | None = None,
+    redact: Redactor | _Unset | None = UNSET,
     handle_sigterm: bool | _Unset = UNSET,
     exporters: list[str] | tuple[str, ...] | _Unset | None = UNSET,
     budgets: str | os.PathLike[str] | Mapping[str, Any] | Budgets | _Unset | None = UNSET,
     budget_mode: str | _Unset = UNSET,
-    on_budget_exceeded: Callable[[Any], object] | None = None,
+    on_budget_exceeded: Callable[[Any], object] | _Unset | None = UNSET,
     anomalies: bool | AnomalyConfig | _Unset | None = UNSET,
-    on_anomaly: Callable[[Any], object] | None = None,
+    on_anomaly: Callable[[Any], object] | _Unset | None = UNSET,
 ) -> Settings:
     """Configure the default monitor and its JSONL file ``<log_dir>/llm_calls.jsonl``.
 
-    Calling it again with the same settings changes nothing (an edited price or budgets file is read again); a
-    new ``log_dir`` switches file. Raises ``ConfigError`` naming the bad value, changing nothing.
+    Each setting is its argument, else what an earlier call passed, else its environment variable,
+    else its default: a later call changes only what it names (``exporters=[]``, ``redact=None``...
+    turn one off). Calling it again with the same settings changes nothing (an edited price or budgets
+    file is read again); a new ``log_dir`` switches file. Raises ``ConfigError`` naming the bad value,
+    changing nothing.
     """
-    global _settings, _handler, _prices_read
+    global _settings, _handler, _prices_read, _propagate_was, _given
     _warn_unknown_variables()
-    settings = resolve(
-        log_dir=log_dir,
-        price_file=price_file,
-        capture_content=capture_content,
-        stream_usage=stream_usage,
-        redact=redact,
-        handle_sigterm=handle_sigterm,
-        exporters=exporters,
-        budgets=budgets,
-        budget_mode=budget_mode,
-        on_budget_exceeded=on_budget_exceeded,
-        anomalies=anomalies,
-        on_anomaly=on_anomaly,
-    )
+    named = {
+        "log_dir": log_dir, "price_file": price_file, "capture_content": capture_content,
+        "stream_usage": stream_usage, "redact": redact, "handle_sigterm": handle_sigterm,
+        "exporters": exporters, "budgets": budgets, "budget_mode": budget_mode,
+        "on_budget_exceeded": on_budget_exceeded, "anomalies": anomalies, "on_anomaly": on_anomaly,
+    }  # fmt: skip
     with _lock:
+        # as structlog.configure(): what an earlier call set stays unless named again (a later
+        # configure(capture_content=True) must not stop the /metrics server configure(exporters=...) started)
+        now = {name: value for name, value in named.items() if value is not UNSET}
+        given = {**_given, **now}
+        settings = resolve(**given, inherited=frozenset(_given.keys() - now.keys()))
         prices_read = _file_stamp(settings.price_file)  # before reading: an edit meanwhile is read next time
         if settings == _settings and prices_read == _prices_read:
             if (
@@ -289,12 +300,13 @@ def configure(
                 and threading.current_thread() is threading.main_thread()
             ):
                 handle_sigterm_signal(True)  # a first configure() in another thread could not install it
+            _given = given
             return settings
         monitor = get_monitor()
         if settings.price_file is None:
             prices = PriceTable()
         else:
-            unset = "pass price_file=None" if price_file is not UNSET else "unset LLM_LEDGER_PRICE_FILE"
+            unset = "pass price_file=None" if "price_file" in given else "unset LLM_LEDGER_PRICE_FILE"
             overrides, hosts, fees = load_price_file(settings.price_file, without=unset)
             prices = PriceTable(overrides, hosts=hosts, tool_fees=fees)
         plan = None
@@ -309,7 +321,7 @@ def configure(
                 except OSError as exc:
                     if plan is not None:
                         plan.cancel()
-                    raise _log_dir_error(exc, settings.log_dir, log_dir is not UNSET) from exc
+                    raise _log_dir_error(exc, settings.log_dir, "log_dir" in given) from exc
             old, _handler = _handler, new_handler
             # the file is the default monitor's first sink (the logger is the application's)
             monitor._replace_first_sink(
@@ -318,11 +330,17 @@ def configure(
             )
             if old is not None:
                 old.close()
-        if _handler is not None or not settings.handle_sigterm:
+            # while the file takes the records, the application's root handlers need no second copy;
+            # with no file, the logger is where they go (a service logging to stdout), as unconfigured
+            if old is None and new_handler is not None:
+                _propagate_was, logger.propagate = logger.propagate, False
+            elif old is not None and new_handler is None:
+                logger.propagate = _propagate_was
+        # (the OpenTelemetry exporter's providers, too, hold what SIGTERM's death would lose)
+        if _handler is not None or "otel" in settings.exporters or not settings.handle_sigterm:
             handle_sigterm_signal(settings.handle_sigterm)
         if logger.level == logging.NOTSET:  # a level the application gave it is its own
             logger.setLevel(logging.INFO)
-        logger.propagate = False
         monitor.prices = prices
         monitor.capture_content = settings.capture_content
         monitor.stream_usage = settings.stream_usage
@@ -330,7 +348,7 @@ def configure(
         if plan is not None:
             plan.commit(monitor)
         _guard(monitor, settings, _settings)
-        _settings, _prices_read = settings, prices_read
+        _settings, _prices_read, _given = settings, prices_read, given
         if settings.log_dir or settings.exporters or (settings.budgets, settings.anomalies) != (None, None):
             preload()  # something records costs: the first call need not load the prices itself
         return settings

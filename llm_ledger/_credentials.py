@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["FIELD_NAMES", "QUERY_NAMES", "credential_field", "credential_name", "request_credentials"]
+__all__ = [
+    "FIELD_NAMES", "QUERY_NAMES", "credential_field", "credential_name", "looks_like_credential",
+    "request_credentials", "shown",
+]  # fmt: skip
 
 # JSON fields (and so query parameters) named like credentials
 FIELD_NAMES: Final = frozenset(
@@ -29,6 +32,16 @@ FIELD_NAMES: Final = frozenset(
 QUERY_NAMES: Final = FIELD_NAMES | frozenset({"key", "token", "code", "sig", "signature", "auth"})
 _NAMED: Final = re.compile(r"key|token|secret|auth|passw|signature|cookie")
 _ID_HEADERS: Final = frozenset({"openai_organization", "openai_project"})
+# what a secret put in the wrong environment variable looks like: a known key's prefix (OpenAI's sk-,
+# GitHub's, Slack's, Hugging Face's, AWS's, Google's), a JWT, an HTTP auth scheme, a name=value pair
+# named like a credential, or a long run of letters and digits (a random token)
+_KEY_PREFIX: Final = re.compile(
+    r"(?:^|[^A-Za-z0-9])(?:sk|rk|pk|ghp|gho|ghs|ghu|github_pat|glpat|xox[abprs]|hf)[-_][A-Za-z0-9]"
+    r"|AKIA[0-9A-Z]{12}|AIza[\w-]{20}|eyJ[\w-]{10,}\.|(?:^|\s)(?:bearer|basic)\s+\S",
+    re.IGNORECASE,
+)
+_PAIR: Final = re.compile(r"([A-Za-z][\w-]*)\s*[=:]\s*\S")
+_TOKEN: Final = re.compile(r"[A-Za-z0-9+/=_-]{24,}")
 
 
 def normal(name: str) -> str:
@@ -47,6 +60,21 @@ def credential_name(name: str) -> bool:
     project id)."""
     key = normal(name)
     return key in QUERY_NAMES or key in _ID_HEADERS or _NAMED.search(key) is not None
+
+
+def looks_like_credential(value: str) -> bool:
+    """Whether ``value`` (an environment variable's, say) looks like a key or token rather than a setting."""
+    if _KEY_PREFIX.search(value) or any(credential_name(m.group(1)) for m in _PAIR.finditer(value)):
+        return True
+    return any(re.search("[0-9]", t) and re.search("[A-Za-z]", t) for t in _TOKEN.findall(value))
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """``value`` quoted for an error about a setting: cut to ``limit`` characters, and not quoted at
+    all when it looks like a credential (a key pasted into the wrong variable must not reach the logs)."""
+    if looks_like_credential(value):
+        return f"<{len(value)} characters not shown: they look like a credential>"
+    return repr(value if len(value) <= limit else value[: limit - 1] + "…")
 
 
 def _header_value(value: Any) -> str:

@@ -56,6 +56,9 @@ _handlers: weakref.WeakSet[JsonlFileHandler] = weakref.WeakSet()
 # what records the calls still open (streams) as exit would, before SIGTERM ends the process past
 # every exit hook (``_streams`` adds its own)
 before_sigterm_death: list[Callable[[], object]] = []
+# what else holds records to send out before that death, once the files are written (the
+# OpenTelemetry exporter's providers, which export what they hold at exit)
+after_sigterm_flush: list[Callable[[], object]] = []
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
 
@@ -694,6 +697,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
     for record_open_calls in before_sigterm_death:
         _on_a_thread(record_open_calls)
     _flush_at_exit()
+    for send_out in after_sigterm_flush:
+        _on_a_thread(send_out)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -354,6 +354,7 @@ def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(_config, "_monitor", None)
     monkeypatch.setattr(_config, "_settings", None)
     monkeypatch.setattr(_config, "_handler", None)
+    monkeypatch.setattr(_config, "_given", {})
     yield
     handler = _config._handler
     if handler is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 import os
@@ -294,6 +295,38 @@ def test_the_baseline_survives_a_restart(fresh_config: None, tmp_path: Path, fak
     assert logged[-2:] == ["lens_summary", "lens_anomaly"]  # the log keeps it too
 
 
+@pytest.mark.parametrize(
+    "rotated", ["llm_calls.jsonl.1", "llm_calls.jsonl.1.gz", "llm_calls.jsonl-20261204.gz"]
+)
+def test_the_baseline_survives_a_restart_after_logrotate(
+    rotated: str, fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """A service restarted after the nightly logrotate (docs/MONITORING.md's stanza: the day before as
+    llm_calls.jsonl.1 with delaycompress, .1.gz without it, -DATE.gz with dateext) rebuilds its
+    baselines from the log moved away, and catches the first runaway run: they started empty, so
+    every restart after a rotation was blind for min_runs runs of each lens."""
+    llm_ledger.configure(log_dir=tmp_path, anomalies=QUICK, handle_sigterm=False)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = llm_ledger.instrument(raw)
+        for _ in range(6):
+            _run(client, llm_ledger.get_monitor(), words=5)
+        llm_ledger.flush()
+    log = tmp_path / "llm_calls.jsonl"
+    if rotated.endswith(".gz"):
+        (tmp_path / rotated).write_bytes(gzip.compress(log.read_bytes()))
+        log.unlink()
+    else:
+        log.rename(tmp_path / rotated)
+    env = {**os.environ, "LLM_LEDGER_ANOMALIES": "window=10,min_runs=5,metrics=total_tokens"}
+    done = warm_python.run(
+        [sys.executable, "-c", _RESTARTED, str(tmp_path), fake_openai.base_url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [anomaly] = json.loads(done.stdout)
+    assert anomaly["anomaly"]["metric"] == "total_tokens" and anomaly["anomaly"]["runs"] == 6
+
+
 def test_anomalies_are_off_unless_asked_for(fresh_config: None) -> None:
     """No detector by default; True, an AnomalyConfig or LLM_LEDGER_ANOMALIES=on turns it on."""
     llm_ledger.configure(log_dir=None)
@@ -523,6 +556,22 @@ def test_the_rebuild_reads_only_the_end_of_the_log(tmp_path: Path) -> None:
     assert AnomalyDetector(AnomalyConfig(history_bytes=last_ten + 5)).rebuild(path) == 10  # a cut line
     assert AnomalyDetector(AnomalyConfig()).rebuild(path) == 200
     assert AnomalyDetector(AnomalyConfig()).rebuild(tmp_path / "none.jsonl") == 0
+
+
+def test_the_rebuild_reads_the_end_of_the_rotated_log_within_the_same_bound(tmp_path: Path) -> None:
+    """A live log shorter than history_bytes is topped up with the end of the log rotated away last
+    (compressed or not), never past the bound; a .gz cut short (being compressed) gives the runs
+    before the cut, and never fails configure()."""
+    lines = [orjson.dumps(r) + b"\n" for r in history(0, 100).records]
+    path = tmp_path / "llm_calls.jsonl"
+    path.write_bytes(b"".join(lines[-10:]))
+    packed = gzip.compress(b"".join(lines[:-10]))
+    (tmp_path / "llm_calls.jsonl.1.gz").write_bytes(packed)
+    bound = sum(map(len, lines[-30:]))
+    assert AnomalyDetector(AnomalyConfig(history_bytes=bound)).rebuild(path) == 30
+    assert AnomalyDetector(AnomalyConfig()).rebuild(path) == 200
+    (tmp_path / "llm_calls.jsonl.1.gz").write_bytes(packed[: len(packed) // 2])
+    assert 10 < AnomalyDetector(AnomalyConfig()).rebuild(path) < 200
 
 
 def test_the_table_shows_small_costs_with_three_significant_digits(

@@ -319,8 +319,8 @@ def test_a_failing_callback_is_reported_and_the_call_is_unaffected(
 def test_configure_reads_budgets_yaml_and_the_environment(
     fresh_config: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_openai: FakeOpenAI
 ) -> None:
-    """configure(budgets=path, budget_mode=...) and LLM_LEDGER_BUDGETS / LLM_LEDGER_BUDGET_MODE set the
-    default monitor's guard; budgets=None turns it off."""
+    """configure(budgets=path, budget_mode=...) sets the default monitor's guard; budgets=None turns it
+    off."""
     path = tmp_path / "budgets.yaml"
     path.write_text("lenses:\n  digest: {max_api_calls: 1}\n")
     heard: list[Any] = []
@@ -341,6 +341,13 @@ def test_configure_reads_budgets_yaml_and_the_environment(
         with llm_ledger.lens("digest"):
             three_calls()  # no budgets: no refusal
 
+
+def test_configure_reads_budgets_from_the_environment(
+    fresh_config: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLM_LEDGER_BUDGETS / LLM_LEDGER_BUDGET_MODE set the default monitor's guard."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text("lenses:\n  digest: {max_api_calls: 1}\n")
     monkeypatch.setenv("LLM_LEDGER_BUDGETS", str(path))
     monkeypatch.setenv("LLM_LEDGER_BUDGET_MODE", "raise")
     settings = llm_ledger.configure(log_dir=None)

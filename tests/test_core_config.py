@@ -4,6 +4,7 @@ operator's explicit off switch (LLM_LEDGER_BUDGETS=off, LLM_LEDGER_ANOMALIES=off
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,10 +76,19 @@ def test_a_setting_for_a_feature_left_off_is_refused(
     message: str,
     fresh_config: None,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """The error names the setting, why the feature is off and how to turn it on; nothing changes."""
-    llm_ledger.configure(log_dir=None, budgets=BUDGETS, anomalies=True)
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("default: {max_api_calls: 3}\n")
+    # features the environment turned on (no argument named them), then off: the next call sees none
+    monkeypatch.setenv("LLM_LEDGER_BUDGETS", str(budgets))
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "on")
+    llm_ledger.configure(log_dir=None)
     guard, detector = llm_ledger.get_monitor().budgets, llm_ledger.get_monitor().anomalies
+    assert guard is not None and detector is not None
+    monkeypatch.delenv("LLM_LEDGER_BUDGETS")
+    monkeypatch.delenv("LLM_LEDGER_ANOMALIES")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as raised:

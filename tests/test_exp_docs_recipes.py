@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,95 @@ def test_the_otlp_recipe_sends_spans_and_metrics_to_the_endpoint_in_the_environm
         for metric in scope.metrics
     }
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "llm_ledger.cost"} <= names
+
+
+@pytest.mark.parametrize("log_dir", ["logs", "off"])
+def test_the_otlp_recipe_exports_everything_when_the_service_is_stopped_by_sigterm(
+    log_dir: str, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The same recipe in a service stopped by SIGTERM (systemd, Kubernetes) right after a lens: the
+    receiver still gets its spans and metrics, with the log file or without, and the process still
+    dies by SIGTERM. SIGTERM's death skips the exit hooks where the SDK's providers export what they
+    hold, so every stop lost the last spans and up to a minute of metrics (the spend among them)."""
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    app = recipe("**Sending to an OTLP endpoint**") + textwrap.dedent(
+        f"""
+        import os, signal, time
+        import openai
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        with llm_ledger.lens("checkout_summary"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        """
+    )
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
+        "LLM_LEDGER_LOG_DIR": log_dir,
+    }
+    try:
+        done = warm_python.run(
+            [sys.executable, "-c", app], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert done.returncode == -15, done.stderr
+    spans = {
+        span.name
+        for body in receiver.bodies.get("/v1/traces", [])
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    }
+    assert spans == {"lens checkout_summary", "chat gpt-4o-mini"}
+    names = {
+        metric.name
+        for body in receiver.bodies.get("/v1/metrics", [])
+        for resource in ExportMetricsServiceRequest.FromString(body).resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert {"gen_ai.client.token.usage", "llm_ledger.cost"} <= names
+
+
+def test_a_sigterm_with_the_endpoint_down_still_ends_the_service_within_the_bound(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The same service with no collector listening: SIGTERM writes the log, waits at most 10 s for
+    the providers' exports (the SDK retries), and the process dies by the signal."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    app = recipe("**Sending to an OTLP endpoint**") + textwrap.dedent(
+        f"""
+        import os, signal, time
+        import openai
+        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url={fake_openai.base_url!r}))
+        hi = [{{"role": "user", "content": "hi"}}]
+        with llm_ledger.lens("checkout_summary"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+        started = time.monotonic()
+        print(started, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+        """
+    )
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "LLM_LEDGER_LOG_DIR": "logs",
+    }
+    done = warm_python.run(
+        [sys.executable, "-c", app], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    took = time.monotonic() - float(done.stdout.split()[0])
+    assert done.returncode == -15, done.stderr
+    assert took < 20, took
+    assert len((tmp_path / "logs" / "llm_calls.jsonl").read_text().splitlines()) == 2
 
 
 PROMTOOL_TEST = """

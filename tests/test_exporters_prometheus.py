@@ -761,6 +761,30 @@ def test_environment_variable_names_the_exporters(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.usefixtures("fresh_exporters")
+def test_a_later_configure_keeps_the_exporters_it_does_not_name(sdk: Sdk, tmp_path: Path) -> None:
+    """configure(exporters=[...]) at start-up, then configure(capture_content=True) elsewhere (a
+    feature flag, a library's own set-up): /metrics keeps serving and counting the calls, and content
+    is captured. The second call stopped the server and took the sink off (every setting it left out
+    went back to its variable or default), so the service's metrics went dark without a word."""
+    port = _free_port()
+    llm_ledger.configure(log_dir=tmp_path, exporters=[f"prometheus:127.0.0.1:{port}"])
+    settings = llm_ledger.configure(capture_content=True)
+    assert settings.exporters == (f"prometheus:127.0.0.1:{port}",)
+    assert (settings.log_dir, settings.capture_content) == (tmp_path, True)
+    url = f"http://127.0.0.1:{port}/metrics"
+    before = total(scrape(url), "llm_ledger_calls_total", lens="kept")
+    client = sdk(llm_ledger.get_monitor())
+    with capture() as records, llm_ledger.lens("kept"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert total(scrape(url), "llm_ledger_calls_total", lens="kept") == before + 1
+    assert records.calls[0]["content"]["messages"] == [{"role": "user", "content": "x"}]
+    # a setting is turned off by naming it
+    assert llm_ledger.configure(exporters=[]).exporters == ()
+    with pytest.raises(OSError, match="Connection refused"):
+        scrape(url)
+
+
+@pytest.mark.usefixtures("fresh_exporters")
 def test_exporters_none_turns_them_off_as_none_does_for_the_other_settings() -> None:
     """configure(exporters=None) means no exporter, as log_dir=None and budgets=None mean none."""
     port = _free_port()

@@ -257,6 +257,37 @@ def test_a_level_the_application_gave_the_logger_is_kept_by_configure(
     assert [line["status"] for line in _lines(tmp_path / "llm_calls.jsonl")] == ["ok", "error"]
 
 
+def test_the_applications_root_logging_gets_the_records_while_no_file_is_written(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """A service that logs to stdout through the root logger and turns the file off
+    (LLM_LEDGER_LOG_DIR=off, its log stack reading stdout) gets every record there, as before
+    configure(); while the file is written its root handlers are spared a second copy. It lost every
+    record: configure() cut llm_monitor off from the root logger whether or not it wrote a file."""
+    heard: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.msg["event"])  # type: ignore[index]
+
+    root = logging.getLogger()
+    keep = Keep()
+    root.addHandler(keep)
+    try:
+        llm_ledger.configure(log_dir=None)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert heard == ["llm_api_call"]
+        llm_ledger.configure(log_dir=tmp_path)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert heard == ["llm_api_call"]
+        llm_ledger.configure(log_dir=None)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        root.removeHandler(keep)
+    assert heard == ["llm_api_call", "llm_api_call"]
+    assert len(_lines(tmp_path / "llm_calls.jsonl")) == 1
+
+
 def test_a_refused_log_dir_leaves_nothing_behind_for_exit(tmp_path: Path) -> None:
     """configure() refusing a log path raises ConfigError and nothing else: the handler it began to
     build (alive while the error's traceback is, as when it goes unhandled) prints no traceback when
@@ -971,3 +1002,38 @@ def test_configure_loads_the_price_data_off_the_callers_thread_once(tmp_path: Pa
         assert seen["loads"] != ["MainThread"], seen
     calls = [json.loads(line) for line in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
     assert len(calls) == 1 and calls[0]["cost"]["total_cost_usd"] > 0
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["EXPORTERS", "ANOMALIES", "BUDGET_MODE", "CAPTURE_CONTENT", "STREAM_USAGE", "HANDLE_SIGTERM",
+     "LOG_DIR", "PRICE_FILE", "BUDGETS"],
+)  # fmt: skip
+def test_a_key_put_in_the_wrong_variable_is_never_printed(
+    variable: str, tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator who pastes the OpenAI key into an LLM_LEDGER_* variable gets an error naming the
+    variable, not quoting the key (it goes to the service's logs), and no directory named after it: the
+    error quoted the key whole, and LLM_LEDGER_LOG_DIR made ./sk-proj-.../ for the log file."""
+    key = "sk-proj-" + "Ab3dEf5hIj7lMn9pQr" * 3
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(f"LLM_LEDGER_{variable}", key)
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure()
+    message = str(raised.value)
+    assert f"LLM_LEDGER_{variable}" in message
+    assert "<62 characters not shown: they look like a credential>" in message
+    assert key[8:20].lower() not in message.lower()
+    assert list(tmp_path.iterdir()) == []
+    assert _config._settings is None
+
+
+def test_a_long_bad_value_is_quoted_cut_short(fresh_config: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value that is no credential is quoted, cut to 40 characters: enough to recognise it."""
+    monkeypatch.setenv("LLM_LEDGER_BUDGET_MODE", "warn-only-in-staging-and-raise-in-production-please")
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure(log_dir=None)
+    assert str(raised.value) == (
+        "LLM_LEDGER_BUDGET_MODE must be one of 'warn', 'raise', got "
+        "'warn-only-in-staging-and-raise-in-produ…'"
+    )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from .. import _jsonl
 from .._errors import ConfigError
 from .._errors import internal_log as _internal_log
 from .._jsonl import json_text
@@ -251,6 +252,33 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _flush_providers() -> None:
+    """The spans and metrics every sink's providers hold, exported now: SIGTERM ends the process by
+    the ledger's handler past the exit hooks, where the SDK's providers would export them (the last
+    call and lens spans, and every metric since the last export, up to a minute of spend)."""
+    from opentelemetry import metrics, trace
+
+    providers: list[Any] = []
+    for sink in list(_sinks):
+        tracer_provider, meter_provider = sink._providers
+        for provider in (
+            tracer_provider or trace.get_tracer_provider(),
+            meter_provider or metrics.get_meter_provider(),
+        ):
+            if provider not in providers:
+                providers.append(provider)
+    for provider in providers:
+        flush = getattr(provider, "force_flush", None)  # the SDK's; the API's no-op providers have none
+        if callable(flush):
+            try:
+                flush()
+            except Exception as exc:  # never in the way of the process's end
+                _internal_log.warning("llm-ledger: at SIGTERM, exporting %r failed: %s", provider, exc)
+
+
+_jsonl.after_sigterm_flush.append(_flush_providers)
+
+
 class OTelSink:
     """A sink (``monitor.add_sink(OTelSink())``) that emits OpenTelemetry GenAI spans (one per call, one
     per lens run as their parent) and metrics (docs/exporters.md), through ``tracer_provider`` and
@@ -280,6 +308,7 @@ class OTelSink:
             ours = ""  # get_meter's default; get_tracer takes None for it
         self._trace = trace
         self._client_kind = trace.SpanKind.CLIENT
+        self._providers = (tracer_provider, meter_provider)  # None: the global one
         self.tracer: Tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
         # the global providers left unset: checked at the first record, since applications often set
         # up OpenTelemetry after configure()

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from .._credentials import shown
 from .._errors import ConfigError
 from .._errors import internal_log as _internal_log
 from ._otel import OTelSink
@@ -37,20 +38,21 @@ def _one(item: Any, source: str) -> str:
     parts = re.sub(r"\s*:\s*", ":", item).replace(";", " ").split()
     if len(parts) > 1:  # "prometheus:9464 otel": names run together
         raise ConfigError(
-            f"{item.strip()!r} in {source} is more than one exporter: separate them with commas, "
-            f"{','.join(parts)!r}"
+            f"{shown(item.strip())} in {source} is more than one exporter: separate them with commas, "
+            f"{shown(','.join(parts))}"
         )
     name, colon, where = item.strip().partition(":")
     name = name.strip().lower()
     if name not in EXPORTER_NAMES:
         raise ConfigError(
-            f"unknown exporter {item.strip()!r} in {source}; choose from {', '.join(EXPORTER_NAMES)} "
+            f"unknown exporter {shown(item.strip())} in {source}; choose from {', '.join(EXPORTER_NAMES)} "
             "(prometheus:PORT also serves /metrics on PORT)"
         )
     if not colon:
         return name
     if name != "prometheus":
-        raise ConfigError(f"exporter {item.strip()!r} in {source} takes no port; only prometheus:PORT does")
+        named = shown(item.strip())
+        raise ConfigError(f"exporter {named} in {source} takes no port; only prometheus:PORT does")
     host, _, port_text = where.rpartition(":")
     host = host.strip().strip("[]") or DEFAULT_ADDR
     try:
@@ -61,7 +63,7 @@ def _one(item: Any, source: str) -> str:
         # nothing after the colon: most likely prometheus:$PORT with the variable unset
         empty = " is empty (an unset variable in prometheus:$PORT?); it" if not port_text.strip() else ""
         raise ConfigError(
-            f"exporter {item.strip()!r} in {source}: the port{empty} must be a number from 1 to 65535 "
+            f"exporter {shown(item.strip())} in {source}: the port{empty} must be a number from 1 to 65535 "
             "(prometheus:9464 or prometheus:127.0.0.1:9464)"
         )
     return f"prometheus:{host}:{port}"
