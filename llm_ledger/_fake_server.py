@@ -865,7 +865,7 @@ def _audio_text(body: JSONDict, headers: dict[str, str], faults: set[str], task:
             "text": text,
             **({} if "no-usage" in faults else {"usage": usage}),
         }
-        return _Stream([*deltas, done], done=False)
+        return _Stream(deltas if "no-done" in faults else [*deltas, done], done=False)
     kind = body.get("response_format") or "json"
     if kind == "text":
         return _Reply(text.encode(), content_type="text/plain; charset=utf-8")

@@ -89,7 +89,8 @@ class PricedCall(TypedDict, total=False):
     is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours) or
     the day (a price change genai-prices lists);
     ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...; default
-    the standard one)."""
+    the standard one); ``tool_uses`` its uses of built-in tools billed per use, kind -> uses (a record's
+    ``response.tool_uses``: ``{"web_search": 2}``), priced at the table's ``tool_fees`` (default none)."""
 
     prompt_tokens: Required[int]
     completion_tokens: Required[int]
@@ -102,6 +103,7 @@ class PricedCall(TypedDict, total=False):
     cached_image_tokens: int
     at: datetime | None
     service_tier: str | None
+    tool_uses: Mapping[str, int] | None
 
 
 _CALL_KEYS: Final = tuple(PricedCall.__annotations__)
@@ -117,6 +119,11 @@ class Cost:
     completion_cost_usd: Decimal
     """Completion tokens, reasoning tokens included (they are part of ``completion_tokens``)."""
     total_cost_usd: Decimal
+    """The tokens' cost plus ``tool_fees_usd``."""
+    tool_fees_usd: Decimal = Decimal(0)
+    """The fees of the ``tool_uses`` priced (uses times the table's ``tool_fees``)."""
+    left_out: tuple[str, ...] = ()
+    """The kinds of ``tool_uses`` the table has no fee for, sorted: the total leaves them out."""
 
 
 _MISSING: Final[Any] = object()
@@ -283,6 +290,7 @@ class Route:
         at = call.get("at")
         if at is not None and not (isinstance(at, datetime) and at.tzinfo is not None):
             raise ValueError(f"at must be a datetime with a time zone (e.g. datetime.now(UTC)), got {at!r}")
+        uses = _checked_uses(call.get("tool_uses"))
         costs = self._costs(
             model,
             call["prompt_tokens"],
@@ -300,7 +308,11 @@ class Route:
         if costs is None:
             return None
         prompt_cost, completion_cost = costs[:2]
-        return Cost(_usd(prompt_cost), _usd(completion_cost), _usd(prompt_cost + completion_cost))
+        fees, left_out = self._table._tool_fees(model, None, uses) if uses else (None, None)
+        total = prompt_cost + completion_cost + (fees or 0)
+        return Cost(
+            _usd(prompt_cost), _usd(completion_cost), _usd(total), _usd(fees or 0), tuple(left_out or ())
+        )
 
     def _costs(
         self,
@@ -641,6 +653,27 @@ class PriceTable:
             if found is not None:
                 names += [model.id for model in found.models]
         return names
+
+
+def _checked_uses(uses: Any) -> dict[str, int]:
+    """A what-if's ``tool_uses`` checked (kind -> whole number of uses >= 0), without its kinds used 0
+    times; ValueError names a mistake."""
+    if uses is None:
+        return {}
+    kinds = ", ".join(TOOL_KINDS)
+    if not isinstance(uses, Mapping):
+        raise ValueError(
+            f"tool_uses: expected a mapping of built-in tool kind ({kinds}) to uses, got {uses!r}"
+        )
+    for kind, count in uses.items():
+        if kind not in TOOL_KINDS:
+            hint = did_you_mean(kind, TOOL_KINDS) if isinstance(kind, str) else ""
+            raise ValueError(f"tool_uses: unknown tool kind {kind!r}{hint}; valid kinds: {kinds}")
+        if type(count) is not int or count < 0:
+            raise ValueError(
+                f"tool_uses[{kind!r}]: expected a whole number of uses >= 0, got {count!r} (kinds: {kinds})"
+            )
+    return {kind: count for kind, count in uses.items() if count}
 
 
 def _fee_units(name: str, fees: Mapping[str, Decimal]) -> dict[str, int]:

@@ -41,6 +41,9 @@ _BEGUN = frozenset({"response.created", "response.queued", "response.in_progress
 # Responses events whose first is the answer's first token when it has no text (as a chat stream's
 # tool-call or refusal delta is)
 _FIRST_TOKENS = frozenset({"response.function_call_arguments.delta", "response.refusal.delta"})
+# operations whose event stream, ended cleanly without its last event (the one with the usage), was
+# answered all the same: a speech (create() records the same body ok) and a transcription
+_ANSWERED_WITHOUT_END = frozenset({"speech", "transcription"})
 
 
 class _StreamState:
@@ -242,6 +245,15 @@ class _StreamState:
 
     stop = end  # the caller closed the stream: as its end
 
+    def ended(self) -> None:
+        """The stream was read to its end, which the server ended cleanly: as :meth:`end`, but a speech
+        or a transcription without its last event (a compatible server that sends none; else recorded
+        already) was answered: ``ok``, with no usage."""
+        operation = self.call.operation
+        if operation in _ANSWERED_WITHOUT_END:
+            self._finish("ok", None, *response_shape(operation, JsonView({"usage": None})))
+        self.end()
+
     def _finish(
         self,
         status: Status,
@@ -318,7 +330,7 @@ def _watch_sync(
     except BaseException as exc:
         watcher.end(exc)
         raise
-    watcher.end()
+    watcher.ended()
 
 
 async def _watch_async(
@@ -338,7 +350,7 @@ async def _watch_async(
     except BaseException as exc:
         watcher.end(exc)
         raise
-    watcher.end()
+    watcher.ended()
 
 
 # -- SDK streams: the chunk iterator wrapped in place ------------------------------------------------
@@ -556,14 +568,14 @@ class _Body:
                     rest = (_bytes(decoder.decode(rest)) if rest else b"") + _bytes(decoder.flush())
                 if self.sse:
                     self._lines(rest + b"\n\n")  # an event not closed by a blank line ends with the body
-                    if state.call.operation == "speech":  # ended cleanly, with no speech.audio.done (else
-                        # recorded already): answered, as create() records the same body
-                        state._finish("ok", None, *response_shape("speech", JsonView({"usage": None})))
+                    state.ended()
                 else:
                     finish_body(state.monitor, state.call, b"".join(self.parts) + rest, self.content_type)
             except Exception as fault:
                 state.monitor._report("reading a streamed body", fault)
         self.stop("ok")  # a no-op once recorded; a body the ledger could not read ended: complete
+
+    ended = end  # read to its end (the shells' word for it)
 
     def stop(self, status: Status = "interrupted") -> None:
         """The body was closed before its end: an event stream the ledger reads ends as its events

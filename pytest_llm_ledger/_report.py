@@ -68,7 +68,7 @@ USAGE_KEYS: Final = (
 )
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
 # the per-model counts of calls whose cost is unknown or incomplete, each its own reason (cost_gaps)
-_GAPS: Final = ("unpriced", "no_usage", "units", "tool_fees", "pending")
+_GAPS: Final = ("unpriced", "no_usage", "units", "tool_fees", "pending", "total_only")
 
 
 def _int(value: Any) -> int:
@@ -81,8 +81,9 @@ class Totals:
 
     A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
     ``unpriced`` (tokens but no price), ``no_usage`` (a call that was not refused but reported no
-    usage) or ``units`` (an image, audio or video call billed in units no price table prices), so a
-    budget that cannot be checked can say why; so does a call whose cost leaves out its built-in
+    usage), ``total_only`` (one whose usage gave only ``total_tokens``: no price applies to it) or
+    ``units`` (an image, audio or video call billed in units no price table prices), so a budget that
+    cannot be checked can say why; so does a call whose cost leaves out its built-in
     tools' fees (``tool_fees``: its tokens' cost is in ``cost``). A background response begun counts
     1 in ``pending`` and the record of its end -1 (see :func:`paired`): the cost is complete once
     every one begun has ended.
@@ -100,6 +101,7 @@ class Totals:
     units: dict[str, int] = field(default_factory=dict)  # model -> calls billed in units not priced
     tool_fees: dict[str, int] = field(default_factory=dict)  # model -> calls with tool fees left out
     pending: dict[str, int] = field(default_factory=dict)  # model -> background responses begun, not ended
+    total_only: dict[str, int] = field(default_factory=dict)  # model -> calls that reported a total alone
 
     @property
     def cost_complete(self) -> bool:
@@ -146,7 +148,13 @@ class Totals:
         if row.uncosted_calls:  # billed, with no cost: say why, per model
             totals.priced = False
             gaps = (
-                totals.units if row.unpriced_unit_calls else totals.no_usage if row.no_usage_calls else None
+                totals.units
+                if row.unpriced_unit_calls
+                else totals.total_only
+                if row.total_only_calls
+                else totals.no_usage
+                if row.no_usage_calls
+                else None
             )
             (gaps if gaps is not None else totals.unpriced)[row.model_name] = 1
         if row.tool_fee_calls:  # priced, its built-in tools' fees left out
@@ -170,13 +178,16 @@ class Totals:
 
     def cost_gaps(self) -> str:
         """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
-        return cost_gaps(self.unpriced, self.no_usage, self.units, self.tool_fees, self.pending)
+        return cost_gaps(
+            self.unpriced, self.no_usage, self.units, self.tool_fees, self.pending, self.total_only
+        )
 
     def cost_fixes(self) -> str:
         """What makes the missing costs known."""
         pairs = (
             (self.unpriced, PRICE_FIX),
             (self.no_usage, USAGE_FIX),
+            (self.total_only, TOTAL_ONLY_FIX),
             (self.units, UNITS_FIX),
             (self.tool_fees, TOOL_FEE_FIX),
             ({m: n for m, n in self.pending.items() if n > 0}, PENDING_FIX),
@@ -227,6 +238,7 @@ class UsageSum:
     uncosted_calls: int = 0  # billed calls recorded without a cost
     no_usage_calls: int = 0  # calls that were not refused but reported no usage
     unpriced_unit_calls: int = 0  # of those, image, audio and video calls billed in units not priced
+    total_only_calls: int = 0  # of those, the others that reported only total_tokens: no price applies
     failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
     tool_fee_calls: int = 0  # calls whose cost leaves out their built-in tools' fees (web search...)
     pending_calls: int = 0  # background responses begun whose end the session never recorded
@@ -297,6 +309,10 @@ USAGE_FIX: Final = (
     "(llm-ledger asks for it unless LLM_LEDGER_STREAM_USAGE=0), and a stream closed before its end "
     "reports none: read it to the end; a cancelled background response (responses.cancel) never reports "
     "its usage: keep a max_api_calls limit in place of a cost limit for it"
+)
+TOTAL_ONLY_FIX: Final = (
+    "have the server report prompt and completion tokens (its usage gives total_tokens alone, and no "
+    "price applies to a total); until then a max_total_tokens or max_api_calls limit checks its calls"
 )
 UNITS_FIX: Final = (
     "llm-ledger prices prompt and completion tokens: docs/PRICING.md (Images and audio) says what each "
@@ -572,7 +588,8 @@ def _check_runs(
             nodeid, run = unknown[0]
             gaps = Totals.sum_of(each for _, each in unknown)
             if metric != "cost_usd":  # tokens are unknown only for calls that reported none to price
-                gaps = Totals(no_usage=gaps.no_usage, units=gaps.units)
+                split = gaps.total_only if metric != "total_tokens" else {}  # a total alone: no split
+                gaps = Totals(no_usage=gaps.no_usage, units=gaps.units, total_only=split)
             out.append(
                 Breach(scope, name, limit_key, limit, run.metric(metric), nodeid, len(unknown),
                        gaps.cost_gaps(), gaps.cost_fixes())
@@ -586,10 +603,12 @@ def _over(run: Totals, limits: Limits) -> bool:
 
 def _unknown(run: Totals, metric: str) -> bool:
     """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known
-    cost, its tokens calls that reported none to price. The number of calls is always known."""
+    cost, its tokens calls that reported none to price (its prompt or completion tokens, calls that
+    reported their total alone). The number of calls is always known."""
     if metric == "cost_usd":
         return not run.cost_complete
-    return metric != "api_calls" and bool(run.no_usage or run.units)
+    split = metric != "total_tokens" and bool(run.total_only)
+    return metric != "api_calls" and bool(run.no_usage or run.units or split)
 
 
 # -- rendering ----------------------------------------------------------------------------------

@@ -162,6 +162,49 @@ def test_a_table_built_in_python_takes_the_same_fees(sdk: Sdk) -> None:
     assert (_usd(record["cost"]["tool_fees_usd"]), record["cost"]["left_out"]) == (Decimal("0.03"), None)
 
 
+def test_a_what_if_in_python_prices_the_tool_uses_a_record_gives(sdk: Sdk, priced: LLMCallMonitor) -> None:
+    """``PriceTable.cost()`` and ``price()`` given a record's usage and ``tool_uses`` cost what the
+    monitor recorded with the same table: the fees in ``tool_fees_usd`` and the total, a kind with no fee
+    named in ``left_out``; without ``tool_uses`` they price the tokens alone, as before."""
+    with capture(priced) as records:
+        sdk(priced).responses.create(model="gpt-4.1", input="news?", tools=[WEB, CODE], extra_headers=TWICE)
+    (record,) = records.calls
+    usage, uses = record["usage"], record["response"]["tool_uses"]
+    tokens: Any = {
+        name: usage[name] for name in ("prompt_tokens", "completion_tokens", "cached_tokens") if usage[name]
+    }
+    model, table = record["response"]["model"], priced.prices
+    cost = table.cost(model, **tokens, tool_uses=uses)
+    assert cost == llm_ledger.price(model, table=table, **tokens, tool_uses=uses)
+    assert cost is not None
+    assert (cost.total_cost_usd, cost.tool_fees_usd) == (
+        _usd(record["cost"]["total_cost_usd"]),
+        _usd(record["cost"]["tool_fees_usd"]),
+    )
+    assert list(cost.left_out) == record["cost"]["left_out"] == ["code_interpreter"]
+    alone = table.cost(model, **tokens)
+    assert alone is not None and (alone.tool_fees_usd, alone.left_out) == (Decimal(0), ())
+    assert alone.total_cost_usd == cost.total_cost_usd - Decimal("0.06")
+
+
+@pytest.mark.parametrize(
+    ("uses", "error"),
+    [
+        ({"web_serch": 1}, "tool_uses: unknown tool kind 'web_serch' (did you mean 'web_search'?)"),
+        ({"web_search": -1}, "tool_uses['web_search']: expected a whole number of uses >= 0, got -1"),
+        ({"web_search": 1.5}, "tool_uses['web_search']: expected a whole number of uses >= 0, got 1.5"),
+        (["web_search"], "tool_uses: expected a mapping of built-in tool kind"),
+    ],
+)
+def test_bad_tool_uses_in_a_what_if_say_what_is_wrong(uses: Any, error: str) -> None:
+    """A misspelt kind, a count that is not a whole number of uses, or not a mapping: a ValueError
+    naming it and the valid kinds, never a cost that leaves the uses out."""
+    with pytest.raises(ValueError, match="tool_uses") as caught:
+        PriceTable().cost("gpt-4.1", prompt_tokens=10, completion_tokens=5, tool_uses=uses)
+    assert error in str(caught.value)
+    assert "web_search, file_search, code_interpreter, image_generation" in str(caught.value)
+
+
 def test_configure_reads_the_fees_of_its_price_file(
     fresh_config: None, prices: Path, fake_openai: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

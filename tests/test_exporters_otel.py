@@ -238,6 +238,7 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
         "llm_ledger.lens.errors": 0,
         "llm_ledger.lens.models": ("gpt-4o", "gpt-4o-mini"),
         "llm_ledger.lens.cost_complete": True,
+        "llm_ledger.lens.pending_calls": 0,
         "llm_ledger.lens_key": "summary",
         "llm_ledger.lens_run_id": summary["context"]["lens_run_id"],
         "llm_ledger.source_id": "src-9",
@@ -334,6 +335,20 @@ def test_a_lens_with_a_failed_call_has_status_error_as_its_run_counts_in_prometh
     assert spans["lens flaky"].status.status_code is trace.StatusCode.ERROR
     assert spans["lens flaky"].status.description == "1 of 2 call(s) failed"
     assert spans["lens steady"].status.status_code is trace.StatusCode.UNSET
+
+
+def test_a_lens_that_begins_a_background_response_says_so_on_its_span(otel: Telemetry) -> None:
+    """A lens run that begins a background response and ends before it (a web handler) carries, as its
+    summary does, the response in ``llm_ledger.lens.pending_calls``, beside ``cost_complete`` false:
+    a trace backend can tell a cost that is still to come from one that is unknown."""
+    ask: Any = {"model": "gpt-4o-mini", "input": "Summarise the otters.", "background": True}
+    with capture(otel.monitor) as records, otel.monitor.lens("start_job"):
+        queued = otel.client.responses.create(**ask)
+    assert queued.status == "queued"
+    (lens,) = records.lenses
+    attributes = dict({s.name: s for s in otel.spans()}["lens start_job"].attributes or {})
+    assert lens["summary"]["pending_calls"] == attributes["llm_ledger.lens.pending_calls"] == 1
+    assert attributes["llm_ledger.lens.cost_complete"] is False
 
 
 def test_nested_lenses_are_nested_spans_even_when_the_inner_run_ends_last(otel: Telemetry) -> None:

@@ -483,6 +483,47 @@ async def test_a_speech_stream_ended_cleanly_without_its_last_event_is_ok_withou
     assert run.summary is not None and run.summary["cost_complete"] is False
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("read", ["stream", "bytes"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_a_transcription_stream_ended_cleanly_without_its_last_event_is_ok_without_usage(
+    is_async: bool,
+    read: str,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+    monitor: llm_ledger.LLMCallMonitor,
+) -> None:
+    """A transcription's event stream (``stream=True``, read through the SDK's ``Stream`` or as bytes)
+    read to its end, which the server ended cleanly without its ``transcript.text.done`` (a
+    compatible server that sends none): answered, so ``ok`` (nobody stopped it), with no usage, so
+    no cost and its lens incomplete; one the caller closes after its first event stays
+    ``interrupted``."""
+    ask: Any = {"model": "gpt-4o-transcribe", "file": AUDIO, "stream": True}
+    headers = {"x-fake-fault": "no-done"}
+    with monitor.lens("transcribe") as run:
+        transcribe, atranscribe = client.audio.transcriptions, aclient.audio.transcriptions
+        if read == "bytes" and is_async:
+            async with atranscribe.with_streaming_response.create(**ask, extra_headers=headers) as r:
+                got = b"".join([piece async for piece in r.iter_bytes(chunk_size=7)]).decode()
+        elif read == "bytes":
+            with transcribe.with_streaming_response.create(**ask, extra_headers=headers) as response:
+                got = b"".join(response.iter_bytes(chunk_size=7)).decode()
+        elif is_async:
+            got = "".join([e.type async for e in await atranscribe.create(**ask, extra_headers=headers)])
+        else:
+            got = "".join(e.type for e in transcribe.create(**ask, extra_headers=headers))
+        stopped = transcribe.create(**ask)
+        next(iter(stopped))
+        stopped.close()
+    assert "transcript.text.delta" in got and "transcript.text.done" not in got
+    assert [(r["status"], _counts(r), r["cost"]["total_cost_usd"]) for r in records.calls] == [
+        ("ok", {}, None),
+        ("interrupted", {}, None),
+    ]
+    assert run.summary is not None and run.summary["cost_complete"] is False
+
+
 def test_a_transcriptions_text_is_its_captured_output(
     sdk: Callable[[llm_ledger.LLMCallMonitor], openai.OpenAI],
 ) -> None:

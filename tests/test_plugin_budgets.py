@@ -24,6 +24,7 @@ from tests.plugin_helpers import (
     INI,
     LEAK_A_STREAM,
     PLUGIN_ARGS,
+    cli,
     notice_fails_strict,
     recorded_fixture,
     run,
@@ -491,6 +492,66 @@ def test_a_token_limit_over_calls_without_usage_is_a_breach(pytester: pytest.Pyt
     )
     assert "every budget" not in result.stdout.str()
     assert "lens local" not in result.stdout.str()  # its tokens are known; only its price is not
+
+
+TOTAL_ONLY_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_split():
+    client = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0)
+    with ledger.instrument(client) as c, ledger.lens("split"):
+        c.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-usage-style": "total-only"},
+        )
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_calls_whose_usage_gave_only_a_total_are_named_so_not_as_reporting_no_usage(
+    pytester: pytest.Pytester, server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A call whose server gave only ``total_tokens`` did report usage: the session's line, a cost or
+    prompt-token limit that cannot be checked and ``llm-ledger diff`` say only a total was reported, so
+    no price applied (not "no usage reported", nor a fix about streams); a total-token limit is checked."""
+    write_project(pytester, TOTAL_ONLY_TESTS)
+    recorded = run(pytester, "--llm-record-mode=once", "--llm-report=report.json")
+    assert recorded.ret == 0, recorded.stdout.str()
+    said = (
+        "only a total of tokens reported (no prompt and completion tokens, so no price applied) by calls "
+        "to 'gpt-4o-mini' (1 call)"
+    )
+    recorded.stdout.fnmatch_lines(
+        [f"llm-ledger: calls with no known cost count as $0: {said}; have the server*"]
+    )
+    assert "no usage reported" not in recorded.stdout.str()
+    server.stop()
+    budgets(
+        pytester, "lenses:\n  split: {max_total_tokens: 1000, max_prompt_tokens: 1000, max_cost_usd: 1}\n"
+    )
+
+    result = run(pytester, "--llm-budget")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-ledger: 2 budget limit(s) exceeded*",
+            f"lens split: max_cost_usd cannot be checked: {said}; have the server*",
+            f"lens split: max_prompt_tokens cannot be checked: {said}; have the server*",
+        ]
+    )
+    assert "max_total_tokens cannot be checked" not in result.stdout.str()
+    assert "no usage reported" not in result.stdout.str()
+    diff = json.loads(cli(capsys, "diff", "report.json", "report.json", "--format", "json").stdout)
+    assert diff["lenses"]["split"]["cost_gaps"] == dict.fromkeys(("base", "head"), said)
 
 
 CLOSED_STREAM = """

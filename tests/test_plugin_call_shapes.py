@@ -34,7 +34,10 @@ def odd(usage: dict[str, Any], *, status: str = "ok") -> dict[str, Any]:
 SHAPES = {
     "only total_tokens": (
         odd({"prompt_tokens": None, "completion_tokens": None, "total_tokens": 30}),
-        (0, 0, 30), "no usage reported by calls to 'gpt-4o-mini' (1 call)", (1, 1, 0),
+        (0, 0, 30),
+        "only a total of tokens reported (no prompt and completion tokens, so no price applied) by calls "
+        "to 'gpt-4o-mini' (1 call)",
+        (1, 1, 0),
     ),
     "negative counts": (
         odd({"prompt_tokens": -5, "completion_tokens": 7, "total_tokens": -3}),

@@ -257,6 +257,7 @@ def test_help_shows_the_keywords_of_a_priced_call() -> None:
             **dict.fromkeys(("prompt_image_tokens", "cached_image_tokens"), 0),
             "at": None,
             "service_tier": None,
+            "tool_uses": None,
         }
     assert "completion_audio_tokens: int = 0" in pydoc.render_doc(price)
 

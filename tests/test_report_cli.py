@@ -261,9 +261,10 @@ def test_a_call_without_usage_is_not_blamed_on_an_unknown_model(
     out = capsys.readouterr().out
     assert "1 billed call has no known cost" in out
     assert (
-        "(no usage reported, as by a stream stopped early, an image or audio call billed in other units "
-        "than tokens, a model the price table does not know, the fee of a built-in tool such as web "
-        "search, or a background response whose end is in no log read)" in out
+        "(no usage reported, as by a stream stopped early; only a total of tokens reported (no prompt and "
+        "completion tokens, so no price applied); an image or audio call billed in other units than "
+        "tokens; a model the price table does not know; the fee of a built-in tool such as web search; or "
+        "a background response whose end is in no log read)" in out
     )
 
 
@@ -414,6 +415,28 @@ def test_the_unpriced_note_does_not_call_a_stopped_stream_successful(
     footer = capsys.readouterr().out.splitlines()[-1]
     assert footer.startswith("* 1 billed call has no known cost (no usage reported"), footer
     assert "successful" not in footer
+
+
+def test_the_unpriced_note_names_a_call_that_reported_only_a_total(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A call whose server gave only ``total_tokens`` reported usage, with no prompt and completion
+    split for a price to apply to: its tokens are in the table, and the note under it names that among
+    the reasons a cost is unknown."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client), monitor.lens("split"):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-usage-style": "total-only"},
+        )
+    assert main(["report", str(path), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert (row["total_tokens"], row["unpriced_calls"]) == (8, 1)
+    assert main(["report", str(path)]) == 0
+    footer = capsys.readouterr().out.splitlines()[-1]
+    assert footer.startswith("* 1 billed call has no known cost (")
+    assert "only a total of tokens reported (no prompt and completion tokens, so no price applied)" in footer
 
 
 def test_logs_named_after_an_option_are_read_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -621,12 +621,19 @@ def test_calls_that_reported_no_usage_are_named_under_the_table(
             model="gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": False}
         ):
             pass
+        # a server whose usage gives its total alone: no split to price either, though it reported usage
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-usage-style": "total-only"}
+        )
     assert main(["reprice", str(path), "--model", "gpt-4o-mini=gpt-4o"]) == 0
     out = capsys.readouterr().out
     assert "$0.0000" in next(line for line in out.splitlines() if line.startswith("quiet"))
-    assert "* after leaves out 1 call that reported no usage (no tokens to price)" in out
+    assert (
+        "* after leaves out 2 calls that reported no prompt and completion tokens to price (no usage, or "
+        "only a total of tokens)" in out
+    )
     result = reprice_json(capsys, str(path), "--model", "gpt-4o-mini=gpt-4o")
-    assert (result["total"]["after_complete"], result["no_usage_calls"]) == (False, 1)
+    assert (result["total"]["after_complete"], result["no_usage_calls"]) == (False, 2)
 
 
 def test_calls_priced_by_a_price_file_when_made_are_named_when_repriced_without_it(

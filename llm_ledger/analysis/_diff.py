@@ -272,17 +272,24 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     unpriced: Counter[str] = Counter()
     no_usage: Counter[str] = Counter()
     units: Counter[str] = Counter()  # of no_usage, calls billed in units no price table prices
+    total_only: Counter[str] = Counter()  # of no_usage, the others that reported only total_tokens
     tool_fees: Counter[str] = Counter()
     pending: Counter[str] = Counter()  # background responses begun whose end the session never recorded
     for row in report.get("usage", ()):  # load_report checked their counts
         if lens in (None, row.get("lens")):
             model = model_name(row.get("model"), row.get("served_model"))
             units[model] += row.get("unpriced_unit_calls", 0)
-            no_usage[model] += max(row.get("no_usage_calls", 0) - row.get("unpriced_unit_calls", 0), 0)
+            total_only[model] += row.get("total_only_calls", 0)
+            no_usage[model] += max(
+                row.get("no_usage_calls", 0)
+                - row.get("unpriced_unit_calls", 0)
+                - row.get("total_only_calls", 0),
+                0,
+            )
             unpriced[model] += max(row.get("uncosted_calls", 0) - row.get("no_usage_calls", 0), 0)
             tool_fees[model] += row.get("tool_fee_calls", 0)
             pending[model] += row.get("pending_calls", 0)
-    return cost_gaps(unpriced, no_usage, units, tool_fees, pending)
+    return cost_gaps(unpriced, no_usage, units, tool_fees, pending, total_only)
 
 
 def _calling(report: dict[str, Any]) -> set[str]:

@@ -12,7 +12,7 @@ from .._records import AnomalyRecord
 from .._table import NO_FIGURE, code, notes, percent, table, text_table, usd
 from ..loading import printable
 from ._aggregate import CostReport, CostRow, as_text
-from ._usage import NO_LENS
+from ._usage import NO_LENS, TOTAL_ONLY
 
 if TYPE_CHECKING:
     from ._reprice import Reprice, Row
@@ -120,12 +120,11 @@ def _footer(report: CostReport, fmt: str) -> list[str]:
         which = "" if "model" in report.query.by else "; --by model shows which models"
         lines.append(
             f"* {total.unpriced_calls:,} billed {calls} no known cost (no usage reported, as by a stream "
-            "stopped early, an image or audio call billed in other units than tokens, a model the "
-            "price table does not know, the fee of a built-in tool such as web search, or a background "
-            "response whose end is in no log read): their cost is "
-            f"not included{which}; costs are those recorded when each call was made, so "
-            "`llm-ledger reprice LOG --price-file F` prices those with tokens, and tools' fees F's "
-            "tool_fees gives"
+            f"stopped early; {TOTAL_ONLY}; an image or audio call billed in other units than tokens; a "
+            "model the price table does not know; the fee of a built-in tool such as web search; or a "
+            f"background response whose end is in no log read): their cost is not included{which}; costs "
+            "are those recorded when each call was made, so `llm-ledger reprice LOG --price-file F` prices "
+            "those with tokens, and tools' fees F's tool_fees gives"
         )
     return lines
 
@@ -202,7 +201,10 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
         )
         said.append(f"* after leaves out calls with no known price: {missing}")
     if calls := result.no_usage_calls:
-        said.append(f"* after leaves out {_count(calls, 'call')} that reported no usage (no tokens to price)")
+        said.append(
+            f"* after leaves out {_count(calls, 'call')} that reported no prompt and completion tokens to "
+            "price (no usage, or only a total of tokens)"
+        )
     if calls := result.tool_fee_calls:
         said.append(
             "* before leaves out the fees of the built-in tools (web search...) "

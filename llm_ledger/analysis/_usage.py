@@ -20,14 +20,16 @@ if TYPE_CHECKING:
     from .._pricing import PriceTable
 
 __all__ = [
-    "COUNTS", "NO_ANSWER", "NO_LENS", "UsageRow", "cost_gaps", "failed_calls", "model_name", "tool_uses",
-    "usage_row",
+    "COUNTS", "NO_ANSWER", "NO_LENS", "TOTAL_ONLY", "UsageRow", "cost_gaps", "failed_calls", "model_name",
+    "tool_uses", "usage_row",
 ]  # fmt: skip
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
 # A failed call counts what its answer reported: one cut short after a billed answer counts it.
 NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_MODEL: Final = "<no model>"  # the name of a call's model when neither request nor answer has one
+# why a call whose usage gave total_tokens alone (some compatible servers) has no cost, as reports say it
+TOTAL_ONLY: Final = "only a total of tokens reported (no prompt and completion tokens, so no price applied)"
 # the token counts of a UsageRow, named as a call record's usage names them
 TOKENS: Final = (
     "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cache_write_tokens",
@@ -41,6 +43,7 @@ COUNTS: Final = (
     "uncosted_calls",
     "no_usage_calls",
     "unpriced_unit_calls",
+    "total_only_calls",
     "failed_calls",
     "tool_fee_calls",
     "pending_calls",
@@ -99,6 +102,8 @@ class UsageRow:
     # of those, the image, audio and video calls: billed in units (images, seconds, characters, image
     # tokens) that have no prompt and completion tokens to price
     unpriced_unit_calls: int = 0
+    # of those, the others that reported total_tokens alone (some compatible servers): no price applies
+    total_only_calls: int = 0
     total_tokens: int = 0  # as recorded, else prompt + completion when both are known
     failed_calls: int = 0  # calls that failed (status "error"): cassette misses, API errors
     # the moment the call was priced at (epoch seconds): cost.priced_at, else its start; None: unknown
@@ -180,6 +185,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     counts = {name: recorded_count(usage.get(name)) for name in TOKENS}
     prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
     known = prompt is not None and completion is not None
+    total_only = prompt is None and completion is None and counts["total_tokens"] is not None
     if counts["total_tokens"] is None:  # as recorded, else prompt + completion
         counts["total_tokens"] = (prompt or 0) + (completion or 0) if known else 0
     ok = record.get("status") != "error"
@@ -199,6 +205,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         uncosted_calls=int(recorded is None and billed(record)),
         no_usage_calls=int(not known and ok and not pending),
         unpriced_unit_calls=int(not known and ok and record.get("operation") in MEDIA),
+        total_only_calls=int(total_only and ok and not pending and record.get("operation") not in MEDIA),
         failed_calls=int(not ok),
         at=_epoch(started) if priced is None else priced,
         priced_by_time=None if "priced_at" not in cost else priced is not None,
@@ -240,17 +247,19 @@ def cost_gaps(
     units: Mapping[str, int] | None = None,
     tool_fees: Mapping[str, int] | None = None,
     pending: Mapping[str, int] | None = None,
+    total_only: Mapping[str, int] | None = None,
 ) -> str:
     """Why a cost leaves calls out, from the calls per model (:func:`model_name`) billed with tokens
     but no known price, those that reported no usage, the image, audio and video calls billed in
-    ``units`` no price table prices, those whose built-in tools' fees have no price, and the
-    background responses whose end no record shows (``pending``): "no known
-    price for model 'x' (2 calls); no usage reported by calls to 'y' (1 call)". The plugin's lines
-    and ``llm-ledger diff`` say it so."""
+    ``units`` no price table prices, those whose built-in tools' fees have no price, the background
+    responses whose end no record shows (``pending``) and the calls whose usage gave only its total
+    (``total_only``): "no known price for model 'x' (2 calls); no usage reported by calls to 'y' (1
+    call)". The plugin's lines and ``llm-ledger diff`` say it so."""
     parts = []
     for what, counts in (
         ("no known price for model", unpriced),
         ("no usage reported by calls to", no_usage),
+        (f"{TOTAL_ONLY} by calls to", total_only or {}),
         ("billed in unpriced units (image, audio or video) by calls to", units or {}),
         ("no price for the built-in tools' fees (web search...) of calls to", tool_fees or {}),
         ("no record of the end of the background responses begun by calls to", pending or {}),
