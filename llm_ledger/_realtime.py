@@ -274,9 +274,9 @@ class _ResponsesSession(_Session):
             return
         if state is None:
             return
-        if kind == "error":  # over a WebSocket its detail is in "error"
+        if kind == "error":  # its detail in "error" (openai 3.x's type), or beside it (2.x's, as over HTTP)
             del self.lanes[lane]
-            state._finish("error", ResponseError(_object(event.get("error"))))
+            state._finish("error", ResponseError(_object(event.get("error")) or event))
         elif kind in _ENDS:
             del self.lanes[lane]
             state.event(event)

@@ -224,7 +224,7 @@ def test_a_failed_response_and_an_error_mid_response_are_errors(
         assert _until_end(connection)[-1].type == "response.failed"
         connection.response.create(model=MODEL, input="hi", metadata={"x-fake-fault": "stream-error"})
         broke = _until_end(connection)[-1]
-    assert broke.type == "error" and broke.error.code == "server_error"
+    assert broke.type == "error" and broke.to_dict()["error"]["code"] == "server_error"
     failed, cut = records.calls
     assert (failed["status"], failed["error"]["type"]) == ("error", "ResponseError")
     assert failed["usage"]["total_tokens"] > 0 and failed["cost"]["total_cost_usd"] > 0
@@ -284,8 +284,13 @@ def test_responses_on_lanes_are_each_their_own_call(ws: openai.OpenAI, records: 
     """Responses created on separate lanes (``stream_id``) of one connection, sent before either is read,
     are each recorded with the request sent on its lane."""
     with ws.responses.connect() as connection:
-        connection.response.create(model=MODEL, input="the short one", stream_id="a")
-        connection.response.create(model="gpt-4.1", input="the longer question", stream_id="b")
+        # events of the caller's own making (openai 2.x's create() takes no stream_id; 3.x's sends these)
+        connection.send(
+            {"type": "response.create", "model": MODEL, "input": "the short one", "stream_id": "a"}
+        )
+        connection.send(
+            {"type": "response.create", "model": "gpt-4.1", "input": "the longer question", "stream_id": "b"}
+        )
         ends = [_until_end(connection)[-1], _until_end(connection)[-1]]
     assert [e.stream_id for e in ends] == ["a", "b"]
     by_id = {c["response"]["id"]: c for c in records.calls}
