@@ -347,3 +347,28 @@ def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
     (call,) = records.calls
     assert call["context"]["lens_run_id"] == run.run_id
     assert records.lenses[1]["summary"]["total_api_calls"] == 1
+
+
+def test_a_response_sent_by_a_websocket_session_lane_is_recorded_from_its_events(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """openai 3.x's ``ResponsesWebSocketSession`` reads the connection's events and its lanes write to the
+    socket themselves: each response is still one call of the lens, its request as ``response.created``
+    states it (the model), its usage and cost the response's."""
+    from openai.lib.responses_websocket import ResponsesWebSocketLimits, ResponsesWebSocketSession
+
+    limits = ResponsesWebSocketLimits(
+        max_lanes=4, max_events_per_lane=128, max_events=512, max_bytes_per_lane=2**24, max_bytes=2**25
+    )
+    with (
+        monitor.lens("support_bot") as run,
+        ws.responses.connect() as connection,
+        ResponsesWebSocketSession(connection, limits=limits) as session,
+    ):
+        lane = session.lane("conversation")
+        lane.send({"type": "response.create", "model": MODEL, "input": "Say hello."})
+        final = lane.get_final_response()
+    (record,) = records.calls
+    assert (record["status"], record["request"]["model"], record["response"]["id"]) == ("ok", MODEL, final.id)
+    assert final.usage is not None and record["usage"]["total_tokens"] == final.usage.total_tokens
+    assert record["cost"]["total_cost_usd"] > 0 and record["context"]["lens_run_id"] == run.run_id
