@@ -9,7 +9,11 @@ openai 1.x has no ``responses.connect()``; 2.x's (from 2.5x) passes these too: s
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -19,6 +23,7 @@ from websockets.exceptions import ConnectionClosedError
 
 import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests import warm_python
 from tests.conftest import FAKE_KEY
 
 pytestmark = pytest.mark.sdk3
@@ -372,3 +377,37 @@ def test_a_response_sent_by_a_websocket_session_lane_is_recorded_from_its_events
     assert (record["status"], record["request"]["model"], record["response"]["id"]) == ("ok", MODEL, final.id)
     assert final.usage is not None and record["usage"]["total_tokens"] == final.usage.total_tokens
     assert record["cost"]["total_cost_usd"] > 0 and record["context"]["lens_run_id"] == run.run_id
+
+
+SIGTERM = "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
+
+
+@pytest.mark.parametrize("end", ["", SIGTERM], ids=["exit", "SIGTERM"])
+def test_a_connection_left_open_at_exit_is_written_with_its_lens(
+    fake_openai: FakeOpenAI, tmp_path: Path, end: str
+) -> None:
+    """A connection still open when the process ends (at exit, or by SIGTERM past every exit hook), a
+    response streaming on it, is written: the response as interrupted, then the lens run it held open."""
+    script = textwrap.dedent(
+        f"""
+        import openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        raw = openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r},
+                            websocket_base_url={fake_openai.websocket_base_url!r})
+        with llm_ledger.lens("support_bot"):
+            connection = llm_ledger.instrument(raw).responses.connect().enter()
+        connection.response.create(model="gpt-4.1-mini", input="hello")
+        while connection.recv().type != "response.created":
+            pass
+        {end}
+        """
+    )
+    done = warm_python.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == (-signal.SIGTERM if end else 0)
+    call, lens = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert (call["operation"], call["status"], call["request"]["model"]) == (
+        "responses",
+        "interrupted",
+        "gpt-4.1-mini",
+    )
+    assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
