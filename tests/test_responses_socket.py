@@ -411,3 +411,17 @@ def test_a_connection_left_open_at_exit_is_written_with_its_lens(
         "gpt-4.1-mini",
     )
     assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
+
+
+def test_a_response_create_sent_as_an_sdk_model_is_read_alike(ws: openai.OpenAI, records: Captured) -> None:
+    """A ``response.create`` the caller sends as one of the SDK's models (``connection.send(model)``) is
+    read as the dict form is: the record's request is the one sent."""
+    from openai.types.responses import responses_client_event
+
+    # openai 3.x's model of the event (2.x's is the union's one member)
+    made: Any = getattr(responses_client_event, "ResponseCreate", responses_client_event.ResponsesClientEvent)
+    with ws.responses.connect() as connection:
+        connection.send(made(type="response.create", model="gpt-4.1", input="a model-made event"))
+        _until_end(connection)
+    (record,) = records.calls
+    assert (record["request"]["model"], record["request"]["user_prompt_length"]) == ("gpt-4.1", 18)
