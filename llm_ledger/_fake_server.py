@@ -1403,8 +1403,8 @@ def register(subparsers: Any, summary: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
-    try:  # the Realtime API's WebSocket, on a port of its own, when websockets is installed
-        print(f"Realtime API on {server.websocket_base_url} (a client's websocket_base_url)", flush=True)
+    try:  # the Realtime and Responses WebSockets, on a port of their own, when websockets is installed
+        print(f"Realtime and Responses APIs on {server.websocket_base_url} (websocket_base_url)", flush=True)
     except RuntimeError:
         pass
     try:
