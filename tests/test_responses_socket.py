@@ -425,3 +425,18 @@ def test_a_response_create_sent_as_an_sdk_model_is_read_alike(ws: openai.OpenAI,
         _until_end(connection)
     (record,) = records.calls
     assert (record["request"]["model"], record["request"]["user_prompt_length"]) == ("gpt-4.1", 18)
+
+
+def test_the_fake_refuses_a_misspelt_steering_key_with_an_error_event(
+    ws: openai.OpenAI, records: Captured
+) -> None:
+    """A misspelt ``x-fake-*`` metadata key is never ignored for its default: the fake answers an
+    ``error`` event naming it and the keys it knows, as the HTTP fake answers 400; no response, no record."""
+    with ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="hi", metadata={"x-fake-chunk": "3"})
+        (refused,) = _until_end(connection)
+    error = refused.to_dict()
+    assert (refused.type, error["status"]) == ("error", 400)
+    assert error["error"]["message"].startswith("x-fake-chunk is not a header the fake server knows")
+    assert "x-fake-chunks" in error["error"]["message"]
+    assert records.calls == []
