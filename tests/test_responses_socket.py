@@ -440,3 +440,21 @@ def test_the_fake_refuses_a_misspelt_steering_key_with_an_error_event(
     assert error["error"]["message"].startswith("x-fake-chunk is not a header the fake server knows")
     assert "x-fake-chunks" in error["error"]["message"]
     assert records.calls == []
+
+
+def test_events_dispatched_to_handlers_are_watched_alike(ws: openai.OpenAI, records: Captured) -> None:
+    """The push interface (``on()`` handlers run by ``dispatch_events()``) reads through the same
+    connection: the response is recorded, and the handler gets its end."""
+    done: list[Any] = []
+    with ws.responses.connect() as connection:
+
+        def finished(event: Any) -> None:
+            done.append(event)
+            connection.close()
+
+        connection.on("response.completed", finished)
+        connection.response.create(model=MODEL, input="hello")
+        connection.dispatch_events()
+    (record,) = records.calls
+    assert [event.response.id for event in done] == [record["response"]["id"]]
+    assert record["status"] == "ok"
