@@ -1,7 +1,8 @@
-"""The fake OpenAI server's Realtime API: ``/v1/realtime`` over a WebSocket (the ``websockets`` library's
-server, in a thread of its own, on a port of its own), speaking the events the SDK's ``realtime.connect()``
-expects, with deterministic text and usage. Started by :attr:`FakeOpenAI.websocket_base_url`; described in
-docs/FAKE_SERVER.md ("Realtime"), which must stay true to this module.
+"""The fake OpenAI server's WebSocket APIs: the Realtime API's ``/v1/realtime`` and the Responses API's
+``/v1/responses`` (the ``websockets`` library's server, in a thread of its own, on a port of its own),
+speaking the events the SDK's ``realtime.connect()`` and ``responses.connect()`` expect, with
+deterministic text and usage. Started by :attr:`FakeOpenAI.websocket_base_url`; described in
+docs/FAKE_SERVER.md ("Realtime", "Responses over a WebSocket"), which must stay true to this module.
 """
 
 from __future__ import annotations
@@ -246,8 +247,77 @@ class _Session:
         return None
 
 
+class _ResponsesSocket:
+    """One Responses API connection: each ``response.create`` answered with the events the HTTP fake
+    streams for the same request (its ``_responses``), steered by the handshake's ``x-fake-*`` headers
+    and the create's ``x-fake-*`` metadata keys; each event names the create's lane (``stream_id``)."""
+
+    def __init__(self, server: RealtimeServer, connection: Any) -> None:
+        self.server = server
+        self.connection = connection
+        self.headers = {
+            k.lower(): v for k, v in connection.request.headers.raw_items() if k.lower().startswith("x-fake-")
+        }
+
+    def run(self) -> None:
+        for message in self.connection:
+            try:
+                event = json.loads(message)
+            except ValueError:
+                event = None
+            if type(event) is not dict:
+                self.refuse({}, 400, "The event must be a JSON object.")
+                continue
+            self.server.received.append(event)
+            if event.get("type") != "response.create":
+                self.refuse(
+                    event,
+                    400,
+                    f"Invalid value: {event.get('type')!r}. Supported values are: 'response.create'.",
+                )
+            elif self.respond(event) == "close":
+                return
+
+    def refuse(self, event: JSONDict, status: int, message: str | None, body: Any = None) -> None:
+        from ._fake_server import error_body
+
+        lane = {"stream_id": event["stream_id"]} if "stream_id" in event else {}
+        error = (body or error_body(status, message))["error"]
+        self.connection.send(json.dumps({"type": "error", "status": status, "error": error, **lane}))
+
+    def respond(self, event: JSONDict) -> str | None:
+        from ._fake_server import _check_headers, _Refusal, _responses
+
+        body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
+        metadata = body.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        headers = {**self.headers, **{k: str(v) for k, v in metadata.items() if k.startswith("x-fake-")}}
+        faults = {f.strip() for f in headers.get("x-fake-fault", "").split(",") if f.strip()}
+        try:
+            _check_headers(headers)
+            stream = _responses({**body, "stream": True}, headers, next(self.server.counter), faults)
+        except _Refusal as refused:
+            self.refuse(event, refused.reply.status, None, refused.reply.body)
+            return None
+        except Exception as exc:  # a request the fake does not understand, as the HTTP fake answers it
+            self.refuse(event, 500, f"fake server error: {exc!r}")
+            return None
+        lane = {"stream_id": event["stream_id"]} if "stream_id" in event else {}
+        cut = bool(faults & {"cut-stream", "reset"})
+        for sent in stream.events:  # type: ignore[union-attr]
+            if sent["type"] == "error":  # over a WebSocket, its detail is in "error"
+                sent = {"type": "error", "sequence_number": sent["sequence_number"],
+                        "error": {k: sent[k] for k in ("code", "message", "param")}}  # fmt: skip
+            self.connection.send(json.dumps({**sent, **lane}))
+            if cut and sent["type"].endswith(".delta"):
+                self.connection.close(1011, "fake fault: closed mid-response")
+                return "close"
+        return None
+
+
 class RealtimeServer:
-    """The Realtime endpoint: a ``websockets`` server on loopback, each connection served in a thread."""
+    """The WebSocket endpoints (Realtime, and Responses over a WebSocket): a ``websockets`` server on
+    loopback, each connection served in a thread."""
 
     def __init__(self, host: str) -> None:
         try:
@@ -268,16 +338,22 @@ class RealtimeServer:
     @staticmethod
     def _check(connection: Any, request: Any) -> Any:
         path = urlsplit(request.path).path
-        if not path.endswith("/realtime"):
-            return connection.respond(404, f"The fake serves the Realtime API at /v1/realtime, not {path}\n")
+        if not path.endswith(("/realtime", "/responses")):
+            return connection.respond(
+                404, f"The fake serves WebSockets at /v1/realtime and /v1/responses, not {path}\n"
+            )
         return None
 
     def _serve(self, connection: Any) -> None:
         with self._lock:
             self._connections.add(connection)
         try:
-            query = parse_qs(urlsplit(connection.request.path).query)
-            _Session(self, connection, (query.get("model") or [None])[0]).run()
+            url = urlsplit(connection.request.path)
+            if url.path.endswith("/responses"):
+                _ResponsesSocket(self, connection).run()
+            else:
+                query = parse_qs(url.query)
+                _Session(self, connection, (query.get("model") or [None])[0]).run()
         except Exception:  # the client went away: its connection is done
             pass
         finally:

@@ -1214,7 +1214,7 @@ class FakeOpenAI:
     images and audio; streamed or not) with deterministic text and usage, to point the real SDK at:
     ``base_url`` for the client, ``requests`` and ``answers`` as received and sent, ``fail_next()`` to
     queue errors. ``start()`` (or ``with``) runs it in a daemon thread; ``websocket_base_url`` starts
-    its Realtime API endpoint (a WebSocket, on a port of its own).
+    its Realtime and Responses API WebSockets (on a port of their own).
 
     ``x-fake-*`` request headers steer it (tool calls, cached tokens, error statuses, cut or reset
     streams...): the reference is docs/FAKE_SERVER.md.
@@ -1243,8 +1243,8 @@ class FakeOpenAI:
 
     @property
     def websocket_base_url(self) -> str:
-        """``ws://HOST:PORT2/v1``, the Realtime API's (a client's ``websocket_base_url``): a ``websockets``
-        server on a port of its own, started at the first read (docs/FAKE_SERVER.md, "Realtime")."""
+        """``ws://HOST:PORT2/v1``, the Realtime and Responses APIs' (a client's ``websocket_base_url``): a
+        ``websockets`` server on a port of its own, started at the first read (docs/FAKE_SERVER.md)."""
         with self._lock:
             if self._realtime is None:
                 self._realtime = RealtimeServer(self.host)
@@ -1252,7 +1252,7 @@ class FakeOpenAI:
 
     @property
     def realtime_events(self) -> list[JSONDict]:
-        """Every Realtime client event received (by ``websocket_base_url``'s server), in order."""
+        """Every client event the WebSocket server received (Realtime and Responses), in order."""
         return [] if self._realtime is None else self._realtime.received
 
     def start(self) -> FakeOpenAI:
@@ -1403,8 +1403,8 @@ def register(subparsers: Any, summary: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
-    try:  # the Realtime API's WebSocket, on a port of its own, when websockets is installed
-        print(f"Realtime API on {server.websocket_base_url} (a client's websocket_base_url)", flush=True)
+    try:  # the Realtime and Responses WebSockets, on a port of their own, when websockets is installed
+        print(f"Realtime and Responses APIs on {server.websocket_base_url} (websocket_base_url)", flush=True)
     except RuntimeError:
         pass
     try:

@@ -3,8 +3,8 @@
 The seam is the instance's own ``request``, which every resource and its ``with_raw_response`` /
 ``with_streaming_response`` variants go through; ``copy`` / ``with_options`` keep derived clients
 instrumented. A narrow second seam: the ``stream()`` helpers, which may raise above that stream,
-hooked when the client makes their resources, and the Realtime API's ``connect()``, whose
-WebSocket connections pass that seam by (``_realtime``).
+hooked when the client makes their resources, and the Realtime and Responses APIs' ``connect()``,
+whose WebSocket connections pass that seam by (``_realtime``).
 """
 
 from __future__ import annotations
@@ -217,12 +217,17 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
 
 # the resources whose helpers the ledger hooks, by the client attribute making them: the path to each
 # and the helper, stream() (reading a stream the ledger watches; beta's: openai 1.x's home of chat's)
-# or the Realtime API's connect()
+# or the connect() of the Realtime or Responses API (named by the API: its WebSocket's events are read
+# as that API's)
 _HELPER_RESOURCES = {
     "chat": ((("completions",), "stream"),),
-    "responses": (((), "stream"),),
-    "beta": ((("chat", "completions"), "stream"), (("realtime",), "connect")),
-    "realtime": (((), "connect"),),
+    "responses": (((), "stream"), ((), "responses")),
+    "beta": (
+        (("chat", "completions"), "stream"),
+        (("realtime",), "realtime"),
+        (("responses",), "responses"),
+    ),
+    "realtime": (((), "realtime"),),
 }
 
 
@@ -265,7 +270,7 @@ def _watched_stream(original: Any, is_async: bool) -> Any:
 
 def _hook_helpers(client: Any, root: Any, hooks: Any, is_async: bool) -> None:
     """Give each resource a ``hooks`` path leads to from ``root`` a ``stream()`` whose helper the ledger
-    watches, or a ``connect()`` whose realtime connection it watches (best effort)."""
+    watches, or a ``connect()`` whose WebSocket connection it watches (best effort)."""
     # no warnings.catch_warnings() (none of the SDKs warns here): it changes the process's filters,
     # and this may run on any thread, at the client's first use of the resource
     for path, helper in hooks:
@@ -275,7 +280,7 @@ def _hook_helpers(client: Any, root: Any, hooks: Any, is_async: bool) -> None:
                 resource.stream = _watched_stream(resource.stream, is_async)
             else:
                 monitor_of = functools.partial(client.__dict__.get, _MONITOR_ATTR)
-                resource.connect = watch_connect(resource.connect, client, monitor_of, is_async)
+                resource.connect = watch_connect(resource.connect, client, monitor_of, is_async, helper)
         except Exception:  # not in this SDK's version
             pass
 

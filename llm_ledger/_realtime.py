@@ -1,5 +1,6 @@
 """Watching the Realtime API's connections (``client.realtime.connect()``, ``client.beta.realtime.connect()``,
-sync and async), which go over a WebSocket, past the client's ``request`` seam.
+sync and async), which go over a WebSocket, past the client's ``request`` seam; and the Responses API's
+(``client.responses.connect()``, ``client.beta.responses.connect()``), watched alike (``_ResponsesSession``).
 
 The connection an instrumented client's manager opens is watched in place: its ``recv_bytes`` (which
 ``recv()``, iteration and ``dispatch_events()`` go through) sees each server event after the SDK
@@ -25,11 +26,11 @@ import orjson
 
 from . import _jsonl
 from ._context import current_context, current_lenses
-from ._extract import EMPTY_REQUEST, JsonView
-from ._monitor import _Call
+from ._extract import EMPTY_REQUEST, JsonView, request_shape
+from ._monitor import _STATED, _Call
 from ._records import interrupted
 from ._servers import Endpoint, server_of
-from ._streams import ResponseError
+from ._streams import ResponseError, _StreamState
 
 if TYPE_CHECKING:
     from ._monitor import LLMCallMonitor
@@ -60,7 +61,10 @@ def _closed(exc: BaseException) -> bool:
 
 
 class _Session:
-    """One watched connection: its responses in flight, each a call, and the lens runs it holds open."""
+    """One watched Realtime connection: its responses in flight, each a call, and the lens runs it holds
+    open."""
+
+    operation = OPERATION
 
     def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
         self.monitor = monitor
@@ -121,21 +125,26 @@ class _Session:
             self.model = model if type(model) is str else None
 
     def _call(self) -> _Call:
-        """A response's call, begun when its response.create was sent (else now), in the connection's
-        context and lens runs (which the connection holds open: each counts it, even once ended)."""
-        request: RequestShape = {**EMPTY_REQUEST, "model": self.model, "stream": True}
+        when = self.asked.popleft() if self.asked else None
+        return self._begin({**EMPTY_REQUEST, "model": self.model, "stream": True}, {}, when)
+
+    def _begin(
+        self, request: RequestShape, content: dict[str, Any] | None, when: tuple[float, float] | None
+    ) -> _Call:
+        """A response's call, begun ``when`` its create was sent (else now), in the connection's context
+        and lens runs (which the connection holds open: each counts it, even once ended)."""
         # made in an empty context: it begins in none of the lens runs of the thread reading the events
-        call = contextvars.Context().run(_Call, OPERATION, request, self.endpoint, None, False, None)
+        call = contextvars.Context().run(_Call, self.operation, request, self.endpoint, None, False, None)
         call.context = self.context
         call.lenses = self.lenses
         for run in self.lenses:
             run._totals.hold()
         call.server = dict(self.server)  # type: ignore[assignment]
-        if self.asked:
-            call.start_epoch, call.start_perf = self.asked.popleft()
+        if when is not None:
+            call.start_epoch, call.start_perf = when
         if self.monitor.capture_content:
             call.client = self.client
-            call.content = {}
+            call.content = content
         return call
 
     def _shape(self, response: dict[str, Any], chars: int | None, tools: int | None) -> ResponseShape:
@@ -188,10 +197,7 @@ class _Session:
         with self.lock:
             calls, self.calls = self.calls, {}
             self.asked.clear()
-        name = type(exc).__name__
-        status: Status = "interrupted"
-        if exc is not None and not (interrupted(exc) or name == "ConnectionClosedOK"):
-            status = "error"
+        status = _ended_as(exc)
         for response_id, call in calls.items():
             self.monitor._finish(call, status, self._shape({"id": response_id}, None, None), None, error=exc)
 
@@ -213,6 +219,81 @@ class _Session:
                     self.monitor._report("ending a lens", error)
 
 
+def _ended_as(exc: BaseException | None) -> Status:
+    """A response in flight when its connection ended with ``exc``: ``interrupted`` when the caller
+    closed it (or the server did, cleanly), ``error`` when it broke."""
+    if exc is None or interrupted(exc) or type(exc).__name__ == "ConnectionClosedOK":
+        return "interrupted"
+    return "error"
+
+
+class _ResponsesSession(_Session):
+    """One watched Responses API connection (``responses.connect()``): each ``response.create`` sent is
+    one call, whose events (from its ``response.created`` to its ``response.completed``, ``.failed``,
+    ``.incomplete`` or ``error``) a Responses stream's state machine reads (``_streams``), as it reads
+    them over HTTP. A connection runs one response at a time on each lane (``stream_id``, None the
+    default lane), each event naming its lane."""
+
+    operation = "responses"
+
+    def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
+        super().__init__(monitor, client, model)
+        # each lane's response.create sent, not yet created: its request, content and when
+        self.pending: dict[Any, deque[tuple[RequestShape, dict[str, Any] | None, tuple[float, float]]]] = {}
+        self.lanes: dict[Any, _StreamState] = {}  # each lane's response in flight
+
+    def sent(self, event: Any) -> None:
+        body = event if isinstance(event, dict) else event.to_dict()  # a dict, or one of the SDK's models
+        if body.get("type") != "response.create":
+            return
+        # what the SDK leaves out of the JSON it sends: the resource's create() gives every parameter,
+        # those not given as its omit (NotGiven on older SDKs)
+        body = {k: v for k, v in body.items() if type(v).__name__ not in _OMITTED}
+        request = request_shape("responses", body, stream=True)
+        content = self.monitor._captured_request(body) if self.monitor.capture_content else None
+        with self.lock:
+            asked = self.pending.setdefault(body.get("stream_id"), deque())
+            asked.append((request, content, (time.time(), time.perf_counter())))
+
+    def _seen(self, kind: str, event: dict[str, Any]) -> None:
+        lane = event.get("stream_id")
+        state = self.lanes.get(lane)
+        asked = self.pending.get(lane)
+        if kind == "response.created":
+            if state is not None:  # a response that never ended: cut short
+                state.end()
+            if asked:
+                request, content, when = asked.popleft()
+            else:  # begun by the server (a steered response's successor): as the Response states it
+                response = _object(event.get("response"))
+                request = request_shape("responses", {k: response.get(k) for k in _STATED}, stream=True)
+                content, when = {}, None
+            state = self.lanes[lane] = _StreamState(self.monitor, self._begin(request, content, when))
+        elif kind == "error" and asked:  # a response.create refused: it makes no response
+            asked.popleft()
+            return
+        if state is None:
+            return
+        if kind == "error":  # its detail in "error" (openai 3.x's type), or beside it (2.x's, as over HTTP)
+            del self.lanes[lane]
+            state._finish("error", ResponseError(_object(event.get("error")) or event))
+        elif kind in _ENDS:
+            del self.lanes[lane]
+            state.event(event)
+        else:
+            state.event(event)
+
+    def lost(self, exc: BaseException | None) -> None:
+        with self.lock:
+            states, self.lanes = self.lanes, {}
+            self.pending.clear()
+        status = _ended_as(exc)
+        for state in states.values():
+            state._finish(status, exc)
+
+
+_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+_OMITTED = frozenset({"Omit", "NotGiven"})
 _open: set[_Session] = set()
 
 
@@ -228,6 +309,7 @@ _jsonl.before_sigterm_death.append(_end_open_sessions)
 def _watch(session: _Session, connection: Any, is_async: bool) -> None:
     """Wrap ``connection``'s ``recv_bytes``, ``send`` and ``close`` in place (its identity kept)."""
     monitor = session.monitor
+    what = f"watching a {session.operation} connection"
     recv_bytes, send, close = connection.recv_bytes, connection.send, connection.close
     # a connection never closed: its watch ends when it is collected, or at exit
     weakref.finalize(connection, session.close)
@@ -236,20 +318,20 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
         try:
             session.seen(data)
         except Exception as exc:
-            monitor._report("watching a realtime connection", exc)
+            monitor._report(what, exc)
 
     def broke(exc: BaseException) -> None:
         if _closed(exc):  # not a recv cancelled by its caller (safe, says the SDK): the connection ended
             try:
                 session.lost(exc)
             except Exception as fault:
-                monitor._report("watching a realtime connection", fault)
+                monitor._report(what, fault)
 
     def sent(event: Any) -> None:
         try:
             session.sent(event)
         except Exception as exc:
-            monitor._report("watching a realtime connection", exc)
+            monitor._report(what, exc)
 
     if is_async:
 
@@ -302,13 +384,13 @@ def _opened(manager: Any, connection: Any, is_async: bool) -> None:
     watch = getattr(manager, "_llm_ledger_watch", None)
     if watch is None:  # set by watch_connect() with the class: only a manager made otherwise lacks it
         return
-    monitor, client, model = watch
+    monitor, client, model, kind = watch
     session = None
     try:
-        session = _Session(monitor, client, model)
+        session = kind(monitor, client, model)
         _watch(session, connection, is_async)
     except Exception as exc:
-        monitor._report("watching a realtime connection", exc)
+        monitor._report(f"watching a {kind.operation} connection", exc)
         if session is not None:
             session.close()  # lets its lens runs go: nothing of the connection is watched
 
@@ -340,9 +422,10 @@ def _watched_manager(cls: Any, is_async: bool) -> Any:
     return type(cls.__name__, (cls,), {**body, "_llm_ledger_watched": True})
 
 
-def watch_connect(original: Any, client: Any, monitor_of: Any, is_async: bool) -> Any:
-    """A realtime resource's ``connect()`` whose manager watches the connection it opens for the monitor
-    ``monitor_of()`` gives then (the client's)."""
+def watch_connect(original: Any, client: Any, monitor_of: Any, is_async: bool, api: str) -> Any:
+    """A realtime or responses resource's (``api``) ``connect()`` whose manager watches the connection it
+    opens for the monitor ``monitor_of()`` gives then (the client's)."""
+    kind = _ResponsesSession if api == "responses" else _Session
 
     @functools.wraps(original)
     def connect(*args: Any, **kwargs: Any) -> Any:
@@ -351,7 +434,7 @@ def watch_connect(original: Any, client: Any, monitor_of: Any, is_async: bool) -
             monitor = monitor_of()
             if monitor is not None:
                 manager.__class__ = _watched_manager(manager.__class__, is_async)
-                manager._llm_ledger_watch = (monitor, client, kwargs.get("model"))
+                manager._llm_ledger_watch = (monitor, client, kwargs.get("model"), kind)
         except Exception:
             pass  # a manager of another make (no __dict__, slots): handed over as it is
         return manager

@@ -202,6 +202,11 @@ def pytest_load_initial_conftests(
 # -- session state ------------------------------------------------------------------------------
 
 
+def _socket_api(path: str) -> str:
+    """The API of a WebSocket to the OpenAI API, by its path: ``responses.connect()``'s or the Realtime's."""
+    return "the Responses API" if path.rstrip("/").endswith("/responses") else "the Realtime API"
+
+
 class LedgerRecords(Captured):
     """What the ``llm_ledger`` fixture returns: the llm-ledger records of the running test.
 
@@ -405,18 +410,19 @@ class _LedgerState:
             self.ledger.forget(item.nodeid)
 
     def _refuse_websocket(self, host: str, path: str) -> str | None:
-        """The failure message for a WebSocket to the OpenAI API (the Realtime API) of a guarded test,
+        """The failure message for a WebSocket to the OpenAI API (Realtime or Responses) of a guarded test,
         marked llm or not, in none mode: no cassette records or replays one."""
         nodeid = self._guarded
         if self.mode != "none" or nodeid is None:
             return None  # recording (it goes out live, unrecorded), a live test, or a test marked vcr alone
         message = "\n".join([
-            f"llm-ledger: {nodeid} opened a WebSocket to the OpenAI API (the Realtime API), which "
+            f"llm-ledger: {nodeid} opened a WebSocket to the OpenAI API ({_socket_api(path)}), which "
             "cassettes do not record or replay, so it was not opened",
             f"  request: {WEBSOCKET} {host}{path}",
             "  in record mode 'none' nothing leaves the machine: point the client's websocket_base_url at a "
             "local server listed in llm_allowed_hosts (llm_ledger.testing.FakeOpenAI().websocket_base_url "
-            "serves the Realtime API), or mark the test @pytest.mark.llm(live=True) to let it go live",
+            "serves the Realtime and Responses APIs), or mark the test @pytest.mark.llm(live=True) to let it "
+            "go live",
         ])  # fmt: skip
         with self._lock:
             self._blocked.append(message)

@@ -440,3 +440,57 @@ def test_realtime_websockets_no_cassette_replays_are_refused_unopened(
 
     pytester.makefile(".ini", pytest=INI + "llm_allowed_hosts = 127.0.0.1\n")
     run(pytester).assert_outcomes(passed=3)
+
+
+RESPONSES_SOCKET_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+URLS = dict(base_url=os.environ["LEDGER_TEST_BASE_URL"], websocket_base_url=os.environ["LEDGER_TEST_WS_URL"])
+
+
+def answer(client):
+    with client.responses.connect() as connection:
+        connection.response.create(model="gpt-4.1-mini", input="hi")
+        for event in connection:
+            if event.type == "response.completed":
+                return event
+
+
+def test_unmarked_responses_socket():
+    with ledger.instrument(openai.OpenAI(**URLS, max_retries=0)) as client:
+        answer(client)
+
+
+@pytest.mark.llm(live=True)
+def test_live_responses_socket():
+    with openai.OpenAI(**URLS, max_retries=0) as client:
+        assert answer(client).response.status == "completed"
+"""
+
+
+@pytest.mark.sdk3  # openai 1.x has no responses.connect(); 2.x's is refused alike
+@pytest.mark.usefixtures("no_key")
+def test_responses_websockets_no_cassette_replays_are_refused_unopened(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In none mode a Responses API connection (``responses.connect()``, a WebSocket no cassette records)
+    of a test not live fails it, naming the API and the fix, before its handshake is sent."""
+    monkeypatch.setenv("LEDGER_TEST_WS_URL", server.websocket_base_url)
+    write_project(pytester, RESPONSES_SOCKET_TESTS)
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1, failed=1)
+    assert [e["type"] for e in server.realtime_events] == ["response.create"]  # the live test's alone
+    assert (
+        "llm-ledger: tests/test_app.py::test_unmarked_responses_socket opened a WebSocket to the OpenAI API "
+        "(the Responses API), which cassettes do not record or replay, so it was not opened"
+    ) in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["  request: WEBSOCKET 127.0.0.1/v1/responses", "*llm_allowed_hosts*live=True*"]
+    )

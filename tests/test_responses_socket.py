@@ -1,0 +1,460 @@
+"""The Responses API over a WebSocket (``client.responses.connect()``, past the client's ``request`` seam):
+each response is one ``responses`` call record, read from its events as a Responses stream's are, priced
+as any Responses call, counted in the lens the connection was opened in; the caller's events are the
+SDK's.
+
+openai 1.x has no ``responses.connect()``; 2.x's (from 2.5x) passes these too: sdk3 leaves them to one run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import pytest_asyncio
+from websockets.exceptions import ConnectionClosedError
+
+import llm_ledger
+from llm_ledger.testing import Captured, FakeOpenAI, capture
+from tests import warm_python
+from tests.conftest import FAKE_KEY
+
+pytestmark = pytest.mark.sdk3
+
+MODEL = "gpt-4.1-mini"
+ENDS = ("response.completed", "response.failed", "response.incomplete", "error")
+
+
+def _raw(fake_openai: FakeOpenAI) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=FAKE_KEY,
+        base_url=fake_openai.base_url,
+        websocket_base_url=fake_openai.websocket_base_url,
+        max_retries=0,
+    )
+
+
+@pytest.fixture
+def ws(fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor) -> Iterator[openai.OpenAI]:
+    """A sync client whose WebSockets reach the loopback server, instrumented by the monitor."""
+    with _raw(fake_openai) as raw:
+        yield monitor.instrument(raw)
+
+
+@pytest_asyncio.fixture
+async def aws(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The async twin of ``ws``."""
+    raw = openai.AsyncOpenAI(
+        api_key=FAKE_KEY,
+        base_url=fake_openai.base_url,
+        websocket_base_url=fake_openai.websocket_base_url,
+        max_retries=0,
+    )
+    async with raw:
+        yield monitor.instrument(raw)
+
+
+def _until_end(connection: Any) -> list[Any]:
+    """The events up to and including the next response's end (or an ``error``)."""
+    events = []
+    for event in connection:
+        events.append(event)
+        if event.type in ENDS:
+            return events
+    raise AssertionError(f"the connection ended before the response did: {[e.type for e in events]}")
+
+
+async def _until_end_async(connection: Any) -> list[Any]:
+    events = []
+    async for event in connection:
+        events.append(event)
+        if event.type in ENDS:
+            return events
+    raise AssertionError(f"the connection ended before the response did: {[e.type for e in events]}")
+
+
+def _alike(record: dict[str, Any]) -> dict[str, Any]:
+    """What a response's record says whichever way it went: not its ids, time or server."""
+    response = {k: v for k, v in record["response"].items() if k not in ("id", "request_id")}
+    return {
+        **{k: record[k] for k in ("status", "operation", "request", "usage", "cost")},
+        "response": response,
+    }
+
+
+BODIES: list[tuple[dict[str, Any], dict[str, str]]] = [
+    ({"input": "what is the weather like in Paris", "instructions": "Be brief."}, {}),
+    ({"input": "hello", "service_tier": "flex", "max_output_tokens": 40}, {"x-fake-cached-tokens": "4"}),
+    ({"input": "find the news", "tools": [{"type": "web_search"}]}, {"x-fake-tool-uses": "2"}),
+    (
+        {"input": "think hard", "reasoning": {"effort": "high"}, "model": "o4-mini"},
+        {"x-fake-reasoning-tokens": "30"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "steering"), BODIES, ids=["plain", "flex-cached", "web-search", "reasoning"]
+)
+def test_a_response_over_a_websocket_is_recorded_as_the_same_response_streamed_over_http(
+    fake_openai: FakeOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    body: dict[str, Any],
+    steering: dict[str, str],
+) -> None:
+    """A ``response.create`` sent over a connection is one ``responses`` record equal to that of the same
+    request streamed over HTTP: its request shape, model, usage, finish reason, tool uses and cost (tool
+    fees and service tier included)."""
+    asked = {"model": MODEL, **body}
+    with _raw(fake_openai) as raw:
+        client = monitor.instrument(raw)
+        with client.responses.connect(extra_headers=steering) as connection:
+            connection.response.create(**asked)
+            over_socket = _until_end(connection)
+        with client.responses.create(**asked, stream=True, extra_headers=steering) as stream:
+            over_http = list(stream)
+    socket_record, http_record = records.calls
+    assert socket_record["status"] == "ok" and socket_record["operation"] == "responses"
+    assert _alike(socket_record) == _alike(http_record)
+    assert socket_record["cost"]["total_cost_usd"] > 0
+    assert socket_record["response"]["id"] == over_socket[-1].response.id
+    assert [e.type for e in over_socket] == [e.type for e in over_http]
+    assert socket_record["server"]["address"] == "127.0.0.1"
+    timing = socket_record["timing"]
+    assert 0 < timing["time_to_first_token_ms"] <= timing["duration_ms"]
+
+
+def test_two_responses_on_one_connection_are_two_calls_of_its_lens(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Each response a connection opened in a lens carries is one call of that lens; the lens adds them
+    up and its cost is complete."""
+    with monitor.lens("support_bot", source_id="ticket-7") as run, ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="first question")
+        first = _until_end(connection)[-1]
+        connection.response.create(model=MODEL, input="a second, longer question", previous_response_id="x")
+        second = _until_end(connection)[-1]
+    assert [c["response"]["id"] for c in records.calls] == [first.response.id, second.response.id]
+    assert [c["request"]["user_prompt_length"] for c in records.calls] == [14, 25]
+    assert all(
+        c["context"]["lens_run_id"] == run.run_id and c["context"]["source_id"] == "ticket-7"
+        for c in records.calls
+    )
+    assert [c["usage"]["total_tokens"] for c in records.calls] == [
+        first.response.usage.total_tokens,
+        second.response.usage.total_tokens,
+    ]
+    (lens,) = records.lenses
+    summary = lens["summary"]
+    assert (summary["total_api_calls"], summary["open_calls"], summary["cost_complete"]) == (2, 0, True)
+    assert summary["total_cost_usd"] == pytest.approx(sum(c["cost"]["total_cost_usd"] for c in records.calls))
+    assert run.summary == summary
+
+
+def test_the_caller_receives_exactly_the_events_of_an_uninstrumented_client(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
+) -> None:
+    """Watching a connection changes none of the events the caller receives, nor their order."""
+
+    def conversation(client: openai.OpenAI) -> list[str]:
+        with client.responses.connect() as connection:
+            connection.response.create(model=MODEL, input="hello")
+            events = _until_end(connection)
+            connection.response.create(
+                model=MODEL, input="again", metadata={"x-fake-fault": "response-failed"}
+            )
+            events += _until_end(connection)
+        return [event.to_json() for event in events]
+
+    watched = conversation(ws)
+    with _raw(fake_openai) as raw:
+        bare = conversation(raw)
+    assert len(records.calls) == 2  # the watched connection's; the bare client's is nobody's
+
+    assert [_unnumbered(e) for e in watched] == [_unnumbered(e) for e in bare]
+
+
+def _unnumbered(event: str) -> Any:
+    """An event's JSON without the ids the fake numbers across connections (of responses and items)."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: None if k in ("id", "item_id") else strip(v) for k, v in value.items()}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    return strip(json.loads(event))
+
+
+@pytest.mark.asyncio
+async def test_an_async_connection_is_recorded_as_a_sync_one(
+    aws: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """The async client's connections are watched alike: each response one call of the lens."""
+    async with monitor.lens("support_bot") as run, aws.responses.connect() as connection:
+        await connection.response.create(model=MODEL, input="first question")
+        await _until_end_async(connection)
+        await connection.response.create(
+            model=MODEL, input="second", metadata={"x-fake-fault": "response-failed"}
+        )
+        failed = (await _until_end_async(connection))[-1]
+    assert [c["status"] for c in records.calls] == ["ok", "error"]
+    assert failed.type == "response.failed"
+    assert all(c["context"]["lens_run_id"] == run.run_id for c in records.calls)
+    assert all(c["cost"]["total_cost_usd"] > 0 for c in records.calls)
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["errors"], run.summary["cost_complete"]) == (
+        2,
+        1,
+        True,
+    )
+
+
+def test_a_failed_response_and_an_error_mid_response_are_errors(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``response.failed`` is an ``error`` with the response's usage (billed, so priced); an ``error``
+    event mid-response is an ``error`` without usage, leaving its lens's cost incomplete."""
+    with monitor.lens("support_bot") as run, ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="hi", metadata={"x-fake-fault": "response-failed"})
+        assert _until_end(connection)[-1].type == "response.failed"
+        connection.response.create(model=MODEL, input="hi", metadata={"x-fake-fault": "stream-error"})
+        broke = _until_end(connection)[-1]
+    assert broke.type == "error" and broke.to_dict()["error"]["code"] == "server_error"
+    failed, cut = records.calls
+    assert (failed["status"], failed["error"]["type"]) == ("error", "ResponseError")
+    assert failed["usage"]["total_tokens"] > 0 and failed["cost"]["total_cost_usd"] > 0
+    assert (cut["status"], cut["error"]["type"]) == ("error", "ResponseError")
+    assert cut["usage"]["total_tokens"] is None and cut["response"]["content_length"] > 0
+    assert run.summary is not None
+    assert (run.summary["errors"], run.summary["cost_complete"]) == (2, False)
+
+
+def test_a_connection_closed_mid_response_records_it_interrupted(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A caller closing the connection while a response streams records that response ``interrupted``,
+    with no usage (the server never sent it): its lens's cost is incomplete, not silently short."""
+    with monitor.lens("support_bot") as run, ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="tell me a long story")
+        created: Any = connection.recv()
+        while connection.recv().type != "response.output_text.delta":
+            pass
+        connection.close()
+    (record,) = records.calls
+    assert created.type == "response.created"
+    assert record["status"] == "interrupted" and record["response"]["id"] == created.response.id
+    assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
+    assert record["timing"]["time_to_first_token_ms"] is not None
+    assert run.summary is not None and run.summary["cost_complete"] is False
+
+
+def test_a_connection_the_server_breaks_mid_response_records_it_as_an_error(
+    ws: openai.OpenAI, records: Captured
+) -> None:
+    """The server closing the connection abnormally mid-response: the caller gets the SDK's error, the
+    response is an ``error`` naming it."""
+    with ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="hi", metadata={"x-fake-fault": "cut-stream"})
+        with pytest.raises(ConnectionClosedError):
+            _until_end(connection)
+    (record,) = records.calls
+    assert record["status"] == "error" and record["error"]["type"] == "ConnectionClosedError"
+    assert record["usage"]["total_tokens"] is None
+
+
+def test_a_refused_response_create_records_nothing(ws: openai.OpenAI, records: Captured) -> None:
+    """A ``response.create`` the server refuses (an ``error`` event, no response) is no call; the next
+    response on the connection is recorded with its own request."""
+    with ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="hi", max_output_tokens=8)
+        refused = _until_end(connection)
+        assert [e.type for e in refused] == ["error"] and refused[0].status == 400
+        connection.response.create(model=MODEL, input="hello")
+        _until_end(connection)
+    (record,) = records.calls
+    assert record["status"] == "ok" and record["request"]["user_prompt_length"] == 5
+
+
+def test_responses_on_lanes_are_each_their_own_call(ws: openai.OpenAI, records: Captured) -> None:
+    """Responses created on separate lanes (``stream_id``) of one connection, sent before either is read,
+    are each recorded with the request sent on its lane."""
+    with ws.responses.connect() as connection:
+        # events of the caller's own making (openai 2.x's create() takes no stream_id; 3.x's sends these)
+        connection.send(
+            {"type": "response.create", "model": MODEL, "input": "the short one", "stream_id": "a"}
+        )
+        connection.send(
+            {"type": "response.create", "model": "gpt-4.1", "input": "the longer question", "stream_id": "b"}
+        )
+        ends = [_until_end(connection)[-1], _until_end(connection)[-1]]
+    assert [e.stream_id for e in ends] == ["a", "b"]
+    by_id = {c["response"]["id"]: c for c in records.calls}
+    a, b = (by_id[e.response.id] for e in ends)
+    assert (a["request"]["model"], a["request"]["user_prompt_length"]) == (MODEL, 13)
+    assert (b["request"]["model"], b["request"]["user_prompt_length"]) == ("gpt-4.1", 19)
+    assert a["status"] == b["status"] == "ok"
+
+
+def test_content_is_captured_only_with_content_capture_and_redacted(fake_openai: FakeOpenAI) -> None:
+    """The input sent and the output text are the record's content only when content capture is on,
+    through the redact hook, as for a Responses stream over HTTP."""
+    plain = llm_ledger.LLMCallMonitor(logger=None)
+    capturing = llm_ledger.LLMCallMonitor(
+        logger=None, capture_content=True, redact=lambda t: t.replace("weather", "[W]")
+    )
+    for monitor in (plain, capturing):
+        with _raw(fake_openai) as raw, capture(monitor) as records:
+            with monitor.instrument(raw).responses.connect() as connection:
+                connection.response.create(model=MODEL, input="what is the weather like")
+                _until_end(connection)
+            (record,) = records.calls
+            if monitor is plain:
+                assert "content" not in record
+            else:
+                assert record["content"] == {
+                    "input": "what is the [W] like",
+                    "output": "Summary: what is the [W] like",
+                }
+
+
+def test_the_beta_responses_connect_is_watched_too(ws: openai.OpenAI, records: Captured) -> None:
+    """``client.beta.responses.connect()`` is recorded alike."""
+    with ws.beta.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="hello")
+        _until_end(connection)
+    (record,) = records.calls
+    assert record["operation"] == "responses" and record["status"] == "ok"
+    assert record["request"]["model"] == MODEL and record["cost"]["total_cost_usd"] > 0
+
+
+def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A connection opened in a lens and used after the block holds the lens open: its record, written
+    when the connection closes, counts every response the connection carried."""
+    with monitor.lens("support_bot") as run:
+        connection = ws.responses.connect().enter()
+    with monitor.lens("another"):  # the thread reading the events is elsewhere: the response is not its
+        connection.response.create(model=MODEL, input="hello")
+        _until_end(connection)
+    assert records.lenses[0]["summary"]["total_api_calls"] == 0
+    connection.close()
+    (call,) = records.calls
+    assert call["context"]["lens_run_id"] == run.run_id
+    assert records.lenses[1]["summary"]["total_api_calls"] == 1
+
+
+def test_a_response_sent_by_a_websocket_session_lane_is_recorded_from_its_events(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """openai 3.x's ``ResponsesWebSocketSession`` reads the connection's events and its lanes write to the
+    socket themselves: each response is still one call of the lens, its request as ``response.created``
+    states it (the model), its usage and cost the response's."""
+    from openai.lib.responses_websocket import ResponsesWebSocketLimits, ResponsesWebSocketSession
+
+    limits = ResponsesWebSocketLimits(
+        max_lanes=4, max_events_per_lane=128, max_events=512, max_bytes_per_lane=2**24, max_bytes=2**25
+    )
+    with (
+        monitor.lens("support_bot") as run,
+        ws.responses.connect() as connection,
+        ResponsesWebSocketSession(connection, limits=limits) as session,
+    ):
+        lane = session.lane("conversation")
+        lane.send({"type": "response.create", "model": MODEL, "input": "Say hello."})
+        final = lane.get_final_response()
+    (record,) = records.calls
+    assert (record["status"], record["request"]["model"], record["response"]["id"]) == ("ok", MODEL, final.id)
+    assert final.usage is not None and record["usage"]["total_tokens"] == final.usage.total_tokens
+    assert record["cost"]["total_cost_usd"] > 0 and record["context"]["lens_run_id"] == run.run_id
+
+
+SIGTERM = "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
+
+
+@pytest.mark.parametrize("end", ["", SIGTERM], ids=["exit", "SIGTERM"])
+def test_a_connection_left_open_at_exit_is_written_with_its_lens(
+    fake_openai: FakeOpenAI, tmp_path: Path, end: str
+) -> None:
+    """A connection still open when the process ends (at exit, or by SIGTERM past every exit hook), a
+    response streaming on it, is written: the response as interrupted, then the lens run it held open."""
+    script = textwrap.dedent(
+        f"""
+        import openai, llm_ledger
+        llm_ledger.configure(log_dir={str(tmp_path)!r})
+        raw = openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r},
+                            websocket_base_url={fake_openai.websocket_base_url!r})
+        with llm_ledger.lens("support_bot"):
+            connection = llm_ledger.instrument(raw).responses.connect().enter()
+        connection.response.create(model="gpt-4.1-mini", input="hello")
+        while connection.recv().type != "response.created":
+            pass
+        {end}
+        """
+    )
+    done = warm_python.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == (-signal.SIGTERM if end else 0)
+    call, lens = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
+    assert (call["operation"], call["status"], call["request"]["model"]) == (
+        "responses",
+        "interrupted",
+        "gpt-4.1-mini",
+    )
+    assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
+
+
+def test_a_response_create_sent_as_an_sdk_model_is_read_alike(ws: openai.OpenAI, records: Captured) -> None:
+    """A ``response.create`` the caller sends as one of the SDK's models (``connection.send(model)``) is
+    read as the dict form is: the record's request is the one sent."""
+    from openai.types.responses import responses_client_event
+
+    # openai 3.x's model of the event (2.x's is the union's one member)
+    made: Any = getattr(responses_client_event, "ResponseCreate", responses_client_event.ResponsesClientEvent)
+    with ws.responses.connect() as connection:
+        connection.send(made(type="response.create", model="gpt-4.1", input="a model-made event"))
+        _until_end(connection)
+    (record,) = records.calls
+    assert (record["request"]["model"], record["request"]["user_prompt_length"]) == ("gpt-4.1", 18)
+
+
+def test_the_fake_refuses_a_misspelt_steering_key_with_an_error_event(
+    ws: openai.OpenAI, records: Captured
+) -> None:
+    """A misspelt ``x-fake-*`` metadata key is never ignored for its default: the fake answers an
+    ``error`` event naming it and the keys it knows, as the HTTP fake answers 400; no response, no record."""
+    with ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="hi", metadata={"x-fake-chunk": "3"})
+        (refused,) = _until_end(connection)
+    error = refused.to_dict()
+    assert (refused.type, error["status"]) == ("error", 400)
+    assert error["error"]["message"].startswith("x-fake-chunk is not a header the fake server knows")
+    assert "x-fake-chunks" in error["error"]["message"]
+    assert records.calls == []
+
+
+def test_events_dispatched_to_handlers_are_watched_alike(ws: openai.OpenAI, records: Captured) -> None:
+    """The push interface (``on()`` handlers run by ``dispatch_events()``) reads through the same
+    connection: the response is recorded, and the handler gets its end."""
+    done: list[Any] = []
+    with ws.responses.connect() as connection:
+
+        def finished(event: Any) -> None:
+            done.append(event)
+            connection.close()
+
+        connection.on("response.completed", finished)
+        connection.response.create(model=MODEL, input="hello")
+        connection.dispatch_events()
+    (record,) = records.calls
+    assert [event.response.id for event in done] == [record["response"]["id"]]
+    assert record["status"] == "ok"
