@@ -71,7 +71,7 @@ test-python:
 
 # The SDK majors besides the one `make test` runs on (the latest 3.x): one venv each, pinned to the
 # latest release of that major, running the core and plugin suites (tests marked sdk3 need openai 3.x
-# and are deselected there, each says why; tests marked sdk_independent never touch the SDK and run
+# and are deselected there, those marked sdk2 on 1.x, each says why; tests marked sdk_independent never touch the SDK and run
 # once, in `make test`). The integration tests with the libraries people build on
 # (tests/integration/test_<name>.py) run in the venv of a major each library installs with.
 COMPAT := .venv-compat
@@ -90,14 +90,14 @@ $(COMPAT)/openai%/.installed: pyproject.toml
 	touch $@
 
 test-compat: $(COMPAT)/openai1/.installed $(COMPAT)/openai2/.installed $(COMPAT)/openai3/.installed
-	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3 and not sdk_independent'
+	LEDGER_INTEGRATION='$(LIBS_1)' $(COMPAT)/openai1/bin/pytest -n 2 --dist worksteal -q -m 'not sdk2 and not sdk3 and not sdk_independent'
 	LEDGER_INTEGRATION='$(LIBS_2)' $(COMPAT)/openai2/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3 and not sdk_independent'
 	LEDGER_INTEGRATION='$(LIBS_3)' $(COMPAT)/openai3/bin/pytest -n 2 --dist worksteal -q tests/integration
 
 # The oldest versions pyproject.toml allows, as a lock file pinning them gets: every dependency and
 # extra at its floor (each `>=X` installed as `==X`, openai 1.109.1 among them; what they bring in at its
 # newest), with the dev group's test tools at versions that go with them, in .venv-min; then the whole
-# suite but the tests that need openai 3.x (sdk3) and OpenTelemetry's openai-v2 instrumentation (it
+# suite but the tests that need openai 2.x or 3.x (sdk2, sdk3) and OpenTelemetry's openai-v2 instrumentation (it
 # needs a newer OpenTelemetry than the floor). Run it after raising a floor or using something new of
 # a dependency; not in .ci/run (the suite again: 2.5 minutes on two cores, the venv made).
 MIN := .venv-min
@@ -121,7 +121,7 @@ $(MIN)/.installed: pyproject.toml
 	touch $@
 
 test-min: $(MIN)/.installed
-	$(MIN)/bin/pytest -n 2 --dist worksteal -q -m 'not sdk3' --ignore tests/test_exporters_openai_v2.py
+	$(MIN)/bin/pytest -n 2 --dist worksteal -q -m 'not sdk2 and not sdk3' --ignore tests/test_exporters_openai_v2.py
 
 bench: $(STAMP)
 	# peers get a venv of their own (git-ignored bench/out/venv): they must never reach the test venv

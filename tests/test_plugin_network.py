@@ -473,7 +473,7 @@ def test_live_responses_socket():
 """
 
 
-@pytest.mark.sdk3  # openai 1.x has no responses.connect(); 2.x's is refused alike
+@pytest.mark.sdk2  # openai 1.x has no responses.connect()
 @pytest.mark.usefixtures("no_key")
 def test_responses_websockets_no_cassette_replays_are_refused_unopened(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch

@@ -3,7 +3,8 @@ each response is one ``responses`` call record, read from its events as a Respon
 as any Responses call, counted in the lens the connection was opened in; the caller's events are the
 SDK's.
 
-openai 1.x has no ``responses.connect()``; 2.x's (from 2.5x) passes these too: sdk3 leaves them to one run.
+openai 1.x has no ``responses.connect()`` (sdk2); 2.x's passes these but the
+``ResponsesWebSocketSession`` lane (sdk3).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
 from tests.conftest import FAKE_KEY
 
-pytestmark = pytest.mark.sdk3
+pytestmark = pytest.mark.sdk2
 
 MODEL = "gpt-4.1-mini"
 ENDS = ("response.completed", "response.failed", "response.incomplete", "error")
@@ -354,6 +355,7 @@ def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
     assert records.lenses[1]["summary"]["total_api_calls"] == 1
 
 
+@pytest.mark.sdk3  # ResponsesWebSocketSession is openai 3.x's
 def test_a_response_sent_by_a_websocket_session_lane_is_recorded_from_its_events(
     ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
