@@ -410,10 +410,11 @@ class LensRun(_Scope):
         """Emit the run's record, in the process that opened the run only (not a forked child)."""
         if self.run_id is not None and made_here(self.run_id) and not recorded_apart(self._write, summary):
             emit, end = self._monitor._emit_lens, self._started + self._wall
-            if self._ended_in is None:
+            ended_in, self._ended_in = self._ended_in, None  # written once: the request's context let go
+            if ended_in is None:
                 emit(self._record_context, summary, end)
             else:
-                self._ended_in.run(emit, self._record_context, summary, end)
+                ended_in.run(emit, self._record_context, summary, end)
 
     # -- used by the monitor ---------------------------------------------------------------------
 
