@@ -163,6 +163,8 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
     """Record a call whose request raised ``exc`` (``interrupted`` for a cancelled task or Ctrl-C)."""
     status: Status = "interrupted" if interrupted(exc) else "error"
     try:
+        if call.http_response is not None:  # answered, then failed (a body cut): kept past let_go()
+            call.answered = call.http_response.status_code
         # parse() errors such as LengthFinishReasonError carry the billed completion; others (a
         # pydantic ValidationError) come after a 2xx body the SDK has read: its usage was billed
         completion = getattr(exc, "completion", None)

@@ -109,6 +109,9 @@ class _Call:
     background_id: str
     answer: Any
     around: tuple[LensRun, ...]
+    # the HTTP status the server answered a call that then failed (a body or stream that broke), kept
+    # when its response is let go: a 2xx answer was generated, so billed (``_records.billed``)
+    answered: int | None = None
 
     def __init__(
         self,
@@ -433,7 +436,8 @@ class LLMCallMonitor:
         except Exception as failure:
             self._report("reading a call's error", failure)
             status = message = None
-        return {"type": name, "status_code": status, "message": message}
+        # an error of its own without a status (a body that broke): the status the server answered
+        return {"type": name, "status_code": call.answered if status is None else status, "message": message}
 
     def _finish(
         self,
