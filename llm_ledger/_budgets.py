@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import yaml
 
-from ._errors import BudgetError, BudgetExceededError, ConfigError, internal_log
+from ._errors import BudgetError, BudgetExceededError, ConfigError, internal_log, refuse_async
 from ._records import USD_UNITS, BudgetRecord, LensTotals, budget_record
 from .loading import Document, join, read_file
 
@@ -230,6 +230,7 @@ class BudgetGuard:
             )
         if on_exceeded is not None and not callable(on_exceeded):
             raise ConfigError(f"on_budget_exceeded must be a callable taking a record, got {on_exceeded!r}")
+        refuse_async("on_budget_exceeded", on_exceeded)
         self.mode = mode
         self.on_exceeded = on_exceeded
         # lens key -> ((totals attribute, cap, limit key, cap as written), ...); None: no limit

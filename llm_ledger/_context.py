@@ -342,6 +342,7 @@ class LensRun(_Scope):
         self._started_perf = 0.0
         self._wall = 0.0
         self._record_context: dict[str, Any] = {}
+        self._ended_in: Context | None = None  # where its block ended: its record is emitted from there
         self.run_id: str | None = None
         self.summary: LensSummary | None = None
         self._budget: _RunBudget | None = None  # set when production budgets limit this lens
@@ -394,6 +395,9 @@ class LensRun(_Scope):
                 elif exc_type is not GeneratorExit:
                     _said_elsewhere(self.lens_key)
             super().__exit__(exc_type, exc, tb)
+            # a record written when its last open call ends (a stream another task reads) still goes out
+            # from here: a sink reading the context (OTel's current span: the request's) sees this one
+            self._ended_in = copy_context()
             self.summary, due = self._totals.close(self._wall)
             if self._budget is not None and self._totals.pending > 0:
                 self._budget.left_running()
@@ -405,7 +409,12 @@ class LensRun(_Scope):
     def _write(self, summary: LensSummary) -> None:
         """Emit the run's record, in the process that opened the run only (not a forked child)."""
         if self.run_id is not None and made_here(self.run_id) and not recorded_apart(self._write, summary):
-            self._monitor._emit_lens(self._record_context, summary, self._started + self._wall)
+            emit, end = self._monitor._emit_lens, self._started + self._wall
+            ended_in, self._ended_in = self._ended_in, None  # written once: the request's context let go
+            if ended_in is None:
+                emit(self._record_context, summary, end)
+            else:
+                ended_in.run(emit, self._record_context, summary, end)
 
     # -- used by the monitor ---------------------------------------------------------------------
 

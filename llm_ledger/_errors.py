@@ -19,6 +19,7 @@ reported on the ``llm_ledger.internal`` logger instead (``internal_log``, define
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,23 @@ def warn_internal(message: str, *args: Any, exc_info: BaseException | None = Non
         raise
     except BaseException:
         pass
+
+
+REDACT_FIX = "pass a def returning the redacted str"
+HANDS_ON = (
+    "pass a def (to reach an event loop, one handing the record on: "
+    "loop.call_soon_threadsafe(queue.put_nowait, record))"
+)
+
+
+def refuse_async(name: str, hook: object, fix: str = HANDS_ON) -> None:
+    """Refuse an ``async def`` as ``name``: the ledger calls its hooks synchronously, on the thread that
+    ended the call, so its coroutine would never run (each record lost, a RuntimeWarning each time)."""
+    if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(type(hook).__call__):
+        raise ConfigError(
+            f"{name} must be a plain function, got the async function {hook!r}: the ledger calls it "
+            f"synchronously, on the thread that ended the call, and would never await it; {fix}"
+        )
 
 
 class LedgerError(Exception):

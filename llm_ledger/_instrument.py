@@ -163,6 +163,9 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
     """Record a call whose request raised ``exc`` (``interrupted`` for a cancelled task or Ctrl-C)."""
     status: Status = "interrupted" if interrupted(exc) else "error"
     try:
+        answer = call.http_response  # the last answer (of a retry too): a 2xx one was billed
+        if answer is not None and 200 <= answer.status_code < 300:  # then it failed: a body cut
+            call.answered = answer.status_code
         # parse() errors such as LengthFinishReasonError carry the billed completion; others (a
         # pydantic ValidationError) come after a 2xx body the SDK has read: its usage was billed
         completion = getattr(exc, "completion", None)

@@ -19,7 +19,7 @@ from . import _background, _records
 from ._background import LATER
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._credentials import request_credentials
-from ._errors import PASSED_ON, ConfigError, warn_internal
+from ._errors import PASSED_ON, REDACT_FIX, ConfigError, refuse_async, warn_internal
 from ._extract import JsonView, no_usage, reasoning_in_completion, request_shape, usage_of
 from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
@@ -109,6 +109,9 @@ class _Call:
     background_id: str
     answer: Any
     around: tuple[LensRun, ...]
+    # the HTTP status the server answered a call that then failed (a body or stream that broke), kept
+    # when its response is let go: a 2xx answer was generated, so billed (``_records.billed``)
+    answered: int | None = None
 
     def __init__(
         self,
@@ -240,6 +243,7 @@ def _callable_sink(where: str, sink: Sink) -> Sink:
             f"{where}: a sink is a function taking each record dict, {sink!r} is not callable "
             "(for a JsonlFileHandler, pass its write_record)"
         )
+    refuse_async(f"{where}: a sink", sink)
     return sink
 
 
@@ -288,6 +292,7 @@ class LLMCallMonitor:
                 raise ConfigError(f"{name} must be True or False, got {flag!r}")
         if redact is not None and not callable(redact):
             raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
+        refuse_async("redact", redact, REDACT_FIX)
         if logger is not None and not isinstance(logger, str):
             raise ConfigError(f"logger must be a logger name or None, got {logger!r}")
         if prices is None:
@@ -431,7 +436,8 @@ class LLMCallMonitor:
         except Exception as failure:
             self._report("reading a call's error", failure)
             status = message = None
-        return {"type": name, "status_code": status, "message": message}
+        # an error of its own without a status (a body that broke): the status the server answered
+        return {"type": name, "status_code": call.answered if status is None else status, "message": message}
 
     def _finish(
         self,

@@ -433,14 +433,18 @@ def billed_without_cost(record: Mapping[str, Any]) -> bool:
 
 
 def billed(record: Mapping[str, Any]) -> bool:
-    """Whether a call may have been billed: it did not fail, or it failed after reporting tokens or
-    after its streamed answer had begun; never a background response's start, whose cost is its end's
-    (``cost_pending``). The one rule of the lens summary, the reports and the plugin, read leniently
-    (a report reads records of any make)."""
+    """Whether a call may have been billed: it did not fail, or it failed after reporting tokens,
+    after the server answered 2xx (a body that broke) or after its streamed answer had begun; never a
+    background response's start, whose cost is its end's (``cost_pending``). The one rule of the lens
+    summary, the reports and the plugin, read leniently (a report reads records of any make)."""
     if cost_pending(record):
         return False
     usage = record.get("usage")
     if record.get("status") != "error" or (isinstance(usage, Mapping) and usage.get("total_tokens")):
+        return True
+    error = record.get("error")
+    answered = error.get("status_code") if isinstance(error, Mapping) else None
+    if type(answered) is int and 200 <= answered < 300:
         return True
     request, response = record.get("request"), record.get("response")
     return bool(

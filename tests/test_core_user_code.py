@@ -4,6 +4,7 @@ of its own is caught and reported like any other failure."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -202,3 +203,61 @@ def test_ctrl_c_in_the_applications_code_reaches_the_application(
     client = sdk(monitor)
     with pytest.raises(KeyboardInterrupt), monitor.lens("digest"):
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+
+async def _async_hook(value: Any) -> Any:
+    return value
+
+
+class _AsyncCallable:
+    async def __call__(self, value: Any) -> Any:
+        return value
+
+
+# every place the application hands the ledger code it runs (an asyncio service's natural async def)
+HOOK_PLACES: dict[str, Any] = {
+    "sinks": lambda hook: llm_ledger.LLMCallMonitor(sinks=[hook]),
+    "add_sink()": lambda hook: llm_ledger.LLMCallMonitor().add_sink(hook),
+    "redact": lambda hook: llm_ledger.LLMCallMonitor(capture_content=True, redact=hook),
+    "configure(redact=)": lambda hook: llm_ledger.configure(log_dir=None, redact=hook),
+    "configure(on_budget_exceeded=)": lambda hook: llm_ledger.configure(
+        log_dir=None, budgets={"default": {"max_api_calls": 1}}, on_budget_exceeded=hook
+    ),
+    "configure(on_anomaly=)": lambda hook: llm_ledger.configure(
+        log_dir=None, anomalies=True, on_anomaly=hook
+    ),
+    "BudgetGuard": lambda hook: BudgetGuard({"default": {"max_api_calls": 1}}, on_exceeded=hook),
+    "AnomalyDetector": lambda hook: AnomalyDetector(AnomalyConfig(), on_anomaly=hook),
+}
+
+
+@pytest.mark.parametrize("hook", [_async_hook, _AsyncCallable()], ids=["async def", "async __call__"])
+@pytest.mark.parametrize("place", list(HOOK_PLACES))
+def test_an_async_hook_is_refused_with_the_fix(place: str, hook: Any, fresh_config: None) -> None:
+    """An ``async def`` sink, redact hook or alert callback would never be awaited (the ledger calls
+    them on the thread that ended the call): every record it should get would be lost, with only a
+    RuntimeWarning each time. It is refused where it is given, naming it and the fix."""
+    with pytest.raises(
+        llm_ledger.ConfigError, match="must be a plain function, got the async function"
+    ) as raised:
+        HOOK_PLACES[place](hook)
+    assert "pass a def" in str(raised.value)
+
+
+@pytest.mark.asyncio
+async def test_a_sink_handing_records_to_the_event_loop_gets_every_record(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> None:
+    """The fix the error names works: a plain sink handing each record to the loop's queue, from the
+    loop's own thread or another, gets the call's and the lens's records."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def sink(record: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, record)
+
+    monitor.add_sink(sink)
+    with monitor.lens("digest"):
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    got = [await asyncio.wait_for(queue.get(), 5) for _ in range(2)]
+    assert [r["event"] for r in got] == ["llm_api_call", "lens_summary"]

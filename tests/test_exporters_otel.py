@@ -3,6 +3,7 @@ attribute: in memory for every operation, and over OTLP/HTTP to a receiver on lo
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import os
@@ -261,6 +262,37 @@ def test_a_lens_is_the_parent_of_its_calls_inside_the_applications_trace(otel: T
     by_id = {(s.attributes or {}).get("llm_ledger.call_id"): s for s in otel.spans()}
     for record in records.calls:
         check_call_span(by_id[record["call_id"]], record)
+
+
+@pytest.mark.asyncio
+async def test_a_lens_whose_stream_is_read_in_another_span_stays_in_the_trace_it_ended_in(
+    fake_openai: FakeOpenAI, otel: Telemetry
+) -> None:
+    """A handler's lens ends with its stream open, and a task with a span of its own (a worker, a
+    relay) reads the stream: the lens's record comes when the stream ends, yet its span is a child of
+    the request span its block ended in, in the request's trace, with the stream's call under it."""
+    app = otel.tracer_provider.get_tracer("app")
+    streams: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def worker() -> None:
+        with app.start_as_current_span("worker"):
+            async for _ in await streams.get():
+                pass
+
+    async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = otel.monitor.instrument(raw)
+        task = asyncio.create_task(worker())  # made outside the request's span
+        with app.start_as_current_span("request") as request_span:
+            with otel.monitor.lens("relay") as run:
+                stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+            await streams.put(stream)
+        await asyncio.wait_for(task, 10)
+    assert run.summary is not None and run.summary["total_api_calls"] == 1 and run.summary["open_calls"] == 0
+    spans = {s.name: s for s in otel.spans()}
+    lens, call, request = spans["lens relay"], spans["chat gpt-4o-mini"], request_span.get_span_context()
+    assert lens.parent is not None and lens.parent.span_id == request.span_id
+    assert lens.context is not None and lens.context.trace_id == request.trace_id
+    assert call.parent is not None and call.parent.span_id == lens.context.span_id
 
 
 class _Tier(enum.Enum):

@@ -587,3 +587,43 @@ def test_a_global_sink_given_as_a_bound_method_is_removed_again(client: openai.O
         llm_ledger.testing.remove_global_sink(keeper.take)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert [r["event"] for r in keeper.records] == ["llm_api_call"]
+
+
+async def _read_broken_body(client: openai.AsyncOpenAI, path: str, fault: str) -> None:
+    hi: Any = [{"role": "user", "content": "hi"}]
+    headers = {"x-fake-fault": fault}
+    if path == "create":
+        await client.chat.completions.create(model="gpt-4o-mini", messages=hi, extra_headers=headers)
+    else:
+        manager = client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=hi, extra_headers=headers
+        )
+        async with manager as response:
+            await response.parse()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("retries", [0, 2])
+@pytest.mark.parametrize("fault", ["cut-stream", "reset"])
+@pytest.mark.parametrize("path", ["create", "with_streaming_response"])
+async def test_an_answer_whose_body_broke_leaves_its_lens_cost_incomplete(
+    path: str,
+    fault: str,
+    retries: int,
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+) -> None:
+    """The server answered 200 (it generated the answer: billed), then the body broke (a proxy's idle
+    timeout, a reset): the caller gets the SDK's error, the record says the status the server answered,
+    and the lens does not claim a complete cost, as for a stream that broke after it began."""
+    client = aclient.with_options(max_retries=retries)
+    with monitor.lens("digest") as run, pytest.raises(Exception) as raised:  # noqa: PT011 - the SDK's own
+        await _read_broken_body(client, path, fault)
+    assert not isinstance(raised.value, llm_ledger.LedgerError)
+    [record] = records.calls
+    assert record["status"] == "error" and record["error"]["status_code"] == 200
+    assert record["retries"] == (retries if path == "create" else 0)  # a body the caller reads: not retried
+    assert record["cost"]["total_cost_usd"] is None
+    assert run.summary is not None and run.summary["errors"] == 1
+    assert run.summary["cost_complete"] is False

@@ -183,7 +183,8 @@ def test_an_error_that_cannot_be_read_is_recorded_by_its_type(
     capture_content: bool, internal_log: pytest.LogCaptureFixture
 ) -> None:
     """A stream failing with an error whose status and message raise when read is recorded as an
-    error of that type, the rest left out; the caller gets the error itself."""
+    error of that type, the rest left out (its status is the one the server answered, 200, as for any
+    stream that broke); the caller gets the error itself."""
     chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
              "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}  # fmt: skip
 
@@ -203,7 +204,7 @@ def test_an_error_that_cannot_be_read_is_recorded_by_its_type(
             pass
     [record] = records.calls
     assert record["status"] == "error"
-    assert record["error"] == {"type": "_Unreadable", "status_code": None, "message": None}
+    assert record["error"] == {"type": "_Unreadable", "status_code": 200, "message": None}
     assert any("reading a call's error" in r.getMessage() for r in internal_log.records)
 
 
