@@ -205,6 +205,27 @@ def test_budget_breaches_are_counted_by_lens_and_limit_as_the_report_counts_them
     assert total(found, "llm_ledger_budget_exceeded_total") == report.total.over_budget == 1
 
 
+def test_a_nested_runs_cost_is_in_its_parents_run_cost_and_in_the_spend_once(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, registry: CollectorRegistry
+) -> None:
+    """As docs/exporters.md says: lens_cost_usd observes a run's whole cost (its nested runs' included,
+    as run.summary has it); cost_usd_total counts each call once under its innermost lens, as the report."""
+    monitor.add_sink(PrometheusSink(registry))
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with monitor.lens("outer"):
+        client.chat.completions.create(model="gpt-4o", messages=hi)
+        with monitor.lens("inner"):
+            client.chat.completions.create(model="gpt-4o", messages=hi)
+    found = exposed(registry)
+    inner, outer = (c["cost"]["total_cost_usd"] for c in records.calls[::-1])
+    assert total(found, "llm_ledger_lens_cost_usd_sum", lens="outer") == pytest.approx(outer + inner)
+    assert total(found, "llm_ledger_lens_cost_usd_sum", lens="inner") == pytest.approx(inner)
+    report = {row.key["lens"]: row.cost_usd for row in summarise_records(list(records)).rows}
+    for lens in ("outer", "inner"):
+        assert total(found, "llm_ledger_cost_usd_total", lens=lens) == pytest.approx(float(report[lens]))
+    assert total(found, "llm_ledger_cost_usd_total") == pytest.approx(outer + inner)
+
+
 def test_unpriced_calls_are_counted_by_model(run: tuple[Captured, Samples]) -> None:
     """A call to a model without a price counts as unpriced; a failed call that was not billed does not."""
     records, found = run
