@@ -88,7 +88,7 @@ def _report_kind(path: str) -> str | None:
             second = file.readline(1 << 16).strip() if first == b"{" else b""
     except OSError:
         return None
-    if second.startswith(b'"by": '):
+    if second.startswith(b'"by": ') or first.startswith(b'{"by":'):  # indented, or GET /costs' body
         return "costs"
     return "pytest" if first == b"{" or first.startswith(f'{{"schema": "{REPORT_SCHEMA}"'.encode()) else None
 
