@@ -88,7 +88,7 @@ METRICS_SERVER = textwrap.dedent(
 # one job per test that has the session's Prometheus scrape it: each its own metrics port and series
 PROMETHEUS_JOBS = (
     # test_exporters_dashboard
-    *("every_panel", "first_calls", "anomaly", "latency", "token_types", "render"),
+    *("every_panel", "first_calls", "anomaly", "budget", "latency", "token_types", "render"),
     "multiprocess",
     "service_tiers",
 )

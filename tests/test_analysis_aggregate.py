@@ -26,7 +26,8 @@ from llm_ledger.report import (
     summarise_records,
 )
 from llm_ledger.testing import Captured
-from tests.report_helpers import EPOCH, call, lens_run, write
+from tests.conftest import Sdk
+from tests.report_helpers import EPOCH, call, lens_run, logging_to, write
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -484,3 +485,38 @@ def test_a_timestamp_outside_the_years_utc_can_hold_groups_under_null(tmp_path: 
     log = write(tmp_path / "llm_calls.jsonl", [{**call(), "timestamp": stamp} for stamp in [*edges, None]])
     assert [(r.key["day"], r.calls) for r in summarise(log, by="day").rows] == [(None, 3)]
     assert summarise(log, since="2025-01-01").total.calls == 0
+
+
+def test_cached_tokens_are_summed_apart_as_a_usage_dashboard_shows_them(
+    tmp_path: Path, sdk: Sdk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The part of the prompt the provider's cache served is summed per row (JSON, Python, a table
+    column shown when some prompt was cached), from the calls and from the lens summaries alike."""
+    path = tmp_path / "llm_calls.jsonl"
+    ask: Any = [{"role": "user", "content": "summarise the quarter for the board " * 20}]
+    with logging_to(path, sdk) as (monitor, client):
+        for user, cached in (("alice", "128"), ("alice", "0"), ("bob", "64")):
+            with monitor.lens("digest", user_id=user), monitor.lens("tags"):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=ask, extra_headers={"x-fake-cached-tokens": cached}
+                )
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    report = summarise(path, by="user_id")
+    assert {row.key["user_id"]: row.cached_tokens for row in report.rows} == {"alice": 128, "bob": 64}
+    assert (
+        report.total.cached_tokens == sum(r["usage"]["cached_tokens"] for r in records if "usage" in r) == 192
+    )
+    assert report.to_json()["rows"][0]["cached_tokens"] in (128, 64)
+    summaries = [r for r in records if r["event"] == "lens_summary"]
+    from_runs = summarise_records(summaries, by="user_id", from_summaries=True)
+    assert {row.key["user_id"]: row.cached_tokens for row in from_runs.rows} == {"alice": 128, "bob": 64}
+    assert main(["report", str(path), "--by", "user_id"]) == 0
+    header, _, *rows = capsys.readouterr().out.splitlines()
+    assert header.split("  ")[:5] == ["user_id", "lens runs", "calls", "errors", "prompt tokens"]
+    assert "prompt tokens  cached tokens  completion tokens" in header
+    total = next(row for row in rows if row.startswith("total"))
+    assert total.split()[:6] == ["total", "6", "3", "0", f"{report.total.prompt_tokens:,}", "192"]
+    without = summarise_records(
+        [r for r in records if r["event"] == "llm_api_call" and not r["usage"]["cached_tokens"]]
+    )
+    assert "cached tokens" not in render(without, "text")  # a column only where some prompt was cached

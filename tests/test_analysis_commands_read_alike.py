@@ -5,6 +5,7 @@ docs/REPORTING.md promises ("the same inputs and the same rules for bad lines"):
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,31 @@ def test_a_log_given_to_diff_is_refused_naming_the_command_that_reads_it(
             f"llm-ledger diff: error: {given}: a log of calls, not a pytest --llm-report file; "
             f"summarise it with `llm-ledger report {given}`; write a report with `pytest --llm-report=PATH`"
         )
+
+
+def test_a_cost_report_given_where_a_log_or_a_pytest_report_is_read_is_named_with_what_compares_periods(
+    log: tuple[Path, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`llm-ledger report --format json > november.json`, then that file given to `diff` (to compare two
+    months) or back to `report`: `report` called it a pytest --llm-report file and sent the user to
+    `diff`, which said it was no report and to write one with pytest. Each command names what it is and
+    how a log's periods compare (a time dimension), exit 2; so for a body of GET /costs saved to a file
+    (read as a log, one skipped line: an empty report)."""
+    path, _ = log
+    written, served = tmp_path / "november.json", tmp_path / "costs.json"
+    assert main(["report", str(path), "--format", "json"]) == 0
+    written.write_text(capsys.readouterr().out)
+    status, body = handle(path.parent, "GET", "/costs", "")  # saved from the cost API (one line)
+    assert status == 200
+    served.write_bytes(body)
+    for costs, command in itertools.product((written, served), (*COMMANDS, "diff")):
+        args = ["diff", str(costs), str(costs)] if command == "diff" else [command, str(costs)]
+        assert main(args) == 2, command
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        what = "a pytest --llm-report file, which this reads" if command == "diff" else "a log of calls"
+        assert captured.err.startswith(
+            f"llm-ledger {command}: error: {costs}: the JSON of `llm-ledger report --format json` (a log's "
+            f"costs), not {what}; "
+        ), captured.err
+        assert "`llm-ledger report LOGS --by lens,week`" in captured.err, captured.err

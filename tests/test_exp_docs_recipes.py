@@ -187,6 +187,10 @@ tests:
         values: '0 0 1x100'
       - series: 'llm_ledger_unpriced_calls_total{job="my-service",lens="x",model="gpt",service_tier="dflt"}'
         values: '0x102'
+      - series: 'llm_ledger_budget_exceeded_total{job="my-service",lens="agent",limit="max_api_calls"}'
+        values: '0 0 1x40'
+      - series: 'llm_ledger_budget_exceeded_total{job="my-service",lens="agent",limit="max_cost_usd"}'
+        values: '0x42'
     alert_rule_test:
       - eval_time: 5m
         alertname: LLMLedgerDroppedRecords
@@ -205,6 +209,15 @@ tests:
               summary: "model acme (lens x) has no price: its spend is missing (add it to a price file)"
       - eval_time: 90m
         alertname: LLMUnpricedCalls
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: LLMBudgetExceeded
+        exp_alerts:
+          - exp_labels: {severity: warning, job: my-service, lens: agent, limit: max_api_calls}
+            exp_annotations:
+              summary: "lens agent: runs went over max_api_calls (budgets.yaml)"
+      - eval_time: 30m
+        alertname: LLMBudgetExceeded
         exp_alerts: []
 """
 

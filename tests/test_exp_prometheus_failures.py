@@ -62,6 +62,7 @@ def test_a_failing_series_is_logged_once_counted_as_dropped_and_the_others_keep_
         ("llm_api_call",): 10.0,
         ("lens_summary",): 0.0,
         ("lens_anomaly",): 0.0,
+        ("budget_exceeded",): 0.0,
     }
     logged = [r for r in caplog.records if r.name == "llm_ledger.internal"]
     assert len(logged) == 1, [r.getMessage() for r in logged]

@@ -91,9 +91,11 @@ def test_dashboard_covers_what_the_issue_asks_and_uses_its_datasource_variable()
 
 @pytest.fixture
 def default_monitor_exports(fresh_config: None, prometheus: SharedPrometheus) -> Iterator[int]:
-    """configure(exporters=["prometheus:127.0.0.1:PORT"]) as the demo's --metrics does; the port."""
+    """configure(exporters=["prometheus:127.0.0.1:PORT"]) as the demo's --metrics does, with a budget
+    the workload's research lens goes over; the port."""
     port = prometheus.port("every_panel")
-    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+    budgets = {"lenses": {"extra_research": {"max_api_calls": 2}}}
+    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"], budgets=budgets)
     yield port
     _setup.prepare(()).commit(llm_ledger.get_monitor())
 
@@ -357,6 +359,37 @@ def test_the_documented_anomaly_alert_fires_on_a_lenss_first_anomaly(
     assert [(s["metric"]["job"], s["metric"]["lens"], s["metric"]["metric"]) for s in firing] == [
         (job, "digest", "total_tokens")
     ]
+    assert server.errors() == []
+
+
+@pytest.mark.prometheus
+def test_the_documented_budget_alert_fires_on_a_lenss_first_breach(
+    prometheus: SharedPrometheus, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """docs/BUDGETS.md's alert rule, evaluated by Prometheus: it fires on the first run of a lens that
+    goes over its budget, and the dashboard's panel shows that breach under its lens and limit."""
+    text = (REPO / "docs" / "BUDGETS.md").read_text()
+    alert = text[text.index("- alert: LLMBudgetExceeded") :].split("expr: ", 1)[1].split("\n", 1)[0]
+    server, job = prometheus.server, "budget"
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"agent": {"max_api_calls": 2}}}, mode="raise")
+    with _exported(prometheus, job, monitor, fake_openai) as client:
+        for calls in (2, 2, 5):  # two runs within the limit, then a runaway one
+            with contextlib.suppress(llm_ledger.BudgetExceededError), monitor.lens("agent"):
+                for _ in range(calls):
+                    client.chat.completions.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                    )
+        wait(
+            "a scrape of the breach",
+            lambda: bool(server.query(f'llm_ledger_budget_exceeded_total{{job="{job}"}} > 0')),
+        )
+        firing = server.query(alert)  # as documented: every job's (every_panel's has a breach too)
+        panel = server.query(_panel_expr("Budget breaches by lens and limit", job))
+    assert [(s["metric"]["lens"], s["metric"]["limit"]) for s in firing if s["metric"]["job"] == job] == [
+        ("agent", "max_api_calls")
+    ]
+    assert [(s["metric"]["lens"], s["metric"]["limit"]) for s in panel] == [("agent", "max_api_calls")]
+    assert 1 <= float(panel[0]["value"][1]) <= 1.6  # increase() extrapolates past the last sample
     assert server.errors() == []
 
 

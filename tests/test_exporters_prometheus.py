@@ -25,6 +25,7 @@ from llm_ledger import ConfigError, _config
 from llm_ledger._anomalies import METRICS
 from llm_ledger.exporters import PrometheusSink, _setup, start_metrics_server
 from llm_ledger.exporters._prometheus import PENDING_CALLS
+from llm_ledger.report import summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
 from tests.conftest import FAKE_KEY, Sdk
@@ -56,6 +57,7 @@ EXPECTED_LABELS = {
     "llm_ledger_lens_runs_total": {"lens", "status"},
     "llm_ledger_lens_cost_usd_count": {"lens"},
     "llm_ledger_unpriced_calls_total": {"lens", "model", "provider", "service_tier"},
+    "llm_ledger_budget_exceeded_total": {"lens", "limit"},
 }
 
 
@@ -72,8 +74,10 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def run(fake_openai: FakeOpenAI, registry: CollectorRegistry) -> tuple[Captured, Samples]:
-    """The mixed workload through a monitor with a PrometheusSink: its records and its metrics."""
+    """The mixed workload through a monitor with a PrometheusSink: its records and its metrics. The
+    research lens's third call goes over its budget."""
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry)])
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"research": {"max_api_calls": 2}}})
     with capture(monitor) as records:
         workload(monitor, fake_openai)
     return records, exposed(registry)
@@ -182,6 +186,44 @@ def test_lens_runs_and_their_cost(run: tuple[Captured, Samples]) -> None:
         assert total(found, "llm_ledger_lens_cost_usd_sum", lens=key) == pytest.approx(
             lens["summary"]["total_cost_usd"]
         )
+
+
+def test_budget_breaches_are_counted_by_lens_and_limit_as_the_report_counts_them(
+    run: tuple[Captured, Samples],
+) -> None:
+    """Each budget_exceeded record counts once under its lens and limit: the metrics' total is the
+    report's over-budget total for the same records, so an alert and a dashboard can see breaches."""
+    records, found = run
+    breaches = [r for r in records if r["event"] == "budget_exceeded"]
+    assert [(r["context"]["lens_key"], r["budget"]["limit"]) for r in breaches] == [
+        ("research", "max_api_calls")
+    ]
+    assert by_labels(found, "llm_ledger_budget_exceeded_total", "lens", "limit") == {
+        ("research", "max_api_calls"): 1.0
+    }
+    report = summarise_records(list(records), by="lens")
+    assert total(found, "llm_ledger_budget_exceeded_total") == report.total.over_budget == 1
+
+
+def test_a_nested_runs_cost_is_in_its_parents_run_cost_and_in_the_spend_once(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, registry: CollectorRegistry
+) -> None:
+    """As docs/exporters.md says: lens_cost_usd observes a run's whole cost (its nested runs' included,
+    as run.summary has it); cost_usd_total counts each call once under its innermost lens, as the report."""
+    monitor.add_sink(PrometheusSink(registry))
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with monitor.lens("outer"):
+        client.chat.completions.create(model="gpt-4o", messages=hi)
+        with monitor.lens("inner"):
+            client.chat.completions.create(model="gpt-4o", messages=hi)
+    found = exposed(registry)
+    inner, outer = (c["cost"]["total_cost_usd"] for c in records.calls[::-1])
+    assert total(found, "llm_ledger_lens_cost_usd_sum", lens="outer") == pytest.approx(outer + inner)
+    assert total(found, "llm_ledger_lens_cost_usd_sum", lens="inner") == pytest.approx(inner)
+    report = {row.key["lens"]: row.cost_usd for row in summarise_records(list(records)).rows}
+    for lens in ("outer", "inner"):
+        assert total(found, "llm_ledger_cost_usd_total", lens=lens) == pytest.approx(float(report[lens]))
+    assert total(found, "llm_ledger_cost_usd_total") == pytest.approx(outer + inner)
 
 
 def test_unpriced_calls_are_counted_by_model(run: tuple[Captured, Samples]) -> None:

@@ -192,6 +192,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture[str], sample: Path) -> 
         "calls",
         "errors",
         "prompt_tokens",
+        "cached_tokens",
         "completion_tokens",
         "total_tokens",
         "cost_usd",

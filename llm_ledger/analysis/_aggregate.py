@@ -224,6 +224,7 @@ class CostRow:
     calls: int = 0
     errors: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # the part of prompt_tokens the provider's prompt cache served
     completion_tokens: int = 0
     total_tokens: int = 0
     cost_usd: Decimal = _ZERO
@@ -434,6 +435,7 @@ class _Sums:
     calls: int = 0
     errors: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # the part of prompt_tokens the provider's prompt cache served
     completion_tokens: int = 0
     total_tokens: int = 0
     cost_usd: Decimal = _ZERO
@@ -450,10 +452,11 @@ class _Sums:
             self.over_budget += alert == BUDGET_EVENT
             self.anomalies += alert == ANOMALY_EVENT
         if figures is not None:
-            calls, errors, prompt, completion, total, cost, unpriced, duration = figures
+            calls, errors, prompt, cached, completion, total, cost, unpriced, duration = figures
             self.calls += calls
             self.errors += errors
             self.prompt_tokens += prompt
+            self.cached_tokens += cached
             self.completion_tokens += completion
             self.total_tokens += total
             if cost is not None:
@@ -465,14 +468,14 @@ class _Sums:
         return CostRow(**{column.name: getattr(self, column.name) for column in fields(self)})
 
 
-# calls, errors, prompt, completion and total tokens, cost (None: unknown), unpriced calls, duration
-_Figures = tuple[int, int, int, int, int, Decimal | None, int, float]
+# calls, errors, prompt, cached, completion and total tokens, cost (None: unknown), unpriced calls, duration
+_Figures = tuple[int, int, int, int, int, int, Decimal | None, int, float]
 
 
 def _call_figures(record: dict[str, Any]) -> _Figures:
     usage = _dict(record.get("usage"))
     prompt, completion = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
-    total = _tokens(usage.get("total_tokens"))
+    cached, total = _tokens(usage.get("cached_tokens")), _tokens(usage.get("total_tokens"))
     failed = record.get("status") == "error"
     recorded = _dict(record.get("cost"))
     cost = _usd(recorded.get("total_cost_usd"))
@@ -480,17 +483,24 @@ def _call_figures(record: dict[str, Any]) -> _Figures:
     # tools' fees (web search...)
     unpriced = billed(record) if cost is None else bool(recorded.get("left_out"))
     duration = _number(_dict(record.get("timing")).get("duration_ms"))
-    return 1, int(failed), prompt, completion, total, cost, int(unpriced), duration
+    return 1, int(failed), prompt, cached, completion, total, cost, int(unpriced), duration
 
 
 def _summary_figures(record: dict[str, Any]) -> _Figures:
     # a summary does not say how many of its calls had no price: a run with any counts as one
     summary = _dict(record.get("summary"))
-    counts = ("total_api_calls", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
-    calls, errors, prompt, completion, total = (_tokens(summary.get(name)) for name in counts)
+    counts = (
+        "total_api_calls",
+        "errors",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "total_tokens",
+    )
+    calls, errors, prompt, cached, completion, total = (_tokens(summary.get(name)) for name in counts)
     cost, unpriced = _usd(summary.get("total_cost_usd")), int(summary.get("cost_complete") is False)
     duration = _number(summary.get("avg_duration_ms")) * calls
-    return calls, errors, prompt, completion, total, cost, unpriced, duration
+    return calls, errors, prompt, cached, completion, total, cost, unpriced, duration
 
 
 def _nested_sums(records: list[dict[str, Any]]) -> dict[Any, _Sums]:
@@ -519,10 +529,10 @@ def _own_figures(figures: _Figures, context: dict[str, Any], nested: dict[Any, _
     inner = nested.get(run_id) if type(run_id) is str else None
     if inner is None:
         return figures
-    calls, errors, prompt, completion, total, cost, unpriced, duration = figures
+    calls, errors, prompt, cached, completion, total, cost, unpriced, duration = figures
     return (
         calls - inner.calls, errors - inner.errors, prompt - inner.prompt_tokens,
-        completion - inner.completion_tokens, total - inner.total_tokens,
+        cached - inner.cached_tokens, completion - inner.completion_tokens, total - inner.total_tokens,
         None if cost is None else cost - inner.cost_usd, unpriced, duration - inner.duration_ms,
     )  # fmt: skip
 

@@ -28,7 +28,7 @@ from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 from .._table import code
 from ..loading import join, read_file, shown
-from ._read import REPORT_SCHEMA, strict_loads
+from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, strict_loads
 from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
@@ -70,6 +70,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
         _refuse_log(name, raw)
+        if isinstance(data, dict) and {"by", "rows", "total"} <= data.keys():
+            raise ConfigError(
+                f"{name}: {COSTS_JSON}, not a pytest --llm-report file, which this reads; {PERIODS}"
+            )
         raise ConfigError(f'{name}: not an llm-ledger report (no "schema": {REPORT_SCHEMA!r}){hint}')
     if data.get("version") not in SUPPORTED_VERSIONS:
         raise ConfigError(

@@ -26,13 +26,19 @@ from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 
 __all__ = [
-    "MAX_LINE_BYTES", "REPORT_SCHEMA", "InputStats", "LogReader", "is_pytest_report", "iter_records",
-    "refuse_reports", "resolve", "strict_loads", "warn_unread",
+    "COSTS_JSON", "MAX_LINE_BYTES", "PERIODS", "REPORT_SCHEMA", "InputStats", "LogReader", "is_pytest_report",
+    "iter_records", "refuse_reports", "resolve", "strict_loads", "warn_unread",
 ]  # fmt: skip
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
 MAX_LINE_BYTES: Final = 16 << 20
 REPORT_SCHEMA: Final = "llm-ledger-report"  # the "schema" of a pytest --llm-report file
+# a cost report's JSON, given where a log or a pytest report was expected, and what compares periods
+COSTS_JSON: Final = "the JSON of `llm-ledger report --format json` (a log's costs)"
+PERIODS: Final = (
+    "to compare periods of a log, group it by a time dimension: `llm-ledger report LOGS --by lens,week` "
+    "(or day, month)"
+)
 _SKIP_BYTES: Final = 1 << 20  # read size while skipping the rest of an over-long line
 _SHOWN_MALFORMED: Final = 5
 GLOB_CHARS: Final = frozenset("*?[")
@@ -69,23 +75,37 @@ class InputStats:
 def is_pytest_report(path: str) -> bool:
     """Whether the regular file ``path`` is a pytest ``--llm-report`` file (indented JSON, which would
     read as nothing but malformed log lines); False when it cannot be read: the reader says why."""
+    return _report_kind(path) == "pytest"
+
+
+def _report_kind(path: str) -> str | None:
+    """ "costs" for the JSON ``llm-ledger report --format json`` writes (its first key ``by``), "pytest"
+    for a pytest ``--llm-report`` file or other indented JSON, None for anything else or a file that
+    cannot be read."""
     try:
         with open(path, "rb") as file:
             first = file.readline(1 << 16).strip()
+            second = file.readline(1 << 16).strip() if first == b"{" else b""
     except OSError:
-        return False
-    return first == b"{" or first.startswith(f'{{"schema": "{REPORT_SCHEMA}"'.encode())
+        return None
+    if second.startswith(b'"by": ') or first.startswith(b'{"by":'):  # indented, or GET /costs' body
+        return "costs"
+    return "pytest" if first == b"{" or first.startswith(f'{{"schema": "{REPORT_SCHEMA}"'.encode()) else None
 
 
 def refuse_reports(names: Iterable[str]) -> None:
-    """:class:`ConfigError` for a pytest ``--llm-report`` file among the log files ``names``: read as a
-    log it would be nothing but malformed lines, an empty answer; the error names what reads it."""
+    """:class:`ConfigError` for a pytest ``--llm-report`` file, or the JSON of ``llm-ledger report``,
+    among the log files ``names``: read as a log it would be nothing but malformed lines, an empty
+    answer; the error names what reads it."""
     for name in filter(os.path.isfile, names):  # not a pipe: what is read here would be lost to the reader
-        if is_pytest_report(name):
+        kind = _report_kind(name)
+        if kind == "pytest":
             raise ConfigError(
                 f"{name}: a pytest --llm-report file, not a log of calls; compare two with "
                 f"`llm-ledger diff BASE.json {name}`, or price it again with `llm-ledger reprice {name}`"
             )
+        if kind == "costs":
+            raise ConfigError(f"{name}: {COSTS_JSON}, not a log of calls; give the logs it sums ({PERIODS})")
 
 
 def warn_unread(command: str, stats: Iterable[InputStats]) -> None:

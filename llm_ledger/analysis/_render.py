@@ -25,10 +25,9 @@ __all__ = [
 FORMATS: Final = ("text", "json", "markdown")
 REPRICE_FORMATS: Final = ("text", "markdown", "json")
 ANOMALY_FORMATS: Final = ("text", "json")
-_HEADERS: Final = (
-    "lens runs", "calls", "errors", "prompt tokens", "completion tokens", "total tokens", "cost (USD)",
-    "avg ms",
-)  # fmt: skip
+_HEADERS: Final = ("lens runs", "calls", "errors", "prompt tokens")
+_CACHED_HEADER: Final = "cached tokens"  # of the prompt tokens: the provider's prompt cache served them
+_LATER_HEADERS: Final = ("completion tokens", "total tokens", "cost (USD)", "avg ms")
 _ALERT_HEADERS: Final = ("over budget", "anomalies")  # budget_exceeded and lens_anomaly records
 
 
@@ -73,7 +72,7 @@ def _shown(value: Any, clash: set[str]) -> Any:
     return json.dumps(value, ensure_ascii=False) if type(value) is str and value in clash else value
 
 
-def _cells(row: CostRow, alerts: bool) -> list[str]:
+def _cells(row: CostRow, cached: bool, alerts: bool) -> list[str]:
     avg = row.avg_duration_ms
     counts = [f"{row.over_budget:,}", f"{row.anomalies:,}"] if alerts else []
     return [
@@ -81,6 +80,7 @@ def _cells(row: CostRow, alerts: bool) -> list[str]:
         f"{row.calls:,}",
         f"{row.errors:,}",
         f"{row.prompt_tokens:,}",
+        *[f"{row.cached_tokens:,}"] * cached,
         f"{row.completion_tokens:,}",
         f"{row.total_tokens:,}",
         usd(row.cost_usd, complete=row.cost_complete),
@@ -141,16 +141,20 @@ def render(report: CostReport, fmt: str = "text") -> str:
     if fmt == "json":
         return strict_json(report.to_json()) + "\n"
     by = report.query.by
-    alerts = bool(report.total.over_budget or report.total.anomalies)  # columns only when there are some
-    headers = [*by, *_HEADERS, *_ALERT_HEADERS * alerts]
+    # columns only when there are some
+    cached, alerts = (
+        bool(report.total.cached_tokens),
+        bool(report.total.over_budget or report.total.anomalies),
+    )
+    headers = [*by, *_HEADERS, *[_CACHED_HEADER] * cached, *_LATER_HEADERS, *_ALERT_HEADERS * alerts]
     # 42 and "42" are two rows (the application gave both); a string a number's row would share a label
     # with is shown as JSON ("42"), so the two read apart
     clash = {name: {as_text(v) for row in report.rows if type(v := row.key[name]) is not str} for name in by}
     rows = [
-        [*(_label(_shown(row.key[name], clash[name]), fmt) for name in by), *_cells(row, alerts)]
+        [*(_label(_shown(row.key[name], clash[name]), fmt) for name in by), *_cells(row, cached, alerts)]
         for row in report.rows
     ]
-    total = [["total", *[""] * (len(by) - 1), *_cells(report.total, alerts)]]
+    total = [["total", *[""] * (len(by) - 1), *_cells(report.total, cached, alerts)]]
     lines = table(fmt, headers, rows, total=total, right=range(len(by), len(headers)))
     return printable("\n".join([*lines, "", *notes(_footer(report, fmt), fmt)]) + "\n")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from .._errors import ConfigError, unchained
 from .._errors import internal_log as _internal_log
-from .._records import ANOMALY_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
+from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -266,11 +266,23 @@ class PrometheusSink:
         self.anomalies: Counter = counter(
             "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
         )
+        # limit: one of the five budget limits, a bounded label; through the pending sums, so that a
+        # lens's first breach shows 0 in a scrape first and increase() counts it
+        self.budget_exceeded: Counter = counter(
+            "llm_ledger_budget_exceeded",
+            "Limits lens runs went over (one per run and limit)",
+            ("lens", "limit"),
+        )
         self.dropped: Counter = counter(
             "llm_ledger_dropped_records",
             "Records whose values could not reach the metrics (see the llm_ledger.internal log)", ("event",),
         )  # fmt: skip
-        for event in (CALL_EVENT, LENS_EVENT, ANOMALY_EVENT):  # at 0 from the start: alert on increase()
+        for event in (
+            CALL_EVENT,
+            LENS_EVENT,
+            ANOMALY_EVENT,
+            BUDGET_EVENT,
+        ):  # at 0 from the start: alert on increase()
             self.dropped.labels(event)
 
     def __repr__(self) -> str:
@@ -291,6 +303,8 @@ class PrometheusSink:
                 self.anomalies.labels(*labels).inc()
             except Exception as exc:
                 self._dropped(ANOMALY_EVENT, 1, dict(zip(("lens", "metric"), labels, strict=True)), exc)
+        elif event == BUDGET_EVENT:
+            self._breach(record)
 
     def flush(self) -> None:
         """Move the pending sums into the metrics (a collection of the registry does it first)."""
@@ -314,21 +328,27 @@ class PrometheusSink:
         for key, sums in pending.items():
             if key in held:
                 continue
-            lens = len(key) == 1  # a lens run's (lens_key,), else a call's label tuple
+            # a lens run's (lens_key,), a budget breach's (lens_key, limit), else a call's label tuple
+            make, move, event, names = (
+                (self._new_lens_children, self._move_lens, LENS_EVENT, ("lens",))
+                if len(key) == 1
+                else (self._new_breach_children, self._move_breaches, BUDGET_EVENT, ("lens", "limit"))
+                if len(key) == 2
+                else (self._new_children, self._move, CALL_EVENT, _CALL_LABELS)
+            )
             try:
                 children = self._children.get(key)
                 if children is None:
-                    children = (self._new_lens_children if lens else self._new_children)(key)
+                    children = make(key)
                     if len(self._children) >= _CACHE_LIMIT:
                         self._children.clear()  # only a cache: the metrics keep every series
                     self._children[key] = children
                     if collecting:
                         held[key] = sums
                         continue
-                (self._move_lens if lens else self._move)(children, sums)
+                move(children, sums)
             except Exception as exc:  # one series must not cost the others, nor a scrape
-                labels = {"lens": key[0]} if lens else dict(zip(_CALL_LABELS, key[:-2], strict=True))
-                self._dropped(LENS_EVENT if lens else CALL_EVENT, len(sums[0]), labels, exc)
+                self._dropped(event, len(sums[0]), dict(zip(names, key, strict=False)), exc)
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
@@ -525,6 +545,22 @@ class PrometheusSink:
         judged = record.get("anomaly_metrics")
         if judged:
             self._judged(key[0], judged)
+        if full:
+            self._flush(collecting=False, overflow=True)
+
+    def _new_breach_children(self, key: tuple[Any, str]) -> tuple[Any, ...]:
+        return (self.budget_exceeded.labels(self._label("lens", key[0]), key[1]),)
+
+    def _move_breaches(self, children: tuple[Any, ...], sums: list[Any]) -> None:
+        children[0].inc(len(sums[0]))
+
+    def _breach(self, record: Mapping[str, Any]) -> None:
+        key = (record["context"].get("lens_key"), record["budget"]["limit"])
+        with self._pending_lock:
+            sums = self._pending.get(key) or self._pending.setdefault(key, [[]])  # one item a breach
+            sums[0].append(1)
+            self._pending_calls += 1
+            full = self._pending_calls >= self._pending_limit
         if full:
             self._flush(collecting=False, overflow=True)
 
