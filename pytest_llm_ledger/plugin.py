@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import gc
 import importlib.metadata
+import importlib.util
 import itertools
 import json
 import logging
@@ -321,6 +322,9 @@ class _LedgerState:
         self.current: LedgerRecords | None = None
         self._starts = Starts(SESSION_BUCKET)  # which test each record counts in
         self._placeholder_key = False
+        # without the pytest extra the plugin changes nothing but failing tests marked llm (docs/CI.md):
+        # a production install's own test suite keeps its OpenAI requests and OPENAI_API_KEY
+        self.has_extra = importlib.util.find_spec("vcr") is not None
         # refuses what no cassette replays: an unmarked test's OpenAI request (in none mode), a marked
         # test's from a fixture set up before its cassette (in every mode)
         self.guard = Guard(self._refuse)
@@ -580,7 +584,11 @@ def pytest_configure(config: pytest.Config) -> None:
         state.previous_time_of_day = price_time_of_day(state.given_time_of_day)
     except ConfigError as exc:
         raise pytest.UsageError(f"llm-ledger: {state.where_time_of_day}: {exc}") from None
-    if not os.environ.get("OPENAI_API_KEY") and (state.mode == "none" or _compatible_server()):
+    if (
+        state.has_extra
+        and not os.environ.get("OPENAI_API_KEY")
+        and (state.mode == "none" or _compatible_server())
+    ):
         # replay needs no key, nor does recording against a compatible server, but the SDK refuses
         # to build a client without one; recording against OpenAI itself keeps the SDK's error
         os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
@@ -590,7 +598,8 @@ def pytest_configure(config: pytest.Config) -> None:
     add_global_sink(state.sink)
     # now, not at the first test, and with --collect-only too: a test module that imports openai and
     # calls it at collection, and a test that imports it in its body, are guarded
-    state.guard.install(load=True)
+    if state.has_extra:
+        state.guard.install(load=True)
     if not state.is_worker:
         config.pluginmanager.register(_ControllerHooks(state), "llm_ledger_controller")
 
@@ -726,7 +735,8 @@ def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, object, object]:
     state = item.config.stash[_STATE]
-    state.guard.install()  # the transports of an HTTP library imported since
+    if state.has_extra:
+        state.guard.install()  # the transports of an HTTP library imported since
     with state.test(item):
         return (yield)
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -136,6 +137,38 @@ def test_without_vcrpy_only_marked_tests_fail_with_one_message(
     assert "Traceback" not in out and "INTERNALERROR" not in out and "ImportError:" not in out
 
 
+UNRELATED_TESTS = """
+import os
+
+import openai
+
+
+def test_an_unrelated_suite_calls_its_own_openai_server():
+    assert "OPENAI_API_KEY" not in os.environ
+    with openai.OpenAI(base_url=os.environ["MY_SERVER"], api_key="mine") as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+"""
+
+
+def test_without_vcrpy_the_plugin_leaves_unmarked_tests_and_the_environment_alone(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake_openai: llm_ledger.testing.FakeOpenAI
+) -> None:
+    """A production install (no pytest extra) in a project whose own suite calls an OpenAI-compatible
+    server: the plugin sets no placeholder OPENAI_API_KEY and refuses no request (docs/CI.md: it
+    changes nothing; only tests marked llm fail, saying what to install)."""
+    monkeypatch.setitem(sys.modules, "vcr", None)
+    monkeypatch.setitem(sys.modules, "vcr.patch", None)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("MY_SERVER", fake_openai.base_url)
+    # no llm_allowed_hosts: with the extra, the plugin would refuse the loopback server's requests
+    pytester.makefile(
+        ".ini", pytest="[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
+    )
+    pytester.makepyfile(test_unrelated=UNRELATED_TESTS)
+    run(pytester).assert_outcomes(passed=1)
+    assert len(fake_openai.requests) == 1
+
+
 def test_the_cassettes_command_without_the_extra_says_what_to_install() -> None:
     """`llm-ledger cassettes` in a production install (no pytest): one line naming the extra, exit 2,
     no traceback."""
@@ -197,3 +230,42 @@ def test_the_wheel_ships_both_packages_typed_with_their_entry_points_and_license
     for line in ("License-Expression: MIT", "License-File: LICENSE", "Requires-Python: >=3.11"):
         assert line in metadata.splitlines(), line
     assert "Description-Content-Type: text/markdown" in metadata
+
+
+def test_the_sdist_ships_what_builds_and_tests_the_package_and_builds_the_same_wheel(tmp_path: Path) -> None:
+    """The sdist, built as `python -m build` builds it: every file git tracks (the suite reads the
+    docs, examples, bench, dashboards and cassettes) but the CI entry point, and PKG-INFO; pip builds
+    from it a wheel holding the same files as the repository's."""
+    build = f"from hatchling.build import build_sdist; print(build_sdist({str(tmp_path)!r}))"
+    done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, check=True, cwd=ROOT)
+    sdist = tmp_path / done.stdout.strip()
+    with tarfile.open(sdist) as archive:
+        shipped = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+        shipped = {name for name in shipped if archive.getmember(f"{sdist.name[:-7]}/{name}").isfile()}
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    expected = {name for name in tracked.stdout.split() if not name.startswith(".ci/")} | {"PKG-INFO"}
+    assert shipped == expected, shipped ^ expected
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            wheel_dir,
+            sdist,
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheel_dir.glob("llm_ledger-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = {name for name in archive.namelist() if ".dist-info/" not in name}
+    assert packaged == {
+        name for name in expected if name.split("/")[0] in {"llm_ledger", "pytest_llm_ledger"}
+    }
