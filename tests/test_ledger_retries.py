@@ -1,0 +1,145 @@
+"""The SDK's retries and timeouts: an attempt the server may have billed (answered 2xx, then its body
+broke; or sent, then timed out waiting) leaves the call's and its lens's cost incomplete, whether the
+SDK retried it or raised; an attempt that sent nothing (a refused connection) or was refused does not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llm_ledger
+from llm_ledger._records import CALL_EVENT
+from llm_ledger.analysis import iter_records
+from llm_ledger.report import summarise
+from llm_ledger.testing import Captured, FakeOpenAI
+from pytest_llm_ledger._report import SessionLedger
+from tests.conftest import FAKE_KEY, Sdk
+from tests.plugin_helpers import cli
+from tests.report_helpers import logging_to
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def _chat(client: openai.OpenAI, headers: dict[str, str]) -> Any:
+    return client.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers=headers)
+
+
+@pytest.mark.parametrize("fault", ["cut-stream", "reset"])
+def test_a_retried_answer_whose_body_broke_leaves_the_cost_incomplete(
+    fault: str,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+) -> None:
+    """The server answered 200 (generated, billed), the body broke, the SDK retried and the retry
+    succeeded: the caller gets the answer, the record the retry's usage and cost and
+    ``cost.attempts_left_out: 1``, and the lens does not claim a complete cost."""
+    retrying = client.with_options(max_retries=2)
+    with monitor.lens("digest") as run:
+        answer = _chat(retrying, {"x-fake-fault": fault, "x-fake-fault-attempts": "1"})
+    assert answer.choices[0].message.content
+    assert [r.retry_count for r in fake_openai.requests] == [0, 1]
+    [record] = records.calls
+    assert record["status"] == "ok" and record["retries"] == 1 and record["error"] is None
+    assert record["usage"]["total_tokens"] == answer.usage.total_tokens if answer.usage else False
+    assert record["cost"]["total_cost_usd"] and record["cost"]["attempts_left_out"] == 1
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    assert run.summary["total_cost_usd"] == record["cost"]["total_cost_usd"]
+
+
+def test_a_retry_after_a_refusal_keeps_the_cost_complete(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A 429 (or 5xx) the SDK retries was not billed: the retried call's cost is whole."""
+    fake_openai.fail_next(429)
+    with monitor.lens("digest") as run:
+        _chat(client.with_options(max_retries=2), {})
+    [record] = records.calls
+    assert record["retries"] == 1 and "attempts_left_out" not in record["cost"]
+    assert run.summary is not None and run.summary["cost_complete"] is True
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_read_timeout_counts_as_possibly_billed(
+    retries: int, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A request sent whose answer timed out (the SDK's ``timeout``) may be generated and billed all the
+    same: retried into a success, or raised, the lens says its cost is incomplete."""
+    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "2000", "x-fake-fault-attempts": "1"}
+    raw = openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=retries, timeout=0.3)
+    with raw, monitor.lens("digest") as run:
+        client = monitor.instrument(raw)
+        if retries:
+            _chat(client, slow)
+        else:
+            with pytest.raises(openai.APITimeoutError):
+                _chat(client, slow)
+    [record] = records.calls
+    assert record["status"] == ("ok" if retries else "error")
+    assert record["cost"]["attempts_left_out"] == 1
+    assert run.summary is not None and run.summary["cost_complete"] is False
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["sdk timeout", "asyncio.timeout"])
+async def test_a_timeout_and_a_cancellation_while_waiting_agree(
+    how: str, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """The same wait cut by the SDK's timeout or by ``asyncio.timeout`` (a cancellation): the request
+    was sent either way, so neither lens claims a complete cost."""
+    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "2000"}
+    timeout = 0.3 if how == "sdk timeout" else 30
+    raw = openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0, timeout=timeout)
+    async with raw:
+        client = monitor.instrument(raw)
+        with pytest.raises((openai.APITimeoutError, TimeoutError)):
+            async with monitor.lens("digest") as run, asyncio.timeout(0.3 if how != "sdk timeout" else 30):
+                await client.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers=slow)
+    [record] = records.calls
+    assert record["status"] == ("error" if how == "sdk timeout" else "interrupted")
+    assert run.summary is not None and run.summary["cost_complete"] is False
+
+
+def test_a_connection_refused_is_not_billed(monitor: llm_ledger.LLMCallMonitor, records: Captured) -> None:
+    """Nothing reached a server (a connection refused, retried): the failed call's cost is whole, $0."""
+    with socket.socket() as sock:  # a port no one listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    raw = openai.OpenAI(api_key=FAKE_KEY, base_url=f"http://127.0.0.1:{port}/v1", max_retries=1)
+    with raw, monitor.lens("digest") as run, pytest.raises(openai.APIConnectionError):
+        _chat(monitor.instrument(raw), {})
+    [record] = records.calls
+    assert record["retries"] == 1 and "attempts_left_out" not in record["cost"]
+    assert run.summary is not None and run.summary["cost_complete"] is True
+
+
+def test_the_report_plugin_and_diff_name_answers_lost_to_retries(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The log's reader (``llm-ledger report``), the plugin's report and ``llm-ledger diff`` read the
+    lens's rule: the retried call's cost leaves out an answer lost, and they say so."""
+    log = tmp_path / "llm_calls.jsonl"
+    with logging_to(log, sdk) as (monitor, client), monitor.lens("digest"):
+        _chat(
+            client.with_options(max_retries=2), {"x-fake-fault": "cut-stream", "x-fake-fault-attempts": "1"}
+        )
+    assert summarise([str(log)]).total.unpriced_calls == 1  # llm-ledger report: its cost is incomplete
+    ledger = SessionLedger()
+    for record in iter_records([log]):
+        add = ledger.add_call if record["event"] == CALL_EVENT else ledger.add_lens
+        add("tests/test_x.py::test_x", record)
+    report = ledger.report(exit_status=0)
+    [row] = report["usage"]
+    assert (row["lost_answer_calls"], row["uncosted_calls"], row["cost_usd"] > 0) == (1, 0, True)
+    assert report["total"]["cost_complete"] is False
+    path = tmp_path / "head.json"
+    path.write_text(json.dumps(report))
+    result = cli(capsys, "diff", str(path), str(path))
+    assert "answers lost before their usage was read" in result.stdout
