@@ -5,7 +5,9 @@ SDK retried it or raised; an attempt that sent nothing (a refused connection) or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import openai
 import pytest
 
 import llm_ledger
+from llm_ledger import BudgetGuard
 from llm_ledger._records import CALL_EVENT
 from llm_ledger.analysis import iter_records
 from llm_ledger.report import summarise
@@ -143,3 +146,38 @@ def test_the_report_plugin_and_diff_name_answers_lost_to_retries(
     path.write_text(json.dumps(report))
     result = cli(capsys, "diff", str(path), str(path))
     assert "answers lost before their usage was read" in result.stdout
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_cost_budget_blind_to_a_lost_answer_says_why(
+    retries: int, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lens's ``max_cost_usd`` cannot see an answer billed whose usage was lost, retried into a
+    success or raised: the warning names that cause, not a model with no price."""
+    monitor.budgets = BudgetGuard({"lenses": {"digest": {"max_cost_usd": 1.0}}})
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    broken = {"x-fake-fault": "cut-stream", "x-fake-fault-attempts": "1"}
+    with monitor.lens("digest"), contextlib.suppress(openai.APIConnectionError):
+        _chat(client.with_options(max_retries=retries), broken)
+    [said] = [r.getMessage() for r in caplog.records if "lens 'digest'" in r.getMessage()]
+    assert "answers the server may have billed whose usage was lost" in said, said
+    assert "max_cost_usd" in said and "counts as $0" in said, said
+
+
+@pytest.mark.asyncio
+async def test_an_async_retried_answer_whose_body_broke_is_counted_as_a_sync_one(
+    fake_openai: FakeOpenAI,
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+) -> None:
+    """The async client's retry is counted as the sync one's: ``cost.attempts_left_out: 1``, the lens
+    incomplete."""
+    broken = {"x-fake-fault": "reset", "x-fake-fault-attempts": "1"}
+    async with monitor.lens("digest") as run:
+        await aclient.with_options(max_retries=2).chat.completions.create(
+            model="gpt-4o-mini", messages=HI, extra_headers=broken
+        )
+    [record] = records.calls
+    assert record["status"] == "ok" and record["retries"] == 1 and record["cost"]["attempts_left_out"] == 1
+    assert run.summary is not None and run.summary["cost_complete"] is False
