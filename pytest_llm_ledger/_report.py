@@ -601,7 +601,7 @@ def _check_runs(
             gaps = Totals.sum_of(each for _, each in unknown)
             if metric != "cost_usd":  # tokens are unknown only for calls that reported none to price
                 split = gaps.total_only if metric != "total_tokens" else {}  # a total alone: no split
-                gaps = Totals(no_usage=gaps.no_usage, units=gaps.units, total_only=split)
+                gaps = Totals(no_usage=gaps.no_usage, units=gaps.units, total_only=split, lost=gaps.lost)
             out.append(
                 Breach(scope, name, limit_key, limit, run.metric(metric), nodeid, len(unknown),
                        gaps.cost_gaps(), gaps.cost_fixes())
@@ -616,11 +616,11 @@ def _over(run: Totals, limits: Limits) -> bool:
 def _unknown(run: Totals, metric: str) -> bool:
     """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known
     cost, its tokens calls that reported none to price (its prompt or completion tokens, calls that
-    reported their total alone). The number of calls is always known."""
+    reported their total alone; answers whose usage was lost). The number of calls is always known."""
     if metric == "cost_usd":
         return not run.cost_complete
     split = metric != "total_tokens" and bool(run.total_only)
-    return metric != "api_calls" and bool(run.no_usage or run.units or split)
+    return metric != "api_calls" and bool(run.no_usage or run.units or split or run.lost)
 
 
 # -- rendering ----------------------------------------------------------------------------------

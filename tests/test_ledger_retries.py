@@ -19,13 +19,16 @@ import llm_ledger
 from llm_ledger import BudgetGuard
 from llm_ledger._records import CALL_EVENT
 from llm_ledger.analysis import iter_records
+from llm_ledger.analysis._usage import LOST_ANSWERS
 from llm_ledger.report import summarise
 from llm_ledger.testing import Captured, FakeOpenAI
 from pytest_llm_ledger._report import SessionLedger
 from tests.conftest import FAKE_KEY, Sdk
-from tests.plugin_helpers import cli
+from tests.plugin_helpers import cli, run, server_fixture, with_key_fixture, write_project
 from tests.report_helpers import logging_to
 
+pytest_plugins = ["pytester"]
+_FIXTURES = (server_fixture, with_key_fixture)  # used by name
 HI: Any = [{"role": "user", "content": "hi"}]
 
 
@@ -148,20 +151,26 @@ def test_the_report_plugin_and_diff_name_answers_lost_to_retries(
     assert "answers lost before their usage was read" in result.stdout
 
 
+@pytest.mark.parametrize(("limit", "blind"), [("max_cost_usd", "$0"), ("max_total_tokens", "0 tokens")])
 @pytest.mark.parametrize("retries", [0, 2])
-def test_a_cost_budget_blind_to_a_lost_answer_says_why(
-    retries: int, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, caplog: pytest.LogCaptureFixture
+def test_a_budget_blind_to_a_lost_answer_says_why(
+    limit: str,
+    blind: str,
+    retries: int,
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A lens's ``max_cost_usd`` cannot see an answer billed whose usage was lost, retried into a
+    """A lens's cost or token limit cannot see an answer billed whose usage was lost, retried into a
     success or raised: the warning names that cause, not a model with no price."""
-    monitor.budgets = BudgetGuard({"lenses": {"digest": {"max_cost_usd": 1.0}}})
+    monitor.budgets = BudgetGuard({"lenses": {"digest": {limit: 1_000_000}}})
     caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
     broken = {"x-fake-fault": "cut-stream", "x-fake-fault-attempts": "1"}
     with monitor.lens("digest"), contextlib.suppress(openai.APIConnectionError):
         _chat(client.with_options(max_retries=retries), broken)
     [said] = [r.getMessage() for r in caplog.records if "lens 'digest'" in r.getMessage()]
     assert "answers the server may have billed whose usage was lost" in said, said
-    assert "max_cost_usd" in said and "counts as $0" in said, said
+    assert f"{limit} " in said and f"counts as {blind}" in said, said
 
 
 @pytest.mark.asyncio
@@ -181,3 +190,46 @@ async def test_an_async_retried_answer_whose_body_broke_is_counted_as_a_sync_one
     [record] = records.calls
     assert record["status"] == "ok" and record["retries"] == 1 and record["cost"]["attempts_left_out"] == 1
     assert run.summary is not None and run.summary["cost_complete"] is False
+
+
+LOST_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_digest(llm_ledger):
+    raw = openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=1, timeout=0.3)
+    broken = {"x-fake-fault": "slow", "x-fake-delay-ms": "2000", "x-fake-fault-attempts": "1"}
+    with raw, ledger.lens("digest"):
+        c = ledger.instrument(raw)
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                  extra_headers=broken)
+    assert llm_ledger.cost_complete is False
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_ci_budget_blind_to_a_lost_answer_fails_closed_naming_it(
+    pytester: pytest.Pytester, server: Any
+) -> None:
+    """In a test session (recording), an attempt that timed out reading and was retried leaves the
+    lens's cost and tokens unknown: its ``max_cost_usd`` and ``max_total_tokens`` cannot be checked,
+    and the summary says why."""
+    write_project(pytester, LOST_TESTS)
+    pytester.path.joinpath("budgets.yaml").write_text(
+        "lenses:\n  digest: {max_cost_usd: 1, max_total_tokens: 100000}\n"
+    )
+    result = run(pytester, "--llm-record-mode=once", "--llm-budget")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    said = f"{LOST_ANSWERS} by calls to 'gpt-4o-mini' (1 call)"
+    result.stdout.fnmatch_lines(
+        [
+            f"lens digest: max_cost_usd cannot be checked: {said}; nothing re-recorded*",
+            f"lens digest: max_total_tokens cannot be checked: {said}; nothing re-recorded*",
+        ]
+    )
