@@ -168,7 +168,7 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
         if answer is not None and 200 <= answer.status_code < 300:  # then it failed: a body cut
             call.answered = answer.status_code
         elif _maybe_billed(None, exc.__cause__):  # the SDK's APITimeoutError, from a ReadTimeout
-            call.lost += 1
+            _lose_answer(call)
         # parse() errors such as LengthFinishReasonError carry the billed completion; others (a
         # pydantic ValidationError) come after a 2xx body the SDK has read: its usage was billed
         completion = getattr(exc, "completion", None)
@@ -339,6 +339,17 @@ def _maybe_billed(answer: Any, exc: BaseException | None) -> bool:
     return type(exc).__name__ == "ReadTimeout"
 
 
+def _lose_answer(call: _Call) -> None:
+    """Count an attempt of ``call`` that may have been billed, its usage unknown, in its record and
+    its lens runs (told now: counting the call in them then costs nothing more). Never a retrieve's
+    (a background response's): reading a response is not billed."""
+    if call.owner is LATER:
+        return
+    call.lost += 1
+    for run in call.lenses:
+        run._totals.lose_answer()
+
+
 def _count_retries(instance: Any) -> bool:
     """Count the SDK's retries of a call by extending its retry sleep; False if it has none."""
     sleep = getattr(type(instance), "_sleep_for_retry", None)
@@ -353,7 +364,7 @@ def _count_retries(instance: Any) -> bool:
             call.retries += 1
             # called while the SDK handles the attempt's error: an answer it drops may have been billed
             if _maybe_billed(call.http_response, sys.exc_info()[1]):
-                call.lost += 1
+                _lose_answer(call)
             call.http_response = None  # the next attempt's answer, if any, is its own
         return original(*args, **kwargs)
 

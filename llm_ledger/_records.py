@@ -554,15 +554,11 @@ class LensTotals:
             self.cache_write_tokens += usage["cache_write_tokens"] or 0
             self.prompt_audio_tokens += usage["prompt_audio_tokens"] or 0
             self.completion_audio_tokens += usage["completion_audio_tokens"] or 0
-            cost = record["cost"]
             if total_cost_units is not None:
                 self.cost_units += total_cost_units
-                if cost["left_out"]:  # tool uses billed apart, with no price
+                if record["cost"]["left_out"]:  # tool uses billed apart, with no price
                     self.priced = False
                     self.fees_left_out = True
-                if "attempts_left_out" in cost:  # retried attempts that may have been billed
-                    self.priced = False
-                    self.answers_lost = True
             elif billed_without_cost(record):
                 self.priced = False
                 if status == "error" and not usage["total_tokens"]:  # billed, its usage lost
@@ -579,6 +575,14 @@ class LensTotals:
             self.duration_s += record["timing"]["duration_ms"] / 1000
             if type(model) is str:
                 self.models.add(model)
+
+    def lose_answer(self) -> None:
+        """A call counted here dropped an answer that may have been billed, its usage unknown (the
+        record's ``cost.attempts_left_out``): told when the SDK drops it, so that counting a call
+        (``add``) pays nothing for it."""
+        with self._lock:
+            self.priced = False
+            self.answers_lost = True
 
     def ended(self) -> None:
         """A background response begun in the run ended: its end's record is counted next."""
