@@ -190,6 +190,13 @@ _LEFT_RUNNING: Final = (
     "end inside the lens, or keep a max_api_calls limit beside it"
 )
 # a token or cost budget's image, audio and video calls billed in other units (docs/PRICING.md)
+# a cost budget's calls with an answer billed whose usage was lost (a body that broke, a read timeout)
+_ANSWERS_LOST: Final = (
+    "llm-ledger: lens %r has calls with answers the server may have billed whose usage was lost (a body "
+    "that broke after a 2xx answer, a read timeout; the SDK retried or raised), which its budget %s %s "
+    "counts as {} (the calls' records say cost.attempts_left_out or error.status_code 2xx); keep a "
+    "max_api_calls limit beside it"
+)
 _UNITS: Final = (
     "llm-ledger: lens %r has image, audio or video calls billed in other units than tokens (images, "
     "seconds), which no price table prices and its budget %s %s counts as {}; keep a max_api_calls limit "
@@ -294,6 +301,8 @@ class _RunBudget:
                     message = _TOTAL_ONLY.format("$0")
                 elif totals.tokens_complete and totals.fees_left_out:
                     message = _TOOL_FEES
+                elif totals.tokens_complete and totals.answers_lost:
+                    message = _ANSWERS_LOST.format("$0")
                 self._blind(self._guard._unpriced, message, key, written)
             elif key.endswith("_tokens") and not totals.tokens_complete:
                 self._blind(self._guard._no_usage, _NO_USAGE_TOKENS, key, written)
@@ -301,6 +310,8 @@ class _RunBudget:
                 self._blind(self._guard._no_usage, _UNITS.format("0 tokens"), key, written)
             elif key != "max_total_tokens" and key.endswith("_tokens") and totals.unsplit:
                 self._blind(self._guard._no_usage, _TOTAL_ONLY.format("0 tokens"), key, written)
+            elif key.endswith("_tokens") and totals.answers_lost:
+                self._blind(self._guard._no_usage, _ANSWERS_LOST.format("0 tokens"), key, written)
 
     def left_running(self) -> None:
         """The run ended before background responses it began: their cost and tokens come after it."""

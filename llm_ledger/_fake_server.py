@@ -80,6 +80,7 @@ _HEADERS: dict[str, Any] = {
     **dict.fromkeys((
         "chunks", "completion-words", "cached-tokens", "cache-write-tokens", "prompt-audio-tokens",
         "completion-audio-tokens", "reasoning-tokens", "tool-calls", "tool-uses", "delay-ms", "polls",
+        "fault-attempts",
     ), int),
     **dict.fromkeys(("content", "refusal", "served-model", "cost", "status"), str),
     "fault": (
@@ -1091,6 +1092,9 @@ class _Handler(BaseHTTPRequestHandler):
             RecordedRequest(self.command, url.path, headers, body, raw, retries, url.query)
         )
         faults = {f.strip() for f in headers.get("x-fake-fault", "").split(",") if f.strip()}
+        attempts = headers.get("x-fake-fault-attempts", "").strip()
+        if attempts.isdigit() and (retries or 0) >= int(attempts):  # a retry past them: answered whole
+            faults.clear()
         if _AZURE_DEPLOYMENT.match(url.path):
             faults.add("azure")  # not a fault: how Azure's answers differ
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -163,9 +164,11 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
     """Record a call whose request raised ``exc`` (``interrupted`` for a cancelled task or Ctrl-C)."""
     status: Status = "interrupted" if interrupted(exc) else "error"
     try:
-        answer = call.http_response  # the last answer (of a retry too): a 2xx one was billed
+        answer = call.http_response  # the last attempt's answer: a 2xx one was billed
         if answer is not None and 200 <= answer.status_code < 300:  # then it failed: a body cut
             call.answered = answer.status_code
+        elif _maybe_billed(None, exc.__cause__):  # the SDK's APITimeoutError, from a ReadTimeout
+            _lose_answer(call)
         # parse() errors such as LengthFinishReasonError carry the billed completion; others (a
         # pydantic ValidationError) come after a 2xx body the SDK has read: its usage was billed
         completion = getattr(exc, "completion", None)
@@ -326,6 +329,27 @@ def _hook_stream_helpers(instance: Any, is_async: bool) -> None:
         _hook_helpers(instance, instance, [((name, *path), helper) for path, helper in hooks], is_async)
 
 
+def _maybe_billed(answer: Any, exc: BaseException | None) -> bool:
+    """Whether an attempt that failed may have been billed though no usage of it is known: the server
+    answered 2xx and the body then broke, or the answer timed out after the request was sent
+    (``ReadTimeout``, of httpx, httpx2 and httpcore alike: the server may be generating it). A connect,
+    write or pool timeout or a connection refused sent nothing to bill."""
+    if answer is not None and 200 <= answer.status_code < 300:
+        return True
+    return type(exc).__name__ == "ReadTimeout"
+
+
+def _lose_answer(call: _Call) -> None:
+    """Count an attempt of ``call`` that may have been billed, its usage unknown, in its record and
+    its lens runs (told now: counting the call in them then costs nothing more). Never a retrieve's
+    (a background response's): reading a response is not billed."""
+    if call.owner is LATER:
+        return
+    call.lost += 1
+    for run in call.lenses:
+        run._totals.lose_answer()
+
+
 def _count_retries(instance: Any) -> bool:
     """Count the SDK's retries of a call by extending its retry sleep; False if it has none."""
     sleep = getattr(type(instance), "_sleep_for_retry", None)
@@ -338,6 +362,10 @@ def _count_retries(instance: Any) -> bool:
         call = _active.get()
         if call is not None and call.retries is not None:
             call.retries += 1
+            # called while the SDK handles the attempt's error: an answer it drops may have been billed
+            if _maybe_billed(call.http_response, sys.exc_info()[1]):
+                _lose_answer(call)
+            call.http_response = None  # the next attempt's answer, if any, is its own
         return original(*args, **kwargs)
 
     instance._sleep_for_retry = sleep_for_retry

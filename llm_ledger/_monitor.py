@@ -112,6 +112,9 @@ class _Call:
     # the HTTP status the server answered a call that then failed (a body or stream that broke), kept
     # when its response is let go: a 2xx answer was generated, so billed (``_records.billed``)
     answered: int | None = None
+    # the attempts that may have been billed, with no usage known (``_instrument._maybe_billed``): retried
+    # ones, and a last one that timed out reading; the record's ``cost.attempts_left_out``
+    lost: int = 0
 
     def __init__(
         self,
@@ -594,6 +597,8 @@ class LLMCallMonitor:
         if uses and reported is None:  # the price file's fees, else left out; a provider's cost has them
             fees, left_out = prices._tool_fees(response["model"], call.request["model"], uses)
             total_cost = add_tool_fees(record["cost"], total_cost, fees, left_out)
+        if call.lost:
+            record["cost"]["attempts_left_out"] = call.lost
         return record, total_cost
 
     def _price(

@@ -187,6 +187,10 @@ class CostShape(TypedDict):
     # the tool uses (``response.tool_uses`` kinds) billed on top of the tokens that the total leaves
     # out, no fee being known for them; null when it leaves none out. Absent from older records.
     left_out: list[str] | None
+    # the attempts of the call that may have been billed but whose usage is unknown, so the total leaves
+    # them out: retried after the server answered 2xx and the body broke, or after the answer timed out
+    # once the request was sent; a last attempt that timed out so. Present only when there are any.
+    attempts_left_out: NotRequired[int]
 
 
 class ErrorShape(TypedDict):
@@ -434,13 +438,17 @@ def billed_without_cost(record: Mapping[str, Any]) -> bool:
 
 def billed(record: Mapping[str, Any]) -> bool:
     """Whether a call may have been billed: it did not fail, or it failed after reporting tokens,
-    after the server answered 2xx (a body that broke) or after its streamed answer had begun; never a
+    after the server answered 2xx (a body that broke), after its streamed answer had begun, or with
+    attempts that may have been billed (``cost.attempts_left_out``: a read timeout...); never a
     background response's start, whose cost is its end's (``cost_pending``). The one rule of the lens
     summary, the reports and the plugin, read leniently (a report reads records of any make)."""
     if cost_pending(record):
         return False
     usage = record.get("usage")
     if record.get("status") != "error" or (isinstance(usage, Mapping) and usage.get("total_tokens")):
+        return True
+    cost = record.get("cost")
+    if isinstance(cost, Mapping) and cost.get("attempts_left_out"):  # answered, or timed out once sent
         return True
     error = record.get("error")
     answered = error.get("status_code") if isinstance(error, Mapping) else None
@@ -458,10 +466,11 @@ def billed(record: Mapping[str, Any]) -> bool:
 def cost_left_out(record: Mapping[str, Any]) -> bool:
     """Whether a call's recorded cost leaves out something it may have been billed: it has none
     (``billed_without_cost``), or its cost leaves out tool uses billed apart (``cost.left_out``, as
-    records written before it existed lack it). What ``cost_complete: false`` says of a lens."""
+    records written before it existed lack it) or attempts the SDK retried that may have been billed
+    (``cost.attempts_left_out``). What ``cost_complete: false`` says of a lens."""
     cost = record.get("cost")
     if isinstance(cost, Mapping) and cost.get("total_cost_usd") is not None:
-        return bool(cost.get("left_out"))
+        return bool(cost.get("left_out") or cost.get("attempts_left_out"))
     return billed_without_cost(record)
 
 
@@ -475,6 +484,9 @@ class LensTotals:
     pending: int = 0
     units_left_out: bool = False  # set by an image, audio or video call billed in other units than tokens
     unsplit: bool = False  # set by a call whose usage gave total_tokens alone: no price applies to it
+    # set by a call with an answer that may have been billed whose usage was lost (a body that broke
+    # after a 2xx, a read timeout), retried (``cost.attempts_left_out``) or not (the call failed)
+    answers_lost: bool = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -549,6 +561,8 @@ class LensTotals:
                     self.fees_left_out = True
             elif billed_without_cost(record):
                 self.priced = False
+                if status == "error" and not usage["total_tokens"]:  # billed, its usage lost
+                    self.answers_lost = True
                 if usage["prompt_tokens"] is None and usage["total_tokens"] is not None:
                     self.unsplit = self.unsplit or record["operation"] not in MEDIA
             elif cost_pending(record):  # complete once its end is counted (ended())
@@ -561,6 +575,14 @@ class LensTotals:
             self.duration_s += record["timing"]["duration_ms"] / 1000
             if type(model) is str:
                 self.models.add(model)
+
+    def lose_answer(self) -> None:
+        """A call counted here dropped an answer that may have been billed, its usage unknown (the
+        record's ``cost.attempts_left_out``): told when the SDK drops it, so that counting a call
+        (``add``) pays nothing for it."""
+        with self._lock:
+            self.priced = False
+            self.answers_lost = True
 
     def ended(self) -> None:
         """A background response begun in the run ended: its end's record is counted next."""

@@ -68,7 +68,7 @@ USAGE_KEYS: Final = (
 )
 _INTS: Final = ("api_calls", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
 # the per-model counts of calls whose cost is unknown or incomplete, each its own reason (cost_gaps)
-_GAPS: Final = ("unpriced", "no_usage", "units", "tool_fees", "pending", "total_only")
+_GAPS: Final = ("unpriced", "no_usage", "units", "tool_fees", "pending", "total_only", "lost")
 
 
 def _int(value: Any) -> int:
@@ -84,7 +84,8 @@ class Totals:
     usage), ``total_only`` (one whose usage gave only ``total_tokens``: no price applies to it) or
     ``units`` (an image, audio or video call billed in units no price table prices), so a budget that
     cannot be checked can say why; so does a call whose cost leaves out its built-in
-    tools' fees (``tool_fees``: its tokens' cost is in ``cost``). A background response begun counts
+    tools' fees (``tool_fees``: its tokens' cost is in ``cost``) or an answer billed whose usage was
+    lost (``lost``: a body that broke, a read timeout, retried or not). A background response begun counts
     1 in ``pending`` and the record of its end -1 (see :func:`paired`): the cost is complete once
     every one begun has ended.
     """
@@ -102,6 +103,7 @@ class Totals:
     tool_fees: dict[str, int] = field(default_factory=dict)  # model -> calls with tool fees left out
     pending: dict[str, int] = field(default_factory=dict)  # model -> background responses begun, not ended
     total_only: dict[str, int] = field(default_factory=dict)  # model -> calls that reported a total alone
+    lost: dict[str, int] = field(default_factory=dict)  # model -> calls with a billed answer's usage lost
 
     @property
     def cost_complete(self) -> bool:
@@ -145,6 +147,9 @@ class Totals:
             errors=row.failed_calls,
             cost=row.cost_usd,
         )
+        if row.lost_answer_calls:  # an answer billed (retried, or the call failed) whose usage was lost
+            totals.priced = False
+            totals.lost[row.model_name] = 1
         if row.uncosted_calls:  # billed, with no cost: say why, per model
             totals.priced = False
             gaps = (
@@ -179,7 +184,7 @@ class Totals:
     def cost_gaps(self) -> str:
         """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
         return cost_gaps(
-            self.unpriced, self.no_usage, self.units, self.tool_fees, self.pending, self.total_only
+            self.unpriced, self.no_usage, self.units, self.tool_fees, self.pending, self.total_only, self.lost
         )
 
     def cost_fixes(self) -> str:
@@ -191,6 +196,7 @@ class Totals:
             (self.units, UNITS_FIX),
             (self.tool_fees, TOOL_FEE_FIX),
             ({m: n for m, n in self.pending.items() if n > 0}, PENDING_FIX),
+            (self.lost, LOST_FIX),
         )
         fixes = [fix for gaps, fix in pairs if gaps]
         return "; ".join(fixes or [PRICE_FIX])
@@ -242,6 +248,7 @@ class UsageSum:
     failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
     tool_fee_calls: int = 0  # calls whose cost leaves out their built-in tools' fees (web search...)
     pending_calls: int = 0  # background responses begun whose end the session never recorded
+    lost_answer_calls: int = 0  # calls with an answer billed whose usage was lost (a body that broke...)
     tool_uses: dict[str, int] = field(default_factory=dict)  # built-in tools' uses: kind -> uses
     tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
 
@@ -320,6 +327,11 @@ UNITS_FIX: Final = (
 )
 
 
+LOST_FIX: Final = (
+    "nothing re-recorded can give a lost answer's usage (the server billed it, the SDK dropped it and "
+    "retried or raised): keep a max_api_calls limit beside a cost limit, and look at the calls whose "
+    "record has cost.attempts_left_out or an error.status_code of 2xx (docs/MONITORING.md)"
+)
 PENDING_FIX: Final = (
     "a background response's cost is in the record of its end: retrieve it (responses.retrieve) until it "
     "ends, in the test that began it (docs/PRICING.md, Background responses)"
@@ -589,7 +601,7 @@ def _check_runs(
             gaps = Totals.sum_of(each for _, each in unknown)
             if metric != "cost_usd":  # tokens are unknown only for calls that reported none to price
                 split = gaps.total_only if metric != "total_tokens" else {}  # a total alone: no split
-                gaps = Totals(no_usage=gaps.no_usage, units=gaps.units, total_only=split)
+                gaps = Totals(no_usage=gaps.no_usage, units=gaps.units, total_only=split, lost=gaps.lost)
             out.append(
                 Breach(scope, name, limit_key, limit, run.metric(metric), nodeid, len(unknown),
                        gaps.cost_gaps(), gaps.cost_fixes())
@@ -604,11 +616,11 @@ def _over(run: Totals, limits: Limits) -> bool:
 def _unknown(run: Totals, metric: str) -> bool:
     """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known
     cost, its tokens calls that reported none to price (its prompt or completion tokens, calls that
-    reported their total alone). The number of calls is always known."""
+    reported their total alone; answers whose usage was lost). The number of calls is always known."""
     if metric == "cost_usd":
         return not run.cost_complete
     split = metric != "total_tokens" and bool(run.total_only)
-    return metric != "api_calls" and bool(run.no_usage or run.units or split)
+    return metric != "api_calls" and bool(run.no_usage or run.units or split or run.lost)
 
 
 # -- rendering ----------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from .._records import (
     BUDGET_EVENT,
     CALL_EVENT,
     LENS_EVENT,
-    billed,
     cost_decimal,
+    cost_left_out,
     cost_pending,
     process_of,
 )
@@ -480,8 +480,8 @@ def _call_figures(record: dict[str, Any]) -> _Figures:
     recorded = _dict(record.get("cost"))
     cost = _usd(recorded.get("total_cost_usd"))
     # without a cost though billed (the lens summary's rule); or a cost that leaves out its built-in
-    # tools' fees (web search...)
-    unpriced = billed(record) if cost is None else bool(recorded.get("left_out"))
+    # tools' fees (web search...) or answers billed whose usage was lost
+    unpriced = cost_left_out(record)
     duration = _number(_dict(record.get("timing")).get("duration_ms"))
     return 1, int(failed), prompt, cached, completion, total, cost, int(unpriced), duration
 

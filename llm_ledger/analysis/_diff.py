@@ -262,7 +262,11 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
         ),
         "cost_usd": sum(row.get("cost_usd", 0) for row in rows),
         "cost_complete": not any(
-            row.get("uncosted_calls") or row.get("tool_fee_calls") or row.get("pending_calls") for row in rows
+            row.get("uncosted_calls")
+            or row.get("tool_fee_calls")
+            or row.get("pending_calls")
+            or row.get("lost_answer_calls")
+            for row in rows
         ),
         "errors": sum(row.get("failed_calls", 0) for row in rows) if counted else None,
         "tests_with_failed_calls": sorted(
@@ -279,6 +283,7 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     total_only: Counter[str] = Counter()  # of no_usage, the others that reported only total_tokens
     tool_fees: Counter[str] = Counter()
     pending: Counter[str] = Counter()  # background responses begun whose end the session never recorded
+    lost: Counter[str] = Counter()  # calls with an answer billed whose usage was lost
     for row in report.get("usage", ()):  # load_report checked their counts
         if lens in (None, row.get("lens")):
             model = model_name(row.get("model"), row.get("served_model"))
@@ -293,7 +298,8 @@ def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
             unpriced[model] += max(row.get("uncosted_calls", 0) - row.get("no_usage_calls", 0), 0)
             tool_fees[model] += row.get("tool_fee_calls", 0)
             pending[model] += row.get("pending_calls", 0)
-    return cost_gaps(unpriced, no_usage, units, tool_fees, pending, total_only)
+            lost[model] += row.get("lost_answer_calls", 0)
+    return cost_gaps(unpriced, no_usage, units, tool_fees, pending, total_only, lost)
 
 
 def _calling(report: dict[str, Any]) -> set[str]:

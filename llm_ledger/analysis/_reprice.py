@@ -244,9 +244,10 @@ def reprice(
         row = result.rows.setdefault(item.lens, Row(item.lens))
         row.calls += item.calls
         row.before_usd += item.cost_usd
-        priced_before = item.uncosted_calls == 0 and item.no_usage_calls == 0
+        # an answer billed whose usage was lost is left out before and after
+        priced_before = item.uncosted_calls == 0 and item.no_usage_calls == 0 and not item.lost_answer_calls
         row.before_complete &= priced_before and not item.tool_fee_calls
-        row.after_complete &= item.no_usage_calls == 0
+        row.after_complete &= item.no_usage_calls == 0 and not item.lost_answer_calls
         result.tool_fee_calls += item.tool_fee_calls
         result.no_usage_calls += item.no_usage_calls
         if item.pending_calls and item.response_id is not None:

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from .._pricing import PriceTable
 
 __all__ = [
-    "COUNTS", "NO_ANSWER", "NO_LENS", "TOTAL_ONLY", "UsageRow", "cost_gaps", "failed_calls", "model_name",
-    "tool_uses", "usage_row",
+    "COUNTS", "LOST_ANSWERS", "NO_ANSWER", "NO_LENS", "TOTAL_ONLY", "UsageRow", "cost_gaps", "failed_calls",
+    "model_name", "tool_uses", "usage_row",
 ]  # fmt: skip
 
 NO_LENS: Final = "<no lens>"  # the lens of a call made outside any lens
@@ -30,6 +30,8 @@ NO_ANSWER: Final = "one that got no answer counts no tokens or cost"
 NO_MODEL: Final = "<no model>"  # the name of a call's model when neither request nor answer has one
 # why a call whose usage gave total_tokens alone (some compatible servers) has no cost, as reports say it
 TOTAL_ONLY: Final = "only a total of tokens reported (no prompt and completion tokens, so no price applied)"
+# what a cost leaves out of a call whose answer (or a retried attempt's) may have been billed, its usage lost
+LOST_ANSWERS: Final = "answers lost before their usage was read (a body that broke, a read timeout)"
 # the token counts of a UsageRow, named as a call record's usage names them
 TOKENS: Final = (
     "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cache_write_tokens",
@@ -47,6 +49,7 @@ COUNTS: Final = (
     "failed_calls",
     "tool_fee_calls",
     "pending_calls",
+    "lost_answer_calls",
 )
 # The first port of Linux's default range of ports given to sockets bound to port 0 (the other systems'
 # start higher, at 49152): a loopback server on one of these was started for a run, not configured.
@@ -97,7 +100,7 @@ class UsageRow:
     cached_tokens: int
     completion_tokens: int
     cost_usd: Decimal  # as recorded
-    uncosted_calls: int  # billed calls recorded without a cost
+    uncosted_calls: int  # billed calls recorded without a cost (those of lost_answer_calls aside)
     no_usage_calls: int  # calls that reported no usage: unknown before and after
     # of those, the image, audio and video calls: billed in units (images, seconds, characters, image
     # tokens) that have no prompt and completion tokens to price
@@ -120,6 +123,10 @@ class UsageRow:
     priced_by_time: bool | None = None
     # calls whose cost leaves out fees of built-in tools billed per use (cost.left_out: web search...)
     tool_fee_calls: int = 0
+    # calls with an answer that may have been billed but whose usage was lost (a body that broke after
+    # a 2xx, a read timeout once the request was sent), retried or not (cost.attempts_left_out, a
+    # failed call's error.status_code 2xx): not in uncosted_calls, though they may have no cost
+    lost_answer_calls: int = 0
     # background responses begun, whose cost is the record's of their end: a log's start (its record),
     # a report's starts whose end its session never recorded
     pending_calls: int = 0
@@ -172,7 +179,9 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
     it was billed (it did not fail, or failed after using tokens: the lens summary's rule); one that did
     not fail but reported no prompt and completion tokens has no usage (a total alone cannot be priced).
     One whose cost leaves out its built-in tools' fees (``cost.left_out``) counts in ``tool_fee_calls``;
-    its uses of them (``response.tool_uses``) are kept (:func:`tool_uses`).
+    its uses of them (``response.tool_uses``) are kept (:func:`tool_uses`). One with an answer billed
+    whose usage was lost (``cost.attempts_left_out``, or a failed call billed with no usage: a body that
+    broke after a 2xx) counts in ``lost_answer_calls``, not in ``uncosted_calls``.
     """
     usage = _dict(record.get("usage"))
     server = _dict(record.get("server"))
@@ -190,6 +199,9 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         counts["total_tokens"] = (prompt or 0) + (completion or 0) if known else 0
     ok = record.get("status") != "error"
     pending = cost_pending(record)  # a background response's start: its cost is its end's record's
+    # an answer billed with its usage lost: attempts retried or timed out so, or a failed call's
+    uncosted = recorded is None and billed(record)
+    lost = bool(cost.get("attempts_left_out")) or (uncosted and not ok and counts["total_tokens"] is None)
     response_id = response.get("id") if record.get("operation") == "responses" else None
     address, port = server.get("address"), server.get("port")
     return UsageRow(
@@ -202,7 +214,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         cost_source=recorded_name(cost.get("source")),
         calls=1,
         cost_usd=recorded or Decimal(0),
-        uncosted_calls=int(recorded is None and billed(record)),
+        uncosted_calls=int(uncosted and not lost),
         no_usage_calls=int(not known and ok and not pending),
         unpriced_unit_calls=int(not known and ok and record.get("operation") in MEDIA),
         total_only_calls=int(total_only and ok and not pending and record.get("operation") not in MEDIA),
@@ -212,6 +224,7 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
         service_tier=tier if isinstance(tier, str) else None,
         tool_fee_calls=int(recorded is not None and bool(cost.get("left_out"))),
         pending_calls=int(pending),
+        lost_answer_calls=int(lost),
         response_id=response_id if type(response_id) is str else None,
         tool_uses=tool_uses(response.get("tool_uses")),
         **{name: count or 0 for name, count in counts.items()},
@@ -248,13 +261,15 @@ def cost_gaps(
     tool_fees: Mapping[str, int] | None = None,
     pending: Mapping[str, int] | None = None,
     total_only: Mapping[str, int] | None = None,
+    lost: Mapping[str, int] | None = None,
 ) -> str:
     """Why a cost leaves calls out, from the calls per model (:func:`model_name`) billed with tokens
     but no known price, those that reported no usage, the image, audio and video calls billed in
     ``units`` no price table prices, those whose built-in tools' fees have no price, the background
-    responses whose end no record shows (``pending``) and the calls whose usage gave only its total
-    (``total_only``): "no known price for model 'x' (2 calls); no usage reported by calls to 'y' (1
-    call)". The plugin's lines and ``llm-ledger diff`` say it so."""
+    responses whose end no record shows (``pending``), the calls whose usage gave only its total
+    (``total_only``) and those with answers billed whose usage was lost (``lost``): "no known price for
+    model 'x' (2 calls); no usage reported by calls to 'y' (1 call)". The plugin's lines and
+    ``llm-ledger diff`` say it so."""
     parts = []
     for what, counts in (
         ("no known price for model", unpriced),
@@ -263,6 +278,7 @@ def cost_gaps(
         ("billed in unpriced units (image, audio or video) by calls to", units or {}),
         ("no price for the built-in tools' fees (web search...) of calls to", tool_fees or {}),
         ("no record of the end of the background responses begun by calls to", pending or {}),
+        (LOST_ANSWERS + " by calls to", lost or {}),
     ):
         calls = [f"{m!r} ({n} call{'s' if n != 1 else ''})" for m, n in sorted(counts.items()) if n > 0]
         if calls:

@@ -469,10 +469,10 @@ class PrometheusSink:
         # all the audio in: a Realtime response's cached audio is apart from its prompt_audio_tokens
         heard = (usage.get("prompt_audio_tokens") or 0) + (usage.get("cached_audio_tokens") or 0)
         spoken = usage.get("completion_audio_tokens") or 0
-        # no cost though billed, or one leaving out its built-in tools' fees (.get: an older record)
-        unpriced = (
-            1 if (billed_without_cost(record) if usd is None else record["cost"].get("left_out")) else 0
-        )
+        # no cost though billed, or one leaving out its built-in tools' fees or answers whose usage was lost
+        cost = record["cost"]
+        left_out = cost.get("left_out") or "attempts_left_out" in cost
+        unpriced = 1 if (billed_without_cost(record) if usd is None else left_out) else 0
         counted = (  # a bit for each count that is not 0: (n and b) is 0 or b
             (t_in and 1) | (t_out and 2) | (cached and 4) | (reasoning and 8) | (written and 16)
             | (heard and 32) | (spoken and 64) | (unpriced and 128)
