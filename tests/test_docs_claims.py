@@ -1,8 +1,9 @@
 """What the docs cite and quote, checked against the code: every test they name as proof exists under
 that name, docs/MONITORING.md's settings table names exactly the variables configure() reads, the
 errors docs/BUDGETS.md and docs/ANOMALIES.md quote are what those mistakes print, every record field
-they name exists, every link between them lands on a section, and docs/FAKE_SERVER.md's header tables
-name what the fake server takes."""
+they name exists, docs/MONITORING.md's field tables name every field of the call and lens records,
+every link between them lands on a section, and docs/FAKE_SERVER.md's header tables name what the fake
+server takes."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from llm_ledger._config import _VARIABLES, resolve
 from llm_ledger._fake_realtime import _STEERING
 from llm_ledger._fake_server import _HEADERS
 from llm_ledger._records import (
+    CallRecord,
     CostShape,
     ErrorShape,
+    LensRecord,
     LensSummary,
     RequestShape,
     ResponseShape,
@@ -218,6 +221,38 @@ def test_every_record_field_the_docs_name_is_one_the_record_has() -> None:
         if field not in SHAPES[section].__annotations__ and name not in NOT_RECORD_FIELDS
     )
     assert unknown == []
+
+
+def _table_fields(section: str) -> set[str]:
+    """The fields the first table of a docs/MONITORING.md section names in its rows' first cells, each
+    ``.name`` continuing the section of the span before it (``request.top_p``, ``.seed``)."""
+    text = (REPO / "docs" / "MONITORING.md").read_text()
+    start = text.index("\n|", text.index(section))
+    rows = text[start + 1 :].split("\n\n", 1)[0].splitlines()[2:]
+    named, parent = set(), ""
+    for row in rows:
+        for span in re.findall(r"`([^`]+)`", row.split(" | ")[0]):
+            name = parent + span if span.startswith(".") else span
+            parent = name.rpartition(".")[0]
+            named.add(name)
+    return named
+
+
+@pytest.mark.parametrize(
+    ("section", "record"),
+    [("### Per call: `llm_api_call`", CallRecord), ("### Per lens: `lens_summary`", LensRecord)],
+)
+def test_the_field_tables_name_every_field_of_the_records(section: str, record: Any) -> None:
+    """docs/MONITORING.md's tables of the call and lens records name each field of their shapes in
+    _records.py, nested ones as ``usage.cached_audio_tokens``, and no other: a field added to a record
+    without a meaning in the docs, or one removed, fails here."""
+    fields = set()
+    for key in record.__annotations__:
+        if key in SHAPES:
+            fields |= {f"{key}.{field}" for field in SHAPES[key].__annotations__}
+        else:
+            fields.add(key)
+    assert _table_fields(section) == fields
 
 
 def _slug(heading: str) -> str:
