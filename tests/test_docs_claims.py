@@ -8,6 +8,7 @@ server takes."""
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from llm_ledger import AnomalyConfig, ConfigError
 from llm_ledger._config import _VARIABLES, resolve
 from llm_ledger._fake_realtime import _STEERING
 from llm_ledger._fake_server import _HEADERS
+from llm_ledger._price_file import _MODEL_KEYS
 from llm_ledger._records import (
     CallRecord,
     CostShape,
@@ -253,6 +255,28 @@ def test_the_field_tables_name_every_field_of_the_records(section: str, record: 
         else:
             fields.add(key)
     assert _table_fields(section) == fields
+
+
+@pytest.mark.parametrize(
+    ("doc", "section"), [("MONITORING.md", "## Prices"), ("PRICING.md", "## Mapping hosts in the price file")]
+)
+def test_the_price_file_keys_are_listed_wherever_the_docs_list_them(doc: str, section: str) -> None:
+    """Both places that list what a price file's model or host entry may give name each key the loader
+    takes (``cached_input_image``, ``service_tiers``...), as a code span or a YAML key, so a rate added
+    to the loader is not left out of one list."""
+    text = (REPO / "docs" / doc).read_text()
+    part = text[text.index(section) :].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(\w+)`", part)) | set(re.findall(r"(?:^\s*|[{,] *)(\w+):", part, re.MULTILINE))
+    assert set(_MODEL_KEYS) - named == set()
+
+
+def test_the_rates_signature_the_pricing_guide_gives_is_the_classs() -> None:
+    """docs/PRICING.md's ``Rates(model, input, ...)`` names the dataclass's parameters, in order."""
+    text = (REPO / "docs" / "PRICING.md").read_text()
+    [shown] = re.findall(r"`Rates\(([^`]*)\)`", text.replace("\n", " "))
+    assert [param.split("=")[0] for param in shown.split(", ")] == list(
+        inspect.signature(llm_ledger.Rates).parameters
+    )
 
 
 def _slug(heading: str) -> str:
