@@ -2,7 +2,8 @@
 that name, docs/MONITORING.md's settings table names exactly the variables configure() reads, the
 errors docs/BUDGETS.md and docs/ANOMALIES.md quote are what those mistakes print, every record field
 they name exists, docs/MONITORING.md's field tables name every field of the call and lens records,
-every link between them lands on a section, and docs/FAKE_SERVER.md's header tables name what the fake
+both lists of the price file's keys name every key, every link between them lands on a section (and
+every link to another file finds it), and docs/FAKE_SERVER.md's header tables name what the fake
 server takes."""
 
 from __future__ import annotations
@@ -298,6 +299,11 @@ def test_every_link_between_the_docs_reaches_its_section() -> None:
                 _slug(line.lstrip("#")) for line in file.read_text().splitlines() if re.match(r"#+ ", line)
             }:
                 broken.append(f"{doc.name}: ({target}#{anchor})")
+        # links to other files (an image, bench/RESULTS.md's siblings, the licence): the file exists
+        for target in re.findall(r"\]\((?![a-z]+:)([^)#\s]+)[^)]*\)", doc.read_text()):
+            links += 1
+            if not (doc.parent / target).exists():
+                broken.append(f"{doc.name}: ({target})")
     assert links > 80
     assert broken == []
 
