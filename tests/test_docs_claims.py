@@ -20,6 +20,7 @@ import pytest
 import llm_ledger
 from llm_ledger import AnomalyConfig, ConfigError
 from llm_ledger._config import _VARIABLES, resolve
+from llm_ledger._extract import OPERATIONS
 from llm_ledger._fake_realtime import _STEERING
 from llm_ledger._fake_server import _HEADERS
 from llm_ledger._price_file import _MODEL_KEYS
@@ -256,6 +257,14 @@ def test_the_field_tables_name_every_field_of_the_records(section: str, record: 
         else:
             fields.add(key)
     assert _table_fields(section) == fields
+
+
+def test_the_records_notes_name_every_operation() -> None:
+    """docs/MONITORING.md's list of a record's ``operation`` values is what the ledger records: each
+    endpoint's (a new one watched and left out of the list fails here) and ``realtime``."""
+    text = (REPO / "docs" / "MONITORING.md").read_text()
+    note = re.split(r";\s+`content` appears", text[text.index("* `operation` is `") :], maxsplit=1)[0]
+    assert set(re.findall(r"`(\w+)`", note)) - {"operation"} == {*OPERATIONS.values(), "realtime"}
 
 
 @pytest.mark.parametrize(
