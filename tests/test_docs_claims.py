@@ -1,12 +1,15 @@
 """What the docs cite and quote, checked against the code: every test they name as proof exists under
 that name, docs/MONITORING.md's settings table names exactly the variables configure() reads, the
 errors docs/BUDGETS.md and docs/ANOMALIES.md quote are what those mistakes print, every record field
-they name exists, every link between them lands on a section, and docs/FAKE_SERVER.md's header tables
-name what the fake server takes."""
+they name exists, docs/MONITORING.md's field tables name every field of the call and lens records,
+both lists of the price file's keys name every key, every link between them lands on a section (and
+every link to another file finds it), and docs/FAKE_SERVER.md's header tables name what the fake
+server takes."""
 
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +20,15 @@ import pytest
 import llm_ledger
 from llm_ledger import AnomalyConfig, ConfigError
 from llm_ledger._config import _VARIABLES, resolve
+from llm_ledger._extract import OPERATIONS
 from llm_ledger._fake_realtime import _STEERING
 from llm_ledger._fake_server import _HEADERS
+from llm_ledger._price_file import _MODEL_KEYS
 from llm_ledger._records import (
+    CallRecord,
     CostShape,
     ErrorShape,
+    LensRecord,
     LensSummary,
     RequestShape,
     ResponseShape,
@@ -220,6 +227,68 @@ def test_every_record_field_the_docs_name_is_one_the_record_has() -> None:
     assert unknown == []
 
 
+def _table_fields(section: str) -> set[str]:
+    """The fields the first table of a docs/MONITORING.md section names in its rows' first cells, each
+    ``.name`` continuing the section of the span before it (``request.top_p``, ``.seed``)."""
+    text = (REPO / "docs" / "MONITORING.md").read_text()
+    start = text.index("\n|", text.index(section))
+    rows = text[start + 1 :].split("\n\n", 1)[0].splitlines()[2:]
+    named, parent = set(), ""
+    for row in rows:
+        for span in re.findall(r"`([^`]+)`", row.split(" | ")[0]):
+            name = parent + span if span.startswith(".") else span
+            parent = name.rpartition(".")[0]
+            named.add(name)
+    return named
+
+
+@pytest.mark.parametrize(
+    ("section", "record"),
+    [("### Per call: `llm_api_call`", CallRecord), ("### Per lens: `lens_summary`", LensRecord)],
+)
+def test_the_field_tables_name_every_field_of_the_records(section: str, record: Any) -> None:
+    """docs/MONITORING.md's tables of the call and lens records name each field of their shapes in
+    _records.py, nested ones as ``usage.cached_audio_tokens``, and no other: a field added to a record
+    without a meaning in the docs, or one removed, fails here."""
+    fields = set()
+    for key in record.__annotations__:
+        if key in SHAPES:
+            fields |= {f"{key}.{field}" for field in SHAPES[key].__annotations__}
+        else:
+            fields.add(key)
+    assert _table_fields(section) == fields
+
+
+def test_the_records_notes_name_every_operation() -> None:
+    """docs/MONITORING.md's list of a record's ``operation`` values is what the ledger records: each
+    endpoint's (a new one watched and left out of the list fails here) and ``realtime``."""
+    text = (REPO / "docs" / "MONITORING.md").read_text()
+    note = re.split(r";\s+`content` appears", text[text.index("* `operation` is `") :], maxsplit=1)[0]
+    assert set(re.findall(r"`(\w+)`", note)) - {"operation"} == {*OPERATIONS.values(), "realtime"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "section"), [("MONITORING.md", "## Prices"), ("PRICING.md", "## Mapping hosts in the price file")]
+)
+def test_the_price_file_keys_are_listed_wherever_the_docs_list_them(doc: str, section: str) -> None:
+    """Both places that list what a price file's model or host entry may give name each key the loader
+    takes (``cached_input_image``, ``service_tiers``...), as a code span or a YAML key, so a rate added
+    to the loader is not left out of one list."""
+    text = (REPO / "docs" / doc).read_text()
+    part = text[text.index(section) :].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(\w+)`", part)) | set(re.findall(r"(?:^\s*|[{,] *)(\w+):", part, re.MULTILINE))
+    assert set(_MODEL_KEYS) - named == set()
+
+
+def test_the_rates_signature_the_pricing_guide_gives_is_the_classs() -> None:
+    """docs/PRICING.md's ``Rates(model, input, ...)`` names the dataclass's parameters, in order."""
+    text = (REPO / "docs" / "PRICING.md").read_text()
+    [shown] = re.findall(r"`Rates\(([^`]*)\)`", text.replace("\n", " "))
+    assert [param.split("=")[0] for param in shown.split(", ")] == list(
+        inspect.signature(llm_ledger.Rates).parameters
+    )
+
+
 def _slug(heading: str) -> str:
     """GitHub's anchor for a Markdown heading: lower case, punctuation but ``-`` and ``_`` dropped."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
@@ -239,6 +308,11 @@ def test_every_link_between_the_docs_reaches_its_section() -> None:
                 _slug(line.lstrip("#")) for line in file.read_text().splitlines() if re.match(r"#+ ", line)
             }:
                 broken.append(f"{doc.name}: ({target}#{anchor})")
+        # links to other files (an image, bench/RESULTS.md's siblings, the licence): the file exists
+        for target in re.findall(r"\]\((?![a-z]+:)([^)#\s]+)[^)]*\)", doc.read_text()):
+            links += 1
+            if not (doc.parent / target).exists():
+                broken.append(f"{doc.name}: ({target})")
     assert links > 80
     assert broken == []
 
