@@ -196,9 +196,14 @@ _STATED = ("model", "temperature", "top_p", "max_output_tokens", "service_tier",
 
 def _stated_request(call: _Call) -> RequestShape:
     """The request of a response begun elsewhere, as the Response a retrieve or cancel answered states
-    it: the model and parameters that applied (a default where the request gave none, the tier that
+    it (:func:`stated_request`)."""
+    return stated_request(_answer(call), call.request["stream"])
+
+
+def stated_request(answer: Any, stream: bool) -> RequestShape:
+    """The request of a response as ``answer``, a Response (the SDK's, or a ``JsonView``), states it:
+    the model and parameters that applied (a default where the request gave none, the tier that
     served it). Its input is not in the Response: the prompt lengths and messages stay unknown."""
-    answer = _answer(call)
     reasoning, text = getattr(answer, "reasoning", None), getattr(answer, "text", None)
     body = {key: getattr(answer, key, None) for key in _STATED}
     body["reasoning"] = {"effort": getattr(reasoning, "effort", None)}
@@ -206,7 +211,7 @@ def _stated_request(call: _Call) -> RequestShape:
         "format": {"type": getattr(getattr(text, "format", None), "type", None)},
         "verbosity": getattr(text, "verbosity", None),
     }
-    return request_shape("responses", body, stream=call.request["stream"])
+    return request_shape("responses", body, stream=stream)
 
 
 def _carried(source: Any) -> set[str]:

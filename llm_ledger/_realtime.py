@@ -27,7 +27,7 @@ import orjson
 from . import _jsonl
 from ._context import current_context, current_lenses
 from ._extract import EMPTY_REQUEST, JsonView, request_shape
-from ._monitor import _STATED, _Call
+from ._monitor import _Call, stated_request
 from ._records import interrupted
 from ._servers import Endpoint, server_of
 from ._streams import ResponseError, _StreamState
@@ -265,8 +265,7 @@ class _ResponsesSession(_Session):
             if asked:
                 request, content, when = asked.popleft()
             else:  # begun by the server (a steered response's successor): as the Response states it
-                response = _object(event.get("response"))
-                request = request_shape("responses", {k: response.get(k) for k in _STATED}, stream=True)
+                request = stated_request(JsonView(_object(event.get("response"))), True)
                 content, when = {}, None
             state = self.lanes[lane] = _StreamState(self.monitor, self._begin(request, content, when))
         elif kind == "error" and asked:  # a response.create refused: it makes no response

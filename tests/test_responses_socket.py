@@ -361,7 +361,7 @@ def test_a_response_sent_by_a_websocket_session_lane_is_recorded_from_its_events
 ) -> None:
     """openai 3.x's ``ResponsesWebSocketSession`` reads the connection's events and its lanes write to the
     socket themselves: each response is still one call of the lens, its request as ``response.created``
-    states it (the model), its usage and cost the response's."""
+    states it (the model and parameters that applied), its usage and cost the response's."""
     from openai.lib.responses_websocket import ResponsesWebSocketLimits, ResponsesWebSocketSession
 
     limits = ResponsesWebSocketLimits(
@@ -373,10 +373,22 @@ def test_a_response_sent_by_a_websocket_session_lane_is_recorded_from_its_events
         ResponsesWebSocketSession(connection, limits=limits) as session,
     ):
         lane = session.lane("conversation")
-        lane.send({"type": "response.create", "model": MODEL, "input": "Say hello."})
+        lane.send({
+            "type": "response.create", "model": MODEL, "input": "Say hello.", "temperature": 0.5,
+            "reasoning": {"effort": "low"}, "text": {"verbosity": "low", "format": {"type": "text"}},
+        })  # fmt: skip
         final = lane.get_final_response()
     (record,) = records.calls
     assert (record["status"], record["request"]["model"], record["response"]["id"]) == ("ok", MODEL, final.id)
+    stated = {
+        key: record["request"][key] for key in ("temperature", "reasoning_effort", "verbosity", "output_type")
+    }
+    assert stated == {
+        "temperature": 0.5,
+        "reasoning_effort": "low",
+        "verbosity": "low",
+        "output_type": "text",
+    }
     assert final.usage is not None and record["usage"]["total_tokens"] == final.usage.total_tokens
     assert record["cost"]["total_cost_usd"] > 0 and record["context"]["lens_run_id"] == run.run_id
 
