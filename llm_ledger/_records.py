@@ -251,7 +251,7 @@ class _RunRecord(TypedDict):
 
 class LensRecord(_RunRecord):
     summary: LensSummary
-    anomaly_metrics: NotRequired[list[str]]  # only when anomaly detection judged the run: on these
+    anomaly_metrics: NotRequired[list[str]]  # whenever anomaly detection is on: the metrics it judges runs on
 
 
 def _run_record(timestamp: str, level: str, event: str, context: Mapping[str, Any]) -> _RunRecord:
