@@ -1150,11 +1150,17 @@ def test_fake_server_subcommand() -> None:
         try:
             banner = proc.stdout.readline()
             base_url = banner.split(" on ")[1].split()[0]
+            assert "Realtime and Responses APIs on ws://" in proc.stdout.readline()  # set up: both servers
             with openai.OpenAI(api_key="sk-test", base_url=base_url, max_retries=0) as sdk:
                 completion = sdk.chat.completions.create(model=MODEL, messages=USER)
             assert completion.choices[0].message.content
         finally:
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=5)
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # never a worker held by a child that outlived its Ctrl-C
+                _, err = proc.communicate()
+                raise AssertionError(f"fake-server outlived Ctrl-C by 10 s: {err}") from None
     assert proc.returncode == 130, err
     assert "Traceback" not in err
