@@ -196,10 +196,13 @@ class _Session:
         (or the server did, cleanly), ``error`` when it broke; nothing more comes for them."""
         with self.lock:
             calls, self.calls = self.calls, {}
-            self.asked.clear()
+            asked, self.asked = self.asked, deque()
         status = _ended_as(exc)
         for response_id, call in calls.items():
             self.monitor._finish(call, status, self._shape({"id": response_id}, None, None), None, error=exc)
+        for when in asked:  # a response.create whose answer was never read: it may have been billed
+            call = self._begin({**EMPTY_REQUEST, "model": self.model, "stream": True}, {}, when)
+            self.monitor._finish(call, status, self._shape({"id": None}, None, None), None, error=exc)
 
     def close(self, exc: BaseException | None = None) -> None:
         """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
@@ -285,10 +288,13 @@ class _ResponsesSession(_Session):
     def lost(self, exc: BaseException | None) -> None:
         with self.lock:
             states, self.lanes = self.lanes, {}
-            self.pending.clear()
+            pending, self.pending = self.pending, {}
         status = _ended_as(exc)
         for state in states.values():
             state._finish(status, exc)
+        for asked in pending.values():  # a response.create whose answer was never read: maybe billed
+            for request, content, when in asked:
+                _StreamState(self.monitor, self._begin(request, content, when))._finish(status, exc)
 
 
 _ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})

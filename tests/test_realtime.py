@@ -443,7 +443,9 @@ def test_events_read_after_close_record_nothing_and_hold_no_lens(
 ) -> None:
     """Events the connection had received when it was closed (a thread reading them while another closes
     the connection) are still the caller's, but record nothing: a response begun after the close holds
-    no lens open, and the lens record is written when its block ends."""
+    no lens open, and the lens record is written when its block ends. The ``response.create`` whose
+    answer was not read at the close is one ``interrupted`` call with no usage: it may have been billed
+    (here it was), so its lens's cost is incomplete, not silently complete."""
     with monitor.lens("voice_agent") as run:
         connection = rt.realtime.connect(model=MODEL).enter()
         connection.response.create()
@@ -454,10 +456,16 @@ def test_events_read_after_close_record_nothing_and_hold_no_lens(
             time.sleep(0.01)
         connection.close()
         assert [connection.recv().type for _ in range(2)] == ["session.created", "response.created"]
-    assert records.calls == []
+    (call,) = records.calls
+    assert (call["status"], call["usage"]["total_tokens"], call["cost"]["total_cost_usd"]) == (
+        "interrupted",
+        None,
+        None,
+    )
     (lens,) = records.lenses
-    assert (lens["summary"]["open_calls"], lens["summary"]["cost_complete"]) == (0, True)
-    assert run.summary == lens["summary"]
+    summary = lens["summary"]
+    assert (summary["total_api_calls"], summary["open_calls"], summary["cost_complete"]) == (1, 0, False)
+    assert run.summary == summary
 
 
 def test_a_refused_response_create_records_nothing(rt: openai.OpenAI, records: Captured) -> None:

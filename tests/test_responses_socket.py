@@ -259,6 +259,25 @@ def test_a_connection_closed_mid_response_records_it_interrupted(
     assert run.summary is not None and run.summary["cost_complete"] is False
 
 
+def test_a_response_create_whose_answer_was_never_read_is_interrupted_and_the_lens_incomplete(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A caller closing the connection right after sending ``response.create``, before reading anything:
+    the server may have generated (and billed) the response, so it is one ``interrupted`` call with the
+    request sent and no usage, and its lens's cost is incomplete, not a silent $0."""
+    with monitor.lens("support_bot") as run, ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="Say hello.", temperature=0.25)
+        connection.close()
+    (record,) = records.calls
+    assert (record["status"], record["request"]["model"], record["request"]["temperature"]) == (
+        "interrupted", MODEL, 0.25,
+    )  # fmt: skip
+    assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
+    assert record["context"]["lens_run_id"] == run.run_id
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["cost_complete"]) == (1, False)
+
+
 def test_a_connection_the_server_breaks_mid_response_records_it_as_an_error(
     ws: openai.OpenAI, records: Captured
 ) -> None:
