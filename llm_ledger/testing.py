@@ -10,14 +10,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._config import get_monitor
 from ._credentials import credential_field, credential_name, request_credentials
-from ._fake_server import FakeOpenAI, RecordedAnswer, RecordedRequest
 from ._monitor import LLMCallMonitor, add_global_sink, remove_global_sink
 from ._pricing import price_time_of_day
 from ._records import CALL_EVENT, LENS_EVENT
+
+if TYPE_CHECKING:
+    from ._fake_server import FakeOpenAI, RecordedAnswer, RecordedRequest
 
 __all__ = [
     "Captured",
@@ -32,6 +34,18 @@ __all__ = [
     "remove_global_sink",
     "request_credentials",
 ]
+
+_FAKE_SERVER = frozenset({"FakeOpenAI", "RecordedAnswer", "RecordedRequest"})
+
+
+def __getattr__(name: str) -> Any:
+    # the fake server (http.server, email) loads when first asked for: the pytest plugin imports this
+    # module in every pytest run of an environment with llm-ledger installed, and needs none of it
+    if name in _FAKE_SERVER:
+        from . import _fake_server
+
+        return getattr(_fake_server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Captured:

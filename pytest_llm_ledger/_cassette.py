@@ -37,23 +37,19 @@ from llm_ledger import BlockedRequestError, CassetteError, CassetteMissError, Co
 
 from . import _format
 from ._format import Body, shown_path
-from ._naming import move_command, moved_hint
+from ._naming import RECORD_MODES, TO_RECORD, move_command, moved_hint, rerecord_command
 from ._network import is_openai_request
 from ._scrub import check_loaded
 from ._secrets import CredentialRedactor, known_secrets
 
 __all__ = [
-    "RECORD_MODES",
     "CassetteMissError",
     "LedgerCassette",
     "activate",
     "canonical_key",
-    "replayed_auth_advice",
-    "rerecord_command",
     "vcrpy_problem",
 ]
 
-RECORD_MODES: Final = ("none", "once", "new_episodes", "all", "rewrite")
 _PLAY_ATTR = "_llm_ledger_play"
 _MAX_DIFFS = 8
 _MAX_VALUE = 120
@@ -128,31 +124,6 @@ def auth_answers(interactions: list[dict[str, Any]]) -> list[str]:
 def auth_answer(status: int, method: str, url: str) -> str:
     """How messages name a 401/403 answer: "401 POST /chat/completions"."""
     return f"{status} {method.upper()} {api_path(urlsplit(url).path)}"
-
-
-# what recording a cassette needs, before the command that does it
-TO_RECORD: Final = (
-    "to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a compatible server)"
-)
-
-
-def rerecord_command(nodeid: str, mode: str, options: Sequence[str] = ()) -> str:
-    """The command that runs one test in ``mode``, to record or re-record its cassette; ``options``:
-    the command-line options that chose where the cassettes are (``--llm-cassette-dir``...)."""
-    return shlex.join(["pytest", nodeid, f"--llm-record-mode={mode}", *options])
-
-
-def replayed_auth_advice(count: int, test: str | None = None, options: Sequence[str] = ()) -> str:
-    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
-    command for ``test`` when it is the one, with ``options`` as :func:`rerecord_command`): the words of
-    the session's notice and of ``llm-ledger cassettes``."""
-    command = rerecord_command(test or "NODE_ID...", "rewrite", options)
-    return (
-        f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "
-        "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
-        f"the key set: {command}, or mark a test that expects the error "
-        "@pytest.mark.llm(record_auth_errors=True)"
-    )
 
 
 def stored_url(url: str, redactor: CredentialRedactor) -> str:

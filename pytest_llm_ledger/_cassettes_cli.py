@@ -55,7 +55,7 @@ def _after_dashes(argv: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from ._cassette import TO_RECORD, replayed_auth_advice
+        from ._naming import TO_RECORD, replayed_auth_advice
     except ImportError as exc:  # a production install: pytest and vcrpy come with the plugin's extra
         print(
             f"llm-ledger cassettes: error: {exc}; this command asks pytest which tests own the cassettes, "
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 def _auth_errors(paths: list[str]) -> tuple[dict[Path, list[str]], int]:
     """The cassettes of ``paths`` holding 401/403 answers (recorded before llm-ledger left them out):
     CI replays a wrong key's error from them forever. And 2 when one could not be read, else 0."""
-    from ._cassette import auth_answers  # run() checked that it imports
+    from ._cassette import auth_answers  # needs pytest, as _naming (run() imported it) does
 
     found: dict[Path, list[str]] = {}
     status = 0

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -260,4 +260,31 @@ def moved_hint(old: Path) -> str:
     return (
         f"{shown_path(old)} belongs to no collected test: if it is this test's cassette from before a "
         "rename or move, keep it with"
+    )
+
+
+RECORD_MODES: Final = ("none", "once", "new_episodes", "all", "rewrite")
+
+# what recording a cassette needs, before the command that does it
+TO_RECORD: Final = (
+    "to record it (needs network and OPENAI_API_KEY, or OPENAI_BASE_URL pointing at a compatible server)"
+)
+
+
+def rerecord_command(nodeid: str, mode: str, options: Sequence[str] = ()) -> str:
+    """The command that runs one test in ``mode``, to record or re-record its cassette; ``options``:
+    the command-line options that chose where the cassettes are (``--llm-cassette-dir``...)."""
+    return shlex.join(["pytest", nodeid, f"--llm-record-mode={mode}", *options])
+
+
+def replayed_auth_advice(count: int, test: str | None = None, options: Sequence[str] = ()) -> str:
+    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
+    command for ``test`` when it is the one, with ``options`` as :func:`rerecord_command`): the words of
+    the session's notice and of ``llm-ledger cassettes``."""
+    command = rerecord_command(test or "NODE_ID...", "rewrite", options)
+    return (
+        f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "
+        "recorded with a wrong or expired key (CI replays it whatever key it has); re-record each with "
+        f"the key set: {command}, or mark a test that expects the error "
+        "@pytest.mark.llm(record_auth_errors=True)"
     )

@@ -21,21 +21,16 @@ from typing import Any, Final
 import yaml
 
 from llm_ledger import Budgets, Limits
-from llm_ledger.loading import did_you_mean, listed, one_line
-from llm_ledger.report import (
-    NO_ANSWER,
-    NO_LENS,
-    REPORT_SCHEMA,
-    UsageRow,
-    cost_decimal,
-    cost_gaps,
-    failed_calls,
-    text_table,
-    usage_row,
-    usd,
-)
 
-from ._cassette import replayed_auth_advice
+# the small modules behind llm_ledger.report, not all of it (aggregation, rendering, the diff): the
+# plugin is loaded by every pytest run of an environment with llm-ledger installed
+from llm_ledger._records import cost_decimal
+from llm_ledger._table import text_table, usd
+from llm_ledger.analysis._read import REPORT_SCHEMA
+from llm_ledger.analysis._usage import NO_ANSWER, NO_LENS, UsageRow, cost_gaps, failed_calls, usage_row
+from llm_ledger.loading import did_you_mean, listed, one_line
+
+from ._naming import replayed_auth_advice
 
 __all__ = [
     "SESSION_BUCKET",

@@ -44,9 +44,10 @@ from llm_ledger.loading import BOOLEAN_WORDS, listed, no_controls
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
 from ._attribution import Starts
-from ._cassette import RECORD_MODES, TO_RECORD, LedgerCassette, activate, rerecord_command, vcrpy_problem
 from ._format import shown_path, write_atomic
 from ._naming import (
+    RECORD_MODES,
+    TO_RECORD,
     cassette_folder,
     cassette_params,
     cassette_path,
@@ -56,6 +57,7 @@ from ._naming import (
     orphan_cassettes,
     project_dir,
     renamed_cassettes,
+    rerecord_command,
     secret_params,
     selected_folders,
 )
@@ -75,13 +77,16 @@ from ._report import (
     sets_limits,
 )
 
+if TYPE_CHECKING:
+    from ._cassette import LedgerCassette
+
 __all__ = ["LedgerRecords"]
 
 PLACEHOLDER_API_KEY: Final = "sk-llm-ledger-replay-placeholder"
 _CONFLICTING_DISTS: Final = frozenset({"pytest-llm-cost"})
 _EVENTS: Final = ("llm_api_call", "lens_summary")  # the records the plugin keeps
 _STATE = pytest.StashKey["_LedgerState"]()
-_CASSETTE = pytest.StashKey[LedgerCassette]()
+_CASSETTE: pytest.StashKey[LedgerCassette] = pytest.StashKey()  # its module loads with the first one
 _PASSED = pytest.StashKey[bool]()
 _VERDICT = pytest.StashKey[tuple[bool, str | None]]()  # of the phase being reported: see _verdict
 _FLAG_OWNER = pytest.StashKey[str]()
@@ -845,6 +850,10 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     if marker is None or marker.kwargs.get("live") is True:
         yield
         return
+    # the cassette engine loads with the first test that needs it: a run that marks no test llm,
+    # or only collects, never imports it (nor vcrpy)
+    from ._cassette import LedgerCassette, activate, vcrpy_problem
+
     state = request.config.stash[_STATE]
     if (problem := vcrpy_problem()) is not None:
         pytest.fail(
