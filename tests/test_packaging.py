@@ -182,28 +182,19 @@ def test_the_cassettes_command_without_the_extra_says_what_to_install() -> None:
     assert "pip install 'llm-ledger[pytest]'" in done.stderr and "Traceback" not in done.stderr
 
 
+def _wheel(source: Path, into: Path) -> Path:
+    """The wheel pip builds from ``source`` (the repository, or an sdist) into ``into``."""
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(into)]
+    subprocess.run([*pip, str(source)], check=True, capture_output=True, cwd=into.parent)
+    (wheel,) = into.glob("llm_ledger-*.whl")
+    return wheel
+
+
 def test_the_wheel_ships_both_packages_typed_with_their_entry_points_and_license(tmp_path: Path) -> None:
     """The wheel a user installs, built as pip builds it (hatchling, from the dev group): every module
     git tracks in both packages and nothing else, a ``py.typed`` in each, the pytest plugin and the
     console script, the MIT text in .dist-info/licenses, and metadata PyPI renders."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            tmp_path,
-            ROOT,
-        ],
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-    )
-    (wheel,) = tmp_path.glob("llm_ledger-*.whl")
+    wheel = _wheel(ROOT, tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         (info,) = {name.split("/")[0] for name in names if ".dist-info/" in name}
@@ -245,26 +236,7 @@ def test_the_sdist_ships_what_builds_and_tests_the_package_and_builds_the_same_w
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
     expected = {name for name in tracked.stdout.split() if not name.startswith(".ci/")} | {"PKG-INFO"}
     assert shipped == expected, shipped ^ expected
-    wheel_dir = tmp_path / "wheel"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            wheel_dir,
-            sdist,
-        ],
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-    )
-    (wheel,) = wheel_dir.glob("llm_ledger-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
+    with zipfile.ZipFile(_wheel(sdist, tmp_path / "wheel")) as archive:
         packaged = {name for name in archive.namelist() if ".dist-info/" not in name}
     assert packaged == {
         name for name in expected if name.split("/")[0] in {"llm_ledger", "pytest_llm_ledger"}
