@@ -4,7 +4,8 @@ sync and async), which go over a WebSocket, past the client's ``request`` seam; 
 
 The connection an instrumented client's manager opens is watched in place: its ``recv_bytes`` (which
 ``recv()``, iteration and ``dispatch_events()`` go through) sees each server event after the SDK
-received it, its ``send`` notes each ``response.create``, its ``close`` ends the watch. Each response the
+received it, its ``send`` notes each ``response.create`` (and refuses one of a lens run stopped by its
+budget in raise mode, unsent: docs/BUDGETS.md), its ``close`` ends the watch. Each response the
 server ends (``response.done``) is one call record (operation ``realtime``), from its ``response.create``
 sent (else its ``response.created``) to its ``response.done``, with the context and lens runs in effect
 where the connection was opened: the connection holds those runs open until it ends, as a stream read
@@ -24,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _jsonl
+from . import _budgets, _jsonl
 from ._context import current_context, current_lenses
+from ._errors import BudgetExceededError
 from ._extract import EMPTY_REQUEST, JsonView, request_shape
 from ._monitor import _Call, stated_request
 from ._records import interrupted
@@ -53,6 +55,11 @@ _STATUSES: dict[Any, Status] = {
 
 def _object(value: Any) -> dict[str, Any]:
     return value if type(value) is dict else {}
+
+
+def _type(event: Any) -> Any:
+    """A client event's ``type``: a dict's, or one of the SDK's models'."""
+    return event.get("type") if isinstance(event, dict) else getattr(event, "type", None)
 
 
 def _closed(exc: BaseException) -> bool:
@@ -91,8 +98,7 @@ class _Session:
     # -- what passes through the connection ---------------------------------------------------------------
 
     def sent(self, event: Any) -> None:
-        kind = event.get("type") if isinstance(event, dict) else getattr(event, "type", None)
-        if kind == "response.create":
+        if _type(event) == "response.create":
             self.asked.append((time.time(), time.perf_counter()))
 
     def seen(self, data: Any) -> None:
@@ -334,7 +340,11 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
 
     def sent(event: Any) -> None:
         try:
+            if _budgets.stopping and _type(event) == "response.create":  # a run over its budget: ours?
+                _budgets.refuse_if_stopped(session.lenses)
             session.sent(event)
+        except BudgetExceededError:
+            raise  # the one error on purpose: a response asked for in a run stopped by its budget, unsent
         except Exception as exc:
             monitor._report(what, exc)
 

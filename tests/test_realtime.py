@@ -481,6 +481,53 @@ def test_a_refused_response_create_records_nothing(rt: openai.OpenAI, records: C
     assert record["status"] == "ok"
 
 
+def _refusal_of_http(client: Any) -> str:
+    """The message an HTTP call of the same lens run is refused with."""
+    with pytest.raises(llm_ledger.BudgetExceededError) as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    return str(raised.value)
+
+
+def test_raise_mode_refuses_a_response_create_of_a_run_over_its_budget_unsent(
+    rt: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Raise mode: once the connection's lens run went over its budget, ``response.create`` raises
+    BudgetExceededError from send() before the event goes out, as an HTTP call of the run is refused;
+    a run under its budget is not refused, and the connection carries on with other events."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"voice_agent": {"max_api_calls": 1}}}, mode="raise")
+    with monitor.lens("voice_agent") as run, rt.realtime.connect(model=MODEL) as connection:
+        for _ in range(2):  # the first within the limit, the second goes over it: neither refused
+            connection.response.create()
+            _until_done(connection)
+        with pytest.raises(llm_ledger.BudgetExceededError) as raised:
+            connection.response.create()
+        connection.input_audio_buffer.clear()  # answered after every event sent before it was read
+        assert connection.recv().type == "input_audio_buffer.cleared"
+        assert str(raised.value) == _refusal_of_http(rt)
+    sent = [e["type"] for e in fake_openai.realtime_events]
+    assert sent == ["response.create", "response.create", "input_audio_buffer.clear"]
+    assert "'voice_agent' is over its budget (max_api_calls 1, reached 2;" in str(raised.value)
+    assert raised.value.record["context"]["lens_run_id"] == run.run_id
+    assert len(records.calls) == 2 and run.summary is not None and run.summary["total_api_calls"] == 2
+
+
+@pytest.mark.asyncio
+async def test_raise_mode_refuses_an_async_response_create_alike(
+    art: openai.AsyncOpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """The async connection's awaited send() raises the refusal; nothing reaches the server."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"voice_agent": {"max_api_calls": 0}}}, mode="raise")
+    async with monitor.lens("voice_agent"), art.realtime.connect(model=MODEL) as connection:
+        await connection.response.create()
+        await _until_done_async(connection)
+        with pytest.raises(llm_ledger.BudgetExceededError, match=r"max_api_calls 0, reached 1; .*not sent"):
+            await connection.response.create()
+        await connection.input_audio_buffer.clear()
+        assert (await connection.recv()).type == "input_audio_buffer.cleared"
+    assert [e["type"] for e in fake_openai.realtime_events] == ["response.create", "input_audio_buffer.clear"]
+    assert len(records.calls) == 1
+
+
 def test_transcripts_are_captured_only_with_content_capture_and_scrubbed(fake_openai: FakeOpenAI) -> None:
     """The text and audio transcripts of a response are the record's captured output only when content
     capture is on, through the redact hook as other captured text."""

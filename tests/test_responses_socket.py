@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -303,6 +303,47 @@ def test_a_refused_response_create_records_nothing(ws: openai.OpenAI, records: C
         _until_end(connection)
     (record,) = records.calls
     assert record["status"] == "ok" and record["request"]["user_prompt_length"] == 5
+
+
+def test_raise_mode_refuses_a_response_create_of_a_run_over_its_budget_unsent(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Raise mode: once the connection's lens run went over its budget, ``response.create`` raises
+    BudgetExceededError from send() before the event goes out, with the message an HTTP call of the run
+    gets; a run under its budget is not refused, and the connection carries on."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"support_bot": {"max_api_calls": 1}}}, mode="raise")
+    with monitor.lens("support_bot") as run, ws.responses.connect() as connection:
+        for _ in range(2):  # the first within the limit, the second goes over it: neither refused
+            connection.response.create(model=MODEL, input="hi")
+            _until_end(connection)
+        with pytest.raises(llm_ledger.BudgetExceededError) as raised:
+            connection.response.create(model=MODEL, input="hi")
+        with pytest.raises(llm_ledger.BudgetExceededError) as over_http:
+            ws.responses.create(model=MODEL, input="hi")
+        connection.send(cast(Any, {"type": "response.cancel"}))  # another event still goes out
+        assert [e.type for e in _until_end(connection)] == ["error"]
+    assert [e["type"] for e in fake_openai.realtime_events] == ["response.create"] * 2 + ["response.cancel"]
+    assert str(raised.value) == str(over_http.value)
+    assert "'support_bot' is over its budget (max_api_calls 1, reached 2;" in str(raised.value)
+    assert raised.value.record["context"]["lens_run_id"] == run.run_id
+    assert len(records.calls) == 2 and run.summary is not None and run.summary["total_api_calls"] == 2
+
+
+@pytest.mark.asyncio
+async def test_raise_mode_refuses_an_async_response_create_alike(
+    aws: openai.AsyncOpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """The async connection's awaited send() raises the refusal; nothing reaches the server."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"support_bot": {"max_api_calls": 0}}}, mode="raise")
+    async with monitor.lens("support_bot"), aws.responses.connect() as connection:
+        await connection.response.create(model=MODEL, input="hi")
+        await _until_end_async(connection)
+        with pytest.raises(llm_ledger.BudgetExceededError, match=r"max_api_calls 0, reached 1; .*not sent"):
+            await connection.response.create(model=MODEL, input="hi")
+        await connection.send(cast(Any, {"type": "response.cancel"}))
+        assert [e.type for e in await _until_end_async(connection)] == ["error"]
+    assert [e["type"] for e in fake_openai.realtime_events] == ["response.create", "response.cancel"]
+    assert len(records.calls) == 1
 
 
 def test_responses_on_lanes_are_each_their_own_call(ws: openai.OpenAI, records: Captured) -> None:
