@@ -25,16 +25,25 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExpor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry, generate_latest
 
 import llm_ledger
 from llm_ledger import ConfigError
-from llm_ledger.exporters import OTelSink, _otel, _setup
+from llm_ledger.exporters import OTelSink, PrometheusSink, _otel, _setup
 from llm_ledger.exporters._otel import MAX_COUNTER_SETS, TOKEN_BUCKETS
 from llm_ledger.exporters._prometheus import DURATION_BUCKETS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
 from tests.conftest import FAKE_KEY, Sdk
-from tests.exporter_helpers import AWAIT_FORKED_CHILD, Receiver, attribute_value, hold_then_fork, workload
+from tests.exporter_helpers import (
+    AWAIT_FORKED_CHILD,
+    Receiver,
+    attribute_value,
+    by_labels,
+    hold_then_fork,
+    samples,
+    workload,
+)
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -745,6 +754,74 @@ def test_lens_keys_beyond_the_cap_are_other_in_metrics_and_their_own_on_spans(sd
     assert sorted(str(s.get("llm_ledger.lens_key")) for s in spans) == ["None", *keys]
     with pytest.raises(ConfigError, match="max_lenses must be a whole number >= 1"):
         OTelSink(telemetry.tracer_provider, MeterProvider(), max_lenses=0)
+
+
+def test_budget_breaches_and_anomalies_are_counted_as_their_records_and_the_prometheus_sink_say(
+    sdk: Sdk,
+) -> None:
+    """An operator on an OpenTelemetry backend can alert on production budgets (warn mode: the calls go
+    on) and lens anomalies: llm_ledger.budget_exceeded counts each budget_exceeded record under its lens
+    and limit, llm_ledger.lens_anomalies each lens_anomaly record under its lens and metric, lens keys
+    past max_lenses as other, the same counts as the Prometheus sink's for the same calls."""
+    reader = InMemoryMetricReader()
+    sink = OTelSink(TracerProvider(), MeterProvider(metric_readers=[reader]), max_lenses=1)
+    registry = CollectorRegistry()
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink, PrometheusSink(registry, max_lenses=1)])
+    monitor.budgets = llm_ledger.BudgetGuard(
+        {"lenses": {"digest": {"max_api_calls": 1, "max_total_tokens": 200}, "summary": {"max_api_calls": 1}}}
+    )
+    monitor.anomalies = llm_ledger.AnomalyDetector(
+        llm_ledger.AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens",))
+    )
+    client = sdk(monitor)
+    with capture(monitor) as records:
+        for lens, words in [("digest", 5)] * 5 + [("digest", 400), ("summary", 5)]:
+            with monitor.lens(lens):
+                for _ in range(2):
+                    client.chat.completions.create(
+                        model="gpt-4o-mini",
+                        messages=HI,
+                        extra_headers={"x-fake-completion-words": str(words)},
+                    )
+    assert len(records.calls) == 14  # warn mode: every call made
+
+    def counted(name: str, attribute: str) -> dict[tuple[str, str], float]:
+        data = reader.get_metrics_data()
+        assert data is not None
+        points: list[Any] = [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+        ]
+        return {(p.attributes["llm_ledger.lens"], p.attributes[attribute]): p.value for p in points}
+
+    breaches = [
+        (r["context"]["lens_key"], r["budget"]["limit"]) for r in records if r["event"] == "budget_exceeded"
+    ]
+    anomalies = [
+        (r["context"]["lens_key"], r["anomaly"]["metric"]) for r in records if r["event"] == "lens_anomaly"
+    ]
+    assert sorted(set(breaches)) == [
+        ("digest", "max_api_calls"), ("digest", "max_total_tokens"), ("summary", "max_api_calls")
+    ]  # fmt: skip
+    assert anomalies == [("digest", "total_tokens")]
+    capped = {"digest": "digest", "summary": "other"}  # max_lenses=1
+    want_breaches = {
+        (capped[lens], limit): float(breaches.count((lens, limit))) for lens, limit in set(breaches)
+    }
+    assert counted("llm_ledger.budget_exceeded", "llm_ledger.budget.limit") == want_breaches
+    assert counted("llm_ledger.lens_anomalies", "llm_ledger.anomaly.metric") == {
+        ("digest", "total_tokens"): 1
+    }
+    generate_latest(registry)  # the scrape that shows new series at 0
+    scraped = samples(generate_latest(registry).decode())
+    assert by_labels(scraped, "llm_ledger_budget_exceeded_total", "lens", "limit") == want_breaches
+    prometheus_anomalies = by_labels(scraped, "llm_ledger_lens_anomalies_total", "lens", "metric")
+    # beside the series at 0 the Prometheus sink makes for each lens judged (docs/exporters.md)
+    assert {k: v for k, v in prometheus_anomalies.items() if v} == {("digest", "total_tokens"): 1}
 
 
 def test_content_only_with_capture_on(sdk: Sdk) -> None:

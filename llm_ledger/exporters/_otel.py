@@ -22,7 +22,7 @@ from .. import _jsonl
 from .._errors import ConfigError
 from .._errors import internal_log as _internal_log
 from .._jsonl import json_text
-from .._records import CALL_EVENT, LENS_EVENT, cost_left_out, made_here
+from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, cost_left_out, made_here
 from .._servers import otel_provider_name
 from ._prometheus import DURATION_BUCKETS, MAX_LENSES, MAX_TIERS, OTHER, _cap
 
@@ -367,6 +367,12 @@ class OTelSink:
             "{call}",
             "Calls billed without a known cost (not in llm_ledger.cost)",
         )
+        # the lens_anomaly and budget_exceeded records, as llm_ledger_lens_anomalies_total and
+        # llm_ledger_budget_exceeded_total count them
+        self._anomalies = counter("llm_ledger.lens_anomalies", "{anomaly}", "Lens runs above their baseline")
+        self._breaches = counter(
+            "llm_ledger.budget_exceeded", "{breach}", "Limits lens runs went over (one per run and limit)"
+        )
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._tiers: set[str] = set()  # service tiers kept by name in metric attributes
         self._lenses: set[str] = set()  # lens keys kept by name in metric attributes
@@ -419,6 +425,10 @@ class OTelSink:
             waits, parent = self._parent(record, record)
             if not waits:
                 self._lens(record, parent)
+        elif event == ANOMALY_EVENT:
+            self._run_alert(self._anomalies, record, "llm_ledger.anomaly.metric", record["anomaly"]["metric"])
+        elif event == BUDGET_EVENT:
+            self._run_alert(self._breaches, record, "llm_ledger.budget.limit", record["budget"]["limit"])
 
     def _parent(self, record: Mapping[str, Any], item: Any, *, link: bool = False) -> tuple[bool, Any]:
         """(whether ``item``, a record or with ``link`` the context of openai-v2's span, now waits for its
@@ -505,6 +515,14 @@ class OTelSink:
                 kept.add(raw)
                 return raw  # type: ignore[no-any-return]
         return OTHER
+
+    def _run_alert(self, totals: _Totals, record: Mapping[str, Any], name: str, value: str) -> None:
+        """Count a lens run's anomaly or budget breach under its lens key (capped, absent outside any
+        lens) and ``name``: its metric or limit, each one of a few."""
+        lens = self._kept(self._lenses, self.max_lenses, record["context"].get("lens_key"))
+        totals.add(
+            1, (lens, value), {name: value} if lens is None else {"llm_ledger.lens": lens, name: value}
+        )
 
     def _attributes(self, base: tuple[Any, ...], extra: tuple[str, Any] | None = None) -> dict[str, Any]:
         """The metric attributes of ``base`` (plus ``extra``), built once: many calls share them."""
