@@ -257,6 +257,39 @@ def fake_openai(_fake_server: FakeOpenAI) -> FakeOpenAI:
     return _fake_server
 
 
+def socket_client(fake_openai: FakeOpenAI) -> openai.OpenAI:
+    """A client (not instrumented) whose WebSockets, the Realtime and Responses APIs', reach the loopback
+    server."""
+    return openai.OpenAI(
+        api_key=FAKE_KEY,
+        base_url=fake_openai.base_url,
+        websocket_base_url=fake_openai.websocket_base_url,
+        max_retries=0,
+    )
+
+
+@pytest.fixture
+def ws(fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor) -> Iterator[openai.OpenAI]:
+    """A sync client whose WebSockets reach the loopback server, instrumented by the monitor."""
+    with socket_client(fake_openai) as raw:
+        yield monitor.instrument(raw)
+
+
+@pytest_asyncio.fixture
+async def aws(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The async twin of ``ws``."""
+    raw = openai.AsyncOpenAI(
+        api_key=FAKE_KEY,
+        base_url=fake_openai.base_url,
+        websocket_base_url=fake_openai.websocket_base_url,
+        max_retries=0,
+    )
+    async with raw:
+        yield monitor.instrument(raw)
+
+
 @pytest.fixture(autouse=True)
 def _only_llm_tests_count_in_this_sessions_report(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch

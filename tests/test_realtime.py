@@ -10,7 +10,6 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -18,13 +17,12 @@ from typing import Any, cast
 import genai_prices
 import openai
 import pytest
-import pytest_asyncio
 from websockets.exceptions import ConnectionClosedError
 
 import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
-from tests.conftest import FAKE_KEY
+from tests.conftest import socket_client
 from tests.cost_helpers import assert_repriced_unchanged
 from tests.exporter_helpers import samples, total
 from tests.test_ledger_streams import EARLY_FINALIZE
@@ -35,37 +33,6 @@ ASK: Any = {
     "role": "user",
     "content": [{"type": "input_text", "text": "what is the weather like"}],
 }
-
-
-def _raw(fake_openai: FakeOpenAI) -> openai.OpenAI:
-    return openai.OpenAI(
-        api_key=FAKE_KEY,
-        base_url=fake_openai.base_url,
-        websocket_base_url=fake_openai.websocket_base_url,
-        max_retries=0,
-    )
-
-
-@pytest.fixture
-def rt(fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor) -> Iterator[openai.OpenAI]:
-    """A sync client whose Realtime connections reach the loopback server, instrumented by the monitor."""
-    with _raw(fake_openai) as raw:
-        yield monitor.instrument(raw)
-
-
-@pytest_asyncio.fixture
-async def art(
-    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor
-) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The async twin of ``rt``."""
-    raw = openai.AsyncOpenAI(
-        api_key=FAKE_KEY,
-        base_url=fake_openai.base_url,
-        websocket_base_url=fake_openai.websocket_base_url,
-        max_retries=0,
-    )
-    async with raw:
-        yield monitor.instrument(raw)
 
 
 def _until_done(connection: Any) -> list[Any]:
@@ -122,12 +89,12 @@ def _genai(record: dict[str, Any], cached_audio: int = 0) -> Decimal:
 
 
 def test_a_session_of_two_responses_is_two_calls_of_its_lens(
-    rt: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """Each response.done of a connection opened in a lens is one ``realtime`` call of that lens, its
     usage and cost those of the response; the lens adds them up and its cost is complete."""
     with monitor.lens("voice_agent", source_id="call-1") as run:
-        _conversation(rt)
+        _conversation(ws)
     first, second = records.calls
     assert [c["operation"] for c in records.calls] == ["realtime", "realtime"]
     assert all(c["status"] == "ok" and c["request"]["model"] == MODEL for c in records.calls)
@@ -157,11 +124,11 @@ def test_a_session_of_two_responses_is_two_calls_of_its_lens(
 
 
 def test_the_caller_receives_exactly_the_events_of_an_uninstrumented_client(
-    rt: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
 ) -> None:
     """Watching a connection changes none of the events the caller receives, nor their order."""
-    watched = _conversation(rt)
-    with _raw(fake_openai) as raw:
+    watched = _conversation(ws)
+    with socket_client(fake_openai) as raw:
         bare = _conversation(raw)
     assert len(records.calls) == 2  # the watched session's; the bare client's is nobody's
     assert watched[1:] == bare[1:]  # after session.created, whose session ids differ
@@ -171,11 +138,11 @@ def test_the_caller_receives_exactly_the_events_of_an_uninstrumented_client(
 
 
 def test_audio_and_cached_tokens_cost_their_realtime_rates(
-    rt: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
 ) -> None:
     """Spoken input, text and audio the cache served and spoken output each cost gpt-realtime's rate for
     them ($32 and $64 per 1M audio tokens), as genai-prices charges them."""
-    with rt.realtime.connect(model=MODEL) as connection:
+    with ws.realtime.connect(model=MODEL) as connection:
         connection.conversation.item.create(item=ASK)
         connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
         connection.input_audio_buffer.commit()
@@ -202,7 +169,7 @@ def test_audio_and_cached_tokens_cost_their_realtime_rates(
 
 @pytest.mark.parametrize("model", ["gpt-realtime", "gpt-realtime-mini"])
 def test_cached_audio_and_images_cost_their_own_rates(
-    rt: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
+    ws: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
 ) -> None:
     """Audio the cache served costs the model's cached *audio* rate, not its cached text rate
     (gpt-realtime-mini's is $0.30 per 1M tokens against $0.06 for text), and image input its image
@@ -216,7 +183,7 @@ def test_cached_audio_and_images_cost_their_own_rates(
         "x-fake-cached-audio-tokens": "40",
         "x-fake-cached-image-tokens": "100",
     }
-    with rt.realtime.connect(model=model) as connection:
+    with ws.realtime.connect(model=model) as connection:
         connection.conversation.item.create(item=ASK)
         connection.conversation.item.create(item=photos)  # 85 image tokens each
         connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
@@ -288,7 +255,7 @@ def test_the_exporters_count_cached_audio_as_audio(
     sink = OTelSink(tracer_provider, MeterProvider(metric_readers=[reader]))
     registry = CollectorRegistry()
     monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[sink, PrometheusSink(registry)])
-    with _raw(fake_openai) as raw, capture(monitor) as records:
+    with socket_client(fake_openai) as raw, capture(monitor) as records:
         connection = monitor.instrument(raw).realtime.connect(model=MODEL).enter()
         connection.conversation.item.create(item=ASK)
         connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
@@ -339,10 +306,10 @@ def test_the_exporters_count_cached_audio_as_audio(
 
 @pytest.mark.asyncio
 async def test_an_async_session_is_recorded_as_a_sync_one(
-    art: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    aws: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """The async client's connections are watched alike: each response one call of the lens."""
-    async with monitor.lens("voice_agent") as run, art.realtime.connect(model=MODEL) as connection:
+    async with monitor.lens("voice_agent") as run, aws.realtime.connect(model=MODEL) as connection:
         await connection.conversation.item.create(item=ASK)
         await connection.response.create()
         await _until_done_async(connection)
@@ -357,12 +324,12 @@ async def test_an_async_session_is_recorded_as_a_sync_one(
 
 
 def test_a_cancelled_response_is_interrupted_and_a_failed_one_an_error(
-    rt: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """A response cancelled (``response.cancel``, or the user speaking over it) is ``interrupted``, its
     billed tokens priced; one that failed is an ``error`` naming the server's error; neither leaves the
     lens's cost incomplete, since both report their usage."""
-    with monitor.lens("voice_agent") as run, rt.realtime.connect(model=MODEL) as connection:
+    with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
         connection.conversation.item.create(item=ASK)
         connection.response.create(response={"metadata": {"x-fake-status": "cancelled"}})
         _until_done(connection)
@@ -381,11 +348,11 @@ def test_a_cancelled_response_is_interrupted_and_a_failed_one_an_error(
 
 
 def test_a_connection_closed_mid_response_records_it_interrupted_and_the_lens_incomplete(
-    rt: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """A caller closing the connection while a response streams records that response ``interrupted``,
     with no usage (the server never sent it): its lens's cost is incomplete, not silently short."""
-    with monitor.lens("voice_agent") as run, rt.realtime.connect(model=MODEL) as connection:
+    with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
         connection.response.create()
         for event in connection:
             if event.type.endswith(".delta"):
@@ -399,11 +366,11 @@ def test_a_connection_closed_mid_response_records_it_interrupted_and_the_lens_in
 
 
 def test_a_connection_the_server_breaks_mid_response_records_it_as_an_error(
-    rt: openai.OpenAI, records: Captured
+    ws: openai.OpenAI, records: Captured
 ) -> None:
     """The server closing the connection abnormally mid-response: the caller gets the SDK's error, the
     response is an ``error`` naming it."""
-    with rt.realtime.connect(model=MODEL) as connection:
+    with ws.realtime.connect(model=MODEL) as connection:
         connection.response.create(response={"metadata": {"x-fake-fault": "close"}})
         with pytest.raises(ConnectionClosedError):
             _until_done(connection)
@@ -413,13 +380,13 @@ def test_a_connection_the_server_breaks_mid_response_records_it_as_an_error(
 
 
 def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
-    rt: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """A connection opened in a lens and used after the block (a voice session handed to a background
     task) holds the lens open: the summary at the block's end shows it open and incomplete, and the lens
     record, written when the connection closes, counts every response it ended."""
     with monitor.lens("voice_agent") as run:
-        connection = rt.realtime.connect(model=MODEL).enter()
+        connection = ws.realtime.connect(model=MODEL).enter()
     assert run.summary is not None
     assert (run.summary["open_calls"], run.summary["cost_complete"]) == (1, False)
     with monitor.lens("another"):  # the thread reading the events is elsewhere: the response is not its
@@ -439,7 +406,7 @@ def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
 
 
 def test_events_read_after_close_record_nothing_and_hold_no_lens(
-    rt: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """Events the connection had received when it was closed (a thread reading them while another closes
     the connection) are still the caller's, but record nothing: a response begun after the close holds
@@ -447,7 +414,7 @@ def test_events_read_after_close_record_nothing_and_hold_no_lens(
     answer was not read at the close is one ``interrupted`` call with no usage: it may have been billed
     (here it was), so its lens's cost is incomplete, not silently complete."""
     with monitor.lens("voice_agent") as run:
-        connection = rt.realtime.connect(model=MODEL).enter()
+        connection = ws.realtime.connect(model=MODEL).enter()
         connection.response.create()
         connection.input_audio_buffer.clear()  # answered once the whole response was sent
         deadline = time.monotonic() + 10
@@ -468,10 +435,10 @@ def test_events_read_after_close_record_nothing_and_hold_no_lens(
     assert run.summary == summary
 
 
-def test_a_refused_response_create_records_nothing(rt: openai.OpenAI, records: Captured) -> None:
+def test_a_refused_response_create_records_nothing(ws: openai.OpenAI, records: Captured) -> None:
     """A ``response.create`` the server refuses (an ``error`` event) makes no response, so no call; the
     caller gets the error event as the SDK gives it."""
-    with rt.realtime.connect(model=MODEL) as connection:
+    with ws.realtime.connect(model=MODEL) as connection:
         connection.response.create(response={"metadata": {"x-fake-fault": "error"}})
         event = next(e for e in connection if e.type != "session.created")
         assert event.type == "error"
@@ -489,13 +456,13 @@ def _refusal_of_http(client: Any) -> str:
 
 
 def test_raise_mode_refuses_a_response_create_of_a_run_over_its_budget_unsent(
-    rt: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """Raise mode: once the connection's lens run went over its budget, ``response.create`` raises
     BudgetExceededError from send() before the event goes out, as an HTTP call of the run is refused;
     a run under its budget is not refused, and the connection carries on with other events."""
     monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"voice_agent": {"max_api_calls": 1}}}, mode="raise")
-    with monitor.lens("voice_agent") as run, rt.realtime.connect(model=MODEL) as connection:
+    with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
         for _ in range(2):  # the first within the limit, the second goes over it: neither refused
             connection.response.create()
             _until_done(connection)
@@ -503,7 +470,7 @@ def test_raise_mode_refuses_a_response_create_of_a_run_over_its_budget_unsent(
             connection.response.create()
         connection.input_audio_buffer.clear()  # answered after every event sent before it was read
         assert connection.recv().type == "input_audio_buffer.cleared"
-        assert str(raised.value) == _refusal_of_http(rt)
+        assert str(raised.value) == _refusal_of_http(ws)
     sent = [e["type"] for e in fake_openai.realtime_events]
     assert sent == ["response.create", "response.create", "input_audio_buffer.clear"]
     assert "'voice_agent' is over its budget (max_api_calls 1, reached 2;" in str(raised.value)
@@ -513,11 +480,11 @@ def test_raise_mode_refuses_a_response_create_of_a_run_over_its_budget_unsent(
 
 @pytest.mark.asyncio
 async def test_raise_mode_refuses_an_async_response_create_alike(
-    art: openai.AsyncOpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+    aws: openai.AsyncOpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """The async connection's awaited send() raises the refusal; nothing reaches the server."""
     monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"voice_agent": {"max_api_calls": 0}}}, mode="raise")
-    async with monitor.lens("voice_agent"), art.realtime.connect(model=MODEL) as connection:
+    async with monitor.lens("voice_agent"), aws.realtime.connect(model=MODEL) as connection:
         await connection.response.create()
         await _until_done_async(connection)
         with pytest.raises(llm_ledger.BudgetExceededError, match=r"max_api_calls 0, reached 1; .*not sent"):
@@ -536,7 +503,7 @@ def test_transcripts_are_captured_only_with_content_capture_and_scrubbed(fake_op
         logger=None, capture_content=True, redact=lambda t: t.replace("weather", "[W]")
     )
     for monitor in (plain, capturing):
-        with _raw(fake_openai) as raw, capture(monitor) as records:
+        with socket_client(fake_openai) as raw, capture(monitor) as records:
             with monitor.instrument(raw).realtime.connect(model=MODEL) as connection:
                 connection.conversation.item.create(item=ASK)
                 connection.response.create()
@@ -562,7 +529,7 @@ def test_a_cancelled_responses_word_cut_mid_way_is_not_captured(fake_openai: Fak
     name: Any = {**ASK, "content": [{"type": "input_text", "text": " ".join(["Alice"] * 8)}]}
     metadata = {"x-fake-status": "cancelled", "x-fake-chunks": "5"}
     with (
-        _raw(fake_openai) as raw,
+        socket_client(fake_openai) as raw,
         capture(monitor) as records,
         monitor.instrument(raw).realtime.connect(model=MODEL) as connection,
     ):
@@ -576,9 +543,9 @@ def test_a_cancelled_responses_word_cut_mid_way_is_not_captured(fake_openai: Fak
     assert seen == ["Summary: Alice Alice "]
 
 
-def test_the_beta_realtime_connect_is_watched_too(rt: openai.OpenAI, records: Captured) -> None:
+def test_the_beta_realtime_connect_is_watched_too(ws: openai.OpenAI, records: Captured) -> None:
     """``client.beta.realtime.connect()`` (the preview interface, kept by the SDK) is recorded alike."""
-    with rt.beta.realtime.connect(model="gpt-4o-realtime-preview") as connection:
+    with ws.beta.realtime.connect(model="gpt-4o-realtime-preview") as connection:
         connection.response.create()
         _until_done(connection)
     (record,) = records.calls
@@ -621,10 +588,10 @@ def test_a_connection_left_open_at_exit_is_written_with_its_lens(
     assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
 
 
-def test_events_read_as_raw_bytes_are_watched_alike(rt: openai.OpenAI, records: Captured) -> None:
+def test_events_read_as_raw_bytes_are_watched_alike(ws: openai.OpenAI, records: Captured) -> None:
     """A caller reading ``recv_bytes()`` and parsing the events itself gets the bytes the SDK gives,
     and each response is recorded as when it reads ``recv()``."""
-    with rt.realtime.connect(model=MODEL) as connection:
+    with ws.realtime.connect(model=MODEL) as connection:
         connection.response.create()
         kinds: list[str] = []
         while not kinds or kinds[-1] != "response.done":
@@ -637,11 +604,11 @@ def test_events_read_as_raw_bytes_are_watched_alike(rt: openai.OpenAI, records: 
 
 
 @pytest.mark.sdk3
-def test_events_dispatched_to_handlers_are_watched_alike(rt: openai.OpenAI, records: Captured) -> None:
+def test_events_dispatched_to_handlers_are_watched_alike(ws: openai.OpenAI, records: Captured) -> None:
     """openai 3.x's push interface (``on()`` handlers run by ``dispatch_events()``) reads through the
     same connection: each response is recorded, and every handler gets its events."""
     done: list[Any] = []
-    with rt.realtime.connect(model=MODEL) as connection:
+    with ws.realtime.connect(model=MODEL) as connection:
 
         def finished(event: Any) -> None:
             done.append(event)

@@ -13,55 +13,22 @@ import json
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import openai
 import pytest
-import pytest_asyncio
 from websockets.exceptions import ConnectionClosedError
 
 import llm_ledger
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
-from tests.conftest import FAKE_KEY
+from tests.conftest import socket_client
 
 pytestmark = pytest.mark.sdk2
 
 MODEL = "gpt-4.1-mini"
 ENDS = ("response.completed", "response.failed", "response.incomplete", "error")
-
-
-def _raw(fake_openai: FakeOpenAI) -> openai.OpenAI:
-    return openai.OpenAI(
-        api_key=FAKE_KEY,
-        base_url=fake_openai.base_url,
-        websocket_base_url=fake_openai.websocket_base_url,
-        max_retries=0,
-    )
-
-
-@pytest.fixture
-def ws(fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor) -> Iterator[openai.OpenAI]:
-    """A sync client whose WebSockets reach the loopback server, instrumented by the monitor."""
-    with _raw(fake_openai) as raw:
-        yield monitor.instrument(raw)
-
-
-@pytest_asyncio.fixture
-async def aws(
-    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor
-) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The async twin of ``ws``."""
-    raw = openai.AsyncOpenAI(
-        api_key=FAKE_KEY,
-        base_url=fake_openai.base_url,
-        websocket_base_url=fake_openai.websocket_base_url,
-        max_retries=0,
-    )
-    async with raw:
-        yield monitor.instrument(raw)
 
 
 def _until_end(connection: Any) -> list[Any]:
@@ -117,7 +84,7 @@ def test_a_response_over_a_websocket_is_recorded_as_the_same_response_streamed_o
     request streamed over HTTP: its request shape, model, usage, finish reason, tool uses and cost (tool
     fees and service tier included)."""
     asked = {"model": MODEL, **body}
-    with _raw(fake_openai) as raw:
+    with socket_client(fake_openai) as raw:
         client = monitor.instrument(raw)
         with client.responses.connect(extra_headers=steering) as connection:
             connection.response.create(**asked)
@@ -178,7 +145,7 @@ def test_the_caller_receives_exactly_the_events_of_an_uninstrumented_client(
         return [event.to_json() for event in events]
 
     watched = conversation(ws)
-    with _raw(fake_openai) as raw:
+    with socket_client(fake_openai) as raw:
         bare = conversation(raw)
     assert len(records.calls) == 2  # the watched connection's; the bare client's is nobody's
 
@@ -374,7 +341,7 @@ def test_content_is_captured_only_with_content_capture_and_redacted(fake_openai:
         logger=None, capture_content=True, redact=lambda t: t.replace("weather", "[W]")
     )
     for monitor in (plain, capturing):
-        with _raw(fake_openai) as raw, capture(monitor) as records:
+        with socket_client(fake_openai) as raw, capture(monitor) as records:
             with monitor.instrument(raw).responses.connect() as connection:
                 connection.response.create(model=MODEL, input="what is the weather like")
                 _until_end(connection)
