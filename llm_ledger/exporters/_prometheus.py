@@ -277,12 +277,7 @@ class PrometheusSink:
             "llm_ledger_dropped_records",
             "Records whose values could not reach the metrics (see the llm_ledger.internal log)", ("event",),
         )  # fmt: skip
-        for event in (
-            CALL_EVENT,
-            LENS_EVENT,
-            ANOMALY_EVENT,
-            BUDGET_EVENT,
-        ):  # at 0 from the start: alert on increase()
+        for event in (CALL_EVENT, LENS_EVENT, ANOMALY_EVENT, BUDGET_EVENT):  # 0 from the start: increase()
             self.dropped.labels(event)
 
     def __repr__(self) -> str:
