@@ -130,8 +130,11 @@ class _Session:
             model = _object(event.get("session")).get("model")
             self.model = model if type(model) is str else None
 
-    def _call(self) -> _Call:
-        when = self.asked.popleft() if self.asked else None
+    def _call(self, when: tuple[float, float] | None = None) -> _Call:
+        """A response's call, begun when its ``response.create`` was sent (the oldest not yet created,
+        else ``when``, else now)."""
+        if when is None and self.asked:
+            when = self.asked.popleft()
         return self._begin({**EMPTY_REQUEST, "model": self.model, "stream": True}, {}, when)
 
     def _begin(
@@ -207,8 +210,8 @@ class _Session:
         for response_id, call in calls.items():
             self.monitor._finish(call, status, self._shape({"id": response_id}, None, None), None, error=exc)
         for when in asked:  # a response.create whose answer was never read: it may have been billed
-            call = self._begin({**EMPTY_REQUEST, "model": self.model, "stream": True}, {}, when)
-            self.monitor._finish(call, status, self._shape({"id": None}, None, None), None, error=exc)
+            unread = self._shape({"id": None}, None, None)
+            self.monitor._finish(self._call(when), status, unread, None, error=exc)
 
     def close(self, exc: BaseException | None = None) -> None:
         """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
