@@ -16,6 +16,7 @@ import pytest
 
 import llm_ledger
 from llm_ledger import _context, _monitor
+from llm_ledger._extract import EMPTY_REQUEST
 from llm_ledger._jsonl import JsonlFileHandler, LedgerJsonFormatter
 from llm_ledger._records import USD_UNIT_DIGITS, LensTotals, call_record, lens_record
 
@@ -48,28 +49,12 @@ def call(
         operation="chat",
         context={"lens_key": lens, "source_id": source, "service": service, **(extra or {})},
         request={
+            **EMPTY_REQUEST,
             "model": model,
             "temperature": 0.2,
-            "top_p": None,
-            "frequency_penalty": None,
-            "presence_penalty": None,
-            "max_tokens": None,
-            "seed": None,
-            "n": None,
-            "reasoning_effort": None,
-            "output_type": None,
             "messages_count": 2,
             "system_prompt_length": 10,
             "user_prompt_length": 100,
-            "has_images": False,
-            "image_count": 0,
-            "stream": False,
-            "tools_count": 0,
-            "service_tier": None,
-            "dimensions": None,
-            "encoding_format": None,
-            "stop_sequences": None,
-            "verbosity": None,
         },
         response={
             "model": None if failed else model,

@@ -33,36 +33,62 @@ def recipe(after: str) -> str:
     return text[start : text.index("```", start)]
 
 
-def test_the_otlp_recipe_sends_spans_and_metrics_to_the_endpoint_in_the_environment(
-    fake_openai: FakeOpenAI, tmp_path: Path
-) -> None:
-    """The "Sending to an OTLP endpoint" block, then one call in a lens, in a process of its own with
-    OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME set: at exit the receiver has the lens and call
-    spans, under that service name, and llm-ledger's metrics."""
-    receiver = Receiver()
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    app = recipe("**Sending to an OTLP endpoint**") + textwrap.dedent(
-        f"""
+def _service(fake_openai: FakeOpenAI, then: str = "") -> str:
+    """The "Sending to an OTLP endpoint" block, then one call in a lens, then ``then``."""
+    return (
+        recipe("**Sending to an OTLP endpoint**")
+        + textwrap.dedent(
+            f"""
+        import os, signal, time
         import openai
         client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url={fake_openai.base_url!r}))
         hi = [{{"role": "user", "content": "hi"}}]
         with llm_ledger.lens("checkout_summary"):
             client.chat.completions.create(model="gpt-4o-mini", messages=hi)
         """
-    )
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
-        "OTEL_SERVICE_NAME": "checkout",
-        "LLM_LEDGER_LOG_DIR": "off",
-    }
-    try:
-        done = warm_python.run(
-            [sys.executable, "-c", app], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
+        + textwrap.dedent(then)
+    )
+
+
+def _run(app: str, port: int, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``app`` in a process of its own, exporting to ``127.0.0.1:port`` (with ``env`` set)."""
+    variables = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", **env}
+    return warm_python.run(
+        [sys.executable, "-c", app], env=variables, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+
+
+def _received(app: str, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Receiver]:
+    """``app`` run against a loopback OTLP receiver, and the receiver once the process ended."""
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        return _run(app, receiver.server_port, tmp_path, **env), receiver
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+def _metric_names(receiver: Receiver) -> set[str]:
+    return {
+        metric.name
+        for body in receiver.bodies.get("/v1/metrics", [])
+        for resource in ExportMetricsServiceRequest.FromString(body).resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+
+
+def test_the_otlp_recipe_sends_spans_and_metrics_to_the_endpoint_in_the_environment(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The "Sending to an OTLP endpoint" block, then one call in a lens, in a process of its own with
+    OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME set: at exit the receiver has the lens and call
+    spans, under that service name, and llm-ledger's metrics."""
+    done, receiver = _received(
+        _service(fake_openai), tmp_path, OTEL_SERVICE_NAME="checkout", LLM_LEDGER_LOG_DIR="off"
+    )
     assert done.returncode == 0, done.stderr
     assert "llm_ledger" not in done.stderr, done.stderr  # nothing reported on llm_ledger.internal
     spans: dict[str, str] = {}
@@ -72,13 +98,7 @@ def test_the_otlp_recipe_sends_spans_and_metrics_to_the_endpoint_in_the_environm
             for scope in resource.scope_spans:
                 spans |= {span.name: service for span in scope.spans}
     assert spans == {"lens checkout_summary": "checkout", "chat gpt-4o-mini": "checkout"}
-    names = {
-        metric.name
-        for body in receiver.bodies.get("/v1/metrics", [])
-        for resource in ExportMetricsServiceRequest.FromString(body).resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-    }
+    names = _metric_names(receiver)
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "llm_ledger.cost"} <= names
 
 
@@ -90,32 +110,8 @@ def test_the_otlp_recipe_exports_everything_when_the_service_is_stopped_by_sigte
     receiver still gets its spans and metrics, with the log file or without, and the process still
     dies by SIGTERM. SIGTERM's death skips the exit hooks where the SDK's providers export what they
     hold, so every stop lost the last spans and up to a minute of metrics (the spend among them)."""
-    receiver = Receiver()
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    app = recipe("**Sending to an OTLP endpoint**") + textwrap.dedent(
-        f"""
-        import os, signal, time
-        import openai
-        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url={fake_openai.base_url!r}))
-        hi = [{{"role": "user", "content": "hi"}}]
-        with llm_ledger.lens("checkout_summary"):
-            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(30)
-        """
-    )
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
-        "LLM_LEDGER_LOG_DIR": log_dir,
-    }
-    try:
-        done = warm_python.run(
-            [sys.executable, "-c", app], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-        )
-    finally:
-        receiver.shutdown()
-        receiver.server_close()
+    app = _service(fake_openai, "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(30)\n")
+    done, receiver = _received(app, tmp_path, LLM_LEDGER_LOG_DIR=log_dir)
     assert done.returncode == -15, done.stderr
     spans = {
         span.name
@@ -125,14 +121,7 @@ def test_the_otlp_recipe_exports_everything_when_the_service_is_stopped_by_sigte
         for span in scope.spans
     }
     assert spans == {"lens checkout_summary", "chat gpt-4o-mini"}
-    names = {
-        metric.name
-        for body in receiver.bodies.get("/v1/metrics", [])
-        for resource in ExportMetricsServiceRequest.FromString(body).resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-    }
-    assert {"gen_ai.client.token.usage", "llm_ledger.cost"} <= names
+    assert {"gen_ai.client.token.usage", "llm_ledger.cost"} <= _metric_names(receiver)
 
 
 def test_a_sigterm_with_the_endpoint_down_still_ends_the_service_within_the_bound(
@@ -143,28 +132,8 @@ def test_a_sigterm_with_the_endpoint_down_still_ends_the_service_within_the_boun
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    app = recipe("**Sending to an OTLP endpoint**") + textwrap.dedent(
-        f"""
-        import os, signal, time
-        import openai
-        client = llm_ledger.instrument(openai.OpenAI(api_key="sk-test", base_url={fake_openai.base_url!r}))
-        hi = [{{"role": "user", "content": "hi"}}]
-        with llm_ledger.lens("checkout_summary"):
-            client.chat.completions.create(model="gpt-4o-mini", messages=hi)
-        started = time.monotonic()
-        print(started, flush=True)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(60)
-        """
-    )
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "LLM_LEDGER_LOG_DIR": "logs",
-    }
-    done = warm_python.run(
-        [sys.executable, "-c", app], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    then = "print(time.monotonic(), flush=True)\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n"
+    done = _run(_service(fake_openai, then), port, tmp_path, LLM_LEDGER_LOG_DIR="logs")
     took = time.monotonic() - float(done.stdout.split()[0])
     assert done.returncode == -15, done.stderr
     assert took < 20, took
