@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -58,6 +59,9 @@ Redactor = Callable[[str], str]
 
 C = TypeVar("C")
 
+# an answer's finish reasons when a limit or a filter cut it (chat's; a Response's incomplete_details)
+_CUT_SHORT = frozenset({"length", "content_filter", "max_output_tokens", "incomplete"})
+_LAST_WORD = re.compile(r"\S+\Z")  # the last word of a text, unless a space follows it
 _NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
@@ -412,14 +416,19 @@ class LLMCallMonitor:
             self._report("capturing a request's content", exc)
             return None
 
-    def _scrubbed_content(
-        self, call: _Call, content: dict[str, Any], output_text: str | None
+    def _content(
+        self, call: _Call, status: Status, response: ResponseShape, output_text: str | None
     ) -> dict[str, Any] | None:
-        """The captured content and output, scrubbed; None, reported, when it cannot be copied."""
+        """The captured content and output, scrubbed; None, reported, when it cannot be copied. An
+        answer cut short (stopped, failed, or cut by a limit or a filter) may end mid-word ("Ali" of
+        "Alice", part of a key), which the redact hook and the scrubbing would miss: its output keeps
+        up to its last whole word."""
         try:
             secrets = _secrets(call)
-            scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secrets))
+            scrubbed: dict[str, Any] = _json_ready(call.content, lambda text: self._scrub(text, secrets))
             if output_text is not None:
+                if status != "ok" or response["finish_reason"] in _CUT_SHORT:
+                    output_text = _LAST_WORD.sub("", output_text)
                 scrubbed["output"] = self._scrub(output_text, secrets)
         except Exception as exc:  # e.g. nested deeper than the stack allows where the call ended
             self._report("capturing a call's content", exc)
@@ -593,7 +602,7 @@ class LLMCallMonitor:
             completion_cost_units=completion_cost,
             retries=call.retries,
             error=None if error is None else self._error_shape(call, error),
-            content=None if call.content is None else self._scrubbed_content(call, call.content, output_text),
+            content=None if call.content is None else self._content(call, status, response, output_text),
             cost_source=source,
             cost_matched_by=route.matched_by,
             reported_cost_units=reported,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import re
 import threading
 import time
 import weakref
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["watch_connect"]
 
 OPERATION = "realtime"
-# the last word of a text, unless it is followed by a space: cut mid-way in a response cut short
-_LAST_WORD = re.compile(r"\S+\Z")
 # response.status -> the record's: a response cancelled (response.cancel, or the user speaking over it)
 # stopped on the caller's side; one cut by max_output_tokens or a filter ("incomplete") was answered
 _STATUSES: dict[Any, Status] = {
@@ -184,18 +181,13 @@ class _Session:
         error = None
         if status == "error":
             error = ResponseError(_object(_object(response.get("status_details")).get("error")))
-        output = None
-        if call.content is not None:
-            output = "".join(texts)
-            if response.get("status") != "completed":  # cut short: a word cut mid-way ("Ali" of "Alice"),
-                output = _LAST_WORD.sub("", output)  # which the redact hook would not know, is left out
         self.monitor._finish(
             call,
             status,
             self._shape(response, sum(map(len, texts)), tools),
             JsonView(usage) if type(usage := response.get("usage")) is dict else None,
             error=error,
-            output_text=output,
+            output_text="".join(texts) if call.content is not None else None,
         )
 
     # -- the end -------------------------------------------------------------------------------------------
