@@ -113,8 +113,8 @@ class _Call:
     background_id: str
     answer: Any
     around: tuple[LensRun, ...]
-    # the HTTP status the server answered a call that then failed (a body or stream that broke), kept
-    # when its response is let go: a 2xx answer was generated, so billed (``_records.billed``)
+    # the HTTP status of the last response, kept when it is let go: a call that then failed (a body or
+    # stream that broke) after a 2xx answer was billed (``_records.billed``)
     answered: int | None = None
     # the attempts that may have been billed, with no usage known (``_instrument._maybe_billed``): retried
     # ones, and a last one that timed out reading; the record's ``cost.attempts_left_out``
@@ -157,8 +157,8 @@ class _Call:
             self.ttft = time.perf_counter() - self.start_perf
 
     def let_go(self, error: BaseException | None = None) -> None:
-        """Keep the call's server and request id (from the last HTTP response, else the request
-        ``error`` names) and let the response go: the call may outlive it."""
+        """Keep the call's server, request id and HTTP status (from the last HTTP response, else the
+        request ``error`` names) and let the response go: the call may outlive it."""
         response = self.http_response
         source: Any = response if response is not None else error
         if self.server is None and source is not None:
@@ -171,6 +171,7 @@ class _Call:
             self.secrets = _carried(source)
         if response is not None:
             self.http_response = None
+            self.answered = response.status_code
             if self.request_id is None:
                 try:
                     self.request_id = response.headers.get("x-request-id")

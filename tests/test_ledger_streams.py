@@ -182,8 +182,9 @@ def test_abandoned_stream_is_recorded_when_collected(client: openai.OpenAI, reco
 def test_stream_cut_by_the_server_is_an_error_record(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
-    """A connection reset mid-stream raises the SDK's error to the caller and records an error; the
-    tokens produced before the cut were billed, their count unknown: the lens's cost is not complete."""
+    """A connection reset mid-stream raises the SDK's error to the caller and records an error, with the
+    status the server answered; the tokens produced before the cut were billed, their count unknown:
+    the lens's cost is not complete."""
     with monitor.lens("cut"), pytest.raises(Exception) as raised:  # noqa: PT011 - whatever httpx2 raises
         list(
             client.chat.completions.create(
@@ -192,6 +193,7 @@ def test_stream_cut_by_the_server_is_an_error_record(
         )
     [record] = records.calls
     assert record["status"] == "error" and record["error"]["type"] == type(raised.value).__name__
+    assert record["error"]["status_code"] == 200  # the stream's answer, let go when it began
     assert record["response"]["id"] and record["usage"]["total_tokens"] is None
     [lens] = records.lenses
     assert lens["summary"]["cost_complete"] is False
