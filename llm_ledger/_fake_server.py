@@ -961,6 +961,7 @@ _ECHOED: JSONDict = {
 }  # fmt: skip
 # Azure's deployment paths, and its paths of no deployment (``/openai/responses``, as the SDK's
 # AzureOpenAI calls the Responses API), served as the plain ``/v1`` ones
+_QUERY_VALUE = re.compile(r"([?&][^=&\s]*=)[^&\s]*")  # a query parameter's name, then its value
 _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)|^/openai(?=/(?!v1/))")
 _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | _Stream]] = {
     "/v1/chat/completions": _chat,
@@ -1039,8 +1040,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().send_error(code, message, explain)
 
     def log_message(self, format: str, *args: Any) -> None:
-        if self.server.fake.verbose:
-            super().log_message(format, *args)
+        if self.server.fake.verbose:  # a query's values may be credentials (Azure's ?api-key=): masked
+            super().log_message("%s", _QUERY_VALUE.sub(r"\1***", format % args))
 
     def _read_body(self) -> bytes:
         """The body; :class:`_Refusal` for one whose length cannot be read or is over the limit."""

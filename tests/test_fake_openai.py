@@ -1161,6 +1161,22 @@ async def test_concurrent_async_calls(fake: FakeOpenAI) -> None:
     assert len(fake.requests) == 200
 
 
+def test_the_request_log_masks_query_values(capfd: pytest.CaptureFixture[str]) -> None:
+    """The request lines a verbose server logs (``llm-ledger fake-server`` without ``--quiet``) show each
+    query parameter's name, never its value: a query may carry a key (Azure's ``?api-key=``)."""
+    secret = "sk-query-LEAKCHECK-0123"
+    with FakeOpenAI(verbose=True) as fake:
+        query = {"api-version": "2024-10-21", "api-key": secret}
+        with openai.OpenAI(
+            api_key="sk-test", base_url=fake.base_url, default_query=query, max_retries=0
+        ) as sdk:
+            sdk.chat.completions.create(model=MODEL, messages=USER)
+        assert fake.requests[-1].query == f"api-version=2024-10-21&api-key={secret}"  # sent as asked
+    logged = capfd.readouterr().err
+    assert '"POST /v1/chat/completions?api-version=***&api-key=*** HTTP/1.1" 200' in logged
+    assert secret not in logged and "2024-10-21" not in logged
+
+
 def test_fake_server_subcommand() -> None:
     """`llm-ledger fake-server` serves the real SDK until Ctrl-C, then exits 130 (the shell's status
     for SIGINT, as `llm-ledger serve` does) without a traceback."""
