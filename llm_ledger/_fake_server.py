@@ -477,6 +477,9 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
         raise _Refusal(400, "Missing required parameter: 'messages'.")
     _check_minimum(body, "max_completion_tokens", 1)
     _check_minimum(body, "max_tokens", 1)
+    searches = "-search-" in str(body["model"])  # gpt-4o-search-preview, gpt-5-search-api...
+    if "web_search_options" in body and not searches:
+        raise _Refusal(400, "Web search options not supported with this model.", param="web_search_options")
     prompt, cached, written, reasoning = _counts(messages, body.get("tools"), headers)
     # audio in the prompt and in the answer, as an audio model counts it
     heard, spoken = _count(headers, "prompt-audio-tokens"), _count(headers, "completion-audio-tokens")
@@ -519,7 +522,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     base = {"id": f"chatcmpl-{num}", "created": CREATED, "model": _served_model(body, headers)}
     tier = {"service_tier": _served_tier(body), "system_fingerprint": "fp_fake0001"}
     cited: list[JSONDict] = []  # a search model's answer cites the page it found
-    if content and ("-search-" in str(body["model"]) or "web_search_options" in body):
+    if content and searches:
         found = {"url": "https://example.com/fake", "title": "Fake source", "start_index": 0}
         cited = [{"type": "url_citation", "url_citation": {**found, "end_index": len(content)}}]
 
@@ -958,6 +961,7 @@ _ECHOED: JSONDict = {
 }  # fmt: skip
 # Azure's deployment paths, and its paths of no deployment (``/openai/responses``, as the SDK's
 # AzureOpenAI calls the Responses API), served as the plain ``/v1`` ones
+_QUERY_VALUE = re.compile(r"([?&][^=&\s]*=)[^&\s]*")  # a query parameter's name, then its value
 _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)|^/openai(?=/(?!v1/))")
 _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | _Stream]] = {
     "/v1/chat/completions": _chat,
@@ -1036,8 +1040,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().send_error(code, message, explain)
 
     def log_message(self, format: str, *args: Any) -> None:
-        if self.server.fake.verbose:
-            super().log_message(format, *args)
+        if self.server.fake.verbose:  # a query's values may be credentials (Azure's ?api-key=): masked
+            super().log_message("%s", _QUERY_VALUE.sub(r"\1***", format % args))
 
     def _read_body(self) -> bytes:
         """The body; :class:`_Refusal` for one whose length cannot be read or is over the limit."""

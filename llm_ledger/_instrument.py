@@ -164,10 +164,8 @@ def _fail(monitor: LLMCallMonitor, call: _Call, exc: BaseException) -> None:
     """Record a call whose request raised ``exc`` (``interrupted`` for a cancelled task or Ctrl-C)."""
     status: Status = "interrupted" if interrupted(exc) else "error"
     try:
-        answer = call.http_response  # the last attempt's answer: a 2xx one was billed
-        if answer is not None and 200 <= answer.status_code < 300:  # then it failed: a body cut
-            call.answered = answer.status_code
-        elif _maybe_billed(None, exc.__cause__):  # the SDK's APITimeoutError, from a ReadTimeout
+        answer = call.http_response  # the last attempt's answer: a 2xx one was billed (its status is kept)
+        if not _maybe_billed(answer, None) and _maybe_billed(None, exc.__cause__):  # from a ReadTimeout
             _lose_answer(call)
         # parse() errors such as LengthFinishReasonError carry the billed completion; others (a
         # pydantic ValidationError) come after a 2xx body the SDK has read: its usage was billed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -58,6 +59,9 @@ Redactor = Callable[[str], str]
 
 C = TypeVar("C")
 
+# an answer's finish reasons when a limit or a filter cut it (chat's; a Response's incomplete_details)
+_CUT_SHORT = frozenset({"length", "content_filter", "max_output_tokens", "incomplete"})
+_LAST_WORD = re.compile(r"\S+\Z")  # the last word of a text, unless a space follows it
 _NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
@@ -109,8 +113,8 @@ class _Call:
     background_id: str
     answer: Any
     around: tuple[LensRun, ...]
-    # the HTTP status the server answered a call that then failed (a body or stream that broke), kept
-    # when its response is let go: a 2xx answer was generated, so billed (``_records.billed``)
+    # the HTTP status of the last response, kept when it is let go: a call that then failed (a body or
+    # stream that broke) after a 2xx answer was billed (``_records.billed``)
     answered: int | None = None
     # the attempts that may have been billed, with no usage known (``_instrument._maybe_billed``): retried
     # ones, and a last one that timed out reading; the record's ``cost.attempts_left_out``
@@ -153,8 +157,8 @@ class _Call:
             self.ttft = time.perf_counter() - self.start_perf
 
     def let_go(self, error: BaseException | None = None) -> None:
-        """Keep the call's server and request id (from the last HTTP response, else the request
-        ``error`` names) and let the response go: the call may outlive it."""
+        """Keep the call's server, request id and HTTP status (from the last HTTP response, else the
+        request ``error`` names) and let the response go: the call may outlive it."""
         response = self.http_response
         source: Any = response if response is not None else error
         if self.server is None and source is not None:
@@ -167,6 +171,7 @@ class _Call:
             self.secrets = _carried(source)
         if response is not None:
             self.http_response = None
+            self.answered = response.status_code
             if self.request_id is None:
                 try:
                     self.request_id = response.headers.get("x-request-id")
@@ -412,14 +417,19 @@ class LLMCallMonitor:
             self._report("capturing a request's content", exc)
             return None
 
-    def _scrubbed_content(
-        self, call: _Call, content: dict[str, Any], output_text: str | None
+    def _content(
+        self, call: _Call, status: Status, response: ResponseShape, output_text: str | None
     ) -> dict[str, Any] | None:
-        """The captured content and output, scrubbed; None, reported, when it cannot be copied."""
+        """The captured content and output, scrubbed; None, reported, when it cannot be copied. An
+        answer cut short (stopped, failed, or cut by a limit or a filter) may end mid-word ("Ali" of
+        "Alice", part of a key), which the redact hook and the scrubbing would miss: its output keeps
+        up to its last whole word."""
         try:
             secrets = _secrets(call)
-            scrubbed: dict[str, Any] = _json_ready(content, lambda text: self._scrub(text, secrets))
+            scrubbed: dict[str, Any] = _json_ready(call.content, lambda text: self._scrub(text, secrets))
             if output_text is not None:
+                if status != "ok" or response["finish_reason"] in _CUT_SHORT:
+                    output_text = _LAST_WORD.sub("", output_text)
                 scrubbed["output"] = self._scrub(output_text, secrets)
         except Exception as exc:  # e.g. nested deeper than the stack allows where the call ended
             self._report("capturing a call's content", exc)
@@ -593,7 +603,7 @@ class LLMCallMonitor:
             completion_cost_units=completion_cost,
             retries=call.retries,
             error=None if error is None else self._error_shape(call, error),
-            content=None if call.content is None else self._scrubbed_content(call, call.content, output_text),
+            content=None if call.content is None else self._content(call, status, response, output_text),
             cost_source=source,
             cost_matched_by=route.matched_by,
             reported_cost_units=reported,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import re
 import threading
 import time
 import weakref
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["watch_connect"]
 
 OPERATION = "realtime"
-# the last word of a text, unless it is followed by a space: cut mid-way in a response cut short
-_LAST_WORD = re.compile(r"\S+\Z")
 # response.status -> the record's: a response cancelled (response.cancel, or the user speaking over it)
 # stopped on the caller's side; one cut by max_output_tokens or a filter ("incomplete") was answered
 _STATUSES: dict[Any, Status] = {
@@ -68,10 +65,11 @@ def _closed(exc: BaseException) -> bool:
 
 
 class _Session:
-    """One watched Realtime connection: its responses in flight, each a call, and the lens runs it holds
-    open."""
+    """One watched connection: the context and lens runs where it was opened (held open until it ends)
+    and its server; a subclass reads its API's events into calls (:class:`_RealtimeSession`,
+    :class:`_ResponsesSession`)."""
 
-    operation = OPERATION
+    operation: str
 
     def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
         self.monitor = monitor
@@ -91,15 +89,13 @@ class _Session:
             self.server = server_of(url if hasattr(url, "netloc") else type(client.base_url)(url))
         except Exception:  # not the SDK's client: an unknown server
             self.server = server_of(None)
-        self.asked: deque[tuple[float, float]] = deque()  # response.create sent, not yet created: when
-        self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
         _open.add(self)
 
     # -- what passes through the connection ---------------------------------------------------------------
 
     def sent(self, event: Any) -> None:
-        if _type(event) == "response.create":
-            self.asked.append((time.time(), time.perf_counter()))
+        """Note one client event the caller sends (a dict, or one of the SDK's models)."""
+        raise NotImplementedError
 
     def seen(self, data: Any) -> None:
         """Read one server event (its JSON text): what it says of the responses."""
@@ -112,6 +108,68 @@ class _Session:
         with self.lock:
             if not self.ended:  # a connection closed records nothing more
                 self._seen(kind, event)
+
+    def _seen(self, kind: str, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _begin(
+        self, request: RequestShape, content: dict[str, Any] | None, when: tuple[float, float] | None
+    ) -> _Call:
+        """A response's call, begun ``when`` its create was sent (else now), in the connection's context
+        and lens runs (which the connection holds open: each counts it, even once ended)."""
+        # made in an empty context: it begins in none of the lens runs of the thread reading the events
+        call = contextvars.Context().run(_Call, self.operation, request, self.endpoint, None, False, None)
+        call.context = self.context
+        call.lenses = self.lenses
+        for run in self.lenses:
+            run._totals.hold()
+        call.server = dict(self.server)  # type: ignore[assignment]
+        if when is not None:
+            call.start_epoch, call.start_perf = when
+        if self.monitor.capture_content:
+            call.client = self.client
+            call.content = content
+        return call
+
+    # -- the end -------------------------------------------------------------------------------------------
+
+    def lost(self, exc: BaseException | None) -> None:
+        """The connection ended under the responses in flight: ``interrupted`` when the caller closed it
+        (or the server did, cleanly), ``error`` when it broke; nothing more comes for them."""
+        raise NotImplementedError
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
+        with self.lock:
+            if self.ended:
+                return
+            self.ended = True
+        _open.discard(self)
+        try:
+            self.lost(exc)
+        finally:
+            for run in self.lenses:
+                run._totals.release()
+                try:
+                    run._settle_call()
+                except Exception as error:
+                    self.monitor._report("ending a lens", error)
+
+
+class _RealtimeSession(_Session):
+    """One watched Realtime connection: each response the server ends (``response.done``) is one call,
+    from its ``response.create`` sent (else its ``response.created``)."""
+
+    operation = OPERATION
+
+    def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
+        self.asked: deque[tuple[float, float]] = deque()  # response.create sent, not yet created: when
+        self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
+        super().__init__(monitor, client, model)
+
+    def sent(self, event: Any) -> None:
+        if _type(event) == "response.create":
+            self.asked.append((time.time(), time.perf_counter()))
 
     def _seen(self, kind: str, event: dict[str, Any]) -> None:
         if kind.endswith(".delta"):  # response.output_text.delta, response.output_audio.delta...
@@ -136,25 +194,6 @@ class _Session:
         if when is None and self.asked:
             when = self.asked.popleft()
         return self._begin({**EMPTY_REQUEST, "model": self.model, "stream": True}, {}, when)
-
-    def _begin(
-        self, request: RequestShape, content: dict[str, Any] | None, when: tuple[float, float] | None
-    ) -> _Call:
-        """A response's call, begun ``when`` its create was sent (else now), in the connection's context
-        and lens runs (which the connection holds open: each counts it, even once ended)."""
-        # made in an empty context: it begins in none of the lens runs of the thread reading the events
-        call = contextvars.Context().run(_Call, self.operation, request, self.endpoint, None, False, None)
-        call.context = self.context
-        call.lenses = self.lenses
-        for run in self.lenses:
-            run._totals.hold()
-        call.server = dict(self.server)  # type: ignore[assignment]
-        if when is not None:
-            call.start_epoch, call.start_perf = when
-        if self.monitor.capture_content:
-            call.client = self.client
-            call.content = content
-        return call
 
     def _shape(self, response: dict[str, Any], chars: int | None, tools: int | None) -> ResponseShape:
         details = _object(response.get("status_details"))
@@ -184,25 +223,16 @@ class _Session:
         error = None
         if status == "error":
             error = ResponseError(_object(_object(response.get("status_details")).get("error")))
-        output = None
-        if call.content is not None:
-            output = "".join(texts)
-            if response.get("status") != "completed":  # cut short: a word cut mid-way ("Ali" of "Alice"),
-                output = _LAST_WORD.sub("", output)  # which the redact hook would not know, is left out
         self.monitor._finish(
             call,
             status,
             self._shape(response, sum(map(len, texts)), tools),
             JsonView(usage) if type(usage := response.get("usage")) is dict else None,
             error=error,
-            output_text=output,
+            output_text="".join(texts) if call.content is not None else None,
         )
 
-    # -- the end -------------------------------------------------------------------------------------------
-
     def lost(self, exc: BaseException | None) -> None:
-        """The connection ended under the responses in flight: ``interrupted`` when the caller closed it
-        (or the server did, cleanly), ``error`` when it broke; nothing more comes for them."""
         with self.lock:
             calls, self.calls = self.calls, {}
             asked, self.asked = self.asked, deque()
@@ -212,23 +242,6 @@ class _Session:
         for when in asked:  # a response.create whose answer was never read: it may have been billed
             unread = self._shape({"id": None}, None, None)
             self.monitor._finish(self._call(when), status, unread, None, error=exc)
-
-    def close(self, exc: BaseException | None = None) -> None:
-        """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
-        with self.lock:
-            if self.ended:
-                return
-            self.ended = True
-        _open.discard(self)
-        try:
-            self.lost(exc)
-        finally:
-            for run in self.lenses:
-                run._totals.release()
-                try:
-                    run._settle_call()
-                except Exception as error:
-                    self.monitor._report("ending a lens", error)
 
 
 def _ended_as(exc: BaseException | None) -> Status:
@@ -249,10 +262,10 @@ class _ResponsesSession(_Session):
     operation = "responses"
 
     def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
-        super().__init__(monitor, client, model)
         # each lane's response.create sent, not yet created: its request, content and when
         self.pending: dict[Any, deque[tuple[RequestShape, dict[str, Any] | None, tuple[float, float]]]] = {}
         self.lanes: dict[Any, _StreamState] = {}  # each lane's response in flight
+        super().__init__(monitor, client, model)
 
     def sent(self, event: Any) -> None:
         body = event if isinstance(event, dict) else event.to_dict()  # a dict, or one of the SDK's models
@@ -443,7 +456,7 @@ def _watched_manager(cls: Any, is_async: bool) -> Any:
 def watch_connect(original: Any, client: Any, monitor_of: Any, is_async: bool, api: str) -> Any:
     """A realtime or responses resource's (``api``) ``connect()`` whose manager watches the connection it
     opens for the monitor ``monitor_of()`` gives then (the client's)."""
-    kind = _ResponsesSession if api == "responses" else _Session
+    kind = _ResponsesSession if api == "responses" else _RealtimeSession
 
     @functools.wraps(original)
     def connect(*args: Any, **kwargs: Any) -> Any:

@@ -233,6 +233,9 @@ class LensSummary(TypedDict):
     cache_write_tokens: int
     prompt_audio_tokens: int
     completion_audio_tokens: int
+    cached_audio_tokens: int
+    prompt_image_tokens: int
+    cached_image_tokens: int
     duration_ms: float
     open_calls: int
     pending_calls: int  # background responses begun in the run whose end it has not counted
@@ -487,6 +490,10 @@ class LensTotals:
     # set by a call with an answer that may have been billed whose usage was lost (a body that broke
     # after a 2xx, a read timeout), retried (``cost.attempts_left_out``) or not (the call failed)
     answers_lost: bool = False
+    # set only by a run with realtime responses, the only calls that report them (the others' are 0)
+    cached_audio_tokens: int = 0
+    prompt_image_tokens: int = 0
+    cached_image_tokens: int = 0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -554,6 +561,10 @@ class LensTotals:
             self.cache_write_tokens += usage["cache_write_tokens"] or 0
             self.prompt_audio_tokens += usage["prompt_audio_tokens"] or 0
             self.completion_audio_tokens += usage["completion_audio_tokens"] or 0
+            if record["operation"] == "realtime":
+                self.cached_audio_tokens += usage["cached_audio_tokens"] or 0
+                self.prompt_image_tokens += usage["prompt_image_tokens"] or 0
+                self.cached_image_tokens += usage["cached_image_tokens"] or 0
             if total_cost_units is not None:
                 self.cost_units += total_cost_units
                 if record["cost"]["left_out"]:  # tool uses billed apart, with no price
@@ -626,6 +637,9 @@ class LensTotals:
             "cache_write_tokens": self.cache_write_tokens,
             "prompt_audio_tokens": self.prompt_audio_tokens,
             "completion_audio_tokens": self.completion_audio_tokens,
+            "cached_audio_tokens": self.cached_audio_tokens,
+            "prompt_image_tokens": self.prompt_image_tokens,
+            "cached_image_tokens": self.cached_image_tokens,
             "duration_ms": round(wall_s * 1000, 3),
             "open_calls": self.open,
             "pending_calls": max(self.pending, 0),

@@ -52,8 +52,6 @@ class _StreamState:
     running: str | None = None  # a background response's last status while it runs (set on it only)
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
-        if call.http_response is not None:  # a stream that breaks was answered: its status is kept
-            call.answered = call.http_response.status_code
         call.let_go()  # the call outlives its request: what its record takes from the response is kept
         self.monitor = monitor
         self.call = call
@@ -445,8 +443,6 @@ def finish_body(monitor: LLMCallMonitor, call: _Call, content: bytes, content_ty
                     data = json.loads(content)  # what the SDK's parse() uses: its exception, if it fails
                 except ValueError as exc:
                     if content_type.split(";")[0].strip().endswith("json"):
-                        if call.http_response is not None:  # as _fail() keeps it for create()
-                            call.answered = call.http_response.status_code
                         monitor._finish(call, "error", None, None, error=exc)
                         return
                     data = None  # the SDK hands such a body over as text

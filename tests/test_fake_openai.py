@@ -172,6 +172,31 @@ def test_chat_token_limit_below_one_is_refused(
     }
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_web_search_options_are_refused_on_a_model_that_does_not_search(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    """web_search_options on a model that is not a search model (gpt-4o) is a 400 naming it, as the API
+    answers; a search model takes them and cites the page it found."""
+    search: Any = {"search_context_size": "low"}
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model="gpt-4o", messages=USER, web_search_options=search, stream=stream
+        )
+    assert raised.value.body == {  # the error object, as the API sends it
+        "message": "Web search options not supported with this model.",
+        "type": "invalid_request_error",
+        "param": "web_search_options",
+        "code": None,
+    }
+    for model in ("gpt-4o-search-preview", "gpt-4o-mini-search-preview", "gpt-5-search-api"):
+        answer = client.chat.completions.create(model=model, messages=USER, web_search_options=search)
+        message = answer.choices[0].message
+        assert [(a.type, a.url_citation.end_index) for a in message.annotations or ()] == [
+            ("url_citation", len(message.content or ""))
+        ]
+
+
 def test_chat_stream_without_usage(client: openai.OpenAI) -> None:
     expected = client.chat.completions.create(model=MODEL, messages=USER)
     chunks = list(
@@ -1134,6 +1159,22 @@ async def test_concurrent_async_calls(fake: FakeOpenAI) -> None:
     )
     assert len({r.id for r in results}) == 200
     assert len(fake.requests) == 200
+
+
+def test_the_request_log_masks_query_values(capfd: pytest.CaptureFixture[str]) -> None:
+    """The request lines a verbose server logs (``llm-ledger fake-server`` without ``--quiet``) show each
+    query parameter's name, never its value: a query may carry a key (Azure's ``?api-key=``)."""
+    secret = "sk-query-LEAKCHECK-0123"
+    with FakeOpenAI(verbose=True) as fake:
+        query = {"api-version": "2024-10-21", "api-key": secret}
+        with openai.OpenAI(
+            api_key="sk-test", base_url=fake.base_url, default_query=query, max_retries=0
+        ) as sdk:
+            sdk.chat.completions.create(model=MODEL, messages=USER)
+        assert fake.requests[-1].query == f"api-version=2024-10-21&api-key={secret}"  # sent as asked
+    logged = capfd.readouterr().err
+    assert '"POST /v1/chat/completions?api-version=***&api-key=*** HTTP/1.1" 200' in logged
+    assert secret not in logged and "2024-10-21" not in logged
 
 
 def test_fake_server_subcommand() -> None:

@@ -573,7 +573,7 @@ def test_a_speech_captures_its_input_and_no_output_however_it_is_read(
 @pytest.mark.asyncio
 async def test_a_streamed_transcriptions_text_is_captured_on_an_async_client(fake_openai: FakeOpenAI) -> None:
     """Async: the text of a streamed transcription, as the sync client's; one stopped early keeps the
-    text it had."""
+    text it had up to its last whole word (the cut "re" of "recording" left out)."""
     monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True)
     async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
         client = monitor.instrument(raw)
@@ -585,14 +585,15 @@ async def test_a_streamed_transcriptions_text_is_captured_on_an_async_client(fak
             stream = await client.audio.transcriptions.create(
                 model="gpt-4o-transcribe", file=AUDIO, stream=True, extra_headers={"x-fake-chunks": "3"}
             )
-            first = await stream.__anext__()
+            first, second = await stream.__anext__(), await stream.__anext__()
             await stream.close()
-    assert first.type == "transcript.text.delta"
+    assert first.type == second.type == "transcript.text.delta"
+    assert first.delta + second.delta == "Summary: the re"  # cut mid-word
     done, stopped = records.calls
     assert done["content"] == {"prompt": "a memo", "output": "".join(pieces)} == {
         "prompt": "a memo", "output": "Summary: a memo"
     }  # fmt: skip
-    assert (stopped["status"], stopped["content"]) == ("interrupted", {"output": first.delta})
+    assert (stopped["status"], stopped["content"]) == ("interrupted", {"output": "Summary: the "})
 
 
 # openai 1.x has no videos resource (2.x's passes these too: sdk3 leaves them to one run); 3.x

@@ -182,8 +182,9 @@ def test_abandoned_stream_is_recorded_when_collected(client: openai.OpenAI, reco
 def test_stream_cut_by_the_server_is_an_error_record(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
-    """A connection reset mid-stream raises the SDK's error to the caller and records an error; the
-    tokens produced before the cut were billed, their count unknown: the lens's cost is not complete."""
+    """A connection reset mid-stream raises the SDK's error to the caller and records an error, with the
+    status the server answered; the tokens produced before the cut were billed, their count unknown:
+    the lens's cost is not complete."""
     with monitor.lens("cut"), pytest.raises(Exception) as raised:  # noqa: PT011 - whatever httpx2 raises
         list(
             client.chat.completions.create(
@@ -192,6 +193,7 @@ def test_stream_cut_by_the_server_is_an_error_record(
         )
     [record] = records.calls
     assert record["status"] == "error" and record["error"]["type"] == type(raised.value).__name__
+    assert record["error"]["status_code"] == 200  # the stream's answer, let go when it began
     assert record["response"]["id"] and record["usage"]["total_tokens"] is None
     [lens] = records.lenses
     assert lens["summary"]["cost_complete"] is False
@@ -359,6 +361,60 @@ async def test_async_responses_stream_closed_early(aclient: openai.AsyncOpenAI, 
     assert created.type == "response.created"
     assert record["response"]["model"] == created.response.model == "gpt-4o-mini-2024-07-18"
     assert record["response"]["id"] == created.response.id
+
+
+NAMES = {"x-fake-content": " ".join(["Alice"] * 4), "x-fake-chunks": "5"}  # 'Alice', ' Alic', 'e Ali'...
+
+
+def _chat_cut(client: openai.OpenAI) -> str:
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=NAMES
+    )
+    said = "".join(
+        next(stream).choices[0].delta.content or "" for _ in range(3)
+    )  # the role chunk, two pieces
+    stream.close()
+    return said
+
+
+def _responses_cut(client: openai.OpenAI) -> str:
+    stream = client.responses.create(model="gpt-4o-mini", input="hi", stream=True, extra_headers=NAMES)
+    deltas = (e.delta for e in stream if e.type == "response.output_text.delta")
+    said = next(deltas) + next(deltas)
+    stream.close()
+    return said
+
+
+def _responses_capped(client: openai.OpenAI) -> str:
+    capped = {"x-fake-content": " ".join(["Alice"] * 12)}  # 16 tokens: cut inside the 11th name
+    return client.responses.create(
+        model="gpt-4o-mini", input="hi", max_output_tokens=16, extra_headers=capped
+    ).output_text
+
+
+@pytest.mark.parametrize(
+    "cut", [_chat_cut, _responses_cut, _responses_capped], ids=["chat", "responses", "capped"]
+)
+def test_a_word_cut_mid_way_never_escapes_the_redact_hook(
+    fake_openai: FakeOpenAI, sdk: Any, cut: Any
+) -> None:
+    """An answer cut short (a stream closed mid-word, a Responses answer cut by max_output_tokens) keeps
+    its captured text up to its last whole word, as a realtime response's: the cut word ("Alic" of
+    "Alice"), which a redact hook matching whole words would miss, is never stored."""
+    seen: list[str] = []
+
+    def redact(text: str) -> str:
+        seen.append(text)
+        return text.replace("Alice", "[NAME]")
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, capture_content=True, redact=redact)
+    with llm_ledger.testing.capture(monitor) as mine:
+        said = cut(sdk(monitor))
+    assert said.endswith(" Alic")  # what the caller received, cut mid-name
+    (record,) = mine.calls
+    assert record["response"]["content_length"] == len(said)
+    assert record["content"]["output"] == said.removesuffix("Alic").replace("Alice", "[NAME]")
+    assert "Alic" not in record["content"]["output"] and seen[-1] == said.removesuffix("Alic")
 
 
 def test_stream_usage_can_be_switched_off(fake_openai: FakeOpenAI, records: Captured) -> None:

@@ -167,6 +167,39 @@ def test_audio_and_cached_tokens_cost_their_realtime_rates(
     assert Decimal(repr(record["cost"]["total_cost_usd"])) > text_only
 
 
+MEDIA_USAGE = (
+    "prompt_audio_tokens",
+    "completion_audio_tokens",
+    "cached_audio_tokens",
+    "prompt_image_tokens",
+    "cached_image_tokens",
+)
+
+
+def test_a_lens_totals_its_responses_audio_and_image_tokens(
+    ws: openai.OpenAI, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A lens's summary totals its calls' audio and image tokens, cached or not, as it totals their other
+    tokens: two realtime responses and a chat call."""
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    photo: Any = {"type": "message", "role": "user", "content": [image]}
+    with monitor.lens("voice_agent") as run:
+        with ws.realtime.connect(model=MODEL) as connection:
+            connection.conversation.item.create(item=photo)
+            connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+            connection.input_audio_buffer.commit()
+            for cached in ("10", "20"):
+                metadata = {"x-fake-cached-audio-tokens": cached, "x-fake-cached-image-tokens": cached}
+                connection.response.create(response={"metadata": metadata})
+                _until_done(connection)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert run.summary is not None
+    totals = {field: sum(call["usage"][field] for call in records.calls) for field in MEDIA_USAGE}
+    assert {field: run.summary.get(field) for field in MEDIA_USAGE} == totals
+    assert totals["cached_audio_tokens"] == totals["cached_image_tokens"] == 30
+    assert totals["prompt_image_tokens"] > 0 and totals["completion_audio_tokens"] > 0
+
+
 @pytest.mark.parametrize("model", ["gpt-realtime", "gpt-realtime-mini"])
 def test_cached_audio_and_images_cost_their_own_rates(
     ws: openai.OpenAI, records: Captured, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
