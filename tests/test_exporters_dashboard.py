@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import openai
 import pytest
 
 import llm_ledger
-from dashboards.local_prometheus import LocalPrometheus, free_port, wait
+from dashboards.local_prometheus import LocalPrometheus, wait
 from examples.lens_app.app import run_lenses
 from examples.lens_app.lenses import LENSES
 from examples.lens_app.services import RunnerService
@@ -395,10 +396,9 @@ def test_the_documented_budget_alert_fires_on_a_lenss_first_breach(
 
 def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
     """`make demo DEMO_ARGS=--metrics`: the replayed lenses' metrics on /metrics, and the URL printed."""
-    port = free_port()
     demo = warm_python.popen(
         [
-            *(sys.executable, "-m", "examples.lens_app", "--metrics", "--metrics-port", str(port)),
+            *(sys.executable, "-m", "examples.lens_app", "--metrics", "--metrics-port", "0"),
             *("--db", str(tmp_path / "demo.sqlite3"), "--log-dir", str(tmp_path / "logs")),
         ],
         cwd=REPO,
@@ -415,8 +415,11 @@ def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
             lines.append(line)
             if line.startswith("metrics:"):
                 break
-        assert lines[-1].strip() == f"metrics: scrape http://127.0.0.1:{port}/metrics (Ctrl-C stops)", lines
-        found = scrape(f"http://127.0.0.1:{port}/metrics")
+        said = re.fullmatch(
+            r"metrics: scrape (http://127\.0\.0\.1:(\d+)/metrics) \(Ctrl-C stops\)", lines[-1].strip()
+        )
+        assert said is not None and int(said[2]) > 0, lines  # --metrics-port 0: the port bound
+        found = scrape(said[1])
     finally:
         demo.send_signal(signal.SIGINT)
         _, err = demo.communicate(timeout=30)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,13 +43,19 @@ APP = textwrap.dedent(
 )
 
 
-def _documented_gunicorn_conf(metrics_port: int) -> str:
-    """The gunicorn.conf.py of docs/exporters.md's multiprocess section, on a free port."""
+# a gunicorn.conf.py line that shows the INFO lines of llm_ledger.internal (the /metrics server's port)
+SHOW_INFO = "import logging; logging.basicConfig(level=logging.INFO)\n"
+SERVING = re.compile(r"llm-ledger: serving /metrics on http://127\.0\.0\.1:(\d+)/metrics")
+
+
+def _documented_gunicorn_conf() -> str:
+    """The gunicorn.conf.py of docs/exporters.md's multiprocess section, on a free loopback port (the
+    server's start-up line says which)."""
     text = (REPO / "docs" / "exporters.md").read_text()
     after = text[text.index("e.g. in `gunicorn.conf.py`") :]
     code = after.split("```python\n", 1)[1].split("```", 1)[0]
     assert "start_metrics_server(9464)" in code
-    return code.replace("start_metrics_server(9464)", f"start_metrics_server({metrics_port}, '127.0.0.1')")
+    return SHOW_INFO + code.replace("start_metrics_server(9464)", "start_metrics_server(0, '127.0.0.1')")
 
 
 @pytest.mark.parametrize("settings", ["environment", "raw_env"])
@@ -59,14 +67,14 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     gunicorn.conf.py), each replaced after 5 requests (--max-requests); the documented
     when_ready/child_exit hooks: the master's /metrics counts every request's call and lens run once,
     whichever worker served it and whether it has exited since, and the JSONL file has each call once."""
-    metrics_port, app_port = free_port(), free_port()
+    app_port = free_port()
     (tmp_path / "multiproc").mkdir()
     env = {
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
         "LLM_LEDGER_EXPORTERS": "prometheus",
         "LLM_LEDGER_LOG_DIR": str(tmp_path / "logs"),
     }
-    conf = _documented_gunicorn_conf(metrics_port)
+    conf = _documented_gunicorn_conf()
     if settings == "raw_env":
         conf += f"\nraw_env = {[f'{name}={value}' for name, value in env.items()]!r}\n"
         env = {}
@@ -76,6 +84,7 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
         "--max-requests", "5",
     )  # fmt: skip
     try:
+        metrics_port = _metrics_port(gunicorn)
         _await(gunicorn, "the master's metrics server", metrics_port)
         _await(gunicorn, "a worker", app_port)  # its call counts too
 
@@ -88,8 +97,7 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
         requests = 30 + 1
         found = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
-        gunicorn.send_signal(signal.SIGTERM)
-        output, _ = gunicorn.communicate(timeout=60)
+        output = gunicorn.stop()
     assert len(set(pids)) > 2, "no worker was replaced"
     assert total(found, "llm_ledger_calls_total", lens="web", status="ok") == requests, output
     assert total(found, "llm_ledger_lens_runs_total", lens="web", status="ok") == requests
@@ -108,8 +116,8 @@ def test_prometheus_client_imported_before_raw_env_is_applied_names_the_fix(
     settings = [f"PROMETHEUS_MULTIPROC_DIR={tmp_path / 'multiproc'}", "LLM_LEDGER_EXPORTERS=prometheus"]
     (tmp_path / "gunicorn.conf.py").write_text(f"import prometheus_client\nraw_env = {settings!r}\n")
     gunicorn = _gunicorn(fake_openai, tmp_path, free_port(), {}, "--config", "gunicorn.conf.py")
-    output, _ = gunicorn.communicate(timeout=60)
-    assert gunicorn.returncode != 0, output
+    output = gunicorn.stop(None)
+    assert gunicorn.process.returncode != 0, output
     assert "Worker failed to boot" in output, output
     assert "was set after prometheus_client was imported" in output, output
     assert "with gunicorn's raw_env: import it in gunicorn.conf.py only inside a hook" in output, output
@@ -120,30 +128,73 @@ def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
 ) -> None:
     """gunicorn --preload runs configure() in the master, which then serves LLM_LEDGER_EXPORTERS=
     prometheus:PORT; the workers' calls never reach that /metrics: a worker says so, naming the fix."""
-    metrics_port, app_port = free_port(), free_port()
-    env = {"LLM_LEDGER_EXPORTERS": f"prometheus:127.0.0.1:{metrics_port}", "LLM_LEDGER_LOG_DIR": "off"}
-    gunicorn = _gunicorn(fake_openai, tmp_path, app_port, env, "--preload", "--workers", "2")
+    app_port = free_port()
+    env = {"LLM_LEDGER_EXPORTERS": "prometheus:127.0.0.1:0", "LLM_LEDGER_LOG_DIR": "off"}
+    (tmp_path / "gunicorn.conf.py").write_text(SHOW_INFO)
+    options = ("--config", "gunicorn.conf.py", "--preload", "--workers", "2")
+    gunicorn = _gunicorn(fake_openai, tmp_path, app_port, env, *options)
     try:
+        metrics_port = _metrics_port(gunicorn)
         _await(gunicorn, "a worker", app_port)
         urllib.request.urlopen(f"http://127.0.0.1:{app_port}/again").read()
         found = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
-        gunicorn.send_signal(signal.SIGTERM)
-        output, _ = gunicorn.communicate(timeout=60)
+        output = gunicorn.stop()
     assert total(found, "llm_ledger_calls_total") == 0  # the master made no call
     warnings = [line for line in output.splitlines() if "no /metrics serves" in line]
     assert len(warnings) == len({line.split("pid ")[1].split()[0] for line in warnings}) >= 1, output
     assert "PROMETHEUS_MULTIPROC_DIR" in warnings[0] and "Multiprocess mode" in warnings[0], warnings
 
 
-def _await(gunicorn: subprocess.Popen[str], what: str, port: int) -> None:
+class _Gunicorn:
+    """A gunicorn process and the lines of its output so far (read by a thread, so that waiting for a
+    line never blocks past a timeout)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def exited(self, what: str) -> None:
+        """Fail with gunicorn's output should it have stopped before ``what``."""
+        if self.process.poll() is not None:
+            self._reader.join(timeout=10)
+            pytest.fail(f"gunicorn exited ({self.process.returncode}) before {what}:\n{''.join(self.lines)}")
+
+    def stop(self, sig: signal.Signals | None = signal.SIGTERM) -> str:
+        """Stop it (with ``sig``; None: wait for it to exit) and return its whole output."""
+        if sig is not None:
+            self.process.send_signal(sig)
+        self.process.wait(timeout=60)
+        self._reader.join(timeout=10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return "".join(self.lines)
+
+
+def _metrics_port(gunicorn: _Gunicorn) -> int:
+    """The port the master's /metrics server bound (port 0), as its start-up line says."""
+
+    def said() -> bool:
+        gunicorn.exited("its /metrics server said where it listens")
+        return any(SERVING.search(line) for line in list(gunicorn.lines))
+
+    wait("the /metrics server's start-up line", said)
+    return next(int(m[1]) for line in gunicorn.lines if (m := SERVING.search(line)))
+
+
+def _await(gunicorn: _Gunicorn, what: str, port: int) -> None:
     """Wait for ``what`` to answer 200 on ``port``; should gunicorn stop first (a worker failed to
     boot, the port was taken), fail at once with its output rather than time out without it."""
 
     def answers() -> bool:
-        if gunicorn.poll() is not None:
-            output = gunicorn.communicate()[0]
-            pytest.fail(f"gunicorn exited ({gunicorn.returncode}) before {what} answered:\n{output}")
+        gunicorn.exited(f"{what} answered")
         # no timeout: a request given up on and served later would count a call too many
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as response:
             return bool(response.status == 200)
@@ -153,15 +204,17 @@ def _await(gunicorn: subprocess.Popen[str], what: str, port: int) -> None:
 
 def _gunicorn(
     fake_openai: FakeOpenAI, where: Path, port: int, env: dict[str, str], *options: str
-) -> subprocess.Popen[str]:
+) -> _Gunicorn:
     """gunicorn serving APP on ``port`` from ``where``, with ``env`` as its only ledger settings."""
     (where / "app.py").write_text(APP)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
-    return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", *options, "--bind", f"127.0.0.1:{port}", "app:app"],
-        cwd=where,
-        env={**clean, **env, "FAKE_OPENAI_URL": fake_openai.base_url, "PYTHONPATH": str(where)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return _Gunicorn(
+        subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", *options, "--bind", f"127.0.0.1:{port}", "app:app"],
+            cwd=where,
+            env={**clean, **env, "FAKE_OPENAI_URL": fake_openai.base_url, "PYTHONPATH": str(where)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     )

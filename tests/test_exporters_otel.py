@@ -812,16 +812,93 @@ def test_budget_breaches_and_anomalies_are_counted_as_their_records_and_the_prom
     want_breaches = {
         (capped[lens], limit): float(breaches.count((lens, limit))) for lens, limit in set(breaches)
     }
+    # an anomaly's attribute set at 0 from a lens's first judged run (summary's, under other, stays
+    # there); a breach's at 0 in the first collection after it, at its count from the next one: a rule
+    # on increase() after OTLP reaches Prometheus counts a lens's first anomaly and first breach
+    want_anomalies = {("digest", "total_tokens"): 1.0, ("other", "total_tokens"): 0.0}
+    assert counted("llm_ledger.budget_exceeded", "llm_ledger.budget.limit") == dict.fromkeys(
+        want_breaches, 0.0
+    )
+    assert counted("llm_ledger.lens_anomalies", "llm_ledger.anomaly.metric") == want_anomalies
     assert counted("llm_ledger.budget_exceeded", "llm_ledger.budget.limit") == want_breaches
-    assert counted("llm_ledger.lens_anomalies", "llm_ledger.anomaly.metric") == {
-        ("digest", "total_tokens"): 1
-    }
-    generate_latest(registry)  # the scrape that shows new series at 0
+    assert counted("llm_ledger.lens_anomalies", "llm_ledger.anomaly.metric") == want_anomalies
+    first = samples(generate_latest(registry).decode())  # the scrape that shows new series at 0
+    assert by_labels(first, "llm_ledger_budget_exceeded_total", "lens", "limit") == dict.fromkeys(
+        want_breaches, 0.0
+    )
     scraped = samples(generate_latest(registry).decode())
     assert by_labels(scraped, "llm_ledger_budget_exceeded_total", "lens", "limit") == want_breaches
-    prometheus_anomalies = by_labels(scraped, "llm_ledger_lens_anomalies_total", "lens", "metric")
-    # beside the series at 0 the Prometheus sink makes for each lens judged (docs/exporters.md)
-    assert {k: v for k, v in prometheus_anomalies.items() if v} == {("digest", "total_tokens"): 1}
+    assert by_labels(scraped, "llm_ledger_lens_anomalies_total", "lens", "metric") == want_anomalies
+
+
+BREACH_THEN_EXIT = """
+import sys, openai, llm_ledger
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from llm_ledger.exporters import OTelSink
+from llm_ledger.testing import FakeOpenAI
+
+reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=sys.argv[1]), 600_000)
+meter_provider = MeterProvider(metric_readers=[reader])
+monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[OTelSink(TracerProvider(), meter_provider)])
+one_call = {"max_api_calls": 1}
+monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"nightly": one_call, "digest": one_call}})
+HI = [{"role": "user", "content": "hi"}]
+with FakeOpenAI() as server, openai.OpenAI(api_key="sk-test", base_url=server.base_url) as raw:
+    client = monitor.instrument(raw)
+
+    def run(lens):
+        with monitor.lens(lens):
+            for _ in range(2):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    run("nightly")
+    meter_provider.force_flush()  # an export, as the periodic reader's: the new breach at 0
+    run("nightly")
+    run("digest")
+# the exit: the meter provider's last export, every breach at its count
+"""
+
+
+def test_a_breach_is_exported_at_0_first_and_every_count_at_exit(tmp_path: Path) -> None:
+    """Over OTLP/HTTP from a process of its own: a lens's first breach goes out at 0 in the export after
+    it and at its count from the next (a Prometheus fed by OTLP sees the rise increase() counts), and the
+    export the meter provider makes at exit carries every breach at its count, one never exported yet
+    included (a batch job's breaches are not lost as zeros)."""
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OTEL_"))}
+    try:
+        app = warm_python.run(
+            [sys.executable, "-c", BREACH_THEN_EXIT, f"http://127.0.0.1:{receiver.server_port}/v1/metrics"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert app.returncode == 0, app.stderr
+    exports = []
+    for body in receiver.bodies["/v1/metrics"]:
+        request = ExportMetricsServiceRequest.FromString(body)
+        exports.append(
+            {
+                {a.key: attribute_value(a.value) for a in point.attributes}["llm_ledger.lens"]: getattr(
+                    point, point.WhichOneof("value")
+                )
+                for resource in request.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                if metric.name == "llm_ledger.budget_exceeded"
+                for point in metric.sum.data_points
+            }
+        )
+    assert exports == [{"nightly": 0}, {"nightly": 2, "digest": 1}], app.stderr
 
 
 def test_content_only_with_capture_on(sdk: Sdk) -> None:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import llm_ledger
 from llm_ledger import ConfigError, _config
 from llm_ledger._anomalies import METRICS
-from llm_ledger.exporters import PrometheusSink, _setup, start_metrics_server
+from llm_ledger.exporters import PrometheusSink, _setup, metrics_ports, start_metrics_server
 from llm_ledger.exporters._prometheus import PENDING_CALLS
 from llm_ledger.report import summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI, capture
@@ -680,33 +680,56 @@ def fresh_exporters(fresh_config: None) -> Iterator[None]:
     _setup.prepare(()).commit(llm_ledger.get_monitor())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+ANY_PORT = "prometheus:127.0.0.1:0"  # /metrics on a free loopback port (metrics_ports() says which)
+
+
+def _url(spec: str = ANY_PORT) -> str:
+    """The /metrics URL of the server configure() runs for ``spec``."""
+    return f"http://127.0.0.1:{metrics_ports()[spec]}/metrics"
+
+
+@pytest.mark.usefixtures("fresh_exporters")
+def test_port_0_binds_a_free_port_and_says_which(caplog: pytest.LogCaptureFixture) -> None:
+    """prometheus:HOST:0 serves /metrics on a port no one else holds (none is picked, freed, then
+    bound: another process could take it meanwhile); metrics_ports() and the INFO line logged say
+    which, and a later configure() naming the same spec keeps that port."""
+    with caplog.at_level(logging.INFO, "llm_ledger.internal"):
+        settings = llm_ledger.configure(log_dir=None, exporters=[ANY_PORT, "otel"])
+    assert settings.exporters == (ANY_PORT, "otel")
+    port = metrics_ports()[ANY_PORT]
+    assert port > 0
+    assert f"llm-ledger: serving /metrics on http://127.0.0.1:{port}/metrics" in caplog.messages
+    assert total(scrape(_url()), "llm_ledger_calls_total") >= 0
+    llm_ledger.configure(log_dir=None, exporters=[ANY_PORT])  # the same listener
+    assert metrics_ports() == {ANY_PORT: port}
+    assert total(scrape(f"http://127.0.0.1:{port}/metrics"), "llm_ledger_calls_total") >= 0
+    # two of them at two addresses: each its own free port, not "serve /metrics twice on port 0"
+    both = llm_ledger.configure(log_dir=None, exporters=[ANY_PORT, "prometheus:0"])
+    assert both.exporters == (ANY_PORT, "prometheus:0.0.0.0:0")
+    ports = metrics_ports()
+    assert ports[ANY_PORT] == port and ports["prometheus:0.0.0.0:0"] not in (0, port)
 
 
 @pytest.mark.usefixtures("fresh_exporters")
 def test_configure_turns_the_exporter_on_for_the_default_monitor(sdk: Sdk, tmp_path: Path) -> None:
     """exporters=["prometheus:HOST:PORT"] counts the default monitor's calls and serves them on PORT;
     exporters=[] turns it off again and stops the server."""
-    port = _free_port()
-    settings = llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
-    assert settings.exporters == (f"prometheus:127.0.0.1:{port}",)
-    url = f"http://127.0.0.1:{port}/metrics"
+    settings = llm_ledger.configure(log_dir=None, exporters=[ANY_PORT])
+    assert settings.exporters == (ANY_PORT,)
+    url = _url()
     before = total(scrape(url), "llm_ledger_calls_total", lens="configured")
     client = sdk(llm_ledger.get_monitor())  # the default monitor, as llm_ledger.instrument() uses
     with llm_ledger.lens("configured"):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1
     llm_ledger.configure(log_dir=None, exporters=[])
+    assert metrics_ports() == {}
     with pytest.raises(OSError, match="Connection refused"):
         scrape(url)
     with llm_ledger.lens("configured"):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
-    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
-    assert total(scrape(url), "llm_ledger_calls_total", lens="configured") == before + 1  # off meanwhile
+    llm_ledger.configure(log_dir=None, exporters=[ANY_PORT])
+    assert total(scrape(_url()), "llm_ledger_calls_total", lens="configured") == before + 1  # off meanwhile
 
 
 @pytest.mark.usefixtures("fresh_exporters")
@@ -714,14 +737,15 @@ def test_configure_stops_the_metrics_server_at_once() -> None:
     """configure() that turns the exporter off returns as soon as the /metrics server stopped, not
     after the server's idle loop next looks (up to half a second each time): ten on-and-off turns
     take well under a second."""
-    port = _free_port()
+    urls = []
     started = time.monotonic()
     for _ in range(10):
-        llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+        llm_ledger.configure(log_dir=None, exporters=[ANY_PORT])
+        urls.append(_url())
         llm_ledger.configure(log_dir=None, exporters=[])
     assert time.monotonic() - started < 1.0
     with pytest.raises(OSError, match="Connection refused"):
-        scrape(f"http://127.0.0.1:{port}/metrics")
+        scrape(urls[-1])
 
 
 HOLD_A_PORT = (
@@ -752,22 +776,21 @@ def test_moving_the_listener_to_another_address_on_the_same_port_replaces_the_le
     """prometheus:PORT then prometheus:127.0.0.1:PORT (and back) in one process: the ledger's own
     listener on that port is replaced, not reported as a port in use; a port another process holds
     is still the clear error, and a configure() that fails that way leaves the old listener serving."""
-    port = _free_port()
+    llm_ledger.configure(log_dir=None, exporters=["prometheus:0"])  # a free port, bound at every address
+    port = metrics_ports()["prometheus:0.0.0.0:0"]
     url = f"http://127.0.0.1:{port}/metrics"
-    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:{port}"])
-    assert set(_setup._servers) == {("0.0.0.0", port)}
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
-    assert set(_setup._servers) == {("127.0.0.1", port)}
+    assert metrics_ports() == {f"prometheus:127.0.0.1:{port}": port}
     assert total(scrape(url), "llm_ledger_calls_total") >= 0
     llm_ledger.configure(log_dir=None, exporters=[f"prometheus:{port}"])
-    assert set(_setup._servers) == {("0.0.0.0", port)}
+    assert metrics_ports() == {f"prometheus:0.0.0.0:{port}": port}
     held = port_of_another_process
     with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{held}: the port is already in use"):
         llm_ledger.configure(
             log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}", f"prometheus:127.0.0.1:{held}"]
         )
     assert _config._settings is not None and _config._settings.exporters == (f"prometheus:0.0.0.0:{port}",)
-    assert set(_setup._servers) == {("0.0.0.0", port)}
+    assert metrics_ports() == {f"prometheus:0.0.0.0:{port}": port}
     assert total(scrape(url), "llm_ledger_calls_total") >= 0  # served again by the listener kept
 
 
@@ -777,9 +800,9 @@ def test_a_second_worker_with_the_same_port_is_told_how_to_serve_several_process
 ) -> None:
     """gunicorn's workers all read LLM_LEDGER_EXPORTERS=prometheus:PORT: the first serves it, the
     next one's error names the fix for several processes (workers without a port, one /metrics)."""
-    port = _free_port()
+    llm_ledger.configure(log_dir=None, exporters=[ANY_PORT])  # the first worker
+    port = metrics_ports()[ANY_PORT]
     monkeypatch.setenv("LLM_LEDGER_EXPORTERS", f"prometheus:127.0.0.1:{port}")
-    llm_ledger.configure(log_dir=None)  # the first worker
     worker = subprocess.run(
         [sys.executable, "-c", "import llm_ledger; llm_ledger.configure(log_dir=None)"],
         env=os.environ,
@@ -796,10 +819,9 @@ def test_a_second_worker_with_the_same_port_is_told_how_to_serve_several_process
 @pytest.mark.usefixtures("fresh_exporters")
 def test_environment_variable_names_the_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
     """LLM_LEDGER_EXPORTERS=prometheus:PORT,... is read by configure(), normalised."""
-    port = _free_port()
-    monkeypatch.setenv("LLM_LEDGER_EXPORTERS", f" Prometheus:127.0.0.1:{port} , ")
-    assert llm_ledger.configure(log_dir=None).exporters == (f"prometheus:127.0.0.1:{port}",)
-    assert total(scrape(f"http://127.0.0.1:{port}/metrics"), "llm_ledger_calls_total") >= 0
+    monkeypatch.setenv("LLM_LEDGER_EXPORTERS", " Prometheus:127.0.0.1:0 , ")
+    assert llm_ledger.configure(log_dir=None).exporters == (ANY_PORT,)
+    assert total(scrape(_url()), "llm_ledger_calls_total") >= 0
 
 
 @pytest.mark.usefixtures("fresh_exporters")
@@ -808,12 +830,11 @@ def test_a_later_configure_keeps_the_exporters_it_does_not_name(sdk: Sdk, tmp_pa
     feature flag, a library's own set-up): /metrics keeps serving and counting the calls, and content
     is captured. The second call stopped the server and took the sink off (every setting it left out
     went back to its variable or default), so the service's metrics went dark without a word."""
-    port = _free_port()
-    llm_ledger.configure(log_dir=tmp_path, exporters=[f"prometheus:127.0.0.1:{port}"])
+    llm_ledger.configure(log_dir=tmp_path, exporters=[ANY_PORT])
+    url = _url()
     settings = llm_ledger.configure(capture_content=True)
-    assert settings.exporters == (f"prometheus:127.0.0.1:{port}",)
+    assert settings.exporters == (ANY_PORT,)
     assert (settings.log_dir, settings.capture_content) == (tmp_path, True)
-    url = f"http://127.0.0.1:{port}/metrics"
     before = total(scrape(url), "llm_ledger_calls_total", lens="kept")
     client = sdk(llm_ledger.get_monitor())
     with capture() as records, llm_ledger.lens("kept"):
@@ -829,11 +850,11 @@ def test_a_later_configure_keeps_the_exporters_it_does_not_name(sdk: Sdk, tmp_pa
 @pytest.mark.usefixtures("fresh_exporters")
 def test_exporters_none_turns_them_off_as_none_does_for_the_other_settings() -> None:
     """configure(exporters=None) means no exporter, as log_dir=None and budgets=None mean none."""
-    port = _free_port()
-    llm_ledger.configure(log_dir=None, exporters=[f"prometheus:127.0.0.1:{port}"])
+    llm_ledger.configure(log_dir=None, exporters=[ANY_PORT])
+    url = _url()
     assert llm_ledger.configure(log_dir=None, exporters=None).exporters == ()
     with pytest.raises(OSError, match="Connection refused"):
-        scrape(f"http://127.0.0.1:{port}/metrics")
+        scrape(url)
 
 
 @pytest.mark.parametrize(
@@ -841,8 +862,9 @@ def test_exporters_none_turns_them_off_as_none_does_for_the_other_settings() -> 
     [
         (["promethus"], r"unknown exporter 'promethus' in exporters; choose from otel, prometheus"),
         (["otel:4318"], r"'otel:4318' in exporters takes no port"),
-        (["prometheus:http"], r"the port must be a number from 1 to 65535"),
-        (["prometheus:70000"], r"the port must be a number from 1 to 65535"),
+        (["prometheus:http"], r"the port must be a number from 0 to 65535 \(.*; 0 binds a free port"),
+        (["prometheus:70000"], r"the port must be a number from 0 to 65535"),
+        (["prometheus:-1"], r"the port must be a number from 0 to 65535"),
         # prometheus:$PORT with the variable unset: an error, not a sink serving no /metrics
         (["prometheus:"], r"port is empty \(an unset variable in prometheus:\$PORT\?\); it must be a"),
         (["prometheus:127.0.0.1:"], r"the port is empty"),
@@ -874,7 +896,7 @@ def test_bad_exporter_names_are_config_errors(value: Any, message: str) -> None:
 def test_prometheus_with_a_port_includes_the_plain_sink() -> None:
     """``prometheus`` beside ``prometheus:PORT`` (in either order) is the one exporter: the sink is the
     server's, so the records are not counted twice."""
-    spec = f"prometheus:127.0.0.1:{_free_port()}"
+    spec = ANY_PORT
     assert llm_ledger.configure(log_dir=None, exporters=["prometheus", spec]).exporters == (spec,)
     assert llm_ledger.configure(log_dir=None, exporters=[spec, "prometheus"]).exporters == (spec,)
 

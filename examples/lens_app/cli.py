@@ -17,6 +17,7 @@ from typing import TextIO
 import openai
 
 import llm_ledger
+from llm_ledger.exporters import metrics_ports
 from llm_ledger.report import cost_decimal, render, text_table, usd
 
 from .app import Mode, RunResult, make_client, open_cassettes, run_lenses
@@ -103,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="export Prometheus metrics and keep serving /metrics after the run (Ctrl-C stops)",
     )
     metrics.add_argument(
-        "--metrics-port", type=int, default=9464, metavar="PORT", help="port of /metrics (default: 9464)"
+        "--metrics-port",
+        type=int,
+        default=9464,
+        metavar="PORT",
+        help="port of /metrics (default: 9464; 0: a free one)",
     )
     metrics.add_argument(
         "--metrics-addr",
@@ -291,8 +296,9 @@ def _serve_metrics(args: argparse.Namespace, out: TextIO, again: Callable[[], ob
     """Keep /metrics up (configure() started it) until Ctrl-C, running the lenses every --repeat seconds."""
     host = "127.0.0.1" if args.metrics_addr in ("0.0.0.0", "") else args.metrics_addr
     every = f"; running the lenses again every {args.repeat:g} s" if args.repeat else ""
+    port = next(iter(metrics_ports().values()))  # the one configure() serves (--metrics-port 0: a free one)
     print(
-        f"metrics: scrape http://{host}:{args.metrics_port}/metrics{every} (Ctrl-C stops)",
+        f"metrics: scrape http://{host}:{port}/metrics{every} (Ctrl-C stops)",
         file=out,
         flush=True,
     )

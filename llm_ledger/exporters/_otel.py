@@ -6,6 +6,7 @@ of a lens's calls wait for the lens's record, which comes last, so that it can b
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import os
@@ -72,10 +73,17 @@ def _ns(iso: str) -> int:
 class _Totals:
     """A monotonic counter whose sums are kept here and reported when the meter collects (an
     observable counter): a call adds to a dict, where ``Counter.add`` sends a measurement through the
-    SDK's whole path (cleaning, hashing and looking up its attributes) on every call."""
+    SDK's whole path (cleaning, hashing and looking up its attributes) on every call. ``zero_first``:
+    a new attribute set is reported at 0 by the first collection that sees it, and at its total from
+    the next one (as the Prometheus sink scrapes a new series), so that a rule on ``increase()`` after
+    OTLP reaches Prometheus counts its first rise; the process's last collection reports every total
+    (:func:`_release`)."""
 
-    def __init__(self, meter: Any, name: str, unit: str, description: str) -> None:
+    def __init__(
+        self, meter: Any, name: str, unit: str, description: str, *, zero_first: bool = False
+    ) -> None:
         self._sums: dict[Any, list[Any]] = {}  # key -> [attributes, total]
+        self._new: set[Any] | None = set() if zero_first else None  # keys no collection reported yet
         self._lock = threading.Lock()
         meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
 
@@ -85,14 +93,50 @@ class _Totals:
             if found is None:
                 if len(self._sums) >= MAX_COUNTER_SETS:
                     key, attributes = None, _OVERFLOW
-                found = self._sums.setdefault(key, [attributes, 0])
+                    found = self._sums.get(key)
+                if found is None:
+                    found = self._sums[key] = [attributes, 0]
+                    if self._new is not None:
+                        self._new.add(key)
+                        _release_at_exit()
             found[1] += amount
 
     def _observe(self, options: Any) -> list[Any]:
         from opentelemetry.metrics import Observation
 
         with self._lock:
-            return [Observation(total, attributes) for attributes, total in self._sums.values()]
+            new = self._new
+            if new:
+                self._new = set()
+            return [
+                Observation(0 if new and key in new else total, attributes)
+                for key, (attributes, total) in self._sums.items()
+            ]
+
+    def release(self) -> None:
+        """The next collection reports every total, new attribute sets' too: the process's last."""
+        with self._lock:
+            if self._new:
+                self._new.clear()
+
+
+_exit_hook = False
+
+
+def _release_at_exit() -> None:
+    """Once a process holds a new attribute set at 0 (``_Totals``'s ``zero_first``): release it before
+    the SDK's own exit hook makes the last collection (``atexit`` runs the hooks registered last first,
+    and a meter provider registers its own when made, before it collects a first breach)."""
+    global _exit_hook
+    if not _exit_hook:
+        _exit_hook = True
+        atexit.register(_release)
+
+
+def _release() -> None:
+    for sink in list(_sinks):
+        for totals in sink._totals:
+            totals.release()
 
 
 def _openai_v2_instrumented() -> bool:
@@ -245,6 +289,8 @@ def _after_fork_in_child() -> None:
         for totals in sink._totals:
             totals._lock = threading.Lock()
             totals._sums.clear()
+            if totals._new:
+                totals._new.clear()
         sink._pending.clear()
         sink._pending_count = 0
 
@@ -258,6 +304,7 @@ def _flush_providers() -> None:
     call and lens spans, and every metric since the last export, up to a minute of spend)."""
     from opentelemetry import metrics, trace
 
+    _release()  # the last export: every breach at its count
     providers: list[Any] = []
     for sink in list(_sinks):
         tracer_provider, meter_provider = sink._providers
@@ -326,8 +373,8 @@ class OTelSink:
 
         self._totals: list[_Totals] = []  # the counters whose sums the sink keeps
 
-        def counter(name: str, unit: str, doc: str) -> _Totals:
-            self._totals.append(_Totals(meter, name, unit, doc))
+        def counter(name: str, unit: str, doc: str, *, zero_first: bool = False) -> _Totals:
+            self._totals.append(_Totals(meter, name, unit, doc, zero_first=zero_first))
             return self._totals[-1]
 
         if self.latest:
@@ -368,11 +415,14 @@ class OTelSink:
             "Calls billed without a known cost (not in llm_ledger.cost)",
         )
         # the lens_anomaly and budget_exceeded records, as llm_ledger_lens_anomalies_total and
-        # llm_ledger_budget_exceeded_total count them
+        # llm_ledger_budget_exceeded_total count them, with their 0 points first: an anomaly's attribute
+        # set at 0 for each metric a lens's runs are judged on, from its first judged run (its lens
+        # record names them), a breach's in the first collection after it (no record names a lens's limits)
         self._anomalies = counter("llm_ledger.lens_anomalies", "{anomaly}", "Lens runs above their baseline")
         self._breaches = counter(
-            "llm_ledger.budget_exceeded", "{breach}", "Limits lens runs went over (one per run and limit)"
-        )
+            "llm_ledger.budget_exceeded", "{breach}", "Limits lens runs went over (one per run and limit)",
+            zero_first=True,
+        )  # fmt: skip
         self._attribute_sets: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._tiers: set[str] = set()  # service tiers kept by name in metric attributes
         self._lenses: set[str] = set()  # lens keys kept by name in metric attributes
@@ -422,6 +472,8 @@ class OTelSink:
             if not (waits or theirs):
                 self._call_span(record, lens)
         elif event == LENS_EVENT:
+            for metric in record.get("anomaly_metrics") or ():  # whenever anomaly detection is on
+                self._run_alert(self._anomalies, record, "llm_ledger.anomaly.metric", metric, 0)
             waits, parent = self._parent(record, record)
             if not waits:
                 self._lens(record, parent)
@@ -516,12 +568,14 @@ class OTelSink:
                 return raw  # type: ignore[no-any-return]
         return OTHER
 
-    def _run_alert(self, totals: _Totals, record: Mapping[str, Any], name: str, value: str) -> None:
-        """Count a lens run's anomaly or budget breach under its lens key (capped, absent outside any
-        lens) and ``name``: its metric or limit, each one of a few."""
+    def _run_alert(
+        self, totals: _Totals, record: Mapping[str, Any], name: str, value: str, amount: int = 1
+    ) -> None:
+        """Count a lens run's anomaly or budget breach (``amount`` 0: its attribute set at 0) under its
+        lens key (capped, absent outside any lens) and ``name``: its metric or limit, each one of a few."""
         lens = self._kept(self._lenses, self.max_lenses, record["context"].get("lens_key"))
         totals.add(
-            1, (lens, value), {name: value} if lens is None else {"llm_ledger.lens": lens, name: value}
+            amount, (lens, value), {name: value} if lens is None else {"llm_ledger.lens": lens, name: value}
         )
 
     def _attributes(self, base: tuple[Any, ...], extra: tuple[str, Any] | None = None) -> dict[str, Any]:

@@ -690,8 +690,9 @@ def start_metrics_server(
     port: int, addr: str = "0.0.0.0", *, registry: CollectorRegistry | None = None
 ) -> WSGIServer:
     """Serve ``/metrics`` on ``addr:port`` from a daemon thread and return the server (docs/exporters.md);
-    with ``PROMETHEUS_MULTIPROC_DIR`` and no ``registry``, the sum over every process's files. A port in
-    use, or an address that cannot be bound, is a ``ConfigError``."""
+    ``port=0`` binds a free port: ``server.server_port`` says which, as does the INFO line logged on
+    ``llm_ledger.internal``. With ``PROMETHEUS_MULTIPROC_DIR`` and no ``registry``, the sum over every
+    process's files. A port in use, or an address that cannot be bound, is a ``ConfigError``."""
     pc = _client()
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a whole number from 0 to 65535, got {port!r}")
@@ -718,6 +719,8 @@ def start_metrics_server(
     # shutdown() alone returns when the serving loop next looks for it, up to half a second later
     server.shutdown = functools.partial(shutdown_now, server)
     _serves_here()
+    host = f"[{addr}]" if ":" in addr else addr
+    _internal_log.info("llm-ledger: serving /metrics on http://%s:%d/metrics", host, server.server_port)
     return server  # type: ignore[no-any-return]
 
 

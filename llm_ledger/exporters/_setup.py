@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from .._monitor import LLMCallMonitor, Sink
 
-__all__ = ["EXPORTER_NAMES", "Plan", "parse", "prepare"]
+__all__ = ["EXPORTER_NAMES", "Plan", "metrics_ports", "parse", "prepare"]
 
 EXPORTER_NAMES: Final = ("otel", "prometheus")
 DEFAULT_ADDR: Final = "0.0.0.0"
@@ -59,12 +59,12 @@ def _one(item: Any, source: str) -> str:
         port = int(port_text)
     except ValueError:
         port = -1
-    if not 1 <= port <= 65535:
+    if not 0 <= port <= 65535:
         # nothing after the colon: most likely prometheus:$PORT with the variable unset
         empty = " is empty (an unset variable in prometheus:$PORT?); it" if not port_text.strip() else ""
         raise ConfigError(
-            f"exporter {shown(item.strip())} in {source}: the port{empty} must be a number from 1 to 65535 "
-            "(prometheus:9464 or prometheus:127.0.0.1:9464)"
+            f"exporter {shown(item.strip())} in {source}: the port{empty} must be a number from 0 to 65535 "
+            "(prometheus:9464 or prometheus:127.0.0.1:9464; 0 binds a free port: metrics_ports() says which)"
         )
     return f"prometheus:{host}:{port}"
 
@@ -89,7 +89,8 @@ def parse(value: Any, source: str, *, from_env: bool = False) -> tuple[str, ...]
         if spec not in specs:
             specs.append(spec)
             key = _address(spec)
-            if key is not None and ports.setdefault(key[1], spec) != spec:  # one listener a port
+            # one listener a port (0: each binds a free port of its own)
+            if key is not None and key[1] and ports.setdefault(key[1], spec) != spec:
                 raise ConfigError(
                     f"{ports[key[1]]} and {spec} in {source} serve /metrics twice on port {key[1]}; keep "
                     "one (0.0.0.0 serves every interface of this machine, 127.0.0.1 included)"
@@ -107,8 +108,8 @@ class Plan:
     wanted: set[tuple[str, int]]  # every (addr, port) the new settings serve /metrics on
     started: list[tuple[str, int]]  # those prepare() bound, to stop on cancel()
     # the servers of the old settings prepare() stopped to free their port for another address of it
-    # (they would have been stopped at commit()), to start again on cancel()
-    replaced: list[tuple[str, int]]
+    # (they would have been stopped at commit()), to start again on cancel(): (addr, port), the port bound
+    replaced: list[tuple[tuple[str, int], int]]
 
     def commit(self, monitor: LLMCallMonitor) -> None:
         """Put the new exporter sinks on ``monitor`` in place of the old; stop servers no longer named."""
@@ -128,9 +129,9 @@ class Plan:
                 server = _servers.pop(key, None)
                 if server is not None:
                     _stop(server)
-            for addr, port in self.replaced:
+            for key, port in self.replaced:
                 try:
-                    _servers[addr, port] = start_metrics_server(port, addr)
+                    _servers[key] = start_metrics_server(port, key[0])
                 except ConfigError as exc:  # taken meanwhile: the error that cancelled must still show
                     _internal_log.error("llm-ledger: the /metrics server could not be restored: %s", exc)
 
@@ -138,6 +139,14 @@ class Plan:
 def _stop(server: WSGIServer) -> None:
     server.shutdown()  # at once (start_metrics_server's)
     server.server_close()
+
+
+def metrics_ports() -> dict[str, int]:
+    """The port each ``prometheus:HOST:PORT`` exporter of ``configure()`` serves ``/metrics`` on, by its
+    spec as ``Settings.exporters`` has it: ``{"prometheus:127.0.0.1:0": 41873}`` (port 0 binds a free
+    port, kept while a later ``configure()`` names the same spec)."""
+    with _lock:
+        return {f"prometheus:{addr}:{port}": server.server_port for (addr, port), server in _servers.items()}
 
 
 def _address(spec: str) -> tuple[str, int] | None:
@@ -164,12 +173,14 @@ def prepare(specs: tuple[str, ...]) -> Plan:
                 with _lock:
                     if key in _servers:
                         continue
-                    # the ledger's own server on this port at another address (prometheus:9464, now
-                    # prometheus:127.0.0.1:9464) holds the port: commit() would stop it, so stop it
-                    # first; a port another process holds stays start_metrics_server's error
-                    for old in [k for k in _servers if k[1] == key[1] and k not in wanted]:
+                    # the ledger's own server on this port at another address (prometheus:9464, or
+                    # prometheus:0 that bound it, now prometheus:127.0.0.1:9464) holds the port: commit()
+                    # would stop it, so stop it first; a port another process holds stays
+                    # start_metrics_server's error
+                    mine = [k for k, server in _servers.items() if server.server_port == key[1] != 0]
+                    for old in [k for k in mine if k not in wanted]:
                         _stop(_servers.pop(old))
-                        plan.replaced.append(old)
+                        plan.replaced.append((old, key[1]))
                     _servers[key] = start_metrics_server(key[1], key[0])
                     plan.started.append(key)
     except BaseException:
