@@ -13,14 +13,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import orjson
-
 from . import _background, _records
 from ._background import LATER
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._credentials import request_credentials
 from ._errors import PASSED_ON, REDACT_FIX, ConfigError, refuse_async, warn_internal
-from ._extract import JsonView, no_usage, reasoning_in_completion, request_shape, usage_of
+from ._extract import body_view, no_usage, reasoning_in_completion, request_shape, usage_of
 from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
@@ -178,11 +176,7 @@ def _answer(call: _Call) -> Any:
     """The Response a retrieve or cancel answered: a stream's last event's, else the JSON body the SDK
     read (None if it cannot be read)."""
     if call.answer is None:
-        try:
-            data = orjson.loads(call.http_response.content)
-        except Exception:
-            return None
-        call.answer = JsonView(data) if type(data) is dict else None
+        call.answer = body_view(call.http_response)
     return call.answer
 
 
