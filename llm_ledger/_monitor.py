@@ -607,28 +607,11 @@ class LLMCallMonitor:
         at (None: the time of day does not change them), for the served model (else the requested one)
         on its service tier at the call's start (or at the time of day a test session fixes:
         ``price_time_of_day``); None without usage or price."""
-        prompt_tokens = usage["prompt_tokens"]
-        completion_tokens = usage["completion_tokens"]
-        if prompt_tokens is None or completion_tokens is None:
+        if usage["prompt_tokens"] is None or usage["completion_tokens"] is None:
             return None
         try:
-            costs = route._costs(
-                response["model"],
-                prompt_tokens,
-                completion_tokens,
-                usage["cached_tokens"] or 0,
-                1,
-                requested,
-                at,
-                response["service_tier"],
-                written=usage["cache_write_tokens"] or 0,
-                heard=usage["prompt_audio_tokens"] or 0,
-                spoken=usage["completion_audio_tokens"] or 0,
-                cached_heard=usage["cached_audio_tokens"] or 0,
-                seen=usage["prompt_image_tokens"] or 0,
-                cached_seen=usage["cached_image_tokens"] or 0,
-                live=True,
-            )
+            tier = response["service_tier"]
+            costs = route._costs(response["model"], usage, fallback=requested, at=at, tier=tier, live=True)
             if costs is not None:
                 return costs
         except Exception as exc:  # e.g. cached > prompt tokens
