@@ -216,7 +216,8 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
 
 
 # the resources whose helpers the ledger hooks, by the client attribute making them: the path to each
-# and the helper, stream() (reading a stream the ledger watches; beta's: openai 1.x's home of chat's)
+# and the helper, stream() (reading a stream the ledger watches; beta's chat.completions is another
+# instance of chat's, kept by every SDK major)
 # or the connect() of the Realtime or Responses API (named by the API: its WebSocket's events are read
 # as that API's)
 _HELPER_RESOURCES = {

@@ -703,7 +703,7 @@ def _candidate_names(model: str, *, strip_openai: bool = True) -> list[str]:
     return [name for name in dict.fromkeys(names) if name]
 
 
-def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
+def _builtin_entry(name: str, provider_id: str) -> _Entry | None:
     import genai_prices
     from genai_prices.types import StartDateConstraint
 
