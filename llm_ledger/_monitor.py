@@ -180,18 +180,7 @@ def _answer(call: _Call) -> Any:
     return call.answer
 
 
-def _was_background(call: _Call) -> bool:
-    """Whether the response a retrieve or cancel answered runs in the background (its ``background``)."""
-    return getattr(_answer(call), "background", None) is True
-
-
 _STATED = ("model", "temperature", "top_p", "max_output_tokens", "service_tier", "tools")
-
-
-def _stated_request(call: _Call) -> RequestShape:
-    """The request of a response begun elsewhere, as the Response a retrieve or cancel answered states
-    it (:func:`stated_request`)."""
-    return stated_request(_answer(call), call.request["stream"])
 
 
 def stated_request(answer: Any, stream: bool) -> RequestShape:
@@ -491,7 +480,8 @@ class LLMCallMonitor:
         if reason is None or reason in PENDING_STATUSES:
             return
         entry = _background.take(
-            _background.key(call.endpoint, call.background_id), lambda: _was_background(call)
+            _background.key(call.endpoint, call.background_id),
+            lambda: getattr(_answer(call), "background", None) is True,  # whether it runs in the background
         )
         if entry is _background.ENDED:
             return
@@ -499,7 +489,7 @@ class LLMCallMonitor:
         if entry is None:
             runs = tuple(run for run in call.around if run._totals.begin())
             try:
-                call.request = _stated_request(call)
+                call.request = stated_request(_answer(call), call.request["stream"])
             except Exception as exc:  # recorded with the retrieve's own request
                 self._report("reading a background response's request", exc)
         else:
