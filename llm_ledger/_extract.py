@@ -16,6 +16,7 @@ __all__ = [
     "OPERATIONS",
     "TOOL_KINDS",
     "JsonView",
+    "body_view",
     "no_usage",
     "output_text",
     "reasoning_in_completion",
@@ -249,6 +250,16 @@ class JsonView:
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default)
+
+
+def body_view(response: Any) -> JsonView | None:
+    """The JSON object an HTTP ``response``'s body holds, if the SDK read it (reading ``content``
+    raises when it did not: the ledger never reads a body itself); None for any other body."""
+    try:
+        data = orjson.loads(response.content)
+    except Exception:
+        return None
+    return JsonView(data) if type(data) is dict else None
 
 
 _NO_FIELDS: dict[str, Any] = {}  # what the ledger reads of an object that is neither (a str...)

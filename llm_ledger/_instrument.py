@@ -16,13 +16,11 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
 from . import _budgets
 from ._background import LATER
 from ._context import _lenses, current_lenses
 from ._errors import warn_internal
-from ._extract import OPERATIONS, JsonView, output_text, request_shape, response_shape
+from ._extract import OPERATIONS, body_view, output_text, request_shape, response_shape
 from ._monitor import _Call
 from ._rates import settle_httpx2
 from ._realtime import watch_connect
@@ -184,11 +182,7 @@ def _read_body(call: _Call) -> Any:
     response = call.http_response
     if response is None or not 200 <= response.status_code < 300 or call.request["stream"]:
         return None
-    try:
-        data = orjson.loads(response.content)  # raises if the body was never read: then we do not read it
-    except Exception:
-        return None
-    return JsonView(data) if type(data) is dict else None
+    return body_view(response)
 
 
 def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) -> None:
@@ -220,7 +214,8 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
 
 
 # the resources whose helpers the ledger hooks, by the client attribute making them: the path to each
-# and the helper, stream() (reading a stream the ledger watches; beta's: openai 1.x's home of chat's)
+# and the helper, stream() (reading a stream the ledger watches; beta's chat.completions is another
+# instance of chat's, kept by every SDK major)
 # or the connect() of the Realtime or Responses API (named by the API: its WebSocket's events are read
 # as that API's)
 _HELPER_RESOURCES = {

@@ -425,7 +425,7 @@ class JsonlFileHandler(logging.Handler):
                 event.set()
         return done
 
-    def _write(self, wait: bool = True) -> bool:
+    def _write(self, wait: bool) -> bool:
         """Append the pending lines, all or none (a failure is reported, the lines stay pending); False
         when ``wait`` is false and another process holds the lock. Under the ``flock`` every ledger
         writer takes, only this writer grows the file: it can take back a batch a full disk cut short,

@@ -14,14 +14,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import orjson
-
 from . import _background, _records
 from ._background import LATER
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._credentials import request_credentials
 from ._errors import PASSED_ON, REDACT_FIX, ConfigError, refuse_async, warn_internal
-from ._extract import JsonView, no_usage, reasoning_in_completion, request_shape, usage_of
+from ._extract import body_view, no_usage, reasoning_in_completion, request_shape, usage_of
 from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
 from ._records import (
@@ -183,26 +181,11 @@ def _answer(call: _Call) -> Any:
     """The Response a retrieve or cancel answered: a stream's last event's, else the JSON body the SDK
     read (None if it cannot be read)."""
     if call.answer is None:
-        try:
-            data = orjson.loads(call.http_response.content)
-        except Exception:
-            return None
-        call.answer = JsonView(data) if type(data) is dict else None
+        call.answer = body_view(call.http_response)
     return call.answer
 
 
-def _was_background(call: _Call) -> bool:
-    """Whether the response a retrieve or cancel answered runs in the background (its ``background``)."""
-    return getattr(_answer(call), "background", None) is True
-
-
 _STATED = ("model", "temperature", "top_p", "max_output_tokens", "service_tier", "tools")
-
-
-def _stated_request(call: _Call) -> RequestShape:
-    """The request of a response begun elsewhere, as the Response a retrieve or cancel answered states
-    it (:func:`stated_request`)."""
-    return stated_request(_answer(call), call.request["stream"])
 
 
 def stated_request(answer: Any, stream: bool) -> RequestShape:
@@ -507,7 +490,8 @@ class LLMCallMonitor:
         if reason is None or reason in PENDING_STATUSES:
             return
         entry = _background.take(
-            _background.key(call.endpoint, call.background_id), lambda: _was_background(call)
+            _background.key(call.endpoint, call.background_id),
+            lambda: getattr(_answer(call), "background", None) is True,  # whether it runs in the background
         )
         if entry is _background.ENDED:
             return
@@ -515,7 +499,7 @@ class LLMCallMonitor:
         if entry is None:
             runs = tuple(run for run in call.around if run._totals.begin())
             try:
-                call.request = _stated_request(call)
+                call.request = stated_request(_answer(call), call.request["stream"])
             except Exception as exc:  # recorded with the retrieve's own request
                 self._report("reading a background response's request", exc)
         else:
@@ -623,28 +607,11 @@ class LLMCallMonitor:
         at (None: the time of day does not change them), for the served model (else the requested one)
         on its service tier at the call's start (or at the time of day a test session fixes:
         ``price_time_of_day``); None without usage or price."""
-        prompt_tokens = usage["prompt_tokens"]
-        completion_tokens = usage["completion_tokens"]
-        if prompt_tokens is None or completion_tokens is None:
+        if usage["prompt_tokens"] is None or usage["completion_tokens"] is None:
             return None
         try:
-            costs = route._costs(
-                response["model"],
-                prompt_tokens,
-                completion_tokens,
-                usage["cached_tokens"] or 0,
-                1,
-                requested,
-                at,
-                response["service_tier"],
-                written=usage["cache_write_tokens"] or 0,
-                heard=usage["prompt_audio_tokens"] or 0,
-                spoken=usage["completion_audio_tokens"] or 0,
-                cached_heard=usage["cached_audio_tokens"] or 0,
-                seen=usage["prompt_image_tokens"] or 0,
-                cached_seen=usage["cached_image_tokens"] or 0,
-                live=True,
-            )
+            tier = response["service_tier"]
+            costs = route._costs(response["model"], usage, fallback=requested, at=at, tier=tier, live=True)
             if costs is not None:
                 return costs
         except Exception as exc:  # e.g. cached > prompt tokens

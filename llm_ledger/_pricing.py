@@ -13,6 +13,7 @@ import fnmatch
 import functools
 import inspect
 import math
+import operator
 import os
 import re
 import time
@@ -108,6 +109,7 @@ class PricedCall(TypedDict, total=False):
 
 _CALL_KEYS: Final = tuple(PricedCall.__annotations__)
 _COUNTS: Final = _CALL_KEYS[:9]  # the token counts, the two required first
+_read_counts: Final = operator.itemgetter(*_COUNTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +285,8 @@ class Route:
         if unknown or missing:
             wrong = f"an unexpected keyword {unknown[0]!r}" if unknown else f"no keyword {missing[0]!r}"
             raise TypeError(f"cost() got {wrong}; it takes {', '.join(_CALL_KEYS)}")
-        for name in _COUNTS:
-            count = call.get(name, 0)
+        counts = {name: call.get(name, 0) for name in _COUNTS}
+        for name, count in counts.items():
             if type(count) is not int or count < 0:  # the monitor's counts are checked where they are read
                 raise ValueError(f"{name} must be a whole number of tokens >= 0, got {count!r}")
         at = call.get("at")
@@ -292,18 +294,7 @@ class Route:
             raise ValueError(f"at must be a datetime with a time zone (e.g. datetime.now(UTC)), got {at!r}")
         uses = _checked_uses(call.get("tool_uses"))
         costs = self._costs(
-            model,
-            call["prompt_tokens"],
-            call["completion_tokens"],
-            call.get("cached_tokens", 0),
-            at=None if at is None else at.timestamp(),
-            tier=call.get("service_tier"),
-            written=call.get("cache_write_tokens", 0),
-            heard=call.get("prompt_audio_tokens", 0),
-            spoken=call.get("completion_audio_tokens", 0),
-            cached_heard=call.get("cached_audio_tokens", 0),
-            seen=call.get("prompt_image_tokens", 0),
-            cached_seen=call.get("cached_image_tokens", 0),
+            model, counts, at=None if at is None else at.timestamp(), tier=call.get("service_tier")
         )
         if costs is None:
             return None
@@ -317,19 +308,11 @@ class Route:
     def _costs(
         self,
         model: str | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int,
+        counts: Mapping[str, Any],
         calls: int = 1,
         fallback: str | None = None,
         at: float | None = None,
         tier: str | None = None,
-        written: int = 0,
-        heard: int = 0,
-        spoken: int = 0,
-        cached_heard: int = 0,
-        seen: int = 0,
-        cached_seen: int = 0,
         live: bool = False,
     ) -> tuple[int, int, str, float | None] | None:
         """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar), the rates' source
@@ -337,14 +320,13 @@ class Route:
         change), or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
         ``model`` is the one served). A price-file entry for ``fallback`` wins over a built-in price for
         ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
-        The tokens may be the sum of ``calls`` calls (a report's row): a long-context tier is judged on
-        their average size, as no call's own size is known. ``at`` (epoch seconds, default now) is when
-        the call was made: a price by time of day is the one of that time. ``tier`` is the service tier
-        that served the call (the response's ``service_tier``): its own price when it has one.
-        ``written`` prompt tokens were written to the prompt cache; ``heard`` prompt and ``spoken``
-        completion tokens are audio, and ``cached_heard`` of the cached ones; ``seen`` prompt tokens the
-        cache did not serve and ``cached_seen`` it did are images. ``live``: a call a monitor
-        records, priced at the time of day :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
+        ``counts`` holds the token counts by :class:`PricedCall`'s names, every one given (a record's
+        ``usage`` has them). They may be the sum of ``calls`` calls (a report's row): a long-context
+        tier is judged on their average size, as no call's own size is known. ``at`` (epoch seconds,
+        default now) is when the call was made: a price by time of day is the one of that time. ``tier``
+        is the service tier that served the call (the response's ``service_tier``): its own price when
+        it has one. ``live``: a call a monitor records, priced at the time of day
+        :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -359,7 +341,21 @@ class Route:
             if entry is None:
                 return None
         # every count is >= 0 already: cost() checks its keywords, the monitor's and reprice's counts are
-        # checked where they are read (_extract.usage_of, usage_row, load_report)
+        # checked where they are read (_extract.usage_of, usage_row, load_report); ``written`` prompt
+        # tokens were written to the prompt cache, ``heard`` prompt and ``spoken`` completion tokens are
+        # audio (``cached_heard`` of the cached ones), ``seen`` prompt tokens the cache did not serve and
+        # ``cached_seen`` it did are images
+        (
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            written,
+            heard,
+            spoken,
+            cached_heard,
+            seen,
+            cached_seen,
+        ) = _read_counts(counts)
         media = cached_heard or seen or cached_seen  # a Realtime response's cached audio, images
         if (
             cached_tokens + written > prompt_tokens
@@ -707,7 +703,7 @@ def _candidate_names(model: str, *, strip_openai: bool = True) -> list[str]:
     return [name for name in dict.fromkeys(names) if name]
 
 
-def _builtin_entry(name: str, provider_id: str = DEFAULT_PROVIDER) -> _Entry | None:
+def _builtin_entry(name: str, provider_id: str) -> _Entry | None:
     import genai_prices
     from genai_prices.types import StartDateConstraint
 

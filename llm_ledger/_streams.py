@@ -360,10 +360,8 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     """Wrap ``stream``'s chunk iterator in place and record the call when the stream ends."""
     state = _StreamState(monitor, call)
     see: Callable[[Any], bool] = state.chat  # a text completion's chunks too
-    if call.operation != "chat":
-        see = (
-            state.event if call.operation == "responses" else state.media if call.operation in MEDIA else see
-        )
+    if (operation := call.operation) != "chat":
+        see = state.event if operation == "responses" else state.media if operation in MEDIA else see
     shell: Any = (_watch_async if is_async else _watch_sync)(state, stream._iterator, see)
     stream._iterator = shell
     stream._llm_ledger_state = state  # found there by watch_helper(), if a stream helper reads it

@@ -34,7 +34,7 @@ from ..loading import did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
 from ._render import REPRICE_FORMATS, render_reprice
-from ._usage import COUNTS, NO_LENS, UsageRow, _epoch, recorded_name, tool_uses, usage_row
+from ._usage import COUNTS, NO_LENS, TOKENS, UsageRow, _epoch, recorded_name, tool_uses, usage_row
 
 __all__ = ["Reprice", "read_usage", "register", "reprice"]
 
@@ -319,23 +319,9 @@ def reprice(
 
 
 def _cost(route: Route, model: str, fallback: str | None, item: UsageRow) -> int | None:
-    tokens = (item.prompt_tokens, item.completion_tokens, item.cached_tokens)
+    counts = {name: getattr(item, name) for name in TOKENS}
     try:
-        calls = max(item.calls, 1)
-        costs = route._costs(
-            model,
-            *tokens,
-            calls,
-            fallback,
-            item.at,
-            item.service_tier,
-            written=item.cache_write_tokens,
-            heard=item.prompt_audio_tokens,
-            spoken=item.completion_audio_tokens,
-            cached_heard=item.cached_audio_tokens,
-            seen=item.prompt_image_tokens,
-            cached_seen=item.cached_image_tokens,
-        )
+        costs = route._costs(model, counts, max(item.calls, 1), fallback, item.at, item.service_tier)
     except ValueError:  # more cached than prompt tokens: the ledger recorded no cost for such a call either
         return None
     return None if costs is None else costs[0] + costs[1]
