@@ -93,8 +93,13 @@ class _Session:
 
     # -- what passes through the connection ---------------------------------------------------------------
 
-    def sent(self, event: Any) -> None:
-        """Note one client event the caller sends (a dict, or one of the SDK's models)."""
+    def sent(self, event: Any) -> Any:
+        """Note one client event the caller sends (a dict, or one of the SDK's models): what was noted of
+        a ``response.create``, for :meth:`unsent`, else None."""
+        raise NotImplementedError
+
+    def unsent(self, noted: Any) -> None:
+        """Forget a ``response.create`` noted by :meth:`sent` whose ``send()`` raised: it never went out."""
         raise NotImplementedError
 
     def seen(self, data: Any) -> None:
@@ -167,9 +172,17 @@ class _RealtimeSession(_Session):
         self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
         super().__init__(monitor, client, model)
 
-    def sent(self, event: Any) -> None:
+    def sent(self, event: Any) -> Any:
         if _type(event) == "response.create":
-            self.asked.append((time.time(), time.perf_counter()))
+            when = (time.time(), time.perf_counter())
+            self.asked.append(when)
+            return when
+        return None
+
+    def unsent(self, noted: Any) -> None:
+        with self.lock:
+            if noted in self.asked:  # not if an error read meanwhile cleared it
+                self.asked.remove(noted)
 
     def _seen(self, kind: str, event: dict[str, Any]) -> None:
         if kind.endswith(".delta"):  # response.output_text.delta, response.output_audio.delta...
@@ -267,18 +280,26 @@ class _ResponsesSession(_Session):
         self.lanes: dict[Any, _StreamState] = {}  # each lane's response in flight
         super().__init__(monitor, client, model)
 
-    def sent(self, event: Any) -> None:
+    def sent(self, event: Any) -> Any:
         body = event if isinstance(event, dict) else event.to_dict()  # a dict, or one of the SDK's models
         if body.get("type") != "response.create":
-            return
+            return None
         # what the SDK leaves out of the JSON it sends: the resource's create() gives every parameter,
         # those not given as its omit (NotGiven on older SDKs)
         body = {k: v for k, v in body.items() if type(v).__name__ not in _OMITTED}
         request = request_shape("responses", body, stream=True)
         content = self.monitor._captured_request(body) if self.monitor.capture_content else None
+        noted = (request, content, (time.time(), time.perf_counter()))
         with self.lock:
-            asked = self.pending.setdefault(body.get("stream_id"), deque())
-            asked.append((request, content, (time.time(), time.perf_counter())))
+            self.pending.setdefault(body.get("stream_id"), deque()).append(noted)
+        return body.get("stream_id"), noted
+
+    def unsent(self, noted: Any) -> None:
+        lane, asked = noted
+        with self.lock:
+            pending = self.pending.get(lane)
+            if pending and asked in pending:
+                pending.remove(asked)
 
     def _seen(self, kind: str, event: dict[str, Any]) -> None:
         lane = event.get("stream_id")
@@ -354,15 +375,25 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             except Exception as fault:
                 monitor._report(what, fault)
 
-    def sent(event: Any) -> None:
+    def sent(event: Any) -> Any:
         try:
             if _budgets.stopping and _type(event) == "response.create":  # a run over its budget: ours?
                 _budgets.refuse_if_stopped(session.lenses)
-            session.sent(event)
+            return session.sent(event)
         except BudgetExceededError:
             raise  # the one error on purpose: a response asked for in a run stopped by its budget, unsent
         except Exception as exc:
             monitor._report(what, exc)
+            return None
+
+    def unsent(noted: Any) -> None:
+        """A send() that raised an error (not a cancellation, which may come once the event is out):
+        the event did not go out (the SDK could not encode it, the socket was closed)."""
+        if noted is not None:
+            try:
+                session.unsent(noted)
+            except Exception as exc:
+                monitor._report(what, exc)
 
     if is_async:
 
@@ -376,8 +407,12 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return data
 
         async def asend(event: Any, *args: Any, **kwargs: Any) -> Any:
-            sent(event)
-            return await send(event, *args, **kwargs)
+            noted = sent(event)
+            try:
+                return await send(event, *args, **kwargs)
+            except Exception:
+                unsent(noted)
+                raise
 
         async def aclose(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -398,8 +433,12 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return data
 
         def ssend(event: Any, *args: Any, **kwargs: Any) -> Any:
-            sent(event)
-            return send(event, *args, **kwargs)
+            noted = sent(event)
+            try:
+                return send(event, *args, **kwargs)
+            except Exception:
+                unsent(noted)
+                raise
 
         def sclose(*args: Any, **kwargs: Any) -> Any:
             try:

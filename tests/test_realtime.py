@@ -653,3 +653,28 @@ def test_events_dispatched_to_handlers_are_watched_alike(ws: openai.OpenAI, reco
     (record,) = records.calls
     assert [event.response.id for event in done] == [record["response"]["id"]]
     assert record["status"] == "ok"
+
+
+def test_a_response_create_that_failed_to_send_is_no_call(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``response.create`` whose ``send()`` raised (an event the SDK cannot encode; the socket the
+    server dropped) never went out: it is no call, and the next response is timed from its own
+    ``response.create``, not from the one that failed."""
+    with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
+        with pytest.raises(TypeError):  # not JSON: the SDK raises before writing anything
+            unencodable: Any = {"type": "response.create", "response": {"metadata": {"at": object()}}}
+            connection.send(unencodable)
+        time.sleep(0.5)
+        connection.response.create()
+        _until_done(connection)
+        connection.response.create(response={"metadata": {"x-fake-fault": "close"}})
+        with pytest.raises(ConnectionClosedError):
+            _until_done(connection)
+        with pytest.raises(ConnectionClosedError):  # the server is gone: nothing goes out
+            connection.response.create()
+    assert [e["type"] for e in fake_openai.realtime_events] == ["response.create", "response.create"]
+    answered, broken = records.calls
+    assert answered["status"] == "ok" and answered["timing"]["duration_ms"] < 400
+    assert broken["status"] == "error" and broken["response"]["id"] is not None
+    assert run.summary is not None and run.summary["total_api_calls"] == 2
