@@ -20,6 +20,7 @@ __all__ = ["RealtimeServer"]
 JSONDict = dict[str, Any]
 
 GREETING = "Hello! How can I help you today?"
+TRANSCRIPT = "Summary: the recording"  # what the session's input transcription hears, as the HTTP fake's
 IMAGE_TOKENS = 85  # the tokens of each input_image part of an item (a low-detail image's)
 FAILED = "The server had an error while processing your request."
 # the x-fake-* keys a response.create's metadata takes (strings, as metadata is): int, or the values taken
@@ -43,6 +44,17 @@ _DETAILS: dict[str, JSONDict] = {
 
 def _tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
+
+
+def transcriber(session: JSONDict) -> Any:
+    """The model a session transcribes its input audio with (``audio.input.transcription``, the beta's
+    ``input_audio_transcription``), None when it transcribes none."""
+    audio = session.get("audio")
+    heard = audio.get("input") if isinstance(audio, dict) else None
+    chosen = heard.get("transcription") if isinstance(heard, dict) else None
+    if chosen is None:
+        chosen = session.get("input_audio_transcription")
+    return chosen.get("model") if isinstance(chosen, dict) else None
 
 
 class _Refused(Exception):
@@ -128,11 +140,12 @@ class _Session:
                     "input_audio_buffer_commit_empty",
                 )
             # a token of audio per 100 bytes, as the fake's transcriptions count it
-            self.items.append(
-                {"role": "user", "text": "", "audio": math.ceil(len(self.buffer) / 100), "image": 0}
-            )
+            audio = math.ceil(len(self.buffer) / 100)
+            self.items.append({"role": "user", "text": "", "audio": audio, "image": 0})
+            item = f"item_{next(self.ids)}"
+            self.send({"type": "input_audio_buffer.committed", "item_id": item})
+            self.transcribe(item, audio)
             self.buffer.clear()
-            self.send({"type": "input_audio_buffer.committed", "item_id": f"item_{next(self.ids)}"})
         elif kind == "input_audio_buffer.clear":
             self.buffer.clear()
             self.send({"type": "input_audio_buffer.cleared"})
@@ -147,6 +160,22 @@ class _Session:
                 f"Invalid value: {kind!r}. Supported values are the Realtime client events.", event
             )
         return None
+
+    def transcribe(self, item: str, audio: int) -> None:
+        """The committed audio's transcript, when the session transcribes its input: billed in tokens
+        (gpt-4o models: the audio's in, the text's out) or seconds (whisper-1: 16,000 bytes a second)."""
+        model = transcriber(self.session)
+        if model is None:
+            return
+        if model == "whisper-1":
+            usage: JSONDict = {"type": "duration", "seconds": len(self.buffer) / 16000}
+        else:
+            out = _tokens(TRANSCRIPT)
+            usage = {"type": "tokens", "input_tokens": audio, "output_tokens": out,
+                     "total_tokens": audio + out,
+                     "input_token_details": {"text_tokens": 0, "audio_tokens": audio}}  # fmt: skip
+        self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
+                   "content_index": 0, "transcript": TRANSCRIPT, "usage": usage})  # fmt: skip
 
     def respond(self, event: JSONDict) -> str | None:
         asked = event.get("response") or {}

@@ -7,7 +7,8 @@ The connection an instrumented client's manager opens is watched in place: its `
 received it, its ``send`` notes each ``response.create`` (and refuses one of a lens run stopped by its
 budget in raise mode, unsent: docs/BUDGETS.md), its ``close`` ends the watch. Each response the
 server ends (``response.done``) is one call record (operation ``realtime``), from its ``response.create``
-sent (else its ``response.created``) to its ``response.done``, with the context and lens runs in effect
+sent (else its ``response.created``) to its ``response.done``, and each transcript of its input audio one
+(operation ``transcription``), with the context and lens runs in effect
 where the connection was opened: the connection holds those runs open until it ends, as a stream read
 after its lens ended does (docs/MONITORING.md, "Realtime sessions").
 """
@@ -27,7 +28,7 @@ import orjson
 from . import _budgets, _jsonl
 from ._context import current_context, current_lenses
 from ._errors import BudgetExceededError
-from ._extract import EMPTY_REQUEST, JsonView, request_shape
+from ._extract import EMPTY_REQUEST, JsonView, request_shape, response_shape
 from ._monitor import _Call, stated_request
 from ._records import interrupted
 from ._servers import Endpoint, server_of
@@ -118,12 +119,19 @@ class _Session:
         raise NotImplementedError
 
     def _begin(
-        self, request: RequestShape, content: dict[str, Any] | None, when: tuple[float, float] | None
+        self,
+        request: RequestShape,
+        content: dict[str, Any] | None,
+        when: tuple[float, float] | None,
+        operation: str | None = None,
     ) -> _Call:
-        """A response's call, begun ``when`` its create was sent (else now), in the connection's context
-        and lens runs (which the connection holds open: each counts it, even once ended)."""
+        """A response's call (or another ``operation``'s), begun ``when`` its create was sent (else now),
+        in the connection's context and lens runs (which the connection holds open: each counts it, even
+        once ended)."""
         # made in an empty context: it begins in none of the lens runs of the thread reading the events
-        call = contextvars.Context().run(_Call, self.operation, request, self.endpoint, None, False, None)
+        call = contextvars.Context().run(
+            _Call, operation or self.operation, request, self.endpoint, None, False, None
+        )
         call.context = self.context
         call.lenses = self.lenses
         for run in self.lenses:
@@ -163,13 +171,17 @@ class _Session:
 
 class _RealtimeSession(_Session):
     """One watched Realtime connection: each response the server ends (``response.done``) is one call,
-    from its ``response.create`` sent (else its ``response.created``)."""
+    from its ``response.create`` sent (else its ``response.created``); each transcript of its input audio
+    (``conversation.item.input_audio_transcription.completed``, billed apart) one ``transcription`` call,
+    from its audio's ``input_audio_buffer.committed``."""
 
     operation = OPERATION
 
     def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
         self.asked: deque[tuple[float, float]] = deque()  # response.create sent, not yet created: when
         self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
+        self.transcriber: Any = None  # the model the session transcribes its input audio with
+        self.heard: dict[Any, tuple[float, float]] = {}  # audio items committed, not yet transcribed: when
         super().__init__(monitor, client, model)
 
     def sent(self, event: Any) -> Any:
@@ -197,9 +209,19 @@ class _RealtimeSession(_Session):
             self._done(call, response)
         elif kind == "error":  # a response.create refused makes no response: its time is not the next's
             self.asked.clear()
-        elif kind in ("session.created", "session.updated") and self.model is None:
-            model = _object(event.get("session")).get("model")
-            self.model = model if type(model) is str else None
+        elif kind == "input_audio_buffer.committed":
+            if self.transcriber is not None:
+                self.heard[event.get("item_id")] = (time.time(), time.perf_counter())
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self._transcribed(event)
+        elif kind == "conversation.item.input_audio_transcription.failed":  # billed nothing
+            self.heard.pop(event.get("item_id"), None)
+        elif kind in ("session.created", "session.updated"):
+            session = _object(event.get("session"))
+            if self.model is None:
+                model = session.get("model")
+                self.model = model if type(model) is str else None
+            self.transcriber = _transcriber(session)
 
     def _call(self, when: tuple[float, float] | None = None) -> _Call:
         """A response's call, begun when its ``response.create`` was sent (the oldest not yet created,
@@ -245,6 +267,26 @@ class _RealtimeSession(_Session):
             output_text="".join(texts) if call.content is not None else None,
         )
 
+    def _transcribed(self, event: dict[str, Any]) -> None:
+        """A transcript of input audio: one ``transcription`` call, its usage as an HTTP transcription's
+        (tokens, or seconds: unpriced)."""
+        when = self.heard.pop(event.get("item_id"), None)
+        model = self.transcriber if type(self.transcriber) is str else None
+        call = self._begin({**EMPTY_REQUEST, "model": model}, {}, when, "transcription")
+        usage = event.get("usage")
+        shape, billed = response_shape(
+            "transcription",
+            JsonView({"model": model, "id": event.get("item_id"), "usage": _object(usage) or None}),
+        )
+        text = event.get("transcript")
+        self.monitor._finish(
+            call,
+            "ok",
+            shape,
+            billed,
+            output_text=text if type(text) is str and call.content is not None else None,
+        )
+
     def lost(self, exc: BaseException | None) -> None:
         with self.lock:
             calls, self.calls = self.calls, {}
@@ -255,6 +297,13 @@ class _RealtimeSession(_Session):
         for when in asked:  # a response.create whose answer was never read: it may have been billed
             unread = self._shape({"id": None}, None, None)
             self.monitor._finish(self._call(when), status, unread, None, error=exc)
+
+
+def _transcriber(session: dict[str, Any]) -> Any:
+    """The model a Realtime session transcribes its input audio with (``audio.input.transcription``;
+    the beta's ``input_audio_transcription``), None when it transcribes none."""
+    chosen = _object(_object(_object(session.get("audio")).get("input")).get("transcription"))
+    return (chosen or _object(session.get("input_audio_transcription"))).get("model")
 
 
 def _ended_as(exc: BaseException | None) -> Status:

@@ -662,8 +662,8 @@ def test_a_response_create_that_failed_to_send_is_no_call(
     server dropped) never went out: it is no call, and the next response is timed from its own
     ``response.create``, not from the one that failed."""
     with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
+        unencodable: Any = {"type": "response.create", "response": {"metadata": {"at": object()}}}
         with pytest.raises(TypeError):  # not JSON: the SDK raises before writing anything
-            unencodable: Any = {"type": "response.create", "response": {"metadata": {"at": object()}}}
             connection.send(unencodable)
         time.sleep(0.5)
         connection.response.create()
@@ -678,3 +678,45 @@ def test_a_response_create_that_failed_to_send_is_no_call(
     assert answered["status"] == "ok" and answered["timing"]["duration_ms"] < 400
     assert broken["status"] == "error" and broken["response"]["id"] is not None
     assert run.summary is not None and run.summary["total_api_calls"] == 2
+
+
+@pytest.mark.parametrize("beta", [False, True], ids=["ga", "beta"])
+def test_the_sessions_input_transcriptions_are_calls_of_its_lens(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, beta: bool
+) -> None:
+    """A session transcribing its input audio (billed apart, at the transcription model's rates) makes
+    each ``input_audio_transcription.completed`` one ``transcription`` call of the lens, priced as
+    genai-prices prices its usage; one in seconds (whisper-1) is unpriced and leaves the cost
+    incomplete."""
+    turns = {"gpt-4o-transcribe": bytes(4000), "whisper-1": bytes(32000)}
+    with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
+        for model, audio in turns.items():
+            hearing: Any = (
+                {"input_audio_transcription": {"model": model}}
+                if beta
+                else {"type": "realtime", "audio": {"input": {"transcription": {"model": model}}}}
+            )
+            connection.session.update(session=hearing)
+            connection.input_audio_buffer.append(audio=base64.b64encode(audio).decode())
+            connection.input_audio_buffer.commit()
+            connection.response.create()
+            events = _until_done(connection)
+            assert "conversation.item.input_audio_transcription.completed" in [e.type for e in events]
+    heard, _, unpriced, _ = records.calls
+    assert [c["operation"] for c in records.calls] == ["transcription", "realtime"] * 2
+    assert (heard["request"]["model"], heard["status"]) == ("gpt-4o-transcribe", "ok")
+    usage = heard["usage"]
+    assert (usage["prompt_tokens"], usage["prompt_audio_tokens"], usage["completion_tokens"]) == (40, 40, 6)
+    reference = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=40, input_audio_tokens=40, output_tokens=6),
+        "gpt-4o-transcribe",
+        provider_id="openai",
+    ).total_price
+    assert Decimal(repr(heard["cost"]["total_cost_usd"])) == reference > 0
+    assert heard["context"]["lens_run_id"] == run.run_id
+    assert unpriced["request"]["model"] == "whisper-1" and unpriced["cost"]["total_cost_usd"] is None
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["cost_complete"]) == (4, False)
+    assert run.summary["total_cost_usd"] == pytest.approx(
+        sum(c["cost"]["total_cost_usd"] or 0 for c in records.calls)
+    )
