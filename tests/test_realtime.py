@@ -4,6 +4,7 @@ rates, counted in the lens the connection was opened in; the caller's events are
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import signal
@@ -720,3 +721,45 @@ def test_the_sessions_input_transcriptions_are_calls_of_its_lens(
     assert run.summary["total_cost_usd"] == pytest.approx(
         sum(c["cost"]["total_cost_usd"] or 0 for c in records.calls)
     )
+
+
+@pytest.mark.asyncio
+async def test_tasks_sharing_a_connection_and_a_reader_cancelled_mid_response(
+    aws: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """One task reads the events while another sends: each response is a call with the context where the
+    connection was opened (not the sending task's); a reader cancelled mid-response leaves that
+    response ``interrupted`` when the connection closes, and the lens's cost incomplete."""
+    with monitor.track_llm_call(user_id="caller-1"):
+        async with monitor.lens("voice_agent") as run, aws.realtime.connect(model=MODEL) as connection:
+            first_done, second_delta = asyncio.Event(), asyncio.Event()
+
+            async def read() -> None:
+                async for event in connection:
+                    if event.type == "response.done":
+                        first_done.set()
+                    elif event.type.endswith(".delta") and first_done.is_set():
+                        second_delta.set()
+                        await asyncio.sleep(30)  # a slow consumer, cancelled below
+
+            async def speak() -> None:
+                with monitor.track_llm_call(user_id="someone-else"):
+                    await connection.response.create()
+                    await first_done.wait()
+                    await connection.response.create()
+
+            reader = asyncio.create_task(read())
+            await speak()
+            await second_delta.wait()
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+    answered, cut = records.calls
+    assert (answered["status"], cut["status"]) == ("ok", "interrupted")
+    assert {c["context"]["user_id"] for c in records.calls} == {"caller-1"}
+    assert cut["usage"]["total_tokens"] is None and cut["timing"]["time_to_first_token_ms"] is not None
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["open_calls"], run.summary["cost_complete"]) == (
+        2, 0, False,
+    )  # fmt: skip
+    assert run.summary["total_cost_usd"] == answered["cost"]["total_cost_usd"] > 0
