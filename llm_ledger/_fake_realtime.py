@@ -197,12 +197,19 @@ class _Session:
         modalities = (
             asked.get("output_modalities") or asked.get("modalities") or self.session.get("output_modalities")
         )
-        audio = "audio" in (modalities or ())
+        from ._fake_server import _tool_calls
+
+        # a function the response (else the session) must call: its arguments, in place of an answer
+        tools = {key: asked.get(key, self.session.get(key)) for key in ("tools", "tool_choice")}
+        called = next((c["function"] for c in _tool_calls(tools, {}, next(self.server.counter))), None)
+        audio = "audio" in (modalities or ()) and called is None
         status = steering.get("x-fake-status", "completed")
         user = next(
             (item["text"] for item in reversed(self.items) if item["role"] == "user" and item["text"]), ""
         )
         text = " ".join(["Summary:", *user.split()[:8]]) if user else GREETING
+        if called is not None:
+            text = called["arguments"]
         chunks = max(1, int(steering.get("x-fake-chunks", 5)))
         size = math.ceil(len(text) / chunks)
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
@@ -224,7 +231,11 @@ class _Session:
         part = "output_audio" if audio else "output_text"
         for piece in pieces:
             where = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
-            if audio:
+            if called is not None:
+                self.send({"type": "response.function_call_arguments.delta", "response_id": rid,
+                           "item_id": iid, "output_index": 0, "call_id": f"call_{iid}",
+                           "delta": piece})  # fmt: skip
+            elif audio:
                 self.send({"type": "response.output_audio_transcript.delta", **where, "delta": piece})
                 self.send({"type": "response.output_audio.delta", **where,
                            "delta": base64.b64encode(bytes(len(piece))).decode()})  # fmt: skip
@@ -246,9 +257,13 @@ class _Session:
         text_out = _tokens(said)
         audio_out = len(said) if audio else 0  # an audio token a character, as the fake's speech
         output = []
-        if status != "failed":
+        done = "completed" if status == "completed" else "incomplete"
+        if status != "failed" and called is not None:
+            output.append({"id": iid, "object": "realtime.item", "type": "function_call", "status": done,
+                           "name": called["name"], "call_id": f"call_{iid}", "arguments": said})  # fmt: skip
+            self.items.append({"role": "assistant", "text": said, "audio": 0, "image": 0})
+        elif status != "failed":
             content = {"type": part, "transcript": said} if audio else {"type": part, "text": said}
-            done = "completed" if status == "completed" else "incomplete"
             output.append({"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
                            "status": done, "content": [content]})  # fmt: skip
             self.items.append({"role": "assistant", "text": said, "audio": audio_out, "image": 0})

@@ -160,6 +160,8 @@ class _Session:
         _open.discard(self)
         try:
             self.lost(exc)
+        except Exception as error:  # never into the caller's close()
+            self.monitor._report(f"ending a {self.operation} connection", error)
         finally:
             for run in self.lenses:
                 run._totals.release()
@@ -187,7 +189,8 @@ class _RealtimeSession(_Session):
     def sent(self, event: Any) -> Any:
         if _type(event) == "response.create":
             when = (time.time(), time.perf_counter())
-            self.asked.append(when)
+            with self.lock:  # not into the deque lost() is ending on another thread
+                self.asked.append(when)
             return when
         return None
 

@@ -763,3 +763,30 @@ async def test_tasks_sharing_a_connection_and_a_reader_cancelled_mid_response(
         2, 0, False,
     )  # fmt: skip
     assert run.summary["total_cost_usd"] == answered["cost"]["total_cost_usd"] > 0
+
+
+def test_a_function_call_is_a_call_with_its_tool_call_counted(ws: openai.OpenAI, records: Captured) -> None:
+    """A response that calls a function (``tool_choice: "required"``) is one call with
+    ``tool_calls_count`` 1, its first token the first arguments delta, priced from its usage; the answer
+    after the function's output is another, calling none."""
+    weather: Any = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    with ws.realtime.connect(model=MODEL) as connection:
+        connection.conversation.item.create(item=ASK)
+        connection.response.create(response={"tools": [weather], "tool_choice": "required"})
+        (call,) = _until_done(connection)[-1].response.output
+        assert call.type == "function_call" and json.loads(call.arguments) == {"city": "fake city"}
+        output: Any = {"type": "function_call_output", "call_id": call.call_id, "output": '{"temp": 21}'}
+        connection.conversation.item.create(item=output)
+        connection.response.create(response={"output_modalities": ["text"]})
+        _until_done(connection)
+    called, answered = records.calls
+    assert (called["response"]["tool_calls_count"], answered["response"]["tool_calls_count"]) == (1, 0)
+    assert called["response"]["finish_reason"] == "completed" and called["status"] == "ok"
+    assert called["timing"]["time_to_first_token_ms"] is not None
+    assert called["usage"]["completion_tokens"] > 0 and called["usage"]["completion_audio_tokens"] == 0
+    for record in records.calls:
+        assert Decimal(repr(record["cost"]["total_cost_usd"])) == _genai(record) > 0
