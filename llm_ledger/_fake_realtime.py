@@ -20,6 +20,7 @@ __all__ = ["RealtimeServer"]
 JSONDict = dict[str, Any]
 
 GREETING = "Hello! How can I help you today?"
+TRANSCRIPT = "Summary: the recording"  # what the session's input transcription hears, as the HTTP fake's
 IMAGE_TOKENS = 85  # the tokens of each input_image part of an item (a low-detail image's)
 FAILED = "The server had an error while processing your request."
 # the x-fake-* keys a response.create's metadata takes (strings, as metadata is): int, or the values taken
@@ -43,6 +44,17 @@ _DETAILS: dict[str, JSONDict] = {
 
 def _tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
+
+
+def transcriber(session: JSONDict) -> Any:
+    """The model a session transcribes its input audio with (``audio.input.transcription``, the beta's
+    ``input_audio_transcription``), None when it transcribes none."""
+    audio = session.get("audio")
+    heard = audio.get("input") if isinstance(audio, dict) else None
+    chosen = heard.get("transcription") if isinstance(heard, dict) else None
+    if chosen is None:
+        chosen = session.get("input_audio_transcription")
+    return chosen.get("model") if isinstance(chosen, dict) else None
 
 
 class _Refused(Exception):
@@ -128,11 +140,12 @@ class _Session:
                     "input_audio_buffer_commit_empty",
                 )
             # a token of audio per 100 bytes, as the fake's transcriptions count it
-            self.items.append(
-                {"role": "user", "text": "", "audio": math.ceil(len(self.buffer) / 100), "image": 0}
-            )
+            audio = math.ceil(len(self.buffer) / 100)
+            self.items.append({"role": "user", "text": "", "audio": audio, "image": 0})
+            item = f"item_{next(self.ids)}"
+            self.send({"type": "input_audio_buffer.committed", "item_id": item})
+            self.transcribe(item, audio)
             self.buffer.clear()
-            self.send({"type": "input_audio_buffer.committed", "item_id": f"item_{next(self.ids)}"})
         elif kind == "input_audio_buffer.clear":
             self.buffer.clear()
             self.send({"type": "input_audio_buffer.cleared"})
@@ -147,6 +160,22 @@ class _Session:
                 f"Invalid value: {kind!r}. Supported values are the Realtime client events.", event
             )
         return None
+
+    def transcribe(self, item: str, audio: int) -> None:
+        """The committed audio's transcript, when the session transcribes its input: billed in tokens
+        (gpt-4o models: the audio's in, the text's out) or seconds (whisper-1: 16,000 bytes a second)."""
+        model = transcriber(self.session)
+        if model is None:
+            return
+        if model == "whisper-1":
+            usage: JSONDict = {"type": "duration", "seconds": len(self.buffer) / 16000}
+        else:
+            out = _tokens(TRANSCRIPT)
+            usage = {"type": "tokens", "input_tokens": audio, "output_tokens": out,
+                     "total_tokens": audio + out,
+                     "input_token_details": {"text_tokens": 0, "audio_tokens": audio}}  # fmt: skip
+        self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
+                   "content_index": 0, "transcript": TRANSCRIPT, "usage": usage})  # fmt: skip
 
     def respond(self, event: JSONDict) -> str | None:
         asked = event.get("response") or {}
@@ -168,12 +197,19 @@ class _Session:
         modalities = (
             asked.get("output_modalities") or asked.get("modalities") or self.session.get("output_modalities")
         )
-        audio = "audio" in (modalities or ())
+        from ._fake_server import _tool_calls
+
+        # a function the response (else the session) must call: its arguments, in place of an answer
+        tools = {key: asked.get(key, self.session.get(key)) for key in ("tools", "tool_choice")}
+        called = next((c["function"] for c in _tool_calls(tools, {}, next(self.server.counter))), None)
+        audio = "audio" in (modalities or ()) and called is None
         status = steering.get("x-fake-status", "completed")
         user = next(
             (item["text"] for item in reversed(self.items) if item["role"] == "user" and item["text"]), ""
         )
         text = " ".join(["Summary:", *user.split()[:8]]) if user else GREETING
+        if called is not None:
+            text = called["arguments"]
         chunks = max(1, int(steering.get("x-fake-chunks", 5)))
         size = math.ceil(len(text) / chunks)
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
@@ -195,7 +231,11 @@ class _Session:
         part = "output_audio" if audio else "output_text"
         for piece in pieces:
             where = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
-            if audio:
+            if called is not None:
+                self.send({"type": "response.function_call_arguments.delta", "response_id": rid,
+                           "item_id": iid, "output_index": 0, "call_id": f"call_{iid}",
+                           "delta": piece})  # fmt: skip
+            elif audio:
                 self.send({"type": "response.output_audio_transcript.delta", **where, "delta": piece})
                 self.send({"type": "response.output_audio.delta", **where,
                            "delta": base64.b64encode(bytes(len(piece))).decode()})  # fmt: skip
@@ -217,9 +257,13 @@ class _Session:
         text_out = _tokens(said)
         audio_out = len(said) if audio else 0  # an audio token a character, as the fake's speech
         output = []
-        if status != "failed":
+        done = "completed" if status == "completed" else "incomplete"
+        if status != "failed" and called is not None:
+            output.append({"id": iid, "object": "realtime.item", "type": "function_call", "status": done,
+                           "name": called["name"], "call_id": f"call_{iid}", "arguments": said})  # fmt: skip
+            self.items.append({"role": "assistant", "text": said, "audio": 0, "image": 0})
+        elif status != "failed":
             content = {"type": part, "transcript": said} if audio else {"type": part, "text": said}
-            done = "completed" if status == "completed" else "incomplete"
             output.append({"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
                            "status": done, "content": [content]})  # fmt: skip
             self.items.append({"role": "assistant", "text": said, "audio": audio_out, "image": 0})

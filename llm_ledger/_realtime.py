@@ -7,7 +7,8 @@ The connection an instrumented client's manager opens is watched in place: its `
 received it, its ``send`` notes each ``response.create`` (and refuses one of a lens run stopped by its
 budget in raise mode, unsent: docs/BUDGETS.md), its ``close`` ends the watch. Each response the
 server ends (``response.done``) is one call record (operation ``realtime``), from its ``response.create``
-sent (else its ``response.created``) to its ``response.done``, with the context and lens runs in effect
+sent (else its ``response.created``) to its ``response.done``, and each transcript of its input audio one
+(operation ``transcription``), with the context and lens runs in effect
 where the connection was opened: the connection holds those runs open until it ends, as a stream read
 after its lens ended does (docs/MONITORING.md, "Realtime sessions").
 """
@@ -27,7 +28,7 @@ import orjson
 from . import _budgets, _jsonl
 from ._context import current_context, current_lenses
 from ._errors import BudgetExceededError
-from ._extract import EMPTY_REQUEST, JsonView, request_shape
+from ._extract import EMPTY_REQUEST, JsonView, request_shape, response_shape
 from ._monitor import _Call, stated_request
 from ._records import interrupted
 from ._servers import Endpoint, server_of
@@ -93,8 +94,13 @@ class _Session:
 
     # -- what passes through the connection ---------------------------------------------------------------
 
-    def sent(self, event: Any) -> None:
-        """Note one client event the caller sends (a dict, or one of the SDK's models)."""
+    def sent(self, event: Any) -> Any:
+        """Note one client event the caller sends (a dict, or one of the SDK's models): what was noted of
+        a ``response.create``, for :meth:`unsent`, else None."""
+        raise NotImplementedError
+
+    def unsent(self, noted: Any) -> None:
+        """Forget a ``response.create`` noted by :meth:`sent` whose ``send()`` raised: it never went out."""
         raise NotImplementedError
 
     def seen(self, data: Any) -> None:
@@ -113,12 +119,19 @@ class _Session:
         raise NotImplementedError
 
     def _begin(
-        self, request: RequestShape, content: dict[str, Any] | None, when: tuple[float, float] | None
+        self,
+        request: RequestShape,
+        content: dict[str, Any] | None,
+        when: tuple[float, float] | None,
+        operation: str | None = None,
     ) -> _Call:
-        """A response's call, begun ``when`` its create was sent (else now), in the connection's context
-        and lens runs (which the connection holds open: each counts it, even once ended)."""
+        """A response's call (or another ``operation``'s), begun ``when`` its create was sent (else now),
+        in the connection's context and lens runs (which the connection holds open: each counts it, even
+        once ended)."""
         # made in an empty context: it begins in none of the lens runs of the thread reading the events
-        call = contextvars.Context().run(_Call, self.operation, request, self.endpoint, None, False, None)
+        call = contextvars.Context().run(
+            _Call, operation or self.operation, request, self.endpoint, None, False, None
+        )
         call.context = self.context
         call.lenses = self.lenses
         for run in self.lenses:
@@ -147,6 +160,8 @@ class _Session:
         _open.discard(self)
         try:
             self.lost(exc)
+        except Exception as error:  # never into the caller's close()
+            self.monitor._report(f"ending a {self.operation} connection", error)
         finally:
             for run in self.lenses:
                 run._totals.release()
@@ -158,18 +173,31 @@ class _Session:
 
 class _RealtimeSession(_Session):
     """One watched Realtime connection: each response the server ends (``response.done``) is one call,
-    from its ``response.create`` sent (else its ``response.created``)."""
+    from its ``response.create`` sent (else its ``response.created``); each transcript of its input audio
+    (``conversation.item.input_audio_transcription.completed``, billed apart) one ``transcription`` call,
+    from its audio's ``input_audio_buffer.committed``."""
 
     operation = OPERATION
 
     def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
         self.asked: deque[tuple[float, float]] = deque()  # response.create sent, not yet created: when
         self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
+        self.transcriber: Any = None  # the model the session transcribes its input audio with
+        self.heard: dict[Any, tuple[float, float]] = {}  # audio items committed, not yet transcribed: when
         super().__init__(monitor, client, model)
 
-    def sent(self, event: Any) -> None:
+    def sent(self, event: Any) -> Any:
         if _type(event) == "response.create":
-            self.asked.append((time.time(), time.perf_counter()))
+            when = (time.time(), time.perf_counter())
+            with self.lock:  # not into the deque lost() is ending on another thread
+                self.asked.append(when)
+            return when
+        return None
+
+    def unsent(self, noted: Any) -> None:
+        with self.lock:
+            if noted in self.asked:  # not if an error read meanwhile cleared it
+                self.asked.remove(noted)
 
     def _seen(self, kind: str, event: dict[str, Any]) -> None:
         if kind.endswith(".delta"):  # response.output_text.delta, response.output_audio.delta...
@@ -184,9 +212,19 @@ class _RealtimeSession(_Session):
             self._done(call, response)
         elif kind == "error":  # a response.create refused makes no response: its time is not the next's
             self.asked.clear()
-        elif kind in ("session.created", "session.updated") and self.model is None:
-            model = _object(event.get("session")).get("model")
-            self.model = model if type(model) is str else None
+        elif kind == "input_audio_buffer.committed":
+            if self.transcriber is not None:
+                self.heard[event.get("item_id")] = (time.time(), time.perf_counter())
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self._transcribed(event)
+        elif kind == "conversation.item.input_audio_transcription.failed":  # billed nothing
+            self.heard.pop(event.get("item_id"), None)
+        elif kind in ("session.created", "session.updated"):
+            session = _object(event.get("session"))
+            if self.model is None:
+                model = session.get("model")
+                self.model = model if type(model) is str else None
+            self.transcriber = _transcriber(session)
 
     def _call(self, when: tuple[float, float] | None = None) -> _Call:
         """A response's call, begun when its ``response.create`` was sent (the oldest not yet created,
@@ -232,6 +270,26 @@ class _RealtimeSession(_Session):
             output_text="".join(texts) if call.content is not None else None,
         )
 
+    def _transcribed(self, event: dict[str, Any]) -> None:
+        """A transcript of input audio: one ``transcription`` call, its usage as an HTTP transcription's
+        (tokens, or seconds: unpriced)."""
+        when = self.heard.pop(event.get("item_id"), None)
+        model = self.transcriber if type(self.transcriber) is str else None
+        call = self._begin({**EMPTY_REQUEST, "model": model}, {}, when, "transcription")
+        usage = event.get("usage")
+        shape, billed = response_shape(
+            "transcription",
+            JsonView({"model": model, "id": event.get("item_id"), "usage": _object(usage) or None}),
+        )
+        text = event.get("transcript")
+        self.monitor._finish(
+            call,
+            "ok",
+            shape,
+            billed,
+            output_text=text if type(text) is str and call.content is not None else None,
+        )
+
     def lost(self, exc: BaseException | None) -> None:
         with self.lock:
             calls, self.calls = self.calls, {}
@@ -242,6 +300,13 @@ class _RealtimeSession(_Session):
         for when in asked:  # a response.create whose answer was never read: it may have been billed
             unread = self._shape({"id": None}, None, None)
             self.monitor._finish(self._call(when), status, unread, None, error=exc)
+
+
+def _transcriber(session: dict[str, Any]) -> Any:
+    """The model a Realtime session transcribes its input audio with (``audio.input.transcription``;
+    the beta's ``input_audio_transcription``), None when it transcribes none."""
+    chosen = _object(_object(_object(session.get("audio")).get("input")).get("transcription"))
+    return (chosen or _object(session.get("input_audio_transcription"))).get("model")
 
 
 def _ended_as(exc: BaseException | None) -> Status:
@@ -267,18 +332,26 @@ class _ResponsesSession(_Session):
         self.lanes: dict[Any, _StreamState] = {}  # each lane's response in flight
         super().__init__(monitor, client, model)
 
-    def sent(self, event: Any) -> None:
+    def sent(self, event: Any) -> Any:
         body = event if isinstance(event, dict) else event.to_dict()  # a dict, or one of the SDK's models
         if body.get("type") != "response.create":
-            return
+            return None
         # what the SDK leaves out of the JSON it sends: the resource's create() gives every parameter,
         # those not given as its omit (NotGiven on older SDKs)
         body = {k: v for k, v in body.items() if type(v).__name__ not in _OMITTED}
         request = request_shape("responses", body, stream=True)
         content = self.monitor._captured_request(body) if self.monitor.capture_content else None
+        noted = (request, content, (time.time(), time.perf_counter()))
         with self.lock:
-            asked = self.pending.setdefault(body.get("stream_id"), deque())
-            asked.append((request, content, (time.time(), time.perf_counter())))
+            self.pending.setdefault(body.get("stream_id"), deque()).append(noted)
+        return body.get("stream_id"), noted
+
+    def unsent(self, noted: Any) -> None:
+        lane, asked = noted
+        with self.lock:
+            pending = self.pending.get(lane)
+            if pending and asked in pending:
+                pending.remove(asked)
 
     def _seen(self, kind: str, event: dict[str, Any]) -> None:
         lane = event.get("stream_id")
@@ -354,15 +427,25 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             except Exception as fault:
                 monitor._report(what, fault)
 
-    def sent(event: Any) -> None:
+    def sent(event: Any) -> Any:
         try:
             if _budgets.stopping and _type(event) == "response.create":  # a run over its budget: ours?
                 _budgets.refuse_if_stopped(session.lenses)
-            session.sent(event)
+            return session.sent(event)
         except BudgetExceededError:
             raise  # the one error on purpose: a response asked for in a run stopped by its budget, unsent
         except Exception as exc:
             monitor._report(what, exc)
+            return None
+
+    def unsent(noted: Any) -> None:
+        """A send() that raised an error (not a cancellation, which may come once the event is out):
+        the event did not go out (the SDK could not encode it, the socket was closed)."""
+        if noted is not None:
+            try:
+                session.unsent(noted)
+            except Exception as exc:
+                monitor._report(what, exc)
 
     if is_async:
 
@@ -376,8 +459,12 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return data
 
         async def asend(event: Any, *args: Any, **kwargs: Any) -> Any:
-            sent(event)
-            return await send(event, *args, **kwargs)
+            noted = sent(event)
+            try:
+                return await send(event, *args, **kwargs)
+            except Exception:
+                unsent(noted)
+                raise
 
         async def aclose(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -398,8 +485,12 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return data
 
         def ssend(event: Any, *args: Any, **kwargs: Any) -> Any:
-            sent(event)
-            return send(event, *args, **kwargs)
+            noted = sent(event)
+            try:
+                return send(event, *args, **kwargs)
+            except Exception:
+                unsent(noted)
+                raise
 
         def sclose(*args: Any, **kwargs: Any) -> Any:
             try:

@@ -4,6 +4,7 @@ rates, counted in the lens the connection was opened in; the caller's events are
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import signal
@@ -653,3 +654,139 @@ def test_events_dispatched_to_handlers_are_watched_alike(ws: openai.OpenAI, reco
     (record,) = records.calls
     assert [event.response.id for event in done] == [record["response"]["id"]]
     assert record["status"] == "ok"
+
+
+def test_a_response_create_that_failed_to_send_is_no_call(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``response.create`` whose ``send()`` raised (an event the SDK cannot encode; the socket the
+    server dropped) never went out: it is no call, and the next response is timed from its own
+    ``response.create``, not from the one that failed."""
+    with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
+        unencodable: Any = {"type": "response.create", "response": {"metadata": {"at": object()}}}
+        with pytest.raises(TypeError):  # not JSON: the SDK raises before writing anything
+            connection.send(unencodable)
+        time.sleep(0.5)
+        connection.response.create()
+        _until_done(connection)
+        connection.response.create(response={"metadata": {"x-fake-fault": "close"}})
+        with pytest.raises(ConnectionClosedError):
+            _until_done(connection)
+        with pytest.raises(ConnectionClosedError):  # the server is gone: nothing goes out
+            connection.response.create()
+    assert [e["type"] for e in fake_openai.realtime_events] == ["response.create", "response.create"]
+    answered, broken = records.calls
+    assert answered["status"] == "ok" and answered["timing"]["duration_ms"] < 400
+    assert broken["status"] == "error" and broken["response"]["id"] is not None
+    assert run.summary is not None and run.summary["total_api_calls"] == 2
+
+
+@pytest.mark.parametrize("beta", [False, True], ids=["ga", "beta"])
+def test_the_sessions_input_transcriptions_are_calls_of_its_lens(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, beta: bool
+) -> None:
+    """A session transcribing its input audio (billed apart, at the transcription model's rates) makes
+    each ``input_audio_transcription.completed`` one ``transcription`` call of the lens, priced as
+    genai-prices prices its usage; one in seconds (whisper-1) is unpriced and leaves the cost
+    incomplete."""
+    turns = {"gpt-4o-transcribe": bytes(4000), "whisper-1": bytes(32000)}
+    with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
+        for model, audio in turns.items():
+            hearing: Any = (
+                {"input_audio_transcription": {"model": model}}
+                if beta
+                else {"type": "realtime", "audio": {"input": {"transcription": {"model": model}}}}
+            )
+            connection.session.update(session=hearing)
+            connection.input_audio_buffer.append(audio=base64.b64encode(audio).decode())
+            connection.input_audio_buffer.commit()
+            connection.response.create()
+            events = _until_done(connection)
+            assert "conversation.item.input_audio_transcription.completed" in [e.type for e in events]
+    heard, _, unpriced, _ = records.calls
+    assert [c["operation"] for c in records.calls] == ["transcription", "realtime"] * 2
+    assert (heard["request"]["model"], heard["status"]) == ("gpt-4o-transcribe", "ok")
+    usage = heard["usage"]
+    assert (usage["prompt_tokens"], usage["prompt_audio_tokens"], usage["completion_tokens"]) == (40, 40, 6)
+    reference = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=40, input_audio_tokens=40, output_tokens=6),
+        "gpt-4o-transcribe",
+        provider_id="openai",
+    ).total_price
+    assert Decimal(repr(heard["cost"]["total_cost_usd"])) == reference > 0
+    assert heard["context"]["lens_run_id"] == run.run_id
+    assert unpriced["request"]["model"] == "whisper-1" and unpriced["cost"]["total_cost_usd"] is None
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["cost_complete"]) == (4, False)
+    assert run.summary["total_cost_usd"] == pytest.approx(
+        sum(c["cost"]["total_cost_usd"] or 0 for c in records.calls)
+    )
+
+
+@pytest.mark.asyncio
+async def test_tasks_sharing_a_connection_and_a_reader_cancelled_mid_response(
+    aws: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """One task reads the events while another sends: each response is a call with the context where the
+    connection was opened (not the sending task's); a reader cancelled mid-response leaves that
+    response ``interrupted`` when the connection closes, and the lens's cost incomplete."""
+    with monitor.track_llm_call(user_id="caller-1"):
+        async with monitor.lens("voice_agent") as run, aws.realtime.connect(model=MODEL) as connection:
+            first_done, second_delta = asyncio.Event(), asyncio.Event()
+
+            async def read() -> None:
+                async for event in connection:
+                    if event.type == "response.done":
+                        first_done.set()
+                    elif event.type.endswith(".delta") and first_done.is_set():
+                        second_delta.set()
+                        await asyncio.sleep(30)  # a slow consumer, cancelled below
+
+            async def speak() -> None:
+                with monitor.track_llm_call(user_id="someone-else"):
+                    await connection.response.create()
+                    await first_done.wait()
+                    await connection.response.create()
+
+            reader = asyncio.create_task(read())
+            await speak()
+            await second_delta.wait()
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+    answered, cut = records.calls
+    assert (answered["status"], cut["status"]) == ("ok", "interrupted")
+    assert {c["context"]["user_id"] for c in records.calls} == {"caller-1"}
+    assert cut["usage"]["total_tokens"] is None and cut["timing"]["time_to_first_token_ms"] is not None
+    assert run.summary is not None
+    assert (run.summary["total_api_calls"], run.summary["open_calls"], run.summary["cost_complete"]) == (
+        2, 0, False,
+    )  # fmt: skip
+    assert run.summary["total_cost_usd"] == answered["cost"]["total_cost_usd"] > 0
+
+
+def test_a_function_call_is_a_call_with_its_tool_call_counted(ws: openai.OpenAI, records: Captured) -> None:
+    """A response that calls a function (``tool_choice: "required"``) is one call with
+    ``tool_calls_count`` 1, its first token the first arguments delta, priced from its usage; the answer
+    after the function's output is another, calling none."""
+    weather: Any = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    with ws.realtime.connect(model=MODEL) as connection:
+        connection.conversation.item.create(item=ASK)
+        connection.response.create(response={"tools": [weather], "tool_choice": "required"})
+        (call,) = _until_done(connection)[-1].response.output
+        assert call.type == "function_call" and json.loads(call.arguments) == {"city": "fake city"}
+        output: Any = {"type": "function_call_output", "call_id": call.call_id, "output": '{"temp": 21}'}
+        connection.conversation.item.create(item=output)
+        connection.response.create(response={"output_modalities": ["text"]})
+        _until_done(connection)
+    called, answered = records.calls
+    assert (called["response"]["tool_calls_count"], answered["response"]["tool_calls_count"]) == (1, 0)
+    assert called["response"]["finish_reason"] == "completed" and called["status"] == "ok"
+    assert called["timing"]["time_to_first_token_ms"] is not None
+    assert called["usage"]["completion_tokens"] > 0 and called["usage"]["completion_audio_tokens"] == 0
+    for record in records.calls:
+        assert Decimal(repr(record["cost"]["total_cost_usd"])) == _genai(record) > 0

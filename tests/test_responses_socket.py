@@ -499,3 +499,21 @@ def test_events_dispatched_to_handlers_are_watched_alike(ws: openai.OpenAI, reco
     (record,) = records.calls
     assert [event.response.id for event in done] == [record["response"]["id"]]
     assert record["status"] == "ok"
+
+
+@pytest.mark.asyncio
+async def test_a_response_create_that_failed_to_send_is_no_call(
+    aws: openai.AsyncOpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``response.create`` whose awaited ``send()`` raised (the socket the server dropped) never went
+    out: it is no call of the lens, whose only call is the response the drop cut short."""
+    async with monitor.lens("support_bot") as run, aws.responses.connect() as connection:
+        await connection.response.create(model=MODEL, input="hi", metadata={"x-fake-fault": "cut-stream"})
+        with pytest.raises(ConnectionClosedError):
+            await _until_end_async(connection)
+        with pytest.raises(ConnectionClosedError):
+            await connection.response.create(model=MODEL, input="hi again")
+    assert [e["type"] for e in fake_openai.realtime_events] == ["response.create"]
+    (record,) = records.calls
+    assert record["status"] == "error" and record["error"]["type"] == "ConnectionClosedError"
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
