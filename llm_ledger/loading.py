@@ -66,6 +66,7 @@ _SECRET_KEY: Final = re.compile(r"sk-[A-Za-z0-9_-]{8,}|[=$]|[A-Za-z0-9+/_-]{40,}
 # read as a key)
 _KEY_LIKE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
 _SHOWN_CHARS: Final = 40
+_WORD_BREAK: Final = re.compile(r"[-_.\s]+")  # between the words of a key (cached_input_audio)
 
 
 def shown(value: object, *, key: bool = False) -> str:
@@ -118,8 +119,13 @@ def join(key_path: str, key: str) -> str:
 def did_you_mean(name: str, choices: Iterable[str], *, n: int = 1) -> str:
     """`` (did you mean 'x'?)`` naming the ``n`` of ``choices`` closest to ``name`` (``'x' or 'y'``),
     or "" if none is close: what follows the bad value in an error message. Long lists of similar
-    names (models, providers) read better with a few."""
-    close = difflib.get_close_matches(name, list(choices), n=n)
+    names (models, providers) read better with a few. A choice of the same words in another order
+    comes first (``image_input`` is ``input_image``, not the ``cached_input`` that spells closer)."""
+    choices = list(choices)
+    words = sorted(_WORD_BREAK.split(name.lower()))
+    close = [choice for choice in choices if sorted(_WORD_BREAK.split(choice.lower())) == words]
+    close += [choice for choice in difflib.get_close_matches(name, choices, n=n) if choice not in close]
+    close = close[:n]
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 

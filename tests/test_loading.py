@@ -253,6 +253,27 @@ def test_price_file_from_the_environment_never_prints_a_dot_env(
     assert SECRET not in str(excinfo.value) and "sk-proj" not in str(excinfo.value)
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("image_input", "input_image"),
+        ("cached_audio_input", "cached_input_audio"),
+        ("input_cached_image", "cached_input_image"),
+        ("audio_output", "output_audio"),
+    ],
+)
+def test_a_rate_key_with_its_words_in_another_order_suggests_that_key(
+    tmp_path: Path, written: str, meant: str
+) -> None:
+    """A price file's rate key written with its words in another order is pointed at the key of those
+    words, not at the one that merely spells closer (image_input is input_image, not cached_input)."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(f"version: 1\nmodels:\n  m: {{input: 1, output: 2, {written}: 1}}\n")
+    with pytest.raises(PriceFileError) as excinfo:
+        load_prices(path)
+    assert f"models.m.{written}: unknown key (did you mean {meant!r}?)" in str(excinfo.value)
+
+
 def test_did_you_mean_names_the_closest_choice_or_nothing() -> None:
     """The one "did you mean" hint of every message: the closest choice (or n, closest first) quoted,
     "" when none is close."""
