@@ -520,6 +520,28 @@ def _switch(config: pytest.Config, ini: str, dest: str = "") -> bool:
     return bool(_choice(config, ini, BOOLEAN_WORDS, "a boolean; use true or false", dest))
 
 
+def _refuse_empty_values(config: pytest.Config) -> None:
+    """A flag given an empty value (``--llm-report=$REPORT`` with the variable unset) is a usage error, not
+    the flag left out; so is an empty cassette directory or budgets file in the ini file or ``-o``, which
+    would be the project directory itself."""
+    for flag, ini, default, _ in _SETTINGS:
+        if flag is not None and default != "false":
+            value = config.getoption(flag[2:].replace("-", "_"), None)
+            if isinstance(value, str) and not value.strip():
+                instead = f" (for ini {ini}'s value)" if ini else ""
+                raise pytest.UsageError(
+                    f"llm-ledger: {flag} is given an empty value (an unset variable in {flag}=$VAR?); "
+                    f"give it a value, or leave the flag out{instead}"
+                )
+    for ini in ("llm_cassette_dir", "llm_budget_file"):
+        if not config.getoption(ini) and not str(config.getini(ini)).strip():
+            where = _setting(config, ini)[1] or f"{ini} in {config.inipath or 'the ini file'}"
+            raise pytest.UsageError(
+                f"llm-ledger: {where} is empty; give a path relative to the ini file, or remove the "
+                "setting for its default"
+            )
+
+
 def _override(config: pytest.Config, ini: str) -> str | None:
     """The value ``-o ini=VALUE`` gave on the command line (the last one, as pytest takes), or None."""
     found = None
@@ -572,6 +594,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "unless --llm-record-mode says otherwise; 401/403 answers are not recorded unless "
         "llm(record_auth_errors=True). llm(live=True): a deliberate live test, no cassette",
     )
+    _refuse_empty_values(config)
     state = _LedgerState(config)
     if state.enforce and not state.is_worker:
         try:
