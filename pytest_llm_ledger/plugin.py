@@ -40,7 +40,7 @@ from llm_ledger import (
     load_budgets,
 )
 from llm_ledger import __all__ as _MODULE_NAMES  # the module's names, which the fixture's name hides
-from llm_ledger.loading import BOOLEAN_WORDS, listed, no_controls
+from llm_ledger.loading import BOOLEAN_WORDS, did_you_mean, listed, no_controls, shown
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
 from ._attribution import Starts
@@ -698,19 +698,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             twin, owner = folded.setdefault(str(cassette).lower(), (cassette, item.nodeid))
             if twin != cassette:
                 item.stash[_SHARES_WITH] = (owner, twin)
-        if (
-            marker.args
-            or set(marker.kwargs) - {"live", "match_host", "record_auth_errors"}
-            or not all(isinstance(value, bool) for value in marker.kwargs.values())
-        ):
-            path, line, _ = item.location
-            given = ", ".join([*map(repr, marker.args), *(f"{k}={v!r}" for k, v in marker.kwargs.items())])
-            raise pytest.UsageError(
-                f"{path}:{(line or 0) + 1}: {item.nodeid}: @pytest.mark.llm({given}) is not a valid llm "
-                "marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True) "
-                "(match the host too), @pytest.mark.llm(record_auth_errors=True) (keep the 401/403 "
-                "answers the test expects) or @pytest.mark.llm(live=True) (a deliberate live test)"
+        unknown = [key for key in marker.kwargs if key not in _MARKER_KEYS]
+        path, line, _ = item.location
+        where = f"{path}:{(line or 0) + 1}: {item.nodeid}"
+        if marker.args or unknown or not all(isinstance(value, bool) for value in marker.kwargs.values()):
+            # each value shortened, and a credential (api_key=...) described, never quoted
+            given = ", ".join(
+                [*map(shown, marker.args), *(f"{k}={shown(v)}" for k, v in marker.kwargs.items())]
             )
+            hint = did_you_mean(unknown[0], _MARKER_KEYS) if unknown else ""
+            raise pytest.UsageError(
+                f"{where}: @pytest.mark.llm({given}) is not a valid llm marker{hint}; use @pytest.mark.llm "
+                "(replay from a cassette), @pytest.mark.llm(match_host=True) (match the host too), "
+                "@pytest.mark.llm(record_auth_errors=True) (keep the 401/403 answers the test expects) or "
+                "@pytest.mark.llm(live=True) (a deliberate live test)"
+            )
+        if marker.kwargs.get("live") and (idle := [k for k in _MARKER_KEYS[1:] if marker.kwargs.get(k)]):
+            raise pytest.UsageError(
+                f"{where}: @pytest.mark.llm(live=True, {idle[0]}=True): a live test has no cassette, so "
+                f"{idle[0]} does nothing; drop it, or drop live=True to replay the test from its cassette"
+            )
+
+
+_MARKER_KEYS: Final = ("live", "match_host", "record_auth_errors")
 
 
 def _equal(first: dict[str, Any], second: dict[str, Any]) -> bool:
