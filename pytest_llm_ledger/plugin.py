@@ -201,6 +201,11 @@ def pytest_load_initial_conftests(
     # runs stay out of its own log unless ini llm_log_dir asks for one
     wanted = str(early_config.getini("llm_log_dir")).strip()
     log_dir = str(_ini_path(early_config, "llm_log_dir")) if wanted else "off"
+    if wanted and os.path.exists(log_dir) and not os.path.isdir(log_dir):  # not blamed on the variable
+        raise pytest.UsageError(
+            f"llm-ledger: llm_log_dir = {wanted}: {log_dir} is a file, not a directory; give the directory "
+            "the application's llm_calls.jsonl is written to during the run (relative to the ini file)"
+        )
     early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
     early_config.stash[_ENVIRON].setenv("LLM_LEDGER_LOG_DIR", log_dir)
 

@@ -402,6 +402,23 @@ def test_test_runs_stay_out_of_the_applications_log_unless_asked(recorded: pytes
     assert events == ["lens_summary"] * 3 + ["llm_api_call"] * 3
 
 
+@pytest.mark.usefixtures("fresh_config")
+def test_an_llm_log_dir_that_is_a_file_is_named_as_the_ini_setting(recorded: pytest.Pytester) -> None:
+    """ini llm_log_dir naming a file is a usage error naming the setting, not the application's
+    configure() failing on LLM_LEDGER_LOG_DIR, a variable the user never set."""
+    recorded.makeconftest(APP_CONFTEST)
+    recorded.makefile(".ini", pytest=INI + "llm_log_dir = notes.txt\n")
+    (recorded.path / "notes.txt").write_text("not a directory\n")
+
+    result = run(recorded)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: llm-ledger: llm_log_dir = notes.txt: */notes.txt is a file, not a directory; give the *"]
+    )
+    assert "LLM_LEDGER_LOG_DIR" not in result.stdout.str() + result.stderr.str()
+
+
 DOCUMENTED_TESTS = """
 import os
 
