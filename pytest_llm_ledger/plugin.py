@@ -1048,7 +1048,7 @@ def _recording_notices(state: _LedgerState) -> list[str]:
 
 def _report_path(config: pytest.Config) -> Path | None:
     """Where --llm-report writes, relative to where pytest was started; a usage error when it
-    names a directory or a path under a file."""
+    names a directory, a device or FIFO, or a path under a file."""
     given = config.getoption("llm_report")
     if not given:
         return None
@@ -1057,6 +1057,8 @@ def _report_path(config: pytest.Config) -> Path | None:
     problem = None
     if path.is_dir():
         problem = "is a directory"
+    elif path.exists() and not path.is_file():  # /dev/stdout: the report's rename would replace it
+        problem = "is not a regular file (a device, FIFO or socket), which the written report would replace"
     elif not existing.is_dir():
         problem = f"{shown_path(existing)} is a file"
     if problem is not None:

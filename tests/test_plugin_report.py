@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +85,23 @@ def reports(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("given", "problem"), [("out", "is a directory"), ("notes.txt/report.json", "is a file")]
+    ("given", "problem"),
+    [
+        ("out", "is a directory"),
+        ("notes.txt/report.json", "is a file"),
+        # a FIFO or a device (--llm-report=/dev/stdout): the report, written beside it and renamed, would
+        # replace it (as root, /dev/stdout itself)
+        ("pipe", "is not a regular file (a device, FIFO or socket), which the written report would replace"),
+    ],
 )
 def test_a_report_path_that_cannot_be_written_is_a_usage_error(
     recorded: pytest.Pytester, given: str, problem: str
 ) -> None:
-    """--llm-report naming a directory (or a path under a file) is refused before any test runs,
-    naming the path and the fix, not an internal error after the whole run."""
+    """--llm-report naming a directory, a FIFO (or a path under a file) is refused before any test
+    runs, naming the path and the fix, not an internal error after the whole run nor a FIFO replaced."""
     (recorded.path / "out").mkdir()
     (recorded.path / "notes.txt").write_text("not a directory\n")
+    os.mkfifo(recorded.path / "pipe")
 
     result = run(recorded, f"--llm-report={given}")
 
@@ -100,6 +110,7 @@ def test_a_report_path_that_cannot_be_written_is_a_usage_error(
         [f"*llm-ledger: --llm-report {given}: *{problem}*; give the path of a JSON file*"]
     )
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert stat.S_ISFIFO((recorded.path / "pipe").stat().st_mode)
 
 
 def test_diff_markdown_table_per_lens(reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
