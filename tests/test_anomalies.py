@@ -367,7 +367,8 @@ def test_the_environment_variable_takes_on_off_or_settings(text: str, expected: 
         ({"min_runs": 200}, "anomalies: min_runs (200) must not exceed window (100)"),
         (
             {"metrics": ("tokens",)},
-            "anomalies: unknown metric 'tokens'; choose from total_tokens, total_cost_usd, duration_ms",
+            "anomalies: unknown metric 'tokens' (did you mean 'total_tokens'?); choose from total_tokens, "
+            "total_cost_usd, duration_ms",
         ),
         ({"scale": "sqrt"}, "anomalies: scale must be one of log, linear, got 'sqrt'"),
         ({"min_mad_ratio": -0.1}, "anomalies: min_mad_ratio must be a number from 0 up, got -0.1"),
