@@ -25,7 +25,7 @@ from ._credentials import shown
 from ._errors import ConfigError, refuse_async
 from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
-from .loading import BOOLEAN_WORDS
+from .loading import BOOLEAN_WORDS, did_you_mean
 
 __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
 
@@ -82,7 +82,10 @@ class AnomalyConfig:
             raise ConfigError(f"anomalies: scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
         for metric in self.metrics:
             if metric not in METRICS:
-                raise ConfigError(f"anomalies: unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+                hint = did_you_mean(metric, METRICS) if isinstance(metric, str) else ""
+                raise ConfigError(
+                    f"anomalies: unknown metric {metric!r}{hint}; choose from {', '.join(METRICS)}"
+                )
 
     @classmethod
     def parse(cls, text: str, source: str = "LLM_LEDGER_ANOMALIES") -> AnomalyConfig | None:
@@ -93,12 +96,19 @@ class AnomalyConfig:
             return cls() if on else None
         settings = [setting.name for setting in fields(cls)]
         values: dict[str, Any] = {}
-        for part in value.split(","):
+        # an empty item ("k=6,") is ignored, as in LLM_LEDGER_EXPORTERS; nothing but commas is no setting
+        for part in [part for part in value.split(",") if part.strip()] or [value]:
             name, sep, raw = (s.strip() for s in part.partition("="))
+            if not sep and name in BOOLEAN_WORDS:  # "on,k=6"
+                raise ConfigError(
+                    f"{source}={shown(text)}: {shown(name)} goes alone; settings (k=6) turn detection on "
+                    "by themselves: give either on or off, or the settings"
+                )
             if not sep or name not in settings:
                 raise ConfigError(
                     f"{source}={shown(text)}: expected on, off, or comma-separated settings such as "
                     f"k=6,window=100,min_runs=20 (settings: {', '.join(settings)}), got {shown(part.strip())}"
+                    + (did_you_mean(name, settings) if sep else "")
                 )
             if name in values:
                 raise ConfigError(f"{source}={shown(text)}: {name} is given twice; give each setting once")

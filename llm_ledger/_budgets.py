@@ -5,6 +5,7 @@ production check of each lens run against it after each of its calls (``configur
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import threading
 import time
@@ -119,12 +120,22 @@ def _parse(doc: Document, text: str | bytes) -> Budgets:
     return Budgets(source=doc.name, **sections)
 
 
+def _json_value(value: object) -> object:
+    """A value of a budgets mapping JSON has no type for: a number of another type (``Decimal("1.5")``,
+    numpy's ``int64``) as the number it is, anything else as its repr (refused: ``got "{1}"``)."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, (numbers.Real, Decimal)):
+        return float(value)
+    return repr(value)
+
+
 def parse_budgets(text: str | bytes | Mapping[str, Any], source: str = "budgets.yaml") -> Budgets:
     """Parse budgets YAML, or a mapping of the same shape; raises :class:`BudgetError` (never anything
     else) naming the file, the line, the key path and the valid keys or values."""
     if isinstance(text, Mapping):
         try:
-            as_json = json.dumps(text, default=str)  # JSON is YAML: one validator for both
+            as_json = json.dumps(text, default=_json_value)  # JSON is YAML: one validator for both
         except (TypeError, ValueError) as exc:
             raise BudgetError(f"{source}: not a mapping of sections to limits: {exc}") from None
         return _parse(_MappingDocument(source, BudgetError, "a budgets mapping"), as_json)

@@ -369,7 +369,7 @@ def _log_dir_error(exc: OSError, log_dir: Path, argument: bool) -> ConfigError:
         fix = f"set log_dir= or LLM_LEDGER_LOG_DIR to the directory that holds {LOG_FILE_NAME}"
         with contextlib.suppress(OSError):  # the current directory was deleted
             named += f" (in {os.getcwd()!r})"
-    if log_dir.is_file():
+    if log_dir.exists() and not log_dir.is_dir():  # a regular file, a FIFO, a device
         return ConfigError(f"cannot write the log file: {named} is a file, not a directory; {fix}")
     return ConfigError(
         f"cannot write the log file in {named}: {exc.strerror or exc}; choose a writable directory{choose} "

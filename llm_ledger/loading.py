@@ -66,6 +66,7 @@ _SECRET_KEY: Final = re.compile(r"sk-[A-Za-z0-9_-]{8,}|[=$]|[A-Za-z0-9+/_-]{40,}
 # read as a key)
 _KEY_LIKE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
 _SHOWN_CHARS: Final = 40
+_WORD_BREAK: Final = re.compile(r"[-_.\s]+")  # between the words of a key (cached_input_audio)
 
 
 def shown(value: object, *, key: bool = False) -> str:
@@ -118,8 +119,13 @@ def join(key_path: str, key: str) -> str:
 def did_you_mean(name: str, choices: Iterable[str], *, n: int = 1) -> str:
     """`` (did you mean 'x'?)`` naming the ``n`` of ``choices`` closest to ``name`` (``'x' or 'y'``),
     or "" if none is close: what follows the bad value in an error message. Long lists of similar
-    names (models, providers) read better with a few."""
-    close = difflib.get_close_matches(name, list(choices), n=n)
+    names (models, providers) read better with a few. A choice of the same words in another order
+    comes first (``image_input`` is ``input_image``, not the ``cached_input`` that spells closer)."""
+    choices = list(choices)
+    words = sorted(_WORD_BREAK.split(name.lower()))
+    close = [choice for choice in choices if sorted(_WORD_BREAK.split(choice.lower())) == words]
+    close += [choice for choice in difflib.get_close_matches(name, choices, n=n) if choice not in close]
+    close = close[:n]
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
@@ -273,6 +279,9 @@ class Document:
         self._loader = loader or SafeLoader
         # its constructor (with SafeLoader's checks), for nodes already composed
         self._constructor = (self._loader if issubclass(self._loader, SafeLoader) else SafeLoader)("")
+        # mapping and list entries still to read: a file without aliases holds fewer than its characters,
+        # one whose aliases (*name) repeat a long list inside many entries holds millions (set by compose)
+        self._entries_left = MAX_BYTES
 
     def error(self, node: yaml.Node | None, key_path: str, message: str) -> Exception:
         where = self.name if node is None else f"{self.name}:{node.start_mark.line + 1}"
@@ -285,6 +294,7 @@ class Document:
                 data = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise self._error(f"{self.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        self._entries_left = len(data)
         try:
             return yaml.compose(data, Loader=self._loader)
         except yaml.YAMLError as exc:
@@ -330,6 +340,7 @@ class Document:
             if not key_path and node.tag == _STR:  # the whole file: never quoted
                 got = f"a string of {len(node.value)} characters"
             raise self.error(node, key_path, f"expected {expected}, got {got}")
+        self._count(node, key_path)
         items: list[tuple[str, yaml.Node, yaml.Node]] = []
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -352,7 +363,19 @@ class Document:
         self.check_tag(node, key_path)
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, key_path, f"expected {expected}, got {self.describe(node)}")
+        self._count(node, key_path)
         return list(node.value)
+
+    def _count(self, node: yaml.MappingNode | yaml.SequenceNode, key_path: str) -> None:
+        """Count a collection's entries read: past the file's size, aliases are repeating its parts."""
+        self._entries_left -= len(node.value)
+        if self._entries_left < 0:
+            raise self.error(
+                node,
+                key_path,
+                f"the file's YAML aliases (*name) repeat more entries than {self.what} of its size holds; "
+                "write the repeated entries out, or alias fewer of them",
+            )
 
     def string(self, node: yaml.Node, key_path: str, expected: str, *, empty: bool = False) -> str:
         """A string (quoted or not: a plain ``1`` or ``true`` is not one), not blank unless ``empty``."""

@@ -265,8 +265,12 @@ def write_atomic(path: Path, text: str) -> None:
     A file that exists keeps its mode; a new one gets the ordinary mode (0666 less the umask, as the
     system applies it: the process's umask is never changed, even for a moment, as other threads may
     be creating files), not mkstemp's private 0600: cassettes are committed, reports read by other CI
-    steps. Cassettes and ``--llm-report`` files are written this way.
+    steps. Cassettes and ``--llm-report`` files are written this way. A symbolic link is written
+    through, as it was read: renamed over, the link would become a copy and its target keep the old text
+    (``llm-ledger scrub`` would leave the secrets in the file the link shares).
     """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode: int | None = path.stat().st_mode & 0o7777

@@ -40,7 +40,7 @@ from llm_ledger import (
     load_budgets,
 )
 from llm_ledger import __all__ as _MODULE_NAMES  # the module's names, which the fixture's name hides
-from llm_ledger.loading import BOOLEAN_WORDS, listed, no_controls
+from llm_ledger.loading import BOOLEAN_WORDS, did_you_mean, listed, no_controls, shown
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
 from ._attribution import Starts
@@ -201,6 +201,11 @@ def pytest_load_initial_conftests(
     # runs stay out of its own log unless ini llm_log_dir asks for one
     wanted = str(early_config.getini("llm_log_dir")).strip()
     log_dir = str(_ini_path(early_config, "llm_log_dir")) if wanted else "off"
+    if wanted and os.path.exists(log_dir) and not os.path.isdir(log_dir):  # not blamed on the variable
+        raise pytest.UsageError(
+            f"llm-ledger: llm_log_dir = {wanted}: {log_dir} is a file, not a directory; give the directory "
+            "the application's llm_calls.jsonl is written to during the run (relative to the ini file)"
+        )
     early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
     early_config.stash[_ENVIRON].setenv("LLM_LEDGER_LOG_DIR", log_dir)
 
@@ -520,6 +525,28 @@ def _switch(config: pytest.Config, ini: str, dest: str = "") -> bool:
     return bool(_choice(config, ini, BOOLEAN_WORDS, "a boolean; use true or false", dest))
 
 
+def _refuse_empty_values(config: pytest.Config) -> None:
+    """A flag given an empty value (``--llm-report=$REPORT`` with the variable unset) is a usage error, not
+    the flag left out; so is an empty cassette directory or budgets file in the ini file or ``-o``, which
+    would be the project directory itself."""
+    for flag, ini, default, _ in _SETTINGS:
+        if flag is not None and default != "false":
+            value = config.getoption(flag[2:].replace("-", "_"), None)
+            if isinstance(value, str) and not value.strip():
+                instead = f" (for ini {ini}'s value)" if ini else ""
+                raise pytest.UsageError(
+                    f"llm-ledger: {flag} is given an empty value (an unset variable in {flag}=$VAR?); "
+                    f"give it a value, or leave the flag out{instead}"
+                )
+    for ini in ("llm_cassette_dir", "llm_budget_file"):
+        if not config.getoption(ini) and not str(config.getini(ini)).strip():
+            where = _setting(config, ini)[1] or f"{ini} in {config.inipath or 'the ini file'}"
+            raise pytest.UsageError(
+                f"llm-ledger: {where} is empty; give a path relative to the ini file, or remove the "
+                "setting for its default"
+            )
+
+
 def _override(config: pytest.Config, ini: str) -> str | None:
     """The value ``-o ini=VALUE`` gave on the command line (the last one, as pytest takes), or None."""
     found = None
@@ -572,6 +599,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "unless --llm-record-mode says otherwise; 401/403 answers are not recorded unless "
         "llm(record_auth_errors=True). llm(live=True): a deliberate live test, no cassette",
     )
+    _refuse_empty_values(config)
     state = _LedgerState(config)
     if state.enforce and not state.is_worker:
         try:
@@ -675,19 +703,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             twin, owner = folded.setdefault(str(cassette).lower(), (cassette, item.nodeid))
             if twin != cassette:
                 item.stash[_SHARES_WITH] = (owner, twin)
-        if (
-            marker.args
-            or set(marker.kwargs) - {"live", "match_host", "record_auth_errors"}
-            or not all(isinstance(value, bool) for value in marker.kwargs.values())
-        ):
-            path, line, _ = item.location
-            given = ", ".join([*map(repr, marker.args), *(f"{k}={v!r}" for k, v in marker.kwargs.items())])
-            raise pytest.UsageError(
-                f"{path}:{(line or 0) + 1}: {item.nodeid}: @pytest.mark.llm({given}) is not a valid llm "
-                "marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True) "
-                "(match the host too), @pytest.mark.llm(record_auth_errors=True) (keep the 401/403 "
-                "answers the test expects) or @pytest.mark.llm(live=True) (a deliberate live test)"
+        unknown = [key for key in marker.kwargs if key not in _MARKER_KEYS]
+        path, line, _ = item.location
+        where = f"{path}:{(line or 0) + 1}: {item.nodeid}"
+        if marker.args or unknown or not all(isinstance(value, bool) for value in marker.kwargs.values()):
+            # each value shortened, and a credential (api_key=...) described, never quoted
+            given = ", ".join(
+                [*map(shown, marker.args), *(f"{k}={shown(v)}" for k, v in marker.kwargs.items())]
             )
+            hint = did_you_mean(unknown[0], _MARKER_KEYS) if unknown else ""
+            raise pytest.UsageError(
+                f"{where}: @pytest.mark.llm({given}) is not a valid llm marker{hint}; use @pytest.mark.llm "
+                "(replay from a cassette), @pytest.mark.llm(match_host=True) (match the host too), "
+                "@pytest.mark.llm(record_auth_errors=True) (keep the 401/403 answers the test expects) or "
+                "@pytest.mark.llm(live=True) (a deliberate live test)"
+            )
+        if marker.kwargs.get("live") and (idle := [k for k in _MARKER_KEYS[1:] if marker.kwargs.get(k)]):
+            raise pytest.UsageError(
+                f"{where}: @pytest.mark.llm(live=True, {idle[0]}=True): a live test has no cassette, so "
+                f"{idle[0]} does nothing; drop it, or drop live=True to replay the test from its cassette"
+            )
+
+
+_MARKER_KEYS: Final = ("live", "match_host", "record_auth_errors")
 
 
 def _equal(first: dict[str, Any], second: dict[str, Any]) -> bool:
@@ -1010,7 +1048,7 @@ def _recording_notices(state: _LedgerState) -> list[str]:
 
 def _report_path(config: pytest.Config) -> Path | None:
     """Where --llm-report writes, relative to where pytest was started; a usage error when it
-    names a directory or a path under a file."""
+    names a directory, a device or FIFO, or a path under a file."""
     given = config.getoption("llm_report")
     if not given:
         return None
@@ -1019,6 +1057,8 @@ def _report_path(config: pytest.Config) -> Path | None:
     problem = None
     if path.is_dir():
         problem = "is a directory"
+    elif path.exists() and not path.is_file():  # /dev/stdout: the report's rename would replace it
+        problem = "is not a regular file (a device, FIFO or socket), which the written report would replace"
     elif not existing.is_dir():
         problem = f"{shown_path(existing)} is a file"
     if problem is not None:

@@ -61,6 +61,22 @@ def test_a_torn_line_and_a_cut_gzip_are_named_on_stderr(
     assert f"llm-ledger {command}: {cut}: ended early, after line" in err
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_file_with_no_json_line_is_named_as_probably_not_a_log(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The wrong file (a CSV export) given to a command: every line skipped, and the message says no
+    line was counted and asks whether it is the log, not that "the other lines are counted"."""
+    path = tmp_path / "costs.csv"
+    path.write_text("lens,calls\ndigest,3\n")
+    assert main([command, str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"llm-ledger {command}: {path}: skipped 2 malformed line(s) (line 1, 2); no line is a JSON record: "
+        "is it an llm-ledger log (llm_calls.jsonl)?\n"
+    )
+
+
 @pytest.fixture
 def report(log: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> Path:
     """head.json: the pytest --llm-report of the log's calls and lens runs, as the plugin writes it."""

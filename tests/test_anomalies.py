@@ -344,6 +344,7 @@ def test_anomalies_are_off_unless_asked_for(fresh_config: None) -> None:
         ("on", AnomalyConfig()),
         ("0", None),
         ("k=4.5, window=30,min_runs=12", AnomalyConfig(k=4.5, window=30, min_runs=12)),
+        ("k=4.5,window=30,", AnomalyConfig(k=4.5, window=30)),  # an empty item, as in LLM_LEDGER_EXPORTERS
         (
             "metrics=total_cost_usd+duration_ms,scale=linear",
             AnomalyConfig(metrics=("total_cost_usd", "duration_ms"), scale="linear"),
@@ -366,7 +367,8 @@ def test_the_environment_variable_takes_on_off_or_settings(text: str, expected: 
         ({"min_runs": 200}, "anomalies: min_runs (200) must not exceed window (100)"),
         (
             {"metrics": ("tokens",)},
-            "anomalies: unknown metric 'tokens'; choose from total_tokens, total_cost_usd, duration_ms",
+            "anomalies: unknown metric 'tokens' (did you mean 'total_tokens'?); choose from total_tokens, "
+            "total_cost_usd, duration_ms",
         ),
         ({"scale": "sqrt"}, "anomalies: scale must be one of log, linear, got 'sqrt'"),
         ({"min_mad_ratio": -0.1}, "anomalies: min_mad_ratio must be a number from 0 up, got -0.1"),
@@ -414,6 +416,15 @@ def test_bad_environment_and_arguments_are_config_errors(
         llm_ledger.configure(log_dir=None)
     monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "k=5,window=200,k=8")  # which k did the operator mean?
     with pytest.raises(ConfigError, match="k is given twice; give each setting once"):
+        llm_ledger.configure(log_dir=None)
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "min_run=20")  # the setting meant is named
+    with pytest.raises(ConfigError, match=r"got 'min_run=20' \(did you mean 'min_runs'\?\)$"):
+        llm_ledger.configure(log_dir=None)
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", "on,k=8")  # on, not blamed as if it were no choice
+    with pytest.raises(ConfigError, match=r"='on,k=8': 'on' goes alone; settings \(k=6\) turn detection on"):
+        llm_ledger.configure(log_dir=None)
+    monkeypatch.setenv("LLM_LEDGER_ANOMALIES", ",,")  # nothing but commas: no setting, not the defaults
+    with pytest.raises(ConfigError, match=r"LLM_LEDGER_ANOMALIES=',,': expected on, off, or .*got ',,'$"):
         llm_ledger.configure(log_dir=None)
     monkeypatch.delenv("LLM_LEDGER_ANOMALIES")
     with pytest.raises(ConfigError, match="anomalies must be True, False or an AnomalyConfig, got 'yes'"):

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import textwrap
 import threading
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +391,27 @@ def test_a_bad_budgets_mapping_names_the_key_and_the_choices(
         llm_ledger.configure(log_dir=None, budgets=budgets)
     assert str(raised.value) == message
     assert llm_ledger.get_monitor().budgets is None
+
+
+def test_a_budgets_mapping_takes_numbers_of_any_numeric_type(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A limit given in code as a Decimal or a Fraction (a cost computed with the ledger's own Decimal
+    costs) is the number it is, enforced as such; a value that is no number is refused as its repr, not
+    as the string it would print as (a Path('1') is not '1')."""
+    limits = {"max_cost_usd": Decimal("1e-9"), "max_api_calls": Fraction(4, 2)}
+    monitor.budgets = BudgetGuard({"lenses": {"digest": limits}})
+    with monitor.lens("digest"):
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    exceeded = {r["budget"]["limit"]: r["budget"]["max"] for r in _budget_records(records)}
+    assert exceeded == {"max_cost_usd": 1e-9, "max_api_calls": 2}
+    with pytest.raises(BudgetError) as raised:
+        BudgetGuard({"default": {"max_api_calls": Path("1")}})
+    assert str(raised.value) == (
+        "configure(budgets=...): default.max_api_calls: expected a non-negative whole number, "
+        f"got {repr(Path('1'))!r}"
+    )
 
 
 def test_a_bad_budgets_file_names_file_line_and_key(fresh_config: None, tmp_path: Path) -> None:

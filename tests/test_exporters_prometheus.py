@@ -501,6 +501,8 @@ def test_a_busy_port_is_a_config_error() -> None:
     [
         ("prometheus:192.0.2.1:9464", "192.0.2.1", "Cannot assign requested address"),  # TEST-NET-1
         ("prometheus:no-such-host.invalid:9464", "no-such-host.invalid", ""),  # never resolves (RFC 2606)
+        # a key pasted in place of the host: described, never quoted
+        (f"prometheus:sk-proj-{'A1b2' * 8}.invalid:9464", "<a host of 48 characters>", ""),
     ],
 )
 @pytest.mark.usefixtures("fresh_exporters")
@@ -881,6 +883,16 @@ def test_exporters_none_turns_them_off_as_none_does_for_the_other_settings() -> 
             r"on port 9464; keep one",
         ),
         (["otel; prometheus"], r"'otel; prometheus' in exporters is more than .* 'otel,prometheus'"),
+        # a port is ASCII digits, as everywhere else: not what int() also reads
+        (["prometheus:9_464"], r"'prometheus:9_464' in exporters: the port must be a number from 0"),
+        (["prometheus:+0"], r"the port must be a number from 0 to 65535"),
+        (["prometheus:\u0669\u0664\u0666\u0664"], r"the port must be a number from 0 to 65535"),
+        # IPv6: in brackets, or unambiguous; a host that is none is named before any lookup
+        (["prometheus:::1"], r"'::1' is an IPv6 address and no port; write .*prometheus:\[ADDRESS\]:PORT"),
+        (["prometheus:[::1]"], r"'prometheus:\[::1\]' in exporters: the port is empty"),
+        (["prometheus:[::1:9464"], r"'\[::1' is not a host name or IP address; write prometheus:PORT, "),
+        (["prometheus:127.0.0.1:9464:9464"], r"'127.0.0.1:9464' is not a host name or IP address"),
+        (["prometheus:\x1b[31m:9464"], r"'\\x1b\[31m' is not a host name or IP address"),
         ("prometheus", r"exporters must be a list of names"),
         ([9464], r"exporters must be names \(str\), got 9464"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -745,6 +746,15 @@ def test_the_default_log_dir_refused_is_named_as_the_default(
         "cannot write the log file in the default log_dir 'logs': No such file or directory; choose a "
         "writable directory with log_dir= or LLM_LEDGER_LOG_DIR (or LLM_LEDGER_LOG_DIR=off to write no file)"
     )
+    assert _config._settings is None
+
+
+def test_a_log_dir_that_is_a_fifo_says_so_too(tmp_path: Path, fresh_config: None) -> None:
+    """log_dir pointing at a FIFO (or a device) is named as no directory either, not "File exists"."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(llm_ledger.ConfigError, match=r"log_dir='.*pipe' is a file, not a directory; log_dir"):
+        llm_ledger.configure(log_dir=fifo)
     assert _config._settings is None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -251,6 +252,51 @@ def test_price_file_from_the_environment_never_prints_a_dot_env(
     with pytest.raises(PriceFileError, match=r"got a string of \d+ characters$") as excinfo:
         llm_ledger.configure(log_dir=None)
     assert SECRET not in str(excinfo.value) and "sk-proj" not in str(excinfo.value)
+
+
+def test_aliases_that_repeat_a_long_list_in_many_entries_are_refused_not_read_for_minutes(
+    tmp_path: Path,
+) -> None:
+    """A price file whose aliases (*name) repeat a list of 500 tiers in 2,000 models reads as a
+    million entries from 140 kB (minutes of checking): an error naming the aliases, once the entries
+    read pass what a file of its size holds. An alias reused for a few entries still reads."""
+    tiers = ", ".join(f"{{above: {above}, input: 1, output: 1}}" for above in range(1, 501))
+    lines = ["version: 1", "models:", f"  m0: {{input: 1, output: 1, long_context: &tiers [{tiers}]}}"]
+    lines += [f"  m{number}: {{input: 1, output: 1, long_context: *tiers}}" for number in range(1, 2000)]
+    path = tmp_path / "prices.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PriceFileError) as excinfo:
+        load_prices(path)
+    assert re.fullmatch(
+        r".*prices\.yaml:3: models\.m\d+\.long_context(\[\d+\])?: the file's YAML aliases \(\*name\) "
+        r"repeat more entries than a price file of its size holds; write the repeated entries out, or "
+        r"alias fewer of them",
+        str(excinfo.value),
+    )
+    path.write_text("version: 1\nmodels:\n  a: &rates {input: 1, output: 2}\n  b: *rates\n  c: *rates\n")
+    cost = PriceTable.from_file(path, builtin=False).cost("c", prompt_tokens=10**6, completion_tokens=0)
+    assert cost is not None and cost.total_cost_usd == 1
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("image_input", "input_image"),
+        ("cached_audio_input", "cached_input_audio"),
+        ("input_cached_image", "cached_input_image"),
+        ("audio_output", "output_audio"),
+    ],
+)
+def test_a_rate_key_with_its_words_in_another_order_suggests_that_key(
+    tmp_path: Path, written: str, meant: str
+) -> None:
+    """A price file's rate key written with its words in another order is pointed at the key of those
+    words, not at the one that merely spells closer (image_input is input_image, not cached_input)."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(f"version: 1\nmodels:\n  m: {{input: 1, output: 2, {written}: 1}}\n")
+    with pytest.raises(PriceFileError) as excinfo:
+        load_prices(path)
+    assert f"models.m.{written}: unknown key (did you mean {meant!r}?)" in str(excinfo.value)
 
 
 def test_did_you_mean_names_the_closest_choice_or_nothing() -> None:

@@ -144,3 +144,31 @@ def test_a_bad_match_host_value_is_a_clear_failure(pytester: pytest.Pytester) ->
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*test_x: @pytest.mark.llm(match_host='yes') is not a valid llm marker*"])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # a misspelt keyword is named with the one meant
+        ("match_hosts=True", "*@pytest.mark.llm(match_hosts=True) is not a valid llm marker (did you mean "
+         "'match_host'?); use *"),
+        # a long argument is cut; a key passed by mistake is described, never quoted
+        ("'x ' * 5_000", "*@pytest.mark.llm('x x x x x x x x x x x x x x x x x x x …) is not a valid *"),
+        (f"api_key='sk-proj-{'A1b2' * 8}'", "*@pytest.mark.llm(api_key=a string of 40 characters (not shown)"
+         ") is not a valid llm marker; use *"),
+        # a live test has no cassette: what would match or keep its requests does nothing
+        ("live=True, match_host=True", "*test_x: @pytest.mark.llm(live=True, match_host=True): a live test "
+         "has no cassette, so match_host does nothing; drop it, or drop live=True *"),
+        ("live=True, record_auth_errors=True", "*so record_auth_errors does nothing*"),
+    ],
+)  # fmt: skip
+def test_bad_marker_arguments_are_named_short_and_never_quote_a_key(
+    pytester: pytest.Pytester, arguments: str, message: str
+) -> None:
+    """A bad @pytest.mark.llm(...) is a usage error showing each argument shortened (a credential
+    described), naming the keyword meant, and refusing options a live test would silently ignore."""
+    write_project(pytester, f"import pytest\n\n@pytest.mark.llm({arguments})\ndef test_x():\n    pass\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "sk-proj" not in result.stderr.str() and "x " * 30 not in result.stderr.str()

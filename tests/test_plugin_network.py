@@ -272,7 +272,8 @@ def test_a_bad_llm_marker_argument_is_a_usage_error(pytester: pytest.Pytester) -
     result.stderr.fnmatch_lines(
         [
             "*tests/test_app.py:4: tests/test_app.py::test_typo: @pytest.mark.llm(liv=True) is not a valid "
-            "llm marker; use @pytest.mark.llm (replay from a cassette), @pytest.mark.llm(match_host=True)*"
+            "llm marker (did you mean 'live'?); use @pytest.mark.llm (replay from a cassette), "
+            "@pytest.mark.llm(match_host=True)*"
         ]
     )
 

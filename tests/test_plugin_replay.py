@@ -1025,6 +1025,37 @@ def test_a_bad_override_on_the_command_line_names_the_override_not_the_ini_file(
     assert "pytest.ini" not in result.stderr.str()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # a flag whose value was an unset variable: not the flag left out (no report, the ini's mode)
+        (["--llm-report="], "llm-ledger: --llm-report is given an empty value (an unset variable in *"),
+        (["--llm-baseline= "], "llm-ledger: --llm-baseline is given an empty value *"),
+        (
+            ["--llm-record-mode="],
+            "llm-ledger: --llm-record-mode is given an empty value *; give it a value, or leave the flag "
+            "out (for ini llm_record_mode's value)",
+        ),
+        (["--llm-time-of-day="], "llm-ledger: --llm-time-of-day is given an empty value *"),
+        (["--llm-cassette-dir="], "llm-ledger: --llm-cassette-dir is given an empty value *"),
+        # an empty path setting would be the project directory itself
+        (["-o", "llm_cassette_dir="], "llm-ledger: -o llm_cassette_dir= is empty; give a path relative *"),
+        (["-o", "llm_budget_file= "], "llm-ledger: -o 'llm_budget_file= ' is empty; give a path *"),
+    ],
+)
+def test_an_empty_option_value_is_a_usage_error_not_the_option_left_out(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    """An option given an empty value says so, rather than running as if it were not given (no report
+    written, the ini's record mode) or taking the project directory for the cassette directory."""
+    write_project(pytester, "def test_nothing():\n    pass\n")
+
+    result = run(pytester, *args)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
 OTHER_ENDPOINTS = """
 import os
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +85,23 @@ def reports(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("given", "problem"), [("out", "is a directory"), ("notes.txt/report.json", "is a file")]
+    ("given", "problem"),
+    [
+        ("out", "is a directory"),
+        ("notes.txt/report.json", "is a file"),
+        # a FIFO or a device (--llm-report=/dev/stdout): the report, written beside it and renamed, would
+        # replace it (as root, /dev/stdout itself)
+        ("pipe", "is not a regular file (a device, FIFO or socket), which the written report would replace"),
+    ],
 )
 def test_a_report_path_that_cannot_be_written_is_a_usage_error(
     recorded: pytest.Pytester, given: str, problem: str
 ) -> None:
-    """--llm-report naming a directory (or a path under a file) is refused before any test runs,
-    naming the path and the fix, not an internal error after the whole run."""
+    """--llm-report naming a directory, a FIFO (or a path under a file) is refused before any test
+    runs, naming the path and the fix, not an internal error after the whole run nor a FIFO replaced."""
     (recorded.path / "out").mkdir()
     (recorded.path / "notes.txt").write_text("not a directory\n")
+    os.mkfifo(recorded.path / "pipe")
 
     result = run(recorded, f"--llm-report={given}")
 
@@ -100,6 +110,7 @@ def test_a_report_path_that_cannot_be_written_is_a_usage_error(
         [f"*llm-ledger: --llm-report {given}: *{problem}*; give the path of a JSON file*"]
     )
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert stat.S_ISFIFO((recorded.path / "pipe").stat().st_mode)
 
 
 def test_diff_markdown_table_per_lens(reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -400,6 +411,23 @@ def test_test_runs_stay_out_of_the_applications_log_unless_asked(recorded: pytes
     lines = (recorded.path / "test-logs" / "llm_calls.jsonl").read_text().splitlines()
     events = sorted(json.loads(line)["event"] for line in lines)
     assert events == ["lens_summary"] * 3 + ["llm_api_call"] * 3
+
+
+@pytest.mark.usefixtures("fresh_config")
+def test_an_llm_log_dir_that_is_a_file_is_named_as_the_ini_setting(recorded: pytest.Pytester) -> None:
+    """ini llm_log_dir naming a file is a usage error naming the setting, not the application's
+    configure() failing on LLM_LEDGER_LOG_DIR, a variable the user never set."""
+    recorded.makeconftest(APP_CONFTEST)
+    recorded.makefile(".ini", pytest=INI + "llm_log_dir = notes.txt\n")
+    (recorded.path / "notes.txt").write_text("not a directory\n")
+
+    result = run(recorded)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: llm-ledger: llm_log_dir = notes.txt: */notes.txt is a file, not a directory; give the *"]
+    )
+    assert "LLM_LEDGER_LOG_DIR" not in result.stdout.str() + result.stderr.str()
 
 
 DOCUMENTED_TESTS = """

@@ -362,7 +362,14 @@ def test_serving_commands_refuse_a_bad_port_or_address_with_an_error_not_a_trace
         )
     assert main([*command, "--port", "0", "--host", "192.0.2.1"]) == 2  # TEST-NET-1: not this machine's
     assert "cannot listen on 192.0.2.1:0 (Cannot assign requested address)" in capsys.readouterr().err
-    for port_text in ("65536", "-1", "http"):
+    # a host a terminal would run, or one that looks like a key, is not printed as typed
+    assert main([*command, "--port", "0", "--host", "\x1b]0;x\x07.invalid"]) == 2
+    assert "cannot listen on '\\x1b]0;x\\x07.invalid':0 (" in capsys.readouterr().err
+    assert main([*command, "--port", "0", "--host", f"sk-proj-{'A1b2' * 8}.invalid"]) == 2
+    assert "cannot listen on <48 characters not shown: they look like a credential>:0 (" in (
+        capsys.readouterr().err
+    )
+    for port_text in ("65536", "-1", "http", "\u0669\u0664\u0666\u0664"):
         with pytest.raises(SystemExit) as exited:
             main([*command, "--port", port_text])
         assert exited.value.code == 2

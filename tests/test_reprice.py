@@ -179,6 +179,9 @@ def test_price_file_hosts_apply_to_the_recorded_servers(
             "--provider: unknown provider 'grok' (did you mean 'groq'?); known providers:",
         ),
         (["--model", "gpt-4o"], "--model 'gpt-4o': expected OLD=NEW, e.g. --model gpt-4o=gpt-4.1-mini"),
+        # the "=" is quoted (a value with one is not a credential for that); which side is empty is said
+        (["--model", "=gpt-4o"], "--model '=gpt-4o': expected OLD=NEW (OLD is empty), e.g. --model gpt-4o="),
+        (["--model", "gpt-4o= "], "--model 'gpt-4o= ': expected OLD=NEW (NEW is empty), e.g. --model "),
         (
             ["--model", "gpt-4o=gpt-4.1-mini", "--model", "gpt-4o=o3"],
             "--model gpt-4o=o3: gpt-4o is already priced as gpt-4.1-mini; give one NEW per OLD",

@@ -228,6 +228,25 @@ def test_llm_ledger_cassettes_keep_their_header_comment(
     assert yaml.safe_load(text)["interactions"][0]["request"]["json"]["api_key"] == "REDACTED"
 
 
+def test_a_symlinked_cassette_is_scrubbed_in_the_file_it_points_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cassette directory holding a link to a shared cassette: its target is scrubbed and the link
+    kept, not the link replaced by a scrubbed copy while the shared file keeps the secret."""
+    shared = tmp_path / "shared" / "c.yaml"
+    shared.parent.mkdir()
+    shared.write_text(yaml.safe_dump(_vcr_doc("{}", "{}", {"Set-Cookie": ["session=LEAKCHECK"]})))
+    link = tmp_path / "cassettes" / "c.yaml"
+    link.parent.mkdir()
+    link.symlink_to(os.path.join("..", "shared", "c.yaml"))
+    status, out, err = _run(capsys, str(link.parent))
+    assert status == 0, err
+    assert "scrubbed" in out
+    assert link.is_symlink() and link.resolve() == shared.resolve()
+    assert "LEAKCHECK" not in shared.read_text()
+    assert sorted(os.listdir(shared.parent)) == ["c.yaml"]  # no temporary file left beside it
+
+
 def test_rewrite_is_atomic_and_keeps_the_file_mode(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

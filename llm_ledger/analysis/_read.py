@@ -116,9 +116,12 @@ def warn_unread(command: str, stats: Iterable[InputStats]) -> None:
             where = ", ".join(map(str, one.first_malformed))
             more = ", ..." if one.malformed > len(one.first_malformed) else ""
             long = f"; {one.too_long:,} over {MAX_LINE_BYTES:,} bytes" if one.too_long else ""
+            rest = "the other lines are counted"
+            if one.malformed == one.lines:  # a CSV, a YAML file, the wrong file: nothing was counted
+                rest = "no line is a JSON record: is it an llm-ledger log (llm_calls.jsonl)?"
             sys.stderr.write(
                 f"llm-ledger {command}: {one.name}: skipped {one.malformed:,} malformed line(s) "
-                f"(line {where}{more}{long}); the other lines are counted\n"
+                f"(line {where}{more}{long}); {rest}\n"
             )
         if one.error:
             sys.stderr.write(f"llm-ledger {command}: {one.name}: {one.error}; the lines before are counted\n")

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from .._cli import add_command, add_query_options
+from .._credentials import shown
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
 from .._rates import DEFAULT_PROVIDER, PRICE_FILE_SOURCE, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from ..loading import did_you_mean, shown
+from ..loading import did_you_mean
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
 from ._render import REPRICE_FORMATS, render_reprice
@@ -195,7 +196,11 @@ def parse_models(pairs: Iterable[str]) -> dict[str, str]:
     for pair in pairs:
         old, sep, new = pair.partition("=")
         if not sep or not old.strip() or not new.strip():
-            raise ConfigError(f"--model {shown(pair)}: expected OLD=NEW, e.g. --model gpt-4o=gpt-4.1-mini")
+            # quoted unless it looks like a credential: its "=" alone is no reason to hide it
+            empty = " (OLD is empty)" if sep and not old.strip() else " (NEW is empty)" if sep else ""
+            raise ConfigError(
+                f"--model {shown(pair)}: expected OLD=NEW{empty}, e.g. --model gpt-4o=gpt-4.1-mini"
+            )
         old, new = old.strip(), new.strip()
         if models.get(old, new) != new:
             raise ConfigError(

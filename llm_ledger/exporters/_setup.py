@@ -4,6 +4,7 @@ built and ports bound by :func:`prepare` before anything changes, and swapped in
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 from collections.abc import Iterable
@@ -26,10 +27,22 @@ __all__ = ["EXPORTER_NAMES", "Plan", "metrics_ports", "parse", "prepare"]
 EXPORTER_NAMES: Final = ("otel", "prometheus")
 DEFAULT_ADDR: Final = "0.0.0.0"
 
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")  # or an IPv4 address
 _lock = threading.Lock()
 _default_sinks: dict[str, Any] = {}  # name -> the one sink of the process's global registry/providers
 _installed: list[Sink] = []  # the exporter sinks on the default monitor now
 _servers: dict[tuple[str, int], WSGIServer] = {}  # (addr, port) -> /metrics server started by configure
+
+
+def _is_host(host: str) -> bool:
+    """Whether ``host`` is a host name, an IPv4 address or an IPv6 address (in brackets or not)."""
+    if _HOST_NAME.fullmatch(host):
+        return True
+    try:
+        ipaddress.IPv6Address(host[1:-1] if host[:1] + host[-1:] == "[]" else host)
+    except ValueError:
+        return False
+    return True
 
 
 def _one(item: Any, source: str) -> str:
@@ -53,12 +66,21 @@ def _one(item: Any, source: str) -> str:
     if name != "prometheus":
         named = shown(item.strip())
         raise ConfigError(f"exporter {named} in {source} takes no port; only prometheus:PORT does")
-    host, _, port_text = where.rpartition(":")
-    host = host.strip().strip("[]") or DEFAULT_ADDR
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
+    # "[::1]": an IPv6 address with no port after it
+    host, _, port_text = (where, "", "") if where.rstrip().endswith("]") else where.rpartition(":")
+    host = host.strip()
+    if host and not _is_host(host):  # before any lookup: a message quotes it only through shown()
+        what = f"{shown(host)} is not a host name or IP address"
+        if ":" in where.strip() and _is_host(where.strip()):  # prometheus:::1
+            what = f"{shown(where.strip())} is an IPv6 address and no port"
+        raise ConfigError(
+            f"exporter {shown(item.strip())} in {source}: {what}; "
+            "write prometheus:PORT, prometheus:HOST:PORT or, for IPv6, prometheus:[ADDRESS]:PORT "
+            "(e.g. prometheus:127.0.0.1:9464, prometheus:[::1]:9464)"
+        )
+    host = host.strip("[]") or DEFAULT_ADDR
+    digits = port_text.strip()  # ASCII digits only: int() also reads "+1", "9_464" and other scripts' digits
+    port = int(digits) if digits.isascii() and digits.isdigit() else -1
     if not 0 <= port <= 65535:
         # nothing after the colon: most likely prometheus:$PORT with the variable unset
         empty = " is empty (an unset variable in prometheus:$PORT?); it" if not port_text.strip() else ""
