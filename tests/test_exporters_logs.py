@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import llm_ledger
+from llm_ledger import _jsonl
 from llm_ledger.testing import FakeOpenAI
 from tests.conftest import Sdk
 from tests.exporter_helpers import workload
@@ -105,13 +106,19 @@ def _documented_logrotate_config() -> str:
 
 
 def test_the_documented_logrotate_config_loses_no_line(
-    logrotate_binary: str, fresh_config: None, sdk: Sdk, tmp_path: Path
+    logrotate_binary: str,
+    fresh_config: None,
+    sdk: Sdk,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The real logrotate, run (forced) with docs/MONITORING.md's stanza again and again while a service
     keeps calling: every call is one whole line in the live file or a rotated (gzipped) one."""
     logs = tmp_path / "logs"
     config = tmp_path / "logrotate.conf"
     config.write_text(_documented_logrotate_config().replace("/var/log/app", str(logs)))
+    # the writer thread's batches every 0.2 s, not every second: each rotation below waits for one
+    monkeypatch.setattr(_jsonl, "_INTERVAL_S", 0.2)
     llm_ledger.configure(log_dir=logs)
     client = sdk(llm_ledger.get_monitor())  # the configured monitor, which llm_ledger.instrument() uses
     calls = 0
@@ -128,7 +135,7 @@ def test_the_documented_logrotate_config_loses_no_line(
     worker.start()
     try:
         for _ in range(4):
-            # rotate once the service's own next batch (512 lines, or a second's worth) reached the
+            # rotate once the service's own next batch (512 lines, or an interval's worth) reached the
             # new file: never an empty file, which logrotate's notifempty would skip
             deadline = time.monotonic() + 30
             while not (live.exists() and live.stat().st_size) and time.monotonic() < deadline:
