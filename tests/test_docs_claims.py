@@ -9,6 +9,7 @@ server takes."""
 from __future__ import annotations
 
 import ast
+import base64
 import inspect
 import re
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from llm_ledger._records import (
     Timing,
     Usage,
 )
+from llm_ledger.testing import FakeOpenAI
+from tests.conftest import socket_client
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -353,3 +356,33 @@ def test_the_fake_server_s_header_tables_name_every_header_it_takes() -> None:
     assert faults == set(_HEADERS["fault"])
     realtime = {s.split(":")[0] for spans in table("| metadata key | effect |") for s in spans if ":" in s}
     assert realtime == set(_STEERING)
+
+
+def test_the_lens_span_s_audio_input_is_the_sum_of_its_call_spans(fake_openai: FakeOpenAI) -> None:
+    """docs/exporters.md: each token count of a lens span is the sum of its calls' attribute of the same
+    suffix; a Realtime response's audio input, cached or not, is ``audio.input_tokens`` on both."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from llm_ledger.exporters import OTelSink
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[OTelSink(tracer_provider, MeterProvider())])
+    with (
+        socket_client(fake_openai) as raw,
+        monitor.lens("voice_agent"),
+        monitor.instrument(raw).realtime.connect(model="gpt-realtime") as connection,
+    ):
+        connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+        connection.input_audio_buffer.commit()
+        connection.response.create(response={"metadata": {"x-fake-cached-audio-tokens": "30"}})
+        for event in connection:
+            if event.type == "response.done":
+                break
+    call, lens = (dict(span.attributes or {}) for span in spans.get_finished_spans())
+    assert call["gen_ai.usage.audio.input_tokens"] == 40  # 10 heard afresh, 30 from the cache
+    assert lens["llm_ledger.lens.audio.input_tokens"] == call["gen_ai.usage.audio.input_tokens"]

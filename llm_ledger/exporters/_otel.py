@@ -758,11 +758,12 @@ class OTelSink:
             "llm_ledger.lens.models": list(summary["models_used"]),
             "llm_ledger.lens.cost_complete": summary["cost_complete"],
         }
-        # as on its calls' spans: the cache writes under the mode's name, audio only where there is some
-        # (.get: a record of an older version has none of these)
+        # as on its calls' spans: the cache writes under the mode's name, audio (heard afresh or cached)
+        # only where there is some (.get: a record of an older version has none of these)
+        heard = (summary.get("prompt_audio_tokens") or 0) + (summary.get("cached_audio_tokens") or 0)
         optional = (
             (f"llm_ledger.lens.{self._cache_write}.input_tokens", summary.get("cache_write_tokens")),
-            ("llm_ledger.lens.audio.input_tokens", summary.get("prompt_audio_tokens") or None),
+            ("llm_ledger.lens.audio.input_tokens", heard or None),
             ("llm_ledger.lens.audio.output_tokens", summary.get("completion_audio_tokens") or None),
             ("llm_ledger.lens.pending_calls", summary.get("pending_calls")),
         )
