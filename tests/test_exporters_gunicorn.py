@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.local_prometheus import free_port, wait
+from dashboards.local_prometheus import wait
 from llm_ledger.testing import FakeOpenAI
 from tests.exporter_helpers import scrape, total
 
@@ -46,6 +46,7 @@ APP = textwrap.dedent(
 # a gunicorn.conf.py line that shows the INFO lines of llm_ledger.internal (the /metrics server's port)
 SHOW_INFO = "import logging; logging.basicConfig(level=logging.INFO)\n"
 SERVING = re.compile(r"llm-ledger: serving /metrics on http://127\.0\.0\.1:(\d+)/metrics")
+LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")  # gunicorn's own, for the app
 
 
 def _documented_gunicorn_conf() -> str:
@@ -68,7 +69,6 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     least, and about two, each worker's start importing the SDK anew); the documented
     when_ready/child_exit hooks: the master's /metrics counts every request's call and lens run once,
     whichever worker served it and whether it has exited since, and the JSONL file has each call once."""
-    app_port = free_port()
     (tmp_path / "multiproc").mkdir()
     env = {
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
@@ -81,11 +81,10 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
         env = {}
     (tmp_path / "gunicorn.conf.py").write_text(conf)
     gunicorn = _gunicorn(
-        fake_openai, tmp_path, app_port, env, "--config", "gunicorn.conf.py", "--workers", "2",
-        "--max-requests", "5",
-    )  # fmt: skip
+        fake_openai, tmp_path, env, "--config", "gunicorn.conf.py", "--workers", "2", "--max-requests", "5"
+    )
     try:
-        metrics_port = _metrics_port(gunicorn)
+        app_port, metrics_port = _port(gunicorn, LISTENING), _port(gunicorn, SERVING)
         _await(gunicorn, "the master's metrics server", metrics_port)
         _await(gunicorn, "a worker", app_port)  # its call counts too
 
@@ -116,7 +115,7 @@ def test_prometheus_client_imported_before_raw_env_is_applied_names_the_fix(
     (tmp_path / "multiproc").mkdir()
     settings = [f"PROMETHEUS_MULTIPROC_DIR={tmp_path / 'multiproc'}", "LLM_LEDGER_EXPORTERS=prometheus"]
     (tmp_path / "gunicorn.conf.py").write_text(f"import prometheus_client\nraw_env = {settings!r}\n")
-    gunicorn = _gunicorn(fake_openai, tmp_path, free_port(), {}, "--config", "gunicorn.conf.py")
+    gunicorn = _gunicorn(fake_openai, tmp_path, {}, "--config", "gunicorn.conf.py")
     output = gunicorn.stop(None)
     assert gunicorn.process.returncode != 0, output
     assert "Worker failed to boot" in output, output
@@ -129,13 +128,12 @@ def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
 ) -> None:
     """gunicorn --preload runs configure() in the master, which then serves LLM_LEDGER_EXPORTERS=
     prometheus:PORT; the workers' calls never reach that /metrics: a worker says so, naming the fix."""
-    app_port = free_port()
     env = {"LLM_LEDGER_EXPORTERS": "prometheus:127.0.0.1:0", "LLM_LEDGER_LOG_DIR": "off"}
     (tmp_path / "gunicorn.conf.py").write_text(SHOW_INFO)
     options = ("--config", "gunicorn.conf.py", "--preload", "--workers", "2")
-    gunicorn = _gunicorn(fake_openai, tmp_path, app_port, env, *options)
+    gunicorn = _gunicorn(fake_openai, tmp_path, env, *options)
     try:
-        metrics_port = _metrics_port(gunicorn)
+        app_port, metrics_port = _port(gunicorn, LISTENING), _port(gunicorn, SERVING)
         _await(gunicorn, "a worker", app_port)
         urllib.request.urlopen(f"http://127.0.0.1:{app_port}/again").read()
         found = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -179,15 +177,16 @@ class _Gunicorn:
         return "".join(self.lines)
 
 
-def _metrics_port(gunicorn: _Gunicorn) -> int:
-    """The port the master's /metrics server bound (port 0), as its start-up line says."""
+def _port(gunicorn: _Gunicorn, line: re.Pattern[str]) -> int:
+    """The port the master bound for the app or its /metrics server (port 0), as its start-up ``line``
+    says (none is picked, freed, then bound: another process could take it meanwhile)."""
 
     def said() -> bool:
-        gunicorn.exited("its /metrics server said where it listens")
-        return any(SERVING.search(line) for line in list(gunicorn.lines))
+        gunicorn.exited(f"it logged {line.pattern!r}")
+        return any(line.search(text) for text in list(gunicorn.lines))
 
-    wait("the /metrics server's start-up line", said)
-    return next(int(m[1]) for line in gunicorn.lines if (m := SERVING.search(line)))
+    wait(f"gunicorn's line {line.pattern!r}", said)
+    return next(int(m[1]) for text in gunicorn.lines if (m := line.search(text)))
 
 
 def _await(gunicorn: _Gunicorn, what: str, port: int) -> None:
@@ -203,15 +202,14 @@ def _await(gunicorn: _Gunicorn, what: str, port: int) -> None:
     wait(what, answers)
 
 
-def _gunicorn(
-    fake_openai: FakeOpenAI, where: Path, port: int, env: dict[str, str], *options: str
-) -> _Gunicorn:
-    """gunicorn serving APP on ``port`` from ``where``, with ``env`` as its only ledger settings."""
+def _gunicorn(fake_openai: FakeOpenAI, where: Path, env: dict[str, str], *options: str) -> _Gunicorn:
+    """gunicorn serving APP on a free port of 127.0.0.1 (its LISTENING line says which) from ``where``,
+    with ``env`` as its only ledger settings."""
     (where / "app.py").write_text(APP)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
     return _Gunicorn(
         subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *options, "--bind", f"127.0.0.1:{port}", "app:app"],
+            [sys.executable, "-m", "gunicorn", *options, "--bind", "127.0.0.1:0", "app:app"],
             cwd=where,
             env={**clean, **env, "FAKE_OPENAI_URL": fake_openai.base_url, "PYTHONPATH": str(where)},
             stdout=subprocess.PIPE,
