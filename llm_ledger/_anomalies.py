@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 
 from ._credentials import shown
-from ._errors import ConfigError, refuse_async
+from ._errors import ConfigError, check_hook
 from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
 from .loading import BOOLEAN_WORDS, did_you_mean
@@ -168,9 +168,7 @@ class AnomalyDetector:
             config = AnomalyConfig()
         elif not isinstance(config, AnomalyConfig):
             raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {config!r}")
-        if on_anomaly is not None and not callable(on_anomaly):
-            raise ConfigError(f"on_anomaly must be a callable taking a record, got {on_anomaly!r}")
-        refuse_async("on_anomaly", on_anomaly)
+        check_hook("on_anomaly", on_anomaly)
         self.config = config
         self.on_anomaly = on_anomaly
         self._lock = threading.Lock()

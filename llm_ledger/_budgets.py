@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import yaml
 
-from ._errors import BudgetError, BudgetExceededError, ConfigError, internal_log, refuse_async
+from ._errors import BudgetError, BudgetExceededError, ConfigError, check_hook, internal_log
 from ._records import USD_UNITS, BudgetRecord, LensTotals, budget_record
 from .loading import Document, join, read_file
 
@@ -246,9 +246,7 @@ class BudgetGuard:
             raise ConfigError(
                 f"budget_mode must be one of {', '.join(map(repr, BUDGET_MODES))}, got {mode!r}"
             )
-        if on_exceeded is not None and not callable(on_exceeded):
-            raise ConfigError(f"on_budget_exceeded must be a callable taking a record, got {on_exceeded!r}")
-        refuse_async("on_budget_exceeded", on_exceeded)
+        check_hook("on_budget_exceeded", on_exceeded)
         self.mode = mode
         self.on_exceeded = on_exceeded
         # lens key -> ((totals attribute, cap, limit key, cap as written), ...); None: no limit

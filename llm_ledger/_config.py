@@ -17,7 +17,7 @@ from typing import Any, Final
 from ._anomalies import AnomalyConfig, AnomalyDetector
 from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
 from ._credentials import looks_like_credential, shown
-from ._errors import REDACT_FIX, ConfigError, internal_log, refuse_async
+from ._errors import REDACT_FIX, REDACT_TAKES, ConfigError, check_hook, internal_log
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor
 from ._price_file import load_price_file
@@ -134,9 +134,7 @@ def resolve(
     resolved_prices = _path_setting("price_file", price_file, "LLM_LEDGER_PRICE_FILE", env)
     capture = _bool("capture_content", capture_content, "LLM_LEDGER_CAPTURE_CONTENT", env, False)
     usage = _bool("stream_usage", stream_usage, "LLM_LEDGER_STREAM_USAGE", env, True)
-    if redact is not None and not callable(redact):
-        raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
-    refuse_async("redact", redact, REDACT_FIX)
+    check_hook("redact", redact, REDACT_TAKES, REDACT_FIX)
     sigterm = _bool("handle_sigterm", handle_sigterm, "LLM_LEDGER_HANDLE_SIGTERM", env, True)
     if exporters is UNSET:
         specs = _exporters.parse(env.get("LLM_LEDGER_EXPORTERS", ""), "LLM_LEDGER_EXPORTERS", from_env=True)
@@ -144,9 +142,7 @@ def resolve(
         specs = _exporters.parse(exporters, "exporters")
     guard_budgets, mode = _budgets(budgets, budget_mode, env)
     for name, hook in (("on_budget_exceeded", on_budget_exceeded), ("on_anomaly", on_anomaly)):
-        if hook is not None and not callable(hook):
-            raise ConfigError(f"{name} must be a callable taking a record, got {hook!r}")
-        refuse_async(name, hook)
+        check_hook(name, hook)
     if anomalies is UNSET:
         anomaly_config = AnomalyConfig.parse(env.get("LLM_LEDGER_ANOMALIES", ""))
     elif isinstance(anomalies, bool):

@@ -65,10 +65,19 @@ def warn_internal(message: str, *args: Any, exc_info: BaseException | None = Non
 
 
 REDACT_FIX = "pass a def returning the redacted str"
+REDACT_TAKES = "and returning a str"
 HANDS_ON = (
     "pass a def (to reach an event loop, one handing the record on: "
     "loop.call_soon_threadsafe(queue.put_nowait, record))"
 )
+
+
+def check_hook(name: str, hook: object, takes: str = "a record", fix: str = HANDS_ON) -> None:
+    """Refuse as ``name`` (a hook the ledger calls: ``redact``, an alert callback) what is neither None
+    nor a plain function taking ``takes``."""
+    if hook is not None and not callable(hook):
+        raise ConfigError(f"{name} must be a callable taking {takes}, got {hook!r}")
+    refuse_async(name, hook, fix)
 
 
 def refuse_async(name: str, hook: object, fix: str = HANDS_ON) -> None:

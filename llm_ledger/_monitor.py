@@ -18,7 +18,7 @@ from . import _background, _records
 from ._background import LATER
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._credentials import request_credentials
-from ._errors import PASSED_ON, REDACT_FIX, ConfigError, refuse_async, warn_internal
+from ._errors import PASSED_ON, REDACT_FIX, REDACT_TAKES, ConfigError, check_hook, refuse_async, warn_internal
 from ._extract import body_view, no_usage, reasoning_in_completion, request_shape, usage_of
 from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
@@ -286,9 +286,7 @@ class LLMCallMonitor:
         for name, flag in (("capture_content", capture_content), ("stream_usage", stream_usage)):
             if not isinstance(flag, bool):
                 raise ConfigError(f"{name} must be True or False, got {flag!r}")
-        if redact is not None and not callable(redact):
-            raise ConfigError(f"redact must be a callable taking and returning a str, got {redact!r}")
-        refuse_async("redact", redact, REDACT_FIX)
+        check_hook("redact", redact, REDACT_TAKES, REDACT_FIX)
         if logger is not None and not isinstance(logger, str):
             raise ConfigError(f"logger must be a logger name or None, got {logger!r}")
         if prices is None:
