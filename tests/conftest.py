@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 import weakref
@@ -305,6 +306,15 @@ def _only_llm_tests_count_in_this_sessions_report(
 def monitor(monkeypatch: pytest.MonkeyPatch) -> llm_ledger.LLMCallMonitor:
     """A fresh monitor with no logger, so tests see only their own records."""
     return llm_ledger.LLMCallMonitor(logger=None)
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test: bound, never listening. A port
+    freed after binding it could be taken by another process before the test connects."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -289,14 +288,12 @@ def test_a_base_url_without_a_scheme_is_a_usage_error(capsys: pytest.CaptureFixt
 
 
 def test_recording_from_a_server_that_is_not_up_says_so(
-    tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fresh_config: None, monkeypatch: pytest.MonkeyPatch, refused_port: int
 ) -> None:
     """--record with no server at --base-url (fake-server not started): each failure names the cause and
     the URL, not the SDK's bare "Connection error."; no cassette is written."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    base_url = f"http://127.0.0.1:{refused_port}/v1"
     out = io.StringIO()
     args = ["--record", "--base-url", base_url, "--lens", "headline", "--source", "bakery-food-waste"]
     args += ["--db", str(tmp_path / "db.sqlite3"), "--log-dir", str(tmp_path / "logs")]

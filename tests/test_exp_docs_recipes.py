@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -125,15 +124,12 @@ def test_the_otlp_recipe_exports_everything_when_the_service_is_stopped_by_sigte
 
 
 def test_a_sigterm_with_the_endpoint_down_still_ends_the_service_within_the_bound(
-    fake_openai: FakeOpenAI, tmp_path: Path
+    fake_openai: FakeOpenAI, tmp_path: Path, refused_port: int
 ) -> None:
     """The same service with no collector listening: SIGTERM writes the log, waits at most 10 s for
     the providers' exports (the SDK retries), and the process dies by the signal."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     then = "print(time.monotonic(), flush=True)\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n"
-    done = _run(_service(fake_openai, then), port, tmp_path, LLM_LEDGER_LOG_DIR="logs")
+    done = _run(_service(fake_openai, then), refused_port, tmp_path, LLM_LEDGER_LOG_DIR="logs")
     took = time.monotonic() - float(done.stdout.split()[0])
     assert done.returncode == -15, done.stderr
     assert took < 20, took

@@ -19,7 +19,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import llm_ledger
-from dashboards.local_prometheus import free_port
 from llm_ledger.exporters import OTelSink
 from llm_ledger.testing import FakeOpenAI, capture
 from tests import warm_python
@@ -119,7 +118,7 @@ def test_a_span_processor_raising_on_a_lens_span_still_lets_its_calls_spans_out(
 
 
 def test_the_otlp_recipe_with_the_endpoint_down_leaves_the_calls_alone(
-    fake_openai: FakeOpenAI, tmp_path: Path
+    fake_openai: FakeOpenAI, tmp_path: Path, refused_port: int
 ) -> None:
     """The "Sending to an OTLP endpoint" block with nothing listening at OTEL_EXPORTER_OTLP_ENDPOINT
     (a Collector down): the application's calls in a lens return their answers, the process exits
@@ -138,7 +137,7 @@ def test_the_otlp_recipe_with_the_endpoint_down_leaves_the_calls_alone(
     )
     env = {
         **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{refused_port}",  # nothing listens there
         "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
         "LLM_LEDGER_LOG_DIR": "off",
     }

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +112,11 @@ async def test_a_timeout_and_a_cancellation_while_waiting_agree(
     assert run.summary is not None and run.summary["cost_complete"] is False
 
 
-def test_a_connection_refused_is_not_billed(monitor: llm_ledger.LLMCallMonitor, records: Captured) -> None:
+def test_a_connection_refused_is_not_billed(
+    monitor: llm_ledger.LLMCallMonitor, records: Captured, refused_port: int
+) -> None:
     """Nothing reached a server (a connection refused, retried): the failed call's cost is whole, $0."""
-    with socket.socket() as sock:  # a port no one listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    raw = openai.OpenAI(api_key=FAKE_KEY, base_url=f"http://127.0.0.1:{port}/v1", max_retries=1)
+    raw = openai.OpenAI(api_key=FAKE_KEY, base_url=f"http://127.0.0.1:{refused_port}/v1", max_retries=1)
     with raw, monitor.lens("digest") as run, pytest.raises(openai.APIConnectionError):
         _chat(monitor.instrument(raw), {})
     [record] = records.calls
