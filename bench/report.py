@@ -1,5 +1,4 @@
-"""Section 5: ``llm-ledger report`` over a generated ``llm_calls.jsonl``: lines per second, peak memory;
-and ``GET /costs`` over its directory, a first request and the same one repeated (the logs unchanged).
+"""Section 5: ``llm-ledger report`` over a generated ``llm_calls.jsonl``: lines per second, peak memory.
 
 The file is written in a temporary directory (never in the repository) with exactly the bytes the
 ledger's JSONL writer produces: records built by ``llm_ledger._records`` and formatted by
@@ -14,13 +13,11 @@ import logging
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from llm_ledger._jsonl import LedgerJsonFormatter
 from llm_ledger._records import LensTotals, call_record, lens_record
-from llm_ledger.analysis._http import handle
 
 from ._server import REPO, child_env
 from ._table import Table, verdict
@@ -156,27 +153,13 @@ def measure(n_lines: int, references: bool = True) -> tuple[Table, dict[str, flo
                     continue
                 wall, rss, _ = _run_measured([sys.executable, "-c", code, str(path)])
                 results.append((name, wall, rss, ""))
-        for query in ("by=lens", "by=lens"):  # the second: the answer kept, no byte of the log changed
-            started = time.perf_counter()
-            status, _ = handle(tmp, "GET", "/costs", query)
-            wall = time.perf_counter() - started
-            if status != 200:
-                raise RuntimeError(f"GET /costs?{query} answered {status}")
-            repeated = any(name.startswith("GET /costs") for name, *_ in results)
-            name = f"GET /costs?{query}" + (", repeated" if repeated else "")
-            results.append((name, wall, 0, "in this process" if not repeated else "the answer kept"))
         for name, wall, rss, note in results:
-            if name.endswith("repeated"):
-                table.add(name, wall, "", "", "", note)
-            elif name.startswith("GET /costs"):
-                table.add(name, wall, n_lines / wall, mb / wall, "", note)
-            elif note:
+            if note:
                 table.add(name, "", "", "", "", note)
             else:
                 table.add(name, wall, n_lines / wall, mb / wall, rss / 1e6, "")
         wall, rss = results[0][1], results[0][2]
         headline.update(report_lines_per_s=n_lines / wall, report_peak_rss_mb=rss / 1e6, report_file_mb=mb)
-        headline.update(costs_api_repeated_ms=results[-1][1] * 1000)
         slowest, slowest_wall, _, _ = max(results[: len(GROUPS)], key=lambda result: result[1])
         rate = n_lines / slowest_wall
         table.notes += [
@@ -186,10 +169,6 @@ def measure(n_lines: int, references: bool = True) -> tuple[Table, dict[str, flo
             f"{rate:,.0f} lines/s, {verdict(rate >= TARGET_LINES_PER_S)}; peak RSS {rss / 1e6:.0f} MB "
             "(the interpreter alone is ~10 MB)",
             "seconds are wall time of the whole subprocess, interpreter start-up included; one process",
-            f"GET /costs (the handler of `llm-ledger serve` and asgi_app, called in this process): the first "
-            f"request reads the log, {results[-2][1]:.2f} s; the same query again while no byte of the log "
-            f"changed is answered from the answer kept, {results[-1][1] * 1000:.2f} ms (a stat of each log "
-            "file); a line appended makes the next request read every log file again",
         ]
     finally:
         path.unlink(missing_ok=True)

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,8 +17,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .._cli import add_command, add_listen_options, listening
 from .._errors import ConfigError
-from ._aggregate import EVENTS, TIME_DIMENSIONS, Query, QueryError, aggregate, make_query, parse_where
-from ._read import LogReader, resolve
+from ._aggregate import EVENTS, TIME_DIMENSIONS, QueryError, aggregate, make_query, parse_where
+from ._read import LogReader
 from ._render import strict_json
 
 __all__ = ["PARAMETERS", "asgi_app", "handle", "log_directory", "make_server", "register"]
@@ -42,9 +39,6 @@ PARAMETERS: Final = {
 _DECODED_PLUS: Final = re.compile(
     r"^(\d{4}-\d\d-\d\d[T ]\d\d(?::\d\d(?::\d\d(?:\.\d+)?)?)?) (\d\d(?::?\d\d)?)$"
 )
-
-# answers kept for a repeated query over logs no byte of which changed since (see _answer)
-_KEPT_BYTES: Final = 64 << 20
 
 Response = tuple[int, bytes]
 Scope = MutableMapping[str, Any]
@@ -105,78 +99,15 @@ def handle(log_dir: Path, method: str, path: str, query_string: str) -> Response
         )
         if log_dir.exists() and not log_dir.is_dir():
             raise ConfigError(f"the log directory {log_dir.name!r} is not a directory")
-        return _answer(log_dir, query)
+        inputs = [log_dir] if log_dir.exists() else []  # not created yet: no call logged so far
+        report = aggregate(LogReader(inputs, events=EVENTS, whole_dirs=True), query).to_json()
+        for stats in report["inputs"]:
+            stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
+        return _json(200, report)
     except QueryError as exc:  # a bad parameter, or a dimension no record has (it names those they have)
         return _error(400, str(exc), exc.parameter, PARAMETERS[exc.parameter])
     except ConfigError as exc:
         return _error(500, f"cannot read the logs: {exc}")
-
-
-class _Answers:
-    """The last answer to each query over a log directory, with what its files were when it was
-    computed: a repeated request is answered from here while none of them changed (a dashboard's
-    panels refreshed, several people asking), and read afresh once any did (a line appended, a
-    rotation, a truncation). The least recently asked go first past ``_KEPT_BYTES``."""
-
-    def __init__(self) -> None:
-        self._kept: OrderedDict[tuple[str, str], tuple[object, Response]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str], files: object) -> Response | None:
-        with self._lock:
-            found = self._kept.get(key)
-            if found is None or found[0] != files:
-                return None
-            self._kept.move_to_end(key)
-            return found[1]
-
-    def put(self, key: tuple[str, str], files: object, response: Response) -> None:
-        with self._lock:
-            old = self._kept.pop(key, None)
-            self._bytes -= 0 if old is None else len(old[1][1])
-            if len(response[1]) <= _KEPT_BYTES:
-                self._kept[key] = (files, response)
-                self._bytes += len(response[1])
-            while self._bytes > _KEPT_BYTES:
-                self._bytes -= len(self._kept.popitem(last=False)[1][1][1])
-
-
-_answers = _Answers()
-
-
-def _files(log_dir: Path) -> object:
-    """What the log files are now: each one's name, device, inode, size, and modification and change
-    times (the change time moves with every write, truncation, rename and chmod); None when a file
-    went away while listed (a rotation: read afresh)."""
-    if not log_dir.exists():
-        return ()
-    try:
-        names = resolve([log_dir], empty_dirs=True)
-        return tuple(
-            (name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-            for name, info in ((name, os.stat(name)) for name in names)
-        )
-    except (OSError, ConfigError):
-        return None
-
-
-def _answer(log_dir: Path, query: Query) -> Response:
-    """The 200 answer to ``query``: kept from an earlier request when no log file changed since, else
-    read afresh. The files are looked at before they are read, so that a line appended while they are
-    read makes the next request read them again."""
-    key = (str(log_dir), json.dumps(query.to_json(), sort_keys=True))
-    files = _files(log_dir)
-    if files is not None and (kept := _answers.get(key, files)) is not None:
-        return kept
-    inputs = [log_dir] if log_dir.exists() else []  # not created yet: no call logged so far
-    report = aggregate(LogReader(inputs, events=EVENTS, whole_dirs=True), query).to_json()
-    for stats in report["inputs"]:
-        stats["name"] = os.path.relpath(stats["name"], log_dir)  # no server paths in answers
-    response = _json(200, report)
-    if files is not None:
-        _answers.put(key, files, response)
-    return response
 
 
 def asgi_app(log_dir: str | os.PathLike[str]) -> ASGIApp:
@@ -240,7 +171,7 @@ def register(subparsers: Any, summary: str) -> None:
         _serve,
         description=(
             f"Answer GET {ENDPOINT}?by=user_id&since=...&until=...&where=key=value with the JSON of\n"
-            "`llm-ledger report --format json` over the logs in LOG_DIR, read afresh once they changed.\n"
+            "`llm-ledger report --format json` over the logs in LOG_DIR, read afresh on each request.\n"
             "Read-only; it listens on 127.0.0.1 unless --host says otherwise."
         ),
         epilog=f"parameters of {ENDPOINT}:\n{parameters}",
