@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import openai
 import pytest
@@ -18,13 +18,25 @@ import llm_ledger
 from llm_ledger import _context, _monitor
 from llm_ledger._extract import EMPTY_REQUEST
 from llm_ledger._jsonl import JsonlFileHandler, LedgerJsonFormatter
-from llm_ledger._records import USD_UNIT_DIGITS, LensTotals, call_record, lens_record
+from llm_ledger._records import USD_UNIT_DIGITS, LensTotals, Usage, call_record, lens_record
 
 if TYPE_CHECKING:
     from tests.conftest import Sdk
 
 FORMATTER = LedgerJsonFormatter()
 EPOCH = 1_764_000_000.0  # 2025-11-24T16:00:00Z
+
+
+def usage(prompt: int | None, completion: int | None, cached: int = 0) -> Usage:
+    """A chat call's usage as the ledger records it, every count but these 0 (the total their sum)."""
+    total = None if prompt is None or completion is None else prompt + completion
+    counts = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "cached_tokens": cached,
+    }
+    return cast(Usage, {**dict.fromkeys(Usage.__annotations__, 0), **counts})
 
 
 def call(
@@ -43,7 +55,6 @@ def call(
 ) -> dict[str, Any]:
     """A call record built by the ledger's own record builder."""
     failed = status != "ok"
-    total = None if prompt is None or completion is None else prompt + completion
     record = call_record(
         status=status,  # type: ignore[arg-type]
         operation="chat",
@@ -66,19 +77,7 @@ def call(
             "service_tier": None if failed else "default",
             "tool_uses": None,
         },
-        usage={
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": total,
-            "cached_tokens": 0,
-            "reasoning_tokens": 0,
-            "cache_write_tokens": 0,
-            "prompt_audio_tokens": 0,
-            "completion_audio_tokens": 0,
-            "cached_audio_tokens": 0,
-            "prompt_image_tokens": 0,
-            "cached_image_tokens": 0,
-        },
+        usage=usage(prompt, completion),
         start_epoch=epoch,
         duration_s=duration_s,
         ttft_s=None,

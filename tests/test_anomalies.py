@@ -272,15 +272,19 @@ print(json.dumps([r for r in records if r["event"] == "lens_anomaly"]))
 """
 
 
-def test_the_baseline_survives_a_restart(fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI) -> None:
-    """configure(anomalies=...) rebuilds the baselines from the log: after a restart (a new process,
-    LLM_LEDGER_ANOMALIES set) the first runaway run is caught, without waiting for min_runs new runs."""
+def _learn(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """Six ordinary runs of a lens, logged in tmp_path with anomaly detection on."""
     llm_ledger.configure(log_dir=tmp_path, anomalies=QUICK, handle_sigterm=False)
     with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
         client = llm_ledger.instrument(raw)
         for _ in range(6):
             _run(client, llm_ledger.get_monitor(), words=5)
         llm_ledger.flush()
+
+
+def _restart_catches_a_runaway_run(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """A new process on the same log (LLM_LEDGER_ANOMALIES set) flags its first runaway run, judged on
+    the six runs it rebuilt its baseline from."""
     env = {**os.environ, "LLM_LEDGER_ANOMALIES": "window=10,min_runs=5,metrics=total_tokens"}
     done = warm_python.run(
         [sys.executable, "-c", _RESTARTED, str(tmp_path), fake_openai.base_url],
@@ -289,6 +293,13 @@ def test_the_baseline_survives_a_restart(fresh_config: None, tmp_path: Path, fak
     assert done.returncode == 0, done.stderr
     [anomaly] = json.loads(done.stdout)
     assert anomaly["anomaly"]["metric"] == "total_tokens" and anomaly["anomaly"]["runs"] == 6
+
+
+def test_the_baseline_survives_a_restart(fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """configure(anomalies=...) rebuilds the baselines from the log: after a restart (a new process,
+    LLM_LEDGER_ANOMALIES set) the first runaway run is caught, without waiting for min_runs new runs."""
+    _learn(tmp_path, fake_openai)
+    _restart_catches_a_runaway_run(tmp_path, fake_openai)
     logged = [
         orjson.loads(line)["event"] for line in (tmp_path / "llm_calls.jsonl").read_bytes().splitlines()
     ]
@@ -305,26 +316,14 @@ def test_the_baseline_survives_a_restart_after_logrotate(
     llm_calls.jsonl.1 with delaycompress, .1.gz without it, -DATE.gz with dateext) rebuilds its
     baselines from the log moved away, and catches the first runaway run: they started empty, so
     every restart after a rotation was blind for min_runs runs of each lens."""
-    llm_ledger.configure(log_dir=tmp_path, anomalies=QUICK, handle_sigterm=False)
-    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
-        client = llm_ledger.instrument(raw)
-        for _ in range(6):
-            _run(client, llm_ledger.get_monitor(), words=5)
-        llm_ledger.flush()
+    _learn(tmp_path, fake_openai)
     log = tmp_path / "llm_calls.jsonl"
     if rotated.endswith(".gz"):
         (tmp_path / rotated).write_bytes(gzip.compress(log.read_bytes()))
         log.unlink()
     else:
         log.rename(tmp_path / rotated)
-    env = {**os.environ, "LLM_LEDGER_ANOMALIES": "window=10,min_runs=5,metrics=total_tokens"}
-    done = warm_python.run(
-        [sys.executable, "-c", _RESTARTED, str(tmp_path), fake_openai.base_url],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    [anomaly] = json.loads(done.stdout)
-    assert anomaly["anomaly"]["metric"] == "total_tokens" and anomaly["anomaly"]["runs"] == 6
+    _restart_catches_a_runaway_run(tmp_path, fake_openai)
 
 
 def test_anomalies_are_off_unless_asked_for(fresh_config: None) -> None:

@@ -635,7 +635,8 @@ def test_python_object_tag_executes_nothing(tmp_path: Path) -> None:
 
 def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
     """Each record's USD floats and a lens's total are the exact Decimal costs, rounded once to float."""
-    from llm_ledger._records import LensTotals, Usage, call_record
+    from llm_ledger._records import LensTotals, call_record
+    from tests.report_helpers import usage
 
     table = PriceTable({"m": Rates("m", Decimal("0.1"), Decimal("0.3"), Decimal("0.07"), "test")})
     totals = LensTotals()
@@ -643,20 +644,8 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
     float_sum = 0.0
     usages = [(7, 3, 0), (1_000_003, 17, 999_999), (3, 1_000_000, 1)] * 50
     for prompt, completion, cached in usages:
-        usage: Usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "cached_tokens": cached,
-            "reasoning_tokens": 0,
-            "cache_write_tokens": 0,
-            "prompt_audio_tokens": 0,
-            "completion_audio_tokens": 0,
-            "cached_audio_tokens": 0,
-            "prompt_image_tokens": 0,
-            "cached_image_tokens": 0,
-        }
-        units = table.route()._costs("m", usage)  # as the monitor prices a call's usage
+        counts = usage(prompt, completion, cached)
+        units = table.route()._costs("m", counts)  # as the monitor prices a call's usage
         exact = table.cost("m", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
         assert units is not None and exact is not None
         record = call_record(
@@ -665,7 +654,7 @@ def test_record_and_lens_costs_are_exact_sums_rounded_once() -> None:
             context={},
             request={"model": "m"},  # type: ignore[typeddict-item]
             response={"model": "m"},  # type: ignore[typeddict-item]
-            usage=usage,
+            usage=counts,
             start_epoch=1_732_000_000.0,
             duration_s=0.25,
             ttft_s=None,
