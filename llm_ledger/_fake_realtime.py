@@ -46,15 +46,15 @@ def _tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def transcriber(session: JSONDict) -> Any:
-    """The model a session transcribes its input audio with (``audio.input.transcription``, the beta's
-    ``input_audio_transcription``), None when it transcribes none."""
+def transcription(session: JSONDict) -> JSONDict:
+    """How a session transcribes its input audio (``audio.input.transcription``, the beta's
+    ``input_audio_transcription``: its ``model``...), empty when it transcribes none."""
     audio = session.get("audio")
     heard = audio.get("input") if isinstance(audio, dict) else None
     chosen = heard.get("transcription") if isinstance(heard, dict) else None
     if chosen is None:
         chosen = session.get("input_audio_transcription")
-    return chosen.get("model") if isinstance(chosen, dict) else None
+    return chosen if isinstance(chosen, dict) else {}
 
 
 class _Refused(Exception):
@@ -163,9 +163,16 @@ class _Session:
 
     def transcribe(self, item: str, audio: int) -> None:
         """The committed audio's transcript, when the session transcribes its input: billed in tokens
-        (gpt-4o models: the audio's in, the text's out) or seconds (whisper-1: 16,000 bytes a second)."""
-        model = transcriber(self.session)
+        (gpt-4o models: the audio's in, the text's out) or seconds (whisper-1: 16,000 bytes a second); a
+        failure in its place when its ``prompt`` says ``x-fake-fault: error``."""
+        chosen = transcription(self.session)
+        model = chosen.get("model")
         if model is None:
+            return
+        if chosen.get("prompt") == "x-fake-fault: error":
+            error = {"type": "server_error", "code": "server_error", "message": FAILED, "param": None}
+            self.send({"type": "conversation.item.input_audio_transcription.failed", "item_id": item,
+                       "content_index": 0, "error": error})  # fmt: skip
             return
         if model == "whisper-1":
             usage: JSONDict = {"type": "duration", "seconds": len(self.buffer) / 16000}

@@ -81,6 +81,7 @@ class _Session:
         lenses = current_lenses()
         self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
         self.ended = False
+        self.closing: float | None = None  # when the caller called close(): what it cuts short ends then
         # what one thread reads of the events and another's close() take turns: a response begun while
         # the connection is closed would hold its lens runs open for good. Reentrant: a SIGTERM handler
         # ending the sessions may run on a thread inside seen()
@@ -144,6 +145,13 @@ class _Session:
             call.content = content
         return call
 
+    def _cut(self, call: _Call) -> _Call:
+        """A call the connection's end cut short, timed to when the caller called ``close()``, not to its
+        return: the closing handshake can wait seconds behind the messages the caller left unread."""
+        if self.closing is not None:
+            call.start_perf += time.perf_counter() - self.closing
+        return call
+
     # -- the end -------------------------------------------------------------------------------------------
 
     def lost(self, exc: BaseException | None) -> None:
@@ -180,7 +188,8 @@ class _RealtimeSession(_Session):
     operation = OPERATION
 
     def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
-        self.asked: deque[tuple[float, float]] = deque()  # response.create sent, not yet created: when
+        # each response.create sent, not yet created: its event_id and when
+        self.asked: deque[tuple[Any, tuple[float, float]]] = deque()
         self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
         self.transcriber: Any = None  # the model the session transcribes its input audio with
         self.heard: dict[Any, tuple[float, float]] = {}  # audio items committed, not yet transcribed: when
@@ -188,10 +197,11 @@ class _RealtimeSession(_Session):
 
     def sent(self, event: Any) -> Any:
         if _type(event) == "response.create":
-            when = (time.time(), time.perf_counter())
+            name = event.get("event_id") if isinstance(event, dict) else getattr(event, "event_id", None)
+            noted = (name, (time.time(), time.perf_counter()))
             with self.lock:  # not into the deque lost() is ending on another thread
-                self.asked.append(when)
-            return when
+                self.asked.append(noted)
+            return noted
         return None
 
     def unsent(self, noted: Any) -> None:
@@ -210,15 +220,17 @@ class _RealtimeSession(_Session):
             response = _object(event.get("response"))
             call = self.calls.pop(response.get("id"), None) or self._call()
             self._done(call, response)
-        elif kind == "error":  # a response.create refused makes no response: its time is not the next's
-            self.asked.clear()
+        elif kind == "error" and self.asked:  # a response.create refused makes no response: not the next's
+            self._refused(_object(event.get("error")).get("event_id"))
         elif kind == "input_audio_buffer.committed":
             if self.transcriber is not None:
                 self.heard[event.get("item_id")] = (time.time(), time.perf_counter())
-        elif kind == "conversation.item.input_audio_transcription.completed":
-            self._transcribed(event)
-        elif kind == "conversation.item.input_audio_transcription.failed":  # billed nothing
-            self.heard.pop(event.get("item_id"), None)
+        elif kind in _TRANSCRIBED:  # its .completed, or its .failed (no usage: billed nothing)
+            item = event.get("item_id")
+            error = ResponseError(_object(event.get("error"))) if kind.endswith("failed") else None
+            self._transcribed(
+                item, self.heard.pop(item, None), "ok" if error is None else "error", event, error
+            )
         elif kind in ("session.created", "session.updated"):
             session = _object(event.get("session"))
             if self.model is None:
@@ -226,11 +238,23 @@ class _RealtimeSession(_Session):
                 self.model = model if type(model) is str else None
             self.transcriber = _transcriber(session)
 
+    def _refused(self, name: Any) -> None:
+        """An ``error`` read: the ``response.create`` it names (``error.event_id``), if any, made no
+        response; one naming no event refused the oldest create not yet created, if it refused a create
+        (the server answers the events in order; a create it took is answered ``response.created``)."""
+        if name is None:
+            self.asked.popleft()
+        else:
+            for noted in self.asked:
+                if noted[0] == name:
+                    self.asked.remove(noted)
+                    return
+
     def _call(self, when: tuple[float, float] | None = None) -> _Call:
         """A response's call, begun when its ``response.create`` was sent (the oldest not yet created,
         else ``when``, else now)."""
         if when is None and self.asked:
-            when = self.asked.popleft()
+            when = self.asked.popleft()[1]
         return self._begin({**EMPTY_REQUEST, "model": self.model, "stream": True}, {}, when)
 
     def _shape(self, response: dict[str, Any], chars: int | None, tools: int | None) -> ResponseShape:
@@ -270,23 +294,31 @@ class _RealtimeSession(_Session):
             output_text="".join(texts) if call.content is not None else None,
         )
 
-    def _transcribed(self, event: dict[str, Any]) -> None:
-        """A transcript of input audio: one ``transcription`` call, its usage as an HTTP transcription's
-        (tokens, or seconds: unpriced)."""
-        when = self.heard.pop(event.get("item_id"), None)
+    def _transcribed(
+        self,
+        item: Any,
+        when: tuple[float, float] | None,
+        status: Status,
+        event: dict[str, Any],
+        error: BaseException | None,
+    ) -> None:
+        """The transcription of an input audio ``item`` ended (``event``: its ``.completed`` or ``.failed``;
+        empty: cut short by the connection's end): one ``transcription`` call from its audio's commit
+        (``when``), its usage as an HTTP transcription's (tokens, or seconds: unpriced), none unless it
+        completed."""
         model = self.transcriber if type(self.transcriber) is str else None
         call = self._begin({**EMPTY_REQUEST, "model": model}, {}, when, "transcription")
-        usage = event.get("usage")
+        usage = _object(event.get("usage")) or None
         shape, billed = response_shape(
-            "transcription",
-            JsonView({"model": model, "id": event.get("item_id"), "usage": _object(usage) or None}),
+            "transcription", JsonView({"model": model, "id": item, "usage": usage})
         )
         text = event.get("transcript")
         self.monitor._finish(
-            call,
-            "ok",
+            call if event else self._cut(call),
+            status,
             shape,
             billed,
+            error=error,
             output_text=text if type(text) is str and call.content is not None else None,
         )
 
@@ -294,12 +326,16 @@ class _RealtimeSession(_Session):
         with self.lock:
             calls, self.calls = self.calls, {}
             asked, self.asked = self.asked, deque()
+            heard, self.heard = self.heard, {}
         status = _ended_as(exc)
         for response_id, call in calls.items():
-            self.monitor._finish(call, status, self._shape({"id": response_id}, None, None), None, error=exc)
-        for when in asked:  # a response.create whose answer was never read: it may have been billed
+            shape = self._shape({"id": response_id}, None, None)
+            self.monitor._finish(self._cut(call), status, shape, None, error=exc)
+        for _, when in asked:  # a response.create whose answer was never read: it may have been billed
             unread = self._shape({"id": None}, None, None)
-            self.monitor._finish(self._call(when), status, unread, None, error=exc)
+            self.monitor._finish(self._cut(self._call(when)), status, unread, None, error=exc)
+        for item, when in heard.items():  # a transcription not ended: it may have been billed
+            self._transcribed(item, when, status, {}, exc)
 
 
 def _transcriber(session: dict[str, Any]) -> Any:
@@ -386,12 +422,17 @@ class _ResponsesSession(_Session):
             pending, self.pending = self.pending, {}
         status = _ended_as(exc)
         for state in states.values():
+            self._cut(state.call)
             state._finish(status, exc)
         for asked in pending.values():  # a response.create whose answer was never read: maybe billed
             for request, content, when in asked:
-                _StreamState(self.monitor, self._begin(request, content, when))._finish(status, exc)
+                call = self._cut(self._begin(request, content, when))
+                _StreamState(self.monitor, call)._finish(status, exc)
 
 
+_TRANSCRIBED = frozenset(
+    f"conversation.item.input_audio_transcription.{end}" for end in ("completed", "failed")
+)
 _ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _OMITTED = frozenset({"Omit", "NotGiven"})
 _open: set[_Session] = set()
@@ -467,6 +508,7 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
                 raise
 
         async def aclose(*args: Any, **kwargs: Any) -> Any:
+            session.closing = time.perf_counter()
             try:
                 return await close(*args, **kwargs)
             finally:
@@ -493,6 +535,7 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
                 raise
 
         def sclose(*args: Any, **kwargs: Any) -> Any:
+            session.closing = time.perf_counter()
             try:
                 return close(*args, **kwargs)
             finally:

@@ -723,6 +723,75 @@ def test_the_sessions_input_transcriptions_are_calls_of_its_lens(
     )
 
 
+def test_a_failed_input_transcription_is_an_error_and_an_unended_one_interrupted(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A transcription of input audio that failed (``input_audio_transcription.failed``) is a
+    ``transcription`` call with status ``error`` and no usage (none billed: its lens's cost complete); one
+    not ended when the connection closes is ``interrupted``, with no usage: it may have been billed, so
+    its lens's cost is incomplete."""
+    audio = base64.b64encode(bytes(4000)).decode()
+    runs = []
+    for prompt, until in (("x-fake-fault: error", "failed"), ("", "committed")):
+        with monitor.lens("voice_agent") as run, ws.realtime.connect(model=MODEL) as connection:
+            hearing: Any = {"model": "gpt-4o-transcribe", "prompt": prompt}
+            connection.session.update(
+                session={"type": "realtime", "audio": {"input": {"transcription": hearing}}}
+            )
+            connection.input_audio_buffer.append(audio=audio)
+            connection.input_audio_buffer.commit()
+            heard = next(e for e in connection if e.type.endswith(until)).item_id
+            # the second's transcription.completed is left unread at the close
+        runs.append(run)
+    error, cut = records.calls
+    assert [c["operation"] for c in records.calls] == ["transcription"] * 2
+    assert (error["status"], error["error"]["type"]) == ("error", "ResponseError")
+    assert (cut["status"], cut["error"], cut["response"]["id"]) == ("interrupted", None, heard)
+    for call, run in zip(records.calls, runs, strict=True):
+        assert call["request"]["model"] == "gpt-4o-transcribe" and call["usage"]["total_tokens"] is None
+        assert call["cost"]["total_cost_usd"] is None and call["context"]["lens_run_id"] == run.run_id
+    summaries = (
+        [(r.summary or {}).get("errors") for r in runs],
+        [(r.summary or {}).get("cost_complete") for r in runs],
+    )
+    assert summaries == ([1, 0], [True, False])
+
+
+def test_an_error_drops_only_the_response_create_it_names(ws: openai.OpenAI, records: Captured) -> None:
+    """An ``error`` naming another client event (``error.event_id``: a ``response.cancel`` refused) leaves
+    the ``response.create`` sent after it timed from its send; one naming a ``response.create`` (refused)
+    drops that one alone."""
+    with ws.realtime.connect(model=MODEL) as connection:
+        connection.response.cancel(event_id="cancel-1")
+        connection.response.create(event_id="create-1", response={"metadata": {"x-fake-fault": "error"}})
+        connection.response.create(event_id="create-2")
+        time.sleep(0.3)
+        events = _until_done(connection)
+    assert [e.error.event_id for e in events if e.type == "error"] == ["cancel-1", "create-1"]
+    (record,) = records.calls
+    assert record["status"] == "ok" and record["timing"]["duration_ms"] >= 300
+
+
+def test_a_response_cut_by_close_is_timed_to_when_close_was_called(
+    ws: openai.OpenAI, records: Captured
+) -> None:
+    """A response cut by the caller's ``close()`` ends when the caller gave up, not when ``close()``
+    returned: with messages left unread, the closing handshake waits for its timeout."""
+    options: Any = {"close_timeout": 1}
+    with ws.realtime.connect(model=MODEL, websocket_connection_options=options) as connection:
+        sent = time.perf_counter()
+        for _ in range(3):  # more events than the SDK's queue holds: the close frame waits behind them
+            connection.response.create(response={"metadata": {"x-fake-chunks": "400"}})
+        next(e for e in connection if e.type.endswith(".delta"))
+        time.sleep(0.2)
+        closing = time.perf_counter()
+        connection.close()
+        assert time.perf_counter() - closing >= 1
+    assert [c["status"] for c in records.calls] == ["interrupted"] * 3
+    for call in records.calls:
+        assert call["timing"]["duration_ms"] <= (closing - sent) * 1000 + 100
+
+
 @pytest.mark.asyncio
 async def test_tasks_sharing_a_connection_and_a_reader_cancelled_mid_response(
     aws: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured

@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -224,6 +225,25 @@ def test_a_connection_closed_mid_response_records_it_interrupted(
     assert record["usage"]["total_tokens"] is None and record["cost"]["total_cost_usd"] is None
     assert record["timing"]["time_to_first_token_ms"] is not None
     assert run.summary is not None and run.summary["cost_complete"] is False
+
+
+def test_a_response_cut_by_close_is_timed_to_when_close_was_called(
+    ws: openai.OpenAI, records: Captured
+) -> None:
+    """A response cut by the caller's ``close()`` ends when the caller gave up, not when ``close()``
+    returned: with messages left unread, the closing handshake waits for its timeout."""
+    options: Any = {"close_timeout": 1}
+    with ws.responses.connect(websocket_connection_options=options) as connection:
+        sent = time.perf_counter()
+        long = "word " * 400  # more events than the SDK's queue holds: the close frame waits behind them
+        connection.response.create(model=MODEL, input=long, metadata={"x-fake-chunks": "400"})
+        next(e for e in connection if e.type.endswith(".delta"))
+        closing = time.perf_counter()
+        connection.close()
+        assert time.perf_counter() - closing >= 1
+    (record,) = records.calls
+    assert record["status"] == "interrupted"
+    assert record["timing"]["duration_ms"] <= (closing - sent) * 1000 + 100
 
 
 def test_a_response_create_whose_answer_was_never_read_is_interrupted_and_the_lens_incomplete(
