@@ -681,6 +681,31 @@ def test_a_response_create_that_failed_to_send_is_no_call(
     assert run.summary is not None and run.summary["total_api_calls"] == 2
 
 
+@pytest.mark.sdk3  # send_raw() is openai 3.x's
+def test_a_response_create_sent_raw_is_noted_as_one_sent_with_send(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``response.create`` written as text or bytes with ``send_raw()`` is noted as ``send()`` notes
+    it: its response is timed from it, and a run over its budget in raise mode refuses it, unsent; the
+    other messages pass as they are."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"voice_agent": {"max_api_calls": 1}}}, mode="raise")
+    with monitor.lens("voice_agent"), ws.realtime.connect(model=MODEL) as connection:
+        connection.send_raw(json.dumps({"event_id": "raw-1", "type": "response.create"}))
+        connection.send_raw(b'{"type": "response.create", "response": {"output_modalities": ["text"]}}')
+        time.sleep(0.3)
+        _until_done(connection)
+        _until_done(connection)
+        with pytest.raises(llm_ledger.BudgetExceededError):
+            connection.send_raw('{"type": "response.create"}')
+        connection.send_raw(b'{"type": "input_audio_buffer.clear"}')
+        assert connection.recv().type == "input_audio_buffer.cleared"
+    assert [e["type"] for e in fake_openai.realtime_events] == ["response.create"] * 2 + [
+        "input_audio_buffer.clear"
+    ]
+    assert [c["status"] for c in records.calls] == ["ok", "ok"]
+    assert all(c["timing"]["duration_ms"] >= 300 for c in records.calls)
+
+
 @pytest.mark.parametrize("beta", [False, True], ids=["ga", "beta"])
 def test_the_sessions_input_transcriptions_are_calls_of_its_lens(
     ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, beta: bool

@@ -443,6 +443,26 @@ def test_a_response_sent_by_a_websocket_session_lane_is_recorded_from_its_events
 SIGTERM = "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
 
 
+@pytest.mark.sdk3  # send_raw() is openai 3.x's
+def test_a_response_create_sent_raw_is_recorded_with_its_request(
+    ws: openai.OpenAI, records: Captured
+) -> None:
+    """A ``response.create`` written as text with ``send_raw()`` is read as one sent with ``send()``:
+    its record has the request sent (its prompt's length, which the Response does not state) and is
+    timed from it."""
+    with ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="what is the weather like")
+        _until_end(connection)
+        connection.send_raw(
+            json.dumps({"type": "response.create", "model": MODEL, "input": "what is the weather like"})
+        )
+        time.sleep(0.3)
+        _until_end(connection)
+    sent, raw = records.calls
+    assert raw["request"] == sent["request"] and raw["request"]["messages_count"] == 1
+    assert raw["timing"]["duration_ms"] >= 300
+
+
 @pytest.mark.parametrize("end", ["", SIGTERM], ids=["exit", "SIGTERM"])
 def test_a_connection_left_open_at_exit_is_written_with_its_lens(
     fake_openai: FakeOpenAI, tmp_path: Path, end: str
