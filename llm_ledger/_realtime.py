@@ -220,8 +220,14 @@ class _RealtimeSession(_Session):
             response = _object(event.get("response"))
             call = self.calls.pop(response.get("id"), None) or self._call()
             self._done(call, response)
-        elif kind == "error" and self.asked:  # a response.create refused makes no response: not the next's
-            self._refused(_object(event.get("error")).get("event_id"))
+        elif kind == "error" and self.asked:
+            # a response.create refused makes no response: the one the error names (its error.event_id),
+            # else the oldest not yet created (the server answers the events in order); one naming
+            # another event (a response.cancel refused) is no create's
+            named = _object(event.get("error")).get("event_id")
+            refused = self.asked[0] if named is None else next((n for n in self.asked if n[0] == named), None)
+            if refused is not None:
+                self.asked.remove(refused)
         elif kind == "input_audio_buffer.committed":
             if self.transcriber is not None:
                 self.heard[event.get("item_id")] = (time.time(), time.perf_counter())
@@ -237,18 +243,6 @@ class _RealtimeSession(_Session):
                 model = session.get("model")
                 self.model = model if type(model) is str else None
             self.transcriber = _transcriber(session)
-
-    def _refused(self, name: Any) -> None:
-        """An ``error`` read: the ``response.create`` it names (``error.event_id``), if any, made no
-        response; one naming no event refused the oldest create not yet created, if it refused a create
-        (the server answers the events in order; a create it took is answered ``response.created``)."""
-        if name is None:
-            self.asked.popleft()
-        else:
-            for noted in self.asked:
-                if noted[0] == name:
-                    self.asked.remove(noted)
-                    return
 
     def _call(self, when: tuple[float, float] | None = None) -> _Call:
         """A response's call, begun when its ``response.create`` was sent (the oldest not yet created,
