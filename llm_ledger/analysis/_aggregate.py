@@ -350,7 +350,7 @@ def _values(
         model = _dict(record.get("request")).get("model")
         return [_dict(record.get("response")).get("model") if model is None else model]
     if name in TIME_DIMENSIONS:
-        stamp = _utc_stamp(record.get("timestamp"))
+        stamp = _when(record)
         if stamp is not None and zone is not None:
             stamp = _local_minute(stamp[:16], zone)
         if stamp is None:
@@ -421,8 +421,17 @@ def _utc_stamp(stamp: Any) -> str | None:
         return None
 
 
-def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
-    stamp = _utc_stamp(stamp)
+def _when(record: dict[str, Any]) -> str | None:
+    """When a record counts (UTC, the ledger's spelling): a call at its start, the moment it is priced
+    at (a call from 23:59:59 to 00:00:01 is the day's it began); a lens run at its end; an alert at its
+    own time."""
+    timing = record.get("timing")
+    start = timing.get("start_time") if type(timing) is dict else None
+    return _utc_stamp(start) or _utc_stamp(record.get("timestamp"))
+
+
+def _in_range(record: dict[str, Any], since: str | None, until: str | None) -> bool:
+    stamp = _when(record)
     return stamp is not None and (since is None or stamp >= since) and (until is None or stamp < until)
 
 
@@ -595,7 +604,7 @@ def select(records: Iterable[dict[str, Any]], query: Query) -> Iterator[dict[str
         context = _dict(record.get("context"))
         present.update(record)
         present.update(context)
-        if dated and not _in_range(record.get("timestamp"), since, until):
+        if dated and not _in_range(record, since, until):
             continue
         if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, [], zone):
             yield record
@@ -676,7 +685,7 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
                 figures = _own_figures(figures, context, nested)
         if missing:
             _look_for(record, context, lens_run, missing, seen, zone)
-        if dated and not _in_range(record.get("timestamp"), since, until):
+        if dated and not _in_range(record, since, until):
             filtered += 1
             continue
         choices = [_values(record, context, name, lens_run, zone) for name in by]
