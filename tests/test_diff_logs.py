@@ -47,7 +47,8 @@ def logs(sdk: Sdk, tmp_path: Path) -> tuple[Path, Path]:
 
 def _report(capsys: pytest.CaptureFixture[str], logs: Path) -> dict[str, Any]:
     assert main(["report", str(logs), "--by", "lens", "--format", "json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return report
 
 
 def test_the_diff_of_two_log_sets_holds_the_reports_figures_lens_by_lens(
