@@ -19,11 +19,11 @@ __all__ = [
 NO_FIGURE: Final = "—"  # a cell whose figure cannot be given: an absent side, a change with no price after
 
 
-def usd(value: Decimal | float, signed: bool = False, *, complete: bool = True) -> str:
-    """Dollars with at least six decimals and three significant digits: a non-zero cost never reads $0.
+def usd(value: Decimal | float, signed: bool = False, *, complete: bool = True, significant: int = 3) -> str:
+    """Dollars with at least six decimals and ``significant`` digits: a non-zero cost never reads $0.
     ``*`` marks a cost that leaves out calls with no known cost (a lower bound)."""
     amount = value if isinstance(value, Decimal) else Decimal(repr(value))
-    digits = min(12, max(6, 2 - amount.adjusted())) if amount else 6
+    digits = min(9 + significant, max(6, significant - 1 - amount.adjusted())) if amount else 6
     sign = "-" if amount < 0 else "+" if signed and amount > 0 else ""
     shown = abs(amount).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)  # money rounds half up
     return f"{sign}${shown:,.{digits}f}" + ("" if complete else "*")

@@ -482,7 +482,12 @@ def test_a_timestamp_outside_the_years_utc_can_hold_groups_under_null(tmp_path: 
     """A record stamped at the edge of what a datetime holds (a hand-edited or corrupt line) counts, by
     day under null and outside every --since / --until range, rather than stopping the report."""
     edges = ["0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59.9999"]
-    log = write(tmp_path / "llm_calls.jsonl", [{**call(), "timestamp": stamp} for stamp in [*edges, None]])
+    record = call()
+    stamped = [
+        {**record, "timestamp": stamp, "timing": {**record["timing"], "start_time": stamp}}
+        for stamp in [*edges, None]
+    ]  # a call counts at its start
+    log = write(tmp_path / "llm_calls.jsonl", stamped)
     assert [(r.key["day"], r.calls) for r in summarise(log, by="day").rows] == [(None, 3)]
     assert summarise(log, since="2025-01-01").total.calls == 0
 

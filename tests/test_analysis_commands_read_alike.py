@@ -201,7 +201,8 @@ def test_a_log_given_to_diff_is_refused_naming_the_command_that_reads_it(
 ) -> None:
     """The mirror of a report given to `report`: `llm-ledger diff logs/llm_calls.jsonl head.json` said
     "not JSON (Extra data: line 2 ...)" (a one-line log: "not an llm-ledger report"), naming neither
-    what the file is nor what reads it. It names `llm-ledger report` and how to write a report."""
+    what the file is nor what reads it. It names `llm-ledger diff --logs`, `llm-ledger report` and how to
+    write a report."""
     path, _ = log
     one_line = tmp_path / "one.jsonl"
     one_line.write_text(path.read_text().splitlines()[0] + "\n")
@@ -210,8 +211,9 @@ def test_a_log_given_to_diff_is_refused_naming_the_command_that_reads_it(
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err.startswith(
-            f"llm-ledger diff: error: {given}: a log of calls, not a pytest --llm-report file; "
-            f"summarise it with `llm-ledger report {given}`; write a report with `pytest --llm-report=PATH`"
+            f"llm-ledger diff: error: {given}: a log of calls, not a pytest --llm-report file; compare "
+            f"logs with `llm-ledger diff --logs BASE HEAD`, summarise it with `llm-ledger report {given}`; "
+            "write a report with `pytest --llm-report=PATH`"
         )
 
 

@@ -98,3 +98,29 @@ def test_replaying_a_long_history_holds_each_run_compactly(
         tracemalloc.stop()
     assert json.loads(capsys.readouterr().out)["anomalies"]  # the runaways, judged as before
     assert peak < 7 << 20, f"{peak / 2**20:.1f} MiB"  # it held 10 MiB
+
+
+def test_the_table_shows_a_value_just_above_its_threshold_apart_from_it(
+    sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs of 32 tokens, then one of 43 just above its threshold (42.88): the table shows the threshold
+    with the digits that tell it from the value (not 43 and 43), and a whole number of tokens as one; a
+    cost as well ($0.000006898 under $0.000006900, not $0.00000690 twice)."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        for size in [108] * 10 + [152]:  # 31 or 42 prompt tokens, and a one-token answer
+            with monitor.lens("digest"):
+                messages: Any = [{"role": "user", "content": "a" * size}]
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=messages, extra_headers={"x-fake-content": "ok"}
+                )
+    command = ["anomalies", str(path), "--min-runs", "5", "--metric", "total_tokens"]
+    assert main([*command, "--format", "json"]) == 0
+    [anomaly] = [a["anomaly"] for a in json.loads(capsys.readouterr().out)["anomalies"]]
+    assert (anomaly["value"], anomaly["median"], round(anomaly["threshold"], 2)) == (43, 32, 42.88)
+    assert main(command) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[4:8] == ["43", "32", "x1.00", "42.9"]
+    assert main([*command[:-1], "total_cost_usd", "--k", "5.5955"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[4:8] == ["$0.000006900", "$0.000005250", "x1.00", "$0.000006898"]

@@ -73,3 +73,32 @@ def test_budget_and_anomaly_columns_appear_only_when_there_are_some(
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert main(["report", str(path)]) == 0
     assert capsys.readouterr().out.splitlines()[0].split()[-2:] == ["avg", "ms"]
+
+
+def test_by_or_where_model_the_alerts_count_under_the_models_of_their_run(sdk: Sdk, tmp_path: Path) -> None:
+    """A budget breach or an anomaly names no model: it counts under the models its run used, as the run
+    does, so --where model=X keeps the breaches and anomalies of the runs that used X (not none), and
+    --by model shows them beside those models' spend, not under (none)."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (monitor, client):
+        monitor.budgets = BudgetGuard({"lenses": {"agent": {"max_api_calls": 1}}})
+        monitor.anomalies = AnomalyDetector(AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens",)))
+        for words in [5] * 6 + [400]:  # the last digest run is far above the others
+            with monitor.lens("digest"):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "word " * words}]
+                )
+        with monitor.lens("agent"):  # over max_api_calls at its second call
+            for model in ("gpt-4o", "gpt-4.1"):
+                client.chat.completions.create(model=model, messages=HI)
+    rows = {row.key["model"]: row for row in summarise(path, by="model").rows}
+    assert {m: (r.over_budget, r.anomalies) for m, r in rows.items()} == {
+        "gpt-4o-mini": (0, 1),
+        "gpt-4o": (1, 0),
+        "gpt-4.1": (1, 0),
+    }
+    assert (report := summarise(path, by="model")).total.over_budget == report.total.anomalies == 1
+    agent = summarise(path, where={"model": "gpt-4o"}).rows
+    assert [(r.key["lens"], r.over_budget, r.anomalies) for r in agent] == [("agent", 1, 0)]
+    digest = summarise(path, where={"model": "gpt-4o-mini"}).rows
+    assert [(r.key["lens"], r.over_budget, r.anomalies) for r in digest] == [("digest", 0, 1)]

@@ -133,3 +133,24 @@ def test_tz_on_the_command_line_and_a_bad_zone(evenings: Path, capsys: pytest.Ca
     assert main(["report", str(evenings), "--by", "day", "--tz", "America/New_Yrok"]) == 2
     err = capsys.readouterr().err
     assert "tz: 'America/New_Yrok' is not a time zone name (did you mean 'America/New_York'?)" in err
+
+
+def test_a_call_across_midnight_counts_on_the_day_it_started_as_it_is_priced(
+    sdk: Sdk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call from 23:59:59.9 that answers 0.3 s later, after midnight, counts on the day it started,
+    for --by day and --since/--until alike: the day its price was taken on (a price by date, DeepSeek's
+    off-peak hours), not the next day's spend."""
+    path = tmp_path / "llm_calls.jsonl"
+    with logging_to(path, sdk) as (_, client):
+        at(monkeypatch, datetime(2026, 11, 8, 23, 59, 59, 900_000, tzinfo=UTC))
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=SHORT,
+            extra_headers={"x-fake-fault": "slow", "x-fake-delay-ms": "300"},
+        )
+    [record] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record["timing"]["start_time"][:10] == "2026-11-08" < record["timing"]["end_time"][:10]
+    assert [(row.key["day"], row.calls) for row in summarise(path, by="day").rows] == [("2026-11-08", 1)]
+    assert summarise(path, until="2026-11-09").total.calls == 1
+    assert summarise(path, since="2026-11-09").total.calls == 0

@@ -451,9 +451,9 @@ def test_where_since_and_until_select_the_calls_as_report_does(
                 model="gpt-4o", messages=HI, extra_headers={"x-fake-completion-words": words}
             )
     handler.close()
-    since = calls[2]["timestamp"]
+    since = calls[2]["timing"]["start_time"]  # a call counts at its start, as it is priced
     picked = [c for c in calls[2:] if c["context"]["user_id"] == "alice"]
-    assert calls[1]["timestamp"] < since  # each call takes a round trip: never the same millisecond
+    assert calls[1]["timing"]["start_time"] < since  # each call takes a round trip: never the same ms
     args = ["--where", "user_id=alice", "--since", since]
     result = reprice_json(capsys, str(path), *args, "--model", "gpt-4o=gpt-4.1-mini")
     assert main(["report", str(path), *args, "--format", "json"]) == 0

@@ -337,20 +337,20 @@ def _usd(value: Any) -> Decimal | None:
 
 
 def _values(
-    record: dict[str, Any], context: dict[str, Any], name: str, lens_run: bool, zone: ZoneInfo | None
+    record: dict[str, Any], context: dict[str, Any], name: str, run: list[Any] | None, zone: ZoneInfo | None
 ) -> list[Any]:
-    """The values of dimension ``name`` in a record (one, or each model a lens run used); time
-    dimensions on ``zone``'s clock (None: UTC)."""
+    """The values of dimension ``name`` in a record (one, or each model of ``run``: the models of a lens
+    run, or of the run a budget breach or an anomaly is of; None for a call); time dimensions on
+    ``zone``'s clock (None: UTC)."""
     if name == "lens":
         return [context.get("lens_key")]
     if name == "model":
-        if lens_run:
-            used = _dict(record.get("summary")).get("models_used")
-            return list(used) if type(used) is list and used else [None]
+        if run is not None:
+            return run
         model = _dict(record.get("request")).get("model")
         return [_dict(record.get("response")).get("model") if model is None else model]
     if name in TIME_DIMENSIONS:
-        stamp = _utc_stamp(record.get("timestamp"))
+        stamp = _when(record)
         if stamp is not None and zone is not None:
             stamp = _local_minute(stamp[:16], zone)
         if stamp is None:
@@ -360,7 +360,8 @@ def _values(
         return [context[name]]
     if name in record:
         return [record[name]]
-    if name == "status" and lens_run:  # a run's summary has no status: its own is whether a call failed
+    # a run's summary has no status: its own is whether a call failed
+    if name == "status" and record.get("event") == LENS_EVENT:
         errors = _dict(record.get("summary")).get("errors")
         return ["error" if type(errors) is int and errors > 0 else "ok"]
     value: Any = record  # a dotted path (server.address), else None
@@ -421,8 +422,17 @@ def _utc_stamp(stamp: Any) -> str | None:
         return None
 
 
-def _in_range(stamp: Any, since: str | None, until: str | None) -> bool:
-    stamp = _utc_stamp(stamp)
+def _when(record: dict[str, Any]) -> str | None:
+    """When a record counts (UTC, the ledger's spelling): a call at its start, the moment it is priced
+    at (a call from 23:59:59 to 00:00:01 is the day's it began); a lens run at its end; an alert at its
+    own time."""
+    timing = record.get("timing")
+    start = timing.get("start_time") if type(timing) is dict else None
+    return _utc_stamp(start) or _utc_stamp(record.get("timestamp"))
+
+
+def _in_range(record: dict[str, Any], since: str | None, until: str | None) -> bool:
+    stamp = _when(record)
     return stamp is not None and (since is None or stamp >= since) and (until is None or stamp < until)
 
 
@@ -537,10 +547,26 @@ def _own_figures(figures: _Figures, context: dict[str, Any], nested: dict[Any, _
     )  # fmt: skip
 
 
+def _run_models(record: dict[str, Any], calls: dict[str, dict[Any, Any]]) -> list[Any] | None:
+    """The models of a lens run, or of the run a budget breach or an anomaly is of (the models its
+    ``calls`` read so far used: run id -> model), which it counts under; None for a call."""
+    event = record.get("event")
+    if event == LENS_EVENT:
+        used = _dict(record.get("summary")).get("models_used")
+        return list(used) if type(used) is list and used else [None]
+    if event == ANOMALY_EVENT:  # the run's models_used joined by "+"
+        model = _dict(record.get("anomaly")).get("model")
+        return model.split("+") if type(model) is str else [None]
+    if event == BUDGET_EVENT:
+        run_id = _dict(record.get("context")).get("lens_run_id")
+        return (list(calls.get(run_id, {}).values()) or [None]) if type(run_id) is str else [None]
+    return None
+
+
 def _keep(
     record: dict[str, Any],
     context: dict[str, Any],
-    lens_run: bool,
+    run: list[Any] | None,
     by: tuple[str, ...],
     where: Mapping[str, frozenset[str]],
     choices: list[list[Any]],
@@ -554,7 +580,7 @@ def _keep(
             if not choices[index]:
                 return False
     return all(
-        any(as_text(v) in wanted for v in _values(record, context, name, lens_run, zone))
+        any(as_text(v) in wanted for v in _values(record, context, name, run, zone))
         for name, wanted in where.items()
         if name not in by
     )
@@ -566,7 +592,7 @@ _HINT_VALUES: Final = 1000  # values of a where key kept to suggest one for a va
 def _look_for(
     record: dict[str, Any],
     context: dict[str, Any],
-    lens_run: bool,
+    run: list[Any] | None,
     missing: dict[str, set[str]],
     seen: dict[str, set[str]],
     zone: ZoneInfo | None,
@@ -574,7 +600,7 @@ def _look_for(
     """Strike off ``missing`` (where key -> the values no record had so far) the values ``record`` has,
     keeping a few of each key's values in ``seen``; a key whose values were all found leaves ``missing``."""
     for name in list(missing):
-        for value in _values(record, context, name, lens_run, zone):
+        for value in _values(record, context, name, run, zone):
             text = as_text(value)
             missing[name].discard(text)
             if len(seen[name]) < _HINT_VALUES:
@@ -595,9 +621,9 @@ def select(records: Iterable[dict[str, Any]], query: Query) -> Iterator[dict[str
         context = _dict(record.get("context"))
         present.update(record)
         present.update(context)
-        if dated and not _in_range(record.get("timestamp"), since, until):
+        if dated and not _in_range(record, since, until):
             continue
-        if _keep(record, context, record.get("event") == LENS_EVENT, (), query.where, [], zone):
+        if _keep(record, context, _run_models(record, {}), (), query.where, [], zone):
             yield record
     if present:
         _check_known(query, present)
@@ -636,6 +662,9 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
     # cost); one never ended in the records read counts as unpriced there (docs/PRICING.md)
     waiting: dict[str, list[_Sums]] = {}
     seen: dict[str, set[str]] = {name: set() for name in where}
+    # by or where model: lens run id -> the models its calls read so far used, until its summary: those a
+    # budget breach of the run (which names none) counts under
+    models_of: dict[str, dict[Any, Any]] | None = {} if "model" in (*by, *where) else None
     for record in records:
         event = record.get("event")
         lens_run = event == LENS_EVENT
@@ -647,6 +676,13 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         if present is not None:
             present.update(record)
             present.update(context)
+        if models_of is not None and type(context.get("lens_run_id")) is str and not alert:
+            if lens_run:
+                models_of.pop(context["lens_run_id"], None)
+            else:
+                model = _values(record, context, "model", None, zone)[0]
+                models_of.setdefault(context["lens_run_id"], {})[_hashable(model)] = model
+        run = None if event == CALL_EVENT else _run_models(record, models_of or {})
         run_id, run_groups = None if from_summaries or alert else context.get("lens_run_id"), None
         if type(run_id) is str and not lens_run:
             run_process, call_process = process_of(run_id), process_of(record.get("call_id"))
@@ -675,12 +711,12 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
             if lens_run:  # a nested run filtered out still leaves its parent's sums (_nested_sums)
                 figures = _own_figures(figures, context, nested)
         if missing:
-            _look_for(record, context, lens_run, missing, seen, zone)
-        if dated and not _in_range(record.get("timestamp"), since, until):
+            _look_for(record, context, run, missing, seen, zone)
+        if dated and not _in_range(record, since, until):
             filtered += 1
             continue
-        choices = [_values(record, context, name, lens_run, zone) for name in by]
-        if where and not _keep(record, context, lens_run, by, where, choices, zone):
+        choices = [_values(record, context, name, run, zone) for name in by]
+        if where and not _keep(record, context, run, by, where, choices, zone):
             filtered += 1
             continue
         total.add(lens_run, figures, alert)

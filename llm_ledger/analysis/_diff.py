@@ -1,7 +1,8 @@
 """``llm-ledger diff BASE.json HEAD.json``: what changed in calls, tokens and cost, lens by lens.
 
 Reads two ``--llm-report`` files (schema ``llm-ledger-report``, version 1) written by the pytest
-plugin, typically one from the base branch and one from the pull request, and prints a table per
+plugin, typically one from the base branch and one from the pull request, or with ``--logs`` two sets
+of production logs (last week's and this week's, before and after a change), and prints a table per
 lens with base, head, delta and percent change. Lenses only in HEAD are marked new, lenses only in
 BASE removed; each lens also shows its runs and its cost per run, and calls made outside any lens
 have a row of their own, "(no lens)". ``--format markdown`` (the default) is fit for a PR comment or
@@ -28,11 +29,12 @@ from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 from .._table import code
 from ..loading import join, read_file, shown
-from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, strict_loads
+from ._aggregate import EVENTS, CostRow, aggregate, as_text, make_query
+from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, LogReader, strict_loads, warn_unread
 from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
-__all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_report", "register", "render"]
+__all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_logs", "load_report", "register", "render"]
 
 SUPPORTED_VERSIONS: Final = (1,)
 TOTAL_METRICS: Final = ("api_calls", "total_tokens", "cost_usd")
@@ -114,6 +116,23 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_logs(path: str) -> dict[str, Any]:
+    """Logs (a file, a directory of logs or a glob) as the report :func:`diff_reports` compares: the rows
+    of ``llm-ledger report --by lens``, the calls outside any lens as ``no_lens``."""
+    report = aggregate(LogReader([path], events=EVENTS), make_query("lens"))
+    warn_unread("diff", report.inputs)
+
+    def entry(row: CostRow) -> dict[str, Any]:
+        return {"runs": row.lens_runs, "cut_short_runs": row.cut_short_runs, "api_calls": row.calls,
+                "total_tokens": row.total_tokens, "cost_usd": float(row.cost_usd), "errors": row.errors,
+                "cost_complete": row.cost_complete}  # fmt: skip
+
+    lenses = {as_text(r.key["lens"]): entry(r) for r in report.rows if r.key["lens"] is not None}
+    outside = [entry(r) for r in report.rows if r.key["lens"] is None]
+    # no_lens (None when none) sets logs apart from a report, whose usage rows hold those calls
+    return {"lenses": lenses, "total": entry(report.total), "no_lens": outside[0] if outside else None}
+
+
 def _problem(kind: str, entry: dict[str, Any]) -> str:
     """What is wrong with a figure of a report's entry ("calls: expected a whole number >= 0"), or ""."""
     for metric in _FIGURES[kind]:
@@ -163,8 +182,9 @@ def _refuse_log(name: str, raw: str | bytes) -> None:
         return
     if isinstance(first, dict) and first.get("event") in (CALL_EVENT, LENS_EVENT):
         raise ConfigError(
-            f"{name}: a log of calls, not a pytest --llm-report file; summarise it with "
-            f"`llm-ledger report {name}`; write a report with `pytest --llm-report=PATH`"
+            f"{name}: a log of calls, not a pytest --llm-report file; compare logs with `llm-ledger diff "
+            f"--logs BASE HEAD`, summarise it with `llm-ledger report {name}`; write a report with "
+            "`pytest --llm-report=PATH`"
         )
 
 
@@ -252,7 +272,7 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
     before they counted failed calls, in a run that had some."""
     rows = [row for row in report.get("usage", ()) if (row.get("lens") or NO_LENS) == NO_LENS]
     if not rows:
-        return None
+        return report.get("no_lens")  # from logs
     counted = all("failed_calls" in row for row in rows) or not report["total"].get("errors")
     return {
         "api_calls": sum(row.get("calls", 0) for row in rows),
@@ -329,6 +349,7 @@ _STOPPED: Final = {
 def _flags(name: str, path: str, report: dict[str, Any]) -> Iterator[Flag]:
     """What makes a report's numbers untrustworthy: a run stopped early, failed tests, failed calls,
     unpriced calls."""
+    source = "log set" if "no_lens" in report else "report"
     if (status := report.get("exit_status")) in _STOPPED:
         yield Flag(
             f"the {name} run ({path}) stopped early: pytest exit status {status} ({_STOPPED[status]}); "
@@ -341,10 +362,10 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> Iterator[Flag]:
             "; its numbers leave out what those tests did not get to do",
         )
     if errors := _number(report["total"], "errors"):
-        yield Flag(f"the {name} report ({path}) counts {failed_calls(int(errors))}: {NO_ANSWER}")
+        yield Flag(f"the {name} {source} ({path}) counts {failed_calls(int(errors))}: {NO_ANSWER}")
     if cut := [n for n, e in report["lenses"].items() if e.get("cut_short_runs")]:
         yield Flag(
-            f"the {name} report ({path}) has lens runs cut short (their lens_summary never came) in "
+            f"the {name} {source} ({path}) has lens runs cut short (their lens_summary never came) in "
             f"{len(cut)} lens(es): ",
             cut,
             "; their figures count only the calls that had ended",
@@ -352,7 +373,7 @@ def _flags(name: str, path: str, report: dict[str, Any]) -> Iterator[Flag]:
     unpriced = [n for n, e in report["lenses"].items() if e.get("cost_complete") is False]
     if unpriced or report["total"].get("cost_complete") is False:
         yield Flag(
-            f"the {name} report ({path}) has calls with no known cost"
+            f"the {name} {source} ({path}) has calls with no known cost"
             + (f" in {len(unpriced)} lens(es): " if unpriced else ""),
             unpriced,
             "; their cost (marked *) leaves them out",
@@ -379,7 +400,7 @@ def diff_reports(
         lenses[new]["renamed_from"] = old
     # a report without usage rows (written before they were) cannot say what ran outside any lens
     outside = [_no_lens(base), _no_lens(head)]
-    known = "usage" in base and "usage" in head
+    known = all("usage" in report or "no_lens" in report for report in reports)
     no_lens = _row(NO_LENS, reports, outside, TOTAL_METRICS) if known and outside != [None, None] else None
     total = _row(None, reports, [base["total"] or None, head["total"]], TOTAL_METRICS)
     return {
@@ -505,7 +526,8 @@ def _increase(
 
 
 def _run(args: argparse.Namespace) -> int:
-    base = load_report(args.base) if Path(args.base).exists() else None
+    load = load_logs if args.logs else load_report  # logs: a base that is not there is an error
+    base = load(args.base) if args.logs or Path(args.base).exists() else None
     if base is None and args.require_base:
         raise ConfigError(
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
@@ -518,8 +540,10 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.base}: its run stopped early: pytest exit status {stopped} ({_STOPPED[stopped]}) "
             "(--require-base); the base branch's test run measured only what it reached: see that step's log"
         )
-    head = load_report(args.head)
+    head = load(args.head)
     diff = diff_reports(base, head, base_path=args.base, head_path=args.head)
+    if args.logs:
+        diff["logs"] = True
     diff["lens_count"] = len(diff["lenses"])
     if args.only_changed:
         diff["only_changed"] = True
@@ -566,12 +590,25 @@ def register(subparsers: Any, summary: str) -> None:
         _run,
         formats=FORMATS,
         description=__doc__.split("\n\n")[1] if __doc__ else None,
-        epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used",
+        epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used\n\n"
+        "examples:\n"
+        "  llm-ledger diff base.json head.json                      two pytest --llm-report files\n"
+        "  llm-ledger diff --logs logs/week45/ logs/week46/         two sets of production logs\n"
+        "  llm-ledger diff --logs 'logs/llm_calls.jsonl-202611*' logs/llm_calls.jsonl --format text",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "base", help="report of the base (e.g. the main branch); missing means every lens is new"
+        "base",
+        help="report of the base (e.g. the main branch), missing: every lens is new; with --logs, its logs",
     )
-    parser.add_argument("head", help="report of the head (e.g. the pull request)")
+    parser.add_argument("head", help="report of the head (e.g. the pull request); with --logs, its logs")
+    parser.add_argument(
+        "--logs",
+        action="store_true",
+        help="BASE and HEAD are llm-ledger logs, each a file (.gz too), a directory of logs or a quoted "
+        "glob: compare production spend per lens (runs, calls, tokens, cost, cost per run), as "
+        "`llm-ledger report --by lens` sums it",
+    )
     parser.add_argument("--only-changed", action="store_true", help="leave out lenses that did not change")
     parser.add_argument(
         "--require-base",

@@ -37,7 +37,7 @@ REPORT_SCHEMA: Final = "llm-ledger-report"  # the "schema" of a pytest --llm-rep
 COSTS_JSON: Final = "the JSON of `llm-ledger report --format json` (a log's costs)"
 PERIODS: Final = (
     "to compare periods of a log, group it by a time dimension: `llm-ledger report LOGS --by lens,week` "
-    "(or day, month)"
+    "(or day, month), or compare two sets of logs: `llm-ledger diff --logs BASE HEAD`"
 )
 _SKIP_BYTES: Final = 1 << 20  # read size while skipping the rest of an over-long line
 _SHOWN_MALFORMED: Final = 5

@@ -238,12 +238,24 @@ def render_reprice(result: Reprice, fmt: str = "text") -> str:
     return printable("\n".join(lines) + "\n")  # a file or model name may hold a lone surrogate
 
 
-def _anomaly_figure(metric: str, value: float) -> str:
+def _figure(metric: str, value: float, extra: int) -> str:
+    """One figure of the anomalies' table, with ``extra`` digits more than it needs by default."""
     if metric == "total_cost_usd":
-        return usd(value)
-    if metric == "duration_ms":
-        return f"{value:,.0f} ms"
-    return f"{value:,.0f}"
+        return usd(value, significant=3 + extra)
+    if metric == "ratio":  # a MAD on the log scale: x1.10, runs usually within 10% of the median
+        return f"x{value:.{2 + extra}f}"
+    text = f"{value:,.{extra}f}".rstrip("0").rstrip(".") if extra else f"{value:,.0f}"
+    return f"{text} ms" if metric == "duration_ms" else text  # a whole number of tokens stays one
+
+
+def _distinct(metric: str, values: list[float], reference: float = 0.0) -> list[str]:
+    """``values`` with the fewest digits at which two that differ, or one and ``reference``, read apart:
+    a value just above its threshold never reads as equal to it, a small figure never as none."""
+    for extra in range(7):
+        shown = [_figure(metric, v, extra) for v in (*values, reference)]
+        if len(set(shown)) == len({*values, reference}):
+            break
+    return shown[:-1]
 
 
 def render_anomalies(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
@@ -258,12 +270,12 @@ def render_anomalies(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
     for record in anomalies:
         a = record["anomaly"]
         m = a["metric"]
+        value, median, threshold = _distinct(m, [a["value"], a["median"], a["threshold"]])
+        log = a["scale"] == "log"
+        [mad] = _distinct("ratio", [math.exp(a["mad"])], 1.0) if log else _distinct(m, [a["mad"]])
         rows.append([
             record["timestamp"], str(record["context"].get("lens_key")), a["model"] or "(none)", m,
-            _anomaly_figure(m, a["value"]), _anomaly_figure(m, a["median"]),
-            f"x{math.exp(a['mad']):.2f}" if a["scale"] == "log" else _anomaly_figure(m, a["mad"]),
-            _anomaly_figure(m, a["threshold"]),
-            str(record["context"].get("lens_run_id") or ""),
+            value, median, mad, threshold, str(record["context"].get("lens_run_id") or ""),
         ])  # fmt: skip
     # on the log scale the MAD is a ratio: x1.10 means runs usually within 10% of the median
     found = f"{len(anomalies):,} anomal{'y' if len(anomalies) == 1 else 'ies'}"

@@ -335,7 +335,8 @@ def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bo
         if left[part]
     ]
     reports = diff.get("reports", {"base": "BASE.json", "head": "HEAD.json"})
-    command = code(f"llm-ledger diff --format json {reports['base']} {reports['head']}")
+    logs = "--logs " * bool(diff.get("logs"))
+    command = code(f"llm-ledger diff {logs}--format json {reports['base']} {reports['head']}")
     return (
         f"_To fit in a GitHub comment, this leaves out {', '.join(what[:-1])}{' and ' * (len(what) > 1)}"
         f"{what[-1]} (the smallest changes). The whole diff: {command}._"
