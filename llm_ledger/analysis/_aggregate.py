@@ -667,10 +667,10 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         if lens_run == from_summaries and not alert:
             try:
                 figures = _summary_figures(record) if lens_run else _call_figures(record)
-            except BadRecord:
+            except BadRecord as exc:
                 rejected += 1
                 if reader is not None:
-                    reader.reject()
+                    reader.reject(f"{event} record with a bad {str(exc)[:80]}")
                 continue
             if lens_run:  # a nested run filtered out still leaves its parent's sums (_nested_sums)
                 figures = _own_figures(figures, context, nested)

@@ -371,6 +371,6 @@ def run(args: argparse.Namespace) -> int:
     selected += [f"{bound} {bounds[bound]}" for bound in ("since", "until") if bounds[bound]]
     source = f"{name} ({', '.join([kind, *selected])})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
-    sys.stdout.write(render_reprice(result, args.fmt))
     warn_unread("reprice", stats)
+    sys.stdout.write(render_reprice(result, args.fmt))
     return 0
