@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from ._credentials import looks_like_credential, shown
+from ._credentials import as_typed, shown
 from ._errors import LedgerError
 
 _Server = TypeVar("_Server")
@@ -130,7 +130,7 @@ def _port(text: str) -> int:
     digits = text.strip()  # ASCII digits: int() also reads other scripts' digits
     port = int(digits) if digits.isascii() and digits.isdigit() else -1
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0 to 65535 (0 picks a free one)")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a port: give 0 to 65535 (0 picks a free one)")
     return port
 
 
@@ -140,12 +140,9 @@ def listening(bind: Callable[[], _Server], args: argparse.Namespace) -> _Server:
     try:
         return bind()
     except OSError as exc:
-        host = args.host  # as typed, unless a terminal would run it or it looks like a key
-        if not host.isprintable() or looks_like_credential(host):
-            host = shown(host)
         raise LedgerError(
-            f"cannot listen on {host}:{args.port} ({exc.strerror or exc}); choose another --port "
-            "(0 picks a free one), or a --host this machine has"
+            f"cannot listen on {as_typed(args.host)}:{args.port} ({exc.strerror or exc}); choose another "
+            "--port (0 picks a free one), or a --host this machine has"
         ) from exc
 
 

@@ -528,3 +528,20 @@ def test_a_number_and_the_same_digits_as_text_are_two_rows_that_read_apart(
     shown = ["42", '"42"', "doc-1"] if fmt == "text" else ["`42`", '`"42"`', "`doc-1`"]
     assert sorted(label for label in labels if label in shown) == sorted(shown), labels
     assert set(rows_by_key(report_json(capsys, str(path), "--by", "source_id"))) == {42, "42", "doc-1"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--where", "KEY"], ["--where", "KEY=x"], ["--by", "KEY"], ["--since", "KEY"], ["--tz", "KEY"],
+     ["--by", "KEY,"]],
+)  # fmt: skip
+def test_a_key_typed_into_a_query_option_is_never_echoed(
+    args: list[str], sample: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key pasted into --where, --by, --since or --tz (the wrong shell variable): the error names the
+    option and what it expects, and the key by its length only; it was quoted whole to stderr."""
+    key = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"
+    args = [arg.replace("KEY", key) for arg in args]
+    assert main(["report", str(sample), *args]) == 2
+    err = capsys.readouterr().err
+    assert key[:12] not in err and "characters not shown: they look like a credential>" in err

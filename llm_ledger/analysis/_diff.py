@@ -552,9 +552,9 @@ def _percent(text: str) -> float:
     try:
         value = float(text.removesuffix("%"))  # 25% is 25: what users write
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a percentage, e.g. 20)") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number (a percentage, e.g. 20)") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a percentage of 0 or more, e.g. 20")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be a percentage of 0 or more, e.g. 20")
     return value
 
 

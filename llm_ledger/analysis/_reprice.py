@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .._cli import add_command, add_query_options
-from .._credentials import shown
+from .._credentials import as_typed, shown
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
@@ -204,7 +204,8 @@ def parse_models(pairs: Iterable[str]) -> dict[str, str]:
         old, new = old.strip(), new.strip()
         if models.get(old, new) != new:
             raise ConfigError(
-                f"--model {old}={new}: {old} is already priced as {models[old]}; give one NEW per OLD"
+                f"--model {as_typed(f'{old}={new}')}: {as_typed(old)} is already priced as "
+                f"{as_typed(models[old])}; give one NEW per OLD"
             )
         models[old] = new
     return models
@@ -242,7 +243,7 @@ def reprice(
             checked.add((id(route), new))
             if route.rates(new) is None:
                 raise ConfigError(
-                    f"--model ...={new}: no price for {new!r} at provider {route.provider!r}"
+                    f"--model ...={as_typed(new)}: no price for {shown(new)} at provider {route.provider!r}"
                     f"{did_you_mean(new, table.model_names(route.provider), n=3)}; "
                     "add it to a price file (--price-file)"
                 )
@@ -317,7 +318,8 @@ def reprice(
     for old in models:
         if old not in named:
             raise ConfigError(
-                f"--model {old}={models[old]}: no call in {source} used {old!r}{did_you_mean(old, used)}; "
+                f"--model {as_typed(f'{old}={models[old]}')}: no call in {source} used {shown(old)}"
+                f"{did_you_mean(old, used)}; "
                 f"models used: {', '.join(sorted(used)) or 'none'}"
             )
     return result
