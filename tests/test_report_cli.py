@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.metadata
 import json
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -545,3 +547,21 @@ def test_a_key_typed_into_a_query_option_is_never_echoed(
     assert main(["report", str(sample), *args]) == 2
     err = capsys.readouterr().err
     assert key[:12] not in err and "characters not shown: they look like a credential>" in err
+
+
+def test_process_substitution_is_read_by_every_command(
+    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llm-ledger report <(zcat old.jsonl.gz)`, as a shell runs it: the pipe's writer is there when the
+    command opens /dev/fd/N, so it is read as the file would be (a FIFO nothing writes to waits for a
+    writer, as `cat` does: docs/REPORTING.md)."""
+    packed = tmp_path / "old.jsonl.gz"
+    packed.write_bytes(gzip.compress(sample.read_bytes()))
+    outputs = {}
+    for command in ("report", "anomalies", "reprice"):
+        script = f"{shlex.quote(sys.executable)} -m llm_ledger {command} <(gzip -dc {packed}) --format json"
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stderr) == (0, ""), command
+        outputs[command] = json.loads(done.stdout)
+    assert outputs["report"]["total"] == report_json(capsys, str(sample))["total"]
+    assert outputs["report"]["total"]["calls"] == 5
