@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import importlib.metadata
 import json
@@ -565,3 +566,41 @@ def test_process_substitution_is_read_by_every_command(
         outputs[command] = json.loads(done.stdout)
     assert outputs["report"]["total"] == report_json(capsys, str(sample))["total"]
     assert outputs["report"]["total"]["calls"] == 5
+
+
+def _no_root_reads() -> None:
+    """In the child before exec: a root user (CI containers) loses the capabilities that read any file,
+    so a mode-000 file or directory is unreadable, as for any other user."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            assert libc.prctl(24, capability, 0, 0, 0) == 0  # PR_CAPBSET_DROP: gone from what exec gives
+
+
+@pytest.mark.parametrize(
+    ("command", "given", "message"),
+    [
+        ("report", "locked", "'{locked}': cannot list the directory: Permission denied"),
+        ("report", "locked/llm_calls.jsonl", "'{locked}/llm_calls.jsonl': cannot read: Permission denied"),
+        ("anomalies", "locked", "'{locked}': cannot list the directory: Permission denied"),
+        ("diff", "locked/base.json", "{locked}/base.json: cannot read the report: Permission denied"),
+    ],
+)
+def test_a_file_or_directory_the_user_may_not_read_is_a_clear_error(
+    command: str, given: str, message: str, sample: Path, tmp_path: Path
+) -> None:
+    """A log directory of mode 000 was a PermissionError traceback (report, anomalies; diff's base report
+    in one too), and a log in one "no such file". Each is an error naming the path and the reason, exit 2;
+    a base report that cannot be read is never taken for no base."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "llm_calls.jsonl").write_bytes(sample.read_bytes())
+    locked.chmod(0)
+    args = [given, given] if command == "diff" else [given]
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_ledger", command, *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, preexec_fn=_no_root_reads,
+    )  # fmt: skip
+    locked.chmod(0o700)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"llm-ledger {command}: error: {message.format(locked='locked')}\n"

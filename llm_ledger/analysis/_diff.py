@@ -28,7 +28,7 @@ from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 from .._table import code
 from ..loading import join, read_file, shown
-from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, strict_loads
+from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, missing, strict_loads
 from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
@@ -505,7 +505,7 @@ def _increase(
 
 
 def _run(args: argparse.Namespace) -> int:
-    base = load_report(args.base) if Path(args.base).exists() else None
+    base = None if missing(args.base) else load_report(args.base)  # not readable: an error, not no base
     if base is None and args.require_base:
         raise ConfigError(
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "

@@ -29,7 +29,7 @@ from ..loading import listed
 
 __all__ = [
     "COSTS_JSON", "MAX_LINE_BYTES", "PERIODS", "REPORT_SCHEMA", "InputStats", "LogReader", "is_pytest_report",
-    "iter_records", "refuse_reports", "resolve", "strict_loads", "warn_unread",
+    "iter_records", "missing", "refuse_reports", "resolve", "strict_loads", "warn_unread",
 ]  # fmt: skip
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
@@ -171,14 +171,18 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
                 )
             out += matches
         elif os.path.isdir(name):
-            found = [str(p) for p in sorted(Path(name).iterdir()) if ".jsonl" in p.name and p.is_file()]
+            try:
+                listing = sorted(Path(name).iterdir())
+            except OSError as exc:  # a directory this user may not list
+                raise ConfigError(f"{name!r}: cannot list the directory: {exc.strerror or exc}") from None
+            found = [str(p) for p in listing if ".jsonl" in p.name and p.is_file()]
             if not found and not empty_dirs:
                 raise ConfigError(
                     f"{name!r} holds no log file (a file whose name holds .jsonl, as llm_calls.jsonl, "
                     "llm_calls.jsonl.1 or llm_calls.jsonl.2.gz)"
                 )
             out += found
-        elif not os.path.lexists(name):
+        elif missing(name):
             raise ConfigError(
                 f"{name!r}: no such file; the ledger writes <log_dir>/llm_calls.jsonl (log_dir is 'logs' "
                 "unless configure(log_dir=...) or LLM_LEDGER_LOG_DIR says otherwise); pass a file, a "
@@ -190,6 +194,18 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
     for name in out:
         unique.setdefault(name if name == STDIN else os.path.realpath(name), name)
     return list(unique.values())
+
+
+def missing(name: str) -> bool:
+    """Whether no file has ``name``; a file this user may not reach (a directory on its path it may not
+    search) is not missing: opening it says why."""
+    try:
+        os.stat(name)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 _Stream = io.BufferedIOBase  # a file opened for reading bytes, or a GzipFile over one
