@@ -1011,6 +1011,7 @@ KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"  # built: no secret scanner tr
     ("override", "message"),
     [
         ("llm_strict=maybe", "-o llm_strict=maybe: 'maybe' is not a boolean; use true or false"),
+        ("llm_strict=", "-o llm_strict=: '' is not a boolean; use true or false"),  # -o llm_strict=$UNSET
         ("llm_record_mode=onc", "-o llm_record_mode=onc: 'onc' is not a record mode; use one of none, *"),
         ("llm_time_of_day=25:00", "llm-ledger: -o llm_time_of_day=25:00: '25:00' is not a time of day; *"),
         # a key pasted there (the wrong shell variable) is never printed: CI keeps the log
