@@ -584,6 +584,8 @@ def _no_root_reads() -> None:
         ("report", "locked/llm_calls.jsonl", "'{locked}/llm_calls.jsonl': cannot read: Permission denied"),
         ("anomalies", "locked", "'{locked}': cannot list the directory: Permission denied"),
         ("diff", "locked/base.json", "{locked}/base.json: cannot read the report: Permission denied"),
+        # not "cannot listen on 127.0.0.1:0 (Permission denied)": the directory, not the port
+        ("serve", "locked/logs", "'{locked}/logs': cannot read: Permission denied"),
     ],
 )
 def test_a_file_or_directory_the_user_may_not_read_is_a_clear_error(
@@ -593,10 +595,10 @@ def test_a_file_or_directory_the_user_may_not_read_is_a_clear_error(
     in one too), and a log in one "no such file". Each is an error naming the path and the reason, exit 2;
     a base report that cannot be read is never taken for no base."""
     locked = tmp_path / "locked"
-    locked.mkdir()
+    (locked / "logs").mkdir(parents=True)
     (locked / "llm_calls.jsonl").write_bytes(sample.read_bytes())
     locked.chmod(0)
-    args = [given, given] if command == "diff" else [given]
+    args = [given, given] if command == "diff" else [given, "--port", "0"] if command == "serve" else [given]
     done = subprocess.run(
         [sys.executable, "-m", "llm_ledger", command, *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, preexec_fn=_no_root_reads,
