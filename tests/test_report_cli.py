@@ -606,3 +606,16 @@ def test_a_file_or_directory_the_user_may_not_read_is_a_clear_error(
     locked.chmod(0o700)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"llm-ledger {command}: error: {message.format(locked='locked')}\n"
+
+
+@pytest.mark.parametrize("command", ["report", "reprice"])
+def test_a_where_value_is_echoed_as_typed_unless_a_key_or_a_terminal_escape(
+    command: str, sample: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The --where a report names back (no record has the value; reprice's heading) is as typed, but a
+    key pasted there is named by its length and a terminal escape is written escaped, never run."""
+    key = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"
+    for value, echoed in (("digest", "lens=digest"), ("\x1b[31mred", r"'lens=\x1b[31mred'"), (key, "<41 ")):
+        assert main([command, str(sample), "--where", f"lens={value}"]) == 0
+        out = "".join(capsys.readouterr())
+        assert echoed in out and (value == "digest" or value not in out)

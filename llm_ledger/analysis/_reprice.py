@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
     kind, usage, stats = read_usage(args.sources, query)
     name = Path(args.sources[0]).name if len(args.sources) == 1 else f"{len(args.sources)} inputs"
-    selected = [f"{key}={'|'.join(sorted(values))}" for key, values in query.where.items()]
+    selected = [as_typed(f"{key}={'|'.join(sorted(values))}") for key, values in query.where.items()]
     bounds = query.to_json()
     selected += [f"{bound} {bounds[bound]}" for bound in ("since", "until") if bounds[bound]]
     source = f"{name} ({', '.join([kind, *selected])})"
