@@ -166,6 +166,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_empty(args: argparse.Namespace) -> None:
+    """A usage error for an empty value (``--host "$HOST"``, ``--price-file "$PRICES"`` with the variable
+    unset): never read as none given (``--host ""`` listens on every interface)."""
+    sub: argparse.ArgumentParser = args.command_parser
+    for action in sub._actions:
+        given = getattr(args, action.dest, None)
+        if action.dest == "pytest_args":  # pytest's own (-k "" selects every test)
+            continue
+        if any(isinstance(v, str) and not v.strip() for v in (given if isinstance(given, list) else [given])):
+            name = "/".join(action.option_strings) or str(action.metavar or action.dest)
+            sub.error(
+                f"{name} is given an empty value (an unset variable?); give it a value"
+                + (", or leave it out" if action.option_strings else "")
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), "")
@@ -183,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             hint = getattr(args, "unknown_hint", None)
             sub.error(f"unrecognized arguments: {' '.join(extra)}{hint(rest) if hint else ''}")
+    _refuse_empty(args)
     try:
         status: int = args.func(args)
     except LedgerError as exc:

@@ -619,3 +619,31 @@ def test_a_where_value_is_echoed_as_typed_unless_a_key_or_a_terminal_escape(
         assert main([command, str(sample), "--where", f"lens={value}"]) == 0
         out = "".join(capsys.readouterr())
         assert echoed in out and (value == "digest" or value not in out)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["serve", "{logs}", "--host", ""], "--host"),  # "" listened on every interface
+        (["reprice", "{logs}", "--price-file", " "], "--price-file"),  # priced at genai-prices' rates
+        (["scrub", ""], "CASSETTE"),  # scrubbed every cassette under the current directory
+        (["report", "{logs}", "--tz", ""], "--tz"),
+    ],
+)
+def test_an_empty_value_on_the_command_line_is_a_usage_error(
+    args: list[str],
+    named: str,
+    sample: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`llm-ledger serve logs --host "$HOST"` with HOST unset: an empty value is an error naming the
+    option, never read as none given (the same rule as the LLM_LEDGER_* variables and the plugin's flags)."""
+    monkeypatch.chdir(sample.parent)  # what an empty path would name
+    with pytest.raises(SystemExit) as exited:
+        main([arg.format(logs=sample.parent) for arg in args])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f": error: {named} is given an empty value (an unset variable?); give it a value"
+        + (", or leave it out\n" if named.startswith("--") else "\n")
+    )
