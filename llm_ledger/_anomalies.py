@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import statistics
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -42,9 +43,12 @@ _MEAN_TO_MAD: Final = 0.6745 / math.sqrt(2 / math.pi)
 
 def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None:
     ok = isinstance(value, int) if whole else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool) or not math.isfinite(value) or value < low:
+    # a whole number sizes a deque or a read (a C size); NaN is in no range; an int is never converted
+    high = sys.maxsize if whole else sys.float_info.max
+    if not ok or isinstance(value, bool) or not low <= value <= high:
         kind = "a whole number" if whole else "a number"
-        raise ConfigError(f"anomalies: {name} must be {kind} {why}, got {value!r}")
+        most = f" (at most {high:,})" if ok and value > high else ""
+        raise ConfigError(f"anomalies: {name} must be {kind} {why}{most}, got {value!r}")
 
 
 @dataclass(frozen=True)

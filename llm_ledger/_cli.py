@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from ._credentials import looks_like_credential, shown
+from ._credentials import as_typed, shown
 from ._errors import LedgerError
 
 _Server = TypeVar("_Server")
@@ -130,7 +130,7 @@ def _port(text: str) -> int:
     digits = text.strip()  # ASCII digits: int() also reads other scripts' digits
     port = int(digits) if digits.isascii() and digits.isdigit() else -1
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0 to 65535 (0 picks a free one)")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a port: give 0 to 65535 (0 picks a free one)")
     return port
 
 
@@ -140,12 +140,9 @@ def listening(bind: Callable[[], _Server], args: argparse.Namespace) -> _Server:
     try:
         return bind()
     except OSError as exc:
-        host = args.host  # as typed, unless a terminal would run it or it looks like a key
-        if not host.isprintable() or looks_like_credential(host):
-            host = shown(host)
         raise LedgerError(
-            f"cannot listen on {host}:{args.port} ({exc.strerror or exc}); choose another --port "
-            "(0 picks a free one), or a --host this machine has"
+            f"cannot listen on {as_typed(args.host)}:{args.port} ({exc.strerror or exc}); choose another "
+            "--port (0 picks a free one), or a --host this machine has"
         ) from exc
 
 
@@ -169,6 +166,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_empty(args: argparse.Namespace) -> None:
+    """A usage error for an empty value (``--host "$HOST"``, ``--price-file "$PRICES"`` with the variable
+    unset): never read as none given (``--host ""`` listens on every interface)."""
+    sub: argparse.ArgumentParser = args.command_parser
+    for action in sub._actions:
+        given = getattr(args, action.dest, None)
+        if action.dest == "pytest_args":  # pytest's own (-k "" selects every test)
+            continue
+        if any(isinstance(v, str) and not v.strip() for v in (given if isinstance(given, list) else [given])):
+            name = "/".join(action.option_strings) or str(action.metavar or action.dest)
+            sub.error(
+                f"{name} is given an empty value (an unset variable?); give it a value"
+                + (", or leave it out" if action.option_strings else "")
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), "")
@@ -186,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             hint = getattr(args, "unknown_hint", None)
             sub.error(f"unrecognized arguments: {' '.join(extra)}{hint(rest) if hint else ''}")
+    _refuse_empty(args)
     try:
         status: int = args.func(args)
     except LedgerError as exc:

@@ -30,12 +30,22 @@ from .loading import BOOLEAN_WORDS
 __all__ = ["LOG_FILE_NAME", "Settings", "configure", "get_monitor"]
 
 LOG_FILE_NAME: Final = "llm_calls.jsonl"
-# every variable configure() reads: another LLM_LEDGER_* name is a misspelt one, which would be ignored
-_SUFFIXES: Final = (
-    "ANOMALIES", "BUDGETS", "BUDGET_MODE", "CAPTURE_CONTENT", "EXPORTERS", "HANDLE_SIGTERM", "LOG_DIR",
-    "PRICE_FILE", "STREAM_USAGE",
-)  # fmt: skip
-_VARIABLES: Final = tuple(f"LLM_LEDGER_{name}" for name in _SUFFIXES)
+_BOOLEAN: Final = "1, 0, true or false"
+# every variable configure() reads (another LLM_LEDGER_* name is a misspelt one, which would be ignored):
+# what it takes, and what unset means, for the error an empty one is
+_VARIABLES: Final = {
+    "LLM_LEDGER_ANOMALIES": ("on, off or settings such as k=6,window=100", "off"),
+    "LLM_LEDGER_BUDGETS": ("a budgets.yaml path, or off", "no production budgets"),
+    "LLM_LEDGER_BUDGET_MODE": ("warn or raise", "warn"),
+    "LLM_LEDGER_CAPTURE_CONTENT": (_BOOLEAN, "false"),
+    "LLM_LEDGER_EXPORTERS": ("prometheus, otel or both (prometheus:9464,otel), or off", "none"),
+    "LLM_LEDGER_HANDLE_SIGTERM": (_BOOLEAN, "true"),
+    "LLM_LEDGER_LOG_DIR": (f"the directory of {LOG_FILE_NAME}, or off to write no file", "logs"),
+    "LLM_LEDGER_PRICE_FILE": ("a price file (YAML), or off", "genai-prices alone"),
+    "LLM_LEDGER_STREAM_USAGE": (_BOOLEAN, "true"),
+}
+_SUFFIXES: Final = tuple(name.removeprefix("LLM_LEDGER_") for name in _VARIABLES)
+_OFF: Final = ("off", "none", "false", "no", "0")  # a path or exporters variable set to none
 
 
 class _Unset:
@@ -64,35 +74,47 @@ class Settings:
     on_anomaly: Callable[[Any], object] | None = None
 
 
+def _read(env: Mapping[str, str], variable: str, default: str = "") -> str:
+    """``variable``'s value without the spaces a .env line may leave around it, ``default`` when unset.
+    Set empty (``VAR=${UNSET}`` in a compose file or a CI template) is an error, never the default: an
+    empty LLM_LEDGER_BUDGETS read as unset turned budgets off without a word."""
+    raw = env.get(variable)
+    if raw is None:
+        return default
+    if not raw.strip():
+        raise ConfigError(
+            f"environment variable {variable}={raw!r} is empty (an unset variable in a template?); set it "
+            "to {}; or unset it ({})".format(*_VARIABLES[variable])
+        )
+    return raw.strip()
+
+
 def _bool(name: str, value: Any, variable: str, env: Mapping[str, str], default: bool) -> bool:
     """A boolean setting: the argument when given, else its environment variable, else ``default``."""
     if isinstance(value, bool):
         return value
     if value is not UNSET:
         raise ConfigError(f"{name} must be True or False, got {value!r}")
-    raw = env.get(variable)
-    # empty (VAR=${UNSET} in a compose file or .env) is unset, as for the other variables: not false
-    flag = default if raw is None or not raw.strip() else BOOLEAN_WORDS.get(raw.strip().lower())
+    raw = _read(env, variable)
+    flag = BOOLEAN_WORDS.get(raw.lower()) if raw else default
     if flag is None:
-        raise ConfigError(
-            f"environment variable {variable}={shown(str(raw))} is not a boolean; use 1, 0, true or false"
-        )
+        raise ConfigError(f"environment variable {variable}={shown(raw)} is not a boolean; use {_BOOLEAN}")
     return flag
 
 
 def _path_setting(
-    name: str, value: Any, variable: str, env: Mapping[str, str], default: str = ""
+    name: str, value: Any, variable: str, env: Mapping[str, str], default: str = "off"
 ) -> Path | None:
     """A path setting: the argument (None: off) when given, else its environment variable, without the
     spaces a .env line may leave around it (off, none, false, no or 0: off), else ``default``."""
     if value is not UNSET:
         return None if value is None else _path(name, value)
-    raw = env.get(variable, default).strip()
+    raw = _read(env, variable, default)
     if looks_like_credential(raw) and os.sep not in raw:  # a key in the wrong variable: make no file of it
         raise ConfigError(
             f"environment variable {variable}={shown(raw)} is not a path; set it to a path, or unset it"
         )
-    return None if raw.lower() in ("", "off", "none", "false", "no", "0") else _path(variable, raw)
+    return None if raw.lower() in _OFF else _path(variable, raw)
 
 
 def _path(name: str, value: Any) -> Path:
@@ -124,12 +146,6 @@ def resolve(
     """Validate arguments and environment into :class:`Settings` (raises ``ConfigError``); the
     arguments named in ``inherited`` (an earlier ``configure()``'s) wait unused when their feature is off."""
     env = os.environ if env is None else env
-    # e.g. LLM_LEDGER_LOG_DIR=${LOG_DIR} with LOG_DIR unset
-    if log_dir is UNSET and not env.get("LLM_LEDGER_LOG_DIR", "logs").strip():
-        raise ConfigError(
-            f"environment variable LLM_LEDGER_LOG_DIR={env['LLM_LEDGER_LOG_DIR']!r} is empty; set it to the "
-            f"directory of {LOG_FILE_NAME}, or to off to write no file (unset, it is logs)"
-        )
     resolved_dir = _path_setting("log_dir", log_dir, "LLM_LEDGER_LOG_DIR", env, default="logs")
     resolved_prices = _path_setting("price_file", price_file, "LLM_LEDGER_PRICE_FILE", env)
     capture = _bool("capture_content", capture_content, "LLM_LEDGER_CAPTURE_CONTENT", env, False)
@@ -137,14 +153,15 @@ def resolve(
     check_hook("redact", redact, REDACT_TAKES, REDACT_FIX)
     sigterm = _bool("handle_sigterm", handle_sigterm, "LLM_LEDGER_HANDLE_SIGTERM", env, True)
     if exporters is UNSET:
-        specs = _exporters.parse(env.get("LLM_LEDGER_EXPORTERS", ""), "LLM_LEDGER_EXPORTERS", from_env=True)
+        raw = _read(env, "LLM_LEDGER_EXPORTERS", "off")
+        specs = () if raw.lower() in _OFF else _exporters.parse(raw, "LLM_LEDGER_EXPORTERS", from_env=True)
     else:
         specs = _exporters.parse(exporters, "exporters")
     guard_budgets, mode = _budgets(budgets, budget_mode, env)
     for name, hook in (("on_budget_exceeded", on_budget_exceeded), ("on_anomaly", on_anomaly)):
         check_hook(name, hook)
     if anomalies is UNSET:
-        anomaly_config = AnomalyConfig.parse(env.get("LLM_LEDGER_ANOMALIES", ""))
+        anomaly_config = AnomalyConfig.parse(_read(env, "LLM_LEDGER_ANOMALIES", "off"))
     elif isinstance(anomalies, bool):
         anomaly_config = AnomalyConfig() if anomalies else None
     elif anomalies is None or isinstance(anomalies, AnomalyConfig):
@@ -202,13 +219,13 @@ def _why_off(name: str, value: Any, variable: str, env: Mapping[str, str]) -> st
     turned it off on purpose (``variable=off``)."""
     if value is not UNSET:
         return f"{name}={value!r}"
-    return None if env.get(variable, "").strip() else f"neither {name}= nor {variable} is set"
+    return None if variable in env else f"neither {name}= nor {variable} is set"
 
 
 def _budgets(budgets: Any, mode: Any, env: Mapping[str, str]) -> tuple[Budgets | None, str]:
     """Production budgets: the argument (a path, a mapping, a Budgets, None), else LLM_LEDGER_BUDGETS."""
     if mode is UNSET:
-        mode = env.get("LLM_LEDGER_BUDGET_MODE", "warn").strip().lower() or "warn"
+        mode = _read(env, "LLM_LEDGER_BUDGET_MODE", "warn").lower()
         source = "LLM_LEDGER_BUDGET_MODE"
     else:
         source = "budget_mode"

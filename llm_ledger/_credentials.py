@@ -19,7 +19,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
-    "FIELD_NAMES", "QUERY_NAMES", "credential_field", "credential_name", "looks_like_credential",
+    "FIELD_NAMES", "QUERY_NAMES", "as_typed", "credential_field", "credential_name", "looks_like_credential",
     "request_credentials", "shown",
 ]  # fmt: skip
 
@@ -75,6 +75,12 @@ def shown(value: str, limit: int = 40) -> str:
     if looks_like_credential(value):
         return f"<{len(value)} characters not shown: they look like a credential>"
     return repr(value if len(value) <= limit else value[: limit - 1] + "…")
+
+
+def as_typed(text: str) -> str:
+    """``text`` (command-line input) as typed, for an error echoing it; as :func:`shown` quotes it when a
+    terminal would run it or it looks like a credential (``--model gpt-4o=sk-proj-...``)."""
+    return text if text.isprintable() and not looks_like_credential(text) else shown(text)
 
 
 def _header_value(value: Any) -> str:

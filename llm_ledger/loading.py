@@ -37,10 +37,11 @@ __all__ = [
 ]
 
 MAX_BYTES: Final = 1 << 20  # a price file or budgets.yaml of a megabyte is already absurd
-# what an environment variable's on/off value may be spelled as (lower-cased, stripped)
+# what an environment variable's or ini setting's on/off value may be spelled as (lower-cased, stripped);
+# empty is neither (-o llm_strict=$STRICT with STRICT unset must not turn strict mode off unseen)
 BOOLEAN_WORDS: Final = {
     **dict.fromkeys(("1", "true", "yes", "on"), True),
-    **dict.fromkeys(("0", "false", "no", "off", ""), False),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
 }
 _TAG_PREFIX: Final = "tag:yaml.org,2002:"
 _STR: Final = _TAG_PREFIX + "str"

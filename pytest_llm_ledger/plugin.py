@@ -40,6 +40,7 @@ from llm_ledger import (
     load_budgets,
 )
 from llm_ledger import __all__ as _MODULE_NAMES  # the module's names, which the fixture's name hides
+from llm_ledger._credentials import looks_like_credential
 from llm_ledger.loading import BOOLEAN_WORDS, did_you_mean, listed, no_controls, shown
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
@@ -507,7 +508,12 @@ def _setting(config: pytest.Config, ini: str, dest: str = "") -> tuple[Any, str 
     if flag := config.getoption(dest or ini, None):
         return flag, "--" + ini.replace("_", "-")
     override = _override(config, ini)
-    return config.getini(ini), None if override is None else shlex.join(["-o", f"{ini}={override}"])
+    if override is None:
+        return config.getini(ini), None
+    # as typed, but a key pasted there (the message quotes the value as shown() does)
+    return config.getini(ini), f"-o {ini}=..." if looks_like_credential(override) else shlex.join(
+        ["-o", f"{ini}={override}"]
+    )
 
 
 def _choice(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
@@ -516,9 +522,10 @@ def _choice(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: s
     raw, source = _setting(config, ini, dest)
     if (value := choices.get(str(raw).strip().lower())) is not None:
         return value
+    got = shown(raw)  # a key pasted into the wrong setting is not printed
     if source is None:
-        raise pytest.UsageError(f"{ini} = {raw!r} in {config.inipath or 'the ini file'} is not {what}")
-    raise pytest.UsageError(f"{source}: {raw!r} is not {what}")
+        raise pytest.UsageError(f"{ini} = {got} in {config.inipath or 'the ini file'} is not {what}")
+    raise pytest.UsageError(f"{source}: {got} is not {what}")
 
 
 def _switch(config: pytest.Config, ini: str, dest: str = "") -> bool:

@@ -61,20 +61,59 @@ def test_a_torn_line_and_a_cut_gzip_are_named_on_stderr(
     assert f"llm-ledger {command}: {cut}: ended early, after line" in err
 
 
+WRONG = {  # what a user may point a command at by mistake -> why its first line is no record
+    "costs.csv": (b"lens,calls\ndigest,3\n", "2 malformed; line 1: not JSON ("),
+    "other.jsonl": (
+        b'{"level": "info", "msg": "started"}\n{"level": "info"}\n',
+        "2 JSON object(s) of other events; line 1: a JSON object of no event)",
+    ),
+    "backup.jsonl.gz": (gzip.compress(bytes(range(256)) * 40), "malformed; line 1: not JSON ("),
+}
+
+
+@pytest.mark.parametrize("wrong", sorted(WRONG))
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_file_with_no_json_line_is_named_as_probably_not_a_log(
-    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_file_with_no_ledger_record_is_an_error_naming_it(
+    command: str,
+    wrong: str,
+    log: tuple[Path, list[dict[str, Any]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The wrong file (a CSV export) given to a command: every line skipped, and the message says no
-    line was counted and asks whether it is the log, not that "the other lines are counted"."""
-    path = tmp_path / "costs.csv"
-    path.write_text("lens,calls\ndigest,3\n")
-    assert main([command, str(path)]) == 0
-    err = capsys.readouterr().err
-    assert err.endswith(
-        f"llm-ledger {command}: {path}: skipped 2 malformed line(s) (line 1, 2); no line is a JSON record: "
-        "is it an llm-ledger log (llm_calls.jsonl)?\n"
-    )
+    """The wrong file (a CSV export, another program's JSONL, a gzip'd binary) given alone or beside the
+    log: every line was skipped, and the command answered exit 0 with an empty (or partial) table. It
+    is an error (exit 2, no answer, as for a pytest report among the logs) naming the file, how many
+    lines it has, why its first line is no record, and what a log is."""
+    path, _ = log
+    data, why = WRONG[wrong]
+    given = tmp_path / wrong
+    given.write_bytes(data)
+    for inputs in ([given], [path, given], [given, path]):
+        assert main([command, *map(str, inputs)]) == 2, inputs
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith(f"llm-ledger {command}: error: {given}: none of its ")
+        assert " line(s) is an llm-ledger record (" in captured.err and why in captured.err
+        assert captured.err.endswith(
+            "is it an llm-ledger log? pass the ledger's <log_dir>/llm_calls.jsonl (its rotated and .gz "
+            "files too)\n"
+        )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_empty_file_or_a_log_without_the_commands_records_is_no_error(
+    command: str, sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty file (the live log just after logrotate) holds no wrong line, and a log of calls outside
+    any lens holds no lens run for `anomalies` to judge: both are answered, exit 0."""
+    path, empty = tmp_path / "llm_calls.jsonl", tmp_path / "llm_calls.jsonl.new"
+    empty.write_bytes(b"")
+    with logging_to(path, sdk) as (_, client):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    for inputs in ([empty], [path], [path, empty]):
+        assert main([command, *map(str, inputs)]) == 0, inputs
+        captured = capsys.readouterr()
+        assert captured.out and captured.err == ""
 
 
 @pytest.fixture

@@ -540,6 +540,11 @@ def test_the_command_prints_a_table_and_takes_the_detector_settings(
         (["/dev/zero"], "is not a regular file"),
         (["log.jsonl", "--k", "0"], "--k must be a number of MADs, greater than 0"),
         (["log.jsonl", "--window", "5"], "--min-runs (20) must not exceed --window (5)"),
+        # a deque's length: it was an OverflowError traceback
+        (
+            ["log.jsonl", "--window", "1" + "0" * 20],
+            "--window must be a whole number of runs, at least 3 (at most 9,",
+        ),
     ],
 )
 def test_the_command_explains_bad_input(

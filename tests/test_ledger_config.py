@@ -541,13 +541,36 @@ def test_a_path_variable_set_to_an_off_word_turns_its_feature_off(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("blank", ["", "  "])
-def test_a_blank_price_file_or_budgets_variable_is_unset(blank: str, fresh_config: None) -> None:
-    """LLM_LEDGER_PRICE_FILE and LLM_LEDGER_BUDGETS set blank (VAR=${UNSET} in a compose file) are
-    unset, as the boolean variables are; a price file of spaces was refused as an empty path."""
-    env = {"LLM_LEDGER_LOG_DIR": "off", "LLM_LEDGER_PRICE_FILE": blank, "LLM_LEDGER_BUDGETS": blank}
-    settings = _config.resolve(env=env)
-    assert (settings.price_file, settings.budgets) == (None, None)
+@pytest.mark.parametrize("variable", sorted(_config._VARIABLES))
+def test_an_empty_variable_is_an_error_naming_it(
+    variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
+) -> None:
+    """Every LLM_LEDGER_* variable set empty or blank (LLM_LEDGER_BUDGETS=${BUDGETS} in a CI template
+    with BUDGETS unset) is a ConfigError naming it, what it takes and how to turn it off; an empty
+    LLM_LEDGER_BUDGETS read as unset turned production budgets off without a word (fail open)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, "  " if "_B" in variable else "")
+    with pytest.raises(llm_ledger.ConfigError) as raised:
+        llm_ledger.configure()
+    takes, unset = _config._VARIABLES[variable]
+    assert f"environment variable {variable}=" in str(raised.value)
+    assert str(raised.value).endswith(
+        f" is empty (an unset variable in a template?); set it to {takes}; or unset it ({unset})"
+    )
+    assert (_config._settings, list(tmp_path.iterdir())) == (None, [])
+
+
+def test_off_turns_off_every_variable_that_names_a_file_or_a_feature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
+) -> None:
+    """The fix an empty variable's error gives works: off turns off the log file, the price file, the
+    budgets, the anomaly detection and the exporters (LLM_LEDGER_EXPORTERS=off was an unknown exporter)."""
+    monkeypatch.chdir(tmp_path)
+    for suffix in ("LOG_DIR", "PRICE_FILE", "BUDGETS", "ANOMALIES", "EXPORTERS"):
+        monkeypatch.setenv(f"LLM_LEDGER_{suffix}", "off")
+    settings = llm_ledger.configure()
+    assert (settings.log_dir, settings.price_file, settings.budgets, settings.anomalies) == (None,) * 4
+    assert (settings.exporters, list(tmp_path.iterdir())) == ((), [])
 
 
 def test_a_path_from_the_environment_expands_the_home_directory(
@@ -594,23 +617,6 @@ def test_handle_sigterm_false_gives_the_application_its_own_handler_back(
     assert signal.getsignal(signal.SIGTERM) is own
 
 
-def test_an_empty_boolean_variable_keeps_its_default(
-    default_client: openai.OpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """LLM_LEDGER_STREAM_USAGE=${UNSET_VAR} (a compose file, a .env) is empty: the default applies, as
-    for LLM_LEDGER_BUDGET_MODE, and streamed calls keep their usage; it used to read as false, which
-    left every stream's tokens and cost null and dropped the SIGTERM handler without a word."""
-    for name in ("LLM_LEDGER_STREAM_USAGE", "LLM_LEDGER_HANDLE_SIGTERM", "LLM_LEDGER_CAPTURE_CONTENT"):
-        monkeypatch.setenv(name, " ")
-    settings = llm_ledger.configure(log_dir=tmp_path)
-    assert (settings.stream_usage, settings.handle_sigterm, settings.capture_content) == (True, True, False)
-    for _ in default_client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True):
-        pass
-    llm_ledger.flush()
-    [line] = _lines(tmp_path / "llm_calls.jsonl")
-    assert line["usage"]["total_tokens"] > 0
-
-
 def test_arguments_win_over_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_config: None
 ) -> None:
@@ -650,7 +656,7 @@ def test_arguments_win_over_environment(
         (
             {},
             {"LLM_LEDGER_LOG_DIR": " "},
-            "LLM_LEDGER_LOG_DIR=' ' is empty; set it to the directory of llm_calls",
+            "LLM_LEDGER_LOG_DIR=' ' is empty",
         ),
     ],
 )

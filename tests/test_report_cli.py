@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import gzip
 import importlib.metadata
 import json
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -528,3 +531,119 @@ def test_a_number_and_the_same_digits_as_text_are_two_rows_that_read_apart(
     shown = ["42", '"42"', "doc-1"] if fmt == "text" else ["`42`", '`"42"`', "`doc-1`"]
     assert sorted(label for label in labels if label in shown) == sorted(shown), labels
     assert set(rows_by_key(report_json(capsys, str(path), "--by", "source_id"))) == {42, "42", "doc-1"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--where", "KEY"], ["--where", "KEY=x"], ["--by", "KEY"], ["--since", "KEY"], ["--tz", "KEY"],
+     ["--by", "KEY,"]],
+)  # fmt: skip
+def test_a_key_typed_into_a_query_option_is_never_echoed(
+    args: list[str], sample: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key pasted into --where, --by, --since or --tz (the wrong shell variable): the error names the
+    option and what it expects, and the key by its length only; it was quoted whole to stderr."""
+    key = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"
+    args = [arg.replace("KEY", key) for arg in args]
+    assert main(["report", str(sample), *args]) == 2
+    err = capsys.readouterr().err
+    assert key[:12] not in err and "characters not shown: they look like a credential>" in err
+
+
+def test_process_substitution_is_read_by_every_command(
+    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llm-ledger report <(zcat old.jsonl.gz)`, as a shell runs it: the pipe's writer is there when the
+    command opens /dev/fd/N, so it is read as the file would be (a FIFO nothing writes to waits for a
+    writer, as `cat` does: docs/REPORTING.md)."""
+    packed = tmp_path / "old.jsonl.gz"
+    packed.write_bytes(gzip.compress(sample.read_bytes()))
+    outputs = {}
+    for command in ("report", "anomalies", "reprice"):
+        script = f"{shlex.quote(sys.executable)} -m llm_ledger {command} <(gzip -dc {packed}) --format json"
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stderr) == (0, ""), command
+        outputs[command] = json.loads(done.stdout)
+    assert outputs["report"]["total"] == report_json(capsys, str(sample))["total"]
+    assert outputs["report"]["total"]["calls"] == 5
+
+
+def _no_root_reads() -> None:
+    """In the child before exec: a root user (CI containers) loses the capabilities that read any file,
+    so a mode-000 file or directory is unreadable, as for any other user."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            assert libc.prctl(24, capability, 0, 0, 0) == 0  # PR_CAPBSET_DROP: gone from what exec gives
+
+
+@pytest.mark.parametrize(
+    ("command", "given", "message"),
+    [
+        ("report", "locked", "'{locked}': cannot list the directory: Permission denied"),
+        ("report", "locked/llm_calls.jsonl", "'{locked}/llm_calls.jsonl': cannot read: Permission denied"),
+        ("anomalies", "locked", "'{locked}': cannot list the directory: Permission denied"),
+        ("diff", "locked/base.json", "{locked}/base.json: cannot read the report: Permission denied"),
+        # not "cannot listen on 127.0.0.1:0 (Permission denied)": the directory, not the port
+        ("serve", "locked/logs", "'{locked}/logs': cannot read: Permission denied"),
+    ],
+)
+def test_a_file_or_directory_the_user_may_not_read_is_a_clear_error(
+    command: str, given: str, message: str, sample: Path, tmp_path: Path
+) -> None:
+    """A log directory of mode 000 was a PermissionError traceback (report, anomalies; diff's base report
+    in one too), and a log in one "no such file". Each is an error naming the path and the reason, exit 2;
+    a base report that cannot be read is never taken for no base."""
+    locked = tmp_path / "locked"
+    (locked / "logs").mkdir(parents=True)
+    (locked / "llm_calls.jsonl").write_bytes(sample.read_bytes())
+    locked.chmod(0)
+    args = [given, given] if command == "diff" else [given, "--port", "0"] if command == "serve" else [given]
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_ledger", command, *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, preexec_fn=_no_root_reads,
+    )  # fmt: skip
+    locked.chmod(0o700)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"llm-ledger {command}: error: {message.format(locked='locked')}\n"
+
+
+@pytest.mark.parametrize("command", ["report", "reprice"])
+def test_a_where_value_is_echoed_as_typed_unless_a_key_or_a_terminal_escape(
+    command: str, sample: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The --where a report names back (no record has the value; reprice's heading) is as typed, but a
+    key pasted there is named by its length and a terminal escape is written escaped, never run."""
+    key = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"
+    for value, echoed in (("digest", "lens=digest"), ("\x1b[31mred", r"'lens=\x1b[31mred'"), (key, "<41 ")):
+        assert main([command, str(sample), "--where", f"lens={value}"]) == 0
+        out = "".join(capsys.readouterr())
+        assert echoed in out and (value == "digest" or value not in out)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["serve", "{logs}", "--host", ""], "--host"),  # "" listened on every interface
+        (["reprice", "{logs}", "--price-file", " "], "--price-file"),  # priced at genai-prices' rates
+        (["scrub", ""], "CASSETTE"),  # scrubbed every cassette under the current directory
+        (["report", "{logs}", "--tz", ""], "--tz"),
+    ],
+)
+def test_an_empty_value_on_the_command_line_is_a_usage_error(
+    args: list[str],
+    named: str,
+    sample: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`llm-ledger serve logs --host "$HOST"` with HOST unset: an empty value is an error naming the
+    option, never read as none given (the same rule as the LLM_LEDGER_* variables and the plugin's flags)."""
+    monkeypatch.chdir(sample.parent)  # what an empty path would name
+    with pytest.raises(SystemExit) as exited:
+        main([arg.format(logs=sample.parent) for arg in args])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f": error: {named} is given an empty value (an unset variable?); give it a value"
+        + (", or leave it out\n" if named.startswith("--") else "\n")
+    )

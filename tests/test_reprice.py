@@ -203,6 +203,36 @@ def test_unknown_models_and_providers_name_the_close_matches(
     assert captured.err.startswith(f"llm-ledger reprice: error: {message}")
 
 
+KEY = (
+    "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"
+)  # a key pasted as a model name (built: no secret scanner trips)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--model", f"gpt-4o={KEY}"], "--model ...=<"),  # NEW has no price
+        (["--model", f"{KEY}=gpt-4o"], "no call in llm_calls.jsonl (log) used <"),  # OLD no call used
+        (["--model", f"gpt-4o-mni={KEY}"], "--model <"),
+        (["--model", "gpt-4o=o3", "--model", f"gpt-4o={KEY}"], "is already priced as o3"),
+    ],
+)
+def test_a_key_given_as_a_model_is_never_echoed(
+    capsys: pytest.CaptureFixture[str],
+    recorded: tuple[Path, list[dict[str, Any]]],
+    args: list[str],
+    named: str,
+) -> None:
+    """`--model gpt-4o=$KEY` (a shell variable mixed up, a paste from the wrong line): the error names
+    the flag and says what is wrong, the key by its length only; it was quoted whole to stderr, which
+    CI keeps in its logs."""
+    path, _ = recorded
+    assert main(["reprice", str(path), *args]) == 2
+    err = capsys.readouterr().err
+    assert KEY not in err and KEY[:12] not in err
+    assert named in err and "characters not shown: they look like a credential>" in err
+
+
 def test_a_pytest_report_reprices_like_the_log_it_came_from(
     capsys: pytest.CaptureFixture[str], recorded: tuple[Path, list[dict[str, Any]]], tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from .._credentials import shown
 from .._errors import ConfigError
 from .._records import (
     ANOMALY_EVENT,
@@ -65,7 +66,7 @@ def _check_known(query: Query, present: set[str]) -> None:
             objects = ", ".join(f"{field}.*" for field in sorted(present & _OBJECTS - {"context"}))
             raise QueryError(
                 parameter,
-                f"no record has a dimension {name!r}{did_you_mean(name, choices)}; "
+                f"no record has a dimension {shown(name)}{did_you_mean(name, choices)}; "
                 f"the records have: {', '.join(choices)}"
                 + (f"; and dotted paths into {objects}" if objects else ""),
             )
@@ -116,9 +117,11 @@ def _zone(tz: Any) -> ZoneInfo | None:
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
-        close = did_you_mean(tz, sorted(available_timezones())) if isinstance(tz, str) else ""
+        named, close = repr(tz), ""
+        if isinstance(tz, str):
+            named, close = shown(tz), did_you_mean(tz, sorted(available_timezones()))
         raise QueryError(
-            "tz", f"{tz!r} is not a time zone name{close}; e.g. Europe/Paris, America/New_York or UTC"
+            "tz", f"{named} is not a time zone name{close}; e.g. Europe/Paris, America/New_York or UTC"
         ) from None
 
 
@@ -132,7 +135,9 @@ def _moment(name: str, value: str | date | datetime | None, zone: ZoneInfo | Non
         try:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise QueryError(name, f"{value!r} is not an ISO date or date-time; {_DATE_EXAMPLE}") from None
+            raise QueryError(
+                name, f"{shown(str(given))} is not an ISO date or date-time; {_DATE_EXAMPLE}"
+            ) from None
     elif not isinstance(value, date):
         raise QueryError(name, f"expected an ISO date string, a date or a datetime, got {value!r}")
     if not isinstance(value, datetime):
@@ -144,7 +149,8 @@ def _moment(name: str, value: str | date | datetime | None, zone: ZoneInfo | Non
     except OverflowError:
         raise QueryError(
             name,
-            f"{given!r} is out of range: UTC years 1 to 9999 (to 9999-12-31T23:59:59.999Z); {_DATE_EXAMPLE}",
+            f"{shown(given) if isinstance(given, str) else repr(given)} is out of range: UTC years 1 to 9999 "
+            f"(to 9999-12-31T23:59:59.999Z); {_DATE_EXAMPLE}",
         ) from None
     return value
 
@@ -158,7 +164,7 @@ def _dimensions(by: str | Sequence[str]) -> tuple[str, ...]:
         for name in item.split(","):
             name = name.strip()
             if not name:
-                raise QueryError("by", f"{item!r} has an empty dimension name; {_BY_EXAMPLE}")
+                raise QueryError("by", f"{shown(item)} has an empty dimension name; {_BY_EXAMPLE}")
             if name not in out:
                 out.append(name)
     if not out:
@@ -172,7 +178,7 @@ def parse_where(items: Iterable[str]) -> dict[str, list[str]]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise QueryError("where", f"{item!r} is not KEY=VALUE; {_WHERE_EXAMPLE}")
+            raise QueryError("where", f"{shown(item)} is not KEY=VALUE; {_WHERE_EXAMPLE}")
         out.setdefault(key.strip(), []).append(value.strip())  # "user_id = alice" as "user_id=alice"
     return out
 
@@ -703,10 +709,10 @@ def aggregate(records: Iterable[dict[str, Any]], query: Query, *, from_summaries
         if lens_run == from_summaries and not alert:
             try:
                 figures = _summary_figures(record) if lens_run else _call_figures(record)
-            except BadRecord:
+            except BadRecord as exc:
                 rejected += 1
                 if reader is not None:
-                    reader.reject()
+                    reader.reject(f"{event} record with a bad {str(exc)[:80]}")
                 continue
             if lens_run:  # a nested run filtered out still leaves its parent's sums (_nested_sums)
                 figures = _own_figures(figures, context, nested)

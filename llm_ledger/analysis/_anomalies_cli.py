@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(_FLAG.sub(lambda name: "--" + name[1].replace("_", "-"), text)) from None
     query = make_query(("lens",), parse_where(args.where), args.since, args.until)
     reader = LogReader(args.inputs, events=(LENS_EVENT,))
-    sys.stdout.write(render_anomalies(replay(reader, config, query), args.fmt))
+    text = render_anomalies(replay(reader, config, query), args.fmt)
     warn_unread("anomalies", reader.stats)
+    sys.stdout.write(text)
     return 0

@@ -30,7 +30,7 @@ from .._records import CALL_EVENT, LENS_EVENT
 from .._table import code
 from ..loading import join, read_file, shown
 from ._aggregate import EVENTS, CostRow, aggregate, as_text, make_query
-from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, LogReader, strict_loads, warn_unread
+from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, LogReader, missing, strict_loads, warn_unread
 from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
@@ -526,8 +526,9 @@ def _increase(
 
 
 def _run(args: argparse.Namespace) -> int:
-    load = load_logs if args.logs else load_report  # logs: a base that is not there is an error
-    base = load(args.base) if args.logs or Path(args.base).exists() else None
+    # logs: a base that is not there is an error; a report not readable is one too, not no base
+    load = load_logs if args.logs else load_report
+    base = load(args.base) if args.logs or not missing(args.base) else None
     if base is None and args.require_base:
         raise ConfigError(
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
@@ -576,9 +577,9 @@ def _percent(text: str) -> float:
     try:
         value = float(text.removesuffix("%"))  # 25% is 25: what users write
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a percentage, e.g. 20)") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number (a percentage, e.g. 20)") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a percentage of 0 or more, e.g. 20")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be a percentage of 0 or more, e.g. 20")
     return value
 
 

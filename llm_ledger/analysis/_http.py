@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import os
 import re
+import stat
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,8 +52,14 @@ def log_directory(path: str | os.PathLike[str], *, yet: bool = False) -> Path:
     """``path`` checked to be a directory (or, with ``yet``, not to exist yet); :class:`ConfigError`
     otherwise."""
     directory = Path(path)
-    if not directory.is_dir() and (directory.exists() or not yet):
-        what = "is not a directory" if directory.exists() else "does not exist"
+    try:
+        info: os.stat_result | None = os.stat(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        info = None
+    except OSError as exc:  # a directory on its path this user may not search: not "does not exist"
+        raise ConfigError(f"{str(directory)!r}: cannot read: {exc.strerror or exc}") from None
+    if (info is None and not yet) or (info is not None and not stat.S_ISDIR(info.st_mode)):
+        what = "is not a directory" if info else "does not exist"
         raise ConfigError(
             f"{str(directory)!r} {what}; pass the ledger's log directory (log_dir, 'logs' by default), "
             "which holds llm_calls.jsonl"

@@ -22,12 +22,14 @@ from typing import Any, Final
 
 import orjson
 
+from .._credentials import shown
 from .._errors import ConfigError
-from .._records import CALL_EVENT, LENS_EVENT
+from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT
+from ..loading import listed
 
 __all__ = [
     "COSTS_JSON", "MAX_LINE_BYTES", "PERIODS", "REPORT_SCHEMA", "InputStats", "LogReader", "is_pytest_report",
-    "iter_records", "refuse_reports", "resolve", "strict_loads", "warn_unread",
+    "iter_records", "missing", "refuse_reports", "resolve", "strict_loads", "warn_unread",
 ]  # fmt: skip
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
@@ -46,6 +48,7 @@ _GZIP_MAGIC: Final = b"\x1f\x8b"
 STDIN: Final = "-"
 _LISTINGS: Final = 10  # listings of the inputs before giving up on files that keep rotating
 _HEAD_BYTES: Final = 4096  # of a file, to find a compressed copy of it
+_LEDGER_EVENTS: Final = frozenset((CALL_EVENT, LENS_EVENT, BUDGET_EVENT, ANOMALY_EVENT))
 
 
 @dataclass(slots=True)
@@ -61,15 +64,28 @@ class InputStats:
     skipped: int = 0  # JSON objects of other events (plain log messages)
     copied: int = 0  # lines of a compressed copy that a plain file read has too (logrotate compressing it)
     error: str | None = None  # why the input ended early (a truncated .gz), if it did
+    foreign: int = 0  # of the skipped lines, JSON objects of no event the ledger writes
+    first_problem: str = ""  # why the first malformed or foreign line is no record
 
-    def malformed_line(self, number: int) -> None:
+    def malformed_line(self, number: int, why: str) -> None:
         self.malformed += 1
         if len(self.first_malformed) < _SHOWN_MALFORMED:
             self.first_malformed.append(number)
+        self.first_problem = self.first_problem or f"line {number}: {why}"
+
+    @property
+    def wrong_input(self) -> bool:
+        """Lines, and not one the ledger wrote: a binary file, a CSV, another program's JSONL."""
+        ledger = self.records + self.skipped - self.foreign + self.copied
+        return not ledger and bool(self.malformed + self.foreign)
 
     def to_json(self) -> dict[str, Any]:
         named = ("name", "lines", "records", "error")  # the other fields count lines: "malformed_lines"
-        return {k if k in named else f"{k}_lines": v for k, v in asdict(self).items()}
+        return {
+            k if k in named else f"{k}_lines": v
+            for k, v in asdict(self).items()
+            if k not in ("foreign", "first_problem")
+        }
 
 
 def is_pytest_report(path: str) -> bool:
@@ -110,18 +126,28 @@ def refuse_reports(names: Iterable[str]) -> None:
 
 def warn_unread(command: str, stats: Iterable[InputStats]) -> None:
     """Say on stderr, per input, which malformed lines ``command`` skipped and where an input ended
-    early (a ``.gz`` cut short): its answer leaves them out."""
+    early (a ``.gz`` cut short): its answer leaves them out. Called before the answer is written: an
+    input with lines, none of them one the ledger wrote (the wrong file), is a :class:`ConfigError`
+    naming it, as a pytest report among the logs is, not an answer that leaves it out."""
+    stats = list(stats)
+    if wrong := [one for one in stats if one.wrong_input]:
+        one, others = wrong[0], [other.name for other in wrong[1:]]
+        counts = [f"{one.malformed:,} malformed"] if one.malformed else []
+        counts += [f"{one.foreign:,} JSON object(s) of other events"] if one.foreign else []
+        same = f"; the same for {listed(others)}" if others else ""
+        raise ConfigError(
+            f"{one.name}: none of its {one.lines:,} line(s) is an llm-ledger record ({', '.join(counts)}; "
+            f"{one.first_problem}){same}: is it an llm-ledger log? pass the ledger's "
+            "<log_dir>/llm_calls.jsonl (its rotated and .gz files too)"
+        )
     for one in stats:
         if one.malformed:
             where = ", ".join(map(str, one.first_malformed))
             more = ", ..." if one.malformed > len(one.first_malformed) else ""
             long = f"; {one.too_long:,} over {MAX_LINE_BYTES:,} bytes" if one.too_long else ""
-            rest = "the other lines are counted"
-            if one.malformed == one.lines:  # a CSV, a YAML file, the wrong file: nothing was counted
-                rest = "no line is a JSON record: is it an llm-ledger log (llm_calls.jsonl)?"
             sys.stderr.write(
                 f"llm-ledger {command}: {one.name}: skipped {one.malformed:,} malformed line(s) "
-                f"(line {where}{more}{long}); {rest}\n"
+                f"(line {where}{more}{long}); the other lines are counted\n"
             )
         if one.error:
             sys.stderr.write(f"llm-ledger {command}: {one.name}: {one.error}; the lines before are counted\n")
@@ -145,14 +171,18 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
                 )
             out += matches
         elif os.path.isdir(name):
-            found = [str(p) for p in sorted(Path(name).iterdir()) if ".jsonl" in p.name and p.is_file()]
+            try:
+                listing = sorted(Path(name).iterdir())
+            except OSError as exc:  # a directory this user may not list
+                raise ConfigError(f"{name!r}: cannot list the directory: {exc.strerror or exc}") from None
+            found = [str(p) for p in listing if ".jsonl" in p.name and p.is_file()]
             if not found and not empty_dirs:
                 raise ConfigError(
                     f"{name!r} holds no log file (a file whose name holds .jsonl, as llm_calls.jsonl, "
                     "llm_calls.jsonl.1 or llm_calls.jsonl.2.gz)"
                 )
             out += found
-        elif not os.path.lexists(name):
+        elif missing(name):
             raise ConfigError(
                 f"{name!r}: no such file; the ledger writes <log_dir>/llm_calls.jsonl (log_dir is 'logs' "
                 "unless configure(log_dir=...) or LLM_LEDGER_LOG_DIR says otherwise); pass a file, a "
@@ -164,6 +194,18 @@ def resolve(inputs: Iterable[str | os.PathLike[str]], *, empty_dirs: bool = Fals
     for name in out:
         unique.setdefault(name if name == STDIN else os.path.realpath(name), name)
     return list(unique.values())
+
+
+def missing(name: str) -> bool:
+    """Whether no file has ``name``; a file this user may not reach (a directory on its path it may not
+    search) is not missing: opening it says why."""
+    try:
+        os.stat(name)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 _Stream = io.BufferedIOBase  # a file opened for reading bytes, or a GzipFile over one
@@ -294,12 +336,12 @@ class LogReader:
         self.stats: list[InputStats] = []
         self._current: InputStats | None = None
 
-    def reject(self) -> None:
+    def reject(self, why: str = "not the record it claims to be") -> None:
         """Count the record just yielded as malformed: it is JSON, but not the record it claims to be."""
         stats = self._current
         if stats is not None and stats.records:
             stats.records -= 1
-            stats.malformed_line(stats.lines)
+            stats.malformed_line(stats.lines, why)
 
     def _open_all(self, stack: contextlib.ExitStack) -> dict[object, tuple[str, _Stream, _Stream]]:
         """Every file the inputs name, opened (``stack`` closes them), each once: the inputs are listed
@@ -345,21 +387,29 @@ class LogReader:
                                 stats.copied += 1
                                 continue
                             source = None
+                        why = f"over {MAX_LINE_BYTES:,} bytes"
                         try:
                             record = None if line is None else _loads(line)
-                        except (ValueError, RecursionError):
-                            record = None
+                            why = "JSON, but not an object"
+                        except (ValueError, RecursionError) as exc:
+                            record, why = None, f"not JSON ({str(exc)[:80]})"
                         if type(record) is not dict:
                             if line is None:
                                 stats.too_long += 1
                             if line is None or line.strip():  # a blank line is no record and no damage
-                                stats.malformed_line(number)
+                                stats.malformed_line(number, why)
                             continue
-                        if record.get("event") in events:
+                        event = record.get("event")
+                        if event in events:
                             stats.records += 1
                             yield record
                         else:
                             stats.skipped += 1
+                            if event not in _LEDGER_EVENTS:
+                                stats.foreign += 1
+                                if not stats.first_problem:
+                                    named = shown(event) if isinstance(event, str) else "no"
+                                    stats.first_problem = f"line {number}: a JSON object of {named} event"
                 except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
                     if source is None:  # a copy still being written ends early, its lines all read
                         stats.error = f"ended early, after line {number}: {exc or 'truncated gzip'}"

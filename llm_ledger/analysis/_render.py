@@ -7,6 +7,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, Final
 
+from .._credentials import as_typed
 from .._errors import ConfigError
 from .._records import AnomalyRecord
 from .._table import NO_FIGURE, code, notes, percent, table, text_table, usd
@@ -109,7 +110,8 @@ def _footer(report: CostReport, fmt: str) -> list[str]:
         ]
     for key, value, close in report.unmatched:
         hint = "" if close is None else f" (did you mean {_label(close, fmt)}?)"
-        lines.append(f"--where {_label(f'{key}={value}', fmt)}: no call or lens run has this value{hint}")
+        where = _label(as_typed(f"{key}={value}"), fmt)  # as typed, unless a key or a terminal escape
+        lines.append(f"--where {where}: no call or lens run has this value{hint}")
     if cut := total.cut_short_runs:
         lines.append(
             f"cut short: {_count(cut, 'lens run')} whose lens_summary never came (the process was killed, "

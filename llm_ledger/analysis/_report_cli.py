@@ -55,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
     reader = _read.LogReader(args.inputs, events=EVENTS)
     query = make_query(args.by or ["lens"], parse_where(args.where), args.since, args.until, args.tz)
     report = aggregate(reader, query)
-    sys.stdout.write(render(report, args.fmt))
     _read.warn_unread("report", report.inputs)
+    sys.stdout.write(render(report, args.fmt))
     return 0

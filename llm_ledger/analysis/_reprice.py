@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .._cli import add_command, add_query_options
-from .._credentials import shown
+from .._credentials import as_typed, shown
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
@@ -204,7 +204,8 @@ def parse_models(pairs: Iterable[str]) -> dict[str, str]:
         old, new = old.strip(), new.strip()
         if models.get(old, new) != new:
             raise ConfigError(
-                f"--model {old}={new}: {old} is already priced as {models[old]}; give one NEW per OLD"
+                f"--model {as_typed(f'{old}={new}')}: {as_typed(old)} is already priced as "
+                f"{as_typed(models[old])}; give one NEW per OLD"
             )
         models[old] = new
     return models
@@ -242,7 +243,7 @@ def reprice(
             checked.add((id(route), new))
             if route.rates(new) is None:
                 raise ConfigError(
-                    f"--model ...={new}: no price for {new!r} at provider {route.provider!r}"
+                    f"--model ...={as_typed(new)}: no price for {shown(new)} at provider {route.provider!r}"
                     f"{did_you_mean(new, table.model_names(route.provider), n=3)}; "
                     "add it to a price file (--price-file)"
                 )
@@ -317,7 +318,8 @@ def reprice(
     for old in models:
         if old not in named:
             raise ConfigError(
-                f"--model {old}={models[old]}: no call in {source} used {old!r}{did_you_mean(old, used)}; "
+                f"--model {as_typed(f'{old}={models[old]}')}: no call in {source} used {shown(old)}"
+                f"{did_you_mean(old, used)}; "
                 f"models used: {', '.join(sorted(used)) or 'none'}"
             )
     return result
@@ -366,11 +368,11 @@ def run(args: argparse.Namespace) -> int:
     table = PriceTable.from_file(args.price_file) if args.price_file else PriceTable()
     kind, usage, stats = read_usage(args.sources, query)
     name = Path(args.sources[0]).name if len(args.sources) == 1 else f"{len(args.sources)} inputs"
-    selected = [f"{key}={'|'.join(sorted(values))}" for key, values in query.where.items()]
+    selected = [as_typed(f"{key}={'|'.join(sorted(values))}") for key, values in query.where.items()]
     bounds = query.to_json()
     selected += [f"{bound} {bounds[bound]}" for bound in ("since", "until") if bounds[bound]]
     source = f"{name} ({', '.join([kind, *selected])})"
     result = reprice(source, usage, table, models=models, provider=args.provider, price_file=args.price_file)
-    sys.stdout.write(render_reprice(result, args.fmt))
     warn_unread("reprice", stats)
+    sys.stdout.write(render_reprice(result, args.fmt))
     return 0
