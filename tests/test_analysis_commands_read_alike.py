@@ -101,6 +101,29 @@ def test_a_file_with_no_ledger_record_is_an_error_naming_it(
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+def test_another_programs_jsonl_in_a_log_directory_is_skipped_with_a_word(
+    command: str, log: tuple[Path, list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The application's own JSON logs beside the ledger's (logs/app.jsonl, found by listing logs/ or
+    by a glob) are no mistake of the user's: skipped, named on stderr, the ledger's log answered; a
+    directory holding no ledger line at all is still the wrong input."""
+    path, _ = log
+    own = path.with_name("app.jsonl")
+    own.write_bytes(WRONG["other.jsonl"][0])
+    for given in (str(path.parent), str(path.parent / "*.jsonl")):
+        assert main([command, given]) == 0, given
+        captured = capsys.readouterr()
+        assert captured.out
+        assert captured.err == (
+            f"llm-ledger {command}: {own}: skipped: none of its 2 line(s) is an llm-ledger record "
+            "(2 JSON object(s) of other events; line 1: a JSON object of no event)\n"
+        )
+    path.unlink()
+    assert main([command, str(path.parent)]) == 2
+    assert f"llm-ledger {command}: error: {own}: none of its 2 line(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_an_empty_file_or_a_log_without_the_commands_records_is_no_error(
     command: str, sdk: Sdk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

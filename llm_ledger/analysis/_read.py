@@ -66,6 +66,7 @@ class InputStats:
     error: str | None = None  # why the input ended early (a truncated .gz), if it did
     foreign: int = 0  # of the skipped lines, JSON objects of no event the ledger writes
     first_problem: str = ""  # why the first malformed or foreign line is no record
+    given: bool = True  # named by the caller, not found by listing a directory or matching a glob
 
     def malformed_line(self, number: int, why: str) -> None:
         self.malformed += 1
@@ -74,17 +75,29 @@ class InputStats:
         self.first_problem = self.first_problem or f"line {number}: {why}"
 
     @property
+    def ledger_lines(self) -> int:
+        """The lines the ledger wrote (records, the other events it logs, copies)."""
+        return self.records + self.skipped - self.foreign + self.copied
+
+    @property
     def wrong_input(self) -> bool:
         """Lines, and not one the ledger wrote: a binary file, a CSV, another program's JSONL."""
-        ledger = self.records + self.skipped - self.foreign + self.copied
-        return not ledger and bool(self.malformed + self.foreign)
+        return not self.ledger_lines and bool(self.malformed + self.foreign)
+
+    def why_wrong(self) -> str:
+        counts = [f"{self.malformed:,} malformed"] if self.malformed else []
+        counts += [f"{self.foreign:,} JSON object(s) of other events"] if self.foreign else []
+        return (
+            f"none of its {self.lines:,} line(s) is an llm-ledger record ({', '.join(counts)}; "
+            f"{self.first_problem})"
+        )
 
     def to_json(self) -> dict[str, Any]:
         named = ("name", "lines", "records", "error")  # the other fields count lines: "malformed_lines"
         return {
             k if k in named else f"{k}_lines": v
             for k, v in asdict(self).items()
-            if k not in ("foreign", "first_problem")
+            if k not in ("foreign", "first_problem", "given")
         }
 
 
@@ -127,21 +140,23 @@ def refuse_reports(names: Iterable[str]) -> None:
 def warn_unread(command: str, stats: Iterable[InputStats]) -> None:
     """Say on stderr, per input, which malformed lines ``command`` skipped and where an input ended
     early (a ``.gz`` cut short): its answer leaves them out. Called before the answer is written: an
-    input with lines, none of them one the ledger wrote (the wrong file), is a :class:`ConfigError`
-    naming it, as a pytest report among the logs is, not an answer that leaves it out."""
+    input named with lines, none of them one the ledger wrote (the wrong file), is a :class:`ConfigError`
+    naming it, as a pytest report among the logs is, not an answer that leaves it out; such a file a
+    directory or a glob brought (another program's ``app.jsonl`` beside the ledger's log) is skipped
+    with a word, unless no input held a line the ledger wrote."""
     stats = list(stats)
-    if wrong := [one for one in stats if one.wrong_input]:
+    nothing = not any(one.ledger_lines for one in stats)
+    if wrong := [one for one in stats if one.wrong_input and (one.given or nothing)]:
         one, others = wrong[0], [other.name for other in wrong[1:]]
-        counts = [f"{one.malformed:,} malformed"] if one.malformed else []
-        counts += [f"{one.foreign:,} JSON object(s) of other events"] if one.foreign else []
         same = f"; the same for {listed(others)}" if others else ""
         raise ConfigError(
-            f"{one.name}: none of its {one.lines:,} line(s) is an llm-ledger record ({', '.join(counts)}; "
-            f"{one.first_problem}){same}: is it an llm-ledger log? pass the ledger's "
+            f"{one.name}: {one.why_wrong()}{same}: is it an llm-ledger log? pass the ledger's "
             "<log_dir>/llm_calls.jsonl (its rotated and .gz files too)"
         )
     for one in stats:
-        if one.malformed:
+        if one.wrong_input:
+            sys.stderr.write(f"llm-ledger {command}: {one.name}: skipped: {one.why_wrong()}\n")
+        elif one.malformed:
             where = ", ".join(map(str, one.first_malformed))
             more = ", ..." if one.malformed > len(one.first_malformed) else ""
             long = f"; {one.too_long:,} over {MAX_LINE_BYTES:,} bytes" if one.too_long else ""
@@ -373,8 +388,9 @@ class LogReader:
             opened = self._open_all(stack)
             copies = _copies(opened)
             self.names = [name for name, _, _ in opened.values()]
+            given = {os.fspath(name) for name in self._inputs}
             for key, (name, stream, _) in opened.items():
-                stats = self._current = InputStats(name)
+                stats = self._current = InputStats(name, given=name in given)
                 self.stats.append(stats)
                 number = offset = 0
                 source = copies.get(key)  # a plain file whose lines this .gz may copy
