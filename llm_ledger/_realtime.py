@@ -154,21 +154,30 @@ class _Session:
 
     # -- the end -------------------------------------------------------------------------------------------
 
-    def lost(self, exc: BaseException | None) -> None:
-        """The connection ended under the responses in flight: ``interrupted`` when the caller closed it
-        (or the server did, cleanly), ``error`` when it broke; nothing more comes for them."""
-        raise NotImplementedError
+    def lost(self, exc: BaseException) -> None:
+        """The connection dropped (``exc``; openai 3.x may reconnect): the calls in flight end."""
+        with self.lock:
+            if self.ended:  # close() ends them
+                return
+            for run in self.lenses:  # let go in _end(): a close() meanwhile leaves the runs open
+                run._totals.hold()
+        self._end(exc)
 
     def close(self, exc: BaseException | None = None) -> None:
-        """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
+        """The connection was closed (or collected): its calls in flight end, its lens runs are let go."""
         with self.lock:
             if self.ended:
                 return
             self.ended = True
         _open.discard(self)
+        self._end(exc)
+
+    def _end(self, exc: BaseException | None) -> None:
+        """End the calls in flight as the connection's end with ``exc`` leaves them, then let go of one
+        hold of the lens runs: only once those calls are recorded, as a run's record follows its calls'."""
         try:
-            self.lost(exc)
-        except Exception as error:  # never into the caller's close()
+            self._cut_short(_ended_as(exc), exc)
+        except Exception as error:  # never into the caller's close() or recv()
             self.monitor._report(f"ending a {self.operation} connection", error)
         finally:
             for run in self.lenses:
@@ -177,6 +186,10 @@ class _Session:
                     run._settle_call()
                 except Exception as error:
                     self.monitor._report("ending a lens", error)
+
+    def _cut_short(self, status: Status, exc: BaseException | None) -> None:
+        """Record the calls in flight (and the creates unanswered: maybe billed) with ``status``."""
+        raise NotImplementedError
 
 
 class _RealtimeSession(_Session):
@@ -199,7 +212,7 @@ class _RealtimeSession(_Session):
         if _type(event) == "response.create":
             name = event.get("event_id") if isinstance(event, dict) else getattr(event, "event_id", None)
             noted = (name, (time.time(), time.perf_counter()))
-            with self.lock:  # not into the deque lost() is ending on another thread
+            with self.lock:  # not into the deque _cut_short() is ending on another thread
                 self.asked.append(noted)
             return noted
         return None
@@ -316,12 +329,11 @@ class _RealtimeSession(_Session):
             output_text=text if type(text) is str and call.content is not None else None,
         )
 
-    def lost(self, exc: BaseException | None) -> None:
+    def _cut_short(self, status: Status, exc: BaseException | None) -> None:
         with self.lock:
             calls, self.calls = self.calls, {}
             asked, self.asked = self.asked, deque()
             heard, self.heard = self.heard, {}
-        status = _ended_as(exc)
         for response_id, call in calls.items():
             shape = self._shape({"id": response_id}, None, None)
             self.monitor._finish(self._cut(call), status, shape, None, error=exc)
@@ -410,11 +422,10 @@ class _ResponsesSession(_Session):
         else:
             state.event(event)
 
-    def lost(self, exc: BaseException | None) -> None:
+    def _cut_short(self, status: Status, exc: BaseException | None) -> None:
         with self.lock:
             states, self.lanes = self.lanes, {}
             pending, self.pending = self.pending, {}
-        status = _ended_as(exc)
         for state in states.values():
             self._cut(state.call)
             state._finish(status, exc)
@@ -458,10 +469,7 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
 
     def broke(exc: BaseException) -> None:
         if _closed(exc):  # not a recv cancelled by its caller (safe, says the SDK): the connection ended
-            try:
-                session.lost(exc)
-            except Exception as fault:
-                monitor._report(what, fault)
+            session.lost(exc)
 
     def sent(event: Any) -> Any:
         try:

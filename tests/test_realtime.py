@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import textwrap
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -467,6 +468,42 @@ def test_events_read_after_close_record_nothing_and_hold_no_lens(
     summary = lens["summary"]
     assert (summary["total_api_calls"], summary["open_calls"], summary["cost_complete"]) == (1, 0, False)
     assert run.summary == summary
+
+
+def test_a_connection_closed_while_its_reader_records_its_end_writes_its_lens_once(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A connection the server broke, closed by another thread while the reader records what the break
+    cut short (a response streaming, a transcription of its input audio running): the lens run the
+    connection held open is written once, after both calls, counting both."""
+    connection: Any = None
+
+    def close_elsewhere(record: Any) -> None:  # a sink: at the first call cut short, another thread closes
+        if record["event"] != "lens_summary" and record["status"] == "error":
+            closer = threading.Thread(target=connection.close)
+            closer.start()
+            closer.join(10)
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[close_elsewhere])
+    hearing: Any = {"model": "gpt-4o-transcribe", "prompt": "x-fake-fault: hang"}  # never ends
+    with socket_client(fake_openai) as raw, capture(monitor) as records:
+        with monitor.lens("voice_agent") as run:
+            connection = monitor.instrument(raw).realtime.connect(model=MODEL).enter()
+        connection.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": hearing}}}
+        )
+        connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+        connection.input_audio_buffer.commit()
+        connection.response.create(response={"metadata": {"x-fake-fault": "close"}})
+        with pytest.raises(ConnectionClosedError):
+            _until_done(connection)
+    assert [(c["operation"], c["status"]) for c in records.calls] == [
+        ("realtime", "error"),
+        ("transcription", "error"),
+    ]
+    (lens,) = records.lenses
+    assert (lens["summary"]["total_api_calls"], lens["summary"]["open_calls"]) == (2, 0)
+    assert run.summary == lens["summary"]
 
 
 def test_a_refused_response_create_records_nothing(ws: openai.OpenAI, records: Captured) -> None:
