@@ -205,7 +205,8 @@ class _RealtimeSession(_Session):
         self.asked: deque[tuple[Any, tuple[float, float]]] = deque()
         self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
         self.transcriber: Any = None  # the model the session transcribes its input audio with
-        self.heard: dict[Any, tuple[float, float]] = {}  # audio items committed, not yet transcribed: when
+        # audio items committed, not yet transcribed: the model transcribing each, and when
+        self.heard: dict[Any, tuple[Any, tuple[float, float] | None]] = {}
         super().__init__(monitor, client, model)
 
     def sent(self, event: Any) -> Any:
@@ -243,12 +244,16 @@ class _RealtimeSession(_Session):
                 self.asked.remove(refused)
         elif kind == "input_audio_buffer.committed":
             if self.transcriber is not None:
-                self.heard[event.get("item_id")] = (time.time(), time.perf_counter())
+                self.heard[event.get("item_id")] = (self.transcriber, (time.time(), time.perf_counter()))
         elif kind in _TRANSCRIBED:  # its .completed, or its .failed (no usage: billed nothing)
             item = event.get("item_id")
             error = ResponseError(_object(event.get("error"))) if kind.endswith("failed") else None
             self._transcribed(
-                item, self.heard.pop(item, None), "ok" if error is None else "error", event, error
+                item,
+                self.heard.pop(item, (self.transcriber, None)),
+                "ok" if error is None else "error",
+                event,
+                error,
             )
         elif kind in ("session.created", "session.updated"):
             session = _object(event.get("session"))
@@ -304,16 +309,17 @@ class _RealtimeSession(_Session):
     def _transcribed(
         self,
         item: Any,
-        when: tuple[float, float] | None,
+        heard: tuple[Any, tuple[float, float] | None],
         status: Status,
         event: dict[str, Any],
         error: BaseException | None,
     ) -> None:
         """The transcription of an input audio ``item`` ended (``event``: its ``.completed`` or ``.failed``;
-        empty: cut short by the connection's end): one ``transcription`` call from its audio's commit
-        (``when``), its usage as an HTTP transcription's (tokens, or seconds: unpriced), none unless it
-        completed."""
-        model = self.transcriber if type(self.transcriber) is str else None
+        empty: cut short by the connection's end): one ``transcription`` call of the model transcribing
+        it from its audio's commit (``heard``), its usage as an HTTP transcription's (tokens, or seconds:
+        unpriced), none unless it completed."""
+        model, when = heard
+        model = model if type(model) is str else None
         call = self._begin({**EMPTY_REQUEST, "model": model}, {}, when, "transcription")
         usage = _object(event.get("usage")) or None
         shape, billed = response_shape(
@@ -340,8 +346,8 @@ class _RealtimeSession(_Session):
         for _, when in asked:  # a response.create whose answer was never read: it may have been billed
             unread = self._shape({"id": None}, None, None)
             self.monitor._finish(self._cut(self._call(when)), status, unread, None, error=exc)
-        for item, when in heard.items():  # a transcription not ended: it may have been billed
-            self._transcribed(item, when, status, {}, exc)
+        for item, by in heard.items():  # a transcription not ended: it may have been billed
+            self._transcribed(item, by, status, {}, exc)
 
 
 def _transcriber(session: dict[str, Any]) -> Any:

@@ -816,6 +816,26 @@ def test_a_failed_input_transcription_is_an_error_and_an_unended_one_interrupted
     assert [(s["errors"], s["cost_complete"]) for s in summaries] == [(1, True), (0, False)]
 
 
+def test_a_transcription_is_of_the_model_its_audio_was_committed_under(
+    ws: openai.OpenAI, records: Captured
+) -> None:
+    """A transcription still running when the session changes its transcription model is a call of the
+    model its audio was committed under, not of the session's latest."""
+    with ws.realtime.connect(model=MODEL) as connection:
+        for model, prompt in (("gpt-4o-transcribe", "x-fake-fault: hang"), ("whisper-1", "")):
+            hearing: Any = {"model": model, "prompt": prompt}  # the first never ends
+            connection.session.update(
+                session={"type": "realtime", "audio": {"input": {"transcription": hearing}}}
+            )
+            connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+            connection.input_audio_buffer.commit()
+        next(e for e in connection if e.type.endswith("transcription.completed"))  # the second's
+    assert [(c["request"]["model"], c["status"]) for c in records.calls] == [
+        ("whisper-1", "ok"),
+        ("gpt-4o-transcribe", "interrupted"),
+    ]
+
+
 def test_an_error_drops_only_the_response_create_it_names(ws: openai.OpenAI, records: Captured) -> None:
     """An ``error`` naming another client event (``error.event_id``: a ``response.cancel`` refused) leaves
     the ``response.create`` sent after it timed from its send; one naming a ``response.create`` (refused)
