@@ -627,16 +627,31 @@ def test_the_beta_realtime_connect_is_watched_too(ws: openai.OpenAI, records: Ca
 SIGTERM = "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
 
 
+# each API's connection, the response asked on it, and that response's model
+OPENED = {
+    "realtime": ('realtime.connect(model="gpt-realtime")', "response.create()", "gpt-realtime"),
+    "responses": ("responses.connect()", 'response.create(model="gpt-4.1-mini", input="hi")', "gpt-4.1-mini"),
+}
+
+
 @pytest.mark.parametrize(
-    ("prelude", "end"),
-    [("", ""), (EARLY_FINALIZE, ""), ("", SIGTERM)],
-    ids=["exit", "exit, finalize made before logging", "SIGTERM"],
+    ("api", "prelude", "end"),
+    [
+        ("realtime", "", ""),
+        ("realtime", EARLY_FINALIZE, ""),
+        ("realtime", "", SIGTERM),
+        # responses.connect() is openai 2.x's
+        pytest.param("responses", "", "", marks=pytest.mark.sdk2),
+        pytest.param("responses", "", SIGTERM, marks=pytest.mark.sdk2),
+    ],
+    ids=["exit", "exit, finalize made before logging", "SIGTERM", "responses, exit", "responses, SIGTERM"],
 )
 def test_a_connection_left_open_at_exit_is_written_with_its_lens(
-    fake_openai: FakeOpenAI, tmp_path: Path, prelude: str, end: str
+    fake_openai: FakeOpenAI, tmp_path: Path, api: str, prelude: str, end: str
 ) -> None:
     """A connection still open when the process ends (at exit, or by SIGTERM past every exit hook), a
     response streaming on it, is written: the response as interrupted, then the lens run it held open."""
+    connect, create, model = OPENED[api]
     script = textwrap.dedent(
         f"""
         {prelude}
@@ -645,8 +660,8 @@ def test_a_connection_left_open_at_exit_is_written_with_its_lens(
         raw = openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r},
                             websocket_base_url={fake_openai.websocket_base_url!r})
         with llm_ledger.lens("voice_agent"):
-            connection = llm_ledger.instrument(raw).realtime.connect(model="gpt-realtime").enter()
-        connection.response.create()
+            connection = llm_ledger.instrument(raw).{connect}.enter()
+        connection.{create}
         while connection.recv().type != "response.created":
             pass
         {end}
@@ -655,7 +670,7 @@ def test_a_connection_left_open_at_exit_is_written_with_its_lens(
     done = warm_python.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=60)
     assert done.returncode == (-signal.SIGTERM if end else 0)
     call, lens = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
-    assert (call["operation"], call["status"]) == ("realtime", "interrupted")
+    assert (call["operation"], call["status"], call["request"]["model"]) == (api, "interrupted", model)
     assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
 
 
