@@ -161,14 +161,14 @@ class _Session:
                 run._totals.hold()
         self._end(exc)
 
-    def close(self, exc: BaseException | None = None) -> None:
+    def close(self) -> None:
         """The connection was closed (or collected): its calls in flight end, its lens runs are let go."""
         with self.lock:
             if self.ended:
                 return
             self.ended = True
         _open.discard(self)
-        self._end(exc)
+        self._end(None)
 
     def _end(self, exc: BaseException | None) -> None:
         """End the calls in flight as the connection's end with ``exc`` leaves them (``interrupted`` when
