@@ -400,8 +400,11 @@ class _ResponsesSession(_Session):
                 request = stated_request(JsonView(_object(event.get("response"))), True)
                 content, when = {}, None
             state = self.lanes[lane] = _StreamState(self.monitor, self._begin(request, content, when))
-        elif kind == "error" and asked:  # a response.create refused: it makes no response
-            asked.popleft()
+        elif kind == "error" and event.get("sequence_number") is None:
+            # a request refused, not an error of the response stream (which numbers its events): a
+            # response.create refused makes no response
+            if asked:
+                asked.popleft()
             return
         if state is None:
             return

@@ -203,6 +203,27 @@ def test_a_failed_response_and_an_error_mid_response_are_errors(
     assert (run.summary["errors"], run.summary["cost_complete"]) == (2, False)
 
 
+def test_an_error_mid_response_ends_that_response_not_the_create_sent_behind_it(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """An ``error`` the response stream emits (its ``sequence_number`` says so) while another
+    ``response.create`` waits behind it ends the response streaming, as an ``error``; the next response
+    is the waiting create's, with the request it sent, timed from its send."""
+    with monitor.lens("support_bot") as run, ws.responses.connect() as connection:
+        connection.response.create(model=MODEL, input="hi", metadata={"x-fake-fault": "stream-error"})
+        connection.response.create(model=MODEL, input="hello there")
+        time.sleep(0.3)
+        ends = [_until_end(connection)[-1].type, _until_end(connection)[-1].type]
+    assert ends == ["error", "response.completed"]
+    broke, answered = records.calls
+    assert (broke["status"], broke["error"]["type"], broke["usage"]["total_tokens"]) == (
+        "error", "ResponseError", None,
+    )  # fmt: skip
+    assert (answered["status"], answered["request"]["user_prompt_length"]) == ("ok", 11)
+    assert answered["timing"]["duration_ms"] >= 300
+    assert run.summary is not None and (run.summary["total_api_calls"], run.summary["errors"]) == (2, 1)
+
+
 def test_a_connection_closed_mid_response_records_it_interrupted(
     ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
