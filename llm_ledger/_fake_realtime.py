@@ -164,10 +164,10 @@ class _Session:
     def transcribe(self, item: str, audio: int) -> None:
         """The committed audio's transcript, when the session transcribes its input: billed in tokens
         (gpt-4o models: the audio's in, the text's out) or seconds (whisper-1: 16,000 bytes a second); a
-        failure in its place when its ``prompt`` says ``x-fake-fault: error``."""
+        failure in its place when its ``prompt`` says ``x-fake-fault: error``, none with ``hang``."""
         chosen = transcription(self.session)
         model = chosen.get("model")
-        if model is None:
+        if model is None or chosen.get("prompt") == "x-fake-fault: hang":
             return
         if chosen.get("prompt") == "x-fake-fault: error":
             error = {"type": "server_error", "code": "server_error", "message": FAILED, "param": None}

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["watch_connect"]
 
-OPERATION = "realtime"
 # response.status -> the record's: a response cancelled (response.cancel, or the user speaking over it)
 # stopped on the caller's side; one cut by max_output_tokens or a filter ("incomplete") was answered
 _STATUSES: dict[Any, Status] = {
@@ -55,14 +54,9 @@ def _object(value: Any) -> dict[str, Any]:
     return value if type(value) is dict else {}
 
 
-def _type(event: Any) -> Any:
-    """A client event's ``type``: a dict's, or one of the SDK's models'."""
-    return event.get("type") if isinstance(event, dict) else getattr(event, "type", None)
-
-
-def _closed(exc: BaseException) -> bool:
-    """Whether ``exc`` is websockets' ``ConnectionClosed`` (the connection ended; not imported here)."""
-    return any(cls.__name__ == "ConnectionClosed" for cls in type(exc).__mro__)
+def _field(event: Any, key: str) -> Any:
+    """A client event's field: a dict's, or one of the SDK's models'."""
+    return event.get(key) if isinstance(event, dict) else getattr(event, key, None)
 
 
 class _Session:
@@ -83,8 +77,8 @@ class _Session:
         self.ended = False
         self.closing: float | None = None  # when the caller called close(): what it cuts short ends then
         # what one thread reads of the events and another's close() take turns: a response begun while
-        # the connection is closed would hold its lens runs open for good. Reentrant: a SIGTERM handler
-        # ending the sessions may run on a thread inside seen()
+        # the connection is closed would hold its lens runs open for good. Reentrant: a sink recording a
+        # response may close the connection
         self.lock = threading.RLock()
         try:
             url = client.websocket_base_url or client.base_url
@@ -105,16 +99,16 @@ class _Session:
         raise NotImplementedError
 
     def seen(self, data: Any) -> None:
-        """Read one server event (its JSON text): what it says of the responses."""
-        event = orjson.loads(data)
-        if type(event) is not dict:
-            return
-        kind = event.get("type")
-        if type(kind) is not str:
-            return
-        with self.lock:
-            if not self.ended:  # a connection closed records nothing more
-                self._seen(kind, event)
+        """Read one server event (its JSON text): what it says of the calls."""
+        try:
+            event = orjson.loads(data)
+            kind = event.get("type") if type(event) is dict else None
+            if type(kind) is str:
+                with self.lock:
+                    if not self.ended:  # a connection closed records nothing more
+                        self._seen(kind, event)
+        except Exception as exc:  # never into the caller's recv()
+            self.monitor._report(f"watching a {self.operation} connection", exc)
 
     def _seen(self, kind: str, event: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -154,21 +148,36 @@ class _Session:
 
     # -- the end -------------------------------------------------------------------------------------------
 
-    def lost(self, exc: BaseException | None) -> None:
-        """The connection ended under the responses in flight: ``interrupted`` when the caller closed it
-        (or the server did, cleanly), ``error`` when it broke; nothing more comes for them."""
-        raise NotImplementedError
+    def lost(self, exc: BaseException) -> None:
+        """A recv() raised ``exc``: when the connection dropped (websockets' ``ConnectionClosed``, not
+        imported here; not a recv its caller cancelled, safe says the SDK), its calls in flight end
+        (openai 3.x may reconnect)."""
+        if not any(cls.__name__ == "ConnectionClosed" for cls in type(exc).__mro__):
+            return
+        with self.lock:
+            if self.ended:  # close() ends them
+                return
+            for run in self.lenses:  # let go in _end(): a close() meanwhile leaves the runs open
+                run._totals.hold()
+        self._end(exc)
 
-    def close(self, exc: BaseException | None = None) -> None:
-        """The connection was closed (or collected): its responses in flight end, its lens runs are let go."""
+    def close(self) -> None:
+        """The connection was closed (or collected): its calls in flight end, its lens runs are let go."""
         with self.lock:
             if self.ended:
                 return
             self.ended = True
         _open.discard(self)
+        self._end(None)
+
+    def _end(self, exc: BaseException | None) -> None:
+        """End the calls in flight as the connection's end with ``exc`` leaves them (``interrupted`` when
+        the caller closed it, or the server did cleanly; ``error`` when it broke), then let go of one hold
+        of the lens runs: only once those calls are recorded, as a run's record follows its calls'."""
+        clean = exc is None or interrupted(exc) or type(exc).__name__ == "ConnectionClosedOK"
         try:
-            self.lost(exc)
-        except Exception as error:  # never into the caller's close()
+            self._cut_short("interrupted" if clean else "error", exc)
+        except Exception as error:  # never into the caller's close() or recv()
             self.monitor._report(f"ending a {self.operation} connection", error)
         finally:
             for run in self.lenses:
@@ -178,6 +187,10 @@ class _Session:
                 except Exception as error:
                     self.monitor._report("ending a lens", error)
 
+    def _cut_short(self, status: Status, exc: BaseException | None) -> None:
+        """Record the calls in flight (and the creates unanswered: maybe billed) with ``status``."""
+        raise NotImplementedError
+
 
 class _RealtimeSession(_Session):
     """One watched Realtime connection: each response the server ends (``response.done``) is one call,
@@ -185,21 +198,21 @@ class _RealtimeSession(_Session):
     (``conversation.item.input_audio_transcription.completed``, billed apart) one ``transcription`` call,
     from its audio's ``input_audio_buffer.committed``."""
 
-    operation = OPERATION
+    operation = "realtime"
 
     def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
         # each response.create sent, not yet created: its event_id and when
         self.asked: deque[tuple[Any, tuple[float, float]]] = deque()
         self.calls: dict[Any, _Call] = {}  # the responses in flight, by id
         self.transcriber: Any = None  # the model the session transcribes its input audio with
-        self.heard: dict[Any, tuple[float, float]] = {}  # audio items committed, not yet transcribed: when
+        # audio items committed, not yet transcribed: the model transcribing each, and when
+        self.heard: dict[Any, tuple[Any, tuple[float, float] | None]] = {}
         super().__init__(monitor, client, model)
 
     def sent(self, event: Any) -> Any:
-        if _type(event) == "response.create":
-            name = event.get("event_id") if isinstance(event, dict) else getattr(event, "event_id", None)
-            noted = (name, (time.time(), time.perf_counter()))
-            with self.lock:  # not into the deque lost() is ending on another thread
+        if _field(event, "type") == "response.create":
+            noted = (_field(event, "event_id"), (time.time(), time.perf_counter()))
+            with self.lock:  # not into the deque _cut_short() is ending on another thread
                 self.asked.append(noted)
             return noted
         return None
@@ -230,13 +243,12 @@ class _RealtimeSession(_Session):
                 self.asked.remove(refused)
         elif kind == "input_audio_buffer.committed":
             if self.transcriber is not None:
-                self.heard[event.get("item_id")] = (time.time(), time.perf_counter())
+                self.heard[event.get("item_id")] = (self.transcriber, (time.time(), time.perf_counter()))
         elif kind in _TRANSCRIBED:  # its .completed, or its .failed (no usage: billed nothing)
-            item = event.get("item_id")
-            error = ResponseError(_object(event.get("error"))) if kind.endswith("failed") else None
-            self._transcribed(
-                item, self.heard.pop(item, None), "ok" if error is None else "error", event, error
-            )
+            item, failed = event.get("item_id"), kind.endswith("failed")
+            heard = self.heard.pop(item, (self.transcriber, None))
+            error = ResponseError(_object(event.get("error"))) if failed else None
+            self._transcribed(item, heard, "error" if failed else "ok", event, error)
         elif kind in ("session.created", "session.updated"):
             session = _object(event.get("session"))
             if self.model is None:
@@ -291,16 +303,17 @@ class _RealtimeSession(_Session):
     def _transcribed(
         self,
         item: Any,
-        when: tuple[float, float] | None,
+        heard: tuple[Any, tuple[float, float] | None],
         status: Status,
         event: dict[str, Any],
         error: BaseException | None,
     ) -> None:
         """The transcription of an input audio ``item`` ended (``event``: its ``.completed`` or ``.failed``;
-        empty: cut short by the connection's end): one ``transcription`` call from its audio's commit
-        (``when``), its usage as an HTTP transcription's (tokens, or seconds: unpriced), none unless it
-        completed."""
-        model = self.transcriber if type(self.transcriber) is str else None
+        empty: cut short by the connection's end): one ``transcription`` call of the model transcribing
+        it from its audio's commit (``heard``), its usage as an HTTP transcription's (tokens, or seconds:
+        unpriced), none unless it completed."""
+        model, when = heard
+        model = model if type(model) is str else None
         call = self._begin({**EMPTY_REQUEST, "model": model}, {}, when, "transcription")
         usage = _object(event.get("usage")) or None
         shape, billed = response_shape(
@@ -316,20 +329,19 @@ class _RealtimeSession(_Session):
             output_text=text if type(text) is str and call.content is not None else None,
         )
 
-    def lost(self, exc: BaseException | None) -> None:
+    def _cut_short(self, status: Status, exc: BaseException | None) -> None:
         with self.lock:
             calls, self.calls = self.calls, {}
             asked, self.asked = self.asked, deque()
             heard, self.heard = self.heard, {}
-        status = _ended_as(exc)
         for response_id, call in calls.items():
             shape = self._shape({"id": response_id}, None, None)
             self.monitor._finish(self._cut(call), status, shape, None, error=exc)
         for _, when in asked:  # a response.create whose answer was never read: it may have been billed
             unread = self._shape({"id": None}, None, None)
             self.monitor._finish(self._cut(self._call(when)), status, unread, None, error=exc)
-        for item, when in heard.items():  # a transcription not ended: it may have been billed
-            self._transcribed(item, when, status, {}, exc)
+        for item, by in heard.items():  # a transcription not ended: it may have been billed
+            self._transcribed(item, by, status, {}, exc)
 
 
 def _transcriber(session: dict[str, Any]) -> Any:
@@ -337,14 +349,6 @@ def _transcriber(session: dict[str, Any]) -> Any:
     the beta's ``input_audio_transcription``), None when it transcribes none."""
     chosen = _object(_object(_object(session.get("audio")).get("input")).get("transcription"))
     return (chosen or _object(session.get("input_audio_transcription"))).get("model")
-
-
-def _ended_as(exc: BaseException | None) -> Status:
-    """A response in flight when its connection ended with ``exc``: ``interrupted`` when the caller
-    closed it (or the server did, cleanly), ``error`` when it broke."""
-    if exc is None or interrupted(exc) or type(exc).__name__ == "ConnectionClosedOK":
-        return "interrupted"
-    return "error"
 
 
 class _ResponsesSession(_Session):
@@ -396,25 +400,25 @@ class _ResponsesSession(_Session):
                 request = stated_request(JsonView(_object(event.get("response"))), True)
                 content, when = {}, None
             state = self.lanes[lane] = _StreamState(self.monitor, self._begin(request, content, when))
-        elif kind == "error" and asked:  # a response.create refused: it makes no response
-            asked.popleft()
+        elif kind == "error" and event.get("sequence_number") is None:
+            # a request refused, not an error of the response stream (which numbers its events): a
+            # response.create refused makes no response
+            if asked:
+                asked.popleft()
             return
         if state is None:
             return
+        if kind in _ENDS:
+            del self.lanes[lane]
         if kind == "error":  # its detail in "error" (openai 3.x's type), or beside it (2.x's, as over HTTP)
-            del self.lanes[lane]
             state._finish("error", ResponseError(_object(event.get("error")) or event))
-        elif kind in _ENDS:
-            del self.lanes[lane]
-            state.event(event)
         else:
             state.event(event)
 
-    def lost(self, exc: BaseException | None) -> None:
+    def _cut_short(self, status: Status, exc: BaseException | None) -> None:
         with self.lock:
             states, self.lanes = self.lanes, {}
             pending, self.pending = self.pending, {}
-        status = _ended_as(exc)
         for state in states.values():
             self._cut(state.call)
             state._finish(status, exc)
@@ -427,7 +431,7 @@ class _ResponsesSession(_Session):
 _TRANSCRIBED = frozenset(
     f"conversation.item.input_audio_transcription.{end}" for end in ("completed", "failed")
 )
-_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 _OMITTED = frozenset({"Omit", "NotGiven"})
 _open: set[_Session] = set()
 
@@ -447,25 +451,13 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
     monitor = session.monitor
     what = f"watching a {session.operation} connection"
     recv_bytes, send, close = connection.recv_bytes, connection.send, connection.close
+    send_raw = getattr(connection, "send_raw", None)
     # a connection never closed: its watch ends when it is collected, or at exit
     weakref.finalize(connection, session.close)
 
-    def seen(data: Any) -> None:
-        try:
-            session.seen(data)
-        except Exception as exc:
-            monitor._report(what, exc)
-
-    def broke(exc: BaseException) -> None:
-        if _closed(exc):  # not a recv cancelled by its caller (safe, says the SDK): the connection ended
-            try:
-                session.lost(exc)
-            except Exception as fault:
-                monitor._report(what, fault)
-
     def sent(event: Any) -> Any:
         try:
-            if _budgets.stopping and _type(event) == "response.create":  # a run over its budget: ours?
+            if _budgets.stopping and _field(event, "type") == "response.create":  # a run over budget: ours?
                 _budgets.refuse_if_stopped(session.lenses)
             return session.sent(event)
         except BudgetExceededError:
@@ -494,10 +486,10 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             except Exception as exc:
                 monitor._report(what, exc)
 
-    def sending(send: Any, note: Any) -> Any:
-        """``send`` (or ``send_raw``) noting each event it sends with ``note``, forgotten if it raised."""
-        if is_async:
+    # ``send`` (or ``send_raw``) noting each event it sends with ``note``, forgotten if it raised
+    if is_async:
 
+        def sending(send: Any, note: Any) -> Any:
             async def asend(event: Any, *args: Any, **kwargs: Any) -> Any:
                 noted = note(event)
                 try:
@@ -508,30 +500,13 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
 
             return asend
 
-        def ssend(event: Any, *args: Any, **kwargs: Any) -> Any:
-            noted = note(event)
-            try:
-                return send(event, *args, **kwargs)
-            except Exception:
-                unsent(noted)
-                raise
-
-        return ssend
-
-    # openai 3.x's send() writes through WebSocketConnectionBase.send_raw, not the instance's: counted once
-    send_raw = getattr(connection, "send_raw", None)
-    if send_raw is not None:
-        connection.send_raw = sending(send_raw, sent_raw)
-    connection.send = sending(send, sent)
-    if is_async:
-
         async def arecv_bytes(*args: Any, **kwargs: Any) -> Any:
             try:
                 data = await recv_bytes(*args, **kwargs)
             except BaseException as exc:
-                broke(exc)
+                session.lost(exc)
                 raise
-            seen(data)
+            session.seen(data)
             return data
 
         async def aclose(*args: Any, **kwargs: Any) -> Any:
@@ -544,13 +519,24 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
         connection.recv_bytes, connection.close = arecv_bytes, aclose
     else:
 
+        def sending(send: Any, note: Any) -> Any:
+            def ssend(event: Any, *args: Any, **kwargs: Any) -> Any:
+                noted = note(event)
+                try:
+                    return send(event, *args, **kwargs)
+                except Exception:
+                    unsent(noted)
+                    raise
+
+            return ssend
+
         def srecv_bytes(*args: Any, **kwargs: Any) -> Any:
             try:
                 data = recv_bytes(*args, **kwargs)
             except BaseException as exc:
-                broke(exc)
+                session.lost(exc)
                 raise
-            seen(data)
+            session.seen(data)
             return data
 
         def sclose(*args: Any, **kwargs: Any) -> Any:
@@ -561,6 +547,10 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
                 session.close()
 
         connection.recv_bytes, connection.close = srecv_bytes, sclose
+    # openai 3.x's send() writes through WebSocketConnectionBase.send_raw, not the instance's: counted once
+    if send_raw is not None:
+        connection.send_raw = sending(send_raw, sent_raw)
+    connection.send = sending(send, sent)
 
 
 def _opened(manager: Any, connection: Any, is_async: bool) -> None:
@@ -597,13 +587,10 @@ def _watched_manager(cls: Any, is_async: bool) -> Any:
         return connection
 
     opens: Any = __aenter__ if is_async else __enter__
-    body = {
-        opens.__name__: opens,
-        "enter": opens,
-        "__module__": cls.__module__,
-        "__qualname__": cls.__qualname__,
-    }
-    return type(cls.__name__, (cls,), {**body, "_llm_ledger_watched": True})
+    body = {opens.__name__: opens, "enter": opens, "_llm_ledger_watched": True}
+    return type(
+        cls.__name__, (cls,), {**body, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    )
 
 
 def watch_connect(original: Any, client: Any, monitor_of: Any, is_async: bool, api: str) -> Any:

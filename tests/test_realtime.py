@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import textwrap
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -469,6 +470,42 @@ def test_events_read_after_close_record_nothing_and_hold_no_lens(
     assert run.summary == summary
 
 
+def test_a_connection_closed_while_its_reader_records_its_end_writes_its_lens_once(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """A connection the server broke, closed by another thread while the reader records what the break
+    cut short (a response streaming, a transcription of its input audio running): the lens run the
+    connection held open is written once, after both calls, counting both."""
+    connection: Any = None
+
+    def close_elsewhere(record: Any) -> None:  # a sink: at the first call cut short, another thread closes
+        if record["event"] != "lens_summary" and record["status"] == "error":
+            closer = threading.Thread(target=connection.close)
+            closer.start()
+            closer.join(10)
+
+    monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[close_elsewhere])
+    hearing: Any = {"model": "gpt-4o-transcribe", "prompt": "x-fake-fault: hang"}  # never ends
+    with socket_client(fake_openai) as raw, capture(monitor) as records:
+        with monitor.lens("voice_agent") as run:
+            connection = monitor.instrument(raw).realtime.connect(model=MODEL).enter()
+        connection.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": hearing}}}
+        )
+        connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+        connection.input_audio_buffer.commit()
+        connection.response.create(response={"metadata": {"x-fake-fault": "close"}})
+        with pytest.raises(ConnectionClosedError):
+            _until_done(connection)
+    assert [(c["operation"], c["status"]) for c in records.calls] == [
+        ("realtime", "error"),
+        ("transcription", "error"),
+    ]
+    (lens,) = records.lenses
+    assert (lens["summary"]["total_api_calls"], lens["summary"]["open_calls"]) == (2, 0)
+    assert run.summary == lens["summary"]
+
+
 def test_a_refused_response_create_records_nothing(ws: openai.OpenAI, records: Captured) -> None:
     """A ``response.create`` the server refuses (an ``error`` event) makes no response, so no call; the
     caller gets the error event as the SDK gives it."""
@@ -590,16 +627,31 @@ def test_the_beta_realtime_connect_is_watched_too(ws: openai.OpenAI, records: Ca
 SIGTERM = "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
 
 
+# each API's connection, the response asked on it, and that response's model
+OPENED = {
+    "realtime": ('realtime.connect(model="gpt-realtime")', "response.create()", "gpt-realtime"),
+    "responses": ("responses.connect()", 'response.create(model="gpt-4.1-mini", input="hi")', "gpt-4.1-mini"),
+}
+
+
 @pytest.mark.parametrize(
-    ("prelude", "end"),
-    [("", ""), (EARLY_FINALIZE, ""), ("", SIGTERM)],
-    ids=["exit", "exit, finalize made before logging", "SIGTERM"],
+    ("api", "prelude", "end"),
+    [
+        ("realtime", "", ""),
+        ("realtime", EARLY_FINALIZE, ""),
+        ("realtime", "", SIGTERM),
+        # responses.connect() is openai 2.x's
+        pytest.param("responses", "", "", marks=pytest.mark.sdk2),
+        pytest.param("responses", "", SIGTERM, marks=pytest.mark.sdk2),
+    ],
+    ids=["exit", "exit, finalize made before logging", "SIGTERM", "responses, exit", "responses, SIGTERM"],
 )
 def test_a_connection_left_open_at_exit_is_written_with_its_lens(
-    fake_openai: FakeOpenAI, tmp_path: Path, prelude: str, end: str
+    fake_openai: FakeOpenAI, tmp_path: Path, api: str, prelude: str, end: str
 ) -> None:
     """A connection still open when the process ends (at exit, or by SIGTERM past every exit hook), a
     response streaming on it, is written: the response as interrupted, then the lens run it held open."""
+    connect, create, model = OPENED[api]
     script = textwrap.dedent(
         f"""
         {prelude}
@@ -608,8 +660,8 @@ def test_a_connection_left_open_at_exit_is_written_with_its_lens(
         raw = openai.OpenAI(api_key="sk-x", base_url={fake_openai.base_url!r},
                             websocket_base_url={fake_openai.websocket_base_url!r})
         with llm_ledger.lens("voice_agent"):
-            connection = llm_ledger.instrument(raw).realtime.connect(model="gpt-realtime").enter()
-        connection.response.create()
+            connection = llm_ledger.instrument(raw).{connect}.enter()
+        connection.{create}
         while connection.recv().type != "response.created":
             pass
         {end}
@@ -618,7 +670,7 @@ def test_a_connection_left_open_at_exit_is_written_with_its_lens(
     done = warm_python.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=60)
     assert done.returncode == (-signal.SIGTERM if end else 0)
     call, lens = [json.loads(x) for x in (tmp_path / "llm_calls.jsonl").read_text().splitlines()]
-    assert (call["operation"], call["status"]) == ("realtime", "interrupted")
+    assert (call["operation"], call["status"], call["request"]["model"]) == (api, "interrupted", model)
     assert lens["event"] == "lens_summary" and lens["summary"]["total_api_calls"] == 1
 
 
@@ -777,6 +829,26 @@ def test_a_failed_input_transcription_is_an_error_and_an_unended_one_interrupted
         assert call["cost"]["total_cost_usd"] is None and call["context"]["lens_run_id"] == run.run_id
     summaries = [cast(dict[str, Any], run.summary) for run in runs]
     assert [(s["errors"], s["cost_complete"]) for s in summaries] == [(1, True), (0, False)]
+
+
+def test_a_transcription_is_of_the_model_its_audio_was_committed_under(
+    ws: openai.OpenAI, records: Captured
+) -> None:
+    """A transcription still running when the session changes its transcription model is a call of the
+    model its audio was committed under, not of the session's latest."""
+    with ws.realtime.connect(model=MODEL) as connection:
+        for model, prompt in (("gpt-4o-transcribe", "x-fake-fault: hang"), ("whisper-1", "")):
+            hearing: Any = {"model": model, "prompt": prompt}  # the first never ends
+            connection.session.update(
+                session={"type": "realtime", "audio": {"input": {"transcription": hearing}}}
+            )
+            connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4000)).decode())
+            connection.input_audio_buffer.commit()
+        next(e for e in connection if e.type.endswith("transcription.completed"))  # the second's
+    assert [(c["request"]["model"], c["status"]) for c in records.calls] == [
+        ("whisper-1", "ok"),
+        ("gpt-4o-transcribe", "interrupted"),
+    ]
 
 
 def test_an_error_drops_only_the_response_create_it_names(ws: openai.OpenAI, records: Captured) -> None:
