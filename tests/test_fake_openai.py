@@ -1182,8 +1182,12 @@ def test_a_server_without_history_keeps_nothing() -> None:
     any other (streams, Responses, Realtime) but keeps no request, answer or event: a server left running
     for days does not grow with the calls it served."""
     with FakeOpenAI(history=False) as fake:
-        urls = {"base_url": fake.base_url, "websocket_base_url": fake.websocket_base_url}
-        with openai.OpenAI(api_key="sk-test", **urls, max_retries=0) as sdk:
+        with openai.OpenAI(
+            api_key="sk-test",
+            base_url=fake.base_url,
+            websocket_base_url=fake.websocket_base_url,
+            max_retries=0,
+        ) as sdk:
             assert sdk.chat.completions.create(model=MODEL, messages=USER).choices[0].message.content
             chunks = list(sdk.chat.completions.create(model=MODEL, messages=USER, stream=True))
             answer = sdk.responses.create(model=MODEL, input="hi", background=True)
