@@ -95,7 +95,8 @@ class _Session:
                 event = json.loads(message)
                 if type(event) is not dict:
                     raise _Refused("The event must be a JSON object.", {})
-                self.server.received.append(event)
+                if self.server.history:
+                    self.server.received.append(event)
                 if self.handle(event) == "close":
                     return
             except _Refused as refused:
@@ -319,7 +320,8 @@ class _ResponsesSocket:
             if type(event) is not dict:
                 self.refuse({}, 400, "The event must be a JSON object.")
                 continue
-            self.server.received.append(event)
+            if self.server.history:
+                self.server.received.append(event)
             if event.get("type") != "response.create":
                 self.refuse(
                     event,
@@ -370,7 +372,7 @@ class RealtimeServer:
     """The WebSocket endpoints (Realtime, and Responses over a WebSocket): a ``websockets`` server on
     loopback, each connection served in a thread."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, history: bool = True) -> None:
         try:
             from websockets.sync.server import serve
         except ImportError as exc:
@@ -378,7 +380,8 @@ class RealtimeServer:
                 "FakeOpenAI's Realtime endpoint needs the websockets package: pip install 'openai[realtime]'"
             ) from exc
         self.counter = itertools.count(1)
-        self.received: list[JSONDict] = []  # every client event, in order
+        self.received: list[JSONDict] = []  # every client event, in order (none without history)
+        self.history = history
         self._connections: set[Any] = set()
         self._lock = threading.Lock()
         self._server = serve(self._serve, host, 0, process_request=self._check)

@@ -1228,10 +1228,13 @@ class FakeOpenAI:
     streams...): the reference is docs/FAKE_SERVER.md.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False, history: bool = True
+    ) -> None:
         self.host = host
         self.port: int = port
         self.verbose = verbose
+        self.history = history  # False: keep no requests, answers or events (a server left running)
         self.requests: list[RecordedRequest] = []
         self.answers: list[RecordedAnswer] = []
         self._lock = threading.Lock()
@@ -1255,7 +1258,7 @@ class FakeOpenAI:
         ``websockets`` server on a port of its own, started at the first read (docs/FAKE_SERVER.md)."""
         with self._lock:
             if self._realtime is None:
-                self._realtime = RealtimeServer(self.host)
+                self._realtime = RealtimeServer(self.host, self.history)
         return f"ws://{self.host}:{self._realtime.port}/v1"
 
     @property
@@ -1380,10 +1383,13 @@ class FakeOpenAI:
     def _arrived(self, request: RecordedRequest) -> tuple[int, _Reply | None]:
         """Record ``request``: its number, and the failure queued for it."""
         with self._lock:
-            self.requests.append(request)
+            if self.history:
+                self.requests.append(request)
             return next(self._counter), self._failures.pop(0) if self._failures else None
 
     def _answered(self, path: str, reply: _Reply | _Stream) -> None:
+        if not self.history:
+            return
         if isinstance(reply, _Stream):
             answer = RecordedAnswer(path, 200, reply.events)
         else:
@@ -1409,7 +1415,8 @@ def register(subparsers: Any, summary: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet).start, args)
+    # history=False: it runs until Ctrl-C, and nobody reads what it received (it would grow without end)
+    server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet, history=False).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
     try:  # the Realtime and Responses WebSockets, on a port of their own, when websockets is installed
         print(f"Realtime and Responses APIs on {server.websocket_base_url} (websocket_base_url)", flush=True)

@@ -62,6 +62,15 @@ _CUT_SHORT = frozenset({"length", "content_filter", "max_output_tokens", "incomp
 _LAST_WORD = re.compile(r"\S+\Z")  # the last word of a text, unless a space follows it
 _NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+_UNPRICED_NAMED = 100  # models with no price named one by one (as Prometheus' max_models), then no more
+_NO_PRICE = (
+    "no price known for model %r at provider %r: its calls are recorded with null cost. Add it to a price "
+    "file (LLM_LEDGER_PRICE_FILE or configure(price_file=...))."
+)
+_NO_PRICES = (  # said once, past _UNPRICED_NAMED
+    f"no price known for model %r at provider %r either: over {_UNPRICED_NAMED} models have none, and the "
+    "next ones are not named (a model name made per request?). Their calls are recorded with null cost."
+)
 
 # sinks of every monitor in the process (the pytest plugin's, testing.capture(every_monitor=True))
 _global_sinks: tuple[Sink, ...] = ()
@@ -616,14 +625,10 @@ class LLMCallMonitor:
             self._report("pricing a call", exc)
             return None  # the call is still recorded, with a null cost
         name = requested or response["model"] or "<none>"
-        if (name, route.provider) not in self._unpriced:
-            self._unpriced.add((name, route.provider))
-            warn_internal(
-                "no price known for model %r at provider %r: its calls are recorded with null cost. "
-                "Add it to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...)).",
-                name,
-                route.provider,
-            )
+        unpriced = self._unpriced  # bounded: model names made per request must not grow it nor flood the log
+        if (name, route.provider) not in unpriced and len(unpriced) <= _UNPRICED_NAMED:
+            unpriced.add((name, route.provider))
+            warn_internal(_NO_PRICE if len(unpriced) <= _UNPRICED_NAMED else _NO_PRICES, name, route.provider)
         return None
 
     def _emit(self, record: CallRecord | LensRecord | AnomalyRecord | BudgetRecord) -> None:

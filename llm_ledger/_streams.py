@@ -400,8 +400,15 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
                 closed()
 
         response.close = close
-    # an abandoned stream: record it when the SDK object is collected
-    weakref.finalize(stream, state.end)
+    # an abandoned stream: record it when the SDK object is collected. The finalizer holds the response
+    # till then: else, collected in one cycle with the stream (the SDK's generator holds it), its weak
+    # reference above would be cleared before the SDK's close on collection, which could then not
+    # close it, and the SDK's pool would keep its connection for good (and scan it at every request)
+    weakref.finalize(stream, _collected, state, response)
+
+
+def _collected(state: _StreamState, response: Any) -> None:
+    state.end()
 
 
 # -- the SDK's stream helpers: what they raise above the stream ---------------------------------------

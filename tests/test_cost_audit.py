@@ -237,6 +237,25 @@ def test_an_unknown_model_costs_null_and_warns_once_per_model_and_provider(
     ]
 
 
+def test_models_with_no_price_are_named_up_to_a_hundred(
+    client: openai.OpenAI, records: Captured, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """A service whose model names are made per request (an id in each) is told of the first 100 models
+    with no price by name, then once that the next ones are not named: a long run's warnings, and what
+    the monitor keeps to warn once, stay bounded. Every call is still recorded with a null cost."""
+    for n in range(120):
+        client.chat.completions.create(model=f"acme-{n}", messages=HI)
+    warnings = [r.getMessage() for r in internal_log.records if "no price known" in r.getMessage()]
+    assert len(warnings) == 101
+    assert warnings[99].startswith("no price known for model 'acme-99' at provider 'openai': its calls")
+    assert warnings[100] == (
+        "no price known for model 'acme-100' at provider 'openai' either: over 100 models have none, and "
+        "the next ones are not named (a model name made per request?). Their calls are recorded with null "
+        "cost."
+    )
+    assert [c["cost"]["total_cost_usd"] for c in records.calls] == [None] * 120
+
+
 # (base URL a user gives the client, provider it is, model, how the server answers, service tier asked)
 PROVIDER_CALLS = [
     (

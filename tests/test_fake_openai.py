@@ -1177,6 +1177,28 @@ def test_the_request_log_masks_query_values(capfd: pytest.CaptureFixture[str]) -
     assert secret not in logged and "2024-10-21" not in logged
 
 
+def test_a_server_without_history_keeps_nothing() -> None:
+    """``FakeOpenAI(history=False)``, as ``llm-ledger fake-server`` runs until Ctrl-C, answers the SDK as
+    any other (streams, Responses, Realtime) but keeps no request, answer or event: a server left running
+    for days does not grow with the calls it served."""
+    with FakeOpenAI(history=False) as fake:
+        with openai.OpenAI(
+            api_key="sk-test",
+            base_url=fake.base_url,
+            websocket_base_url=fake.websocket_base_url,
+            max_retries=0,
+        ) as sdk:
+            assert sdk.chat.completions.create(model=MODEL, messages=USER).choices[0].message.content
+            chunks = list(sdk.chat.completions.create(model=MODEL, messages=USER, stream=True))
+            answer = sdk.responses.create(model=MODEL, input="hi", background=True)
+            assert sdk.responses.retrieve(answer.id).id == answer.id  # a Response is still kept for GET
+            with sdk.realtime.connect(model="gpt-realtime") as connection:
+                connection.response.create()
+                assert any(event.type == "response.done" for event in connection)
+        assert len(chunks) > 1
+        assert fake.requests == [] and fake.answers == [] and fake.realtime_events == []
+
+
 def test_fake_server_subcommand() -> None:
     """`llm-ledger fake-server` serves the real SDK until Ctrl-C, then exits 130 (the shell's status
     for SIGINT, as `llm-ledger serve` does) without a traceback."""

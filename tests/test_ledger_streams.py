@@ -179,6 +179,99 @@ def test_abandoned_stream_is_recorded_when_collected(client: openai.OpenAI, reco
     assert [r["status"] for r in records.calls] == ["interrupted"]
 
 
+class _Closes(sdk_http.HTTPTransport):
+    """A transport that counts the responses it gave and those closed (their connection let go)."""
+
+    given = closed = 0
+
+    def handle_request(self, request: Any) -> Any:
+        response = super().handle_request(request)
+        body: Any = response.stream
+        counts = self
+        self.given += 1
+
+        class Counted(sdk_http.SyncByteStream):
+            def __iter__(self) -> Any:
+                return iter(body)
+
+            def close(self) -> None:
+                counts.closed += 1
+                body.close()
+
+        response.stream = Counted()
+        return response
+
+
+class _AsyncCloses(sdk_http.AsyncHTTPTransport):
+    """``_Closes`` for an async client."""
+
+    given = closed = 0
+
+    async def handle_async_request(self, request: Any) -> Any:
+        response = await super().handle_async_request(request)
+        body: Any = response.stream
+        counts = self
+        self.given += 1
+
+        class Counted(sdk_http.AsyncByteStream):
+            def __aiter__(self) -> Any:
+                return body.__aiter__()
+
+            async def aclose(self) -> None:
+                counts.closed += 1
+                await body.aclose()
+
+        response.stream = Counted()
+        return response
+
+
+def test_an_abandoned_stream_lets_its_connection_go_when_collected(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A stream dropped unread and unclosed has its HTTP response closed when the garbage collector takes
+    it (the SDK's streams are in a reference cycle), as the bare SDK's is. It was not: the SDK's pool
+    kept each such response's connection for good, and scanned them all on every later request (a
+    long-running service that drops streams grew slower, by over 1 ms a call after 3,000 of them)."""
+    transport = _Closes()
+    http = sdk_http.Client(transport=transport)
+    with openai.OpenAI(
+        api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0, http_client=http
+    ) as raw:
+        client = monitor.instrument(raw)
+        for _ in range(3):
+            stream = client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": "10"}
+            )
+            next(stream)
+            del stream
+            gc.collect()
+        assert (transport.given, transport.closed) == (3, 3)
+    assert [r["status"] for r in records.calls] == ["interrupted"] * 3
+
+
+@pytest.mark.asyncio
+async def test_an_abandoned_async_stream_lets_its_connection_go_when_collected(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """As above, for an async stream: the loop closes it once collected, and its response with it."""
+    transport = _AsyncCloses()
+    http = sdk_http.AsyncClient(transport=transport)
+    raw = openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0, http_client=http)
+    async with raw:
+        client = monitor.instrument(raw)
+        for _ in range(3):
+            stream = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": "10"}
+            )
+            await stream.__anext__()
+            del stream
+            gc.collect()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the loop closes a collected async generator in a task of its own
+        assert (transport.given, transport.closed) == (3, 3)
+    assert [r["status"] for r in records.calls] == ["interrupted"] * 3
+
+
 def test_stream_cut_by_the_server_is_an_error_record(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
