@@ -244,7 +244,7 @@ def test_a_connection_closed_mid_response_records_it_interrupted(
 
 
 def test_a_response_cut_by_close_is_timed_to_when_close_was_called(
-    ws: openai.OpenAI, records: Captured
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured
 ) -> None:
     """A response cut by the caller's ``close()`` ends when the caller gave up, not when ``close()``
     returned: with messages left unread, the closing handshake waits for its timeout."""
@@ -252,14 +252,19 @@ def test_a_response_cut_by_close_is_timed_to_when_close_was_called(
     with ws.responses.connect(websocket_connection_options=options) as connection:
         sent = time.perf_counter()
         long = "word " * 400  # more events than the SDK's queue holds: the close frame waits behind them
-        connection.response.create(model=MODEL, input=long, metadata={"x-fake-chunks": "400"})
+        for _ in range(2):
+            connection.response.create(model=MODEL, input=long, metadata={"x-fake-chunks": "400"})
         next(e for e in connection if e.type.endswith(".delta"))
+        deadline = time.monotonic() + 10  # the fake reads the second once it sent all the first's events
+        while len(fake_openai.realtime_events) < 2:
+            assert time.monotonic() < deadline, "the fake never read the second response.create"
+            time.sleep(0.01)
         closing = time.perf_counter()
         connection.close()
         assert time.perf_counter() - closing >= 1
-    (record,) = records.calls
-    assert record["status"] == "interrupted"
-    assert record["timing"]["duration_ms"] <= (closing - sent) * 1000 + 100
+    assert [c["status"] for c in records.calls] == ["interrupted"] * 2
+    for call in records.calls:
+        assert call["timing"]["duration_ms"] <= (closing - sent) * 1000 + 100
 
 
 def test_a_response_create_whose_answer_was_never_read_is_interrupted_and_the_lens_incomplete(
