@@ -26,30 +26,23 @@ VARIANTS = ("bare", "ledger, no file", "ledger", "ledger in a lens", "ledger, a 
 
 _CHILD = textwrap.dedent(
     """
-    import json, sys, tempfile
+    import sys, tempfile
     import httpx2, openai, llm_ledger
     from llm_ledger import _jsonl
     # valgrind runs the calls many times slower: the file's time triggers (a batch's age, a slow
     # write) would fire where at full speed the batch fills first, and with the load of the host
     _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
+    from bench import _payloads  # the request and answer the calls section times
     variant, n = sys.argv[1], int(sys.argv[2])
-    body = json.dumps({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello " * 100},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
-    }).encode()
-    def handler(request):
-        return httpx2.Response(200, content=body, headers={"content-type": "application/json"})
     client = openai.OpenAI(api_key="sk-bench-0000000000", base_url="http://bench.invalid/v1",
-                           http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+                           http_client=httpx2.Client(transport=_payloads.mock_transport()))
     if variant != "bare":
         llm_ledger.instrument(client)
     if variant not in ("bare", "ledger, no file"):
         llm_ledger.configure(log_dir=tempfile.mkdtemp())
-    messages = [{"role": "system", "content": "s" * 500}, {"role": "user", "content": "u" * 3000}]
+    kwargs = _payloads.chat_kwargs()
     def call():
-        client.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=0.2)
+        client.chat.completions.create(**kwargs)
     # warm (first-call imports and caches) and collected, so both runs start from the same heap
     import gc
     for _ in range(5):
@@ -126,7 +119,7 @@ def _instructions(script: Path, variant: str, *args: int) -> int:
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     command += [sys.executable, str(script), variant, *map(str, args)]
     # a fixed hash seed: string hashes decide dict and set layouts, and so the instructions they take
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     for line in done.stderr.splitlines():
         if "Collected :" in line:
