@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from typing import Any as _Any
+from typing import Never as _Never
 from typing import TypeVar as _TypeVar
 
 from ._anomalies import AnomalyConfig, AnomalyDetector
@@ -97,9 +98,9 @@ def lens(lens_key: str, *, source_id: _Any = None, service: str | None = None, *
     return get_monitor().lens(lens_key, source_id=source_id, service=service, **context)
 
 
-def track_llm_call(**context: _Any) -> TrackedContext:
+def track_llm_call(*function: _Never, **context: _Any) -> TrackedContext:
     """Add context (``service=``, ``source_id=``, any other key) to every call inside."""
-    return get_monitor().track_llm_call(**context)
+    return get_monitor().track_llm_call(*function, **context)
 
 
 def flush() -> None:

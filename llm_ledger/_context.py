@@ -329,6 +329,10 @@ class LensRun(_Scope):
     """
 
     def __init__(self, monitor: LLMCallMonitor, lens_key: str, context: dict[str, Any]) -> None:
+        if callable(lens_key):  # @lens without its parentheses
+            raise TypeError(
+                "lens() takes a lens key first: write @lens('default_summary', ...) with parentheses"
+            )
         if not isinstance(lens_key, str) or not lens_key:
             raise TypeError(f"lens_key must be a non-empty string, got {lens_key!r}")
         # a str subclass (a `class Lens(str, Enum)` member) as its plain value, not str() of it

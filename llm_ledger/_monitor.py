@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Never, TypeVar, cast
 
 from . import _background, _records
 from ._background import LATER
@@ -344,8 +344,13 @@ class LLMCallMonitor:
             context["service"] = service
         return LensRun(self, lens_key, context)
 
-    def track_llm_call(self, **context: Any) -> TrackedContext:
+    def track_llm_call(self, *function: Never, **context: Any) -> TrackedContext:
         """Add context (``service``, ``source_id``, ``user_id``...) to every call inside."""
+        if function:  # @track_llm_call without its parentheses
+            raise TypeError(
+                "track_llm_call() takes context keywords only: write @track_llm_call(service=...) with "
+                "parentheses (instrument(client) records the calls; this adds context to them)"
+            )
         _own_keys("track_llm_call", context)
         return TrackedContext(context)
 

@@ -512,6 +512,27 @@ def test_context_cannot_overwrite_the_keys_a_lens_run_sets(
     assert call["context"]["user_id"] == "alice"
 
 
+def test_track_llm_call_and_lens_written_as_bare_decorators_say_how_to_write_them(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """``@track_llm_call`` and ``@lens`` without their parentheses (the plan's "decorator") fail where
+    they are written, naming the form that works; that form then records the function's calls."""
+
+    def call_llm() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    for track in (monitor.track_llm_call, llm_ledger.track_llm_call):
+        with pytest.raises(TypeError, match=r"@track_llm_call\(service=.*\) with parentheses"):
+            track(call_llm)  # type: ignore[arg-type]
+    for open_lens in (monitor.lens, llm_ledger.lens):
+        with pytest.raises(TypeError, match=r"@lens\('default_summary', \.\.\.\) with parentheses"):
+            open_lens(call_llm)  # type: ignore[arg-type]
+    monitor.lens("default_summary")(monitor.track_llm_call(service="GeneratorService")(call_llm))()
+    [call] = records.calls
+    assert call["context"]["lens_key"] == "default_summary"
+    assert call["context"]["service"] == "GeneratorService"
+
+
 def test_propagate_refuses_what_it_cannot_call(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
