@@ -19,8 +19,8 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
-    "FIELD_NAMES", "QUERY_NAMES", "as_typed", "credential_field", "credential_name", "looks_like_credential",
-    "request_credentials", "shown",
+    "FIELD_NAMES", "QUERY_NAMES", "credential_field", "credential_name", "looks_like_credential",
+    "request_credentials",
 ]  # fmt: skip
 
 # JSON fields (and so query parameters) named like credentials
@@ -67,20 +67,6 @@ def looks_like_credential(value: str) -> bool:
     if _KEY_PREFIX.search(value) or any(credential_name(m.group(1)) for m in _PAIR.finditer(value)):
         return True
     return any(re.search("[0-9]", t) and re.search("[A-Za-z]", t) for t in _TOKEN.findall(value))
-
-
-def shown(value: str, limit: int = 40) -> str:
-    """``value`` quoted for an error about a setting: cut to ``limit`` characters, and not quoted at
-    all when it looks like a credential (a key pasted into the wrong variable must not reach the logs)."""
-    if looks_like_credential(value):
-        return f"<{len(value)} characters not shown: they look like a credential>"
-    return repr(value if len(value) <= limit else value[: limit - 1] + "…")
-
-
-def as_typed(text: str) -> str:
-    """``text`` (command-line input) as typed, for an error echoing it; as :func:`shown` quotes it when a
-    terminal would run it or it looks like a credential (``--model gpt-4o=sk-proj-...``)."""
-    return text if text.isprintable() and not looks_like_credential(text) else shown(text)
 
 
 def _header_value(value: Any) -> str:
