@@ -33,11 +33,12 @@ QUERY_NAMES: Final = FIELD_NAMES | frozenset({"key", "token", "code", "sig", "si
 _NAMED: Final = re.compile(r"key|token|secret|auth|passw|signature|cookie")
 _ID_HEADERS: Final = frozenset({"openai_organization", "openai_project"})
 # what a secret put in the wrong environment variable looks like: a known key's prefix (OpenAI's sk-,
-# GitHub's, Slack's, Hugging Face's, AWS's, Google's), a JWT, an HTTP auth scheme, a name=value pair
-# named like a credential, or a long run of letters and digits (a random token)
+# GitHub's, Slack's, Hugging Face's, AWS's, Google's), a JWT, an HTTP auth scheme, a password hash
+# (crypt's $id$: /etc/shadow), a name=value pair named like a credential, or a long run of letters and
+# digits (a random token)
 _KEY_PREFIX: Final = re.compile(
     r"(?:^|[^A-Za-z0-9])(?:sk|rk|pk|ghp|gho|ghs|ghu|github_pat|glpat|xox[abprs]|hf)[-_][A-Za-z0-9]"
-    r"|AKIA[0-9A-Z]{12}|AIza[\w-]{20}|eyJ[\w-]{10,}\.|(?:^|\s)(?:bearer|basic)\s+\S",
+    r"|AKIA[0-9A-Z]{12}|AIza[\w-]{20}|eyJ[\w-]{10,}\.|(?:^|\s)(?:bearer|basic)\s+\S|\$[0-9a-z]{1,6}\$",
     re.IGNORECASE,
 )
 _PAIR: Final = re.compile(r"([A-Za-z][\w-]*)\s*[=:]\s*\S")

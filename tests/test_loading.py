@@ -130,6 +130,20 @@ def test_bad_values_are_quoted_short(tmp_path: Path, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", LOADERS)
+def test_a_value_like_a_password_hash_is_described_not_quoted(tmp_path: Path, kind: str) -> None:
+    """A crypt(3) password hash (``$1$salt$hash``, from /etc/shadow) given as a value is named by its
+    length, never quoted."""
+    load, error = LOADERS[kind]
+    path = tmp_path / "hash.yaml"
+    start = (
+        "version: 1\nmodels:\n  m: {input: 1, output: " if kind == "price file" else "total: {max_api_calls: "
+    )
+    path.write_text(start + "$1$saltsalt$hashhash}\n", encoding="utf-8")
+    with pytest.raises(error, match=r"got <20 characters not shown: they look like a credential>$"):
+        load(path)
+
+
+@pytest.mark.parametrize("kind", LOADERS)
 def test_devices_fifos_and_directories_are_refused_unread(tmp_path: Path, kind: str) -> None:
     """/dev/zero, a FIFO (with no writer: reading would hang) and a directory each get a clear error."""
     load, error = LOADERS[kind]
