@@ -4,7 +4,8 @@ them) and the pytest plugin (so are cassettes and its messages; ``pytest_llm_led
 Names are compared lower-case with ``-`` read as ``_``. A credential travels in:
 
 * a header or query parameter named like one (:func:`credential_name`): any name holding ``key``,
-  ``token``, ``secret``, ``auth``, ``passw``, ``signature`` or ``cookie`` (``Authorization``, Azure's
+  ``token``, ``secret``, ``auth``, ``passw``, ``pass`` ending a word, ``pwd``, ``signature`` or
+  ``cookie`` (``Authorization``, Azure's
   ``api-key``, ``x-goog-api-key``, ``x-auth-token``, ``cf-aig-authorization``...), one of
   :data:`QUERY_NAMES` (``code``, ``sig``...), or the organisation and project ids
   (``OpenAI-Organization``, ``OpenAI-Project``); a header's ``Bearer``/``Basic`` scheme is left out;
@@ -30,15 +31,16 @@ FIELD_NAMES: Final = frozenset(
      "subscription_key", "ocp_apim_subscription_key"}
 )  # fmt: skip
 QUERY_NAMES: Final = FIELD_NAMES | frozenset({"key", "token", "code", "sig", "signature", "auth"})
-_NAMED: Final = re.compile(r"key|token|secret|auth|passw|signature|cookie")
+_NAMED: Final = re.compile(r"key|token|secret|auth|passw|pass_|pass$|pwd|signature|cookie")
 _ID_HEADERS: Final = frozenset({"openai_organization", "openai_project"})
 # what a secret put in the wrong environment variable looks like: a known key's prefix (OpenAI's sk-,
 # GitHub's, Slack's, Hugging Face's, AWS's, Google's), a JWT, an HTTP auth scheme, a password hash
-# (crypt's $id$: /etc/shadow), a name=value pair named like a credential, or a long run of letters and
-# digits (a random token)
+# (crypt's $id$: /etc/shadow), a URL holding a password (scheme://user:password@host), a name=value
+# pair named like a credential, or a long run of letters and digits (a random token)
 _KEY_PREFIX: Final = re.compile(
     r"(?:^|[^A-Za-z0-9])(?:sk|rk|pk|ghp|gho|ghs|ghu|github_pat|glpat|xox[abprs]|hf)[-_][A-Za-z0-9]"
-    r"|AKIA[0-9A-Z]{12}|AIza[\w-]{20}|eyJ[\w-]{10,}\.|(?:^|\s)(?:bearer|basic)\s+\S|\$[0-9a-z]{1,6}\$",
+    r"|AKIA[0-9A-Z]{12}|AIza[\w-]{20}|eyJ[\w-]{10,}\.|(?:^|\s)(?:bearer|basic)\s+\S|\$[0-9a-z]{1,6}\$"
+    r"|://[^/\s:@]*:[^/\s@]+@",
     re.IGNORECASE,
 )
 _PAIR: Final = re.compile(r"([A-Za-z][\w-]*)\s*[=:]\s*\S")
