@@ -22,11 +22,10 @@ from typing import Any, Final
 
 import orjson
 
-from ._credentials import shown
 from ._errors import ConfigError, check_hook
 from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
-from .loading import BOOLEAN_WORDS, did_you_mean
+from .loading import BOOLEAN_WORDS, did_you_mean, shown
 
 __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
 

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from ._credentials import as_typed, shown
 from ._errors import LedgerError
+from .loading import as_typed, shown
 
 _Server = TypeVar("_Server")
 

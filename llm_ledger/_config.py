@@ -16,7 +16,6 @@ from typing import Any, Final
 
 from ._anomalies import AnomalyConfig, AnomalyDetector
 from ._budgets import BUDGET_MODES, BudgetGuard, Budgets, as_budgets, load_budgets
-from ._credentials import looks_like_credential, shown
 from ._errors import REDACT_FIX, REDACT_TAKES, ConfigError, check_hook, internal_log
 from ._jsonl import JsonlFileHandler, NotRegularFileError, flush_all, handle_sigterm_signal
 from ._monitor import LLMCallMonitor, Redactor
@@ -25,7 +24,7 @@ from ._pricing import PriceTable
 from ._rates import preload
 from ._records import LOGGER_NAME
 from .exporters import _setup as _exporters
-from .loading import BOOLEAN_WORDS
+from .loading import BOOLEAN_WORDS, looks_like_credential, shown
 
 __all__ = ["LOG_FILE_NAME", "Settings", "configure", "get_monitor"]
 

@@ -4,7 +4,8 @@ them) and the pytest plugin (so are cassettes and its messages; ``pytest_llm_led
 Names are compared lower-case with ``-`` read as ``_``. A credential travels in:
 
 * a header or query parameter named like one (:func:`credential_name`): any name holding ``key``,
-  ``token``, ``secret``, ``auth``, ``passw``, ``signature`` or ``cookie`` (``Authorization``, Azure's
+  ``token``, ``secret``, ``auth``, ``passw``, ``pass`` ending a word, ``pwd``, ``signature`` or
+  ``cookie`` (``Authorization``, Azure's
   ``api-key``, ``x-goog-api-key``, ``x-auth-token``, ``cf-aig-authorization``...), one of
   :data:`QUERY_NAMES` (``code``, ``sig``...), or the organisation and project ids
   (``OpenAI-Organization``, ``OpenAI-Project``); a header's ``Bearer``/``Basic`` scheme is left out;
@@ -19,8 +20,8 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
-    "FIELD_NAMES", "QUERY_NAMES", "as_typed", "credential_field", "credential_name", "looks_like_credential",
-    "request_credentials", "shown",
+    "FIELD_NAMES", "QUERY_NAMES", "credential_field", "credential_name", "looks_like_credential",
+    "request_credentials",
 ]  # fmt: skip
 
 # JSON fields (and so query parameters) named like credentials
@@ -30,14 +31,16 @@ FIELD_NAMES: Final = frozenset(
      "subscription_key", "ocp_apim_subscription_key"}
 )  # fmt: skip
 QUERY_NAMES: Final = FIELD_NAMES | frozenset({"key", "token", "code", "sig", "signature", "auth"})
-_NAMED: Final = re.compile(r"key|token|secret|auth|passw|signature|cookie")
+_NAMED: Final = re.compile(r"key|token|secret|auth|passw|pass_|pass$|pwd|signature|cookie")
 _ID_HEADERS: Final = frozenset({"openai_organization", "openai_project"})
 # what a secret put in the wrong environment variable looks like: a known key's prefix (OpenAI's sk-,
-# GitHub's, Slack's, Hugging Face's, AWS's, Google's), a JWT, an HTTP auth scheme, a name=value pair
-# named like a credential, or a long run of letters and digits (a random token)
+# GitHub's, Slack's, Hugging Face's, AWS's, Google's), a JWT, an HTTP auth scheme, a password hash
+# (crypt's $id$: /etc/shadow), a URL holding a password (scheme://user:password@host), a name=value
+# pair named like a credential, or a long run of letters and digits (a random token)
 _KEY_PREFIX: Final = re.compile(
     r"(?:^|[^A-Za-z0-9])(?:sk|rk|pk|ghp|gho|ghs|ghu|github_pat|glpat|xox[abprs]|hf)[-_][A-Za-z0-9]"
-    r"|AKIA[0-9A-Z]{12}|AIza[\w-]{20}|eyJ[\w-]{10,}\.|(?:^|\s)(?:bearer|basic)\s+\S",
+    r"|AKIA[0-9A-Z]{12}|AIza[\w-]{20}|eyJ[\w-]{10,}\.|(?:^|\s)(?:bearer|basic)\s+\S|\$[0-9a-z]{1,6}\$"
+    r"|://[^/\s:@]*:[^/\s@]+@",
     re.IGNORECASE,
 )
 _PAIR: Final = re.compile(r"([A-Za-z][\w-]*)\s*[=:]\s*\S")
@@ -67,20 +70,6 @@ def looks_like_credential(value: str) -> bool:
     if _KEY_PREFIX.search(value) or any(credential_name(m.group(1)) for m in _PAIR.finditer(value)):
         return True
     return any(re.search("[0-9]", t) and re.search("[A-Za-z]", t) for t in _TOKEN.findall(value))
-
-
-def shown(value: str, limit: int = 40) -> str:
-    """``value`` quoted for an error about a setting: cut to ``limit`` characters, and not quoted at
-    all when it looks like a credential (a key pasted into the wrong variable must not reach the logs)."""
-    if looks_like_credential(value):
-        return f"<{len(value)} characters not shown: they look like a credential>"
-    return repr(value if len(value) <= limit else value[: limit - 1] + "…")
-
-
-def as_typed(text: str) -> str:
-    """``text`` (command-line input) as typed, for an error echoing it; as :func:`shown` quotes it when a
-    terminal would run it or it looks like a credential (``--model gpt-4o=sk-proj-...``)."""
-    return text if text.isprintable() and not looks_like_credential(text) else shown(text)
 
 
 def _header_value(value: Any) -> str:

@@ -19,16 +19,20 @@ from typing import Any, ClassVar, Final
 
 import yaml
 
+from ._credentials import looks_like_credential
+
 __all__ = [
     "BOOLEAN_WORDS",
     "MAX_BYTES",
     "Document",
     "JsonLoader",
     "SafeLoader",
+    "as_typed",
     "did_you_mean",
     "invalid_yaml",
     "join",
     "listed",
+    "looks_like_credential",
     "no_controls",
     "one_line",
     "printable",
@@ -57,11 +61,8 @@ _SAFE_TAGS: Final = frozenset(
 # A YAML 1.1 integer written in decimal (``1_000`` groups digits); ``010``, ``0x10``, ``1:30`` are not.
 _DECIMAL_INT: Final = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
 _PLAIN_NUMBER: Final = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-# Values that may be credentials are described, never quoted: secret-key shapes, assignments (.env),
-# password hashes (/etc/shadow), long token-like runs, and credential words.
-_SECRET_VALUE: Final = re.compile(
-    r"sk-|[=$]|[A-Za-z0-9+/_.-]{24,}|key|token|secret|passw|bearer|auth|credential", re.IGNORECASE
-)
+# a key name that may be a credential: a secret key's shape, an assignment (.env), a password hash
+# (/etc/shadow) or a long token-like run (a model name's 24 characters are no sign of one)
 _SECRET_KEY: Final = re.compile(r"sk-[A-Za-z0-9_-]{8,}|[=$]|[A-Za-z0-9+/_-]{40,}")
 # an unknown key is quoted only when it looks like a misspelt key (a first line of /etc/shadow can
 # read as a key)
@@ -71,11 +72,19 @@ _WORD_BREAK: Final = re.compile(r"[-_.\s]+")  # between the words of a key (cach
 
 
 def shown(value: object, *, key: bool = False) -> str:
-    """``repr(value)`` shortened, or a description when a string value may be a credential."""
-    if isinstance(value, str) and (_SECRET_KEY if key else _SECRET_VALUE).search(value):
-        return f"a string of {len(value)} characters (not shown)"
+    """``repr(value)`` cut to 40 characters (a ``key`` name to 80), for an error quoting it; only its length
+    when it is a string that looks like a credential (:func:`looks_like_credential`): a key pasted into
+    the wrong setting or a price file pointed at a ``.env`` must not reach the logs."""
+    if isinstance(value, str) and (_SECRET_KEY.search(value) if key else looks_like_credential(value)):
+        return f"<{len(value)} characters not shown: they look like a credential>"
     text, limit = repr(value), _SHOWN_CHARS * 2 if key else _SHOWN_CHARS
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def as_typed(text: str) -> str:
+    """``text`` (command-line input) as typed, for an error echoing it; as :func:`shown` quotes it when a
+    terminal would run it or it looks like a credential (``--model gpt-4o=sk-proj-...``)."""
+    return text if text.isprintable() and not looks_like_credential(text) else shown(text)
 
 
 def printable(text: str) -> str:
@@ -111,7 +120,7 @@ def listed(names: list[str]) -> str:
 def join(key_path: str, key: str) -> str:
     """``key_path.key`` for messages; a key that looks like a credential is not shown, a long one is cut."""
     if _SECRET_KEY.search(key):
-        key = f"<a key of {len(key)} characters>"
+        key = shown(key, key=True)
     elif len(key) > _SHOWN_CHARS * 2:
         key = key[: _SHOWN_CHARS * 2 - 1] + "…"
     return f"{key_path}.{key}" if key_path else key
@@ -246,11 +255,6 @@ for _tag in ("set", "binary", "omap", "pairs", "timestamp"):
 _QUOTED: Final = re.compile(r"'([^']*)'")
 
 
-def _unless_secret(quoted: re.Match[str]) -> str:
-    text = quoted.group(1)
-    return f"a text of {len(text)} characters (not shown)" if _SECRET_KEY.search(text) else quoted.group(0)
-
-
 def invalid_yaml(name: str, exc: yaml.YAMLError, text: str) -> str:
     """The one message for a file that is not YAML a safe loader reads: ``name:line: invalid YAML:
     what is wrong`` (``text`` is the file's, to find the line of an unreadable character)."""
@@ -259,7 +263,7 @@ def invalid_yaml(name: str, exc: yaml.YAMLError, text: str) -> str:
         where = f"{name}:{mark.line + 1}" if mark is not None else name
         what = ", ".join(str(part) for part in (exc.context, exc.problem) if part).replace(_TAG_PREFIX, "!!")
         # PyYAML quotes what it read (a tag): never a credential (a key written as !sk-...)
-        return f"{where}: invalid YAML: {_QUOTED.sub(_unless_secret, what)}"
+        return f"{where}: invalid YAML: {_QUOTED.sub(lambda quoted: shown(quoted[1], key=True), what)}"
     if isinstance(exc, yaml.reader.ReaderError):
         line = text.count("\n", 0, exc.position) + 1
         return f"{name}:{line}: invalid YAML: {exc.reason}"

@@ -22,12 +22,20 @@ import yaml
 
 from llm_ledger import Budgets, Limits
 
-# the small modules behind llm_ledger.report, not all of it (aggregation, rendering, the diff): the
-# plugin is loaded by every pytest run of an environment with llm-ledger installed
-from llm_ledger._records import cost_decimal
-from llm_ledger._table import text_table, usd
-from llm_ledger.analysis._read import REPORT_SCHEMA
-from llm_ledger.analysis._usage import NO_ANSWER, NO_LENS, UsageRow, cost_gaps, failed_calls, usage_row
+# llm_ledger.analysis, not llm_ledger.report (aggregation, rendering, the diff): the plugin is loaded by
+# every pytest run of an environment with llm-ledger installed
+from llm_ledger.analysis import (
+    NO_ANSWER,
+    NO_LENS,
+    REPORT_SCHEMA,
+    UsageRow,
+    cost_decimal,
+    cost_gaps,
+    failed_calls,
+    text_table,
+    usage_row,
+    usd,
+)
 from llm_ledger.loading import did_you_mean, listed, one_line
 
 from ._naming import replayed_auth_advice

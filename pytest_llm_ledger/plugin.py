@@ -40,8 +40,7 @@ from llm_ledger import (
     load_budgets,
 )
 from llm_ledger import __all__ as _MODULE_NAMES  # the module's names, which the fixture's name hides
-from llm_ledger._credentials import looks_like_credential
-from llm_ledger.loading import BOOLEAN_WORDS, did_you_mean, listed, no_controls, shown
+from llm_ledger.loading import BOOLEAN_WORDS, did_you_mean, listed, looks_like_credential, no_controls, shown
 from llm_ledger.testing import Captured, add_global_sink, price_time_of_day, remove_global_sink
 
 from ._attribution import Starts

@@ -503,7 +503,7 @@ def test_the_refusal_shows_limits_and_totals_as_written_with_their_unit(
 
 def test_a_cost_written_with_a_dollar_sign_says_to_drop_it(tmp_path: Path) -> None:
     """`max_cost_usd: $0.05` (and `input: $2.50` in a price file) is refused with the fix, not as
-    'a string of 5 characters (not shown)'."""
+    '<5 characters not shown: they look like a credential>'."""
     with pytest.raises(BudgetError) as raised:
         llm_ledger.parse_budgets("default:\n  max_cost_usd: $0.05\n")
     assert str(raised.value) == (

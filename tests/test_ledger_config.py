@@ -1050,6 +1050,5 @@ def test_a_long_bad_value_is_quoted_cut_short(fresh_config: None, monkeypatch: p
     with pytest.raises(llm_ledger.ConfigError) as raised:
         llm_ledger.configure(log_dir=None)
     assert str(raised.value) == (
-        "LLM_LEDGER_BUDGET_MODE must be one of 'warn', 'raise', got "
-        "'warn-only-in-staging-and-raise-in-produ…'"
+        "LLM_LEDGER_BUDGET_MODE must be one of 'warn', 'raise', got 'warn-only-in-staging-and-raise-in-prod…"
     )

@@ -129,6 +129,30 @@ def test_bad_values_are_quoted_short(tmp_path: Path, kind: str) -> None:
     assert len(str(excinfo.value)) < len(str(path)) + 200
 
 
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "$1$saltsalt$hashhash",  # a crypt(3) password hash, from /etc/shadow
+        "postgres://admin:s3cret@db/prod",  # a URL with its password, from a .env's DATABASE_URL
+        "SMTP_PASS=hunter2",  # a .env line naming a password
+        "DB_PWD=hunter2",
+    ],
+)
+@pytest.mark.parametrize("kind", LOADERS)
+def test_a_value_like_a_password_is_described_not_quoted(tmp_path: Path, kind: str, secret: str) -> None:
+    """A password given as a value (a hash from /etc/shadow, a URL's or a .env line's) is named by its
+    length, never quoted."""
+    load, error = LOADERS[kind]
+    path = tmp_path / "secret.yaml"
+    start = (
+        "version: 1\nmodels:\n  m: {input: 1, output: " if kind == "price file" else "total: {max_api_calls: "
+    )
+    path.write_text(f"{start}'{secret}'}}\n", encoding="utf-8")
+    shown = rf"got <{len(secret)} characters not shown: they look like a credential>$"
+    with pytest.raises(error, match=shown):
+        load(path)
+
+
 @pytest.mark.parametrize("kind", LOADERS)
 def test_devices_fifos_and_directories_are_refused_unread(tmp_path: Path, kind: str) -> None:
     """/dev/zero, a FIFO (with no writer: reading would hang) and a directory each get a clear error."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -77,6 +78,24 @@ def test_the_fixture_type_is_public(llm_ledger: LedgerRecords) -> None:
     assert calls == 0 and cost == 0 and not summaries and wrong
     assert pytest_llm_ledger.__all__ == ["LedgerRecords"]
     assert type(llm_ledger) is LedgerRecords  # (after the lines above: it narrows the type for mypy)
+
+
+def test_the_plugin_imports_only_the_public_modules_of_llm_ledger() -> None:
+    """pytest_llm_ledger uses llm_ledger's public API alone (no ``_private`` module or name), as a user's
+    own plugin would: what it needs is public, and llm_ledger's private modules stay free to change."""
+    private = []
+    for path in sorted((ROOT / "pytest_llm_ledger").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            private += [
+                f"{path.name}: {name}"
+                for name in names
+                if name.split(".")[0] == "llm_ledger"
+                and any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+            ]
+    assert private == []
 
 
 @pytest.mark.parametrize("package", ["llm_ledger", "pytest_llm_ledger"])

@@ -154,8 +154,8 @@ def test_a_bad_match_host_value_is_a_clear_failure(pytester: pytest.Pytester) ->
          "'match_host'?); use *"),
         # a long argument is cut; a key passed by mistake is described, never quoted
         ("'x ' * 5_000", "*@pytest.mark.llm('x x x x x x x x x x x x x x x x x x x …) is not a valid *"),
-        (f"api_key='sk-proj-{'A1b2' * 8}'", "*@pytest.mark.llm(api_key=a string of 40 characters (not shown)"
-         ") is not a valid llm marker; use *"),
+        (f"api_key='sk-proj-{'A1b2' * 8}'", "*@pytest.mark.llm(api_key=<40 characters not shown: they look "
+         "like a credential>) is not a valid llm marker; use *"),
         # a live test has no cassette: what would match or keep its requests does nothing
         ("live=True, match_host=True", "*test_x: @pytest.mark.llm(live=True, match_host=True): a live test "
          "has no cassette, so match_host does nothing; drop it, or drop live=True *"),

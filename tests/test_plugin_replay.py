@@ -1015,7 +1015,10 @@ KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"  # built: no secret scanner tr
         ("llm_record_mode=onc", "-o llm_record_mode=onc: 'onc' is not a record mode; use one of none, *"),
         ("llm_time_of_day=25:00", "llm-ledger: -o llm_time_of_day=25:00: '25:00' is not a time of day; *"),
         # a key pasted there (the wrong shell variable) is never printed: CI keeps the log
-        (f"llm_strict={KEY}", "-o llm_strict=...: a string of 36 characters (not shown) is not a boolean; *"),
+        (
+            f"llm_strict={KEY}",
+            "-o llm_strict=...: <36 characters not shown: they look like a credential> is not a boolean; *",
+        ),
     ],
 )
 def test_a_bad_override_on_the_command_line_names_the_override_not_the_ini_file(

@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from .._credentials import shown
 from .._errors import ConfigError
 from .._records import (
     ANOMALY_EVENT,
@@ -29,7 +28,7 @@ from .._records import (
     cost_pending,
     process_of,
 )
-from ..loading import did_you_mean
+from ..loading import did_you_mean, shown
 from ._read import InputStats, LogReader
 
 __all__ = [

@@ -22,10 +22,9 @@ from typing import Any, Final
 
 import orjson
 
-from .._credentials import shown
 from .._errors import ConfigError
 from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT
-from ..loading import listed
+from ..loading import listed, shown
 
 __all__ = [
     "COSTS_JSON", "MAX_LINE_BYTES", "PERIODS", "REPORT_SCHEMA", "InputStats", "LogReader", "is_pytest_report",

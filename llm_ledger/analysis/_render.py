@@ -7,11 +7,10 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, Final
 
-from .._credentials import as_typed
 from .._errors import ConfigError
 from .._records import AnomalyRecord
 from .._table import NO_FIGURE, code, notes, percent, table, text_table, usd
-from ..loading import printable
+from ..loading import as_typed, printable
 from ._aggregate import CostReport, CostRow, as_text
 from ._usage import NO_LENS, TOTAL_ONLY
 

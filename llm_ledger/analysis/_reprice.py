@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from .._cli import add_command, add_query_options
-from .._credentials import as_typed, shown
 from .._errors import ConfigError
 from .._extract import reasoning_in_completion
 from .._pricing import PROVIDER_REPORTED, PriceTable, Route, reasoning_outside
 from .._rates import DEFAULT_PROVIDER, PRICE_FILE_SOURCE, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
-from ..loading import did_you_mean
+from ..loading import as_typed, did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
 from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
 from ._render import REPRICE_FORMATS, render_reprice

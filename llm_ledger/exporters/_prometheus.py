@@ -20,10 +20,10 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from .._credentials import looks_like_credential
 from .._errors import ConfigError, unchained
 from .._errors import internal_log as _internal_log
 from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
+from ..loading import as_typed
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -716,7 +716,7 @@ def start_metrics_server(
                 "; give an address of this machine: 0.0.0.0 for all its interfaces, 127.0.0.1 for "
                 f"itself only (LLM_LEDGER_EXPORTERS=prometheus:{port} or prometheus:127.0.0.1:{port})"
             )
-        where = f"<a host of {len(addr)} characters>" if looks_like_credential(addr) else addr
+        where = as_typed(addr)  # a key given as the host is not printed
         raise ConfigError(f"cannot serve metrics on {where}:{port}: {exc.strerror or exc}{fix}") from None
     # shutdown() alone returns when the serving loop next looks for it, up to half a second later
     server.shutdown = functools.partial(shutdown_now, server)

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from .._credentials import shown
 from .._errors import ConfigError
 from .._errors import internal_log as _internal_log
+from ..loading import shown
 from ._otel import OTelSink
 from ._prometheus import PrometheusSink, start_metrics_server
 
