@@ -246,7 +246,6 @@ _monitor: LLMCallMonitor | None = None
 _settings: Settings | None = None
 _handler: JsonlFileHandler | None = None
 _prices_read: tuple[int, int, int] | None = None  # the price file as configure() last read it
-_propagate_was = True  # llm_monitor's propagate before configure() set up the file, for when it stops
 _given: dict[str, Any] = {}  # the arguments configure() calls have passed, the latest of each
 
 
@@ -292,7 +291,7 @@ def configure(
     file is read again); a new ``log_dir`` switches file. Raises ``ConfigError`` naming the bad value,
     changing nothing.
     """
-    global _settings, _handler, _prices_read, _propagate_was, _given
+    global _settings, _handler, _prices_read, _given
     _warn_unknown_variables()
     named = {
         "log_dir": log_dir, "price_file": price_file, "capture_content": capture_content,
@@ -326,7 +325,6 @@ def configure(
         plan = None
         if settings.exporters != (_settings.exporters if _settings is not None else ()):
             plan = _exporters.prepare(settings.exporters)  # sinks built, ports bound; nothing changed yet
-        logger = logging.getLogger(LOGGER_NAME)
         if _settings is None or settings.log_dir != _settings.log_dir:
             new_handler = None
             if settings.log_dir is not None:
@@ -337,22 +335,18 @@ def configure(
                         plan.cancel()
                     raise _log_dir_error(exc, settings.log_dir, "log_dir" in given) from exc
             old, _handler = _handler, new_handler
-            # the file is the default monitor's first sink (the logger is the application's)
+            # the file is the default monitor's first sink (the logger is the application's): while it
+            # takes the records, they reach llm_monitor's own handlers only, not the root's
             monitor._replace_first_sink(
                 None if old is None else old.write_record,
                 None if new_handler is None else new_handler.write_record,
             )
             if old is not None:
                 old.close()
-            # while the file takes the records, the application's root handlers need no second copy;
-            # with no file, the logger is where they go (a service logging to stdout), as unconfigured
-            if old is None and new_handler is not None:
-                _propagate_was, logger.propagate = logger.propagate, False
-            elif old is not None and new_handler is None:
-                logger.propagate = _propagate_was
         # (the OpenTelemetry exporter's providers, too, hold what SIGTERM's death would lose)
         if _handler is not None or "otel" in settings.exporters or not settings.handle_sigterm:
             handle_sigterm_signal(settings.handle_sigterm)
+        logger = logging.getLogger(LOGGER_NAME)
         if logger.level == logging.NOTSET:  # a level the application gave it is its own
             logger.setLevel(logging.INFO)
         monitor.prices = prices

@@ -91,15 +91,16 @@ def remove_global_sink(sink: Sink) -> None:
         _global_sinks = tuple(s for s in _global_sinks if s != sink)  # != : a bound method is made anew
 
 
-def _heard(logger: logging.Logger, level: int) -> bool:
+def _heard(logger: logging.Logger, level: int, upward: bool) -> bool:
     """Whether a handler other than a ``NullHandler`` would get a record of ``level`` (else none is
-    built, and logging's last resort never prints records to stderr)."""
+    built, and logging's last resort never prints records to stderr); ``upward``: the ancestors'
+    handlers count too."""
     current: logging.Logger | None = logger
     while current is not None:
         for handler in current.handlers:
             if level >= handler.level and type(handler) is not logging.NullHandler:
                 return True
-        if not current.propagate:
+        if not (upward and current.propagate):
             return False
         current = current.parent
     return False
@@ -319,6 +320,9 @@ class LLMCallMonitor:
             )
         self._sinks: tuple[Sink, ...] = tuple(_callable_sink("sinks", sink) for sink in sinks)
         self._sinks_lock = threading.Lock()
+        # logged records reach the ancestors' handlers too (the root's), as logging propagates them;
+        # not while configure()'s file takes the default monitor's (they need no second copy)
+        self._upward = True
         self._unpriced: set[tuple[str, str]] = set()
         self._last_report: dict[str, float] = {}
         self.budgets: BudgetGuard | None = None
@@ -369,6 +373,7 @@ class LLMCallMonitor:
         with self._sinks_lock:
             rest = tuple(s for s in self._sinks if s != old)  # != : a bound method is made anew
             self._sinks = rest if new is None else (new, *rest)
+            self._upward = new is None
 
     # -- used by the instrumentation ----------------------------------------------------------------
 
@@ -642,9 +647,15 @@ class LLMCallMonitor:
         if logger is not None:
             level = _LEVELNO[record["level"]]
             try:
-                if logger.isEnabledFor(level) and _heard(logger, level):
+                if logger.isEnabledFor(level) and _heard(logger, level, self._upward):
                     # built directly: logger.log() would walk the stack to find the caller
-                    logger.handle(_LedgerLogRecord(logger.name, level, "", 0, record, None, None))
+                    log_record = _LedgerLogRecord(logger.name, level, "", 0, record, None, None)
+                    if self._upward:
+                        logger.handle(log_record)
+                    elif logger.filter(log_record):  # the logger's own handlers only
+                        for handler in logger.handlers:
+                            if level >= handler.level:
+                                handler.handle(log_record)
             except PASSED_ON:
                 raise
             except BaseException as exc:

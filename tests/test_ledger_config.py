@@ -289,6 +289,37 @@ def test_the_applications_root_logging_gets_the_records_while_no_file_is_written
     assert len(_lines(tmp_path / "llm_calls.jsonl")) == 1
 
 
+def test_an_own_monitors_records_reach_the_root_logging_while_configure_writes_the_file(
+    default_client: openai.OpenAI, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A monitor of the application's own (``LLMCallMonitor()``, no sinks: its records go to
+    ``llm_monitor``) keeps reaching the root handlers after configure() starts writing the file,
+    which spares them only the default monitor's copies. It lost every record: configure() stopped
+    llm_monitor propagating."""
+    heard: list[str | None] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.msg["context"]["service"])  # type: ignore[index]
+
+    root = logging.getLogger()
+    keep = Keep()
+    root.addHandler(keep)
+    monitor = llm_ledger.LLMCallMonitor()
+    own = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
+    try:
+        with own, monitor.track_llm_call(service="own"):
+            own.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            llm_ledger.configure(log_dir=tmp_path)
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            own.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        root.removeHandler(keep)
+    llm_ledger.flush()
+    assert heard == ["own", "own"]
+    assert len(_lines(tmp_path / "llm_calls.jsonl")) == 1
+
+
 def test_a_refused_log_dir_leaves_nothing_behind_for_exit(tmp_path: Path) -> None:
     """configure() refusing a log path raises ConfigError and nothing else: the handler it began to
     build (alive while the error's traceback is, as when it goes unhandled) prints no traceback when
