@@ -445,6 +445,12 @@ def _end_open_sessions() -> None:
 _jsonl.before_sigterm_death.append(_end_open_sessions)
 
 
+def _refuse(event: Any, lenses: tuple[Any, ...]) -> None:
+    """Raise BudgetExceededError for a ``response.create`` of a lens run stopped by its budget."""
+    if _budgets.stopping and _field(event, "type") == "response.create":  # a run over budget: ours?
+        _budgets.refuse_if_stopped(lenses)
+
+
 def _watch(session: _Session, connection: Any, is_async: bool) -> None:
     """Wrap ``connection``'s ``recv_bytes``, ``send`` (and openai 3.x's ``send_raw``) and ``close`` in
     place (its identity kept)."""
@@ -457,8 +463,7 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
 
     def sent(event: Any) -> Any:
         try:
-            if _budgets.stopping and _field(event, "type") == "response.create":  # a run over budget: ours?
-                _budgets.refuse_if_stopped(session.lenses)
+            _refuse(event, session.lenses)
             return session.sent(event)
         except BudgetExceededError:
             raise  # the one error on purpose: a response asked for in a run stopped by its budget, unsent
@@ -563,6 +568,8 @@ def _opened(manager: Any, connection: Any, is_async: bool) -> None:
     try:
         session = kind(monitor, client, model)
         _watch(session, connection, is_async)
+        for event in manager.__dict__.pop("_llm_ledger_queued", ()):  # written as the connection opened
+            session.sent(event)
     except Exception as exc:
         monitor._report(f"watching a {kind.operation} connection", exc)
         if session is not None:
@@ -586,8 +593,18 @@ def _watched_manager(cls: Any, is_async: bool) -> Any:
         _opened(self, connection, True)
         return connection
 
+    def send(self: Any, event: Any) -> Any:
+        """openai 3.x's queue of events the connection writes as it opens: a ``response.create`` refused
+        as the connection's ``send()`` refuses it, else noted as sent when the connection opens."""
+        _refuse(event, current_lenses())
+        cls.send(self, event)
+        if _field(event, "type") == "response.create":
+            self.__dict__.setdefault("_llm_ledger_queued", []).append(event)
+
     opens: Any = __aenter__ if is_async else __enter__
     body = {opens.__name__: opens, "enter": opens, "_llm_ledger_watched": True}
+    if hasattr(cls, "send"):
+        body["send"] = send
     return type(
         cls.__name__, (cls,), {**body, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
     )

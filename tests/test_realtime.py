@@ -566,6 +566,37 @@ async def test_raise_mode_refuses_an_async_response_create_alike(
     assert len(records.calls) == 1
 
 
+@pytest.mark.sdk3  # the manager's send(), queueing events the connection writes as it opens, is 3.x's
+def test_raise_mode_refuses_a_response_create_queued_before_the_connection_opens(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``response.create`` queued with the connection manager's ``send()`` before ``enter()`` is written
+    as the connection opens: within its run's budget it is a call of the connection; once the run went
+    over its budget in raise mode the manager's ``send()`` refuses it, unqueued, as ``connection.send()``
+    does."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"voice_agent": {"max_api_calls": 1}}}, mode="raise")
+    with monitor.lens("voice_agent") as run:
+        manager = ws.realtime.connect(model=MODEL)
+        manager.send({"type": "response.create"})
+        with manager as connection:
+            _until_done(connection)
+            connection.response.create()  # goes over the budget: not refused
+            _until_done(connection)
+        manager = ws.realtime.connect(model=MODEL)
+        with pytest.raises(llm_ledger.BudgetExceededError, match=r"max_api_calls 1, reached 2; .*not sent"):
+            manager.send({"type": "response.create"})
+        with manager as connection:
+            connection.input_audio_buffer.clear()
+            assert (
+                next(e for e in connection if e.type != "session.created").type
+                == "input_audio_buffer.cleared"
+            )
+    sent = [e["type"] for e in fake_openai.realtime_events]
+    assert sent == ["response.create", "response.create", "input_audio_buffer.clear"]
+    assert [c["status"] for c in records.calls] == ["ok", "ok"]
+    assert run.summary is not None and run.summary["total_api_calls"] == 2
+
+
 def test_transcripts_are_captured_only_with_content_capture_and_scrubbed(fake_openai: FakeOpenAI) -> None:
     """The text and audio transcripts of a response are the record's captured output only when content
     capture is on, through the redact hook as other captured text."""
