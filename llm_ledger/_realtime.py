@@ -76,6 +76,9 @@ class _Session:
         self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
         self.ended = False
         self.closing: float | None = None  # when the caller called close(): what it cuts short ends then
+        # from a drop to the next recv: what each response.create sent meanwhile noted (openai 3.x queues
+        # it while it reconnects, written only if it reconnects, which the next recv follows)
+        self.down: list[Any] | None = None
         # what one thread reads of the events and another's close() take turns: a response begun while
         # the connection is closed would hold its lens runs open for good. Reentrant: a sink recording a
         # response may close the connection
@@ -159,6 +162,7 @@ class _Session:
                 return
             for run in self.lenses:  # let go in _end(): a close() meanwhile leaves the runs open
                 run._totals.hold()
+            self.down = []
         self._end(exc)
 
     def close(self) -> None:
@@ -167,7 +171,10 @@ class _Session:
             if self.ended:
                 return
             self.ended = True
+            down, self.down = self.down or (), None
         _open.discard(self)
+        for noted in down:  # queued while openai 3.x reconnected, in vain: never written
+            self.unsent(noted)
         self._end(None)
 
     def _end(self, exc: BaseException | None) -> None:
@@ -464,7 +471,10 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
     def sent(event: Any) -> Any:
         try:
             _refuse(event, session.lenses)
-            return session.sent(event)
+            noted = session.sent(event)
+            if noted is not None and session.down is not None:
+                session.down.append(noted)
+            return noted
         except BudgetExceededError:
             raise  # the one error on purpose: a response asked for in a run stopped by its budget, unsent
         except Exception as exc:
@@ -506,6 +516,9 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return asend
 
         async def arecv_bytes(*args: Any, **kwargs: Any) -> Any:
+            session.down = (
+                None  # a recv after a drop: openai 3.x reconnected (its queue written), or never does
+            )
             try:
                 data = await recv_bytes(*args, **kwargs)
             except BaseException as exc:
@@ -536,6 +549,9 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return ssend
 
         def srecv_bytes(*args: Any, **kwargs: Any) -> Any:
+            session.down = (
+                None  # a recv after a drop: openai 3.x reconnected (its queue written), or never does
+            )
             try:
                 data = recv_bytes(*args, **kwargs)
             except BaseException as exc:
