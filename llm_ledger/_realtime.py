@@ -1,6 +1,7 @@
 """Watching the Realtime API's connections (``client.realtime.connect()``, ``client.beta.realtime.connect()``,
 sync and async), which go over a WebSocket, past the client's ``request`` seam; and the Responses API's
-(``client.responses.connect()``, ``client.beta.responses.connect()``), watched alike (``_ResponsesSession``).
+(``client.responses.connect()``, ``client.beta.responses.connect()``), watched alike (``_ResponsesSession``),
+and openai 3.x's Live API's (``client.live.connect()``: ``_LiveSession``).
 
 The connection an instrumented client's manager opens is watched in place: its ``recv_bytes`` (which
 ``recv()``, iteration and ``dispatch_events()`` go through) sees each server event after the SDK
@@ -435,6 +436,58 @@ class _ResponsesSession(_Session):
                 _StreamState(self.monitor, call)._finish(status, exc)
 
 
+class _LiveSession(_ResponsesSession):
+    """One watched Live API connection (``live.connect()``, openai 3.x): each response of its Responses
+    delegation (its events wrapped in ``response.event``, its lane their ``delegation_id``) is one
+    ``responses`` call, read as a Responses connection's response the server began; the session, billed
+    by the second (its ``session.usage``: no tokens, so no price), one ``live`` call from its
+    ``session.start`` sent to its ``session.closed``."""
+
+    def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
+        self.starting: tuple[float, float] | None = None  # when session.start was sent
+        self.session: _Call | None = None  # the session's call, from its session.started
+        super().__init__(monitor, client, model)
+
+    def sent(self, event: Any) -> Any:
+        if _field(event, "type") == "session.start":
+            self.starting = (time.time(), time.perf_counter())
+        return None  # a response.create names no request: the delegation's config makes it
+
+    def _seen(self, kind: str, event: dict[str, Any]) -> None:
+        if kind == "response.event":
+            nested = _object(event.get("event"))
+            if type(nested.get("type")) is str:
+                super()._seen(nested["type"], {**nested, "stream_id": event.get("delegation_id")})
+        elif kind == "session.started" and self.session is None:
+            model = _object(event.get("session")).get("model")
+            request = {**EMPTY_REQUEST, "model": model if type(model) is str else None}
+            self.session = self._begin(request, {}, self.starting, "live")  # type: ignore[arg-type]
+        elif kind == "session.closed" and self.session is not None:
+            call, self.session = self.session, None
+            self._closed(call, "ok", event, None)
+
+    def _closed(self, call: _Call, status: Status, event: dict[str, Any], exc: BaseException | None) -> None:
+        """The session's call ended by its ``session.closed`` (``event``; empty: cut short)."""
+        shape: ResponseShape = {
+            "model": call.request["model"],
+            "id": _object(event.get("session")).get("id"),
+            "request_id": None,
+            "content_length": None,
+            "finish_reason": event.get("reason"),
+            "tool_calls_count": None,
+            "service_tier": None,
+            "tool_uses": None,
+        }
+        self.monitor._finish(call if event else self._cut(call), status, shape, None, error=exc)
+
+    def _cut_short(self, status: Status, exc: BaseException | None) -> None:
+        with self.lock:
+            call, self.session = self.session, None
+        super()._cut_short(status, exc)
+        if call is not None:
+            self._closed(call, status, {}, exc)
+
+
 _TRANSCRIBED = frozenset(
     f"conversation.item.input_audio_transcription.{end}" for end in ("completed", "failed")
 )
@@ -629,7 +682,7 @@ def _watched_manager(cls: Any, is_async: bool) -> Any:
 def watch_connect(original: Any, client: Any, monitor_of: Any, is_async: bool, api: str) -> Any:
     """A realtime or responses resource's (``api``) ``connect()`` whose manager watches the connection it
     opens for the monitor ``monitor_of()`` gives then (the client's)."""
-    kind = _ResponsesSession if api == "responses" else _RealtimeSession
+    kind = {"responses": _ResponsesSession, "live": _LiveSession}.get(api, _RealtimeSession)
 
     @functools.wraps(original)
     def connect(*args: Any, **kwargs: Any) -> Any:
