@@ -569,9 +569,8 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return asend
 
         async def arecv_bytes(*args: Any, **kwargs: Any) -> Any:
-            session.down = (
-                None  # a recv after a drop: openai 3.x reconnected (its queue written), or never does
-            )
+            # a recv after a drop: openai 3.x reconnected (its queue written), or never does
+            session.down = None
             try:
                 data = await recv_bytes(*args, **kwargs)
             except BaseException as exc:
@@ -602,9 +601,8 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return ssend
 
         def srecv_bytes(*args: Any, **kwargs: Any) -> Any:
-            session.down = (
-                None  # a recv after a drop: openai 3.x reconnected (its queue written), or never does
-            )
+            # a recv after a drop: openai 3.x reconnected (its queue written), or never does
+            session.down = None
             try:
                 data = recv_bytes(*args, **kwargs)
             except BaseException as exc:
