@@ -1,8 +1,9 @@
-"""The fake OpenAI server's WebSocket APIs: the Realtime API's ``/v1/realtime`` and the Responses API's
-``/v1/responses`` (the ``websockets`` library's server, in a thread of its own, on a port of its own),
-speaking the events the SDK's ``realtime.connect()`` and ``responses.connect()`` expect, with
-deterministic text and usage. Started by :attr:`FakeOpenAI.websocket_base_url`; described in
-docs/FAKE_SERVER.md ("Realtime", "Responses over a WebSocket"), which must stay true to this module.
+"""The fake OpenAI server's WebSocket APIs: the Realtime API's ``/v1/realtime``, the Responses API's
+``/v1/responses`` and the Live API's ``/v1/live/sessions`` (the ``websockets`` library's server, in a
+thread of its own, on a port of its own), speaking the events the SDK's ``realtime.connect()``,
+``responses.connect()`` and ``live.connect()`` expect, with deterministic text and usage. Started by
+:attr:`FakeOpenAI.websocket_base_url`; described in docs/FAKE_SERVER.md ("Realtime", "Responses over a
+WebSocket", "Live"), which must stay true to this module.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ GREETING = "Hello! How can I help you today?"
 TRANSCRIPT = "Summary: the recording"  # what the session's input transcription hears, as the HTTP fake's
 IMAGE_TOKENS = 85  # the tokens of each input_image part of an item (a low-detail image's)
 FAILED = "The server had an error while processing your request."
+LIVE_ASK = "what is the weather like"  # what a Live session asks its Responses delegation
 # the x-fake-* keys a response.create's metadata takes (strings, as metadata is): int, or the values taken
 _STEERING: dict[str, Any] = {
     "x-fake-chunks": int,
@@ -331,6 +333,10 @@ class _ResponsesSocket:
             elif self.respond(event) == "close":
                 return
 
+    def emit(self, event: JSONDict) -> None:
+        """Send one event of a response."""
+        self.connection.send(json.dumps(event))
+
     def refuse(self, event: JSONDict, status: int, message: str | None, body: Any = None) -> None:
         from ._fake_server import error_body
 
@@ -361,11 +367,62 @@ class _ResponsesSocket:
             if sent["type"] == "error":  # over a WebSocket, its detail is in "error"
                 sent = {"type": "error", "sequence_number": sent["sequence_number"],
                         "error": {k: sent[k] for k in ("code", "message", "param")}}  # fmt: skip
-            self.connection.send(json.dumps({**sent, **lane}))
+            self.emit({**sent, **lane})
             if cut and sent["type"].endswith(".delta"):
                 self.connection.close(1011, "fake fault: closed mid-response")
                 return "close"
         return None
+
+
+class _LiveSocket(_ResponsesSocket):
+    """One Live API connection (``live.connect()``, openai 3.x): ``session.start`` answered with
+    ``session.started``; each ``response.create`` with a response of the session's Responses delegation
+    (``session.delegation.responses``: its ``model``, else gpt-4.1-mini, and ``instructions``, to the
+    input ``LIVE_ASK``), the events the HTTP fake streams for it each wrapped in a ``response.event``
+    naming the delegation; ``session.close`` with ``session.closed``, its usage the seconds of input
+    audio appended (24 kHz 16-bit: 48,000 bytes a second, rounded up), then the fake closes."""
+
+    def run(self) -> None:
+        config: JSONDict | None = None
+        audio = 0
+        events = (f"event_{n}" for n in itertools.count(1))
+        for message in self.connection:
+            event = json.loads(message)
+            if self.server.history:
+                self.server.received.append(event)
+            kind, reply = event.get("type"), None
+            if kind == "session.start":
+                config = event.get("session") or {}
+                session = {"id": f"live_{next(self.server.counter)}", "object": "live.session",
+                           "model": config.get("model"), "status": "active", "expires_at": 0}  # fmt: skip
+                reply = {"type": "session.started", "session": session}
+            elif kind == "session.input_audio.append":
+                audio += len(base64.b64decode(event.get("audio") or ""))
+            elif kind == "response.create" and config is not None:
+                delegated = _object(_object(config.get("delegation")).get("responses"))
+                self.delegation = f"deleg_{next(self.server.counter)}"
+                self.respond({"type": "response.create", "input": LIVE_ASK,
+                              "model": delegated.get("model", "gpt-4.1-mini"),
+                              "instructions": delegated.get("instructions")})  # fmt: skip
+            elif kind == "session.close" and config is not None:
+                reply = {"type": "session.closed", "reason": "close_requested", "session": session,
+                         "usage": {"seconds": math.ceil(audio / 48000)}}  # fmt: skip
+            else:
+                reply = {"type": "error", "error": {"type": "invalid_request_error", "code": None,
+                         "message": f"Unexpected event {kind!r}", "param": None}}  # fmt: skip
+            if reply is not None:
+                self.connection.send(json.dumps({"event_id": next(events), **reply}))
+            if kind == "session.close" and config is not None:
+                return
+
+    def emit(self, event: JSONDict) -> None:
+        wrapped = {"type": "response.event", "event_id": f"event_{next(self.server.counter)}",
+                   "delegation_id": self.delegation, "event": event}  # fmt: skip
+        self.connection.send(json.dumps(wrapped))
+
+
+def _object(value: Any) -> JSONDict:
+    return value if isinstance(value, dict) else {}
 
 
 class RealtimeServer:
@@ -392,9 +449,11 @@ class RealtimeServer:
     @staticmethod
     def _check(connection: Any, request: Any) -> Any:
         path = urlsplit(request.path).path
-        if not path.endswith(("/realtime", "/responses")):
+        if not path.endswith(("/realtime", "/responses", "/live/sessions")):
             return connection.respond(
-                404, f"The fake serves WebSockets at /v1/realtime and /v1/responses, not {path}\n"
+                404,
+                "The fake serves WebSockets at /v1/realtime, /v1/responses and /v1/live/sessions, "
+                f"not {path}\n",
             )
         return None
 
@@ -405,6 +464,8 @@ class RealtimeServer:
             url = urlsplit(connection.request.path)
             if url.path.endswith("/responses"):
                 _ResponsesSocket(self, connection).run()
+            elif url.path.endswith("/live/sessions"):
+                _LiveSocket(self, connection).run()
             else:
                 query = parse_qs(url.query)
                 _Session(self, connection, (query.get("model") or [None])[0]).run()

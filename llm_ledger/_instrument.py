@@ -227,6 +227,7 @@ _HELPER_RESOURCES = {
         (("responses",), "responses"),
     ),
     "realtime": (((), "realtime"),),
+    "live": (((), "live"),),  # openai 3.x's Live API
 }
 
 

@@ -1,6 +1,7 @@
 """Watching the Realtime API's connections (``client.realtime.connect()``, ``client.beta.realtime.connect()``,
 sync and async), which go over a WebSocket, past the client's ``request`` seam; and the Responses API's
-(``client.responses.connect()``, ``client.beta.responses.connect()``), watched alike (``_ResponsesSession``).
+(``client.responses.connect()``, ``client.beta.responses.connect()``), watched alike (``_ResponsesSession``),
+and openai 3.x's Live API's (``client.live.connect()``: ``_LiveSession``).
 
 The connection an instrumented client's manager opens is watched in place: its ``recv_bytes`` (which
 ``recv()``, iteration and ``dispatch_events()`` go through) sees each server event after the SDK
@@ -76,6 +77,9 @@ class _Session:
         self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
         self.ended = False
         self.closing: float | None = None  # when the caller called close(): what it cuts short ends then
+        # from a drop to the next recv: what each response.create sent meanwhile noted (openai 3.x queues
+        # it while it reconnects, written only if it reconnects, which the next recv follows)
+        self.down: list[Any] | None = None
         # what one thread reads of the events and another's close() take turns: a response begun while
         # the connection is closed would hold its lens runs open for good. Reentrant: a sink recording a
         # response may close the connection
@@ -159,6 +163,7 @@ class _Session:
                 return
             for run in self.lenses:  # let go in _end(): a close() meanwhile leaves the runs open
                 run._totals.hold()
+            self.down = []
         self._end(exc)
 
     def close(self) -> None:
@@ -167,7 +172,10 @@ class _Session:
             if self.ended:
                 return
             self.ended = True
+            down, self.down = self.down or (), None
         _open.discard(self)
+        for noted in down:  # queued while openai 3.x reconnected, in vain: never written
+            self.unsent(noted)
         self._end(None)
 
     def _end(self, exc: BaseException | None) -> None:
@@ -428,6 +436,58 @@ class _ResponsesSession(_Session):
                 _StreamState(self.monitor, call)._finish(status, exc)
 
 
+class _LiveSession(_ResponsesSession):
+    """One watched Live API connection (``live.connect()``, openai 3.x): each response of its Responses
+    delegation (its events wrapped in ``response.event``, its lane their ``delegation_id``) is one
+    ``responses`` call, read as a Responses connection's response the server began; the session, billed
+    by the second (its ``session.usage``: no tokens, so no price), one ``live`` call from its
+    ``session.start`` sent to its ``session.closed``."""
+
+    def __init__(self, monitor: LLMCallMonitor, client: Any, model: Any) -> None:
+        self.starting: tuple[float, float] | None = None  # when session.start was sent
+        self.session: _Call | None = None  # the session's call, from its session.started
+        super().__init__(monitor, client, model)
+
+    def sent(self, event: Any) -> Any:
+        if _field(event, "type") == "session.start":
+            self.starting = (time.time(), time.perf_counter())
+        return None  # a response.create names no request: the delegation's config makes it
+
+    def _seen(self, kind: str, event: dict[str, Any]) -> None:
+        if kind == "response.event":
+            nested = _object(event.get("event"))
+            if type(nested.get("type")) is str:
+                super()._seen(nested["type"], {**nested, "stream_id": event.get("delegation_id")})
+        elif kind == "session.started" and self.session is None:
+            model = _object(event.get("session")).get("model")
+            request = {**EMPTY_REQUEST, "model": model if type(model) is str else None}
+            self.session = self._begin(request, {}, self.starting, "live")  # type: ignore[arg-type]
+        elif kind == "session.closed" and self.session is not None:
+            call, self.session = self.session, None
+            self._closed(call, "ok", event, None)
+
+    def _closed(self, call: _Call, status: Status, event: dict[str, Any], exc: BaseException | None) -> None:
+        """The session's call ended by its ``session.closed`` (``event``; empty: cut short)."""
+        shape: ResponseShape = {
+            "model": call.request["model"],
+            "id": _object(event.get("session")).get("id"),
+            "request_id": None,
+            "content_length": None,
+            "finish_reason": event.get("reason"),
+            "tool_calls_count": None,
+            "service_tier": None,
+            "tool_uses": None,
+        }
+        self.monitor._finish(call if event else self._cut(call), status, shape, None, error=exc)
+
+    def _cut_short(self, status: Status, exc: BaseException | None) -> None:
+        with self.lock:
+            call, self.session = self.session, None
+        super()._cut_short(status, exc)
+        if call is not None:
+            self._closed(call, status, {}, exc)
+
+
 _TRANSCRIBED = frozenset(
     f"conversation.item.input_audio_transcription.{end}" for end in ("completed", "failed")
 )
@@ -445,6 +505,12 @@ def _end_open_sessions() -> None:
 _jsonl.before_sigterm_death.append(_end_open_sessions)
 
 
+def _refuse(event: Any, lenses: tuple[Any, ...]) -> None:
+    """Raise BudgetExceededError for a ``response.create`` of a lens run stopped by its budget."""
+    if _budgets.stopping and _field(event, "type") == "response.create":  # a run over budget: ours?
+        _budgets.refuse_if_stopped(lenses)
+
+
 def _watch(session: _Session, connection: Any, is_async: bool) -> None:
     """Wrap ``connection``'s ``recv_bytes``, ``send`` (and openai 3.x's ``send_raw``) and ``close`` in
     place (its identity kept)."""
@@ -457,9 +523,11 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
 
     def sent(event: Any) -> Any:
         try:
-            if _budgets.stopping and _field(event, "type") == "response.create":  # a run over budget: ours?
-                _budgets.refuse_if_stopped(session.lenses)
-            return session.sent(event)
+            _refuse(event, session.lenses)
+            noted = session.sent(event)
+            if noted is not None and session.down is not None:
+                session.down.append(noted)
+            return noted
         except BudgetExceededError:
             raise  # the one error on purpose: a response asked for in a run stopped by its budget, unsent
         except Exception as exc:
@@ -501,6 +569,8 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return asend
 
         async def arecv_bytes(*args: Any, **kwargs: Any) -> Any:
+            # a recv after a drop: openai 3.x reconnected (its queue written), or never does
+            session.down = None
             try:
                 data = await recv_bytes(*args, **kwargs)
             except BaseException as exc:
@@ -531,6 +601,8 @@ def _watch(session: _Session, connection: Any, is_async: bool) -> None:
             return ssend
 
         def srecv_bytes(*args: Any, **kwargs: Any) -> Any:
+            # a recv after a drop: openai 3.x reconnected (its queue written), or never does
+            session.down = None
             try:
                 data = recv_bytes(*args, **kwargs)
             except BaseException as exc:
@@ -563,6 +635,8 @@ def _opened(manager: Any, connection: Any, is_async: bool) -> None:
     try:
         session = kind(monitor, client, model)
         _watch(session, connection, is_async)
+        for event in manager.__dict__.pop("_llm_ledger_queued", ()):  # written as the connection opened
+            session.sent(event)
     except Exception as exc:
         monitor._report(f"watching a {kind.operation} connection", exc)
         if session is not None:
@@ -586,8 +660,18 @@ def _watched_manager(cls: Any, is_async: bool) -> Any:
         _opened(self, connection, True)
         return connection
 
+    def send(self: Any, event: Any) -> Any:
+        """openai 3.x's queue of events the connection writes as it opens: a ``response.create`` refused
+        as the connection's ``send()`` refuses it, else noted as sent when the connection opens."""
+        _refuse(event, current_lenses())
+        cls.send(self, event)
+        if _field(event, "type") == "response.create":
+            self.__dict__.setdefault("_llm_ledger_queued", []).append(event)
+
     opens: Any = __aenter__ if is_async else __enter__
     body = {opens.__name__: opens, "enter": opens, "_llm_ledger_watched": True}
+    if hasattr(cls, "send"):
+        body["send"] = send
     return type(
         cls.__name__, (cls,), {**body, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
     )
@@ -596,7 +680,7 @@ def _watched_manager(cls: Any, is_async: bool) -> Any:
 def watch_connect(original: Any, client: Any, monitor_of: Any, is_async: bool, api: str) -> Any:
     """A realtime or responses resource's (``api``) ``connect()`` whose manager watches the connection it
     opens for the monitor ``monitor_of()`` gives then (the client's)."""
-    kind = _ResponsesSession if api == "responses" else _RealtimeSession
+    kind = {"responses": _ResponsesSession, "live": _LiveSession}.get(api, _RealtimeSession)
 
     @functools.wraps(original)
     def connect(*args: Any, **kwargs: Any) -> Any:

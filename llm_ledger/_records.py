@@ -398,7 +398,7 @@ def call_record(
 
 IMAGES = frozenset({"image_generation", "image_edit", "image_variation"})
 # the operations billed in images, seconds or characters, whose usage (if any) is never text tokens
-MEDIA = frozenset({*IMAGES, "transcription", "translation", "speech", "video_generation"})
+MEDIA = frozenset({*IMAGES, "transcription", "translation", "speech", "video_generation", "live"})
 # the statuses of a background response still running: its cost comes in the record of its end
 PENDING_STATUSES = ("queued", "in_progress")
 

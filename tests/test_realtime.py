@@ -476,7 +476,6 @@ def test_a_connection_closed_while_its_reader_records_its_end_writes_its_lens_on
     """A connection the server broke, closed by another thread while the reader records what the break
     cut short (a response streaming, a transcription of its input audio running): the lens run the
     connection held open is written once, after both calls, counting both."""
-    connection: Any = None
 
     def close_elsewhere(record: Any) -> None:  # a sink: at the first call cut short, another thread closes
         if record["event"] != "lens_summary" and record["status"] == "error":
@@ -564,6 +563,72 @@ async def test_raise_mode_refuses_an_async_response_create_alike(
         assert (await connection.recv()).type == "input_audio_buffer.cleared"
     assert [e["type"] for e in fake_openai.realtime_events] == ["response.create", "input_audio_buffer.clear"]
     assert len(records.calls) == 1
+
+
+@pytest.mark.sdk3  # the manager's send(), queueing events the connection writes as it opens, is 3.x's
+def test_raise_mode_refuses_a_response_create_queued_before_the_connection_opens(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``response.create`` queued with the connection manager's ``send()`` before ``enter()`` is written
+    as the connection opens: within its run's budget it is a call of the connection; once the run went
+    over its budget in raise mode the manager's ``send()`` refuses it, unqueued, as ``connection.send()``
+    does."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"voice_agent": {"max_api_calls": 1}}}, mode="raise")
+    with monitor.lens("voice_agent") as run:
+        manager = ws.realtime.connect(model=MODEL)
+        manager.send({"type": "response.create"})
+        with manager as connection:
+            _until_done(connection)
+            connection.response.create()  # goes over the budget: not refused
+            _until_done(connection)
+        manager = ws.realtime.connect(model=MODEL)
+        with pytest.raises(llm_ledger.BudgetExceededError, match=r"max_api_calls 1, reached 2; .*not sent"):
+            manager.send({"type": "response.create"})
+        with manager as connection:
+            connection.input_audio_buffer.clear()
+            assert (
+                next(e for e in connection if e.type != "session.created").type
+                == "input_audio_buffer.cleared"
+            )
+    sent = [e["type"] for e in fake_openai.realtime_events]
+    assert sent == ["response.create", "response.create", "input_audio_buffer.clear"]
+    assert [c["status"] for c in records.calls] == ["ok", "ok"]
+    assert run.summary is not None and run.summary["total_api_calls"] == 2
+
+
+@pytest.mark.sdk3  # reconnecting a dropped connection (on_reconnecting) is openai 3.x's
+@pytest.mark.parametrize("reconnects", [True, False], ids=["reconnected", "gave up"])
+def test_a_response_create_queued_while_reconnecting_is_a_call_only_once_written(
+    ws: openai.OpenAI,
+    fake_openai: FakeOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    reconnects: bool,
+) -> None:
+    """openai 3.x reconnects a dropped connection (``on_reconnecting``), queueing what is sent meanwhile:
+    the response the drop cut is an ``error`` (billed for what it made, its usage never came: the lens's
+    cost is incomplete); a ``response.create`` queued meanwhile is a call once the reconnect writes it,
+    and none when the SDK gives up (it hands it back to the caller unsent)."""
+
+    def reconnecting(event: Any) -> Any:
+        connection.response.create()  # the SDK is reconnecting: queued
+        return None if reconnects else {"abort": True}
+
+    with (
+        monitor.lens("voice_agent") as run,
+        ws.realtime.connect(model=MODEL, on_reconnecting=reconnecting, initial_delay=0.01) as connection,
+    ):
+        connection.response.create(response={"metadata": {"x-fake-fault": "close"}})
+        if reconnects:
+            _until_done(connection)
+        else:
+            with pytest.raises(openai.WebSocketConnectionClosedError) as raised:
+                _until_done(connection)
+            assert [json.loads(m)["type"] for m in raised.value.unsent_messages] == ["response.create"]
+    assert len(fake_openai.realtime_events) == (2 if reconnects else 1)
+    assert [c["status"] for c in records.calls] == (["error", "ok"] if reconnects else ["error"])
+    assert records.calls[0]["error"]["type"] == "ConnectionClosedError"
+    assert run.summary is not None and run.summary["cost_complete"] is False
 
 
 def test_transcripts_are_captured_only_with_content_capture_and_scrubbed(fake_openai: FakeOpenAI) -> None:

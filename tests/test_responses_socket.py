@@ -354,6 +354,58 @@ async def test_raise_mode_refuses_an_async_response_create_alike(
     assert len(records.calls) == 1
 
 
+@pytest.mark.sdk3  # the manager's send(), queueing events the connection writes as it opens, is 3.x's
+def test_a_response_create_queued_before_the_connection_opens_is_read_and_refused_over_budget(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A ``response.create`` queued with the connection manager's ``send()`` before ``enter()`` is read as
+    one the connection sends: its record has the request sent (its prompt's length, which the Response
+    does not state); once the run went over its budget in raise mode the manager's ``send()`` refuses it,
+    unqueued."""
+    monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"support_bot": {"max_api_calls": 0}}}, mode="raise")
+    create: Any = {"type": "response.create", "model": MODEL, "input": "what is the weather like"}
+    with monitor.lens("support_bot"):
+        manager = ws.responses.connect()
+        manager.send(create)
+        with manager as connection:
+            _until_end(connection)
+        manager = ws.responses.connect()
+        with pytest.raises(llm_ledger.BudgetExceededError, match=r"max_api_calls 0, reached 1; .*not sent"):
+            manager.send(create)
+        with manager as connection:
+            connection.send(cast(Any, {"type": "response.cancel"}))
+            assert [e.type for e in _until_end(connection)] == ["error"]
+    assert [e["type"] for e in fake_openai.realtime_events] == ["response.create", "response.cancel"]
+    (record,) = records.calls
+    assert (record["status"], record["request"]["user_prompt_length"]) == ("ok", 24)
+
+
+@pytest.mark.sdk3  # reconnecting a dropped connection (on_reconnecting) is openai 3.x's
+@pytest.mark.parametrize("reconnects", [True, False], ids=["reconnected", "gave up"])
+def test_a_response_create_queued_while_reconnecting_is_a_call_only_once_written(
+    ws: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured, reconnects: bool
+) -> None:
+    """The response a drop cut is an ``error`` (as an HTTP stream reset mid-way), though openai 3.x
+    reconnects and the caller sees no exception; a ``response.create`` queued while it reconnects is a
+    call with its request once the reconnect writes it, and none when the SDK gives up."""
+
+    def reconnecting(event: Any) -> Any:
+        connection.response.create(model=MODEL, input="what is the weather like")
+        return None if reconnects else {"abort": True}
+
+    with ws.responses.connect(on_reconnecting=reconnecting, initial_delay=0.01) as connection:
+        connection.response.create(model=MODEL, input="hi", metadata={"x-fake-fault": "cut-stream"})
+        if reconnects:
+            _until_end(connection)
+        else:
+            with pytest.raises(openai.WebSocketConnectionClosedError):
+                _until_end(connection)
+    assert len(fake_openai.realtime_events) == (2 if reconnects else 1)
+    statuses = [(c["status"], c["request"]["user_prompt_length"]) for c in records.calls]
+    assert statuses == ([("error", 2), ("ok", 24)] if reconnects else [("error", 2)])
+    assert records.calls[0]["error"]["type"] == "ConnectionClosedError"
+
+
 def test_responses_on_lanes_are_each_their_own_call(ws: openai.OpenAI, records: Captured) -> None:
     """Responses created on separate lanes (``stream_id``) of one connection, sent before either is read,
     are each recorded with the request sent on its lane."""
