@@ -327,6 +327,7 @@ class _LedgerState:
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
         self.report_path: Path | None = None  # where --llm-report writes (not on an xdist worker)
+        self.baseline: tuple[str, dict[str, Any]] | None = None  # --llm-baseline's name and report
         self.report_written = False
         self._lock = threading.Lock()
         self.current: LedgerRecords | None = None
@@ -619,6 +620,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not state.is_worker:
         _refuse_paths_taken_for_tests(config)
         state.report_path = _report_path(config)  # a path that cannot be written fails now, not after the run
+        state.baseline = _baseline(config)  # read before the run: --llm-report may replace it
     try:  # replayed calls priced by the time of day cost the same at any hour (docs/CI.md)
         state.previous_time_of_day = price_time_of_day(state.given_time_of_day)
     except ConfigError as exc:
@@ -1197,8 +1199,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             say(line)
         if fixed := priced_at_fixed_time(ledger, state.time_of_day):
             say(fixed)
-    if baseline := config.getoption("llm_baseline"):
-        _write_baseline_diff(tr, Path(config.invocation_params.dir, baseline), ledger)
+    if state.baseline is not None:
+        _write_baseline_diff(tr, *state.baseline, ledger)
     for refused in sorted(ledger.refused):
         say(refused, red=True)
     budget_file = shown_path(state.budget_file)
@@ -1240,16 +1242,26 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         say(f"llm-ledger: report written to {config.getoption('llm_report')}")
 
 
-def _write_baseline_diff(tr: Any, path: Path, ledger: SessionLedger) -> None:
-    from llm_ledger.report import diff_reports, load_report, render_diff
+def _baseline(config: pytest.Config) -> tuple[str, dict[str, Any]] | None:
+    """--llm-baseline's report, read before any test runs: one that cannot be read is a usage error, as
+    `llm-ledger diff` makes it one, not a red line under a run that passed having compared nothing."""
+    given = config.getoption("llm_baseline")
+    if not given:
+        return None
+    from llm_ledger.report import load_report
 
-    tr.write_sep("-", f"llm-ledger: cost diff against {shown_path(path)}")
+    name = shown_path(Path(config.invocation_params.dir, given))
     try:
-        base = load_report(path)
-    except Exception as exc:
-        tr.write_line(f"cannot read the baseline: {exc}", red=True)
-        return
-    diff = diff_reports(base, ledger.report(), base_path=shown_path(path), head_path="this run")
+        return name, load_report(name)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"llm-ledger: --llm-baseline: {exc}") from None
+
+
+def _write_baseline_diff(tr: Any, name: str, base: dict[str, Any], ledger: SessionLedger) -> None:
+    from llm_ledger.report import diff_reports, render_diff
+
+    tr.write_sep("-", f"llm-ledger: cost diff against {name}")
+    diff = diff_reports(base, ledger.report(), base_path=name, head_path="this run")
     for line in render_diff(diff, "text").splitlines():
         tr.write_line(line)
 

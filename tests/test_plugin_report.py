@@ -308,6 +308,43 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ("missing.json", "missing.json: report not found; write one with `pytest --llm-report=missing.json`"),
+        ("saved", "saved: is a directory, expected a report"),
+        ("tests/test_app.py", "tests/test_app.py: not JSON *expected a file written by pytest --llm-report"),
+        ("other.json", 'other.json: not an llm-ledger report (no "schema": *'),
+    ],
+)
+def test_a_baseline_that_cannot_be_read_is_a_usage_error_before_any_test_runs(
+    recorded: pytest.Pytester, given: str, problem: str
+) -> None:
+    """--llm-baseline naming no file, a directory or a file that is not a report printed a red line
+    after the run, which passed: it compared nothing. It is a usage error (exit 4) before any test runs,
+    naming the path, what is wrong and how to write a report."""
+    (recorded.path / "saved").mkdir()
+    (recorded.path / "other.json").write_text('{"lenses": {}}\n')
+
+    result = run(recorded, f"--llm-baseline={given}")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([f"*llm-ledger: --llm-baseline: {problem}"])
+    assert "passed" not in result.stdout.str()
+
+
+def test_a_baseline_that_this_run_reports_over_is_the_earlier_report(recorded: pytest.Pytester) -> None:
+    """`--llm-report=last.json --llm-baseline=last.json` compares this run with the last one, whose report
+    this one then replaces: the baseline is read before the run, not after the report replaced it (a diff
+    of the run against itself, which shows no change whatever changed)."""
+    assert run(recorded, "--llm-report=last.json", "-k", "test_chat").ret == 0
+
+    result = run(recorded, "--llm-report=last.json", "--llm-baseline=last.json")
+
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["lens digest (new; gpt-4o-mini)"])
+
+
 def test_baseline_diff_warnings_name_the_baseline_file_and_this_run(recorded: pytest.Pytester) -> None:
     """The warnings of --llm-baseline's diff say which file is the base and that the head is this
     run, not "the base report (base)", which names no file."""
