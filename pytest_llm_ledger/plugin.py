@@ -326,6 +326,7 @@ class _LedgerState:
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
+        self.lost_workers: list[str] = []  # xdist workers whose records never came: the run fails
         self.report_path: Path | None = None  # where --llm-report writes (not on an xdist worker)
         self.baseline: tuple[str, dict[str, Any]] | None = None  # --llm-baseline's name and report
         self.report_written = False
@@ -1005,7 +1006,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     state.notices, state.unchecked_budgets = notices(
         state.ledger, state.budgets, cassettes, state.location, state.here, selection=selection
     )
-    failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
+    failed = state.breaches or state.ledger.refused or state.lost_workers or (state.strict and state.notices)
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if (path := state.report_path) is not None:
@@ -1201,7 +1202,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             say(fixed)
     if state.baseline is not None:
         _write_baseline_diff(tr, *state.baseline, ledger)
-    for refused in sorted(ledger.refused):
+    for refused in [*sorted(ledger.refused), *state.lost_workers]:
         say(refused, red=True)
     budget_file = shown_path(state.budget_file)
     if state.breaches:
@@ -1282,3 +1283,11 @@ class _ControllerHooks:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         if wire := getattr(node, "workeroutput", {}).get("llm_ledger"):
             self.state.ledger.merge_wire(wire)
+        elif not _runs_no_test(self.state._config):  # a crash: xdist may still say every test passed
+            worker = getattr(getattr(node, "gateway", None), "id", "?")
+            self.state.lost_workers.append(
+                f"llm-ledger: xdist worker {worker} went down before it sent its llm-ledger records "
+                f"({error or 'no records'}), so the totals, budgets and report leave out every call of the "
+                "tests it ran; see above why it went down (a test or plugin ending the process, a worker "
+                "killed for its memory)"
+            )

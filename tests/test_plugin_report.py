@@ -390,6 +390,34 @@ def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
     assert parallel == serial
 
 
+def test_an_xdist_worker_lost_before_sending_its_records_fails_the_run(recorded: pytest.Pytester) -> None:
+    """A worker that dies after its tests passed (a plugin or thread ending the process) never sends its
+    records: xdist still says every test passed, and the run passed with a report, totals and budgets
+    that left out every call the worker's tests made. The run fails, naming the worker and why."""
+    (recorded.path / "budgets.yaml").write_text("total: {max_api_calls: 3}\n")
+    recorded.makeconftest(
+        """
+        import os
+
+        import pytest
+
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionfinish(session):
+            if hasattr(session.config, "workerinput"):
+                os._exit(3)
+        """
+    )
+
+    result = run(recorded, "-n", "2", "--max-worker-restart=0", "--llm-budget", "--llm-report=r.json")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: xdist worker gw? went down before it sent its llm-ledger records (*), so the totals, *"]
+    )
+    assert json.loads((recorded.path / "r.json").read_text())["exit_status"] == 1
+
+
 OWN_MONITOR_TESTS = """
 import os
 
