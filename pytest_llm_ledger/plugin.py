@@ -313,7 +313,7 @@ class _LedgerState:
         self.strict = _switch(config, "llm_strict")
         self.block_network = _switch(config, "llm_block_network")
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
-        self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
+        self.allowed_hosts = _allowed_hosts(config)
         when, source = _setting(config, "llm_time_of_day")
         self.given_time_of_day = str(when)  # as written: an error quotes it so
         self.time_of_day = self.given_time_of_day.strip().lower()
@@ -553,6 +553,21 @@ def _refuse_empty_values(config: pytest.Config) -> None:
                 f"llm-ledger: {where} is empty; give a path relative to the ini file, or remove the "
                 "setting for its default"
             )
+
+
+def _allowed_hosts(config: pytest.Config) -> tuple[str, ...]:
+    """ini llm_allowed_hosts, in lower case; a usage error for a pattern that lets OpenAI itself through:
+    a request no cassette records, billed, in the mode where nothing is to leave the machine."""
+    patterns = [str(pattern) for pattern in config.getini("llm_allowed_hosts")]
+    for pattern in patterns:
+        if fnmatchcase("api.openai.com", pattern.lower()):
+            where = _setting(config, "llm_allowed_hosts")[1] or f"llm_allowed_hosts in {config.inipath}"
+            raise pytest.UsageError(
+                f"llm-ledger: {where}: {shown(pattern)} lets requests to api.openai.com through, which no "
+                "cassette records (a live, billed call); list the hosts of local servers only (127.0.0.1), "
+                "and mark a deliberate live test @pytest.mark.llm(live=True)"
+            )
+    return tuple(pattern.lower() for pattern in patterns)
 
 
 def _override(config: pytest.Config, ini: str) -> str | None:
