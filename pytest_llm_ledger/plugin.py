@@ -321,7 +321,8 @@ class _LedgerState:
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
-        self.budgets: Budgets | None = None
+        self.budgets: Budgets | None = None  # enforced (--llm-budget)
+        self.unenforced: Budgets | None = None  # read without --llm-budget, to say what it would fail
         self.ledger = SessionLedger()
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
@@ -624,15 +625,25 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _refuse_empty_values(config)
     state = _LedgerState(config)
-    if state.enforce and not state.is_worker:
+    # read when enforced, and also when not, to say what enforcing would fail: a file with an error, or
+    # named and not there, is the same usage error either way (the default budgets.yaml may be absent)
+    named = (
+        config.getoption("llm_budget_file") or str(config.getini("llm_budget_file")).strip() != "budgets.yaml"
+    )
+    if not state.is_worker and (state.enforce or named or os.path.lexists(state.budget_file)):
         try:
-            state.budgets = load_budgets(
+            budgets = load_budgets(
                 state.budget_file,
                 shown_path(state.budget_file),
-                hint=", point --llm-budget-file / ini llm_budget_file at it, or drop --llm-budget",
+                hint=", point --llm-budget-file / ini llm_budget_file at it"
+                + (", or drop --llm-budget" if state.enforce else ""),
             )
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
+        if state.enforce:
+            state.budgets = budgets
+        else:
+            state.unenforced = budgets
     if not state.is_worker:
         _refuse_paths_taken_for_tests(config)
         state.report_path = _report_path(config)  # a path that cannot be written fails now, not after the run
@@ -787,14 +798,8 @@ def _budget_flag(state: _LedgerState) -> str:
 
 
 def _unenforced_breaches(state: _LedgerState) -> list[Breach]:
-    """The limits of a budgets file this run did not enforce that it would exceed (none when the file
-    is missing or has an error, which only an enforcing run reports)."""
-    if state.enforce or not state.budget_file.is_file():
-        return []
-    try:
-        return state.ledger.check(load_budgets(state.budget_file, shown_path(state.budget_file)))
-    except BudgetError:
-        return []
+    """The limits of a budgets file this run did not enforce that it would exceed (none without one)."""
+    return [] if state.unenforced is None else state.ledger.check(state.unenforced)
 
 
 @pytest.hookimpl(wrapper=True)
