@@ -1272,6 +1272,7 @@ def _baseline(config: pytest.Config) -> tuple[str, dict[str, Any]] | None:
     from llm_ledger.report import load_report
 
     name = shown_path(Path(config.invocation_params.dir, given))
+    name = os.path.join(".", name) if name == "-" else name  # a file, as --llm-report=- writes (not stdin)
     try:
         return name, load_report(name)
     except ConfigError as exc:

@@ -313,6 +313,7 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
     [
         ("missing.json", "missing.json: report not found; write one with `pytest --llm-report=missing.json`"),
         ("saved", "saved: is a directory, expected a report"),
+        ("-", "./-: report not found; write one with `pytest --llm-report=./-`"),  # a file, not stdin
         ("tests/test_app.py", "tests/test_app.py: not JSON *expected a file written by pytest --llm-report"),
         ("other.json", 'other.json: not an llm-ledger report (no "schema": *'),
     ],
