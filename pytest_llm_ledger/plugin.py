@@ -625,6 +625,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _refuse_empty_values(config)
     state = _LedgerState(config)
+    if os.path.exists(state.cassette_dir) and not os.path.isdir(state.cassette_dir):  # every test a miss
+        where = (
+            _setting(config, "llm_cassette_dir")[1] or f"llm_cassette_dir in {config.inipath or 'the ini'}"
+        )
+        raise pytest.UsageError(
+            f"llm-ledger: {where}: {shown_path(state.cassette_dir)} is a file, not a directory; give the "
+            "directory the cassettes are kept in"
+        )
     # read when enforced, and also when not, to say what enforcing would fail: a file with an error, or
     # named and not there, is the same usage error either way (the default budgets.yaml may be absent)
     named = (
