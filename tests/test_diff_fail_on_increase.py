@@ -370,3 +370,19 @@ def test_both_sides_dash_is_an_error_naming_stdin(
         ("", "llm-ledger diff: error: BASE and HEAD are both - (stdin), which can be read once; give one "
          "of them as a file\n"),
     )  # fmt: skip
+
+
+def test_only_changed_leaves_out_no_lens_that_cannot_be_checked(diff: Any) -> None:
+    """A lens whose figures stayed while one of its head runs was cut short reads unchanged, and
+    --only-changed (the CI recipe's) dropped it before --fail-on-increase looked: the run passed on a cost
+    per run that can hide an increase, which the same diff without --only-changed fails as unchecked."""
+    base, head = report({"summary": lens(2, 0.002)}), report({"summary": lens(2, 0.002, cut_short_runs=1)})
+
+    for args in ([], ["--only-changed"]):
+        status, out, err = diff(base, head, "--fail-on-increase=10", *args)
+        assert status == 1, args
+        assert "cost cannot be checked in summary (head: 1 of 2 runs cut short" in err
+        assert "| `summary` (unchanged; cut short) |" in out
+    assert (
+        "1 lens(es), 0 with changes (only those are shown, and those whose cost could not be checked)." in out
+    )

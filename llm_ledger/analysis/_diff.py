@@ -556,9 +556,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.logs:
         diff["logs"] = True
     diff["lens_count"] = len(diff["lenses"])
-    if args.only_changed:
-        diff["only_changed"] = True
-        diff["lenses"] = {n: r for n, r in diff["lenses"].items() if r["status"] != "unchanged"}
     if args.fail_on_increase is not None:
         diff["fail_on_increase"] = args.fail_on_increase
         diff["increases"] = [] if stopped in _STOPPED else increases(diff, args.fail_on_increase)
@@ -574,6 +571,12 @@ def _run(args: argparse.Namespace) -> int:
             )
             diff["flags"].append(flag)
             diff["flags_text"].append(flag)
+    if args.only_changed:  # after --fail-on-increase: a lens that reads unchanged may not be checked
+        failing = {i["lens"] for i in diff.get("increases", ())}
+        diff["only_changed"] = True
+        diff["lenses"] = {
+            n: r for n, r in diff["lenses"].items() if r["status"] != "unchanged" or n in failing
+        }
     print(render(diff, args.fmt), end="")
     for flag in diff["flags_text"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
