@@ -60,6 +60,16 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, quoting a value it refuses as the command's own errors do (:func:`shown`): a key
+    pasted after ``--format`` is named by its length, not echoed into a CI log."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice: {shown(value)} (choose from {choices})")
+
+
 def add_command(
     subparsers: Any,
     name: str,
@@ -148,7 +158,7 @@ def listening(bind: Callable[[], _Server], args: argparse.Namespace) -> _Server:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, just that subcommand's module is imported (the others are stubs)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llm-ledger",
         description="Summarise, compare and clean llm-ledger records and cassettes; serve a fake OpenAI API.",
     )
@@ -193,12 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub: argparse.ArgumentParser = args.command_parser
         at = argv.index(args.command)
         if at:  # only --help and --version come before the command, and both exit
-            parser.error(f"unrecognized arguments: {' '.join(argv[:at])}")
+            parser.error(f"unrecognized arguments: {' '.join(map(as_typed, argv[:at]))}")
         rest = argv[at + 1 :]
         args, extra = sub.parse_known_intermixed_args(rest, argparse.Namespace(command=args.command))
         if extra:
             hint = getattr(args, "unknown_hint", None)
-            sub.error(f"unrecognized arguments: {' '.join(extra)}{hint(rest) if hint else ''}")
+            sub.error(f"unrecognized arguments: {' '.join(map(as_typed, extra))}{hint(rest) if hint else ''}")
     _refuse_empty(args)
     try:
         status: int = args.func(args)

@@ -313,7 +313,7 @@ class _LedgerState:
         self.strict = _switch(config, "llm_strict")
         self.block_network = _switch(config, "llm_block_network")
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
-        self.allowed_hosts = tuple(str(h).lower() for h in config.getini("llm_allowed_hosts"))
+        self.allowed_hosts = _allowed_hosts(config)
         when, source = _setting(config, "llm_time_of_day")
         self.given_time_of_day = str(when)  # as written: an error quotes it so
         self.time_of_day = self.given_time_of_day.strip().lower()
@@ -321,12 +321,15 @@ class _LedgerState:
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
-        self.budgets: Budgets | None = None
+        self.budgets: Budgets | None = None  # enforced (--llm-budget)
+        self.unenforced: Budgets | None = None  # read without --llm-budget, to say what it would fail
         self.ledger = SessionLedger()
         self.breaches: list[Breach] = []
         self.notices: list[str] = []
         self.unchecked_budgets = False  # a budget whose test or lens never ran
+        self.lost_workers: list[str] = []  # xdist workers whose records never came: the run fails
         self.report_path: Path | None = None  # where --llm-report writes (not on an xdist worker)
+        self.baseline: tuple[str, dict[str, Any]] | None = None  # --llm-baseline's name and report
         self.report_written = False
         self._lock = threading.Lock()
         self.current: LedgerRecords | None = None
@@ -553,6 +556,21 @@ def _refuse_empty_values(config: pytest.Config) -> None:
             )
 
 
+def _allowed_hosts(config: pytest.Config) -> tuple[str, ...]:
+    """ini llm_allowed_hosts, in lower case; a usage error for a pattern that lets OpenAI itself through:
+    a request no cassette records, billed, in the mode where nothing is to leave the machine."""
+    patterns = [str(pattern) for pattern in config.getini("llm_allowed_hosts")]
+    for pattern in patterns:
+        if fnmatchcase("api.openai.com", pattern.lower()):
+            where = _setting(config, "llm_allowed_hosts")[1] or f"llm_allowed_hosts in {config.inipath}"
+            raise pytest.UsageError(
+                f"llm-ledger: {where}: {shown(pattern)} lets requests to api.openai.com through, which no "
+                "cassette records (a live, billed call); list the hosts of local servers only (127.0.0.1), "
+                "and mark a deliberate live test @pytest.mark.llm(live=True)"
+            )
+    return tuple(pattern.lower() for pattern in patterns)
+
+
 def _override(config: pytest.Config, ini: str) -> str | None:
     """The value ``-o ini=VALUE`` gave on the command line (the last one, as pytest takes), or None."""
     found = None
@@ -607,18 +625,37 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _refuse_empty_values(config)
     state = _LedgerState(config)
-    if state.enforce and not state.is_worker:
+    if os.path.exists(state.cassette_dir) and not os.path.isdir(state.cassette_dir):  # every test a miss
+        where = (
+            _setting(config, "llm_cassette_dir")[1] or f"llm_cassette_dir in {config.inipath or 'the ini'}"
+        )
+        raise pytest.UsageError(
+            f"llm-ledger: {where}: {shown_path(state.cassette_dir)} is a file, not a directory; give the "
+            "directory the cassettes are kept in"
+        )
+    # read when enforced, and also when not, to say what enforcing would fail: a file with an error, or
+    # named and not there, is the same usage error either way (the default budgets.yaml may be absent)
+    named = (
+        config.getoption("llm_budget_file") or str(config.getini("llm_budget_file")).strip() != "budgets.yaml"
+    )
+    if not state.is_worker and (state.enforce or named or os.path.lexists(state.budget_file)):
         try:
-            state.budgets = load_budgets(
+            budgets = load_budgets(
                 state.budget_file,
                 shown_path(state.budget_file),
-                hint=", point --llm-budget-file / ini llm_budget_file at it, or drop --llm-budget",
+                hint=", point --llm-budget-file / ini llm_budget_file at it"
+                + (", or drop --llm-budget" if state.enforce else ""),
             )
         except BudgetError as exc:
             raise pytest.UsageError(f"llm-ledger: {exc}") from None
+        if state.enforce:
+            state.budgets = budgets
+        else:
+            state.unenforced = budgets
     if not state.is_worker:
         _refuse_paths_taken_for_tests(config)
         state.report_path = _report_path(config)  # a path that cannot be written fails now, not after the run
+        state.baseline = _baseline(config)  # read before the run: --llm-report may replace it
     try:  # replayed calls priced by the time of day cost the same at any hour (docs/CI.md)
         state.previous_time_of_day = price_time_of_day(state.given_time_of_day)
     except ConfigError as exc:
@@ -769,14 +806,8 @@ def _budget_flag(state: _LedgerState) -> str:
 
 
 def _unenforced_breaches(state: _LedgerState) -> list[Breach]:
-    """The limits of a budgets file this run did not enforce that it would exceed (none when the file
-    is missing or has an error, which only an enforcing run reports)."""
-    if state.enforce or not state.budget_file.is_file():
-        return []
-    try:
-        return state.ledger.check(load_budgets(state.budget_file, shown_path(state.budget_file)))
-    except BudgetError:
-        return []
+    """The limits of a budgets file this run did not enforce that it would exceed (none without one)."""
+    return [] if state.unenforced is None else state.ledger.check(state.unenforced)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -1003,7 +1034,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     state.notices, state.unchecked_budgets = notices(
         state.ledger, state.budgets, cassettes, state.location, state.here, selection=selection
     )
-    failed = state.breaches or state.ledger.refused or (state.strict and state.notices)
+    failed = state.breaches or state.ledger.refused or state.lost_workers or (state.strict and state.notices)
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if (path := state.report_path) is not None:
@@ -1197,9 +1228,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             say(line)
         if fixed := priced_at_fixed_time(ledger, state.time_of_day):
             say(fixed)
-    if baseline := config.getoption("llm_baseline"):
-        _write_baseline_diff(tr, Path(config.invocation_params.dir, baseline), ledger)
-    for refused in sorted(ledger.refused):
+    if state.baseline is not None:
+        _write_baseline_diff(tr, *state.baseline, ledger)
+    for refused in [*sorted(ledger.refused), *state.lost_workers]:
         say(refused, red=True)
     budget_file = shown_path(state.budget_file)
     if state.breaches:
@@ -1240,16 +1271,27 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         say(f"llm-ledger: report written to {config.getoption('llm_report')}")
 
 
-def _write_baseline_diff(tr: Any, path: Path, ledger: SessionLedger) -> None:
-    from llm_ledger.report import diff_reports, load_report, render_diff
+def _baseline(config: pytest.Config) -> tuple[str, dict[str, Any]] | None:
+    """--llm-baseline's report, read before any test runs: one that cannot be read is a usage error, as
+    `llm-ledger diff` makes it one, not a red line under a run that passed having compared nothing."""
+    given = config.getoption("llm_baseline")
+    if not given:
+        return None
+    from llm_ledger.report import load_report
 
-    tr.write_sep("-", f"llm-ledger: cost diff against {shown_path(path)}")
+    name = shown_path(Path(config.invocation_params.dir, given))
+    name = os.path.join(".", name) if name == "-" else name  # a file, as --llm-report=- writes (not stdin)
     try:
-        base = load_report(path)
-    except Exception as exc:
-        tr.write_line(f"cannot read the baseline: {exc}", red=True)
-        return
-    diff = diff_reports(base, ledger.report(), base_path=shown_path(path), head_path="this run")
+        return name, load_report(name)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"llm-ledger: --llm-baseline: {exc}") from None
+
+
+def _write_baseline_diff(tr: Any, name: str, base: dict[str, Any], ledger: SessionLedger) -> None:
+    from llm_ledger.report import diff_reports, render_diff
+
+    tr.write_sep("-", f"llm-ledger: cost diff against {name}")
+    diff = diff_reports(base, ledger.report(), base_path=name, head_path="this run")
     for line in render_diff(diff, "text").splitlines():
         tr.write_line(line)
 
@@ -1270,3 +1312,11 @@ class _ControllerHooks:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         if wire := getattr(node, "workeroutput", {}).get("llm_ledger"):
             self.state.ledger.merge_wire(wire)
+        elif not _runs_no_test(self.state._config):  # a crash: xdist may still say every test passed
+            worker = getattr(getattr(node, "gateway", None), "id", "?")
+            self.state.lost_workers.append(
+                f"llm-ledger: xdist worker {worker} went down before it sent its llm-ledger records "
+                f"({error or 'no records'}), so the totals, budgets and report leave out every call of the "
+                "tests it ran; see above why it went down (a test or plugin ending the process, a worker "
+                "killed for its memory)"
+            )

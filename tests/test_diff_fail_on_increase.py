@@ -4,8 +4,10 @@ in the JSON that the text and the exit message are rendered from."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -330,4 +332,57 @@ def test_the_exit_message_words_each_increase_as_the_list_does(diff: Any) -> Non
         "llm-ledger diff: cost per run grew by more than 25% in summary (+100.0%); the cost of calls "
         "outside any lens grew by more than 25% ($0.000100, absent in the base); the total cost grew by "
         "more than 25% ($0.000200 -> $0.000500, +150.0%)\n"
+    )
+
+
+@pytest.mark.parametrize("side", ["base", "head"])
+def test_a_report_given_as_dash_is_read_from_stdin(
+    side: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`llm-ledger diff - head.json` (`-` is stdin, as for --logs and `llm-ledger report`) read a file
+    named `-`: a base then read as missing, every lens new and nothing compared; a head as "not found;
+    write one with `pytest --llm-report=-`". Either side reads the report from stdin."""
+    base, head = report({"summary": lens(1, 0.001)}), report({"summary": lens(1, 0.002)})
+    (tmp_path / "other.json").write_text(json.dumps(head if side == "base" else base))
+    piped = json.dumps(base if side == "base" else head).encode()
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(piped)))
+    args = ["-", str(tmp_path / "other.json")] if side == "base" else [str(tmp_path / "other.json"), "-"]
+
+    status = cli_main(["diff", *args, "--fail-on-increase=10", "--format=json"])
+
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    assert json.loads(out)["lenses"]["summary"]["metrics"]["cost_usd"]["pct"] == 100.0
+
+
+@pytest.mark.parametrize("logs", [[], ["--logs"]])
+def test_both_sides_dash_is_an_error_naming_stdin(
+    logs: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`llm-ledger diff - -`: stdin can be read once. With --logs the second read was a traceback
+    (`peek of closed file`); a report suggested `pytest --llm-report=-`. Both are an error saying so."""
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(b"")))
+
+    status = cli_main(["diff", *logs, "-", "-"])
+
+    assert (status, capsys.readouterr()) == (
+        2,
+        ("", "llm-ledger diff: error: BASE and HEAD are both - (stdin), which can be read once; give one "
+         "of them as a file\n"),
+    )  # fmt: skip
+
+
+def test_only_changed_leaves_out_no_lens_that_cannot_be_checked(diff: Any) -> None:
+    """A lens whose figures stayed while one of its head runs was cut short reads unchanged, and
+    --only-changed (the CI recipe's) dropped it before --fail-on-increase looked: the run passed on a cost
+    per run that can hide an increase, which the same diff without --only-changed fails as unchecked."""
+    base, head = report({"summary": lens(2, 0.002)}), report({"summary": lens(2, 0.002, cut_short_runs=1)})
+
+    for args in ([], ["--only-changed"]):
+        status, out, err = diff(base, head, "--fail-on-increase=10", *args)
+        assert status == 1, args
+        assert "cost cannot be checked in summary (head: 1 of 2 runs cut short" in err
+        assert "| `summary` (unchanged; cut short) |" in out
+    assert (
+        "1 lens(es), 0 with changes (only those are shown, and those whose cost could not be checked)." in out
     )

@@ -264,6 +264,28 @@ def test_missing_budgets_file_with_the_flag_is_an_error(pytester: pytest.Pyteste
     result.stderr.fnmatch_lines(["*ci/limits.yaml: budgets file not found; create it*"])
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ([], "budgets.yaml:1: default.max_cost_usd: expected a non-negative number of USD, got -0.5"),
+        (["--llm-budget-file=ci/limits.yaml"], "ci/limits.yaml: budgets file not found; create it*"),
+    ],
+)
+def test_a_bad_budgets_file_is_a_usage_error_without_the_flag_too(
+    pytester: pytest.Pytester, given: list[str], message: str
+) -> None:
+    """A run that does not enforce the budgets still checks them, to say what enforcing would fail: a
+    file with an error, or one named by --llm-budget-file that is not there, was passed over in silence,
+    and the run said nothing of budgets it could not read. Each is the usage error --llm-budget gives."""
+    write_project(pytester)
+    budgets(pytester, "default: {max_cost_usd: -0.5}\n")
+
+    result = run(pytester, *given)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*llm-ledger: {message}"])
+
+
 def test_a_budgets_file_that_is_not_one_is_never_printed(pytester: pytest.Pytester) -> None:
     """--llm-budget-file at a password file: a usage error that does not quote the file's lines."""
     write_project(pytester)

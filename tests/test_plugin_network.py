@@ -262,6 +262,28 @@ def test_allowed_hosts_let_unmarked_tests_reach_a_local_server(
     assert sorted(prompts(server)) == ["live", "swallowed", "unmarked"]
 
 
+@pytest.mark.parametrize("pattern", ["*", "*.openai.com", "API.openai.com"])
+def test_allowed_hosts_that_let_openai_itself_through_are_a_usage_error(
+    pytester: pytest.Pytester, pattern: str
+) -> None:
+    """llm_allowed_hosts = * (or any pattern matching api.openai.com) let unmarked tests send requests to
+    the paid API in record mode none, where nothing is to leave the machine: a CI with a key paid for
+    them and checked nothing against a cassette. It is a usage error naming the pattern and the fix."""
+    write_project(pytester, DEFAULT_CLIENT_TEST)
+    pytester.makefile(".ini", pytest=INI + f"llm_allowed_hosts = 127.0.0.1 {pattern}\n")
+
+    result = run(pytester)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(
+        [
+            f"*llm-ledger: llm_allowed_hosts in *pytest.ini: {pattern!r} lets requests to api.openai.com "
+            "through, which no cassette records (a live, billed call); list the hosts of local servers "
+            "only (127.0.0.1), and mark a deliberate live test @pytest.mark.llm(live=True)"
+        ]
+    )
+
+
 def test_a_bad_llm_marker_argument_is_a_usage_error(pytester: pytest.Pytester) -> None:
     """@pytest.mark.llm(liv=True) stops the run naming the file, line, test and the valid forms."""
     write_project(pytester, "import pytest\n\n\n@pytest.mark.llm(liv=True)\ndef test_typo():\n    pass\n")

@@ -1065,6 +1065,30 @@ def test_an_empty_option_value_is_a_usage_error_not_the_option_left_out(
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
 
 
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["--llm-cassette-dir=notes.txt"], "--llm-cassette-dir"),
+        (["-o", "llm_cassette_dir=notes.txt"], "-o llm_cassette_dir=notes.txt"),
+    ],
+)
+def test_a_cassette_directory_that_is_a_file_is_a_usage_error(
+    pytester: pytest.Pytester, args: list[str], where: str
+) -> None:
+    """A cassette directory naming a file failed every marked test with a miss saying the directory "does
+    not exist either", and told to record, which cannot write under a file. It is a usage error before
+    any test runs, naming the setting and the fix."""
+    write_project(pytester, "def test_nothing():\n    pass\n")
+    (pytester.path / "notes.txt").write_text("not a directory\n")
+
+    result = run(pytester, *args)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: llm-ledger: {where}: notes.txt is a file, not a directory; give the *"]
+    )
+
+
 OTHER_ENDPOINTS = """
 import os
 

@@ -308,6 +308,44 @@ def test_baseline_diff_in_terminal_summary(recorded: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ("missing.json", "missing.json: report not found; write one with `pytest --llm-report=missing.json`"),
+        ("saved", "saved: is a directory, expected a report"),
+        ("-", "./-: report not found; write one with `pytest --llm-report=./-`"),  # a file, not stdin
+        ("tests/test_app.py", "tests/test_app.py: not JSON *expected a file written by pytest --llm-report"),
+        ("other.json", 'other.json: not an llm-ledger report (no "schema": *'),
+    ],
+)
+def test_a_baseline_that_cannot_be_read_is_a_usage_error_before_any_test_runs(
+    recorded: pytest.Pytester, given: str, problem: str
+) -> None:
+    """--llm-baseline naming no file, a directory or a file that is not a report printed a red line
+    after the run, which passed: it compared nothing. It is a usage error (exit 4) before any test runs,
+    naming the path, what is wrong and how to write a report."""
+    (recorded.path / "saved").mkdir()
+    (recorded.path / "other.json").write_text('{"lenses": {}}\n')
+
+    result = run(recorded, f"--llm-baseline={given}")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([f"*llm-ledger: --llm-baseline: {problem}"])
+    assert "passed" not in result.stdout.str()
+
+
+def test_a_baseline_that_this_run_reports_over_is_the_earlier_report(recorded: pytest.Pytester) -> None:
+    """`--llm-report=last.json --llm-baseline=last.json` compares this run with the last one, whose report
+    this one then replaces: the baseline is read before the run, not after the report replaced it (a diff
+    of the run against itself, which shows no change whatever changed)."""
+    assert run(recorded, "--llm-report=last.json", "-k", "test_chat").ret == 0
+
+    result = run(recorded, "--llm-report=last.json", "--llm-baseline=last.json")
+
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["lens digest (new; gpt-4o-mini)"])
+
+
 def test_baseline_diff_warnings_name_the_baseline_file_and_this_run(recorded: pytest.Pytester) -> None:
     """The warnings of --llm-baseline's diff say which file is the base and that the head is this
     run, not "the base report (base)", which names no file."""
@@ -351,6 +389,34 @@ def test_xdist_totals_equal_a_serial_run(recorded: pytest.Pytester) -> None:
     serial = json.loads((recorded.path / "serial.json").read_text())
     parallel = json.loads((recorded.path / "parallel.json").read_text())
     assert parallel == serial
+
+
+def test_an_xdist_worker_lost_before_sending_its_records_fails_the_run(recorded: pytest.Pytester) -> None:
+    """A worker that dies after its tests passed (a plugin or thread ending the process) never sends its
+    records: xdist still says every test passed, and the run passed with a report, totals and budgets
+    that left out every call the worker's tests made. The run fails, naming the worker and why."""
+    (recorded.path / "budgets.yaml").write_text("total: {max_api_calls: 3}\n")
+    recorded.makeconftest(
+        """
+        import os
+
+        import pytest
+
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionfinish(session):
+            if hasattr(session.config, "workerinput"):
+                os._exit(3)
+        """
+    )
+
+    result = run(recorded, "-n", "2", "--max-worker-restart=0", "--llm-budget", "--llm-report=r.json")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: xdist worker gw? went down before it sent its llm-ledger records (*), so the totals, *"]
+    )
+    assert json.loads((recorded.path / "r.json").read_text())["exit_status"] == 1
 
 
 OWN_MONITOR_TESTS = """

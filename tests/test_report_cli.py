@@ -608,6 +608,30 @@ def test_a_file_or_directory_the_user_may_not_read_is_a_clear_error(
     assert done.stderr == f"llm-ledger {command}: error: {message.format(locked='locked')}\n"
 
 
+@pytest.mark.parametrize(
+    ("args", "echoed"),
+    [
+        (["diff", "a", "b", "--format", "{key}"], "argument --format: invalid choice: <42 characters"),
+        (["{key}"], "argument COMMAND: invalid choice: <42 characters"),
+        (["diff", "a.json", "b.json", "--formt={key}"], "unrecognized arguments: <50 characters"),
+        (["report", "logs", "--format", "\x1b[31mred"], r"invalid choice: '\x1b[31mred' (choose from"),
+    ],
+)
+def test_a_value_argparse_refuses_is_echoed_as_other_errors_quote_it(
+    args: list[str], echoed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse's own errors (a choice it does not know, an argument it does not take) echoed the value
+    verbatim: a key pasted after --format reached the CI log, and a terminal escape ran. They quote it
+    as every other error of the CLI does: a key by its length, an escape written escaped."""
+    key = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z5A"
+    with pytest.raises(SystemExit) as exited:
+        main([arg.format(key=key) for arg in args])
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert echoed in err and key not in err and "\x1b" not in err  # ESC itself, not its escape
+
+
 @pytest.mark.parametrize("command", ["report", "reprice"])
 def test_a_where_value_is_echoed_as_typed_unless_a_key_or_a_terminal_escape(
     command: str, sample: Path, capsys: pytest.CaptureFixture[str]

@@ -30,7 +30,7 @@ from .._records import CALL_EVENT, LENS_EVENT
 from .._table import code
 from ..loading import join, read_file, shown
 from ._aggregate import EVENTS, CostRow, aggregate, as_text, make_query
-from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, LogReader, missing, strict_loads, warn_unread
+from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, STDIN, LogReader, missing, strict_loads, warn_unread
 from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
@@ -57,10 +57,16 @@ MAX_REPORT_BYTES: Final = 64 << 20
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
-    """Read and check an llm-ledger report; :class:`ConfigError` says what is wrong with it."""
+    """Read and check an llm-ledger report (``-``: from stdin); :class:`ConfigError` says what is wrong
+    with it."""
     name = str(path)
-    hint = f"; write one with `pytest --llm-report={name}`"
-    raw = read_file(name, ConfigError, "report", hint=hint, max_bytes=MAX_REPORT_BYTES, streams=True)
+    hint = f"; write one with `pytest --llm-report={'FILE' if name == STDIN else name}`"
+    if name == STDIN:
+        raw = sys.stdin.buffer.read(MAX_REPORT_BYTES + 1)
+        if len(raw) > MAX_REPORT_BYTES:
+            raise ConfigError(f"{name}: is over {MAX_REPORT_BYTES:,} bytes, too big for a report")
+    else:
+        raw = read_file(name, ConfigError, "report", hint=hint, max_bytes=MAX_REPORT_BYTES, streams=True)
     try:
         data = strict_loads(raw)
     except RecursionError:
@@ -527,8 +533,12 @@ def _increase(
 
 def _run(args: argparse.Namespace) -> int:
     # logs: a base that is not there is an error; a report not readable is one too, not no base
+    if args.base == args.head == STDIN:
+        raise ConfigError(
+            "BASE and HEAD are both - (stdin), which can be read once; give one of them as a file"
+        )
     load = load_logs if args.logs else load_report
-    base = load(args.base) if args.logs or not missing(args.base) else None
+    base = load(args.base) if args.logs or args.base == STDIN or not missing(args.base) else None
     if base is None and args.require_base:
         raise ConfigError(
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
@@ -546,9 +556,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.logs:
         diff["logs"] = True
     diff["lens_count"] = len(diff["lenses"])
-    if args.only_changed:
-        diff["only_changed"] = True
-        diff["lenses"] = {n: r for n, r in diff["lenses"].items() if r["status"] != "unchanged"}
     if args.fail_on_increase is not None:
         diff["fail_on_increase"] = args.fail_on_increase
         diff["increases"] = [] if stopped in _STOPPED else increases(diff, args.fail_on_increase)
@@ -564,6 +571,12 @@ def _run(args: argparse.Namespace) -> int:
             )
             diff["flags"].append(flag)
             diff["flags_text"].append(flag)
+    if args.only_changed:  # after --fail-on-increase: a lens that reads unchanged may not be checked
+        failing = {i["lens"] for i in diff.get("increases", ())}
+        diff["only_changed"] = True
+        diff["lenses"] = {
+            n: r for n, r in diff["lenses"].items() if r["status"] != "unchanged" or n in failing
+        }
     print(render(diff, args.fmt), end="")
     for flag in diff["flags_text"]:
         print(f"llm-ledger diff: warning: {flag}", file=sys.stderr)
@@ -600,9 +613,12 @@ def register(subparsers: Any, summary: str) -> None:
     )
     parser.add_argument(
         "base",
-        help="report of the base (e.g. the main branch), missing: every lens is new; with --logs, its logs",
+        help="report of the base (e.g. the main branch; - for stdin), missing: every lens is new; with "
+        "--logs, its logs",
     )
-    parser.add_argument("head", help="report of the head (e.g. the pull request); with --logs, its logs")
+    parser.add_argument(
+        "head", help="report of the head (e.g. the pull request; - for stdin); with --logs, its logs"
+    )
     parser.add_argument(
         "--logs",
         action="store_true",

@@ -258,6 +258,10 @@ def _markdown(diff: dict[str, Any]) -> str:
         head[-1] = ""
     changed = sum(1 for r in diff["lenses"].values() if r["status"] != "unchanged")
     shown = " (only those are shown)" if diff.get("only_changed") else ""
+    if (
+        shown and len(diff["lenses"]) > changed
+    ):  # unchanged lenses kept: --fail-on-increase could not check them
+        shown = " (only those are shown, and those whose cost could not be checked)"
     head.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
     sections = _cells(diff)
     # first what a reviewer looks for: each lens's cost per run, and what --fail-on-increase failed on
