@@ -258,9 +258,7 @@ def _markdown(diff: dict[str, Any]) -> str:
         head[-1] = ""
     changed = sum(1 for r in diff["lenses"].values() if r["status"] != "unchanged")
     shown = " (only those are shown)" if diff.get("only_changed") else ""
-    if (
-        shown and len(diff["lenses"]) > changed
-    ):  # unchanged lenses kept: --fail-on-increase could not check them
+    if shown and len(diff["lenses"]) > changed:  # unchanged ones --fail-on-increase could not check
         shown = " (only those are shown, and those whose cost could not be checked)"
     head.append(f"{diff.get('lens_count', len(diff['lenses']))} lens(es), {changed} with changes{shown}.")
     sections = _cells(diff)
