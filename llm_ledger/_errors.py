@@ -39,9 +39,24 @@ __all__ = [
 
 internal_log = logging.getLogger("llm_ledger.internal")
 
-# what a user's sink, hook or log handler may raise through the ledger: Ctrl-C, and a generator's
-# close; anything else it raises (SystemExit, a BaseException of its own) would break the call
-PASSED_ON = (KeyboardInterrupt, GeneratorExit)
+
+def passed_on(exc: BaseException) -> bool:
+    """Whether ``exc``, raised inside a user's sink, hook or log handler, goes through the ledger:
+    Ctrl-C, a generator's close, and what a signal handler raised while this thread was there (an
+    application's SIGTERM handler calling ``sys.exit()``). Anything else would break the call."""
+    if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+        return True
+    # CPython calls a signal handler with the frame it interrupted: the handler's caller
+    tb = exc.__traceback__
+    while tb is not None:
+        frame, tb = tb.tb_frame, tb.tb_next
+        back = frame.f_back
+        for value in frame.f_locals.values():  # ``(signum, frame)``, or ``*args``
+            if back is not None and (
+                value is back or (type(value) is tuple and any(item is back for item in value))
+            ):
+                return True
+    return False
 
 
 def unchained(exc: BaseException) -> BaseException:
@@ -58,10 +73,9 @@ def warn_internal(message: str, *args: Any, exc_info: BaseException | None = Non
     log handler failing there is not the call's."""
     try:
         internal_log.warning(message, *args, exc_info=None if exc_info is None else unchained(exc_info))
-    except PASSED_ON:
-        raise
-    except BaseException:
-        pass
+    except BaseException as exc:
+        if passed_on(exc):
+            raise
 
 
 REDACT_FIX = "pass a def returning the redacted str"

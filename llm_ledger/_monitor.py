@@ -18,7 +18,7 @@ from . import _background, _records
 from ._background import LATER
 from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
 from ._credentials import request_credentials
-from ._errors import PASSED_ON, REDACT_FIX, REDACT_TAKES, ConfigError, check_hook, refuse_async, warn_internal
+from ._errors import REDACT_FIX, REDACT_TAKES, ConfigError, check_hook, passed_on, refuse_async, warn_internal
 from ._extract import body_view, no_usage, reasoning_in_completion, request_shape, usage_of
 from ._jsonl import json_text, once_a_minute
 from ._pricing import PriceTable, Route, reported_cost_units
@@ -401,9 +401,9 @@ class LLMCallMonitor:
             if type(redacted) is not str:
                 raise TypeError(f"redact returned {type(redacted).__name__}, not str")
             return redacted
-        except PASSED_ON:
-            raise
         except BaseException as exc:
+            if passed_on(exc):
+                raise
             self._report("the redact hook", exc)
             return "[REDACTION FAILED]"
 
@@ -656,16 +656,16 @@ class LLMCallMonitor:
                         for handler in logger.handlers:
                             if level >= handler.level:
                                 handler.handle(log_record)
-            except PASSED_ON:
-                raise
             except BaseException as exc:
+                if passed_on(exc):
+                    raise
                 self._report("a log handler", exc)
         for sink in (*self._sinks, *_global_sinks) if _global_sinks else self._sinks:
             try:
                 sink(record)
-            except PASSED_ON:
-                raise
             except BaseException as exc:
+                if passed_on(exc):
+                    raise
                 self._report(f"sink {sink!r}", exc)
 
     def _alert(
@@ -676,9 +676,9 @@ class LLMCallMonitor:
         if callback is not None:
             try:
                 callback(record)
-            except PASSED_ON:
-                raise
             except BaseException as exc:
+                if passed_on(exc):
+                    raise
                 self._report(what, exc)
 
     def _emit_lens(self, context: dict[str, Any], summary: LensSummary, end_epoch: float) -> None:

@@ -151,6 +151,31 @@ def test_an_applications_own_sigterm_handler_keeps_working(tmp_path: Path, when:
     _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"))
 
 
+@pytest.mark.parametrize("when", ["app-before", "app-after"])
+def test_an_applications_sigterm_handler_exits_even_when_the_signal_lands_inside_the_ledger(
+    tmp_path: Path, when: str
+) -> None:
+    """An application's SIGTERM handler that calls sys.exit() ends the process also when the signal
+    lands while the main thread is inside the ledger (writing a batch in its file's sink): the ledger,
+    which reports what a sink raises and goes on, lets a signal handler's exit through, with every
+    record queued until then written."""
+    child = _stopped(tmp_path, f"{when}-while-writing")
+    try:
+        assert _said(child) == "not ours"
+        queued = int(_said(child).split()[1])  # it signals itself as its main thread writes a batch
+        out, err = child.communicate(timeout=20)
+    finally:  # a process that went on after its handler's exit would wait for work for good
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    output = out.decode() + err.decode()
+    assert child.returncode == 0 and "the application's handler ran" in output, output
+    assert "returned" not in output, output  # the exit stopped the calls where the signal landed
+    lines = read_lines(tmp_path / "llm_calls.jsonl")
+    numbers = [line["context"]["i"] for line in lines if line["event"] == "llm_api_call"]
+    assert len(lines) >= queued and numbers == list(range(len(numbers)))
+
+
 def test_a_server_that_raises_sigterm_again_after_its_graceful_shutdown_loses_no_record(
     tmp_path: Path,
 ) -> None:

@@ -135,7 +135,8 @@ def stopped(log_dir: str, how: str) -> None:
     import llm_ledger
     from llm_ledger import _jsonl
 
-    if how == "app-before":
+    writing = how.endswith("while-writing")
+    if how.startswith("app-before"):
         signal.signal(signal.SIGTERM, _app_handler)
     if how == "server":
         signal.signal(signal.SIGTERM, _server_handler)
@@ -143,7 +144,7 @@ def stopped(log_dir: str, how: str) -> None:
         # nothing written before the signal: the lines wait for the writes that hang
         _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
         _jsonl._EXIT_TIMEOUT_S = 0.5
-    if how == "while-writing":
+    if writing:
         # the main thread must write the batch: on a loaded machine a slow write would hand writing
         # to the writer thread, or the writer would take the lines queued when its first wait (two
         # intervals from configure()) ended, leaving fewer than a batch, and the signal would never
@@ -160,9 +161,9 @@ def stopped(log_dir: str, how: str) -> None:
         llm_ledger.configure(log_dir=log_dir, handle_sigterm=False)
     else:
         llm_ledger.configure(log_dir=log_dir)
-    if how == "app-after":
+    if how.startswith("app-after"):
         signal.signal(signal.SIGTERM, _app_handler)
-    if how == "while-writing":
+    if writing:
         _signal_while_writing()
     if how == "forked":
         _forked_and_terminated()
@@ -170,7 +171,7 @@ def stopped(log_dir: str, how: str) -> None:
     print("ours" if signal.getsignal(signal.SIGTERM) is _jsonl._on_sigterm else "not ours", flush=True)
     if how == "many":
         writer_wrote = _watch_the_writer_thread()
-    _calls_in_lenses({"many": 100, "while-writing": 60}.get(how, 20), 10)
+    _calls_in_lenses(100 if how == "many" else 60 if writing else 20, 10)
     if how == "hung":
         import threading
 
