@@ -452,7 +452,8 @@ class JsonlFileHandler(logging.Handler):
                         written += os.write(fd, pending[written:] if written else pending)
                 except BaseException:
                     if end is not None:
-                        written = _take_back(fd, end, len(pending))
+                        written = 0  # should even that fail: all kept, and the next write cuts the part
+                        written = _take_back(fd, end, pending)
                     raise
                 if end is not None:
                     self._end = end + written
@@ -545,14 +546,18 @@ class JsonlFileHandler(logging.Handler):
         return end
 
 
-def _take_back(fd: int, end: int, size: int) -> int:
-    """How much of a batch of ``size`` bytes, written at ``end`` of the locked file, stays there: all
-    of it once it all reached the file, else none (a part is cut off again)."""
+def _take_back(fd: int, end: int, batch: bytearray) -> int:
+    """How much of ``batch``, written at ``end`` of the locked file, stays there: all of it once it
+    all reached the file, else none (a part is cut off again); where the file cannot be cut (a failing
+    disk), the whole lines that reached it (the next write cuts the rest, as a killed writer's)."""
     grown = os.fstat(fd).st_size - end
-    if grown >= size:
-        return size
+    if grown >= len(batch):
+        return len(batch)
     if grown > 0:
-        os.ftruncate(fd, end)
+        try:
+            os.ftruncate(fd, end)
+        except OSError:
+            return batch.rfind(b"\n", 0, grown) + 1
     return 0
 
 

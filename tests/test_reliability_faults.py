@@ -356,6 +356,51 @@ def test_full_disk_keeps_records_for_retry_and_reports_it(
     record_figures("fault: full disk (ENOSPC) then space again", records=1001, lines_lost=1001 - len(numbers))
 
 
+def test_a_failing_disk_that_cannot_take_back_a_short_write_leaves_no_part_of_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing disk (EIO) cuts a batch's write short and then fails the truncation that would take
+    the part back: the next write cuts it, and the whole batch is written once the disk answers."""
+    failing = {"on": False}
+    real_write = os.write
+    short: list[int] = []
+
+    def write(fd: int, data: Any) -> int:
+        if not failing["on"]:
+            return real_write(fd, data)
+        if not short:  # the batch's first write: half of it, ending mid-line
+            short.append(real_write(fd, data[: len(data) // 2 + 3]))
+            return short[0]
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def ftruncate(fd: int, length: int) -> None:
+        if failing["on"]:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.ftruncate(fd, length)
+
+    fake_os = types.SimpleNamespace(
+        **{name: getattr(os, name) for name in dir(os) if not name.startswith("__")}
+    )
+    fake_os.write, fake_os.ftruncate = write, ftruncate
+    monkeypatch.setattr(_jsonl, "os", fake_os)
+    handler = _jsonl.JsonlFileHandler(tmp_path / "llm_calls.jsonl")
+    try:
+        _emit(handler, 0, 10)
+        handler.flush()
+        failing["on"] = True
+        _emit(handler, 10, 10)
+        handler.flush()
+        failing["on"] = False
+        handler.flush()
+        _emit(handler, 20, 1)  # wakes the writer, which retries the kept lines first
+        handler.flush()
+    finally:
+        handler.close()
+    assert short  # the write was cut short
+    numbers = [line["n"] for line in read_lines(tmp_path / "llm_calls.jsonl")]
+    assert numbers == list(range(21))
+
+
 def test_log_directory_removed_while_running_is_recreated(tmp_path: Path) -> None:
     """A log directory removed under a running writer is recreated and every later line lands in it."""
     log_dir = tmp_path / "logs"
