@@ -274,7 +274,8 @@ class JsonlFileHandler(logging.Handler):
     def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
         """``_drain()`` on this thread once it has the write lock (``timeout`` s, -1: for good);
         False when it did not get it or left the lines to the writer thread."""
-        on_main = threading.current_thread() is threading.main_thread()
+        # (not when a signal handler interrupted the main thread's own write: that write sets it)
+        on_main = threading.current_thread() is threading.main_thread() and not self._main_writes
         if on_main:
             self._main_writes = True  # before the lock is taken: a signal may come at any bytecode
         try:
@@ -305,6 +306,10 @@ class JsonlFileHandler(logging.Handler):
 
     def _flush_by_writer(self, timeout: float | None) -> None:
         """Have the writer thread write everything queued so far; wait at most ``timeout`` seconds."""
+        if self._main_writes and threading.current_thread() is threading.main_thread():
+            # a signal handler's flush() that interrupted the main thread's own write: the writer would
+            # wait for the lock that write holds; the write goes on once the handler returns (or at exit)
+            return
         if self._closed or not self._thread.is_alive():
             self._drain_taken(-1 if timeout is None else timeout)
             return

@@ -151,19 +151,21 @@ def test_an_applications_own_sigterm_handler_keeps_working(tmp_path: Path, when:
     _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"))
 
 
-@pytest.mark.parametrize("when", ["app-before", "app-after"])
+@pytest.mark.parametrize("when", ["app-before", "app-after", "app-after-flush"])
 def test_an_applications_sigterm_handler_exits_even_when_the_signal_lands_inside_the_ledger(
     tmp_path: Path, when: str
 ) -> None:
-    """An application's SIGTERM handler that calls sys.exit() ends the process also when the signal
-    lands while the main thread is inside the ledger (writing a batch in its file's sink): the ledger,
-    which reports what a sink raises and goes on, lets a signal handler's exit through, with every
-    record queued until then written."""
+    """An application's SIGTERM handler that calls sys.exit() ends the process at once also when the
+    signal lands while the main thread is inside the ledger (writing a batch in its file's sink): the
+    ledger, which reports what a sink raises and goes on, lets a signal handler's exit through, and a
+    flush() in the handler does not wait for the write it interrupted; every record is written."""
     child = _stopped(tmp_path, f"{when}-while-writing")
     try:
         assert _said(child) == "not ours"
         queued = int(_said(child).split()[1])  # it signals itself as its main thread writes a batch
+        started = time.monotonic()
         out, err = child.communicate(timeout=20)
+        assert time.monotonic() - started < _jsonl._EXIT_TIMEOUT_S / 2  # no wait for the lock to time out
     finally:  # a process that went on after its handler's exit would wait for work for good
         if child.poll() is None:
             child.kill()

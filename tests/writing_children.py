@@ -112,6 +112,13 @@ def _app_handler(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
+def _app_flushing_handler(signum: int, frame: object) -> None:
+    import llm_ledger
+
+    llm_ledger.flush()  # as docs/RELIABILITY.md asks of a handler set after configure()
+    _app_handler(signum, frame)
+
+
 def _server_handler(signum: int, frame: object) -> None:
     _SIGNALLED.append(signum)  # a server's: stop taking requests, finish those in flight, then exit
 
@@ -162,7 +169,7 @@ def stopped(log_dir: str, how: str) -> None:
     else:
         llm_ledger.configure(log_dir=log_dir)
     if how.startswith("app-after"):
-        signal.signal(signal.SIGTERM, _app_handler)
+        signal.signal(signal.SIGTERM, _app_flushing_handler if "flush" in how else _app_handler)
     if writing:
         _signal_while_writing()
     if how == "forked":
