@@ -330,6 +330,7 @@ def configure(
             if settings.log_dir is not None:
                 try:
                     new_handler = JsonlFileHandler(settings.log_dir / LOG_FILE_NAME)
+                    new_handler._kept_open = True  # closed here alone (and at exit), not by logging.config
                 except OSError as exc:
                     if plan is not None:
                         plan.cancel()
@@ -342,6 +343,7 @@ def configure(
                 None if new_handler is None else new_handler.write_record,
             )
             if old is not None:
+                old._kept_open = False
                 old.close()
         # (the OpenTelemetry exporter's providers, too, hold what SIGTERM's death would lose)
         if _handler is not None or "otel" in settings.exporters or not settings.handle_sigterm:

@@ -187,6 +187,7 @@ class JsonlFileHandler(logging.Handler):
         self._end = 0  # the file's size after our last write: smaller later means truncated
         self._truncation_said = False
         self._closed = False
+        self._kept_open = False  # configure()'s file: see close()
         self._lost = 0
         try:
             self._open()  # fail early, in configure(), on a path that can never work
@@ -321,6 +322,11 @@ class JsonlFileHandler(logging.Handler):
         done.wait(timeout)
 
     def close(self) -> None:
+        if self._kept_open and not _Sigterm.passed_on:
+            # configure()'s file, which it alone closes: logging.config's dictConfig() and fileConfig()
+            # close every handler alive (Django, uvicorn and gunicorn run one at start)
+            self.flush()
+            return
         # bounded waits: at exit a hung file system may delay the exit, not stop it
         if not self._closed:
             self._flush_by_writer(_EXIT_TIMEOUT_S)
@@ -634,6 +640,7 @@ def _flush_at_exit() -> None:
 
 @atexit.register
 def _exit() -> None:
+    _Sigterm.passed_on = True  # what comes after this flush (later hooks, finalizers) is written at once
     # the records the collector's threads are still making first (not on SIGTERM: the signal may have
     # stopped the main thread holding a lock that they wait for)
     wait_recorded_apart(_EXIT_TIMEOUT_S)
@@ -643,7 +650,8 @@ def _exit() -> None:
 class _Sigterm:
     pending = False  # a SIGTERM came (while the main thread was writing: handled once it is done)
     stopping = False
-    passed_on = False  # a SIGTERM went to the application's handler: lines are written at once
+    # a SIGTERM went to the application's handler, or exit began: lines are written at once
+    passed_on = False
 
 
 class _PassOn:

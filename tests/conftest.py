@@ -402,6 +402,7 @@ def fresh_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     handler = _config._handler
     if handler is not None:
         logger.removeHandler(handler)
+        handler._kept_open = False  # as configure() closes a file it moves from
         handler.close()
     logger.handlers[:], logger.propagate = saved[0], saved[1]
     logger.setLevel(saved[2])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 import llm_ledger
 from llm_ledger import _config, _jsonl
+from tests import warm_python
 from tests.reliability_helpers import child_env, mock_client, read_lines, record_figures
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sdk_independent]  # the writer, whatever the SDK
@@ -294,3 +296,45 @@ def test_a_log_file_replaced_by_a_fifo_never_blocks_a_call(
         os.remove(path)
         llm_ledger.flush()
     assert len(read_lines(path)) == calls
+
+
+_LOGGING_CONFIGURED_AFTER = """
+import json, logging.config, os, sys, time
+import openai, llm_ledger
+llm_ledger.configure(log_dir=sys.argv[1])
+# as Django, uvicorn and gunicorn configure logging: dictConfig() closes every handler alive
+logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+real_write = os.write
+
+def slow_write(fd, data):  # a slow file system (a stalled NFS mount) under the log
+    if fd > 2:
+        time.sleep(3)
+    return real_write(fd, data)
+
+os.write = slow_write
+took = []
+with openai.OpenAI(api_key="sk-test", base_url=sys.argv[2], max_retries=0) as raw:
+    client = llm_ledger.instrument(raw)
+    for _ in range(4):
+        started = time.monotonic()
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        took.append(time.monotonic() - started)
+print(json.dumps(took))
+"""
+
+
+def test_logging_configured_after_configure_leaves_the_file_written_in_batches(
+    tmp_path: Path, fake_openai: Any
+) -> None:
+    """logging.config.dictConfig() (Django, uvicorn and gunicorn run it at start) closes every
+    logging handler alive, the ledger's file included: its calls must not then each write their own
+    record (open, lock, write, close), waiting on a slow file system, but queue it as before; every
+    record is still written at exit."""
+    done = warm_python.run(
+        [sys.executable, "-c", _LOGGING_CONFIGURED_AFTER, str(tmp_path), fake_openai.base_url],
+        env=child_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    took = json.loads(done.stdout)
+    assert max(took) < 2, took  # no call waited for a write (3 s)
+    assert [line["event"] for line in read_lines(tmp_path / "llm_calls.jsonl")] == ["llm_api_call"] * 4
