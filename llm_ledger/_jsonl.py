@@ -327,16 +327,17 @@ class JsonlFileHandler(logging.Handler):
             # close every handler alive (Django, uvicorn and gunicorn run one at start)
             self.flush()
             return
-        # bounded waits: at exit a hung file system may delay the exit, not stop it
+        # one bounded wait: at exit a hung file system may delay the exit, not stop it
         if not self._closed:
+            deadline = time.monotonic() + _EXIT_TIMEOUT_S
             self._flush_by_writer(_EXIT_TIMEOUT_S)
             self._closed = True
             self._queued.set()
             self._wake.set()
-            self._thread.join(timeout=_EXIT_TIMEOUT_S)
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
             # a write that hangs holding the lock closes the file itself once done (else its late
             # write could land in whatever reuses the descriptor's number)
-            self._drain_taken(_EXIT_TIMEOUT_S)
+            self._drain_taken(max(0.0, deadline - time.monotonic()))
             _handlers.discard(self)  # flush_all() and exit leave it alone from now on
         super().close()
 

@@ -341,6 +341,34 @@ def test_a_file_system_that_hangs_writes_delays_exit_but_never_stops_it(
     assert not stuck
 
 
+def test_close_waits_for_a_hung_write_once_not_at_each_of_its_steps(
+    interval: Any, handler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() on a hung write (logging's, at exit) waits at most its one bounded wait, as
+    docs/RELIABILITY.md says, not once for the flush, again for the writer thread, and again for
+    the lock."""
+    interval(0.05)
+    monkeypatch.setattr(_jsonl, "_EXIT_TIMEOUT_S", 1.0)
+    h = handler()
+    answers = threading.Event()  # a hard-mounted NFS server that stopped answering
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        answers.wait(30)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    _emit(h, 0)  # left to the writer thread (two intervals), whose write hangs
+    assert _wait_for(lambda: not h._queue, timeout=5)
+    started = time.monotonic()
+    try:
+        h.close()
+        took = time.monotonic() - started
+    finally:
+        answers.set()
+    assert took < 2 * _jsonl._EXIT_TIMEOUT_S
+
+
 def test_a_write_that_outlasts_close_lands_in_the_log_never_in_what_reuses_its_descriptor(
     interval: Any, handler: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
