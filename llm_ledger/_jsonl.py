@@ -324,7 +324,7 @@ class JsonlFileHandler(logging.Handler):
     def close(self) -> None:
         if self._kept_open and not _Sigterm.passed_on:
             # configure()'s file, which it alone closes: logging.config's dictConfig() and fileConfig()
-            # close every handler alive (Django, uvicorn and gunicorn run one at start)
+            # close every handler alive (Django's setup() runs one, often after a configure() in settings)
             self.flush()
             return
         # one bounded wait: at exit a hung file system may delay the exit, not stop it

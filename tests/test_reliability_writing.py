@@ -302,7 +302,7 @@ _LOGGING_CONFIGURED_AFTER = """
 import json, logging.config, os, sys, time
 import openai, llm_ledger
 llm_ledger.configure(log_dir=sys.argv[1])
-# as Django, uvicorn and gunicorn configure logging: dictConfig() closes every handler alive
+# as Django's setup() configures logging after a configure() in settings: it closes every handler alive
 logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
 real_write = os.write
 
@@ -326,7 +326,7 @@ print(json.dumps(took))
 def test_logging_configured_after_configure_leaves_the_file_written_in_batches(
     tmp_path: Path, fake_openai: Any
 ) -> None:
-    """logging.config.dictConfig() (Django, uvicorn and gunicorn run it at start) closes every
+    """logging.config.dictConfig() run after configure() (Django's setup() runs one) closes every
     logging handler alive, the ledger's file included: its calls must not then each write their own
     record (open, lock, write, close), waiting on a slow file system, but queue it as before; every
     record is still written at exit."""
