@@ -14,6 +14,7 @@ import json
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -367,15 +368,17 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     stream._llm_ledger_state = state  # found there by watch_helper(), if a stream helper reads it
     # a caller stops reading by closing the HTTP response: Stream.close() does, and so do the SDK's
     # stream helpers (chat.completions.stream(), responses.stream()), which never close the stream.
-    # A close while the shell runs is the SDK closing a body it ended or failed on: the shell records
-    # that. Weak references: an abandoned stream must stay free of new cycles, to be collected promptly
+    # A close inside the running shell is the SDK closing a body it ended or failed on: the shell
+    # records that; one from another thread or task while the shell reads is the caller's ("stop
+    # generating"), whose reader then fails. Weak references: an abandoned stream must stay free of new
+    # cycles, to be collected promptly
     response = stream.response
     shell_ref, response_ref = weakref.ref(shell), weakref.ref(response)
-    running = "ag_running" if is_async else "gi_running"
+    frame = "ag_frame" if is_async else "gi_frame"
 
     def closed() -> None:
         live = shell_ref()
-        if live is None or not getattr(live, running):
+        if live is None or not _on_this_stack(getattr(live, frame)):
             state.end()
 
     if is_async:
@@ -405,6 +408,17 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     # reference above would be cleared before the SDK's close on collection, which could then not
     # close it, and the SDK's pool would keep its connection for good (and scan it at every request)
     weakref.finalize(stream, _collected, state, response)
+
+
+def _on_this_stack(frame: FrameType | None) -> bool:
+    """Whether ``frame`` (a shell's, None once it ended) runs on this thread's stack, below the caller
+    (walked only when a stream is closed)."""
+    current = sys._getframe() if frame is not None else None
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
 
 
 def _collected(state: _StreamState, response: Any) -> None:
