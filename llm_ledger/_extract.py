@@ -31,6 +31,7 @@ OPERATIONS: dict[str, str] = {
     "/chat/completions": "chat",
     "/embeddings": "embeddings",
     "/responses": "responses",
+    "/responses/compact": "responses",  # the model run over a conversation: billed its tokens as a Response
     "/completions": "text_completion",  # the legacy text completions (vLLM and others serve it)
     # billed, though not priced by tokens alone (docs/PRICING.md, "Images and audio"); uploads are
     # multipart: their form fields arrive here as the body, their files never do
@@ -404,7 +405,7 @@ def response_shape(operation: str, response: Any) -> tuple[ResponseShape, Any]:
         content_length = tool_calls = 0
         for item in fields.get("output") or ():
             kind = getattr(item, "type", None)
-            if kind == "message":
+            if kind == "message" and getattr(item, "role", None) != "user":  # a compaction's are the input's
                 for part in item.content:
                     text = getattr(part, "text", None)
                     if isinstance(text, str):

@@ -726,6 +726,29 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     return _Stream([{"type": t, "sequence_number": n, **e} for n, (t, e) in enumerate(events)], done=False)
 
 
+def _compact(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply:
+    """A CompactedResponse: the input's user messages, then one compaction item; its usage and tier
+    those of a Response to the same input."""
+    reply = _responses({**body, "stream": False, "tools": None}, headers, num, faults)
+    answer = reply.body if isinstance(reply, _Reply) else {}
+    given = body.get("input")
+    items = [{"role": "user", "content": given}] if isinstance(given, str) else given
+    output: list[JSONDict] = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and item.get("role") == "user":
+            parts = [{"type": "input_text", "text": text} for text in _parts(item.get("content"))[0]]
+            message = {"id": f"msg_user{num}_{len(output)}", "type": "message", "status": "completed"}
+            output.append({**message, "role": "user", "content": parts})
+    output.append({"id": f"cmp_{num}", "type": "compaction", "encrypted_content": "fake-compaction"})
+    compacted = {
+        "id": f"resp_{num}",
+        "object": "response.compaction",
+        "created_at": CREATED,
+        "output": output,
+    }
+    return _Reply({**compacted, "usage": answer.get("usage"), "service_tier": answer.get("service_tier")})
+
+
 def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[tuple[str, JSONDict]]:
     """The stream events (type, fields) of one output item: added, its deltas (in ``x-fake-chunks``
     pieces), done; a message's content part is added before its deltas and done after."""
@@ -966,6 +989,7 @@ _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)|^/
 _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | _Stream]] = {
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
+    "/v1/responses/compact": _compact,
     "/v1/embeddings": _embeddings,
     "/v1/completions": _completions,
     "/v1/images/generations": _image_generation,
@@ -1143,7 +1167,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(status, headers={"retry-after-ms": "1"})
         if "not-json" in faults:
             return _Reply(b"<html>oops</html>")
-        if path.startswith("/v1/responses/"):  # a stored Response: retrieved (streamed or not), cancelled
+        if (
+            path.startswith("/v1/responses/") and path not in _ROUTES
+        ):  # a stored Response: retrieved or cancelled
             return self.server.fake._stored(self.command, path, urlsplit(self.path).query)
         remix = _REMIX.match(path)
         if self.command != "POST" or (path not in _ROUTES and remix is None):

@@ -134,7 +134,7 @@ def _begin_later(
     method = options.method
     cancel = method == "post" and rest.count("/") == 1 and rest.endswith("/cancel")
     if not (cancel or (method == "get" and "/" not in rest)):
-        return None  # a delete, input items, compact...
+        return None  # a delete, input items, an input token count...
     try:
         headers = options.headers
         raw = headers.get(_RAW_HEADER) if isinstance(headers, Mapping) else None

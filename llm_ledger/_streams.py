@@ -14,6 +14,7 @@ import json
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -50,6 +51,7 @@ class _StreamState:
     """What one stream has shown so far, and its record, written once."""
 
     running: str | None = None  # a background response's last status while it runs (set on it only)
+    stopped = False  # closed by the caller while another thread or task read it: its failure is no error
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
         call.let_go()  # the call outlives its request: what its record takes from the response is kept
@@ -236,6 +238,8 @@ class _StreamState:
     def end(self, exc: BaseException | None = None) -> None:
         """The stream ended or the caller stopped reading it: ``ok`` once the answer finished (with
         the usage seen so far), else ``interrupted``; ``error`` when it raised ``exc``."""
+        if self.stopped:
+            exc = None  # what the caller's close made the reader raise: the close ended it
         if exc is not None and not interrupted(exc):
             self._finish("error", exc)
         elif self.finish_reason is not None:
@@ -367,16 +371,20 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     stream._llm_ledger_state = state  # found there by watch_helper(), if a stream helper reads it
     # a caller stops reading by closing the HTTP response: Stream.close() does, and so do the SDK's
     # stream helpers (chat.completions.stream(), responses.stream()), which never close the stream.
-    # A close while the shell runs is the SDK closing a body it ended or failed on: the shell records
-    # that. Weak references: an abandoned stream must stay free of new cycles, to be collected promptly
+    # A close while the shell runs is the SDK closing a body it ended or failed on, inside the shell,
+    # which records that; or, from another thread or task, the caller's ("stop generating"): the
+    # reader fails then, and records its failure as the caller's stop. Weak references: an abandoned
+    # stream must stay free of new cycles, to be collected promptly
     response = stream.response
     shell_ref, response_ref = weakref.ref(shell), weakref.ref(response)
-    running = "ag_running" if is_async else "gi_running"
+    running, frame = ("ag_running", "ag_frame") if is_async else ("gi_running", "gi_frame")
 
     def closed() -> None:
         live = shell_ref()
         if live is None or not getattr(live, running):
             state.end()
+        elif not _on_this_stack(getattr(live, frame)):
+            state.stopped = True
 
     if is_async:
         class_aclose = type(response).aclose
@@ -405,6 +413,17 @@ def watch_stream(monitor: LLMCallMonitor, call: _Call, stream: Any, *, is_async:
     # reference above would be cleared before the SDK's close on collection, which could then not
     # close it, and the SDK's pool would keep its connection for good (and scan it at every request)
     weakref.finalize(stream, _collected, state, response)
+
+
+def _on_this_stack(frame: FrameType | None) -> bool:
+    """Whether ``frame`` (a running shell's) is on this thread's stack, under the close() calling
+    ``closed()`` (walked only when a stream is closed while read)."""
+    current: FrameType | None = sys._getframe(2)
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
 
 
 def _collected(state: _StreamState, response: Any) -> None:

@@ -17,6 +17,7 @@ import orjson
 import pydantic
 import pytest
 
+import llm_ledger
 import llm_ledger._streams
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests.conftest import FAKE_KEY
@@ -252,6 +253,49 @@ async def test_every_path_records_what_create_records(
     assert _essentials(got) == _essentials(expected)
     assert got["status"] == "ok" and got["usage"]["total_tokens"] and got["cost"]["total_cost_usd"]
     assert got["response"]["request_id"] is not None
+
+
+async def responses_compact(c: Any) -> Any:
+    return await _maybe(c.responses.compact(**RESPONSES))
+
+
+async def responses_compact_raw(c: Any) -> Any:
+    return await _maybe((await _maybe(c.responses.with_raw_response.compact(**RESPONSES))).parse())
+
+
+async def responses_compact_streaming_response(c: Any) -> Any:
+    manager = c.responses.with_streaming_response.compact(**RESPONSES)
+    try:
+        return await _maybe((await _enter(manager)).parse())
+    finally:
+        await _exit(manager)
+
+
+@pytest.mark.sdk2  # openai 1.x has no responses.compact()
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize(
+    "path", [responses_compact, responses_compact_raw, responses_compact_streaming_response]
+)
+async def test_a_compaction_is_a_billed_call_of_its_lens(
+    path: Callable[[Any], Awaitable[Any]],
+    is_async: bool,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+) -> None:
+    """responses.compact() runs the model over the conversation and is billed its tokens: a
+    ``responses`` call with its usage and cost, counted in its lens."""
+    with monitor.lens("compact") as run:
+        compacted = await path(aclient if is_async else client)
+    [record] = records.calls
+    assert record["status"] == "ok" and record["operation"] == "responses"
+    assert record["request"]["model"] == RESPONSES["model"] and record["request"]["stream"] is False
+    assert record["usage"]["prompt_tokens"] == compacted.usage.input_tokens
+    assert record["usage"]["total_tokens"] == compacted.usage.total_tokens
+    assert record["cost"]["total_cost_usd"] and record["response"]["content_length"] == 0
+    assert run.summary is not None and run.summary["total_api_calls"] == 1 and run.summary["cost_complete"]
 
 
 # -- with_streaming_response: the body read any way, broken, or left early ------------------------------

@@ -8,6 +8,8 @@ import json
 import signal
 import sys
 import textwrap
+import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -406,6 +408,64 @@ async def test_async_stream_closed_early_is_interrupted(
     await stream.__anext__()
     await stream.close()
     assert [r["status"] for r in records.calls] == ["interrupted"]
+
+
+# a stream read slowly: a chunk every 300 ms, so a reader waits for the next one when another closes it
+SLOW = {"x-fake-fault": "slow", "x-fake-delay-ms": "300", "x-fake-chunks": "10"}
+
+
+def test_a_stream_closed_from_another_thread_while_read_is_interrupted(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A "stop generating" button: the stream closed from another thread while a thread reads it is
+    the caller's stop, interrupted (no error in its lens), though the reader gets the SDK's error."""
+    first, raised = threading.Event(), []
+    with monitor.lens("chat") as run:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=SLOW
+        )
+
+        def read() -> None:
+            try:
+                for _ in stream:
+                    first.set()
+            except Exception as exc:
+                raised.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert first.wait(5)
+        time.sleep(0.1)  # the reader waits for the next chunk
+        stream.close()
+        reader.join(5)
+    assert len(raised) == 1 and isinstance(raised[0], STREAM_BREAKS)
+    [record] = records.calls
+    assert record["status"] == "interrupted" and record["error"] is None
+    assert run.summary is not None and run.summary["errors"] == 0
+
+
+@pytest.mark.asyncio
+async def test_an_async_stream_closed_from_another_task_while_read_is_interrupted(
+    aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """The async "stop generating" button: closed by one task while another reads it, interrupted."""
+    stream = await aclient.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=SLOW
+    )
+    first = asyncio.Event()
+
+    async def read() -> None:
+        async for _ in stream:
+            first.set()
+
+    reader = asyncio.create_task(read())
+    await asyncio.wait_for(first.wait(), 5)
+    await asyncio.sleep(0.1)  # the reader waits for the next chunk
+    await stream.close()
+    with pytest.raises(STREAM_BREAKS):
+        await reader
+    [record] = records.calls
+    assert record["status"] == "interrupted" and record["error"] is None
 
 
 @pytest.mark.asyncio
