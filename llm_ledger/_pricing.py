@@ -65,6 +65,8 @@ SELF_HOSTED: Final = "self-hosted"  # the provider recorded for a host the price
 MatchedBy = Literal["host", "provider", "model"]
 
 _DATE_SUFFIX: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+# a fine-tune is named after its base model's snapshot: ft:gpt-4.1-2025-04-14:org:suffix:id
+_FINE_TUNE_DATE: Final = re.compile(r"^(ft:[^:]+?)-\d{4}-\d{2}-\d{2}(?=:)", re.IGNORECASE)
 _PROVIDER_PREFIX: Final = "openai/"
 _OPENAI_NAMED: Final = frozenset({"openai", "azure"})  # providers whose ids may carry "openai/"
 _GLOB_CHARS: Final = frozenset("*?[")
@@ -469,7 +471,8 @@ class PriceTable:
     (else the one asked for): exact names first, then patterns in mapping order.
 
     A name is tried as given, then (for OpenAI and Azure) without an ``openai/`` prefix, then without a
-    ``-YYYY-MM-DD`` snapshot suffix, so ``gpt-4o-2024-08-06`` finds an override for ``gpt-4o``.
+    ``-YYYY-MM-DD`` snapshot suffix, so ``gpt-4o-2024-08-06`` finds an override for ``gpt-4o``, and a
+    fine-tune without its base model's (``ft:gpt-4.1-2025-04-14:acme::id`` finds ``ft:gpt-4.1:acme:*``).
     """
 
     def __init__(
@@ -695,11 +698,14 @@ def _fee_units(name: str, fees: Mapping[str, Decimal]) -> dict[str, int]:
 
 
 def _candidate_names(model: str, *, strip_openai: bool = True) -> list[str]:
-    """The names to try for ``model``, most specific first, without repeats."""
+    """The names to try for ``model``, most specific first, without repeats: as given, without an
+    ``openai/`` prefix, without a snapshot date (``gpt-4o-2024-08-06``: ``gpt-4o``; a fine-tune's base
+    model's: ``ft:gpt-4.1-2025-04-14:org::id``: ``ft:gpt-4.1:org::id``)."""
     bare = model
     if strip_openai and model.lower().startswith(_PROVIDER_PREFIX):
         bare = model[len(_PROVIDER_PREFIX) :]
-    names = (model, bare, _DATE_SUFFIX.sub("", model), _DATE_SUFFIX.sub("", bare))
+    undated = _FINE_TUNE_DATE.sub(r"\1", _DATE_SUFFIX.sub("", bare))
+    names = (model, bare, _DATE_SUFFIX.sub("", model), undated)
     return [name for name in dict.fromkeys(names) if name]
 
 

@@ -422,3 +422,32 @@ def test_a_model_only_the_price_file_prices_costs_its_rates_at_any_provider(
     )
     assert Decimal(repr(cost["total_cost_usd"])) == expected
     assert "no price known" not in internal_log.text
+
+
+@pytest.mark.parametrize(
+    "served",
+    ["ft:gpt-4.1-2025-04-14:acme::BXy1kq2", "ft:gpt-4.1-2025-04-14:acme:tickets:BXy1kq2:ckpt-step-285"],
+    ids=["fine-tune", "checkpoint"],
+)
+def test_a_fine_tune_is_priced_by_a_price_file_pattern_written_without_its_base_models_date(
+    fake_openai: FakeOpenAI, tmp_path: Path, internal_log: pytest.LogCaptureFixture, served: str
+) -> None:
+    """OpenAI names a fine-tune after its base model's dated snapshot (``ft:gpt-4.1-2025-04-14:acme::id``);
+    a price-file pattern written as docs/PRICING.md shows it, ``ft:gpt-4.1:acme:*``, prices its calls, as
+    ``gpt-4o-2024-08-06`` finds an entry for ``gpt-4o``, rather than leaving them with no cost (genai-prices
+    lists no gpt-4.1 fine-tune)."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text('version: 1\nmodels:\n  "ft:gpt-4.1:acme:*": {input: 3, output: 12}\n')
+    monitor = llm_ledger.LLMCallMonitor(logger=None, prices=prices)
+    with (
+        provider_client(fake_openai, "https://api.openai.com/v1") as raw,
+        llm_ledger.testing.capture(monitor) as records,
+    ):
+        monitor.instrument(raw).chat.completions.create(model=served, messages=HI)
+    (record,) = records.calls
+    usage, cost = record["usage"], record["cost"]
+    assert record["response"]["model"] == served
+    assert cost["source"] == "price-file"
+    expected = (usage["prompt_tokens"] * 3 + usage["completion_tokens"] * 12) * Decimal("1e-6")
+    assert Decimal(repr(cost["total_cost_usd"])) == expected
+    assert "no price known" not in internal_log.text
