@@ -430,8 +430,11 @@ class OTelSink:
         # the lens_anomaly and budget_exceeded records, as llm_ledger_lens_anomalies_total and
         # llm_ledger_budget_exceeded_total count them, with their 0 points first: an anomaly's attribute
         # set at 0 for each metric a lens's runs are judged on, from its first judged run (its lens
-        # record names them), a breach's in the first collection after it (no record names a lens's limits)
-        self._anomalies = counter("llm_ledger.lens_anomalies", "{anomaly}", "Lens runs above their baseline")
+        # record names them), a breach's in the first collection after it (no record names a lens's
+        # limits), as an anomaly's is when that first judged run is anomalous (baselines from the log)
+        self._anomalies = counter(
+            "llm_ledger.lens_anomalies", "{anomaly}", "Lens runs above their baseline", zero_first=True
+        )
         self._breaches = counter(
             "llm_ledger.budget_exceeded", "{breach}", "Limits lens runs went over (one per run and limit)",
             zero_first=True,
