@@ -438,12 +438,14 @@ def test_prometheus_counts_anomalies_by_lens_and_metric(
 ) -> None:
     """The Prometheus sink counts lens_anomaly records: llm_ledger_lens_anomalies_total{lens,metric}."""
     registry = CollectorRegistry()
-    monitor.add_sink(PrometheusSink(registry))
+    sink = PrometheusSink(registry)
+    monitor.add_sink(sink)
     monitor.anomalies = AnomalyDetector(QUICK)
     for _ in range(5):
         _run(client, monitor, words=5)
     _run(client, monitor, words=300)
     _run(client, monitor, words=400)
+    sink.flush()  # as for any series before get_sample_value() (docs/exporters.md, When values move)
     labels = {"lens": "digest", "metric": "total_tokens"}
     assert registry.get_sample_value("llm_ledger_lens_anomalies_total", labels) == 2
     labels["metric"] = "total_cost_usd"

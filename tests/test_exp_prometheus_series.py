@@ -189,3 +189,49 @@ def test_anomaly_series_follow_the_lens_record_to_a_sink_on_another_thread(fake_
     assert by_labels(_exposed(registry), "llm_ledger_lens_anomalies_total", "lens", "metric") == {
         ("digest", "total_tokens"): 0
     }
+
+
+def test_an_anomalous_first_judged_run_is_exported_at_0_first_by_both_sinks(fake_openai: FakeOpenAI) -> None:
+    """A process whose baselines were rebuilt from the log (a restart, a new pod) and whose first run of
+    a lens is anomalous: its anomaly series is scraped at 0 first and at 1 from the next scrape (and
+    its OpenTelemetry point collected at 0, then 1), so that the documented alert on increase() fires
+    on it, not only from the lens's second anomaly on."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from llm_ledger import AnomalyConfig, AnomalyDetector
+    from llm_ledger.exporters import OTelSink
+
+    detector = AnomalyDetector(AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens",)))
+
+    def run(monitor: llm_ledger.LLMCallMonitor, words: int) -> None:
+        monitor.anomalies = detector
+        with _client(monitor, fake_openai) as client, monitor.lens("digest"):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HI, extra_headers={"x-fake-completion-words": str(words)}
+            )
+
+    before = llm_ledger.LLMCallMonitor(logger=None)  # the process before the restart: its runs in the log
+    for _ in range(5):
+        run(before, 5)
+    registry, reader = CollectorRegistry(), InMemoryMetricReader()
+    otel = OTelSink(meter_provider=MeterProvider(metric_readers=[reader]))
+    run(llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry), otel]), 400)
+
+    def otel_points() -> list[Any]:
+        data = reader.get_metrics_data()
+        assert data is not None
+        points: list[Any] = [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "llm_ledger.lens_anomalies"
+            for point in metric.data.data_points
+        ]
+        return [point.value for point in points]
+
+    scrapes = [samples(generate_latest(registry).decode()) for _ in range(2)]
+    series = [by_labels(found, "llm_ledger_lens_anomalies_total", "lens", "metric") for found in scrapes]
+    assert series == [{("digest", "total_tokens"): 0.0}, {("digest", "total_tokens"): 1.0}]
+    assert [otel_points(), otel_points()] == [[0], [1]]

@@ -865,8 +865,9 @@ with FakeOpenAI() as server, openai.OpenAI(api_key="sk-test", base_url=server.ba
 def test_a_breach_is_exported_at_0_first_and_every_count_at_exit(tmp_path: Path) -> None:
     """Over OTLP/HTTP from a process of its own: a lens's first breach goes out at 0 in the export after
     it and at its count from the next (a Prometheus fed by OTLP sees the rise increase() counts), and the
-    export the meter provider makes at exit carries every breach at its count, one never exported yet
-    included (a batch job's breaches are not lost as zeros)."""
+    export the meter provider makes at exit carries every breach at its count (a batch job's breaches
+    are not lost as zeros), after one more export carrying a breach no export carried yet at 0 (one in
+    a job's last minute is a rise too, not a lone first point that increase() leaves out)."""
     receiver = Receiver()
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
@@ -898,7 +899,7 @@ def test_a_breach_is_exported_at_0_first_and_every_count_at_exit(tmp_path: Path)
                 for point in metric.sum.data_points
             }
         )
-    assert exports == [{"nightly": 0}, {"nightly": 2, "digest": 1}], app.stderr
+    assert exports == [{"nightly": 0}, {"nightly": 2, "digest": 0}, {"nightly": 2, "digest": 1}], app.stderr
 
 
 def test_content_only_with_capture_on(sdk: Sdk) -> None:

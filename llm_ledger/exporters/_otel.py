@@ -134,9 +134,38 @@ def _release_at_exit() -> None:
 
 
 def _release() -> None:
+    totals = [totals for sink in list(_sinks) for totals in sink._totals]
+    if any(t._new for t in totals):
+        # an attribute set no export carried yet (a batch job's breach in its last minute, or in a job
+        # shorter than the export interval): one export more, which carries it at 0, so that the rise
+        # to its count in the last one is one a rule on increase() counts, not a lone first point
+        for provider in _providers(meters=True):
+            if not getattr(provider, "_shutdown", False):  # the application's own shutdown exported it
+                _flush(provider)
+    for t in totals:
+        t.release()
+
+
+def _providers(*, meters: bool) -> list[Any]:
+    """The distinct meter (else tracer) providers of every sink, the global one for a sink given none."""
+    from opentelemetry import metrics, trace
+
+    found: list[Any] = []
     for sink in list(_sinks):
-        for totals in sink._totals:
-            totals.release()
+        given = sink._providers[1 if meters else 0]
+        provider = given or (metrics.get_meter_provider() if meters else trace.get_tracer_provider())
+        if provider not in found:
+            found.append(provider)
+    return found
+
+
+def _flush(provider: Any) -> None:
+    flush = getattr(provider, "force_flush", None)  # the SDK's; the API's no-op providers have none
+    if callable(flush):
+        try:
+            flush()
+        except Exception as exc:  # never in the way of the process's end
+            _internal_log.warning("llm-ledger: exporting %r at the process's end failed: %s", provider, exc)
 
 
 def _openai_v2_instrumented() -> bool:
@@ -302,25 +331,9 @@ def _flush_providers() -> None:
     """The spans and metrics every sink's providers hold, exported now: SIGTERM ends the process by
     the ledger's handler past the exit hooks, where the SDK's providers would export them (the last
     call and lens spans, and every metric since the last export, up to a minute of spend)."""
-    from opentelemetry import metrics, trace
-
-    _release()  # the last export: every breach at its count
-    providers: list[Any] = []
-    for sink in list(_sinks):
-        tracer_provider, meter_provider = sink._providers
-        for provider in (
-            tracer_provider or trace.get_tracer_provider(),
-            meter_provider or metrics.get_meter_provider(),
-        ):
-            if provider not in providers:
-                providers.append(provider)
-    for provider in providers:
-        flush = getattr(provider, "force_flush", None)  # the SDK's; the API's no-op providers have none
-        if callable(flush):
-            try:
-                flush()
-            except Exception as exc:  # never in the way of the process's end
-                _internal_log.warning("llm-ledger: at SIGTERM, exporting %r failed: %s", provider, exc)
+    _release()  # the last export: every breach at its count (a new one at 0 first)
+    for provider in [*_providers(meters=False), *_providers(meters=True)]:
+        _flush(provider)
 
 
 _jsonl.after_sigterm_flush.append(_flush_providers)
@@ -417,8 +430,11 @@ class OTelSink:
         # the lens_anomaly and budget_exceeded records, as llm_ledger_lens_anomalies_total and
         # llm_ledger_budget_exceeded_total count them, with their 0 points first: an anomaly's attribute
         # set at 0 for each metric a lens's runs are judged on, from its first judged run (its lens
-        # record names them), a breach's in the first collection after it (no record names a lens's limits)
-        self._anomalies = counter("llm_ledger.lens_anomalies", "{anomaly}", "Lens runs above their baseline")
+        # record names them), a breach's in the first collection after it (no record names a lens's
+        # limits), as an anomaly's is when that first judged run is anomalous (baselines from the log)
+        self._anomalies = counter(
+            "llm_ledger.lens_anomalies", "{anomaly}", "Lens runs above their baseline", zero_first=True
+        )
         self._breaches = counter(
             "llm_ledger.budget_exceeded", "{breach}", "Limits lens runs went over (one per run and limit)",
             zero_first=True,

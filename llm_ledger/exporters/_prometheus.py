@@ -294,13 +294,9 @@ class PrometheusSink:
         elif event == LENS_EVENT:
             self._lens(record)
         elif event == ANOMALY_EVENT:  # metric: one of three summary keys, a bounded label
-            labels = (self._label("lens", record["context"].get("lens_key")), record["anomaly"]["metric"])
-            try:
-                self.anomalies.labels(*labels).inc()
-            except Exception as exc:
-                self._dropped(ANOMALY_EVENT, 1, dict(zip(("lens", "metric"), labels, strict=True)), exc)
+            self._alert((record["context"].get("lens_key"), record["anomaly"]["metric"], ANOMALY_EVENT))
         elif event == BUDGET_EVENT:
-            self._breach(record)
+            self._alert((record["context"].get("lens_key"), record["budget"]["limit"]))
 
     def flush(self) -> None:
         """Move the pending sums into the metrics (a collection of the registry does it first)."""
@@ -324,12 +320,15 @@ class PrometheusSink:
         for key, sums in pending.items():
             if key in held:
                 continue
-            # a lens run's (lens_key,), a budget breach's (lens_key, limit), else a call's label tuple
+            # a lens run's (lens_key,), a budget breach's (lens_key, limit), an anomaly's (lens_key,
+            # metric, ANOMALY_EVENT), else a call's label tuple
             make, move, event, names = (
                 (self._new_lens_children, self._move_lens, LENS_EVENT, ("lens",))
                 if len(key) == 1
-                else (self._new_breach_children, self._move_breaches, BUDGET_EVENT, ("lens", "limit"))
+                else (self._new_breach_children, self._move_alerts, BUDGET_EVENT, ("lens", "limit"))
                 if len(key) == 2
+                else (self._new_anomaly_children, self._move_alerts, ANOMALY_EVENT, ("lens", "metric"))
+                if len(key) == 3
                 else (self._new_children, self._move, CALL_EVENT, _CALL_LABELS)
             )
             try:
@@ -547,13 +546,17 @@ class PrometheusSink:
     def _new_breach_children(self, key: tuple[Any, str]) -> tuple[Any, ...]:
         return (self.budget_exceeded.labels(self._label("lens", key[0]), key[1]),)
 
-    def _move_breaches(self, children: tuple[Any, ...], sums: list[Any]) -> None:
+    def _new_anomaly_children(self, key: tuple[Any, str, str]) -> tuple[Any, ...]:
+        return (self.anomalies.labels(self._label("lens", key[0]), key[1]),)
+
+    def _move_alerts(self, children: tuple[Any, ...], sums: list[Any]) -> None:
         children[0].inc(len(sums[0]))
 
-    def _breach(self, record: Mapping[str, Any]) -> None:
-        key = (record["context"].get("lens_key"), record["budget"]["limit"])
+    def _alert(self, key: tuple[Any, ...]) -> None:
+        """A budget breach or an anomaly, through the pending sums as a call: its series new to a
+        scrape (a lens judged first in this process, found anomalous at once) shows 0 first."""
         with self._pending_lock:
-            sums = self._pending.get(key) or self._pending.setdefault(key, [[]])  # one item a breach
+            sums = self._pending.get(key) or self._pending.setdefault(key, [[]])  # one item each
             sums[0].append(1)
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
