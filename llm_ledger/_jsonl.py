@@ -269,8 +269,13 @@ class JsonlFileHandler(logging.Handler):
             self._bytes >= _BATCH_BYTES
             or len(queue) >= _BATCH_LINES
             or time.monotonic() - started >= _INTERVAL_S
-        ) and self._callers_write:  # else the writer thread writes it (see _write)
-            self._drain_taken(0, on_caller=True)
+        ):
+            if self._callers_write:
+                self._drain_taken(0, on_caller=True)
+            elif not self._queued.is_set():
+                # the writer thread writes it (see _write), awake: had it taken this batch's first line
+                # between its caller queuing it and reading _started, it went idle on an empty queue
+                self._queued.set()
 
     def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
         """``_drain()`` on this thread once it has the write lock (``timeout`` s, -1: for good);

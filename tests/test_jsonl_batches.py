@@ -160,6 +160,26 @@ def test_an_idle_writer_thread_sleeps_without_a_timer_and_wakes_for_a_line(
     assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 2, timeout=1.0)
 
 
+def test_lines_queued_while_writes_are_slow_are_written_though_a_race_left_the_writer_idle(
+    interval: Any, handler: Any, tmp_path: Path
+) -> None:
+    """While writes are slow the writer thread writes every batch. Had it taken a line between its
+    caller queuing it and reading when the batch began, that caller began a batch on an empty queue
+    and the writer went idle: the next lines waited for flush() or exit (past the SIGKILL bound).
+    This sets up the state that race leaves; the lines are written within the interval."""
+    interval(0.05)
+    h = handler()
+    _emit(h, 0)
+    h.flush()
+    assert _wait_for(lambda: not h._queued.is_set(), 5)  # the writer thread idle, the queue empty
+    h._callers_write = False  # as a slow write leaves it
+    h._started = time.monotonic()  # the batch the race began on the empty queue
+    _emit(h, 1)
+    time.sleep(0.06)
+    _emit(h, 2)  # its batch is due
+    assert _wait_for(lambda: len(_lines(tmp_path / "llm_calls.jsonl")) == 3, 5)
+
+
 def test_a_slow_write_leaves_writing_to_the_writer_thread_until_writes_are_fast_again(
     interval: Any,
     handler: Any,
