@@ -204,36 +204,33 @@ def test_dashboard_counts_the_first_calls_of_every_lens_and_model(
         wait("a scrape of every call", lambda: _calls_scraped(server, job, calls))
         spend = sum(c["cost"]["total_cost_usd"] for c in records.calls)
 
-        def value(expr: str) -> float:
-            return sum(float(s["value"][1]) for s in server.query(expr))
+        # read at that scrape: increase() extrapolates a series' rise past its last sample (by up to 1.1
+        # scrape intervals: for a series seen in n scrapes, up to 1 + 1.1 / (n - 1) times its rise),
+        # never before its first (that sample is 0); at its last sample, a first call missed would show
+        (at,) = {
+            float(s["value"][1]) for s in server.query(f'timestamp(llm_ledger_calls_total{{job="{job}"}})')
+        }
 
-        # increase() extrapolates a series' rise past its last sample by up to 1.1 scrape intervals
-        # (not before its first: that sample is 0): for a series seen in n scrapes, up to 1 + 1.1 / (n - 1)
-        # times its rise, 1.55 for three. The bounds below are checked once every series has four (at
-        # most 1.37 times; each scrape more is a second more of this test)
-        samples = f'count_over_time(llm_ledger_calls_total{{job="{job}"}}[10m])'
-        wait(
-            "four scrapes of every series",
-            lambda: min(float(s["value"][1]) for s in server.query(samples)) >= 4,
-        )
+        def value(expr: str) -> float:
+            return sum(float(s["value"][1]) for s in server.query(expr, at))
 
         assert calls * 0.9 <= value(_panel_expr("Calls over the range", job)) <= calls * 1.5
         assert spend * 0.9 <= value(_panel_expr("Spend over the range", job)) <= spend * 1.5
         top = {
             s["metric"]["lens"]: float(s["value"][1])
-            for s in server.query(_panel_expr("Top lenses by cost", job))
+            for s in server.query(_panel_expr("Top lenses by cost", job), at)
         }
         rare = next(c for c in records.calls if c["context"]["lens_key"] == "rare")["cost"]["total_cost_usd"]
         assert top.get("rare", 0) >= rare * 0.9, top
         # a cheap lens (a hundredth of a cent or less) keeps its place in the p95 of its cost too
         for expr in (e for t, e in expressions(job) if t == "Cost per lens run"):  # mean, p95
-            per_run = {s["metric"]["lens"]: float(s["value"][1]) for s in server.query(expr)}
+            per_run = {s["metric"]["lens"]: float(s["value"][1]) for s in server.query(expr, at)}
             assert rare / 3 <= per_run["rare"] <= rare * 3, (expr, per_run, rare)
         # no call failed (so no series has status="error"): the error rate is 0 %, not "No data"
-        error_rate = server.query(_panel_expr("Error rate", job))
+        error_rate = server.query(_panel_expr("Error rate", job), at)
         assert [float(s["value"][1]) for s in error_rate] == [0.0], error_rate
         # every call was priced: the unpriced stat says 0, not "No data"
-        unpriced = server.query(_panel_expr("Unpriced calls over the range", job))
+        unpriced = server.query(_panel_expr("Unpriced calls over the range", job), at)
         assert [float(s["value"][1]) for s in unpriced] == [0.0], unpriced
     assert server.errors() == []
 
@@ -295,16 +292,15 @@ def test_a_token_type_first_counted_later_is_counted_by_increase(
                 model="gpt-4o-mini", messages=hi, extra_headers={"x-fake-cached-tokens": "5"}
             )
         wait("a scrape of the second call", lambda: _calls_scraped(server, job, 2))
-        wait(
-            "three scrapes of the new series",
-            lambda: bool(server.query(f"count_over_time({tokens}[10m]) >= 3")),
-        )
-        increase = [float(s["value"][1]) for s in server.query(f"increase({tokens}[10m])")]
+        wait("a scrape of its cached tokens", lambda: bool(server.query(f"{tokens} == 5")))
+        # read at that scrape: increase() extrapolates past the last sample (up to 1.1 scrape intervals),
+        # never before the first (0); at the last, the new series' first tokens missed would show
+        (at,) = {float(s["value"][1]) for s in server.query(f"timestamp({tokens})")}
+        increase = [float(s["value"][1]) for s in server.query(f"increase({tokens}[10m])", at)]
         panel = {
             s["metric"]["token_type"]: float(s["value"][1])
-            for s in server.query(_panel_expr("Tokens by type", job).replace("[30s]", "[10m]"))
+            for s in server.query(_panel_expr("Tokens by type", job).replace("[30s]", "[10m]"), at)
         }
-    # increase() extrapolates up to 1.1 scrape intervals past the last sample (none before the first: 0)
     assert len(increase) == 1 and 5 <= increase[0] <= 5 * 1.55, increase
     assert panel["cached"] > 0, panel
     assert server.errors() == []

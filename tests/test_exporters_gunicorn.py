@@ -45,6 +45,12 @@ APP = textwrap.dedent(
 
 # a gunicorn.conf.py line that shows the INFO lines of llm_ledger.internal (the /metrics server's port)
 SHOW_INFO = "import logging; logging.basicConfig(level=logging.INFO)\n"
+# the first line of each test's gunicorn.conf.py: the master imports the openai SDK once, and the workers
+# it forks (two at start, another at each --max-requests replacement) start with it imported, as the
+# suite's warm child Pythons do (tests/warm_python.py): importing it was most of a worker's start.
+# llm_ledger and prometheus_client are imported by each worker's app as in production (the SDK
+# imports neither)
+SDK_IMPORTED = "import openai\n"
 SERVING = re.compile(r"llm-ledger: serving /metrics on http://127\.0\.0\.1:(\d+)/metrics")
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")  # gunicorn's own, for the app
 
@@ -66,7 +72,7 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     """Two gunicorn workers with LLM_LEDGER_EXPORTERS=prometheus and PROMETHEUS_MULTIPROC_DIR (in the
     environment gunicorn starts with, or in its raw_env setting, which gunicorn applies after reading
     gunicorn.conf.py), each replaced after 5 requests (--max-requests: 13 requests replace one at
-    least, and about two, each worker's start importing the SDK anew); the documented
+    least, and about two, each worker's start importing llm_ledger anew); the documented
     when_ready/child_exit hooks: the master's /metrics counts every request's call and lens run once,
     whichever worker served it and whether it has exited since, and the JSONL file has each call once."""
     (tmp_path / "multiproc").mkdir()
@@ -79,10 +85,7 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
     if settings == "raw_env":
         conf += f"\nraw_env = {[f'{name}={value}' for name, value in env.items()]!r}\n"
         env = {}
-    (tmp_path / "gunicorn.conf.py").write_text(conf)
-    gunicorn = _gunicorn(
-        fake_openai, tmp_path, env, "--config", "gunicorn.conf.py", "--workers", "2", "--max-requests", "5"
-    )
+    gunicorn = _gunicorn(fake_openai, tmp_path, conf, env, "--workers", "2", "--max-requests", "5")
     try:
         app_port, metrics_port = _port(gunicorn, LISTENING), _port(gunicorn, SERVING)
         _await(gunicorn, "the master's metrics server", metrics_port)
@@ -114,8 +117,8 @@ def test_prometheus_client_imported_before_raw_env_is_applied_names_the_fix(
     says where to import it."""
     (tmp_path / "multiproc").mkdir()
     settings = [f"PROMETHEUS_MULTIPROC_DIR={tmp_path / 'multiproc'}", "LLM_LEDGER_EXPORTERS=prometheus"]
-    (tmp_path / "gunicorn.conf.py").write_text(f"import prometheus_client\nraw_env = {settings!r}\n")
-    gunicorn = _gunicorn(fake_openai, tmp_path, {}, "--config", "gunicorn.conf.py")
+    conf = f"import prometheus_client\nraw_env = {settings!r}\n"
+    gunicorn = _gunicorn(fake_openai, tmp_path, conf, {})
     output = gunicorn.stop(None)
     assert gunicorn.process.returncode != 0, output
     assert "Worker failed to boot" in output, output
@@ -129,9 +132,7 @@ def test_preload_with_a_port_warns_that_the_workers_calls_are_not_served(
     """gunicorn --preload runs configure() in the master, which then serves LLM_LEDGER_EXPORTERS=
     prometheus:PORT; the workers' calls never reach that /metrics: a worker says so, naming the fix."""
     env = {"LLM_LEDGER_EXPORTERS": "prometheus:127.0.0.1:0", "LLM_LEDGER_LOG_DIR": "off"}
-    (tmp_path / "gunicorn.conf.py").write_text(SHOW_INFO)
-    options = ("--config", "gunicorn.conf.py", "--preload", "--workers", "2")
-    gunicorn = _gunicorn(fake_openai, tmp_path, env, *options)
+    gunicorn = _gunicorn(fake_openai, tmp_path, SHOW_INFO, env, "--preload", "--workers", "2")
     try:
         app_port, metrics_port = _port(gunicorn, LISTENING), _port(gunicorn, SERVING)
         _await(gunicorn, "a worker", app_port)
@@ -202,14 +203,18 @@ def _await(gunicorn: _Gunicorn, what: str, port: int) -> None:
     wait(what, answers)
 
 
-def _gunicorn(fake_openai: FakeOpenAI, where: Path, env: dict[str, str], *options: str) -> _Gunicorn:
+def _gunicorn(
+    fake_openai: FakeOpenAI, where: Path, conf: str, env: dict[str, str], *options: str
+) -> _Gunicorn:
     """gunicorn serving APP on a free port of 127.0.0.1 (its LISTENING line says which) from ``where``,
-    with ``env`` as its only ledger settings."""
+    configured by ``conf`` (its gunicorn.conf.py), with ``env`` as its only ledger settings."""
     (where / "app.py").write_text(APP)
+    (where / "gunicorn.conf.py").write_text(SDK_IMPORTED + conf)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "PROMETHEUS_"))}
+    command = ["gunicorn", "--config", "gunicorn.conf.py", *options, "--bind", "127.0.0.1:0", "app:app"]
     return _Gunicorn(
         subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *options, "--bind", "127.0.0.1:0", "app:app"],
+            [sys.executable, "-m", *command],
             cwd=where,
             env={**clean, **env, "FAKE_OPENAI_URL": fake_openai.base_url, "PYTHONPATH": str(where)},
             stdout=subprocess.PIPE,
