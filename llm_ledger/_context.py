@@ -30,6 +30,7 @@ __all__ = [
     "TrackedContext",
     "current_context",
     "current_lenses",
+    "filed_under",
     "propagate",
 ]
 
@@ -277,6 +278,16 @@ def wait_recorded_apart(timeout: float) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
+def filed_under(context: dict[str, Any], runs: tuple[LensRun, ...]) -> dict[str, Any]:
+    """The context for the record of a call begun after its innermost lens run ended: the innermost
+    run that counts it (``runs``), else none (its lens key and the rest kept), so a report counts it
+    in no run that left it out, nor finds that run again, cut short."""
+    context = {k: v for k, v in context.items() if k not in RUN_KEYS[1:]}
+    if runs:
+        context.update((k, v) for k, v in runs[-1]._extra.items() if k in RUN_KEYS)
+    return context
+
+
 def propagate(func: Callable[P, R]) -> Callable[P, R]:
     """``func``, run in the context it is wrapped in: its lenses and ``track_llm_call`` context.
 
@@ -367,6 +378,11 @@ class LensRun(_Scope):
         self.run_id = new_id()
         enclosing = _lenses.get()
         self._extra = {**self._extra, "lens_run_id": self.run_id}
+        if enclosing and enclosing[-1]._totals.closed:
+            # ended, yet in this context (a task outliving it, a block left on another thread): this run
+            # is no part of it, whose summary could not count this one's calls
+            enclosing = tuple(run for run in enclosing if not run._totals.closed)
+            self._extra["parent_lens_run_id"] = None
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
             self._extra["parent_lens_run_id"] = enclosing[-1].run_id
         super().__enter__()

@@ -18,6 +18,7 @@ import pytest
 
 import llm_ledger
 import llm_ledger.testing
+from llm_ledger.report import summarise_records
 from llm_ledger.testing import Captured
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -399,6 +400,35 @@ def test_a_lens_entered_and_ended_in_context_copies_of_its_own_is_said_once(
     assert "lens 'in_a_pool' ended in another context than it began in" in told[0]
     assert "Open the lens where its calls are made" in told[0]
     assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0, 0]
+
+
+def test_a_lens_left_on_another_thread_is_no_parent_of_later_runs_on_the_first(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A lens entered on one thread and left on another (an exit stack handed to a worker) stays in
+    the first thread's context, which another thread cannot change: it never raises, counts no
+    later call, and a lens opened later on that thread is no nested run of it, so summing the log
+    from the summaries gives each lens its own calls (none negative)."""
+    run = monitor.lens("handed_over")
+
+    def first_thread() -> llm_ledger.LensRun:  # in a context copy: the lens stays in it for good
+        run.__enter__()
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        worker = threading.Thread(target=run.__exit__, args=(None, None, None))
+        worker.start()
+        worker.join()
+        with monitor.lens("later") as later:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        return later
+
+    later = contextvars.copy_context().run(first_thread)
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert later.summary is not None and later.summary["total_api_calls"] == 2
+    assert later.context["parent_lens_run_id"] is None
+    from_summaries = summarise_records(records, by="lens", from_summaries=True)
+    assert {row.key["lens"]: row.calls for row in from_summaries.rows} == {"handed_over": 1, "later": 2}
+    assert summarise_records(records, by="lens").total.cut_short_runs == 0
 
 
 def test_a_sync_generator_stepped_in_a_thread_pool_counts_every_call_once_decorated(

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 import llm_ledger
+from llm_ledger.report import summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests import warm_python
 from tests.conftest import FAKE_KEY
@@ -264,7 +265,8 @@ def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """Work a lens handed to a thread that only starts its call after the lens ended is not
-    counted in it (its record still carries the lens's context)."""
+    counted in it: its record carries the lens's key and context but no run id, so a report over the
+    log finds one whole run of the lens, not a second one cut short."""
     started = threading.Event()
 
     def late_call() -> None:
@@ -279,7 +281,47 @@ def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
     assert run.summary is not None and run.summary["total_api_calls"] == 0
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 0
-    assert records.calls[0]["context"]["lens_run_id"] == run.run_id
+    [late] = records.calls
+    assert late["context"]["lens_key"] == "fan_out" and "lens_run_id" not in late["context"]
+    [row] = summarise_records(records, by="lens").rows
+    assert (row.lens_runs, row.cut_short_runs, row.calls) == (1, 0, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_task_calling_after_its_inner_lens_ended_is_filed_under_the_run_that_counts_it(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A task made in an inner lens that calls once it ended, the outer one still open, counts in the
+    outer run alone, and its record names that run: each summary is the sum of the calls its record
+    and its nested runs' name, and a report over the log finds no run cut short."""
+    inner_ended = asyncio.Event()
+
+    async def later() -> None:
+        await inner_ended.wait()
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    async with monitor.lens("outer") as outer:
+        async with monitor.lens("inner") as inner:
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            task = asyncio.create_task(later())
+        inner_ended.set()
+        await task
+    assert outer.summary is not None and inner.summary is not None
+    assert (outer.summary["total_api_calls"], inner.summary["total_api_calls"]) == (2, 1)
+    for run, ids in ((outer, {outer.run_id, inner.run_id}), (inner, {inner.run_id})):
+        mine = [c for c in records.calls if c["context"].get("lens_run_id") in ids]
+        assert run.summary is not None
+        calls, tokens, cost = _sums(mine)
+        assert (calls, tokens) == (run.summary["total_api_calls"], run.summary["total_tokens"])
+        assert cost == pytest.approx(run.summary["total_cost_usd"])
+    late = records.calls[-1]["context"]
+    assert (late["lens_key"], late["lens_run_id"], late.get("parent_lens_run_id")) == (
+        "outer",
+        outer.run_id,
+        None,
+    )
+    report = summarise_records(records, by="lens")
+    assert report.total.cut_short_runs == 0 and report.total.lens_runs == 2 and report.total.calls == 2
 
 
 def test_propagate_carries_the_lens_into_threads_and_executors(
@@ -748,7 +790,8 @@ async def test_nested_lenses_in_tasks_count_in_every_enclosing_run(
     aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """Lenses opened in tasks inside a lens nest under it: each call counts in its own run and in the
-    enclosing one; a task that only calls after the enclosing run ended counts in its own run alone."""
+    enclosing one; a task that only opens its lens after the enclosing run ended counts in its own run
+    alone, which is no nested run of the ended one: summed from the summaries, no lens is negative."""
     outer_ended = asyncio.Event()
 
     async def inner(n: int, late: bool = False) -> str | None:
@@ -771,5 +814,9 @@ async def test_nested_lenses_in_tasks_count_in_every_enclosing_run(
     assert by_run[outer.run_id]["summary"]["total_api_calls"] == 12
     for run_id in (*inner_ids, late_id):
         assert by_run[run_id]["summary"]["total_api_calls"] == 3
-        assert by_run[run_id]["context"]["parent_lens_run_id"] == outer.run_id
+        assert by_run[run_id]["context"]["parent_lens_run_id"] == (
+            None if run_id == late_id else outer.run_id
+        )
+    from_summaries = summarise_records(records, by="lens", from_summaries=True)
+    assert {row.key["lens"]: row.calls for row in from_summaries.rows} == {"outer": 0, "inner": 15}
     assert sum(c["context"]["lens_run_id"] == late_id for c in records.calls) == 3
