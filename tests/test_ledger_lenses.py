@@ -27,11 +27,13 @@ HI: Any = [{"role": "user", "content": "hi"}]
 def test_summary_has_the_seed_keys_and_sums_the_calls(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
-    """run.summary equals the sums of the lens's call records, with the seed's keys and the extras."""
+    """run.summary (None until the block ends) equals the sums of the lens's call records, with the
+    seed's keys and the extras."""
     with monitor.lens("default_summary", source_id="src-1", service="RunnerService") as run:
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "longer " * 50}])
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert run.summary is None  # until the block ends
     calls = records.calls
     summary = run.summary
     assert summary is not None
@@ -146,6 +148,26 @@ def test_track_llm_call_adds_context(
         "user_id": "u-1",
     }
     assert outside["context"] == {"lens_key": None, "source_id": None, "service": None}
+
+
+def test_the_innermost_block_wins_on_a_key_two_set(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """On a key set by nested ``track_llm_call`` and ``lens`` blocks, a call carries the innermost
+    block's value, and the lens's record its own; a lens's ``service`` left None keeps the outer one."""
+    with (
+        monitor.track_llm_call(user_id="outer", service="api", tenant="t1"),
+        monitor.lens("clash", user_id="lens") as run,
+        monitor.track_llm_call(user_id="inner"),
+    ):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    [call], [lens] = records.calls, records.lenses
+    assert {k: call["context"][k] for k in ("user_id", "service", "tenant")} == {
+        "user_id": "inner",
+        "service": "api",
+        "tenant": "t1",
+    }
+    assert lens["context"]["user_id"] == "lens" and lens["context"]["lens_run_id"] == run.run_id
 
 
 def test_decorators_open_a_new_block_per_call(
