@@ -820,3 +820,26 @@ async def test_nested_lenses_in_tasks_count_in_every_enclosing_run(
     from_summaries = summarise_records(records, by="lens", from_summaries=True)
     assert {row.key["lens"]: row.calls for row in from_summaries.rows} == {"outer": 0, "inner": 15}
     assert sum(c["context"]["lens_run_id"] == late_id for c in records.calls) == 3
+
+
+def test_a_background_response_ended_after_its_inner_lens_is_filed_under_the_outer_run(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A background response begun in an inner lens and ended (retrieved) once that lens ended, the
+    outer one still open, counts its end in the outer run, and the end's record names that run: the
+    outer summary is the sum of the calls filed under it and its nested run, with no run cut short."""
+    with monitor.lens("outer") as outer:
+        with monitor.lens("inner") as inner:
+            response = client.responses.create(
+                model="gpt-4o-mini", input="Summarise the otters, please.", background=True
+            )
+        while response.status in ("queued", "in_progress"):
+            response = client.responses.retrieve(response.id)
+    assert outer.summary is not None and inner.summary is not None
+    begun, ended = records.calls
+    assert begun["context"]["lens_run_id"] == inner.run_id
+    assert (ended["context"]["lens_key"], ended["context"]["lens_run_id"]) == ("outer", outer.run_id)
+    assert outer.summary["total_api_calls"] == 2 and outer.summary["cost_complete"] is True
+    assert outer.summary["total_tokens"] == ended["usage"]["total_tokens"] > 0
+    report = summarise_records(records, by="lens")
+    assert report.total.cut_short_runs == 0 and report.total.unpriced_calls == 0
