@@ -298,7 +298,8 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
         await loop.run_in_executor(None, llm_ledger.propagate(summarise), doc)
 
     Each run gets its own copy of that context, so one wrapped function may run on several
-    threads at once. ``asyncio.to_thread`` and tasks copy the context already.
+    threads at once. ``asyncio.to_thread`` and tasks copy the context already. An ``async def``'s
+    coroutine runs each step in it wherever it is awaited (``asyncio.run`` on another thread).
     """
     if not callable(func):
         raise TypeError(f"propagate() expects a function to run in another thread, got {func!r}")
@@ -306,8 +307,7 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
     hides = not context.get(_lenses)  # a run inside a lens (a decorator's wrapping, at import) hides it
     told: list[bool] = []
 
-    @functools.wraps(func)
-    def in_context(*args: P.args, **kwargs: P.kwargs) -> R:
+    def run_in() -> Context:
         if hides and not told and (lenses := _lenses.get()):
             told.append(True)
             warn_internal(  # an application's handler failing on it never reaches the call
@@ -317,9 +317,21 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
                 getattr(func, "__qualname__", func),
                 lenses[-1].lens_key,
             )
-        return context.copy().run(func, *args, **kwargs)
+        return context.copy()
 
-    return in_context
+    in_context: Callable[..., Any]
+    if inspect.iscoroutinefunction(func):  # the task awaiting it has a context of its own: each step in this
+
+        async def in_context(*args: Any, **kwargs: Any) -> Any:
+            run = run_in()
+            return await _stepped_in(run, run.run(func, *args, **kwargs).__await__())
+
+    else:
+
+        def in_context(*args: Any, **kwargs: Any) -> Any:
+            return run_in().run(func, *args, **kwargs)
+
+    return functools.wraps(func)(in_context)
 
 
 class TrackedContext(_Scope):

@@ -352,6 +352,29 @@ def test_propagate_carries_the_lens_into_threads_and_executors(
     assert [c["context"]["lens_key"] for c in records.calls].count(None) == 1
 
 
+def test_propagate_carries_the_lens_into_an_async_function_run_on_another_threads_loop(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """``propagate`` on an ``async def`` runs its coroutine in the lens wherever it is awaited: by
+    ``asyncio.run`` on a thread of its own, whose task starts in that thread's empty context."""
+
+    async def summarise() -> str:
+        async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+            await monitor.instrument(raw).chat.completions.create(model="gpt-4o-mini", messages=HI)
+        return "done"
+
+    results: list[str] = []
+    with monitor.lens("threaded_loop", source_id="doc-2") as run:
+        coroutine = llm_ledger.propagate(summarise)()
+        worker = threading.Thread(target=lambda: results.append(asyncio.run(coroutine)))
+        worker.start()
+        worker.join(10)
+    assert results == ["done"]
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    [call] = records.calls
+    assert call["context"]["lens_run_id"] == run.run_id and call["context"]["source_id"] == "doc-2"
+
+
 def test_propagate_used_as_a_decorator_says_it_hides_the_lens_it_runs_in(
     client: openai.OpenAI,
     monitor: llm_ledger.LLMCallMonitor,
