@@ -30,6 +30,7 @@ __all__ = [
     "TrackedContext",
     "current_context",
     "current_lenses",
+    "filed_under",
     "propagate",
 ]
 
@@ -277,6 +278,16 @@ def wait_recorded_apart(timeout: float) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
+def filed_under(context: dict[str, Any], runs: tuple[LensRun, ...]) -> dict[str, Any]:
+    """The context for the record of a call begun after its innermost lens run ended: the innermost
+    run that counts it (``runs``), else none (its lens key and the rest kept), so a report counts it
+    in no run that left it out, nor finds that run again, cut short."""
+    context = {k: v for k, v in context.items() if k not in RUN_KEYS[1:]}
+    if runs:
+        context.update((k, v) for k, v in runs[-1]._extra.items() if k in RUN_KEYS)
+    return context
+
+
 def propagate(func: Callable[P, R]) -> Callable[P, R]:
     """``func``, run in the context it is wrapped in: its lenses and ``track_llm_call`` context.
 
@@ -287,7 +298,8 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
         await loop.run_in_executor(None, llm_ledger.propagate(summarise), doc)
 
     Each run gets its own copy of that context, so one wrapped function may run on several
-    threads at once. ``asyncio.to_thread`` and tasks copy the context already.
+    threads at once. ``asyncio.to_thread`` and tasks copy the context already. An ``async def``'s
+    coroutine runs each step in it wherever it is awaited (``asyncio.run`` on another thread).
     """
     if not callable(func):
         raise TypeError(f"propagate() expects a function to run in another thread, got {func!r}")
@@ -295,8 +307,7 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
     hides = not context.get(_lenses)  # a run inside a lens (a decorator's wrapping, at import) hides it
     told: list[bool] = []
 
-    @functools.wraps(func)
-    def in_context(*args: P.args, **kwargs: P.kwargs) -> R:
+    def run_in() -> Context:
         if hides and not told and (lenses := _lenses.get()):
             told.append(True)
             warn_internal(  # an application's handler failing on it never reaches the call
@@ -306,9 +317,21 @@ def propagate(func: Callable[P, R]) -> Callable[P, R]:
                 getattr(func, "__qualname__", func),
                 lenses[-1].lens_key,
             )
-        return context.copy().run(func, *args, **kwargs)
+        return context.copy()
 
-    return in_context
+    in_context: Callable[..., Any]
+    if inspect.iscoroutinefunction(func):  # the task awaiting it has a context of its own: each step in this
+
+        async def in_context(*args: Any, **kwargs: Any) -> Any:
+            run = run_in()
+            return await _stepped_in(run, run.run(func, *args, **kwargs).__await__())
+
+    else:
+
+        def in_context(*args: Any, **kwargs: Any) -> Any:
+            return run_in().run(func, *args, **kwargs)
+
+    return functools.wraps(func)(in_context)
 
 
 class TrackedContext(_Scope):
@@ -367,6 +390,11 @@ class LensRun(_Scope):
         self.run_id = new_id()
         enclosing = _lenses.get()
         self._extra = {**self._extra, "lens_run_id": self.run_id}
+        if enclosing and enclosing[-1]._totals.closed:
+            # ended, yet in this context (a task outliving it, a block left on another thread): this run
+            # is no part of it, whose summary could not count this one's calls
+            enclosing = tuple(run for run in enclosing if not run._totals.closed)
+            self._extra["parent_lens_run_id"] = None
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
             self._extra["parent_lens_run_id"] = enclosing[-1].run_id
         super().__enter__()

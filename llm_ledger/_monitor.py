@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Never, TypeVar, cast
 
 from . import _background, _records
 from ._background import LATER
-from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses
+from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses, filed_under
 from ._credentials import request_credentials
 from ._errors import REDACT_FIX, REDACT_TAKES, ConfigError, check_hook, passed_on, refuse_async, warn_internal
 from ._extract import body_view, no_usage, reasoning_in_completion, request_shape, usage_of
@@ -143,7 +143,9 @@ class _Call:
         self.context = current_context()  # never changed in place: copied into the record
         lenses = current_lenses()
         # the lens runs this call counts in (a run that has ended counts no new call)
-        self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
+        self.lenses = runs = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
+        if lenses and (not runs or runs[-1] is not lenses[-1]) and lenses[-1]._totals.closed:
+            self.context = filed_under(self.context, runs)  # its innermost run ended: not filed there
         self.client: Any = None  # only with content capture: its API key is scrubbed from the text, as
         # are the credentials its request carried (secrets, set then once it is sent)
         self.retries = retries  # None when the client's retries cannot be counted
@@ -525,9 +527,8 @@ class LLMCallMonitor:
             for run in runs:
                 run._totals.ended()
             context = began.context
-            if began.lenses and began.lenses[-1] not in runs:
-                # its run wrote its record already: a report finds the lens and source, not a run cut short
-                context = {k: v for k, v in context.items() if k not in RUN_KEYS[1:]}
+            if began.lenses and began.lenses[-1] not in runs:  # its run wrote its record already
+                context = filed_under(context, runs)
             call.request = {**began.request, "stream": call.request["stream"]}
             call.context, call.endpoint = context, began.endpoint
             call.start_epoch, call.start_perf = began.start_epoch, began.start_perf

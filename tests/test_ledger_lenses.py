@@ -18,6 +18,7 @@ import pytest
 
 import llm_ledger
 import llm_ledger.testing
+from llm_ledger.report import summarise_records
 from llm_ledger.testing import Captured
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -26,11 +27,13 @@ HI: Any = [{"role": "user", "content": "hi"}]
 def test_summary_has_the_seed_keys_and_sums_the_calls(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
-    """run.summary equals the sums of the lens's call records, with the seed's keys and the extras."""
+    """run.summary (None until the block ends) equals the sums of the lens's call records, with the
+    seed's keys and the extras."""
     with monitor.lens("default_summary", source_id="src-1", service="RunnerService") as run:
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "longer " * 50}])
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert run.summary is None  # until the block ends
     calls = records.calls
     summary = run.summary
     assert summary is not None
@@ -145,6 +148,26 @@ def test_track_llm_call_adds_context(
         "user_id": "u-1",
     }
     assert outside["context"] == {"lens_key": None, "source_id": None, "service": None}
+
+
+def test_the_innermost_block_wins_on_a_key_two_set(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """On a key set by nested ``track_llm_call`` and ``lens`` blocks, a call carries the innermost
+    block's value, and the lens's record its own; a lens's ``service`` left None keeps the outer one."""
+    with (
+        monitor.track_llm_call(user_id="outer", service="api", tenant="t1"),
+        monitor.lens("clash", user_id="lens") as run,
+        monitor.track_llm_call(user_id="inner"),
+    ):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    [call], [lens] = records.calls, records.lenses
+    assert {k: call["context"][k] for k in ("user_id", "service", "tenant")} == {
+        "user_id": "inner",
+        "service": "api",
+        "tenant": "t1",
+    }
+    assert lens["context"]["user_id"] == "lens" and lens["context"]["lens_run_id"] == run.run_id
 
 
 def test_decorators_open_a_new_block_per_call(
@@ -399,6 +422,35 @@ def test_a_lens_entered_and_ended_in_context_copies_of_its_own_is_said_once(
     assert "lens 'in_a_pool' ended in another context than it began in" in told[0]
     assert "Open the lens where its calls are made" in told[0]
     assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0, 0]
+
+
+def test_a_lens_left_on_another_thread_is_no_parent_of_later_runs_on_the_first(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A lens entered on one thread and left on another (an exit stack handed to a worker) stays in
+    the first thread's context, which another thread cannot change: it never raises, counts no
+    later call, and a lens opened later on that thread is no nested run of it, so summing the log
+    from the summaries gives each lens its own calls (none negative)."""
+    run = monitor.lens("handed_over")
+
+    def first_thread() -> llm_ledger.LensRun:  # in a context copy: the lens stays in it for good
+        run.__enter__()
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        worker = threading.Thread(target=run.__exit__, args=(None, None, None))
+        worker.start()
+        worker.join()
+        with monitor.lens("later") as later:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        return later
+
+    later = contextvars.copy_context().run(first_thread)
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    assert later.summary is not None and later.summary["total_api_calls"] == 2
+    assert later.context["parent_lens_run_id"] is None
+    from_summaries = summarise_records(records, by="lens", from_summaries=True)
+    assert {row.key["lens"]: row.calls for row in from_summaries.rows} == {"handed_over": 1, "later": 2}
+    assert summarise_records(records, by="lens").total.cut_short_runs == 0
 
 
 def test_a_sync_generator_stepped_in_a_thread_pool_counts_every_call_once_decorated(

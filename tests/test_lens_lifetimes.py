@@ -18,6 +18,7 @@ import openai
 import pytest
 
 import llm_ledger
+from llm_ledger.report import summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests import warm_python
 from tests.conftest import FAKE_KEY
@@ -264,7 +265,8 @@ def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """Work a lens handed to a thread that only starts its call after the lens ended is not
-    counted in it (its record still carries the lens's context)."""
+    counted in it: its record carries the lens's key and context but no run id, so a report over the
+    log finds one whole run of the lens, not a second one cut short."""
     started = threading.Event()
 
     def late_call() -> None:
@@ -279,7 +281,47 @@ def test_a_call_started_after_its_lens_ended_counts_in_no_lens(
     assert run.summary is not None and run.summary["total_api_calls"] == 0
     (lens,) = records.lenses
     assert lens["summary"]["total_api_calls"] == 0
-    assert records.calls[0]["context"]["lens_run_id"] == run.run_id
+    [late] = records.calls
+    assert late["context"]["lens_key"] == "fan_out" and "lens_run_id" not in late["context"]
+    [row] = summarise_records(records, by="lens").rows
+    assert (row.lens_runs, row.cut_short_runs, row.calls) == (1, 0, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_task_calling_after_its_inner_lens_ended_is_filed_under_the_run_that_counts_it(
+    aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A task made in an inner lens that calls once it ended, the outer one still open, counts in the
+    outer run alone, and its record names that run: each summary is the sum of the calls its record
+    and its nested runs' name, and a report over the log finds no run cut short."""
+    inner_ended = asyncio.Event()
+
+    async def later() -> None:
+        await inner_ended.wait()
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    async with monitor.lens("outer") as outer:
+        async with monitor.lens("inner") as inner:
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            task = asyncio.create_task(later())
+        inner_ended.set()
+        await task
+    assert outer.summary is not None and inner.summary is not None
+    assert (outer.summary["total_api_calls"], inner.summary["total_api_calls"]) == (2, 1)
+    for run, ids in ((outer, {outer.run_id, inner.run_id}), (inner, {inner.run_id})):
+        mine = [c for c in records.calls if c["context"].get("lens_run_id") in ids]
+        assert run.summary is not None
+        calls, tokens, cost = _sums(mine)
+        assert (calls, tokens) == (run.summary["total_api_calls"], run.summary["total_tokens"])
+        assert cost == pytest.approx(run.summary["total_cost_usd"])
+    late = records.calls[-1]["context"]
+    assert (late["lens_key"], late["lens_run_id"], late.get("parent_lens_run_id")) == (
+        "outer",
+        outer.run_id,
+        None,
+    )
+    report = summarise_records(records, by="lens")
+    assert report.total.cut_short_runs == 0 and report.total.lens_runs == 2 and report.total.calls == 2
 
 
 def test_propagate_carries_the_lens_into_threads_and_executors(
@@ -308,6 +350,29 @@ def test_propagate_carries_the_lens_into_threads_and_executors(
     mine = [c for c in records.calls if c["context"].get("lens_run_id") == run.run_id]
     assert len(mine) == 6 and all(c["context"]["source_id"] == "doc-1" for c in mine)
     assert [c["context"]["lens_key"] for c in records.calls].count(None) == 1
+
+
+def test_propagate_carries_the_lens_into_an_async_function_run_on_another_threads_loop(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """``propagate`` on an ``async def`` runs its coroutine in the lens wherever it is awaited: by
+    ``asyncio.run`` on a thread of its own, whose task starts in that thread's empty context."""
+
+    async def summarise() -> str:
+        async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+            await monitor.instrument(raw).chat.completions.create(model="gpt-4o-mini", messages=HI)
+        return "done"
+
+    results: list[str] = []
+    with monitor.lens("threaded_loop", source_id="doc-2") as run:
+        coroutine = llm_ledger.propagate(summarise)()
+        worker = threading.Thread(target=lambda: results.append(asyncio.run(coroutine)))
+        worker.start()
+        worker.join(10)
+    assert results == ["done"]
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+    [call] = records.calls
+    assert call["context"]["lens_run_id"] == run.run_id and call["context"]["source_id"] == "doc-2"
 
 
 def test_propagate_used_as_a_decorator_says_it_hides_the_lens_it_runs_in(
@@ -748,7 +813,8 @@ async def test_nested_lenses_in_tasks_count_in_every_enclosing_run(
     aclient: openai.AsyncOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
     """Lenses opened in tasks inside a lens nest under it: each call counts in its own run and in the
-    enclosing one; a task that only calls after the enclosing run ended counts in its own run alone."""
+    enclosing one; a task that only opens its lens after the enclosing run ended counts in its own run
+    alone, which is no nested run of the ended one: summed from the summaries, no lens is negative."""
     outer_ended = asyncio.Event()
 
     async def inner(n: int, late: bool = False) -> str | None:
@@ -771,5 +837,32 @@ async def test_nested_lenses_in_tasks_count_in_every_enclosing_run(
     assert by_run[outer.run_id]["summary"]["total_api_calls"] == 12
     for run_id in (*inner_ids, late_id):
         assert by_run[run_id]["summary"]["total_api_calls"] == 3
-        assert by_run[run_id]["context"]["parent_lens_run_id"] == outer.run_id
+        assert by_run[run_id]["context"]["parent_lens_run_id"] == (
+            None if run_id == late_id else outer.run_id
+        )
+    from_summaries = summarise_records(records, by="lens", from_summaries=True)
+    assert {row.key["lens"]: row.calls for row in from_summaries.rows} == {"outer": 0, "inner": 15}
     assert sum(c["context"]["lens_run_id"] == late_id for c in records.calls) == 3
+
+
+def test_a_background_response_ended_after_its_inner_lens_is_filed_under_the_outer_run(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A background response begun in an inner lens and ended (retrieved) once that lens ended, the
+    outer one still open, counts its end in the outer run, and the end's record names that run: the
+    outer summary is the sum of the calls filed under it and its nested run, with no run cut short."""
+    with monitor.lens("outer") as outer:
+        with monitor.lens("inner") as inner:
+            response = client.responses.create(
+                model="gpt-4o-mini", input="Summarise the otters, please.", background=True
+            )
+        while response.status in ("queued", "in_progress"):
+            response = client.responses.retrieve(response.id)
+    assert outer.summary is not None and inner.summary is not None
+    begun, ended = records.calls
+    assert begun["context"]["lens_run_id"] == inner.run_id
+    assert (ended["context"]["lens_key"], ended["context"]["lens_run_id"]) == ("outer", outer.run_id)
+    assert outer.summary["total_api_calls"] == 2 and outer.summary["cost_complete"] is True
+    assert outer.summary["total_tokens"] == ended["usage"]["total_tokens"] > 0
+    report = summarise_records(records, by="lens")
+    assert report.total.cut_short_runs == 0 and report.total.unpriced_calls == 0
