@@ -28,6 +28,7 @@ __all__ = [
     "RUN_KEYS",
     "LensRun",
     "TrackedContext",
+    "counted_in",
     "current_context",
     "current_lenses",
     "filed_under",
@@ -276,6 +277,18 @@ def wait_recorded_apart(timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for thread in list(_still_recording):
         thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def counted_in(context: dict[str, Any]) -> tuple[dict[str, Any], tuple[LensRun, ...]]:
+    """The lens runs a call (or connection) begun now counts in (a run that has ended counts no new
+    call), and the context its record is filed under (:func:`filed_under` once its innermost run ended)."""
+    lenses = _lenses.get()
+    if not lenses:
+        return context, ()
+    runs = tuple(run for run in lenses if run._totals.begin())
+    if (not runs or runs[-1] is not lenses[-1]) and lenses[-1]._totals.closed:
+        context = filed_under(context, runs)
+    return context, runs
 
 
 def filed_under(context: dict[str, Any], runs: tuple[LensRun, ...]) -> dict[str, Any]:

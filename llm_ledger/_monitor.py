@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Never, TypeVar, cast
 
 from . import _background, _records
 from ._background import LATER
-from ._context import RUN_KEYS, LensRun, TrackedContext, current_context, current_lenses, filed_under
+from ._context import RUN_KEYS, LensRun, TrackedContext, counted_in, current_context, filed_under
 from ._credentials import request_credentials
 from ._errors import REDACT_FIX, REDACT_TAKES, ConfigError, check_hook, passed_on, refuse_async, warn_internal
 from ._extract import body_view, no_usage, reasoning_in_completion, request_shape, usage_of
@@ -140,12 +140,8 @@ class _Call:
         self.operation = operation
         self.endpoint = endpoint  # the instrumented client's server: how its calls are priced
         self.request = request
-        self.context = current_context()  # never changed in place: copied into the record
-        lenses = current_lenses()
-        # the lens runs this call counts in (a run that has ended counts no new call)
-        self.lenses = runs = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
-        if lenses and (not runs or runs[-1] is not lenses[-1]) and lenses[-1]._totals.closed:
-            self.context = filed_under(self.context, runs)  # its innermost run ended: not filed there
+        # the context is never changed in place: copied into the record
+        self.context, self.lenses = counted_in(current_context())
         self.client: Any = None  # only with content capture: its API key is scrubbed from the text, as
         # are the credentials its request carried (secrets, set then once it is sent)
         self.retries = retries  # None when the client's retries cannot be counted

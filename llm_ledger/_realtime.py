@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import _budgets, _jsonl
-from ._context import current_context, current_lenses
+from ._context import counted_in, current_context, current_lenses
 from ._errors import BudgetExceededError
 from ._extract import EMPTY_REQUEST, JsonView, request_shape, response_shape
 from ._monitor import _Call, stated_request
@@ -72,9 +72,7 @@ class _Session:
         self.client = client
         self.endpoint = Endpoint(client)
         self.model = model if type(model) is str else None
-        self.context = current_context()
-        lenses = current_lenses()
-        self.lenses = tuple(run for run in lenses if run._totals.begin()) if lenses else ()
+        self.context, self.lenses = counted_in(current_context())
         self.ended = False
         self.closing: float | None = None  # when the caller called close(): what it cuts short ends then
         # from a drop to the next recv: what each response.create sent meanwhile noted (openai 3.x queues

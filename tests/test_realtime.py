@@ -22,6 +22,7 @@ import pytest
 from websockets.exceptions import ConnectionClosedError
 
 import llm_ledger
+from llm_ledger.report import summarise_records
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests import warm_python
 from tests.conftest import socket_client
@@ -438,6 +439,31 @@ def test_a_connection_outliving_its_lens_counts_its_responses_in_it(
     voice = records.lenses[1]["summary"]
     assert (voice["total_api_calls"], voice["open_calls"], voice["cost_complete"]) == (2, 0, True)
     assert run.summary == voice
+
+
+def test_a_connection_opened_after_its_lens_ended_is_filed_under_no_run_of_it(
+    ws: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A connection a thread opens only after the lens that handed it the work ended counts in no run
+    of it, as an HTTP call does: its responses carry the lens key but no run id, so a report over the
+    log finds one whole run, not a second one cut short."""
+    started = threading.Event()
+
+    def late_session() -> None:
+        started.wait(5)
+        _conversation(ws)
+
+    with monitor.lens("voice_agent") as run:
+        worker = threading.Thread(target=llm_ledger.propagate(late_session))
+        worker.start()
+    started.set()
+    worker.join(10)
+    assert run.summary is not None and run.summary["total_api_calls"] == 0
+    assert len(records.calls) == 2
+    for call in records.calls:
+        assert call["context"]["lens_key"] == "voice_agent" and "lens_run_id" not in call["context"]
+    [row] = summarise_records(records, by="lens").rows
+    assert (row.lens_runs, row.cut_short_runs, row.calls) == (1, 0, 2)
 
 
 def test_events_read_after_close_record_nothing_and_hold_no_lens(
