@@ -19,7 +19,9 @@ test with the same message even when the code under test swallows the exception.
 
 from __future__ import annotations
 
+import bisect
 import http
+import itertools
 import json
 import re
 import shlex
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 _PLAY_ATTR = "_llm_ledger_play"
+_SENT_ATTR = "_llm_ledger_sent"
 _MAX_DIFFS = 8
 _MAX_VALUE = 120
 
@@ -215,7 +218,9 @@ class LedgerCassette:
         self._lock = threading.Lock()
         self.existed = path.is_file()
         self.loaded: list[Interaction] = []
-        self.recorded: list[Interaction] = []
+        self.recorded: list[Interaction] = []  # in the order the requests were sent, as they replay
+        self._sent = itertools.count()
+        self._recorded_sent: list[int] = []  # when each of ``recorded`` was sent
         self.misses: list[str] = []
         self.blocked: list[str] = []
         self.auth_errors: list[str] = []  # 401/403 answers left out: "401 POST /chat/completions"
@@ -255,6 +260,8 @@ class LedgerCassette:
     def can_play_response_for(self, request: Any) -> bool:
         if not owns(request):
             return self._others(request)
+        # answers are kept in sending order: concurrent calls can finish in another order
+        request.__dict__.setdefault(_SENT_ATTR, next(self._sent))
         if not self._plays:
             return False
         key = canonical_key(request.method, request.uri, request.body, request.headers)
@@ -320,8 +327,13 @@ class LedgerCassette:
             response_headers=resp_headers,
             response_body=_redact_body(body, redactor),
         )
+        sent = request.__dict__.get(_SENT_ATTR)
         with self._lock:
-            self.recorded.append(interaction)
+            if sent is None:  # sent without asking first: now is all we know
+                sent = next(self._sent)
+            at = bisect.bisect(self._recorded_sent, sent)
+            self._recorded_sent.insert(at, sent)
+            self.recorded.insert(at, interaction)
 
     def _others(self, request: Any) -> bool:
         """A request this cassette does not own: the test's vcrpy cassette plays, refuses or records
