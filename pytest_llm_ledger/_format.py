@@ -51,7 +51,8 @@ FORMAT_VERSION = 1
 MAX_CASSETTE_BYTES = 64 << 20  # far past any recording; a bigger file is a mistake, not a cassette
 # Allow-lists, not deny-lists: a header nobody thought of stays out of the file.
 REQUEST_HEADERS = frozenset({"content-type"})
-RESPONSE_HEADERS = frozenset({"content-type"})
+# what the OpenAI SDK reads of an answer to decide on a retry: a replayed error retries as it did live
+RESPONSE_HEADERS = frozenset({"content-type", "retry-after", "retry-after-ms", "x-should-retry"})
 _BODY_KEYS = ("json", "sse", "text", "base64")
 _REQUEST_KEYS = ("method", "url", "headers", *_BODY_KEYS)
 _RESPONSE_KEYS = ("status", "headers", *_BODY_KEYS)

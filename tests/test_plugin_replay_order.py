@@ -57,3 +57,36 @@ def test_concurrent_identical_calls_replay_the_answers_they_got_live(
     server.stop()
 
     run(pytester).assert_outcomes(passed=1)
+
+
+GAVE_UP_TESTS = """
+import os
+import time
+
+import openai
+import pytest
+
+
+@pytest.mark.llm
+def test_falls_back():
+    started = time.monotonic()
+    with openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=1) as client:
+        with pytest.raises(openai.InternalServerError):  # the code under test would fall back here
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert time.monotonic() - started < 0.3  # the retry waited what the server asked (1 ms), no more
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_a_server_error_the_sdk_gave_up_on_replays_with_its_retries(
+    pytester: pytest.Pytester, server: FakeOpenAI
+) -> None:
+    """A 5xx answered to every attempt reached the code under test live: it is recorded, each attempt,
+    and replayed (waiting the retry-after the server sent), where it used to be left out, so the
+    replay missed as a test "never recorded" that re-recording never fixed."""
+    write_project(pytester, GAVE_UP_TESTS)
+    server.fail_next(500, 2)
+    run(pytester, "--llm-record-mode=once").assert_outcomes(passed=1)
+    server.stop()
+
+    run(pytester).assert_outcomes(passed=1)
