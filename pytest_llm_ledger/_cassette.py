@@ -19,7 +19,9 @@ test with the same message even when the code under test swallows the exception.
 
 from __future__ import annotations
 
+import bisect
 import http
+import itertools
 import json
 import re
 import shlex
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 _PLAY_ATTR = "_llm_ledger_play"
+_SENT_ATTR = "_llm_ledger_sent"
 _MAX_DIFFS = 8
 _MAX_VALUE = 120
 
@@ -215,7 +218,9 @@ class LedgerCassette:
         self._lock = threading.Lock()
         self.existed = path.is_file()
         self.loaded: list[Interaction] = []
-        self.recorded: list[Interaction] = []
+        self.recorded: list[Interaction] = []  # in the order the requests were sent, as they replay
+        self._sent = itertools.count()
+        self._recorded_sent: list[int] = []  # when each of ``recorded`` was sent
         self.misses: list[str] = []
         self.blocked: list[str] = []
         self.auth_errors: list[str] = []  # 401/403 answers left out: "401 POST /chat/completions"
@@ -255,6 +260,8 @@ class LedgerCassette:
     def can_play_response_for(self, request: Any) -> bool:
         if not owns(request):
             return self._others(request)
+        # answers are kept in sending order: concurrent calls can finish in another order
+        request.__dict__.setdefault(_SENT_ATTR, next(self._sent))
         if not self._plays:
             return False
         key = canonical_key(request.method, request.uri, request.body, request.headers)
@@ -293,8 +300,6 @@ class LedgerCassette:
                 self.fallback.append(request, response)
             return
         status = int(response["status"]["code"])
-        if status == 429 or status >= 500:
-            return  # throttling and server errors say nothing about the code under test
         if status in AUTH_ERRORS and not self.record_auth_errors:
             # a wrong or expired key at record time: the test saw the error live, but a recording would
             # replay it in every later run, whatever key that run has
@@ -320,8 +325,26 @@ class LedgerCassette:
             response_headers=resp_headers,
             response_body=_redact_body(body, redactor),
         )
+        sent = request.__dict__.get(_SENT_ATTR)
+        retry = next((v for k, v in request.headers.items() if k.lower() == "x-stainless-retry-count"), "0")
         with self._lock:
-            self.recorded.append(interaction)
+            if retry != "0" and status not in _RETRIED:  # the retries got an answer: the 429s or 5xx
+                self._drop_retried(interaction.key)  # before it never reached the code under test
+            if sent is None:  # sent without asking first: now is all we know
+                sent = next(self._sent)
+            at = bisect.bisect(self._recorded_sent, sent)
+            self._recorded_sent.insert(at, sent)
+            self.recorded.insert(at, interaction)
+
+    def _drop_retried(self, key: Key) -> None:
+        """Leave out the 429/5xx answers last recorded for ``key``, which a retry's answer replaces:
+        replay answers at once what the retry got. Answers the SDK gave up on are kept, as the test
+        saw them: its replay retries them as it did live."""
+        for at in range(len(self.recorded) - 1, -1, -1):
+            if self.recorded[at].key == key:
+                if self.recorded[at].status not in _RETRIED:
+                    return
+                del self.recorded[at], self._recorded_sent[at]
 
     def _others(self, request: Any) -> bool:
         """A request this cassette does not own: the test's vcrpy cassette plays, refuses or records
@@ -431,9 +454,9 @@ class LedgerCassette:
                 # a hand-edited or converted cassette: the plugin never records these answers
                 lines.append(
                     f"  the recorded answer is HTTP {', '.join(map(str, retried))}, which the OpenAI SDK "
-                    "retries (max_retries), so each retry is one more call: llm-ledger never records 429 "
-                    "or 5xx answers; re-record the test, or give a test of that error a client with "
-                    "max_retries=0"
+                    "retries (max_retries), so each retry is one more call: llm-ledger records a 429 or "
+                    "5xx answer only with the retries the SDK made after it; re-record the test, or give a "
+                    "test of that error a client with max_retries=0"
                 )
         elif self.match_host and (
             other := [i for i in self.loaded if i.key[::2] + i.key[3:] == key[::2] + key[3:]]

@@ -4,7 +4,8 @@ A cassette is ``{version: 1, interactions: [{request: ..., response: ...}, ...]}
 holds ``method``, ``url``, allow-listed ``headers`` and at most one body key; a response holds
 ``status``, allow-listed ``headers`` and at most one body key. Body keys:
 
-* ``json``: the parsed JSON document (requests and non-streamed responses);
+* ``json``: the parsed JSON document (requests and non-streamed responses; one holding a lone
+  surrogate, which UTF-8 cannot hold, is ``text``), replayed as compact ASCII JSON;
 * ``sse``: a server-sent event stream as a list of events, each ``{data: ...}`` with optional
   ``event`` and ``id``; JSON ``data`` is parsed;
 * ``text``: any other UTF-8 body, written as a literal block when it spans lines;
@@ -51,7 +52,8 @@ FORMAT_VERSION = 1
 MAX_CASSETTE_BYTES = 64 << 20  # far past any recording; a bigger file is a mistake, not a cassette
 # Allow-lists, not deny-lists: a header nobody thought of stays out of the file.
 REQUEST_HEADERS = frozenset({"content-type"})
-RESPONSE_HEADERS = frozenset({"content-type"})
+# what the OpenAI SDK reads of an answer to decide on a retry: a replayed error retries as it did live
+RESPONSE_HEADERS = frozenset({"content-type", "retry-after", "retry-after-ms", "x-should-retry"})
 _BODY_KEYS = ("json", "sse", "text", "base64")
 _REQUEST_KEYS = ("method", "url", "headers", *_BODY_KEYS)
 _RESPONSE_KEYS = ("status", "headers", *_BODY_KEYS)
@@ -159,7 +161,7 @@ def _parse_sse(text: str) -> list[dict[str, Any]] | None:
                 # JSON data is stored parsed: replay re-serialises it compactly, which SSE clients
                 # parse the same; anything else stays a string
                 try:
-                    parsed = json.loads(value)
+                    parsed = _loads(value)
                 except ValueError:
                     parsed = None
                 event["data"] = parsed if isinstance(parsed, dict | list) else value
@@ -172,7 +174,20 @@ def _parse_sse(text: str) -> list[dict[str, Any]] | None:
 
 
 def _dump_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII: a line separator or NEL written raw would split the line for a line reader (iter_lines)
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate
+
+
+def _loads(text: str) -> Any:
+    """``text`` parsed as JSON; ValueError also when it holds a lone surrogate (half an emoji: JSON
+    escapes one, UTF-8 and YAML cannot hold it), so that the text is kept as it came."""
+    value = json.loads(text)
+    if _SURROGATE.search(text):
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    return value
 
 
 def decode_body(raw: bytes, content_type: str) -> Body:
@@ -189,7 +204,7 @@ def decode_body(raw: bytes, content_type: str) -> Body:
         return ("sse", events) if events is not None else ("text", text)
     if "json" in ctype or (not ctype and text[:1] in "{["):
         try:
-            return ("json", json.loads(text))
+            return ("json", _loads(text))
         except ValueError:
             pass
     return ("text", text)

@@ -296,7 +296,7 @@ def test_an_extra_identical_call_is_a_miss(
 def test_a_hand_edited_server_error_the_sdk_retries_is_named_in_the_miss(
     pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cassette edited (or converted) to hold a 500 answer, which the plugin never records: the SDK
+    """A cassette edited (or converted) to hold a 500 answer without the SDK's retries after it: the SDK
     retries it and the retry misses. The miss says why, not only that the test makes more calls."""
     write_project(pytester, REPEAT_TESTS.replace("max_retries=0", "max_retries=1"))
     record(pytester, "-k", "test_repeat")
@@ -311,8 +311,8 @@ def test_a_hand_edited_server_error_the_sdk_retries_is_named_in_the_miss(
         result,
         "  the cassette holds 1 identical request(s), all already played",
         "  the recorded answer is HTTP 500, which the OpenAI SDK retries (max_retries), so each retry is one "
-        "more call: llm-ledger never records 429 or 5xx answers; re-record the test, or give a test of that "
-        "error a client with max_retries=0",
+        "more call: llm-ledger records a 429 or 5xx answer only with the retries the SDK made after it; "
+        "re-record the test, or give a test of that error a client with max_retries=0",
     )
 
 
@@ -520,7 +520,8 @@ def test_retried():
 
 @pytest.mark.usefixtures("with_key")
 def test_throttled_and_server_errors_are_not_recorded(pytester: pytest.Pytester, server: FakeOpenAI) -> None:
-    """429 and 5xx answers are dropped at record time, so replay never sleeps through retries."""
+    """429 and 5xx answers a retry got past are dropped at record time, so replay never sleeps through
+    retries."""
     write_project(pytester, RETRY_TESTS)
     server.fail_next(429, 1)
     server.fail_next(503, 1)

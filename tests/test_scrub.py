@@ -320,9 +320,11 @@ def test_allow_list_is_the_plugins() -> None:
     from pytest_llm_ledger._format import REQUEST_HEADERS, RESPONSE_HEADERS
 
     sent = {"Content-Type": ["application/json"], "Content-Encoding": ["gzip"], "Authorization": ["x"]}
+    retry = {"Retry-After": ["1"], "Retry-After-Ms": ["1"], "X-Should-Retry": ["true"]}  # what the SDK reads
+    answered = {**sent, **retry, "X-Request-Id": ["r"]}
     doc = {
         "interactions": [
-            {"request": {"headers": dict(sent)}, "response": {"headers": {**sent, "Set-Cookie": ["s=1"]}}}
+            {"request": {"headers": dict(sent)}, "response": {"headers": {**answered, "Set-Cookie": ["s=1"]}}}
         ]
     }
     _scrub.scrub_document(doc)
