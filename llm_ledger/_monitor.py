@@ -21,7 +21,7 @@ from ._credentials import request_credentials
 from ._errors import REDACT_FIX, REDACT_TAKES, ConfigError, check_hook, passed_on, refuse_async, warn_internal
 from ._extract import body_view, no_usage, reasoning_in_completion, request_shape, usage_of
 from ._jsonl import json_text, once_a_minute
-from ._pricing import PriceTable, Route, reported_cost_units
+from ._pricing import PriceTable, Route, UnpricedCounts, reported_cost_units
 from ._records import (
     LOGGER_NAME,
     PENDING_STATUSES,
@@ -628,7 +628,16 @@ class LLMCallMonitor:
             costs = route._costs(response["model"], usage, fallback=requested, at=at, tier=tier, live=True)
             if costs is not None:
                 return costs
-        except Exception as exc:  # e.g. cached > prompt tokens
+        except UnpricedCounts as exc:  # the server's usage (cached > prompt tokens), not a fault of ours
+            if once_a_minute(self._last_report, "usage"):
+                warn_internal(
+                    "llm-ledger: the usage answered for model %r cannot be priced, so the call is recorded "
+                    "with a null cost: %s",
+                    response["model"] or requested,
+                    exc,
+                )
+            return None
+        except Exception as exc:
             self._report("pricing a call", exc)
             return None  # the call is still recorded, with a null cost
         name = requested or response["model"] or "<none>"

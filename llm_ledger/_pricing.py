@@ -53,12 +53,19 @@ __all__ = [
     "PriceTable",
     "PricedCall",
     "Route",
+    "UnpricedCounts",
     "day_parts",
     "price",
     "price_time_of_day",
     "reasoning_outside",
     "reported_cost_units",
 ]
+
+
+class UnpricedCounts(ValueError):
+    """Token counts that do not add up (more cached than prompt tokens): a server's usage no rate
+    can price."""
+
 
 PROVIDER_REPORTED: Final = "provider-reported"
 SELF_HOSTED: Final = "self-hosted"  # the provider recorded for a host the price file gives a rate
@@ -371,7 +378,7 @@ class Route:
                 )
             )
         ):
-            raise ValueError(
+            raise UnpricedCounts(
                 "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, "
                 "prompt_audio_tokens <= prompt_tokens, completion_audio_tokens <= completion_tokens, "
                 "cached_audio_tokens + cached_image_tokens <= cached_tokens and (with those) "

@@ -117,6 +117,33 @@ def test_a_fault_pricing_a_call_keeps_its_record_with_a_null_cost(
     assert any("pricing a call" in r.getMessage() for r in internal_log.records)
 
 
+def test_a_usage_whose_counts_do_not_add_up_is_recorded_unpriced_and_said_to_be_the_servers(
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """A server (a gateway) whose usage counts more cached tokens than prompt tokens: the call is
+    recorded with a null cost and its lens incomplete, and the warning says the usage cannot be
+    priced, with the counts, not that the ledger failed (with a traceback) as for a fault of its own."""
+    answer = {
+        "id": "chatcmpl-odd", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hi"}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12,
+                  "prompt_tokens_details": {"cached_tokens": 50}},
+    }  # fmt: skip
+    fake_openai.fail_next(200, body=answer)
+    with monitor.lens("odd") as run:
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=HI).usage is not None
+    [record] = records.calls
+    assert record["usage"]["prompt_tokens"] == 10 and record["cost"]["total_cost_usd"] is None
+    assert run.summary is not None and run.summary["cost_complete"] is False
+    [said] = [r for r in internal_log.records if "gpt-4o-mini" in r.getMessage()]
+    assert "cannot be priced" in said.getMessage() and "cached_tokens=50" in said.getMessage()
+    assert "failed in" not in said.getMessage() and said.exc_info is None
+
+
 def test_a_fault_scrubbing_captured_content_keeps_the_record_without_it(
     client: openai.OpenAI,
     monitor: llm_ledger.LLMCallMonitor,
