@@ -7,8 +7,8 @@ downloading data when first imported, a test's own HTTP calls) goes out unrecord
 and is refused only with network blocking on; a test that also has a pytest-recording / vcrpy
 cassette (``@pytest.mark.vcr``) hands it to that cassette instead.
 
-Matching is on a canonical key (docs/CI.md: method, API path, canonical JSON body, the host on
-request), with credentials redacted as ``_secrets`` redacts them for storage: a scrubbed cassette
+Matching is on a canonical key (docs/CI.md: method, API path, query, canonical JSON body, the host
+on request), with credentials redacted as ``_secrets`` redacts them for storage: a scrubbed cassette
 still replays, and a miss message never shows a credential. Each key holds a queue of unplayed
 interactions, so a replay costs one parse of its own body and a dict lookup.
 
@@ -33,9 +33,10 @@ from dataclasses import KW_ONLY, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from llm_ledger import BlockedRequestError, CassetteError, CassetteMissError, ConfigError
+from llm_ledger.testing import credential_name
 
 from . import _format
 from ._format import Body, shown_path
@@ -57,7 +58,8 @@ _SENT_ATTR = "_llm_ledger_sent"
 _MAX_DIFFS = 8
 _MAX_VALUE = 120
 
-Key = tuple[str, str, str, str | bytes]  # method, host, API path, canonical body
+Query = tuple[tuple[str, str], ...]
+Key = tuple[str, str, str, str | bytes, Query]  # method, host, API path, canonical body, query
 _VERSION_SEGMENT = re.compile(r"v\d+(?:(?:alpha|beta|preview)\d*)?", re.IGNORECASE)
 
 
@@ -99,16 +101,30 @@ def owns(request: Any) -> bool:
 
 
 def canonical_key(method: str, url: str, body: bytes | None, headers: Any = None) -> Key:
-    """What two requests share to match: method, host, API path and the body as canonical JSON,
-    credentials redacted (those named like credentials, and the values ``headers`` carry)."""
+    """What two requests share to match: method, host, API path, the body as canonical JSON and the
+    query, credentials redacted (those named like credentials, and the values ``headers`` carry)."""
     parts = urlsplit(url)
     redactor = CredentialRedactor(known_secrets(headers, url))
+    canonical_body = _canonical_body(body, redactor)  # first: the query is redacted of its secrets too
     return (
         method.upper(),
         (parts.hostname or "").lower(),
         api_path(parts.path),
-        _canonical_body(body, redactor),
+        canonical_body,
+        _canonical_query(parts.query, redactor),
     )
+
+
+def _canonical_query(query: str, redactor: CredentialRedactor) -> Query:
+    """The query's parameters sorted by name (a repeated name's values in the order sent), without
+    credentials or Azure's ``api-version``, which differ between deployments, not requests."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    kept = [
+        (n, redactor.text(v, "url"))
+        for n, v in pairs
+        if not credential_name(n) and n.lower() != "api-version"
+    ]
+    return tuple(sorted(kept, key=lambda pair: pair[0]))
 
 
 AUTH_ERRORS: Final = (401, 403)
@@ -253,7 +269,7 @@ class LedgerCassette:
 
     def _lookup(self, key: Key) -> Key:
         """The part of a key this cassette matches on: the host only with ``match_host``."""
-        return key if self.match_host else (key[0], "", key[2], key[3])
+        return key if self.match_host else (key[0], "", *key[2:])
 
     # -- the interface vcrpy's stubs use ---------------------------------------------------------
 
@@ -426,7 +442,11 @@ class LedgerCassette:
         and the fix. Values are shown redacted, as they are matched: never a credential."""
         key = canonical_key(method, url, body, headers)
         shown_url = CredentialRedactor(known_secrets(headers, url)).url(url, "url")
-        host_rule = "method, host, API path and body" if self.match_host else "method, API path and body"
+        host_rule = (
+            "method, host, API path, query and body"
+            if self.match_host
+            else "method, API path, query and body"
+        )
         lines = [
             f"llm-ledger: request not found in cassette {shown_path(self.path)} (record mode {self.mode!r})",
             f"  request: {key[0]} {key[2]}  (API path of {shown_url}; matched on {host_rule})",
@@ -459,11 +479,12 @@ class LedgerCassette:
                     "test of that error a client with max_retries=0"
                 )
         elif self.match_host and (
-            other := [i for i in self.loaded if i.key[::2] + i.key[3:] == key[::2] + key[3:]]
+            other := [i for i in self.loaded if i.key[:1] + i.key[2:] == key[:1] + key[2:]]
         ):
             lines.append(
                 f"  only the host differs: interactions[{self.loaded.index(other[0])}] has this method, API "
-                f"path and body, recorded against host {other[0].key[1]!r}; this request goes to {key[1]!r}"
+                f"path, query and body, recorded against host {other[0].key[1]!r}; this request goes to "
+                f"{key[1]!r}"
             )
             how = (
                 "  host matching is on for this test (match_host=True on its llm marker, or llm_match_host "
@@ -488,26 +509,42 @@ class LedgerCassette:
             if self.match_host and elsewhere:
                 return [
                     f"  the host differs (host matching is on): {key[0]} {key[2]} was recorded against "
-                    f"{', '.join(map(repr, elsewhere))}, this request goes to {key[1]!r}, and the body "
-                    "differs too"
+                    f"{', '.join(map(repr, elsewhere))}, this request goes to {key[1]!r}, and the query "
+                    "or body differs too"
                 ]
             recorded = ", ".join(sorted({f"{i.key[0]} {i.key[2]}" for i in self.loaded}))
             return [
                 f"  the method or API path differs: nothing was recorded for {key[0]} {key[2]}; the "
                 f"cassette holds {recorded}"
             ]
-        diffs_of = {i: list(_json_diff(_parsed(self.loaded[i].key[3]), requested, "$")) for i in endpoint}
+        diffs_of = {
+            i: [
+                *_json_diff(_query_dict(self.loaded[i].key[4]), _query_dict(key[4]), "?"),
+                *_json_diff(_parsed(self.loaded[i].key[3]), requested, "$"),
+            ]
+            for i in endpoint
+        }
         index = min(diffs_of, key=lambda i: len(diffs_of[i]))  # the first with the fewest
         diffs = diffs_of[index]
         count = len(diffs)
+        parts = {d[0] for d in diffs}  # ? the query, $ the body
+        differs = " and ".join(name for mark, name in (("?", "query"), ("$", "body")) if mark in parts)
         lines = [
-            f"  closest recorded request: interactions[{index}] (same method and API path), the body "
-            f"differs at {count} place(s):"
+            f"  closest recorded request: interactions[{index}] (same method and API path), the {differs} "
+            f"differ{'s' * (len(parts) == 1)} at {count} place(s):"
         ]
         lines.extend(f"    {d}" for d in diffs[:_MAX_DIFFS])
         if count > _MAX_DIFFS:
             lines.append(f"    ... and {count - _MAX_DIFFS} more")
         return lines
+
+
+def _query_dict(query: Query) -> dict[str, str | list[str]]:
+    """A query as its diff shows it: each name's value, or its values when it is repeated."""
+    values: dict[str, list[str]] = {}
+    for name, value in query:
+        values.setdefault(name, []).append(value)
+    return {name: each[0] if len(each) == 1 else each for name, each in values.items()}
 
 
 def _parsed(raw: str | bytes | None) -> Any:

@@ -88,11 +88,11 @@ def test_host_matching_on_request_names_the_host_and_the_fix(
     out = result.stdout.str()
     assert (
         "  request: POST /chat/completions  (API path of https://api.openai.com/v1/chat/completions; "
-        "matched on method, host, API path and body)"
+        "matched on method, host, API path, query and body)"
     ) in out
     assert (
-        "  only the host differs: interactions[0] has this method, API path and body, recorded against "
-        "host '127.0.0.1'; this request goes to 'api.openai.com'"
+        "  only the host differs: interactions[0] has this method, API path, query and body, recorded "
+        "against host '127.0.0.1'; this request goes to 'api.openai.com'"
     ) in out
     assert "remove it to replay this cassette against any host, or record it against this host:" in out
     assert "    pytest tests/test_env.py::test_pinned --llm-record-mode=rewrite" in out

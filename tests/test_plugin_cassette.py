@@ -214,7 +214,8 @@ def test_cassettes_are_written_with_the_ordinary_file_mode(
 )  # fmt: skip
 def test_requests_match_on_the_path_after_the_clients_base(url: str, expected: str) -> None:
     """The API path is what follows the last version segment: host, port and proxy prefix do not count."""
-    assert _cassette.canonical_key("post", url, b"{}")[::2] == ("POST", expected)
+    method, _, path, _, _ = _cassette.canonical_key("post", url, b"{}")
+    assert (method, path) == ("POST", expected)
 
 
 def test_a_miss_on_another_endpoint_says_the_path_differs(tmp_path: Path) -> None:

@@ -209,7 +209,7 @@ def test_changed_prompt_fails_with_a_clear_message(
         "llm-ledger: request not found in cassette ",
         "cassettes/tests/test_app/test_chat.yaml (record mode 'none')",
         "  request: POST /chat/completions  (API path of http://127.0.0.1:",
-        "/v1/chat/completions; matched on method, API path and body)",
+        "/v1/chat/completions; matched on method, API path, query and body)",
         "  closest recorded request: interactions[0] (same method and API path), the body differs at 1 "
         "place(s):",
         "    $.messages[0].content: recorded 'Summarise the quarterly report in one line', "
