@@ -9,6 +9,7 @@ import collections
 import contextlib
 import gzip
 import itertools
+import json
 import math
 import os
 import statistics
@@ -89,6 +90,7 @@ class AnomalyConfig:
                 raise ConfigError(
                     f"anomalies: unknown metric {metric!r}{hint}; choose from {', '.join(METRICS)}"
                 )
+        object.__setattr__(self, "metrics", tuple(dict.fromkeys(self.metrics)))  # each judged once
 
     @classmethod
     def parse(cls, text: str, source: str = "LLM_LEDGER_ANOMALIES") -> AnomalyConfig | None:
@@ -133,7 +135,8 @@ class AnomalyConfig:
 
 def _value(summary: Mapping[str, Any], metric: str) -> float | None:
     value = summary.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # a float's range, not isfinite(): an int past it (a corrupt line) would raise
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max:
         return None
     if metric == "total_cost_usd" and summary.get("cost_complete") is False:
         return None  # an unpriced call makes the cost too low to compare
@@ -170,7 +173,9 @@ class AnomalyDetector:
         if config is None:
             config = AnomalyConfig()
         elif not isinstance(config, AnomalyConfig):
-            raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {config!r}")
+            raise ConfigError(
+                f"AnomalyDetector() takes an AnomalyConfig (or None for the defaults), got {config!r}"
+            )
         check_hook("on_anomaly", on_anomaly)
         self.config = config
         self.on_anomaly = on_anomaly
@@ -340,9 +345,12 @@ def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
 def _records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if _LENS_MARK in line:
-            try:
+            try:  # json reads what orjson refuses: a lone surrogate's escape, which the ledger writes
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
             if isinstance(record, dict) and record.get("event") == LENS_EVENT:
                 yield record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import operator
 import re
 import sys
@@ -16,7 +17,7 @@ from .._cli import add_command, add_query_options
 from .._errors import ConfigError
 from .._records import LENS_EVENT, AnomalyRecord
 from ._aggregate import Query, make_query, parse_where, select
-from ._read import LogReader, warn_unread
+from ._read import LogReader, _loads, warn_unread
 from ._render import ANOMALY_FORMATS, render_anomalies
 
 __all__ = ["register", "replay", "run"]
@@ -29,20 +30,29 @@ def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig, query: Q
     detector = AnomalyDetector(config)
     # each run waits for its turn as its JSON text, a quarter of the memory of the parsed record; copied
     # to its size (orjson's own bytes keep an allocation of several KB each)
-    runs = [(str(r.get("timestamp", "")), memoryview(orjson.dumps(r)).tobytes()) for r in records]
+    runs = [(str(r.get("timestamp", "")), _dumps(r)) for r in records]
     runs.sort(key=operator.itemgetter(0))  # stable: file order within a millisecond
     judged: list[AnomalyRecord] = []  # the anomalies of the run last judged
 
     def in_turn() -> Iterator[dict[str, Any]]:
         nonlocal judged
         for _, text in runs:
-            record = orjson.loads(text)
+            record = _loads(text)
             judged = detector.observe(record)  # every run joins the baselines, listed or not
             yield record
 
     # select() takes one run at a time: judged holds the anomalies of the run it lists
     listed = select(in_turn(), query) if query.where or query.since or query.until else in_turn()
     return [anomaly for _ in listed for anomaly in judged]
+
+
+def _dumps(record: Mapping[str, Any]) -> bytes:
+    """``record`` as JSON, with json for what orjson refuses: a lone surrogate (the ledger logs one as
+    its escape), an integer past 64 bits (a corrupt line), both read back by :func:`_loads`."""
+    try:
+        return memoryview(orjson.dumps(record)).tobytes()
+    except TypeError:
+        return json.dumps(record).encode()
 
 
 def register(subparsers: Any, summary: str) -> None:
