@@ -614,14 +614,16 @@ def test_the_table_shows_small_costs_with_three_significant_digits(
     assert median == "$0.00000375"
 
 
-def _runs_logged(tmp_path: Path, fake_openai: FakeOpenAI, config: AnomalyConfig, **context: Any) -> list[Any]:
-    """Six ordinary runs of a lens and a runaway, logged in tmp_path by the default monitor with
-    detection on; returns the lens_anomaly records the live detector emitted."""
+def _runs_logged(
+    tmp_path: Path, fake_openai: FakeOpenAI, config: AnomalyConfig, last: int = 300, **context: Any
+) -> list[Any]:
+    """Six ordinary runs of a lens and one of ``last`` words, logged in tmp_path by the default monitor
+    with detection on; returns the lens_anomaly records the live detector emitted."""
     llm_ledger.configure(log_dir=tmp_path, anomalies=config, handle_sigterm=False)
     with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
         client = llm_ledger.instrument(raw)
         with llm_ledger.testing.capture() as records:
-            for words in [5] * 6 + [300]:
+            for words in [5] * 6 + [last]:
                 with llm_ledger.lens("digest", **context):
                     client.chat.completions.create(
                         model="gpt-4o-mini",
@@ -690,3 +692,22 @@ def test_a_detector_given_a_bool_says_what_it_takes() -> None:
     """AnomalyDetector(True) named True among what it takes ("must be True, False or ..., got True")."""
     with pytest.raises(ConfigError, match=r"^AnomalyDetector\(\) takes an AnomalyConfig \(or None for"):
         AnomalyDetector(True)  # type: ignore[arg-type]
+
+
+def test_the_command_takes_every_setting_a_live_detector_may_have(
+    fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service on scale=linear,min_mad_ratio=0.01 flags a run a fifth above its usual ones, which the
+    default settings leave alone: --scale and --min-mad-ratio replay its log to the same verdict (the
+    command had no such flags, so its verdicts could not agree)."""
+    config = dataclasses.replace(QUICK, metrics=("total_tokens",), scale="linear", min_mad_ratio=0.01)
+    live = _runs_logged(tmp_path, fake_openai, config, last=6)
+    assert [a["anomaly"]["metric"] for a in live] == ["total_tokens"]
+    log = str(tmp_path / "llm_calls.jsonl")
+    args = ["--window", "10", "--min-runs", "5", "--metric", "total_tokens", "--format", "json"]
+    assert main(["anomalies", log, *args]) == 0
+    assert json.loads(capsys.readouterr().out)["anomalies"] == []
+    assert main(["anomalies", log, *args, "--scale", "linear", "--min-mad-ratio", "0.01"]) == 0
+    assert json.loads(capsys.readouterr().out)["anomalies"] == live
+    assert main(["anomalies", log, "--min-mad-ratio", "-1"]) == 2
+    assert "--min-mad-ratio must be a number from 0 up, got -1.0" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import orjson
 
-from .._anomalies import METRICS, AnomalyConfig, AnomalyDetector
+from .._anomalies import METRICS, SCALES, AnomalyConfig, AnomalyDetector
 from .._cli import add_command, add_query_options
 from .._errors import ConfigError
 from .._records import LENS_EVENT, AnomalyRecord
@@ -74,9 +74,16 @@ def register(subparsers: Any, summary: str) -> None:
         ("--window", int, "runs in a baseline"),
         ("--k", float, "MADs above the median"),
         ("--min-runs", int, "runs before judging"),
+        ("--min-mad-ratio", float, "the least spread, as a fraction of the median"),
     ):
         default = getattr(defaults, flag[2:].replace("-", "_"))
         parser.add_argument(flag, type=kind, default=default, help=f"{what} (default: %(default)s)")
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default=defaults.scale,
+        help="log judges ratios, linear differences (default: %(default)s)",
+    )
     parser.add_argument(
         "--metric",
         action="append",
@@ -88,13 +95,18 @@ def register(subparsers: Any, summary: str) -> None:
 
 
 # a setting as its flag names it, where an AnomalyConfig error names the setting
-_FLAG: Final = re.compile(r"\b(min_runs|window|k)\b(?= \(| must)")
+_FLAG: Final = re.compile(r"\b(min_runs|min_mad_ratio|window|k)\b(?= \(| must)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = AnomalyConfig(
-            window=args.window, k=args.k, min_runs=args.min_runs, metrics=tuple(args.metrics or METRICS)
+            window=args.window,
+            k=args.k,
+            min_runs=args.min_runs,
+            min_mad_ratio=args.min_mad_ratio,
+            metrics=tuple(args.metrics or METRICS),
+            scale=args.scale,
         )
     except ConfigError as exc:  # named by the flags the user typed: --min-runs, not min_runs
         text = str(exc).removeprefix("anomalies: ")
