@@ -188,8 +188,9 @@ class AnomalyDetector:
     def __repr__(self) -> str:
         return f"<AnomalyDetector {self.config} baselines={len(self._baselines)}>"
 
-    def observe(self, record: Mapping[str, Any]) -> list[AnomalyRecord]:
-        """The anomalies of one ``lens_summary`` record (other records: none); it then joins the baseline."""
+    def observe(self, record: Mapping[str, Any], *, judge: bool = True) -> list[AnomalyRecord]:
+        """The anomalies of one ``lens_summary`` record (other records: none); it then joins the baseline.
+        ``judge=False`` only adds it (the rebuild: a verdict costs most of a run's time)."""
         context = record.get("context")
         summary = record.get("summary")
         if (
@@ -231,7 +232,7 @@ class AnomalyDetector:
                 if value is None or (value <= 0 and not linear):  # a log scale has no place for 0
                     continue
                 point = value if linear else math.log(value)
-                if len(window) >= config.min_runs:
+                if judge and len(window) >= config.min_runs:
                     center = statistics.median(window)
                     deviations = [abs(v - center) for v in window]
                     mad = statistics.median(deviations)
@@ -289,7 +290,7 @@ class AnomalyDetector:
             () if older is None else _tail_records(older, self.config.history_bytes - size),
             _tail_records(path, self.config.history_bytes),
         ):
-            self.observe(record)
+            self.observe(record, judge=False)
             runs += 1
         return runs
 
