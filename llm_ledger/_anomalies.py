@@ -287,7 +287,7 @@ class AnomalyDetector:
         older = _rotated(path) if size < self.config.history_bytes else None
         runs = 0
         for record in itertools.chain(
-            () if older is None else _tail_records(older, self.config.history_bytes - size),
+            () if older is None else _tail_records(older, self.config.history_bytes - size, OSError),
             _tail_records(path, self.config.history_bytes),
         ):
             self.observe(record, judge=False)
@@ -301,7 +301,8 @@ def _rotated(path: Path) -> Path | None:
     with contextlib.suppress(OSError):
         for sibling in path.parent.iterdir():
             name = sibling.name
-            if name.startswith(path.name) and name[len(path.name) : len(path.name) + 1] in (".", "-"):
+            rotation = name.startswith(path.name) and name[len(path.name) : len(path.name) + 1] in (".", "-")
+            if rotation and sibling.is_file():  # not a directory named so (llm_calls.jsonl.d)
                 with contextlib.suppress(OSError):
                     found.append((sibling.stat().st_mtime, sibling))
     return max(found, default=(0.0, None))[1]
@@ -325,15 +326,18 @@ def _gz_tail(path: Path, max_bytes: int) -> list[bytes]:
     return [line for _, line in kept]
 
 
-def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
+def _tail_records(
+    path: Path, max_bytes: int, unread: type[OSError] = FileNotFoundError
+) -> Iterator[dict[str, Any]]:
     """The lens summaries in the last ``max_bytes`` of ``path`` (a ``.gz`` read through), a line at a
-    time; other events and malformed lines are skipped."""
+    time; other events and malformed lines are skipped, and so is the file if opening it raises
+    ``unread`` (a rotated log that cannot be read: the live log still counts)."""
     if path.name.endswith(".gz"):
         yield from _records(_gz_tail(path, max_bytes))
         return
     try:
         file = path.open("rb")
-    except FileNotFoundError:
+    except unread:
         return
     with file:
         start = max(0, os.fstat(file.fileno()).st_size - max_bytes)

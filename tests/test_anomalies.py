@@ -589,6 +589,19 @@ def test_the_rebuild_reads_the_end_of_the_rotated_log_within_the_same_bound(tmp_
     assert 10 < AnomalyDetector(AnomalyConfig()).rebuild(path) < 200
 
 
+def test_a_directory_named_like_a_rotated_log_is_no_rotated_log(tmp_path: Path) -> None:
+    """A directory beside the log named like its rotations (llm_calls.jsonl.d, made last) is passed
+    over for the log rotated away last: it was taken for it, and the IsADirectoryError lost the
+    whole rebuild, the live log's runs too (configure() warned, and the baselines started empty)."""
+    lines = [orjson.dumps(r) + b"\n" for r in history(0, 100).records]
+    path = tmp_path / "llm_calls.jsonl"
+    path.write_bytes(b"".join(lines[-10:]))
+    (tmp_path / "llm_calls.jsonl.1").write_bytes(b"".join(lines[:-10]))
+    os.utime(tmp_path / "llm_calls.jsonl.1", (1e9, 1e9))
+    (tmp_path / "llm_calls.jsonl.d").mkdir()
+    assert AnomalyDetector(AnomalyConfig()).rebuild(path) == 200
+
+
 def test_the_table_shows_small_costs_with_three_significant_digits(
     client: openai.OpenAI,
     monitor: llm_ledger.LLMCallMonitor,
