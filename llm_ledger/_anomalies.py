@@ -9,6 +9,7 @@ import collections
 import contextlib
 import gzip
 import itertools
+import json
 import math
 import os
 import statistics
@@ -89,6 +90,7 @@ class AnomalyConfig:
                 raise ConfigError(
                     f"anomalies: unknown metric {metric!r}{hint}; choose from {', '.join(METRICS)}"
                 )
+        object.__setattr__(self, "metrics", tuple(dict.fromkeys(self.metrics)))  # each judged once
 
     @classmethod
     def parse(cls, text: str, source: str = "LLM_LEDGER_ANOMALIES") -> AnomalyConfig | None:
@@ -133,7 +135,8 @@ class AnomalyConfig:
 
 def _value(summary: Mapping[str, Any], metric: str) -> float | None:
     value = summary.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # a float's range, not isfinite(): an int past it (a corrupt line) would raise
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max:
         return None
     if metric == "total_cost_usd" and summary.get("cost_complete") is False:
         return None  # an unpriced call makes the cost too low to compare
@@ -170,7 +173,9 @@ class AnomalyDetector:
         if config is None:
             config = AnomalyConfig()
         elif not isinstance(config, AnomalyConfig):
-            raise ConfigError(f"anomalies must be True, False or an AnomalyConfig, got {config!r}")
+            raise ConfigError(
+                f"AnomalyDetector() takes an AnomalyConfig (or None for the defaults), got {config!r}"
+            )
         check_hook("on_anomaly", on_anomaly)
         self.config = config
         self.on_anomaly = on_anomaly
@@ -183,8 +188,9 @@ class AnomalyDetector:
     def __repr__(self) -> str:
         return f"<AnomalyDetector {self.config} baselines={len(self._baselines)}>"
 
-    def observe(self, record: Mapping[str, Any]) -> list[AnomalyRecord]:
-        """The anomalies of one ``lens_summary`` record (other records: none); it then joins the baseline."""
+    def observe(self, record: Mapping[str, Any], *, judge: bool = True) -> list[AnomalyRecord]:
+        """The anomalies of one ``lens_summary`` record (other records: none); it then joins the baseline.
+        ``judge=False`` only adds it (the rebuild: a verdict costs most of a run's time)."""
         context = record.get("context")
         summary = record.get("summary")
         if (
@@ -226,7 +232,7 @@ class AnomalyDetector:
                 if value is None or (value <= 0 and not linear):  # a log scale has no place for 0
                     continue
                 point = value if linear else math.log(value)
-                if len(window) >= config.min_runs:
+                if judge and len(window) >= config.min_runs:
                     center = statistics.median(window)
                     deviations = [abs(v - center) for v in window]
                     mad = statistics.median(deviations)
@@ -281,10 +287,10 @@ class AnomalyDetector:
         older = _rotated(path) if size < self.config.history_bytes else None
         runs = 0
         for record in itertools.chain(
-            () if older is None else _tail_records(older, self.config.history_bytes - size),
+            () if older is None else _tail_records(older, self.config.history_bytes - size, OSError),
             _tail_records(path, self.config.history_bytes),
         ):
-            self.observe(record)
+            self.observe(record, judge=False)
             runs += 1
         return runs
 
@@ -295,7 +301,8 @@ def _rotated(path: Path) -> Path | None:
     with contextlib.suppress(OSError):
         for sibling in path.parent.iterdir():
             name = sibling.name
-            if name.startswith(path.name) and name[len(path.name) : len(path.name) + 1] in (".", "-"):
+            rotation = name.startswith(path.name) and name[len(path.name) : len(path.name) + 1] in (".", "-")
+            if rotation and sibling.is_file():  # not a directory named so (llm_calls.jsonl.d)
                 with contextlib.suppress(OSError):
                     found.append((sibling.stat().st_mtime, sibling))
     return max(found, default=(0.0, None))[1]
@@ -319,15 +326,18 @@ def _gz_tail(path: Path, max_bytes: int) -> list[bytes]:
     return [line for _, line in kept]
 
 
-def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
+def _tail_records(
+    path: Path, max_bytes: int, unread: type[OSError] = FileNotFoundError
+) -> Iterator[dict[str, Any]]:
     """The lens summaries in the last ``max_bytes`` of ``path`` (a ``.gz`` read through), a line at a
-    time; other events and malformed lines are skipped."""
+    time; other events and malformed lines are skipped, and so is the file if opening it raises
+    ``unread`` (a rotated log that cannot be read: the live log still counts)."""
     if path.name.endswith(".gz"):
         yield from _records(_gz_tail(path, max_bytes))
         return
     try:
         file = path.open("rb")
-    except FileNotFoundError:
+    except unread:
         return
     with file:
         start = max(0, os.fstat(file.fileno()).st_size - max_bytes)
@@ -340,9 +350,12 @@ def _tail_records(path: Path, max_bytes: int) -> Iterator[dict[str, Any]]:
 def _records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if _LENS_MARK in line:
-            try:
+            try:  # json reads what orjson refuses: a lone surrogate's escape, which the ledger writes
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
             if isinstance(record, dict) and record.get("event") == LENS_EVENT:
                 yield record

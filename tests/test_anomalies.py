@@ -591,6 +591,19 @@ def test_the_rebuild_reads_the_end_of_the_rotated_log_within_the_same_bound(tmp_
     assert 10 < AnomalyDetector(AnomalyConfig()).rebuild(path) < 200
 
 
+def test_a_directory_named_like_a_rotated_log_is_no_rotated_log(tmp_path: Path) -> None:
+    """A directory beside the log named like its rotations (llm_calls.jsonl.d, made last) is passed
+    over for the log rotated away last: it was taken for it, and the IsADirectoryError lost the
+    whole rebuild, the live log's runs too (configure() warned, and the baselines started empty)."""
+    lines = [orjson.dumps(r) + b"\n" for r in history(0, 100).records]
+    path = tmp_path / "llm_calls.jsonl"
+    path.write_bytes(b"".join(lines[-10:]))
+    (tmp_path / "llm_calls.jsonl.1").write_bytes(b"".join(lines[:-10]))
+    os.utime(tmp_path / "llm_calls.jsonl.1", (1e9, 1e9))
+    (tmp_path / "llm_calls.jsonl.d").mkdir()
+    assert AnomalyDetector(AnomalyConfig()).rebuild(path) == 200
+
+
 def test_the_table_shows_small_costs_with_three_significant_digits(
     client: openai.OpenAI,
     monitor: llm_ledger.LLMCallMonitor,
@@ -614,3 +627,102 @@ def test_the_table_shows_small_costs_with_three_significant_digits(
         assert re.fullmatch(r"\$0\.0*[1-9]\d\d", cell), row
     # "hi": 5 prompt tokens at $0.15 per 1M; "Lorem ipsum dolor": 5 completion tokens at $0.60 per 1M
     assert median == "$0.00000375"
+
+
+def _runs_logged(
+    tmp_path: Path, fake_openai: FakeOpenAI, config: AnomalyConfig, last: int = 300, **context: Any
+) -> list[Any]:
+    """Six ordinary runs of a lens and one of ``last`` words, logged in tmp_path by the default monitor
+    with detection on; returns the lens_anomaly records the live detector emitted."""
+    llm_ledger.configure(log_dir=tmp_path, anomalies=config, handle_sigterm=False)
+    with openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0) as raw:
+        client = llm_ledger.instrument(raw)
+        with llm_ledger.testing.capture() as records:
+            for words in [5] * 6 + [last]:
+                with llm_ledger.lens("digest", **context):
+                    client.chat.completions.create(
+                        model="gpt-4o-mini",
+                        messages=HI,
+                        extra_headers={"x-fake-completion-words": str(words)},
+                    )
+        llm_ledger.flush()
+    return _anomalies(records)
+
+
+def test_the_command_lists_what_the_live_detector_said_of_a_context_with_a_lone_surrogate(
+    fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A context value holding a lone surrogate (a file name decoded with surrogateescape) is logged as
+    its JSON escape: `llm-ledger anomalies` replays that log and lists what the live detector said (it
+    was a TypeError traceback), and a restart rebuilds the baseline from those runs (it skipped them)."""
+    live = _runs_logged(tmp_path, fake_openai, QUICK, source_id="report-\udcff.pdf")
+    assert [a["anomaly"]["metric"] for a in live] == ["total_tokens", "total_cost_usd"]
+    args = ["--window", "10", "--min-runs", "5", "--metric", "total_tokens", "--metric", "total_cost_usd"]
+    assert main(["anomalies", str(tmp_path / "llm_calls.jsonl"), "--format", "json", *args]) == 0
+    listed = json.loads(capsys.readouterr().out)["anomalies"]
+    assert [a["anomaly"] for a in listed] == [a["anomaly"] for a in live]
+    assert {a["context"]["lens_run_id"] for a in listed} == {a["context"]["lens_run_id"] for a in live}
+    assert AnomalyDetector(QUICK).rebuild(tmp_path / "llm_calls.jsonl") == 7
+
+
+def test_the_command_judges_the_other_runs_of_a_log_with_a_number_past_a_float(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hand-edited or corrupt line whose figure is an integer too large for a float leaves that figure
+    unjudged; the runs around it are judged as before (it was a TypeError, then an OverflowError)."""
+    h = history(1, 150, factor=3.0)
+    path = tmp_path / "llm_calls.jsonl"
+    _write_log(path, h.records)
+    assert main(["anomalies", str(path), "--format", "json"]) == 0
+    expected = json.loads(capsys.readouterr().out)["anomalies"]
+    context = {**h.records[0]["context"], "lens_key": "edited"}
+    huge = {
+        **h.records[0],
+        "context": context,
+        "summary": {**h.records[0]["summary"], "total_tokens": 10**400},
+    }
+    with path.open("ab") as file:
+        file.write(json.dumps({**huge, "timestamp": "2000-01-01T00:00:00.000Z"}).encode() + b"\n")
+    assert main(["anomalies", str(path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["anomalies"] == expected and expected
+
+
+def test_a_metric_named_twice_is_judged_once(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """metrics=total_tokens+total_tokens (or --metric given twice) judges tokens once: one record per
+    anomalous run and metric, each run once in the baseline (it was two records, and every value
+    counted twice toward min_runs)."""
+    config = AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens", "total_tokens"))
+    assert config == AnomalyConfig(window=10, min_runs=5, metrics=("total_tokens",))
+    monitor.anomalies = AnomalyDetector(config)
+    for words in [5, 5, 5, 300, 5, 5, 300]:
+        _run(client, monitor, words)
+    [anomaly] = _anomalies(records)
+    assert anomaly["anomaly"]["runs"] == 6
+    assert [r["anomaly_metrics"] for r in records if r["event"] == "lens_summary"][-1] == ["total_tokens"]
+
+
+def test_a_detector_given_a_bool_says_what_it_takes() -> None:
+    """AnomalyDetector(True) named True among what it takes ("must be True, False or ..., got True")."""
+    with pytest.raises(ConfigError, match=r"^AnomalyDetector\(\) takes an AnomalyConfig \(or None for"):
+        AnomalyDetector(True)  # type: ignore[arg-type]
+
+
+def test_the_command_takes_every_setting_a_live_detector_may_have(
+    fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service on scale=linear,min_mad_ratio=0.01 flags a run a fifth above its usual ones, which the
+    default settings leave alone: --scale and --min-mad-ratio replay its log to the same verdict (the
+    command had no such flags, so its verdicts could not agree)."""
+    config = dataclasses.replace(QUICK, metrics=("total_tokens",), scale="linear", min_mad_ratio=0.01)
+    live = _runs_logged(tmp_path, fake_openai, config, last=6)
+    assert [a["anomaly"]["metric"] for a in live] == ["total_tokens"]
+    log = str(tmp_path / "llm_calls.jsonl")
+    args = ["--window", "10", "--min-runs", "5", "--metric", "total_tokens", "--format", "json"]
+    assert main(["anomalies", log, *args]) == 0
+    assert json.loads(capsys.readouterr().out)["anomalies"] == []
+    assert main(["anomalies", log, *args, "--scale", "linear", "--min-mad-ratio", "0.01"]) == 0
+    assert json.loads(capsys.readouterr().out)["anomalies"] == live
+    assert main(["anomalies", log, "--min-mad-ratio", "-1"]) == 2
+    assert "--min-mad-ratio must be a number from 0 up, got -1.0" in capsys.readouterr().err

@@ -257,6 +257,32 @@ async def test_raise_mode_on_an_async_client(
     assert len(fake_openai.requests) == 3  # the runaway's two, the other run's one
 
 
+@pytest.mark.asyncio
+async def test_calls_in_flight_when_the_limit_is_crossed_are_all_sent(
+    aclient: openai.AsyncOpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    fake_openai: FakeOpenAI,
+) -> None:
+    """The bound docs/BUDGETS.md states: calls of a run started before the crossing one ended are sent
+    (asyncio.gather of 6 slow calls with max_api_calls: 2), the breach is recorded once, and the run's
+    next call is refused."""
+    monitor.budgets = BudgetGuard({"lenses": {"fan_out": {"max_api_calls": 2}}}, mode="raise")
+    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "200"}
+    async with monitor.lens("fan_out"):
+        answers = await asyncio.gather(
+            *(
+                aclient.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers=slow)
+                for _ in range(6)
+            )
+        )
+        with pytest.raises(BudgetExceededError, match="max_api_calls 2, reached 3"):
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert len(answers) == 6 and len(fake_openai.requests) == 6
+    [record] = _budget_records(records)
+    assert record["budget"]["actual"] == 3
+
+
 def test_a_stopped_run_stops_only_itself(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:

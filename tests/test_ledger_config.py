@@ -914,7 +914,11 @@ HOST = llm_ledger.HostPrice("openrouter")
         ("LLMCallMonitor", {"redact": "[redacted]"}, "redact must be a callable taking and returning a str"),
         ("LLMCallMonitor", {"logger": logging.getLogger("x")}, "logger must be a logger name or None, got <"),
         ("LLMCallMonitor", {"prices": {"gpt-4o": 1}}, "prices must be a PriceTable or the path of a price"),
-        ("AnomalyDetector", {"config": "k=5"}, "must be True, False or an AnomalyConfig, got 'k=5'"),
+        (
+            "AnomalyDetector",
+            {"config": "k=5"},
+            "takes an AnomalyConfig (or None for the defaults), got 'k=5'",
+        ),
         (
             "AnomalyDetector",
             {"on_anomaly": "log"},
