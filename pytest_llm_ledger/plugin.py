@@ -214,8 +214,12 @@ def pytest_load_initial_conftests(
 
 
 def _socket_api(path: str) -> str:
-    """The API of a WebSocket to the OpenAI API, by its path: ``responses.connect()``'s or the Realtime's."""
-    return "the Responses API" if path.rstrip("/").endswith("/responses") else "the Realtime API"
+    """The API of a WebSocket to the OpenAI API, by its path: ``responses.connect()``'s, ``live.connect()``'s
+    or the Realtime's."""
+    path = path.rstrip("/")
+    if path.endswith("/responses"):
+        return "the Responses API"
+    return "the Live API" if path.endswith("/live/sessions") else "the Realtime API"
 
 
 class LedgerRecords(Captured):
@@ -438,8 +442,8 @@ class _LedgerState:
             f"  request: {WEBSOCKET} {host}{path}",
             "  in record mode 'none' nothing leaves the machine: point the client's websocket_base_url at a "
             "local server listed in llm_allowed_hosts (llm_ledger.testing.FakeOpenAI().websocket_base_url "
-            "serves the Realtime and Responses APIs), or mark the test @pytest.mark.llm(live=True) to let it "
-            "go live",
+            "serves the Realtime, Responses and Live APIs), or mark the test @pytest.mark.llm(live=True) "
+            "to let it go live",
         ])  # fmt: skip
         with self._lock:
             self._blocked.append(message)

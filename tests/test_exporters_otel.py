@@ -444,7 +444,7 @@ def test_nested_lenses_are_nested_spans_even_when_the_inner_run_ends_last(otel: 
     assert call["context"]["parent_lens_run_id"] == outer.run_id
 
 
-def test_a_call_begun_after_its_lens_ended_is_exported_under_the_lens_span(otel: Telemetry) -> None:
+def test_a_call_begun_after_its_lens_ended_is_exported_under_no_lens_span(otel: Telemetry) -> None:
     """A thread that outlives its lens's block and only then calls counts in no lens, and its record
     names no run: its span is exported at once, under no lens span, instead of waiting for good for a
     lens record that came before it, and a later lens's calls still wait for their lens."""

@@ -496,6 +496,43 @@ def test_live_responses_socket():
 """
 
 
+LIVE_SOCKET_TESTS = """
+import os
+
+import openai
+
+import llm_ledger as ledger
+
+URLS = dict(base_url=os.environ["LEDGER_TEST_BASE_URL"], websocket_base_url=os.environ["LEDGER_TEST_WS_URL"])
+
+
+def test_unmarked_live_session():
+    with ledger.instrument(openai.OpenAI(**URLS, max_retries=0)) as client:
+        with client.live.connect() as connection:
+            connection.send({"type": "session.start", "session": {"model": "gpt-live-1"}})
+"""
+
+
+@pytest.mark.sdk3  # the Live API is openai 3.x's
+@pytest.mark.usefixtures("no_key")
+def test_a_live_api_websocket_is_refused_unopened_naming_its_api(
+    pytester: pytest.Pytester, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In none mode a Live API connection (``live.connect()``) of a test not live fails it before its
+    handshake is sent, naming the Live API (not the Realtime API) and the fix."""
+    monkeypatch.setenv("LEDGER_TEST_WS_URL", server.websocket_base_url)
+    write_project(pytester, LIVE_SOCKET_TESTS)
+
+    result = run(pytester)
+
+    result.assert_outcomes(failed=1)
+    assert server.realtime_events == []
+    assert (
+        "llm-ledger: tests/test_app.py::test_unmarked_live_session opened a WebSocket to the OpenAI API "
+        "(the Live API), which cassettes do not record or replay, so it was not opened"
+    ) in result.stdout.str()
+
+
 @pytest.mark.sdk2  # openai 1.x has no responses.connect()
 @pytest.mark.usefixtures("no_key")
 def test_responses_websockets_no_cassette_replays_are_refused_unopened(
