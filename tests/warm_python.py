@@ -198,9 +198,14 @@ def run(
     child = popen(args, env=env, cwd=cwd, stdout=pipe, stderr=pipe, text=text)
     try:
         out, err = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         child.kill()
-        child.communicate()
+        try:  # bounded: a process the child started (a pool's worker) may hold its pipes open for good
+            exc.output, exc.stderr = child.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            for end in (child.stdout, child.stderr):
+                if end is not None:
+                    end.close()
         raise
     done = subprocess.CompletedProcess(list(args), child.poll() or 0, out, err)
     if check:
