@@ -324,6 +324,22 @@ async def test_a_task_calling_after_its_inner_lens_ended_is_filed_under_the_run_
     assert report.total.cut_short_runs == 0 and report.total.lens_runs == 2 and report.total.calls == 2
 
 
+@pytest.mark.asyncio
+async def test_asyncio_to_thread_carries_the_lens_by_itself(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """As the README says: ``asyncio.to_thread`` copies the context, so a sync call run through it
+    counts in the lens without ``propagate``."""
+
+    def call() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    async with monitor.lens("to_thread") as run:
+        await asyncio.gather(asyncio.to_thread(call), asyncio.to_thread(call))
+    assert run.summary is not None and run.summary["total_api_calls"] == 2
+    assert {c["context"]["lens_run_id"] for c in records.calls} == {run.run_id}
+
+
 def test_propagate_carries_the_lens_into_threads_and_executors(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
