@@ -1,5 +1,6 @@
 """Budgets: the budgets.yaml schema and its loading (docs/BUDGETS.md), and :class:`BudgetGuard`, the
-production check of each lens run against it after each of its calls (``configure(budgets=...)``).
+production check of each lens run against it after each of its calls, and in raise mode of its
+``max_api_calls`` before each call is sent (``configure(budgets=...)``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "BudgetGuard",
     "Budgets",
     "Limits",
+    "admit",
     "as_budgets",
     "load_budgets",
     "parse_budgets",
@@ -223,8 +225,9 @@ _TOTAL_ONLY: Final = (
 )
 _NO_USAGE_TOKENS: Final = _NO_USAGE.format("0 tokens")
 _NO_USAGE_COST: Final = _NO_USAGE.format("$0")
-# set once a run in raise mode goes over a limit: only then does each call look for a stopped run
-stopping = False
+# set once a run in raise mode caps its calls or goes over a limit: only then does each call look at
+# the runs it starts in (admit)
+checking = False
 
 
 class BudgetGuard:
@@ -277,19 +280,44 @@ class BudgetGuard:
 
 class _RunBudget:
     """One lens run's budget: compared with its totals after each call; over a limit it is reported
-    once, and in raise mode ``stopped`` holds the error its next call raises."""
+    once, and in raise mode ``stopped`` holds the error its next call raises. In raise mode its
+    ``max_api_calls`` (``cap``) also counts the calls started (``started``): one past it is refused."""
 
-    __slots__ = ("_checks", "_context", "_guard", "_lock", "_over", "stopped")
+    __slots__ = ("_checks", "_context", "_guard", "_lock", "_over", "cap", "started", "stopped")
 
     def __init__(
         self, guard: BudgetGuard, checks: tuple[tuple[str, int, str, float], ...], context: dict[str, Any]
     ) -> None:
+        global checking
         self._guard = guard
         self._checks = checks
         self._context = context
         self._lock = threading.Lock()
         self._over: set[str] = set()
         self.stopped: BudgetRecord | None = None
+        self.started = 0
+        self.cap: int | None = None
+        if guard.mode == "raise":
+            self.cap = next((cap for _, cap, key, _ in checks if key == "max_api_calls"), None)
+            checking = checking or self.cap is not None
+
+    def start(self, monitor: LLMCallMonitor, cap: int) -> bool:
+        """Count a call about to be sent; False when it would be one past ``cap``: the run is then
+        stopped, its record written (by the first call refused)."""
+        with self._lock:
+            if self.started < cap:
+                self.started += 1
+                return True
+        try:
+            self._exceeded(monitor, "max_api_calls", cap, cap + 1, refused=True)
+        except Exception as exc:  # a record that cannot be made: reported, and the call goes
+            monitor._report("checking a lens run's budget", exc)
+        return False
+
+    def unstart(self) -> None:
+        """A call counted by :meth:`start` was refused by another run's cap: never sent."""
+        with self._lock:
+            self.started -= 1
 
     def check(self, monitor: LLMCallMonitor, totals: LensTotals) -> None:
         """After a call of the run ended: report each limit its totals went over for the first time."""
@@ -337,27 +365,30 @@ class _RunBudget:
             warned.add(lens_key)
             internal_log.warning(message, lens_key, key, _amount(key, cap))
 
-    def _exceeded(self, monitor: LLMCallMonitor, key: str, cap: float, actual: float) -> None:
-        global stopping
-        with self._lock:
+    def _exceeded(
+        self, monitor: LLMCallMonitor, key: str, cap: float, actual: float, refused: bool = False
+    ) -> None:
+        global checking
+        guard = self._guard
+        with self._lock:  # stopped as the limit is marked over: a call refused meanwhile sees it
             if key in self._over:  # another thread's call got there first
                 return
             self._over.add(key)
-        guard = self._guard
-        record = budget_record(
-            context=self._context,
-            budget={
-                "limit": key,
-                "max": cap,
-                "actual": actual,
-                "source": guard.budgets.source,
-                "mode": guard.mode,
-            },
-            epoch=time.time(),
-        )
-        if guard.mode == "raise" and self.stopped is None:
-            self.stopped = record
-            stopping = True
+            record = budget_record(
+                context=self._context,
+                budget={
+                    "limit": key,
+                    "max": cap,
+                    "actual": actual,
+                    "source": guard.budgets.source,
+                    "mode": guard.mode,
+                    "refused": refused,
+                },
+                epoch=time.time(),
+            )
+            if guard.mode == "raise" and self.stopped is None:
+                self.stopped = record
+                checking = True
         monitor._alert(record, guard.on_exceeded, "the on_budget_exceeded callback")
 
 
@@ -369,17 +400,38 @@ def _amount(key: str, value: float) -> str:
 
 def refuse_if_stopped(lenses: tuple[LensRun, ...]) -> None:
     """Raise :class:`BudgetExceededError` if a lens run open here went over its budget in raise mode
-    (checked before each call once some run has been stopped: ``stopping``)."""
+    (checked before each call once some run may be stopped: ``checking``)."""
     for run in lenses:
         budget = run._budget
         if budget is not None and budget.stopped is not None:
             record = budget.stopped
             spent = record["budget"]
             limit = spent["limit"]
+            state = "is over its budget"
+            over = f"{limit} {_amount(limit, spent['max'])}, reached {_amount(limit, spent['actual'])}"
+            if spent.get("refused"):  # the cap on calls started: this one would be past it
+                state, over = "is at its budget", f"{limit} {_amount(limit, spent['max'])}, all started"
             raise BudgetExceededError(
-                f"lens run {record['context'].get('lens_key')!r} is over its budget ({limit} "
-                f"{_amount(limit, spent['max'])}, reached {_amount(limit, spent['actual'])}; limits from "
+                f"lens run {record['context'].get('lens_key')!r} {state} ({over}; limits from "
                 f"{spent['source']}): this call was not sent. Raise the limit, or use budget_mode='warn' "
                 "to record breaches without stopping",
                 record,
             )
+
+
+def admit(lenses: tuple[LensRun, ...]) -> None:
+    """Before a call is sent (once some run caps its calls or was stopped in raise mode: ``checking``):
+    refuse it if a lens run open here is stopped, or has started as many calls as its ``max_api_calls``
+    allows in raise mode (then stopped, its record written); else count it started in each capped run."""
+    refuse_if_stopped(lenses)
+    counted: list[_RunBudget] = []
+    for run in lenses:
+        budget = run._budget
+        if budget is None or (cap := budget.cap) is None or run._totals.closed:
+            continue
+        if budget.start(run._monitor, cap):
+            counted.append(budget)
+        elif budget.stopped is not None:  # (else its record failed, reported: the call goes)
+            for other in counted:  # never sent: it counts nowhere
+                other.unstart()
+            refuse_if_stopped((run,))

@@ -86,8 +86,8 @@ def _begin(
         if operation is not None or options.method != "post" or not _remix(url):
             return None, options
         operation = "video_generation"  # a remix: a new video, billed as one
-    if _budgets.stopping:  # a lens run went over its budget in raise mode: is it one of ours?
-        _budgets.refuse_if_stopped(current_lenses())
+    if _budgets.checking:  # a lens run in raise mode caps its calls or went over its budget: ours?
+        _budgets.admit(current_lenses())
     try:
         body = options.json_data
         if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check only when needed

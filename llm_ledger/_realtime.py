@@ -505,7 +505,7 @@ _jsonl.before_sigterm_death.append(_end_open_sessions)
 
 def _refuse(event: Any, lenses: tuple[Any, ...]) -> None:
     """Raise BudgetExceededError for a ``response.create`` of a lens run stopped by its budget."""
-    if _budgets.stopping and _field(event, "type") == "response.create":  # a run over budget: ours?
+    if _budgets.checking and _field(event, "type") == "response.create":  # a run over budget: ours?
         _budgets.refuse_if_stopped(lenses)
 
 

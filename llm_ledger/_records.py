@@ -683,6 +683,9 @@ class BudgetShape(TypedDict):
     actual: float
     source: str  # where the limits came from (the budgets file, or configure(budgets=...))
     mode: str  # "warn", or "raise": the run's next call raises BudgetExceededError
+    # True: written for a call refused unsent, the one past max_api_calls in raise mode (``actual``
+    # counts it: max + 1); False: a call that ended took the run's total past ``max``
+    refused: bool
 
 
 class BudgetRecord(_RunRecord):

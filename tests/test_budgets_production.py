@@ -6,6 +6,7 @@ import asyncio
 import logging
 import textwrap
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_a_run_over_a_limit_emits_one_warning_record_and_calls_back(
         "actual": 3,
         "source": "configure(budgets=...)",
         "mode": "warn",
+        "refused": False,
     }
     assert record["context"]["lens_key"] == "digest" and record["context"]["source_id"] == "s-1"
     assert record["context"]["lens_run_id"] == run.run_id
@@ -86,26 +88,42 @@ def test_the_warning_reaches_the_llm_monitor_logger(
     assert '"event":"budget_exceeded"' in warning.getMessage()
 
 
-def test_raise_mode_stops_a_runaway_loop_before_its_next_call(
+def test_raise_mode_sends_no_call_past_max_api_calls(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, fake_openai: FakeOpenAI
 ) -> None:
-    """Raise mode: the call after the one that crossed the limit raises BudgetExceededError unsent; the
-    run still ends with its summary."""
-    monitor.budgets = BudgetGuard({"lenses": {"agent": {"max_api_calls": 3}}}, mode="raise")
+    """Raise mode, max_api_calls: 3: three calls are sent, the 4th raises BudgetExceededError unsent
+    and writes the run's one budget_exceeded record (refused, actual 4), which the error carries; the
+    5th is refused with the same record; the run still ends with its summary of 3 calls."""
+    heard: list[llm_ledger.BudgetRecord] = []
+    guard = BudgetGuard({"lenses": {"agent": {"max_api_calls": 3}}}, mode="raise", on_exceeded=heard.append)
+    monitor.budgets = guard
 
     def runaway() -> None:  # a loop that never ends by itself
         while True:
             client.chat.completions.create(model="gpt-4o-mini", messages=HI)
 
-    with monitor.lens("agent") as run, pytest.raises(BudgetExceededError) as raised:
-        runaway()
-    assert len(fake_openai.requests) == 4  # the 4th call crossed the limit; the 5th was not sent
-    assert raised.value.record["budget"]["limit"] == "max_api_calls"
-    assert raised.value.record["context"]["lens_run_id"] == run.run_id
-    assert "'agent' is over its budget (max_api_calls 3, reached 4" in str(raised.value)
-    assert "budget_mode='warn'" in str(raised.value)
-    assert run.summary is not None and run.summary["total_api_calls"] == 4
-    assert [r["event"] for r in records][-2:] == ["budget_exceeded", "lens_summary"]
+    with monitor.lens("agent") as run:
+        with pytest.raises(BudgetExceededError) as raised:
+            runaway()
+        assert len(fake_openai.requests) == 3
+        with pytest.raises(BudgetExceededError) as again:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert len(fake_openai.requests) == 3
+    [record] = _budget_records(records)
+    assert record["budget"] == {
+        "limit": "max_api_calls",
+        "max": 3,
+        "actual": 4,
+        "source": "configure(budgets=...)",
+        "mode": "raise",
+        "refused": True,
+    }
+    assert raised.value.record == record and again.value.record == record and heard == [record]
+    assert record["context"]["lens_run_id"] == run.run_id
+    assert "'agent' is at its budget (max_api_calls 3, all started; limits from" in str(raised.value)
+    assert "this call was not sent" in str(raised.value) and "budget_mode='warn'" in str(raised.value)
+    assert run.summary is not None and run.summary["total_api_calls"] == 3
+    assert [r["event"] for r in records] == ["llm_api_call"] * 3 + ["budget_exceeded", "lens_summary"]
 
 
 def test_raise_mode_never_breaks_a_call_in_flight(
@@ -254,33 +272,104 @@ async def test_raise_mode_on_an_async_client(
 
     outcome = await asyncio.gather(runaway(), fine(), return_exceptions=True)
     assert isinstance(outcome[0], BudgetExceededError) and outcome[1] == 1
-    assert len(fake_openai.requests) == 3  # the runaway's two, the other run's one
+    assert len(fake_openai.requests) == 2  # the runaway's one, the other run's one
+
+
+_SLOW = {"x-fake-fault": "slow", "x-fake-delay-ms": "200"}
 
 
 @pytest.mark.asyncio
-async def test_calls_in_flight_when_the_limit_is_crossed_are_all_sent(
+async def test_asyncio_gather_sends_no_more_calls_than_max_api_calls(
     aclient: openai.AsyncOpenAI,
     monitor: llm_ledger.LLMCallMonitor,
     records: Captured,
     fake_openai: FakeOpenAI,
 ) -> None:
-    """The bound docs/BUDGETS.md states: calls of a run started before the crossing one ended are sent
-    (asyncio.gather of 6 slow calls with max_api_calls: 2), the breach is recorded once, and the run's
-    next call is refused."""
-    monitor.budgets = BudgetGuard({"lenses": {"fan_out": {"max_api_calls": 2}}}, mode="raise")
-    slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "200"}
-    async with monitor.lens("fan_out"):
-        answers = await asyncio.gather(
+    """Calls in flight count as started: asyncio.gather of 10 slow calls with max_api_calls: 3 sends
+    exactly 3 (the server receives 3), the other 7 raise BudgetExceededError unsent, the breach is
+    recorded once, and the run's next call is refused."""
+    monitor.budgets = BudgetGuard({"lenses": {"fan_out": {"max_api_calls": 3}}}, mode="raise")
+    async with monitor.lens("fan_out") as run:
+        outcome = await asyncio.gather(
             *(
-                aclient.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers=slow)
-                for _ in range(6)
-            )
+                aclient.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers=_SLOW)
+                for _ in range(10)
+            ),
+            return_exceptions=True,
         )
-        with pytest.raises(BudgetExceededError, match="max_api_calls 2, reached 3"):
+        with pytest.raises(BudgetExceededError, match="max_api_calls 3, all started"):
             await aclient.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    assert len(answers) == 6 and len(fake_openai.requests) == 6
+    refused = [o for o in outcome if isinstance(o, BudgetExceededError)]
+    assert len(refused) == 7 and len(fake_openai.requests) == 3
     [record] = _budget_records(records)
-    assert record["budget"]["actual"] == 3
+    assert all(error.record == record for error in refused)
+    assert (record["budget"]["actual"], record["budget"]["refused"]) == (4, True)
+    assert run.summary is not None and run.summary["total_api_calls"] == 3
+    assert summarise_records(records, by=("lens",)).rows[0].over_budget == 1
+
+
+def test_threads_of_one_run_send_no_more_calls_than_max_api_calls(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, fake_openai: FakeOpenAI
+) -> None:
+    """Threads given the run with llm_ledger.propagate share its cap: 8 slow calls at once with
+    max_api_calls: 3 send exactly 3; the breach is recorded once."""
+    monitor.budgets = BudgetGuard({"lenses": {"pool": {"max_api_calls": 3}}}, mode="raise")
+    start = threading.Barrier(8)
+
+    def work() -> str:
+        start.wait()
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers=_SLOW)
+        except BudgetExceededError:
+            return "refused"
+        return "sent"
+
+    with monitor.lens("pool") as run, ThreadPoolExecutor(8) as pool:
+        outcomes = [f.result() for f in [pool.submit(llm_ledger.propagate(work)) for _ in range(8)]]
+    assert sorted(outcomes) == ["refused"] * 5 + ["sent"] * 3
+    assert len(fake_openai.requests) == 3 and len(_budget_records(records)) == 1
+    assert run.summary is not None and run.summary["total_api_calls"] == 3
+
+
+def test_a_stream_being_read_counts_as_a_started_call(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, fake_openai: FakeOpenAI
+) -> None:
+    """A stream still open is a started call: with max_api_calls: 1 the next call is refused while it is
+    read, and the stream itself is read to its end."""
+    monitor.budgets = BudgetGuard({"lenses": {"s": {"max_api_calls": 1}}}, mode="raise")
+    with monitor.lens("s") as run:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=HI, stream=True, extra_headers={"x-fake-chunks": "5"}
+        )
+        with stream:
+            first = next(iter(stream))
+            with pytest.raises(BudgetExceededError):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert first is not None and text
+    assert len(fake_openai.requests) == 1
+    assert run.summary is not None and run.summary["total_api_calls"] == 1
+
+
+def test_a_call_refused_by_a_nested_runs_cap_counts_in_no_run(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured, fake_openai: FakeOpenAI
+) -> None:
+    """A call counts in every enclosing run's cap; refused by the inner run's, it counts in the outer's
+    neither: the outer run still sends its own 2nd call, then refuses its 3rd with its own record."""
+    monitor.budgets = BudgetGuard(
+        {"lenses": {"outer": {"max_api_calls": 2}, "inner": {"max_api_calls": 1}}}, mode="raise"
+    )
+    with monitor.lens("outer") as outer:
+        with monitor.lens("inner"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            with pytest.raises(BudgetExceededError, match="'inner'"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(BudgetExceededError, match="'outer'"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert len(fake_openai.requests) == 2
+    assert [r["context"]["lens_key"] for r in _budget_records(records)] == ["inner", "outer"]
+    assert outer.summary is not None and outer.summary["total_api_calls"] == 2
 
 
 def test_a_stopped_run_stops_only_itself(
@@ -288,10 +377,12 @@ def test_a_stopped_run_stops_only_itself(
 ) -> None:
     """Calls outside the run, in a later run of the same lens and in other threads' runs go through;
     a lens nested in the stopped run is stopped with it, and both runs still end with their summary."""
-    monitor.budgets = BudgetGuard({"lenses": {"outer": {"max_api_calls": 0}}}, mode="raise")
+    monitor.budgets = BudgetGuard({"lenses": {"outer": {"max_api_calls": 1}}}, mode="raise")
     with monitor.lens("outer"):
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
         with monitor.lens("inner"), pytest.raises(BudgetExceededError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with monitor.lens("inner"), pytest.raises(BudgetExceededError):  # stopped: no new run goes
             client.chat.completions.create(model="gpt-4o-mini", messages=HI)
 
         def elsewhere() -> None:  # a thread starts outside the lens (no propagate)
@@ -305,7 +396,8 @@ def test_a_stopped_run_stops_only_itself(
     with monitor.lens("outer") as again:
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert again.summary is not None and again.summary["total_api_calls"] == 1
-    assert [r["context"]["lens_key"] for r in records.lenses] == ["inner", "elsewhere", "outer", "outer"]
+    lenses = [r["context"]["lens_key"] for r in records.lenses]
+    assert lenses == ["inner", "inner", "elsewhere", "outer", "outer"]
 
 
 def test_limits_apply_per_lens_and_ci_sections_are_ignored(

@@ -23,7 +23,7 @@ HI: Any = [{"role": "user", "content": "summarise the quarterly numbers"}]
 @pytest.fixture
 def log(sdk: Sdk, tmp_path: Path) -> Path:
     """Real SDK calls under a monitor with production budgets (raise) and anomaly detection: `agent`
-    runs of 2 calls for alice, then one runaway run of bob's, stopped at its 4th call (max_api_calls 3)
+    runs of 2 calls for alice, then one runaway run of bob's, its 4th call refused (max_api_calls 3)
     and far above its baseline; `digest` runs within their limits."""
     path = tmp_path / "llm_calls.jsonl"
     with logging_to(path, sdk) as (monitor, client):
@@ -48,7 +48,7 @@ def test_rows_count_the_budget_breaches_and_anomalies_of_their_group(
     as over_budget and anomalies, in tables as columns when any is there; never as skipped lines."""
     report = summarise(log, by="user_id")
     rows = {row.key["user_id"]: row for row in report.rows}
-    assert (rows["bob"].calls, rows["bob"].over_budget, rows["bob"].anomalies) == (4, 1, 1)
+    assert (rows["bob"].calls, rows["bob"].over_budget, rows["bob"].anomalies) == (3, 1, 1)
     assert (rows["alice"].over_budget, rows["alice"].anomalies) == (0, 0)
     assert (report.total.over_budget, report.total.anomalies, report.skipped) == (1, 1, 0)
     assert main(["report", str(log), "--by", "lens", "--format", "json"]) == 0
@@ -61,7 +61,7 @@ def test_rows_count_the_budget_breaches_and_anomalies_of_their_group(
     header, _, agent, *_ = capsys.readouterr().out.splitlines()
     assert header.split()[-3:] == ["over", "budget", "anomalies"]
     assert agent.split()[-2:] == ["1", "1"]
-    assert agent.split()[:3] == ["agent", "7", "16"]
+    assert agent.split()[:3] == ["agent", "7", "15"]
 
 
 def test_budget_and_anomaly_columns_appear_only_when_there_are_some(
