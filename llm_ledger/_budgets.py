@@ -295,7 +295,7 @@ class _RunBudget:
         self._lock = threading.Lock()
         self._over: set[str] = set()
         self.stopped: BudgetRecord | None = None
-        self.started = 0
+        self.started: int = 0
         self.cap: int | None = None
         if guard.mode == "raise":
             self.cap = next((cap for _, cap, key, _ in checks if key == "max_api_calls"), None)
