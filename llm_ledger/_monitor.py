@@ -364,12 +364,13 @@ class LLMCallMonitor:
 
     def remove_sink(self, sink: Sink) -> None:
         """Stop sending records to ``sink``; a sink never added is ignored."""
-        self._replace_first_sink(sink, None)
+        with self._sinks_lock:
+            self._sinks = tuple(s for s in self._sinks if s != sink)  # != : a bound method is made anew
 
     def _replace_first_sink(self, old: Sink | None, new: Sink | None) -> None:
         """Put ``new`` (if any) first among the sinks, in place of ``old`` (``configure()``'s JSONL file)."""
         with self._sinks_lock:
-            rest = tuple(s for s in self._sinks if s != old)  # != : a bound method is made anew
+            rest = tuple(s for s in self._sinks if s != old)
             self._sinks = rest if new is None else (new, *rest)
             self._upward = new is None
 
