@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -22,7 +21,6 @@ from ._monitor import LLMCallMonitor, Redactor
 from ._price_file import load_price_file
 from ._pricing import PriceTable
 from ._rates import preload
-from ._records import LOGGER_NAME
 from .exporters import _setup as _exporters
 from .loading import BOOLEAN_WORDS, looks_like_credential, shown
 
@@ -75,8 +73,8 @@ class Settings:
 
 def _read(env: Mapping[str, str], variable: str, default: str = "") -> str:
     """``variable``'s value without the spaces a .env line may leave around it, ``default`` when unset.
-    Set empty (``VAR=${UNSET}`` in a compose file or a CI template) is an error, never the default: an
-    empty LLM_LEDGER_BUDGETS read as unset turned budgets off without a word."""
+    Set empty (``VAR=${UNSET}`` in a compose file) is an error: read as unset, an empty
+    LLM_LEDGER_BUDGETS would turn budgets off without a word."""
     raw = env.get(variable)
     if raw is None:
         return default
@@ -348,9 +346,6 @@ def configure(
         # (the OpenTelemetry exporter's providers, too, hold what SIGTERM's death would lose)
         if _handler is not None or "otel" in settings.exporters or not settings.handle_sigterm:
             handle_sigterm_signal(settings.handle_sigterm)
-        logger = logging.getLogger(LOGGER_NAME)
-        if logger.level == logging.NOTSET:  # a level the application gave it is its own
-            logger.setLevel(logging.INFO)
         monitor.prices = prices
         monitor.capture_content = settings.capture_content
         monitor.stream_usage = settings.stream_usage
@@ -389,13 +384,8 @@ def _guard(monitor: LLMCallMonitor, settings: Settings, old: Settings | None) ->
     """Production budgets and anomaly detection on the default monitor, changed only when asked."""
     budget = (settings.budgets, settings.budget_mode, settings.on_budget_exceeded)
     if old is None or budget != (old.budgets, old.budget_mode, old.on_budget_exceeded):
-        monitor.budgets = (
-            None
-            if settings.budgets is None
-            else BudgetGuard(
-                settings.budgets, mode=settings.budget_mode, on_exceeded=settings.on_budget_exceeded
-            )
-        )
+        limits, mode, on_exceeded = budget
+        monitor.budgets = None if limits is None else BudgetGuard(limits, mode=mode, on_exceeded=on_exceeded)
     anomaly = (settings.anomalies, settings.on_anomaly, settings.log_dir)
     if old is None or anomaly != (old.anomalies, old.on_anomaly, old.log_dir):
         detector = None

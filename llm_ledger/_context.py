@@ -81,8 +81,8 @@ def _said_elsewhere(lens_key: str) -> None:
 
 
 class _Block(dict[str, Any]):
-    """The context a block set, carrying what its exit needs: the scope object keeps no state, so it
-    may be entered by concurrent tasks and threads, and nested."""
+    """The context a block set, with what its exit needs: the scope keeps no state, so concurrent
+    tasks and threads may enter it, nested or not."""
 
     __slots__ = ("scope", "token")
     scope: _Scope
@@ -96,7 +96,8 @@ class _Scope:
         self._extra = context
 
     def _fresh(self) -> _Scope:
-        raise NotImplementedError
+        """A new block of the same context, for one call of a decorated function."""
+        return type(self)(self._extra)
 
     def __enter__(self) -> Self:
         block = _Block({**_context.get(), **self._extra})
@@ -107,8 +108,8 @@ class _Scope:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        # this block's own context: the current one, or under blocks left open inside it (a generator
-        # suspended in its block, abandoned), which end with it; none when it has ended already
+        # this block's context: the current one, or under blocks left open inside it (an abandoned
+        # generator's), which end with it; none when it has ended already
         block = _context.get()
         while type(block) is _Block:
             if block.scope is self:
@@ -250,9 +251,9 @@ gc.callbacks.append(_collection)
 
 
 def recorded_apart(record: Callable[..., object], *args: Any) -> bool:
-    """Whether ``record(*args)`` ran on a thread of its own, as it does when the collector runs it (an
-    abandoned stream's end, a generator's lens block): the collection may have stopped this thread
-    inside the ledger, holding a lock that recording takes. Waited for a bounded time."""
+    """Whether ``record(*args)`` ran on a thread of its own (waited for a bounded time), as it does when
+    the collector runs it: the collection may have stopped this thread inside the ledger, holding a
+    lock that recording takes."""
     # the interpreter shutting down starts no thread (3.11 hangs trying): nothing holds a lock by then
     if _collector != threading.get_ident() or sys.is_finalizing():
         return False
@@ -268,7 +269,7 @@ def recorded_apart(record: Callable[..., object], *args: Any) -> bool:
 
 
 # the threads of recorded_apart() not done when it stopped waiting: exit waits for them (the interpreter
-# stops a daemon thread where it is, and the records it was making would be lost)
+# stops a daemon thread where it is, losing its records)
 _still_recording: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
@@ -280,8 +281,8 @@ def wait_recorded_apart(timeout: float) -> None:
 
 
 def counted_in(context: dict[str, Any]) -> tuple[dict[str, Any], tuple[LensRun, ...]]:
-    """The lens runs a call (or connection) begun now counts in (a run that has ended counts no new
-    call), and the context its record is filed under (:func:`filed_under` once its innermost run ended)."""
+    """The lens runs a call (or connection) begun now counts in (an ended run counts no new call), and
+    the context its record is filed under (:func:`filed_under` once its innermost run ended)."""
     lenses = _lenses.get()
     if not lenses:
         return context, ()
@@ -351,9 +352,6 @@ class TrackedContext(_Scope):
     """Returned by :func:`llm_ledger.track_llm_call`: adds context to every call inside (one object
     may serve many blocks, nested or concurrent)."""
 
-    def _fresh(self) -> TrackedContext:
-        return TrackedContext(self._extra)
-
 
 class LensRun(_Scope):
     """One run of a lens; ``summary`` holds its aggregate once the block has ended.
@@ -404,8 +402,7 @@ class LensRun(_Scope):
         enclosing = _lenses.get()
         self._extra = {**self._extra, "lens_run_id": self.run_id}
         if enclosing and enclosing[-1]._totals.closed:
-            # ended, yet in this context (a task outliving it, a block left on another thread): this run
-            # is no part of it, whose summary could not count this one's calls
+            # ended, yet in this context (a task outliving it): no part of it, whose summary is written
             enclosing = tuple(run for run in enclosing if not run._totals.closed)
             self._extra["parent_lens_run_id"] = None
         if enclosing:  # nested: the run it is part of (exporters nest its span under that one's)
@@ -429,10 +426,9 @@ class LensRun(_Scope):
         try:
             self._wall = time.perf_counter() - self._started_perf
             token, self._lens_token = self._lens_token, None
-            # ended in another context than it began in: one holding the run (asgiref's sync_to_async
-            # copies it back into its caller's) ends it there too; one that never held it was entered and
-            # left in copies of their own, which is said, unless the block was closed from outside (an
-            # abandoned async generator's, which asyncio closes in a task of its own)
+            # ended in another context: one holding the run (asgiref's sync_to_async copies it back into
+            # its caller's) ends it there too; else it was entered and left in copies of their own, said
+            # unless closed from outside (an abandoned async generator's, closed by asyncio in a task)
             if not _reset(_lenses, token):
                 lenses = _lenses.get()
                 if self in lenses:
@@ -440,8 +436,8 @@ class LensRun(_Scope):
                 elif exc_type is not GeneratorExit:
                     _said_elsewhere(self.lens_key)
             super().__exit__(exc_type, exc, tb)
-            # a record written when its last open call ends (a stream another task reads) still goes out
-            # from here: a sink reading the context (OTel's current span: the request's) sees this one
+            # a record written when its last open call ends (a stream another task reads) goes out from
+            # here: a sink reading the context (OTel's current span) sees this one
             self._ended_in = copy_context()
             self.summary, due = self._totals.close(self._wall)
             if self._budget is not None and self._totals.pending > 0:

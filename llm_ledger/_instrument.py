@@ -47,8 +47,7 @@ _active: ContextVar[_Call | None] = ContextVar("llm_ledger_active_call", default
 
 
 def _on_response(response: Any) -> None:
-    # only kept: its headers are read when the result does not carry them (errors, streams) and
-    # its body when the SDK fails to parse a billed 2xx answer
+    # only kept: its headers are read when the result lacks them, its body when the SDK fails on a 2xx
     call = _active.get()
     if call is not None:
         call.http_response = response
@@ -83,7 +82,9 @@ def _begin(
         url = options.url
         if operation is None and url.startswith("/responses/"):
             return _begin_later(monitor, client, options, stream, counts_retries, endpoint), options
-        if operation is not None or options.method != "post" or not _remix(url):
+        # a video's remix, /videos/{id}/remix: a new video, billed as one
+        remix = url.startswith("/videos/") and url.endswith("/remix") and url.count("/") == 3
+        if operation is not None or options.method != "post" or not remix:
             return None, options
         operation = "video_generation"  # a remix: a new video, billed as one
     if _budgets.checking:  # a lens run in raise mode caps its calls or went over its budget: ours?
@@ -118,11 +119,6 @@ def _begin(
         call.client = client
         call.content = monitor._captured_request(sent)
     return call, options
-
-
-def _remix(url: str) -> bool:
-    """Whether ``url`` is a video's remix, ``/videos/{id}/remix`` (its id is in its path)."""
-    return url.startswith("/videos/") and url.endswith("/remix") and url.count("/") == 3
 
 
 def _begin_later(
@@ -213,11 +209,8 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
         monitor._finish(call, "ok", None, None)
 
 
-# the resources whose helpers the ledger hooks, by the client attribute making them: the path to each
-# and the helper, stream() (reading a stream the ledger watches; beta's chat.completions is another
-# instance of chat's, kept by every SDK major)
-# or the connect() of the Realtime or Responses API (named by the API: its WebSocket's events are read
-# as that API's)
+# the resources whose helpers the ledger hooks, by the client attribute making them: the path to each,
+# and stream() (beta's chat.completions is another instance of chat's) or the API whose connect() it is
 _HELPER_RESOURCES = {
     "chat": ((("completions",), "stream"),),
     "responses": (((), "stream"), ((), "responses")),
@@ -271,8 +264,7 @@ def _watched_stream(original: Any, is_async: bool) -> Any:
 def _hook_helpers(client: Any, root: Any, hooks: Any, is_async: bool) -> None:
     """Give each resource a ``hooks`` path leads to from ``root`` a ``stream()`` whose helper the ledger
     watches, or a ``connect()`` whose WebSocket connection it watches (best effort)."""
-    # no warnings.catch_warnings() (none of the SDKs warns here): it changes the process's filters,
-    # and this may run on any thread, at the client's first use of the resource
+    # no warnings.catch_warnings(): it changes the process's filters, and this may run on any thread
     for path, helper in hooks:
         try:
             resource = functools.reduce(getattr, path, root)
@@ -324,19 +316,17 @@ def _hook_stream_helpers(instance: Any, is_async: bool) -> None:
 
 
 def _maybe_billed(answer: Any, exc: BaseException | None) -> bool:
-    """Whether an attempt that failed may have been billed though no usage of it is known: the server
-    answered 2xx and the body then broke, or the answer timed out after the request was sent
-    (``ReadTimeout``, of httpx, httpx2 and httpcore alike: the server may be generating it). A connect,
-    write or pool timeout or a connection refused sent nothing to bill."""
+    """Whether a failed attempt may have been billed, its usage unknown: answered 2xx and the body then
+    broke, or a ``ReadTimeout`` (of httpx, httpx2 and httpcore alike: the server may be generating it).
+    A connect, write or pool timeout or a connection refused sent nothing to bill."""
     if answer is not None and 200 <= answer.status_code < 300:
         return True
     return type(exc).__name__ == "ReadTimeout"
 
 
 def _lose_answer(call: _Call) -> None:
-    """Count an attempt of ``call`` that may have been billed, its usage unknown, in its record and
-    its lens runs (told now: counting the call in them then costs nothing more). Never a retrieve's
-    (a background response's): reading a response is not billed."""
+    """Count an attempt of ``call`` that may have been billed in its record and its lens runs; never a
+    retrieve's (reading a background response is not billed)."""
     if call.owner is LATER:
         return
     call.lost += 1

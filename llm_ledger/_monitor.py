@@ -93,8 +93,7 @@ def remove_global_sink(sink: Sink) -> None:
 
 def _heard(logger: logging.Logger, level: int, upward: bool) -> bool:
     """Whether a handler other than a ``NullHandler`` would get a record of ``level`` (else none is
-    built, and logging's last resort never prints records to stderr); ``upward``: the ancestors'
-    handlers count too."""
+    built, nor printed by logging's last resort); ``upward``: the ancestors' handlers count too."""
     current: logging.Logger | None = logger
     while current is not None:
         for handler in current.handlers:
@@ -116,17 +115,13 @@ class _LedgerLogRecord(logging.LogRecord):
 class _Call:
     """What the monitor knows about one call in flight."""
 
-    # a retrieve or cancel of a response only (owner LATER): its id, the Response it answered (a
-    # stream's last; None: not read yet), and the lens runs open where it was made
+    # a retrieve or cancel only (owner LATER): the response's id, the Response it answered (None: not
+    # read yet), and the lens runs open where it was made
     background_id: str
     answer: Any
     around: tuple[LensRun, ...]
-    # the HTTP status of the last response, kept when it is let go: a call that then failed (a body or
-    # stream that broke) after a 2xx answer was billed (``_records.billed``)
-    answered: int | None = None
-    # the attempts that may have been billed, with no usage known (``_instrument._maybe_billed``): retried
-    # ones, and a last one that timed out reading; the record's ``cost.attempts_left_out``
-    lost: int = 0
+    answered: int | None = None  # the last HTTP status: a call failing after a 2xx answer was billed
+    lost: int = 0  # attempts that may have been billed, usage unknown: the record's cost.attempts_left_out
 
     def __init__(
         self,
@@ -142,16 +137,14 @@ class _Call:
         self.request = request
         # the context is never changed in place: copied into the record
         self.context, self.lenses = counted_in(current_context())
-        self.client: Any = None  # only with content capture: its API key is scrubbed from the text, as
-        # are the credentials its request carried (secrets, set then once it is sent)
+        self.client: Any = None  # with content capture only: its API key is scrubbed from the text
         self.retries = retries  # None when the client's retries cannot be counted
         self.request_id: str | None = None
         self.raw = raw  # the SDK's raw-response header: "true" or "stream" (with_*_response)
         self.http_response: Any = None  # the last HTTP response, set by the client's response hook
         self.ttft: float | None = None
         self.hide_usage = hide_usage  # the ledger asked a stream for usage on the caller's behalf
-        # the process that records the call (as new_id() knows it), None once recorded: a call in flight
-        # at a fork (a stream open in the parent) is not also the child's when its finalizers run at exit
+        # the process recording it (None once recorded): a call in flight at a fork is not the child's
         self.owner: str | None = _records._id_prefix
         self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
         self.server: ServerShape | None = None
@@ -163,8 +156,8 @@ class _Call:
             self.ttft = time.perf_counter() - self.start_perf
 
     def let_go(self, error: BaseException | None = None) -> None:
-        """Keep the call's server, request id and HTTP status (from the last HTTP response, else the
-        request ``error`` names) and let the response go: the call may outlive it."""
+        """Keep the server, request id and status of the last HTTP response (else of the request ``error``
+        names) and let the response go: the call may outlive it."""
         response = self.http_response
         source: Any = response if response is not None else error
         if self.server is None and source is not None:
@@ -173,7 +166,7 @@ class _Call:
             except Exception:
                 url = None  # no request known: the server stays unknown
             self.server = server_of(url)
-        if self.client is not None and source is not None:  # content is captured: kept to scrub it of
+        if self.client is not None and source is not None:  # content is captured: scrubbed of these
             self.secrets = _carried(source)
         if response is not None:
             self.http_response = None
@@ -186,8 +179,7 @@ class _Call:
 
 
 def _answer(call: _Call) -> Any:
-    """The Response a retrieve or cancel answered: a stream's last event's, else the JSON body the SDK
-    read (None if it cannot be read)."""
+    """The Response a retrieve or cancel answered: a stream's last, else the body read (or None)."""
     if call.answer is None:
         call.answer = body_view(call.http_response)
     return call.answer
@@ -364,12 +356,13 @@ class LLMCallMonitor:
 
     def remove_sink(self, sink: Sink) -> None:
         """Stop sending records to ``sink``; a sink never added is ignored."""
-        self._replace_first_sink(sink, None)
+        with self._sinks_lock:
+            self._sinks = tuple(s for s in self._sinks if s != sink)  # != : a bound method is made anew
 
     def _replace_first_sink(self, old: Sink | None, new: Sink | None) -> None:
         """Put ``new`` (if any) first among the sinks, in place of ``old`` (``configure()``'s JSONL file)."""
         with self._sinks_lock:
-            rest = tuple(s for s in self._sinks if s != old)  # != : a bound method is made anew
+            rest = tuple(s for s in self._sinks if s != old)
             self._sinks = rest if new is None else (new, *rest)
             self._upward = new is None
 
@@ -377,14 +370,10 @@ class LLMCallMonitor:
 
     def _report(self, where: str, exc: BaseException) -> None:
         """Report a failure inside the ledger, at most once a minute per place and kind."""
-        if once_a_minute(self._last_report, f"{where}:{type(exc).__name__}"):
-            warn_internal(
-                "llm-ledger failed in %s (the monitored call is unaffected): %s: %s",
-                where,
-                type(exc).__name__,
-                exc,
-                exc_info=exc,
-            )
+        kind = type(exc).__name__
+        if once_a_minute(self._last_report, f"{where}:{kind}"):
+            message = "llm-ledger failed in %s (the monitored call is unaffected): %s: %s"
+            warn_internal(message, where, kind, exc, exc_info=exc)
 
     def _scrub(self, text: str, secrets: list[str]) -> str:
         """``text`` without the call's credentials, through the ``redact`` hook (a placeholder on failure)."""
@@ -472,8 +461,8 @@ class LLMCallMonitor:
             return
         call.owner = None
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text)
-        # counted before the sinks may change the record, settled after (a lens's record follows
-        # its calls'); counting adds up normalised counts only: it cannot fail
+        # counted before the sinks may change the record (counting normalised counts cannot fail),
+        # settled after: a lens's record follows its calls'
         for run in call.lenses:
             run._totals.add(record, cost_units)
         try:
@@ -494,12 +483,10 @@ class LLMCallMonitor:
         error: BaseException | None,
         output_text: str | None,
     ) -> None:
-        """A retrieve or cancel of a response answered: a background response's end, when it shows
-        it, is recorded once in this process; a poll of one still running (or a request that failed)
-        records nothing. One begun here is recorded by its monitor as its end: the request, context
-        and start of the call that began it, counted in its lens runs still open; one begun
-        elsewhere (another process) with the context and lens runs of the retrieve, and the request
-        its Response states."""
+        """A retrieve or cancel answered: a background response's end it shows is recorded once in this
+        process (a poll of one still running records nothing). One begun here, by its monitor, with the
+        request, context, start and open lens runs of the call that began it; one begun elsewhere, with
+        the retrieve's context and lens runs and the request its Response states."""
         call.owner = None
         reason = None if response is None else response["finish_reason"]
         if reason is None or reason in PENDING_STATUSES:
@@ -617,10 +604,9 @@ class LLMCallMonitor:
     def _price(
         self, route: Route, response: ResponseShape, requested: str | None, usage: Usage, at: float
     ) -> tuple[int, int, str, float | None] | None:
-        """(prompt, completion) cost in 10**-24 USD, the rates' source and the moment they were taken
-        at (None: the time of day does not change them), for the served model (else the requested one)
-        on its service tier at the call's start (or at the time of day a test session fixes:
-        ``price_time_of_day``); None without usage or price."""
+        """(prompt, completion) cost in 10**-24 USD, the rates' source and when they were taken (None:
+        the time of day does not change them), for the served model (else the requested one) on its
+        service tier at the call's start; None without usage or price."""
         if usage["prompt_tokens"] is None or usage["completion_tokens"] is None:
             return None
         try:

@@ -289,6 +289,34 @@ def test_the_applications_root_logging_gets_the_records_while_no_file_is_written
     assert len(_lines(tmp_path / "llm_calls.jsonl")) == 1
 
 
+def test_the_root_logging_is_spared_the_records_after_a_capture_block_ends(
+    default_client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """While configure() writes the file, a testing.capture() block (its sink added, then removed)
+    leaves the root handlers spared the default monitor's records. They got every record after it:
+    removing any sink let the records propagate again, as if the file were gone."""
+    heard: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.msg["event"])  # type: ignore[index]
+
+    root = logging.getLogger()
+    keep = Keep()
+    root.addHandler(keep)
+    try:
+        llm_ledger.configure(log_dir=tmp_path)
+        with capture_records() as captured:
+            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    finally:
+        root.removeHandler(keep)
+    assert [record["event"] for record in captured.records] == ["llm_api_call"]
+    assert heard == []
+    llm_ledger.flush()
+    assert len(_lines(tmp_path / "llm_calls.jsonl")) == 2
+
+
 def test_an_own_monitors_records_reach_the_root_logging_while_configure_writes_the_file(
     default_client: openai.OpenAI, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
