@@ -86,7 +86,7 @@ def _begin(
         remix = url.startswith("/videos/") and url.endswith("/remix") and url.count("/") == 3
         if operation is not None or options.method != "post" or not remix:
             return None, options
-        operation = "video_generation"  # a remix: a new video, billed as one
+        operation = "video_generation"
     if _budgets.checking:  # a lens run in raise mode caps its calls or went over its budget: ours?
         _budgets.admit(current_lenses())
     try:
