@@ -1,15 +1,18 @@
 """The one loader for the YAML and JSON files llm-ledger reads (price files, budgets.yaml, cassettes,
-reports), public so that the pytest plugin and your own tools read files with the same limits and
-errors: :func:`read_file` reads at most :data:`MAX_BYTES` of a regular file; a :class:`Document` reads
-YAML node by node (no tag can run code) with one number parser (:meth:`Document.number`); every error
-reads ``file:line: key.path: what is wrong; valid choices`` and never quotes a value that looks like a
-credential (:func:`shown`: a price file pointed at a ``.env`` must not print the key it holds).
+reports, log lines), public so that the pytest plugin and your own tools read files with the same limits
+and errors: :func:`read_file` reads at most :data:`MAX_BYTES` of a regular file; :func:`loads` reads
+strict JSON; a :class:`Document` reads YAML node by node (no tag can run code) with one number parser
+(:meth:`Document.number`); every error reads ``file:line: key.path: what is wrong; valid choices`` and
+never quotes a value that looks like a credential (:func:`shown`: a price file pointed at a ``.env``
+must not print the key it holds).
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import json
+import math
 import os
 import re
 import stat
@@ -17,28 +20,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Final
 
+import orjson
 import yaml
 
 from ._credentials import looks_like_credential
 
 __all__ = [
-    "BOOLEAN_WORDS",
-    "MAX_BYTES",
-    "Document",
-    "JsonLoader",
-    "SafeLoader",
-    "as_typed",
-    "did_you_mean",
-    "invalid_yaml",
-    "join",
-    "listed",
-    "looks_like_credential",
-    "no_controls",
-    "one_line",
-    "printable",
-    "read_file",
-    "shown",
-]
+    "BOOLEAN_WORDS", "MAX_BYTES", "Document", "JsonLoader", "SafeLoader", "as_typed", "did_you_mean",
+    "invalid_yaml", "join", "listed", "loads", "looks_like_credential", "no_controls", "one_line",
+    "printable", "read_file", "shown", "strict_loads",
+]  # fmt: skip
 
 MAX_BYTES: Final = 1 << 20  # a price file or budgets.yaml of a megabyte is already absurd
 # what an environment variable's or ini setting's on/off value may be spelled as (lower-cased, stripped);
@@ -186,6 +177,34 @@ def _chunks(fd: int, limit: int) -> list[bytes]:
         chunks.append(chunk)
         limit -= len(chunk)
     return chunks
+
+
+def _not_finite(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
+
+
+def strict_loads(data: bytes | str) -> Any:
+    """Standard JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf."""
+    return json.loads(data, parse_constant=_not_finite, parse_float=_finite)
+
+
+def loads(line: bytes | str) -> Any:
+    """One JSON value, as :func:`strict_loads` reads it, fast: orjson, falling back on json for what
+    orjson refuses but JSON allows (a lone surrogate's escape, which the ledger writes for a context
+    value holding one). A ``ValueError`` (or ``RecursionError``) for anything else."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # malformed on every Python: json's own limit
+            raise  # is the recursion limit before 3.13, far deeper from 3.13 on
+        return strict_loads(line)
 
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -28,9 +28,9 @@ from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 from .._table import code
-from ..loading import join, read_file, shown
+from ..loading import join, read_file, shown, strict_loads
 from ._aggregate import EVENTS, CostRow, aggregate, as_text, make_query
-from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, STDIN, LogReader, missing, strict_loads, warn_unread
+from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, STDIN, LogReader, missing, warn_unread
 from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 

@@ -9,8 +9,6 @@ import errno
 import glob
 import gzip
 import io
-import json
-import math
 import os
 import stat
 import sys
@@ -20,15 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 from .._errors import ConfigError
 from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT
-from ..loading import listed, shown
+from ..loading import listed, loads, shown
 
 __all__ = [
     "COSTS_JSON", "MAX_LINE_BYTES", "PERIODS", "REPORT_SCHEMA", "InputStats", "LogReader", "is_pytest_report",
-    "iter_records", "missing", "refuse_reports", "resolve", "strict_loads", "warn_unread",
+    "iter_records", "missing", "refuse_reports", "resolve", "warn_unread",
 ]  # fmt: skip
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
@@ -296,34 +292,6 @@ def _lines(stream: _Stream) -> Iterator[bytes | None]:
             yield line
 
 
-def _not_finite(text: str) -> float:
-    raise ValueError(f"{text} is not a number JSON allows")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is too large for a number")
-    return value
-
-
-def strict_loads(data: bytes | str) -> Any:
-    """Standard JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf."""
-    return json.loads(data, parse_constant=_not_finite, parse_float=_finite)
-
-
-def _loads(line: bytes) -> Any:
-    """One JSON value: orjson, or (for what orjson refuses) :func:`strict_loads`, which reads a lone
-    surrogate escape (valid JSON, and the ledger writes one for a context value holding a lone
-    surrogate)."""
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        if str(exc).startswith("depth limit exceeded"):  # malformed on every Python: json's own limit
-            raise  # is the recursion limit before 3.13, far deeper from 3.13 on
-        return strict_loads(line)
-
-
 class LogReader:
     """Iterate over the records whose ``event`` is one of ``events`` in some logs, in file order, every
     file opened before the first line is read, so that a rotation meanwhile counts no line twice and
@@ -404,7 +372,7 @@ class LogReader:
                             source = None
                         why = f"over {MAX_LINE_BYTES:,} bytes"
                         try:
-                            record = None if line is None else _loads(line)
+                            record = None if line is None else loads(line)
                             why = "JSON, but not an object"
                         except (ValueError, RecursionError) as exc:
                             record, why = None, f"not JSON ({str(exc)[:80]})"
