@@ -144,9 +144,8 @@ def read_file(
 
     ``what`` ("price file") names the file in each ``error`` raised; ``hint`` follows "not found".
     Without ``streams`` only a regular file is read, opened non-blocking so a FIFO cannot hang us and
-    checked with ``fstat`` on the open file, so what is checked is what is read. With ``streams`` a pipe
-    (``<(command)``) is read too, still never past ``max_bytes`` (``/dev/zero`` ends in an error).
-    """
+    checked with ``fstat`` on the open file. With ``streams`` a pipe (``<(command)``) is read too, still
+    never past ``max_bytes`` (``/dev/zero`` ends in an error)."""
     name = name or path
     flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if streams else os.O_NONBLOCK)
     fd = None
@@ -158,7 +157,10 @@ def read_file(
         regular = stat.S_ISREG(info.st_mode)
         if not (regular or streams):
             raise error(f"{name}: is not a regular file (a device, FIFO or socket), expected a {what}")
-        data = b"".join(_chunks(fd, max_bytes + 1)) if not regular or info.st_size <= max_bytes else b""
+        data = b""
+        if not regular or info.st_size <= max_bytes:
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read(max_bytes + 1)
         if info.st_size > max_bytes or len(data) > max_bytes:
             raise error(f"{name}: is over {max_bytes:,} bytes, too big for a {what}")
         return data
@@ -169,14 +171,6 @@ def read_file(
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _chunks(fd: int, limit: int) -> list[bytes]:
-    chunks: list[bytes] = []
-    while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
-        chunks.append(chunk)
-        limit -= len(chunk)
-    return chunks
 
 
 def _not_finite(text: str) -> float:
@@ -298,10 +292,9 @@ class Document:
         self.name = name
         self.what = what  # "a price file": for messages
         self._error = error
-        # what composes: SafeLoader, or JsonLoader to read as JSON does; both libyaml's where installed,
-        # which refuses nesting past 1,000 levels where pure-Python PyYAML takes time quadratic in it
+        # SafeLoader, or JsonLoader to read as JSON does; both libyaml's where installed, which refuses
+        # nesting past 1,000 levels where pure-Python PyYAML takes time quadratic in it
         self._loader = loader or SafeLoader
-        # its constructor (with SafeLoader's checks), for nodes already composed
         self._constructor = (self._loader if issubclass(self._loader, SafeLoader) else SafeLoader)("")
         # mapping and list entries still to read: a file without aliases holds fewer than its characters,
         # one whose aliases (*name) repeat a long list inside many entries holds millions (set by compose)

@@ -32,7 +32,7 @@ from .._rates import DEFAULT_PROVIDER, PRICE_FILE_SOURCE, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from ..loading import as_typed, did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
-from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
+from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, report_kind, warn_unread
 from ._render import REPRICE_FORMATS, render_reprice
 from ._usage import COUNTS, NO_LENS, TOKENS, UsageRow, _epoch, recorded_name, tool_uses, usage_row
 
@@ -133,7 +133,7 @@ def read_usage(inputs: Sequence[str], query: Query) -> tuple[str, Iterable[Usage
     one = inputs[0] if len(inputs) == 1 else None
     if one is not None and not os.path.exists(one) and one != STDIN and not GLOB_CHARS & set(one):
         raise ConfigError(f"{one}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file")
-    if one is not None and os.path.isfile(one) and is_pytest_report(one):
+    if one is not None and os.path.isfile(one) and report_kind(one) == "pytest":
         if filtered:
             raise ConfigError(
                 f"{one}: --where, --since and --until select a log's calls; a pytest report keeps no "
