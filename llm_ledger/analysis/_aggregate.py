@@ -307,9 +307,6 @@ class BadRecord(ValueError):
     """A record of a known event whose fields are not what the ledger writes."""
 
 
-# -- reading one record --------------------------------------------------------------------------
-
-
 def _dict(value: Any) -> dict[str, Any]:
     return value if type(value) is dict else {}
 

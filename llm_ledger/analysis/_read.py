@@ -29,6 +29,7 @@ __all__ = [
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
 MAX_LINE_BYTES: Final = 16 << 20
+_TOO_LONG: Final = f"over {MAX_LINE_BYTES:,} bytes"
 REPORT_SCHEMA: Final = "llm-ledger-report"  # the "schema" of a pytest --llm-report file
 # a cost report's JSON, given where a log or a pytest report was expected, and what compares periods
 COSTS_JSON: Final = "the JSON of `llm-ledger report --format json` (a log's costs)"
@@ -357,17 +358,18 @@ class LogReader:
                                 stats.copied += 1
                                 continue
                             source = None
-                        why = f"over {MAX_LINE_BYTES:,} bytes"
+                        if line is None:
+                            stats.too_long += 1
+                            stats.malformed_line(number, _TOO_LONG)
+                            continue
                         try:
-                            record = None if line is None else loads(line)
-                            why = "JSON, but not an object"
+                            record = loads(line)
                         except (ValueError, RecursionError) as exc:
-                            record, why = None, f"not JSON ({str(exc)[:80]})"
+                            if line.strip():  # a blank line is no record and no damage
+                                stats.malformed_line(number, f"not JSON ({str(exc)[:80]})")
+                            continue
                         if type(record) is not dict:
-                            if line is None:
-                                stats.too_long += 1
-                            if line is None or line.strip():  # a blank line is no record and no damage
-                                stats.malformed_line(number, why)
+                            stats.malformed_line(number, "JSON, but not an object")
                             continue
                         event = record.get("event")
                         if event in events:

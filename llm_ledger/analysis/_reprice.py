@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
@@ -88,14 +89,14 @@ class Reprice:
     provider: str | None
     price_file: str | None
     rows: dict[str, Row] = field(default_factory=dict)
-    unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
+    unpriced_after: Counter[str] = field(default_factory=Counter)  # model -> calls
     no_usage_calls: int = 0  # calls that reported no usage: no tokens to price, before or after
     hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
     # calls a price file priced when made, whose model stays, priced again without it (no price_file)
     price_file_calls: int = 0
     tool_fee_calls: int = 0  # calls whose cost before leaves out their built-in tools' fees (web search...)
     pending_calls: int = 0  # background responses begun whose end no record read shows: no cost either side
-    unpriced_tools_after: dict[str, int] = field(default_factory=dict)  # kind -> uses with no fee after
+    unpriced_tools_after: Counter[str] = field(default_factory=Counter)  # kind -> uses with no fee after
 
     def total(self) -> Row:
         total = Row("(total)")
@@ -118,9 +119,6 @@ class Reprice:
             "pending_calls": self.pending_calls,
             "unpriced_tools_after": dict(sorted(self.unpriced_tools_after.items())),
         }
-
-
-# -- reading ---------------------------------------------------------------------------------------
 
 
 def read_usage(inputs: Sequence[str], query: Query) -> tuple[str, Iterable[UsageRow], list[InputStats]]:
@@ -184,9 +182,6 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             tool_uses=tool_uses(row.get("tool_uses")),
             **{name: row.get(name, 0) for name in COUNTS},
         )
-
-
-# -- pricing again ---------------------------------------------------------------------------------
 
 
 def parse_models(pairs: Iterable[str]) -> dict[str, str]:
@@ -285,9 +280,7 @@ def reprice(
                 fees, left_out = table._tool_fees(new or item.served_model, new or item.model, item.tool_uses)
                 cost += fees or 0
                 for kind in left_out or ():
-                    result.unpriced_tools_after[kind] = (
-                        result.unpriced_tools_after.get(kind, 0) + item.tool_uses[kind]
-                    )
+                    result.unpriced_tools_after[kind] += item.tool_uses[kind]
                 fees_left_out = bool(left_out)
             row.after_complete &= not fees_left_out
         if cost is None:
@@ -295,7 +288,7 @@ def reprice(
                 row.after_complete = False
                 name = new or item.model_name
                 name += f" (at {item.provider})" if own_server else ""
-                result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
+                result.unpriced_after[name] += item.calls
                 vendored = f"openai/{name}"  # OpenRouter's, Groq's... name for an OpenAI model
                 if (
                     not own_server
