@@ -9,7 +9,6 @@ import collections
 import contextlib
 import gzip
 import itertools
-import json
 import math
 import os
 import statistics
@@ -21,12 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 from ._errors import ConfigError, check_hook
 from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
-from .loading import BOOLEAN_WORDS, did_you_mean, shown
+from .loading import BOOLEAN_WORDS, did_you_mean, loads, shown
 
 __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
 
@@ -350,12 +347,9 @@ def _tail_records(
 def _records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if _LENS_MARK in line:
-            try:  # json reads what orjson refuses: a lone surrogate's escape, which the ledger writes
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
+            try:
+                record = loads(line)
+            except (ValueError, RecursionError):
+                continue
             if isinstance(record, dict) and record.get("event") == LENS_EVENT:
                 yield record

@@ -117,15 +117,11 @@ def _one_line(cells: Sequence[str]) -> list[str]:
     return [one_line(cell) for cell in cells]
 
 
-def _cell(text: str) -> str:
-    # a backslash inside a code span is shown as it is (only a table's "\|" is read there), so "<" is
-    # escaped outside code spans alone
-    return _LT_OUTSIDE_CODE.sub(_escape_lt, text).replace("|", "\\|")
-
-
 # a code span (kept: from a whole run of backticks to the next run of the same length) or a "<"
 _LT_OUTSIDE_CODE = re.compile(r"(?<!`)(`+)(?!`).+?(?<!`)\1(?!`)|<")
 
 
-def _escape_lt(match: re.Match[str]) -> str:
-    return "\\<" if match.group(0) == "<" else match.group(0)
+def _cell(text: str) -> str:
+    # a backslash inside a code span is shown as it is (only a table's "\|" is read there), so "<" is
+    # escaped outside code spans alone
+    return _LT_OUTSIDE_CODE.sub(lambda m: "\\<" if m[0] == "<" else m[0], text).replace("|", "\\|")

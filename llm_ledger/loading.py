@@ -1,15 +1,18 @@
 """The one loader for the YAML and JSON files llm-ledger reads (price files, budgets.yaml, cassettes,
-reports), public so that the pytest plugin and your own tools read files with the same limits and
-errors: :func:`read_file` reads at most :data:`MAX_BYTES` of a regular file; a :class:`Document` reads
-YAML node by node (no tag can run code) with one number parser (:meth:`Document.number`); every error
-reads ``file:line: key.path: what is wrong; valid choices`` and never quotes a value that looks like a
-credential (:func:`shown`: a price file pointed at a ``.env`` must not print the key it holds).
+reports, log lines), public so that the pytest plugin and your own tools read files with the same limits
+and errors: :func:`read_file` reads at most :data:`MAX_BYTES` of a regular file; :func:`loads` reads
+strict JSON; a :class:`Document` reads YAML node by node (no tag can run code) with one number parser
+(:meth:`Document.number`); every error reads ``file:line: key.path: what is wrong; valid choices`` and
+never quotes a value that looks like a credential (:func:`shown`: a price file pointed at a ``.env``
+must not print the key it holds).
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import json
+import math
 import os
 import re
 import stat
@@ -17,28 +20,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Final
 
+import orjson
 import yaml
 
 from ._credentials import looks_like_credential
 
 __all__ = [
-    "BOOLEAN_WORDS",
-    "MAX_BYTES",
-    "Document",
-    "JsonLoader",
-    "SafeLoader",
-    "as_typed",
-    "did_you_mean",
-    "invalid_yaml",
-    "join",
-    "listed",
-    "looks_like_credential",
-    "no_controls",
-    "one_line",
-    "printable",
-    "read_file",
-    "shown",
-]
+    "BOOLEAN_WORDS", "MAX_BYTES", "Document", "JsonLoader", "SafeLoader", "as_typed", "did_you_mean",
+    "invalid_yaml", "join", "listed", "loads", "looks_like_credential", "no_controls", "one_line",
+    "printable", "read_file", "shown", "strict_loads",
+]  # fmt: skip
 
 MAX_BYTES: Final = 1 << 20  # a price file or budgets.yaml of a megabyte is already absurd
 # what an environment variable's or ini setting's on/off value may be spelled as (lower-cased, stripped);
@@ -153,9 +144,8 @@ def read_file(
 
     ``what`` ("price file") names the file in each ``error`` raised; ``hint`` follows "not found".
     Without ``streams`` only a regular file is read, opened non-blocking so a FIFO cannot hang us and
-    checked with ``fstat`` on the open file, so what is checked is what is read. With ``streams`` a pipe
-    (``<(command)``) is read too, still never past ``max_bytes`` (``/dev/zero`` ends in an error).
-    """
+    checked with ``fstat`` on the open file. With ``streams`` a pipe (``<(command)``) is read too, still
+    never past ``max_bytes`` (``/dev/zero`` ends in an error)."""
     name = name or path
     flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if streams else os.O_NONBLOCK)
     fd = None
@@ -167,7 +157,10 @@ def read_file(
         regular = stat.S_ISREG(info.st_mode)
         if not (regular or streams):
             raise error(f"{name}: is not a regular file (a device, FIFO or socket), expected a {what}")
-        data = b"".join(_chunks(fd, max_bytes + 1)) if not regular or info.st_size <= max_bytes else b""
+        data = b""
+        if not regular or info.st_size <= max_bytes:
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read(max_bytes + 1)
         if info.st_size > max_bytes or len(data) > max_bytes:
             raise error(f"{name}: is over {max_bytes:,} bytes, too big for a {what}")
         return data
@@ -180,12 +173,32 @@ def read_file(
             os.close(fd)
 
 
-def _chunks(fd: int, limit: int) -> list[bytes]:
-    chunks: list[bytes] = []
-    while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
-        chunks.append(chunk)
-        limit -= len(chunk)
-    return chunks
+def _not_finite(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
+
+
+def strict_loads(data: bytes | str) -> Any:
+    """Standard JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf."""
+    return json.loads(data, parse_constant=_not_finite, parse_float=_finite)
+
+
+def loads(line: bytes | str) -> Any:
+    """One JSON value, as :func:`strict_loads` reads it, fast: orjson, falling back on json for what
+    orjson refuses but JSON allows (a lone surrogate's escape, which the ledger writes for a context
+    value holding one). A ``ValueError`` (or ``RecursionError``) for anything else."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # malformed on every Python: json's own limit
+            raise  # is the recursion limit before 3.13, far deeper from 3.13 on
+        return strict_loads(line)
 
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -279,10 +292,9 @@ class Document:
         self.name = name
         self.what = what  # "a price file": for messages
         self._error = error
-        # what composes: SafeLoader, or JsonLoader to read as JSON does; both libyaml's where installed,
-        # which refuses nesting past 1,000 levels where pure-Python PyYAML takes time quadratic in it
+        # SafeLoader, or JsonLoader to read as JSON does; both libyaml's where installed, which refuses
+        # nesting past 1,000 levels where pure-Python PyYAML takes time quadratic in it
         self._loader = loader or SafeLoader
-        # its constructor (with SafeLoader's checks), for nodes already composed
         self._constructor = (self._loader if issubclass(self._loader, SafeLoader) else SafeLoader)("")
         # mapping and list entries still to read: a file without aliases holds fewer than its characters,
         # one whose aliases (*name) repeat a long list inside many entries holds millions (set by compose)

@@ -27,30 +27,11 @@ from .analysis._render import FORMATS, render
 from .analysis._usage import NO_ANSWER, NO_LENS, UsageRow, cost_gaps, failed_calls, usage_row
 
 __all__ = [
-    "FORMATS",
-    "NO_ANSWER",
-    "NO_LENS",
-    "REPORT_SCHEMA",
-    "CostReport",
-    "CostRow",
-    "InputStats",
-    "Query",
-    "QueryError",
-    "UsageRow",
-    "asgi_app",
-    "cost_decimal",
-    "cost_gaps",
-    "diff_reports",
-    "failed_calls",
-    "load_report",
-    "render",
-    "render_diff",
-    "summarise",
-    "summarise_records",
-    "text_table",
-    "usage_row",
+    "FORMATS", "NO_ANSWER", "NO_LENS", "REPORT_SCHEMA", "CostReport", "CostRow", "InputStats", "Query",
+    "QueryError", "UsageRow", "asgi_app", "cost_decimal", "cost_gaps", "diff_reports", "failed_calls",
+    "load_report", "render", "render_diff", "summarise", "summarise_records", "text_table", "usage_row",
     "usd",
-]
+]  # fmt: skip
 
 Paths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 When = str | date | datetime | None
@@ -70,10 +51,8 @@ def summarise(
     value (or values) to keep, compared as text. ``since`` (inclusive) and ``until`` (exclusive):
     ISO dates or date-times, dates or datetimes; without a time zone, on ``tz``'s clock. ``tz``: an IANA
     time zone name (``"America/New_York"``) whose clock the day, hour, week and month read; UTC by
-    default. A pytest ``--llm-report`` file among the files ``paths`` name (a glob's matches, a
-    directory's) is refused, as by ``llm-ledger report`` (read it with :func:`load_report`). A directory
-    that logrotate rotates meanwhile is read as it was when its files were opened: each line once
-    (docs/REPORTING.md)."""
+    default. A pytest ``--llm-report`` file among the files ``paths`` name is refused, as by
+    ``llm-ledger report`` (read it with :func:`load_report`) (docs/REPORTING.md)."""
     query = make_query(by, where, since, until, tz)
     return aggregate(
         LogReader([paths] if isinstance(paths, str | os.PathLike) else paths, events=EVENTS), query

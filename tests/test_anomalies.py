@@ -306,6 +306,18 @@ def test_the_baseline_survives_a_restart(fresh_config: None, tmp_path: Path, fak
     assert logged[-2:] == ["lens_summary", "lens_anomaly"]  # the log keeps it too
 
 
+def test_the_rebuild_skips_a_line_nested_too_deeply(
+    fresh_config: None, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """A corrupt lens_summary line nested past any parser's depth (read by neither orjson nor json) is
+    skipped by the rebuild, as other malformed lines are: configure() does not raise RecursionError."""
+    _learn(tmp_path, fake_openai)
+    deep = b'{"event": "lens_summary", "summary": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    with (tmp_path / "llm_calls.jsonl").open("ab") as log:
+        log.write(deep)
+    _restart_catches_a_runaway_run(tmp_path, fake_openai)
+
+
 @pytest.mark.parametrize(
     "rotated", ["llm_calls.jsonl.1", "llm_calls.jsonl.1.gz", "llm_calls.jsonl-20261204.gz"]
 )

@@ -22,7 +22,7 @@ from pythonjsonlogger.json import JsonFormatter
 import llm_ledger
 import llm_ledger.testing
 from llm_ledger import JsonlFileHandler, _config, _jsonl
-from llm_ledger.analysis._read import strict_loads
+from llm_ledger.loading import strict_loads
 from llm_ledger.report import summarise
 from llm_ledger.testing import FakeOpenAI
 from llm_ledger.testing import capture as capture_records

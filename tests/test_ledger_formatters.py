@@ -16,7 +16,7 @@ import pytest
 from pythonjsonlogger.json import JsonFormatter
 
 import llm_ledger
-from llm_ledger.analysis._read import strict_loads
+from llm_ledger.loading import strict_loads
 from llm_ledger.testing import FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
 

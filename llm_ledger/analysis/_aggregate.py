@@ -54,9 +54,8 @@ _OBJECTS: Final = frozenset(
 
 
 def _check_known(query: Query, present: set[str]) -> None:
-    """Refuse a dimension no record has (a typo such as ``usr_id``), naming those the records have: it
-    would put every record in one null group, or filter every record out, without saying why (one that
-    some records lack is fine: they group under None)."""
+    """Refuse a dimension no record has (a typo such as ``usr_id``, which would put every record in one
+    null group or filter every record out), naming those the records have."""
     for parameter, names in (("by", query.by), ("where", tuple(query.where))):
         for name in names:
             if name in _BUILT_IN or name in present or name.partition(".")[0] in present:
@@ -93,7 +92,7 @@ class Query:
     @property
     def zone(self) -> ZoneInfo | None:
         """The zone of ``tz``; None for UTC (the records' own)."""
-        return None if self.tz == "UTC" else ZoneInfo(self.tz)
+        return _zone(self.tz)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,7 +109,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _zone(tz: Any) -> ZoneInfo | None:
-    """The zone an IANA name (``Europe/Paris``) names; None for UTC."""
+    """The zone an IANA name (``Europe/Paris``) names; None for UTC; :class:`QueryError` for no zone."""
     if tz in ("UTC", "Z"):
         return None
     try:
@@ -220,9 +219,8 @@ def make_query(
 
 @dataclass(frozen=True, slots=True)
 class CostRow:
-    """The sums of one group: ``key`` maps each dimension to its value (None when records lack it).
-    ``cost_usd`` leaves out ``unpriced_calls``; ``cut_short_runs`` of the ``lens_runs`` have calls in the
-    logs but no summary (docs/REPORTING.md, "The rows")."""
+    """The sums of one group: ``key`` maps each dimension to its value (None when records lack it)
+    (docs/REPORTING.md, "The rows")."""
 
     key: dict[str, Any]
     lens_runs: int = 0
@@ -235,8 +233,8 @@ class CostRow:
     cost_usd: Decimal = _ZERO
     unpriced_calls: int = 0
     cut_short_runs: int = 0
-    over_budget: int = 0  # budget_exceeded records: limits a lens run went over
-    anomalies: int = 0  # lens_anomaly records: a run's metric far above its baseline
+    over_budget: int = 0  # budget_exceeded records
+    anomalies: int = 0  # lens_anomaly records
     duration_ms: float = 0.0  # of all calls together
 
     @property
@@ -307,9 +305,6 @@ class CostReport:
 
 class BadRecord(ValueError):
     """A record of a known event whose fields are not what the ledger writes."""
-
-
-# -- reading one record --------------------------------------------------------------------------
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -450,7 +445,7 @@ class _Sums:
     calls: int = 0
     errors: int = 0
     prompt_tokens: int = 0
-    cached_tokens: int = 0  # the part of prompt_tokens the provider's prompt cache served
+    cached_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cost_usd: Decimal = _ZERO

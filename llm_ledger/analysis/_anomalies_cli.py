@@ -16,8 +16,9 @@ from .._anomalies import METRICS, SCALES, AnomalyConfig, AnomalyDetector
 from .._cli import add_command, add_query_options
 from .._errors import ConfigError
 from .._records import LENS_EVENT, AnomalyRecord
+from ..loading import loads
 from ._aggregate import Query, make_query, parse_where, select
-from ._read import LogReader, _loads, warn_unread
+from ._read import LogReader, warn_unread
 from ._render import ANOMALY_FORMATS, render_anomalies
 
 __all__ = ["register", "replay", "run"]
@@ -37,7 +38,7 @@ def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig, query: Q
     def in_turn() -> Iterator[dict[str, Any]]:
         nonlocal judged
         for _, text in runs:
-            record = _loads(text)
+            record = loads(text)
             judged = detector.observe(record)  # every run joins the baselines, listed or not
             yield record
 
@@ -48,7 +49,7 @@ def replay(records: Iterable[Mapping[str, Any]], config: AnomalyConfig, query: Q
 
 def _dumps(record: Mapping[str, Any]) -> bytes:
     """``record`` as JSON, with json for what orjson refuses: a lone surrogate (the ledger logs one as
-    its escape), an integer past 64 bits (a corrupt line), both read back by :func:`_loads`."""
+    its escape), an integer past 64 bits (a corrupt line); :func:`loads` reads both back."""
     try:
         return memoryview(orjson.dumps(record)).tobytes()
     except TypeError:

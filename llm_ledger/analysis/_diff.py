@@ -28,9 +28,9 @@ from .._cli import add_command
 from .._errors import ConfigError
 from .._records import CALL_EVENT, LENS_EVENT
 from .._table import code
-from ..loading import join, read_file, shown
+from ..loading import join, read_file, shown, strict_loads
 from ._aggregate import EVENTS, CostRow, aggregate, as_text, make_query
-from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, STDIN, LogReader, missing, strict_loads, warn_unread
+from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, STDIN, LogReader, missing, warn_unread
 from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
@@ -54,6 +54,8 @@ _REQUIRED: Final = {
 }
 _MAX_METRIC: Final = 1e15  # larger counts or costs are not real, and would overflow a percentage
 MAX_REPORT_BYTES: Final = 64 << 20
+# a usage row's counts of calls whose cost is left out: a lens's cost is then incomplete
+_INCOMPLETE: Final = ("uncosted_calls", "tool_fee_calls", "pending_calls", "lost_answer_calls")
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -260,16 +262,10 @@ def _row(
 
 
 def _models(report: dict[str, Any], lens: str) -> list[str]:
-    """The models the calls of a lens asked for, from a report's usage rows
-    (none in a report written before it had them)."""
-    rows = report.get("usage", ())
-    return sorted(
-        {
-            model_name(r.get("model"), r.get("served_model"))
-            for r in rows
-            if (r.get("lens") or NO_LENS) == lens
-        }
-    )
+    """The models the calls of a lens asked for, from a report's usage rows (none in a report written
+    before it had them)."""
+    rows = [r for r in report.get("usage", ()) if (r.get("lens") or NO_LENS) == lens]
+    return sorted({model_name(r.get("model"), r.get("served_model")) for r in rows})
 
 
 def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -287,13 +283,7 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
             for row in rows
         ),
         "cost_usd": sum(row.get("cost_usd", 0) for row in rows),
-        "cost_complete": not any(
-            row.get("uncosted_calls")
-            or row.get("tool_fee_calls")
-            or row.get("pending_calls")
-            or row.get("lost_answer_calls")
-            for row in rows
-        ),
+        "cost_complete": not any(row.get(count) for row in rows for count in _INCOMPLETE),
         "errors": sum(row.get("failed_calls", 0) for row in rows) if counted else None,
         "tests_with_failed_calls": sorted(
             {t for row in rows for t in row.get("tests_with_failed_calls", ())}
@@ -303,29 +293,23 @@ def _no_lens(report: dict[str, Any]) -> dict[str, Any] | None:
 
 def _cost_gaps(report: dict[str, Any], lens: str | None) -> str:
     """Why a lens's cost (every lens's for None) is incomplete, from the report's usage rows."""
-    unpriced: Counter[str] = Counter()
-    no_usage: Counter[str] = Counter()
-    units: Counter[str] = Counter()  # of no_usage, calls billed in units no price table prices
-    total_only: Counter[str] = Counter()  # of no_usage, the others that reported only total_tokens
-    tool_fees: Counter[str] = Counter()
-    pending: Counter[str] = Counter()  # background responses begun whose end the session never recorded
-    lost: Counter[str] = Counter()  # calls with an answer billed whose usage was lost
+    reasons = ("unpriced", "no_usage", "units", "tool_fees", "pending", "total_only", "lost")
+    calls: dict[str, Counter[str]] = {reason: Counter() for reason in reasons}
     for row in report.get("usage", ()):  # load_report checked their counts
         if lens in (None, row.get("lens")):
             model = model_name(row.get("model"), row.get("served_model"))
-            units[model] += row.get("unpriced_unit_calls", 0)
-            total_only[model] += row.get("total_only_calls", 0)
-            no_usage[model] += max(
-                row.get("no_usage_calls", 0)
-                - row.get("unpriced_unit_calls", 0)
-                - row.get("total_only_calls", 0),
-                0,
+            n = {count: row.get(count, 0) for count in COUNTS}
+            # no_usage_calls holds unpriced_unit_calls and total_only_calls; uncosted_calls holds it
+            calls["no_usage"][model] += max(
+                n["no_usage_calls"] - n["unpriced_unit_calls"] - n["total_only_calls"], 0
             )
-            unpriced[model] += max(row.get("uncosted_calls", 0) - row.get("no_usage_calls", 0), 0)
-            tool_fees[model] += row.get("tool_fee_calls", 0)
-            pending[model] += row.get("pending_calls", 0)
-            lost[model] += row.get("lost_answer_calls", 0)
-    return cost_gaps(unpriced, no_usage, units, tool_fees, pending, total_only, lost)
+            calls["unpriced"][model] += max(n["uncosted_calls"] - n["no_usage_calls"], 0)
+            calls["units"][model] += n["unpriced_unit_calls"]
+            calls["total_only"][model] += n["total_only_calls"]
+            calls["tool_fees"][model] += n["tool_fee_calls"]
+            calls["pending"][model] += n["pending_calls"]
+            calls["lost"][model] += n["lost_answer_calls"]
+    return cost_gaps(**calls)
 
 
 def _calling(report: dict[str, Any]) -> set[str]:

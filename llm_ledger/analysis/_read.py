@@ -9,8 +9,6 @@ import errno
 import glob
 import gzip
 import io
-import json
-import math
 import os
 import stat
 import sys
@@ -20,19 +18,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 from .._errors import ConfigError
 from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT
-from ..loading import listed, shown
+from ..loading import listed, loads, shown
 
 __all__ = [
-    "COSTS_JSON", "MAX_LINE_BYTES", "PERIODS", "REPORT_SCHEMA", "InputStats", "LogReader", "is_pytest_report",
-    "iter_records", "missing", "refuse_reports", "resolve", "strict_loads", "warn_unread",
+    "COSTS_JSON", "MAX_LINE_BYTES", "PERIODS", "REPORT_SCHEMA", "InputStats", "LogReader", "iter_records",
+    "missing", "report_kind", "resolve", "warn_unread",
 ]  # fmt: skip
 
 # A call record is a few hundred bytes; one with captured content can be large, but not this large.
 MAX_LINE_BYTES: Final = 16 << 20
+_TOO_LONG: Final = f"over {MAX_LINE_BYTES:,} bytes"
 REPORT_SCHEMA: Final = "llm-ledger-report"  # the "schema" of a pytest --llm-report file
 # a cost report's JSON, given where a log or a pytest report was expected, and what compares periods
 COSTS_JSON: Final = "the JSON of `llm-ledger report --format json` (a log's costs)"
@@ -100,16 +97,10 @@ class InputStats:
         }
 
 
-def is_pytest_report(path: str) -> bool:
-    """Whether the regular file ``path`` is a pytest ``--llm-report`` file (indented JSON, which would
-    read as nothing but malformed log lines); False when it cannot be read: the reader says why."""
-    return _report_kind(path) == "pytest"
-
-
-def _report_kind(path: str) -> str | None:
+def report_kind(path: str) -> str | None:
     """ "costs" for the JSON ``llm-ledger report --format json`` writes (its first key ``by``), "pytest"
-    for a pytest ``--llm-report`` file or other indented JSON, None for anything else or a file that
-    cannot be read."""
+    for a pytest ``--llm-report`` file or other indented JSON (either would read as nothing but
+    malformed log lines), None for anything else or a file that cannot be read (the reader says why)."""
     try:
         with open(path, "rb") as file:
             first = file.readline(1 << 16).strip()
@@ -121,12 +112,11 @@ def _report_kind(path: str) -> str | None:
     return "pytest" if first == b"{" or first.startswith(f'{{"schema": "{REPORT_SCHEMA}"'.encode()) else None
 
 
-def refuse_reports(names: Iterable[str]) -> None:
+def _refuse_reports(names: Iterable[str]) -> None:
     """:class:`ConfigError` for a pytest ``--llm-report`` file, or the JSON of ``llm-ledger report``,
-    among the log files ``names``: read as a log it would be nothing but malformed lines, an empty
-    answer; the error names what reads it."""
+    among the log files ``names``, naming what reads it."""
     for name in filter(os.path.isfile, names):  # not a pipe: what is read here would be lost to the reader
-        kind = _report_kind(name)
+        kind = report_kind(name)
         if kind == "pytest":
             raise ConfigError(
                 f"{name}: a pytest --llm-report file, not a log of calls; compare two with "
@@ -138,11 +128,9 @@ def refuse_reports(names: Iterable[str]) -> None:
 
 def warn_unread(command: str, stats: Iterable[InputStats]) -> None:
     """Say on stderr, per input, which malformed lines ``command`` skipped and where an input ended
-    early (a ``.gz`` cut short): its answer leaves them out. Called before the answer is written: an
-    input named with lines, none of them one the ledger wrote (the wrong file), is a :class:`ConfigError`
-    naming it, as a pytest report among the logs is, not an answer that leaves it out; such a file a
-    directory or a glob brought (another program's ``app.jsonl`` beside the ledger's log) is skipped
-    with a word, unless no input held a line the ledger wrote."""
+    early (a ``.gz`` cut short). Called before the answer is written: an input named with lines, none
+    of them one the ledger wrote (the wrong file), is a :class:`ConfigError`; such a file a directory
+    or a glob brought is skipped with a word, unless no input held a line the ledger wrote."""
     stats = list(stats)
     nothing = not any(one.ledger_lines for one in stats)
     if wrong := [one for one in stats if one.wrong_input and (one.given or nothing)]:
@@ -215,10 +203,8 @@ def missing(name: str) -> bool:
     search) is not missing: opening it says why."""
     try:
         os.stat(name)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        return False
+    except OSError as exc:
+        return isinstance(exc, FileNotFoundError | NotADirectoryError)
     return False
 
 
@@ -296,43 +282,13 @@ def _lines(stream: _Stream) -> Iterator[bytes | None]:
             yield line
 
 
-def _not_finite(text: str) -> float:
-    raise ValueError(f"{text} is not a number JSON allows")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is too large for a number")
-    return value
-
-
-def strict_loads(data: bytes | str) -> Any:
-    """Standard JSON: NaN, Infinity and numbers past a float's range are refused, not read as inf."""
-    return json.loads(data, parse_constant=_not_finite, parse_float=_finite)
-
-
-def _loads(line: bytes) -> Any:
-    """One JSON value: orjson, or (for what orjson refuses) :func:`strict_loads`, which reads a lone
-    surrogate escape (valid JSON, and the ledger writes one for a context value holding a lone
-    surrogate)."""
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        if str(exc).startswith("depth limit exceeded"):  # malformed on every Python: json's own limit
-            raise  # is the recursion limit before 3.13, far deeper from 3.13 on
-        return strict_loads(line)
-
-
 class LogReader:
     """Iterate over the records whose ``event`` is one of ``events`` in some logs, in file order, every
     file opened before the first line is read, so that a rotation meanwhile counts no line twice and
-    loses none (docs/REPORTING.md, "Reading while logrotate rotates");
-    ``stats`` says, per input, what was read and rejected (a consumer that finds a yielded record
-    unusable calls :meth:`reject`). A pytest ``--llm-report`` file among the files the inputs name (a
-    glob's matches, a directory's) is a :class:`ConfigError`, unless ``whole_dirs`` (the cost API, which
-    answers over whatever a log directory holds): then its lines count as malformed, and an empty
-    directory is no error."""
+    loses none (docs/REPORTING.md, "Reading while logrotate rotates"); ``stats`` says, per input, what
+    was read and rejected (:meth:`reject`). A pytest ``--llm-report`` file among the files the inputs
+    name is a :class:`ConfigError`, unless ``whole_dirs`` (the cost API, which answers over whatever a
+    log directory holds): then its lines count as malformed, and an empty directory is no error."""
 
     def __init__(
         self,
@@ -345,13 +301,13 @@ class LogReader:
         self._empty_dirs = whole_dirs
         self.names: list[str] = resolve(self._inputs, empty_dirs=whole_dirs)
         if not whole_dirs:
-            refuse_reports(self.names)
+            _refuse_reports(self.names)
         self.events: frozenset[str] = frozenset(events)
         self.stats: list[InputStats] = []
         self._current: InputStats | None = None
 
     def reject(self, why: str = "not the record it claims to be") -> None:
-        """Count the record just yielded as malformed: it is JSON, but not the record it claims to be."""
+        """Count the record just yielded as malformed: a consumer found it unusable."""
         stats = self._current
         if stats is not None and stats.records:
             stats.records -= 1
@@ -402,17 +358,18 @@ class LogReader:
                                 stats.copied += 1
                                 continue
                             source = None
-                        why = f"over {MAX_LINE_BYTES:,} bytes"
+                        if line is None:
+                            stats.too_long += 1
+                            stats.malformed_line(number, _TOO_LONG)
+                            continue
                         try:
-                            record = None if line is None else _loads(line)
-                            why = "JSON, but not an object"
+                            record = loads(line)
                         except (ValueError, RecursionError) as exc:
-                            record, why = None, f"not JSON ({str(exc)[:80]})"
+                            if line.strip():  # a blank line is no record and no damage
+                                stats.malformed_line(number, f"not JSON ({str(exc)[:80]})")
+                            continue
                         if type(record) is not dict:
-                            if line is None:
-                                stats.too_long += 1
-                            if line is None or line.strip():  # a blank line is no record and no damage
-                                stats.malformed_line(number, why)
+                            stats.malformed_line(number, "JSON, but not an object")
                             continue
                         event = record.get("event")
                         if event in events:

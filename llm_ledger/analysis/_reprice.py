@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
@@ -32,7 +33,7 @@ from .._rates import DEFAULT_PROVIDER, PRICE_FILE_SOURCE, provider_error
 from .._records import CALL_EVENT, USD_UNIT_DIGITS, Usage, cost_decimal
 from ..loading import as_typed, did_you_mean, shown
 from ._aggregate import Query, make_query, parse_where, select
-from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, is_pytest_report, warn_unread
+from ._read import GLOB_CHARS, STDIN, InputStats, LogReader, report_kind, warn_unread
 from ._render import REPRICE_FORMATS, render_reprice
 from ._usage import COUNTS, NO_LENS, TOKENS, UsageRow, _epoch, recorded_name, tool_uses, usage_row
 
@@ -88,14 +89,14 @@ class Reprice:
     provider: str | None
     price_file: str | None
     rows: dict[str, Row] = field(default_factory=dict)
-    unpriced_after: dict[str, int] = field(default_factory=dict)  # model -> calls
+    unpriced_after: Counter[str] = field(default_factory=Counter)  # model -> calls
     no_usage_calls: int = 0  # calls that reported no usage: no tokens to price, before or after
     hints: dict[str, str] = field(default_factory=dict)  # unpriced model -> how to price it
     # calls a price file priced when made, whose model stays, priced again without it (no price_file)
     price_file_calls: int = 0
     tool_fee_calls: int = 0  # calls whose cost before leaves out their built-in tools' fees (web search...)
     pending_calls: int = 0  # background responses begun whose end no record read shows: no cost either side
-    unpriced_tools_after: dict[str, int] = field(default_factory=dict)  # kind -> uses with no fee after
+    unpriced_tools_after: Counter[str] = field(default_factory=Counter)  # kind -> uses with no fee after
 
     def total(self) -> Row:
         total = Row("(total)")
@@ -120,9 +121,6 @@ class Reprice:
         }
 
 
-# -- reading ---------------------------------------------------------------------------------------
-
-
 def read_usage(inputs: Sequence[str], query: Query) -> tuple[str, Iterable[UsageRow], list[InputStats]]:
     """("log" or "report", the usage recorded in ``inputs``, what reading each log found: filled in as
     the usage, read one call at a time, is iterated); :class:`ConfigError` says what is wrong. One
@@ -133,7 +131,7 @@ def read_usage(inputs: Sequence[str], query: Query) -> tuple[str, Iterable[Usage
     one = inputs[0] if len(inputs) == 1 else None
     if one is not None and not os.path.exists(one) and one != STDIN and not GLOB_CHARS & set(one):
         raise ConfigError(f"{one}: no such file; pass an llm_calls.jsonl log or a pytest --llm-report file")
-    if one is not None and os.path.isfile(one) and is_pytest_report(one):
+    if one is not None and os.path.isfile(one) and report_kind(one) == "pytest":
         if filtered:
             raise ConfigError(
                 f"{one}: --where, --since and --until select a log's calls; a pytest report keeps no "
@@ -184,9 +182,6 @@ def _report_usage(path: str) -> Iterator[UsageRow]:
             tool_uses=tool_uses(row.get("tool_uses")),
             **{name: row.get(name, 0) for name in COUNTS},
         )
-
-
-# -- pricing again ---------------------------------------------------------------------------------
 
 
 def parse_models(pairs: Iterable[str]) -> dict[str, str]:
@@ -285,9 +280,7 @@ def reprice(
                 fees, left_out = table._tool_fees(new or item.served_model, new or item.model, item.tool_uses)
                 cost += fees or 0
                 for kind in left_out or ():
-                    result.unpriced_tools_after[kind] = (
-                        result.unpriced_tools_after.get(kind, 0) + item.tool_uses[kind]
-                    )
+                    result.unpriced_tools_after[kind] += item.tool_uses[kind]
                 fees_left_out = bool(left_out)
             row.after_complete &= not fees_left_out
         if cost is None:
@@ -295,7 +288,7 @@ def reprice(
                 row.after_complete = False
                 name = new or item.model_name
                 name += f" (at {item.provider})" if own_server else ""
-                result.unpriced_after[name] = result.unpriced_after.get(name, 0) + item.calls
+                result.unpriced_after[name] += item.calls
                 vendored = f"openai/{name}"  # OpenRouter's, Groq's... name for an OpenAI model
                 if (
                     not own_server

@@ -76,9 +76,8 @@ def failed_calls(count: int | str | None = None) -> str:
 
 @functools.cache
 def _prices() -> PriceTable:
-    """genai-prices' table alone, which is what prices a call by the time of day (a price file's rates
-    are flat): the one that tells whether a row read from a log written before records said
-    (``cost.priced_at``) needs its moment."""
+    """genai-prices' table alone (a price file's rates are flat): whether a row from a log written
+    before records said (``cost.priced_at``) was priced by the time of day."""
     from .._pricing import PriceTable
 
     return PriceTable()
@@ -157,10 +156,9 @@ class UsageRow:
 
     @property
     def priced_minute(self) -> str:
-        """The UTC minute the call was priced at (ISO) when its price depends on the time of day, else "":
-        a report's rows do not change with the minute a run was made in unless repricing needs it. That
-        minute is the record's ``cost.priced_at`` (the call's start, or the time of day a test session
-        fixed); a record written before records said it was priced at its start."""
+        """The UTC minute the call was priced at (ISO: ``cost.priced_at``, else its start) when its
+        price depends on the time of day, else "": a report's rows change with the minute only when
+        repricing needs it."""
         if self.at is None or self.priced_by_time is False:
             return ""
         minute = datetime.fromtimestamp(self.at // 60 * 60, UTC).isoformat()
@@ -176,13 +174,9 @@ def usage_row(record: Mapping[str, Any]) -> UsageRow:
 
     Missing or malformed fields read as unknown: no lens is ``"<no lens>"``, no provider ``"openai"``,
     a token count that is not a whole number >= 0 is 0. A call recorded without a cost is uncosted when
-    it was billed (it did not fail, or failed after using tokens: the lens summary's rule); one that did
-    not fail but reported no prompt and completion tokens has no usage (a total alone cannot be priced).
-    One whose cost leaves out its built-in tools' fees (``cost.left_out``) counts in ``tool_fee_calls``;
-    its uses of them (``response.tool_uses``) are kept (:func:`tool_uses`). One with an answer billed
-    whose usage was lost (``cost.attempts_left_out``, or a failed call billed with no usage: a body that
-    broke after a 2xx) counts in ``lost_answer_calls``, not in ``uncosted_calls``.
-    """
+    it was billed (the lens summary's rule); one that did not fail but reported no prompt and completion
+    tokens has no usage. One with an answer billed whose usage was lost (``cost.attempts_left_out``, or
+    a failed call billed with no usage) counts in ``lost_answer_calls``, not in ``uncosted_calls``."""
     usage = _dict(record.get("usage"))
     server = _dict(record.get("server"))
     response = _dict(record.get("response"))
@@ -249,8 +243,7 @@ def _epoch(stamp: Any) -> float | None:
 
 def model_name(model: Any, served_model: Any) -> str:
     """The name messages give a call's model, from a record or a report's usage row: the model asked
-    for, else the model that answered (a request that names none), else ``"<no model>"``. The
-    plugin's terminal lines and ``llm-ledger diff`` both name an unpriced call's model this way."""
+    for, else the model that answered, else ``"<no model>"``."""
     return recorded_name(model) or recorded_name(served_model) or NO_MODEL
 
 
@@ -263,13 +256,9 @@ def cost_gaps(
     total_only: Mapping[str, int] | None = None,
     lost: Mapping[str, int] | None = None,
 ) -> str:
-    """Why a cost leaves calls out, from the calls per model (:func:`model_name`) billed with tokens
-    but no known price, those that reported no usage, the image, audio and video calls billed in
-    ``units`` no price table prices, those whose built-in tools' fees have no price, the background
-    responses whose end no record shows (``pending``), the calls whose usage gave only its total
-    (``total_only``) and those with answers billed whose usage was lost (``lost``): "no known price for
-    model 'x' (2 calls); no usage reported by calls to 'y' (1 call)". The plugin's lines and
-    ``llm-ledger diff`` say it so."""
+    """Why a cost leaves calls out, from the calls per model (:func:`model_name`) of each reason (the
+    parameters, in the order of the message): "no known price for model 'x' (2 calls); no usage
+    reported by calls to 'y' (1 call)". The plugin's lines and ``llm-ledger diff`` say it so."""
     parts = []
     for what, counts in (
         ("no known price for model", unpriced),
