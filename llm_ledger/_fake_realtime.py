@@ -16,14 +16,22 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ._fake_server import (
+    STREAM_ERROR,
+    JSONDict,
+    _check_headers,
+    _Refusal,
+    _reply_text,
+    _responses,
+    _tokens,
+    _tool_calls,
+    error_body,
+)
+
 __all__ = ["RealtimeServer"]
 
-JSONDict = dict[str, Any]
-
-GREETING = "Hello! How can I help you today?"
-TRANSCRIPT = "Summary: the recording"  # what the session's input transcription hears, as the HTTP fake's
+TRANSCRIPT = _reply_text("the recording", {})  # what the session's input transcription hears
 IMAGE_TOKENS = 85  # the tokens of each input_image part of an item (a low-detail image's)
-FAILED = "The server had an error while processing your request."
 LIVE_ASK = "what is the weather like"  # what a Live session asks its Responses delegation
 # the x-fake-* keys a response.create's metadata takes (strings, as metadata is): int, or the values taken
 _STEERING: dict[str, Any] = {
@@ -39,13 +47,9 @@ _DETAILS: dict[str, JSONDict] = {
     "incomplete": {"type": "incomplete", "reason": "max_output_tokens"},
     "failed": {
         "type": "failed",
-        "error": {"type": "server_error", "code": "server_error", "message": FAILED},
+        "error": {"type": "server_error", "code": "server_error", "message": STREAM_ERROR},
     },
 }
-
-
-def _tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
 
 
 def transcription(session: JSONDict) -> JSONDict:
@@ -173,7 +177,7 @@ class _Session:
         if model is None or chosen.get("prompt") == "x-fake-fault: hang":
             return
         if chosen.get("prompt") == "x-fake-fault: error":
-            error = {"type": "server_error", "code": "server_error", "message": FAILED, "param": None}
+            error = {"type": "server_error", "code": "server_error", "message": STREAM_ERROR, "param": None}
             self.send({"type": "conversation.item.input_audio_transcription.failed", "item_id": item,
                        "content_index": 0, "error": error})  # fmt: skip
             return
@@ -207,8 +211,6 @@ class _Session:
         modalities = (
             asked.get("output_modalities") or asked.get("modalities") or self.session.get("output_modalities")
         )
-        from ._fake_server import _tool_calls
-
         # a function the response (else the session) must call: its arguments, in place of an answer
         tools = {key: asked.get(key, self.session.get(key)) for key in ("tools", "tool_choice")}
         called = next((c["function"] for c in _tool_calls(tools, {}, next(self.server.counter))), None)
@@ -217,9 +219,7 @@ class _Session:
         user = next(
             (item["text"] for item in reversed(self.items) if item["role"] == "user" and item["text"]), ""
         )
-        text = " ".join(["Summary:", *user.split()[:8]]) if user else GREETING
-        if called is not None:
-            text = called["arguments"]
+        text = _reply_text(user, {}) if called is None else called["arguments"]
         chunks = max(1, int(steering.get("x-fake-chunks", 5)))
         size = math.ceil(len(text) / chunks)
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
@@ -338,15 +338,11 @@ class _ResponsesSocket:
         self.connection.send(json.dumps(event))
 
     def refuse(self, event: JSONDict, status: int, message: str | None, body: Any = None) -> None:
-        from ._fake_server import error_body
-
         lane = {"stream_id": event["stream_id"]} if "stream_id" in event else {}
         error = (body or error_body(status, message))["error"]
         self.connection.send(json.dumps({"type": "error", "status": status, "error": error, **lane}))
 
     def respond(self, event: JSONDict) -> str | None:
-        from ._fake_server import _check_headers, _Refusal, _responses
-
         body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
         metadata = body.get("metadata")
         metadata = metadata if isinstance(metadata, dict) else {}

@@ -36,12 +36,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._cli import add_listen_options, listening
-from ._fake_realtime import RealtimeServer
 from .exporters._prometheus import shutdown_now
+
+if TYPE_CHECKING:
+    from ._fake_realtime import RealtimeServer
 
 __all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
 
@@ -1282,6 +1284,8 @@ class FakeOpenAI:
     def websocket_base_url(self) -> str:
         """``ws://HOST:PORT2/v1``, the Realtime and Responses APIs' (a client's ``websocket_base_url``): a
         ``websockets`` server on a port of its own, started at the first read (docs/FAKE_SERVER.md)."""
+        from ._fake_realtime import RealtimeServer  # it imports this module
+
         with self._lock:
             if self._realtime is None:
                 self._realtime = RealtimeServer(self.host, self.history)
