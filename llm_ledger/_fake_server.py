@@ -19,6 +19,7 @@ import base64
 import contextlib
 import email
 import email.policy
+import functools
 import hashlib
 import importlib
 import itertools
@@ -804,12 +805,9 @@ _IMAGE_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "auto": 1056}
 _IMAGE_INPUT_TOKENS = 388  # the input image tokens of each uploaded image
 
 
-def _files(body: JSONDict, *names: str) -> list[JSONDict]:
-    """The uploaded files of the form fields ``names`` (``image`` or ``image[]``...)."""
-    found = [body.get(n) for n in names]
-    return [f for f in found if isinstance(f, dict)] + [
-        f for n in names for f in (body.get(n + "[]") or []) if isinstance(f, dict)
-    ]
+def _files(body: JSONDict, name: str) -> list[JSONDict]:
+    """The files uploaded as the form field ``name``, or ``name[]`` (sent more than once)."""
+    return [f for f in [body.get(name), *(body.get(name + "[]") or [])] if isinstance(f, dict)]
 
 
 def _streamed(body: JSONDict) -> bool:
@@ -817,9 +815,14 @@ def _streamed(body: JSONDict) -> bool:
     return body.get("stream") in (True, "true", "True")
 
 
-def _images(body: JSONDict, faults: set[str], uploads: int, kind: str) -> _Reply | _Stream:
+def _images(
+    body: JSONDict, headers: dict[str, str], num: int, faults: set[str], kind: str = "image_generation"
+) -> _Reply | _Stream:
     """An images answer: GPT Image models report token usage, DALL·E's none. Streamed (GPT Image
     models), ``partial_images`` events ``{kind}.partial_image`` then one ``{kind}.completed``."""
+    uploads = len(_files(body, "image")) if kind == "image_edit" else 0
+    if kind == "image_edit" and not uploads:
+        raise _Refusal(400, "'image' is required: upload it as a file field.", param="image")
     n = int(body.get("n") or 1)
     model = str(body["model"])
     if not model.startswith("gpt-image"):
@@ -854,20 +857,9 @@ def _images(body: JSONDict, faults: set[str], uploads: int, kind: str) -> _Reply
     )
 
 
-def _image_generation(
-    body: JSONDict, headers: dict[str, str], num: int, faults: set[str]
+def _audio_text(
+    body: JSONDict, headers: dict[str, str], num: int, faults: set[str], task: str = "transcribe"
 ) -> _Reply | _Stream:
-    return _images(body, faults, 0, "image_generation")
-
-
-def _image_upload(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
-    uploads = len(_files(body, "image"))
-    if not uploads:
-        raise _Refusal(400, "'image' is required: upload it as a file field.", param="image")
-    return _images(body, faults, uploads, "image_edit")
-
-
-def _audio_text(body: JSONDict, headers: dict[str, str], faults: set[str], task: str) -> _Reply | _Stream:
     """A transcription or translation of the uploaded ``file``: gpt-4o models report tokens (the
     audio's, a token per 100 bytes), whisper-1 seconds (a second per 16,000 bytes). A streamed
     transcription: ``transcript.text.delta`` events, then ``transcript.text.done`` with the usage."""
@@ -902,14 +894,6 @@ def _audio_text(body: JSONDict, headers: dict[str, str], faults: set[str], task:
     if kind == "verbose_json":
         answer = {"task": task, "language": "english", "duration": usage.get("seconds", 1.0), **answer}
     return _with_usage(answer, usage, faults) if task == "transcribe" else _Reply(answer)
-
-
-def _transcriptions(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
-    return _audio_text(body, headers, faults, "transcribe")
-
-
-def _translations(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
-    return _audio_text(body, headers, faults, "translate")
 
 
 def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
@@ -994,11 +978,11 @@ _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | 
     "/v1/responses/compact": _compact,
     "/v1/embeddings": _embeddings,
     "/v1/completions": _completions,
-    "/v1/images/generations": _image_generation,
-    "/v1/images/edits": _image_upload,
-    "/v1/images/variations": _image_upload,
-    "/v1/audio/transcriptions": _transcriptions,
-    "/v1/audio/translations": _translations,
+    "/v1/images/generations": _images,
+    "/v1/images/edits": functools.partial(_images, kind="image_edit"),
+    "/v1/images/variations": functools.partial(_images, kind="image_edit"),
+    "/v1/audio/transcriptions": _audio_text,
+    "/v1/audio/translations": functools.partial(_audio_text, task="translate"),
     "/v1/audio/speech": _speech,
     "/v1/videos": _video,
     "/v1/videos/edits": _video,
@@ -1169,20 +1153,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(status, headers={"retry-after-ms": "1"})
         if "not-json" in faults:
             return _Reply(b"<html>oops</html>")
-        if (
-            path.startswith("/v1/responses/") and path not in _ROUTES
-        ):  # a stored Response: retrieved or cancelled
+        if path.startswith("/v1/responses/") and path not in _ROUTES:  # a stored Response's GET, cancel
             return self.server.fake._stored(self.command, path, urlsplit(self.path).query)
         remix = _REMIX.match(path)
-        if self.command != "POST" or (path not in _ROUTES and remix is None):
+        endpoint = functools.partial(_video, remixed=remix[1]) if remix else _ROUTES.get(path)
+        if self.command != "POST" or endpoint is None:
             raise _Refusal(404, f"Invalid URL ({self.command} {path})")
         if not isinstance(body, dict):
             raise _Refusal(400, "We could not parse the JSON body of your request (fake).")
         if not isinstance(body.get("model"), str) and not path.startswith("/v1/videos"):  # a video's defaults
             raise _Refusal(400, "You must provide a model parameter.")
-        if remix is not None:
-            return _video(body, headers, self._num, faults, remixed=remix[1])
-        reply = _ROUTES[path](body, headers, self._num, faults)
+        reply = endpoint(body, headers, self._num, faults)
         if path != "/v1/responses":
             return reply
         # a background response answered whole is streamed too when retrieved with stream=true
