@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import threading
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -96,22 +97,15 @@ class _Session:
 
     def run(self) -> None:
         self.send({"type": "session.created", "session": self.session})
-        for message in self.connection:
+        for event in self.server.events(self.connection):
             try:
-                event = json.loads(message)
-                if type(event) is not dict:
+                if event is None:
                     raise _Refused("The event must be a JSON object.", {})
-                if self.server.history:
-                    self.server.received.append(event)
                 if self.handle(event) == "close":
                     return
             except _Refused as refused:
                 error = {"type": "invalid_request_error", "code": refused.code, "message": str(refused)}
                 self.send({"type": "error", "error": {**error, "param": None, "event_id": refused.event_id}})
-            except ValueError:
-                self.send(
-                    {"type": "error", "error": {"type": "invalid_request_error", "message": "Invalid JSON."}}
-                )
 
     def handle(self, event: JSONDict) -> str | None:
         kind = event.get("type")
@@ -314,17 +308,10 @@ class _ResponsesSocket:
         }
 
     def run(self) -> None:
-        for message in self.connection:
-            try:
-                event = json.loads(message)
-            except ValueError:
-                event = None
-            if type(event) is not dict:
+        for event in self.server.events(self.connection):
+            if event is None:
                 self.refuse({}, 400, "The event must be a JSON object.")
-                continue
-            if self.server.history:
-                self.server.received.append(event)
-            if event.get("type") != "response.create":
+            elif event.get("type") != "response.create":
                 self.refuse(
                     event,
                     400,
@@ -382,10 +369,8 @@ class _LiveSocket(_ResponsesSocket):
         config: JSONDict | None = None
         audio = 0
         events = (f"event_{n}" for n in itertools.count(1))
-        for message in self.connection:
-            event = json.loads(message)
-            if self.server.history:
-                self.server.received.append(event)
+        for given in self.server.events(self.connection):
+            event = given or {}
             kind, reply = event.get("type"), None
             if kind == "session.start":
                 config = event.get("session") or {}
@@ -441,6 +426,21 @@ class RealtimeServer:
         self.port = int(self._server.socket.getsockname()[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    def events(self, connection: Any) -> Iterator[JSONDict | None]:
+        """Each client event of ``connection``, recorded (with ``history``); None for one that is not a
+        JSON object."""
+        for message in connection:
+            try:
+                event = json.loads(message)
+            except ValueError:
+                event = None
+            if type(event) is not dict:
+                yield None
+                continue
+            if self.history:
+                self.received.append(event)
+            yield event
 
     @staticmethod
     def _check(connection: Any, request: Any) -> Any:
