@@ -53,6 +53,13 @@ JSONDict = dict[str, Any]
 CREATED = 1_700_000_000
 SPEECH_HEAD = b"\xff\xf3\x44\xc4"  # how the fake's speech starts: an MPEG audio frame header
 STREAM_ERROR = "The server had an error while processing your request."
+# a 1x1 transparent PNG: every image the fake makes
+_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+    )
+).decode()
 _LOREM = (
     "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et "
     "dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco laboris nisi"
@@ -421,7 +428,7 @@ _BUILT_IN_ITEMS: dict[str, tuple[str, JSONDict]] = {
         "code_interpreter_call",
         {"code": "print(6 * 7)", "container_id": "cntr_fake", "outputs": [{"type": "logs", "logs": "42\n"}]},
     ),
-    "image_generation": ("image_generation_call", {"result": None}),  # the image: set below (_PNG)
+    "image_generation": ("image_generation_call", {"result": _PNG}),
 }
 _BUILT_IN_ITEMS["web_search_preview"] = _BUILT_IN_ITEMS["web_search"]
 
@@ -430,15 +437,13 @@ def _built_in_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[J
     """The output items of the built-in tools a Responses request sends (web search, file search, code
     interpreter, image generation): each used ``x-fake-tool-uses`` times (default 1), in order."""
     kinds = [t.get("type") for t in body.get("tools") or [] if isinstance(t, dict)]
-    found = [_BUILT_IN_ITEMS[k] for k in kinds if isinstance(k, str) and k in _BUILT_IN_ITEMS]
-    uses = _count(headers, "tool-uses", 1)
     items: list[JSONDict] = []
-    for kind, fields in found:
-        for _ in range(uses):
-            prefix = "".join(word[0] for word in kind.split("_")[:2])  # ws_, fs_, ci_, ig_
-            extra = {"result": _PNG} if kind == "image_generation_call" else {}
-            items.append({"id": f"{prefix}_fake{num}x{len(items)}", "type": kind, "status": "completed"})
-            items[-1].update(fields, **extra)
+    for kind, fields in [_BUILT_IN_ITEMS[k] for k in kinds if isinstance(k, str) and k in _BUILT_IN_ITEMS]:
+        prefix = "".join(word[0] for word in kind.split("_")[:2])  # ws_, fs_, ci_, ig_
+        for _ in range(_count(headers, "tool-uses", 1)):
+            items.append(
+                {"id": f"{prefix}_fake{num}x{len(items)}", "type": kind, "status": "completed", **fields}
+            )
     return items
 
 
@@ -663,16 +668,13 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     done = "incomplete" if finish == "length" else "completed"
     # a function_call item per tool call, else one message whose content is the text, or the refusal
     output: list[JSONDict] = _built_in_calls(body, headers, num)
-    output += [
-        {
-            "id": "fc_" + c["id"].removeprefix("call_"),
+    for call in calls:
+        item = {
+            "id": "fc_" + call["id"].removeprefix("call_"),
             "type": "function_call",
             "status": "completed",
-            "call_id": c["id"],
-            **c["function"],
         }
-        for c in calls
-    ]
+        output.append({**item, "call_id": call["id"], **call["function"]})
     if not calls:
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         part = {"type": "refusal", "refusal": text} if refusal is not None else part
@@ -753,53 +755,37 @@ def _compact(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]
 
 
 def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[tuple[str, JSONDict]]:
-    """The stream events (type, fields) of one output item: added, its deltas (in ``x-fake-chunks``
-    pieces), done; a message's content part is added before its deltas and done after."""
+    """The stream events (type, fields) of one output item: added; a built-in tool call's
+    ``in_progress`` and ``completed``, or the text's deltas (in ``x-fake-chunks`` pieces) and done (a
+    message's between its content part's added and done); done."""
     at: JSONDict = {"item_id": item["id"], "output_index": index}
-    extra: JSONDict = {}
-    opened: list[tuple[str, JSONDict]] = []
-    closed: list[tuple[str, JSONDict]] = []
-    if item["type"].endswith("_call") and item["type"] != "function_call":  # a built-in tool's
-        added = {**item, "status": "in_progress"}
-        return [
-            ("response.output_item.added", {"output_index": index, "item": added}),
-            (f"response.{item['type']}.in_progress", at),
-            (f"response.{item['type']}.completed", at),
-            ("response.output_item.done", {"output_index": index, "item": item}),
-        ]
+    added: JSONDict = {**item, "status": "in_progress"}
+
+    def said(kind: str, key: str, text: str, at: JSONDict, extra: JSONDict) -> list[tuple[str, JSONDict]]:
+        deltas = [(f"response.{kind}.delta", {**at, "delta": p, **extra}) for p in _split(text, headers) if p]
+        return [*deltas, (f"response.{kind}.done", {**at, key: text, **extra})]
+
     if item["type"] == "function_call":
-        key, kind, text = "arguments", "function_call_arguments", item["arguments"]
-        added = {**item, "status": "in_progress", "arguments": ""}
-    else:
-        [part] = item["content"]
-        kind = part["type"]  # output_text (its deltas carry logprobs) or refusal
-        key, extra = ("refusal", {}) if kind == "refusal" else ("text", {"logprobs": []})
-        text, at, added = (
-            part[key],
-            {**at, "content_index": 0},
-            {**item, "status": "in_progress", "content": []},
-        )
-        opened = [("response.content_part.added", {**at, "part": {**part, key: ""}})]
-        closed = [("response.content_part.done", {**at, "part": part})]
-    return [
-        ("response.output_item.added", {"output_index": index, "item": added}),
-        *opened,
-        *((f"response.{kind}.delta", {**at, "delta": p, **extra}) for p in _split(text, headers) if p),
-        (f"response.{kind}.done", {**at, key: text, **extra}),
-        *closed,
-        ("response.output_item.done", {"output_index": index, "item": item}),
-    ]
+        added["arguments"] = ""
+        steps = said("function_call_arguments", "arguments", item["arguments"], at, {})
+    elif item["type"] == "message":
+        [part] = item["content"]  # output_text (its deltas carry logprobs) or refusal
+        key = "refusal" if part["type"] == "refusal" else "text"
+        extra: JSONDict = {"logprobs": []} if key == "text" else {}
+        at, added["content"] = {**at, "content_index": 0}, []
+        steps = [
+            ("response.content_part.added", {**at, "part": {**part, key: ""}}),
+            *said(part["type"], key, part[key], at, extra),
+            ("response.content_part.done", {**at, "part": part}),
+        ]
+    else:  # a built-in tool's call
+        steps = [(f"response.{item['type']}.{step}", at) for step in ("in_progress", "completed")]
+    added_event = ("response.output_item.added", {"output_index": index, "item": added})
+    return [added_event, *steps, ("response.output_item.done", {"output_index": index, "item": item})]
 
 
 # Images and audio: their uploads come as multipart forms (a file field is {"filename", "size"})
 
-# a 1x1 transparent PNG: every image the fake makes
-_PNG = base64.b64encode(
-    bytes.fromhex(
-        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-    )
-).decode()
 # gpt-image-1's output tokens per image of 1024x1024, by quality (OpenAI's image pricing table)
 _IMAGE_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "auto": 1056}
 _IMAGE_INPUT_TOKENS = 388  # the input image tokens of each uploaded image
