@@ -43,6 +43,12 @@ _STEERING: dict[str, Any] = {
     "x-fake-status": ("completed", "cancelled", "incomplete", "failed"),
     "x-fake-fault": ("close", "error"),
 }
+# the metadata keys of the input tokens served by the cache, by kind
+_CACHED = {
+    "text_tokens": "x-fake-cached-tokens",
+    "audio_tokens": "x-fake-cached-audio-tokens",
+    "image_tokens": "x-fake-cached-image-tokens",
+}
 _DETAILS: dict[str, JSONDict] = {
     "cancelled": {"type": "cancelled", "reason": "client_cancelled"},
     "incomplete": {"type": "incomplete", "reason": "max_output_tokens"},
@@ -62,15 +68,6 @@ def transcription(session: JSONDict) -> JSONDict:
     if chosen is None:
         chosen = session.get("input_audio_transcription")
     return chosen if isinstance(chosen, dict) else {}
-
-
-class _Refused(Exception):
-    """A client event the fake refuses: answered with an ``error`` event, as the API does."""
-
-    def __init__(self, message: str, event: JSONDict, code: str | None = None) -> None:
-        super().__init__(message)
-        self.event_id = event.get("event_id")
-        self.code = code
 
 
 class _Session:
@@ -100,12 +97,12 @@ class _Session:
         for event in self.server.events(self.connection):
             try:
                 if event is None:
-                    raise _Refused("The event must be a JSON object.", {})
+                    raise _Refusal(400, "The event must be a JSON object.")
                 if self.handle(event) == "close":
                     return
-            except _Refused as refused:
-                error = {"type": "invalid_request_error", "code": refused.code, "message": str(refused)}
-                self.send({"type": "error", "error": {**error, "param": None, "event_id": refused.event_id}})
+            except _Refusal as refused:  # an error event naming the client event refused, as the API's
+                error = {**refused.reply.body["error"], "event_id": (event or {}).get("event_id")}
+                self.send({"type": "error", "error": error})
 
     def handle(self, event: JSONDict) -> str | None:
         kind = event.get("type")
@@ -132,14 +129,11 @@ class _Session:
             try:
                 self.buffer += base64.b64decode(event.get("audio") or "", validate=True)
             except ValueError:
-                raise _Refused("Invalid 'audio': not base64.", event, "invalid_value") from None
+                raise _Refusal(400, "Invalid 'audio': not base64.", code="invalid_value") from None
         elif kind == "input_audio_buffer.commit":
             if not self.buffer:
-                raise _Refused(
-                    "Error committing input audio buffer: buffer is empty.",
-                    event,
-                    "input_audio_buffer_commit_empty",
-                )
+                message = "Error committing input audio buffer: buffer is empty."
+                raise _Refusal(400, message, code="input_audio_buffer_commit_empty")
             # a token of audio per 100 bytes, as the fake's transcriptions count it
             audio = math.ceil(len(self.buffer) / 100)
             self.items.append({"role": "user", "text": "", "audio": audio, "image": 0})
@@ -153,13 +147,10 @@ class _Session:
         elif kind == "response.create":
             return self.respond(event)
         elif kind == "response.cancel":  # every response has ended by the time the next event is read
-            raise _Refused(
-                "Cancellation failed: no active response found", event, "response_cancel_not_active"
-            )
+            message = "Cancellation failed: no active response found"
+            raise _Refusal(400, message, code="response_cancel_not_active")
         else:
-            raise _Refused(
-                f"Invalid value: {kind!r}. Supported values are the Realtime client events.", event
-            )
+            raise _Refusal(400, f"Invalid value: {kind!r}. Supported values are the Realtime client events.")
         return None
 
     def transcribe(self, item: str, audio: int) -> None:
@@ -190,18 +181,12 @@ class _Session:
         steering = asked.get("metadata") or {}
         for key, value in steering.items():
             kind = _STEERING.get(key)
-            if key.startswith("x-fake-") and (
-                kind is None
-                or (kind is int and not str(value).isdigit())
-                or (kind is not int and value not in kind)
-            ):
-                raise _Refused(
-                    f"Unknown fake steering {key}: {value!r} (docs/FAKE_SERVER.md, Realtime)", event
-                )
+            valid = str(value).isdigit() if kind is int else kind is not None and value in kind
+            if key.startswith("x-fake-") and not valid:
+                raise _Refusal(400, f"Unknown fake steering {key}: {value!r} (docs/FAKE_SERVER.md, Realtime)")
         if steering.get("x-fake-fault") == "error":
-            raise _Refused(
-                "The fake refused this response.create (x-fake-fault: error).", event, "fake_error"
-            )
+            message = "The fake refused this response.create (x-fake-fault: error)."
+            raise _Refusal(400, message, code="fake_error")
         modalities = (
             asked.get("output_modalities") or asked.get("modalities") or self.session.get("output_modalities")
         )
@@ -222,22 +207,15 @@ class _Session:
         elif status == "failed":
             pieces = []
         said = "".join(pieces)
-        rid = f"resp_{next(self.ids)}"
-        iid = f"item_{next(self.ids)}"
-        created: JSONDict = {
-            "id": rid,
-            "object": "realtime.response",
-            "status": "in_progress",
-            "output": [],
-            "usage": None,
-        }
-        self.send({"type": "response.created", "response": created})
-        part = "output_audio" if audio else "output_text"
+        rid, iid = f"resp_{next(self.ids)}", f"item_{next(self.ids)}"
+        response: JSONDict = {"id": rid, "object": "realtime.response"}
+        opened = {**response, "status": "in_progress", "output": [], "usage": None}
+        self.send({"type": "response.created", "response": opened})
+        at = {"response_id": rid, "item_id": iid, "output_index": 0}
+        where = {**at, "content_index": 0}
         for piece in pieces:
-            where = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
             if called is not None:
-                self.send({"type": "response.function_call_arguments.delta", "response_id": rid,
-                           "item_id": iid, "output_index": 0, "call_id": f"call_{iid}",
+                self.send({"type": "response.function_call_arguments.delta", **at, "call_id": f"call_{iid}",
                            "delta": piece})  # fmt: skip
             elif audio:
                 self.send({"type": "response.output_audio_transcript.delta", **where, "delta": piece})
@@ -253,44 +231,39 @@ class _Session:
         text_in = sum(_tokens(item["text"]) + 4 for item in self.items) + _tokens(
             self.session.get("instructions") or ""
         )
-        audio_in = sum(item["audio"] for item in self.items)
-        image_in = sum(item["image"] for item in self.items)
-        cached_audio = min(audio_in, int(steering.get("x-fake-cached-audio-tokens", 0)))
-        cached_image = min(image_in, int(steering.get("x-fake-cached-image-tokens", 0)))
-        cached_text = min(text_in, int(steering.get("x-fake-cached-tokens", 0)))
+        read = {
+            "text_tokens": text_in,
+            "audio_tokens": sum(item["audio"] for item in self.items),
+            "image_tokens": sum(item["image"] for item in self.items),
+        }
+        cached = {kind: min(tokens, int(steering.get(_CACHED[kind], 0))) for kind, tokens in read.items()}
         text_out = _tokens(said)
         audio_out = len(said) if audio else 0  # an audio token a character, as the fake's speech
         output = []
-        done = "completed" if status == "completed" else "incomplete"
-        if status != "failed" and called is not None:
-            output.append({"id": iid, "object": "realtime.item", "type": "function_call", "status": done,
-                           "name": called["name"], "call_id": f"call_{iid}", "arguments": said})  # fmt: skip
-            self.items.append({"role": "assistant", "text": said, "audio": 0, "image": 0})
-        elif status != "failed":
-            content = {"type": part, "transcript": said} if audio else {"type": part, "text": said}
-            output.append({"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
-                           "status": done, "content": [content]})  # fmt: skip
+        if status != "failed":  # the answer joins the conversation
+            done = "completed" if status == "completed" else "incomplete"
+            item = {"id": iid, "object": "realtime.item", "status": done}
+            if called is not None:
+                call = {"name": called["name"], "call_id": f"call_{iid}", "arguments": said}
+                output.append({**item, "type": "function_call", **call})
+            else:
+                kind, key = ("output_audio", "transcript") if audio else ("output_text", "text")
+                answer = {"type": "message", "role": "assistant", "content": [{"type": kind, key: said}]}
+                output.append({**item, **answer})
             self.items.append({"role": "assistant", "text": said, "audio": audio_out, "image": 0})
         usage = {
-            "total_tokens": text_in + audio_in + image_in + text_out + audio_out,
-            "input_tokens": text_in + audio_in + image_in,
+            "total_tokens": sum(read.values()) + text_out + audio_out,
+            "input_tokens": sum(read.values()),
             "output_tokens": text_out + audio_out,
             "input_token_details": {
-                "text_tokens": text_in,
-                "audio_tokens": audio_in,
-                "image_tokens": image_in,
-                "cached_tokens": cached_text + cached_audio + cached_image,
-                "cached_tokens_details": {
-                    "text_tokens": cached_text,
-                    "audio_tokens": cached_audio,
-                    "image_tokens": cached_image,
-                },
+                **read,
+                "cached_tokens": sum(cached.values()),
+                "cached_tokens_details": cached,
             },
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }
-        response = {"id": rid, "object": "realtime.response", "status": status,
-                    "status_details": _DETAILS.get(status), "output": output, "output_modalities": modalities,
-                    "metadata": asked.get("metadata"), "usage": usage}  # fmt: skip
+        response.update(status=status, status_details=_DETAILS.get(status), output=output)
+        response.update(output_modalities=modalities, metadata=asked.get("metadata"), usage=usage)
         self.send({"type": "response.done", "response": response})
         return None
 
