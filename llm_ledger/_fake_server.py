@@ -922,9 +922,12 @@ def _video(
     })  # fmt: skip
 
 
-def _form(raw: bytes, content_type: str) -> JSONDict | None:
-    """A multipart form's fields: text as str, a file as {"filename", "size"} (its bytes are not kept);
-    a field sent more than once (``image[]``) as the list of them. None when it does not parse."""
+def _body(raw: bytes, content_type: str) -> Any:
+    """The JSON body, or a multipart form's fields (an upload's: images, audio): text as str, a file as
+    {"filename", "size"} (its bytes are not kept), a field sent more than once (``image[]``) as the list
+    of them. None for a form that does not parse; ValueError for JSON that does not."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        return json.loads(raw)
     message = email.message_from_bytes(
         b"content-type: " + content_type.encode() + b"\r\n\r\n" + raw, policy=email.policy.HTTP
     )
@@ -954,9 +957,9 @@ _ECHOED: JSONDict = {
     "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0,
     "truncation": "disabled", "user": None,
 }  # fmt: skip
+_QUERY_VALUE = re.compile(r"([?&][^=&\s]*=)[^&\s]*")  # a query parameter's name, then its value
 # Azure's deployment paths, and its paths of no deployment (``/openai/responses``, as the SDK's
 # AzureOpenAI calls the Responses API), served as the plain ``/v1`` ones
-_QUERY_VALUE = re.compile(r"([?&][^=&\s]*=)[^&\s]*")  # a query parameter's name, then its value
 _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)|^/openai(?=/(?!v1/))")
 _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | _Stream]] = {
     "/v1/chat/completions": _chat,
@@ -1073,12 +1076,8 @@ class _Handler(BaseHTTPRequestHandler):
             raw, unreadable = b"", exc
             self.close_connection = True
         headers = {k.lower(): v for k, v in self.headers.items()}
-        content_type = headers.get("content-type", "")
         try:
-            if content_type.lower().startswith("multipart/form-data"):
-                body = _form(raw, content_type)  # an upload's form: images, audio
-            else:
-                body = json.loads(raw)
+            body = _body(raw, headers.get("content-type", ""))
         except ValueError:  # an empty or malformed body
             body = None
         url = urlsplit(self.path)
