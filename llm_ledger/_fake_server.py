@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from ._cli import add_listen_options, listening
 from .exporters._prometheus import shutdown_now
@@ -1327,17 +1327,13 @@ class FakeOpenAI:
         for with ``background: true`` runs on: answered ``queued`` (a stream: its ``response.created``
         says so), ``in_progress`` to the first ``x-fake-polls`` retrieves (1 unless given),
         then as it ended."""
-        background = body.get("background") is True
+        background = body.get("background") is True  # the Response echoes it
         events = streamed.events if isinstance(streamed, _Stream) else []
         last = events[-1].get("response") if events else None  # a stream's Response, as it ended
         final = reply.body if isinstance(reply, _Reply) else last
         if not isinstance(final, dict) or not isinstance(final.get("id"), str):
             return reply  # an error answer, a stream ending in an error event: nothing to keep
-        final["background"] = background
         if background and events:
-            for event in events:
-                if isinstance(event.get("response"), dict):
-                    event["response"]["background"] = True
             events[0]["response"]["status"] = "queued"
         polls = _count(headers, "polls", 1) if background else 0
         with self._lock:
@@ -1354,13 +1350,13 @@ class FakeOpenAI:
         response_id, _, action = path.removeprefix("/v1/responses/").partition("/")
         if (method, action) not in (("GET", ""), ("POST", "cancel")):
             raise _Refusal(404, f"Invalid URL ({method} {path})")
-        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        params = dict(parse_qsl(query))
         with self._lock:
             job = self._responses.get(response_id)
             if job is None:
                 raise _Refusal(404, f"No response found with id '{response_id}'.", param="response_id")
             if action == "cancel":
-                if not job.final["background"]:
+                if job.final["background"] is not True:
                     raise _Refusal(400, "Only responses created with background=true can be cancelled.")
                 if job.polls > 0:  # still running: cancelled, with no usage (as OpenAI answers it)
                     job.final, job.events, job.polls = _running(job.final, "cancelled"), job.events[:1], 0
