@@ -111,18 +111,10 @@ class _Session:
             self.send({"type": "session.updated", "session": self.session})
         elif kind == "conversation.item.create":
             item = event.get("item") or {}
-            text = "".join(
-                part.get("text") or part.get("transcript") or ""
-                for part in item.get("content") or ()
-                if isinstance(part, dict)
-            )
-            images = sum(
-                isinstance(part, dict) and part.get("type") == "input_image"
-                for part in item.get("content") or ()
-            )
-            self.items.append(
-                {"role": item.get("role", "user"), "text": text, "audio": 0, "image": images * IMAGE_TOKENS}
-            )
+            parts = [part for part in item.get("content") or () if isinstance(part, dict)]
+            text = "".join(part.get("text") or part.get("transcript") or "" for part in parts)
+            images = IMAGE_TOKENS * sum(part.get("type") == "input_image" for part in parts)
+            self.items.append({"role": item.get("role", "user"), "text": text, "audio": 0, "image": images})
             stored = {"id": f"item_{next(self.ids)}", "status": "completed", **item}
             self.send({"type": "conversation.item.created", "previous_item_id": None, "item": stored})
         elif kind == "input_audio_buffer.append":

@@ -835,12 +835,9 @@ def _images(
         ]
         done = {"type": f"{kind}.completed", "created_at": CREATED, **image}
         return _Stream([*partial, done if "no-usage" in faults else {**done, "usage": usage}], done=False)
-    data = [{"b64_json": _PNG} for _ in range(n)]
-    return _with_usage(
-        {"created": CREATED, "data": data, **{k: v for k, v in image.items() if k != "b64_json"}},
-        usage,
-        faults,
-    )
+    answer = {"created": CREATED, "data": [{"b64_json": _PNG} for _ in range(n)], **image}
+    del answer["b64_json"]  # in each image, not beside them
+    return _with_usage(answer, usage, faults)
 
 
 def _audio_text(
@@ -894,9 +891,8 @@ def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str])
     if body.get("stream_format") != "sse":
         return _Reply(audio, content_type="audio/mpeg")
     if str(body["model"]).startswith("tts-1"):
-        raise _Refusal(
-            400, "stream_format 'sse' is not supported for tts-1 or tts-1-hd.", param="stream_format"
-        )
+        message = "stream_format 'sse' is not supported for tts-1 or tts-1-hd."
+        raise _Refusal(400, message, param="stream_format")
     pieces = [p.encode("latin-1") for p in _split(audio.decode("latin-1"), headers)]
     deltas = [{"type": "speech.audio.delta", "audio": base64.b64encode(p).decode()} for p in pieces]
     usage = {"input_tokens": _tokens(text), "output_tokens": len(text)}
