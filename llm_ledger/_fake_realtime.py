@@ -26,7 +26,6 @@ from ._fake_server import (
     _responses,
     _tokens,
     _tool_calls,
-    error_body,
 )
 
 __all__ = ["RealtimeServer"]
@@ -275,13 +274,10 @@ class _ResponsesSocket:
     def run(self) -> None:
         for event in self.server.events(self.connection):
             if event is None:
-                self.refuse({}, 400, "The event must be a JSON object.")
+                self.refuse({}, _Refusal(400, "The event must be a JSON object."))
             elif event.get("type") != "response.create":
-                self.refuse(
-                    event,
-                    400,
-                    f"Invalid value: {event.get('type')!r}. Supported values are: 'response.create'.",
-                )
+                message = f"Invalid value: {event.get('type')!r}. Supported values are: 'response.create'."
+                self.refuse(event, _Refusal(400, message))
             elif self.respond(event) == "close":
                 return
 
@@ -289,10 +285,10 @@ class _ResponsesSocket:
         """Send one event of a response."""
         self.connection.send(json.dumps(event))
 
-    def refuse(self, event: JSONDict, status: int, message: str | None, body: Any = None) -> None:
+    def refuse(self, event: JSONDict, refused: _Refusal) -> None:
         lane = {"stream_id": event["stream_id"]} if "stream_id" in event else {}
-        error = (body or error_body(status, message))["error"]
-        self.connection.send(json.dumps({"type": "error", "status": status, "error": error, **lane}))
+        error = {"type": "error", "status": refused.reply.status, "error": refused.reply.body["error"]}
+        self.connection.send(json.dumps({**error, **lane}))
 
     def respond(self, event: JSONDict) -> str | None:
         body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
@@ -304,10 +300,10 @@ class _ResponsesSocket:
             _check_headers(headers)
             stream = _responses({**body, "stream": True}, headers, next(self.server.counter), faults)
         except _Refusal as refused:
-            self.refuse(event, refused.reply.status, None, refused.reply.body)
+            self.refuse(event, refused)
             return None
         except Exception as exc:  # a request the fake does not understand, as the HTTP fake answers it
-            self.refuse(event, 500, f"fake server error: {exc!r}")
+            self.refuse(event, _Refusal(500, f"fake server error: {exc!r}"))
             return None
         lane = {"stream_id": event["stream_id"]} if "stream_id" in event else {}
         cut = bool(faults & {"cut-stream", "reset"})
