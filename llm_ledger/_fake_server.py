@@ -1081,8 +1081,7 @@ class _Handler(BaseHTTPRequestHandler):
         route = route[route.find("/v1/") :] if route.find("/v1/") > 0 else route  # a proxy's prefix
         retry = headers.get("x-stainless-retry-count", "")
         retries = int(retry) if retry.isdigit() else None
-        # a queued failure goes to the request that arrives next, not to whichever finishes its delay
-        # first (a slow request outliving its test's timeout took the next test's failure)
+        # numbered, and given its queued failure, on arrival: not when a `slow` fault's delay ends
         self._num, failure = fake._arrived(
             RecordedRequest(self.command, url.path, headers, body, raw, retries, url.query)
         )
@@ -1195,7 +1194,7 @@ class _Handler(BaseHTTPRequestHandler):
                 # detach() leaves the socket object (still used by rfile/wfile/finish()) closed and inert
                 os.close(self.connection.detach())
 
-    def _send_head(self, status: int, extra: dict[str, str], content_type: str = "application/json") -> None:
+    def _send_head(self, status: int, extra: dict[str, str], content_type: str) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         if self._encoding:
@@ -1208,14 +1207,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeOpenAI:
-    """A loopback OpenAI-compatible server (chat completions, responses, embeddings, legacy completions,
-    images and audio; streamed or not) with deterministic text and usage, to point the real SDK at:
+    """A loopback OpenAI-compatible server with deterministic text and usage, to point the real SDK at:
     ``base_url`` for the client, ``requests`` and ``answers`` as received and sent, ``fail_next()`` to
-    queue errors. ``start()`` (or ``with``) runs it in a daemon thread; ``websocket_base_url`` starts
-    its Realtime and Responses API WebSockets (on a port of their own).
-
-    ``x-fake-*`` request headers steer it (tool calls, cached tokens, error statuses, cut or reset
-    streams...): the reference is docs/FAKE_SERVER.md.
+    queue errors; ``start()`` (or ``with``) runs it in a daemon thread, ``websocket_base_url`` starts its
+    WebSockets. ``x-fake-*`` request headers steer it (faults too): the reference is docs/FAKE_SERVER.md.
     """
 
     def __init__(
@@ -1378,10 +1373,8 @@ class FakeOpenAI:
     def _answered(self, path: str, reply: _Reply | _Stream) -> None:
         if not self.history:
             return
-        if isinstance(reply, _Stream):
-            answer = RecordedAnswer(path, 200, reply.events)
-        else:
-            answer = RecordedAnswer(path, reply.status, None if isinstance(reply.body, bytes) else reply.body)
+        status, body = (200, reply.events) if isinstance(reply, _Stream) else (reply.status, reply.body)
+        answer = RecordedAnswer(path, status, None if isinstance(body, bytes) else body)
         with self._lock:
             self.answers.append(answer)
 
@@ -1406,10 +1399,8 @@ def _serve(args: argparse.Namespace) -> int:
     # history=False: it runs until Ctrl-C, and nobody reads what it received (it would grow without end)
     server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet, history=False).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
-    try:  # the Realtime and Responses WebSockets, on a port of their own, when websockets is installed
+    with contextlib.suppress(RuntimeError):  # the WebSockets, on a port of their own, need websockets
         print(f"Realtime and Responses APIs on {server.websocket_base_url} (websocket_base_url)", flush=True)
-    except RuntimeError:
-        pass
     try:
         while True:  # until Ctrl-C: the KeyboardInterrupt is main()'s exit status 130
             time.sleep(3600)
