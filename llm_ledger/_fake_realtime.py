@@ -396,12 +396,9 @@ class RealtimeServer:
                 event = json.loads(message)
             except ValueError:
                 event = None
-            if type(event) is not dict:
-                yield None
-                continue
-            if self.history:
+            if type(event) is dict and self.history:
                 self.received.append(event)
-            yield event
+            yield event if type(event) is dict else None
 
     @staticmethod
     def _check(connection: Any, request: Any) -> Any:

@@ -696,7 +696,8 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     echoed["reasoning"] = {**_ECHOED["reasoning"], **(effort if isinstance(effort, dict) else {})}
     echoed["text"] = {"verbosity": "medium", **(body.get("text") or {}), "format": text_format}
 
-    def response(status: str, output: list[JSONDict], final: bool) -> JSONDict:
+    def response(status: str) -> JSONDict:
+        """The Response as it is at ``status``: no output before its end, nor when it failed."""
         answer: JSONDict = {
             "id": f"resp_{num}",
             "object": "response",
@@ -707,26 +708,26 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "error": {"code": "server_error", "message": STREAM_ERROR} if status == "failed" else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "model": _served_model(body, headers),
-            "output": output,
+            "output": [] if status in ("in_progress", "failed") else output,
             "service_tier": _served_tier(body),
         }
-        if not final:
+        if status == "in_progress":
             answer["usage"] = None
         elif "no-usage" not in faults:
             answer["usage"] = usage
         return answer
 
     if not body.get("stream"):
-        return _Reply(response(done, output, True))
-    created = ("response.created", {"response": response("in_progress", [], False)})
+        return _Reply(response(done))
+    created = ("response.created", {"response": response("in_progress")})
     in_items = [e for index, item in enumerate(output) for e in _item_events(index, item, headers)]
     if "stream-error" in faults:  # an error event after the first delta, then the end
         first = [e for e in in_items if e[0].endswith(".delta")][:1]
         error = {"code": "server_error", "message": STREAM_ERROR, "param": None}
         events = [created, *first, ("error", error)]
     else:
-        final = response("failed", [], True) if "response-failed" in faults else response(done, output, True)
-        in_progress = ("response.in_progress", {"response": response("in_progress", [], False)})
+        final = response("failed" if "response-failed" in faults else done)
+        in_progress = ("response.in_progress", {"response": response("in_progress")})
         events = [created, in_progress, *in_items, (f"response.{final['status']}", {"response": final})]
     return _Stream([{"type": t, "sequence_number": n, **e} for n, (t, e) in enumerate(events)], done=False)
 
