@@ -13,17 +13,25 @@ import itertools
 import json
 import math
 import threading
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ._fake_server import (
+    STREAM_ERROR,
+    JSONDict,
+    _check_headers,
+    _Refusal,
+    _reply_text,
+    _responses,
+    _tokens,
+    _tool_calls,
+)
+
 __all__ = ["RealtimeServer"]
 
-JSONDict = dict[str, Any]
-
-GREETING = "Hello! How can I help you today?"
-TRANSCRIPT = "Summary: the recording"  # what the session's input transcription hears, as the HTTP fake's
+TRANSCRIPT = _reply_text("the recording", {})  # what the session's input transcription hears
 IMAGE_TOKENS = 85  # the tokens of each input_image part of an item (a low-detail image's)
-FAILED = "The server had an error while processing your request."
 LIVE_ASK = "what is the weather like"  # what a Live session asks its Responses delegation
 # the x-fake-* keys a response.create's metadata takes (strings, as metadata is): int, or the values taken
 _STEERING: dict[str, Any] = {
@@ -34,18 +42,20 @@ _STEERING: dict[str, Any] = {
     "x-fake-status": ("completed", "cancelled", "incomplete", "failed"),
     "x-fake-fault": ("close", "error"),
 }
+# the metadata keys of the input tokens served by the cache, by kind
+_CACHED = {
+    "text_tokens": "x-fake-cached-tokens",
+    "audio_tokens": "x-fake-cached-audio-tokens",
+    "image_tokens": "x-fake-cached-image-tokens",
+}
 _DETAILS: dict[str, JSONDict] = {
     "cancelled": {"type": "cancelled", "reason": "client_cancelled"},
     "incomplete": {"type": "incomplete", "reason": "max_output_tokens"},
     "failed": {
         "type": "failed",
-        "error": {"type": "server_error", "code": "server_error", "message": FAILED},
+        "error": {"type": "server_error", "code": "server_error", "message": STREAM_ERROR},
     },
 }
-
-
-def _tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
 
 
 def transcription(session: JSONDict) -> JSONDict:
@@ -57,15 +67,6 @@ def transcription(session: JSONDict) -> JSONDict:
     if chosen is None:
         chosen = session.get("input_audio_transcription")
     return chosen if isinstance(chosen, dict) else {}
-
-
-class _Refused(Exception):
-    """A client event the fake refuses: answered with an ``error`` event, as the API does."""
-
-    def __init__(self, message: str, event: JSONDict, code: str | None = None) -> None:
-        super().__init__(message)
-        self.event_id = event.get("event_id")
-        self.code = code
 
 
 class _Session:
@@ -92,22 +93,15 @@ class _Session:
 
     def run(self) -> None:
         self.send({"type": "session.created", "session": self.session})
-        for message in self.connection:
+        for event in self.server.events(self.connection):
             try:
-                event = json.loads(message)
-                if type(event) is not dict:
-                    raise _Refused("The event must be a JSON object.", {})
-                if self.server.history:
-                    self.server.received.append(event)
+                if event is None:
+                    raise _Refusal(400, "The event must be a JSON object.")
                 if self.handle(event) == "close":
                     return
-            except _Refused as refused:
-                error = {"type": "invalid_request_error", "code": refused.code, "message": str(refused)}
-                self.send({"type": "error", "error": {**error, "param": None, "event_id": refused.event_id}})
-            except ValueError:
-                self.send(
-                    {"type": "error", "error": {"type": "invalid_request_error", "message": "Invalid JSON."}}
-                )
+            except _Refusal as refused:  # an error event naming the client event refused, as the API's
+                error = {**refused.reply.body["error"], "event_id": (event or {}).get("event_id")}
+                self.send({"type": "error", "error": error})
 
     def handle(self, event: JSONDict) -> str | None:
         kind = event.get("type")
@@ -116,32 +110,21 @@ class _Session:
             self.send({"type": "session.updated", "session": self.session})
         elif kind == "conversation.item.create":
             item = event.get("item") or {}
-            text = "".join(
-                part.get("text") or part.get("transcript") or ""
-                for part in item.get("content") or ()
-                if isinstance(part, dict)
-            )
-            images = sum(
-                isinstance(part, dict) and part.get("type") == "input_image"
-                for part in item.get("content") or ()
-            )
-            self.items.append(
-                {"role": item.get("role", "user"), "text": text, "audio": 0, "image": images * IMAGE_TOKENS}
-            )
+            parts = [part for part in item.get("content") or () if isinstance(part, dict)]
+            text = "".join(part.get("text") or part.get("transcript") or "" for part in parts)
+            images = IMAGE_TOKENS * sum(part.get("type") == "input_image" for part in parts)
+            self.items.append({"role": item.get("role", "user"), "text": text, "audio": 0, "image": images})
             stored = {"id": f"item_{next(self.ids)}", "status": "completed", **item}
             self.send({"type": "conversation.item.created", "previous_item_id": None, "item": stored})
         elif kind == "input_audio_buffer.append":
             try:
                 self.buffer += base64.b64decode(event.get("audio") or "", validate=True)
             except ValueError:
-                raise _Refused("Invalid 'audio': not base64.", event, "invalid_value") from None
+                raise _Refusal(400, "Invalid 'audio': not base64.", code="invalid_value") from None
         elif kind == "input_audio_buffer.commit":
             if not self.buffer:
-                raise _Refused(
-                    "Error committing input audio buffer: buffer is empty.",
-                    event,
-                    "input_audio_buffer_commit_empty",
-                )
+                message = "Error committing input audio buffer: buffer is empty."
+                raise _Refusal(400, message, code="input_audio_buffer_commit_empty")
             # a token of audio per 100 bytes, as the fake's transcriptions count it
             audio = math.ceil(len(self.buffer) / 100)
             self.items.append({"role": "user", "text": "", "audio": audio, "image": 0})
@@ -155,13 +138,10 @@ class _Session:
         elif kind == "response.create":
             return self.respond(event)
         elif kind == "response.cancel":  # every response has ended by the time the next event is read
-            raise _Refused(
-                "Cancellation failed: no active response found", event, "response_cancel_not_active"
-            )
+            message = "Cancellation failed: no active response found"
+            raise _Refusal(400, message, code="response_cancel_not_active")
         else:
-            raise _Refused(
-                f"Invalid value: {kind!r}. Supported values are the Realtime client events.", event
-            )
+            raise _Refusal(400, f"Invalid value: {kind!r}. Supported values are the Realtime client events.")
         return None
 
     def transcribe(self, item: str, audio: int) -> None:
@@ -173,7 +153,7 @@ class _Session:
         if model is None or chosen.get("prompt") == "x-fake-fault: hang":
             return
         if chosen.get("prompt") == "x-fake-fault: error":
-            error = {"type": "server_error", "code": "server_error", "message": FAILED, "param": None}
+            error = {"type": "server_error", "code": "server_error", "message": STREAM_ERROR, "param": None}
             self.send({"type": "conversation.item.input_audio_transcription.failed", "item_id": item,
                        "content_index": 0, "error": error})  # fmt: skip
             return
@@ -192,23 +172,15 @@ class _Session:
         steering = asked.get("metadata") or {}
         for key, value in steering.items():
             kind = _STEERING.get(key)
-            if key.startswith("x-fake-") and (
-                kind is None
-                or (kind is int and not str(value).isdigit())
-                or (kind is not int and value not in kind)
-            ):
-                raise _Refused(
-                    f"Unknown fake steering {key}: {value!r} (docs/FAKE_SERVER.md, Realtime)", event
-                )
+            valid = str(value).isdigit() if kind is int else kind is not None and value in kind
+            if key.startswith("x-fake-") and not valid:
+                raise _Refusal(400, f"Unknown fake steering {key}: {value!r} (docs/FAKE_SERVER.md, Realtime)")
         if steering.get("x-fake-fault") == "error":
-            raise _Refused(
-                "The fake refused this response.create (x-fake-fault: error).", event, "fake_error"
-            )
+            message = "The fake refused this response.create (x-fake-fault: error)."
+            raise _Refusal(400, message, code="fake_error")
         modalities = (
             asked.get("output_modalities") or asked.get("modalities") or self.session.get("output_modalities")
         )
-        from ._fake_server import _tool_calls
-
         # a function the response (else the session) must call: its arguments, in place of an answer
         tools = {key: asked.get(key, self.session.get(key)) for key in ("tools", "tool_choice")}
         called = next((c["function"] for c in _tool_calls(tools, {}, next(self.server.counter))), None)
@@ -217,9 +189,7 @@ class _Session:
         user = next(
             (item["text"] for item in reversed(self.items) if item["role"] == "user" and item["text"]), ""
         )
-        text = " ".join(["Summary:", *user.split()[:8]]) if user else GREETING
-        if called is not None:
-            text = called["arguments"]
+        text = _reply_text(user, {}) if called is None else called["arguments"]
         chunks = max(1, int(steering.get("x-fake-chunks", 5)))
         size = math.ceil(len(text) / chunks)
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
@@ -228,22 +198,15 @@ class _Session:
         elif status == "failed":
             pieces = []
         said = "".join(pieces)
-        rid = f"resp_{next(self.ids)}"
-        iid = f"item_{next(self.ids)}"
-        created: JSONDict = {
-            "id": rid,
-            "object": "realtime.response",
-            "status": "in_progress",
-            "output": [],
-            "usage": None,
-        }
-        self.send({"type": "response.created", "response": created})
-        part = "output_audio" if audio else "output_text"
+        rid, iid = f"resp_{next(self.ids)}", f"item_{next(self.ids)}"
+        response: JSONDict = {"id": rid, "object": "realtime.response"}
+        opened = {**response, "status": "in_progress", "output": [], "usage": None}
+        self.send({"type": "response.created", "response": opened})
+        at = {"response_id": rid, "item_id": iid, "output_index": 0}
+        where = {**at, "content_index": 0}
         for piece in pieces:
-            where = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
             if called is not None:
-                self.send({"type": "response.function_call_arguments.delta", "response_id": rid,
-                           "item_id": iid, "output_index": 0, "call_id": f"call_{iid}",
+                self.send({"type": "response.function_call_arguments.delta", **at, "call_id": f"call_{iid}",
                            "delta": piece})  # fmt: skip
             elif audio:
                 self.send({"type": "response.output_audio_transcript.delta", **where, "delta": piece})
@@ -259,44 +222,39 @@ class _Session:
         text_in = sum(_tokens(item["text"]) + 4 for item in self.items) + _tokens(
             self.session.get("instructions") or ""
         )
-        audio_in = sum(item["audio"] for item in self.items)
-        image_in = sum(item["image"] for item in self.items)
-        cached_audio = min(audio_in, int(steering.get("x-fake-cached-audio-tokens", 0)))
-        cached_image = min(image_in, int(steering.get("x-fake-cached-image-tokens", 0)))
-        cached_text = min(text_in, int(steering.get("x-fake-cached-tokens", 0)))
+        read = {
+            "text_tokens": text_in,
+            "audio_tokens": sum(item["audio"] for item in self.items),
+            "image_tokens": sum(item["image"] for item in self.items),
+        }
+        cached = {kind: min(tokens, int(steering.get(_CACHED[kind], 0))) for kind, tokens in read.items()}
         text_out = _tokens(said)
         audio_out = len(said) if audio else 0  # an audio token a character, as the fake's speech
         output = []
-        done = "completed" if status == "completed" else "incomplete"
-        if status != "failed" and called is not None:
-            output.append({"id": iid, "object": "realtime.item", "type": "function_call", "status": done,
-                           "name": called["name"], "call_id": f"call_{iid}", "arguments": said})  # fmt: skip
-            self.items.append({"role": "assistant", "text": said, "audio": 0, "image": 0})
-        elif status != "failed":
-            content = {"type": part, "transcript": said} if audio else {"type": part, "text": said}
-            output.append({"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
-                           "status": done, "content": [content]})  # fmt: skip
+        if status != "failed":  # the answer joins the conversation
+            done = "completed" if status == "completed" else "incomplete"
+            item = {"id": iid, "object": "realtime.item", "status": done}
+            if called is not None:
+                call = {"name": called["name"], "call_id": f"call_{iid}", "arguments": said}
+                output.append({**item, "type": "function_call", **call})
+            else:
+                kind, key = ("output_audio", "transcript") if audio else ("output_text", "text")
+                answer = {"type": "message", "role": "assistant", "content": [{"type": kind, key: said}]}
+                output.append({**item, **answer})
             self.items.append({"role": "assistant", "text": said, "audio": audio_out, "image": 0})
         usage = {
-            "total_tokens": text_in + audio_in + image_in + text_out + audio_out,
-            "input_tokens": text_in + audio_in + image_in,
+            "total_tokens": sum(read.values()) + text_out + audio_out,
+            "input_tokens": sum(read.values()),
             "output_tokens": text_out + audio_out,
             "input_token_details": {
-                "text_tokens": text_in,
-                "audio_tokens": audio_in,
-                "image_tokens": image_in,
-                "cached_tokens": cached_text + cached_audio + cached_image,
-                "cached_tokens_details": {
-                    "text_tokens": cached_text,
-                    "audio_tokens": cached_audio,
-                    "image_tokens": cached_image,
-                },
+                **read,
+                "cached_tokens": sum(cached.values()),
+                "cached_tokens_details": cached,
             },
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }
-        response = {"id": rid, "object": "realtime.response", "status": status,
-                    "status_details": _DETAILS.get(status), "output": output, "output_modalities": modalities,
-                    "metadata": asked.get("metadata"), "usage": usage}  # fmt: skip
+        response.update(status=status, status_details=_DETAILS.get(status), output=output)
+        response.update(output_modalities=modalities, metadata=asked.get("metadata"), usage=usage)
         self.send({"type": "response.done", "response": response})
         return None
 
@@ -314,22 +272,12 @@ class _ResponsesSocket:
         }
 
     def run(self) -> None:
-        for message in self.connection:
-            try:
-                event = json.loads(message)
-            except ValueError:
-                event = None
-            if type(event) is not dict:
-                self.refuse({}, 400, "The event must be a JSON object.")
-                continue
-            if self.server.history:
-                self.server.received.append(event)
-            if event.get("type") != "response.create":
-                self.refuse(
-                    event,
-                    400,
-                    f"Invalid value: {event.get('type')!r}. Supported values are: 'response.create'.",
-                )
+        for event in self.server.events(self.connection):
+            if event is None:
+                self.refuse({}, _Refusal(400, "The event must be a JSON object."))
+            elif event.get("type") != "response.create":
+                message = f"Invalid value: {event.get('type')!r}. Supported values are: 'response.create'."
+                self.refuse(event, _Refusal(400, message))
             elif self.respond(event) == "close":
                 return
 
@@ -337,16 +285,12 @@ class _ResponsesSocket:
         """Send one event of a response."""
         self.connection.send(json.dumps(event))
 
-    def refuse(self, event: JSONDict, status: int, message: str | None, body: Any = None) -> None:
-        from ._fake_server import error_body
-
+    def refuse(self, event: JSONDict, refused: _Refusal) -> None:
         lane = {"stream_id": event["stream_id"]} if "stream_id" in event else {}
-        error = (body or error_body(status, message))["error"]
-        self.connection.send(json.dumps({"type": "error", "status": status, "error": error, **lane}))
+        error = {"type": "error", "status": refused.reply.status, "error": refused.reply.body["error"]}
+        self.connection.send(json.dumps({**error, **lane}))
 
     def respond(self, event: JSONDict) -> str | None:
-        from ._fake_server import _check_headers, _Refusal, _responses
-
         body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
         metadata = body.get("metadata")
         metadata = metadata if isinstance(metadata, dict) else {}
@@ -356,10 +300,10 @@ class _ResponsesSocket:
             _check_headers(headers)
             stream = _responses({**body, "stream": True}, headers, next(self.server.counter), faults)
         except _Refusal as refused:
-            self.refuse(event, refused.reply.status, None, refused.reply.body)
+            self.refuse(event, refused)
             return None
         except Exception as exc:  # a request the fake does not understand, as the HTTP fake answers it
-            self.refuse(event, 500, f"fake server error: {exc!r}")
+            self.refuse(event, _Refusal(500, f"fake server error: {exc!r}"))
             return None
         lane = {"stream_id": event["stream_id"]} if "stream_id" in event else {}
         cut = bool(faults & {"cut-stream", "reset"})
@@ -386,10 +330,8 @@ class _LiveSocket(_ResponsesSocket):
         config: JSONDict | None = None
         audio = 0
         events = (f"event_{n}" for n in itertools.count(1))
-        for message in self.connection:
-            event = json.loads(message)
-            if self.server.history:
-                self.server.received.append(event)
+        for given in self.server.events(self.connection):
+            event = given or {}
             kind, reply = event.get("type"), None
             if kind == "session.start":
                 config = event.get("session") or {}
@@ -445,6 +387,18 @@ class RealtimeServer:
         self.port = int(self._server.socket.getsockname()[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    def events(self, connection: Any) -> Iterator[JSONDict | None]:
+        """Each client event of ``connection``, recorded (with ``history``); None for one that is not a
+        JSON object."""
+        for message in connection:
+            try:
+                event = json.loads(message)
+            except ValueError:
+                event = None
+            if type(event) is dict and self.history:
+                self.received.append(event)
+            yield event if type(event) is dict else None
 
     @staticmethod
     def _check(connection: Any, request: Any) -> Any:

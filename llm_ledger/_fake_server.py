@@ -19,6 +19,7 @@ import base64
 import contextlib
 import email
 import email.policy
+import functools
 import hashlib
 import importlib
 import itertools
@@ -36,12 +37,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from ._cli import add_listen_options, listening
-from ._fake_realtime import RealtimeServer
 from .exporters._prometheus import shutdown_now
+
+if TYPE_CHECKING:
+    from ._fake_realtime import RealtimeServer
 
 __all__ = ["FakeOpenAI", "RecordedAnswer", "RecordedRequest", "error_body"]
 
@@ -50,6 +53,13 @@ JSONDict = dict[str, Any]
 CREATED = 1_700_000_000
 SPEECH_HEAD = b"\xff\xf3\x44\xc4"  # how the fake's speech starts: an MPEG audio frame header
 STREAM_ERROR = "The server had an error while processing your request."
+# a 1x1 transparent PNG: every image the fake makes
+_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+    )
+).decode()
 _LOREM = (
     "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et "
     "dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco laboris nisi"
@@ -418,7 +428,7 @@ _BUILT_IN_ITEMS: dict[str, tuple[str, JSONDict]] = {
         "code_interpreter_call",
         {"code": "print(6 * 7)", "container_id": "cntr_fake", "outputs": [{"type": "logs", "logs": "42\n"}]},
     ),
-    "image_generation": ("image_generation_call", {"result": None}),  # the image: set below (_PNG)
+    "image_generation": ("image_generation_call", {"result": _PNG}),
 }
 _BUILT_IN_ITEMS["web_search_preview"] = _BUILT_IN_ITEMS["web_search"]
 
@@ -427,15 +437,13 @@ def _built_in_calls(body: JSONDict, headers: dict[str, str], num: int) -> list[J
     """The output items of the built-in tools a Responses request sends (web search, file search, code
     interpreter, image generation): each used ``x-fake-tool-uses`` times (default 1), in order."""
     kinds = [t.get("type") for t in body.get("tools") or [] if isinstance(t, dict)]
-    found = [_BUILT_IN_ITEMS[k] for k in kinds if isinstance(k, str) and k in _BUILT_IN_ITEMS]
-    uses = _count(headers, "tool-uses", 1)
     items: list[JSONDict] = []
-    for kind, fields in found:
-        for _ in range(uses):
-            prefix = "".join(word[0] for word in kind.split("_")[:2])  # ws_, fs_, ci_, ig_
-            extra = {"result": _PNG} if kind == "image_generation_call" else {}
-            items.append({"id": f"{prefix}_fake{num}x{len(items)}", "type": kind, "status": "completed"})
-            items[-1].update(fields, **extra)
+    for kind, fields in [_BUILT_IN_ITEMS[k] for k in kinds if isinstance(k, str) and k in _BUILT_IN_ITEMS]:
+        prefix = "".join(word[0] for word in kind.split("_")[:2])  # ws_, fs_, ci_, ig_
+        for _ in range(_count(headers, "tool-uses", 1)):
+            items.append(
+                {"id": f"{prefix}_fake{num}x{len(items)}", "type": kind, "status": "completed", **fields}
+            )
     return items
 
 
@@ -660,16 +668,13 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     done = "incomplete" if finish == "length" else "completed"
     # a function_call item per tool call, else one message whose content is the text, or the refusal
     output: list[JSONDict] = _built_in_calls(body, headers, num)
-    output += [
-        {
-            "id": "fc_" + c["id"].removeprefix("call_"),
+    for call in calls:
+        item = {
+            "id": "fc_" + call["id"].removeprefix("call_"),
             "type": "function_call",
             "status": "completed",
-            "call_id": c["id"],
-            **c["function"],
         }
-        for c in calls
-    ]
+        output.append({**item, "call_id": call["id"], **call["function"]})
     if not calls:
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         part = {"type": "refusal", "refusal": text} if refusal is not None else part
@@ -691,7 +696,8 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
     echoed["reasoning"] = {**_ECHOED["reasoning"], **(effort if isinstance(effort, dict) else {})}
     echoed["text"] = {"verbosity": "medium", **(body.get("text") or {}), "format": text_format}
 
-    def response(status: str, output: list[JSONDict], final: bool) -> JSONDict:
+    def response(status: str) -> JSONDict:
+        """The Response as it is at ``status``: no output before its end, nor when it failed."""
         answer: JSONDict = {
             "id": f"resp_{num}",
             "object": "response",
@@ -702,26 +708,26 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
             "error": {"code": "server_error", "message": STREAM_ERROR} if status == "failed" else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "model": _served_model(body, headers),
-            "output": output,
+            "output": [] if status in ("in_progress", "failed") else output,
             "service_tier": _served_tier(body),
         }
-        if not final:
+        if status == "in_progress":
             answer["usage"] = None
         elif "no-usage" not in faults:
             answer["usage"] = usage
         return answer
 
     if not body.get("stream"):
-        return _Reply(response(done, output, True))
-    created = ("response.created", {"response": response("in_progress", [], False)})
+        return _Reply(response(done))
+    created = ("response.created", {"response": response("in_progress")})
     in_items = [e for index, item in enumerate(output) for e in _item_events(index, item, headers)]
     if "stream-error" in faults:  # an error event after the first delta, then the end
         first = [e for e in in_items if e[0].endswith(".delta")][:1]
         error = {"code": "server_error", "message": STREAM_ERROR, "param": None}
         events = [created, *first, ("error", error)]
     else:
-        final = response("failed", [], True) if "response-failed" in faults else response(done, output, True)
-        in_progress = ("response.in_progress", {"response": response("in_progress", [], False)})
+        final = response("failed" if "response-failed" in faults else done)
+        in_progress = ("response.in_progress", {"response": response("in_progress")})
         events = [created, in_progress, *in_items, (f"response.{final['status']}", {"response": final})]
     return _Stream([{"type": t, "sequence_number": n, **e} for n, (t, e) in enumerate(events)], done=False)
 
@@ -750,64 +756,45 @@ def _compact(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]
 
 
 def _item_events(index: int, item: JSONDict, headers: dict[str, str]) -> list[tuple[str, JSONDict]]:
-    """The stream events (type, fields) of one output item: added, its deltas (in ``x-fake-chunks``
-    pieces), done; a message's content part is added before its deltas and done after."""
+    """The stream events (type, fields) of one output item: added; a built-in tool call's
+    ``in_progress`` and ``completed``, or the text's deltas (in ``x-fake-chunks`` pieces) and done (a
+    message's between its content part's added and done); done."""
     at: JSONDict = {"item_id": item["id"], "output_index": index}
-    extra: JSONDict = {}
-    opened: list[tuple[str, JSONDict]] = []
-    closed: list[tuple[str, JSONDict]] = []
-    if item["type"].endswith("_call") and item["type"] != "function_call":  # a built-in tool's
-        added = {**item, "status": "in_progress"}
-        return [
-            ("response.output_item.added", {"output_index": index, "item": added}),
-            (f"response.{item['type']}.in_progress", at),
-            (f"response.{item['type']}.completed", at),
-            ("response.output_item.done", {"output_index": index, "item": item}),
-        ]
+    added: JSONDict = {**item, "status": "in_progress"}
+
+    def said(kind: str, key: str, text: str, at: JSONDict, extra: JSONDict) -> list[tuple[str, JSONDict]]:
+        deltas = [(f"response.{kind}.delta", {**at, "delta": p, **extra}) for p in _split(text, headers) if p]
+        return [*deltas, (f"response.{kind}.done", {**at, key: text, **extra})]
+
     if item["type"] == "function_call":
-        key, kind, text = "arguments", "function_call_arguments", item["arguments"]
-        added = {**item, "status": "in_progress", "arguments": ""}
-    else:
-        [part] = item["content"]
-        kind = part["type"]  # output_text (its deltas carry logprobs) or refusal
-        key, extra = ("refusal", {}) if kind == "refusal" else ("text", {"logprobs": []})
-        text, at, added = (
-            part[key],
-            {**at, "content_index": 0},
-            {**item, "status": "in_progress", "content": []},
-        )
-        opened = [("response.content_part.added", {**at, "part": {**part, key: ""}})]
-        closed = [("response.content_part.done", {**at, "part": part})]
-    return [
-        ("response.output_item.added", {"output_index": index, "item": added}),
-        *opened,
-        *((f"response.{kind}.delta", {**at, "delta": p, **extra}) for p in _split(text, headers) if p),
-        (f"response.{kind}.done", {**at, key: text, **extra}),
-        *closed,
-        ("response.output_item.done", {"output_index": index, "item": item}),
-    ]
+        added["arguments"] = ""
+        steps = said("function_call_arguments", "arguments", item["arguments"], at, {})
+    elif item["type"] == "message":
+        [part] = item["content"]  # output_text (its deltas carry logprobs) or refusal
+        key = "refusal" if part["type"] == "refusal" else "text"
+        extra: JSONDict = {"logprobs": []} if key == "text" else {}
+        at, added["content"] = {**at, "content_index": 0}, []
+        steps = [
+            ("response.content_part.added", {**at, "part": {**part, key: ""}}),
+            *said(part["type"], key, part[key], at, extra),
+            ("response.content_part.done", {**at, "part": part}),
+        ]
+    else:  # a built-in tool's call
+        steps = [(f"response.{item['type']}.{step}", at) for step in ("in_progress", "completed")]
+    added_event = ("response.output_item.added", {"output_index": index, "item": added})
+    return [added_event, *steps, ("response.output_item.done", {"output_index": index, "item": item})]
 
 
 # Images and audio: their uploads come as multipart forms (a file field is {"filename", "size"})
 
-# a 1x1 transparent PNG: every image the fake makes
-_PNG = base64.b64encode(
-    bytes.fromhex(
-        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-    )
-).decode()
 # gpt-image-1's output tokens per image of 1024x1024, by quality (OpenAI's image pricing table)
 _IMAGE_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "auto": 1056}
 _IMAGE_INPUT_TOKENS = 388  # the input image tokens of each uploaded image
 
 
-def _files(body: JSONDict, *names: str) -> list[JSONDict]:
-    """The uploaded files of the form fields ``names`` (``image`` or ``image[]``...)."""
-    found = [body.get(n) for n in names]
-    return [f for f in found if isinstance(f, dict)] + [
-        f for n in names for f in (body.get(n + "[]") or []) if isinstance(f, dict)
-    ]
+def _files(body: JSONDict, name: str) -> list[JSONDict]:
+    """The files uploaded as the form field ``name``, or ``name[]`` (sent more than once)."""
+    return [f for f in [body.get(name), *(body.get(name + "[]") or [])] if isinstance(f, dict)]
 
 
 def _streamed(body: JSONDict) -> bool:
@@ -815,9 +802,14 @@ def _streamed(body: JSONDict) -> bool:
     return body.get("stream") in (True, "true", "True")
 
 
-def _images(body: JSONDict, faults: set[str], uploads: int, kind: str) -> _Reply | _Stream:
+def _images(
+    body: JSONDict, headers: dict[str, str], num: int, faults: set[str], kind: str = "image_generation"
+) -> _Reply | _Stream:
     """An images answer: GPT Image models report token usage, DALL·E's none. Streamed (GPT Image
     models), ``partial_images`` events ``{kind}.partial_image`` then one ``{kind}.completed``."""
+    uploads = len(_files(body, "image")) if kind == "image_edit" else 0
+    if kind == "image_edit" and not uploads:
+        raise _Refusal(400, "'image' is required: upload it as a file field.", param="image")
     n = int(body.get("n") or 1)
     model = str(body["model"])
     if not model.startswith("gpt-image"):
@@ -844,28 +836,14 @@ def _images(body: JSONDict, faults: set[str], uploads: int, kind: str) -> _Reply
         ]
         done = {"type": f"{kind}.completed", "created_at": CREATED, **image}
         return _Stream([*partial, done if "no-usage" in faults else {**done, "usage": usage}], done=False)
-    data = [{"b64_json": _PNG} for _ in range(n)]
-    return _with_usage(
-        {"created": CREATED, "data": data, **{k: v for k, v in image.items() if k != "b64_json"}},
-        usage,
-        faults,
-    )
+    answer = {"created": CREATED, "data": [{"b64_json": _PNG} for _ in range(n)], **image}
+    del answer["b64_json"]  # in each image, not beside them
+    return _with_usage(answer, usage, faults)
 
 
-def _image_generation(
-    body: JSONDict, headers: dict[str, str], num: int, faults: set[str]
+def _audio_text(
+    body: JSONDict, headers: dict[str, str], num: int, faults: set[str], task: str = "transcribe"
 ) -> _Reply | _Stream:
-    return _images(body, faults, 0, "image_generation")
-
-
-def _image_upload(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
-    uploads = len(_files(body, "image"))
-    if not uploads:
-        raise _Refusal(400, "'image' is required: upload it as a file field.", param="image")
-    return _images(body, faults, uploads, "image_edit")
-
-
-def _audio_text(body: JSONDict, headers: dict[str, str], faults: set[str], task: str) -> _Reply | _Stream:
     """A transcription or translation of the uploaded ``file``: gpt-4o models report tokens (the
     audio's, a token per 100 bytes), whisper-1 seconds (a second per 16,000 bytes). A streamed
     transcription: ``transcript.text.delta`` events, then ``transcript.text.done`` with the usage."""
@@ -902,14 +880,6 @@ def _audio_text(body: JSONDict, headers: dict[str, str], faults: set[str], task:
     return _with_usage(answer, usage, faults) if task == "transcribe" else _Reply(answer)
 
 
-def _transcriptions(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
-    return _audio_text(body, headers, faults, "transcribe")
-
-
-def _translations(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
-    return _audio_text(body, headers, faults, "translate")
-
-
 def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -> _Reply | _Stream:
     """Speech of ``input``: audio bytes (an MP3 frame header, not UTF-8, and a byte per character), no
     usage. With ``stream_format: "sse"`` (not for tts-1): the audio in ``speech.audio.delta`` events
@@ -922,9 +892,8 @@ def _speech(body: JSONDict, headers: dict[str, str], num: int, faults: set[str])
     if body.get("stream_format") != "sse":
         return _Reply(audio, content_type="audio/mpeg")
     if str(body["model"]).startswith("tts-1"):
-        raise _Refusal(
-            400, "stream_format 'sse' is not supported for tts-1 or tts-1-hd.", param="stream_format"
-        )
+        message = "stream_format 'sse' is not supported for tts-1 or tts-1-hd."
+        raise _Refusal(400, message, param="stream_format")
     pieces = [p.encode("latin-1") for p in _split(audio.decode("latin-1"), headers)]
     deltas = [{"type": "speech.audio.delta", "audio": base64.b64encode(p).decode()} for p in pieces]
     usage = {"input_tokens": _tokens(text), "output_tokens": len(text)}
@@ -950,9 +919,12 @@ def _video(
     })  # fmt: skip
 
 
-def _form(raw: bytes, content_type: str) -> JSONDict | None:
-    """A multipart form's fields: text as str, a file as {"filename", "size"} (its bytes are not kept);
-    a field sent more than once (``image[]``) as the list of them. None when it does not parse."""
+def _body(raw: bytes, content_type: str) -> Any:
+    """The JSON body, or a multipart form's fields (an upload's: images, audio): text as str, a file as
+    {"filename", "size"} (its bytes are not kept), a field sent more than once (``image[]``) as the list
+    of them. None for a form that does not parse; ValueError for JSON that does not."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        return json.loads(raw)
     message = email.message_from_bytes(
         b"content-type: " + content_type.encode() + b"\r\n\r\n" + raw, policy=email.policy.HTTP
     )
@@ -982,9 +954,9 @@ _ECHOED: JSONDict = {
     "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0,
     "truncation": "disabled", "user": None,
 }  # fmt: skip
+_QUERY_VALUE = re.compile(r"([?&][^=&\s]*=)[^&\s]*")  # a query parameter's name, then its value
 # Azure's deployment paths, and its paths of no deployment (``/openai/responses``, as the SDK's
 # AzureOpenAI calls the Responses API), served as the plain ``/v1`` ones
-_QUERY_VALUE = re.compile(r"([?&][^=&\s]*=)[^&\s]*")  # a query parameter's name, then its value
 _AZURE_DEPLOYMENT = re.compile(r"^(?:/openai)?(?:/v1)?/deployments/[^/]+(?=/)|^/openai(?=/(?!v1/))")
 _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | _Stream]] = {
     "/v1/chat/completions": _chat,
@@ -992,11 +964,11 @@ _ROUTES: dict[str, Callable[[JSONDict, dict[str, str], int, set[str]], _Reply | 
     "/v1/responses/compact": _compact,
     "/v1/embeddings": _embeddings,
     "/v1/completions": _completions,
-    "/v1/images/generations": _image_generation,
-    "/v1/images/edits": _image_upload,
-    "/v1/images/variations": _image_upload,
-    "/v1/audio/transcriptions": _transcriptions,
-    "/v1/audio/translations": _translations,
+    "/v1/images/generations": _images,
+    "/v1/images/edits": functools.partial(_images, kind="image_edit"),
+    "/v1/images/variations": functools.partial(_images, kind="image_edit"),
+    "/v1/audio/transcriptions": _audio_text,
+    "/v1/audio/translations": functools.partial(_audio_text, task="translate"),
     "/v1/audio/speech": _speech,
     "/v1/videos": _video,
     "/v1/videos/edits": _video,
@@ -1101,12 +1073,8 @@ class _Handler(BaseHTTPRequestHandler):
             raw, unreadable = b"", exc
             self.close_connection = True
         headers = {k.lower(): v for k, v in self.headers.items()}
-        content_type = headers.get("content-type", "")
         try:
-            if content_type.lower().startswith("multipart/form-data"):
-                body = _form(raw, content_type)  # an upload's form: images, audio
-            else:
-                body = json.loads(raw)
+            body = _body(raw, headers.get("content-type", ""))
         except ValueError:  # an empty or malformed body
             body = None
         url = urlsplit(self.path)
@@ -1114,8 +1082,7 @@ class _Handler(BaseHTTPRequestHandler):
         route = route[route.find("/v1/") :] if route.find("/v1/") > 0 else route  # a proxy's prefix
         retry = headers.get("x-stainless-retry-count", "")
         retries = int(retry) if retry.isdigit() else None
-        # a queued failure goes to the request that arrives next, not to whichever finishes its delay
-        # first (a slow request outliving its test's timeout took the next test's failure)
+        # numbered, and given its queued failure, on arrival: not when a `slow` fault's delay ends
         self._num, failure = fake._arrived(
             RecordedRequest(self.command, url.path, headers, body, raw, retries, url.query)
         )
@@ -1167,20 +1134,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(status, headers={"retry-after-ms": "1"})
         if "not-json" in faults:
             return _Reply(b"<html>oops</html>")
-        if (
-            path.startswith("/v1/responses/") and path not in _ROUTES
-        ):  # a stored Response: retrieved or cancelled
+        if path.startswith("/v1/responses/") and path not in _ROUTES:  # a stored Response's GET, cancel
             return self.server.fake._stored(self.command, path, urlsplit(self.path).query)
         remix = _REMIX.match(path)
-        if self.command != "POST" or (path not in _ROUTES and remix is None):
+        endpoint = functools.partial(_video, remixed=remix[1]) if remix else _ROUTES.get(path)
+        if self.command != "POST" or endpoint is None:
             raise _Refusal(404, f"Invalid URL ({self.command} {path})")
         if not isinstance(body, dict):
             raise _Refusal(400, "We could not parse the JSON body of your request (fake).")
         if not isinstance(body.get("model"), str) and not path.startswith("/v1/videos"):  # a video's defaults
             raise _Refusal(400, "You must provide a model parameter.")
-        if remix is not None:
-            return _video(body, headers, self._num, faults, remixed=remix[1])
-        reply = _ROUTES[path](body, headers, self._num, faults)
+        reply = endpoint(body, headers, self._num, faults)
         if path != "/v1/responses":
             return reply
         # a background response answered whole is streamed too when retrieved with stream=true
@@ -1231,7 +1195,7 @@ class _Handler(BaseHTTPRequestHandler):
                 # detach() leaves the socket object (still used by rfile/wfile/finish()) closed and inert
                 os.close(self.connection.detach())
 
-    def _send_head(self, status: int, extra: dict[str, str], content_type: str = "application/json") -> None:
+    def _send_head(self, status: int, extra: dict[str, str], content_type: str) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         if self._encoding:
@@ -1244,14 +1208,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeOpenAI:
-    """A loopback OpenAI-compatible server (chat completions, responses, embeddings, legacy completions,
-    images and audio; streamed or not) with deterministic text and usage, to point the real SDK at:
+    """A loopback OpenAI-compatible server with deterministic text and usage, to point the real SDK at:
     ``base_url`` for the client, ``requests`` and ``answers`` as received and sent, ``fail_next()`` to
-    queue errors. ``start()`` (or ``with``) runs it in a daemon thread; ``websocket_base_url`` starts
-    its Realtime and Responses API WebSockets (on a port of their own).
-
-    ``x-fake-*`` request headers steer it (tool calls, cached tokens, error statuses, cut or reset
-    streams...): the reference is docs/FAKE_SERVER.md.
+    queue errors; ``start()`` (or ``with``) runs it in a daemon thread, ``websocket_base_url`` starts its
+    WebSockets. ``x-fake-*`` request headers steer it (faults too): the reference is docs/FAKE_SERVER.md.
     """
 
     def __init__(
@@ -1282,6 +1242,8 @@ class FakeOpenAI:
     def websocket_base_url(self) -> str:
         """``ws://HOST:PORT2/v1``, the Realtime and Responses APIs' (a client's ``websocket_base_url``): a
         ``websockets`` server on a port of its own, started at the first read (docs/FAKE_SERVER.md)."""
+        from ._fake_realtime import RealtimeServer  # it imports this module
+
         with self._lock:
             if self._realtime is None:
                 self._realtime = RealtimeServer(self.host, self.history)
@@ -1357,17 +1319,13 @@ class FakeOpenAI:
         for with ``background: true`` runs on: answered ``queued`` (a stream: its ``response.created``
         says so), ``in_progress`` to the first ``x-fake-polls`` retrieves (1 unless given),
         then as it ended."""
-        background = body.get("background") is True
+        background = body.get("background") is True  # the Response echoes it
         events = streamed.events if isinstance(streamed, _Stream) else []
         last = events[-1].get("response") if events else None  # a stream's Response, as it ended
         final = reply.body if isinstance(reply, _Reply) else last
         if not isinstance(final, dict) or not isinstance(final.get("id"), str):
             return reply  # an error answer, a stream ending in an error event: nothing to keep
-        final["background"] = background
         if background and events:
-            for event in events:
-                if isinstance(event.get("response"), dict):
-                    event["response"]["background"] = True
             events[0]["response"]["status"] = "queued"
         polls = _count(headers, "polls", 1) if background else 0
         with self._lock:
@@ -1384,13 +1342,13 @@ class FakeOpenAI:
         response_id, _, action = path.removeprefix("/v1/responses/").partition("/")
         if (method, action) not in (("GET", ""), ("POST", "cancel")):
             raise _Refusal(404, f"Invalid URL ({method} {path})")
-        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        params = dict(parse_qsl(query))
         with self._lock:
             job = self._responses.get(response_id)
             if job is None:
                 raise _Refusal(404, f"No response found with id '{response_id}'.", param="response_id")
             if action == "cancel":
-                if not job.final["background"]:
+                if job.final["background"] is not True:
                     raise _Refusal(400, "Only responses created with background=true can be cancelled.")
                 if job.polls > 0:  # still running: cancelled, with no usage (as OpenAI answers it)
                     job.final, job.events, job.polls = _running(job.final, "cancelled"), job.events[:1], 0
@@ -1416,10 +1374,8 @@ class FakeOpenAI:
     def _answered(self, path: str, reply: _Reply | _Stream) -> None:
         if not self.history:
             return
-        if isinstance(reply, _Stream):
-            answer = RecordedAnswer(path, 200, reply.events)
-        else:
-            answer = RecordedAnswer(path, reply.status, None if isinstance(reply.body, bytes) else reply.body)
+        status, body = (200, reply.events) if isinstance(reply, _Stream) else (reply.status, reply.body)
+        answer = RecordedAnswer(path, status, None if isinstance(body, bytes) else body)
         with self._lock:
             self.answers.append(answer)
 
@@ -1444,10 +1400,8 @@ def _serve(args: argparse.Namespace) -> int:
     # history=False: it runs until Ctrl-C, and nobody reads what it received (it would grow without end)
     server = listening(FakeOpenAI(args.host, args.port, verbose=not args.quiet, history=False).start, args)
     print(f"fake OpenAI serving on {server.base_url} (Ctrl-C to stop)", flush=True)
-    try:  # the Realtime and Responses WebSockets, on a port of their own, when websockets is installed
+    with contextlib.suppress(RuntimeError):  # the WebSockets, on a port of their own, need websockets
         print(f"Realtime and Responses APIs on {server.websocket_base_url} (websocket_base_url)", flush=True)
-    except RuntimeError:
-        pass
     try:
         while True:  # until Ctrl-C: the KeyboardInterrupt is main()'s exit status 130
             time.sleep(3600)

@@ -35,13 +35,11 @@ __all__ = [
     "request_credentials",
 ]
 
-_FAKE_SERVER = frozenset({"FakeOpenAI", "RecordedAnswer", "RecordedRequest"})
-
 
 def __getattr__(name: str) -> Any:
     # the fake server (http.server, email) loads when first asked for: the pytest plugin imports this
     # module in every pytest run of an environment with llm-ledger installed, and needs none of it
-    if name in _FAKE_SERVER:
+    if name in ("FakeOpenAI", "RecordedAnswer", "RecordedRequest"):
         from . import _fake_server
 
         return getattr(_fake_server, name)
