@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, Unpack, get_type_hints
+from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, TypeVar, Unpack, get_type_hints
 
 from llm_ledger._errors import ConfigError
 from llm_ledger._extract import TOOL_KINDS, JsonView
@@ -70,6 +70,7 @@ class UnpricedCounts(ValueError):
 PROVIDER_REPORTED: Final = "provider-reported"
 SELF_HOSTED: Final = "self-hosted"  # the provider recorded for a host the price file gives a rate
 MatchedBy = Literal["host", "provider", "model"]
+_T = TypeVar("_T")
 
 _DATE_SUFFIX: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 # a fine-tune is named after its base model's snapshot: ft:gpt-4.1-2025-04-14:org:suffix:id
@@ -184,25 +185,26 @@ class _Entry:
     friday: _Entry | None = None
 
 
-def _units(rate_per_mtok: Decimal) -> int:
-    # rates with more than 18 decimals per 1M tokens round to the nearest 10**-24 USD per token
-    return int(_CONTEXT.scaleb(rate_per_mtok, USD_UNIT_DIGITS - 6).to_integral_value(context=_CONTEXT))
+def _units(usd: Decimal, per: int = 0) -> int:
+    """``usd`` (per 10**``per`` tokens or uses) in 10**-24 USD (per one); rates with more than 18
+    decimals per 1M tokens round to the nearest unit."""
+    return int(_CONTEXT.scaleb(usd, USD_UNIT_DIGITS - per).to_integral_value(context=_CONTEXT))
 
 
 def _per_token(rates: Rates) -> _PerToken:
-    inp = _units(rates.input)
-    cached = inp if rates.cached_input is None else _units(rates.cached_input)
-    written = inp if rates.cache_write is None else _units(rates.cache_write)
-    heard = inp if rates.input_audio is None else _units(rates.input_audio)
-    out = _units(rates.output)
-    spoken = out if rates.output_audio is None else _units(rates.output_audio)
-    seen = inp if rates.input_image is None else _units(rates.input_image)
+    def units(rate: Decimal | None, default: int) -> int:
+        return default if rate is None else _units(rate, 6)
+
+    inp, out = _units(rates.input, 6), _units(rates.output, 6)
+    cached = units(rates.cached_input, inp)
+    written = units(rates.cache_write, inp)
+    heard = units(rates.input_audio, inp)
+    spoken = units(rates.output_audio, out)
+    seen = units(rates.input_image, inp)
     # audio and images the cache served: at their own cached rate, else as other cached tokens, else as
     # other audio and images
-    cached_heard, cached_seen = (
-        _units(own) if own is not None else uncached if rates.cached_input is None else cached
-        for own, uncached in ((rates.cached_input_audio, heard), (rates.cached_input_image, seen))
-    )
+    cached_heard = units(rates.cached_input_audio, heard if rates.cached_input is None else cached)
+    cached_seen = units(rates.cached_input_image, seen if rates.cached_input is None else cached)
     return inp, cached, written, heard, out, spoken, (cached_heard, seen, cached_seen)
 
 
@@ -248,7 +250,7 @@ def reported_cost_units(usage: Any) -> int | None:
             upstream = cost_decimal(details.get("upstream_inference_cost")) if type(details) is dict else None
             if upstream is not None:
                 cost += upstream
-        return int(_CONTEXT.scaleb(cost, USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
+        return _units(cost)
     except Exception:
         return None
 
@@ -490,22 +492,9 @@ class PriceTable:
         hosts: Mapping[str, HostPrice] | None = None,
         tool_fees: Mapping[str, Mapping[str, Decimal]] | None = None,
     ) -> None:
-        self._exact: dict[str, Rates] = {}  # by the name in lower case: names match whatever their case
-        self._patterns: list[tuple[re.Pattern[str], Rates]] = []
+        self._exact, self._patterns = _by_name(overrides, "price overrides", _checked_rates)
         self._builtin = builtin
         self._overridden = bool(overrides)  # a model name may have a price-file entry
-        names: dict[str, str] = {}  # each name in lower case: as given
-        for name, rates in (overrides or {}).items():
-            if not isinstance(name, str) or not name.strip():
-                raise ConfigError(f"price overrides: model name must be a non-empty string, got {name!r}")
-            if not isinstance(rates, Rates):
-                raise ConfigError(f"price overrides[{name!r}]: expected a Rates, got {rates!r}")
-            if (first := names.setdefault(name.strip().lower(), name)) != name:
-                raise ConfigError(f"price overrides[{name!r}]: {same_name('model', first)}")
-            if _GLOB_CHARS.isdisjoint(name):
-                self._exact[name.strip().lower()] = rates
-            else:
-                self._patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), rates))
         rules: list[tuple[tuple[bool, bool], str, re.Pattern[str], int | None, HostPrice]] = []
         seen: dict[str, str] = {}  # each pattern as matched (lower case): as given
         for pattern, host_price in (hosts or {}).items():
@@ -522,21 +511,9 @@ class PriceTable:
             # exact hosts first, host:port before the bare host; patterns after, in mapping order
             rules.append(((is_glob, not is_glob and port is None), pattern, regex, port, host_price))
         self._hosts = [rule[1:] for rule in sorted(rules, key=lambda rule: rule[0])]
-        # built-in tools' fees: kind -> 10**-24 USD per use, by exact name (lower case), then by pattern
-        self._exact_fees: dict[str, dict[str, int]] = {}
-        self._fee_patterns: list[tuple[re.Pattern[str], dict[str, int]]] = []
+        # built-in tools' fees: kind -> 10**-24 USD per use
+        self._exact_fees, self._fee_patterns = _by_name(tool_fees, "tool_fees", _fee_units)
         self._fees_of: dict[str, dict[str, int]] = {}  # by model name, resolved once
-        fee_names: dict[str, str] = {}  # each name in lower case: as given
-        for name, fees in (tool_fees or {}).items():
-            if not isinstance(name, str) or not name.strip():
-                raise ConfigError(f"tool_fees: model name must be a non-empty string, got {name!r}")
-            if (first := fee_names.setdefault(name.strip().lower(), name)) != name:
-                raise ConfigError(f"tool_fees[{name!r}]: {same_name('model', first)}")
-            units = _fee_units(name, fees)
-            if _GLOB_CHARS.isdisjoint(name):
-                self._exact_fees[name.strip().lower()] = units
-            else:
-                self._fee_patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), units))
         self._routes: dict[tuple[str, str], Route] = {}
         self._model_route = Route(self, DEFAULT_PROVIDER, "model")
 
@@ -661,6 +638,33 @@ class PriceTable:
         return names
 
 
+def _by_name(
+    entries: Mapping[str, Any] | None, where: str, check: Callable[[str, Any], _T]
+) -> tuple[dict[str, _T], list[tuple[re.Pattern[str], _T]]]:
+    """``entries`` (a model name or glob pattern -> a value ``check`` checks) as exact names (in lower
+    case: names match whatever their case) and patterns, in mapping order."""
+    exact: dict[str, _T] = {}
+    patterns: list[tuple[re.Pattern[str], _T]] = []
+    names: dict[str, str] = {}  # each name in lower case: as given
+    for name, value in (entries or {}).items():
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}: model name must be a non-empty string, got {name!r}")
+        checked = check(name, value)
+        if (first := names.setdefault(name.strip().lower(), name)) != name:
+            raise ConfigError(f"{where}[{name!r}]: {same_name('model', first)}")
+        if _GLOB_CHARS.isdisjoint(name):
+            exact[name.strip().lower()] = checked
+        else:
+            patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), checked))
+    return exact, patterns
+
+
+def _checked_rates(name: str, rates: Any) -> Rates:
+    if not isinstance(rates, Rates):
+        raise ConfigError(f"price overrides[{name!r}]: expected a Rates, got {rates!r}")
+    return rates
+
+
 def _checked_uses(uses: Any) -> dict[str, int]:
     """A what-if's ``tool_uses`` checked (kind -> whole number of uses >= 0), without its kinds used 0
     times; ValueError names a mistake."""
@@ -700,7 +704,7 @@ def _fee_units(name: str, fees: Mapping[str, Decimal]) -> dict[str, int]:
                 f"tool_fees[{name!r}][{kind!r}]: expected a finite Decimal between 0 and {MAX_RATE} USD per "
                 f"use, got {fee!r}"
             )
-        units[kind] = int(_CONTEXT.scaleb(fee, USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
+        units[kind] = _units(fee)
     return units
 
 
