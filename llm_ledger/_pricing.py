@@ -186,25 +186,24 @@ class _Entry:
 
 
 def _units(usd: Decimal, per: int = 0) -> int:
-    """``usd`` (per 10**``per`` tokens or uses) in 10**-24 USD (per one); rates with more than 18
-    decimals per 1M tokens round to the nearest unit."""
+    # USD per 10**per tokens (or uses) in 10**-24 USD per one; past 18 decimals per 1M tokens, rounded
     return int(_CONTEXT.scaleb(usd, USD_UNIT_DIGITS - per).to_integral_value(context=_CONTEXT))
 
 
 def _per_token(rates: Rates) -> _PerToken:
-    def units(rate: Decimal | None, default: int) -> int:
-        return default if rate is None else _units(rate, 6)
-
-    inp, out = _units(rates.input, 6), _units(rates.output, 6)
-    cached = units(rates.cached_input, inp)
-    written = units(rates.cache_write, inp)
-    heard = units(rates.input_audio, inp)
-    spoken = units(rates.output_audio, out)
-    seen = units(rates.input_image, inp)
+    inp = _units(rates.input, 6)
+    cached = inp if rates.cached_input is None else _units(rates.cached_input, 6)
+    written = inp if rates.cache_write is None else _units(rates.cache_write, 6)
+    heard = inp if rates.input_audio is None else _units(rates.input_audio, 6)
+    out = _units(rates.output, 6)
+    spoken = out if rates.output_audio is None else _units(rates.output_audio, 6)
+    seen = inp if rates.input_image is None else _units(rates.input_image, 6)
     # audio and images the cache served: at their own cached rate, else as other cached tokens, else as
     # other audio and images
-    cached_heard = units(rates.cached_input_audio, heard if rates.cached_input is None else cached)
-    cached_seen = units(rates.cached_input_image, seen if rates.cached_input is None else cached)
+    cached_heard, cached_seen = (
+        _units(own, 6) if own is not None else uncached if rates.cached_input is None else cached
+        for own, uncached in ((rates.cached_input_audio, heard), (rates.cached_input_image, seen))
+    )
     return inp, cached, written, heard, out, spoken, (cached_heard, seen, cached_seen)
 
 
@@ -380,17 +379,13 @@ class Route:
                 )
             )
         ):
+            got = ", ".join(f"{name}={n!r}" for name, n in zip(_COUNTS, _read_counts(counts), strict=True))
             raise UnpricedCounts(
                 "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, "
                 "prompt_audio_tokens <= prompt_tokens, completion_audio_tokens <= completion_tokens, "
                 "cached_audio_tokens + cached_image_tokens <= cached_tokens and (with those) "
                 "prompt_audio_tokens + prompt_image_tokens + cached_tokens + cache_write_tokens "
-                "<= prompt_tokens, "
-                f"each >= 0, got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
-                f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
-                f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}, "
-                f"cached_audio_tokens={cached_heard!r}, prompt_image_tokens={seen!r}, "
-                f"cached_image_tokens={cached_seen!r}"
+                f"<= prompt_tokens, each >= 0, got {got}"
             )
         # a call made on a day priced apart from the one the entry holds (a log's call before a price
         # change; a DeepSeek call on a weekend): that day's prices (an entry without on_day holds forever)
