@@ -221,14 +221,15 @@ def _error_type(record: Mapping[str, Any]) -> str | None:
     return "interrupted" if record["status"] == "interrupted" else None
 
 
-def _modalities(record: Mapping[str, Any]) -> tuple[str, str, str, int, int, int]:
-    """``gen_ai.token.modality`` of a call's input, output and cached tokens beside the audio ones, and
-    how many audio tokens its usage counts apart (input, output, cached). OpenAI's usage splits off
-    audio only: the rest is text, unless the request holds an image (its tokens are inside the input
-    count, inseparable) or the model is an audio model whose usage counts no audio apart (unknown).
-    Which part of the cached tokens was audio only a Realtime response says (``cached_audio_tokens``,
-    its ``prompt_audio_tokens`` being the audio the cache did not serve); its usage splits audio off
-    even when there is none, and its image tokens, counted apart, make the rest unknown too."""
+def _modalities(record: Mapping[str, Any]) -> tuple[tuple[str, str, str, int], ...]:
+    """(usage kind, usage field, ``gen_ai.token.modality`` of the tokens beside the audio ones, audio
+    tokens counted apart) of a call's input, output, cache read, cache write and reasoning tokens.
+    OpenAI's usage splits off audio only: the rest is text, unless the request holds an image (its
+    tokens are inside the input count, inseparable) or the model is an audio model whose usage counts
+    no audio apart (unknown). Which part of the cached tokens was audio only a Realtime response says
+    (``cached_audio_tokens``, its ``prompt_audio_tokens`` being the audio the cache did not serve); its
+    usage splits audio off even when there is none, and its image tokens, counted apart, make the rest
+    unknown too."""
     usage = record["usage"]
     cached_heard = usage.get("cached_audio_tokens") or 0  # .get: records of older versions
     heard = (usage.get("prompt_audio_tokens") or 0) + cached_heard
@@ -242,8 +243,15 @@ def _modalities(record: Mapping[str, Any]) -> tuple[str, str, str, int, int, int
         or usage.get("cached_image_tokens")
     )
     inputs = "unknown" if unsplit or images else "text"
+    outputs = "unknown" if unsplit else "text"
     cached = inputs if not heard or realtime else "unknown"
-    return inputs, "unknown" if unsplit else "text", cached, heard, spoken, cached_heard
+    return (
+        ("input_tokens", "prompt_tokens", inputs, heard),
+        ("output_tokens", "completion_tokens", outputs, spoken),
+        ("cache_read.input_tokens", "cached_tokens", cached, cached_heard),
+        ("cache_write.input_tokens", "cache_write_tokens", cached, 0),
+        ("reasoning.output_tokens", "reasoning_tokens", outputs, 0),
+    )
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -657,14 +665,7 @@ class OTelSink:
                 self._tokens("input_tokens", 0, base, "unknown")
                 self._tokens("output_tokens", 0, base, "unknown")
             return
-        inputs, outputs, cached, heard, spoken, cached_heard = _modalities(record)
-        for kind, field, modality, audio in (
-            ("input_tokens", "prompt_tokens", inputs, heard),
-            ("output_tokens", "completion_tokens", outputs, spoken),
-            ("cache_read.input_tokens", "cached_tokens", cached, cached_heard),
-            ("cache_write.input_tokens", "cache_write_tokens", cached, 0),
-            ("reasoning.output_tokens", "reasoning_tokens", outputs, 0),
-        ):
+        for kind, field, modality, audio in _modalities(record):
             n = usage.get(field)
             if n is None:
                 continue
@@ -691,7 +692,8 @@ class OTelSink:
         operation, model = identity[0], identity[2]
         first = record["timing"]["time_to_first_token_ms"]
         finish = response["finish_reason"]
-        inputs, outputs, cached, heard, spoken, cached_heard = _modalities(record)
+        modalities = _modalities(record)
+        heard, spoken = modalities[0][3], modalities[1][3]
         error_type = _error_type(record)
         optional = (
             *zip(_IDENTITY, identity, strict=True),
@@ -721,19 +723,10 @@ class OTelSink:
             ("error.type", error_type),
         )
         attributes = {key: value for key, value in optional if value is not None}
-        if self.latest and operation != "embeddings":
-            prompt, completion, served = (
-                usage["prompt_tokens"],
-                usage["completion_tokens"],
-                usage["cached_tokens"],
-            )
-            for modality, key, value in (
-                (inputs, "input_tokens", None if prompt is None else prompt - heard),
-                (outputs, "output_tokens", None if completion is None else completion - spoken),
-                (cached, "cache_read.input_tokens", None if served is None else served - cached_heard),
-            ):
-                if modality != "unknown" and value is not None:
-                    attributes[f"gen_ai.usage.{modality}.{key}"] = value
+        if self.latest and operation != "embeddings":  # the text tokens: input, output, cache reads
+            for kind, field, modality, audio in modalities[:3]:
+                if modality != "unknown" and usage[field] is not None:
+                    attributes[f"gen_ai.usage.{modality}.{kind}"] = usage[field] - audio
         _context_attributes(record["context"], attributes)
         if "content" in record:
             attributes.update(_content_attributes(record))
