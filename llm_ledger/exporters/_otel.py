@@ -71,13 +71,10 @@ def _ns(iso: str) -> int:
 
 
 class _Totals:
-    """A monotonic counter whose sums are kept here and reported when the meter collects (an
-    observable counter): a call adds to a dict, where ``Counter.add`` sends a measurement through the
-    SDK's whole path (cleaning, hashing and looking up its attributes) on every call. ``zero_first``:
-    a new attribute set is reported at 0 by the first collection that sees it, and at its total from
-    the next one (as the Prometheus sink scrapes a new series), so that a rule on ``increase()`` after
-    OTLP reaches Prometheus counts its first rise; the process's last collection reports every total
-    (:func:`_release`)."""
+    """An observable counter whose sums are kept here: a call adds to a dict, where ``Counter.add``
+    sends each measurement through the SDK's whole path. ``zero_first``: a new attribute set is
+    reported at 0 by the first collection that sees it, then at its total, so that ``increase()``
+    counts its first rise (docs/exporters.md); the process's last collection reports every total."""
 
     def __init__(
         self, meter: Any, name: str, unit: str, description: str, *, zero_first: bool = False
@@ -303,10 +300,8 @@ def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) 
     """The record's context as ``llm_ledger.*`` attributes."""
     for key, value in context.items():
         if value is not None and not isinstance(value, (str, bool, int, float)):
-            # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
-            # its JSON text: an attribute holds no object
-            # (the json module: orjson would read a big integer as a float, and refuse a lone
-            # surrogate the file escapes)
+            # as the file writes it (a UUID as text...), a mapping or list as JSON text: an attribute
+            # holds no object (json, not orjson: a big integer, a lone surrogate the file escapes)
             value = json.loads(json_text({key: value}))[key]
             if isinstance(value, (dict, list)):
                 value = json.dumps(value, separators=(",", ":"))
@@ -435,11 +430,8 @@ class OTelSink:
             "{call}",
             "Calls billed without a known cost (not in llm_ledger.cost)",
         )
-        # the lens_anomaly and budget_exceeded records, as llm_ledger_lens_anomalies_total and
-        # llm_ledger_budget_exceeded_total count them, with their 0 points first: an anomaly's attribute
-        # set at 0 for each metric a lens's runs are judged on, from its first judged run (its lens
-        # record names them), a breach's in the first collection after it (no record names a lens's
-        # limits), as an anomaly's is when that first judged run is anomalous (baselines from the log)
+        # the lens_anomaly and budget_exceeded records, as the Prometheus sink counts them, new
+        # attribute sets at 0 first (an anomaly's from the lens's first judged run on: __call__)
         self._anomalies = counter(
             "llm_ledger.lens_anomalies", "{anomaly}", "Lens runs above their baseline", zero_first=True
         )
