@@ -89,19 +89,13 @@ _MAX_CACHED_NAMES: Final = 10_000
 
 class PricedCall(TypedDict, total=False):
     """One call as it is priced: the keywords :func:`price`, :meth:`PriceTable.cost` and
-    :meth:`Route.cost` take after the model. ``prompt_tokens`` and ``completion_tokens`` are required.
-    ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
-    ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
-    ``completion_audio_tokens`` is the audio part of ``completion_tokens``. A Realtime response's also
-    says ``cached_audio_tokens`` and ``cached_image_tokens``, the audio and image parts of
-    ``cached_tokens``, and ``prompt_image_tokens``, the image prompt tokens the cache did not serve (its
-    ``prompt_audio_tokens`` are then the audio the cache did not serve) (each default 0). Reasoning
-    tokens are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now)
-    is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours) or
-    the day (a price change genai-prices lists);
-    ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...; default
-    the standard one); ``tool_uses`` its uses of built-in tools billed per use, kind -> uses (a record's
-    ``response.tool_uses``: ``{"web_search": 2}``), priced at the table's ``tool_fees`` (default none)."""
+    :meth:`Route.cost` take after the model (docs/PRICING.md). ``prompt_tokens`` and
+    ``completion_tokens`` are required, the other counts parts of them (default 0): ``cached_tokens``
+    served from the prompt cache, ``cache_write_tokens`` written to it, the audio parts, and a Realtime
+    response's cached audio and images and uncached images (its ``prompt_audio_tokens`` then the audio
+    the cache did not serve). Reasoning tokens are inside ``completion_tokens``. ``at`` (default now):
+    when the call was made; ``service_tier``: the tier that served it (default the standard one);
+    ``tool_uses``: built-in tool kind -> uses, priced at the table's ``tool_fees``."""
 
     prompt_tokens: Required[int]
     completion_tokens: Required[int]
@@ -325,18 +319,15 @@ class Route:
         tier: str | None = None,
         live: bool = False,
     ) -> tuple[int, int, str, float | None] | None:
-        """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar), the rates' source
-        and the moment they were taken at (epoch seconds; None: a price the time of day does not
-        change), or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
-        ``model`` is the one served). A price-file entry for ``fallback`` wins over a built-in price for
-        ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
-        ``counts`` holds the token counts by :class:`PricedCall`'s names, every one given (a record's
-        ``usage`` has them). They may be the sum of ``calls`` calls (a report's row): a long-context
-        tier is judged on their average size, as no call's own size is known. ``at`` (epoch seconds,
-        default now) is when the call was made: a price by time of day is the one of that time. ``tier``
-        is the service tier that served the call (the response's ``service_tier``): its own price when
-        it has one. ``live``: a call a monitor records, priced at the time of day
-        :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
+        """(prompt cost, completion cost) in 10**-24 USD, the rates' source and the moment they were
+        taken at (epoch seconds; None: the time of day does not change them), or ``None``, at
+        ``model``'s rates, else at ``fallback``'s (the model asked for, when ``model`` is the one
+        served). A price-file entry for ``fallback`` wins over a built-in price for ``model``: an Azure
+        deployment's negotiated rate, although Azure answers with a listed model. ``counts``: every
+        count of :class:`PricedCall` (a record's ``usage``), maybe summed over ``calls`` calls (a
+        report's row: a long-context tier is judged on their average). ``at`` (epoch seconds, default
+        now), ``tier`` as :class:`PricedCall`; ``live``: a call a monitor records, priced at the time of
+        day :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
