@@ -741,7 +741,12 @@ def _builtin_entry(name: str, provider_id: str) -> _Entry | None:
     # (a logged call before a change; after one, in a running process) is priced at its own day's.
     conditional = info.prices if isinstance(info.prices, list) else []
     constraints = [c.constraint for c in conditional] + [v.constraint for v in info.price_variants or ()]
-    changes = {_midnight(c.start_date) for c in constraints if isinstance(c, StartDateConstraint)}
+    # each change's UTC midnight, in epoch seconds
+    changes = {
+        datetime.combine(c.start_date, dt_time(), UTC).timestamp()
+        for c in constraints
+        if isinstance(c, StartDateConstraint)
+    }
     starts = sorted({0} | _price_changes(info))
     weekends_off_peak = _WEEKENDS_OFF_PEAK.get(provider.id) if own and len(starts) > 1 else None
     days: dict[float, _Entry | None] = {}  # the entries of other days, by their midnight
@@ -784,11 +789,6 @@ def _builtin_entry(name: str, provider_id: str) -> _Entry | None:
         return result
 
     return on_day(time.time())
-
-
-def _midnight(day: date) -> float:
-    """The start of a UTC day, in epoch seconds."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
 def price_time_of_day(when: str) -> str:
@@ -850,6 +850,13 @@ def _utc_second(moment: dt_time) -> int:
     return (moment.hour * 60 + moment.minute) * 60 + moment.second
 
 
+# genai-prices' other prices of a model, as rates() below unpacks them
+_OPTIONAL_PRICES: Final = (
+    "cache_read_mtok", "cache_write_mtok", "input_audio_mtok", "output_audio_mtok", "cache_audio_read_mtok",
+    "input_image_mtok", "cache_image_read_mtok",
+)  # fmt: skip
+
+
 def _rates_from_model_info(
     info: ModelInfo, source: str, moment: datetime, context: dict[str, str] | None = None
 ) -> Rates | None:
@@ -857,15 +864,7 @@ def _rates_from_model_info(
 
     prices = info.get_prices(moment, context)
     input_price, output_price = prices.input_mtok, prices.output_mtok
-    optional = (
-        prices.cache_read_mtok,
-        prices.cache_write_mtok,
-        prices.input_audio_mtok,
-        prices.output_audio_mtok,
-        prices.cache_audio_read_mtok,
-        prices.input_image_mtok,
-        prices.cache_image_read_mtok,
-    )
+    optional = [getattr(prices, name) for name in _OPTIONAL_PRICES]
     if input_price is None:
         if any(value is not None for value in vars(prices).values()):
             return None  # priced per second, per character...: not something token usage can price

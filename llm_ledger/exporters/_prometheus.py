@@ -79,7 +79,6 @@ _NO_COUNTS: Final = (0,) * len(_COUNT_INDEXES)
 # scrape, moves them first): prometheus-client's values are several objects each, cold between
 # the SDK's own work, where a call's sums are one list
 PENDING_CALLS: Final = 1024
-_EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
 _serving = False  # this process, or one it was forked from, serves /metrics (see _serves_here)
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
 _unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)
@@ -142,7 +141,9 @@ def _client() -> Any:
     try:
         import prometheus_client
     except ImportError as exc:
-        raise ConfigError(f"the Prometheus exporter needs prometheus-client: {_EXTRA_HINT}") from exc
+        raise ConfigError(
+            "the Prometheus exporter needs prometheus-client: pip install 'llm-ledger[prometheus]'"
+        ) from exc
     return prometheus_client
 
 
