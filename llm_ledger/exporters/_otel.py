@@ -373,10 +373,9 @@ class OTelSink:
         self._client_kind = trace.SpanKind.CLIENT
         self._providers = (tracer_provider, meter_provider)  # None: the global one
         self.tracer: Tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
-        # the global providers left unset: checked at the first record, since applications often set
-        # up OpenTelemetry after configure()
-        self._unset_globals = (tracer_provider is None, meter_provider is None)
-        self._check_provider = any(self._unset_globals)
+        # the global providers are checked at the first record: applications often set up
+        # OpenTelemetry after configure()
+        self._check_provider = None in self._providers
         self._metrics_api = metrics
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         opt_in = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")  # the newest experimental names?
@@ -457,7 +456,7 @@ class OTelSink:
 
     def _say_where_nothing_goes(self) -> None:
         """Once: which of the global providers this sink uses was never set, so its output is lost."""
-        tracing, metering = self._unset_globals
+        tracing, metering = (given is None for given in self._providers)
         if tracing and isinstance(self._trace.get_tracer_provider(), self._trace.ProxyTracerProvider):
             _internal_log.warning(
                 "llm-ledger: OTelSink has no OpenTelemetry tracer provider to send spans to, so they "
