@@ -36,6 +36,7 @@ from llm_ledger._rates import (
     _genai_provider,
     _genai_providers,
     host_matcher,
+    priced_tiers,
     provider_error,
     same_name,
     service_tiers,
@@ -721,8 +722,7 @@ def _builtin_entry(name: str, provider_id: str) -> _Entry | None:
     # the service tiers genai-prices prices apart (OpenAI's flex, priority, fast...); as in genai-prices,
     # only at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's)
     own = any(info is model for model in provider.models)
-    variants = [v.when for v in info.price_variants or () if set(v.when) == {"service_tier"}]
-    served = sorted({when["service_tier"] for when in variants} & set(service_tiers()))
+    served = sorted(priced_tiers(info) & set(service_tiers()))
 
     def entry(moment: datetime) -> _Entry | None:
         rates = _rates_from_model_info(info, source, moment)
