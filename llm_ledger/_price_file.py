@@ -195,12 +195,10 @@ def _rates(
     if 0 < max(rates["input"], rates["output"]) < _LEAST_RATE:
         written = " and ".join(f"{key} {fields[key].value}" for key in ("input", "output"))
         meant = ", ".join(f"{key}: {rates[key].scaleb(6).normalize():f}" for key in ("input", "output"))
-        raise doc.error(
-            node,
-            entry_path,
-            f"{written} USD per 1M tokens look like USD per token; rates here are USD per 1M tokens "
-            f"({meant}), or 0 for free",
+        why = (
+            f"{written} USD per 1M tokens look like USD per token; rates here are USD per 1M tokens ({meant})"
         )
+        raise doc.error(node, entry_path, f"{why}, or 0 for free")
     given = tuple(key for key in RATE_FIELDS if key in rates)
     return Rates(
         label,
@@ -222,24 +220,17 @@ def _long_context(
     tiers: list[tuple[int, Rates]] = []
     for index, item in enumerate(doc.sequence(node, key_path, _TIERS_EXPECTED)):
         tier_path = f"{key_path}[{index}]"
-        keys = _rate_fields(
-            doc,
-            item,
-            tier_path,
-            _TIER_EXPECTED,
-            _LONG_CONTEXT_KEYS,
-            {"above": "the prompt tokens past which it applies"},
-        )
+        required = {"above": "the prompt tokens past which it applies"}
+        keys = _rate_fields(doc, item, tier_path, _TIER_EXPECTED, _LONG_CONTEXT_KEYS, required)
         above_path = f"{tier_path}.above"
         above = int(doc.number(keys["above"], above_path, _ABOVE_EXPECTED, maximum=_MAX_ABOVE, whole=True))
         if above == 0:
             raise doc.error(keys["above"], above_path, f"expected {_ABOVE_EXPECTED}, got 0")
         if tiers and above <= tiers[-1][0]:
-            raise doc.error(
-                keys["above"],
-                above_path,
-                f"{above} is not above the previous tier's {tiers[-1][0]}: list the tiers in ascending order",
+            why = (
+                f"{above} is not above the previous tier's {tiers[-1][0]}: list the tiers in ascending order"
             )
+            raise doc.error(keys["above"], above_path, why)
         tiers.append((above, _rates(doc, item, tier_path, label, keys, given)))
     return tuple(tiers)
 
@@ -290,11 +281,8 @@ def _host_price(doc: Document, node: yaml.Node, entry_path: str, pattern: str) -
         key_path = f"{entry_path}.provider"
         provider = doc.string(provider_node, key_path, "a provider name").strip()
         if rates is None and _genai_provider(provider) is None:
-            raise doc.error(
-                provider_node,
-                key_path,
-                f"{provider_error(provider)}; or give rates (input, output) to price this host yourself",
-            )
+            fix = "or give rates (input, output) to price this host yourself"
+            raise doc.error(provider_node, key_path, f"{provider_error(provider)}; {fix}")
     elif rates is None:
         raise doc.error(node, entry_path, f"expected {_HOST_EXPECTED}, got an empty mapping")
     return HostPrice(provider, rates)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, Unpack, get_type_hints
+from typing import TYPE_CHECKING, Any, Final, Literal, Required, TypedDict, TypeVar, Unpack, get_type_hints
 
 from llm_ledger._errors import ConfigError
 from llm_ledger._extract import TOOL_KINDS, JsonView
@@ -36,6 +36,7 @@ from llm_ledger._rates import (
     _genai_provider,
     _genai_providers,
     host_matcher,
+    priced_tiers,
     provider_error,
     same_name,
     service_tiers,
@@ -70,6 +71,7 @@ class UnpricedCounts(ValueError):
 PROVIDER_REPORTED: Final = "provider-reported"
 SELF_HOSTED: Final = "self-hosted"  # the provider recorded for a host the price file gives a rate
 MatchedBy = Literal["host", "provider", "model"]
+_T = TypeVar("_T")
 
 _DATE_SUFFIX: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 # a fine-tune is named after its base model's snapshot: ft:gpt-4.1-2025-04-14:org:suffix:id
@@ -88,19 +90,13 @@ _MAX_CACHED_NAMES: Final = 10_000
 
 class PricedCall(TypedDict, total=False):
     """One call as it is priced: the keywords :func:`price`, :meth:`PriceTable.cost` and
-    :meth:`Route.cost` take after the model. ``prompt_tokens`` and ``completion_tokens`` are required.
-    ``cached_tokens`` is the part of ``prompt_tokens`` served from the prompt cache,
-    ``cache_write_tokens`` the part written to it and ``prompt_audio_tokens`` its audio;
-    ``completion_audio_tokens`` is the audio part of ``completion_tokens``. A Realtime response's also
-    says ``cached_audio_tokens`` and ``cached_image_tokens``, the audio and image parts of
-    ``cached_tokens``, and ``prompt_image_tokens``, the image prompt tokens the cache did not serve (its
-    ``prompt_audio_tokens`` are then the audio the cache did not serve) (each default 0). Reasoning
-    tokens are counted inside ``completion_tokens`` and must not be added again. ``at`` (default: now)
-    is when the call was made, for prices that depend on the time of day (DeepSeek's off-peak hours) or
-    the day (a price change genai-prices lists);
-    ``service_tier`` the tier that served it (the response's: ``"flex"``, ``"priority"``...; default
-    the standard one); ``tool_uses`` its uses of built-in tools billed per use, kind -> uses (a record's
-    ``response.tool_uses``: ``{"web_search": 2}``), priced at the table's ``tool_fees`` (default none)."""
+    :meth:`Route.cost` take after the model (docs/PRICING.md). ``prompt_tokens`` and
+    ``completion_tokens`` are required, the other counts parts of them (default 0): ``cached_tokens``
+    served from the prompt cache, ``cache_write_tokens`` written to it, the audio parts, and a Realtime
+    response's cached audio and images and uncached images (its ``prompt_audio_tokens`` then the audio
+    the cache did not serve). Reasoning tokens are inside ``completion_tokens``. ``at`` (default now):
+    when the call was made; ``service_tier``: the tier that served it (default the standard one);
+    ``tool_uses``: built-in tool kind -> uses, priced at the table's ``tool_fees``."""
 
     prompt_tokens: Required[int]
     completion_tokens: Required[int]
@@ -184,23 +180,23 @@ class _Entry:
     friday: _Entry | None = None
 
 
-def _units(rate_per_mtok: Decimal) -> int:
-    # rates with more than 18 decimals per 1M tokens round to the nearest 10**-24 USD per token
-    return int(_CONTEXT.scaleb(rate_per_mtok, USD_UNIT_DIGITS - 6).to_integral_value(context=_CONTEXT))
+def _units(usd: Decimal, per: int = 0) -> int:
+    # USD per 10**per tokens (or uses) in 10**-24 USD per one; past 18 decimals per 1M tokens, rounded
+    return int(_CONTEXT.scaleb(usd, USD_UNIT_DIGITS - per).to_integral_value(context=_CONTEXT))
 
 
 def _per_token(rates: Rates) -> _PerToken:
-    inp = _units(rates.input)
-    cached = inp if rates.cached_input is None else _units(rates.cached_input)
-    written = inp if rates.cache_write is None else _units(rates.cache_write)
-    heard = inp if rates.input_audio is None else _units(rates.input_audio)
-    out = _units(rates.output)
-    spoken = out if rates.output_audio is None else _units(rates.output_audio)
-    seen = inp if rates.input_image is None else _units(rates.input_image)
+    inp = _units(rates.input, 6)
+    cached = inp if rates.cached_input is None else _units(rates.cached_input, 6)
+    written = inp if rates.cache_write is None else _units(rates.cache_write, 6)
+    heard = inp if rates.input_audio is None else _units(rates.input_audio, 6)
+    out = _units(rates.output, 6)
+    spoken = out if rates.output_audio is None else _units(rates.output_audio, 6)
+    seen = inp if rates.input_image is None else _units(rates.input_image, 6)
     # audio and images the cache served: at their own cached rate, else as other cached tokens, else as
     # other audio and images
     cached_heard, cached_seen = (
-        _units(own) if own is not None else uncached if rates.cached_input is None else cached
+        _units(own, 6) if own is not None else uncached if rates.cached_input is None else cached
         for own, uncached in ((rates.cached_input_audio, heard), (rates.cached_input_image, seen))
     )
     return inp, cached, written, heard, out, spoken, (cached_heard, seen, cached_seen)
@@ -248,7 +244,7 @@ def reported_cost_units(usage: Any) -> int | None:
             upstream = cost_decimal(details.get("upstream_inference_cost")) if type(details) is dict else None
             if upstream is not None:
                 cost += upstream
-        return int(_CONTEXT.scaleb(cost, USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
+        return _units(cost)
     except Exception:
         return None
 
@@ -324,18 +320,15 @@ class Route:
         tier: str | None = None,
         live: bool = False,
     ) -> tuple[int, int, str, float | None] | None:
-        """(prompt cost, completion cost) in 10**-24 USD (``USD_UNITS`` per dollar), the rates' source
-        and the moment they were taken at (epoch seconds; None: a price the time of day does not
-        change), or ``None``, at ``model``'s rates, else at ``fallback``'s (the model asked for, when
-        ``model`` is the one served). A price-file entry for ``fallback`` wins over a built-in price for
-        ``model``: an Azure deployment's negotiated rate, although Azure answers with a listed model.
-        ``counts`` holds the token counts by :class:`PricedCall`'s names, every one given (a record's
-        ``usage`` has them). They may be the sum of ``calls`` calls (a report's row): a long-context
-        tier is judged on their average size, as no call's own size is known. ``at`` (epoch seconds,
-        default now) is when the call was made: a price by time of day is the one of that time. ``tier``
-        is the service tier that served the call (the response's ``service_tier``): its own price when
-        it has one. ``live``: a call a monitor records, priced at the time of day
-        :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
+        """(prompt cost, completion cost) in 10**-24 USD, the rates' source and the moment they were
+        taken at (epoch seconds; None: the time of day does not change them), or ``None``, at
+        ``model``'s rates, else at ``fallback``'s (the model asked for, when ``model`` is the one
+        served). A price-file entry for ``fallback`` wins over a built-in price for ``model``: an Azure
+        deployment's negotiated rate, although Azure answers with a listed model. ``counts``: every
+        count of :class:`PricedCall` (a record's ``usage``), maybe summed over ``calls`` calls (a
+        report's row: a long-context tier is judged on their average). ``at`` (epoch seconds, default
+        now), ``tier`` as :class:`PricedCall`; ``live``: a call a monitor records, priced at the time of
+        day :func:`price_time_of_day` fixes, if any, on the day of ``at``."""
         entry = self._flat
         if entry is None:
             entry = self._entry(model) if model else None
@@ -378,17 +371,13 @@ class Route:
                 )
             )
         ):
+            got = ", ".join(f"{name}={n!r}" for name, n in zip(_COUNTS, _read_counts(counts), strict=True))
             raise UnpricedCounts(
                 "token counts must satisfy cached_tokens + cache_write_tokens <= prompt_tokens, "
                 "prompt_audio_tokens <= prompt_tokens, completion_audio_tokens <= completion_tokens, "
                 "cached_audio_tokens + cached_image_tokens <= cached_tokens and (with those) "
                 "prompt_audio_tokens + prompt_image_tokens + cached_tokens + cache_write_tokens "
-                "<= prompt_tokens, "
-                f"each >= 0, got prompt_tokens={prompt_tokens!r}, cached_tokens={cached_tokens!r}, "
-                f"cache_write_tokens={written!r}, prompt_audio_tokens={heard!r}, "
-                f"completion_tokens={completion_tokens!r}, completion_audio_tokens={spoken!r}, "
-                f"cached_audio_tokens={cached_heard!r}, prompt_image_tokens={seen!r}, "
-                f"cached_image_tokens={cached_seen!r}"
+                f"<= prompt_tokens, each >= 0, got {got}"
             )
         # a call made on a day priced apart from the one the entry holds (a log's call before a price
         # change; a DeepSeek call on a weekend): that day's prices (an entry without on_day holds forever)
@@ -490,22 +479,9 @@ class PriceTable:
         hosts: Mapping[str, HostPrice] | None = None,
         tool_fees: Mapping[str, Mapping[str, Decimal]] | None = None,
     ) -> None:
-        self._exact: dict[str, Rates] = {}  # by the name in lower case: names match whatever their case
-        self._patterns: list[tuple[re.Pattern[str], Rates]] = []
+        self._exact, self._patterns = _by_name(overrides, "price overrides", _checked_rates)
         self._builtin = builtin
         self._overridden = bool(overrides)  # a model name may have a price-file entry
-        names: dict[str, str] = {}  # each name in lower case: as given
-        for name, rates in (overrides or {}).items():
-            if not isinstance(name, str) or not name.strip():
-                raise ConfigError(f"price overrides: model name must be a non-empty string, got {name!r}")
-            if not isinstance(rates, Rates):
-                raise ConfigError(f"price overrides[{name!r}]: expected a Rates, got {rates!r}")
-            if (first := names.setdefault(name.strip().lower(), name)) != name:
-                raise ConfigError(f"price overrides[{name!r}]: {same_name('model', first)}")
-            if _GLOB_CHARS.isdisjoint(name):
-                self._exact[name.strip().lower()] = rates
-            else:
-                self._patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), rates))
         rules: list[tuple[tuple[bool, bool], str, re.Pattern[str], int | None, HostPrice]] = []
         seen: dict[str, str] = {}  # each pattern as matched (lower case): as given
         for pattern, host_price in (hosts or {}).items():
@@ -522,21 +498,9 @@ class PriceTable:
             # exact hosts first, host:port before the bare host; patterns after, in mapping order
             rules.append(((is_glob, not is_glob and port is None), pattern, regex, port, host_price))
         self._hosts = [rule[1:] for rule in sorted(rules, key=lambda rule: rule[0])]
-        # built-in tools' fees: kind -> 10**-24 USD per use, by exact name (lower case), then by pattern
-        self._exact_fees: dict[str, dict[str, int]] = {}
-        self._fee_patterns: list[tuple[re.Pattern[str], dict[str, int]]] = []
+        # built-in tools' fees: kind -> 10**-24 USD per use
+        self._exact_fees, self._fee_patterns = _by_name(tool_fees, "tool_fees", _fee_units)
         self._fees_of: dict[str, dict[str, int]] = {}  # by model name, resolved once
-        fee_names: dict[str, str] = {}  # each name in lower case: as given
-        for name, fees in (tool_fees or {}).items():
-            if not isinstance(name, str) or not name.strip():
-                raise ConfigError(f"tool_fees: model name must be a non-empty string, got {name!r}")
-            if (first := fee_names.setdefault(name.strip().lower(), name)) != name:
-                raise ConfigError(f"tool_fees[{name!r}]: {same_name('model', first)}")
-            units = _fee_units(name, fees)
-            if _GLOB_CHARS.isdisjoint(name):
-                self._exact_fees[name.strip().lower()] = units
-            else:
-                self._fee_patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), units))
         self._routes: dict[tuple[str, str], Route] = {}
         self._model_route = Route(self, DEFAULT_PROVIDER, "model")
 
@@ -661,6 +625,33 @@ class PriceTable:
         return names
 
 
+def _by_name(
+    entries: Mapping[str, Any] | None, where: str, check: Callable[[str, Any], _T]
+) -> tuple[dict[str, _T], list[tuple[re.Pattern[str], _T]]]:
+    """``entries`` (a model name or glob pattern -> a value ``check`` checks) as exact names (in lower
+    case: names match whatever their case) and patterns, in mapping order."""
+    exact: dict[str, _T] = {}
+    patterns: list[tuple[re.Pattern[str], _T]] = []
+    names: dict[str, str] = {}  # each name in lower case: as given
+    for name, value in (entries or {}).items():
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}: model name must be a non-empty string, got {name!r}")
+        checked = check(name, value)
+        if (first := names.setdefault(name.strip().lower(), name)) != name:
+            raise ConfigError(f"{where}[{name!r}]: {same_name('model', first)}")
+        if _GLOB_CHARS.isdisjoint(name):
+            exact[name.strip().lower()] = checked
+        else:
+            patterns.append((re.compile(fnmatch.translate(name.strip()), re.IGNORECASE), checked))
+    return exact, patterns
+
+
+def _checked_rates(name: str, rates: Any) -> Rates:
+    if not isinstance(rates, Rates):
+        raise ConfigError(f"price overrides[{name!r}]: expected a Rates, got {rates!r}")
+    return rates
+
+
 def _checked_uses(uses: Any) -> dict[str, int]:
     """A what-if's ``tool_uses`` checked (kind -> whole number of uses >= 0), without its kinds used 0
     times; ValueError names a mistake."""
@@ -700,7 +691,7 @@ def _fee_units(name: str, fees: Mapping[str, Decimal]) -> dict[str, int]:
                 f"tool_fees[{name!r}][{kind!r}]: expected a finite Decimal between 0 and {MAX_RATE} USD per "
                 f"use, got {fee!r}"
             )
-        units[kind] = int(_CONTEXT.scaleb(fee, USD_UNIT_DIGITS).to_integral_value(context=_CONTEXT))
+        units[kind] = _units(fee)
     return units
 
 
@@ -731,8 +722,7 @@ def _builtin_entry(name: str, provider_id: str) -> _Entry | None:
     # the service tiers genai-prices prices apart (OpenAI's flex, priority, fast...); as in genai-prices,
     # only at the model's own provider, not for a model another provider borrows (Azure's of OpenAI's)
     own = any(info is model for model in provider.models)
-    variants = [v.when for v in info.price_variants or () if set(v.when) == {"service_tier"}]
-    served = sorted({when["service_tier"] for when in variants} & set(service_tiers()))
+    served = sorted(priced_tiers(info) & set(service_tiers()))
 
     def entry(moment: datetime) -> _Entry | None:
         rates = _rates_from_model_info(info, source, moment)
@@ -751,7 +741,12 @@ def _builtin_entry(name: str, provider_id: str) -> _Entry | None:
     # (a logged call before a change; after one, in a running process) is priced at its own day's.
     conditional = info.prices if isinstance(info.prices, list) else []
     constraints = [c.constraint for c in conditional] + [v.constraint for v in info.price_variants or ()]
-    changes = {_midnight(c.start_date) for c in constraints if isinstance(c, StartDateConstraint)}
+    # each change's UTC midnight, in epoch seconds
+    changes = {
+        datetime.combine(c.start_date, dt_time(), UTC).timestamp()
+        for c in constraints
+        if isinstance(c, StartDateConstraint)
+    }
     starts = sorted({0} | _price_changes(info))
     weekends_off_peak = _WEEKENDS_OFF_PEAK.get(provider.id) if own and len(starts) > 1 else None
     days: dict[float, _Entry | None] = {}  # the entries of other days, by their midnight
@@ -794,11 +789,6 @@ def _builtin_entry(name: str, provider_id: str) -> _Entry | None:
         return result
 
     return on_day(time.time())
-
-
-def _midnight(day: date) -> float:
-    """The start of a UTC day, in epoch seconds."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
 def price_time_of_day(when: str) -> str:
@@ -860,6 +850,13 @@ def _utc_second(moment: dt_time) -> int:
     return (moment.hour * 60 + moment.minute) * 60 + moment.second
 
 
+# genai-prices' other prices of a model, as rates() below unpacks them
+_OPTIONAL_PRICES: Final = (
+    "cache_read_mtok", "cache_write_mtok", "input_audio_mtok", "output_audio_mtok", "cache_audio_read_mtok",
+    "input_image_mtok", "cache_image_read_mtok",
+)  # fmt: skip
+
+
 def _rates_from_model_info(
     info: ModelInfo, source: str, moment: datetime, context: dict[str, str] | None = None
 ) -> Rates | None:
@@ -867,15 +864,7 @@ def _rates_from_model_info(
 
     prices = info.get_prices(moment, context)
     input_price, output_price = prices.input_mtok, prices.output_mtok
-    optional = (
-        prices.cache_read_mtok,
-        prices.cache_write_mtok,
-        prices.input_audio_mtok,
-        prices.output_audio_mtok,
-        prices.cache_audio_read_mtok,
-        prices.input_image_mtok,
-        prices.cache_image_read_mtok,
-    )
+    optional = [getattr(prices, name) for name in _OPTIONAL_PRICES]
     if input_price is None:
         if any(value is not None for value in vars(prices).values()):
             return None  # priced per second, per character...: not something token usage can price

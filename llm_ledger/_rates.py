@@ -20,7 +20,7 @@ from llm_ledger._errors import ConfigError
 from llm_ledger.loading import did_you_mean, shown
 
 if TYPE_CHECKING:
-    from genai_prices.types import Provider
+    from genai_prices.types import ModelInfo, Provider
 
 __all__ = [
     "DEFAULT_PROVIDER",
@@ -32,6 +32,7 @@ __all__ = [
     "Rates",
     "host_matcher",
     "preload",
+    "priced_tiers",
     "provider_error",
     "same_name",
     "service_tier_error",
@@ -145,14 +146,15 @@ class Rates:
 def service_tiers() -> tuple[str, ...]:
     """The service tiers a price may be given for: :data:`SERVICE_TIERS`, then any other that
     genai-prices prices apart (a tier a provider adds reaches users with genai-prices' data)."""
-    priced = {
-        variant.when["service_tier"]
-        for provider in _genai_providers()
-        for model in provider.models
-        for variant in model.price_variants or ()
-        if set(variant.when) == {"service_tier"}
-    }
+    priced = set().union(
+        *(priced_tiers(model) for provider in _genai_providers() for model in provider.models)
+    )
     return SERVICE_TIERS + tuple(sorted(priced - {*SERVICE_TIERS, *_STANDARD_TIERS}))
+
+
+def priced_tiers(model: ModelInfo) -> set[str]:
+    """The service tiers genai-prices gives ``model`` prices of their own for (some list ``default``)."""
+    return {v.when["service_tier"] for v in model.price_variants or () if set(v.when) == {"service_tier"}}
 
 
 def service_tier_error(name: str, given: list[str]) -> str:

@@ -71,13 +71,10 @@ def _ns(iso: str) -> int:
 
 
 class _Totals:
-    """A monotonic counter whose sums are kept here and reported when the meter collects (an
-    observable counter): a call adds to a dict, where ``Counter.add`` sends a measurement through the
-    SDK's whole path (cleaning, hashing and looking up its attributes) on every call. ``zero_first``:
-    a new attribute set is reported at 0 by the first collection that sees it, and at its total from
-    the next one (as the Prometheus sink scrapes a new series), so that a rule on ``increase()`` after
-    OTLP reaches Prometheus counts its first rise; the process's last collection reports every total
-    (:func:`_release`)."""
+    """An observable counter whose sums are kept here: a call adds to a dict, where ``Counter.add``
+    sends each measurement through the SDK's whole path. ``zero_first``: a new attribute set is
+    reported at 0 by the first collection that sees it, then at its total, so that ``increase()``
+    counts its first rise (docs/exporters.md); the process's last collection reports every total."""
 
     def __init__(
         self, meter: Any, name: str, unit: str, description: str, *, zero_first: bool = False
@@ -221,14 +218,15 @@ def _error_type(record: Mapping[str, Any]) -> str | None:
     return "interrupted" if record["status"] == "interrupted" else None
 
 
-def _modalities(record: Mapping[str, Any]) -> tuple[str, str, str, int, int, int]:
-    """``gen_ai.token.modality`` of a call's input, output and cached tokens beside the audio ones, and
-    how many audio tokens its usage counts apart (input, output, cached). OpenAI's usage splits off
-    audio only: the rest is text, unless the request holds an image (its tokens are inside the input
-    count, inseparable) or the model is an audio model whose usage counts no audio apart (unknown).
-    Which part of the cached tokens was audio only a Realtime response says (``cached_audio_tokens``,
-    its ``prompt_audio_tokens`` being the audio the cache did not serve); its usage splits audio off
-    even when there is none, and its image tokens, counted apart, make the rest unknown too."""
+def _modalities(record: Mapping[str, Any]) -> tuple[tuple[str, str, str, int], ...]:
+    """(usage kind, usage field, ``gen_ai.token.modality`` of the tokens beside the audio ones, audio
+    tokens counted apart) of a call's input, output, cache read, cache write and reasoning tokens.
+    OpenAI's usage splits off audio only: the rest is text, unless the request holds an image (its
+    tokens are inside the input count, inseparable) or the model is an audio model whose usage counts
+    no audio apart (unknown). Which part of the cached tokens was audio only a Realtime response says
+    (``cached_audio_tokens``, its ``prompt_audio_tokens`` being the audio the cache did not serve); its
+    usage splits audio off even when there is none, and its image tokens, counted apart, make the rest
+    unknown too."""
     usage = record["usage"]
     cached_heard = usage.get("cached_audio_tokens") or 0  # .get: records of older versions
     heard = (usage.get("prompt_audio_tokens") or 0) + cached_heard
@@ -242,8 +240,15 @@ def _modalities(record: Mapping[str, Any]) -> tuple[str, str, str, int, int, int
         or usage.get("cached_image_tokens")
     )
     inputs = "unknown" if unsplit or images else "text"
+    outputs = "unknown" if unsplit else "text"
     cached = inputs if not heard or realtime else "unknown"
-    return inputs, "unknown" if unsplit else "text", cached, heard, spoken, cached_heard
+    return (
+        ("input_tokens", "prompt_tokens", inputs, heard),
+        ("output_tokens", "completion_tokens", outputs, spoken),
+        ("cache_read.input_tokens", "cached_tokens", cached, cached_heard),
+        ("cache_write.input_tokens", "cache_write_tokens", cached, 0),
+        ("reasoning.output_tokens", "reasoning_tokens", outputs, 0),
+    )
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -295,10 +300,8 @@ def _context_attributes(context: Mapping[str, Any], attributes: dict[str, Any]) 
     """The record's context as ``llm_ledger.*`` attributes."""
     for key, value in context.items():
         if value is not None and not isinstance(value, (str, bool, int, float)):
-            # as the file writes it (a UUID as text, an Enum as its value), a mapping or list as
-            # its JSON text: an attribute holds no object
-            # (the json module: orjson would read a big integer as a float, and refuse a lone
-            # surrogate the file escapes)
+            # as the file writes it (a UUID as text...), a mapping or list as JSON text: an attribute
+            # holds no object (json, not orjson: a big integer, a lone surrogate the file escapes)
             value = json.loads(json_text({key: value}))[key]
             if isinstance(value, (dict, list)):
                 value = json.dumps(value, separators=(",", ":"))
@@ -370,10 +373,9 @@ class OTelSink:
         self._client_kind = trace.SpanKind.CLIENT
         self._providers = (tracer_provider, meter_provider)  # None: the global one
         self.tracer: Tracer = trace.get_tracer(SCOPE, ours or None, tracer_provider)
-        # the global providers left unset: checked at the first record, since applications often set
-        # up OpenTelemetry after configure()
-        self._unset_globals = (tracer_provider is None, meter_provider is None)
-        self._check_provider = any(self._unset_globals)
+        # the global providers are checked at the first record: applications often set up
+        # OpenTelemetry after configure()
+        self._check_provider = None in self._providers
         self._metrics_api = metrics
         meter = metrics.get_meter(SCOPE, ours, meter_provider)
         opt_in = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")  # the newest experimental names?
@@ -427,11 +429,8 @@ class OTelSink:
             "{call}",
             "Calls billed without a known cost (not in llm_ledger.cost)",
         )
-        # the lens_anomaly and budget_exceeded records, as llm_ledger_lens_anomalies_total and
-        # llm_ledger_budget_exceeded_total count them, with their 0 points first: an anomaly's attribute
-        # set at 0 for each metric a lens's runs are judged on, from its first judged run (its lens
-        # record names them), a breach's in the first collection after it (no record names a lens's
-        # limits), as an anomaly's is when that first judged run is anomalous (baselines from the log)
+        # the lens_anomaly and budget_exceeded records, as the Prometheus sink counts them, new
+        # attribute sets at 0 first (an anomaly's from the lens's first judged run on: __call__)
         self._anomalies = counter(
             "llm_ledger.lens_anomalies", "{anomaly}", "Lens runs above their baseline", zero_first=True
         )
@@ -457,7 +456,7 @@ class OTelSink:
 
     def _say_where_nothing_goes(self) -> None:
         """Once: which of the global providers this sink uses was never set, so its output is lost."""
-        tracing, metering = self._unset_globals
+        tracing, metering = (given is None for given in self._providers)
         if tracing and isinstance(self._trace.get_tracer_provider(), self._trace.ProxyTracerProvider):
             _internal_log.warning(
                 "llm-ledger: OTelSink has no OpenTelemetry tracer provider to send spans to, so they "
@@ -657,14 +656,7 @@ class OTelSink:
                 self._tokens("input_tokens", 0, base, "unknown")
                 self._tokens("output_tokens", 0, base, "unknown")
             return
-        inputs, outputs, cached, heard, spoken, cached_heard = _modalities(record)
-        for kind, field, modality, audio in (
-            ("input_tokens", "prompt_tokens", inputs, heard),
-            ("output_tokens", "completion_tokens", outputs, spoken),
-            ("cache_read.input_tokens", "cached_tokens", cached, cached_heard),
-            ("cache_write.input_tokens", "cache_write_tokens", cached, 0),
-            ("reasoning.output_tokens", "reasoning_tokens", outputs, 0),
-        ):
+        for kind, field, modality, audio in _modalities(record):
             n = usage.get(field)
             if n is None:
                 continue
@@ -691,7 +683,8 @@ class OTelSink:
         operation, model = identity[0], identity[2]
         first = record["timing"]["time_to_first_token_ms"]
         finish = response["finish_reason"]
-        inputs, outputs, cached, heard, spoken, cached_heard = _modalities(record)
+        modalities = _modalities(record)
+        heard, spoken = modalities[0][3], modalities[1][3]
         error_type = _error_type(record)
         optional = (
             *zip(_IDENTITY, identity, strict=True),
@@ -721,19 +714,10 @@ class OTelSink:
             ("error.type", error_type),
         )
         attributes = {key: value for key, value in optional if value is not None}
-        if self.latest and operation != "embeddings":
-            prompt, completion, served = (
-                usage["prompt_tokens"],
-                usage["completion_tokens"],
-                usage["cached_tokens"],
-            )
-            for modality, key, value in (
-                (inputs, "input_tokens", None if prompt is None else prompt - heard),
-                (outputs, "output_tokens", None if completion is None else completion - spoken),
-                (cached, "cache_read.input_tokens", None if served is None else served - cached_heard),
-            ):
-                if modality != "unknown" and value is not None:
-                    attributes[f"gen_ai.usage.{modality}.{key}"] = value
+        if self.latest and operation != "embeddings":  # the text tokens: input, output, cache reads
+            for kind, field, modality, audio in modalities[:3]:
+                if modality != "unknown" and usage[field] is not None:
+                    attributes[f"gen_ai.usage.{modality}.{kind}"] = usage[field] - audio
         _context_attributes(record["context"], attributes)
         if "content" in record:
             attributes.update(_content_attributes(record))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from .._errors import ConfigError, unchained
 from .._errors import internal_log as _internal_log
-from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, billed_without_cost
+from .._records import ANOMALY_EVENT, BUDGET_EVENT, CALL_EVENT, LENS_EVENT, cost_left_out
 from ..loading import as_typed
 
 if TYPE_CHECKING:
@@ -65,6 +65,11 @@ _NONE_LABELS: Final = {"lens": NO_LENS, "model": UNKNOWN_MODEL, "service_tier": 
 _CACHE_LIMIT: Final = 10_000  # label tuples whose metric children are kept at hand
 _ERRORS_LOGGED: Final = 100  # distinct update errors logged with their traceback; later ones only counted
 _CALL_LABELS: Final = ("lens", "model", "provider", "operation", "status", "service_tier")
+# a pending key is (event, its labels' raw values...): a call's adds two values that are no labels
+_KEY_LABELS: Final = {
+    CALL_EVENT: _CALL_LABELS, LENS_EVENT: ("lens",), ANOMALY_EVENT: ("lens", "metric"),
+    BUDGET_EVENT: ("lens", "limit"),
+}  # fmt: skip
 # a call's token counts by token_type (cache_write, input_audio within input; output_audio within output,
 # as in OpenAI's usage); after them, the calls billed without a known cost
 _TOKENS: Final = ("input", "output", "cached", "reasoning", "cache_write", "input_audio", "output_audio")
@@ -74,7 +79,6 @@ _NO_COUNTS: Final = (0,) * len(_COUNT_INDEXES)
 # scrape, moves them first): prometheus-client's values are several objects each, cold between
 # the SDK's own work, where a call's sums are one list
 PENDING_CALLS: Final = 1024
-_EXTRA_HINT: Final = "pip install 'llm-ledger[prometheus]'"
 _serving = False  # this process, or one it was forked from, serves /metrics (see _serves_here)
 _unserved = False  # this process was forked from one that serves /metrics, and serves none itself
 _unusable: set[str] = set()  # files of scraped series that could not be used (logged once each)
@@ -137,7 +141,9 @@ def _client() -> Any:
     try:
         import prometheus_client
     except ImportError as exc:
-        raise ConfigError(f"the Prometheus exporter needs prometheus-client: {_EXTRA_HINT}") from exc
+        raise ConfigError(
+            "the Prometheus exporter needs prometheus-client: pip install 'llm-ledger[prometheus]'"
+        ) from exc
     return prometheus_client
 
 
@@ -195,11 +201,9 @@ class PrometheusSink:
             "model": (set(), self.max_models),
             "service_tier": (set(), MAX_TIERS),
         }
-        # a pending key (below) -> its metric children (_new_children, _new_lens_children)
-        self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # a call's label tuple, whether it had a first token and which counts it has -> its sums (see
-        # _call); a lens run's (lens_key,) -> [costs, failed runs]. Each sums list starts with a list
-        # holding one value per record
+        # a pending key (_KEY_LABELS) -> its metric children (_new_children)
+        self._children: dict[tuple[Any, ...], Any] = {}
+        # a pending key -> its sums (_call, _add), whose first item is a list of one value per record
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._pending_calls = 0
         directory = _multiprocess_dir(check=True)
@@ -220,7 +224,7 @@ class PrometheusSink:
         self._full: set[str] = set()  # the labels whose shared file holds its cap of values
         self._pending_lock = threading.Lock()
         self._errors_logged: set[tuple[str, str]] = set()
-        self._watched: set[tuple[str, str]] = set()  # (lens, metric) anomaly series made (see _judged)
+        self._watched: set[tuple[str, str]] = set()  # (lens, metric) anomaly series made (see _lens)
         _sinks.add(self)
         made: list[Any] = [_Moving(self._flush)]
         self.registry.register(made[0])  # first: a collection moves the pending sums, then reads
@@ -267,8 +271,6 @@ class PrometheusSink:
         self.anomalies: Counter = counter(
             "llm_ledger_lens_anomalies", "Lens runs above their baseline", ("lens", "metric")
         )
-        # limit: one of the five budget limits, a bounded label; through the pending sums, so that a
-        # lens's first breach shows 0 in a scrape first and increase() counts it
         self.budget_exceeded: Counter = counter(
             "llm_ledger_budget_exceeded",
             "Limits lens runs went over (one per run and limit)",
@@ -294,9 +296,9 @@ class PrometheusSink:
         elif event == LENS_EVENT:
             self._lens(record)
         elif event == ANOMALY_EVENT:  # metric: one of three summary keys, a bounded label
-            self._alert((record["context"].get("lens_key"), record["anomaly"]["metric"], ANOMALY_EVENT))
-        elif event == BUDGET_EVENT:
-            self._alert((record["context"].get("lens_key"), record["budget"]["limit"]))
+            self._add((ANOMALY_EVENT, record["context"].get("lens_key"), record["anomaly"]["metric"]))
+        elif event == BUDGET_EVENT:  # limit: one of the five budget limits
+            self._add((BUDGET_EVENT, record["context"].get("lens_key"), record["budget"]["limit"]))
 
     def flush(self) -> None:
         """Move the pending sums into the metrics (a collection of the registry does it first)."""
@@ -320,30 +322,20 @@ class PrometheusSink:
         for key, sums in pending.items():
             if key in held:
                 continue
-            # a lens run's (lens_key,), a budget breach's (lens_key, limit), an anomaly's (lens_key,
-            # metric, ANOMALY_EVENT), else a call's label tuple
-            make, move, event, names = (
-                (self._new_lens_children, self._move_lens, LENS_EVENT, ("lens",))
-                if len(key) == 1
-                else (self._new_breach_children, self._move_alerts, BUDGET_EVENT, ("lens", "limit"))
-                if len(key) == 2
-                else (self._new_anomaly_children, self._move_alerts, ANOMALY_EVENT, ("lens", "metric"))
-                if len(key) == 3
-                else (self._new_children, self._move, CALL_EVENT, _CALL_LABELS)
-            )
+            event = key[0]
             try:
                 children = self._children.get(key)
                 if children is None:
-                    children = make(key)
+                    children = self._new_children(key)
                     if len(self._children) >= _CACHE_LIMIT:
                         self._children.clear()  # only a cache: the metrics keep every series
                     self._children[key] = children
                     if collecting:
                         held[key] = sums
                         continue
-                move(children, sums)
+                self._move(event, children, sums)
             except Exception as exc:  # one series must not cost the others, nor a scrape
-                self._dropped(event, len(sums[0]), dict(zip(names, key, strict=False)), exc)
+                self._dropped(event, len(sums[0]), dict(zip(_KEY_LABELS[event], key[1:], strict=False)), exc)
         if held:
             with self._pending_lock:
                 for key, sums in held.items():
@@ -421,8 +413,19 @@ class PrometheusSink:
             )  # fmt: skip
             return True
 
-    def _new_children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
-        raw_lens, raw_model, provider, operation, status, raw_tier, streamed, counted = key
+    def _new_children(self, key: tuple[Any, ...]) -> Any:
+        """The metric children a pending key's sums move into (``_move``): its series are made here."""
+        event = key[0]
+        if event != CALL_EVENT:
+            lens = self._label("lens", key[1])
+            if event == LENS_EVENT:
+                return (
+                    self.lens_runs.labels(lens, "ok"),
+                    self.lens_runs.labels(lens, "error"),
+                    self.lens_cost.labels(lens),
+                )
+            return (self.anomalies if event == ANOMALY_EVENT else self.budget_exceeded).labels(lens, key[2])
+        _, raw_lens, raw_model, provider, operation, status, raw_tier, streamed, counted = key
         lens = self._label("lens", raw_lens)
         model = self._label("model", raw_model)
         tier = self._label("service_tier", raw_tier)
@@ -445,6 +448,28 @@ class PrometheusSink:
             ],
         )
 
+    def _move(self, event: str, children: Any, sums: list[Any]) -> None:
+        if event == CALL_EVENT:
+            calls, cost, duration, ttft, counts = children
+            durations, firsts, usd = sums[:3]
+            calls.inc(len(durations))
+            cost.inc(usd)
+            for seconds in durations:
+                duration.observe(seconds)
+            for seconds in firsts:
+                ttft.observe(seconds)
+            for i, child in counts:
+                child.inc(sums[3 + i])
+        elif event == LENS_EVENT:
+            ok, failed, cost = children
+            costs, errors = sums
+            ok.inc(len(costs) - errors)
+            failed.inc(errors)
+            for usd in costs:
+                cost.observe(usd)
+        else:
+            children.inc(len(sums[0]))
+
     # -- records -----------------------------------------------------------------------------------
 
     def _call(self, record: Mapping[str, Any]) -> None:
@@ -464,15 +489,13 @@ class PrometheusSink:
         # all the audio in: a Realtime response's cached audio is apart from its prompt_audio_tokens
         heard = (usage.get("prompt_audio_tokens") or 0) + (usage.get("cached_audio_tokens") or 0)
         spoken = usage.get("completion_audio_tokens") or 0
-        # no cost though billed, or one leaving out its built-in tools' fees or answers whose usage was lost
-        cost = record["cost"]
-        left_out = cost.get("left_out") or "attempts_left_out" in cost
-        unpriced = 1 if (billed_without_cost(record) if usd is None else left_out) else 0
+        unpriced = 1 if cost_left_out(record) else 0
         counted = (  # a bit for each count that is not 0: (n and b) is 0 or b
             (t_in and 1) | (t_out and 2) | (cached and 4) | (reasoning and 8) | (written and 16)
             | (heard and 32) | (spoken and 64) | (unpriced and 128)
         )  # fmt: skip
         key = (
+            CALL_EVENT,
             record["context"].get("lens_key"),
             record["request"]["model"] or response["model"],
             server["provider"] if server else "openai",
@@ -503,74 +526,34 @@ class PrometheusSink:
         if full:
             self._flush(collecting=False, overflow=True)
 
-    def _move(self, children: tuple[Any, ...], sums: list[Any]) -> None:
-        calls, cost, duration, ttft, counts = children
-        durations, firsts, usd = sums[:3]
-        calls.inc(len(durations))
-        cost.inc(usd)
-        for seconds in durations:
-            duration.observe(seconds)
-        for seconds in firsts:
-            ttft.observe(seconds)
-        for i, child in counts:
-            child.inc(sums[3 + i])
-
-    def _new_lens_children(self, key: tuple[Any]) -> tuple[Any, ...]:
-        lens = self._label("lens", key[0])
-        runs = self.lens_runs
-        return runs.labels(lens, "ok"), runs.labels(lens, "error"), self.lens_cost.labels(lens)
-
-    def _move_lens(self, children: tuple[Any, ...], sums: list[Any]) -> None:
-        ok, failed, cost = children
-        costs, errors = sums
-        ok.inc(len(costs) - errors)
-        failed.inc(errors)
-        for usd in costs:
-            cost.observe(usd)
-
     def _lens(self, record: Mapping[str, Any]) -> None:
+        lens_key = record["context"].get("lens_key")
         summary = record["summary"]
-        key = (record["context"].get("lens_key"),)
-        with self._pending_lock:
-            sums = self._pending.get(key) or self._pending.setdefault(key, [[], 0])  # costs, failed runs
-            sums[0].append(summary["total_cost_usd"])
-            sums[1] += 1 if summary["errors"] else 0
-            self._pending_calls += 1
-            full = self._pending_calls >= self._pending_limit
+        self._add((LENS_EVENT, lens_key), summary["total_cost_usd"], 1 if summary["errors"] else 0)
+        # a series at 0 for each metric the run was judged on, long before a first anomaly (which needs
+        # runs before it), so that increase() counts it; none for a lens nobody judges
         judged = record.get("anomaly_metrics")
         if judged:
-            self._judged(key[0], judged)
-        if full:
-            self._flush(collecting=False, overflow=True)
+            lens = self._label("lens", lens_key)
+            for metric in judged:
+                if (lens, metric) not in self._watched:
+                    self.anomalies.labels(lens, metric)
+                    self._watched.add((lens, metric))
 
-    def _new_breach_children(self, key: tuple[Any, str]) -> tuple[Any, ...]:
-        return (self.budget_exceeded.labels(self._label("lens", key[0]), key[1]),)
-
-    def _new_anomaly_children(self, key: tuple[Any, str, str]) -> tuple[Any, ...]:
-        return (self.anomalies.labels(self._label("lens", key[0]), key[1]),)
-
-    def _move_alerts(self, children: tuple[Any, ...], sums: list[Any]) -> None:
-        children[0].inc(len(sums[0]))
-
-    def _alert(self, key: tuple[Any, ...]) -> None:
-        """A budget breach or an anomaly, through the pending sums as a call: its series new to a
-        scrape (a lens judged first in this process, found anomalous at once) shows 0 first."""
+    def _add(self, key: tuple[Any, ...], value: Any = None, errors: int = 0) -> None:
+        """A lens run (its cost, whether it failed) or an anomaly or budget breach into the pending sums,
+        as a call: a series new to a scrape (a lens judged first in this process, found anomalous at
+        once) shows 0 first."""
         with self._pending_lock:
-            sums = self._pending.get(key) or self._pending.setdefault(key, [[]])  # one item each
-            sums[0].append(1)
+            sums = self._pending.get(key) or self._pending.setdefault(
+                key, [[], 0]
+            )  # a value a record, errors
+            sums[0].append(value)
+            sums[1] += errors
             self._pending_calls += 1
             full = self._pending_calls >= self._pending_limit
         if full:
             self._flush(collecting=False, overflow=True)
-
-    def _judged(self, raw_lens: Any, metrics: Sequence[str]) -> None:
-        """A series at 0 for each metric the lens record says its run was judged on, long before a first
-        anomaly (which needs runs before it), so that increase() counts it; none for a lens nobody judges."""
-        lens = self._label("lens", raw_lens)
-        for metric in metrics:
-            if (lens, metric) not in self._watched:
-                self.anomalies.labels(lens, metric)
-                self._watched.add((lens, metric))
 
 
 def flush_metrics() -> None:

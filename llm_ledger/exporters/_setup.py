@@ -48,35 +48,34 @@ def _is_host(host: str) -> bool:
 def _one(item: Any, source: str) -> str:
     if not isinstance(item, str):
         raise ConfigError(f"exporters must be names (str), got {item!r} in {source}")
+    named = shown(item.strip())  # quoted only through shown(): it may hold anything
     parts = re.sub(r"\s*:\s*", ":", item).replace(";", " ").split()
     if len(parts) > 1:  # "prometheus:9464 otel": names run together
         raise ConfigError(
-            f"{shown(item.strip())} in {source} is more than one exporter: separate them with commas, "
+            f"{named} in {source} is more than one exporter: separate them with commas, "
             f"{shown(','.join(parts))}"
         )
     name, colon, where = item.strip().partition(":")
     name = name.strip().lower()
     if name not in EXPORTER_NAMES:
         raise ConfigError(
-            f"unknown exporter {shown(item.strip())} in {source}; choose from {', '.join(EXPORTER_NAMES)} "
+            f"unknown exporter {named} in {source}; choose from {', '.join(EXPORTER_NAMES)} "
             "(prometheus:PORT also serves /metrics on PORT)"
         )
     if not colon:
         return name
     if name != "prometheus":
-        named = shown(item.strip())
         raise ConfigError(f"exporter {named} in {source} takes no port; only prometheus:PORT does")
     # "[::1]": an IPv6 address with no port after it
     host, _, port_text = (where, "", "") if where.rstrip().endswith("]") else where.rpartition(":")
     host = host.strip()
-    if host and not _is_host(host):  # before any lookup: a message quotes it only through shown()
+    if host and not _is_host(host):  # before any lookup
         what = f"{shown(host)} is not a host name or IP address"
         if ":" in where.strip() and _is_host(where.strip()):  # prometheus:::1
             what = f"{shown(where.strip())} is an IPv6 address and no port"
         raise ConfigError(
-            f"exporter {shown(item.strip())} in {source}: {what}; "
-            "write prometheus:PORT, prometheus:HOST:PORT or, for IPv6, prometheus:[ADDRESS]:PORT "
-            "(e.g. prometheus:127.0.0.1:9464, prometheus:[::1]:9464)"
+            f"exporter {named} in {source}: {what}; write prometheus:PORT, prometheus:HOST:PORT or, for "
+            "IPv6, prometheus:[ADDRESS]:PORT (e.g. prometheus:127.0.0.1:9464, prometheus:[::1]:9464)"
         )
     host = host.strip("[]") or DEFAULT_ADDR
     digits = port_text.strip()  # ASCII digits only: int() also reads "+1", "9_464" and other scripts' digits
@@ -85,7 +84,7 @@ def _one(item: Any, source: str) -> str:
         # nothing after the colon: most likely prometheus:$PORT with the variable unset
         empty = " is empty (an unset variable in prometheus:$PORT?); it" if not port_text.strip() else ""
         raise ConfigError(
-            f"exporter {shown(item.strip())} in {source}: the port{empty} must be a number from 0 to 65535 "
+            f"exporter {named} in {source}: the port{empty} must be a number from 0 to 65535 "
             "(prometheus:9464 or prometheus:127.0.0.1:9464; 0 binds a free port: metrics_ports() says which)"
         )
     return f"prometheus:{host}:{port}"
