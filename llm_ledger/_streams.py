@@ -658,5 +658,6 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
     if call.operation == "speech" and not sse:
         body.parts = None  # only the body's end is seen
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
-    # a body never read nor closed: record it when the response is collected
+    # a body never read nor closed: record it when the response is collected (by the body, apart from
+    # the tap: the tap holds the library's stream, which holds the response, never collected then)
     weakref.finalize(http_response, body.stop)
