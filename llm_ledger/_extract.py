@@ -86,31 +86,13 @@ _INTEGERS = frozenset({"seed", "n", "dimensions"})
 _STRINGS = frozenset({"service_tier", "reasoning_effort", "encoding_format", "verbosity"})
 _PARAMETERS = _FLOATS | _INTEGERS | _STRINGS | {"tools", "reasoning", "response_format", "text", "stop"}
 _INT64 = 2**63  # integers outside a signed 64-bit one are null: what indexes and OpenTelemetry hold
-# a request's shape before its body is read, in the record's order: what a body without them records
-EMPTY_REQUEST: RequestShape = {
-    "model": None,
-    "temperature": None,
-    "top_p": None,
-    "frequency_penalty": None,
-    "presence_penalty": None,
-    "max_tokens": None,
-    "seed": None,
-    "n": None,
-    "reasoning_effort": None,
-    "output_type": None,
-    "messages_count": None,
-    "system_prompt_length": 0,
-    "user_prompt_length": 0,
-    "has_images": False,
-    "image_count": 0,
-    "stream": False,
-    "tools_count": 0,
-    "service_tier": None,
-    "dimensions": None,
-    "encoding_format": None,
-    "stop_sequences": None,
-    "verbosity": None,
-}
+# a request's shape before its body is read (nulls, counts 0, flags false), in the record's order
+EMPTY_REQUEST = cast(
+    RequestShape,
+    dict.fromkeys(RequestShape.__annotations__)
+    | dict.fromkeys(("system_prompt_length", "user_prompt_length", "image_count", "tools_count"), 0)
+    | dict.fromkeys(("has_images", "stream"), False),
+)
 
 
 def request_shape(operation: str, body: Mapping[str, Any], *, stream: bool) -> RequestShape:
@@ -458,10 +440,8 @@ def _choice_usage(operation: str, fields: Any) -> Any:
 
 def _billed_usage(operation: str, usage: Any) -> JsonView:
     """An image or audio answer's ``usage`` in the record's terms, only where a count means what it
-    means for chat (docs/PRICING.md): a transcription's tokens (its audio part as prompt audio); a
-    speech's (text in, every output token audio); an image's total alone, as its input and output
-    tokens are image tokens billed at image rates, which no record field prices. A usage in seconds
-    (whisper-1) has no tokens."""
+    means for chat (docs/PRICING.md, "Images and audio"): an image's total alone (image tokens no
+    record field prices), none for a usage in seconds (whisper-1)."""
     fields = _fields(usage)
     counts: dict[str, Any] = {"total_tokens": fields.get("total_tokens")}
     if operation == "speech":

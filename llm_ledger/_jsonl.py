@@ -230,8 +230,7 @@ class JsonlFileHandler(logging.Handler):
             if isinstance(formatter, LedgerJsonFormatter):
                 line = formatter.format_line(record)
             else:
-                text = formatter.format(record) if formatter is not None else record.getMessage()
-                line = (text + "\n").encode("utf-8", "backslashreplace")
+                line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
         except Exception as exc:
             _report_format_failure(self.path, exc)
             return

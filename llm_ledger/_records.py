@@ -97,10 +97,8 @@ class RequestShape(TypedDict):
     presence_penalty: float | None
     max_tokens: int | None
     seed: int | None
-    n: int | None  # the choices asked for (chat, text completions), images (image generation)
-    # chat's reasoning_effort, the Responses API's reasoning.effort ("minimal", "low", "high"...)
+    n: int | None
     reasoning_effort: str | None
-    # the type of chat's response_format, of the Responses API's text.format ("text", "json_schema"...)
     output_type: str | None
     messages_count: int | None
     system_prompt_length: int
@@ -109,11 +107,11 @@ class RequestShape(TypedDict):
     image_count: int
     stream: bool
     tools_count: int
-    service_tier: str | None  # the tier asked for ("auto", "flex", "priority"...), null when none was
-    dimensions: int | None  # embeddings'
-    encoding_format: str | None  # embeddings', as sent: the SDK asks "base64" when the caller names none
-    stop_sequences: list[str] | None  # chat's and text completions' stop, a string given as a list of one
-    verbosity: str | None  # chat's verbosity, the Responses API's text.verbosity ("low", "medium", "high")
+    service_tier: str | None
+    dimensions: int | None
+    encoding_format: str | None
+    stop_sequences: list[str] | None
+    verbosity: str | None
 
 
 class ResponseShape(TypedDict):
@@ -123,10 +121,8 @@ class ResponseShape(TypedDict):
     content_length: int | None
     finish_reason: str | None
     tool_calls_count: int | None
-    service_tier: str | None  # the tier that served the call, as the answer says ("default", "flex"...)
-    # the built-in tools billed per use that the answer used, kind -> uses: web_search, file_search,
-    # code_interpreter, image_generation (docs/PRICING.md, "Built-in tools"); null when none was
-    tool_uses: dict[str, int] | None
+    service_tier: str | None
+    tool_uses: dict[str, int] | None  # kind -> uses of the built-in tools billed per use
 
 
 class ServerShape(TypedDict):
@@ -140,11 +136,7 @@ class ServerShape(TypedDict):
 class Usage(TypedDict):
     """Token counts as OpenAI means them, whoever served the call (docs/PRICING.md): the cached,
     cache-write and audio prompt tokens are parts of ``prompt_tokens``; ``completion_tokens`` is all
-    output billed, reasoning and audio included. A Realtime response also says which of its prompt
-    tokens are image tokens (priced apart, docs/PRICING.md): ``prompt_image_tokens`` those the cache did
-    not serve, and ``cached_audio_tokens`` and ``cached_image_tokens`` the audio and image parts of
-    ``cached_tokens`` (its ``prompt_audio_tokens`` are then the audio the cache did not serve); all three
-    are 0 for every other call."""
+    output billed, reasoning and audio included."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -172,25 +164,14 @@ class CostShape(TypedDict):
 
     prompt_cost_usd: float | None
     completion_cost_usd: float | None
-    # the built-in tools' fees (``response.tool_uses`` times the price file's ``tool_fees``) in the
-    # total, so that prompt + completion + tool fees = total; null when it has none (no tool used, no
-    # fee known, a provider's own cost). Absent from records written before llm-ledger priced them.
-    tool_fees_usd: float | None
+    tool_fees_usd: float | None  # in the total: prompt + completion + tool fees = total
     total_cost_usd: float | None
     source: str | None  # "genai-prices <version>", "price-file", "provider-reported"; null: no cost
-    matched_by: str  # how the rates were chosen: "host", "provider" or "model" (a host nobody knows)
+    matched_by: str  # how the rates were chosen: "host", "provider" or "model"
     computed_usd: float | None
-    # the moment the price table's rates were taken at (ISO, UTC) when they depend on the time of day
-    # (DeepSeek's off-peak hours): the call's start, or the time of day a pytest session fixes on its
-    # day; null for every other call. Absent from records written before llm-ledger kept it.
-    priced_at: str | None
-    # the tool uses (``response.tool_uses`` kinds) billed on top of the tokens that the total leaves
-    # out, no fee being known for them; null when it leaves none out. Absent from older records.
-    left_out: list[str] | None
-    # the attempts of the call that may have been billed but whose usage is unknown, so the total leaves
-    # them out: retried after the server answered 2xx and the body broke, or after the answer timed out
-    # once the request was sent; a last attempt that timed out so. Present only when there are any.
-    attempts_left_out: NotRequired[int]
+    priced_at: str | None  # set only when the time of day sets the rates
+    left_out: list[str] | None  # tool kinds billed apart, with no fee known
+    attempts_left_out: NotRequired[int]  # present only when there are any
 
 
 class ErrorShape(TypedDict):
@@ -238,7 +219,7 @@ class LensSummary(TypedDict):
     cached_image_tokens: int
     duration_ms: float
     open_calls: int
-    pending_calls: int  # background responses begun in the run whose end it has not counted
+    pending_calls: int
     cost_complete: bool
 
 
@@ -254,7 +235,7 @@ class _RunRecord(TypedDict):
 
 class LensRecord(_RunRecord):
     summary: LensSummary
-    anomaly_metrics: NotRequired[list[str]]  # whenever anomaly detection is on: the metrics it judges runs on
+    anomaly_metrics: NotRequired[list[str]]  # present while anomaly detection is on
 
 
 def _run_record(timestamp: str, level: str, event: str, context: Mapping[str, Any]) -> _RunRecord:
@@ -404,9 +385,8 @@ PENDING_STATUSES = ("queued", "in_progress")
 
 
 def cost_pending(record: Mapping[str, Any]) -> bool:
-    """Whether a call is a background response's start (``responses.create(background=True)``) whose
-    usage and cost come in the record of its end, written when a retrieve sees it end (read leniently:
-    a report reads records of any make)."""
+    """Whether a call is a background response's start, whose usage and cost come in the record of
+    its end (read leniently: a report reads records of any make)."""
     response = record.get("response")
     return (
         record.get("operation") == "responses"
@@ -418,10 +398,9 @@ def cost_pending(record: Mapping[str, Any]) -> bool:
 def add_tool_fees(
     cost: CostShape, token_units: int | None, fee_units: int | None, left_out: list[str] | None
 ) -> int | None:
-    """Add a call's built-in tools' fees to the cost :func:`call_record` priced from its tokens alone
-    (``token_units``, 10**-24 USD; None: unpriced, which stays so): ``fee_units`` (None: no kind it
-    used has a fee) in ``tool_fees_usd`` and the total; ``left_out`` names the kinds with no fee. The
-    call's total in 10**-24 USD. Not for a provider's own cost, which includes the fees."""
+    """Add a call's built-in tools' fees (``fee_units``; None: no fee known) to the cost priced from
+    its tokens alone (``token_units``; None: unpriced, which stays so), in 10**-24 USD; the new total.
+    ``left_out`` names the kinds with no fee. Not for a provider's own cost, which includes the fees."""
     cost["left_out"] = left_out
     if token_units is None or fee_units is None:
         return token_units
@@ -433,8 +412,7 @@ def add_tool_fees(
 
 def billed_without_cost(record: Mapping[str, Any]) -> bool:
     """Whether a call has no cost yet may have been billed (:func:`billed`): ``cost_complete: false``
-    in its lens. A call whose cost leaves out tool uses billed apart (``cost.left_out``) has a cost:
-    see ``cost_left_out``."""
+    in its lens."""
     cost = record.get("cost")
     return (not isinstance(cost, Mapping) or cost.get("total_cost_usd") is None) and billed(record)
 
@@ -442,9 +420,8 @@ def billed_without_cost(record: Mapping[str, Any]) -> bool:
 def billed(record: Mapping[str, Any]) -> bool:
     """Whether a call may have been billed: it did not fail, or it failed after reporting tokens,
     after the server answered 2xx (a body that broke), after its streamed answer had begun, or with
-    attempts that may have been billed (``cost.attempts_left_out``: a read timeout...); never a
-    background response's start, whose cost is its end's (``cost_pending``). The one rule of the lens
-    summary, the reports and the plugin, read leniently (a report reads records of any make)."""
+    attempts that may have been billed; never a background response's start (``cost_pending``). The
+    one rule of the lens summary, the reports and the plugin, read leniently (records of any make)."""
     if cost_pending(record):
         return False
     usage = record.get("usage")
@@ -467,14 +444,13 @@ def billed(record: Mapping[str, Any]) -> bool:
 
 
 def cost_left_out(record: Mapping[str, Any]) -> bool:
-    """Whether a call's recorded cost leaves out something it may have been billed: it has none
-    (``billed_without_cost``), or its cost leaves out tool uses billed apart (``cost.left_out``, as
-    records written before it existed lack it) or attempts the SDK retried that may have been billed
-    (``cost.attempts_left_out``). What ``cost_complete: false`` says of a lens."""
+    """Whether a call's recorded cost leaves out something it may have been billed: it has none, or
+    leaves out tool uses (``cost.left_out``) or attempts (``cost.attempts_left_out``). What
+    ``cost_complete: false`` says of a lens."""
     cost = record.get("cost")
     if isinstance(cost, Mapping) and cost.get("total_cost_usd") is not None:
         return bool(cost.get("left_out") or cost.get("attempts_left_out"))
-    return billed_without_cost(record)
+    return billed(record)
 
 
 class LensTotals:
@@ -482,16 +458,12 @@ class LensTotals:
     record is emitted before the run's (``settle``): a run ending with calls open reports them as
     ``open_calls``, and the last of them to settle emits the run's whole record."""
 
-    # set only by a run with background responses (none costs the others a thing): how many began in
-    # the run whose end it has not counted
-    pending: int = 0
-    units_left_out: bool = False  # set by an image, audio or video call billed in other units than tokens
-    unsplit: bool = False  # set by a call whose usage gave total_tokens alone: no price applies to it
-    # set by a call with an answer that may have been billed whose usage was lost (a body that broke
-    # after a 2xx, a read timeout), retried (``cost.attempts_left_out``) or not (the call failed)
-    answers_lost: bool = False
-    # set only by a run with realtime responses, the only calls that report them (the others' are 0)
-    cached_audio_tokens: int = 0
+    # class defaults, set on a run only by the rare calls that change them (costing the others nothing)
+    pending: int = 0  # background responses begun in the run whose end it has not counted
+    units_left_out: bool = False  # an image, audio or video call billed in other units than tokens
+    unsplit: bool = False  # a call whose usage gave total_tokens alone: no price applies to it
+    answers_lost: bool = False  # an answer that may have been billed lost its usage
+    cached_audio_tokens: int = 0  # these three: realtime responses', the only calls that report them
     prompt_image_tokens: int = 0
     cached_image_tokens: int = 0
 
@@ -662,15 +634,17 @@ def lens_record(
 
 
 class AnomalyShape(TypedDict):
-    metric: str  # a LensSummary key: total_tokens, total_cost_usd or duration_ms
+    """What docs/ANOMALIES.md describes ("What an anomaly gives you")."""
+
+    metric: str  # a LensSummary key
     value: float
-    median: float  # of the baseline: the lens's (and model's) last runs
-    mad: float  # their median absolute deviation (of the values' logarithms on the log scale)
-    threshold: float  # the value went above it: median + k MADs (at least a floor), in the value's unit
+    median: float
+    mad: float
+    threshold: float
     k: float
-    scale: str  # "log" (MAD of ln values: k counts ratios) or "linear"
-    runs: int  # runs in the baseline
-    model: str | None  # the run's models_used joined by "+" (None: no call)
+    scale: str
+    runs: int
+    model: str | None
 
 
 class AnomalyRecord(_RunRecord):
@@ -678,14 +652,14 @@ class AnomalyRecord(_RunRecord):
 
 
 class BudgetShape(TypedDict):
+    """What docs/BUDGETS.md describes ("What happens")."""
+
     limit: str  # a budgets.yaml limit key: max_cost_usd, max_total_tokens, ...
     max: float
     actual: float
-    source: str  # where the limits came from (the budgets file, or configure(budgets=...))
-    mode: str  # "warn", or "raise": the run's next call raises BudgetExceededError
-    # True: written for a call refused unsent, the one past max_api_calls in raise mode (``actual``
-    # counts it: max + 1); False: a call that ended took the run's total past ``max``
-    refused: bool
+    source: str  # the budgets file, or configure(budgets=...)
+    mode: str  # "warn" or "raise"
+    refused: bool  # True: the call past max_api_calls in raise mode, refused unsent (docs/BUDGETS.md)
 
 
 class BudgetRecord(_RunRecord):

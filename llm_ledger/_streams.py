@@ -433,10 +433,6 @@ def _collected(state: _StreamState, response: Any) -> None:
 # -- the SDK's stream helpers: what they raise above the stream ---------------------------------------
 
 
-def _unread(event: Any) -> bool:
-    return True  # a helper's events are the stream's, seen below it: each handed on
-
-
 def watch_helper(helper: Any, *, is_async: bool) -> None:
     """Record what a stream helper (``chat.completions.stream()``, ``responses.stream()``) raises
     above the stream watched below it (a structured answer cut short or not parsing), as ``parse()``
@@ -445,7 +441,8 @@ def watch_helper(helper: Any, *, is_async: bool) -> None:
     caller would wait on the network for an exception it already has)."""
     try:
         state = helper._raw_stream._llm_ledger_state
-        shell: Any = (_watch_async if is_async else _watch_sync)(state, helper._iterator, _unread)
+        # its events are the stream's, seen below it: each handed on unread
+        shell: Any = (_watch_async if is_async else _watch_sync)(state, helper._iterator, lambda _: True)
         helper._iterator = shell
     except AttributeError:
         pass  # not a helper over a watched stream (or an SDK that built it otherwise): as it is
@@ -493,7 +490,10 @@ class _Body:
 
     def __init__(self, state: _StreamState, headers: Any, sse: bool, library: str, request: Any) -> None:
         self.state = state
-        self.see = state.media if state.call.operation in MEDIA else state.chat_fields  # a chunk's reader
+        operation = state.call.operation
+        self.see = state.event if operation == "responses" else state.chat_fields  # an event's reader
+        if operation in MEDIA:
+            self.see = state.media
         self.request = request
         self.sse = sse
         self.content_type = headers.get("content-type") or ""
@@ -563,15 +563,13 @@ class _Body:
                 self.state.end(exc)
                 return
             if type(fields) is dict:
-                if self.state.call.operation == "responses":
-                    self.state.event(fields)
-                elif fields.get("error"):  # what the SDK raises as APIError, reading this stream
+                if fields.get("error"):  # what the SDK raises as APIError, reading this stream
                     self.state.end(self._api_error(fields["error"]))
                 else:
                     self.see(fields)
 
     def _api_error(self, error: Any) -> BaseException:
-        """The ``openai.APIError`` the SDK raises for an error object in a chat stream."""
+        """The ``openai.APIError`` the SDK raises for an error object in a stream."""
         import openai
 
         message = error.get("message") if type(error) is dict else None
@@ -660,5 +658,6 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
     if call.operation == "speech" and not sse:
         body.parts = None  # only the body's end is seen
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
-    # a body never read nor closed: record it when the response is collected
+    # a body never read nor closed: record it when the response is collected (by the body, apart from
+    # the tap: the tap holds the library's stream, which holds the response, never collected then)
     weakref.finalize(http_response, body.stop)
