@@ -261,6 +261,9 @@ class JsonlFileHandler(logging.Handler):
             if self._closed or _Sigterm.passed_on:
                 self._flush_by_writer(_EXIT_TIMEOUT_S)
                 return
+            # a multiprocessing child: SIGTERM ends it at once (see _in_multiprocessing_child)
+            if _Sigterm.default and self._callers_write and self._drain_taken(0, on_caller=True):
+                return
             self._started = time.monotonic()
             if not self._queued.is_set():  # the writer thread had gone idle: start its timer
                 self._queued.set()
@@ -657,6 +660,9 @@ class _Sigterm:
     stopping = False
     # a SIGTERM went to the application's handler, or exit began: lines are written at once
     passed_on = False
+    # a process multiprocessing started, where SIGTERM keeps its default action: lines are written
+    # at once by the call that makes them (unless another thread or process is writing the file)
+    default = False
 
 
 class _PassOn:
@@ -690,6 +696,8 @@ def handle_sigterm_signal(on: bool) -> None:
     """With ``on``, install ``_on_sigterm`` for SIGTERM where it has its default action, or wrap the
     application's handler in ``_PassOn``; else take either out again where it is still installed.
     Only the main thread can do either (a warning says so)."""
+    if on and _in_multiprocessing_child():
+        _Sigterm.default, on = True, False
     try:
         current = signal.getsignal(signal.SIGTERM)
         ours = current is _on_sigterm or type(current) is _PassOn
@@ -707,6 +715,17 @@ def handle_sigterm_signal(on: bool) -> None:
                 "call configure() from the main thread, or llm_ledger.flush() in a SIGTERM handler "
                 "of your own"
             )
+
+
+def _in_multiprocessing_child() -> bool:
+    """Whether multiprocessing started this process (a pool's worker, a ``Process``). Its
+    ``terminate()`` relies on SIGTERM's default action: a handler written in Python runs on the main
+    thread only, once that thread runs Python again, and a signal landing just before the main thread
+    waits (an idle pool worker on its task queue's lock, whose holder is gone) never ends that wait,
+    so the worker lives on and ``terminate()`` joins it for good. There SIGTERM keeps (or gets back)
+    its default action, and the file's lines are written as they come instead."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    return multiprocessing is not None and multiprocessing.parent_process() is not None
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -738,7 +757,8 @@ _fork_hook_registered = False
 def _before_fork() -> None:
     # multiprocessing's forked children leave through os._exit(), past atexit: they flush through
     # one of its finalizers instead, registered in each child by its after-fork hook (whose weakly
-    # held owner is the hook itself, a module function that lives as long as the process)
+    # held owner is the hook itself, a module function that lives as long as the process), which also
+    # gives SIGTERM back its default action there (see _in_multiprocessing_child)
     global _fork_hook_registered
     util = sys.modules.get("multiprocessing.util")
     if util is not None and not _fork_hook_registered:
@@ -748,6 +768,8 @@ def _before_fork() -> None:
 
 def _flush_at_multiprocessing_exit(_: object) -> None:
     sys.modules["multiprocessing.util"].Finalize(None, _flush_at_exit, exitpriority=0)
+    _Sigterm.default = True  # (see _in_multiprocessing_child)
+    handle_sigterm_signal(False)
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -204,6 +204,18 @@ def test_a_forked_child_terminated_by_sigterm_writes_its_records(tmp_path: Path)
     _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"))
 
 
+def test_a_forked_child_terminated_while_waiting_dies_at_once_with_its_records(tmp_path: Path) -> None:
+    """A multiprocessing child (fork) that waits on a lock another process holds, as an idle pool
+    worker waits on its task queue, dies by terminate()'s SIGTERM even when the signal lands before its
+    main thread waits (a handler written in Python would run only once that wait ends, which is never:
+    Pool.terminate() would join it for good), and its records are written."""
+    child = _stopped(tmp_path, "forked-waiting")
+    assert _said(child) == "child exit code -15"
+    status, output = _end(child)
+    assert status == 0, output
+    _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"))
+
+
 def test_sigkill_loses_at_most_one_batch_and_two_intervals(tmp_path: Path) -> None:
     """SIGKILL cannot be handled: killed right after its calls a process loses the lines queued since
     its last batch (fewer than 512), and none that waited two batch intervals (2 s)."""

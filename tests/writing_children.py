@@ -172,8 +172,8 @@ def stopped(log_dir: str, how: str) -> None:
         signal.signal(signal.SIGTERM, _app_flushing_handler if "flush" in how else _app_handler)
     if writing:
         _signal_while_writing()
-    if how == "forked":
-        _forked_and_terminated()
+    if how.startswith("forked"):
+        _forked_and_terminated(waiting=how == "forked-waiting")
         return
     print("ours" if signal.getsignal(signal.SIGTERM) is _jsonl._on_sigterm else "not ours", flush=True)
     if how == "many":
@@ -239,23 +239,39 @@ def _signal_while_writing() -> None:
     handler._write = signalled  # type: ignore[method-assign]
 
 
-def _forked_and_terminated() -> None:
+def _forked_and_terminated(waiting: bool) -> None:
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    returned = context.Event()
-    child = context.Process(target=_calls_then_wait, args=(returned,))
+    returned, held = context.Event(), context.Lock()
+    held.acquire()  # what an idle pool worker waits on: its task queue's lock, held by another process
+    child = context.Process(target=_calls_then_wait, args=(returned, held if waiting else None))
     child.start()
     assert returned.wait(60)
     child.terminate()  # SIGTERM
-    child.join(60)
+    child.join(10 if waiting else 60)
     print(f"child exit code {child.exitcode}", flush=True)
+    if child.exitcode is None:  # a child that cannot die holds this process's pipes open for good
+        child.kill()
+        child.join()
 
 
-def _calls_then_wait(returned: Any) -> None:
+def _calls_then_wait(returned: Any, held: Any) -> None:
     _calls_in_lenses(20, 10)
+    if held is None:
+        returned.set()
+        time.sleep(60)
+        return
+    # The signal lands before the main thread waits, and so cannot interrupt its wait: made certain
+    # here by another thread taking it (a signal handler written in Python runs on the main thread
+    # only, once that thread runs Python again), and met by chance when a loaded machine preempts a
+    # pool worker between its last check for signals and its wait on the task queue's lock.
+    import threading
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
     returned.set()
-    time.sleep(60)
+    held.acquire()
 
 
 if __name__ == "__main__":
