@@ -82,15 +82,9 @@ def _int(value: Any) -> int:
 class Totals:
     """Calls, tokens and cost of a call, a lens run, a test, a lens or the session.
 
-    A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
-    ``unpriced`` (tokens but no price), ``no_usage`` (a call that was not refused but reported no
-    usage), ``total_only`` (one whose usage gave only ``total_tokens``: no price applies to it) or
-    ``units`` (an image, audio or video call billed in units no price table prices), so a budget that
-    cannot be checked can say why; so does a call whose cost leaves out its built-in
-    tools' fees (``tool_fees``: its tokens' cost is in ``cost``) or an answer billed whose usage was
-    lost (``lost``: a body that broke, a read timeout, retried or not). A background response begun counts
-    1 in ``pending`` and the record of its end -1 (see :func:`paired`): the cost is complete once
-    every one begun has ended.
+    A call whose cost is unknown or incomplete is counted, per model, under its reason (the dicts
+    below), so a budget that cannot be checked can say why. A background response begun counts 1 in
+    ``pending`` and the record of its end -1 (:func:`paired`).
     """
 
     api_calls: int = 0
@@ -106,6 +100,7 @@ class Totals:
     tool_fees: dict[str, int] = field(default_factory=dict)  # model -> calls with tool fees left out
     pending: dict[str, int] = field(default_factory=dict)  # model -> background responses begun, not ended
     total_only: dict[str, int] = field(default_factory=dict)  # model -> calls that reported a total alone
+    # (no price applies to a total)
     lost: dict[str, int] = field(default_factory=dict)  # model -> calls with a billed answer's usage lost
 
     @property
@@ -140,7 +135,7 @@ class Totals:
 
     @classmethod
     def of_call(cls, record: Mapping[str, Any], row: UsageRow | None = None) -> Totals:
-        """The totals of one call record, read as :func:`usage_row` reads it (``row``, when known)."""
+        """The totals of one call record (``row``: its :func:`usage_row`, when known)."""
         row = row or usage_row(record)
         totals = cls(
             api_calls=1,
@@ -185,13 +180,11 @@ class Totals:
         )
 
     def cost_gaps(self) -> str:
-        """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
         return cost_gaps(
             self.unpriced, self.no_usage, self.units, self.tool_fees, self.pending, self.total_only, self.lost
         )
 
     def cost_fixes(self) -> str:
-        """What makes the missing costs known."""
         pairs = (
             (self.unpriced, PRICE_FIX),
             (self.no_usage, USAGE_FIX),
@@ -213,8 +206,7 @@ class Totals:
 
 def paired(record: Mapping[str, Any], begun: dict[str, str]) -> Totals:
     """The totals of a call record, counting a background response it begins (+1 in ``pending``) or
-    the end of one begun before it (-1); ``begun`` (response id -> model) is kept across the records
-    read one after another, so that a start whose end never comes leaves the cost incomplete."""
+    ends (-1); ``begun`` (response id -> model) is kept across the records read one after another."""
     row = usage_row(record)
     totals = Totals.of_call(record, row)
     response = record.get("response")
@@ -230,7 +222,7 @@ def paired(record: Mapping[str, Any], begun: dict[str, str]) -> Totals:
 
 @dataclass(slots=True)
 class UsageSum:
-    """The tokens of the calls of one lens to one server and model (the innermost lens they ran in)."""
+    """The tokens of the calls of one lens (the innermost) to one server and model."""
 
     calls: int = 0
     prompt_tokens: int = 0
@@ -257,7 +249,6 @@ class UsageSum:
 
     @classmethod
     def of_row(cls, row: UsageRow, nodeid: str) -> UsageSum:
-        """The sum of one call, read by :func:`usage_row`, made by test ``nodeid``."""
         sums = ("cost", "tool_uses", "tests_with_failed_calls")
         counts = {name: getattr(row, name) for name in UsageSum.__slots__ if name not in sums}
         return cls(
@@ -291,9 +282,8 @@ def _run_id(context: Mapping[str, Any]) -> str:
 
 
 def _usage_key(row: UsageRow) -> tuple[str, ...]:
-    """The row's USAGE_KEYS, which stay the same when unchanged cassettes are replayed again: the
-    server without a passing port, the minute only for a price by time of day (which changes on a
-    minute, so a minute's calls share one)."""
+    """The row's USAGE_KEYS, the same when unchanged cassettes are replayed again: the server without a
+    passing port, the minute only for a price by the time of day."""
     tier = row.service_tier or ""
     return (
         row.lens, row.provider, row.stable_server, row.model, row.served_model, row.cost_source, tier,
@@ -302,7 +292,6 @@ def _usage_key(row: UsageRow) -> tuple[str, ...]:
 
 
 def _usage_entry(key: tuple[str, ...], row: UsageSum) -> dict[str, Any]:
-    """A row of the report's ``usage``: its USAGE_KEYS, then its sums."""
     entry: dict[str, Any] = dict(zip(USAGE_KEYS, key, strict=True))
     entry["service_tier"] = entry["service_tier"] or None  # null: not named (the standard tier)
     entry["at"] = entry["at"] or None  # null: a price the time does not change, or unknown
@@ -349,21 +338,19 @@ TOOL_FEE_FIX: Final = (
 
 @dataclass(slots=True)
 class LensRuns:
-    """Every run of one lens in the session: how many, their sum, the node ids of the tests in which
-    they had failed calls (cassette misses, API errors): the tests to look at, or re-record, when the
-    lens's figures drop; and of the tests that ran it (a lens renamed runs in the same tests). ``cut_short``
-    of the runs never summarised (still open when the session ended): they count their ended calls."""
+    """Every run of one lens in the session (``cut_short``: those never summarised, counted from their
+    ended calls)."""
 
     runs: int
     sum: Totals
-    failed_in: list[str]
-    tests: list[str]
+    failed_in: list[str]  # node ids of the tests where its calls failed: to re-record when figures drop
+    tests: list[str]  # node ids of the tests that ran it (a lens renamed runs in the same tests)
     cut_short: int
 
 
 @dataclass(frozen=True, slots=True)
 class Breach:
-    """One limit exceeded: where (lens/test/total and its name), which limit, by how much."""
+    """One limit exceeded, or that could not be checked."""
 
     scope: str
     name: str

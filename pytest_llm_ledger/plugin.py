@@ -321,7 +321,7 @@ class _LedgerState:
         when, source = _setting(config, "llm_time_of_day")
         self.given_time_of_day = str(when)  # as written: an error quotes it so
         self.time_of_day = self.given_time_of_day.strip().lower()
-        self.where_time_of_day = source or f"ini llm_time_of_day in {config.inipath or 'the ini file'}"
+        self.where_time_of_day = source or f"ini {_where(config, 'llm_time_of_day')}"
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -522,6 +522,11 @@ def _setting(config: pytest.Config, ini: str, dest: str = "") -> tuple[Any, str 
     )
 
 
+def _where(config: pytest.Config, ini: str) -> str:
+    """Where a setting came from, for messages: its flag, ``-o``, or the ini file."""
+    return _setting(config, ini)[1] or f"{ini} in {config.inipath or 'the ini file'}"
+
+
 def _choice(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
     """A setting's value in ``choices`` (a flag's always is one): a usage error saying ``what`` it should
     be when it is none of them."""
@@ -553,10 +558,9 @@ def _refuse_empty_values(config: pytest.Config) -> None:
                 )
     for ini in ("llm_cassette_dir", "llm_budget_file"):
         if not config.getoption(ini) and not str(config.getini(ini)).strip():
-            where = _setting(config, ini)[1] or f"{ini} in {config.inipath or 'the ini file'}"
             raise pytest.UsageError(
-                f"llm-ledger: {where} is empty; give a path relative to the ini file, or remove the "
-                "setting for its default"
+                f"llm-ledger: {_where(config, ini)} is empty; give a path relative to the ini file, or "
+                "remove the setting for its default"
             )
 
 
@@ -566,11 +570,10 @@ def _allowed_hosts(config: pytest.Config) -> tuple[str, ...]:
     patterns = [str(pattern) for pattern in config.getini("llm_allowed_hosts")]
     for pattern in patterns:
         if fnmatchcase("api.openai.com", pattern.lower()):
-            where = _setting(config, "llm_allowed_hosts")[1] or f"llm_allowed_hosts in {config.inipath}"
             raise pytest.UsageError(
-                f"llm-ledger: {where}: {shown(pattern)} lets requests to api.openai.com through, which no "
-                "cassette records (a live, billed call); list the hosts of local servers only (127.0.0.1), "
-                "and mark a deliberate live test @pytest.mark.llm(live=True)"
+                f"llm-ledger: {_where(config, 'llm_allowed_hosts')}: {shown(pattern)} lets requests to "
+                "api.openai.com through, which no cassette records (a live, billed call); list the hosts of "
+                "local servers only (127.0.0.1), and mark a deliberate live test @pytest.mark.llm(live=True)"
             )
     return tuple(pattern.lower() for pattern in patterns)
 
@@ -630,12 +633,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _refuse_empty_values(config)
     state = _LedgerState(config)
     if os.path.exists(state.cassette_dir) and not os.path.isdir(state.cassette_dir):  # every test a miss
-        where = (
-            _setting(config, "llm_cassette_dir")[1] or f"llm_cassette_dir in {config.inipath or 'the ini'}"
-        )
         raise pytest.UsageError(
-            f"llm-ledger: {where}: {shown_path(state.cassette_dir)} is a file, not a directory; give the "
-            "directory the cassettes are kept in"
+            f"llm-ledger: {_where(config, 'llm_cassette_dir')}: {shown_path(state.cassette_dir)} is a file, "
+            "not a directory; give the directory the cassettes are kept in"
         )
     # read when enforced, and also when not, to say what enforcing would fail: a file with an error, or
     # named and not there, is the same usage error either way (the default budgets.yaml may be absent)
