@@ -150,16 +150,13 @@ class Totals:
             totals.lost[row.model_name] = 1
         if row.uncosted_calls:  # billed, with no cost: say why, per model
             totals.priced = False
-            gaps = (
-                totals.units
-                if row.unpriced_unit_calls
-                else totals.total_only
-                if row.total_only_calls
-                else totals.no_usage
-                if row.no_usage_calls
-                else None
-            )
-            (gaps if gaps is not None else totals.unpriced)[row.model_name] = 1
+            if row.unpriced_unit_calls:
+                gaps = totals.units
+            elif row.total_only_calls:
+                gaps = totals.total_only
+            else:
+                gaps = totals.no_usage if row.no_usage_calls else totals.unpriced
+            gaps[row.model_name] = 1
         if row.tool_fee_calls:  # priced, its built-in tools' fees left out
             totals.priced = False
             totals.tool_fees[row.model_name] = 1
@@ -204,18 +201,16 @@ class Totals:
         return out
 
 
-def paired(record: Mapping[str, Any], begun: dict[str, str]) -> Totals:
+def paired(record: Mapping[str, Any], begun: dict[str, str], row: UsageRow | None = None) -> Totals:
     """The totals of a call record, counting a background response it begins (+1 in ``pending``) or
     ends (-1); ``begun`` (response id -> model) is kept across the records read one after another."""
-    row = usage_row(record)
+    row = row or usage_row(record)
     totals = Totals.of_call(record, row)
-    response = record.get("response")
-    response_id = response.get("id") if isinstance(response, Mapping) else None
-    if type(response_id) is str:
+    if (response_id := row.response_id) is not None:
         if row.pending_calls:
             begun[response_id] = row.model_name
             totals.pending[row.model_name] = 1
-        elif response_id in begun and record.get("operation") == "responses":
+        elif response_id in begun:
             totals.pending[begun.pop(response_id)] = -1
     return totals
 
@@ -405,7 +400,7 @@ class SessionLedger:
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         row = usage_row(record)
-        call = paired(record, self._begun)
+        call = paired(record, self._begun, row)
         self.tests.setdefault(nodeid, Totals()).add(call)
         context = record.get("context") or {}
         if not context.get("lens_key"):
@@ -438,8 +433,7 @@ class SessionLedger:
         return calls
 
     def forget(self, nodeid: str) -> None:
-        """Drop what test ``nodeid`` added, counts and notices: it runs again (pytest-rerunfailures), its
-        last attempt counts."""
+        """Drop what test ``nodeid`` added, counts and notices: it runs again (pytest-rerunfailures)."""
         self.tests[nodeid] = Totals()
         self.lens_runs = [run for run in self.lens_runs if run[1] != nodeid]
         self._open = {run_id: run for run_id, run in self._open.items() if run[1] != nodeid}
@@ -454,11 +448,10 @@ class SessionLedger:
     # -- xdist -----------------------------------------------------------------------------------
 
     def to_wire(self) -> str:
-        """This ledger as an xdist worker sends it to the controller (``workeroutput`` holds text)."""
+        """This ledger as text, which an xdist worker's ``workeroutput`` holds."""
         return base64.b64encode(pickle.dumps(self)).decode("ascii")
 
     def merge_wire(self, wire: str) -> None:
-        """Add the ledger of an xdist worker (its :meth:`to_wire`)."""
         other: SessionLedger = pickle.loads(base64.b64decode(wire))
         for nodeid, totals in other.tests.items():
             self.tests.setdefault(nodeid, Totals()).add(totals)
@@ -482,18 +475,16 @@ class SessionLedger:
         return Totals.sum_of(self._outside.values())
 
     def runs_by_lens(self) -> dict[str, tuple[list[tuple[str, Totals]], list[tuple[str, Totals]]]]:
-        """lens key -> (node id, totals) of each of its summarised runs, and of each of its runs cut short
-        (never summarised: still open), counted from their ended calls; keys and runs sorted."""
+        """lens key -> (node id, totals) of each of its summarised runs, and of each run cut short (never
+        summarised), counted from its ended calls; sorted."""
         summarised, cut = _by_lens(self.lens_runs), _by_lens(run for run in self._open.values() if run[0])
         return {key: (summarised.get(key, []), cut.get(key, [])) for key in sorted({*summarised, *cut})}
 
     def outside_failed_in(self) -> list[str]:
-        """The node ids of the tests whose calls outside any lens failed, sorted."""
         rows = (row for key, row in self.usage.items() if key[1] == NO_LENS)
         return sorted({nodeid for row in rows for nodeid in row.tests_with_failed_calls})
 
     def lenses(self) -> dict[str, LensRuns]:
-        """lens key -> its runs, those cut short included, sorted by key."""
         out = {}
         for key, (summarised, cut) in self.runs_by_lens().items():
             runs = summarised + cut
@@ -502,8 +493,7 @@ class SessionLedger:
         return out
 
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
-        """The ``--llm-report`` document (:data:`REPORT_SCHEMA`, :data:`REPORT_VERSION`); ``exit_status``
-        is pytest's, which says whether the run stopped early (a collection error...)."""
+        """The ``--llm-report`` document; ``exit_status``, pytest's, says whether the run stopped early."""
         lens_runs = Counter(nodeid for key, nodeid, _ in [*self.lens_runs, *self._open.values()] if key)
         usage: dict[tuple[str, ...], UsageSum] = {}
         for (_, *key), row in self.usage.items():
@@ -561,7 +551,6 @@ class SessionLedger:
 
 
 def _by_lens(runs: Iterable[tuple[str, str, Totals]]) -> dict[str, list[tuple[str, Totals]]]:
-    """lens key -> (node id, totals) of each of ``runs`` (lens key, node id, totals), both sorted."""
     out: dict[str, list[tuple[str, Totals]]] = {}
     for key, nodeid, run in sorted(runs, key=lambda r: (r[0], r[1])):
         out.setdefault(key, []).append((nodeid, run))
@@ -604,9 +593,8 @@ def _over(run: Totals, limits: Limits) -> bool:
 
 
 def _unknown(run: Totals, metric: str) -> bool:
-    """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known
-    cost, its tokens calls that reported none to price (its prompt or completion tokens, calls that
-    reported their total alone; answers whose usage was lost). The number of calls is always known."""
+    """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known cost,
+    its tokens calls that reported none (a total alone has no prompt or completion tokens)."""
     if metric == "cost_usd":
         return not run.cost_complete
     split = metric != "total_tokens" and bool(run.total_only)
@@ -625,14 +613,13 @@ _KEY_WIDTH: Final = 40
 
 
 def _cut(key: str, width: int, head: int) -> str:
-    """``key`` in ``width`` characters: its first ``head``, an ellipsis, its end; whole if it fits."""
     return key if len(key) <= width else key[:head] + "…" + key[len(key) - (width - 1 - head) :]
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
     """Each lens key as the table shows it: whole up to :data:`_KEY_WIDTH` characters, else cut in the
-    middle (its start and end name it best); keys that would cut alike are cut where they differ, one
-    cut for the group, a little wider if need be, or shown whole (the report keeps every key whole)."""
+    middle (its start and end name it best); keys that would cut alike get one cut that tells them
+    apart, a little wider if need be, or are shown whole."""
     shown = {key: key for key in keys if len(key) <= _KEY_WIDTH}
     groups: dict[str, list[str]] = {}
     for key in keys:
@@ -652,8 +639,7 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
 
 def render_lens_table(ledger: SessionLedger) -> list[str]:
     """The per-lens totals of the terminal summary; a "failed" column, and a line naming each lens and
-    test, when calls failed: a lens whose calls missed their cassette would read as cheaper. A long
-    lens key is cut (:func:`_short_keys`): one would widen every row past the terminal."""
+    test, when calls failed: a lens whose calls missed their cassette would read as cheaper."""
     rows = []
     incomplete = False
     by_key = ledger.lenses()
@@ -691,10 +677,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
 
 
 def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
-    """The line saying which models' calls were priced at the time of day ``setting`` fixes (``dearest``
-    or ``HH:MM``: ``price_time_of_day``) rather than when they ran, each with the time its usage rows
-    say; None when no call's price depends on the time of day, or ``setting`` is ``now`` (the plugin
-    passes it trimmed and in lower case)."""
+    """The line naming the models whose calls were priced at the time of day ``setting`` fixes
+    (``dearest`` or ``HH:MM``, in lower case) rather than when they ran; None for none, or ``now``."""
     # a usage key: node id, then USAGE_KEYS; "at" is set only for a price by the time of day, and then
     # the calls have a model
     model, served, at = (1 + USAGE_KEYS.index(name) for name in ("model", "served_model", "at"))
@@ -805,16 +789,15 @@ def notices(
 
 
 def no_budget(ledger: SessionLedger, budgets: Budgets) -> list[str]:
-    """The keys of the lenses that ran with no limits: no entry under lenses (one listed with ``{}`` is
-    unlimited on purpose), no default."""
+    """The keys of the lenses that ran with no entry under lenses (``{}`` is unlimited on purpose) and
+    no default."""
     if budgets.default is not None:
         return []
     return [key for key in ledger.runs_by_lens() if key not in budgets.lenses]
 
 
 def budget_report(ledger: SessionLedger, budgets: Budgets, breaches: list[Breach]) -> dict[str, Any]:
-    """The report's ``budgets``, in a run that enforced them: the limits exceeded and the lenses with no
-    budget, which the pull request's cost diff shows."""
+    """The report's ``budgets``, which the pull request's cost diff shows."""
     exceeded = [
         {"scope": b.scope, "name": b.name, "limit": b.limit_key, "max": float(b.limit),
          "actual": None if b.unknown else float(b.actual), "at_least": b.cut_short,
@@ -825,9 +808,8 @@ def budget_report(ledger: SessionLedger, budgets: Budgets, breaches: list[Breach
 
 
 def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
-    """The lenses that ran with no limits (no entry, no default), which would otherwise pass with any
-    cost, and the budgets.yaml lines that limit each to its largest run (fail closed: a new lens is
-    named, and fails a strict run, until it has a budget)."""
+    """The notice naming the lenses that ran with no limits, which would pass at any cost, with the
+    budgets.yaml lines that limit each to its largest run (fail closed: a strict run fails on it)."""
     by_lens = ledger.runs_by_lens()
     runs = {key: by_lens[key][0] + by_lens[key][1] for key in no_budget(ledger, budgets)}
     if not runs:
@@ -863,8 +845,8 @@ def _rounded_up(usd: Decimal) -> str:
 
 
 def applied(ledger: SessionLedger, budgets: Budgets) -> bool:
-    """Whether a limit of ``budgets`` applied to the session: the total's, a test's that ran, or the
-    limits of a lens that ran (its own entry's, else the default's)."""
+    """Whether a limit of ``budgets`` applied to the session: the total's, or one of a test or lens that
+    ran."""
     ran: list[Limits | None] = [limits for test, limits in budgets.tests.items() if test in ledger.tests]
     ran += [budgets.for_lens(key) for key in ledger.lenses()]
     return _caps([budgets.total, *ran])
