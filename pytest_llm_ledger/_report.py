@@ -177,21 +177,10 @@ class Totals:
         )
 
     def cost_gaps(self) -> str:
-        return cost_gaps(
-            self.unpriced, self.no_usage, self.units, self.tool_fees, self.pending, self.total_only, self.lost
-        )
+        return cost_gaps(**{name: getattr(self, name) for name in _GAPS})
 
     def cost_fixes(self) -> str:
-        pairs = (
-            (self.unpriced, PRICE_FIX),
-            (self.no_usage, USAGE_FIX),
-            (self.total_only, TOTAL_ONLY_FIX),
-            (self.units, UNITS_FIX),
-            (self.tool_fees, TOOL_FEE_FIX),
-            ({m: n for m, n in self.pending.items() if n > 0}, PENDING_FIX),
-            (self.lost, LOST_FIX),
-        )
-        fixes = [fix for gaps, fix in pairs if gaps]
+        fixes = [fix for name, fix in _FIXES if any(n > 0 for n in getattr(self, name).values())]
         return "; ".join(fixes or [PRICE_FIX])
 
     def to_report(self) -> dict[str, Any]:
@@ -328,6 +317,18 @@ TOOL_FEE_FIX: Final = (
     '(tool_fees: {"*": {web_search: 0.01, file_search: 0.0025}}: the fees your provider bills), and '
     "point LLM_LEDGER_PRICE_FILE at it, read by llm_ledger.configure() (call it in conftest.py if the "
     "tests run none), or pass configure(price_file=...); see docs/PRICING.md, Built-in tools billed per use"
+)
+
+
+# what makes each kind of unknown cost known, in the order the notices give them
+_FIXES: Final = (
+    ("unpriced", PRICE_FIX),
+    ("no_usage", USAGE_FIX),
+    ("total_only", TOTAL_ONLY_FIX),
+    ("units", UNITS_FIX),
+    ("tool_fees", TOOL_FEE_FIX),
+    ("pending", PENDING_FIX),
+    ("lost", LOST_FIX),
 )
 
 

@@ -1,12 +1,7 @@
-"""The pytest plugin: options, hooks and fixtures.
+"""The pytest plugin: options, hooks and fixtures (docs/CI.md says what each does).
 
-A cassette records and replays the OpenAI SDK's requests only. With pytest-recording installed, a
-test marked both ``vcr`` and ``llm`` keeps its vcrpy cassette for everything else (one interception,
-two files that never hold the same request); a test marked ``vcr`` alone is left to pytest-recording.
-
-Cassettes need vcrpy (``pip install 'llm-ledger[pytest]'``); without it the plugin still loads (its
-entry point is loaded by every pytest run of an environment with llm-ledger installed), and only the
-tests marked ``llm`` fail, with one message saying what to install.
+The entry point loads it in every pytest run of an environment with llm-ledger installed: vcrpy, the
+cassette engine and the report diff are imported only by the first test or option that needs them.
 """
 
 from __future__ import annotations
@@ -214,8 +209,7 @@ def pytest_load_initial_conftests(
 
 
 def _socket_api(path: str) -> str:
-    """The API of a WebSocket to the OpenAI API, by its path: ``responses.connect()``'s, ``live.connect()``'s
-    or the Realtime's."""
+    """The API of a WebSocket to the OpenAI API, by its path."""
     path = path.rstrip("/")
     if path.endswith("/responses"):
         return "the Responses API"
@@ -225,9 +219,8 @@ def _socket_api(path: str) -> str:
 class LedgerRecords(Captured):
     """What the ``llm_ledger`` fixture returns: the llm-ledger records of the running test.
 
-    Records of every monitor in the process (the default one and the application's own) emitted
-    during the test's setup, call and teardown (less those of calls an earlier test started: a
-    stream it left open, collected now), in the order they were emitted, as
+    Records of every monitor in the process emitted during the test's setup, call and teardown (less
+    those of calls an earlier test started: a stream it left open), as
     :class:`llm_ledger.testing.Captured` holds them, and:
 
     * ``nodeid``: the test's node id;
@@ -236,8 +229,7 @@ class LedgerRecords(Captured):
     * ``api_calls``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cost_usd``:
       sums over ``calls`` (``totals()`` gives them all at once);
     * ``cost_complete``: false when ``cost_usd`` leaves something out: a call with no known cost
-      (docs/MONITORING.md lists why one can have none), a cost without its built-in tools' fees
-      (``cost.left_out``), or a background response begun whose end no record of the test shows.
+      (docs/MONITORING.md), or a background response begun whose end no record of the test shows.
     """
 
     def __init__(self, nodeid: str) -> None:
