@@ -346,9 +346,8 @@ class _LedgerState:
         self._renamed: dict[Path, Path] | None = None  # see moved_from
 
     def here(self, nodeid: str) -> str:
-        """How a command run where pytest was started names a test: its node id with the file's path
-        relative to that folder, as pytest's own summary names it (from ``tests/``: ``test_x.py::test_y``);
-        the node id itself when pytest was started in the rootdir."""
+        """How a command run where pytest was started names a test, as pytest's own summary does (from
+        ``tests/``: ``test_x.py::test_y``)."""
         root, here = self._config.rootpath, self._config.invocation_params.dir
         if here == root:
             return nodeid
@@ -360,16 +359,15 @@ class _LedgerState:
         return f"{path}{sep}{rest}"
 
     def moved_from(self, path: Path) -> Path | None:
-        """The orphan cassette that ``path``, a cassette not recorded yet, plausibly was before its test
-        was renamed or moved (see renamed_cassettes); found at the first miss of such a cassette."""
+        """The orphan cassette that ``path``, not recorded yet, plausibly was before its test was renamed
+        or moved (:func:`renamed_cassettes`), found at the first miss of such a cassette."""
         with self._lock:
             if self._renamed is None:
                 self._renamed = _renamed(self, self._config)
             return self._renamed.get(path)
 
     def sink(self, record: Mapping[str, Any]) -> None:
-        """The session's global sink: records of every llm_ledger monitor (the default one and the
-        application's own), on the emitting thread."""
+        """The session's global sink: records of every monitor, on the emitting thread."""
         event = record.get("event")
         if event not in _EVENTS or (_active and _active[-1] is not self):
             return
@@ -501,8 +499,8 @@ class _LedgerState:
 
 
 def _setting(config: pytest.Config, ini: str, dest: str = "") -> tuple[Any, str | None]:
-    """A setting's value and, for messages, where it came from: its flag when given (``--llm-x``, which
-    wins), ``-o ini=VALUE``, or None for the ini file (its value or the default)."""
+    """A setting's value and where it came from: its flag when given (it wins), ``-o ini=VALUE``, or None
+    for the ini file (its value or the default)."""
     if flag := config.getoption(dest or ini, None):
         return flag, "--" + ini.replace("_", "-")
     override = _override(config, ini)
@@ -520,8 +518,7 @@ def _where(config: pytest.Config, ini: str) -> str:
 
 
 def _choice(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
-    """A setting's value in ``choices`` (a flag's always is one): a usage error saying ``what`` it should
-    be when it is none of them."""
+    """A setting's value in ``choices``; a usage error saying ``what`` it should be when it is none."""
     raw, source = _setting(config, ini, dest)
     if (value := choices.get(str(raw).strip().lower())) is not None:
         return value
@@ -557,8 +554,7 @@ def _refuse_empty_values(config: pytest.Config) -> None:
 
 
 def _allowed_hosts(config: pytest.Config) -> tuple[str, ...]:
-    """ini llm_allowed_hosts, in lower case; a usage error for a pattern that lets OpenAI itself through:
-    a request no cassette records, billed, in the mode where nothing is to leave the machine."""
+    """ini llm_allowed_hosts, in lower case; a usage error for a pattern that lets OpenAI itself through."""
     patterns = [str(pattern) for pattern in config.getini("llm_allowed_hosts")]
     for pattern in patterns:
         if fnmatchcase("api.openai.com", pattern.lower()):
@@ -581,8 +577,8 @@ def _override(config: pytest.Config, ini: str) -> str | None:
 
 
 def _location_options(config: pytest.Config) -> tuple[str, ...]:
-    """The command-line options that chose where the cassettes are, kept in every re-record command
-    the plugin prints; an ini setting needs none (the command reads the ini file again)."""
+    """The command-line options that chose where the cassettes are, kept in every re-record command (an
+    ini setting needs none: the command reads the ini file again)."""
     options = []
     if config.option.inifilename:  # -c: another ini file, another project folder and cassette directory
         options.append(f"--config-file={config.option.inifilename}")
@@ -845,8 +841,8 @@ def pytest_runtest_makereport_without_traceback(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> pytest.TestReport | None:
     """The report of a phase that fails with the plugin's message, made in place of pytest's, which
-    would format a traceback of the exception for the plugin to throw away: reading the source of every
-    frame, openai's and httpx's included, a tenth of a CPU-second or more per test."""
+    would format a traceback for the plugin to throw away, reading the source of every frame (openai's
+    and httpx's included): slow, per failing test."""
     _, message = item.stash[_VERDICT] = _verdict(item, call)
     if message is None or call.excinfo is None or _skips(call.excinfo.value):
         return None  # pytest's report: nothing to format, or a skip (reported by its reason alone)
@@ -867,11 +863,10 @@ def _skips(exc: BaseException) -> bool:
 
 def _verdict(item: pytest.Item, call: pytest.CallInfo[None]) -> tuple[bool, str | None]:
     """Whether the plugin fails the phase, and its message in place of pytest's traceback (None: the
-    report is pytest's). Requests refused (by the guard of a test without a cassette, or by network
-    blocking), then cassette misses, that no report of the test has shown yet fail it, whether the
-    exception propagated, was wrapped or was swallowed, with one message (concurrent calls miss
-    together); a miss or refusal raised again (reported in an earlier phase, or another test's that a
-    library kept) only gets the plugin's wording."""
+    report is pytest's). Refusals, then misses, that no report of the test has shown fail it, whether
+    the exception propagated, was wrapped or was swallowed, with one message (concurrent calls miss
+    together); one raised again (shown in an earlier phase, or another test's that a library kept)
+    only gets the plugin's wording."""
     cassette = item.stash.get(_CASSETTE, None)
     lists = [
         item.stash.get(_BLOCKED, []),
@@ -901,8 +896,8 @@ def _verdict(item: pytest.Item, call: pytest.CallInfo[None]) -> tuple[bool, str 
 
 
 def _ledger_error(exc: BaseException) -> BaseException | None:
-    """The miss or refusal behind ``exc``: itself, or its cause (openai 1.x/2.x wrap transport errors
-    in APIConnectionError)."""
+    """The miss or refusal behind ``exc``: itself, or its cause (the SDK wraps transport errors in
+    APIConnectionError)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -1058,9 +1053,8 @@ def _runs_no_test(config: pytest.Config) -> bool:
 
 
 def _recording_notices(state: _LedgerState) -> list[str]:
-    """Tests that called the API live while recording and that the next replay fails: on CI (a record
-    mode committed by mistake), whose cassettes CI keeps nothing of; and tests not marked llm, whose
-    requests no cassette recorded, so the replay refuses them."""
+    """Tests that called the API live while recording: on CI (a record mode committed by mistake), which
+    keeps no cassette; and tests not marked llm, whose requests the replay will refuse."""
     out = []
     recorded = sorted(state.ledger.recorded)
     if recorded and any(name in os.environ for name in ("CI", "BUILD_NUMBER")):  # as pytest tells CI
@@ -1080,8 +1074,7 @@ def _recording_notices(state: _LedgerState) -> list[str]:
 
 
 def _report_path(config: pytest.Config) -> Path | None:
-    """Where --llm-report writes, relative to where pytest was started; a usage error when it
-    names a directory, a device or FIFO, or a path under a file."""
+    """Where --llm-report writes; a usage error for a directory, a device or FIFO, or a path under a file."""
     given = config.getoption("llm_report")
     if not given:
         return None
@@ -1109,8 +1102,7 @@ _PATH_OPTIONS: Final = ("--llm-report", "--llm-baseline", "--llm-budget-file", "
 
 def _refuse_paths_taken_for_tests(config: pytest.Config) -> None:
     """A usage error for ``--llm-baseline ../base.json`` (a space, not ``=``) naming an existing path
-    outside the project: pytest chose the rootdir and ini file from it, so the run would take another
-    directory's settings, test ids and cassette names (every cassette a miss)."""
+    outside the project: pytest chose the rootdir and ini file from it (every cassette a miss)."""
     if config.option.rootdir:  # given: no path chooses it
         return
     here = config.invocation_params.dir.resolve()
@@ -1130,9 +1122,8 @@ def _refuse_paths_taken_for_tests(config: pytest.Config) -> None:
 
 
 def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list[str]:
-    """Cassettes no collected test owns (a test renamed or deleted), named only by a run that
-    collected the whole suite (no paths or node ids given, nothing deselected); ``llm-ledger cassettes``
-    finds them for any selection."""
+    """Cassettes no collected test owns (renamed or deleted), named only by a run of the whole suite;
+    ``llm-ledger cassettes`` finds them for any selection."""
     if _narrowed(config):
         return []
     orphans = _orphans(state, config)
@@ -1164,7 +1155,6 @@ def pytest_deselected(items: Sequence[pytest.Item]) -> None:
 
 
 def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:
-    """The cassettes no test of this collection owns, less those it cannot judge: see orphan_cassettes."""
     return orphan_cassettes(
         state.cassette_dir,
         state.ledger.cassettes,
@@ -1178,8 +1168,8 @@ def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:
 def _renamed(
     state: _LedgerState, config: pytest.Config, orphans: list[Path] | None = None
 ) -> dict[Path, Path]:
-    """The cassettes of the collected tests that were never recorded, each with the orphan (of
-    ``orphans``, else found now) that plausibly was it before its test was renamed or moved."""
+    """The cassettes of the collected tests never recorded, each with the orphan (of ``orphans``, else
+    found now) that plausibly was it before its test was renamed or moved."""
     never = [Path(path) for path in state.ledger.cassettes if not Path(path).exists()]
     if not never:
         return {}
@@ -1269,7 +1259,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def _baseline(config: pytest.Config) -> tuple[str, dict[str, Any]] | None:
     """--llm-baseline's report, read before any test runs: one that cannot be read is a usage error, as
-    `llm-ledger diff` makes it one, not a red line under a run that passed having compared nothing."""
+    in `llm-ledger diff`."""
     given = config.getoption("llm_baseline")
     if not given:
         return None
@@ -1293,8 +1283,7 @@ def _write_baseline_diff(tr: Any, name: str, base: dict[str, Any], ledger: Sessi
 
 
 class _ControllerHooks:
-    """Failed tests for the report, and the workers' totals under xdist: the controller hears
-    every worker's reports."""
+    """Failed tests for the report, and the workers' totals under xdist (on the controller only)."""
 
     def __init__(self, state: _LedgerState) -> None:
         self.state = state
