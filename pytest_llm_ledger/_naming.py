@@ -26,6 +26,7 @@ __all__ = [
     "cassette_folder",
     "cassette_params",
     "cassette_path",
+    "has_cassette",
     "mark_case_twins",
     "move_command",
     "moved_hint",
@@ -99,7 +100,7 @@ def mark_case_twins(nodes: Iterable[object]) -> None:
     """Mark the tests among ``nodes`` (one collector's) whose cassette would be named like another's but
     for case, for :func:`cassette_stem` to tell apart: at collection, before a node id selects one, so a
     cassette's name does not depend on the tests a run selects."""
-    tests = [node for node in nodes if isinstance(node, pytest.Item) and _records(node)]
+    tests = [node for node in nodes if isinstance(node, pytest.Item) and has_cassette(node)]
     names: dict[str, set[str]] = {}
     for test in tests:
         raw = _raw_stem(test)
@@ -109,7 +110,8 @@ def mark_case_twins(nodes: Iterable[object]) -> None:
             test.stash[_CASE_TWIN] = True
 
 
-def _records(item: pytest.Item) -> bool:
+def has_cassette(item: pytest.Item) -> bool:
+    """Whether ``item`` runs inside a cassette: marked llm, and not a deliberate live test."""
     marker = item.get_closest_marker("llm")
     return marker is not None and marker.kwargs.get("live") is not True
 

@@ -46,6 +46,7 @@ from ._naming import (
     cassette_folder,
     cassette_params,
     cassette_path,
+    has_cassette,
     mark_case_twins,
     move_command,
     moved_hint,
@@ -390,8 +391,7 @@ class _LedgerState:
         # an OpenAI request reaches the guard outside a cassette: an unmarked test's, or one from a
         # fixture of a marked test set up before its cassette (a wider scope); a deliberate live test,
         # and a test marked vcr alone (pytest-recording's cassette), are not guarded
-        live = marker is not None and marker.kwargs.get("live") is True
-        guarded = not live and (marker is not None or item.get_closest_marker("vcr") is None)
+        guarded = has_cassette(item) or (marker is None and item.get_closest_marker("vcr") is None)
         with self._lock:
             self.current = records
             self._starts.begin(item.nodeid)
@@ -725,7 +725,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("llm")
         if marker is None:
             continue
-        if marker.kwargs.get("live") is not True:
+        if has_cassette(item):
             cassette = cassette_path(item, state.cassette_dir)
             state.ledger.cassettes.setdefault(str(cassette), item.nodeid)
             if marker.kwargs.get("record_auth_errors") is True:
@@ -913,7 +913,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
     item: pytest.Item = request.node  # a function-scoped fixture's node is always the test item
     marker = item.get_closest_marker("llm")
-    if marker is None or marker.kwargs.get("live") is True:
+    if marker is None or not has_cassette(item):
         yield
         return
     # the cassette engine loads with the first test that needs it: a run that marks no test llm,
