@@ -426,7 +426,7 @@ class _LedgerState:
         nodeid = self._guarded
         if self.mode != "none" or nodeid is None:
             return None  # recording (it goes out live, unrecorded), a live test, or a test marked vcr alone
-        message = "\n".join([
+        return self._block([
             f"llm-ledger: {nodeid} opened a WebSocket to the OpenAI API ({_socket_api(path)}), which "
             "cassettes do not record or replay, so it was not opened",
             f"  request: {WEBSOCKET} {host}{path}",
@@ -435,6 +435,10 @@ class _LedgerState:
             "serves the Realtime, Responses and Live APIs), or mark the test @pytest.mark.llm(live=True) "
             "to let it go live",
         ])  # fmt: skip
+
+    def _block(self, lines: list[str]) -> str:
+        """The failure message of a request refused in the running test, kept to fail it."""
+        message = "\n".join(lines)
         with self._lock:
             self._blocked.append(message)
         return message
@@ -492,10 +496,7 @@ class _LedgerState:
                 f"    {rerecord_command(self.here(nodeid), 'once', self.location)}",
                 hint,
             ]
-        message = "\n".join(lines)
-        with self._lock:
-            self._blocked.append(message)
-        return message
+        return self._block(lines)
 
 
 def _setting(config: pytest.Config, ini: str, dest: str = "") -> tuple[Any, str | None]:
