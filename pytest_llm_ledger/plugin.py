@@ -798,11 +798,6 @@ def _budget_flag(state: _LedgerState) -> str:
     return "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
 
 
-def _unenforced_breaches(state: _LedgerState) -> list[Breach]:
-    """The limits of a budgets file this run did not enforce that it would exceed (none without one)."""
-    return [] if state.unenforced is None else state.ledger.check(state.unenforced)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
@@ -1238,7 +1233,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             if failed := ledger.total().errors:  # a call that missed its cassette counts nothing
                 met += f" ({failed} call(s) failed: one that got no answer counts no tokens or cost)"
             say(met)
-    elif would := _unenforced_breaches(state):  # a CI that forgot the flag passes: say what it let by
+    elif state.unenforced is not None and (would := ledger.check(state.unenforced)):
+        # a CI that forgot the flag passes: say what it let by
         over = listed([f"{b.where} {b.limit_key}" for b in would])
         say(
             f"llm-ledger: {budget_file} is not enforced (add {_budget_flag(state)}); enforced, this run "
