@@ -1,20 +1,12 @@
-"""Record and replay HTTP interactions for one test, on top of vcrpy's transport patches.
+"""Record and replay the HTTP interactions of one test: the cassette object vcrpy's stubs talk to.
 
-vcrpy intercepts the HTTP libraries (httpx for openai 1.x/2.x, httpx2 for 3.x); this module supplies
-the cassette object its stubs talk to. A cassette owns the OpenAI SDK's requests (its
-``x-stainless-*`` / user-agent headers) and requests to ``api.openai.com``: anything else (a library
-downloading data when first imported, a test's own HTTP calls) goes out unrecorded, is never a miss,
-and is refused only with network blocking on; a test that also has a pytest-recording / vcrpy
-cassette (``@pytest.mark.vcr``) hands it to that cassette instead.
-
-Matching is on a canonical key (docs/CI.md: method, API path, query, canonical JSON body, the host
-on request), with credentials redacted as ``_secrets`` redacts them for storage: a scrubbed cassette
-still replays, and a miss message never shows a credential. Each key holds a queue of unplayed
-interactions, so a replay costs one parse of its own body and a dict lookup.
-
-A miss raises :class:`CassetteMissError` from inside the transport (the OpenAI SDK lets exceptions
-it does not know propagate unchanged) and is also kept on the cassette, so the plugin fails the
-test with the same message even when the code under test swallows the exception.
+A cassette owns the OpenAI SDK's requests and any to ``api.openai.com``; anything else goes out
+unrecorded (refused with network blocking on), or to the test's own vcrpy cassette
+(``@pytest.mark.vcr``). Requests match on a canonical key, redacted as ``_secrets`` redacts what is
+stored, so a scrubbed cassette still replays and a miss never shows a credential; each key holds a
+queue of unplayed interactions. A miss raises :class:`CassetteMissError` inside the transport (the
+SDK lets it propagate) and is kept on the cassette, so the plugin fails the test even when the code
+under test swallows it.
 """
 
 from __future__ import annotations
@@ -97,7 +89,8 @@ def _canonical_body(raw: bytes | None, redactor: CredentialRedactor) -> str | by
 def owns(request: Any) -> bool:
     """Whether a cassette records and replays ``request`` (a vcrpy request): the OpenAI SDK's
     requests, wherever they go, and any request to OpenAI's API host."""
-    return is_openai_request(request) or (urlsplit(request.uri).hostname or "").lower() == "api.openai.com"
+    host = (urlsplit(request.uri).hostname or "").lower()
+    return is_openai_request(request.headers) or host == "api.openai.com"
 
 
 def canonical_key(method: str, url: str, body: bytes | None, headers: Any = None) -> Key:
@@ -152,6 +145,11 @@ def stored_url(url: str, redactor: CredentialRedactor) -> str:
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _shown_url(url: str, headers: Any) -> str:
+    """``url`` as a message shows it: without the credentials it or ``headers`` carry."""
+    return CredentialRedactor(known_secrets(headers, url)).url(url, "url")
 
 
 def _redact_body(body: Body, redactor: CredentialRedactor) -> Body:
@@ -376,7 +374,7 @@ class LedgerCassette:
             return False
         host = (urlsplit(request.uri).hostname or "").lower()
         if self.block_network and not any(fnmatchcase(host, p) for p in self.allowed_hosts):
-            url = CredentialRedactor(known_secrets(request.headers, request.uri)).url(request.uri, "url")
+            url = _shown_url(request.uri, request.headers)
             message = "\n".join(
                 [
                     f"llm-ledger: {self.nodeid} sent a request its cassette does not record, refused "
@@ -441,7 +439,7 @@ class LedgerCassette:
         """The failure text for a request with no unplayed match: what, where, which part differed,
         and the fix. Values are shown redacted, as they are matched: never a credential."""
         key = canonical_key(method, url, body, headers)
-        shown_url = CredentialRedactor(known_secrets(headers, url)).url(url, "url")
+        shown_url = _shown_url(url, headers)
         host_rule = (
             "method, host, API path, query and body"
             if self.match_host
@@ -580,14 +578,11 @@ def _json_diff(recorded: Any, requested: Any, path: str) -> Iterator[str]:
                 f"{path}[{index}]",
             )
     elif recorded != requested or type(recorded) is not type(requested):
-        if isinstance(recorded, str) and isinstance(requested, str) and _long(recorded, requested):
+        texts = (recorded, requested)
+        if all(isinstance(t, str) for t in texts) and any(len(repr(t)) > _MAX_VALUE for t in texts):
             yield _text_diff(recorded, requested, path)
         else:
             yield f"{path}: recorded {_short(recorded)}, requested {_short(requested)}"
-
-
-def _long(*texts: str) -> bool:
-    return any(len(repr(text)) > _MAX_VALUE for text in texts)
 
 
 def _text_diff(recorded: str, requested: str, path: str) -> str:

@@ -57,12 +57,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ._naming import TO_RECORD, replayed_auth_advice
     except ImportError as exc:  # a production install: pytest and vcrpy come with the plugin's extra
-        print(
-            f"llm-ledger cassettes: error: {exc}; this command asks pytest which tests own the cassettes, "
-            "which needs the plugin's extra: pip install 'llm-ledger[pytest]'",
-            file=sys.stderr,
+        return _error(
+            f"{exc}; this command asks pytest which tests own the cassettes, which needs the plugin's "
+            "extra: pip install 'llm-ledger[pytest]'"
         )
-        return 2
 
     with tempfile.TemporaryDirectory(prefix="llm-ledger-cassettes-") as tmp:
         listing = Path(tmp) / "cassettes.json"
@@ -75,12 +73,9 @@ def run(args: argparse.Namespace) -> int:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode not in (0, 5) or not listing.exists():  # 5: no tests collected
             print(done.stdout[-2000:] + done.stderr[-2000:], file=sys.stderr)
-            print(
-                f"llm-ledger cassettes: error: pytest could not collect the tests (exit {done.returncode}); "
-                "its output above says why",
-                file=sys.stderr,
+            return _error(
+                f"pytest could not collect the tests (exit {done.returncode}); its output above says why"
             )
-            return 2
         data = json.loads(listing.read_text(encoding="utf-8"))
     directory = Path(data["cassette_dir"])
     # a directory that is not there, or holds no cassette, checks nothing: a misspelt llm_cassette_dir
@@ -91,12 +86,7 @@ def run(args: argparse.Namespace) -> int:
     elif not any(path.is_file() for path in directory.rglob("*.yaml")):
         problem = "holds no cassette (.yaml file)"
     if problem is not None:
-        print(
-            f"llm-ledger cassettes: error: the cassette directory {shown_path(directory)} {problem}; nothing "
-            "was checked",
-            file=sys.stderr,
-        )
-        return 2
+        return _error(f"the cassette directory {shown_path(directory)} {problem}; nothing was checked")
     owned, never = data["cassettes"], data["record"]
     orphans = [Path(path) for path in data["orphans"]]
     moved = {} if args.prune else data["moved"]  # a prune deletes the orphans: none is left to move
@@ -142,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
+def _error(message: str) -> int:
+    """Say what went wrong on stderr; the exit status of an error, 2."""
+    print(f"llm-ledger cassettes: error: {message}", file=sys.stderr)
+    return 2
+
+
 def _auth_errors(paths: list[str]) -> tuple[dict[Path, list[str]], int]:
     """The cassettes of ``paths`` holding 401/403 answers (recorded before llm-ledger left them out):
     CI replays a wrong key's error from them forever. And 2 when one could not be read, else 0."""
@@ -154,8 +150,7 @@ def _auth_errors(paths: list[str]) -> tuple[dict[Path, list[str]], int]:
         try:
             answers = auth_answers(load_cassette(path))
         except CassetteError as exc:
-            print(f"llm-ledger cassettes: error: {exc}", file=sys.stderr)
-            status = 2
+            status = _error(str(exc))
             continue
         if answers:
             found[path] = answers

@@ -1,18 +1,9 @@
 """The cassette file format: readable YAML that is safe to load and diffs well.
 
-A cassette is ``{version: 1, interactions: [{request: ..., response: ...}, ...]}``. A request
-holds ``method``, ``url``, allow-listed ``headers`` and at most one body key; a response holds
-``status``, allow-listed ``headers`` and at most one body key. Body keys:
-
-* ``json``: the parsed JSON document (requests and non-streamed responses; one holding a lone
-  surrogate, which UTF-8 cannot hold, is ``text``), replayed as compact ASCII JSON;
-* ``sse``: a server-sent event stream as a list of events, each ``{data: ...}`` with optional
-  ``event`` and ``id``; JSON ``data`` is parsed;
-* ``text``: any other UTF-8 body, written as a literal block when it spans lines;
-* ``base64``: bytes that are not UTF-8 (or compressed with an encoding we cannot undo).
-
-Headers are kept only when allow-listed, so credentials, cookies, organisation and project ids
-and the SDK's ``x-stainless-*`` headers never reach the file, whatever a server sends.
+A cassette is ``{version: 1, interactions: [{request: ..., response: ...}, ...]}``. A request holds
+``method``, ``url``, ``headers`` and at most one body key, a response ``status``, ``headers`` and at
+most one body key: ``json`` (parsed), ``sse`` (a list of events, JSON ``data`` parsed), ``text`` (any
+other UTF-8) or ``base64`` (bytes that are not UTF-8, or compressed in an encoding not undone here).
 """
 
 from __future__ import annotations
@@ -67,8 +58,7 @@ _SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumpe
 
 
 class _AliasDumper(_SafeDumper):  # type: ignore[valid-type,misc]
-    """Safe dumper that writes multi-line strings as literal blocks, so prompts diff by line, and a
-    shared mapping or list once, with an anchor (only a loaded file that had aliases has any)."""
+    """Writes multi-line strings as literal blocks, so prompts diff by line."""
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -88,13 +78,8 @@ class _Dumper(_AliasDumper):
 
 
 def decompress(raw: bytes, encoding: str) -> bytes | None:
-    """Undo a Content-Encoding as the client's HTTP library does; None when an encoding is not one
-    this interpreter can decode, or the bytes are not valid in it (they are then kept as they came).
-
-    httpx and httpx2 read every frame of a zstd body (a server may flush one frame per event) and
-    find br and zstd in whichever module is installed: brotli or brotlicffi; compression.zstd,
-    backports.zstd or zstandard.
-    """
+    """Undo a Content-Encoding as httpx does (br and zstd from whichever module is installed, every
+    frame of a zstd body); None when this interpreter cannot, or the bytes are not valid in it."""
     encodings = [e.strip().lower() for e in encoding.split(",") if e.strip()]
     data = raw
     try:
@@ -120,7 +105,6 @@ def decompress(raw: bytes, encoding: str) -> bytes | None:
 
 
 def _module(*names: str) -> Any:
-    """The first of the modules ``names`` that imports, else None."""
     for name in names:
         try:
             return importlib.import_module(name)
@@ -130,7 +114,6 @@ def _module(*names: str) -> Any:
 
 
 def _unzstd(zstd: Any, data: bytes) -> bytes:
-    """Every frame of a zstd body, decoded with ``zstd`` (the standard library's API or zstandard's)."""
     if zstd.__name__ != "zstandard":
         result: bytes = zstd.decompress(data)  # reads frame after frame; an incomplete one is an error
         return result
@@ -157,9 +140,7 @@ def _parse_sse(text: str) -> list[dict[str, Any]] | None:
             if not sep or field not in ("event", "data", "id") or field in event:
                 return None  # comments, retry:, multi-line data: not representable, keep as text
             value = value.removeprefix(" ")
-            if field == "data":
-                # JSON data is stored parsed: replay re-serialises it compactly, which SSE clients
-                # parse the same; anything else stays a string
+            if field == "data":  # JSON data is stored parsed, replayed compact: clients parse it the same
                 try:
                     parsed = _loads(value)
                 except ValueError:
@@ -182,8 +163,8 @@ _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate
 
 
 def _loads(text: str) -> Any:
-    """``text`` parsed as JSON; ValueError also when it holds a lone surrogate (half an emoji: JSON
-    escapes one, UTF-8 and YAML cannot hold it), so that the text is kept as it came."""
+    """``text`` parsed as JSON; ValueError also for a lone surrogate (half an emoji), which JSON escapes
+    and UTF-8 and YAML cannot hold: the text is then kept as it came."""
     value = json.loads(text)
     if _SURROGATE.search(text):
         json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
@@ -255,18 +236,16 @@ def dump_cassette(interactions: list[dict[str, Any]], header: str) -> str:
 
 
 def dump_document(doc: dict[str, Any], *, keep_aliases: bool = False) -> str:
-    """The YAML text of a cassette document, without its comment lines: the one serializer of the
-    plugin's recordings and of ``llm-ledger scrub``, so a scrub's diff shows only what it removed.
-    ``keep_aliases``: write objects a loaded file shared through aliases once (scrub: a billion
-    laughs stays small); a document without them comes out the same either way."""
+    """The YAML text of a cassette document: the one serializer of recordings and of ``llm-ledger
+    scrub``, so a scrub's diff shows only what it removed. ``keep_aliases``: objects a loaded file
+    shared through aliases are written once (scrub: a billion laughs stays small)."""
     dumper = _AliasDumper if keep_aliases else _Dumper
     text: str = yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
     return text
 
 
 def shown_path(path: Path | str) -> str:
-    """How every message of the plugin and its commands shows a path: relative to the current
-    directory when below it (as the user's shell reaches it), else absolute."""
+    """How every message shows a path: relative to the current directory when below it, else absolute."""
     absolute = Path(os.path.abspath(path))
     try:
         return str(absolute.relative_to(Path.cwd()))
@@ -277,12 +256,10 @@ def shown_path(path: Path | str) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash or a parallel reader never sees half a file.
 
-    A file that exists keeps its mode; a new one gets the ordinary mode (0666 less the umask, as the
-    system applies it: the process's umask is never changed, even for a moment, as other threads may
-    be creating files), not mkstemp's private 0600: cassettes are committed, reports read by other CI
-    steps. Cassettes and ``--llm-report`` files are written this way. A symbolic link is written
-    through, as it was read: renamed over, the link would become a copy and its target keep the old text
-    (``llm-ledger scrub`` would leave the secrets in the file the link shares).
+    A file keeps its mode; a new one gets 0666 less the umask (applied by the system: changing the
+    process's umask would race other threads), not mkstemp's 0600: cassettes are committed, reports
+    read by other CI steps. A symbolic link is written through: renamed over, it would become a copy
+    and its target keep the old text (a scrub would leave the secrets there).
     """
     if path.is_symlink():
         path = Path(os.path.realpath(path))
@@ -307,8 +284,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def read_text(path: Path) -> str:
-    """The text of a cassette file (at most :data:`MAX_CASSETTE_BYTES`); :class:`CassetteError` when
-    it cannot be read or is not UTF-8."""
+    """The text of a cassette file; :class:`CassetteError` when it cannot be read or is not UTF-8."""
     raw = read_file(str(path), CassetteError, "cassette", max_bytes=MAX_CASSETTE_BYTES)
     try:
         return raw.decode("utf-8")
@@ -317,8 +293,7 @@ def read_text(path: Path) -> str:
 
 
 def invalid_yaml(path: Path, exc: yaml.YAMLError, text: str) -> CassetteError:
-    """The error for a cassette that is not YAML a safe loader reads (the plugin and ``llm-ledger
-    scrub``): :func:`llm_ledger.loading.invalid_yaml`'s message, and why a Python tag is refused."""
+    """:func:`llm_ledger.loading.invalid_yaml`'s error, saying why a Python tag is refused."""
     message = loading_invalid_yaml(str(path), exc, text)
     if "could not determine a constructor" in message:  # a tag naming a Python object
         message += "; cassettes hold plain YAML only: tags that would build Python objects are refused"
@@ -326,14 +301,14 @@ def invalid_yaml(path: Path, exc: yaml.YAMLError, text: str) -> CassetteError:
 
 
 def load_cassette(path: Path) -> list[dict[str, Any]]:
-    """Load and validate a cassette with a safe loader; each item is ``{"request": .., "response": ..}``
-    with bodies as :data:`Body` tuples. Raises :class:`CassetteError` naming the file and place."""
+    """A cassette's interactions, ``{"request": .., "response": ..}`` with :data:`Body` bodies, loaded
+    safely and validated; :class:`CassetteError` naming the file and place."""
     return read_cassette(path)[0]
 
 
 def read_cassette(path: Path) -> tuple[list[dict[str, Any]], Any, str]:
-    """:func:`load_cassette`'s interactions, with the document they were read from (which shares their
-    bodies and headers) and the file's text, for ``llm-ledger scrub``'s check without a second parse."""
+    """:func:`load_cassette`'s interactions, the document they share bodies with and the file's text,
+    for ``llm-ledger scrub``'s check without a second parse."""
     path = Path(shown_path(path))  # as every message shows it
     text = read_text(path)
     try:
@@ -371,9 +346,8 @@ def _refuse_aliases(path: Path, text: str) -> None:
 
 
 def _interactions(doc: Document, root: yaml.Node | None, data: Any) -> list[dict[str, Any]]:
-    # ``data`` (the value of ``root``) is built first, once: what is not YAML a JSON loader reads (a tag,
-    # a key written twice) is named before what is not a cassette, wherever it is; bodies are taken
-    # from it once their place is checked
+    # ``data`` is built first: what is not YAML a JSON loader reads (a tag, a key written twice) is named
+    # before what is not a cassette, wherever it is
     if root is None:
         raise doc.error(None, "", f"the file is empty, expected {_TOP}")
     if _from_vcrpy(data):  # a team moving from pytest-recording copies its cassettes over
@@ -424,7 +398,7 @@ def _from_vcrpy(data: Any) -> bool:
 def _message(
     doc: Document, fields: dict[str, yaml.Node], place: str, values: dict[str, Any]
 ) -> dict[str, Any]:
-    """The headers and the body of a request or a response (``values``: the mapping ``fields`` read as)."""
+    """The headers and body of a request or response (``values``: ``fields`` read)."""
     if "headers" in fields and not doc.is_null(fields["headers"]):
         where = f"{place}.headers"
         for name, _, node in doc.mapping(fields["headers"], where, "a mapping of header name to value"):
@@ -459,7 +433,6 @@ def interaction_to_yaml(
     method: str, url: str, req_headers: Mapping[str, str], req_body: Body, status: int,
     resp_headers: Mapping[str, str], resp_body: Body,
 ) -> dict[str, Any]:  # fmt: skip
-    """The mapping one interaction is written as (keys in reading order)."""
     return {
         "request": _message_to_yaml({"method": method, "url": url}, req_headers, req_body),
         "response": _message_to_yaml({"status": status}, resp_headers, resp_body),

@@ -1,11 +1,7 @@
 """Where a test's cassette lives: ``<dir>/<test file relative to the project, no .py>/<name>.yaml``.
 
-The project is the ini file's folder (else pytest's rootdir), the base of the cassette directory too,
-so ``--rootdir`` moves no cassette. The naming rules users rely on (parameter values rather than
-pytest's ids, which have changed between pytest versions; a short hash for unsafe characters, long
-names and names that differ only in case) are in docs/CI.md. Case twins are marked when pytest
-collects their module (:func:`mark_case_twins`), before a node id selects one, so a test's cassette
-is the same whichever tests a run selects.
+The naming rules are in docs/CI.md: parameter values, not pytest's ids (which change between pytest
+versions); a short hash for unsafe characters, long names and names that differ only in case.
 """
 
 from __future__ import annotations
@@ -30,6 +26,7 @@ __all__ = [
     "cassette_folder",
     "cassette_params",
     "cassette_path",
+    "has_cassette",
     "mark_case_twins",
     "move_command",
     "moved_hint",
@@ -63,20 +60,18 @@ def _value_text(value: Any) -> str:
 
 
 def _secret(arg: str, text: str) -> bool:
-    """Whether a parameter's value is a credential: named like one (``api_key``) and long enough to be
-    one (``EMPTY`` is a placeholder), or shaped like an OpenAI key."""
+    """Whether a parameter's value is a credential: named like one and long enough (``EMPTY`` is a
+    placeholder), or shaped like an OpenAI key."""
     return (credential_name(arg) and len(text) >= MIN_KNOWN_SECRET) or KEY_SHAPE.search(text) is not None
 
 
 def secret_params(item: pytest.Item) -> list[str]:
-    """The values of ``item``'s parameters that are credentials: a cassette's name and heading, written
-    to a repository, never show them."""
+    """The values of ``item``'s parameters that are credentials, which a cassette never shows."""
     texts = ((arg, _value_text(value)) for arg, value in cassette_params(item).items())
     return [text for arg, text in texts if _secret(arg, text)]
 
 
 def _param_text(arg: str, value: Any) -> str:
-    """A parameter as a cassette's name shows it: its value, a credential by a hash of it alone."""
     text = _value_text(value)
     return f"{REDACTED}-{_hash(text)}" if _secret(arg, text) else text
 
@@ -86,8 +81,7 @@ def _safe(text: str) -> str:
 
 
 def cassette_params(item: pytest.Item) -> dict[str, Any]:
-    """The parameters that name ``item``'s cassette: all of its own, less those that repeat a test
-    rather than vary it (pytest-repeat's ``--count``), so every repetition replays one cassette."""
+    """The parameters that name ``item``'s cassette, less pytest-repeat's, which repeat the test."""
     callspec = getattr(item, "callspec", None)
     params: dict[str, Any] = callspec.params if callspec is not None else {}
     return {arg: value for arg, value in params.items() if arg not in _REPEATS}
@@ -103,9 +97,10 @@ def _raw_stem(item: pytest.Item) -> str:
 
 
 def mark_case_twins(nodes: Iterable[object]) -> None:
-    """Mark the tests among ``nodes`` (what one collector collected) whose cassette would be named
-    like another's but for the case of letters: :func:`cassette_stem` tells them apart."""
-    tests = [node for node in nodes if isinstance(node, pytest.Item) and _records(node)]
+    """Mark the tests among ``nodes`` (one collector's) whose cassette would be named like another's but
+    for case, for :func:`cassette_stem` to tell apart: at collection, before a node id selects one, so a
+    cassette's name does not depend on the tests a run selects."""
+    tests = [node for node in nodes if isinstance(node, pytest.Item) and has_cassette(node)]
     names: dict[str, set[str]] = {}
     for test in tests:
         raw = _raw_stem(test)
@@ -115,19 +110,17 @@ def mark_case_twins(nodes: Iterable[object]) -> None:
             test.stash[_CASE_TWIN] = True
 
 
-def _records(item: pytest.Item) -> bool:
-    """Whether ``item`` has a cassette: marked llm, and not a deliberate live test."""
+def has_cassette(item: pytest.Item) -> bool:
+    """Whether ``item`` runs inside a cassette: marked llm, and not a deliberate live test."""
     marker = item.get_closest_marker("llm")
     return marker is not None and marker.kwargs.get("live") is not True
 
 
 def cassette_stem(item: pytest.Item) -> str:
-    """The file name (without ``.yaml``) of ``item``'s cassette."""
     raw = _raw_stem(item)
     full = _safe(raw)
     if full != raw or item.stash.get(_CASE_TWIN, False):
-        # two names that differ only in unsafe characters ("a/b" and "a:b"), or only in case (one file
-        # on macOS and Windows), must not share a file
+        # "a/b" and "a:b", or names that differ only in case (one file on macOS and Windows)
         full = f"{full}-{_hash(raw)}"
     if len(full) > MAX_STEM:
         full = f"{full[: MAX_STEM - 9]}-{_hash(full)}"
@@ -135,12 +128,12 @@ def cassette_stem(item: pytest.Item) -> str:
 
 
 def project_dir(config: pytest.Config) -> Path:
-    """The folder ini paths and cassette names are relative to: the ini file's, else the rootdir."""
+    """The folder ini paths and cassette names are relative to: the ini file's, else the rootdir (so
+    ``--rootdir`` moves no cassette)."""
     return config.inipath.parent if config.inipath is not None else config.rootpath
 
 
 def cassette_folder(item: pytest.Item, directory: Path) -> Path:
-    """The folder under ``directory`` of the cassettes of ``item``'s test file."""
     try:
         relative = item.path.relative_to(project_dir(item.config))
     except ValueError:
@@ -149,16 +142,13 @@ def cassette_folder(item: pytest.Item, directory: Path) -> Path:
 
 
 def cassette_path(item: pytest.Item, directory: Path) -> Path:
-    """The cassette file of ``item`` under ``directory``."""
     return cassette_folder(item, directory) / (cassette_stem(item) + ".yaml")
 
 
 def selected_folders(config: pytest.Config, directory: Path) -> list[Path] | None:
-    """The cassette folders whose every test a collection saw: one per file or folder given on the
-    command line (or the invocation folder), None for the whole ``directory`` (``testpaths``).
-
-    A cassette outside them belongs to a test that was not collected, not to a deleted one; a node
-    id (``file.py::test``) collects part of a file, so it vouches for no folder."""
+    """The cassette folders whose every test a collection saw, one per file or folder given (a node id
+    vouches for none); None for the whole ``directory`` (``testpaths``). A cassette outside them
+    belongs to a test not collected, not to a deleted one."""
     if config.args_source == pytest.Config.ArgsSource.TESTPATHS:
         return None
     folders = []
@@ -186,11 +176,10 @@ def orphan_cassettes(
     project: Path,
     tested: Iterable[str],
 ) -> list[Path]:
-    """The cassette files under ``directory`` that none of the ``owned`` paths names, sorted, less
-    those matching a ``keep`` glob (relative to ``directory``: cassettes another tool owns), those
-    outside the ``within`` folders (None: all of ``directory``; see :func:`selected_folders`), and those
-    of a test file in ``project`` that exists but gave no test (left out with --ignore, skipped at
-    import): ``tested`` holds the :func:`cassette_folder` of each file the collection found tests in."""
+    """The cassette files under ``directory`` that no ``owned`` path names, sorted, less those matching
+    a ``keep`` glob, those outside the ``within`` folders (:func:`selected_folders`), and those of a test
+    file in ``project`` that gave no test (--ignore, skipped at import): ``tested`` holds the
+    :func:`cassette_folder` of each file that gave tests."""
     mine = {Path(path) for path in owned}
     folded = {str(path).lower(): path for path in mine}
     found = set(tested)
@@ -210,20 +199,17 @@ def orphan_cassettes(
 
 
 def _same_file(path: Path, folded: Mapping[str, Path]) -> bool:
-    """Whether ``path`` is the file of an owned cassette named like it but for case (``folded``: the
-    owned paths by their lower case): a test renamed in case only, on macOS or Windows, where one file
-    has both names, so its cassette is no orphan (and no prune deletes it)."""
+    """Whether ``path`` is the file of an owned cassette named like it but for case (``folded``): a test
+    renamed in case only, on macOS or Windows, where one file has both names, has no orphan."""
     owned = folded.get(str(path).lower())
     return owned is not None and owned.exists() and path.samefile(owned)
 
 
 def renamed_cassettes(never: Iterable[Path], orphans: Iterable[Path]) -> dict[Path, Path]:
     """The orphan cassette each cassette of ``never`` (not recorded yet) plausibly was before its test
-    was renamed or moved, by path: first an orphan of the same test file named the same but for the
-    hash of a case twin (another test named like it but for case came or went: its own name did not
-    change), then an orphan of the same test file whose parameters are the same (the test or its class
-    renamed), or of another file with the same name (the test moved). Only a pair that is each other's
-    one candidate counts: a guess between two is no guess."""
+    was renamed or moved: first one of the same file named the same but for a case twin's hash, then
+    one of the same file with the same parameters (the test renamed), or of another file with the same
+    name (moved). Only a pair that is each other's one candidate counts."""
     never, orphans = list(never), list(orphans)
 
     def twin(new: Path, old: Path) -> bool:
@@ -246,8 +232,8 @@ def renamed_cassettes(never: Iterable[Path], orphans: Iterable[Path]) -> dict[Pa
 
 
 def move_command(old: Path, new: Path) -> str:
-    """The command that gives the cassette ``old`` to the test whose cassette is ``new``, in the
-    current directory (making ``new``'s folder first when there is none: ``git mv`` does not)."""
+    """The command that gives the cassette ``old`` to the test whose cassette is ``new`` (making its
+    folder first: ``git mv`` does not)."""
     move = shlex.join(["git", "mv", shown_path(old), shown_path(new)])
     if new.parent.is_dir():
         return move
@@ -255,8 +241,7 @@ def move_command(old: Path, new: Path) -> str:
 
 
 def moved_hint(old: Path) -> str:
-    """What the orphan cassette ``old`` may be, said of a test never recorded, before its
-    :func:`move_command`."""
+    """What the orphan ``old`` may be to a test never recorded, before its :func:`move_command`."""
     return (
         f"{shown_path(old)} belongs to no collected test: if it is this test's cassette from before a "
         "rename or move, keep it with"
@@ -272,15 +257,14 @@ TO_RECORD: Final = (
 
 
 def rerecord_command(nodeid: str, mode: str, options: Sequence[str] = ()) -> str:
-    """The command that runs one test in ``mode``, to record or re-record its cassette; ``options``:
-    the command-line options that chose where the cassettes are (``--llm-cassette-dir``...)."""
+    """The command that records one test's cassette in ``mode``; ``options``: those that chose where the
+    cassettes are (``--llm-cassette-dir``...)."""
     return shlex.join(["pytest", nodeid, f"--llm-record-mode={mode}", *options])
 
 
 def replayed_auth_advice(count: int, test: str | None = None, options: Sequence[str] = ()) -> str:
-    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix (the
-    command for ``test`` when it is the one, with ``options`` as :func:`rerecord_command`): the words of
-    the session's notice and of ``llm-ledger cassettes``."""
+    """What ``count`` cassettes replaying a 401/403 their test does not expect mean, and the fix: the
+    words of the session's notice and of ``llm-ledger cassettes``."""
     command = rerecord_command(test or "NODE_ID...", "rewrite", options)
     return (
         f"{count} cassette(s) replay an authentication error (401/403) their test does not expect, "

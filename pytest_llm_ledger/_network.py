@@ -1,23 +1,13 @@
 """The replay-only guard: an OpenAI API request of a test not marked ``llm`` is refused unsent.
 
-Tests marked ``llm`` run inside their cassette (vcrpy's transport patches). Any other test would
-reach the network silently, wherever its client points and with whatever key CI has. For the
-session, :class:`Guard` wraps the two network transports (``HTTPTransport`` and
-``AsyncHTTPTransport``) of httpx (openai 1.x and 2.x) and httpx2 (openai 3.x), and the aiohttp
-transport of the SDK's ``DefaultAioHttpClient``: what every OpenAI client sends through,
-instrumented or not, unless it was given a custom transport that does not touch the network. A
-request that carries the OpenAI SDK's headers is handed to the plugin's ``refuse`` callback, which
-returns a message to raise :class:`BlockedRequestError` with before anything is sent, or ``None`` to
-let it through. Other traffic, mock transports and the requests of tests that have a cassette are
-not touched.
-
-The Realtime API's WebSocket (``realtime.connect()``) goes past those transports, through the
-``websockets`` library, and no cassette records it: its connections' opening handshakes (sync and
-asyncio) are wrapped too, and one carrying the SDK's headers is handed to ``refuse`` with the method
-``WEBSOCKET``, before the handshake request (and the key it carries) is sent.
-
-Wrappers stay harmless once uninstalled: an HTTP library patch that saved one (vcrpy keeps the
-transport method it found at import) calls straight through it.
+:class:`Guard` wraps, for the session, what every OpenAI client sends through, instrumented or not:
+the network transports of httpx (openai 1.x and 2.x) and httpx2 (3.x), the aiohttp transport of the
+SDK's ``DefaultAioHttpClient``, and the opening handshakes of ``websockets`` client connections (the
+Realtime and Responses WebSockets, which no cassette records). A request carrying the OpenAI SDK's
+headers is handed to the plugin's ``refuse`` callback, which returns a message to raise
+:class:`BlockedRequestError` with before anything (the key included) is sent, or ``None`` to let it
+through. Wrappers stay harmless once uninstalled: a patch that saved one (vcrpy keeps the transport
+method it found at import) calls straight through it.
 """
 
 from __future__ import annotations
@@ -37,9 +27,8 @@ Refuse = Callable[[str, str, str], "str | None"]  # (method, host, path) -> mess
 WEBSOCKET: Final = "WEBSOCKET"  # the method refuse() is given for a WebSocket's opening handshake
 
 
-def is_openai_request(request: Any) -> bool:
-    """True for a request built by the OpenAI SDK (its ``x-stainless-*`` or user-agent headers)."""
-    headers = request.headers
+def is_openai_request(headers: Any) -> bool:
+    """True for the headers of a request built by the OpenAI SDK (``x-stainless-*``, its user-agent)."""
     return headers.get("x-stainless-lang") is not None or "openai/" in headers.get("user-agent", "").lower()
 
 
@@ -82,30 +71,23 @@ class Guard:
 
     def _wrap(self, cls: type, method: str) -> None:
         original = getattr(cls, method)
+        check = self._check_handshake if method == "handshake" else self._check
         wrapper: Any
-        if method == "handshake" and inspect.iscoroutinefunction(original):
+        # by name, not by inspecting what another patch may have put there: websockets' handshake
+        # has a sync and an asyncio class
+        if method == "handle_async_request" or (
+            method == "handshake" and inspect.iscoroutinefunction(original)
+        ):
 
-            async def wrapper(connection: Any, *args: Any, **kwargs: Any) -> Any:
-                self.check_handshake(connection, *args, **kwargs)
-                return await original(connection, *args, **kwargs)
-
-        elif method == "handshake":
-
-            def wrapper(connection: Any, *args: Any, **kwargs: Any) -> Any:
-                self.check_handshake(connection, *args, **kwargs)
-                return original(connection, *args, **kwargs)
-
-        elif method == "handle_request":
-
-            def wrapper(transport: Any, request: Any) -> Any:
-                self.check(request)
-                return original(transport, request)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                check(*args, **kwargs)
+                return await original(*args, **kwargs)
 
         else:
 
-            async def wrapper(transport: Any, request: Any) -> Any:
-                self.check(request)
-                return await original(transport, request)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                check(*args, **kwargs)
+                return original(*args, **kwargs)
 
         setattr(cls, method, wrapper)
         self._saved.append((cls, method, original, wrapper))
@@ -117,7 +99,7 @@ class Guard:
                 setattr(cls, name, original)
         self._saved.clear()
 
-    def check_handshake(
+    def _check_handshake(
         self,
         connection: Any,
         additional_headers: Any = None,
@@ -125,7 +107,6 @@ class Guard:
         *_: Any,
         **__: Any,
     ) -> None:
-        """Refuse a WebSocket whose handshake would carry the OpenAI SDK's headers, as ``refuse`` says."""
         if not self._saved:
             return
         pairs = (
@@ -133,28 +114,21 @@ class Guard:
         )
         headers = {str(name).lower(): str(value) for name, value in pairs}
         headers.setdefault("user-agent", str(user_agent_header or ""))
-        if not is_openai_request(_Handshake(headers)):
+        if not is_openai_request(headers):
             return
         protocol = connection.protocol
         uri = getattr(protocol, "uri", None) or protocol.wsuri  # websockets 14 on / 13
-        message = self._refuse(WEBSOCKET, str(uri.host).lower(), str(uri.path) or "/")
-        if message is not None:
+        if (message := self._refuse(WEBSOCKET, str(uri.host).lower(), str(uri.path) or "/")) is not None:
             raise BlockedRequestError(message)
 
-    def check(self, request: Any) -> None:
-        if not self._saved or not is_openai_request(request):
+    def _check(self, transport: Any, request: Any) -> None:
+        if not self._saved or not is_openai_request(request.headers):
             return
         url = request.url
-        message = self._refuse(str(request.method), str(url.host).lower(), str(url.path) or "/")
-        if message is not None:
+        if (
+            message := self._refuse(str(request.method), str(url.host).lower(), str(url.path) or "/")
+        ) is not None:
             raise BlockedRequestError(message)
-
-
-class _Handshake:
-    """A WebSocket handshake's headers, read as ``is_openai_request`` reads a request's."""
-
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = headers
 
 
 def _installed(name: str) -> bool:

@@ -82,15 +82,9 @@ def _int(value: Any) -> int:
 class Totals:
     """Calls, tokens and cost of a call, a lens run, a test, a lens or the session.
 
-    A call with no known cost leaves ``cost_complete`` false and is counted, per model, in
-    ``unpriced`` (tokens but no price), ``no_usage`` (a call that was not refused but reported no
-    usage), ``total_only`` (one whose usage gave only ``total_tokens``: no price applies to it) or
-    ``units`` (an image, audio or video call billed in units no price table prices), so a budget that
-    cannot be checked can say why; so does a call whose cost leaves out its built-in
-    tools' fees (``tool_fees``: its tokens' cost is in ``cost``) or an answer billed whose usage was
-    lost (``lost``: a body that broke, a read timeout, retried or not). A background response begun counts
-    1 in ``pending`` and the record of its end -1 (see :func:`paired`): the cost is complete once
-    every one begun has ended.
+    A call whose cost is unknown or incomplete is counted, per model, under its reason (the dicts
+    below), so a budget that cannot be checked can say why. A background response begun counts 1 in
+    ``pending`` and the record of its end -1 (:func:`paired`).
     """
 
     api_calls: int = 0
@@ -106,6 +100,7 @@ class Totals:
     tool_fees: dict[str, int] = field(default_factory=dict)  # model -> calls with tool fees left out
     pending: dict[str, int] = field(default_factory=dict)  # model -> background responses begun, not ended
     total_only: dict[str, int] = field(default_factory=dict)  # model -> calls that reported a total alone
+    # (no price applies to a total)
     lost: dict[str, int] = field(default_factory=dict)  # model -> calls with a billed answer's usage lost
 
     @property
@@ -140,7 +135,7 @@ class Totals:
 
     @classmethod
     def of_call(cls, record: Mapping[str, Any], row: UsageRow | None = None) -> Totals:
-        """The totals of one call record, read as :func:`usage_row` reads it (``row``, when known)."""
+        """The totals of one call record (``row``: its :func:`usage_row`, when known)."""
         row = row or usage_row(record)
         totals = cls(
             api_calls=1,
@@ -155,16 +150,13 @@ class Totals:
             totals.lost[row.model_name] = 1
         if row.uncosted_calls:  # billed, with no cost: say why, per model
             totals.priced = False
-            gaps = (
-                totals.units
-                if row.unpriced_unit_calls
-                else totals.total_only
-                if row.total_only_calls
-                else totals.no_usage
-                if row.no_usage_calls
-                else None
-            )
-            (gaps if gaps is not None else totals.unpriced)[row.model_name] = 1
+            if row.unpriced_unit_calls:
+                gaps = totals.units
+            elif row.total_only_calls:
+                gaps = totals.total_only
+            else:
+                gaps = totals.no_usage if row.no_usage_calls else totals.unpriced
+            gaps[row.model_name] = 1
         if row.tool_fee_calls:  # priced, its built-in tools' fees left out
             totals.priced = False
             totals.tool_fees[row.model_name] = 1
@@ -185,23 +177,10 @@ class Totals:
         )
 
     def cost_gaps(self) -> str:
-        """Why the cost is incomplete, naming the models: "no known price for model 'x' (2 calls)"."""
-        return cost_gaps(
-            self.unpriced, self.no_usage, self.units, self.tool_fees, self.pending, self.total_only, self.lost
-        )
+        return cost_gaps(**{name: getattr(self, name) for name in _GAPS})
 
     def cost_fixes(self) -> str:
-        """What makes the missing costs known."""
-        pairs = (
-            (self.unpriced, PRICE_FIX),
-            (self.no_usage, USAGE_FIX),
-            (self.total_only, TOTAL_ONLY_FIX),
-            (self.units, UNITS_FIX),
-            (self.tool_fees, TOOL_FEE_FIX),
-            ({m: n for m, n in self.pending.items() if n > 0}, PENDING_FIX),
-            (self.lost, LOST_FIX),
-        )
-        fixes = [fix for gaps, fix in pairs if gaps]
+        fixes = [fix for name, fix in _FIXES if any(n > 0 for n in getattr(self, name).values())]
         return "; ".join(fixes or [PRICE_FIX])
 
     def to_report(self) -> dict[str, Any]:
@@ -211,26 +190,23 @@ class Totals:
         return out
 
 
-def paired(record: Mapping[str, Any], begun: dict[str, str]) -> Totals:
+def paired(record: Mapping[str, Any], begun: dict[str, str], row: UsageRow | None = None) -> Totals:
     """The totals of a call record, counting a background response it begins (+1 in ``pending``) or
-    the end of one begun before it (-1); ``begun`` (response id -> model) is kept across the records
-    read one after another, so that a start whose end never comes leaves the cost incomplete."""
-    row = usage_row(record)
+    ends (-1); ``begun`` (response id -> model) is kept across the records read one after another."""
+    row = row or usage_row(record)
     totals = Totals.of_call(record, row)
-    response = record.get("response")
-    response_id = response.get("id") if isinstance(response, Mapping) else None
-    if type(response_id) is str:
+    if (response_id := row.response_id) is not None:
         if row.pending_calls:
             begun[response_id] = row.model_name
             totals.pending[row.model_name] = 1
-        elif response_id in begun and record.get("operation") == "responses":
+        elif response_id in begun:
             totals.pending[begun.pop(response_id)] = -1
     return totals
 
 
 @dataclass(slots=True)
 class UsageSum:
-    """The tokens of the calls of one lens to one server and model (the innermost lens they ran in)."""
+    """The tokens of the calls of one lens (the innermost) to one server and model."""
 
     calls: int = 0
     prompt_tokens: int = 0
@@ -257,7 +233,6 @@ class UsageSum:
 
     @classmethod
     def of_row(cls, row: UsageRow, nodeid: str) -> UsageSum:
-        """The sum of one call, read by :func:`usage_row`, made by test ``nodeid``."""
         sums = ("cost", "tool_uses", "tests_with_failed_calls")
         counts = {name: getattr(row, name) for name in UsageSum.__slots__ if name not in sums}
         return cls(
@@ -291,9 +266,8 @@ def _run_id(context: Mapping[str, Any]) -> str:
 
 
 def _usage_key(row: UsageRow) -> tuple[str, ...]:
-    """The row's USAGE_KEYS, which stay the same when unchanged cassettes are replayed again: the
-    server without a passing port, the minute only for a price by time of day (which changes on a
-    minute, so a minute's calls share one)."""
+    """The row's USAGE_KEYS, the same when unchanged cassettes are replayed again: the server without a
+    passing port, the minute only for a price by the time of day."""
     tier = row.service_tier or ""
     return (
         row.lens, row.provider, row.stable_server, row.model, row.served_model, row.cost_source, tier,
@@ -302,7 +276,6 @@ def _usage_key(row: UsageRow) -> tuple[str, ...]:
 
 
 def _usage_entry(key: tuple[str, ...], row: UsageSum) -> dict[str, Any]:
-    """A row of the report's ``usage``: its USAGE_KEYS, then its sums."""
     entry: dict[str, Any] = dict(zip(USAGE_KEYS, key, strict=True))
     entry["service_tier"] = entry["service_tier"] or None  # null: not named (the standard tier)
     entry["at"] = entry["at"] or None  # null: a price the time does not change, or unknown
@@ -347,23 +320,33 @@ TOOL_FEE_FIX: Final = (
 )
 
 
+# what makes each kind of unknown cost known, in the order the notices give them
+_FIXES: Final = (
+    ("unpriced", PRICE_FIX),
+    ("no_usage", USAGE_FIX),
+    ("total_only", TOTAL_ONLY_FIX),
+    ("units", UNITS_FIX),
+    ("tool_fees", TOOL_FEE_FIX),
+    ("pending", PENDING_FIX),
+    ("lost", LOST_FIX),
+)
+
+
 @dataclass(slots=True)
 class LensRuns:
-    """Every run of one lens in the session: how many, their sum, the node ids of the tests in which
-    they had failed calls (cassette misses, API errors): the tests to look at, or re-record, when the
-    lens's figures drop; and of the tests that ran it (a lens renamed runs in the same tests). ``cut_short``
-    of the runs never summarised (still open when the session ended): they count their ended calls."""
+    """Every run of one lens in the session (``cut_short``: those never summarised, counted from their
+    ended calls)."""
 
     runs: int
     sum: Totals
-    failed_in: list[str]
-    tests: list[str]
+    failed_in: list[str]  # node ids of the tests where its calls failed: to re-record when figures drop
+    tests: list[str]  # node ids of the tests that ran it (a lens renamed runs in the same tests)
     cut_short: int
 
 
 @dataclass(frozen=True, slots=True)
 class Breach:
-    """One limit exceeded: where (lens/test/total and its name), which limit, by how much."""
+    """One limit exceeded, or that could not be checked."""
 
     scope: str
     name: str
@@ -418,7 +401,7 @@ class SessionLedger:
 
     def add_call(self, nodeid: str, record: Mapping[str, Any]) -> None:
         row = usage_row(record)
-        call = paired(record, self._begun)
+        call = paired(record, self._begun, row)
         self.tests.setdefault(nodeid, Totals()).add(call)
         context = record.get("context") or {}
         if not context.get("lens_key"):
@@ -451,8 +434,7 @@ class SessionLedger:
         return calls
 
     def forget(self, nodeid: str) -> None:
-        """Drop what test ``nodeid`` added, counts and notices: it runs again (pytest-rerunfailures), its
-        last attempt counts."""
+        """Drop what test ``nodeid`` added, counts and notices: it runs again (pytest-rerunfailures)."""
         self.tests[nodeid] = Totals()
         self.lens_runs = [run for run in self.lens_runs if run[1] != nodeid]
         self._open = {run_id: run for run_id, run in self._open.items() if run[1] != nodeid}
@@ -467,11 +449,10 @@ class SessionLedger:
     # -- xdist -----------------------------------------------------------------------------------
 
     def to_wire(self) -> str:
-        """This ledger as an xdist worker sends it to the controller (``workeroutput`` holds text)."""
+        """This ledger as text, which an xdist worker's ``workeroutput`` holds."""
         return base64.b64encode(pickle.dumps(self)).decode("ascii")
 
     def merge_wire(self, wire: str) -> None:
-        """Add the ledger of an xdist worker (its :meth:`to_wire`)."""
         other: SessionLedger = pickle.loads(base64.b64decode(wire))
         for nodeid, totals in other.tests.items():
             self.tests.setdefault(nodeid, Totals()).add(totals)
@@ -495,18 +476,16 @@ class SessionLedger:
         return Totals.sum_of(self._outside.values())
 
     def runs_by_lens(self) -> dict[str, tuple[list[tuple[str, Totals]], list[tuple[str, Totals]]]]:
-        """lens key -> (node id, totals) of each of its summarised runs, and of each of its runs cut short
-        (never summarised: still open), counted from their ended calls; keys and runs sorted."""
+        """lens key -> (node id, totals) of each of its summarised runs, and of each run cut short (never
+        summarised), counted from its ended calls; sorted."""
         summarised, cut = _by_lens(self.lens_runs), _by_lens(run for run in self._open.values() if run[0])
         return {key: (summarised.get(key, []), cut.get(key, [])) for key in sorted({*summarised, *cut})}
 
     def outside_failed_in(self) -> list[str]:
-        """The node ids of the tests whose calls outside any lens failed, sorted."""
         rows = (row for key, row in self.usage.items() if key[1] == NO_LENS)
         return sorted({nodeid for row in rows for nodeid in row.tests_with_failed_calls})
 
     def lenses(self) -> dict[str, LensRuns]:
-        """lens key -> its runs, those cut short included, sorted by key."""
         out = {}
         for key, (summarised, cut) in self.runs_by_lens().items():
             runs = summarised + cut
@@ -515,8 +494,7 @@ class SessionLedger:
         return out
 
     def report(self, exit_status: int | None = None) -> dict[str, Any]:
-        """The ``--llm-report`` document (:data:`REPORT_SCHEMA`, :data:`REPORT_VERSION`); ``exit_status``
-        is pytest's, which says whether the run stopped early (a collection error...)."""
+        """The ``--llm-report`` document; ``exit_status``, pytest's, says whether the run stopped early."""
         lens_runs = Counter(nodeid for key, nodeid, _ in [*self.lens_runs, *self._open.values()] if key)
         usage: dict[tuple[str, ...], UsageSum] = {}
         for (_, *key), row in self.usage.items():
@@ -574,7 +552,6 @@ class SessionLedger:
 
 
 def _by_lens(runs: Iterable[tuple[str, str, Totals]]) -> dict[str, list[tuple[str, Totals]]]:
-    """lens key -> (node id, totals) of each of ``runs`` (lens key, node id, totals), both sorted."""
     out: dict[str, list[tuple[str, Totals]]] = {}
     for key, nodeid, run in sorted(runs, key=lambda r: (r[0], r[1])):
         out.setdefault(key, []).append((nodeid, run))
@@ -617,9 +594,8 @@ def _over(run: Totals, limits: Limits) -> bool:
 
 
 def _unknown(run: Totals, metric: str) -> bool:
-    """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known
-    cost, its tokens calls that reported none to price (its prompt or completion tokens, calls that
-    reported their total alone; answers whose usage was lost). The number of calls is always known."""
+    """Whether ``run``'s ``metric`` is a lower bound only: its cost leaves out calls with no known cost,
+    its tokens calls that reported none (a total alone has no prompt or completion tokens)."""
     if metric == "cost_usd":
         return not run.cost_complete
     split = metric != "total_tokens" and bool(run.total_only)
@@ -638,14 +614,13 @@ _KEY_WIDTH: Final = 40
 
 
 def _cut(key: str, width: int, head: int) -> str:
-    """``key`` in ``width`` characters: its first ``head``, an ellipsis, its end; whole if it fits."""
     return key if len(key) <= width else key[:head] + "…" + key[len(key) - (width - 1 - head) :]
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
     """Each lens key as the table shows it: whole up to :data:`_KEY_WIDTH` characters, else cut in the
-    middle (its start and end name it best); keys that would cut alike are cut where they differ, one
-    cut for the group, a little wider if need be, or shown whole (the report keeps every key whole)."""
+    middle (its start and end name it best); keys that would cut alike get one cut that tells them
+    apart, a little wider if need be, or are shown whole."""
     shown = {key: key for key in keys if len(key) <= _KEY_WIDTH}
     groups: dict[str, list[str]] = {}
     for key in keys:
@@ -665,8 +640,7 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
 
 def render_lens_table(ledger: SessionLedger) -> list[str]:
     """The per-lens totals of the terminal summary; a "failed" column, and a line naming each lens and
-    test, when calls failed: a lens whose calls missed their cassette would read as cheaper. A long
-    lens key is cut (:func:`_short_keys`): one would widen every row past the terminal."""
+    test, when calls failed: a lens whose calls missed their cassette would read as cheaper."""
     rows = []
     incomplete = False
     by_key = ledger.lenses()
@@ -704,10 +678,8 @@ def render_lens_table(ledger: SessionLedger) -> list[str]:
 
 
 def priced_at_fixed_time(ledger: SessionLedger, setting: str) -> str | None:
-    """The line saying which models' calls were priced at the time of day ``setting`` fixes (``dearest``
-    or ``HH:MM``: ``price_time_of_day``) rather than when they ran, each with the time its usage rows
-    say; None when no call's price depends on the time of day, or ``setting`` is ``now`` (the plugin
-    passes it trimmed and in lower case)."""
+    """The line naming the models whose calls were priced at the time of day ``setting`` fixes
+    (``dearest`` or ``HH:MM``, in lower case) rather than when they ran; None for none, or ``now``."""
     # a usage key: node id, then USAGE_KEYS; "at" is set only for a price by the time of day, and then
     # the calls have a model
     model, served, at = (1 + USAGE_KEYS.index(name) for name in ("model", "served_model", "at"))
@@ -818,16 +790,15 @@ def notices(
 
 
 def no_budget(ledger: SessionLedger, budgets: Budgets) -> list[str]:
-    """The keys of the lenses that ran with no limits: no entry under lenses (one listed with ``{}`` is
-    unlimited on purpose), no default."""
+    """The keys of the lenses that ran with no entry under lenses (``{}`` is unlimited on purpose) and
+    no default."""
     if budgets.default is not None:
         return []
     return [key for key in ledger.runs_by_lens() if key not in budgets.lenses]
 
 
 def budget_report(ledger: SessionLedger, budgets: Budgets, breaches: list[Breach]) -> dict[str, Any]:
-    """The report's ``budgets``, in a run that enforced them: the limits exceeded and the lenses with no
-    budget, which the pull request's cost diff shows."""
+    """The report's ``budgets``, which the pull request's cost diff shows."""
     exceeded = [
         {"scope": b.scope, "name": b.name, "limit": b.limit_key, "max": float(b.limit),
          "actual": None if b.unknown else float(b.actual), "at_least": b.cut_short,
@@ -838,9 +809,8 @@ def budget_report(ledger: SessionLedger, budgets: Budgets, breaches: list[Breach
 
 
 def _unbudgeted(ledger: SessionLedger, budgets: Budgets) -> str:
-    """The lenses that ran with no limits (no entry, no default), which would otherwise pass with any
-    cost, and the budgets.yaml lines that limit each to its largest run (fail closed: a new lens is
-    named, and fails a strict run, until it has a budget)."""
+    """The notice naming the lenses that ran with no limits, which would pass at any cost, with the
+    budgets.yaml lines that limit each to its largest run (fail closed: a strict run fails on it)."""
     by_lens = ledger.runs_by_lens()
     runs = {key: by_lens[key][0] + by_lens[key][1] for key in no_budget(ledger, budgets)}
     if not runs:
@@ -876,8 +846,8 @@ def _rounded_up(usd: Decimal) -> str:
 
 
 def applied(ledger: SessionLedger, budgets: Budgets) -> bool:
-    """Whether a limit of ``budgets`` applied to the session: the total's, a test's that ran, or the
-    limits of a lens that ran (its own entry's, else the default's)."""
+    """Whether a limit of ``budgets`` applied to the session: the total's, or one of a test or lens that
+    ran."""
     ran: list[Limits | None] = [limits for test, limits in budgets.tests.items() if test in ledger.tests]
     ran += [budgets.for_lens(key) for key in ledger.lenses()]
     return _caps([budgets.total, *ran])

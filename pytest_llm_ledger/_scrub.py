@@ -1,19 +1,11 @@
 """``llm-ledger scrub CASSETTE|DIR...``: remove credentials and identifiers from existing cassettes.
 
 For teams moving from plain vcrpy, whose cassettes often hold ``Authorization`` headers, cookies and
-organisation ids. Reads vcrpy cassettes (YAML or JSON serializer) and llm-ledger's own, always with
-a safe loader (YAML tags that would build Python objects are refused), and rewrites each file in
-place atomically (temporary file + rename, file mode kept) with the plugin's YAML serializer, so a
-cassette the plugin recorded changes only on the lines that held a secret. It removes every header
-not on the plugin's allow-list (``Authorization``, ``api-key``, cookies, ``OpenAI-Organization`` /
-``OpenAI-Project``, ``x-stainless-*``, ``user-agent``...), and redacts the credentials ``_secrets``
-describes in URLs and bodies (SSE events included). The plugin records cassettes already redacted
-this way, so a fresh recording passes ``--check``.
-
-``--check`` changes nothing and exits 1 when a file would change, listing what (never the secret
-values), so CI can refuse cassettes that leak; when nothing would change it prints one summary
-line. Exit status: 0 clean or scrubbed, 1 ``--check`` found something, 2 a file could not be read
-safely, or a path given does not exist or is a directory with no cassette (nothing was checked).
+organisation ids. Reads vcrpy cassettes (YAML or JSON) and llm-ledger's own with a safe loader, keeps
+the plugin's header allow-lists, redacts as ``_secrets`` does, and rewrites each file atomically with
+the plugin's YAML serializer, so a cassette the plugin recorded changes only where a secret was.
+Exit status: 0 clean or scrubbed, 1 ``--check`` found something, 2 a file could not be read safely
+or a path given holds no cassette (nothing was checked).
 """
 
 from __future__ import annotations
@@ -269,12 +261,11 @@ def _run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             findings = scrub_file(path, check=args.check)
-        except CassetteError as exc:
-            print(f"llm-ledger scrub: error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        except OSError as exc:
-            print(f"llm-ledger scrub: error: {path}: cannot rewrite: {exc.strerror or exc}", file=sys.stderr)
+        except (CassetteError, OSError) as exc:
+            problem = (
+                exc if isinstance(exc, CassetteError) else f"{path}: cannot rewrite: {exc.strerror or exc}"
+            )
+            print(f"llm-ledger scrub: error: {problem}", file=sys.stderr)
             failed += 1
             continue
         if findings:

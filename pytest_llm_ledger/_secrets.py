@@ -1,29 +1,10 @@
-"""What counts as a credential in a recorded HTTP exchange, and how it is redacted.
+"""What counts as a credential in a recorded HTTP exchange, and how it is redacted (docs/CI.md).
 
-One list, shared by the pytest plugin's recorder (cassettes are written redacted) and by
-``llm-ledger scrub`` (existing cassettes are cleaned and checked), so a freshly recorded cassette
-passes ``scrub --check`` and a scrubbed one still replays: both replace a credential the same way,
-and the plugin applies the same redaction to each request before matching it.
-
-Names are compared lower-case with ``-`` read as ``_``:
-
-* query parameters named like credentials (``api-key``, ``subscription-key``, ``code``, ``sig``,
-  ``token``, ``x-goog-api-key``...: :func:`llm_ledger.testing.credential_name`) have their
-  values replaced by ``REDACTED``;
-* JSON fields in :func:`llm_ledger.testing.credential_field` likewise, at any depth, in request
-  and response bodies. The short query names ``code``, ``token``, ``key`` and ``sig`` are not field
-  names: ``code`` is the error code of every OpenAI error body and ``token`` each logprob's token,
-  so redacting them would change what the SDK sees on replay;
-* anything shaped like an OpenAI secret key (``sk-`` and 16 or more key characters) becomes
-  ``sk-REDACTED`` wherever it appears: URL, request body, response body (a key echoed in an
-  error message);
-* the user information of a URL (``https://user:password@host``) becomes ``REDACTED@host``;
-* the values of the credentials an exchange carried (the headers, query parameters and URL user
-  information ``llm_ledger.testing`` names: ``Authorization``, ``api-key``,
-  ``x-goog-api-key``, the organisation and project ids...; and credential-named JSON fields),
-  wherever else they appear, e.g. echoed whole in a 401 body by a compatible server. Values shorter than
-  :data:`MIN_KNOWN_SECRET` are left alone (``EMPTY`` or ``ollama`` is a placeholder, and replacing
-  it would rewrite prompts).
+One list, shared by the plugin's recorder and matcher and by ``llm-ledger scrub``, so a fresh
+recording passes ``scrub --check`` and a scrubbed cassette still replays; credential names are
+:mod:`llm_ledger.testing`'s, the monitor's rule. A value a request carried is redacted wherever it
+reappears (a key echoed in a 401 body) once it has :data:`MIN_KNOWN_SECRET` characters: ``EMPTY`` or
+``ollama`` is a placeholder, and replacing it would rewrite prompts.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""The pytest plugin: options, hooks and fixtures.
+"""The pytest plugin: options, hooks and fixtures (docs/CI.md says what each does).
 
-A cassette records and replays the OpenAI SDK's requests only. With pytest-recording installed, a
-test marked both ``vcr`` and ``llm`` keeps its vcrpy cassette for everything else (one interception,
-two files that never hold the same request); a test marked ``vcr`` alone is left to pytest-recording.
-
-Cassettes need vcrpy (``pip install 'llm-ledger[pytest]'``); without it the plugin still loads (its
-entry point is loaded by every pytest run of an environment with llm-ledger installed), and only the
-tests marked ``llm`` fail, with one message saying what to install.
+The entry point loads it in every pytest run of an environment with llm-ledger installed: vcrpy, the
+cassette engine and the report diff are imported only by the first test or option that needs them.
 """
 
 from __future__ import annotations
@@ -51,6 +46,7 @@ from ._naming import (
     cassette_folder,
     cassette_params,
     cassette_path,
+    has_cassette,
     mark_case_twins,
     move_command,
     moved_hint,
@@ -214,8 +210,7 @@ def pytest_load_initial_conftests(
 
 
 def _socket_api(path: str) -> str:
-    """The API of a WebSocket to the OpenAI API, by its path: ``responses.connect()``'s, ``live.connect()``'s
-    or the Realtime's."""
+    """The API of a WebSocket to the OpenAI API, by its path."""
     path = path.rstrip("/")
     if path.endswith("/responses"):
         return "the Responses API"
@@ -225,9 +220,8 @@ def _socket_api(path: str) -> str:
 class LedgerRecords(Captured):
     """What the ``llm_ledger`` fixture returns: the llm-ledger records of the running test.
 
-    Records of every monitor in the process (the default one and the application's own) emitted
-    during the test's setup, call and teardown (less those of calls an earlier test started: a
-    stream it left open, collected now), in the order they were emitted, as
+    Records of every monitor in the process emitted during the test's setup, call and teardown (less
+    those of calls an earlier test started: a stream it left open), as
     :class:`llm_ledger.testing.Captured` holds them, and:
 
     * ``nodeid``: the test's node id;
@@ -236,8 +230,7 @@ class LedgerRecords(Captured):
     * ``api_calls``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cost_usd``:
       sums over ``calls`` (``totals()`` gives them all at once);
     * ``cost_complete``: false when ``cost_usd`` leaves something out: a call with no known cost
-      (docs/MONITORING.md lists why one can have none), a cost without its built-in tools' fees
-      (``cost.left_out``), or a background response begun whose end no record of the test shows.
+      (docs/MONITORING.md), or a background response begun whose end no record of the test shows.
     """
 
     def __init__(self, nodeid: str) -> None:
@@ -321,7 +314,7 @@ class _LedgerState:
         when, source = _setting(config, "llm_time_of_day")
         self.given_time_of_day = str(when)  # as written: an error quotes it so
         self.time_of_day = self.given_time_of_day.strip().lower()
-        self.where_time_of_day = source or f"ini llm_time_of_day in {config.inipath or 'the ini file'}"
+        self.where_time_of_day = source or f"ini {_where(config, 'llm_time_of_day')}"
         self.previous_time_of_day: str | None = None  # the setting to restore (an outer session's)
         self.flag_owner = config.stash.get(_FLAG_OWNER, "llm-ledger")
         self.is_worker = hasattr(config, "workerinput")
@@ -354,9 +347,8 @@ class _LedgerState:
         self._renamed: dict[Path, Path] | None = None  # see moved_from
 
     def here(self, nodeid: str) -> str:
-        """How a command run where pytest was started names a test: its node id with the file's path
-        relative to that folder, as pytest's own summary names it (from ``tests/``: ``test_x.py::test_y``);
-        the node id itself when pytest was started in the rootdir."""
+        """How a command run where pytest was started names a test, as pytest's own summary does (from
+        ``tests/``: ``test_x.py::test_y``)."""
         root, here = self._config.rootpath, self._config.invocation_params.dir
         if here == root:
             return nodeid
@@ -368,16 +360,15 @@ class _LedgerState:
         return f"{path}{sep}{rest}"
 
     def moved_from(self, path: Path) -> Path | None:
-        """The orphan cassette that ``path``, a cassette not recorded yet, plausibly was before its test
-        was renamed or moved (see renamed_cassettes); found at the first miss of such a cassette."""
+        """The orphan cassette that ``path``, not recorded yet, plausibly was before its test was renamed
+        or moved (:func:`renamed_cassettes`), found at the first miss of such a cassette."""
         with self._lock:
             if self._renamed is None:
                 self._renamed = _renamed(self, self._config)
             return self._renamed.get(path)
 
     def sink(self, record: Mapping[str, Any]) -> None:
-        """The session's global sink: records of every llm_ledger monitor (the default one and the
-        application's own), on the emitting thread."""
+        """The session's global sink: records of every monitor, on the emitting thread."""
         event = record.get("event")
         if event not in _EVENTS or (_active and _active[-1] is not self):
             return
@@ -400,8 +391,7 @@ class _LedgerState:
         # an OpenAI request reaches the guard outside a cassette: an unmarked test's, or one from a
         # fixture of a marked test set up before its cassette (a wider scope); a deliberate live test,
         # and a test marked vcr alone (pytest-recording's cassette), are not guarded
-        live = marker is not None and marker.kwargs.get("live") is True
-        guarded = not live and (marker is not None or item.get_closest_marker("vcr") is None)
+        guarded = has_cassette(item) or (marker is None and item.get_closest_marker("vcr") is None)
         with self._lock:
             self.current = records
             self._starts.begin(item.nodeid)
@@ -436,7 +426,7 @@ class _LedgerState:
         nodeid = self._guarded
         if self.mode != "none" or nodeid is None:
             return None  # recording (it goes out live, unrecorded), a live test, or a test marked vcr alone
-        message = "\n".join([
+        return self._block([
             f"llm-ledger: {nodeid} opened a WebSocket to the OpenAI API ({_socket_api(path)}), which "
             "cassettes do not record or replay, so it was not opened",
             f"  request: {WEBSOCKET} {host}{path}",
@@ -445,6 +435,10 @@ class _LedgerState:
             "serves the Realtime, Responses and Live APIs), or mark the test @pytest.mark.llm(live=True) "
             "to let it go live",
         ])  # fmt: skip
+
+    def _block(self, lines: list[str]) -> str:
+        """The failure message of a request refused in the running test, kept to fail it."""
+        message = "\n".join(lines)
         with self._lock:
             self._blocked.append(message)
         return message
@@ -502,15 +496,12 @@ class _LedgerState:
                 f"    {rerecord_command(self.here(nodeid), 'once', self.location)}",
                 hint,
             ]
-        message = "\n".join(lines)
-        with self._lock:
-            self._blocked.append(message)
-        return message
+        return self._block(lines)
 
 
 def _setting(config: pytest.Config, ini: str, dest: str = "") -> tuple[Any, str | None]:
-    """A setting's value and, for messages, where it came from: its flag when given (``--llm-x``, which
-    wins), ``-o ini=VALUE``, or None for the ini file (its value or the default)."""
+    """A setting's value and where it came from: its flag when given (it wins), ``-o ini=VALUE``, or None
+    for the ini file (its value or the default)."""
     if flag := config.getoption(dest or ini, None):
         return flag, "--" + ini.replace("_", "-")
     override = _override(config, ini)
@@ -522,9 +513,13 @@ def _setting(config: pytest.Config, ini: str, dest: str = "") -> tuple[Any, str 
     )
 
 
+def _where(config: pytest.Config, ini: str) -> str:
+    """Where a setting came from, for messages: its flag, ``-o``, or the ini file."""
+    return _setting(config, ini)[1] or f"{ini} in {config.inipath or 'the ini file'}"
+
+
 def _choice(config: pytest.Config, ini: str, choices: Mapping[str, Any], what: str, dest: str = "") -> Any:
-    """A setting's value in ``choices`` (a flag's always is one): a usage error saying ``what`` it should
-    be when it is none of them."""
+    """A setting's value in ``choices``; a usage error saying ``what`` it should be when it is none."""
     raw, source = _setting(config, ini, dest)
     if (value := choices.get(str(raw).strip().lower())) is not None:
         return value
@@ -553,24 +548,21 @@ def _refuse_empty_values(config: pytest.Config) -> None:
                 )
     for ini in ("llm_cassette_dir", "llm_budget_file"):
         if not config.getoption(ini) and not str(config.getini(ini)).strip():
-            where = _setting(config, ini)[1] or f"{ini} in {config.inipath or 'the ini file'}"
             raise pytest.UsageError(
-                f"llm-ledger: {where} is empty; give a path relative to the ini file, or remove the "
-                "setting for its default"
+                f"llm-ledger: {_where(config, ini)} is empty; give a path relative to the ini file, or "
+                "remove the setting for its default"
             )
 
 
 def _allowed_hosts(config: pytest.Config) -> tuple[str, ...]:
-    """ini llm_allowed_hosts, in lower case; a usage error for a pattern that lets OpenAI itself through:
-    a request no cassette records, billed, in the mode where nothing is to leave the machine."""
+    """ini llm_allowed_hosts, in lower case; a usage error for a pattern that lets OpenAI itself through."""
     patterns = [str(pattern) for pattern in config.getini("llm_allowed_hosts")]
     for pattern in patterns:
         if fnmatchcase("api.openai.com", pattern.lower()):
-            where = _setting(config, "llm_allowed_hosts")[1] or f"llm_allowed_hosts in {config.inipath}"
             raise pytest.UsageError(
-                f"llm-ledger: {where}: {shown(pattern)} lets requests to api.openai.com through, which no "
-                "cassette records (a live, billed call); list the hosts of local servers only (127.0.0.1), "
-                "and mark a deliberate live test @pytest.mark.llm(live=True)"
+                f"llm-ledger: {_where(config, 'llm_allowed_hosts')}: {shown(pattern)} lets requests to "
+                "api.openai.com through, which no cassette records (a live, billed call); list the hosts of "
+                "local servers only (127.0.0.1), and mark a deliberate live test @pytest.mark.llm(live=True)"
             )
     return tuple(pattern.lower() for pattern in patterns)
 
@@ -586,8 +578,8 @@ def _override(config: pytest.Config, ini: str) -> str | None:
 
 
 def _location_options(config: pytest.Config) -> tuple[str, ...]:
-    """The command-line options that chose where the cassettes are, kept in every re-record command
-    the plugin prints; an ini setting needs none (the command reads the ini file again)."""
+    """The command-line options that chose where the cassettes are, kept in every re-record command (an
+    ini setting needs none: the command reads the ini file again)."""
     options = []
     if config.option.inifilename:  # -c: another ini file, another project folder and cassette directory
         options.append(f"--config-file={config.option.inifilename}")
@@ -630,12 +622,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _refuse_empty_values(config)
     state = _LedgerState(config)
     if os.path.exists(state.cassette_dir) and not os.path.isdir(state.cassette_dir):  # every test a miss
-        where = (
-            _setting(config, "llm_cassette_dir")[1] or f"llm_cassette_dir in {config.inipath or 'the ini'}"
-        )
         raise pytest.UsageError(
-            f"llm-ledger: {where}: {shown_path(state.cassette_dir)} is a file, not a directory; give the "
-            "directory the cassettes are kept in"
+            f"llm-ledger: {_where(config, 'llm_cassette_dir')}: {shown_path(state.cassette_dir)} is a file, "
+            "not a directory; give the directory the cassettes are kept in"
         )
     # read when enforced, and also when not, to say what enforcing would fail: a file with an error, or
     # named and not there, is the same usage error either way (the default budgets.yaml may be absent)
@@ -737,7 +726,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("llm")
         if marker is None:
             continue
-        if marker.kwargs.get("live") is not True:
+        if has_cassette(item):
             cassette = cassette_path(item, state.cassette_dir)
             state.ledger.cassettes.setdefault(str(cassette), item.nodeid)
             if marker.kwargs.get("record_auth_errors") is True:
@@ -809,11 +798,6 @@ def _budget_flag(state: _LedgerState) -> str:
     return "--llm-ledger-budget" if state.flag_owner != "llm-ledger" else "--llm-budget"
 
 
-def _unenforced_breaches(state: _LedgerState) -> list[Breach]:
-    """The limits of a budgets file this run did not enforce that it would exceed (none without one)."""
-    return [] if state.unenforced is None else state.ledger.check(state.unenforced)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
@@ -853,8 +837,8 @@ def pytest_runtest_makereport_without_traceback(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> pytest.TestReport | None:
     """The report of a phase that fails with the plugin's message, made in place of pytest's, which
-    would format a traceback of the exception for the plugin to throw away: reading the source of every
-    frame, openai's and httpx's included, a tenth of a CPU-second or more per test."""
+    would format a traceback for the plugin to throw away, reading the source of every frame (openai's
+    and httpx's included): slow, per failing test."""
     _, message = item.stash[_VERDICT] = _verdict(item, call)
     if message is None or call.excinfo is None or _skips(call.excinfo.value):
         return None  # pytest's report: nothing to format, or a skip (reported by its reason alone)
@@ -875,11 +859,10 @@ def _skips(exc: BaseException) -> bool:
 
 def _verdict(item: pytest.Item, call: pytest.CallInfo[None]) -> tuple[bool, str | None]:
     """Whether the plugin fails the phase, and its message in place of pytest's traceback (None: the
-    report is pytest's). Requests refused (by the guard of a test without a cassette, or by network
-    blocking), then cassette misses, that no report of the test has shown yet fail it, whether the
-    exception propagated, was wrapped or was swallowed, with one message (concurrent calls miss
-    together); a miss or refusal raised again (reported in an earlier phase, or another test's that a
-    library kept) only gets the plugin's wording."""
+    report is pytest's). Refusals, then misses, that no report of the test has shown fail it, whether
+    the exception propagated, was wrapped or was swallowed, with one message (concurrent calls miss
+    together); one raised again (shown in an earlier phase, or another test's that a library kept)
+    only gets the plugin's wording."""
     cassette = item.stash.get(_CASSETTE, None)
     lists = [
         item.stash.get(_BLOCKED, []),
@@ -909,8 +892,8 @@ def _verdict(item: pytest.Item, call: pytest.CallInfo[None]) -> tuple[bool, str 
 
 
 def _ledger_error(exc: BaseException) -> BaseException | None:
-    """The miss or refusal behind ``exc``: itself, or its cause (openai 1.x/2.x wrap transport errors
-    in APIConnectionError)."""
+    """The miss or refusal behind ``exc``: itself, or its cause (the SDK wraps transport errors in
+    APIConnectionError)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -926,7 +909,7 @@ def _llm_ledger_cassette(request: pytest.FixtureRequest) -> Iterator[None]:
     """Run a test marked ``llm`` inside its cassette (autouse: unmarked tests pass straight through)."""
     item: pytest.Item = request.node  # a function-scoped fixture's node is always the test item
     marker = item.get_closest_marker("llm")
-    if marker is None or marker.kwargs.get("live") is True:
+    if marker is None or not has_cassette(item):
         yield
         return
     # the cassette engine loads with the first test that needs it: a run that marks no test llm,
@@ -1066,9 +1049,8 @@ def _runs_no_test(config: pytest.Config) -> bool:
 
 
 def _recording_notices(state: _LedgerState) -> list[str]:
-    """Tests that called the API live while recording and that the next replay fails: on CI (a record
-    mode committed by mistake), whose cassettes CI keeps nothing of; and tests not marked llm, whose
-    requests no cassette recorded, so the replay refuses them."""
+    """Tests that called the API live while recording: on CI (a record mode committed by mistake), which
+    keeps no cassette; and tests not marked llm, whose requests the replay will refuse."""
     out = []
     recorded = sorted(state.ledger.recorded)
     if recorded and any(name in os.environ for name in ("CI", "BUILD_NUMBER")):  # as pytest tells CI
@@ -1088,8 +1070,7 @@ def _recording_notices(state: _LedgerState) -> list[str]:
 
 
 def _report_path(config: pytest.Config) -> Path | None:
-    """Where --llm-report writes, relative to where pytest was started; a usage error when it
-    names a directory, a device or FIFO, or a path under a file."""
+    """Where --llm-report writes; a usage error for a directory, a device or FIFO, or a path under a file."""
     given = config.getoption("llm_report")
     if not given:
         return None
@@ -1117,8 +1098,7 @@ _PATH_OPTIONS: Final = ("--llm-report", "--llm-baseline", "--llm-budget-file", "
 
 def _refuse_paths_taken_for_tests(config: pytest.Config) -> None:
     """A usage error for ``--llm-baseline ../base.json`` (a space, not ``=``) naming an existing path
-    outside the project: pytest chose the rootdir and ini file from it, so the run would take another
-    directory's settings, test ids and cassette names (every cassette a miss)."""
+    outside the project: pytest chose the rootdir and ini file from it (every cassette a miss)."""
     if config.option.rootdir:  # given: no path chooses it
         return
     here = config.invocation_params.dir.resolve()
@@ -1138,9 +1118,8 @@ def _refuse_paths_taken_for_tests(config: pytest.Config) -> None:
 
 
 def _orphan_cassette_notices(state: _LedgerState, config: pytest.Config) -> list[str]:
-    """Cassettes no collected test owns (a test renamed or deleted), named only by a run that
-    collected the whole suite (no paths or node ids given, nothing deselected); ``llm-ledger cassettes``
-    finds them for any selection."""
+    """Cassettes no collected test owns (renamed or deleted), named only by a run of the whole suite;
+    ``llm-ledger cassettes`` finds them for any selection."""
     if _narrowed(config):
         return []
     orphans = _orphans(state, config)
@@ -1172,7 +1151,6 @@ def pytest_deselected(items: Sequence[pytest.Item]) -> None:
 
 
 def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:
-    """The cassettes no test of this collection owns, less those it cannot judge: see orphan_cassettes."""
     return orphan_cassettes(
         state.cassette_dir,
         state.ledger.cassettes,
@@ -1186,8 +1164,8 @@ def _orphans(state: _LedgerState, config: pytest.Config) -> list[Path]:
 def _renamed(
     state: _LedgerState, config: pytest.Config, orphans: list[Path] | None = None
 ) -> dict[Path, Path]:
-    """The cassettes of the collected tests that were never recorded, each with the orphan (of
-    ``orphans``, else found now) that plausibly was it before its test was renamed or moved."""
+    """The cassettes of the collected tests never recorded, each with the orphan (of ``orphans``, else
+    found now) that plausibly was it before its test was renamed or moved."""
     never = [Path(path) for path in state.ledger.cassettes if not Path(path).exists()]
     if not never:
         return {}
@@ -1255,7 +1233,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             if failed := ledger.total().errors:  # a call that missed its cassette counts nothing
                 met += f" ({failed} call(s) failed: one that got no answer counts no tokens or cost)"
             say(met)
-    elif would := _unenforced_breaches(state):  # a CI that forgot the flag passes: say what it let by
+    elif state.unenforced is not None and (would := ledger.check(state.unenforced)):
+        # a CI that forgot the flag passes: say what it let by
         over = listed([f"{b.where} {b.limit_key}" for b in would])
         say(
             f"llm-ledger: {budget_file} is not enforced (add {_budget_flag(state)}); enforced, this run "
@@ -1277,7 +1256,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def _baseline(config: pytest.Config) -> tuple[str, dict[str, Any]] | None:
     """--llm-baseline's report, read before any test runs: one that cannot be read is a usage error, as
-    `llm-ledger diff` makes it one, not a red line under a run that passed having compared nothing."""
+    in `llm-ledger diff`."""
     given = config.getoption("llm_baseline")
     if not given:
         return None
@@ -1301,8 +1280,7 @@ def _write_baseline_diff(tr: Any, name: str, base: dict[str, Any], ledger: Sessi
 
 
 class _ControllerHooks:
-    """Failed tests for the report, and the workers' totals under xdist: the controller hears
-    every worker's reports."""
+    """Failed tests for the report, and the workers' totals under xdist (on the controller only)."""
 
     def __init__(self, state: _LedgerState) -> None:
         self.state = state
