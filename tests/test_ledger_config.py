@@ -258,93 +258,75 @@ def test_a_level_the_application_gave_the_logger_is_kept_by_configure(
     assert [line["status"] for line in _lines(tmp_path / "llm_calls.jsonl")] == ["ok", "error"]
 
 
+@pytest.fixture
+def at_root() -> Iterator[list[dict[str, Any]]]:
+    """The ledger's records (their ``msg``) the root logger's handlers get during the test."""
+    heard: list[dict[str, Any]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if isinstance(record.msg, dict):
+                heard.append(record.msg)
+
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    try:
+        yield heard
+    finally:
+        logging.getLogger().removeHandler(keep)
+
+
 def test_the_applications_root_logging_gets_the_records_while_no_file_is_written(
-    default_client: openai.OpenAI, tmp_path: Path
+    default_client: openai.OpenAI, tmp_path: Path, at_root: list[dict[str, Any]]
 ) -> None:
     """A service that logs to stdout through the root logger and turns the file off
     (LLM_LEDGER_LOG_DIR=off, its log stack reading stdout) gets every record there, as before
     configure(); while the file is written its root handlers are spared a second copy. It lost every
     record: configure() cut llm_monitor off from the root logger whether or not it wrote a file."""
-    heard: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            heard.append(record.msg["event"])  # type: ignore[index]
-
-    root = logging.getLogger()
-    keep = Keep()
-    root.addHandler(keep)
-    try:
-        llm_ledger.configure(log_dir=None)
-        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-        assert heard == ["llm_api_call"]
-        llm_ledger.configure(log_dir=tmp_path)
-        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-        assert heard == ["llm_api_call"]
-        llm_ledger.configure(log_dir=None)
-        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    finally:
-        root.removeHandler(keep)
-    assert heard == ["llm_api_call", "llm_api_call"]
+    llm_ledger.configure(log_dir=None)
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert [record["event"] for record in at_root] == ["llm_api_call"]
+    llm_ledger.configure(log_dir=tmp_path)
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert [record["event"] for record in at_root] == ["llm_api_call"]
+    llm_ledger.configure(log_dir=None)
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert [record["event"] for record in at_root] == ["llm_api_call", "llm_api_call"]
     assert len(_lines(tmp_path / "llm_calls.jsonl")) == 1
 
 
 def test_the_root_logging_is_spared_the_records_after_a_capture_block_ends(
-    default_client: openai.OpenAI, tmp_path: Path
+    default_client: openai.OpenAI, tmp_path: Path, at_root: list[dict[str, Any]]
 ) -> None:
     """While configure() writes the file, a testing.capture() block (its sink added, then removed)
     leaves the root handlers spared the default monitor's records. They got every record after it:
     removing any sink let the records propagate again, as if the file were gone."""
-    heard: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            heard.append(record.msg["event"])  # type: ignore[index]
-
-    root = logging.getLogger()
-    keep = Keep()
-    root.addHandler(keep)
-    try:
-        llm_ledger.configure(log_dir=tmp_path)
-        with capture_records() as captured:
-            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    llm_ledger.configure(log_dir=tmp_path)
+    with capture_records() as captured:
         default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    finally:
-        root.removeHandler(keep)
+    default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert [record["event"] for record in captured.records] == ["llm_api_call"]
-    assert heard == []
+    assert at_root == []
     llm_ledger.flush()
     assert len(_lines(tmp_path / "llm_calls.jsonl")) == 2
 
 
 def test_an_own_monitors_records_reach_the_root_logging_while_configure_writes_the_file(
-    default_client: openai.OpenAI, fake_openai: FakeOpenAI, tmp_path: Path
+    default_client: openai.OpenAI, fake_openai: FakeOpenAI, tmp_path: Path, at_root: list[dict[str, Any]]
 ) -> None:
     """A monitor of the application's own (``LLMCallMonitor()``, no sinks: its records go to
     ``llm_monitor``) keeps reaching the root handlers after configure() starts writing the file,
     which spares them only the default monitor's copies. It lost every record: configure() stopped
     llm_monitor propagating."""
-    heard: list[str | None] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            heard.append(record.msg["context"]["service"])  # type: ignore[index]
-
-    root = logging.getLogger()
-    keep = Keep()
-    root.addHandler(keep)
     monitor = llm_ledger.LLMCallMonitor()
     own = monitor.instrument(openai.OpenAI(api_key=FAKE_KEY, base_url=fake_openai.base_url, max_retries=0))
-    try:
-        with own, monitor.track_llm_call(service="own"):
-            own.chat.completions.create(model="gpt-4o-mini", messages=HI)
-            llm_ledger.configure(log_dir=tmp_path)
-            default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-            own.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    finally:
-        root.removeHandler(keep)
+    with own, monitor.track_llm_call(service="own"):
+        own.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        llm_ledger.configure(log_dir=tmp_path)
+        default_client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        own.chat.completions.create(model="gpt-4o-mini", messages=HI)
     llm_ledger.flush()
-    assert heard == ["own", "own"]
+    assert [record["context"]["service"] for record in at_root] == ["own", "own"]
     assert len(_lines(tmp_path / "llm_calls.jsonl")) == 1
 
 
