@@ -94,7 +94,8 @@ _HEADERS: dict[str, Any] = {
     ), int),
     **dict.fromkeys(("content", "refusal", "served-model", "cost", "status"), str),
     "fault": (
-        "cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "response-failed", "no-done",
+        "cut-stream", "reset", "not-json", "no-usage", "slow", "stream-error", "stream-error-object",
+        "response-failed", "no-done",
     ),
     "usage-style": (
         "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "moonshot",
@@ -578,7 +579,7 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
             events += [chunk for piece in _split(said, headers) if piece for chunk in chunks({key: piece})]
     if cited:
         events += chunks({"annotations": cited})
-    if "stream-error" in faults:  # the API's way: an error object in place of a chunk, then the end
+    if {"stream-error", "stream-error-object"} & faults:  # the API's way: an error object, then the end
         error = {"message": STREAM_ERROR, "type": "server_error", "param": None, "code": None}
         return _Stream([*events[: len(events) // 2 + 1], {"error": error}], done=False)
     ending = chunks({}, finish)
@@ -721,9 +722,11 @@ def _responses(body: JSONDict, headers: dict[str, str], num: int, faults: set[st
         return _Reply(response(done))
     created = ("response.created", {"response": response("in_progress")})
     in_items = [e for index, item in enumerate(output) for e in _item_events(index, item, headers)]
-    if "stream-error" in faults:  # an error event after the first delta, then the end
+    if {"stream-error", "stream-error-object"} & faults:  # an error event after the first delta, the end
         first = [e for e in in_items if e[0].endswith(".delta")][:1]
-        error = {"code": "server_error", "message": STREAM_ERROR, "param": None}
+        error: JSONDict = {"code": "server_error", "message": STREAM_ERROR, "param": None}
+        if "stream-error-object" in faults:  # its error in an object, which the SDK raises APIError for
+            error = {"error": {**error, "type": "server_error"}}
         events = [created, *first, ("error", error)]
     else:
         final = response("failed" if "response-failed" in faults else done)

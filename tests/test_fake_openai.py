@@ -21,7 +21,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.responses import FunctionToolParam, ResponseFunctionToolCall, ResponseStreamEvent
 
-from llm_ledger._fake_server import error_body
+from llm_ledger._fake_server import STREAM_ERROR, error_body
 from llm_ledger.testing import FakeOpenAI
 from tests.conftest import sigint_default
 from tests.sdk import STREAM_BREAKS
@@ -1016,6 +1016,25 @@ def test_stream_error_fault_sends_the_apis_mid_stream_errors(client: openai.Open
     events = list(client.responses.create(model=MODEL, input="hi", stream=True, extra_headers=fault))
     assert [e.type for e in events] == ["response.created", "response.output_text.delta", "error"]
     assert events[-1].code == "server_error"  # type: ignore[union-attr]
+
+
+def test_stream_error_object_fault_puts_the_responses_error_in_an_object(client: openai.OpenAI) -> None:
+    """``stream-error-object``: a responses stream's ``error`` event holds an ``error`` object, which the
+    SDK raises as APIError (as for chat) after the first events; chat streams as under ``stream-error``."""
+    fault = {"x-fake-fault": "stream-error-object"}
+    stream = client.responses.create(model=MODEL, input="hi", stream=True, extra_headers=fault)
+    received: list[Any] = []
+    with pytest.raises(
+        openai.APIError, match=r"The server had an error while processing your request\."
+    ) as raised:
+        received.extend(stream)
+    assert [e.type for e in received] == ["response.created", "response.output_text.delta"]
+    assert raised.value.body == {
+        "code": "server_error", "message": STREAM_ERROR, "param": None, "type": "server_error"
+    }  # fmt: skip
+    chat = client.chat.completions.create(model=MODEL, messages=USER, stream=True, extra_headers=fault)
+    with pytest.raises(openai.APIError, match=r"The server had an error while processing your request\."):
+        list(chat)
 
 
 def test_response_failed_fault_ends_the_stream_with_response_failed(client: openai.OpenAI) -> None:

@@ -459,6 +459,58 @@ async def test_streaming_response_with_an_event_that_is_not_json_is_an_error(
     assert _essentials(got) == _essentials(expected)
 
 
+async def _raised(reading: Awaitable[Any]) -> tuple[Any, ...] | None:
+    """What ``reading`` raises, as a caller can tell it apart: the type, message and body."""
+    try:
+        await reading
+    except Exception as exc:  # compared, whatever it is
+        return type(exc), str(exc), getattr(exc, "body", None)
+    return None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("how", ["parse", "iter_lines"])
+@pytest.mark.parametrize(
+    ("body", "fault"), [("chat stream", "stream-error"), ("responses stream", "stream-error-object")]
+)
+async def test_streaming_response_with_an_error_object_is_recorded_as_create_records_it(
+    body: str,
+    fault: str,
+    how: str,
+    is_async: bool,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+) -> None:
+    """An event holding a top-level ``error`` object mid-stream, chat's or Responses', which the SDK
+    raises as APIError: a with_streaming_response body is recorded as create(stream=True) records it,
+    however it is read, and the caller sees what the bare SDK gives on both paths."""
+    operation, kwargs, _ = BODIES[body]
+    kwargs = {**kwargs, "extra_headers": {"x-fake-fault": fault}}
+    bare: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
+        api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
+    )
+    seen = []
+    try:
+        for target in (bare, aclient if is_async else client):
+            created = await _raised(_drain(await _maybe(_resource(target, operation).create(**kwargs))))
+            manager = _resource(target, operation).with_streaming_response.create(**kwargs)
+            response = await _enter(manager)
+            read = await _raised(_read(response, how, stream=True))
+            await _exit(manager)
+            seen.append((created, read))
+    finally:
+        await _maybe(bare.close())
+    assert seen[0] == seen[1]  # the caller sees what the bare SDK gives
+    assert seen[0][0] is not None and seen[0][0][0] is openai.APIError
+    assert seen[0][1] == (seen[0][0] if how == "parse" else None)  # the lines are handed over
+    expected, got = records.calls
+    assert expected["status"] == "error" and expected["error"]["type"] == "APIError"
+    assert _essentials(got) == _essentials(expected)
+
+
 # -- with_raw_response: the body the SDK read, read as create() reads it -------------------------------
 
 
