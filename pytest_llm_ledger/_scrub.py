@@ -229,22 +229,22 @@ _SUFFIXES: Final = (".yaml", ".yml", ".json")
 
 
 def _expand(names: list[str]) -> tuple[list[Path], list[str]]:
-    """Files as given; a directory stands for every .yaml / .yml / .json file below it, sorted. And the
-    errors of the names that stand for nothing: a CI job pointed at the wrong path fails, rather than
-    passing on no cassette checked."""
+    """Files as given; a directory stands for every .yaml / .yml / .json file below it (in any case, as
+    :func:`_load` reads them), sorted. And the errors of the names that stand for nothing: a CI job
+    pointed at the wrong path fails, rather than passing on no cassette checked."""
     paths: list[Path] = []
     errors: list[str] = []
     for name in names:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in _SUFFIXES and p.is_file())
             if not found:
                 errors.append(
                     f"{name}: no cassette (.yaml, .yml or .json file) in this directory or below it; give "
                     "the directory the cassettes are in"
                 )
             paths.extend(found)
-        elif path.suffix not in _SUFFIXES and not path.exists():
+        elif path.suffix.lower() not in _SUFFIXES and not path.exists():
             errors.append(f"{name}: no such file or directory")
         else:
             paths.append(path)  # a missing cassette file: scrub_file says so

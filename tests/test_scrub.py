@@ -337,16 +337,20 @@ def test_allow_list_is_the_plugins() -> None:
 def test_a_directory_scrubs_every_cassette_below_it(
     fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`llm-ledger scrub cassettes/` scrubs every .yaml and .json file below the directory."""
+    """`llm-ledger scrub cassettes/` scrubs every .yaml, .yml and .json file below the directory, its
+    suffix in any case, as when the file is named."""
     root = tmp_path / "cassettes"
     (root / "tests" / "nested").mkdir(parents=True)
-    _record(fake_openai, root / "tests" / "a.yaml", "yaml")
-    _record(fake_openai, root / "tests" / "nested" / "b.json", "json")
+    cassettes = (root / "tests" / "a.yaml", root / "tests" / "nested" / "b.json", root / "C.YAML")
+    _record(fake_openai, cassettes[0], "yaml")
+    _record(fake_openai, cassettes[1], "json")
+    _record(fake_openai, cassettes[2], "yaml")
     (root / "README.txt").write_text("not a cassette\n")
     status, out, err = _run(capsys, str(root))
     assert status == 0, err
-    assert "a.yaml: scrubbed" in out and "b.json: scrubbed" in out and "README" not in out + err
-    for path in (root / "tests" / "a.yaml", root / "tests" / "nested" / "b.json"):
+    assert "README" not in out + err
+    for path in cassettes:
+        assert f"{path}: scrubbed" in out
         assert FAKE_KEY not in path.read_text()
     assert _run(capsys, "--check", str(root))[0] == 0
 
