@@ -545,9 +545,8 @@ class PrometheusSink:
         as a call: a series new to a scrape (a lens judged first in this process, found anomalous at
         once) shows 0 first."""
         with self._pending_lock:
-            sums = self._pending.get(key) or self._pending.setdefault(
-                key, [[], 0]
-            )  # a value a record, errors
+            # one value a record (a run's cost; None for an alert), and the failed runs
+            sums = self._pending.get(key) or self._pending.setdefault(key, [[], 0])
             sums[0].append(value)
             sums[1] += errors
             self._pending_calls += 1
