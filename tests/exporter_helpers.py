@@ -263,6 +263,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def metric_points(reader: Any) -> dict[str, list[Any]]:
+    """An OpenTelemetry metric reader's data points now, by metric name (an ``InMemoryMetricReader``)."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found
+
+
 def attribute_value(value: AnyValue) -> Any:
     """An OTLP attribute's value as Python (arrays as tuples)."""
     kind = value.WhichOneof("value")

@@ -14,7 +14,7 @@ import llm_ledger
 from llm_ledger.exporters import PrometheusSink
 from llm_ledger.testing import FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import UNPRICED_MODEL, Samples, by_labels, label_names, samples
+from tests.exporter_helpers import UNPRICED_MODEL, Samples, by_labels, label_names, metric_points, samples
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -82,14 +82,7 @@ def test_unpriced_calls_are_counted_with_the_cost_counters_labels_by_both_sinks(
     counted = by_labels(found, "llm_ledger_unpriced_calls_total", "lens", "model", "provider", "service_tier")
     assert {k: v for k, v in counted.items() if v} == {("research", UNPRICED_MODEL, "openai", "default"): 1.0}
 
-    data = reader.get_metrics_data()
-    assert data is not None
-    points: dict[str, list[Any]] = {
-        metric.name: list(metric.data.data_points)
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-    }
+    points = metric_points(reader)
     (point,) = points["llm_ledger.unpriced_calls"]
     assert point.value == 1
     assert point.attributes["llm_ledger.lens"] == "research"
@@ -219,17 +212,7 @@ def test_an_anomalous_first_judged_run_is_exported_at_0_first_by_both_sinks(fake
     run(llm_ledger.LLMCallMonitor(logger=None, sinks=[PrometheusSink(registry), otel]), 400)
 
     def otel_points() -> list[Any]:
-        data = reader.get_metrics_data()
-        assert data is not None
-        points: list[Any] = [
-            point
-            for resource in data.resource_metrics
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == "llm_ledger.lens_anomalies"
-            for point in metric.data.data_points
-        ]
-        return [point.value for point in points]
+        return [point.value for point in metric_points(reader).get("llm_ledger.lens_anomalies", [])]
 
     scrapes = [samples(generate_latest(registry).decode()) for _ in range(2)]
     series = [by_labels(found, "llm_ledger_lens_anomalies_total", "lens", "metric") for found in scrapes]

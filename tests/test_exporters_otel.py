@@ -41,6 +41,7 @@ from tests.exporter_helpers import (
     attribute_value,
     by_labels,
     hold_then_fork,
+    metric_points,
     samples,
     workload,
 )
@@ -786,16 +787,7 @@ def test_budget_breaches_and_anomalies_are_counted_as_their_records_and_the_prom
     assert len(records.calls) == 14  # warn mode: every call made
 
     def counted(name: str, attribute: str) -> dict[tuple[str, str], float]:
-        data = reader.get_metrics_data()
-        assert data is not None
-        points: list[Any] = [
-            point
-            for resource in data.resource_metrics
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == name
-            for point in metric.data.data_points
-        ]
+        points = metric_points(reader).get(name, [])
         return {(p.attributes["llm_ledger.lens"], p.attributes[attribute]): p.value for p in points}
 
     breaches = [

@@ -216,7 +216,7 @@ def test_the_exporters_count_a_call_whose_tool_fees_are_left_out_as_unpriced(sdk
     from prometheus_client import CollectorRegistry, generate_latest
 
     from llm_ledger.exporters import OTelSink, PrometheusSink
-    from tests.exporter_helpers import samples, total
+    from tests.exporter_helpers import metric_points, samples, total
 
     registry = CollectorRegistry()
     reader = InMemoryMetricReader()
@@ -234,15 +234,9 @@ def test_the_exporters_count_a_call_whose_tool_fees_are_left_out_as_unpriced(sdk
     assert total(found, "llm_ledger_unpriced_calls_total", model="gpt-4o-mini") == 0
     cost = total(found, "llm_ledger_cost_usd_total", model="gpt-4o-search-preview")
     assert cost == pytest.approx(search["cost"]["total_cost_usd"])
-    data = reader.get_metrics_data()
-    assert data is not None
     points = [
         (dict(point.attributes or {}).get("gen_ai.request.model"), getattr(point, "value", None))
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == "llm_ledger.unpriced_calls"
-        for point in metric.data.data_points
+        for point in metric_points(reader).get("llm_ledger.unpriced_calls", [])
     ]
     assert points == [("gpt-4o-search-preview", 1)]
 
