@@ -24,13 +24,13 @@ from .analysis._diff import render as render_diff
 from .analysis._http import asgi_app
 from .analysis._read import REPORT_SCHEMA, InputStats, LogReader
 from .analysis._render import FORMATS, render
-from .analysis._usage import NO_ANSWER, NO_LENS, UsageRow, cost_gaps, failed_calls, usage_row
+from .analysis._usage import COUNTS, NO_ANSWER, NO_LENS, UsageRow, cost_gaps, failed_calls, usage_row
 
 __all__ = [
-    "FORMATS", "NO_ANSWER", "NO_LENS", "REPORT_SCHEMA", "CostReport", "CostRow", "InputStats", "Query",
-    "QueryError", "UsageRow", "asgi_app", "cost_decimal", "cost_gaps", "diff_reports", "failed_calls",
-    "load_report", "render", "render_diff", "summarise", "summarise_records", "text_table", "usage_row",
-    "usd",
+    "COUNTS", "FORMATS", "NO_ANSWER", "NO_LENS", "REPORT_SCHEMA", "CostReport", "CostRow", "InputStats",
+    "Query", "QueryError", "UsageRow", "asgi_app", "cost_decimal", "cost_gaps", "diff_reports",
+    "failed_calls", "load_report", "render", "render_diff", "summarise", "summarise_records", "text_table",
+    "usage_row", "usd",
 ]  # fmt: skip
 
 Paths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]

@@ -25,6 +25,7 @@ from llm_ledger import Budgets, Limits
 # llm_ledger.analysis, not llm_ledger.report (aggregation, rendering, the diff): the plugin is loaded by
 # every pytest run of an environment with llm-ledger installed
 from llm_ledger.analysis import (
+    COUNTS,
     NO_ANSWER,
     NO_LENS,
     REPORT_SCHEMA,
@@ -204,61 +205,42 @@ def paired(record: Mapping[str, Any], begun: dict[str, str], row: UsageRow | Non
     return totals
 
 
+# the counts a report's usage row gives first, in this order; the rest of COUNTS follow in theirs
+_FIRST_COUNTS: Final = (
+    "calls", "prompt_tokens", "cached_tokens", "cache_write_tokens", "prompt_audio_tokens",
+    "completion_tokens", "completion_audio_tokens", "cached_audio_tokens", "prompt_image_tokens",
+    "cached_image_tokens", "total_tokens",
+)  # fmt: skip
+
+
 @dataclass(slots=True)
 class UsageSum:
-    """The tokens of the calls of one lens (the innermost) to one server and model."""
+    """The calls of one lens (the innermost) to one server and model: their :data:`COUNTS` summed."""
 
-    calls: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    prompt_audio_tokens: int = 0
-    completion_tokens: int = 0
-    completion_audio_tokens: int = 0
-    cached_audio_tokens: int = 0  # the audio part of cached_tokens (a Realtime response's)
-    prompt_image_tokens: int = 0  # the image part of prompt_tokens the cache did not serve (Realtime)
-    cached_image_tokens: int = 0  # the image part of cached_tokens (a Realtime response's)
-    total_tokens: int = 0
+    counts: Counter[str] = field(default_factory=Counter)  # a name of COUNTS -> the calls' sum
     cost: Decimal = Decimal(0)  # USD, as recorded
-    uncosted_calls: int = 0  # billed calls recorded without a cost
-    no_usage_calls: int = 0  # calls that were not refused but reported no usage
-    unpriced_unit_calls: int = 0  # of those, image, audio and video calls billed in units not priced
-    total_only_calls: int = 0  # of those, the others that reported only total_tokens: no price applies
-    failed_calls: int = 0  # cassette misses, API errors: tokens and cost only as their answer reported
-    tool_fee_calls: int = 0  # calls whose cost leaves out their built-in tools' fees (web search...)
-    pending_calls: int = 0  # background responses begun whose end the session never recorded
-    lost_answer_calls: int = 0  # calls with an answer billed whose usage was lost (a body that broke...)
-    tool_uses: dict[str, int] = field(default_factory=dict)  # built-in tools' uses: kind -> uses
-    tests_with_failed_calls: list[str] = field(default_factory=list)  # node ids, sorted
+    tool_uses: Counter[str] = field(default_factory=Counter)  # built-in tools' uses: kind -> uses
+    tests_with_failed_calls: set[str] = field(default_factory=set)  # node ids
 
     @classmethod
     def of_row(cls, row: UsageRow, nodeid: str) -> UsageSum:
-        sums = ("cost", "tool_uses", "tests_with_failed_calls")
-        counts = {name: getattr(row, name) for name in UsageSum.__slots__ if name not in sums}
-        return cls(
-            **counts,
-            cost=row.cost_usd,
-            tool_uses=dict(row.tool_uses),
-            tests_with_failed_calls=[nodeid] if row.failed_calls else [],
-        )
+        counts = Counter({name: getattr(row, name) for name in COUNTS})
+        return cls(counts, row.cost_usd, Counter(row.tool_uses), {nodeid} if row.failed_calls else set())
 
     def add(self, other: UsageSum) -> None:
-        for name in self.__slots__:
-            if name == "tests_with_failed_calls":
-                self.tests_with_failed_calls = sorted(
-                    {*self.tests_with_failed_calls, *other.tests_with_failed_calls}
-                )
-            elif name == "tool_uses":
-                for kind, uses in other.tool_uses.items():
-                    self.tool_uses[kind] = self.tool_uses.get(kind, 0) + uses
-            else:
-                setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.counts.update(other.counts)  # not +=, which drops the zeros the report shows
+        self.cost += other.cost
+        self.tool_uses.update(other.tool_uses)
+        self.tests_with_failed_calls |= other.tests_with_failed_calls
 
     def to_report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__ if name != "cost"}
-        out["tool_uses"] = dict(sorted(self.tool_uses.items()))
-        out["cost_usd"] = float(self.cost)
-        return out
+        return {
+            **dict.fromkeys(_FIRST_COUNTS, 0),
+            **self.counts,
+            "tool_uses": dict(sorted(self.tool_uses.items())),
+            "tests_with_failed_calls": sorted(self.tests_with_failed_calls),
+            "cost_usd": float(self.cost),
+        }
 
 
 def _run_id(context: Mapping[str, Any]) -> str:
@@ -413,7 +395,7 @@ class SessionLedger:
         if row.pending_calls and row.response_id is not None:
             self._begun_rows[row.response_id] = key
         elif row.response_id in self._begun_rows:  # ended: the cost of its start's row is the end's
-            self.usage[self._begun_rows.pop(row.response_id)].pending_calls -= 1
+            self.usage[self._begun_rows.pop(row.response_id)].counts["pending_calls"] -= 1
 
     def add_lens(self, nodeid: str, record: Mapping[str, Any]) -> None:
         context = record.get("context") or {}

@@ -14,9 +14,9 @@ from __future__ import annotations
 from .._records import cost_decimal
 from .._table import text_table, usd
 from ._read import REPORT_SCHEMA, InputStats, LogReader, iter_records
-from ._usage import NO_ANSWER, NO_LENS, UsageRow, cost_gaps, failed_calls, usage_row
+from ._usage import COUNTS, NO_ANSWER, NO_LENS, UsageRow, cost_gaps, failed_calls, usage_row
 
 __all__ = [
-    "NO_ANSWER", "NO_LENS", "REPORT_SCHEMA", "InputStats", "LogReader", "UsageRow", "cost_decimal",
+    "COUNTS", "NO_ANSWER", "NO_LENS", "REPORT_SCHEMA", "InputStats", "LogReader", "UsageRow", "cost_decimal",
     "cost_gaps", "failed_calls", "iter_records", "text_table", "usage_row", "usd",
 ]  # fmt: skip
