@@ -1,6 +1,6 @@
-"""Anomalies: lens runs far above the median + k * MAD of their lens's (and models') last runs, online
-(the baseline rebuilt at start from the end of the log: no state file) and replayed from logs
-(``llm-ledger anomalies``). The rule, its settings and why: docs/ANOMALIES.md.
+"""Anomalies: lens runs far above the median + k * MAD of the last runs of their service, lens and
+models, online (the baseline rebuilt at start from the end of the log: no state file) and replayed
+from logs (``llm-ledger anomalies``). The rule, its settings and why: docs/ANOMALIES.md.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ __all__ = ["METRICS", "AnomalyConfig", "AnomalyDetector"]
 
 METRICS: Final = ("total_tokens", "total_cost_usd", "duration_ms")  # lens summary keys judged
 SCALES: Final = ("log", "linear")
-_MAX_BASELINES: Final = 1000  # (lens, model) pairs kept; the least recently seen is dropped past it
+_MAX_BASELINES: Final = 1000  # (service, lens, model) kept; the least recently seen is dropped past it
 _LENS_MARK: Final = b'"lens_summary"'  # cheap to look for: only these lines are parsed
 _COLD_DURATION: Final = "duration_ms at process start"  # the baseline of a process's first runs
-_MAX_STARTS: Final = 10_000  # (process, lens, model) triples kept; past it, the oldest is forgotten
+_MAX_STARTS: Final = 10_000  # (process, service, lens, model) kept; past it, the oldest is forgotten
 # MAD / mean absolute deviation for normal data (0.6745 / 0.7979): the two then measure the same spread
 # (Iglewicz and Hoaglin's fallback for a MAD of 0)
 _MEAN_TO_MAD: Final = 0.6745 / math.sqrt(2 / math.pi)
+_Key = tuple[str | None, str, str | None]  # what a baseline is of: (service, lens key, models)
 
 
 def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None:
@@ -157,7 +158,7 @@ def _part_of_day(record: Mapping[str, Any], summary: Mapping[str, Any], models: 
 
 
 class AnomalyDetector:
-    """Judges each lens summary record against its lens's (and models') recent runs; thread-safe.
+    """Judges each lens summary record against the recent runs of its service, lens and models; thread-safe.
     ``configure(anomalies=...)`` sets one on the default monitor; ``monitor.anomalies = ...`` on yours,
     which then emits what it finds through its sinks and calls ``on_anomaly`` with each record."""
 
@@ -177,10 +178,10 @@ class AnomalyDetector:
         self.config = config
         self.on_anomaly = on_anomaly
         self._lock = threading.Lock()
-        # (lens key, model) -> metric -> its last `window` values
-        self._baselines: dict[tuple[str, str | None], dict[str, collections.deque[float]]] = {}
-        # (process id prefix, lens key, model) of the runs seen: the others are a process's first
-        self._started: collections.OrderedDict[tuple[str, str, str | None], None] = collections.OrderedDict()
+        # (service, lens key, model) -> metric -> its last `window` values
+        self._baselines: dict[_Key, dict[str, collections.deque[float]]] = {}
+        # (process id prefix, service, lens key, model) of the runs seen: the others are a process's first
+        self._started: collections.OrderedDict[tuple[str, _Key], None] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"<AnomalyDetector {self.config} baselines={len(self._baselines)}>"
@@ -204,16 +205,21 @@ class AnomalyDetector:
             return []
         models = summary.get("models_used")
         model = "+".join(map(str, models)) if isinstance(models, list) and models else None
+        # two services (api and batch, staging and prod) writing one log are kept apart: one's usual
+        # runs would make the other's look anomalous, or hide its runaways. str(): a service read from
+        # a log may be any JSON value, a list (unhashable) among them
+        service = context.get("service")
+        key: _Key = (None if service is None else str(service), lens, model)
         config = self.config
         linear = config.scale == "linear"
         found: list[AnomalyRecord] = []
         with self._lock:
-            # the least recently seen (lens, model) is dropped past _MAX_BASELINES: a dict keeps order
-            series = self._baselines.pop((lens, model), None) or {}
-            self._baselines[(lens, model)] = series
+            # the least recently seen baseline is dropped past _MAX_BASELINES: a dict keeps order
+            series = self._baselines.pop(key, None) or {}
+            self._baselines[key] = series
             if len(self._baselines) > _MAX_BASELINES:
                 del self._baselines[next(iter(self._baselines))]
-            cold = self._first_of_process(context.get("lens_run_id"), lens, model)
+            cold = self._first_of_process(context.get("lens_run_id"), key)
             for metric in config.metrics:
                 metric_key = metric
                 if cold and metric == "duration_ms":
@@ -258,13 +264,14 @@ class AnomalyDetector:
                 window.append(point)
         return found
 
-    def _first_of_process(self, run_id: Any, lens: str, model: str | None) -> bool:
-        """Whether the run ``run_id`` is the first of ``lens`` on ``model`` in the process that made it
-        (the process is the id's prefix: ``new_id()``); ``False`` for an id of another form."""
+    def _first_of_process(self, run_id: Any, baseline: _Key) -> bool:
+        """Whether the run ``run_id`` is the first of its ``baseline`` (service, lens, models) in the
+        process that made it (the process is the id's prefix: ``new_id()``); ``False`` for an id of
+        another form."""
         process = process_of(run_id)
         if process is None:
             return False
-        key = (process, lens, model)
+        key = (process, baseline)
         if key in self._started:
             return False
         self._started[key] = None

@@ -266,7 +266,10 @@ def render_anomalies(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
         return strict_json({"anomalies": anomalies}) + "\n"
     if not anomalies:
         return "no anomalous lens run\n"
-    headers = ("time", "lens", "model", "metric", "value", "median", "MAD", "threshold", "lens run")
+    # a service's runs have baselines of their own: the column shows when some run names one
+    services = any(record["context"].get("service") is not None for record in anomalies)
+    figures = ("metric", "value", "median", "MAD", "threshold")
+    headers = ("time", *["service"] * services, "lens", "model", *figures, "lens run")
     rows = []
     for record in anomalies:
         a = record["anomaly"]
@@ -274,10 +277,13 @@ def render_anomalies(anomalies: list[AnomalyRecord], fmt: str = "text") -> str:
         value, median, threshold = _distinct(m, [a["value"], a["median"], a["threshold"]])
         log = a["scale"] == "log"
         [mad] = _distinct("ratio", [math.exp(a["mad"])], 1.0) if log else _distinct(m, [a["mad"]])
+        service = record["context"].get("service")
         rows.append([
-            record["timestamp"], str(record["context"].get("lens_key")), a["model"] or "(none)", m,
+            record["timestamp"], *["(none)" if service is None else str(service)] * services,
+            str(record["context"].get("lens_key")), a["model"] or "(none)", m,
             value, median, mad, threshold, str(record["context"].get("lens_run_id") or ""),
         ])  # fmt: skip
     # on the log scale the MAD is a ratio: x1.10 means runs usually within 10% of the median
     found = f"{len(anomalies):,} anomal{'y' if len(anomalies) == 1 else 'ies'}"
-    return "\n".join(text_table(headers, rows, right=range(4, 8))) + f"\n{found}\n"
+    table = text_table(headers, rows, right=range(4 + services, 8 + services))
+    return "\n".join(table) + f"\n{found}\n"
