@@ -1109,7 +1109,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = exc.reply
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
             reply = _Refusal(500, f"fake server error: {exc!r}").reply
-        fake._answered(route, reply)
+        fake._answered(self._num, route, reply)
         self._send(reply, faults, headers)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch  # the rest get http.server's 501
@@ -1228,6 +1228,7 @@ class FakeOpenAI:
         self.answers: list[RecordedAnswer] = []
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
+        self._forgotten = 0  # reset() forgets the requests numbered up to this one: their answers too
         self._failures: list[_Reply] = []  # queued by fail_next(), one per request
         self._responses: dict[str, _Job] = {}  # the last Responses answered, by id, for GET and cancel
         self._server: _Server | None = None
@@ -1306,8 +1307,10 @@ class FakeOpenAI:
             self._failures += [answer] * times
 
     def reset(self) -> None:
-        """Forget recorded requests and answers (Realtime events too), and queued failures."""
+        """Forget recorded requests and answers (Realtime events too), and queued failures; the answer
+        to a request that came before, still on its way (a `slow` one its client gave up on), too."""
         with self._lock:
+            self._forgotten = next(self._counter)  # the next request is numbered one higher
             self.requests.clear()
             self.answers.clear()
             self._failures.clear()
@@ -1374,13 +1377,14 @@ class FakeOpenAI:
                 self.requests.append(request)
             return next(self._counter), self._failures.pop(0) if self._failures else None
 
-    def _answered(self, path: str, reply: _Reply | _Stream) -> None:
+    def _answered(self, num: int, path: str, reply: _Reply | _Stream) -> None:
         if not self.history:
             return
         status, body = (200, reply.events) if isinstance(reply, _Stream) else (reply.status, reply.body)
         answer = RecordedAnswer(path, status, None if isinstance(body, bytes) else body)
         with self._lock:
-            self.answers.append(answer)
+            if num > self._forgotten:
+                self.answers.append(answer)
 
 
 def register(subparsers: Any, summary: str) -> None:

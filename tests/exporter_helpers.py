@@ -10,6 +10,7 @@ import socket
 import textwrap
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,12 +19,17 @@ import openai
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 import llm_ledger
+from dashboards import local_prometheus
 from dashboards.local_prometheus import LocalPrometheus
 from llm_ledger.exporters._prometheus import shutdown_now
 from llm_ledger.testing import FakeOpenAI
 from tests.conftest import FAKE_KEY
 
 UNPRICED_MODEL = "acme-local-7b"
+# what a test waits for a scrape, a gunicorn worker or a /metrics answer: only a guard against one that
+# never comes, generous for a loaded host (load 30 on 2 cores: a scrape or a worker's start can take
+# over 30 s)
+WAIT_S = 120.0
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 # a multiprocess worker: feeds the records of the JSONL file argv[1] to a PrometheusSink (its
@@ -208,9 +214,14 @@ def scrape(url: str, *, settled: bool = True) -> Samples:
     the first scrape that sees it and its values from the next one (so that rate() counts them). The
     timeout is a loaded host's (a gunicorn master merging its workers' files at load 8 took over 10 s)."""
     for _ in range(2 if settled else 1):
-        with urllib.request.urlopen(url, timeout=30) as response:
+        with urllib.request.urlopen(url, timeout=WAIT_S) as response:
             text = response.read().decode()
     return samples(text)
+
+
+def wait(what: str, check: Callable[[], bool]) -> None:
+    """``dashboards.local_prometheus.wait()``, for ``WAIT_S`` seconds."""
+    local_prometheus.wait(what, check, WAIT_S)
 
 
 def total(found: Samples, name: str, **labels: str) -> float:

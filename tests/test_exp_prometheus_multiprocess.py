@@ -18,7 +18,6 @@ import pytest
 from prometheus_client import generate_latest
 
 import llm_ledger
-from dashboards.local_prometheus import wait
 from llm_ledger.exporters import metrics_registry
 from llm_ledger.testing import FakeOpenAI, capture
 from tests.conftest import FAKE_KEY, Sdk
@@ -31,6 +30,7 @@ from tests.exporter_helpers import (
     samples,
     scrape,
     total,
+    wait,
 )
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK

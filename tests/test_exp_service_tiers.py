@@ -22,12 +22,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client import CollectorRegistry, generate_latest
 
 import llm_ledger
-from dashboards.local_prometheus import wait
 from llm_ledger.exporters import OTelSink, PrometheusSink, start_metrics_server
 from llm_ledger.exporters._prometheus import MAX_TIERS
 from llm_ledger.testing import Captured, FakeOpenAI, capture
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import Receiver, SharedPrometheus, attribute_value, by_labels, samples
+from tests.exporter_helpers import Receiver, SharedPrometheus, attribute_value, by_labels, samples, wait
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 

@@ -27,7 +27,7 @@ import openai
 import pytest
 
 import llm_ledger
-from dashboards.local_prometheus import LocalPrometheus, wait
+from dashboards.local_prometheus import LocalPrometheus
 from examples.lens_app.app import run_lenses
 from examples.lens_app.lenses import LENSES
 from examples.lens_app.services import RunnerService
@@ -37,7 +37,7 @@ from llm_ledger.exporters import _setup
 from llm_ledger.testing import Captured, FakeOpenAI
 from tests import warm_python
 from tests.conftest import FAKE_KEY
-from tests.exporter_helpers import SharedPrometheus, scrape, total, workload
+from tests.exporter_helpers import SharedPrometheus, scrape, total, wait, workload
 
 pytestmark = pytest.mark.sdk_independent  # make test-compat leaves it to the newest SDK
 
@@ -419,7 +419,7 @@ def test_demo_serves_metrics_and_says_where(tmp_path: Path) -> None:
         found = scrape(said[1])
     finally:
         demo.send_signal(signal.SIGINT)
-        _, err = demo.communicate(timeout=30)
+        _, err = demo.communicate(timeout=60)  # a hang's guard, generous for a loaded host
     assert demo.returncode == 0, err
     for lens in LENSES:
         assert total(found, "llm_ledger_lens_runs_total", lens=lens, status="ok") >= 1, lens

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.local_prometheus import wait
 from llm_ledger.testing import FakeOpenAI
-from tests.exporter_helpers import scrape, total
+from tests.exporter_helpers import WAIT_S, scrape, total, wait
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -92,7 +91,7 @@ def test_gunicorn_workers_are_summed_by_the_masters_metrics_server(
         _await(gunicorn, "a worker", app_port)  # its call counts too
 
         def get(i: int) -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/doc-{i}", timeout=30) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/doc-{i}", timeout=WAIT_S) as response:
                 return str(response.read().decode())
 
         with ThreadPoolExecutor(6) as pool:

@@ -783,6 +783,25 @@ def test_fail_next_then_success_retries(fake: FakeOpenAI, client: openai.OpenAI)
     assert excinfo.value.response.headers["x-request-id"].startswith("req_")
 
 
+def test_reset_forgets_the_answer_to_a_request_that_came_before_it(fake: FakeOpenAI) -> None:
+    """A `slow` request whose client gave up before reset() (a test that ended, as the session's
+    server outlives it) is answered after it: that answer is not recorded with those of the requests
+    after the reset, which a test reads as its own (``answers[-1]``)."""
+    leftover = {"x-fake-fault": "slow", "x-fake-delay-ms": "200"}
+    timing_out = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0, timeout=0.05)
+    with timing_out as sdk, pytest.raises(openai.APITimeoutError):
+        sdk.chat.completions.create(model=MODEL, messages=USER, extra_headers=leftover)
+    deadline = time.monotonic() + 10  # a loaded host may deliver the request after its client gave up
+    while not fake.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fake.reset()
+    later = {"x-fake-fault": "slow", "x-fake-delay-ms": "600"}  # answered after the leftover
+    with openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0) as sdk:
+        completion = sdk.chat.completions.create(model=MODEL, messages=USER, extra_headers=later)
+    assert [answer.body["id"] for answer in fake.answers] == [completion.id]
+    assert len(fake.requests) == 1
+
+
 def test_a_queued_failure_goes_to_the_next_request_to_arrive(fake: FakeOpenAI) -> None:
     """A slow request that outlives its client's timeout never takes a failure queued after it came."""
     slow = {"x-fake-fault": "slow", "x-fake-delay-ms": "300"}
@@ -1239,10 +1258,10 @@ def test_fake_server_subcommand() -> None:
         finally:
             proc.send_signal(signal.SIGINT)
             try:
-                _, err = proc.communicate(timeout=10)
+                _, err = proc.communicate(timeout=60)  # a hang's guard, generous for a loaded host
             except subprocess.TimeoutExpired:
                 proc.kill()  # never a worker held by a child that outlived its Ctrl-C
                 _, err = proc.communicate()
-                raise AssertionError(f"fake-server outlived Ctrl-C by 10 s: {err}") from None
+                raise AssertionError(f"fake-server outlived Ctrl-C by 60 s: {err}") from None
     assert proc.returncode == 130, err
     assert "Traceback" not in err

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from llm_ledger._jsonl import JsonlFileHandler
 
 PAD = "x" * 1000  # about 1 kB a line: a small disk fills in a few hundred lines
+# a ``while-writing`` child's bound on each wait of its exit (the ledger's is 10 s): a wait for the lock
+# the signal interrupted would take this long, far more than an exit on a loaded machine takes
+WHILE_WRITING_EXIT_TIMEOUT_S = 60.0
 
 
 def _line(**fields: Any) -> None:
@@ -158,6 +161,7 @@ def stopped(log_dir: str, how: str) -> None:
         # come (the test would wait for a process that was never signalled). Set before configure():
         # the writer thread's first wait starts there.
         _jsonl._INTERVAL_S = _jsonl._SLOW_WRITE_S = 3600.0
+        _jsonl._EXIT_TIMEOUT_S = WHILE_WRITING_EXIT_TIMEOUT_S
     if how == "thread-first":  # configure() first ran in a worker thread, which cannot install a handler
         import threading
 
