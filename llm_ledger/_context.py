@@ -452,10 +452,8 @@ class LensRun(_Scope):
         if self.run_id is not None and made_here(self.run_id) and not recorded_apart(self._write, summary):
             emit, end = self._monitor._emit_lens, self._started + self._wall
             ended_in, self._ended_in = self._ended_in, None  # written once: the request's context let go
-            if ended_in is None:
-                emit(self._record_context, summary, end)
-            else:
-                ended_in.run(emit, self._record_context, summary, end)
+            assert ended_in is not None  # set when the block ended, before the record can be due
+            ended_in.run(emit, self._record_context, summary, end)
 
     # -- used by the monitor ---------------------------------------------------------------------
 

@@ -13,12 +13,12 @@ import functools
 import inspect
 import sys
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _budgets
 from ._background import LATER
-from ._context import _lenses, current_lenses
+from ._context import current_context, current_lenses
 from ._errors import warn_internal
 from ._extract import OPERATIONS, body_view, output_text, request_shape, response_shape
 from ._monitor import _Call
@@ -134,20 +134,17 @@ def _begin_later(
     try:
         headers = options.headers
         raw = headers.get(_RAW_HEADER) if isinstance(headers, Mapping) else None
-        around = current_lenses()
-        token = _lenses.set(())  # counted in no lens run unless it sees the end (a poll counts nowhere)
-        try:
-            shape = request_shape("responses", {}, stream=stream)
-            call = _Call("responses", shape, endpoint, raw, False, 0 if counts_retries else None)
-        finally:
-            _lenses.reset(token)
+        shape = request_shape("responses", {}, stream=stream)
+        # made in an empty context: counted in no lens run unless it sees the end (a poll counts nowhere)
+        call = Context().run(_Call, "responses", shape, endpoint, raw, False, 0 if counts_retries else None)
     except Exception as exc:
         monitor._report("reading the request", exc)
         return None
     call.owner = LATER
+    call.context = current_context()
     call.background_id = rest.partition("/")[0]
     call.answer = None
-    call.around = around
+    call.around = current_lenses()
     if monitor.capture_content:
         call.client = client
         call.content = {}  # the request's, when the response began here; the output

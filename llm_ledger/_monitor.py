@@ -455,11 +455,13 @@ class LLMCallMonitor:
         output_text: str | None = None,
     ) -> None:
         """Record a call that ended, once: counted in the lens runs it began in, then emitted."""
-        if call.owner is not _records._id_prefix:
-            if call.owner is LATER:  # a background response's retrieve or cancel
+        # taken in one line, with no switch point inside: two threads ending it at once (a stream
+        # closed on one as another reads on) find it theirs once, also under a debugger's tracer
+        owner, call.owner = call.owner, None
+        if owner is not _records._id_prefix:
+            if owner is LATER:  # a background response's retrieve or cancel
                 self._later(call, status, response, usage_obj, error, output_text)
             return
-        call.owner = None
         record, cost_units = self._record(call, status, response, usage_obj, error, output_text)
         # counted before the sinks may change the record (counting normalised counts cannot fail),
         # settled after: a lens's record follows its calls'
@@ -487,7 +489,6 @@ class LLMCallMonitor:
         process (a poll of one still running records nothing). One begun here, by its monitor, with the
         request, context, start and open lens runs of the call that began it; one begun elsewhere, with
         the retrieve's context and lens runs and the request its Response states."""
-        call.owner = None
         reason = None if response is None else response["finish_reason"]
         if reason is None or reason in PENDING_STATUSES:
             return

@@ -444,6 +444,56 @@ def test_a_stream_closed_from_another_thread_while_read_is_interrupted(
     assert run.summary is not None and run.summary["errors"] == 0
 
 
+def test_a_stream_ended_by_two_threads_at_once_is_recorded_once(
+    client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A stream closed on one thread between two chunks as its reader, on another, reads on: both end
+    it at once, and it is recorded (and counted in its lens) once. The closing thread runs under a
+    Python tracer, as under a debugger or a profiler: other threads may run between any two of its
+    lines. The tracer holds it at its second line recording the call, the scheduler's worst moment."""
+    recording = llm_ledger.LLMCallMonitor._finish.__code__
+    held, go = threading.Event(), threading.Event()
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not recording:
+            return None
+        lines = []
+
+        def each_line(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line":
+                lines.append(frame.f_lineno)
+                if len(lines) == 2 and not held.is_set():
+                    held.set()
+                    go.wait(5)
+            return each_line
+
+        return each_line
+
+    def close() -> None:
+        sys.settrace(tracer)  # this thread's only
+        stream.close()
+
+    with monitor.lens("chat") as run:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=SLOW
+        )
+        chunks = iter(stream)
+        next(chunks)
+        closer = threading.Thread(target=close)
+        closer.start()
+        try:
+            assert held.wait(5)
+            # the reader reads on: the closed body fails, as without the ledger
+            with pytest.raises(STREAM_BREAKS):
+                for _ in chunks:
+                    pass
+        finally:
+            go.set()
+            closer.join(5)
+    assert [(r["status"], r["error"]) for r in records.calls] == [("interrupted", None)]
+    assert run.summary is not None and run.summary["total_api_calls"] == 1 and run.summary["errors"] == 0
+
+
 @pytest.mark.asyncio
 async def test_an_async_stream_closed_from_another_task_while_read_is_interrupted(
     aclient: openai.AsyncOpenAI, records: Captured
