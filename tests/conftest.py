@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
 import importlib.metadata
@@ -37,6 +38,11 @@ for _name in [n for n in os.environ if n.startswith(("LLM_LEDGER_", "OPENAI_")) 
     del os.environ[_name]
 
 FAKE_KEY = "sk-test-LEAKCHECK-0123456789abcdef"
+
+# Among the last things this process does at exit, after every pytest cleanup (the last collection of
+# its unraisable-exception check among them): freeze what is left, so that the interpreter's shutdown
+# does not walk every object the session imported and made (over half a CPU-second a pytest process)
+atexit.register(gc.freeze)
 
 # pytester's in-process runs drop the modules first imported inside them, and a client imports its
 # HTTP stack (httpcore2, h11, anyio) lazily: a test's client made after such a run would import it

@@ -44,12 +44,13 @@ APP = textwrap.dedent(
 
 # a gunicorn.conf.py line that shows the INFO lines of llm_ledger.internal (the /metrics server's port)
 SHOW_INFO = "import logging; logging.basicConfig(level=logging.INFO)\n"
-# the first line of each test's gunicorn.conf.py: the master imports the openai SDK once, and the workers
+# the first lines of each test's gunicorn.conf.py: the master imports the openai SDK once, and the workers
 # it forks (two at start, another at each --max-requests replacement) start with it imported, as the
 # suite's warm child Pythons do (tests/warm_python.py): importing it was most of a worker's start.
 # llm_ledger and prometheus_client are imported by each worker's app as in production (the SDK
-# imports neither)
-SDK_IMPORTED = "import openai\n"
+# imports neither). The master then freezes what it imported (as the warm Pythons' server does): a
+# worker's exit no longer collects all of the SDK's objects
+SDK_IMPORTED = "import gc, openai\ngc.freeze()\n"
 SERVING = re.compile(r"llm-ledger: serving /metrics on http://127\.0\.0\.1:(\d+)/metrics")
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")  # gunicorn's own, for the app
 

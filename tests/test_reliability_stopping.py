@@ -241,7 +241,8 @@ def test_sigkill_loses_at_most_one_batch_and_two_intervals(tmp_path: Path) -> No
         _said(later)  # whose threads write
         returned, returned_at = time.monotonic(), time.time()
         path = tmp_path / "later" / "llm_calls.jsonl"
-        while len(read_lines(path)) < emitted and time.monotonic() - returned < 10:
+        # lines counted, not parsed, while waiting: parsed once they are all there (below)
+        while path.read_bytes().count(b"\n") < emitted and time.monotonic() - returned < 10:
             time.sleep(0.05)
         # until the last write landed (the file's mtime), not until this loop saw it: on a loaded host
         # the loop is starved too, and its delay is not the writer's (3.8 s measured by the loop once)
