@@ -52,6 +52,7 @@ class _StreamState:
 
     running: str | None = None  # a background response's last status while it runs (set on it only)
     stopped = False  # closed by the caller while another thread or task read it: its failure is no error
+    keyed = False  # a chunk had a usage field (null or not): the server answers the ledger's include_usage
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
         call.let_go()  # the call outlives its request: what its record takes from the response is kept
@@ -99,11 +100,22 @@ class _StreamState:
             return True  # not one of the SDK's models: handed on unread
         shown = self.chat_fields(fields)
         if shown and self.hide_usage and fields is not chunk:
-            # usage asked for on the caller's behalf comes as null (or counts so far) on every
-            # chunk: the bare SDK's chunk has no usage set (to_dict() shows it)
-            fields["usage"] = None
-            chunk.__pydantic_fields_set__.discard("usage")
+            self._hide_usage(chunk, fields)
         return shown
+
+    def _hide_usage(self, chunk: Any, fields: dict[str, Any]) -> None:
+        """Take the usage the ledger asked for off an SDK chunk the caller gets: it comes as null (or
+        counts so far) on every chunk from the first, and the bare SDK's chunk has no usage set
+        (to_dict() shows it). Usage first seen on a chunk that finishes is the server's own (Mistral
+        sends it there unasked): the caller gets it, as from the bare SDK."""
+        given = chunk.__pydantic_fields_set__
+        if not self.keyed and fields.get("usage") is not None:
+            choices = [_fields(choice) or {} for choice in fields.get("choices") or ()]
+            if any(choice.get("finish_reason") for choice in choices):
+                return
+        self.keyed = self.keyed or "usage" in given
+        fields["usage"] = None
+        given.discard("usage")
 
     def chat_fields(self, fields: dict[str, Any]) -> bool:
         """Count one chunk given as its field dict (a model's ``__dict__``, or the JSON object);
@@ -165,8 +177,7 @@ class _StreamState:
             if self.hide_usage:
                 if not chunk.choices and chunk.usage is not None:
                     return False
-                chunk.__dict__["usage"] = None  # as chat() hands it on
-                chunk.__pydantic_fields_set__.discard("usage")
+                self._hide_usage(chunk, chunk.__dict__)  # as chat() hands it on
         except Exception:
             pass  # not an SDK chunk: handed on
         return True

@@ -1,5 +1,6 @@
 """Usage the ledger asks a stream for on the caller's behalf stays out of the caller's chunks, also
-from a compatible server that puts it on content chunks (``x-fake-usage-style: every-chunk``)."""
+from a compatible server that puts it on content chunks (``x-fake-usage-style: every-chunk``); usage
+a server sends unasked (``x-fake-usage-style: mistral``) reaches the caller."""
 
 from __future__ import annotations
 
@@ -110,3 +111,32 @@ async def test_monitor_without_stream_usage_leaves_usage_on_chunks_alone(
     kwargs = {**kwargs, "stream_options": {"include_usage": True}}
     watched = await _chunks(sdk(monitor), operation, kwargs, False)
     assert all(chunk["usage"]["total_tokens"] for chunk in watched)
+
+
+MISTRAL = {"x-fake-usage-style": "mistral"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_usage_the_server_sends_unasked_reaches_the_caller(
+    is_async: bool,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+) -> None:
+    """A server that puts the usage on its finishing chunk whether asked or not (Mistral): the
+    caller gets it there, as from the bare SDK; the ledger hides only what it asked for."""
+    _, kwargs = REQUESTS["chat"]
+
+    def open_stream(c: Any) -> Any:
+        return c.chat.completions.create(**kwargs, stream=True, extra_headers=MISTRAL)
+
+    bare = await bare_stream_chunks(open_stream, fake_openai, is_async)
+    watched = await stream_chunks(open_stream, aclient if is_async else client, is_async)
+    assert (fake_openai.requests[-1].json or {})["stream_options"] == {"include_usage": True}  # asked
+    assert bare[-1]["usage"]["total_tokens"] and bare[-1]["choices"][0]["finish_reason"] == "stop"
+    assert watched == bare
+    [record] = records.calls
+    assert record["status"] == "ok"
+    assert record["usage"]["total_tokens"] == bare[-1]["usage"]["total_tokens"]
