@@ -99,10 +99,11 @@ def _begin(
         request = request_shape(operation, sent, stream=stream)
         headers = options.headers
         raw = headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
-        # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
-        # (only the SDK's parsed chunks can hide the extra usage chunk) or said include_usage: False
+        # ask a stream for usage on the caller's behalf, unless the caller may read the HTTP body
+        # itself (with_raw_response's http_response too: only the SDK's parsed chunks can hide the
+        # usage asked for, and no one can from the bytes) or said include_usage: False
         hide_usage = False
-        if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw in (None, "true"):
+        if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw is None:
             given = body.get("stream_options")
             given = given if isinstance(given, Mapping) else {}
             # stream_options in extra_body would go over ours: theirs stand
@@ -186,12 +187,9 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
         raw = call.raw
         if raw is not None and hasattr(result, "http_response"):  # with_raw / with_streaming_response
             http_response = result.http_response
-            if call.request["stream"] and raw == "true":
-                # with_raw_response: parse() is cached by the SDK and not a coroutine, even on async
-                # clients: the caller's parse() gets the stream watched here
-                watch_stream(monitor, call, result.parse(), is_async=is_async)
-            elif call.request["stream"] or raw == "stream":
-                # the body is not read yet, and the caller may read it any way: watch its bytes
+            if call.request["stream"] or raw == "stream":
+                # the body is not read yet, and the caller may read it any way (with_raw_response's
+                # parse() or http_response, with_streaming_response's): watch its bytes
                 tap_body(monitor, call, http_response, is_async=is_async)
             else:
                 # the SDK read the body: read it as create() would, without the caller's parse()

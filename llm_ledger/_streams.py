@@ -668,6 +668,11 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
     body = _Body(state, headers, sse, library, request)
     if call.operation == "speech" and not sse:
         body.parts = None  # only the body's end is seen
+    if http_response.is_stream_consumed:  # read already, decoded (a mock transport's, a cassette's)
+        body.decoders = []
+        body.feed(http_response.content)
+        body.end()
+        return
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected (by the body, apart from
     # the tap: the tap holds the library's stream, which holds the response, never collected then)

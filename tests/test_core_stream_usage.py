@@ -4,6 +4,7 @@ a server sends unasked (``x-fake-usage-style: mistral``) reaches the caller."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -12,7 +13,7 @@ import pytest
 import llm_ledger
 import llm_ledger._streams
 from llm_ledger.testing import Captured, FakeOpenAI
-from tests.test_ledger_paths import bare_stream_chunks, stream_chunks
+from tests.test_ledger_paths import _maybe, bare_stream_chunks, stream_chunks
 
 EVERY_CHUNK = {"x-fake-usage-style": "every-chunk"}
 REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -118,7 +119,9 @@ MISTRAL = {"x-fake-usage-style": "mistral"}
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("path", ["create", "with_raw_response"])
 async def test_usage_the_server_sends_unasked_reaches_the_caller(
+    path: str,
     is_async: bool,
     fake_openai: FakeOpenAI,
     client: openai.OpenAI,
@@ -129,14 +132,79 @@ async def test_usage_the_server_sends_unasked_reaches_the_caller(
     caller gets it there, as from the bare SDK; the ledger hides only what it asked for."""
     _, kwargs = REQUESTS["chat"]
 
-    def open_stream(c: Any) -> Any:
-        return c.chat.completions.create(**kwargs, stream=True, extra_headers=MISTRAL)
+    async def open_stream(c: Any) -> Any:
+        if path == "create":
+            return await _maybe(c.chat.completions.create(**kwargs, stream=True, extra_headers=MISTRAL))
+        raw = c.chat.completions.with_raw_response.create(**kwargs, stream=True, extra_headers=MISTRAL)
+        return (await _maybe(raw)).parse()
 
     bare = await bare_stream_chunks(open_stream, fake_openai, is_async)
     watched = await stream_chunks(open_stream, aclient if is_async else client, is_async)
-    assert (fake_openai.requests[-1].json or {})["stream_options"] == {"include_usage": True}  # asked
+    if path == "create":  # asked for on the caller's behalf (not where the caller may read the bytes)
+        assert (fake_openai.requests[-1].json or {})["stream_options"] == {"include_usage": True}
     assert bare[-1]["usage"]["total_tokens"] and bare[-1]["choices"][0]["finish_reason"] == "stop"
     assert watched == bare
     [record] = records.calls
     assert record["status"] == "ok"
     assert record["usage"]["total_tokens"] == bare[-1]["usage"]["total_tokens"]
+
+
+async def _lines(client: Any, path: str, is_async: bool, kwargs: dict[str, Any]) -> list[Any]:
+    """A chat stream's body read as raw lines through ``path``, each event's JSON less its id."""
+    resource = client.chat.completions
+    if path == "with_raw_response":
+        raw = await _maybe(resource.with_raw_response.create(**kwargs, stream=True))
+        http = raw.http_response
+        try:
+            got = [line async for line in http.aiter_lines()] if is_async else list(http.iter_lines())
+        finally:
+            await _maybe(http.aclose() if is_async else http.close())
+    else:
+        manager = resource.with_streaming_response.create(**kwargs, stream=True)
+        if is_async:
+            async with manager as response:
+                got = [line async for line in response.iter_lines()]
+        else:
+            with manager as response:
+                got = list(response.iter_lines())
+    events = [json.loads(line[6:]) if line.startswith("data: {") else line for line in got]
+    return [{k: v for k, v in e.items() if k != "id"} if type(e) is dict else e for e in events]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("path", ["with_raw_response", "with_streaming_response"])
+@pytest.mark.parametrize("include_usage", [None, True])
+@pytest.mark.parametrize("style", ["openai", "mistral"])
+async def test_a_stream_read_as_raw_lines_is_the_bare_sdks(
+    style: str,
+    include_usage: bool | None,
+    path: str,
+    is_async: bool,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+) -> None:
+    """A caller reading a stream's raw lines (``with_raw_response``'s ``http_response``,
+    ``with_streaming_response``) gets the bare SDK's lines: no usage chunk nor ``"usage": null`` it
+    did not ask for (the ledger asks for none where the caller may read the bytes), and the usage a
+    server sends unasked; the record is the stream's, with the usage the stream carried."""
+    _, kwargs = REQUESTS["chat"]
+    kwargs = {**kwargs, "extra_headers": {"x-fake-usage-style": style}}
+    if include_usage is not None:
+        kwargs["stream_options"] = {"include_usage": include_usage}
+    bare_client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
+        api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
+    )
+    try:
+        bare = await _lines(bare_client, path, is_async, kwargs)
+    finally:
+        await _maybe(bare_client.close())
+    watched = await _lines(aclient if is_async else client, path, is_async, kwargs)
+    assert watched == bare and "data: [DONE]" in bare
+    usage = [event["usage"] for event in bare if type(event) is dict and event.get("usage")]
+    assert len(usage) == (1 if include_usage or style == "mistral" else 0)  # Mistral's, unasked
+    [record] = records.calls
+    assert record["status"] == "ok" and record["response"]["finish_reason"] == "stop"
+    assert record["usage"]["total_tokens"] == (usage[0]["total_tokens"] if usage else None)
