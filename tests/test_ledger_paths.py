@@ -432,9 +432,8 @@ def _in_memory_client(body: bytes, content_type: str, is_async: bool) -> Any:
 async def test_a_body_read_already_is_recorded_as_create_records_it(
     path: str, is_async: bool, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:
-    """A streamed body a mock transport or a replayed cassette hands over whole is recorded as
-    create() records it, when the caller reads it, through with_raw_response or
-    with_streaming_response."""
+    """A streamed body a mock transport or a replayed cassette hands over read already is recorded
+    as create() records it, through with_raw_response or with_streaming_response."""
     with client.chat.completions.with_streaming_response.create(**CHAT_STREAM) as answered:
         body, content_type = answered.read(), answered.headers["content-type"]
     target = monitor.instrument(_in_memory_client(body, content_type, is_async))
