@@ -187,9 +187,15 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
         raw = call.raw
         if raw is not None and hasattr(result, "http_response"):  # with_raw / with_streaming_response
             http_response = result.http_response
-            if call.request["stream"] or raw == "stream":
-                # the body is not read yet, and the caller may read it any way (with_raw_response's
-                # parse() or http_response, with_streaming_response's): watch its bytes
+            if call.request["stream"] and raw == "true":
+                # with_raw_response: parse() is cached by the SDK and not a coroutine, even on async
+                # clients: the caller's parse() gets the stream watched here; a caller reading
+                # http_response itself gets its bytes tapped (the tap stands aside when parse() reads)
+                stream = result.parse()
+                watch_stream(monitor, call, stream, is_async=is_async)
+                tap_body(monitor, call, http_response, is_async=is_async, beside=stream._iterator)
+            elif call.request["stream"] or raw == "stream":
+                # the body is not read yet, and the caller may read it any way: watch its bytes
                 tap_body(monitor, call, http_response, is_async=is_async)
             else:
                 # the SDK read the body: read it as create() would, without the caller's parse()

@@ -507,6 +507,8 @@ class _Body:
             self.see = state.media
         self.request = request
         self.sse = sse
+        self.beside: weakref.ref[Any] | None = None  # the shell of an SDK stream reading the body too
+        self.set_aside = False
         self.content_type = headers.get("content-type") or ""
         self.buffer = bytearray()
         self.after_cr = False  # the last piece ended with CR: an LF starting the next ends that line
@@ -610,9 +612,21 @@ class _Body:
 
     ended = end  # read to its end (the shells' word for it)
 
+    def aside(self) -> bool:
+        """Whether the tap stands aside: the SDK stream watched beside it (``with_raw_response``'s
+        ``parse()``) reads the body, and records the call; the tap neither reads nor records it."""
+        shell = self.beside and self.beside()  # weak: the body must hold no cycle through the response
+        if shell is not None and (getattr(shell, "gi_running", False) or getattr(shell, "ag_running", False)):
+            self.beside = None
+            self.set_aside = True
+            _open.discard(self.state)  # never recorded here
+        return self.set_aside
+
     def stop(self, status: Status = "interrupted") -> None:
         """The body was closed before its end: an event stream the ledger reads ends as its events
         say; any other body is ``status``."""
+        if self.set_aside:
+            return
         if self.sse and self.parts is not None:
             self.state.end()
         else:
@@ -627,9 +641,13 @@ class _Tap:
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._body.aside():
+            return iter(self._stream)
         return _watch_sync(self._body, self._stream, self._body.feed)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._body.aside():
+            return aiter(self._stream)
         return _watch_async(self._body, self._stream, self._body.feed)
 
     def close(self) -> None:
@@ -653,8 +671,11 @@ def _tap_class(library: str, is_async: bool) -> type:
     return type("_Tap", (_Tap, base), {"__module__": __name__})
 
 
-def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool) -> None:
-    """Read ``http_response``'s body as the caller reads it, and record the call when it ends."""
+def tap_body(
+    monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool, beside: Any = None
+) -> None:
+    """Read ``http_response``'s body as the caller reads it, and record the call when it ends; unless
+    the shell ``beside`` (of an SDK stream over the same body, watched) reads it."""
     state = _StreamState(monitor, call)
     try:
         request = http_response.request  # named by the APIError of an error in the stream
@@ -673,6 +694,8 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
         body.feed(http_response.content)
         body.end()
         return
+    if beside is not None:
+        body.beside = weakref.ref(beside)
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected (by the body, apart from
     # the tap: the tap holds the library's stream, which holds the response, never collected then)
