@@ -99,11 +99,12 @@ def _begin(
         request = request_shape(operation, sent, stream=stream)
         headers = options.headers
         raw = headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
-        # ask a stream for usage on the caller's behalf, unless the caller may read the HTTP body
-        # itself (with_raw_response's http_response too: only the SDK's parsed chunks can hide the
-        # usage asked for, and no one can from the bytes) or said include_usage: False
+        # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
+        # (only the SDK's parsed chunks can hide the usage asked for) or said include_usage: False.
+        # with_raw_response's is asked: its callers parse() it (LangChain, header readers), and one
+        # reading its http_response's bytes instead sees the usage asked for (docs/RELIABILITY.md)
         hide_usage = False
-        if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw is None:
+        if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw in (None, "true"):
             given = body.get("stream_options")
             given = given if isinstance(given, Mapping) else {}
             # stream_options in extra_body would go over ours: theirs stand

@@ -264,8 +264,8 @@ class LLMCallMonitor:
         capture_content: record message text, output text and error messages (off by default).
         redact: applied to every captured string before it is recorded.
         stream_usage: ask streamed chat calls for usage (``stream_options.include_usage``) when
-            the caller did not, and hide what was asked for from the caller (not on
-            ``with_raw_response`` / ``with_streaming_response``, whose raw bytes the caller may read).
+            the caller did not, and hide what was asked for from the caller's chunks (not on
+            ``with_streaming_response``, whose raw bytes are the caller's).
         logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only.
         sinks: callables receiving every record dict.
 
