@@ -99,7 +99,7 @@ _HEADERS: dict[str, Any] = {
     ),
     "usage-style": (
         "openai", "deepseek", "xai", "gemini", "perplexity", "openrouter", "openrouter-byok", "moonshot",
-        "every-chunk", "in-choice", "total-only",
+        "every-chunk", "in-choice", "total-only", "mistral",
     ),
     "transfer": ("close",),
     "line-ending": ("crlf", "cr"),
@@ -554,7 +554,8 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
             return _Reply(answer)
         return _with_usage(answer, usage, faults)
 
-    extra = _chunk_usage(body, headers, faults, usage)
+    # Mistral's stream ignores stream_options: its usage comes on the finishing chunk, asked for or not
+    extra = {} if style == "mistral" else _chunk_usage(body, headers, faults, usage)
     head = {**base, "object": "chat.completion.chunk", **tier}
 
     def chunks(delta: JSONDict, finish_reason: str | None = None) -> list[JSONDict]:
@@ -586,6 +587,8 @@ def _chat(body: JSONDict, headers: dict[str, str], num: int, faults: set[str]) -
     if not extra and style in ("moonshot", "in-choice") and "no-usage" not in faults:
         # Moonshot's stream without include_usage: the usage in the choice that finishes
         ending[0]["choices"][0]["usage"] = usage
+    elif style == "mistral" and "no-usage" not in faults:
+        ending[-1]["usage"] = usage
     return _chunks_end(events + ending, head, extra, usage)
 
 

@@ -100,7 +100,9 @@ def _begin(
         headers = options.headers
         raw = headers.get(_RAW_HEADER) if type(headers) is dict or isinstance(headers, Mapping) else None
         # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
-        # (only the SDK's parsed chunks can hide the extra usage chunk) or said include_usage: False
+        # (only the SDK's parsed chunks can hide the usage asked for) or said include_usage: False.
+        # with_raw_response's is asked: its callers parse() it (LangChain, header readers), and one
+        # reading its http_response's bytes instead sees the usage asked for (docs/RELIABILITY.md)
         hide_usage = False
         if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw in (None, "true"):
             given = body.get("stream_options")
@@ -185,8 +187,11 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
             http_response = result.http_response
             if call.request["stream"] and raw == "true":
                 # with_raw_response: parse() is cached by the SDK and not a coroutine, even on async
-                # clients: the caller's parse() gets the stream watched here
-                watch_stream(monitor, call, result.parse(), is_async=is_async)
+                # clients: the caller's parse() gets the stream watched here; a caller reading
+                # http_response itself gets its bytes tapped (the tap stands aside when parse() reads)
+                stream = result.parse()
+                watch_stream(monitor, call, stream, is_async=is_async)
+                tap_body(monitor, call, http_response, is_async=is_async, beside=stream._iterator)
             elif call.request["stream"] or raw == "stream":
                 # the body is not read yet, and the caller may read it any way: watch its bytes
                 tap_body(monitor, call, http_response, is_async=is_async)

@@ -264,7 +264,8 @@ class LLMCallMonitor:
         capture_content: record message text, output text and error messages (off by default).
         redact: applied to every captured string before it is recorded.
         stream_usage: ask streamed chat calls for usage (``stream_options.include_usage``) when
-            the caller did not, and hide the extra usage chunk from the caller.
+            the caller did not, and hide what was asked for from the caller's chunks (not on
+            ``with_streaming_response``, whose raw bytes are the caller's).
         logger: name of the logger records go to (``llm_monitor``); ``None`` for sinks only.
         sinks: callables receiving every record dict.
 

@@ -52,6 +52,7 @@ class _StreamState:
 
     running: str | None = None  # a background response's last status while it runs (set on it only)
     stopped = False  # closed by the caller while another thread or task read it: its failure is no error
+    keyed = False  # a chunk had a usage field (null or not): the server answers the ledger's include_usage
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
         call.let_go()  # the call outlives its request: what its record takes from the response is kept
@@ -99,11 +100,22 @@ class _StreamState:
             return True  # not one of the SDK's models: handed on unread
         shown = self.chat_fields(fields)
         if shown and self.hide_usage and fields is not chunk:
-            # usage asked for on the caller's behalf comes as null (or counts so far) on every
-            # chunk: the bare SDK's chunk has no usage set (to_dict() shows it)
-            fields["usage"] = None
-            chunk.__pydantic_fields_set__.discard("usage")
+            self._hide_usage(chunk, fields)
         return shown
+
+    def _hide_usage(self, chunk: Any, fields: dict[str, Any]) -> None:
+        """Take the usage the ledger asked for off an SDK chunk the caller gets: it comes as null (or
+        counts so far) on every chunk from the first, and the bare SDK's chunk has no usage set
+        (to_dict() shows it). Usage first seen on a chunk that finishes is the server's own (Mistral
+        sends it there unasked): the caller gets it, as from the bare SDK."""
+        given = chunk.__pydantic_fields_set__
+        if not self.keyed and fields.get("usage") is not None:
+            choices = [_fields(choice) or {} for choice in fields.get("choices") or ()]
+            if any(choice.get("finish_reason") for choice in choices):
+                return
+        self.keyed = self.keyed or "usage" in given
+        fields["usage"] = None
+        given.discard("usage")
 
     def chat_fields(self, fields: dict[str, Any]) -> bool:
         """Count one chunk given as its field dict (a model's ``__dict__``, or the JSON object);
@@ -165,8 +177,7 @@ class _StreamState:
             if self.hide_usage:
                 if not chunk.choices and chunk.usage is not None:
                     return False
-                chunk.__dict__["usage"] = None  # as chat() hands it on
-                chunk.__pydantic_fields_set__.discard("usage")
+                self._hide_usage(chunk, chunk.__dict__)  # as chat() hands it on
         except Exception:
             pass  # not an SDK chunk: handed on
         return True
@@ -496,6 +507,8 @@ class _Body:
             self.see = state.media
         self.request = request
         self.sse = sse
+        self.beside: weakref.ref[Any] | None = None  # the shell of an SDK stream reading the body too
+        self.set_aside = False
         self.content_type = headers.get("content-type") or ""
         self.buffer = bytearray()
         self.after_cr = False  # the last piece ended with CR: an LF starting the next ends that line
@@ -599,9 +612,21 @@ class _Body:
 
     ended = end  # read to its end (the shells' word for it)
 
+    def aside(self) -> bool:
+        """Whether the tap stands aside: the SDK stream watched beside it (``with_raw_response``'s
+        ``parse()``) reads the body, and records the call; the tap neither reads nor records it."""
+        shell = self.beside and self.beside()  # weak: the body must hold no cycle through the response
+        if shell is not None and (getattr(shell, "gi_running", False) or getattr(shell, "ag_running", False)):
+            self.beside = None
+            self.set_aside = True
+            _open.discard(self.state)  # never recorded here
+        return self.set_aside
+
     def stop(self, status: Status = "interrupted") -> None:
         """The body was closed before its end: an event stream the ledger reads ends as its events
         say; any other body is ``status``."""
+        if self.set_aside:
+            return
         if self.sse and self.parts is not None:
             self.state.end()
         else:
@@ -616,9 +641,13 @@ class _Tap:
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._body.aside():
+            return iter(self._stream)
         return _watch_sync(self._body, self._stream, self._body.feed)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._body.aside():
+            return aiter(self._stream)
         return _watch_async(self._body, self._stream, self._body.feed)
 
     def close(self) -> None:
@@ -642,8 +671,11 @@ def _tap_class(library: str, is_async: bool) -> type:
     return type("_Tap", (_Tap, base), {"__module__": __name__})
 
 
-def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool) -> None:
-    """Read ``http_response``'s body as the caller reads it, and record the call when it ends."""
+def tap_body(
+    monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool, beside: Any = None
+) -> None:
+    """Read ``http_response``'s body as the caller reads it, and record the call when it ends; unless
+    the shell ``beside`` (of an SDK stream over the same body, watched) reads it."""
     state = _StreamState(monitor, call)
     try:
         request = http_response.request  # named by the APIError of an error in the stream
@@ -657,6 +689,13 @@ def tap_body(monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_asy
     body = _Body(state, headers, sse, library, request)
     if call.operation == "speech" and not sse:
         body.parts = None  # only the body's end is seen
+    if http_response.is_stream_consumed:  # read already, decoded (a mock transport's, a cassette's)
+        body.decoders = []
+        body.feed(http_response.content)
+        body.end()
+        return
+    if beside is not None:
+        body.beside = weakref.ref(beside)
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected (by the body, apart from
     # the tap: the tap holds the library's stream, which holds the response, never collected then)

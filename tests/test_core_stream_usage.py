@@ -1,8 +1,10 @@
 """Usage the ledger asks a stream for on the caller's behalf stays out of the caller's chunks, also
-from a compatible server that puts it on content chunks (``x-fake-usage-style: every-chunk``)."""
+from a compatible server that puts it on content chunks (``x-fake-usage-style: every-chunk``); usage
+a server sends unasked (``x-fake-usage-style: mistral``) reaches the caller."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -11,7 +13,7 @@ import pytest
 import llm_ledger
 import llm_ledger._streams
 from llm_ledger.testing import Captured, FakeOpenAI
-from tests.test_ledger_paths import bare_stream_chunks, stream_chunks
+from tests.test_ledger_paths import _maybe, bare_stream_chunks, stream_chunks
 
 EVERY_CHUNK = {"x-fake-usage-style": "every-chunk"}
 REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -110,3 +112,103 @@ async def test_monitor_without_stream_usage_leaves_usage_on_chunks_alone(
     kwargs = {**kwargs, "stream_options": {"include_usage": True}}
     watched = await _chunks(sdk(monitor), operation, kwargs, False)
     assert all(chunk["usage"]["total_tokens"] for chunk in watched)
+
+
+MISTRAL = {"x-fake-usage-style": "mistral"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("path", ["create", "with_raw_response"])
+async def test_usage_the_server_sends_unasked_reaches_the_caller(
+    path: str,
+    is_async: bool,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+) -> None:
+    """A server that puts the usage on its finishing chunk whether asked or not (Mistral): the
+    caller gets it there, as from the bare SDK; the ledger hides only what it asked for."""
+    _, kwargs = REQUESTS["chat"]
+
+    async def open_stream(c: Any) -> Any:
+        if path == "create":
+            return await _maybe(c.chat.completions.create(**kwargs, stream=True, extra_headers=MISTRAL))
+        raw = c.chat.completions.with_raw_response.create(**kwargs, stream=True, extra_headers=MISTRAL)
+        return (await _maybe(raw)).parse()
+
+    bare = await bare_stream_chunks(open_stream, fake_openai, is_async)
+    watched = await stream_chunks(open_stream, aclient if is_async else client, is_async)
+    if path == "create":  # asked for on the caller's behalf (not where the caller may read the bytes)
+        assert (fake_openai.requests[-1].json or {})["stream_options"] == {"include_usage": True}
+    assert bare[-1]["usage"]["total_tokens"] and bare[-1]["choices"][0]["finish_reason"] == "stop"
+    assert watched == bare
+    [record] = records.calls
+    assert record["status"] == "ok"
+    assert record["usage"]["total_tokens"] == bare[-1]["usage"]["total_tokens"]
+
+
+async def _lines(client: Any, path: str, is_async: bool, kwargs: dict[str, Any]) -> list[Any]:
+    """A chat stream's body read as raw lines through ``path``, each event's JSON less its id."""
+    resource = client.chat.completions
+    if path == "with_raw_response":
+        raw = await _maybe(resource.with_raw_response.create(**kwargs, stream=True))
+        http = raw.http_response
+        try:
+            got = [line async for line in http.aiter_lines()] if is_async else list(http.iter_lines())
+        finally:
+            await _maybe(http.aclose() if is_async else http.close())
+    else:
+        manager = resource.with_streaming_response.create(**kwargs, stream=True)
+        if is_async:
+            async with manager as response:
+                got = [line async for line in response.iter_lines()]
+        else:
+            with manager as response:
+                got = list(response.iter_lines())
+    events = [json.loads(line[6:]) if line.startswith("data: {") else line for line in got]
+    return [{k: v for k, v in e.items() if k != "id"} if type(e) is dict else e for e in events]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("path", ["with_raw_response", "with_streaming_response"])
+@pytest.mark.parametrize("include_usage", [None, True])
+@pytest.mark.parametrize("style", ["openai", "mistral"])
+async def test_a_stream_read_as_raw_lines_is_the_bare_sdks(
+    style: str,
+    include_usage: bool | None,
+    path: str,
+    is_async: bool,
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    aclient: openai.AsyncOpenAI,
+    records: Captured,
+) -> None:
+    """A caller reading a stream's raw lines (``with_raw_response``'s ``http_response``,
+    ``with_streaming_response``) is recorded as one reading its chunks, with the usage the stream
+    carried. ``with_streaming_response``'s lines are the bare SDK's: no usage chunk nor ``"usage":
+    null`` it did not ask for, and the usage a server sends unasked. ``with_raw_response`` is asked for
+    usage as ``create()`` is (its callers ``parse()`` it): its lines are those of a bare caller who
+    asked (a documented limit)."""
+    _, kwargs = REQUESTS["chat"]
+    kwargs = {**kwargs, "extra_headers": {"x-fake-usage-style": style}}
+    if include_usage is not None:
+        kwargs["stream_options"] = {"include_usage": include_usage}
+    asked = path == "with_raw_response" and include_usage is None  # by the ledger, for parse()
+    bare_client: Any = (openai.AsyncOpenAI if is_async else openai.OpenAI)(
+        api_key="sk-bare", base_url=fake_openai.base_url, max_retries=0
+    )
+    try:
+        as_sent = {**kwargs, "stream_options": {"include_usage": True}} if asked else kwargs
+        bare = await _lines(bare_client, path, is_async, as_sent)
+    finally:
+        await _maybe(bare_client.close())
+    watched = await _lines(aclient if is_async else client, path, is_async, kwargs)
+    assert watched == bare and "data: [DONE]" in bare
+    usage = [event["usage"] for event in bare if type(event) is dict and event.get("usage")]
+    assert len(usage) == (1 if include_usage or asked or style == "mistral" else 0)  # Mistral's, unasked
+    [record] = records.calls
+    assert record["status"] == "ok" and record["response"]["finish_reason"] == "stop"
+    assert record["usage"]["total_tokens"] == (usage[0]["total_tokens"] if usage else None)

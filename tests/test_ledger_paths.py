@@ -412,6 +412,41 @@ async def test_streaming_response_stream_is_sent_unchanged(
     assert record["usage"]["total_tokens"] is None
 
 
+def _in_memory_client(body: bytes, content_type: str, is_async: bool) -> Any:
+    """A real SDK client answered from memory, as a mock transport (respx) or a replayed cassette
+    answers: the body read already when the SDK gets the response."""
+
+    def handler(request: sdk_http.Request) -> sdk_http.Response:
+        return sdk_http.Response(200, headers={"content-type": content_type}, content=body)
+
+    transport = sdk_http.MockTransport(handler)
+    if is_async:
+        http: Any = sdk_http.AsyncClient(transport=transport)
+        return openai.AsyncOpenAI(api_key=FAKE_KEY, max_retries=0, http_client=http)
+    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=sdk_http.Client(transport=transport))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("path", ["chat with_raw_response stream", "chat with_streaming_response stream"])
+async def test_a_body_read_already_is_recorded_as_create_records_it(
+    path: str, is_async: bool, client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """A streamed body a mock transport or a replayed cassette hands over read already is recorded
+    as create() records it, through with_raw_response or with_streaming_response."""
+    with client.chat.completions.with_streaming_response.create(**CHAT_STREAM) as answered:
+        body, content_type = answered.read(), answered.headers["content-type"]
+    target = monitor.instrument(_in_memory_client(body, content_type, is_async))
+    try:
+        await PATHS[path][0](target)
+        await chat_create_stream(target)
+    finally:
+        await _maybe(target.close())
+    _, got, expected = records.calls
+    assert _essentials(got) == _essentials(expected)
+    assert got["status"] == "ok" and got["usage"]["total_tokens"]
+
+
 def _malformed_stream_client(is_async: bool) -> Any:
     """A real SDK client whose chat stream sends one event, then one whose data is not JSON."""
     chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
