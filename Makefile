@@ -42,8 +42,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # three workers on two cores: many tests wait on a server, a subprocess or a scrape, not on a core, and
-# a third worker fills those waits (make test with a cold mypy cache on a quiet host: 1 min 37 s; with two
-# workers, 2 min 17 s before the suite's last trims).
+# a third worker fills those waits (docs/DEVELOPMENT.md says how long make test takes).
 # Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (the files are git-ignored): without
 # it every worker and every Python a test starts compiles llm_ledger and rewrites the test modules
 # again
