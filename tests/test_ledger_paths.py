@@ -412,6 +412,15 @@ async def test_streaming_response_stream_is_sent_unchanged(
     assert record["usage"]["total_tokens"] is None
 
 
+def _answered_by(handler: Any, is_async: bool) -> Any:
+    """A real SDK client whose requests ``handler`` answers in memory (the HTTP library's mock transport)."""
+    transport = sdk_http.MockTransport(handler)
+    if is_async:
+        http: Any = sdk_http.AsyncClient(transport=transport)
+        return openai.AsyncOpenAI(api_key=FAKE_KEY, max_retries=0, http_client=http)
+    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=sdk_http.Client(transport=transport))
+
+
 def _in_memory_client(body: bytes, content_type: str, is_async: bool) -> Any:
     """A real SDK client answered from memory, as a mock transport (respx) or a replayed cassette
     answers: the body read already when the SDK gets the response."""
@@ -419,11 +428,7 @@ def _in_memory_client(body: bytes, content_type: str, is_async: bool) -> Any:
     def handler(request: sdk_http.Request) -> sdk_http.Response:
         return sdk_http.Response(200, headers={"content-type": content_type}, content=body)
 
-    transport = sdk_http.MockTransport(handler)
-    if is_async:
-        http: Any = sdk_http.AsyncClient(transport=transport)
-        return openai.AsyncOpenAI(api_key=FAKE_KEY, max_retries=0, http_client=http)
-    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=sdk_http.Client(transport=transport))
+    return _answered_by(handler, is_async)
 
 
 @pytest.mark.asyncio
@@ -463,11 +468,7 @@ def _malformed_stream_client(is_async: bool) -> Any:
     def handler(request: sdk_http.Request) -> sdk_http.Response:
         return sdk_http.Response(200, headers={"content-type": "text/event-stream"}, stream=Body())
 
-    transport = sdk_http.MockTransport(handler)
-    if is_async:
-        http: Any = sdk_http.AsyncClient(transport=transport)
-        return openai.AsyncOpenAI(api_key=FAKE_KEY, max_retries=0, http_client=http)
-    return openai.OpenAI(api_key=FAKE_KEY, max_retries=0, http_client=sdk_http.Client(transport=transport))
+    return _answered_by(handler, is_async)
 
 
 @pytest.mark.asyncio
