@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+
 from ._errors import ConfigError, check_hook
 from ._pricing import day_parts
 from ._records import LENS_EVENT, AnomalyRecord, AnomalyShape, anomaly_record, process_of
@@ -37,6 +39,15 @@ _MAX_STARTS: Final = 10_000  # (process, service, lens, model) kept; past it, th
 # (Iglewicz and Hoaglin's fallback for a MAD of 0)
 _MEAN_TO_MAD: Final = 0.6745 / math.sqrt(2 / math.pi)
 _Key = tuple[str | None, str, str | None]  # what a baseline is of: (service, lens key, models)
+
+
+def _as_logged(value: Any) -> Any:
+    """A live run's context value as the rebuild reads it back from the log (an ``Enum`` member as its
+    value, a tuple as a list, a date as ISO text...): its baseline is the same after a restart."""
+    try:
+        return loads(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
+    except (TypeError, ValueError, RecursionError):  # what the log writes otherwise: str() of it
+        return str(value)
 
 
 def _number(name: str, value: Any, *, whole: bool, low: float, why: str) -> None:
@@ -209,6 +220,8 @@ class AnomalyDetector:
         # runs would make the other's look anomalous, or hide its runaways. str(): a service read from
         # a log may be any JSON value, a list (unhashable) among them
         service = context.get("service")
+        if service is not None and type(service) is not str:
+            service = _as_logged(service)
         key: _Key = (None if service is None else str(service), lens, model)
         config = self.config
         linear = config.scale == "linear"

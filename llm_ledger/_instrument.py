@@ -191,7 +191,7 @@ def _succeed(monitor: LLMCallMonitor, call: _Call, result: Any, is_async: bool) 
                 # http_response itself gets its bytes tapped (the tap stands aside when parse() reads)
                 stream = result.parse()
                 watch_stream(monitor, call, stream, is_async=is_async)
-                tap_body(monitor, call, http_response, is_async=is_async, beside=stream._iterator)
+                tap_body(monitor, call, http_response, is_async=is_async, beside=stream)
             elif call.request["stream"] or raw == "stream":
                 # the body is not read yet, and the caller may read it any way: watch its bytes
                 tap_body(monitor, call, http_response, is_async=is_async)

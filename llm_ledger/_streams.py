@@ -53,6 +53,7 @@ class _StreamState:
     running: str | None = None  # a background response's last status while it runs (set on it only)
     stopped = False  # closed by the caller while another thread or task read it: its failure is no error
     keyed = False  # a chunk had a usage field (null or not): the server answers the ledger's include_usage
+    tap: _Body | None = None  # with_raw_response's tap on the body: it records the call unless this reads
 
     def __init__(self, monitor: LLMCallMonitor, call: _Call) -> None:
         call.let_go()  # the call outlives its request: what its record takes from the response is kept
@@ -438,7 +439,10 @@ def _on_this_stack(frame: FrameType | None) -> bool:
 
 
 def _collected(state: _StreamState, response: Any) -> None:
-    state.end()
+    if state.tap is None or state.tap.set_aside:
+        state.end()
+    else:  # never read: the caller may still read the body it taps (recorded when that is collected)
+        _open.discard(state)
 
 
 # -- the SDK's stream helpers: what they raise above the stream ---------------------------------------
@@ -675,7 +679,7 @@ def tap_body(
     monitor: LLMCallMonitor, call: _Call, http_response: Any, *, is_async: bool, beside: Any = None
 ) -> None:
     """Read ``http_response``'s body as the caller reads it, and record the call when it ends; unless
-    the shell ``beside`` (of an SDK stream over the same body, watched) reads it."""
+    the SDK stream ``beside`` (over the same body, watched) reads it."""
     state = _StreamState(monitor, call)
     try:
         request = http_response.request  # named by the APIError of an error in the stream
@@ -695,7 +699,8 @@ def tap_body(
         body.end()
         return
     if beside is not None:
-        body.beside = weakref.ref(beside)
+        body.beside = weakref.ref(beside._iterator)
+        beside._llm_ledger_state.tap = body
     http_response.stream = _tap_class(library, is_async)(body, http_response.stream)
     # a body never read nor closed: record it when the response is collected (by the body, apart from
     # the tap: the tap holds the library's stream, which holds the response, never collected then)

@@ -3,6 +3,7 @@ lens key are judged each against its own runs, live, after a rebuild from the lo
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,27 @@ def test_at_most_a_thousand_baselines_are_kept_with_services_in_the_key(others: 
     for n in range(others):
         observe(f"tenant-{n}")
     assert bool(observe("api", factor=10)) is kept
+
+
+class Service(str, enum.Enum):  # noqa: UP042 -- the (str, Enum) mixin is the case: StrEnum str()s to its value
+    API = "api"
+    BATCH = "batch"
+
+
+def test_a_service_named_by_an_enum_keeps_its_baseline_after_a_restart(
+    fresh_config: None, tmp_path: Path, sdk: Sdk
+) -> None:
+    """A service given as an ``Enum`` member is written to the log as its value (``"api"``), which the
+    rebuild reads: the live runs after a restart meet that baseline, and api's runaway is caught judged
+    on its runs before the restart too (keyed by ``str()`` of the member, they started anew)."""
+    with logging_to(tmp_path / "llm_calls.jsonl", sdk) as (monitor, client):
+        for service, words in [(Service.BATCH, TENFOLD)] * 6 + [(Service.API, STEADY)] * 6:
+            _run(client, monitor, service, words)
+    monitor = _restart(tmp_path)
+    client = sdk(monitor)
+    with capture() as records:
+        _run(client, monitor, Service.BATCH, TENFOLD)
+        _run(client, monitor, Service.API, STEADY)
+        assert _flagged(records) == []
+        _run(client, monitor, Service.API, TENFOLD)
+        assert _flagged(records) == _runaway(Service.API, 7)

@@ -4,6 +4,7 @@ a server sends unasked (``x-fake-usage-style: mistral``) reaches the caller."""
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -212,3 +213,31 @@ async def test_a_stream_read_as_raw_lines_is_the_bare_sdks(
     [record] = records.calls
     assert record["status"] == "ok" and record["response"]["finish_reason"] == "stop"
     assert record["usage"]["total_tokens"] == (usage[0]["total_tokens"] if usage else None)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_raw_lines_read_after_the_raw_response_is_collected_are_recorded(
+    is_async: bool, client: openai.OpenAI, aclient: openai.AsyncOpenAI, records: Captured
+) -> None:
+    """A caller keeping only ``with_raw_response``'s ``http_response`` and reading its lines: the
+    SDK stream ``parse()`` would have given, never read, is collected meanwhile (a cycle: at any
+    collection); the call is recorded once, ``ok``, when the lines end, not ``interrupted`` then."""
+    _, kwargs = REQUESTS["chat"]
+    if is_async:
+        http = (await aclient.chat.completions.with_raw_response.create(**kwargs, stream=True)).http_response
+        gc.collect()
+        try:
+            lines = [line async for line in http.aiter_lines()]
+        finally:
+            await http.aclose()
+    else:
+        http = client.chat.completions.with_raw_response.create(**kwargs, stream=True).http_response
+        gc.collect()
+        try:
+            lines = list(http.iter_lines())
+        finally:
+            http.close()
+    assert "data: [DONE]" in lines
+    [record] = records.calls
+    assert record["status"] == "ok" and record["usage"]["total_tokens"]
