@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-_MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes
+_MAX_PENDING_LINES = 100_000  # lines kept for retry while the disk refuses writes, or queued while one hangs
 _BATCH_LINES = 512  # a batch is written as soon as this many lines wait
 _BATCH_BYTES = 1024 * 1024  # ... or this many bytes (large lines: content capture)
 _INTERVAL_S = 1.0  # ... or, while lines come, once the oldest has waited this long
@@ -214,6 +214,8 @@ class JsonlFileHandler(logging.Handler):
         self._started: float | None = None  # when the first line now queued came (monotonic)
         self._bytes = 0  # about how many bytes of lines are queued (callers on several threads add)
         self._pending = bytearray()  # whole lines taken from the queue and not yet written
+        self._dropping = threading.Lock()  # held by the caller dropping queued lines (see _drop_queued)
+        self._writing_since: float | None = None  # when the write under way began (monotonic)
 
     def _after_fork_in_child(self) -> None:
         self._new_queue()  # the writer thread did not survive the fork
@@ -278,6 +280,8 @@ class JsonlFileHandler(logging.Handler):
                 # the writer thread writes it (see _write), awake: had it taken this batch's first line
                 # between its caller queuing it and reading _started, it went idle on an empty queue
                 self._queued.set()
+            if len(queue) > _MAX_PENDING_LINES:  # not written: a write may hang (see _drop_queued)
+                self._drop_queued()
 
     def _drain_taken(self, timeout: float, on_caller: bool = False) -> bool:
         """``_drain()`` on this thread once it has the write lock (``timeout`` s, -1: for good);
@@ -437,6 +441,7 @@ class JsonlFileHandler(logging.Handler):
         finally:
             if not done:  # the flushes waiting on these lines wait for the writer thread
                 queue.extendleft(reversed(events))
+            self._writing_since = None
             if self._closed:  # the descriptor is closed under the write lock only (see close())
                 self._close_fd()
         if done:
@@ -451,7 +456,7 @@ class JsonlFileHandler(logging.Handler):
         and cut a partial line a killed writer left."""
         pending = self._pending
         written = 0
-        started = time.monotonic()
+        started = self._writing_since = time.monotonic()
         try:
             self._reopen_if_moved()
             fd = self._fd
@@ -512,6 +517,41 @@ class JsonlFileHandler(logging.Handler):
             )
         self._callers_write = elapsed <= _SLOW_WRITE_S
         return True
+
+    def _drop_queued(self) -> None:
+        """While a write hangs (an NFS server that stopped answering: it may never return), drop the
+        oldest queued lines beyond ``_MAX_PENDING_LINES``, as while the disk refuses writes: memory stays
+        bounded. Never while writes work: only once the write under way is slower than a slow one."""
+        since = self._writing_since
+        if since is None or time.monotonic() - since <= _SLOW_WRITE_S:
+            return
+        if not self._dropping.acquire(blocking=False):
+            return  # another caller is dropping them
+        queue = self._queue
+        flushes: list[threading.Event] = []  # kept: a flush() waits for the lines after it instead
+        dropped = 0
+        try:
+            while len(queue) > _MAX_PENDING_LINES:
+                item = queue.popleft()
+                if isinstance(item, bytes):
+                    dropped += 1
+                else:
+                    flushes.append(item)
+        except IndexError:  # the write returned meanwhile, and its writer took the queue
+            pass
+        finally:
+            queue.extendleft(reversed(flushes))
+            self._dropping.release()
+        self._lost += dropped
+        if once_a_minute(_last_failure, ("hung write", self.path)):
+            internal_log.error(
+                "llm-ledger cannot write %s (a write has not returned for %.1f s: a file system that "
+                "stopped answering); %d records queued behind it, %d dropped so far",
+                self.path,
+                time.monotonic() - since,
+                len(queue),
+                self._lost,
+            )
 
     def _say_truncated(self, size: int) -> None:
         """Once: the file shrank under this writer, which lost what was written since the copy."""

@@ -224,6 +224,87 @@ def test_a_slow_write_leaves_writing_to_the_writer_thread_until_writes_are_fast_
     assert written == list(range(4 * batch))
 
 
+def test_lines_queued_behind_a_hung_write_are_bounded_the_oldest_dropped_and_reported(
+    interval: Any,
+    handler: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """Behind a write that hangs (an NFS server that stopped answering) the queue is bounded as while the
+    disk refuses writes: past the cap the oldest lines are dropped, counted and reported, not kept until
+    the process runs out of memory; once the write returns the newest lines are written whole."""
+    interval(60.0)  # the writer thread stays out of it
+    cap, slow_s = 1000, _jsonl._SLOW_WRITE_S
+    monkeypatch.setattr(_jsonl, "_MAX_PENDING_LINES", cap)
+    h = handler()
+    answers, hung = threading.Event(), threading.Event()
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if not answers.is_set():
+            hung.set()
+            answers.wait(30)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    batch = _jsonl._BATCH_LINES
+
+    def first_batch() -> None:  # one thread's call writes it, and hangs; the others' calls go on
+        for n in range(batch):
+            _emit(h, n)
+
+    stuck = threading.Thread(target=first_batch)
+    stuck.start()
+    try:
+        assert hung.wait(10)
+        monkeypatch.setattr(_jsonl, "_SLOW_WRITE_S", 60.0)  # a write under way, not yet slow: all kept
+        for n in range(batch, batch + 3 * cap):
+            _emit(h, n)
+        assert len(h._queue) == 3 * cap
+        monkeypatch.setattr(_jsonl, "_SLOW_WRITE_S", slow_s)
+        time.sleep(slow_s)  # the write has now hung longer than a slow write takes
+        _emit(h, batch + 3 * cap)
+        assert len(h._queue) == cap
+    finally:
+        answers.set()
+        stuck.join(10)
+    h.flush()
+    reports = [r.getMessage() for r in internal_log.records if r.name == "llm_ledger.internal"]
+    assert any(f"{cap} records queued behind it, {2 * cap + 1} dropped so far" in m for m in reports)
+    text = (tmp_path / "llm_calls.jsonl").read_bytes()
+    assert text.endswith(b"\n")
+    written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
+    assert written == [*range(batch), *range(batch + 2 * cap + 1, batch + 3 * cap + 1)]
+
+
+def test_a_burst_beyond_the_cap_is_never_dropped_while_writes_work(
+    interval: Any, handler: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cap applies only behind a write that hangs: a burst larger than it, queued for the writer
+    thread (one write was slow, so calls leave writing to it) while writes work, is written whole."""
+    interval(60.0)
+    cap = 100
+    monkeypatch.setattr(_jsonl, "_MAX_PENDING_LINES", cap)
+    h = handler()
+    real_write = os.write
+    slow = [True]
+
+    def write(fd: int, data: Any) -> int:
+        if slow[0]:
+            slow[0] = False
+            time.sleep(_jsonl._SLOW_WRITE_S + 0.05)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    total = _jsonl._BATCH_LINES + 20 * cap
+    for n in range(total):  # the first batch written slowly by its call, the rest queued
+        _emit(h, n)
+    assert len(h._queue) > cap
+    h.flush()
+    assert [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")] == list(range(total))
+
+
 @pytest.mark.parametrize("when", ["before the write", "after the write"])
 def test_an_interrupt_while_a_call_writes_its_batch_loses_nothing(
     interval: Any, handler: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
