@@ -102,13 +102,18 @@ def _begin(
         # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
         # (only the SDK's parsed chunks can hide the usage asked for) or said include_usage: False.
         # with_raw_response's is asked: its callers parse() it (LangChain, header readers), and one
-        # reading its http_response's bytes instead sees the usage asked for (docs/RELIABILITY.md)
+        # reading its http_response's bytes instead sees the usage asked for (docs/RELIABILITY.md).
+        # Not a server that streams it unasked (Moonshot's, in the choice that finishes)
         hide_usage = False
         if stream and operation in _USAGE_CHUNKS and monitor.stream_usage and raw in (None, "true"):
             given = body.get("stream_options")
             given = given if isinstance(given, Mapping) else {}
             # stream_options in extra_body would go over ours: theirs stand
-            if given.get("include_usage") is None and (sent is body or "stream_options" not in extra):
+            if (
+                given.get("include_usage") is None
+                and (sent is body or "stream_options" not in extra)
+                and not endpoint.usage_unasked(monitor.prices)
+            ):
                 options = options.model_copy()
                 options.json_data = {**body, "stream_options": {**given, "include_usage": True}}
                 hide_usage = True

@@ -33,6 +33,10 @@ _OTEL_NAMES: Final = {
 # base URLs genai-prices' patterns miss, with their provider: OpenAI's data residency endpoints
 # (eu.api.openai.com, us.api.openai.com), which genai-prices' ``https://api\.openai\.com`` does not match
 _MORE_PATTERNS: Final = ((re.compile(r"https://[a-z0-9-]+\.api\.openai\.com(?:[:/]|$)"), "openai"),)
+# providers whose chat streams carry the usage unasked, and elsewhere once asked (the ledger asks theirs
+# for none, so the caller gets what the bare SDK gets): Moonshot (Kimi) in the finishing chunk's
+# choices[0].usage, in OpenAI's usage chunk once asked. Known by the base URL, not the prices chosen
+_USAGE_UNASKED: Final = frozenset({"moonshotai"})
 # (scheme, netloc) -> (address, port); hosts are few (one per client base URL), the cap only guards a bug
 _cache: dict[tuple[str, bytes], tuple[str | None, int | None]] = {}
 
@@ -72,7 +76,8 @@ class Endpoint:
         fields = getattr(client, "__dict__", {})
         self._url_attr = next((n for n in ("_configured_base_url", "_base_url") if n in fields), None)
         self.azure = any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
-        self._resolved: tuple[PriceTable, Any, Route] | None = None  # the table, the URL, their route
+        # the table, the URL, their route, whether the URL's server streams usage unasked
+        self._resolved: tuple[PriceTable, Any, Route, bool] | None = None
 
     def _current_url(self) -> Any:
         client = self._client
@@ -94,8 +99,15 @@ class Endpoint:
             base_url, host, port = "", None, None
         provider = detect_provider(base_url, azure=self.azure)
         route = table.route(host, port, provider=provider)
-        self._resolved = (table, url, route)
+        self._resolved = (table, url, route, provider in _USAGE_UNASKED)
         return route
+
+    def usage_unasked(self, table: PriceTable) -> bool:
+        """Whether this client's server streams chat usage unasked (``_USAGE_UNASKED``: Moonshot's), by its
+        base URL; resolved with :meth:`route`."""
+        self.route(table)
+        resolved = self._resolved
+        return resolved is not None and resolved[3]
 
 
 def server_of(url: Any) -> ServerShape:

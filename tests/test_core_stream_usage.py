@@ -14,6 +14,7 @@ import pytest
 import llm_ledger
 import llm_ledger._streams
 from llm_ledger.testing import Captured, FakeOpenAI
+from tests.test_cost_audit import async_provider_client, provider_client
 from tests.test_ledger_paths import _maybe, bare_stream_chunks, stream_chunks
 
 EVERY_CHUNK = {"x-fake-usage-style": "every-chunk"}
@@ -148,6 +149,58 @@ async def test_usage_the_server_sends_unasked_reaches_the_caller(
     [record] = records.calls
     assert record["status"] == "ok"
     assert record["usage"]["total_tokens"] == bare[-1]["usage"]["total_tokens"]
+
+
+MOONSHOT = {"x-fake-usage-style": "moonshot"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("path", ["create", "with_raw_response"])
+async def test_a_server_that_streams_usage_unasked_is_not_asked_for_it(
+    path: str, is_async: bool, fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
+) -> None:
+    """Moonshot (Kimi) streams the usage unasked in the finishing chunk's ``choices[0].usage``, and in
+    OpenAI's usage chunk in its place when asked: the ledger does not ask it, so the caller gets that
+    chunk as from the bare SDK, and the record still has the usage and a cost."""
+    kwargs = {"model": "kimi-k2-0905-preview", "messages": [{"role": "user", "content": "Tell me a tale"}]}
+
+    async def open_stream(c: Any) -> Any:
+        if path == "create":
+            return await _maybe(c.chat.completions.create(**kwargs, stream=True, extra_headers=MOONSHOT))
+        raw = c.chat.completions.with_raw_response.create(**kwargs, stream=True, extra_headers=MOONSHOT)
+        return (await _maybe(raw)).parse()
+
+    bare = await bare_stream_chunks(open_stream, fake_openai, is_async)
+    kimi: Any = (async_provider_client if is_async else provider_client)(
+        fake_openai, "https://api.moonshot.ai/v1"
+    )
+    try:
+        watched = await stream_chunks(open_stream, monitor.instrument(kimi), is_async)
+    finally:
+        await _maybe(kimi.close())
+    assert "stream_options" not in (fake_openai.requests[-1].json or {})
+    in_choice = bare[-1]["choices"][0]["usage"]
+    assert in_choice["total_tokens"] and bare[-1]["choices"][0]["finish_reason"] == "stop"
+    assert watched == bare
+    [record] = records.calls
+    assert record["server"]["provider"] == "moonshotai"
+    assert record["usage"]["total_tokens"] == in_choice["total_tokens"]
+    assert record["cost"]["total_cost_usd"]
+
+
+def test_a_gateway_priced_as_moonshot_is_still_asked_for_usage(
+    fake_openai: FakeOpenAI, monitor: llm_ledger.LLMCallMonitor, client: openai.OpenAI, records: Captured
+) -> None:
+    """A host the price table names Moonshot (a gateway, which may not stream Moonshot's way) is asked
+    for usage as any server is: only Moonshot's own base URL is known to send it unasked."""
+    monitor.prices = llm_ledger.PriceTable(hosts={"127.0.0.1": llm_ledger.HostPrice("moonshotai")})
+    _, kwargs = REQUESTS["chat"]
+    for _ in client.chat.completions.create(**{**kwargs, "model": "kimi-k2-0905-preview"}, stream=True):
+        pass
+    assert (fake_openai.requests[-1].json or {})["stream_options"] == {"include_usage": True}
+    [record] = records.calls
+    assert record["server"]["provider"] == "moonshotai" and record["usage"]["total_tokens"]
 
 
 async def _lines(client: Any, path: str, is_async: bool, kwargs: dict[str, Any]) -> list[Any]:

@@ -23,24 +23,43 @@ HI: Any = [{"role": "user", "content": "summarise the meeting notes for the whol
 GENAI = f"genai-prices {genai_prices.__version__}"
 
 
+def _to_loopback(server: FakeOpenAI, request: Any, content: bytes) -> Any:
+    """``request`` to a provider's host carried to the loopback ``server``, at the endpoint's plain path."""
+    loopback = sdk_http.URL(server.base_url)
+    endpoint = request.url.path.rsplit("/", 2)
+    path = "/v1/" + ("/".join(endpoint[1:]) if endpoint[-2] == "chat" else endpoint[-1])
+    url = request.url.copy_with(scheme="http", host=loopback.host, port=loopback.port, path=path)
+    return sdk_http.Request(request.method, url, headers=request.headers, content=content)
+
+
 class _ToLoopback(sdk_http.BaseTransport):
     """The SDK's requests to a provider's host carried to the loopback server (the host cannot be reached
-    here), at the endpoint's plain path; the SDK, and the ledger, still see the base URL the client names."""
+    here); the SDK, and the ledger, still see the base URL the client names."""
 
     def __init__(self, server: FakeOpenAI) -> None:
-        self._server = sdk_http.URL(server.base_url)
+        self._server = server
         self._inner = sdk_http.HTTPTransport()
 
     def handle_request(self, request: Any) -> Any:
-        endpoint = request.url.path.rsplit("/", 2)
-        path = "/v1/" + ("/".join(endpoint[1:]) if endpoint[-2] == "chat" else endpoint[-1])
-        url = request.url.copy_with(scheme="http", host=self._server.host, port=self._server.port, path=path)
-        return self._inner.handle_request(
-            sdk_http.Request(request.method, url, headers=request.headers, content=request.read())
-        )
+        return self._inner.handle_request(_to_loopback(self._server, request, request.read()))
 
     def close(self) -> None:
         self._inner.close()
+
+
+class _AsyncToLoopback(sdk_http.AsyncBaseTransport):
+    """:class:`_ToLoopback` for an async client."""
+
+    def __init__(self, server: FakeOpenAI) -> None:
+        self._server = server
+        self._inner = sdk_http.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: Any) -> Any:
+        content = await request.aread()
+        return await self._inner.handle_async_request(_to_loopback(self._server, request, content))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def provider_client(server: FakeOpenAI, base_url: str) -> openai.OpenAI:
@@ -50,6 +69,16 @@ def provider_client(server: FakeOpenAI, base_url: str) -> openai.OpenAI:
         base_url=base_url,
         max_retries=0,
         http_client=sdk_http.Client(transport=_ToLoopback(server)),
+    )
+
+
+def async_provider_client(server: FakeOpenAI, base_url: str) -> openai.AsyncOpenAI:
+    """:func:`provider_client`'s async twin."""
+    return openai.AsyncOpenAI(
+        api_key=FAKE_KEY,
+        base_url=base_url,
+        max_retries=0,
+        http_client=sdk_http.AsyncClient(transport=_AsyncToLoopback(server)),
     )
 
 
@@ -134,11 +163,22 @@ def test_a_moonshot_call_costs_the_same_streamed_or_not_as_openais_shape_of_it(
     moonshot: openai.OpenAI, fake_openai: FakeOpenAI, records: Captured, stream: bool
 ) -> None:
     """The same Kimi call answered in OpenAI's usage shape and in Moonshot's (cache hits beside
-    ``prompt_tokens``), streamed or not: one usage and one cost, with the cache hits at Kimi's rate."""
+    ``prompt_tokens``), streamed or not: one usage and one cost, with the cache hits at Kimi's rate. A
+    stream's usage comes in OpenAI's shape when the caller asks for it, else in the choice that finishes."""
     for style in ("openai", "moonshot"):
-        call(moonshot, "kimi-k2-0905-preview", stream, cached_tokens="2048", usage_style=style)
+        asked: Any = {"stream_options": {"include_usage": True}} if stream and style == "openai" else {}
+        answer = moonshot.chat.completions.create(
+            model="kimi-k2-0905-preview",
+            messages=HI,
+            stream=stream,
+            extra_headers={"x-fake-cached-tokens": "2048", "x-fake-usage-style": style},
+            **asked,
+        )
+        if stream:
+            for _ in answer:
+                pass
     body = fake_openai.answers[-1].body
-    sent = body[-1]["usage"] if isinstance(body, list) else body["usage"]
+    sent = body[-1]["choices"][0]["usage"] if isinstance(body, list) else body["usage"]
     assert sent["cached_tokens"] == 2048 and "prompt_tokens_details" not in sent  # Moonshot's shape
     openai_shape, moonshot_shape = records.calls
     assert moonshot_shape["usage"] == openai_shape["usage"]
