@@ -1015,8 +1015,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     # per request (a handler serves every request of its connection): the answer's Content-Encoding
-    # (x-fake-encoding, "" for none), the `slow` fault's delay, the request's number and arrival
-    _encoding, _delay, _num, _started = "", 0.0, 0, 0.0
+    # (x-fake-encoding, "" for none), the `slow` fault's delay, the request's number and arrival, and
+    # the server's reset() count when its head was read (see _dispatch)
+    _encoding, _delay, _num, _started, _generation = "", 0.0, 0, 0.0, 0
 
     def setup(self) -> None:
         super().setup()
@@ -1072,6 +1073,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         self._started, self._delay, self._encoding = time.monotonic(), 0.0, ""
         fake = self.server.fake
+        # the request began once its head was read: one whose body still comes (an upload) at a reset()
+        # belongs to the test before it, however late it arrives whole
+        self._generation = fake._generation
         unreadable: _Refusal | None = None
         try:
             raw = self._read_body()
@@ -1090,7 +1094,7 @@ class _Handler(BaseHTTPRequestHandler):
         retries = int(retry) if retry.isdigit() else None
         # numbered, and given its queued failure, on arrival: not when a `slow` fault's delay ends
         self._num, failure = fake._arrived(
-            RecordedRequest(self.command, url.path, headers, body, raw, retries, url.query)
+            RecordedRequest(self.command, url.path, headers, body, raw, retries, url.query), self._generation
         )
         faults = {f.strip() for f in headers.get("x-fake-fault", "").split(",") if f.strip()}
         attempts = headers.get("x-fake-fault-attempts", "").strip()
@@ -1112,7 +1116,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = exc.reply
         except Exception as exc:  # a request the fake does not understand: answer like a server bug would
             reply = _Refusal(500, f"fake server error: {exc!r}").reply
-        fake._answered(self._num, route, reply)
+        fake._answered(self._generation, route, reply)
         self._send(reply, faults, headers)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch  # the rest get http.server's 501
@@ -1231,7 +1235,7 @@ class FakeOpenAI:
         self.answers: list[RecordedAnswer] = []
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
-        self._forgotten = 0  # reset() forgets the requests numbered up to this one: their answers too
+        self._generation = 0  # how many reset()s so far: a request begun before one is forgotten
         self._failures: list[_Reply] = []  # queued by fail_next(), one per request
         self._responses: dict[str, _Job] = {}  # the last Responses answered, by id, for GET and cancel
         self._server: _Server | None = None
@@ -1310,10 +1314,11 @@ class FakeOpenAI:
             self._failures += [answer] * times
 
     def reset(self) -> None:
-        """Forget recorded requests and answers (Realtime events too), and queued failures; the answer
-        to a request that came before, still on its way (a `slow` one its client gave up on), too."""
+        """Forget recorded requests and answers (Realtime events too), and queued failures; a request
+        begun before, still on its way (a `slow` one its client gave up on, an upload still coming),
+        too: neither it nor its answer is recorded, and it takes no failure queued after."""
         with self._lock:
-            self._forgotten = next(self._counter)  # the next request is numbered one higher
+            self._generation += 1
             self.requests.clear()
             self.answers.clear()
             self._failures.clear()
@@ -1373,20 +1378,23 @@ class FakeOpenAI:
                 return _Reply(_running(job.final, "in_progress"))
             return _Reply(job.final)
 
-    def _arrived(self, request: RecordedRequest) -> tuple[int, _Reply | None]:
-        """Record ``request``: its number, and the failure queued for it."""
+    def _arrived(self, request: RecordedRequest, generation: int) -> tuple[int, _Reply | None]:
+        """Record ``request``, begun after ``generation`` resets: its number, and the failure queued
+        for it (none for a request begun before the last reset)."""
         with self._lock:
+            if generation != self._generation:
+                return next(self._counter), None
             if self.history:
                 self.requests.append(request)
             return next(self._counter), self._failures.pop(0) if self._failures else None
 
-    def _answered(self, num: int, path: str, reply: _Reply | _Stream) -> None:
+    def _answered(self, generation: int, path: str, reply: _Reply | _Stream) -> None:
         if not self.history:
             return
         status, body = (200, reply.events) if isinstance(reply, _Stream) else (reply.status, reply.body)
         answer = RecordedAnswer(path, status, None if isinstance(body, bytes) else body)
         with self._lock:
-            if num > self._forgotten:
+            if generation == self._generation:
                 self.answers.append(answer)
 
 

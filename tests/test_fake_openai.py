@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import io
 import json
 import math
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -800,6 +802,61 @@ def test_reset_forgets_the_answer_to_a_request_that_came_before_it(fake: FakeOpe
         completion = sdk.chat.completions.create(model=MODEL, messages=USER, extra_headers=later)
     assert [answer.body["id"] for answer in fake.answers] == [completion.id]
     assert len(fake.requests) == 1
+
+
+class _HeldUpload(io.RawIOBase):
+    """An audio file whose first ``size`` bytes read at once and whose end waits for ``release``: more
+    than the sockets' buffers hold, so once its end is asked for the server is reading the body."""
+
+    def __init__(self, size: int) -> None:
+        self.left, self.waiting, self.release = size, threading.Event(), threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.left:
+            self.waiting.set()
+            self.release.wait(30)
+            return 0
+        n = min(len(buffer), self.left)
+        buffer[:n] = b"\0" * n
+        self.left -= n
+        return n
+
+
+def test_reset_forgets_a_request_begun_before_it_that_arrives_after(fake: FakeOpenAI) -> None:
+    """A request begun before reset() whose body is still coming (a failed test's upload, its thread
+    left running) arrives whole after it: it is not recorded among the requests after the reset, nor is
+    its answer, and it does not take a failure queued for the next test's request."""
+    upload = _HeldUpload(16 * 2**20)
+    done: list[Any] = []
+    with openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0) as sdk:
+
+        def transcribe() -> None:
+            try:
+                done.append(
+                    sdk.audio.transcriptions.create(
+                        model="whisper-1", file=("left.wav", io.BufferedReader(upload))
+                    )
+                )
+            except openai.APIError as exc:
+                done.append(exc)
+
+        leftover = threading.Thread(target=transcribe)
+        leftover.start()
+        try:
+            assert upload.waiting.wait(30)
+            fake.reset()
+            fake.fail_next(429)  # the next test's
+        finally:
+            upload.release.set()
+            leftover.join(30)
+        assert [type(answer).__name__ for answer in done] == ["Transcription"]  # answered as any request
+        with pytest.raises(openai.RateLimitError):
+            sdk.chat.completions.create(model=MODEL, messages=USER)
+    assert [(r.path, r.retry_count) for r in fake.requests] == [("/v1/chat/completions", 0)]
+    assert [(a.path, a.status) for a in fake.answers] == [("/v1/chat/completions", 429)]
 
 
 def test_a_queued_failure_goes_to_the_next_request_to_arrive(fake: FakeOpenAI) -> None:
