@@ -757,6 +757,35 @@ def test_lens_keys_beyond_the_cap_are_other_in_metrics_and_their_own_on_spans(sd
         OTelSink(telemetry.tracer_provider, MeterProvider(), max_lenses=0)
 
 
+def test_a_lens_or_tier_named_other_is_said_once_as_the_prometheus_sink_says_it(
+    otel: Telemetry, internal_log: pytest.LogCaptureFixture
+) -> None:
+    """A lens keyed "other" or a service tier named "other" shares its metrics' attribute sets with the
+    lens keys or tiers past the cap, as the Prometheus sink's label value does: the sink says so once per
+    attribute on llm_ledger.internal, naming the fix, where nothing told the operator before."""
+    for lens in ("other", "digest", "other"):
+        with otel.monitor.lens(lens):
+            otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    with capture(otel.monitor) as records:
+        otel.client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    (call,) = records.calls
+    for tier in ("other", "flex", "other"):  # no server answers a tier "other": the record says one did
+        otel.sink({**call, "response": {**call["response"], "service_tier": tier}})
+    costs = otel.metrics()["llm_ledger.cost"]
+    assert sorted(p.attributes.get("llm_ledger.lens", "-") for p in costs) == [
+        "-",
+        "-",
+        "-",
+        "digest",
+        "other",
+    ]
+    said = [r.getMessage() for r in internal_log.records if "reserved" in r.getMessage()]
+    assert len(said) == 2
+    assert "lens key 'other'" in said[0] and "llm_ledger.lens" in said[0] and "past the cap" in said[0]
+    assert "another key" in said[0]
+    assert "service tier 'other'" in said[1] and "openai.response.service_tier" in said[1]
+
+
 def test_budget_breaches_and_anomalies_are_counted_as_their_records_and_the_prometheus_sink_say(
     sdk: Sdk,
 ) -> None:

@@ -165,6 +165,19 @@ def _flush(provider: Any) -> None:
             _internal_log.warning("llm-ledger: exporting %r at the process's end failed: %s", provider, exc)
 
 
+def _say_reserved(attribute: str) -> None:
+    """Once per sink and attribute: a lens key or service tier named ``other`` shares the metrics of
+    those past the cap (as ``PrometheusSink`` says of its reserved label values)."""
+    lens = attribute == "llm_ledger.lens"
+    _internal_log.warning(
+        "llm-ledger: OTelSink: the %s 'other' is a reserved value of the %s attribute, so its metrics also "
+        "count the %s past the cap (docs/exporters.md, OpenTelemetry)%s; the JSONL file and the spans keep "
+        "them apart",
+        "lens key" if lens else "service tier", attribute, "lenses" if lens else "tiers",
+        "; give the lens another key to tell them apart" if lens else "",
+    )  # fmt: skip
+
+
 def _openai_v2_instrumented() -> bool:
     """Whether ``OpenAIInstrumentor().instrument()`` is in force (its class keeps the one instance)."""
     cls = getattr(sys.modules.get(_OPENAI_V2), "OpenAIInstrumentor", None)
@@ -574,14 +587,19 @@ class OTelSink:
 
     def _kept(self, kept: set[str], cap: int, raw: Any) -> str | None:
         """A served tier or a lens key as a metric attribute: itself, or ``other`` past ``cap``
-        distinct ones (spans carry it as it is)."""
+        distinct ones (spans carry it as it is). One named ``other`` shares the attribute sets of those
+        past the cap: said once, as the Prometheus sink says it of its reserved label values."""
         if raw is None or raw in kept:
             return raw  # type: ignore[no-any-return]
         with self._lock:
-            if len(kept) < cap:
-                kept.add(raw)
+            if raw in kept:
                 return raw  # type: ignore[no-any-return]
-        return OTHER
+            if len(kept) >= cap:
+                return OTHER
+            kept.add(raw)
+        if raw == OTHER:
+            _say_reserved("llm_ledger.lens" if kept is self._lenses else "openai.response.service_tier")
+        return raw  # type: ignore[no-any-return]
 
     def _run_alert(
         self, totals: _Totals, record: Mapping[str, Any], name: str, value: str, amount: int = 1
