@@ -4,12 +4,14 @@ attribute: in memory for every operation, and over OTLP/HTTP to a receiver on lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import os
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -883,29 +885,19 @@ with FakeOpenAI() as server, openai.OpenAI(api_key="sk-test", base_url=server.ba
 """
 
 
-def test_a_breach_is_exported_at_0_first_and_every_count_at_exit(tmp_path: Path) -> None:
-    """Over OTLP/HTTP from a process of its own: a lens's first breach goes out at 0 in the export after
-    it and at its count from the next (a Prometheus fed by OTLP sees the rise increase() counts), and the
-    export the meter provider makes at exit carries every breach at its count (a batch job's breaches
-    are not lost as zeros), after one more export carrying a breach no export carried yet at 0 (one in
-    a job's last minute is a rise too, not a lone first point that increase() leaves out)."""
+@contextlib.contextmanager
+def otlp_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """An OTLP/HTTP metrics endpoint on loopback, and once the block is left, each export's
+    llm_ledger.budget_exceeded points it received, lens -> value."""
     receiver = Receiver()
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OTEL_"))}
+    exports: list[dict[str, Any]] = []
     try:
-        app = warm_python.run(
-            [sys.executable, "-c", BREACH_THEN_EXIT, f"http://127.0.0.1:{receiver.server_port}/v1/metrics"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        yield f"http://127.0.0.1:{receiver.server_port}/v1/metrics", exports
     finally:
         receiver.shutdown()
         receiver.server_close()
-    assert app.returncode == 0, app.stderr
-    exports = []
     for body in receiver.bodies["/v1/metrics"]:
         request = ExportMetricsServiceRequest.FromString(body)
         exports.append(
@@ -920,7 +912,99 @@ def test_a_breach_is_exported_at_0_first_and_every_count_at_exit(tmp_path: Path)
                 for point in metric.sum.data_points
             }
         )
-    assert exports == [{"nightly": 0}, {"nightly": 2, "digest": 0}, {"nightly": 2, "digest": 1}], app.stderr
+
+
+def breaches_exported(script: str, *args: str) -> list[dict[str, Any]]:
+    """Run ``script`` in a process of its own, its first argument an OTLP/HTTP metrics endpoint on
+    loopback, then ``args``; each export's llm_ledger.budget_exceeded points, lens -> value."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OTEL_"))}
+    with otlp_receiver() as (endpoint, exports):
+        app = warm_python.run(
+            [sys.executable, "-c", script, endpoint, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert app.returncode == 0, app.stderr
+    return exports
+
+
+def test_a_breach_is_exported_at_0_first_and_every_count_at_exit() -> None:
+    """Over OTLP/HTTP from a process of its own: a lens's first breach goes out at 0 in the export after
+    it and at its count from the next (a Prometheus fed by OTLP sees the rise increase() counts), and the
+    export the meter provider makes at exit carries every breach at its count (a batch job's breaches
+    are not lost as zeros), after one more export carrying a breach no export carried yet at 0 (one in
+    a job's last minute is a rise too, not a lone first point that increase() leaves out)."""
+    exports = breaches_exported(BREACH_THEN_EXIT)
+    assert exports == [{"nightly": 0}, {"nightly": 2, "digest": 0}, {"nightly": 2, "digest": 1}]
+
+
+BREACH_THEN_PROVIDER = """
+import sys, openai, llm_ledger
+from opentelemetry import metrics
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from llm_ledger.exporters import OTelSink
+from llm_ledger.testing import FakeOpenAI
+
+monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[OTelSink(TracerProvider())])  # the global meters
+one_call = {"max_api_calls": 1}
+monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"nightly": one_call, "digest": one_call}})
+HI = [{"role": "user", "content": "hi"}]
+with FakeOpenAI() as server, openai.OpenAI(api_key="sk-test", base_url=server.base_url) as raw:
+    client = monitor.instrument(raw)
+
+    def run(lens):
+        with monitor.lens(lens):
+            for _ in range(2):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    run("nightly")  # before the application sets its meter provider up
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=sys.argv[1]), 600_000)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))  # its exit hook after ours
+    for lens in sys.argv[2:]:
+        run(lens)
+# the exit: the meter provider's last export
+"""
+
+
+@pytest.mark.parametrize(
+    ("after", "want"),
+    [
+        ((), [{"nightly": 1}]),
+        (("digest",), [{"nightly": 0, "digest": 0}, {"nightly": 1, "digest": 1}]),
+    ],
+)
+def test_a_breach_counted_before_the_meter_provider_was_set_is_exported_at_its_count(
+    after: tuple[str, ...], want: list[dict[str, Any]]
+) -> None:
+    """An application that sets its global meter provider up after a lens run broke its budget (the
+    sink counts it at once; the SDK reads it later) gets the breach at its count in the export the
+    provider makes at exit, not at 0 as the first point of a new attribute set: that export is its
+    last. A breach after the provider was set gets both of them the export at 0 before, as above."""
+    assert breaches_exported(BREACH_THEN_PROVIDER, *after) == want
+
+
+def test_a_breach_is_exported_at_its_count_by_a_meter_provider_the_application_shuts_down(
+    sdk: Sdk,
+) -> None:
+    """An application that shuts its meter provider down itself (a server's lifespan handler, as
+    docs/exporters.md advises under uvicorn) gets a breach no export carried yet at its count in that
+    last export, not at 0 with its count never sent."""
+    with otlp_receiver() as (endpoint, exports):
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint), 600_000)
+        provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+        monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=[OTelSink(TracerProvider(), provider)])
+        monitor.budgets = llm_ledger.BudgetGuard({"lenses": {"nightly": {"max_api_calls": 1}}})
+        client = sdk(monitor)
+        with monitor.lens("nightly"):
+            for _ in range(2):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        provider.shutdown()
+    assert exports == [{"nightly": 1}]
 
 
 def test_content_only_with_capture_on(sdk: Sdk) -> None:

@@ -74,13 +74,22 @@ class _Totals:
     """An observable counter whose sums are kept here: a call adds to a dict, where ``Counter.add``
     sends each measurement through the SDK's whole path. ``zero_first``: a new attribute set is
     reported at 0 by the first collection that sees it, then at its total, so that ``increase()``
-    counts its first rise (docs/exporters.md); the process's last collection reports every total."""
+    counts its first rise (docs/exporters.md); the process's last collection, and the one a meter
+    provider makes as it shuts down, report every total."""
 
     def __init__(
-        self, meter: Any, name: str, unit: str, description: str, *, zero_first: bool = False
+        self,
+        meter: Any,
+        name: str,
+        unit: str,
+        description: str,
+        *,
+        zero_first: bool = False,
+        provider: Any = None,
     ) -> None:
         self._sums: dict[Any, list[Any]] = {}  # key -> [attributes, total]
         self._new: set[Any] | None = set() if zero_first else None  # keys no collection reported yet
+        self._provider = provider  # the meter provider given to the sink (None: the global one)
         self._lock = threading.Lock()
         meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
 
@@ -105,6 +114,8 @@ class _Totals:
             new = self._new
             if new:
                 self._new = set()
+                if _shut_down(self._provider):  # its last collection: a 0 now would be its last word
+                    new = None
             return [
                 Observation(0 if new and key in new else total, attributes)
                 for key, (attributes, total) in self._sums.items()
@@ -117,17 +128,14 @@ class _Totals:
                 self._new.clear()
 
 
-_exit_hook = False
-
-
 def _release_at_exit() -> None:
-    """Once a process holds a new attribute set at 0 (``_Totals``'s ``zero_first``): release it before
-    the SDK's own exit hook makes the last collection (``atexit`` runs the hooks registered last first,
-    and a meter provider registers its own when made, before it collects a first breach)."""
-    global _exit_hook
-    if not _exit_hook:
-        _exit_hook = True
-        atexit.register(_release)
+    """At each new attribute set held at 0 (``_Totals``'s ``zero_first``): release them all before the
+    SDK's own exit hook makes the last collection. ``atexit`` runs the hooks registered last first, and
+    a meter provider registers its own when made: registered again here, this one runs before those of
+    the providers made so far. A provider made after the last new set shuts down first, and its last
+    collection reports the totals itself, without the 0 before (``_Totals._observe``)."""
+    atexit.unregister(_release)
+    atexit.register(_release)
 
 
 def _release() -> None:
@@ -137,10 +145,20 @@ def _release() -> None:
         # shorter than the export interval): one export more, which carries it at 0, so that the rise
         # to its count in the last one is one a rule on increase() counts, not a lone first point
         for provider in _providers(meters=True):
-            if not getattr(provider, "_shutdown", False):  # the application's own shutdown exported it
+            if not _shut_down(provider):  # its own shutdown exported them, at their counts
                 _flush(provider)
     for t in totals:
         t.release()
+
+
+def _shut_down(provider: Any) -> bool:
+    """Whether the SDK meter ``provider`` (None: the global one) is shut down, or shutting down: a
+    collection now is its last (the flag is set before its readers collect a last time)."""
+    if provider is None:
+        from opentelemetry import metrics
+
+        provider = metrics.get_meter_provider()
+    return bool(getattr(provider, "_shutdown", False))
 
 
 def _providers(*, meters: bool) -> list[Any]:
@@ -402,7 +420,9 @@ class OTelSink:
         self._totals: list[_Totals] = []  # the counters whose sums the sink keeps
 
         def counter(name: str, unit: str, doc: str, *, zero_first: bool = False) -> _Totals:
-            self._totals.append(_Totals(meter, name, unit, doc, zero_first=zero_first))
+            self._totals.append(
+                _Totals(meter, name, unit, doc, zero_first=zero_first, provider=meter_provider)
+            )
             return self._totals[-1]
 
         if self.latest:
