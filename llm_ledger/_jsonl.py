@@ -214,8 +214,10 @@ class JsonlFileHandler(logging.Handler):
         self._started: float | None = None  # when the first line now queued came (monotonic)
         self._bytes = 0  # about how many bytes of lines are queued (callers on several threads add)
         self._pending = bytearray()  # whole lines taken from the queue and not yet written
-        self._dropping = threading.Lock()  # held by the caller dropping queued lines (see _drop_queued)
+        # held by the caller dropping queued lines (see _drop_queued), and by the writer adding to _lost
+        self._dropping = threading.Lock()
         self._writing_since: float | None = None  # when the write under way began (monotonic)
+        self._hung_drops = 0  # queued lines dropped behind the write under way (see _hang_over)
 
     def _after_fork_in_child(self) -> None:
         self._new_queue()  # the writer thread did not survive the fork
@@ -487,7 +489,8 @@ class JsonlFileHandler(logging.Handler):
         except Exception as exc:
             del pending[:written]  # (without the lock, the part of a batch a short write wrote)
             self._callers_write = False
-            self._lost += _drop_oldest(pending, _MAX_PENDING_LINES)
+            dropped = _drop_oldest(pending, _MAX_PENDING_LINES)
+            lost = self._hang_over(time.monotonic() - started, dropped, failed=True)
             if once_a_minute(_last_failure, ("write", self.path)):
                 internal_log.error(
                     "llm-ledger cannot write %s (%s: %s); %d records kept for retry, %d dropped so far",
@@ -495,7 +498,7 @@ class JsonlFileHandler(logging.Handler):
                     type(exc).__name__,
                     exc,
                     pending.count(b"\n"),
-                    self._lost,
+                    lost,
                 )
             return True
         except BaseException:
@@ -504,19 +507,39 @@ class JsonlFileHandler(logging.Handler):
         del pending[:]
         elapsed = time.monotonic() - started
         # slow: the writer thread writes until a write is fast again
-        if (
-            elapsed > _SLOW_WRITE_S
-            and self._callers_write
-            and once_a_minute(_last_failure, ("slow write", self.path))
-        ):
-            internal_log.warning(
-                "llm-ledger: writing %s took %.1f s; the writer thread writes it until writes are "
-                "fast again, so that calls never wait for it",
-                self.path,
-                elapsed,
-            )
+        if elapsed > _SLOW_WRITE_S:
+            if self._callers_write and once_a_minute(_last_failure, ("slow write", self.path)):
+                internal_log.warning(
+                    "llm-ledger: writing %s took %.1f s; the writer thread writes it until writes are "
+                    "fast again, so that calls never wait for it",
+                    self.path,
+                    elapsed,
+                )
+            self._hang_over(elapsed)
         self._callers_write = elapsed <= _SLOW_WRITE_S
         return True
+
+    def _hang_over(self, elapsed: float, dropped: int = 0, *, failed: bool = False) -> int:
+        """A slow or ``failed`` write ended (``dropped``: the oldest lines it kept dropped): no caller
+        drops lines behind it from now on, and ``dropped`` counts with theirs (both under the callers'
+        lock: a count added on one thread is never lost to the other's). Say once what the callers
+        dropped while it hung, if any. Returns the lines dropped so far."""
+        with self._dropping:
+            self._writing_since = None
+            self._lost += dropped
+            lost, hung, self._hung_drops = self._lost, self._hung_drops, 0
+        if hung:
+            internal_log.warning(
+                "llm-ledger: %s after %.1f s; %d records queued behind it were dropped while it hung, %d "
+                "dropped so far",
+                f"the write to {self.path} that hung failed (its error is reported apart)"
+                if failed
+                else f"writing {self.path} resumed: the write that hung returned",
+                elapsed,
+                hung,
+                lost,
+            )
+        return lost
 
     def _drop_queued(self) -> None:
         """While a write hangs (an NFS server that stopped answering: it may never return), drop the
@@ -526,11 +549,13 @@ class JsonlFileHandler(logging.Handler):
         if since is None or time.monotonic() - since <= _SLOW_WRITE_S:
             return
         if not self._dropping.acquire(blocking=False):
-            return  # another caller is dropping them
+            return  # another caller is dropping them, or the write is ending (see _hang_over)
         queue = self._queue
         flushes: list[threading.Event] = []  # kept: a flush() waits for the lines after it instead
         dropped = 0
         try:
+            if self._writing_since != since:  # the write ended meanwhile
+                return
             while len(queue) > _MAX_PENDING_LINES:
                 item = queue.popleft()
                 if isinstance(item, bytes):
@@ -541,8 +566,10 @@ class JsonlFileHandler(logging.Handler):
             pass
         finally:
             queue.extendleft(reversed(flushes))
+            self._lost += dropped
+            self._hung_drops += dropped
+            lost = self._lost
             self._dropping.release()
-        self._lost += dropped
         if once_a_minute(_last_failure, ("hung write", self.path)):
             internal_log.error(
                 "llm-ledger cannot write %s (a write has not returned for %.1f s: a file system that "
@@ -550,7 +577,7 @@ class JsonlFileHandler(logging.Handler):
                 self.path,
                 time.monotonic() - since,
                 len(queue),
-                self._lost,
+                lost,
             )
 
     def _say_truncated(self, size: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -233,7 +234,8 @@ def test_lines_queued_behind_a_hung_write_are_bounded_the_oldest_dropped_and_rep
 ) -> None:
     """Behind a write that hangs (an NFS server that stopped answering) the queue is bounded as while the
     disk refuses writes: past the cap the oldest lines are dropped, counted and reported, not kept until
-    the process runs out of memory; once the write returns the newest lines are written whole."""
+    the process runs out of memory; once the write returns the newest lines are written whole, and the
+    ledger says once that writing resumed and how many lines the hang cost."""
     interval(60.0)  # the writer thread stays out of it
     cap, slow_s = 1000, _jsonl._SLOW_WRITE_S
     monkeypatch.setattr(_jsonl, "_MAX_PENDING_LINES", cap)
@@ -272,10 +274,79 @@ def test_lines_queued_behind_a_hung_write_are_bounded_the_oldest_dropped_and_rep
     h.flush()
     reports = [r.getMessage() for r in internal_log.records if r.name == "llm_ledger.internal"]
     assert any(f"{cap} records queued behind it, {2 * cap + 1} dropped so far" in m for m in reports)
+    resumed = [m for m in reports if "resumed" in m]
+    assert len(resumed) == 1
+    assert "the write that hung returned after" in resumed[0]
+    assert f"{2 * cap + 1} records queued behind it were dropped while it hung" in resumed[0]
     text = (tmp_path / "llm_calls.jsonl").read_bytes()
     assert text.endswith(b"\n")
     written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
     assert written == [*range(batch), *range(batch + 2 * cap + 1, batch + 3 * cap + 1)]
+
+
+def test_lines_dropped_behind_a_hung_write_that_fails_are_all_counted(
+    interval: Any,
+    handler: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    internal_log: pytest.LogCaptureFixture,
+) -> None:
+    """A write that hangs then fails (the NFS server answers: disk full) drops the oldest lines it kept
+    while calls behind it drop the oldest queued ones: both counts reach the "dropped so far" reported,
+    however the two threads interleave, so that what was written and what is reported dropped add up
+    to every record; and the ledger says once what the hang cost."""
+    interval(60.0)  # the writer thread stays out of it
+    cap = 100
+    monkeypatch.setattr(_jsonl, "_MAX_PENDING_LINES", cap)
+    h = handler()
+    answers, hung, dropping, dropped = (threading.Event() for _ in range(4))
+    real_write, real_drop = os.write, _jsonl._drop_oldest
+
+    def write(fd: int, data: Any) -> int:
+        if not answers.is_set():
+            hung.set()
+            answers.wait(30)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def drop_oldest(lines: bytearray, keep: int) -> int:  # the failed write's own drop, slow enough that
+        dropping.set()  # calls behind it drop queued lines meanwhile
+        dropped.wait(30)
+        return real_drop(lines, keep)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(_jsonl, "_drop_oldest", drop_oldest)
+    batch, emitted = _jsonl._BATCH_LINES, 0
+
+    def emit(n: int) -> None:
+        nonlocal emitted
+        for _ in range(n):
+            _emit(h, emitted)
+            emitted += 1
+
+    stuck = threading.Thread(target=emit, args=(batch,))  # one call writes the first batch, and hangs
+    stuck.start()
+    try:
+        assert hung.wait(10)
+        time.sleep(_jsonl._SLOW_WRITE_S + 0.05)  # hung longer than a slow write takes
+        emit(3 * batch)  # calls behind it drop the oldest queued lines
+        answers.set()  # the write fails: the failed batch's oldest lines are dropped too...
+        assert dropping.wait(10)
+        lost = h._lost
+        emit(batch)  # ... while calls behind it drop queued ones again
+        assert h._lost > lost
+    finally:
+        answers.set()
+        dropped.set()
+        stuck.join(10)
+    h.flush()
+    written = [line["n"] for line in _lines(tmp_path / "llm_calls.jsonl")]
+    reports = [r.getMessage() for r in internal_log.records if r.name == "llm_ledger.internal"]
+    last = [m for m in reports if "dropped so far" in m][-1]
+    assert last.endswith(f"{emitted - len(written)} dropped so far"), reports
+    (said,) = [m for m in reports if "hung failed" in m]
+    assert "records queued behind it were dropped while it hung" in said
+    assert written == sorted(written)  # the newest, in order
 
 
 def test_a_burst_beyond_the_cap_is_never_dropped_while_writes_work(
