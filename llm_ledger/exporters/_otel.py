@@ -128,14 +128,23 @@ class _Totals:
                 self._new.clear()
 
 
+_hooked_for: list[Any] | None = None  # the meter providers when _release was last registered
+
+
 def _release_at_exit() -> None:
-    """At each new attribute set held at 0 (``_Totals``'s ``zero_first``): release them all before the
+    """At a new attribute set held at 0 (``_Totals``'s ``zero_first``): release them all before the
     SDK's own exit hook makes the last collection. ``atexit`` runs the hooks registered last first, and
-    a meter provider registers its own when made: registered again here, this one runs before those of
-    the providers made so far. A provider made after the last new set shuts down first, and its last
-    collection reports the totals itself, without the 0 before (``_Totals._observe``)."""
-    atexit.unregister(_release)
-    atexit.register(_release)
+    a meter provider registers its own when made: registered again when the sinks' providers changed
+    (the application set its global one up), this one runs before theirs. A provider made after the
+    last new set shuts down first, and its last collection reports the totals itself, without the 0
+    before (``_Totals._observe``). (Not registered again otherwise: a hook registered while the exit
+    hooks run never runs.)"""
+    global _hooked_for
+    providers = _providers(meters=True)
+    if providers != _hooked_for:
+        _hooked_for = providers
+        atexit.unregister(_release)
+        atexit.register(_release)
 
 
 def _release() -> None:
