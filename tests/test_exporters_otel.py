@@ -1007,6 +1007,51 @@ def test_a_breach_is_exported_at_its_count_by_a_meter_provider_the_application_s
     assert exports == [{"nightly": 1}]
 
 
+CALL_THEN_PROVIDER = """
+import json, openai, llm_ledger
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from llm_ledger.exporters import OTelSink
+from llm_ledger.testing import FakeOpenAI
+
+costs = []
+sinks = [OTelSink(TracerProvider()), lambda record: costs.append(record["cost"]["total_cost_usd"])]
+monitor = llm_ledger.LLMCallMonitor(logger=None, sinks=sinks)  # the global meters
+HI = [{"role": "user", "content": "hi"}]
+with FakeOpenAI() as server, openai.OpenAI(api_key="sk-test", base_url=server.base_url) as raw:
+    client = monitor.instrument(raw)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # before the meter provider
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+found = {}
+for resource in reader.get_metrics_data().resource_metrics:
+    for scope in resource.scope_metrics:
+        for metric in scope.metrics:
+            points = metric.data.data_points
+            found[metric.name] = sum(getattr(p, "count", None) or getattr(p, "value", 0) for p in points)
+print(json.dumps([found, costs]))
+"""
+
+
+def test_a_meter_provider_set_after_the_first_call_gets_every_total_and_later_histogram_points() -> None:
+    """What docs/exporters.md and the sink's warning say of a meter provider set up after the first
+    call: the totals (the spend in llm_ledger.cost) count that call too, the histograms only the calls
+    made once it was set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_LEDGER_", "OTEL_"))}
+    app = warm_python.run(
+        [sys.executable, "-c", CALL_THEN_PROVIDER], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert app.returncode == 0, app.stderr
+    found, costs = json.loads(app.stdout)
+    assert len(costs) == 2 and costs[0] > 0
+    assert found["llm_ledger.cost"] == pytest.approx(sum(costs)), found  # the first call's too
+    assert found["gen_ai.client.operation.duration"] == 1, found  # the second call's point only
+    assert found["gen_ai.client.token.usage"] == 2, found  # its input and output points
+
+
 def test_content_only_with_capture_on(sdk: Sdk) -> None:
     """With capture_content the span carries the conventions' message attributes as JSON strings."""
     otel = Telemetry(sdk, capture_content=True)

@@ -508,10 +508,12 @@ class OTelSink:
         # the API's stand-in before set_meter_provider() has no public class: named as the API names it
         if metering and type(self._metrics_api.get_meter_provider()).__name__ == "_ProxyMeterProvider":
             _internal_log.warning(
-                "llm-ledger: OTelSink has no OpenTelemetry meter provider to send metrics to, so its "
-                "metrics (the spend in llm_ledger.cost, token usage, durations) go nowhere: run the "
-                "application under opentelemetry-instrument, or call metrics.set_meter_provider(...) "
-                "with a metric reader and exporter (docs/exporters.md, OpenTelemetry)"
+                "llm-ledger: OTelSink has no OpenTelemetry meter provider to send metrics to: the "
+                "histograms (durations, time to first chunk, token usage per call) recorded until one is "
+                "set are lost, and its totals (the spend in llm_ledger.cost among them) go nowhere unless "
+                "one is set later: run the application under opentelemetry-instrument, or call "
+                "metrics.set_meter_provider(...) with a metric reader and exporter before the first call "
+                "(docs/exporters.md, OpenTelemetry)"
             )
 
     def __call__(self, record: Mapping[str, Any]) -> None:
