@@ -167,6 +167,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(flag, help=f"{text}; ini {ini}" if ini else text, **kind)
         if isinstance(default, list):
             parser.addini(str(ini), text, type="args", default=default)
+        elif ini is not None and default == "false" and pytest.version_tuple >= (9, 2):
+            # pytest 9's own [tool.pytest] table types its values: `llm_strict = true` is a TOML bool
+            # there (pytest 9.2 takes a union; the text is checked by _switch either way)
+            parser.addini(ini, text, type=str | bool, default=default)
         elif ini is not None:
             parser.addini(ini, text, default=default)
 

@@ -814,6 +814,25 @@ def test_budgets_enforced_from_ini_alone(recorded: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["total *max_api_calls *0 *3 *"])
 
 
+def test_true_and_false_in_pyproject_toml_are_toml_booleans(recorded: pytest.Pytester) -> None:
+    """In pyproject.toml the switches are written as TOML booleans (`llm_budget = true`), also in pytest
+    9's own [tool.pytest] table (from pytest 9.2), which types its values: they are read, not refused
+    as "expects a string"."""
+    table = "tool.pytest" if pytest.version_tuple >= (9, 2) else "tool.pytest.ini_options"
+    (recorded.path / "pytest.ini").unlink()
+    recorded.makepyprojecttoml(
+        f'[{table}]\nasyncio_mode = "strict"\nasyncio_default_fixture_loop_scope = "function"\n'
+        'filterwarnings = ["error"]\nllm_budget = true\nllm_strict = false\nllm_block_network = false\n'
+        "llm_match_host = false\n"
+    )
+    budgets(recorded, "total: {max_api_calls: 0}\n")
+
+    result = run(recorded)
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*budgets budgets.yaml enforced*", "total *max_api_calls *0 *3 *"])
+
+
 @pytest.mark.parametrize("value", ["maybe", ""])
 @pytest.mark.parametrize("key", ["llm_strict", "llm_budget", "llm_block_network", "llm_match_host"])
 def test_a_bad_boolean_in_the_ini_is_a_usage_error(pytester: pytest.Pytester, key: str, value: str) -> None:
