@@ -87,6 +87,7 @@ _PASSED = pytest.StashKey[bool]()
 _VERDICT = pytest.StashKey[tuple[bool, str | None]]()  # of the phase being reported: see _verdict
 _FLAG_OWNER = pytest.StashKey[str]()
 _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
+_PLACEHOLDER = pytest.StashKey[bool]()  # this session set OPENAI_API_KEY to PLACEHOLDER_API_KEY
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED = pytest.StashKey[tuple[int, ...]]()  # how many of each list of failures the test's reports showed
 # the node id and cassette of an earlier test whose cassette path is the same, or the same but for case
@@ -208,6 +209,11 @@ def pytest_load_initial_conftests(
         )
     early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
     early_config.stash[_ENVIRON].setenv("LLM_LEDGER_LOG_DIR", log_dir)
+    # and a client the application builds at import needs a key (an unknown mode is refused later)
+    mode = getattr(early_config.known_args_namespace, "llm_record_mode", None) or early_config.getini(
+        "llm_record_mode"
+    )
+    _set_placeholder_key(early_config, str(mode).strip().lower())
 
 
 # -- session state ------------------------------------------------------------------------------
@@ -594,6 +600,21 @@ def _location_options(config: pytest.Config) -> tuple[str, ...]:
     return tuple(options)
 
 
+def _set_placeholder_key(config: pytest.Config, mode: str) -> bool:
+    """Set OPENAI_API_KEY to the placeholder when it is unset and no real key is needed: replay needs
+    none, nor does recording against a compatible server, but the SDK refuses to build a client
+    without one (recording against OpenAI itself keeps the SDK's error). Whether the session set it."""
+    if not config.stash.get(_PLACEHOLDER, False):
+        config.stash[_PLACEHOLDER] = (
+            importlib.util.find_spec("vcr") is not None  # the pytest extra (docs/CI.md)
+            and not os.environ.get("OPENAI_API_KEY")
+            and (mode == "none" or _compatible_server() is not None)
+        )
+        if config.stash[_PLACEHOLDER]:
+            os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
+    return config.stash[_PLACEHOLDER]
+
+
 def _compatible_server() -> str | None:
     """``OPENAI_BASE_URL`` when it names a server other than OpenAI's (a loopback or compatible one)."""
     url = os.environ.get("OPENAI_BASE_URL", "").strip()
@@ -657,15 +678,7 @@ def pytest_configure(config: pytest.Config) -> None:
         state.previous_time_of_day = price_time_of_day(state.given_time_of_day)
     except ConfigError as exc:
         raise pytest.UsageError(f"llm-ledger: {state.where_time_of_day}: {exc}") from None
-    if (
-        state.has_extra
-        and not os.environ.get("OPENAI_API_KEY")
-        and (state.mode == "none" or _compatible_server())
-    ):
-        # replay needs no key, nor does recording against a compatible server, but the SDK refuses
-        # to build a client without one; recording against OpenAI itself keeps the SDK's error
-        os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
-        state._placeholder_key = True
+    state._placeholder_key = _set_placeholder_key(config, state.mode)
     config.stash[_STATE] = state
     _active.append(state)
     add_global_sink(state.sink)

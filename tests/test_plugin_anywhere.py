@@ -116,6 +116,21 @@ def test_rerecording_on_another_port_rewrites_nothing(
     assert {p.name: p.read_text() for p in recorded_via_base_url.iterdir()} == before
 
 
+def test_a_client_built_when_conftest_is_imported_gets_the_placeholder_key(
+    pytester: pytest.Pytester, recorded_via_base_url: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application whose module builds its client at import, imported by the root conftest.py, needs
+    no key either: the placeholder is set before conftest files are imported, in replay and when
+    recording against a compatible server (not the SDK's "Missing credentials" at collection)."""
+    pytester.makeconftest("import openai\n\nCLIENT = openai.OpenAI(max_retries=0)\nCLIENT.close()\n")
+
+    run(pytester, "-k", "test_free").assert_outcomes(passed=1, deselected=1)
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        run(pytester, "-k", "test_free", "--llm-record-mode=rewrite").assert_outcomes(passed=1, deselected=1)
+    assert "OPENAI_API_KEY" not in os.environ
+
+
 KEY_CHECK = """
 import os
 
