@@ -792,6 +792,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[_STATE]
     budget = shown_path(state.budget_file)
     enforced = "enforced" if state.enforce else f"not enforced (add {_budget_flag(state)})"
+    if not state.enforce and not os.path.lexists(state.budget_file):  # not there to enforce
+        enforced = f"not found (create it, then add {_budget_flag(state)})"
     strict = ", strict" if state.strict else ""
     strict += ", network blocked" if state.block_network else ""
     lines = [

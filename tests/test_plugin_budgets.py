@@ -141,6 +141,18 @@ def test_without_the_flag_budgets_never_fail(recorded: pytest.Pytester) -> None:
     assert "exceeded" not in result.stdout.str()
 
 
+def test_the_header_says_when_there_is_no_budgets_file(recorded: pytest.Pytester) -> None:
+    """A project with no budgets.yaml is not told to add --llm-budget to enforce a file it lacks (which
+    would then fail the run, not found): the header says the file is not there."""
+    result = run(recorded)
+
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: record mode 'none', cassettes cassettes, budgets budgets.yaml not found (create it, "
+         "then add --llm-budget)"]
+    )  # fmt: skip
+
+
 ABANDONED_STREAM = (
     LEAK_A_STREAM
     + """
