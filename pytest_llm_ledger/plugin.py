@@ -321,6 +321,7 @@ class _LedgerState:
         self.block_network = _switch(config, "llm_block_network")
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = _allowed_hosts(config)
+        self.inipath = config.inipath
         when, source = _setting(config, "llm_time_of_day")
         self.given_time_of_day = str(when)  # as written: an error quotes it so
         self.time_of_day = self.given_time_of_day.strip().lower()
@@ -430,6 +431,12 @@ class _LedgerState:
             self._starts.again()
             self.ledger.forget(item.nodeid)
 
+    def allowed_hosts_setting(self, host: str) -> str:
+        """The ini line that lets ``host`` through, as the project's ini file is written."""
+        if self.inipath is not None and self.inipath.suffix == ".toml":  # a list, in TOML
+            return f'llm_allowed_hosts = ["{host}"] in {self.inipath.name}'
+        return f"ini llm_allowed_hosts = {host}"
+
     def _refuse_websocket(self, host: str, path: str) -> str | None:
         """The failure message for a WebSocket to the OpenAI API (Realtime or Responses) of a guarded test,
         marked llm or not, in none mode: no cassette records or replays one."""
@@ -496,7 +503,7 @@ class _LedgerState:
         else:
             hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
             if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
-                hint += f"; for a local server: ini llm_allowed_hosts = {host}"
+                hint += f"; for a local server: {self.allowed_hosts_setting(host)}"
             lines = [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
                 f"  request: {method} {host}{path}",
