@@ -701,6 +701,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _ENVIRON in config.stash:
         config.stash[_ENVIRON].undo()
         del config.stash[_ENVIRON]
+    # also after a usage error, which leaves no state
+    if config.stash.get(_PLACEHOLDER, False) and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
+        del os.environ["OPENAI_API_KEY"]
     state = config.stash.get(_STATE, None)
     if state is None:
         return
@@ -709,8 +712,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         price_time_of_day(state.previous_time_of_day)
     remove_global_sink(state.sink)
     _active.remove(state)
-    if state._placeholder_key and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
-        del os.environ["OPENAI_API_KEY"]
     del config.stash[_STATE]
 
 

@@ -131,6 +131,17 @@ def test_a_client_built_when_conftest_is_imported_gets_the_placeholder_key(
     assert "OPENAI_API_KEY" not in os.environ
 
 
+@pytest.mark.usefixtures("no_key")
+def test_a_run_stopped_by_a_usage_error_leaves_no_placeholder_key(pytester: pytest.Pytester) -> None:
+    """The placeholder key is set before conftest.py files are imported; a run that then stops at a
+    usage error (a bad budgets file) still takes it away, as a finished run does."""
+    write_project(pytester, KEY_CHECK)
+    pytester.makefile(".yaml", budgets="lenses: [summary]\n")
+
+    assert run(pytester).ret == pytest.ExitCode.USAGE_ERROR
+    assert "OPENAI_API_KEY" not in os.environ
+
+
 KEY_CHECK = """
 import os
 
