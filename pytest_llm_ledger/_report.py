@@ -11,7 +11,6 @@ import base64
 import json
 import pickle
 import re
-import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,7 +38,7 @@ from llm_ledger.analysis import (
 )
 from llm_ledger.loading import did_you_mean, listed, one_line
 
-from ._naming import replayed_auth_advice
+from ._naming import replayed_auth_advice, rerecord_command
 
 __all__ = [
     "SESSION_BUCKET",
@@ -696,9 +695,11 @@ def notices(
     out = []
     if ledger.unplayed:
         stale = [f"{here(nodeid)} ({count})" for nodeid, count in sorted(ledger.unplayed.items())]
+        # the tests named, not the whole suite: `pytest --llm-record-mode=rewrite` alone records every test
+        which = here(next(iter(ledger.unplayed))) if len(stale) == 1 else "NODE_ID..."
         out.append(
             f"llm-ledger: {len(stale)} cassette(s) hold interactions their test no longer makes: "
-            f"{listed(stale)}; re-record them with {shlex.join(['--llm-record-mode=rewrite', *location])}"
+            f"{listed(stale)}; re-record them with {rerecord_command(which, 'rewrite', location)}"
         )
     out += cassettes
     if ledger.auth_errors:

@@ -87,6 +87,7 @@ _PASSED = pytest.StashKey[bool]()
 _VERDICT = pytest.StashKey[tuple[bool, str | None]]()  # of the phase being reported: see _verdict
 _FLAG_OWNER = pytest.StashKey[str]()
 _ENVIRON = pytest.StashKey[pytest.MonkeyPatch]()
+_PLACEHOLDER = pytest.StashKey[bool]()  # this session set OPENAI_API_KEY to PLACEHOLDER_API_KEY
 _BLOCKED = pytest.StashKey[list[str]]()
 _REPORTED = pytest.StashKey[tuple[int, ...]]()  # how many of each list of failures the test's reports showed
 # the node id and cassette of an earlier test whose cassette path is the same, or the same but for case
@@ -167,6 +168,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(flag, help=f"{text}; ini {ini}" if ini else text, **kind)
         if isinstance(default, list):
             parser.addini(str(ini), text, type="args", default=default)
+        elif ini is not None and default == "false" and pytest.version_tuple >= (9, 2):
+            # pytest 9's own [tool.pytest] table types its values: `llm_strict = true` is a TOML bool
+            # there (pytest 9.2 takes a union; the text is checked by _switch either way)
+            parser.addini(ini, text, type=str | bool, default=default)
         elif ini is not None:
             parser.addini(ini, text, default=default)
 
@@ -204,6 +209,11 @@ def pytest_load_initial_conftests(
         )
     early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
     early_config.stash[_ENVIRON].setenv("LLM_LEDGER_LOG_DIR", log_dir)
+    # and a client the application builds at import needs a key (an unknown mode is refused later)
+    mode = getattr(early_config.known_args_namespace, "llm_record_mode", None) or early_config.getini(
+        "llm_record_mode"
+    )
+    _set_placeholder_key(early_config, str(mode).strip().lower())
 
 
 # -- session state ------------------------------------------------------------------------------
@@ -311,6 +321,7 @@ class _LedgerState:
         self.block_network = _switch(config, "llm_block_network")
         self.match_host = _switch(config, "llm_match_host")  # no flag: the marker overrides it
         self.allowed_hosts = _allowed_hosts(config)
+        self.inipath = config.inipath
         when, source = _setting(config, "llm_time_of_day")
         self.given_time_of_day = str(when)  # as written: an error quotes it so
         self.time_of_day = self.given_time_of_day.strip().lower()
@@ -420,6 +431,12 @@ class _LedgerState:
             self._starts.again()
             self.ledger.forget(item.nodeid)
 
+    def allowed_hosts_setting(self, host: str) -> str:
+        """The ini line that lets ``host`` through, as the project's ini file is written."""
+        if self.inipath is not None and self.inipath.suffix == ".toml":  # a list, in TOML
+            return f'llm_allowed_hosts = ["{host}"] in {self.inipath.name}'
+        return f"ini llm_allowed_hosts = {host}"
+
     def _refuse_websocket(self, host: str, path: str) -> str | None:
         """The failure message for a WebSocket to the OpenAI API (Realtime or Responses) of a guarded test,
         marked llm or not, in none mode: no cassette records or replays one."""
@@ -486,7 +503,7 @@ class _LedgerState:
         else:
             hint = "  for a deliberate live test: @pytest.mark.llm(live=True)"
             if host != "api.openai.com":  # OpenAI itself is never a local server: letting it through bills CI
-                hint += f"; for a local server: ini llm_allowed_hosts = {host}"
+                hint += f"; for a local server: {self.allowed_hosts_setting(host)}"
             lines = [
                 f"llm-ledger: {nodeid} is not marked llm, so its OpenAI API request was not sent",
                 f"  request: {method} {host}{path}",
@@ -590,6 +607,21 @@ def _location_options(config: pytest.Config) -> tuple[str, ...]:
     return tuple(options)
 
 
+def _set_placeholder_key(config: pytest.Config, mode: str) -> bool:
+    """Set OPENAI_API_KEY to the placeholder when it is unset and no real key is needed: replay needs
+    none, nor does recording against a compatible server, but the SDK refuses to build a client
+    without one (recording against OpenAI itself keeps the SDK's error). Whether the session set it."""
+    if not config.stash.get(_PLACEHOLDER, False):
+        config.stash[_PLACEHOLDER] = (
+            importlib.util.find_spec("vcr") is not None  # the pytest extra (docs/CI.md)
+            and not os.environ.get("OPENAI_API_KEY")
+            and (mode == "none" or _compatible_server() is not None)
+        )
+        if config.stash[_PLACEHOLDER]:
+            os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
+    return config.stash[_PLACEHOLDER]
+
+
 def _compatible_server() -> str | None:
     """``OPENAI_BASE_URL`` when it names a server other than OpenAI's (a loopback or compatible one)."""
     url = os.environ.get("OPENAI_BASE_URL", "").strip()
@@ -653,15 +685,7 @@ def pytest_configure(config: pytest.Config) -> None:
         state.previous_time_of_day = price_time_of_day(state.given_time_of_day)
     except ConfigError as exc:
         raise pytest.UsageError(f"llm-ledger: {state.where_time_of_day}: {exc}") from None
-    if (
-        state.has_extra
-        and not os.environ.get("OPENAI_API_KEY")
-        and (state.mode == "none" or _compatible_server())
-    ):
-        # replay needs no key, nor does recording against a compatible server, but the SDK refuses
-        # to build a client without one; recording against OpenAI itself keeps the SDK's error
-        os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
-        state._placeholder_key = True
+    state._placeholder_key = _set_placeholder_key(config, state.mode)
     config.stash[_STATE] = state
     _active.append(state)
     add_global_sink(state.sink)
@@ -677,6 +701,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _ENVIRON in config.stash:
         config.stash[_ENVIRON].undo()
         del config.stash[_ENVIRON]
+    # also after a usage error, which leaves no state
+    if config.stash.get(_PLACEHOLDER, False) and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
+        del os.environ["OPENAI_API_KEY"]
     state = config.stash.get(_STATE, None)
     if state is None:
         return
@@ -685,8 +712,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         price_time_of_day(state.previous_time_of_day)
     remove_global_sink(state.sink)
     _active.remove(state)
-    if state._placeholder_key and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
-        del os.environ["OPENAI_API_KEY"]
     del config.stash[_STATE]
 
 
@@ -775,6 +800,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[_STATE]
     budget = shown_path(state.budget_file)
     enforced = "enforced" if state.enforce else f"not enforced (add {_budget_flag(state)})"
+    if not state.enforce and not os.path.lexists(state.budget_file):  # not there to enforce
+        enforced = f"not found (create it, then add {_budget_flag(state)})"
     strict = ", strict" if state.strict else ""
     strict += ", network blocked" if state.block_network else ""
     lines = [

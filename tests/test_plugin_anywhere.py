@@ -116,6 +116,32 @@ def test_rerecording_on_another_port_rewrites_nothing(
     assert {p.name: p.read_text() for p in recorded_via_base_url.iterdir()} == before
 
 
+def test_a_client_built_when_conftest_is_imported_gets_the_placeholder_key(
+    pytester: pytest.Pytester, recorded_via_base_url: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application whose module builds its client at import, imported by the root conftest.py, needs
+    no key either: the placeholder is set before conftest files are imported, in replay and when
+    recording against a compatible server (not the SDK's "Missing credentials" at collection)."""
+    pytester.makeconftest("import openai\n\nCLIENT = openai.OpenAI(max_retries=0)\nCLIENT.close()\n")
+
+    run(pytester, "-k", "test_free").assert_outcomes(passed=1, deselected=1)
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        run(pytester, "-k", "test_free", "--llm-record-mode=rewrite").assert_outcomes(passed=1, deselected=1)
+    assert "OPENAI_API_KEY" not in os.environ
+
+
+@pytest.mark.usefixtures("no_key")
+def test_a_run_stopped_by_a_usage_error_leaves_no_placeholder_key(pytester: pytest.Pytester) -> None:
+    """The placeholder key is set before conftest.py files are imported; a run that then stops at a
+    usage error (a bad budgets file) still takes it away, as a finished run does."""
+    write_project(pytester, KEY_CHECK)
+    pytester.makefile(".yaml", budgets="lenses: [summary]\n")
+
+    assert run(pytester).ret == pytest.ExitCode.USAGE_ERROR
+    assert "OPENAI_API_KEY" not in os.environ
+
+
 KEY_CHECK = """
 import os
 

@@ -141,6 +141,18 @@ def test_without_the_flag_budgets_never_fail(recorded: pytest.Pytester) -> None:
     assert "exceeded" not in result.stdout.str()
 
 
+def test_the_header_says_when_there_is_no_budgets_file(recorded: pytest.Pytester) -> None:
+    """A project with no budgets.yaml is not told to add --llm-budget to enforce a file it lacks (which
+    would then fail the run, not found): the header says the file is not there."""
+    result = run(recorded)
+
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["llm-ledger: record mode 'none', cassettes cassettes, budgets budgets.yaml not found (create it, "
+         "then add --llm-budget)"]
+    )  # fmt: skip
+
+
 ABANDONED_STREAM = (
     LEAK_A_STREAM
     + """
@@ -812,6 +824,25 @@ def test_budgets_enforced_from_ini_alone(recorded: pytest.Pytester) -> None:
 
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["total *max_api_calls *0 *3 *"])
+
+
+def test_true_and_false_in_pyproject_toml_are_toml_booleans(recorded: pytest.Pytester) -> None:
+    """In pyproject.toml the switches are written as TOML booleans (`llm_budget = true`), also in pytest
+    9's own [tool.pytest] table (from pytest 9.2), which types its values: they are read, not refused
+    as "expects a string"."""
+    table = "tool.pytest" if pytest.version_tuple >= (9, 2) else "tool.pytest.ini_options"
+    (recorded.path / "pytest.ini").unlink()
+    recorded.makepyprojecttoml(
+        f'[{table}]\nasyncio_mode = "strict"\nasyncio_default_fixture_loop_scope = "function"\n'
+        'filterwarnings = ["error"]\nllm_budget = true\nllm_strict = false\nllm_block_network = false\n'
+        "llm_match_host = false\n"
+    )
+    budgets(recorded, "total: {max_api_calls: 0}\n")
+
+    result = run(recorded)
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*budgets budgets.yaml enforced*", "total *max_api_calls *0 *3 *"])
 
 
 @pytest.mark.parametrize("value", ["maybe", ""])

@@ -96,6 +96,31 @@ def test_unmarked_requests_fail_their_test_and_are_never_sent(
     assert "APIConnectionError" not in out and "Traceback" not in out
 
 
+@pytest.mark.usefixtures("no_key", "server")
+def test_the_allowed_hosts_fix_is_written_as_the_projects_ini_file_takes_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """In a project configured in pyproject.toml, the refusal's fix is the TOML line that lets the local
+    server through (a list: `llm_allowed_hosts = 127.0.0.1` is no TOML), and that line does."""
+    write_project(pytester, UNMARKED_TESTS)
+    (pytester.path / "pytest.ini").unlink()
+    toml = '[tool.pytest.ini_options]\nasyncio_default_fixture_loop_scope = "function"\n'
+
+    pytester.makepyprojecttoml(toml)
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1, failed=2)
+    fix = 'llm_allowed_hosts = ["127.0.0.1"]'
+    result.stdout.fnmatch_lines(
+        [
+            "  for a deliberate live test: @pytest.mark.llm(live=True); "
+            f"for a local server: {fix} in pyproject.toml"
+        ]
+    )
+    pytester.makepyprojecttoml(toml + fix + "\n")
+    run(pytester).assert_outcomes(passed=3)
+
+
 @pytest.mark.usefixtures("with_key")
 def test_recording_names_the_unmarked_tests_whose_requests_went_out_live(
     pytester: pytest.Pytester, server: FakeOpenAI

@@ -255,7 +255,7 @@ def test_paths_outside_the_current_directory_are_shown_whole(
     result.stdout.fnmatch_lines(
         [
             f"llm-ledger: record mode 'none', cassettes {project / 'cassettes'}, budgets "
-            f"{project / 'budgets.yaml'} not enforced*",
+            f"{project / 'budgets.yaml'} not found*",
             f"llm-ledger: 1 cassette(s) belong to no collected test*: {orphan}; delete them*",
         ]
     )

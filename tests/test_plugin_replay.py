@@ -333,7 +333,8 @@ def test_fewer_calls_than_recorded_are_reported_as_stale(
     assert_lines_in(
         result,
         "llm-ledger: 1 cassette(s) hold interactions their test no longer makes: "
-        "tests/test_app.py::test_repeat (2); re-record them with --llm-record-mode=rewrite",
+        "tests/test_app.py::test_repeat (2); re-record them with "
+        "pytest tests/test_app.py::test_repeat --llm-record-mode=rewrite",
     )
 
 
@@ -355,7 +356,8 @@ def test_a_stale_cassette_in_a_run_from_a_subdirectory_names_the_test_as_pytest_
     assert_lines_in(
         result,
         "llm-ledger: 1 cassette(s) hold interactions their test no longer makes: "
-        "test_app.py::test_repeat (2); re-record them with --llm-record-mode=rewrite",
+        "test_app.py::test_repeat (2); re-record them with "
+        "pytest test_app.py::test_repeat --llm-record-mode=rewrite",
     )
     run(pytester, "test_app.py::test_repeat", "--llm-record-mode=rewrite").assert_outcomes(passed=1)
     assert len(load_yaml(pytester.path / CASSETTES / "test_repeat.yaml")["interactions"]) == 1
@@ -444,7 +446,11 @@ def test_stale_cassette_and_replace_commands_keep_the_cassette_directory(
 
     result = run(pytester, "-k", "test_repeat", "--llm-cassette-dir=elsewhere")
 
-    assert_lines_in(result, "re-record them with --llm-record-mode=rewrite --llm-cassette-dir=elsewhere")
+    assert_lines_in(
+        result,
+        "re-record them with pytest tests/test_app.py::test_repeat --llm-record-mode=rewrite "
+        "--llm-cassette-dir=elsewhere",
+    )
     (pytester.path / "elsewhere" / "tests" / "test_app" / "test_repeat.yaml").write_text("- [")
     result = run(pytester, "-k", "test_repeat", "--llm-cassette-dir=elsewhere")
     assert_lines_in(
