@@ -736,16 +736,19 @@ def handle_sigterm_signal(on: bool) -> None:
     """With ``on``, install ``_on_sigterm`` for SIGTERM where it has its default action, or wrap the
     application's handler in ``_PassOn``; else take either out again where it is still installed.
     Only the main thread can do either (a warning says so)."""
-    if on and _in_multiprocessing_child():
-        _Sigterm.default, on = True, False
+    child = on and _in_multiprocessing_child()
+    if child:
+        _Sigterm.default = True
     try:
         current = signal.getsignal(signal.SIGTERM)
         ours = current is _on_sigterm or type(current) is _PassOn
-        if on and current is signal.SIG_DFL:
+        if on and not child and current is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
         elif on and callable(current) and not ours:
+            # also in a multiprocessing child whose own handler is there already: a `uvicorn --workers`
+            # worker (spawned by multiprocessing) installs uvicorn's before it imports the application
             signal.signal(signal.SIGTERM, _PassOn(current))
-        elif not on and ours:
+        elif (not on or child) and ours:
             signal.signal(signal.SIGTERM, current.handler if type(current) is _PassOn else signal.SIG_DFL)
     except ValueError:  # not the main thread (or not the main interpreter), installing or taking out
         if on:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llm_ledger import _jsonl
+from llm_ledger.testing import FakeOpenAI
 from tests import warm_python
 from tests.reliability_helpers import child_env, read_lines, record_figures
 from tests.writing_children import WHILE_WRITING_EXIT_TIMEOUT_S
@@ -195,6 +199,62 @@ def test_a_server_that_raises_sigterm_again_after_its_graceful_shutdown_loses_no
     status, output = _end(child)
     assert status == -signal.SIGTERM, output
     _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"), CALLS + 10, LENSES + 1)
+
+
+_UVICORN_APP = """
+import os
+
+import llm_ledger
+import openai
+
+llm_ledger.configure(log_dir=os.environ["APP_LOG_DIR"])
+client = llm_ledger.instrument(openai.AsyncOpenAI(api_key="sk-test", base_url=os.environ["APP_BASE_URL"]))
+
+
+async def app(scope, receive, send):  # a bare ASGI app: its calls made at start-up, then it serves
+    while scope["type"] == "lifespan":
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            for run in range(5):
+                with llm_ledger.lens("startup", worker=os.getpid()):
+                    for i in range(4):
+                        hi = [{"role": "user", "content": f"hi {run} {i}"}]
+                        await client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+            await send({"type": "lifespan.startup.complete"})
+            print("returned", flush=True)
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+"""
+
+
+def test_uvicorn_workers_stopped_by_sigterm_lose_no_record(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """`uvicorn --workers 2` stopped by SIGTERM right after its workers' calls, while another process
+    writes the file (its lock held): every record of both workers is written. Each worker is a
+    multiprocessing child that installs uvicorn's handler before importing the application, which the
+    ledger took for a pool worker: it left that handler unwrapped, and the lines waiting for the lock
+    died with the worker (37 of 180 in a service stopped two seconds after its last request)."""
+    (tmp_path / "app.py").write_text(_UVICORN_APP)
+    log = tmp_path / "llm_calls.jsonl"
+    log.touch()
+    command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--lifespan", "on",
+               "--uds", str(tmp_path / "app.sock"), "--log-level", "warning"]  # fmt: skip
+    env = child_env(APP_LOG_DIR=str(tmp_path), APP_BASE_URL=fake_openai.base_url)
+    other = os.open(log, os.O_RDWR)  # another writer's descriptor: its lock excludes the workers'
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert [_said(server), _said(server)] == ["returned", "returned"]
+        server.send_signal(signal.SIGTERM)
+        time.sleep(1)  # the workers are stopping: before the fix, past their end
+        fcntl.flock(other, fcntl.LOCK_UN)
+        server.communicate(timeout=60)
+    finally:
+        os.close(other)
+        server.kill()
+        server.communicate()
+    workers = Counter(line["context"]["worker"] for line in read_lines(log))
+    assert len(workers) == 2 and set(workers.values()) == {20 + 5}, workers  # each one's calls and lenses
 
 
 def test_a_forked_child_terminated_by_sigterm_writes_its_records(tmp_path: Path) -> None:
