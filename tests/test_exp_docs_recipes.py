@@ -127,11 +127,12 @@ def test_the_otlp_recipe_exports_everything_when_the_service_is_stopped_by_sigte
 def test_the_otlp_recipe_under_uvicorn_shut_down_in_its_lifespan_exports_once_without_a_warning(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
-    """The recipe in an ASGI app under plain `uvicorn app:app`, its providers shut down in its
-    lifespan's shutdown as this page says, stopped by SIGTERM: the spans reach the receiver, the
-    process dies by SIGTERM, and nothing warns. uvicorn imports the app before installing its own
-    handler, so it raises SIGTERM into the ledger's after that shutdown; the ledger exported into the
-    shut-down exporters again, and the SDK said "Exporter already shutdown, ignoring batch" at every stop."""
+    """The recipe in an ASGI app under plain `uvicorn app:app`, its providers (``tracer_provider``,
+    ``meter_provider``) shut down in its lifespan's shutdown as this page says, stopped by SIGTERM: the
+    spans reach the receiver, the process dies by SIGTERM, and nothing warns. uvicorn imports the app
+    before installing its own handler, so it raises SIGTERM into the ledger's after that shutdown; the
+    ledger exported into the shut-down exporters again, and the SDK said "Exporter already shutdown,
+    ignoring batch" at every stop. (The recipe named no ``meter_provider`` this page told to shut down.)"""
     (tmp_path / "app.py").write_text(
         recipe("**Sending to an OTLP endpoint**")
         + textwrap.dedent(
@@ -151,7 +152,7 @@ def test_the_otlp_recipe_under_uvicorn_shut_down_in_its_lifespan_exports_once_wi
                     print("returned", flush=True)
                 else:
                     tracer_provider.shutdown()
-                    metrics.get_meter_provider().shutdown()
+                    meter_provider.shutdown()  # the names this page gives them
                     await send({{"type": "lifespan.shutdown.complete"}})
                     return
         """
