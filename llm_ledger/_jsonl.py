@@ -258,6 +258,8 @@ class JsonlFileHandler(logging.Handler):
         self._bytes += len(item)
         started = self._started
         if started is None:  # the first line of a batch
+            if _Sigterm.recheck and threading.current_thread() is threading.main_thread():
+                _recheck_after_fork()
             # a record made after close(), at exit (a stream's finalizer): no writer is left; or after a
             # SIGTERM passed on to the application's handler, which may end the process past every hook
             if self._closed or _Sigterm.passed_on:
@@ -703,6 +705,9 @@ class _Sigterm:
     # a process multiprocessing started, where SIGTERM keeps its default action: lines are written
     # at once by the call that makes them (unless another thread or process is writing the file)
     default = False
+    wanted = False  # configure() asked for the ledger's handler (handle_sigterm)
+    # a child forked then, whose first batch on the main thread puts it back (see _recheck_after_fork)
+    recheck = False
 
 
 class _PassOn:
@@ -736,6 +741,7 @@ def handle_sigterm_signal(on: bool) -> None:
     """With ``on``, install ``_on_sigterm`` for SIGTERM where it has its default action, or wrap the
     application's handler in ``_PassOn``; else take either out again where it is still installed.
     Only the main thread can do either (a warning says so)."""
+    _Sigterm.wanted = on
     child = on and _in_multiprocessing_child()
     if child:
         _Sigterm.default = True
@@ -790,8 +796,19 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _after_fork_in_child() -> None:
     _Sigterm.pending = _Sigterm.stopping = _Sigterm.passed_on = False
+    _Sigterm.recheck = _Sigterm.wanted
     for handler in list(_handlers):
         handler._after_fork_in_child()
+
+
+def _recheck_after_fork() -> None:
+    """A server's worker forked after ``configure()`` (gunicorn ``--preload``) has its master's SIGTERM
+    handler, or sets one anew, without calling it again: uvicorn's worker class resets it to the
+    default action, then its server installs its own and ends by raising SIGTERM with that default
+    action, past every exit hook, so the lines queued then died with it. The ledger's handler goes
+    back in (or wraps the server's), as ``configure()`` would have installed it in that worker."""
+    _Sigterm.recheck = False
+    handle_sigterm_signal(True)
 
 
 _fork_hook_registered = False

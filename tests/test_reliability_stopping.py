@@ -257,6 +257,30 @@ def test_uvicorn_workers_stopped_by_sigterm_lose_no_record(fake_openai: FakeOpen
     assert len(workers) == 2 and set(workers.values()) == {20 + 5}, workers  # each one's calls and lenses
 
 
+def test_a_gunicorn_preloaded_uvicorn_worker_stopped_by_sigterm_loses_no_record(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """`gunicorn --preload -k uvicorn.workers.UvicornWorker`: configure() runs in the master, and the
+    worker it forks resets SIGTERM to its default action, then uvicorn installs its own handler and ends
+    by raising SIGTERM with that default action again, past every exit hook. Stopped right after its
+    calls, the worker writes every record: the lines queued then died with it (all 70 records of ten
+    requests in a trial service stopped a second after them)."""
+    (tmp_path / "app.py").write_text(_UVICORN_APP)
+    command = [sys.executable, "-m", "gunicorn", "--preload", "--workers", "1", "--worker-class",
+               "uvicorn.workers.UvicornWorker", "--bind", f"unix:{tmp_path}/app.sock", "app:app"]  # fmt: skip
+    env = child_env(APP_LOG_DIR=str(tmp_path), APP_BASE_URL=fake_openai.base_url)
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _said(server) == "returned"
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+    finally:
+        server.kill()
+        server.communicate()
+    workers = Counter(line["context"]["worker"] for line in read_lines(tmp_path / "llm_calls.jsonl"))
+    assert len(workers) == 1 and set(workers.values()) == {20 + 5}, workers
+
+
 def test_a_forked_child_terminated_by_sigterm_writes_its_records(tmp_path: Path) -> None:
     """A multiprocessing child (fork) inherits the handler: terminate() (SIGTERM) right after its
     calls loses none of its records, and its exit code stays -SIGTERM."""
