@@ -808,7 +808,8 @@ def _recheck_after_fork() -> None:
     action, past every exit hook, so the lines queued then died with it. The ledger's handler goes
     back in (or wraps the server's), as ``configure()`` would have installed it in that worker."""
     _Sigterm.recheck = False
-    handle_sigterm_signal(True)
+    if not _Sigterm.default:  # a multiprocessing child keeps what it has (see _in_multiprocessing_child)
+        handle_sigterm_signal(True)
 
 
 _fork_hook_registered = False
