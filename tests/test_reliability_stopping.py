@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -228,33 +229,65 @@ async def app(scope, receive, send):  # a bare ASGI app: its calls made at start
 """
 
 
-def test_uvicorn_workers_stopped_by_sigterm_lose_no_record(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    """`uvicorn --workers 2` stopped by SIGTERM right after its workers' calls, while another process
-    writes the file (its lock held): every record of both workers is written. Each worker is a
-    multiprocessing child that installs uvicorn's handler before importing the application, which the
-    ledger took for a pool worker: it left that handler unwrapped, and the lines waiting for the lock
-    died with the worker (37 of 180 in a service stopped two seconds after its last request)."""
+# a uvicorn worker started as `uvicorn --workers` starts each (multiprocessing's spawn, then
+# Server(config).run(), which installs uvicorn's SIGTERM handler before it imports the application),
+# without the supervisor, whose health checks replace a worker slow to answer on a loaded machine
+_SPAWNED_UVICORN_WORKER = """
+import multiprocessing, sys
+import uvicorn
+
+def worker():
+    uvicorn.Server(uvicorn.Config("app:app", uds=sys.argv[1], lifespan="on", log_level="warning")).run()
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("spawn").Process(target=worker)
+    process.start()
+    print(process.pid, flush=True)
+    process.join()
+"""
+
+
+def _served(command: list[str], tmp_path: Path, fake_openai: FakeOpenAI) -> subprocess.Popen[bytes]:
+    """``command`` run in tmp_path, serving _UVICORN_APP, in a process group of its own."""
     (tmp_path / "app.py").write_text(_UVICORN_APP)
+    env = child_env(APP_LOG_DIR=str(tmp_path), APP_BASE_URL=fake_openai.base_url)
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+
+def _stop_group(server: subprocess.Popen[bytes]) -> None:
+    """Whatever the test's outcome, nothing of the server's left running (its workers hold its pipes)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.communicate(timeout=60)
+
+
+def test_a_uvicorn_worker_stopped_by_sigterm_loses_no_record(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """A `uvicorn --workers` worker stopped by SIGTERM right after its calls, while another process
+    writes the file (its lock held): every record is written. The worker is a multiprocessing child
+    that installs uvicorn's handler before importing the application, which the ledger took for a pool
+    worker: it left that handler unwrapped, uvicorn ended by raising SIGTERM with its default action,
+    and the lines waiting for the lock died with the worker (37 of 180 in a trial service, two workers
+    stopped two seconds after their last request)."""
     log = tmp_path / "llm_calls.jsonl"
     log.touch()
-    command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--lifespan", "on",
-               "--uds", str(tmp_path / "app.sock"), "--log-level", "warning"]  # fmt: skip
-    env = child_env(APP_LOG_DIR=str(tmp_path), APP_BASE_URL=fake_openai.base_url)
-    other = os.open(log, os.O_RDWR)  # another writer's descriptor: its lock excludes the workers'
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    (tmp_path / "serve.py").write_text(_SPAWNED_UVICORN_WORKER)
+    other = os.open(log, os.O_RDWR)  # another writer's descriptor: its lock excludes the worker's
+    server = _served([sys.executable, "serve.py", str(tmp_path / "app.sock")], tmp_path, fake_openai)
     try:
         fcntl.flock(other, fcntl.LOCK_EX)
-        assert [_said(server), _said(server)] == ["returned", "returned"]
-        server.send_signal(signal.SIGTERM)
-        time.sleep(1)  # the workers are stopping: before the fix, past their end
+        worker = int(_said(server))
+        assert _said(server) == "returned"
+        os.kill(worker, signal.SIGTERM)
+        time.sleep(1)  # the worker is stopping: before the fix, past its end
         fcntl.flock(other, fcntl.LOCK_UN)
-        server.communicate(timeout=60)
+        server.wait(timeout=60)
     finally:
         os.close(other)
-        server.kill()
-        server.communicate()
+        _stop_group(server)
     workers = Counter(line["context"]["worker"] for line in read_lines(log))
-    assert len(workers) == 2 and set(workers.values()) == {20 + 5}, workers  # each one's calls and lenses
+    assert workers == {worker: 20 + 5}, workers  # its calls and lenses
 
 
 def test_a_gunicorn_preloaded_uvicorn_worker_stopped_by_sigterm_loses_no_record(
@@ -265,18 +298,15 @@ def test_a_gunicorn_preloaded_uvicorn_worker_stopped_by_sigterm_loses_no_record(
     by raising SIGTERM with that default action again, past every exit hook. Stopped right after its
     calls, the worker writes every record: the lines queued then died with it (all 70 records of ten
     requests in a trial service stopped a second after them)."""
-    (tmp_path / "app.py").write_text(_UVICORN_APP)
     command = [sys.executable, "-m", "gunicorn", "--preload", "--workers", "1", "--worker-class",
                "uvicorn.workers.UvicornWorker", "--bind", f"unix:{tmp_path}/app.sock", "app:app"]  # fmt: skip
-    env = child_env(APP_LOG_DIR=str(tmp_path), APP_BASE_URL=fake_openai.base_url)
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server = _served(command, tmp_path, fake_openai)
     try:
         assert _said(server) == "returned"
         server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=60)
+        server.wait(timeout=60)
     finally:
-        server.kill()
-        server.communicate()
+        _stop_group(server)
     workers = Counter(line["context"]["worker"] for line in read_lines(tmp_path / "llm_calls.jsonl"))
     assert len(workers) == 1 and set(workers.values()) == {20 + 5}, workers
 
